@@ -1,0 +1,210 @@
+"""AlignConfig and optimal-transport alignment of IR intensities to the visible intensity distribution.
+
+HCLFuse aligns the IR image to the visible one with an entropic OT plan between *pixel intensities* and the
+barycentric projection ``T(X)_i = sum_j P_ij Y_j / sum_j P_ij``. The cost depends on grey levels only, so the plan
+between pixels collapses exactly onto a 256 x 256 plan between the two intensity histograms, and ``T`` is a 256-entry
+lookup table (see ``docs/method.md``). The blended table ``lut = blend * T + (1 - blend) * x`` maps IR uint8 to
+``IR'`` in 0..1; it is used identically in training (``tools/train.py``) and inference (``model/hclfuse.py``).
+
+:class:`AlignCache` keeps one plan per stream and solves again only when the histograms drift (Wasserstein-1) or
+after ``refresh`` frames, warm-starting Sinkhorn from the previous dual potentials.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import ot
+from scipy.special import logsumexp
+
+from streamfuse.config import check
+
+__all__ = ["AlignCache", "AlignConfig", "AlignResult", "align", "histogram", "identity_lut", "wasserstein1"]
+
+LEVELS = np.arange(256, dtype=np.float64) / 255.0  # grey levels in 0..1, the support of both histograms
+_COST = (LEVELS[:, None] - LEVELS[None, :]) ** 2  # (256, 256) squared Euclidean cost, as ot.dist on pixels
+_FLOOR = 1e-9  # mass added to empty bins so the log-domain solver never sees log(0)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """The OT alignment stage.
+
+    Args:
+        enabled: align IR to the visible histogram; False passes IR through (``lut = x``, the "no OT" ablation).
+        reg: entropic regularisation on the squared-intensity cost in 0..1 (the reference uses 0.2, which compresses
+            IR contrast strongly; smaller keeps more of it).
+        blend: weight of the transported intensities, ``IR' = blend * T(IR) + (1 - blend) * IR`` (reference 0.8).
+        method: POT Sinkhorn solver (``sinkhorn_log`` is POT's advice for small ``reg`` and for GPUs;
+            plain ``sinkhorn`` underflows for ``reg`` below about 0.01).
+        max_iter: Sinkhorn iteration cap.
+        tol: Sinkhorn stopping threshold on the marginal error.
+        drift: re-solve when the Wasserstein-1 distance (grey levels in 0..1) between the current and the cached IR
+            or visible histogram exceeds this.
+        refresh: re-solve at least every this many frames of a stream.
+    """
+
+    enabled: bool = True
+    reg: float = 0.01
+    blend: float = 0.3
+    method: Literal["sinkhorn_log", "sinkhorn"] = "sinkhorn_log"
+    max_iter: int = 1000
+    tol: float = 1e-6
+    drift: float = 0.01
+    refresh: int = 300
+
+    def __post_init__(self) -> None:
+        check(0 < self.reg <= 10, "reg", self.reg, "0 < reg <= 10")
+        check(0 <= self.blend <= 1, "blend", self.blend, "0..1")
+        check(self.max_iter >= 1, "max_iter", self.max_iter, ">= 1")
+        check(self.tol > 0, "tol", self.tol, "> 0")
+        check(self.drift >= 0, "drift", self.drift, ">= 0")
+        check(self.refresh >= 1, "refresh", self.refresh, ">= 1")
+
+
+@dataclass(frozen=True)
+class AlignResult:
+    """Outcome of one histogram OT solve (in the spirit of POT's ``OTResult``).
+
+    Attributes:
+        plan: ``(256, 256)`` transport plan between IR (rows) and visible (columns) grey levels; sums to 1.
+        lut: ``(256,)`` float32 in 0..1, the blended barycentric map applied to IR uint8.
+        potentials: dual potentials ``(f, g)``, each ``(256,)`` float64, for warm starts.
+        n_iter: Sinkhorn iterations used.
+        err: final marginal error.
+        converged: ``err <= tol`` within ``max_iter`` iterations.
+    """
+
+    plan: np.ndarray
+    lut: np.ndarray
+    potentials: tuple[np.ndarray, np.ndarray]
+    n_iter: int
+    err: float
+    converged: bool
+
+
+def histogram(img: np.ndarray) -> np.ndarray:
+    """Normalised 256-bin histogram ``(256,)`` float64 of a uint8 image."""
+    if img.dtype != np.uint8:
+        raise ValueError(f"histogram needs a uint8 image, got {img.dtype}")
+    h = np.bincount(img.ravel(), minlength=256).astype(np.float64)
+    return h / h.sum()
+
+
+def wasserstein1(p: np.ndarray, q: np.ndarray) -> float:
+    """Wasserstein-1 distance between two 256-bin histograms, in grey levels scaled to 0..1."""
+    return float(np.abs(np.cumsum(p) - np.cumsum(q)).sum() / 255.0)
+
+
+def identity_lut() -> np.ndarray:
+    """The ``(256,)`` float32 table ``x / 255`` (no alignment)."""
+    return LEVELS.astype(np.float32)
+
+
+def align(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig, *,
+          warmstart: tuple[np.ndarray, np.ndarray] | None = None) -> AlignResult:
+    """Entropic OT between the IR and visible intensity histograms, and the blended barycentric lookup table.
+
+    Solves ``min_P <P, C> - reg * H(P)`` s.t. ``P 1 = a``, ``P^T 1 = b`` with ``C_ij = (i/255 - j/255)^2`` using POT,
+    then ``T(i) = sum_j P_ij y_j / sum_j P_ij``. For grey levels absent from the IR histogram the row of ``P`` is
+    empty; ``T`` there uses the Gibbs kernel row ``exp((g_j - C_ij) / reg)``, which equals the normalised plan row
+    wherever the row is not empty, so the table is defined (and non-decreasing) on all 256 levels.
+
+    Args:
+        ir_hist: ``(256,)`` IR histogram (any positive scale; normalised here).
+        vis_hist: ``(256,)`` visible-Y histogram.
+        cfg: regularisation, blend and solver settings.
+        warmstart: dual potentials ``(f, g)`` of a previous solve (``AlignResult.potentials``).
+
+    Returns:
+        The plan, the lookup table and solver diagnostics. Non-convergence warns and sets ``converged=False``.
+
+    References:
+        M. Cuturi, "Sinkhorn distances", NeurIPS 2013; HCLFuse (arXiv 2510.26268) for the blend.
+    """
+    a = _normalise(ir_hist, "ir_hist")
+    b = _normalise(vis_hist, "vis_hist")
+    ws = None if warmstart is None else (warmstart[0] / cfg.reg, warmstart[1] / cfg.reg)  # POT takes log-scalings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # POT's own convergence warning; ours below says what and where
+        plan, log = ot.sinkhorn(a, b, _COST, cfg.reg, method=cfg.method, numItermax=cfg.max_iter, stopThr=cfg.tol,
+                                log=True, warmstart=ws)
+    f, g = _potentials(log, cfg.reg)
+    err = float(log["err"][-1]) if len(log["err"]) else float("nan")
+    n_iter = int(log.get("niter", len(log["err"])))
+    converged = bool(err <= cfg.tol)
+    if not converged:
+        warnings.warn(f"align: Sinkhorn did not converge (err={err:.2e} > tol={cfg.tol:g} after {n_iter} iterations,"
+                      f" reg={cfg.reg:g})", RuntimeWarning, stacklevel=2)
+    logk = (g[None, :] - _COST) / cfg.reg  # (256, 256) log Gibbs-kernel rows scaled by the column potential
+    transported = np.exp(logsumexp(logk, axis=1, b=LEVELS[None, :]) - logsumexp(logk, axis=1))
+    lut = cfg.blend * transported + (1.0 - cfg.blend) * LEVELS
+    return AlignResult(plan=plan, lut=np.clip(lut, 0.0, 1.0).astype(np.float32), potentials=(f, g), n_iter=n_iter,
+                       err=err, converged=converged)
+
+
+def _normalise(h: np.ndarray, name: str) -> np.ndarray:
+    h = np.asarray(h, dtype=np.float64)
+    if h.shape != (256,) or not np.all(np.isfinite(h)) or (h < 0).any() or h.sum() <= 0:
+        raise ValueError(f"align: {name} must be a finite non-negative (256,) histogram with positive mass")
+    h = h / h.sum() + _FLOOR
+    return h / h.sum()
+
+
+def _potentials(log: dict, reg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Dual potentials ``(f, g)`` from POT's log of any Sinkhorn variant."""
+    if "log_u" in log:  # sinkhorn_log
+        return np.asarray(log["log_u"]) * reg, np.asarray(log["log_v"]) * reg
+    return reg * np.log(np.asarray(log["u"])), reg * np.log(np.asarray(log["v"]))
+
+
+@dataclass
+class _Entry:
+    ir_hist: np.ndarray
+    vis_hist: np.ndarray
+    result: AlignResult
+    age: int = 0
+
+
+class AlignCache:
+    """Per-stream OT lookup tables, re-solved only when the histograms drift or the entry gets old.
+
+    Args:
+        cfg: alignment settings (``drift``, ``refresh`` control the cache).
+    """
+
+    def __init__(self, cfg: AlignConfig):
+        self.cfg = cfg
+        self._entries: dict[str, _Entry] = {}
+        self.hits = 0
+        self.misses = 0
+        self.solve_ms = 0.0
+        self.last_solve_ms = 0.0
+
+    def lut(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
+        """The ``(256,)`` float32 table mapping this frame's IR uint8 to ``IR'`` in 0..1."""
+        if not self.cfg.enabled:
+            return identity_lut()
+        ir_hist, vis_hist = histogram(ir), histogram(vis_y)
+        entry = self._entries.get(stream)
+        if entry is not None and entry.age < self.cfg.refresh and max(
+                wasserstein1(ir_hist, entry.ir_hist), wasserstein1(vis_hist, entry.vis_hist)) <= self.cfg.drift:
+            entry.age += 1
+            self.hits += 1
+            return entry.result.lut
+        t0 = time.perf_counter()
+        result = align(ir_hist, vis_hist, self.cfg, warmstart=None if entry is None else entry.result.potentials)
+        self.last_solve_ms = (time.perf_counter() - t0) * 1e3
+        self.solve_ms += self.last_solve_ms
+        self.misses += 1
+        self._entries[stream] = _Entry(ir_hist, vis_hist, result, age=1)
+        return result.lut
+
+    def stats(self) -> dict[str, float]:
+        """Cache counters: hits, misses, total and mean solve time in ms."""
+        return {"ot_hits": float(self.hits), "ot_misses": float(self.misses), "ot_solve_ms": self.solve_ms,
+                "ot_solve_ms_mean": self.solve_ms / max(self.misses, 1)}

@@ -1,0 +1,435 @@
+"""Producer processes: each Source runs in its own spawned OS process and writes into a ShmRing.
+
+The consumer (the pipeline's process) calls :meth:`Producers.get`, which returns frames copied out of the rings,
+oldest capture time first, or :class:`ProducerEvent` lines when a producer ends or fails. Supervision runs inside
+``get`` (no threads): a producer that dies (device lost, crash, SIGKILL) is reported in one log line and one event,
+and restarted with exponential back-off when its config says ``restart``. Not retried (reported once, final): a
+source that never delivered a frame (wrong path or camera index: a configuration error), and a file, folder or
+recording that reported an error (a corrupt file fails at the same frame again). A file, folder or recording
+restarted after a crash resumes after the last frame delivered, so offline replay loses nothing; a live source
+continues its sequence numbers.
+
+Typical use (the pipeline's loop)::
+
+    with start_producers(cfg.ir, cfg.vis, offline=False) as producers:
+        while not producers.done:
+            item = producers.get(timeout=0.1)
+            if isinstance(item, Frame):
+                pairs = pairer.push(item)
+            elif isinstance(item, ProducerEvent) and not item.restarting:
+                ...  # this source is finished (eos, or an error already logged in one line)
+
+Modes:
+
+- live (``offline=False``): ``latest`` rings (newest wins, overwritten frames counted as drops); ``get`` returns
+  whatever is available, oldest first.
+- offline (``offline=True``): ``block`` rings (back-pressure, nothing dropped) and ``get`` merges the sources by
+  capture time, waiting for each running source's next frame, so pairing sees every frame in order. End of a
+  stream is always final (``eos`` event), never a restart.
+
+Children ignore SIGINT (the parent handles Ctrl-C and calls :meth:`Producers.stop`), exit when the parent dies,
+and stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are terminated, then killed).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streamfuse.capture.shm_ring import ShmRing
+from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
+from streamfuse.frames import Frame
+
+__all__ = ["ProducerEvent", "Producers", "start_producers"]
+
+log = logging.getLogger(__name__)
+
+_STABLE_S = 5.0  # a producer that ran this long resets the back-off
+_LIVE_SLOTS, _OFFLINE_SLOTS = 3, 8
+
+
+@dataclass(frozen=True)
+class ProducerEvent:
+    """A producer ended or failed (already logged in one line by the producer set).
+
+    Args:
+        stream: section name (``"ir"`` or ``"vis"``).
+        kind: ``eos`` (end of stream) or ``error`` (source error, crash or death).
+        message: one line: what and where.
+        restarting: True when a new producer starts after ``retry_in_s``; False when this source is finished.
+        retry_in_s: back-off before the restart, s.
+    """
+
+    stream: str
+    kind: Literal["eos", "error"]
+    message: str
+    restarting: bool = False
+    retry_in_s: float = 0.0
+
+
+class _StopFlag:
+    """A process-shared stop flag that a killed process cannot wedge.
+
+    ``multiprocessing.Event`` is built on a Condition: a child SIGKILLed inside ``Event.wait`` leaves a sleeper
+    count behind and the next ``Event.set`` waits for it forever. A lock-free shared byte polled every 20 ms
+    has no such state.
+    """
+
+    _POLL_S = 0.02
+
+    def __init__(self, ctx: Any) -> None:
+        self._flag = ctx.RawValue("b", 0)
+        self._owner_pid = os.getpid()
+
+    def set(self) -> None:
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        """True once set, and in a child also once the parent has died (so no producer outlives its consumer)."""
+        return bool(self._flag.value) or (os.getpid() != self._owner_pid and os.getppid() != self._owner_pid)
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` s, returning early (True) once the flag is set."""
+        deadline = time.monotonic() + timeout
+        while not self.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(remaining, self._POLL_S))
+        return True
+
+
+def _replayable(cfg: SourceConfig) -> bool:
+    """True when reopening gives the same frames again (files, folders, recordings, virtual-clock synthetic)."""
+    return cfg.kind in ("file", "folder", "mcap") or (cfg.kind == "synthetic" and not cfg.realtime)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _skip(source: Source, n: int) -> None:
+    """Discard ``n`` frames; through the source's own ``skip`` when it has one (no realtime pacing there)."""
+    if n and hasattr(source, "skip"):
+        source.skip(n)
+        return
+    for _ in range(n):
+        if source.read() is None:
+            return
+
+
+def _produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: _StopFlag,
+             resume: tuple[int, int, int]) -> None:
+    """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    seq_start, skip, t_offset_ns = resume
+    try:
+        source = open_source(section, cfg)
+        source.stop_event = stop
+        with source:
+            _skip(source, skip)  # resume a replayable source after the last frame delivered
+            n = 0
+            while not stop.is_set():
+                frame = source.read()
+                if frame is None:
+                    conn.send(("eos", f"{section}: end of stream ({cfg.kind} {cfg.path or ''})".rstrip()))
+                    return
+                frame.seq, frame.t_capture_ns = seq_start + n, frame.t_capture_ns + t_offset_ns
+                if not ring.write(frame, stop):
+                    return
+                n += 1
+    except SourceError as exc:
+        conn.send(("error", str(exc)))
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001  process boundary: any crash becomes one reported line
+        conn.send(("error", f"{section}: producer crashed: {type(exc).__name__}: {' '.join(str(exc).split())}"))
+        sys.exit(1)
+    finally:
+        ring.close()
+        conn.close()
+
+
+@dataclass
+class _Worker:
+    """Parent-side state of one source across its producer processes."""
+
+    section: str
+    cfg: SourceConfig
+    proc: Any = None
+    ring: ShmRing | None = None
+    conn: Any = None
+    message: tuple[str, str] | None = None  # last ("eos"|"error", line) sent by the current process
+    pending: deque = field(default_factory=deque)  # frames rescued from a dead producer's ring
+    state: Literal["running", "waiting", "ended"] = "running"
+    final: ProducerEvent | None = None  # returned once the worker's frames are all delivered
+    restart_at: float = 0.0
+    started_at: float = 0.0
+    failures: int = 0
+    restarts: int = 0
+    delivered: int = 0
+    dropped_retired: int = 0
+    last_seq: int = -1  # newest frame seen (delivered or rescued into pending)
+    last_t: int | None = None
+    prev_t: int | None = None
+    pass_first_seq: int = 0  # first seq of the current pass over a replayable source
+    pass_first_t: int | None = None
+    pass_offset: int = 0  # t offset applied in the current pass
+    resume: tuple[int, int, int] = (0, 0, 0)  # (first seq, frames to skip, t offset ns) for the next process
+    seq_at_start: int = 0  # first seq of the current process: a later seq seen means it made progress
+
+
+class Producers:
+    """The running producer set; build it with :func:`start_producers`.
+
+    Args:
+        cfgs: section name -> SourceConfig.
+        offline: block rings and time-ordered merge (nothing dropped) instead of latest rings.
+        slots: ring slots per source (default 3 live, 8 offline).
+        backoff_s: first restart delay, s; doubles per consecutive failure.
+        backoff_max_s: largest restart delay, s.
+    """
+
+    def __init__(self, cfgs: dict[str, SourceConfig], *, offline: bool = False, slots: int | None = None,
+                 backoff_s: float = 0.5, backoff_max_s: float = 8.0) -> None:
+        self.offline = offline
+        self._slots = slots or (_OFFLINE_SLOTS if offline else _LIVE_SLOTS)
+        self._backoff = (backoff_s, backoff_max_s)
+        self._ctx = mp.get_context("spawn")
+        self._stop = _StopFlag(self._ctx)
+        self._bell = self._ctx.Semaphore(0)  # released on every frame written by any producer
+        self._events: deque[ProducerEvent] = deque()
+        self._workers = {name: _Worker(name, cfg) for name, cfg in cfgs.items()}
+        self._stopped = False
+        try:
+            for w in self._workers.values():
+                self._spawn(w, (0, 0, 0))
+        except BaseException:
+            self.stop()  # leave nothing running when a later start fails
+            raise
+
+    # -- process management ----------------------------------------------------------------------------------------
+
+    def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
+        channels = 1 if w.section == "ir" else 3
+        w.ring = ShmRing(w.section, self._slots, w.cfg.width * w.cfg.height * channels,
+                         "block" if self.offline else "latest", ctx=self._ctx, data_bell=self._bell)
+        w.conn, child_conn = self._ctx.Pipe(duplex=False)
+        w.proc = self._ctx.Process(target=_produce, name=f"streamfuse-{w.section}", daemon=True,
+                                   args=(w.section, w.cfg, w.ring, child_conn, self._stop, resume))
+        main = threading.current_thread() is threading.main_thread()
+        # The child inherits an ignored SIGINT, so Ctrl-C during its start-up cannot print a traceback there.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            w.proc.start()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        child_conn.close()  # our copy: a dead child then reads as EOF instead of a hang
+        w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
+
+    def _retire(self, w: _Worker) -> None:
+        """Rescue the frames a finished producer left in its ring, then free the ring and the pipe."""
+        if w.ring is not None:
+            while (frame := w.ring.try_read()) is not None:
+                w.pending.append(frame)
+                self._see(w, frame)
+            w.dropped_retired += max(0, w.ring.stats()["dropped"])
+            w.ring.close()
+            w.ring = None
+        if w.conn is not None:
+            w.conn.close()
+            w.conn = None
+
+    def _poll_messages(self, w: _Worker) -> None:
+        try:
+            while w.conn is not None and w.conn.poll():
+                w.message = w.conn.recv()
+        except (EOFError, OSError):
+            pass  # the child closed its end or died: whatever it sent has been read
+
+    def _resume_point(self, w: _Worker, at_end: bool) -> tuple[int, int, int]:
+        """(first seq, source frames to skip, t offset ns) for the next producer of ``w``."""
+        seq = w.last_seq + 1
+        if not _replayable(w.cfg):
+            return seq, 0, 0
+        if at_end:  # a new pass starts one frame period after the last frame
+            period = w.last_t - w.prev_t if w.prev_t is not None else round(1e9 / w.cfg.fps)
+            raw_first = w.pass_first_t - w.pass_offset
+            w.pass_offset, w.pass_first_seq, w.pass_first_t = w.last_t + period - raw_first, seq, None
+            return seq, 0, w.pass_offset
+        return seq, seq - w.pass_first_seq, w.pass_offset
+
+    def _on_exit(self, w: _Worker) -> None:
+        self._poll_messages(w)
+        kind, line = w.message or ("error", f"{w.section}: producer (pid {w.proc.pid}) died: "
+                                             f"{_describe_exit(w.proc.exitcode)}")
+        reported = w.message is not None
+        w.proc.join(0.1)
+        self._retire(w)
+        at_end = kind == "eos"
+        progressed = w.last_seq >= w.seq_at_start
+        # Not worth a restart: a source that never delivered a frame (wrong path or index: a configuration error),
+        # or a replayable one that reported an error or made no progress (it would fail at the same frame again).
+        hopeless = not at_end and ((w.restarts == 0 and not progressed)
+                                   or (_replayable(w.cfg) and (reported or not progressed)))
+        if (at_end and self.offline) or not w.cfg.restart or hopeless:
+            w.state = "ended"
+            w.final = ProducerEvent(w.section, kind, line)
+            (log.info if at_end else log.error)("%s", line)
+            return
+        if time.monotonic() - w.started_at >= _STABLE_S:
+            w.failures = 0
+        delay = min(self._backoff[0] * 2 ** w.failures, self._backoff[1])
+        w.failures += 1
+        w.state, w.restart_at = "waiting", time.monotonic() + delay
+        w.resume = self._resume_point(w, at_end)
+        (log.info if at_end else log.warning)("%s; restarting in %.1f s", line, delay)
+        self._events.append(ProducerEvent(w.section, kind, line, restarting=True, retry_in_s=delay))
+
+    def _supervise(self) -> None:
+        if self._stopped:
+            return
+        for w in self._workers.values():
+            if w.state == "running":
+                self._poll_messages(w)
+                if not w.proc.is_alive():
+                    self._on_exit(w)
+            elif w.state == "waiting" and time.monotonic() >= w.restart_at:
+                w.restarts += 1
+                self._spawn(w, w.resume)
+
+    # -- consumer side ---------------------------------------------------------------------------------------------
+
+    def _head_time(self, w: _Worker) -> int | None:
+        if w.pending:
+            return w.pending[0].t_capture_ns
+        return w.ring.peek_time() if w.ring is not None else None
+
+    @staticmethod
+    def _see(w: _Worker, frame: Frame) -> None:
+        """Note the newest frame of ``w`` (delivered or rescued): where a restarted producer resumes."""
+        if frame.seq > w.last_seq:
+            w.prev_t, w.last_t, w.last_seq = w.last_t, frame.t_capture_ns, frame.seq
+            if w.pass_first_t is None:
+                w.pass_first_t = frame.t_capture_ns
+
+    def _deliver(self, w: _Worker) -> Frame | None:
+        frame = w.pending.popleft() if w.pending else w.ring.try_read()
+        if frame is None:
+            return None
+        w.delivered += 1
+        self._see(w, frame)
+        return frame
+
+    def _next(self) -> Frame | ProducerEvent | None:
+        if self._events:
+            return self._events.popleft()
+        heads = {name: self._head_time(w) for name, w in self._workers.items()}
+        for name, w in self._workers.items():
+            if w.final is not None and heads[name] is None and w.ring is None:
+                event, w.final = w.final, None
+                return event
+        ready = {name: t for name, t in heads.items() if t is not None}
+        if self.offline and any(t is None and self._workers[n].state != "ended" for n, t in heads.items()):
+            return None  # merge by time: wait for every running source's next frame
+        if not ready:
+            return None
+        return self._deliver(self._workers[min(ready, key=ready.get)])
+
+    @property
+    def done(self) -> bool:
+        """True when every source has ended and every frame and event has been returned by :meth:`get`."""
+        return not self._events and all(w.state == "ended" and w.final is None and not w.pending
+                                        for w in self._workers.values())
+
+    def get(self, timeout: float | None = 0.1) -> Frame | ProducerEvent | None:
+        """The next frame (oldest capture time first) or event; None after ``timeout`` s or when :attr:`done`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            self._supervise()
+            item = self._next()
+            if item is not None:
+                return item
+            remaining = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if remaining <= 0:
+                return None
+            self._bell.acquire(timeout=remaining)  # woken by any producer's write; restarts are checked each 50 ms
+        return None
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per source: ``delivered``, ``dropped`` (overwritten in latest rings), ``restarts``, ``state``, ``pid``."""
+        out = {}
+        for name, w in self._workers.items():
+            dropped = w.dropped_retired + (max(0, w.ring.stats()["dropped"]) if w.ring is not None else 0)
+            out[name] = {"delivered": w.delivered, "dropped": dropped, "restarts": w.restarts, "state": w.state,
+                         "pid": w.proc.pid if w.proc is not None and w.proc.is_alive() else None}
+        return out
+
+    def shm_names(self) -> list[str]:
+        """Names of the shared-memory segments in use now (for diagnostics and leak checks)."""
+        return [w.ring.name for w in self._workers.values() if w.ring is not None]
+
+    def pids(self) -> dict[str, int | None]:
+        """Current producer process id per source (None when not running)."""
+        return {name: s["pid"] for name, s in self.stats().items()}
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop every producer within ``timeout`` s (terminate, then kill, stragglers) and free the rings."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        procs = [w.proc for w in self._workers.values() if w.proc is not None]
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic() - 0.3))  # keep 0.3 s for terminate/kill
+        for p in procs:
+            if p.is_alive():
+                log.warning("producer %s (pid %d) did not stop in time; terminating it", p.name, p.pid)
+                p.terminate()
+                p.join(0.1)
+            if p.is_alive():
+                p.kill()
+                p.join(0.1)
+        for w in self._workers.values():
+            if w.ring is not None:
+                w.ring.close()
+                w.ring = None
+            if w.conn is not None:
+                w.conn.close()
+                w.conn = None
+
+    def __enter__(self) -> Producers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_producers(ir_cfg: SourceConfig, vis_cfg: SourceConfig, *, offline: bool = False, slots: int | None = None,
+                    backoff_s: float = 0.5, backoff_max_s: float = 8.0) -> Producers:
+    """Start one spawned producer process per source (sections ``"ir"`` and ``"vis"``).
+
+    Args:
+        ir_cfg: the ``ir`` section.
+        vis_cfg: the ``vis`` section.
+        offline: replay semantics: back-pressure instead of drops, time-ordered merge, end of stream is final.
+        slots: ring slots per source (default 3 live, 8 offline).
+        backoff_s: first restart delay, s (doubles per consecutive failure up to ``backoff_max_s``).
+        backoff_max_s: largest restart delay, s.
+
+    Returns:
+        The running :class:`Producers`; use it as a context manager or call ``stop()``.
+    """
+    return Producers({"ir": ir_cfg, "vis": vis_cfg}, offline=offline, slots=slots, backoff_s=backoff_s,
+                     backoff_max_s=backoff_max_s)

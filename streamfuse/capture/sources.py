@@ -1,0 +1,599 @@
+"""Frame sources: SourceConfig, the Source protocol and the registered kinds.
+
+Kinds (registry kind ``"source"``): ``synthetic`` (a registered IR/visible pair of a moving night scene),
+``camera`` (OpenCV device index or path), ``stream`` (PyAV URL, e.g. RTSP/HTTP), ``file`` (PyAV video file),
+``folder`` (numbered image files). ``mcap`` is registered by ``streamfuse.record`` and imported on demand.
+
+Every source yields :class:`~streamfuse.frames.Frame` objects: the section ``"ir"`` gives ``(H, W)`` uint8 grey;
+any other section gives ``(H, W, 3)`` uint8 BGR, or ``(H, W)`` when the input is grey.
+
+Capture times (``t_capture_ns``):
+
+- live sources (camera, realtime synthetic): ``time.time_ns()`` right after the grab;
+- ``file``: ``round(pts * time_base * 1e9)``, converted once here; relative to the file's time origin, so the IR
+  and visible files of one recording stay comparable (with ``loop`` later passes are shifted to stay increasing);
+- ``stream``: the stream's pts, anchored to ``time.time_ns()`` at its first frame (so a network stream pairs with a
+  live camera while keeping the sender's frame spacing);
+- ``folder`` and non-realtime synthetic: ``index / fps`` seconds.
+
+>>> cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)
+>>> with open_source("ir", cfg) as src:
+...     frame = src.read()
+>>> frame.image.shape, frame.image.dtype.name, frame.t_capture_ns
+((48, 64), 'uint8', 0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from streamfuse.config import check
+from streamfuse.frames import Frame
+from streamfuse.registry import available, build, register
+
+__all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "SyntheticScene", "open_source"]
+
+_KINDS_ELSEWHERE = ("mcap",)  # registered by streamfuse.record, imported lazily by open_source
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
+
+
+class SourceError(RuntimeError):
+    """A source that cannot open or keep reading; the message is one line naming the source and the cause."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One input (section ``ir`` or ``vis``).
+
+    Args:
+        kind: ``synthetic | camera | stream | file | folder | mcap``.
+        path: camera index or device path; URL; video file; image folder; recording file.
+        fps: frame rate of synthetic, camera and folder sources, frames/s (files use their own timestamps).
+        width: synthetic width / camera request, pixels.
+        height: synthetic height / camera request, pixels.
+        realtime: files, folders, recordings: pace at the recorded rate; False = as fast as possible
+            (synthetic: False renders on a virtual clock ``seq / fps`` instead of the wall clock).
+        loop: files and folders: start again at the end, times kept increasing.
+        restart: reopen with back-off when the source fails or ends (see ``producer.start_producers``).
+        frame_id: optical frame name; empty = ``"<section>_optical_frame"``.
+        seed: synthetic scene seed (use the same seed for ``ir`` and ``vis`` to get a registered pair).
+        resize: replay, IR size != visible size: ``resize`` to the visible size or ``error``.
+    """
+
+    kind: str = "synthetic"
+    path: str = ""
+    fps: float = 30.0
+    width: int = 640
+    height: int = 480
+    realtime: bool = True
+    loop: bool = False
+    restart: bool = True
+    frame_id: str = ""
+    seed: int = 0
+    resize: Literal["error", "resize"] = "resize"
+
+    def __post_init__(self) -> None:
+        kinds = sorted(set(available("source")) | set(_KINDS_ELSEWHERE))
+        check(self.kind in kinds, "kind", self.kind, " | ".join(kinds))
+        check(0.0 < self.fps <= 1000.0, "fps", self.fps, "0 < fps <= 1000")
+        check(16 <= self.width <= 16384, "width", self.width, "16 <= width <= 16384")
+        check(16 <= self.height <= 16384, "height", self.height, "16 <= height <= 16384")
+        check(self.seed >= 0, "seed", self.seed, "seed >= 0")
+        check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What every source kind provides. ``live`` sources stamp wall-clock times and cannot be re-read;
+    the others (files, folders, virtual-clock synthetic) give the same frames again when reopened. Optional:
+    ``skip(n)`` (discard n frames without realtime pacing, as :class:`BaseSource` has) and ``stop_event``."""
+
+    section: str
+    frame_id: str
+    live: bool
+
+    def open(self) -> None:
+        """Open the device/file; raises SourceError (one line: what and where)."""
+
+    def read(self) -> Frame | None:
+        """The next frame, or None at the end of the stream; raises SourceError when the device is lost."""
+
+    def close(self) -> None:
+        """Release the device/file (idempotent)."""
+
+    def __enter__(self) -> Source: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def open_source(section: str, cfg: SourceConfig) -> Source:
+    """The Source of ``cfg.kind`` for one section, not yet opened: ``with open_source("ir", cfg) as src: ...``.
+
+    Args:
+        section: ``"ir"`` or ``"vis"``: the frames' ``stream`` name; ``"ir"`` converts to grey.
+        cfg: the section's config.
+    """
+    if cfg.kind in _KINDS_ELSEWHERE and cfg.kind not in available("source"):
+        import streamfuse.record  # noqa: F401  (registers the "mcap" source)
+    return build("source", cfg.kind, section=section, cfg=cfg)
+
+
+class BaseSource:
+    """Shared plumbing for Source kinds: lazy open, context manager, sequence numbers, colour conversion, pacing,
+    ``skip``. A kind subclasses it, implements ``_open``/``_read`` (and ``_close``), and registers the class:
+    ``register("source", "mcap")(McapSource)``; the factory is called as ``cls(section=..., cfg=...)``."""
+
+    live = False
+
+    def __init__(self, section: str, cfg: SourceConfig) -> None:
+        self.section = section
+        self.cfg = cfg
+        self.frame_id = cfg.frame_id or f"{section}_optical_frame"
+        self.stop_event: Any = None  # Event-like (``wait(s)``) from the producer: pacing sleeps end on stop
+        self._is_ir = section == "ir"
+        self._seq = 0
+        self._opened = False
+        self._pace_anchor: tuple[int, int] | None = None  # (perf_counter_ns, t_capture_ns) of the first paced frame
+        self._skipping = False
+
+    def open(self) -> None:
+        if not self._opened:
+            self._open()
+            self._opened = True
+
+    def read(self) -> Frame | None:
+        self.open()
+        return self._read()
+
+    def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            self._close()
+
+    def skip(self, n: int) -> int:
+        """Read and discard up to ``n`` frames without pacing (to resume a replayable source); returns how many."""
+        self._skipping = True
+        try:
+            for done in range(n):
+                if self.read() is None:
+                    return done
+            return n
+        finally:
+            self._skipping = False
+
+    def __enter__(self) -> BaseSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _read(self) -> Frame | None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Nothing to release by default."""
+
+    def _frame(self, t_ns: int, image: np.ndarray) -> Frame:
+        frame = Frame(self.section, self._seq, int(t_ns), image)
+        self._seq += 1
+        return frame
+
+    def _convert(self, image: np.ndarray) -> np.ndarray:
+        """IR -> (H, W) grey; visible -> (H, W, 3) BGR, grey stays (H, W); 16-bit keeps its top 8 bits."""
+        import cv2
+
+        if image.dtype == np.uint16:
+            image = (image >> 8).astype(np.uint8)
+        if image.dtype != np.uint8:
+            raise SourceError(f"{self.section}: unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        if self._is_ir and image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return np.ascontiguousarray(image)
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self.stop_event is not None:
+            self.stop_event.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    def _pace(self, t_ns: int) -> None:
+        """Realtime pacing: return when the wall clock has advanced as far as t_ns since the first frame."""
+        if not self.cfg.realtime or self._skipping:
+            return
+        if self._pace_anchor is None:
+            self._pace_anchor = (time.perf_counter_ns(), t_ns)
+            return
+        wall0, t0 = self._pace_anchor
+        self._sleep((wall0 + (t_ns - t0) - time.perf_counter_ns()) / 1e9)
+
+
+# -- synthetic ---------------------------------------------------------------------------------------------------
+
+
+def _split_noise(noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signed noise as (positive, negative) uint8 parts, applied with saturating cv2.add / cv2.subtract."""
+    return np.clip(noise, 0, 255).astype(np.uint8), np.clip(-noise, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class _Blob:
+    """A warm body moving along a horizontal lane; sprites are precomputed."""
+
+    x0: float  # position at t = 0, px
+    y: int  # top row, px
+    speed: float  # px/s, signed
+    bob: float  # vertical bob amplitude, px (walking people)
+    ir: np.ndarray  # (h, w) float32 IR radiance, 0..255
+    albedo: np.ndarray  # (h, w, 3) float32 visible reflectance, 0..1
+    alpha: np.ndarray  # (h, w) float32 soft mask, 0..1
+
+
+class SyntheticScene:
+    """A registered IR/visible night scene, a deterministic function of (time, seed, size).
+
+    Warm bodies (people, cars) move along lanes: bright in IR, dark and noisy in the visible image except
+    where they pass under the few lit areas. Textures, lighting, sprites and noise are precomputed, so a frame
+    costs a few small blends plus one saturating add.
+
+    Args:
+        width: image width, px.
+        height: image height, px.
+        seed: scene seed; the same seed gives the same scene in every process.
+    """
+
+    _NOISE_FRAMES = 4
+
+    def __init__(self, width: int, height: int, seed: int) -> None:
+        import cv2
+
+        rng = np.random.default_rng(seed)
+        self.width, self.height = width, height
+        s = height / 480.0  # sprite scale
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+
+        def smooth(cells: int) -> np.ndarray:
+            coarse = rng.random((max(2, height // cells), max(2, width // cells)), dtype=np.float32)
+            return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+
+        # Visible: textured reflectance under dim ambient light plus a few street lamps.
+        albedo = np.clip(0.35 + 0.35 * smooth(24) + 0.25 * rng.random((height, width), dtype=np.float32), 0, 1)
+        tint = np.array([1.0, 0.95, 0.85], np.float32)  # BGR: slightly warm artificial light
+        illum = np.full((height, width), 0.07, np.float32)
+        for _ in range(3):
+            cx, cy, r = rng.uniform(0.1, 0.9) * width, rng.uniform(0.3, 0.8) * height, rng.uniform(30, 60) * s
+            illum += 0.8 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+        self._illum = np.clip(illum, 0, 1)[..., None]  # (H, W, 1)
+        self._vis_bg = np.clip(albedo[..., None] * tint * self._illum * 255, 0, 255).astype(np.uint8)
+        # IR: cold sky, warmer ground and building blocks, smooth texture.
+        ir = 45 + 40 * (yy / height) + 15 * smooth(40)
+        for _ in range(4):
+            x, w = int(rng.uniform(0, 0.85) * width), int(rng.uniform(0.08, 0.2) * width)
+            top = int(rng.uniform(0.15, 0.4) * height)
+            ir[top:int(0.5 * height), x:x + w] += rng.uniform(10, 30)
+        self._ir_bg = np.clip(ir, 0, 255).astype(np.uint8)
+        # Sensor noise, stored as saturating +/- parts: cheap to apply with cv2.add/subtract.
+        vis_noise = rng.normal(0, 7, (self._NOISE_FRAMES, height, width, 3))
+        ir_noise = rng.normal(0, 2, (self._NOISE_FRAMES, height, width))
+        self._vis_noise = [_split_noise(n) for n in vis_noise]
+        self._ir_noise = [_split_noise(n) for n in ir_noise]
+        self._blobs = [self._person(rng, s) for _ in range(4)] + [self._car(rng, s) for _ in range(2)]
+
+    def _person(self, rng: np.random.Generator, s: float) -> _Blob:
+        import cv2
+
+        w, h = max(4, round(22 * s)), max(8, round(64 * s))
+        mask = np.zeros((h, w), np.float32)
+        cv2.ellipse(mask, (w // 2, int(h * 0.58)), (w // 2 - 1, int(h * 0.40)), 0, 0, 360, 1.0, -1)
+        cv2.circle(mask, (w // 2, int(h * 0.12)), max(2, int(h * 0.1)), 1.0, -1)
+        alpha = cv2.GaussianBlur(mask, (0, 0), 1.0)
+        ir = 195 + 35 * cv2.GaussianBlur(mask, (0, 0), 3.0)  # warmer core
+        ir[: int(h * 0.22)] += 15  # head
+        albedo = np.full((h, w, 3), rng.uniform(0.35, 0.55), np.float32)  # clothing about as dark as the street
+        lane = rng.choice([0.52, 0.80])
+        return _Blob(x0=rng.uniform(0, self.width), y=int(lane * self.height) - h // 2,
+                     speed=rng.choice([-1, 1]) * rng.uniform(25, 60) * s, bob=1.5 * s, ir=ir, albedo=albedo,
+                     alpha=alpha)
+
+    def _car(self, rng: np.random.Generator, s: float) -> _Blob:
+        import cv2
+
+        w, h = max(8, round(110 * s)), max(4, round(42 * s))
+        mask = np.zeros((h, w), np.float32)
+        cv2.rectangle(mask, (0, h // 3), (w - 1, h - 6), 1.0, -1)
+        cv2.rectangle(mask, (w // 4, 0), (3 * w // 4, h // 3), 1.0, -1)
+        alpha = cv2.GaussianBlur(mask, (0, 0), 1.0)
+        speed = rng.choice([-1, 1]) * rng.uniform(70, 150) * s
+        ir = 120 + 40 * mask
+        engine = slice(0, w // 4) if speed < 0 else slice(3 * w // 4, w)  # hot engine at the front
+        ir[h // 3:, engine] += 70
+        for cx in (w // 5, 4 * w // 5):  # warm tyres
+            cv2.circle(ir, (cx, h - 6), max(2, h // 7), 215.0, -1)
+        albedo = np.empty((h, w, 3), np.float32)
+        albedo[:] = rng.uniform(0.15, 0.6, 3)
+        albedo[: h // 3] *= 0.4  # dark windows
+        return _Blob(x0=rng.uniform(0, self.width), y=int(0.66 * self.height) - h // 2, speed=speed, bob=0.0,
+                     ir=np.minimum(ir, 255), albedo=albedo, alpha=alpha)
+
+    def objects(self, t_ns: int) -> list[tuple[int, int, int, int]]:
+        """Bounding boxes ``(x, y, w, h)`` (px, may extend past the border) of every warm body at time t_ns."""
+        t = t_ns / 1e9
+        boxes = []
+        for b in self._blobs:
+            h, w = b.alpha.shape
+            x = (b.x0 + b.speed * t) % (self.width + w) - w  # wrap around, entering from either side
+            y = b.y + b.bob * np.sin(2 * np.pi * 1.8 * t)
+            boxes.append((int(round(x)), int(round(y)), w, h))
+        return boxes
+
+    def _regions(self, t_ns: int):
+        """For each body on screen: (blob, destination slices, sprite slices)."""
+        for b, (x, y, w, h) in zip(self._blobs, self.objects(t_ns)):
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, self.width), min(y + h, self.height)
+            if x0 < x1 and y0 < y1:
+                yield b, (slice(y0, y1), slice(x0, x1)), (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+
+    def _noise(self, t_ns: int, bank: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        return bank[(t_ns // 33_333_333) % self._NOISE_FRAMES]
+
+    def render_ir(self, t_ns: int) -> np.ndarray:
+        """IR frame ``(H, W)`` uint8 at capture time t_ns (ns)."""
+        import cv2
+
+        out = self._ir_bg.copy()
+        for b, dst, src in self._regions(t_ns):
+            a = b.alpha[src]
+            out[dst] = (out[dst] * (1 - a) + b.ir[src] * a).astype(np.uint8)
+        plus, minus = self._noise(t_ns, self._ir_noise)
+        return cv2.subtract(cv2.add(out, plus), minus)
+
+    def render_vis(self, t_ns: int) -> np.ndarray:
+        """Visible frame ``(H, W, 3)`` uint8 BGR at capture time t_ns (ns)."""
+        import cv2
+
+        out = self._vis_bg.copy()
+        for b, dst, src in self._regions(t_ns):
+            a = b.alpha[src][..., None]
+            lit = b.albedo[src] * self._illum[dst] * 255
+            out[dst] = (out[dst] * (1 - a) + lit * a).astype(np.uint8)
+        plus, minus = self._noise(t_ns, self._vis_noise)
+        return cv2.subtract(cv2.add(out, plus), minus)
+
+
+@register("source", "synthetic")
+class SyntheticSource(BaseSource):
+    """Renders :class:`SyntheticScene` at ``cfg.fps``: live (realtime) on ticks of the epoch clock, so separate
+    IR and visible processes at the same fps capture at nearly the same instants; else on a virtual clock."""
+
+    def _open(self) -> None:
+        self.live = self.cfg.realtime
+        self._scene = SyntheticScene(self.cfg.width, self.cfg.height, self.cfg.seed)
+        self._period_ns = round(1e9 / self.cfg.fps)
+
+    def _read(self) -> Frame:
+        if self.cfg.realtime:
+            now = time.time_ns()
+            self._sleep(((now // self._period_ns + 1) * self._period_ns - now) / 1e9)
+            t_ns = time.time_ns()
+        else:
+            t_ns = self._seq * self._period_ns
+        image = self._scene.render_ir(t_ns) if self._is_ir else self._scene.render_vis(t_ns)
+        return self._frame(t_ns, image)
+
+
+# -- OpenCV camera -----------------------------------------------------------------------------------------------
+
+
+@register("source", "camera")
+class CameraSource(BaseSource):
+    """OpenCV ``VideoCapture`` by device index (``"0"``) or path; frames stamped with ``time.time_ns()`` at grab."""
+
+    live = True
+
+    def _open(self) -> None:
+        import cv2
+
+        path = self.cfg.path or "0"
+        target: int | str = int(path) if path.isdigit() else path
+        device = f"/dev/video{target}" if isinstance(target, int) else target
+        if sys.platform.startswith("linux") and device.startswith("/dev/") and not Path(device).exists():
+            found = ", ".join(sorted(str(p) for p in Path("/dev").glob("video*"))) or "none"
+            raise SourceError(f"{self.section}: camera {path!r} does not exist ({device} missing; found: {found})")
+        previous = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we raise one clear line instead
+        try:
+            cap = cv2.VideoCapture(target)
+        finally:
+            cv2.utils.logging.setLogLevel(previous)
+        if not cap.isOpened():
+            raise SourceError(f"{self.section}: cannot open camera {path!r}")
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height)
+        cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep at most one stale frame in the driver
+        self._cap, self._path, self._is_file = cap, path, Path(path).is_file()
+
+    def _read(self) -> Frame | None:
+        if not self._cap.grab():
+            if self._is_file:
+                return None
+            raise SourceError(f"{self.section}: camera {self._path!r} stopped delivering frames (unplugged?)")
+        t_ns = time.time_ns()
+        ok, image = self._cap.retrieve()
+        if not ok:
+            raise SourceError(f"{self.section}: camera {self._path!r} returned an empty frame")
+        return self._frame(t_ns, self._convert(image))
+
+    def _close(self) -> None:
+        self._cap.release()
+
+
+# -- PyAV file / stream ------------------------------------------------------------------------------------------
+
+
+class AvSource(BaseSource):
+    """A video file or network stream decoded with PyAV; see the module docstring for its capture times.
+
+    Attributes:
+        time_base: the video stream's ``time_base`` (``Fraction``), so a writer can turn ``t_capture_ns`` back
+            into the input's integer pts: ``round(t_ns * time_base.denominator / (time_base.numerator * 1e9))``.
+    """
+
+    _OPEN_TIMEOUT_S = 10.0  # network streams: open and per-read timeouts, so a dead sender cannot hang us
+    _READ_TIMEOUT_S = 5.0
+
+    def _open(self) -> None:
+        self.live = self.cfg.kind == "stream"
+        self._t_offset_ns: int | None = None  # added to pts: the stream's wall-clock anchor, loop passes
+        self._first_pts_ns: int | None = None  # of the current pass
+        self._last_pts_ns: int | None = None
+        self._open_container()
+
+    def _open_container(self) -> None:
+        import av
+
+        path = self.cfg.path
+        if not path:
+            raise SourceError(f"{self.section}: no path given for a {self.cfg.kind} source")
+        if self.cfg.kind == "file" and not Path(path).is_file():
+            raise SourceError(f"{self.section}: video file not found: {path}")
+        self._stack = contextlib.ExitStack()
+        timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
+        try:
+            container = self._stack.enter_context(av.open(path, timeout=timeout))
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            why = _one_line(exc)
+            if isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
+                why = f"not a readable video ({why})"
+            raise SourceError(f"{self.section}: cannot open {path}: {why}") from None
+        if not container.streams.video:
+            self._stack.close()
+            raise SourceError(f"{self.section}: {path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
+        rate = stream.average_rate or stream.guessed_rate
+        self._period_ns = round(1e9 / float(rate)) if rate else round(1e9 / self.cfg.fps)
+        self._expected = stream.frames  # 0 when the container does not say (e.g. Matroska)
+        # The video's announced end, to notice a silently truncated file (Matroska decodes what is left and stops).
+        # Only the video stream's own duration, or the container's when video is all it holds: audio often
+        # runs longer than the video.
+        if stream.duration is not None:
+            self._end_ns = round(((stream.start_time or 0) + stream.duration) * self.time_base * 1_000_000_000)
+        elif container.duration and len(container.streams) == 1:
+            self._end_ns = ((container.start_time or 0) + container.duration) * 1000  # AV_TIME_BASE is us
+        else:
+            self._end_ns = None
+        self._decoded = 0  # in this pass
+        self._frames = container.decode(stream)
+
+    def _read(self) -> Frame | None:
+        import av
+
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            frame = None
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"{self.section}: {self.cfg.path}: decoding stopped {self._where()}: {_one_line(exc)}") \
+                from None
+        if frame is None:
+            if 0 < self._decoded < self._expected:
+                raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
+                                  f"{self._where()}; the container announces {self._expected} frames")
+            if self._decoded and self._end_ns is not None and self._last_pts_ns + 2 * self._period_ns < self._end_ns:
+                raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
+                                  f"{self._where()}; the container announces {self._end_ns / 1e9:.3f} s")
+            if not self.cfg.loop or self._decoded == 0:
+                return None
+            # Loop: the next pass starts one frame period after this one ended, so times keep increasing.
+            self._t_offset_ns += self._last_pts_ns + self._period_ns - self._first_pts_ns
+            self._first_pts_ns = self._last_pts_ns = None
+            self._stack.close()
+            self._open_container()
+            return self._read()
+        # pts -> ns once, here at the edge; a frame without pts follows the previous one by one period.
+        if frame.pts is not None:
+            pts_ns = round(frame.pts * (frame.time_base or self.time_base) * 1_000_000_000)
+        else:
+            pts_ns = 0 if self._last_pts_ns is None else self._last_pts_ns + self._period_ns
+        if self._t_offset_ns is None:
+            self._t_offset_ns = time.time_ns() - pts_ns if self.live else 0
+        if self._first_pts_ns is None:
+            self._first_pts_ns = pts_ns
+        self._last_pts_ns = pts_ns
+        self._decoded += 1
+        t_ns = pts_ns + self._t_offset_ns
+        image = frame.to_ndarray(format="gray" if self._is_ir or frame.format.name.startswith("gray") else "bgr24")
+        self._pace(t_ns)
+        return self._frame(t_ns, self._convert(image))
+
+    def _where(self) -> str:
+        if self._last_pts_ns is None:
+            return "before the first frame"
+        return f"after frame {self._decoded} (t={(self._last_pts_ns - self._first_pts_ns) / 1e9:.3f} s)"
+
+    def _close(self) -> None:
+        self._stack.close()
+
+
+register("source", "file")(AvSource)
+register("source", "stream")(AvSource)
+
+
+# -- numbered image folder ---------------------------------------------------------------------------------------
+
+
+def _number_key(path: Path) -> tuple[int, str]:
+    """Sort key: the last integer in the file stem (``frame_0012.png`` -> 12), then the name."""
+    numbers = re.findall(r"\d+", path.stem)
+    return (int(numbers[-1]) if numbers else -1, path.name)
+
+
+@register("source", "folder")
+class FolderSource(BaseSource):
+    """Numbered image files sorted numerically; frame ``i`` (in that order, across loops) has ``t = i / fps``."""
+
+    def _open(self) -> None:
+        folder = Path(self.cfg.path)
+        if not self.cfg.path or not folder.is_dir():
+            raise SourceError(f"{self.section}: image folder not found: {self.cfg.path!r}")
+        self._files = sorted((p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES), key=_number_key)
+        if not self._files:
+            raise SourceError(f"{self.section}: no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {folder}")
+
+    def _read(self) -> Frame | None:
+        import cv2
+
+        index = self._seq
+        if index >= len(self._files) and not self.cfg.loop:
+            return None
+        path = self._files[index % len(self._files)]
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise SourceError(f"{self.section}: cannot read image {path}")
+        t_ns = round(index * 1e9 / self.cfg.fps)
+        self._pace(t_ns)
+        return self._frame(t_ns, self._convert(image))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,257 @@
+"""Score fusion methods on a folder of IR/visible pairs: per-image CSV, a markdown table of means, a montage.
+
+A method is either a folder of another method's fused outputs (grey or colour images named like the inputs; the
+Y channel is scored) or a fuser run here (built by name or from a pipeline config), whose time per frame is
+measured as well. All methods are scored with :mod:`streamfuse.metrics` on the same pairs, so their rows compare.
+
+Pairs are matched by file stem (``ir/00004N.png`` with ``vi/00004N.png``, ``ir/190001.jpg`` with ``vi/190001.jpg``).
+Images may have any size; visible images may be colour (BGR, Y taken) or grey; 3-channel IR (LLVIP) becomes grey.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+from streamfuse import metrics
+from streamfuse.config import apply_overrides, dump_config, load_config, parse_section
+from streamfuse.fusers import FuseConfig, Fuser, build_fuser
+from streamfuse.postprocess import vis_luma
+
+__all__ = ["Method", "find_pairs", "read_grey", "fused_dir_method", "fuser_method", "config_method", "evaluate_dir",
+           "EvalResult", "markdown_table"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+TILE_HEIGHT = 240  # montage tile height in pixels (width keeps the aspect ratio)
+
+
+@dataclass
+class Method:
+    """One row of the table: a folder of fused images (``fused_dir``) or a fuser run here (``fuser``)."""
+
+    name: str
+    fused_dir: Path | None = None
+    fuser: Fuser | None = None
+    config: Any = None  # the resolved PipelineConfig of a ``--config`` method, written beside the outputs
+
+
+@dataclass
+class EvalResult:
+    """Per-image rows (``method``, ``image``, every metric, ``ms`` for fusers) and per-method means."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    means: dict[str, dict[str, float]] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
+
+
+def read_grey(path: Path) -> np.ndarray:
+    """Read an 8-bit image as ``(H, W)`` uint8 luma: grey as is, BGR/BGRA via BT.601 Y (``vis_luma``)."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"cannot read image {path}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"{path}: only 8-bit images are supported, got {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    return vis_luma(np.ascontiguousarray(img))
+
+
+def _images(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {folder}")
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def find_pairs(dir_ir: str | Path, dir_vis: str | Path, limit: int = 0) -> list[tuple[str, Path, Path]]:
+    """``(stem, ir_path, vis_path)`` for every stem present in both folders, sorted; the first ``limit`` if > 0."""
+    ir, vis = _images(Path(dir_ir), "IR"), _images(Path(dir_vis), "visible")
+    stems = sorted(ir.keys() & vis.keys())
+    if not stems:
+        raise ValueError(f"no IR/visible pairs with matching file names in {dir_ir} and {dir_vis}")
+    if len(stems) < max(len(ir), len(vis)):
+        log.warning("%d IR and %d visible images have no partner", len(ir) - len(stems), len(vis) - len(stems))
+    return [(s, ir[s], vis[s]) for s in stems[:limit or None]]
+
+
+def fused_dir_method(spec: str) -> Method:
+    """``NAME=DIR`` or ``DIR`` (named after the folder): another method's fused images."""
+    name, _, path = spec.rpartition("=")
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"fused folder not found: {path}")
+    return Method(name or path.name, fused_dir=path)
+
+
+def fuser_method(spec: str, overrides: list[str] | None = None) -> Method:
+    """``NAME`` or ``NAME:key=value,key=value`` (FuseConfig fields), plus dotted ``fuse.``/``align.`` overrides."""
+    name, _, inline = spec.partition(":")
+    items = [kv for kv in inline.split(",") if kv]
+    for kv in items:
+        if "=" not in kv:
+            raise ValueError(f"fuser {spec!r}: {kv!r} is not key=value")
+    fuse = {"name": name, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in items)}}
+    raw = apply_overrides({"fuse": fuse, "align": {}}, overrides or [])
+    unknown = set(raw) - {"fuse", "align"}
+    if unknown:
+        raise ValueError(f"--set {sorted(unknown)[0]}.*: a --fuser method takes only fuse.* and align.* overrides")
+    fuse_cfg = parse_section(FuseConfig, raw["fuse"], "fuse")
+    align_cfg = None
+    if fuse_cfg.name == "hclfuse":  # imported only when needed: the alignment stage pulls in POT
+        from streamfuse.align import AlignConfig
+
+        align_cfg = parse_section(AlignConfig, raw["align"], "align")
+    fuser = build_fuser(fuse_cfg, align_cfg)
+    return Method(spec if items else fuser.name, fuser=fuser)
+
+
+def config_method(path: str | Path, overrides: list[str] | None = None) -> Method:
+    """The fuser of a pipeline config file (``fuse`` and ``align`` sections), with dotted overrides."""
+    cfg = load_config(path, overrides)
+    return Method(f"{cfg.fuse.name} ({Path(path).name})", fuser=build_fuser(cfg.fuse, cfg.align), config=cfg)
+
+
+def _montage_stems(pairs: list[tuple[str, Path, Path]], rows: int) -> list[str]:
+    """Stems spread over the visible brightness range (darkest to brightest), so night and day both show."""
+    if len(pairs) <= rows:
+        return [s for s, _, _ in pairs]
+    brightness = sorted((float(read_grey(v).mean()), s) for s, _, v in pairs)
+    picks = np.linspace(0, len(brightness) - 1, rows).round().astype(int)
+    return [brightness[i][1] for i in picks]
+
+
+def _tile(img: np.ndarray, label: str) -> np.ndarray:
+    h, w = img.shape
+    tile = cv2.resize(img, (max(1, round(w * TILE_HEIGHT / h)), TILE_HEIGHT), interpolation=cv2.INTER_AREA)
+    tile = cv2.cvtColor(tile, cv2.COLOR_GRAY2BGR)
+    cv2.putText(tile, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(tile, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def _write_montage(path: Path, tiles: dict[str, list[np.ndarray]]) -> None:
+    rows = [np.hstack(row) for row in tiles.values() if row]
+    width = max(r.shape[1] for r in rows)
+    rows = [cv2.copyMakeBorder(r, 0, 2, 0, width - r.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255))
+            for r in rows]
+    if not cv2.imwrite(str(path), np.vstack(rows)):
+        raise RuntimeError(f"cannot write montage {path}")
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise RuntimeError(f"cannot write {path}")
+
+
+def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method], out_dir: str | Path, *,
+                 save_dir: str | Path | None = None, limit: int = 0, montage_rows: int = 4) -> EvalResult:
+    """Score every method on the pairs of two folders and write ``metrics.csv``, ``metrics.md``, ``montage.png``.
+
+    Args:
+        dir_ir: folder of IR images.
+        dir_vis: folder of visible images (colour or grey), same file stems.
+        methods: what to score (see :func:`fused_dir_method`, :func:`fuser_method`, :func:`config_method`).
+        out_dir: created if needed; receives the CSV, the markdown table, the montage and, for config methods,
+            ``<config stem>.resolved.yaml``.
+        save_dir: if set, each fuser's output Y is written as ``<stem>.png`` there (in ``<method>/`` subfolders
+            when several fusers run).
+        limit: score only the first ``limit`` pairs (sorted by name); 0 = all.
+        montage_rows: pairs shown in the montage, spread from the darkest to the brightest visible image.
+
+    Returns:
+        The per-image rows and per-method means (metrics in :data:`streamfuse.metrics.METRICS` order, ``ms`` =
+        median fusion time per frame for fusers, NaN for fused folders).
+    """
+    if not methods:
+        raise ValueError("nothing to score: give at least one fused folder, fuser or config")
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique, got {names}")
+    pairs = find_pairs(dir_ir, dir_vis, limit)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fusers = [m for m in methods if m.fuser is not None]
+    save_dirs: dict[str, Path] = {}
+    if save_dir is not None:
+        for m in fusers:
+            save_dirs[m.name] = Path(save_dir) / _safe(m.name) if len(fusers) > 1 else Path(save_dir)
+            save_dirs[m.name].mkdir(parents=True, exist_ok=True)
+    fused_files = {m.name: _images(m.fused_dir, f"fused ({m.name})") for m in methods if m.fused_dir is not None}
+    shown = set(_montage_stems(pairs, montage_rows))
+    tiles: dict[str, list[np.ndarray]] = {}
+    result = EvalResult(missing={m.name: 0 for m in methods})
+
+    for stem, ir_path, vis_path in pairs:
+        ir, vis_y = read_grey(ir_path), read_grey(vis_path)
+        if ir.shape != vis_y.shape:
+            raise ValueError(f"{stem}: IR {ir.shape} and visible {vis_y.shape} differ in size (register them first)")
+        if stem in shown:
+            tiles[stem] = [_tile(ir, f"IR {stem}"), _tile(vis_y, "visible")]
+        for m in methods:
+            ms = float("nan")
+            if m.fuser is not None:
+                t0 = time.perf_counter()
+                fused = m.fuser.fuse(ir, vis_y)
+                ms = (time.perf_counter() - t0) * 1e3
+                if m.name in save_dirs:
+                    _save_png(save_dirs[m.name] / f"{stem}.png", metrics.to_8bit(fused).astype(np.uint8))
+            elif stem in fused_files[m.name]:
+                fused = read_grey(fused_files[m.name][stem])
+            else:
+                result.missing[m.name] += 1
+                continue
+            if fused.shape != ir.shape:
+                raise ValueError(f"{m.name}/{stem}: fused size {fused.shape} differs from the sources' {ir.shape}")
+            result.rows.append({"method": m.name, "image": stem, **metrics.evaluate_pair(fused, ir, vis_y), "ms": ms})
+            if stem in shown:
+                tiles[stem].append(_tile(metrics.to_8bit(fused).astype(np.uint8), m.name))
+
+    for m in methods:
+        rows = [r for r in result.rows if r["method"] == m.name]
+        if result.missing[m.name]:
+            log.warning("%s: %d of %d fused images missing", m.name, result.missing[m.name], len(pairs))
+        if rows:
+            result.means[m.name] = {k: float(np.mean([r[k] for r in rows])) for k in metrics.METRICS}
+            result.means[m.name]["ms"] = float(np.median([r["ms"] for r in rows])) if m.fuser else float("nan")
+            result.means[m.name]["n"] = len(rows)
+        if m.config is not None:
+            dump_config(m.config, out_dir / f"{Path(m.config.source_file).stem}.resolved.yaml")
+
+    _write_csv(out_dir / "metrics.csv", result.rows)
+    (out_dir / "metrics.md").write_text(markdown_table(result.means) + "\n")
+    _write_montage(out_dir / "montage.png", tiles)
+    return result
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe version of a method name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["method", "image", *metrics.METRICS, "ms"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def markdown_table(means: dict[str, dict[str, float]]) -> str:
+    """One row per method: pairs scored, the mean of every metric and the median ms per frame (``-`` if not run)."""
+    heads = [metrics.LABELS.get(k, k) for k in metrics.METRICS]
+    lines = ["| method | n | " + " | ".join(heads) + " | ms/frame |", "|---" * (len(heads) + 3) + "|"]
+    for name, m in means.items():
+        ms = "-" if np.isnan(m["ms"]) else f"{m['ms']:.1f}"
+        lines.append(f"| {name} | {m['n']} | " + " | ".join(f"{m[k]:.3f}" for k in metrics.METRICS) + f" | {ms} |")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""The messages between stages: Frame, FramePair, FusedFrame.
+
+Times: ``t_capture_ns`` is epoch nanoseconds (``time.time_ns()``) stamped at acquisition, so it is
+meaningful across machines; stage latencies inside one process use ``time.perf_counter_ns()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+__all__ = ["Frame", "FramePair", "FusedFrame"]
+
+
+@dataclass
+class Frame:
+    """One captured image.
+
+    Args:
+        stream: source name, ``"ir"`` or ``"vis"``.
+        seq: per-source sequence number, starting at 0, +1 per captured frame.
+        t_capture_ns: capture time, epoch ns (video files: pts x time_base converted once, plus the file's start).
+        image: ``(H, W)`` uint8 grey or ``(H, W, 3)`` uint8 BGR.
+    """
+
+    stream: str
+    seq: int
+    t_capture_ns: int
+    image: np.ndarray
+
+
+@dataclass
+class FramePair:
+    """An IR frame and a visible frame paired by capture time."""
+
+    ir: Frame
+    vis: Frame
+    t_paired_ns: int = 0  # perf_counter_ns when pairing emitted it
+
+    def ir_at_vis_size(self, policy: str = "resize") -> np.ndarray:
+        """The IR image at the visible image's size: resized (``policy="resize"``) or refused with the reason."""
+        ir, (h, w) = self.ir.image, self.vis.image.shape[:2]
+        if ir.shape[:2] == (h, w):
+            return ir
+        if policy != "resize":
+            raise ValueError(f"IR frame {self.ir.seq} is {ir.shape[1]}x{ir.shape[0]} but visible frame {self.vis.seq} "
+                             f"is {w}x{h}; set resize: resize in the IR source config to resize IR to the visible size")
+        return cv2.resize(ir, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass
+class FusedFrame:
+    """The fused output of one pair: BGR uint8 ``(H, W, 3)`` registered to the visible camera."""
+
+    pair: FramePair
+    image: np.ndarray
+    fuser: str
+    fuser_version: str
+    t_fused_ns: int  # epoch ns when fusion finished
+    timings_ms: dict[str, float] = field(default_factory=dict)

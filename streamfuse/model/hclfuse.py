@@ -1,0 +1,264 @@
+"""HCLFuseNet (encode -> K-step physics-guided DDIM on the latent -> decode), weights loading and the Fuser.
+
+``HCLFuseNet.forward(ir01, vis01, noise)`` is pure tensor code without host synchronisation, so the engine can
+capture it in a CUDA graph. Channel order is ``[IR', VIS]`` everywhere, in training and inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamfuse.config import check
+from streamfuse.diffusion.guidance import ComposedGuide, default_guides, guide_inputs
+from streamfuse.diffusion.sampling import sample_ddim
+from streamfuse.diffusion.schedules import alphas_cumprod, ddim_timesteps, linear_betas
+from streamfuse.model.denoiser import Denoiser
+from streamfuse.model.vbe import Decoder, Encoder
+
+__all__ = ["DEFAULT_WEIGHTS", "HCLFuseNet", "HCLFuser", "ModelConfig", "build_hclfuse", "load_weights",
+           "save_weights"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "hclfuse_v1.pt"
+FORMAT = "streamfuse-hclfuse"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of HCLFuseNet (stored in the weights file).
+
+    Args:
+        widths: VBE channels at H/4 and H/8.
+        latent_channels: latent channels C at H/8.
+        image_channels: latent channels trained to be image-like (the physics guides act on them).
+        denoiser_width: denoiser channels at H/8 (twice that at H/16).
+        num_train_timesteps: T of the linear beta schedule.
+        beta_start: first beta.
+        beta_end: last beta.
+    """
+
+    widths: tuple[int, int] = (16, 24)
+    latent_channels: int = 4
+    image_channels: int = 1
+    denoiser_width: int = 16
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        check(len(self.widths) == 2 and min(self.widths) >= 1, "widths", self.widths, "2 positive ints")
+        check(1 <= self.image_channels <= self.latent_channels, "image_channels", self.image_channels,
+              "1..latent_channels")
+        check(self.denoiser_width >= 1, "denoiser_width", self.denoiser_width, ">= 1")
+        check(0 < self.beta_start < self.beta_end < 1, "beta_end", self.beta_end, "0 < beta_start < beta_end < 1")
+
+
+class HCLFuseNet(nn.Module):
+    """``(ir01 (B,1,H,W), vis01 (B,1,H,W), noise (B,C,H/8,W/8)) -> fused01 (B,1,H,W)`` in [0, 1].
+
+    Args:
+        cfg: architecture.
+        steps: DDIM steps K at inference.
+        guidance: apply the physics guides during sampling.
+        guidance_scale: multiplies the method's guide weights.
+    """
+
+    stride = 8
+
+    def __init__(self, cfg: ModelConfig, *, steps: int = 4, guidance: bool = True, guidance_scale: float = 1.0):
+        super().__init__()
+        self.cfg = cfg
+        self.latent_channels = cfg.latent_channels
+        self.encoder = Encoder(cfg.widths, cfg.latent_channels)
+        self.decoder = Decoder(cfg.widths, cfg.latent_channels)
+        abar = alphas_cumprod(linear_betas(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end))
+        self.register_buffer("alphas_cumprod", abar, persistent=False)
+        self.denoiser = Denoiser(cfg.latent_channels, cfg.denoiser_width, abar)
+        self.guide: ComposedGuide | None = None
+        self.set_sampling(steps, guidance, guidance_scale)
+
+    def set_sampling(self, steps: int, guidance: bool = True, guidance_scale: float = 1.0) -> None:
+        """Choose K and the guides (no weights change)."""
+        self.steps = steps
+        self.timesteps = ddim_timesteps(steps, self.cfg.num_train_timesteps)
+        self.guide = default_guides(guidance_scale, channels=self.cfg.image_channels) if guidance else None
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor, *, mu: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x, t, mu)
+
+    def forward(self, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        mu, _, skips = self.encoder(torch.cat([ir01, vis01], dim=1))  # (B, C, H/8, W/8)
+        cond = {"mu": mu}
+        if self.guide is not None:
+            cond.update(guide_inputs(ir01, vis01, mu.shape[-2:]))
+        z = sample_ddim(self._eps, noise.to(mu.dtype), self.timesteps, self.alphas_cumprod.to(mu.dtype), cond=cond,
+                        guide=self.guide)
+        return self.decoder(z, skips, ir01, vis01).clamp(0.0, 1.0)
+
+    def train_outputs(self, ir01: torch.Tensor, vis01: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                      e0: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything the training losses need for one batch.
+
+        Args:
+            ir01, vis01: (B, 1, H, W) in 0..1.
+            t: (B,) timesteps.
+            eps: (B, C, H/8, W/8) diffusion noise added to the latent.
+            e0: (B, C, H/8, W/8) reparameterisation noise of the posterior sample.
+        """
+        mu, logvar, skips = self.encoder(torch.cat([ir01, vis01], dim=1))
+        z = mu + (0.5 * logvar).exp() * e0  # posterior sample
+        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * z + (1.0 - abar).sqrt() * eps
+        eps_pred = self.denoiser(x_t, t, mu)
+        return {"mu": mu, "logvar": logvar, "z": z, "eps_pred": eps_pred, "fused": self.decoder(z, skips, ir01, vis01)}
+
+    @torch.no_grad()
+    def fold_gates(self) -> None:
+        """Fold the VBE gates into the convolutions (inference only)."""
+        self.encoder.fold_gates()
+
+
+def save_weights(path: str | Path, net: HCLFuseNet, extra: dict | None = None, *, half: bool = False) -> None:
+    """Write the state dict with the architecture config (and training metadata) to ``path``."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in net.state_dict().items()}
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "model": asdict(net.cfg), "state_dict": state,
+                "extra": extra or {}}, str(path))
+
+
+def load_weights(path: str | Path, **net_kwargs: object) -> tuple[HCLFuseNet, dict]:
+    """Load a weights file into a new HCLFuseNet.
+
+    Returns:
+        The net (eval mode, gates folded) and the file's ``extra`` metadata.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file and what is wrong (not a weights file, config and tensors disagree).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"HCLFuse weights not found: {path}")
+    try:
+        blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (pickle, zip, runtime) for a corrupt file
+        raise ValueError(f"{path}: not a readable torch weights file ({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
+        raise ValueError(f"{path}: not an HCLFuse weights file (expected format {FORMAT!r})")
+    if blob.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: weights format version {blob.get('format_version')} is not supported"
+                         f" (expected {FORMAT_VERSION})")
+    known = {f.name for f in fields(ModelConfig)}
+    raw = dict(blob.get("model", {}))
+    if set(raw) - known:
+        raise ValueError(f"{path}: unknown model config keys {sorted(set(raw) - known)}")
+    try:
+        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: bad model config: {exc}") from None
+    net = HCLFuseNet(cfg, **net_kwargs)
+    state = blob["state_dict"]
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the model config {cfg}: missing {missing[:3]},"
+                         f" unexpected {unexpected[:3]}")
+    bad = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ValueError(f"{path}: weights do not match the model config: {bad[0]} has shape"
+                         f" {tuple(state[bad[0]].shape)}, the config needs {tuple(expected[bad[0]].shape)}")
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise ValueError(f"{path}: weights contain NaN or infinite values")
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    net.eval().requires_grad_(False)
+    net.fold_gates()
+    return net, dict(blob.get("extra", {}))
+
+
+def _sha8(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+
+
+class HCLFuser:
+    """The ``hclfuse`` Fuser: cached OT alignment, then the net on the engine's device.
+
+    Args:
+        net: loaded HCLFuseNet.
+        engine: a ``streamfuse.engine.Engine`` running ``net``.
+        align_cfg: the OT alignment settings.
+        seed: seed of the per-stream fixed noise.
+        version: reported version string.
+    """
+
+    name = "hclfuse"
+
+    def __init__(self, net: HCLFuseNet, engine: object, align_cfg: object, seed: int, version: str):
+        from streamfuse.align import AlignCache
+
+        self.net = net
+        self.engine = engine
+        self.cache = AlignCache(align_cfg)
+        self.seed = seed
+        self.version = version
+        self._noise: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    def noise(self, stream: str, height: int, width: int) -> torch.Tensor:
+        """The fixed latent noise (1, C, h, w) of a stream and frame size, on the engine's device."""
+        key = (stream, height, width)
+        if key not in self._noise:
+            gen = torch.Generator().manual_seed((self.seed << 32) ^ zlib.crc32(stream.encode()))
+            shape = self.engine.latent_shape(height, width)
+            self._noise[key] = torch.randn((1, *shape), generator=gen).to(self.engine.device)
+        return self._noise[key]
+
+    def fuse(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
+        """Fuse ``(H, W)`` uint8 IR and visible Y into ``(H, W)`` float32 Y on 0..255."""
+        return self.fuse_batch([ir], [vis_y], [stream])[0]
+
+    def fuse_batch(self, irs: list[np.ndarray], vis_ys: list[np.ndarray], streams: list[str]) -> np.ndarray:
+        """Fuse same-sized pairs, ``max_batch`` per engine call; returns ``(B, H, W)`` float32 on 0..255."""
+        for ir, vis in zip(irs, vis_ys):
+            if ir.dtype != np.uint8 or vis.dtype != np.uint8 or ir.ndim != 2 or ir.shape != vis.shape:
+                raise ValueError(f"hclfuse needs two (H, W) uint8 images of one size, got IR {ir.shape} {ir.dtype}"
+                                 f" and visible Y {vis.shape} {vis.dtype}")
+        h, w = irs[0].shape
+        luts = np.stack([self.cache.lut(ir, vis, s) for ir, vis, s in zip(irs, vis_ys, streams)])
+        noise = torch.cat([self.noise(s, h, w) for s in streams])
+        n = self.engine.max_batch
+        return np.concatenate([self.engine.run(np.stack(irs[i:i + n]), np.stack(vis_ys[i:i + n]), luts[i:i + n],
+                                               noise[i:i + n]) for i in range(0, len(irs), n)])
+
+    def stats(self) -> dict[str, float]:
+        """OT cache counters (hits, misses, solve ms)."""
+        return self.cache.stats()
+
+
+def build_hclfuse(fuse_cfg: object, align_cfg: object | None = None) -> HCLFuser:
+    """Load the weights named by ``fuse_cfg.weights`` (default: the shipped file) and build the Fuser."""
+    from streamfuse.align import AlignConfig
+    from streamfuse.engine import Engine
+
+    align_cfg = align_cfg if align_cfg is not None else AlignConfig()
+    path = Path(fuse_cfg.weights) if fuse_cfg.weights else DEFAULT_WEIGHTS
+    if fuse_cfg.noise != "fixed":
+        raise ValueError(f"fuse.noise={fuse_cfg.noise!r} is not supported by hclfuse; allowed: 'fixed'")
+    net, extra = load_weights(path, steps=fuse_cfg.steps, guidance=fuse_cfg.guidance)
+    trained = extra.get("align", {})
+    used = {k: getattr(align_cfg, k) for k in ("reg", "blend")}
+    if align_cfg.enabled and trained and any(abs(trained[k] - used[k]) > 1e-12 for k in used if k in trained):
+        log.warning("%s was trained with align %s, running with %s", path.name,
+                    {k: trained[k] for k in used if k in trained}, used)
+    engine = Engine(net, device=fuse_cfg.device, precision=fuse_cfg.precision, cuda_graphs=fuse_cfg.cuda_graphs,
+                    max_batch=fuse_cfg.max_batch, threads=fuse_cfg.threads)
+    return HCLFuser(net, engine, align_cfg, fuse_cfg.seed, version=f"1.0+{_sha8(path)}")

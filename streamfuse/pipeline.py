@@ -1,0 +1,155 @@
+"""The live pipeline, written in data-flow order: capture -> pair -> fuse -> postprocess -> publish.
+
+This is the only module that imports every stage. The live loop never blocks on a slow part: producers write
+into newest-wins shared-memory rings, the loop drains what has arrived and fuses only the newest pair (older
+pairs are counted as ``stale``), and the publisher drops instead of waiting. Offline replay lives in
+``streamfuse.replay`` and reuses the same stages with no-drop semantics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from typing import Iterator
+
+from streamfuse.capture import ProducerEvent, Producers, start_producers
+from streamfuse.config import PipelineConfig
+from streamfuse.frames import Frame, FusedFrame
+from streamfuse.fusers import Fuser, build_fuser
+from streamfuse.postprocess import restore_colour, vis_luma
+from streamfuse.publish import Publisher
+from streamfuse.record import Recorder
+from streamfuse.sync import Pairer
+from streamfuse.telemetry import Telemetry, format_stats
+
+__all__ = ["run", "run_live"]
+
+log = logging.getLogger("streamfuse.pipeline")
+
+
+def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = None, vis_path: str | None = None,
+        out_path: str | None = None, resume: bool | None = None) -> int:
+    """Run live, or replay when an output file is given (``--out`` or ``replay.out``); returns the exit code."""
+    if out_path or cfg.replay.out:
+        from streamfuse.replay import run_replay
+
+        summary = run_replay(cfg, ir_path=ir_path, vis_path=vis_path, out_path=out_path, resume=resume)
+        return 0 if summary.complete else 1
+    if ir_path or vis_path:
+        raise ValueError("--ir/--vis are for replay: also give --out (or set replay.out in the config)")
+    run_live(cfg, duration_s=duration_s)
+    return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C and SIGTERM set ``stop`` (main thread only); the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
+    """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM, or ``duration_s`` (0 = no limit).
+
+    Returns:
+        The final telemetry snapshot (also logged and published on the stats topic).
+    """
+    stop = stop or threading.Event()
+    log.info("config %s: %s", cfg.source_file, cfg.to_dict())
+    fuser = build_fuser(cfg.fuse, cfg.align)
+    log.info("fuser %s %s", fuser.name, fuser.version)
+    tel = Telemetry(cfg.telemetry)
+    pairer = Pairer(cfg.sync)
+    deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
+    frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
+    recorder = Recorder(cfg.record, frame_ids) if cfg.record else contextlib.nullcontext()
+    with _stop_on_signals(stop), Publisher(cfg.publish) as pub, recorder as rec, \
+            start_producers(cfg.ir, cfg.vis) as producers:
+        while not stop.is_set() and time.monotonic() < deadline:
+            # 1. capture: everything that arrived since the last turn (waits briefly when nothing has)
+            frames = _drain(producers)
+            if frames is None:
+                break  # every source has ended for good
+            # 2. pair by capture time; a live rig wants the freshest pair, older ones are stale
+            pairs = []
+            for frame in frames:
+                tel.record(f"capture.{frame.stream}", (time.time_ns() - frame.t_capture_ns) / 1e6)
+                if rec is not None:
+                    rec.write(frame)
+                pairs += pairer.push(frame)
+            if not pairs:
+                _report(tel, pub, pairer, producers, fuser, final=False)
+                continue
+            tel.count("stale", len(pairs) - 1)
+            pair = pairs[-1]
+            t0 = time.perf_counter_ns()
+            tel.record("pair", (t0 - pair.t_paired_ns) / 1e6)
+            # 3. fuse: OT alignment, VBE encoding, K-step guided DDIM, decoding (on the configured device)
+            vis_y = vis_luma(pair.vis.image)
+            fused_y = fuser.fuse(pair.ir_at_vis_size(cfg.ir.resize), vis_y, stream=cfg.publish.topic)
+            t1 = time.perf_counter_ns()
+            # 4. postprocess: colour from the visible Cb/Cr, clip, uint8
+            image = restore_colour(fused_y, pair.vis.image, cfg.post)
+            t2 = time.perf_counter_ns()
+            timings = {"pair": (t0 - pair.t_paired_ns) / 1e6, "fuse": (t1 - t0) / 1e6, "postprocess": (t2 - t1) / 1e6}
+            # 5. publish, never blocking on a slow subscriber
+            fused = FusedFrame(pair, image, fuser.name, fuser.version, time.time_ns(), timings)
+            sent = pub.send_fused(fused)
+            tel.count("published" if sent else "publish_dropped")
+            tel.record("fuse", timings["fuse"])
+            tel.record("postprocess", timings["postprocess"])
+            tel.record("publish", (time.perf_counter_ns() - t2) / 1e6)
+            tel.record("end_to_end", (time.time_ns() - max(pair.ir.t_capture_ns, pair.vis.t_capture_ns)) / 1e6)
+            _report(tel, pub, pairer, producers, fuser, final=False)
+        pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
+        return _report(tel, pub, pairer, producers, fuser, final=True)
+
+
+def _drain(producers: Producers) -> list[Frame] | None:
+    """Frames that arrived since the last call (waiting up to 0.1 s for the first); None once all sources ended.
+
+    A source that failed for good (restart off, or it never opened) stops the run with its one-line reason; one
+    that is restarting is only logged by the producer set, and the other source keeps going.
+    """
+    frames: list[Frame] = []
+    item = producers.get(timeout=0.1)
+    while item is not None:
+        if isinstance(item, ProducerEvent):
+            if item.kind == "error" and not item.restarting:
+                raise RuntimeError(item.message)
+        else:
+            frames.append(item)
+        item = producers.get(timeout=0)
+    return None if producers.done and not frames else frames
+
+
+def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers, fuser: Fuser, *,
+            final: bool) -> dict:
+    """Every ``interval_s`` (and at exit): gather counters, log one line, publish on the stats topic."""
+    if not (final or tel.due()):
+        return {}
+    for key, value in pairer.stats().items():
+        if isinstance(value, dict):  # per source: received, paired, unpaired, dropped, queued
+            for name, count in value.items():
+                tel.set(f"{name}.{key}", count)
+        else:
+            tel.set(key, value)
+    for source, counters in producers.stats().items():
+        for name in ("dropped", "restarts"):
+            tel.set(f"capture_{name}.{source}", counters[name])
+    for name, value in fuser.stats().items():
+        tel.set(name, value)
+    snap = tel.snapshot()
+    log.info("%s%s", "final: " if final else "", format_stats(snap))
+    pub.send_stats(snap)
+    return snap

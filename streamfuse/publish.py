@@ -1,0 +1,291 @@
+"""PublishConfig, the ZeroMQ Publisher of fused frames, and the wire format's decoder.
+
+Wire format (README "Wire format" is the reference for consumers): a PUB socket that binds; every fused frame
+is one multipart message ``[topic, header, image]``:
+
+- ``topic``: UTF-8 bytes, e.g. ``b"fused/rig0"`` (SUB prefix filtering: subscribe to ``b"fused/"`` for all rigs).
+- ``header``: UTF-8 JSON object, schema ``"streamfuse.fused/1"`` (see :data:`HEADER_FIELDS`).
+- ``image``: the raw pixels, ``height`` rows of ``step`` bytes (``bgr8``: B, G, R per pixel; ``mono8``: 1 byte).
+
+Statistics go out as ``[stats_topic, JSON]`` with schema ``"streamfuse.stats/1"``.
+
+Live semantics: PUB/SUB never blocks the publisher. Each subscriber has a queue of ``sndhwm`` messages; when a
+slow subscriber's queue is full, libzmq drops that subscriber's copy and the others still get theirs, so the
+publisher cannot see those drops: subscribers count them from gaps in ``seq``. With ``nodrop=True``
+(``ZMQ_XPUB_NODROP``) a full queue instead makes ``send_fused`` return False and count the drop, but then one
+stalled subscriber holds the frame back from every subscriber. A subscriber that connects late (or while the
+publisher starts) misses the frames sent before its subscription arrived (ZeroMQ's "slow joiner"): fine for a
+live stream, which only needs the next frame.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import zmq
+import zmq.auth
+
+from streamfuse.config import check
+from streamfuse.frames import FusedFrame
+
+__all__ = ["PublishConfig", "Publisher", "MalformedMessage", "decode_message", "decode_stats", "HEADER_FIELDS",
+           "SCHEMA", "STATS_SCHEMA", "ENCODINGS"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "streamfuse.fused/1"
+STATS_SCHEMA = "streamfuse.stats/1"
+ENCODINGS = {"mono8": 1, "bgr8": 3}  # encoding -> channels (bytes per pixel)
+
+# Every header field and its JSON type; times are integer ns (epoch: time.time_ns()).
+HEADER_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "schema": str,  # "streamfuse.fused/1"; the number after "/" changes only on incompatible changes
+    "seq": int,  # publisher's own counter, +1 per published frame from 0 (gaps = frames this subscriber missed)
+    "height": int,  # rows
+    "width": int,  # columns
+    "encoding": str,  # "bgr8" or "mono8"
+    "step": int,  # bytes per row
+    "is_bigendian": int,  # 0 (8-bit data)
+    "frame_id": str,  # optical frame the image is registered to (the visible camera's)
+    "seq_ir": int,  # IR source sequence number of the fused pair
+    "seq_vis": int,  # visible source sequence number
+    "t_capture_ir_ns": int,  # IR capture time, epoch ns (file replay: the file's timestamps)
+    "t_capture_vis_ns": int,  # visible capture time, epoch ns
+    "t_fused_ns": int,  # fusion finished, epoch ns
+    "t_publish_ns": int,  # handed to ZeroMQ, epoch ns
+    "fuser": str,  # fuser name, e.g. "hclfuse"
+    "fuser_version": str,
+    "timings_ms": dict,  # per-stage latency of this frame, stage name -> ms (float)
+}
+
+
+class MalformedMessage(ValueError):
+    """A message that does not follow the wire format; the text is one line saying what is wrong."""
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """The publish stage.
+
+    Args:
+        endpoint: ZeroMQ endpoint the PUB socket binds (``tcp://HOST:PORT``, ``ipc://PATH``); loopback by default.
+        topic: topic of fused frames (first message part).
+        stats_topic: topic of the telemetry messages.
+        sndhwm: messages queued per subscriber before that subscriber's frames are dropped (small = fresh frames).
+        nodrop: ``ZMQ_XPUB_NODROP``: a full subscriber queue makes ``send_fused`` return False (counted) instead
+            of dropping that subscriber's copy silently; one stalled subscriber then holds frames back from all.
+        wait_ms: with ``nodrop``, how long ``send_fused`` may wait for room before it drops the frame: lossless
+            back-pressure for offline replay into a recorder. 0 = never wait (live).
+        frame_id: ``frame_id`` header field: the optical frame the fused image is registered to.
+        curve_secret_file: CURVE encryption: a secret-key file made by ``zmq.auth.create_certificates``; subscribers
+            need the matching public key. Empty = plain TCP (keep the endpoint on loopback then).
+    """
+
+    endpoint: str = "tcp://127.0.0.1:5555"
+    topic: str = "fused/rig0"
+    stats_topic: str = "stats/rig0"
+    sndhwm: int = 2
+    nodrop: bool = False
+    wait_ms: int = 0
+    frame_id: str = "vis_optical_frame"
+    curve_secret_file: str = ""
+
+    def __post_init__(self) -> None:
+        check(self.endpoint.split("://")[0] in ("tcp", "ipc", "inproc"), "endpoint", self.endpoint,
+              "tcp://HOST:PORT | ipc://PATH | inproc://NAME")
+        check(bool(self.topic), "topic", self.topic, "a non-empty string, e.g. fused/rig0")
+        check(bool(self.stats_topic) and not self.stats_topic.startswith(self.topic) and
+              not self.topic.startswith(self.stats_topic), "stats_topic", self.stats_topic,
+              "a non-empty string that is not a prefix of topic (or the other way round)")
+        check(1 <= self.sndhwm <= 1000, "sndhwm", self.sndhwm, "1..1000")
+        check(self.wait_ms == 0 or (self.nodrop and 0 < self.wait_ms <= 60_000), "wait_ms", self.wait_ms,
+              "0, or 1..60000 with nodrop: true (without nodrop a full queue drops, it never waits)")
+
+
+class Publisher:
+    """Binds a PUB socket and sends fused frames and stats without blocking (unless ``wait_ms`` is set).
+
+    Use as a context manager; ``dropped`` counts frames refused by a full queue (only with ``nodrop``),
+    ``published`` those handed to ZeroMQ.
+
+    Raises:
+        RuntimeError: the endpoint is already in use or cannot be bound (one line).
+        FileNotFoundError: ``curve_secret_file`` does not exist.
+    """
+
+    def __init__(self, cfg: PublishConfig) -> None:
+        self.cfg = cfg
+        self.published = 0
+        self.dropped = 0
+        self._topic = cfg.topic.encode()
+        self._stats_topic = cfg.stats_topic.encode()
+        self._sock = zmq.Context.instance().socket(zmq.PUB)
+        try:
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+            self._sock.setsockopt(zmq.XPUB_NODROP, int(cfg.nodrop))
+            self._sock.setsockopt(zmq.SNDTIMEO, cfg.wait_ms)  # 0: every send is non-blocking, like zmq.NOBLOCK
+            if cfg.curve_secret_file:
+                self._sock.curve_secretkey = _load_secret(cfg.curve_secret_file)
+                self._sock.curve_server = True
+            self._sock.bind(cfg.endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close(linger=0)
+            if exc.errno == errno.EADDRINUSE:
+                raise RuntimeError(f"endpoint {cfg.endpoint} is already in use (another publisher running? "
+                                   f"set publish.endpoint to a free port)") from None
+            raise RuntimeError(f"cannot bind endpoint {cfg.endpoint}: {exc}") from None
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
+        #: the bound endpoint, with the real port when the config asked for ``tcp://HOST:*``.
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("publishing %s on %s (stats on %s)", cfg.topic, self.endpoint, cfg.stats_topic)
+
+    def send_fused(self, fused: FusedFrame) -> bool:
+        """Send one fused frame as ``[topic, header, image]``; the image goes zero-copy.
+
+        Args:
+            fused: its ``image`` is ``(H, W, 3)`` uint8 BGR or ``(H, W)`` uint8 grey.
+
+        Returns:
+            False when the frame was dropped because a subscriber's queue is full (``nodrop`` only). Never blocks,
+            except for up to ``wait_ms`` when that is set.
+        """
+        image = np.ascontiguousarray(fused.image)
+        header = _encode_header(fused, image, seq=self.published, frame_id=self.cfg.frame_id)
+        try:
+            # The high-water mark is checked on the first part only; once it passes, the rest of the message
+            # always follows, so a message is sent whole or not at all.
+            self._sock.send(self._topic, zmq.SNDMORE)
+            self._sock.send(header, zmq.SNDMORE)
+            self._sock.send(image, copy=False)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.published += 1
+        return True
+
+    def send_stats(self, stats: dict[str, Any]) -> bool:
+        """Send a telemetry snapshot as ``[stats_topic, JSON]`` (numpy scalars and arrays become JSON numbers)."""
+        body = {"schema": STATS_SCHEMA, "t_ns": time.time_ns(), **stats}
+        try:
+            self._sock.send_multipart([self._stats_topic, json.dumps(body, default=_json_default).encode()],
+                                      zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the socket at once (linger 0: queued frames are stale anyway)."""
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _encode_header(fused: FusedFrame, image: np.ndarray, *, seq: int, frame_id: str) -> bytes:
+    """The JSON header of ``fused`` (see :data:`HEADER_FIELDS`); ``image`` is its C-contiguous pixel array."""
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"fused image must be (H, W, 3) BGR or (H, W) grey uint8, got {image.shape} {image.dtype}")
+    pair = fused.pair
+    header = {
+        "schema": SCHEMA, "seq": seq,
+        "height": image.shape[0], "width": image.shape[1], "encoding": "bgr8" if image.ndim == 3 else "mono8",
+        "step": image.strides[0], "is_bigendian": 0, "frame_id": frame_id,
+        "seq_ir": pair.ir.seq, "seq_vis": pair.vis.seq,
+        "t_capture_ir_ns": pair.ir.t_capture_ns, "t_capture_vis_ns": pair.vis.t_capture_ns,
+        "t_fused_ns": fused.t_fused_ns, "t_publish_ns": time.time_ns(),
+        "fuser": fused.fuser, "fuser_version": fused.fuser_version,
+        "timings_ms": {k: round(float(v), 3) for k, v in fused.timings_ms.items()},
+    }
+    return json.dumps(header, separators=(",", ":"), default=_json_default).encode()
+
+
+def decode_message(parts: Sequence[bytes | zmq.Frame]) -> tuple[dict[str, Any], np.ndarray]:
+    """Validate and decode one ``[topic, header, image]`` message.
+
+    Args:
+        parts: the message parts as bytes or ``zmq.Frame`` (``recv_multipart(copy=False)``: the image is not copied).
+
+    Returns:
+        ``(header, image)``: the header dict and a ``(height, width, 3)`` (bgr8) or ``(height, width)`` (mono8)
+        uint8 view of the payload (no copy; read-only when the parts are bytes).
+
+    Raises:
+        MalformedMessage: one line naming what is wrong (part count, JSON, schema, a field, size vs shape).
+    """
+    if len(parts) != 3:
+        raise MalformedMessage(f"expected 3 parts [topic, header, image], got {len(parts)}")
+    header = _parse_json(parts[1], "header")
+    _check_schema(header, SCHEMA)
+    for key, tp in HEADER_FIELDS.items():
+        value = header.get(key)
+        if not isinstance(value, tp) or isinstance(value, bool):
+            raise MalformedMessage(f"header field {key}={value!r} is missing or not {getattr(tp, '__name__', tp)}")
+    channels = ENCODINGS.get(header["encoding"])
+    if channels is None:
+        raise MalformedMessage(f"unknown encoding {header['encoding']!r}; expected one of {', '.join(ENCODINGS)}")
+    height, width, step = header["height"], header["width"], header["step"]
+    if height <= 0 or width <= 0 or step < width * channels:
+        raise MalformedMessage(f"bad image geometry height={height} width={width} step={step} "
+                               f"(need > 0 and step >= width * {channels})")
+    buffer = parts[2].buffer if isinstance(parts[2], zmq.Frame) else memoryview(parts[2])
+    if buffer.nbytes != height * step:
+        raise MalformedMessage(f"image payload is {buffer.nbytes} bytes, header says {height} x {step} = "
+                               f"{height * step}")
+    image = np.frombuffer(buffer, np.uint8).reshape(height, step)[:, : width * channels]
+    return header, image.reshape(height, width, channels) if channels > 1 else image
+
+
+def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
+    """Validate and decode one ``[stats_topic, JSON]`` message; raises MalformedMessage."""
+    if len(parts) != 2:
+        raise MalformedMessage(f"expected 2 parts [topic, stats], got {len(parts)}")
+    stats = _parse_json(parts[1], "stats")
+    _check_schema(stats, STATS_SCHEMA)
+    return stats
+
+
+def _parse_json(part: bytes | zmq.Frame, what: str) -> dict[str, Any]:
+    raw = part.bytes if isinstance(part, zmq.Frame) else bytes(part)
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessage(f"{what} is not UTF-8 JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise MalformedMessage(f"{what} is JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def _check_schema(obj: dict[str, Any], schema: str) -> None:
+    if obj.get("schema") != schema:
+        raise MalformedMessage(f"unsupported schema {obj.get('schema')!r}; expected {schema!r}")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _load_secret(path: str) -> bytes:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"publish.curve_secret_file {path} not found (make one with "
+                                f"zmq.auth.create_certificates)")
+    _, secret = zmq.auth.load_certificate(path)
+    if secret is None:
+        raise ValueError(f"publish.curve_secret_file {path} holds no secret key (use the .key_secret file)")
+    return secret

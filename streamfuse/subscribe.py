@@ -1,0 +1,116 @@
+"""Subscribe to a streamfuse publisher and print per-frame latency and rate; optionally save or show frames.
+
+Latency columns: ``age`` is now minus the visible (and IR) capture time, ``net`` is now minus the publish time,
+both from the header's epoch-ns clocks, so across machines they include the clock offset (use NTP/PTP).
+Exits 0 after ``--count`` frames or Ctrl-C, 1 when no frame arrives for ``--timeout`` seconds, 2 on bad
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zmq.auth
+
+from streamfuse.client import Subscriber
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m streamfuse.subscribe", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
+    parser.add_argument("--topic", default="fused/", help="topic prefix to receive")
+    parser.add_argument("--count", type=int, default=0, help="stop after N frames (0 = until Ctrl-C)")
+    parser.add_argument("--save", type=Path, help="write every frame as DIR/fused_<seq>.png")
+    parser.add_argument("--show", action="store_true", help="show frames in a window (needs a GUI OpenCV build)")
+    parser.add_argument("--latest", action="store_true", help="drain the queue and keep only the newest frame")
+    parser.add_argument("--timeout", type=float, default=10.0, help="give up after S seconds without a frame")
+    parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.timeout <= 0 or args.count < 0:
+        parser.error("--timeout must be > 0 and --count >= 0")
+    if args.show and not _gui_available():
+        print("error: --show needs an OpenCV build with GUI support (pip install opencv-python); this one is "
+              "headless", file=sys.stderr)
+        return 2
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+    server_key = args.server_key
+    if server_key and Path(server_key).is_file():
+        server_key = zmq.auth.load_certificate(server_key)[0].decode()
+    try:
+        with Subscriber(args.endpoint, args.topic, timeout_s=args.timeout, latest=args.latest,
+                        server_key=server_key) as sub:
+            return _loop(sub, args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
+    ages_ms: list[float] = []
+    nets_ms: list[float] = []
+    arrivals: collections.deque[float] = collections.deque(maxlen=30)  # rate over the last 30 frames
+    start = time.monotonic()
+    try:
+        while not args.count or sub.received < args.count:
+            frame = sub.recv()
+            if frame is None:
+                print(f"no frame from {args.endpoint} (topic {args.topic!r}) for {args.timeout:g} s after "
+                      f"{sub.received} frames; is the publisher running?", file=sys.stderr)
+                return 1
+            header, image = frame
+            now_ns = time.time_ns()
+            arrivals.append(time.monotonic())
+            age_ms = (now_ns - header["t_capture_vis_ns"]) / 1e6
+            net_ms = (now_ns - header["t_publish_ns"]) / 1e6
+            ages_ms.append(age_ms)
+            nets_ms.append(net_ms)
+            rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0
+            print(f"seq {header['seq']:6d} {header['width']}x{header['height']} {header['encoding']} "
+                  f"age {age_ms:7.1f} ms (ir {(now_ns - header['t_capture_ir_ns']) / 1e6:.1f}) "
+                  f"net {net_ms:6.2f} ms  {rate:5.1f} fps  missed {sub.missed} malformed {sub.malformed}",
+                  flush=True)
+            if args.save and not cv2.imwrite(str(args.save / f"fused_{header['seq']:08d}.png"), image):
+                print(f"error: cannot write frames to {args.save}", file=sys.stderr)
+                return 2
+            if args.show:
+                cv2.imshow(args.endpoint, image)
+                if cv2.waitKey(1) in (27, ord("q")):
+                    break
+    finally:
+        _summary(sub, ages_ms, nets_ms, time.monotonic() - start)
+    return 0
+
+
+def _summary(sub: Subscriber, ages_ms: list[float], nets_ms: list[float], elapsed_s: float) -> None:
+    def pct(values: list[float]) -> str:
+        return f"median {np.median(values):.2f} p99 {np.percentile(values, 99):.2f} ms" if values else "n/a"
+
+    print(f"received {sub.received} frames in {elapsed_s:.1f} s; age {pct(ages_ms)}; net {pct(nets_ms)}; "
+          f"missed {sub.missed}, malformed {sub.malformed}, discarded {sub.discarded}", flush=True)
+
+
+def _gui_available() -> bool:
+    try:
+        cv2.namedWindow("streamfuse")
+    except cv2.error:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

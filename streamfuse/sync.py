@@ -1,0 +1,251 @@
+"""Pairing IR and visible frames by capture time (SyncConfig, Pairer).
+
+Two modes, as ROS ``message_filters`` users expect:
+
+- ``slop``: approximate-time pairing. An IR frame and a visible frame pair when each is the other's nearest
+  frame in time and they are at most ``slop_ms`` apart; a frame that can no longer find such a partner is
+  counted ``unpaired``. Each input has a bounded queue: when one stream stalls, the other's oldest frames are
+  dropped (counted ``dropped``) instead of the queue growing.
+- ``latest``: zero-order hold. Each frame of the leading (faster) stream pairs with the newest frame of the
+  other stream, if that one is at most ``hold_ms`` older or newer.
+
+Counters are per source and always satisfy ``received == paired + unpaired + dropped + queued``.
+The pairer is pure logic (no threads, no clocks except ``t_paired_ns``); it assumes each stream arrives roughly
+in capture order and sorts small out-of-order arrivals back into place.
+
+>>> import numpy as np
+>>> from streamfuse.frames import Frame
+>>> p = Pairer(SyncConfig(slop_ms=20.0))
+>>> img = np.zeros((2, 2), np.uint8)
+>>> p.push(Frame("ir", 0, 1_000_000_000, img)) + p.push(Frame("vis", 0, 1_005_000_000, img))  # a later IR may be nearer
+[]
+>>> [(pair.ir.seq, pair.vis.seq) for pair in p.flush()]
+[(0, 0)]
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from streamfuse.config import check
+from streamfuse.frames import Frame, FramePair
+
+__all__ = ["SyncConfig", "Pairer", "STREAMS"]
+
+STREAMS = ("ir", "vis")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Pairing settings.
+
+    Args:
+        mode: ``slop`` (approximate-time pairing) or ``latest`` (zero-order hold of the slower stream).
+        slop_ms: largest capture-time difference of a pair in ``slop`` mode, ms.
+        queue_size: frames kept per input while waiting for a partner; overflow drops the oldest (counted).
+        lead: ``latest`` mode: the stream whose every frame is paired (``auto``: the one with the higher rate).
+        hold_ms: ``latest`` mode: largest capture-time difference to the held frame, ms (a stale hold is unpaired).
+    """
+
+    mode: Literal["slop", "latest"] = "slop"
+    slop_ms: float = 20.0
+    queue_size: int = 8
+    lead: Literal["auto", "ir", "vis"] = "auto"
+    hold_ms: float = 500.0
+
+    def __post_init__(self) -> None:
+        check(self.mode in ("slop", "latest"), "mode", self.mode, "slop | latest")
+        check(0.0 < self.slop_ms <= 10_000.0, "slop_ms", self.slop_ms, "0 < slop_ms <= 10000")
+        check(2 <= self.queue_size <= 10_000, "queue_size", self.queue_size, "2 <= queue_size <= 10000")
+        check(self.lead in ("auto", "ir", "vis"), "lead", self.lead, "auto | ir | vis")
+        check(0.0 < self.hold_ms <= 60_000.0, "hold_ms", self.hold_ms, "0 < hold_ms <= 60000")
+
+
+class _Input:
+    """One input's queue (sorted by capture time), counters and rate estimate."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.queue: deque[Frame] = deque()
+        self.maxlen = maxlen
+        self.newest_ns: int | None = None  # largest capture time received
+        self.horizon_ns: int | None = None  # capture time of the last frame that left the queue
+        self.intervals: deque[int] = deque(maxlen=8)  # recent positive capture-time gaps, ns
+        self.received = self.paired = self.unpaired = self.dropped = 0
+
+    def period_ns(self) -> int:
+        """Smallest recent frame interval (0 while unknown): a conservative bound on when the next frame comes."""
+        return min(self.intervals) if self.intervals else 0
+
+    def note(self, t_ns: int) -> None:
+        self.received += 1
+        if self.newest_ns is not None and t_ns > self.newest_ns:
+            self.intervals.append(t_ns - self.newest_ns)
+        self.newest_ns = t_ns if self.newest_ns is None else max(self.newest_ns, t_ns)
+
+    def pop(self, outcome: str) -> Frame:
+        frame = self.queue.popleft()
+        self.horizon_ns = frame.t_capture_ns
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        return frame
+
+    def counters(self) -> dict[str, int]:
+        return {"received": self.received, "paired": self.paired, "unpaired": self.unpaired,
+                "dropped": self.dropped, "queued": len(self.queue)}
+
+
+class Pairer:
+    """Pairs IR and visible frames by capture time; see the module docstring for the rules.
+
+    Args:
+        cfg: the sync section.
+    """
+
+    def __init__(self, cfg: SyncConfig) -> None:
+        self.cfg = cfg
+        self._in = {s: _Input(cfg.queue_size) for s in STREAMS}
+        self._slop_ns = round(cfg.slop_ms * 1e6)
+        self._hold_ns = round(cfg.hold_ms * 1e6)
+        self._held: dict[str, Frame | None] = {s: None for s in STREAMS}  # latest mode: newest frame per stream
+        self._held_used = {s: False for s in STREAMS}
+        self._pairs = 0
+        self._skew_sum_ns = 0
+        self._skew_max_ns = 0
+
+    def push(self, frame: Frame) -> list[FramePair]:
+        """Add one frame (``frame.stream`` is ``"ir"`` or ``"vis"``); returns the pairs it completed, oldest first."""
+        if frame.stream not in self._in:
+            raise ValueError(f"frame.stream={frame.stream!r} is not a pairable stream; allowed: {', '.join(STREAMS)}")
+        self._in[frame.stream].note(frame.t_capture_ns)
+        if self.cfg.mode == "latest":
+            return self._push_latest(frame)
+        return self._push_slop(frame)
+
+    def flush(self) -> list[FramePair]:
+        """End of stream: pair what still can be paired; every other queued frame is counted unpaired."""
+        if self.cfg.mode == "latest":
+            for s in STREAMS:
+                self._release_held(s)
+            return []
+        pairs = self._match(ended=True)
+        for inp in self._in.values():
+            while inp.queue:
+                inp.pop("unpaired")
+        return pairs
+
+    def stats(self) -> dict:
+        """Per-source counters ``{"ir": {...}, "vis": {...}}`` (received, paired, unpaired, dropped, queued),
+        plus ``pairs`` and the pairs' capture-time skew ``skew_ms_mean`` / ``skew_ms_max`` (ms)."""
+        out: dict = {s: self._in[s].counters() for s in STREAMS}
+        for s in STREAMS:
+            out[s]["queued"] += self._held[s] is not None  # latest mode keeps one frame per stream
+        out["pairs"] = self._pairs
+        out["skew_ms_mean"] = self._skew_sum_ns / self._pairs / 1e6 if self._pairs else 0.0
+        out["skew_ms_max"] = self._skew_max_ns / 1e6
+        return out
+
+    def _emit(self, ir: Frame, vis: Frame) -> FramePair:
+        skew = abs(ir.t_capture_ns - vis.t_capture_ns)
+        self._pairs += 1
+        self._skew_sum_ns += skew
+        self._skew_max_ns = max(self._skew_max_ns, skew)
+        return FramePair(ir=ir, vis=vis, t_paired_ns=time.perf_counter_ns())
+
+    # -- slop mode -------------------------------------------------------------------------------------------------
+
+    def _push_slop(self, frame: Frame) -> list[FramePair]:
+        inp = self._in[frame.stream]
+        if inp.horizon_ns is not None and frame.t_capture_ns <= inp.horizon_ns:
+            inp.unpaired += 1  # arrived after a newer frame of its stream was already decided
+            return []
+        # Insert in capture order; arrivals are nearly sorted, so scan from the right.
+        i = len(inp.queue)
+        while i > 0 and inp.queue[i - 1].t_capture_ns > frame.t_capture_ns:
+            i -= 1
+        inp.queue.insert(i, frame)
+        if len(inp.queue) > inp.maxlen:
+            inp.pop("dropped")  # the other stream is stalled or far behind: bound the queue
+        return self._match(ended=False)
+
+    def _future_cannot_beat(self, inp: _Input, t_ns: int, gap_ns: int) -> bool:
+        """True when no frame still to come on ``inp`` can be closer than ``gap_ns`` to time ``t_ns``.
+
+        Frames come in capture order and at least one (smallest recent) period apart, so the next one is no
+        earlier than ``newest + period / 2`` (half a period of margin for jitter).
+        """
+        period = inp.period_ns()
+        return period > 0 and inp.newest_ns + period // 2 - t_ns >= gap_ns
+
+    def _match(self, ended: bool) -> list[FramePair]:
+        ir_in, vis_in = self._in["ir"], self._in["vis"]
+        slop = self._slop_ns
+        pairs: list[FramePair] = []
+        while True:
+            # With the other queue empty, a frame older than the other stream's newest frame minus slop can never
+            # pair (frames to come are newer still): count it now rather than when the next partner arrives.
+            for inp, other in ((ir_in, vis_in), (vis_in, ir_in)):
+                while inp.queue and not other.queue and other.newest_ns is not None \
+                        and inp.queue[0].t_capture_ns < other.newest_ns - slop:
+                    inp.pop("unpaired")
+            if not ir_in.queue or not vis_in.queue:
+                return pairs
+            ir, vis = ir_in.queue[0], vis_in.queue[0]
+            if vis.t_capture_ns < ir.t_capture_ns - slop:
+                vis_in.pop("unpaired")
+                continue
+            if ir.t_capture_ns < vis.t_capture_ns - slop:
+                ir_in.pop("unpaired")
+                continue
+            gap = abs(ir.t_capture_ns - vis.t_capture_ns)
+            # A later visible frame may be nearer to ir (only if vis is before ir), and a later IR frame nearer
+            # to vis (only if ir is before vis): pair only when each is the other's nearest.
+            if len(vis_in.queue) > 1 and abs(vis_in.queue[1].t_capture_ns - ir.t_capture_ns) < gap:
+                vis_in.pop("unpaired")
+                continue
+            if len(ir_in.queue) > 1 and abs(ir_in.queue[1].t_capture_ns - vis.t_capture_ns) < gap:
+                ir_in.pop("unpaired")
+                continue
+            if not ended:
+                if vis.t_capture_ns < ir.t_capture_ns and len(vis_in.queue) == 1 \
+                        and not self._future_cannot_beat(vis_in, ir.t_capture_ns, gap):
+                    return pairs
+                if ir.t_capture_ns < vis.t_capture_ns and len(ir_in.queue) == 1 \
+                        and not self._future_cannot_beat(ir_in, vis.t_capture_ns, gap):
+                    return pairs
+            pairs.append(self._emit(ir_in.pop("paired"), vis_in.pop("paired")))
+
+    # -- latest mode -----------------------------------------------------------------------------------------------
+
+    def _lead(self) -> str:
+        if self.cfg.lead != "auto":
+            return self.cfg.lead
+        # The faster stream leads: smaller recent frame interval; visible while unknown (usually the faster camera).
+        p_ir, p_vis = self._in["ir"].period_ns(), self._in["vis"].period_ns()
+        return "ir" if p_ir and p_vis and p_ir < p_vis else "vis"
+
+    def _release_held(self, stream: str) -> None:
+        """The held frame of ``stream`` leaves: counted paired if any pair used it, else unpaired."""
+        if self._held[stream] is not None:
+            inp = self._in[stream]
+            if self._held_used[stream]:
+                inp.paired += 1
+            else:
+                inp.unpaired += 1
+            self._held[stream] = None
+
+    def _push_latest(self, frame: Frame) -> list[FramePair]:
+        s = frame.stream
+        other = "vis" if s == "ir" else "ir"
+        held = self._held[s]
+        if held is not None and frame.t_capture_ns < held.t_capture_ns:
+            self._in[s].unpaired += 1  # out of order: the hold keeps the newest frame
+            return []
+        self._release_held(s)
+        self._held[s], self._held_used[s] = frame, False
+        partner = self._held[other]
+        if s != self._lead() or partner is None or abs(frame.t_capture_ns - partner.t_capture_ns) > self._hold_ns:
+            return []
+        self._held_used[s] = self._held_used[other] = True
+        return [self._emit(*((frame, partner) if s == "ir" else (partner, frame)))]

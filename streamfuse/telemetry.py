@@ -1,0 +1,80 @@
+"""TelemetryConfig and per-stage latency / rate / counter bookkeeping for the pipeline.
+
+Latencies are kept in a bounded window per stage (recent behaviour matters on a live rig, and memory stays flat
+on long runs); counters are totals since start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamfuse.config import check
+
+__all__ = ["TelemetryConfig", "Telemetry", "format_stats"]
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """How often stats are logged and published, and how many recent samples each stage keeps."""
+
+    interval_s: float = 5.0
+    window: int = 1000
+
+    def __post_init__(self) -> None:
+        check(self.interval_s > 0, "interval_s", self.interval_s, "> 0 seconds")
+        check(self.window >= 10, "window", self.window, ">= 10 samples")
+
+
+class Telemetry:
+    """Per-stage latency samples (ms), counters, and the output rate."""
+
+    def __init__(self, cfg: TelemetryConfig):
+        self.cfg = cfg
+        self._lat: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=cfg.window))
+        self._counts: dict[str, int] = defaultdict(int)
+        self._t_start = time.perf_counter()
+        self._t_last = self._t_start
+        self._outputs_last = 0
+
+    def record(self, stage: str, ms: float) -> None:
+        """Add one latency sample for ``stage`` in milliseconds."""
+        self._lat[stage].append(ms)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name``."""
+        self._counts[name] += n
+
+    def set(self, name: str, value: int) -> None:
+        """Set counter ``name`` (for totals owned by another component, e.g. a pairer's drop count)."""
+        self._counts[name] = value
+
+    def due(self) -> bool:
+        """True once every ``interval_s``: time to log and publish a snapshot."""
+        return time.perf_counter() - self._t_last >= self.cfg.interval_s
+
+    def snapshot(self, outputs: str = "published") -> dict:
+        """Stats since start: per-stage median/p99/min ms, counters, and the output rate over the last interval."""
+        now = time.perf_counter()
+        done = self._counts.get(outputs, 0)
+        interval = max(now - self._t_last, 1e-9)
+        rate = (done - self._outputs_last) / interval
+        self._t_last, self._outputs_last = now, done
+        stages = {}
+        for stage, samples in self._lat.items():
+            arr = np.fromiter(samples, dtype=np.float64)
+            stages[stage] = {"median_ms": round(float(np.median(arr)), 3), "p99_ms": round(float(np.percentile(arr, 99)), 3),
+                             "min_ms": round(float(arr.min()), 3), "n": len(arr)}
+        return {"uptime_s": round(now - self._t_start, 3), "rate_fps": round(rate, 2),
+                "mean_rate_fps": round(done / max(now - self._t_start, 1e-9), 2),
+                "stages": stages, "counters": dict(self._counts)}
+
+
+def format_stats(snap: dict) -> str:
+    """One human-readable line of a snapshot for the log."""
+    stages = " ".join(f"{k}={v['median_ms']:.1f}/{v['p99_ms']:.1f}ms" for k, v in snap["stages"].items())
+    counters = " ".join(f"{k}={round(v, 2) if isinstance(v, float) else v}" for k, v in sorted(snap["counters"].items()) if v)
+    return f"rate={snap['rate_fps']:.1f}fps (median/p99) {stages} | {counters}"

@@ -1,0 +1,236 @@
+"""Producer processes: hand-off, SIGKILL reported once and restarted, offline replay loses nothing, bad sources
+reported in one line, stop within 2 s, no leaked shared memory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from streamfuse.capture.producer import ProducerEvent, Producers, start_producers
+from streamfuse.capture.sources import SourceConfig
+from streamfuse.frames import Frame
+from streamfuse.sync import Pairer, SyncConfig
+
+pytestmark = pytest.mark.timeout(90)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def collect(prod: Producers, until, timeout: float = 30.0) -> tuple[list[Frame], list[ProducerEvent]]:
+    """get() until ``until(frames, events)`` is true or the producers are done; fails after ``timeout`` s."""
+    frames: list[Frame] = []
+    events: list[ProducerEvent] = []
+    deadline = time.monotonic() + timeout
+    while not until(frames, events) and not prod.done:
+        assert time.monotonic() < deadline, f"timed out with {len(frames)} frames, events {events}"
+        item = prod.get(timeout=0.5)
+        if isinstance(item, Frame):
+            frames.append(item)
+        elif item is not None:
+            events.append(item)
+    return frames, events
+
+
+def assert_stopped(prod: Producers, shm_names: list[str]) -> None:
+    start = time.monotonic()
+    prod.stop(timeout=2.0)
+    assert time.monotonic() - start < 2.5
+    assert all(pid is None for pid in prod.pids().values())
+    if sys.platform.startswith("linux"):
+        assert not [n for n in shm_names if (Path("/dev/shm") / n).exists()], "leaked shared memory"
+
+
+def write_video(path: Path, n: int, fps: int) -> None:
+    tb = Fraction(1, fps)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt, stream.time_base = 64, 48, "bgr0", tb
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = i, tb
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_live_sigkill_is_reported_once_and_restarted_without_stopping_the_other(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    cfg = SourceConfig(kind="synthetic", width=160, height=120)
+    prod = start_producers(cfg, cfg, backoff_s=0.2)
+    names = prod.shm_names()
+    try:
+        before, _ = collect(prod, lambda f, e: sum(x.stream == "ir" for x in f) >= 5)
+        assert {f.stream for f in before} == {"ir", "vis"}
+        victim, vis_pid = prod.pids()["ir"], prod.pids()["vis"]
+        os.kill(vis_pid, signal.SIGINT)  # Ctrl-C is the parent's business: children ignore it
+        os.kill(victim, signal.SIGKILL)
+        during, events = collect(prod, lambda f, e: e and sum(x.stream == "ir" for x in f) >= 5)
+        names += prod.shm_names()
+    finally:
+        assert_stopped(prod, names)
+    (event,) = events
+    assert event.stream == "ir" and event.kind == "error" and event.restarting and "SIGKILL" in event.message
+    assert [r.getMessage() for r in caplog.records].count(f"{event.message}; restarting in 0.2 s") == 1
+    assert prod.stats()["ir"]["restarts"] == 1 and prod.stats()["vis"]["restarts"] == 0
+    ir_seq = [f.seq for f in before + during if f.stream == "ir"]
+    assert ir_seq == sorted(set(ir_seq))  # sequence numbers continue across the restart
+    assert sum(f.stream == "vis" for f in during) >= 5  # the visible producer kept running
+    assert all(f.image.shape == (120, 160) for f in during if f.stream == "ir")
+    assert all(f.image.shape == (120, 160, 3) for f in during if f.stream == "vis")
+
+
+def test_offline_restart_after_sigkill_resumes_without_loss_or_duplicates() -> None:
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)  # replayable: virtual clock
+    prod = start_producers(cfg, cfg, offline=True, slots=4, backoff_s=0.1)
+    names = prod.shm_names()
+    try:
+        frames, _ = collect(prod, lambda f, e: len(f) >= 20)
+        time.sleep(0.3)  # let the rings fill: the frames left in the killed producer's ring must not repeat
+        os.kill(prod.pids()["vis"], signal.SIGKILL)
+        more, events = collect(prod, lambda f, e: sum(x.stream == "vis" for x in f) >= 60)
+        names += prod.shm_names()
+    finally:
+        assert_stopped(prod, names)
+    assert [e.restarting for e in events] == [True]
+    period = round(1e9 / 30)
+    vis = [f for f in frames + more if f.stream == "vis"]
+    assert [f.seq for f in vis] == list(range(len(vis)))
+    assert [f.t_capture_ns for f in vis] == [i * period for i in range(len(vis))]
+    times = [f.t_capture_ns for f in frames + more]
+    assert times == sorted(times)  # offline: merged in capture-time order
+
+
+def test_offline_files_deliver_every_frame_in_time_order_then_end_of_stream(tmp_path: Path) -> None:
+    write_video(tmp_path / "ir.mkv", 20, fps=25)
+    write_video(tmp_path / "vis.mkv", 24, fps=30)
+    cfg = {s: SourceConfig(kind="file", path=str(tmp_path / f"{s}.mkv"), realtime=False, restart=False)
+           for s in ("ir", "vis")}
+    prod = start_producers(cfg["ir"], cfg["vis"], offline=True, slots=2)
+    names = prod.shm_names()
+    try:
+        frames, events = collect(prod, lambda f, e: False)
+    finally:
+        assert_stopped(prod, names)
+    assert prod.done
+    assert sorted(e.stream for e in events) == ["ir", "vis"] and all(e.kind == "eos" for e in events)
+    assert [f.seq for f in frames if f.stream == "ir"] == list(range(20))
+    assert [f.seq for f in frames if f.stream == "vis"] == list(range(24))
+    assert [f.t_capture_ns for f in frames] == sorted(f.t_capture_ns for f in frames)
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    pairs = [p for f in frames for p in pairer.push(f)] + pairer.flush()
+    assert len(pairs) == 20 and pairer.stats()["ir"]["unpaired"] == 0
+
+
+def test_offline_truncated_file_delivers_what_decoded_then_one_final_error(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    write_video(tmp_path / "full.mkv", 30, fps=25)
+    data = (tmp_path / "full.mkv").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 2])
+    cfg = SourceConfig(kind="file", path=str(tmp_path / "cut.mkv"), realtime=False)  # restart=True by default
+    prod = Producers({"vis": cfg}, offline=True, backoff_s=0.05)
+    names = prod.shm_names()
+    try:
+        frames, events = collect(prod, lambda f, e: False)
+    finally:
+        assert_stopped(prod, names)
+    assert 0 < len(frames) < 30 and [f.seq for f in frames] == list(range(len(frames)))
+    (event,) = events
+    assert event.kind == "error" and not event.restarting and f"after frame {len(frames)}" in event.message
+    assert [r.getMessage() for r in caplog.records] == [event.message]
+
+
+def test_missing_file_is_one_line_and_not_retried(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    missing = tmp_path / "nope.mp4"
+    prod = start_producers(SourceConfig(kind="file", path=str(missing)),
+                           SourceConfig(kind="camera", path="57"), backoff_s=0.1)
+    try:
+        _, events = collect(prod, lambda f, e: len(e) == 2)
+    finally:
+        assert_stopped(prod, [])
+    by_stream = {e.stream: e for e in events}
+    assert str(missing) in by_stream["ir"].message and "not found" in by_stream["ir"].message
+    assert "camera '57' does not exist" in by_stream["vis"].message
+    assert not any(e.restarting for e in events)  # never opened: a configuration error, not retried
+    assert len(caplog.records) == 2 and all("\n" not in r.getMessage() for r in caplog.records)
+    assert prod.done and prod.stats()["ir"]["restarts"] == 0
+
+
+def test_stop_within_two_seconds_with_a_blocked_producer() -> None:
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)
+    prod = start_producers(cfg, cfg, offline=True, slots=2)
+    collect(prod, lambda f, e: len(f) >= 1)  # both producers up; now nobody reads: their rings fill and block
+    time.sleep(0.3)
+    assert_stopped(prod, prod.shm_names())
+
+
+def test_live_file_end_restarts_from_the_start_with_times_still_increasing(tmp_path: Path) -> None:
+    write_video(tmp_path / "ir.mkv", 4, fps=25)
+    cfg = SourceConfig(kind="file", path=str(tmp_path / "ir.mkv"), realtime=False)  # restart=True by default
+    prod = Producers({"ir": cfg}, backoff_s=0.05)
+    names = prod.shm_names()
+    try:
+        frames, events = collect(prod, lambda f, e: len(f) >= 10)
+        names += prod.shm_names()
+    finally:
+        assert_stopped(prod, names)
+    assert [f.seq for f in frames[:10]] == list(range(10))
+    assert [f.t_capture_ns // 1_000_000 for f in frames[:10]] == [40 * i for i in range(10)]
+    assert [int(f.image[0, 0]) for f in frames[:6]] == [0, 1, 2, 3, 0, 1]  # the file again from its start
+    assert events and all(e.kind == "eos" and e.restarting for e in events)
+
+
+_HELPER = """
+import sys, time
+from pathlib import Path
+from streamfuse.capture import SourceConfig, start_producers
+cfg = SourceConfig(kind="synthetic", width=64, height=48)
+prod = start_producers(cfg, cfg)
+while prod.get(timeout=1.0) is None:
+    pass
+Path(sys.argv[1]).write_text(" ".join(str(p) for p in prod.pids().values()) + "|" + " ".join(prod.shm_names()))
+time.sleep(60)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_producers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    # A separate interpreter, as a real pipeline would be: it has its own resource tracker.
+    pid_file = tmp_path / "pids"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    parent = subprocess.Popen([sys.executable, "-c", _HELPER, str(pid_file)], env=env)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None, "helper did not start its producers"
+        time.sleep(0.1)
+    pids, names = pid_file.read_text().split("|")
+    pids = [int(p) for p in pids.split()]
+    parent.kill()  # SIGKILL: no clean-up code runs in the pipeline process
+    parent.wait(5)
+    deadline = time.monotonic() + 3
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _running(p)], "orphaned producers kept running"
+    # With everyone gone, the helper's resource tracker unlinks the segments its killed owner could not.
+    segments = [Path("/dev/shm") / n for n in names.split()]
+    deadline = time.monotonic() + 3
+    while any(p.exists() for p in segments) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert segments and not [p for p in segments if p.exists()]

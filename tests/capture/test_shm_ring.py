@@ -1,0 +1,116 @@
+"""ShmRing: hand-off across processes, latest/block policies, size change, no leaked segments."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamfuse.capture.shm_ring import ShmRing
+from streamfuse.frames import Frame
+
+SHM_DIR = Path("/dev/shm")
+
+
+def image(seq: int, shape: tuple[int, ...] = (48, 64, 3)) -> np.ndarray:
+    """Deterministic content per seq, so the reader can check every byte."""
+    return np.random.default_rng(seq).integers(0, 256, shape, dtype=np.uint8)
+
+
+def t_of(seq: int) -> int:
+    return 1_700_000_000_000_000_000 + seq * 33_333_333
+
+
+def _writer(ring: ShmRing, n: int, shape: tuple[int, ...]) -> None:
+    """Child process: write n frames (blocking ring: waits whenever the reader is behind)."""
+    for seq in range(n):
+        assert ring.write(Frame(ring.stream, seq, t_of(seq), image(seq, shape)), timeout=10.0)
+    ring.close()
+
+
+def assert_unlinked(name: str) -> None:
+    if sys.platform.startswith("linux"):
+        assert not (SHM_DIR / name).exists(), f"leaked shared memory segment {name}"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("shape", [(48, 64, 3), (48, 64)])
+def test_frames_cross_processes_byte_exact_with_seq_and_time(shape: tuple[int, ...]) -> None:
+    ctx = mp.get_context("spawn")
+    ring = ShmRing("vis", slots=3, slot_bytes=int(np.prod(shape)), policy="block", ctx=ctx)
+    name = ring.name
+    child = ctx.Process(target=_writer, args=(ring, 40, shape))
+    child.start()
+    try:
+        got = [ring.read(timeout=20.0) for _ in range(40)]
+    finally:
+        child.join(10)
+        ring.close()
+    assert child.exitcode == 0
+    assert [f.seq for f in got] == list(range(40))  # block policy: nothing dropped, in order
+    assert [f.t_capture_ns for f in got] == [t_of(i) for i in range(40)]
+    for f in got:
+        assert f.stream == "vis" and f.image.shape == shape
+        np.testing.assert_array_equal(f.image, image(f.seq, shape))
+    assert_unlinked(name)
+
+
+def test_latest_policy_never_blocks_and_counts_overwritten_frames() -> None:
+    with ShmRing("ir", slots=2, slot_bytes=48 * 64) as ring:
+        start = time.monotonic()
+        assert all(ring.write(Frame("ir", s, t_of(s), image(s, (48, 64)))) for s in range(10))
+        assert time.monotonic() - start < 1.0  # no reader at all, yet every write returned at once
+        assert ring.stats() == {"written": 10, "unread": 2, "dropped": 8}
+        newest = [ring.read(timeout=1.0), ring.read(timeout=1.0)]
+        assert [f.seq for f in newest] == [8, 9]
+        np.testing.assert_array_equal(newest[1].image, image(9, (48, 64)))
+        assert ring.read(timeout=0.05) is None
+
+
+def test_block_policy_waits_instead_of_dropping() -> None:
+    with ShmRing("ir", slots=2, slot_bytes=16, policy="block") as ring:
+        frame = Frame("ir", 0, 0, np.zeros((4, 4), np.uint8))
+        assert ring.write(frame) and ring.write(frame)
+        start = time.monotonic()
+        assert not ring.write(frame, timeout=0.2)  # full: waits, then gives up without overwriting
+        assert time.monotonic() - start >= 0.2
+        assert ring.stats() == {"written": 2, "unread": 2, "dropped": 0}
+        ring.read(timeout=1.0)
+        assert ring.write(frame, timeout=0.2)  # a slot was freed
+
+
+def _growing_writer(ring: ShmRing) -> None:
+    """Child process: a small frame, then one that does not fit the slots."""
+    ring.write(Frame("vis", 1, 1, image(1, (10, 10, 3))))
+    ring.write(Frame("vis", 2, 2, image(2, (40, 30, 3))))
+    ring.close()
+
+
+@pytest.mark.timeout(60)
+def test_bigger_frame_moves_to_a_larger_segment_and_all_generations_are_unlinked() -> None:
+    ctx = mp.get_context("spawn")
+    ring = ShmRing("vis", slots=2, slot_bytes=10 * 10 * 3, ctx=ctx)
+    first = ring.name
+    child = ctx.Process(target=_growing_writer, args=(ring,))
+    child.start()
+    child.join(20)
+    out = [ring.read(timeout=1.0), ring.read(timeout=1.0)]
+    np.testing.assert_array_equal(out[0].image, image(1, (10, 10, 3)))  # drained from the first segment
+    np.testing.assert_array_equal(out[1].image, image(2, (40, 30, 3)))
+    assert ring.name != first and ring.slot_bytes >= 40 * 30 * 3
+    assert_unlinked(first)  # the reader unlinked the drained generation when it followed
+    second = ring.name
+    ring.close()
+    assert_unlinked(second)
+
+
+def test_rejects_non_uint8_and_bad_policy() -> None:
+    with ShmRing("ir", slots=1, slot_bytes=64) as ring:
+        with pytest.raises(ValueError, match="uint8"):
+            ring.write(Frame("ir", 0, 0, np.zeros((4, 4), np.float32)))
+    with pytest.raises(ValueError, match="policy"):
+        ShmRing("ir", slots=1, slot_bytes=64, policy="newest")

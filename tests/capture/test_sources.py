@@ -1,0 +1,169 @@
+"""Sources: config validation, the registered synthetic pair, PyAV files (pts times, loop, bad files), folders,
+cameras that do not exist."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from streamfuse.capture.sources import SourceConfig, SourceError, SyntheticScene, open_source
+from streamfuse.registry import available
+
+TB = Fraction(1, 1000)
+
+
+def write_video(path: Path, n: int, *, fps: int = 25, size: tuple[int, int] = (64, 48), codec: str = "ffv1",
+                pts_step: int = 40) -> list[int]:
+    """Write n frames whose brightness encodes the index, with pts = i * pts_step in a 1/1000 time base."""
+    w, h = size
+    pts = [i * pts_step for i in range(n)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+        stream.time_base = TB
+        for i, p in enumerate(pts):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[:, :, 2] = 8 * i  # red ramp: the visible source keeps colour, the IR source turns it grey
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+            frame.pts, frame.time_base = p, TB
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return pts
+
+
+def read_all(section: str, cfg: SourceConfig, limit: int = 1000) -> list:
+    with open_source(section, cfg) as src:
+        out = []
+        while len(out) < limit and (f := src.read()) is not None:
+            out.append(f)
+    return out
+
+
+def test_config_rejects_unknown_kind_listing_the_kinds_and_bad_ranges() -> None:
+    with pytest.raises(ValueError, match="kind='webcam'.*camera.*file.*folder.*mcap.*stream.*synthetic"):
+        SourceConfig(kind="webcam")
+    with pytest.raises(ValueError, match="fps"):
+        SourceConfig(fps=0)
+    assert {"synthetic", "camera", "stream", "file", "folder"} <= set(available("source"))
+
+
+def test_synthetic_ir_and_visible_are_registered_and_warm_bodies_are_hot() -> None:
+    cfg = SourceConfig(kind="synthetic", realtime=False, seed=3)
+    period = round(1e9 / cfg.fps)
+    with open_source("ir", cfg) as ir_src, open_source("vis", cfg) as vis_src:
+        ir = [ir_src.read() for _ in range(5)][-1]
+        vis_frames = [vis_src.read() for _ in range(45)]
+    vis, vis_later = vis_frames[4], vis_frames[44]  # 40 periods apart: same sensor-noise frame, bodies moved away
+    assert ir.t_capture_ns == vis.t_capture_ns == 4 * period
+    assert ir.image.shape == (480, 640) and vis.image.shape == (480, 640, 3)
+    scene = SyntheticScene(640, 480, seed=3)
+    hot = ir.image > 175
+    n_labels, labels, st, centroids = cv2.connectedComponentsWithStats(hot.astype(np.uint8))
+    people = [b for b in scene.objects(ir.t_capture_ns) if b[3] > b[2] and b[0] >= 0 and b[0] + b[2] <= 640]
+    assert people, "seed 3 should have a person fully in view at t=4 frames"
+    for x, y, w, h in people:  # every person in view is a hot blob where the scene says (cars are hot in parts)
+        d = np.hypot(centroids[1:, 0] - (x + w / 2), centroids[1:, 1] - (y + h / 2))
+        assert d.min() < 0.25 * h, (x, y, w, h)
+    # The visible image changes exactly where IR is hot (bodies move, background does not): registered.
+    changed = np.abs(vis.image.astype(int) - vis_later.image.astype(int)).max(axis=2) > 0
+    assert changed[hot].mean() > 0.9 and changed[~hot].mean() < 0.1
+    # ...and bodies are hard to see in the dark visible image but bright in IR.
+    assert vis.image.mean() < 60 and ir.image[hot].mean() > 190
+
+
+def test_synthetic_is_deterministic_per_seed_and_time() -> None:
+    a, b, c = SyntheticScene(160, 120, 1), SyntheticScene(160, 120, 1), SyntheticScene(160, 120, 2)
+    np.testing.assert_array_equal(a.render_vis(10**9), b.render_vis(10**9))
+    assert not np.array_equal(a.render_ir(10**9), c.render_ir(10**9))
+
+
+def test_file_source_times_come_from_pts_and_ir_is_grey(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mkv"
+    pts = write_video(path, 12, pts_step=40)
+    cfg = SourceConfig(kind="file", path=str(path), realtime=False)
+    ir, vis = read_all("ir", cfg), read_all("vis", cfg)
+    assert [f.t_capture_ns for f in ir] == [round(p * TB * 10**9) for p in pts]  # 0, 40 ms, 80 ms, ...
+    assert [f.seq for f in vis] == list(range(12))
+    assert ir[0].image.shape == (48, 64) and vis[0].image.shape == (48, 64, 3)
+    assert vis[5].image[0, 0].tolist() == [0, 0, 40]  # BGR kept (lossless codec)
+    assert 0 < ir[5].image[0, 0] < 40  # red turned into grey luma
+
+
+def test_file_loop_keeps_times_increasing(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mkv"
+    write_video(path, 4, pts_step=40)
+    frames = read_all("vis", SourceConfig(kind="file", path=str(path), realtime=False, loop=True), limit=10)
+    assert [f.t_capture_ns // 1_000_000 for f in frames] == [40 * i for i in range(10)]
+
+
+def test_stream_times_keep_pts_spacing_anchored_to_the_wall_clock(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "clip.mkv"
+    write_video(path, 5, pts_step=40)
+    before = time.time_ns()
+    frames = read_all("vis", SourceConfig(kind="stream", path=str(path), realtime=False))
+    assert before <= frames[0].t_capture_ns <= time.time_ns()
+    assert [f.t_capture_ns - frames[0].t_capture_ns for f in frames] == [i * 40_000_000 for i in range(5)]
+
+
+def test_realtime_file_is_paced_at_the_recorded_rate(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "clip.mkv"
+    write_video(path, 6, pts_step=40)
+    start = time.monotonic()
+    assert len(read_all("ir", SourceConfig(kind="file", path=str(path), realtime=True))) == 6
+    assert time.monotonic() - start >= 0.19  # 5 gaps of 40 ms
+
+
+def test_truncated_video_yields_what_decodes_then_says_where_it_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mkv"
+    write_video(path, 30, pts_step=40)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    got = []
+    with pytest.raises(SourceError) as info, open_source("vis", SourceConfig(kind="file", path=str(cut))) as src:
+        while (f := src.read()) is not None:
+            got.append(f)
+    msg = str(info.value)
+    assert 0 < len(got) < 30 and "\n" not in msg
+    assert str(cut) in msg and f"after frame {len(got)}" in msg and "truncated" in msg
+
+
+@pytest.mark.parametrize("content", [None, b"this is not a video\n" * 50])
+def test_missing_or_non_video_file_is_one_clear_line(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "clip.mp4"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SourceError, match="not found" if content is None else "not a readable video") as info:
+        open_source("ir", SourceConfig(kind="file", path=str(path))).open()
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nonexistent_camera_index_is_one_clear_line(capfd: pytest.CaptureFixture) -> None:
+    with pytest.raises(SourceError, match="camera '57'") as info:
+        open_source("vis", SourceConfig(kind="camera", path="57")).open()
+    assert "\n" not in str(info.value)
+    assert capfd.readouterr().err == ""  # no OpenCV warning lines on top of ours
+
+
+def test_folder_is_sorted_numerically_with_times_from_fps(tmp_path: Path) -> None:
+    for i in (1, 2, 10, 11, 3):
+        cv2.imwrite(str(tmp_path / f"frame_{i}.png"), np.full((8, 8, 3), i, np.uint8))
+    (tmp_path / "notes.txt").write_text("ignored")
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False))
+    assert [int(f.image[0, 0]) for f in frames] == [1, 2, 3, 10, 11]
+    assert [f.t_capture_ns for f in frames] == [i * 100_000_000 for i in range(5)]
+    assert frames[0].image.shape == (8, 8)
+    with pytest.raises(SourceError, match="image folder not found"):
+        open_source("ir", SourceConfig(kind="folder", path=str(tmp_path / "nope"))).open()

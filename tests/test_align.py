@@ -1,0 +1,107 @@
+"""OT alignment: marginals, LUT monotonicity, identity, warm start, per-stream cache behaviour."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from streamfuse.align import AlignCache, AlignConfig, align, histogram, identity_lut, wasserstein1
+
+
+def _image(rng: np.random.Generator, mean: float, std: float, shape=(48, 64)) -> np.ndarray:
+    return np.clip(rng.normal(mean, std, shape), 0, 255).astype(np.uint8)
+
+
+def test_plan_marginals_match_histograms(rng):
+    a, b = histogram(_image(rng, 60, 20)), histogram(_image(rng, 150, 40))
+    res = align(a, b, AlignConfig(reg=0.05, tol=1e-9, max_iter=5000))
+    assert res.converged
+    np.testing.assert_allclose(res.plan.sum(), 1.0, atol=1e-8)
+    np.testing.assert_allclose(res.plan.sum(axis=1), a, atol=1e-6)
+    np.testing.assert_allclose(res.plan.sum(axis=0), b, atol=1e-6)
+
+
+@pytest.mark.parametrize("reg", [0.2, 0.05, 0.01])
+def test_lut_is_monotone_and_in_range(rng, reg):
+    res = align(histogram(_image(rng, 40, 10)), histogram(_image(rng, 200, 30)), AlignConfig(reg=reg))
+    assert res.lut.shape == (256,) and res.lut.dtype == np.float32
+    assert np.all(np.diff(res.lut) >= -1e-6)
+    assert res.lut.min() >= 0.0 and res.lut.max() <= 1.0
+
+
+def test_blend_zero_and_disabled_are_identity(rng):
+    a, b = histogram(_image(rng, 40, 10)), histogram(_image(rng, 200, 30))
+    np.testing.assert_allclose(align(a, b, AlignConfig(blend=0.0)).lut, identity_lut(), atol=1e-6)
+    cache = AlignCache(AlignConfig(enabled=False))
+    np.testing.assert_array_equal(cache.lut(_image(rng, 40, 10), _image(rng, 200, 30)), identity_lut())
+
+
+def test_transport_moves_ir_toward_visible_mean(rng):
+    ir, vis = _image(rng, 50, 10), _image(rng, 180, 10)
+    res = align(histogram(ir), histogram(vis), AlignConfig(reg=0.01, blend=1.0))
+    assert abs(res.lut[ir].mean() * 255 - vis.mean()) < 3.0
+
+
+def test_identical_histograms_give_near_identity(rng):
+    img = _image(rng, 120, 40)
+    res = align(histogram(img), histogram(img), AlignConfig(reg=1e-3, blend=1.0, max_iter=5000))
+    levels = np.unique(img)
+    np.testing.assert_allclose(res.lut[levels], levels / 255.0, atol=0.02)
+
+
+def test_warm_start_needs_fewer_iterations(rng):
+    cfg = AlignConfig(reg=0.01, tol=1e-7, max_iter=5000)
+    a, b = histogram(_image(rng, 60, 20)), histogram(_image(rng, 150, 40))
+    cold = align(a, b, cfg)
+    a2 = histogram(_image(rng, 62, 20))  # the next frame: almost the same histogram
+    warm = align(a2, b, cfg, warmstart=cold.potentials)
+    assert warm.converged and warm.n_iter < align(a2, b, cfg).n_iter
+
+
+def test_non_convergence_warns_and_flags(rng):
+    a, b = histogram(_image(rng, 20, 5)), histogram(_image(rng, 230, 5))
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        res = align(a, b, AlignConfig(reg=0.001, max_iter=2, tol=1e-12))
+    assert not res.converged
+
+
+def test_bad_histogram_raises_one_line():
+    with pytest.raises(ValueError, match="ir_hist"):
+        align(np.zeros(256), np.ones(256), AlignConfig())
+    with pytest.raises(ValueError, match="uint8"):
+        histogram(np.zeros((4, 4), np.float32))
+
+
+def test_wasserstein1_of_shift():
+    p, q = np.zeros(256), np.zeros(256)
+    p[10], q[61] = 1.0, 1.0
+    assert wasserstein1(p, q) == pytest.approx(51 / 255)
+    assert wasserstein1(p, p) == 0.0
+
+
+def test_cache_hits_misses_drift_and_refresh(rng):
+    cache = AlignCache(AlignConfig(drift=0.02, refresh=5))
+    ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = cache.lut(ir, vis, "a")
+    assert cache.lut(ir, vis, "a") is first  # same frame: a hit returns the cached table
+    assert (cache.hits, cache.misses) == (1, 1)
+    cache.lut(ir, vis, "b")  # another stream has its own entry
+    assert cache.misses == 2
+    cache.lut(np.clip(ir.astype(int) + 40, 0, 255).astype(np.uint8), vis, "a")  # drift: IR got brighter
+    assert cache.misses == 3
+    for _ in range(5):
+        cache.lut(ir, vis, "b")
+    assert cache.misses == 4  # stream b reached its refresh interval
+    stats = cache.stats()
+    assert stats["ot_hits"] == cache.hits and stats["ot_misses"] == 4 and stats["ot_solve_ms"] > 0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="reg"):
+        AlignConfig(reg=0)
+    with pytest.raises(ValueError, match="blend"):
+        AlignConfig(blend=1.5)

@@ -1,0 +1,173 @@
+"""Metric values on hand-worked images, skimage as the SSIM oracle, a scipy port of the reference VIF, and the
+reference means of SeAFusion / the baseline table on the real MSRS test pairs (skipped without the data)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+from scipy.signal import convolve2d
+from skimage.metrics import structural_similarity
+
+from streamfuse import metrics as M
+
+
+@pytest.fixture
+def scene(rng: np.random.Generator) -> np.ndarray:
+    """A smooth random 8-bit image with edges of all strengths (64 x 80)."""
+    img = cv2.GaussianBlur(rng.uniform(0, 255, (64, 80)), (0, 0), 2)
+    return M.to_8bit(cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX))
+
+
+def test_constant_image_has_no_information_or_detail():
+    flat = np.full((20, 30), 77.0)
+    for fn in (M.entropy, M.std_dev, M.spatial_frequency, M.average_gradient, M.definition):
+        assert fn(flat) == 0.0
+
+
+def test_entropy_of_known_histograms():
+    halves = np.zeros((10, 10))
+    halves[:, 5:] = 255
+    assert M.entropy(halves) == pytest.approx(1.0)
+    assert M.entropy(np.arange(256.0).reshape(16, 16)) == pytest.approx(8.0)
+
+
+def test_gradient_metrics_of_a_ramp():
+    ramp = np.tile(2.0 * np.arange(12), (9, 1))  # d/dx = 2 everywhere, d/dy = 0
+    assert M.spatial_frequency(ramp) == pytest.approx(2.0)
+    assert M.average_gradient(ramp) == pytest.approx(math.sqrt(2))  # sqrt((2^2 + 0) / 2)
+    assert M.definition(ramp) == pytest.approx(math.sqrt(2))
+    assert M.std_dev(ramp) == pytest.approx(np.std(2.0 * np.arange(12)))
+
+
+def test_average_gradient_is_matlab_central_difference():
+    img = np.array([[0.0, 4.0, 6.0], [0.0, 4.0, 6.0]])  # Gx = [4, 3, 2] (one-sided, central, one-sided), Gy = 0
+    assert M.average_gradient(img) == pytest.approx(np.mean(np.sqrt(np.array([16, 9, 4]) / 2)))
+
+
+def test_mutual_information_hand_worked():
+    a = np.array([[0.0, 0.0, 255.0, 255.0]])
+    assert M._mi(a, a) == pytest.approx(math.log(2))  # one bit, in nats
+    assert M._mi(a, np.array([[0.0, 255.0, 0.0, 255.0]])) == pytest.approx(0.0)
+
+
+def test_identical_images_give_the_upper_bounds(scene):
+    nats = M.entropy(scene) * math.log(2)
+    assert M.mutual_information(scene, scene, scene) == pytest.approx(2 * nats)
+    assert M.ssim(scene, scene, scene) == pytest.approx(2.0)
+    assert M.vif(scene, scene, scene) == pytest.approx(2.0, abs=1e-6)
+    assert M.cc(scene, scene, scene) == pytest.approx(1.0)
+    assert M.nabf(scene, scene, scene) == 0.0
+    assert M.qsf_rsfe(scene, scene, scene) == pytest.approx(0.0)
+    # Qabf's ceiling: orientation term Ta / (1 + e^{-22 * 0.2}) times a strength term between Tg / (1 + e^{-7.5})
+    # and Tg (analysis_Qabf.m sets G = gF, not 1, where gA == gF; integer images have Sobel strength 0 or >= 1)
+    top = 0.9994 * 0.9879 / (1 + math.exp(-22 * 0.2))
+    assert top / (1 + math.exp(-7.5)) <= M.qabf(scene, scene, scene) <= top
+
+
+def test_reference_metrics_rank_a_blur_below_the_source(scene):
+    blurred = cv2.GaussianBlur(scene, (0, 0), 3)
+    assert M.vif(blurred, scene, scene) < 1.5
+    assert M.qabf(blurred, scene, scene) < M.qabf(scene, scene, scene) - 0.1
+    assert M.ssim(blurred, scene, scene) < 1.9
+    assert M.qsf_rsfe(blurred, scene, scene) < -0.3  # under-sharp: negative
+
+
+def test_scd_of_the_sum_is_two(scene, rng):
+    other = rng.uniform(0, 100, scene.shape)
+    assert M.scd(scene + other, scene, other) == pytest.approx(2.0)  # F - VIS = IR and F - IR = VIS
+    assert M.scd(scene, scene, scene) == 0.0  # F - IR is constant: no correlation, not NaN
+
+
+def test_qsf_doubles_with_double_contrast(scene):
+    assert M.qsf_rsfe(2 * scene, scene, scene) == pytest.approx(1.0)  # SF_F = 2 SF_R
+
+
+def test_nabf_sees_artifacts_stronger_than_both_sources(scene, rng):
+    noisy = scene + rng.normal(0, 20, scene.shape)
+    assert M.nabf(noisy, scene, scene) > 0.05
+    assert 0 <= M.nabf(cv2.GaussianBlur(scene, (0, 0), 1), scene, scene) < 0.01
+
+
+@pytest.mark.parametrize("data_range", [2.0, 255.0])
+def test_ssim_matches_skimage(rng, scene, data_range):
+    for x, y in [(rng.uniform(0, 255, (40, 50)), rng.uniform(0, 255, (40, 50))), (scene, scene[::-1] * 0.7 + 20)]:
+        expected = structural_similarity(x, y, data_range=data_range)
+        assert M.ssim_pair(x, y, data_range=data_range) == pytest.approx(expected, abs=1e-9)
+
+
+def _vifp_reference(ref: np.ndarray, dist: np.ndarray) -> float:
+    """The published Python port (CDDFuse ``compare_viff``) with scipy's convolve2d, as the oracle."""
+    num = den = 0.0
+    for scale in range(1, 5):
+        n = 2 ** (4 - scale + 1) + 1
+        y, x = np.ogrid[-(n - 1) / 2:(n - 1) / 2 + 1, -(n - 1) / 2:(n - 1) / 2 + 1]
+        win = np.exp(-(x * x + y * y) / (2 * (n / 5) ** 2))
+        win /= win.sum()
+        if scale > 1:
+            ref, dist = convolve2d(ref, win, "valid")[::2, ::2], convolve2d(dist, win, "valid")[::2, ::2]
+        mu1, mu2 = convolve2d(ref, win, "valid"), convolve2d(dist, win, "valid")
+        s1 = np.maximum(convolve2d(ref * ref, win, "valid") - mu1**2, 0)
+        s2 = np.maximum(convolve2d(dist * dist, win, "valid") - mu2**2, 0)
+        s12 = convolve2d(ref * dist, win, "valid") - mu1 * mu2
+        g = s12 / (s1 + 1e-10)
+        sv = s2 - g * s12
+        g[s1 < 1e-10], sv[s1 < 1e-10], s1[s1 < 1e-10] = 0, s2[s1 < 1e-10], 0
+        g[s2 < 1e-10], sv[s2 < 1e-10] = 0, 0
+        sv[g < 0], g[g < 0] = s2[g < 0], 0
+        sv[sv <= 1e-10] = 1e-10
+        num += np.log10(1 + g * g * s1 / (sv + 2)).sum()
+        den += np.log10(1 + s1 / 2).sum()
+    return num / den
+
+
+def test_vifp_matches_the_published_port(scene, rng):
+    ref = np.vstack([scene, scene[::-1]])  # 128 x 80: big enough for four scales
+    dist = M.to_8bit(cv2.GaussianBlur(ref, (0, 0), 1.2) + rng.normal(0, 5, ref.shape))
+    assert M.vifp(ref, dist) == pytest.approx(_vifp_reference(ref, dist), rel=1e-9)
+
+
+def test_evaluate_pair_keys_order_and_shape_check(scene):
+    out = M.evaluate_pair(scene + 0.4, scene, scene)  # scored as the saved 8-bit image: +0.4 rounds away
+    assert list(out) == list(M.METRICS)
+    assert out["SSIM"] == pytest.approx(2.0) and out["Nabf"] == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        M.evaluate_pair(scene, scene[:-1], scene)
+
+
+def _msrs_means(data_dir, fused_of, keys):
+    from streamfuse.evaluation import find_pairs, read_grey
+
+    rows = []
+    for stem, ir_path, vis_path in find_pairs(data_dir / "msrs/test/ir", data_dir / "msrs/test/vi"):
+        ir, vis = read_grey(ir_path), read_grey(vis_path)
+        fused = M.to_8bit(fused_of(stem, ir, vis))
+        rows.append({k: fn(fused) if k in M._FUSED_ONLY else fn(fused, ir, vis)
+                     for k, fn in {**M._FUSED_ONLY, **M._WITH_SOURCES}.items() if k in keys})
+    return {k: np.mean([r[k] for r in rows]) for k in keys}
+
+
+@pytest.mark.data
+def test_seafusion_reference_means(data_dir):
+    ref_dir = data_dir / "reference/seafusion"
+    expected = json.loads((ref_dir / "msrs_test.json").read_text())
+    keys = [k for k in M.METRICS if k in expected]
+    means = _msrs_means(data_dir, lambda stem, ir, vis: cv2.imread(str(ref_dir / f"msrs_test/{stem}.png"), 0), keys)
+    assert expected["n"] == 32 and len(keys) == 9
+    for k in keys:
+        assert means[k] == pytest.approx(expected[k], abs=2e-4), k
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_max_baseline_matches_the_readme_table(data_dir):
+    from streamfuse.fusers import FuseConfig, build_fuser
+
+    fuser = build_fuser(FuseConfig(name="max"))
+    means = _msrs_means(data_dir, lambda stem, ir, vis: fuser.fuse(ir, vis), ["VIF", "Qabf", "AG", "SF", "MI"])
+    table = {"VIF": 1.030, "Qabf": 0.727, "AG": 4.05, "SF": 12.60, "MI": 4.62}  # ../shared/data/README.md
+    for k, v in table.items():
+        assert means[k] == pytest.approx(v, abs=6e-3), k

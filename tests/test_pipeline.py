@@ -1,0 +1,128 @@
+"""End to end: run_stream.py on the synthetic rig, received with plain pyzmq; shutdown; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(port: int, *extra: str, fuser: str = "max") -> subprocess.Popen:
+    args = [sys.executable, str(REPO / "run_stream.py"), "--config", str(REPO / "configs/demo.yaml"),
+            "--set", f"publish.endpoint=tcp://127.0.0.1:{port}", "--set", f"fuse.name={fuser}",
+            "--set", "telemetry.interval_s=1", "--set", "fuse.device=cpu", *extra]
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _shm_segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("streamfuse_*")}  # the producers' rings
+
+
+@pytest.fixture
+def receiver():
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVTIMEO, 500)
+    sock.setsockopt(zmq.LINGER, 0)
+    yield sock
+    sock.close()
+    ctx.term()
+
+
+def _receive(sock, fused: int, stats: int, deadline_s: float) -> list[tuple[bytes, ...]]:
+    """Messages until ``fused`` frames and ``stats`` snapshots arrived, or the deadline."""
+    out, end = [], time.monotonic() + deadline_s
+    counts = {b"fused/": 0, b"stats/": 0}
+    while (counts[b"fused/"] < fused or counts[b"stats/"] < stats) and time.monotonic() < end:
+        try:
+            out.append(tuple(sock.recv_multipart()))
+        except zmq.Again:
+            continue
+        counts[out[-1][0][:6]] += 1
+    return out
+
+
+@pytest.mark.timeout(90)
+def test_demo_publishes_fused_frames_and_stops_cleanly_on_sigterm(receiver):
+    port = _free_port()
+    shm_before = _shm_segments()
+    proc = _start(port)
+    try:
+        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.setsockopt(zmq.SUBSCRIBE, b"")
+        msgs = _receive(receiver, fused=20, stats=3, deadline_s=45)
+        fused = [(json.loads(h), img) for topic, h, *rest in msgs if topic.startswith(b"fused/") for img in rest]
+        stats = [json.loads(h) for topic, h, *_ in msgs if topic.startswith(b"stats/")]
+        assert len(fused) >= 20, f"received {len(fused)} fused frames"
+        seqs = [h["seq"] for h, _ in fused]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        for header, img in fused:
+            assert header["schema"] == "streamfuse.fused/1" and header["encoding"] == "bgr8"
+            assert len(img) == header["height"] * header["step"] == 480 * 640 * 3
+            assert header["t_capture_ir_ns"] <= header["t_fused_ns"] <= header["t_publish_ns"]
+            assert header["t_capture_vis_ns"] <= header["t_publish_ns"]
+            assert abs(header["t_capture_ir_ns"] - header["t_capture_vis_ns"]) <= 25e6  # sync.slop_ms
+            assert header["frame_id"] and header["fuser"] == "max"
+        ir_seqs = [h["seq_ir"] for h, _ in fused]
+        assert ir_seqs == sorted(ir_seqs)
+        image = np.frombuffer(fused[-1][1], np.uint8).reshape(480, 640, 3)
+        assert image.std() > 5  # a real scene, not a blank frame
+        assert len(stats) >= 3 and stats[-1]["schema"] == "streamfuse.stats/1"
+        assert "fuse" in stats[-1]["stages"] and stats[-1]["counters"]["published"] >= 1
+    finally:
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+    assert time.monotonic() - t0 < 3.0, out
+    assert proc.returncode == 0, out
+    assert "final:" in out
+    assert _shm_segments() <= shm_before, "shared memory leaked"
+
+
+@pytest.mark.timeout(60)
+def test_port_in_use_is_one_line_and_nonzero():
+    port = _free_port()
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as blocker:
+        blocker.bind(f"tcp://127.0.0.1:{port}")
+        proc = _start(port, "--duration", "5")
+        out, _ = proc.communicate(timeout=50)
+        blocker.close(linger=0)
+    assert proc.returncode == 1
+    assert f"tcp://127.0.0.1:{port} is already in use" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.timeout(30)
+def test_unknown_config_key_is_one_line_exit_2():
+    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", str(REPO / "configs/demo.yaml"),
+                           "--set", "fuse.stepz=3"], cwd=REPO, capture_output=True, text=True, timeout=25)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown config key fuse.stepz" in proc.stderr and "demo.yaml" in proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_missing_video_file_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", str(REPO / "configs/demo.yaml"),
+                           "--set", "ir.kind=file", "--set", f"ir.path={tmp_path / 'nope.mp4'}", "--set", "ir.restart=false",
+                           "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{_free_port()}",
+                           "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 1, proc.stderr
+    assert "nope.mp4" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,98 @@
+"""Colour restore: numba kernels against the numpy reference, also with the JIT disabled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from streamfuse.postprocess import PostConfig, restore_colour, restore_colour_numpy, vis_luma
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _inputs(rng: np.random.Generator, grey: bool, h: int = 48, w: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    vis = rng.integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
+    fused = rng.uniform(-30.0, 285.0, (h, w)).astype(np.float32)  # includes out-of-range values to clip
+    fused[0, :4] = [np.nan, np.inf, -np.inf, 127.5]
+    return fused, vis
+
+
+def test_vis_luma_is_opencv_bt601(rng: np.random.Generator) -> None:
+    vis = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(vis_luma(vis), cv2.cvtColor(vis, cv2.COLOR_BGR2YCrCb)[..., 0])
+    grey = vis[..., 1].copy()
+    np.testing.assert_array_equal(vis_luma(grey), grey)
+
+
+@pytest.mark.parametrize("encoding", ["bgr8", "mono8"])
+@pytest.mark.parametrize("grey", [False, True], ids=["colour", "grey"])
+def test_numba_matches_numpy(rng: np.random.Generator, encoding: str, grey: bool) -> None:
+    fused, vis = _inputs(rng, grey)
+    cfg = PostConfig(encoding=encoding)
+    out, ref = restore_colour(fused, vis, cfg), restore_colour_numpy(fused, vis, cfg)
+    assert out.dtype == np.uint8 and out.flags.c_contiguous
+    assert out.shape == ((48, 64, 3) if encoding == "bgr8" else (48, 64))
+    assert ref.shape == out.shape
+    assert np.abs(out.astype(int) - ref).max() <= 1
+    assert np.mean(out != ref) < 0.01  # float32 vs float64 rounding only
+
+
+def test_clipping_nan_and_grey_channels() -> None:
+    fused = np.array([[-40.0, 300.0, np.nan, 99.5]], np.float32)
+    np.testing.assert_array_equal(restore_colour(fused, np.zeros((1, 4), np.uint8), PostConfig("mono8")),
+                                  [[0, 255, 0, 100]])
+    colour = restore_colour(fused, np.zeros((1, 4), np.uint8))
+    np.testing.assert_array_equal(colour, np.repeat([[[0], [255], [0], [100]]], 3, axis=2))
+
+
+def test_unchanged_luma_gives_back_the_visible_image(rng: np.random.Generator) -> None:
+    vis = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    out = restore_colour(vis_luma(vis).astype(np.float32), vis)
+    assert np.abs(out.astype(int) - vis).max() <= 1  # Y is quantised to 8 bits, nothing else is lost
+
+
+def test_float64_and_strided_input(rng: np.random.Generator) -> None:
+    fused, vis = _inputs(rng, grey=False, h=96, w=128)
+    fused64, vis_view = fused[::2, ::2].astype(np.float64), vis[::2, ::2]
+    np.testing.assert_array_equal(restore_colour(fused64, vis_view),
+                                  restore_colour(np.ascontiguousarray(fused64, np.float32), vis_view.copy()))
+
+
+@pytest.mark.parametrize(("fused_shape", "vis_shape", "dtype"), [
+    ((4, 5), (4, 6, 3), np.uint8),  # size mismatch
+    ((4, 5), (4, 5, 4), np.uint8),  # 4 channels
+    ((4, 5), (4, 5, 3), np.float32),  # not uint8
+    ((4, 5, 1), (4, 5, 3), np.uint8),  # fused not 2-D
+])
+def test_bad_input_is_one_line_value_error(fused_shape: tuple, vis_shape: tuple, dtype: type) -> None:
+    with pytest.raises(ValueError, match=r"must be") as info:
+        restore_colour(np.zeros(fused_shape, np.float32), np.zeros(vis_shape, dtype))
+    assert "\n" not in str(info.value)
+
+
+def test_kernels_without_jit_match_numpy() -> None:
+    # NUMBA_DISABLE_JIT is read at import, hence a fresh interpreter; small images: the kernels run as Python.
+    code = textwrap.dedent("""
+        import numpy as np
+        from numba.core import config
+        from streamfuse.postprocess import PostConfig, restore_colour, restore_colour_numpy
+        assert config.DISABLE_JIT
+        rng = np.random.default_rng(0)
+        fused = rng.uniform(-30, 285, (12, 16)).astype(np.float32)
+        for vis in (rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), rng.integers(0, 256, (12, 16), np.uint8)):
+            for cfg in (PostConfig("bgr8"), PostConfig("mono8")):
+                d = np.abs(restore_colour(fused, vis, cfg).astype(int) - restore_colour_numpy(fused, vis, cfg))
+                assert d.max() <= 1, (cfg, d.max())
+        print("ok")
+    """)
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"

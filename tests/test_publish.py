@@ -1,0 +1,290 @@
+"""Publisher and wire format: round trip on a random loopback port, stalled subscribers, malformed messages.
+
+The helpers ``fused_frame``, ``connect``, ``publishing``, ``good_parts`` and ``with_header`` are shared with
+test_client.py and test_subscribe.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+import zmq.auth
+
+from streamfuse.client import Subscriber
+from streamfuse.frames import Frame, FramePair, FusedFrame
+from streamfuse.publish import (HEADER_FIELDS, SCHEMA, MalformedMessage, PublishConfig, Publisher, decode_message,
+                                decode_stats)
+
+REPO = Path(__file__).resolve().parents[1]
+ANY_PORT = "tcp://127.0.0.1:*"
+VGA = (480, 640, 3)
+
+
+def fused_frame(image: np.ndarray, seq: int = 0) -> FusedFrame:
+    """A FusedFrame around ``image`` with distinct, ordered times and sequence numbers."""
+    t = time.time_ns()
+    ir = Frame("ir", seq + 100, t - 2_000_000, np.zeros(image.shape[:2], np.uint8))
+    vis = Frame("vis", seq + 200, t - 1_000_000, image)
+    return FusedFrame(FramePair(ir, vis), image, "max", "0.1", t, {"fuse": 1.25, "post": np.float32(0.5)})
+
+
+def connect(pub: Publisher, sub: Subscriber, image: np.ndarray, timeout_s: float = 5.0) -> None:
+    """Publish until ``sub`` gets a frame (PUB/SUB slow joiner), then leave nothing queued."""
+    deadline = time.monotonic() + timeout_s
+    while sub.recv() is None:
+        assert time.monotonic() < deadline, "subscriber never connected"
+        pub.send_fused(fused_frame(image))
+    while sub.recv() is not None:
+        pass
+
+
+@contextmanager
+def publishing(image: np.ndarray, rate_hz: float = 100.0, **cfg: object) -> Iterator[Publisher]:
+    """A Publisher on a random loopback port sending ``image`` at ``rate_hz`` from a thread."""
+    stop = threading.Event()
+    with Publisher(PublishConfig(endpoint=ANY_PORT, **cfg)) as pub:
+        def run() -> None:
+            while not stop.wait(1.0 / rate_hz):
+                pub.send_fused(fused_frame(image, pub.published))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield pub
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+
+def _recv(sock: zmq.Socket, timeout_s: float = 2.0) -> list[zmq.Frame]:
+    assert sock.poll(round(timeout_s * 1000)), "no message within the timeout"
+    return sock.recv_multipart(copy=False)
+
+
+@pytest.fixture
+def raw_sub() -> Iterator[zmq.Socket]:
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    yield sock
+    sock.close(linger=0)
+
+
+@pytest.mark.parametrize("shape", [(48, 64, 3), (48, 64)], ids=["bgr8", "mono8"])
+def test_round_trip_every_header_field(rng: np.random.Generator, shape: tuple[int, ...]) -> None:
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, frame_id="cam_vis")) as pub, \
+            Subscriber(pub.endpoint, "fused/rig0", timeout_s=0.2) as sub:
+        connect(pub, sub, image)
+        sent = fused_frame(image, seq=7)
+        before_ns = time.time_ns()
+        assert pub.send_fused(sent)
+        frame = sub.recv()
+        assert frame is not None
+        header, got = frame
+    assert set(header) == set(HEADER_FIELDS)
+    encoding = "bgr8" if len(shape) == 3 else "mono8"
+    assert header["schema"] == SCHEMA and header["encoding"] == encoding and header["frame_id"] == "cam_vis"
+    assert (header["height"], header["width"], header["step"]) == (48, 64, 64 * (3 if len(shape) == 3 else 1))
+    assert header["is_bigendian"] == 0 and header["seq"] == pub.published - 1
+    assert (header["seq_ir"], header["seq_vis"]) == (107, 207)
+    assert header["t_capture_ir_ns"] == sent.pair.ir.t_capture_ns
+    assert header["t_capture_vis_ns"] == sent.pair.vis.t_capture_ns <= header["t_fused_ns"] == sent.t_fused_ns
+    assert before_ns <= header["t_publish_ns"] <= time.time_ns()
+    assert (header["fuser"], header["fuser_version"]) == ("max", "0.1")
+    assert header["timings_ms"] == {"fuse": 1.25, "post": 0.5}
+    np.testing.assert_array_equal(got, image)
+
+
+def test_zero_copy_payload_is_the_exact_bytes(rng: np.random.Generator, raw_sub: zmq.Socket) -> None:
+    big = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    image = big[::2, ::2]  # not contiguous: the publisher makes it so before the zero-copy send
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
+        raw_sub.connect(pub.endpoint)
+        deadline = time.monotonic() + 5
+        while not raw_sub.poll(50):
+            assert time.monotonic() < deadline
+            pub.send_fused(fused_frame(image))
+        parts = _recv(raw_sub)
+    assert parts[0].bytes == b"fused/rig0"
+    assert parts[2].bytes == np.ascontiguousarray(image).tobytes()
+    header, got = decode_message(parts)
+    assert np.shares_memory(got, np.frombuffer(parts[2].buffer, np.uint8))  # a view of the message, not a copy
+    np.testing.assert_array_equal(got, image)
+
+
+def test_stalled_subscriber_does_not_slow_the_publisher(rng: np.random.Generator) -> None:
+    image = rng.integers(0, 256, VGA, dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=0.2) as stalled, \
+            Subscriber(pub.endpoint, timeout_s=0.2, latest=True) as healthy:
+        connect(pub, stalled, image)
+        connect(pub, healthy, image)
+        times, healthy_got = [], 0
+        for i in range(60):  # ~55 MB: far more than the stalled subscriber's queues and socket buffers hold
+            t0 = time.perf_counter()
+            assert pub.send_fused(fused_frame(image, i))  # lossy mode: never refused
+            times.append(time.perf_counter() - t0)
+            if i % 10 == 9:
+                healthy_got += healthy.recv() is not None
+        assert max(times) < 0.1 and np.median(times) < 0.01, f"send_fused took up to {max(times) * 1e3:.1f} ms"
+        assert healthy_got == 6  # the other subscriber is unaffected
+        got = 0
+        while stalled.recv() is not None:
+            got += 1
+        assert got < 60 and stalled.missed > 0  # its drops show up as gaps in seq
+
+
+def test_nodrop_mode_refuses_and_counts_when_a_queue_is_full(rng: np.random.Generator) -> None:
+    image = rng.integers(0, 256, VGA, dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=0.2) as stalled:
+        connect(pub, stalled, image)
+        start_published = pub.published
+        t0 = time.perf_counter()
+        results = [pub.send_fused(fused_frame(image, i)) for i in range(60)]
+        elapsed = time.perf_counter() - t0
+    assert results.count(False) == pub.dropped > 0
+    assert pub.published - start_published == results.count(True)
+    assert elapsed < 2.0
+
+
+def test_nodrop_with_wait_is_lossless_back_pressure(rng: np.random.Generator) -> None:
+    image = rng.integers(0, 256, VGA, dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True, wait_ms=2000)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=0.5) as sub:
+        connect(pub, sub, image)
+        seqs: list[int] = []
+        reader = threading.Thread(target=lambda: seqs.extend(header["seq"] for header, _ in sub))
+        reader.start()
+        first = pub.published
+        results = [pub.send_fused(fused_frame(image, i)) for i in range(40)]  # far more than the queues hold
+        reader.join(timeout=10)
+    assert all(results) and pub.dropped == 0
+    assert seqs == list(range(first, first + 40)) and sub.missed == 0
+
+
+def test_port_in_use_is_one_clear_error() -> None:
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
+        with pytest.raises(RuntimeError, match=re.escape(f"endpoint {pub.endpoint} is already in use")) as info:
+            Publisher(PublishConfig(endpoint=pub.endpoint))
+    assert "\n" not in str(info.value)
+
+
+def test_stats_topic_round_trip(raw_sub: zmq.Socket) -> None:
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
+        raw_sub.connect(pub.endpoint)
+        deadline = time.monotonic() + 5
+        while not raw_sub.poll(50):
+            assert time.monotonic() < deadline
+            assert pub.send_stats({"fps": np.float64(29.5), "dropped": {"ir": np.int64(3)}})
+        parts = _recv(raw_sub)
+    assert parts[0].bytes == b"stats/rig0"
+    stats = decode_stats(parts)
+    assert stats["fps"] == 29.5 and stats["dropped"] == {"ir": 3} and isinstance(stats["t_ns"], int)
+
+
+def good_parts(image: np.ndarray) -> list[bytes]:
+    """A valid ``[topic, header, image]`` message built by hand (seq 0, all times 0)."""
+    header = {k: 0 for k, tp in HEADER_FIELDS.items() if tp is int}
+    header.update(schema=SCHEMA, height=image.shape[0], width=image.shape[1], encoding="bgr8",
+                  step=image.shape[1] * 3, frame_id="f", fuser="max", fuser_version="1", timings_ms={})
+    return [b"fused/x", json.dumps(header).encode(), image.tobytes()]
+
+
+def with_header(**changes: object) -> list[bytes]:
+    """A 4x6 bgr8 message with header fields changed (None removes the field)."""
+    topic, header, payload = good_parts(np.zeros((4, 6, 3), np.uint8))
+    fields = {**json.loads(header), **changes}
+    return [topic, json.dumps({k: v for k, v in fields.items() if v is not None}).encode(), payload]
+
+
+@pytest.mark.parametrize(("parts", "reason"), [
+    (good_parts(np.zeros((4, 6, 3), np.uint8))[:2], "expected 3 parts"),
+    (good_parts(np.zeros((4, 6, 3), np.uint8)) + [b""], "expected 3 parts"),
+    ([b"fused/x", b"{not json", b"\0" * 72], "not UTF-8 JSON"),
+    ([b"fused/x", b"\xff\xfe", b"\0" * 72], "not UTF-8 JSON"),
+    ([b"fused/x", b"[1, 2]", b"\0" * 72], "expected an object"),
+    (with_header(schema="streamfuse.fused/2"), "unsupported schema"),
+    (with_header(seq=None), "header field seq"),
+    (with_header(height=True), "header field height"),
+    (with_header(t_publish_ns="now"), "header field t_publish_ns"),
+    (with_header(encoding="yuv422"), "unknown encoding 'yuv422'"),
+    (with_header(height=5), "header says 5 x 18"),
+    (with_header(step=10), "bad image geometry"),
+    (with_header(width=-6), "bad image geometry"),
+])
+def test_decode_rejects_malformed_messages(parts: list[bytes], reason: str) -> None:
+    with pytest.raises(MalformedMessage, match=re.escape(reason)) as info:
+        decode_message(parts)
+    assert "\n" not in str(info.value)
+
+
+def test_decode_honours_row_padding() -> None:
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    padded = np.zeros((4, 20), np.uint8)
+    padded[:, :18] = image.reshape(4, 18)
+    topic, header, _ = with_header(step=20)
+    _, got = decode_message([topic, header, padded.tobytes()])
+    np.testing.assert_array_equal(got, image)
+
+
+@pytest.mark.parametrize(("changes", "key"), [
+    ({"sndhwm": 0}, "sndhwm"), ({"endpoint": "udp://1.2.3.4:5"}, "endpoint"), ({"topic": ""}, "topic"),
+    ({"stats_topic": "fused/rig0/stats"}, "stats_topic"), ({"wait_ms": 10}, "wait_ms"),
+    ({"nodrop": True, "wait_ms": -1}, "wait_ms"),
+])
+def test_config_range_errors(changes: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=f"^{key}="):
+        PublishConfig(**changes)
+
+
+def test_curve_encryption(tmp_path: Path, rng: np.random.Generator) -> None:
+    public_file, secret_file = zmq.auth.create_certificates(tmp_path, "rig0")
+    server_key = zmq.auth.load_certificate(public_file)[0].decode()
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, curve_secret_file=str(secret_file))) as pub, \
+            Subscriber(pub.endpoint, timeout_s=0.2, server_key=server_key) as sub, \
+            Subscriber(pub.endpoint, timeout_s=0.2) as plain:
+        connect(pub, sub, image)
+        assert pub.send_fused(fused_frame(image))
+        frame = sub.recv()
+        assert frame is not None
+        np.testing.assert_array_equal(frame[1], image)
+        assert plain.recv() is None  # without the key the handshake fails: nothing arrives
+    with pytest.raises(FileNotFoundError, match="curve_secret_file"):
+        Publisher(PublishConfig(endpoint=ANY_PORT, curve_secret_file=str(tmp_path / "missing.key_secret")))
+
+
+README_MARKER = "### Reading frames without streamfuse"
+
+
+def _readme_snippet(readme: Path) -> str | None:
+    """The first ```python block after the marker heading of the README, or None when absent."""
+    text = readme.read_text() if readme.exists() else ""
+    match = re.search(re.escape(README_MARKER) + r".*?```python\n(.*?)```", text, re.S)
+    return match.group(1) if match else None
+
+
+def test_readme_consumer_example_reads_frames(rng: np.random.Generator) -> None:
+    snippet = _readme_snippet(REPO / "README.md")
+    if snippet is None:
+        pytest.skip(f"README.md has no '{README_MARKER}' section with a python block yet")
+    assert "streamfuse" not in snippet.replace('"streamfuse.fused/1"', "")  # plain pyzmq + numpy only
+    with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) as pub:
+        result = subprocess.run([sys.executable, "-c", snippet, pub.endpoint], capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 20 and all(line.startswith("fused/rig0 ") and "(48, 64, 3)" in line for line in lines)

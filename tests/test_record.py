@@ -1,0 +1,177 @@
+"""Recorder -> MCAP -> read_recording / the ``mcap`` source round trips, and the fused-video writer."""
+
+from __future__ import annotations
+
+import struct
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+from streamfuse.frames import Frame
+from streamfuse.record import (RecordConfig, Recorder, VideoWriter, _decode_image, decode_frames, partial_path,
+                               read_recording)
+
+T0 = 1_700_000_000_123_456_789  # an epoch capture time, ns
+
+
+def _frames(rng: np.random.Generator, n: int = 6) -> list[Frame]:
+    """Live-like arrivals: IR (grey, 25 fps) arrives late, so the list is not in capture-time order."""
+    out = []
+    for i in range(n):
+        out.append(Frame("vis", i, T0 + i * 33_333_333, rng.integers(0, 256, (24, 33, 3), np.uint8)))
+        out.append(Frame("ir", i, T0 + i * 40_000_000 - 15_000_000, rng.integers(0, 256, (24, 33), np.uint8)))
+    return out
+
+
+def test_record_round_trip_keeps_order_seq_times_and_pixels(tmp_path, rng):
+    frames = _frames(rng)
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path), chunk_mb=0.0625)) as rec:
+        for f in frames:
+            rec.write(f)
+        assert partial_path(path).exists() and not path.exists()  # only the temporary name while recording
+    assert path.exists() and not partial_path(path).exists()
+    got = list(read_recording(path))
+    assert [(f.stream, f.seq, f.t_capture_ns) for f in got] == [(f.stream, f.seq, f.t_capture_ns) for f in frames]
+    for a, b in zip(frames, got):
+        np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_record_schema_and_message_layout(tmp_path, rng):
+    from mcap.reader import make_reader
+
+    path = tmp_path / "rig.mcap"
+    frame = Frame("vis", 7, T0, rng.integers(0, 256, (3, 5, 3), np.uint8))
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        rec.write(frame)
+    with open(path, "rb") as f:
+        schema, channel, msg = next(make_reader(f).iter_messages())
+    assert (schema.name, schema.encoding, channel.topic, channel.message_encoding) == \
+        ("sensor_msgs/msg/Image", "ros2msg", "/vis/image", "cdr")
+    assert (msg.log_time, msg.publish_time, msg.sequence) == (T0, T0, 7)
+    data = msg.data
+    sec, nanosec, n_id = struct.unpack_from("<iII", data, 4)
+    assert sec * 1_000_000_000 + nanosec == T0
+    assert data[16:16 + n_id] == b"vis_optical_frame\0"
+    pos = 16 + n_id + (-(12 + n_id) % 4)
+    height, width, n_enc = struct.unpack_from("<III", data, pos)
+    assert (height, width, data[pos + 12:pos + 12 + n_enc]) == (3, 5, b"bgr8\0")
+    assert data[-15 * 3:] == frame.image.tobytes()
+
+
+def test_decode_rgb8_message_gives_bgr():
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    msg = (b"\x00\x01\x00\x00" + struct.pack("<iII", 1, 2, 1) + b"\0" + b"\0" * 3 + struct.pack("<III", 2, 3, 5)
+           + b"rgb8\0" + b"\0" + b"\0" * 2 + struct.pack("<II", 9, rgb.nbytes) + rgb.tobytes())
+    np.testing.assert_array_equal(_decode_image(msg), rgb[..., ::-1])
+
+
+def test_record_refuses_negative_times_and_unknown_streams(tmp_path):
+    img = np.zeros((4, 4), np.uint8)
+    with Recorder(RecordConfig(path=str(tmp_path / "r.mcap"))) as rec:
+        with pytest.raises(ValueError, match="negative capture time"):
+            rec.write(Frame("ir", 0, -1, img))
+        with pytest.raises(ValueError, match="cannot record stream 'depth'"):
+            rec.write(Frame("depth", 0, 0, img))
+
+
+def test_record_config_needs_a_path():
+    with pytest.raises(ValueError, match="path"):
+        RecordConfig()
+
+
+def test_truncated_recording_yields_complete_chunks_then_one_line_error(tmp_path, rng):
+    path = tmp_path / "rig.mcap"
+    rec = Recorder(RecordConfig(path=str(path), chunk_mb=0.0625))
+    frames = [Frame("vis", i, T0 + i, rng.integers(0, 256, (120, 160, 3), np.uint8)) for i in range(8)]
+    for f in frames:
+        rec.write(f)
+    rec.abort()  # a killed run: no summary, no final name
+    assert not path.exists()
+    cut = partial_path(path)
+    cut.write_bytes(cut.read_bytes()[:cut.stat().st_size * 6 // 10])  # ... killed in the middle of a chunk
+    got = []
+    with pytest.raises(SourceError, match="truncated or corrupt after"):
+        for f in read_recording(cut):
+            got.append(f)
+    assert 0 < len(got) < len(frames)
+    np.testing.assert_array_equal(got[-1].image, frames[len(got) - 1].image)
+
+
+def test_mcap_source_reads_one_stream_and_loops(tmp_path, rng):
+    frames = _frames(rng, 3)
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        for f in frames:
+            rec.write(f)
+    cfg = SourceConfig(kind="mcap", path=str(path), realtime=False, loop=True)
+    with open_source("ir", cfg) as src:
+        got = [src.read() for _ in range(6)]
+    ir = [f for f in frames if f.stream == "ir"]
+    assert [f.seq for f in got] == [0, 1, 2, 3, 4, 5]
+    assert [f.t_capture_ns for f in got[:3]] == [f.t_capture_ns for f in ir]
+    period = ir[2].t_capture_ns - ir[1].t_capture_ns
+    assert [f.t_capture_ns for f in got[3:]] == [f.t_capture_ns + 3 * period for f in ir]  # one period after the end
+    np.testing.assert_array_equal(got[4].image, ir[1].image)
+    with pytest.raises(SourceError, match="recording not found"):
+        open_source("vis", SourceConfig(kind="mcap", path=str(tmp_path / "nope.mcap"))).open()
+
+
+def _writer(path, **kw) -> VideoWriter:
+    args = dict(codec="h264", crf=18, time_base=Fraction(1, 15360), rate=Fraction(30), width=32, height=24)
+    return VideoWriter(path, **{**args, **kw})
+
+
+def test_video_writer_ffv1_is_bit_exact_and_renames_on_commit(tmp_path, rng):
+    images = [rng.integers(0, 256, (24, 33, 3), np.uint8) for _ in range(5)]
+    w = _writer(tmp_path / "o.mkv", codec="ffv1", time_base=Fraction(1, 1000), width=33)
+    for i, img in enumerate(images):
+        w.write(img, 100 + 33 * i)
+    assert not (tmp_path / "o.mkv").exists()
+    w.commit()
+    got = list(decode_frames(tmp_path / "o.mkv"))
+    assert [t for t, _ in got] == [Fraction(100 + 33 * i, 1000) for i in range(5)]
+    for img, (_, out) in zip(images, got):
+        np.testing.assert_array_equal(out, img)
+
+
+def test_video_writer_mp4_keeps_integer_pts_and_time_base(tmp_path):
+    w = _writer(tmp_path / "o.mp4")
+    pts = [700 + 512 * i for i in range(12)]
+    for p in pts:
+        w.write(np.full((24, 32), p % 256, np.uint8), p)
+    w.commit()
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        stream = c.streams.video[0]
+        assert stream.time_base == Fraction(1, 15360)
+        assert [f.pts for f in c.decode(stream)] == pts
+
+
+def test_video_writer_abort_leaves_only_the_partial_name(tmp_path):
+    w = _writer(tmp_path / "o.mp4")
+    for i in range(3):
+        w.write(np.zeros((24, 32, 3), np.uint8), i * 512)
+    w.abort()
+    assert not (tmp_path / "o.mp4").exists()
+    assert len(list(decode_frames(partial_path(tmp_path / "o.mp4")))) == 3
+
+
+@pytest.mark.parametrize("name, kw, match", [
+    ("o.mp4", {"codec": "ffv1"}, "FFV1 cannot be stored"),
+    ("o.xyz", {}, "unknown container"),
+    ("missing/o.mp4", {}, "output folder does not exist"),
+])
+def test_video_writer_bad_outputs(tmp_path, name, kw, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        _writer(tmp_path / name, **kw)
+
+
+def test_video_writer_refuses_non_increasing_pts(tmp_path):
+    w = _writer(tmp_path / "o.mp4")
+    w.write(np.zeros((24, 32, 3), np.uint8), 10)
+    with pytest.raises(ValueError, match="pts must increase"):
+        w.write(np.zeros((24, 32, 3), np.uint8), 10)
+    w.abort()

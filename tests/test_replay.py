@@ -1,0 +1,409 @@
+"""Offline replay: one output frame per pair, pts carried over, atomic output, resume, bad inputs, MCAP parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import streamfuse.fusers
+from streamfuse.capture.sources import SourceConfig, SyntheticScene, open_source
+from streamfuse.config import config_from_dict
+from streamfuse.fusers import build_fuser
+from streamfuse.postprocess import restore_colour, vis_luma
+from streamfuse.frames import Frame
+from streamfuse.record import RecordConfig, Recorder, VideoWriter, decode_frames, partial_path, read_recording
+from streamfuse.replay import ReplayError, find_pairs, run_replay
+from streamfuse.sync import Pairer, SyncConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(**sections):
+    """A replay config with the deterministic ``max`` fuser and no progress bar."""
+    base = {"ir": {"kind": "file"}, "vis": {"kind": "file"}, "fuse": {"name": "max"},
+            "replay": {"progress": False}}
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return config_from_dict(base)
+
+
+def write_video(path: Path, n: int, fps: int, *, start_s: float = 0.0, size=(64, 48), grey: bool = False,
+                codec: str = "h264") -> list[int]:
+    """A small moving test pattern; returns its pts (time base 1/(512*fps), 512 ticks per frame)."""
+    tb = Fraction(1, 512 * fps)
+    w = VideoWriter(path, codec=codec, crf=10, time_base=tb, rate=Fraction(fps), width=size[0], height=size[1])
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    pts = [round(start_s / tb) + 512 * i for i in range(n)]
+    for i, p in enumerate(pts):
+        img = ((xx * 4 + yy * 2 + 9 * i) % 256).astype(np.uint8)
+        w.write(img if grey else np.dstack([img, 255 - img, (img // 2 + 60).astype(np.uint8)]), p)
+    w.commit()
+    return pts
+
+
+def decoded(path: Path) -> tuple[Fraction, list[int]]:
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        return stream.time_base, [f.pts for f in c.decode(stream)]
+
+
+def expected_pairs(cfg, ir: Path, vis: Path) -> list[tuple[int, int]]:
+    """(ir seq, vis seq) of every pair, by pushing the two files' frames to a Pairer in capture-time order."""
+    frames = []
+    for section, path in (("ir", ir), ("vis", vis)):
+        with open_source(section, SourceConfig(kind="file", path=str(path), realtime=False)) as src:
+            while (f := src.read()) is not None:
+                frames.append(f)
+    frames.sort(key=lambda f: (f.t_capture_ns, f.stream != "ir"))
+    pairer, pairs = Pairer(cfg.sync), []
+    for f in frames:
+        pairs += pairer.push(f)
+    pairs += pairer.flush()
+    return [(p.ir.seq, p.vis.seq) for p in pairs]
+
+
+@pytest.fixture
+def clip(tmp_path):
+    """IR at 25 fps and visible at 30 fps starting 0.2 s later, 24 frames each."""
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 24, 25, grey=True)
+    vis_pts = write_video(vis, 24, 30, start_s=0.2)
+    return ir, vis, vis_pts
+
+
+def test_one_output_frame_per_pair_with_the_visible_pts(tmp_path, clip):
+    ir, vis, vis_pts = clip
+    cfg = make_cfg()
+    out = tmp_path / "fused.mp4"
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    pairs = expected_pairs(cfg, ir, vis)
+    tb, pts = decoded(out)
+    assert summary.complete and summary.pairs == summary.fused == summary.written == len(pairs) == len(pts)
+    assert tb == Fraction(1, 512 * 30)
+    assert pts == [vis_pts[v] for _, v in pairs]  # the visible frame's own pts, as integers
+    assert summary.frames == {"ir": 24, "vis": 24}
+    assert summary.unpaired["ir"] == 24 - len(pairs) and summary.unpaired["vis"] == 24 - len(pairs)
+    assert summary.dropped == {"ir": 0, "vis": 0}
+    assert set(summary.stages) >= {"decode", "pair", "fuse", "postprocess", "encode"}
+    assert not partial_path(out).exists() and not any(tmp_path.glob(".*.json"))
+
+
+def test_same_rate_pairs_all_frames_and_writes_a_frames_folder(tmp_path):
+    ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mkv"
+    write_video(ir, 12, 25, grey=True)
+    write_video(vis, 12, 25)
+    frames_dir = tmp_path / "frames"
+    summary = run_replay(make_cfg(replay={"codec": "ffv1", "frames_dir": str(frames_dir)}), ir_path=ir,
+                         vis_path=vis, out_path=tmp_path / "fused.mkv")
+    assert summary.written == 12 and summary.unpaired == {"ir": 0, "vis": 0}
+    assert sorted(p.name for p in frames_dir.iterdir()) == [f"{i:06d}.png" for i in range(12)]
+    assert len(list(decode_frames(tmp_path / "fused.mkv"))) == 12
+
+
+def test_folders_of_numbered_frames(tmp_path):
+    import cv2
+
+    for name, shape in (("ir", (48, 64)), ("vis", (48, 64, 3))):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            cv2.imwrite(str(tmp_path / name / f"f{i}.png"), np.full(shape, 30 * i, np.uint8))
+    out = tmp_path / "o.mp4"
+    summary = run_replay(make_cfg(vis={"fps": 20.0}, ir={"fps": 20.0}), ir_path=tmp_path / "ir",
+                         vis_path=tmp_path / "vis", out_path=out)
+    assert summary.written == 6
+    assert [t for t, _ in decode_frames(out)] == [Fraction(i, 20) for i in range(6)]
+    with av.open(str(out)) as c:
+        assert c.metadata["streamfuse_t0_ns"] == "0" and "streamfuse_config" in c.metadata["comment"]
+
+
+class _StopAt:
+    """A max fuser that raises ``exc`` at its ``stop``-th call and counts calls."""
+
+    def __init__(self, stop: int | None, exc: type[BaseException] = KeyboardInterrupt):
+        self.inner, self.stop, self.exc, self.calls = build_fuser(make_cfg().fuse), stop, exc, 0
+        self.name, self.version = self.inner.name, self.inner.version
+
+    def fuse(self, ir, vis_y, stream="default"):
+        self.calls += 1
+        if self.calls == self.stop:
+            raise self.exc()
+        return self.inner.fuse(ir, vis_y)
+
+
+def test_interrupt_leaves_no_final_file_and_resume_finishes_without_refusing(tmp_path, clip, monkeypatch):
+    ir, vis, _ = clip
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(8))
+    with pytest.raises(ReplayError, match=r"interrupted \(Ctrl-C\); 7 frames kept in .*\.fused\.mp4\.partial") as err:
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    assert not out.exists() and partial_path(out).exists()
+    assert err.value.summary.written == 7 and not err.value.summary.complete and err.value.interrupted
+    counting = _StopAt(None)
+    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: counting)
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    n_pairs = len(expected_pairs(cfg, ir, vis))
+    assert summary.complete and summary.reused == 7 and counting.calls == summary.fused == n_pairs - 7
+    assert len(decoded(out)[1]) == n_pairs
+    assert not partial_path(out).exists() and not list(tmp_path.glob(".fused*"))
+
+
+def test_resume_with_changed_settings_starts_over(tmp_path, clip, monkeypatch):
+    ir, vis, _ = clip
+    out = tmp_path / "fused.mp4"
+    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(5))
+    with pytest.raises(ReplayError):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    monkeypatch.undo()
+    summary = run_replay(make_cfg(replay={"crf": 30}), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 0 and summary.fused == summary.written
+
+
+def test_fuser_error_keeps_the_partial_and_says_so(tmp_path, clip, monkeypatch):
+    ir, vis, _ = clip
+    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(3, RuntimeError))
+    with pytest.raises(ReplayError, match="2 frames kept"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert not (tmp_path / "o.mp4").exists()
+    assert json.loads((tmp_path / ".o.mp4.partial.json").read_text())["written"] == 2
+
+
+def test_truncated_video_fuses_what_decodes_and_fails(tmp_path):
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mkv"
+    write_video(ir, 24, 25, grey=True)
+    write_video(vis, 24, 25)
+    vis.write_bytes(vis.read_bytes()[: vis.stat().st_size // 2])
+    out = tmp_path / "o.mp4"
+    with pytest.raises(ReplayError, match=r"replay stopped: .*(truncated|stopped)") as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert "\n" not in str(err.value)
+    assert not out.exists()
+    assert 0 < err.value.summary.written < 24
+    assert len(list(decode_frames(partial_path(out)))) == err.value.summary.written
+
+
+def test_truncated_mp4_without_index_is_refused_before_work(tmp_path):
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 12, 25, grey=True)
+    write_video(vis, 12, 25)
+    vis.write_bytes(vis.read_bytes()[: vis.stat().st_size // 2])  # the moov index is at the end: lost
+    with pytest.raises(ValueError, match="vis input .* is not a video PyAV can read"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert not list(tmp_path.glob("*o.mp4*"))
+
+
+def test_bad_inputs_and_outputs_give_one_line_errors(tmp_path, clip):
+    ir, vis, _ = clip
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    cases = [
+        (dict(ir_path=tmp_path / "missing.mp4", vis_path=vis), FileNotFoundError, "ir input not found"),
+        (dict(ir_path=ir, vis_path=text), ValueError, "vis input .*notes.mp4 is not a video"),
+        (dict(ir_path=ir, vis_path=vis, out_path=tmp_path / "no" / "o.mp4"), FileNotFoundError,
+         "output folder does not exist"),
+        (dict(ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4" / "x.mp4"), FileNotFoundError,
+         "output folder does not exist"),
+        (dict(ir_path=ir, vis_path=vis, out_path=tmp_path / "o.webp"), ValueError, "unknown container"),
+    ]
+    for kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match) as err:
+            run_replay(make_cfg(), **{"out_path": tmp_path / "o.mp4", **kwargs})
+        assert "\n" not in str(err.value)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_read_only_output_folder(tmp_path, clip):
+    ir, vis, _ = clip
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="not writable"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=ro / "o.mp4")
+
+
+def test_full_disk_gives_one_line_and_no_complete_file(tmp_path, clip):
+    """RLIMIT_FSIZE makes writes fail with EFBIG the way a full disk fails them with ENOSPC."""
+    ir, vis, _ = clip
+    out = tmp_path / "o.mkv"
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "from streamfuse.config import config_from_dict\n"
+        "from streamfuse.replay import ReplayError, run_replay\n"
+        "cfg = config_from_dict({'ir': {'kind': 'file'}, 'vis': {'kind': 'file'}, 'fuse': {'name': 'max'},"
+        " 'replay': {'progress': False, 'codec': 'ffv1'}})\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))\n"
+        "try:\n"
+        f"    run_replay(cfg, ir_path={str(ir)!r}, vis_path={str(vis)!r}, out_path={str(out)!r})\n"
+        "except ReplayError as exc:\n"
+        "    print(exc); sys.exit(1)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1, proc.stderr
+    assert "File too large" in proc.stdout and len(proc.stdout.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("policy", ["resize", "error"])
+def test_ir_size_mismatch(tmp_path, policy):
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 6, 25, size=(32, 24), grey=True)
+    write_video(vis, 6, 25)
+    out = tmp_path / "o.mp4"
+    cfg = make_cfg(ir={"resize": policy})
+    if policy == "error":
+        with pytest.raises(ReplayError, match=r"IR frame 0 is 32x24 but visible frame 0 is 64x48; set resize: resize"):
+            run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+        assert not out.exists() and not partial_path(out).exists()
+        return
+    assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out).written == 6
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)
+
+
+def test_realtime_pacing_takes_recorded_time_and_counts_drops(tmp_path, monkeypatch):
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 15, 30, grey=True)
+    write_video(vis, 15, 30)
+    cfg = make_cfg(replay={"pacing": "realtime"})
+    t0 = time.perf_counter()
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "a.mp4")
+    assert time.perf_counter() - t0 >= 14 / 30
+    assert summary.written + summary.unpaired["vis"] + summary.dropped["vis"] == 15
+
+    class Slow(_StopAt):
+        def fuse(self, ir, vis_y, stream="default"):
+            time.sleep(0.1)  # 3 frame periods: the live rule drops the frames that were overtaken
+            return super().fuse(ir, vis_y)
+
+    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: Slow(None))
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "b.mp4")
+    assert summary.dropped["vis"] > 0 and summary.written < 15
+
+
+def test_recording_replays_to_the_live_pairs_and_fused_frames(tmp_path):
+    """A live-like loop (IR arriving late) records and pairs; replaying the recording must give the same."""
+    cfg = make_cfg(ir={"kind": "mcap"}, vis={"kind": "mcap"}, replay={"codec": "ffv1"})
+    scene = SyntheticScene(64, 48, seed=3)
+    fuser = build_fuser(cfg.fuse, cfg.align)
+    t0 = 1_700_000_000_000_000_000
+    vis = [(t0 + i * 33_333_333 + (i % 3) * 1_000_000, "vis", i) for i in range(20)]
+    ir = [(t0 + 7_000_000 + i * 40_000_000, "ir", i) for i in range(17)]
+    arrivals = sorted(vis + [(t + 25_000_000, s, i) for t, s, i in ir])  # IR reaches the loop 25 ms late
+    live_pairs, live_fused = [], []
+    pairer = Pairer(SyncConfig(slop_ms=20.0))
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        for t_arrive, stream, seq in arrivals + [(None, "end", None)]:
+            if stream == "end":  # the live run stops: flush the pairer, as the pipeline does
+                done = pairer.flush()
+            else:
+                t = t_arrive - 25_000_000 if stream == "ir" else t_arrive
+                img = scene.render_ir(t - t0) if stream == "ir" else scene.render_vis(t - t0)
+                frame = Frame(stream, seq, t, img)
+                rec.write(frame)
+                done = pairer.push(frame)
+            for p in done:
+                live_pairs.append((p.ir.seq, p.ir.t_capture_ns, p.vis.seq, p.vis.t_capture_ns))
+                live_fused.append((p.vis.t_capture_ns,
+                                   restore_colour(fuser.fuse(p.ir.image, vis_luma(p.vis.image)), p.vis.image)))
+    assert len(live_pairs) >= 10
+
+    out = tmp_path / "fused.mkv"
+    summary = run_replay(cfg, ir_path=path, out_path=out, resume=False)
+    got = list(decode_frames(out))
+    assert summary.pairs == summary.written == len(live_pairs) == len(got)
+    for (t_out, image), (t_vis, expected) in zip(got, live_fused):
+        assert abs(t_out - Fraction(t_vis - vis[0][0], 10**9)) <= Fraction(1, 1000)  # Matroska keeps ms
+        np.testing.assert_array_equal(image, expected)
+    # the pairs themselves: the recording pushed to the same Pairer config gives the same (seq, time) pairs
+    replay_pairs = []
+    pairer = Pairer(cfg.sync)
+    for p in [p for frame in read_recording(path) for p in pairer.push(frame)] + pairer.flush():
+        replay_pairs.append((p.ir.seq, p.ir.t_capture_ns, p.vis.seq, p.vis.t_capture_ns))
+    assert replay_pairs == live_pairs
+    # realtime pacing reads the two streams through the registered "mcap" source instead, at the recorded rate
+    t_start = time.perf_counter()
+    paced = run_replay(make_cfg(replay={"pacing": "realtime"}), ir_path=path, out_path=tmp_path / "paced.mp4")
+    assert paced.complete and paced.frames == {"ir": 17, "vis": 20} and paced.written > 0
+    assert time.perf_counter() - t_start >= (vis[-1][0] - vis[0][0]) / 1e9
+
+
+def test_find_pairs_from_a_list_file(tmp_path):
+    (tmp_path / "list.txt").write_text("# ir vis\na/ir1.mp4 b/vis1.mp4\n/abs/ir2.mp4 /abs/vis2.mp4  # second\n")
+    assert find_pairs(tmp_path / "list.txt") == [(tmp_path / "a/ir1.mp4", tmp_path / "b/vis1.mp4"),
+                                                (Path("/abs/ir2.mp4"), Path("/abs/vis2.mp4"))]
+    (tmp_path / "bad.txt").write_text("only-one-path\n")
+    with pytest.raises(ValueError, match="bad.txt:1: expected 'IR_PATH VIS_PATH'"):
+        find_pairs(tmp_path / "bad.txt")
+
+
+def test_replay_config_is_valid_and_replays(tmp_path, clip):
+    from streamfuse.config import load_config
+
+    ir, vis, _ = clip
+    cfg = load_config(REPO / "configs" / "replay.yaml", ["fuse.name=max", "replay.progress=false"])
+    assert cfg.ir.kind == "file" and cfg.replay.pacing == "fast"
+    assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4").complete
+
+
+@pytest.mark.data
+def test_m3svd_clip_replays_every_frame_with_its_pts(data_dir, tmp_path):
+    ir = data_dir / "videos" / "m3svd" / "ir" / "0111_1716.mp4"
+    vis = data_dir / "videos" / "m3svd" / "vi" / "0111_1716.mp4"
+    out = tmp_path / "0111_1716.mp4"
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    tb_in, pts_in = decoded(vis)
+    tb_out, pts_out = decoded(out)
+    assert summary.complete and summary.written == summary.pairs == 151
+    assert (tb_out, pts_out) == (tb_in, pts_in)
+
+
+def test_unreadable_partial_output_restarts_with_the_reason(tmp_path, clip, monkeypatch, caplog):
+    ir, vis, _ = clip
+    out = tmp_path / "fused.mp4"
+    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(8))
+    with pytest.raises(ReplayError):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    monkeypatch.undo()
+    partial = partial_path(out)
+    partial.write_bytes(partial.read_bytes()[:500])  # as if killed: an MP4 without its index
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 0
+    assert "partial file does not decode" in caplog.text and "starting over" in caplog.text
+
+
+def test_publish_while_replaying(tmp_path):
+    import socket
+    import threading
+
+    from streamfuse.client import Subscriber
+
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 20, 30, grey=True)
+    write_video(vis, 20, 30)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    cfg = make_cfg(replay={"publish": True, "pacing": "realtime"}, publish={"endpoint": endpoint})
+    with Subscriber(endpoint, timeout_s=2.0) as sub:
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(s=run_replay(cfg, ir_path=ir, vis_path=vis,
+                                                                            out_path=tmp_path / "o.mp4")))
+        worker.start()
+        headers = []
+        while (msg := sub.recv()) is not None:
+            headers.append(msg[0])
+        worker.join(timeout=30)
+    assert result["s"].written == 20
+    assert len(headers) >= 5  # the first frames may go before the subscriber has joined (PUB/SUB slow joiner)
+    assert all(h["width"] == 64 and h["height"] == 48 for h in headers)

@@ -1,0 +1,159 @@
+"""Pairing IR and visible frames: jitter, drops, different rates, out-of-order arrival, latest mode, counters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamfuse.frames import Frame
+from streamfuse.sync import Pairer, SyncConfig
+
+_IMG = np.zeros((2, 2), np.uint8)
+MS = 1_000_000
+
+
+def frames(stream: str, fps: float, n: int, *, start_ms: float = 0.0, jitter_ms: float = 0.0, seed: int = 0,
+           skip: frozenset[int] = frozenset()) -> list[Frame]:
+    """n frames at fps with uniform capture-time jitter; indices in ``skip`` are dropped before pairing."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        t = start_ms + i * 1000.0 / fps + rng.uniform(-jitter_ms, jitter_ms)
+        if i not in skip:
+            out.append(Frame(stream, i, round(t * MS), _IMG))
+    return out
+
+
+def run(pairer: Pairer, arrivals: list[Frame], flush: bool = True) -> list:
+    pairs = []
+    for f in arrivals:
+        pairs += pairer.push(f)
+    if flush:
+        pairs += pairer.flush()
+    return pairs
+
+
+def by_time(*streams: list[Frame]) -> list[Frame]:
+    return sorted((f for s in streams for f in s), key=lambda f: f.t_capture_ns)
+
+
+def assert_consistent(stats: dict) -> None:
+    for s in ("ir", "vis"):
+        c = stats[s]
+        assert c["received"] == c["paired"] + c["unpaired"] + c["dropped"] + c["queued"], c
+
+
+def test_equal_rates_with_jitter_pair_every_frame_in_order() -> None:
+    ir = frames("ir", 30, 90, jitter_ms=4, seed=1)
+    vis = frames("vis", 30, 90, jitter_ms=4, seed=2)
+    pairs = run(Pairer(SyncConfig(slop_ms=20)), by_time(ir, vis))
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(i, i) for i in range(90)]
+    assert all(abs(p.ir.t_capture_ns - p.vis.t_capture_ns) <= 20 * MS for p in pairs)
+
+
+def test_pairs_are_emitted_without_waiting_for_the_next_frame_once_rate_is_known() -> None:
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    ir, vis = frames("ir", 30, 10), frames("vis", 30, 10, start_ms=2)
+    emitted_on_push = [len(pairer.push(f)) for f in by_time(ir, vis)]
+    # After a few frames the period is known: each visible frame (2 ms after its IR frame) completes its pair.
+    assert emitted_on_push[-6:] == [0, 1] * 3
+
+
+def test_25_vs_30_fps_every_slow_frame_pairs_and_the_extra_fast_frames_are_counted() -> None:
+    ir = frames("ir", 25, 50)  # 2 s
+    vis = frames("vis", 30, 60)
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    pairs = run(pairer, by_time(ir, vis))
+    st = pairer.stats()
+    assert len(pairs) == 50 and st["ir"]["paired"] == 50
+    assert st["vis"]["paired"] == 50 and st["vis"]["unpaired"] == 10
+    assert st["skew_ms_max"] <= 1000 / 60 + 1e-6  # nearest neighbour: never more than half a visible period
+    assert len({p.vis.seq for p in pairs}) == 50  # no visible frame used twice
+    assert_consistent(st)
+
+
+def test_dropped_partner_leaves_frame_unpaired_and_counted() -> None:
+    lost = frozenset({5, 17, 18, 40})
+    ir = frames("ir", 30, 60, jitter_ms=3, seed=3)
+    vis = frames("vis", 30, 60, jitter_ms=3, seed=4, skip=lost)
+    pairer = Pairer(SyncConfig(slop_ms=15))
+    pairs = run(pairer, by_time(ir, vis))
+    st = pairer.stats()
+    assert {p.ir.seq for p in pairs} == set(range(60)) - lost
+    assert st["ir"]["unpaired"] == len(lost) and st["vis"]["unpaired"] == 0
+    assert_consistent(st)
+
+
+def test_one_stream_arriving_late_still_pairs_everything() -> None:
+    # The visible stream is delivered 4 frames behind the IR stream (a slower transport), yet pairing by
+    # capture time recovers every pair.
+    ir, vis = frames("ir", 30, 40, jitter_ms=2, seed=5), frames("vis", 30, 40, jitter_ms=2, seed=6)
+    arrivals = []
+    for i in range(44):
+        if i < 40:
+            arrivals.append(ir[i])
+        if i >= 4:
+            arrivals.append(vis[i - 4])
+    pairs = run(Pairer(SyncConfig(slop_ms=20)), arrivals)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(i, i) for i in range(40)]
+
+
+def test_small_reordering_is_sorted_and_a_frame_older_than_a_decided_one_is_counted() -> None:
+    ir, vis = frames("ir", 30, 20), frames("vis", 30, 20, start_ms=1)
+    arrivals = by_time(ir, vis)
+    # vis 10 overtakes ir 10 (cross-stream reordering is normal); then a stale duplicate of vis 3 arrives.
+    i_ir, i_vis = arrivals.index(ir[10]), arrivals.index(vis[10])
+    arrivals[i_ir], arrivals[i_vis] = arrivals[i_vis], arrivals[i_ir]
+    arrivals.append(Frame("vis", 3, vis[3].t_capture_ns, _IMG))
+    pairer = Pairer(SyncConfig(slop_ms=10))
+    pairs = run(pairer, arrivals)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(i, i) for i in range(20)]
+    st = pairer.stats()
+    assert st["vis"]["unpaired"] == 1 and st["vis"]["received"] == 21
+    assert_consistent(st)
+
+
+def test_stalled_stream_bounds_the_other_queue_and_counts_drops() -> None:
+    pairer = Pairer(SyncConfig(slop_ms=20, queue_size=5))
+    for f in frames("vis", 30, 100):
+        assert pairer.push(f) == []
+    st = pairer.stats()
+    assert st["vis"]["queued"] == 5 and st["vis"]["dropped"] == 95
+    # When IR comes back, the queued frames still pair if close enough.
+    pairs = pairer.push(Frame("ir", 0, frames("vis", 30, 100)[99].t_capture_ns, _IMG)) + pairer.flush()
+    assert len(pairs) == 1 and pairs[0].vis.seq == 99
+    assert_consistent(pairer.stats())
+
+
+def test_latest_mode_pairs_each_fast_frame_with_newest_slow_frame() -> None:
+    ir = frames("ir", 10, 10)  # slow IR camera
+    vis = frames("vis", 30, 30, start_ms=1)
+    pairer = Pairer(SyncConfig(mode="latest", hold_ms=150))
+    pairs = run(pairer, by_time(ir, vis))
+    assert len(pairs) == 30  # every visible frame (the faster stream leads, detected automatically)
+    for p in pairs:
+        newest_ir = max(f.t_capture_ns for f in ir if f.t_capture_ns <= p.vis.t_capture_ns)
+        assert p.ir.t_capture_ns == newest_ir
+    st = pairer.stats()
+    assert st["ir"]["paired"] == 10 and st["vis"]["paired"] == 30
+    assert_consistent(st)
+
+
+def test_latest_mode_lead_can_be_forced_and_a_stale_hold_is_not_used() -> None:
+    pairer = Pairer(SyncConfig(mode="latest", lead="ir", hold_ms=100))
+    run(pairer, frames("vis", 30, 3), flush=False)
+    assert len(pairer.push(Frame("ir", 0, 80 * MS, _IMG))) == 1  # vis at 66.7 ms is 13 ms old
+    assert pairer.push(Frame("ir", 1, 500 * MS, _IMG)) == []  # the held visible frame is 433 ms old
+    pairer.flush()
+    st = pairer.stats()
+    assert st["ir"]["unpaired"] == 1 and st["vis"]["unpaired"] == 2
+    assert_consistent(st)
+
+
+def test_unknown_stream_and_bad_config_raise_naming_the_value() -> None:
+    with pytest.raises(ValueError, match="thermal"):
+        Pairer(SyncConfig()).push(Frame("thermal", 0, 0, _IMG))
+    with pytest.raises(ValueError, match="slop_ms"):
+        SyncConfig(slop_ms=0)
+    with pytest.raises(ValueError, match="queue_size"):
+        SyncConfig(queue_size=1)

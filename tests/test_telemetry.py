@@ -1,0 +1,24 @@
+import pytest
+
+from streamfuse.config import parse_section
+from streamfuse.telemetry import Telemetry, TelemetryConfig, format_stats
+
+
+def test_snapshot_percentiles_and_counters():
+    tel = Telemetry(TelemetryConfig(window=100))
+    for ms in range(1, 201):  # the window keeps the last 100 samples: 101..200
+        tel.record("fuse", float(ms))
+    tel.count("published", 5)
+    tel.set("dropped.ir", 3)
+    snap = tel.snapshot()
+    fuse = snap["stages"]["fuse"]
+    assert fuse["n"] == 100 and fuse["min_ms"] == 101.0
+    assert fuse["median_ms"] == pytest.approx(150.5)
+    assert 199.0 <= fuse["p99_ms"] <= 200.0
+    assert snap["counters"] == {"published": 5, "dropped.ir": 3}
+    assert "fuse=150.5/" in format_stats(snap) and "dropped.ir=3" in format_stats(snap)
+
+
+def test_ranges():
+    with pytest.raises(ValueError, match="interval_s"):
+        parse_section(TelemetryConfig, {"interval_s": 0}, "telemetry")

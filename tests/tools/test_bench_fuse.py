@@ -1,0 +1,51 @@
+"""Smoke test of tools/bench_fuse.py: tiny sizes, few frames, CPU; checks the printed figures."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+FIGURES = re.compile(r"latency median (\d+\.\d+) ms p99 (\d+\.\d+) ms.*\| (\d+\.\d+) frames/s")
+
+
+def bench(*args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_fuse.py"), "--device", "cpu", "--tiny",
+                           "--threads", "1", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_hclfuse_prints_latency_fps_gflops_threads():
+    # untrained weights of the default architecture: the figures do not depend on weight values
+    lines = [ln for ln in bench("--batch", "1,2", "--weights", "random").splitlines() if " hclfuse " in ln]
+    assert [re.search(r"batch=(\d)", ln).group(1) for ln in lines] == ["1", "2"]
+    for line in lines:
+        assert line.startswith("[") and "64x48" in line and "threads 1" in line
+        median, p99, fps = (float(v) for v in FIGURES.search(line).groups())
+        assert 0 < median <= p99 and fps > 0
+        assert float(re.search(r"(\d+\.\d+) GFLOPs/frame", line).group(1)) > 0
+
+
+def test_baseline_fuser():
+    out = bench("--fuser", "max")
+    line = next(ln for ln in out.splitlines() if " max 64x48 " in ln)
+    median, p99, fps = (float(v) for v in FIGURES.search(line).groups())
+    assert 0 < median <= p99 and fps > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu_is_one_line():
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_fuse.py"), "--device", "cuda"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        next(ln for ln in proc.stderr.splitlines() if ln.startswith("bench_fuse: device 'cuda' requested"))]

@@ -1,0 +1,74 @@
+"""tools/replay_many.py: one output per pair, failures reported at the end without stopping the others, skips."""
+
+from __future__ import annotations
+
+import importlib.util
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from streamfuse.record import VideoWriter, decode_frames
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("replay_many", REPO / "tools" / "replay_many.py")
+replay_many = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(replay_many)
+ARGS = ["--set", "fuse.name=max", "--set", "replay.progress=false"]
+
+
+def _video(path: Path, n: int = 5) -> None:
+    w = VideoWriter(path, codec="h264", crf=10, time_base=Fraction(1, 25), rate=Fraction(25), width=32, height=24)
+    for i in range(n):
+        w.write(np.full((24, 32, 3), 40 * i, np.uint8), i)
+    w.commit()
+
+
+def test_folder_of_pairs_reports_failures_at_the_end_and_skips_done_outputs(tmp_path, capsys):
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        _video(tmp_path / sub / "a.mp4")
+        _video(tmp_path / sub / "c.mp4")
+    _video(tmp_path / "ir" / "b.mp4")
+    (tmp_path / "vi" / "b.mp4").write_text("not a video")
+    out = tmp_path / "out"
+    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "b.mp4" in err and "not a video" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "c.mp4"]  # c ran after b failed
+    assert len(list(decode_frames(out / "a.mp4"))) == 5
+
+    mtime = (out / "a.mp4").stat().st_mtime_ns
+    (tmp_path / "ir" / "b.mp4").unlink()
+    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 0
+    assert (out / "a.mp4").stat().st_mtime_ns == mtime  # already complete: skipped
+
+
+def test_list_file_and_bad_list(tmp_path, capsys):
+    _video(tmp_path / "ir.mp4")
+    _video(tmp_path / "vis.mp4")
+    (tmp_path / "pairs.txt").write_text("ir.mp4 vis.mp4\n")
+    assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), "--ext", ".mkv", *ARGS]) == 0
+    assert (tmp_path / "o" / "ir.mkv").exists()
+    assert replay_many.main([str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"), *ARGS]) == 2
+    assert "pair list not found" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_batch(tmp_path, monkeypatch):
+    import streamfuse.fusers
+
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        for name in ("a.mp4", "b.mp4"):
+            _video(tmp_path / sub / name)
+
+    class Interrupted:
+        name, version = "max", "1"
+
+        def fuse(self, *_, **__):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: Interrupted())
+    out = tmp_path / "out"
+    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 1
+    assert not (out / "a.mp4").exists() and not (out / ".b.mp4.partial").exists()  # b never started
