@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a config value (repeatable)")
-    parser.add_argument("--duration", type=float, default=0.0, help="live: stop after this many seconds (0 = until Ctrl-C)")
+    parser.add_argument("--duration", type=float, default=0.0,
+                        help="live: stop after this many seconds (0 = until Ctrl-C)")
     parser.add_argument("--ir", help="replay: IR video, frame folder or recording (overrides the config)")
     parser.add_argument("--vis", help="replay: visible video or frame folder (overrides the config)")
     parser.add_argument("--out", help="replay: fused video to write (overrides replay.out); makes this a replay run")

@@ -174,7 +174,8 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
                 built[name] = None
                 continue
             if not isinstance(raw, dict):
-                raise ValueError(f"{name}={raw!r} must be a mapping; allowed keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
+                keys = ", ".join(f.name for f in dataclasses.fields(cls))
+                raise ValueError(f"{name}={raw!r} must be a mapping; allowed keys: {keys}")
             built[name] = parse_section(cls, raw, name)
     except ValueError as exc:
         raise ConfigError(f"{source_file}: {exc}") from None

@@ -13,9 +13,12 @@ Live semantics: PUB/SUB never blocks the publisher. Each subscriber has a queue 
 slow subscriber's queue is full, libzmq drops that subscriber's copy and the others still get theirs, so the
 publisher cannot see those drops: subscribers count them from gaps in ``seq``. With ``nodrop=True``
 (``ZMQ_XPUB_NODROP``) a full queue instead makes ``send_fused`` return False and count the drop, but then one
-stalled subscriber holds the frame back from every subscriber. A subscriber that connects late (or while the
-publisher starts) misses the frames sent before its subscription arrived (ZeroMQ's "slow joiner"): fine for a
-live stream, which only needs the next frame.
+stalled subscriber holds the frame back from every subscriber; ``wait_ms`` then turns the drop into bounded
+back-pressure (offline replay into a recorder). The queues and TCP buffers of a stalled subscriber keep the
+frames of the moment it stalled, so a live viewer must empty its socket continuously
+(``Subscriber(latest=True)``). A subscriber that connects late (or while the publisher starts) misses the
+frames sent before its subscription arrived (ZeroMQ's "slow joiner"): fine for a live stream, which only needs
+the next frame.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader
 from mcap.writer import CompressionType, Writer
 
-from streamfuse.capture.sources import SourceError
+from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.config import check
 from streamfuse.frames import Frame
 from streamfuse.registry import register
@@ -305,45 +305,35 @@ def read_recording(path: str | os.PathLike, streams: tuple[str, ...] = ("ir", "v
 
 
 @register("source", "mcap")
-class McapSource:
-    """One stream (section ``ir`` or ``vis``) of a recording, as a capture Source.
+class McapSource(BaseSource):
+    """One stream (section ``ir`` or ``vis``) of a recording, as a capture Source (recorded times, re-readable).
 
     ``cfg.realtime`` paces frames at their recorded capture times; ``cfg.loop`` starts again at the end with
     capture times shifted past the last frame and sequence numbers continuing, so a looped demo stays monotonic.
     """
 
-    live = False  # recorded capture times, re-readable
-
-    def __init__(self, section: str, cfg: object):
+    def __init__(self, section: str, cfg: SourceConfig) -> None:
         if section not in TOPICS:
             raise ValueError(f"mcap source section must be one of {', '.join(TOPICS)}, got {section!r}")
-        self.section, self.cfg = section, cfg
-        self.frame_id = cfg.frame_id or f"{section}_optical_frame"
-        self.stop_event: threading.Event | None = None  # set by a producer so pacing sleeps end on stop
-        self._it: Iterator[Frame] | None = None
+        super().__init__(section, cfg)
 
-    def open(self) -> None:
+    def _open(self) -> None:
         """Check the file and start reading from the beginning."""
         if not Path(self.cfg.path).is_file():
             raise SourceError(f"{self.section}: recording not found: {self.cfg.path}")
+        self._pace_anchor = None  # a reopen replays from the first recorded time: pace from there afresh
         self._it = self._frames()
 
     def _frames(self) -> Iterator[Frame]:
-        shift_ns, seq_offset, wall0, t0 = 0, 0, time.perf_counter_ns(), None
+        shift_ns, seq_offset = 0, 0
         while True:
             last = first_ns = prev_ns = None
             for frame in read_recording(self.cfg.path, (self.section,)):
                 first_ns = frame.t_capture_ns if first_ns is None else first_ns
                 prev_ns = last.t_capture_ns - shift_ns if last is not None else frame.t_capture_ns
                 frame.t_capture_ns += shift_ns
-                frame.seq += seq_offset
-                if self.cfg.realtime:
-                    t0 = frame.t_capture_ns if t0 is None else t0
-                    delay = (frame.t_capture_ns - t0) - (time.perf_counter_ns() - wall0)
-                    if delay > 0 and self.stop_event is not None:
-                        self.stop_event.wait(delay / 1e9)
-                    elif delay > 0:
-                        time.sleep(delay / 1e9)
+                frame.seq += seq_offset  # the recorded seq, not BaseSource's counter
+                self._pace(frame.t_capture_ns)
                 last = frame
                 yield frame
             if not self.cfg.loop or last is None:
@@ -353,22 +343,11 @@ class McapSource:
             shift_ns += last_ns - first_ns + max(last_ns - prev_ns, 1)
             seq_offset = last.seq + 1
 
-    def read(self) -> Frame | None:
-        """The next frame, or None at the end of the recording."""
-        if self._it is None:
-            self.open()
+    def _read(self) -> Frame | None:
         return next(self._it, None)
 
-    def close(self) -> None:
-        """Stop reading."""
-        self._it = None
-
-    def __enter__(self) -> McapSource:
-        self.open()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
+    def _close(self) -> None:
+        self._it.close()  # closes the recording file now rather than when the generator is collected
 
 
 # ---------------------------------------------------------------------------------------------- fused video writer

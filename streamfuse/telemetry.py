@@ -66,7 +66,8 @@ class Telemetry:
         stages = {}
         for stage, samples in self._lat.items():
             arr = np.fromiter(samples, dtype=np.float64)
-            stages[stage] = {"median_ms": round(float(np.median(arr)), 3), "p99_ms": round(float(np.percentile(arr, 99)), 3),
+            stages[stage] = {"median_ms": round(float(np.median(arr)), 3),
+                             "p99_ms": round(float(np.percentile(arr, 99)), 3),
                              "min_ms": round(float(arr.min()), 3), "n": len(arr)}
         return {"uptime_s": round(now - self._t_start, 3), "rate_fps": round(rate, 2),
                 "mean_rate_fps": round(done / max(now - self._t_start, 1e-9), 2),
@@ -76,5 +77,6 @@ class Telemetry:
 def format_stats(snap: dict) -> str:
     """One human-readable line of a snapshot for the log."""
     stages = " ".join(f"{k}={v['median_ms']:.1f}/{v['p99_ms']:.1f}ms" for k, v in snap["stages"].items())
-    counters = " ".join(f"{k}={round(v, 2) if isinstance(v, float) else v}" for k, v in sorted(snap["counters"].items()) if v)
+    counters = " ".join(f"{k}={round(v, 2) if isinstance(v, float) else v}"
+                        for k, v in sorted(snap["counters"].items()) if v)
     return f"rate={snap['rate_fps']:.1f}fps (median/p99) {stages} | {counters}"

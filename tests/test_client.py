@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import zmq
-from test_publish import ANY_PORT, VGA, connect, fused_frame, good_parts, publishing, with_header
+from helpers_zmq import ANY_PORT, VGA, connect, fused_frame, good_parts, publishing, with_header
 
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher

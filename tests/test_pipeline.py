@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -121,7 +120,8 @@ def test_unknown_config_key_is_one_line_exit_2():
 @pytest.mark.timeout(60)
 def test_missing_video_file_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", str(REPO / "configs/demo.yaml"),
-                           "--set", "ir.kind=file", "--set", f"ir.path={tmp_path / 'nope.mp4'}", "--set", "ir.restart=false",
+                           "--set", "ir.kind=file", "--set", f"ir.path={tmp_path / 'nope.mp4'}",
+                           "--set", "ir.restart=false",
                            "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{_free_port()}",
                            "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 1, proc.stderr

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-from test_publish import publishing, with_header
+from helpers_zmq import publishing, with_header
 
 from streamfuse.subscribe import main
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from streamfuse.align import AlignConfig  # noqa: E402
-from streamfuse.evaluation import Method, evaluate_dir  # noqa: E402
-from streamfuse.fusers import FuseConfig, build_fuser  # noqa: E402
+from streamfuse.align import AlignConfig
+from streamfuse.evaluation import Method, evaluate_dir
+from streamfuse.fusers import FuseConfig, build_fuser
 
 REPO = Path(__file__).resolve().parents[1]
 

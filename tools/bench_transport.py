@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,19 @@ class _Receiver:
 
 # --- senders ---
 
+def _paced(send: Callable[[int], int], seconds: float, rate: float) -> int:
+    """Call ``send(seq)`` for ``seconds``, at ``rate`` frames/s (0 = back to back); ``send`` returns how many frames
+    went out (0 = dropped), so ``seq`` and the schedule count delivered frames only. Returns the total sent."""
+    start = time.perf_counter()
+    sent = 0
+    while (now := time.perf_counter()) - start < seconds:
+        if rate and now < start + sent / rate:
+            time.sleep(min(0.001, start + sent / rate - now))
+            continue
+        sent += send(sent)
+    return sent
+
+
 def _ours(image: np.ndarray, seconds: float, rate: float, hwm: int = 2) -> dict[str, float]:
     """Publish for ``seconds`` at ``rate`` frames/s to a subscriber process; rate 0: as fast as it takes them."""
     endpoint = _free_endpoint()
@@ -131,13 +145,7 @@ def _ours(image: np.ndarray, seconds: float, rate: float, hwm: int = 2) -> dict[
         rx = _Receiver(_sub_receiver, endpoint, hwm)
         while not rx.ready.wait(0.01):
             pub.send_fused(_fused(image, 0))
-        start = time.perf_counter()
-        sent = 0
-        while (now := time.perf_counter()) - start < seconds:
-            if rate and now < start + sent / rate:
-                time.sleep(min(0.001, start + sent / rate - now))
-                continue
-            sent += pub.send_fused(_fused(image, sent))
+        sent = _paced(lambda seq: pub.send_fused(_fused(image, seq)), seconds, rate)
         return {**rx.result(), "sent": sent}
 
 
@@ -148,14 +156,12 @@ def _imagezmq(image: np.ndarray, seconds: float, rate: float) -> dict[str, float
     rx.ready.wait(30)
     sender = imagezmq.ImageSender(connect_to=endpoint)
     sender.send_image(str(time.time_ns()), image)  # connect and warm up
-    start = time.perf_counter()
-    sent = 0
-    while (now := time.perf_counter()) - start < seconds:
-        if rate and now < start + sent / rate:
-            time.sleep(min(0.001, start + sent / rate - now))
-            continue
-        sender.send_image(str(time.time_ns()), image)
-        sent += 1
+
+    def send(_: int) -> int:
+        sender.send_image(str(time.time_ns()), image)  # returns once the hub has replied: never dropped
+        return 1
+
+    sent = _paced(send, seconds, rate)
     sender.send_image(STOP, image)
     out = rx.result()
     out["frames"] -= 1  # the warm-up frame

@@ -28,9 +28,11 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import secrets
 import time
+from collections.abc import Iterator
 from multiprocessing import shared_memory
 from typing import Any, Literal
 
@@ -199,38 +201,38 @@ class ShmRing:
 
     # -- reader side -----------------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _unread(self) -> Iterator[bool]:
+        """Hold the lock (shared by all generations) and yield whether a frame is unread, following the writer's
+        successors past drained segments; yields False, lock not held, when the lock is stuck (a dead peer)."""
+        if not self._lock.acquire(timeout=_LOCK_POLL_S):
+            yield False
+            return
+        try:
+            while self._hdr[_H_HEAD] == self._hdr[_H_TAIL] and self._hdr[_H_NEXT_GEN]:
+                self._follow()
+            yield bool(self._hdr[_H_HEAD] != self._hdr[_H_TAIL])
+        finally:
+            self._lock.release()
+
     def try_read(self) -> Frame | None:
         """The oldest unread frame (copied out of its slot), or None when there is none (or the lock is stuck)."""
-        if not self._lock.acquire(timeout=_LOCK_POLL_S):
-            return None
-        try:
-            while self._hdr[_H_HEAD] == self._hdr[_H_TAIL]:
-                if not self._hdr[_H_NEXT_GEN]:
-                    return None
-                self._follow()
+        with self._unread() as ready:
+            if not ready:
+                return None
             tail = int(self._hdr[_H_TAIL])
             slot = tail % self.slots
             seq, t_ns, h, w, c, nbytes = (int(v) for v in self._meta[slot, :_M_NBYTES + 1])
             shape = (h, w, c) if c else (h, w)
             image = self._data[slot, :nbytes].reshape(shape).copy()  # the one copy out
             self._hdr[_H_TAIL] = tail + 1
-        finally:
-            self._lock.release()
         self._space_bell.release()
         return Frame(self.stream, seq, t_ns, image)
 
     def peek_time(self) -> int | None:
         """Capture time (ns) of the oldest unread frame without reading it; None when empty."""
-        if not self._lock.acquire(timeout=_LOCK_POLL_S):
-            return None
-        try:
-            while self._hdr[_H_HEAD] == self._hdr[_H_TAIL]:
-                if not self._hdr[_H_NEXT_GEN]:
-                    return None
-                self._follow()
-            return int(self._meta[int(self._hdr[_H_TAIL]) % self.slots, _M_T])
-        finally:
-            self._lock.release()
+        with self._unread() as ready:
+            return int(self._meta[int(self._hdr[_H_TAIL]) % self.slots, _M_T]) if ready else None
 
     def read(self, timeout: float | None = None) -> Frame | None:
         """Wait up to ``timeout`` s (None = forever) for the oldest unread frame; None on timeout."""

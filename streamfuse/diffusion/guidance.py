@@ -133,4 +133,5 @@ def default_guides(scale: float = 1.0, gamma: float = 5.0, channels: int = 1,
                    lambdas: Sequence[float] = (0.05, 0.15, 0.1)) -> ComposedGuide:
     """The method's guides with lambda_heat0 = 0.05, lambda_stru0 = 0.15, lambda_con0 = 0.1 (times ``scale``)."""
     kinds = ("heat", "structure", "consistency")
-    return ComposedGuide(tuple(PhysicsGuide(k, scale * lam, gamma, channels=channels) for k, lam in zip(kinds, lambdas)))
+    return ComposedGuide(tuple(PhysicsGuide(k, scale * lam, gamma, channels=channels)
+                               for k, lam in zip(kinds, lambdas, strict=True)))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
+import zipfile
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -151,7 +153,7 @@ def load_weights(path: str | Path, **net_kwargs: object) -> tuple[HCLFuseNet, di
         raise FileNotFoundError(f"HCLFuse weights not found: {path}")
     try:
         blob = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types (pickle, zip, runtime) for a corrupt file
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable torch weights file ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
         raise ValueError(f"{path}: not an HCLFuse weights file (expected format {FORMAT!r})")

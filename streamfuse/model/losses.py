@@ -96,7 +96,8 @@ def fusion_target(ir01: torch.Tensor, vis01: torch.Tensor, cfg: LossConfig) -> t
 
 
 def hclfuse_losses(out: dict[str, torch.Tensor], ir01: torch.Tensor, vis01: torch.Tensor, eps: torch.Tensor,
-                   cfg: LossConfig, image_channels: int, *, ir_raw: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   cfg: LossConfig, image_channels: int, *,
+                   ir_raw: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All loss terms and their weighted sum ``total``.
 
     Args:

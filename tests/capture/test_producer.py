@@ -177,7 +177,7 @@ def test_stop_within_two_seconds_with_a_blocked_producer() -> None:
 def test_live_file_end_restarts_from_the_start_with_times_still_increasing(tmp_path: Path) -> None:
     write_video(tmp_path / "ir.mkv", 4, fps=25)
     cfg = SourceConfig(kind="file", path=str(tmp_path / "ir.mkv"), realtime=False)  # restart=True by default
-    prod = Producers({"ir": cfg}, backoff_s=0.05)
+    prod = Producers({"ir": cfg}, slots=16, backoff_s=0.05)  # unpaced: slots enough that latest drops nothing
     names = prod.shm_names()
     try:
         frames, events = collect(prod, lambda f, e: len(f) >= 10)

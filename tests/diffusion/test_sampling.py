@@ -35,7 +35,7 @@ def test_oracle_model_recovers_x0_in_k_steps(steps):
 def test_deterministic_given_the_same_noise():
     g = torch.Generator().manual_seed(2)
     noise = torch.randn(1, 2, 5, 5, generator=g)
-    model = lambda x, t, **_: 0.5 * x  # noqa: E731
+    model = lambda x, t, **_: 0.5 * x
     a = sample_ddim(model, noise, ddim_timesteps(4), SCHEDULE, generator=torch.Generator().manual_seed(9))
     b = sample_ddim(model, noise.clone(), ddim_timesteps(4), SCHEDULE)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
@@ -44,7 +44,7 @@ def test_deterministic_given_the_same_noise():
 def test_golden_numbers_of_a_tiny_run():
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(1, 1, 2, 2, generator=g)
-    model = lambda x, t, **_: 0.9 * x  # noqa: E731
+    model = lambda x, t, **_: 0.9 * x
     out = sample_ddim(model, noise, ddim_timesteps(2), SCHEDULE)
     ref = out.flatten().tolist()
     again = sample_ddim(model, noise, ddim_timesteps(2), SCHEDULE).flatten().tolist()

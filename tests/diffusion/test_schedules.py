@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ def test_linear_betas_and_alphas_cumprod_known_values():
 @pytest.mark.parametrize("steps", [1, 2, 4, 8, 20])
 def test_ddim_timesteps_trailing(steps):
     ts = ddim_timesteps(steps)
-    assert len(ts) == steps and ts[0] == 999 and all(a > b for a, b in zip(ts, ts[1:])) and ts[-1] >= 0
+    assert len(ts) == steps and ts[0] == 999 and all(a > b for a, b in itertools.pairwise(ts)) and ts[-1] >= 0
 
 
 def test_ddim_timesteps_rejects_bad_steps():

@@ -8,8 +8,7 @@ import torch
 
 from streamfuse.align import AlignConfig
 from streamfuse.fusers import FuseConfig
-from streamfuse.model.hclfuse import DEFAULT_WEIGHTS, HCLFuseNet, ModelConfig, build_hclfuse, load_weights, \
-    save_weights
+from streamfuse.model.hclfuse import DEFAULT_WEIGHTS, HCLFuseNet, ModelConfig, build_hclfuse, load_weights, save_weights
 
 TINY = ModelConfig(widths=(4, 8), latent_channels=2, denoiser_width=4)
 

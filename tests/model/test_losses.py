@@ -1,0 +1,42 @@
+"""Training losses: fusion target properties, finite gradients on flat images, the eps term."""
+
+from __future__ import annotations
+
+import torch
+
+from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig
+from streamfuse.model.losses import LossConfig, fusion_target, gaussian_blur, hclfuse_losses, sobel
+
+TINY = ModelConfig(widths=(4, 8), latent_channels=2, denoiser_width=4)
+
+
+def test_target_of_identical_sources_is_the_source_with_unit_gain():
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fusion_target(x, x, LossConfig(detail_gain=1.0)), x, atol=1e-5, rtol=0)
+
+
+def test_target_takes_the_brighter_base_and_amplifies_detail():
+    dark, bright = torch.full((1, 1, 32, 32), 0.2), torch.full((1, 1, 32, 32), 0.7)
+    torch.testing.assert_close(fusion_target(dark, bright, LossConfig()), bright)
+    textured = bright.clone()
+    textured[..., ::2, :] += 0.05
+    t1 = fusion_target(dark, textured, LossConfig(detail_gain=1.0))
+    t2 = fusion_target(dark, textured, LossConfig(detail_gain=1.5))
+    assert sobel(t2).abs().mean() > 1.4 * sobel(t1).abs().mean()
+
+
+def test_blur_preserves_constants():
+    x = torch.full((1, 2, 20, 20), 0.3)
+    torch.testing.assert_close(gaussian_blur(x, 3.0), x)
+
+
+def test_losses_finite_with_flat_inputs_and_eps_term_uses_true_noise():
+    net = HCLFuseNet(TINY)
+    flat = torch.full((2, 1, 32, 32), 0.5)  # Sobel magnitude 0: the +eps inside the sqrt keeps gradients finite
+    eps, e0 = torch.randn(2, 2, 4, 4), torch.zeros(2, 2, 4, 4)
+    out = net.train_outputs(flat, flat, torch.tensor([10, 900]), eps, e0)
+    losses = hclfuse_losses(out, flat, flat, eps, LossConfig(), TINY.image_channels)
+    losses["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    perfect = {**out, "eps_pred": eps}
+    assert hclfuse_losses(perfect, flat, flat, eps, LossConfig(), 1)["noise"].item() == 0.0
