@@ -27,6 +27,7 @@ import numpy as np
 __all__ = [
     "METRICS", "LABELS", "to_8bit", "entropy", "std_dev", "spatial_frequency", "average_gradient", "definition",
     "mutual_information", "scd", "vif", "vifp", "qabf", "nabf", "ssim", "ssim_pair", "cc", "qsf_rsfe", "evaluate_pair",
+    "temporal_ratio",
 ]
 
 #: Metric names in table order (the keys of :func:`evaluate_pair`).
@@ -328,3 +329,18 @@ def evaluate_pair(fused: np.ndarray, ir: np.ndarray, vis_y: np.ndarray) -> dict[
     out = {name: fn(fused) for name, fn in _FUSED_ONLY.items()}
     out.update({name: fn(fused, ir, vis_y) for name, fn in _WITH_SOURCES.items()})
     return {name: out[name] for name in METRICS}
+
+
+def temporal_ratio(fused: list[np.ndarray], vis_y: list[np.ndarray]) -> float:
+    """Flicker of a fused sequence relative to its input: mean |F_t - F_{t-1}| / mean |V_t - V_{t-1}|.
+
+    1.0 means the output changes between frames exactly as much as the visible input does; above that the fuser
+    adds temporal noise. Both sequences are ``(H, W)`` on 0..255, fused scored as saved (:func:`to_8bit`).
+    """
+    if len(fused) != len(vis_y) or len(fused) < 2:
+        raise ValueError(f"need two equally long sequences of >= 2 frames, got {len(fused)} and {len(vis_y)}")
+    f = [_f64(to_8bit(x)) for x in fused]
+    v = [_f64(x) for x in vis_y]
+    df = np.mean([np.abs(b - a).mean() for a, b in zip(f[:-1], f[1:])])
+    dv = np.mean([np.abs(b - a).mean() for a, b in zip(v[:-1], v[1:])])
+    return float(df / dv) if dv > 0 else float("inf") if df > 0 else 1.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import platform
 import sys
 import tempfile
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     frames = 3 if args.tiny else args.frames or (1000 if gpu else 50)
     warmup = 1 if args.tiny else 5
     print(f"bench_fuse: torch {torch.__version__}, device {device}, fuser {args.fuser}, {frames} frames per case, "
-          f"{warmup} warm-up", flush=True)
+          f"{warmup} warm-up, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
     if args.fuser == "hclfuse":
         with tempfile.TemporaryDirectory() as tmp:
             bench_hclfuse(args, device, sizes, frames, warmup, weights_file(args.weights, Path(tmp)))

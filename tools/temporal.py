@@ -1,0 +1,55 @@
+"""Temporal stability of a fuser on frame sequences: flicker ratio per clip, and a static-input check.
+
+For each clip folder under SEQ_ROOT (``<clip>/ir/*.png`` and ``<clip>/vi/*.png``, numbered frames) the fuser runs
+over the frames in order as one stream; the flicker ratio is mean |F_t - F_{t-1}| / mean |V_t - V_{t-1}| (visible Y).
+Goal: at most 1.1. The static check fuses the same pair repeatedly and reports whether every output is identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from streamfuse.evaluation import config_method, find_pairs, fuser_method, read_grey
+from streamfuse.metrics import temporal_ratio
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("seq_root", nargs="?", default=str(REPO.parent / "shared/data/sequences"),
+                        help="folder of clips, each with ir/ and vi/ numbered frames")
+    parser.add_argument("--fuser", action="append", default=[], help="NAME[:key=value,...] (repeatable)")
+    parser.add_argument("--config", action="append", default=[], help="pipeline config whose fuser to run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="fuse./align. override")
+    parser.add_argument("--static", type=int, default=5, help="repeats of one pair for the static-input check")
+    args = parser.parse_args()
+    clips = sorted(p for p in Path(args.seq_root).iterdir() if (p / "ir").is_dir()) if Path(args.seq_root).is_dir() \
+        else []
+    if not clips:
+        sys.exit(f"temporal: no clips with ir/ and vi/ folders under {args.seq_root}")
+    methods = [fuser_method(s, args.overrides) for s in args.fuser or ["hclfuse"]]
+    methods += [config_method(c, args.overrides) for c in args.config]
+    print(f"| method | {' | '.join(c.name for c in clips)} | mean | static identical |")
+    print(f"|---|{'---|' * len(clips)}---|---|")
+    for method in methods:
+        ratios = []
+        for clip in clips:
+            pairs = [(read_grey(ir), read_grey(vi)) for _, ir, vi in find_pairs(clip / "ir", clip / "vi")]
+            fused = [method.fuser.fuse(ir, vi, stream=clip.name) for ir, vi in pairs]
+            ratios.append(temporal_ratio(fused, [vi for _, vi in pairs]))
+        ir, vi = pairs[0]
+        outs = [method.fuser.fuse(ir, vi, stream="static") for _ in range(args.static)]
+        static = all(np.array_equal(outs[0], o) for o in outs[1:])
+        cells = " | ".join(f"{r:.3f}" for r in ratios)
+        print(f"| {method.name} | {cells} | {np.mean(ratios):.3f} | {'yes' if static else 'NO'} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
