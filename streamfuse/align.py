@@ -7,13 +7,15 @@ lookup table (see ``docs/method.md``). The blended table ``lut = blend * T + (1 
 ``IR'`` in 0..1; it is used identically in training (``tools/train.py``) and inference (``model/hclfuse.py``).
 
 :class:`AlignCache` keeps one plan per stream and solves again only when the histograms drift (Wasserstein-1) or
-after ``refresh`` frames, warm-starting Sinkhorn from the previous dual potentials.
+after ``refresh`` frames, warm-starting Sinkhorn from the previous dual potentials. With ``background`` the re-solve
+runs on a worker thread and the previous table keeps serving until the new one is ready, so the live loop never waits.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +48,8 @@ class AlignConfig:
         drift: re-solve when the Wasserstein-1 distance (grey levels in 0..1) between the current and the cached IR
             or visible histogram exceeds this.
         refresh: re-solve at least every this many frames of a stream.
+        background: refresh the plan on a worker thread; the stale LUT serves until the new one is ready. Off for
+            bit-reproducible offline replay. A stream's first frame always solves synchronously.
     """
 
     enabled: bool = True
@@ -56,6 +60,7 @@ class AlignConfig:
     tol: float = 1e-6
     drift: float = 0.01
     refresh: int = 300
+    background: bool = True
 
     def __post_init__(self) -> None:
         check(0 < self.reg <= 10, "reg", self.reg, "0 < reg <= 10")
@@ -129,10 +134,10 @@ def align(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig, *,
     a = _normalise(ir_hist, "ir_hist")
     b = _normalise(vis_hist, "vis_hist")
     ws = None if warmstart is None else (warmstart[0] / cfg.reg, warmstart[1] / cfg.reg)  # POT takes log-scalings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # POT's own convergence warning; ours below says what and where
-        plan, log = ot.sinkhorn(a, b, _COST, cfg.reg, method=cfg.method, numItermax=cfg.max_iter, stopThr=cfg.tol,
-                                log=True, warmstart=ws)
+    # warn=False rather than catch_warnings: that swaps process-global filters, racy on AlignCache's worker thread.
+    # Our warning below says what and where.
+    plan, log = ot.sinkhorn(a, b, _COST, cfg.reg, method=cfg.method, numItermax=cfg.max_iter, stopThr=cfg.tol,
+                            log=True, warmstart=ws, warn=False)
     f, g = _potentials(log, cfg.reg)
     err = float(log["err"][-1]) if len(log["err"]) else float("nan")
     n_iter = int(log.get("niter", len(log["err"])))
@@ -168,20 +173,35 @@ class _Entry:
     vis_hist: np.ndarray
     result: AlignResult
     age: int = 0
+    pending: Future[tuple[_Entry, float]] | None = None  # the background re-solve replacing this entry
+
+
+def _solve(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig,
+           warmstart: tuple[np.ndarray, np.ndarray] | None) -> tuple[_Entry, float]:
+    """A fresh entry for these histograms and the solve time in ms."""
+    t0 = time.perf_counter()
+    result = align(ir_hist, vis_hist, cfg, warmstart=warmstart)
+    return _Entry(ir_hist, vis_hist, result), (time.perf_counter() - t0) * 1e3
 
 
 class AlignCache:
     """Per-stream OT lookup tables, re-solved only when the histograms drift or the entry gets old.
 
+    Each enabled frame counts as exactly one of: a hit (cached table still valid), a miss (a solve started; with
+    ``background`` the frame is served the old table) or stale (served the old table while that solve runs).
+
     Args:
-        cfg: alignment settings (``drift``, ``refresh`` control the cache).
+        cfg: alignment settings (``drift``, ``refresh`` control the cache, ``background`` where it solves).
     """
 
     def __init__(self, cfg: AlignConfig):
         self.cfg = cfg
         self._entries: dict[str, _Entry] = {}
+        self._pool: ThreadPoolExecutor | None = None  # created on the first background solve
         self.hits = 0
         self.misses = 0
+        self.stale = 0
+        self.solves = 0  # finished solves, the denominator of the mean
         self.solve_ms = 0.0
         self.last_solve_ms = 0.0
 
@@ -191,20 +211,44 @@ class AlignCache:
             return identity_lut()
         ir_hist, vis_hist = histogram(ir), histogram(vis_y)
         entry = self._entries.get(stream)
+        if entry is not None and entry.pending is not None:
+            if not entry.pending.done():
+                self.stale += 1
+                return entry.result.lut
+            future, entry.pending = entry.pending, None  # cleared first: a solve that raised is retried, not re-raised
+            entry = self._install(stream, future.result())  # then judged against this frame like any cached entry
         if entry is not None and entry.age < self.cfg.refresh and max(
                 wasserstein1(ir_hist, entry.ir_hist), wasserstein1(vis_hist, entry.vis_hist)) <= self.cfg.drift:
             entry.age += 1
             self.hits += 1
             return entry.result.lut
-        t0 = time.perf_counter()
-        result = align(ir_hist, vis_hist, self.cfg, warmstart=None if entry is None else entry.result.potentials)
-        self.last_solve_ms = (time.perf_counter() - t0) * 1e3
-        self.solve_ms += self.last_solve_ms
         self.misses += 1
-        self._entries[stream] = _Entry(ir_hist, vis_hist, result, age=1)
-        return result.lut
+        warmstart = None if entry is None else entry.result.potentials
+        if entry is not None and self.cfg.background:
+            if self._pool is None:
+                # One worker for all streams: solves are CPU-bound, a second one would only steal the live loop's core.
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="align")
+            entry.pending = self._pool.submit(_solve, ir_hist, vis_hist, self.cfg, warmstart)
+            return entry.result.lut
+        entry = self._install(stream, _solve(ir_hist, vis_hist, self.cfg, warmstart))
+        entry.age = 1  # this frame
+        return entry.result.lut
+
+    def pending(self, stream: str = "default") -> Future[tuple[_Entry, float]] | None:
+        """The background solve under way for ``stream``, if any (it is swapped in by the next :meth:`lut` call)."""
+        entry = self._entries.get(stream)
+        return None if entry is None else entry.pending
+
+    def _install(self, stream: str, solved: tuple[_Entry, float]) -> _Entry:
+        """Make a finished solve the stream's entry and count its time."""
+        entry, ms = solved
+        self.last_solve_ms = ms
+        self.solve_ms += ms
+        self.solves += 1
+        self._entries[stream] = entry
+        return entry
 
     def stats(self) -> dict[str, float]:
-        """Cache counters: hits, misses, total and mean solve time in ms."""
-        return {"ot_hits": float(self.hits), "ot_misses": float(self.misses), "ot_solve_ms": self.solve_ms,
-                "ot_solve_ms_mean": self.solve_ms / max(self.misses, 1)}
+        """Cache counters: hits, misses (solves started), stale frames, total and mean solve time in ms."""
+        return {"ot_hits": float(self.hits), "ot_misses": float(self.misses), "ot_stale": float(self.stale),
+                "ot_solve_ms": self.solve_ms, "ot_solve_ms_mean": self.solve_ms / max(self.solves, 1)}

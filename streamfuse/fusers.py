@@ -29,7 +29,6 @@ class FuseConfig:
         weights: HCLFuse weights file; empty means the weights shipped with the package.
         steps: DDIM steps K (1..20).
         guidance: apply the physics guides during sampling.
-        noise: ``fixed`` noise per stream, or ``warm`` (start from the previous frame's latent).
         seed: seed of the per-stream noise.
         device: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, or ``fp16``/``bf16`` autocast on the GPU.
@@ -41,9 +40,8 @@ class FuseConfig:
     name: str = "hclfuse"
     sharpen: float = 0.0
     weights: str = ""
-    steps: int = 4
+    steps: int = 1
     guidance: bool = True
-    noise: Literal["fixed", "warm"] = "fixed"
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"

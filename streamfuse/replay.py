@@ -475,7 +475,8 @@ class _Replay:
         from streamfuse.sync import Pairer
 
         cfg, rcfg, s = self.cfg, self.cfg.replay, self.summary
-        fuser = build_fuser(cfg.fuse, cfg.align)
+        # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
+        fuser = build_fuser(cfg.fuse, dataclasses.replace(cfg.align, background=False))
         pairer = Pairer(cfg.sync)
         frames_dir = Path(rcfg.frames_dir) if rcfg.frames_dir else None
         if frames_dir:

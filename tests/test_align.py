@@ -1,17 +1,23 @@
-"""OT alignment: marginals, LUT monotonicity, identity, warm start, per-stream cache behaviour."""
+"""OT alignment: marginals, LUT monotonicity, identity, warm start, per-stream cache behaviour, background refresh."""
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
 import pytest
 
+from streamfuse import align as align_module
 from streamfuse.align import AlignCache, AlignConfig, align, histogram, identity_lut, wasserstein1
 
 
 def _image(rng: np.random.Generator, mean: float, std: float, shape=(48, 64)) -> np.ndarray:
     return np.clip(rng.normal(mean, std, shape), 0, 255).astype(np.uint8)
+
+
+def _brighter(img: np.ndarray, by: int = 40) -> np.ndarray:
+    return np.clip(img.astype(int) + by, 0, 255).astype(np.uint8)
 
 
 def test_plan_marginals_match_histograms(rng):
@@ -82,7 +88,7 @@ def test_wasserstein1_of_shift():
 
 
 def test_cache_hits_misses_drift_and_refresh(rng):
-    cache = AlignCache(AlignConfig(drift=0.02, refresh=5))
+    cache = AlignCache(AlignConfig(drift=0.02, refresh=5, background=False))
     ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -91,13 +97,83 @@ def test_cache_hits_misses_drift_and_refresh(rng):
     assert (cache.hits, cache.misses) == (1, 1)
     cache.lut(ir, vis, "b")  # another stream has its own entry
     assert cache.misses == 2
-    cache.lut(np.clip(ir.astype(int) + 40, 0, 255).astype(np.uint8), vis, "a")  # drift: IR got brighter
+    cache.lut(_brighter(ir), vis, "a")  # drift: IR got brighter
     assert cache.misses == 3
     for _ in range(5):
         cache.lut(ir, vis, "b")
     assert cache.misses == 4  # stream b reached its refresh interval
     stats = cache.stats()
     assert stats["ot_hits"] == cache.hits and stats["ot_misses"] == 4 and stats["ot_solve_ms"] > 0
+    assert stats["ot_stale"] == 0 and cache.pending("a") is None and cache.pending("b") is None
+
+
+def test_background_refresh_serves_stale_lut_until_solved(rng, monkeypatch):
+    cfg = AlignConfig(drift=0.02)
+    ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
+    cache = AlignCache(cfg)
+    first = cache.lut(ir, vis, "a")  # no entry yet: solved synchronously, nothing else to serve
+    assert cache.pending("a") is None and cache.misses == 1
+    release, solve = threading.Event(), align_module._solve
+    # Hold the worker until released: a lut call that waited on the solve would hang here instead of returning.
+    monkeypatch.setattr(align_module, "_solve", lambda *args: release.wait(10) and solve(*args))
+    bright = _brighter(ir)
+    assert cache.lut(bright, vis, "a") is first  # drift miss: the solve starts, the old table serves
+    future = cache.pending("a")
+    assert future is not None and not future.done()
+    assert cache.lut(bright, vis, "a") is first
+    assert cache.lut(_brighter(ir, 80), vis, "a") is first  # drifts further, but one solve per stream at a time
+    assert cache.pending("a") is future
+    cache.lut(ir, vis, "b")  # other streams are unaffected: b's first frame solves synchronously, on this thread
+    assert cache.pending("b") is None
+    assert (cache.hits, cache.misses, cache.stale) == (0, 3, 2)
+    release.set()
+    future.result(timeout=30)
+    new = cache.lut(bright, vis, "a")  # swapped in, then a hit for this frame
+    expected = align(histogram(bright), histogram(vis), cfg, warmstart=align(histogram(ir), histogram(vis), cfg).potentials)
+    np.testing.assert_allclose(new, expected.lut, atol=1e-6)
+    assert np.abs(new - first).max() > 0.01 and cache.pending("a") is None
+    assert cache.lut(bright, vis, "a") is new
+    stats = cache.stats()
+    assert (stats["ot_hits"], stats["ot_misses"], stats["ot_stale"]) == (2, 3, 2)
+    assert cache.solves == 3 and stats["ot_solve_ms"] > 0
+    assert stats["ot_solve_ms_mean"] == pytest.approx(stats["ot_solve_ms"] / 3)
+
+
+def test_background_off_is_synchronous_and_gives_the_same_table(rng):
+    ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
+    tables = []
+    for background in (False, True):
+        cache = AlignCache(AlignConfig(drift=0.02, background=background))
+        first = cache.lut(ir, vis, "a")
+        drifted = cache.lut(_brighter(ir), vis, "a")
+        if background:
+            assert drifted is first
+            cache.pending("a").result(timeout=30)
+            drifted = cache.lut(_brighter(ir), vis, "a")
+        else:
+            assert drifted is not first and cache.pending("a") is None and cache.misses == 2
+        tables.append(drifted)
+    np.testing.assert_array_equal(tables[0], tables[1])  # same warm start, same solve: only the timing differs
+
+
+def test_background_solve_error_raises_once_then_retries(rng, monkeypatch):
+    ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
+    cache = AlignCache(AlignConfig(drift=0.02))
+    first = cache.lut(ir, vis, "a")
+    solve = align_module._solve
+
+    def fail(*args):
+        raise MemoryError("boom")
+
+    monkeypatch.setattr(align_module, "_solve", fail)
+    cache.lut(_brighter(ir), vis, "a")
+    cache.pending("a").exception(timeout=30)
+    with pytest.raises(MemoryError):
+        cache.lut(_brighter(ir), vis, "a")  # the worker's error surfaces in the caller
+    monkeypatch.setattr(align_module, "_solve", solve)
+    assert cache.lut(_brighter(ir), vis, "a") is first  # the old table still serves; the drift starts a new solve
+    cache.pending("a").result(timeout=30)
+    assert cache.lut(_brighter(ir), vis, "a") is not first and cache.misses == 3
 
 
 def test_config_validation():

@@ -174,7 +174,7 @@ def measure(fuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int, frame
             + (f" graphs={'on' if engine.cuda_graphs else 'off'}" if gpu else "")
             + f": latency median {med:.2f} ms p99 {p99:.2f} ms per batch")
     ot = fuser.stats()
-    flops = (f" | {engine.flops(*pairs[0][0].shape) / 1e9:.2f} GFLOPs/frame | threads {engine.threads}"
+    flops = (f" | {engine.flops(*pairs[0][0].shape) / 1e9:.3g} GFLOPs/frame | threads {engine.threads}"
              f" | OT cache {ot['ot_hits']:.0f} hits {ot['ot_misses']:.0f} misses")
     if not gpu:  # submit is synchronous on the CPU: throughput is the latency's inverse
         return line + f" | {1000 * batch / med:.1f} frames/s (at the median latency)" + flops

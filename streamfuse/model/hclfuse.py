@@ -253,8 +253,6 @@ def build_hclfuse(fuse_cfg: object, align_cfg: object | None = None) -> HCLFuser
 
     align_cfg = align_cfg if align_cfg is not None else AlignConfig()
     path = Path(fuse_cfg.weights) if fuse_cfg.weights else DEFAULT_WEIGHTS
-    if fuse_cfg.noise != "fixed":
-        raise ValueError(f"fuse.noise={fuse_cfg.noise!r} is not supported by hclfuse; allowed: 'fixed'")
     net, extra = load_weights(path, steps=fuse_cfg.steps, guidance=fuse_cfg.guidance)
     trained = extra.get("align", {})
     used = {k: getattr(align_cfg, k) for k in ("reg", "blend")}
