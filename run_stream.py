@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+# Capture processes and the numba postprocess share the cores with torch; spinning OpenMP workers that get
+# descheduled made fusion several times slower under such load (see README, Benchmarks). Must precede torch import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv: list[str] | None = None) -> int:
