@@ -93,7 +93,6 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             tel.count("stale", len(pairs) - 1)
             pair = pairs[-1]
             t0 = time.perf_counter_ns()
-            tel.record("pair", (t0 - pair.t_paired_ns) / 1e6)
             # 3. fuse: OT alignment, VBE encoding, K-step guided DDIM, decoding (on the configured device)
             vis_y = vis_luma(pair.vis.image)
             fused_y = fuser.fuse(pair.ir_at_vis_size(cfg.ir.resize), vis_y, stream=cfg.publish.topic)
@@ -106,9 +105,9 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             fused = FusedFrame(pair, image, fuser.name, fuser.version, time.time_ns(), timings)
             sent = pub.send_fused(fused)
             tel.count("published" if sent else "publish_dropped")
-            tel.record("fuse", timings["fuse"])
-            tel.record("postprocess", timings["postprocess"])
-            tel.record("publish", (time.perf_counter_ns() - t2) / 1e6)
+            timings["publish"] = (time.perf_counter_ns() - t2) / 1e6
+            for stage, ms in timings.items():
+                tel.record(stage, ms)
             tel.record("end_to_end", (time.time_ns() - max(pair.ir.t_capture_ns, pair.vis.t_capture_ns)) / 1e6)
             _report(tel, pub, pairer, producers, fuser, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording

@@ -5,7 +5,8 @@ the SmoothL1 noise loss see an ordinary eps-prediction model, but inside, the ne
 as in EDM (Karras et al. 2022, Table 1) around the posterior mean ``mu``, with ``y = x_t / sqrt(abar)``,
 ``sigma = sqrt((1 - abar) / abar)``:
 
-    x0  = mu + c_skip (y - mu) + c_out F,  c_skip = s_d^2 / (sigma^2 + s_d^2),  c_out = sigma s_d / sqrt(sigma^2 + s_d^2)
+    x0  = mu + c_skip (y - mu) + c_out F
+    c_skip = s_d^2 / (sigma^2 + s_d^2),  c_out = sigma s_d / sqrt(sigma^2 + s_d^2)
     eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
 
 so neither end of the schedule amplifies the network's error: a raw eps output would be divided by ``sqrt(abar)``
