@@ -108,7 +108,7 @@ def test_cache_hits_misses_drift_and_refresh(rng):
 
 
 def test_background_refresh_serves_stale_lut_until_solved(rng, monkeypatch):
-    cfg = AlignConfig(drift=0.02)
+    cfg = AlignConfig(drift=0.02, background=True)
     ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
     cache = AlignCache(cfg)
     first = cache.lut(ir, vis, "a")  # no entry yet: solved synchronously, nothing else to serve
@@ -160,7 +160,7 @@ def test_background_off_is_synchronous_and_gives_the_same_table(rng):
 
 def test_background_solve_error_raises_once_then_retries(rng, monkeypatch):
     ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
-    cache = AlignCache(AlignConfig(drift=0.02))
+    cache = AlignCache(AlignConfig(drift=0.02, background=True))
     first = cache.lut(ir, vis, "a")
     solve = align_module._solve
 
