@@ -29,8 +29,8 @@ mkdir -p "$OUT"
 if ! "$PY" -c "import ot, cv2, yaml, pytest, pytest_timeout" 2>/dev/null; then
     if [[ -n $(ls .whl/*.whl 2>/dev/null) ]]; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/streamfuse-site .whl/*.whl
-        export PYTHONPATH=/tmp/streamfuse-site${PYTHONPATH:+:$PYTHONPATH}
+            --target "$PWD/.whl/site" .whl/*.whl
+        export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
     else
         "$PY" -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['test'] if not d.startswith('torch')))" \
