@@ -79,4 +79,5 @@ def format_stats(snap: dict) -> str:
     stages = " ".join(f"{k}={v['median_ms']:.1f}/{v['p99_ms']:.1f}ms" for k, v in snap["stages"].items())
     counters = " ".join(f"{k}={round(v, 2) if isinstance(v, float) else v}"
                         for k, v in sorted(snap["counters"].items()) if v)
-    return f"rate={snap['rate_fps']:.1f}fps (since start {snap['mean_rate_fps']:.1f}) (median/p99) {stages} | {counters}"
+    rates = f"rate={snap['rate_fps']:.1f}fps (since start {snap['mean_rate_fps']:.1f})"
+    return f"{rates} (median/p99) {stages} | {counters}"
