@@ -23,7 +23,7 @@ test: venv
 	$(PY) -m pytest -q
 
 test-all: venv
-	$(PY) -m pytest -q -m "" 
+	$(PY) -m pytest -q -m ""
 
 bench: venv
 	$(PY) tools/bench_fuse.py

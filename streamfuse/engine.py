@@ -403,10 +403,7 @@ class Engine:
         names = ["uploaded", "computed", "downloaded"]
         if self.profile:
             names += [f"{name}_start" for name in names]
-        array = host_in.numpy()
-        nl = b * 256 * 4
-        views = (array[:nl].view(np.float32).reshape(b, 256), array[nl:nl + b * h * w].reshape(b, h, w),
-                 array[nl + b * h * w:].reshape(b, h, w))
+        views = tuple(t.numpy() for t in _split(host_in, b, h, w))  # numpy views sharing host_in's memory
         return _Slot(host_in=host_in, host_out=torch.empty((b, h, w), dtype=torch.float32, pin_memory=True),
                      dev_in=torch.empty(n, dtype=torch.uint8, device=self.device),
                      dev_out=torch.empty((b, h, w), dtype=torch.float32, device=self.device),

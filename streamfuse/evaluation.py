@@ -204,8 +204,9 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
                 t0 = time.perf_counter()
                 fused = m.fuser.fuse(ir, vis_y)
                 ms = (time.perf_counter() - t0) * 1e3
+                fused = metrics.to_8bit(fused).astype(np.uint8)  # scored, saved and shown as the saved 8-bit image
                 if m.name in save_dirs:
-                    _save_png(save_dirs[m.name] / f"{stem}.png", metrics.to_8bit(fused).astype(np.uint8))
+                    _save_png(save_dirs[m.name] / f"{stem}.png", fused)
             elif stem in fused_files[m.name]:
                 fused = read_grey(fused_files[m.name][stem])
             else:
@@ -215,7 +216,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
                 raise ValueError(f"{m.name}/{stem}: fused size {fused.shape} differs from the sources' {ir.shape}")
             result.rows.append({"method": m.name, "image": stem, **metrics.evaluate_pair(fused, ir, vis_y), "ms": ms})
             if stem in shown:
-                tiles[stem].append(_tile(metrics.to_8bit(fused).astype(np.uint8), m.name))
+                tiles[stem].append(_tile(fused, m.name))
 
     for m in methods:
         rows = [r for r in result.rows if r["method"] == m.name]
@@ -223,7 +224,8 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             log.warning("%s: %d of %d fused images missing", m.name, result.missing[m.name], len(pairs))
         if rows:
             result.means[m.name] = {k: float(np.mean([r[k] for r in rows])) for k in metrics.METRICS}
-            result.means[m.name]["ms"] = float(np.median([r["ms"] for r in rows])) if m.fuser else float("nan")
+            ms = [r["ms"] for r in rows]
+            result.means[m.name]["ms"] = float(np.median(ms)) if m.fuser is not None else float("nan")
             result.means[m.name]["n"] = len(rows)
         if m.config is not None:
             dump_config(m.config, out_dir / f"{Path(m.config.source_file).stem}.resolved.yaml")

@@ -1,7 +1,8 @@
 """The messages between stages: Frame, FramePair, FusedFrame.
 
-Times: ``t_capture_ns`` is epoch nanoseconds (``time.time_ns()``) stamped at acquisition, so it is
-meaningful across machines; stage latencies inside one process use ``time.perf_counter_ns()``.
+Times: ``t_capture_ns`` is nanoseconds. Live sources stamp epoch time (``time.time_ns()``) at acquisition, so it is
+meaningful across machines; video files, image folders and virtual-clock synthetic sources count from their own
+time origin (see :mod:`streamfuse.capture.sources`). Stage latencies inside one process use ``time.perf_counter_ns()``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Frame:
     Args:
         stream: source name, ``"ir"`` or ``"vis"``.
         seq: per-source sequence number, starting at 0, +1 per captured frame.
-        t_capture_ns: capture time, epoch ns (video files: pts x time_base converted once, plus the file's start).
+        t_capture_ns: capture time, ns: epoch for live sources; video files: pts x time_base, converted once.
         image: ``(H, W)`` uint8 grey or ``(H, W, 3)`` uint8 BGR.
     """
 

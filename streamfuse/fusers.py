@@ -50,6 +50,8 @@ class FuseConfig:
     cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
+        names = ["hclfuse", *available("fuser")]  # the baselines below are registered when this module loads
+        check(self.name in names, "name", self.name, " | ".join(names))
         check(self.sharpen >= 0, "sharpen", self.sharpen, ">= 0")
         check(1 <= self.steps <= 20, "steps", self.steps, "1..20")
         check(self.threads >= 0, "threads", self.threads, ">= 0 (0 = all cores)")
@@ -79,8 +81,6 @@ def build_fuser(fuse: FuseConfig, align: object | None = None) -> Fuser:
         from streamfuse.model.hclfuse import build_hclfuse  # torch is imported only when the model is used
 
         return build_hclfuse(fuse, align)
-    if fuse.name not in available("fuser"):
-        raise ValueError(f"unknown fuser {fuse.name!r}; available: hclfuse, {', '.join(available('fuser'))}")
     return build("fuser", fuse.name, sharpen=fuse.sharpen)
 
 

@@ -53,7 +53,7 @@ def _f64(img: np.ndarray) -> np.ndarray:
 
 def entropy(img: np.ndarray) -> float:
     """EN: Shannon entropy (bits) of the 256-bin grey-level histogram of ``round(img)`` (CDDFuse ``EN``)."""
-    levels = np.clip(np.rint(_f64(img)), 0, 255).astype(np.intp).ravel()
+    levels = to_8bit(_f64(img)).astype(np.intp).ravel()
     p = np.bincount(levels, minlength=256) / levels.size
     p = p[p > 0]
     return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
@@ -90,8 +90,8 @@ def definition(img: np.ndarray) -> float:
 
 def _mi(a: np.ndarray, b: np.ndarray) -> float:
     """Mutual information (nats) of two 8-bit images from their joint 256x256 histogram."""
-    ia = np.clip(np.rint(a), 0, 255).astype(np.intp).ravel()
-    ib = np.clip(np.rint(b), 0, 255).astype(np.intp).ravel()
+    ia = to_8bit(a).astype(np.intp).ravel()
+    ib = to_8bit(b).astype(np.intp).ravel()
     joint = np.bincount(ia * 256 + ib, minlength=256 * 256).reshape(256, 256) / ia.size
     pa, pb = joint.sum(1), joint.sum(0)
     nz = joint > 0
@@ -300,6 +300,8 @@ def qsf_rsfe(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
     )
     sf_f = math.sqrt(sum(w * (d(fused) ** 2).sum() / n for d, w in diffs))
     sf_r = math.sqrt(sum(w * (np.maximum(np.abs(d(ir)), np.abs(d(vis))) ** 2).sum() / n for d, w in diffs))
+    if sf_r == 0:  # both sources flat: no reference frequency; a flat result is exact, anything else infinitely off
+        return 0.0 if sf_f == 0 else math.inf
     return (sf_f - sf_r) / sf_r
 
 
@@ -339,8 +341,10 @@ def temporal_ratio(fused: list[np.ndarray], vis_y: list[np.ndarray]) -> float:
     """
     if len(fused) != len(vis_y) or len(fused) < 2:
         raise ValueError(f"need two equally long sequences of >= 2 frames, got {len(fused)} and {len(vis_y)}")
-    f = [_f64(to_8bit(x)) for x in fused]
+    f = [to_8bit(_f64(x)) for x in fused]
     v = [_f64(x) for x in vis_y]
     df = np.mean([np.abs(b - a).mean() for a, b in zip(f[:-1], f[1:])])
     dv = np.mean([np.abs(b - a).mean() for a, b in zip(v[:-1], v[1:])])
-    return float(df / dv) if dv > 0 else float("inf") if df > 0 else 1.0
+    if dv > 0:
+        return float(df / dv)
+    return float("inf") if df > 0 else 1.0  # static input: any change of the output is infinite flicker

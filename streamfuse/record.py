@@ -207,6 +207,7 @@ class Recorder:
     Args:
         cfg: the ``record`` section.
         frame_ids: optical frame name per stream, default ``<stream>_optical_frame``.
+        queue_size: frames queued for the writer thread before :meth:`write` blocks.
     """
 
     def __init__(self, cfg: RecordConfig, frame_ids: dict[str, str] | None = None, queue_size: int = 64):

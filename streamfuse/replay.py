@@ -38,7 +38,7 @@ import numpy as np
 from streamfuse.capture.sources import SourceError, open_source
 from streamfuse.config import check
 from streamfuse.frames import Frame, FramePair, FusedFrame
-from streamfuse.record import VideoWriter, container_format, decode_frames, partial_path, read_recording
+from streamfuse.record import VideoWriter, _why, container_format, decode_frames, partial_path, read_recording
 
 __all__ = ["ReplayConfig", "ReplayError", "ReplaySummary", "run_replay", "find_pairs", "replay_many", "STAGES"]
 
@@ -181,8 +181,7 @@ def _resolve(stream: str, section: Any, override: str | os.PathLike | None) -> _
             return _Input(stream, cfg, Fraction(st.time_base), Fraction(st.average_rate or rate), st.frames or None,
                           end)
     except (OSError, av.FFmpegError) as exc:
-        raise ValueError(f"{stream} input {path} is not a video PyAV can read "
-                         f"({getattr(exc, 'strerror', None) or exc})") from None
+        raise ValueError(f"{stream} input {path} is not a video PyAV can read ({_why(exc)})") from None
 
 
 class _Reader:
@@ -317,7 +316,7 @@ def _resume_source(out: Path, fingerprint: dict[str, Any], pacing: str) -> Itera
             container.streams.video[0]
     except (OSError, av.FFmpegError, IndexError) as exc:
         log.warning("cannot resume %s: its partial file does not decode (%s; an MP4 killed before it finished has "
-                    "no index, a .mkv output survives that); starting over", out, getattr(exc, "strerror", exc))
+                    "no index, a .mkv output survives that); starting over", out, _why(exc))
         return None
     old = partial.with_name(partial.name + ".old")
     os.replace(partial, old)
@@ -490,7 +489,6 @@ class _Replay:
         bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {self.out.name}",
                    disable=None if rcfg.progress else True)
         realtime = rcfg.pacing == "realtime"
-        t_start = time.perf_counter()
         wall0_ns, t_first = time.perf_counter_ns(), None
         try:
             readers = self._open_readers(opened)
@@ -573,7 +571,7 @@ class _Replay:
                 src.close()
             if publisher is not None:
                 publisher.close()
-        return self._finish(pairer.stats(), time.perf_counter() - t_start)
+        return self._finish(pairer.stats(), (time.perf_counter_ns() - wall0_ns) / 1e9)
 
     def _take_over(self, pts: int) -> np.ndarray | None:
         """The partial output's frame for this pts when resuming, else None (then the pair is fused)."""

@@ -56,10 +56,11 @@ class Telemetry:
         """True once every ``interval_s``: time to log and publish a snapshot."""
         return time.perf_counter() - self._t_last >= self.cfg.interval_s
 
-    def snapshot(self, outputs: str = "published") -> dict:
-        """Stats since start: per-stage median/p99/min ms, counters, and the output rate over the last interval."""
+    def snapshot(self) -> dict:
+        """Stats since start: per-stage median/p99/min ms, counters, and the ``published`` rate over the last
+        interval (``rate_fps``) and since start (``mean_rate_fps``)."""
         now = time.perf_counter()
-        done = self._counts.get(outputs, 0)
+        done = self._counts.get("published", 0)
         interval = max(now - self._t_last, 1e-9)
         rate = (done - self._outputs_last) / interval
         self._t_last, self._outputs_last = now, done

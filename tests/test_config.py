@@ -53,6 +53,8 @@ def test_overrides_are_parsed_and_validated(tmp_path):
         load_config(path, ["fuse.nope=1"])
     with pytest.raises(ConfigError, match="not of the form stage.key=value"):
         load_config(path, ["fuse.steps"])
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(_write(tmp_path, "- fuse\n"), ["fuse.steps=2"])
 
 
 def test_record_section_is_optional():

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from streamfuse.engine import DEPTH, MAX_SHAPES, Engine, resolve_device, tune_malloc
+from streamfuse.model import hclfuse
 
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -205,7 +206,6 @@ class HostToDevice(TorchDispatchMode):
 def test_hclfuse_net_is_graph_capturable():
     """Run the real net on the meta device: host-to-device copies (and .item(), which raises there) after the
     warm-up call are caught on CPU before a GPU ever tries to capture the forward (the engine warms up first)."""
-    hclfuse = pytest.importorskip("streamfuse.model.hclfuse")
     net = hclfuse.HCLFuseNet(hclfuse.ModelConfig(), steps=2).to("meta")
     frame = torch.zeros(1, 1, 48, 64, device="meta")
     noise = torch.zeros(1, net.latent_channels, 6, 8, device="meta")
@@ -419,13 +419,9 @@ def test_gpu_graphs_kept_for_recent_shapes(rng, gpu_engine, monkeypatch):
 @gpu
 @needs_cuda
 def test_gpu_hclfuse_matches_cpu(rng):
-    """The shipped net (or the default architecture untrained) at 640x480: GPU fp32 vs CPU. Guidance masks are
-    thresholds, so a few latent pixels may flip: the tolerance is on the mean and the 99.9th percentile."""
-    hclfuse = pytest.importorskip("streamfuse.model.hclfuse")
-    if hclfuse.DEFAULT_WEIGHTS.is_file():
-        net, _ = hclfuse.load_weights(hclfuse.DEFAULT_WEIGHTS)
-    else:
-        net = hclfuse.HCLFuseNet(hclfuse.ModelConfig())
+    """The shipped net at 640x480: GPU fp32 vs CPU. Guidance masks are thresholds, so a few latent pixels may flip:
+    the tolerance is on the mean and the 99.9th percentile."""
+    net, _ = hclfuse.load_weights(hclfuse.DEFAULT_WEIGHTS)
     cpu_engine = Engine(net, device="cpu")
     noise = torch.randn(1, *cpu_engine.latent_shape(480, 640), generator=torch.Generator().manual_seed(0))
     batch = (*make_batch(rng, 1, 480, 640)[:3], noise)

@@ -173,13 +173,17 @@ def test_max_baseline_matches_the_readme_table(data_dir):
         assert means[k] == pytest.approx(v, abs=6e-3), k
 
 
-def test_temporal_ratio_counts_flicker_relative_to_the_input():
-    temporal_ratio = M.temporal_ratio
-    rng = np.random.default_rng(0)
+def test_temporal_ratio_counts_flicker_relative_to_the_input(rng):
     vis = [np.full((8, 8), v, np.float64) for v in (10, 20, 30)]  # changes by 10 per frame
-    assert temporal_ratio(vis, vis) == pytest.approx(1.0)
+    assert M.temporal_ratio(vis, vis) == pytest.approx(1.0)
     noisy = [v + rng.choice([-10.0, 10.0], v.shape) for v in vis]  # adds flicker on top
-    assert temporal_ratio(noisy, vis) > 1.3
-    assert temporal_ratio([vis[0]] * 3, vis) == 0.0  # a frozen output does not flicker
+    assert M.temporal_ratio(noisy, vis) > 1.3
+    assert M.temporal_ratio([vis[0]] * 3, vis) == 0.0  # a frozen output does not flicker
     with pytest.raises(ValueError, match="equally long"):
-        temporal_ratio(vis[:1], vis[:1])
+        M.temporal_ratio(vis[:1], vis[:1])
+
+
+def test_qsf_on_flat_sources_is_defined():
+    flat = np.full((16, 16), 7.0)
+    assert M.qsf_rsfe(flat, flat, flat) == 0.0
+    assert M.qsf_rsfe(np.eye(16) * 50, flat, flat) == float("inf")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -139,14 +140,21 @@ class _StopAt:
         return self.inner.fuse(ir, vis_y)
 
 
+def interrupted_replay(cfg, ir: Path, vis: Path, out: Path, stop: int = 8) -> ReplayError:
+    """Run a replay whose fuser is interrupted (Ctrl-C) at its ``stop``-th call; returns the ReplayError."""
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(ReplayError) as err:
+        mp.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(stop))
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    return err.value
+
+
 def test_interrupt_leaves_no_final_file_and_resume_finishes_without_refusing(tmp_path, clip, monkeypatch):
     ir, vis, _ = clip
     cfg, out = make_cfg(), tmp_path / "fused.mp4"
-    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(8))
-    with pytest.raises(ReplayError, match=r"interrupted \(Ctrl-C\); 7 frames kept in .*\.fused\.mp4\.partial") as err:
-        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    err = interrupted_replay(cfg, ir, vis, out)
+    assert re.search(r"interrupted \(Ctrl-C\); 7 frames kept in .*\.fused\.mp4\.partial", str(err))
     assert not out.exists() and partial_path(out).exists()
-    assert err.value.summary.written == 7 and not err.value.summary.complete and err.value.interrupted
+    assert err.summary.written == 7 and not err.summary.complete and err.interrupted
     counting = _StopAt(None)
     monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: counting)
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
@@ -156,13 +164,10 @@ def test_interrupt_leaves_no_final_file_and_resume_finishes_without_refusing(tmp
     assert not partial_path(out).exists() and not list(tmp_path.glob(".fused*"))
 
 
-def test_resume_with_changed_settings_starts_over(tmp_path, clip, monkeypatch):
+def test_resume_with_changed_settings_starts_over(tmp_path, clip):
     ir, vis, _ = clip
     out = tmp_path / "fused.mp4"
-    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(5))
-    with pytest.raises(ReplayError):
-        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
-    monkeypatch.undo()
+    interrupted_replay(make_cfg(), ir, vis, out, stop=5)
     summary = run_replay(make_cfg(replay={"crf": 30}), ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and summary.reused == 0 and summary.fused == summary.written
 
@@ -368,13 +373,10 @@ def test_m3svd_clip_replays_every_frame_with_its_pts(data_dir, tmp_path):
     assert (tb_out, pts_out) == (tb_in, pts_in)
 
 
-def test_unreadable_partial_output_restarts_with_the_reason(tmp_path, clip, monkeypatch, caplog):
+def test_unreadable_partial_output_restarts_with_the_reason(tmp_path, clip, caplog):
     ir, vis, _ = clip
     out = tmp_path / "fused.mp4"
-    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(8))
-    with pytest.raises(ReplayError):
-        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
-    monkeypatch.undo()
+    interrupted_replay(make_cfg(), ir, vis, out)
     partial = partial_path(out)
     partial.write_bytes(partial.read_bytes()[:500])  # as if killed: an MP4 without its index
     summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)

@@ -121,9 +121,7 @@ class Case:
     def submit(self, engine: Engine):
         """Start one batch on ``engine`` the way ``fuse_batch`` runs it: OT lookup per rig, fixed noise, engine."""
         irs, viss = self.frames()
-        h, w = irs[0].shape
-        luts = np.stack([self.fuser.cache.lut(ir, vis, s) for ir, vis, s in zip(irs, viss, self.streams)])
-        noise = torch.cat([self.fuser.noise(s, h, w) for s in self.streams])
+        luts, noise = self.fuser.engine_inputs(irs, viss, self.streams)
         return engine.submit(np.stack(irs), np.stack(viss), luts, noise)
 
     def latency(self, batches: int) -> list[float]:

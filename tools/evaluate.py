@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fuser by name with FuseConfig fields, e.g. max:sharpen=1 or hclfuse:steps=2; repeatable")
     p.add_argument("--set", action="append", default=[], metavar="stage.key=value", dest="overrides",
                    help="dotted override for every --config/--fuser method, e.g. fuse.steps=2")
-    p.add_argument("--save", default=None, metavar="DIR", help="also write each fuser's output as DIR/<name>.png")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="also write each fuser's output as DIR/<stem>.png (DIR/<method>/ with several fusers)")
     p.add_argument("--out", default="out/evaluate", metavar="DIR", help="where the CSV, table and montage go")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="score only the first N pairs; 0 = all")
     p.add_argument("--rows", type=int, default=4, help="pairs shown in the montage (darkest to brightest)")

@@ -25,7 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("seq_root", nargs="?", default=str(REPO.parent / "shared/data/sequences"),
                         help="folder of clips, each with ir/ and vi/ numbered frames")
-    parser.add_argument("--fuser", action="append", default=[], help="NAME[:key=value,...] (repeatable)")
+    parser.add_argument("--fuser", action="append", default=[],
+                        help="NAME[:key=value,...] (repeatable); hclfuse when no --fuser or --config is given")
     parser.add_argument("--config", action="append", default=[], help="pipeline config whose fuser to run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="fuse./align. override")
     parser.add_argument("--static", type=int, default=5, help="repeats of one pair for the static-input check")
@@ -34,15 +35,20 @@ def main() -> None:
         else []
     if not clips:
         sys.exit(f"temporal: no clips with ir/ and vi/ folders under {args.seq_root}")
-    methods = [fuser_method(s, args.overrides) for s in args.fuser or ["hclfuse"]]
-    methods += [config_method(c, args.overrides) for c in args.config]
-    print(f"| method | {' | '.join(c.name for c in clips)} | mean | static identical |")
-    print(f"|---|{'---|' * len(clips)}---|---|")
+    default = [] if args.config else ["hclfuse"]  # hclfuse only when no method is named
+    try:
+        methods = [fuser_method(s, args.overrides) for s in args.fuser or default]
+        methods += [config_method(c, args.overrides) for c in args.config]
+    except (ValueError, FileNotFoundError) as exc:
+        sys.exit(f"temporal: {exc}")
+    frames = {clip.name: [(read_grey(ir), read_grey(vi)) for _, ir, vi in find_pairs(clip / "ir", clip / "vi")]
+              for clip in clips}  # read once, fused by every method
+    print(f"| method | {' | '.join(frames)} | mean | static identical |")
+    print(f"|---|{'---|' * len(frames)}---|---|")
     for method in methods:
         ratios = []
-        for clip in clips:
-            pairs = [(read_grey(ir), read_grey(vi)) for _, ir, vi in find_pairs(clip / "ir", clip / "vi")]
-            fused = [method.fuser.fuse(ir, vi, stream=clip.name) for ir, vi in pairs]
+        for name, pairs in frames.items():
+            fused = [method.fuser.fuse(ir, vi, stream=name) for ir, vi in pairs]
             ratios.append(temporal_ratio(fused, [vi for _, vi in pairs]))
         ir, vi = pairs[0]
         outs = [method.fuser.fuse(ir, vi, stream="static") for _ in range(args.static)]

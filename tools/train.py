@@ -11,11 +11,9 @@ configuration.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import logging
 import math
-import random
 import time
 from pathlib import Path
 
@@ -25,7 +23,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from streamfuse.align import AlignConfig, align, histogram
+from streamfuse.align import AlignConfig, align, histogram, identity_lut
+from streamfuse.engine import tune_malloc
 from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig, save_weights
 from streamfuse.model.losses import LossConfig, hclfuse_losses
 
@@ -91,8 +90,8 @@ class PairSampler:
             if scale > 1.0:
                 size = (math.ceil(ir.shape[1] * scale), math.ceil(ir.shape[0] * scale))
                 ir, vis = cv2.resize(ir, size), cv2.resize(vis, size)
-            lut = align(histogram(ir), histogram(vis), align_cfg).lut if align_cfg.enabled else np.arange(256) / 255
-            self.items.append(np.stack([lut.astype(np.float32)[ir], vis / np.float32(255), ir / np.float32(255)]))
+            lut = align(histogram(ir), histogram(vis), align_cfg).lut if align_cfg.enabled else identity_lut()
+            self.items.append(np.stack([lut[ir], vis / np.float32(255), ir / np.float32(255)]))
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(ir01, vis01, ir_raw01)``, each (n, 1, crop, crop) float32; ``ir01`` is the aligned IR'."""
@@ -109,16 +108,6 @@ class PairSampler:
             crops.append(c)
         b = torch.from_numpy(np.ascontiguousarray(np.stack(crops)))  # (n, 3, crop, crop)
         return b[:, 0:1], b[:, 1:2], b[:, 2:3]
-
-
-def _tune_malloc() -> None:
-    """Keep freed activation buffers in the heap (glibc mallopt; see method.md)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    for param, value in ((-3, 1 << 30), (-1, 1 << 30), (-2, 256 << 20)):  # M_MMAP_THRESHOLD, M_TRIM, M_TOP_PAD
-        libc.mallopt(param, value)
 
 
 def _progress(step: int, elapsed: float, cfg: TrainConfig) -> float:
@@ -138,7 +127,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, loss_
           align_cfg: AlignConfig, *, resume: bool = False, ckpt_minutes: float = 3.0) -> Path:
     """Run the training loop; returns the path of the EMA weights file."""
     torch.set_num_threads(cfg.threads)
-    _tune_malloc()
+    tune_malloc()
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
                 "loss": dataclasses.asdict(loss_cfg), "align": dataclasses.asdict(align_cfg)}
@@ -239,7 +228,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfgs = [_override(cls, args, p) for p, cls in (("train", TrainConfig), ("model", ModelConfig),
                                                    ("loss", LossConfig), ("align", AlignConfig))]
-    random.seed(cfgs[0].seed)
     try:
         path = train(args.data, args.out, *cfgs, resume=args.resume, ckpt_minutes=args.ckpt_minutes)
     except (FileNotFoundError, ValueError) as exc:

@@ -244,6 +244,12 @@ class Producers:
                 w.pending.append(frame)
                 self._see(w, frame)
             w.dropped_retired += max(0, w.ring.stats()["dropped"])
+        self._release(w)
+
+    @staticmethod
+    def _release(w: _Worker) -> None:
+        """Free the ring and the pipe of ``w``'s current producer (idempotent)."""
+        if w.ring is not None:
             w.ring.close()
             w.ring = None
         if w.conn is not None:
@@ -402,12 +408,7 @@ class Producers:
                 p.kill()
                 p.join(0.1)
         for w in self._workers.values():
-            if w.ring is not None:
-                w.ring.close()
-                w.ring = None
-            if w.conn is not None:
-                w.conn.close()
-                w.conn = None
+            self._release(w)
 
     def __enter__(self) -> Producers:
         return self

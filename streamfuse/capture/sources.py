@@ -34,6 +34,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import cv2
 import numpy as np
 
 from streamfuse.config import check
@@ -193,8 +194,6 @@ class BaseSource:
 
     def _convert(self, image: np.ndarray) -> np.ndarray:
         """IR -> (H, W) grey; visible -> (H, W, 3) BGR, grey stays (H, W); 16-bit keeps its top 8 bits."""
-        import cv2
-
         if image.dtype == np.uint16:
             image = (image >> 8).astype(np.uint8)
         if image.dtype != np.uint8:
@@ -263,8 +262,6 @@ class SyntheticScene:
     _NOISE_FRAMES = 4
 
     def __init__(self, width: int, height: int, seed: int) -> None:
-        import cv2
-
         rng = np.random.default_rng(seed)
         self.width, self.height = width, height
         s = height / 480.0  # sprite scale
@@ -298,8 +295,6 @@ class SyntheticScene:
         self._blobs = [self._person(rng, s) for _ in range(4)] + [self._car(rng, s) for _ in range(2)]
 
     def _person(self, rng: np.random.Generator, s: float) -> _Blob:
-        import cv2
-
         w, h = max(4, round(22 * s)), max(8, round(64 * s))
         mask = np.zeros((h, w), np.float32)
         cv2.ellipse(mask, (w // 2, int(h * 0.58)), (w // 2 - 1, int(h * 0.40)), 0, 0, 360, 1.0, -1)
@@ -314,8 +309,6 @@ class SyntheticScene:
                      alpha=alpha)
 
     def _car(self, rng: np.random.Generator, s: float) -> _Blob:
-        import cv2
-
         w, h = max(8, round(110 * s)), max(4, round(42 * s))
         mask = np.zeros((h, w), np.float32)
         cv2.rectangle(mask, (0, h // 3), (w - 1, h - 6), 1.0, -1)
@@ -356,8 +349,6 @@ class SyntheticScene:
 
     def render_ir(self, t_ns: int) -> np.ndarray:
         """IR frame ``(H, W)`` uint8 at capture time t_ns (ns)."""
-        import cv2
-
         out = self._ir_bg.copy()
         for b, dst, src in self._regions(t_ns):
             a = b.alpha[src]
@@ -367,8 +358,6 @@ class SyntheticScene:
 
     def render_vis(self, t_ns: int) -> np.ndarray:
         """Visible frame ``(H, W, 3)`` uint8 BGR at capture time t_ns (ns)."""
-        import cv2
-
         out = self._vis_bg.copy()
         for b, dst, src in self._regions(t_ns):
             a = b.alpha[src][..., None]
@@ -409,8 +398,6 @@ class CameraSource(BaseSource):
     live = True
 
     def _open(self) -> None:
-        import cv2
-
         path = self.cfg.path or "0"
         target: int | str = int(path) if path.isdigit() else path
         device = f"/dev/video{target}" if isinstance(target, int) else target
@@ -581,8 +568,6 @@ class FolderSource(BaseSource):
             raise SourceError(f"{self.section}: no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {folder}")
 
     def _read(self) -> Frame | None:
-        import cv2
-
         index = self._seq
         if index >= len(self._files) and not self.cfg.loop:
             return None

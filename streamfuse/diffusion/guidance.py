@@ -60,7 +60,7 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def guide_inputs(ir01: torch.Tensor, vis01: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Sources and masks at the latent size in [-1, 1]: ``ir``, ``vis``, ``m_stru``, ``g_max``, ``consistency``.
+    """What the guides read, at the latent size: ``g_max``, ``m_stru`` (0/1) and ``consistency`` (in [-1, 1]).
 
     Args:
         ir01: aligned IR' (B, 1, H, W) in 0..1.

@@ -9,7 +9,7 @@ Notation (Song et al., "Denoising Diffusion Implicit Models", ICLR 2021):
     x0_pred  <-> f_theta(x_t)   "predicted x0", eq. (9)/(12)
 
 The sampler keeps no state and draws no randomness (eta = 0 is deterministic; ``generator`` is accepted for the
-shared signature and only used when ``x`` is not given as a tensor of noise). It contains no host synchronisation,
+shared signature and ignored: the caller passes the starting noise ``x``). It contains no host synchronisation,
 so a fixed-K loop can be captured in a CUDA graph.
 """
 

@@ -234,12 +234,17 @@ class HCLFuser:
             if ir.dtype != np.uint8 or vis.dtype != np.uint8 or ir.ndim != 2 or ir.shape != vis.shape:
                 raise ValueError(f"hclfuse needs two (H, W) uint8 images of one size, got IR {ir.shape} {ir.dtype}"
                                  f" and visible Y {vis.shape} {vis.dtype}")
-        h, w = irs[0].shape
-        luts = np.stack([self.cache.lut(ir, vis, s) for ir, vis, s in zip(irs, vis_ys, streams)])
-        noise = torch.cat([self.noise(s, h, w) for s in streams])
+        luts, noise = self.engine_inputs(irs, vis_ys, streams)
         n = self.engine.max_batch
         return np.concatenate([self.engine.run(np.stack(irs[i:i + n]), np.stack(vis_ys[i:i + n]), luts[i:i + n],
                                                noise[i:i + n]) for i in range(0, len(irs), n)])
+
+    def engine_inputs(self, irs: list[np.ndarray], vis_ys: list[np.ndarray],
+                      streams: list[str]) -> tuple[np.ndarray, torch.Tensor]:
+        """Per-stream OT tables ``(B, 256)`` and fixed noise ``(B, *latent_shape)`` for :meth:`Engine.submit`."""
+        h, w = irs[0].shape
+        luts = np.stack([self.cache.lut(ir, vis, s) for ir, vis, s in zip(irs, vis_ys, streams)])
+        return luts, torch.cat([self.noise(s, h, w) for s in streams])
 
     def stats(self) -> dict[str, float]:
         """OT cache counters (hits, misses, solve ms)."""

@@ -35,21 +35,26 @@ def test_oracle_model_recovers_x0_in_k_steps(steps):
 def test_deterministic_given_the_same_noise():
     g = torch.Generator().manual_seed(2)
     noise = torch.randn(1, 2, 5, 5, generator=g)
-    model = lambda x, t, **_: 0.5 * x
+
+    def model(x, t, **_):
+        return 0.5 * x
+
     a = sample_ddim(model, noise, ddim_timesteps(4), SCHEDULE, generator=torch.Generator().manual_seed(9))
     b = sample_ddim(model, noise.clone(), ddim_timesteps(4), SCHEDULE)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def test_golden_numbers_of_a_tiny_run():
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(1, 1, 2, 2, generator=g)
-    model = lambda x, t, **_: 0.9 * x
+    noise = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+
+    def model(x, t, **_):
+        return 0.9 * x
+
     out = sample_ddim(model, noise, ddim_timesteps(2), SCHEDULE)
-    ref = out.flatten().tolist()
-    again = sample_ddim(model, noise, ddim_timesteps(2), SCHEDULE).flatten().tolist()
-    assert ref == again
-    assert all(-1.0 <= v <= 1.0 for v in ref)  # x0 is clipped to the latent range at the last step
+    # pinned (t = 999, 499); a float64 hand-unrolled run of the two steps gives the same values to 1e-7.
+    # The third value is x0 clipped to the latent range at the last step.
+    golden = torch.tensor([0.78235817, -0.25914750, -1.0, 0.37447926]).view(1, 1, 2, 2)
+    torch.testing.assert_close(out, golden, atol=1e-6, rtol=0)
 
 
 def test_step_output_is_frozen_and_guide_is_applied():

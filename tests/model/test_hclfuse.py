@@ -29,15 +29,13 @@ def test_forward_shape_range_and_attributes(steps):
     assert (net.stride, net.latent_channels, net.steps) == (8, 2, steps)
 
 
-def test_same_noise_same_output_and_noise_matters_little():
+def test_same_noise_same_output():
     net = HCLFuseNet(TINY, steps=2).eval()
     ir, vis = _frames()
     n1 = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         a, b = net(ir, vis, n1), net(ir, vis, n1.clone())
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-
-
 
 
 def test_save_load_round_trip(tmp_path):
@@ -103,7 +101,6 @@ def test_fuser_on_cpu(tmp_path):
         fuser.fuse(ir.astype(np.float32), vis)
 
 
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped weights file")
 def test_shipped_weights_load_and_produce_finite_output():
     net, extra = load_weights(DEFAULT_WEIGHTS, steps=2)
     ir, vis = _frames(48, 64)

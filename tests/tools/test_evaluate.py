@@ -100,7 +100,7 @@ def test_config_method_limit_and_resolved_config(evaluate, pairs, tmp_path):
     ("no_pairs", "no IR/visible pairs"),
     ("unreadable", "cannot read image"),
     ("no_method", "nothing to score"),
-    ("bad_fuser", "unknown fuser 'nope'"),
+    ("bad_fuser", "name='nope' is out of range"),
     ("size_mismatch", "differ in size"),
 ])
 def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
