@@ -50,8 +50,9 @@ class AlignConfig:
             or visible histogram exceeds this.
         refresh: re-solve at least every this many frames of a stream.
         background: refresh the plan on a worker thread; the stale LUT serves until the new one is ready (the live
-            configs turn it on). Off by default: bit-reproducible replay and evaluation, and less flicker, since a
-            late swap to a new table is a bigger step (flicker ratio on sequences 2.05 vs 1.61, tools/temporal.py).
+            configs turn it on). Off by default: bit-reproducible replay and evaluation, and less flicker when the IR
+            gain jumps, since a late swap to a new table is a bigger step (flicker ratio on sequences with the demo
+            config 1.38 vs 1.15, tools/temporal.py).
             A stream's first frame always solves synchronously.
     """
 

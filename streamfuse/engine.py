@@ -1,8 +1,9 @@
 """The fusion stage on a device: OT lookup, padding, the net, on CPU or one CUDA GPU, with the same API.
 
-The engine runs a torch module ``net(ir01 (B,1,Hp,Wp), vis01 (B,1,Hp,Wp), noise (B,C,Hp/8,Wp/8)) -> fused01
-(B,1,Hp,Wp)`` on frames given as uint8 arrays. ``net`` exposes ``stride`` (the engine pads H, W up to a multiple of it
-by replicating the border, and crops back) and ``latent_channels``. The OT lookup table is applied on the device
+The engine runs a torch module ``net(ir01, vis01, noise (B,C,Hp/8,Wp/8), ir_raw01) -> fused01 (B,1,Hp,Wp)`` (images
+(B,1,Hp,Wp) on 0..1; ``ir01`` aligned, ``ir_raw01`` as captured) on frames given as uint8 arrays. ``net`` exposes
+``stride`` (the engine pads H, W up to a multiple of it by replicating the border, and crops back) and
+``latent_channels``. The OT lookup table is applied on the device
 (``ir01 = lut[ir_u8]``), so only uint8 pixels and 256 floats per frame cross the bus.
 
 CPU path: all cores (``torch.set_num_threads``), ``torch.inference_mode``, and glibc malloc told to keep freed
@@ -170,7 +171,7 @@ class Engine:
     """Runs the fusion net on uint8 frames on CPU or a CUDA GPU.
 
     Args:
-        net: module with attributes ``stride`` and ``latent_channels``; called as ``net(ir01, vis01, noise)``.
+        net: module with attributes ``stride`` and ``latent_channels``; called as ``net(ir01, vis01, noise, ir_raw01)``.
         device: ``auto | cpu | cuda | cuda:N`` (see :func:`resolve_device`).
         precision: ``fp32``, or ``fp16``/``bf16`` autocast.
         cuda_graphs: on the GPU, capture the whole forward once per (B, H, W) and replay it.
@@ -285,13 +286,14 @@ class Engine:
         b, h, w = ir_u8.shape
         ir01 = torch.gather(luts, 1, ir_u8.reshape(b, h * w).long()).view(b, 1, h, w)
         vis01 = vis_u8.reshape(b, 1, h, w).float() / 255.0
+        raw01 = ir_u8.reshape(b, 1, h, w).float() / 255.0
         hp, wp = self.padded(h, w)
         if (hp, wp) != (h, w):
-            ir01, vis01 = (F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") for x in (ir01, vis01))
+            ir01, vis01, raw01 = (F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") for x in (ir01, vis01, raw01))
         # cache_enabled=False: cached weight casts would outlive the autocast block and dangle inside a CUDA graph
         with torch.autocast(self.device.type, dtype=self._amp or torch.float32, enabled=self._amp is not None,
                             cache_enabled=False):
-            fused = self.net(ir01, vis01, noise)  # (B,1,Hp,Wp)
+            fused = self.net(ir01, vis01, noise, raw01)  # (B,1,Hp,Wp)
         if fused.shape != (b, 1, hp, wp):
             raise RuntimeError(f"net {type(self.net).__name__} returned shape {tuple(fused.shape)}; "
                                f"expected {(b, 1, hp, wp)}")

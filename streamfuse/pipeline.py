@@ -19,7 +19,7 @@ from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.config import PipelineConfig
 from streamfuse.frames import Frame, FusedFrame
 from streamfuse.fusers import Fuser, build_fuser
-from streamfuse.postprocess import restore_colour, vis_luma
+from streamfuse.postprocess import TemporalDenoiser, restore_colour, vis_luma
 from streamfuse.publish import Publisher
 from streamfuse.record import Recorder
 from streamfuse.sync import Pairer
@@ -70,8 +70,10 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     log.info("fuser %s %s", fuser.name, fuser.version)
     tel = Telemetry(cfg.telemetry)
     pairer = Pairer(cfg.sync)
+    denoise = TemporalDenoiser(cfg.post)
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
+    wall_clock = {name for name, src in (("ir", cfg.ir), ("vis", cfg.vis)) if not src.replayable}
     recorder = Recorder(cfg.record, frame_ids) if cfg.record else contextlib.nullcontext()
     with _stop_on_signals(stop), Publisher(cfg.publish) as pub, recorder as rec, \
             start_producers(cfg.ir, cfg.vis) as producers:
@@ -83,7 +85,8 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             # 2. pair by capture time; a live rig wants the freshest pair, older ones are stale
             pairs = []
             for frame in frames:
-                tel.record(f"capture.{frame.stream}", (time.time_ns() - frame.t_capture_ns) / 1e6)
+                if frame.stream in wall_clock:  # a recording's capture times are not comparable with time.time_ns()
+                    tel.record(f"capture.{frame.stream}", (time.time_ns() - frame.t_capture_ns) / 1e6)
                 if rec is not None:
                     rec.write(frame)
                 pairs += pairer.push(frame)
@@ -97,8 +100,8 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             vis_y = vis_luma(pair.vis.image)
             fused_y = fuser.fuse(pair.ir_at_vis_size(cfg.ir.resize), vis_y, stream=cfg.publish.topic)
             t1 = time.perf_counter_ns()
-            # 4. postprocess: colour from the visible Cb/Cr, clip, uint8
-            image = restore_colour(fused_y, pair.vis.image, cfg.post)
+            # 4. postprocess: temporal denoise, colour from the visible Cb/Cr, clip, uint8
+            image = restore_colour(denoise(fused_y), pair.vis.image, cfg.post)
             t2 = time.perf_counter_ns()
             timings = {"pair": (t0 - pair.t_paired_ns) / 1e6, "fuse": (t1 - t0) / 1e6, "postprocess": (t2 - t1) / 1e6}
             # 5. publish, never blocking on a slow subscriber
@@ -108,7 +111,8 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             timings["publish"] = (time.perf_counter_ns() - t2) / 1e6
             for stage, ms in timings.items():
                 tel.record(stage, ms)
-            tel.record("end_to_end", (time.time_ns() - max(pair.ir.t_capture_ns, pair.vis.t_capture_ns)) / 1e6)
+            if len(wall_clock) == 2:
+                tel.record("end_to_end", (time.time_ns() - max(pair.ir.t_capture_ns, pair.vis.t_capture_ns)) / 1e6)
             _report(tel, pub, pairer, producers, fuser, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
         return _report(tel, pub, pairer, producers, fuser, final=True)

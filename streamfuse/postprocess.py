@@ -1,8 +1,10 @@
-"""PostConfig and the colour restore: fused Y + the visible image's chroma -> the published uint8 image.
+"""PostConfig, the temporal denoiser and the colour restore: fused Y (+ the visible chroma) -> the published image.
 
 Fusers work on luma only (BT.601 Y, as OpenCV's ``BGR2YCrCb`` channel 0). This stage puts the visible
 camera's chroma back: per pixel it computes the visible Cb/Cr, pairs them with the clipped fused Y, converts
-back to BGR and writes uint8, in one numba ``parallel`` pass. Each kernel has a pure-numpy reference
+back to BGR and writes uint8, in one numba ``parallel`` pass. Before that, on video, an optional motion-adaptive
+recursive filter (:class:`TemporalDenoiser`) averages the fused Y over time where it barely changes (sensor noise)
+and follows it at once where it changes (motion, cuts). Each kernel has a pure-numpy reference
 (``*_numpy``) that the tests use as the oracle; ``NUMBA_DISABLE_JIT=1`` runs the kernels as plain Python.
 
 The kernels are compiled for their one signature when this module is imported; ``cache=True`` stores the
@@ -23,7 +25,9 @@ import cv2
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["PostConfig", "vis_luma", "restore_colour", "restore_colour_numpy"]
+from streamfuse.config import check
+
+__all__ = ["PostConfig", "TemporalDenoiser", "vis_luma", "restore_colour", "restore_colour_numpy", "denoise_numpy"]
 
 # BT.601 (the weights OpenCV uses for BGR2YCrCb and BGR2GRAY). Chroma is kept centred on 0: the +128 offset
 # of the 8-bit YCrCb encoding cancels between the forward and inverse transforms, so it never appears.
@@ -42,9 +46,61 @@ class PostConfig:
 
     Args:
         encoding: published image: ``bgr8`` (fused Y with the visible colour) or ``mono8`` (fused Y only).
+        denoise: strength of the temporal filter, 0 (off) to 0.95: the weight kept of the previous output where the
+            frame does not change.
+        denoise_threshold: grey levels of 5x5-averaged frame-to-frame change at which a pixel counts as moving (its
+            weight on the past has fallen to ``denoise / e``); set it to about 3x the sensor's temporal noise.
     """
 
     encoding: Literal["bgr8", "mono8"] = "bgr8"
+    denoise: float = 0.0
+    denoise_threshold: float = 12.0
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.denoise <= 0.95, "denoise", self.denoise, "0 (off) .. 0.95")
+        check(self.denoise_threshold > 0, "denoise_threshold", self.denoise_threshold, "> 0 grey levels")
+
+
+class TemporalDenoiser:
+    """Motion-adaptive recursive filter on the fused Y of one stream (numba).
+
+    ``out_t = y_t + k (out_{t-1} - y_t)`` with ``k = denoise * exp(-(d / denoise_threshold)^2)``, ``d`` the 5x5 mean of
+    ``|y_t - out_{t-1}|`` (replicated border). Flat noise is averaged over about ``1 / (1 - denoise)`` frames, while a
+    moving edge or a scene cut (large ``d``) passes through unfiltered, so there is no added latency and no trail
+    above the threshold. A static input stays exactly static. The first frame, and a frame of a new size, pass
+    unchanged.
+    """
+
+    def __init__(self, cfg: PostConfig):
+        self.strength = np.float32(cfg.denoise)
+        self.inv_t2 = np.float32(1.0 / cfg.denoise_threshold**2)
+        self._prev: np.ndarray | None = None
+
+    def __call__(self, fused_y: np.ndarray) -> np.ndarray:
+        """Filter one ``(H, W)`` fused Y (float on 0..255); returns a new float32 array (the input when off)."""
+        y = np.ascontiguousarray(fused_y, dtype=np.float32)
+        if self.strength == 0:
+            return y
+        if self._prev is None or self._prev.shape != y.shape:
+            self._prev = y.copy()
+            return y
+        out = np.empty_like(y)
+        _denoise_kernel(y, self._prev, out, self.strength, self.inv_t2)
+        self._prev = out
+        return out.copy()  # the caller may keep or change its frame; the state stays ours
+
+
+def denoise_numpy(frames: list[np.ndarray], cfg: PostConfig) -> list[np.ndarray]:
+    """Pure-numpy reference of :class:`TemporalDenoiser` over a sequence of one stream (the tests' oracle)."""
+    out, prev = [], None
+    for y in frames:
+        y = y.astype(np.float64)
+        if prev is not None and cfg.denoise > 0:
+            d = cv2.blur(np.abs(y - prev), (5, 5), borderType=cv2.BORDER_REPLICATE)
+            y = y + cfg.denoise * np.exp(-(d / cfg.denoise_threshold) ** 2) * (prev - y)
+        out.append(y.astype(np.float32))
+        prev = y
+    return out
 
 
 def vis_luma(vis: np.ndarray) -> np.ndarray:
@@ -144,3 +200,28 @@ def _luma_kernel(fused_y, out):  # noqa: ANN001 (numba signature above)
     for i in prange(h):
         for j in range(w):
             out[i, j] = _to_u8(fused_y[i, j])
+
+
+@njit("void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32, float32)", parallel=True, cache=True)
+def _denoise_kernel(y, prev, out, strength, inv_t2):  # noqa: ANN001 (numba signature above)
+    h, w = y.shape
+    rows = np.empty((h, w), np.float32)  # 5-wide horizontal sums of |y - prev|, border replicated
+    for i in prange(h):
+        a = np.empty(w, np.float32)
+        for j in range(w):
+            a[j] = abs(y[i, j] - prev[i, j])
+        acc = _ZERO
+        for dj in range(-2, 3):
+            acc += a[min(max(dj, 0), w - 1)]
+        rows[i, 0] = acc
+        for j in range(1, w):  # slide the window: one clamped index in, one out
+            acc += a[min(j + 2, w - 1)] - a[max(j - 3, 0)]
+            rows[i, j] = acc
+    for i in prange(h):
+        for j in range(w):
+            acc = _ZERO
+            for di in range(-2, 3):
+                acc += rows[min(max(i + di, 0), h - 1), j]
+            d = acc / _F(25.0)
+            k = strength * np.exp(-d * d * inv_t2)
+            out[i, j] = y[i, j] + k * (prev[i, j] - y[i, j])

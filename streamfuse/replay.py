@@ -470,13 +470,14 @@ class _Replay:
         from tqdm import tqdm
 
         from streamfuse.fusers import build_fuser
-        from streamfuse.postprocess import restore_colour, vis_luma
+        from streamfuse.postprocess import TemporalDenoiser, restore_colour, vis_luma
         from streamfuse.sync import Pairer
 
         cfg, rcfg, s = self.cfg, self.cfg.replay, self.summary
         # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
         fuser = build_fuser(cfg.fuse, dataclasses.replace(cfg.align, background=False))
         pairer = Pairer(cfg.sync)
+        denoise = TemporalDenoiser(cfg.post)
         frames_dir = Path(rcfg.frames_dir) if rcfg.frames_dir else None
         if frames_dir:
             frames_dir.mkdir(parents=True, exist_ok=True)
@@ -535,7 +536,7 @@ class _Replay:
                     fused_y = fuser.fuse(pair.ir_at_vis_size(self.ir.cfg.resize), vis_luma(vis_img),
                                          stream=cfg.publish.topic)
                     timings = {"fuse": self.clock.lap("fuse")}
-                    image = restore_colour(fused_y, vis_img, cfg.post)
+                    image = restore_colour(denoise(fused_y), vis_img, cfg.post)
                     timings["postprocess"] = self.clock.lap("postprocess")
                     s.fused += 1
                 else:

@@ -60,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+SUMMARY_WINDOW = 10_000  # frames whose latencies the final summary covers (memory stays flat on long runs)
+
+
 def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
-    ages_ms: list[float] = []
-    nets_ms: list[float] = []
+    ages_ms: collections.deque[float] = collections.deque(maxlen=SUMMARY_WINDOW)
+    nets_ms: collections.deque[float] = collections.deque(maxlen=SUMMARY_WINDOW)
     arrivals: collections.deque[float] = collections.deque(maxlen=30)  # rate over the last 30 frames
     start = time.monotonic()
     try:
@@ -96,11 +99,13 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(sub: Subscriber, ages_ms: list[float], nets_ms: list[float], elapsed_s: float) -> None:
-    def pct(values: list[float]) -> str:
+def _summary(sub: Subscriber, ages_ms: collections.deque[float], nets_ms: collections.deque[float],
+             elapsed_s: float) -> None:
+    def pct(values: collections.deque[float]) -> str:
         return f"median {np.median(values):.2f} p99 {np.percentile(values, 99):.2f} ms" if values else "n/a"
 
-    print(f"received {sub.received} frames in {elapsed_s:.1f} s; age {pct(ages_ms)}; net {pct(nets_ms)}; "
+    window = "" if sub.received <= SUMMARY_WINDOW else f" (latencies of the last {SUMMARY_WINDOW})"
+    print(f"received {sub.received} frames in {elapsed_s:.1f} s{window}; age {pct(ages_ms)}; net {pct(nets_ms)}; "
           f"missed {sub.missed}, malformed {sub.malformed}, discarded {sub.discarded}", flush=True)
 
 

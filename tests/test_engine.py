@@ -31,19 +31,20 @@ class TinyNet(nn.Module):
         super().__init__()
         with torch.random.fork_rng():  # same weights for every instance, global RNG untouched
             torch.manual_seed(seed)
-            self.stem = nn.Conv2d(2, 4, 3, padding=1)
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
             self.down = nn.Conv2d(4, 2, 8, stride=8)  # needs H, W multiples of 8: padding is exercised
             self.head = nn.Conv2d(6, 1, 3, padding=1)
 
-    def forward(self, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        f = torch.relu(self.stem(torch.cat([ir01, vis01], 1)))  # (B,4,H,W)
+    def forward(self, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor,
+                ir_raw01: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.stem(torch.cat([ir01, vis01, ir_raw01], 1)))  # (B,4,H,W)
         z = self.down(f) + noise  # (B,2,H/8,W/8)
         return torch.sigmoid(self.head(torch.cat([f, F.interpolate(z, scale_factor=8.0)], 1)))  # (B,1,H,W)
 
 
 def tiny_flops(h: int, w: int) -> int:
     """Conv FLOPs of TinyNet at (h, w), both multiples of 8: 2 * MACs."""
-    return 2 * (4 * 2 * 9 * h * w + 2 * 4 * 64 * (h // 8) * (w // 8) + 1 * 6 * 9 * h * w)
+    return 2 * (4 * 3 * 9 * h * w + 2 * 4 * 64 * (h // 8) * (w // 8) + 1 * 6 * 9 * h * w)
 
 
 def make_batch(rng: np.random.Generator, b: int, h: int, w: int):
@@ -59,10 +60,11 @@ def reference(net: nn.Module, ir: np.ndarray, vis: np.ndarray, luts: np.ndarray,
     b, h, w = ir.shape
     ir01 = torch.from_numpy(np.take_along_axis(luts, ir.reshape(b, -1).astype(np.int64), 1).reshape(b, 1, h, w))
     vis01 = torch.from_numpy(vis.astype(np.float32).reshape(b, 1, h, w) / 255.0)
+    raw01 = torch.from_numpy(ir.astype(np.float32).reshape(b, 1, h, w) / 255.0)
     ph, pw = -h % 8, -w % 8
-    ir01, vis01 = (F.pad(x, (0, pw, 0, ph), mode="replicate") for x in (ir01, vis01))
+    ir01, vis01, raw01 = (F.pad(x, (0, pw, 0, ph), mode="replicate") for x in (ir01, vis01, raw01))
     with torch.no_grad():
-        return net(ir01, vis01, noise)[:, 0, :h, :w].numpy() * 255.0
+        return net(ir01, vis01, noise, raw01)[:, 0, :h, :w].numpy() * 255.0
 
 
 @pytest.fixture
@@ -95,12 +97,13 @@ def test_lut_is_applied(net, rng):
     identity = np.linspace(0, 1, 256, dtype=np.float32)[None]
     inverted = identity[:, ::-1].copy()
     plain = engine.run(ir, vis, identity, noise)
+    ir01 = torch.from_numpy(ir[:, None] / 255.0).float()
     with torch.no_grad():
-        direct = net(torch.from_numpy(ir[:, None] / 255.0).float(), torch.from_numpy(vis[:, None] / 255.0).float(),
-                     noise)[:, 0].numpy() * 255.0
+        direct = net(ir01, torch.from_numpy(vis[:, None] / 255.0).float(), noise, ir01)[:, 0].numpy() * 255.0
     np.testing.assert_allclose(plain, direct, atol=1e-4)
-    np.testing.assert_allclose(engine.run(255 - ir, vis, inverted, noise), plain, atol=1e-4)
-    assert np.abs(engine.run(ir, vis, inverted, noise) - plain).mean() > 1.0
+    swapped = engine.run(ir, vis, inverted, noise)  # the table changes IR' only; the raw IR still reaches the net
+    assert np.abs(swapped - plain).mean() > 1.0
+    np.testing.assert_allclose(swapped, reference(net, ir, vis, inverted, noise), atol=1e-4)
 
 
 def test_batch_equals_singles(net, rng):
@@ -210,9 +213,9 @@ def test_hclfuse_net_is_graph_capturable():
     frame = torch.zeros(1, 1, 48, 64, device="meta")
     noise = torch.zeros(1, net.latent_channels, 6, 8, device="meta")
     with torch.inference_mode():
-        net(frame, frame, noise)
+        net(frame, frame, noise, frame)
         with HostToDevice() as mode:
-            out = net(frame, frame, noise)
+            out = net(frame, frame, noise, frame)
     assert out.shape == (1, 1, 48, 64)
     assert mode.ops == [], f"host tensors copied to the device inside forward: {sorted(set(mode.ops))}"
 

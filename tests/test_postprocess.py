@@ -1,7 +1,8 @@
-"""Colour restore: numba kernels against the numpy reference, also with the JIT disabled."""
+"""Colour restore and temporal denoiser: numba kernels against the numpy references, also with the JIT disabled."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -12,7 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
-from streamfuse.postprocess import PostConfig, restore_colour, restore_colour_numpy, vis_luma
+from streamfuse.postprocess import (
+    PostConfig,
+    TemporalDenoiser,
+    denoise_numpy,
+    restore_colour,
+    restore_colour_numpy,
+    vis_luma,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,9 +98,68 @@ def test_kernels_without_jit_match_numpy() -> None:
             for cfg in (PostConfig("bgr8"), PostConfig("mono8")):
                 d = np.abs(restore_colour(fused, vis, cfg).astype(int) - restore_colour_numpy(fused, vis, cfg))
                 assert d.max() <= 1, (cfg, d.max())
+        from streamfuse.postprocess import TemporalDenoiser, denoise_numpy
+        cfg = PostConfig(denoise=0.8, denoise_threshold=20.0)
+        frames = [rng.uniform(0, 255, (9, 11)).astype(np.float32) for _ in range(3)]
+        den = TemporalDenoiser(cfg)
+        for got, want in zip([den(f) for f in frames], denoise_numpy(frames, cfg)):
+            assert np.abs(got - want).max() < 1e-3
         print("ok")
     """)
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"
+
+
+def _noisy_sequence(rng: np.random.Generator, n: int = 12, sigma: float = 3.0) -> list[np.ndarray]:
+    scene = cv2.GaussianBlur(rng.uniform(0, 255, (40, 56)), (0, 0), 3).astype(np.float32)
+    return [scene + rng.normal(0, sigma, scene.shape).astype(np.float32) for _ in range(n)]
+
+
+def _flicker(frames: list[np.ndarray]) -> float:
+    return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(frames)]))
+
+
+def test_denoiser_matches_numpy(rng: np.random.Generator) -> None:
+    cfg = PostConfig(denoise=0.85, denoise_threshold=10.0)
+    frames = _noisy_sequence(rng, 6, sigma=8.0)
+    den = TemporalDenoiser(cfg)
+    for got, want in zip([den(f) for f in frames], denoise_numpy(frames, cfg)):
+        np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_denoiser_averages_noise_and_keeps_static_input(rng: np.random.Generator) -> None:
+    frames = _noisy_sequence(rng)
+    den = TemporalDenoiser(PostConfig(denoise=0.85, denoise_threshold=12.0))
+    out = [den(f) for f in frames]
+    assert _flicker(out) < 0.6 * _flicker(frames)
+    static = TemporalDenoiser(PostConfig(denoise=0.85))
+    outs = [static(frames[0]) for _ in range(4)]
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_denoiser_leaves_no_trail_behind_a_moving_object() -> None:
+    den = TemporalDenoiser(PostConfig(denoise=0.9, denoise_threshold=12.0))
+    frames = []
+    for x in range(0, 60, 6):  # a 16x16 square, 80 grey levels above the background, moving 6 px per frame
+        f = np.full((40, 96), 50.0, np.float32)
+        f[12:28, x:x + 16] += 80.0
+        frames.append(f)
+    for f in frames:
+        out = den(f)
+    assert np.abs(out - frames[-1]).max() < 1.0  # where the square was, and where it is, follow the input
+
+
+def test_denoiser_off_new_size_and_bad_config(rng: np.random.Generator) -> None:
+    frames = _noisy_sequence(rng, 3)
+    off = TemporalDenoiser(PostConfig())
+    assert all(np.array_equal(off(f), f) for f in frames)
+    den = TemporalDenoiser(PostConfig(denoise=0.9))
+    den(frames[0])
+    small = frames[1][:20, :30].copy()
+    np.testing.assert_array_equal(den(small), small)  # a new size restarts the filter
+    with pytest.raises(ValueError, match="denoise"):
+        PostConfig(denoise=1.0)
+    with pytest.raises(ValueError, match="denoise_threshold"):
+        PostConfig(denoise=0.5, denoise_threshold=0.0)

@@ -32,7 +32,7 @@ def methods(weights: str, steps: list[int], default_k: int, threads: int, baseli
     rows = [hcl(k) for k in steps] + [hcl(default_k, guidance=False), hcl(default_k, ot=False)]
     if baselines:
         for name in ("max", "average", "laplacian"):
-            for sharpen in (0.0, 1.0):
+            for sharpen in (0.0, 0.5, 1.0):
                 fuser = build_fuser(FuseConfig(name=name, sharpen=sharpen))
                 rows.append(Method(fuser.name, fuser=fuser))
     return rows
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", default="msrs/test", help="pair set under --data (<set>/ir, <set>/vi)")
     p.add_argument("--weights", default="", help="HCLFuse weights; '' = the shipped file")
     p.add_argument("--steps", default="1,2,4,8,20", help="comma-separated K values")
-    p.add_argument("--default-k", type=int, default=2, help="K of the no-guidance and no-OT rows")
+    p.add_argument("--default-k", type=int, default=FuseConfig.steps, help="K of the no-guidance and no-OT rows")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--no-baselines", action="store_true", help="skip the max/average/laplacian rows")
     p.add_argument("--limit", type=int, default=0, help="score only the first N pairs; 0 = all")

@@ -23,6 +23,7 @@ from collections import deque
 from pathlib import Path
 
 import cv2
+import numba
 import numpy as np
 import torch
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from streamfuse.align import AlignConfig  # noqa: E402
 from streamfuse.engine import Engine, resolve_device  # noqa: E402
 from streamfuse.fusers import FuseConfig, build_fuser  # noqa: E402
+from streamfuse.postprocess import PostConfig, TemporalDenoiser, restore_colour  # noqa: E402
 
 POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the OT cache sees real lookups)
 
@@ -231,6 +233,23 @@ def bench_baseline(args: argparse.Namespace, sizes: list[tuple[int, int]], frame
               flush=True)
 
 
+def bench_post(sizes: list[tuple[int, int]], frames: int, warmup: int) -> None:
+    """The post stage after any fuser: temporal denoiser (live configs' settings) and colour restore, numba."""
+    cfg = PostConfig(denoise=0.85)
+    for h, w in sizes:
+        pairs = synthetic_pairs(h, w, POOL)
+        colour = [cv2.cvtColor(vis, cv2.COLOR_GRAY2BGR) for _, vis in pairs]
+        denoise, samples = TemporalDenoiser(cfg), []
+        for i in range(warmup + frames):
+            fused_y = pairs[i % POOL][1].astype(np.float32)
+            t0 = time.perf_counter_ns()
+            restore_colour(denoise(fused_y), colour[i % POOL], cfg)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        med, p99 = stats_ms(samples[warmup:])
+        print(f"[cpu, numba {numba.get_num_threads()} threads] postprocess {w}x{h} (denoise {cfg.denoise:g} + bgr8"
+              f" colour): median {med:.2f} ms p99 {p99:.2f} ms", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
@@ -248,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
             bench_hclfuse(args, device, sizes, frames, warmup, weights_file(args.weights, Path(tmp)))
     else:
         bench_baseline(args, sizes, frames, warmup)
+    bench_post(sizes, frames, warmup)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Reads every pair under DATA (msrs/train, roadscene, llvip/train and llvip/test, 
 which is kept for evaluation. Each IR image is aligned to its visible image with the same OT lookup table as at
 inference (streamfuse.align, computed on the whole frame), then random crops and flips feed the net. Checkpoints
 (model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; --resume
-continues from there. At the end OUT/hclfuse_v1.pt holds the EMA weights and OUT/train_config.yaml the resolved
-configuration.
+continues from there; --init starts a new run from the tensors of a weights file (fine-tuning). At the end
+OUT/<the shipped weights' file name> holds the EMA weights and OUT/train_config.yaml the resolved configuration.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
 from streamfuse.engine import tune_malloc
-from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig, save_weights
+from streamfuse.model.hclfuse import DEFAULT_WEIGHTS, HCLFuseNet, ModelConfig, read_weights, save_weights
 from streamfuse.model.losses import LossConfig, hclfuse_losses
 
 log = logging.getLogger("train")
@@ -124,18 +124,24 @@ def _lr(step: int, progress: float, cfg: TrainConfig) -> float:
 
 
 def train(data: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig,
-          align_cfg: AlignConfig, *, resume: bool = False, ckpt_minutes: float = 3.0) -> Path:
+          align_cfg: AlignConfig, *, resume: bool = False, ckpt_minutes: float = 3.0, init: Path | None = None) -> Path:
     """Run the training loop; returns the path of the EMA weights file."""
     torch.set_num_threads(cfg.threads)
     tune_malloc()
     out.mkdir(parents=True, exist_ok=True)
-    resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
+    resolved = {"train": {**dataclasses.asdict(cfg), "init": str(init) if init else None},
+                "model": dataclasses.asdict(model_cfg),
                 "loss": dataclasses.asdict(loss_cfg), "align": dataclasses.asdict(align_cfg)}
     (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     torch.manual_seed(cfg.seed)  # script, not library: seeds the weight initialisation
     net = HCLFuseNet(model_cfg)
     ema = HCLFuseNet(model_cfg).requires_grad_(False)
+    if init is not None:
+        init_cfg, state, _ = read_weights(init, any_version=True)
+        if init_cfg != model_cfg:
+            raise ValueError(f"{init}: its model config {init_cfg} differs from the requested {model_cfg}")
+        net.load_state_dict(state)
     ema.load_state_dict(net.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -173,7 +179,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, loss_
         t = torch.randint(0, T, (cfg.batch,), generator=gen)
         eps = torch.randn((cfg.batch, c, s, s), generator=gen)
         e0 = torch.randn((cfg.batch, c, s, s), generator=gen)
-        losses = hclfuse_losses(net.train_outputs(ir01, vis01, t, eps, e0), ir01, vis01, eps, loss_cfg,
+        losses = hclfuse_losses(net.train_outputs(ir01, vis01, ir_raw, t, eps, e0), ir01, vis01, eps, loss_cfg,
                                 model_cfg.image_channels, ir_raw=ir_raw if cfg.raw_target else None)
         for group in opt.param_groups:
             group["lr"] = _lr(step, _progress(step, elapsed, cfg), cfg)
@@ -192,12 +198,12 @@ def train(data: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, loss_
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
         if time.perf_counter() - last_ckpt > ckpt_minutes * 60 or _progress(step, elapsed, cfg) >= 1.0:
             save_checkpoint()
-            save_weights(out / "hclfuse_v1.pt", ema, extra={"align": dataclasses.asdict(align_cfg), "step": step,
+            save_weights(out / DEFAULT_WEIGHTS.name, ema, extra={"align": dataclasses.asdict(align_cfg), "step": step,
                                                             "train_seconds": round(elapsed, 1), "config": resolved})
             last_ckpt = time.perf_counter()
             log.info("step %d  %.0f s  %s", step, elapsed, {k: round(v.item(), 5) for k, v in losses.items()})
     bar.close()
-    return out / "hclfuse_v1.pt"
+    return out / DEFAULT_WEIGHTS.name
 
 
 def _override(cls: type, args: argparse.Namespace, prefix: str) -> object:
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "hclfuse", help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--ckpt-minutes", type=float, default=3.0, help="checkpoint interval")
+    parser.add_argument("--init", type=Path, help="weights file whose tensors start the run (fine-tuning)")
     for prefix, cls in (("train", TrainConfig), ("model", ModelConfig), ("loss", LossConfig), ("align", AlignConfig)):
         for f in dataclasses.fields(cls):
             flag = f"--{f.name}" if prefix == "train" else f"--{prefix}.{f.name}"
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     cfgs = [_override(cls, args, p) for p, cls in (("train", TrainConfig), ("model", ModelConfig),
                                                    ("loss", LossConfig), ("align", AlignConfig))]
     try:
-        path = train(args.data, args.out, *cfgs, resume=args.resume, ckpt_minutes=args.ckpt_minutes)
+        path = train(args.data, args.out, *cfgs, resume=args.resume, ckpt_minutes=args.ckpt_minutes, init=args.init)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"train: {exc}") from None
     log.info("EMA weights: %s", path)

@@ -107,11 +107,6 @@ class _StopFlag:
         return True
 
 
-def _replayable(cfg: SourceConfig) -> bool:
-    """True when reopening gives the same frames again (files, folders, recordings, virtual-clock synthetic)."""
-    return cfg.kind in ("file", "folder", "mcap") or (cfg.kind == "synthetic" and not cfg.realtime)
-
-
 def _describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         return f"killed by {signal.Signals(-code).name}"
@@ -266,7 +261,7 @@ class Producers:
     def _resume_point(self, w: _Worker, at_end: bool) -> tuple[int, int, int]:
         """(first seq, source frames to skip, t offset ns) for the next producer of ``w``."""
         seq = w.last_seq + 1
-        if not _replayable(w.cfg):
+        if not w.cfg.replayable:
             return seq, 0, 0
         if at_end:  # a new pass starts one frame period after the last frame
             period = w.last_t - w.prev_t if w.prev_t is not None else round(1e9 / w.cfg.fps)
@@ -287,7 +282,7 @@ class Producers:
         # Not worth a restart: a source that never delivered a frame (wrong path or index: a configuration error),
         # or a replayable one that reported an error or made no progress (it would fail at the same frame again).
         hopeless = not at_end and ((w.restarts == 0 and not progressed)
-                                   or (_replayable(w.cfg) and (reported or not progressed)))
+                                   or (w.cfg.replayable and (reported or not progressed)))
         if (at_end and self.offline) or not w.cfg.restart or hopeless:
             w.state = "ended"
             w.final = ProducerEvent(w.section, kind, line)

@@ -91,6 +91,12 @@ class SourceConfig:
         check(self.seed >= 0, "seed", self.seed, "seed >= 0")
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
 
+    @property
+    def replayable(self) -> bool:
+        """Reopening gives the same frames again (files, folders, recordings, virtual-clock synthetic); their capture
+        times are on the recording's clock, not this machine's wall clock."""
+        return self.kind in ("file", "folder", "mcap") or (self.kind == "synthetic" and not self.realtime)
+
 
 @runtime_checkable
 class Source(Protocol):

@@ -1,7 +1,9 @@
 """HCLFuseNet (encode -> K-step physics-guided DDIM on the latent -> decode), weights loading and the Fuser.
 
-``HCLFuseNet.forward(ir01, vis01, noise)`` is pure tensor code without host synchronisation, so the engine can
-capture it in a CUDA graph. Channel order is ``[IR', VIS]`` everywhere, in training and inference.
+``HCLFuseNet.forward(ir01, vis01, noise, ir_raw01)`` is pure tensor code without host synchronisation, so the engine
+can capture it in a CUDA graph. Channel order is ``[IR', VIS]`` everywhere, in training and inference: the encoder
+and the guides see the OT-aligned IR', the decoder's full-resolution basis takes its IR detail from the raw IR (the
+alignment's lookup table rescales local contrast, which the fused image should not inherit).
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ from streamfuse.model.denoiser import Denoiser
 from streamfuse.model.vbe import Decoder, Encoder
 
 __all__ = ["DEFAULT_WEIGHTS", "HCLFuseNet", "HCLFuser", "ModelConfig", "build_hclfuse", "load_weights",
-           "save_weights"]
+           "read_weights", "save_weights"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "hclfuse_v1.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "hclfuse_v2.pt"
 FORMAT = "streamfuse-hclfuse"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the decoder basis uses the raw IR (version 1 used IR')
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class ModelConfig:
 
 
 class HCLFuseNet(nn.Module):
-    """``(ir01 (B,1,H,W), vis01 (B,1,H,W), noise (B,C,H/8,W/8)) -> fused01 (B,1,H,W)`` in [0, 1].
+    """``(ir01, vis01, noise (B,C,H/8,W/8), ir_raw01) -> fused01 (B,1,H,W)`` in [0, 1]; images are (B,1,H,W) 0..1.
 
     Args:
         cfg: architecture.
@@ -98,21 +100,22 @@ class HCLFuseNet(nn.Module):
     def _eps(self, x: torch.Tensor, t: torch.Tensor, *, mu: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
         return self.denoiser(x, t, mu)
 
-    def forward(self, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor,
+                ir_raw01: torch.Tensor) -> torch.Tensor:
         mu, _, skips = self.encoder(torch.cat([ir01, vis01], dim=1))  # (B, C, H/8, W/8)
         cond = {"mu": mu}
         if self.guide is not None:
             cond.update(guide_inputs(ir01, vis01, mu.shape[-2:]))
         z = sample_ddim(self._eps, noise.to(mu.dtype), self.timesteps, self.alphas_cumprod.to(mu.dtype), cond=cond,
                         guide=self.guide)
-        return self.decoder(z, skips, ir01, vis01).clamp(0.0, 1.0)
+        return self.decoder(z, skips, ir_raw01, vis01).clamp(0.0, 1.0)
 
-    def train_outputs(self, ir01: torch.Tensor, vis01: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                      e0: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_outputs(self, ir01: torch.Tensor, vis01: torch.Tensor, ir_raw01: torch.Tensor, t: torch.Tensor,
+                      eps: torch.Tensor, e0: torch.Tensor) -> dict[str, torch.Tensor]:
         """Everything the training losses need for one batch.
 
         Args:
-            ir01, vis01: (B, 1, H, W) in 0..1.
+            ir01, vis01, ir_raw01: (B, 1, H, W) in 0..1 (aligned IR', visible, raw IR).
             t: (B,) timesteps.
             eps: (B, C, H/8, W/8) diffusion noise added to the latent.
             e0: (B, C, H/8, W/8) reparameterisation noise of the posterior sample.
@@ -122,7 +125,8 @@ class HCLFuseNet(nn.Module):
         abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * z + (1.0 - abar).sqrt() * eps
         eps_pred = self.denoiser(x_t, t, mu)
-        return {"mu": mu, "logvar": logvar, "z": z, "eps_pred": eps_pred, "fused": self.decoder(z, skips, ir01, vis01)}
+        return {"mu": mu, "logvar": logvar, "z": z, "eps_pred": eps_pred,
+                "fused": self.decoder(z, skips, ir_raw01, vis01)}
 
     @torch.no_grad()
     def fold_gates(self) -> None:
@@ -138,11 +142,15 @@ def save_weights(path: str | Path, net: HCLFuseNet, extra: dict | None = None, *
                 "extra": extra or {}}, str(path))
 
 
-def load_weights(path: str | Path, **net_kwargs: object) -> tuple[HCLFuseNet, dict]:
-    """Load a weights file into a new HCLFuseNet.
+def read_weights(path: str | Path, *, any_version: bool = False) -> tuple[ModelConfig, dict, dict]:
+    """Read and check a weights file without building a net.
+
+    Args:
+        path: the file.
+        any_version: accept older format versions (to initialise a fine-tuning run from their tensors).
 
     Returns:
-        The net (eval mode, gates folded) and the file's ``extra`` metadata.
+        ``(model config, state dict as float32, extra metadata)``.
 
     Raises:
         FileNotFoundError: no such file.
@@ -157,7 +165,7 @@ def load_weights(path: str | Path, **net_kwargs: object) -> tuple[HCLFuseNet, di
         raise ValueError(f"{path}: not a readable torch weights file ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
         raise ValueError(f"{path}: not an HCLFuse weights file (expected format {FORMAT!r})")
-    if blob.get("format_version") != FORMAT_VERSION:
+    if blob.get("format_version") != FORMAT_VERSION and not any_version:
         raise ValueError(f"{path}: weights format version {blob.get('format_version')} is not supported"
                          f" (expected {FORMAT_VERSION})")
     known = {f.name for f in fields(ModelConfig)}
@@ -168,9 +176,8 @@ def load_weights(path: str | Path, **net_kwargs: object) -> tuple[HCLFuseNet, di
         cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: bad model config: {exc}") from None
-    net = HCLFuseNet(cfg, **net_kwargs)
     state = blob["state_dict"]
-    expected = net.state_dict()
+    expected = HCLFuseNet(cfg).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -182,10 +189,21 @@ def load_weights(path: str | Path, **net_kwargs: object) -> tuple[HCLFuseNet, di
                          f" {tuple(state[bad[0]].shape)}, the config needs {tuple(expected[bad[0]].shape)}")
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise ValueError(f"{path}: weights contain NaN or infinite values")
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return cfg, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, dict(blob.get("extra", {}))
+
+
+def load_weights(path: str | Path, **net_kwargs: object) -> tuple[HCLFuseNet, dict]:
+    """Load a weights file (see :func:`read_weights`) into a new HCLFuseNet.
+
+    Returns:
+        The net (eval mode, gates folded) and the file's ``extra`` metadata.
+    """
+    cfg, state, extra = read_weights(path)
+    net = HCLFuseNet(cfg, **net_kwargs)
+    net.load_state_dict(state)
     net.eval().requires_grad_(False)
     net.fold_gates()
-    return net, dict(blob.get("extra", {}))
+    return net, extra
 
 
 def _sha8(path: Path) -> str:
@@ -266,4 +284,4 @@ def build_hclfuse(fuse_cfg: object, align_cfg: object | None = None) -> HCLFuser
                     {k: trained[k] for k in used if k in trained}, used)
     engine = Engine(net, device=fuse_cfg.device, precision=fuse_cfg.precision, cuda_graphs=fuse_cfg.cuda_graphs,
                     max_batch=fuse_cfg.max_batch, threads=fuse_cfg.threads)
-    return HCLFuser(net, engine, align_cfg, fuse_cfg.seed, version=f"1.0+{_sha8(path)}")
+    return HCLFuser(net, engine, align_cfg, fuse_cfg.seed, version=f"{FORMAT_VERSION}.0+{_sha8(path)}")

@@ -50,7 +50,7 @@ class LossConfig:
     intensity: float = 10.0
     gradient: float = 40.0
     method_mse: float = 0.5
-    detail_gain: float = 1.3
+    detail_gain: float = 1.2
     base_sigma: float = 8.0
     energy_sigma: float = 3.0
 

@@ -8,9 +8,10 @@ posterior: per-pixel ``mu`` and ``logvar`` of ``latent_channels`` at H/8; ``mu =
 so the physics guides and the latent share one value range.
 
 The decoder goes back up from the latent with the gated skips to H/4 and predicts there, per pixel, the
-coefficients of a full-resolution basis (the sources, their maximum, and fine and medium high-pass bands of each);
-the coefficients are upsampled bilinearly and the fused Y is their weighted sum. Full-resolution work is therefore a
-few element-wise operations, while every decision (which source, how much detail) is made by the network.
+coefficients of a full-resolution basis (the raw IR and the visible, their maximum, and a fine high-pass band of
+each; the raw IR rather than IR', because the alignment's lookup table rescales local contrast); the coefficients
+are upsampled bilinearly and the fused Y is their weighted sum. Full-resolution work is therefore a few
+element-wise operations, while every decision (which source, how much detail) is made by the network.
 
 Gates sit right after a LeakyReLU, which is positively homogeneous (``g relu(z) = relu(g z)`` for ``g > 0``), so
 :meth:`Encoder.fold_gates` folds them into the producing convolution at load time and inference pays nothing.

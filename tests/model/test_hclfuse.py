@@ -8,7 +8,15 @@ import torch
 
 from streamfuse.align import AlignConfig
 from streamfuse.fusers import FuseConfig
-from streamfuse.model.hclfuse import DEFAULT_WEIGHTS, HCLFuseNet, ModelConfig, build_hclfuse, load_weights, save_weights
+from streamfuse.model.hclfuse import (
+    DEFAULT_WEIGHTS,
+    HCLFuseNet,
+    ModelConfig,
+    build_hclfuse,
+    load_weights,
+    read_weights,
+    save_weights,
+)
 
 TINY = ModelConfig(widths=(4, 8), latent_channels=2, denoiser_width=4)
 
@@ -24,7 +32,7 @@ def test_forward_shape_range_and_attributes(steps):
     ir, vis = _frames()
     noise = torch.randn(1, net.latent_channels, 4, 6)
     with torch.inference_mode():
-        out = net(ir, vis, noise)
+        out = net(ir, vis, noise, ir)
     assert out.shape == (1, 1, 32, 48) and out.min() >= 0 and out.max() <= 1
     assert (net.stride, net.latent_channels, net.steps) == (8, 2, steps)
 
@@ -34,7 +42,7 @@ def test_same_noise_same_output():
     ir, vis = _frames()
     n1 = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        a, b = net(ir, vis, n1), net(ir, vis, n1.clone())
+        a, b = net(ir, vis, n1, ir), net(ir, vis, n1.clone(), ir)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -48,7 +56,7 @@ def test_save_load_round_trip(tmp_path):
     noise = torch.zeros(1, 2, 4, 6)
     net.eval().fold_gates()
     with torch.inference_mode():
-        torch.testing.assert_close(net(ir, vis, noise), loaded(ir, vis, noise))
+        torch.testing.assert_close(net(ir, vis, noise, ir), loaded(ir, vis, noise, ir))
 
 
 def _one_line_value_error(path, match):
@@ -66,6 +74,28 @@ def test_bad_files_give_one_clear_line(tmp_path):
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, str(other))
     _one_line_value_error(other, "not an HCLFuse weights file")
+
+
+def test_older_format_is_refused_for_inference_but_can_start_a_fine_tune(tmp_path):
+    path = tmp_path / "old.pt"
+    save_weights(path, HCLFuseNet(TINY))
+    blob = torch.load(str(path), weights_only=True)
+    blob["format_version"] = 1
+    torch.save(blob, str(path))
+    _one_line_value_error(path, "format version 1 is not supported")
+    cfg, state, _ = read_weights(path, any_version=True)
+    assert cfg == TINY and set(state) == set(HCLFuseNet(TINY).state_dict())
+
+
+def test_decoder_takes_detail_from_the_raw_ir():
+    net = HCLFuseNet(TINY, steps=1).eval()
+    with torch.no_grad():
+        net.decoder.coef.bias.copy_(torch.tensor([1.0, 0, 0, 0, 0, 0]))  # output = the basis' IR element
+    ir, vis = _frames()
+    raw = torch.rand(ir.shape, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        out = net(ir, vis, torch.zeros(1, 2, 4, 6), raw)
+    torch.testing.assert_close(out, raw)
 
 
 def test_config_weights_mismatch_is_one_line(tmp_path):
@@ -91,7 +121,7 @@ def test_fuser_on_cpu(tmp_path):
     out = fuser.fuse(ir, vis, "cam0")
     assert out.shape == (37, 50) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 255
     np.testing.assert_array_equal(fuser.fuse(ir, vis, "cam0"), out)  # static input -> identical output
-    assert fuser.name == "hclfuse" and fuser.version.startswith("1.0+")
+    assert fuser.name == "hclfuse" and fuser.version.startswith("2.0+")
     stats = fuser.stats()
     assert stats["ot_misses"] == 1 and stats["ot_hits"] == 1
     assert not torch.equal(fuser.noise("cam0", 37, 50), fuser.noise("cam1", 37, 50))
@@ -105,7 +135,7 @@ def test_shipped_weights_load_and_produce_finite_output():
     net, extra = load_weights(DEFAULT_WEIGHTS, steps=2)
     ir, vis = _frames(48, 64)
     with torch.inference_mode():
-        out = net(ir, vis, torch.randn(1, net.latent_channels, 6, 8, generator=torch.Generator().manual_seed(0)))
+        out = net(ir, vis, torch.randn(1, net.latent_channels, 6, 8, generator=torch.Generator().manual_seed(0)), ir)
     assert torch.isfinite(out).all() and out.shape == (1, 1, 48, 64)
     assert "align" in extra and DEFAULT_WEIGHTS.stat().st_size <= 20 * 2**20
 
@@ -116,4 +146,4 @@ def test_guidance_can_be_switched_off():
     net.set_sampling(2, guidance=False)
     ir, vis = _frames()
     with torch.inference_mode():
-        assert net.guide is None and net(ir, vis, torch.zeros(1, 2, 4, 6)).shape == (1, 1, 32, 48)
+        assert net.guide is None and net(ir, vis, torch.zeros(1, 2, 4, 6), ir).shape == (1, 1, 32, 48)

@@ -34,7 +34,7 @@ def test_losses_finite_with_flat_inputs_and_eps_term_uses_true_noise():
     net = HCLFuseNet(TINY)
     flat = torch.full((2, 1, 32, 32), 0.5)  # Sobel magnitude 0: the +eps inside the sqrt keeps gradients finite
     eps, e0 = torch.randn(2, 2, 4, 4), torch.zeros(2, 2, 4, 4)
-    out = net.train_outputs(flat, flat, torch.tensor([10, 900]), eps, e0)
+    out = net.train_outputs(flat, flat, flat, torch.tensor([10, 900]), eps, e0)
     losses = hclfuse_losses(out, flat, flat, eps, LossConfig(), TINY.image_channels)
     losses["total"].backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

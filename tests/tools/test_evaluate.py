@@ -4,7 +4,6 @@ and its one-line errors. Runs main() in-process: the logic lives in streamfuse.e
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -13,15 +12,10 @@ import pytest
 
 from streamfuse import metrics
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def evaluate():
-    spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+def evaluate(tool):
+    return tool("evaluate").main
 
 
 @pytest.fixture

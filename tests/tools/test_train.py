@@ -54,7 +54,7 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
               "--threads", str(torch.get_num_threads()), "--ckpt-minutes", "100", "--model.widths", "4", "8",
               "--model.denoiser_width", "4"]
     train.main([*common, "--steps", "3"])
-    assert (out / "hclfuse_v1.pt").is_file() and (out / "checkpoint.pt").is_file()
+    assert (out / "hclfuse_v2.pt").is_file() and (out / "checkpoint.pt").is_file()
     resolved = yaml.safe_load((out / "train_config.yaml").read_text())
     assert resolved["train"]["steps"] == 3 and resolved["model"]["widths"] == [4, 8]
     assert torch.load(str(out / "checkpoint.pt"), weights_only=False)["step"] == 3
@@ -66,10 +66,11 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
 
     from streamfuse.model.hclfuse import load_weights
 
-    net, extra = load_weights(out / "hclfuse_v1.pt")
+    net, extra = load_weights(out / "hclfuse_v2.pt")
     assert extra["step"] == 5 and net.cfg.widths == (4, 8)
     with torch.inference_mode():
-        fused = net(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32), torch.zeros(1, 4, 4, 4))
+        ir = torch.rand(1, 1, 32, 32)
+        fused = net(ir, torch.rand(1, 1, 32, 32), torch.zeros(1, 4, 4, 4), ir)
     assert torch.isfinite(fused).all()
 
 

@@ -1,0 +1,66 @@
+"""Score the training's fusion target itself at several detail gains: the quality ceiling the net is trained toward.
+
+The target (``streamfuse.model.losses.fusion_target``, built from the raw IR as in training) trades edge fidelity
+(Qabf) against sharpness (AG, SF) through ``detail_gain``; this table is how the shipped ``loss.detail_gain`` was
+chosen. Writes metrics.csv / metrics.md / montage.png to --out like tools/evaluate.py and prints the table.
+
+Example: ``python tools/target_sweep.py --gains 1.0,1.1,1.2,1.3,1.5``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from streamfuse.evaluation import Method, evaluate_dir
+from streamfuse.model.losses import LossConfig, fusion_target
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TargetFuser:
+    """``fusion_target`` behind the Fuser interface (0..255 in, 0..255 out)."""
+
+    version = "target"
+
+    def __init__(self, cfg: LossConfig):
+        self.cfg = cfg
+        self.name = f"target gain {cfg.detail_gain:g}"
+
+    def fuse(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
+        def t(img: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(img.astype(np.float32) / 255.0)[None, None]
+
+        with torch.no_grad():
+            return (fusion_target(t(ir), t(vis_y), self.cfg).clamp(0, 1)[0, 0] * 255.0).numpy()
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
+    p.add_argument("--set", default="msrs/test", help="pair set under --data (<set>/ir, <set>/vi)")
+    p.add_argument("--gains", default="1.0,1.1,1.2,1.3,1.5", help="comma-separated detail gains")
+    p.add_argument("--out", type=Path, default=REPO / "out" / "target_sweep", help="output folder")
+    args = p.parse_args(argv)
+    pairs = args.data / args.set
+    try:
+        rows = [Method(f.name, fuser=f) for f in (TargetFuser(dataclasses.replace(LossConfig(), detail_gain=float(g)))
+                                                 for g in args.gains.split(","))]
+        evaluate_dir(pairs / "ir", pairs / "vi", rows, args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"target_sweep: {exc}") from None
+    print((args.out / "metrics.md").read_text(), end="")
+
+
+if __name__ == "__main__":
+    main()
