@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Iterator
 
+from streamfuse.align import LevelStabilizer
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.config import PipelineConfig
 from streamfuse.frames import Frame, FusedFrame
@@ -71,6 +72,7 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     tel = Telemetry(cfg.telemetry)
     pairer = Pairer(cfg.sync)
     denoise = TemporalDenoiser(cfg.post)
+    stabilize = LevelStabilizer(cfg.align.stabilize)
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
     wall_clock = {name for name, src in (("ir", cfg.ir), ("vis", cfg.vis)) if not src.replayable}
@@ -96,9 +98,10 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             tel.count("stale", len(pairs) - 1)
             pair = pairs[-1]
             t0 = time.perf_counter_ns()
-            # 3. fuse: OT alignment, VBE encoding, K-step guided DDIM, decoding (on the configured device)
+            # 3. fuse: IR level stabilization, OT alignment, VBE encoding, K-step guided DDIM, decoding
             vis_y = vis_luma(pair.vis.image)
-            fused_y = fuser.fuse(pair.ir_at_vis_size(cfg.ir.resize), vis_y, stream=cfg.publish.topic)
+            ir = stabilize(pair.ir_at_vis_size(cfg.ir.resize))
+            fused_y = fuser.fuse(ir, vis_y, stream=cfg.publish.topic)
             t1 = time.perf_counter_ns()
             # 4. postprocess: temporal denoise, colour from the visible Cb/Cr, clip, uint8
             image = restore_colour(denoise(fused_y), pair.vis.image, cfg.post)

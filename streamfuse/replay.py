@@ -469,6 +469,7 @@ class _Replay:
     def run(self) -> ReplaySummary:
         from tqdm import tqdm
 
+        from streamfuse.align import LevelStabilizer
         from streamfuse.fusers import build_fuser
         from streamfuse.postprocess import TemporalDenoiser, restore_colour, vis_luma
         from streamfuse.sync import Pairer
@@ -478,6 +479,7 @@ class _Replay:
         fuser = build_fuser(cfg.fuse, dataclasses.replace(cfg.align, background=False))
         pairer = Pairer(cfg.sync)
         denoise = TemporalDenoiser(cfg.post)
+        stabilize = LevelStabilizer(cfg.align.stabilize)
         frames_dir = Path(rcfg.frames_dir) if rcfg.frames_dir else None
         if frames_dir:
             frames_dir.mkdir(parents=True, exist_ok=True)
@@ -533,7 +535,7 @@ class _Replay:
                 taken = self._take_over(pts)
                 if taken is None:  # 2. fuse, 3. postprocess
                     # the live loop's calls, so a deterministic fuser gives the live run's frames
-                    fused_y = fuser.fuse(pair.ir_at_vis_size(self.ir.cfg.resize), vis_luma(vis_img),
+                    fused_y = fuser.fuse(stabilize(pair.ir_at_vis_size(self.ir.cfg.resize)), vis_luma(vis_img),
                                          stream=cfg.publish.topic)
                     timings = {"fuse": self.clock.lap("fuse")}
                     image = restore_colour(denoise(fused_y), vis_img, cfg.post)

@@ -1,8 +1,9 @@
 """Temporal stability of a fuser on frame sequences: flicker ratio per clip, and a static-input check.
 
 For each clip folder under SEQ_ROOT (``<clip>/ir/*.png`` and ``<clip>/vi/*.png``, numbered frames) the fuser runs
-over the frames in order as one stream, followed by the post stage's temporal denoiser as the pipeline runs it (a
---config method's ``post`` section; --denoise for --fuser methods); the flicker ratio is mean |F_t - F_{t-1}| / mean
+over the frames in order as one stream, between the IR level stabilizer and the post stage's temporal denoiser as the
+pipeline runs them (a --config method's ``align.stabilize`` and ``post`` sections; --stabilize and --denoise for --fuser
+methods); the flicker ratio is mean |F_t - F_{t-1}| / mean
 |V_t - V_{t-1}| (visible Y). With the denoiser on, "filter lag" is how far its output strays from the unfiltered
 fused frames (mean and 99.9th percentile of |difference| in grey levels, over all clips): removed noise, and the
 trail it leaves on moving content.
@@ -19,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from streamfuse.align import LevelStabilizer
 from streamfuse.evaluation import config_method, find_pairs, fuser_method, read_grey
 from streamfuse.metrics import temporal_ratio
 from streamfuse.postprocess import PostConfig, TemporalDenoiser
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--config", action="append", default=[], help="pipeline config whose fuser to run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="fuse./align. override")
     parser.add_argument("--static", type=int, default=5, help="repeats of one pair for the static-input check")
+    parser.add_argument("--stabilize", type=float, default=0.0, help="align.stabilize for --fuser methods (0 = off)")
     parser.add_argument("--denoise", type=float, default=0.0, help="post.denoise for --fuser methods (0 = off)")
     parser.add_argument("--denoise-threshold", type=float, default=PostConfig.denoise_threshold,
                         help="post.denoise_threshold for --fuser methods")
@@ -52,24 +55,25 @@ def main() -> None:
         sys.exit(f"temporal: {exc}")
     frames = {clip.name: [(read_grey(ir), read_grey(vi)) for _, ir, vi in find_pairs(clip / "ir", clip / "vi")]
               for clip in clips}  # read once, fused by every method
-    print(f"| method | denoise | {' | '.join(frames)} | mean | filter lag mean / p99.9 | static identical |")
+    print(f"| method | stabilize / denoise | {' | '.join(frames)} | mean | filter lag mean / p99.9 | static identical |")
     print(f"|---|---|{'---|' * len(frames)}---|---|---|")
     for method in methods:
         post = method.config.post if method.config is not None else fuser_post
+        level = method.config.align.stabilize if method.config is not None else args.stabilize
         ratios, lag = [], []
         for name, pairs in frames.items():
-            denoise = TemporalDenoiser(post)
-            raw = [method.fuser.fuse(ir, vi, stream=name) for ir, vi in pairs]
+            denoise, stabilize = TemporalDenoiser(post), LevelStabilizer(level)
+            raw = [method.fuser.fuse(stabilize(ir), vi, stream=name) for ir, vi in pairs]
             fused = [denoise(f) for f in raw]
             ratios.append(temporal_ratio(fused, [vi for _, vi in pairs]))
             lag += [np.abs(f - r).ravel() for f, r in zip(fused[1:], raw[1:])]
         lag = np.concatenate(lag)
         ir, vi = pairs[0]
-        denoise = TemporalDenoiser(post)
-        outs = [denoise(method.fuser.fuse(ir, vi, stream="static")) for _ in range(args.static)]
+        denoise, stabilize = TemporalDenoiser(post), LevelStabilizer(level)
+        outs = [denoise(method.fuser.fuse(stabilize(ir), vi, stream="static")) for _ in range(args.static)]
         static = all(np.array_equal(outs[0], o) for o in outs[1:])
         cells = " | ".join(f"{r:.3f}" for r in ratios)
-        print(f"| {method.name} | {post.denoise:g} / {post.denoise_threshold:g} | {cells} | {np.mean(ratios):.3f} |"
+        print(f"| {method.name} | {level:g} / {post.denoise:g}, {post.denoise_threshold:g} | {cells} | {np.mean(ratios):.3f} |"
               f" {lag.mean():.2f} / {np.percentile(lag, 99.9):.1f} | {'yes' if static else 'NO'} |", flush=True)
 
 
