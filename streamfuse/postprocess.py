@@ -77,7 +77,10 @@ class TemporalDenoiser:
         self._prev: np.ndarray | None = None
 
     def __call__(self, fused_y: np.ndarray) -> np.ndarray:
-        """Filter one ``(H, W)`` fused Y (float on 0..255); returns a new float32 array (the input when off)."""
+        """Filter one ``(H, W)`` fused Y (float on 0..255); returns float32 (the input itself when off).
+
+        The returned array is also the filter's state for the next frame: read it, do not write into it.
+        """
         y = np.ascontiguousarray(fused_y, dtype=np.float32)
         if self.strength == 0:
             return y
@@ -87,7 +90,7 @@ class TemporalDenoiser:
         out = np.empty_like(y)
         _denoise_kernel(y, self._prev, out, self.strength, self.inv_t2)
         self._prev = out
-        return out.copy()  # the caller may keep or change its frame; the state stays ours
+        return out
 
 
 def denoise_numpy(frames: list[np.ndarray], cfg: PostConfig) -> list[np.ndarray]:

@@ -2,11 +2,10 @@
 
 For each clip folder under SEQ_ROOT (``<clip>/ir/*.png`` and ``<clip>/vi/*.png``, numbered frames) the fuser runs
 over the frames in order as one stream, between the IR level stabilizer and the post stage's temporal denoiser as the
-pipeline runs them (a --config method's ``align.stabilize`` and ``post`` sections; --stabilize and --denoise for --fuser
-methods); the flicker ratio is mean |F_t - F_{t-1}| / mean
-|V_t - V_{t-1}| (visible Y). With the denoiser on, "filter lag" is how far its output strays from the unfiltered
-fused frames (mean and 99.9th percentile of |difference| in grey levels, over all clips): removed noise, and the
-trail it leaves on moving content.
+pipeline runs them (a --config method's ``align.stabilize`` and ``post`` sections; --stabilize and --denoise for
+--fuser methods); the flicker ratio is mean |F_t - F_{t-1}| / mean |V_t - V_{t-1}| (visible Y). With the denoiser
+on, "filter lag" is how far its output strays from the unfiltered fused frames (mean and 99.9th percentile of
+|difference| in grey levels, over all clips): removed noise, and the trail it leaves on moving content.
 Goal: at most 1.1. The static check fuses the same pair repeatedly and reports whether every output is identical.
 """
 
@@ -55,7 +54,8 @@ def main() -> None:
         sys.exit(f"temporal: {exc}")
     frames = {clip.name: [(read_grey(ir), read_grey(vi)) for _, ir, vi in find_pairs(clip / "ir", clip / "vi")]
               for clip in clips}  # read once, fused by every method
-    print(f"| method | stabilize / denoise | {' | '.join(frames)} | mean | filter lag mean / p99.9 | static identical |")
+    print(f"| method | stabilize / denoise | {' | '.join(frames)} | mean | filter lag mean / p99.9"
+          " | static identical |")
     print(f"|---|---|{'---|' * len(frames)}---|---|---|")
     for method in methods:
         post = method.config.post if method.config is not None else fuser_post
@@ -73,7 +73,8 @@ def main() -> None:
         outs = [denoise(method.fuser.fuse(stabilize(ir), vi, stream="static")) for _ in range(args.static)]
         static = all(np.array_equal(outs[0], o) for o in outs[1:])
         cells = " | ".join(f"{r:.3f}" for r in ratios)
-        print(f"| {method.name} | {level:g} / {post.denoise:g}, {post.denoise_threshold:g} | {cells} | {np.mean(ratios):.3f} |"
+        print(f"| {method.name} | {level:g} / {post.denoise:g}, {post.denoise_threshold:g} | {cells}"
+              f" | {np.mean(ratios):.3f} |"
               f" {lag.mean():.2f} / {np.percentile(lag, 99.9):.1f} | {'yes' if static else 'NO'} |", flush=True)
 
 

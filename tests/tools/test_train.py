@@ -78,3 +78,21 @@ def test_missing_data_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no training pairs") as info:
         _train_module().main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--steps", "1"])
     assert "\n" not in str(info.value)
+
+
+def test_init_starts_from_a_weights_file_and_refuses_another_architecture(data, tmp_path):
+    from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig, load_weights, save_weights
+
+    tiny = ModelConfig(widths=(4, 8), denoiser_width=4)
+    start = HCLFuseNet(tiny)
+    with torch.no_grad():
+        start.decoder.coef.bias.fill_(0.25)  # a state training from scratch would not have
+    save_weights(tmp_path / "start.pt", start)
+    common = ["--data", str(data), "--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes", "100",
+              "--model.denoiser_width", "4", "--init", str(tmp_path / "start.pt"), "--steps", "1"]
+    _train_module().main([*common, "--model.widths", "4", "8", "--out", str(tmp_path / "run"), "--lr", "1e-9"])
+    net, _ = load_weights(tmp_path / "run" / "hclfuse_v2.pt")
+    torch.testing.assert_close(net.decoder.coef.bias, torch.full((6,), 0.25), atol=1e-4, rtol=0)
+    with pytest.raises(SystemExit, match="differs from the requested") as info:
+        _train_module().main([*common, "--model.widths", "8", "8", "--out", str(tmp_path / "other")])
+    assert "\n" not in str(info.value)
