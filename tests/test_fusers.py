@@ -35,6 +35,18 @@ def test_sharpen_raises_gradients(pair):
     assert np.abs(np.diff(sharp.fuse(ir, vis), axis=1)).mean() > np.abs(np.diff(plain, axis=1)).mean()
 
 
+def test_contrast_stretches_around_the_mean(pair):
+    ir, vis = pair
+    plain = build_fuser(FuseConfig(name="max")).fuse(ir, vis)
+    stretched = build_fuser(FuseConfig(name="max", contrast=1.5))
+    assert stretched.name == "max+contrast1.5"
+    out = stretched.fuse(ir, vis)
+    assert out.mean() == pytest.approx(plain.mean(), abs=1e-3)
+    np.testing.assert_allclose(out - out.mean(), 1.5 * (plain - plain.mean()), atol=1e-3)
+    with pytest.raises(ValueError, match="contrast"):
+        FuseConfig(name="max", contrast=0.0)
+
+
 def test_unknown_fuser_and_bad_ranges():
     with pytest.raises(ValueError, match="name='nope' is out of range; allowed: hclfuse | average | laplacian | max"):
         FuseConfig(name="nope")

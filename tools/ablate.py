@@ -35,6 +35,9 @@ def methods(weights: str, steps: list[int], default_k: int, threads: int, baseli
             for sharpen in (0.0, 0.5, 1.0):
                 fuser = build_fuser(FuseConfig(name=name, sharpen=sharpen))
                 rows.append(Method(fuser.name, fuser=fuser))
+        for contrast in (1.25, 1.3):  # max with a global contrast stretch: the strongest simple baseline found
+            fuser = build_fuser(FuseConfig(name="max", contrast=contrast))
+            rows.append(Method(fuser.name, fuser=fuser))
     return rows
 
 
