@@ -10,7 +10,6 @@ Example: ``python tools/target_sweep.py --gains 1.0,1.1,1.2,1.3,1.5``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     pairs = args.data / args.set
     try:
-        rows = [Method(f.name, fuser=f) for f in (TargetFuser(dataclasses.replace(LossConfig(), detail_gain=float(g)))
+        rows = [Method(f.name, fuser=f) for f in (TargetFuser(LossConfig(detail_gain=float(g)))
                                                  for g in args.gains.split(","))]
         evaluate_dir(pairs / "ir", pairs / "vi", rows, args.out)
     except (ValueError, FileNotFoundError) as exc:
