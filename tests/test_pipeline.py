@@ -126,3 +126,19 @@ def test_missing_video_file_is_one_line(tmp_path):
                            "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 1, proc.stderr
     assert "nope.mp4" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("realtime", [True, False])
+def test_capture_latency_only_for_wall_clock_sources(realtime):
+    from streamfuse.config import load_config
+    from streamfuse.pipeline import run_live
+
+    cfg = load_config(REPO / "configs/demo.yaml", [
+        f"publish.endpoint=tcp://127.0.0.1:{_free_port()}", "fuse.name=max", "telemetry.interval_s=60",
+        f"ir.realtime={str(realtime).lower()}", f"vis.realtime={str(realtime).lower()}"])
+    stages = set(run_live(cfg, duration_s=12.0)["stages"])  # producers take seconds to start
+    assert "fuse" in stages
+    # virtual-clock frames carry recording times, not this machine's: no latency against time.time_ns()
+    wall = {"capture.ir", "capture.vis", "end_to_end"}
+    assert (wall <= stages) if realtime else not (wall & stages)
