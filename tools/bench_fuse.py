@@ -94,6 +94,11 @@ def stats_ms(samples_ms: list[float]) -> tuple[float, float]:
     return float(np.median(samples_ms)), float(np.percentile(samples_ms, 99))
 
 
+def ms(value: float) -> str:
+    """A latency in ms with two decimals, or three significant digits below 1 ms (a baseline at 64x48 takes ~2 us)."""
+    return f"{value:.2f}" if value >= 1.0 else f"{value:.3g}"
+
+
 def weights_file(arg: str, workdir: Path) -> str:
     """The weights to load: ``''`` = shipped, a path, or ``random`` (untrained default architecture, saved to
     ``workdir``: timing does not depend on weight values)."""
@@ -154,8 +159,8 @@ class Case:
         for _ in range(batches):
             handle = self.submit(engine)
             engine.result(handle)
-            for key, ms in handle.timings.items():
-                totals[key] += ms / batches
+            for key, value in handle.timings.items():
+                totals[key] += value / batches
         return totals
 
 
@@ -172,7 +177,7 @@ def measure(fuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int, frame
     line = (f"[{device_label(engine.device, engine.threads)}] hclfuse K={fuser.net.steps} {pairs[0][0].shape[1]}x"
             f"{pairs[0][0].shape[0]} batch={batch} precision={engine.precision}"
             + (f" graphs={'on' if engine.cuda_graphs else 'off'}" if gpu else "")
-            + f": latency median {med:.2f} ms p99 {p99:.2f} ms per batch")
+            + f": latency median {ms(med)} ms p99 {ms(p99)} ms per batch")
     ot = fuser.stats()
     flops = (f" | {engine.flops(*pairs[0][0].shape) / 1e9:.3g} GFLOPs/frame | threads {engine.threads}"
              f" | OT cache {ot['ot_hits']:.0f} hits {ot['ot_misses']:.0f} misses")
@@ -229,7 +234,7 @@ def bench_baseline(args: argparse.Namespace, sizes: list[tuple[int, int]], frame
             samples.append((time.perf_counter_ns() - t0) / 1e6)
         med, p99 = stats_ms(samples[warmup:])
         print(f"[{device_label(torch.device('cpu'), cv2.getNumThreads())}] {fuser.name} {w}x{h} batch=1: latency "
-              f"median {med:.2f} ms p99 {p99:.2f} ms | {1000 / med:.1f} frames/s | GFLOPs n/a (not a torch net)",
+              f"median {ms(med)} ms p99 {ms(p99)} ms | {1000 / med:.1f} frames/s | GFLOPs n/a (not a torch net)",
               flush=True)
 
 
@@ -250,9 +255,9 @@ def bench_post(sizes: list[tuple[int, int]], frames: int, warmup: int) -> None:
             pre.append((t1 - t0) / 1e6)
             post.append((time.perf_counter_ns() - t1) / 1e6)
         (pre_med, pre_p99), (med, p99) = stats_ms(pre[warmup:]), stats_ms(post[warmup:])
-        print(f"[cpu, numba {numba.get_num_threads()} threads] {w}x{h}: IR stabilizer (0.8) median {pre_med:.2f} ms"
-              f" p99 {pre_p99:.2f} ms | postprocess (denoise {cfg.denoise:g} + bgr8 colour) median {med:.2f} ms"
-              f" p99 {p99:.2f} ms", flush=True)
+        print(f"[cpu, numba {numba.get_num_threads()} threads] {w}x{h}: IR stabilizer (0.8) median {ms(pre_med)} ms"
+              f" p99 {ms(pre_p99)} ms | postprocess (denoise {cfg.denoise:g} + bgr8 colour) median {ms(med)} ms"
+              f" p99 {ms(p99)} ms", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
