@@ -1,3 +1,6 @@
+import re
+
+import cv2
 import numpy as np
 import pytest
 
@@ -48,9 +51,39 @@ def test_contrast_stretches_around_the_mean(pair):
 
 
 def test_unknown_fuser_and_bad_ranges():
-    with pytest.raises(ValueError, match="name='nope' is out of range; allowed: hclfuse | average | laplacian | max"):
+    allowed = "hclfuse | average | laplacian | max | rule"
+    with pytest.raises(ValueError, match=re.escape(f"name='nope' is out of range; allowed: {allowed}")):
         FuseConfig(name="nope")
     with pytest.raises(ValueError, match="fuse: steps=0 is out of range; allowed: 1..20"):
         parse_section(FuseConfig, {"steps": 0}, "fuse")
     with pytest.raises(ValueError, match="device='gpu'"):
         parse_section(FuseConfig, {"device": "gpu"}, "fuse")
+
+
+@pytest.mark.parametrize("shape", [(120, 160), (20, 30)])  # the small one is narrower than the base blur's radius
+def test_rule_matches_the_training_target(rng, shape):
+    torch = pytest.importorskip("torch")
+    from streamfuse.model.losses import LossConfig, fusion_target
+
+    scene = cv2.GaussianBlur(rng.uniform(0, 255, shape), (0, 0), 2.0)
+    ir = np.clip(scene * 1.5 - 60 + rng.normal(0, 4, shape), 0, 255).astype(np.uint8)
+    vis = np.clip(255 - scene + rng.normal(0, 8, shape), 0, 255).astype(np.uint8)
+    to01 = [torch.from_numpy(x / 255.0).float().view(1, 1, *shape) for x in (ir, vis)]
+    target = fusion_target(*to01, LossConfig(detail_gain=1.2, base_sigma=8.0, energy_sigma=3.0))[0, 0].numpy() * 255
+    rule = build_fuser(FuseConfig(name="rule"))
+    out = rule.fuse(ir, vis)
+    assert rule.name == "rule" and out.dtype == np.float32 and out.shape == shape
+    np.testing.assert_allclose(out, target, atol=0.01)  # same kernels and borders: float32 rounding only
+
+
+def test_rule_keeps_the_brighter_base_and_the_stronger_detail():
+    flat = np.full((64, 64), 60, np.uint8)
+    textured = flat.copy()
+    textured[::4] = 200  # stripes: all the gradient energy is in this source
+    out = build_fuser(FuseConfig(name="rule")).fuse(textured, flat)
+    blurred = cv2.GaussianBlur(textured.astype(np.float32), (49, 49), 8.0)
+    detail = textured - blurred
+    inner = (slice(16, -16), slice(16, -16))  # away from the border, where the blur reflects
+    np.testing.assert_allclose(out[inner], (blurred + 1.2 * detail)[inner], atol=0.5)
+    same = build_fuser(FuseConfig(name="rule")).fuse(textured, textured)
+    np.testing.assert_allclose(same, blurred + 1.2 * detail, atol=0.5)  # one source: its base and detail x 1.2
