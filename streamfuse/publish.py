@@ -24,8 +24,10 @@ the next frame.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
+import reprlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,7 @@ from streamfuse.config import check
 from streamfuse.frames import FusedFrame
 
 __all__ = ["PublishConfig", "Publisher", "MalformedMessage", "decode_message", "decode_stats", "HEADER_FIELDS",
-           "SCHEMA", "STATS_SCHEMA", "ENCODINGS"]
+           "SCHEMA", "STATS_SCHEMA", "ENCODINGS", "MAX_HEADER_BYTES", "MAX_SIDE"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,21 @@ HEADER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "fuser_version": str,
     "timings_ms": dict,  # per-stage latency of this frame, stage name -> ms (float)
 }
+
+MAX_HEADER_BYTES = 65_536  # a header is ~600 bytes; the bound keeps a peer from making us parse megabytes of JSON
+MAX_SIDE = 65_535  # largest height and width on the wire
+_INT64 = (-(2**63), 2**63 - 1)
+_COUNTER = (0, 2**63 - 1)
+# Inclusive range of every int header field: a peer's numbers stay within what the consumer's arithmetic,
+# int64 arrays and file names can hold (Python ints are unbounded, JSON numbers too).
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "seq": _COUNTER, "seq_ir": _COUNTER, "seq_vis": _COUNTER,
+    "height": (1, MAX_SIDE), "width": (1, MAX_SIDE), "step": (1, 4 * MAX_SIDE), "is_bigendian": (0, 1),
+    "t_capture_ir_ns": _INT64, "t_capture_vis_ns": _INT64, "t_fused_ns": _INT64, "t_publish_ns": _INT64,
+}
+_MAX_TIMING_MS = 1e12  # a stage latency beyond ~30 years is a forged number, not a measurement
+_clip = reprlib.Repr()  # values quoted in error messages stay short (a forged field may be 60 kB long)
+_clip.maxstring = _clip.maxother = _clip.maxlong = 40
 
 
 class MalformedMessage(ValueError):
@@ -151,6 +168,10 @@ class Publisher:
         #: the bound endpoint, with the real port when the config asked for ``tcp://HOST:*``.
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("publishing %s on %s (stats on %s)", cfg.topic, self.endpoint, cfg.stats_topic)
+        if not cfg.curve_secret_file and _reachable_from_other_machines(self.endpoint):
+            log.warning("publishing unencrypted on %s, reachable from other machines: anyone on the network can "
+                        "read the frames; set publish.curve_secret_file (README, Encryption) or bind 127.0.0.1",
+                        self.endpoint)
 
     def send_fused(self, fused: FusedFrame) -> bool:
         """Send one fused frame as ``[topic, header, image]``; the image goes zero-copy.
@@ -230,12 +251,11 @@ def decode_message(parts: Sequence[bytes | zmq.Frame]) -> tuple[dict[str, Any], 
     """
     if len(parts) != 3:
         raise MalformedMessage(f"expected 3 parts [topic, header, image], got {len(parts)}")
+    if len(parts[1]) > MAX_HEADER_BYTES:
+        raise MalformedMessage(f"header is {len(parts[1])} bytes, more than {MAX_HEADER_BYTES}")
     header = _parse_json(parts[1], "header")
     _check_schema(header, SCHEMA)
-    for key, tp in HEADER_FIELDS.items():
-        value = header.get(key)
-        if not isinstance(value, tp) or isinstance(value, bool):
-            raise MalformedMessage(f"header field {key}={value!r} is missing or not {getattr(tp, '__name__', tp)}")
+    _check_fields(header)
     channels = ENCODINGS.get(header["encoding"])
     if channels is None:
         raise MalformedMessage(f"unknown encoding {header['encoding']!r}; expected one of {', '.join(ENCODINGS)}")
@@ -251,6 +271,23 @@ def decode_message(parts: Sequence[bytes | zmq.Frame]) -> tuple[dict[str, Any], 
     return header, image.reshape(height, width, channels) if channels > 1 else image
 
 
+def _check_fields(header: dict[str, Any]) -> None:
+    """Every field of :data:`HEADER_FIELDS` present, of its type and, for numbers, in range; raises MalformedMessage."""
+    for key, tp in HEADER_FIELDS.items():
+        value = header.get(key)
+        if not isinstance(value, tp) or isinstance(value, bool):
+            raise MalformedMessage(f"header field {key}={_clip.repr(value)} is missing or not "
+                                   f"{getattr(tp, '__name__', tp)}")
+    for key, (lo, hi) in _INT_RANGES.items():
+        if not lo <= header[key] <= hi:
+            raise MalformedMessage(f"header field {key}={_clip.repr(header[key])} is out of range {lo}..{hi}")
+    for stage, ms in header["timings_ms"].items():
+        # int/float comparisons are exact for any int size; NaN fails the bound too
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not abs(ms) <= _MAX_TIMING_MS:
+            raise MalformedMessage(f"header field timings_ms[{_clip.repr(stage)}]={_clip.repr(ms)} is not a "
+                                   f"number of ms within +-{_MAX_TIMING_MS:g}")
+
+
 def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     """Validate and decode one ``[stats_topic, JSON]`` message; raises MalformedMessage."""
     if len(parts) != 2:
@@ -264,7 +301,9 @@ def _parse_json(part: bytes | zmq.Frame, what: str) -> dict[str, Any]:
     raw = part.bytes if isinstance(part, zmq.Frame) else bytes(part)
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise MalformedMessage(f"{what} JSON is nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError, JSONDecodeError and integers of more than 4300 digits
         raise MalformedMessage(f"{what} is not UTF-8 JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise MalformedMessage(f"{what} is JSON {type(obj).__name__}, expected an object")
@@ -282,6 +321,18 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _reachable_from_other_machines(endpoint: str) -> bool:
+    """True for a bound ``tcp://`` endpoint whose address is not loopback (``tcp://0.0.0.0:5555``, a LAN address)."""
+    scheme, _, address = endpoint.partition("://")
+    if scheme != "tcp":
+        return False
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it faces the network
+        return True
 
 
 def _load_secret(path: str) -> bytes:

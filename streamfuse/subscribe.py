@@ -3,7 +3,8 @@
 Latency columns: ``age`` is now minus the visible (and IR) capture time, ``net`` is now minus the publish time,
 both from the header's epoch-ns clocks, so across machines they include the clock offset (use NTP/PTP).
 Exits 0 after ``--count`` frames or Ctrl-C, 1 when no frame arrives for ``--timeout`` seconds, 2 on bad
-arguments.
+arguments. Malformed messages are skipped and counted; a message part larger than ``--max-frame-mb`` is refused
+by ZeroMQ before it is buffered.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 import zmq.auth
 
-from streamfuse.client import Subscriber
+from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 
 __all__ = ["main"]
 
@@ -31,15 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--topic", default="fused/", help="topic prefix to receive")
     parser.add_argument("--count", type=int, default=0, help="stop after N frames (0 = until Ctrl-C)")
-    parser.add_argument("--save", type=Path, help="write every frame as DIR/fused_<seq>.png")
+    parser.add_argument("--save", type=Path, help="write frames as lossless DIR/fused_<seq>.png (hundreds of MB a "
+                        "minute: --every keeps one in N)")
+    parser.add_argument("--every", type=int, default=1, help="with --save: save one received frame in N")
     parser.add_argument("--show", action="store_true", help="show frames in a window (needs a GUI OpenCV build)")
     parser.add_argument("--latest", action="store_true", help="drain the queue and keep only the newest frame")
     parser.add_argument("--timeout", type=float, default=10.0, help="give up after S seconds without a frame")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    parser.add_argument("--max-frame-mb", type=float, default=DEFAULT_MAX_FRAME_BYTES / 1e6,
+                        help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.timeout <= 0 or args.count < 0:
-        parser.error("--timeout must be > 0 and --count >= 0")
+    if args.timeout <= 0 or args.count < 0 or args.every < 1 or not 0 < args.max_frame_mb <= 1e6:
+        parser.error("--timeout must be > 0, --count >= 0, --every >= 1 and --max-frame-mb in (0, 1e6]")
     if args.show and not _gui_available():
         print("error: --show needs an OpenCV build with GUI support (pip install opencv-python); this one is "
               "headless", file=sys.stderr)
@@ -51,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         server_key = zmq.auth.load_certificate(server_key)[0].decode()
     try:
         with Subscriber(args.endpoint, args.topic, timeout_s=args.timeout, latest=args.latest,
-                        server_key=server_key) as sub:
+                        server_key=server_key, max_frame_bytes=max(1, round(args.max_frame_mb * 1e6))) as sub:
             return _loop(sub, args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # latest mode's reader thread stopped
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -73,7 +81,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
             frame = sub.recv()
             if frame is None:
                 print(f"no frame from {args.endpoint} (topic {args.topic!r}) for {args.timeout:g} s after "
-                      f"{sub.received} frames; is the publisher running?", file=sys.stderr)
+                      f"{sub.received} frames: {_why_silent(sub, args.server_key)}", file=sys.stderr)
                 return 1
             header, image = frame
             now_ns = time.time_ns()
@@ -87,7 +95,8 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                   f"age {age_ms:7.1f} ms (ir {(now_ns - header['t_capture_ir_ns']) / 1e6:.1f}) "
                   f"net {net_ms:6.2f} ms  {rate:5.1f} fps  missed {sub.missed} malformed {sub.malformed}",
                   flush=True)
-            if args.save and not cv2.imwrite(str(args.save / f"fused_{header['seq']:08d}.png"), image):
+            saving = args.save and (sub.received - 1) % args.every == 0
+            if saving and not cv2.imwrite(str(args.save / f"fused_{header['seq']:08d}.png"), image):
                 print(f"error: cannot write frames to {args.save}", file=sys.stderr)
                 return 2
             if args.show:
@@ -97,6 +106,19 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     finally:
         _summary(sub, ages_ms, nets_ms, time.monotonic() - start)
     return 0
+
+
+def _why_silent(sub: Subscriber, server_key: str) -> str:
+    """Why no frame arrives, as far as the connection's events tell."""
+    given = server_key if Path(server_key).is_file() else "the --server-key given"
+    if sub.handshake_failures and server_key:
+        return (f"{sub.handshake_failures} CURVE handshakes failed: the publisher's public key differs from {given} "
+                f"(or it does not encrypt)")
+    if sub.handshake_failures:
+        return f"{sub.handshake_failures} handshakes failed: the publisher encrypts, give its key with --server-key"
+    if server_key:
+        return f"the publisher is not running, or its CURVE public key differs from {given}"
+    return "is the publisher running?"
 
 
 def _summary(sub: Subscriber, ages_ms: collections.deque[float], nets_ms: collections.deque[float],

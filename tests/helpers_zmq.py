@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import zmq
 
 from streamfuse.client import Subscriber
 from streamfuse.frames import Frame, FramePair, FusedFrame
@@ -18,6 +19,7 @@ from streamfuse.publish import HEADER_FIELDS, SCHEMA, PublishConfig, Publisher
 
 ANY_PORT = "tcp://127.0.0.1:*"
 VGA = (480, 640, 3)
+PATIENCE_S = 30.0  # how long a test waits for an event that must happen (a loaded machine can be slow)
 
 
 def fused_frame(image: np.ndarray, seq: int = 0) -> FusedFrame:
@@ -28,14 +30,54 @@ def fused_frame(image: np.ndarray, seq: int = 0) -> FusedFrame:
     return FusedFrame(FramePair(ir, vis), image, "max", "0.1", t, {"fuse": 1.25, "post": np.float32(0.5)})
 
 
-def connect(pub: Publisher, sub: Subscriber, image: np.ndarray, timeout_s: float = 5.0) -> None:
-    """Publish until ``sub`` gets a frame (PUB/SUB slow joiner), then leave nothing queued."""
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = PATIENCE_S) -> None:
+    """Wait for ``condition`` to become true, checking every 10 ms; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while sub.recv() is None:
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s"
+        time.sleep(0.01)
+
+
+def sync(sub: Subscriber, send: Callable[[], int], timeout_s: float = PATIENCE_S) -> int:
+    """Send (``send()`` returns the seq it sent) until ``sub`` has received the newest message sent (PUB/SUB slow
+    joiner); every earlier one has then arrived or was lost, so nothing stays queued. Returns that seq."""
+    deadline = time.monotonic() + timeout_s
+    newest = send()
+    while (frame := sub.recv(0.05)) is None or frame[0]["seq"] != newest:
         assert time.monotonic() < deadline, "subscriber never connected"
+        if frame is None:  # the subscription had not arrived yet when it was sent
+            newest = send()
+    return newest
+
+
+def connect(pub: Publisher, sub: Subscriber, image: np.ndarray) -> None:
+    """Publish ``image`` until ``sub`` has received the newest frame published (see :func:`sync`)."""
+    def send() -> int:
         pub.send_fused(fused_frame(image))
-    while sub.recv() is not None:
+        return pub.published - 1
+
+    sync(sub, send)
+
+
+def raw_connect(sock: zmq.Socket, sub: Subscriber) -> int:
+    """:func:`sync` for a raw PUB socket sending hand-built messages with seq 0, 1, 2 ...; returns the last seq."""
+    sent = iter(range(1_000_000))
+
+    def send() -> int:
+        seq = next(sent)
+        sock.send_multipart(with_header(seq=seq))
+        return seq
+
+    return sync(sub, send)
+
+
+def recv_seq(sub: Subscriber, seq: int) -> tuple[dict, np.ndarray]:
+    """The frame ``seq`` from ``sub`` (frames sent before it are skipped), waiting up to PATIENCE_S for each."""
+    while (frame := sub.recv(PATIENCE_S)) is not None and frame[0]["seq"] < seq:
         pass
+    assert frame is not None, f"no frame within {PATIENCE_S:g} s"
+    assert frame[0]["seq"] == seq, f"got seq {frame[0]['seq']}, expected {seq}"
+    return frame
 
 
 @contextmanager
@@ -69,3 +111,27 @@ def with_header(**changes: object) -> list[bytes]:
     topic, header, payload = good_parts(np.zeros((4, 6, 3), np.uint8))
     fields = {**json.loads(header), **changes}
     return [topic, json.dumps({k: v for k, v in fields.items() if v is not None}).encode(), payload]
+
+
+def with_raw_field(key: str, raw_json: str) -> list[bytes]:
+    """A 4x6 bgr8 message whose field ``key`` is ``raw_json`` verbatim (what json.dumps refuses to write)."""
+    topic, header, payload = with_header(**{key: "@"})
+    return [topic, header.replace(b'"@"', raw_json.encode()), payload]
+
+
+# Hand-built messages that must be skipped and counted, never crash a consumer, and the reason decode_message gives.
+MALFORMED = {
+    "int_of_5000_digits": (with_raw_field("seq", "9" * 5000), "Exceeds the limit (4300 digits)"),
+    "nested_20000_deep": (with_raw_field("timings_ms", '{"a": ' + "[" * 20_000 + "]" * 20_000 + "}"),
+                          "nested too deeply"),
+    "header_over_64k": (with_header(frame_id="x" * 70_000), "more than 65536"),
+    "seq_10e400": (with_header(seq=10**400), "header field seq=1000"),
+    "seq_negative": (with_header(seq=-1), "header field seq=-1 is out of range"),
+    "t_capture_vis_10e400": (with_header(t_capture_vis_ns=10**400), "header field t_capture_vis_ns=1000"),
+    "t_capture_ir_minus_10e400": (with_header(t_capture_ir_ns=-(10**400)), "header field t_capture_ir_ns=-1000"),
+    "t_publish_2e63": (with_header(t_publish_ns=2**63), "out of range"),
+    "height_10e6": (with_header(height=10**6), "header field height=1000000 is out of range"),
+    "is_bigendian_7": (with_header(is_bigendian=7), "header field is_bigendian=7 is out of range 0..1"),
+    "timing_nan": (with_header(timings_ms={"fuse": float("nan")}), "timings_ms['fuse']=nan"),
+    "timing_string": (with_header(timings_ms={"fuse": "1 ms"}), "timings_ms['fuse']='1 ms'"),
+}

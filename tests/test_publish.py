@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import zmq
 import zmq.auth
-from helpers_zmq import ANY_PORT, VGA, connect, fused_frame, good_parts, publishing, with_header
+from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_frame, good_parts, publishing, recv_seq,
+                         wait_until, with_header)
 
 from streamfuse.client import Subscriber
 from streamfuse.publish import (HEADER_FIELDS, SCHEMA, MalformedMessage, PublishConfig, Publisher, decode_message,
@@ -23,7 +25,7 @@ from streamfuse.publish import (HEADER_FIELDS, SCHEMA, MalformedMessage, Publish
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _recv(sock: zmq.Socket, timeout_s: float = 2.0) -> list[zmq.Frame]:
+def _recv(sock: zmq.Socket, timeout_s: float = PATIENCE_S) -> list[zmq.Frame]:
     assert sock.poll(round(timeout_s * 1000)), "no message within the timeout"
     return sock.recv_multipart(copy=False)
 
@@ -41,14 +43,12 @@ def raw_sub() -> Iterator[zmq.Socket]:
 def test_round_trip_every_header_field(rng: np.random.Generator, shape: tuple[int, ...]) -> None:
     image = rng.integers(0, 256, shape, dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, frame_id="cam_vis")) as pub, \
-            Subscriber(pub.endpoint, "fused/rig0", timeout_s=0.2) as sub:
+            Subscriber(pub.endpoint, "fused/rig0", timeout_s=PATIENCE_S) as sub:
         connect(pub, sub, image)
         sent = fused_frame(image, seq=7)
         before_ns = time.time_ns()
         assert pub.send_fused(sent)
-        frame = sub.recv()
-        assert frame is not None
-        header, got = frame
+        header, got = recv_seq(sub, pub.published - 1)
     assert set(header) == set(HEADER_FIELDS)
     encoding = "bgr8" if len(shape) == 3 else "mono8"
     assert header["schema"] == SCHEMA and header["encoding"] == encoding and header["frame_id"] == "cam_vis"
@@ -68,10 +68,7 @@ def test_zero_copy_payload_is_the_exact_bytes(rng: np.random.Generator, raw_sub:
     image = big[::2, ::2]  # not contiguous: the publisher makes it so before the zero-copy send
     with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
         raw_sub.connect(pub.endpoint)
-        deadline = time.monotonic() + 5
-        while not raw_sub.poll(50):
-            assert time.monotonic() < deadline
-            pub.send_fused(fused_frame(image))
+        wait_until(lambda: pub.send_fused(fused_frame(image)) and raw_sub.poll(50), "the subscriber connected")
         parts = _recv(raw_sub)
     assert parts[0].bytes == b"fused/rig0"
     assert parts[2].bytes == np.ascontiguousarray(image).tobytes()
@@ -81,52 +78,51 @@ def test_zero_copy_payload_is_the_exact_bytes(rng: np.random.Generator, raw_sub:
 
 
 def test_stalled_subscriber_does_not_slow_the_publisher(rng: np.random.Generator) -> None:
+    # Every send is non-blocking (SNDTIMEO 0), so a send that waited for the stalled subscriber would raise or hang
+    # (the test's timeout): the counts below show the frames went past it instead.
     image = rng.integers(0, 256, VGA, dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, \
-            Subscriber(pub.endpoint, timeout_s=0.2) as stalled, \
-            Subscriber(pub.endpoint, timeout_s=0.2, latest=True) as healthy:
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as stalled, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=True) as healthy:
         connect(pub, stalled, image)
         connect(pub, healthy, image)
-        times, healthy_got = [], 0
+        first, healthy_got = pub.published, []
         for i in range(60):  # ~55 MB: far more than the stalled subscriber's queues and socket buffers hold
-            t0 = time.perf_counter()
             assert pub.send_fused(fused_frame(image, i))  # lossy mode: never refused
-            times.append(time.perf_counter() - t0)
-            if i % 10 == 9:
-                healthy_got += healthy.recv() is not None
-        assert max(times) < 0.1 and np.median(times) < 0.01, f"send_fused took up to {max(times) * 1e3:.1f} ms"
-        assert healthy_got == 6  # the other subscriber is unaffected
+            if i % 10 == 9:  # the other subscriber is unaffected: it keeps getting new frames
+                healthy_got.append(healthy.recv()[0]["seq"])
+        assert len(healthy_got) == 6 and healthy_got == sorted(set(healthy_got)) and healthy_got[0] >= first
+        # The stalled subscriber now reads: the buffered frames, then (once there is room) new ones after a gap.
         got = 0
-        while stalled.recv() is not None:
-            got += 1
-        assert got < 60 and stalled.missed > 0  # its drops show up as gaps in seq
+        while (frame := stalled.recv()) is not None and frame[0]["seq"] < first + 60:
+            got += frame[0]["seq"] >= first
+            pub.send_fused(fused_frame(image))
+    assert frame is not None
+    assert got < 60 and stalled.missed > 0  # its drops show up as gaps in seq
 
 
 def test_nodrop_mode_refuses_and_counts_when_a_queue_is_full(rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, VGA, dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True)) as pub, \
-            Subscriber(pub.endpoint, timeout_s=0.2) as stalled:
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as stalled:
         connect(pub, stalled, image)
         start_published = pub.published
-        t0 = time.perf_counter()
         results = [pub.send_fused(fused_frame(image, i)) for i in range(60)]
-        elapsed = time.perf_counter() - t0
     assert results.count(False) == pub.dropped > 0
     assert pub.published - start_published == results.count(True)
-    assert elapsed < 2.0
 
 
 def test_nodrop_with_wait_is_lossless_back_pressure(rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, VGA, dtype=np.uint8)
-    with Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True, wait_ms=2000)) as pub, \
-            Subscriber(pub.endpoint, timeout_s=0.5) as sub:
+    with Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True, wait_ms=60_000)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
         connect(pub, sub, image)
         seqs: list[int] = []
-        reader = threading.Thread(target=lambda: seqs.extend(header["seq"] for header, _ in sub))
+        reader = threading.Thread(target=lambda: seqs.extend(sub.recv()[0]["seq"] for _ in range(40)))
         reader.start()
         first = pub.published
         results = [pub.send_fused(fused_frame(image, i)) for i in range(40)]  # far more than the queues hold
-        reader.join(timeout=10)
+        reader.join(timeout=PATIENCE_S)
     assert all(results) and pub.dropped == 0
     assert seqs == list(range(first, first + 40)) and sub.missed == 0
 
@@ -141,10 +137,8 @@ def test_port_in_use_is_one_clear_error() -> None:
 def test_stats_topic_round_trip(raw_sub: zmq.Socket) -> None:
     with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
         raw_sub.connect(pub.endpoint)
-        deadline = time.monotonic() + 5
-        while not raw_sub.poll(50):
-            assert time.monotonic() < deadline
-            assert pub.send_stats({"fps": np.float64(29.5), "dropped": {"ir": np.int64(3)}})
+        wait_until(lambda: pub.send_stats({"fps": np.float64(29.5), "dropped": {"ir": np.int64(3)}})
+                   and raw_sub.poll(50), "the subscriber connected")
         parts = _recv(raw_sub)
     assert parts[0].bytes == b"stats/rig0"
     stats = decode_stats(parts)
@@ -164,7 +158,8 @@ def test_stats_topic_round_trip(raw_sub: zmq.Socket) -> None:
     (with_header(encoding="yuv422"), "unknown encoding 'yuv422'"),
     (with_header(height=5), "header says 5 x 18"),
     (with_header(step=10), "bad image geometry"),
-    (with_header(width=-6), "bad image geometry"),
+    (with_header(width=-6), "header field width=-6 is out of range 1..65535"),
+    *[pytest.param(parts, reason, id=name) for name, (parts, reason) in MALFORMED.items()],
 ])
 def test_decode_rejects_malformed_messages(parts: list[bytes], reason: str) -> None:
     with pytest.raises(MalformedMessage, match=re.escape(reason)) as info:
@@ -196,16 +191,35 @@ def test_curve_encryption(tmp_path: Path, rng: np.random.Generator) -> None:
     server_key = zmq.auth.load_certificate(public_file)[0].decode()
     image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, curve_secret_file=str(secret_file))) as pub, \
-            Subscriber(pub.endpoint, timeout_s=0.2, server_key=server_key) as sub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, server_key=server_key) as sub, \
             Subscriber(pub.endpoint, timeout_s=0.2) as plain:
         connect(pub, sub, image)
         assert pub.send_fused(fused_frame(image))
-        frame = sub.recv()
-        assert frame is not None
-        np.testing.assert_array_equal(frame[1], image)
+        np.testing.assert_array_equal(recv_seq(sub, pub.published - 1)[1], image)
         assert plain.recv() is None  # without the key the handshake fails: nothing arrives
+        wait_until(lambda: plain.recv(0.05) is None and plain.handshake_failures > 0, "the handshake failure seen")
+    assert sub.handshake_failures == 0
     with pytest.raises(FileNotFoundError, match="curve_secret_file"):
         Publisher(PublishConfig(endpoint=ANY_PORT, curve_secret_file=str(tmp_path / "missing.key_secret")))
+
+
+@pytest.mark.parametrize(("endpoint", "encrypted", "warns"), [
+    ("tcp://0.0.0.0:*", False, True), ("tcp://*:*", False, True), ("tcp://0.0.0.0:*", True, False),
+    (ANY_PORT, False, False),
+])
+def test_unencrypted_publishing_on_all_interfaces_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                         endpoint: str, encrypted: bool, warns: bool) -> None:
+    secret = str(zmq.auth.create_certificates(tmp_path, "rig0")[1]) if encrypted else ""
+    with caplog.at_level(logging.WARNING, logger="streamfuse.publish"), \
+            Publisher(PublishConfig(endpoint=endpoint, curve_secret_file=secret)) as pub:
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if warns:
+        assert len(warnings) == 1 and "\n" not in warnings[0]
+        assert f"publishing unencrypted on {pub.endpoint}, reachable from other machines" in warnings[0]
+        assert "publish.curve_secret_file" in warnings[0]
+    else:
+        assert warnings == []
 
 
 README_MARKER = "### Reading frames without streamfuse"

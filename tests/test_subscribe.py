@@ -1,19 +1,23 @@
-"""The subscribe CLI against a Publisher running in a thread."""
+"""The subscribe CLI against a Publisher (or a raw PUB socket) running in a thread on a random loopback port."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import publishing, with_header
+import zmq.auth
+from helpers_zmq import ANY_PORT, MALFORMED, publishing, with_header
 
 from streamfuse.subscribe import main
 
@@ -43,37 +47,97 @@ def test_cli_save_latest(rng: np.random.Generator, tmp_path: Path, capsys: pytes
     assert "received 2 frames" in capsys.readouterr().out
 
 
-def test_cli_reports_malformed_messages(capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+@contextmanager
+def alternating(bad: list[bytes]) -> Iterator[str]:
+    """A raw PUB socket sending ``bad`` and a good frame (seq 0, 1, 2 ...) alternately until the block ends."""
     sock = zmq.Context.instance().socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind("tcp://127.0.0.1:*")
+    sock.bind(ANY_PORT)
     stop = threading.Event()
 
-    def send() -> None:  # garbage and good frames alternately until the CLI has taken two good ones
+    def send() -> None:
         seq = 0
         while not stop.wait(0.02):
-            sock.send_multipart([b"fused/x", b"not json", b""])
+            sock.send_multipart(bad)
             sock.send_multipart(with_header(seq=seq))
             seq += 1
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
     try:
-        assert main([sock.getsockopt_string(zmq.LAST_ENDPOINT), "--count", "2"]) == 0
+        yield sock.getsockopt_string(zmq.LAST_ENDPOINT)
     finally:
         stop.set()
-        thread.join(timeout=5)
+        thread.join(timeout=30)
         sock.close(linger=0)
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+@pytest.mark.parametrize("name", ["not_json", *MALFORMED])
+def test_cli_skips_and_counts_malformed_messages(name: str, latest: bool, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    bad, reason = ([b"fused/x", b"not json", b""], "not UTF-8 JSON") if name == "not_json" else MALFORMED[name]
+    with caplog.at_level(logging.WARNING, logger="streamfuse.client"), alternating(bad) as endpoint:
+        # --save: a forged seq once reached the file name (10**400 digits: "File name too long")
+        assert main([endpoint, "--count", "2", "--save", str(tmp_path), *(["--latest"] if latest else [])]) == 0
     summary = capsys.readouterr().out.splitlines()[-1]
     assert summary.startswith("received 2 frames") and re.search(r"malformed [1-9]", summary)
-    assert any("skipped malformed message" in r.getMessage() and "not UTF-8 JSON" in r.getMessage()
-               for r in caplog.records)
+    assert any("skipped malformed message" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+    assert len(list(tmp_path.glob("fused_*.png"))) == 2
+
+
+def test_cli_save_every_n(rng: np.random.Generator, tmp_path: Path) -> None:
+    with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) as pub:
+        assert main([pub.endpoint, "--count", "5", "--every", "2", "--save", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("fused_*.png"))) == 3  # frames 1, 3 and 5
+
+
+def test_cli_reader_thread_failure_is_one_line(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    def broken(parts: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr("streamfuse.client.decode_message", broken)
+    with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub:
+        assert main([pub.endpoint, "--latest", "--count", "1"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: subscriber {pub.endpoint}: the reader thread stopped: OSError: disk on fire"]
+
+
+@pytest.mark.parametrize("key", ["wrong", "none"])
+def test_cli_curve_key_mismatch_says_so(key: str, tmp_path: Path, rng: np.random.Generator,
+                                        capsys: pytest.CaptureFixture) -> None:
+    public, secret = zmq.auth.create_certificates(tmp_path, "rig0")
+    wrong, _ = zmq.auth.create_certificates(tmp_path, "other")
+    with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), curve_secret_file=str(secret)) as pub:
+        assert main([pub.endpoint, "--server-key", str(public), "--count", "1"]) == 0
+        capsys.readouterr()
+        # The timeout is the wait for frames that cannot come; the handshake fails within milliseconds.
+        assert main([pub.endpoint, "--timeout", "2", *(["--server-key", str(wrong)] if key == "wrong" else [])]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"no frame from {pub.endpoint}")
+    if key == "wrong":
+        assert f"CURVE handshakes failed: the publisher's public key differs from {wrong}" in err[0]
+    else:
+        assert "the publisher encrypts, give its key with --server-key" in err[0]
+
+
+@pytest.mark.parametrize("args", [["--every", "0"], ["--max-frame-mb", "0"], ["--timeout", "0"]])
+def test_cli_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["tcp://127.0.0.1:1", *args])
+    assert info.value.code == 2 and "--every >= 1" in capsys.readouterr().err
 
 
 def test_cli_timeout_exits_1_with_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["tcp://127.0.0.1:1", "--timeout", "0.3"]) == 1
-    err = capsys.readouterr().err
-    assert "no frame from tcp://127.0.0.1:1" in err and "after 0 frames" in err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "no frame from tcp://127.0.0.1:1" in err[0] and "after 0 frames" in err[0]
+    assert err[0].endswith("is the publisher running?")
+    assert main(["tcp://127.0.0.1:1", "--timeout", "0.3", "--server-key", "x" * 40]) == 1
+    assert "the publisher is not running, or its CURVE public key differs from the --server-key given" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.skipif(not re.search(r"GUI:\s+NONE", cv2.getBuildInformation()),
