@@ -44,8 +44,8 @@ from streamfuse.config import check
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
-__all__ = ["RecordConfig", "Recorder", "McapSource", "read_recording", "VideoWriter", "partial_path", "pick_encoder",
-           "container_format", "decode_frames", "TOPICS"]
+__all__ = ["RecordConfig", "Recorder", "McapSource", "read_recording", "VideoWriter", "partial_path", "work_paths",
+           "pick_encoder", "container_format", "decode_frames", "TOPICS"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,12 @@ def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under: ``dir/out.mp4`` -> ``dir/.out.mp4.partial``."""
     path = Path(path)
     return path.with_name(f".{path.name}.partial")
+
+
+def work_paths(path: str | os.PathLike) -> list[Path]:
+    """Every file a :class:`VideoWriter` for ``path`` writes: the output, its partial file and its remux file."""
+    partial = partial_path(path)
+    return [Path(path), partial, partial.with_suffix(".remux")]
 
 
 # ---------------------------------------------------------------------------------------------------------- MCAP
@@ -380,11 +386,17 @@ def pick_encoder(codec: str) -> str:
 
 
 class VideoWriter:
-    """Fused frames -> a video file with caller-given pts, written to ``.NAME.partial`` and renamed on commit.
+    """Fused frames -> a video file with caller-given pts, written to ``.NAME.partial`` and remuxed on commit.
+
+    The partial file is NUT whatever the final container: it has no index to write at the end and every packet
+    is flushed to disk as it is muxed, so after a kill (even SIGKILL) it still decodes up to its last whole packet
+    (:func:`decode_frames`), and NUT keeps any codec and the exact integer pts. :meth:`commit` remuxes it (packets
+    copied, no re-encoding) into the container the extension asks for.
 
     Media notes: MP4/MOV get ``video_track_timescale`` and ``movie_timescale`` equal to the time base
     denominator, so output pts equal the input pts as integers (MP4 otherwise rescales to its own timescale and
-    writes the start offset in ms). Matroska stores times in ms, so there pts agree to within 1 ms. H.264 wants
+    writes the start offset in ms). Matroska stores times in ms, so there pts agree to within 1 ms. NUT would
+    shift every pts by the encoder's B-frame delay to avoid a negative dts unless told not to. H.264 wants
     even sizes for 4:2:0; odd sizes use 4:4:4. FFV1 is stored as ``bgr0``, bit-exact to the BGR input.
 
     Args:
@@ -412,14 +424,12 @@ class VideoWriter:
         if not os.access(self.path.parent, os.W_OK):
             raise PermissionError(f"output folder is not writable: {self.path.parent}")
         self.encoder = pick_encoder(codec)
-        opts = {}
-        if fmt in ("mp4", "mov") and time_base.numerator == 1:
-            opts = {"video_track_timescale": str(time_base.denominator), "movie_timescale": str(time_base.denominator)}
-        if fmt in ("mp4", "mov"):
-            opts["movflags"] = "use_metadata_tags"  # keep our own tags (the config, streamfuse_t0_ns)
+        self._format, self._options = fmt, _muxer_options(fmt, time_base)
+        self._metadata, self._rate = metadata or {}, rate
         self.count, self._last_pts, self._finished = 0, None, False
         try:
-            self._container = av.open(str(self.partial), mode="w", format=fmt, options=opts)
+            self._container = av.open(str(self.partial), mode="w", format="nut",
+                                      options={**_muxer_options("nut", time_base), "flush_packets": "1"})
         except (OSError, av.FFmpegError) as exc:
             raise RuntimeError(f"cannot write output {self.path}: {_why(exc)}") from None
         stream = self._container.add_stream(self.encoder, rate=rate, options=self._codec_options(crf, preset))
@@ -429,7 +439,6 @@ class VideoWriter:
         stream.codec_context.time_base = time_base
         if self.encoder != "libx264" and self.encoder != "ffv1":
             stream.bit_rate = int(width * height * float(rate) * 0.2)  # ~0.2 bit/pixel: visually clean
-        self._container.metadata.update(metadata or {})
         self._stream = stream
         self._worker = _Worker(f"encode {self.path.name}", self._encode, f"writing {self.partial}", queue_size)
         self.busy_ns = self._worker.busy_ns  # encoder thread time per frame
@@ -478,9 +487,31 @@ class VideoWriter:
             raise RuntimeError(f"finishing {self.partial} failed: {_why(exc)}") from None
 
     def commit(self) -> None:
-        """Encode what is queued, flush, close and rename to the final name (atomic on one filesystem)."""
+        """Encode what is queued, flush, close, remux into the final container and rename it to the final name
+        (atomic on one filesystem); the partial file is removed only then."""
         self._finish()
-        os.replace(self.partial, self.path)
+        remuxed = work_paths(self.path)[2]
+        try:
+            self._remux(remuxed)
+        except (OSError, av.FFmpegError) as exc:
+            remuxed.unlink(missing_ok=True)
+            raise RuntimeError(f"writing {self.path} from {self.partial} failed: {_why(exc)}") from None
+        os.replace(remuxed, self.path)
+        self.partial.unlink()
+
+    def _remux(self, dst: Path) -> None:
+        """Copy the partial file's packets into ``dst`` in the final container, with the tags."""
+        with av.open(str(self.partial)) as src, \
+                av.open(str(dst), mode="w", format=self._format, options=self._options) as out:
+            stream = out.add_stream_from_template(src.streams.video[0])
+            stream.time_base, stream.codec_context.framerate = self.time_base, self._rate
+            out.metadata.update(self._metadata)
+            for packet in src.demux(src.streams.video[0]):
+                if packet.size:  # the demuxer ends with an empty flush packet
+                    # NUT keeps no packet durations; without them the final file's duration and rate come out wrong
+                    packet.duration = packet.duration or round(1 / (self._rate * packet.time_base))
+                    packet.stream = stream
+                    out.mux(packet)
 
     def abort(self) -> None:
         """Encode what is queued, flush and close, keeping the temporary name (``--resume`` reads it); never raises."""
@@ -496,18 +527,40 @@ class VideoWriter:
             pass  # already closed, or the disk is still full: the partial file is what it is
 
 
+def _muxer_options(fmt: str, time_base: Fraction) -> dict[str, str]:
+    """FFmpeg muxer options that keep the caller's integer pts (see :class:`VideoWriter`)."""
+    if fmt == "nut":
+        return {"avoid_negative_ts": "disabled"}
+    if fmt not in ("mp4", "mov"):
+        return {}
+    opts = {"movflags": "use_metadata_tags"}  # keep our own tags (the config, streamfuse_t0_ns)
+    if time_base.numerator == 1:
+        opts |= {"video_track_timescale": str(time_base.denominator), "movie_timescale": str(time_base.denominator)}
+    return opts
+
+
 def _why(exc: BaseException) -> str:
     """The OS or FFmpeg reason of an I/O error, without PyAV's call details."""
     return getattr(exc, "strerror", None) or str(exc)
 
 
 def decode_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, np.ndarray]]:
-    """``(time in s, BGR image)`` of every frame of a video that decodes; stops quietly at a truncated end."""
+    """``(time in s, BGR image)`` of every frame of a video that decodes; stops quietly at a truncated end.
+
+    A file cut by a kill ends in a packet that reaches the end of the file: its data may be short, and a short
+    H.264 packet decodes into a damaged picture without any error, so that packet is left out.
+    """
+    size = Path(path).stat().st_size if Path(path).is_file() else None
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            for frame in container.decode(stream):
-                yield frame.pts * frame.time_base, frame.to_ndarray(format="bgr24")
+            decoder = stream.codec_context
+            for packet in container.demux(stream):
+                cut = size is not None and packet.size and packet.pos is not None and packet.pos + packet.size >= size
+                for frame in decoder.decode(None if cut or not packet.size else packet):
+                    yield frame.pts * stream.time_base, frame.to_ndarray(format="bgr24")
+                if cut:
+                    return
     except (OSError, av.FFmpegError, IndexError) as exc:
         log.info("stopped reading %s: %s", path, _why(exc))
 

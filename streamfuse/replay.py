@@ -10,19 +10,26 @@ objects. The loop is written in data-flow order: decode -> pair -> fuse -> postp
   frame whose successor is already due when it is taken is dropped (newest wins, as on a live rig) and counted.
 - Output pts are the visible frame's pts in the visible file's time base (folders and recordings: ns since
   the first visible frame, whose capture time is stored in the ``streamfuse_t0_ns`` tag).
-- The video is written as ``.OUT.partial`` and renamed only when every frame is in; a run that stops early
-  (error, truncated input, Ctrl-C) keeps the partial file and a ``.OUT.partial.json`` sidecar and raises
-  :class:`ReplayError`. ``resume`` re-encodes the frames the partial file holds (checked against the re-read
-  pairs' times, so nothing is fused twice) and fuses from the first frame it lacks.
+- Frames of one input outside the other input's time span (it started later or ended earlier) cannot pair: they
+  are counted unpaired without going through the Pairer (whose bounded queue would count them dropped), and the
+  summary says which input ended first.
+- The video is written as ``.OUT.partial`` (NUT: readable after a kill) and remuxed into the final name only when
+  every frame is in; a run that stops early (error, truncated input, Ctrl-C, SIGTERM) keeps the partial file and
+  a ``.OUT.partial.json`` sidecar and raises :class:`ReplayError`; one killed outright keeps them too.
+  ``resume`` re-encodes the frames the partial file holds (checked against the re-read pairs' times, so nothing
+  is fused twice) and fuses from the first frame it lacks.
+- The output (and every file it is written through) must not be one of the inputs, by any path or link.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import queue
+import signal
 import tempfile
 import threading
 import time
@@ -38,9 +45,11 @@ import numpy as np
 from streamfuse.capture.sources import SourceError, open_source
 from streamfuse.config import check
 from streamfuse.frames import Frame, FramePair, FusedFrame
-from streamfuse.record import VideoWriter, _why, container_format, decode_frames, partial_path, read_recording
+from streamfuse.record import (VideoWriter, _why, container_format, decode_frames, partial_path, read_recording,
+                               work_paths)
 
-__all__ = ["ReplayConfig", "ReplayError", "ReplaySummary", "run_replay", "find_pairs", "replay_many", "STAGES"]
+__all__ = ["ReplayConfig", "ReplayError", "ReplaySummary", "run_replay", "find_pairs", "replay_many",
+           "check_output_paths", "STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,9 @@ log = logging.getLogger(__name__)
 # (so shares can add up to more than 100%).
 STAGES = ("decode", "pair", "fuse", "postprocess", "encode", "publish", "decode_thread", "encode_thread")
 _INTERRUPTED = "interrupted (Ctrl-C)"
+_TERMINATED = "interrupted (SIGTERM)"
+_OTHER = {"ir": "vis", "vis": "ir"}
+_NAMES = {"ir": "IR", "vis": "visible"}
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
 _VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".nut", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
 
@@ -89,7 +101,29 @@ class ReplayError(RuntimeError):
     def __init__(self, message: str, summary: ReplaySummary | None = None, *, interrupted: bool = False):
         super().__init__(message)
         self.summary = summary
-        self.interrupted = interrupted  # Ctrl-C: a batch should stop too
+        self.interrupted = interrupted  # Ctrl-C or SIGTERM: a batch should stop too
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during a replay: raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the replay as Ctrl-C does (main thread only); the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping: a second SIGTERM must not cut the cleanup
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -109,6 +143,9 @@ class ReplaySummary:
     written: int = 0
     unpaired: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})
     dropped: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})
+    # unpaired frames outside the other input's time span, per stream: {"before": n, "after": n}
+    outside: dict[str, dict[str, int]] = field(default_factory=lambda: {s: {"before": 0, "after": 0} for s in _OTHER})
+    note: str = ""  # what the unequal inputs did (which ended first, how many frames were left unpaired)
     wall_s: float = 0.0
     fps: float = 0.0  # written frames per wall second
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -121,6 +158,7 @@ class ReplaySummary:
             f"  read ir {self.frames['ir']}, vis {self.frames['vis']} | pairs {self.pairs} | fused {self.fused}"
             f" | reused {self.reused} | written {self.written} | unpaired ir {self.unpaired['ir']}, vis "
             f"{self.unpaired['vis']} | dropped ir {self.dropped['ir']}, vis {self.dropped['vis']}",
+            *([f"  note: {self.note}"] if self.note else []),
             f"  wall {self.wall_s:.2f} s, {self.fps:.1f} frames/s, encoder {self.encoder or '-'}",
             f"  {'stage':<14}{'median ms':>10}{'p99 ms':>10}{'share':>8}",
         ]
@@ -151,9 +189,14 @@ def _kind(path: Path) -> str:
     return "mcap" if path.name.lower().endswith((".mcap", ".mcap.partial")) else "file"
 
 
+def _input_path(section: Any, override: str | os.PathLike | None) -> Path | None:
+    """The input path used: ``--ir``/``--vis`` when given, else the config's ``path`` (None when neither)."""
+    return Path(override) if override else Path(section.path) if section.path else None
+
+
 def _resolve(stream: str, section: Any, override: str | os.PathLike | None) -> _Input:
     """SourceConfig of one input (kind from the path, no pacing or looping) and what its container says."""
-    path = Path(override) if override else Path(section.path) if section.path else None
+    path = _input_path(section, override)
     if path is None:
         raise ValueError(f"no {stream} input: pass --{stream} PATH or set {stream}.path in the config")
     if not path.exists():
@@ -201,9 +244,11 @@ class _Reader:
     def __init__(self, name: str, source: Any, wait_ns: list[int], busy_ns: list[int], depth: int = 4):
         self.name, self.source, self.wait_ns, self.busy_ns = name, source, wait_ns, busy_ns
         self.error = ""
+        self.first_ns: int | None = None  # capture time of the first and the last frame taken, ns
+        self.last_ns: int | None = None
+        self.ended = False
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._ended = False
         self._thread = threading.Thread(target=self._run, name=f"decode {name}", daemon=True)
         self._thread.start()
 
@@ -235,12 +280,15 @@ class _Reader:
 
     def next(self) -> Frame | None:
         """The next frame, or None at the end (then ``error`` says whether it ended early)."""
-        if self._ended:
+        if self.ended:
             return None
         t0 = time.perf_counter_ns()
         frame = self._queue.get()
         self.wait_ns.append(time.perf_counter_ns() - t0)
-        self._ended = frame is None
+        self.ended = frame is None
+        if frame is not None:
+            self.first_ns = frame.t_capture_ns if self.first_ns is None else self.first_ns
+            self.last_ns = frame.t_capture_ns
         return frame
 
     def stop(self) -> None:
@@ -263,7 +311,11 @@ class _RecordedOrder:
 
 
 def _merged(readers: list[_Reader]) -> Iterator[tuple[Frame, Frame | None]]:
-    """Frames of all readers, earliest capture time first; each with the next frame of its own stream (or None)."""
+    """Frames of all readers, earliest capture time first; each with the next frame of its own stream (or None).
+
+    Every reader's first frame is taken before the first is yielded, and a reader has ended (``ended``) by the time
+    its last frame is yielded, so each reader's time span is known as far as the frames yielded need it.
+    """
     heads = [r.next() for r in readers]
     while True:
         live = [i for i, f in enumerate(heads) if f is not None]
@@ -272,6 +324,61 @@ def _merged(readers: list[_Reader]) -> Iterator[tuple[Frame, Frame | None]]:
         i = min(live, key=lambda k: (heads[k].t_capture_ns, k))
         frame, heads[i] = heads[i], readers[i].next()
         yield frame, (heads[i] if heads[i] is not None and heads[i].stream == frame.stream else None)
+
+
+def _outside(t_ns: int, other: _Reader, tolerance_ns: int) -> str:
+    """``before`` or ``after`` when a frame at ``t_ns`` lies outside the other stream's time span by more than the
+    pairing tolerance (so it can never pair), else ''."""
+    if other.first_ns is None or t_ns < other.first_ns - tolerance_ns:
+        return "before"
+    if other.ended and t_ns > other.last_ns + tolerance_ns:
+        return "after"
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------------ outputs
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one file: equal once links are resolved, or one inode (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): then only the resolved paths could have matched
+        return False
+
+
+def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None],
+                       frames_dir: str | os.PathLike = "") -> None:
+    """Refuse, before anything is opened, an output that would be written over one of its inputs.
+
+    The output and every file it is written through (partial, remux, sidecar) are compared with each input by
+    resolved path and by inode, so another spelling, a symlink or a hard link of an input is caught too; an input
+    inside ``frames_dir`` would be overwritten by the frame PNGs.
+
+    Args:
+        out: the fused video path.
+        inputs: ``{"ir": path, "vis": path}`` (None or '' entries are skipped).
+        frames_dir: the folder the fused frames are also written to ('' = none).
+
+    Raises:
+        ValueError: one line naming the output and the input.
+    """
+    out = Path(out)
+    written = [*work_paths(out), _sidecar(out), _sidecar(out).with_suffix(".tmp"), _old(out)]
+    for stream, path in inputs.items():
+        if not path:
+            continue
+        path = Path(path)
+        hit = next((w for w in written if _same_file(w, path)), None)
+        if hit is not None:
+            through = "" if hit == out else f" (through its temporary file {hit.name})"
+            raise ValueError(f"output {out} would overwrite the {_NAMES[stream]} input {path}{through}; "
+                             f"choose another --out")
+        if frames_dir and any(_same_file(Path(frames_dir), p) for p in (path, *path.resolve().parents)):
+            raise ValueError(f"replay.frames_dir {frames_dir} would overwrite the {_NAMES[stream]} input {path}; "
+                             f"choose another folder")
 
 
 # ------------------------------------------------------------------------------------------------------ resume
@@ -291,6 +398,11 @@ def _fingerprint(cfg: Any, ir: _Input, vis: _Input) -> dict[str, Any]:
 
 def _sidecar(out: Path) -> Path:
     return partial_path(out).with_name(partial_path(out).name + ".json")
+
+
+def _old(out: Path) -> Path:
+    """Where a resumed run keeps the interrupted run's partial file while it takes its frames over."""
+    return partial_path(out).with_name(partial_path(out).name + ".old")
 
 
 def _resume_source(out: Path, fingerprint: dict[str, Any], pacing: str) -> Iterator | None:
@@ -315,10 +427,9 @@ def _resume_source(out: Path, fingerprint: dict[str, Any], pacing: str) -> Itera
         with av.open(str(partial)) as container:
             container.streams.video[0]
     except (OSError, av.FFmpegError, IndexError) as exc:
-        log.warning("cannot resume %s: its partial file does not decode (%s; an MP4 killed before it finished has "
-                    "no index, a .mkv output survives that); starting over", out, _why(exc))
+        log.warning("cannot resume %s: its partial file does not decode (%s); starting over", out, _why(exc))
         return None
-    old = partial.with_name(partial.name + ".old")
+    old = _old(out)
     os.replace(partial, old)
     log.info("resuming %s: re-encoding the frames of the interrupted run, then fusing the rest", out)
     return _consume(old)
@@ -390,6 +501,8 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
     resume = rcfg.resume if resume is None else resume
     if vis_path is None and ir_path is not None and _kind(Path(ir_path)) == "mcap":
         vis_path = ir_path
+    check_output_paths(out, {"ir": _input_path(cfg.ir, ir_path), "vis": _input_path(cfg.vis, vis_path)},
+                       rcfg.frames_dir)
     ir, vis = _resolve("ir", cfg.ir, ir_path), _resolve("vis", cfg.vis, vis_path)
     if (ir.cfg.kind == "mcap") != (vis.cfg.kind == "mcap"):
         raise ValueError(f"a recording holds both streams: pass the same .mcap as IR and visible input "
@@ -408,7 +521,15 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
         return summary
     fingerprint = _fingerprint(cfg, ir, vis)
     reuse = _resume_source(out, fingerprint, rcfg.pacing) if resume else None
-    return _Replay(cfg, ir, vis, out, fingerprint, reuse, summary).run()
+    # the values used (inputs, output, resume), as the output's metadata records them
+    used = dataclasses.replace(cfg, ir=ir.cfg, vis=vis.cfg, replay=dataclasses.replace(rcfg, out=str(out),
+                                                                                      resume=resume))
+    with _sigterm_interrupts():
+        try:
+            return _Replay(used, ir, vis, out, fingerprint, reuse, summary).run()
+        except _Terminated:  # before the loop began or after it ended: the partial output is kept as it is
+            raise ReplayError(f"replay stopped: {_TERMINATED}; {_resume_hint(out)}", summary,
+                              interrupted=True) from None
 
 
 class _Replay:
@@ -445,9 +566,11 @@ class _Replay:
     def _save_sidecar(self, state: str) -> None:
         """What ``resume`` needs to trust the partial output: the fingerprint, and how far the run got."""
         path = _sidecar(self.out)
+        tmp = path.with_suffix(".tmp")  # replaced in one step: a kill never leaves half a sidecar
         try:
-            path.write_text(json.dumps({"fingerprint": self.fingerprint, "state": state,
-                                        "written": self.writer.count, "last_pts": self.last_pts}))
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "state": state,
+                                       "written": self.writer.count, "last_pts": self.last_pts}))
+            os.replace(tmp, path)
         except OSError as exc:
             raise RuntimeError(f"cannot write {path}: {exc.strerror}") from None
 
@@ -492,9 +615,12 @@ class _Replay:
         bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {self.out.name}",
                    disable=None if rcfg.progress else True)
         realtime = rcfg.pacing == "realtime"
+        tolerance_ns = round((cfg.sync.hold_ms if cfg.sync.mode == "latest" else cfg.sync.slop_ms) * 1e6)
         wall0_ns, t_first = time.perf_counter_ns(), None
         try:
             readers = self._open_readers(opened)
+            # a recording read in recorded order is one reader: its streams' spans are known only at its end
+            by_stream = {r.name: r for r in readers}
 
             def pairs() -> Iterator[FramePair]:
                 nonlocal t_first
@@ -504,6 +630,11 @@ class _Replay:
                     if frame.stream == "vis":
                         bar.update(1)
                         self.t0_vis = frame.t_capture_ns if self.t0_vis is None else self.t0_vis
+                    other = by_stream.get(_OTHER[frame.stream])
+                    side = _outside(frame.t_capture_ns, other, tolerance_ns) if other is not None else ""
+                    if side:
+                        s.outside[frame.stream][side] += 1
+                        continue
                     if realtime:  # 0. pacing: release at the recorded time; a frame already overtaken is dropped
                         t_first = frame.t_capture_ns if t_first is None else t_first
                         due = frame.t_capture_ns - t_first - (time.perf_counter_ns() - wall0_ns)
@@ -559,11 +690,14 @@ class _Replay:
             for r in readers:
                 if r.error:  # the source's message says where it stopped
                     s.stopped = f"{r.name} input ended early: {r.error}"
+            empty = [inp for inp in (self.ir, self.vis) if s.frames[inp.stream] == 0]
+            if not s.stopped and empty:
+                s.stopped = f"the {_NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames"
             if not s.stopped and s.written == 0:
                 s.stopped = "no pairs formed (do the IR and visible times overlap? see sync.slop_ms)"
             s.stopped = s.stopped or self._truncation()
-        except KeyboardInterrupt:
-            s.stopped = _INTERRUPTED
+        except KeyboardInterrupt as exc:
+            s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
         except (RuntimeError, ValueError, OSError) as exc:
             s.stopped = " ".join(str(exc).split()) or type(exc).__name__
         finally:
@@ -593,6 +727,19 @@ class _Replay:
         self.reuse = None
         return None
 
+    def _unequal_note(self) -> str:
+        """What inputs of different spans did: which one started later or ended first, and the frames left unpaired."""
+        notes = []
+        for stream, other in _OTHER.items():
+            before, after = self.summary.outside[stream]["before"], self.summary.outside[stream]["after"]
+            if before:
+                notes.append(f"the {_NAMES[other]} input starts later: {before} {_NAMES[stream]} frames before its "
+                             f"first frame are unpaired")
+            if after:
+                notes.append(f"the {_NAMES[other]} input ended first (after {self.summary.frames[other]} frames): "
+                             f"{after} {_NAMES[stream]} frames after its end are unpaired")
+        return "; ".join(notes)
+
     def _truncation(self) -> str:
         """Why a video input that ended without error is shorter than its container says, or ''.
 
@@ -613,8 +760,11 @@ class _Replay:
     def _finish(self, stats: dict, wall_s: float) -> ReplaySummary:
         s = self.summary
         for stream in ("ir", "vis"):
-            s.unpaired[stream] = stats[stream]["unpaired"]
+            s.unpaired[stream] = stats[stream]["unpaired"] + sum(s.outside[stream].values())
             s.dropped[stream] += stats[stream]["dropped"]
+        s.note = self._unequal_note()
+        if s.note:
+            log.warning("%s", s.note)
         s.wall_s = wall_s
         if self.writer is not None:
             self.clock.ns["encode_thread"] = self.writer.busy_ns
@@ -634,15 +784,21 @@ class _Replay:
                     self._save_sidecar(s.stopped)
                 except RuntimeError as exc:
                     log.warning("%s", exc)
-                where = f"{s.written} frames kept in {self.writer.partial} (not finalised; --resume continues)"
+                where = f"{s.written} frames kept in {self.writer.partial}; {_resume_hint(self.out)}"
             else:
                 where = "no output written"
             log.info("%s", s.format())
-            raise ReplayError(f"replay stopped: {s.stopped}; {where}", s, interrupted=s.stopped == _INTERRUPTED)
+            raise ReplayError(f"replay stopped: {s.stopped}; {where}", s,
+                              interrupted=s.stopped in (_INTERRUPTED, _TERMINATED))
         _sidecar(self.out).unlink(missing_ok=True)
         s.complete = True
         log.info("%s", s.format())
         return s
+
+
+def _resume_hint(out: Path) -> str:
+    """How to continue an interrupted replay of ``out``."""
+    return f"run again with --resume (same --out {out}) to continue"
 
 
 # ------------------------------------------------------------------------------------------------------ batches
@@ -680,13 +836,21 @@ def replay_many(cfg: Any, pairs: list[tuple[Path, Path]], out_dir: str | os.Path
     """Replay each pair to ``out_dir/<IR name stem><ext>``; outputs already complete are skipped.
 
     Returns:
-        ``{output path: error line}`` of the pairs that failed (the others kept going; Ctrl-C stops the batch).
+        ``{output path: error line}`` of the pairs that failed (the others kept going; Ctrl-C and SIGTERM stop the
+        batch).
+
+    Raises:
+        ValueError: before any work, when an output would overwrite an input or two pairs share an output.
     """
     out_dir = Path(out_dir)
+    outs = [out_dir / f"{ir_path.stem}{ext}" for ir_path, _ in pairs]
+    for out, (ir_path, vis_path) in zip(outs, pairs):
+        check_output_paths(out, {"ir": ir_path, "vis": vis_path}, cfg.replay.frames_dir)
+        if outs.count(out) > 1:
+            raise ValueError(f"two pairs would write {out} (same IR file name); rename one of the IR files")
     out_dir.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
-    for ir_path, vis_path in pairs:
-        out = out_dir / f"{ir_path.stem}{ext}"
+    for out, (ir_path, vis_path) in zip(outs, pairs):
         if out.exists() and not partial_path(out).exists():
             log.info("skipping %s: already complete", out)
             continue

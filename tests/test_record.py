@@ -175,3 +175,37 @@ def test_video_writer_refuses_non_increasing_pts(tmp_path):
     with pytest.raises(ValueError, match="pts must increase"):
         w.write(np.zeros((24, 32, 3), np.uint8), 10)
     w.abort()
+
+
+@pytest.mark.parametrize("codec, ext", [("h264", "o.mp4"), ("ffv1", "o.mkv")])
+def test_partial_file_cut_anywhere_decodes_to_whole_frames_only(tmp_path, codec, ext):
+    """A kill can cut the partial file anywhere: what decodes are whole frames, never a damaged one (with B-frames
+    the last few may leave gaps in presentation order; resume stops taking frames over at the first gap)."""
+    yy, xx = np.mgrid[0:24, 0:32]
+    images = [np.dstack([(xx * 4 + yy * 2 + 9 * i) % 256] * 3).astype(np.uint8) for i in range(20)]
+    w = _writer(tmp_path / ext, codec=codec)
+    for i, img in enumerate(images):
+        w.write(img, 700 + 512 * i)
+    w.abort()
+    data = partial_path(tmp_path / ext).read_bytes()
+    whole = dict(decode_frames(partial_path(tmp_path / ext)))
+    assert len(whole) == 20
+    cut, counts = tmp_path / "cut.nut", []
+    for size in range(0, len(data), max(len(data) // 60, 1)):
+        cut.write_bytes(data[:size])
+        got = list(decode_frames(cut))
+        counts.append(len(got))
+        assert [t for t, _ in got] == sorted(t for t, _ in got)
+        for t, image in got:
+            np.testing.assert_array_equal(image, whole[t])
+    assert counts == sorted(counts) and any(0 < n < 20 for n in counts)
+
+
+def test_commit_remuxes_the_partial_file_and_leaves_no_temporary_file(tmp_path):
+    w = _writer(tmp_path / "o.mp4", metadata={"streamfuse_t0_ns": "5"})
+    for i in range(3):
+        w.write(np.zeros((24, 32, 3), np.uint8), i * 512)
+    w.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4"]
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        assert c.format.name.startswith("mov") and c.metadata["streamfuse_t0_ns"] == "5"

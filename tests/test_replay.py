@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +28,7 @@ from streamfuse.replay import ReplayError, find_pairs, run_replay
 from streamfuse.sync import Pairer, SyncConfig
 
 REPO = Path(__file__).resolve().parents[1]
+PATIENCE_S = 60.0  # how long a test waits for an event that must happen (a loaded machine can be slow)
 
 
 def make_cfg(**sections):
@@ -95,7 +98,10 @@ def test_one_output_frame_per_pair_with_the_visible_pts(tmp_path, clip):
     assert summary.unpaired["ir"] == 24 - len(pairs) and summary.unpaired["vis"] == 24 - len(pairs)
     assert summary.dropped == {"ir": 0, "vis": 0}
     assert set(summary.stages) >= {"decode", "pair", "fuse", "postprocess", "encode"}
-    assert not partial_path(out).exists() and not any(tmp_path.glob(".*.json"))
+    assert not partial_path(out).exists() and not list(tmp_path.glob(".*"))
+    with av.open(str(out)) as c:  # the metadata holds the paths used, not the config's empty defaults
+        used = json.loads(c.metadata["comment"])["streamfuse_config"]
+    assert (used["ir"]["path"], used["vis"]["path"], used["replay"]["out"]) == (str(ir), str(vis), str(out))
 
 
 def test_same_rate_pairs_all_frames_and_writes_a_frames_folder(tmp_path):
@@ -378,34 +384,197 @@ def test_unreadable_partial_output_restarts_with_the_reason(tmp_path, clip, capl
     out = tmp_path / "fused.mp4"
     interrupted_replay(make_cfg(), ir, vis, out)
     partial = partial_path(out)
-    partial.write_bytes(partial.read_bytes()[:500])  # as if killed: an MP4 without its index
+    partial.write_bytes(b"not a video at all" * 50)
     summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and summary.reused == 0
     assert "partial file does not decode" in caplog.text and "starting over" in caplog.text
 
 
-def test_publish_while_replaying(tmp_path):
-    import socket
-    import threading
+def test_publish_while_replaying(tmp_path, monkeypatch):
+    """Fast pacing and lossless publishing: every frame reaches a subscriber that joined before the first one."""
+    import queue
 
+    import streamfuse.publish
     from streamfuse.client import Subscriber
+    from helpers_zmq import connect
 
     ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
     write_video(ir, 20, 30, grey=True)
     write_video(vis, 20, 30)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        endpoint = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-    cfg = make_cfg(replay={"publish": True, "pacing": "realtime"}, publish={"endpoint": endpoint})
-    with Subscriber(endpoint, timeout_s=2.0) as sub:
-        result = {}
-        worker = threading.Thread(target=lambda: result.update(s=run_replay(cfg, ir_path=ir, vis_path=vis,
-                                                                            out_path=tmp_path / "o.mp4")))
-        worker.start()
+    joined: queue.Queue = queue.Queue()
+
+    class JoinedPublisher(streamfuse.publish.Publisher):
+        """Binds a free port and has a subscriber receive from it before the replay sends its first frame."""
+
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            sub = Subscriber(self.endpoint, timeout_s=PATIENCE_S, rcvhwm=100)
+            connect(self, sub, np.zeros((48, 64, 3), np.uint8))
+            joined.put((sub, self.published))  # the queue hands the socket over to the test thread
+
+    monkeypatch.setattr(streamfuse.publish, "Publisher", JoinedPublisher)
+    cfg = make_cfg(replay={"publish": True},
+                   publish={"endpoint": "tcp://127.0.0.1:*", "nodrop": True, "wait_ms": 60_000, "sndhwm": 100})
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(s=run_replay(cfg, ir_path=ir, vis_path=vis,
+                                                                        out_path=tmp_path / "o.mp4")))
+    worker.start()
+    sub, first = joined.get(timeout=PATIENCE_S)
+    with sub:
         headers = []
-        while (msg := sub.recv()) is not None:
-            headers.append(msg[0])
-        worker.join(timeout=30)
+        while len(headers) < 20 and (msg := sub.recv()) is not None:
+            if msg[0]["seq"] >= first:  # the handshake frames come before
+                headers.append(msg[0])
+    worker.join(timeout=PATIENCE_S)
     assert result["s"].written == 20
-    assert len(headers) >= 5  # the first frames may go before the subscriber has joined (PUB/SUB slow joiner)
+    assert [h["seq"] for h in headers] == list(range(first, first + 20))
     assert all(h["width"] == 64 and h["height"] == 48 for h in headers)
+
+
+# -------------------------------------------------------------------------------- outputs that are inputs
+
+
+def _links(tmp_path: Path, ir: Path) -> dict[str, Path]:
+    (tmp_path / "sym.mp4").symlink_to(ir)
+    os.link(ir, tmp_path / "hard.mp4")
+    return {"same path": ir, "another spelling": tmp_path / "sub" / ".." / ir.name, "symlink": tmp_path / "sym.mp4",
+            "hard link": tmp_path / "hard.mp4"}
+
+
+@pytest.mark.parametrize("how", ["same path", "another spelling", "symlink", "hard link", "partial name"])
+def test_output_that_is_an_input_is_refused_before_anything_opens(tmp_path, clip, how):
+    ir, vis, _ = clip
+    (tmp_path / "sub").mkdir()
+    before = ir.read_bytes()
+    if how == "partial name":  # the output's temporary file would be the input
+        out = tmp_path / "x.mp4"
+        os.replace(ir, partial_path(out))
+        ir = partial_path(out)
+    else:
+        out = _links(tmp_path, ir)[how]
+    listing = sorted(tmp_path.iterdir())
+    with pytest.raises(ValueError, match=r"would overwrite the IR input .*; choose another --out") as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert "\n" not in str(err.value)
+    assert ir.read_bytes() == before and sorted(tmp_path.iterdir()) == listing
+
+
+def test_frames_folder_that_is_an_input_folder_is_refused(tmp_path):
+    import cv2
+
+    for name in ("ir", "vis"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / name / f"{i:06d}.png"), np.full((48, 64), 30 * i, np.uint8))
+    cfg = make_cfg(replay={"frames_dir": str(tmp_path / "vis")})
+    with pytest.raises(ValueError, match="frames_dir .* would overwrite the visible input"):
+        run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=tmp_path / "o.mp4")
+
+
+# -------------------------------------------------------------------------------- inputs of different lengths
+
+
+def test_input_that_ends_first_leaves_the_rest_unpaired_and_says_so(tmp_path, caplog):
+    ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mkv"
+    write_video(ir, 100, 25, grey=True, size=(32, 24), codec="ffv1")
+    write_video(vis, 205, 25, size=(32, 24), codec="ffv1")
+    summary = run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv")
+    assert summary.complete and summary.written == 100 and summary.frames == {"ir": 100, "vis": 205}
+    assert summary.unpaired == {"ir": 0, "vis": 105} and summary.dropped == {"ir": 0, "vis": 0}
+    assert summary.note == "the IR input ended first (after 100 frames): 105 visible frames after its end are unpaired"
+    assert summary.note in caplog.text and summary.note in summary.format()
+
+
+def test_input_that_starts_later_leaves_the_earlier_frames_unpaired(tmp_path):
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 30, 25, grey=True, size=(32, 24), start_s=1.0)  # 25 visible frames before it
+    write_video(vis, 55, 25, size=(32, 24))
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert summary.complete and summary.written == 30
+    assert summary.unpaired == {"ir": 0, "vis": 25} and summary.dropped == {"ir": 0, "vis": 0}
+    assert "the IR input starts later: 25 visible frames before its first frame are unpaired" in summary.note
+
+
+def test_input_without_frames_says_so(tmp_path):
+    path = tmp_path / "ir_only.mcap"
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        for i in range(5):
+            rec.write(Frame("ir", i, 1_000_000_000 + i * 40_000_000, np.zeros((24, 32), np.uint8)))
+    with pytest.raises(ReplayError, match=r"the visible input .*ir_only.mcap has no frames; no output written"):
+        run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=path, out_path=tmp_path / "o.mkv")
+
+
+# -------------------------------------------------------------------------------- SIGTERM and kill -9
+
+
+_KILLABLE = """
+import sys, threading
+import streamfuse.fusers
+from streamfuse.fusers import build_fuser
+
+class Stuck:
+    # fuses like max, then waits forever at call {stop} (a signal interrupts the wait)
+    def __init__(self, fuse, align=None):
+        self.inner, self.calls = build_fuser(fuse), 0
+        self.name, self.version = self.inner.name, self.inner.version
+
+    def fuse(self, ir, vis_y, stream="default"):
+        self.calls += 1
+        if self.calls == {stop}:
+            threading.Event().wait()
+        return self.inner.fuse(ir, vis_y)
+
+streamfuse.fusers.build_fuser = Stuck
+import run_stream
+sys.exit(run_stream.main(sys.argv[1:]))
+"""
+
+
+def _held_frames(path: Path) -> int:
+    return len(list(decode_frames(path))) if path.exists() else 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_replay_killed_mid_run_resumes_to_the_uninterrupted_frames(tmp_path, sig):
+    ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mkv"
+    write_video(ir, 40, 25, grey=True, codec="ffv1")
+    write_video(vis, 40, 25, codec="ffv1")
+    from streamfuse.config import load_config
+
+    config, overrides = REPO / "configs" / "replay.yaml", ["fuse.name=max", "replay.progress=false",
+                                                          "replay.codec=ffv1"]
+    cfg = load_config(config, overrides)  # the same settings as the run_stream.py run, or resume starts over
+    reference = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "reference.mkv")
+    out = tmp_path / "o.mkv"
+    log = (tmp_path / "stderr.txt").open("w")
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE.replace("{stop}", "20"), "--config", str(config),
+                             *sets, "--ir", str(ir), "--vis", str(vis), "--out", str(out)], cwd=REPO, stderr=log,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + PATIENCE_S
+        while _held_frames(partial_path(out)) < 5:  # the run is stuck at its 20th pair with 19 queued to encode
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+            assert time.monotonic() < deadline, "the partial output never held 5 frames"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=PATIENCE_S)
+    finally:
+        proc.kill()
+        log.close()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    if sig == signal.SIGTERM:  # stopped cleanly: one line that says how to go on, every fused frame kept
+        assert rc == 1
+        errors = [line for line in stderr.splitlines() if line.startswith("streamfuse: error:")]
+        assert len(errors) == 1 and "interrupted (SIGTERM); 19 frames kept" in errors[0] and "--resume" in errors[0]
+        assert _held_frames(partial_path(out)) == 19
+    else:
+        assert rc == -signal.SIGKILL
+    assert not out.exists() and partial_path(out).exists()
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused >= 5 and summary.reused + summary.fused == reference.written
+    assert not list(tmp_path.glob(".o.mkv*"))
+    assert decoded(out) == decoded(tmp_path / "reference.mkv")  # frames out == frames in, same pts
+    for (t_a, a), (t_b, b) in zip(decode_frames(out), decode_frames(tmp_path / "reference.mkv"), strict=True):
+        assert t_a == t_b
+        np.testing.assert_array_equal(a, b)  # lossless codec: the resumed frames are the uninterrupted ones

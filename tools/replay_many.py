@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         pairs = find_pairs(args.pairs)
+        failed = replay_many(cfg, pairs, args.out, ext=args.ext, resume=args.resume)  # checks outputs first
     except (ConfigError, OSError, ValueError) as exc:
         print(f"replay_many: error: {exc}", file=sys.stderr)
         return 2
-    failed = replay_many(cfg, pairs, args.out, ext=args.ext, resume=args.resume)
     print(f"replay_many: {len(pairs) - len(failed)} of {len(pairs)} pairs done in {args.out}")
     for out, why in failed.items():
         print(f"replay_many: FAILED {out}: {why}", file=sys.stderr)

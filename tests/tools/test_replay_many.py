@@ -72,3 +72,26 @@ def test_ctrl_c_stops_the_batch(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 1
     assert not (out / "a.mp4").exists() and not (out / ".b.mp4.partial").exists()  # b never started
+
+
+def test_outputs_that_are_inputs_are_refused_before_any_work(tmp_path, capsys):
+    _video(tmp_path / "a.mp4")
+    _video(tmp_path / "b.mp4")
+    before = (tmp_path / "a.mp4").read_bytes()
+    (tmp_path / "pairs.txt").write_text("a.mp4 b.mp4\n")
+    # --out is the inputs' folder and --ext their extension: the output a.mp4 would be the IR input
+    assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path), *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the IR input" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "a.mp4").read_bytes() == before and not list(tmp_path.glob(".*"))
+
+
+def test_two_pairs_writing_one_output_are_refused(tmp_path, capsys):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        _video(tmp_path / sub / "ir.mp4")
+        _video(tmp_path / sub / "vis.mp4")
+    (tmp_path / "pairs.txt").write_text("x/ir.mp4 x/vis.mp4\ny/ir.mp4 y/vis.mp4\n")
+    assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), *ARGS]) == 2
+    assert "two pairs would write" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
