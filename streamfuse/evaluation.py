@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from streamfuse import metrics
-from streamfuse.config import apply_overrides, dump_config, load_config, parse_section
+from streamfuse.config import PipelineConfig, apply_overrides, dump_config, load_config, parse_section
 from streamfuse.fusers import FuseConfig, Fuser, build_fuser
 from streamfuse.postprocess import vis_luma
 
@@ -43,6 +43,7 @@ class Method:
     fused_dir: Path | None = None
     fuser: Fuser | None = None
     config: Any = None  # the resolved PipelineConfig of a ``--config`` method, written beside the outputs
+    align: Any = None  # the AlignConfig of an hclfuse fuser: checked for OT tables that carry over between stills
 
 
 @dataclass
@@ -94,15 +95,20 @@ def fused_dir_method(spec: str) -> Method:
     return Method(name or path.name, fused_dir=path)
 
 
-def fuser_method(spec: str, overrides: list[str] | None = None) -> Method:
-    """``NAME`` or ``NAME:key=value,key=value`` (FuseConfig fields), plus dotted ``fuse.``/``align.`` overrides."""
+def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineConfig | None = None) -> Method:
+    """``NAME`` or ``NAME:key=value,key=value`` (FuseConfig fields), plus dotted ``fuse.``/``align.`` overrides.
+
+    The ``fuse`` and ``align`` settings start from ``base`` (a pipeline config such as ``configs/eval.yaml``) when
+    given, else from the defaults; the name and the inline fields replace the base's.
+    """
     name, _, inline = spec.partition(":")
     items = [kv for kv in inline.split(",") if kv]
     for kv in items:
         if "=" not in kv:
             raise ValueError(f"fuser {spec!r}: {kv!r} is not key=value")
-    fuse = {"name": name, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in items)}}
-    raw = apply_overrides({"fuse": fuse, "align": {}}, overrides or [])
+    start = {k: v for k, v in base.to_dict().items() if k in ("fuse", "align")} if base else {"fuse": {}, "align": {}}
+    fuse = {**start["fuse"], "name": name, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in items)}}
+    raw = apply_overrides({"fuse": fuse, "align": start["align"]}, overrides or [])
     unknown = set(raw) - {"fuse", "align"}
     if unknown:
         raise ValueError(f"--set {sorted(unknown)[0]}.*: a --fuser method takes only fuse.* and align.* overrides")
@@ -113,13 +119,24 @@ def fuser_method(spec: str, overrides: list[str] | None = None) -> Method:
 
         align_cfg = parse_section(AlignConfig, raw["align"], "align")
     fuser = build_fuser(fuse_cfg, align_cfg)
-    return Method(spec if items else fuser.name, fuser=fuser)
+    return Method(spec if items else fuser.name, fuser=fuser, align=align_cfg)
 
 
 def config_method(path: str | Path, overrides: list[str] | None = None) -> Method:
     """The fuser of a pipeline config file (``fuse`` and ``align`` sections), with dotted overrides."""
     cfg = load_config(path, overrides)
-    return Method(f"{cfg.fuse.name} ({Path(path).name})", fuser=build_fuser(cfg.fuse, cfg.align), config=cfg)
+    align = cfg.align if cfg.fuse.name == "hclfuse" else None
+    return Method(f"{cfg.fuse.name} ({Path(path).name})", fuser=build_fuser(cfg.fuse, cfg.align), config=cfg,
+                  align=align)
+
+
+def _warn_carry_over(m: Method) -> None:
+    """Warn when unrelated stills would share OT tables: a background solve serves each image the previous image's
+    table, and a cached table serves every image whose histograms are within ``drift`` of it."""
+    if m.align is not None and m.align.enabled and (m.align.background or m.align.refresh > 1):
+        log.warning("%s: OT tables carry over from one image to the next (align.background=%s, align.refresh=%d); "
+                    "for still images use configs/eval.yaml (a synchronous solve per image)", m.name,
+                    m.align.background, m.align.refresh)
 
 
 def _montage_stems(pairs: list[tuple[str, Path, Path]], rows: int) -> list[str]:
@@ -155,7 +172,8 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 
 def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method], out_dir: str | Path, *,
-                 save_dir: str | Path | None = None, limit: int = 0, montage_rows: int = 4) -> EvalResult:
+                 save_dir: str | Path | None = None, limit: int = 0, montage_rows: int = 4,
+                 reference: str | None = None) -> EvalResult:
     """Score every method on the pairs of two folders and write ``metrics.csv``, ``metrics.md``, ``montage.png``.
 
     Args:
@@ -168,6 +186,8 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             when several fusers run).
         limit: score only the first ``limit`` pairs (sorted by name); 0 = all.
         montage_rows: pairs shown in the montage, spread from the darkest to the brightest visible image.
+        reference: name of one of ``methods``; every row then also gets ``delta_grey``, the mean |F - F_ref| of its
+            8-bit output and that method's, and the means weigh it by pixel count (mean over all pixels and pairs).
 
     Returns:
         The per-image rows and per-method means (metrics in :data:`streamfuse.metrics.METRICS` order, ``ms`` =
@@ -178,7 +198,11 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
+    if reference is not None and reference not in names:
+        raise ValueError(f"reference {reference!r} is not one of the methods {names}")
     pairs = find_pairs(dir_ir, dir_vis, limit)
+    for m in methods:
+        _warn_carry_over(m)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fusers = [m for m in methods if m.fuser is not None]
@@ -191,6 +215,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     shown = set(_montage_stems(pairs, montage_rows))
     tiles: dict[str, list[np.ndarray]] = {}
     result = EvalResult(missing={m.name: 0 for m in methods})
+    pixels: dict[str, int] = {}
 
     for stem, ir_path, vis_path in pairs:
         ir, vis_y = read_grey(ir_path), read_grey(vis_path)
@@ -198,6 +223,8 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             raise ValueError(f"{stem}: IR {ir.shape} and visible {vis_y.shape} differ in size (register them first)")
         if stem in shown:
             tiles[stem] = [_tile(ir, f"IR {stem}"), _tile(vis_y, "visible")]
+        pixels[stem] = ir.size
+        outputs: dict[str, np.ndarray] = {}
         for m in methods:
             ms = float("nan")
             if m.fuser is not None:
@@ -215,8 +242,14 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             if fused.shape != ir.shape:
                 raise ValueError(f"{m.name}/{stem}: fused size {fused.shape} differs from the sources' {ir.shape}")
             result.rows.append({"method": m.name, "image": stem, **metrics.evaluate_pair(fused, ir, vis_y), "ms": ms})
+            outputs[m.name] = fused
             if stem in shown:
                 tiles[stem].append(_tile(fused, m.name))
+        if reference is not None:
+            ref = outputs.get(reference)
+            for row in result.rows[len(result.rows) - len(outputs):]:
+                row["delta_grey"] = float("nan") if ref is None else float(
+                    np.abs(outputs[row["method"]].astype(np.float64) - ref).mean())
 
     for m in methods:
         rows = [r for r in result.rows if r["method"] == m.name]
@@ -227,6 +260,9 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             ms = [r["ms"] for r in rows]
             result.means[m.name]["ms"] = float(np.median(ms)) if m.fuser is not None else float("nan")
             result.means[m.name]["n"] = len(rows)
+            if reference is not None:
+                result.means[m.name]["delta_grey"] = float(np.average(
+                    [r["delta_grey"] for r in rows], weights=[pixels[r["image"]] for r in rows]))
         if m.config is not None:
             dump_config(m.config, out_dir / f"{Path(m.config.source_file).stem}.resolved.yaml")
 
@@ -243,17 +279,22 @@ def _safe(name: str) -> str:
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "image", *metrics.METRICS, "ms"])
+        delta = ["delta_grey"] if rows and "delta_grey" in rows[0] else []
+        writer = csv.DictWriter(f, fieldnames=["method", "image", *metrics.METRICS, "ms", *delta])
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
 
 
 def markdown_table(means: dict[str, dict[str, float]]) -> str:
-    """One row per method: pairs scored, the mean of every metric and the median ms per frame (``-`` if not run)."""
+    """One row per method: pairs scored, the mean of every metric and the median ms per frame (``-`` if not run), and
+    the mean |F - F_ref| in grey levels when :func:`evaluate_dir` was given a reference."""
     heads = [metrics.LABELS.get(k, k) for k in metrics.METRICS]
-    lines = ["| method | n | " + " | ".join(heads) + " | ms/frame |", "|---" * (len(heads) + 3) + "|"]
+    delta = any("delta_grey" in m for m in means.values())
+    tail = " | ms/frame |" + (" delta grey |" if delta else "")
+    lines = ["| method | n | " + " | ".join(heads) + tail, "|---" * (len(heads) + 3 + delta) + "|"]
     for name, m in means.items():
         ms = "-" if np.isnan(m["ms"]) else f"{m['ms']:.1f}"
-        lines.append(f"| {name} | {m['n']} | " + " | ".join(f"{m[k]:.3f}" for k in metrics.METRICS) + f" | {ms} |")
+        cells = f"| {name} | {m['n']} | " + " | ".join(f"{m[k]:.3f}" for k in metrics.METRICS) + f" | {ms} |"
+        lines.append(cells + (f" {m['delta_grey']:.3f} |" if delta else ""))
     return "\n".join(lines)

@@ -1,67 +1,146 @@
-"""HCLFuse ablation table: DDIM steps K, without guidance, without OT, and the baseline fusers, side by side.
+"""HCLFuse ablation: each part of the model removed or replaced in turn, beside the baseline fusers, on one pair set.
 
-Runs streamfuse.evaluation on one pair set (default: msrs/test under --data) and writes metrics.csv, metrics.md
-(means per method, with the median ms per frame of every fuser run here) and montage.png to --out. Published
-reference outputs under <data>/reference/<method>/msrs_test are scored with the same code when present.
+Rows: default (hclfuse with the config's settings), no_guidance, latent_zero (each pair decoded from a zero latent),
+latent_swap (each pair decoded with the next pair's latent, the last with the first's), no_ot, K=<k> for every --steps
+value (the K-step teacher where the default samples with a distilled student), the hand rule (rule),
+max:contrast=1.25 and 1.3, and max / average / laplacian each with sharpen 0, 0.5, 1.
+Settings come from --config (default configs/eval.yaml: a synchronous OT solve for every image, no temporal stage).
+
+Writes metrics.csv, metrics.md (means per row, the median ms per frame and delta grey, the mean |output - default
+output| over all pixels and pairs) and montage.png to --out; with --json also one JSON object
+{"n": pairs, "default": {metric: mean}, "rows": {name: {metric: mean, "delta_grey": ..., "ms": ...}}} with the metrics
+VIF, Qabf, AG, SF, Nabf and SSIM. Pairs come from --ir/--vis (any two folders, matched by file name) or from the set
+--set under --data; published outputs under <data>/reference/<method>/msrs_test are scored too for msrs/test.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from streamfuse.align import AlignConfig
-from streamfuse.evaluation import Method, evaluate_dir
-from streamfuse.fusers import FuseConfig, build_fuser
+from streamfuse.config import PipelineConfig, load_config  # noqa: E402
+from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, read_grey  # noqa: E402
+from streamfuse.fusers import build_fuser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+JSON_METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "SSIM")
+DEFAULT = "default"
 
 
-def methods(weights: str, steps: list[int], default_k: int, threads: int, baselines: bool) -> list[Method]:
-    """The rows of the ablation table, in the order they are printed."""
+class LatentRow:
+    """A row that decodes each pair with another latent than its own: zeros, or the next pair's (``pairs`` given).
 
-    def hcl(k: int, guidance: bool = True, ot: bool = True) -> Method:
-        fuse = FuseConfig(name="hclfuse", weights=weights, steps=k, guidance=guidance, device="cpu", threads=threads)
-        name = f"hclfuse K={k}" + ("" if guidance else " no-guidance") + ("" if ot else " no-OT")
-        return Method(name, fuser=build_fuser(fuse, AlignConfig(enabled=ot)))
+    The swap relies on :func:`evaluate_dir` fusing ``pairs`` in their order, once each; a latent of another size is
+    resized to this pair's latent shape.
+    """
 
-    rows = [hcl(k) for k in steps] + [hcl(default_k, guidance=False), hcl(default_k, ot=False)]
+    version = "1"
+
+    def __init__(self, name: str, hcl: Any, pairs: list[tuple[str, Path, Path]] | None = None):
+        self.name, self.hcl, self.pairs = name, hcl, pairs
+        self.index = 0
+
+    def fuse(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
+        """The pair's fused Y (H, W) float32 on 0..255, decoded from the replacement latent."""
+        if self.pairs is None:
+            return self.hcl.decode_with(ir, vis_y, torch.zeros_like(self.hcl.latent(ir, vis_y, stream)), stream)
+        _, ir_path, vis_path = self.pairs[(self.index + 1) % len(self.pairs)]
+        self.index += 1
+        ir_next, vis_next = read_grey(ir_path), read_grey(vis_path)
+        z = self.hcl.latent(ir_next, vis_next, stream)
+        if ir_next.shape != ir.shape:
+            z = torch.nn.functional.interpolate(z, size=self.hcl.latent(ir, vis_y, stream).shape[-2:],
+                                                mode="bilinear", align_corners=False)
+        return self.hcl.decode_with(ir, vis_y, z, stream)
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+
+def methods(cfg: PipelineConfig, steps: list[int], pairs: list[tuple[str, Path, Path]],
+            baselines: bool = True) -> list[Method]:
+    """The rows of the ablation, ``default`` first (the reference of every delta), in the order they are printed."""
+    fuse = replace(cfg.fuse, name="hclfuse")
+
+    def hcl(name: str, ot: bool = True, **changes: Any) -> Method:
+        align = replace(cfg.align, enabled=cfg.align.enabled and ot)
+        return Method(name, fuser=build_fuser(replace(fuse, **changes), align), align=align)
+
+    def baseline(name: str, sharpen: float = 0.0, contrast: float = 1.0) -> Method:
+        label = name + (f":sharpen={sharpen:g}" if sharpen else "")
+        label += f":contrast={contrast:g}" if contrast != 1 else ""
+        return Method(label, fuser=build_fuser(replace(fuse, name=name, sharpen=sharpen, contrast=contrast)))
+
+    latent = build_fuser(fuse, cfg.align)  # its own fuser: the rows' extra OT solves stay out of the default's cache
+    rows = [hcl(DEFAULT), hcl("no_guidance", guidance=False),
+            Method("latent_zero", fuser=LatentRow("latent_zero", latent)),
+            Method("latent_swap", fuser=LatentRow("latent_swap", latent, pairs)), hcl("no_ot", ot=False)]
+    # K is the step count of the K-step sampler: where a distilled student is the default, the K rows run the teacher
+    teacher = {"sampler": "teacher"} if "sampler" in {f.name for f in fields(fuse)} else {}
+    rows += [hcl(f"K={k}", steps=k, **teacher) for k in steps]
+    rows += [baseline("rule"), baseline("max", contrast=1.25), baseline("max", contrast=1.3)]
     if baselines:
-        for name in ("max", "average", "laplacian"):
-            for sharpen in (0.0, 0.5, 1.0):
-                fuser = build_fuser(FuseConfig(name=name, sharpen=sharpen))
-                rows.append(Method(fuser.name, fuser=fuser))
-        for contrast in (1.25, 1.3):  # max with a global contrast stretch: the strongest simple baseline found
-            fuser = build_fuser(FuseConfig(name="max", contrast=contrast))
-            rows.append(Method(fuser.name, fuser=fuser))
+        rows += [baseline(name, sharpen) for name in ("max", "average", "laplacian") for sharpen in (0.0, 0.5, 1.0)]
     return rows
+
+
+def summary(result: EvalResult) -> dict:
+    """The JSON object: pairs scored, the default's metrics, and every other row's metrics and delta grey."""
+
+    def pick(means: dict[str, float], keys: tuple[str, ...]) -> dict[str, float | None]:
+        return {k: means[k] if math.isfinite(means[k]) else None for k in keys}
+
+    default = result.means[DEFAULT]
+    return {"n": int(default["n"]), "default": pick(default, JSON_METRICS),
+            "rows": {name: pick(m, (*JSON_METRICS, "delta_grey", "ms")) for name, m in result.means.items()
+                     if name != DEFAULT}}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ir", type=Path, help="folder of IR images (with --vis; replaces --data/--set)")
+    p.add_argument("--vis", type=Path, help="folder of visible images, same file names as --ir")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
     p.add_argument("--set", default="msrs/test", help="pair set under --data (<set>/ir, <set>/vi)")
-    p.add_argument("--weights", default="", help="HCLFuse weights; '' = the shipped file")
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "eval.yaml",
+                   help="pipeline config whose align and fuse sections the hclfuse rows start from")
+    p.add_argument("--override", action="append", default=[], metavar="stage.key=value",
+                   help="dotted override of the config, e.g. fuse.threads=2; repeatable")
+    p.add_argument("--weights", default="", help="HCLFuse weights (shorthand for --override fuse.weights=...)")
     p.add_argument("--steps", default="1,2,4,8,20", help="comma-separated K values")
-    p.add_argument("--default-k", type=int, default=FuseConfig.steps, help="K of the no-guidance and no-OT rows")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--no-baselines", action="store_true", help="skip the max/average/laplacian rows")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the max/average/laplacian +- sharpen rows (rule and max:contrast stay)")
     p.add_argument("--limit", type=int, default=0, help="score only the first N pairs; 0 = all")
     p.add_argument("--out", type=Path, default=REPO / "out" / "ablation", help="output folder")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the summary as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    pairs = args.data / args.set
+    if (args.ir is None) != (args.vis is None):
+        raise SystemExit("ablate: give both --ir and --vis, or neither (then --data/--set)")
+    dir_ir, dir_vis = (args.ir, args.vis) if args.ir else (args.data / args.set / "ir", args.data / args.set / "vi")
     try:
-        rows = methods(args.weights, [int(k) for k in args.steps.split(",")], args.default_k, args.threads,
-                       not args.no_baselines)
+        cfg = load_config(args.config, args.override + [f"fuse.weights={args.weights}"] * bool(args.weights))
+        steps = [int(k) for k in args.steps.split(",")]
+        pairs = find_pairs(dir_ir, dir_vis, args.limit)
+        rows = methods(cfg, steps, pairs, not args.no_baselines)
         refs = args.data / "reference"
         rows += [Method(d.name, fused_dir=d / "msrs_test") for d in sorted(refs.glob("*"))
-                 if args.set == "msrs/test" and (d / "msrs_test").is_dir()]
-        evaluate_dir(pairs / "ir", pairs / "vi", rows, args.out, limit=args.limit)
+                 if args.ir is None and args.set == "msrs/test" and (d / "msrs_test").is_dir()]
+        result = evaluate_dir(dir_ir, dir_vis, rows, args.out, limit=args.limit, reference=DEFAULT)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(summary(result), indent=1) + "\n")
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"ablate: {exc}") from None
     print((args.out / "metrics.md").read_text(), end="")

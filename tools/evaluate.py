@@ -2,13 +2,16 @@
 
 Pairs are matched by file name in DIR_IR and DIR_VIS (any size; colour or grey visible; 3-channel IR is made grey).
 Each method is a folder of another method's fused images (--fused), a fuser from a pipeline config (--config) or a
-fuser by name (--fuser); give as many as you like. Writes metrics.csv (per image), metrics.md (means per method,
-with ms per frame for fusers run here) and montage.png (IR | visible | each method) to --out.
+fuser by name (--fuser); give as many as you like. With none, the fuser of configs/eval.yaml is scored. --fuser
+methods take their align and fuse settings from the first --config, or configs/eval.yaml: a synchronous OT solve for
+every image and no temporal stage, so that no image depends on the one before. Writes metrics.csv (per image),
+metrics.md (means per method, with ms per frame for fusers run here) and montage.png (IR | visible | each method) to
+--out.
 
 Examples:
   python tools/evaluate.py ../shared/data/msrs/test/ir ../shared/data/msrs/test/vi \\
       --fused seafusion=../shared/data/reference/seafusion/msrs_test --fuser max --fuser max:sharpen=1
-  python tools/evaluate.py IR_DIR VIS_DIR --config configs/demo.yaml --set fuse.steps=2 --save out/fused
+  python tools/evaluate.py IR_DIR VIS_DIR --config configs/eval.yaml --set fuse.steps=2 --save out/fused
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from streamfuse.config import load_config  # noqa: E402
 from streamfuse.evaluation import config_method, evaluate_dir, fused_dir_method, fuser_method  # noqa: E402
+
+EVAL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eval.yaml"
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -34,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fused", action="append", default=[], metavar="[NAME=]DIR",
                    help="folder of fused images of another method (grey or colour; Y is scored); repeatable")
     p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help="pipeline config whose fuse/align sections build the fuser to run; repeatable")
+                   help="pipeline config whose fuse/align sections build a fuser to score; repeatable; the first "
+                        "(else configs/eval.yaml) also gives the --fuser methods their align and fuse settings")
     p.add_argument("--fuser", action="append", default=[], metavar="NAME[:key=value,...]",
                    help="fuser by name with FuseConfig fields, e.g. max:sharpen=1 or hclfuse:steps=2; repeatable")
     p.add_argument("--set", action="append", default=[], metavar="stage.key=value", dest="overrides",
@@ -51,9 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        configs = args.config or ([] if args.fused or args.fuser else [EVAL_CONFIG])
+        base = load_config(args.config[0] if args.config else EVAL_CONFIG)
         methods = [fused_dir_method(spec) for spec in args.fused]
-        methods += [config_method(path, args.overrides) for path in args.config]
-        methods += [fuser_method(spec, args.overrides) for spec in args.fuser]
+        methods += [config_method(path, args.overrides) for path in configs]
+        methods += [fuser_method(spec, args.overrides, base) for spec in args.fuser]
         result = evaluate_dir(args.dir_ir, args.dir_vis, methods, args.out, save_dir=args.save, limit=args.limit,
                               montage_rows=args.rows)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -27,3 +27,17 @@ def tool() -> Callable[[str], ModuleType]:
         return sys.modules[key]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """HCLFuse weights of an untrained net (default architecture, seeded): the fuser's plumbing without the shipped
+    file, so tools can be tested while the shipped weights change."""
+    torch = pytest.importorskip("torch")
+    from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig, save_weights
+
+    path = tmp_path_factory.mktemp("weights") / "random.pt"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_weights(path, HCLFuseNet(ModelConfig()))
+    return path

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from streamfuse import metrics
+from streamfuse.evaluation import Method, config_method, evaluate_dir, read_grey
+from streamfuse.fusers import FuseConfig, build_fuser
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +90,16 @@ def test_config_method_limit_and_resolved_config(evaluate, pairs, tmp_path):
     assert rows[0]["method"] == "laplacian (baseline.yaml)"
     assert "sharpen: 1.0" in (out / "baseline.resolved.yaml").read_text()
 
+    cfg.write_text("fuse:\n  name: laplacian\n  contrast: 1.25\n")  # --fuser methods take the config's settings
+    evaluate([str(ir_dir), str(vis_dir), "--config", str(cfg), "--fuser", "max", "--out", str(out)])
+    assert [r["method"] for r in read_csv(out / "metrics.csv")[:2]] == ["laplacian (baseline.yaml)", "max+contrast1.25"]
+
 
 @pytest.mark.parametrize("case, message", [
     ("missing_dir", "IR folder not found"),
     ("no_pairs", "no IR/visible pairs"),
     ("unreadable", "cannot read image"),
-    ("no_method", "nothing to score"),
+    ("bad_config", "config file not found"),
     ("bad_fuser", "name='nope' is out of range"),
     ("size_mismatch", "differ in size"),
 ])
@@ -107,8 +113,8 @@ def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
         vis_dir.mkdir()
     elif case == "unreadable":
         (ir_dir / "p0.png").write_bytes(b"not an image")
-    elif case == "no_method":
-        args = []
+    elif case == "bad_config":
+        args = ["--config", str(tmp_path / "nowhere.yaml"), "--fuser", "max"]
     elif case == "bad_fuser":
         args = ["--fuser", "nope"]
     elif case == "size_mismatch":
@@ -131,3 +137,54 @@ def test_missing_fused_images_are_counted(evaluate, pairs, tmp_path, caplog):
     assert float(rows[0]["SSIM"]) > 1.0  # fused = visible: SSIM(F, VIS) = 1 plus SSIM(F, IR)
     assert "| partial | 1 |" in (out / "metrics.md").read_text()
     assert "2 of 3 fused images missing" in caplog.text
+
+
+def test_eval_config_solves_ot_afresh_for_every_still(evaluate, tool, tmp_path, rng, random_weights, caplog):
+    """Unrelated stills: with configs/eval.yaml (the default) each output is that of a fuser that has seen only this
+    image; a background OT solve (the live configs') would fuse each image with the previous image's table."""
+    ir_dir, vis_dir = tmp_path / "ir", tmp_path / "vi"
+    ir_dir.mkdir()
+    vis_dir.mkdir()
+    sources = {}
+    for i in range(5):  # scenes of different brightness and contrast, so their OT tables differ
+        scene = cv2.GaussianBlur(rng.uniform(0, 255, (48, 64)), (0, 0), 2.0)
+        ir = np.clip(scene * rng.uniform(0.5, 2) + rng.uniform(-80, 80), 0, 255).astype(np.uint8)
+        vis = np.clip(255 - scene * rng.uniform(0.3, 1.5) + rng.uniform(-100, 50), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(ir_dir / f"s{i}.png"), ir)
+        cv2.imwrite(str(vis_dir / f"s{i}.png"), vis)
+        sources[f"s{i}"] = ir, vis
+    weights = f"fuse.weights={random_weights}"
+
+    def saved(*overrides: str) -> dict[str, np.ndarray]:
+        out = tmp_path / f"saved{len(overrides)}"
+        evaluate([str(ir_dir), str(vis_dir), "--set", weights, *(a for o in overrides for a in ("--set", o)),
+                  "--save", str(out), "--out", str(tmp_path / "out")])
+        return {stem: cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED) for stem in sources}
+
+    fresh = {stem: metrics.to_8bit(config_method(tool("evaluate").EVAL_CONFIG, [weights]).fuser.fuse(ir, vis))
+             for stem, (ir, vis) in sources.items()}
+    for stem, out in saved().items():
+        diff = np.abs(out - fresh[stem])
+        assert diff.max() <= 1 and diff.mean() < 0.01, stem  # a warm-started solve may round a pixel differently
+    assert "carry over" not in caplog.text
+    stale = saved("align.background=true")  # the defect this config avoids: each image gets the previous table
+    assert max(np.abs(stale[stem] - fresh[stem]).mean() for stem in sources) > 0.1
+    assert "hclfuse (eval.yaml): OT tables carry over from one image to the next (align.background=True" in caplog.text
+
+
+def test_delta_grey_against_a_reference_method(pairs, tmp_path):
+    ir_dir, vis_dir = pairs
+    rows = [Method(name, fuser=build_fuser(FuseConfig(name=kind))) for name, kind in
+            (("same", "max"), ("ref", "max"), ("average", "average"))]
+    result = evaluate_dir(ir_dir, vis_dir, rows, tmp_path / "out", reference="ref")
+    assert result.means["same"]["delta_grey"] == result.means["ref"]["delta_grey"] == 0
+    expected = []
+    for stem in ("p0", "p1", "p2"):
+        ir = read_grey(ir_dir / f"{stem}.png").astype(np.float64)
+        vis = read_grey(next(vis_dir.glob(f"{stem}.*"))).astype(np.float64)
+        expected.append(np.abs(metrics.to_8bit((ir + vis) / 2) - np.maximum(ir, vis)).mean())
+    assert result.means["average"]["delta_grey"] == pytest.approx(np.mean(expected))  # equal sizes: a plain mean
+    assert read_csv(tmp_path / "out" / "metrics.csv")[0]["delta_grey"] == "0"
+    assert (tmp_path / "out" / "metrics.md").read_text().splitlines()[0].endswith("| ms/frame | delta grey |")
+    with pytest.raises(ValueError, match="reference 'nope' is not one of the methods"):
+        evaluate_dir(ir_dir, vis_dir, rows, tmp_path / "out", reference="nope")

@@ -1,0 +1,81 @@
+"""tools/ablate.py on generated pairs with an untrained net: the JSON summary's structure and its deltas.
+Runs main() in-process; the shipped weights are not needed (the rows' plumbing is what is checked)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROWS = ("no_guidance", "latent_zero", "latent_swap", "no_ot", "K=1", "K=2", "K=4", "K=8", "K=20", "rule",
+        "max:contrast=1.25", "max", "max:sharpen=0.5", "max:sharpen=1", "average", "average:sharpen=1",
+        "laplacian", "laplacian:sharpen=0.5")
+METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "SSIM")
+
+
+@pytest.fixture
+def folders(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
+    """Three 40x56 pairs of different scenes, and a visible image without a partner."""
+    ir_dir, vis_dir = tmp_path / "thermal", tmp_path / "rgb"
+    ir_dir.mkdir()
+    vis_dir.mkdir()
+    for i in range(3):
+        scene = cv2.GaussianBlur(rng.uniform(0, 255, (40, 56)), (0, 0), 2.0)
+        cv2.imwrite(str(ir_dir / f"f{i}.png"), np.clip(scene * 1.4 - 40, 0, 255).astype(np.uint8))
+        cv2.imwrite(str(vis_dir / f"f{i}.png"), np.clip(255 - scene + 20 * i, 0, 255).astype(np.uint8))
+    cv2.imwrite(str(vis_dir / "extra.png"), np.zeros((40, 56), np.uint8))
+    return ir_dir, vis_dir
+
+
+def test_json_summary(tool, folders, tmp_path, random_weights, capsys):
+    ir_dir, vis_dir = folders
+    summary_file = tmp_path / "runs" / "ablation.json"
+    tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--weights", str(random_weights),
+                         "--json", str(summary_file), "--out", str(tmp_path / "out")])
+    summary = json.loads(summary_file.read_text())
+    assert summary["n"] == 3 and set(summary["default"]) == set(METRICS)
+    assert set(ROWS) <= set(summary["rows"]) and "default" not in summary["rows"]
+    for name, row in summary["rows"].items():
+        assert set(row) == {*METRICS, "delta_grey", "ms"}, name
+        assert all(math.isfinite(v) for v in row.values()), name
+    rows = summary["rows"]
+    assert rows["rule"]["delta_grey"] > 0 and rows["latent_zero"]["delta_grey"] > 0
+    assert rows["max:contrast=1.25"]["delta_grey"] != rows["max"]["delta_grey"]
+    table = (tmp_path / "out" / "metrics.md").read_text()
+    assert table.splitlines()[0].endswith("| ms/frame | delta grey |") and "| latent_swap | 3 |" in table
+    assert "| rule | 3 |" in capsys.readouterr().out
+
+
+def test_latent_swap_decodes_with_the_next_pairs_latent(tool, folders, random_weights):
+    """Pair i gets pair i+1's latent, the last pair the first's; with three equal latents nothing would move."""
+    from streamfuse.evaluation import find_pairs, read_grey
+    from streamfuse.fusers import FuseConfig, build_fuser
+
+    pairs = find_pairs(*folders)
+    hcl = build_fuser(FuseConfig(weights=str(random_weights), device="cpu"))
+    swap = tool("ablate").LatentRow("latent_swap", hcl, pairs)
+    images = [(read_grey(i), read_grey(v)) for _, i, v in pairs]
+    moved = []
+    for k, (ir, vis) in enumerate(images):
+        expected = hcl.decode_with(ir, vis, hcl.latent(*images[(k + 1) % 3]))
+        np.testing.assert_allclose(swap.fuse(ir, vis), expected, atol=1e-3)  # OT warm starts: float rounding only
+        moved.append(np.abs(expected - hcl.decode_with(ir, vis, hcl.latent(ir, vis))).mean())
+    assert max(moved) > 0.01  # the swapped latent is not the pair's own
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ir", "x"], "give both --ir and --vis"),
+    (["--steps", "1,30", "--weights", "{weights}"], "steps=30 is out of range"),
+    (["--config", "nowhere.yaml"], "config file not found"),
+])
+def test_errors_are_one_line(tool, folders, tmp_path, random_weights, args, message):
+    ir_dir, vis_dir = folders
+    args = [a.format(weights=random_weights) for a in args]
+    base = ["--ir", str(ir_dir), "--vis", str(vis_dir)] if args[0] != "--ir" else []
+    with pytest.raises(SystemExit) as exc:
+        tool("ablate").main([*base, *args, "--out", str(tmp_path / "out")])
+    assert str(exc.value.code).startswith("ablate: ") and message in str(exc.value.code)
