@@ -77,7 +77,10 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
     wall_clock = {name for name, src in (("ir", cfg.ir), ("vis", cfg.vis)) if not src.replayable}
     recorder = Recorder(cfg.record, frame_ids) if cfg.record else contextlib.nullcontext()
-    with _stop_on_signals(stop), Publisher(cfg.publish) as pub, recorder as rec, \
+    info = {"name": fuser.name, "version": fuser.version}
+    if cfg.fuse.name == "hclfuse":  # K as run: the student's own step count unless the teacher samples
+        info.update(sampler=cfg.fuse.sampler, steps=fuser.net.steps)
+    with _stop_on_signals(stop), Publisher(cfg.publish, {"fuser": info}) as pub, recorder as rec, \
             start_producers(cfg.ir, cfg.vis) as producers:
         while not stop.is_set() and time.monotonic() < deadline:
             # 1. capture: everything that arrived since the last turn (waits briefly when nothing has)
@@ -112,6 +115,8 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             sent = pub.send_fused(fused)
             tel.count("published" if sent else "publish_dropped")
             timings["publish"] = (time.perf_counter_ns() - t2) / 1e6
+            if pub.previews_wanted():  # a viewer asked for the IR and visible previews; off otherwise
+                pub.send_previews(fused)
             for stage, ms in timings.items():
                 tel.record(stage, ms)
             if len(wall_clock) == 2:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import zmq
 import zmq.auth
@@ -40,8 +41,8 @@ import zmq.auth
 from streamfuse.config import check
 from streamfuse.frames import FusedFrame
 
-__all__ = ["PublishConfig", "Publisher", "MalformedMessage", "decode_message", "decode_stats", "HEADER_FIELDS",
-           "SCHEMA", "STATS_SCHEMA", "ENCODINGS", "MAX_HEADER_BYTES", "MAX_SIDE"]
+__all__ = ["PublishConfig", "Publisher", "MalformedMessage", "decode_message", "decode_stats", "preview_topic",
+           "HEADER_FIELDS", "SCHEMA", "STATS_SCHEMA", "ENCODINGS", "MAX_HEADER_BYTES", "MAX_SIDE", "PREVIEW_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ HEADER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "timings_ms": dict,  # per-stage latency of this frame, stage name -> ms (float)
 }
 
+PREVIEW_PREFIX = "preview/"  # preview topics: preview/ir/<topic>, preview/vis/<topic> (see preview_topic)
 MAX_HEADER_BYTES = 65_536  # a header is ~600 bytes; the bound keeps a peer from making us parse megabytes of JSON
 MAX_SIDE = 65_535  # largest height and width on the wire
 _INT64 = (-(2**63), 2**63 - 1)
@@ -106,6 +108,8 @@ class PublishConfig:
         frame_id: ``frame_id`` header field: the optical frame the fused image is registered to.
         curve_secret_file: CURVE encryption: a secret-key file made by ``zmq.auth.create_certificates``; subscribers
             need the matching public key. Empty = plain TCP (keep the endpoint on loopback then).
+        preview_width: width of the downscaled IR and visible previews, sent on their own topics only while a
+            subscriber asks for them (a viewer subscribes to ``preview/...``); 0 = never send previews.
     """
 
     endpoint: str = "tcp://127.0.0.1:5555"
@@ -116,6 +120,7 @@ class PublishConfig:
     wait_ms: int = 0
     frame_id: str = "vis_optical_frame"
     curve_secret_file: str = ""
+    preview_width: int = 320
 
     def __post_init__(self) -> None:
         check(self.endpoint.split("://")[0] in ("tcp", "ipc", "inproc"), "endpoint", self.endpoint,
@@ -127,26 +132,37 @@ class PublishConfig:
         check(1 <= self.sndhwm <= 1000, "sndhwm", self.sndhwm, "1..1000")
         check(self.wait_ms == 0 or (self.nodrop and 0 < self.wait_ms <= 60_000), "wait_ms", self.wait_ms,
               "0, or 1..60000 with nodrop: true (without nodrop a full queue drops, it never waits)")
+        check(self.preview_width == 0 or 16 <= self.preview_width <= 4096, "preview_width", self.preview_width,
+              "0 (off) or 16..4096 pixels")
 
 
 class Publisher:
     """Binds a PUB socket and sends fused frames and stats without blocking (unless ``wait_ms`` is set).
 
     Use as a context manager; ``dropped`` counts frames refused by a full queue (only with ``nodrop``),
-    ``published`` those handed to ZeroMQ.
+    ``published`` those handed to ZeroMQ. The socket is an XPUB (wire-compatible with PUB) so that the publisher
+    sees which preview topics subscribers ask for: previews cost nothing while nobody watches.
+
+    Args:
+        cfg: the publish stage.
+        stats_extra: fields added to every stats message (e.g. the fuser and its sampler).
 
     Raises:
         RuntimeError: the endpoint is already in use or cannot be bound (one line).
         FileNotFoundError: ``curve_secret_file`` does not exist.
     """
 
-    def __init__(self, cfg: PublishConfig) -> None:
+    def __init__(self, cfg: PublishConfig, stats_extra: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
         self.published = 0
         self.dropped = 0
         self._topic = cfg.topic.encode()
         self._stats_topic = cfg.stats_topic.encode()
-        self._sock = zmq.Context.instance().socket(zmq.PUB)
+        self._stats_extra = stats_extra or {}
+        self._previews = {s: preview_topic(cfg.topic, s).encode() for s in ("ir", "vis")}
+        self._preview_subs: set[bytes] = set()  # live subscriptions to preview topics
+        self._preview_seq = 0
+        self._sock = zmq.Context.instance().socket(zmq.XPUB)
         try:
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
@@ -199,13 +215,35 @@ class Publisher:
 
     def send_stats(self, stats: dict[str, Any]) -> bool:
         """Send a telemetry snapshot as ``[stats_topic, JSON]`` (numpy scalars and arrays become JSON numbers)."""
-        body = {"schema": STATS_SCHEMA, "t_ns": time.time_ns(), **stats}
+        body = {"schema": STATS_SCHEMA, "t_ns": time.time_ns(), **self._stats_extra, **stats}
         try:
             self._sock.send_multipart([self._stats_topic, json.dumps(body, default=_json_default).encode()],
                                       zmq.NOBLOCK)
         except zmq.Again:
             return False
         return True
+
+    def previews_wanted(self) -> bool:
+        """True while some subscriber asks for a preview topic; reads the subscriptions waiting on the XPUB socket
+        (a few microseconds when there are none)."""
+        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            msg = self._sock.recv(zmq.NOBLOCK)  # b"\x01" + topic: subscribe, b"\x00" + topic: last one gone
+            if msg[1:].startswith(PREVIEW_PREFIX.encode()):
+                (self._preview_subs.add if msg[:1] == b"\x01" else self._preview_subs.discard)(msg[1:])
+        return bool(self.cfg.preview_width and self._preview_subs)
+
+    def send_previews(self, fused: FusedFrame) -> None:
+        """Send the IR and visible images of ``fused``'s pair, downscaled to ``preview_width``, on the preview topics
+        that someone subscribes to, in the fused frames' format (never blocking; a full queue drops them)."""
+        for stream, topic in self._previews.items():
+            if any(topic.startswith(sub) for sub in self._preview_subs):
+                image = _downscale(getattr(fused.pair, stream).image, self.cfg.preview_width)
+                header = _encode_header(fused, image, seq=self._preview_seq, frame_id=self.cfg.frame_id)
+                try:
+                    self._sock.send_multipart([topic, header, image], zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    pass  # a viewer that is behind gets the next one
+        self._preview_seq += 1
 
     def close(self) -> None:
         """Close the socket at once (linger 0: queued frames are stale anyway)."""
@@ -216,6 +254,23 @@ class Publisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def preview_topic(topic: str, stream: str) -> str:
+    """The topic of the ``stream`` (``ir`` or ``vis``) previews that go with fused topic (or prefix) ``topic``.
+
+    >>> preview_topic("fused/rig0", "ir")
+    'preview/ir/fused/rig0'
+    """
+    return f"{PREVIEW_PREFIX}{stream}/{topic}"
+
+
+def _downscale(image: np.ndarray, width: int) -> np.ndarray:
+    """``image`` resized to ``width`` columns (aspect kept; never enlarged), C-contiguous."""
+    h, w = image.shape[:2]
+    if w <= width:
+        return np.ascontiguousarray(image)
+    return cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
 
 
 def _encode_header(fused: FusedFrame, image: np.ndarray, *, seq: int, frame_id: str) -> bytes:

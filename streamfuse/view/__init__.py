@@ -1,0 +1,6 @@
+"""Watching a running pipeline: a live web page (``python -m streamfuse view``) and a Foxglove bridge
+(``python -m streamfuse foxglove``), both ordinary subscribers of the pipeline's ZeroMQ stream.
+
+``feed`` holds the newest frames and stats for the page, ``server`` serves it (aiohttp), ``browser`` drives a
+headless Chromium over the DevTools protocol (screenshots, the browser test), ``foxglove_bridge`` relays to Foxglove.
+"""

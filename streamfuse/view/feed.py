@@ -1,0 +1,230 @@
+"""The viewer's subscriptions: the newest fused, IR and visible frames and the pipeline's stats, latest only.
+
+A page gets at most one message in flight: the server sends the next one only after the page says it has drawn
+the last (see ``server``), and what it sends is whatever is newest at that moment, so a slow or frozen browser gets
+fewer frames, never a queue. The frame subscriptions (and so the pipeline's previews) exist only while a page is
+open; the stats subscription runs all along to keep the plots' history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import struct
+import threading
+import time
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import zmq
+
+from streamfuse.client import Subscriber
+from streamfuse.publish import MAX_HEADER_BYTES, MalformedMessage, decode_stats, preview_topic
+
+__all__ = ["Feed", "KINDS", "pack", "unpack", "stats_socket", "stats_messages"]
+
+log = logging.getLogger(__name__)
+
+KINDS = ("ir", "vis", "fused")  # left to right on the page
+_POLL_S = 0.1  # how often the reader threads look at their stop flags
+_MAX_STATS_BYTES = 16 * MAX_HEADER_BYTES  # a stats message is a few kB
+
+
+class Feed:
+    """Newest frames and stats of one pipeline, shared by every open page.
+
+    Args:
+        endpoint: the pipeline's publish endpoint.
+        topic: fused topic (prefix) to show; the previews are on ``preview/ir/<topic>`` and ``preview/vis/<topic>``.
+        stats_topic: stats topic (prefix).
+        server_key: the publisher's CURVE public key (Z85) when it encrypts.
+        quality: JPEG quality of the frames sent to the page (1..100).
+        history: stats snapshots kept for the plots of a page that opens later.
+
+    Raises:
+        ValueError: the endpoint cannot be connected (one line).
+    """
+
+    def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, server_key: str = "",
+                 quality: int = 80, history: int = 300) -> None:
+        self.endpoint, self.topic, self.server_key, self.quality = endpoint, topic, server_key, quality
+        self.versions = dict.fromkeys((*KINDS, "stats"), 0)  # messages received per kind
+        self.sent = 0  # messages sent to pages
+        self.stats: dict[str, Any] = {}
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
+        self._latest: dict[str, tuple[int, dict[str, Any], np.ndarray]] = {}
+        self._jpeg: dict[str, tuple[int, bytes]] = {}
+        self._lock = threading.Lock()
+        self._waiters: set[asyncio.Event] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = threading.Event()
+        self._frames_stop: threading.Event | None = None
+        self._threads: list[threading.Thread] = []
+        self._stats_sock = stats_socket(endpoint, stats_topic, server_key)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start receiving stats; pages are woken on ``loop``."""
+        self._loop = loop
+        self._spawn(self._read_stats)
+
+    def close(self) -> None:
+        """Stop every subscription (within ``_POLL_S``)."""
+        self._closing.set()
+        for thread in self._threads:
+            thread.join()
+
+    def acquire(self) -> asyncio.Event:
+        """A page opened: its wake-up event (set whenever something new arrives). The first page starts the frame
+        subscriptions, which makes the pipeline publish its previews."""
+        changed = asyncio.Event()
+        self._waiters.add(changed)
+        if len(self._waiters) == 1:
+            self._frames_stop = threading.Event()
+            for kind in KINDS:
+                topic = self.topic if kind == "fused" else preview_topic(self.topic, kind)
+                sub = Subscriber(self.endpoint, topic, timeout_s=_POLL_S, server_key=self.server_key)
+                self._spawn(self._read_frames, kind, sub, self._frames_stop)
+        return changed
+
+    def release(self, changed: asyncio.Event) -> None:
+        """A page closed; the last one ends the frame subscriptions (the pipeline stops its previews)."""
+        self._waiters.discard(changed)
+        if not self._waiters and self._frames_stop is not None:
+            self._frames_stop.set()
+            with self._lock:
+                self._latest.clear()
+                self._jpeg.clear()
+
+    def newer(self, seen: dict[str, int]) -> bool:
+        """Whether anything arrived since the versions in ``seen``."""
+        return any(v > seen.get(k, 0) for k, v in self.versions.items())
+
+    async def message(self, seen: dict[str, int]) -> bytes:
+        """What arrived since ``seen`` as one message for the page (see :func:`pack`); updates ``seen``."""
+        meta: dict[str, Any] = {"frames": []}
+        jpegs = []
+        for kind in KINDS:
+            with self._lock:
+                item = self._latest.get(kind)
+            if item is None or item[0] <= seen.get(kind, 0):
+                continue
+            jpeg = await self._encode(kind, item)
+            meta["frames"].append({"kind": kind, "header": item[1]})
+            jpegs.append(jpeg)
+            seen[kind] = item[0]
+        if self.versions["stats"] > seen.get("stats", 0):
+            with self._lock:
+                meta["stats"] = self.stats
+                if not seen.get("stats"):
+                    meta["history"] = list(self.history)
+            seen["stats"] = self.versions["stats"]
+        return pack(meta, jpegs)
+
+    async def _encode(self, kind: str, item: tuple[int, dict[str, Any], np.ndarray]) -> bytes:
+        """JPEG of a frame, encoded once for all pages (off the event loop: cv2 releases the GIL)."""
+        cached = self._jpeg.get(kind)
+        if cached is not None and cached[0] == item[0]:
+            return cached[1]
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+        ok, buf = await asyncio.get_running_loop().run_in_executor(None, cv2.imencode, ".jpg", item[2], params)
+        if not ok:
+            raise RuntimeError(f"cannot encode a {item[2].shape} {kind} frame as JPEG")
+        self._jpeg[kind] = (item[0], buf.tobytes())
+        return self._jpeg[kind][1]
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=f"view {target.__name__}", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _wake(self) -> None:
+        for changed in self._waiters:
+            changed.set()
+
+    def _arrived(self, kind: str) -> None:
+        """Called on a reader thread after storing a ``kind`` message: wake the pages on the event loop."""
+        self.versions[kind] += 1
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _read_frames(self, kind: str, sub: Subscriber, stop: threading.Event) -> None:
+        """Take every frame off the socket as it arrives and keep the newest (no backlog anywhere)."""
+        with sub:
+            while not (stop.is_set() or self._closing.is_set()):
+                frame = sub.recv()
+                if frame is not None and not stop.is_set():
+                    with self._lock:
+                        self._latest[kind] = (self.versions[kind] + 1, *frame)
+                        self._arrived(kind)
+
+    def _read_stats(self) -> None:
+        for stats in stats_messages(self._stats_sock, self._closing):  # the socket was handed over by start()
+            with self._lock:
+                self.stats = stats
+                self.history.append(_plot_point(stats))
+                self._arrived("stats")
+
+
+def stats_socket(endpoint: str, topic: str, server_key: str = "") -> zmq.Socket:
+    """A SUB socket for the pipeline's stats messages (two parts, which ``Subscriber`` does not take).
+
+    Raises:
+        ValueError: the endpoint cannot be connected (one line).
+    """
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, _MAX_STATS_BYTES)
+        if server_key:
+            sock.curve_serverkey = server_key.encode()
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ValueError(f"cannot connect to {endpoint}: {exc}") from None
+    return sock
+
+
+def stats_messages(sock: zmq.Socket, stop: threading.Event) -> Iterator[dict[str, Any]]:
+    """Decoded stats from ``sock`` until ``stop`` is set (malformed ones logged and skipped); closes the socket."""
+    try:
+        while not stop.is_set():
+            if not sock.poll(round(_POLL_S * 1000)):
+                continue
+            try:
+                yield decode_stats(sock.recv_multipart())
+            except MalformedMessage as exc:
+                log.warning("skipped malformed stats message: %s", exc)
+    finally:
+        sock.close(linger=0)
+
+
+def _plot_point(stats: dict[str, Any]) -> dict[str, Any]:
+    """What the plots keep of a snapshot: time, output rate, per-stage median and p99."""
+    stages = {name: [s.get("median_ms"), s.get("p99_ms")] for name, s in stats.get("stages", {}).items()
+              if isinstance(s, dict)}
+    return {"t_ns": stats.get("t_ns", time.time_ns()), "rate_fps": stats.get("rate_fps"), "stages": stages}
+
+
+def pack(meta: dict[str, Any], jpegs: list[bytes]) -> bytes:
+    """One page message: 4-byte big-endian JSON length, the JSON, then the JPEGs of ``meta["frames"]`` in order
+    (each frame entry gets its ``bytes``)."""
+    for frame, jpeg in zip(meta["frames"], jpegs):
+        frame["bytes"] = len(jpeg)
+    head = json.dumps(meta, separators=(",", ":")).encode()
+    return struct.pack(">I", len(head)) + head + b"".join(jpegs)
+
+
+def unpack(message: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """The inverse of :func:`pack` (what the page does in JavaScript; used by tests)."""
+    (n,) = struct.unpack_from(">I", message)
+    meta = json.loads(message[4:4 + n])
+    jpegs, pos = [], 4 + n
+    for frame in meta["frames"]:
+        jpegs.append(message[pos:pos + frame["bytes"]])
+        pos += frame["bytes"]
+    return meta, jpegs

@@ -1,0 +1,175 @@
+"""Serve a running pipeline to Foxglove: fused frames, stats, and on request the IR and visible previews.
+
+Channels: ``/fused/image`` (``foxglove.CompressedImage`` JPEG, or ``foxglove.RawImage`` with --raw), ``/stats``
+(JSON: the pipeline's telemetry snapshot), and with --previews ``/ir/image`` and ``/vis/image`` (the topics of
+``record``'s MCAP files, so one Foxglove layout shows a recording and the live stream). Open Foxglove and connect
+to ``ws://HOST:PORT`` (Open connection, Foxglove WebSocket). A frame is encoded only while a Foxglove client
+subscribes to its channel, and each client has a small queue: a slow client loses frames, it never builds a backlog.
+
+Exits 0 on Ctrl-C or SIGTERM, 1 when the server cannot start, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from streamfuse.client import Subscriber
+from streamfuse.publish import preview_topic
+from streamfuse.view.feed import stats_messages, stats_socket
+
+__all__ = ["main", "Bridge"]
+
+log = logging.getLogger("streamfuse.foxglove")
+
+_BACKLOG = 4  # messages queued per Foxglove client before the oldest frame is dropped (its default is 1024)
+
+
+def _foxglove():  # noqa: ANN202 - the module, imported late so that a missing extra is one line
+    try:
+        import foxglove
+        import foxglove.channels
+        import foxglove.messages
+    except ImportError:
+        raise SystemExit("streamfuse foxglove: needs foxglove-sdk: pip install 'streamfuse[foxglove]'") from None
+    return foxglove
+
+
+class Bridge:
+    """Subscribes to a pipeline and logs what it receives to Foxglove channels; ``start`` and ``close``.
+
+    Args:
+        endpoint: the pipeline's publish endpoint.
+        topic: fused topic (prefix); stats_topic: stats topic (prefix).
+        host, port: where the Foxglove WebSocket server listens (port 0: any free port, see ``port`` after start).
+        raw: send ``foxglove.RawImage`` instead of JPEG ``foxglove.CompressedImage`` (loopback only: 30x larger).
+        previews: also relay the IR and visible previews (the pipeline sends them only while someone asks).
+        quality: JPEG quality.
+        server_key: the publisher's CURVE public key (Z85) when it encrypts.
+    """
+
+    def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, host: str = "127.0.0.1",
+                 port: int = 8765, raw: bool = False, previews: bool = False, quality: int = 80,
+                 server_key: str = "") -> None:
+        self.fox = _foxglove()
+        self.endpoint, self.raw, self.quality, self.server_key = endpoint, raw, quality, server_key
+        self.logged: dict[str, int] = {}  # messages logged per channel
+        self._stop = threading.Event()
+        self._stats_sock = stats_socket(endpoint, stats_topic, server_key)  # raises ValueError on a bad endpoint
+        self._sources = {"/fused/image": topic}
+        if previews:
+            self._sources.update({f"/{s}/image": preview_topic(topic, s) for s in ("ir", "vis")})
+        self._host, self._port = host, port
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start the Foxglove server and the subscriptions.
+
+        Raises:
+            RuntimeError: the server cannot listen on host:port (one line).
+        """
+        try:
+            self.server = self.fox.start_server(name="streamfuse", host=self._host, port=self._port,
+                                                message_backlog_size=_BACKLOG)
+        except Exception as exc:  # noqa: BLE001 - the SDK raises its own error types for a busy or bad address
+            self._stats_sock.close(linger=0)
+            raise RuntimeError(f"cannot start the Foxglove server on {self._host}:{self._port}: {exc}") from None
+        self.port = self.server.port
+        channels = self.fox.channels
+        image_channel = channels.RawImageChannel if self.raw else channels.CompressedImageChannel
+        stats = self.fox.Channel("/stats", message_encoding="json")
+        self._spawn(self._relay_stats, stats)
+        for name, topic in self._sources.items():
+            sub = Subscriber(self.endpoint, topic, timeout_s=0.1, latest=True, server_key=self.server_key)
+            self._spawn(self._relay_frames, sub, image_channel(name))
+
+    def close(self) -> None:
+        """Stop the subscriptions and the server."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        if hasattr(self, "server"):
+            self.server.stop()
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=f"foxglove {target.__name__}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _relay_stats(self, channel: Any) -> None:
+        for stats in stats_messages(self._stats_sock, self._stop):
+            channel.log(stats, log_time=stats.get("t_ns"))
+            self.logged["/stats"] = self.logged.get("/stats", 0) + 1
+
+    def _relay_frames(self, sub: Subscriber, channel: Any) -> None:
+        with sub:
+            while not self._stop.is_set():
+                frame = sub.recv()
+                if frame is not None and channel.has_sinks():  # nobody subscribed: no encoding either
+                    header, image = frame
+                    stamp = header["t_capture_ir_ns" if channel.topic() == "/ir/image" else "t_capture_vis_ns"]
+                    channel.log(self._message(header, image, stamp), log_time=stamp)
+                    self.logged[channel.topic()] = self.logged.get(channel.topic(), 0) + 1
+
+    def _message(self, header: dict[str, Any], image: np.ndarray, stamp: int) -> Any:
+        messages = self.fox.messages
+        timestamp = messages.Timestamp(sec=stamp // 1_000_000_000, nsec=stamp % 1_000_000_000)
+        if self.raw:
+            image = np.ascontiguousarray(image)
+            return messages.RawImage(timestamp=timestamp, frame_id=header["frame_id"], width=header["width"],
+                                     height=header["height"], encoding=header["encoding"], step=image.strides[0],
+                                     data=image.tobytes())
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        return messages.CompressedImage(timestamp=timestamp, frame_id=header["frame_id"], data=jpeg.tobytes(),
+                                        format="jpeg")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bridge CLI; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m streamfuse foxglove", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
+    parser.add_argument("--host", default="127.0.0.1", help="address of the Foxglove WebSocket server")
+    parser.add_argument("--port", type=int, default=8765, help="port of the Foxglove WebSocket server")
+    parser.add_argument("--topic", default="fused/", help="fused topic (prefix), e.g. fused/rig0")
+    parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
+    parser.add_argument("--raw", action="store_true", help="send foxglove.RawImage instead of JPEG")
+    parser.add_argument("--previews", action="store_true", help="also relay the IR and visible previews")
+    parser.add_argument("--quality", type=int, default=80, help="JPEG quality (1..100)")
+    parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not 1 <= args.quality <= 100 or not 0 <= args.port <= 65535:
+        parser.error("--quality must be in 1..100 and --port in 0..65535")
+    server_key = args.server_key
+    if server_key and Path(server_key).is_file():
+        import zmq.auth
+
+        server_key = zmq.auth.load_certificate(server_key)[0].decode()
+    try:
+        bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,
+                        previews=args.previews, quality=args.quality, server_key=server_key)
+    except ValueError as exc:
+        print(f"streamfuse foxglove: error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        bridge.start()
+        log.info("Foxglove: connect to ws://%s:%d (pipeline %s); Ctrl-C stops", args.host, bridge.port, args.endpoint)
+        stop.wait()
+        return 0
+    except RuntimeError as exc:
+        print(f"streamfuse foxglove: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bridge.close()

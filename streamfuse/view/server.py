@@ -1,0 +1,185 @@
+"""Serve a live web page of a running pipeline: IR, visible and fused frames side by side, with its stats.
+
+The page (one HTML file, no build step, nothing fetched from the network) opens a WebSocket; the server sends
+one message at a time (JPEG frames and the newest stats) and the next only after the page has drawn the last,
+so a slow or frozen browser gets fewer frames, never a growing queue. While no page is open the viewer only
+listens to the stats and the pipeline sends no previews.
+
+Exits 0 on Ctrl-C or SIGTERM (or once --screenshot is written), 1 when the page or the screenshot cannot be
+made, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+
+from streamfuse.view.feed import Feed
+
+__all__ = ["main", "make_app", "serve"]
+
+log = logging.getLogger("streamfuse.view")
+
+def _aiohttp():  # noqa: ANN202 - the module, imported late so that a missing extra is one line
+    try:
+        import aiohttp.web
+    except ImportError:
+        raise SystemExit("streamfuse view: needs aiohttp: pip install 'streamfuse[view]'") from None
+    return aiohttp
+
+
+def make_app(feed: Feed):  # noqa: ANN201 - aiohttp.web.Application, imported late
+    """The web app: ``/`` is the page, ``/ws`` its WebSocket."""
+    web = _aiohttp().web
+    app = web.Application()
+    page = resources.files("streamfuse.view").joinpath("page.html").read_text(encoding="utf-8")
+
+    async def index(_request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+    async def websocket(request: web.Request) -> web.WebSocketResponse:
+        return await _websocket(request, feed)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/ws", websocket)
+    return app
+
+
+async def _websocket(request, feed: Feed):  # noqa: ANN001, ANN202 - aiohttp types, imported late
+    """One page: its acks (``next``) give the sender one message of credit each."""
+    web = _aiohttp().web
+    ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=30)
+    await ws.prepare(request)
+    changed = feed.acquire()
+    credit = asyncio.Event()
+    credit.set()
+    sender = asyncio.create_task(_send(ws, feed, changed, credit))
+    try:
+        async for msg in ws:
+            if msg.type == web.WSMsgType.TEXT and msg.data == "next":
+                credit.set()
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await sender
+        feed.release(changed)
+    return ws
+
+
+async def _send(ws, feed: Feed, changed: asyncio.Event, credit: asyncio.Event) -> None:  # noqa: ANN001
+    """Send what is newest whenever the page has drawn the last message and something new has arrived."""
+    seen: dict[str, int] = {}
+    while not ws.closed:
+        await credit.wait()
+        while not feed.newer(seen):
+            changed.clear()
+            if not feed.newer(seen):
+                await changed.wait()
+        credit.clear()
+        await ws.send_bytes(await feed.message(seen))
+        feed.sent += 1
+
+
+async def serve(feed: Feed, host: str, port: int):  # noqa: ANN201 - aiohttp.web.AppRunner
+    """Start the app on ``host:port`` (0 = a free port); returns the runner (``runner.addresses`` has the port).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    web = _aiohttp().web
+    feed.start(asyncio.get_running_loop())
+    runner = web.AppRunner(make_app(feed), access_log=None, handle_signals=False, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the viewer CLI; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m streamfuse view", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
+    parser.add_argument("--host", default="127.0.0.1", help="address the page is served on (loopback: this "
+                        "machine only; the page has no password and the frames are not encrypted)")
+    parser.add_argument("--port", type=int, default=8080, help="port of the page (0 = any free port)")
+    parser.add_argument("--topic", default="fused/", help="fused topic (prefix) to show; name one rig "
+                        "(fused/rig0) when several publish on the endpoint")
+    parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
+    parser.add_argument("--quality", type=int, default=80, help="JPEG quality of the frames on the page (1..100)")
+    parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    parser.add_argument("--screenshot", type=Path, help="open the page in headless Chromium, write a PNG "
+                        "screenshot here once frames and stats have arrived, print what the page measured, exit")
+    parser.add_argument("--wait", type=float, default=5.0, help="with --screenshot: seconds to watch the page")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not 1 <= args.quality <= 100 or not 0 <= args.port <= 65535 or args.wait <= 0:
+        parser.error("--quality must be in 1..100, --port in 0..65535 and --wait > 0")
+    _aiohttp()
+    server_key = args.server_key
+    if server_key and Path(server_key).is_file():
+        import zmq.auth
+
+        server_key = zmq.auth.load_certificate(server_key)[0].decode()
+    try:
+        feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=server_key, quality=args.quality)
+    except ValueError as exc:
+        print(f"streamfuse view: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_main(feed, args))
+    except OSError as exc:
+        print(f"streamfuse view: error: cannot serve the page on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # the browser of --screenshot
+        print(f"streamfuse view: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        feed.close()
+
+
+async def _main(feed: Feed, args: argparse.Namespace) -> int:
+    host, port = ("127.0.0.1", 0) if args.screenshot else (args.host, args.port)
+    runner = await serve(feed, host, port)
+    try:
+        url = f"http://{_url_host(host)}:{runner.addresses[0][1]}/"
+        if args.screenshot:
+            from streamfuse.view.browser import capture
+
+            report = await capture(url, args.screenshot, args.wait)
+            print(f"wrote {args.screenshot}: {report}")
+            return 0
+        if not _is_loopback(args.host):
+            log.warning("serving the page on %s, reachable from other machines: no password, frames unencrypted",
+                        args.host)
+        log.info("viewer on %s (pipeline %s); Ctrl-C stops", url, feed.endpoint)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        return 0
+    finally:
+        await runner.cleanup()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,101 @@
+"""Foxglove: the bridge serves fused frames and stats as Foxglove channels, and ``record``'s MCAP files carry what
+Foxglove needs to show their image topics (ros2 profile, a full ``ros2msg`` schema, CDR messages, a summary)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame
+
+from streamfuse.frames import Frame
+from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.record import TOPICS, RecordConfig, Recorder
+
+T0 = 1_700_000_000_123_456_789
+
+
+def test_bridge_serves_fused_frames_and_stats_as_foxglove_channels():
+    pytest.importorskip("foxglove")
+    aiohttp = pytest.importorskip("aiohttp")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    async def client(port: int) -> dict[str, tuple]:
+        """A Foxglove WebSocket client: subscribes to every advertised channel; per topic the schema, encoding, log
+        time and payload of its first message."""
+        got: dict[str, tuple] = {}
+        async with aiohttp.ClientSession() as http, \
+                http.ws_connect(f"ws://127.0.0.1:{port}", protocols=("foxglove.sdk.v1",)) as ws:
+            channels: dict[int, dict] = {}
+            while len(got) < 2:
+                msg = await asyncio.wait_for(ws.receive(), PATIENCE_S)
+                if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["op"] == "advertise":
+                    for ch in json.loads(msg.data)["channels"]:
+                        channels[ch["id"]] = ch
+                        await ws.send_str(json.dumps({"op": "subscribe", "subscriptions": [
+                            {"id": ch["id"], "channelId": ch["id"]}]}))
+                elif msg.type == aiohttp.WSMsgType.BINARY and msg.data[0] == 1:  # 1 = message data
+                    sub_id, log_time = struct.unpack_from("<IQ", msg.data, 1)
+                    ch = channels[sub_id]
+                    got[ch["topic"]] = (ch["schemaName"], ch["encoding"], log_time, msg.data[13:])
+        return got
+
+    with Publisher(PublishConfig(endpoint=ANY_PORT, topic="fused/t", stats_topic="stats/t")) as pub:
+        bridge = Bridge(pub.endpoint, "fused/t", "stats/t", port=0)
+        bridge.start()
+        stop = threading.Event()
+
+        def publish() -> None:
+            while not stop.is_set():
+                pub.send_fused(fused_frame(np.full((24, 32, 3), 200, np.uint8)))
+                pub.send_stats({"rate_fps": 12.5})
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=publish, daemon=True)
+        thread.start()
+        try:
+            got = asyncio.run(client(bridge.port))
+        finally:
+            stop.set()
+            thread.join()
+            bridge.close()
+    schema, encoding, _, payload = got["/fused/image"]
+    assert (schema, encoding) == ("foxglove.CompressedImage", "protobuf")
+    assert b"jpeg" in payload and b"\xff\xd8\xff" in payload and b"vis_optical_frame" in payload
+    _, encoding, _, payload = got["/stats"]
+    assert encoding == "json" and json.loads(payload)["rate_fps"] == 12.5
+
+
+def test_recording_opens_with_its_image_topics(tmp_path, rng):
+    """What Foxglove reads: the ros2 profile, a ``sensor_msgs/msg/Image`` schema whose ``ros2msg`` text a ROS 2
+    message parser accepts (with its dependencies), ``cdr`` channels, and a summary listing the channels."""
+    pytest.importorskip("mcap_ros2")
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    path = tmp_path / "rig.mcap"
+    frames = [Frame("ir", 3, T0, rng.integers(0, 256, (6, 8), np.uint8)),
+              Frame("vis", 4, T0 + 5, rng.integers(0, 256, (6, 8, 3), np.uint8))]
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        for frame in frames:
+            rec.write(frame)
+    with open(path, "rb") as f:
+        reader = make_reader(f, decoder_factories=[DecoderFactory()])
+        assert reader.get_header().profile == "ros2"
+        summary = reader.get_summary()
+        assert sorted(ch.topic for ch in summary.channels.values()) == sorted(TOPICS.values())
+        assert {ch.message_encoding for ch in summary.channels.values()} == {"cdr"}
+        assert {(s.name, s.encoding) for s in summary.schemas.values()} == {("sensor_msgs/msg/Image", "ros2msg")}
+        assert sum(summary.statistics.channel_message_counts.values()) == 2
+        decoded = list(reader.iter_decoded_messages())
+    for (_, channel, message, ros), frame in zip(decoded, frames):
+        assert channel.topic == TOPICS[frame.stream] and message.log_time == frame.t_capture_ns
+        assert ros.header.stamp.sec * 10**9 + ros.header.stamp.nanosec == frame.t_capture_ns
+        assert (ros.header.frame_id, ros.height, ros.width) == (f"{frame.stream}_optical_frame", 6, 8)
+        assert ros.encoding == ("mono8" if frame.stream == "ir" else "bgr8") and ros.step == 8 * frame.image[0, 0].size
+        assert bytes(ros.data) == frame.image.tobytes()

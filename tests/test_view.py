@@ -1,0 +1,192 @@
+"""The viewer: previews only on request, the page's latest-only WebSocket, the CLIs (``python -m streamfuse``)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, wait_until
+
+from streamfuse.__main__ import main as cli
+from streamfuse.client import Subscriber
+from streamfuse.publish import PublishConfig, Publisher, decode_stats, preview_topic
+from streamfuse.view.feed import Feed, unpack
+from streamfuse.view.server import main as view_main
+from streamfuse.view.server import serve
+
+aiohttp = pytest.importorskip("aiohttp")
+REPO = Path(__file__).resolve().parents[1]
+CFG = PublishConfig(endpoint=ANY_PORT, topic="fused/t", stats_topic="stats/t", preview_width=80)
+
+
+def _image(h: int = 120, w: int = 160) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (h, w, 3), np.uint8)
+
+
+def test_previews_are_sent_only_while_a_subscriber_asks_for_them():
+    with Publisher(CFG) as pub, Subscriber(pub.endpoint, "fused/", timeout_s=0.05) as plain:
+        connect(pub, plain, _image())
+        assert not pub.previews_wanted()  # a consumer of fused frames costs the pipeline no previews
+        with Subscriber(pub.endpoint, preview_topic("fused/t", "ir"), timeout_s=0.05) as sub:
+            wait_until(pub.previews_wanted, "the preview subscription reached the publisher")
+            fused = fused_frame(_image())
+            got = None
+            deadline = time.monotonic() + PATIENCE_S
+            while got is None:
+                assert time.monotonic() < deadline, "no preview arrived"
+                pub.send_previews(fused)
+                got = sub.recv()
+        header, image = got
+        assert image.shape == (60, 80) and header["encoding"] == "mono8"  # the IR image, downscaled to 80 wide
+        assert (header["seq_ir"], header["seq_vis"]) == (fused.pair.ir.seq, fused.pair.vis.seq)
+        wait_until(lambda: not pub.previews_wanted(), "the publisher saw the preview subscriber leave")
+    with Publisher(PublishConfig(endpoint=ANY_PORT, preview_width=0)) as pub:
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        for topic in (b"preview/", b"fused/"):
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(pub.endpoint)
+        while not sock.poll(10):  # a fused frame arrived: both subscriptions have reached the publisher
+            pub.send_fused(fused_frame(_image()))
+        sock.close(linger=0)
+        assert not pub.previews_wanted()  # preview_width 0: never
+
+
+class _Pipeline(threading.Thread):
+    """Publishes fused frames, previews when wanted, and stats, until stopped (owns the publisher's socket)."""
+
+    def __init__(self, pub: Publisher) -> None:
+        super().__init__(daemon=True)
+        self.pub, self.stop, self.previews = pub, threading.Event(), False
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            fused = fused_frame(_image())
+            self.pub.send_fused(fused)
+            self.previews = self.pub.previews_wanted()
+            if self.previews:
+                self.pub.send_previews(fused)
+            if self.pub.published % 10 == 0:
+                self.pub.send_stats({"rate_fps": 25.0, "stages": {"fuse": {"median_ms": 1.0, "p99_ms": 2.0}},
+                                     "counters": {"published": self.pub.published}})
+            time.sleep(0.005)
+
+
+async def _next(ws) -> tuple[dict, list[bytes]]:  # noqa: ANN001
+    msg = await asyncio.wait_for(ws.receive(), PATIENCE_S)
+    assert msg.type == aiohttp.WSMsgType.BINARY, msg
+    return unpack(msg.data)
+
+
+async def _wait(condition, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + PATIENCE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {PATIENCE_S:g} s"
+        await asyncio.sleep(0.01)
+
+
+def test_page_gets_every_view_and_only_the_newest_frame_after_each_ack():
+    async def page(feed: Feed, pipeline: _Pipeline) -> None:
+        runner = await serve(feed, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + "/") as resp:
+                    html = await resp.text()
+                assert "<canvas id=\"fused\">" in html and not re.search(r"(src|href)=", html)  # nothing fetched
+                async with http.ws_connect(url + "/ws") as ws:
+                    kinds, stats = {}, None
+                    while len(kinds) < 3 or stats is None:
+                        meta, jpegs = await _next(ws)
+                        for frame, jpeg in zip(meta["frames"], jpegs):
+                            kinds[frame["kind"]] = (frame["header"], cv2.imdecode(np.frombuffer(jpeg, np.uint8), 1))
+                        stats = meta.get("stats") or stats
+                        if meta.get("stats"):
+                            assert meta["history"][-1]["stages"]["fuse"] == [1.0, 2.0]  # the plots' first points
+                        await ws.send_str("next")
+                    assert {k: v[1].shape for k, v in kinds.items()} == \
+                        {"fused": (120, 160, 3), "ir": (60, 80, 3), "vis": (60, 80, 3)}
+                    assert stats["schema"] == "streamfuse.stats/1" and stats["rate_fps"] == 25.0
+                    # no ack: nothing more is sent however many frames arrive (a frozen tab costs nothing)
+                    meta, _ = await _next(ws)
+                    last_seq, sent, arrived = meta["frames"][-1]["header"]["seq"], feed.sent, feed.versions["fused"]
+                    await _wait(lambda: feed.versions["fused"] >= arrived + 20, "20 more fused frames")
+                    assert feed.sent == sent
+                    await ws.send_str("next")  # the next message holds the newest frame, not the next in line
+                    meta, _ = await _next(ws)
+                    fused = [f for f in meta["frames"] if f["kind"] == "fused"]
+                    assert fused and fused[0]["header"]["seq"] >= last_seq + 20
+            # page closed: the viewer drops its frame subscriptions and the pipeline stops its previews
+            await _wait(lambda: not pipeline.previews, "previews stopped after the page closed")
+        finally:
+            await runner.cleanup()
+
+    with Publisher(CFG) as pub:
+        pipeline = _Pipeline(pub)
+        feed = Feed(pub.endpoint, "fused/t", "stats/t")
+        pipeline.start()
+        try:
+            asyncio.run(page(feed, pipeline))
+        finally:
+            pipeline.stop.set()
+            pipeline.join()
+            feed.close()
+
+
+def test_view_cli_says_what_is_wrong_in_one_line(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert view_main(["tcp://127.0.0.1:1", "--port", str(busy.getsockname()[1])]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot serve the page on 127.0.0.1" in err
+    assert view_main(["bogus://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot connect to bogus://x" in err
+
+
+def test_module_cli_dispatches_to_each_command(capsys):
+    assert cli([]) == 2 and "run,subscribe,view,foxglove" in capsys.readouterr().out
+    assert cli(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    assert cli(["run", "--config", "missing.yaml"]) == 2  # run_stream.py's own config error
+    assert "config error: missing.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli(["subscribe", "--help"])
+    assert exc.value.code == 0 and "python -m streamfuse.subscribe" in capsys.readouterr().out
+
+
+def test_live_pipeline_publishes_previews_on_request_and_its_fuser_in_the_stats():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "configs/demo.yaml", "--set",
+                             f"publish.endpoint={endpoint}", "--set", "fuse.name=max", "--set", "ir.width=160",
+                             "--set", "ir.height=120", "--set", "vis.width=160", "--set", "vis.height=120", "--set",
+                             "publish.preview_width=64", "--set", "telemetry.interval_s=0.2"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stats = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        with Subscriber(endpoint, preview_topic("fused/demo", "vis"), timeout_s=PATIENCE_S) as sub:
+            got = sub.recv()
+            assert got is not None, "no visible preview from the pipeline"
+            assert got[1].shape == (48, 64, 3)
+        stats.setsockopt(zmq.LINGER, 0)
+        stats.setsockopt(zmq.SUBSCRIBE, b"stats/demo")
+        stats.connect(endpoint)
+        assert stats.poll(PATIENCE_S * 1000), "no stats from the pipeline"
+        assert decode_stats(stats.recv_multipart())["fuser"] == {"name": "max", "version": "1"}
+    finally:
+        stats.close(linger=0)
+        proc.terminate()
+        assert proc.wait(PATIENCE_S) == 0, proc.stderr.read()

@@ -1,0 +1,74 @@
+"""The viewer page in a real browser (headless Chromium over the DevTools protocol) against a running pipeline.
+
+Opt-in (``-m slow``): it needs Debian's ``chromium`` (``apt-get install chromium``), which ``make test`` does not
+install, and skips with that reason where it is absent. Run: ``python -m pytest -m slow tests/test_view_browser.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("aiohttp")
+from streamfuse.view.browser import PAGE_STATE, Chromium, find_chromium  # noqa: E402
+from streamfuse.view.feed import Feed  # noqa: E402
+from streamfuse.view.server import serve  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PATIENCE_S = 60.0  # Chromium's start and the pipeline's on a loaded 2-core machine
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
+              pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (Debian: apt-get install chromium)")]
+
+
+async def _wait(condition, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + PATIENCE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {PATIENCE_S:g} s"
+        await asyncio.sleep(0.02)
+
+
+async def _watch(feed: Feed, shot: Path) -> None:
+    runner = await serve(feed, "127.0.0.1", 0)
+    try:
+        async with Chromium(start_timeout_s=PATIENCE_S) as browser:
+            await browser.goto(f"http://127.0.0.1:{runner.addresses[0][1]}/")
+            every_view = f"{PAGE_STATE} && Object.values({PAGE_STATE}.frames).every((n) => n > 0)"
+            await browser.wait_for(every_view, PATIENCE_S)  # IR and visible previews and fused frames drawn
+            updates = await browser.evaluate(f"{PAGE_STATE}.statsUpdates")
+            await browser.wait_for(f"{PAGE_STATE}.statsUpdates >= {updates + 2}", PATIENCE_S)  # the stats update
+            await browser.screenshot(shot)
+            # a frozen tab gets at most the one message already on its way, however many frames arrive meanwhile
+            await browser.freeze(True)
+            sent, arrived = feed.sent, feed.versions["fused"]
+            await _wait(lambda: feed.versions["fused"] >= arrived + 30, "30 fused frames while the tab is frozen")
+            assert feed.sent <= sent + 1
+            await browser.freeze(False)
+            drawn = await browser.evaluate(f"{PAGE_STATE}.frames.fused")
+            await browser.wait_for(f"{PAGE_STATE}.frames.fused > {drawn}", PATIENCE_S)  # and it goes on after
+    finally:
+        await runner.cleanup()
+
+
+def test_page_shows_frames_and_stats_of_a_running_pipeline_in_chromium(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "configs/demo.yaml", "--set",
+                             f"publish.endpoint={endpoint}", "--set", "fuse.name=max", "--set",
+                             "telemetry.interval_s=0.5"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    feed = Feed(endpoint, "fused/", "stats/")
+    try:
+        asyncio.run(_watch(feed, tmp_path / "page.png"))
+        assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        feed.close()
+        proc.terminate()
+        assert proc.wait(PATIENCE_S) == 0, proc.stderr.read()
