@@ -25,7 +25,6 @@ from typing import Literal
 
 import cv2
 import numpy as np
-import ot
 from scipy.special import logsumexp
 
 from streamfuse.config import check
@@ -146,6 +145,8 @@ def align(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig, *,
     References:
         M. Cuturi, "Sinkhorn distances", NeurIPS 2013; HCLFuse (arXiv 2510.26268) for the blend.
     """
+    import ot  # here, not at the top: POT imports torch (seconds), and config validation imports this module
+
     a = _normalise(ir_hist, "ir_hist")
     b = _normalise(vis_hist, "vis_hist")
     ws = None if warmstart is None else (warmstart[0] / cfg.reg, warmstart[1] / cfg.reg)  # POT takes log-scalings

@@ -154,7 +154,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {dotted}: {k} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+        try:
+            node[keys[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     return data
 
 

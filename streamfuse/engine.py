@@ -26,6 +26,7 @@ the whole device on the hot path. A CUDA graph of the whole forward (LUT, paddin
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -37,9 +38,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import streamfuse
+
 __all__ = ["DEPTH", "LATENT_FACTOR", "MAX_SHAPES", "PRECISIONS", "Engine", "Handle", "resolve_device", "tune_malloc"]
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _warn_late_wait_policy() -> None:
+    log.warning("torch was imported before streamfuse, so OMP_WAIT_POLICY=PASSIVE could not take effect; under load "
+                "fusion on the CPU runs several times slower: import streamfuse first, or set it in the environment")
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 LATENT_FACTOR = 8  # latent size is (Hp // 8, Wp // 8), the agreed interface with the model
@@ -204,6 +213,8 @@ class Engine:
         if not self._cuda:
             torch.set_num_threads(self.threads)
             tune_malloc()
+            if streamfuse.LATE_WAIT_POLICY:
+                _warn_late_wait_policy()
             return
         if threads:
             torch.set_num_threads(threads)

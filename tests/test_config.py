@@ -53,7 +53,10 @@ def test_overrides_are_parsed_and_validated(tmp_path):
         load_config(path, ["fuse.nope=1"])
     with pytest.raises(ConfigError, match="not of the form stage.key=value"):
         load_config(path, ["fuse.steps"])
-    with pytest.raises(ConfigError, match="top level must be a mapping"):
+    with pytest.raises(ConfigError, match=r"override 'fuse.steps=\[1': the value is not valid YAML") as err:
+        load_config(path, ["fuse.steps=[1"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="top level must be a mapping"):  # overwrites the file
         load_config(_write(tmp_path, "- fuse\n"), ["fuse.steps=2"])
 
 

@@ -187,3 +187,17 @@ def test_qsf_on_flat_sources_is_defined():
     flat = np.full((16, 16), 7.0)
     assert M.qsf_rsfe(flat, flat, flat) == 0.0
     assert M.qsf_rsfe(np.eye(16) * 50, flat, flat) == float("inf")
+
+
+def test_flow_warp_error_ignores_motion_and_sees_flicker():
+    from streamfuse.metrics import flow_warp_error
+
+    rng = np.random.default_rng(3)
+    blurred = cv2.GaussianBlur(rng.uniform(0, 255, (60, 80)), (0, 0), 2)
+    scene = (blurred - blurred.mean()) * 6 + 128  # texture for the flow to follow
+    moving = [np.clip(np.roll(scene, k, axis=1), 0, 255) for k in range(5)]  # a pan: real motion, no flicker
+    flicker = [m + rng.normal(0, 6, m.shape) for m in moving]
+    assert flow_warp_error(moving, moving) < 1.0 < np.abs(moving[1] - moving[0]).mean()  # frame differences see motion
+    assert flow_warp_error(flicker, moving) > 3.0 * flow_warp_error(moving, moving)
+    with pytest.raises(ValueError, match="two equally long"):
+        flow_warp_error(moving[:1], moving[:1])

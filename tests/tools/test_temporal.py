@@ -28,7 +28,12 @@ def _mean_ratio(out: str, method: str) -> float:
     row = next(line for line in out.splitlines() if line.startswith(f"| {method} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[-1] == "yes"  # a static input gives identical outputs
-    return float(cells[-3])
+    return float(cells[-4])
+
+
+def _flow_warp(out: str, method: str) -> float:
+    row = next(line for line in out.splitlines() if line.startswith(f"| {method} |"))
+    return float([c.strip() for c in row.strip("|").split("|")][-3])
 
 
 def test_flicker_ratio_and_denoiser(temporal, tmp_path, rng, monkeypatch, capsys):
@@ -36,12 +41,15 @@ def test_flicker_ratio_and_denoiser(temporal, tmp_path, rng, monkeypatch, capsys
     _clip(tmp_path / "b", rng)
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "average", "--static", "3"])
     temporal()
-    plain = _mean_ratio(capsys.readouterr().out, "average")
+    out = capsys.readouterr().out
+    plain, warp = _mean_ratio(out, "average"), _flow_warp(out, "average")
     assert 0.5 < plain < 1.0  # averaging two independently noisy frames: about 1/sqrt(2) of the noise
+    assert "visible input: flow warp error" in out and warp > 0
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "average", "--static", "3",
                                      "--denoise", "0.85"])
     temporal()
-    assert _mean_ratio(capsys.readouterr().out, "average") < 0.6 * plain
+    out = capsys.readouterr().out
+    assert _mean_ratio(out, "average") < 0.6 * plain and _flow_warp(out, "average") < warp
 
 
 def test_no_clips_is_one_line(temporal, tmp_path, monkeypatch):

@@ -1,0 +1,40 @@
+"""The package's import-time contract: a Python without the dependencies gets one line naming the environment to use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_missing_dependencies_are_one_line():
+    # -S: no site-packages, as with a system Python that never installed the requirements
+    proc = subprocess.run([sys.executable, "-S", str(REPO / "run_stream.py"), "--config", "configs/demo.yaml"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not installed for" in lines[0] and "make venv" in lines[0], proc.stderr
+
+
+def test_config_errors_come_before_the_heavy_imports():
+    code = ("import sys; from streamfuse.config import load_config; load_config('configs/demo.yaml');"
+            " print(sorted(m for m in ('torch', 'ot') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
+
+
+def _policy(env: dict[str, str], first: str = "") -> list[str]:
+    """OMP_WAIT_POLICY and streamfuse.LATE_WAIT_POLICY as a fresh interpreter sees them after ``first``."""
+    code = first + "import os, streamfuse; print(os.environ['OMP_WAIT_POLICY'], streamfuse.LATE_WAIT_POLICY)"
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=env).stdout.split()
+
+
+def test_openmp_wait_policy_is_set_for_every_entry_point_but_a_users_choice_is_kept():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert _policy(env) == ["PASSIVE", "False"]
+    assert _policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == ["ACTIVE", "False"]
+    assert _policy(env, "import torch; ") == ["PASSIVE", "True"]  # too late for torch's OpenMP: the engine warns once

@@ -1,0 +1,43 @@
+"""tools/extract_pairs.py: the chosen frames of paired videos become same-named PNG pairs; short videos are one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+
+def _video(path: Path, frames: int, seed: int) -> None:
+    """An FFV1 video whose frame i shows the grey level 10 * i (decodes exactly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "bgr0"
+        for i in range(frames):
+            img = np.full((24, 32, 3), (10 * i + seed) % 256, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")))
+        container.mux(stream.encode())
+
+
+def test_writes_the_chosen_frames_as_pairs_up_to_the_end(tool, tmp_path):
+    _video(tmp_path / "v" / "ir" / "a.mkv", 10, 0)
+    _video(tmp_path / "v" / "vi" / "a.mkv", 10, 1)
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "2", "--every", "3",
+                                "--count", "5"])
+    names = sorted(p.name for p in (tmp_path / "out" / "ir").iterdir())  # 11 and 14 are past the end
+    assert names == ["a_00002.png", "a_00005.png", "a_00008.png"]
+    assert names == sorted(p.name for p in (tmp_path / "out" / "vi").iterdir())
+    ir = cv2.imread(str(tmp_path / "out" / "ir" / "a_00005.png"), cv2.IMREAD_UNCHANGED)
+    vis = cv2.imread(str(tmp_path / "out" / "vi" / "a_00005.png"), cv2.IMREAD_UNCHANGED)
+    assert ir.ndim == 2 and int(ir[0, 0]) == 50 and vis.shape == (24, 32, 3) and int(vis[0, 0, 0]) == 51
+
+
+def test_a_clip_shorter_than_start_is_one_line(tool, tmp_path):
+    _video(tmp_path / "v" / "ir" / "a.mkv", 4, 0)
+    _video(tmp_path / "v" / "vi" / "a.mkv", 4, 0)
+    with pytest.raises(SystemExit, match=r"a: frame 5 is past the end") as info:
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "5"])
+    assert "\n" not in str(info.value)
