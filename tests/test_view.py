@@ -118,8 +118,13 @@ def test_page_gets_every_view_and_only_the_newest_frame_after_each_ack():
                         {"fused": (120, 160, 3), "ir": (60, 80, 3), "vis": (60, 80, 3)}
                     assert stats["schema"] == "streamfuse.stats/1" and stats["rate_fps"] == 25.0
                     # no ack: nothing more is sent however many frames arrive (a frozen tab costs nothing)
-                    meta, _ = await _next(ws)
-                    last_seq, sent, arrived = meta["frames"][-1]["header"]["seq"], feed.sent, feed.versions["fused"]
+                    last_seq = None
+                    while last_seq is None:  # a message with a fused frame, left unacknowledged
+                        meta, _ = await _next(ws)
+                        last_seq = next((f["header"]["seq"] for f in meta["frames"] if f["kind"] == "fused"), None)
+                        if last_seq is None:
+                            await ws.send_str("next")
+                    sent, arrived = feed.sent, feed.versions["fused"]
                     await _wait(lambda: feed.versions["fused"] >= arrived + 20, "20 more fused frames")
                     assert feed.sent == sent
                     await ws.send_str("next")  # the next message holds the newest frame, not the next in line

@@ -52,7 +52,7 @@ class Feed:
                  quality: int = 80, history: int = 300) -> None:
         self.endpoint, self.topic, self.server_key, self.quality = endpoint, topic, server_key, quality
         self.versions = dict.fromkeys((*KINDS, "stats"), 0)  # messages received per kind
-        self.sent = 0  # messages sent to pages
+        self.sent = 0  # messages handed to the pages' sockets
         self.stats: dict[str, Any] = {}
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
         self._latest: dict[str, tuple[int, dict[str, Any], np.ndarray]] = {}

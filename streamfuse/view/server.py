@@ -83,8 +83,9 @@ async def _send(ws, feed: Feed, changed: asyncio.Event, credit: asyncio.Event) -
             if not feed.newer(seen):
                 await changed.wait()
         credit.clear()
-        await ws.send_bytes(await feed.message(seen))
+        message = await feed.message(seen)
         feed.sent += 1
+        await ws.send_bytes(message)
 
 
 async def serve(feed: Feed, host: str, port: int):  # noqa: ANN201 - aiohttp.web.AppRunner
