@@ -27,8 +27,16 @@ Modes:
   capture time, waiting for each running source's next frame, so pairing sees every frame in order. End of a
   stream is always final (``eos`` event), never a restart.
 
-Children ignore SIGINT (the parent handles Ctrl-C and calls :meth:`Producers.stop`), exit when the parent dies,
-and stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are terminated, then killed).
+Stalls: a producer that stays silent (no frame written, its ring empty) for longer than its frame interval times
+``stall_factor`` (or, before its first frame, :data:`FIRST_FRAME_S`) is reported in one line and counted (``stalls``
+in :meth:`Producers.stats`); live it is killed and restarted like a dead one. Offline it is only reported: the
+time-ordered merge waits for it and nothing is lost by waiting.
+
+Children are forked from a server process that has already imported this module (``forkserver``, where the
+platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT (the parent handles
+Ctrl-C and calls :meth:`Producers.stop`), exit when the parent dies, and stop within ``timeout`` seconds of
+:meth:`Producers.stop` (else they are terminated, then killed). A start first frees the shared memory of runs that
+were killed as a whole (see ``shm_ring.remove_stale``).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streamfuse.capture.shm_ring import ShmRing
+from streamfuse.capture.shm_ring import SHM_DIR, ShmRing, named_semaphore, process_alive, remove_stale
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
 from streamfuse.frames import Frame
 
@@ -54,6 +62,18 @@ log = logging.getLogger(__name__)
 
 _STABLE_S = 5.0  # a producer that ran this long resets the back-off
 _LIVE_SLOTS, _OFFLINE_SLOTS = 3, 8
+FIRST_FRAME_S = 30.0  # start-up allowance before a producer's first frame (stream open timeouts are 10 s + 5 s)
+_KILL_WAIT_S = 0.5  # a stalled producer killed: how long to wait for it before the next supervision round
+
+
+def _context() -> Any:
+    """``forkserver`` with this module preloaded where the platform has it (a restart forks an already-imported
+    process: no interpreter start-up and no imports of numpy, OpenCV and PyAV on the way back); ``spawn`` elsewhere."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
 
 
 @dataclass(frozen=True)
@@ -93,8 +113,9 @@ class _StopFlag:
         self._flag.value = 1
 
     def is_set(self) -> bool:
-        """True once set, and in a child also once the parent has died (so no producer outlives its consumer)."""
-        return bool(self._flag.value) or (os.getpid() != self._owner_pid and os.getppid() != self._owner_pid)
+        """True once set, and in a child also once the consumer has died (so no producer outlives it). Asked by
+        pid: a forked producer's parent is the fork server, which lives as long as any of its children."""
+        return bool(self._flag.value) or (os.getpid() != self._owner_pid and not process_alive(self._owner_pid))
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` s, returning early (True) once the flag is set."""
@@ -124,8 +145,11 @@ def _skip(source: Source, n: int) -> None:
 
 
 def _produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: _StopFlag,
-             resume: tuple[int, int, int]) -> None:
-    """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end."""
+             resume: tuple[int, int, int], beat: Any) -> None:
+    """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
+
+    ``beat`` (shared int64 pair): frames written, and the source's frame interval in ns (set with the first frame).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     seq_start, skip, t_offset_ns = resume
     try:
@@ -142,6 +166,9 @@ def _produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: _S
                 frame.seq, frame.t_capture_ns = seq_start + n, frame.t_capture_ns + t_offset_ns
                 if not ring.write(frame, stop):
                     return
+                if n == 0:
+                    beat[1] = getattr(source, "frame_interval_ns", round(1e9 / cfg.fps))
+                beat[0] += 1
                 n += 1
     except SourceError as exc:
         conn.send(("error", str(exc)))
@@ -163,6 +190,12 @@ class _Worker:
     proc: Any = None
     ring: ShmRing | None = None
     conn: Any = None
+    beat: Any = None  # shared (frames written, frame interval ns) of the current process
+    beats_seen: int = 0
+    heard_at: float = 0.0  # monotonic time the current process last showed progress
+    stalled: bool = False  # the current silence has been reported
+    stall_line: str | None = None  # why the current process was killed (live stall)
+    stalls: int = 0
     message: tuple[str, str] | None = None  # last ("eos"|"error", line) sent by the current process
     pending: deque = field(default_factory=deque)  # frames rescued from a dead producer's ring
     state: Literal["running", "waiting", "ended"] = "running"
@@ -195,15 +228,18 @@ class Producers:
     """
 
     def __init__(self, cfgs: dict[str, SourceConfig], *, offline: bool = False, slots: int | None = None,
-                 backoff_s: float = 0.5, backoff_max_s: float = 8.0) -> None:
+                 backoff_s: float = 0.1, backoff_max_s: float = 8.0) -> None:
         self.offline = offline
         self._slots = slots or (_OFFLINE_SLOTS if offline else _LIVE_SLOTS)
         self._backoff = (backoff_s, backoff_max_s)
-        self._ctx = mp.get_context("spawn")
-        self._stop = _StopFlag(self._ctx)
-        self._bell = self._ctx.Semaphore(0)  # released on every frame written by any producer
-        self._events: deque[ProducerEvent] = deque()
+        self._ctx = _context()
         self._workers = {name: _Worker(name, cfg) for name, cfg in cfgs.items()}
+        self._check_shared_memory()
+        if removed := remove_stale():
+            log.info("freed %d shared-memory objects left by killed runs: %s", len(removed), " ".join(removed))
+        self._stop = _StopFlag(self._ctx)
+        self._bell = named_semaphore(self._ctx)  # released on every frame written by any producer
+        self._events: deque[ProducerEvent] = deque()
         self._stopped = False
         try:
             for w in self._workers.values():
@@ -214,13 +250,31 @@ class Producers:
 
     # -- process management ----------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _channels(section: str) -> int:
+        return 1 if section == "ir" else 3
+
+    def _check_shared_memory(self) -> None:
+        """Refuse rings that do not fit the free shared memory: such a segment is created without complaint and the
+        first write past the end kills the producer with SIGBUS."""
+        if not SHM_DIR.is_dir():
+            return
+        fs = os.statvfs(SHM_DIR)
+        free = fs.f_bavail * fs.f_frsize
+        need = {name: w.cfg.ring_bytes(self._slots, self._channels(name)) for name, w in self._workers.items()}
+        if sum(need.values()) > free:
+            sizes = ", ".join(f"{n} {w.cfg.width}x{w.cfg.height}" for n, w in self._workers.items())
+            raise ValueError(f"capture rings need {sum(need.values()) / 2**20:.0f} MiB of shared memory ({sizes}, "
+                             f"{self._slots} slots each) but {SHM_DIR} has {free / 2**20:.0f} MiB free: lower "
+                             f"width/height, or give {SHM_DIR} more room (docker: --shm-size)")
+
     def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
-        channels = 1 if w.section == "ir" else 3
-        w.ring = ShmRing(w.section, self._slots, w.cfg.width * w.cfg.height * channels,
+        w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1, self._channels(w.section)),
                          "block" if self.offline else "latest", ctx=self._ctx, data_bell=self._bell)
         w.conn, child_conn = self._ctx.Pipe(duplex=False)
+        w.beat = self._ctx.RawArray("q", 2)
         w.proc = self._ctx.Process(target=_produce, name=f"streamfuse-{w.section}", daemon=True,
-                                   args=(w.section, w.cfg, w.ring, child_conn, self._stop, resume))
+                                   args=(w.section, w.cfg, w.ring, child_conn, self._stop, resume, w.beat))
         main = threading.current_thread() is threading.main_thread()
         # The child inherits an ignored SIGINT, so Ctrl-C during its start-up cannot print a traceback there.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
@@ -231,6 +285,7 @@ class Producers:
                 signal.signal(signal.SIGINT, previous)
         child_conn.close()  # our copy: a dead child then reads as EOF instead of a hang
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
+        w.beats_seen, w.heard_at, w.stalled, w.stall_line = 0, w.started_at, False, None
 
     def _retire(self, w: _Worker) -> None:
         """Rescue the frames a finished producer left in its ring, then free the ring and the pipe."""
@@ -272,17 +327,21 @@ class Producers:
 
     def _on_exit(self, w: _Worker) -> None:
         self._poll_messages(w)
-        kind, line = w.message or ("error", f"{w.section}: producer (pid {w.proc.pid}) died: "
-                                             f"{_describe_exit(w.proc.exitcode)}")
-        reported = w.message is not None
+        reported = w.message is not None and w.stall_line is None  # the source itself said what went wrong
+        if w.stall_line is not None:
+            kind, line = "error", w.stall_line
+        else:
+            kind, line = w.message or ("error", f"{w.section}: producer (pid {w.proc.pid}) died: "
+                                                f"{_describe_exit(w.proc.exitcode)}")
         w.proc.join(0.1)
         self._retire(w)
         at_end = kind == "eos"
         progressed = w.last_seq >= w.seq_at_start
-        # Not worth a restart: a source that never delivered a frame (wrong path or index: a configuration error),
-        # or a replayable one that reported an error or made no progress (it would fail at the same frame again).
-        hopeless = not at_end and ((w.restarts == 0 and not progressed)
-                                   or (w.cfg.replayable and (reported or not progressed)))
+        # Not worth a restart: a source that reported an error before it ever delivered a frame (wrong path or
+        # index: a configuration error), or a replayable one that reported an error or made no progress again after
+        # a restart (it would fail at the same frame again). One killed or hung before its first frame restarts.
+        hopeless = not at_end and ((reported and w.restarts == 0 and not progressed)
+                                   or (w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
         if (at_end and self.offline) or not w.cfg.restart or hopeless:
             w.state = "ended"
             w.final = ProducerEvent(w.section, kind, line)
@@ -303,11 +362,38 @@ class Producers:
         for w in self._workers.values():
             if w.state == "running":
                 self._poll_messages(w)
+                if w.proc.is_alive():
+                    self._check_stall(w)
                 if not w.proc.is_alive():
                     self._on_exit(w)
             elif w.state == "waiting" and time.monotonic() >= w.restart_at:
                 w.restarts += 1
                 self._spawn(w, w.resume)
+
+    def _check_stall(self, w: _Worker) -> None:
+        """Report a producer silent for longer than its frame interval x ``stall_factor`` (before its first frame:
+        :data:`FIRST_FRAME_S`); live, kill it so that it restarts. Unread frames in its ring are not silence."""
+        now = time.monotonic()
+        if w.beat[0] != w.beats_seen or self._head_time(w) is not None:
+            w.beats_seen, w.heard_at, w.stalled = w.beat[0], now, False
+            return
+        if w.stalled or not w.cfg.stall_factor:
+            return
+        interval_s = w.beat[1] / 1e9
+        limit = interval_s * w.cfg.stall_factor if interval_s else FIRST_FRAME_S
+        if now - w.heard_at <= limit:
+            return
+        w.stalled, w.stalls = True, w.stalls + 1
+        expected = (f"one every {interval_s:.3f} s x stall_factor {w.cfg.stall_factor:g}" if interval_s
+                    else f"a first frame within {FIRST_FRAME_S:g} s")
+        line = (f"{w.section}: producer (pid {w.proc.pid}) stalled: no frame for {now - w.heard_at:.2f} s "
+                f"(expected {expected})")
+        if self.offline:
+            log.warning("%s", line)
+            return
+        w.stall_line = f"{line}; killed it"
+        w.proc.kill()
+        w.proc.join(_KILL_WAIT_S)
 
     # -- consumer side ---------------------------------------------------------------------------------------------
 
@@ -368,12 +454,14 @@ class Producers:
         return None
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per source: ``delivered``, ``dropped`` (overwritten in latest rings), ``restarts``, ``state``, ``pid``."""
+        """Per source: ``delivered``, ``dropped`` (overwritten in latest rings), ``queued`` (unread in the ring),
+        ``restarts``, ``stalls``, ``state``, ``pid``."""
         out = {}
         for name, w in self._workers.items():
-            dropped = w.dropped_retired + (max(0, w.ring.stats()["dropped"]) if w.ring is not None else 0)
-            out[name] = {"delivered": w.delivered, "dropped": dropped, "restarts": w.restarts, "state": w.state,
-                         "pid": w.proc.pid if w.proc is not None and w.proc.is_alive() else None}
+            ring = w.ring.stats() if w.ring is not None else {"dropped": 0, "unread": 0}
+            out[name] = {"delivered": w.delivered, "dropped": w.dropped_retired + max(0, ring["dropped"]),
+                         "queued": max(0, ring["unread"]), "restarts": w.restarts, "stalls": w.stalls,
+                         "state": w.state, "pid": w.proc.pid if w.proc is not None and w.proc.is_alive() else None}
         return out
 
     def shm_names(self) -> list[str]:
@@ -413,7 +501,7 @@ class Producers:
 
 
 def start_producers(ir_cfg: SourceConfig, vis_cfg: SourceConfig, *, offline: bool = False, slots: int | None = None,
-                    backoff_s: float = 0.5, backoff_max_s: float = 8.0) -> Producers:
+                    backoff_s: float = 0.1, backoff_max_s: float = 8.0) -> Producers:
     """Start one spawned producer process per source (sections ``"ir"`` and ``"vis"``).
 
     Args:

@@ -16,6 +16,10 @@ the old segment first, then follows (so writer and reader must be separate objec
 side (``owner``) unlinks every generation on ``close()``.
 Every lock acquisition has a timeout, so a peer killed while holding the lock cannot hang the other side.
 
+Segment and semaphore names carry the creating process's id (``streamfuse_<pid>_<random>``), so when every process
+of a run was killed at once (OOM killer, ``docker kill``) and nothing could unlink them, a later start finds them
+and :func:`remove_stale` frees those whose creator is gone.
+
 >>> import numpy as np
 >>> from streamfuse.frames import Frame
 >>> with ShmRing("vis", slots=2, slot_bytes=12) as ring:
@@ -30,19 +34,24 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
+import re
 import secrets
+import sys
 import time
 from collections.abc import Iterator
-from multiprocessing import shared_memory
+from multiprocessing import shared_memory, synchronize
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from streamfuse.frames import Frame
 
-__all__ = ["ShmRing", "SHM_PREFIX"]
+__all__ = ["ShmRing", "SHM_PREFIX", "named_semaphore", "process_alive", "remove_stale"]
 
 SHM_PREFIX = "streamfuse_"  # every segment name starts with this (/dev/shm/streamfuse_* on Linux)
+SHM_DIR = Path("/dev/shm")  # where Linux keeps POSIX shared memory and named semaphores (``sem.<name>``)
 _MAGIC = 0x5346_5249_4E47_0001  # "SFRING" v1
 _ALIGN = 64  # cache line
 # Header fields (int64).
@@ -54,6 +63,63 @@ _LOCK_POLL_S = 0.1  # longest single wait; callers re-check stop flags and deadl
 
 def _round_up(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _owned_name(prefix: str = SHM_PREFIX) -> str:
+    """A fresh name that records its creator: ``<prefix><pid>_<random>``."""
+    return f"{prefix}{os.getpid()}_{secrets.token_hex(4)}"
+
+
+def _semaphore_name() -> str:
+    return "/" + _owned_name()  # POSIX semaphore names start with a slash; Linux files them as sem.<name>
+
+
+class _NamedLock(synchronize.Lock):
+    """A multiprocessing Lock whose semaphore is named like our segments (multiprocessing's own ``mp-<random>``
+    names cannot be told apart from any other program's, so a killed run's could never be cleaned up)."""
+
+    _make_name = staticmethod(_semaphore_name)
+
+
+class _NamedSemaphore(synchronize.Semaphore):
+    """A multiprocessing Semaphore named like our segments (see :class:`_NamedLock`)."""
+
+    _make_name = staticmethod(_semaphore_name)
+
+
+def named_semaphore(ctx: Any, value: int = 0) -> synchronize.Semaphore:
+    """A process-shared semaphore of ``ctx`` whose name :func:`remove_stale` can attribute to its creator."""
+    return _NamedSemaphore(value, ctx=ctx)
+
+
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` exists (a killed one counts until its parent reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale(prefix: str = SHM_PREFIX, directory: Path = SHM_DIR) -> list[str]:
+    """Unlink the segments and semaphores named ``<prefix><pid>_...`` whose creating process is gone.
+
+    Only a run killed as a whole leaves them (its own clean-up and its resource tracker died with it). Linux only
+    (elsewhere shared memory is not a listable folder); returns the names removed.
+    """
+    if not sys.platform.startswith("linux") or not directory.is_dir():
+        return []
+    pattern = re.compile(rf"(?:sem\.)?{re.escape(prefix)}(\d+)_")
+    removed = []
+    for path in directory.iterdir():
+        match = pattern.match(path.name)
+        if match and not process_alive(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):  # another start got there first
+                path.unlink()
+                removed.append(path.name)
+    return removed
 
 
 class ShmRing:
@@ -77,10 +143,10 @@ class ShmRing:
             raise ValueError(f"slots={slots}, slot_bytes={slot_bytes}: both must be >= 1")
         ctx = ctx or mp.get_context("spawn")
         self.stream, self.slots, self.policy = stream, slots, policy
-        self._lock = ctx.Lock()
-        self._data_bell = data_bell if data_bell is not None else ctx.Semaphore(0)
-        self._space_bell = ctx.Semaphore(0)
-        self._base = SHM_PREFIX + secrets.token_hex(6)
+        self._lock = _NamedLock(ctx=ctx)
+        self._data_bell = data_bell if data_bell is not None else named_semaphore(ctx)
+        self._space_bell = named_semaphore(ctx)
+        self._base = _owned_name()
         self._owner = True
         self._gen = 0
         self._retired_drops = 0  # drops counted in earlier generations

@@ -43,6 +43,9 @@ from streamfuse.registry import available, build, register
 
 __all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "SyntheticScene", "open_source"]
 
+# Largest frame accepted: 8192 px a side and no more pixels than DCI 8K (8192 x 4320). The visible ring alone
+# takes 8 slots x 3 bytes a pixel offline, about 850 MB at that size; more is a typo, not a camera.
+MAX_SIDE, MAX_PIXELS = 8192, 8192 * 4320
 _KINDS_ELSEWHERE = ("mcap",)  # registered by streamfuse.record, imported lazily by open_source
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
 
@@ -68,6 +71,9 @@ class SourceConfig:
         frame_id: optical frame name; empty = ``"<section>_optical_frame"``.
         seed: synthetic scene seed (use the same seed for ``ir`` and ``vis`` to get a registered pair).
         resize: replay, IR size != visible size: ``resize`` to the visible size or ``error``.
+        stall_factor: a producer silent for longer than its frame interval (``1 / fps``; a video's own rate) times
+            this is reported and counted as a stall, and live killed and restarted; 0 = never (before the first
+            frame a start-up allowance applies instead, see ``producer``).
     """
 
     kind: str = "synthetic"
@@ -81,15 +87,25 @@ class SourceConfig:
     frame_id: str = ""
     seed: int = 0
     resize: Literal["error", "resize"] = "resize"
+    stall_factor: float = 20.0
 
     def __post_init__(self) -> None:
         kinds = sorted(set(available("source")) | set(_KINDS_ELSEWHERE))
         check(self.kind in kinds, "kind", self.kind, " | ".join(kinds))
-        check(0.0 < self.fps <= 1000.0, "fps", self.fps, "0 < fps <= 1000")
-        check(16 <= self.width <= 16384, "width", self.width, "16 <= width <= 16384")
-        check(16 <= self.height <= 16384, "height", self.height, "16 <= height <= 16384")
+        check(0.1 <= self.fps <= 1000.0, "fps", self.fps, "0.1 <= fps <= 1000")
+        check(16 <= self.width <= MAX_SIDE, "width", self.width, f"16 <= width <= {MAX_SIDE}")
+        check(16 <= self.height <= MAX_SIDE, "height", self.height, f"16 <= height <= {MAX_SIDE}")
+        check(self.width * self.height <= MAX_PIXELS, "width", self.width,
+              f"width x height <= {MAX_PIXELS} pixels (8192 x 4320); {self.width} x {self.height} would need "
+              f"{self.ring_bytes(8) / 2**20:.0f} MiB of shared memory for an 8-slot ring")
+        check(self.stall_factor == 0 or 2 <= self.stall_factor <= 1000, "stall_factor", self.stall_factor,
+              "0 (off) or 2 .. 1000 frame intervals")
         check(self.seed >= 0, "seed", self.seed, "seed >= 0")
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
+
+    def ring_bytes(self, slots: int, channels: int = 3) -> int:
+        """Shared memory a ring of ``slots`` frames of this size takes (``channels`` bytes a pixel)."""
+        return slots * self.width * self.height * channels
 
     @property
     def replayable(self) -> bool:
@@ -102,7 +118,8 @@ class SourceConfig:
 class Source(Protocol):
     """What every source kind provides. ``live`` sources stamp wall-clock times and cannot be re-read;
     the others (files, folders, virtual-clock synthetic) give the same frames again when reopened. Optional:
-    ``skip(n)`` (discard n frames without realtime pacing, as :class:`BaseSource` has) and ``stop_event``."""
+    ``skip(n)`` (discard n frames without realtime pacing, as :class:`BaseSource` has), ``stop_event``, and
+    ``frame_interval_ns`` (the expected time between frames once open; default ``1 / cfg.fps``)."""
 
     section: str
     frame_id: str
@@ -151,6 +168,7 @@ class BaseSource:
         self._opened = False
         self._pace_anchor: tuple[int, int] | None = None  # (perf_counter_ns, t_capture_ns) of the first paced frame
         self._skipping = False
+        self._period_ns = round(1e9 / cfg.fps)  # a kind with its own rate (a video) sets it when it opens
 
     def open(self) -> None:
         if not self._opened:
@@ -165,6 +183,11 @@ class BaseSource:
         if self._opened:
             self._opened = False
             self._close()
+
+    @property
+    def frame_interval_ns(self) -> int:
+        """Expected time between frames, ns: ``1 / fps`` (a video source uses its own rate once open)."""
+        return self._period_ns
 
     def skip(self, n: int) -> int:
         """Read and discard up to ``n`` frames without pacing (to resume a replayable source); returns how many."""
@@ -381,7 +404,6 @@ class SyntheticSource(BaseSource):
     def _open(self) -> None:
         self.live = self.cfg.realtime
         self._scene = SyntheticScene(self.cfg.width, self.cfg.height, self.cfg.seed)
-        self._period_ns = round(1e9 / self.cfg.fps)
 
     def _read(self) -> Frame:
         if self.cfg.realtime:

@@ -1,11 +1,13 @@
-"""Producer processes: hand-off, SIGKILL reported once and restarted, offline replay loses nothing, bad sources
-reported in one line, stop within 2 s, no leaked shared memory."""
+"""Producer processes: hand-off, SIGKILL reported once and restarted (before the first frame too), hung producers
+reported, counted and restarted, offline replay loses nothing, bad sources reported in one line, stop with a blocked
+producer, no leaked shared memory (a killed run's freed by the next start)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 from streamfuse.capture.producer import ProducerEvent, Producers, start_producers
+from streamfuse.capture.shm_ring import SHM_DIR, remove_stale
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.frames import Frame
 from streamfuse.sync import Pairer, SyncConfig
@@ -40,10 +43,16 @@ def collect(prod: Producers, until, timeout: float = 30.0) -> tuple[list[Frame],
     return frames, events
 
 
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition()`` until true; fails naming ``what`` after ``timeout`` s (generous: loaded machines)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def assert_stopped(prod: Producers, shm_names: list[str]) -> None:
-    start = time.monotonic()
-    prod.stop(timeout=2.0)
-    assert time.monotonic() - start < 2.5
+    prod.stop(timeout=2.0)  # terminates, then kills, what is left after 2 s: no producer survives it
     assert all(pid is None for pid in prod.pids().values())
     if sys.platform.startswith("linux"):
         assert not [n for n in shm_names if (Path("/dev/shm") / n).exists()], "leaked shared memory"
@@ -91,13 +100,86 @@ def test_live_sigkill_is_reported_once_and_restarted_without_stopping_the_other(
     assert all(f.image.shape == (120, 160, 3) for f in during if f.stream == "vis")
 
 
+def test_hung_producer_is_reported_counted_and_restarted_while_the_other_goes_on(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    cfg = SourceConfig(kind="synthetic", width=160, height=120, stall_factor=6)  # 30 fps: silent 0.2 s = stalled
+    prod = start_producers(cfg, cfg, backoff_s=0.1)
+    names = prod.shm_names()
+    try:
+        collect(prod, lambda f, e: {x.stream for x in f} == {"ir", "vis"})
+        hung = prod.pids()["ir"]
+        os.kill(hung, signal.SIGSTOP)  # alive but silent: no exit for the supervisor to see
+        during, events = collect(prod, lambda f, e: e and sum(x.stream == "ir" for x in f) >= 5)
+        names += prod.shm_names()
+        stats = prod.stats()
+    finally:
+        assert_stopped(prod, names)
+    (event,) = events
+    assert event.stream == "ir" and event.kind == "error" and event.restarting
+    assert f"ir: producer (pid {hung}) stalled: no frame for" in event.message and "stall_factor 6" in event.message
+    assert [r.getMessage() for r in caplog.records] == [f"{event.message}; restarting in 0.1 s"]
+    assert stats["ir"]["stalls"] == 1 and stats["ir"]["restarts"] == 1 and stats["vis"]["stalls"] == 0
+    assert not _running(hung)  # the hung process was killed, not left behind
+    assert sum(f.stream == "vis" for f in during) >= 5
+
+
+def test_offline_stall_is_reported_and_counted_then_replay_continues_without_loss(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False, stall_factor=3)
+    prod = start_producers(cfg, cfg, offline=True, slots=2)
+    names = prod.shm_names()
+    try:
+        frames, _ = collect(prod, lambda f, e: len(f) >= 10)
+        hung = prod.pids()["vis"]
+        os.kill(hung, signal.SIGSTOP)
+        more, events = collect(prod, lambda f, e: prod.stats()["vis"]["stalls"] == 1)  # the merge waits for it
+        os.kill(hung, signal.SIGCONT)
+        rest, late = collect(prod, lambda f, e: sum(x.stream == "vis" for x in f) >= 20)
+    finally:
+        assert_stopped(prod, names)
+    assert not events + late and prod.stats()["vis"]["restarts"] == 0  # reported only: replay loses nothing
+    (record,) = caplog.records
+    assert f"vis: producer (pid {hung}) stalled" in record.getMessage()
+    vis = [f.seq for f in frames + more + rest if f.stream == "vis"]
+    assert vis == list(range(len(vis)))
+
+
+def _silent_server() -> socket.socket:
+    """A loopback TCP port that accepts connections and never sends a byte: a stream source hangs opening it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    return server
+
+
+def test_producer_killed_before_its_first_frame_is_restarted(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    with _silent_server() as server:
+        ir = SourceConfig(kind="stream", path=f"tcp://127.0.0.1:{server.getsockname()[1]}")
+        vis = SourceConfig(kind="synthetic", width=64, height=48)
+        prod = start_producers(ir, vis, backoff_s=0.1)
+        names = prod.shm_names()
+        try:
+            victim = prod.pids()["ir"]
+            os.kill(victim, signal.SIGKILL)  # still opening its stream: not a single frame yet
+            frames, events = collect(prod, lambda f, e: e and sum(x.stream == "vis" for x in f) >= 5)
+            wait_for(lambda: prod.pids()["ir"] not in (None, victim), "a new IR producer")
+            names += prod.shm_names()
+        finally:
+            assert_stopped(prod, names)
+    (event,) = events
+    assert event.stream == "ir" and event.restarting and "SIGKILL" in event.message
+    assert not prod.done and prod.stats()["ir"]["restarts"] == 1
+
+
 def test_offline_restart_after_sigkill_resumes_without_loss_or_duplicates() -> None:
     cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)  # replayable: virtual clock
     prod = start_producers(cfg, cfg, offline=True, slots=4, backoff_s=0.1)
     names = prod.shm_names()
     try:
         frames, _ = collect(prod, lambda f, e: len(f) >= 20)
-        time.sleep(0.3)  # let the rings fill: the frames left in the killed producer's ring must not repeat
+        # let the rings fill: the frames left in the killed producer's ring must not repeat
+        wait_for(lambda: prod.stats()["vis"]["queued"] == 4, "a full visible ring")
         os.kill(prod.pids()["vis"], signal.SIGKILL)
         more, events = collect(prod, lambda f, e: sum(x.stream == "vis" for x in f) >= 60)
         names += prod.shm_names()
@@ -168,11 +250,11 @@ def test_missing_file_is_one_line_and_not_retried(tmp_path: Path, caplog) -> Non
     assert prod.done and prod.stats()["ir"]["restarts"] == 0
 
 
-def test_stop_within_two_seconds_with_a_blocked_producer() -> None:
+def test_stop_ends_every_producer_even_a_blocked_one() -> None:
     cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)
     prod = start_producers(cfg, cfg, offline=True, slots=2)
     collect(prod, lambda f, e: len(f) >= 1)  # both producers up; now nobody reads: their rings fill and block
-    time.sleep(0.3)
+    wait_for(lambda: all(s["queued"] == 2 for s in prod.stats().values()), "both rings full")
     assert_stopped(prod, prod.shm_names())
 
 
@@ -200,7 +282,9 @@ cfg = SourceConfig(kind="synthetic", width=64, height=48)
 prod = start_producers(cfg, cfg)
 while prod.get(timeout=1.0) is None:
     pass
-Path(sys.argv[1]).write_text(" ".join(str(p) for p in prod.pids().values()) + "|" + " ".join(prod.shm_names()))
+tmp = Path(sys.argv[1] + ".tmp")  # renamed into place: the test never reads half a file
+tmp.write_text(" ".join(str(p) for p in prod.pids().values()) + "|" + " ".join(prod.shm_names()))
+tmp.rename(sys.argv[1])
 time.sleep(60)
 """
 
@@ -212,27 +296,57 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_producers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
-    # A separate interpreter, as a real pipeline would be: it has its own resource tracker.
+def _start_helper(tmp_path: Path, **popen) -> tuple[subprocess.Popen, list[int], list[str]]:
+    """A separate interpreter running producers, as a real pipeline would be (it has its own resource tracker);
+    returns it, its producers' pids and its segment names once frames flow."""
     pid_file = tmp_path / "pids"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    parent = subprocess.Popen([sys.executable, "-c", _HELPER, str(pid_file)], env=env)
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline and parent.poll() is None, "helper did not start its producers"
-        time.sleep(0.1)
+    parent = subprocess.Popen([sys.executable, "-c", _HELPER, str(pid_file)], env=env, **popen)
+    wait_for(lambda: parent.poll() is not None or (pid_file.exists() and pid_file.read_text()),
+             "the helper's producers", timeout=60)
+    assert parent.poll() is None, "helper did not start its producers"
     pids, names = pid_file.read_text().split("|")
-    pids = [int(p) for p in pids.split()]
+    return parent, [int(p) for p in pids.split()], names.split()
+
+
+def _owned_by(pid: int) -> list[str]:
+    """Shared-memory segments and semaphores created by process ``pid`` (their names carry it)."""
+    return sorted(p.name for p in SHM_DIR.iterdir() if f"streamfuse_{pid}_" in p.name)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_producers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    parent, pids, names = _start_helper(tmp_path)
     parent.kill()  # SIGKILL: no clean-up code runs in the pipeline process
-    parent.wait(5)
-    deadline = time.monotonic() + 3
-    while any(_running(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [p for p in pids if _running(p)], "orphaned producers kept running"
+    parent.wait(30)
+    wait_for(lambda: not any(_running(p) for p in pids), "orphaned producers to exit")
     # With everyone gone, the helper's resource tracker unlinks the segments its killed owner could not.
-    segments = [Path("/dev/shm") / n for n in names.split()]
-    deadline = time.monotonic() + 3
-    while any(p.exists() for p in segments) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert segments and not [p for p in segments if p.exists()]
+    segments = [SHM_DIR / n for n in names]
+    assert segments
+    wait_for(lambda: not any(p.exists() for p in segments), "the resource tracker to unlink the segments")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /dev/shm")
+def test_next_start_frees_what_a_killed_process_group_left(tmp_path: Path) -> None:
+    # docker kill, the OOM killer: the whole group dies, resource tracker included, so nothing unlinks anything.
+    parent, pids, names = _start_helper(tmp_path, start_new_session=True)
+    os.killpg(parent.pid, signal.SIGKILL)
+    parent.wait(30)
+    wait_for(lambda: not any(_running(p) for p in pids), "the group's producers to die")
+    left = _owned_by(parent.pid)
+    assert set(names) <= set(left) and any(n.startswith("sem.") for n in left)  # 2 segments, 5 semaphores
+    removed = remove_stale()  # what Producers() runs first
+    assert set(left) <= set(removed) and not _owned_by(parent.pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/dev/shm")
+def test_rings_that_do_not_fit_the_free_shared_memory_are_refused_in_one_line(monkeypatch) -> None:
+    class Tiny:  # a 64 MiB /dev/shm (docker's default) with 10 MiB free
+        f_bavail, f_frsize = 10 * 256, 4096
+
+    monkeypatch.setattr("streamfuse.capture.producer.os.statvfs", lambda path: Tiny)
+    cfg = SourceConfig(kind="synthetic", width=1920, height=1080)
+    with pytest.raises(ValueError, match=r"need 24 MiB of shared memory \(ir 1920x1080, vis 1920x1080, 3 slots each\) "
+                                         r"but /dev/shm has 10 MiB free") as info:
+        start_producers(cfg, cfg)
+    assert "\n" not in str(info.value)

@@ -55,6 +55,21 @@ def test_config_rejects_unknown_kind_listing_the_kinds_and_bad_ranges() -> None:
     assert {"synthetic", "camera", "stream", "file", "folder"} <= set(available("source"))
 
 
+@pytest.mark.parametrize(("size", "why"), [((16384, 16384), "16 <= width <= 8192"),
+                                           ((8192, 8192), "width x height <= 35389440 pixels")])
+def test_config_rejects_sizes_beyond_the_documented_maximum_in_one_line(size: tuple[int, int], why: str) -> None:
+    with pytest.raises(ValueError, match=why) as info:
+        SourceConfig(width=size[0], height=size[1])
+    assert "\n" not in str(info.value)
+    SourceConfig(width=8192, height=4320)  # the maximum itself is fine
+
+
+def test_config_stall_factor_is_off_or_at_least_two_intervals() -> None:
+    assert SourceConfig(stall_factor=0).stall_factor == 0
+    with pytest.raises(ValueError, match="stall_factor"):
+        SourceConfig(stall_factor=1.5)
+
+
 def test_synthetic_ir_and_visible_are_registered_and_warm_bodies_are_hot() -> None:
     cfg = SourceConfig(kind="synthetic", realtime=False, seed=3)
     period = round(1e9 / cfg.fps)
