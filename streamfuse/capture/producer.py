@@ -148,7 +148,7 @@ def _produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: _S
              resume: tuple[int, int, int], beat: Any) -> None:
     """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
 
-    ``beat`` (shared int64 pair): frames written, and the source's frame interval in ns (set with the first frame).
+    ``beat`` (shared int64 pair): frames written, and the source's frame interval in ns (set at the first frame).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     seq_start, skip, t_offset_ns = resume
@@ -164,10 +164,10 @@ def _produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: _S
                     conn.send(("eos", f"{section}: end of stream ({cfg.kind} {cfg.path or ''})".rstrip()))
                     return
                 frame.seq, frame.t_capture_ns = seq_start + n, frame.t_capture_ns + t_offset_ns
+                if n == 0:  # before the write: the parent may see the frame before anything after it
+                    beat[1] = getattr(source, "frame_interval_ns", round(1e9 / cfg.fps))
                 if not ring.write(frame, stop):
                     return
-                if n == 0:
-                    beat[1] = getattr(source, "frame_interval_ns", round(1e9 / cfg.fps))
                 beat[0] += 1
                 n += 1
     except SourceError as exc:
@@ -379,7 +379,8 @@ class Producers:
             return
         if w.stalled or not w.cfg.stall_factor:
             return
-        interval_s = w.beat[1] / 1e9
+        # A frame of this process already delivered counts as its first, even if it was frozen before its counter
+        interval_s = w.beat[1] / 1e9 if w.beat[0] or w.last_seq >= w.seq_at_start else 0.0
         limit = interval_s * w.cfg.stall_factor if interval_s else FIRST_FRAME_S
         if now - w.heard_at <= limit:
             return

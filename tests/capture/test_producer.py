@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def write_video(path: Path, n: int, fps: int) -> None:
 
 def test_live_sigkill_is_reported_once_and_restarted_without_stopping_the_other(caplog) -> None:
     caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
-    cfg = SourceConfig(kind="synthetic", width=160, height=120)
+    cfg = SourceConfig(kind="synthetic", width=160, height=120, stall_factor=0)  # exactly one event: no stall checks
     prod = start_producers(cfg, cfg, backoff_s=0.2)
     names = prod.shm_names()
     try:
@@ -102,8 +103,8 @@ def test_live_sigkill_is_reported_once_and_restarted_without_stopping_the_other(
 
 def test_hung_producer_is_reported_counted_and_restarted_while_the_other_goes_on(caplog) -> None:
     caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
-    cfg = SourceConfig(kind="synthetic", width=160, height=120, stall_factor=6)  # 30 fps: silent 0.2 s = stalled
-    prod = start_producers(cfg, cfg, backoff_s=0.1)
+    cfg = SourceConfig(kind="synthetic", width=160, height=120, stall_factor=15)  # 30 fps: silent 0.5 s = stalled
+    prod = start_producers(cfg, replace(cfg, stall_factor=0), backoff_s=0.1)
     names = prod.shm_names()
     try:
         collect(prod, lambda f, e: {x.stream for x in f} == {"ir", "vis"})
@@ -116,7 +117,7 @@ def test_hung_producer_is_reported_counted_and_restarted_while_the_other_goes_on
         assert_stopped(prod, names)
     (event,) = events
     assert event.stream == "ir" and event.kind == "error" and event.restarting
-    assert f"ir: producer (pid {hung}) stalled: no frame for" in event.message and "stall_factor 6" in event.message
+    assert f"ir: producer (pid {hung}) stalled: no frame for" in event.message and "stall_factor 15" in event.message
     assert [r.getMessage() for r in caplog.records] == [f"{event.message}; restarting in 0.1 s"]
     assert stats["ir"]["stalls"] == 1 and stats["ir"]["restarts"] == 1 and stats["vis"]["stalls"] == 0
     assert not _running(hung)  # the hung process was killed, not left behind
@@ -125,8 +126,8 @@ def test_hung_producer_is_reported_counted_and_restarted_while_the_other_goes_on
 
 def test_offline_stall_is_reported_and_counted_then_replay_continues_without_loss(caplog) -> None:
     caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
-    cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False, stall_factor=3)
-    prod = start_producers(cfg, cfg, offline=True, slots=2)
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False, stall_factor=15)
+    prod = start_producers(replace(cfg, stall_factor=0), cfg, offline=True, slots=2)
     names = prod.shm_names()
     try:
         frames, _ = collect(prod, lambda f, e: len(f) >= 10)
@@ -156,7 +157,7 @@ def test_producer_killed_before_its_first_frame_is_restarted(caplog) -> None:
     caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
     with _silent_server() as server:
         ir = SourceConfig(kind="stream", path=f"tcp://127.0.0.1:{server.getsockname()[1]}")
-        vis = SourceConfig(kind="synthetic", width=64, height=48)
+        vis = SourceConfig(kind="synthetic", width=64, height=48, stall_factor=0)
         prod = start_producers(ir, vis, backoff_s=0.1)
         names = prod.shm_names()
         try:
@@ -260,7 +261,7 @@ def test_stop_ends_every_producer_even_a_blocked_one() -> None:
 
 def test_live_file_end_restarts_from_the_start_with_times_still_increasing(tmp_path: Path) -> None:
     write_video(tmp_path / "ir.mkv", 4, fps=25)
-    cfg = SourceConfig(kind="file", path=str(tmp_path / "ir.mkv"), realtime=False)  # restart=True by default
+    cfg = SourceConfig(kind="file", path=str(tmp_path / "ir.mkv"), realtime=False, stall_factor=0)  # restart=True
     prod = Producers({"ir": cfg}, slots=16, backoff_s=0.05)  # unpaced: slots enough that latest drops nothing
     names = prod.shm_names()
     try:
@@ -350,3 +351,64 @@ def test_rings_that_do_not_fit_the_free_shared_memory_are_refused_in_one_line(mo
                                          r"but /dev/shm has 10 MiB free") as info:
         start_producers(cfg, cfg)
     assert "\n" not in str(info.value)
+
+
+_TS_SERVER = """
+import socket, sys, time
+import av
+import numpy as np
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(1)
+print("listening", flush=True)
+conn, _ = server.accept()
+with conn.makefile("wb", buffering=0) as sink, av.open(sink, "w", format="mpegts") as out:
+    stream = out.add_stream("mpeg2video", rate=25)
+    stream.width, stream.height, stream.pix_fmt, stream.gop_size = 64, 48, "yuv420p", 5
+    for i in range(10**6):  # 25 fps until killed
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 256, np.uint8), format="bgr24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        time.sleep(0.04)
+"""
+
+
+def _serve_mpegts(port: int) -> subprocess.Popen:
+    """A live MPEG-TS sender on a loopback port (a network camera); returns once it listens."""
+    server = subprocess.Popen([sys.executable, "-c", _TS_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "listening", "the MPEG-TS server did not start"
+    return server
+
+
+def test_network_stream_that_goes_away_and_comes_back_is_reconnected_while_the_other_goes_on(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="streamfuse.capture.producer")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = _serve_mpegts(port)
+    vis = SourceConfig(kind="stream", path=f"tcp://127.0.0.1:{port}", fps=25)
+    prod = start_producers(SourceConfig(kind="synthetic", width=64, height=48), vis, backoff_s=0.1)
+    names = prod.shm_names()
+    try:
+        before, _ = collect(prod, lambda f, e: sum(x.stream == "vis" for x in f) >= 5, timeout=60)
+        server.kill()  # the camera goes away
+        server.wait(30)
+        during, lost = collect(prod, lambda f, e: e and sum(x.stream == "ir" for x in f) >= 10)
+        server = _serve_mpegts(port)  # ... and comes back
+        back_ns, back = time.time_ns(), time.monotonic()
+        after, _ = collect(prod, lambda f, e: any(x.stream == "vis" and x.t_capture_ns > back_ns for x in f),
+                           timeout=60)
+        resumed_s = time.monotonic() - back
+        names += prod.shm_names()
+    finally:
+        server.kill()
+        server.wait(30)
+        assert_stopped(prod, names)
+    assert lost[0].stream == "vis" and lost[0].restarting  # the loss, in one line, and a reconnect planned
+    assert f"tcp://127.0.0.1:{port}" in lost[0].message and "\n" not in lost[0].message
+    assert sum(f.stream == "ir" for f in during) >= 10  # the other stream kept flowing meanwhile
+    vis_seq = [f.seq for f in before + during + after if f.stream == "vis"]
+    assert vis_seq == sorted(set(vis_seq))  # numbering continues across the reconnects
+    print(f"stream output resumed {resumed_s:.2f} s after the server came back")
