@@ -12,10 +12,6 @@ import logging
 import os
 import sys
 
-# Capture processes and the numba postprocess share the cores with torch; spinning OpenMP workers that get
-# descheduled made fusion several times slower under such load (see README, Benchmarks). Must precede torch import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,10 +30,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     from streamfuse.config import ConfigError, load_config
-    from streamfuse.pipeline import run
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)  # before the pipeline's imports: a bad key fails in a blink
+        from streamfuse.pipeline import run
+
         return run(cfg, duration_s=args.duration, ir_path=args.ir, vis_path=args.vis, out_path=args.out,
                    resume=args.resume or None)
     except ConfigError as exc:
