@@ -1,5 +1,9 @@
 """The consumer side: a Subscriber that yields decoded fused frames, with timeouts and a latest-frame mode.
 
+Every format of the wire format is decoded transparently: raw, jpeg, h264 (waiting for a keyframe after a start or
+a missed frame) and, for a publisher on this host, its shared-memory pool (read in place), with an automatic fall
+back to the ZeroMQ payload where the pool cannot be mapped.
+
 >>> with Subscriber("tcp://127.0.0.1:1", timeout_s=0.05) as sub:  # nothing listens on port 1
 ...     sub.recv() is None
 True
@@ -16,7 +20,10 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from streamfuse.publish import MAX_HEADER_BYTES, MalformedMessage, decode_message
+from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
+from streamfuse.publish import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, _reachable_from_other_machines,
+                                decode_header, raw_image, shm_topic)
+from streamfuse.shm_pool import PoolError, PoolReader, shm_supported
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
 
@@ -27,6 +34,7 @@ _RESTORE_AFTER_S = 0.5  # a connection dropped without libzmq's own retry is res
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _RETRYING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
+_RESUBSCRIBE_S = 1.0  # on shared memory only and silent this long: take the payload again (publisher restarted?)
 DEFAULT_MAX_FRAME_BYTES = 7680 * 4320 * 3  # largest image part accepted by default: an 8K UHD bgr8 frame, 99.5 MB
 
 
@@ -42,21 +50,29 @@ class Subscriber:
             is busy; frames replaced before the caller took them count as ``discarded``.
         rcvhwm: messages queued on this side before ZeroMQ stops reading from the network.
         server_key: the publisher's CURVE public key (Z85, 40 characters) when it encrypts; empty = plain.
+        shm: read a same-host publisher's frames from its shared-memory pool; None = when the endpoint is local
+            (``ipc://``, ``inproc://``, loopback TCP). Until the first pool frame, and for good when the pool
+            cannot be mapped (another host or user, not Linux), frames come from the ZeroMQ payload.
+        copy: return images that the caller owns; otherwise a shared-memory image is a read-only view that stays
+            intact until the next :meth:`recv` (the publisher writes around the slot, never waits for it).
         max_frame_bytes: largest image part accepted, bytes. ZeroMQ refuses a larger message part as it arrives
             (``ZMQ_MAXMSGSIZE``: it drops the connection before buffering the part, then reconnects), so a peer
             cannot make this process hold more than about ``rcvhwm`` frames of this size.
 
     Counters: ``received`` (frames returned), ``malformed`` (skipped, logged: not the wire format, a header
-    field out of range, or a part over ``max_frame_bytes``), ``missed`` (gaps in the publisher's ``seq``: frames
-    dropped on the way to this subscriber), ``discarded`` (latest mode), ``handshake_failures`` (CURVE: the
-    publisher's key differs from ``server_key``, or only one side encrypts).
+    field out of range, a payload that does not decode, or a part over ``max_frame_bytes``), ``missed`` (gaps in
+    the publisher's ``seq``: frames dropped on the way to this subscriber; also shared-memory frames overwritten
+    before they were read, never returned torn), ``via_shm`` (frames read from shared memory),
+    ``awaiting_keyframe`` (h264 frames skipped until a keyframe), ``discarded`` (latest mode),
+    ``handshake_failures`` (CURVE: the publisher's key differs from ``server_key``, or only one side encrypts).
 
     Raises:
         ValueError: a bad argument or endpoint (one line).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", *, timeout_s: float = 1.0, latest: bool = False,
-                 rcvhwm: int = 2, server_key: str = "", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+                 rcvhwm: int = 2, server_key: str = "", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 shm: bool | None = None, copy: bool = False) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s} must be > 0 (receives always have a timeout)")
         if rcvhwm < 1:
@@ -68,6 +84,15 @@ class Subscriber:
                              f"{len(server_key)} characters")
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
         self.received = self.malformed = self.missed = self.discarded = self.handshake_failures = 0
+        self.via_shm = self.awaiting_keyframe = 0
+        self.copy = copy
+        self._topic, self._shm_topic = topic.encode(), shm_topic(topic).encode()
+        self._shm = (not _reachable_from_other_machines(endpoint) if shm is None else shm) and shm_supported()
+        self._payload_on = True  # subscribed to the ZeroMQ payload (off while shared memory delivers)
+        self._last_message = time.monotonic()
+        self._pool: PoolReader | None = None
+        self._pool_lock = threading.Lock()  # latest mode: the reader thread maps pools, the caller reads them
+        self._jpeg, self._h264 = JpegDecoder(), H264Decoder()
         self.max_frame_bytes = max_frame_bytes
         self._last_seq: int | None = None
         self._dropped_at: float | None = None  # when the connection dropped with no retry (yet) from libzmq
@@ -80,7 +105,9 @@ class Subscriber:
             if server_key:
                 self._sock.curve_serverkey = server_key.encode()
                 self._sock.curve_publickey, self._sock.curve_secretkey = zmq.curve_keypair()
-            self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+            self._sock.setsockopt(zmq.SUBSCRIBE, self._topic)
+            if self._shm:
+                self._sock.setsockopt(zmq.SUBSCRIBE, self._shm_topic)
             # libzmq does not reconnect after a protocol error (a part over MAXMSGSIZE, a failed handshake): the
             # monitor tells such drops from ordinary ones, which it retries itself (see _on_events).
             self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | _RETRYING | _HANDSHAKE_FAILED)
@@ -91,7 +118,7 @@ class Subscriber:
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-        self._newest: tuple[dict[str, Any], np.ndarray] | None = None
+        self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
         self._failure = ""  # latest mode: why the reader thread stopped, raised at the next recv()
         self._cond = threading.Condition()
         self._closing = threading.Event()
@@ -109,40 +136,53 @@ class Subscriber:
             timeout_s: longest wait, seconds; None = the ``timeout_s`` given at construction.
 
         Returns:
-            ``(header, image)`` as :func:`streamfuse.publish.decode_message` returns them (image: a view of the
-            message).
+            ``(header, image)``: the validated header and a ``(height, width, 3)`` BGR or ``(height, width)`` uint8
+            image (raw: a view of the message; shared memory: a read-only view valid until the next call, or a copy
+            with ``copy=True``; jpeg, h264: decoded).
 
         Raises:
             RuntimeError: latest mode's reader thread stopped on an unexpected error (one line saying which).
         """
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        if self.latest:
-            with self._cond:
-                if not self._cond.wait_for(lambda: self._newest is not None or self._failure, timeout_s):
-                    return None
-                if self._newest is None:
-                    raise RuntimeError(f"subscriber {self.endpoint}: the reader thread stopped: {self._failure}")
-                frame, self._newest = self._newest, None
-        else:
-            frame = None
-            deadline = time.monotonic() + timeout_s
-            while frame is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                if self._wait(min(remaining, _POLL_S)):
-                    frame = self._read()
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        frame = None
+        while frame is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if self.latest:
+                with self._cond:
+                    if not self._cond.wait_for(lambda: self._newest is not None or self._failure, remaining):
+                        return None
+                    if self._newest is None:
+                        raise RuntimeError(f"subscriber {self.endpoint}: the reader thread stopped: {self._failure}")
+                    item, self._newest = self._newest, None
+            else:
+                item = self._read() if self._wait(min(remaining, _POLL_S)) else None
+            if item is not None:
+                frame = self._take(*item)
         self.received += 1
         return frame
 
     def _wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for a message, tending the connection meanwhile; True when one is there."""
+        if self._dropped_at is None and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._last_message = time.monotonic()
+            return True  # already queued: no poll (a stream that flows needs no tending)
         ready = dict(self._poller.poll(round(timeout_s * 1000)))
         if self._monitor in ready:
             self._on_events()
         if self._dropped_at is not None and time.monotonic() - self._dropped_at >= _RESTORE_AFTER_S:
             self._restore()
+        if self._sock in ready:
+            self._last_message = time.monotonic()
+        elif not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
+            self._subscribe_payload(True)  # the publisher may have restarted without shared memory
         return self._sock in ready
+
+    def _subscribe_payload(self, on: bool) -> None:
+        if on != self._payload_on:
+            self._sock.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, self._topic)
+            self._payload_on = on
 
     def _on_events(self) -> None:
         """Follow the connection's events: count failed handshakes, note a drop that libzmq will not retry."""
@@ -193,22 +233,98 @@ class Subscriber:
         finally:
             self._close_sockets()
 
-    def _read(self) -> tuple[dict[str, Any], np.ndarray] | None:
-        """One message decoded, or None when it was malformed (counted and logged)."""
+    def _read(self) -> tuple[dict[str, Any], Any] | None:
+        """Socket owner: one message as ``(header, payload)`` (h264: decoded here, in order), or None when it was
+        malformed (counted and logged), a duplicate, an h264 frame before a keyframe, or unreadable shared memory."""
         parts = self._sock.recv_multipart(copy=False)
         try:
-            header, image = decode_message(parts)
-        except MalformedMessage as exc:
-            self.malformed += 1
-            log.warning("skipped malformed message from %s: %s", self.endpoint, exc)
+            header = decode_header(parts)
+            if header["format"] == "shm" and not self._map_pool(header["shm_pool"]):
+                return None  # fell back: the payload message of this seq follows
+            if not self._new_seq(header["seq"], header["format"]):
+                return None
+            if header["format"] != "h264":
+                return header, parts[2]
+            image = self._h264.decode(parts[2].buffer, bool(header["keyframe"]), header["height"], header["width"],
+                                      ENCODINGS[header["encoding"]])
+        except (MalformedMessage, DecodeError) as exc:
+            self._skip(exc)
             return None
-        seq = header["seq"]
-        if self._last_seq is not None and seq > self._last_seq:
-            self.missed += seq - self._last_seq - 1
-        elif self._last_seq is not None:
-            log.info("publisher at %s restarted (seq %d after %d)", self.endpoint, seq, self._last_seq)
-        self._last_seq = seq
+        if image is None:
+            self.awaiting_keyframe += 1
+            return None
         return header, image
+
+    def _skip(self, exc: Exception) -> None:
+        self.malformed += 1
+        log.warning("skipped malformed message from %s: %s", self.endpoint, exc)
+
+    def _new_seq(self, seq: int, fmt: str) -> bool:
+        """Count gaps in ``seq``; False for a frame already taken through the other route (shm and payload)."""
+        last, self._last_seq = self._last_seq, seq
+        if last is not None and seq == last:
+            return False
+        if last is not None and seq > last + 1 and fmt == "h264":
+            self._h264.reset()  # the next inter frame refers to one we never saw
+        if last is not None and seq > last:
+            self.missed += seq - last - 1
+        elif last is not None:
+            log.info("publisher at %s restarted (seq %d after %d)", self.endpoint, seq, last)
+        return True
+
+    def _map_pool(self, name: str) -> bool:
+        """Socket owner: have pool ``name`` mapped and the payload unsubscribed; on failure fall back for good."""
+        if self._pool is None or self._pool.name != name:
+            try:
+                pool = PoolReader(name)
+            except PoolError as exc:
+                log.warning("shared memory of %s unavailable (%s): taking the ZeroMQ stream", self.endpoint, exc)
+                self._shm = False
+                self._sock.setsockopt(zmq.UNSUBSCRIBE, self._shm_topic)
+                self._subscribe_payload(True)
+                return False
+            with self._pool_lock:
+                old, self._pool = self._pool, pool
+            if old is not None:
+                old.close()
+        self._subscribe_payload(False)
+        return True
+
+    def _take(self, header: dict[str, Any], payload: Any) -> tuple[dict[str, Any], np.ndarray] | None:
+        """Consumer: the image of a message (shared memory read here, so a view is held by the caller's thread);
+        None when it is gone (counted in ``missed``) or does not decode (``malformed``)."""
+        fmt = header["format"]
+        with self._pool_lock:
+            if fmt != "shm" and self._pool is not None:
+                self._pool.release()
+            if fmt == "shm":
+                return self._take_shm(header)
+        try:
+            if fmt == "jpeg":
+                return header, self._jpeg.decode(payload.buffer, header["height"], header["width"],
+                                                 ENCODINGS[header["encoding"]])
+        except DecodeError as exc:
+            self._skip(exc)
+            return None
+        image = raw_image(header, payload) if fmt == "raw" else payload
+        return header, image.copy() if self.copy and fmt == "raw" else image
+
+    def _take_shm(self, header: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray] | None:
+        """Pool lock held: the frame of a shared-memory message, or None when it was overwritten since."""
+        if self._pool is None or self._pool.name != header["shm_pool"]:
+            self.missed += 1
+            return None
+        try:
+            flat = self._pool.read(header["shm_slot"], header["shm_gen"], header["height"] * header["step"],
+                                   copy=self.copy)
+        except PoolError as exc:
+            self._skip(exc)
+            return None
+        if flat is None:  # overwritten before we got to it: never returned torn
+            self.missed += 1
+            return None
+        self.via_shm += 1
+        return header, raw_image(header, flat)
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
         """Frames until one :meth:`recv` times out."""
@@ -227,6 +343,9 @@ class Subscriber:
         self._sock.disable_monitor()
         self._monitor.close(linger=0)
         self._sock.close(linger=0)
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.close()
 
     def __enter__(self) -> Subscriber:
         return self

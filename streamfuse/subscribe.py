@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=1, help="with --save: save one received frame in N")
     parser.add_argument("--show", action="store_true", help="show frames in a window (needs a GUI OpenCV build)")
     parser.add_argument("--latest", action="store_true", help="drain the queue and keep only the newest frame")
+    parser.add_argument("--no-shm", action="store_true", help="never read a same-host publisher's shared memory "
+                        "(take the ZeroMQ payload)")
     parser.add_argument("--timeout", type=float, default=10.0, help="give up after S seconds without a frame")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
     parser.add_argument("--max-frame-mb", type=float, default=DEFAULT_MAX_FRAME_BYTES / 1e6,
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         server_key = zmq.auth.load_certificate(server_key)[0].decode()
     try:
         with Subscriber(args.endpoint, args.topic, timeout_s=args.timeout, latest=args.latest,
-                        server_key=server_key, max_frame_bytes=max(1, round(args.max_frame_mb * 1e6))) as sub:
+                        server_key=server_key, max_frame_bytes=max(1, round(args.max_frame_mb * 1e6)),
+                        shm=False if args.no_shm else None) as sub:
             return _loop(sub, args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -92,7 +95,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
             nets_ms.append(net_ms)
             rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0
             print(f"seq {header['seq']:6d} {header['width']}x{header['height']} {header['encoding']} "
-                  f"age {age_ms:7.1f} ms (ir {(now_ns - header['t_capture_ir_ns']) / 1e6:.1f}) "
+                  f"{header['format']} age {age_ms:7.1f} ms (ir {(now_ns - header['t_capture_ir_ns']) / 1e6:.1f}) "
                   f"net {net_ms:6.2f} ms  {rate:5.1f} fps  missed {sub.missed} malformed {sub.malformed}",
                   flush=True)
             saving = args.save and (sub.received - 1) % args.every == 0
@@ -128,7 +131,8 @@ def _summary(sub: Subscriber, ages_ms: collections.deque[float], nets_ms: collec
 
     window = "" if sub.received <= SUMMARY_WINDOW else f" (latencies of the last {SUMMARY_WINDOW})"
     print(f"received {sub.received} frames in {elapsed_s:.1f} s{window}; age {pct(ages_ms)}; net {pct(nets_ms)}; "
-          f"missed {sub.missed}, malformed {sub.malformed}, discarded {sub.discarded}", flush=True)
+          f"missed {sub.missed}, malformed {sub.malformed}, discarded {sub.discarded}, from shared memory "
+          f"{sub.via_shm}", flush=True)
 
 
 def _gui_available() -> bool:

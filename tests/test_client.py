@@ -129,7 +129,7 @@ def test_latest_reader_failure_reaches_the_consumer(rng: np.random.Generator, mo
     def broken(parts: object) -> None:
         raise OSError("disk on fire\nsecond line")
 
-    monkeypatch.setattr("streamfuse.client.decode_message", broken)
+    monkeypatch.setattr("streamfuse.client.decode_header", broken)
     with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub, \
             Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=True) as sub:
         with pytest.raises(RuntimeError, match=r"reader thread stopped: OSError: disk on fire$") as info:

@@ -34,7 +34,8 @@ def _recv(sock: zmq.Socket, timeout_s: float = PATIENCE_S) -> list[zmq.Frame]:
 def raw_sub() -> Iterator[zmq.Socket]:
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.setsockopt(zmq.SUBSCRIBE, b"fused/")  # not b"": that would also take the shm/ descriptors
+    sock.setsockopt(zmq.SUBSCRIBE, b"stats/")
     yield sock
     sock.close(linger=0)
 
@@ -43,7 +44,7 @@ def raw_sub() -> Iterator[zmq.Socket]:
 def test_round_trip_every_header_field(rng: np.random.Generator, shape: tuple[int, ...]) -> None:
     image = rng.integers(0, 256, shape, dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, frame_id="cam_vis")) as pub, \
-            Subscriber(pub.endpoint, "fused/rig0", timeout_s=PATIENCE_S) as sub:
+            Subscriber(pub.endpoint, "fused/rig0", timeout_s=PATIENCE_S, shm=False) as sub:
         connect(pub, sub, image)
         sent = fused_frame(image, seq=7)
         before_ns = time.time_ns()
@@ -78,12 +79,12 @@ def test_zero_copy_payload_is_the_exact_bytes(rng: np.random.Generator, raw_sub:
 
 
 def test_stalled_subscriber_does_not_slow_the_publisher(rng: np.random.Generator) -> None:
-    # Every send is non-blocking (SNDTIMEO 0), so a send that waited for the stalled subscriber would raise or hang
+    # ZeroMQ's queues (shared memory: test_transport.py). Every send is non-blocking (SNDTIMEO 0), so a send that waited for the stalled subscriber would raise or hang
     # (the test's timeout): the counts below show the frames went past it instead.
     image = rng.integers(0, 256, VGA, dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, \
-            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as stalled, \
-            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=True) as healthy:
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as stalled, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=True, shm=False) as healthy:
         connect(pub, stalled, image)
         connect(pub, healthy, image)
         first, healthy_got = pub.published, []
@@ -104,7 +105,7 @@ def test_stalled_subscriber_does_not_slow_the_publisher(rng: np.random.Generator
 def test_nodrop_mode_refuses_and_counts_when_a_queue_is_full(rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, VGA, dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True)) as pub, \
-            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as stalled:
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as stalled:
         connect(pub, stalled, image)
         start_published = pub.published
         results = [pub.send_fused(fused_frame(image, i)) for i in range(60)]
@@ -151,7 +152,9 @@ def test_stats_topic_round_trip(raw_sub: zmq.Socket) -> None:
     ([b"fused/x", b"{not json", b"\0" * 72], "not UTF-8 JSON"),
     ([b"fused/x", b"\xff\xfe", b"\0" * 72], "not UTF-8 JSON"),
     ([b"fused/x", b"[1, 2]", b"\0" * 72], "expected an object"),
-    (with_header(schema="streamfuse.fused/2"), "unsupported schema"),
+    (with_header(schema="streamfuse.fused/3"), "unsupported schema"),
+    (with_header(schema="streamfuse.fused/2"), "header field format=None is missing"),
+    (with_header(format="jpeg"), "format 'jpeg' under schema streamfuse.fused/1"),
     (with_header(seq=None), "header field seq"),
     (with_header(height=True), "header field height"),
     (with_header(t_publish_ns="now"), "header field t_publish_ns"),

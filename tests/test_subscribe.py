@@ -33,8 +33,18 @@ def test_cli_count_prints_latency_lines(rng: np.random.Generator) -> None:
     lines = result.stdout.splitlines()
     frames = [line for line in lines if line.startswith("seq ")]
     assert len(frames) == 3
-    assert all(" 64x48 bgr8 age " in line and " ms " in line and " fps " in line for line in frames)
+    assert all(re.search(r" 64x48 bgr8 (raw|shm) age ", line) and " fps " in line for line in frames)
     assert lines[-1].startswith("received 3 frames") and "malformed 0" in lines[-1]
+
+
+@pytest.mark.parametrize("encoding", ["raw", "jpeg"])
+def test_cli_no_shm_takes_the_zeromq_stream(encoding: str, rng: np.random.Generator,
+                                            capsys: pytest.CaptureFixture) -> None:
+    with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rate_hz=50, encoding=encoding) as pub:
+        assert main([pub.endpoint, "--count", "3", "--no-shm"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(f" 64x48 bgr8 {encoding} age " in line for line in lines) == 3
+    assert lines[-1].endswith("from shared memory 0")
 
 
 def test_cli_save_latest(rng: np.random.Generator, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -98,7 +108,7 @@ def test_cli_reader_thread_failure_is_one_line(rng: np.random.Generator, monkeyp
     def broken(parts: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr("streamfuse.client.decode_message", broken)
+    monkeypatch.setattr("streamfuse.client.decode_header", broken)
     with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub:
         assert main([pub.endpoint, "--latest", "--count", "1"]) == 1
     err = capsys.readouterr().err.splitlines()

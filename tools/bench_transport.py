@@ -1,16 +1,19 @@
-"""Transport benchmark on loopback: streamfuse PUB/SUB vs imagezmq (default REQ/REP) for bgr8 frames.
+"""Transport benchmark on loopback, side by side in one run: imagezmq (default REQ/REP) and streamfuse raw PUB/SUB,
+shared memory, jpeg and h264, for bgr8 frames like the demo's (the synthetic rig's scene, IR max visible) at each
+``--sizes``.
 
-Receivers run in a child process, senders in this one, so each side has its own interpreter. Phases:
+Receivers run in a child process, senders in this one, so each side has its own interpreter. Phases per size:
 
-1. capacity: frames/s delivered with nothing lost, median and best of ``--rounds`` interleaved runs (the load
-   of a shared machine changes from second to second). imagezmq: send_image/recv_image/send_reply in lock-step.
-   streamfuse: a ``nodrop`` publisher with ``wait_ms`` (back-pressure instead of drops, as offline replay into a
-   recorder runs), at the default high-water marks (2) and at ``--hwm``.
-2. latency: frames paced at ``--rate``; receive time minus the send time stamped just before sending (the same
-   ``time.time_ns`` clock on both sides), median and p99.
-3. stalled subscriber: duration of each ``send_fused`` call at ``--rate`` with no subscriber, with one that is
-   connected but never reads (default mode: its drops show as gaps in seq once it reads again), and the same in
-   ``nodrop`` mode, where the publisher counts the drops.
+1. capacity: frames/s delivered (decoded, for jpeg and h264) with nothing lost, median and best of ``--rounds``
+   interleaved runs (the load of a shared machine changes from second to second), and the publisher's CPU time
+   imagezmq: send_image/recv_image/send_reply in lock-step. streamfuse: a ``nodrop`` publisher with ``wait_ms``
+   (back-pressure instead of drops; over shared memory, which never waits, a refused frame is offered again).
+2. latency: frames paced at ``--rate``; time the decoded image is in the receiver's hands minus the publish time
+   stamped in the header (the same ``time.time_ns`` clock on both sides), median and p99; and the publisher's CPU
+   time per frame (all its threads, ZeroMQ's included).
+3. codecs: bytes per frame on the wire, encode and decode ms, PSNR against the raw frame.
+4. stalled subscriber: duration of each ``send_fused`` call at ``--rate`` with no subscriber and with one that is
+   connected but never reads, over ZeroMQ and over shared memory (where the stalled reader holds one pool slot).
 
 Needs imagezmq (``pip install imagezmq``, a benchmark-only dependency). Run from the repository root:
 ``PYTHONPATH=. python tools/bench_transport.py``.
@@ -28,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from streamfuse.capture.sources import SyntheticScene
 from streamfuse.client import Subscriber
+from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import PublishConfig, Publisher
 
@@ -62,19 +67,20 @@ def _summary(latencies_ns: list[int], arrivals_s: list[float]) -> dict[str, floa
 
 # --- receivers (child processes) ---
 
-def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int = 2) -> None:
+def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int = 2, shm: bool = False) -> None:
     """Receive until ``done`` is set and the stream has gone quiet; report the summary."""
     latencies, arrivals = [], []
-    with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm) as sub:
+    with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm, shm=shm) as sub:
         while (frame := sub.recv()) is not None or not done.is_set():
             if frame is None:
                 continue
-            if not ready.is_set():  # the first frame proves the subscription reached the publisher
-                ready.set()
+            if not ready.is_set():  # the first frame (from shared memory, if asked) proves the subscriptions arrived
+                if not shm or frame[0]["format"] == "shm":
+                    ready.set()
                 continue
             latencies.append(time.time_ns() - frame[0]["t_publish_ns"])
             arrivals.append(time.perf_counter())
-        results.put({**_summary(latencies, arrivals), "missed": sub.missed})
+        results.put({**_summary(latencies, arrivals), "missed": sub.missed, "via_shm": sub.via_shm})
 
 
 def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
@@ -93,10 +99,11 @@ def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
     results.put(_summary(latencies, arrivals))
 
 
-def _stalled_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
-    """Connect, take one frame, then stop reading until ``done``; then drain and report what got through."""
-    with Subscriber(endpoint, timeout_s=0.2) as sub:
-        while sub.recv() is None:
+def _stalled_receiver(endpoint: str, ready: Any, done: Any, results: Any, shm: bool = False) -> None:
+    """Connect, take one frame (holding its shared-memory slot), then stop reading until ``done``; then drain and
+    report what got through."""
+    with Subscriber(endpoint, timeout_s=0.2, shm=shm) as sub:
+        while (frame := sub.recv()) is None or (shm and frame[0]["format"] != "shm"):
             pass
         ready.set()
         done.wait()
@@ -131,49 +138,69 @@ def _paced(send: Callable[[int], int], seconds: float, rate: float) -> int:
     sent = 0
     while (now := time.perf_counter()) - start < seconds:
         if rate and now < start + sent / rate:
-            time.sleep(min(0.001, start + sent / rate - now))
+            time.sleep(start + sent / rate - now)  # one sleep per frame: the loop itself costs next to no CPU
             continue
         sent += send(sent)
     return sent
 
 
-def _ours(image: np.ndarray, seconds: float, rate: float, hwm: int = 2) -> dict[str, float]:
-    """Publish for ``seconds`` at ``rate`` frames/s to a subscriber process; rate 0: as fast as it takes them."""
+def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> dict[str, float]:
+    """Publish ``frames`` round and round for ``seconds`` at ``rate`` frames/s to a subscriber process (rate 0: as
+    fast as it takes them) in ``mode`` (raw, shm, jpeg, h264); adds the publisher's CPU ms per frame."""
     endpoint = _free_endpoint()
-    lossless = PublishConfig(endpoint=endpoint, sndhwm=hwm, nodrop=True, wait_ms=1000)
-    with Publisher(lossless if not rate else PublishConfig(endpoint=endpoint, sndhwm=hwm)) as pub:
-        rx = _Receiver(_sub_receiver, endpoint, hwm)
+    encoding = mode if mode in ("jpeg", "h264") else "raw"
+    cfg = dict(endpoint=endpoint, encoding=encoding, shm_slots=8 if mode == "shm" else 0)
+    # Capacity: back-pressure instead of drops. The pool never makes its writer wait (wait_ms turns it off), so
+    # over shared memory a frame refused by the full queue is offered again.
+    wait_ms = 0 if rate or mode == "shm" else 1000
+    with Publisher(PublishConfig(**cfg, nodrop=not rate, wait_ms=wait_ms)) as pub:
+        rx = _Receiver(_sub_receiver, endpoint, 2, mode == "shm")
         while not rx.ready.wait(0.01):
-            pub.send_fused(_fused(image, 0))
-        sent = _paced(lambda seq: pub.send_fused(_fused(image, seq)), seconds, rate)
-        return {**rx.result(), "sent": sent}
+            pub.send_fused(_fused(frames[0], 0))
+
+        def send(seq: int) -> int:
+            if pub.send_fused(_fused(frames[seq % len(frames)], seq)):
+                return 1
+            time.sleep(0)  # refused (capacity run over shared memory): let the reader run, then offer it again
+            return 0
+
+        cpu0 = time.process_time()
+        sent = _paced(send, seconds, rate)
+        cpu_ms = (time.process_time() - cpu0) * 1e3 / max(1, sent)
+        return {**rx.result(), "sent": sent, "cpu_ms": cpu_ms}
 
 
-def _imagezmq(image: np.ndarray, seconds: float, rate: float) -> dict[str, float]:
+def _imagezmq(frames: list[np.ndarray], seconds: float, rate: float) -> dict[str, float]:
     """imagezmq REQ/REP for ``seconds`` at ``rate`` frames/s (0 = as fast as the round trip allows)."""
     endpoint = _free_endpoint()
     rx = _Receiver(_hub_receiver, endpoint)
     rx.ready.wait(30)
     sender = imagezmq.ImageSender(connect_to=endpoint)
-    sender.send_image(str(time.time_ns()), image)  # connect and warm up
+    sender.send_image(str(time.time_ns()), frames[0])  # connect and warm up
 
-    def send(_: int) -> int:
-        sender.send_image(str(time.time_ns()), image)  # returns once the hub has replied: never dropped
+    def send(seq: int) -> int:
+        sender.send_image(str(time.time_ns()), frames[seq % len(frames)])  # returns once the hub replied
         return 1
 
+    cpu0 = time.process_time()
     sent = _paced(send, seconds, rate)
-    sender.send_image(STOP, image)
+    cpu_ms = (time.process_time() - cpu0) * 1e3 / max(1, sent)
+    sender.send_image(STOP, frames[0])
     out = rx.result()
     out["frames"] -= 1  # the warm-up frame
     sender.close()
-    return {**out, "sent": sent}
+    return {**out, "sent": sent, "cpu_ms": cpu_ms}
 
 
-def _stall(image: np.ndarray, seconds: float, rate: float, stalled: bool, nodrop: bool) -> dict[str, float]:
-    """send_fused call times (ms) at ``rate`` with no subscriber or a stalled one."""
+def _stall(image: np.ndarray, seconds: float, rate: float, peer: str, shm: bool) -> dict[str, float]:
+    """send_fused call times (ms) at ``rate`` with ``peer`` ``none``, one ``reading`` subscriber or one ``stalled``
+    (over shared memory with ``shm``)."""
     endpoint = _free_endpoint()
-    with Publisher(PublishConfig(endpoint=endpoint, nodrop=nodrop)) as pub:
-        rx = _Receiver(_stalled_receiver, endpoint) if stalled else None
+    with Publisher(PublishConfig(endpoint=endpoint, shm_slots=8 if shm else 0)) as pub:
+        rx = None
+        if peer != "none":
+            rx = (_Receiver(_stalled_receiver, endpoint, shm) if peer == "stalled"
+                  else _Receiver(_sub_receiver, endpoint, 2, shm))
         while rx is not None and not rx.ready.wait(0.01):
             pub.send_fused(_fused(image, 0))
         dropped0, calls = pub.dropped, []
@@ -184,54 +211,102 @@ def _stall(image: np.ndarray, seconds: float, rate: float, stalled: bool, nodrop
             time.sleep(max(0.0, 1.0 / rate - calls[-1]))
         got = rx.result() if rx is not None else {}
     ms = np.asarray(calls) * 1e3
-    return {"calls": len(calls), "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
-            "max_ms": float(ms.max()), "dropped": pub.dropped - dropped0, **got}
+    return {**got, "calls": len(calls), "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max()), "dropped": pub.dropped - dropped0}
+
+
+def _demo_frames(width: int, height: int, n: int) -> list[np.ndarray]:
+    """``n`` frames like the demo's output: the synthetic rig's night scene, pixel-wise max of IR and visible."""
+    scene = SyntheticScene(width, height, 7)
+    return [np.maximum(scene.render_vis(i * 33_333_333), scene.render_ir(i * 33_333_333)[..., None]) for i in range(n)]
+
+
+def _codec(frames: list[np.ndarray], mode: str, quality: int) -> dict[str, float]:
+    """Bytes per frame, encode and decode ms (medians) and mean PSNR (dB) against the raw frames, in this process."""
+    h, w = frames[0].shape[:2]
+    if mode == "jpeg":
+        enc, dec = JpegEncoder(quality), JpegDecoder()
+        encode, decode = (lambda f: (enc.encode(f), True)), (lambda p, k: dec.decode(p, h, w, 3))
+    else:
+        enc, dec = H264Encoder(30, 23), H264Decoder()
+        encode, decode = enc.encode, (lambda p, k: dec.decode(p, k, h, w, 3))
+    sizes, enc_ms, dec_ms, psnr = [], [], [], []
+    for frame in frames:
+        t0 = time.perf_counter()
+        packet, key = encode(frame)
+        t1 = time.perf_counter()
+        out = decode(packet, key)
+        t2 = time.perf_counter()
+        sizes.append(len(packet))
+        enc_ms.append((t1 - t0) * 1e3)
+        dec_ms.append((t2 - t1) * 1e3)
+        psnr.append(10 * np.log10(255.0**2 / np.mean((frame.astype(np.float64) - out) ** 2)))
+    return {"bytes": float(np.mean(sizes)), "enc_ms": float(np.median(enc_ms)), "dec_ms": float(np.median(dec_ms)),
+            "psnr": float(np.mean(psnr))}
+
+
+MODES = {"imagezmq": "imagezmq REQ/REP", "raw": "streamfuse raw PUB/SUB", "shm": "streamfuse shared memory",
+         "jpeg": "streamfuse jpeg", "h264": "streamfuse h264"}
+
+
+def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
+    frames = _demo_frames(width, height, 30)
+    nbytes = frames[0].nbytes
+    print(f"\n== {width}x{height} bgr8 ({nbytes / 1e6:.2f} MB/frame), load average {os.getloadavg()[0]:.2f} ==")
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    for _ in range(args.rounds):
+        for mode in MODES:
+            run = _imagezmq if mode == "imagezmq" else (lambda f, s, r, m=mode: _ours(f, s, r, m))
+            runs[mode].append(run(frames, args.seconds, 0))
+    lat = {mode: (_imagezmq(frames, args.paced_seconds, args.rate) if mode == "imagezmq"
+                  else _ours(frames, args.paced_seconds, args.rate, mode)) for mode in MODES}
+    codecs = {mode: _codec(frames, mode, args.quality) for mode in ("jpeg", "h264")}
+    wire = {"imagezmq": nbytes, "raw": nbytes, "shm": 0, **{m: c["bytes"] for m, c in codecs.items()}}
+    fps = {mode: float(np.median([r["fps"] for r in rs])) for mode, rs in runs.items()}
+    print(f"capacity: median and best of {args.rounds} runs of {args.seconds:g} s; latency and publisher CPU: "
+          f"{args.paced_seconds:g} s at {args.rate:g} frames/s, decoded image in hand minus publish time; bytes: image "
+          f"payload per frame")
+    print(f"{'':26s} {'frames/s':>8s} {'best':>6s} {'vs izmq':>7s} {'pub CPU/frame':>13s} {'lat median':>10s} "
+          f"{'p99':>8s} {'bytes/frame':>11s} {'missed':>6s}  runs")
+    for mode, label in MODES.items():
+        best = max(r["fps"] for r in runs[mode])
+        cpu = lat[mode]["cpu_ms"]
+        each = " ".join(f"{r['fps']:.0f}" for r in runs[mode])
+        print(f"{label:26s} {fps[mode]:8.0f} {best:6.0f} {fps[mode] / fps['imagezmq']:6.2f}x {cpu:10.3f} ms "
+              f"{lat[mode]['median_ms']:7.3f} ms {lat[mode]['p99_ms']:5.3f} ms {wire[mode]:11.0f} "
+              f"{sum(int(r.get('missed', 0)) for r in runs[mode]):6d}  {each}")
+    for mode, c in codecs.items():
+        print(f"  {mode}: {c['bytes']:.0f} bytes/frame ({nbytes / c['bytes']:.1f}x fewer than raw), encode "
+              f"{c['enc_ms']:.2f} ms, decode {c['dec_ms']:.2f} ms (medians, one core), PSNR {c['psnr']:.1f} dB"
+              + (f" (quality {args.quality})" if mode == "jpeg" else " (crf 23, keyframe every 30)"))
+    print(f"send_fused call time at {args.rate:g} frames/s ({args.paced_seconds:g} s each):")
+    for shm in (False, True):
+        for peer in ("none", "reading", "stalled"):
+            r = _stall(frames[0], args.paced_seconds, args.rate, peer, shm)
+            name = f"{'shared memory' if shm else 'ZeroMQ raw'}, {peer} subscriber"
+            extra = f"; stalled one got {r['received']} of {r['calls']} when it read again" if peer == "stalled" else ""
+            print(f"  {name:34s} median {r['median_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  max {r['max_ms']:.3f} ms"
+                  f"{extra}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--sizes", default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each capacity run")
-    parser.add_argument("--rounds", type=int, default=5, help="capacity runs per transport")
+    parser.add_argument("--rounds", type=int, default=3, help="capacity runs per transport")
     parser.add_argument("--paced-seconds", type=float, default=2.0, help="length of each latency and stall run")
-    parser.add_argument("--hwm", type=int, default=10, help="high-water mark of the second streamfuse row")
     parser.add_argument("--rate", type=float, default=100.0, help="frames/s of the latency and stall runs")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
     args = parser.parse_args()
     if imagezmq is None:
         raise SystemExit("tools/bench_transport.py needs imagezmq: pip install imagezmq (or pip install -e .[bench])")
-    image = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
-    print(f"{args.width}x{args.height} bgr8 ({image.nbytes / 1e6:.2f} MB/frame) on loopback, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-
-    runs: dict[str, list[dict[str, float]]] = {"imagezmq": [], "ours": [], "ours_hwm": []}
-    for _ in range(args.rounds):
-        runs["imagezmq"].append(_imagezmq(image, args.seconds, 0))
-        runs["ours"].append(_ours(image, args.seconds, 0))
-        runs["ours_hwm"].append(_ours(image, args.seconds, 0, hwm=args.hwm))
-    fps = {name: float(np.median([r["fps"] for r in rs])) for name, rs in runs.items()}
-    izmq_lat = _imagezmq(image, args.paced_seconds, args.rate)
-    ours_lat = _ours(image, args.paced_seconds, args.rate)
-
-    print(f"\ncapacity: median and best of {args.rounds} runs of {args.seconds:g} s; latency: {args.paced_seconds:g} s "
-          f"at {args.rate:g} frames/s, receive minus send time")
-    print(f"{'':36s} {'frames/s':>8s} {'best':>5s} {'ratio':>6s} {'latency median':>15s} {'p99':>9s}   runs")
-    rows = [("imagezmq REQ/REP", "imagezmq", izmq_lat), ("streamfuse PUB/SUB, hwm 2 (default)", "ours", ours_lat),
-            (f"streamfuse PUB/SUB, hwm {args.hwm}", "ours_hwm", None)]
-    for label, name, lat in rows:
-        each = " ".join(f"{r['fps']:.0f}" for r in runs[name])
-        best = max(r["fps"] for r in runs[name])
-        tail = f"{lat['median_ms']:12.2f} ms {lat['p99_ms']:6.2f} ms" if lat else f"{'':25s}"
-        print(f"{label:36s} {fps[name]:8.0f} {best:5.0f} {fps[name] / fps['imagezmq']:5.2f}x {tail}   {each}")
-
-    print(f"\nsend_fused call time at {args.rate:g} frames/s ({args.paced_seconds:g} s each):")
-    for name, stalled, nodrop in [("no subscriber", False, False), ("stalled subscriber", True, False),
-                                  ("stalled subscriber, nodrop", True, True)]:
-        r = _stall(image, args.paced_seconds, args.rate, stalled, nodrop)
-        extra = (f"; stalled one got {r['received']} of {r['calls']} (missed {r['missed']} seen as seq gaps)"
-                 if stalled else "")
-        print(f"  {name:28s} median {r['median_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  max {r['max_ms']:.3f} ms  "
-              f"dropped (publisher count) {r['dropped']}{extra}")
+    try:
+        sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes {args.sizes!r}: expected WIDTHxHEIGHT[,WIDTHxHEIGHT...]") from None
+    print(f"loopback, {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    for width, height in sizes:
+        _size_report(width, height, args)
 
 
 if __name__ == "__main__":

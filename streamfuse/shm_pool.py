@@ -1,0 +1,277 @@
+"""The publisher's pool of shared-memory frame slots, for consumers on the same host (Linux).
+
+One publisher writes each frame once into a slot of a fixed pool (``slots`` slots of ``slot_bytes``, created at
+start, never growing); ZeroMQ then carries only ``(pool, slot, gen)``. A consumer maps the pool read-only and reads
+the frame in place.
+
+Guards, none of which ever makes the writer wait:
+
+- **Generation.** Every write gives its slot a new, even generation (odd while the copy is under way); the
+  message names the generation it wrote. A reader whose slot no longer has that generation (overwritten before it
+  got there) counts the frame as missed, never returns it.
+- **Open-file-description locks** (``F_OFD_SETLK``, byte-range locks on the pool file). A reader holds a shared
+  lock on the slot of the frame it returned until it asks for the next one, so the view stays intact that long;
+  the writer only takes slots it can lock exclusively *without waiting* and skips the others, so a stalled reader
+  costs the writer one slot, never time. The kernel drops a dead process's locks.
+
+Layout (little-endian int64 words): a header ``[magic, slots, slot_bytes, data_offset]``, then per slot
+``[gen, nbytes]``, then the slots at ``data_offset`` (64-byte aligned). Consumers validate all of it against the
+file's size before trusting any number, and accept only names of publisher pools (``streamfuse_pub_<pid>_<hex>``),
+so a forged message cannot make them map or read anything outside such a pool.
+
+Names carry the creating process's id, so a start frees the pools of publishers that were killed
+(:func:`remove_stale`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import re
+import secrets
+import stat
+import struct
+import sys
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from streamfuse.capture.shm_ring import SHM_DIR, remove_stale
+
+__all__ = ["ShmPool", "PoolReader", "PoolError", "POOL_PREFIX", "MAX_SLOTS", "valid_pool_name", "remove_stale_pools",
+           "shm_supported"]
+
+POOL_PREFIX = "streamfuse_pub_"
+_NAME = re.compile(rf"{POOL_PREFIX}(\d{{1,10}})_([0-9a-f]{{8}})")
+_MAGIC = 0x5346_504F_4F4C_0001  # "SFPOOL" v1
+_H_MAGIC, _H_SLOTS, _H_SLOT_BYTES, _H_DATA, _H_LEN = range(5)
+_M_GEN, _M_NBYTES, _M_LEN = 0, 1, 2
+MAX_SLOTS = 1024
+_MAX_POOL_BYTES = 1 << 40  # a forged header cannot make a reader map more than this
+_ALIGN = 64
+
+
+class PoolError(RuntimeError):
+    """The pool cannot be created or mapped (one line saying why); consumers fall back to the ZeroMQ payload."""
+
+
+def shm_supported() -> bool:
+    """True where pools work: Linux with ``/dev/shm`` and open-file-description locks."""
+    return sys.platform.startswith("linux") and SHM_DIR.is_dir() and hasattr(fcntl, "F_OFD_SETLK")
+
+
+def valid_pool_name(name: str) -> bool:
+    """True for a publisher pool name, ``streamfuse_pub_<pid>_<8 hex>`` (nothing else may be mapped)."""
+    return _NAME.fullmatch(name) is not None
+
+
+def remove_stale_pools(directory: Path = SHM_DIR) -> list[str]:
+    """Unlink the pools of publishers whose process is gone (killed before it could free them)."""
+    return remove_stale(POOL_PREFIX, directory)
+
+
+def _data_offset(slots: int) -> int:
+    return (8 * (_H_LEN + _M_LEN * slots) + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _lock(fd: int, kind: int, start: int, length: int) -> bool:
+    """Set an OFD byte-range lock without waiting; False when another holder's lock conflicts."""
+    flock = struct.pack("hhxxxxqqixxxx", kind, os.SEEK_SET, start, length, 0)  # struct flock, l_pid 0 for OFD
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, flock)
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+class _Mapping:
+    """An open pool file, its mapping and numpy views of header and slot table."""
+
+    def __init__(self, fd: int, size: int, writable: bool) -> None:
+        self.fd = fd
+        # MAP_POPULATE: page faults now, not ~2 us per 4 KiB page on the first frame through each slot
+        self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                            prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+        self.hdr = np.ndarray((_H_LEN,), "<i8", self.mm)
+        self.meta: np.ndarray | None = None
+
+    def close(self) -> None:
+        self.hdr = self.meta = None
+        try:
+            self.mm.close()
+        except BufferError:  # a consumer still holds a frame view; the mapping goes when the view does
+            pass
+        os.close(self.fd)
+
+
+class ShmPool:
+    """The writer side: creates the pool, writes frames into free slots, unlinks the pool on :meth:`close`.
+
+    Args:
+        slots: number of slots (1..1024); each holds one frame.
+        slot_bytes: bytes per slot (the largest frame, e.g. 640 * 480 * 3).
+
+    Raises:
+        PoolError: shared memory is unavailable here, or the pool cannot be created.
+    """
+
+    def __init__(self, slots: int, slot_bytes: int) -> None:
+        if not 1 <= slots <= MAX_SLOTS or slot_bytes < 1:
+            raise ValueError(f"slots={slots} must be in 1..{MAX_SLOTS} and slot_bytes={slot_bytes} >= 1")
+        if not shm_supported():
+            raise PoolError("shared-memory pools need Linux with /dev/shm")
+        self.name = f"{POOL_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        self.slots, self.slot_bytes = slots, (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
+        self.busy = 0  # frames not written because a reader held every slot
+        self._next, self._writes = 0, 0
+        path = SHM_DIR / self.name
+        size = _data_offset(slots) + slots * self.slot_bytes
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise PoolError(f"cannot create shared memory {path}: {exc.strerror}") from None
+        self._finalizer = weakref.finalize(self, _unlink, path)  # also at interpreter exit without close()
+        try:
+            os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, size)  # fail now, not with SIGBUS on a full /dev/shm later
+            self._m = _Mapping(fd, size, writable=True)
+        except OSError as exc:
+            os.close(fd)
+            self._finalizer()
+            raise PoolError(f"cannot size shared memory {path} to {size} bytes: {exc.strerror}") from None
+        self._m.hdr[:] = (_MAGIC, slots, self.slot_bytes, _data_offset(slots))
+        self._m.meta = np.ndarray((slots, _M_LEN), "<i8", self._m.mm, offset=8 * _H_LEN)
+        self._data = np.ndarray((slots, self.slot_bytes), np.uint8, self._m.mm, offset=_data_offset(slots))
+
+    def write(self, image: np.ndarray) -> tuple[int, int] | None:
+        """Copy ``image`` (C-contiguous) into a free slot; returns ``(slot, gen)``, or None when every slot is held
+        by a reader (counted in ``busy``). Never waits."""
+        if image.nbytes > self.slot_bytes:
+            raise ValueError(f"frame of {image.nbytes} bytes does not fit the pool's {self.slot_bytes}-byte slots")
+        for k in range(self.slots):
+            slot = (self._next + k) % self.slots
+            start = _data_offset(self.slots) + slot * self.slot_bytes
+            if _lock(self._m.fd, fcntl.F_WRLCK, start, self.slot_bytes):
+                break
+        else:
+            self.busy += 1
+            return None
+        try:
+            self._writes += 1
+            gen = 2 * self._writes
+            meta = self._m.meta
+            meta[slot, _M_GEN] = gen - 1  # odd: being written
+            self._data[slot, : image.nbytes] = image.reshape(-1)  # the one copy
+            meta[slot, _M_NBYTES] = image.nbytes
+            meta[slot, _M_GEN] = gen
+        finally:
+            _lock(self._m.fd, fcntl.F_UNLCK, start, self.slot_bytes)
+        self._next = slot + 1
+        return slot, gen
+
+    def close(self) -> None:
+        """Unmap and unlink the pool (idempotent); readers that mapped it keep their mapping until they let go."""
+        if self._m.hdr is None:
+            return
+        self._data = None
+        self._m.close()
+        self._finalizer()
+
+    def __enter__(self) -> ShmPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _map_pool(fd: int, name: str) -> _Mapping:
+    """Map ``fd`` read-only after checking that its size and header describe a pool (nothing else is trusted)."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or not 8 * _H_LEN <= info.st_size <= _MAX_POOL_BYTES:
+        raise PoolError(f"shared memory {name} is not a streamfuse pool (size {info.st_size})")
+    mapping = _Mapping(fd, info.st_size, writable=False)
+    magic, slots, slot_bytes, offset = (int(v) for v in mapping.hdr)
+    if (magic != _MAGIC or not 1 <= slots <= MAX_SLOTS or slot_bytes < 1 or offset != _data_offset(slots)
+            or offset + slots * slot_bytes != info.st_size):
+        mapping.hdr = None
+        mapping.mm.close()
+        raise PoolError(f"shared memory {name} is not a streamfuse pool (bad header)")
+    return mapping
+
+
+class PoolReader:
+    """The consumer side: maps one pool read-only and reads frames out of it, holding the returned frame's slot.
+
+    Args:
+        name: the pool name from a message; anything but a publisher pool name is refused.
+
+    Raises:
+        PoolError: the name is not a pool's, or the pool cannot be opened (other host, other user, gone) or is not
+            a valid pool.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not valid_pool_name(name):
+            raise PoolError(f"{name[:60]!r} is not a streamfuse publisher pool name")
+        if not shm_supported():
+            raise PoolError("shared-memory pools need Linux with /dev/shm")
+        self.name = name
+        try:
+            fd = os.open(SHM_DIR / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PoolError(f"cannot open shared memory {name}: {exc.strerror}") from None
+        try:
+            self._m = _map_pool(fd, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        hdr = self._m.hdr
+        self.slots, self.slot_bytes, self._offset = int(hdr[_H_SLOTS]), int(hdr[_H_SLOT_BYTES]), int(hdr[_H_DATA])
+        self._m.meta = np.ndarray((self.slots, _M_LEN), "<i8", self._m.mm, offset=8 * _H_LEN)
+        self._held: int | None = None  # slot whose shared lock we hold (the last frame returned)
+
+    def read(self, slot: int, gen: int, nbytes: int, copy: bool) -> np.ndarray | None:
+        """The ``nbytes`` of ``slot`` written as generation ``gen``, flat uint8; None when the slot has been
+        overwritten since (or is being written). A view (read-only) stays intact until the next :meth:`read` or
+        :meth:`release`; with ``copy`` the slot is let go at once.
+
+        Raises:
+            PoolError: ``slot`` or ``nbytes`` do not fit this pool (a forged message).
+        """
+        if not 0 <= slot < self.slots or not 0 < nbytes <= self.slot_bytes:
+            raise PoolError(f"slot {slot} / {nbytes} bytes outside pool {self.name} ({self.slots} slots of "
+                            f"{self.slot_bytes} bytes)")
+        self.release()
+        start = self._offset + slot * self.slot_bytes
+        if not _lock(self._m.fd, fcntl.F_RDLCK, start, self.slot_bytes):
+            return None  # the writer is in it right now: a newer generation is coming
+        meta = self._m.meta
+        if int(meta[slot, _M_GEN]) != gen or int(meta[slot, _M_NBYTES]) != nbytes:
+            _lock(self._m.fd, fcntl.F_UNLCK, start, self.slot_bytes)
+            return None
+        view = np.frombuffer(self._m.mm, np.uint8, nbytes, start)
+        if copy:
+            view = view.copy()
+            _lock(self._m.fd, fcntl.F_UNLCK, start, self.slot_bytes)
+        else:
+            self._held = slot
+        return view
+
+    def release(self) -> None:
+        """Let the writer have the slot of the last frame returned again."""
+        if self._held is not None and self._m.hdr is not None:
+            _lock(self._m.fd, fcntl.F_UNLCK, self._offset + self._held * self.slot_bytes, self.slot_bytes)
+        self._held = None
+
+    def close(self) -> None:
+        """Release the held slot and unmap (a view still held keeps the mapping alive until it is dropped)."""
+        if self._m.hdr is None:
+            return
+        self.release()
+        self._m.close()

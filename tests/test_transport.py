@@ -1,0 +1,303 @@
+"""Same-host shared memory and compressed streams: torn-frame guard, fall back, stale pools, quality, keyframes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, publishing, wait_until, with_header
+
+from streamfuse.capture.sources import SyntheticScene
+from streamfuse.client import Subscriber
+from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
+from streamfuse.publish import SCHEMA_2, MalformedMessage, PublishConfig, Publisher, decode_header
+from streamfuse.shm_pool import POOL_PREFIX, PoolError, PoolReader, ShmPool, shm_supported
+
+REPO = Path(__file__).resolve().parents[1]
+SHM = Path("/dev/shm")
+needs_shm = pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
+
+
+def _uniform(value: int, shape: tuple[int, ...] = (48, 64, 3)) -> np.ndarray:
+    return np.full(shape, value % 251, np.uint8)
+
+
+def _recv_shm(sub: Subscriber, pub: Publisher, image: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Publish ``image`` until ``sub`` returns a frame read from shared memory."""
+    def got() -> bool:
+        pub.send_fused(fused_frame(image))
+        frame = sub.recv(0.05)
+        holder[:] = [frame] if frame is not None and frame[0]["format"] == "shm" else []
+        return bool(holder)
+
+    holder: list = []
+    wait_until(got, "a frame through shared memory")
+    return holder[0]
+
+
+@needs_shm
+def test_pool_generation_guard_and_held_slots() -> None:
+    with ShmPool(3, 64) as pool:
+        reader = PoolReader(pool.name)
+        slot, gen = pool.write(_uniform(1, (64,)))
+        for value in range(2, 5):  # the writer comes round to that slot again
+            pool.write(_uniform(value, (64,)))
+        assert reader.read(slot, gen, 64, copy=True) is None  # overwritten before it was read: gone, not torn
+        slot, gen = pool.write(_uniform(9, (64,)))
+        view = reader.read(slot, gen, 64, copy=False)
+        assert not view.flags.writeable
+        written = [pool.write(_uniform(v, (64,))) for v in range(10, 20)]
+        assert slot not in [s for s, _ in written]  # a held slot is skipped, the writer never waits
+        np.testing.assert_array_equal(view, 9)
+        other = PoolReader(pool.name)
+        s2, g2 = written[-1]
+        assert other.read(s2, g2, 64, copy=False) is not None
+        third = PoolReader(pool.name)
+        s3 = next(s for s in range(3) if s not in (slot, s2))
+        g3 = max(g for s, g in written if s == s3)
+        assert third.read(s3, g3, 64, copy=False) is not None
+        assert pool.write(_uniform(1, (64,))) is None and pool.busy == 1  # every slot held: skipped, counted
+        with pytest.raises(PoolError, match="outside pool"):
+            reader.read(3, 2, 64, copy=True)  # a forged slot index beyond this pool
+        with pytest.raises(PoolError, match="outside pool"):
+            reader.read(0, 2, 65, copy=True)
+        for r in (reader, other, third):
+            r.close()
+
+
+@needs_shm
+def test_shared_memory_view_stays_intact_until_next_frame(rng: np.random.Generator) -> None:
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        header, view = _recv_shm(sub, pub, image)
+        assert header["schema"] == SCHEMA_2 and not view.flags.writeable
+        for i in range(20):
+            pub.send_fused(fused_frame(_uniform(i), 0))
+        np.testing.assert_array_equal(view, image)
+        pool = SHM / pub.shm_pool
+        assert pool.exists()
+    assert not pool.exists()  # freed when the publisher exits
+
+
+@needs_shm
+@pytest.mark.parametrize("copy", [False, True], ids=["view", "copy"])
+def test_no_torn_frame_under_a_slow_reader(copy: bool) -> None:
+    """The writer runs flat out over a 2-slot pool while the reader is slower on purpose: each frame returned is the
+    one its header names, whole; the others are counted as missed."""
+    stop = threading.Event()
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=2, sndhwm=1000)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, copy=copy, rcvhwm=1000) as sub:
+        _recv_shm(sub, pub, _uniform(0))
+
+        def write() -> None:
+            while not stop.is_set():
+                pub.send_fused(fused_frame(_uniform(pub.published), 0))
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            checked = 0
+            while checked < 50 or sub.missed == 0:
+                header, image = sub.recv()
+                if header["format"] == "shm":
+                    expected = header["seq"] % 251
+                    assert np.all(image == expected), f"torn frame: seq {header['seq']} holds other values"
+                    checked += 1
+                stop.wait(0.002)  # slower than the writer, so slots are overwritten under the reader
+                assert checked < 100_000, "the writer never overtook the reader"
+        finally:
+            stop.set()
+            writer.join(timeout=PATIENCE_S)
+    assert sub.missed > 0 and sub.via_shm >= 50
+
+
+@needs_shm
+def test_stalled_shared_memory_reader_holds_one_slot_and_never_the_publisher() -> None:
+    with publishing(_uniform(5), shm_slots=3) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as stalled, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=True) as healthy:
+        wait_until(lambda: (f := stalled.recv(0.05)) is not None and f[0]["format"] == "shm", "stalled on shm")
+        header, held = stalled.recv(PATIENCE_S)  # now it stops reading, holding this frame's slot
+        while (frame := healthy.recv()) is None or frame[0]["seq"] < header["seq"] + 20:
+            pass  # the publisher goes on (its thread never waits), the healthy reader keeps getting new frames
+        assert frame[0]["format"] == "shm" and pub.shm_busy == 0
+        np.testing.assert_array_equal(held, 5)
+
+
+@needs_shm
+def test_falls_back_to_the_payload_when_the_pool_cannot_be_mapped(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(name: str) -> None:
+        raise PoolError(f"cannot open shared memory {name}: Permission denied")
+
+    monkeypatch.setattr("streamfuse.client.PoolReader", refuse)
+    image = _uniform(7)
+    with caplog.at_level(logging.WARNING), publishing(image, encoding="jpeg") as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        wait_until(lambda: (frame := sub.recv(0.05)) is not None and frame[0]["format"] == "jpeg",
+                   "a jpeg frame after the fall back")
+        wait_until(lambda: pub.shm_pool == "" or not pub._wanted(pub._shm_topic, b"shm/"), "the shm unsubscription")
+        assert sub.via_shm == 0
+    assert "unavailable (cannot open shared memory" in caplog.text and "taking the ZeroMQ stream" in caplog.text
+
+
+@needs_shm
+def test_remote_endpoint_never_maps_shared_memory() -> None:
+    with publishing(_uniform(3)) as pub:
+        assert not Subscriber("tcp://192.0.2.1:5555", timeout_s=0.01)._shm  # TEST-NET address: another host
+        with Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as sub:
+            wait_until(lambda: sub.recv(0.05) is not None, "a raw frame")
+            assert sub.via_shm == 0
+
+
+@needs_shm
+def test_stale_pool_of_a_killed_publisher_is_freed_on_the_next_start(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import sys, time\n"
+        "import numpy as np\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from helpers_zmq import fused_frame, wait_until\n"
+        "from streamfuse.client import Subscriber\n"
+        "from streamfuse.publish import PublishConfig, Publisher\n"
+        "pub = Publisher(PublishConfig(endpoint='tcp://127.0.0.1:*'))\n"
+        "sub = Subscriber(pub.endpoint, timeout_s=0.05)\n"
+        "def shm():\n"
+        "    pub.send_fused(fused_frame(np.zeros((8, 8, 3), np.uint8)))\n"
+        "    return sub.recv() is not None and sub.via_shm > 0\n"
+        "wait_until(shm, 'shm')\n"
+        "print(pub.shm_pool, flush=True)\n"
+        "time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        name = child.stdout.readline().strip()
+        assert name.startswith(f"{POOL_PREFIX}{child.pid}_") and (SHM / name).exists()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=PATIENCE_S)
+        child.stdout.close()
+    assert (SHM / name).exists()  # nobody could free it
+    with Publisher(PublishConfig(endpoint=ANY_PORT)):
+        assert not (SHM / name).exists()
+
+
+@needs_shm
+def test_a_forged_pool_file_is_refused(tmp_path: Path) -> None:
+    name = f"{POOL_PREFIX}{os.getpid()}_0badf00d"
+    (SHM / name).write_bytes(b"\0" * 4096)
+    try:
+        with pytest.raises(PoolError, match="not a streamfuse pool"):
+            PoolReader(name)
+    finally:
+        (SHM / name).unlink()
+    with pytest.raises(PoolError, match="not a streamfuse publisher pool name"):
+        PoolReader("../../etc/passwd")
+
+
+def _shm_parts(**changes: object) -> list[bytes]:
+    fields = {"schema": SCHEMA_2, "format": "shm", "shm_pool": f"{POOL_PREFIX}1_0123abcd", "shm_slot": 0, "shm_gen": 2}
+    topic, header, _ = with_header(**{**fields, **changes})
+    return [topic, header, b""]
+
+
+@pytest.mark.parametrize(("parts", "reason"), [
+    (_shm_parts(shm_pool="../../dev/mem"), "is not a publisher pool name"),
+    (_shm_parts(shm_pool="streamfuse_1234_abcdef01"), "is not a publisher pool name"),  # a capture ring
+    (_shm_parts(shm_gen=3), "shm_gen 3 is odd"),
+    (_shm_parts(shm_gen=0), "header field shm_gen=0 is out of range"),
+    (_shm_parts(shm_slot=1024), "header field shm_slot=1024 is out of range 0..1023"),
+    (_shm_parts(shm_slot=-1), "header field shm_slot=-1 is out of range"),
+    (_shm_parts(shm_slot=10**400), "header field shm_slot=1000"),
+    (_shm_parts(shm_slot=None), "header field shm_slot=None is missing"),
+    (_shm_parts(step=99), "equal unless raw"),
+    (with_header(schema=SCHEMA_2, format="shm", shm_pool=f"{POOL_PREFIX}1_0123abcd", shm_slot=0, shm_gen=2),
+     "shm message with a 72-byte payload"),
+    (with_header(schema=SCHEMA_2, format="h264", keyframe=2), "header field keyframe=2 is out of range 0..1"),
+    (with_header(schema=SCHEMA_2, format="h264"), "header field keyframe=None is missing"),
+    (with_header(schema=SCHEMA_2, format="png"), "header field format='png' is missing or not one of"),
+    (with_header(schema=SCHEMA_2, format="jpeg")[:2] + [b""], "empty jpeg payload"),
+])
+def test_new_header_fields_are_range_checked(parts: list[bytes], reason: str) -> None:
+    with pytest.raises(MalformedMessage, match=reason.replace("(", r"\(").replace(".", r"\.")):
+        decode_header(parts)
+
+
+def _demo_frames(n: int) -> list[np.ndarray]:
+    """Frames like the demo's: the synthetic rig's scene, pixel-wise max of IR and visible."""
+    scene = SyntheticScene(320, 240, 7)
+    return [np.maximum(scene.render_vis(i * 33_333_333), scene.render_ir(i * 33_333_333)[..., None])
+            for i in range(n)]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_jpeg_round_trip_quality() -> None:
+    frame = _demo_frames(1)[0]
+    data = JpegEncoder(90).encode(frame)
+    assert len(data) * 8 <= frame.nbytes
+    assert _psnr(frame, JpegDecoder().decode(data, 240, 320, 3)) >= 38.0
+    grey = frame[..., 1].copy()
+    assert _psnr(grey, JpegDecoder().decode(JpegEncoder(90).encode(grey), 240, 320, 1)) >= 38.0
+
+
+def test_h264_round_trip_quality_and_late_joiner_waits_for_a_keyframe() -> None:
+    frames = _demo_frames(12)
+    encoder = H264Encoder(keyint=5, crf=23)
+    packets = [encoder.encode(f) for f in frames]
+    assert [k for _, k in packets] == [i % 5 == 0 for i in range(12)]
+    late = H264Decoder()
+    decoded = [late.decode(p, k, 240, 320, 3) for p, k in packets[2:]]  # joins at frame 2, an inter frame
+    assert decoded[:3] == [None, None, None]
+    assert all(_psnr(f, d) >= 30.0 for f, d in zip(frames[5:], decoded[3:]))
+
+
+def test_subscriber_waits_for_a_keyframe_then_decodes() -> None:
+    frames = _demo_frames(7)
+    encoder = H264Encoder(keyint=5, crf=23)
+    packets = [encoder.encode(f) for f in frames]
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    seq = iter(range(1_000_000))
+
+    def send(i: int) -> None:
+        topic, header, _ = with_header(schema=SCHEMA_2, format="h264", keyframe=int(packets[i][1]), seq=next(seq),
+                                       height=240, width=320, step=960)
+        sock.send_multipart([topic, header, packets[i][0]])
+
+    with Subscriber(f"tcp://127.0.0.1:{port}", "fused/", timeout_s=PATIENCE_S, shm=False) as sub:
+        def inter_frame_skipped() -> bool:
+            send(1)
+            assert sub.recv(0.01) is None
+            return sub.awaiting_keyframe > 0
+
+        wait_until(inter_frame_skipped, "an inter frame reaching the subscriber")
+        send(5)
+        send(6)
+        header, image = sub.recv()
+        assert header["keyframe"] == 1 and _psnr(frames[5], image) >= 30.0
+        header, image = sub.recv()
+        assert header["keyframe"] == 0 and _psnr(frames[6], image) >= 30.0
+    sock.close(linger=0)
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "h264"])
+def test_compressed_stream_decodes_transparently(encoding: str) -> None:
+    frame = _demo_frames(1)[0]
+    with publishing(frame, encoding=encoding) as pub, Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as sub:
+        header, image = sub.recv()
+        assert header["format"] == encoding and header["schema"] == SCHEMA_2 and image.shape == frame.shape
+        assert _psnr(frame, image) >= 30.0
+        assert json.loads(json.dumps(header)) == header

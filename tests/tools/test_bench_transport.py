@@ -1,0 +1,28 @@
+"""tools/bench_transport.py: its shared-memory row really goes through shared memory, its codec figures are sane."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamfuse.shm_pool import shm_supported
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import bench_transport  # noqa: E402
+
+
+@pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
+@pytest.mark.parametrize("rate", [0.0, 100.0], ids=["capacity", "paced"])
+def test_shared_memory_row_reads_the_pool(rate: float) -> None:
+    frames = bench_transport._demo_frames(64, 48, 3)
+    result = bench_transport._ours(frames, 0.2, rate, "shm")
+    assert result["frames"] > 0 and result["via_shm"] >= result["frames"] and result["cpu_ms"] > 0
+
+
+@pytest.mark.parametrize("mode", ["jpeg", "h264"])
+def test_codec_figures(mode: str) -> None:
+    figures = bench_transport._codec(bench_transport._demo_frames(64, 48, 3), mode, 90)
+    assert 0 < figures["bytes"] < 64 * 48 * 3 and figures["enc_ms"] > 0 and figures["dec_ms"] > 0
+    assert figures["psnr"] >= 30.0
