@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import av
 import cv2
@@ -475,7 +475,8 @@ class _Clock:
 
 
 def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: str | os.PathLike | None = None,
-               out_path: str | os.PathLike | None = None, resume: bool | None = None) -> ReplaySummary:
+               out_path: str | os.PathLike | None = None, resume: bool | None = None,
+               fuser_factory: Callable[[Any, Any], Any] | None = None) -> ReplaySummary:
     """Fuse every pair of a recorded IR/visible input into one video.
 
     Args:
@@ -485,6 +486,8 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
             ``.mcap`` recording (then ``vis_path`` may be omitted).
         out_path: override ``replay.out``.
         resume: override ``replay.resume``.
+        fuser_factory: builds the fuser instead of ``build_fuser`` (same arguments), e.g. one that keeps a model
+            loaded across the pairs of a batch; it must give a fuser without any earlier video's state.
 
     Returns:
         The summary (also logged as one block).
@@ -526,7 +529,7 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
                                                                                       resume=resume))
     with _sigterm_interrupts():
         try:
-            return _Replay(used, ir, vis, out, fingerprint, reuse, summary).run()
+            return _Replay(used, ir, vis, out, fingerprint, reuse, summary).run(fuser_factory)
         except _Terminated:  # before the loop began or after it ended: the partial output is kept as it is
             raise ReplayError(f"replay stopped: {_TERMINATED}; {_resume_hint(out)}", summary,
                               interrupted=True) from None
@@ -589,7 +592,7 @@ class _Replay:
         self.readers = [_Reader(name, src, wait_ns, busy_ns) for name, src in sources.items()]
         return self.readers
 
-    def run(self) -> ReplaySummary:
+    def run(self, fuser_factory: Callable[[Any, Any], Any] | None = None) -> ReplaySummary:
         from tqdm import tqdm
 
         from streamfuse.align import LevelStabilizer
@@ -599,7 +602,7 @@ class _Replay:
 
         cfg, rcfg, s = self.cfg, self.cfg.replay, self.summary
         # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
-        fuser = build_fuser(cfg.fuse, dataclasses.replace(cfg.align, background=False))
+        fuser = (fuser_factory or build_fuser)(cfg.fuse, dataclasses.replace(cfg.align, background=False))
         pairer = Pairer(cfg.sync)
         denoise = TemporalDenoiser(cfg.post)
         stabilize = LevelStabilizer(cfg.align.stabilize)

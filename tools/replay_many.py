@@ -1,14 +1,18 @@
-"""Replay many recorded IR/visible pairs, one fused video each; pairs already done are skipped.
+"""Replay many recorded IR/visible pairs, one fused video each, here or on a Ray cluster; complete outputs are skipped.
 
-LIST_OR_DIR is a text file of "IR_PATH VIS_PATH" lines (relative to the file; '#' comments) or a folder with
-ir/ and vi/ (or vis/) subfolders of same-named videos. Each output is OUT/<IR name><ext>. A failing pair is
-reported at the end without stopping the others; the exit status is 1 when any failed.
+LIST_OR_DIR is a text file of "IR_PATH VIS_PATH" lines (relative to the file; '#' comments), a folder with ir/ and
+vi/ (or vis/) subfolders of same-named videos, or a folder of .mcap recordings. Each output is OUT/<IR name><ext>,
+written as the single replay writes it (.partial until complete, --resume continues). A failing pair is reported
+without stopping the others; a summary table follows; the exit status is 1 when any failed.
+--engine local (default) runs the pairs one after another here; --engine ray runs one Ray task per pair on a local
+Ray (--workers, --threads) or on a cluster (--address); it needs `pip install streamfuse[ray]`.
 Run from the repository root: ``PYTHONPATH=. python tools/replay_many.py LIST_OR_DIR --out DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -18,31 +22,45 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("pairs", metavar="LIST_OR_DIR", help="pair list file or folder with ir/ and vi/")
+    parser.add_argument("pairs", metavar="LIST_OR_DIR", help="pair list file, folder with ir/ and vi/, or of .mcap")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", default=str(REPO / "configs" / "replay.yaml"), help="replay config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--ext", default=".mp4", help="output container extension")
     parser.add_argument("--resume", action="store_true", help="continue interrupted outputs from their partial files")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local", help="where the pairs run")
+    parser.add_argument("--workers", type=int, default=2, help="ray: pairs run at once")
+    parser.add_argument("--threads", type=int, default=1, help="ray: CPUs per worker")
+    parser.add_argument("--gpus", type=float, default=0.0, help="ray: GPUs per worker (fractions share one)")
+    parser.add_argument("--address", default="", help="ray: cluster to join (default: start a local Ray)")
+    parser.add_argument("--retries", type=int, default=3, help="ray: runs again of a pair whose worker died")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
+    from streamfuse.batch import LocalEngine, RayEngine, find_jobs, run_batch
     from streamfuse.config import ConfigError, load_config
-    from streamfuse.replay import find_pairs, replay_many
 
+    if args.engine == "ray" and importlib.util.find_spec("ray") is None:
+        print("replay_many: error: --engine ray needs Ray: pip install 'streamfuse[ray]'", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config, args.overrides)
-        pairs = find_pairs(args.pairs)
-        failed = replay_many(cfg, pairs, args.out, ext=args.ext, resume=args.resume)  # checks outputs first
+        jobs = find_jobs(args.pairs, args.out, ext=args.ext, frames_dir=cfg.replay.frames_dir)
+        engine = LocalEngine() if args.engine == "local" else RayEngine(
+            workers=args.workers, threads=args.threads, gpus=args.gpus, address=args.address, retries=args.retries)
+        summary = run_batch(cfg, jobs, engine, resume=args.resume)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"replay_many: error: {exc}", file=sys.stderr)
         return 2
-    print(f"replay_many: {len(pairs) - len(failed)} of {len(pairs)} pairs done in {args.out}")
-    for out, why in failed.items():
-        print(f"replay_many: FAILED {out}: {why}", file=sys.stderr)
-    return 1 if failed else 0
+    except KeyboardInterrupt:  # the Ray engine's driver; the running pairs kept resumable partial files
+        print("replay_many: interrupted; run again with --resume to continue", file=sys.stderr)
+        return 130
+    print(summary.format())
+    for result in summary.failed:
+        print(f"replay_many: FAILED {result.out}: {result.reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

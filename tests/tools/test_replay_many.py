@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from streamfuse.record import VideoWriter, decode_frames
 
@@ -95,3 +96,46 @@ def test_two_pairs_writing_one_output_are_refused(tmp_path, capsys):
     assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), *ARGS]) == 2
     assert "two pairs would write" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_summary_table_and_a_folder_of_recordings(tmp_path, capsys):
+    for name in ("a.mp4", "b.mp4"):
+        _video(tmp_path / name)
+    (tmp_path / "pairs.txt").write_text("a.mp4 b.mp4\n")
+    assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), *ARGS]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["pair", "status", "ir", "in", "vis", "in", "out", "fps", "worker"]
+    assert table[1].split()[:5] == ["a.mp4", "done", "5", "5", "5"]
+    assert table[-1].startswith("1 pairs: 1 done, 0 skipped (complete), 0 failed; 5 frames out")
+
+    from streamfuse.batch import PairJob, find_jobs
+
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "run1.mcap").write_bytes(b"")  # each recording holds both streams: it is IR and visible
+    assert find_jobs(tmp_path / "rec", tmp_path / "o") == [
+        PairJob(tmp_path / "rec" / "run1.mcap", tmp_path / "rec" / "run1.mcap", tmp_path / "o" / "run1.mp4")]
+
+
+def test_ray_engine_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
+    real = replay_many.importlib.util.find_spec
+    monkeypatch.setattr(replay_many.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else
+                        real(name, *a))
+    assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "ray", *ARGS]) == 2
+    assert capsys.readouterr().err.strip() == ("replay_many: error: --engine ray needs Ray: "
+                                               "pip install 'streamfuse[ray]'")
+
+
+def test_unreachable_ray_cluster_is_one_line(tmp_path, capsys):
+    import socket
+
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'streamfuse[ray]')")
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _video(tmp_path / "a.mp4")
+    (tmp_path / "pairs.txt").write_text("a.mp4 a.mp4\n")
+    args = [str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), "--engine", "ray", "--address",
+            f"127.0.0.1:{port}", *ARGS]
+    assert replay_many.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"replay_many: error: cannot reach the Ray cluster at 127.0.0.1:{port}") and "\n" not in err

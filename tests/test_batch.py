@@ -1,0 +1,207 @@
+"""streamfuse.batch: bounded scheduling, one model per worker, and the Ray engine (2 local workers, one killed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamfuse.batch import LocalEngine, RayEngine, bounded, find_jobs, run_batch
+from streamfuse.config import load_config
+from streamfuse.record import VideoWriter, decode_frames, partial_path
+from streamfuse.replay import run_replay
+
+REPO = Path(__file__).resolve().parents[1]
+# ffv1 into NUT: lossless and byte-reproducible (Matroska writes a random segment UID and the date). fuse.threads is
+# set: the Ray engine turns 0 ("all cores") into the worker's CPUs, which the config tag in the output records.
+CFG = ["fuse.name=max", "fuse.threads=1", "replay.progress=false", "replay.codec=ffv1"]
+
+
+def _video(path: Path, n: int, seed: int, size: tuple[int, int] = (48, 64), top: int = 256) -> None:
+    """A lossless video of a moving random texture of levels below ``top``, pts 0, 40, 80 ... ms."""
+    base = np.random.default_rng(seed).integers(0, top, (*size, 3), np.uint8)
+    w = VideoWriter(path, codec="ffv1", crf=0, time_base=Fraction(1, 1000), rate=Fraction(25), width=size[1],
+                    height=size[0])
+    for i in range(n):
+        w.write(np.roll(base, i, axis=1), 40 * i)
+    w.commit()
+
+
+def _pairs(root: Path, names: list[str], n: int) -> Path:
+    """``root/ir`` and ``root/vi`` with ``names``: hard links of one generated pair (the output names differ)."""
+    for sub, seed in (("ir", 1), ("vi", 2)):
+        (root / sub).mkdir(parents=True)
+        _video(root / sub / names[0], n, seed)
+        for name in names[1:]:
+            os.link(root / sub / names[0], root / sub / name)
+    return root
+
+
+def _times(path: Path) -> list[Fraction]:
+    return [t for t, _ in decode_frames(path)]
+
+
+def test_bounded_keeps_at_most_limit_running_and_reads_jobs_lazily():
+    read, running, peak = [], set(), [0]
+
+    def jobs():
+        for i in range(5000):
+            read.append(i)
+            yield i
+
+    def submit(job):
+        running.add(job)
+        peak[0] = max(peak[0], len(running))
+        assert len(read) == job + 1  # nothing read ahead of what is submitted
+        return job
+
+    def wait_one(handles):
+        running.discard(min(handles))
+        return min(handles), f"r{min(handles)}"
+
+    out = list(bounded(jobs(), submit, wait_one, limit=4))
+    assert peak[0] == 4 and len(out) == 5000 and out[0] == (0, 0, "r0")
+
+
+def test_local_engine_loads_the_model_once_and_each_video_starts_afresh(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import streamfuse.model.hclfuse as hclfuse
+
+    weights = tmp_path / "tiny.pt"  # untrained: the shipped weights are not needed to test the plumbing
+    hclfuse.save_weights(weights, hclfuse.HCLFuseNet(hclfuse.ModelConfig(widths=(4, 8), latent_channels=2,
+                                                                         denoiser_width=4)))
+    src = tmp_path / "src"
+    for sub, seed in (("ir", 1), ("vi", 2)):
+        (src / sub).mkdir(parents=True)
+        _video(src / sub / "a.nut", 3, seed, (24, 32))
+        _video(src / sub / "b.nut", 3, seed + 10, (24, 32), top=64)  # darker: its own OT plan differs from a's
+    # align.drift: a plan is kept for any later histogram, so a plan left over from a would be used for all of b
+    cfg = load_config(REPO / "configs" / "replay.yaml",
+                      [*CFG, "fuse.name=hclfuse", f"fuse.weights={weights}", "fuse.device=cpu",
+                       "fuse.threads=1", "fuse.steps=1", "align.drift=1000000.0"])
+    loads = []
+    real = hclfuse.load_weights
+    monkeypatch.setattr(hclfuse, "load_weights", lambda *a, **k: loads.append(1) or real(*a, **k))
+    summary = run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+    assert [r.status for r in summary.results] == ["done", "done"] and len(loads) == 1
+    for name in ("a.nut", "b.nut"):  # b's OT plans and noise are its own: the same as replaying b alone
+        batch = (tmp_path / "out" / name).read_bytes()
+        run_replay(cfg, ir_path=src / "ir" / name, vis_path=src / "vi" / name, out_path=tmp_path / "out" / name)
+        assert (tmp_path / "out" / name).read_bytes() == batch
+
+
+def test_a_bad_pair_fails_alone_and_complete_outputs_are_skipped(tmp_path):
+    src = _pairs(tmp_path / "src", ["a.nut", "c.nut"], 4)
+    shutil.copy(src / "ir" / "a.nut", src / "ir" / "b.nut")
+    (src / "vi" / "b.nut").write_text("not a video")
+    cfg = load_config(REPO / "configs" / "replay.yaml", CFG)
+    jobs = find_jobs(src, tmp_path / "out", ext=".nut")
+    summary = run_batch(cfg, jobs)
+    assert [(Path(r.out).name, r.status) for r in summary.results] == [("a.nut", "done"), ("b.nut", "failed"),
+                                                                       ("c.nut", "done")]
+    bad = summary.results[1]
+    assert "not a video" in bad.reason and "\n" not in bad.reason
+    table = summary.format()
+    assert "3 pairs: 2 done, 0 skipped (complete), 1 failed; 8 frames out" in table
+    again = run_batch(cfg, jobs)
+    assert [r.status for r in again.results] == ["skipped", "skipped", "failed"]
+
+
+# ------------------------------------------------------------------------------------------------------ Ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray with 2 CPUs for this module; started without OMP_WAIT_POLICY in the environment, so only the
+    workers' own import of streamfuse can set it."""
+    ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'streamfuse[ray]')")
+    saved = os.environ.pop("OMP_WAIT_POLICY", None)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        if saved is not None:
+            os.environ["OMP_WAIT_POLICY"] = saved
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_and_local_engines_give_byte_identical_outputs(tmp_path, ray_local):
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut", "c.nut"], 6)
+    (src / "ir" / "d.nut").write_bytes(b"\0" * 100)
+    (src / "vi" / "d.nut").write_bytes(b"\0" * 100)
+    cfg = load_config(REPO / "configs" / "replay.yaml", CFG)
+    jobs = find_jobs(src, tmp_path / "out", ext=".nut")
+    local = run_batch(cfg, jobs, LocalEngine())
+    (tmp_path / "out").rename(tmp_path / "local")  # same output path for both: the config tag records it
+    ray = run_batch(cfg, jobs, RayEngine(workers=2))
+    assert {Path(r.out).name: r.status for r in ray.results} == {Path(r.out).name: r.status for r in local.results}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nut", "b.nut", "c.nut"]
+    for name in ("a.nut", "b.nut", "c.nut"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    failed = {Path(r.out).name: r.reason for r in ray.failed}
+    assert list(failed) == ["d.nut"] and "d.nut" in failed["d.nut"] and "\n" not in failed["d.nut"]
+    done = [r for r in ray.results if r.status == "done"]
+    assert all(r.frames_out == r.frames_in["vis"] == 6 and r.wait_policy == "PASSIVE" for r in done)
+    assert all(r.worker.split(":")[1] != str(os.getpid()) for r in done)  # ran in the workers
+
+
+def _ray_holder(path: Path) -> int | None:
+    """The pid of a Ray worker process that has ``path`` open, or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    return int(pid)
+        except OSError:  # gone, or not ours
+            continue
+    return None
+
+
+def _kill_first_worker_mid_pair(out: Path, stop: threading.Event, killed: list[tuple[str, int]]) -> None:
+    """SIGKILL the first worker found writing a partial output in ``out``."""
+    while not stop.is_set() and not killed:
+        for partial in out.glob(".*.partial"):
+            pid = _ray_holder(partial.resolve())
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append((partial.name, pid))
+                return
+        stop.wait(0.005)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker to kill through /proc")
+def test_ray_worker_killed_mid_pair_is_retried_and_every_output_is_complete(tmp_path, ray_local):
+    names = ["a.nut", "b.nut", "c.nut", "d.nut"]
+    src = _pairs(tmp_path / "src", names, 400)
+    cfg = load_config(REPO / "configs" / "replay.yaml", CFG)
+    out = tmp_path / "out"
+    out.mkdir()
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_first_worker_mid_pair, args=(out, stop, killed))
+    killer.start()
+    try:
+        summary = run_batch(cfg, find_jobs(src, out, ext=".nut"), RayEngine(workers=2, retries=2))
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no worker was caught mid-pair"
+    assert [r.status for r in summary.results] == ["done"] * 4
+    assert str(killed[0][1]) not in {r.worker.split(":")[1] for r in summary.results}  # the retry ran elsewhere
+    expected = _times(src / "vi" / "a.nut")
+    assert len(expected) == 400
+    for name in names:
+        assert _times(out / name) == expected  # frames out == frames in, the same pts
+        assert not partial_path(out / name).exists()
+
+
+def test_ray_engine_settings_are_checked():
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        RayEngine(workers=0)
