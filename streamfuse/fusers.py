@@ -30,8 +30,10 @@ class FuseConfig:
         contrast: global contrast stretch of the baselines' output around its mean, ``c (F - mean F) + mean F``;
             1 disables it (with max it is a strong baseline on VIF, Qabf, AG and SF at once, see the model card).
         weights: HCLFuse weights file; empty means the weights shipped with the package.
-        steps: DDIM steps K (1..20).
+        sampler: ``student`` (the distilled few-step sampler, the live default) or ``teacher`` (K-step DDIM).
+        steps: DDIM steps K of the teacher (1..20).
         guidance: apply the physics guides during sampling.
+        guidance_scale: multiplies the physics guides' weights (1 = the method's).
         seed: seed of the per-stream noise.
         device: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, or ``fp16``/``bf16`` autocast on the GPU.
@@ -44,8 +46,10 @@ class FuseConfig:
     sharpen: float = 0.0
     contrast: float = 1.0
     weights: str = ""
-    steps: int = 1
+    sampler: Literal["student", "teacher"] = "student"
+    steps: int = 20
     guidance: bool = True
+    guidance_scale: float = 1.0
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -58,7 +62,9 @@ class FuseConfig:
         check(self.name in names, "name", self.name, " | ".join(names))
         check(self.sharpen >= 0, "sharpen", self.sharpen, ">= 0")
         check(0.5 <= self.contrast <= 3.0, "contrast", self.contrast, "0.5 .. 3 (1 = off)")
+        check(self.sampler in ("student", "teacher"), "sampler", self.sampler, "student | teacher")
         check(1 <= self.steps <= 20, "steps", self.steps, "1..20")
+        check(0.0 <= self.guidance_scale <= 10.0, "guidance_scale", self.guidance_scale, "0 .. 10")
         check(self.threads >= 0, "threads", self.threads, ">= 0 (0 = all cores)")
         check(1 <= self.max_batch <= 64, "max_batch", self.max_batch, "1..64")
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,

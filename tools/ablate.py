@@ -8,8 +8,9 @@ Settings come from --config (default configs/eval.yaml: a synchronous OT solve f
 
 Writes metrics.csv, metrics.md (means per row, the median ms per frame and delta grey, the mean |output - default
 output| over all pixels and pairs) and montage.png to --out; with --json also one JSON object
-{"n": pairs, "default": {metric: mean}, "rows": {name: {metric: mean, "delta_grey": ..., "ms": ...}}} with the metrics
-VIF, Qabf, AG, SF, Nabf and SSIM. Pairs come from --ir/--vis (any two folders, matched by file name) or from the set
+{"n": pairs, "default": {metric: mean}, "rows": {name: {metric: mean, "delta_grey": ..., "ms": ...}},
+"guidance_energies": {"with"|"without": {heat, structure, consistency}}} with the metrics VIF, Qabf, AG, SF, Nabf and
+SSIM; the energies are the physics guides' (streamfuse.diffusion.guidance) on the default sampler's latent. Pairs come from --ir/--vis (any two folders, matched by file name) or from the set
 --set under --data; published outputs under <data>/reference/<method>/msrs_test are scored too for msrs/test.
 """
 
@@ -20,18 +21,20 @@ import json
 import logging
 import math
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from streamfuse.config import PipelineConfig, load_config  # noqa: E402
 from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, read_grey  # noqa: E402
 from streamfuse.fusers import build_fuser  # noqa: E402
+
+# after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JSON_METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "SSIM")
@@ -86,13 +89,21 @@ def methods(cfg: PipelineConfig, steps: list[int], pairs: list[tuple[str, Path, 
     rows = [hcl(DEFAULT), hcl("no_guidance", guidance=False),
             Method("latent_zero", fuser=LatentRow("latent_zero", latent)),
             Method("latent_swap", fuser=LatentRow("latent_swap", latent, pairs)), hcl("no_ot", ot=False)]
-    # K is the step count of the K-step sampler: where a distilled student is the default, the K rows run the teacher
-    teacher = {"sampler": "teacher"} if "sampler" in {f.name for f in fields(fuse)} else {}
-    rows += [hcl(f"K={k}", steps=k, **teacher) for k in steps]
+    rows += [hcl(f"K={k}", steps=k, sampler="teacher") for k in steps]  # K rows: the K-step teacher
     rows += [baseline("rule"), baseline("max", contrast=1.25), baseline("max", contrast=1.3)]
     if baselines:
         rows += [baseline(name, sharpen) for name in ("max", "average", "laplacian") for sharpen in (0.0, 0.5, 1.0)]
     return rows
+
+
+def guidance_energies(cfg: PipelineConfig, pairs: list[tuple[str, Path, Path]]) -> dict[str, dict[str, float]]:
+    """Mean physics energies of the default sampler's latent, with and without guidance (what guidance lowers)."""
+    out = {}
+    for label, guidance in (("with", True), ("without", False)):
+        fuser = build_fuser(replace(cfg.fuse, name="hclfuse", guidance=guidance), cfg.align)
+        values = [fuser.energies(read_grey(i), read_grey(v), name) for name, i, v in pairs]
+        out[label] = {k: float(np.mean([e[k] for e in values])) for k in values[0]}
+    return out
 
 
 def summary(result: EvalResult) -> dict:
@@ -140,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         result = evaluate_dir(dir_ir, dir_vis, rows, args.out, limit=args.limit, reference=DEFAULT)
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(summary(result), indent=1) + "\n")
+            report = {**summary(result), "guidance_energies": guidance_energies(cfg, pairs)}
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"ablate: {exc}") from None
     print((args.out / "metrics.md").read_text(), end="")

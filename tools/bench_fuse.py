@@ -25,7 +25,6 @@ from pathlib import Path
 import cv2
 import numba
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -33,6 +32,9 @@ from streamfuse.align import AlignConfig, LevelStabilizer  # noqa: E402
 from streamfuse.engine import Engine, resolve_device  # noqa: E402
 from streamfuse.fusers import FuseConfig, build_fuser  # noqa: E402
 from streamfuse.postprocess import PostConfig, TemporalDenoiser, restore_colour  # noqa: E402
+
+# after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
+import torch  # noqa: E402
 
 POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the OT cache sees real lookups)
 
@@ -42,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--sizes", default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     p.add_argument("--frames", type=int, default=0, help="timed frames per case; 0 = 1000 on a GPU, 50 on CPU")
-    p.add_argument("--steps", type=int, default=0, help="DDIM steps K; 0 = the FuseConfig default")
+    p.add_argument("--sampler", default="student", help="student (the distilled live default) | teacher")
+    p.add_argument("--steps", type=int, default=0, help="teacher's DDIM steps K; 0 = the FuseConfig default")
     p.add_argument("--batch", default="", help="comma-separated batch sizes; default 1,8 on a GPU, 1 on CPU")
     p.add_argument("--graphs", default="", help="CUDA graphs on,off (GPU only); default on,off on a GPU")
     p.add_argument("--precision", default="", help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
@@ -174,8 +177,9 @@ def measure(fuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int, frame
     n = -(-frames // batch)  # batches timed, so every case fuses about `frames` frames
     case.latency(warmup)
     med, p99 = stats_ms(case.latency(n))
-    line = (f"[{device_label(engine.device, engine.threads)}] hclfuse K={fuser.net.steps} {pairs[0][0].shape[1]}x"
-            f"{pairs[0][0].shape[0]} batch={batch} precision={engine.precision}"
+    sampler = "student" if fuser.net.use_student else "teacher"
+    line = (f"[{device_label(engine.device, engine.threads)}] hclfuse {sampler} K={fuser.net.steps}"
+            f" {pairs[0][0].shape[1]}x{pairs[0][0].shape[0]} batch={batch} precision={engine.precision}"
             + (f" graphs={'on' if engine.cuda_graphs else 'off'}" if gpu else "")
             + f": latency median {ms(med)} ms p99 {ms(p99)} ms per batch")
     ot = fuser.stats()
@@ -206,7 +210,7 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
     batches = [int(b) for b in (args.batch or ("1,8" if gpu else "1")).split(",")]
     graphs = [g == "on" for g in (args.graphs or ("on,off" if gpu else "off")).split(",")]
     precisions = (args.precision or ("fp32,fp16" if gpu else "fp32")).split(",")
-    steps = {"steps": args.steps} if args.steps else {}
+    steps = {"sampler": args.sampler, **({"steps": args.steps} if args.steps else {})}
 
     def fuser_for(dev: str, precision: str = "fp32", graph: bool = False, batch: int = 1):
         return build_fuser(FuseConfig(name="hclfuse", weights=weights, device=dev, precision=precision,

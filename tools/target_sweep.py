@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from streamfuse.evaluation import Method, evaluate_dir
 from streamfuse.model.losses import LossConfig, fusion_target
+
+# after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

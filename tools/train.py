@@ -4,8 +4,17 @@ Reads every pair under DATA (msrs/train, roadscene, llvip/train and llvip/test, 
 which is kept for evaluation. Each IR image is aligned to its visible image with the same OT lookup table as at
 inference (streamfuse.align, computed on the whole frame), then random crops and flips feed the net. Checkpoints
 (model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; --resume
-continues from there; --init starts a new run from the tensors of a weights file (fine-tuning). At the end
+continues from there; --init starts a new run from the tensors of a weights file whose names and shapes match
+(fine-tuning; the rest keep their initialisation, a missing student starts as a copy of the teacher). At the end
 OUT/<the shipped weights' file name> holds the EMA weights and OUT/train_config.yaml the resolved configuration.
+
+Two stages, one script:
+
+1. ``tools/train.py --out runs/a`` trains the VBE, the decoder and the teacher denoiser with the method's losses
+   (streamfuse.model.losses).
+2. ``tools/train.py --distill --init runs/a/hclfuse_v3.pt --out runs/b`` freezes them and distils the student: from
+   the same noise and posterior mean, its ``student_steps``-step guided sample must match the teacher's
+   ``--teacher-steps``-step guided sample (MSE on the latent plus L1 on the decoded image).
 """
 
 from __future__ import annotations
@@ -19,7 +28,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 import yaml
 from tqdm import tqdm
 
@@ -27,6 +35,10 @@ from streamfuse.align import AlignConfig, align, histogram, identity_lut
 from streamfuse.engine import tune_malloc
 from streamfuse.model.hclfuse import DEFAULT_WEIGHTS, HCLFuseNet, ModelConfig, read_weights, save_weights
 from streamfuse.model.losses import LossConfig, hclfuse_losses
+
+# after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -49,7 +61,9 @@ class TrainConfig:
     ema: float = 0.999
     seed: int = 0
     threads: int = 2
-    raw_target: bool = True  # build the fusion target from the raw IR (see streamfuse.model.losses)
+    distill: bool = False  # stage 2: distil the student from the frozen teacher (see the module docstring)
+    teacher_steps: int = 20
+    guidance_scale: float = 1.0  # of the guided samplers the student is distilled from and with
 
 
 def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -136,20 +150,20 @@ def train(data: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, loss_
 
     torch.manual_seed(cfg.seed)  # script, not library: seeds the weight initialisation
     net = HCLFuseNet(model_cfg)
-    ema = HCLFuseNet(model_cfg).requires_grad_(False)
     if init is not None:
-        init_cfg, state, _ = read_weights(init, any_version=True)
-        if init_cfg != model_cfg:
-            raise ValueError(f"{init}: its model config {init_cfg} differs from the requested {model_cfg}")
-        net.load_state_dict(state)
+        _load_matching(net, init)
+    if cfg.distill:  # only the student learns; the teacher, encoder and decoder stay as loaded
+        net.requires_grad_(False).student.requires_grad_(True)
+    ema = HCLFuseNet(model_cfg).requires_grad_(False)
     ema.load_state_dict(net.state_dict())
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
-        state = torch.load(str(ckpt), map_location="cpu", weights_only=False)
+        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -176,16 +190,19 @@ def train(data: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, loss_
     net.train()
     while _progress(step, elapsed, cfg) < 1.0:
         ir01, vis01, ir_raw = sampler.batch(cfg.batch)
-        t = torch.randint(0, T, (cfg.batch,), generator=gen)
         eps = torch.randn((cfg.batch, c, s, s), generator=gen)
-        e0 = torch.randn((cfg.batch, c, s, s), generator=gen)
-        losses = hclfuse_losses(net.train_outputs(ir01, vis01, ir_raw, t, eps, e0), ir01, vis01, eps, loss_cfg,
-                                model_cfg.image_channels, ir_raw=ir_raw if cfg.raw_target else None)
+        if cfg.distill:
+            losses = distill_losses(net, ir01, vis01, ir_raw, eps, cfg)
+        else:
+            t = torch.randint(0, T, (cfg.batch,), generator=gen)
+            e0 = torch.randn((cfg.batch, c, s, s), generator=gen)
+            losses = hclfuse_losses(net.train_outputs(ir01, vis01, ir_raw, t, eps, e0), ir01, vis01, ir_raw, eps,
+                                    loss_cfg, model_cfg.image_channels)
         for group in opt.param_groups:
             group["lr"] = _lr(step, _progress(step, elapsed, cfg), cfg)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             decay = min(cfg.ema, (1 + step) / (10 + step))
@@ -204,6 +221,37 @@ def train(data: Path, out: Path, cfg: TrainConfig, model_cfg: ModelConfig, loss_
             log.info("step %d  %.0f s  %s", step, elapsed, {k: round(v.item(), 5) for k, v in losses.items()})
     bar.close()
     return out / DEFAULT_WEIGHTS.name
+
+
+def _load_matching(net: HCLFuseNet, path: Path) -> None:
+    """Copy the tensors of a weights file whose names and shapes match ``net``'s; a missing student copies the
+    teacher. Logs what was left at its initialisation."""
+    _, state, _ = read_weights(path, any_version=True, check_model=False)
+    own = net.state_dict()
+    if not any(k.startswith("student.") for k in state):
+        state.update({"student." + k[len("denoiser."):]: v for k, v in state.items() if k.startswith("denoiser.")})
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if 2 * len(taken) < len(state):  # another architecture: a few coincident bias shapes are no starting point
+        raise ValueError(f"{path}: only {len(taken)} of its {len(state)} tensors match the model config {net.cfg}")
+    net.load_state_dict(taken, strict=False)
+    left = sorted(set(own) - set(taken))
+    log.info("init from %s: %d tensors loaded, %d left at initialisation %s", path, len(taken), len(left), left[:6])
+
+
+def distill_losses(net: HCLFuseNet, ir01: torch.Tensor, vis01: torch.Tensor, ir_raw: torch.Tensor,
+                   noise: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Student vs teacher from the same noise: MSE of the latents and L1 of the decoded images (0..1)."""
+    with torch.no_grad():
+        mu, _, skips = net.encoder(torch.cat([ir01, vis01], dim=1))
+        net.set_sampling(cfg.teacher_steps, True, cfg.guidance_scale)
+        z_teacher = net.sample_latent(mu, ir01, vis01, noise)
+        f_teacher = net.decoder(z_teacher, skips, ir_raw, vis01)
+    net.set_sampling(1, True, cfg.guidance_scale, student=True)
+    z_student = net.sample_latent(mu, ir01, vis01, noise)
+    terms = {"latent": F.mse_loss(z_student, z_teacher),
+             "image": F.l1_loss(net.decoder(z_student, skips, ir_raw, vis01), f_teacher)}
+    terms["total"] = terms["latent"] + 10.0 * terms["image"]
+    return terms
 
 
 def _override(cls: type, args: argparse.Namespace, prefix: str) -> object:
@@ -228,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
             flag = f"--{f.name}" if prefix == "train" else f"--{prefix}.{f.name}"
             kind = {int: int, float: float, str: str, bool: lambda s: s.lower() in ("1", "true", "yes")}.get(
                 type(f.default), int)
-            nargs = "+" if isinstance(f.default, tuple) else None
-            parser.add_argument(flag, dest=f"{prefix}_{f.name}", type=kind, nargs=nargs, default=None,
+            nargs = "+" if isinstance(f.default, tuple) else "?" if isinstance(f.default, bool) else None
+            const = True if isinstance(f.default, bool) else None  # a bare boolean flag means true
+            parser.add_argument(flag, dest=f"{prefix}_{f.name}", type=kind, nargs=nargs, const=const, default=None,
                                 help=f"default {f.default}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -1,5 +1,7 @@
 """HCLFuseNet (encode -> K-step physics-guided DDIM on the latent -> decode), weights loading and the Fuser.
 
+Two denoisers share the encoder and decoder: the *teacher*, sampled with K = 1..20 guided DDIM steps, and the
+*student*, distilled from the teacher's guided K-step samples to ``student_steps`` steps (the live default).
 ``HCLFuseNet.forward(ir01, vis01, noise, ir_raw01)`` is pure tensor code without host synchronisation, so the engine
 can capture it in a CUDA graph. Channel order is ``[IR', VIS]`` everywhere, in training and inference: the encoder
 and the guides see the OT-aligned IR', the decoder's full-resolution basis takes its IR detail from the raw IR (the
@@ -10,9 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
-import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -21,9 +22,9 @@ import torch
 from torch import nn
 
 from streamfuse.config import check
-from streamfuse.diffusion.guidance import ComposedGuide, default_guides, guide_inputs
+from streamfuse.diffusion.guidance import ComposedGuide, default_guides, energies, guide_inputs
 from streamfuse.diffusion.sampling import sample_ddim
-from streamfuse.diffusion.schedules import alphas_cumprod, ddim_timesteps, linear_betas
+from streamfuse.diffusion.schedules import alphas_cumprod, ddim_timesteps, eps_to_x0, linear_betas
 from streamfuse.model.denoiser import Denoiser
 from streamfuse.model.vbe import Decoder, Encoder
 
@@ -32,9 +33,9 @@ __all__ = ["DEFAULT_WEIGHTS", "HCLFuseNet", "HCLFuser", "ModelConfig", "build_hc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "hclfuse_v2.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "hclfuse_v3.pt"
 FORMAT = "streamfuse-hclfuse"
-FORMAT_VERSION = 2  # 2: the decoder basis uses the raw IR (version 1 used IR')
+FORMAT_VERSION = 3  # 3: latent-borne base, gated detail, distilled student (2: basis decoder)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class ModelConfig:
         widths: VBE channels at H/4 and H/8.
         latent_channels: latent channels C at H/8.
         image_channels: latent channels trained to be image-like (the physics guides act on them).
-        denoiser_width: denoiser channels at H/8 (twice that at H/16).
+        denoiser_width: denoiser channels at H/8 (twice that at H/16), teacher and student alike.
+        student_steps: DDIM steps of the distilled student.
         num_train_timesteps: T of the linear beta schedule.
         beta_start: first beta.
         beta_end: last beta.
@@ -55,6 +57,7 @@ class ModelConfig:
     latent_channels: int = 4
     image_channels: int = 1
     denoiser_width: int = 16
+    student_steps: int = 1
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
@@ -64,6 +67,7 @@ class ModelConfig:
         check(1 <= self.image_channels <= self.latent_channels, "image_channels", self.image_channels,
               "1..latent_channels")
         check(self.denoiser_width >= 1, "denoiser_width", self.denoiser_width, ">= 1")
+        check(1 <= self.student_steps <= 4, "student_steps", self.student_steps, "1..4")
         check(0 < self.beta_start < self.beta_end < 1, "beta_end", self.beta_end, "0 < beta_start < beta_end < 1")
 
 
@@ -72,14 +76,16 @@ class HCLFuseNet(nn.Module):
 
     Args:
         cfg: architecture.
-        steps: DDIM steps K at inference.
+        steps: DDIM steps K of the teacher at inference (ignored with ``student``).
         guidance: apply the physics guides during sampling.
         guidance_scale: multiplies the method's guide weights.
+        student: sample with the distilled student (``cfg.student_steps`` steps) instead of the K-step teacher.
     """
 
     stride = 8
 
-    def __init__(self, cfg: ModelConfig, *, steps: int = 4, guidance: bool = True, guidance_scale: float = 1.0):
+    def __init__(self, cfg: ModelConfig, *, steps: int = 4, guidance: bool = True, guidance_scale: float = 1.0,
+                 student: bool = False):
         super().__init__()
         self.cfg = cfg
         self.latent_channels = cfg.latent_channels
@@ -88,26 +94,45 @@ class HCLFuseNet(nn.Module):
         abar = alphas_cumprod(linear_betas(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end))
         self.register_buffer("alphas_cumprod", abar, persistent=False)
         self.denoiser = Denoiser(cfg.latent_channels, cfg.denoiser_width, abar)
+        self.student = Denoiser(cfg.latent_channels, cfg.denoiser_width, abar)
         self.guide: ComposedGuide | None = None
-        self.set_sampling(steps, guidance, guidance_scale)
+        self.set_sampling(steps, guidance, guidance_scale, student)
 
-    def set_sampling(self, steps: int, guidance: bool = True, guidance_scale: float = 1.0) -> None:
-        """Choose K and the guides (no weights change)."""
-        self.steps = steps
-        self.timesteps = ddim_timesteps(steps, self.cfg.num_train_timesteps)
-        self.guide = default_guides(guidance_scale, channels=self.cfg.image_channels) if guidance else None
+    def set_sampling(self, steps: int, guidance: bool = True, guidance_scale: float = 1.0,
+                     student: bool = False) -> None:
+        """Choose the sampler (teacher with K steps, or the student) and the guides (no weights change)."""
+        self.steps = self.cfg.student_steps if student else steps
+        self.timesteps = ddim_timesteps(self.steps, self.cfg.num_train_timesteps)
+        self.use_student = student
+        self.guide = (default_guides(self.timesteps, guidance_scale, channels=self.cfg.image_channels) if guidance
+                      else None)
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor, *, mu: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(x, t, mu)
+        return (self.student if self.use_student else self.denoiser)(x, t, mu)
 
     def forward(self, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor,
                 ir_raw01: torch.Tensor) -> torch.Tensor:
+        z, skips = self.sample(ir01, vis01, noise)
+        return self.decode(z, skips, ir_raw01, vis01)
+
+    def sample(self, ir01: torch.Tensor, vis01: torch.Tensor,
+               noise: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encode the pair and run the sampler: the latent (B, C, H/8, W/8) and the encoder's skips."""
         mu, _, skips = self.encoder(torch.cat([ir01, vis01], dim=1))  # (B, C, H/8, W/8)
+        return self.sample_latent(mu, ir01, vis01, noise), skips
+
+    def sample_latent(self, mu: torch.Tensor, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor, *,
+                      callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+        """Guided DDIM from ``noise`` conditioned on the posterior mean ``mu`` (B, C, H/8, W/8)."""
         cond = {"mu": mu}
         if self.guide is not None:
             cond.update(guide_inputs(ir01, vis01, mu.shape[-2:]))
-        z = sample_ddim(self._eps, noise.to(mu.dtype), self.timesteps, self.alphas_cumprod.to(mu.dtype), cond=cond,
-                        guide=self.guide)
+        return sample_ddim(self._eps, noise.to(mu.dtype), self.timesteps, self.alphas_cumprod.to(mu.dtype),
+                           cond=cond, guide=self.guide, callback=callback)
+
+    def decode(self, z: torch.Tensor, skips: list[torch.Tensor], ir_raw01: torch.Tensor,
+               vis01: torch.Tensor) -> torch.Tensor:
+        """The fused Y (B, 1, H, W) in [0, 1] from a latent and the pair's skips and sources."""
         return self.decoder(z, skips, ir_raw01, vis01).clamp(0.0, 1.0)
 
     def train_outputs(self, ir01: torch.Tensor, vis01: torch.Tensor, ir_raw01: torch.Tensor, t: torch.Tensor,
@@ -119,14 +144,21 @@ class HCLFuseNet(nn.Module):
             t: (B,) timesteps.
             eps: (B, C, H/8, W/8) diffusion noise added to the latent.
             e0: (B, C, H/8, W/8) reparameterisation noise of the posterior sample.
+
+        Returns:
+            ``mu``, ``logvar``, ``z`` (posterior sample), ``eps_pred`` and ``fused`` (2B, 1, H, W): the decoded
+            posterior sample, then the decoded one-step prediction ``x0_pred`` of the noisy latent.
         """
         mu, logvar, skips = self.encoder(torch.cat([ir01, vis01], dim=1))
         z = mu + (0.5 * logvar).exp() * e0  # posterior sample
         abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * z + (1.0 - abar).sqrt() * eps
-        eps_pred = self.denoiser(x_t, t, mu)
-        return {"mu": mu, "logvar": logvar, "z": z, "eps_pred": eps_pred,
-                "fused": self.decoder(z, skips, ir_raw01, vis01)}
+        eps_pred = self.denoiser(x_t, t, mu.detach())
+        # what a one-step sampler at t produces: the decoder is trained on it as well as on the posterior sample
+        x0_pred = eps_to_x0(x_t, eps_pred, abar).clamp(-1.0, 1.0)
+        twice = [x.repeat(2, 1, 1, 1) for x in (*skips, ir_raw01, vis01)]
+        fused = self.decoder(torch.cat([z, x0_pred]), twice[:-2], *twice[-2:])
+        return {"mu": mu, "logvar": logvar, "z": z, "eps_pred": eps_pred, "fused": fused}
 
     @torch.no_grad()
     def fold_gates(self) -> None:
@@ -142,12 +174,14 @@ def save_weights(path: str | Path, net: HCLFuseNet, extra: dict | None = None, *
                 "extra": extra or {}}, str(path))
 
 
-def read_weights(path: str | Path, *, any_version: bool = False) -> tuple[ModelConfig, dict, dict]:
+def read_weights(path: str | Path, *, any_version: bool = False,
+                 check_model: bool = True) -> tuple[ModelConfig, dict, dict]:
     """Read and check a weights file without building a net.
 
     Args:
         path: the file.
         any_version: accept older format versions (to initialise a fine-tuning run from their tensors).
+        check_model: require the tensors to match the file's model config exactly.
 
     Returns:
         ``(model config, state dict as float32, extra metadata)``.
@@ -161,7 +195,7 @@ def read_weights(path: str | Path, *, any_version: bool = False) -> tuple[ModelC
         raise FileNotFoundError(f"HCLFuse weights not found: {path}")
     try:
         blob = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises anything (IndexError, KeyError, ...) on a foreign file
         raise ValueError(f"{path}: not a readable torch weights file ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
         raise ValueError(f"{path}: not an HCLFuse weights file (expected format {FORMAT!r})")
@@ -177,7 +211,9 @@ def read_weights(path: str | Path, *, any_version: bool = False) -> tuple[ModelC
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: bad model config: {exc}") from None
     state = blob["state_dict"]
-    expected = HCLFuseNet(cfg).state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: its state_dict is not a mapping of tensors")
+    expected = HCLFuseNet(cfg).state_dict() if check_model else {k: v for k, v in state.items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -264,6 +300,39 @@ class HCLFuser:
         luts = np.stack([self.cache.lut(ir, vis, s) for ir, vis, s in zip(irs, vis_ys, streams)])
         return luts, torch.cat([self.noise(s, h, w) for s in streams])
 
+    def latent(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> torch.Tensor:
+        """The sampled latent (1, C, h, w) of one pair, on the engine's device (for ablations: see
+        :meth:`decode_with`)."""
+        return self._sample(ir, vis_y, stream)[0]
+
+    def decode_with(self, ir: np.ndarray, vis_y: np.ndarray, z: torch.Tensor, stream: str = "default") -> np.ndarray:
+        """Fuse a pair with the latent ``z`` (e.g. zeroed, or another pair's) in place of its own: (H, W) float32."""
+        _, skips, raw, vis, _, _ = self._sample(ir, vis_y, stream)
+        h, w = ir.shape
+        with torch.inference_mode():
+            out = self.net.decode(z.to(vis.device, vis.dtype), skips, raw, vis)
+        return out[0, 0, :h, :w].float().cpu().numpy() * 255.0
+
+    def energies(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> dict[str, float]:
+        """The physics energies (heat, structure, consistency) of the sampled latent's image channel: what the
+        guides lower."""
+        z, _, _, _, ir01, vis01 = self._sample(ir, vis_y, stream)
+        return energies(z, guide_inputs(ir01, vis01, z.shape[-2:]), self.net.cfg.image_channels)
+
+    def _sample(self, ir: np.ndarray, vis_y: np.ndarray, stream: str) -> tuple:
+        """The net's sampler outside the engine, eagerly: (z, skips, raw IR, visible, IR', visible), padded to the
+        stride."""
+        lut = torch.from_numpy(self.cache.lut(ir, vis_y, stream)).float()
+        hp, wp = self.engine.padded(*ir.shape)
+        pad = (0, wp - ir.shape[1], 0, hp - ir.shape[0])
+        raw = torch.from_numpy(ir).view(1, 1, *ir.shape)
+        vis = torch.from_numpy(vis_y).view(1, 1, *ir.shape)
+        ir01, raw01, vis01 = (torch.nn.functional.pad(x.to(self.engine.device), pad, mode="replicate")
+                              for x in (lut[raw.long()], raw.float() / 255.0, vis.float() / 255.0))
+        with torch.inference_mode():
+            z, skips = self.net.sample(ir01, vis01, self.noise(stream, *ir.shape))
+        return z, skips, raw01, vis01, ir01, vis01
+
     def stats(self) -> dict[str, float]:
         """OT cache counters (hits, misses, solve ms)."""
         return self.cache.stats()
@@ -276,7 +345,8 @@ def build_hclfuse(fuse_cfg: object, align_cfg: object | None = None) -> HCLFuser
 
     align_cfg = align_cfg if align_cfg is not None else AlignConfig()
     path = Path(fuse_cfg.weights) if fuse_cfg.weights else DEFAULT_WEIGHTS
-    net, extra = load_weights(path, steps=fuse_cfg.steps, guidance=fuse_cfg.guidance)
+    net, extra = load_weights(path, steps=fuse_cfg.steps, guidance=fuse_cfg.guidance,
+                              guidance_scale=fuse_cfg.guidance_scale, student=fuse_cfg.sampler == "student")
     trained = extra.get("align", {})
     used = {k: getattr(align_cfg, k) for k in ("reg", "blend")}
     if align_cfg.enabled and trained and any(abs(trained[k] - used[k]) > 1e-12 for k in used if k in trained):

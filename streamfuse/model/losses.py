@@ -1,16 +1,23 @@
-"""HCLFuse training losses: VBE (KL + image-like latent), fusion, and noise (eps) terms.
+"""HCLFuse training losses: the method's VBE, fusion and noise terms, and the hand rule as a small regulariser.
 
-The fusion target keeps the brighter low-pass of the two sources (IR' and VIS, both 0..1) and, on top of it, the
-detail of whichever source has more local gradient energy there, amplified by ``detail_gain``:
+Fusion terms, on the decoded image F (both the decoded posterior sample and the decoded one-step prediction):
 
-    base   = max(G_s * IR', G_s * VIS)                      G_s: Gaussian blur, sigma ``base_sigma`` px
+    intensity = L1(F, max(IR', VIS))                        towards the brighter of the aligned IR' and the visible
+    gradient  = L1(grad F, grad S)                          S per pixel the source (raw IR or VIS) with the stronger
+                                                            Sobel magnitude: signed components, so edges keep their
+                                                            polarity and no rim is drawn beside them
+    rule      = L1(F, fusion_target(IR, VIS))               the hand rule, below; a regulariser at a small weight
+
+VBE terms: KL to N(0, I) (the posterior's sigma has a floor in the encoder) and ``latent_image``, which keeps the
+latent's image channel equal to ``2 avgpool8(F) - 1`` of the decoded image (the physics guides act on it). Noise term:
+SmoothL1 between the predicted eps and the eps actually added (the reference's "epsilon fix").
+
+The hand rule keeps the brighter low-pass of the two sources and, on top of it, the detail of whichever source has
+more local gradient energy there, amplified by ``detail_gain``:
+
+    base   = max(G_s * IR, G_s * VIS)                       G_s: Gaussian blur, sigma ``base_sigma`` px
     w      = E_ir^2 / (E_ir^2 + E_vis^2)                    E: Gaussian-blurred squared Sobel magnitude
-    target = base + detail_gain * (w (IR' - G_s IR') + (1 - w) (VIS - G_s VIS))
-
-The loss pulls the fused image and its Sobel gradients (signed components) toward the target, and keeps the
-method's terms (MSE to both sources and to the larger source gradient magnitude, with ``+eps`` inside the square
-root so flat regions have finite gradients). The noise loss is SmoothL1 between the predicted eps and the eps that
-was actually added to the latent (the reference's "epsilon fix").
+    target = base + detail_gain * (w (IR - G_s IR) + (1 - w) (VIS - G_s VIS))
 """
 
 from __future__ import annotations
@@ -30,18 +37,18 @@ _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the training losses and the fusion target's parameters.
+    """Weights of the training losses and the hand rule's parameters.
 
     Args:
         noise: weight of SmoothL1(eps_pred, eps).
         kl: weight of KL(q(z | x) || N(0, 1)).
-        latent_image: weight of MSE between the image-like latent channels and ``2 avgpool8(target) - 1``.
-        intensity: weight of L1(F, target).
-        gradient: weight of L1 between the Sobel components of F and of the target.
-        method_mse: weight of the method's ``MSE(F, IR') + MSE(F, VIS) + MSE(|grad F|, max |grad|)``.
-        detail_gain: amplification of the selected detail in the target.
-        base_sigma: blur (px) that separates base and detail.
-        energy_sigma: blur (px) of the squared gradient magnitude that selects the detail source.
+        latent_image: weight of MSE between the image-like latent channels and ``2 avgpool8(F) - 1``.
+        intensity: weight of L1(F, max(IR', VIS)).
+        gradient: weight of L1 between the Sobel components of F and of the stronger source.
+        rule: weight of L1(F, hand rule) (regulariser).
+        detail_gain: amplification of the selected detail in the hand rule.
+        base_sigma: blur (px) that separates base and detail in the hand rule.
+        energy_sigma: blur (px) of the squared gradient magnitude that selects the hand rule's detail source.
     """
 
     noise: float = 1.0
@@ -49,13 +56,13 @@ class LossConfig:
     latent_image: float = 1.0
     intensity: float = 10.0
     gradient: float = 40.0
-    method_mse: float = 0.5
+    rule: float = 1.0
     detail_gain: float = 1.2
     base_sigma: float = 8.0
     energy_sigma: float = 3.0
 
     def __post_init__(self) -> None:
-        for key in ("noise", "kl", "latent_image", "intensity", "gradient", "method_mse"):
+        for key in ("noise", "kl", "latent_image", "intensity", "gradient", "rule"):
             check(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
         check(self.detail_gain > 0, "detail_gain", self.detail_gain, "> 0")
         check(self.base_sigma > 0 and self.energy_sigma > 0, "base_sigma", self.base_sigma, "> 0")
@@ -95,36 +102,36 @@ def fusion_target(ir01: torch.Tensor, vis01: torch.Tensor, cfg: LossConfig) -> t
     return low.amax(dim=1, keepdim=True) + cfg.detail_gain * detail
 
 
-def hclfuse_losses(out: dict[str, torch.Tensor], ir01: torch.Tensor, vis01: torch.Tensor, eps: torch.Tensor,
-                   cfg: LossConfig, image_channels: int, *,
-                   ir_raw: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def hclfuse_losses(out: dict[str, torch.Tensor], ir01: torch.Tensor, vis01: torch.Tensor, ir_raw: torch.Tensor,
+                   eps: torch.Tensor, cfg: LossConfig, image_channels: int) -> dict[str, torch.Tensor]:
     """All loss terms and their weighted sum ``total``.
 
     Args:
-        out: :meth:`HCLFuseNet.train_outputs` (``mu``, ``logvar``, ``eps_pred``, ``fused``).
-        ir01, vis01: the net's inputs (B, 1, H, W) in 0..1 (``ir01`` is the OT-aligned IR').
+        out: :meth:`HCLFuseNet.train_outputs` (``mu``, ``logvar``, ``eps_pred``, ``fused`` with 2B images).
+        ir01, vis01: the encoder's inputs (B, 1, H, W) in 0..1 (``ir01`` is the OT-aligned IR').
+        ir_raw: the IR before alignment (B, 1, H, W): the decoder takes its detail from it, so the gradient target
+            and the hand rule use it.
         eps: the noise that was added to the latent (B, C, h, w).
         cfg: weights.
         image_channels: how many latent channels are image-like.
-        ir_raw: the IR before alignment; when given, the fusion target is built from it (the viewer and the
-            metrics compare the fused image with the raw IR, whose contrast the alignment reduces), while the
-            method's MSE term still uses IR'.
     """
-    with torch.no_grad():
-        target = fusion_target(ir01 if ir_raw is None else ir_raw, vis01, cfg)
-        g_target = sobel(target)
-        g_src = sobel(torch.cat([ir01, vis01], dim=1))
-        g_max = torch.maximum(_magnitude(g_src[:, 0:2]), _magnitude(g_src[:, 2:4]))
-        latent_target = F.adaptive_avg_pool2d(target, out["mu"].shape[-2:]).clamp(0, 1) * 2.0 - 1.0
     fused = out["fused"]
-    g_fused = sobel(fused)
+    with torch.no_grad():
+        n = fused.shape[0] // ir01.shape[0]
+        g_src = sobel(torch.cat([ir_raw, vis01], dim=1))  # (B, 4, H, W): IR x, y, VIS x, y
+        ir_stronger = _magnitude(g_src[:, 0:2]) >= _magnitude(g_src[:, 2:4])
+        g_target = torch.where(ir_stronger, g_src[:, 0:2], g_src[:, 2:4]).repeat(n, 1, 1, 1)
+        bright = torch.maximum(ir01, vis01).repeat(n, 1, 1, 1)
+        rule = fusion_target(ir_raw, vis01, cfg).repeat(n, 1, 1, 1)
+        posterior = fused[: ir01.shape[0]].detach()
+        latent_target = F.adaptive_avg_pool2d(posterior, out["mu"].shape[-2:]).clamp(0, 1) * 2.0 - 1.0
     terms = {
         "noise": F.smooth_l1_loss(out["eps_pred"], eps),
         "kl": kl_standard_normal(out["mu"], out["logvar"]),
         "latent_image": F.mse_loss(out["mu"][:, :image_channels], latent_target.expand(-1, image_channels, -1, -1)),
-        "intensity": F.l1_loss(fused, target),
-        "gradient": F.l1_loss(g_fused, g_target),
-        "method_mse": F.mse_loss(fused, ir01) + F.mse_loss(fused, vis01) + F.mse_loss(_magnitude(g_fused), g_max),
+        "intensity": F.l1_loss(fused, bright),
+        "gradient": F.l1_loss(sobel(fused), g_target),
+        "rule": F.l1_loss(fused, rule),
     }
     terms["total"] = sum(getattr(cfg, k) * v for k, v in terms.items())
     return terms

@@ -7,11 +7,15 @@ posterior: per-pixel ``mu`` and ``logvar`` of ``latent_channels`` at H/8; ``mu =
 [-1, 1], and its first ``image_channels`` channels are trained to look like the fused image (``2 avgpool8(F) - 1``),
 so the physics guides and the latent share one value range.
 
-The decoder goes back up from the latent with the gated skips to H/4 and predicts there, per pixel, the
-coefficients of a full-resolution basis (the raw IR and the visible, their maximum, and a fine high-pass band of
-each; the raw IR rather than IR', because the alignment's lookup table rescales local contrast); the coefficients
-are upsampled bilinearly and the fused Y is their weighted sum. Full-resolution work is therefore a few
-element-wise operations, while every decision (which source, how much detail) is made by the network.
+The decoder (see :class:`Decoder`) builds the fused image's base (low and middle frequencies) from the latent
+alone; the sources' fine detail (above the 8x8 band of the latent's grid) enters only through per-pixel gains, which
+read the latent, a two-channel projection of the encoder's gated H/4 skip and the local energy of each source's
+detail. Full-resolution work is a few element-wise operations. The raw IR supplies that detail rather than IR' (the
+alignment's lookup table rescales local contrast).
+
+The posterior's standard deviation has a floor, ``SIGMA_MIN``: the decoder is trained on posterior samples and on the
+sampler's one-step predictions, so it must tolerate latent errors of the size the few-step sampler makes; without a
+floor the KL weight alone let sigma fall to 0.006, a deterministic autoencoder.
 
 Gates sit right after a LeakyReLU, which is positively homogeneous (``g relu(z) = relu(g z)`` for ``g > 0``), so
 :meth:`Encoder.fold_gates` folds them into the producing convolution at load time and inference pays nothing.
@@ -19,13 +23,17 @@ Gates sit right after a LeakyReLU, which is positively homogeneous (``g relu(z) 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BASIS", "Decoder", "Encoder", "Gate", "basis", "kl_standard_normal"]
+__all__ = ["SIGMA_MIN", "Decoder", "Encoder", "Gate", "kl_standard_normal", "lowpass"]
 
-BASIS = ("ir", "vis", "max", "ir_hp", "vis_hp", "one")
+SIGMA_MIN = 0.03  # posterior std floor in latent units (the image channel's 0.03 is about 4 grey levels of base)
+LOGVAR_MIN = 2.0 * math.log(SIGMA_MIN)
+LATENT_SCALE = 8  # latent grid: H/8 x W/8
 _SCALE = 4  # space-to-depth factor of the encoder input, and upsampling factor of the decoder's coefficients
 
 
@@ -54,7 +62,7 @@ class Gate(nn.Module):
 
 
 class Encoder(nn.Module):
-    """``[IR', VIS]`` (B, 2, H, W) in 0..1 -> ``mu, logvar`` (B, C, H/8, W/8) and skips at H/4 and H/8.
+    """``[IR', VIS]`` (B, 2, H, W) in 0..1 -> ``mu, logvar`` (B, C, H/8, W/8) and the gated skip at H/4.
 
     Args:
         widths: channels at H/4 and H/8.
@@ -78,7 +86,7 @@ class Encoder(nn.Module):
         s1 = self.gate1(self.act(self.conv1(h)))
         s2 = self.gate2(self.act(self.conv2(self.act(self.down(s1)))))  # (B, c2, H/8, W/8)
         mu, logvar = self.head(s2).chunk(2, dim=1)
-        return torch.tanh(mu), logvar.clamp(-12.0, 4.0), [s1, s2]
+        return torch.tanh(mu), logvar.clamp(LOGVAR_MIN, 4.0), [s1]
 
     @torch.no_grad()
     def fold_gates(self) -> None:
@@ -87,23 +95,25 @@ class Encoder(nn.Module):
         self.gate2.fold_into(self.conv2)
 
 
-def _box3(x: torch.Tensor) -> torch.Tensor:
-    """3x3 mean, border pixels averaged over the window inside the image."""
-    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-
-
-def basis(ir01: torch.Tensor, vis01: torch.Tensor) -> torch.Tensor:
-    """Full-resolution basis (B, 6, H, W) in the order of :data:`BASIS`; ``hp`` is the detail above a 3x3 mean.
-
-    The decoder never builds this tensor (it folds the sum, see :meth:`Decoder.forward`); it documents the model and
-    serves as the test oracle.
-    """
-    x = torch.cat([ir01, vis01], dim=1)  # (B, 2, H, W)
-    return torch.cat([x, torch.maximum(ir01, vis01), x - _box3(x), torch.ones_like(ir01)], dim=1)
+def lowpass(x: torch.Tensor) -> torch.Tensor:
+    """The band the latent carries: 8x8 block means (the latent's grid) upsampled bilinearly, (B, C, H, W) ->
+    (B, C, H, W); ``x - lowpass(x)`` is the fine detail. H and W must be multiples of 8 (the engine pads to 8)."""
+    return F.interpolate(F.avg_pool2d(x, LATENT_SCALE), scale_factor=LATENT_SCALE, mode="bilinear",
+                         align_corners=False)
 
 
 class Decoder(nn.Module):
-    """Latent (B, C, H/8, W/8) + skips + full-resolution sources -> fused Y (B, 1, H, W) (about 0..1, unclamped).
+    """Latent (B, C, H/8, W/8) + the H/4 skip + full-resolution sources -> fused Y (B, 1, H, W) (about 0..1).
+
+    The image is ``base + g_ir * hp(IR_raw) + g_vis * hp(VIS)``, where ``hp(x) = x - lowpass(x)`` is the fine detail
+    of each source and, at H/4 upsampled bilinearly:
+
+    - ``base`` comes from the latent alone: ``(z[:, 0] + 1) / 2`` upsampled (the image-like channel, on which the
+      physics guides act) plus a learned correction from all latent channels. Low and middle frequencies of the fused
+      image are therefore decided by the sampled latent, nothing else.
+    - ``g_ir, g_vis`` in (0, 2) are per-pixel detail gains from the latent and two *narrow* paths: a 1x1 projection
+      of the encoder's gated H/4 skip to two channels, and one of the log energy of each source's fine detail over
+      4x4 blocks (which source has the stronger detail there). The sources' fine detail enters only there.
 
     Args:
         widths: the encoder's widths (H/4, H/8).
@@ -117,26 +127,33 @@ class Decoder(nn.Module):
         self.conv2 = nn.Conv2d(c2, c2, 3, padding=1)
         self.expand = nn.Conv2d(c2, 4 * c1, 1)
         self.conv1 = nn.Conv2d(c1, c1, 3, padding=1)
-        self.coef = nn.Conv2d(c1, len(BASIS), 1)
+        self.skip = nn.Conv2d(c1, 2, 1)  # the narrow detail paths: two channels from the gated skip,
+        self.cue = nn.Conv2d(2, 2, 1)  # and two from the log energy of each source's fine detail at H/4
+        self.head = nn.Conv2d(c1, 3, 1)  # base correction, IR gain logit, visible gain logit
         self.act = _act()
-        with torch.no_grad():  # start as the pixel-wise maximum
-            self.coef.weight.zero_()
-            self.coef.bias.copy_(torch.tensor([float(b == "max") for b in BASIS]))
+        with torch.no_grad():  # start as the image channel plus unit detail gains, leaning to the stronger detail
+            for conv in (self.skip, self.head, self.cue):
+                conv.weight.zero_()
+                conv.bias.zero_()
+            self.cue.weight[:, :, 0, 0] = torch.tensor([[0.5, -0.5], [-0.5, 0.5]])
 
-    def coefficients(self, z: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        """Basis coefficients at H/4, (B, 6, H/4, W/4)."""
-        s1, s2 = skips
-        h = self.act(self.conv2(self.act(self.inp(z)) + s2))  # (B, c2, H/8, W/8)
-        h = self.act(F.pixel_shuffle(self.expand(h), 2))  # (B, c1, H/4, W/4)
-        return self.coef(self.act(self.conv1(h + s1)))
+    def fields(self, z: torch.Tensor, skip: torch.Tensor,
+               detail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``base`` (B, 1, H/4, W/4) and ``gains`` (B, 2, H/4, W/4) for the IR and visible ``detail`` (B, 2, H, W)."""
+        h = self.act(self.conv2(self.act(self.inp(z))))  # (B, c2, H/8, W/8)
+        h = self.act(self.conv1(self.act(F.pixel_shuffle(self.expand(h), 2))))  # (B, c1, H/4, W/4)
+        out = self.head(h)
+        image = F.interpolate(z[:, :1], scale_factor=2, mode="bilinear", align_corners=False)
+        energy = torch.log(F.avg_pool2d(detail.square(), _SCALE) + 1e-6)  # (B, 2, H/4, W/4)
+        return (image + 1.0) / 2.0 + out[:, :1], 2.0 * torch.sigmoid(out[:, 1:] + self.skip(skip) + self.cue(energy))
 
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor], ir01: torch.Tensor,
                 vis01: torch.Tensor) -> torch.Tensor:
-        c = F.interpolate(self.coefficients(z, skips), scale_factor=_SCALE, mode="bilinear", align_corners=False)
         x = torch.cat([ir01, vis01], dim=1)  # (B, 2, H, W)
-        # sum_k c_k basis_k with x - box3(x) expanded, so no (B, 6, H, W) basis is materialised
-        src = ((c[:, 0:2] + c[:, 3:5]) * x - c[:, 3:5] * _box3(x)).sum(dim=1, keepdim=True)
-        return src + c[:, 2:3] * torch.maximum(ir01, vis01) + c[:, 5:6]  # (B, 1, H, W)
+        detail = x - lowpass(x)
+        base, gains = (F.interpolate(f, scale_factor=_SCALE, mode="bilinear", align_corners=False)
+                       for f in self.fields(z, skips[0], detail))
+        return base + (gains * detail).sum(dim=1, keepdim=True)  # (B, 1, H, W)
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from streamfuse.model.hclfuse import (
     read_weights,
     save_weights,
 )
+from streamfuse.model.vbe import lowpass
 
 TINY = ModelConfig(widths=(4, 8), latent_channels=2, denoiser_width=4)
 
@@ -47,7 +48,7 @@ def test_same_noise_same_output():
 
 
 def test_save_load_round_trip(tmp_path):
-    net = HCLFuseNet(TINY)
+    net = HCLFuseNet(TINY, steps=2)
     path = tmp_path / "w.pt"
     save_weights(path, net, extra={"align": {"reg": 0.01, "blend": 0.3}})
     loaded, extra = load_weights(path, steps=2)
@@ -71,6 +72,9 @@ def test_bad_files_give_one_clear_line(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a zip")
     _one_line_value_error(junk, "not a readable")
+    text = tmp_path / "passwd.pt"  # a text file: torch.load fails with an IndexError of its own
+    text.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    _one_line_value_error(text, "not a readable")
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, str(other))
     _one_line_value_error(other, "not an HCLFuse weights file")
@@ -90,12 +94,28 @@ def test_older_format_is_refused_for_inference_but_can_start_a_fine_tune(tmp_pat
 def test_decoder_takes_detail_from_the_raw_ir():
     net = HCLFuseNet(TINY, steps=1).eval()
     with torch.no_grad():
-        net.decoder.coef.bias.copy_(torch.tensor([1.0, 0, 0, 0, 0, 0]))  # output = the basis' IR element
+        net.decoder.cue.weight.zero_()  # unit gains whatever the sources' detail energy
     ir, vis = _frames()
     raw = torch.rand(ir.shape, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        out = net(ir, vis, torch.zeros(1, 2, 4, 6), raw)
-    torch.testing.assert_close(out, raw)
+        z, skips = net.sample(ir, vis, torch.zeros(1, 2, 4, 6))
+        a, b = net.decoder(z, skips, raw, vis), net.decoder(z, skips, ir, vis)
+    torch.testing.assert_close(a - b, (raw - lowpass(raw)) - (ir - lowpass(ir)), atol=1e-5, rtol=0)  # unit gains
+
+
+def test_student_and_teacher_are_separate_samplers():
+    net = HCLFuseNet(TINY, steps=3).eval()
+    assert net.steps == 3 and not net.use_student
+    with torch.no_grad():
+        net.student.out.bias.fill_(0.5)
+    ir, vis = _frames()
+    noise = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        teacher = net(ir, vis, noise, ir)
+        net.set_sampling(3, student=True)
+        assert net.steps == TINY.student_steps and net.use_student
+        assert not torch.equal(net(ir, vis, noise, ir), teacher)
+    assert any(k.startswith("student.") for k in net.state_dict())
 
 
 def test_config_weights_mismatch_is_one_line(tmp_path):
@@ -121,7 +141,7 @@ def test_fuser_on_cpu(tmp_path):
     out = fuser.fuse(ir, vis, "cam0")
     assert out.shape == (37, 50) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 255
     np.testing.assert_array_equal(fuser.fuse(ir, vis, "cam0"), out)  # static input -> identical output
-    assert fuser.name == "hclfuse" and fuser.version.startswith("2.0+")
+    assert fuser.name == "hclfuse" and fuser.version.startswith("3.0+")
     stats = fuser.stats()
     assert stats["ot_misses"] == 1 and stats["ot_hits"] == 1
     assert not torch.equal(fuser.noise("cam0", 37, 50), fuser.noise("cam1", 37, 50))

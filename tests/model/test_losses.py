@@ -35,8 +35,18 @@ def test_losses_finite_with_flat_inputs_and_eps_term_uses_true_noise():
     flat = torch.full((2, 1, 32, 32), 0.5)  # Sobel magnitude 0: the +eps inside the sqrt keeps gradients finite
     eps, e0 = torch.randn(2, 2, 4, 4), torch.zeros(2, 2, 4, 4)
     out = net.train_outputs(flat, flat, flat, torch.tensor([10, 900]), eps, e0)
-    losses = hclfuse_losses(out, flat, flat, eps, LossConfig(), TINY.image_channels)
+    losses = hclfuse_losses(out, flat, flat, flat, eps, LossConfig(), TINY.image_channels)
     losses["total"].backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
     perfect = {**out, "eps_pred": eps}
-    assert hclfuse_losses(perfect, flat, flat, eps, LossConfig(), 1)["noise"].item() == 0.0
+    assert hclfuse_losses(perfect, flat, flat, flat, eps, LossConfig(), 1)["noise"].item() == 0.0
+    assert out["fused"].shape == (4, 1, 32, 32)  # the posterior sample and the one-step prediction, both decoded
+
+
+def test_gradient_term_follows_the_stronger_source_with_its_sign():
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(1, 1, 32, 32)
+    flat = torch.full_like(ramp, 0.5)
+    out = {"mu": torch.zeros(1, 1, 4, 4), "logvar": torch.zeros(1, 1, 4, 4), "eps_pred": torch.zeros(1, 1, 4, 4)}
+    inverted = hclfuse_losses({**out, "fused": 1 - ramp}, flat, flat, ramp, out["mu"], LossConfig(), 1)
+    same = hclfuse_losses({**out, "fused": ramp.clone()}, flat, flat, ramp, out["mu"], LossConfig(), 1)
+    assert same["gradient"].item() < 1e-6 < inverted["gradient"].item()

@@ -1,10 +1,10 @@
-"""VBE encoder/decoder: shapes, posterior range, KL, gate folding, the decoder's basis sum."""
+"""VBE encoder/decoder: shapes, posterior range and floor, KL, gate folding, where the decoder takes base and detail."""
 
 from __future__ import annotations
 
 import torch
 
-from streamfuse.model.vbe import BASIS, Decoder, Encoder, Gate, basis, kl_standard_normal
+from streamfuse.model.vbe import SIGMA_MIN, Decoder, Encoder, Gate, kl_standard_normal, lowpass
 
 
 def _inputs(b=2, h=32, w=48, seed=0):
@@ -12,31 +12,55 @@ def _inputs(b=2, h=32, w=48, seed=0):
     return torch.rand(b, 1, h, w, generator=g), torch.rand(b, 1, h, w, generator=g)
 
 
-def test_encoder_shapes_and_latent_range():
+def test_encoder_shapes_latent_range_and_sigma_floor():
     enc = Encoder((8, 12), 4)
+    with torch.no_grad():
+        enc.head.bias[4:].fill_(-50.0)  # a posterior that wants to be deterministic
     ir, vis = _inputs()
     mu, logvar, skips = enc(torch.cat([ir, vis], 1))
     assert mu.shape == logvar.shape == (2, 4, 4, 6)
-    assert [s.shape for s in skips] == [(2, 8, 8, 12), (2, 12, 4, 6)]
+    assert [s.shape for s in skips] == [(2, 8, 8, 12)]
     assert mu.abs().max() <= 1.0 and torch.isfinite(logvar).all()
+    torch.testing.assert_close((0.5 * logvar).exp().min(), torch.tensor(SIGMA_MIN))
 
 
-def test_decoder_starts_as_pixelwise_max():
+def _up(x, factor):
+    return torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+
+
+def test_decoder_starts_as_image_channel_plus_detail_leaning_to_the_stronger_source():
     enc, dec = Encoder((8, 12), 4), Decoder((8, 12), 4)
-    ir, vis = _inputs()
-    mu, _, skips = enc(torch.cat([ir, vis], 1))
-    torch.testing.assert_close(dec(mu, skips, ir, vis), torch.maximum(ir, vis))
+    ir, _ = _inputs()
+    mu, _, skips = enc(torch.cat([ir, ir], 1))
+    base = _up((_up(mu[:, :1], 2) + 1) / 2, 4)
+    detail = ir - lowpass(ir)  # equal detail in both sources: unit gains
+    torch.testing.assert_close(dec(mu, skips, ir, ir), base + 2 * detail, atol=1e-5, rtol=1e-5)
+    _, gains = dec.fields(mu, skips[0], torch.cat([detail, 0.1 * detail], 1))  # IR's detail ten times stronger
+    assert (gains[:, 0] > 1.5).all() and (gains[:, 1] < 0.5).all()
 
 
-def test_decoder_sum_equals_explicit_basis():
+def test_base_comes_from_the_latent_and_detail_from_the_sources():
+    torch.manual_seed(0)  # the weights below: the test must not depend on which tests ran before
     enc, dec = Encoder((8, 12), 4), Decoder((8, 12), 4)
-    torch.nn.init.normal_(dec.coef.weight, std=0.1)
+    for conv in (dec.head, dec.skip, dec.cue):
+        torch.nn.init.normal_(conv.weight, std=0.3)
     ir, vis = _inputs(seed=1)
     mu, _, skips = enc(torch.cat([ir, vis], 1))
-    coef = torch.nn.functional.interpolate(dec.coefficients(mu, skips), scale_factor=4, mode="bilinear")
-    expected = (coef * basis(ir, vis)).sum(1, keepdim=True)
-    assert basis(ir, vis).shape[1] == len(BASIS)
-    torch.testing.assert_close(dec(mu, skips, ir, vis), expected, atol=1e-5, rtol=1e-5)
+    out = dec(mu, skips, ir, vis)
+    # sources without fine detail (flat): the output is the base, which reads only the latent
+    smooth = dec(mu, skips, torch.full_like(ir, 0.2), torch.full_like(vis, 0.7))
+    base, _ = dec.fields(mu, skips[0], torch.zeros(2, 2, 32, 48))
+    torch.testing.assert_close(smooth, _up(base, 4), atol=1e-5, rtol=1e-5)
+    # another latent moves the base; the sources' detail term stays as it was
+    other = dec(torch.zeros_like(mu), skips, ir, vis)
+    assert (other - out).abs().mean() > 1e-2
+
+
+def test_lowpass_keeps_constants_and_removes_a_checkerboard():
+    flat = torch.full((1, 1, 16, 16), 0.4)
+    torch.testing.assert_close(lowpass(flat), flat)
+    checker = (torch.arange(16).view(1, 1, 16, 1) + torch.arange(16).view(1, 1, 1, 16)) % 2 * 1.0
+    torch.testing.assert_close(lowpass(checker), torch.full_like(checker, 0.5))
 
 
 def test_fold_gates_keeps_outputs():

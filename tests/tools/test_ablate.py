@@ -45,6 +45,8 @@ def test_json_summary(tool, folders, tmp_path, random_weights, capsys):
     rows = summary["rows"]
     assert rows["rule"]["delta_grey"] > 0 and rows["latent_zero"]["delta_grey"] > 0
     assert rows["max:contrast=1.25"]["delta_grey"] != rows["max"]["delta_grey"]
+    energies = summary["guidance_energies"]
+    assert set(energies) == {"with", "without"} and set(energies["with"]) == {"heat", "structure", "consistency"}
     table = (tmp_path / "out" / "metrics.md").read_text()
     assert table.splitlines()[0].endswith("| ms/frame | delta grey |") and "| latent_swap | 3 |" in table
     assert "| rule | 3 |" in capsys.readouterr().out

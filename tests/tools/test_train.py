@@ -54,19 +54,19 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
               "--threads", str(torch.get_num_threads()), "--ckpt-minutes", "100", "--model.widths", "4", "8",
               "--model.denoiser_width", "4"]
     train.main([*common, "--steps", "3"])
-    assert (out / "hclfuse_v2.pt").is_file() and (out / "checkpoint.pt").is_file()
+    assert (out / "hclfuse_v3.pt").is_file() and (out / "checkpoint.pt").is_file()
     resolved = yaml.safe_load((out / "train_config.yaml").read_text())
     assert resolved["train"]["steps"] == 3 and resolved["model"]["widths"] == [4, 8]
-    assert torch.load(str(out / "checkpoint.pt"), weights_only=False)["step"] == 3
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 3
 
     with caplog.at_level("INFO", logger="train"):
         train.main([*common, "--steps", "5", "--resume"])
     assert "resumed" in caplog.text
-    assert torch.load(str(out / "checkpoint.pt"), weights_only=False)["step"] == 5
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 5
 
     from streamfuse.model.hclfuse import load_weights
 
-    net, extra = load_weights(out / "hclfuse_v2.pt")
+    net, extra = load_weights(out / "hclfuse_v3.pt")
     assert extra["step"] == 5 and net.cfg.widths == (4, 8)
     with torch.inference_mode():
         ir = torch.rand(1, 1, 32, 32)
@@ -80,19 +80,39 @@ def test_missing_data_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_init_starts_from_a_weights_file_and_refuses_another_architecture(data, tmp_path):
+def test_init_takes_matching_tensors_and_refuses_another_architecture(data, tmp_path, caplog):
     from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig, load_weights, save_weights
 
     tiny = ModelConfig(widths=(4, 8), denoiser_width=4)
     start = HCLFuseNet(tiny)
     with torch.no_grad():
-        start.decoder.coef.bias.fill_(0.25)  # a state training from scratch would not have
+        start.decoder.head.bias.fill_(0.25)  # a state training from scratch would not have
     save_weights(tmp_path / "start.pt", start)
     common = ["--data", str(data), "--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes", "100",
               "--model.denoiser_width", "4", "--init", str(tmp_path / "start.pt"), "--steps", "1"]
     _train_module().main([*common, "--model.widths", "4", "8", "--out", str(tmp_path / "run"), "--lr", "1e-9"])
-    net, _ = load_weights(tmp_path / "run" / "hclfuse_v2.pt")
-    torch.testing.assert_close(net.decoder.coef.bias, torch.full((6,), 0.25), atol=1e-4, rtol=0)
-    with pytest.raises(SystemExit, match="differs from the requested") as info:
+    net, _ = load_weights(tmp_path / "run" / "hclfuse_v3.pt")
+    torch.testing.assert_close(net.decoder.head.bias, torch.full((3,), 0.25), atol=1e-4, rtol=0)
+    with caplog.at_level("INFO", logger="train"):  # another width: only the shape-independent tensors carry over
         _train_module().main([*common, "--model.widths", "8", "8", "--out", str(tmp_path / "other")])
+    assert "left at initialisation" in caplog.text
+    with pytest.raises(SystemExit, match="tensors match the model config") as info:
+        _train_module().main([*common, "--model.widths", "2", "2", "--model.denoiser_width", "2",
+                              "--model.latent_channels", "3", "--out", str(tmp_path / "third")])
     assert "\n" not in str(info.value)
+
+
+def test_distillation_trains_only_the_student(data, tmp_path):
+    from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig, load_weights, save_weights
+
+    tiny = ModelConfig(widths=(4, 8), denoiser_width=4)
+    save_weights(tmp_path / "start.pt", HCLFuseNet(tiny))
+    _train_module().main(["--data", str(data), "--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes",
+                          "100", "--model.widths", "4", "8", "--model.denoiser_width", "4", "--init",
+                          str(tmp_path / "start.pt"), "--steps", "2", "--distill", "--teacher_steps", "3",
+                          "--out", str(tmp_path / "run")])
+    before, _ = load_weights(tmp_path / "start.pt")
+    after, _ = load_weights(tmp_path / "run" / "hclfuse_v3.pt")
+    old, new = before.state_dict(), after.state_dict()
+    moved = {k.split(".")[0] for k in old if not torch.equal(old[k], new[k])}
+    assert moved == {"student"}

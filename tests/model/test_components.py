@@ -1,0 +1,82 @@
+"""Each part of HCLFuse changes the image: the shipped weights on the synthetic rig's frames (no data needed).
+
+Thresholds are mean |difference| in grey levels, set to about half of what the shipped weights measured on these
+frames (the measured values are in the comments), so a part that stops acting fails the test. A data test checks that
+the shipped weights are not dominated by the simple baselines on msrs/test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from streamfuse.align import AlignConfig
+from streamfuse.capture.sources import SyntheticScene
+from streamfuse.fusers import FuseConfig, build_fuser
+
+# measured with the shipped weights on these frames (tests/model/test_components.py's own code): latent zeroed 60.5,
+# latent swapped 11.0, guidance off 0.91, teacher K = 1 vs 4 0.20 grey levels
+LATENT_ZERO, LATENT_SWAP, GUIDANCE, STEPS = 30.0, 5.0, 0.45, 0.1
+DATA = Path(os.environ.get("STREAMFUSE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[tuple[np.ndarray, np.ndarray]]:
+    """Two pairs of the demo's synthetic rig at 320x240 (IR, visible Y), a second apart."""
+    scene = SyntheticScene(320, 240, seed=7)
+    return [(scene.render_ir(t), cv2.cvtColor(scene.render_vis(t), cv2.COLOR_BGR2GRAY)) for t in (0, 10**9)]
+
+
+def _fuser(**kw):
+    return build_fuser(FuseConfig(name="hclfuse", device="cpu", threads=1, **kw), AlignConfig())
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.clip(a, 0, 255) - np.clip(b, 0, 255)).mean())
+
+
+def test_the_latent_carries_the_image(frames):
+    fuser = _fuser()
+    (ir, vis), (ir2, vis2) = frames
+    z, own = fuser.latent(ir, vis, "a"), fuser.fuse(ir, vis, "a")
+    assert _diff(fuser.decode_with(ir, vis, z, "a"), own) < 0.01  # decode_with(own latent) is the fuser's output
+    assert _diff(fuser.decode_with(ir, vis, torch.zeros_like(z), "a"), own) > LATENT_ZERO
+    assert _diff(fuser.decode_with(ir, vis, fuser.latent(ir2, vis2, "b"), "a"), own) > LATENT_SWAP
+
+
+def test_guidance_acts_at_the_default_sampler(frames):
+    ir, vis = frames[0]
+    assert _diff(_fuser().fuse(ir, vis), _fuser(guidance=False).fuse(ir, vis)) > GUIDANCE
+
+
+def test_the_number_of_teacher_steps_matters(frames):
+    ir, vis = frames[0]
+    one, four = (_fuser(sampler="teacher", steps=k).fuse(ir, vis) for k in (1, 4))
+    assert _diff(one, four) > STEPS
+
+
+@pytest.mark.data
+@pytest.mark.xfail(strict=True, reason="not reached yet: the hand rule is better on VIF, Qabf, AG and SF at once on"
+                   " msrs/test (model card, 'Quality'); strict, so this fails once the weights stop being dominated")
+@pytest.mark.skipif(not (DATA / "msrs" / "test" / "ir").is_dir(), reason="needs ../shared/data (msrs/test) beside the"
+                    " repository or STREAMFUSE_DATA")
+def test_shipped_weights_are_not_dominated_by_the_rule_or_the_stretched_maximum():
+    from streamfuse.evaluation import find_pairs, read_grey
+    from streamfuse.metrics import average_gradient, qabf, spatial_frequency, vif
+
+    pairs = [(read_grey(i), read_grey(v)) for _, i, v in find_pairs(DATA / "msrs/test/ir", DATA / "msrs/test/vi", 8)]
+
+    def scores(fuser) -> np.ndarray:
+        outs = [np.clip(fuser.fuse(ir, vis, f"s{k}"), 0, 255) for k, (ir, vis) in enumerate(pairs)]
+        return np.mean([[vif(o, i, v), qabf(o, i, v), average_gradient(o), spatial_frequency(o)]
+                        for o, (i, v) in zip(outs, pairs)], axis=0)
+
+    ours = scores(_fuser())
+    for name, kw in (("rule", {}), ("max", {"contrast": 1.25})):
+        theirs = scores(build_fuser(FuseConfig(name=name, **kw)))
+        assert not (theirs >= ours).all(), f"{name} {kw} is at least as good on VIF, Qabf, AG and SF: {theirs} {ours}"
