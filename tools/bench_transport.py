@@ -124,7 +124,7 @@ class _Receiver:
 
     def result(self) -> dict[str, float]:
         self.done.set()
-        out = self.results.get(timeout=30)
+        out = self.results.get(timeout=120)  # generous: the reader drains its backlog first, slowly on a busy machine
         self.proc.join(timeout=10)
         return out
 
