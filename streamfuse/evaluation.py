@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,8 +187,8 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             when several fusers run).
         limit: score only the first ``limit`` pairs (sorted by name); 0 = all.
         montage_rows: pairs shown in the montage, spread from the darkest to the brightest visible image.
-        reference: name of one of ``methods``; every row then also gets ``delta_grey``, the mean |F - F_ref| of its
-            8-bit output and that method's, and the means weigh it by pixel count (mean over all pixels and pairs).
+        reference: name of one of ``methods``; every row then also gets ``psnr_ref`` (dB, over all pixels) and
+            ``delta_grey``, the mean |F - F_ref| of its 8-bit output and that method's, over all pixels and pairs.
 
     Returns:
         The per-image rows and per-method means (metrics in :data:`streamfuse.metrics.METRICS` order, ``ms`` =
@@ -248,8 +249,9 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         if reference is not None:
             ref = outputs.get(reference)
             for row in result.rows[len(result.rows) - len(outputs):]:
-                row["delta_grey"] = float("nan") if ref is None else float(
-                    np.abs(outputs[row["method"]].astype(np.float64) - ref).mean())
+                diff = None if ref is None else outputs[row["method"]].astype(np.float64) - ref
+                row["delta_grey"] = float("nan") if diff is None else float(np.abs(diff).mean())
+                row["mse_ref"] = float("nan") if diff is None else float(np.square(diff).mean())
 
     for m in methods:
         rows = [r for r in result.rows if r["method"] == m.name]
@@ -261,8 +263,10 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             result.means[m.name]["ms"] = float(np.median(ms)) if m.fuser is not None else float("nan")
             result.means[m.name]["n"] = len(rows)
             if reference is not None:
-                result.means[m.name]["delta_grey"] = float(np.average(
-                    [r["delta_grey"] for r in rows], weights=[pixels[r["image"]] for r in rows]))
+                weights = [pixels[r["image"]] for r in rows]
+                result.means[m.name]["delta_grey"] = float(np.average([r["delta_grey"] for r in rows], weights=weights))
+                mse = float(np.average([r["mse_ref"] for r in rows], weights=weights))
+                result.means[m.name]["psnr_ref"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
         if m.config is not None:
             dump_config(m.config, out_dir / f"{Path(m.config.source_file).stem}.resolved.yaml")
 
@@ -279,7 +283,7 @@ def _safe(name: str) -> str:
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as f:
-        delta = ["delta_grey"] if rows and "delta_grey" in rows[0] else []
+        delta = ["delta_grey", "mse_ref"] if rows and "delta_grey" in rows[0] else []
         writer = csv.DictWriter(f, fieldnames=["method", "image", *metrics.METRICS, "ms", *delta])
         writer.writeheader()
         for row in rows:

@@ -8,10 +8,12 @@ Settings come from --config (default configs/eval.yaml: a synchronous OT solve f
 
 Writes metrics.csv, metrics.md (means per row, the median ms per frame and delta grey, the mean |output - default
 output| over all pixels and pairs) and montage.png to --out; with --json also one JSON object
-{"n": pairs, "default": {metric: mean}, "rows": {name: {metric: mean, "delta_grey": ..., "ms": ...}},
+{"n": pairs, "default": {metric: mean}, "rows": {name: {metric: mean, "delta_grey": ..., "psnr_ref": dB against the
+default, "ms": ...}},
 "guidance_energies": {"with"|"without": {heat, structure, consistency}}} with the metrics VIF, Qabf, AG, SF, Nabf and
-SSIM; the energies are the physics guides' (streamfuse.diffusion.guidance) on the default sampler's latent. Pairs come from --ir/--vis (any two folders, matched by file name) or from the set
---set under --data; published outputs under <data>/reference/<method>/msrs_test are scored too for msrs/test.
+SSIM; the energies are the physics guides' (streamfuse.diffusion.guidance) on the default sampler's latent. Pairs
+come from --ir/--vis (any two folders, matched by file name) or from the set --set under --data; published outputs
+under <data>/reference/<method>/msrs_test are scored too for msrs/test.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def summary(result: EvalResult) -> dict:
 
     default = result.means[DEFAULT]
     return {"n": int(default["n"]), "default": pick(default, JSON_METRICS),
-            "rows": {name: pick(m, (*JSON_METRICS, "delta_grey", "ms")) for name, m in result.means.items()
+            "rows": {name: pick(m, (*JSON_METRICS, "delta_grey", "psnr_ref", "ms")) for name, m in result.means.items()
                      if name != DEFAULT}}
 
 

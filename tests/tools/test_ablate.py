@@ -40,7 +40,7 @@ def test_json_summary(tool, folders, tmp_path, random_weights, capsys):
     assert summary["n"] == 3 and set(summary["default"]) == set(METRICS)
     assert set(ROWS) <= set(summary["rows"]) and "default" not in summary["rows"]
     for name, row in summary["rows"].items():
-        assert set(row) == {*METRICS, "delta_grey", "ms"}, name
+        assert set(row) == {*METRICS, "delta_grey", "psnr_ref", "ms"}, name
         assert all(math.isfinite(v) for v in row.values()), name
     rows = summary["rows"]
     assert rows["rule"]["delta_grey"] > 0 and rows["latent_zero"]["delta_grey"] > 0
