@@ -2,10 +2,11 @@
 
 Two denoisers share the encoder and decoder: the *teacher*, sampled with K = 1..20 guided DDIM steps, and the
 *student*, distilled from the teacher's guided K-step samples to ``student_steps`` steps (the live default).
+
 ``HCLFuseNet.forward(ir01, vis01, noise, ir_raw01)`` is pure tensor code without host synchronisation, so the engine
 can capture it in a CUDA graph. Channel order is ``[IR', VIS]`` everywhere, in training and inference: the encoder
-and the guides see the OT-aligned IR', the decoder's full-resolution basis takes its IR detail from the raw IR (the
-alignment's lookup table rescales local contrast, which the fused image should not inherit).
+and the guides see the OT-aligned IR', the decoder takes its fine IR detail from the raw IR (the alignment's lookup
+table rescales local contrast, which the fused image should not inherit).
 """
 
 from __future__ import annotations
