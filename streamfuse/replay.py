@@ -48,7 +48,7 @@ from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.record import (VideoWriter, _why, container_format, decode_frames, partial_path, read_recording,
                                work_paths)
 
-__all__ = ["ReplayConfig", "ReplayError", "ReplaySummary", "run_replay", "find_pairs", "replay_many",
+__all__ = ["ReplayConfig", "ReplayError", "ReplaySummary", "run_replay", "find_pairs",
            "check_output_paths", "STAGES"]
 
 log = logging.getLogger(__name__)
@@ -832,36 +832,3 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
             raise ValueError(f"{src}:{n}: expected 'IR_PATH VIS_PATH', got {line.strip()!r}")
         pairs.append(tuple(p if p.is_absolute() else src.parent / p for p in map(Path, parts)))
     return pairs
-
-
-def replay_many(cfg: Any, pairs: list[tuple[Path, Path]], out_dir: str | os.PathLike, *, ext: str = ".mp4",
-                resume: bool = False) -> dict[str, str]:
-    """Replay each pair to ``out_dir/<IR name stem><ext>``; outputs already complete are skipped.
-
-    Returns:
-        ``{output path: error line}`` of the pairs that failed (the others kept going; Ctrl-C and SIGTERM stop the
-        batch).
-
-    Raises:
-        ValueError: before any work, when an output would overwrite an input or two pairs share an output.
-    """
-    out_dir = Path(out_dir)
-    outs = [out_dir / f"{ir_path.stem}{ext}" for ir_path, _ in pairs]
-    for out, (ir_path, vis_path) in zip(outs, pairs):
-        check_output_paths(out, {"ir": ir_path, "vis": vis_path}, cfg.replay.frames_dir)
-        if outs.count(out) > 1:
-            raise ValueError(f"two pairs would write {out} (same IR file name); rename one of the IR files")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failed: dict[str, str] = {}
-    for out, (ir_path, vis_path) in zip(outs, pairs):
-        if out.exists() and not partial_path(out).exists():
-            log.info("skipping %s: already complete", out)
-            continue
-        try:
-            run_replay(cfg, ir_path=ir_path, vis_path=vis_path, out_path=out, resume=resume)
-        except (OSError, RuntimeError, ValueError) as exc:
-            log.error("%s: %s", out, exc)
-            failed[str(out)] = str(exc)
-            if isinstance(exc, ReplayError) and exc.interrupted:
-                break
-    return failed
