@@ -214,7 +214,7 @@ def read_weights(path: str | Path, *, any_version: bool = False,
     state = blob["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: its state_dict is not a mapping of tensors")
-    expected = HCLFuseNet(cfg).state_dict() if check_model else {k: v for k, v in state.items()}
+    expected = HCLFuseNet(cfg).state_dict() if check_model else state
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -304,35 +304,38 @@ class HCLFuser:
     def latent(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> torch.Tensor:
         """The sampled latent (1, C, h, w) of one pair, on the engine's device (for ablations: see
         :meth:`decode_with`)."""
-        return self._sample(ir, vis_y, stream)[0]
+        ir01, vis01, _ = self._inputs(ir, vis_y, stream)
+        with torch.inference_mode():
+            return self.net.sample(ir01, vis01, self.noise(stream, *ir.shape))[0]
 
     def decode_with(self, ir: np.ndarray, vis_y: np.ndarray, z: torch.Tensor, stream: str = "default") -> np.ndarray:
         """Fuse a pair with the latent ``z`` (e.g. zeroed, or another pair's) in place of its own: (H, W) float32."""
-        _, skips, raw, vis, _, _ = self._sample(ir, vis_y, stream)
+        ir01, vis01, raw01 = self._inputs(ir, vis_y, stream)
         h, w = ir.shape
         with torch.inference_mode():
-            out = self.net.decode(z.to(vis.device, vis.dtype), skips, raw, vis)
+            skips = self.net.encoder(torch.cat([ir01, vis01], dim=1))[2]  # no sampling: only the skips are needed
+            out = self.net.decode(z.to(vis01.device, vis01.dtype), skips, raw01, vis01)
         return out[0, 0, :h, :w].float().cpu().numpy() * 255.0
 
     def energies(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> dict[str, float]:
         """The physics energies (heat, structure, consistency) of the sampled latent's image channel: what the
         guides lower."""
-        z, _, _, _, ir01, vis01 = self._sample(ir, vis_y, stream)
+        ir01, vis01, _ = self._inputs(ir, vis_y, stream)
+        with torch.inference_mode():
+            z = self.net.sample(ir01, vis01, self.noise(stream, *ir.shape))[0]
         return energies(z, guide_inputs(ir01, vis01, z.shape[-2:]), self.net.cfg.image_channels)
 
-    def _sample(self, ir: np.ndarray, vis_y: np.ndarray, stream: str) -> tuple:
-        """The net's sampler outside the engine, eagerly: (z, skips, raw IR, visible, IR', visible), padded to the
-        stride."""
+    def _inputs(self, ir: np.ndarray, vis_y: np.ndarray,
+                stream: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The net's inputs for one pair on the engine's device, padded to the stride: (IR', visible, raw IR)."""
         lut = torch.from_numpy(self.cache.lut(ir, vis_y, stream)).float()
         hp, wp = self.engine.padded(*ir.shape)
         pad = (0, wp - ir.shape[1], 0, hp - ir.shape[0])
         raw = torch.from_numpy(ir).view(1, 1, *ir.shape)
         vis = torch.from_numpy(vis_y).view(1, 1, *ir.shape)
-        ir01, raw01, vis01 = (torch.nn.functional.pad(x.to(self.engine.device), pad, mode="replicate")
-                              for x in (lut[raw.long()], raw.float() / 255.0, vis.float() / 255.0))
-        with torch.inference_mode():
-            z, skips = self.net.sample(ir01, vis01, self.noise(stream, *ir.shape))
-        return z, skips, raw01, vis01, ir01, vis01
+        ir01, vis01, raw01 = (torch.nn.functional.pad(x.to(self.engine.device), pad, mode="replicate")
+                              for x in (lut[raw.long()], vis.float() / 255.0, raw.float() / 255.0))
+        return ir01, vis01, raw01
 
     def stats(self) -> dict[str, float]:
         """OT cache counters (hits, misses, solve ms)."""
