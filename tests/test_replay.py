@@ -521,6 +521,7 @@ class Stuck:
     def fuse(self, ir, vis_y, stream="default"):
         self.calls += 1
         if self.calls == {stop}:
+            open({marker!r}, "w").close()  # tells the test: every earlier pair is fused, this one never will be
             threading.Event().wait()
         return self.inner.fuse(ir, vis_y)
 
@@ -548,12 +549,15 @@ def test_replay_killed_mid_run_resumes_to_the_uninterrupted_frames(tmp_path, sig
     out = tmp_path / "o.mkv"
     log = (tmp_path / "stderr.txt").open("w")
     sets = [arg for o in overrides for arg in ("--set", o)]
-    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE.replace("{stop}", "20"), "--config", str(config),
+    stuck = tmp_path / "stuck"
+    script = _KILLABLE.replace("{stop}", "20").replace("{marker!r}", repr(str(stuck)))
+    proc = subprocess.Popen([sys.executable, "-c", script, "--config", str(config),
                              *sets, "--ir", str(ir), "--vis", str(vis), "--out", str(out)], cwd=REPO, stderr=log,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         deadline = time.monotonic() + PATIENCE_S
-        while _held_frames(partial_path(out)) < 5:  # the run is stuck at its 20th pair with 19 queued to encode
+        # stuck at its 20th pair with 19 fused, and (for the kill) at least 5 of them already in the partial output
+        while not stuck.exists() or _held_frames(partial_path(out)) < 5:
             assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
             assert time.monotonic() < deadline, "the partial output never held 5 frames"
             time.sleep(0.05)
