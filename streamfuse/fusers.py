@@ -89,7 +89,7 @@ class Fuser(Protocol):
 def build_fuser(fuse: FuseConfig, align: object | None = None) -> Fuser:
     """Build the configured fuser; ``hclfuse`` also takes the AlignConfig."""
     if fuse.name == "hclfuse":
-        from streamfuse.model.hclfuse import build_hclfuse  # torch is imported only when the model is used
+        from streamfuse.model.fuser import build_hclfuse  # torch is imported only when the model is used
 
         return build_hclfuse(fuse, align)
     return build("fuser", fuse.name, sharpen=fuse.sharpen, contrast=fuse.contrast)

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
 from streamfuse.engine import tune_malloc
-from streamfuse.model.hclfuse import DEFAULT_WEIGHTS, HCLFuseNet, ModelConfig, read_weights, save_weights
+from streamfuse.model.net import HCLFuseNet, ModelConfig
+from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
 from streamfuse.model.losses import LossConfig, hclfuse_losses
 
 # after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads

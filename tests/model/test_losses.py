@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig
+from streamfuse.model.net import HCLFuseNet, ModelConfig
 from streamfuse.model.losses import LossConfig, fusion_target, gaussian_blur, hclfuse_losses, sobel
 
 TINY = ModelConfig(widths=(4, 8), latent_channels=2, denoiser_width=4)

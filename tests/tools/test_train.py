@@ -64,7 +64,7 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
     assert "resumed" in caplog.text
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 5
 
-    from streamfuse.model.hclfuse import load_weights
+    from streamfuse.model import load_weights
 
     net, extra = load_weights(out / "hclfuse_v3.pt")
     assert extra["step"] == 5 and net.cfg.widths == (4, 8)
@@ -81,7 +81,7 @@ def test_missing_data_is_one_line(tmp_path):
 
 
 def test_init_takes_matching_tensors_and_refuses_another_architecture(data, tmp_path, caplog):
-    from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig, load_weights, save_weights
+    from streamfuse.model import HCLFuseNet, ModelConfig, load_weights, save_weights
 
     tiny = ModelConfig(widths=(4, 8), denoiser_width=4)
     start = HCLFuseNet(tiny)
@@ -103,7 +103,7 @@ def test_init_takes_matching_tensors_and_refuses_another_architecture(data, tmp_
 
 
 def test_distillation_trains_only_the_student(data, tmp_path):
-    from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig, load_weights, save_weights
+    from streamfuse.model import HCLFuseNet, ModelConfig, load_weights, save_weights
 
     tiny = ModelConfig(widths=(4, 8), denoiser_width=4)
     save_weights(tmp_path / "start.pt", HCLFuseNet(tiny))

@@ -1,0 +1,135 @@
+"""The ``hclfuse`` Fuser: per-stream cached OT alignment, fixed per-stream latent noise, batching onto the engine.
+
+:func:`build_hclfuse` loads a weights file (:mod:`streamfuse.model.weights`) into an :class:`~streamfuse.engine.Engine`;
+:class:`HCLFuser` turns uint8 frame pairs into the net's inputs and also exposes the pieces the ablations need
+(the sampled latent, decoding with another latent, the guides' energies).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamfuse.align import AlignCache, AlignConfig
+from streamfuse.diffusion.guidance import energies, guide_inputs
+from streamfuse.engine import Engine
+from streamfuse.fusers import FuseConfig
+from streamfuse.model.net import HCLFuseNet
+from streamfuse.model import weights
+
+__all__ = ["HCLFuser", "build_hclfuse"]
+
+log = logging.getLogger(__name__)
+
+
+class HCLFuser:
+    """The ``hclfuse`` Fuser: cached OT alignment, then the net on the engine's device.
+
+    Args:
+        net: loaded HCLFuseNet.
+        engine: the engine running ``net``.
+        align_cfg: the OT alignment settings.
+        seed: seed of the per-stream fixed noise.
+        version: reported version string.
+    """
+
+    name = "hclfuse"
+
+    def __init__(self, net: HCLFuseNet, engine: Engine, align_cfg: AlignConfig, seed: int, version: str):
+        self.net = net
+        self.engine = engine
+        self.cache = AlignCache(align_cfg)
+        self.seed = seed
+        self.version = version
+        self._noise: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    def noise(self, stream: str, height: int, width: int) -> torch.Tensor:
+        """The fixed latent noise (1, C, h, w) of a stream and frame size, on the engine's device."""
+        key = (stream, height, width)
+        if key not in self._noise:
+            gen = torch.Generator().manual_seed((self.seed << 32) ^ zlib.crc32(stream.encode()))
+            shape = self.engine.latent_shape(height, width)
+            self._noise[key] = torch.randn((1, *shape), generator=gen).to(self.engine.device)
+        return self._noise[key]
+
+    def fuse(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
+        """Fuse ``(H, W)`` uint8 IR and visible Y into ``(H, W)`` float32 Y on 0..255."""
+        return self.fuse_batch([ir], [vis_y], [stream])[0]
+
+    def fuse_batch(self, irs: list[np.ndarray], vis_ys: list[np.ndarray], streams: list[str]) -> np.ndarray:
+        """Fuse same-sized pairs, ``max_batch`` per engine call; returns ``(B, H, W)`` float32 on 0..255."""
+        for ir, vis in zip(irs, vis_ys):
+            if ir.dtype != np.uint8 or vis.dtype != np.uint8 or ir.ndim != 2 or ir.shape != vis.shape:
+                raise ValueError(f"hclfuse needs two (H, W) uint8 images of one size, got IR {ir.shape} {ir.dtype}"
+                                 f" and visible Y {vis.shape} {vis.dtype}")
+        luts, noise = self.engine_inputs(irs, vis_ys, streams)
+        n = self.engine.max_batch
+        return np.concatenate([self.engine.run(np.stack(irs[i:i + n]), np.stack(vis_ys[i:i + n]), luts[i:i + n],
+                                               noise[i:i + n]) for i in range(0, len(irs), n)])
+
+    def engine_inputs(self, irs: list[np.ndarray], vis_ys: list[np.ndarray],
+                      streams: list[str]) -> tuple[np.ndarray, torch.Tensor]:
+        """Per-stream OT tables ``(B, 256)`` and fixed noise ``(B, *latent_shape)`` for :meth:`Engine.submit`."""
+        h, w = irs[0].shape
+        luts = np.stack([self.cache.lut(ir, vis, s) for ir, vis, s in zip(irs, vis_ys, streams)])
+        return luts, torch.cat([self.noise(s, h, w) for s in streams])
+
+    def latent(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> torch.Tensor:
+        """The sampled latent (1, C, h, w) of one pair, on the engine's device (for ablations: see
+        :meth:`decode_with`)."""
+        ir01, vis01, _ = self._inputs(ir, vis_y, stream)
+        with torch.inference_mode():
+            return self.net.sample(ir01, vis01, self.noise(stream, *ir.shape))[0]
+
+    def decode_with(self, ir: np.ndarray, vis_y: np.ndarray, z: torch.Tensor, stream: str = "default") -> np.ndarray:
+        """Fuse a pair with the latent ``z`` (e.g. zeroed, or another pair's) in place of its own: (H, W) float32."""
+        ir01, vis01, raw01 = self._inputs(ir, vis_y, stream)
+        h, w = ir.shape
+        with torch.inference_mode():
+            skips = self.net.encoder(torch.cat([ir01, vis01], dim=1))[2]  # no sampling: only the skips are needed
+            out = self.net.decode(z.to(vis01.device, vis01.dtype), skips, raw01, vis01)
+        return out[0, 0, :h, :w].float().cpu().numpy() * 255.0
+
+    def energies(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> dict[str, float]:
+        """The physics energies (heat, structure, consistency) of the sampled latent's image channel: what the
+        guides lower."""
+        ir01, vis01, _ = self._inputs(ir, vis_y, stream)
+        with torch.inference_mode():
+            z = self.net.sample(ir01, vis01, self.noise(stream, *ir.shape))[0]
+        return energies(z, guide_inputs(ir01, vis01, z.shape[-2:]), self.net.cfg.image_channels)
+
+    def _inputs(self, ir: np.ndarray, vis_y: np.ndarray,
+                stream: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The net's inputs for one pair on the engine's device, padded to the stride: (IR', visible, raw IR)."""
+        lut = torch.from_numpy(self.cache.lut(ir, vis_y, stream)).float()
+        hp, wp = self.engine.padded(*ir.shape)
+        pad = (0, wp - ir.shape[1], 0, hp - ir.shape[0])
+        raw = torch.from_numpy(ir).view(1, 1, *ir.shape)
+        vis = torch.from_numpy(vis_y).view(1, 1, *ir.shape)
+        ir01, vis01, raw01 = (torch.nn.functional.pad(x.to(self.engine.device), pad, mode="replicate")
+                              for x in (lut[raw.long()], vis.float() / 255.0, raw.float() / 255.0))
+        return ir01, vis01, raw01
+
+    def stats(self) -> dict[str, float]:
+        """OT cache counters (hits, misses, solve ms)."""
+        return self.cache.stats()
+
+
+def build_hclfuse(fuse_cfg: FuseConfig, align_cfg: AlignConfig | None = None) -> HCLFuser:
+    """Load the weights named by ``fuse_cfg.weights`` (default: the shipped file) and build the Fuser."""
+    align_cfg = align_cfg if align_cfg is not None else AlignConfig()
+    path = Path(fuse_cfg.weights) if fuse_cfg.weights else weights.DEFAULT_WEIGHTS
+    net, extra = weights.load_weights(path, steps=fuse_cfg.steps, guidance=fuse_cfg.guidance,
+                                      guidance_scale=fuse_cfg.guidance_scale, student=fuse_cfg.sampler == "student")
+    trained = extra.get("align", {})
+    used = {k: getattr(align_cfg, k) for k in ("reg", "blend")}
+    if align_cfg.enabled and trained and any(abs(trained[k] - used[k]) > 1e-12 for k in used if k in trained):
+        log.warning("%s was trained with align %s, running with %s", path.name,
+                    {k: trained[k] for k in used if k in trained}, used)
+    engine = Engine(net, device=fuse_cfg.device, precision=fuse_cfg.precision, cuda_graphs=fuse_cfg.cuda_graphs,
+                    max_batch=fuse_cfg.max_batch, threads=fuse_cfg.threads)
+    return HCLFuser(net, engine, align_cfg, fuse_cfg.seed, version=weights.weights_version(path))

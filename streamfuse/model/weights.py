@@ -1,0 +1,100 @@
+"""HCLFuse weights files: one ``torch.save`` dict with the format tag and version, the architecture config
+(:class:`ModelConfig` as a mapping), the state dict and free-form training metadata (``extra``)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamfuse.model.net import HCLFuseNet, ModelConfig
+
+__all__ = ["DEFAULT_WEIGHTS", "FORMAT_VERSION", "load_weights", "read_weights", "save_weights", "weights_version"]
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "hclfuse_v3.pt"
+FORMAT = "streamfuse-hclfuse"
+FORMAT_VERSION = 3  # 3: latent-borne base, gated detail, distilled student (2: basis decoder)
+
+
+def save_weights(path: str | Path, net: HCLFuseNet, extra: dict | None = None, *, half: bool = False) -> None:
+    """Write the state dict with the architecture config (and training metadata) to ``path``."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in net.state_dict().items()}
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "model": asdict(net.cfg), "state_dict": state,
+                "extra": extra or {}}, str(path))
+
+
+def read_weights(path: str | Path, *, any_version: bool = False,
+                 check_model: bool = True) -> tuple[ModelConfig, dict, dict]:
+    """Read and check a weights file without building a net.
+
+    Args:
+        path: the file.
+        any_version: accept older format versions (to initialise a fine-tuning run from their tensors).
+        check_model: require the tensors to match the file's model config exactly.
+
+    Returns:
+        ``(model config, state dict as float32, extra metadata)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file and what is wrong (not a weights file, config and tensors disagree).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"HCLFuse weights not found: {path}")
+    try:
+        blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises anything (IndexError, KeyError, ...) on a foreign file
+        raise ValueError(f"{path}: not a readable torch weights file ({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
+        raise ValueError(f"{path}: not an HCLFuse weights file (expected format {FORMAT!r})")
+    if blob.get("format_version") != FORMAT_VERSION and not any_version:
+        raise ValueError(f"{path}: weights format version {blob.get('format_version')} is not supported"
+                         f" (expected {FORMAT_VERSION})")
+    known = {f.name for f in fields(ModelConfig)}
+    raw = dict(blob.get("model", {}))
+    if set(raw) - known:
+        raise ValueError(f"{path}: unknown model config keys {sorted(set(raw) - known)}")
+    try:
+        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: bad model config: {exc}") from None
+    state = blob["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: its state_dict is not a mapping of tensors")
+    expected = HCLFuseNet(cfg).state_dict() if check_model else state
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the model config {cfg}: missing {missing[:3]},"
+                         f" unexpected {unexpected[:3]}")
+    bad = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ValueError(f"{path}: weights do not match the model config: {bad[0]} has shape"
+                         f" {tuple(state[bad[0]].shape)}, the config needs {tuple(expected[bad[0]].shape)}")
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise ValueError(f"{path}: weights contain NaN or infinite values")
+    return cfg, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, dict(blob.get("extra", {}))
+
+
+def load_weights(path: str | Path, **net_kwargs: Any) -> tuple[HCLFuseNet, dict]:
+    """Load a weights file (see :func:`read_weights`) into a new HCLFuseNet.
+
+    Returns:
+        The net (eval mode, gates folded) and the file's ``extra`` metadata.
+    """
+    cfg, state, extra = read_weights(path)
+    net = HCLFuseNet(cfg, **net_kwargs)
+    net.load_state_dict(state)
+    net.eval().requires_grad_(False)
+    net.fold_gates()
+    return net, extra
+
+
+def weights_version(path: str | Path) -> str:
+    """The version a fuser reports for a weights file: format version and the file's hash, e.g. ``3.0+1a2b3c4d``."""
+    return f"{FORMAT_VERSION}.0+{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]}"

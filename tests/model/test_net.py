@@ -1,0 +1,66 @@
+"""HCLFuseNet: forward contract, determinism, the decoder's detail source, teacher and student, guidance switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamfuse.model.net import HCLFuseNet
+from streamfuse.model.vbe import lowpass
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_forward_shape_range_and_attributes(steps, tiny, pair):
+    net = HCLFuseNet(tiny, steps=steps).eval()
+    ir, vis = pair()
+    noise = torch.randn(1, net.latent_channels, 4, 6)
+    with torch.inference_mode():
+        out = net(ir, vis, noise, ir)
+    assert out.shape == (1, 1, 32, 48) and out.min() >= 0 and out.max() <= 1
+    assert (net.stride, net.latent_channels, net.steps) == (8, 2, steps)
+
+
+def test_same_noise_same_output(tiny, pair):
+    net = HCLFuseNet(tiny, steps=2).eval()
+    ir, vis = pair()
+    n1 = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        a, b = net(ir, vis, n1, ir), net(ir, vis, n1.clone(), ir)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_decoder_takes_detail_from_the_raw_ir(tiny, pair):
+    net = HCLFuseNet(tiny, steps=1).eval()
+    with torch.no_grad():
+        net.decoder.cue.weight.zero_()  # unit gains whatever the sources' detail energy
+    ir, vis = pair()
+    raw = torch.rand(ir.shape, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        z, skips = net.sample(ir, vis, torch.zeros(1, 2, 4, 6))
+        a, b = net.decoder(z, skips, raw, vis), net.decoder(z, skips, ir, vis)
+    torch.testing.assert_close(a - b, (raw - lowpass(raw)) - (ir - lowpass(ir)), atol=1e-5, rtol=0)  # unit gains
+
+
+def test_student_and_teacher_are_separate_samplers(tiny, pair):
+    net = HCLFuseNet(tiny, steps=3).eval()
+    assert net.steps == 3 and not net.use_student
+    with torch.no_grad():
+        net.student.out.bias.fill_(0.5)
+    ir, vis = pair()
+    noise = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        teacher = net(ir, vis, noise, ir)
+        net.set_sampling(3, student=True)
+        assert net.steps == tiny.student_steps and net.use_student
+        assert not torch.equal(net(ir, vis, noise, ir), teacher)
+    assert any(k.startswith("student.") for k in net.state_dict())
+
+
+def test_guidance_can_be_switched_off(tiny, pair):
+    net = HCLFuseNet(tiny, steps=2).eval()
+    assert net.guide is not None
+    net.set_sampling(2, guidance=False)
+    ir, vis = pair()
+    with torch.inference_mode():
+        assert net.guide is None and net(ir, vis, torch.zeros(1, 2, 4, 6), ir).shape == (1, 1, 32, 48)
+

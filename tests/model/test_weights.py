@@ -1,0 +1,75 @@
+"""Weights files: save/load round trip, one-line errors for bad files, older formats, the shipped weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamfuse.model.net import HCLFuseNet
+from streamfuse.model.weights import DEFAULT_WEIGHTS, load_weights, read_weights, save_weights
+
+
+def test_save_load_round_trip(tmp_path, tiny, pair):
+    net = HCLFuseNet(tiny, steps=2)
+    path = tmp_path / "w.pt"
+    save_weights(path, net, extra={"align": {"reg": 0.01, "blend": 0.3}})
+    loaded, extra = load_weights(path, steps=2)
+    assert extra["align"]["reg"] == 0.01 and loaded.cfg == tiny and loaded.steps == 2
+    ir, vis = pair()
+    noise = torch.zeros(1, 2, 4, 6)
+    net.eval().fold_gates()
+    with torch.inference_mode():
+        torch.testing.assert_close(net(ir, vis, noise, ir), loaded(ir, vis, noise, ir))
+
+
+def _one_line_value_error(path, match):
+    with pytest.raises(ValueError, match=match) as info:
+        load_weights(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_bad_files_give_one_clear_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_weights(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a zip")
+    _one_line_value_error(junk, "not a readable")
+    text = tmp_path / "passwd.pt"  # a text file: torch.load fails with an IndexError of its own
+    text.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    _one_line_value_error(text, "not a readable")
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, str(other))
+    _one_line_value_error(other, "not an HCLFuse weights file")
+
+
+def test_older_format_is_refused_for_inference_but_can_start_a_fine_tune(tmp_path, tiny):
+    path = tmp_path / "old.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    blob["format_version"] = 1
+    torch.save(blob, str(path))
+    _one_line_value_error(path, "format version 1 is not supported")
+    cfg, state, _ = read_weights(path, any_version=True)
+    assert cfg == tiny and set(state) == set(HCLFuseNet(tiny).state_dict())
+
+
+def test_config_weights_mismatch_is_one_line(tmp_path, tiny):
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    blob["model"]["widths"] = [8, 8]
+    torch.save(blob, str(path))
+    _one_line_value_error(path, "do not match the model config")
+    blob["model"]["widths"] = [4, 8]
+    blob["state_dict"]["denoiser.out.bias"][:] = float("nan")
+    torch.save(blob, str(path))
+    _one_line_value_error(path, "NaN")
+
+
+def test_shipped_weights_load_and_produce_finite_output(pair):
+    net, extra = load_weights(DEFAULT_WEIGHTS, steps=2)
+    ir, vis = pair(48, 64)
+    with torch.inference_mode():
+        out = net(ir, vis, torch.randn(1, net.latent_channels, 6, 8, generator=torch.Generator().manual_seed(0)), ir)
+    assert torch.isfinite(out).all() and out.shape == (1, 1, 48, 64)
+    assert "align" in extra and DEFAULT_WEIGHTS.stat().st_size <= 20 * 2**20
