@@ -205,6 +205,7 @@ class Publisher:
         self._subs: set[bytes] = set()  # every topic prefix some subscriber asks for
         self._shm_topic = shm_topic(cfg.topic).encode()
         self._pool: ShmPool | None = None
+        self._loaned: np.ndarray | None = None  # the pool slot handed out by loan(), until send_fused
         self._shm_on = cfg.shm_slots > 0 and cfg.wait_ms == 0 and shm_supported()
         if self._shm_on:
             remove_stale_pools()  # pools of publishers that were killed before they could free them
@@ -248,59 +249,104 @@ class Publisher:
         """Name of the shared-memory pool ('' before the first frame a same-host consumer asked for)."""
         return self._pool.name if self._pool is not None else ""
 
+    def loan(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A writable uint8 array of ``shape`` (``(H, W, 3)`` BGR or ``(H, W)`` grey) to build the next fused image in.
+
+        While a consumer on this host reads the shared-memory pool, the array is a pool slot, and :meth:`send_fused`
+        of a frame whose ``image`` is this very array publishes it there without a copy; otherwise (no such consumer,
+        shared memory off, every slot held by a reader) it is a new private array, sent like any other. Write it
+        before that :meth:`send_fused` only: it turns read-only there. A new loan abandons one not sent.
+        """
+        self._poll_subscriptions()
+        self._abandon_loan()
+        nbytes = int(np.prod(shape))
+        if self._shm_wanted() and self._has_pool(nbytes):
+            loan = self._pool.loan(nbytes)
+            if loan is not None:
+                self._loaned = loan[1].reshape(shape)
+                return self._loaned
+        return np.empty(shape, np.uint8)
+
     def send_fused(self, fused: FusedFrame) -> bool:
         """Send one fused frame: on ``topic`` as ``[topic, header, payload]`` in ``encoding`` (raw goes zero-copy),
         and into the shared-memory pool with a descriptor on ``shm/<topic>``; each only while someone subscribes.
 
         Args:
-            fused: its ``image`` is ``(H, W, 3)`` uint8 BGR or ``(H, W)`` uint8 grey.
+            fused: its ``image`` is ``(H, W, 3)`` uint8 BGR or ``(H, W)`` uint8 grey; an array from :meth:`loan`
+                reaches the pool without a copy.
 
         Returns:
             False when the frame was dropped because a subscriber's queue is full (``nodrop`` only). Never blocks,
             except for up to ``wait_ms`` when that is set.
         """
+        loaned = self._loaned is not None and fused.image is self._loaned
+        if not loaned:
+            self._abandon_loan()
         image = np.ascontiguousarray(fused.image)
         header = _header(fused, image, seq=self.published, frame_id=self.cfg.frame_id)
         self._poll_subscriptions()
         outcomes = []  # True: sent, False: refused by a full queue
-        if self._shm_on and self._wanted(self._shm_topic, explicit=SHM_TOPIC_PREFIX.encode()):
+        if loaned:
+            image.flags.writeable = False  # the slot is the consumers' now; a late write would go unnoticed
+            outcomes.append(self._send_loaned(header, image))
+        elif self._shm_wanted():
             outcomes.append(self._send_shm(header, image))
         if self._wanted(self._topic):
-            outcomes.append(self._send_payload(header, image))
+            # A pool slot is reused after ``shm_slots`` frames, maybe before ZeroMQ sent it: the payload is copied.
+            outcomes.append(self._send_payload(header, image, copy=loaned))
         if False in outcomes:
             self.dropped += 1
         if True in outcomes or not outcomes:  # seq moves on once any subscriber got it: gaps mean missed frames
             self.published += 1
         return False not in outcomes
 
-    def _send_payload(self, header: dict[str, Any], image: np.ndarray) -> bool:
+    def _shm_wanted(self) -> bool:
+        return self._shm_on and self._wanted(self._shm_topic, explicit=SHM_TOPIC_PREFIX.encode())
+
+    def _abandon_loan(self) -> None:
+        if self._loaned is not None:
+            self._pool.cancel()
+            self._loaned = None
+
+    def _send_payload(self, header: dict[str, Any], image: np.ndarray, copy: bool) -> bool:
         payload: Any = image
         if self._jpeg is not None:
             payload = self._jpeg.encode(image)
         elif self._h264 is not None:
             payload, key = self._h264.encode(image)
             header = {**header, "keyframe": int(key)}
-        return self._send(self._topic, {**header, "format": self.cfg.encoding}, payload)
+        return self._send(self._topic, {**header, "format": self.cfg.encoding}, payload, copy)
+
+    def _has_pool(self, nbytes: int) -> bool:
+        """Have a pool with slots of at least ``nbytes`` (made on first use, remade bigger for a bigger frame)."""
+        if self._pool is not None and nbytes <= self._pool.slot_bytes:
+            return True
+        if self._pool is not None:
+            self._pool.close()
+        try:
+            self._pool = ShmPool(self.cfg.shm_slots, nbytes)
+        except PoolError as exc:
+            log.warning("shared memory off: %s; same-host consumers get the %s stream", exc, self.cfg.encoding)
+            self._shm_on, self._pool = False, None
+        return self._pool is not None
 
     def _send_shm(self, header: dict[str, Any], image: np.ndarray) -> bool:
-        """Write ``image`` into the pool (made on first use, remade bigger for a bigger frame) and send its slot."""
-        if self._pool is None or image.nbytes > self._pool.slot_bytes:
-            if self._pool is not None:
-                self._pool.close()
-            try:
-                self._pool = ShmPool(self.cfg.shm_slots, image.nbytes)
-            except PoolError as exc:
-                log.warning("shared memory off: %s; same-host consumers get the %s stream", exc, self.cfg.encoding)
-                self._shm_on, self._pool = False, None
-                return True
-        written = self._pool.write(image)
-        if written is None:  # readers hold every slot; they see a gap in seq
+        """Copy ``image`` into the pool and send its slot."""
+        written = self._pool.write(image) if self._has_pool(image.nbytes) else None
+        if written is None:  # no pool, or readers hold every slot: they see a gap in seq
             return True
-        slot, gen = written
-        return self._send(self._shm_topic, {**header, "format": "shm", "shm_pool": self._pool.name,
-                                            "shm_slot": slot, "shm_gen": gen}, b"")
+        return self._send_slot(header, *written)
 
-    def _send(self, topic: bytes, header: dict[str, Any], payload: Any) -> bool:
+    def _send_loaned(self, header: dict[str, Any], image: np.ndarray) -> bool:
+        """Publish the loaned slot ``image`` was written in and send it."""
+        self._loaned = None
+        return self._send_slot(header, *self._pool.commit(image.nbytes))
+
+    def _send_slot(self, header: dict[str, Any], slot: int, gen: int) -> bool:
+        return self._send(self._shm_topic, {**header, "format": "shm", "shm_pool": self._pool.name,
+                                            "shm_slot": slot, "shm_gen": gen}, b"", copy=True)
+
+    def _send(self, topic: bytes, header: dict[str, Any], payload: Any, copy: bool) -> bool:
         """One ``[topic, header, payload]`` message; False when a full queue refused it (``nodrop``)."""
         header["schema"] = SCHEMA if header["format"] == "raw" else SCHEMA_2
         header["t_publish_ns"] = time.time_ns()
@@ -309,7 +355,7 @@ class Publisher:
             # always follows, so a message is sent whole or not at all.
             self._sock.send(topic, zmq.SNDMORE)
             self._sock.send(_dumps(header), zmq.SNDMORE)
-            self._sock.send(payload, copy=False)
+            self._sock.send(payload, copy=copy)
         except zmq.Again:
             return False
         return True

@@ -126,8 +126,10 @@ class ShmPool:
         self.slots, self.slot_bytes = slots, (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
         self.busy = 0  # frames not written because a reader held every slot
         self._next, self._writes = 0, 0
+        self._loaned: int | None = None  # slot taken by loan() and not yet committed
+        self._offset = _data_offset(slots)
         path = SHM_DIR / self.name
-        size = _data_offset(slots) + slots * self.slot_bytes
+        size = self._offset + slots * self.slot_bytes
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
@@ -141,35 +143,57 @@ class ShmPool:
             os.close(fd)
             self._finalizer()
             raise PoolError(f"cannot size shared memory {path} to {size} bytes: {exc.strerror}") from None
-        self._m.hdr[:] = (_MAGIC, slots, self.slot_bytes, _data_offset(slots))
+        self._m.hdr[:] = (_MAGIC, slots, self.slot_bytes, self._offset)
         self._m.meta = np.ndarray((slots, _M_LEN), "<i8", self._m.mm, offset=8 * _H_LEN)
-        self._data = np.ndarray((slots, self.slot_bytes), np.uint8, self._m.mm, offset=_data_offset(slots))
+        self._data = np.ndarray((slots, self.slot_bytes), np.uint8, self._m.mm, offset=self._offset)
 
-    def write(self, image: np.ndarray) -> tuple[int, int] | None:
-        """Copy ``image`` (C-contiguous) into a free slot; returns ``(slot, gen)``, or None when every slot is held
-        by a reader (counted in ``busy``). Never waits."""
-        if image.nbytes > self.slot_bytes:
-            raise ValueError(f"frame of {image.nbytes} bytes does not fit the pool's {self.slot_bytes}-byte slots")
+    def loan(self, nbytes: int) -> tuple[int, np.ndarray] | None:
+        """Take a free slot for writing in place: ``(slot, writable flat uint8 view of nbytes)``, or None when every
+        slot is held by a reader (counted in ``busy``). Never waits. Readers refuse the slot until :meth:`commit`;
+        a new loan before that abandons this one (the slot then reads as being written, never as a frame)."""
+        if nbytes > self.slot_bytes:
+            raise ValueError(f"frame of {nbytes} bytes does not fit the pool's {self.slot_bytes}-byte slots")
+        self.cancel()
         for k in range(self.slots):
             slot = (self._next + k) % self.slots
-            start = _data_offset(self.slots) + slot * self.slot_bytes
-            if _lock(self._m.fd, fcntl.F_WRLCK, start, self.slot_bytes):
+            if _lock(self._m.fd, fcntl.F_WRLCK, self._start(slot), self.slot_bytes):
                 break
         else:
             self.busy += 1
             return None
-        try:
-            self._writes += 1
-            gen = 2 * self._writes
-            meta = self._m.meta
-            meta[slot, _M_GEN] = gen - 1  # odd: being written
-            self._data[slot, : image.nbytes] = image.reshape(-1)  # the one copy
-            meta[slot, _M_NBYTES] = image.nbytes
-            meta[slot, _M_GEN] = gen
-        finally:
-            _lock(self._m.fd, fcntl.F_UNLCK, start, self.slot_bytes)
+        self._writes += 1
+        self._m.meta[slot, _M_GEN] = 2 * self._writes - 1  # odd: being written
+        self._loaned = slot
+        return slot, self._data[slot, :nbytes]
+
+    def commit(self, nbytes: int) -> tuple[int, int]:
+        """Publish the loaned slot's first ``nbytes`` as a frame; returns ``(slot, gen)`` for the message."""
+        slot, self._loaned = self._loaned, None
+        assert slot is not None, "commit without a loan"
+        meta = self._m.meta
+        meta[slot, _M_NBYTES] = nbytes
+        meta[slot, _M_GEN] = 2 * self._writes  # the frame's bytes are all in before the generation says so
+        _lock(self._m.fd, fcntl.F_UNLCK, self._start(slot), self.slot_bytes)
         self._next = slot + 1
-        return slot, gen
+        return slot, 2 * self._writes
+
+    def cancel(self) -> None:
+        """Give back a loaned slot without publishing it (it keeps an odd generation: no reader takes it)."""
+        if self._loaned is not None:
+            _lock(self._m.fd, fcntl.F_UNLCK, self._start(self._loaned), self.slot_bytes)
+            self._loaned = None
+
+    def write(self, image: np.ndarray) -> tuple[int, int] | None:
+        """Copy ``image`` (C-contiguous) into a free slot; returns ``(slot, gen)``, or None when every slot is held
+        by a reader (counted in ``busy``). Never waits."""
+        loan = self.loan(image.nbytes)
+        if loan is None:
+            return None
+        loan[1][:] = image.reshape(-1)  # the one copy
+        return self.commit(image.nbytes)
+
+    def _start(self, slot: int) -> int:
+        return self._offset + slot * self.slot_bytes
 
     def close(self) -> None:
         """Unmap and unlink the pool (idempotent); readers that mapped it keep their mapping until they let go."""
