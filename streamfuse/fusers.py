@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from streamfuse.config import check
+from streamfuse.imageops.arrays import gaussian_blur, sobel
 from streamfuse.registry import available, build, register
 
 __all__ = ["FuseConfig", "Fuser", "build_fuser", "unsharp"]
@@ -172,14 +173,14 @@ class RuleFuser(_Baseline):
     """The hand rule: the brighter blurred source as base, plus the detail of whichever source has more local
     gradient energy there, amplified by ``gain``. On IR and visible Y in 0..1:
 
-        base  = max(G_8 * IR, G_8 * VIS)             G_s: Gaussian blur, sigma s px (radius 3 s, reflect border)
-        E     = G_3 * (Sx^2 + Sy^2)                  S: Sobel / 8 (replicate border), per source
+        base  = max(G_8 * IR, G_8 * VIS)             G_s: Gaussian blur, sigma s px
+        E     = G_3 * (Sx^2 + Sy^2)                  S: Sobel, per source
         w     = E_ir^2 / (E_ir^2 + E_vis^2)
         fused = base + gain (w (IR - G_8 * IR) + (1 - w) (VIS - G_8 * VIS))
 
-    It is :func:`streamfuse.model.losses.fusion_target` on the raw IR (same kernels and borders), written with
-    OpenCV, so that the model can be compared with the rule it was trained towards. ``gain`` stays at that target's
-    1.2 (no config knob); ``sharpen`` and ``contrast`` act on its output as on the other baselines.
+    It is :func:`streamfuse.model.losses.fusion_target` on the raw IR with the numpy operators of
+    :mod:`streamfuse.imageops` (the same kernels and borders), so that the model can be compared with the rule it was
+    trained towards. ``gain`` stays at that target's 1.2 (no config knob); ``sharpen`` and ``contrast`` act on its output as on the other baselines.
     """
 
     def __init__(self, sharpen: float = 0.0, contrast: float = 1.0, gain: float = 1.2, base_sigma: float = 8.0,
@@ -189,23 +190,9 @@ class RuleFuser(_Baseline):
 
     def _fuse(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
         ir, vis = ir / 255.0, vis / 255.0  # the target's 0..1 scale, where its energy floor of 1e-8 is defined
-        low_ir, low_vis = _gaussian(ir, self.base_sigma), _gaussian(vis, self.base_sigma)
-        e_ir, e_vis = (np.square(_gaussian(_grad_energy(x), self.energy_sigma) + 1e-8) for x in (ir, vis))
+        low_ir, low_vis = gaussian_blur(ir, self.base_sigma), gaussian_blur(vis, self.base_sigma)
+        e_ir, e_vis = (np.square(gaussian_blur(gx * gx + gy * gy, self.energy_sigma) + 1e-8)
+                       for gx, gy in (sobel(ir), sobel(vis)))
         w = e_ir / (e_ir + e_vis)
         detail = w * (ir - low_ir) + (1.0 - w) * (vis - low_vis)
         return 255.0 * (np.maximum(low_ir, low_vis) + self.gain * detail)
-
-
-def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur with radius ``int(3 sigma + 0.5)``, reflect border (replicate when the image is not wider than
-    the radius), as the torch blur of the training losses."""
-    r = max(1, int(3 * sigma + 0.5))
-    border = cv2.BORDER_REFLECT_101 if min(x.shape) > r else cv2.BORDER_REPLICATE
-    return cv2.GaussianBlur(x, (2 * r + 1, 2 * r + 1), sigma, borderType=border)
-
-
-def _grad_energy(x: np.ndarray) -> np.ndarray:
-    """Squared Sobel magnitude with the kernels divided by 8 and a replicate border, as the training losses."""
-    gx = cv2.Sobel(x, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8, borderType=cv2.BORDER_REPLICATE)
-    gy = cv2.Sobel(x, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8, borderType=cv2.BORDER_REPLICATE)
-    return gx * gx + gy * gy

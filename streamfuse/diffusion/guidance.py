@@ -12,19 +12,19 @@ channel, written in closed form so the sampler runs under ``torch.inference_mode
   ``G_max = max(G(IR'), G(VIS))`` and ``M_stru = [G_max > 1.5 mean(G_max)]``: edges weaker than the stronger source's
   are steepened, stronger ones relaxed (the reference adds ``G_max - G`` to the intensity itself, which brightens
   every edge into a rim);
-- consistency: ``E = 1/2 sum 0.6 M_heat (x - IR')^2 + 0.4 M_vis (x - VIS)^2`` with ``M_heat = [avgpool3(IR') >
+- consistency: ``E = 1/2 sum 0.6 M_heat (x - IR')^2 + 0.4 M_vis (x - VIS)^2`` with ``M_heat = [box3(IR') >
   mean(IR')]`` and ``M_vis = [|laplacian(VIS)| > mean]``: warm regions are pulled toward IR', textured ones toward the
   visible (the reference's ``0.6 IR M_heat + 0.4 VIS M_vis`` target is 0 outside the masks and pulls there too).
 
 Weights are defined on the steps that actually run: at the i-th of K steps ``lambda(i) = lambda0 * exp(-gamma *
 (K - 1 - i) / K)``, so the last step always gets ``lambda0`` and K = 1 is guided at full weight (the reference's
 ``exp(-gamma t / T)`` gives 0.7% of ``lambda0`` at t = 999, the only step a one-step sampler runs).
-:func:`energies` reports the three energies, so the effect of guidance can be measured.
+:func:`energies` reports the three energies, so the effect of guidance can be measured. The operators (Sobel / 8,
+5-point Laplacian, 3x3 box, replicate border) are :mod:`streamfuse.imageops`'s, the ones the training losses use.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,42 +32,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ComposedGuide", "PhysicsGuide", "default_guides", "energies", "guide_inputs", "laplacian",
-           "sobel_magnitude"]
+from streamfuse.imageops.tensors import box_filter, gradient_magnitude, laplacian, sobel, sobel_adjoint
 
-_LAP = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+__all__ = ["ComposedGuide", "PhysicsGuide", "default_guides", "energies", "guide_inputs"]
+
 KINDS = ("heat", "structure", "consistency")
 # lambda_heat0, lambda_stru0, lambda_con0, chosen on msrs/train pairs (model card): with these operators the
 # reference's (0.05, 0.15, 0.1) cost 0.05 VIF; heat and consistency at any weight lowered VIF, structure near 1 did not
 LAMBDAS = (0.01, 1.0, 0.02)
-
-
-@functools.lru_cache(maxsize=32)
-def _kernel(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The named 3x3 kernel on a device, copied there once (no host-to-device copy inside a captured graph)."""
-    k = {"lap": _LAP, "sobel_x": _SOBEL_X, "sobel_y": _SOBEL_X.t()}[name]
-    with torch.inference_mode(False):  # a normal tensor even if first asked for in inference: training reuses it
-        return k.to(device, dtype).contiguous()
-
-
-def _filter(x: torch.Tensor, name: str, *, adjoint: bool = False) -> torch.Tensor:
-    """Depthwise 3x3 filter with replicate padding; ``adjoint``: its transpose (flipped kernel, zero padding)."""
-    c = x.shape[1]
-    w = _kernel(name, x.device, x.dtype).expand(c, 1, 3, 3)
-    if adjoint:  # exact adjoint of the zero-padded filter, equal to the replicate-padded one's away from the border
-        return F.conv2d(x, w.flip(-1, -2), padding=1, groups=c)
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w, groups=c)
-
-
-def laplacian(x: torch.Tensor) -> torch.Tensor:
-    """5-point Laplacian with replicate padding."""
-    return _filter(x, "lap")
-
-
-def sobel_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``sqrt(gx^2 + gy^2 + eps)`` with Sobel kernels / 8; ``eps`` keeps gradients finite on flat regions."""
-    return (_filter(x, "sobel_x").square() + _filter(x, "sobel_y").square() + eps).sqrt()
 
 
 def _mean(x: torch.Tensor) -> torch.Tensor:
@@ -84,10 +56,10 @@ def guide_inputs(ir01: torch.Tensor, vis01: torch.Tensor, size: tuple[int, int])
     """
     ir = F.interpolate(ir01, size=size, mode="area") * 2.0 - 1.0
     vis = F.interpolate(vis01, size=size, mode="area") * 2.0 - 1.0
-    g_max = torch.maximum(sobel_magnitude(ir), sobel_magnitude(vis))
+    g_max = torch.maximum(gradient_magnitude(ir), gradient_magnitude(vis))
     lap_vis = laplacian(vis).abs()
     return {"ir": ir, "vis": vis, "g_max": g_max, "m_stru": (g_max > 1.5 * _mean(g_max)).to(ir.dtype),
-            "m_heat": (F.avg_pool2d(F.pad(ir, (1, 1, 1, 1), mode="replicate"), 3, stride=1) > _mean(ir)).to(ir.dtype),
+            "m_heat": (box_filter(ir, 3) > _mean(ir)).to(ir.dtype),
             "m_vis": (lap_vis > _mean(lap_vis)).to(ir.dtype)}
 
 
@@ -96,18 +68,17 @@ def _energy_grad(kind: str, x: torch.Tensor, cond: dict) -> torch.Tensor:
     if kind == "heat":
         return -laplacian(x)
     if kind == "structure":
-        gx, gy = _filter(x, "sobel_x"), _filter(x, "sobel_y")
+        gx, gy = sobel(x)
         g = (gx.square() + gy.square() + 1e-6).sqrt()
         r = cond["m_stru"] * (g - cond["g_max"]) / g  # dE/dG * dG/d(gx, gy) = r * (gx, gy)
-        return _filter(r * gx, "sobel_x", adjoint=True) + _filter(r * gy, "sobel_y", adjoint=True)
+        return sobel_adjoint(r * gx, r * gy)
     return 0.6 * cond["m_heat"] * (x - cond["ir"]) + 0.4 * cond["m_vis"] * (x - cond["vis"])
 
 
 def energies(x: torch.Tensor, cond: dict, channels: int = 1) -> dict[str, float]:
     """The three physics energies of a latent's image channels, each a mean over pixels and images."""
     x = x[:, :channels].float()
-    gx, gy = _filter(x, "sobel_x"), _filter(x, "sobel_y")
-    g = (gx.square() + gy.square() + 1e-6).sqrt()
+    g = gradient_magnitude(x)
     dx, dy = x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
     con = 0.6 * cond["m_heat"] * (x - cond["ir"]).square() + 0.4 * cond["m_vis"] * (x - cond["vis"]).square()
     return {"heat": 0.5 * float(dx.square().mean() + dy.square().mean()),

@@ -28,11 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from streamfuse.config import check
+from streamfuse.imageops.tensors import gaussian_blur, gradient_magnitude, sobel
 from streamfuse.model.vbe import kl_standard_normal
 
-__all__ = ["LossConfig", "fusion_target", "gaussian_blur", "hclfuse_losses", "sobel"]
-
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+__all__ = ["LossConfig", "fusion_target", "hclfuse_losses"]
 
 
 @dataclass(frozen=True)
@@ -68,35 +67,12 @@ class LossConfig:
         check(self.base_sigma > 0 and self.energy_sigma > 0, "base_sigma", self.base_sigma, "> 0")
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W) with reflect padding (radius 3 sigma)."""
-    r = max(1, int(3 * sigma + 0.5))
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device).square() / (2 * sigma * sigma))
-    k = k / k.sum()
-    c = x.shape[1]
-    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def sobel(x: torch.Tensor) -> torch.Tensor:
-    """Signed Sobel components (B, 2C, H, W) (x then y, kernels / 8), replicate padding."""
-    c = x.shape[1]
-    k = torch.stack([_SOBEL_X, _SOBEL_X.t()]).to(x.device, x.dtype).unsqueeze(1).repeat(c, 1, 1, 1)
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=c)
-
-
-def _magnitude(g: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    gx, gy = g[:, 0::2], g[:, 1::2]
-    return (gx.square() + gy.square() + eps).sqrt()
-
-
 def fusion_target(ir01: torch.Tensor, vis01: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     """The fusion target (B, 1, H, W) from IR' and VIS (B, 1, H, W) in 0..1 (see the module docstring)."""
     x = torch.cat([ir01, vis01], dim=1)
     low = gaussian_blur(x, cfg.base_sigma)
-    g = sobel(x)
-    energy = gaussian_blur(g[:, 0::2].square() + g[:, 1::2].square(), cfg.energy_sigma) + 1e-8  # (B, 2, H, W)
+    gx, gy = sobel(x)
+    energy = gaussian_blur(gx.square() + gy.square(), cfg.energy_sigma) + 1e-8  # (B, 2, H, W)
     w = energy.square() / energy.square().sum(dim=1, keepdim=True)
     detail = ((x - low) * w).sum(dim=1, keepdim=True)
     return low.amax(dim=1, keepdim=True) + cfg.detail_gain * detail
@@ -118,9 +94,9 @@ def hclfuse_losses(out: dict[str, torch.Tensor], ir01: torch.Tensor, vis01: torc
     fused = out["fused"]
     with torch.no_grad():
         n = fused.shape[0] // ir01.shape[0]
-        g_src = sobel(torch.cat([ir_raw, vis01], dim=1))  # (B, 4, H, W): IR x, y, VIS x, y
-        ir_stronger = _magnitude(g_src[:, 0:2]) >= _magnitude(g_src[:, 2:4])
-        g_target = torch.where(ir_stronger, g_src[:, 0:2], g_src[:, 2:4]).repeat(n, 1, 1, 1)
+        ir_stronger = gradient_magnitude(ir_raw) >= gradient_magnitude(vis01)
+        g_target = torch.where(ir_stronger, torch.cat(sobel(ir_raw), dim=1), torch.cat(sobel(vis01), dim=1))
+        g_target = g_target.repeat(n, 1, 1, 1)  # (nB, 2, H, W): x, y of the stronger source
         bright = torch.maximum(ir01, vis01).repeat(n, 1, 1, 1)
         rule = fusion_target(ir_raw, vis01, cfg).repeat(n, 1, 1, 1)
         posterior = fused[: ir01.shape[0]].detach()
@@ -130,7 +106,7 @@ def hclfuse_losses(out: dict[str, torch.Tensor], ir01: torch.Tensor, vis01: torc
         "kl": kl_standard_normal(out["mu"], out["logvar"]),
         "latent_image": F.mse_loss(out["mu"][:, :image_channels], latent_target.expand(-1, image_channels, -1, -1)),
         "intensity": F.l1_loss(fused, bright),
-        "gradient": F.l1_loss(sobel(fused), g_target),
+        "gradient": F.l1_loss(torch.cat(sobel(fused), dim=1), g_target),
         "rule": F.l1_loss(fused, rule),
     }
     terms["total"] = sum(getattr(cfg, k) * v for k, v in terms.items())

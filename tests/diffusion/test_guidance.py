@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from streamfuse.diffusion.guidance import ComposedGuide, PhysicsGuide, default_guides, energies, guide_inputs, laplacian
+from streamfuse.diffusion.guidance import ComposedGuide, PhysicsGuide, default_guides, energies, guide_inputs
+from streamfuse.imageops.tensors import laplacian
 
 
 def _step_image() -> torch.Tensor:

@@ -1,0 +1,55 @@
+"""Image operators: one convention (scale, borders) for torch and numpy, checked against known values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamfuse.imageops import arrays, tensors
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(0).random((23, 31)).astype(np.float32)
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(x)[None, None]
+
+
+def test_torch_and_numpy_agree(image):
+    for a, b in zip(arrays.sobel(image), tensors.sobel(_t(image))):
+        np.testing.assert_allclose(a, b[0, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(arrays.box_filter(image, 5), tensors.box_filter(_t(image), 5)[0, 0].numpy(), atol=1e-6)
+    for sigma in (1.0, 3.0, 8.0):  # 8: radius 24, wider than the image's 23 rows, so the border falls back to replicate
+        np.testing.assert_allclose(arrays.gaussian_blur(image, sigma),
+                                   tensors.gaussian_blur(_t(image), sigma)[0, 0].numpy(), atol=1e-5)
+
+
+def test_sobel_of_a_unit_ramp_is_one_and_signed():
+    ramp = torch.arange(16.0).view(1, 1, 1, 16).expand(1, 1, 8, 16)
+    gx, gy = tensors.sobel(ramp)
+    torch.testing.assert_close(gx[..., 1:-1], torch.ones_like(gx[..., 1:-1]))  # scale 1/8: unit slope -> 1
+    assert gy.abs().max() == 0 and tensors.sobel(-ramp)[0][..., 1:-1].max() < 0
+    assert gx[..., 0].eq(0.5).all()  # replicate border: a half slope at the edge
+    torch.testing.assert_close(tensors.gradient_magnitude(ramp, 0.0)[..., 1:-1], gx[..., 1:-1])
+
+
+def test_sobel_adjoint_is_the_transpose_away_from_the_border():
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(1, 2, 12, 12)
+    x[..., 2:-2, 2:-2] = torch.rand(1, 2, 8, 8, generator=g)  # zero near the border: replicate = zero padding
+    u, v = torch.rand(2, 1, 2, 12, 12, generator=g)
+    gx, gy = tensors.sobel(x)
+    torch.testing.assert_close((gx * u + gy * v).sum(), (x * tensors.sobel_adjoint(u, v)).sum())
+
+
+def test_laplacian_box_and_blur_on_known_images():
+    yy, xx = torch.meshgrid(torch.arange(10.0), torch.arange(10.0), indexing="ij")
+    quad = (xx.square() + yy.square()).view(1, 1, 10, 10)
+    torch.testing.assert_close(tensors.laplacian(quad)[..., 1:-1, 1:-1], torch.full((1, 1, 8, 8), 4.0))
+    flat = torch.full((1, 2, 9, 9), 0.3)
+    torch.testing.assert_close(tensors.box_filter(flat, 3), flat)
+    torch.testing.assert_close(tensors.gaussian_blur(flat, 3.0), flat)
+    np.testing.assert_allclose(arrays.gaussian_blur(np.full((9, 9), 0.3), 3.0), 0.3)
