@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) run_stream.py --config configs/demo.yaml --duration $(DEMO_SECONDS)
+	$(PY) run_stream.py --config demo --duration $(DEMO_SECONDS)
 
 test: venv
 	$(PY) -m pytest -q
@@ -26,5 +26,5 @@ test-all: venv
 	$(PY) -m pytest -q -m ""
 
 bench: venv
-	$(PY) tools/bench_fuse.py
-	$(PY) tools/bench_transport.py
+	$(PY) -m streamfuse bench fuse
+	$(PY) -m streamfuse bench transport

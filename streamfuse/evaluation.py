@@ -24,6 +24,7 @@ import yaml
 
 from streamfuse import metrics
 from streamfuse.config import PipelineConfig, apply_overrides, dump_config, load_config, parse_section
+from streamfuse.configs import resolve
 from streamfuse.fusers import FuseConfig, Fuser, build_fuser
 from streamfuse.postprocess import vis_luma
 
@@ -99,7 +100,7 @@ def fused_dir_method(spec: str) -> Method:
 def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineConfig | None = None) -> Method:
     """``NAME`` or ``NAME:key=value,key=value`` (FuseConfig fields), plus dotted ``fuse.``/``align.`` overrides.
 
-    The ``fuse`` and ``align`` settings start from ``base`` (a pipeline config such as ``configs/eval.yaml``) when
+    The ``fuse`` and ``align`` settings start from ``base`` (a pipeline config such as the shipped ``eval``) when
     given, else from the defaults; the name and the inline fields replace the base's.
     """
     name, _, inline = spec.partition(":")
@@ -124,11 +125,11 @@ def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineCo
 
 
 def config_method(path: str | Path, overrides: list[str] | None = None) -> Method:
-    """The fuser of a pipeline config file (``fuse`` and ``align`` sections), with dotted overrides."""
-    cfg = load_config(path, overrides)
+    """The fuser of a pipeline config (a shipped name or a file; ``fuse`` and ``align`` sections), with overrides."""
+    cfg = load_config(resolve(path), overrides)
     align = cfg.align if cfg.fuse.name == "hclfuse" else None
-    return Method(f"{cfg.fuse.name} ({Path(path).name})", fuser=build_fuser(cfg.fuse, cfg.align), config=cfg,
-                  align=align)
+    return Method(f"{cfg.fuse.name} ({Path(cfg.source_file).name})", fuser=build_fuser(cfg.fuse, cfg.align),
+                  config=cfg, align=align)
 
 
 def _warn_carry_over(m: Method) -> None:
@@ -136,7 +137,7 @@ def _warn_carry_over(m: Method) -> None:
     table, and a cached table serves every image whose histograms are within ``drift`` of it."""
     if m.align is not None and m.align.enabled and (m.align.background or m.align.refresh > 1):
         log.warning("%s: OT tables carry over from one image to the next (align.background=%s, align.refresh=%d); "
-                    "for still images use configs/eval.yaml (a synchronous solve per image)", m.name,
+                    "for still images use --config eval (a synchronous solve per image)", m.name,
                     m.align.background, m.align.refresh)
 
 

@@ -1,82 +1,11 @@
-"""Replay throughput: fused frames/s and each stage's share of wall time (decode, pair, fuse, postprocess, encode).
+"""The replay benchmark: the same as ``python -m streamfuse bench replay`` (see its -h)."""
 
-Without --ir/--vis it writes a synthetic 640x480 IR/visible pair (H.264) to a temporary folder first. Every
-frame is decoded, paired, fused, colour-restored and encoded exactly as ``run_stream.py --out`` does, so the
-shares say whether decoding or encoding ever limits a replay compared with fusion.
-Run from the repository root: ``PYTHONPATH=. python tools/bench_replay.py --fuser max,hclfuse``.
-"""
+import sys
 
-from __future__ import annotations
-
-import argparse
-import logging
-import tempfile
-from fractions import Fraction
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _synthetic_pair(folder: Path, frames: int, width: int, height: int) -> tuple[Path, Path]:
-    from streamfuse.capture.sources import SyntheticScene
-    from streamfuse.record import VideoWriter
-
-    scene = SyntheticScene(width, height, seed=7)
-    paths = []
-    for stream in ("ir", "vis"):
-        path = folder / f"{stream}.mp4"
-        w = VideoWriter(path, codec="h264", crf=18, time_base=Fraction(1, 15360), rate=Fraction(30), width=width,
-                        height=height)
-        for i in range(frames):
-            t_ns = i * 1_000_000_000 // 30
-            w.write(scene.render_ir(t_ns) if stream == "ir" else scene.render_vis(t_ns), i * 512)
-        w.commit()
-        paths.append(path)
-    return paths[0], paths[1]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--fuser", default="max,hclfuse", help="comma-separated fusers to compare")
-    parser.add_argument("--frames", type=int, default=150, help="synthetic clip length")
-    parser.add_argument("--size", default="640x480", help="synthetic frame size WxH")
-    parser.add_argument("--ir", help="IR video to replay instead of the synthetic clip")
-    parser.add_argument("--vis", help="visible video to replay instead of the synthetic clip")
-    parser.add_argument("--codec", default="h264", choices=["h264", "ffv1"], help="output codec")
-    parser.add_argument("--config", default=str(REPO / "configs" / "replay.yaml"), help="replay config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                        help="override a config value (repeatable), e.g. fuse.device=cpu")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-
-    from streamfuse.config import load_config
-    from streamfuse.replay import run_replay
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if args.ir and args.vis:
-            ir, vis = Path(args.ir), Path(args.vis)
-        else:
-            width, height = map(int, args.size.split("x"))
-            ir, vis = _synthetic_pair(tmp, args.frames, width, height)
-        print(f"replay of {ir.name} + {vis.name}, output {args.codec}")
-        for name in args.fuser.split(","):
-            overrides = [*args.overrides, f"fuse.name={name}", f"replay.codec={args.codec}", "replay.progress=false"]
-            cfg = load_config(args.config, overrides)
-            out = tmp / f"out_{name}.{'mkv' if args.codec == 'ffv1' else 'mp4'}"
-            try:
-                s = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
-            except (OSError, ValueError, RuntimeError, ImportError) as exc:  # e.g. model weights not built yet
-                print(f"  {name:<10} not run: {exc}")
-                continue
-            shares = "  ".join(f"{k} {v['share']:.0%} ({v['median_ms']:.1f} ms)" for k, v in s.stages.items())
-            # decode and encode run on their own threads: they limit the replay only as long as the loop waits on them
-            io = sum(s.stages.get(k, {}).get("share", 0.0) for k in ("decode", "encode"))
-            fuse = s.stages.get("fuse", {}).get("share", 0.0)
-            verdict = "decode/encode IS the bottleneck" if io > fuse else "fusion is the bottleneck"
-            print(f"  {name:<10} {s.written} frames in {s.wall_s:.2f} s = {s.fps:.1f} frames/s\n    {shares}\n"
-                  f"    loop waits on decode+encode {io:.0%} vs fuse {fuse:.0%}: {verdict}")
-
+try:
+    from streamfuse.bench.replay import main
+except ModuleNotFoundError as exc:  # a Python without the package: say which one to use, not a traceback
+    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

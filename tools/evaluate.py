@@ -1,77 +1,11 @@
-"""Score fusion methods on IR/visible pairs with the field's standard metrics, side by side.
+"""Score fusion methods on IR/visible pairs: the same as ``python -m streamfuse evaluate`` (see its -h)."""
 
-Pairs are matched by file name in DIR_IR and DIR_VIS (any size; colour or grey visible; 3-channel IR is made grey).
-Each method is a folder of another method's fused images (--fused), a fuser from a pipeline config (--config) or a
-fuser by name (--fuser); give as many as you like. With none, the fuser of configs/eval.yaml is scored. --fuser
-methods take their align and fuse settings from the first --config, or configs/eval.yaml: a synchronous OT solve for
-every image and no temporal stage, so that no image depends on the one before. Writes metrics.csv (per image),
-metrics.md (means per method, with ms per frame for fusers run here) and montage.png (IR | visible | each method) to
---out.
-
-Examples:
-  python tools/evaluate.py ../shared/data/msrs/test/ir ../shared/data/msrs/test/vi \\
-      --fused seafusion=../shared/data/reference/seafusion/msrs_test --fuser max --fuser max:sharpen=1
-  python tools/evaluate.py IR_DIR VIS_DIR --config configs/eval.yaml --set fuse.steps=2 --save out/fused
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from streamfuse.config import load_config  # noqa: E402
-from streamfuse.evaluation import config_method, evaluate_dir, fused_dir_method, fuser_method  # noqa: E402
-
-EVAL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eval.yaml"
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the docstring's examples kept as written."""
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
-    p.add_argument("dir_ir", metavar="DIR_IR", help="folder of IR images")
-    p.add_argument("dir_vis", metavar="DIR_VIS", help="folder of visible images (same file names)")
-    p.add_argument("--fused", action="append", default=[], metavar="[NAME=]DIR",
-                   help="folder of fused images of another method (grey or colour; Y is scored); repeatable")
-    p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help="pipeline config whose fuse/align sections build a fuser to score; repeatable; the first "
-                        "(else configs/eval.yaml) also gives the --fuser methods their align and fuse settings")
-    p.add_argument("--fuser", action="append", default=[], metavar="NAME[:key=value,...]",
-                   help="fuser by name with FuseConfig fields, e.g. max:sharpen=1 or hclfuse:steps=2; repeatable")
-    p.add_argument("--set", action="append", default=[], metavar="stage.key=value", dest="overrides",
-                   help="dotted override for every --config/--fuser method, e.g. fuse.steps=2")
-    p.add_argument("--save", default=None, metavar="DIR",
-                   help="also write each fuser's output as DIR/<stem>.png (DIR/<method>/ with several fusers)")
-    p.add_argument("--out", default="out/evaluate", metavar="DIR", help="where the CSV, table and montage go")
-    p.add_argument("--limit", type=int, default=0, metavar="N", help="score only the first N pairs; 0 = all")
-    p.add_argument("--rows", type=int, default=4, help="pairs shown in the montage (darkest to brightest)")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        configs = args.config or ([] if args.fused or args.fuser else [EVAL_CONFIG])
-        base = load_config(args.config[0] if args.config else EVAL_CONFIG)
-        methods = [fused_dir_method(spec) for spec in args.fused]
-        methods += [config_method(path, args.overrides) for path in configs]
-        methods += [fuser_method(spec, args.overrides, base) for spec in args.fuser]
-        result = evaluate_dir(args.dir_ir, args.dir_vis, methods, args.out, save_dir=args.save, limit=args.limit,
-                              montage_rows=args.rows)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise SystemExit(f"evaluate: {exc}") from None
-    print((Path(args.out) / "metrics.md").read_text(), end="")
-    n_pairs = len({r["image"] for r in result.rows})
-    print(f"{n_pairs} pairs; per-image rows in {Path(args.out) / 'metrics.csv'}, montage in "
-          f"{Path(args.out) / 'montage.png'}")
-
+try:
+    from streamfuse.cli.evaluate import main
+except ModuleNotFoundError as exc:  # a Python without the package: say which one to use, not a traceback
+    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

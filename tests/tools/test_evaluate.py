@@ -1,5 +1,5 @@
-"""tools/evaluate.py end to end on generated pairs (odd sizes, colour/grey visible, 3-channel IR, mixed file types),
-and its one-line errors. Runs main() in-process: the logic lives in streamfuse.evaluation."""
+"""``python -m streamfuse evaluate`` (and its wrapper tools/evaluate.py) end to end on generated pairs (odd sizes,
+colour/grey visible, 3-channel IR, mixed file types), and its one-line errors. Runs main() in-process."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from streamfuse import metrics
+from streamfuse.cli.evaluate import EVAL_CONFIG, main
 from streamfuse.evaluation import Method, config_method, evaluate_dir, read_grey
 from streamfuse.fusers import FuseConfig, build_fuser
 
 
 @pytest.fixture(scope="module")
-def evaluate(tool):
-    return tool("evaluate").main
+def evaluate():
+    return main
 
 
 @pytest.fixture
@@ -139,9 +140,9 @@ def test_missing_fused_images_are_counted(evaluate, pairs, tmp_path, caplog):
     assert "2 of 3 fused images missing" in caplog.text
 
 
-def test_eval_config_solves_ot_afresh_for_every_still(evaluate, tool, tmp_path, rng, random_weights, caplog):
-    """Unrelated stills: with configs/eval.yaml (the default) each output is that of a fuser that has seen only this
-    image; a background OT solve (the live configs') would fuse each image with the previous image's table."""
+def test_eval_config_solves_ot_afresh_for_every_still(evaluate, tmp_path, rng, random_weights, caplog):
+    """Unrelated stills: with the shipped eval config (the default) each output is that of a fuser that has seen only
+    this image; a background OT solve (the live configs') would fuse each image with the previous image's table."""
     ir_dir, vis_dir = tmp_path / "ir", tmp_path / "vi"
     ir_dir.mkdir()
     vis_dir.mkdir()
@@ -161,7 +162,7 @@ def test_eval_config_solves_ot_afresh_for_every_still(evaluate, tool, tmp_path, 
                   "--save", str(out), "--out", str(tmp_path / "out")])
         return {stem: cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED) for stem in sources}
 
-    fresh = {stem: metrics.to_8bit(config_method(tool("evaluate").EVAL_CONFIG, [weights]).fuser.fuse(ir, vis))
+    fresh = {stem: metrics.to_8bit(config_method(EVAL_CONFIG, [weights]).fuser.fuse(ir, vis))
              for stem, (ir, vis) in sources.items()}
     for stem, out in saved().items():
         diff = np.abs(out - fresh[stem])

@@ -1,24 +1,20 @@
-"""Smoke test of tools/bench_fuse.py: tiny sizes, few frames, CPU; checks the printed figures."""
+"""Smoke test of ``python -m streamfuse bench fuse``: tiny sizes, few frames, CPU; checks the printed figures."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
 FIGURES = re.compile(r"latency median (\d+\.\d+) ms p99 (\d+\.\d+) ms.*\| (\d+\.\d+) frames/s")
 
 
 def bench(*args: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_fuse.py"), "--device", "cpu", "--tiny",
-                           "--threads", "1", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "streamfuse", "bench", "fuse", "--device", "cpu", "--tiny",
+                           "--threads", "1", *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -43,9 +39,8 @@ def test_baseline_fuser():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_gpu_is_one_line():
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_fuse.py"), "--device", "cuda"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "streamfuse", "bench", "fuse", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        next(ln for ln in proc.stderr.splitlines() if ln.startswith("bench_fuse: device 'cuda' requested"))]
+        next(ln for ln in proc.stderr.splitlines() if ln.startswith("bench fuse: device 'cuda' requested"))]

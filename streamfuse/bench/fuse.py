@@ -1,0 +1,284 @@
+"""Benchmark the fusion stage from input uint8 arrays to output Y: latency (median, p99), frames/s, GFLOPs per frame.
+
+For ``hclfuse`` each frame goes through the OT cache lookup (per stream), the engine's upload, LUT, net and
+download, exactly as the pipeline calls it. On the CPU frames/s is the inverse of the median latency; on the GPU
+throughput keeps two batches in flight with the engine's submit/result API (overlapping upload, compute and
+download). On the GPU every figure is printed with
+the GPU's name, the share of time in copies vs compute comes from CUDA events, and the output at each size is
+compared with the CPU path's. Baseline fusers (max, average, laplacian) run on the CPU, one frame at a time.
+
+Example: ``python -m streamfuse bench fuse --device cpu --sizes 640x480 --frames 50``
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import cv2
+import numba
+import numpy as np
+import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
+
+from streamfuse.align import AlignConfig, LevelStabilizer
+from streamfuse.engine import Engine, resolve_device
+from streamfuse.fusers import FuseConfig, build_fuser
+from streamfuse.postprocess import PostConfig, TemporalDenoiser, restore_colour
+
+__all__ = ["main"]
+
+POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the OT cache sees real lookups)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m streamfuse bench fuse", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--sizes", default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
+    p.add_argument("--frames", type=int, default=0, help="timed frames per case; 0 = 1000 on a GPU, 50 on CPU")
+    p.add_argument("--sampler", default="student", help="student (the distilled live default) | teacher")
+    p.add_argument("--steps", type=int, default=0, help="teacher's DDIM steps K; 0 = the FuseConfig default")
+    p.add_argument("--batch", default="", help="comma-separated batch sizes; default 1,8 on a GPU, 1 on CPU")
+    p.add_argument("--graphs", default="", help="CUDA graphs on,off (GPU only); default on,off on a GPU")
+    p.add_argument("--precision", default="", help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
+    p.add_argument("--fuser", default="hclfuse", help="hclfuse | max | average | laplacian")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
+    p.add_argument("--weights", default="", help="HCLFuse weights file; '' = shipped; 'random' = untrained")
+    p.add_argument("--tiny", action="store_true", help="smoke run: 64x48 frames, 3 per case, 1 warm-up")
+    return p.parse_args(argv)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``'640x480'`` -> ``(480, 640)`` as (height, width)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"bench fuse: size {text!r} is not WIDTHxHEIGHT") from None
+    return h, w
+
+
+def synthetic_pairs(h: int, w: int, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` frames of a drifting scene: warm blobs in IR, a textured, darker visible Y."""
+    rng = np.random.default_rng(seed)
+    texture = cv2.GaussianBlur(rng.random((h, w), dtype=np.float32), (0, 0), 2.0)
+    blobs = cv2.GaussianBlur((rng.random((h, w)) > 0.999).astype(np.float32), (0, 0), max(h, w) / 40)
+    ir0 = 40 + 200 * blobs / max(float(blobs.max()), 1e-6)
+    vis0 = 20 + 150 * (texture - texture.min()) / max(float(np.ptp(texture)), 1e-6)
+    pairs = []
+    for i in range(n):
+        ir = np.roll(ir0, 2 * i, axis=1) + rng.normal(0, 2, (h, w))
+        vis = np.roll(vis0, i, axis=0) + rng.normal(0, 4, (h, w))
+        pairs.append(tuple(np.clip(x, 0, 255).astype(np.uint8) for x in (ir, vis)))
+    return pairs
+
+
+def device_label(device: torch.device, threads: int) -> str:
+    """GPU name, or the CPU model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or "cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        name = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                     if ln.startswith("model name")), name)
+    return f"{name}, {threads} threads"
+
+
+def stats_ms(samples_ms: list[float]) -> tuple[float, float]:
+    """(median, p99) of latencies in ms."""
+    return float(np.median(samples_ms)), float(np.percentile(samples_ms, 99))
+
+
+def ms(value: float) -> str:
+    """A latency in ms with two decimals, or three significant digits below 1 ms (a baseline at 64x48 takes ~2 us)."""
+    return f"{value:.2f}" if value >= 1.0 else f"{value:.3g}"
+
+
+def weights_file(arg: str, workdir: Path) -> str:
+    """The weights to load: ``''`` = shipped, a path, or ``random`` (untrained default architecture, saved to
+    ``workdir``: timing does not depend on weight values)."""
+    if arg != "random":
+        return arg
+    from streamfuse.model import HCLFuseNet, ModelConfig, save_weights
+
+    path = workdir / "random.pt"
+    save_weights(path, HCLFuseNet(ModelConfig()))
+    return str(path)
+
+
+class Case:
+    """One fuser configuration fed with ``batch`` synthetic rigs (streams ``rig0..``), one pair each per batch."""
+
+    def __init__(self, fuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int):
+        self.fuser, self.engine, self.pairs, self.batch = fuser, fuser.engine, pairs, batch
+        self.streams = [f"rig{j}" for j in range(batch)]
+        self.i = 0
+
+    def frames(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The next pair of every rig."""
+        pairs = [self.pairs[(self.i + j) % len(self.pairs)] for j in range(self.batch)]
+        self.i += 1
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def submit(self, engine: Engine):
+        """Start one batch on ``engine`` the way ``fuse_batch`` runs it: OT lookup per rig, fixed noise, engine."""
+        irs, viss = self.frames()
+        luts, noise = self.fuser.engine_inputs(irs, viss, self.streams)
+        return engine.submit(np.stack(irs), np.stack(viss), luts, noise)
+
+    def latency(self, batches: int) -> list[float]:
+        """Per-batch ms of ``fuser.fuse_batch`` (what the pipeline calls), one batch at a time."""
+        samples = []
+        for _ in range(batches):
+            irs, viss = self.frames()
+            t0 = time.perf_counter_ns()
+            self.fuser.fuse_batch(irs, viss, self.streams)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        return samples
+
+    def throughput(self, batches: int) -> float:
+        """Fused frames per second with two batches in flight (submit/result)."""
+        pending: deque = deque()
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            pending.append(self.submit(self.engine))
+            if len(pending) == 2:
+                self.engine.result(pending.popleft())
+        while pending:
+            self.engine.result(pending.popleft())
+        return batches * self.batch / (time.perf_counter() - t0)
+
+    def split(self, engine: Engine, batches: int) -> dict[str, float]:
+        """Mean ms of h2d, compute and d2h per batch from CUDA events (``engine`` built with profile=True)."""
+        totals = dict.fromkeys(("h2d", "compute", "d2h"), 0.0)
+        for _ in range(batches):
+            handle = self.submit(engine)
+            engine.result(handle)
+            for key, value in handle.timings.items():
+                totals[key] += value / batches
+        return totals
+
+
+def measure(fuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int, frames: int, warmup: int,
+            expected: np.ndarray | None) -> str:
+    """One line of figures for one fuser configuration; on the GPU also the copy/compute split and, at batch 1,
+    the difference to the CPU path's output ``expected`` for ``pairs[0]``."""
+    engine = fuser.engine
+    gpu = engine.device.type == "cuda"
+    case = Case(fuser, pairs, batch)
+    n = -(-frames // batch)  # batches timed, so every case fuses about `frames` frames
+    case.latency(warmup)
+    med, p99 = stats_ms(case.latency(n))
+    sampler = "student" if fuser.net.use_student else "teacher"
+    line = (f"[{device_label(engine.device, engine.threads)}] hclfuse {sampler} K={fuser.net.steps}"
+            f" {pairs[0][0].shape[1]}x{pairs[0][0].shape[0]} batch={batch} precision={engine.precision}"
+            + (f" graphs={'on' if engine.cuda_graphs else 'off'}" if gpu else "")
+            + f": latency median {ms(med)} ms p99 {ms(p99)} ms per batch")
+    ot = fuser.stats()
+    flops = (f" | {engine.flops(*pairs[0][0].shape) / 1e9:.3g} GFLOPs/frame | threads {engine.threads}"
+             f" | OT cache {ot['ot_hits']:.0f} hits {ot['ot_misses']:.0f} misses")
+    if not gpu:  # submit is synchronous on the CPU: throughput is the latency's inverse
+        return line + f" | {1000 * batch / med:.1f} frames/s (at the median latency)" + flops
+    line += (f" | {case.throughput(n):.1f} frames/s with 2 batches in flight ({1000 * batch / med:.1f} at the median"
+             f" latency)" + flops)
+    prof = Engine(fuser.net, device=str(engine.device), precision=engine.precision, cuda_graphs=engine.cuda_graphs,
+                  max_batch=batch, threads=engine.threads, profile=True)
+    case.split(prof, warmup)
+    t = case.split(prof, min(n, 200))
+    copies, compute = t["h2d"] + t["d2h"], t["compute"]
+    line += (f" | copies {100 * copies / (copies + compute):.0f}% compute {100 * compute / (copies + compute):.0f}%"
+             f" (h2d {t['h2d']:.3f} ms, compute {compute:.3f} ms, d2h {t['d2h']:.3f} ms per batch, CUDA events)")
+    if batch == 1:
+        diff = np.abs(fuser.fuse(*pairs[0], "rig0") - expected)
+        line += (f" | vs CPU (0..255): mean |diff| {diff.mean():.4f} p99.9 {np.percentile(diff, 99.9):.3f}"
+                 f" max {diff.max():.3f}")
+    return line
+
+
+def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tuple[int, int]], frames: int,
+                  warmup: int, weights: str) -> None:
+    """Every size x precision x graphs x batch case (graphs and half precision only on the GPU by default)."""
+    gpu = device.type == "cuda"
+    batches = [int(b) for b in (args.batch or ("1,8" if gpu else "1")).split(",")]
+    graphs = [g == "on" for g in (args.graphs or ("on,off" if gpu else "off")).split(",")]
+    precisions = (args.precision or ("fp32,fp16" if gpu else "fp32")).split(",")
+    steps = {"sampler": args.sampler, **({"steps": args.steps} if args.steps else {})}
+
+    def fuser_for(dev: str, precision: str = "fp32", graph: bool = False, batch: int = 1):
+        return build_fuser(FuseConfig(name="hclfuse", weights=weights, device=dev, precision=precision,
+                                      cuda_graphs=graph, max_batch=batch, threads=args.threads, **steps),
+                           AlignConfig())
+
+    reference = fuser_for("cpu") if gpu else None
+    for h, w in sizes:
+        pairs = synthetic_pairs(h, w, POOL)
+        expected = reference.fuse(*pairs[0], "rig0") if gpu else None
+        for precision, graph, batch in itertools.product(precisions, graphs if gpu else [False], batches):
+            print(measure(fuser_for(str(device), precision, graph, batch), pairs, batch, frames, warmup, expected),
+                  flush=True)
+
+
+def bench_baseline(args: argparse.Namespace, sizes: list[tuple[int, int]], frames: int, warmup: int) -> None:
+    fuser = build_fuser(FuseConfig(name=args.fuser))
+    for h, w in sizes:
+        pairs = synthetic_pairs(h, w, POOL)
+        samples = []
+        for i in range(warmup + frames):
+            ir, vis = pairs[i % POOL]
+            t0 = time.perf_counter_ns()
+            fuser.fuse(ir, vis)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        med, p99 = stats_ms(samples[warmup:])
+        print(f"[{device_label(torch.device('cpu'), cv2.getNumThreads())}] {fuser.name} {w}x{h} batch=1: latency "
+              f"median {ms(med)} ms p99 {ms(p99)} ms | {1000 / med:.1f} frames/s | GFLOPs n/a (not a torch net)",
+              flush=True)
+
+
+def bench_post(sizes: list[tuple[int, int]], frames: int, warmup: int) -> None:
+    """The video stages around any fuser, at the live configs' settings: IR level stabilizer before it, temporal
+    denoiser and colour restore (numba) after it."""
+    cfg = PostConfig(denoise=0.85)
+    for h, w in sizes:
+        pairs = synthetic_pairs(h, w, POOL)
+        colour = [cv2.cvtColor(vis, cv2.COLOR_GRAY2BGR) for _, vis in pairs]
+        stabilize, denoise, pre, post = LevelStabilizer(0.8), TemporalDenoiser(cfg), [], []
+        for i in range(warmup + frames):
+            ir, vis = pairs[i % POOL]
+            t0 = time.perf_counter_ns()
+            stabilize(ir)
+            t1 = time.perf_counter_ns()
+            restore_colour(denoise(vis.astype(np.float32)), colour[i % POOL], cfg)
+            pre.append((t1 - t0) / 1e6)
+            post.append((time.perf_counter_ns() - t1) / 1e6)
+        (pre_med, pre_p99), (med, p99) = stats_ms(pre[warmup:]), stats_ms(post[warmup:])
+        print(f"[cpu, numba {numba.get_num_threads()} threads] {w}x{h}: IR stabilizer (0.8) median {ms(pre_med)} ms"
+              f" p99 {ms(pre_p99)} ms | postprocess (denoise {cfg.denoise:g} + bgr8 colour) median {ms(med)} ms"
+              f" p99 {ms(p99)} ms", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print one line of figures per case."""
+    args = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"bench fuse: {exc}") from None
+    gpu = device.type == "cuda"
+    sizes = [(48, 64)] if args.tiny else [parse_size(s) for s in args.sizes.split(",")]
+    frames = 3 if args.tiny else args.frames or (1000 if gpu else 50)
+    warmup = 1 if args.tiny else 5
+    print(f"bench fuse: torch {torch.__version__}, device {device}, fuser {args.fuser}, {frames} frames per case, "
+          f"{warmup} warm-up, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
+    if args.fuser == "hclfuse":
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_hclfuse(args, device, sizes, frames, warmup, weights_file(args.weights, Path(tmp)))
+    else:
+        bench_baseline(args, sizes, frames, warmup)
+    bench_post(sizes, frames, warmup)
+

@@ -1,0 +1,89 @@
+"""streamfuse's command line: ``streamfuse COMMAND [ARGS...]`` (or ``python -m streamfuse``); ``COMMAND -h`` shows a
+command's help.
+
+Commands:
+  run        run a pipeline, live (or an offline replay with --out); the same as run_stream.py
+  replay     replay a recorded pair offline into a fused video: every frame, nothing dropped (--out required)
+  subscribe  print per-frame latency and rate of a running pipeline; --save DIR writes frames
+  view       serve a live web page of a running pipeline: IR, visible and fused frames with its stats
+  foxglove   serve a running pipeline's fused frames and stats to Foxglove (needs the foxglove extra)
+  evaluate   score fusion methods on IR/visible image pairs with the standard metrics
+  bench      benchmarks: bench fuse | transport | replay | batch
+  train      train the HCLFuse model
+
+Each command's module is imported only when it runs, so one command's missing extra never stops another.
+"""
+
+from __future__ import annotations
+
+import importlib
+import runpy
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["COMMANDS", "main", "dispatch", "console"]
+
+# command -> "module:function" taking argv and returning an exit status (None counts as 0), or a script of the source
+# checkout ("tools/NAME.py") for a tool whose logic has not moved into the package yet
+COMMANDS = {
+    "run": "streamfuse.cli.run:main",
+    "replay": "streamfuse.cli.run:replay_main",
+    "subscribe": "streamfuse.subscribe:main",
+    "view": "streamfuse.view.server:main",
+    "foxglove": "streamfuse.view.foxglove_bridge:main",
+    "evaluate": "streamfuse.cli.evaluate:main",
+    "bench": "streamfuse.bench:main",
+    "train": "streamfuse.train:main",
+}
+FAST_EXIT = ("run", "replay")  # commands whose teardown is skipped by the console (see cli.run.exit_now)
+
+
+def _script(where: str, relpath: str) -> Callable[[list[str]], int | None]:
+    """Run a script of the source checkout this package lives in as ``__main__`` (not in an installed package)."""
+    path = Path(__file__).resolve().parents[2] / relpath
+    if not path.is_file():
+        raise SystemExit(f"{where}: needs {relpath} of a source checkout; {path} does not exist")
+
+    def run(argv: list[str]) -> None:
+        sys.argv = [str(path), *argv]
+        runpy.run_path(str(path), run_name="__main__")
+
+    return run
+
+
+def _target(where: str, spec: str) -> Callable[[list[str]], int | None]:
+    if spec.endswith(".py"):
+        return _script(where, spec)
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:  # an optional extra (aiohttp, foxglove, ray, imagezmq) not installed here
+        raise SystemExit(f"{where}: needs {exc.name}, which is not installed for {sys.executable} "
+                         "(see pyproject.toml's optional dependencies)") from None
+
+
+def dispatch(prog: str, commands: dict[str, str], argv: list[str], doc: str) -> int:
+    """Run ``argv[0]``'s command from ``commands`` (name -> "module:function") with the rest; its exit status."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {prog} {{{','.join(commands)}}} [ARGS...]\n\n{doc}")
+        return 0 if argv else 2
+    if argv[0] not in commands:
+        print(f"{prog}: unknown command {argv[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
+        return 2
+    return int(_target(f"{prog} {argv[0]}", commands[argv[0]])(argv[1:]) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``streamfuse COMMAND [ARGS...]``; returns the command's exit status."""
+    return dispatch("streamfuse", COMMANDS, sys.argv[1:] if argv is None else argv, __doc__)
+
+
+def console() -> None:
+    """The ``streamfuse`` console script and ``python -m streamfuse``: exit with the command's status."""
+    code = main()
+    if sys.argv[1:2] and sys.argv[1] in FAST_EXIT:
+        from streamfuse.cli.run import exit_now
+
+        exit_now(code)
+    sys.exit(code)

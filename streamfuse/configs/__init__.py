@@ -1,0 +1,35 @@
+"""The pipeline configs that ship with the package: ``--config demo`` names ``demo.yaml`` in this folder.
+
+``demo`` (synthetic rig, runs anywhere), ``rig`` (two real cameras), ``replay`` (offline replay of a recorded pair),
+``eval`` (still images: an OT solve per image, no temporal stage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["CONFIG_DIR", "shipped", "resolve"]
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+def shipped() -> list[str]:
+    """Names of the shipped configs, sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve(config: str | Path) -> Path:
+    """A shipped config's name (``demo``) -> its file; any other argument is a path to a YAML file, kept as given.
+
+    A name is a word without a folder or a suffix; an existing file of that name in the working directory wins.
+
+    Raises:
+        FileNotFoundError: a name that is neither a file nor a shipped config (the message lists the shipped ones).
+    """
+    path = Path(config)
+    if path.exists() or path.suffix or len(path.parts) != 1:
+        return path
+    if (CONFIG_DIR / f"{path}.yaml").is_file():
+        return CONFIG_DIR / f"{path}.yaml"
+    raise FileNotFoundError(f"{config}: no such config file, nor a shipped config of that name; shipped: "
+                            f"{', '.join(shipped())} (or give the path of a YAML file)")

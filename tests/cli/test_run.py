@@ -1,0 +1,49 @@
+"""``python -m streamfuse run`` / ``replay`` and run_stream.py: shipped config names, and one-line errors before the
+pipeline's heavy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamfuse.cli.run import main, replay_main
+from streamfuse.configs import CONFIG_DIR, resolve, shipped
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_names_resolve_and_paths_stay_paths(tmp_path, monkeypatch):
+    assert shipped() == ["demo", "eval", "replay", "rig"]
+    assert resolve("demo") == CONFIG_DIR / "demo.yaml"
+    assert resolve("some/where.yaml") == Path("some/where.yaml")  # a path, even a missing one: load_config says so
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_text("fuse: {}\n")
+    assert resolve("demo") == Path("demo")  # a file of that name here wins
+    with pytest.raises(FileNotFoundError, match="demoo: no such config file, nor a shipped config of that name; "
+                                                "shipped: demo, eval, replay, rig"):
+        resolve("demoo")
+
+
+def test_unknown_name_and_bad_key_are_one_line(capsys):
+    assert main(["--config", "demoo"]) == 1
+    assert capsys.readouterr().err.strip().startswith("streamfuse: error: demoo: no such config file")
+    assert main(["--config", "demo", "--set", "fuse.stepz=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("streamfuse: config error: ") and "demo.yaml" in err
+
+
+def test_replay_needs_out(capsys):
+    with pytest.raises(SystemExit) as exc:
+        replay_main(["--config", "replay", "--ir", "a.mp4", "--vis", "b.mp4"])
+    assert exc.value.code == 2 and "the following arguments are required: --out" in capsys.readouterr().err
+
+
+def test_config_errors_come_before_the_pipelines_imports(tmp_path):
+    code = ("import sys; from streamfuse.cli.run import main; code = main(['--config', 'demo', '--set', "
+            "'fuse.stepz=1']); print(code, sorted(m for m in ('torch', 'ot', 'streamfuse.pipeline') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "2 []", proc.stderr
