@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
 
 import streamfuse
-from streamfuse.record import partial_path
+from streamfuse.atomic_write import partial_path
 from streamfuse.replay import ReplayError, check_output_paths, find_pairs, run_replay
 
 __all__ = ["PairJob", "PairResult", "BatchSummary", "Engine", "LocalEngine", "RayEngine", "find_jobs", "run_batch",
@@ -158,7 +158,7 @@ class _Models:
 
         if fuse.name != "hclfuse":
             return build_fuser(fuse, align)  # baselines load nothing: a fresh one cannot carry any video's state
-        from streamfuse.model.hclfuse import HCLFuser
+        from streamfuse.model.fuser import HCLFuser
 
         key = repr((fuse, align))  # frozen dataclasses: the repr is the value
         if key not in self._loaded:

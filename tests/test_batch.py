@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamfuse.atomic_write import partial_path
 from streamfuse.batch import LocalEngine, RayEngine, bounded, find_jobs, run_batch
 from streamfuse.config import load_config
-from streamfuse.record import VideoWriter, decode_frames, partial_path
 from streamfuse.replay import run_replay
+from streamfuse.video import VideoWriter, decode_frames
 
 REPO = Path(__file__).resolve().parents[1]
 # ffv1 into NUT: lossless and byte-reproducible (Matroska writes a random segment UID and the date). fuse.threads is
@@ -71,7 +72,7 @@ def test_bounded_keeps_at_most_limit_running_and_reads_jobs_lazily():
 
 def test_local_engine_loads_the_model_once_and_each_video_starts_afresh(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    import streamfuse.model.hclfuse as hclfuse
+    import streamfuse.model.weights as hclfuse
 
     weights = tmp_path / "tiny.pt"  # untrained: the shipped weights are not needed to test the plumbing
     hclfuse.save_weights(weights, hclfuse.HCLFuseNet(hclfuse.ModelConfig(widths=(4, 8), latent_channels=2,
@@ -82,7 +83,7 @@ def test_local_engine_loads_the_model_once_and_each_video_starts_afresh(tmp_path
         _video(src / sub / "a.nut", 3, seed, (24, 32))
         _video(src / sub / "b.nut", 3, seed + 10, (24, 32), top=64)  # darker: its own OT plan differs from a's
     # align.drift: a plan is kept for any later histogram, so a plan left over from a would be used for all of b
-    cfg = load_config(REPO / "configs" / "replay.yaml",
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml",
                       [*CFG, "fuse.name=hclfuse", f"fuse.weights={weights}", "fuse.device=cpu",
                        "fuse.threads=1", "fuse.steps=1", "align.drift=1000000.0"])
     loads = []
@@ -100,7 +101,7 @@ def test_a_bad_pair_fails_alone_and_complete_outputs_are_skipped(tmp_path):
     src = _pairs(tmp_path / "src", ["a.nut", "c.nut"], 4)
     shutil.copy(src / "ir" / "a.nut", src / "ir" / "b.nut")
     (src / "vi" / "b.nut").write_text("not a video")
-    cfg = load_config(REPO / "configs" / "replay.yaml", CFG)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
     jobs = find_jobs(src, tmp_path / "out", ext=".nut")
     summary = run_batch(cfg, jobs)
     assert [(Path(r.out).name, r.status) for r in summary.results] == [("a.nut", "done"), ("b.nut", "failed"),
@@ -135,7 +136,7 @@ def test_ray_and_local_engines_give_byte_identical_outputs(tmp_path, ray_local):
     src = _pairs(tmp_path / "src", ["a.nut", "b.nut", "c.nut"], 6)
     (src / "ir" / "d.nut").write_bytes(b"\0" * 100)
     (src / "vi" / "d.nut").write_bytes(b"\0" * 100)
-    cfg = load_config(REPO / "configs" / "replay.yaml", CFG)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
     jobs = find_jobs(src, tmp_path / "out", ext=".nut")
     local = run_batch(cfg, jobs, LocalEngine())
     (tmp_path / "out").rename(tmp_path / "local")  # same output path for both: the config tag records it
@@ -181,7 +182,7 @@ def _kill_first_worker_mid_pair(out: Path, stop: threading.Event, killed: list[t
 def test_ray_worker_killed_mid_pair_is_retried_and_every_output_is_complete(tmp_path, ray_local):
     names = ["a.nut", "b.nut", "c.nut", "d.nut"]
     src = _pairs(tmp_path / "src", names, 400)
-    cfg = load_config(REPO / "configs" / "replay.yaml", CFG)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
     out = tmp_path / "out"
     out.mkdir()
     stop, killed = threading.Event(), []

@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 
 import streamfuse.fusers
+from streamfuse.atomic_write import partial_path
+from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, SyntheticScene, open_source
 from streamfuse.config import config_from_dict
 from streamfuse.fusers import build_fuser
 from streamfuse.postprocess import restore_colour, vis_luma
 from streamfuse.frames import Frame
-from streamfuse.record import RecordConfig, Recorder, VideoWriter, decode_frames, partial_path, read_recording
+from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.replay import ReplayError, find_pairs, run_replay
+from streamfuse.video import VideoWriter, decode_frames
 from streamfuse.sync import Pairer, SyncConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -362,7 +365,7 @@ def test_replay_config_is_valid_and_replays(tmp_path, clip):
     from streamfuse.config import load_config
 
     ir, vis, _ = clip
-    cfg = load_config(REPO / "configs" / "replay.yaml", ["fuse.name=max", "replay.progress=false"])
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["fuse.name=max", "replay.progress=false"])
     assert cfg.ir.kind == "file" and cfg.replay.pacing == "fast"
     assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4").complete
 
@@ -542,7 +545,7 @@ def test_replay_killed_mid_run_resumes_to_the_uninterrupted_frames(tmp_path, sig
     write_video(vis, 40, 25, codec="ffv1")
     from streamfuse.config import load_config
 
-    config, overrides = REPO / "configs" / "replay.yaml", ["fuse.name=max", "replay.progress=false",
+    config, overrides = REPO / "streamfuse" / "configs" / "replay.yaml", ["fuse.name=max", "replay.progress=false",
                                                           "replay.codec=ffv1"]
     cfg = load_config(config, overrides)  # the same settings as the run_stream.py run, or resume starts over
     reference = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "reference.mkv")

@@ -2,7 +2,7 @@
 
 Kinds (registry kind ``"source"``): ``synthetic`` (a registered IR/visible pair of a moving night scene),
 ``camera`` (OpenCV device index or path), ``stream`` (PyAV URL, e.g. RTSP/HTTP), ``file`` (PyAV video file),
-``folder`` (numbered image files). ``mcap`` is registered by ``streamfuse.record`` and imported on demand.
+``folder`` (numbered image files); ``mcap`` (a recording) is in ``capture/mcap_source.py``.
 
 Every source yields :class:`~streamfuse.frames.Frame` objects: the section ``"ir"`` gives ``(H, W)`` uint8 grey;
 any other section gives ``(H, W, 3)`` uint8 BGR, or ``(H, W)`` when the input is grey.
@@ -46,7 +46,6 @@ __all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "SyntheticScen
 # Largest frame accepted: 8192 px a side and no more pixels than DCI 8K (8192 x 4320). The visible ring alone
 # takes 8 slots x 3 bytes a pixel offline, about 850 MB at that size; more is a typo, not a camera.
 MAX_SIDE, MAX_PIXELS = 8192, 8192 * 4320
-_KINDS_ELSEWHERE = ("mcap",)  # registered by streamfuse.record, imported lazily by open_source
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
 
 
@@ -90,7 +89,7 @@ class SourceConfig:
     stall_factor: float = 20.0
 
     def __post_init__(self) -> None:
-        kinds = sorted(set(available("source")) | set(_KINDS_ELSEWHERE))
+        kinds = sorted(available("source"))
         check(self.kind in kinds, "kind", self.kind, " | ".join(kinds))
         check(0.1 <= self.fps <= 1000.0, "fps", self.fps, "0.1 <= fps <= 1000")
         check(16 <= self.width <= MAX_SIDE, "width", self.width, f"16 <= width <= {MAX_SIDE}")
@@ -146,8 +145,6 @@ def open_source(section: str, cfg: SourceConfig) -> Source:
         section: ``"ir"`` or ``"vis"``: the frames' ``stream`` name; ``"ir"`` converts to grey.
         cfg: the section's config.
     """
-    if cfg.kind in _KINDS_ELSEWHERE and cfg.kind not in available("source"):
-        import streamfuse.record  # noqa: F401  (registers the "mcap" source)
     return build("source", cfg.kind, section=section, cfg=cfg)
 
 

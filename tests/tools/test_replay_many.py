@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamfuse.record import VideoWriter, decode_frames
+from streamfuse.video import VideoWriter, decode_frames
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("replay_many", REPO / "tools" / "replay_many.py")

@@ -1,0 +1,69 @@
+"""Outputs that a crash never leaves looking complete: the temporary name, and the writer thread behind it.
+
+Every output (recording or fused video) is written under a hidden temporary name (``.NAME.partial``) and renamed
+only when complete. The disk and codec work runs on a :class:`WriterThread`, so it overlaps the caller's work.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["partial_path", "WriterThread", "io_reason"]
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The temporary name an output is written under: ``dir/out.mp4`` -> ``dir/.out.mp4.partial``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def io_reason(exc: BaseException) -> str:
+    """The OS or FFmpeg reason of an I/O error, without PyAV's call details."""
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+class WriterThread:
+    """Runs ``handle(item)`` for each queued item, in order, on one thread; the bounded queue gives back-pressure.
+
+    Used for the disk and codec work of the recorder and the video writer: zstd and FFmpeg release the GIL, so
+    the work overlaps the caller's. The first failure stops the handling (later items are drained unhandled, so
+    :meth:`put` never blocks on a dead thread) and is raised, as one line, by the next :meth:`put` or :meth:`join`.
+    """
+
+    def __init__(self, name: str, handle: Callable[[Any], None], what: str, maxsize: int):
+        self.busy_ns: list[int] = []  # handling time per item
+        self.error: RuntimeError | None = None
+        self._handle, self._what = handle, what
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            t0 = time.perf_counter_ns()
+            try:
+                self._handle(item)
+            except Exception as exc:  # noqa: BLE001 -- any failure must reach the caller, not end the thread
+                self.error = RuntimeError(f"{self._what} failed: {io_reason(exc)}")
+            self.busy_ns.append(time.perf_counter_ns() - t0)
+
+    def put(self, item: Any) -> None:
+        """Queue one item (blocks while the queue is full); raises the thread's error, if any."""
+        if self.error is not None:
+            raise self.error
+        self._queue.put(item)
+
+    def join(self) -> None:
+        """Handle everything queued, stop the thread; raises the thread's error, if any."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self.error is not None:
+            raise self.error

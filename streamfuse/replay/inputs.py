@@ -1,0 +1,242 @@
+"""Replay inputs: the IR and visible paths resolved into sources, read on decoder threads and merged by time.
+
+An input is a video file, a folder of numbered frames, or one MCAP recording holding both streams (then read as
+one source, in recorded order, which reproduces the live run's pairs). :func:`find_pairs` lists the pairs of a
+batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator
+
+import av
+
+from streamfuse.atomic_write import io_reason
+from streamfuse.capture.mcap_source import read_recording
+from streamfuse.capture.sources import SourceError
+from streamfuse.frames import Frame
+
+__all__ = ["Input", "Reader", "RecordedOrder", "input_kind", "input_path", "resolve", "merged", "outside",
+           "truncation", "find_pairs"]
+
+_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
+_VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".nut", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
+
+
+@dataclass
+class Input:
+    """One resolved input: its SourceConfig (kind inferred from the path) and what the container says."""
+
+    stream: str
+    cfg: Any  # SourceConfig
+    time_base: Fraction  # unit of output pts when this is the visible input
+    rate: Fraction  # nominal frame rate
+    expected: int | None = None  # frame count the container states
+    end_s: float | None = None  # end time the container states, s
+
+
+def input_kind(path: Path) -> str:
+    if path.is_dir():
+        return "folder"
+    # a recording cut short by a crash keeps its temporary name: still readable up to its last complete chunk
+    return "mcap" if path.name.lower().endswith((".mcap", ".mcap.partial")) else "file"
+
+
+def input_path(section: Any, override: str | os.PathLike | None) -> Path | None:
+    """The input path used: ``--ir``/``--vis`` when given, else the config's ``path`` (None when neither)."""
+    return Path(override) if override else Path(section.path) if section.path else None
+
+
+def resolve(stream: str, section: Any, override: str | os.PathLike | None) -> Input:
+    """SourceConfig of one input (kind from the path, no pacing or looping) and what its container says."""
+    path = input_path(section, override)
+    if path is None:
+        raise ValueError(f"no {stream} input: pass --{stream} PATH or set {stream}.path in the config")
+    if not path.exists():
+        raise FileNotFoundError(f"{stream} input not found: {path}")
+    kind = input_kind(path)
+    cfg = dataclasses.replace(section, kind=kind, path=str(path), realtime=False, loop=False, restart=False)
+    rate = Fraction(section.fps).limit_denominator(1001)
+    if kind == "folder":
+        n = sum(1 for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXTS)
+        if n == 0:
+            raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(sorted(_IMAGE_EXTS))})")
+        return Input(stream, cfg, Fraction(1, 1_000_000_000), rate, n)
+    if kind == "mcap":
+        return Input(stream, cfg, Fraction(1, 1_000_000_000), rate)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{stream} input {path} has no video stream")
+            st = container.streams.video[0]
+            end = None
+            if st.duration:
+                end = float(((st.start_time or 0) + st.duration) * st.time_base)
+            elif container.duration:
+                end = ((container.start_time or 0) + container.duration) / 1e6
+            return Input(stream, cfg, Fraction(st.time_base), Fraction(st.average_rate or rate), st.frames or None,
+                          end)
+    except (OSError, av.FFmpegError) as exc:
+        raise ValueError(f"{stream} input {path} is not a video PyAV can read ({io_reason(exc)})") from None
+
+
+class Reader:
+    """Decodes one source (or a whole recording in recorded order) on a worker thread, a few frames ahead.
+
+    FFmpeg releases the GIL while decoding, so this overlaps fusion. A full queue blocks the thread (nothing is
+    dropped); a read error ends the stream and is kept as ``error``.
+
+    Args:
+        name: ``ir``, ``vis`` or ``recording``.
+        source: a capture Source (opened).
+        wait_ns: gets the time :meth:`next` waited for each frame (the loop's "decode" stage).
+        busy_ns: gets the thread's own time per frame ("decode_thread").
+        depth: frames decoded ahead.
+    """
+
+    def __init__(self, name: str, source: Any, wait_ns: list[int], busy_ns: list[int], depth: int = 4):
+        self.name, self.source, self.wait_ns, self.busy_ns = name, source, wait_ns, busy_ns
+        self.error = ""
+        self.first_ns: int | None = None  # capture time of the first and the last frame taken, ns
+        self.last_ns: int | None = None
+        self.ended = False
+        self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"decode {name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        handled = False
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter_ns()
+                frame = self.source.read()
+                self.busy_ns.append(time.perf_counter_ns() - t0)
+                if frame is None:
+                    break
+                self._put(frame)
+            handled = True
+        except SourceError as exc:
+            self.error, handled = str(exc), True
+        finally:
+            if not handled:  # an unexpected exception: threading logs its traceback
+                self.error = f"the {self.name} decoder thread failed (see the log)"
+            self._put(None)  # the loop never waits forever on a dead thread
+
+    def _put(self, item: Frame | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> Frame | None:
+        """The next frame, or None at the end (then ``error`` says whether it ended early)."""
+        if self.ended:
+            return None
+        t0 = time.perf_counter_ns()
+        frame = self._queue.get()
+        self.wait_ns.append(time.perf_counter_ns() - t0)
+        self.ended = frame is None
+        if frame is not None:
+            self.first_ns = frame.t_capture_ns if self.first_ns is None else self.first_ns
+            self.last_ns = frame.t_capture_ns
+        return frame
+
+    def stop(self) -> None:
+        """Stop the thread (before the source is closed)."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
+class RecordedOrder:
+    """A recording's IR and visible frames as one source, in the order they were recorded."""
+
+    def __init__(self, path: str):
+        self._it = read_recording(path)
+
+    def read(self) -> Frame | None:
+        return next(self._it, None)
+
+    def close(self) -> None:
+        self._it.close()
+
+
+def merged(readers: list[Reader]) -> Iterator[tuple[Frame, Frame | None]]:
+    """Frames of all readers, earliest capture time first; each with the next frame of its own stream (or None).
+
+    Every reader's first frame is taken before the first is yielded, and a reader has ended (``ended``) by the time
+    its last frame is yielded, so each reader's time span is known as far as the frames yielded need it.
+    """
+    heads = [r.next() for r in readers]
+    while True:
+        live = [i for i, f in enumerate(heads) if f is not None]
+        if not live:
+            return
+        i = min(live, key=lambda k: (heads[k].t_capture_ns, k))
+        frame, heads[i] = heads[i], readers[i].next()
+        yield frame, (heads[i] if heads[i] is not None and heads[i].stream == frame.stream else None)
+
+
+def outside(t_ns: int, other: Reader, tolerance_ns: int) -> str:
+    """``before`` or ``after`` when a frame at ``t_ns`` lies outside the other stream's time span by more than the
+    pairing tolerance (so it can never pair), else ''."""
+    if other.first_ns is None or t_ns < other.first_ns - tolerance_ns:
+        return "before"
+    if other.ended and t_ns > other.last_ns + tolerance_ns:
+        return "after"
+    return ""
+
+
+def truncation(inputs: tuple[Input, Input], frames: dict[str, int], last_t: dict[str, int]) -> str:
+    """Why a video input that ended without error is shorter than its container says, or ''.
+
+    The file source itself checks the frame count where the container states one (MP4); Matroska states
+    only a duration, so a cut .mkv is caught here by its last frame ending well before that duration.
+    """
+    for inp in inputs:
+        n, last = frames[inp.stream], last_t.get(inp.stream)
+        if inp.cfg.kind != "file":
+            continue
+        if inp.expected and n < inp.expected:
+            return f"{inp.stream} input {inp.cfg.path} ended after {n} of {inp.expected} frames (truncated?)"
+        if inp.end_s and last is not None and last / 1e9 + 1.5 / float(inp.rate) < inp.end_s:
+            return (f"{inp.stream} input {inp.cfg.path} ended at {last / 1e9:.3f} s after {n} frames but "
+                    f"lasts {inp.end_s:.3f} s (truncated?)")
+    return ""
+
+
+def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """Recorded pairs to replay: a text file of ``IR VIS`` lines (relative paths are relative to the file; ``#``
+    starts a comment), or a folder with ``ir/`` and ``vi/`` (or ``vis/``) subfolders of same-named videos."""
+    src = Path(list_or_dir)
+    if src.is_dir():
+        vis_dir = next((src / d for d in ("vi", "vis") if (src / d).is_dir()), None)
+        if not (src / "ir").is_dir() or vis_dir is None:
+            raise ValueError(f"{src} must hold ir/ and vi/ (or vis/) subfolders of same-named videos")
+        pairs = [(p, vis_dir / p.name) for p in sorted((src / "ir").iterdir())
+                 if p.suffix.lower() in _VIDEO_EXTS | {".mcap"}]
+        missing = [str(v) for _, v in pairs if not v.exists()]
+        if missing:
+            raise ValueError(f"visible videos missing for: {', '.join(missing)}")
+        return pairs
+    if not src.is_file():
+        raise FileNotFoundError(f"pair list not found: {src}")
+    pairs = []
+    for n, line in enumerate(src.read_text().splitlines(), 1):
+        parts = line.split("#", 1)[0].split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"{src}:{n}: expected 'IR_PATH VIS_PATH', got {line.strip()!r}")
+        pairs.append(tuple(p if p.is_absolute() else src.parent / p for p in map(Path, parts)))
+    return pairs

@@ -1,0 +1,386 @@
+"""The replay loop, in data-flow order: decode -> pair -> fuse -> postprocess -> encode (-> publish).
+
+:func:`run_replay` checks every path, decides whether to resume and runs one :class:`_Replay` over the pair; the
+package docstring gives the rules (pacing, pts, unequal inputs, partial output, resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterator, NoReturn
+
+import cv2
+import numpy as np
+
+from streamfuse.atomic_write import partial_path
+from streamfuse.capture.sources import open_source
+from streamfuse.frames import Frame, FramePair, FusedFrame
+from streamfuse.replay.inputs import (Input, Reader, RecordedOrder, input_kind, input_path, merged, outside, resolve,
+                                      truncation)
+from streamfuse.replay.outputs import check_output_folder, check_output_paths
+from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path
+from streamfuse.replay.summary import NAMES, OTHER, ReplayError, ReplaySummary, StageClock
+from streamfuse.video import VideoWriter
+
+__all__ = ["run_replay"]
+
+log = logging.getLogger(__name__)
+
+_INTERRUPTED = "interrupted (Ctrl-C)"
+_TERMINATED = "interrupted (SIGTERM)"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during a replay: raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the replay as Ctrl-C does (main thread only); the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping: a second SIGTERM must not cut the cleanup
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: str | os.PathLike | None = None,
+               out_path: str | os.PathLike | None = None, resume: bool | None = None,
+               fuser_factory: Callable[[Any, Any], Any] | None = None) -> ReplaySummary:
+    """Fuse every pair of a recorded IR/visible input into one video.
+
+    Args:
+        cfg: PipelineConfig; uses ``ir``/``vis`` (paths, ``ir.resize``), ``sync``, ``align``, ``fuse``, ``post``,
+            ``publish`` and ``replay``.
+        ir_path, vis_path: override ``ir.path``/``vis.path``: a video file, a folder of numbered frames, or one
+            ``.mcap`` recording (then ``vis_path`` may be omitted).
+        out_path: override ``replay.out``.
+        resume: override ``replay.resume``.
+        fuser_factory: builds the fuser instead of ``build_fuser`` (same arguments), e.g. one that keeps a model
+            loaded across the pairs of a batch; it must give a fuser without any earlier video's state.
+
+    Returns:
+        The summary (also logged as one block).
+
+    Raises:
+        FileNotFoundError, ValueError: bad input or output path, before any work (one line).
+        ReplayError: the run stopped early (truncated input, write error, size mismatch, Ctrl-C); the partial
+            output is kept for ``resume`` and ``.summary`` says how far it got.
+    """
+    rcfg = cfg.replay
+    resume = rcfg.resume if resume is None else resume
+    out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
+    summary = ReplaySummary(ir=ir.cfg.path, vis=vis.cfg.path, out=str(out))
+    if resume and out.exists() and not partial_path(out).exists():
+        log.info("%s is already complete; nothing to resume", out)
+        summary.complete = True
+        return summary
+    prints = fingerprint(cfg, ir, vis)
+    take_over = TakeOver.open(out, prints, rcfg.pacing, vis.time_base) if resume else None
+    # the values used (inputs, output, resume), as the output's metadata records them
+    used = dataclasses.replace(cfg, ir=ir.cfg, vis=vis.cfg, replay=dataclasses.replace(rcfg, out=str(out),
+                                                                                      resume=resume))
+    with _sigterm_interrupts():
+        try:
+            return _Replay(used, ir, vis, out, prints, take_over, summary).run(fuser_factory)
+        except _Terminated:  # before the loop began or after it ended: the partial output is kept as it is
+            raise ReplayError(f"replay stopped: {_TERMINATED}; {resume_hint(out)}", summary,
+                              interrupted=True) from None
+
+
+def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os.PathLike | None,
+                 out_path: str | os.PathLike | None) -> tuple[Path, Input, Input]:
+    """The output path and the resolved inputs, all checked before any work (one-line errors)."""
+    rcfg = cfg.replay
+    out = Path(out_path or rcfg.out)
+    if not str(out_path or rcfg.out):
+        raise ValueError("no output: pass --out PATH or set replay.out in the config")
+    if vis_path is None and ir_path is not None and input_kind(Path(ir_path)) == "mcap":
+        vis_path = ir_path
+    check_output_paths(out, {"ir": input_path(cfg.ir, ir_path), "vis": input_path(cfg.vis, vis_path)},
+                       rcfg.frames_dir)
+    ir, vis = resolve("ir", cfg.ir, ir_path), resolve("vis", cfg.vis, vis_path)
+    if (ir.cfg.kind == "mcap") != (vis.cfg.kind == "mcap"):
+        raise ValueError(f"a recording holds both streams: pass the same .mcap as IR and visible input "
+                         f"(got {ir.cfg.path} and {vis.cfg.path})")
+    check_output_folder(out)
+    return out, ir, vis
+
+
+class _FrameStages:
+    """The live loop's per-frame calls on one pair, in its order: stabilise -> fuse (OT alignment inside the fuser)
+    -> temporal filter -> colour. Their state (OT plans, stabilizer, denoiser) belongs to this one video."""
+
+    def __init__(self, cfg: Any, fuser_factory: Callable[[Any, Any], Any] | None):
+        # imported here: importing the replay package (config loading does) must not load torch, POT or numba
+        from streamfuse.align import LevelStabilizer
+        from streamfuse.fusers import build_fuser
+        from streamfuse.postprocess import TemporalDenoiser, restore_colour, vis_luma
+
+        # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
+        self.fuser = (fuser_factory or build_fuser)(cfg.fuse, dataclasses.replace(cfg.align, background=False))
+        self.denoise = TemporalDenoiser(cfg.post)
+        self.stabilize = LevelStabilizer(cfg.align.stabilize)
+        self._restore_colour, self._vis_luma = restore_colour, vis_luma
+        self._cfg = cfg
+
+    def __call__(self, pair: FramePair, clock: StageClock) -> tuple[np.ndarray, dict[str, float]]:
+        """The fused BGR image of ``pair`` and the stage times in ms (``fuse``, ``postprocess``)."""
+        cfg, vis_img = self._cfg, pair.vis.image
+        fused_y = self.fuser.fuse(self.stabilize(pair.ir_at_vis_size(cfg.ir.resize)), self._vis_luma(vis_img),
+                                  stream=cfg.publish.topic)
+        timings = {"fuse": clock.lap("fuse")}
+        image = self._restore_colour(self.denoise(fused_y), vis_img, cfg.post)
+        timings["postprocess"] = clock.lap("postprocess")
+        return image, timings
+
+
+class _Pacing:
+    """``pacing: realtime``: each frame is released at its recorded time, counted from the first frame."""
+
+    def __init__(self, wall0_ns: int):
+        self._wall0_ns = wall0_ns
+        self._t_first: int | None = None
+
+    def drop(self, frame: Frame, next_same: Frame | None) -> bool:
+        """Wait until ``frame`` is due; True (drop it) when its successor is already due: newest wins, as live."""
+        self._t_first = frame.t_capture_ns if self._t_first is None else self._t_first
+        due = frame.t_capture_ns - self._t_first - (time.perf_counter_ns() - self._wall0_ns)
+        if due > 0:
+            time.sleep(due / 1e9)
+            return False
+        return next_same is not None and \
+            next_same.t_capture_ns - self._t_first <= time.perf_counter_ns() - self._wall0_ns
+
+
+class _Replay:
+    """State of one replay run (kept out of run_replay so the loop below reads in data-flow order)."""
+
+    def __init__(self, cfg: Any, ir: Input, vis: Input, out: Path, prints: dict[str, Any],
+                 take_over: TakeOver | None, summary: ReplaySummary):
+        self.cfg, self.ir, self.vis, self.out, self.fingerprint = cfg, ir, vis, out, prints
+        self.take_over, self.summary = take_over, summary
+        self.clock = StageClock()
+        self.writer: VideoWriter | None = None
+        self.publisher: Any = None
+        self.frames_dir = Path(cfg.replay.frames_dir) if cfg.replay.frames_dir else None
+        self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
+        self.last_pts: int | None = None
+        self.last_t: dict[str, int] = {}  # capture time of the last frame read per stream, ns
+        self.readers: list[Reader] = []
+
+    def run(self, fuser_factory: Callable[[Any, Any], Any] | None = None) -> ReplaySummary:
+        from tqdm import tqdm
+
+        from streamfuse.sync import Pairer
+
+        rcfg, s = self.cfg.replay, self.summary
+        stages = _FrameStages(self.cfg, fuser_factory)
+        pairer = Pairer(self.cfg.sync)
+        self._open_extras()
+        opened: list = []
+        bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {self.out.name}",
+                   disable=None if rcfg.progress else True)
+        wall0_ns = time.perf_counter_ns()
+        try:
+            readers = self._open_readers(opened)
+            for pair in self._pairs(readers, pairer, bar, wall0_ns):
+                self._emit(pair, stages)
+            s.stopped = self._stop_reason(readers)
+        except KeyboardInterrupt as exc:
+            s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
+        except (RuntimeError, ValueError, OSError) as exc:
+            s.stopped = " ".join(str(exc).split()) or type(exc).__name__
+        finally:
+            bar.close()
+            for reader in self.readers:
+                reader.stop()  # before its source closes
+            for src in opened:
+                src.close()
+            if self.publisher is not None:
+                self.publisher.close()
+        return self._finish(pairer.stats(), (time.perf_counter_ns() - wall0_ns) / 1e9)
+
+    def _open_extras(self) -> None:
+        """The optional outputs besides the video: the frames folder and the publisher."""
+        if self.frames_dir:
+            self.frames_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.replay.publish:
+            from streamfuse.publish import Publisher
+
+            self.publisher = Publisher(self.cfg.publish)
+
+    def _open_readers(self, opened: list) -> list[Reader]:
+        """Open the inputs (appended to ``opened`` for closing) and start their decoder threads."""
+        wait_ns, busy_ns = self.clock.ns["decode"], self.clock.ns["decode_thread"]
+        if self.ir.cfg.kind == "mcap" and self.cfg.replay.pacing == "fast":
+            sources = {"recording": RecordedOrder(self.vis.cfg.path)}
+            opened.append(sources["recording"])
+        else:
+            sources = {}
+            for inp in (self.ir, self.vis):
+                sources[inp.stream] = open_source(inp.stream, inp.cfg)
+                opened.append(sources[inp.stream])
+                sources[inp.stream].open()
+        self.readers = [Reader(name, src, wait_ns, busy_ns) for name, src in sources.items()]
+        return self.readers
+
+    def _pairs(self, readers: list[Reader], pairer: Any, bar: Any, wall0_ns: int) -> Iterator[FramePair]:
+        """0. read (frames merged by capture time; those outside the other input's span counted unpaired;
+        realtime pacing), 1. pair (flushed at the end)."""
+        s, sync = self.summary, self.cfg.sync
+        tolerance_ns = round((sync.hold_ms if sync.mode == "latest" else sync.slop_ms) * 1e6)
+        pacing = _Pacing(wall0_ns) if self.cfg.replay.pacing == "realtime" else None
+        # a recording read in recorded order is one reader: its streams' spans are known only at its end
+        by_stream = {r.name: r for r in readers}
+        for frame, next_same in merged(readers):
+            s.frames[frame.stream] += 1
+            self.last_t[frame.stream] = frame.t_capture_ns
+            if frame.stream == "vis":
+                bar.update(1)
+                self.t0_vis = frame.t_capture_ns if self.t0_vis is None else self.t0_vis
+            other = by_stream.get(OTHER[frame.stream])
+            side = outside(frame.t_capture_ns, other, tolerance_ns) if other is not None else ""
+            if side:
+                s.outside[frame.stream][side] += 1
+                continue
+            if pacing is not None and pacing.drop(frame, next_same):
+                s.dropped[frame.stream] += 1
+                continue
+            self.clock.start()
+            done = pairer.push(frame)
+            self.clock.lap("pair")
+            yield from done
+        self.clock.start()
+        done = pairer.flush()
+        self.clock.lap("pair")
+        yield from done
+
+    def _emit(self, pair: FramePair, stages: _FrameStages) -> None:
+        """One output frame per pair: 2.-3. fused (or taken over from the interrupted run), 4. encoded, 5. published."""
+        s = self.summary
+        s.pairs += 1
+        self.clock.start()
+        if self.writer is None:
+            pair.ir_at_vis_size(self.ir.cfg.resize)  # refuse a size mismatch before any output exists
+            self._open_writer(pair.vis.image)
+        pts = self._pts(pair.vis)
+        if self.last_pts is not None and pts <= self.last_pts:
+            pts = self.last_pts + 1  # latest mode can pair one visible frame twice: keep pts increasing
+        taken = self.take_over.frame_at(pts) if self.take_over is not None else None
+        if taken is None:  # the live loop's calls, so a deterministic fuser gives the live run's frames
+            image, timings = stages(pair, self.clock)
+            s.fused += 1
+        else:
+            image, timings = taken, None
+            s.reused += 1
+        self.writer.write(image, pts)
+        self.last_pts = pts
+        self._save_png(image, resumed=taken is not None)
+        s.written += 1
+        if timings is not None:
+            timings["encode"] = self.clock.lap("encode")
+            if self.publisher is not None:
+                self.publisher.send_fused(FusedFrame(pair, image, stages.fuser.name, stages.fuser.version,
+                                                     time.time_ns(), timings))
+                self.clock.lap("publish")
+
+    def _save_png(self, image: np.ndarray, resumed: bool) -> None:
+        """Write the frame to ``frames_dir``; a resumed run keeps the lossless PNGs already there."""
+        png = self.frames_dir / f"{self.summary.written:06d}.png" if self.frames_dir else None
+        if png and not (resumed and png.exists()):
+            if not cv2.imwrite(str(png), image):
+                raise RuntimeError(f"cannot write frame {self.summary.written} to {self.frames_dir}")
+
+    def _pts(self, vis: Frame) -> int:
+        """Output pts of a pair: the visible frame's pts in the visible input's time base."""
+        tb = self.vis.time_base
+        t = vis.t_capture_ns if self.vis.cfg.kind == "file" else vis.t_capture_ns - self.t0_vis
+        return round(Fraction(t, 1_000_000_000) / tb)
+
+    def _open_writer(self, vis_img: np.ndarray) -> None:
+        h, w = vis_img.shape[:2]
+        tags = {"comment": json.dumps({"streamfuse_config": self.cfg.to_dict()})}
+        if self.vis.cfg.kind != "file":
+            tags["streamfuse_t0_ns"] = str(self.t0_vis)
+        rcfg = self.cfg.replay
+        self.writer = VideoWriter(self.out, codec=rcfg.codec, crf=rcfg.crf, preset=rcfg.preset,
+                                  time_base=self.vis.time_base, rate=self.vis.rate, width=w, height=h, metadata=tags)
+        self.summary.encoder = self.writer.encoder
+        self._save_sidecar("running")
+
+    def _save_sidecar(self, state: str) -> None:
+        save_sidecar(self.out, self.fingerprint, state, self.writer.count, self.last_pts)
+
+    def _stop_reason(self, readers: list[Reader]) -> str:
+        """Why a loop that ran to the end of its inputs is still not complete, or ''."""
+        s, stopped = self.summary, ""
+        for r in readers:
+            if r.error:  # the source's message says where it stopped
+                stopped = f"{r.name} input ended early: {r.error}"
+        empty = [inp for inp in (self.ir, self.vis) if s.frames[inp.stream] == 0]
+        if not stopped and empty:
+            stopped = f"the {NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames"
+        if not stopped and s.written == 0:
+            stopped = "no pairs formed (do the IR and visible times overlap? see sync.slop_ms)"
+        return stopped or truncation((self.ir, self.vis), s.frames, self.last_t)
+
+    def _finish(self, stats: dict, wall_s: float) -> ReplaySummary:
+        s = self.summary
+        for stream in ("ir", "vis"):
+            s.unpaired[stream] = stats[stream]["unpaired"] + sum(s.outside[stream].values())
+            s.dropped[stream] += stats[stream]["dropped"]
+        s.note = s.unequal_note()
+        if s.note:
+            log.warning("%s", s.note)
+        s.wall_s = wall_s
+        if self.writer is not None:
+            self.clock.ns["encode_thread"] = self.writer.busy_ns
+        s.fps = s.written / max(wall_s, 1e-9)
+        s.stages = self.clock.table(wall_s)
+        if self.take_over is not None:
+            self.take_over.close()
+        if not s.stopped:
+            try:
+                self.writer.commit()
+            except RuntimeError as exc:  # the encoder's last frames or the index did not fit (disk full)
+                s.stopped = str(exc)
+        if s.stopped:
+            self._keep_partial()
+        sidecar_path(self.out).unlink(missing_ok=True)
+        s.complete = True
+        log.info("%s", s.format())
+        return s
+
+    def _keep_partial(self) -> NoReturn:
+        """Close the output under its temporary name with its sidecar, and raise ReplayError saying where it is."""
+        s = self.summary
+        if self.writer is not None:
+            self.writer.abort()
+            try:
+                self._save_sidecar(s.stopped)
+            except RuntimeError as exc:
+                log.warning("%s", exc)
+            where = f"{s.written} frames kept in {self.writer.partial}; {resume_hint(self.out)}"
+        else:
+            where = "no output written"
+        log.info("%s", s.format())
+        raise ReplayError(f"replay stopped: {s.stopped}; {where}", s,
+                          interrupted=s.stopped in (_INTERRUPTED, _TERMINATED))

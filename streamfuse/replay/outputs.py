@@ -1,0 +1,66 @@
+"""Replay outputs: refuse, before anything is opened, an output that would overwrite an input or cannot be written."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from streamfuse.replay.resume import sidecar_path, taken_over_path
+from streamfuse.replay.summary import NAMES
+from streamfuse.video import container_format, work_paths
+
+__all__ = ["check_output_paths", "check_output_folder"]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one file: equal once links are resolved, or one inode (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): then only the resolved paths could have matched
+        return False
+
+
+def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None],
+                       frames_dir: str | os.PathLike = "") -> None:
+    """Refuse, before anything is opened, an output that would be written over one of its inputs.
+
+    The output and every file it is written through (partial, remux, sidecar) are compared with each input by
+    resolved path and by inode, so another spelling, a symlink or a hard link of an input is caught too; an input
+    inside ``frames_dir`` would be overwritten by the frame PNGs.
+
+    Args:
+        out: the fused video path.
+        inputs: ``{"ir": path, "vis": path}`` (None or '' entries are skipped).
+        frames_dir: the folder the fused frames are also written to ('' = none).
+
+    Raises:
+        ValueError: one line naming the output and the input.
+    """
+    out = Path(out)
+    written = [*work_paths(out), sidecar_path(out), sidecar_path(out).with_suffix(".tmp"), taken_over_path(out)]
+    for stream, path in inputs.items():
+        if not path:
+            continue
+        path = Path(path)
+        hit = next((w for w in written if _same_file(w, path)), None)
+        if hit is not None:
+            through = "" if hit == out else f" (through its temporary file {hit.name})"
+            raise ValueError(f"output {out} would overwrite the {NAMES[stream]} input {path}{through}; "
+                             f"choose another --out")
+        if frames_dir and any(_same_file(Path(frames_dir), p) for p in (path, *path.resolve().parents)):
+            raise ValueError(f"replay.frames_dir {frames_dir} would overwrite the {NAMES[stream]} input {path}; "
+                             f"choose another folder")
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an output whose container is unknown or whose folder is missing or not writable (one line)."""
+    container_format(out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {out.parent}")
+    try:  # a real write: os.access says yes to root on read-only mounts and special folders
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as exc:
+        raise PermissionError(f"output folder is not writable: {out.parent} ({exc.strerror})") from None

@@ -1,0 +1,149 @@
+"""Resuming an interrupted replay: the sidecar that vouches for its partial output, and the take-over of its frames.
+
+A run that stops early keeps ``.OUT.partial`` (NUT, readable up to its last whole packet) and a
+``.OUT.partial.json`` sidecar holding the run's fingerprint (inputs' size and mtime, fusing and encoding settings).
+``resume`` with an unchanged fingerprint moves the partial file aside (``.OUT.partial.old``), re-encodes its frames
+while their times match the re-read pairs' (so nothing is fused twice) and fuses from the first frame it lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator
+
+import av
+import numpy as np
+
+from streamfuse.atomic_write import io_reason, partial_path
+from streamfuse.replay.inputs import Input
+from streamfuse.video import decode_frames
+
+__all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver", "resume_hint"]
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
+    """What must be unchanged for a partial output to be continued: inputs (size, mtime) and fusing settings."""
+    def stat(path: str) -> list[int]:
+        st = Path(path).stat()
+        return [st.st_size, st.st_mtime_ns] if Path(path).is_file() else [0, st.st_mtime_ns]
+
+    conf = cfg.to_dict()
+    return {"ir": [ir.cfg.path, *stat(ir.cfg.path)], "vis": [vis.cfg.path, *stat(vis.cfg.path)],
+            "ir_resize": ir.cfg.resize, "sync": conf["sync"], "align": conf["align"], "fuse": conf["fuse"],
+            "post": conf["post"], "codec": [cfg.replay.codec, cfg.replay.crf, cfg.replay.preset]}
+
+
+def sidecar_path(out: Path) -> Path:
+    """The sidecar of ``out``'s partial file: ``.OUT.partial.json``."""
+    return partial_path(out).with_name(partial_path(out).name + ".json")
+
+
+def taken_over_path(out: Path) -> Path:
+    """Where a resumed run keeps the interrupted run's partial file while it takes its frames over."""
+    return partial_path(out).with_name(partial_path(out).name + ".old")
+
+
+def save_sidecar(out: Path, fingerprint: dict[str, Any], state: str, written: int, last_pts: int | None) -> None:
+    """What ``resume`` needs to trust the partial output: the fingerprint, and how far the run got."""
+    path = sidecar_path(out)
+    tmp = path.with_suffix(".tmp")  # replaced in one step: a kill never leaves half a sidecar
+    try:
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "state": state, "written": written,
+                                   "last_pts": last_pts}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise RuntimeError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def resume_hint(out: Path) -> str:
+    """How to continue an interrupted replay of ``out``."""
+    return f"run again with --resume (same --out {out}) to continue"
+
+
+def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
+    """True when the partial output of ``out`` can be continued; else the reason is logged."""
+    partial, sidecar = partial_path(out), sidecar_path(out)
+    if not partial.exists():
+        log.warning("nothing to resume for %s (no %s); starting from the beginning", out, partial.name)
+        return False
+    if pacing != "fast":
+        log.warning("cannot resume %s: realtime pacing drops frames differently on every run; starting over", out)
+        return False
+    try:
+        saved = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        log.warning("cannot resume %s: its sidecar %s is missing or unreadable; starting over", out, sidecar.name)
+        return False
+    changed = [k for k in fingerprint if saved.get("fingerprint", {}).get(k) != json.loads(json.dumps(fingerprint[k]))]
+    if changed:
+        log.warning("cannot resume %s: %s changed since the interrupted run; starting over", out, ", ".join(changed))
+        return False
+    try:
+        with av.open(str(partial)) as container:
+            container.streams.video[0]
+    except (OSError, av.FFmpegError, IndexError) as exc:
+        log.warning("cannot resume %s: its partial file does not decode (%s); starting over", out, io_reason(exc))
+        return False
+    return True
+
+
+def _consume(path: Path) -> Iterator[tuple[Fraction, np.ndarray]]:
+    """Decoded frames of ``path``; the file is deleted when the iterator ends or is closed (the new partial output
+    holds every frame taken over by then)."""
+    try:
+        yield from decode_frames(path)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class TakeOver:
+    """The frames of an interrupted run's partial output, handed out while their times match the new run's pairs.
+
+    Args:
+        frames: ``(time in s, image)`` of the partial output, in order.
+        time_base: the output pts' time base.
+    """
+
+    def __init__(self, frames: Iterator[tuple[Fraction, np.ndarray]], time_base: Fraction):
+        self._frames: Iterator | None = frames
+        self._time_base = time_base
+        self.taken = 0
+
+    @classmethod
+    def open(cls, out: Path, fingerprint: dict[str, Any], pacing: str, time_base: Fraction) -> TakeOver | None:
+        """The partial output of ``out`` to take over, or None (with the reason logged) to start over."""
+        if not _resumable(out, fingerprint, pacing):
+            return None
+        old = taken_over_path(out)
+        os.replace(partial_path(out), old)
+        log.info("resuming %s: re-encoding the frames of the interrupted run, then fusing the rest", out)
+        return cls(_consume(old), time_base)
+
+    def frame_at(self, pts: int) -> np.ndarray | None:
+        """The partial output's frame for this pts, else None (from then on every pair is fused)."""
+        if self._frames is None:
+            return None
+        item = next(self._frames, None)
+        t_pair = pts * self._time_base
+        if item is not None and abs(item[0] - t_pair) <= Fraction(1, 1000) + self._time_base / 2:
+            self.taken += 1
+            return item[1]
+        if item is None:
+            log.info("resume: took over %d frames; fusing from pts %d", self.taken, pts)
+        else:
+            log.warning("resume: the partial output has a frame at %.3f s where the inputs give %.3f s; fusing "
+                        "from here", float(item[0]), float(t_pair))
+        self.close()
+        return None
+
+    def close(self) -> None:
+        """Stop taking over; the interrupted run's file is deleted."""
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None

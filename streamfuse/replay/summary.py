@@ -1,0 +1,107 @@
+"""What a replay reports: ReplaySummary (counts, stage timings, why it stopped), ReplayError and the stage clock."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES", "OTHER", "NAMES"]
+
+# Decoding and encoding run on worker threads: "decode" and "encode" are the loop's waits on them (what limits
+# throughput); "decode_thread" and "encode_thread" are those threads' own time per frame, which overlaps the loop
+# (so shares can add up to more than 100%).
+STAGES = ("decode", "pair", "fuse", "postprocess", "encode", "publish", "decode_thread", "encode_thread")
+OTHER = {"ir": "vis", "vis": "ir"}  # each stream's partner
+NAMES = {"ir": "IR", "vis": "visible"}  # stream names in messages
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did. Times in seconds, stage latencies in ms; ``share`` is the stage's part of wall time."""
+
+    ir: str
+    vis: str
+    out: str
+    complete: bool = False
+    stopped: str = ""  # why the run ended early; empty when complete
+    encoder: str = ""
+    frames: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})  # frames read per source
+    pairs: int = 0  # pairs formed by the Pairer
+    fused: int = 0
+    reused: int = 0  # frames taken over from a partial output (resume)
+    written: int = 0
+    unpaired: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})
+    dropped: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})
+    # unpaired frames outside the other input's time span, per stream: {"before": n, "after": n}
+    outside: dict[str, dict[str, int]] = field(default_factory=lambda: {s: {"before": 0, "after": 0} for s in OTHER})
+    note: str = ""  # what the unequal inputs did (which ended first, how many frames were left unpaired)
+    wall_s: float = 0.0
+    fps: float = 0.0  # written frames per wall second
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def format(self) -> str:
+        """The summary as one log block."""
+        state = "complete" if self.complete else f"NOT complete: {self.stopped}"
+        lines = [
+            f"replay {self.ir} + {self.vis} -> {self.out} ({state})",
+            f"  read ir {self.frames['ir']}, vis {self.frames['vis']} | pairs {self.pairs} | fused {self.fused}"
+            f" | reused {self.reused} | written {self.written} | unpaired ir {self.unpaired['ir']}, vis "
+            f"{self.unpaired['vis']} | dropped ir {self.dropped['ir']}, vis {self.dropped['vis']}",
+            *([f"  note: {self.note}"] if self.note else []),
+            f"  wall {self.wall_s:.2f} s, {self.fps:.1f} frames/s, encoder {self.encoder or '-'}",
+            f"  {'stage':<14}{'median ms':>10}{'p99 ms':>10}{'share':>8}",
+        ]
+        lines += [f"  {name:<14}{s['median_ms']:>10.2f}{s['p99_ms']:>10.2f}{s['share']:>8.1%}"
+                  for name, s in self.stages.items()]
+        return "\n".join(lines)
+
+    def unequal_note(self) -> str:
+        """What inputs of different spans did: which one started later or ended first, and the frames left unpaired."""
+        notes = []
+        for stream, other in OTHER.items():
+            before, after = self.outside[stream]["before"], self.outside[stream]["after"]
+            if before:
+                notes.append(f"the {NAMES[other]} input starts later: {before} {NAMES[stream]} frames before its "
+                             f"first frame are unpaired")
+            if after:
+                notes.append(f"the {NAMES[other]} input ended first (after {self.frames[other]} frames): "
+                             f"{after} {NAMES[stream]} frames after its end are unpaired")
+        return "; ".join(notes)
+
+
+class ReplayError(RuntimeError):
+    """A replay that did not finish; the message is one line and says where the partial output is."""
+
+    def __init__(self, message: str, summary: ReplaySummary | None = None, *, interrupted: bool = False):
+        super().__init__(message)
+        self.summary = summary
+        self.interrupted = interrupted  # Ctrl-C or SIGTERM: a batch should stop too
+
+
+class StageClock:
+    """Per-stage durations (ns) for the summary."""
+
+    def __init__(self) -> None:
+        self.ns: dict[str, list[int]] = {s: [] for s in STAGES}
+        self._t = 0
+
+    def start(self) -> None:
+        self._t = time.perf_counter_ns()
+
+    def lap(self, stage: str) -> float:
+        """Record the time since the last start/lap under ``stage``; returns it in ms."""
+        now = time.perf_counter_ns()
+        self.ns[stage].append(now - self._t)
+        self._t = now
+        return self.ns[stage][-1] / 1e6
+
+    def table(self, wall_s: float) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, samples in self.ns.items():
+            if samples:
+                ms = np.asarray(samples, np.float64) / 1e6
+                out[stage] = {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
+                              "total_s": float(ms.sum() / 1e3), "share": float(ms.sum() / 1e3 / max(wall_s, 1e-9))}
+        return out

@@ -1,0 +1,230 @@
+"""The fused video writer and the decoder helpers that read its output back (PyAV).
+
+A :class:`VideoWriter` writes to ``.NAME.partial`` (NUT, readable after a kill) and remuxes into the final name on
+:meth:`VideoWriter.commit`; :func:`decode_frames` reads any video up to its last whole packet, which is what a
+resumed replay takes over from a partial file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from streamfuse.atomic_write import WriterThread, io_reason, partial_path
+
+__all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames"]
+
+log = logging.getLogger(__name__)
+
+_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".nut": "nut", ".avi": "avi"}
+_H264_ENCODERS = ("libx264", "libopenh264", "mpeg4")
+
+
+def work_paths(path: str | os.PathLike) -> list[Path]:
+    """Every file a :class:`VideoWriter` for ``path`` writes: the output, its partial file and its remux file."""
+    partial = partial_path(path)
+    return [Path(path), partial, partial.with_suffix(".remux")]
+
+
+def container_format(path: Path) -> str:
+    """FFmpeg muxer for an output path's extension; an unknown one raises ValueError listing the known."""
+    fmt = _CONTAINERS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"output {path}: unknown container {path.suffix!r}; use one of {', '.join(_CONTAINERS)}")
+    return fmt
+
+
+def pick_encoder(codec: str) -> str:
+    """FFmpeg encoder for ``h264`` or ``ffv1``: libx264, else libopenh264, else mpeg4 (logged), as PyAV has them."""
+    if codec == "ffv1":
+        if "ffv1" not in av.codecs_available:
+            raise RuntimeError("this PyAV build has no ffv1 encoder; use replay.codec: h264")
+        return "ffv1"
+    for name in _H264_ENCODERS:
+        if name in av.codecs_available:
+            if name != "libx264":
+                log.warning("PyAV has no libx264; encoding with %s instead", name)
+            return name
+    raise RuntimeError(f"this PyAV build has none of the encoders {', '.join(_H264_ENCODERS)}")
+
+
+class VideoWriter:
+    """Fused frames -> a video file with caller-given pts, written to ``.NAME.partial`` and remuxed on commit.
+
+    The partial file is NUT whatever the final container: it has no index to write at the end and every packet
+    is flushed to disk as it is muxed, so after a kill (even SIGKILL) it still decodes up to its last whole packet
+    (:func:`decode_frames`), and NUT keeps any codec and the exact integer pts. :meth:`commit` remuxes it (packets
+    copied, no re-encoding) into the container the extension asks for.
+
+    Media notes: MP4/MOV get ``video_track_timescale`` and ``movie_timescale`` equal to the time base
+    denominator, so output pts equal the input pts as integers (MP4 otherwise rescales to its own timescale and
+    writes the start offset in ms). Matroska stores times in ms, so there pts agree to within 1 ms. NUT would
+    shift every pts by the encoder's B-frame delay to avoid a negative dts unless told not to. H.264 wants
+    even sizes for 4:2:0; odd sizes use 4:4:4. FFV1 is stored as ``bgr0``, bit-exact to the BGR input.
+
+    Args:
+        path: final output path; its extension picks the container (.mp4 .m4v .mov .mkv .nut .avi).
+        codec: ``h264`` (libx264 when PyAV has it) or ``ffv1`` (lossless).
+        crf: H.264 constant rate factor (0 = lossless .. 51); ignored by ffv1.
+        preset: libx264 preset (speed vs size); ignored by the other encoders.
+        time_base: time base of the pts passed to :meth:`write` (the input's, e.g. 1/15360).
+        rate: nominal frame rate, for the encoder's rate control.
+        width, height: frame size in pixels.
+        metadata: container tags (e.g. the resolved config).
+        queue_size: frames queued for the encoder thread before :meth:`write` blocks.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, codec: str, crf: int, time_base: Fraction, rate: Fraction,
+                 width: int, height: int, preset: str = "veryfast", metadata: dict[str, str] | None = None,
+                 queue_size: int = 4):
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        fmt = container_format(self.path)
+        if codec == "ffv1" and fmt in ("mp4", "mov"):
+            raise ValueError(f"output {self.path}: FFV1 cannot be stored in {self.path.suffix}; use .mkv or .nut")
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"output folder does not exist: {self.path.parent}")
+        if not os.access(self.path.parent, os.W_OK):
+            raise PermissionError(f"output folder is not writable: {self.path.parent}")
+        self.encoder = pick_encoder(codec)
+        self._format, self._options = fmt, _muxer_options(fmt, time_base)
+        self._metadata, self._rate = metadata or {}, rate
+        self.count, self._last_pts, self._finished = 0, None, False
+        try:
+            self._container = av.open(str(self.partial), mode="w", format="nut",
+                                      options={**_muxer_options("nut", time_base), "flush_packets": "1"})
+        except (OSError, av.FFmpegError) as exc:
+            raise RuntimeError(f"cannot write output {self.path}: {io_reason(exc)}") from None
+        stream = self._container.add_stream(self.encoder, rate=rate, options=self._codec_options(crf, preset))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = self._pix_fmt(width, height)
+        stream.time_base = self.time_base = time_base
+        stream.codec_context.time_base = time_base
+        if self.encoder != "libx264" and self.encoder != "ffv1":
+            stream.bit_rate = int(width * height * float(rate) * 0.2)  # ~0.2 bit/pixel: visually clean
+        self._stream = stream
+        self._worker = WriterThread(f"encode {self.path.name}", self._encode, f"writing {self.partial}", queue_size)
+        self.busy_ns = self._worker.busy_ns  # encoder thread time per frame
+
+    def _codec_options(self, crf: int, preset: str) -> dict[str, str]:
+        if self.encoder == "libx264":
+            return {"crf": str(crf), "preset": preset}
+        if self.encoder == "ffv1":
+            return {"level": "3", "slicecrc": "1"}
+        return {}
+
+    def _pix_fmt(self, width: int, height: int) -> str:
+        if self.encoder == "ffv1":
+            return "bgr0"
+        if width % 2 or height % 2:
+            if self.encoder != "libx264":
+                raise ValueError(f"{self.encoder} needs an even frame size, got {width}x{height}")
+            return "yuv444p"
+        return "yuv420p"
+
+    def write(self, image: np.ndarray, pts: int) -> None:
+        """Queue one ``(H, W, 3)`` BGR or ``(H, W)`` grey uint8 image with presentation time ``pts`` for encoding.
+
+        Encoding runs on a worker thread, overlapping the next frame's fusion; a full queue blocks here
+        (back-pressure). An encoder or disk error is raised by the next call.
+        """
+        if self._last_pts is not None and pts <= self._last_pts:
+            raise ValueError(f"output pts must increase: {pts} after {self._last_pts}")
+        self._worker.put((image, pts))
+        self._last_pts = pts
+        self.count += 1
+
+    def _encode(self, item: tuple[np.ndarray, int]) -> None:
+        image, pts = item
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24" if image.ndim == 3 else "gray")
+        frame.pts, frame.time_base = pts, self.time_base  # not stream.time_base: the muxer may change that
+        self._container.mux(self._stream.encode(frame))
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._worker.join()
+        try:
+            self._container.mux(self._stream.encode(None))  # flush the encoder's delayed frames
+            self._container.close()
+        except (OSError, av.FFmpegError) as exc:
+            raise RuntimeError(f"finishing {self.partial} failed: {io_reason(exc)}") from None
+
+    def commit(self) -> None:
+        """Encode what is queued, flush, close, remux into the final container and rename it to the final name
+        (atomic on one filesystem); the partial file is removed only then."""
+        self._finish()
+        remuxed = work_paths(self.path)[2]
+        try:
+            self._remux(remuxed)
+        except (OSError, av.FFmpegError) as exc:
+            remuxed.unlink(missing_ok=True)
+            raise RuntimeError(f"writing {self.path} from {self.partial} failed: {io_reason(exc)}") from None
+        os.replace(remuxed, self.path)
+        self.partial.unlink()
+
+    def _remux(self, dst: Path) -> None:
+        """Copy the partial file's packets into ``dst`` in the final container, with the tags."""
+        with av.open(str(self.partial)) as src, \
+                av.open(str(dst), mode="w", format=self._format, options=self._options) as out:
+            stream = out.add_stream_from_template(src.streams.video[0])
+            stream.time_base, stream.codec_context.framerate = self.time_base, self._rate
+            out.metadata.update(self._metadata)
+            for packet in src.demux(src.streams.video[0]):
+                if packet.size:  # the demuxer ends with an empty flush packet
+                    # NUT keeps no packet durations; without them the final file's duration and rate come out wrong
+                    packet.duration = packet.duration or round(1 / (self._rate * packet.time_base))
+                    packet.stream = stream
+                    out.mux(packet)
+
+    def abort(self) -> None:
+        """Encode what is queued, flush and close, keeping the temporary name (``--resume`` reads it); never raises."""
+        try:
+            if not self._finished:
+                self._finish()
+                return
+        except RuntimeError as exc:
+            log.warning("%s; it may be unreadable", exc)
+        try:
+            self._container.close()
+        except (OSError, av.FFmpegError):
+            pass  # already closed, or the disk is still full: the partial file is what it is
+
+
+def _muxer_options(fmt: str, time_base: Fraction) -> dict[str, str]:
+    """FFmpeg muxer options that keep the caller's integer pts (see :class:`VideoWriter`)."""
+    if fmt == "nut":
+        return {"avoid_negative_ts": "disabled"}
+    if fmt not in ("mp4", "mov"):
+        return {}
+    opts = {"movflags": "use_metadata_tags"}  # keep our own tags (the config, streamfuse_t0_ns)
+    if time_base.numerator == 1:
+        opts |= {"video_track_timescale": str(time_base.denominator), "movie_timescale": str(time_base.denominator)}
+    return opts
+
+
+def decode_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, np.ndarray]]:
+    """``(time in s, BGR image)`` of every frame of a video that decodes; stops quietly at a truncated end.
+
+    A file cut by a kill ends in a packet that reaches the end of the file: its data may be short, and a short
+    H.264 packet decodes into a damaged picture without any error, so that packet is left out.
+    """
+    size = Path(path).stat().st_size if Path(path).is_file() else None
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            decoder = stream.codec_context
+            for packet in container.demux(stream):
+                cut = size is not None and packet.size and packet.pos is not None and packet.pos + packet.size >= size
+                for frame in decoder.decode(None if cut or not packet.size else packet):
+                    yield frame.pts * stream.time_base, frame.to_ndarray(format="bgr24")
+                if cut:
+                    return
+    except (OSError, av.FFmpegError, IndexError) as exc:
+        log.info("stopped reading %s: %s", path, io_reason(exc))
+
