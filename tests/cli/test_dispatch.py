@@ -49,12 +49,13 @@ def test_each_command_reaches_its_own_main(capsys):
 
 
 @pytest.mark.parametrize("argv", [
+    [str(Path(sys.executable).with_name("streamfuse")), "run", "-h"],  # the console script pip installs
     [sys.executable, "-m", "streamfuse", "run", "-h"],
     [sys.executable, str(REPO / "run_stream.py"), "-h"],
     [sys.executable, str(REPO / "tools" / "evaluate.py"), "-h"],
     [sys.executable, str(REPO / "tools" / "bench_fuse.py"), "-h"],
     [sys.executable, str(REPO / "tools" / "bench_replay.py"), "-h"],
-], ids=["python -m streamfuse", "run_stream.py", "tools/evaluate.py", "tools/bench_fuse.py", "tools/bench_replay.py"])
+], ids=["streamfuse", "python -m streamfuse", "run_stream.py", "tools/evaluate.py", "tools/bench_fuse.py", "tools/bench_replay.py"])
 def test_documented_entry_points_run_from_anywhere(argv, tmp_path):
     # from another folder, so only the installed package (no checkout on sys.path) can answer
     proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
