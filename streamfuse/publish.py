@@ -102,6 +102,10 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "t_capture_ir_ns": _INT64, "t_capture_vis_ns": _INT64, "t_fused_ns": _INT64, "t_publish_ns": _INT64,
     "keyframe": (0, 1), "shm_slot": (0, MAX_SLOTS - 1), "shm_gen": (2, 2**63 - 2),
 }
+# Per format, its fields' ``(key, type)`` and its int fields' ``(key, (lo, hi))``, merged once here: the consumer
+# checks every message.
+_FIELD_CHECKS = {fmt: (tuple(fields.items()), tuple((k, r) for k, r in _INT_RANGES.items() if k in fields))
+                 for fmt in FORMATS for fields in [{**HEADER_FIELDS, **FORMAT_FIELDS.get(fmt, {})}]}
 _MAX_TIMING_MS = 1e12  # a stage latency beyond ~30 years is a forged number, not a measurement
 _clip = reprlib.Repr()  # values quoted in error messages stay short (a forged field may be 60 kB long)
 _clip.maxstring = _clip.maxother = _clip.maxlong = 40
@@ -453,7 +457,7 @@ def _encode_header(fused: FusedFrame, image: np.ndarray, *, seq: int, frame_id: 
 
 
 def _dumps(header: dict[str, Any]) -> bytes:
-    return json.dumps(header, separators=(",", ":"), default=_json_default).encode()
+    return _json_encoder.encode(header).encode()
 
 
 def _header(fused: FusedFrame, image: np.ndarray, *, seq: int, frame_id: str) -> dict[str, Any]:
@@ -554,14 +558,14 @@ def _check_fields(header: dict[str, Any]) -> None:
     if header.get("format") not in FORMATS:
         raise MalformedMessage(f"header field format={_clip.repr(header.get('format'))} is missing or not one of "
                                f"{' | '.join(FORMATS)}")
-    fields = {**HEADER_FIELDS, **FORMAT_FIELDS.get(header["format"], {})}
-    for key, tp in fields.items():
+    types, ranges = _FIELD_CHECKS[header["format"]]
+    for key, tp in types:
         value = header.get(key)
         if not isinstance(value, tp) or isinstance(value, bool):
             raise MalformedMessage(f"header field {key}={_clip.repr(value)} is missing or not "
                                    f"{getattr(tp, '__name__', tp)}")
-    for key, (lo, hi) in _INT_RANGES.items():
-        if key in fields and not lo <= header[key] <= hi:
+    for key, (lo, hi) in ranges:
+        if not lo <= header[key] <= hi:
             raise MalformedMessage(f"header field {key}={_clip.repr(header[key])} is out of range {lo}..{hi}")
     for stage, ms in header["timings_ms"].items():
         # int/float comparisons are exact for any int size; NaN fails the bound too
@@ -603,6 +607,9 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+_json_encoder = json.JSONEncoder(separators=(",", ":"), default=_json_default)  # made once: ~1.5 us a frame
 
 
 def _reachable_from_other_machines(endpoint: str) -> bool:
