@@ -90,10 +90,58 @@ def test_shared_memory_view_stays_intact_until_next_frame(rng: np.random.Generat
 
 
 @needs_shm
-@pytest.mark.parametrize("copy", [False, True], ids=["view", "copy"])
-def test_no_torn_frame_under_a_slow_reader(copy: bool) -> None:
-    """The writer runs flat out over a 2-slot pool while the reader is slower on purpose: each frame returned is the
-    one its header names, whole; the others are counted as missed."""
+def test_loaned_slot_is_nobodys_frame_until_committed() -> None:
+    with ShmPool(2, 64) as pool:
+        reader = PoolReader(pool.name)
+        slot, gen = pool.write(_uniform(1, (64,)))
+        loan_slot, view = pool.loan(64)
+        view[:] = 7
+        assert loan_slot != slot and reader.read(loan_slot, gen + 2, 64, copy=True) is None  # still being written
+        assert pool.commit(64) == (loan_slot, gen + 2)
+        np.testing.assert_array_equal(reader.read(loan_slot, gen + 2, 64, copy=True), 7)
+        abandoned, _ = pool.loan(64)
+        pool.cancel()
+        assert reader.read(abandoned, gen + 4, 64, copy=True) is None  # never committed: never a frame
+        reader.close()
+
+
+@needs_shm
+def test_loaned_frame_reaches_shared_memory_and_payload_consumers(rng: np.random.Generator) -> None:
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub:
+        assert pub.loan(image.shape).flags.writeable and pub.shm_pool == ""  # nobody reads a pool yet: private
+        with Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as local, \
+                Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as remote:
+            _loaned_round_trip(pub, local, remote, image)
+
+
+def _loaned_round_trip(pub: Publisher, local: Subscriber, remote: Subscriber, image: np.ndarray) -> None:
+    """Loaned frames of ``image`` reach ``local`` through shared memory and ``remote`` as the payload."""
+    _recv_shm(local, pub, _uniform(3))
+
+    def sent() -> bool:
+        loaned = pub.loan(image.shape)
+        loaned[:] = image
+        pub.send_fused(fused_frame(loaned))
+        assert not loaned.flags.writeable  # the slot belongs to the consumers once sent
+        got = local.recv(0.05), remote.recv(0.05)
+        holder[:] = got if None not in got and got[0][0]["format"] == "shm" else []
+        return bool(holder) and np.array_equal(got[1][1], image)  # not a frame queued before this loop
+
+    holder: list = []
+    wait_until(sent, "a loaned frame through shared memory and the payload")
+    (_, local_image), (remote_header, _) = holder
+    assert remote_header["format"] == "raw" and pub.shm_busy == 0
+    np.testing.assert_array_equal(local_image, image)
+
+
+@needs_shm
+@pytest.mark.parametrize(("copy", "loan"), [(False, False), (True, False), (False, True)],
+                         ids=["view", "copy", "loaned"])
+def test_no_torn_frame_under_a_slow_reader(copy: bool, loan: bool) -> None:
+    """The writer runs flat out over a 2-slot pool (copying each frame in, or making it in a loaned slot) while the
+    reader is slower on purpose: each frame returned is the one its header names, whole; the others are counted as
+    missed."""
     stop = threading.Event()
     with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=2, sndhwm=1000)) as pub, \
             Subscriber(pub.endpoint, timeout_s=PATIENCE_S, copy=copy, rcvhwm=1000) as sub:
@@ -101,7 +149,9 @@ def test_no_torn_frame_under_a_slow_reader(copy: bool) -> None:
 
         def write() -> None:
             while not stop.is_set():
-                pub.send_fused(fused_frame(_uniform(pub.published), 0))
+                image = pub.loan((48, 64, 3)) if loan else np.empty((48, 64, 3), np.uint8)
+                image[:] = pub.published % 251
+                pub.send_fused(fused_frame(image, 0))
 
         writer = threading.Thread(target=write, daemon=True)
         writer.start()

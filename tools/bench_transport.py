@@ -144,22 +144,34 @@ def _paced(send: Callable[[int], int], seconds: float, rate: float) -> int:
     return sent
 
 
+def _publish(pub: Publisher, frame: np.ndarray, seq: int, loan: bool) -> bool:
+    """``send_fused`` of ``frame``; with ``loan`` the frame is made in :meth:`Publisher.loan`'s array instead, as a
+    producer writing its output there would: only the first row is written, the producer's own write of the body
+    is not the transport's cost (it writes the body into its own array on the one-copy path too)."""
+    if loan:
+        image = pub.loan(frame.shape)
+        image[0] = frame[0]
+        frame = image
+    return pub.send_fused(_fused(frame, seq))
+
+
 def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> dict[str, float]:
     """Publish ``frames`` round and round for ``seconds`` at ``rate`` frames/s to a subscriber process (rate 0: as
-    fast as it takes them) in ``mode`` (raw, shm, jpeg, h264); adds the publisher's CPU ms per frame."""
+    fast as it takes them) in ``mode`` (raw, shm, loan, jpeg, h264); adds the publisher's CPU ms per frame."""
     endpoint = _free_endpoint()
     encoding = mode if mode in ("jpeg", "h264") else "raw"
-    cfg = dict(endpoint=endpoint, encoding=encoding, shm_slots=8 if mode == "shm" else 0)
+    shm, loan = mode in ("shm", "loan"), mode == "loan"
+    cfg = dict(endpoint=endpoint, encoding=encoding, shm_slots=8 if shm else 0)
     # Capacity: back-pressure instead of drops. The pool never makes its writer wait (wait_ms turns it off), so
     # over shared memory a frame refused by the full queue is offered again.
-    wait_ms = 0 if rate or mode == "shm" else 1000
+    wait_ms = 0 if rate or shm else 1000
     with Publisher(PublishConfig(**cfg, nodrop=not rate, wait_ms=wait_ms)) as pub:
-        rx = _Receiver(_sub_receiver, endpoint, 2, mode == "shm")
+        rx = _Receiver(_sub_receiver, endpoint, 2, shm)
         while not rx.ready.wait(0.01):
-            pub.send_fused(_fused(frames[0], 0))
+            _publish(pub, frames[0], 0, loan)
 
         def send(seq: int) -> int:
-            if pub.send_fused(_fused(frames[seq % len(frames)], seq)):
+            if _publish(pub, frames[seq % len(frames)], seq, loan):
                 return 1
             time.sleep(0)  # refused (capacity run over shared memory): let the reader run, then offer it again
             return 0
@@ -192,9 +204,9 @@ def _imagezmq(frames: list[np.ndarray], seconds: float, rate: float) -> dict[str
     return {**out, "sent": sent, "cpu_ms": cpu_ms}
 
 
-def _stall(image: np.ndarray, seconds: float, rate: float, peer: str, shm: bool) -> dict[str, float]:
-    """send_fused call times (ms) at ``rate`` with ``peer`` ``none``, one ``reading`` subscriber or one ``stalled``
-    (over shared memory with ``shm``)."""
+def _stall(image: np.ndarray, seconds: float, rate: float, peer: str, shm: bool, loan: bool) -> dict[str, float]:
+    """Publish call times (ms: loan and send_fused) at ``rate`` with ``peer`` ``none``, one ``reading`` subscriber or
+    one ``stalled`` (over shared memory with ``shm``, from a loaned slot with ``loan``)."""
     endpoint = _free_endpoint()
     with Publisher(PublishConfig(endpoint=endpoint, shm_slots=8 if shm else 0)) as pub:
         rx = None
@@ -202,11 +214,11 @@ def _stall(image: np.ndarray, seconds: float, rate: float, peer: str, shm: bool)
             rx = (_Receiver(_stalled_receiver, endpoint, shm) if peer == "stalled"
                   else _Receiver(_sub_receiver, endpoint, 2, shm))
         while rx is not None and not rx.ready.wait(0.01):
-            pub.send_fused(_fused(image, 0))
+            _publish(pub, image, 0, loan)
         dropped0, calls = pub.dropped, []
         for i in range(round(seconds * rate)):
             t0 = time.perf_counter()
-            pub.send_fused(_fused(image, i))
+            _publish(pub, image, i, loan)
             calls.append(time.perf_counter() - t0)
             time.sleep(max(0.0, 1.0 / rate - calls[-1]))
         got = rx.result() if rx is not None else {}
@@ -245,8 +257,8 @@ def _codec(frames: list[np.ndarray], mode: str, quality: int) -> dict[str, float
             "psnr": float(np.mean(psnr))}
 
 
-MODES = {"imagezmq": "imagezmq REQ/REP", "raw": "streamfuse raw PUB/SUB", "shm": "streamfuse shared memory",
-         "jpeg": "streamfuse jpeg", "h264": "streamfuse h264"}
+MODES = {"imagezmq": "imagezmq REQ/REP", "raw": "streamfuse raw PUB/SUB", "shm": "streamfuse shm, 1 copy",
+         "loan": "streamfuse shm, loaned", "jpeg": "streamfuse jpeg", "h264": "streamfuse h264"}
 
 
 def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
@@ -261,7 +273,7 @@ def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
     lat = {mode: (_imagezmq(frames, args.paced_seconds, args.rate) if mode == "imagezmq"
                   else _ours(frames, args.paced_seconds, args.rate, mode)) for mode in MODES}
     codecs = {mode: _codec(frames, mode, args.quality) for mode in ("jpeg", "h264")}
-    wire = {"imagezmq": nbytes, "raw": nbytes, "shm": 0, **{m: c["bytes"] for m, c in codecs.items()}}
+    wire = {"imagezmq": nbytes, "raw": nbytes, "shm": 0, "loan": 0, **{m: c["bytes"] for m, c in codecs.items()}}
     fps = {mode: float(np.median([r["fps"] for r in rs])) for mode, rs in runs.items()}
     print(f"capacity: median and best of {args.rounds} runs of {args.seconds:g} s; latency and publisher CPU: "
           f"{args.paced_seconds:g} s at {args.rate:g} frames/s, decoded image in hand minus publish time; bytes: image "
@@ -279,14 +291,22 @@ def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
         print(f"  {mode}: {c['bytes']:.0f} bytes/frame ({nbytes / c['bytes']:.1f}x fewer than raw), encode "
               f"{c['enc_ms']:.2f} ms, decode {c['dec_ms']:.2f} ms (medians, one core), PSNR {c['psnr']:.1f} dB"
               + (f" (quality {args.quality})" if mode == "jpeg" else " (crf 23, keyframe every 30)"))
-    print(f"send_fused call time at {args.rate:g} frames/s ({args.paced_seconds:g} s each):")
-    for shm in (False, True):
-        for peer in ("none", "reading", "stalled"):
-            r = _stall(frames[0], args.paced_seconds, args.rate, peer, shm)
-            name = f"{'shared memory' if shm else 'ZeroMQ raw'}, {peer} subscriber"
-            extra = f"; stalled one got {r['received']} of {r['calls']} when it read again" if peer == "stalled" else ""
-            print(f"  {name:34s} median {r['median_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  max {r['max_ms']:.3f} ms"
-                  f"{extra}")
+    _stall_report(frames[0], args)
+
+
+def _stall_report(image: np.ndarray, args: argparse.Namespace) -> None:
+    """Publish call times with no subscriber, one that reads and one that stalls; the stalled/reading ratio."""
+    print(f"publish call time (loan + send_fused) at {args.rate:g} frames/s ({args.paced_seconds:g} s each):")
+    for label, shm, loan in (("ZeroMQ raw", False, False), ("shm, 1 copy", True, False), ("shm, loaned", True, True)):
+        runs = {peer: _stall(image, args.paced_seconds, args.rate, peer, shm, loan)
+                for peer in ("none", "reading", "stalled")}
+        for peer, r in runs.items():
+            extra = ""
+            if peer == "stalled":
+                extra = (f"  {r['median_ms'] / runs['reading']['median_ms']:.2f}x reading; the stalled one got "
+                         f"{r['received']} of {r['calls']} when it read again")
+            print(f"  {label + ', ' + peer + ' subscriber':34s} median {r['median_ms']:.3f} ms  p99 "
+                  f"{r['p99_ms']:.3f} ms  max {r['max_ms']:.3f} ms{extra}")
 
 
 def main() -> None:
