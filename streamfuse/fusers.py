@@ -180,7 +180,8 @@ class RuleFuser(_Baseline):
 
     It is :func:`streamfuse.model.losses.fusion_target` on the raw IR with the numpy operators of
     :mod:`streamfuse.imageops` (the same kernels and borders), so that the model can be compared with the rule it was
-    trained towards. ``gain`` stays at that target's 1.2 (no config knob); ``sharpen`` and ``contrast`` act on its output as on the other baselines.
+    trained towards. ``gain`` stays at that target's 1.2 (no config knob); ``sharpen`` and ``contrast`` act on its
+    output as on the other baselines.
     """
 
     def __init__(self, sharpen: float = 0.0, contrast: float = 1.0, gain: float = 1.2, base_sigma: float = 8.0,

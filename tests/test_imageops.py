@@ -53,3 +53,12 @@ def test_laplacian_box_and_blur_on_known_images():
     torch.testing.assert_close(tensors.box_filter(flat, 3), flat)
     torch.testing.assert_close(tensors.gaussian_blur(flat, 3.0), flat)
     np.testing.assert_allclose(arrays.gaussian_blur(np.full((9, 9), 0.3), 3.0), 0.3)
+
+
+def test_kernels_first_made_in_inference_serve_autograd_too():
+    tensors._kernel.cache_clear()
+    with torch.inference_mode():
+        tensors.sobel(torch.rand(1, 1, 5, 5, dtype=torch.float64))  # caches the float64 kernels
+    x = torch.rand(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    tensors.gradient_magnitude(x).sum().backward()
+    assert torch.isfinite(x.grad).all()

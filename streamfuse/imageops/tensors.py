@@ -19,10 +19,10 @@ __all__ = ["box_filter", "gaussian_blur", "gradient_magnitude", "laplacian", "so
 @functools.lru_cache(maxsize=32)
 def _kernel(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The named 3x3 kernel on a device, copied there once."""
-    sobel_x = torch.tensor(SOBEL_X) * SOBEL_SCALE
-    k = {"lap": torch.tensor(LAPLACIAN), "sobel_x": sobel_x, "sobel_y": sobel_x.t()}[name]
     with torch.inference_mode(False):  # a normal tensor even if first asked for in inference: training reuses it
-        return k.to(device, dtype).contiguous()
+        sobel_x = torch.tensor(SOBEL_X, dtype=dtype) * SOBEL_SCALE
+        k = {"lap": torch.tensor(LAPLACIAN, dtype=dtype), "sobel_x": sobel_x, "sobel_y": sobel_x.t()}[name]
+        return k.to(device).contiguous()
 
 
 def _filter(x: torch.Tensor, name: str, *, adjoint: bool = False) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""tools/train.py: a few steps on generated pairs, weights + config written, resume continues, msrs/test excluded."""
+"""streamfuse.train (tools/train.py): a few steps on generated pairs, weights + config written, resume continues,
+msrs/test excluded, settings through the one override parser."""
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,17 +13,10 @@ import pytest
 import torch
 import yaml
 
+from streamfuse import train
+from streamfuse.train.cli import to_overrides
+
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "tools" / "train.py"
-
-
-def _train_module():
-    if "train_tool" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_tool", SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["train_tool"] = mod  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(mod)
-    return sys.modules["train_tool"]
 
 
 @pytest.fixture
@@ -41,14 +35,13 @@ def data(tmp_path: Path) -> Path:
 
 
 def test_load_pairs_reads_training_sets_only(data):
-    pairs = _train_module().load_pairs(data)
+    pairs = train.load_pairs(data)
     names = [name for name, _, _ in pairs]
     assert len(pairs) == 3 and not any(n.startswith("msrs/test") for n in names)
     assert all(ir.ndim == 2 and vis.ndim == 2 and ir.dtype == np.uint8 for _, ir, vis in pairs)
 
 
 def test_train_few_steps_then_resume(data, tmp_path, caplog):
-    train = _train_module()
     out = tmp_path / "run"
     common = ["--data", str(data), "--out", str(out), "--batch", "2", "--crop", "32", "--warmup", "1",
               "--threads", str(torch.get_num_threads()), "--ckpt-minutes", "100", "--model.widths", "4", "8",
@@ -76,7 +69,7 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
 
 def test_missing_data_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no training pairs") as info:
-        _train_module().main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--steps", "1"])
+        train.main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--steps", "1"])
     assert "\n" not in str(info.value)
 
 
@@ -90,14 +83,14 @@ def test_init_takes_matching_tensors_and_refuses_another_architecture(data, tmp_
     save_weights(tmp_path / "start.pt", start)
     common = ["--data", str(data), "--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes", "100",
               "--model.denoiser_width", "4", "--init", str(tmp_path / "start.pt"), "--steps", "1"]
-    _train_module().main([*common, "--model.widths", "4", "8", "--out", str(tmp_path / "run"), "--lr", "1e-9"])
+    train.main([*common, "--model.widths", "4", "8", "--out", str(tmp_path / "run"), "--lr", "1e-9"])
     net, _ = load_weights(tmp_path / "run" / "hclfuse_v3.pt")
     torch.testing.assert_close(net.decoder.head.bias, torch.full((3,), 0.25), atol=1e-4, rtol=0)
     with caplog.at_level("INFO", logger="train"):  # another width: only the shape-independent tensors carry over
-        _train_module().main([*common, "--model.widths", "8", "8", "--out", str(tmp_path / "other")])
+        train.main([*common, "--model.widths", "8", "8", "--out", str(tmp_path / "other")])
     assert "left at initialisation" in caplog.text
     with pytest.raises(SystemExit, match="tensors match the model config") as info:
-        _train_module().main([*common, "--model.widths", "2", "2", "--model.denoiser_width", "2",
+        train.main([*common, "--model.widths", "2", "2", "--model.denoiser_width", "2",
                               "--model.latent_channels", "3", "--out", str(tmp_path / "third")])
     assert "\n" not in str(info.value)
 
@@ -107,7 +100,7 @@ def test_distillation_trains_only_the_student(data, tmp_path):
 
     tiny = ModelConfig(widths=(4, 8), denoiser_width=4)
     save_weights(tmp_path / "start.pt", HCLFuseNet(tiny))
-    _train_module().main(["--data", str(data), "--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes",
+    train.main(["--data", str(data), "--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes",
                           "100", "--model.widths", "4", "8", "--model.denoiser_width", "4", "--init",
                           str(tmp_path / "start.pt"), "--steps", "2", "--distill", "--teacher_steps", "3",
                           "--out", str(tmp_path / "run")])
@@ -116,3 +109,30 @@ def test_distillation_trains_only_the_student(data, tmp_path):
     old, new = before.state_dict(), after.state_dict()
     moved = {k.split(".")[0] for k in old if not torch.equal(old[k], new[k])}
     assert moved == {"student"}
+
+
+def test_flags_become_dotted_overrides_of_the_one_parser():
+    assert to_overrides(["--steps", "3", "--model.widths", "4", "8", "--distill", "--lr", "1e-3", "--loss.kl=0"]) == [
+        "train.steps=3", "model.widths=[4, 8]", "train.distill=true", "train.lr=1.0e-3", "loss.kl=0"]
+    assert train.load_setup(to_overrides(["--lr", "1e-9", "--minutes", "2.5e1"])).train.lr == 1e-9
+    setup = train.load_setup(to_overrides(["--teacher_steps", "3", "--model.widths", "4", "8", "--align.reg", "5e-2"]))
+    assert setup.train.teacher_steps == 3 and setup.model.widths == (4, 8) and setup.align.reg == 0.05
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--stepz", "3"], "unknown config key train.stepz"),
+    (["--steps", "many"], "train.steps='many' has the wrong type"),
+    (["--crop", "30"], "crop=30 is out of range"),
+    (["--optim.lr", "1"], "unknown config section optim"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_bad_settings_are_one_line(tmp_path, argv, match):
+    with pytest.raises(SystemExit, match=match) as info:
+        train.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
+    assert "\n" not in str(info.value)
+
+
+def test_entry_point_runs_without_path_edits(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--model.widths" in proc.stdout and "--teacher_steps" in proc.stdout

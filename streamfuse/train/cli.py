@@ -1,0 +1,99 @@
+"""Train HCLFuse (VBE + latent denoiser) on registered IR/visible pairs, keeping EMA weights for inference.
+
+Two stages, one command:
+
+1. ``tools/train.py --out runs/a`` trains the VBE, the decoder and the teacher denoiser with the method's losses.
+2. ``tools/train.py --distill --init runs/a/hclfuse_v3.pt --out runs/b`` freezes them and distils the student.
+
+Settings are ``--key value`` for the optimisation (``train`` section: ``--steps 40000 --lr 1e-3``) and
+``--section.key value`` for the others (``--model.widths 16 24``, ``--loss.gradient 40``, ``--align.reg 0.05``);
+``--key=value`` works too, a value is read as YAML and a bare boolean flag means true (``--distill``). Checkpoints
+(model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; --resume continues
+from there. At the end OUT/hclfuse_v3.pt holds the EMA weights and OUT/train_config.yaml the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import textwrap
+from pathlib import Path
+
+from streamfuse.train.config import SECTIONS, load_setup
+from streamfuse.train.data import DEFAULT_DATA
+from streamfuse.train.loop import run_training
+
+__all__ = ["main", "to_overrides"]
+
+log = logging.getLogger("train")
+
+# numbers PyYAML's YAML 1.1 resolver keeps as strings: no dot before the exponent (1e-3) or no exponent sign (1.5e3)
+_EXPONENT = re.compile(r"([-+]?[0-9]+(?:\.[0-9]*)?)[eE]([-+]?)([0-9]+)")
+
+
+def _value(tokens: list[str]) -> str:
+    """The YAML text of a flag's values: none is ``true``, several are a list."""
+    texts = [_EXPONENT.sub(lambda m: f"{float(m[1])!r}e{m[2] or '+'}{m[3]}", t) if _EXPONENT.fullmatch(t) else t
+             for t in tokens]
+    if not texts:
+        return "true"
+    return texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+
+
+def to_overrides(args: list[str]) -> list[str]:
+    """``--steps 3 --model.widths 4 8 --distill`` -> ``["train.steps=3", "model.widths=[4, 8]", "train.distill=true"]``.
+
+    Raises:
+        ValueError: a token that is not a flag or a flag's value.
+    """
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        if not flag.startswith("--") or flag == "--":
+            raise ValueError(f"unexpected argument {flag!r}; settings are --key value or --section.key value")
+        key, eq, text = flag[2:].partition("=")
+        j = i + 1
+        while not eq and j < len(args) and not args[j].startswith("--"):
+            j += 1
+        value = text if eq else _value(args[i + 1:j])
+        overrides.append(f"{key if '.' in key else 'train.' + key}={value}")
+        i = j
+    return overrides
+
+
+def _settings_help() -> str:
+    """Every setting with its default, one paragraph per section."""
+    lines = ["settings (defaults):"]
+    for name, cls in SECTIONS.items():
+        prefix = "" if name == "train" else f"{name}."
+        flags = []
+        for f in dataclasses.fields(cls):
+            default = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default)
+            flags.append(f"--{prefix}{f.name} {default}".replace(" ", "\xa0"))  # kept on one line by the wrap
+        wrapped = textwrap.wrap(", ".join(flags), 118, initial_indent="  ", subsequent_indent="    ")
+        lines += [line.replace("\xa0", " ") for line in wrapped]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The training command: parse ``argv``, run, exit with one line on bad input."""
+    parser = argparse.ArgumentParser(description=__doc__, epilog=_settings_help(), allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="data folder (default: STREAMFUSE_DATA, else ../shared/data)")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--ckpt-minutes", type=float, default=3.0, help="checkpoint interval (3)")
+    parser.add_argument("--init", type=Path, help="weights file whose tensors start the run (fine-tuning)")
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        setup = load_setup(to_overrides(rest))
+        path = run_training(args.data, args.out, setup, resume=args.resume, ckpt_minutes=args.ckpt_minutes,
+                            init=args.init)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"train: {exc}") from None
+    log.info("EMA weights: %s", path)

@@ -1,0 +1,99 @@
+"""Training settings: :class:`TrainConfig` (optimisation) and :class:`TrainSetup`, the four sections a run resolves.
+
+A run is configured by ``section.key=value`` overrides of the defaults (``train``, ``model``, ``loss``, ``align``),
+read by :func:`streamfuse.config.apply_overrides` and validated by :func:`streamfuse.config.parse_section`, the
+parser and checks the pipeline's own config uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamfuse.align import AlignConfig
+from streamfuse.config import apply_overrides, check, parse_section
+from streamfuse.model.losses import LossConfig
+from streamfuse.model.net import ModelConfig
+
+__all__ = ["SECTIONS", "TrainConfig", "TrainSetup", "load_setup"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Args:
+        steps: optimiser steps of the schedule.
+        minutes: wall-clock budget; the schedule ends at whichever of steps and minutes comes first (0: none).
+        batch: pairs per step.
+        crop: square crop side (px), a multiple of the net's stride 8.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup: linear warm-up steps before the cosine decay.
+        ema: decay of the exponential moving average kept for inference.
+        seed: seed of the weights' initialisation, the batches and the noise.
+        threads: torch CPU threads.
+        distill: stage 2, distil the student from the frozen teacher (see :mod:`streamfuse.train.distill`).
+        teacher_steps: DDIM steps of the teacher the student is distilled from.
+        guidance_scale: of the guided samplers the student is distilled from and with.
+    """
+
+    steps: int = 20000
+    minutes: float = 0.0
+    batch: int = 8
+    crop: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 200
+    ema: float = 0.999
+    seed: int = 0
+    threads: int = 2
+    distill: bool = False
+    teacher_steps: int = 20
+    guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, "steps", self.steps, ">= 1")
+        check(self.minutes >= 0, "minutes", self.minutes, ">= 0 (0 = no budget)")
+        check(self.batch >= 1, "batch", self.batch, ">= 1")
+        check(self.crop >= 8 and self.crop % 8 == 0, "crop", self.crop, "a positive multiple of 8")
+        check(self.lr > 0 and self.weight_decay >= 0, "lr", self.lr, "> 0 (and weight_decay >= 0)")
+        check(self.warmup >= 1, "warmup", self.warmup, ">= 1")
+        check(0 <= self.ema < 1, "ema", self.ema, "0 <= ema < 1")
+        check(self.threads >= 1, "threads", self.threads, ">= 1")
+        check(1 <= self.teacher_steps <= 20, "teacher_steps", self.teacher_steps, "1..20")
+        check(0 <= self.guidance_scale <= 10, "guidance_scale", self.guidance_scale, "0 .. 10")
+
+
+#: The sections of a training run, in the order they are saved.
+SECTIONS: dict[str, type] = {"train": TrainConfig, "model": ModelConfig, "loss": LossConfig, "align": AlignConfig}
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """Everything a training run is configured by."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain mapping of every section (written beside the run's outputs)."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def load_setup(overrides: list[str]) -> TrainSetup:
+    """The defaults with ``section.key=value`` overrides applied and validated.
+
+    Raises:
+        ValueError: one line naming the bad key or value and what is allowed.
+    """
+    data = apply_overrides({}, overrides)
+    for name, value in data.items():
+        if name not in SECTIONS:
+            raise ValueError(f"unknown config section {name}; allowed sections: {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}={value!r}: give one of its keys, {name}.<key>=value")
+    return TrainSetup(**{name: parse_section(cls, data.get(name, {}), name) for name, cls in SECTIONS.items()})

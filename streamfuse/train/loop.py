@@ -1,0 +1,191 @@
+"""The training loop (nanoGPT-style, one loop for both stages): AdamW with warm-up and cosine decay, EMA weights
+for inference, checkpoints that resume exactly, the resolved configuration written beside the outputs.
+
+Stage 1 trains the VBE, the decoder and the teacher denoiser with the method's losses
+(:func:`streamfuse.model.losses.hclfuse_losses`); stage 2 (``train.distill``) freezes them and distils the student
+(:mod:`streamfuse.train.distill`). ``init`` starts a run from the tensors of a weights file whose names and shapes
+match (fine-tuning; the rest keep their initialisation, a missing student starts as a copy of the teacher).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from streamfuse.engine import tune_malloc
+from streamfuse.model.losses import hclfuse_losses
+from streamfuse.model.net import HCLFuseNet
+from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
+from streamfuse.train.config import TrainConfig, TrainSetup
+from streamfuse.train.data import PairSampler, load_pairs
+from streamfuse.train.distill import distill_losses
+
+__all__ = ["run_training"]
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class _Run:
+    """The mutable state of a run: what a checkpoint holds."""
+
+    net: HCLFuseNet
+    ema: HCLFuseNet
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    gen: torch.Generator
+    rng: np.random.Generator
+    step: int = 0
+    elapsed: float = 0.0
+
+    def state(self, resolved: dict) -> dict:
+        return {"net": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state, "step": self.step,
+                "elapsed": self.elapsed, "config": resolved}
+
+    def restore(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.rng.bit_generator.state = state["rng"]
+        self.step, self.elapsed = state["step"], state["elapsed"]
+
+
+def _progress(step: int, elapsed: float, cfg: TrainConfig) -> float:
+    """Fraction of the run done: by steps, or by the wall-clock budget when that comes first."""
+    p = step / cfg.steps
+    return max(p, elapsed / (cfg.minutes * 60.0)) if cfg.minutes > 0 else p
+
+
+def _lr(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay (over ``progress``) to 5% of ``lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _load_matching(net: HCLFuseNet, path: Path) -> None:
+    """Copy the tensors of a weights file whose names and shapes match ``net``'s; a missing student copies the
+    teacher. Logs what was left at its initialisation."""
+    _, state, _ = read_weights(path, any_version=True, check_model=False)
+    own = net.state_dict()
+    if not any(k.startswith("student.") for k in state):
+        state.update({"student." + k[len("denoiser."):]: v for k, v in state.items() if k.startswith("denoiser.")})
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if 2 * len(taken) < len(state):  # another architecture: a few coincident bias shapes are no starting point
+        raise ValueError(f"{path}: only {len(taken)} of its {len(state)} tensors match the model config {net.cfg}")
+    net.load_state_dict(taken, strict=False)
+    left = sorted(set(own) - set(taken))
+    log.info("init from %s: %d tensors loaded, %d left at initialisation %s", path, len(taken), len(left), left[:6])
+
+
+def _start(setup: TrainSetup, init: Path | None) -> _Run:
+    """A fresh run: seeded initialisation (or ``init``'s tensors), EMA copy, optimiser over what learns."""
+    cfg = setup.train
+    torch.manual_seed(cfg.seed)  # the entry point's run, not library code: seeds the weight initialisation
+    net = HCLFuseNet(setup.model)
+    if init is not None:
+        _load_matching(net, init)
+    if cfg.distill:  # only the student learns; the teacher, encoder and decoder stay as loaded
+        net.requires_grad_(False).student.requires_grad_(True)
+    ema = HCLFuseNet(setup.model).requires_grad_(False)
+    ema.load_state_dict(net.state_dict())
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return _Run(net, ema, opt, params, torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed))
+
+
+def _losses(run: _Run, sampler: PairSampler, setup: TrainSetup) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch, of the stage ``setup`` trains."""
+    cfg, model = setup.train, setup.model
+    ir01, vis01, ir_raw = sampler.batch(cfg.batch)
+    c, s = model.latent_channels, cfg.crop // HCLFuseNet.stride
+    eps = torch.randn((cfg.batch, c, s, s), generator=run.gen)
+    if cfg.distill:
+        return distill_losses(run.net, ir01, vis01, ir_raw, eps, cfg)
+    t = torch.randint(0, model.num_train_timesteps, (cfg.batch,), generator=run.gen)
+    e0 = torch.randn((cfg.batch, c, s, s), generator=run.gen)
+    out = run.net.train_outputs(ir01, vis01, ir_raw, t, eps, e0)
+    return hclfuse_losses(out, ir01, vis01, ir_raw, eps, setup.loss, model.image_channels)
+
+
+def _optimise(run: _Run, total: torch.Tensor, cfg: TrainConfig) -> None:
+    """One AdamW step on ``total`` (gradients clipped to norm 1), then the EMA update."""
+    for group in run.opt.param_groups:
+        group["lr"] = _lr(run.step, _progress(run.step, run.elapsed, cfg), cfg)
+    run.opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.opt.step()
+    with torch.no_grad():
+        decay = min(cfg.ema, (1 + run.step) / (10 + run.step))
+        for pe, p in zip(run.ema.parameters(), run.net.parameters()):
+            pe.lerp_(p, 1.0 - decay)
+
+
+def _save(run: _Run, out: Path, setup: TrainSetup, resolved: dict) -> None:
+    """Write the checkpoint (atomically) and the EMA weights."""
+    ckpt = out / "checkpoint.pt"
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save(run.state(resolved), str(tmp))
+    tmp.replace(ckpt)
+    save_weights(out / DEFAULT_WEIGHTS.name, run.ema, extra={"align": asdict(setup.align), "step": run.step,
+                                                             "train_seconds": round(run.elapsed, 1),
+                                                             "config": resolved})
+
+
+def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = False, ckpt_minutes: float = 3.0,
+                 init: Path | None = None) -> Path:
+    """Train on the pairs under ``data``, writing checkpoints, EMA weights and the resolved config to ``out``.
+
+    Args:
+        data: the data folder (see :mod:`streamfuse.train.data`).
+        out: output folder (created).
+        setup: the run's configuration.
+        resume: continue from ``out/checkpoint.pt`` when it exists.
+        ckpt_minutes: wall-clock interval between checkpoints.
+        init: weights file whose matching tensors start the run.
+
+    Returns:
+        The path of the EMA weights file.
+    """
+    cfg = setup.train
+    torch.set_num_threads(cfg.threads)
+    tune_malloc()
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = setup.to_dict()
+    resolved["train"]["init"] = str(init) if init else None
+    (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    run = _start(setup, init)
+    if resume and (out / "checkpoint.pt").exists():
+        run.restore(torch.load(str(out / "checkpoint.pt"), map_location="cpu", weights_only=True))
+        log.info("resumed from %s at step %d", out / "checkpoint.pt", run.step)
+    pairs = load_pairs(data)
+    sampler = PairSampler(pairs, setup.align, cfg.crop, run.rng)
+    log.info("%d training pairs from %s", len(pairs), data)
+    t_start, last_ckpt = time.perf_counter() - run.elapsed, time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=run.step, mininterval=10.0, dynamic_ncols=True)
+    run.net.train()
+    while _progress(run.step, run.elapsed, cfg) < 1.0:
+        losses = _losses(run, sampler, setup)
+        _optimise(run, losses["total"], cfg)
+        run.step += 1
+        run.elapsed = time.perf_counter() - t_start
+        bar.update(1)
+        if run.step % 20 == 0:
+            bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
+        if time.perf_counter() - last_ckpt > ckpt_minutes * 60 or _progress(run.step, run.elapsed, cfg) >= 1.0:
+            _save(run, out, setup, resolved)
+            last_ckpt = time.perf_counter()
+            log.info("step %d  %.0f s  %s", run.step, run.elapsed, {k: round(v.item(), 5) for k, v in losses.items()})
+    bar.close()
+    return out / DEFAULT_WEIGHTS.name
