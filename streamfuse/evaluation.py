@@ -195,24 +195,13 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         The per-image rows and per-method means (metrics in :data:`streamfuse.metrics.METRICS` order, ``ms`` =
         median fusion time per frame for fusers, NaN for fused folders).
     """
-    if not methods:
-        raise ValueError("nothing to score: give at least one fused folder, fuser or config")
-    names = [m.name for m in methods]
-    if len(set(names)) != len(names):
-        raise ValueError(f"method names must be unique, got {names}")
-    if reference is not None and reference not in names:
-        raise ValueError(f"reference {reference!r} is not one of the methods {names}")
+    _check_methods(methods, reference)
     pairs = find_pairs(dir_ir, dir_vis, limit)
     for m in methods:
         _warn_carry_over(m)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fusers = [m for m in methods if m.fuser is not None]
-    save_dirs: dict[str, Path] = {}
-    if save_dir is not None:
-        for m in fusers:
-            save_dirs[m.name] = Path(save_dir) / _safe(m.name) if len(fusers) > 1 else Path(save_dir)
-            save_dirs[m.name].mkdir(parents=True, exist_ok=True)
+    save_dirs = _save_dirs([m for m in methods if m.fuser is not None], save_dir)
     fused_files = {m.name: _images(m.fused_dir, f"fused ({m.name})") for m in methods if m.fused_dir is not None}
     shown = set(_montage_stems(pairs, montage_rows))
     tiles: dict[str, list[np.ndarray]] = {}
@@ -223,51 +212,26 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         ir, vis_y = read_grey(ir_path), read_grey(vis_path)
         if ir.shape != vis_y.shape:
             raise ValueError(f"{stem}: IR {ir.shape} and visible {vis_y.shape} differ in size (register them first)")
-        if stem in shown:
-            tiles[stem] = [_tile(ir, f"IR {stem}"), _tile(vis_y, "visible")]
         pixels[stem] = ir.size
-        outputs: dict[str, np.ndarray] = {}
+        outputs = {}
         for m in methods:
-            ms = float("nan")
-            if m.fuser is not None:
-                t0 = time.perf_counter()
-                fused = m.fuser.fuse(ir, vis_y)
-                ms = (time.perf_counter() - t0) * 1e3
-                fused = metrics.to_8bit(fused).astype(np.uint8)  # scored, saved and shown as the saved 8-bit image
-                if m.name in save_dirs:
-                    _save_png(save_dirs[m.name] / f"{stem}.png", fused)
-            elif stem in fused_files[m.name]:
-                fused = read_grey(fused_files[m.name][stem])
-            else:
+            scored = _score(m, stem, ir, vis_y, save_dirs.get(m.name), fused_files.get(m.name, {}))
+            if scored is None:
                 result.missing[m.name] += 1
                 continue
-            if fused.shape != ir.shape:
-                raise ValueError(f"{m.name}/{stem}: fused size {fused.shape} differs from the sources' {ir.shape}")
-            result.rows.append({"method": m.name, "image": stem, **metrics.evaluate_pair(fused, ir, vis_y), "ms": ms})
-            outputs[m.name] = fused
-            if stem in shown:
-                tiles[stem].append(_tile(fused, m.name))
+            outputs[m.name], row = scored
+            result.rows.append(row)
         if reference is not None:
-            ref = outputs.get(reference)
-            for row in result.rows[len(result.rows) - len(outputs):]:
-                diff = None if ref is None else outputs[row["method"]].astype(np.float64) - ref
-                row["delta_grey"] = float("nan") if diff is None else float(np.abs(diff).mean())
-                row["mse_ref"] = float("nan") if diff is None else float(np.square(diff).mean())
+            _compare(result.rows[len(result.rows) - len(outputs):], outputs, outputs.get(reference))
+        if stem in shown:
+            tiles[stem] = [_tile(ir, f"IR {stem}"), _tile(vis_y, "visible"), *(_tile(f, n) for n, f in outputs.items())]
 
     for m in methods:
-        rows = [r for r in result.rows if r["method"] == m.name]
         if result.missing[m.name]:
             log.warning("%s: %d of %d fused images missing", m.name, result.missing[m.name], len(pairs))
+        rows = [r for r in result.rows if r["method"] == m.name]
         if rows:
-            result.means[m.name] = {k: float(np.mean([r[k] for r in rows])) for k in metrics.METRICS}
-            ms = [r["ms"] for r in rows]
-            result.means[m.name]["ms"] = float(np.median(ms)) if m.fuser is not None else float("nan")
-            result.means[m.name]["n"] = len(rows)
-            if reference is not None:
-                weights = [pixels[r["image"]] for r in rows]
-                result.means[m.name]["delta_grey"] = float(np.average([r["delta_grey"] for r in rows], weights=weights))
-                mse = float(np.average([r["mse_ref"] for r in rows], weights=weights))
-                result.means[m.name]["psnr_ref"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
+            result.means[m.name] = _means(rows, m.fuser is not None, pixels if reference is not None else None)
         if m.config is not None:
             dump_config(m.config, out_dir / f"{Path(m.config.source_file).stem}.resolved.yaml")
 
@@ -275,6 +239,68 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     (out_dir / "metrics.md").write_text(markdown_table(result.means) + "\n")
     _write_montage(out_dir / "montage.png", tiles)
     return result
+
+
+def _check_methods(methods: list[Method], reference: str | None) -> None:
+    if not methods:
+        raise ValueError("nothing to score: give at least one fused folder, fuser or config")
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique, got {names}")
+    if reference is not None and reference not in names:
+        raise ValueError(f"reference {reference!r} is not one of the methods {names}")
+
+
+def _save_dirs(fusers: list[Method], save_dir: str | Path | None) -> dict[str, Path]:
+    """Where each fuser's outputs go: ``save_dir`` itself for one fuser, ``save_dir/<method>`` for several."""
+    dirs = {}
+    if save_dir is not None:
+        for m in fusers:
+            dirs[m.name] = Path(save_dir) / _safe(m.name) if len(fusers) > 1 else Path(save_dir)
+            dirs[m.name].mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def _score(m: Method, stem: str, ir: np.ndarray, vis_y: np.ndarray, save_dir: Path | None,
+           fused_files: dict[str, Path]) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Method ``m``'s 8-bit output for one pair and its row of metrics; None when its fused folder lacks the image."""
+    ms = float("nan")
+    if m.fuser is not None:
+        t0 = time.perf_counter()
+        fused = m.fuser.fuse(ir, vis_y)
+        ms = (time.perf_counter() - t0) * 1e3
+        fused = metrics.to_8bit(fused).astype(np.uint8)  # scored, saved and shown as the saved 8-bit image
+        if save_dir is not None:
+            _save_png(save_dir / f"{stem}.png", fused)
+    elif stem in fused_files:
+        fused = read_grey(fused_files[stem])
+    else:
+        return None
+    if fused.shape != ir.shape:
+        raise ValueError(f"{m.name}/{stem}: fused size {fused.shape} differs from the sources' {ir.shape}")
+    return fused, {"method": m.name, "image": stem, **metrics.evaluate_pair(fused, ir, vis_y), "ms": ms}
+
+
+def _compare(rows: list[dict[str, Any]], outputs: dict[str, np.ndarray], ref: np.ndarray | None) -> None:
+    """Add each row's mean |F - F_ref| and squared difference to the reference output (NaN where it has none)."""
+    for row in rows:
+        diff = None if ref is None else outputs[row["method"]].astype(np.float64) - ref
+        row["delta_grey"] = float("nan") if diff is None else float(np.abs(diff).mean())
+        row["mse_ref"] = float("nan") if diff is None else float(np.square(diff).mean())
+
+
+def _means(rows: list[dict[str, Any]], timed: bool, pixels: dict[str, int] | None) -> dict[str, float]:
+    """One method's means: every metric, the median ms (NaN when not run here), pairs scored and, with ``pixels``
+    (per image), the pixel-weighted delta grey and the PSNR against the reference."""
+    means = {k: float(np.mean([r[k] for r in rows])) for k in metrics.METRICS}
+    means["ms"] = float(np.median([r["ms"] for r in rows])) if timed else float("nan")
+    means["n"] = len(rows)
+    if pixels is not None:
+        weights = [pixels[r["image"]] for r in rows]
+        means["delta_grey"] = float(np.average([r["delta_grey"] for r in rows], weights=weights))
+        mse = float(np.average([r["mse_ref"] for r in rows], weights=weights))
+        means["psnr_ref"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
+    return means
 
 
 def _safe(name: str) -> str:
