@@ -9,10 +9,10 @@ import av
 import numpy as np
 import pytest
 
-from streamfuse.capture.sources import SourceConfig, SourceError, open_source
-from streamfuse.frames import Frame
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder, decode_image
 from streamfuse.video import VideoWriter, decode_frames
 

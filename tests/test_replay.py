@@ -22,13 +22,13 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, SyntheticScene, open_source
 from streamfuse.config import config_from_dict
+from streamfuse.frames import Frame
 from streamfuse.fusers import build_fuser
 from streamfuse.postprocess import restore_colour, vis_luma
-from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.replay import ReplayError, find_pairs, run_replay
-from streamfuse.video import VideoWriter, decode_frames
 from streamfuse.sync import Pairer, SyncConfig
+from streamfuse.video import VideoWriter, decode_frames
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENCE_S = 60.0  # how long a test waits for an event that must happen (a loaded machine can be slow)

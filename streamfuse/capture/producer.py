@@ -6,12 +6,12 @@ oldest capture time first, or :class:`ProducerEvent` lines when a producer ends 
 and restarted with exponential back-off when its config says ``restart``. Not retried (reported once, final): a
 source that never delivered a frame (wrong path or camera index: a configuration error), and a file, folder or
 recording that reported an error (a corrupt file fails at the same frame again). A file, folder or recording
-restarted after a crash resumes after the last frame delivered, so offline replay loses nothing; a live source
-continues its sequence numbers.
+restarted after a crash resumes after the last frame delivered, so no frame comes twice; a live source continues its
+sequence numbers.
 
 Typical use (the pipeline's loop)::
 
-    with start_producers(cfg.ir, cfg.vis, offline=False) as producers:
+    with start_producers(cfg.ir, cfg.vis) as producers:
         while not producers.done:
             item = producers.get(timeout=0.1)
             if isinstance(item, Frame):
@@ -19,41 +19,31 @@ Typical use (the pipeline's loop)::
             elif isinstance(item, ProducerEvent) and not item.restarting:
                 ...  # this source is finished (eos, or an error already logged in one line)
 
-Modes:
-
-- live (``offline=False``): ``latest`` rings (newest wins, overwritten frames counted as drops); ``get`` returns
-  whatever is available, oldest first.
-- offline (``offline=True``): ``block`` rings (back-pressure, nothing dropped) and ``get`` merges the sources by
-  capture time, waiting for each running source's next frame, so pairing sees every frame in order. End of a
-  stream is always final (``eos`` event), never a restart.
+The rings are ``latest`` rings (newest wins, overwritten frames counted as drops) and ``get`` returns whatever is
+available, oldest first: this is the live path. Offline replay reads its inputs in its own process, every frame
+and in order (``streamfuse.replay.inputs``).
 
 Stalls: a producer that stays silent (no frame written, its ring empty) for longer than its frame interval times
 ``stall_factor`` (or, before its first frame, :data:`FIRST_FRAME_S`) is reported in one line and counted (``stalls``
-in :meth:`Producers.stats`); live it is killed and restarted like a dead one. Offline it is only reported: the
-time-ordered merge waits for it and nothing is lost by waiting.
+in :meth:`Producers.stats`), killed and restarted like a dead one.
 
-Children are forked from a server process that has already imported this module (``forkserver``, where the
-platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT (the parent handles
-Ctrl-C and calls :meth:`Producers.stop`), exit when the parent dies, and stop within ``timeout`` seconds of
-:meth:`Producers.stop` (else they are terminated, then killed). A start first frees the shared memory of runs that
-were killed as a whole (see ``shm_ring.remove_stale``).
+The processes themselves (forked from a preloaded server, SIGINT ignored, gone with their parent) are
+``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are terminated,
+then killed). A start first frees the shared memory of runs that were killed as a whole (``shm_ring.remove_stale``).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
-import signal
-import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streamfuse.capture.shm_ring import SHM_DIR, ShmRing, named_semaphore, process_alive, remove_stale
-from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
+from streamfuse.capture.producer_process import StopFlag, describe_exit, process_context, start_process
+from streamfuse.capture.shm_ring import SHM_DIR, ShmRing, named_semaphore, remove_stale
+from streamfuse.capture.sources import SourceConfig
 from streamfuse.frames import Frame
 
 __all__ = ["ProducerEvent", "Producers", "start_producers"]
@@ -61,19 +51,9 @@ __all__ = ["ProducerEvent", "Producers", "start_producers"]
 log = logging.getLogger(__name__)
 
 _STABLE_S = 5.0  # a producer that ran this long resets the back-off
-_LIVE_SLOTS, _OFFLINE_SLOTS = 3, 8
+_SLOTS = 3  # ring slots per source: a live consumer wants the newest frame, not a backlog
 FIRST_FRAME_S = 30.0  # start-up allowance before a producer's first frame (stream open timeouts are 10 s + 5 s)
 _KILL_WAIT_S = 0.5  # a stalled producer killed: how long to wait for it before the next supervision round
-
-
-def _context() -> Any:
-    """``forkserver`` with this module preloaded where the platform has it (a restart forks an already-imported
-    process: no interpreter start-up and no imports of numpy, OpenCV and PyAV on the way back); ``spawn`` elsewhere."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    return ctx
 
 
 @dataclass(frozen=True)
@@ -93,92 +73,6 @@ class ProducerEvent:
     message: str
     restarting: bool = False
     retry_in_s: float = 0.0
-
-
-class _StopFlag:
-    """A process-shared stop flag that a killed process cannot wedge.
-
-    ``multiprocessing.Event`` is built on a Condition: a child SIGKILLed inside ``Event.wait`` leaves a sleeper
-    count behind and the next ``Event.set`` waits for it forever. A lock-free shared byte polled every 20 ms
-    has no such state.
-    """
-
-    _POLL_S = 0.02
-
-    def __init__(self, ctx: Any) -> None:
-        self._flag = ctx.RawValue("b", 0)
-        self._owner_pid = os.getpid()
-
-    def set(self) -> None:
-        self._flag.value = 1
-
-    def is_set(self) -> bool:
-        """True once set, and in a child also once the consumer has died (so no producer outlives it). Asked by
-        pid: a forked producer's parent is the fork server, which lives as long as any of its children."""
-        return bool(self._flag.value) or (os.getpid() != self._owner_pid and not process_alive(self._owner_pid))
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` s, returning early (True) once the flag is set."""
-        deadline = time.monotonic() + timeout
-        while not self.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(remaining, self._POLL_S))
-        return True
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
-
-
-def _skip(source: Source, n: int) -> None:
-    """Discard ``n`` frames; through the source's own ``skip`` when it has one (no realtime pacing there)."""
-    if n and hasattr(source, "skip"):
-        source.skip(n)
-        return
-    for _ in range(n):
-        if source.read() is None:
-            return
-
-
-def _produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: _StopFlag,
-             resume: tuple[int, int, int], beat: Any) -> None:
-    """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
-
-    ``beat`` (shared int64 pair): frames written, and the source's frame interval in ns (set at the first frame).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    seq_start, skip, t_offset_ns = resume
-    try:
-        source = open_source(section, cfg)
-        source.stop_event = stop
-        with source:
-            _skip(source, skip)  # resume a replayable source after the last frame delivered
-            n = 0
-            while not stop.is_set():
-                frame = source.read()
-                if frame is None:
-                    conn.send(("eos", f"{section}: end of stream ({cfg.kind} {cfg.path or ''})".rstrip()))
-                    return
-                frame.seq, frame.t_capture_ns = seq_start + n, frame.t_capture_ns + t_offset_ns
-                if n == 0:  # before the write: the parent may see the frame before anything after it
-                    beat[1] = getattr(source, "frame_interval_ns", round(1e9 / cfg.fps))
-                if not ring.write(frame, stop):
-                    return
-                beat[0] += 1
-                n += 1
-    except SourceError as exc:
-        conn.send(("error", str(exc)))
-        sys.exit(1)
-    except Exception as exc:  # noqa: BLE001  process boundary: any crash becomes one reported line
-        conn.send(("error", f"{section}: producer crashed: {type(exc).__name__}: {' '.join(str(exc).split())}"))
-        sys.exit(1)
-    finally:
-        ring.close()
-        conn.close()
 
 
 @dataclass
@@ -221,23 +115,21 @@ class Producers:
 
     Args:
         cfgs: section name -> SourceConfig.
-        offline: block rings and time-ordered merge (nothing dropped) instead of latest rings.
-        slots: ring slots per source (default 3 live, 8 offline).
+        slots: ring slots per source (default 3).
         backoff_s: first restart delay, s; doubles per consecutive failure.
         backoff_max_s: largest restart delay, s.
     """
 
-    def __init__(self, cfgs: dict[str, SourceConfig], *, offline: bool = False, slots: int | None = None,
-                 backoff_s: float = 0.1, backoff_max_s: float = 8.0) -> None:
-        self.offline = offline
-        self._slots = slots or (_OFFLINE_SLOTS if offline else _LIVE_SLOTS)
+    def __init__(self, cfgs: dict[str, SourceConfig], *, slots: int | None = None, backoff_s: float = 0.1,
+                 backoff_max_s: float = 8.0) -> None:
+        self._slots = slots or _SLOTS
         self._backoff = (backoff_s, backoff_max_s)
-        self._ctx = _context()
+        self._ctx = process_context()
         self._workers = {name: _Worker(name, cfg) for name, cfg in cfgs.items()}
         self._check_shared_memory()
         if removed := remove_stale():
             log.info("freed %d shared-memory objects left by killed runs: %s", len(removed), " ".join(removed))
-        self._stop = _StopFlag(self._ctx)
+        self._stop = StopFlag(self._ctx)
         self._bell = named_semaphore(self._ctx)  # released on every frame written by any producer
         self._events: deque[ProducerEvent] = deque()
         self._stopped = False
@@ -269,21 +161,10 @@ class Producers:
                              f"width/height, or give {SHM_DIR} more room (docker: --shm-size)")
 
     def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
-        w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1, self._channels(w.section)),
-                         "block" if self.offline else "latest", ctx=self._ctx, data_bell=self._bell)
-        w.conn, child_conn = self._ctx.Pipe(duplex=False)
+        w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1, self._channels(w.section)), "latest",
+                         ctx=self._ctx, data_bell=self._bell)
         w.beat = self._ctx.RawArray("q", 2)
-        w.proc = self._ctx.Process(target=_produce, name=f"streamfuse-{w.section}", daemon=True,
-                                   args=(w.section, w.cfg, w.ring, child_conn, self._stop, resume, w.beat))
-        main = threading.current_thread() is threading.main_thread()
-        # The child inherits an ignored SIGINT, so Ctrl-C during its start-up cannot print a traceback there.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-        try:
-            w.proc.start()
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
-        child_conn.close()  # our copy: a dead child then reads as EOF instead of a hang
+        w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat)
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
         w.beats_seen, w.heard_at, w.stalled, w.stall_line = 0, w.started_at, False, None
 
@@ -332,7 +213,7 @@ class Producers:
             kind, line = "error", w.stall_line
         else:
             kind, line = w.message or ("error", f"{w.section}: producer (pid {w.proc.pid}) died: "
-                                                f"{_describe_exit(w.proc.exitcode)}")
+                                                f"{describe_exit(w.proc.exitcode)}")
         w.proc.join(0.1)
         self._retire(w)
         at_end = kind == "eos"
@@ -342,7 +223,7 @@ class Producers:
         # a restart (it would fail at the same frame again). One killed or hung before its first frame restarts.
         hopeless = not at_end and ((reported and w.restarts == 0 and not progressed)
                                    or (w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
-        if (at_end and self.offline) or not w.cfg.restart or hopeless:
+        if not w.cfg.restart or hopeless:
             w.state = "ended"
             w.final = ProducerEvent(w.section, kind, line)
             (log.info if at_end else log.error)("%s", line)
@@ -372,7 +253,7 @@ class Producers:
 
     def _check_stall(self, w: _Worker) -> None:
         """Report a producer silent for longer than its frame interval x ``stall_factor`` (before its first frame:
-        :data:`FIRST_FRAME_S`); live, kill it so that it restarts. Unread frames in its ring are not silence."""
+        :data:`FIRST_FRAME_S`) and kill it so that it restarts. Unread frames in its ring are not silence."""
         now = time.monotonic()
         if w.beat[0] != w.beats_seen or self._head_time(w) is not None:
             w.beats_seen, w.heard_at, w.stalled = w.beat[0], now, False
@@ -389,9 +270,6 @@ class Producers:
                     else f"a first frame within {FIRST_FRAME_S:g} s")
         line = (f"{w.section}: producer (pid {w.proc.pid}) stalled: no frame for {now - w.heard_at:.2f} s "
                 f"(expected {expected})")
-        if self.offline:
-            log.warning("%s", line)
-            return
         w.stall_line = f"{line}; killed it"
         w.proc.kill()
         w.proc.join(_KILL_WAIT_S)
@@ -428,8 +306,6 @@ class Producers:
                 event, w.final = w.final, None
                 return event
         ready = {name: t for name, t in heads.items() if t is not None}
-        if self.offline and any(t is None and self._workers[n].state != "ended" for n, t in heads.items()):
-            return None  # merge by time: wait for every running source's next frame
         if not ready:
             return None
         return self._deliver(self._workers[min(ready, key=ready.get)])
@@ -501,20 +377,18 @@ class Producers:
         self.stop()
 
 
-def start_producers(ir_cfg: SourceConfig, vis_cfg: SourceConfig, *, offline: bool = False, slots: int | None = None,
-                    backoff_s: float = 0.1, backoff_max_s: float = 8.0) -> Producers:
+def start_producers(ir_cfg: SourceConfig, vis_cfg: SourceConfig, *, slots: int | None = None, backoff_s: float = 0.1,
+                    backoff_max_s: float = 8.0) -> Producers:
     """Start one spawned producer process per source (sections ``"ir"`` and ``"vis"``).
 
     Args:
         ir_cfg: the ``ir`` section.
         vis_cfg: the ``vis`` section.
-        offline: replay semantics: back-pressure instead of drops, time-ordered merge, end of stream is final.
-        slots: ring slots per source (default 3 live, 8 offline).
+        slots: ring slots per source (default 3).
         backoff_s: first restart delay, s (doubles per consecutive failure up to ``backoff_max_s``).
         backoff_max_s: largest restart delay, s.
 
     Returns:
         The running :class:`Producers`; use it as a context manager or call ``stop()``.
     """
-    return Producers({"ir": ir_cfg, "vis": vis_cfg}, offline=offline, slots=slots, backoff_s=backoff_s,
-                     backoff_max_s=backoff_max_s)
+    return Producers({"ir": ir_cfg, "vis": vis_cfg}, slots=slots, backoff_s=backoff_s, backoff_max_s=backoff_max_s)

@@ -1,0 +1,137 @@
+"""What runs in a producer process: the body that reads one Source into its ShmRing, the stop flag it watches, and
+how the process is started (see ``producer`` for the supervising side).
+
+Children are forked from a server process that has already imported this module (``forkserver``, where the
+platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT (the parent handles
+Ctrl-C and stops them) and exit when the parent dies.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from streamfuse.capture.shm_ring import ShmRing, process_alive
+from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
+
+__all__ = ["StopFlag", "produce", "process_context", "start_process", "describe_exit"]
+
+
+def process_context() -> Any:
+    """``forkserver`` with the producer body preloaded where the platform has it (a restart forks an already-imported
+    process: no interpreter start-up and no imports of numpy, OpenCV and PyAV on the way back); ``spawn`` elsewhere."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+class StopFlag:
+    """A process-shared stop flag that a killed process cannot wedge.
+
+    ``multiprocessing.Event`` is built on a Condition: a child SIGKILLed inside ``Event.wait`` leaves a sleeper
+    count behind and the next ``Event.set`` waits for it forever. A lock-free shared byte polled every 20 ms
+    has no such state.
+    """
+
+    _POLL_S = 0.02
+
+    def __init__(self, ctx: Any) -> None:
+        self._flag = ctx.RawValue("b", 0)
+        self._owner_pid = os.getpid()
+
+    def set(self) -> None:
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        """True once set, and in a child also once the consumer has died (so no producer outlives it). Asked by
+        pid: a forked producer's parent is the fork server, which lives as long as any of its children."""
+        return bool(self._flag.value) or (os.getpid() != self._owner_pid and not process_alive(self._owner_pid))
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` s, returning early (True) once the flag is set."""
+        deadline = time.monotonic() + timeout
+        while not self.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(remaining, self._POLL_S))
+        return True
+
+
+def _skip(source: Source, n: int) -> None:
+    """Discard ``n`` frames; through the source's own ``skip`` when it has one (no realtime pacing there)."""
+    if n and hasattr(source, "skip"):
+        source.skip(n)
+        return
+    for _ in range(n):
+        if source.read() is None:
+            return
+
+
+def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: StopFlag,
+             resume: tuple[int, int, int], beat: Any) -> None:
+    """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
+
+    ``beat`` (shared int64 pair): frames written, and the source's frame interval in ns (set at the first frame).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    seq_start, skip, t_offset_ns = resume
+    try:
+        source = open_source(section, cfg)
+        source.stop_event = stop
+        with source:
+            _skip(source, skip)  # resume a replayable source after the last frame delivered
+            n = 0
+            while not stop.is_set():
+                frame = source.read()
+                if frame is None:
+                    conn.send(("eos", f"{section}: end of stream ({cfg.kind} {cfg.path or ''})".rstrip()))
+                    return
+                frame.seq, frame.t_capture_ns = seq_start + n, frame.t_capture_ns + t_offset_ns
+                if n == 0:  # before the write: the parent may see the frame before anything after it
+                    beat[1] = getattr(source, "frame_interval_ns", round(1e9 / cfg.fps))
+                if not ring.write(frame, stop):
+                    return
+                beat[0] += 1
+                n += 1
+    except SourceError as exc:
+        conn.send(("error", str(exc)))
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001  process boundary: any crash becomes one reported line
+        conn.send(("error", f"{section}: producer crashed: {type(exc).__name__}: {' '.join(str(exc).split())}"))
+        sys.exit(1)
+    finally:
+        ring.close()
+        conn.close()
+
+
+def start_process(ctx: Any, section: str, cfg: SourceConfig, ring: ShmRing, stop: StopFlag,
+                  resume: tuple[int, int, int], beat: Any) -> tuple[Any, Any]:
+    """Start the producer process of one source; returns it and the read end of its message pipe."""
+    conn, child_conn = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=produce, name=f"streamfuse-{section}", daemon=True,
+                       args=(section, cfg, ring, child_conn, stop, resume, beat))
+    main = threading.current_thread() is threading.main_thread()
+    # The child inherits an ignored SIGINT, so Ctrl-C during its start-up cannot print a traceback there.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        proc.start()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    child_conn.close()  # our copy: a dead child then reads as EOF instead of a hang
+    return proc, conn
+
+
+def describe_exit(code: int | None) -> str:
+    """A producer process's exit code in words."""
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
