@@ -199,19 +199,15 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     pairs = find_pairs(dir_ir, dir_vis, limit)
     for m in methods:
         _warn_carry_over(m)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
     save_dirs = _save_dirs([m for m in methods if m.fuser is not None], save_dir)
     fused_files = {m.name: _images(m.fused_dir, f"fused ({m.name})") for m in methods if m.fused_dir is not None}
     shown = set(_montage_stems(pairs, montage_rows))
     tiles: dict[str, list[np.ndarray]] = {}
     result = EvalResult(missing={m.name: 0 for m in methods})
     pixels: dict[str, int] = {}
-
     for stem, ir_path, vis_path in pairs:
-        ir, vis_y = read_grey(ir_path), read_grey(vis_path)
-        if ir.shape != vis_y.shape:
-            raise ValueError(f"{stem}: IR {ir.shape} and visible {vis_y.shape} differ in size (register them first)")
+        ir, vis_y = _read_pair(stem, ir_path, vis_path)
         pixels[stem] = ir.size
         outputs = {}
         for m in methods:
@@ -229,16 +225,21 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     for m in methods:
         if result.missing[m.name]:
             log.warning("%s: %d of %d fused images missing", m.name, result.missing[m.name], len(pairs))
-        rows = [r for r in result.rows if r["method"] == m.name]
-        if rows:
+        if rows := [r for r in result.rows if r["method"] == m.name]:
             result.means[m.name] = _means(rows, m.fuser is not None, pixels if reference is not None else None)
         if m.config is not None:
             dump_config(m.config, out_dir / f"{Path(m.config.source_file).stem}.resolved.yaml")
-
     _write_csv(out_dir / "metrics.csv", result.rows)
     (out_dir / "metrics.md").write_text(markdown_table(result.means) + "\n")
     _write_montage(out_dir / "montage.png", tiles)
     return result
+
+
+def _read_pair(stem: str, ir_path: Path, vis_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    ir, vis_y = read_grey(ir_path), read_grey(vis_path)
+    if ir.shape != vis_y.shape:
+        raise ValueError(f"{stem}: IR {ir.shape} and visible {vis_y.shape} differ in size (register them first)")
+    return ir, vis_y
 
 
 def _check_methods(methods: list[Method], reference: str | None) -> None:
