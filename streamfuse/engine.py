@@ -7,7 +7,7 @@ The engine runs a torch module ``net(ir01, vis01, noise (B,C,Hp/8,Wp/8), ir_raw0
 (``ir01 = lut[ir_u8]``), so only uint8 pixels and 256 floats per frame cross the bus.
 
 CPU path: all cores (``torch.set_num_threads``), ``torch.inference_mode``, and glibc malloc told to keep freed
-activation buffers (see :func:`tune_malloc`).
+activation buffers (see :mod:`streamfuse.device`).
 
 GPU path, per submitted batch (slot ``k`` of a ring of ``DEPTH`` per frame shape)::
 
@@ -25,10 +25,7 @@ the whole device on the hot path. A CUDA graph of the whole forward (LUT, paddin
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -38,92 +35,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import streamfuse
+from streamfuse.device import available_cores, prepare_cpu, resolve_device
 
-__all__ = ["DEPTH", "LATENT_FACTOR", "MAX_SHAPES", "PRECISIONS", "Engine", "Handle", "resolve_device", "tune_malloc"]
+__all__ = ["DEPTH", "LATENT_FACTOR", "MAX_SHAPES", "PRECISIONS", "Engine", "Handle"]
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def _warn_late_wait_policy() -> None:
-    log.warning("torch was imported before streamfuse, so OMP_WAIT_POLICY=PASSIVE could not take effect; under load "
-                "fusion on the CPU runs several times slower: import streamfuse first, or set it in the environment")
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 LATENT_FACTOR = 8  # latent size is (Hp // 8, Wp // 8), the agreed interface with the model
 DEPTH = 3  # batches in flight per shape on the GPU: upload n+1, compute n, download n-1
 MAX_SHAPES = 4  # frame shapes whose graphs and buffers are kept (a rig switching among a few sizes rebuilds nothing)
 _WARMUP = 3  # eager runs before capture: cuDNN autotuning and lazy initialisation must not happen while capturing
-
-# glibc mallopt parameters (malloc.h) and the values streamfuse sets: large enough that activation buffers of a
-# 1280x1024 forward stay in the heap instead of being unmapped after each forward and faulted in again.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MALLOPT = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 256 << 20}
-_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-_malloc_tuned: bool | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map ``auto | cpu | cuda | cuda:N`` to a torch device; ``auto`` takes the GPU when torch sees one.
-
-    Raises:
-        ValueError: one line when the name is not a device or a GPU is asked for that torch cannot see.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a torch device; allowed: auto | cpu | cuda | cuda:N") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type != "cuda":
-        raise ValueError(f"device {name!r} is not supported; allowed: auto | cpu | cuda | cuda:N")
-    if not torch.cuda.is_available():
-        version = ".".join(torch.__version__.split(".")[:2])
-        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
-        raise ValueError(f"device {name!r} requested but torch sees no CUDA GPU (torch {version}, {built})")
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise ValueError(f"device {name!r} requested but torch sees only {count} CUDA GPU(s)")
-    return torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
-
-
-def tune_malloc() -> bool:
-    """Keep freed activation buffers in the glibc heap (process-wide, applied once).
-
-    glibc's default malloc returns every large buffer to the OS with ``munmap`` and page-faults it back on the next
-    forward; on the 2-core dev machine that was as much system time as compute (method.md). Raising the mmap and trim
-    thresholds and the top pad keeps them. Skipped when the C library is not glibc or when the user set the
-    ``MALLOC_*_`` environment variables (their choice wins).
-
-    Returns:
-        True when the settings are in effect.
-    """
-    global _malloc_tuned
-    if _malloc_tuned is None:
-        _malloc_tuned = _apply_mallopt()
-    return _malloc_tuned
-
-
-def _apply_mallopt() -> bool:
-    if any(name in os.environ for name in _MALLOC_ENV):
-        log.info("malloc tuning left to the MALLOC_*_ environment variables")
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 -- only glibc has it: musl and others are left alone
-    except (OSError, AttributeError):
-        log.info("malloc tuning skipped: the C library is not glibc")
-        return False
-    ok = all(libc.mallopt(param, value) == 1 for param, value in _MALLOPT.items())
-    log.info("glibc malloc tuning %s", "applied" if ok else "rejected by mallopt")
-    return ok
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Handle:
@@ -181,7 +103,7 @@ class Engine:
 
     Args:
         net: module with attributes ``stride`` and ``latent_channels``; called as ``net(ir01, vis01, noise, ir_raw01)``.
-        device: ``auto | cpu | cuda | cuda:N`` (see :func:`resolve_device`).
+        device: ``auto | cpu | cuda | cuda:N`` (see :func:`streamfuse.device.resolve_device`).
         precision: ``fp32``, or ``fp16``/``bf16`` autocast.
         cuda_graphs: on the GPU, capture the whole forward once per (B, H, W) and replay it.
         max_batch: largest B accepted by :meth:`run` / :meth:`submit`.
@@ -206,15 +128,12 @@ class Engine:
         self._cuda = self.device.type == "cuda"
         self.cuda_graphs = cuda_graphs and self._cuda
         self.profile = profile and self._cuda
-        self.threads = threads or _cores()
+        self.threads = threads or available_cores()
         self.net = net.eval().to(self.device)
         self._amp = PRECISIONS[precision]
         self._seq = 0
         if not self._cuda:
-            torch.set_num_threads(self.threads)
-            tune_malloc()
-            if streamfuse.LATE_WAIT_POLICY:
-                _warn_late_wait_policy()
+            prepare_cpu(self.threads)
             return
         if threads:
             torch.set_num_threads(threads)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import platform
 from collections import OrderedDict
 
 import numpy as np
@@ -14,8 +13,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from streamfuse.engine import DEPTH, MAX_SHAPES, Engine, resolve_device, tune_malloc
-from streamfuse.model import hclfuse
+from streamfuse.engine import DEPTH, MAX_SHAPES, Engine
+from streamfuse.model import weights as hclfuse
 
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -147,17 +146,6 @@ def test_cuda_without_gpu_is_one_clear_line(net):
     with pytest.raises(ValueError) as info:
         Engine(net, device="cuda")
     assert str(info.value) == expected and "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="no CUDA GPU"):
-        resolve_device("cuda:1")
-
-
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="not a torch device"):
-        resolve_device("gpu0")
-    with pytest.raises(ValueError, match="not supported"):
-        resolve_device("meta")
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -180,13 +168,6 @@ def test_bad_construction(net):
         Engine(net, device="cpu", precision="fp8")
     with pytest.raises(ValueError, match="no attribute 'stride'"):
         Engine(nn.Identity(), device="cpu")
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc tuning is glibc-only")
-def test_malloc_tuning_applies_on_glibc(monkeypatch):
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
-        monkeypatch.delenv(name, raising=False)
-    assert tune_malloc() is True
 
 
 class HostToDevice(TorchDispatchMode):

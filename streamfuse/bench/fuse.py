@@ -27,7 +27,8 @@ import numpy as np
 import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
 
 from streamfuse.align import AlignConfig, LevelStabilizer
-from streamfuse.engine import Engine, resolve_device
+from streamfuse.device import resolve_device
+from streamfuse.engine import Engine
 from streamfuse.fusers import FuseConfig, build_fuser
 from streamfuse.postprocess import PostConfig, TemporalDenoiser, restore_colour
 
