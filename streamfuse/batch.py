@@ -11,6 +11,10 @@ outputs, pts, the ``.partial`` name and ``resume`` follow the single replay's ru
   has its pair run again from the start on another worker (``retries``); a pair that fails by itself (corrupt,
   missing, mismatched input) is not retried and fails alone with its one-line reason.
 
+A worker of either engine runs a pair on ``threads`` CPUs (default 1): torch's threads (``fuse.threads``) and
+FFmpeg's decoder and encoder threads (``replay.codec_threads``) left at 0 ("FFmpeg's or torch's choice", which is
+every core) become ``threads``, so that workers side by side do not each start a thread per core.
+
 Outputs already complete (the final file exists and no ``.partial`` does) are skipped by the driver, before any
 work is sent. Progress: one bar for pairs, one for fused frames (reported by the workers).
 """
@@ -33,7 +37,7 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.replay import ReplayError, check_output_paths, find_pairs, run_replay
 
 __all__ = ["PairJob", "PairResult", "BatchSummary", "Engine", "LocalEngine", "RayEngine", "find_jobs", "run_batch",
-           "ENGINES"]
+           "worker_cfg", "ENGINES"]
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +236,31 @@ class Engine(Protocol):
         ...
 
 
+def worker_cfg(cfg: Any, threads: int) -> Any:
+    """The config a worker of ``threads`` CPUs runs: torch's and FFmpeg's "every core" (0) become its own CPUs."""
+    fuse = cfg.fuse if cfg.fuse.threads else dataclasses.replace(cfg.fuse, threads=threads)
+    replay = cfg.replay if cfg.replay.codec_threads else dataclasses.replace(cfg.replay, codec_threads=threads)
+    return dataclasses.replace(cfg, fuse=fuse, replay=replay)
+
+
+@dataclass
 class LocalEngine:
-    """The pairs one after another in this process; Ctrl-C or SIGTERM stops the batch after the current pair."""
+    """The pairs one after another in this process; Ctrl-C or SIGTERM stops the batch after the current pair.
+
+    Args:
+        threads: CPUs of the one worker (see :func:`worker_cfg`).
+    """
+
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"local engine: threads must be >= 1, got {self.threads}")
 
     def run(self, cfg: Any, jobs: Iterable[PairJob], *, resume: bool,
             frames: Callable[[int], None]) -> Iterator[PairResult]:
         models = _Models()  # one per batch run: the model is loaded once, for the first pair that needs it
+        cfg = worker_cfg(cfg, self.threads)
         for job in jobs:
             result = replay_pair(cfg, job, resume=resume, models=models, report=frames)
             yield result
@@ -283,7 +306,7 @@ class RayEngine:
 
     Args:
         workers: pairs run at once (on a local Ray, also the CPUs it gets: ``workers * threads``).
-        threads: CPUs per worker (``num_cpus`` of a task; also torch's threads when ``fuse.threads`` is 0).
+        threads: CPUs per worker (``num_cpus`` of a task; see :func:`worker_cfg`).
         gpus: GPUs per worker (``num_gpus``; fractions share a GPU); 0 on CPU-only clusters.
         address: a running cluster to join (``ray.init(address=...)``); empty: start a local Ray.
         retries: runs again of a pair whose worker died (Ray ``max_retries``).
@@ -310,7 +333,7 @@ class RayEngine:
         if started:
             self._init(ray)
         try:
-            yield from self._schedule(ray, self._worker_cfg(cfg), jobs, resume, frames)
+            yield from self._schedule(ray, worker_cfg(cfg, self.threads), jobs, resume, frames)
         finally:
             if started:
                 ray.shutdown()
@@ -325,12 +348,6 @@ class RayEngine:
                 raise ValueError(f"cannot join the Ray cluster at {self.address}: {exc}") from None
         else:
             ray.init(num_cpus=self.workers * self.threads, num_gpus=None if self.gpus else 0, include_dashboard=False)
-
-    def _worker_cfg(self, cfg: Any) -> Any:
-        """The config the workers run: torch's "all cores" becomes the worker's own CPUs."""
-        if cfg.fuse.threads == 0:
-            return dataclasses.replace(cfg, fuse=dataclasses.replace(cfg.fuse, threads=self.threads))
-        return cfg
 
     def _progress_actor(self, ray: Any) -> Any:
         """The frames counter, kept for the next batch on the same Ray: starting an actor's process each time would

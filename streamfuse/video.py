@@ -78,11 +78,12 @@ class VideoWriter:
         width, height: frame size in pixels.
         metadata: container tags (e.g. the resolved config).
         queue_size: frames queued for the encoder thread before :meth:`write` blocks.
+        threads: the encoder's own threads; 0 = FFmpeg's choice (libx264: about 1.5 per core).
     """
 
     def __init__(self, path: str | os.PathLike, *, codec: str, crf: int, time_base: Fraction, rate: Fraction,
                  width: int, height: int, preset: str = "veryfast", metadata: dict[str, str] | None = None,
-                 queue_size: int = 4):
+                 queue_size: int = 4, threads: int = 0):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         fmt = container_format(self.path)
@@ -106,6 +107,8 @@ class VideoWriter:
         stream.pix_fmt = self._pix_fmt(width, height)
         stream.time_base = self.time_base = time_base
         stream.codec_context.time_base = time_base
+        if threads:
+            stream.codec_context.thread_count = threads
         if self.encoder != "libx264" and self.encoder != "ffv1":
             stream.bit_rate = int(width * height * float(rate) * 0.2)  # ~0.2 bit/pixel: visually clean
         self._stream = stream

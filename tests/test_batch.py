@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from streamfuse.atomic_write import partial_path
-from streamfuse.batch import LocalEngine, RayEngine, bounded, find_jobs, run_batch
+from streamfuse.batch import LocalEngine, RayEngine, bounded, find_jobs, run_batch, worker_cfg
 from streamfuse.config import load_config
 from streamfuse.replay import run_replay
 from streamfuse.video import VideoWriter, decode_frames
 
 REPO = Path(__file__).resolve().parents[1]
-# ffv1 into NUT: lossless and byte-reproducible (Matroska writes a random segment UID and the date). fuse.threads is
-# set: the Ray engine turns 0 ("all cores") into the worker's CPUs, which the config tag in the output records.
-CFG = ["fuse.name=max", "fuse.threads=1", "replay.progress=false", "replay.codec=ffv1"]
+# ffv1 into NUT: lossless and byte-reproducible (Matroska writes a random segment UID and the date). fuse.threads and
+# replay.codec_threads are set: a batch worker turns 0 ("all cores") into its CPUs, which the config tag records.
+CFG = ["fuse.name=max", "fuse.threads=1", "replay.codec_threads=1", "replay.progress=false", "replay.codec=ffv1"]
 
 
 def _video(path: Path, n: int, seed: int, size: tuple[int, int] = (48, 64), top: int = 256) -> None:
@@ -46,6 +46,16 @@ def _pairs(root: Path, names: list[str], n: int) -> Path:
 
 def _times(path: Path) -> list[Fraction]:
     return [t for t, _ in decode_frames(path)]
+
+
+def test_a_worker_gives_torch_and_ffmpeg_its_own_cpus_unless_the_config_says():
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["fuse.threads=0", "replay.codec_threads=0"])
+    got = worker_cfg(cfg, 3)
+    assert (got.fuse.threads, got.replay.codec_threads) == (3, 3)
+    fixed = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["fuse.threads=2", "replay.codec_threads=4"])
+    assert worker_cfg(fixed, 3) == fixed
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        LocalEngine(threads=0)
 
 
 def test_bounded_keeps_at_most_limit_running_and_reads_jobs_lazily():

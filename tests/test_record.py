@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import struct
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -159,6 +162,32 @@ def test_video_writer_abort_leaves_only_the_partial_name(tmp_path):
     w.abort()
     assert not (tmp_path / "o.mp4").exists()
     assert len(list(decode_frames(partial_path(tmp_path / "o.mp4")))) == 3
+
+
+def _decoder_threads() -> int:
+    """Threads of this process that FFmpeg's decoders started (it names them ``av:<codec>:...``)."""
+    tasks = Path("/proc/self/task").iterdir()
+    return sum((t / "comm").read_text().startswith("av:") for t in tasks if (t / "comm").exists())
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2, reason="Linux, 2+ cores")
+def test_codec_threads_one_starts_no_ffmpeg_threads(tmp_path):
+    w = _writer(tmp_path / "o.mp4", threads=1)
+    for i in range(3):
+        w.write(np.full((24, 32, 3), 40 * i, np.uint8), 512 * i)
+    w.commit()
+    assert w._stream.codec_context.thread_count == 1
+
+    def decoder_threads(n: int) -> int:
+        gc.collect()  # a decoder's threads end when it is collected: those of earlier decoders must not count
+        before = _decoder_threads()
+        cfg = SourceConfig(kind="file", path=str(tmp_path / "o.mp4"), realtime=False, decode_threads=n)
+        with open_source("vis", cfg) as src:
+            assert src.read() is not None
+            return _decoder_threads() - before
+
+    assert decoder_threads(1) == 0
+    assert decoder_threads(0) > 0  # FFmpeg's choice, a thread per core: the count above could have seen them
 
 
 @pytest.mark.parametrize("name, kw, match", [

@@ -2,9 +2,9 @@
 in one run, and one worker's frames/s against ``run_stream.py`` replaying the same pair with the same thread count.
 
 It writes PAIRS copies of a synthetic H.264 pair (the replay benchmark's), replays them with the local engine, then
-on a local Ray with 1 and with N workers (one CPU each: Ray's OMP_NUM_THREADS=1, one OpenCV thread; FFmpeg's
-decoders and x264 still start their own threads), after a warm-up pair per worker so that process start and imports
-are not timed. The load average is printed before and after each run: on a shared machine a ratio is only as good
+on a local Ray with 1 and with N workers (one CPU each: one torch/OpenMP thread, one OpenCV thread, and one thread
+for each FFmpeg decoder and for x264, ``replay.codec_threads=1``), after a warm-up pair per worker so that process
+start and imports are not timed. ``run_stream.py`` gets the same settings, so all runs compare like with like. The load average is printed before and after each run: on a shared machine a ratio is only as good
 as the load was steady. Needs Ray (``pip install 'streamfuse[ray]'``).
 Run from the repository root: ``PYTHONPATH=. python tools/bench_batch.py --pairs 6 --workers 2``.
 """
@@ -20,12 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+try:
+    import streamfuse  # noqa: F401  (first: a missing dependency then says which environment to use)
+except ModuleNotFoundError as exc:  # a Python without the package
+    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
+
+from streamfuse.bench.replay import synthetic_pair  # noqa: E402  (the same synthetic pair as the replay benchmark)
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-from bench_replay import _synthetic_pair  # noqa: E402  (the same synthetic pair as the replay benchmark)
-
-import streamfuse  # noqa: E402,F401  (sets OMP_WAIT_POLICY before anything imports torch)
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
 
@@ -37,7 +39,7 @@ def _load() -> str:
 def _pairs(folder: Path, n: int, frames: int, width: int, height: int, prefix: str = "p") -> Path:
     """``folder/ir`` and ``folder/vi`` with ``n`` hard links of one synthetic pair."""
     folder.mkdir()
-    ir, vis = _synthetic_pair(folder, frames, width, height)
+    ir, vis = synthetic_pair(folder, frames, width, height)
     for sub, src in (("ir", ir), ("vi", vis)):
         (folder / sub).mkdir()
         for i in range(n):
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="Ray workers compared with 1")
     parser.add_argument("--frames", type=int, default=150, help="frames per pair")
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the synthetic pair")
-    parser.add_argument("--config", default=str(REPO / "configs" / "replay.yaml"), help="replay config")
+    parser.add_argument("--config", default="replay", help="replay config: a shipped name or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=["fuse.name=max"],
                         metavar="STAGE.KEY=VALUE", help="override a config value (repeatable)")
     args = parser.parse_args(argv)
@@ -99,10 +101,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from streamfuse.batch import LocalEngine
     from streamfuse.config import load_config
+    from streamfuse.configs import resolve
 
     cv2.setNumThreads(1)
-    overrides = ["fuse.threads=1", "replay.progress=false", *args.overrides]
-    cfg = load_config(args.config, overrides)
+    overrides = ["fuse.threads=1", "replay.codec_threads=1", "replay.progress=false", *args.overrides]
+    cfg = load_config(resolve(args.config), overrides)
     width, height = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         tmp = Path(tmp)

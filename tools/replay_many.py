@@ -15,23 +15,27 @@ import argparse
 import importlib.util
 import logging
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+try:
+    import streamfuse  # noqa: F401  (first: a missing dependency then says which environment to use)
+except ModuleNotFoundError as exc:  # a Python without the package
+    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("pairs", metavar="LIST_OR_DIR", help="pair list file, folder with ir/ and vi/, or of .mcap")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--config", default=str(REPO / "configs" / "replay.yaml"), help="replay config")
+    parser.add_argument("--config", default="replay", help="replay config: a shipped name or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--ext", default=".mp4", help="output container extension")
     parser.add_argument("--resume", action="store_true", help="continue interrupted outputs from their partial files")
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="where the pairs run")
     parser.add_argument("--workers", type=int, default=2, help="ray: pairs run at once")
-    parser.add_argument("--threads", type=int, default=1, help="ray: CPUs per worker")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPUs per worker: torch's and FFmpeg's threads where fuse.threads or replay.codec_threads "
+                             "is 0 (ray: also each task's num_cpus)")
     parser.add_argument("--gpus", type=float, default=0.0, help="ray: GPUs per worker (fractions share one)")
     parser.add_argument("--address", default="", help="ray: cluster to join (default: start a local Ray)")
     parser.add_argument("--retries", type=int, default=3, help="ray: runs again of a pair whose worker died")
@@ -41,14 +45,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from streamfuse.batch import LocalEngine, RayEngine, find_jobs, run_batch
     from streamfuse.config import ConfigError, load_config
+    from streamfuse.configs import resolve
 
     if args.engine == "ray" and importlib.util.find_spec("ray") is None:
         print("replay_many: error: --engine ray needs Ray: pip install 'streamfuse[ray]'", file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(resolve(args.config), args.overrides)
         jobs = find_jobs(args.pairs, args.out, ext=args.ext, frames_dir=cfg.replay.frames_dir)
-        engine = LocalEngine() if args.engine == "local" else RayEngine(
+        engine = LocalEngine(threads=args.threads) if args.engine == "local" else RayEngine(
             workers=args.workers, threads=args.threads, gpus=args.gpus, address=args.address, retries=args.retries)
         summary = run_batch(cfg, jobs, engine, resume=args.resume)
     except (ConfigError, OSError, ValueError) as exc:

@@ -73,6 +73,7 @@ class SourceConfig:
         stall_factor: a producer silent for longer than its frame interval (``1 / fps``; a video's own rate) times
             this is reported and counted as a stall, and live killed and restarted; 0 = never (before the first
             frame a start-up allowance applies instead, see ``producer``).
+        decode_threads: files and streams: FFmpeg decoder threads; 0 = FFmpeg's choice (about one per core).
     """
 
     kind: str = "synthetic"
@@ -87,6 +88,7 @@ class SourceConfig:
     seed: int = 0
     resize: Literal["error", "resize"] = "resize"
     stall_factor: float = 20.0
+    decode_threads: int = 0
 
     def __post_init__(self) -> None:
         kinds = sorted(available("source"))
@@ -101,6 +103,7 @@ class SourceConfig:
               "0 (off) or 2 .. 1000 frame intervals")
         check(self.seed >= 0, "seed", self.seed, "seed >= 0")
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
+        check(0 <= self.decode_threads <= 256, "decode_threads", self.decode_threads, "0 (FFmpeg's choice) .. 256")
 
     def ring_bytes(self, slots: int, channels: int = 3) -> int:
         """Shared memory a ring of ``slots`` frames of this size takes (``channels`` bytes a pixel)."""
@@ -501,6 +504,8 @@ class AvSource(BaseSource):
             raise SourceError(f"{self.section}: {path} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if self.cfg.decode_threads:
+            stream.thread_count = self.cfg.decode_threads
         self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
         rate = stream.average_rate or stream.guessed_rate
         self._period_ns = round(1e9 / float(rate)) if rate else round(1e9 / self.cfg.fps)

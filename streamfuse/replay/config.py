@@ -24,6 +24,8 @@ class ReplayConfig:
         publish: also publish every fused frame over ZeroMQ (the ``publish`` section).
         resume: continue an interrupted replay from its partial output (``--resume``).
         progress: show a progress bar (on a terminal).
+        codec_threads: FFmpeg threads of each input's decoder and of the encoder; 0 = FFmpeg's choice (about one
+            per core each, so a replay uses every core). A batch worker sets it to its own CPUs when 0.
     """
 
     out: str = ""
@@ -35,6 +37,8 @@ class ReplayConfig:
     publish: bool = False
     resume: bool = False
     progress: bool = True
+    codec_threads: int = 0
 
     def __post_init__(self) -> None:
         check(0 <= self.crf <= 51, "crf", self.crf, "0..51")
+        check(0 <= self.codec_threads <= 256, "codec_threads", self.codec_threads, "0 (FFmpeg's choice) .. 256")

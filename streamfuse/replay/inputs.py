@@ -55,15 +55,17 @@ def input_path(section: Any, override: str | os.PathLike | None) -> Path | None:
     return Path(override) if override else Path(section.path) if section.path else None
 
 
-def resolve(stream: str, section: Any, override: str | os.PathLike | None) -> Input:
-    """SourceConfig of one input (kind from the path, no pacing or looping) and what its container says."""
+def resolve(stream: str, section: Any, override: str | os.PathLike | None, decode_threads: int = 0) -> Input:
+    """SourceConfig of one input (kind from the path, no pacing or looping; ``decode_threads`` when not 0) and what
+    its container says."""
     path = input_path(section, override)
     if path is None:
         raise ValueError(f"no {stream} input: pass --{stream} PATH or set {stream}.path in the config")
     if not path.exists():
         raise FileNotFoundError(f"{stream} input not found: {path}")
     kind = input_kind(path)
-    cfg = dataclasses.replace(section, kind=kind, path=str(path), realtime=False, loop=False, restart=False)
+    cfg = dataclasses.replace(section, kind=kind, path=str(path), realtime=False, loop=False, restart=False,
+                              decode_threads=decode_threads or section.decode_threads)
     rate = Fraction(section.fps).limit_denominator(1001)
     if kind == "folder":
         n = sum(1 for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXTS)

@@ -116,7 +116,8 @@ def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os
         vis_path = ir_path
     check_output_paths(out, {"ir": input_path(cfg.ir, ir_path), "vis": input_path(cfg.vis, vis_path)},
                        rcfg.frames_dir)
-    ir, vis = resolve("ir", cfg.ir, ir_path), resolve("vis", cfg.vis, vis_path)
+    ir, vis = (resolve(s, section, path, rcfg.codec_threads)
+               for s, section, path in (("ir", cfg.ir, ir_path), ("vis", cfg.vis, vis_path)))
     if (ir.cfg.kind == "mcap") != (vis.cfg.kind == "mcap"):
         raise ValueError(f"a recording holds both streams: pass the same .mcap as IR and visible input "
                          f"(got {ir.cfg.path} and {vis.cfg.path})")
@@ -322,7 +323,8 @@ class _Replay:
             tags["streamfuse_t0_ns"] = str(self.t0_vis)
         rcfg = self.cfg.replay
         self.writer = VideoWriter(self.out, codec=rcfg.codec, crf=rcfg.crf, preset=rcfg.preset,
-                                  time_base=self.vis.time_base, rate=self.vis.rate, width=w, height=h, metadata=tags)
+                                  time_base=self.vis.time_base, rate=self.vis.rate, width=w, height=h, metadata=tags,
+                                  threads=rcfg.codec_threads)
         self.summary.encoder = self.writer.encoder
         self._save_sidecar("running")
 
