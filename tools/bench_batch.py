@@ -4,9 +4,10 @@ in one run, and one worker's frames/s against ``run_stream.py`` replaying the sa
 It writes PAIRS copies of a synthetic H.264 pair (the replay benchmark's), replays them with the local engine, then
 on a local Ray with 1 and with N workers (one CPU each: one torch/OpenMP thread, one OpenCV thread, and one thread
 for each FFmpeg decoder and for x264, ``replay.codec_threads=1``), after a warm-up pair per worker so that process
-start and imports are not timed. ``run_stream.py`` gets the same settings, so all runs compare like with like. The load average is printed before and after each run: on a shared machine a ratio is only as good
-as the load was steady. Needs Ray (``pip install 'streamfuse[ray]'``).
-Run from the repository root: ``PYTHONPATH=. python tools/bench_batch.py --pairs 6 --workers 2``.
+start and imports are not timed. ``run_stream.py`` gets the same settings, so all runs compare like with like.
+The load average is printed before and after each run: on a shared machine a ratio is only as good as the load
+was steady. Needs Ray (``pip install 'streamfuse[ray]'``).
+Run: ``.venv/bin/python tools/bench_batch.py --pairs 6 --workers 2``.
 """
 
 from __future__ import annotations
