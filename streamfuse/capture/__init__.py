@@ -1,9 +1,14 @@
-"""Capture: sources, the shared-memory ring and the producer processes."""
+"""Capture: sources, the shared-memory ring and the producer processes.
+
+Importing the package registers every source kind (``sources``, ``video_sources``, ``mcap_source``).
+"""
 
 from streamfuse.capture.mcap_source import McapSource, read_recording
 from streamfuse.capture.producer import ProducerEvent, Producers, start_producers
 from streamfuse.capture.shm_ring import ShmRing
 from streamfuse.capture.sources import BaseSource, Source, SourceConfig, SourceError, SyntheticScene, open_source
+from streamfuse.capture.video_sources import AvSource, CameraSource, FolderSource
 
-__all__ = ["BaseSource", "Source", "SourceConfig", "SourceError", "SyntheticScene", "open_source", "McapSource",
-           "read_recording", "ShmRing", "ProducerEvent", "Producers", "start_producers"]
+__all__ = ["BaseSource", "Source", "SourceConfig", "SourceError", "SyntheticScene", "open_source", "AvSource",
+           "CameraSource", "FolderSource", "McapSource", "read_recording", "ShmRing", "ProducerEvent", "Producers",
+           "start_producers"]

@@ -1,20 +1,12 @@
-"""Frame sources: SourceConfig, the Source protocol and the registered kinds.
+"""Frame sources: SourceConfig, the Source protocol, BaseSource and the ``synthetic`` kind.
 
-Kinds (registry kind ``"source"``): ``synthetic`` (a registered IR/visible pair of a moving night scene),
-``camera`` (OpenCV device index or path), ``stream`` (PyAV URL, e.g. RTSP/HTTP), ``file`` (PyAV video file),
-``folder`` (numbered image files); ``mcap`` (a recording) is in ``capture/mcap_source.py``.
+Kinds (registry kind ``"source"``): ``synthetic`` (here: a registered IR/visible pair of a moving night scene);
+``camera``, ``stream``, ``file``, ``folder`` (``video_sources``); ``mcap`` (a recording, ``mcap_source``).
 
 Every source yields :class:`~streamfuse.frames.Frame` objects: the section ``"ir"`` gives ``(H, W)`` uint8 grey;
-any other section gives ``(H, W, 3)`` uint8 BGR, or ``(H, W)`` when the input is grey.
-
-Capture times (``t_capture_ns``):
-
-- live sources (camera, realtime synthetic): ``time.time_ns()`` right after the grab;
-- ``file``: ``round(pts * time_base * 1e9)``, converted once here; relative to the file's time origin, so the IR
-  and visible files of one recording stay comparable (with ``loop`` later passes are shifted to stay increasing);
-- ``stream``: the stream's pts, anchored to ``time.time_ns()`` at its first frame (so a network stream pairs with a
-  live camera while keeping the sender's frame spacing);
-- ``folder`` and non-realtime synthetic: ``index / fps`` seconds.
+any other section gives ``(H, W, 3)`` uint8 BGR, or ``(H, W)`` when the input is grey. Capture times
+(``t_capture_ns``): live sources stamp ``time.time_ns()`` right after the grab; the others use their recorded or
+virtual clock (non-realtime synthetic: ``index / fps`` seconds); see each kind.
 
 >>> cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)
 >>> with open_source("ir", cfg) as src:
@@ -22,16 +14,10 @@ Capture times (``t_capture_ns``):
 >>> frame.image.shape, frame.image.dtype.name, frame.t_capture_ns
 ((48, 64), 'uint8', 0)
 """
-
 from __future__ import annotations
 
-import contextlib
-import re
-import sys
 import time
 from dataclasses import dataclass
-from fractions import Fraction
-from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import cv2
@@ -43,10 +29,8 @@ from streamfuse.registry import available, build, register
 
 __all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "SyntheticScene", "open_source"]
 
-# Largest frame accepted: 8192 px a side and no more pixels than DCI 8K (8192 x 4320). The visible ring alone
-# takes 8 slots x 3 bytes a pixel offline, about 850 MB at that size; more is a typo, not a camera.
+# Largest frame accepted: 8192 px a side and no more pixels than DCI 8K (8192 x 4320); more is a typo, not a camera.
 MAX_SIDE, MAX_PIXELS = 8192, 8192 * 4320
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
 
 
 class SourceError(RuntimeError):
@@ -71,8 +55,8 @@ class SourceConfig:
         seed: synthetic scene seed (use the same seed for ``ir`` and ``vis`` to get a registered pair).
         resize: replay, IR size != visible size: ``resize`` to the visible size or ``error``.
         stall_factor: a producer silent for longer than its frame interval (``1 / fps``; a video's own rate) times
-            this is reported and counted as a stall, and live killed and restarted; 0 = never (before the first
-            frame a start-up allowance applies instead, see ``producer``).
+            this is reported, counted as a stall, killed and restarted; 0 = never (before the first frame a start-up
+            allowance applies instead, see ``producer``).
         decode_threads: files and streams: FFmpeg decoder threads; 0 = FFmpeg's choice (about one per core).
     """
 
@@ -98,7 +82,7 @@ class SourceConfig:
         check(16 <= self.height <= MAX_SIDE, "height", self.height, f"16 <= height <= {MAX_SIDE}")
         check(self.width * self.height <= MAX_PIXELS, "width", self.width,
               f"width x height <= {MAX_PIXELS} pixels (8192 x 4320); {self.width} x {self.height} would need "
-              f"{self.ring_bytes(8) / 2**20:.0f} MiB of shared memory for an 8-slot ring")
+              f"{self.ring_bytes(1) / 2**20:.0f} MiB of shared memory for each frame of a capture ring")
         check(self.stall_factor == 0 or 2 <= self.stall_factor <= 1000, "stall_factor", self.stall_factor,
               "0 (off) or 2 .. 1000 frame intervals")
         check(self.seed >= 0, "seed", self.seed, "seed >= 0")
@@ -414,201 +398,3 @@ class SyntheticSource(BaseSource):
             t_ns = self._seq * self._period_ns
         image = self._scene.render_ir(t_ns) if self._is_ir else self._scene.render_vis(t_ns)
         return self._frame(t_ns, image)
-
-
-# -- OpenCV camera -----------------------------------------------------------------------------------------------
-
-
-@register("source", "camera")
-class CameraSource(BaseSource):
-    """OpenCV ``VideoCapture`` by device index (``"0"``) or path; frames stamped with ``time.time_ns()`` at grab."""
-
-    live = True
-
-    def _open(self) -> None:
-        path = self.cfg.path or "0"
-        target: int | str = int(path) if path.isdigit() else path
-        device = f"/dev/video{target}" if isinstance(target, int) else target
-        if sys.platform.startswith("linux") and device.startswith("/dev/") and not Path(device).exists():
-            found = ", ".join(sorted(str(p) for p in Path("/dev").glob("video*"))) or "none"
-            raise SourceError(f"{self.section}: camera {path!r} does not exist ({device} missing; found: {found})")
-        previous = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we raise one clear line instead
-        try:
-            cap = cv2.VideoCapture(target)
-        finally:
-            cv2.utils.logging.setLogLevel(previous)
-        if not cap.isOpened():
-            raise SourceError(f"{self.section}: cannot open camera {path!r}")
-        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
-        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height)
-        cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
-        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep at most one stale frame in the driver
-        self._cap, self._path, self._is_file = cap, path, Path(path).is_file()
-
-    def _read(self) -> Frame | None:
-        if not self._cap.grab():
-            if self._is_file:
-                return None
-            raise SourceError(f"{self.section}: camera {self._path!r} stopped delivering frames (unplugged?)")
-        t_ns = time.time_ns()
-        ok, image = self._cap.retrieve()
-        if not ok:
-            raise SourceError(f"{self.section}: camera {self._path!r} returned an empty frame")
-        return self._frame(t_ns, self._convert(image))
-
-    def _close(self) -> None:
-        self._cap.release()
-
-
-# -- PyAV file / stream ------------------------------------------------------------------------------------------
-
-
-class AvSource(BaseSource):
-    """A video file or network stream decoded with PyAV; see the module docstring for its capture times.
-
-    Attributes:
-        time_base: the video stream's ``time_base`` (``Fraction``), so a writer can turn ``t_capture_ns`` back
-            into the input's integer pts: ``round(t_ns * time_base.denominator / (time_base.numerator * 1e9))``.
-    """
-
-    _OPEN_TIMEOUT_S = 10.0  # network streams: open and per-read timeouts, so a dead sender cannot hang us
-    _READ_TIMEOUT_S = 5.0
-
-    def _open(self) -> None:
-        self.live = self.cfg.kind == "stream"
-        self._t_offset_ns: int | None = None  # added to pts: the stream's wall-clock anchor, loop passes
-        self._first_pts_ns: int | None = None  # of the current pass
-        self._last_pts_ns: int | None = None
-        self._open_container()
-
-    def _open_container(self) -> None:
-        import av
-
-        path = self.cfg.path
-        if not path:
-            raise SourceError(f"{self.section}: no path given for a {self.cfg.kind} source")
-        if self.cfg.kind == "file" and not Path(path).is_file():
-            raise SourceError(f"{self.section}: video file not found: {path}")
-        self._stack = contextlib.ExitStack()
-        timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
-        try:
-            container = self._stack.enter_context(av.open(path, timeout=timeout))
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            why = _one_line(exc)
-            if isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
-                why = f"not a readable video ({why})"
-            raise SourceError(f"{self.section}: cannot open {path}: {why}") from None
-        if not container.streams.video:
-            self._stack.close()
-            raise SourceError(f"{self.section}: {path} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if self.cfg.decode_threads:
-            stream.thread_count = self.cfg.decode_threads
-        self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
-        rate = stream.average_rate or stream.guessed_rate
-        self._period_ns = round(1e9 / float(rate)) if rate else round(1e9 / self.cfg.fps)
-        self._expected = stream.frames  # 0 when the container does not say (e.g. Matroska)
-        # The video's announced end, to notice a silently truncated file (Matroska decodes what is left and stops).
-        # Only the video stream's own duration, or the container's when video is all it holds: audio often
-        # runs longer than the video.
-        if stream.duration is not None:
-            self._end_ns = round(((stream.start_time or 0) + stream.duration) * self.time_base * 1_000_000_000)
-        elif container.duration and len(container.streams) == 1:
-            self._end_ns = ((container.start_time or 0) + container.duration) * 1000  # AV_TIME_BASE is us
-        else:
-            self._end_ns = None
-        self._decoded = 0  # in this pass
-        self._frames = container.decode(stream)
-
-    def _read(self) -> Frame | None:
-        import av
-
-        try:
-            frame = next(self._frames)
-        except StopIteration:
-            frame = None
-        except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"{self.section}: {self.cfg.path}: decoding stopped {self._where()}: {_one_line(exc)}") \
-                from None
-        if frame is None:
-            if 0 < self._decoded < self._expected:
-                raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
-                                  f"{self._where()}; the container announces {self._expected} frames")
-            if self._decoded and self._end_ns is not None and self._last_pts_ns + 2 * self._period_ns < self._end_ns:
-                raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
-                                  f"{self._where()}; the container announces {self._end_ns / 1e9:.3f} s")
-            if not self.cfg.loop or self._decoded == 0:
-                return None
-            # Loop: the next pass starts one frame period after this one ended, so times keep increasing.
-            self._t_offset_ns += self._last_pts_ns + self._period_ns - self._first_pts_ns
-            self._first_pts_ns = self._last_pts_ns = None
-            self._stack.close()
-            self._open_container()
-            return self._read()
-        # pts -> ns once, here at the edge; a frame without pts follows the previous one by one period.
-        if frame.pts is not None:
-            pts_ns = round(frame.pts * (frame.time_base or self.time_base) * 1_000_000_000)
-        else:
-            pts_ns = 0 if self._last_pts_ns is None else self._last_pts_ns + self._period_ns
-        if self._t_offset_ns is None:
-            self._t_offset_ns = time.time_ns() - pts_ns if self.live else 0
-        if self._first_pts_ns is None:
-            self._first_pts_ns = pts_ns
-        self._last_pts_ns = pts_ns
-        self._decoded += 1
-        t_ns = pts_ns + self._t_offset_ns
-        image = frame.to_ndarray(format="gray" if self._is_ir or frame.format.name.startswith("gray") else "bgr24")
-        self._pace(t_ns)
-        return self._frame(t_ns, self._convert(image))
-
-    def _where(self) -> str:
-        if self._last_pts_ns is None:
-            return "before the first frame"
-        return f"after frame {self._decoded} (t={(self._last_pts_ns - self._first_pts_ns) / 1e9:.3f} s)"
-
-    def _close(self) -> None:
-        self._stack.close()
-
-
-register("source", "file")(AvSource)
-register("source", "stream")(AvSource)
-
-
-# -- numbered image folder ---------------------------------------------------------------------------------------
-
-
-def _number_key(path: Path) -> tuple[int, str]:
-    """Sort key: the last integer in the file stem (``frame_0012.png`` -> 12), then the name."""
-    numbers = re.findall(r"\d+", path.stem)
-    return (int(numbers[-1]) if numbers else -1, path.name)
-
-
-@register("source", "folder")
-class FolderSource(BaseSource):
-    """Numbered image files sorted numerically; frame ``i`` (in that order, across loops) has ``t = i / fps``."""
-
-    def _open(self) -> None:
-        folder = Path(self.cfg.path)
-        if not self.cfg.path or not folder.is_dir():
-            raise SourceError(f"{self.section}: image folder not found: {self.cfg.path!r}")
-        self._files = sorted((p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES), key=_number_key)
-        if not self._files:
-            raise SourceError(f"{self.section}: no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {folder}")
-
-    def _read(self) -> Frame | None:
-        index = self._seq
-        if index >= len(self._files) and not self.cfg.loop:
-            return None
-        path = self._files[index % len(self._files)]
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise SourceError(f"{self.section}: cannot read image {path}")
-        t_ns = round(index * 1e9 / self.cfg.fps)
-        self._pace(t_ns)
-        return self._frame(t_ns, self._convert(image))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

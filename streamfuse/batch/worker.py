@@ -1,0 +1,95 @@
+"""One batch worker's work: a pair replayed with the worker's loaded models and thread budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from typing import Any, Callable
+
+import streamfuse
+from streamfuse.batch.jobs import PairJob, PairResult
+from streamfuse.replay import ReplayError, run_replay
+
+__all__ = ["Models", "replay_pair", "worker_cfg"]
+
+
+class _Counted:
+    """A fuser that reports each fused frame (for the frames bar); everything else is the wrapped fuser's."""
+
+    def __init__(self, fuser: Any, report: Callable[[int], None]):
+        self._fuser, self._report = fuser, report
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fuser, name)
+
+    def fuse(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._fuser.fuse(*args, **kwargs)
+        self._report(1)
+        return out
+
+
+class Models:
+    """The models one worker has loaded, kept across its pairs (keyed by the fuse and align settings)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] = {}
+
+    def fuser(self, fuse: Any, align: Any) -> Any:
+        """A fuser for one more video: the model stays loaded; OT plans and latent noise start afresh per video."""
+        from streamfuse.fusers import build_fuser
+
+        if fuse.name != "hclfuse":
+            return build_fuser(fuse, align)  # baselines load nothing: a fresh one cannot carry any video's state
+        from streamfuse.model.fuser import HCLFuser
+
+        key = repr((fuse, align))  # frozen dataclasses: the repr is the value
+        if key not in self._loaded:
+            self._loaded[key] = build_fuser(fuse, align)
+        loaded = self._loaded[key]
+        return HCLFuser(loaded.net, loaded.engine, align, loaded.seed, loaded.version)
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _wait_policy() -> str:
+    return "late" if streamfuse.LATE_WAIT_POLICY else os.environ.get("OMP_WAIT_POLICY", "")
+
+
+def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
+                report: Callable[[int], None] = lambda n: None) -> PairResult:
+    """Replay one pair with this worker's models; a failure becomes the result's one-line reason.
+
+    Args:
+        cfg: PipelineConfig (its ``replay.progress`` should be off: the batch shows its own bars).
+        job: the pair and its output.
+        resume: continue an interrupted output from its partial file.
+        models: this worker's loaded models.
+        report: called with the number of frames fused since the last call.
+    """
+    result = PairResult(str(job.out), "done", worker=_worker_name(), wait_policy=_wait_policy())
+    t0 = time.perf_counter()
+    try:
+        summary = run_replay(cfg, ir_path=job.ir, vis_path=job.vis, out_path=job.out, resume=resume,
+                             fuser_factory=lambda fuse, align: _Counted(models.fuser(fuse, align), report))
+    except ReplayError as exc:
+        summary = exc.summary
+        result.status, result.reason = "interrupted" if exc.interrupted else "failed", str(exc)
+    except (OSError, RuntimeError, ValueError) as exc:
+        summary = None
+        result.status, result.reason = "failed", " ".join(str(exc).split()) or type(exc).__name__
+    if summary is not None:
+        result.frames_in, result.frames_out = dict(summary.frames), summary.written
+    result.wall_s = time.perf_counter() - t0
+    result.fps = result.frames_out / max(result.wall_s, 1e-9)
+    return result
+
+
+def worker_cfg(cfg: Any, threads: int) -> Any:
+    """The config a worker of ``threads`` CPUs runs: torch's and FFmpeg's "every core" (0) become its own CPUs."""
+    fuse = cfg.fuse if cfg.fuse.threads else dataclasses.replace(cfg.fuse, threads=threads)
+    replay = cfg.replay if cfg.replay.codec_threads else dataclasses.replace(cfg.replay, codec_threads=threads)
+    return dataclasses.replace(cfg, fuse=fuse, replay=replay)
