@@ -32,6 +32,7 @@ import errno
 import ipaddress
 import json
 import logging
+import math
 import reprlib
 import time
 from dataclasses import dataclass
@@ -263,7 +264,7 @@ class Publisher:
         """
         self._poll_subscriptions()
         self._abandon_loan()
-        nbytes = int(np.prod(shape))
+        nbytes = math.prod(shape)
         if self._shm_wanted() and self._has_pool(nbytes):
             loan = self._pool.loan(nbytes)
             if loan is not None:
@@ -288,7 +289,8 @@ class Publisher:
             self._abandon_loan()
         image = np.ascontiguousarray(fused.image)
         header = _header(fused, image, seq=self.published, frame_id=self.cfg.frame_id)
-        self._poll_subscriptions()
+        if not loaned:  # loan() has just taken them
+            self._poll_subscriptions()
         outcomes = []  # True: sent, False: refused by a full queue
         if loaned:
             image.flags.writeable = False  # the slot is the consumers' now; a late write would go unnoticed
