@@ -1,18 +1,5 @@
-"""PublishConfig, the ZeroMQ Publisher of fused frames, and the wire format's decoder.
-
-Wire format (README "Wire format" is the reference for consumers): a PUB socket that binds; every fused frame
-is one multipart message ``[topic, header, image]``:
-
-- ``topic``: UTF-8 bytes, e.g. ``b"fused/rig0"`` (SUB prefix filtering: subscribe to ``b"fused/"`` for all rigs).
-- ``header``: UTF-8 JSON object, schema ``"streamfuse.fused/1"`` (see :data:`HEADER_FIELDS`).
-- ``image``: the raw pixels, ``height`` rows of ``step`` bytes (``bgr8``: B, G, R per pixel; ``mono8``: 1 byte).
-
-The ``format`` header field says what the third part holds: ``raw`` pixels (schema ``/1``, unchanged), or under
-schema ``"streamfuse.fused/2"`` (which a ``/1`` consumer refuses instead of misreading) a ``jpeg`` or ``h264``
-frame, or for consumers on the same host an empty part plus the shared-memory slot of the pixels (``shm``, sent on
-``shm/<topic>`` only while a subscriber asks for it; see :mod:`streamfuse.shm_pool`).
-
-Statistics go out as ``[stats_topic, JSON]`` with schema ``"streamfuse.stats/1"``.
+"""PublishConfig and the ZeroMQ Publisher of fused frames, their previews and the stats (the wire format itself is
+:mod:`streamfuse.wire`).
 
 Live semantics: PUB/SUB never blocks the publisher. Each subscriber has a queue of ``sndhwm`` messages; when a
 slow subscriber's queue is full, libzmq drops that subscriber's copy and the others still get theirs, so the
@@ -29,15 +16,12 @@ the next frame.
 from __future__ import annotations
 
 import errno
-import ipaddress
-import json
 import logging
 import math
-import reprlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -47,73 +31,13 @@ import zmq.auth
 from streamfuse.codecs import H264Encoder, JpegEncoder
 from streamfuse.config import check
 from streamfuse.frames import FusedFrame
-from streamfuse.shm_pool import MAX_SLOTS, PoolError, ShmPool, remove_stale_pools, shm_supported, valid_pool_name
+from streamfuse.shm_pool import MAX_SLOTS, PoolError, ShmPool, remove_stale_pools, shm_supported
+from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, SCHEMA, SCHEMA_2, SHM_TOPIC_PREFIX, STATS_SCHEMA, encode_json,
+                             fused_header, preview_topic, reachable_from_other_machines, shm_topic)
 
-__all__ = ["PublishConfig", "Publisher", "MalformedMessage", "decode_message", "decode_stats", "preview_topic",
-           "HEADER_FIELDS", "SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "ENCODINGS", "MAX_HEADER_BYTES", "MAX_SIDE",
-           "PREVIEW_PREFIX",
-           "FORMATS", "FORMAT_FIELDS", "SHM_TOPIC_PREFIX", "decode_header", "raw_image", "shm_topic"]
+__all__ = ["PublishConfig", "Publisher"]
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "streamfuse.fused/1"  # format raw: what every consumer since the first release reads
-SCHEMA_2 = "streamfuse.fused/2"  # any other format: a /1 consumer refuses it, never misreads the payload
-FORMATS = ("raw", "jpeg", "h264", "shm")  # what the third part holds
-SHM_TOPIC_PREFIX = "shm/"  # shared-memory descriptors go on shm/<topic>, which no /1 consumer subscribes to
-STATS_SCHEMA = "streamfuse.stats/1"
-ENCODINGS = {"mono8": 1, "bgr8": 3}  # encoding -> channels (bytes per pixel)
-
-# Every header field and its JSON type; times are integer ns (epoch: time.time_ns()).
-HEADER_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "schema": str,  # "streamfuse.fused/1"; the number after "/" changes only on incompatible changes
-    "seq": int,  # publisher's own counter, +1 per published frame from 0 (gaps = frames this subscriber missed)
-    "height": int,  # rows
-    "width": int,  # columns
-    "encoding": str,  # "bgr8" or "mono8"
-    "step": int,  # bytes per row
-    "is_bigendian": int,  # 0 (8-bit data)
-    "frame_id": str,  # optical frame the image is registered to (the visible camera's)
-    "seq_ir": int,  # IR source sequence number of the fused pair
-    "seq_vis": int,  # visible source sequence number
-    "t_capture_ir_ns": int,  # IR capture time, epoch ns (file replay: the file's timestamps)
-    "t_capture_vis_ns": int,  # visible capture time, epoch ns
-    "t_fused_ns": int,  # fusion finished, epoch ns
-    "t_publish_ns": int,  # handed to ZeroMQ, epoch ns
-    "fuser": str,  # fuser name, e.g. "hclfuse"
-    "fuser_version": str,
-    "timings_ms": dict,  # per-stage latency of this frame, stage name -> ms (float)
-    "format": str,  # raw | jpeg | h264 | shm (absent in /1 messages of older publishers: raw)
-}
-# Fields present only with some formats, and their JSON type.
-FORMAT_FIELDS: dict[str, dict[str, type]] = {
-    "h264": {"keyframe": int},  # 1: an IDR frame a decoder can start at (SPS/PPS included); 0: needs the previous
-    "shm": {"shm_pool": str, "shm_slot": int, "shm_gen": int},  # pool name, slot index, generation written
-}
-
-PREVIEW_PREFIX = "preview/"  # preview topics: preview/ir/<topic>, preview/vis/<topic> (see preview_topic)
-MAX_HEADER_BYTES = 65_536  # a header is ~600 bytes; the bound keeps a peer from making us parse megabytes of JSON
-MAX_SIDE = 65_535  # largest height and width on the wire
-_INT64 = (-(2**63), 2**63 - 1)
-_COUNTER = (0, 2**63 - 1)
-# Inclusive range of every int header field: a peer's numbers stay within what the consumer's arithmetic,
-# int64 arrays and file names can hold (Python ints are unbounded, JSON numbers too).
-_INT_RANGES: dict[str, tuple[int, int]] = {
-    "seq": _COUNTER, "seq_ir": _COUNTER, "seq_vis": _COUNTER,
-    "height": (1, MAX_SIDE), "width": (1, MAX_SIDE), "step": (1, 4 * MAX_SIDE), "is_bigendian": (0, 1),
-    "t_capture_ir_ns": _INT64, "t_capture_vis_ns": _INT64, "t_fused_ns": _INT64, "t_publish_ns": _INT64,
-    "keyframe": (0, 1), "shm_slot": (0, MAX_SLOTS - 1), "shm_gen": (2, 2**63 - 2),
-}
-# Per format, its fields' ``(key, type)`` and its int fields' ``(key, (lo, hi))``, merged once here: the consumer
-# checks every message.
-_FIELD_CHECKS = {fmt: (tuple(fields.items()), tuple((k, r) for k, r in _INT_RANGES.items() if k in fields))
-                 for fmt in FORMATS for fields in [{**HEADER_FIELDS, **FORMAT_FIELDS.get(fmt, {})}]}
-_MAX_TIMING_MS = 1e12  # a stage latency beyond ~30 years is a forged number, not a measurement
-_clip = reprlib.Repr()  # values quoted in error messages stay short (a forged field may be 60 kB long)
-_clip.maxstring = _clip.maxother = _clip.maxlong = 40
-
-
-class MalformedMessage(ValueError):
-    """A message that does not follow the wire format; the text is one line saying what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -239,7 +163,7 @@ class Publisher:
         #: the bound endpoint, with the real port when the config asked for ``tcp://HOST:*``.
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("publishing %s on %s (stats on %s)", cfg.topic, self.endpoint, cfg.stats_topic)
-        if not cfg.curve_secret_file and _reachable_from_other_machines(self.endpoint):
+        if not cfg.curve_secret_file and reachable_from_other_machines(self.endpoint):
             log.warning("publishing unencrypted on %s, reachable from other machines: anyone on the network can "
                         "read the frames; set publish.curve_secret_file (README, Encryption) or bind 127.0.0.1",
                         self.endpoint)
@@ -288,7 +212,7 @@ class Publisher:
         if not loaned:
             self._abandon_loan()
         image = np.ascontiguousarray(fused.image)
-        header = _header(fused, image, seq=self.published, frame_id=self.cfg.frame_id)
+        header = fused_header(fused, image, seq=self.published, frame_id=self.cfg.frame_id)
         if not loaned:  # loan() has just taken them
             self._poll_subscriptions()
         outcomes = []  # True: sent, False: refused by a full queue
@@ -360,7 +284,7 @@ class Publisher:
             # The high-water mark is checked on the first part only; once it passes, the rest of the message
             # always follows, so a message is sent whole or not at all.
             self._sock.send(topic, zmq.SNDMORE)
-            self._sock.send(_dumps(header), zmq.SNDMORE)
+            self._sock.send(encode_json(header), zmq.SNDMORE)
             self._sock.send(payload, copy=copy)
         except zmq.Again:
             return False
@@ -389,7 +313,7 @@ class Publisher:
         """Send a telemetry snapshot as ``[stats_topic, JSON]`` (numpy scalars and arrays become JSON numbers)."""
         body = {"schema": STATS_SCHEMA, "t_ns": time.time_ns(), **self._stats_extra, **stats}
         try:
-            self._sock.send_multipart([self._stats_topic, json.dumps(body, default=_json_default).encode()],
+            self._sock.send_multipart([self._stats_topic, encode_json(body)],
                                       zmq.NOBLOCK)
         except zmq.Again:
             return False
@@ -407,7 +331,7 @@ class Publisher:
         for stream, topic in self._previews.items():
             if any(topic.startswith(sub) for sub in self._preview_subs):
                 image = _downscale(getattr(fused.pair, stream).image, self.cfg.preview_width)
-                header = _encode_header(fused, image, seq=self._preview_seq, frame_id=self.cfg.frame_id)
+                header = encode_json(fused_header(fused, image, seq=self._preview_seq, frame_id=self.cfg.frame_id))
                 try:
                     self._sock.send_multipart([topic, header, image], zmq.NOBLOCK, copy=False)
                 except zmq.Again:
@@ -427,203 +351,12 @@ class Publisher:
         self.close()
 
 
-def shm_topic(topic: str) -> str:
-    """The topic of the shared-memory descriptors of fused topic (or prefix) ``topic``.
-
-    >>> shm_topic("fused/rig0")
-    'shm/fused/rig0'
-    """
-    return SHM_TOPIC_PREFIX + topic
-
-
-def preview_topic(topic: str, stream: str) -> str:
-    """The topic of the ``stream`` (``ir`` or ``vis``) previews that go with fused topic (or prefix) ``topic``.
-
-    >>> preview_topic("fused/rig0", "ir")
-    'preview/ir/fused/rig0'
-    """
-    return f"{PREVIEW_PREFIX}{stream}/{topic}"
-
-
 def _downscale(image: np.ndarray, width: int) -> np.ndarray:
     """``image`` resized to ``width`` columns (aspect kept; never enlarged), C-contiguous."""
     h, w = image.shape[:2]
     if w <= width:
         return np.ascontiguousarray(image)
     return cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
-
-
-def _encode_header(fused: FusedFrame, image: np.ndarray, *, seq: int, frame_id: str) -> bytes:
-    """The JSON header of ``fused`` as a raw frame (see :data:`HEADER_FIELDS`); ``image``: its C-contiguous pixels."""
-    return _dumps(_header(fused, image, seq=seq, frame_id=frame_id))
-
-
-def _dumps(header: dict[str, Any]) -> bytes:
-    return _json_encoder.encode(header).encode()
-
-
-def _header(fused: FusedFrame, image: np.ndarray, *, seq: int, frame_id: str) -> dict[str, Any]:
-    """The header fields of ``fused`` as a raw frame; ``image`` is its C-contiguous pixel array."""
-    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        raise ValueError(f"fused image must be (H, W, 3) BGR or (H, W) grey uint8, got {image.shape} {image.dtype}")
-    pair = fused.pair
-    header = {
-        "schema": SCHEMA, "seq": seq,
-        "height": image.shape[0], "width": image.shape[1], "encoding": "bgr8" if image.ndim == 3 else "mono8",
-        "step": image.strides[0], "is_bigendian": 0, "frame_id": frame_id,
-        "seq_ir": pair.ir.seq, "seq_vis": pair.vis.seq,
-        "t_capture_ir_ns": pair.ir.t_capture_ns, "t_capture_vis_ns": pair.vis.t_capture_ns,
-        "t_fused_ns": fused.t_fused_ns, "t_publish_ns": time.time_ns(),
-        "fuser": fused.fuser, "fuser_version": fused.fuser_version,
-        "timings_ms": {k: round(float(v), 3) for k, v in fused.timings_ms.items()}, "format": "raw",
-    }
-    return header
-
-
-def decode_header(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
-    """Validate one ``[topic, header, payload]`` message of any format and return its header.
-
-    Every field is type- and range-checked, including the format's own (:data:`FORMAT_FIELDS`); a raw payload's size
-    must match ``height * step``, a shared-memory message's payload must be empty and its pool name a publisher
-    pool's (:func:`streamfuse.shm_pool.valid_pool_name`). A ``/1`` header without ``format`` is raw.
-
-    Raises:
-        MalformedMessage: one line naming what is wrong (part count, JSON, schema, a field, size vs shape).
-    """
-    if len(parts) != 3:
-        raise MalformedMessage(f"expected 3 parts [topic, header, image], got {len(parts)}")
-    if len(parts[1]) > MAX_HEADER_BYTES:
-        raise MalformedMessage(f"header is {len(parts[1])} bytes, more than {MAX_HEADER_BYTES}")
-    header = _parse_json(parts[1], "header")
-    if header.get("schema") == SCHEMA:
-        header.setdefault("format", "raw")
-        if header["format"] != "raw":
-            raise MalformedMessage(f"format {_clip.repr(header['format'])} under schema {SCHEMA} (only raw)")
-    elif header.get("schema") != SCHEMA_2:
-        raise MalformedMessage(f"unsupported schema {_clip.repr(header.get('schema'))}; expected {SCHEMA!r} or "
-                               f"{SCHEMA_2!r}")
-    _check_fields(header)
-    channels = ENCODINGS.get(header["encoding"])
-    if channels is None:
-        raise MalformedMessage(f"unknown encoding {_clip.repr(header['encoding'])}; expected one of "
-                               f"{', '.join(ENCODINGS)}")
-    height, width, step = header["height"], header["width"], header["step"]
-    fmt = header["format"]
-    if step < width * channels or (fmt != "raw" and step != width * channels):
-        raise MalformedMessage(f"bad image geometry height={height} width={width} step={step} "
-                               f"(need step >= width * {channels}, equal unless raw)")
-    size = len(parts[2])
-    if fmt == "raw" and size != height * step:
-        raise MalformedMessage(f"image payload is {size} bytes, header says {height} x {step} = {height * step}")
-    if fmt in ("jpeg", "h264") and size == 0:
-        raise MalformedMessage(f"empty {fmt} payload")
-    if fmt == "shm" and size != 0:
-        raise MalformedMessage(f"shm message with a {size}-byte payload (must be empty)")
-    if fmt == "shm" and (not valid_pool_name(header["shm_pool"]) or header["shm_gen"] % 2):
-        raise MalformedMessage(f"shm_pool {_clip.repr(header['shm_pool'])} is not a publisher pool name, or "
-                               f"shm_gen {header['shm_gen']} is odd")
-    return header
-
-
-def decode_message(parts: Sequence[bytes | zmq.Frame]) -> tuple[dict[str, Any], np.ndarray]:
-    """Validate and decode one raw ``[topic, header, image]`` message (other formats: :class:`streamfuse.client.
-    Subscriber` decodes them).
-
-    Args:
-        parts: the message parts as bytes or ``zmq.Frame`` (``recv_multipart(copy=False)``: the image is not copied).
-
-    Returns:
-        ``(header, image)``: the header dict and a ``(height, width, 3)`` (bgr8) or ``(height, width)`` (mono8)
-        uint8 view of the payload (no copy; read-only when the parts are bytes).
-
-    Raises:
-        MalformedMessage: one line naming what is wrong (part count, JSON, schema, a field, size vs shape, format).
-    """
-    header = decode_header(parts)
-    if header["format"] != "raw":
-        raise MalformedMessage(f"format {header['format']} needs a decoder: streamfuse.client.Subscriber has them")
-    return header, raw_image(header, parts[2])
-
-
-def raw_image(header: dict[str, Any], part: bytes | zmq.Frame | memoryview) -> np.ndarray:
-    """The ``(height, width, 3)`` or ``(height, width)`` uint8 view of a validated raw payload (rows of ``step``)."""
-    buffer = part.buffer if isinstance(part, zmq.Frame) else memoryview(part)
-    channels = ENCODINGS[header["encoding"]]
-    height, width = header["height"], header["width"]
-    image = np.frombuffer(buffer, np.uint8, height * header["step"]).reshape(height, -1)[:, : width * channels]
-    return image.reshape(height, width, channels) if channels > 1 else image
-
-
-def _check_fields(header: dict[str, Any]) -> None:
-    """Every field of :data:`HEADER_FIELDS` and of the format's :data:`FORMAT_FIELDS` present, of its type and, for
-    numbers, in range; raises MalformedMessage."""
-    if header.get("format") not in FORMATS:
-        raise MalformedMessage(f"header field format={_clip.repr(header.get('format'))} is missing or not one of "
-                               f"{' | '.join(FORMATS)}")
-    types, ranges = _FIELD_CHECKS[header["format"]]
-    for key, tp in types:
-        value = header.get(key)
-        if not isinstance(value, tp) or isinstance(value, bool):
-            raise MalformedMessage(f"header field {key}={_clip.repr(value)} is missing or not "
-                                   f"{getattr(tp, '__name__', tp)}")
-    for key, (lo, hi) in ranges:
-        if not lo <= header[key] <= hi:
-            raise MalformedMessage(f"header field {key}={_clip.repr(header[key])} is out of range {lo}..{hi}")
-    for stage, ms in header["timings_ms"].items():
-        # int/float comparisons are exact for any int size; NaN fails the bound too
-        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not abs(ms) <= _MAX_TIMING_MS:
-            raise MalformedMessage(f"header field timings_ms[{_clip.repr(stage)}]={_clip.repr(ms)} is not a "
-                                   f"number of ms within +-{_MAX_TIMING_MS:g}")
-
-
-def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
-    """Validate and decode one ``[stats_topic, JSON]`` message; raises MalformedMessage."""
-    if len(parts) != 2:
-        raise MalformedMessage(f"expected 2 parts [topic, stats], got {len(parts)}")
-    stats = _parse_json(parts[1], "stats")
-    _check_schema(stats, STATS_SCHEMA)
-    return stats
-
-
-def _parse_json(part: bytes | zmq.Frame, what: str) -> dict[str, Any]:
-    raw = part.bytes if isinstance(part, zmq.Frame) else bytes(part)
-    try:
-        obj = json.loads(raw)
-    except RecursionError:
-        raise MalformedMessage(f"{what} JSON is nested too deeply") from None
-    except ValueError as exc:  # also UnicodeDecodeError, JSONDecodeError and integers of more than 4300 digits
-        raise MalformedMessage(f"{what} is not UTF-8 JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise MalformedMessage(f"{what} is JSON {type(obj).__name__}, expected an object")
-    return obj
-
-
-def _check_schema(obj: dict[str, Any], schema: str) -> None:
-    if obj.get("schema") != schema:
-        raise MalformedMessage(f"unsupported schema {obj.get('schema')!r}; expected {schema!r}")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-_json_encoder = json.JSONEncoder(separators=(",", ":"), default=_json_default)  # made once: ~1.5 us a frame
-
-
-def _reachable_from_other_machines(endpoint: str) -> bool:
-    """True for a bound ``tcp://`` endpoint whose address is not loopback (``tcp://0.0.0.0:5555``, a LAN address)."""
-    scheme, _, address = endpoint.partition("://")
-    if scheme != "tcp":
-        return False
-    host = address.rpartition(":")[0].strip("[]")
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: assume it faces the network
-        return True
 
 
 def _load_secret(path: str) -> bytes:

@@ -19,8 +19,8 @@ from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_fr
                          wait_until, with_header)
 
 from streamfuse.client import Subscriber
-from streamfuse.publish import (HEADER_FIELDS, SCHEMA, MalformedMessage, PublishConfig, Publisher, decode_message,
-                                decode_stats)
+from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.wire import HEADER_FIELDS, SCHEMA, MalformedMessage, decode_message, decode_stats
 
 REPO = Path(__file__).resolve().parents[1]
 
