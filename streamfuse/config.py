@@ -98,7 +98,7 @@ def _sections() -> dict[str, type]:
     from streamfuse.fusers import FuseConfig
     from streamfuse.postprocess import PostConfig
     from streamfuse.publish import PublishConfig
-    from streamfuse.record import RecordConfig
+    from streamfuse.recording import RecordConfig
     from streamfuse.replay import ReplayConfig
     from streamfuse.sync import SyncConfig
     from streamfuse.telemetry import TelemetryConfig

@@ -22,7 +22,7 @@ from streamfuse.frames import Frame, FusedFrame
 from streamfuse.fusers import Fuser, build_fuser
 from streamfuse.postprocess import TemporalDenoiser, restore_colour, vis_luma
 from streamfuse.publish import Publisher
-from streamfuse.record import Recorder
+from streamfuse.recording import Recorder
 from streamfuse.sync import Pairer
 from streamfuse.telemetry import Telemetry, format_stats
 

@@ -15,7 +15,7 @@ from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame
 
 from streamfuse.frames import Frame
 from streamfuse.publish import PublishConfig, Publisher
-from streamfuse.record import TOPICS, RecordConfig, Recorder
+from streamfuse.recording import TOPICS, RecordConfig, Recorder
 
 T0 = 1_700_000_000_123_456_789
 

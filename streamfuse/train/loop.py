@@ -20,7 +20,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from streamfuse.engine import tune_malloc
+from streamfuse.device import tune_malloc
 from streamfuse.model.losses import hclfuse_losses
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
