@@ -7,21 +7,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_missing_dependencies_are_one_line():
-    # -S: no site-packages, as with a system Python that never installed the requirements
-    proc = subprocess.run([sys.executable, "-S", str(REPO / "run_stream.py"), "--config", "configs/demo.yaml"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+ENTRY_POINTS = [["-m", "streamfuse", "run", "--config", "demo"], ["run_stream.py", "--config", "demo"],
+                *(["tools/" + p.name, "-h"] for p in sorted((REPO / "tools").glob("*.py")))]
+
+
+@pytest.mark.parametrize("args", ENTRY_POINTS, ids=[" ".join(a[:3]) if a[0] == "-m" else a[0] for a in ENTRY_POINTS])
+def test_missing_dependencies_are_one_line(args):
+    # -S: no site-packages, as with a system Python that never installed the requirements (from the checkout, so
+    # -m and run_stream.py find the package; a tool finds neither the package nor its dependencies)
+    proc = subprocess.run([sys.executable, "-S", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not installed for" in lines[0] and "make venv" in lines[0], proc.stderr
 
 
-def test_config_errors_come_before_the_heavy_imports():
-    code = ("import sys; from streamfuse.config import load_config; load_config('configs/demo.yaml');"
-            " print(sorted(m for m in ('torch', 'ot') if m in sys.modules))")
+def test_config_loading_needs_no_heavy_imports():
+    code = ("import sys; from streamfuse.config import load_config; from streamfuse.configs import resolve;"
+            " load_config(resolve('demo')); print(sorted(m for m in ('torch', 'ot') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
 

@@ -14,7 +14,7 @@ __all__ = ["BENCHES", "main"]
 
 BENCHES = {
     "fuse": "streamfuse.bench.fuse:main",
-    "transport": "tools/bench_transport.py",
+    "transport": "streamfuse.bench.transport:main",
     "replay": "streamfuse.bench.replay:main",
     "batch": "tools/bench_batch.py",
 }

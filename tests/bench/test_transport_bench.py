@@ -1,16 +1,12 @@
-"""tools/bench_transport.py: its shared-memory row really goes through shared memory, its codec figures are sane."""
+"""``python -m streamfuse bench transport``: its shared-memory row really goes through shared memory, its codec
+figures are sane."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
+from streamfuse.bench import transport as bench_transport
 from streamfuse.shm_pool import shm_supported
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import bench_transport  # noqa: E402
 
 
 @pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")

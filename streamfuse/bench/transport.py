@@ -1,0 +1,332 @@
+"""Transport benchmark on loopback, side by side in one run: imagezmq (default REQ/REP) and streamfuse raw PUB/SUB,
+shared memory, jpeg and h264, for bgr8 frames like the demo's (the synthetic rig's scene, IR max visible) at each
+``--sizes``.
+
+Receivers run in a child process, senders in this one, so each side has its own interpreter. Phases per size:
+
+1. capacity: frames/s delivered (decoded, for jpeg and h264) with nothing lost, median and best of ``--rounds``
+   interleaved runs (the load of a shared machine changes from second to second), and the publisher's CPU time
+   imagezmq: send_image/recv_image/send_reply in lock-step. streamfuse: a ``nodrop`` publisher with ``wait_ms``
+   (back-pressure instead of drops; over shared memory, which never waits, a refused frame is offered again).
+2. latency: frames paced at ``--rate``; time the decoded image is in the receiver's hands minus the publish time
+   stamped in the header (the same ``time.time_ns`` clock on both sides), median and p99; and the publisher's CPU
+   time per frame (all its threads, ZeroMQ's included).
+3. codecs: bytes per frame on the wire, encode and decode ms, PSNR against the raw frame.
+4. stalled subscriber: duration of each ``send_fused`` call at ``--rate`` with no subscriber and with one that is
+   connected but never reads, over ZeroMQ and over shared memory (where the stalled reader holds one pool slot).
+
+Needs imagezmq (``pip install imagezmq``, a benchmark-only dependency). Example:
+``python -m streamfuse bench transport --sizes 640x480``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from streamfuse.capture.sources import SyntheticScene
+from streamfuse.client import Subscriber
+from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
+from streamfuse.frames import Frame, FramePair, FusedFrame
+from streamfuse.publish import PublishConfig, Publisher
+
+try:
+    import imagezmq
+except ImportError:  # a benchmark-only dependency; main() says how to get it
+    imagezmq = None
+
+STOP = "stop"
+
+
+def _free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _fused(image: np.ndarray, seq: int) -> FusedFrame:
+    t = time.time_ns()
+    pair = FramePair(Frame("ir", seq, t, image[..., 0]), Frame("vis", seq, t, image))
+    return FusedFrame(pair, image, "bench", "0", t)
+
+
+def _summary(latencies_ns: list[int], arrivals_s: list[float]) -> dict[str, float]:
+    """Received frames, frames/s between the first and last arrival, latency median and p99 (ms)."""
+    lat_ms = np.asarray(latencies_ns) / 1e6
+    span = arrivals_s[-1] - arrivals_s[0] if len(arrivals_s) > 1 else float("nan")
+    return {"frames": len(arrivals_s), "fps": (len(arrivals_s) - 1) / span,
+            "median_ms": float(np.median(lat_ms)), "p99_ms": float(np.percentile(lat_ms, 99))}
+
+
+# --- receivers (child processes) ---
+
+def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int = 2, shm: bool = False) -> None:
+    """Receive until ``done`` is set and the stream has gone quiet; report the summary."""
+    latencies, arrivals = [], []
+    with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm, shm=shm) as sub:
+        while (frame := sub.recv()) is not None or not done.is_set():
+            if frame is None:
+                continue
+            if not ready.is_set():  # the first frame (from shared memory, if asked) proves the subscriptions arrived
+                if not shm or frame[0]["format"] == "shm":
+                    ready.set()
+                continue
+            latencies.append(time.time_ns() - frame[0]["t_publish_ns"])
+            arrivals.append(time.perf_counter())
+        results.put({**_summary(latencies, arrivals), "missed": sub.missed, "via_shm": sub.via_shm})
+
+
+def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
+    """imagezmq ImageHub: receive, reply, until the sender says stop."""
+    latencies, arrivals = [], []
+    hub = imagezmq.ImageHub(open_port=endpoint)
+    ready.set()
+    while True:
+        msg, _ = hub.recv_image()
+        hub.send_reply(b"OK")
+        if msg == STOP:
+            break
+        latencies.append(time.time_ns() - int(msg))
+        arrivals.append(time.perf_counter())
+    hub.close()
+    results.put(_summary(latencies, arrivals))
+
+
+def _stalled_receiver(endpoint: str, ready: Any, done: Any, results: Any, shm: bool = False) -> None:
+    """Connect, take one frame (holding its shared-memory slot), then stop reading until ``done``; then drain and
+    report what got through."""
+    with Subscriber(endpoint, timeout_s=0.2, shm=shm) as sub:
+        while (frame := sub.recv()) is None or (shm and frame[0]["format"] != "shm"):
+            pass
+        ready.set()
+        done.wait()
+        while sub.recv() is not None:
+            pass
+        results.put({"received": sub.received - 1, "missed": sub.missed})
+
+
+class _Receiver:
+    """A receiver function in a spawned process, with ready/done events and a result queue."""
+
+    def __init__(self, target: Any, endpoint: str, *args: Any) -> None:
+        ctx = mp.get_context("spawn")
+        self.ready, self.done, self.results = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=target, args=(endpoint, self.ready, self.done, self.results, *args),
+                                daemon=True)
+        self.proc.start()
+
+    def result(self) -> dict[str, float]:
+        self.done.set()
+        out = self.results.get(timeout=120)  # generous: the reader drains its backlog first, slowly on a busy machine
+        self.proc.join(timeout=10)
+        return out
+
+
+# --- senders ---
+
+def _paced(send: Callable[[int], int], seconds: float, rate: float) -> int:
+    """Call ``send(seq)`` for ``seconds``, at ``rate`` frames/s (0 = back to back); ``send`` returns how many frames
+    went out (0 = dropped), so ``seq`` and the schedule count delivered frames only. Returns the total sent."""
+    start = time.perf_counter()
+    sent = 0
+    while (now := time.perf_counter()) - start < seconds:
+        if rate and now < start + sent / rate:
+            time.sleep(start + sent / rate - now)  # one sleep per frame: the loop itself costs next to no CPU
+            continue
+        sent += send(sent)
+    return sent
+
+
+def _publish(pub: Publisher, frame: np.ndarray, seq: int, loan: bool) -> bool:
+    """``send_fused`` of ``frame``; with ``loan`` the frame is made in :meth:`Publisher.loan`'s array instead, as a
+    producer writing its output there would: only the first row is written, the producer's own write of the body
+    is not the transport's cost (it writes the body into its own array on the one-copy path too)."""
+    if loan:
+        image = pub.loan(frame.shape)
+        image[0] = frame[0]
+        frame = image
+    return pub.send_fused(_fused(frame, seq))
+
+
+def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> dict[str, float]:
+    """Publish ``frames`` round and round for ``seconds`` at ``rate`` frames/s to a subscriber process (rate 0: as
+    fast as it takes them) in ``mode`` (raw, shm, loan, jpeg, h264); adds the publisher's CPU ms per frame."""
+    endpoint = _free_endpoint()
+    encoding = mode if mode in ("jpeg", "h264") else "raw"
+    shm, loan = mode in ("shm", "loan"), mode == "loan"
+    cfg = dict(endpoint=endpoint, encoding=encoding, shm_slots=8 if shm else 0)
+    # Capacity: back-pressure instead of drops. The pool never makes its writer wait (wait_ms turns it off), so
+    # over shared memory a frame refused by the full queue is offered again.
+    wait_ms = 0 if rate or shm else 1000
+    with Publisher(PublishConfig(**cfg, nodrop=not rate, wait_ms=wait_ms)) as pub:
+        rx = _Receiver(_sub_receiver, endpoint, 2, shm)
+        while not rx.ready.wait(0.01):
+            _publish(pub, frames[0], 0, loan)
+
+        def send(seq: int) -> int:
+            if _publish(pub, frames[seq % len(frames)], seq, loan):
+                return 1
+            time.sleep(0)  # refused (capacity run over shared memory): let the reader run, then offer it again
+            return 0
+
+        cpu0 = time.process_time()
+        sent = _paced(send, seconds, rate)
+        cpu_ms = (time.process_time() - cpu0) * 1e3 / max(1, sent)
+        return {**rx.result(), "sent": sent, "cpu_ms": cpu_ms}
+
+
+def _imagezmq(frames: list[np.ndarray], seconds: float, rate: float) -> dict[str, float]:
+    """imagezmq REQ/REP for ``seconds`` at ``rate`` frames/s (0 = as fast as the round trip allows)."""
+    endpoint = _free_endpoint()
+    rx = _Receiver(_hub_receiver, endpoint)
+    rx.ready.wait(30)
+    sender = imagezmq.ImageSender(connect_to=endpoint)
+    sender.send_image(str(time.time_ns()), frames[0])  # connect and warm up
+
+    def send(seq: int) -> int:
+        sender.send_image(str(time.time_ns()), frames[seq % len(frames)])  # returns once the hub replied
+        return 1
+
+    cpu0 = time.process_time()
+    sent = _paced(send, seconds, rate)
+    cpu_ms = (time.process_time() - cpu0) * 1e3 / max(1, sent)
+    sender.send_image(STOP, frames[0])
+    out = rx.result()
+    out["frames"] -= 1  # the warm-up frame
+    sender.close()
+    return {**out, "sent": sent, "cpu_ms": cpu_ms}
+
+
+def _stall(image: np.ndarray, seconds: float, rate: float, peer: str, shm: bool, loan: bool) -> dict[str, float]:
+    """Publish call times (ms: loan and send_fused) at ``rate`` with ``peer`` ``none``, one ``reading`` subscriber or
+    one ``stalled`` (over shared memory with ``shm``, from a loaned slot with ``loan``)."""
+    endpoint = _free_endpoint()
+    with Publisher(PublishConfig(endpoint=endpoint, shm_slots=8 if shm else 0)) as pub:
+        rx = None
+        if peer != "none":
+            rx = (_Receiver(_stalled_receiver, endpoint, shm) if peer == "stalled"
+                  else _Receiver(_sub_receiver, endpoint, 2, shm))
+        while rx is not None and not rx.ready.wait(0.01):
+            _publish(pub, image, 0, loan)
+        dropped0, calls = pub.dropped, []
+        for i in range(round(seconds * rate)):
+            t0 = time.perf_counter()
+            _publish(pub, image, i, loan)
+            calls.append(time.perf_counter() - t0)
+            time.sleep(max(0.0, 1.0 / rate - calls[-1]))
+        got = rx.result() if rx is not None else {}
+    ms = np.asarray(calls) * 1e3
+    return {**got, "calls": len(calls), "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max()), "dropped": pub.dropped - dropped0}
+
+
+def _demo_frames(width: int, height: int, n: int) -> list[np.ndarray]:
+    """``n`` frames like the demo's output: the synthetic rig's night scene, pixel-wise max of IR and visible."""
+    scene = SyntheticScene(width, height, 7)
+    return [np.maximum(scene.render_vis(i * 33_333_333), scene.render_ir(i * 33_333_333)[..., None]) for i in range(n)]
+
+
+def _codec(frames: list[np.ndarray], mode: str, quality: int) -> dict[str, float]:
+    """Bytes per frame, encode and decode ms (medians) and mean PSNR (dB) against the raw frames, in this process."""
+    h, w = frames[0].shape[:2]
+    if mode == "jpeg":
+        enc, dec = JpegEncoder(quality), JpegDecoder()
+        encode, decode = (lambda f: (enc.encode(f), True)), (lambda p, k: dec.decode(p, h, w, 3))
+    else:
+        enc, dec = H264Encoder(30, 23), H264Decoder()
+        encode, decode = enc.encode, (lambda p, k: dec.decode(p, k, h, w, 3))
+    sizes, enc_ms, dec_ms, psnr = [], [], [], []
+    for frame in frames:
+        t0 = time.perf_counter()
+        packet, key = encode(frame)
+        t1 = time.perf_counter()
+        out = decode(packet, key)
+        t2 = time.perf_counter()
+        sizes.append(len(packet))
+        enc_ms.append((t1 - t0) * 1e3)
+        dec_ms.append((t2 - t1) * 1e3)
+        psnr.append(10 * np.log10(255.0**2 / np.mean((frame.astype(np.float64) - out) ** 2)))
+    return {"bytes": float(np.mean(sizes)), "enc_ms": float(np.median(enc_ms)), "dec_ms": float(np.median(dec_ms)),
+            "psnr": float(np.mean(psnr))}
+
+
+MODES = {"imagezmq": "imagezmq REQ/REP", "raw": "streamfuse raw PUB/SUB", "shm": "streamfuse shm, 1 copy",
+         "loan": "streamfuse shm, loaned", "jpeg": "streamfuse jpeg", "h264": "streamfuse h264"}
+
+
+def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
+    frames = _demo_frames(width, height, 30)
+    nbytes = frames[0].nbytes
+    print(f"\n== {width}x{height} bgr8 ({nbytes / 1e6:.2f} MB/frame), load average {os.getloadavg()[0]:.2f} ==")
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    for _ in range(args.rounds):
+        for mode in MODES:
+            run = _imagezmq if mode == "imagezmq" else (lambda f, s, r, m=mode: _ours(f, s, r, m))
+            runs[mode].append(run(frames, args.seconds, 0))
+    lat = {mode: (_imagezmq(frames, args.paced_seconds, args.rate) if mode == "imagezmq"
+                  else _ours(frames, args.paced_seconds, args.rate, mode)) for mode in MODES}
+    codecs = {mode: _codec(frames, mode, args.quality) for mode in ("jpeg", "h264")}
+    wire = {"imagezmq": nbytes, "raw": nbytes, "shm": 0, "loan": 0, **{m: c["bytes"] for m, c in codecs.items()}}
+    fps = {mode: float(np.median([r["fps"] for r in rs])) for mode, rs in runs.items()}
+    print(f"capacity: median and best of {args.rounds} runs of {args.seconds:g} s; latency and publisher CPU: "
+          f"{args.paced_seconds:g} s at {args.rate:g} frames/s, decoded image in hand minus publish time; bytes: image "
+          f"payload per frame")
+    print(f"{'':26s} {'frames/s':>8s} {'best':>6s} {'vs izmq':>7s} {'pub CPU/frame':>13s} {'lat median':>10s} "
+          f"{'p99':>8s} {'bytes/frame':>11s} {'missed':>6s}  runs")
+    for mode, label in MODES.items():
+        best = max(r["fps"] for r in runs[mode])
+        cpu = lat[mode]["cpu_ms"]
+        each = " ".join(f"{r['fps']:.0f}" for r in runs[mode])
+        print(f"{label:26s} {fps[mode]:8.0f} {best:6.0f} {fps[mode] / fps['imagezmq']:6.2f}x {cpu:10.3f} ms "
+              f"{lat[mode]['median_ms']:7.3f} ms {lat[mode]['p99_ms']:5.3f} ms {wire[mode]:11.0f} "
+              f"{sum(int(r.get('missed', 0)) for r in runs[mode]):6d}  {each}")
+    for mode, c in codecs.items():
+        print(f"  {mode}: {c['bytes']:.0f} bytes/frame ({nbytes / c['bytes']:.1f}x fewer than raw), encode "
+              f"{c['enc_ms']:.2f} ms, decode {c['dec_ms']:.2f} ms (medians, one core), PSNR {c['psnr']:.1f} dB"
+              + (f" (quality {args.quality})" if mode == "jpeg" else " (crf 23, keyframe every 30)"))
+    _stall_report(frames[0], args)
+
+
+def _stall_report(image: np.ndarray, args: argparse.Namespace) -> None:
+    """Publish call times with no subscriber, one that reads and one that stalls; the stalled/reading ratio."""
+    print(f"publish call time (loan + send_fused) at {args.rate:g} frames/s ({args.paced_seconds:g} s each):")
+    for label, shm, loan in (("ZeroMQ raw", False, False), ("shm, 1 copy", True, False), ("shm, loaned", True, True)):
+        runs = {peer: _stall(image, args.paced_seconds, args.rate, peer, shm, loan)
+                for peer in ("none", "reading", "stalled")}
+        for peer, r in runs.items():
+            extra = ""
+            if peer == "stalled":
+                extra = (f"  {r['median_ms'] / runs['reading']['median_ms']:.2f}x reading; the stalled one got "
+                         f"{r['received']} of {r['calls']} when it read again")
+            print(f"  {label + ', ' + peer + ' subscriber':34s} median {r['median_ms']:.3f} ms  p99 "
+                  f"{r['p99_ms']:.3f} ms  max {r['max_ms']:.3f} ms{extra}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every phase at each size and print the figures side by side."""
+    parser = argparse.ArgumentParser(prog="python -m streamfuse bench transport", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--sizes", default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of each capacity run")
+    parser.add_argument("--rounds", type=int, default=3, help="capacity runs per transport")
+    parser.add_argument("--paced-seconds", type=float, default=2.0, help="length of each latency and stall run")
+    parser.add_argument("--rate", type=float, default=100.0, help="frames/s of the latency and stall runs")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    args = parser.parse_args(argv)
+    if imagezmq is None:
+        raise SystemExit("bench transport needs imagezmq: pip install imagezmq (or pip install -e .[bench])")
+    try:
+        sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes {args.sizes!r}: expected WIDTHxHEIGHT[,WIDTHxHEIGHT...]") from None
+    print(f"loopback, {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    for width, height in sizes:
+        _size_report(width, height, args)
+
