@@ -7,7 +7,9 @@ Receivers run in a child process, senders in this one, so each side has its own 
 1. capacity: frames/s delivered (decoded, for jpeg and h264) with nothing lost, median and best of ``--rounds``
    interleaved runs (the load of a shared machine changes from second to second), and the publisher's CPU time
    imagezmq: send_image/recv_image/send_reply in lock-step. streamfuse: a ``nodrop`` publisher with ``wait_ms``
-   (back-pressure instead of drops; over shared memory, which never waits, a refused frame is offered again).
+   (back-pressure instead of drops); over shared memory, whose writer never waits, the sender stays within
+   ``WINDOW`` frames of the one the reader has in hand (a shared counter), so none is overwritten unread. ``shm,
+   loaned`` makes each frame in :meth:`Publisher.loan`'s slot (no copy), ``shm, 1 copy`` copies it in.
 2. latency: frames paced at ``--rate``; time the decoded image is in the receiver's hands minus the publish time
    stamped in the header (the same ``time.time_ns`` clock on both sides), median and p99; and the publisher's CPU
    time per frame (all its threads, ZeroMQ's included).
@@ -43,6 +45,7 @@ except ImportError:  # a benchmark-only dependency; main() says how to get it
     imagezmq = None
 
 STOP = "stop"
+WINDOW = 4  # capacity over shared memory: frames the sender may be ahead of the reader (half the 8-slot pool)
 
 
 def _free_endpoint() -> str:
@@ -59,21 +62,26 @@ def _fused(image: np.ndarray, seq: int) -> FusedFrame:
 
 def _summary(latencies_ns: list[int], arrivals_s: list[float]) -> dict[str, float]:
     """Received frames, frames/s between the first and last arrival, latency median and p99 (ms)."""
+    if len(arrivals_s) < 2:  # nothing got through: say so in the table instead of failing
+        return {"frames": len(arrivals_s), "fps": 0.0, "median_ms": float("nan"), "p99_ms": float("nan")}
     lat_ms = np.asarray(latencies_ns) / 1e6
-    span = arrivals_s[-1] - arrivals_s[0] if len(arrivals_s) > 1 else float("nan")
-    return {"frames": len(arrivals_s), "fps": (len(arrivals_s) - 1) / span,
+    return {"frames": len(arrivals_s), "fps": (len(arrivals_s) - 1) / (arrivals_s[-1] - arrivals_s[0]),
             "median_ms": float(np.median(lat_ms)), "p99_ms": float(np.percentile(lat_ms, 99))}
 
 
 # --- receivers (child processes) ---
 
-def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int = 2, shm: bool = False) -> None:
-    """Receive until ``done`` is set and the stream has gone quiet; report the summary."""
+def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int = 2, shm: bool = False,
+                  taken: Any = None) -> None:
+    """Receive until ``done`` is set and the stream has gone quiet; report the summary. ``taken``: a shared counter
+    set to the ``seq`` of each frame in hand (the publisher's window over shared memory)."""
     latencies, arrivals = [], []
     with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm, shm=shm) as sub:
         while (frame := sub.recv()) is not None or not done.is_set():
             if frame is None:
                 continue
+            if taken is not None:
+                taken.value = frame[0]["seq"]
             if not ready.is_set():  # the first frame (from shared memory, if asked) proves the subscriptions arrived
                 if not shm or frame[0]["format"] == "shm":
                     ready.set()
@@ -162,18 +170,22 @@ def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> d
     encoding = mode if mode in ("jpeg", "h264") else "raw"
     shm, loan = mode in ("shm", "loan"), mode == "loan"
     cfg = dict(endpoint=endpoint, encoding=encoding, shm_slots=8 if shm else 0)
-    # Capacity: back-pressure instead of drops. The pool never makes its writer wait (wait_ms turns it off), so
-    # over shared memory a frame refused by the full queue is offered again.
+    # Capacity: back-pressure instead of drops. The pool never makes its writer wait (wait_ms turns it off), and
+    # ZeroMQ's queue does not bound it either (the kernel's socket buffers hold thousands of slot messages), so over
+    # shared memory the sender keeps within WINDOW frames of the one the reader has in hand: nothing is overwritten
+    # unread (imagezmq's lock-step is a window of one). A frame refused by the full queue is offered again.
     wait_ms = 0 if rate or shm else 1000
+    taken = mp.get_context("spawn").Value("q", 0, lock=False) if shm and not rate else None
     with Publisher(PublishConfig(**cfg, nodrop=not rate, wait_ms=wait_ms)) as pub:
-        rx = _Receiver(_sub_receiver, endpoint, 2, shm)
+        rx = _Receiver(_sub_receiver, endpoint, 2, shm, taken)
         while not rx.ready.wait(0.01):
             _publish(pub, frames[0], 0, loan)
 
         def send(seq: int) -> int:
-            if _publish(pub, frames[seq % len(frames)], seq, loan):
+            if (taken is None or pub.published - taken.value <= WINDOW) and \
+                    _publish(pub, frames[seq % len(frames)], seq, loan):
                 return 1
-            time.sleep(0)  # refused (capacity run over shared memory): let the reader run, then offer it again
+            time.sleep(0)  # refused, or the reader is WINDOW behind: let it run, then offer the frame again
             return 0
 
         cpu0 = time.process_time()
