@@ -12,7 +12,7 @@ import os
 
 import torch
 
-import streamfuse
+from streamfuse.openmp import LATE_WAIT_POLICY
 
 __all__ = ["resolve_device", "available_cores", "prepare_cpu", "tune_malloc"]
 
@@ -94,7 +94,7 @@ def prepare_cpu(threads: int) -> None:
     torch loaded before ``streamfuse`` could set the OpenMP wait policy."""
     torch.set_num_threads(threads)
     tune_malloc()
-    if streamfuse.LATE_WAIT_POLICY:
+    if LATE_WAIT_POLICY:
         _warn_late_wait_policy()
 
 
