@@ -17,9 +17,10 @@ import pytest
 import zmq
 from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, wait_until
 
-from streamfuse.__main__ import main as cli
+from streamfuse.cli import main as cli
 from streamfuse.client import Subscriber
-from streamfuse.publish import PublishConfig, Publisher, decode_stats, preview_topic
+from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.wire import decode_stats, preview_topic
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
 from streamfuse.view.server import serve
@@ -161,7 +162,7 @@ def test_view_cli_says_what_is_wrong_in_one_line(capsys):
 
 
 def test_module_cli_dispatches_to_each_command(capsys):
-    assert cli([]) == 2 and "run,subscribe,view,foxglove" in capsys.readouterr().out
+    assert cli([]) == 2 and "run,replay,subscribe,view,foxglove" in capsys.readouterr().out
     assert cli(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
     assert cli(["run", "--config", "missing.yaml"]) == 2  # run_stream.py's own config error
     assert "config error: missing.yaml" in capsys.readouterr().err
@@ -175,7 +176,7 @@ def test_live_pipeline_publishes_previews_on_request_and_its_fuser_in_the_stats(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     endpoint = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "configs/demo.yaml", "--set",
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set",
                              f"publish.endpoint={endpoint}", "--set", "fuse.name=max", "--set", "ir.width=160",
                              "--set", "ir.height=120", "--set", "vis.width=160", "--set", "vis.height=120", "--set",
                              "publish.preview_width=64", "--set", "telemetry.interval_s=0.2"],

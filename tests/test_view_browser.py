@@ -60,7 +60,7 @@ def test_page_shows_frames_and_stats_of_a_running_pipeline_in_chromium(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "configs/demo.yaml", "--set",
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set",
                              f"publish.endpoint={endpoint}", "--set", "fuse.name=max", "--set",
                              "telemetry.interval_s=0.5"], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

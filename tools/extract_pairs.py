@@ -7,7 +7,7 @@ the `sequences/` frame folders):
     python tools/extract_pairs.py ../shared/data/videos/m3svd runs/m3svd_pairs
 
 VIDEOS holds ``ir/<clip>.<ext>`` and ``vi/<clip>.<ext>``; OUT gets ``ir/<clip>_<frame>.png`` (grey) and
-``vi/<clip>_<frame>.png`` (colour), ready for ``tools/evaluate.py`` and ``tools/ablate.py --ir --vis``.
+``vi/<clip>_<frame>.png`` (colour), ready for ``python -m streamfuse evaluate`` and ``tools/ablate.py --ir --vis``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import av
-import cv2
-import numpy as np
+try:
+    import streamfuse  # noqa: F401  (first: a missing dependency then says which environment to use)
+except ModuleNotFoundError as exc:  # a Python without the package
+    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
+
+import av  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def frames_at(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:

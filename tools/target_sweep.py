@@ -13,12 +13,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
+try:
+    import streamfuse  # noqa: F401  (first: a missing dependency then says which environment to use)
+except ModuleNotFoundError as exc:  # a Python without the package
+    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import numpy as np  # noqa: E402
 
-from streamfuse.evaluation import Method, evaluate_dir
-from streamfuse.model.losses import LossConfig, fusion_target
+from streamfuse.evaluation import Method, evaluate_dir  # noqa: E402
+from streamfuse.model.losses import LossConfig, fusion_target  # noqa: E402
 
 # after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
 import torch  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 import zmq
 
 from streamfuse.client import Subscriber
-from streamfuse.publish import MAX_HEADER_BYTES, MalformedMessage, decode_stats, preview_topic
+from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, decode_stats, preview_topic
 
 __all__ = ["Feed", "KINDS", "pack", "unpack", "stats_socket", "stats_messages"]
 

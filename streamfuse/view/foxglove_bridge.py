@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from streamfuse.client import Subscriber
-from streamfuse.publish import preview_topic
+from streamfuse.wire import preview_topic
 from streamfuse.view.feed import stats_messages, stats_socket
 
 __all__ = ["main", "Bridge"]
