@@ -4,15 +4,13 @@ HCLFuse aligns the IR image to the visible one with an entropic OT plan between 
 barycentric projection ``T(X)_i = sum_j P_ij Y_j / sum_j P_ij``. The cost depends on grey levels only, so the plan
 between pixels collapses exactly onto a 256 x 256 plan between the two intensity histograms, and ``T`` is a 256-entry
 lookup table (see ``docs/method.md``). The blended table ``lut = blend * T + (1 - blend) * x`` maps IR uint8 to
-``IR'`` in 0..1; it is used identically in training (``tools/train.py``) and inference (``model/hclfuse.py``).
+``IR'`` in 0..1; it is used identically in training (:mod:`streamfuse.train`) and inference
+(:mod:`streamfuse.model.fuser`).
 
 :class:`AlignCache` keeps one plan per stream and solves again only when the histograms drift (Wasserstein-1) or
 after ``refresh`` frames, warm-starting Sinkhorn from the previous dual potentials. With ``background`` the re-solve
 runs on a worker thread and the previous table keeps serving until the new one is ready, so the live loop never waits.
-
-:class:`LevelStabilizer` is the temporal counterpart for video: IR cameras jump in gain and offset from one frame to
-the next (automatic gain control, shutter/NUC events); it maps each frame's mean and contrast to their moving averages,
-so such a jump does not flash through the fused stream while a lasting change is followed within a few frames.
+The IR level stabilizer that runs before any fuser on video is :mod:`streamfuse.stabilize`.
 """
 
 from __future__ import annotations
@@ -25,12 +23,10 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from scipy.special import logsumexp
 
-from streamfuse.config import check
+from streamfuse.checks import check
 
-__all__ = ["AlignCache", "AlignConfig", "AlignResult", "LevelStabilizer", "align", "histogram", "identity_lut",
-           "wasserstein1"]
+__all__ = ["AlignCache", "AlignConfig", "AlignResult", "align", "histogram", "identity_lut", "wasserstein1"]
 
 LEVELS = np.arange(256, dtype=np.float64) / 255.0  # grey levels in 0..1, the support of both histograms
 _COST = (LEVELS[:, None] - LEVELS[None, :]) ** 2  # (256, 256) squared Euclidean cost, as ot.dist on pixels
@@ -58,9 +54,6 @@ class AlignConfig:
             gain jumps, since a late swap to a new table is a bigger step (flicker ratio on sequences with the demo
             config 1.057 vs 1.029, tools/temporal.py).
             A stream's first frame always solves synchronously.
-        stabilize: IR level stabilization on video (:class:`LevelStabilizer`), 0 (off) to 0.95: the weight kept of
-            the past in the moving averages of the IR frame's mean and standard deviation that each frame is mapped to.
-            Runs before the fuser (any fuser) in the live loop and in replay.
     """
 
     enabled: bool = True
@@ -72,7 +65,6 @@ class AlignConfig:
     drift: float = 0.01
     refresh: int = 300
     background: bool = False
-    stabilize: float = 0.0
 
     def __post_init__(self) -> None:
         check(0 < self.reg <= 10, "reg", self.reg, "0 < reg <= 10")
@@ -81,7 +73,6 @@ class AlignConfig:
         check(self.tol > 0, "tol", self.tol, "> 0")
         check(self.drift >= 0, "drift", self.drift, ">= 0")
         check(self.refresh >= 1, "refresh", self.refresh, ">= 1")
-        check(0.0 <= self.stabilize <= 0.95, "stabilize", self.stabilize, "0 (off) .. 0.95")
 
 
 @dataclass(frozen=True)
@@ -145,7 +136,9 @@ def align(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig, *,
     References:
         M. Cuturi, "Sinkhorn distances", NeurIPS 2013; HCLFuse (arXiv 2510.26268) for the blend.
     """
-    import ot  # here, not at the top: POT imports torch (seconds), and config validation imports this module
+    # here, not at the top: POT imports torch (seconds), scipy.special takes 0.2 s, and loading a config imports this
+    import ot
+    from scipy.special import logsumexp
 
     a = _normalise(ir_hist, "ir_hist")
     b = _normalise(vis_hist, "vis_hist")
@@ -269,33 +262,3 @@ class AlignCache:
         return {"ot_hits": float(self.hits), "ot_misses": float(self.misses), "ot_stale": float(self.stale),
                 "ot_solve_ms": self.solve_ms, "ot_solve_ms_mean": self.solve_ms / max(self.solves, 1)}
 
-
-class LevelStabilizer:
-    """IR level stabilization for one stream: each frame's mean and standard deviation are mapped to their moving
-    averages ``ref += (1 - stabilize) (current - ref)`` by one 256-entry table (``cv2.LUT``).
-
-    A one-frame gain or offset jump of the camera is undone almost entirely; a lasting change of the scene's level is
-    followed with time constant ``1 / (1 - stabilize)`` frames. The first frame, and a frame of a new size, pass
-    unchanged; a static input stays exactly static.
-    """
-
-    def __init__(self, stabilize: float):
-        self.rate = 1.0 - stabilize
-        self._ref: tuple[float, float] | None = None
-        self._shape: tuple[int, ...] = ()
-
-    def __call__(self, ir: np.ndarray) -> np.ndarray:
-        """Stabilize one ``(H, W)`` uint8 IR frame; returns the input itself when off or when nothing changes."""
-        if self.rate == 1.0:
-            return ir
-        mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(ir))
-        if self._ref is None or ir.shape != self._shape:
-            self._ref, self._shape = (mean, std), ir.shape
-            return ir
-        ref_mean, ref_std = (r + self.rate * (c - r) for r, c in zip(self._ref, (mean, std)))
-        self._ref = (ref_mean, ref_std)
-        gain = ref_std / std if std > 0.5 else 1.0  # a flat frame has no contrast to rescale
-        if abs(gain - 1.0) < 1e-6 and abs(ref_mean - mean) < 1e-6:
-            return ir
-        table = np.clip((np.arange(256) - mean) * gain + ref_mean + 0.5, 0, 255).astype(np.uint8)
-        return cv2.LUT(ir, table)

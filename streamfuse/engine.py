@@ -357,7 +357,7 @@ class Engine:
         except RuntimeError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RuntimeError(f"CUDA graph capture of {type(self.net).__name__} at {b}x{h}x{w} failed ({reason}); "
-                               "set fuse.cuda_graphs=false, or keep the forward free of .item(), host tensors and "
+                               "set engine.cuda_graphs=false, or keep the forward free of .item(), host tensors and "
                                "data-dependent shapes") from exc
         torch.cuda.synchronize(self.device)
         state.graph = graph

@@ -11,6 +11,7 @@ Images may have any size; visible images may be colour (BGR, Y taken) or grey; 3
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import time
@@ -20,13 +21,15 @@ from typing import Any
 
 import cv2
 import numpy as np
-import yaml
 
 from streamfuse import metrics
-from streamfuse.config import PipelineConfig, apply_overrides, dump_config, load_config, parse_section
+from streamfuse.checks import apply_overrides, load_yaml
+from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
 from streamfuse.configs import resolve
-from streamfuse.fusers import FuseConfig, Fuser, build_fuser
+from streamfuse.fusers import BaselineConfig, Fuser
+from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import vis_luma
+from streamfuse.processor import config_fuser
 
 __all__ = ["Method", "find_pairs", "read_grey", "fused_dir_method", "fuser_method", "config_method", "evaluate_dir",
            "EvalResult", "markdown_table"]
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TILE_HEIGHT = 240  # montage tile height in pixels (width keeps the aspect ratio)
+FUSER_SECTIONS = ("fuse", "hclfuse", "engine", "baseline", "align")  # what a --fuser method is configured by
+_INLINE = {name: [f.name for f in dataclasses.fields(cls)]  # NAME:key=value keys, by section
+           for name, cls in (("hclfuse", HCLFuseConfig), ("engine", EngineConfig), ("baseline", BaselineConfig))}
 
 
 @dataclass
@@ -98,38 +104,39 @@ def fused_dir_method(spec: str) -> Method:
 
 
 def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineConfig | None = None) -> Method:
-    """``NAME`` or ``NAME:key=value,key=value`` (FuseConfig fields), plus dotted ``fuse.``/``align.`` overrides.
+    """``NAME`` or ``NAME:key=value,key=value`` (keys of the ``hclfuse``, ``engine`` or ``baseline`` section), plus
+    dotted overrides of the fuser's sections (``fuse``, ``hclfuse``, ``engine``, ``baseline``, ``align``).
 
-    The ``fuse`` and ``align`` settings start from ``base`` (a pipeline config such as the shipped ``eval``) when
-    given, else from the defaults; the name and the inline fields replace the base's.
+    The settings start from ``base`` (a pipeline config such as the shipped ``eval``) when given, else from the
+    defaults; the name and the inline keys replace the base's.
     """
     name, _, inline = spec.partition(":")
+    raw = {k: v for k, v in base.to_dict().items() if k in FUSER_SECTIONS} if base else {}
+    raw["fuse"] = {"name": name}
     items = [kv for kv in inline.split(",") if kv]
     for kv in items:
-        if "=" not in kv:
-            raise ValueError(f"fuser {spec!r}: {kv!r} is not key=value")
-    start = {k: v for k, v in base.to_dict().items() if k in ("fuse", "align")} if base else {"fuse": {}, "align": {}}
-    fuse = {**start["fuse"], "name": name, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in items)}}
-    raw = apply_overrides({"fuse": fuse, "align": start["align"]}, overrides or [])
-    unknown = set(raw) - {"fuse", "align"}
+        key, eq, value = kv.partition("=")
+        section = next((s for s in _INLINE if key in _INLINE[s]), None)
+        if not eq or section is None:
+            keys = ", ".join(k for fields in _INLINE.values() for k in fields)
+            raise ValueError(f"fuser {spec!r}: {kv!r} is not key=value with a key of {keys}")
+        raw.setdefault(section, {})[key] = load_yaml(value)
+    raw = apply_overrides(raw, overrides or [])
+    unknown = set(raw) - set(FUSER_SECTIONS)
     if unknown:
-        raise ValueError(f"--set {sorted(unknown)[0]}.*: a --fuser method takes only fuse.* and align.* overrides")
-    fuse_cfg = parse_section(FuseConfig, raw["fuse"], "fuse")
-    align_cfg = None
-    if fuse_cfg.name == "hclfuse":  # imported only when needed: the alignment stage pulls in POT
-        from streamfuse.align import AlignConfig
-
-        align_cfg = parse_section(AlignConfig, raw["align"], "align")
-    fuser = build_fuser(fuse_cfg, align_cfg)
-    return Method(spec if items else fuser.name, fuser=fuser, align=align_cfg)
+        raise ValueError(f"--set {sorted(unknown)[0]}.*: a --fuser method takes only overrides of the sections "
+                         f"{', '.join(FUSER_SECTIONS)}")
+    cfg = config_from_dict(raw, f"--fuser {spec}")
+    fuser = config_fuser(cfg)
+    return Method(spec if items else fuser.name, fuser=fuser, align=cfg.align if name == "hclfuse" else None)
 
 
 def config_method(path: str | Path, overrides: list[str] | None = None) -> Method:
-    """The fuser of a pipeline config (a shipped name or a file; ``fuse`` and ``align`` sections), with overrides."""
+    """The fuser of a pipeline config (a shipped name or a file; its fusing sections), with overrides."""
     cfg = load_config(resolve(path), overrides)
     align = cfg.align if cfg.fuse.name == "hclfuse" else None
-    return Method(f"{cfg.fuse.name} ({Path(cfg.source_file).name})", fuser=build_fuser(cfg.fuse, cfg.align),
-                  config=cfg, align=align)
+    return Method(f"{cfg.fuse.name} ({Path(cfg.source_file).name})", fuser=config_fuser(cfg), config=cfg,
+                  align=align)
 
 
 def _warn_carry_over(m: Method) -> None:

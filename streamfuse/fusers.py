@@ -1,75 +1,59 @@
-"""FuseConfig, the Fuser interface and the simple baseline fusers (max, average, Laplacian pyramid, the hand rule).
+"""FuseConfig, BaselineConfig, the Fuser interface and the baselines (max, average, Laplacian pyramid, the hand rule).
 
 Every fuser maps an IR image and the visible Y channel, both ``(H, W)`` uint8 on 0..255, to the fused Y as
 ``(H, W)`` float32 on 0..255 (postprocess clips and restores colour). Baselines exist so users can compare,
-and so that a quality claim can be checked against them (see the model card).
+and so that a quality claim can be checked against them (see the model card). The ``hclfuse`` fuser is
+:mod:`streamfuse.model.fuser`; :func:`streamfuse.processor.build_fuser` builds whichever ``fuse.name`` names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from streamfuse.config import check
+from streamfuse.checks import check
 from streamfuse.imageops.arrays import gaussian_blur, sobel
 from streamfuse.registry import available, build, register
 
-__all__ = ["FuseConfig", "Fuser", "build_fuser", "unsharp"]
+__all__ = ["BaselineConfig", "FuseConfig", "Fuser", "build_baseline", "unsharp"]
 
 
 @dataclass(frozen=True)
 class FuseConfig:
-    """The fusion stage.
+    """The ``fuse`` section: which fuser runs.
 
     Args:
-        name: registered fuser (``hclfuse``, ``max``, ``average``, ``laplacian``, ``rule``: the hand-made fusion rule
-            of the training target, see :class:`RuleFuser`).
-        sharpen: unsharp-mask amount applied by the baselines (sigma 1.5); 0 disables it.
-        contrast: global contrast stretch of the baselines' output around its mean, ``c (F - mean F) + mean F``;
-            1 disables it (with max it is a strong baseline on VIF, Qabf, AG and SF at once, see the model card).
-        weights: HCLFuse weights file; empty means the weights shipped with the package.
-        sampler: ``student`` (the distilled few-step sampler, the live default) or ``teacher`` (K-step DDIM).
-        steps: DDIM steps K of the teacher (1..20).
-        guidance: apply the physics guides during sampling.
-        guidance_scale: multiplies the physics guides' weights (1 = the method's).
-        seed: seed of the per-stream noise.
-        device: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, or ``fp16``/``bf16`` autocast on the GPU.
-        threads: torch CPU threads; 0 means all cores.
-        max_batch: pairs fused in one batch when several wait (GPU).
-        cuda_graphs: capture the fixed-shape forward in a CUDA graph.
+        name: registered fuser: ``hclfuse`` (the model; the ``hclfuse`` and ``engine`` sections configure it) or a
+            baseline (``max``, ``average``, ``laplacian``, ``rule``: the hand-made fusion rule of the training target,
+            see :class:`RuleFuser`; the ``baseline`` section configures them).
     """
 
     name: str = "hclfuse"
-    sharpen: float = 0.0
-    contrast: float = 1.0
-    weights: str = ""
-    sampler: Literal["student", "teacher"] = "student"
-    steps: int = 20
-    guidance: bool = True
-    guidance_scale: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    threads: int = 0
-    max_batch: int = 1
-    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         names = ["hclfuse", *available("fuser")]  # the baselines below are registered when this module loads
         check(self.name in names, "name", self.name, " | ".join(names))
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The ``baseline`` section: what every baseline fuser does to its output.
+
+    Args:
+        sharpen: unsharp-mask amount (sigma 1.5); 0 disables it.
+        contrast: global contrast stretch around the output's mean, ``c (F - mean F) + mean F``; 1 disables it
+            (with max it is a strong baseline on VIF, Qabf, AG and SF at once, see the model card).
+    """
+
+    sharpen: float = 0.0
+    contrast: float = 1.0
+
+    def __post_init__(self) -> None:
         check(self.sharpen >= 0, "sharpen", self.sharpen, ">= 0")
         check(0.5 <= self.contrast <= 3.0, "contrast", self.contrast, "0.5 .. 3 (1 = off)")
-        check(self.sampler in ("student", "teacher"), "sampler", self.sampler, "student | teacher")
-        check(1 <= self.steps <= 20, "steps", self.steps, "1..20")
-        check(0.0 <= self.guidance_scale <= 10.0, "guidance_scale", self.guidance_scale, "0 .. 10")
-        check(self.threads >= 0, "threads", self.threads, ">= 0 (0 = all cores)")
-        check(1 <= self.max_batch <= 64, "max_batch", self.max_batch, "1..64")
-        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
-              "auto | cpu | cuda | cuda:N")
 
 
 class Fuser(Protocol):
@@ -87,13 +71,9 @@ class Fuser(Protocol):
         ...
 
 
-def build_fuser(fuse: FuseConfig, align: object | None = None) -> Fuser:
-    """Build the configured fuser; ``hclfuse`` also takes the AlignConfig."""
-    if fuse.name == "hclfuse":
-        from streamfuse.model.fuser import build_hclfuse  # torch is imported only when the model is used
-
-        return build_hclfuse(fuse, align)
-    return build("fuser", fuse.name, sharpen=fuse.sharpen, contrast=fuse.contrast)
+def build_baseline(name: str, cfg: BaselineConfig = BaselineConfig()) -> Fuser:
+    """The registered baseline fuser ``name`` with the ``baseline`` section's settings."""
+    return build("fuser", name, sharpen=cfg.sharpen, contrast=cfg.contrast)
 
 
 def unsharp(y: np.ndarray, amount: float, sigma: float = 1.5) -> np.ndarray:

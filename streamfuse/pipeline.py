@@ -15,14 +15,15 @@ import threading
 import time
 from typing import Iterator
 
-from streamfuse.align import LevelStabilizer
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.config import PipelineConfig
 from streamfuse.frames import Frame, FusedFrame
-from streamfuse.fusers import Fuser, build_fuser
+from streamfuse.fusers import Fuser
 from streamfuse.postprocess import TemporalDenoiser, restore_colour, vis_luma
+from streamfuse.processor import config_fuser
 from streamfuse.publish import Publisher
 from streamfuse.recording import Recorder
+from streamfuse.stabilize import LevelStabilizer
 from streamfuse.sync import Pairer
 from streamfuse.telemetry import Telemetry, format_stats
 
@@ -67,19 +68,19 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     """
     stop = stop or threading.Event()
     log.info("config %s: %s", cfg.source_file, cfg.to_dict())
-    fuser = build_fuser(cfg.fuse, cfg.align)
+    fuser = config_fuser(cfg)
     log.info("fuser %s %s", fuser.name, fuser.version)
     tel = Telemetry(cfg.telemetry)
     pairer = Pairer(cfg.sync)
     denoise = TemporalDenoiser(cfg.post)
-    stabilize = LevelStabilizer(cfg.align.stabilize)
+    stabilize = LevelStabilizer(cfg.stabilize)
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
     wall_clock = {name for name, src in (("ir", cfg.ir), ("vis", cfg.vis)) if not src.replayable}
     recorder = Recorder(cfg.record, frame_ids) if cfg.record else contextlib.nullcontext()
     info = {"name": fuser.name, "version": fuser.version}
     if cfg.fuse.name == "hclfuse":  # K as run: the student's own step count unless the teacher samples
-        info.update(sampler=cfg.fuse.sampler, steps=fuser.net.steps)
+        info.update(sampler=cfg.hclfuse.sampler, steps=fuser.net.steps)
     with _stop_on_signals(stop), Publisher(cfg.publish, {"fuser": info}) as pub, recorder as rec, \
             start_producers(cfg.ir, cfg.vis) as producers:
         while not stop.is_set() and time.monotonic() < deadline:

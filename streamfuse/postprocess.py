@@ -4,11 +4,9 @@ Fusers work on luma only (BT.601 Y, as OpenCV's ``BGR2YCrCb`` channel 0). This s
 camera's chroma back: per pixel it computes the visible Cb/Cr, pairs them with the clipped fused Y, converts
 back to BGR and writes uint8, in one numba ``parallel`` pass. Before that, on video, an optional motion-adaptive
 recursive filter (:class:`TemporalDenoiser`) averages the fused Y over time where it barely changes (sensor noise)
-and follows it at once where it changes (motion, cuts). Each kernel has a pure-numpy reference
-(``*_numpy``) that the tests use as the oracle; ``NUMBA_DISABLE_JIT=1`` runs the kernels as plain Python.
-
-The kernels are compiled for their one signature when this module is imported; ``cache=True`` stores the
-machine code under ``__pycache__`` so later imports only load it.
+and follows it at once where it changes (motion, cuts). The kernels are in :mod:`streamfuse.post_kernels`, loaded on
+first use (a :class:`TemporalDenoiser` loads them when it is made, before any frame); each has a pure-numpy reference
+here (``*_numpy``) that the tests use as the oracle.
 
 >>> vis = np.full((2, 3, 3), (40, 90, 200), np.uint8)  # BGR
 >>> out = restore_colour(vis_luma(vis).astype(np.float32), vis)
@@ -21,24 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from types import ModuleType
+
 import cv2
 import numpy as np
-from numba import njit, prange
 
-from streamfuse.config import check
+from streamfuse.checks import check
 
 __all__ = ["PostConfig", "TemporalDenoiser", "vis_luma", "restore_colour", "restore_colour_numpy", "denoise_numpy"]
-
-# BT.601 (the weights OpenCV uses for BGR2YCrCb and BGR2GRAY). Chroma is kept centred on 0: the +128 offset
-# of the 8-bit YCrCb encoding cancels between the forward and inverse transforms, so it never appears.
-KR, KG, KB = 0.299, 0.587, 0.114
-CB_SCALE = 0.5 / (1.0 - KB)  # Cb = (B - Y) * CB_SCALE
-CR_SCALE = 0.5 / (1.0 - KR)  # Cr = (R - Y) * CR_SCALE
-B_CB = 2.0 * (1.0 - KB)  # B = Y + B_CB * Cb
-R_CR = 2.0 * (1.0 - KR)  # R = Y + R_CR * Cr
-G_CB = -B_CB * KB / KG  # G = Y + G_CB * Cb + G_CR * Cr
-G_CR = -R_CR * KR / KG
-
 
 @dataclass(frozen=True)
 class PostConfig:
@@ -72,6 +60,7 @@ class TemporalDenoiser:
     """
 
     def __init__(self, cfg: PostConfig):
+        self._kernels = _kernels()  # loaded now, not on the first frame (also restore_colour's)
         self.strength = np.float32(cfg.denoise)
         self.inv_t2 = np.float32(1.0 / cfg.denoise_threshold**2)
         self._prev: np.ndarray | None = None
@@ -88,7 +77,7 @@ class TemporalDenoiser:
             self._prev = y.copy()
             return y
         out = np.empty_like(y)
-        _denoise_kernel(y, self._prev, out, self.strength, self.inv_t2)
+        self._kernels.denoise_kernel(y, self._prev, out, self.strength, self.inv_t2)
         self._prev = out
         return out
 
@@ -127,10 +116,10 @@ def restore_colour(fused_y: np.ndarray, vis: np.ndarray, cfg: PostConfig = PostC
     y = _check_fused(fused_y, vis)
     if cfg.encoding == "mono8" or vis.ndim == 2:
         grey = np.empty(y.shape, np.uint8)
-        _luma_kernel(y, grey)
+        _kernels().luma_kernel(y, grey)
         return grey if cfg.encoding == "mono8" else cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     out = np.empty(vis.shape, np.uint8)
-    _colour_kernel(y, np.ascontiguousarray(vis), out)
+    _kernels().colour_kernel(y, np.ascontiguousarray(vis), out)
     return out
 
 
@@ -141,10 +130,18 @@ def restore_colour_numpy(fused_y: np.ndarray, vis: np.ndarray, cfg: PostConfig =
         return _round_u8(y)
     if vis.ndim == 2:
         return _round_u8(np.repeat(y[..., None], 3, axis=2))
+    k = _kernels()  # the BT.601 constants the kernel uses
     b, g, r = (vis[..., c].astype(np.float64) for c in range(3))
-    y_vis = KR * r + KG * g + KB * b
-    cb, cr = (b - y_vis) * CB_SCALE, (r - y_vis) * CR_SCALE
-    return _round_u8(np.stack([y + B_CB * cb, y + G_CB * cb + G_CR * cr, y + R_CR * cr], axis=2))
+    y_vis = k.KR * r + k.KG * g + k.KB * b
+    cb, cr = (b - y_vis) * k.CB_SCALE, (r - y_vis) * k.CR_SCALE
+    return _round_u8(np.stack([y + k.B_CB * cb, y + k.G_CB * cb + k.G_CR * cr, y + k.R_CR * cr], axis=2))
+
+
+def _kernels() -> ModuleType:
+    """:mod:`streamfuse.post_kernels`, imported on first use (numba takes about half a second to load)."""
+    from streamfuse import post_kernels
+
+    return post_kernels
 
 
 def _round_u8(x: np.ndarray) -> np.ndarray:
@@ -164,67 +161,3 @@ def _check_fused(fused_y: np.ndarray, vis: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(fused_y, dtype=np.float32)
 
 
-# float32 copies for the kernels: float64 literals would promote every pixel's arithmetic to float64.
-_F = np.float32
-_KR, _KG, _KB, _CB, _CR = _F(KR), _F(KG), _F(KB), _F(CB_SCALE), _F(CR_SCALE)
-_B_CB, _G_CB, _G_CR, _R_CR = _F(B_CB), _F(G_CB), _F(G_CR), _F(R_CR)
-_ZERO, _MAX, _HALF = _F(0.0), _F(255.0), _F(0.5)
-
-
-@njit(inline="always")
-def _clip(v: np.float32) -> np.float32:
-    # `v >= 0` is False for NaN, so NaN maps to 0 instead of an undefined uint8 cast.
-    return min(v, _MAX) if v >= _ZERO else _ZERO
-
-
-@njit(inline="always")
-def _to_u8(v: np.float32) -> np.uint8:
-    return np.uint8(_clip(v) + _HALF)  # truncating a value >= 0.5 rounds half up
-
-
-@njit("void(float32[:, ::1], uint8[:, :, ::1], uint8[:, :, ::1])", parallel=True, cache=True)
-def _colour_kernel(fused_y, vis, out):  # noqa: ANN001 (numba signature above)
-    h, w = fused_y.shape
-    for i in prange(h):
-        for j in range(w):
-            b, g, r = _F(vis[i, j, 0]), _F(vis[i, j, 1]), _F(vis[i, j, 2])
-            y_vis = _KR * r + _KG * g + _KB * b
-            cb = (b - y_vis) * _CB
-            cr = (r - y_vis) * _CR
-            y = _clip(fused_y[i, j])
-            out[i, j, 0] = _to_u8(y + _B_CB * cb)
-            out[i, j, 1] = _to_u8(y + _G_CB * cb + _G_CR * cr)
-            out[i, j, 2] = _to_u8(y + _R_CR * cr)
-
-
-@njit("void(float32[:, ::1], uint8[:, ::1])", parallel=True, cache=True)
-def _luma_kernel(fused_y, out):  # noqa: ANN001 (numba signature above)
-    h, w = fused_y.shape
-    for i in prange(h):
-        for j in range(w):
-            out[i, j] = _to_u8(fused_y[i, j])
-
-
-@njit("void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32, float32)", parallel=True, cache=True)
-def _denoise_kernel(y, prev, out, strength, inv_t2):  # noqa: ANN001 (numba signature above)
-    h, w = y.shape
-    rows = np.empty((h, w), np.float32)  # 5-wide horizontal sums of |y - prev|, border replicated
-    for i in prange(h):
-        a = np.empty(w, np.float32)
-        for j in range(w):
-            a[j] = abs(y[i, j] - prev[i, j])
-        acc = _ZERO
-        for dj in range(-2, 3):
-            acc += a[min(max(dj, 0), w - 1)]
-        rows[i, 0] = acc
-        for j in range(1, w):  # slide the window: one clamped index in, one out
-            acc += a[min(j + 2, w - 1)] - a[max(j - 3, 0)]
-            rows[i, j] = acc
-    for i in prange(h):
-        for j in range(w):
-            acc = _ZERO
-            for di in range(-2, 3):
-                acc += rows[min(max(i + di, 0), h - 1), j]
-            d = acc / _F(25.0)
-            k = strength * np.exp(-d * d * inv_t2)
-            out[i, j] = y[i, j] + k * (prev[i, j] - y[i, j])

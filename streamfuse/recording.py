@@ -36,7 +36,7 @@ import numpy as np
 from mcap.writer import CompressionType, Writer
 
 from streamfuse.atomic_write import WriterThread, partial_path
-from streamfuse.config import check
+from streamfuse.checks import check
 from streamfuse.frames import Frame
 
 __all__ = ["RecordConfig", "Recorder", "encode_image", "decode_image", "TOPICS"]

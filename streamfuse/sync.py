@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from streamfuse.config import check
+from streamfuse.checks import check
 from streamfuse.frames import Frame, FramePair
 
 __all__ = ["SyncConfig", "Pairer", "STREAMS"]

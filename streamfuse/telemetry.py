@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamfuse.config import check
+from streamfuse.checks import check
 
 __all__ = ["TelemetryConfig", "Telemetry", "format_stats"]
 

@@ -19,9 +19,9 @@ from streamfuse.replay import run_replay
 from streamfuse.video import VideoWriter, decode_frames
 
 REPO = Path(__file__).resolve().parents[1]
-# ffv1 into NUT: lossless and byte-reproducible (Matroska writes a random segment UID and the date). fuse.threads and
+# ffv1 into NUT: lossless and byte-reproducible (Matroska writes a random segment UID and the date). engine.threads and
 # replay.codec_threads are set: a batch worker turns 0 ("all cores") into its CPUs, which the config tag records.
-CFG = ["fuse.name=max", "fuse.threads=1", "replay.codec_threads=1", "replay.progress=false", "replay.codec=ffv1"]
+CFG = ["fuse.name=max", "engine.threads=1", "replay.codec_threads=1", "replay.progress=false", "replay.codec=ffv1"]
 
 
 def _video(path: Path, n: int, seed: int, size: tuple[int, int] = (48, 64), top: int = 256) -> None:
@@ -49,10 +49,10 @@ def _times(path: Path) -> list[Fraction]:
 
 
 def test_a_worker_gives_torch_and_ffmpeg_its_own_cpus_unless_the_config_says():
-    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["fuse.threads=0", "replay.codec_threads=0"])
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["engine.threads=0", "replay.codec_threads=0"])
     got = worker_cfg(cfg, 3)
-    assert (got.fuse.threads, got.replay.codec_threads) == (3, 3)
-    fixed = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["fuse.threads=2", "replay.codec_threads=4"])
+    assert (got.engine.threads, got.replay.codec_threads) == (3, 3)
+    fixed = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["engine.threads=2", "replay.codec_threads=4"])
     assert worker_cfg(fixed, 3) == fixed
     with pytest.raises(ValueError, match="threads must be >= 1"):
         LocalEngine(threads=0)
@@ -94,8 +94,8 @@ def test_local_engine_loads_the_model_once_and_each_video_starts_afresh(tmp_path
         _video(src / sub / "b.nut", 3, seed + 10, (24, 32), top=64)  # darker: its own OT plan differs from a's
     # align.drift: a plan is kept for any later histogram, so a plan left over from a would be used for all of b
     cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml",
-                      [*CFG, "fuse.name=hclfuse", f"fuse.weights={weights}", "fuse.device=cpu",
-                       "fuse.threads=1", "fuse.steps=1", "align.drift=1000000.0"])
+                      [*CFG, "fuse.name=hclfuse", f"hclfuse.weights={weights}", "engine.device=cpu",
+                       "engine.threads=1", "hclfuse.steps=1", "align.drift=1000000.0"])
     loads = []
     real = hclfuse.load_weights
     monkeypatch.setattr(hclfuse, "load_weights", lambda *a, **k: loads.append(1) or real(*a, **k))

@@ -1,10 +1,13 @@
 from pathlib import Path
 
+import dataclasses
+
 import pytest
 
-from streamfuse.config import ConfigError, config_from_dict, dump_config, load_config
+from streamfuse.checks import apply_overrides
+from streamfuse.config import MOVED, ConfigError, config_from_dict, dump_config, load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "streamfuse" / "configs"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
@@ -23,10 +26,14 @@ def _write(tmp_path, text):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("fuse:\n  stepz: 4\n", "unknown config key fuse.stepz; allowed keys: name, sharpen"),
-        ("fusion:\n  steps: 4\n", "unknown config key fusion; allowed keys: ir, vis"),
-        ("fuse:\n  steps: four\n", "fuse.steps='four' has the wrong type; expected int"),
-        ("fuse:\n  steps: 40\n", "fuse: steps=40 is out of range; allowed: 1..20"),
+        ("fuse:\n  stepz: 4\n", "unknown config key fuse.stepz; allowed keys: name"),
+        ("hclfuse:\n  stepz: 4\n", "unknown config key hclfuse.stepz; allowed keys: weights, sampler, steps"),
+        ("fusion:\n  steps: 4\n", "unknown config key fusion; allowed keys: ir, vis, sync, stabilize, align"),
+        ("hclfuse:\n  steps: four\n", "hclfuse.steps='four' has the wrong type; expected int"),
+        ("hclfuse:\n  steps: 40\n", "hclfuse: steps=40 is out of range; allowed: 1..20"),
+        ("stabilize:\n  strength: 1.0\n", "stabilize: strength=1.0 is out of range; allowed: 0 (off) .. 0.95"),
+        ("engine:\n  device: gpu\n", "engine: device='gpu' is out of range"),
+        ("baseline:\n  contrast: 0\n", "baseline: contrast=0.0 is out of range"),
         ("sync:\n  mode: nearest\n", "sync.mode='nearest' has the wrong type; expected 'slop' | 'latest'"),
         ("fuse: 3\n", "fuse=3 must be a mapping"),
         ("fuse: [\n", "not valid YAML"),
@@ -46,18 +53,39 @@ def test_missing_file():
 
 
 def test_overrides_are_parsed_and_validated(tmp_path):
-    path = _write(tmp_path, "fuse:\n  steps: 4\n")
-    cfg = load_config(path, ["fuse.steps=2", "--sync.slop_ms=12.5", "ir.kind=synthetic"])
-    assert cfg.fuse.steps == 2 and cfg.sync.slop_ms == 12.5
-    with pytest.raises(ConfigError, match="unknown config key fuse.nope"):
-        load_config(path, ["fuse.nope=1"])
+    path = _write(tmp_path, "hclfuse:\n  steps: 4\n")
+    cfg = load_config(path, ["hclfuse.steps=2", "--sync.slop_ms=12.5", "ir.kind=synthetic"])
+    assert cfg.hclfuse.steps == 2 and cfg.sync.slop_ms == 12.5
+    with pytest.raises(ConfigError, match="unknown config key hclfuse.nope"):
+        load_config(path, ["hclfuse.nope=1"])
     with pytest.raises(ConfigError, match="not of the form stage.key=value"):
-        load_config(path, ["fuse.steps"])
-    with pytest.raises(ConfigError, match=r"override 'fuse.steps=\[1': the value is not valid YAML") as err:
-        load_config(path, ["fuse.steps=[1"])
+        load_config(path, ["hclfuse.steps"])
+    with pytest.raises(ConfigError, match=r"override 'hclfuse.steps=\[1': the value is not valid YAML") as err:
+        load_config(path, ["hclfuse.steps=[1"])
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="top level must be a mapping"):  # overwrites the file
-        load_config(_write(tmp_path, "- fuse\n"), ["fuse.steps=2"])
+        load_config(_write(tmp_path, "- fuse\n"), ["hclfuse.steps=2"])
+
+
+@pytest.mark.parametrize("text", ["1e-3", "-2e5", "1E3", "1.5e3", "+2.5E-2"])
+def test_exponent_numbers_are_floats_in_overrides_and_files(tmp_path, text):
+    # PyYAML's YAML 1.1 resolver reads these as strings; the configs' loader reads them as YAML 1.2 does
+    assert apply_overrides({}, [f"align.tol={text}"]) == {"align": {"tol": float(text)}}
+    assert apply_overrides({}, [f"a.b='{text}'"]) == {"a": {"b": text}}  # quoted stays a string
+    assert load_config(_write(tmp_path, f"align:\n  tol: {text.lstrip('-+')}\n")).align.tol == float(text.lstrip("-+"))
+
+
+@pytest.mark.parametrize("old, new", sorted(MOVED.items()))
+def test_keys_of_the_earlier_layout_name_their_new_place(tmp_path, old, new):
+    section, key = old.split(".")
+    new_section, new_key = new.split(".")
+    value = dataclasses.asdict(getattr(config_from_dict({}), new_section))[new_key]  # a valid value, the default
+    for how in ("file", "override"):
+        path = _write(tmp_path, f"{section}: {{{key}: {value!r}}}\n" if how == "file" else "{}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path, [] if how == "file" else [f"{old}={value!r}"])
+        assert str(err.value) == f"{path}: {old} moved to {new}"
+    assert getattr(getattr(config_from_dict({new_section: {new_key: value}}), new_section), new_key) == value
 
 
 def test_record_section_is_optional():

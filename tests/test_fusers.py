@@ -4,8 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from streamfuse.config import parse_section
-from streamfuse.fusers import FuseConfig, build_fuser
+from streamfuse.checks import parse_section
+from streamfuse.fusers import BaselineConfig, FuseConfig
+from streamfuse.inference import EngineConfig, HCLFuseConfig
+from streamfuse.processor import build_fuser
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def test_laplacian_keeps_strongest_detail_and_identity(pair):
 def test_sharpen_raises_gradients(pair):
     ir, vis = pair
     plain = build_fuser(FuseConfig(name="max")).fuse(ir, vis)
-    sharp = build_fuser(FuseConfig(name="max", sharpen=1.0))
+    sharp = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(sharpen=1.0))
     assert sharp.name == "max+unsharp1"
     assert np.abs(np.diff(sharp.fuse(ir, vis), axis=1)).mean() > np.abs(np.diff(plain, axis=1)).mean()
 
@@ -41,23 +43,23 @@ def test_sharpen_raises_gradients(pair):
 def test_contrast_stretches_around_the_mean(pair):
     ir, vis = pair
     plain = build_fuser(FuseConfig(name="max")).fuse(ir, vis)
-    stretched = build_fuser(FuseConfig(name="max", contrast=1.5))
+    stretched = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(contrast=1.5))
     assert stretched.name == "max+contrast1.5"
     out = stretched.fuse(ir, vis)
     assert out.mean() == pytest.approx(plain.mean(), abs=1e-3)
     np.testing.assert_allclose(out - out.mean(), 1.5 * (plain - plain.mean()), atol=1e-3)
     with pytest.raises(ValueError, match="contrast"):
-        FuseConfig(name="max", contrast=0.0)
+        BaselineConfig(contrast=0.0)
 
 
 def test_unknown_fuser_and_bad_ranges():
     allowed = "hclfuse | average | laplacian | max | rule"
     with pytest.raises(ValueError, match=re.escape(f"name='nope' is out of range; allowed: {allowed}")):
         FuseConfig(name="nope")
-    with pytest.raises(ValueError, match="fuse: steps=0 is out of range; allowed: 1..20"):
-        parse_section(FuseConfig, {"steps": 0}, "fuse")
+    with pytest.raises(ValueError, match="hclfuse: steps=0 is out of range; allowed: 1..20"):
+        parse_section(HCLFuseConfig, {"steps": 0}, "hclfuse")
     with pytest.raises(ValueError, match="device='gpu'"):
-        parse_section(FuseConfig, {"device": "gpu"}, "fuse")
+        parse_section(EngineConfig, {"device": "gpu"}, "engine")
 
 
 @pytest.mark.parametrize("shape", [(120, 160), (20, 30)])  # the small one is narrower than the base blur's radius

@@ -164,7 +164,8 @@ def test_seafusion_reference_means(data_dir):
 @pytest.mark.data
 @pytest.mark.slow
 def test_max_baseline_matches_the_readme_table(data_dir):
-    from streamfuse.fusers import FuseConfig, build_fuser
+    from streamfuse.fusers import FuseConfig
+    from streamfuse.processor import build_fuser
 
     fuser = build_fuser(FuseConfig(name="max"))
     means = _msrs_means(data_dir, lambda stem, ir, vis: fuser.fuse(ir, vis), ["VIF", "Qabf", "AG", "SF", "MI"])

@@ -28,9 +28,9 @@ def _free_port() -> int:
 
 
 def _start(port: int, *extra: str, fuser: str = "max") -> subprocess.Popen:
-    args = [sys.executable, str(REPO / "run_stream.py"), "--config", str(REPO / "configs/demo.yaml"),
+    args = [sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
             "--set", f"publish.endpoint=tcp://127.0.0.1:{port}", "--set", f"fuse.name={fuser}",
-            "--set", "telemetry.interval_s=1", "--set", "fuse.device=cpu", *extra]
+            "--set", "telemetry.interval_s=1", "--set", "engine.device=cpu", *extra]
     return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -113,7 +113,7 @@ def test_port_in_use_is_one_line_and_nonzero():
 
 @pytest.mark.timeout(30)
 def test_unknown_config_key_is_one_line_exit_2():
-    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", str(REPO / "configs/demo.yaml"),
+    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
                            "--set", "fuse.stepz=3"], cwd=REPO, capture_output=True, text=True, timeout=25)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
@@ -122,7 +122,7 @@ def test_unknown_config_key_is_one_line_exit_2():
 
 @pytest.mark.timeout(60)
 def test_missing_video_file_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", str(REPO / "configs/demo.yaml"),
+    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
                            "--set", "ir.kind=file", "--set", f"ir.path={tmp_path / 'nope.mp4'}",
                            "--set", "ir.restart=false",
                            "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{_free_port()}",
@@ -133,7 +133,7 @@ def test_missing_video_file_is_one_line(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_huge_sizes_are_one_line_exit_2():
-    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", str(REPO / "configs/demo.yaml"),
+    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
                            "--set", "ir.width=16384", "--set", "ir.height=16384"],
                           cwd=REPO, capture_output=True, text=True, timeout=50)
     assert proc.returncode == 2
@@ -177,8 +177,8 @@ def _live_cfg(*overrides: str):
     from streamfuse.config import load_config
 
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    cfg = load_config(REPO / "configs/demo.yaml", [
-        f"publish.endpoint={endpoint}", "fuse.name=max", "telemetry.interval_s=60", "fuse.device=cpu", *overrides])
+    cfg = load_config(REPO / "streamfuse/configs/demo.yaml", [
+        f"publish.endpoint={endpoint}", "fuse.name=max", "telemetry.interval_s=60", "engine.device=cpu", *overrides])
     return cfg, endpoint
 
 

@@ -17,13 +17,13 @@ import av
 import numpy as np
 import pytest
 
-import streamfuse.fusers
+import streamfuse.processor
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, SyntheticScene, open_source
 from streamfuse.config import config_from_dict
 from streamfuse.frames import Frame
-from streamfuse.fusers import build_fuser
+from streamfuse.processor import build_fuser, config_fuser
 from streamfuse.postprocess import restore_colour, vis_luma
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.replay import ReplayError, find_pairs, run_replay
@@ -152,7 +152,7 @@ class _StopAt:
 def interrupted_replay(cfg, ir: Path, vis: Path, out: Path, stop: int = 8) -> ReplayError:
     """Run a replay whose fuser is interrupted (Ctrl-C) at its ``stop``-th call; returns the ReplayError."""
     with pytest.MonkeyPatch.context() as mp, pytest.raises(ReplayError) as err:
-        mp.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(stop))
+        mp.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(stop))
         run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
     return err.value
 
@@ -165,7 +165,7 @@ def test_interrupt_leaves_no_final_file_and_resume_finishes_without_refusing(tmp
     assert not out.exists() and partial_path(out).exists()
     assert err.summary.written == 7 and not err.summary.complete and err.interrupted
     counting = _StopAt(None)
-    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: counting)
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: counting)
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     n_pairs = len(expected_pairs(cfg, ir, vis))
     assert summary.complete and summary.reused == 7 and counting.calls == summary.fused == n_pairs - 7
@@ -183,7 +183,7 @@ def test_resume_with_changed_settings_starts_over(tmp_path, clip):
 
 def test_fuser_error_keeps_the_partial_and_says_so(tmp_path, clip, monkeypatch):
     ir, vis, _ = clip
-    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: _StopAt(3, RuntimeError))
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(3, RuntimeError))
     with pytest.raises(ReplayError, match="2 frames kept"):
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
     assert not (tmp_path / "o.mp4").exists()
@@ -299,7 +299,7 @@ def test_realtime_pacing_takes_recorded_time_and_counts_drops(tmp_path, monkeypa
             time.sleep(0.1)  # 3 frame periods: the live rule drops the frames that were overtaken
             return super().fuse(ir, vis_y)
 
-    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: Slow(None))
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: Slow(None))
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "b.mp4")
     assert summary.dropped["vis"] > 0 and summary.written < 15
 
@@ -308,7 +308,7 @@ def test_recording_replays_to_the_live_pairs_and_fused_frames(tmp_path):
     """A live-like loop (IR arriving late) records and pairs; replaying the recording must give the same."""
     cfg = make_cfg(ir={"kind": "mcap"}, vis={"kind": "mcap"}, replay={"codec": "ffv1"})
     scene = SyntheticScene(64, 48, seed=3)
-    fuser = build_fuser(cfg.fuse, cfg.align)
+    fuser = config_fuser(cfg)
     t0 = 1_700_000_000_000_000_000
     vis = [(t0 + i * 33_333_333 + (i % 3) * 1_000_000, "vis", i) for i in range(20)]
     ir = [(t0 + 7_000_000 + i * 40_000_000, "ir", i) for i in range(17)]
@@ -512,13 +512,13 @@ def test_input_without_frames_says_so(tmp_path):
 
 _KILLABLE = """
 import sys, threading
-import streamfuse.fusers
-from streamfuse.fusers import build_fuser
+import streamfuse.processor
+from streamfuse.processor import config_fuser
 
 class Stuck:
     # fuses like max, then waits forever at call {stop} (a signal interrupts the wait)
-    def __init__(self, fuse, align=None):
-        self.inner, self.calls = build_fuser(fuse), 0
+    def __init__(self, cfg):
+        self.inner, self.calls = config_fuser(cfg), 0
         self.name, self.version = self.inner.name, self.inner.version
 
     def fuse(self, ir, vis_y, stream="default"):
@@ -528,7 +528,7 @@ class Stuck:
             threading.Event().wait()
         return self.inner.fuse(ir, vis_y)
 
-streamfuse.fusers.build_fuser = Stuck
+streamfuse.processor.config_fuser = Stuck
 import run_stream
 sys.exit(run_stream.main(sys.argv[1:]))
 """

@@ -1,6 +1,6 @@
 import pytest
 
-from streamfuse.config import parse_section
+from streamfuse.checks import parse_section
 from streamfuse.telemetry import Telemetry, TelemetryConfig, format_stats
 
 

@@ -4,7 +4,7 @@ Rows: default (hclfuse with the config's settings), no_guidance, latent_zero (ea
 latent_swap (each pair decoded with the next pair's latent, the last with the first's), no_ot, K=<k> for every --steps
 value (the K-step teacher where the default samples with a distilled student), the hand rule (rule),
 max:contrast=1.25 and 1.3, and max / average / laplacian each with sharpen 0, 0.5, 1.
-Settings come from --config (default configs/eval.yaml: a synchronous OT solve for every image, no temporal stage).
+Settings come from --config (default eval, shipped: a synchronous OT solve for every image, no temporal stage).
 
 Writes metrics.csv, metrics.md (means per row, the median ms per frame and delta grey, the mean |output - default
 output| over all pixels and pairs) and montage.png to --out; with --json also one JSON object
@@ -27,13 +27,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+try:
+    import streamfuse  # noqa: F401  (first: a missing dependency then says which environment to use)
+except ModuleNotFoundError as exc:  # a Python without the package
+    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import numpy as np  # noqa: E402
 
 from streamfuse.config import PipelineConfig, load_config  # noqa: E402
+from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, read_grey  # noqa: E402
-from streamfuse.fusers import build_fuser  # noqa: E402
+from streamfuse.processor import config_fuser  # noqa: E402
 
 # after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
 import torch  # noqa: E402
@@ -76,18 +80,21 @@ class LatentRow:
 def methods(cfg: PipelineConfig, steps: list[int], pairs: list[tuple[str, Path, Path]],
             baselines: bool = True) -> list[Method]:
     """The rows of the ablation, ``default`` first (the reference of every delta), in the order they are printed."""
-    fuse = replace(cfg.fuse, name="hclfuse")
+    cfg = replace(cfg, fuse=replace(cfg.fuse, name="hclfuse"))
 
     def hcl(name: str, ot: bool = True, **changes: Any) -> Method:
         align = replace(cfg.align, enabled=cfg.align.enabled and ot)
-        return Method(name, fuser=build_fuser(replace(fuse, **changes), align), align=align)
+        return Method(name, fuser=config_fuser(replace(cfg, hclfuse=replace(cfg.hclfuse, **changes), align=align)),
+                      align=align)
 
     def baseline(name: str, sharpen: float = 0.0, contrast: float = 1.0) -> Method:
         label = name + (f":sharpen={sharpen:g}" if sharpen else "")
         label += f":contrast={contrast:g}" if contrast != 1 else ""
-        return Method(label, fuser=build_fuser(replace(fuse, name=name, sharpen=sharpen, contrast=contrast)))
+        return Method(label, fuser=config_fuser(replace(cfg, fuse=replace(cfg.fuse, name=name),
+                                                        baseline=replace(cfg.baseline, sharpen=sharpen,
+                                                                         contrast=contrast))))
 
-    latent = build_fuser(fuse, cfg.align)  # its own fuser: the rows' extra OT solves stay out of the default's cache
+    latent = config_fuser(cfg)  # its own fuser: the rows' extra OT solves stay out of the default's cache
     rows = [hcl(DEFAULT), hcl("no_guidance", guidance=False),
             Method("latent_zero", fuser=LatentRow("latent_zero", latent)),
             Method("latent_swap", fuser=LatentRow("latent_swap", latent, pairs)), hcl("no_ot", ot=False)]
@@ -102,7 +109,8 @@ def guidance_energies(cfg: PipelineConfig, pairs: list[tuple[str, Path, Path]]) 
     """Mean physics energies of the default sampler's latent, with and without guidance (what guidance lowers)."""
     out = {}
     for label, guidance in (("with", True), ("without", False)):
-        fuser = build_fuser(replace(cfg.fuse, name="hclfuse", guidance=guidance), cfg.align)
+        fuser = config_fuser(replace(cfg, fuse=replace(cfg.fuse, name="hclfuse"),
+                                     hclfuse=replace(cfg.hclfuse, guidance=guidance)))
         values = [fuser.energies(read_grey(i), read_grey(v), name) for name, i, v in pairs]
         out[label] = {k: float(np.mean([e[k] for e in values])) for k in values[0]}
     return out
@@ -126,11 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vis", type=Path, help="folder of visible images, same file names as --ir")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
     p.add_argument("--set", default="msrs/test", help="pair set under --data (<set>/ir, <set>/vi)")
-    p.add_argument("--config", type=Path, default=REPO / "configs" / "eval.yaml",
-                   help="pipeline config whose align and fuse sections the hclfuse rows start from")
+    p.add_argument("--config", default="eval",
+                   help="pipeline config whose fusing sections (align, hclfuse, engine) the hclfuse rows start from")
     p.add_argument("--override", action="append", default=[], metavar="stage.key=value",
-                   help="dotted override of the config, e.g. fuse.threads=2; repeatable")
-    p.add_argument("--weights", default="", help="HCLFuse weights (shorthand for --override fuse.weights=...)")
+                   help="dotted override of the config, e.g. engine.threads=2; repeatable")
+    p.add_argument("--weights", default="", help="HCLFuse weights (shorthand for --override hclfuse.weights=...)")
     p.add_argument("--steps", default="1,2,4,8,20", help="comma-separated K values")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the max/average/laplacian +- sharpen rows (rule and max:contrast stay)")
@@ -143,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("ablate: give both --ir and --vis, or neither (then --data/--set)")
     dir_ir, dir_vis = (args.ir, args.vis) if args.ir else (args.data / args.set / "ir", args.data / args.set / "vi")
     try:
-        cfg = load_config(args.config, args.override + [f"fuse.weights={args.weights}"] * bool(args.weights))
+        weights = [f"hclfuse.weights={args.weights}"] * bool(args.weights)
+        cfg = load_config(resolve(args.config), args.override + weights)
         steps = [int(k) for k in args.steps.split(",")]
         pairs = find_pairs(dir_ir, dir_vis, args.limit)
         rows = methods(cfg, steps, pairs, not args.no_baselines)

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     from streamfuse.configs import resolve
 
     cv2.setNumThreads(1)
-    overrides = ["fuse.threads=1", "replay.codec_threads=1", "replay.progress=false", *args.overrides]
+    overrides = ["engine.threads=1", "replay.codec_threads=1", "replay.progress=false", *args.overrides]
     cfg = load_config(resolve(args.config), overrides)
     width, height = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="where the pairs run")
     parser.add_argument("--workers", type=int, default=2, help="ray: pairs run at once")
     parser.add_argument("--threads", type=int, default=1,
-                        help="CPUs per worker: torch's and FFmpeg's threads where fuse.threads or replay.codec_threads "
-                             "is 0 (ray: also each task's num_cpus)")
+                        help="CPUs per worker: torch's and FFmpeg's threads where engine.threads or "
+                             "replay.codec_threads is 0 (ray: also each task's num_cpus)")
     parser.add_argument("--gpus", type=float, default=0.0, help="ray: GPUs per worker (fractions share one)")
     parser.add_argument("--address", default="", help="ray: cluster to join (default: start a local Ray)")
     parser.add_argument("--retries", type=int, default=3, help="ray: runs again of a pair whose worker died")

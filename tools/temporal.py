@@ -2,7 +2,7 @@
 
 For each clip folder under SEQ_ROOT (``<clip>/ir/*.png`` and ``<clip>/vi/*.png``, numbered frames) the fuser runs
 over the frames in order as one stream, between the IR level stabilizer and the post stage's temporal denoiser as the
-pipeline runs them (a --config method's ``align.stabilize`` and ``post`` sections; --stabilize and --denoise for
+pipeline runs them (a --config method's ``stabilize`` and ``post`` sections; --stabilize and --denoise for
 --fuser methods); the flicker ratio is mean |F_t - F_{t-1}| / mean |V_t - V_{t-1}| (visible Y). With the denoiser
 on, "filter lag" is how far its output strays from the unfiltered fused frames (mean and 99.9th percentile of
 |difference| in grey levels, over all clips): removed noise, and the trail it leaves on moving content.
@@ -18,14 +18,17 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
+try:
+    import streamfuse  # noqa: F401  (first: a missing dependency then says which environment to use)
+except ModuleNotFoundError as exc:  # a Python without the package
+    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import numpy as np  # noqa: E402
 
-from streamfuse.align import LevelStabilizer
-from streamfuse.evaluation import config_method, find_pairs, fuser_method, read_grey
-from streamfuse.metrics import flow_warp_error, temporal_ratio
-from streamfuse.postprocess import PostConfig, TemporalDenoiser
+from streamfuse.evaluation import config_method, find_pairs, fuser_method, read_grey  # noqa: E402
+from streamfuse.metrics import flow_warp_error, temporal_ratio  # noqa: E402
+from streamfuse.postprocess import PostConfig, TemporalDenoiser  # noqa: E402
+from streamfuse.stabilize import LevelStabilizer, StabilizeConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,9 +40,10 @@ def main() -> None:
     parser.add_argument("--fuser", action="append", default=[],
                         help="NAME[:key=value,...] (repeatable); hclfuse when no --fuser or --config is given")
     parser.add_argument("--config", action="append", default=[], help="pipeline config whose fuser to run")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="fuse./align. override")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override of the fuser's sections (fuse, hclfuse, engine, baseline, align)")
     parser.add_argument("--static", type=int, default=5, help="repeats of one pair for the static-input check")
-    parser.add_argument("--stabilize", type=float, default=0.0, help="align.stabilize for --fuser methods (0 = off)")
+    parser.add_argument("--stabilize", type=float, default=0.0, help="stabilize.strength for --fuser methods (0 = off)")
     parser.add_argument("--denoise", type=float, default=0.0, help="post.denoise for --fuser methods (0 = off)")
     parser.add_argument("--denoise-threshold", type=float, default=PostConfig.denoise_threshold,
                         help="post.denoise_threshold for --fuser methods")
@@ -64,7 +68,7 @@ def main() -> None:
     print(f"|---|---|{'---|' * len(frames)}---|---|---|---|")
     for method in methods:
         post = method.config.post if method.config is not None else fuser_post
-        level = method.config.align.stabilize if method.config is not None else args.stabilize
+        level = method.config.stabilize if method.config is not None else StabilizeConfig(args.stabilize)
         ratios, warp, lag = [], [], []
         for name, pairs in frames.items():
             denoise, stabilize = TemporalDenoiser(post), LevelStabilizer(level)
@@ -79,7 +83,7 @@ def main() -> None:
         outs = [denoise(method.fuser.fuse(stabilize(ir), vi, stream="static")) for _ in range(args.static)]
         static = all(np.array_equal(outs[0], o) for o in outs[1:])
         cells = " | ".join(f"{r:.3f}" for r in ratios)
-        print(f"| {method.name} | {level:g} / {post.denoise:g}, {post.denoise_threshold:g} | {cells}"
+        print(f"| {method.name} | {level.strength:g} / {post.denoise:g}, {post.denoise_threshold:g} | {cells}"
               f" | {np.mean(ratios):.3f} | {np.mean(warp):.2f} |"
               f" {lag.mean():.2f} / {np.percentile(lag, 99.9):.1f} | {'yes' if static else 'NO'} |", flush=True)
 

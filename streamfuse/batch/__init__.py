@@ -11,7 +11,7 @@ outputs, pts, the ``.partial`` name and ``resume`` follow the single replay's ru
   has its pair run again from the start on another worker (``retries``); a pair that fails by itself (corrupt,
   missing, mismatched input) is not retried and fails alone with its one-line reason.
 
-A worker of either engine runs a pair on ``threads`` CPUs (default 1): torch's threads (``fuse.threads``) and
+A worker of either engine runs a pair on ``threads`` CPUs (default 1): torch's threads (``engine.threads``) and
 FFmpeg's decoder and encoder threads (``replay.codec_threads``) left at 0 ("FFmpeg's or torch's choice", which is
 every core) become ``threads``, so that workers side by side do not each start a thread per core.
 

@@ -31,24 +31,25 @@ class _Counted:
 
 
 class Models:
-    """The models one worker has loaded, kept across its pairs (keyed by the fuse and align settings)."""
+    """The models one worker has loaded, kept across its pairs (keyed by the settings that build them)."""
 
     def __init__(self) -> None:
         self._loaded: dict[str, Any] = {}
 
-    def fuser(self, fuse: Any, align: Any) -> Any:
-        """A fuser for one more video: the model stays loaded; OT plans and latent noise start afresh per video."""
-        from streamfuse.fusers import build_fuser
+    def fuser(self, cfg: Any) -> Any:
+        """A fuser for one more video of PipelineConfig ``cfg``: the model stays loaded; OT plans and latent noise
+        start afresh per video."""
+        from streamfuse.processor import config_fuser
 
-        if fuse.name != "hclfuse":
-            return build_fuser(fuse, align)  # baselines load nothing: a fresh one cannot carry any video's state
+        if cfg.fuse.name != "hclfuse":
+            return config_fuser(cfg)  # baselines load nothing: a fresh one cannot carry any video's state
         from streamfuse.model.fuser import HCLFuser
 
-        key = repr((fuse, align))  # frozen dataclasses: the repr is the value
+        key = repr((cfg.hclfuse, cfg.engine, cfg.align))  # frozen dataclasses: the repr is the value
         if key not in self._loaded:
-            self._loaded[key] = build_fuser(fuse, align)
+            self._loaded[key] = config_fuser(cfg)
         loaded = self._loaded[key]
-        return HCLFuser(loaded.net, loaded.engine, align, loaded.seed, loaded.version)
+        return HCLFuser(loaded.net, loaded.engine, cfg.align, loaded.seed, loaded.version)
 
 
 def _worker_name() -> str:
@@ -74,7 +75,7 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
     t0 = time.perf_counter()
     try:
         summary = run_replay(cfg, ir_path=job.ir, vis_path=job.vis, out_path=job.out, resume=resume,
-                             fuser_factory=lambda fuse, align: _Counted(models.fuser(fuse, align), report))
+                             fuser_factory=lambda used: _Counted(models.fuser(used), report))
     except ReplayError as exc:
         summary = exc.summary
         result.status, result.reason = "interrupted" if exc.interrupted else "failed", str(exc)
@@ -90,6 +91,6 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
 
 def worker_cfg(cfg: Any, threads: int) -> Any:
     """The config a worker of ``threads`` CPUs runs: torch's and FFmpeg's "every core" (0) become its own CPUs."""
-    fuse = cfg.fuse if cfg.fuse.threads else dataclasses.replace(cfg.fuse, threads=threads)
+    engine = cfg.engine if cfg.engine.threads else dataclasses.replace(cfg.engine, threads=threads)
     replay = cfg.replay if cfg.replay.codec_threads else dataclasses.replace(cfg.replay, codec_threads=threads)
-    return dataclasses.replace(cfg, fuse=fuse, replay=replay)
+    return dataclasses.replace(cfg, engine=engine, replay=replay)

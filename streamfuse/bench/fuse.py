@@ -26,11 +26,13 @@ import numba
 import numpy as np
 import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
 
-from streamfuse.align import AlignConfig, LevelStabilizer
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine
-from streamfuse.fusers import FuseConfig, build_fuser
+from streamfuse.fusers import FuseConfig
+from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import PostConfig, TemporalDenoiser, restore_colour
+from streamfuse.processor import build_fuser
+from streamfuse.stabilize import LevelStabilizer, StabilizeConfig
 
 __all__ = ["main"]
 
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     p.add_argument("--frames", type=int, default=0, help="timed frames per case; 0 = 1000 on a GPU, 50 on CPU")
     p.add_argument("--sampler", default="student", help="student (the distilled live default) | teacher")
-    p.add_argument("--steps", type=int, default=0, help="teacher's DDIM steps K; 0 = the FuseConfig default")
+    p.add_argument("--steps", type=int, default=0, help="teacher's DDIM steps K; 0 = the hclfuse section's default")
     p.add_argument("--batch", default="", help="comma-separated batch sizes; default 1,8 on a GPU, 1 on CPU")
     p.add_argument("--graphs", default="", help="CUDA graphs on,off (GPU only); default on,off on a GPU")
     p.add_argument("--precision", default="", help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
@@ -209,12 +211,11 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
     batches = [int(b) for b in (args.batch or ("1,8" if gpu else "1")).split(",")]
     graphs = [g == "on" for g in (args.graphs or ("on,off" if gpu else "off")).split(",")]
     precisions = (args.precision or ("fp32,fp16" if gpu else "fp32")).split(",")
-    steps = {"sampler": args.sampler, **({"steps": args.steps} if args.steps else {})}
+    model = HCLFuseConfig(weights=weights, sampler=args.sampler, **({"steps": args.steps} if args.steps else {}))
 
     def fuser_for(dev: str, precision: str = "fp32", graph: bool = False, batch: int = 1):
-        return build_fuser(FuseConfig(name="hclfuse", weights=weights, device=dev, precision=precision,
-                                      cuda_graphs=graph, max_batch=batch, threads=args.threads, **steps),
-                           AlignConfig())
+        engine = EngineConfig(device=dev, precision=precision, cuda_graphs=graph, max_batch=batch, threads=args.threads)
+        return build_fuser(FuseConfig(name="hclfuse"), hclfuse=model, engine=engine)
 
     reference = fuser_for("cpu") if gpu else None
     for h, w in sizes:
@@ -248,7 +249,7 @@ def bench_post(sizes: list[tuple[int, int]], frames: int, warmup: int) -> None:
     for h, w in sizes:
         pairs = synthetic_pairs(h, w, POOL)
         colour = [cv2.cvtColor(vis, cv2.COLOR_GRAY2BGR) for _, vis in pairs]
-        stabilize, denoise, pre, post = LevelStabilizer(0.8), TemporalDenoiser(cfg), [], []
+        stabilize, denoise, pre, post = LevelStabilizer(StabilizeConfig(0.8)), TemporalDenoiser(cfg), [], []
         for i in range(warmup + frames):
             ir, vis = pairs[i % POOL]
             t0 = time.perf_counter_ns()

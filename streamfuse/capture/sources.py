@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from streamfuse.config import check
+from streamfuse.checks import check
 from streamfuse.frames import Frame
 from streamfuse.registry import available, build, register
 

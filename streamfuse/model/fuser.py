@@ -17,7 +17,7 @@ import torch
 from streamfuse.align import AlignCache, AlignConfig
 from streamfuse.diffusion.guidance import energies, guide_inputs
 from streamfuse.engine import Engine
-from streamfuse.fusers import FuseConfig
+from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model import weights
 
@@ -119,17 +119,17 @@ class HCLFuser:
         return self.cache.stats()
 
 
-def build_hclfuse(fuse_cfg: FuseConfig, align_cfg: AlignConfig | None = None) -> HCLFuser:
-    """Load the weights named by ``fuse_cfg.weights`` (default: the shipped file) and build the Fuser."""
-    align_cfg = align_cfg if align_cfg is not None else AlignConfig()
-    path = Path(fuse_cfg.weights) if fuse_cfg.weights else weights.DEFAULT_WEIGHTS
-    net, extra = weights.load_weights(path, steps=fuse_cfg.steps, guidance=fuse_cfg.guidance,
-                                      guidance_scale=fuse_cfg.guidance_scale, student=fuse_cfg.sampler == "student")
+def build_hclfuse(model: HCLFuseConfig = HCLFuseConfig(), engine: EngineConfig = EngineConfig(),
+                  align: AlignConfig = AlignConfig()) -> HCLFuser:
+    """Load the weights named by ``model.weights`` (default: the shipped file) onto an engine and build the Fuser."""
+    path = Path(model.weights) if model.weights else weights.DEFAULT_WEIGHTS
+    net, extra = weights.load_weights(path, steps=model.steps, guidance=model.guidance,
+                                      guidance_scale=model.guidance_scale, student=model.sampler == "student")
     trained = extra.get("align", {})
-    used = {k: getattr(align_cfg, k) for k in ("reg", "blend")}
-    if align_cfg.enabled and trained and any(abs(trained[k] - used[k]) > 1e-12 for k in used if k in trained):
+    used = {k: getattr(align, k) for k in ("reg", "blend")}
+    if align.enabled and trained and any(abs(trained[k] - used[k]) > 1e-12 for k in used if k in trained):
         log.warning("%s was trained with align %s, running with %s", path.name,
                     {k: trained[k] for k in used if k in trained}, used)
-    engine = Engine(net, device=fuse_cfg.device, precision=fuse_cfg.precision, cuda_graphs=fuse_cfg.cuda_graphs,
-                    max_batch=fuse_cfg.max_batch, threads=fuse_cfg.threads)
-    return HCLFuser(net, engine, align_cfg, fuse_cfg.seed, version=weights.weights_version(path))
+    runner = Engine(net, device=engine.device, precision=engine.precision, cuda_graphs=engine.cuda_graphs,
+                    max_batch=engine.max_batch, threads=engine.threads)
+    return HCLFuser(net, runner, align, model.seed, version=weights.weights_version(path))

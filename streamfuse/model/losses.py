@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from streamfuse.config import check
+from streamfuse.checks import check
 from streamfuse.imageops.tensors import gaussian_blur, gradient_magnitude, sobel
 from streamfuse.model.vbe import kl_standard_normal
 

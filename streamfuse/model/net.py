@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from streamfuse.config import check
+from streamfuse.checks import check
 from streamfuse.diffusion.guidance import ComposedGuide, default_guides, guide_inputs
 from streamfuse.diffusion.sampling import sample_ddim
 from streamfuse.diffusion.schedules import alphas_cumprod, ddim_timesteps, eps_to_x0, linear_betas

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from streamfuse.config import check
+from streamfuse.checks import check
 
 __all__ = ["ReplayConfig"]
 

@@ -63,18 +63,20 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: str | os.PathLike | None = None,
                out_path: str | os.PathLike | None = None, resume: bool | None = None,
-               fuser_factory: Callable[[Any, Any], Any] | None = None) -> ReplaySummary:
+               fuser_factory: Callable[[Any], Any] | None = None) -> ReplaySummary:
     """Fuse every pair of a recorded IR/visible input into one video.
 
     Args:
-        cfg: PipelineConfig; uses ``ir``/``vis`` (paths, ``ir.resize``), ``sync``, ``align``, ``fuse``, ``post``,
-            ``publish`` and ``replay``.
+        cfg: PipelineConfig; uses ``ir``/``vis`` (paths, ``ir.resize``), ``sync``, the fusing sections
+            (``stabilize``, ``align``, ``fuse``, ``hclfuse``, ``engine``, ``baseline``), ``post``, ``publish`` and
+            ``replay``.
         ir_path, vis_path: override ``ir.path``/``vis.path``: a video file, a folder of numbered frames, or one
             ``.mcap`` recording (then ``vis_path`` may be omitted).
         out_path: override ``replay.out``.
         resume: override ``replay.resume``.
-        fuser_factory: builds the fuser instead of ``build_fuser`` (same arguments), e.g. one that keeps a model
-            loaded across the pairs of a batch; it must give a fuser without any earlier video's state.
+        fuser_factory: builds the fuser from the PipelineConfig instead of ``streamfuse.processor.config_fuser``,
+            e.g. one that keeps a model loaded across the pairs of a batch; it must give a fuser without any earlier
+            video's state.
 
     Returns:
         The summary (also logged as one block).
@@ -129,16 +131,17 @@ class _FrameStages:
     """The live loop's per-frame calls on one pair, in its order: stabilise -> fuse (OT alignment inside the fuser)
     -> temporal filter -> colour. Their state (OT plans, stabilizer, denoiser) belongs to this one video."""
 
-    def __init__(self, cfg: Any, fuser_factory: Callable[[Any, Any], Any] | None):
+    def __init__(self, cfg: Any, fuser_factory: Callable[[Any], Any] | None):
         # imported here: importing the replay package (config loading does) must not load torch, POT or numba
-        from streamfuse.align import LevelStabilizer
-        from streamfuse.fusers import build_fuser
         from streamfuse.postprocess import TemporalDenoiser, restore_colour, vis_luma
+        from streamfuse.processor import config_fuser
+        from streamfuse.stabilize import LevelStabilizer
 
         # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
-        self.fuser = (fuser_factory or build_fuser)(cfg.fuse, dataclasses.replace(cfg.align, background=False))
+        self.fuser = (fuser_factory or config_fuser)(
+            dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, background=False)))
         self.denoise = TemporalDenoiser(cfg.post)
-        self.stabilize = LevelStabilizer(cfg.align.stabilize)
+        self.stabilize = LevelStabilizer(cfg.stabilize)
         self._restore_colour, self._vis_luma = restore_colour, vis_luma
         self._cfg = cfg
 
@@ -187,7 +190,7 @@ class _Replay:
         self.last_t: dict[str, int] = {}  # capture time of the last frame read per stream, ns
         self.readers: list[Reader] = []
 
-    def run(self, fuser_factory: Callable[[Any, Any], Any] | None = None) -> ReplaySummary:
+    def run(self, fuser_factory: Callable[[Any], Any] | None = None) -> ReplaySummary:
         from tqdm import tqdm
 
         from streamfuse.sync import Pairer

@@ -34,9 +34,9 @@ def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
         return [st.st_size, st.st_mtime_ns] if Path(path).is_file() else [0, st.st_mtime_ns]
 
     conf = cfg.to_dict()
+    fusing = {k: conf[k] for k in ("sync", "stabilize", "align", "fuse", "hclfuse", "engine", "baseline", "post")}
     return {"ir": [ir.cfg.path, *stat(ir.cfg.path)], "vis": [vis.cfg.path, *stat(vis.cfg.path)],
-            "ir_resize": ir.cfg.resize, "sync": conf["sync"], "align": conf["align"], "fuse": conf["fuse"],
-            "post": conf["post"], "codec": [cfg.replay.codec, cfg.replay.crf, cfg.replay.preset]}
+            "ir_resize": ir.cfg.resize, **fusing, "codec": [cfg.replay.codec, cfg.replay.crf, cfg.replay.preset]}
 
 
 def sidecar_path(out: Path) -> Path:

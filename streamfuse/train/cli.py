@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import re
 import textwrap
 from pathlib import Path
 
@@ -29,17 +28,11 @@ __all__ = ["main", "to_overrides"]
 
 log = logging.getLogger("train")
 
-# numbers PyYAML's YAML 1.1 resolver keeps as strings: no dot before the exponent (1e-3) or no exponent sign (1.5e3)
-_EXPONENT = re.compile(r"([-+]?[0-9]+(?:\.[0-9]*)?)[eE]([-+]?)([0-9]+)")
-
-
 def _value(tokens: list[str]) -> str:
     """The YAML text of a flag's values: none is ``true``, several are a list."""
-    texts = [_EXPONENT.sub(lambda m: f"{float(m[1])!r}e{m[2] or '+'}{m[3]}", t) if _EXPONENT.fullmatch(t) else t
-             for t in tokens]
-    if not texts:
+    if not tokens:
         return "true"
-    return texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    return tokens[0] if len(tokens) == 1 else "[" + ", ".join(tokens) + "]"
 
 
 def to_overrides(args: list[str]) -> list[str]:

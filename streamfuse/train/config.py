@@ -1,7 +1,7 @@
 """Training settings: :class:`TrainConfig` (optimisation) and :class:`TrainSetup`, the four sections a run resolves.
 
 A run is configured by ``section.key=value`` overrides of the defaults (``train``, ``model``, ``loss``, ``align``),
-read by :func:`streamfuse.config.apply_overrides` and validated by :func:`streamfuse.config.parse_section`, the
+read by :func:`streamfuse.checks.apply_overrides` and validated by :func:`streamfuse.checks.parse_section`, the
 parser and checks the pipeline's own config uses.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamfuse.align import AlignConfig
-from streamfuse.config import apply_overrides, check, parse_section
+from streamfuse.checks import apply_overrides, check, parse_section
 from streamfuse.model.losses import LossConfig
 from streamfuse.model.net import ModelConfig
 

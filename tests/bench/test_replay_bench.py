@@ -8,7 +8,7 @@ from streamfuse.bench.replay import main
 
 
 def test_prints_rate_and_stage_shares(capsys):
-    main(["--fuser", "max", "--frames", "6", "--size", "64x48", "--set", "fuse.device=cpu"])
+    main(["--fuser", "max", "--frames", "6", "--size", "64x48", "--set", "engine.device=cpu"])
     out = capsys.readouterr().out
     assert re.search(r"max +6 frames in [0-9.]+ s = [0-9.]+ frames/s", out), out
     assert "fuse " in out and "loop waits on decode+encode" in out

@@ -17,7 +17,9 @@ import torch
 
 from streamfuse.align import AlignConfig
 from streamfuse.capture.sources import SyntheticScene
-from streamfuse.fusers import FuseConfig, build_fuser
+from streamfuse.fusers import BaselineConfig, FuseConfig
+from streamfuse.inference import EngineConfig, HCLFuseConfig
+from streamfuse.processor import build_fuser
 
 # measured with the shipped weights on these frames (tests/model/test_components.py's own code): latent zeroed 51.8,
 # latent swapped 4.07, guidance off 0.385, teacher K = 1 vs 4 0.121 grey levels
@@ -33,7 +35,8 @@ def frames() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _fuser(**kw):
-    return build_fuser(FuseConfig(name="hclfuse", device="cpu", threads=1, **kw), AlignConfig())
+    return build_fuser(FuseConfig(name="hclfuse"), hclfuse=HCLFuseConfig(**kw),
+                       engine=EngineConfig(device="cpu", threads=1), align=AlignConfig())
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -92,5 +95,5 @@ def test_shipped_weights_are_not_dominated_by_the_rule_or_the_stretched_maximum(
 
     ours = scores(_fuser())
     for name, kw in (("rule", {}), ("max", {"contrast": 1.25})):
-        theirs = scores(build_fuser(FuseConfig(name=name, **kw)))
+        theirs = scores(build_fuser(FuseConfig(name=name), baseline=BaselineConfig(**kw)))
         assert not (theirs >= ours).all(), f"{name} {kw} is at least as good on VIF, Qabf, AG and SF: {theirs} {ours}"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from streamfuse.align import AlignConfig
-from streamfuse.fusers import FuseConfig
+from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.model.fuser import build_hclfuse
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.weights import save_weights
@@ -16,7 +16,8 @@ from streamfuse.model.weights import save_weights
 def test_fuser_on_cpu(tmp_path, tiny):
     path = tmp_path / "w.pt"
     save_weights(path, HCLFuseNet(tiny))
-    fuser = build_hclfuse(FuseConfig(weights=str(path), device="cpu", steps=2, threads=1), AlignConfig())
+    fuser = build_hclfuse(HCLFuseConfig(weights=str(path), steps=2), EngineConfig(device="cpu", threads=1),
+                          AlignConfig())
     rng = np.random.default_rng(0)
     ir = rng.integers(0, 256, (37, 50), dtype=np.uint8)  # not a multiple of the stride: the engine pads
     vis = rng.integers(0, 256, (37, 50), dtype=np.uint8)

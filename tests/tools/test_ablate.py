@@ -55,10 +55,13 @@ def test_json_summary(tool, folders, tmp_path, random_weights, capsys):
 def test_latent_swap_decodes_with_the_next_pairs_latent(tool, folders, random_weights):
     """Pair i gets pair i+1's latent, the last pair the first's; with three equal latents nothing would move."""
     from streamfuse.evaluation import find_pairs, read_grey
-    from streamfuse.fusers import FuseConfig, build_fuser
+    from streamfuse.fusers import FuseConfig
+    from streamfuse.inference import EngineConfig, HCLFuseConfig
+    from streamfuse.processor import build_fuser
 
     pairs = find_pairs(*folders)
-    hcl = build_fuser(FuseConfig(weights=str(random_weights), device="cpu"))
+    hcl = build_fuser(FuseConfig(), hclfuse=HCLFuseConfig(weights=str(random_weights)),
+                      engine=EngineConfig(device="cpu"))
     swap = tool("ablate").LatentRow("latent_swap", hcl, pairs)
     images = [(read_grey(i), read_grey(v)) for _, i, v in pairs]
     moved = []

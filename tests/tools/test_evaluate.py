@@ -13,7 +13,8 @@ import pytest
 from streamfuse import metrics
 from streamfuse.cli.evaluate import EVAL_CONFIG, main
 from streamfuse.evaluation import Method, config_method, evaluate_dir, read_grey
-from streamfuse.fusers import FuseConfig, build_fuser
+from streamfuse.fusers import FuseConfig
+from streamfuse.processor import build_fuser
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +83,17 @@ def test_fusers_and_fused_folder_side_by_side(evaluate, pairs, tmp_path, capsys)
 def test_config_method_limit_and_resolved_config(evaluate, pairs, tmp_path):
     ir_dir, vis_dir = pairs
     cfg = tmp_path / "baseline.yaml"
-    cfg.write_text("fuse:\n  name: laplacian\n  sharpen: 0.5\n")
+    cfg.write_text("fuse:\n  name: laplacian\nbaseline:\n  sharpen: 0.5\n")
     out = tmp_path / "out"
-    evaluate([str(ir_dir), str(vis_dir), "--config", str(cfg), "--set", "fuse.sharpen=1.0", "--limit", "2",
+    evaluate([str(ir_dir), str(vis_dir), "--config", str(cfg), "--set", "baseline.sharpen=1.0", "--limit", "2",
               "--out", str(out)])
     rows = read_csv(out / "metrics.csv")
     assert [r["image"] for r in rows] == ["p0", "p1"]
     assert rows[0]["method"] == "laplacian (baseline.yaml)"
     assert "sharpen: 1.0" in (out / "baseline.resolved.yaml").read_text()
 
-    cfg.write_text("fuse:\n  name: laplacian\n  contrast: 1.25\n")  # --fuser methods take the config's settings
+    # --fuser methods take the config's settings
+    cfg.write_text("fuse:\n  name: laplacian\nbaseline:\n  contrast: 1.25\n")
     evaluate([str(ir_dir), str(vis_dir), "--config", str(cfg), "--fuser", "max", "--out", str(out)])
     assert [r["method"] for r in read_csv(out / "metrics.csv")[:2]] == ["laplacian (baseline.yaml)", "max+contrast1.25"]
 
@@ -154,7 +156,7 @@ def test_eval_config_solves_ot_afresh_for_every_still(evaluate, tmp_path, rng, r
         cv2.imwrite(str(ir_dir / f"s{i}.png"), ir)
         cv2.imwrite(str(vis_dir / f"s{i}.png"), vis)
         sources[f"s{i}"] = ir, vis
-    weights = f"fuse.weights={random_weights}"
+    weights = f"hclfuse.weights={random_weights}"
 
     def saved(*overrides: str) -> dict[str, np.ndarray]:
         out = tmp_path / f"saved{len(overrides)}"

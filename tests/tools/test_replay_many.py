@@ -56,7 +56,7 @@ def test_list_file_and_bad_list(tmp_path, capsys):
 
 
 def test_ctrl_c_stops_the_batch(tmp_path, monkeypatch):
-    import streamfuse.fusers
+    import streamfuse.processor
 
     for sub in ("ir", "vi"):
         (tmp_path / sub).mkdir()
@@ -69,7 +69,7 @@ def test_ctrl_c_stops_the_batch(tmp_path, monkeypatch):
         def fuse(self, *_, **__):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(streamfuse.fusers, "build_fuser", lambda *a: Interrupted())
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: Interrupted())
     out = tmp_path / "out"
     assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 1
     assert not (out / "a.mp4").exists() and not (out / ".b.mp4.partial").exists()  # b never started

@@ -113,7 +113,7 @@ def test_distillation_trains_only_the_student(data, tmp_path):
 
 def test_flags_become_dotted_overrides_of_the_one_parser():
     assert to_overrides(["--steps", "3", "--model.widths", "4", "8", "--distill", "--lr", "1e-3", "--loss.kl=0"]) == [
-        "train.steps=3", "model.widths=[4, 8]", "train.distill=true", "train.lr=1.0e-3", "loss.kl=0"]
+        "train.steps=3", "model.widths=[4, 8]", "train.distill=true", "train.lr=1e-3", "loss.kl=0"]
     assert train.load_setup(to_overrides(["--lr", "1e-9", "--minutes", "2.5e1"])).train.lr == 1e-9
     setup = train.load_setup(to_overrides(["--teacher_steps", "3", "--model.widths", "4", "8", "--align.reg", "5e-2"]))
     assert setup.train.teacher_steps == 3 and setup.model.widths == (4, 8) and setup.align.reg == 0.05

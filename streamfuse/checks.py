@@ -1,0 +1,131 @@
+"""Config validation primitives every stage uses: the range check, typed sections from mappings, dotted overrides.
+
+A leaf: it imports nothing from the package, so stage modules (which own their config dataclasses) and
+:mod:`streamfuse.config` (which composes them) can both import it without a circle.
+
+>>> from dataclasses import dataclass
+>>> @dataclass(frozen=True)
+... class Demo:
+...     rate: float = 1.0
+>>> parse_section(Demo, apply_overrides({}, ["demo.rate=1e-3"])["demo"], "demo")
+Demo(rate=0.001)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from typing import Any, Literal
+
+import yaml
+
+__all__ = ["ConfigError", "check", "parse_section", "apply_overrides", "load_yaml"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message is one line naming the key, the file and the allowed values."""
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Range check for ``__post_init__``: raise ValueError naming the key, the bad value and what is allowed."""
+    if not ok:
+        raise ValueError(f"{key}={value!r} is out of range; allowed: {allowed}")
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``-2e5`` and ``1E3`` as floats (YAML 1.2 does; PyYAML's YAML 1.1
+    resolver wants a dot and a signed exponent, and keeps them as strings)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as the configs are read (safe, with exponent floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "list of " + _describe(typing.get_args(tp)[0])
+    if dataclasses.is_dataclass(tp):
+        return "mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Return value as type tp or raise ValueError naming key and the expected type."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(arg, value, key)
+            except ValueError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+            return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return parse_section(tp, value, key)
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ValueError(f"{key}={value!r} has the wrong type; expected {_describe(tp)}")
+
+
+def parse_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping: unknown keys and wrong types raise ValueError naming the key."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ValueError(f"unknown config key {prefix}.{key}; allowed keys: {', '.join(names)}")
+    values = {k: _coerce(hints[k], v, f"{prefix}.{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ValueError(f"{prefix}: {exc}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``stage.key=value`` overrides (value parsed as YAML, ``1e-3`` a float) to a raw config mapping."""
+    if overrides and not isinstance(data, dict):
+        raise ValueError("top level must be a mapping of stage sections")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form stage.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.lstrip("-").split(".")
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {dotted}: {k} is not a section")
+        try:
+            node[keys[-1]] = load_yaml(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    return data

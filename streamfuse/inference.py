@@ -1,0 +1,66 @@
+"""The two config sections of the ``hclfuse`` fuser: ``hclfuse`` (which weights, how to sample) and ``engine`` (where
+and how the net runs).
+
+They live here, apart from :mod:`streamfuse.model.fuser` and :mod:`streamfuse.engine` that read them, because those
+import torch and loading a config must not (a bad key is reported in a fraction of a second).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from streamfuse.checks import check
+
+__all__ = ["HCLFuseConfig", "EngineConfig"]
+
+
+@dataclass(frozen=True)
+class HCLFuseConfig:
+    """The ``hclfuse`` section: the model's weights and sampling (its architecture comes with the weights file).
+
+    Args:
+        weights: HCLFuse weights file; empty means the weights shipped with the package.
+        sampler: ``student`` (the distilled few-step sampler, the live default) or ``teacher`` (K-step DDIM).
+        steps: DDIM steps K of the teacher (1..20).
+        guidance: apply the physics guides during sampling.
+        guidance_scale: multiplies the physics guides' weights (1 = the method's).
+        seed: seed of the per-stream noise.
+    """
+
+    weights: str = ""
+    sampler: Literal["student", "teacher"] = "student"
+    steps: int = 20
+    guidance: bool = True
+    guidance_scale: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.sampler in ("student", "teacher"), "sampler", self.sampler, "student | teacher")
+        check(1 <= self.steps <= 20, "steps", self.steps, "1..20")
+        check(0.0 <= self.guidance_scale <= 10.0, "guidance_scale", self.guidance_scale, "0 .. 10")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The ``engine`` section: the device the net runs on (:class:`streamfuse.engine.Engine`).
+
+    Args:
+        device: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, or ``fp16``/``bf16`` autocast on the GPU.
+        threads: torch CPU threads; 0 means all cores.
+        max_batch: pairs fused in one batch when several wait (GPU).
+        cuda_graphs: capture the fixed-shape forward in a CUDA graph.
+    """
+
+    device: str = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    threads: int = 0
+    max_batch: int = 1
+    cuda_graphs: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.threads >= 0, "threads", self.threads, ">= 0 (0 = all cores)")
+        check(1 <= self.max_batch <= 64, "max_batch", self.max_batch, "1..64")
+        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
+              "auto | cpu | cuda | cuda:N")
