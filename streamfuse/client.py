@@ -21,8 +21,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
-from streamfuse.publish import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, _reachable_from_other_machines,
-                                decode_header, raw_image, shm_topic)
+from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, decode_header, raw_image,
+                             reachable_from_other_machines, shm_topic)
 from streamfuse.shm_pool import PoolError, PoolReader, shm_supported
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
@@ -87,7 +87,7 @@ class Subscriber:
         self.via_shm = self.awaiting_keyframe = 0
         self.copy = copy
         self._topic, self._shm_topic = topic.encode(), shm_topic(topic).encode()
-        self._shm = (not _reachable_from_other_machines(endpoint) if shm is None else shm) and shm_supported()
+        self._shm = (not reachable_from_other_machines(endpoint) if shm is None else shm) and shm_supported()
         self._payload_on = True  # subscribed to the ZeroMQ payload (off while shared memory delivers)
         self._last_message = time.monotonic()
         self._pool: PoolReader | None = None

@@ -29,7 +29,7 @@ import zmq
 import zmq.auth
 
 from streamfuse.codecs import H264Encoder, JpegEncoder
-from streamfuse.config import check
+from streamfuse.checks import check
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, PoolError, ShmPool, remove_stale_pools, shm_supported
 from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, SCHEMA, SCHEMA_2, SHM_TOPIC_PREFIX, STATS_SCHEMA, encode_json,

@@ -15,7 +15,8 @@ import zmq
 
 from streamfuse.client import Subscriber
 from streamfuse.frames import Frame, FramePair, FusedFrame
-from streamfuse.publish import HEADER_FIELDS, SCHEMA, PublishConfig, Publisher
+from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.wire import HEADER_FIELDS, SCHEMA
 
 ANY_PORT = "tcp://127.0.0.1:*"
 VGA = (480, 640, 3)

@@ -19,7 +19,8 @@ from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, publishing, wait_unti
 from streamfuse.capture.sources import SyntheticScene
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
-from streamfuse.publish import SCHEMA_2, MalformedMessage, PublishConfig, Publisher, decode_header
+from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.wire import SCHEMA_2, MalformedMessage, decode_header
 from streamfuse.shm_pool import POOL_PREFIX, PoolError, PoolReader, ShmPool, shm_supported
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,11 +204,11 @@ def test_falls_back_to_the_payload_when_the_pool_cannot_be_mapped(monkeypatch: p
 
 @needs_shm
 def test_remote_endpoint_never_maps_shared_memory() -> None:
-    from streamfuse.publish import _reachable_from_other_machines
+    from streamfuse.wire import reachable_from_other_machines
 
     # the Subscriber maps the pool only for endpoints this rule calls local; checked without connecting anywhere
-    assert _reachable_from_other_machines("tcp://192.0.2.1:5555") and _reachable_from_other_machines("tcp://*:5555")
-    assert not _reachable_from_other_machines("tcp://127.0.0.1:5555")
+    assert reachable_from_other_machines("tcp://192.0.2.1:5555") and reachable_from_other_machines("tcp://*:5555")
+    assert not reachable_from_other_machines("tcp://127.0.0.1:5555")
     with publishing(_uniform(3)) as pub:
         with Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as sub:
             wait_until(lambda: sub.recv(0.05) is not None, "a raw frame")
