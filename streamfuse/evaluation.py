@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from streamfuse.configs import resolve
 from streamfuse.fusers import BaselineConfig, Fuser
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import vis_luma
-from streamfuse.processor import config_fuser
+from streamfuse.processor import FrameProcessor, config_fuser, still_pair
 
 __all__ = ["Method", "find_pairs", "read_grey", "fused_dir_method", "fuser_method", "config_method", "evaluate_dir",
            "EvalResult", "markdown_table"]
@@ -140,12 +139,16 @@ def config_method(path: str | Path, overrides: list[str] | None = None) -> Metho
 
 
 def _warn_carry_over(m: Method) -> None:
-    """Warn when unrelated stills would share OT tables: a background solve serves each image the previous image's
-    table, and a cached table serves every image whose histograms are within ``drift`` of it."""
+    """Warn when unrelated stills would share state: OT tables (a background solve serves each image the previous
+    image's table, a cached table every image whose histograms are within ``drift`` of it) or the temporal stages."""
     if m.align is not None and m.align.enabled and (m.align.background or m.align.refresh > 1):
         log.warning("%s: OT tables carry over from one image to the next (align.background=%s, align.refresh=%d); "
                     "for still images use --config eval (a synchronous solve per image)", m.name,
                     m.align.background, m.align.refresh)
+    if m.config is not None and (m.config.stabilize.strength or m.config.post.denoise):
+        log.warning("%s: the IR stabilizer and the temporal filter carry over from one image to the next "
+                    "(stabilize.strength=%g, post.denoise=%g); for still images use --config eval", m.name,
+                    m.config.stabilize.strength, m.config.post.denoise)
 
 
 def _montage_stems(pairs: list[tuple[str, Path, Path]], rows: int) -> list[str]:
@@ -204,10 +207,9 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     """
     _check_methods(methods, reference)
     pairs = find_pairs(dir_ir, dir_vis, limit)
-    for m in methods:
-        _warn_carry_over(m)
     (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
     save_dirs = _save_dirs([m for m in methods if m.fuser is not None], save_dir)
+    processors = {m.name: _processor(m) for m in methods if m.fuser is not None}
     fused_files = {m.name: _images(m.fused_dir, f"fused ({m.name})") for m in methods if m.fused_dir is not None}
     shown = set(_montage_stems(pairs, montage_rows))
     tiles: dict[str, list[np.ndarray]] = {}
@@ -218,7 +220,8 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         pixels[stem] = ir.size
         outputs = {}
         for m in methods:
-            scored = _score(m, stem, ir, vis_y, save_dirs.get(m.name), fused_files.get(m.name, {}))
+            scored = _score(m.name, processors.get(m.name), stem, ir, vis_y, save_dirs.get(m.name),
+                            fused_files.get(m.name, {}))
             if scored is None:
                 result.missing[m.name] += 1
                 continue
@@ -250,6 +253,7 @@ def _read_pair(stem: str, ir_path: Path, vis_path: Path) -> tuple[np.ndarray, np
 
 
 def _check_methods(methods: list[Method], reference: str | None) -> None:
+    """Refuse methods that cannot be scored together (one line); warn of state carried over between stills."""
     if not methods:
         raise ValueError("nothing to score: give at least one fused folder, fuser or config")
     names = [m.name for m in methods]
@@ -257,6 +261,8 @@ def _check_methods(methods: list[Method], reference: str | None) -> None:
         raise ValueError(f"method names must be unique, got {names}")
     if reference is not None and reference not in names:
         raise ValueError(f"reference {reference!r} is not one of the methods {names}")
+    for m in methods:
+        _warn_carry_over(m)
 
 
 def _save_dirs(fusers: list[Method], save_dir: str | Path | None) -> dict[str, Path]:
@@ -269,15 +275,23 @@ def _save_dirs(fusers: list[Method], save_dir: str | Path | None) -> dict[str, P
     return dirs
 
 
-def _score(m: Method, stem: str, ir: np.ndarray, vis_y: np.ndarray, save_dir: Path | None,
-           fused_files: dict[str, Path]) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """Method ``m``'s 8-bit output for one pair and its row of metrics; None when its fused folder lacks the image."""
+def _processor(m: Method) -> FrameProcessor:
+    """The frame processor a fuser method runs each still through: a config method's stabilize and post settings (the
+    eval config turns both off), else the defaults (off); stream ``default``, as ``Fuser.fuse`` names it."""
+    if m.config is None:
+        return FrameProcessor(m.fuser)
+    return FrameProcessor.from_config(m.config, m.fuser, stream="default")
+
+
+def _score(name: str, processor: FrameProcessor | None, stem: str, ir: np.ndarray, vis_y: np.ndarray,
+           save_dir: Path | None, fused_files: dict[str, Path]) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Method ``name``'s 8-bit output for one pair and its row of metrics (the processor's fused Y for a fuser, the
+    image of its folder otherwise); None when its folder lacks the image."""
     ms = float("nan")
-    if m.fuser is not None:
-        t0 = time.perf_counter()
-        fused = m.fuser.fuse(ir, vis_y)
-        ms = (time.perf_counter() - t0) * 1e3
-        fused = metrics.to_8bit(fused).astype(np.uint8)  # scored, saved and shown as the saved 8-bit image
+    if processor is not None:
+        processed = processor(still_pair(ir, vis_y))
+        ms = processed.timings["fuse"]
+        fused = metrics.to_8bit(processed.filtered_y).astype(np.uint8)  # scored, saved and shown as the saved PNG
         if save_dir is not None:
             _save_png(save_dir / f"{stem}.png", fused)
     elif stem in fused_files:
@@ -285,8 +299,8 @@ def _score(m: Method, stem: str, ir: np.ndarray, vis_y: np.ndarray, save_dir: Pa
     else:
         return None
     if fused.shape != ir.shape:
-        raise ValueError(f"{m.name}/{stem}: fused size {fused.shape} differs from the sources' {ir.shape}")
-    return fused, {"method": m.name, "image": stem, **metrics.evaluate_pair(fused, ir, vis_y), "ms": ms}
+        raise ValueError(f"{name}/{stem}: fused size {fused.shape} differs from the sources' {ir.shape}")
+    return fused, {"method": name, "image": stem, **metrics.evaluate_pair(fused, ir, vis_y), "ms": ms}
 
 
 def _compare(rows: list[dict[str, Any]], outputs: dict[str, np.ndarray], ref: np.ndarray | None) -> None:

@@ -1,9 +1,10 @@
-"""The live pipeline, written in data-flow order: capture -> pair -> fuse -> postprocess -> publish.
+"""The live pipeline, written in data-flow order: capture -> pair -> the frame processor (stabilise, align and fuse,
+temporal filter, colour) -> publish.
 
-This is the only module that imports every stage. The live loop never blocks on a slow part: producers write
-into newest-wins shared-memory rings, the loop drains what has arrived and fuses only the newest pair (older
-pairs are counted as ``stale``), and the publisher drops instead of waiting. Offline replay lives in
-``streamfuse.replay`` and reuses the same stages with no-drop semantics.
+The per-frame stages are :class:`streamfuse.processor.FrameProcessor`'s, the same object replay and evaluation run.
+The live loop never blocks on a slow part: producers write into newest-wins shared-memory rings, the loop drains
+what has arrived and fuses only the newest pair (older pairs are counted as ``stale``), and the publisher drops
+instead of waiting. Offline replay lives in ``streamfuse.replay`` and runs the same processor with no-drop semantics.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from typing import Iterator
 
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.config import PipelineConfig
-from streamfuse.frames import Frame, FusedFrame
+from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.fusers import Fuser
-from streamfuse.postprocess import TemporalDenoiser, restore_colour, vis_luma
-from streamfuse.processor import config_fuser
+from streamfuse.processor import FrameProcessor, Processed
 from streamfuse.publish import Publisher
 from streamfuse.recording import Recorder
-from streamfuse.stabilize import LevelStabilizer
 from streamfuse.sync import Pairer
 from streamfuse.telemetry import Telemetry, format_stats
 
@@ -68,21 +67,17 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     """
     stop = stop or threading.Event()
     log.info("config %s: %s", cfg.source_file, cfg.to_dict())
-    fuser = config_fuser(cfg)
+    processor = FrameProcessor.from_config(cfg)
+    fuser = processor.fuser
     log.info("fuser %s %s", fuser.name, fuser.version)
     tel = Telemetry(cfg.telemetry)
     pairer = Pairer(cfg.sync)
-    denoise = TemporalDenoiser(cfg.post)
-    stabilize = LevelStabilizer(cfg.stabilize)
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
-    frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
     wall_clock = {name for name, src in (("ir", cfg.ir), ("vis", cfg.vis)) if not src.replayable}
-    recorder = Recorder(cfg.record, frame_ids) if cfg.record else contextlib.nullcontext()
-    info = {"name": fuser.name, "version": fuser.version}
-    if cfg.fuse.name == "hclfuse":  # K as run: the student's own step count unless the teacher samples
-        info.update(sampler=cfg.hclfuse.sampler, steps=fuser.net.steps)
-    with _stop_on_signals(stop), Publisher(cfg.publish, {"fuser": info}) as pub, recorder as rec, \
-            start_producers(cfg.ir, cfg.vis) as producers:
+    recorder = Recorder(cfg.record, {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}) if cfg.record \
+        else contextlib.nullcontext()
+    with _stop_on_signals(stop), Publisher(cfg.publish, {"fuser": _fuser_info(cfg, fuser)}) as pub, \
+            recorder as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not stop.is_set() and time.monotonic() < deadline:
             # 1. capture: everything that arrived since the last turn (waits briefly when nothing has)
             frames = _drain(producers)
@@ -96,35 +91,40 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
                 if rec is not None:
                     rec.write(frame)
                 pairs += pairer.push(frame)
-            if not pairs:
-                _report(tel, pub, pairer, producers, fuser, final=False)
-                continue
-            tel.count("stale", len(pairs) - 1)
-            pair = pairs[-1]
-            t0 = time.perf_counter_ns()
-            # 3. fuse: IR level stabilization, OT alignment, VBE encoding, K-step guided DDIM, decoding
-            vis_y = vis_luma(pair.vis.image)
-            ir = stabilize(pair.ir_at_vis_size(cfg.ir.resize))
-            fused_y = fuser.fuse(ir, vis_y, stream=cfg.publish.topic)
-            t1 = time.perf_counter_ns()
-            # 4. postprocess: temporal denoise, colour from the visible Cb/Cr, clip, uint8
-            image = restore_colour(denoise(fused_y), pair.vis.image, cfg.post)
-            t2 = time.perf_counter_ns()
-            timings = {"pair": (t0 - pair.t_paired_ns) / 1e6, "fuse": (t1 - t0) / 1e6, "postprocess": (t2 - t1) / 1e6}
-            # 5. publish, never blocking on a slow subscriber
-            fused = FusedFrame(pair, image, fuser.name, fuser.version, time.time_ns(), timings)
-            sent = pub.send_fused(fused)
-            tel.count("published" if sent else "publish_dropped")
-            timings["publish"] = (time.perf_counter_ns() - t2) / 1e6
-            if pub.previews_wanted():  # a viewer asked for the IR and visible previews; off otherwise
-                pub.send_previews(fused)
-            for stage, ms in timings.items():
-                tel.record(stage, ms)
-            if len(wall_clock) == 2:
-                tel.record("end_to_end", (time.time_ns() - max(pair.ir.t_capture_ns, pair.vis.t_capture_ns)) / 1e6)
+            if pairs:
+                tel.count("stale", len(pairs) - 1)
+                t0 = time.perf_counter_ns()
+                # 3. the frame processor: IR level stabilization, OT alignment and fusion, temporal filter, colour
+                processed = processor(pairs[-1])
+                # 4. publish, never blocking on a slow subscriber
+                _publish(pub, tel, pairs[-1], processed, fuser, t0, end_to_end=len(wall_clock) == 2)
             _report(tel, pub, pairer, producers, fuser, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
         return _report(tel, pub, pairer, producers, fuser, final=True)
+
+
+def _fuser_info(cfg: PipelineConfig, fuser: Fuser) -> dict:
+    """What the publisher announces of the fuser: name, version and, for hclfuse, the sampler and its K as run."""
+    info = {"name": fuser.name, "version": fuser.version}
+    if cfg.fuse.name == "hclfuse":  # the student's own step count unless the teacher samples
+        info.update(sampler=cfg.hclfuse.sampler, steps=fuser.net.steps)
+    return info
+
+
+def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Processed, fuser: Fuser, t0: int, *,
+             end_to_end: bool) -> None:
+    """Send one fused frame (and the previews when a viewer wants them) and record its stage times."""
+    t_sent = time.perf_counter_ns()
+    timings = {"pair": (t0 - pair.t_paired_ns) / 1e6, **processed.timings}
+    fused = FusedFrame(pair, processed.image, fuser.name, fuser.version, time.time_ns(), timings)
+    tel.count("published" if pub.send_fused(fused) else "publish_dropped")
+    timings["publish"] = (time.perf_counter_ns() - t_sent) / 1e6
+    if pub.previews_wanted():  # a viewer asked for the IR and visible previews; off otherwise
+        pub.send_previews(fused)
+    for stage, ms in timings.items():
+        tel.record(stage, ms)
+    if end_to_end:
+        tel.record("end_to_end", (time.time_ns() - max(pair.ir.t_capture_ns, pair.vis.t_capture_ns)) / 1e6)
 
 
 def _drain(producers: Producers) -> list[Frame] | None:

@@ -1,17 +1,33 @@
-"""Building the configured fuser (and, next to it, the frame processor that runs it).
+"""The frame processor: one stream's per-frame stages in order, with their state; and building the configured fuser.
 
-:func:`build_fuser` is the one place that knows which sections configure which fuser: ``hclfuse`` takes
-``hclfuse``, ``engine`` and ``align``; a baseline takes ``baseline``.
+    pair -> 0. IR at the visible size (``ir.resize``) -> 1. stabilise (:mod:`streamfuse.stabilize`)
+         -> 2. align and fuse (the fuser; ``hclfuse`` aligns IR to the visible histogram with its OT cache,
+            :mod:`streamfuse.align`) -> 3. temporal filter and 4. colour and format (:mod:`streamfuse.postprocess`)
+         -> the image to publish or write
+
+The live loop (:mod:`streamfuse.pipeline`), offline replay (:mod:`streamfuse.replay`), evaluation
+(:mod:`streamfuse.evaluation`), ``tools/temporal.py`` and the benchmarks all run pairs through
+:class:`FrameProcessor`, so "live and replay give the same frames for the same pairs" holds by construction; what
+differs between them is which pairs they feed it (live fuses only the newest pair) and the OT refresh (replay solves
+synchronously). :func:`build_fuser` is the one place that knows which sections configure which fuser.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
 from streamfuse.align import AlignConfig
 from streamfuse.config import PipelineConfig
+from streamfuse.frames import Frame, FramePair
 from streamfuse.fusers import BaselineConfig, FuseConfig, Fuser, build_baseline
 from streamfuse.inference import EngineConfig, HCLFuseConfig
+from streamfuse.postprocess import PostConfig, TemporalDenoiser, restore_colour, vis_luma
+from streamfuse.stabilize import LevelStabilizer, StabilizeConfig
 
-__all__ = ["build_fuser", "config_fuser"]
+__all__ = ["FrameProcessor", "Processed", "build_fuser", "config_fuser", "still_pair"]
 
 
 def build_fuser(fuse: FuseConfig, *, baseline: BaselineConfig = BaselineConfig(),
@@ -28,3 +44,65 @@ def build_fuser(fuse: FuseConfig, *, baseline: BaselineConfig = BaselineConfig()
 def config_fuser(cfg: PipelineConfig) -> Fuser:
     """The fuser of a pipeline config."""
     return build_fuser(cfg.fuse, baseline=cfg.baseline, hclfuse=cfg.hclfuse, engine=cfg.engine, align=cfg.align)
+
+
+def still_pair(ir: np.ndarray, vis: np.ndarray, seq: int = 0) -> FramePair:
+    """Two registered still images (no capture time) as a pair for :class:`FrameProcessor`."""
+    return FramePair(Frame("ir", seq, 0, ir), Frame("vis", seq, 0, vis))
+
+
+@dataclass(frozen=True)
+class Processed:
+    """One pair through the processor.
+
+    Attributes:
+        image: what is published or written: ``(H, W, 3)`` BGR or ``(H, W)`` uint8, per ``post.encoding``.
+        fused_y: the fuser's output, ``(H, W)`` float32 on 0..255 (unclipped).
+        filtered_y: ``fused_y`` after the temporal filter (``fused_y``'s values when the filter is off).
+        timings: milliseconds of ``fuse`` (stages 0-2) and ``postprocess`` (stages 3-4).
+    """
+
+    image: np.ndarray
+    fused_y: np.ndarray
+    filtered_y: np.ndarray
+    timings: dict[str, float]
+
+
+class FrameProcessor:
+    """The per-frame stages of one stream, in order, with the state they keep between frames (the stabilizer's
+    moving averages, the temporal filter's last output, and inside the fuser the stream's OT plan and noise).
+
+    Args:
+        fuser: any :class:`~streamfuse.fusers.Fuser`.
+        stream: the stream's name, which keys the fuser's per-stream state (the live loop uses the publish topic).
+        stabilize: the IR level stabilizer's settings (off by default).
+        post: the temporal filter's and the output format's settings (filter off by default).
+        resize: ``ir.resize``: what to do with an IR frame of another size than the visible one.
+    """
+
+    def __init__(self, fuser: Fuser, *, stream: str = "default", stabilize: StabilizeConfig = StabilizeConfig(),
+                 post: PostConfig = PostConfig(), resize: str = "resize"):
+        self.fuser, self.stream, self.post, self.resize = fuser, stream, post, resize
+        self.stabilize = LevelStabilizer(stabilize)
+        self.denoise = TemporalDenoiser(post)
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, fuser: Fuser | None = None, *,
+                    stream: str | None = None) -> FrameProcessor:
+        """The processor of a pipeline config: its fuser (built unless given) on stream ``publish.topic`` (unless
+        given), with its ``stabilize``, ``post`` and ``ir.resize`` settings."""
+        fuser = config_fuser(cfg) if fuser is None else fuser
+        return cls(fuser, stream=cfg.publish.topic if stream is None else stream, stabilize=cfg.stabilize,
+                   post=cfg.post, resize=cfg.ir.resize)
+
+    def __call__(self, pair: FramePair) -> Processed:
+        """Run the stages on one pair (the visible image BGR or grey, IR grey), in the order of the module diagram."""
+        t0 = time.perf_counter_ns()
+        vis = pair.vis.image
+        ir = self.stabilize(pair.ir_at_vis_size(self.resize))  # 0., 1.
+        fused_y = self.fuser.fuse(ir, vis_luma(vis), stream=self.stream)  # 2.
+        t1 = time.perf_counter_ns()
+        filtered_y = self.denoise(fused_y)  # 3.
+        image = restore_colour(filtered_y, vis, self.post)  # 4.
+        t2 = time.perf_counter_ns()
+        return Processed(image, fused_y, filtered_y, {"fuse": (t1 - t0) / 1e6, "postprocess": (t2 - t1) / 1e6})

@@ -23,8 +23,7 @@ from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, SyntheticScene, open_source
 from streamfuse.config import config_from_dict
 from streamfuse.frames import Frame
-from streamfuse.processor import build_fuser, config_fuser
-from streamfuse.postprocess import restore_colour, vis_luma
+from streamfuse.processor import FrameProcessor, build_fuser
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.replay import ReplayError, find_pairs, run_replay
 from streamfuse.sync import Pairer, SyncConfig
@@ -308,7 +307,7 @@ def test_recording_replays_to_the_live_pairs_and_fused_frames(tmp_path):
     """A live-like loop (IR arriving late) records and pairs; replaying the recording must give the same."""
     cfg = make_cfg(ir={"kind": "mcap"}, vis={"kind": "mcap"}, replay={"codec": "ffv1"})
     scene = SyntheticScene(64, 48, seed=3)
-    fuser = config_fuser(cfg)
+    processor = FrameProcessor.from_config(cfg)  # the live loop's
     t0 = 1_700_000_000_000_000_000
     vis = [(t0 + i * 33_333_333 + (i % 3) * 1_000_000, "vis", i) for i in range(20)]
     ir = [(t0 + 7_000_000 + i * 40_000_000, "ir", i) for i in range(17)]
@@ -328,8 +327,7 @@ def test_recording_replays_to_the_live_pairs_and_fused_frames(tmp_path):
                 done = pairer.push(frame)
             for p in done:
                 live_pairs.append((p.ir.seq, p.ir.t_capture_ns, p.vis.seq, p.vis.t_capture_ns))
-                live_fused.append((p.vis.t_capture_ns,
-                                   restore_colour(fuser.fuse(p.ir.image, vis_luma(p.vis.image)), p.vis.image)))
+                live_fused.append((p.vis.t_capture_ns, processor(p).image))
     assert len(live_pairs) >= 10
 
     out = tmp_path / "fused.mkv"

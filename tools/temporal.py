@@ -27,8 +27,9 @@ import numpy as np  # noqa: E402
 
 from streamfuse.evaluation import config_method, find_pairs, fuser_method, read_grey  # noqa: E402
 from streamfuse.metrics import flow_warp_error, temporal_ratio  # noqa: E402
-from streamfuse.postprocess import PostConfig, TemporalDenoiser  # noqa: E402
-from streamfuse.stabilize import LevelStabilizer, StabilizeConfig  # noqa: E402
+from streamfuse.postprocess import PostConfig  # noqa: E402
+from streamfuse.processor import FrameProcessor, still_pair  # noqa: E402
+from streamfuse.stabilize import StabilizeConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,17 +71,16 @@ def main() -> None:
         post = method.config.post if method.config is not None else fuser_post
         level = method.config.stabilize if method.config is not None else StabilizeConfig(args.stabilize)
         ratios, warp, lag = [], [], []
-        for name, pairs in frames.items():
-            denoise, stabilize = TemporalDenoiser(post), LevelStabilizer(level)
-            raw = [method.fuser.fuse(stabilize(ir), vi, stream=name) for ir, vi in pairs]
-            fused = [denoise(f) for f in raw]
+        for name, pairs in frames.items():  # each clip one stream through the pipeline's frame processor
+            processor = FrameProcessor(method.fuser, stream=name, stabilize=level, post=post)
+            outs = [processor(still_pair(ir, vi, k)) for k, (ir, vi) in enumerate(pairs)]
+            fused = [o.filtered_y for o in outs]
             ratios.append(temporal_ratio(fused, [vi for _, vi in pairs]))
             warp.append(flow_warp_error(fused, [vi for _, vi in pairs]))
-            lag += [np.abs(f - r).ravel() for f, r in zip(fused[1:], raw[1:])]
+            lag += [np.abs(o.filtered_y - o.fused_y).ravel() for o in outs[1:]]
         lag = np.concatenate(lag)
-        ir, vi = pairs[0]
-        denoise, stabilize = TemporalDenoiser(post), LevelStabilizer(level)
-        outs = [denoise(method.fuser.fuse(stabilize(ir), vi, stream="static")) for _ in range(args.static)]
+        processor = FrameProcessor(method.fuser, stream="static", stabilize=level, post=post)
+        outs = [processor(still_pair(*pairs[0], k)).filtered_y for k in range(args.static)]
         static = all(np.array_equal(outs[0], o) for o in outs[1:])
         cells = " | ".join(f"{r:.3f}" for r in ratios)
         print(f"| {method.name} | {level.strength:g} / {post.denoise:g}, {post.denoise_threshold:g} | {cells}"

@@ -127,35 +127,6 @@ def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os
     return out, ir, vis
 
 
-class _FrameStages:
-    """The live loop's per-frame calls on one pair, in its order: stabilise -> fuse (OT alignment inside the fuser)
-    -> temporal filter -> colour. Their state (OT plans, stabilizer, denoiser) belongs to this one video."""
-
-    def __init__(self, cfg: Any, fuser_factory: Callable[[Any], Any] | None):
-        # imported here: importing the replay package (config loading does) must not load torch, POT or numba
-        from streamfuse.postprocess import TemporalDenoiser, restore_colour, vis_luma
-        from streamfuse.processor import config_fuser
-        from streamfuse.stabilize import LevelStabilizer
-
-        # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
-        self.fuser = (fuser_factory or config_fuser)(
-            dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, background=False)))
-        self.denoise = TemporalDenoiser(cfg.post)
-        self.stabilize = LevelStabilizer(cfg.stabilize)
-        self._restore_colour, self._vis_luma = restore_colour, vis_luma
-        self._cfg = cfg
-
-    def __call__(self, pair: FramePair, clock: StageClock) -> tuple[np.ndarray, dict[str, float]]:
-        """The fused BGR image of ``pair`` and the stage times in ms (``fuse``, ``postprocess``)."""
-        cfg, vis_img = self._cfg, pair.vis.image
-        fused_y = self.fuser.fuse(self.stabilize(pair.ir_at_vis_size(cfg.ir.resize)), self._vis_luma(vis_img),
-                                  stream=cfg.publish.topic)
-        timings = {"fuse": clock.lap("fuse")}
-        image = self._restore_colour(self.denoise(fused_y), vis_img, cfg.post)
-        timings["postprocess"] = clock.lap("postprocess")
-        return image, timings
-
-
 class _Pacing:
     """``pacing: realtime``: each frame is released at its recorded time, counted from the first frame."""
 
@@ -193,10 +164,14 @@ class _Replay:
     def run(self, fuser_factory: Callable[[Any], Any] | None = None) -> ReplaySummary:
         from tqdm import tqdm
 
+        # imported here: importing the replay package (config loading does) must not load the processor's stages
+        from streamfuse.processor import FrameProcessor
         from streamfuse.sync import Pairer
 
         rcfg, s = self.cfg.replay, self.summary
-        stages = _FrameStages(self.cfg, fuser_factory)
+        # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
+        used = dataclasses.replace(self.cfg, align=dataclasses.replace(self.cfg.align, background=False))
+        processor = FrameProcessor.from_config(used, fuser_factory(used) if fuser_factory else None)
         pairer = Pairer(self.cfg.sync)
         self._open_extras()
         opened: list = []
@@ -206,7 +181,7 @@ class _Replay:
         try:
             readers = self._open_readers(opened)
             for pair in self._pairs(readers, pairer, bar, wall0_ns):
-                self._emit(pair, stages)
+                self._emit(pair, processor)
             s.stopped = self._stop_reason(readers)
         except KeyboardInterrupt as exc:
             s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
@@ -277,7 +252,7 @@ class _Replay:
         self.clock.lap("pair")
         yield from done
 
-    def _emit(self, pair: FramePair, stages: _FrameStages) -> None:
+    def _emit(self, pair: FramePair, processor: Any) -> None:
         """One output frame per pair: 2.-3. fused (or taken over from the interrupted run), 4. encoded, 5. published."""
         s = self.summary
         s.pairs += 1
@@ -289,8 +264,9 @@ class _Replay:
         if self.last_pts is not None and pts <= self.last_pts:
             pts = self.last_pts + 1  # latest mode can pair one visible frame twice: keep pts increasing
         taken = self.take_over.frame_at(pts) if self.take_over is not None else None
-        if taken is None:  # the live loop's calls, so a deterministic fuser gives the live run's frames
-            image, timings = stages(pair, self.clock)
+        if taken is None:  # the live loop's processor, so a deterministic fuser gives the live run's frames
+            processed = processor(pair)
+            image, timings = processed.image, self.clock.add(processed.timings)
             s.fused += 1
         else:
             image, timings = taken, None
@@ -302,7 +278,7 @@ class _Replay:
         if timings is not None:
             timings["encode"] = self.clock.lap("encode")
             if self.publisher is not None:
-                self.publisher.send_fused(FusedFrame(pair, image, stages.fuser.name, stages.fuser.version,
+                self.publisher.send_fused(FusedFrame(pair, image, processor.fuser.name, processor.fuser.version,
                                                      time.time_ns(), timings))
                 self.clock.lap("publish")
 

@@ -90,6 +90,13 @@ class StageClock:
     def start(self) -> None:
         self._t = time.perf_counter_ns()
 
+    def add(self, timings: dict[str, float]) -> dict[str, float]:
+        """Record stage times measured elsewhere (ms, e.g. the frame processor's) and restart the lap; returns them."""
+        for stage, ms in timings.items():
+            self.ns[stage].append(round(ms * 1e6))
+        self.start()
+        return dict(timings)
+
     def lap(self, stage: str) -> float:
         """Record the time since the last start/lap under ``stage``; returns it in ms."""
         now = time.perf_counter_ns()
