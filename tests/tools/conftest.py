@@ -34,7 +34,7 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """HCLFuse weights of an untrained net (default architecture, seeded): the fuser's plumbing without the shipped
     file, so tools can be tested while the shipped weights change."""
     torch = pytest.importorskip("torch")
-    from streamfuse.model.hclfuse import HCLFuseNet, ModelConfig, save_weights
+    from streamfuse.model import HCLFuseNet, ModelConfig, save_weights
 
     path = tmp_path_factory.mktemp("weights") / "random.pt"
     with torch.random.fork_rng():
