@@ -14,9 +14,9 @@ from streamfuse.model.net import HCLFuseNet, ModelConfig
 
 __all__ = ["DEFAULT_WEIGHTS", "FORMAT_VERSION", "load_weights", "read_weights", "save_weights", "weights_version"]
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "hclfuse_v3.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "hclfuse_v4.pt"
 FORMAT = "streamfuse-hclfuse"
-FORMAT_VERSION = 3  # 3: latent-borne base, gated detail, distilled student (2: basis decoder)
+FORMAT_VERSION = 4  # 4: base decoded on the latent grid; 3: base upsampled in two stages; 2: basis decoder
 
 
 def save_weights(path: str | Path, net: HCLFuseNet, extra: dict | None = None, *, half: bool = False) -> None:

@@ -3,13 +3,13 @@
 Two stages, one command:
 
 1. ``tools/train.py --out runs/a`` trains the VBE, the decoder and the teacher denoiser with the method's losses.
-2. ``tools/train.py --distill --init runs/a/hclfuse_v3.pt --out runs/b`` freezes them and distils the student.
+2. ``tools/train.py --distill --init runs/a/hclfuse_v4.pt --out runs/b`` freezes them and distils the student.
 
 Settings are ``--key value`` for the optimisation (``train`` section: ``--steps 40000 --lr 1e-3``) and
 ``--section.key value`` for the others (``--model.widths 16 24``, ``--loss.gradient 40``, ``--align.reg 0.05``);
 ``--key=value`` works too, a value is read as YAML and a bare boolean flag means true (``--distill``). Checkpoints
 (model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; --resume continues
-from there. At the end OUT/hclfuse_v3.pt holds the EMA weights and OUT/train_config.yaml the resolved configuration.
+from there. At the end OUT/hclfuse_v4.pt holds the EMA weights and OUT/train_config.yaml the resolved configuration.
 """
 
 from __future__ import annotations

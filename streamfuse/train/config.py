@@ -35,6 +35,8 @@ class TrainConfig:
         seed: seed of the weights' initialisation, the batches and the noise.
         threads: torch CPU threads.
         distill: stage 2, distil the student from the frozen teacher (see :mod:`streamfuse.train.distill`).
+        decoder_only: only the decoder learns; the encoder's latent and both denoisers stay as loaded, so a
+            distilled student remains valid (a decoder change needs no second distillation).
         teacher_steps: DDIM steps of the teacher the student is distilled from.
         guidance_scale: of the guided samplers the student is distilled from and with.
     """
@@ -50,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     distill: bool = False
+    decoder_only: bool = False
     teacher_steps: int = 20
     guidance_scale: float = 1.0
 
@@ -62,6 +65,7 @@ class TrainConfig:
         check(self.warmup >= 1, "warmup", self.warmup, ">= 1")
         check(0 <= self.ema < 1, "ema", self.ema, "0 <= ema < 1")
         check(self.threads >= 1, "threads", self.threads, ">= 1")
+        check(not (self.distill and self.decoder_only), "decoder_only", self.decoder_only, "false with distill")
         check(1 <= self.teacher_steps <= 20, "teacher_steps", self.teacher_steps, "1..20")
         check(0 <= self.guidance_scale <= 10, "guidance_scale", self.guidance_scale, "0 .. 10")
 

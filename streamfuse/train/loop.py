@@ -97,6 +97,8 @@ def _start(setup: TrainSetup, init: Path | None) -> _Run:
         _load_matching(net, init)
     if cfg.distill:  # only the student learns; the teacher, encoder and decoder stay as loaded
         net.requires_grad_(False).student.requires_grad_(True)
+    elif cfg.decoder_only:
+        net.requires_grad_(False).decoder.requires_grad_(True)
     ema = HCLFuseNet(setup.model).requires_grad_(False)
     ema.load_state_dict(net.state_dict())
     params = [p for p in net.parameters() if p.requires_grad]

@@ -10,7 +10,7 @@ from streamfuse.align import AlignConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.model.fuser import build_hclfuse
 from streamfuse.model.net import HCLFuseNet
-from streamfuse.model.weights import save_weights
+from streamfuse.model.weights import FORMAT_VERSION, save_weights
 
 
 def test_fuser_on_cpu(tmp_path, tiny):
@@ -24,7 +24,7 @@ def test_fuser_on_cpu(tmp_path, tiny):
     out = fuser.fuse(ir, vis, "cam0")
     assert out.shape == (37, 50) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 255
     np.testing.assert_array_equal(fuser.fuse(ir, vis, "cam0"), out)  # static input -> identical output
-    assert fuser.name == "hclfuse" and fuser.version.startswith("3.0+")
+    assert fuser.name == "hclfuse" and fuser.version.startswith(f"{FORMAT_VERSION}.0+")
     stats = fuser.stats()
     assert stats["ot_misses"] == 1 and stats["ot_hits"] == 1
     assert not torch.equal(fuser.noise("cam0", 37, 50), fuser.noise("cam1", 37, 50))

@@ -32,7 +32,7 @@ def test_decoder_starts_as_image_channel_plus_detail_leaning_to_the_stronger_sou
     enc, dec = Encoder((8, 12), 4), Decoder((8, 12), 4)
     ir, _ = _inputs()
     mu, _, skips = enc(torch.cat([ir, ir], 1))
-    base = _up((_up(mu[:, :1], 2) + 1) / 2, 4)
+    base = _up((mu[:, :1] + 1) / 2, 8)  # the latent's grid upsampled once, as lowpass does
     detail = ir - lowpass(ir)  # equal detail in both sources: unit gains
     torch.testing.assert_close(dec(mu, skips, ir, ir), base + 2 * detail, atol=1e-5, rtol=1e-5)
     _, gains = dec.fields(mu, skips[0], torch.cat([detail, 0.1 * detail], 1))  # IR's detail ten times stronger
@@ -50,7 +50,7 @@ def test_base_comes_from_the_latent_and_detail_from_the_sources():
     # sources without fine detail (flat): the output is the base, which reads only the latent
     smooth = dec(mu, skips, torch.full_like(ir, 0.2), torch.full_like(vis, 0.7))
     base, _ = dec.fields(mu, skips[0], torch.zeros(2, 2, 32, 48))
-    torch.testing.assert_close(smooth, _up(base, 4), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(smooth, _up(base, 8), atol=1e-5, rtol=1e-5)
     # another latent moves the base; the sources' detail term stays as it was
     other = dec(torch.zeros_like(mu), skips, ir, vis)
     assert (other - out).abs().mean() > 1e-2
@@ -89,3 +89,15 @@ def test_kl_zero_for_standard_normal_and_positive_otherwise():
     z = torch.zeros(2, 3, 4, 4)
     assert kl_standard_normal(z, z).item() == 0.0
     assert kl_standard_normal(z + 0.5, z - 1.0).item() > 0.0
+
+
+def test_a_latent_of_block_means_decodes_to_exactly_the_band_lowpass_keeps():
+    # the base and the detail must split the image at one place: a base upsampled in stages loses middle frequencies
+    # that no detail path carries
+    enc, dec = Encoder((8, 12), 4), Decoder((8, 12), 4)
+    image, _ = _inputs(seed=2)
+    z = torch.zeros(2, 4, 4, 6)
+    z[:, :1] = 2 * torch.nn.functional.avg_pool2d(image, 8) - 1
+    skips = enc(torch.cat([image, image], 1))[2]
+    flat = torch.full_like(image, 0.5)  # sources without fine detail: the output is the base alone
+    torch.testing.assert_close(dec(z, skips, flat, flat), lowpass(image), atol=1e-5, rtol=1e-5)

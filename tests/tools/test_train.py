@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from streamfuse import train
+from streamfuse.model.weights import DEFAULT_WEIGHTS
 from streamfuse.train.cli import to_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
               "--threads", str(torch.get_num_threads()), "--ckpt-minutes", "100", "--model.widths", "4", "8",
               "--model.denoiser_width", "4"]
     train.main([*common, "--steps", "3"])
-    assert (out / "hclfuse_v3.pt").is_file() and (out / "checkpoint.pt").is_file()
+    assert (out / DEFAULT_WEIGHTS.name).is_file() and (out / "checkpoint.pt").is_file()
     resolved = yaml.safe_load((out / "train_config.yaml").read_text())
     assert resolved["train"]["steps"] == 3 and resolved["model"]["widths"] == [4, 8]
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 3
@@ -59,7 +60,7 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
 
     from streamfuse.model import load_weights
 
-    net, extra = load_weights(out / "hclfuse_v3.pt")
+    net, extra = load_weights(out / DEFAULT_WEIGHTS.name)
     assert extra["step"] == 5 and net.cfg.widths == (4, 8)
     with torch.inference_mode():
         ir = torch.rand(1, 1, 32, 32)
@@ -84,7 +85,7 @@ def test_init_takes_matching_tensors_and_refuses_another_architecture(data, tmp_
     common = ["--data", str(data), "--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes", "100",
               "--model.denoiser_width", "4", "--init", str(tmp_path / "start.pt"), "--steps", "1"]
     train.main([*common, "--model.widths", "4", "8", "--out", str(tmp_path / "run"), "--lr", "1e-9"])
-    net, _ = load_weights(tmp_path / "run" / "hclfuse_v3.pt")
+    net, _ = load_weights(tmp_path / "run" / DEFAULT_WEIGHTS.name)
     torch.testing.assert_close(net.decoder.head.bias, torch.full((3,), 0.25), atol=1e-4, rtol=0)
     with caplog.at_level("INFO", logger="train"):  # another width: only the shape-independent tensors carry over
         train.main([*common, "--model.widths", "8", "8", "--out", str(tmp_path / "other")])
@@ -105,7 +106,7 @@ def test_distillation_trains_only_the_student(data, tmp_path):
                           str(tmp_path / "start.pt"), "--steps", "2", "--distill", "--teacher_steps", "3",
                           "--out", str(tmp_path / "run")])
     before, _ = load_weights(tmp_path / "start.pt")
-    after, _ = load_weights(tmp_path / "run" / "hclfuse_v3.pt")
+    after, _ = load_weights(tmp_path / "run" / DEFAULT_WEIGHTS.name)
     old, new = before.state_dict(), after.state_dict()
     moved = {k.split(".")[0] for k in old if not torch.equal(old[k], new[k])}
     assert moved == {"student"}
