@@ -94,8 +94,10 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             if pairs:
                 tel.count("stale", len(pairs) - 1)
                 t0 = time.perf_counter_ns()
-                # 3. the frame processor: IR level stabilization, OT alignment and fusion, temporal filter, colour
-                processed = processor(pairs[-1])
+                # 3. the frame processor: IR level stabilization, OT alignment and fusion, temporal filter, colour;
+                # the image is built in the publisher's loaned buffer (a shared-memory slot while a same-host
+                # consumer reads the pool), so publishing it copies nothing
+                processed = processor(pairs[-1], pub.loan(processor.output_shape(pairs[-1])))
                 # 4. publish, never blocking on a slow subscriber
                 _publish(pub, tel, pairs[-1], processed, fuser, t0, end_to_end=len(wall_clock) == 2)
             _report(tel, pub, pairer, producers, fuser, final=False)

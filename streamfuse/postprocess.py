@@ -26,7 +26,8 @@ import numpy as np
 
 from streamfuse.checks import check
 
-__all__ = ["PostConfig", "TemporalDenoiser", "vis_luma", "restore_colour", "restore_colour_numpy", "denoise_numpy"]
+__all__ = ["PostConfig", "TemporalDenoiser", "vis_luma", "restore_colour", "output_shape", "restore_colour_numpy",
+           "denoise_numpy"]
 
 @dataclass(frozen=True)
 class PostConfig:
@@ -102,25 +103,41 @@ def vis_luma(vis: np.ndarray) -> np.ndarray:
     return vis if vis.ndim == 2 else cv2.cvtColor(vis, cv2.COLOR_BGR2YCrCb)[..., 0].copy()
 
 
-def restore_colour(fused_y: np.ndarray, vis: np.ndarray, cfg: PostConfig = PostConfig()) -> np.ndarray:
+def restore_colour(fused_y: np.ndarray, vis: np.ndarray, cfg: PostConfig = PostConfig(),
+                   out: np.ndarray | None = None) -> np.ndarray:
     """Fused luma + visible chroma -> the image to publish (numba).
 
     Args:
         fused_y: ``(H, W)`` fused Y on 0..255 (any float dtype; values outside are clipped, NaN becomes 0).
         vis: ``(H, W, 3)`` uint8 BGR, or ``(H, W)`` uint8 grey (then the output is grey in all three channels).
         cfg: ``encoding`` ``bgr8`` -> ``(H, W, 3)`` uint8 BGR; ``mono8`` -> ``(H, W)`` uint8.
+        out: a C-contiguous uint8 array of :func:`output_shape` to write into (e.g. a publisher's loaned
+            shared-memory slot, so the frame is built where consumers read it); a new one when None.
 
     Returns:
-        A new C-contiguous uint8 array, rounded half up.
+        ``out`` (or a new C-contiguous uint8 array), rounded half up.
     """
     y = _check_fused(fused_y, vis)
-    if cfg.encoding == "mono8" or vis.ndim == 2:
+    shape = output_shape(vis, cfg)
+    if out is None:
+        out = np.empty(shape, np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"restore_colour: out must be C-contiguous uint8 {shape}, got {out.dtype} {out.shape}")
+    if cfg.encoding == "mono8":
+        _kernels().luma_kernel(y, out)
+    elif vis.ndim == 2:
         grey = np.empty(y.shape, np.uint8)
         _kernels().luma_kernel(y, grey)
-        return grey if cfg.encoding == "mono8" else cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    out = np.empty(vis.shape, np.uint8)
-    _kernels().colour_kernel(y, np.ascontiguousarray(vis), out)
+        cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR, dst=out)
+    else:
+        _kernels().colour_kernel(y, np.ascontiguousarray(vis), out)
     return out
+
+
+def output_shape(vis: np.ndarray, cfg: PostConfig = PostConfig()) -> tuple[int, ...]:
+    """The shape of :func:`restore_colour`'s image for a visible frame ``vis``: ``(H, W)`` for mono8, else
+    ``(H, W, 3)``."""
+    return vis.shape[:2] if cfg.encoding == "mono8" else (*vis.shape[:2], 3)
 
 
 def restore_colour_numpy(fused_y: np.ndarray, vis: np.ndarray, cfg: PostConfig = PostConfig()) -> np.ndarray:

@@ -24,7 +24,7 @@ from streamfuse.config import PipelineConfig
 from streamfuse.frames import Frame, FramePair
 from streamfuse.fusers import BaselineConfig, FuseConfig, Fuser, build_baseline
 from streamfuse.inference import EngineConfig, HCLFuseConfig
-from streamfuse.postprocess import PostConfig, TemporalDenoiser, restore_colour, vis_luma
+from streamfuse.postprocess import PostConfig, TemporalDenoiser, output_shape, restore_colour, vis_luma
 from streamfuse.stabilize import LevelStabilizer, StabilizeConfig
 
 __all__ = ["FrameProcessor", "Processed", "build_fuser", "config_fuser", "still_pair"]
@@ -95,14 +95,20 @@ class FrameProcessor:
         return cls(fuser, stream=cfg.publish.topic if stream is None else stream, stabilize=cfg.stabilize,
                    post=cfg.post, resize=cfg.ir.resize)
 
-    def __call__(self, pair: FramePair) -> Processed:
-        """Run the stages on one pair (the visible image BGR or grey, IR grey), in the order of the module diagram."""
+    def output_shape(self, pair: FramePair) -> tuple[int, ...]:
+        """The shape of the image this processor makes of ``pair`` (for a buffer to build it in)."""
+        return output_shape(pair.vis.image, self.post)
+
+    def __call__(self, pair: FramePair, out: np.ndarray | None = None) -> Processed:
+        """Run the stages on one pair (the visible image BGR or grey, IR grey), in the order of the module diagram;
+        the image is written into ``out`` when given (uint8 of :meth:`output_shape`, e.g. a loaned shared-memory
+        slot of the publisher)."""
         t0 = time.perf_counter_ns()
         vis = pair.vis.image
         ir = self.stabilize(pair.ir_at_vis_size(self.resize))  # 0., 1.
         fused_y = self.fuser.fuse(ir, vis_luma(vis), stream=self.stream)  # 2.
         t1 = time.perf_counter_ns()
         filtered_y = self.denoise(fused_y)  # 3.
-        image = restore_colour(filtered_y, vis, self.post)  # 4.
+        image = restore_colour(filtered_y, vis, self.post, out)  # 4.
         t2 = time.perf_counter_ns()
         return Processed(image, fused_y, filtered_y, {"fuse": (t1 - t0) / 1e6, "postprocess": (t2 - t1) / 1e6})

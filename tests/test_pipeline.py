@@ -188,8 +188,11 @@ def test_capture_latency_only_for_wall_clock_sources(realtime):
     from streamfuse.pipeline import run_live
 
     flags = [f"ir.realtime={str(realtime).lower()}", f"vis.realtime={str(realtime).lower()}"]
-    # Unpaced virtual clocks drift apart at each renderer's own speed: pair on a wide hold, not on capture time.
-    cfg, endpoint = _live_cfg(*flags, *([] if realtime else ["sync.mode=latest", "sync.hold_ms=60000"]))
+    # Unpaced virtual clocks drift apart at each renderer's own speed: pair on a wide hold, not on capture time, and
+    # let a frame stand for 1 ms of virtual time so that the drift (one renderer several times faster than the other
+    # on a busy machine) stays within the hold for a minute, not two seconds.
+    unpaced = ["sync.mode=latest", "sync.hold_ms=60000", "ir.fps=1000", "vis.fps=1000"]
+    cfg, endpoint = _live_cfg(*flags, *([] if realtime else unpaced))
     stop = threading.Event()
     watcher = _FusedWatcher(endpoint, stop, lambda headers: len(headers) >= 3)
     try:

@@ -17,6 +17,7 @@ from streamfuse.postprocess import (
     PostConfig,
     TemporalDenoiser,
     denoise_numpy,
+    output_shape,
     restore_colour,
     restore_colour_numpy,
     vis_luma,
@@ -163,3 +164,16 @@ def test_denoiser_off_new_size_and_bad_config(rng: np.random.Generator) -> None:
         PostConfig(denoise=1.0)
     with pytest.raises(ValueError, match="denoise_threshold"):
         PostConfig(denoise=0.5, denoise_threshold=0.0)
+
+
+@pytest.mark.parametrize("encoding, grey_vis", [("bgr8", False), ("bgr8", True), ("mono8", False)])
+def test_restore_colour_writes_into_a_given_buffer(encoding, grey_vis):
+    rng = np.random.default_rng(3)
+    vis = rng.integers(0, 256, (6, 10) if grey_vis else (6, 10, 3), dtype=np.uint8)
+    y = rng.uniform(-5, 260, (6, 10)).astype(np.float32)
+    cfg = PostConfig(encoding=encoding)
+    out = np.zeros(output_shape(vis, cfg), np.uint8)
+    assert restore_colour(y, vis, cfg, out) is out
+    np.testing.assert_array_equal(out, restore_colour(y, vis, cfg))
+    with pytest.raises(ValueError, match="out must be C-contiguous uint8"):
+        restore_colour(y, vis, cfg, np.zeros((6, 11, 3), np.uint8))

@@ -57,7 +57,14 @@ def test_stages_run_in_order_with_their_state(rng):
         np.testing.assert_array_equal(out.fused_y, expected_ir + np.float32(0.25))
         np.testing.assert_array_equal(out.filtered_y, denoise(out.fused_y))
         np.testing.assert_array_equal(out.image, restore_colour(out.filtered_y, vis, post))
+        buffer = np.full(processor.output_shape(still_pair(ir, vis)), 7, np.uint8)  # e.g. a loaned pool slot
+        assert processor.output_shape(still_pair(ir, vis)) == (24, 32, 3)
         assert set(out.timings) == {"fuse", "postprocess"} and min(out.timings.values()) >= 0
+    again = FrameProcessor(_Recording(), stream="cam", post=post)
+    pair = still_pair(ir, vis)
+    into = again(pair, buffer)  # the same frame built in a given buffer: that buffer, the same pixels
+    assert into.image is buffer
+    np.testing.assert_array_equal(buffer, FrameProcessor(_Recording(), stream="cam", post=post)(pair).image)
 
 
 def test_from_config_takes_the_stream_and_the_settings():
@@ -119,20 +126,20 @@ def test_live_and_replay_give_bit_identical_frames_of_one_recording(tmp_path: Pa
     """The demo rig (synthetic cameras, IR stabilizer and temporal filter on, the max fuser) runs live, publishing
     and recording the raw frames to MCAP; replaying the recording gives, for every pair the live run published, the
     same image bit for bit. The live loop fuses only the newest pair: a run in which it fell behind (stale pairs, a
-    stall of 200 ms or more on a busy machine) saw another history than the replay, so it is run again."""
-    for attempt in range(3):
+    stall of 500 ms or more on a busy machine) saw another history than the replay, so it is run again."""
+    for attempt in range(4):
         recording = tmp_path / f"rig{attempt}.mcap"
         cfg = load_config(resolve("demo"), [
             "fuse.name=max", "telemetry.interval_s=60", f"publish.endpoint=tcp://127.0.0.1:{_free_port()}",
             f"record.path={recording}", "ir.width=96", "ir.height=72", "vis.width=96", "vis.height=72",
-            "ir.fps=5", "vis.fps=10"])  # each IR frame pairs with every second visible one: one pair per 200 ms
+            "ir.fps=2", "vis.fps=4"])  # each IR frame pairs with every second visible one: one pair per 500 ms
         assert cfg.stabilize.strength > 0 and cfg.post.denoise > 0  # the stateful stages are on
-        snap, live = _live_run(cfg, wanted=8)
+        snap, live = _live_run(cfg, wanted=6)
         if snap["counters"].get("stale", 0) == 0:
             break
     else:
-        pytest.fail("the live loop fell behind (stale pairs) in three runs")
-    assert len(live) >= 8
+        pytest.fail("the live loop fell behind (stale pairs) in four runs")
+    assert len(live) >= 6
 
     out = tmp_path / "replay.mkv"
     replay = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, codec="ffv1", progress=False))
