@@ -117,8 +117,7 @@ def test_import_graph_has_no_cycle():
 
 
 # A circle closed by an import inside a function is hidden from the interpreter but not from a reader: the modules
-# still cannot be understood one without the other. Open (issue 11): config <-> stage configs, fusers <-> model.
-@pytest.mark.xfail(strict=False, reason="circles through lazy imports still being untied; the message names one")
+# still cannot be understood one without the other.
 def test_no_cycle_through_lazy_imports_either():
     graph = {name: _edges(name, path, lazy=True) for name, path in MODULES.items()}
     cycle = _cycle(graph)
@@ -145,8 +144,6 @@ def _oversized() -> list[str]:
     return found
 
 
-# Modules still being split (issue 11): capture/sources.py, capture/producer.py, batch.py, pipeline.run_live.
-@pytest.mark.xfail(strict=False, reason="modules still being split; the message lists what is over")
 def test_modules_and_functions_are_small():
     oversized = _oversized()
     assert not oversized, "over the size limits without a `# size:` reason:\n" + "\n".join(oversized)

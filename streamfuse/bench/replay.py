@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="replay", metavar="NAME|FILE",
                         help="replay config: a shipped name or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                        help="override a config value (repeatable), e.g. fuse.device=cpu")
+                        help="override a config value (repeatable), e.g. engine.device=cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 

@@ -11,7 +11,7 @@ metrics.csv (per image), metrics.md (means per method, with ms per frame for fus
 Examples:
   python -m streamfuse evaluate ../shared/data/msrs/test/ir ../shared/data/msrs/test/vi \\
       --fused seafusion=../shared/data/reference/seafusion/msrs_test --fuser max --fuser max:sharpen=1
-  python -m streamfuse evaluate IR_DIR VIS_DIR --config eval --set fuse.steps=2 --save out/fused
+  python -m streamfuse evaluate IR_DIR VIS_DIR --config eval --set hclfuse.steps=2 --save out/fused
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "score; repeatable; the first (else eval) also gives the --fuser methods their align and "
                         "fuse settings")
     p.add_argument("--fuser", action="append", default=[], metavar="NAME[:key=value,...]",
-                   help="fuser by name with FuseConfig fields, e.g. max:sharpen=1 or hclfuse:steps=2; repeatable")
+                   help="fuser by name with keys of its hclfuse, engine or baseline section, e.g. max:sharpen=1 or hclfuse:steps=2; repeatable")
     p.add_argument("--set", action="append", default=[], metavar="stage.key=value", dest="overrides",
-                   help="dotted override for every --config/--fuser method, e.g. fuse.steps=2")
+                   help="dotted override for every --config/--fuser method, e.g. hclfuse.steps=2")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="also write each fuser's output as DIR/<stem>.png (DIR/<method>/ with several fusers)")
     p.add_argument("--out", default="out/evaluate", metavar="DIR", help="where the CSV, table and montage go")
