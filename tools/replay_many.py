@@ -6,7 +6,7 @@ written as the single replay writes it (.partial until complete, --resume contin
 without stopping the others; a summary table follows; the exit status is 1 when any failed.
 --engine local (default) runs the pairs one after another here; --engine ray runs one Ray task per pair on a local
 Ray (--workers, --threads) or on a cluster (--address); it needs `pip install streamfuse[ray]`.
-Run from the repository root: ``PYTHONPATH=. python tools/replay_many.py LIST_OR_DIR --out DIR``.
+Run: ``.venv/bin/python tools/replay_many.py LIST_OR_DIR --out DIR``.
 """
 
 from __future__ import annotations
