@@ -16,8 +16,17 @@ if _MISSING:
                      " use .venv/bin/python (or install the package: pip install -e .)")
 
 from streamfuse.openmp import LATE_WAIT_POLICY  # noqa: E402  (first: before any module imports torch)
-from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
-from streamfuse.frames import Frame, FramePair, FusedFrame  # noqa: E402
 
 __all__ = ["ConfigError", "PipelineConfig", "load_config", "Frame", "FramePair", "FusedFrame", "LATE_WAIT_POLICY"]
 __version__ = "0.1.0"
+
+# The public names load on first use: the config pulls in every stage's module (OpenCV, PyAV, ZeroMQ), which every
+# process that imports the package (each capture producer, each tool) would otherwise pay for at start.
+_LAZY = {"ConfigError": "streamfuse.checks", "PipelineConfig": "streamfuse.config", "load_config": "streamfuse.config",
+         "Frame": "streamfuse.frames", "FramePair": "streamfuse.frames", "FusedFrame": "streamfuse.frames"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'streamfuse' has no attribute {name!r}")
