@@ -35,30 +35,39 @@ class WriterThread:
     :meth:`put` never blocks on a dead thread) and is raised, as one line, by the next :meth:`put` or :meth:`join`.
     """
 
-    def __init__(self, name: str, handle: Callable[[Any], None], what: str, maxsize: int):
+    def __init__(self, name: str, handle: Callable[[Any], None], what: str, maxsize: int, *, threaded: bool = True):
         self.busy_ns: list[int] = []  # handling time per item
         self.error: RuntimeError | None = None
         self._handle, self._what = handle, what
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        if threaded:  # else put() handles each item in the caller's thread
+            self._thread.start()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            if self.error is not None:
-                continue
-            t0 = time.perf_counter_ns()
-            try:
-                self._handle(item)
-            except Exception as exc:  # noqa: BLE001 -- any failure must reach the caller, not end the thread
-                self.error = RuntimeError(f"{self._what} failed: {io_reason(exc)}")
-            self.busy_ns.append(time.perf_counter_ns() - t0)
+            if self.error is None:
+                self._handle_one(item)
+
+    def _handle_one(self, item: Any) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            self._handle(item)
+        except Exception as exc:  # noqa: BLE001 -- any failure must reach the caller, not end the thread
+            self.error = RuntimeError(f"{self._what} failed: {io_reason(exc)}")
+        self.busy_ns.append(time.perf_counter_ns() - t0)
 
     def put(self, item: Any) -> None:
-        """Queue one item (blocks while the queue is full); raises the thread's error, if any."""
+        """Queue one item (blocks while the queue is full), or handle it now when not threaded; raises the first
+        error, if any."""
         if self.error is not None:
             raise self.error
-        self._queue.put(item)
+        if self._thread.is_alive():
+            self._queue.put(item)
+        else:
+            self._handle_one(item)
+            if self.error is not None:
+                raise self.error
 
     def join(self) -> None:
         """Handle everything queued, stop the thread; raises the thread's error, if any."""

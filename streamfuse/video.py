@@ -83,7 +83,7 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, *, codec: str, crf: int, time_base: Fraction, rate: Fraction,
                  width: int, height: int, preset: str = "veryfast", metadata: dict[str, str] | None = None,
-                 queue_size: int = 4, threads: int = 0):
+                 queue_size: int = 4, threads: int = 0, threaded: bool = True):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         fmt = container_format(self.path)
@@ -112,7 +112,8 @@ class VideoWriter:
         if self.encoder != "libx264" and self.encoder != "ffv1":
             stream.bit_rate = int(width * height * float(rate) * 0.2)  # ~0.2 bit/pixel: visually clean
         self._stream = stream
-        self._worker = WriterThread(f"encode {self.path.name}", self._encode, f"writing {self.partial}", queue_size)
+        self._worker = WriterThread(f"encode {self.path.name}", self._encode, f"writing {self.partial}", queue_size,
+                                    threaded=threaded)
         self.busy_ns = self._worker.busy_ns  # encoder thread time per frame
 
     def _codec_options(self, crf: int, preset: str) -> dict[str, str]:

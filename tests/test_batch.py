@@ -21,7 +21,8 @@ from streamfuse.video import VideoWriter, decode_frames
 REPO = Path(__file__).resolve().parents[1]
 # ffv1 into NUT: lossless and byte-reproducible (Matroska writes a random segment UID and the date). engine.threads and
 # replay.codec_threads are set: a batch worker turns 0 ("all cores") into its CPUs, which the config tag records.
-CFG = ["fuse.name=max", "engine.threads=1", "replay.codec_threads=1", "replay.progress=false", "replay.codec=ffv1"]
+CFG = ["fuse.name=max", "engine.threads=1", "replay.codec_threads=1", "replay.overlap=false",
+       "replay.progress=false", "replay.codec=ffv1"]
 
 
 def _video(path: Path, n: int, seed: int, size: tuple[int, int] = (48, 64), top: int = 256) -> None:

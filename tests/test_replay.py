@@ -189,14 +189,15 @@ def test_fuser_error_keeps_the_partial_and_says_so(tmp_path, clip, monkeypatch):
     assert json.loads((tmp_path / ".o.mp4.partial.json").read_text())["written"] == 2
 
 
-def test_truncated_video_fuses_what_decodes_and_fails(tmp_path):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_truncated_video_fuses_what_decodes_and_fails(tmp_path, overlap):
     ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mkv"
     write_video(ir, 24, 25, grey=True)
     write_video(vis, 24, 25)
     vis.write_bytes(vis.read_bytes()[: vis.stat().st_size // 2])
     out = tmp_path / "o.mp4"
     with pytest.raises(ReplayError, match=r"replay stopped: .*(truncated|stopped)") as err:
-        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+        run_replay(make_cfg(replay={"overlap": overlap}), ir_path=ir, vis_path=vis, out_path=out)
     assert "\n" not in str(err.value)
     assert not out.exists()
     assert 0 < err.value.summary.written < 24
@@ -583,3 +584,20 @@ def test_replay_killed_mid_run_resumes_to_the_uninterrupted_frames(tmp_path, sig
     for (t_a, a), (t_b, b) in zip(decode_frames(out), decode_frames(tmp_path / "reference.mkv"), strict=True):
         assert t_a == t_b
         np.testing.assert_array_equal(a, b)  # lossless codec: the resumed frames are the uninterrupted ones
+
+
+def test_replay_without_overlap_gives_the_same_frames(tmp_path):
+    """replay.overlap false (decode and encode in the loop's thread, as a one-CPU batch worker runs) changes where
+    the work runs, not what comes out: the same frames and pts as with the decode and encode threads."""
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 12, 10)
+    write_video(vis, 12, 10, size=(64, 48))
+    outs = {}
+    for overlap in (True, False):
+        out = tmp_path / f"out_{overlap}.mkv"
+        cfg = make_cfg(replay={"codec": "ffv1", "overlap": overlap})
+        assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out).complete
+        outs[overlap] = list(decode_frames(out))
+    assert len(outs[True]) == 12 and [p for p, _ in outs[True]] == [p for p, _ in outs[False]]
+    for (_, a), (_, b) in zip(outs[True], outs[False]):
+        np.testing.assert_array_equal(a, b)

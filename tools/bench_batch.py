@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     from streamfuse.configs import resolve
 
     cv2.setNumThreads(1)
-    overrides = ["engine.threads=1", "replay.codec_threads=1", "replay.progress=false", *args.overrides]
+    overrides = ["engine.threads=1", "replay.codec_threads=1", "replay.overlap=false", "replay.progress=false",
+                 *args.overrides]  # one thread everywhere: decode and encode in the loop, as a 1-CPU worker runs
     cfg = load_config(resolve(args.config), overrides)
     width, height = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:

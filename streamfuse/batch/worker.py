@@ -90,7 +90,10 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
 
 
 def worker_cfg(cfg: Any, threads: int) -> Any:
-    """The config a worker of ``threads`` CPUs runs: torch's and FFmpeg's "every core" (0) become its own CPUs."""
+    """The config a worker of ``threads`` CPUs runs: torch's and FFmpeg's "every core" (0) become its own CPUs, and a
+    one-CPU worker decodes and encodes in its loop's thread (``replay.overlap`` false), so it keeps one core busy,
+    not the 1.6 cores its decode and encode threads took beside the fuser."""
     engine = cfg.engine if cfg.engine.threads else dataclasses.replace(cfg.engine, threads=threads)
     replay = cfg.replay if cfg.replay.codec_threads else dataclasses.replace(cfg.replay, codec_threads=threads)
+    replay = dataclasses.replace(replay, overlap=replay.overlap and threads > 1)
     return dataclasses.replace(cfg, engine=engine, replay=replay)

@@ -26,6 +26,9 @@ class ReplayConfig:
         progress: show a progress bar (on a terminal).
         codec_threads: FFmpeg threads of each input's decoder and of the encoder; 0 = FFmpeg's choice (about one
             per core each, so a replay uses every core). A batch worker sets it to its own CPUs when 0.
+        overlap: decode each input and encode the output on threads of their own, overlapping fusion (a single
+            replay finishes sooner); false runs everything in the loop's thread, so the replay keeps one core busy
+            and no more (what a one-CPU batch worker runs: N such workers scale on N cores).
     """
 
     out: str = ""
@@ -38,6 +41,7 @@ class ReplayConfig:
     resume: bool = False
     progress: bool = True
     codec_threads: int = 0
+    overlap: bool = True
 
     def __post_init__(self) -> None:
         check(0 <= self.crf <= 51, "crf", self.crf, "0..51")

@@ -102,9 +102,11 @@ class Reader:
         wait_ns: gets the time :meth:`next` waited for each frame (the loop's "decode" stage).
         busy_ns: gets the thread's own time per frame ("decode_thread").
         depth: frames decoded ahead.
+        threaded: decode on the worker thread; false decodes each frame in :meth:`next` (no overlap, one core).
     """
 
-    def __init__(self, name: str, source: Any, wait_ns: list[int], busy_ns: list[int], depth: int = 4):
+    def __init__(self, name: str, source: Any, wait_ns: list[int], busy_ns: list[int], depth: int = 4, *,
+                 threaded: bool = True):
         self.name, self.source, self.wait_ns, self.busy_ns = name, source, wait_ns, busy_ns
         self.error = ""
         self.first_ns: int | None = None  # capture time of the first and the last frame taken, ns
@@ -113,9 +115,19 @@ class Reader:
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"decode {name}", daemon=True)
-        self._thread.start()
+        self._inline: Iterator[Frame] | None = None if threaded else self._decoded()  # next() pulls it, inline
+        if threaded:
+            self._thread.start()
 
     def _run(self) -> None:
+        try:
+            for frame in self._decoded():
+                self._put(frame)
+        finally:
+            self._put(None)  # the loop never waits forever on a dead thread
+
+    def _decoded(self) -> Iterator[Frame]:
+        """The source's frames until its end, a read error (kept as ``error``) or :meth:`stop`."""
         handled = False
         try:
             while not self._stop.is_set():
@@ -124,14 +136,13 @@ class Reader:
                 self.busy_ns.append(time.perf_counter_ns() - t0)
                 if frame is None:
                     break
-                self._put(frame)
+                yield frame
             handled = True
         except SourceError as exc:
             self.error, handled = str(exc), True
         finally:
             if not handled:  # an unexpected exception: threading logs its traceback
-                self.error = f"the {self.name} decoder thread failed (see the log)"
-            self._put(None)  # the loop never waits forever on a dead thread
+                self.error = f"the {self.name} decoder failed (see the log)"
 
     def _put(self, item: Frame | None) -> None:
         while not self._stop.is_set():
@@ -146,7 +157,7 @@ class Reader:
         if self.ended:
             return None
         t0 = time.perf_counter_ns()
-        frame = self._queue.get()
+        frame = self._queue.get() if self._inline is None else next(self._inline, None)
         self.wait_ns.append(time.perf_counter_ns() - t0)
         self.ended = frame is None
         if frame is not None:
@@ -155,9 +166,10 @@ class Reader:
         return frame
 
     def stop(self) -> None:
-        """Stop the thread (before the source is closed)."""
+        """Stop decoding (before the source is closed)."""
         self._stop.set()
-        self._thread.join(timeout=5.0)
+        if self._inline is None:
+            self._thread.join(timeout=5.0)
 
 
 class RecordedOrder:

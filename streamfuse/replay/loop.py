@@ -218,7 +218,8 @@ class _Replay:
                 sources[inp.stream] = open_source(inp.stream, inp.cfg)
                 opened.append(sources[inp.stream])
                 sources[inp.stream].open()
-        self.readers = [Reader(name, src, wait_ns, busy_ns) for name, src in sources.items()]
+        self.readers = [Reader(name, src, wait_ns, busy_ns, threaded=self.cfg.replay.overlap)
+                        for name, src in sources.items()]
         return self.readers
 
     def _pairs(self, readers: list[Reader], pairer: Any, bar: Any, wall0_ns: int) -> Iterator[FramePair]:
@@ -303,7 +304,7 @@ class _Replay:
         rcfg = self.cfg.replay
         self.writer = VideoWriter(self.out, codec=rcfg.codec, crf=rcfg.crf, preset=rcfg.preset,
                                   time_base=self.vis.time_base, rate=self.vis.rate, width=w, height=h, metadata=tags,
-                                  threads=rcfg.codec_threads)
+                                  threads=rcfg.codec_threads, threaded=rcfg.overlap)
         self.summary.encoder = self.writer.encoder
         self._save_sidecar("running")
 
