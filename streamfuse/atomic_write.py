@@ -40,8 +40,9 @@ class WriterThread:
         self.error: RuntimeError | None = None
         self._handle, self._what = handle, what
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        if threaded:  # else put() handles each item in the caller's thread
+        self._thread: threading.Thread | None = None  # None: put() handles each item in the caller's thread
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
@@ -62,7 +63,7 @@ class WriterThread:
         error, if any."""
         if self.error is not None:
             raise self.error
-        if self._thread.is_alive():
+        if self._thread is not None:
             self._queue.put(item)
         else:
             self._handle_one(item)
@@ -71,7 +72,7 @@ class WriterThread:
 
     def join(self) -> None:
         """Handle everything queued, stop the thread; raises the thread's error, if any."""
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
         if self.error is not None:

@@ -114,10 +114,13 @@ class Reader:
         self.ended = False
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"decode {name}", daemon=True)
-        self._inline: Iterator[Frame] | None = None if threaded else self._decoded()  # next() pulls it, inline
+        self._thread: threading.Thread | None = None
+        self._inline: Iterator[Frame] | None = None  # without a thread, next() pulls this in the caller's thread
         if threaded:
+            self._thread = threading.Thread(target=self._run, name=f"decode {name}", daemon=True)
             self._thread.start()
+        else:
+            self._inline = self._decoded()
 
     def _run(self) -> None:
         try:
@@ -168,7 +171,7 @@ class Reader:
     def stop(self) -> None:
         """Stop decoding (before the source is closed)."""
         self._stop.set()
-        if self._inline is None:
+        if self._thread is not None:
             self._thread.join(timeout=5.0)
 
 

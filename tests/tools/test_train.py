@@ -96,20 +96,21 @@ def test_init_takes_matching_tensors_and_refuses_another_architecture(data, tmp_
     assert "\n" not in str(info.value)
 
 
-def test_distillation_trains_only_the_student(data, tmp_path):
+@pytest.mark.parametrize("stage, learns", [(["--distill", "--teacher_steps", "3"], {"student"}),
+                                           (["--decoder_only"], {"decoder"})])
+def test_a_stage_trains_only_its_part(data, tmp_path, stage, learns):
     from streamfuse.model import HCLFuseNet, ModelConfig, load_weights, save_weights
 
     tiny = ModelConfig(widths=(4, 8), denoiser_width=4)
     save_weights(tmp_path / "start.pt", HCLFuseNet(tiny))
     train.main(["--data", str(data), "--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes",
                           "100", "--model.widths", "4", "8", "--model.denoiser_width", "4", "--init",
-                          str(tmp_path / "start.pt"), "--steps", "2", "--distill", "--teacher_steps", "3",
-                          "--out", str(tmp_path / "run")])
+                          str(tmp_path / "start.pt"), "--steps", "2", *stage, "--out", str(tmp_path / "run")])
     before, _ = load_weights(tmp_path / "start.pt")
     after, _ = load_weights(tmp_path / "run" / DEFAULT_WEIGHTS.name)
     old, new = before.state_dict(), after.state_dict()
     moved = {k.split(".")[0] for k in old if not torch.equal(old[k], new[k])}
-    assert moved == {"student"}
+    assert moved == learns
 
 
 def test_flags_become_dotted_overrides_of_the_one_parser():
