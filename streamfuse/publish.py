@@ -32,12 +32,13 @@ from streamfuse.codecs import H264Encoder, JpegEncoder
 from streamfuse.checks import check
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, PoolError, ShmPool, remove_stale_pools, shm_supported
-from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, SCHEMA, SCHEMA_2, SHM_TOPIC_PREFIX, STATS_SCHEMA, encode_json,
-                             fused_header, preview_topic, reachable_from_other_machines, shm_topic)
+from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA, HeaderEncoder, check_image,
+                             encode_json, preview_topic, reachable_from_other_machines, shm_topic)
 
 __all__ = ["PublishConfig", "Publisher"]
 
 log = logging.getLogger(__name__)
+_SHM_PREFIX = SHM_TOPIC_PREFIX.encode()
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,9 @@ class Publisher:
         self._preview_seq = 0
         self._subs: set[bytes] = set()  # every topic prefix some subscriber asks for
         self._shm_topic = shm_topic(cfg.topic).encode()
+        self._want_payload = self._want_shm = False  # what the subscriptions ask for (kept by _poll_subscriptions)
+        self._polled = False  # loan() has just read the subscriptions: its send_fused need not again
+        self._headers = HeaderEncoder(cfg.frame_id)
         self._pool: ShmPool | None = None
         self._loaned: np.ndarray | None = None  # the pool slot handed out by loan(), until send_fused
         self._shm_on = cfg.shm_slots > 0 and cfg.wait_ms == 0 and shm_supported()
@@ -187,9 +191,10 @@ class Publisher:
         before that :meth:`send_fused` only: it turns read-only there. A new loan abandons one not sent.
         """
         self._poll_subscriptions()
+        self._polled = True
         self._abandon_loan()
         nbytes = math.prod(shape)
-        if self._shm_wanted() and self._has_pool(nbytes):
+        if self._want_shm and self._has_pool(nbytes):
             loan = self._pool.loan(nbytes)
             if loan is not None:
                 self._loaned = loan[1].reshape(shape)
@@ -212,40 +217,40 @@ class Publisher:
         if not loaned:
             self._abandon_loan()
         image = np.ascontiguousarray(fused.image)
-        header = fused_header(fused, image, seq=self.published, frame_id=self.cfg.frame_id)
-        if not loaned:  # loan() has just taken them
+        check_image(image)
+        if not self._polled:  # loan() has just taken them
             self._poll_subscriptions()
+        self._polled = False
         outcomes = []  # True: sent, False: refused by a full queue
         if loaned:
             image.flags.writeable = False  # the slot is the consumers' now; a late write would go unnoticed
-            outcomes.append(self._send_loaned(header, image))
-        elif self._shm_wanted():
-            outcomes.append(self._send_shm(header, image))
-        if self._wanted(self._topic):
+            outcomes.append(self._send_loaned(fused, image))
+        elif self._want_shm:
+            outcomes.append(self._send_shm(fused, image))
+        if self._want_payload:
             # A pool slot is reused after ``shm_slots`` frames, maybe before ZeroMQ sent it: the payload is copied.
-            outcomes.append(self._send_payload(header, image, copy=loaned))
+            outcomes.append(self._send_payload(fused, image, copy=loaned))
         if False in outcomes:
             self.dropped += 1
         if True in outcomes or not outcomes:  # seq moves on once any subscriber got it: gaps mean missed frames
             self.published += 1
         return False not in outcomes
 
-    def _shm_wanted(self) -> bool:
-        return self._shm_on and self._wanted(self._shm_topic, explicit=SHM_TOPIC_PREFIX.encode())
-
     def _abandon_loan(self) -> None:
         if self._loaned is not None:
             self._pool.cancel()
             self._loaned = None
 
-    def _send_payload(self, header: dict[str, Any], image: np.ndarray, copy: bool) -> bool:
+    def _send_payload(self, fused: FusedFrame, image: np.ndarray, copy: bool) -> bool:
         payload: Any = image
+        fields = {}
         if self._jpeg is not None:
             payload = self._jpeg.encode(image)
         elif self._h264 is not None:
             payload, key = self._h264.encode(image)
-            header = {**header, "keyframe": int(key)}
-        return self._send(self._topic, {**header, "format": self.cfg.encoding}, payload, copy)
+            fields["keyframe"] = int(key)
+        header = self._headers.encode(fused, image, seq=self.published, fmt=self.cfg.encoding, **fields)
+        return self._send(self._topic, header, payload, copy)
 
     def _has_pool(self, nbytes: int) -> bool:
         """Have a pool with slots of at least ``nbytes`` (made on first use, remade bigger for a bigger frame)."""
@@ -258,33 +263,36 @@ class Publisher:
         except PoolError as exc:
             log.warning("shared memory off: %s; same-host consumers get the %s stream", exc, self.cfg.encoding)
             self._shm_on, self._pool = False, None
+            self._update_wants()
         return self._pool is not None
 
-    def _send_shm(self, header: dict[str, Any], image: np.ndarray) -> bool:
+    def _send_shm(self, fused: FusedFrame, image: np.ndarray) -> bool:
         """Copy ``image`` into the pool and send its slot."""
         written = self._pool.write(image) if self._has_pool(image.nbytes) else None
         if written is None:  # no pool, or readers hold every slot: they see a gap in seq
             return True
-        return self._send_slot(header, *written)
+        return self._send_slot(fused, image, *written)
 
-    def _send_loaned(self, header: dict[str, Any], image: np.ndarray) -> bool:
+    def _send_loaned(self, fused: FusedFrame, image: np.ndarray) -> bool:
         """Publish the loaned slot ``image`` was written in and send it."""
         self._loaned = None
-        return self._send_slot(header, *self._pool.commit(image.nbytes))
+        return self._send_slot(fused, image, *self._pool.commit(image.nbytes))
 
-    def _send_slot(self, header: dict[str, Any], slot: int, gen: int) -> bool:
-        return self._send(self._shm_topic, {**header, "format": "shm", "shm_pool": self._pool.name,
-                                            "shm_slot": slot, "shm_gen": gen}, b"", copy=True)
+    def _send_slot(self, fused: FusedFrame, image: np.ndarray, slot: int, gen: int) -> bool:
+        header = self._headers.encode(fused, image, seq=self.published, fmt="shm", shm_pool=self._pool.name,
+                                      shm_slot=slot, shm_gen=gen)
+        if self._send(self._shm_topic, header, b"", copy=True):
+            return True
+        self._pool.retract(slot)  # never announced: the next frame may take that slot at once
+        return False
 
-    def _send(self, topic: bytes, header: dict[str, Any], payload: Any, copy: bool) -> bool:
+    def _send(self, topic: bytes, header: bytes, payload: Any, copy: bool) -> bool:
         """One ``[topic, header, payload]`` message; False when a full queue refused it (``nodrop``)."""
-        header["schema"] = SCHEMA if header["format"] == "raw" else SCHEMA_2
-        header["t_publish_ns"] = time.time_ns()
         try:
             # The high-water mark is checked on the first part only; once it passes, the rest of the message
             # always follows, so a message is sent whole or not at all.
             self._sock.send(topic, zmq.SNDMORE)
-            self._sock.send(encode_json(header), zmq.SNDMORE)
+            self._sock.send(header, zmq.SNDMORE)
             self._sock.send(payload, copy=copy)
         except zmq.Again:
             return False
@@ -292,9 +300,10 @@ class Publisher:
 
     def _poll_subscriptions(self) -> None:
         """Take the (un)subscriptions waiting on the XPUB socket (a few microseconds when there are none)."""
+        changed = False
         while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             msg = self._sock.recv(zmq.NOBLOCK)  # b"\x01" + topic: subscribe, b"\x00" + topic: last one gone
-            topic = msg[1:]
+            topic, changed = msg[1:], True
             if msg[:1] == b"\x01":
                 self._subs.add(topic)
                 if self._h264 is not None and self._topic.startswith(topic):
@@ -303,11 +312,15 @@ class Publisher:
                 self._subs.discard(topic)
             if topic.startswith(PREVIEW_PREFIX.encode()):
                 (self._preview_subs.add if msg[:1] == b"\x01" else self._preview_subs.discard)(topic)
+        if changed:
+            self._update_wants()
 
-    def _wanted(self, topic: bytes, explicit: bytes = b"") -> bool:
-        """Whether a subscription matches ``topic``; with ``explicit``, only one that starts with it (a catch-all
+    def _update_wants(self) -> None:
+        """Whether some subscription matches the payload topic, and one that names ``shm/`` the pool's (a catch-all
         subscriber does not make the publisher fill the pool)."""
-        return any(topic.startswith(sub) and sub.startswith(explicit) for sub in self._subs)
+        self._want_payload = any(self._topic.startswith(sub) for sub in self._subs)
+        self._want_shm = self._shm_on and any(self._shm_topic.startswith(sub) and sub.startswith(_SHM_PREFIX)
+                                              for sub in self._subs)
 
     def send_stats(self, stats: dict[str, Any]) -> bool:
         """Send a telemetry snapshot as ``[stats_topic, JSON]`` (numpy scalars and arrays become JSON numbers)."""
@@ -331,7 +344,7 @@ class Publisher:
         for stream, topic in self._previews.items():
             if any(topic.startswith(sub) for sub in self._preview_subs):
                 image = _downscale(getattr(fused.pair, stream).image, self.cfg.preview_width)
-                header = encode_json(fused_header(fused, image, seq=self._preview_seq, frame_id=self.cfg.frame_id))
+                header = self._headers.encode(fused, image, seq=self._preview_seq)
                 try:
                     self._sock.send_multipart([topic, header, image], zmq.NOBLOCK, copy=False)
                 except zmq.Again:

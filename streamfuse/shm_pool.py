@@ -76,9 +76,14 @@ def _data_offset(slots: int) -> int:
     return (8 * (_H_LEN + _M_LEN * slots) + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _lock(fd: int, kind: int, start: int, length: int) -> bool:
-    """Set an OFD byte-range lock without waiting; False when another holder's lock conflicts."""
-    flock = struct.pack("hhxxxxqqixxxx", kind, os.SEEK_SET, start, length, 0)  # struct flock, l_pid 0 for OFD
+def _flocks(kind: int, offset: int, slot_bytes: int, slots: int) -> list[bytes]:
+    """Per slot, the ``struct flock`` that sets a ``kind`` lock on it (packed once: each frame takes two)."""
+    return [struct.pack("hhxxxxqqixxxx", kind, os.SEEK_SET, offset + slot * slot_bytes, slot_bytes, 0)  # l_pid 0: OFD
+            for slot in range(slots)]
+
+
+def _lock(fd: int, flock: bytes) -> bool:
+    """Set an OFD byte-range lock (a :func:`_flocks` entry) without waiting; False when another holder's conflicts."""
     try:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, flock)
     except (BlockingIOError, PermissionError):
@@ -146,6 +151,8 @@ class ShmPool:
         self._m.hdr[:] = (_MAGIC, slots, self.slot_bytes, self._offset)
         self._m.meta = np.ndarray((slots, _M_LEN), "<i8", self._m.mm, offset=8 * _H_LEN)
         self._data = np.ndarray((slots, self.slot_bytes), np.uint8, self._m.mm, offset=self._offset)
+        self._wrlck = _flocks(fcntl.F_WRLCK, self._offset, self.slot_bytes, slots)
+        self._unlck = _flocks(fcntl.F_UNLCK, self._offset, self.slot_bytes, slots)
 
     def loan(self, nbytes: int) -> tuple[int, np.ndarray] | None:
         """Take a free slot for writing in place: ``(slot, writable flat uint8 view of nbytes)``, or None when every
@@ -156,7 +163,7 @@ class ShmPool:
         self.cancel()
         for k in range(self.slots):
             slot = (self._next + k) % self.slots
-            if _lock(self._m.fd, fcntl.F_WRLCK, self._start(slot), self.slot_bytes):
+            if _lock(self._m.fd, self._wrlck[slot]):
                 break
         else:
             self.busy += 1
@@ -173,14 +180,19 @@ class ShmPool:
         meta = self._m.meta
         meta[slot, _M_NBYTES] = nbytes
         meta[slot, _M_GEN] = 2 * self._writes  # the frame's bytes are all in before the generation says so
-        _lock(self._m.fd, fcntl.F_UNLCK, self._start(slot), self.slot_bytes)
+        _lock(self._m.fd, self._unlck[slot])
         self._next = slot + 1
         return slot, 2 * self._writes
+
+    def retract(self, slot: int) -> None:
+        """The frame just committed to ``slot`` was never announced (its message was refused): write the next one
+        there first, instead of overwriting an older frame that readers may still be about to read."""
+        self._next = slot
 
     def cancel(self) -> None:
         """Give back a loaned slot without publishing it (it keeps an odd generation: no reader takes it)."""
         if self._loaned is not None:
-            _lock(self._m.fd, fcntl.F_UNLCK, self._start(self._loaned), self.slot_bytes)
+            _lock(self._m.fd, self._unlck[self._loaned])
             self._loaned = None
 
     def write(self, image: np.ndarray) -> tuple[int, int] | None:
@@ -191,9 +203,6 @@ class ShmPool:
             return None
         loan[1][:] = image.reshape(-1)  # the one copy
         return self.commit(image.nbytes)
-
-    def _start(self, slot: int) -> int:
-        return self._offset + slot * self.slot_bytes
 
     def close(self) -> None:
         """Unmap and unlink the pool (idempotent); readers that mapped it keep their mapping until they let go."""
@@ -258,6 +267,8 @@ class PoolReader:
         hdr = self._m.hdr
         self.slots, self.slot_bytes, self._offset = int(hdr[_H_SLOTS]), int(hdr[_H_SLOT_BYTES]), int(hdr[_H_DATA])
         self._m.meta = np.ndarray((self.slots, _M_LEN), "<i8", self._m.mm, offset=8 * _H_LEN)
+        self._rdlck = _flocks(fcntl.F_RDLCK, self._offset, self.slot_bytes, self.slots)
+        self._unlck = _flocks(fcntl.F_UNLCK, self._offset, self.slot_bytes, self.slots)
         self._held: int | None = None  # slot whose shared lock we hold (the last frame returned)
 
     def read(self, slot: int, gen: int, nbytes: int, copy: bool) -> np.ndarray | None:
@@ -272,17 +283,16 @@ class PoolReader:
             raise PoolError(f"slot {slot} / {nbytes} bytes outside pool {self.name} ({self.slots} slots of "
                             f"{self.slot_bytes} bytes)")
         self.release()
-        start = self._offset + slot * self.slot_bytes
-        if not _lock(self._m.fd, fcntl.F_RDLCK, start, self.slot_bytes):
+        if not _lock(self._m.fd, self._rdlck[slot]):
             return None  # the writer is in it right now: a newer generation is coming
         meta = self._m.meta
         if int(meta[slot, _M_GEN]) != gen or int(meta[slot, _M_NBYTES]) != nbytes:
-            _lock(self._m.fd, fcntl.F_UNLCK, start, self.slot_bytes)
+            _lock(self._m.fd, self._unlck[slot])
             return None
-        view = np.frombuffer(self._m.mm, np.uint8, nbytes, start)
+        view = np.frombuffer(self._m.mm, np.uint8, nbytes, self._offset + slot * self.slot_bytes)
         if copy:
             view = view.copy()
-            _lock(self._m.fd, fcntl.F_UNLCK, start, self.slot_bytes)
+            _lock(self._m.fd, self._unlck[slot])
         else:
             self._held = slot
         return view
@@ -290,7 +300,7 @@ class PoolReader:
     def release(self) -> None:
         """Let the writer have the slot of the last frame returned again."""
         if self._held is not None and self._m.hdr is not None:
-            _lock(self._m.fd, fcntl.F_UNLCK, self._offset + self._held * self.slot_bytes, self.slot_bytes)
+            _lock(self._m.fd, self._unlck[self._held])
         self._held = None
 
     def close(self) -> None:

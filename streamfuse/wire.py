@@ -33,8 +33,8 @@ from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
 
 __all__ = ["SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "FORMATS", "ENCODINGS", "HEADER_FIELDS", "FORMAT_FIELDS",
            "SHM_TOPIC_PREFIX", "PREVIEW_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE", "MalformedMessage", "shm_topic",
-           "preview_topic", "fused_header", "encode_json", "decode_header", "decode_message", "raw_image",
-           "decode_stats", "reachable_from_other_machines"]
+           "preview_topic", "check_image", "HeaderEncoder", "encode_json", "decode_header", "decode_message",
+           "raw_image", "decode_stats", "reachable_from_other_machines"]
 
 SCHEMA = "streamfuse.fused/1"  # format raw: what every consumer since the first release reads
 SCHEMA_2 = "streamfuse.fused/2"  # any other format: a /1 consumer refuses it, never misreads the payload
@@ -119,22 +119,62 @@ def encode_json(obj: dict[str, Any]) -> bytes:
     return _json_encoder.encode(obj).encode()
 
 
-def fused_header(fused: FusedFrame, image: np.ndarray, *, seq: int, frame_id: str) -> dict[str, Any]:
-    """The header fields of ``fused`` as a raw frame; ``image`` is its C-contiguous pixel array."""
+def check_image(image: np.ndarray) -> None:
+    """Raise ValueError unless ``image`` is a ``(H, W, 3)`` BGR or ``(H, W)`` grey uint8 array."""
     if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
         raise ValueError(f"fused image must be (H, W, 3) BGR or (H, W) grey uint8, got {image.shape} {image.dtype}")
-    pair = fused.pair
-    header = {
-        "schema": SCHEMA, "seq": seq,
-        "height": image.shape[0], "width": image.shape[1], "encoding": "bgr8" if image.ndim == 3 else "mono8",
-        "step": image.strides[0], "is_bigendian": 0, "frame_id": frame_id,
-        "seq_ir": pair.ir.seq, "seq_vis": pair.vis.seq,
-        "t_capture_ir_ns": pair.ir.t_capture_ns, "t_capture_vis_ns": pair.vis.t_capture_ns,
-        "t_fused_ns": fused.t_fused_ns, "t_publish_ns": time.time_ns(),
-        "fuser": fused.fuser, "fuser_version": fused.fuser_version,
-        "timings_ms": {k: round(float(v), 3) for k, v in fused.timings_ms.items()}, "format": "raw",
-    }
-    return header
+
+
+# Header numbers that change from frame to frame, in the order HeaderEncoder.encode formats them.
+_FRAME_NUMBERS = ("seq", "seq_ir", "seq_vis", "t_capture_ir_ns", "t_capture_vis_ns", "t_fused_ns", "t_publish_ns")
+_TEXT_FIELDS = {fmt: tuple(k for k, tp in FORMAT_FIELDS.get(fmt, {}).items() if tp is str) for fmt in FORMATS}
+_NUMBER_FIELDS = {fmt: tuple(k for k, tp in FORMAT_FIELDS.get(fmt, {}).items() if tp is int) for fmt in FORMATS}
+
+
+class HeaderEncoder:
+    """Encodes the JSON headers of one publisher's fused frames (every field of :data:`HEADER_FIELDS` and the
+    format's :data:`FORMAT_FIELDS`; ``t_publish_ns`` is stamped here).
+
+    The fields that stay the same from frame to frame (geometry, names, format, pool) are encoded once into a
+    ``%``-template per combination, so a frame costs one formatting of its numbers: ~1.5 us instead of ~6 us of
+    building and encoding a dict. The image's shape and dtype are part of a combination, so :func:`check_image`
+    runs on each new one: a frame that fails it never gets a header.
+
+    Args:
+        frame_id: the ``frame_id`` field.
+    """
+
+    _MAX_TEMPLATES = 16  # combinations kept (formats x image sizes x fusers); a new one past that starts afresh
+
+    def __init__(self, frame_id: str) -> None:
+        self.frame_id = frame_id
+        self._templates: dict[tuple[Any, ...], bytes] = {}
+
+    def encode(self, fused: FusedFrame, image: np.ndarray, *, seq: int, fmt: str = "raw", **fields: str | int) -> bytes:
+        """The header of ``fused`` sent as ``fmt`` (``image``: its C-contiguous pixels, checked by
+        :func:`check_image`); ``fields`` are the format's own (``shm``: ``shm_pool``, ``shm_slot``, ``shm_gen``)."""
+        texts = tuple(fields[k] for k in _TEXT_FIELDS[fmt])
+        key = (fmt, image.shape, image.strides[0], image.dtype, fused.fuser, fused.fuser_version, texts)
+        template = self._templates.get(key) or self._template(key, fused, image, fields)
+        pair = fused.pair
+        timings = b"{}" if not fused.timings_ms else encode_json(
+            {k: round(float(v), 3) for k, v in fused.timings_ms.items()})
+        return template % (seq, pair.ir.seq, pair.vis.seq, pair.ir.t_capture_ns, pair.vis.t_capture_ns,
+                           fused.t_fused_ns, time.time_ns(), *[fields[k] for k in _NUMBER_FIELDS[fmt]], timings)
+
+    def _template(self, key: tuple[Any, ...], fused: FusedFrame, image: np.ndarray, fields: dict[str, Any]) -> bytes:
+        check_image(image)
+        fmt = key[0]
+        fixed = {"schema": SCHEMA if fmt == "raw" else SCHEMA_2, "height": image.shape[0], "width": image.shape[1],
+                 "encoding": "bgr8" if image.ndim == 3 else "mono8", "step": image.strides[0], "is_bigendian": 0,
+                 "frame_id": self.frame_id, "fuser": fused.fuser, "fuser_version": fused.fuser_version, "format": fmt,
+                 **{k: fields[k] for k in _TEXT_FIELDS[fmt]}}
+        numbers = b"".join(b',"%s":%%d' % k.encode() for k in (*_FRAME_NUMBERS, *_NUMBER_FIELDS[fmt]))
+        template = encode_json(fixed)[:-1].replace(b"%", b"%%") + numbers + b',"timings_ms":%s}'
+        if len(self._templates) >= self._MAX_TEMPLATES:
+            self._templates.clear()
+        self._templates[key] = template
+        return template
 
 
 def decode_header(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:

@@ -107,6 +107,14 @@ def test_loaned_slot_is_nobodys_frame_until_committed() -> None:
 
 
 @needs_shm
+def test_a_refused_descriptor_gives_its_slot_back() -> None:
+    with ShmPool(4, 64) as pool:
+        slot, _ = pool.write(_uniform(1, (64,)))
+        pool.retract(slot)  # its message was refused: no reader heard of that frame
+        assert pool.write(_uniform(2, (64,)))[0] == slot  # taken again instead of an older frame's slot
+
+
+@needs_shm
 def test_loaned_frame_reaches_shared_memory_and_payload_consumers(rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub:
@@ -197,7 +205,7 @@ def test_falls_back_to_the_payload_when_the_pool_cannot_be_mapped(monkeypatch: p
             Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
         wait_until(lambda: (frame := sub.recv(0.05)) is not None and frame[0]["format"] == "jpeg",
                    "a jpeg frame after the fall back")
-        wait_until(lambda: pub.shm_pool == "" or not pub._wanted(pub._shm_topic, b"shm/"), "the shm unsubscription")
+        wait_until(lambda: pub.shm_pool == "" or not pub._want_shm, "the shm unsubscription")
         assert sub.via_shm == 0
     assert "unavailable (cannot open shared memory" in caplog.text and "taking the ZeroMQ stream" in caplog.text
 
