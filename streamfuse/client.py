@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from typing import Any, Iterator
@@ -115,9 +116,10 @@ class Subscriber:
         except zmq.ZMQError as exc:
             self._sock.close(linger=0)
             raise ValueError(f"cannot connect to {endpoint}: {exc}") from None
-        self._poller = zmq.Poller()
-        self._poller.register(self._sock, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
+        self._monitor_fd, self._fds = self._monitor.getsockopt(zmq.FD), select.poll()
+        for fd in (self._sock.getsockopt(zmq.FD), self._monitor_fd):  # one poll() a wait, not zmq.Poller's several
+            self._fds.register(fd, select.POLLIN)
+        self._on_events()  # its descriptor fires only for events after an EVENTS that found none
         self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
         self._failure = ""  # latest mode: why the reader thread stopped, raised at the next recv()
         self._cond = threading.Condition()
@@ -165,19 +167,26 @@ class Subscriber:
 
     def _wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for a message, tending the connection meanwhile; True when one is there."""
-        if self._dropped_at is None and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        ready = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        if ready and self._dropped_at is None:
             self._last_message = time.monotonic()
             return True  # already queued: no poll (a stream that flows needs no tending)
-        ready = dict(self._poller.poll(round(timeout_s * 1000)))
-        if self._monitor in ready:
+        if not ready:
+            # A ZeroMQ descriptor signals commands, not messages: wait on it only after EVENTS said that no message
+            # is queued (just now; the monitor is drained whenever its descriptor fires), then ask EVENTS again.
+            fired = self._fds.poll(round(timeout_s * 1000))
+            ready = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            if any(fd == self._monitor_fd for fd, _ in fired):
+                self._on_events()
+        elif self._dropped_at is not None:
             self._on_events()
         if self._dropped_at is not None and time.monotonic() - self._dropped_at >= _RESTORE_AFTER_S:
             self._restore()
-        if self._sock in ready:
+        if ready:
             self._last_message = time.monotonic()
         elif not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
             self._subscribe_payload(True)  # the publisher may have restarted without shared memory
-        return self._sock in ready
+        return bool(ready)
 
     def _subscribe_payload(self, on: bool) -> None:
         if on != self._payload_on:
@@ -186,7 +195,7 @@ class Subscriber:
 
     def _on_events(self) -> None:
         """Follow the connection's events: count failed handshakes, note a drop that libzmq will not retry."""
-        while self._monitor.poll(0):
+        while self._monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             event = recv_monitor_message(self._monitor)["event"]
             if event & _HANDSHAKE_FAILED:
                 self.handshake_failures += 1
@@ -236,7 +245,9 @@ class Subscriber:
     def _read(self) -> tuple[dict[str, Any], Any] | None:
         """Socket owner: one message as ``(header, payload)`` (h264: decoded here, in order), or None when it was
         malformed (counted and logged), a duplicate, an h264 frame before a keyframe, or unreadable shared memory."""
-        parts = self._sock.recv_multipart(copy=False)
+        parts = [self._sock.recv(copy=False)]
+        while parts[-1].more:  # recv_multipart's getsockopt(RCVMORE) per part costs more than the frames' flag
+            parts.append(self._sock.recv(copy=False))
         try:
             header = decode_header(parts)
             if header["format"] == "shm" and not self._map_pool(header["shm_pool"]):
@@ -324,7 +335,8 @@ class Subscriber:
             self.missed += 1
             return None
         self.via_shm += 1
-        return header, raw_image(header, flat)
+        channels = ENCODINGS[header["encoding"]]  # shared-memory rows have no padding (step == width * channels)
+        return header, flat.reshape((header["height"], header["width"], channels)[: 2 if channels == 1 else 3])
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
         """Frames until one :meth:`recv` times out."""
