@@ -8,11 +8,13 @@ Receivers run in a child process, senders in this one, so each side has its own 
    interleaved runs (the load of a shared machine changes from second to second), and the publisher's CPU time
    imagezmq: send_image/recv_image/send_reply in lock-step. streamfuse: a ``nodrop`` publisher with ``wait_ms``
    (back-pressure instead of drops); over shared memory, whose writer never waits, the sender stays within
-   ``WINDOW`` frames of the one the reader has in hand (a shared counter), so none is overwritten unread. ``shm,
-   loaned`` makes each frame in :meth:`Publisher.loan`'s slot (no copy), ``shm, 1 copy`` copies it in.
-2. latency: frames paced at ``--rate``; time the decoded image is in the receiver's hands minus the publish time
-   stamped in the header (the same ``time.time_ns`` clock on both sides), median and p99; and the publisher's CPU
-   time per frame (all its threads, ZeroMQ's included).
+   ``WINDOW`` frames of the one the reader has in hand (a shared counter; while that far ahead it sleeps, as
+   imagezmq's sender blocks for its reply), so none is overwritten unread. Both ends run their default settings.
+   ``shm, loaned`` makes each frame in :meth:`Publisher.loan`'s slot (no copy), ``shm, 1 copy`` copies it in.
+2. latency: frames paced at ``--rate`` for ``--latency-seconds``; time the decoded image is in the receiver's
+   hands minus the publish time stamped in the header (the same ``time.time_ns`` clock on both sides), median and
+   p99; and the publisher's CPU time per frame (all its threads, ZeroMQ's included). Paced frames find cold caches
+   (on a shared machine the other processes run in between), so they cost several times a back-to-back frame.
 3. codecs: bytes per frame on the wire, encode and decode ms, PSNR against the raw frame.
 4. stalled subscriber: duration of each ``send_fused`` call at ``--rate`` with no subscriber and with one that is
    connected but never reads, over ZeroMQ and over shared memory (where the stalled reader holds one pool slot).
@@ -45,7 +47,12 @@ except ImportError:  # a benchmark-only dependency; main() says how to get it
     imagezmq = None
 
 STOP = "stop"
-WINDOW = 4  # capacity over shared memory: frames the sender may be ahead of the reader (half the 8-slot pool)
+SLOTS = 8  # the pool of the shared-memory runs (PublishConfig's default)
+# Capacity over shared memory: frames the sender may be ahead of the frame the reader has in hand. The reader's slot,
+# the WINDOW - 1 frames after it and the one being written take WINDOW + 1 slots: none is overwritten unread, with
+# one slot to spare.
+WINDOW = SLOTS - 2
+BACKOFF_S = 50e-6  # a sender WINDOW ahead sleeps (imagezmq's blocks for its reply), leaving the reader the CPU
 
 
 def _free_endpoint() -> str:
@@ -169,7 +176,7 @@ def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> d
     endpoint = _free_endpoint()
     encoding = mode if mode in ("jpeg", "h264") else "raw"
     shm, loan = mode in ("shm", "loan"), mode == "loan"
-    cfg = dict(endpoint=endpoint, encoding=encoding, shm_slots=8 if shm else 0)
+    cfg = dict(endpoint=endpoint, encoding=encoding, shm_slots=SLOTS if shm else 0)
     # Capacity: back-pressure instead of drops. The pool never makes its writer wait (wait_ms turns it off), and
     # ZeroMQ's queue does not bound it either (the kernel's socket buffers hold thousands of slot messages), so over
     # shared memory the sender keeps within WINDOW frames of the one the reader has in hand: nothing is overwritten
@@ -185,7 +192,7 @@ def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> d
             if (taken is None or pub.published - taken.value <= WINDOW) and \
                     _publish(pub, frames[seq % len(frames)], seq, loan):
                 return 1
-            time.sleep(0)  # refused, or the reader is WINDOW behind: let it run, then offer the frame again
+            time.sleep(BACKOFF_S)  # refused, or the reader is WINDOW behind: let it run, then offer the frame again
             return 0
 
         cpu0 = time.process_time()
@@ -220,7 +227,7 @@ def _stall(image: np.ndarray, seconds: float, rate: float, peer: str, shm: bool,
     """Publish call times (ms: loan and send_fused) at ``rate`` with ``peer`` ``none``, one ``reading`` subscriber or
     one ``stalled`` (over shared memory with ``shm``, from a loaned slot with ``loan``)."""
     endpoint = _free_endpoint()
-    with Publisher(PublishConfig(endpoint=endpoint, shm_slots=8 if shm else 0)) as pub:
+    with Publisher(PublishConfig(endpoint=endpoint, shm_slots=SLOTS if shm else 0)) as pub:
         rx = None
         if peer != "none":
             rx = (_Receiver(_stalled_receiver, endpoint, shm) if peer == "stalled"
@@ -282,14 +289,14 @@ def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
         for mode in MODES:
             run = _imagezmq if mode == "imagezmq" else (lambda f, s, r, m=mode: _ours(f, s, r, m))
             runs[mode].append(run(frames, args.seconds, 0))
-    lat = {mode: (_imagezmq(frames, args.paced_seconds, args.rate) if mode == "imagezmq"
-                  else _ours(frames, args.paced_seconds, args.rate, mode)) for mode in MODES}
+    lat = {mode: (_imagezmq(frames, args.latency_seconds, args.rate) if mode == "imagezmq"
+                  else _ours(frames, args.latency_seconds, args.rate, mode)) for mode in MODES}
     codecs = {mode: _codec(frames, mode, args.quality) for mode in ("jpeg", "h264")}
     wire = {"imagezmq": nbytes, "raw": nbytes, "shm": 0, "loan": 0, **{m: c["bytes"] for m, c in codecs.items()}}
     fps = {mode: float(np.median([r["fps"] for r in rs])) for mode, rs in runs.items()}
     print(f"capacity: median and best of {args.rounds} runs of {args.seconds:g} s; latency and publisher CPU: "
-          f"{args.paced_seconds:g} s at {args.rate:g} frames/s, decoded image in hand minus publish time; bytes: image "
-          f"payload per frame")
+          f"{args.latency_seconds:g} s at {args.rate:g} frames/s, decoded image in hand minus publish time; bytes: "
+          f"image payload per frame")
     print(f"{'':26s} {'frames/s':>8s} {'best':>6s} {'vs izmq':>7s} {'pub CPU/frame':>13s} {'lat median':>10s} "
           f"{'p99':>8s} {'bytes/frame':>11s} {'missed':>6s}  runs")
     for mode, label in MODES.items():
@@ -328,7 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each capacity run")
     parser.add_argument("--rounds", type=int, default=3, help="capacity runs per transport")
-    parser.add_argument("--paced-seconds", type=float, default=2.0, help="length of each latency and stall run")
+    parser.add_argument("--latency-seconds", type=float, default=5.0,
+                        help="length of each latency run (at 100 frames/s, 5 s make p99 the 5th-worst of 500 frames)")
+    parser.add_argument("--paced-seconds", type=float, default=2.0, help="length of each stall run")
     parser.add_argument("--rate", type=float, default=100.0, help="frames/s of the latency and stall runs")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
     args = parser.parse_args(argv)
