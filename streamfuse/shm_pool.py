@@ -1,8 +1,8 @@
 """The publisher's pool of shared-memory frame slots, for consumers on the same host (Linux).
 
 One publisher writes each frame once into a slot of a fixed pool (``slots`` slots of ``slot_bytes``, created at
-start, never growing); ZeroMQ then carries only ``(pool, slot, gen)``. A consumer maps the pool read-only and reads
-the frame in place.
+start, never growing); only its descriptor ``(pool, slot, gen, seq, ...)`` travels, over ZeroMQ or through the
+pool's own notification ring. A consumer maps the pool read-only and reads the frame in place.
 
 Guards, none of which ever makes the writer wait:
 
@@ -14,10 +14,32 @@ Guards, none of which ever makes the writer wait:
   the writer only takes slots it can lock exclusively *without waiting* and skips the others, so a stalled reader
   costs the writer one slot, never time. The kernel drops a dead process's locks.
 
-Layout (little-endian int64 words): a header ``[magic, slots, slot_bytes, data_offset]``, then per slot
-``[gen, nbytes]``, then the slots at ``data_offset`` (64-byte aligned). Consumers validate all of it against the
-file's size before trusting any number, and accept only names of publisher pools (``streamfuse_pub_<pid>_<hex>``),
-so a forged message cannot make them map or read anything outside such a pool.
+**Notification ring.** After committing a slot the writer also puts the frame's descriptor (the exact topic and
+header bytes of the ZeroMQ message) into a ring in the pool, bumps a counter and, while some reader has said it
+reads the ring, wakes the readers waiting on that counter with one shared futex call (``FUTEX_WAKE`` on the
+mapped file). A same-host reader then gets each frame without any ZeroMQ thread waking up. Entries are seqlocks:
+a reader copies an entry out, keeps it only if its state word was the same complete value before and after, then
+validates the header like any message. The pixels stay guarded by the generation and the locks, so no ring entry,
+forged or torn, can hand out a torn frame. The ring is filled on x86-64 only (see the memory-order note below);
+elsewhere ``count`` stays 0 and consumers use the ZeroMQ descriptors.
+
+Layout, all little-endian, every offset checked against the file's size before a reader trusts it:
+
+- header, int64 words: ``[magic, slots, slot_bytes, data_offset, ring_offset, ring_entries, entry_bytes]``
+  (``magic`` ``0x5346504F4F4C0002``; version 1 pools, ``...0001`` from older publishers, have the first four words
+  only and no ring);
+- per slot, int64 ``[gen, nbytes]``;
+- at ``ring_offset`` (64-byte aligned): ``futex`` (u32: the low 32 bits of ``count``; it changes on close too),
+  ``closed`` (u32: 1 once the writer gave the pool up, closed or replaced by one with bigger slots), ``count``
+  (u64 at +8: entries published), then at ``ring_offset + 64`` ``ring_entries`` (a power of two >= 2 * slots,
+  at least 64) entries of ``entry_bytes`` (2048): ``[state u64, seq u64, topic_len u32, header_len u32, topic,
+  header]``. Entry ``n`` (0, 1, ...) lies at index ``n % ring_entries``; its ``state`` is ``2n + 1`` while
+  written and ``2n + 2`` once complete; ``seq`` repeats the header's. A descriptor too long for an entry goes
+  over ZeroMQ only;
+- the slots at ``data_offset`` (64-byte aligned).
+
+Consumers accept only names of publisher pools (``streamfuse_pub_<pid>_<hex>``), so a forged message cannot make
+them map or read anything outside such a pool.
 
 Names carry the creating process's id, so a start frees the pools of publishers that were killed
 (:func:`remove_stale`).
@@ -25,9 +47,11 @@ Names carry the creating process's id, so a start frees the pools of publishers 
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
+import platform
 import re
 import secrets
 import stat
@@ -41,16 +65,30 @@ import numpy as np
 from streamfuse.capture.shm_ring import SHM_DIR, remove_stale
 
 __all__ = ["ShmPool", "PoolReader", "PoolError", "POOL_PREFIX", "MAX_SLOTS", "valid_pool_name", "remove_stale_pools",
-           "shm_supported"]
+           "shm_supported", "ring_supported"]
 
 POOL_PREFIX = "streamfuse_pub_"
 _NAME = re.compile(rf"{POOL_PREFIX}(\d{{1,10}})_([0-9a-f]{{8}})")
-_MAGIC = 0x5346_504F_4F4C_0001  # "SFPOOL" v1
-_H_MAGIC, _H_SLOTS, _H_SLOT_BYTES, _H_DATA, _H_LEN = range(5)
+_MAGIC_V1 = 0x5346_504F_4F4C_0001  # "SFPOOL" v1: no ring
+_MAGIC = 0x5346_504F_4F4C_0002  # v2: with the notification ring
+_H_MAGIC, _H_SLOTS, _H_SLOT_BYTES, _H_DATA, _H_RING, _H_ENTRIES, _H_ENTRY_BYTES, _H_LEN = range(8)
+_H_LEN_V1 = 4
 _M_GEN, _M_NBYTES, _M_LEN = 0, 1, 2
 MAX_SLOTS = 1024
 _MAX_POOL_BYTES = 1 << 40  # a forged header cannot make a reader map more than this
 _ALIGN = 64
+_ENTRY_BYTES = 2048  # a descriptor is ~700 bytes; a longer one goes over ZeroMQ only
+_ENTRY = struct.Struct("<QQII")  # state, seq, topic_len, header_len
+_FIELDS = struct.Struct("<QII")  # the entry after its state
+_COUNT = struct.Struct("<Q")
+_WORD = struct.Struct("<I")
+_R_FUTEX, _R_CLOSED, _R_COUNT, _R_ENTRIES = 0, 4, 8, 64  # offsets in the notification area
+# The ring is read without barriers: Python's stores into the mapping are plain stores, each in its own C call, so
+# they leave this process in program order, and x86-64 (TSO) keeps that order for other cores and never reorders
+# loads with loads. A reader that sees an entry's state 2n + 2 before and after copying it therefore has all of it.
+# Other architectures would need fences Python cannot issue: their readers take the ZeroMQ descriptors instead.
+_SYS_FUTEX = {"x86_64": 202, "AMD64": 202}.get(platform.machine())
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # not FUTEX_PRIVATE_FLAG: the processes map the file separately
 
 
 class PoolError(RuntimeError):
@@ -72,8 +110,43 @@ def remove_stale_pools(directory: Path = SHM_DIR) -> list[str]:
     return remove_stale(POOL_PREFIX, directory)
 
 
-def _data_offset(slots: int) -> int:
-    return (8 * (_H_LEN + _M_LEN * slots) + _ALIGN - 1) // _ALIGN * _ALIGN
+def ring_supported() -> bool:
+    """True where the notification ring may be read (see the memory-order note above): Linux on x86-64."""
+    return shm_supported() and _SYS_FUTEX is not None
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _layout(slots: int, magic: int) -> tuple[int, int, int]:
+    """``(ring_offset, ring_entries, data_offset)`` of a pool of ``slots`` (version 1: no ring, zeros)."""
+    if magic == _MAGIC_V1:
+        return 0, 0, _align(8 * (_H_LEN_V1 + _M_LEN * slots))
+    ring = _align(8 * (_H_LEN + _M_LEN * slots))
+    entries = max(64, 1 << (2 * slots - 1).bit_length())  # a power of two >= 2 * slots
+    return ring, entries, _align(ring + _R_ENTRIES + entries * _ENTRY_BYTES)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _futex(addr: int, op: int, value: int, timeout_s: float | None = None) -> None:
+    """``futex(addr, op, value, timeout)``; EAGAIN (the word changed), ETIMEDOUT and EINTR just return."""
+    timeout = None if timeout_s is None else ctypes.byref(
+        _Timespec(int(timeout_s), int(timeout_s % 1 * 1e9)))
+    _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(addr), ctypes.c_int(op), ctypes.c_uint32(value), timeout, None,
+                  ctypes.c_uint32(0))
+
+
+def _address(mm: mmap.mmap, offset: int) -> int:
+    """Address of byte ``offset`` of a mapping (read-only ones too), for the futex calls."""
+    return np.frombuffer(mm, np.uint8, 1, offset).ctypes.data
 
 
 def _flocks(kind: int, offset: int, slot_bytes: int, slots: int) -> list[bytes]:
@@ -99,7 +172,7 @@ class _Mapping:
         # MAP_POPULATE: page faults now, not ~2 us per 4 KiB page on the first frame through each slot
         self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                             prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
-        self.hdr = np.ndarray((_H_LEN,), "<i8", self.mm)
+        self.hdr = np.ndarray((_H_LEN_V1,), "<i8", self.mm)
         self.meta: np.ndarray | None = None
 
     def close(self) -> None:
@@ -132,7 +205,9 @@ class ShmPool:
         self.busy = 0  # frames not written because a reader held every slot
         self._next, self._writes = 0, 0
         self._loaned: int | None = None  # slot taken by loan() and not yet committed
-        self._offset = _data_offset(slots)
+        self._ring, self._entries, self._offset = _layout(slots, _MAGIC)
+        self._count = 0  # ring entries published
+        self._ring_on = ring_supported()  # elsewhere the ring stays empty (see the memory-order note)
         path = SHM_DIR / self.name
         size = self._offset + slots * self.slot_bytes
         try:
@@ -148,7 +223,9 @@ class ShmPool:
             os.close(fd)
             self._finalizer()
             raise PoolError(f"cannot size shared memory {path} to {size} bytes: {exc.strerror}") from None
-        self._m.hdr[:] = (_MAGIC, slots, self.slot_bytes, self._offset)
+        self._m.hdr = np.ndarray((_H_LEN,), "<i8", self._m.mm)
+        self._m.hdr[:] = (_MAGIC, slots, self.slot_bytes, self._offset, self._ring, self._entries, _ENTRY_BYTES)
+        self._futex_addr = _address(self._m.mm, self._ring + _R_FUTEX)
         self._m.meta = np.ndarray((slots, _M_LEN), "<i8", self._m.mm, offset=8 * _H_LEN)
         self._data = np.ndarray((slots, self.slot_bytes), np.uint8, self._m.mm, offset=self._offset)
         self._wrlck = _flocks(fcntl.F_WRLCK, self._offset, self.slot_bytes, slots)
@@ -204,10 +281,36 @@ class ShmPool:
         loan[1][:] = image.reshape(-1)  # the one copy
         return self.commit(image.nbytes)
 
+    def notify(self, topic: bytes, header: bytes, seq: int, wake: bool) -> bool:
+        """Put a committed frame's descriptor (``topic``, ``header`` with ``seq``) into the ring; with ``wake``, wake
+        the readers waiting for it (one syscall). False when it is too long for an entry (it goes over ZeroMQ
+        only)."""
+        if not self._ring_on or _ENTRY.size + len(topic) + len(header) > _ENTRY_BYTES:
+            return False
+        mm, n = self._m.mm, self._count
+        at = self._ring + _R_ENTRIES + (n % self._entries) * _ENTRY_BYTES
+        body = at + _ENTRY.size
+        _COUNT.pack_into(mm, at, 2 * n + 1)  # odd: being written (the store order is the reader's guarantee)
+        _FIELDS.pack_into(mm, at + 8, seq, len(topic), len(header))
+        mm[body:body + len(topic)] = topic
+        mm[body + len(topic):body + len(topic) + len(header)] = header
+        _COUNT.pack_into(mm, at, 2 * n + 2)
+        self._count = n + 1
+        _COUNT.pack_into(mm, self._ring + _R_COUNT, n + 1)
+        _WORD.pack_into(mm, self._ring + _R_FUTEX, (n + 1) & 0xFFFF_FFFF)
+        if wake:
+            _futex(self._futex_addr, _FUTEX_WAKE, 0x7FFF_FFFF)
+        return True
+
     def close(self) -> None:
-        """Unmap and unlink the pool (idempotent); readers that mapped it keep their mapping until they let go."""
+        """Tell ring readers the pool is given up, then unmap and unlink it (idempotent); readers that mapped it
+        keep their mapping until they let go."""
         if self._m.hdr is None:
             return
+        if self._ring_on:
+            _WORD.pack_into(self._m.mm, self._ring + _R_CLOSED, 1)
+            _WORD.pack_into(self._m.mm, self._ring + _R_FUTEX, (self._count + 1) & 0xFFFF_FFFF)  # waiters see a change
+            _futex(self._futex_addr, _FUTEX_WAKE, 0x7FFF_FFFF)
         self._data = None
         self._m.close()
         self._finalizer()
@@ -224,14 +327,22 @@ def _unlink(path: Path) -> None:
 
 
 def _map_pool(fd: int, name: str) -> _Mapping:
-    """Map ``fd`` read-only after checking that its size and header describe a pool (nothing else is trusted)."""
+    """Map ``fd`` read-only after checking that its size and header describe a pool, version 1 or 2 (nothing else
+    is trusted)."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or not 8 * _H_LEN <= info.st_size <= _MAX_POOL_BYTES:
         raise PoolError(f"shared memory {name} is not a streamfuse pool (size {info.st_size})")
     mapping = _Mapping(fd, info.st_size, writable=False)
-    magic, slots, slot_bytes, offset = (int(v) for v in mapping.hdr)
-    if (magic != _MAGIC or not 1 <= slots <= MAX_SLOTS or slot_bytes < 1 or offset != _data_offset(slots)
-            or offset + slots * slot_bytes != info.st_size):
+    if int(mapping.hdr[_H_MAGIC]) == _MAGIC:
+        mapping.hdr = np.ndarray((_H_LEN,), "<i8", mapping.mm)
+    words = [int(v) for v in mapping.hdr]
+    magic, slots, slot_bytes, offset = words[:_H_LEN_V1]
+    valid = magic in (_MAGIC, _MAGIC_V1) and 1 <= slots <= MAX_SLOTS and slot_bytes >= 1
+    if valid:
+        ring, entries, data = _layout(slots, magic)
+        valid = (offset == data and offset + slots * slot_bytes == info.st_size
+                 and (magic == _MAGIC_V1 or words[_H_LEN_V1:] == [ring, entries, _ENTRY_BYTES]))
+    if not valid:
         mapping.hdr = None
         mapping.mm.close()
         raise PoolError(f"shared memory {name} is not a streamfuse pool (bad header)")
@@ -266,7 +377,12 @@ class PoolReader:
             raise
         hdr = self._m.hdr
         self.slots, self.slot_bytes, self._offset = int(hdr[_H_SLOTS]), int(hdr[_H_SLOT_BYTES]), int(hdr[_H_DATA])
-        self._m.meta = np.ndarray((self.slots, _M_LEN), "<i8", self._m.mm, offset=8 * _H_LEN)
+        self._m.meta = np.ndarray((self.slots, _M_LEN), "<i8", self._m.mm, offset=8 * len(hdr))
+        #: the pool has a notification ring this host may read (version 2, x86-64)
+        self.ring = len(hdr) == _H_LEN and ring_supported()
+        self._ring, self._entries = (int(hdr[_H_RING]), int(hdr[_H_ENTRIES])) if self.ring else (0, 0)
+        self._futex_addr = _address(self._m.mm, self._ring + _R_FUTEX) if self.ring else 0
+        self.pid = int(_NAME.fullmatch(name).group(1))  # the publisher's process
         self._rdlck = _flocks(fcntl.F_RDLCK, self._offset, self.slot_bytes, self.slots)
         self._unlck = _flocks(fcntl.F_UNLCK, self._offset, self.slot_bytes, self.slots)
         self._held: int | None = None  # slot whose shared lock we hold (the last frame returned)
@@ -296,6 +412,56 @@ class PoolReader:
         else:
             self._held = slot
         return view
+
+    @property
+    def ring_entries(self) -> int:
+        """Entries in the ring (0: none)."""
+        return self._entries
+
+    def writer_alive(self) -> bool:
+        """False once the publisher process that made the pool (its id is in the name) is gone."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            pass
+        return True
+
+    def ring_count(self) -> int:
+        """Ring entries published so far (entry ``n`` is the ``n + 1``-th)."""
+        return _COUNT.unpack_from(self._m.mm, self._ring + _R_COUNT)[0]
+
+    def ring_closed(self) -> bool:
+        """True once the writer gave the pool up (closed it, or replaced it by a bigger one)."""
+        return _WORD.unpack_from(self._m.mm, self._ring + _R_CLOSED)[0] != 0
+
+    def ring_wait(self, cursor: int, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` until entry ``cursor`` is published or the pool is given up (no wait when
+        either is already so); may return early."""
+        word = _WORD.unpack_from(self._m.mm, self._ring + _R_FUTEX)[0]  # before count: a later change wakes us
+        if self.ring_count() <= cursor and not self.ring_closed():
+            _futex(self._futex_addr, _FUTEX_WAIT, word, timeout_s)
+
+    def ring_entry(self, n: int) -> tuple[int, bytes, bytes] | None:
+        """Entry ``n``'s ``(seq, topic, header)``, copied out whole; None when it is not (or no longer) entry
+        ``n``: being written, or the ring has lapped it.
+
+        Raises:
+            PoolError: a complete entry whose lengths do not fit it (a forged pool).
+        """
+        at = self._ring + _R_ENTRIES + (n % self._entries) * _ENTRY_BYTES
+        mm, done = self._m.mm, 2 * n + 2
+        if _COUNT.unpack_from(mm, at)[0] != done:
+            return None
+        state, seq, topic_len, header_len = _ENTRY.unpack_from(mm, at)
+        body = mm[at + _ENTRY.size:at + _ENTRY_BYTES]
+        if state != done or _COUNT.unpack_from(mm, at)[0] != done:
+            return None  # overwritten while we copied it
+        if topic_len + header_len > len(body):
+            raise PoolError(f"ring entry {n} of pool {self.name}: {topic_len} + {header_len} bytes do not fit its "
+                            f"{len(body)}")
+        return seq, body[:topic_len], body[topic_len:topic_len + header_len]
 
     def release(self) -> None:
         """Let the writer have the slot of the last frame returned again."""
