@@ -32,13 +32,14 @@ from streamfuse.codecs import H264Encoder, JpegEncoder
 from streamfuse.checks import check
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, PoolError, ShmPool, remove_stale_pools, shm_supported
-from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA, HeaderEncoder, check_image,
-                             encode_json, preview_topic, reachable_from_other_machines, shm_topic)
+from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA,
+                             HeaderEncoder, check_image, encode_json, preview_topic, reachable_from_other_machines,
+                             ring_topic, shm_topic)
 
 __all__ = ["PublishConfig", "Publisher"]
 
 log = logging.getLogger(__name__)
-_SHM_PREFIX = SHM_TOPIC_PREFIX.encode()
+_SHM_PREFIX, _RING_PREFIX = SHM_TOPIC_PREFIX.encode(), RING_TOPIC_PREFIX.encode()
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,10 @@ class Publisher:
         self._preview_subs: set[bytes] = set()  # live subscriptions to preview topics
         self._preview_seq = 0
         self._subs: set[bytes] = set()  # every topic prefix some subscriber asks for
-        self._shm_topic = shm_topic(cfg.topic).encode()
-        self._want_payload = self._want_shm = False  # what the subscriptions ask for (kept by _poll_subscriptions)
+        self._shm_topic, self._ring_topic = shm_topic(cfg.topic).encode(), ring_topic(cfg.topic).encode()
+        # what the subscriptions ask for (kept by _poll_subscriptions): the payload, the pool, its ZeroMQ descriptors
+        # and its ring (a ring reader is woken through the pool, its descriptors are not sent to it)
+        self._want_payload = self._want_shm = self._want_descriptors = self._want_ring = False
         self._polled = False  # loan() has just read the subscriptions: its send_fused need not again
         self._headers = HeaderEncoder(cfg.frame_id)
         self._pool: ShmPool | None = None
@@ -279,12 +282,15 @@ class Publisher:
         return self._send_slot(fused, image, *self._pool.commit(image.nbytes))
 
     def _send_slot(self, fused: FusedFrame, image: np.ndarray, slot: int, gen: int) -> bool:
+        """Announce a committed slot as a ZeroMQ descriptor while someone subscribes to those, then (unless that was
+        refused) in the pool's ring, waking its readers while there are any."""
         header = self._headers.encode(fused, image, seq=self.published, fmt="shm", shm_pool=self._pool.name,
                                       shm_slot=slot, shm_gen=gen)
-        if self._send(self._shm_topic, header, b"", copy=True):
-            return True
-        self._pool.retract(slot)  # never announced: the next frame may take that slot at once
-        return False
+        if self._want_descriptors and not self._send(self._shm_topic, header, b"", copy=True):
+            self._pool.retract(slot)  # never announced: the next frame may take that slot at once
+            return False
+        self._pool.notify(self._shm_topic, header, self.published, wake=self._want_ring)
+        return True
 
     def _send(self, topic: bytes, header: bytes, payload: Any, copy: bool) -> bool:
         """One ``[topic, header, payload]`` message; False when a full queue refused it (``nodrop``)."""
@@ -316,11 +322,13 @@ class Publisher:
             self._update_wants()
 
     def _update_wants(self) -> None:
-        """Whether some subscription matches the payload topic, and one that names ``shm/`` the pool's (a catch-all
-        subscriber does not make the publisher fill the pool)."""
+        """Whether some subscription matches the payload topic, one that names ``shm/`` the pool's descriptors, one
+        that names ``ring/shm/`` its ring (a catch-all subscriber does not make the publisher fill the pool)."""
         self._want_payload = any(self._topic.startswith(sub) for sub in self._subs)
-        self._want_shm = self._shm_on and any(self._shm_topic.startswith(sub) and sub.startswith(_SHM_PREFIX)
-                                              for sub in self._subs)
+        self._want_descriptors = any(self._shm_topic.startswith(sub) and sub.startswith(_SHM_PREFIX)
+                                     for sub in self._subs)
+        self._want_ring = any(self._ring_topic.startswith(sub) and sub.startswith(_RING_PREFIX) for sub in self._subs)
+        self._want_shm = self._shm_on and (self._want_descriptors or self._want_ring)
 
     def send_stats(self, stats: dict[str, Any]) -> bool:
         """Send a telemetry snapshot as ``[stats_topic, JSON]`` (numpy scalars and arrays become JSON numbers)."""

@@ -32,7 +32,8 @@ from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
 
 __all__ = ["SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "FORMATS", "ENCODINGS", "HEADER_FIELDS", "FORMAT_FIELDS",
-           "SHM_TOPIC_PREFIX", "PREVIEW_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE", "MalformedMessage", "shm_topic",
+           "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE",
+           "MalformedMessage", "shm_topic", "ring_topic",
            "preview_topic", "check_image", "HeaderEncoder", "encode_json", "decode_header", "decode_message",
            "raw_image", "decode_stats", "reachable_from_other_machines"]
 
@@ -40,6 +41,7 @@ SCHEMA = "streamfuse.fused/1"  # format raw: what every consumer since the first
 SCHEMA_2 = "streamfuse.fused/2"  # any other format: a /1 consumer refuses it, never misreads the payload
 FORMATS = ("raw", "jpeg", "h264", "shm")  # what the third part holds
 SHM_TOPIC_PREFIX = "shm/"  # shared-memory descriptors go on shm/<topic>, which no /1 consumer subscribes to
+RING_TOPIC_PREFIX = "ring/"  # ring/shm/<topic>: a subscription that says "I read the pool's ring"; never sent on
 STATS_SCHEMA = "streamfuse.stats/1"
 ENCODINGS = {"mono8": 1, "bgr8": 3}  # encoding -> channels (bytes per pixel)
 
@@ -103,6 +105,15 @@ def shm_topic(topic: str) -> str:
     'shm/fused/rig0'
     """
     return SHM_TOPIC_PREFIX + topic
+
+
+def ring_topic(topic: str) -> str:
+    """The subscription by which a reader of the pool's notification ring announces itself (nothing is sent on it).
+
+    >>> ring_topic("fused/rig0")
+    'ring/shm/fused/rig0'
+    """
+    return RING_TOPIC_PREFIX + shm_topic(topic)
 
 
 def preview_topic(topic: str, stream: str) -> str:
