@@ -23,8 +23,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
 from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, decode_header, raw_image,
-                             reachable_from_other_machines, shm_topic)
-from streamfuse.shm_pool import PoolError, PoolReader, shm_supported
+                             reachable_from_other_machines, ring_topic, shm_topic)
+from streamfuse.shm_pool import PoolError, PoolReader, ring_supported, shm_supported
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
 
@@ -56,6 +56,9 @@ class Subscriber:
             cannot be mapped (another host or user, not Linux), frames come from the ZeroMQ payload.
         copy: return images that the caller owns; otherwise a shared-memory image is a read-only view that stays
             intact until the next :meth:`recv` (the publisher writes around the slot, never waits for it).
+        ring: once the pool is mapped, take its frames' descriptors from the pool's notification ring (woken by a
+            futex, no ZeroMQ thread involved) instead of ZeroMQ; back to ZeroMQ while the pool is given up, its
+            publisher is gone or the ring cannot be read here. False: always ZeroMQ descriptors.
         max_frame_bytes: largest image part accepted, bytes. ZeroMQ refuses a larger message part as it arrives
             (``ZMQ_MAXMSGSIZE``: it drops the connection before buffering the part, then reconnects), so a peer
             cannot make this process hold more than about ``rcvhwm`` frames of this size.
@@ -63,7 +66,8 @@ class Subscriber:
     Counters: ``received`` (frames returned), ``malformed`` (skipped, logged: not the wire format, a header
     field out of range, a payload that does not decode, or a part over ``max_frame_bytes``), ``missed`` (gaps in
     the publisher's ``seq``: frames dropped on the way to this subscriber; also shared-memory frames overwritten
-    before they were read, never returned torn), ``via_shm`` (frames read from shared memory),
+    before they were read, never returned torn, and ring entries lapped before they were read), ``via_shm`` (frames
+    read from shared memory), ``via_ring`` (their descriptors taken from the pool's ring),
     ``awaiting_keyframe`` (h264 frames skipped until a keyframe), ``discarded`` (latest mode),
     ``handshake_failures`` (CURVE: the publisher's key differs from ``server_key``, or only one side encrypts).
 
@@ -73,7 +77,7 @@ class Subscriber:
 
     def __init__(self, endpoint: str, topic: str = "fused/", *, timeout_s: float = 1.0, latest: bool = False,
                  rcvhwm: int = 2, server_key: str = "", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 shm: bool | None = None, copy: bool = False) -> None:
+                 shm: bool | None = None, copy: bool = False, ring: bool = True) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s} must be > 0 (receives always have a timeout)")
         if rcvhwm < 1:
@@ -85,10 +89,14 @@ class Subscriber:
                              f"{len(server_key)} characters")
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
         self.received = self.malformed = self.missed = self.discarded = self.handshake_failures = 0
-        self.via_shm = self.awaiting_keyframe = 0
+        self.via_shm = self.via_ring = self.awaiting_keyframe = 0
         self.copy = copy
-        self._topic, self._shm_topic = topic.encode(), shm_topic(topic).encode()
+        self._topic, self._shm_topic, self._ring_topic = (t.encode() for t in (topic, shm_topic(topic),
+                                                                               ring_topic(topic)))
         self._shm = (not reachable_from_other_machines(endpoint) if shm is None else shm) and shm_supported()
+        self._ring_on = ring and ring_supported()
+        self._in_ring = False  # descriptors come from the mapped pool's ring, not from the socket
+        self._cursor = 0  # the next ring entry to read
         self._payload_on = True  # subscribed to the ZeroMQ payload (off while shared memory delivers)
         self._last_message = time.monotonic()
         self._pool: PoolReader | None = None
@@ -159,11 +167,84 @@ class Subscriber:
                         raise RuntimeError(f"subscriber {self.endpoint}: the reader thread stopped: {self._failure}")
                     item, self._newest = self._newest, None
             else:
-                item = self._read() if self._wait(min(remaining, _POLL_S)) else None
+                item = self._next(min(remaining, _POLL_S))
             if item is not None:
                 frame = self._take(*item)
         self.received += 1
         return frame
+
+    @property
+    def on_ring(self) -> bool:
+        """True while frame descriptors come from the shared-memory pool's ring (not over ZeroMQ)."""
+        return self._in_ring
+
+    def _next(self, timeout_s: float) -> tuple[dict[str, Any], Any] | None:
+        """Socket owner: the next frame's ``(header, payload)`` within ``timeout_s``, from the ring or the socket."""
+        if self._in_ring:
+            return self._ring_next(timeout_s)
+        return self._read() if self._wait(timeout_s) else None
+
+    def _ring_next(self, timeout_s: float) -> tuple[dict[str, Any], Any] | None:
+        """The next ring entry's ``(header, None)`` (latest mode: the newest entry's); None when none came within
+        ``timeout_s``, or the entry was lapped, is another topic's, a frame already taken or malformed."""
+        pool = self._pool
+        count = pool.ring_count()
+        if self._cursor >= count:
+            pool.ring_wait(self._cursor, timeout_s)
+            count = pool.ring_count()
+            if self._cursor > count:  # only a forged pool's count goes back
+                self._leave_ring("went backwards")
+            elif self._cursor == count and (pool.ring_closed() or not pool.writer_alive()):
+                self._leave_ring("closed" if pool.ring_closed() else "left by its publisher")
+            if self._cursor >= count:
+                return None
+        # latest: jump to the newest entry (the frames passed over are discarded); lapped: to the oldest still there
+        # (the gap in seq counts the others as missed)
+        newest = count - (1 if self.latest else pool.ring_entries)
+        passed, self._cursor = max(0, newest - self._cursor) if self.latest else 0, max(self._cursor, newest)
+        n, self._cursor = self._cursor, self._cursor + 1
+        try:
+            entry = pool.ring_entry(n)
+            if entry is None or (self._last_seq is not None and entry[0] <= self._last_seq):
+                return None  # overwritten meanwhile, or a frame taken before we switched to the ring
+            seq, topic, raw = entry
+            if not topic.startswith(self._shm_topic):
+                return None
+            header = decode_header([topic, raw, b""])
+            if header["format"] != "shm" or header["shm_pool"] != pool.name or header["seq"] != seq:
+                raise MalformedMessage(f"ring entry {n} names format {header['format']}, pool "
+                                       f"{header.get('shm_pool')!r:.60}, seq {header['seq']} (entry seq {seq})")
+        except (PoolError, MalformedMessage) as exc:
+            self._skip(exc)
+            return None
+        if passed and self._last_seq is not None:
+            passed = min(passed, seq - self._last_seq - 1)  # not the entries of frames taken before the switch
+            self._last_seq += passed
+            with self._cond:
+                self.discarded += passed
+        self._new_seq(seq, "shm")
+        self.via_ring += 1
+        return header, None
+
+    def _enter_ring(self) -> None:
+        """Take descriptors from the mapped pool's ring from now on: announce it (the publisher keeps filling the
+        pool for us), then stop the ZeroMQ descriptors."""
+        self._sock.setsockopt(zmq.SUBSCRIBE, self._ring_topic)
+        self._sock.setsockopt(zmq.UNSUBSCRIBE, self._shm_topic)
+        # from the oldest entry still there, of which those up to _last_seq are skipped (latest: the newest only)
+        self._cursor = max(0, self._pool.ring_count() - (0 if self.latest else self._pool.ring_entries))
+        self._in_ring = True
+
+    def _leave_ring(self, why: str) -> None:
+        """Back to the ZeroMQ descriptors (and payload) until a descriptor names a pool again."""
+        log.info("shared-memory ring of %s %s: taking ZeroMQ descriptors", self.endpoint, why)
+        self._in_ring = False
+        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # descriptors that were on their way when we left
+            self._sock.recv(zmq.NOBLOCK)
+        self._sock.setsockopt(zmq.SUBSCRIBE, self._shm_topic)
+        self._sock.setsockopt(zmq.UNSUBSCRIBE, self._ring_topic)
+        self._subscribe_payload(True)
+        self._last_message = time.monotonic()
 
     def _wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for a message, tending the connection meanwhile; True when one is there."""
@@ -226,9 +307,7 @@ class Subscriber:
         """Latest mode's reader thread: keep only the newest frame until close(); a failure goes to the consumer."""
         try:
             while not self._closing.is_set():
-                if not self._wait(_POLL_S):
-                    continue
-                frame = self._read()
+                frame = self._next(_POLL_S)
                 if frame is None:
                     continue
                 with self._cond:
@@ -254,6 +333,8 @@ class Subscriber:
                 return None  # fell back: the payload message of this seq follows
             if not self._new_seq(header["seq"], header["format"]):
                 return None
+            if header["format"] == "shm" and self._ring_on and self._pool.ring:
+                self._enter_ring()
             if header["format"] != "h264":
                 return header, parts[2]
             image = self._h264.decode(parts[2].buffer, bool(header["keyframe"]), header["height"], header["width"],

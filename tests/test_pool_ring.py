@@ -1,0 +1,227 @@
+"""The shared-memory pool's notification ring: a same-host Subscriber takes its frames' descriptors from the pool
+(woken by a futex) instead of ZeroMQ, in order, never torn, and falls back to ZeroMQ when the pool is given up or
+its publisher is gone. (Named apart from tests/capture/test_shm_ring.py, the capture ring's tests.)"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, wait_until
+
+from streamfuse import shm_pool
+from streamfuse.client import Subscriber
+from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.shm_pool import POOL_PREFIX, PoolError, PoolReader, ShmPool, ring_supported
+
+REPO = Path(__file__).resolve().parents[1]
+SHM = Path("/dev/shm")
+pytestmark = pytest.mark.skipif(not ring_supported(), reason="the pool's ring is read on Linux x86-64 only")
+
+
+def _uniform(value: int, shape: tuple[int, ...] = (48, 64, 3)) -> np.ndarray:
+    return np.full(shape, value % 251, np.uint8)
+
+
+def _until_ring(sub: Subscriber, pub: Publisher, value: int = 0, shape: tuple[int, ...] = (48, 64, 3)) -> None:
+    """Publish frames of ``value`` until ``sub`` returns one whose descriptor came from the ring."""
+    def got() -> bool:
+        before = sub.via_ring
+        pub.send_fused(fused_frame(_uniform(value, shape)))
+        frame = sub.recv(0.05)
+        return frame is not None and sub.via_ring > before and frame[1].shape == shape and frame[1][0, 0, 0] == value
+
+    wait_until(got, "a frame through the pool's ring")
+
+
+def test_frames_come_through_the_ring_in_order_and_whole(rng: np.random.Generator) -> None:
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=8)) as pub, \
+            Subscriber(pub.endpoint, "fused/rig0", timeout_s=PATIENCE_S) as sub:
+        _until_ring(sub, pub)
+        assert sub.on_ring
+        wait_until(lambda: pub.send_fused(fused_frame(_uniform(0))) and not pub._want_descriptors,
+                   "the ZeroMQ descriptors unsubscribed")  # a ring reader costs the publisher no message
+        while sub.recv()[0]["seq"] < pub.published - 1:  # the frames of that wait
+            pass
+        images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(5)]
+        first, ring0, shm0 = pub.published, sub.via_ring, sub.via_shm
+        for image in images:  # fewer than the slots: none is overwritten before it is read
+            pub.send_fused(fused_frame(image))
+        for i, image in enumerate(images):
+            header, got = sub.recv()
+            assert header["seq"] == first + i and header["format"] == "shm"
+            np.testing.assert_array_equal(got, image)
+        assert sub.via_ring - ring0 == 5 and sub.via_shm - shm0 == 5 and sub.missed == 0 and sub.malformed == 0
+
+
+def test_latest_mode_jumps_to_the_newest_entry() -> None:
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=8)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=True) as sub:
+        _until_ring(sub, pub)
+        for i in range(1, 40):
+            pub.send_fused(fused_frame(_uniform(i)))
+        newest = pub.published - 1
+        while (frame := sub.recv()) is not None and frame[0]["seq"] < newest:
+            pass
+        assert frame is not None and frame[0]["seq"] == newest
+        np.testing.assert_array_equal(frame[1], 39)
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["view", "copy"])
+def test_a_slow_ring_reader_never_gets_a_torn_frame_and_counts_the_missed(copy: bool) -> None:
+    """The writer runs flat out over a 2-slot pool while the reader is slower on purpose: the ring laps it and slots
+    are overwritten under it; each frame returned is the one its header names, whole, the others count as missed."""
+    stop = threading.Event()
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=2)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, copy=copy) as sub:
+        _until_ring(sub, pub)
+
+        def write() -> None:
+            while not stop.is_set():
+                image = pub.loan((48, 64, 3))
+                image[:] = pub.published % 251
+                pub.send_fused(fused_frame(image))
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            checked = 0
+            while checked < 50 or sub.missed == 0:
+                header, image = sub.recv()
+                assert np.all(image == header["seq"] % 251), f"torn frame: seq {header['seq']} holds other values"
+                checked += 1
+                stop.wait(0.002)  # slower than the writer on purpose
+                assert checked < 100_000, "the writer never overtook the reader"
+        finally:
+            stop.set()
+            writer.join(timeout=PATIENCE_S)
+    assert sub.missed > 0 and sub.via_ring >= 50 and sub.malformed == 0
+
+
+def test_a_bigger_pool_and_a_new_publisher_take_the_reader_back_through_zeromq() -> None:
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub:
+        endpoint = pub.endpoint
+        sub = Subscriber(endpoint, timeout_s=PATIENCE_S)
+        _until_ring(sub, pub, 1)
+        small = pub.shm_pool
+        _until_ring(sub, pub, 2, (96, 128, 3))  # bigger frames: a new pool, the old one given up
+        assert pub.shm_pool != small and sub._pool.name == pub.shm_pool
+    try:
+        wait_until(lambda: sub.recv(0.05) is None and not sub.on_ring, "the closed pool noticed")
+        with Publisher(PublishConfig(endpoint=endpoint, shm_slots=4)) as again:  # same port, new process-local pool
+            _until_ring(sub, again, 3)
+            assert sub.on_ring and sub._pool.name == again.shm_pool
+    finally:
+        sub.close()
+
+
+def test_a_killed_publisher_is_noticed_and_its_successor_read(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import sys\n"
+        "import numpy as np\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from helpers_zmq import fused_frame\n"
+        "from streamfuse.publish import PublishConfig, Publisher\n"
+        "pub = Publisher(PublishConfig(endpoint='tcp://127.0.0.1:*', shm_slots=4))\n"
+        "print(pub.endpoint, flush=True)\n"
+        "while True:\n"
+        "    pub.send_fused(fused_frame(np.full((48, 64, 3), 5, np.uint8)))\n"
+        "    sys.stdin.readline()  # one frame per line the test sends\n")
+    child = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        endpoint = child.stdout.readline().strip()
+        with caplog.at_level(logging.INFO, "streamfuse.client"), Subscriber(endpoint, timeout_s=PATIENCE_S) as sub:
+            def got() -> bool:
+                child.stdin.write("\n")
+                child.stdin.flush()
+                return sub.recv(0.05) is not None and sub.via_ring > 0
+
+            wait_until(got, "a frame of the child through the ring")
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=PATIENCE_S)
+            wait_until(lambda: sub.recv(0.05) is None and not sub.on_ring, "the killed publisher noticed")
+            with Publisher(PublishConfig(endpoint=endpoint, shm_slots=4)) as successor:
+                _until_ring(sub, successor, 6)
+        assert "left by its publisher" in caplog.text
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=PATIENCE_S)
+        child.stdin.close()
+        child.stdout.close()
+
+
+def _forge(pool: ShmPool, state: int | None, seq: int, lengths: tuple[int, int], body: bytes) -> None:
+    """Write the pool's next ring entry by hand (``state`` None: the honest 2n + 2) and publish it."""
+    n = pool._count
+    at = pool._ring + shm_pool._R_ENTRIES + (n % pool._entries) * shm_pool._ENTRY_BYTES
+    mm = pool._m.mm
+    struct.pack_into("<QQII", mm, at, 2 * n + 2 if state is None else state, seq, *lengths)
+    mm[at + 24:at + 24 + len(body)] = body
+    pool._count = n + 1
+    struct.pack_into("<Q", mm, pool._ring + shm_pool._R_COUNT, n + 1)
+    struct.pack_into("<I", mm, pool._ring + shm_pool._R_FUTEX, (n + 1) & 0xFFFF_FFFF)
+    shm_pool._futex(pool._futex_addr, shm_pool._FUTEX_WAKE, 1)
+
+
+def test_forged_ring_entries_are_skipped_without_a_traceback() -> None:
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        _until_ring(sub, pub)
+        pool, topic, seq = pub._pool, b"shm/fused/rig0", pub.published
+        real = fused_frame(_uniform(0))
+        other = pub._headers.encode(real, real.image, seq=seq, fmt="shm", shm_pool=f"{POOL_PREFIX}1_0123abcd",
+                                    shm_slot=0, shm_gen=2)
+        _forge(pool, None, seq, (len(topic), 9), topic + b"not json!")
+        _forge(pool, None, seq, (len(topic), len(other)), topic + other)  # names another pool
+        _forge(pool, None, seq, (2**31, 2**31), b"")  # lengths beyond the entry
+        _forge(pool, 7, seq, (len(topic), 9), topic + b"half done")  # never completed: not entry n
+        _forge(pool, None, seq, (11, 0), b"fused/other")  # another topic: not ours, not malformed
+        pub.send_fused(fused_frame(_uniform(8)))
+        header, image = sub.recv()
+        assert header["seq"] == seq and sub.malformed == 3 and sub.on_ring
+        np.testing.assert_array_equal(image, 8)
+        struct.pack_into("<Q", pool._m.mm, pool._ring + shm_pool._R_COUNT, 2**63)  # a forged count far ahead
+        shm_pool._futex(pool._futex_addr, shm_pool._FUTEX_WAKE, 1)
+
+        def recovered() -> bool:  # the next honest count goes backwards: back through ZeroMQ, then the ring again
+            pub.send_fused(fused_frame(_uniform(9)))
+            frame = sub.recv(0.05)
+            return frame is not None and frame[1][0, 0, 0] == 9 and sub.on_ring
+
+        wait_until(recovered, "frames again after a forged count")
+
+
+def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> None:
+    with ShmPool(2, 64) as pool:
+        reader = PoolReader(pool.name)
+        assert reader.ring and reader.ring_count() == 0 and reader.ring_entry(0) is None
+        assert pool.notify(b"t", b"h", 3, wake=False) and reader.ring_entry(0) == (3, b"t", b"h")
+        assert not pool.notify(b"t", b"x" * 4096, 4, wake=False)  # too long: ZeroMQ only
+        _forge(pool, None, 4, (5000, 0), b"")
+        with pytest.raises(PoolError, match="do not fit"):
+            reader.ring_entry(1)
+        for _ in range(64):
+            pool.notify(b"t", b"h", 5, wake=False)
+        assert reader.ring_entry(1) is None  # lapped
+        reader.close()
+    name = f"{POOL_PREFIX}{os.getpid()}_0badf11e"
+    words = [shm_pool._MAGIC_V1, 1, 64, 64]
+    (SHM / name).write_bytes(struct.pack("<4q", *words).ljust(128, b"\0"))
+    try:
+        old = PoolReader(name)
+        assert not old.ring  # a version-1 pool: ZeroMQ descriptors only
+        old.close()
+    finally:
+        (SHM / name).unlink()
