@@ -10,7 +10,9 @@ Receivers run in a child process, senders in this one, so each side has its own 
    (back-pressure instead of drops); over shared memory, whose writer never waits, the sender stays within
    ``WINDOW`` frames of the one the reader has in hand (a shared counter; while that far ahead it sleeps, as
    imagezmq's sender blocks for its reply), so none is overwritten unread. Both ends run their default settings.
-   ``shm, loaned`` makes each frame in :meth:`Publisher.loan`'s slot (no copy), ``shm, 1 copy`` copies it in.
+   ``shm, loaned`` makes each frame in :meth:`Publisher.loan`'s slot (no copy), ``shm, 1 copy`` copies it in; both
+   take the descriptors from the pool's ring (a futex wakes the reader), ``shm, zmq headers`` is the loaned frame
+   with its descriptor over ZeroMQ instead (what consumers that do not read the ring get).
 2. latency: frames paced at ``--rate`` for ``--latency-seconds``; time the decoded image is in the receiver's
    hands minus the publish time stamped in the header (the same ``time.time_ns`` clock on both sides), median and
    p99; and the publisher's CPU time per frame (all its threads, ZeroMQ's included). Paced frames find cold caches
@@ -79,11 +81,12 @@ def _summary(latencies_ns: list[int], arrivals_s: list[float]) -> dict[str, floa
 # --- receivers (child processes) ---
 
 def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int = 2, shm: bool = False,
-                  taken: Any = None) -> None:
+                  taken: Any = None, ring: bool = True) -> None:
     """Receive until ``done`` is set and the stream has gone quiet; report the summary. ``taken``: a shared counter
-    set to the ``seq`` of each frame in hand (the publisher's window over shared memory)."""
+    set to the ``seq`` of each frame in hand (the publisher's window over shared memory); ``ring``: shared-memory
+    descriptors from the pool's ring (else over ZeroMQ)."""
     latencies, arrivals = [], []
-    with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm, shm=shm) as sub:
+    with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm, shm=shm, ring=ring) as sub:
         while (frame := sub.recv()) is not None or not done.is_set():
             if frame is None:
                 continue
@@ -95,7 +98,8 @@ def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int =
                 continue
             latencies.append(time.time_ns() - frame[0]["t_publish_ns"])
             arrivals.append(time.perf_counter())
-        results.put({**_summary(latencies, arrivals), "missed": sub.missed, "via_shm": sub.via_shm})
+        results.put({**_summary(latencies, arrivals), "missed": sub.missed, "via_shm": sub.via_shm,
+                     "via_ring": sub.via_ring})
 
 
 def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
@@ -172,10 +176,11 @@ def _publish(pub: Publisher, frame: np.ndarray, seq: int, loan: bool) -> bool:
 
 def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> dict[str, float]:
     """Publish ``frames`` round and round for ``seconds`` at ``rate`` frames/s to a subscriber process (rate 0: as
-    fast as it takes them) in ``mode`` (raw, shm, loan, jpeg, h264); adds the publisher's CPU ms per frame."""
+    fast as it takes them) in ``mode`` (raw, shm, loan, loan-zmq, jpeg, h264); adds the publisher's CPU ms per
+    frame."""
     endpoint = _free_endpoint()
     encoding = mode if mode in ("jpeg", "h264") else "raw"
-    shm, loan = mode in ("shm", "loan"), mode == "loan"
+    shm, loan = mode in ("shm", "loan", "loan-zmq"), mode in ("loan", "loan-zmq")
     cfg = dict(endpoint=endpoint, encoding=encoding, shm_slots=SLOTS if shm else 0)
     # Capacity: back-pressure instead of drops. The pool never makes its writer wait (wait_ms turns it off), and
     # ZeroMQ's queue does not bound it either (the kernel's socket buffers hold thousands of slot messages), so over
@@ -184,7 +189,7 @@ def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> d
     wait_ms = 0 if rate or shm else 1000
     taken = mp.get_context("spawn").Value("q", 0, lock=False) if shm and not rate else None
     with Publisher(PublishConfig(**cfg, nodrop=not rate, wait_ms=wait_ms)) as pub:
-        rx = _Receiver(_sub_receiver, endpoint, 2, shm, taken)
+        rx = _Receiver(_sub_receiver, endpoint, 2, shm, taken, mode != "loan-zmq")
         while not rx.ready.wait(0.01):
             _publish(pub, frames[0], 0, loan)
 
@@ -277,7 +282,8 @@ def _codec(frames: list[np.ndarray], mode: str, quality: int) -> dict[str, float
 
 
 MODES = {"imagezmq": "imagezmq REQ/REP", "raw": "streamfuse raw PUB/SUB", "shm": "streamfuse shm, 1 copy",
-         "loan": "streamfuse shm, loaned", "jpeg": "streamfuse jpeg", "h264": "streamfuse h264"}
+         "loan": "streamfuse shm, loaned", "loan-zmq": "streamfuse shm, zmq headers", "jpeg": "streamfuse jpeg",
+         "h264": "streamfuse h264"}
 
 
 def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
@@ -292,7 +298,8 @@ def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
     lat = {mode: (_imagezmq(frames, args.latency_seconds, args.rate) if mode == "imagezmq"
                   else _ours(frames, args.latency_seconds, args.rate, mode)) for mode in MODES}
     codecs = {mode: _codec(frames, mode, args.quality) for mode in ("jpeg", "h264")}
-    wire = {"imagezmq": nbytes, "raw": nbytes, "shm": 0, "loan": 0, **{m: c["bytes"] for m, c in codecs.items()}}
+    wire = {"imagezmq": nbytes, "raw": nbytes, "shm": 0, "loan": 0, "loan-zmq": 0,
+            **{m: c["bytes"] for m, c in codecs.items()}}
     fps = {mode: float(np.median([r["fps"] for r in rs])) for mode, rs in runs.items()}
     print(f"capacity: median and best of {args.rounds} runs of {args.seconds:g} s; latency and publisher CPU: "
           f"{args.latency_seconds:g} s at {args.rate:g} frames/s, decoded image in hand minus publish time; bytes: "
