@@ -1,5 +1,5 @@
-"""``python -m streamfuse bench transport``: its shared-memory row really goes through shared memory, its codec
-figures are sane."""
+"""``python -m streamfuse bench transport``: its shared-memory rows really go through shared memory (and the pool's
+ring, or ZeroMQ descriptors for the ``zmq headers`` row), its codec figures are sane."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ def test_shared_memory_row_reads_the_pool(rate: float) -> None:
     frames = bench_transport._demo_frames(64, 48, 3)
     result = bench_transport._ours(frames, 0.2, rate, "shm")
     assert result["frames"] > 0 and result["via_shm"] >= result["frames"] and result["cpu_ms"] > 0
+    assert result["via_ring"] >= result["frames"]  # descriptors from the pool's ring, not ZeroMQ
+
+
+@pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
+def test_zmq_headers_row_takes_no_ring() -> None:
+    result = bench_transport._ours(bench_transport._demo_frames(64, 48, 3), 0.2, 0.0, "loan-zmq")
+    assert result["frames"] > 0 and result["via_shm"] >= result["frames"] and result["via_ring"] == 0
 
 
 @pytest.mark.parametrize("mode", ["jpeg", "h264"])
