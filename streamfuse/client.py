@@ -19,22 +19,20 @@ from typing import Any, Iterator
 
 import numpy as np
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
+from streamfuse.connection_watch import ConnectionWatch
+from streamfuse.pool_ring import RingError
+from streamfuse.ring_cursor import RingCursor
+from streamfuse.shm_pool import PoolError, PoolReader, ring_supported, shm_supported
 from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, decode_header, raw_image,
                              reachable_from_other_machines, ring_topic, shm_topic)
-from streamfuse.shm_pool import PoolError, PoolReader, ring_supported, shm_supported
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a waiting reader checks for close() and for a connection to restore
-_RESTORE_AFTER_S = 0.5  # a connection dropped without libzmq's own retry is restored after this long
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-_RETRYING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
 _RESUBSCRIBE_S = 1.0  # on shared memory only and silent this long: take the payload again (publisher restarted?)
 DEFAULT_MAX_FRAME_BYTES = 7680 * 4320 * 3  # largest image part accepted by default: an 8K UHD bgr8 frame, 99.5 MB
 
@@ -88,15 +86,14 @@ class Subscriber:
             raise ValueError(f"server_key must be the publisher's 40-character Z85 CURVE public key, got "
                              f"{len(server_key)} characters")
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
-        self.received = self.malformed = self.missed = self.discarded = self.handshake_failures = 0
+        self.received = self.malformed = self.missed = self.discarded = 0
         self.via_shm = self.via_ring = self.awaiting_keyframe = 0
         self.copy = copy
         self._topic, self._shm_topic, self._ring_topic = (t.encode() for t in (topic, shm_topic(topic),
                                                                                ring_topic(topic)))
         self._shm = (not reachable_from_other_machines(endpoint) if shm is None else shm) and shm_supported()
         self._ring_on = ring and ring_supported()
-        self._in_ring = False  # descriptors come from the mapped pool's ring, not from the socket
-        self._cursor = 0  # the next ring entry to read
+        self._ring: RingCursor | None = None  # set while descriptors come from the mapped pool's ring
         self._payload_on = True  # subscribed to the ZeroMQ payload (off while shared memory delivers)
         self._last_message = time.monotonic()
         self._pool: PoolReader | None = None
@@ -104,8 +101,6 @@ class Subscriber:
         self._jpeg, self._h264 = JpegDecoder(), H264Decoder()
         self.max_frame_bytes = max_frame_bytes
         self._last_seq: int | None = None
-        self._dropped_at: float | None = None  # when the connection dropped with no retry (yet) from libzmq
-        self._handshake_failed = False  # the current connection attempt failed its handshake
         self._sock = zmq.Context.instance().socket(zmq.SUB)
         try:
             self._sock.setsockopt(zmq.LINGER, 0)
@@ -117,17 +112,15 @@ class Subscriber:
             self._sock.setsockopt(zmq.SUBSCRIBE, self._topic)
             if self._shm:
                 self._sock.setsockopt(zmq.SUBSCRIBE, self._shm_topic)
-            # libzmq does not reconnect after a protocol error (a part over MAXMSGSIZE, a failed handshake): the
-            # monitor tells such drops from ordinary ones, which it retries itself (see _on_events).
-            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | _RETRYING | _HANDSHAKE_FAILED)
+            self._watch = ConnectionWatch(self._sock, endpoint)  # restores what libzmq does not retry
             self._sock.connect(endpoint)
         except zmq.ZMQError as exc:
             self._sock.close(linger=0)
             raise ValueError(f"cannot connect to {endpoint}: {exc}") from None
-        self._monitor_fd, self._fds = self._monitor.getsockopt(zmq.FD), select.poll()
-        for fd in (self._sock.getsockopt(zmq.FD), self._monitor_fd):  # one poll() a wait, not zmq.Poller's several
+        self._fds = select.poll()
+        for fd in (self._sock.getsockopt(zmq.FD), self._watch.fd):  # one poll() a wait, not zmq.Poller's several
             self._fds.register(fd, select.POLLIN)
-        self._on_events()  # its descriptor fires only for events after an EVENTS that found none
+        self._watch.on_events()  # its descriptor fires only for events after an EVENTS that found none
         self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
         self._failure = ""  # latest mode: why the reader thread stopped, raised at the next recv()
         self._cond = threading.Condition()
@@ -174,55 +167,39 @@ class Subscriber:
         return frame
 
     @property
+    def handshake_failures(self) -> int:
+        """CURVE handshakes that failed: the publisher's key differs from ``server_key``, or only one side encrypts."""
+        return self._watch.handshake_failures
+
+    @property
     def on_ring(self) -> bool:
         """True while frame descriptors come from the shared-memory pool's ring (not over ZeroMQ)."""
-        return self._in_ring
+        return self._ring is not None
 
     def _next(self, timeout_s: float) -> tuple[dict[str, Any], Any] | None:
         """Socket owner: the next frame's ``(header, payload)`` within ``timeout_s``, from the ring or the socket."""
-        if self._in_ring:
+        if self._ring is not None:
             return self._ring_next(timeout_s)
         return self._read() if self._wait(timeout_s) else None
 
     def _ring_next(self, timeout_s: float) -> tuple[dict[str, Any], Any] | None:
         """The next ring entry's ``(header, None)`` (latest mode: the newest entry's); None when none came within
         ``timeout_s``, or the entry was lapped, is another topic's, a frame already taken or malformed."""
-        pool = self._pool
-        count = pool.ring_count()
-        if self._cursor >= count:
-            pool.ring_wait(self._cursor, timeout_s)
-            count = pool.ring_count()
-            if self._cursor > count:  # only a forged pool's count goes back
-                self._leave_ring("went backwards")
-            elif self._cursor == count and (pool.ring_closed() or not pool.writer_alive()):
-                self._leave_ring("closed" if pool.ring_closed() else "left by its publisher")
-            if self._cursor >= count:
-                return None
-        # latest: jump to the newest entry (the frames passed over are discarded); lapped: to the oldest still there
-        # (the gap in seq counts the others as missed)
-        newest = count - (1 if self.latest else pool.ring_entries)
-        passed, self._cursor = max(0, newest - self._cursor) if self.latest else 0, max(self._cursor, newest)
-        n, self._cursor = self._cursor, self._cursor + 1
         try:
-            entry = pool.ring_entry(n)
-            if entry is None or (self._last_seq is not None and entry[0] <= self._last_seq):
-                return None  # overwritten meanwhile, or a frame taken before we switched to the ring
-            seq, topic, raw = entry
-            if not topic.startswith(self._shm_topic):
-                return None
-            header = decode_header([topic, raw, b""])
-            if header["format"] != "shm" or header["shm_pool"] != pool.name or header["seq"] != seq:
-                raise MalformedMessage(f"ring entry {n} names format {header['format']}, pool "
-                                       f"{header.get('shm_pool')!r:.60}, seq {header['seq']} (entry seq {seq})")
-        except (PoolError, MalformedMessage) as exc:
+            got = self._ring.next(timeout_s, self._last_seq)
+        except (RingError, MalformedMessage) as exc:
             self._skip(exc)
             return None
-        if passed and self._last_seq is not None:
-            passed = min(passed, seq - self._last_seq - 1)  # not the entries of frames taken before the switch
+        if got is None:
+            if self._ring.left:
+                self._leave_ring(self._ring.left)
+            return None
+        header, passed = got
+        if passed:
             self._last_seq += passed
             with self._cond:
                 self.discarded += passed
-        self._new_seq(seq, "shm")
+        self._new_seq(header["seq"], "shm")
         self.via_ring += 1
         return header, None
 
@@ -231,14 +208,12 @@ class Subscriber:
         pool for us), then stop the ZeroMQ descriptors."""
         self._sock.setsockopt(zmq.SUBSCRIBE, self._ring_topic)
         self._sock.setsockopt(zmq.UNSUBSCRIBE, self._shm_topic)
-        # from the oldest entry still there, of which those up to _last_seq are skipped (latest: the newest only)
-        self._cursor = max(0, self._pool.ring_count() - (0 if self.latest else self._pool.ring_entries))
-        self._in_ring = True
+        self._ring = RingCursor(self._pool, self._shm_topic, self.latest)
 
     def _leave_ring(self, why: str) -> None:
         """Back to the ZeroMQ descriptors (and payload) until a descriptor names a pool again."""
         log.info("shared-memory ring of %s %s: taking ZeroMQ descriptors", self.endpoint, why)
-        self._in_ring = False
+        self._ring = None
         while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # descriptors that were on their way when we left
             self._sock.recv(zmq.NOBLOCK)
         self._sock.setsockopt(zmq.SUBSCRIBE, self._shm_topic)
@@ -249,7 +224,7 @@ class Subscriber:
     def _wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for a message, tending the connection meanwhile; True when one is there."""
         ready = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
-        if ready and self._dropped_at is None:
+        if ready and self._watch.dropped_at is None:
             self._last_message = time.monotonic()
             return True  # already queued: no poll (a stream that flows needs no tending)
         if not ready:
@@ -257,12 +232,15 @@ class Subscriber:
             # is queued (just now; the monitor is drained whenever its descriptor fires), then ask EVENTS again.
             fired = self._fds.poll(round(timeout_s * 1000))
             ready = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
-            if any(fd == self._monitor_fd for fd, _ in fired):
-                self._on_events()
-        elif self._dropped_at is not None:
-            self._on_events()
-        if self._dropped_at is not None and time.monotonic() - self._dropped_at >= _RESTORE_AFTER_S:
-            self._restore()
+            if any(fd == self._watch.fd for fd, _ in fired):
+                self._watch.on_events()
+        elif self._watch.dropped_at is not None:
+            self._watch.on_events()
+        if self._watch.restore_due() and self._watch.restore():
+            self.malformed += 1
+            log.warning("skipped malformed message from %s: ZeroMQ refused it (a part over max_frame_bytes=%d, or "
+                        "not the ZeroMQ protocol) and dropped the connection; reconnected", self.endpoint,
+                        self.max_frame_bytes)
         if ready:
             self._last_message = time.monotonic()
         elif not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
@@ -273,35 +251,6 @@ class Subscriber:
         if on != self._payload_on:
             self._sock.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, self._topic)
             self._payload_on = on
-
-    def _on_events(self) -> None:
-        """Follow the connection's events: count failed handshakes, note a drop that libzmq will not retry."""
-        while self._monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            event = recv_monitor_message(self._monitor)["event"]
-            if event & _HANDSHAKE_FAILED:
-                self.handshake_failures += 1
-                self._handshake_failed = True
-                if self.handshake_failures == 1:
-                    log.warning("CURVE handshake with %s failed: the publisher's public key differs from the one "
-                                "given, or only one side encrypts", self.endpoint)
-            elif event & _RETRYING:  # a new attempt (libzmq's retry follows an ordinary drop at once)
-                self._dropped_at, self._handshake_failed = None, False
-            elif event == zmq.EVENT_DISCONNECTED and self._dropped_at is None:
-                self._dropped_at = time.monotonic()
-
-    def _restore(self) -> None:
-        """Reconnect after a drop that libzmq did not retry: a failed handshake, or a refused (malformed) part."""
-        if not self._handshake_failed:
-            self.malformed += 1
-            log.warning("skipped malformed message from %s: ZeroMQ refused it (a part over max_frame_bytes=%d, or "
-                        "not the ZeroMQ protocol) and dropped the connection; reconnected", self.endpoint,
-                        self.max_frame_bytes)
-        self._dropped_at, self._handshake_failed = None, False
-        try:
-            self._sock.disconnect(self.endpoint)
-        except zmq.ZMQError:  # libzmq had already forgotten the endpoint
-            pass
-        self._sock.connect(self.endpoint)
 
     def _read_forever(self) -> None:
         """Latest mode's reader thread: keep only the newest frame until close(); a failure goes to the consumer."""
@@ -333,7 +282,7 @@ class Subscriber:
                 return None  # fell back: the payload message of this seq follows
             if not self._new_seq(header["seq"], header["format"]):
                 return None
-            if header["format"] == "shm" and self._ring_on and self._pool.ring:
+            if header["format"] == "shm" and self._ring_on and self._pool.ring is not None:
                 self._enter_ring()
             if header["format"] != "h264":
                 return header, parts[2]
@@ -433,8 +382,7 @@ class Subscriber:
         self._reader.join()
 
     def _close_sockets(self) -> None:
-        self._sock.disable_monitor()
-        self._monitor.close(linger=0)
+        self._watch.close()
         self._sock.close(linger=0)
         with self._pool_lock:
             if self._pool is not None:

@@ -14,14 +14,7 @@ Guards, none of which ever makes the writer wait:
   the writer only takes slots it can lock exclusively *without waiting* and skips the others, so a stalled reader
   costs the writer one slot, never time. The kernel drops a dead process's locks.
 
-**Notification ring.** After committing a slot the writer also puts the frame's descriptor (the exact topic and
-header bytes of the ZeroMQ message) into a ring in the pool, bumps a counter and, while some reader has said it
-reads the ring, wakes the readers waiting on that counter with one shared futex call (``FUTEX_WAKE`` on the
-mapped file). A same-host reader then gets each frame without any ZeroMQ thread waking up. Entries are seqlocks:
-a reader copies an entry out, keeps it only if its state word was the same complete value before and after, then
-validates the header like any message. The pixels stay guarded by the generation and the locks, so no ring entry,
-forged or torn, can hand out a torn frame. The ring is filled on x86-64 only (see the memory-order note below);
-elsewhere ``count`` stays 0 and consumers use the ZeroMQ descriptors.
+The notification ring (its layout, memory order, writer and readers) is :mod:`streamfuse.pool_ring`'s.
 
 Layout, all little-endian, every offset checked against the file's size before a reader trusts it:
 
@@ -29,13 +22,7 @@ Layout, all little-endian, every offset checked against the file's size before a
   (``magic`` ``0x5346504F4F4C0002``; version 1 pools, ``...0001`` from older publishers, have the first four words
   only and no ring);
 - per slot, int64 ``[gen, nbytes]``;
-- at ``ring_offset`` (64-byte aligned): ``futex`` (u32: the low 32 bits of ``count``; it changes on close too),
-  ``closed`` (u32: 1 once the writer gave the pool up, closed or replaced by one with bigger slots), ``count``
-  (u64 at +8: entries published), then at ``ring_offset + 64`` ``ring_entries`` (a power of two >= 2 * slots,
-  at least 64) entries of ``entry_bytes`` (2048): ``[state u64, seq u64, topic_len u32, header_len u32, topic,
-  header]``. Entry ``n`` (0, 1, ...) lies at index ``n % ring_entries``; its ``state`` is ``2n + 1`` while
-  written and ``2n + 2`` once complete; ``seq`` repeats the header's. A descriptor too long for an entry goes
-  over ZeroMQ only;
+- at ``ring_offset`` (64-byte aligned): the notification ring;
 - the slots at ``data_offset`` (64-byte aligned).
 
 Consumers accept only names of publisher pools (``streamfuse_pub_<pid>_<hex>``), so a forged message cannot make
@@ -47,11 +34,9 @@ Names carry the creating process's id, so a start frees the pools of publishers 
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import mmap
 import os
-import platform
 import re
 import secrets
 import stat
@@ -63,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from streamfuse.capture.shm_ring import SHM_DIR, remove_stale
+from streamfuse.pool_ring import ENTRY_BYTES, RingReader, RingWriter, cpu_supported, ring_size
 
 __all__ = ["ShmPool", "PoolReader", "PoolError", "POOL_PREFIX", "MAX_SLOTS", "valid_pool_name", "remove_stale_pools",
            "shm_supported", "ring_supported"]
@@ -77,18 +63,6 @@ _M_GEN, _M_NBYTES, _M_LEN = 0, 1, 2
 MAX_SLOTS = 1024
 _MAX_POOL_BYTES = 1 << 40  # a forged header cannot make a reader map more than this
 _ALIGN = 64
-_ENTRY_BYTES = 2048  # a descriptor is ~700 bytes; a longer one goes over ZeroMQ only
-_ENTRY = struct.Struct("<QQII")  # state, seq, topic_len, header_len
-_FIELDS = struct.Struct("<QII")  # the entry after its state
-_COUNT = struct.Struct("<Q")
-_WORD = struct.Struct("<I")
-_R_FUTEX, _R_CLOSED, _R_COUNT, _R_ENTRIES = 0, 4, 8, 64  # offsets in the notification area
-# The ring is read without barriers: Python's stores into the mapping are plain stores, each in its own C call, so
-# they leave this process in program order, and x86-64 (TSO) keeps that order for other cores and never reorders
-# loads with loads. A reader that sees an entry's state 2n + 2 before and after copying it therefore has all of it.
-# Other architectures would need fences Python cannot issue: their readers take the ZeroMQ descriptors instead.
-_SYS_FUTEX = {"x86_64": 202, "AMD64": 202}.get(platform.machine())
-_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # not FUTEX_PRIVATE_FLAG: the processes map the file separately
 
 
 class PoolError(RuntimeError):
@@ -111,8 +85,8 @@ def remove_stale_pools(directory: Path = SHM_DIR) -> list[str]:
 
 
 def ring_supported() -> bool:
-    """True where the notification ring may be read (see the memory-order note above): Linux on x86-64."""
-    return shm_supported() and _SYS_FUTEX is not None
+    """True where the notification ring may be read (see :mod:`streamfuse.pool_ring`): Linux on x86-64."""
+    return shm_supported() and cpu_supported()
 
 
 def _align(n: int) -> int:
@@ -124,29 +98,8 @@ def _layout(slots: int, magic: int) -> tuple[int, int, int]:
     if magic == _MAGIC_V1:
         return 0, 0, _align(8 * (_H_LEN_V1 + _M_LEN * slots))
     ring = _align(8 * (_H_LEN + _M_LEN * slots))
-    entries = max(64, 1 << (2 * slots - 1).bit_length())  # a power of two >= 2 * slots
-    return ring, entries, _align(ring + _R_ENTRIES + entries * _ENTRY_BYTES)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-def _futex(addr: int, op: int, value: int, timeout_s: float | None = None) -> None:
-    """``futex(addr, op, value, timeout)``; EAGAIN (the word changed), ETIMEDOUT and EINTR just return."""
-    timeout = None if timeout_s is None else ctypes.byref(
-        _Timespec(int(timeout_s), int(timeout_s % 1 * 1e9)))
-    _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(addr), ctypes.c_int(op), ctypes.c_uint32(value), timeout, None,
-                  ctypes.c_uint32(0))
-
-
-def _address(mm: mmap.mmap, offset: int) -> int:
-    """Address of byte ``offset`` of a mapping (read-only ones too), for the futex calls."""
-    return np.frombuffer(mm, np.uint8, 1, offset).ctypes.data
+    entries, nbytes = ring_size(slots)
+    return ring, entries, _align(ring + nbytes)
 
 
 def _flocks(kind: int, offset: int, slot_bytes: int, slots: int) -> list[bytes]:
@@ -205,9 +158,7 @@ class ShmPool:
         self.busy = 0  # frames not written because a reader held every slot
         self._next, self._writes = 0, 0
         self._loaned: int | None = None  # slot taken by loan() and not yet committed
-        self._ring, self._entries, self._offset = _layout(slots, _MAGIC)
-        self._count = 0  # ring entries published
-        self._ring_on = ring_supported()  # elsewhere the ring stays empty (see the memory-order note)
+        ring, entries, self._offset = _layout(slots, _MAGIC)
         path = SHM_DIR / self.name
         size = self._offset + slots * self.slot_bytes
         try:
@@ -224,8 +175,9 @@ class ShmPool:
             self._finalizer()
             raise PoolError(f"cannot size shared memory {path} to {size} bytes: {exc.strerror}") from None
         self._m.hdr = np.ndarray((_H_LEN,), "<i8", self._m.mm)
-        self._m.hdr[:] = (_MAGIC, slots, self.slot_bytes, self._offset, self._ring, self._entries, _ENTRY_BYTES)
-        self._futex_addr = _address(self._m.mm, self._ring + _R_FUTEX)
+        self._m.hdr[:] = (_MAGIC, slots, self.slot_bytes, self._offset, ring, entries, ENTRY_BYTES)
+        # None on other CPUs: the ring stays empty there (see pool_ring's memory-order note)
+        self._ring = RingWriter(self._m.mm, ring, entries) if ring_supported() else None
         self._m.meta = np.ndarray((slots, _M_LEN), "<i8", self._m.mm, offset=8 * _H_LEN)
         self._data = np.ndarray((slots, self.slot_bytes), np.uint8, self._m.mm, offset=self._offset)
         self._wrlck = _flocks(fcntl.F_WRLCK, self._offset, self.slot_bytes, slots)
@@ -284,33 +236,16 @@ class ShmPool:
     def notify(self, topic: bytes, header: bytes, seq: int, wake: bool) -> bool:
         """Put a committed frame's descriptor (``topic``, ``header`` with ``seq``) into the ring; with ``wake``, wake
         the readers waiting for it (one syscall). False when it is too long for an entry (it goes over ZeroMQ
-        only)."""
-        if not self._ring_on or _ENTRY.size + len(topic) + len(header) > _ENTRY_BYTES:
-            return False
-        mm, n = self._m.mm, self._count
-        at = self._ring + _R_ENTRIES + (n % self._entries) * _ENTRY_BYTES
-        body = at + _ENTRY.size
-        _COUNT.pack_into(mm, at, 2 * n + 1)  # odd: being written (the store order is the reader's guarantee)
-        _FIELDS.pack_into(mm, at + 8, seq, len(topic), len(header))
-        mm[body:body + len(topic)] = topic
-        mm[body + len(topic):body + len(topic) + len(header)] = header
-        _COUNT.pack_into(mm, at, 2 * n + 2)
-        self._count = n + 1
-        _COUNT.pack_into(mm, self._ring + _R_COUNT, n + 1)
-        _WORD.pack_into(mm, self._ring + _R_FUTEX, (n + 1) & 0xFFFF_FFFF)
-        if wake:
-            _futex(self._futex_addr, _FUTEX_WAKE, 0x7FFF_FFFF)
-        return True
+        only, or the ring is not filled here)."""
+        return self._ring is not None and self._ring.put(topic, header, seq, wake)
 
     def close(self) -> None:
         """Tell ring readers the pool is given up, then unmap and unlink it (idempotent); readers that mapped it
         keep their mapping until they let go."""
         if self._m.hdr is None:
             return
-        if self._ring_on:
-            _WORD.pack_into(self._m.mm, self._ring + _R_CLOSED, 1)
-            _WORD.pack_into(self._m.mm, self._ring + _R_FUTEX, (self._count + 1) & 0xFFFF_FFFF)  # waiters see a change
-            _futex(self._futex_addr, _FUTEX_WAKE, 0x7FFF_FFFF)
+        if self._ring is not None:
+            self._ring.give_up()
         self._data = None
         self._m.close()
         self._finalizer()
@@ -341,7 +276,7 @@ def _map_pool(fd: int, name: str) -> _Mapping:
     if valid:
         ring, entries, data = _layout(slots, magic)
         valid = (offset == data and offset + slots * slot_bytes == info.st_size
-                 and (magic == _MAGIC_V1 or words[_H_LEN_V1:] == [ring, entries, _ENTRY_BYTES]))
+                 and (magic == _MAGIC_V1 or words[_H_LEN_V1:] == [ring, entries, ENTRY_BYTES]))
     if not valid:
         mapping.hdr = None
         mapping.mm.close()
@@ -378,10 +313,9 @@ class PoolReader:
         hdr = self._m.hdr
         self.slots, self.slot_bytes, self._offset = int(hdr[_H_SLOTS]), int(hdr[_H_SLOT_BYTES]), int(hdr[_H_DATA])
         self._m.meta = np.ndarray((self.slots, _M_LEN), "<i8", self._m.mm, offset=8 * len(hdr))
-        #: the pool has a notification ring this host may read (version 2, x86-64)
-        self.ring = len(hdr) == _H_LEN and ring_supported()
-        self._ring, self._entries = (int(hdr[_H_RING]), int(hdr[_H_ENTRIES])) if self.ring else (0, 0)
-        self._futex_addr = _address(self._m.mm, self._ring + _R_FUTEX) if self.ring else 0
+        readable = len(hdr) == _H_LEN and ring_supported()
+        #: the pool's notification ring where this host may read it (version 2, x86-64), else None
+        self.ring = RingReader(self._m.mm, int(hdr[_H_RING]), int(hdr[_H_ENTRIES]), name) if readable else None
         self.pid = int(_NAME.fullmatch(name).group(1))  # the publisher's process
         self._rdlck = _flocks(fcntl.F_RDLCK, self._offset, self.slot_bytes, self.slots)
         self._unlck = _flocks(fcntl.F_UNLCK, self._offset, self.slot_bytes, self.slots)
@@ -413,11 +347,6 @@ class PoolReader:
             self._held = slot
         return view
 
-    @property
-    def ring_entries(self) -> int:
-        """Entries in the ring (0: none)."""
-        return self._entries
-
     def writer_alive(self) -> bool:
         """False once the publisher process that made the pool (its id is in the name) is gone."""
         try:
@@ -427,41 +356,6 @@ class PoolReader:
         except PermissionError:  # alive, another user's
             pass
         return True
-
-    def ring_count(self) -> int:
-        """Ring entries published so far (entry ``n`` is the ``n + 1``-th)."""
-        return _COUNT.unpack_from(self._m.mm, self._ring + _R_COUNT)[0]
-
-    def ring_closed(self) -> bool:
-        """True once the writer gave the pool up (closed it, or replaced it by a bigger one)."""
-        return _WORD.unpack_from(self._m.mm, self._ring + _R_CLOSED)[0] != 0
-
-    def ring_wait(self, cursor: int, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` until entry ``cursor`` is published or the pool is given up (no wait when
-        either is already so); may return early."""
-        word = _WORD.unpack_from(self._m.mm, self._ring + _R_FUTEX)[0]  # before count: a later change wakes us
-        if self.ring_count() <= cursor and not self.ring_closed():
-            _futex(self._futex_addr, _FUTEX_WAIT, word, timeout_s)
-
-    def ring_entry(self, n: int) -> tuple[int, bytes, bytes] | None:
-        """Entry ``n``'s ``(seq, topic, header)``, copied out whole; None when it is not (or no longer) entry
-        ``n``: being written, or the ring has lapped it.
-
-        Raises:
-            PoolError: a complete entry whose lengths do not fit it (a forged pool).
-        """
-        at = self._ring + _R_ENTRIES + (n % self._entries) * _ENTRY_BYTES
-        mm, done = self._m.mm, 2 * n + 2
-        if _COUNT.unpack_from(mm, at)[0] != done:
-            return None
-        state, seq, topic_len, header_len = _ENTRY.unpack_from(mm, at)
-        body = mm[at + _ENTRY.size:at + _ENTRY_BYTES]
-        if state != done or _COUNT.unpack_from(mm, at)[0] != done:
-            return None  # overwritten while we copied it
-        if topic_len + header_len > len(body):
-            raise PoolError(f"ring entry {n} of pool {self.name}: {topic_len} + {header_len} bytes do not fit its "
-                            f"{len(body)}")
-        return seq, body[:topic_len], body[topic_len:topic_len + header_len]
 
     def release(self) -> None:
         """Let the writer have the slot of the last frame returned again."""

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, wait_until
 
-from streamfuse import shm_pool
+from streamfuse import pool_ring, shm_pool
 from streamfuse.client import Subscriber
+from streamfuse.pool_ring import RingError
 from streamfuse.publish import PublishConfig, Publisher
-from streamfuse.shm_pool import POOL_PREFIX, PoolError, PoolReader, ShmPool, ring_supported
+from streamfuse.shm_pool import POOL_PREFIX, PoolReader, ShmPool, ring_supported
 
 REPO = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
@@ -164,15 +165,15 @@ def test_a_killed_publisher_is_noticed_and_its_successor_read(tmp_path: Path,
 
 def _forge(pool: ShmPool, state: int | None, seq: int, lengths: tuple[int, int], body: bytes) -> None:
     """Write the pool's next ring entry by hand (``state`` None: the honest 2n + 2) and publish it."""
-    n = pool._count
-    at = pool._ring + shm_pool._R_ENTRIES + (n % pool._entries) * shm_pool._ENTRY_BYTES
-    mm = pool._m.mm
+    ring, mm = pool._ring, pool._m.mm
+    n = ring.count
+    at = ring._entry(n)
     struct.pack_into("<QQII", mm, at, 2 * n + 2 if state is None else state, seq, *lengths)
     mm[at + 24:at + 24 + len(body)] = body
-    pool._count = n + 1
-    struct.pack_into("<Q", mm, pool._ring + shm_pool._R_COUNT, n + 1)
-    struct.pack_into("<I", mm, pool._ring + shm_pool._R_FUTEX, (n + 1) & 0xFFFF_FFFF)
-    shm_pool._futex(pool._futex_addr, shm_pool._FUTEX_WAKE, 1)
+    ring.count = n + 1
+    struct.pack_into("<Q", mm, ring._offset + pool_ring._R_COUNT, n + 1)
+    struct.pack_into("<I", mm, ring._offset + pool_ring._R_FUTEX, (n + 1) & 0xFFFF_FFFF)
+    ring.wake()
 
 
 def test_forged_ring_entries_are_skipped_without_a_traceback() -> None:
@@ -192,8 +193,8 @@ def test_forged_ring_entries_are_skipped_without_a_traceback() -> None:
         header, image = sub.recv()
         assert header["seq"] == seq and sub.malformed == 3 and sub.on_ring
         np.testing.assert_array_equal(image, 8)
-        struct.pack_into("<Q", pool._m.mm, pool._ring + shm_pool._R_COUNT, 2**63)  # a forged count far ahead
-        shm_pool._futex(pool._futex_addr, shm_pool._FUTEX_WAKE, 1)
+        struct.pack_into("<Q", pool._m.mm, pool._ring._offset + pool_ring._R_COUNT, 2**63)  # a forged count far ahead
+        pool._ring.wake()
 
         def recovered() -> bool:  # the next honest count goes backwards: back through ZeroMQ, then the ring again
             pub.send_fused(fused_frame(_uniform(9)))
@@ -206,22 +207,23 @@ def test_forged_ring_entries_are_skipped_without_a_traceback() -> None:
 def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> None:
     with ShmPool(2, 64) as pool:
         reader = PoolReader(pool.name)
-        assert reader.ring and reader.ring_count() == 0 and reader.ring_entry(0) is None
-        assert pool.notify(b"t", b"h", 3, wake=False) and reader.ring_entry(0) == (3, b"t", b"h")
+        ring = reader.ring
+        assert ring is not None and ring.count() == 0 and ring.entry(0) is None
+        assert pool.notify(b"t", b"h", 3, wake=False) and ring.entry(0) == (3, b"t", b"h")
         assert not pool.notify(b"t", b"x" * 4096, 4, wake=False)  # too long: ZeroMQ only
         _forge(pool, None, 4, (5000, 0), b"")
-        with pytest.raises(PoolError, match="do not fit"):
-            reader.ring_entry(1)
+        with pytest.raises(RingError, match="do not fit"):
+            ring.entry(1)
         for _ in range(64):
             pool.notify(b"t", b"h", 5, wake=False)
-        assert reader.ring_entry(1) is None  # lapped
+        assert ring.entry(1) is None  # lapped
         reader.close()
     name = f"{POOL_PREFIX}{os.getpid()}_0badf11e"
     words = [shm_pool._MAGIC_V1, 1, 64, 64]
     (SHM / name).write_bytes(struct.pack("<4q", *words).ljust(128, b"\0"))
     try:
         old = PoolReader(name)
-        assert not old.ring  # a version-1 pool: ZeroMQ descriptors only
+        assert old.ring is None  # a version-1 pool: ZeroMQ descriptors only
         old.close()
     finally:
         (SHM / name).unlink()
