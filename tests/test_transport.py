@@ -21,7 +21,7 @@ from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.wire import SCHEMA_2, MalformedMessage, decode_header
-from streamfuse.shm_pool import POOL_PREFIX, PoolError, PoolReader, ShmPool, shm_supported
+from streamfuse.shm_pool import POOL_PREFIX, PoolError, PoolReader, ShmPool, ring_supported, shm_supported
 
 REPO = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
@@ -145,15 +145,16 @@ def _loaned_round_trip(pub: Publisher, local: Subscriber, remote: Subscriber, im
 
 
 @needs_shm
-@pytest.mark.parametrize(("copy", "loan"), [(False, False), (True, False), (False, True)],
-                         ids=["view", "copy", "loaned"])
-def test_no_torn_frame_under_a_slow_reader(copy: bool, loan: bool) -> None:
+@pytest.mark.parametrize(("copy", "loan", "ring"), [(False, False, True), (True, False, True), (False, True, True),
+                                                   (False, True, False)],
+                         ids=["view", "copy", "loaned", "loaned, zmq descriptors"])
+def test_no_torn_frame_under_a_slow_reader(copy: bool, loan: bool, ring: bool) -> None:
     """The writer runs flat out over a 2-slot pool (copying each frame in, or making it in a loaned slot) while the
-    reader is slower on purpose: each frame returned is the one its header names, whole; the others are counted as
-    missed."""
+    reader is slower on purpose, so slots are overwritten under it (and, reading the pool's ring, the ring laps it):
+    each frame returned is the one its header names, whole; the others are counted as missed."""
     stop = threading.Event()
     with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=2, sndhwm=1000)) as pub, \
-            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, copy=copy, rcvhwm=1000) as sub:
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, copy=copy, rcvhwm=1000, ring=ring) as sub:
         _recv_shm(sub, pub, _uniform(0))
 
         def write() -> None:
@@ -177,7 +178,8 @@ def test_no_torn_frame_under_a_slow_reader(copy: bool, loan: bool) -> None:
         finally:
             stop.set()
             writer.join(timeout=PATIENCE_S)
-    assert sub.missed > 0 and sub.via_shm >= 50
+    assert sub.missed > 0 and sub.via_shm >= 50 and sub.malformed == 0
+    assert (sub.via_ring >= 50) if ring and ring_supported() else sub.via_ring == 0
 
 
 @needs_shm
