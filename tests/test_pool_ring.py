@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import struct
 import subprocess
@@ -17,13 +18,13 @@ import pytest
 from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, wait_until
 
 from streamfuse import pool_ring, shm_pool
+from streamfuse.capture.shm_ring import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.pool_ring import RingError
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.shm_pool import POOL_PREFIX, PoolReader, ShmPool, ring_supported
 
 REPO = Path(__file__).resolve().parents[1]
-SHM = Path("/dev/shm")
 pytestmark = pytest.mark.skipif(not ring_supported(), reason="the pool's ring is read on Linux x86-64 only")
 
 
@@ -186,12 +187,12 @@ def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> No
             pool.notify(b"t", b"h", 5, wake=False)
         assert ring.entry(1) is None  # lapped
         reader.close()
-    name = f"{POOL_PREFIX}{os.getpid()}_0badf11e"
+    name = f"{POOL_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"  # this test's own file
     words = [shm_pool._MAGIC_V1, 1, 64, 64]
-    (SHM / name).write_bytes(struct.pack("<4q", *words).ljust(128, b"\0"))
+    (SHM_DIR / name).write_bytes(struct.pack("<4q", *words).ljust(128, b"\0"))
     try:
         old = PoolReader(name)
         assert old.ring is None  # a version-1 pool: ZeroMQ descriptors only
         old.close()
     finally:
-        (SHM / name).unlink()
+        (SHM_DIR / name).unlink()
