@@ -2,9 +2,12 @@
 
 The target (``streamfuse.model.losses.fusion_target``, built from the raw IR as in training) trades edge fidelity
 (Qabf) against sharpness (AG, SF) through ``detail_gain``; this table is how the shipped ``loss.detail_gain`` was
-chosen. Writes metrics.csv / metrics.md / montage.png to --out like tools/evaluate.py and prints the table.
+chosen. With ``--base aligned`` the base is ``max(G IR', G VIS)`` of the OT-aligned IR' (the eval config's solve per
+pair), the brighter source as the method's intensity term sees it, while the detail stays the raw IR's and the
+visible's: the ceiling of a model whose base comes from a latent of IR'. Writes metrics.csv / metrics.md /
+montage.png to --out like tools/evaluate.py and prints the table.
 
-Example: ``python tools/target_sweep.py --gains 1.0,1.1,1.2,1.3,1.5``
+Example: ``python tools/target_sweep.py --gains 1.0,1.1,1.2,1.3,1.5 --base aligned``
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ except ModuleNotFoundError as exc:  # a Python without the package
 
 import numpy as np  # noqa: E402
 
+from streamfuse.align import AlignConfig, align, histogram  # noqa: E402
+from streamfuse.config import load_config  # noqa: E402
+from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.evaluation import Method, evaluate_dir  # noqa: E402
+from streamfuse.imageops.tensors import gaussian_blur  # noqa: E402
 from streamfuse.model.losses import LossConfig, fusion_target  # noqa: E402
 
 # after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
@@ -30,20 +37,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class TargetFuser:
-    """``fusion_target`` behind the Fuser interface (0..255 in, 0..255 out)."""
+    """``fusion_target`` behind the Fuser interface (0..255 in, 0..255 out); with ``align_cfg`` its base is from IR'."""
 
     version = "target"
 
-    def __init__(self, cfg: LossConfig):
-        self.cfg = cfg
-        self.name = f"target gain {cfg.detail_gain:g}"
+    def __init__(self, cfg: LossConfig, align_cfg: AlignConfig | None = None):
+        self.cfg, self.align_cfg = cfg, align_cfg
+        self.name = f"target gain {cfg.detail_gain:g}" + (" (IR' base)" if align_cfg else "")
 
     def fuse(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
         def t(img: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(img.astype(np.float32) / 255.0)[None, None]
 
+        ir8, vis, ir01 = ir.astype(np.uint8), t(vis_y), t(ir)
         with torch.no_grad():
-            return (fusion_target(t(ir), t(vis_y), self.cfg).clamp(0, 1)[0, 0] * 255.0).numpy()
+            out = fusion_target(ir01, vis, self.cfg)
+            if self.align_cfg is not None:  # the base from IR' instead of the raw IR
+                ir_aligned = torch.from_numpy(align(histogram(ir8), histogram(vis_y.astype(np.uint8)),
+                                                    self.align_cfg).lut[ir8])[None, None]
+                low = [gaussian_blur(x, self.cfg.base_sigma) for x in (ir01, ir_aligned, vis)]
+                out = out - torch.maximum(low[0], low[2]) + torch.maximum(low[1], low[2])
+            return (out.clamp(0, 1)[0, 0] * 255.0).numpy()
 
     def stats(self) -> dict[str, float]:
         return {}
@@ -54,11 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
     p.add_argument("--set", default="msrs/test", help="pair set under --data (<set>/ir, <set>/vi)")
     p.add_argument("--gains", default="1.0,1.1,1.2,1.3,1.5", help="comma-separated detail gains")
+    p.add_argument("--base", choices=("raw", "aligned"), default="raw",
+                   help="the base's IR: raw (the training target) or the OT-aligned IR' of the eval config")
     p.add_argument("--out", type=Path, default=REPO / "out" / "target_sweep", help="output folder")
     args = p.parse_args(argv)
     pairs = args.data / args.set
+    align_cfg = load_config(resolve("eval")).align if args.base == "aligned" else None
     try:
-        rows = [Method(f.name, fuser=f) for f in (TargetFuser(LossConfig(detail_gain=float(g)))
+        rows = [Method(f.name, fuser=f) for f in (TargetFuser(LossConfig(detail_gain=float(g)), align_cfg)
                                                  for g in args.gains.split(","))]
         evaluate_dir(pairs / "ir", pairs / "vi", rows, args.out)
     except (ValueError, FileNotFoundError) as exc:

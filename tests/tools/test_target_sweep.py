@@ -27,3 +27,17 @@ def test_rows_per_gain_and_sharper_with_more_gain(tool, tmp_path, rng):
 def test_missing_set_is_one_line(tool, tmp_path):
     with pytest.raises(SystemExit, match="target_sweep:"):
         tool("target_sweep").main(["--data", str(tmp_path), "--set", "nothing", "--out", str(tmp_path / "o")])
+
+
+def test_aligned_base_changes_the_base_not_the_detail(tool, rng):
+    mod = tool("target_sweep")
+    ys, xs = np.mgrid[0:64, 0:80]
+    vis = np.clip(10 + 0.2 * xs + rng.normal(0, 3, xs.shape), 0, 255)  # a dark visible frame, as at night
+    ir = np.clip(60 + 140 * ((ys - 32) ** 2 + (xs - 40) ** 2 < 150) + rng.normal(0, 4, xs.shape), 0, 255)
+    ir, vis = ir.astype(np.uint8).astype(np.float64), vis.astype(np.uint8).astype(np.float64)
+    raw = mod.TargetFuser(mod.LossConfig()).fuse(ir, vis)
+    aligned = mod.TargetFuser(mod.LossConfig(), mod.load_config(mod.resolve("eval")).align).fuse(ir, vis)
+    diff = aligned - raw
+    assert np.abs(diff).mean() > 2.0  # IR' differs from the raw IR here: the IR is the brighter source everywhere
+    # the difference is a change of base: blurred at the base's sigma it stays almost the same
+    assert np.abs(diff - cv2.GaussianBlur(diff, (0, 0), 2)).mean() < 0.1 * np.abs(diff).mean()
