@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SIGMA_MIN", "Decoder", "Encoder", "Gate", "kl_standard_normal", "lowpass"]
+from streamfuse.imageops.tensors import gaussian_blur
+
+__all__ = ["SIGMA_MIN", "Decoder", "Encoder", "Gate", "grid_up", "kl_standard_normal", "lowpass"]
 
 SIGMA_MIN = 0.03  # posterior std floor in latent units (the image channel's 0.03 is about 4 grey levels of base)
 LOGVAR_MIN = 2.0 * math.log(SIGMA_MIN)
@@ -95,11 +97,18 @@ class Encoder(nn.Module):
         self.gate2.fold_into(self.conv2)
 
 
-def lowpass(x: torch.Tensor) -> torch.Tensor:
-    """The band the latent carries: 8x8 block means (the latent's grid) upsampled bilinearly, (B, C, H, W) ->
-    (B, C, H, W); ``x - lowpass(x)`` is the fine detail. H and W must be multiples of 8 (the engine pads to 8)."""
-    return F.interpolate(F.avg_pool2d(x, LATENT_SCALE), scale_factor=LATENT_SCALE, mode="bilinear",
-                         align_corners=False)
+def grid_up(g: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A map on the latent's grid (B, C, H/8, W/8) to full resolution: blurred by ``sigma`` latent pixels (0: not
+    at all), then upsampled bilinearly by 8."""
+    g = gaussian_blur(g, sigma) if sigma > 0 else g
+    return F.interpolate(g, scale_factor=LATENT_SCALE, mode="bilinear", align_corners=False)
+
+
+def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The band the latent carries: 8x8 block means (the latent's grid) through :func:`grid_up`, (B, C, H, W) ->
+    (B, C, H, W); ``x - lowpass(x, sigma)`` is the fine detail. H and W must be multiples of 8 (the engine pads to
+    8)."""
+    return grid_up(F.avg_pool2d(x, LATENT_SCALE), sigma)
 
 
 class Decoder(nn.Module):
@@ -108,7 +117,7 @@ class Decoder(nn.Module):
     The image is ``base + g_ir * hp(IR_raw) + g_vis * hp(VIS)``, where ``hp(x) = x - lowpass(x)`` is the fine detail
     of each source and, at H/4 upsampled bilinearly:
 
-    - ``base`` comes from the latent alone: ``(z[:, 0] + 1) / 2`` upsampled (the image-like channel, on which the
+    - ``base`` comes from the latent alone: ``(z[:, 0] + 1) / 2`` (the image-like channel, on which the
       physics guides act) plus a learned correction from all latent channels. Low and middle frequencies of the fused
       image are therefore decided by the sampled latent, nothing else.
     - ``g_ir, g_vis`` in (0, 2) are per-pixel detail gains from the latent and two *narrow* paths: a 1x1 projection
@@ -118,10 +127,12 @@ class Decoder(nn.Module):
     Args:
         widths: the encoder's widths (H/4, H/8).
         latent_channels: latent channels C.
+        band_sigma: blur (latent pixels) of the band the base carries, see :func:`lowpass`.
     """
 
-    def __init__(self, widths: tuple[int, int], latent_channels: int):
+    def __init__(self, widths: tuple[int, int], latent_channels: int, band_sigma: float):
         super().__init__()
+        self.band_sigma = band_sigma
         c1, c2 = widths
         self.inp = nn.Conv2d(latent_channels, c2, 3, padding=1)
         self.conv2 = nn.Conv2d(c2, c2, 3, padding=1)
@@ -141,9 +152,9 @@ class Decoder(nn.Module):
                detail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``base`` (B, 1, H/8, W/8) and ``gains`` (B, 2, H/4, W/4) for the IR and visible ``detail`` (B, 2, H, W).
 
-        The base stays on the latent's grid: upsampled once by 8, it is exactly the band that ``lowpass`` removes
-        from the detail (upsampling it in two bilinear stages, as v3 did, blurred the middle frequencies away and
-        cost 0.06 VIF and 0.03 Qabf)."""
+        The base stays on the latent's grid: brought to full size once by :func:`grid_up`, it is exactly the band
+        that ``lowpass`` removes from the detail (upsampling it in two bilinear stages, as v3 did, blurred the middle
+        frequencies away, which no detail path carried, and cost 0.06 VIF and 0.03 Qabf)."""
         h = self.act(self.conv2(self.act(self.inp(z))))  # (B, c2, H/8, W/8)
         h = self.act(self.conv1(self.act(F.pixel_shuffle(self.expand(h), 2))))  # (B, c1, H/4, W/4)
         out = self.head(h)
@@ -154,9 +165,9 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor], ir01: torch.Tensor,
                 vis01: torch.Tensor) -> torch.Tensor:
         x = torch.cat([ir01, vis01], dim=1)  # (B, 2, H, W)
-        detail = x - lowpass(x)
+        detail = x - lowpass(x, self.band_sigma)
         base, gains = self.fields(z, skips[0], detail)
-        base = F.interpolate(base, scale_factor=LATENT_SCALE, mode="bilinear", align_corners=False)
+        base = grid_up(base, self.band_sigma)
         gains = F.interpolate(gains, scale_factor=_SCALE, mode="bilinear", align_corners=False)
         return base + (gains * detail).sum(dim=1, keepdim=True)  # (B, 1, H, W)
 

@@ -56,7 +56,7 @@ def read_weights(path: str | Path, *, any_version: bool = False,
         raise ValueError(f"{path}: weights format version {blob.get('format_version')} is not supported"
                          f" (expected {FORMAT_VERSION})")
     known = {f.name for f in fields(ModelConfig)}
-    raw = dict(blob.get("model", {}))
+    raw = {"band_sigma": 0.0, **blob.get("model", {})}  # files from before the key kept the block-mean band
     if set(raw) - known:
         raise ValueError(f"{path}: unknown model config keys {sorted(set(raw) - known)}")
     try:

@@ -73,3 +73,13 @@ def test_shipped_weights_load_and_produce_finite_output(pair):
         out = net(ir, vis, torch.randn(1, net.latent_channels, 6, 8, generator=torch.Generator().manual_seed(0)), ir)
     assert torch.isfinite(out).all() and out.shape == (1, 1, 48, 64)
     assert "align" in extra and DEFAULT_WEIGHTS.stat().st_size <= 20 * 2**20
+
+
+def test_a_file_without_band_sigma_keeps_the_block_mean_band(tmp_path, tiny):
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(path, weights_only=False)
+    del blob["model"]["band_sigma"]  # as written before the key existed
+    torch.save(blob, path)
+    assert read_weights(path)[0].band_sigma == 0.0
+    assert load_weights(path)[0].decoder.band_sigma == 0.0
