@@ -25,6 +25,9 @@ class HCLFuseConfig:
         steps: DDIM steps K of the teacher (1..20).
         guidance: apply the physics guides during sampling.
         guidance_scale: multiplies the physics guides' weights (1 = the method's).
+        image_guidance: gradient steps of the structure guide on the decoded image after sampling (0 = off, the
+            live default: on two CPU cores each step costs more than the rest of the frame; 5 for offline replay
+            raises Qabf on unseen frames, model card). Runs autograd, so the engine does not use CUDA graphs with it.
         seed: seed of the per-stream noise.
     """
 
@@ -33,12 +36,14 @@ class HCLFuseConfig:
     steps: int = 20
     guidance: bool = True
     guidance_scale: float = 1.0
+    image_guidance: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
         check(self.sampler in ("student", "teacher"), "sampler", self.sampler, "student | teacher")
         check(1 <= self.steps <= 20, "steps", self.steps, "1..20")
         check(0.0 <= self.guidance_scale <= 10.0, "guidance_scale", self.guidance_scale, "0 .. 10")
+        check(0 <= self.image_guidance <= 20, "image_guidance", self.image_guidance, "0 .. 20")
 
 
 @dataclass(frozen=True)

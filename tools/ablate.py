@@ -1,6 +1,7 @@
 """HCLFuse ablation: each part of the model removed or replaced in turn, beside the baseline fusers, on one pair set.
 
-Rows: default (hclfuse with the config's settings), no_guidance, latent_zero (each pair decoded from a zero latent),
+Rows: default (hclfuse with the config's settings), no_guidance, image_guidance=5 (the offline-quality setting: five
+steps of the structure guide on the decoded image), latent_zero (each pair decoded from a zero latent),
 latent_swap (each pair decoded with the next pair's latent, the last with the first's), no_ot, K=<k> for every --steps
 value (the K-step teacher where the default samples with a distilled student), the hand rule (rule),
 max:contrast=1.25 and 1.3, and max / average / laplacian each with sharpen 0, 0.5, 1.
@@ -10,8 +11,9 @@ Writes metrics.csv, metrics.md (means per row, the median ms per frame and delta
 output| over all pixels and pairs) and montage.png to --out; with --json also one JSON object
 {"n": pairs, "default": {metric: mean}, "rows": {name: {metric: mean, "delta_grey": ..., "psnr_ref": dB against the
 default, "ms": ...}},
-"guidance_energies": {"with"|"without": {heat, structure, consistency}}} with the metrics VIF, Qabf, AG, SF, Nabf and
-SSIM; the energies are the physics guides' (streamfuse.diffusion.guidance) on the default sampler's latent. Pairs
+"guidance_energies": {"with"|"without"|"image_guidance=5": {heat, structure, consistency, image_structure}}} with the
+metrics VIF, Qabf, AG, SF, Nabf and SSIM; the energies are the physics guides' (streamfuse.diffusion.guidance) on the
+sampled latent, and the structure energy of the fused image. Pairs
 come from --ir/--vis (any two folders, matched by file name) or from the set --set under --data; published outputs
 under <data>/reference/<method>/msrs_test are scored too for msrs/test.
 """
@@ -45,6 +47,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 JSON_METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "SSIM")
 DEFAULT = "default"
+IMAGE_STEPS = 5  # the decoded-image guide's steps in the offline-quality row (hclfuse.image_guidance)
 
 
 class LatentRow:
@@ -96,6 +99,7 @@ def methods(cfg: PipelineConfig, steps: list[int], pairs: list[tuple[str, Path, 
 
     latent = config_fuser(cfg)  # its own fuser: the rows' extra OT solves stay out of the default's cache
     rows = [hcl(DEFAULT), hcl("no_guidance", guidance=False),
+            hcl(f"image_guidance={IMAGE_STEPS}", image_guidance=IMAGE_STEPS),
             Method("latent_zero", fuser=LatentRow("latent_zero", latent)),
             Method("latent_swap", fuser=LatentRow("latent_swap", latent, pairs)), hcl("no_ot", ot=False)]
     rows += [hcl(f"K={k}", steps=k, sampler="teacher") for k in steps]  # K rows: the K-step teacher
@@ -106,11 +110,13 @@ def methods(cfg: PipelineConfig, steps: list[int], pairs: list[tuple[str, Path, 
 
 
 def guidance_energies(cfg: PipelineConfig, pairs: list[tuple[str, Path, Path]]) -> dict[str, dict[str, float]]:
-    """Mean physics energies of the default sampler's latent, with and without guidance (what guidance lowers)."""
+    """Mean physics energies (streamfuse.model.fuser.HCLFuser.energies) with the default's guidance, without it, and
+    with the decoded-image guide's steps (what guidance lowers)."""
     out = {}
-    for label, guidance in (("with", True), ("without", False)):
+    for label, guidance, steps in (("with", True, cfg.hclfuse.image_guidance), ("without", False, 0),
+                                   (f"image_guidance={IMAGE_STEPS}", True, IMAGE_STEPS)):
         fuser = config_fuser(replace(cfg, fuse=replace(cfg.fuse, name="hclfuse"),
-                                     hclfuse=replace(cfg.hclfuse, guidance=guidance)))
+                                     hclfuse=replace(cfg.hclfuse, guidance=guidance, image_guidance=steps)))
         values = [fuser.energies(read_grey(i), read_grey(v), name) for name, i, v in pairs]
         out[label] = {k: float(np.mean([e[k] for e in values])) for k in values[0]}
     return out

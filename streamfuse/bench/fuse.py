@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=0, help="timed frames per case; 0 = 1000 on a GPU, 50 on CPU")
     p.add_argument("--sampler", default="student", help="student (the distilled live default) | teacher")
     p.add_argument("--steps", type=int, default=0, help="teacher's DDIM steps K; 0 = the hclfuse section's default")
+    p.add_argument("--image-guidance", type=int, default=0,
+                   help="steps of the structure guide on the decoded image (hclfuse.image_guidance; 0 = off)")
     p.add_argument("--batch", default="", help="comma-separated batch sizes; default 1,8 on a GPU, 1 on CPU")
     p.add_argument("--graphs", default="", help="CUDA graphs on,off (GPU only); default on,off on a GPU")
     p.add_argument("--precision", default="", help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
@@ -211,7 +213,8 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
     batches = [int(b) for b in (args.batch or ("1,8" if gpu else "1")).split(",")]
     graphs = [g == "on" for g in (args.graphs or ("on,off" if gpu else "off")).split(",")]
     precisions = (args.precision or ("fp32,fp16" if gpu else "fp32")).split(",")
-    model = HCLFuseConfig(weights=weights, sampler=args.sampler, **({"steps": args.steps} if args.steps else {}))
+    model = HCLFuseConfig(weights=weights, sampler=args.sampler, image_guidance=args.image_guidance,
+                          **({"steps": args.steps} if args.steps else {}))
 
     def fuser_for(dev: str, precision: str = "fp32", graph: bool = False, batch: int = 1):
         engine = EngineConfig(device=dev, precision=precision, cuda_graphs=graph, max_batch=batch, threads=args.threads)

@@ -95,12 +95,17 @@ class HCLFuser:
         return out[0, 0, :h, :w].float().cpu().numpy() * 255.0
 
     def energies(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> dict[str, float]:
-        """The physics energies (heat, structure, consistency) of the sampled latent's image channel: what the
-        guides lower."""
-        ir01, vis01, _ = self._inputs(ir, vis_y, stream)
+        """What the guides lower: the physics energies (heat, structure, consistency) of the sampled latent's image
+        channel, and ``image_structure``, the structure energy of the fused image against the raw IR and the visible
+        (the decoded-image guide's)."""
+        ir01, vis01, raw01 = self._inputs(ir, vis_y, stream)
+        noise = self.noise(stream, *ir.shape)
         with torch.inference_mode():
-            z = self.net.sample(ir01, vis01, self.noise(stream, *ir.shape))[0]
-        return energies(z, guide_inputs(ir01, vis01, z.shape[-2:]), self.net.cfg.image_channels)
+            z = self.net.sample(ir01, vis01, noise)[0]
+            fused = self.net(ir01, vis01, noise, raw01) * 2.0 - 1.0
+            image = energies(fused, guide_inputs(raw01, vis01, fused.shape[-2:]))["structure"]
+        return {**energies(z, guide_inputs(ir01, vis01, z.shape[-2:]), self.net.cfg.image_channels),
+                "image_structure": image}
 
     def _inputs(self, ir: np.ndarray, vis_y: np.ndarray,
                 stream: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,12 +129,14 @@ def build_hclfuse(model: HCLFuseConfig = HCLFuseConfig(), engine: EngineConfig =
     """Load the weights named by ``model.weights`` (default: the shipped file) onto an engine and build the Fuser."""
     path = Path(model.weights) if model.weights else weights.DEFAULT_WEIGHTS
     net, extra = weights.load_weights(path, steps=model.steps, guidance=model.guidance,
-                                      guidance_scale=model.guidance_scale, student=model.sampler == "student")
+                                      guidance_scale=model.guidance_scale, student=model.sampler == "student",
+                                      image_steps=model.image_guidance)
     trained = extra.get("align", {})
     used = {k: getattr(align, k) for k in ("reg", "blend")}
     if align.enabled and trained and any(abs(trained[k] - used[k]) > 1e-12 for k in used if k in trained):
         log.warning("%s was trained with align %s, running with %s", path.name,
                     {k: trained[k] for k in used if k in trained}, used)
-    runner = Engine(net, device=engine.device, precision=engine.precision, cuda_graphs=engine.cuda_graphs,
+    graphs = engine.cuda_graphs and not net.image_steps  # a graph would have to capture the guide's autograd
+    runner = Engine(net, device=engine.device, precision=engine.precision, cuda_graphs=graphs,
                     max_batch=engine.max_batch, threads=engine.threads)
     return HCLFuser(net, runner, align, model.seed, version=weights.weights_version(path))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from streamfuse.checks import check
-from streamfuse.diffusion.guidance import ComposedGuide, default_guides, guide_inputs
+from streamfuse.diffusion.guidance import IMAGE_LAMBDA, ComposedGuide, default_guides, guide_decoded, guide_inputs
 from streamfuse.diffusion.sampling import sample_ddim
 from streamfuse.diffusion.schedules import alphas_cumprod, ddim_timesteps, eps_to_x0, linear_betas
 from streamfuse.model.denoiser import Denoiser
@@ -74,12 +74,14 @@ class HCLFuseNet(nn.Module):
         guidance: apply the physics guides during sampling.
         guidance_scale: multiplies the method's guide weights.
         student: sample with the distilled student (``cfg.student_steps`` steps) instead of the K-step teacher.
+        image_steps: gradient steps of the structure guide on the decoded image after sampling
+            (:func:`~streamfuse.diffusion.guidance.guide_decoded`; with ``guidance`` only, 0 = none).
     """
 
     stride = 8
 
     def __init__(self, cfg: ModelConfig, *, steps: int = 4, guidance: bool = True, guidance_scale: float = 1.0,
-                 student: bool = False):
+                 student: bool = False, image_steps: int = 0):
         super().__init__()
         self.cfg = cfg
         self.latent_channels = cfg.latent_channels
@@ -90,16 +92,18 @@ class HCLFuseNet(nn.Module):
         self.denoiser = Denoiser(cfg.latent_channels, cfg.denoiser_width, abar)
         self.student = Denoiser(cfg.latent_channels, cfg.denoiser_width, abar)
         self.guide: ComposedGuide | None = None
-        self.set_sampling(steps, guidance, guidance_scale, student)
+        self.set_sampling(steps, guidance, guidance_scale, student, image_steps)
 
-    def set_sampling(self, steps: int, guidance: bool = True, guidance_scale: float = 1.0,
-                     student: bool = False) -> None:
+    def set_sampling(self, steps: int, guidance: bool = True, guidance_scale: float = 1.0, student: bool = False,
+                     image_steps: int = 0) -> None:
         """Choose the sampler (teacher with K steps, or the student) and the guides (no weights change)."""
         self.steps = self.cfg.student_steps if student else steps
         self.timesteps = ddim_timesteps(self.steps, self.cfg.num_train_timesteps)
         self.use_student = student
         self.guide = (default_guides(self.timesteps, guidance_scale, channels=self.cfg.image_channels) if guidance
                       else None)
+        self.image_steps = image_steps if guidance else 0
+        self.image_lambda = IMAGE_LAMBDA * guidance_scale
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor, *, mu: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
         return (self.student if self.use_student else self.denoiser)(x, t, mu)
@@ -107,7 +111,18 @@ class HCLFuseNet(nn.Module):
     def forward(self, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor,
                 ir_raw01: torch.Tensor) -> torch.Tensor:
         z, skips = self.sample(ir01, vis01, noise)
+        if self.image_steps:
+            z = self._guide_image(z, skips, ir_raw01, vis01)
         return self.decode(z, skips, ir_raw01, vis01)
+
+    def _guide_image(self, z: torch.Tensor, skips: list[torch.Tensor], ir_raw01: torch.Tensor,
+                     vis01: torch.Tensor) -> torch.Tensor:
+        """The structure guide on the decoded image, against the raw IR (the source of its IR edges) and the
+        visible."""
+        with torch.inference_mode(False):  # plain copies: autograd may keep them for the backward, inference tensors not
+            skips, raw, vis = [s.clone() for s in skips], ir_raw01.clone(), vis01.clone()
+        return guide_decoded(z, lambda zz: self.decoder(zz, skips, raw, vis), guide_inputs(raw, vis, raw.shape[-2:]),
+                             self.image_steps, self.image_lambda)
 
     def sample(self, ir01: torch.Tensor, vis01: torch.Tensor,
                noise: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

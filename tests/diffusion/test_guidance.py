@@ -1,4 +1,5 @@
-"""Physics guides: each operator lowers its energy on a crafted input, weights by step position, composition."""
+"""Physics guides: each operator lowers its energy on a crafted input, weights by step position, composition, and the
+structure guide through a decoder."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 import pytest
 import torch
 
-from streamfuse.diffusion.guidance import ComposedGuide, PhysicsGuide, default_guides, energies, guide_inputs
+from streamfuse.diffusion.guidance import (ComposedGuide, PhysicsGuide, default_guides, energies, guide_decoded,
+                                          guide_inputs)
 from streamfuse.imageops.tensors import laplacian
 
 
@@ -88,3 +90,21 @@ def test_guide_inputs_in_latent_range():
     cond = _cond(torch.ones(1, 1, 32, 32), torch.zeros(1, 1, 32, 32))
     assert cond["ir"].min() >= -1.0 and cond["vis"].max() <= 1.0
     assert torch.isfinite(cond["g_max"]).all()
+
+
+def test_decoded_guide_lowers_the_structure_energy_of_the_image_even_in_inference_mode():
+    ir = _step_image()  # a strong edge in IR at full resolution, none in the visible
+    cond = _cond(ir, torch.zeros_like(ir))
+    weights = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(4)) * 0.3
+
+    def decode(z: torch.Tensor) -> torch.Tensor:  # a small differentiable decoder: conv, then x4 upsampling
+        up = torch.nn.functional.conv2d(z, weights[:1], padding=1)
+        return torch.sigmoid(torch.nn.functional.interpolate(up, scale_factor=4, mode="bilinear"))
+
+    z = torch.rand(1, 2, 4, 4, generator=torch.Generator().manual_seed(5)) * 0.2 - 0.1
+    image_energy = lambda zz: energies(2 * decode(zz) - 1, cond)["structure"]  # noqa: E731
+    with torch.inference_mode():  # as the engine runs it
+        assert torch.equal(guide_decoded(z, decode, cond, steps=0), z)
+        out = guide_decoded(z, decode, cond, steps=3)
+        assert image_energy(out) < image_energy(z)
+        assert out.abs().max() <= 1.0

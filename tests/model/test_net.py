@@ -65,3 +65,16 @@ def test_guidance_can_be_switched_off(tiny, pair):
     with torch.inference_mode():
         assert net.guide is None and net(ir, vis, torch.zeros(1, 2, 4, 6), ir).shape == (1, 1, 32, 48)
 
+
+
+def test_image_guidance_moves_the_output_and_follows_the_guidance_switch(tiny, pair):
+    ir, vis = pair()
+    noise = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(1))
+    net = HCLFuseNet(tiny, steps=2).eval()
+    out = {}
+    with torch.inference_mode():  # as the engine runs it
+        for guidance, image_steps in ((True, 0), (True, 2), (False, 0), (False, 2)):
+            net.set_sampling(2, guidance, image_steps=image_steps)
+            out[guidance, image_steps] = net(ir, vis, noise, ir)
+    assert not torch.equal(out[True, 2], out[True, 0])  # the decoded-image guide acts
+    assert torch.equal(out[False, 2], out[False, 0])  # and is one of the guides that guidance=False turns off
