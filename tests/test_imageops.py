@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamfuse.imageops import arrays, tensors
+from streamfuse.imageops import LAPLACIAN, SOBEL_SCALE, SOBEL_X, arrays, tensors
 
 
 @pytest.fixture
@@ -55,10 +55,21 @@ def test_laplacian_box_and_blur_on_known_images():
     np.testing.assert_allclose(arrays.gaussian_blur(np.full((9, 9), 0.3), 3.0), 0.3)
 
 
-def test_kernels_first_made_in_inference_serve_autograd_too():
-    tensors._kernel.cache_clear()
+def test_operators_used_in_inference_serve_autograd_too():
     with torch.inference_mode():
-        tensors.sobel(torch.rand(1, 1, 5, 5, dtype=torch.float64))  # caches the float64 kernels
+        tensors.sobel(torch.rand(1, 1, 5, 5, dtype=torch.float64))
     x = torch.rand(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
     tensors.gradient_magnitude(x).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("kernel", ["sobel_x", "sobel_y", "lap"])
+def test_shifted_slices_equal_the_depthwise_convolution(kernel):
+    weights = {"sobel_x": torch.tensor(SOBEL_X) * SOBEL_SCALE, "sobel_y": torch.tensor(SOBEL_X).t() * SOBEL_SCALE,
+               "lap": torch.tensor(LAPLACIAN)}[kernel].double().expand(3, 1, 3, 3)
+    x = torch.rand(2, 3, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    reference = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), weights,
+                                           groups=3)
+    torch.testing.assert_close(tensors._filter(x, kernel), reference)
+    adjoint = torch.nn.functional.conv2d(x, weights.flip(-1, -2), padding=1, groups=3)
+    torch.testing.assert_close(tensors._filter(x, kernel, adjoint=True), adjoint)

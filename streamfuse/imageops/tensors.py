@@ -1,12 +1,10 @@
 """Torch image operators on ``(B, C, H, W)``, per channel, in the convention of :mod:`streamfuse.imageops`.
 
-The 3x3 kernels are copied to each device once and cached, so no host-to-device copy happens inside a captured CUDA
-graph; all operators are plain convolutions and work under ``torch.inference_mode()`` and autograd alike.
+The 3x3 operators are sums of shifted slices with the kernels' weights as plain numbers, so no host-to-device copy
+happens inside a captured CUDA graph; all operators work under ``torch.inference_mode()`` and autograd alike.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -16,22 +14,29 @@ from streamfuse.imageops import LAPLACIAN, SOBEL_SCALE, SOBEL_X, gaussian_radius
 __all__ = ["box_filter", "gaussian_blur", "gradient_magnitude", "laplacian", "sobel", "sobel_adjoint"]
 
 
-@functools.lru_cache(maxsize=32)
-def _kernel(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The named 3x3 kernel on a device, copied there once."""
-    with torch.inference_mode(False):  # a normal tensor even if first asked for in inference: training reuses it
-        sobel_x = torch.tensor(SOBEL_X, dtype=dtype) * SOBEL_SCALE
-        k = {"lap": torch.tensor(LAPLACIAN, dtype=dtype), "sobel_x": sobel_x, "sobel_y": sobel_x.t()}[name]
-        return k.to(device).contiguous()
+def _taps(kernel: tuple[tuple[float, ...], ...], scale: float = 1.0) -> tuple[tuple[int, int, float], ...]:
+    """The non-zero entries ``(row, column, weight)`` of a 3x3 kernel."""
+    return tuple((i, j, w * scale) for i, row in enumerate(kernel) for j, w in enumerate(row) if w != 0.0)
+
+
+_SOBEL_X = _taps(SOBEL_X, SOBEL_SCALE)
+_TAPS = {"lap": _taps(LAPLACIAN), "sobel_x": _SOBEL_X, "sobel_y": tuple((j, i, w) for i, j, w in _SOBEL_X)}
 
 
 def _filter(x: torch.Tensor, name: str, *, adjoint: bool = False) -> torch.Tensor:
-    """Depthwise 3x3 correlation with replicate border; ``adjoint``: its transpose (flipped kernel, zero border)."""
-    c = x.shape[1]
-    w = _kernel(name, x.device, x.dtype).expand(c, 1, 3, 3)
-    if adjoint:  # exact adjoint of the zero-bordered filter, equal to the replicate-bordered one's inside
-        return F.conv2d(x, w.flip(-1, -2), padding=1, groups=c)
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w, groups=c)
+    """Per-channel 3x3 correlation with replicate border; ``adjoint``: its transpose (flipped kernel, zero border).
+
+    A sum of shifted slices, one multiply-add per non-zero tap: on a CPU an order of magnitude faster than a depthwise
+    convolution at full resolution (0.13 vs 1.7 ms for 640x480), and the weights are plain numbers, so nothing is
+    copied to the device."""
+    taps = tuple((2 - i, 2 - j, w) for i, j, w in _TAPS[name]) if adjoint else _TAPS[name]
+    xp = F.pad(x, (1, 1, 1, 1)) if adjoint else F.pad(x, (1, 1, 1, 1), mode="replicate")
+    h, w = x.shape[-2:]
+    i, j, wt = taps[0]
+    out = xp[..., i:i + h, j:j + w] * wt
+    for i, j, wt in taps[1:]:
+        out = out.add(xp[..., i:i + h, j:j + w], alpha=wt)
+    return out
 
 
 def sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
