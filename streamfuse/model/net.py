@@ -119,10 +119,10 @@ class HCLFuseNet(nn.Module):
                      vis01: torch.Tensor) -> torch.Tensor:
         """The structure guide on the decoded image, against the raw IR (the source of its IR edges) and the
         visible."""
-        with torch.inference_mode(False):  # plain copies: autograd may keep them for the backward, inference tensors not
-            skips, raw, vis = [s.clone() for s in skips], ir_raw01.clone(), vis01.clone()
-        return guide_decoded(z, lambda zz: self.decoder(zz, skips, raw, vis), guide_inputs(raw, vis, raw.shape[-2:]),
-                             self.image_steps, self.image_lambda)
+        with torch.inference_mode(False):  # plain tensors: autograd may keep them for the backward, inference ones not
+            skip, detail = skips[0].clone(), self.decoder.detail(ir_raw01.clone(), vis01.clone())
+        return guide_decoded(z, lambda zz: self.decoder.compose(zz, skip, detail),
+                             guide_inputs(ir_raw01, vis01, ir_raw01.shape[-2:]), self.image_steps, self.image_lambda)
 
     def sample(self, ir01: torch.Tensor, vis01: torch.Tensor,
                noise: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

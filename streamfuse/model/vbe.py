@@ -162,14 +162,22 @@ class Decoder(nn.Module):
         base = (z[:, :1] + 1.0) / 2.0 + F.avg_pool2d(out[:, :1], 2)
         return base, 2.0 * torch.sigmoid(out[:, 1:] + self.skip(skip) + self.cue(energy))
 
-    def forward(self, z: torch.Tensor, skips: list[torch.Tensor], ir01: torch.Tensor,
-                vis01: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([ir01, vis01], dim=1)  # (B, 2, H, W)
-        detail = x - lowpass(x, self.band_sigma)
-        base, gains = self.fields(z, skips[0], detail)
+    def detail(self, ir01: torch.Tensor, vis01: torch.Tensor) -> torch.Tensor:
+        """The sources' fine detail ``hp(IR), hp(VIS)`` (B, 2, H, W): what the band of the latent leaves."""
+        x = torch.cat([ir01, vis01], dim=1)
+        return x - lowpass(x, self.band_sigma)
+
+    def compose(self, z: torch.Tensor, skip: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+        """The fused Y (B, 1, H, W) from a latent, the H/4 skip and :meth:`detail` (computed once per pair when the
+        decoded-image guide decodes several latents)."""
+        base, gains = self.fields(z, skip, detail)
         base = grid_up(base, self.band_sigma)
         gains = F.interpolate(gains, scale_factor=_SCALE, mode="bilinear", align_corners=False)
-        return base + (gains * detail).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+        return base + (gains * detail).sum(dim=1, keepdim=True)
+
+    def forward(self, z: torch.Tensor, skips: list[torch.Tensor], ir01: torch.Tensor,
+                vis01: torch.Tensor) -> torch.Tensor:
+        return self.compose(z, skips[0], self.detail(ir01, vis01))
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
