@@ -101,8 +101,8 @@ class HCLFuser:
         ir01, vis01, raw01 = self._inputs(ir, vis_y, stream)
         noise = self.noise(stream, *ir.shape)
         with torch.inference_mode():
-            z = self.net.sample(ir01, vis01, noise)[0]
-            fused = self.net(ir01, vis01, noise, raw01) * 2.0 - 1.0
+            z, skips = self.net.sample(ir01, vis01, noise)
+            fused = self.net.decode(self.net.image_guided(z, skips, raw01, vis01), skips, raw01, vis01) * 2.0 - 1.0
             image = energies(fused, guide_inputs(raw01, vis01, fused.shape[-2:]))["structure"]
         return {**energies(z, guide_inputs(ir01, vis01, z.shape[-2:]), self.net.cfg.image_channels),
                 "image_structure": image}

@@ -111,14 +111,14 @@ class HCLFuseNet(nn.Module):
     def forward(self, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor,
                 ir_raw01: torch.Tensor) -> torch.Tensor:
         z, skips = self.sample(ir01, vis01, noise)
-        if self.image_steps:
-            z = self._guide_image(z, skips, ir_raw01, vis01)
-        return self.decode(z, skips, ir_raw01, vis01)
+        return self.decode(self.image_guided(z, skips, ir_raw01, vis01), skips, ir_raw01, vis01)
 
-    def _guide_image(self, z: torch.Tensor, skips: list[torch.Tensor], ir_raw01: torch.Tensor,
+    def image_guided(self, z: torch.Tensor, skips: list[torch.Tensor], ir_raw01: torch.Tensor,
                      vis01: torch.Tensor) -> torch.Tensor:
-        """The structure guide on the decoded image, against the raw IR (the source of its IR edges) and the
-        visible."""
+        """``z`` after the structure guide's steps on the decoded image, against the raw IR (the source of its IR
+        edges) and the visible; ``z`` itself when the guide is off."""
+        if not self.image_steps:
+            return z
         with torch.inference_mode(False):  # plain tensors: autograd may keep them for the backward, inference ones not
             skip, detail = skips[0].clone(), self.decoder.detail(ir_raw01.clone(), vis01.clone())
         return guide_decoded(z, lambda zz: self.decoder.compose(zz, skip, detail),
