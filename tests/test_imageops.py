@@ -73,3 +73,14 @@ def test_shifted_slices_equal_the_depthwise_convolution(kernel):
     torch.testing.assert_close(tensors._filter(x, kernel), reference)
     adjoint = torch.nn.functional.conv2d(x, weights.flip(-1, -2), padding=1, groups=3)
     torch.testing.assert_close(tensors._filter(x, kernel, adjoint=True), adjoint)
+
+
+@pytest.mark.parametrize("shape, factor", [((2, 1, 6, 8), 8), ((1, 2, 12, 16), 4), ((1, 3, 1, 5), 2), ((1, 1, 1, 1), 8)])
+def test_upsample_is_bilinear_interpolation_with_its_exact_gradient(shape, factor):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    g = torch.rand(*shape[:2], shape[2] * factor, shape[3] * factor, dtype=torch.float64, generator=gen)
+    reference = torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    out = tensors.upsample(x, factor)
+    assert torch.equal(out, reference)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(reference, x, g)[0])

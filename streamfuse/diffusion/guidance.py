@@ -51,15 +51,15 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def guide_inputs(ir01: torch.Tensor, vis01: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """What the guides read, at the latent size, in [-1, 1]: sources, ``g_max`` and the 0/1 masks.
+    """What the guides read, at ``size``, in [-1, 1]: sources, ``g_max`` and the 0/1 masks.
 
     Args:
-        ir01: aligned IR' (B, 1, H, W) in 0..1.
+        ir01: aligned IR' (B, 1, H, W) in 0..1 (the raw IR for the decoded-image guide).
         vis01: visible Y (B, 1, H, W) in 0..1.
-        size: latent (h, w).
+        size: the latent's (h, w), or the sources' own for the decoded-image guide (then nothing is resampled).
     """
-    ir = F.interpolate(ir01, size=size, mode="area") * 2.0 - 1.0
-    vis = F.interpolate(vis01, size=size, mode="area") * 2.0 - 1.0
+    ir, vis = (x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="area") for x in (ir01, vis01))
+    ir, vis = ir * 2.0 - 1.0, vis * 2.0 - 1.0
     g_max = torch.maximum(gradient_magnitude(ir), gradient_magnitude(vis))
     lap_vis = laplacian(vis).abs()
     return {"ir": ir, "vis": vis, "g_max": g_max, "m_stru": (g_max > 1.5 * _mean(g_max)).to(ir.dtype),

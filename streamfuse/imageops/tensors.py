@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from streamfuse.imageops import LAPLACIAN, SOBEL_SCALE, SOBEL_X, gaussian_radius
 
-__all__ = ["box_filter", "gaussian_blur", "gradient_magnitude", "laplacian", "sobel", "sobel_adjoint"]
+__all__ = ["box_filter", "gaussian_blur", "gradient_magnitude", "laplacian", "sobel", "sobel_adjoint", "upsample"]
 
 
 def _taps(kernel: tuple[tuple[float, ...], ...], scale: float = 1.0) -> tuple[tuple[int, int, float], ...]:
@@ -75,3 +75,43 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _upsample_adjoint_1d(g: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
+    """The transpose of bilinear upsampling by ``factor`` (``align_corners=False``) along ``dim`` (-1 or -2) of
+    ``g``: output phase ``r`` of source pixel ``i`` sits at ``i + f_r``, ``f_r = (r + 0.5) / factor - 0.5``, so it
+    weighs ``1 - |f_r|`` on ``i`` and ``|f_r|`` on the neighbour on ``f_r``'s side, borders clamped as the upsampling
+    clamps them. One matrix product gathers the three weighted sums per source pixel."""
+    f = (torch.arange(factor, dtype=g.dtype, device=g.device) + 0.5) / factor - 0.5
+    weights = torch.stack([1.0 - f.abs(), (-f).clamp(min=0.0), f.clamp(min=0.0)])  # on i, on i - 1, on i + 1
+    if dim == -1:
+        main, lo, hi = (g.unflatten(-1, (-1, factor)) @ weights.T).unbind(-1)  # each (..., n)
+    else:
+        main, lo, hi = (weights @ g.unflatten(-2, (-1, factor))).unbind(-2)  # each (..., n, W)
+    n = main.shape[dim]
+    out = main.clone()
+    out.narrow(dim, 0, n - 1).add_(lo.narrow(dim, 1, n - 1))
+    out.narrow(dim, 1, n - 1).add_(hi.narrow(dim, 0, n - 1))
+    out.narrow(dim, 0, 1).add_(lo.narrow(dim, 0, 1))
+    out.narrow(dim, n - 1, 1).add_(hi.narrow(dim, n - 1, 1))
+    return out
+
+
+class _Upsample(torch.autograd.Function):
+    """Bilinear upsampling whose backward is :func:`_upsample_adjoint_1d` along each axis: on a CPU several times
+    faster than ``upsample_bilinear2d_backward``, which the decoded-image guide and training run at full size."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: int) -> torch.Tensor:
+        ctx.factor = factor
+        return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _upsample_adjoint_1d(_upsample_adjoint_1d(g, ctx.factor, -2), ctx.factor, -1), None
+
+
+def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bilinear upsampling (B, C, h, w) -> (B, C, factor h, factor w), ``align_corners=False`` (as
+    ``F.interpolate``), with a fast exact backward."""
+    return _Upsample.apply(x, factor)

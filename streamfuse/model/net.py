@@ -119,9 +119,11 @@ class HCLFuseNet(nn.Module):
         edges) and the visible; ``z`` itself when the guide is off."""
         if not self.image_steps:
             return z
-        with torch.inference_mode(False):  # plain tensors: autograd may keep them for the backward, inference ones not
-            skip, detail = skips[0].clone(), self.decoder.detail(ir_raw01.clone(), vis01.clone())
-        return guide_decoded(z, lambda zz: self.decoder.compose(zz, skip, detail),
+        # plain tensors (autograd may keep them for the backward, inference ones not), constant for every step
+        with torch.inference_mode(False), torch.no_grad():
+            detail = self.decoder.detail(ir_raw01.clone(), vis01.clone())
+            gate = self.decoder.gate(skips[0].clone(), detail)
+        return guide_decoded(z, lambda zz: self.decoder.compose(zz, detail, gate),
                              guide_inputs(ir_raw01, vis01, ir_raw01.shape[-2:]), self.image_steps, self.image_lambda)
 
     def sample(self, ir01: torch.Tensor, vis01: torch.Tensor,

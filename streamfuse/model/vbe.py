@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamfuse.imageops.tensors import gaussian_blur
+from streamfuse.imageops.tensors import gaussian_blur, upsample
 
 __all__ = ["SIGMA_MIN", "Decoder", "Encoder", "Gate", "grid_up", "kl_standard_normal", "lowpass"]
 
@@ -101,7 +101,7 @@ def grid_up(g: torch.Tensor, sigma: float) -> torch.Tensor:
     """A map on the latent's grid (B, C, H/8, W/8) to full resolution: blurred by ``sigma`` latent pixels (0: not
     at all), then upsampled bilinearly by 8."""
     g = gaussian_blur(g, sigma) if sigma > 0 else g
-    return F.interpolate(g, scale_factor=LATENT_SCALE, mode="bilinear", align_corners=False)
+    return upsample(g, LATENT_SCALE)
 
 
 def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -148,9 +148,8 @@ class Decoder(nn.Module):
                 conv.bias.zero_()
             self.cue.weight[:, :, 0, 0] = torch.tensor([[0.5, -0.5], [-0.5, 0.5]])
 
-    def fields(self, z: torch.Tensor, skip: torch.Tensor,
-               detail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``base`` (B, 1, H/8, W/8) and ``gains`` (B, 2, H/4, W/4) for the IR and visible ``detail`` (B, 2, H, W).
+    def fields(self, z: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``base`` (B, 1, H/8, W/8) and ``gains`` (B, 2, H/4, W/4) from a latent and :meth:`gate`.
 
         The base stays on the latent's grid: brought to full size once by :func:`grid_up`, it is exactly the band
         that ``lowpass`` removes from the detail (upsampling it in two bilinear stages, as v3 did, blurred the middle
@@ -158,26 +157,30 @@ class Decoder(nn.Module):
         h = self.act(self.conv2(self.act(self.inp(z))))  # (B, c2, H/8, W/8)
         h = self.act(self.conv1(self.act(F.pixel_shuffle(self.expand(h), 2))))  # (B, c1, H/4, W/4)
         out = self.head(h)
-        energy = torch.log(F.avg_pool2d(detail.square(), _SCALE) + 1e-6)  # (B, 2, H/4, W/4)
         base = (z[:, :1] + 1.0) / 2.0 + F.avg_pool2d(out[:, :1], 2)
-        return base, 2.0 * torch.sigmoid(out[:, 1:] + self.skip(skip) + self.cue(energy))
+        return base, 2.0 * torch.sigmoid(out[:, 1:] + gate)
 
     def detail(self, ir01: torch.Tensor, vis01: torch.Tensor) -> torch.Tensor:
         """The sources' fine detail ``hp(IR), hp(VIS)`` (B, 2, H, W): what the band of the latent leaves."""
         x = torch.cat([ir01, vis01], dim=1)
         return x - lowpass(x, self.band_sigma)
 
-    def compose(self, z: torch.Tensor, skip: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
-        """The fused Y (B, 1, H, W) from a latent, the H/4 skip and :meth:`detail` (computed once per pair when the
-        decoded-image guide decodes several latents)."""
-        base, gains = self.fields(z, skip, detail)
-        base = grid_up(base, self.band_sigma)
-        gains = F.interpolate(gains, scale_factor=_SCALE, mode="bilinear", align_corners=False)
-        return base + (gains * detail).sum(dim=1, keepdim=True)
+    def gate(self, skip: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+        """What the narrow paths add to the gain logits (B, 2, H/4, W/4): the projected H/4 ``skip`` and the log
+        energy of each source's :meth:`detail` over 4x4 blocks. It reads no latent, so a decoder that decodes
+        several latents of one pair (the decoded-image guide) computes it once."""
+        energy = torch.log(F.avg_pool2d(detail.square(), _SCALE) + 1e-6)
+        return self.skip(skip) + self.cue(energy)
+
+    def compose(self, z: torch.Tensor, detail: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The fused Y (B, 1, H, W) from a latent, :meth:`detail` and :meth:`gate`."""
+        base, gains = self.fields(z, gate)
+        return grid_up(base, self.band_sigma) + (upsample(gains, _SCALE) * detail).sum(dim=1, keepdim=True)
 
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor], ir01: torch.Tensor,
                 vis01: torch.Tensor) -> torch.Tensor:
-        return self.compose(z, skips[0], self.detail(ir01, vis01))
+        detail = self.detail(ir01, vis01)
+        return self.compose(z, detail, self.gate(skips[0], detail))
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ def test_decoder_starts_as_image_channel_plus_detail_leaning_to_the_stronger_sou
     base = grid_up((mu[:, :1] + 1) / 2, 1.0)  # the latent's grid brought to full size once, as lowpass does
     detail = ir - lowpass(ir, 1.0)  # equal detail in both sources: unit gains
     torch.testing.assert_close(dec(mu, skips, ir, ir), base + 2 * detail, atol=1e-5, rtol=1e-5)
-    _, gains = dec.fields(mu, skips[0], torch.cat([detail, 0.1 * detail], 1))  # IR's detail ten times stronger
+    _, gains = dec.fields(mu, dec.gate(skips[0], torch.cat([detail, 0.1 * detail], 1)))  # IR's detail ten times stronger
     assert (gains[:, 0] > 1.5).all() and (gains[:, 1] < 0.5).all()
 
 
@@ -45,7 +45,7 @@ def test_base_comes_from_the_latent_and_detail_from_the_sources():
     out = dec(mu, skips, ir, vis)
     # sources without fine detail (flat): the output is the base, which reads only the latent
     smooth = dec(mu, skips, torch.full_like(ir, 0.2), torch.full_like(vis, 0.7))
-    base, _ = dec.fields(mu, skips[0], torch.zeros(2, 2, 32, 48))
+    base, _ = dec.fields(mu, dec.gate(skips[0], torch.zeros(2, 2, 32, 48)))
     torch.testing.assert_close(smooth, grid_up(base, 1.0), atol=1e-5, rtol=1e-5)
     # another latent moves the base; the sources' detail term stays as it was
     other = dec(torch.zeros_like(mu), skips, ir, vis)
