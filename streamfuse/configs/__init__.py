@@ -19,17 +19,21 @@ def shipped() -> list[str]:
 
 
 def resolve(config: str | Path) -> Path:
-    """A shipped config's name (``demo``) -> its file; any other argument is a path to a YAML file, kept as given.
+    """A shipped config's name (``demo``, or its file name ``demo.yaml``) -> its file; any other argument is a path
+    to a YAML file, kept as given.
 
-    A name is a word without a folder or a suffix; an existing file of that name in the working directory wins.
+    A name is a word without a folder; an existing file of that name in the working directory wins.
 
     Raises:
-        FileNotFoundError: a name that is neither a file nor a shipped config (the message lists the shipped ones).
+        FileNotFoundError: a name without a suffix that is neither a file nor a shipped config (the message lists the
+            shipped ones).
     """
     path = Path(config)
-    if path.exists() or path.suffix or len(path.parts) != 1:
+    if path.exists() or len(path.parts) != 1 or path.suffix not in ("", ".yaml"):
         return path
-    if (CONFIG_DIR / f"{path}.yaml").is_file():
-        return CONFIG_DIR / f"{path}.yaml"
+    if (CONFIG_DIR / f"{path.stem}.yaml").is_file():
+        return CONFIG_DIR / f"{path.stem}.yaml"
+    if path.suffix:
+        return path  # a missing file: load_config says so
     raise FileNotFoundError(f"{config}: no such config file, nor a shipped config of that name; shipped: "
                             f"{', '.join(shipped())} (or give the path of a YAML file)")

@@ -20,8 +20,11 @@ def test_shipped_names_resolve_and_paths_stay_paths(tmp_path, monkeypatch):
     assert resolve("demo") == CONFIG_DIR / "demo.yaml"
     assert resolve("some/where.yaml") == Path("some/where.yaml")  # a path, even a missing one: load_config says so
     monkeypatch.chdir(tmp_path)
+    assert resolve("rig.yaml") == CONFIG_DIR / "rig.yaml"  # the shipped file's name, with no such file here
+    assert resolve("mine.yaml") == Path("mine.yaml")
     (tmp_path / "demo").write_text("fuse: {}\n")
-    assert resolve("demo") == Path("demo")  # a file of that name here wins
+    (tmp_path / "rig.yaml").write_text("fuse: {}\n")
+    assert resolve("demo") == Path("demo") and resolve("rig.yaml") == Path("rig.yaml")  # a file of that name here wins
     with pytest.raises(FileNotFoundError, match="demoo: no such config file, nor a shipped config of that name; "
                                                 "shipped: demo, eval, replay, rig"):
         resolve("demoo")
