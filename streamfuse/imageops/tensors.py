@@ -98,8 +98,9 @@ def _upsample_adjoint_1d(g: torch.Tensor, factor: int, dim: int) -> torch.Tensor
 
 
 class _Upsample(torch.autograd.Function):
-    """Bilinear upsampling whose backward is :func:`_upsample_adjoint_1d` along each axis: on a CPU several times
-    faster than ``upsample_bilinear2d_backward``, which the decoded-image guide and training run at full size."""
+    """Bilinear upsampling whose backward is :func:`_upsample_adjoint_1d` along each axis, which on a CPU beats
+    ``upsample_bilinear2d_backward`` (the decoder's x8 base at 640x480: 3.2 -> 0.7 ms forward and backward); the
+    decoded-image guide and training run it at full size."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, factor: int) -> torch.Tensor:
