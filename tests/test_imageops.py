@@ -75,7 +75,8 @@ def test_shifted_slices_equal_the_depthwise_convolution(kernel):
     torch.testing.assert_close(tensors._filter(x, kernel, adjoint=True), adjoint)
 
 
-@pytest.mark.parametrize("shape, factor", [((2, 1, 6, 8), 8), ((1, 2, 12, 16), 4), ((1, 3, 1, 5), 2), ((1, 1, 1, 1), 8)])
+@pytest.mark.parametrize("shape, factor", [((2, 1, 6, 8), 8), ((1, 2, 12, 16), 4), ((1, 3, 1, 5), 2),
+                                           ((1, 1, 1, 1), 8)])
 def test_upsample_is_bilinear_interpolation_with_its_exact_gradient(shape, factor):
     gen = torch.Generator().manual_seed(3)
     x = torch.rand(*shape, dtype=torch.float64, generator=gen, requires_grad=True)

@@ -41,8 +41,9 @@ KINDS = ("heat", "structure", "consistency")
 # lambda_heat0, lambda_stru0, lambda_con0, chosen on msrs/train pairs (model card): with these operators the
 # reference's (0.05, 0.15, 0.1) cost 0.05 VIF; heat and consistency at any weight lowered VIF, structure near 1 did not
 LAMBDAS = (0.01, 1.0, 0.02)
-# step of the decoded-image structure guide (guide_decoded), measured with 5 steps on msrs/test / M3SVD (model card):
-# Qabf +0.003 / +0.016, VIF -0.001 / +0.015; 0.125 gave +0.003 / +0.014 and left M3SVD's Qabf below the rule's
+# step of the decoded-image structure guide (guide_decoded), chosen with 5 steps and the v4.2 weights on msrs/test /
+# M3SVD (model card): Qabf +0.003 / +0.016, VIF -0.001 / +0.015; 0.125 gave +0.003 / +0.014 and left M3SVD's Qabf
+# below the rule's (v4.3: Qabf +0.001 / +0.008, VIF -0.001 / +0.006)
 IMAGE_LAMBDA = 0.25
 
 

@@ -66,7 +66,6 @@ def test_guidance_can_be_switched_off(tiny, pair):
         assert net.guide is None and net(ir, vis, torch.zeros(1, 2, 4, 6), ir).shape == (1, 1, 32, 48)
 
 
-
 def test_image_guidance_moves_the_output_and_follows_the_guidance_switch(tiny, pair):
     ir, vis = pair()
     noise = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(1))

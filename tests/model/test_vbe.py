@@ -31,7 +31,8 @@ def test_decoder_starts_as_image_channel_plus_detail_leaning_to_the_stronger_sou
     base = grid_up((mu[:, :1] + 1) / 2, 1.0)  # the latent's grid brought to full size once, as lowpass does
     detail = ir - lowpass(ir, 1.0)  # equal detail in both sources: unit gains
     torch.testing.assert_close(dec(mu, skips, ir, ir), base + 2 * detail, atol=1e-5, rtol=1e-5)
-    _, gains = dec.fields(mu, dec.gate(skips[0], torch.cat([detail, 0.1 * detail], 1)))  # IR's detail ten times stronger
+    stronger_ir = torch.cat([detail, 0.1 * detail], 1)  # IR's detail ten times stronger
+    _, gains = dec.fields(mu, dec.gate(skips[0], stronger_ir))
     assert (gains[:, 0] > 1.5).all() and (gains[:, 1] < 0.5).all()
 
 
