@@ -47,8 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=0, help="timed frames per case; 0 = 1000 on a GPU, 50 on CPU")
     p.add_argument("--sampler", default="student", help="student (the distilled live default) | teacher")
     p.add_argument("--steps", type=int, default=0, help="teacher's DDIM steps K; 0 = the hclfuse section's default")
-    p.add_argument("--image-guidance", type=int, default=0,
-                   help="steps of the structure guide on the decoded image (hclfuse.image_guidance; 0 = off)")
+    p.add_argument("--image-guidance", type=int, default=None,
+                   help="steps of the structure guide on the decoded image (hclfuse.image_guidance; 0 = off); default: "
+                        "the hclfuse section's default")
     p.add_argument("--batch", default="", help="comma-separated batch sizes; default 1,8 on a GPU, 1 on CPU")
     p.add_argument("--graphs", default="", help="CUDA graphs on,off (GPU only); default on,off on a GPU")
     p.add_argument("--precision", default="", help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
@@ -182,7 +183,8 @@ def measure(fuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int, frame
     med, p99 = stats_ms(case.latency(n))
     sampler = "student" if fuser.net.use_student else "teacher"
     line = (f"[{device_label(engine.device, engine.threads)}] hclfuse {sampler} K={fuser.net.steps}"
-            f" {pairs[0][0].shape[1]}x{pairs[0][0].shape[0]} batch={batch} precision={engine.precision}"
+            f" image-guidance={fuser.net.image_steps} {pairs[0][0].shape[1]}x{pairs[0][0].shape[0]} batch={batch}"
+            f" precision={engine.precision}"
             + (f" graphs={'on' if engine.cuda_graphs else 'off'}" if gpu else "")
             + f": latency median {ms(med)} ms p99 {ms(p99)} ms per batch")
     ot = fuser.stats()
@@ -213,8 +215,8 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
     batches = [int(b) for b in (args.batch or ("1,8" if gpu else "1")).split(",")]
     graphs = [g == "on" for g in (args.graphs or ("on,off" if gpu else "off")).split(",")]
     precisions = (args.precision or ("fp32,fp16" if gpu else "fp32")).split(",")
-    model = HCLFuseConfig(weights=weights, sampler=args.sampler, image_guidance=args.image_guidance,
-                          **({"steps": args.steps} if args.steps else {}))
+    model = HCLFuseConfig(weights=weights, sampler=args.sampler, **({"steps": args.steps} if args.steps else {}),
+                          **({} if args.image_guidance is None else {"image_guidance": args.image_guidance}))
 
     def fuser_for(dev: str, precision: str = "fp32", graph: bool = False, batch: int = 1):
         engine = EngineConfig(device=dev, precision=precision, cuda_graphs=graph, max_batch=batch, threads=args.threads)

@@ -28,14 +28,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from streamfuse.imageops.tensors import box_filter, gradient_magnitude, laplacian, sobel, sobel_adjoint
 
-__all__ = ["IMAGE_LAMBDA", "ComposedGuide", "PhysicsGuide", "default_guides", "energies", "guide_decoded",
-           "guide_inputs"]
+__all__ = ["IMAGE_LAMBDA", "ComposedGuide", "PhysicsGuide", "cpu_kernels", "default_guides", "energies",
+           "g_max_torch", "guide_decoded", "guide_inputs", "structure_energy", "structure_grad_torch",
+           "structure_inputs"]
 
 KINDS = ("heat", "structure", "consistency")
 # lambda_heat0, lambda_stru0, lambda_con0, chosen on msrs/train pairs (model card): with these operators the
@@ -51,19 +54,33 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=(1, 2, 3), keepdim=True)  # per image, stays on the device (no .item())
 
 
+def structure_inputs(ir01: torch.Tensor, vis01: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the structure energy reads, at the sources' size, in [-1, 1]: ``g_max`` and ``m_stru`` (the decoded-image
+    guide's inputs, which need none of the other masks)."""
+    if ir01.device.type == "cpu":
+        g_max = _on_planes(cpu_kernels().g_max_kernel, ir01, vis01)
+    else:
+        g_max = g_max_torch(ir01, vis01)
+    return {"g_max": g_max, "m_stru": (g_max > 1.5 * _mean(g_max)).to(g_max.dtype)}
+
+
+def g_max_torch(ir01: torch.Tensor, vis01: torch.Tensor) -> torch.Tensor:
+    """``max(G(2 IR - 1), G(2 VIS - 1))``, the definition (and the GPU path) of the CPU kernel's ``g_max``."""
+    return torch.maximum(gradient_magnitude(ir01 * 2.0 - 1.0), gradient_magnitude(vis01 * 2.0 - 1.0))
+
+
 def guide_inputs(ir01: torch.Tensor, vis01: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """What the guides read, at ``size``, in [-1, 1]: sources, ``g_max`` and the 0/1 masks.
+    """What the guides read, at ``size``, in [-1, 1]: sources, :func:`structure_inputs` and the other 0/1 masks.
 
     Args:
-        ir01: aligned IR' (B, 1, H, W) in 0..1 (the raw IR for the decoded-image guide).
+        ir01: aligned IR' (B, 1, H, W) in 0..1.
         vis01: visible Y (B, 1, H, W) in 0..1.
-        size: the latent's (h, w), or the sources' own for the decoded-image guide (then nothing is resampled).
+        size: the latent's (h, w), or the sources' own (then nothing is resampled).
     """
-    ir, vis = (x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="area") for x in (ir01, vis01))
-    ir, vis = ir * 2.0 - 1.0, vis * 2.0 - 1.0
-    g_max = torch.maximum(gradient_magnitude(ir), gradient_magnitude(vis))
+    ir01, vis01 = (x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="area") for x in (ir01, vis01))
+    ir, vis = ir01 * 2.0 - 1.0, vis01 * 2.0 - 1.0
     lap_vis = laplacian(vis).abs()
-    return {"ir": ir, "vis": vis, "g_max": g_max, "m_stru": (g_max > 1.5 * _mean(g_max)).to(ir.dtype),
+    return {"ir": ir, "vis": vis, **structure_inputs(ir01, vis01),
             "m_heat": (box_filter(ir, 3) > _mean(ir)).to(ir.dtype),
             "m_vis": (lap_vis > _mean(lap_vis)).to(ir.dtype)}
 
@@ -73,21 +90,55 @@ def _energy_grad(kind: str, x: torch.Tensor, cond: dict) -> torch.Tensor:
     if kind == "heat":
         return -laplacian(x)
     if kind == "structure":
-        gx, gy = sobel(x)
-        g = (gx.square() + gy.square() + 1e-6).sqrt()
-        r = cond["m_stru"] * (g - cond["g_max"]) / g  # dE/dG * dG/d(gx, gy) = r * (gx, gy)
-        return sobel_adjoint(r * gx, r * gy)
+        if x.device.type == "cpu":
+            return _on_planes(cpu_kernels().structure_grad_kernel, x, cond["g_max"], cond["m_stru"], scratch=2)
+        return structure_grad_torch(x, cond)
     return 0.6 * cond["m_heat"] * (x - cond["ir"]) + 0.4 * cond["m_vis"] * (x - cond["vis"])
+
+
+def structure_energy(x: torch.Tensor, cond: dict) -> float:
+    """The structure energy of ``x`` (B, 1, H, W) against :func:`structure_inputs` (or :func:`guide_inputs`) of its
+    size, a mean over pixels and images."""
+    return 0.5 * float((cond["m_stru"] * (gradient_magnitude(x.float()) - cond["g_max"]).square()).mean())
+
+
+def structure_grad_torch(x: torch.Tensor, cond: dict) -> torch.Tensor:
+    """``dE/dx`` of the structure energy, the definition (and the GPU path) of the CPU kernel's."""
+    gx, gy = sobel(x)
+    g = (gx.square() + gy.square() + 1e-6).sqrt()
+    r = cond["m_stru"] * (g - cond["g_max"]) / g  # dE/dG * dG/d(gx, gy) = r * (gx, gy)
+    return sobel_adjoint(r * gx, r * gy)
+
+
+def _on_planes(kernel: Callable, x: torch.Tensor, *others: torch.Tensor, scratch: int = 0) -> torch.Tensor:
+    """Run a :mod:`~streamfuse.diffusion.structure_kernels` kernel on every (image, channel) plane of ``x`` (B, C, H,
+    W), reading plane (image, 0) of ``others`` (B, 1, H, W); the result has ``x``'s shape and dtype."""
+    def plane(t: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().float().numpy())  # float32: also under a bf16 / fp16 autocast
+
+    out = np.empty(x.shape, dtype=np.float32)
+    tmp = [np.empty(x.shape[-2:], dtype=np.float32) for _ in range(scratch)]
+    for b in range(x.shape[0]):
+        rest = [plane(t[b, 0]) for t in others]
+        for c in range(x.shape[1]):
+            kernel(plane(x[b, c]), *rest, *tmp, out[b, c])
+    return torch.from_numpy(out).to(x.dtype)
+
+
+def cpu_kernels() -> ModuleType:
+    """:mod:`streamfuse.diffusion.structure_kernels`, imported on first use (numba takes about half a second to load,
+    and the kernels compile once per install)."""
+    from streamfuse.diffusion import structure_kernels
+
+    return structure_kernels
 
 
 def energies(x: torch.Tensor, cond: dict, channels: int = 1) -> dict[str, float]:
     """The three physics energies of a latent's image channels, each a mean over pixels and images."""
     x = x[:, :channels].float()
-    g = gradient_magnitude(x)
     dx, dy = x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
     con = 0.6 * cond["m_heat"] * (x - cond["ir"]).square() + 0.4 * cond["m_vis"] * (x - cond["vis"]).square()
-    return {"heat": 0.5 * float(dx.square().mean() + dy.square().mean()),
-            "structure": 0.5 * float((cond["m_stru"] * (g - cond["g_max"]).square()).mean()),
+    return {"heat": 0.5 * float(dx.square().mean() + dy.square().mean()), "structure": structure_energy(x, cond),
             "consistency": 0.5 * float(con.mean())}
 
 
@@ -158,7 +209,7 @@ def guide_decoded(z: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor
     Args:
         z: the sampled latent (B, C, h, w).
         decode: ``z -> image`` (B, 1, H, W) in about 0..1, the decoder with the pair's skips and sources bound.
-        cond: :func:`guide_inputs` of the raw IR and the visible at full resolution (``g_max``, ``m_stru``).
+        cond: :func:`structure_inputs` of the raw IR and the visible at full resolution.
         steps: gradient steps (0: ``z`` unchanged).
         lam: step size.
     """

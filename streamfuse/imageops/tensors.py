@@ -35,7 +35,7 @@ def _filter(x: torch.Tensor, name: str, *, adjoint: bool = False) -> torch.Tenso
     i, j, wt = taps[0]
     out = xp[..., i:i + h, j:j + w] * wt
     for i, j, wt in taps[1:]:
-        out = out.add(xp[..., i:i + h, j:j + w], alpha=wt)
+        out.add_(xp[..., i:i + h, j:j + w], alpha=wt)  # in place: autograd keeps no operand of these adds
     return out
 
 

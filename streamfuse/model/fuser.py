@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from streamfuse.align import AlignCache, AlignConfig
-from streamfuse.diffusion.guidance import energies, guide_inputs
+from streamfuse.diffusion.guidance import cpu_kernels, energies, guide_inputs, structure_energy, structure_inputs
 from streamfuse.engine import Engine
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.model.net import HCLFuseNet
@@ -86,7 +86,8 @@ class HCLFuser:
             return self.net.sample(ir01, vis01, self.noise(stream, *ir.shape))[0]
 
     def decode_with(self, ir: np.ndarray, vis_y: np.ndarray, z: torch.Tensor, stream: str = "default") -> np.ndarray:
-        """Fuse a pair with the latent ``z`` (e.g. zeroed, or another pair's) in place of its own: (H, W) float32."""
+        """Fuse a pair with the latent ``z`` (e.g. zeroed, or another pair's) in place of its own, the decoded-image
+        guide's steps included: (H, W) float32."""
         ir01, vis01, raw01 = self._inputs(ir, vis_y, stream)
         h, w = ir.shape
         with torch.inference_mode():
@@ -102,8 +103,8 @@ class HCLFuser:
         noise = self.noise(stream, *ir.shape)
         with torch.inference_mode():
             z, skips = self.net.sample(ir01, vis01, noise)
-            fused = self.net.decode(self.net.image_guided(z, skips, raw01, vis01), skips, raw01, vis01) * 2.0 - 1.0
-            image = energies(fused, guide_inputs(raw01, vis01, fused.shape[-2:]))["structure"]
+            fused = self.net.decode(z, skips, raw01, vis01) * 2.0 - 1.0
+            image = structure_energy(fused, structure_inputs(raw01, vis01))
         return {**energies(z, guide_inputs(ir01, vis01, z.shape[-2:]), self.net.cfg.image_channels),
                 "image_structure": image}
 
@@ -139,4 +140,6 @@ def build_hclfuse(model: HCLFuseConfig = HCLFuseConfig(), engine: EngineConfig =
     graphs = engine.cuda_graphs and not net.image_steps  # a graph would have to capture the guide's autograd
     runner = Engine(net, device=engine.device, precision=engine.precision, cuda_graphs=graphs,
                     max_batch=engine.max_batch, threads=engine.threads)
+    if runner.device.type == "cpu" and model.guidance:
+        cpu_kernels()  # load (or, once per install, compile) the guides' numba kernels now, not on the first frame
     return HCLFuser(net, runner, align, model.seed, version=weights.weights_version(path))

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from streamfuse.checks import check
-from streamfuse.diffusion.guidance import IMAGE_LAMBDA, ComposedGuide, default_guides, guide_decoded, guide_inputs
+from streamfuse.diffusion.guidance import (IMAGE_LAMBDA, ComposedGuide, default_guides, guide_decoded, guide_inputs,
+                                           structure_inputs)
 from streamfuse.diffusion.sampling import sample_ddim
 from streamfuse.diffusion.schedules import alphas_cumprod, ddim_timesteps, eps_to_x0, linear_betas
 from streamfuse.model.denoiser import Denoiser
@@ -111,20 +112,22 @@ class HCLFuseNet(nn.Module):
     def forward(self, ir01: torch.Tensor, vis01: torch.Tensor, noise: torch.Tensor,
                 ir_raw01: torch.Tensor) -> torch.Tensor:
         z, skips = self.sample(ir01, vis01, noise)
-        return self.decode(self.image_guided(z, skips, ir_raw01, vis01), skips, ir_raw01, vis01)
+        return self.decode(z, skips, ir_raw01, vis01)
 
-    def image_guided(self, z: torch.Tensor, skips: list[torch.Tensor], ir_raw01: torch.Tensor,
-                     vis01: torch.Tensor) -> torch.Tensor:
-        """``z`` after the structure guide's steps on the decoded image, against the raw IR (the source of its IR
-        edges) and the visible; ``z`` itself when the guide is off."""
-        if not self.image_steps:
-            return z
-        # plain tensors (autograd may keep them for the backward, inference ones not), constant for every step
-        with torch.inference_mode(False), torch.no_grad():
-            detail = self.decoder.detail(ir_raw01.clone(), vis01.clone())
-            gate = self.decoder.gate(skips[0].clone(), detail)
-        return guide_decoded(z, lambda zz: self.decoder.compose(zz, detail, gate),
-                             guide_inputs(ir_raw01, vis01, ir_raw01.shape[-2:]), self.image_steps, self.image_lambda)
+    def decode(self, z: torch.Tensor, skips: list[torch.Tensor], ir_raw01: torch.Tensor,
+               vis01: torch.Tensor) -> torch.Tensor:
+        """The fused Y (B, 1, H, W) in [0, 1] from a latent and the pair's skips and sources, after the structure
+        guide's steps on the decoded image (against the raw IR, the source of its IR edges, and the visible); the
+        sources' detail and the decoder's gate are computed once for all of it."""
+        detail = self.decoder.detail(ir_raw01, vis01)
+        gate = self.decoder.gate(skips[0], detail)
+        if self.image_steps:
+            # plain tensors (autograd may keep them for the backward, inference ones not), constant for every step
+            with torch.inference_mode(False), torch.no_grad():
+                plain = detail.clone(), gate.clone()
+            z = guide_decoded(z, lambda zz: self.decoder.compose(zz, *plain), structure_inputs(ir_raw01, vis01),
+                              self.image_steps, self.image_lambda)
+        return self.decoder.compose(z, detail, gate).clamp(0.0, 1.0)
 
     def sample(self, ir01: torch.Tensor, vis01: torch.Tensor,
                noise: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -140,11 +143,6 @@ class HCLFuseNet(nn.Module):
             cond.update(guide_inputs(ir01, vis01, mu.shape[-2:]))
         return sample_ddim(self._eps, noise.to(mu.dtype), self.timesteps, self.alphas_cumprod.to(mu.dtype),
                            cond=cond, guide=self.guide, callback=callback)
-
-    def decode(self, z: torch.Tensor, skips: list[torch.Tensor], ir_raw01: torch.Tensor,
-               vis01: torch.Tensor) -> torch.Tensor:
-        """The fused Y (B, 1, H, W) in [0, 1] from a latent and the pair's skips and sources."""
-        return self.decoder(z, skips, ir_raw01, vis01).clamp(0.0, 1.0)
 
     def train_outputs(self, ir01: torch.Tensor, vis01: torch.Tensor, ir_raw01: torch.Tensor, t: torch.Tensor,
                       eps: torch.Tensor, e0: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from streamfuse.diffusion.guidance import (ComposedGuide, PhysicsGuide, default_guides, energies, guide_decoded,
-                                          guide_inputs)
+from streamfuse.diffusion.guidance import (ComposedGuide, PhysicsGuide, default_guides, energies, g_max_torch,
+                                          guide_decoded, guide_inputs, structure_grad_torch, structure_inputs)
 from streamfuse.imageops.tensors import laplacian
 
 
@@ -108,3 +108,17 @@ def test_decoded_guide_lowers_the_structure_energy_of_the_image_even_in_inferenc
         out = guide_decoded(z, decode, cond, steps=3)
         assert image_energy(out) < image_energy(z)
         assert out.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 13, 17), (1, 1, 2, 3), (1, 1, 48, 64)])
+def test_cpu_kernels_match_the_torch_definitions(shape):
+    gen = torch.Generator().manual_seed(6)
+    ir01, vis01 = torch.rand(shape, generator=gen), torch.rand(shape, generator=gen)
+    with torch.inference_mode():  # as the engine runs them
+        cond = structure_inputs(ir01, vis01)
+        torch.testing.assert_close(cond["g_max"], g_max_torch(ir01, vis01), atol=1e-6, rtol=1e-5)
+        cond["m_stru"] = (torch.rand(shape, generator=gen) > 0.3).float()  # every kind of pixel, at any size
+        x = torch.rand(shape[0], 2, *shape[2:], generator=gen) * 2 - 1  # two image channels against one g_max
+        grad = PhysicsGuide("structure", 1.0, timesteps=(0,), channels=2)(x, 0, cond) - x
+    torch.testing.assert_close(grad, (-structure_grad_torch(x, cond)).clamp(-1 - x, 1 - x), atol=1e-6, rtol=1e-5)
+    assert grad.abs().max() > 0.01  # the energy has a gradient here: the comparison is not of two zeros

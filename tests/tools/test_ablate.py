@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-ROWS = ("no_guidance", "image_guidance=5", "latent_zero", "latent_swap", "no_ot", "K=1", "K=2", "K=4", "K=8", "K=20",
-        "rule", "max:contrast=1.25", "max", "max:sharpen=0.5", "max:sharpen=1", "average", "average:sharpen=1",
-        "laplacian", "laplacian:sharpen=0.5")
+ROWS = ("no_guidance", "image_guidance=1", "image_guidance=5", "latent_zero", "latent_swap", "no_ot", "K=1", "K=2",
+        "K=4", "K=8", "K=20", "rule", "max:contrast=1.25", "max", "max:sharpen=0.5", "max:sharpen=1", "average",
+        "average:sharpen=1", "laplacian", "laplacian:sharpen=0.5")
 METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "SSIM")
 
 
@@ -46,7 +46,7 @@ def test_json_summary(tool, folders, tmp_path, random_weights, capsys):
     assert rows["rule"]["delta_grey"] > 0 and rows["latent_zero"]["delta_grey"] > 0
     assert rows["max:contrast=1.25"]["delta_grey"] != rows["max"]["delta_grey"]
     energies = summary["guidance_energies"]
-    assert set(energies) == {"with", "without", "image_guidance=5"}
+    assert set(energies) == {"with", "without", "image_guidance=1", "image_guidance=5"}
     assert set(energies["with"]) == {"heat", "structure", "consistency", "image_structure"}
     table = (tmp_path / "out" / "metrics.md").read_text()
     assert table.splitlines()[0].endswith("| ms/frame | delta grey |") and "| latent_swap | 3 |" in table
