@@ -26,9 +26,9 @@ class HCLFuseConfig:
         guidance: apply the physics guides during sampling.
         guidance_scale: multiplies the physics guides' weights (1 = the method's).
         image_guidance: gradient steps of the structure guide on the decoded image after sampling (0 = off, the
-            live default: on two CPU cores one step costs about three quarters of the rest of the frame; one step
-            already puts unseen frames' Qabf above the hand rule's, five raise it further for offline replay; model
-            card). Runs autograd, so the engine does not use CUDA graphs with it.
+            live default: on two CPU cores one step adds 60-90% to the frame's time; one step already puts unseen
+            frames' Qabf above the hand rule's, five raise it further for offline replay; model card). Runs autograd,
+            so the engine does not use CUDA graphs with it.
         seed: seed of the per-stream noise.
     """
 

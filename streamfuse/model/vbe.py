@@ -1,11 +1,11 @@
 """Variational bottleneck encoder (VBE) and decoder of HCLFuse, made thin for real-time use.
 
 The encoder takes the stacked ``[IR', VIS]`` Y channels in 0..1 (that order everywhere), folds 4x4 pixel blocks into
-channels (space-to-depth, so no convolution runs at full resolution), and has two levels (H/4 and H/8), each ending in
-a per-channel learnable sigmoid gate ``M_s = sigmoid(w_s)`` (the paper's multi-scale masks). It predicts a *spatial*
-posterior: per-pixel ``mu`` and ``logvar`` of ``latent_channels`` at H/8; ``mu = tanh(.)`` keeps the latent in
-[-1, 1], and its first ``image_channels`` channels are trained to look like the fused image (``2 avgpool8(F) - 1``),
-so the physics guides and the latent share one value range.
+channels (space-to-depth, run as a 4x4 stride-4 convolution, so no convolution outputs full resolution), and has
+two levels (H/4 and H/8), each ending in a per-channel learnable sigmoid gate ``M_s = sigmoid(w_s)`` (the paper's
+multi-scale masks). It predicts a *spatial* posterior: per-pixel ``mu`` and ``logvar`` of ``latent_channels`` at
+H/8; ``mu = tanh(.)`` keeps the latent in [-1, 1], and its first ``image_channels`` channels are trained to look like
+the fused image (``2 avgpool8(F) - 1``), so the physics guides and the latent share one value range.
 
 The decoder (see :class:`Decoder`) builds the fused image's base (low and middle frequencies) from the latent
 alone; the sources' fine detail (above the 8x8 band of the latent's grid) enters only through per-pixel gains, which
@@ -84,7 +84,10 @@ class Encoder(nn.Module):
         self.act = _act()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        h = self.act(self.proj(F.pixel_unshuffle(x, _SCALE)))  # (B, c1, H/4, W/4)
+        # proj(pixel_unshuffle(x, 4)) written as the equivalent 4x4 stride-4 convolution: the same weights and sums
+        # without the full-resolution reshuffle (3.0 -> 0.3 ms at 640x480 on one CPU thread)
+        w = self.proj.weight.view(self.proj.out_channels, x.shape[1], _SCALE, _SCALE)
+        h = self.act(F.conv2d(x, w, self.proj.bias, stride=_SCALE))  # (B, c1, H/4, W/4)
         s1 = self.gate1(self.act(self.conv1(h)))
         s2 = self.gate2(self.act(self.conv2(self.act(self.down(s1)))))  # (B, c2, H/8, W/8)
         mu, logvar = self.head(s2).chunk(2, dim=1)
