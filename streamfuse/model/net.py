@@ -119,8 +119,7 @@ class HCLFuseNet(nn.Module):
         """The fused Y (B, 1, H, W) in [0, 1] from a latent and the pair's skips and sources, after the structure
         guide's steps on the decoded image (against the raw IR, the source of its IR edges, and the visible); the
         sources' detail and the decoder's gate are computed once for all of it."""
-        detail = self.decoder.detail(ir_raw01, vis01)
-        gate = self.decoder.gate(skips[0], detail)
+        detail, gate = self.decoder.sources(skips, ir_raw01, vis01)
         if self.image_steps:
             # plain tensors (autograd may keep them for the backward, inference ones not), constant for every step
             with torch.inference_mode(False), torch.no_grad():

@@ -180,10 +180,15 @@ class Decoder(nn.Module):
         base, gains = self.fields(z, gate)
         return grid_up(base, self.band_sigma) + (upsample(gains, _SCALE) * detail).sum(dim=1, keepdim=True)
 
+    def sources(self, skips: list[torch.Tensor], ir01: torch.Tensor,
+                vis01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`detail` and :meth:`gate` of a pair: what :meth:`compose` needs besides the latent."""
+        detail = self.detail(ir01, vis01)
+        return detail, self.gate(skips[0], detail)
+
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor], ir01: torch.Tensor,
                 vis01: torch.Tensor) -> torch.Tensor:
-        detail = self.detail(ir01, vis01)
-        return self.compose(z, detail, self.gate(skips[0], detail))
+        return self.compose(z, *self.sources(skips, ir01, vis01))
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
