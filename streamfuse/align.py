@@ -42,8 +42,9 @@ class AlignConfig:
         reg: entropic regularisation on the squared-intensity cost in 0..1 (the reference uses 0.2, which compresses
             IR contrast strongly; smaller keeps more of it).
         blend: weight of the transported intensities, ``IR' = blend * T(IR) + (1 - blend) * IR`` (reference 0.8).
-            The metrics compare the fused image with the raw IR and rise as the blend falls (the shipped weights
-            were trained at 0.15; at 0.3 they scored lower on msrs/test and the held-out video frames; model card).
+            The metrics compare the fused image with the raw IR and rise as the blend falls (measured from 0.3 to
+            0.15 and to no OT on msrs/test and held-out video frames); the shipped weights are trained at 0.15
+            (model card).
         method: POT Sinkhorn solver (``sinkhorn_log`` is POT's advice for small ``reg`` and for GPUs;
             plain ``sinkhorn`` underflows for ``reg`` below about 0.01).
         max_iter: Sinkhorn iteration cap.
