@@ -83,3 +83,13 @@ def test_a_file_without_band_sigma_keeps_the_block_mean_band(tmp_path, tiny):
     torch.save(blob, path)
     assert read_weights(path)[0].band_sigma == 0.0
     assert load_weights(path)[0].decoder.band_sigma == 0.0
+
+
+@pytest.mark.parametrize("name", ["demo", "eval", "rig", "replay"])
+def test_shipped_configs_align_as_the_shipped_weights_were_trained(name):
+    from streamfuse.config import load_config
+    from streamfuse.configs import resolve
+
+    trained = read_weights(DEFAULT_WEIGHTS)[2]["align"]
+    align = load_config(resolve(name)).align
+    assert (align.reg, align.blend) == (trained["reg"], trained["blend"])  # else every run warns and fuses off-model
