@@ -4,7 +4,6 @@ scripts loaded as modules (they are not a package)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +12,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("STREAMFUSE_DATA", REPO.parent / "shared" / "data"))
+from helpers_data import DATA, REPO
 
 
 @pytest.fixture(scope="session")

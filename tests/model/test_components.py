@@ -8,9 +8,6 @@ and SF and that the stretched maximum is not at least as good on all four.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -22,11 +19,12 @@ from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.processor import build_fuser
 
+from helpers_data import DATA
+
 # measured with the shipped weights (v4.4) on these frames (tests/model/test_components.py's own code): latent zeroed
 # 49.5, latent swapped 3.74, guidance off 0.566, teacher K = 1 vs 4 0.126 grey levels, two steps of the decoded-image
 # guide 0.293 (lowering its structure energy to 0.50 of the unguided image's)
 LATENT_ZERO, LATENT_SWAP, GUIDANCE, STEPS, IMAGE_GUIDANCE = 25.0, 1.85, 0.28, 0.06, 0.15
-DATA = Path(os.environ.get("STREAMFUSE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
 @pytest.fixture(scope="module")
