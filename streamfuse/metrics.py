@@ -28,14 +28,15 @@ from streamfuse.imageops.arrays import box_filter
 
 __all__ = [
     "METRICS", "LABELS", "to_8bit", "entropy", "std_dev", "spatial_frequency", "average_gradient", "definition",
-    "mutual_information", "scd", "vif", "vifp", "qabf", "nabf", "ssim", "ssim_pair", "cc", "qsf_rsfe", "evaluate_pair",
+    "mutual_information", "scd", "vif", "vifp", "qabf", "nabf", "overshoot", "ssim", "ssim_pair", "cc", "qsf_rsfe", "evaluate_pair",
     "temporal_ratio", "flow_warp_error",
 ]
 
 #: Metric names in table order (the keys of :func:`evaluate_pair`).
-METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "Nabf", "SSIM", "CC", "DF", "QSF")
+METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "Nabf", "Over", "SSIM", "CC", "DF",
+                             "QSF")
 #: Column headers where the bare key would mislead (QSF's convention in HCLFuse is unknown; this is Zheng's rSFe).
-LABELS: dict[str, str] = {"QSF": "QSF (rSFe)"}
+LABELS: dict[str, str] = {"QSF": "QSF (rSFe)", "Over": "Over %"}
 
 
 def to_8bit(img: np.ndarray) -> np.ndarray:
@@ -255,6 +256,19 @@ def nabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
     return float(num / (w_a + w_b).sum())
 
 
+def overshoot(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray, margin: float = 8.0, window: int = 7) -> float:
+    """Halos and rims, lower is better (this project's measure, not a published one): the share (%) of pixels more
+    than ``margin`` grey levels brighter than the brightest, or darker than the darkest, of both sources within a
+    ``window`` x ``window`` square around them. A base-plus-detail fusion draws them where it adds one source's
+    detail on a base that the other source set; Nabf sees only the edges they make, not their level.
+    """
+    kernel = np.ones((window, window), np.uint8)
+    hi = cv2.dilate(np.maximum(ir, vis).astype(np.float32), kernel, borderType=cv2.BORDER_REPLICATE)
+    lo = cv2.erode(np.minimum(ir, vis).astype(np.float32), kernel, borderType=cv2.BORDER_REPLICATE)
+    f = fused.astype(np.float32)
+    return 100.0 * float(np.mean((f > hi + margin) | (f < lo - margin)))
+
+
 def ssim_pair(x: np.ndarray, y: np.ndarray, data_range: float = 2.0, win: int = 7) -> float:
     """Mean SSIM (Wang et al., IEEE TIP 2004) exactly as skimage ``structural_similarity`` with its defaults.
 
@@ -308,8 +322,8 @@ _FUSED_ONLY: dict[str, Callable[[np.ndarray], float]] = {
     "EN": entropy, "SD": std_dev, "SF": spatial_frequency, "AG": average_gradient, "DF": definition,
 }
 _WITH_SOURCES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
-    "MI": mutual_information, "SCD": scd, "VIF": vif, "Qabf": qabf, "Nabf": nabf, "SSIM": ssim, "CC": cc,
-    "QSF": qsf_rsfe,
+    "MI": mutual_information, "SCD": scd, "VIF": vif, "Qabf": qabf, "Nabf": nabf, "Over": overshoot,
+    "SSIM": ssim, "CC": cc, "QSF": qsf_rsfe,
 }
 
 

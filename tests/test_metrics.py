@@ -202,3 +202,14 @@ def test_flow_warp_error_ignores_motion_and_sees_flicker():
     assert flow_warp_error(flicker, moving) > 3.0 * flow_warp_error(moving, moving)
     with pytest.raises(ValueError, match="two equally long"):
         flow_warp_error(moving[:1], moving[:1])
+
+
+def test_overshoot_counts_rims_beyond_both_sources_local_range(scene):
+    dark = np.full_like(scene, 40)
+    assert M.overshoot(scene, scene, dark) == 0.0 and M.overshoot(np.maximum(scene, 40), scene, dark) == 0.0
+    rim = scene.astype(np.float64)
+    rim[20, :] = 255.0  # one row: counted where it is more than 8 grey above every source pixel within 3 px
+    hi = cv2.dilate(np.maximum(scene, dark), np.ones((7, 7), np.uint8))
+    expected = 100.0 * np.mean(rim[20] > hi[20] + 8.0) / scene.shape[0]
+    assert M.overshoot(rim, scene, dark) == pytest.approx(expected) and expected > 0
+    assert M.overshoot(np.zeros_like(rim), scene + 20, dark + 20) > 99.0  # darker than both, everywhere

@@ -12,7 +12,8 @@ output| over all pixels and pairs) and montage.png to --out; with --json also on
 {"n": pairs, "default": {metric: mean}, "rows": {name: {metric: mean, "delta_grey": ..., "psnr_ref": dB against the
 default, "ms": ...}},
 "guidance_energies": {"with"|"without"|"image_guidance=1"|"image_guidance=5": {heat, structure, consistency,
-image_structure}}} with the metrics VIF, Qabf, AG, SF, Nabf and SSIM; the energies are the physics guides'
+image_structure}}} with the metrics VIF, Qabf, AG, SF, Nabf, Over (halos and rims, streamfuse.metrics.overshoot)
+and SSIM; the energies are the physics guides'
 (streamfuse.diffusion.guidance) on the sampled latent, and the structure energy of the fused image. Pairs come from
 --ir/--vis (any two folders, matched by file name) or from the set --set under --data; published outputs under
 <data>/reference/<method>/msrs_test are scored too for msrs/test.
@@ -45,7 +46,7 @@ from streamfuse.processor import config_fuser  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-JSON_METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "SSIM")
+JSON_METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "Over", "SSIM")
 DEFAULT = "default"
 # steps of the decoded-image guide (hclfuse.image_guidance) in its rows: one, the cheapest setting that lifts unseen
 # frames' Qabf above the rule's, and five, the offline-quality setting

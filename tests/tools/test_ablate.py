@@ -14,7 +14,7 @@ import pytest
 ROWS = ("no_guidance", "image_guidance=1", "image_guidance=5", "latent_zero", "latent_swap", "no_ot", "K=1", "K=2",
         "K=4", "K=8", "K=20", "rule", "max:contrast=1.25", "max", "max:sharpen=0.5", "max:sharpen=1", "average",
         "average:sharpen=1", "laplacian", "laplacian:sharpen=0.5")
-METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "SSIM")
+METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "Over", "SSIM")
 
 
 @pytest.fixture
