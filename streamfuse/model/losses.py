@@ -7,6 +7,9 @@ Fusion terms, on the decoded image F (both the decoded posterior sample and the 
                                                             Sobel magnitude: signed components, so edges keep their
                                                             polarity and no rim is drawn beside them
     rule      = L1(F, fusion_target(IR, VIS))               the hand rule, below; a regulariser at a small weight
+    range     = mean(relu(F - hi) + relu(lo - F))           hi / lo: the sources' local max / min over a window,
+                                                            widened by a margin: no halo or rim brighter (darker)
+                                                            than every source around it
 
 VBE terms: KL to N(0, I) (the posterior's sigma has a floor in the encoder) and ``latent_image``, which keeps the
 latent's image channel equal to ``2 avgpool8(F) - 1`` of the decoded image (the physics guides act on it). Noise term:
@@ -31,7 +34,7 @@ from streamfuse.checks import check
 from streamfuse.imageops.tensors import gaussian_blur, gradient_magnitude, sobel
 from streamfuse.model.vbe import kl_standard_normal
 
-__all__ = ["LossConfig", "fusion_target", "hclfuse_losses"]
+__all__ = ["LossConfig", "fusion_target", "hclfuse_losses", "local_range"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ class LossConfig:
         intensity: weight of L1(F, max(IR', VIS)).
         gradient: weight of L1 between the Sobel components of F and of the stronger source.
         rule: weight of L1(F, hand rule) (regulariser).
+        range: weight of the output's excursion beyond the sources' local range (halos and rims; 0 = off, the
+            shipped weights' last whole-model stage used 400, model card).
+        range_window: window (px) of the local range.
+        range_margin: how far (0..1) the output may leave the local range before the range term counts.
         detail_gain: amplification of the selected detail in the hand rule.
         base_sigma: blur (px) that separates base and detail in the hand rule.
         energy_sigma: blur (px) of the squared gradient magnitude that selects the hand rule's detail source.
@@ -56,14 +63,18 @@ class LossConfig:
     intensity: float = 10.0
     gradient: float = 40.0
     rule: float = 1.0
+    range: float = 0.0
+    range_window: int = 7
+    range_margin: float = 0.03
     detail_gain: float = 1.2
     base_sigma: float = 8.0
     energy_sigma: float = 3.0
 
     def __post_init__(self) -> None:
-        for key in ("noise", "kl", "latent_image", "intensity", "gradient", "rule"):
+        for key in ("noise", "kl", "latent_image", "intensity", "gradient", "rule", "range", "range_margin"):
             check(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
         check(self.detail_gain > 0, "detail_gain", self.detail_gain, "> 0")
+        check(self.range_window >= 1 and self.range_window % 2 == 1, "range_window", self.range_window, "odd, >= 1")
         check(self.base_sigma > 0 and self.energy_sigma > 0, "base_sigma", self.base_sigma, "> 0")
 
 
@@ -76,6 +87,14 @@ def fusion_target(ir01: torch.Tensor, vis01: torch.Tensor, cfg: LossConfig) -> t
     w = energy.square() / energy.square().sum(dim=1, keepdim=True)
     detail = ((x - low) * w).sum(dim=1, keepdim=True)
     return low.amax(dim=1, keepdim=True) + cfg.detail_gain * detail
+
+
+def local_range(x: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest and largest value (B, 1, H, W) of all channels of ``x`` (B, C, H, W) in a ``window`` square."""
+    pad = window // 2
+    hi = F.max_pool2d(x.amax(dim=1, keepdim=True), window, stride=1, padding=pad)
+    lo = -F.max_pool2d(-x.amin(dim=1, keepdim=True), window, stride=1, padding=pad)
+    return lo, hi
 
 
 def hclfuse_losses(out: dict[str, torch.Tensor], ir01: torch.Tensor, vis01: torch.Tensor, ir_raw: torch.Tensor,
@@ -99,6 +118,8 @@ def hclfuse_losses(out: dict[str, torch.Tensor], ir01: torch.Tensor, vis01: torc
         g_target = g_target.repeat(n, 1, 1, 1)  # (nB, 2, H, W): x, y of the stronger source
         bright = torch.maximum(ir01, vis01).repeat(n, 1, 1, 1)
         rule = fusion_target(ir_raw, vis01, cfg).repeat(n, 1, 1, 1)
+        lo, hi = local_range(torch.cat([ir_raw, ir01, vis01], dim=1), cfg.range_window)
+        lo, hi = (lo - cfg.range_margin).repeat(n, 1, 1, 1), (hi + cfg.range_margin).repeat(n, 1, 1, 1)
         posterior = fused[: ir01.shape[0]].detach()
         latent_target = F.adaptive_avg_pool2d(posterior, out["mu"].shape[-2:]).clamp(0, 1) * 2.0 - 1.0
     terms = {
@@ -108,6 +129,7 @@ def hclfuse_losses(out: dict[str, torch.Tensor], ir01: torch.Tensor, vis01: torc
         "intensity": F.l1_loss(fused, bright),
         "gradient": F.l1_loss(torch.cat(sobel(fused), dim=1), g_target),
         "rule": F.l1_loss(fused, rule),
+        "range": (F.relu(fused - hi) + F.relu(lo - fused)).mean(),
     }
     terms["total"] = sum(getattr(cfg, k) * v for k, v in terms.items())
     return terms

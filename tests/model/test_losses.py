@@ -1,11 +1,12 @@
-"""Training losses: fusion target properties, finite gradients on flat images, the eps term."""
+"""Training losses: fusion target properties, finite gradients on flat images, the eps term, the range term."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from streamfuse.imageops.tensors import gradient_magnitude
-from streamfuse.model.losses import LossConfig, fusion_target, hclfuse_losses
+from streamfuse.model.losses import LossConfig, fusion_target, hclfuse_losses, local_range
 from streamfuse.model.net import HCLFuseNet, ModelConfig
 
 TINY = ModelConfig(widths=(4, 8), latent_channels=2, denoiser_width=4)
@@ -46,3 +47,20 @@ def test_gradient_term_follows_the_stronger_source_with_its_sign():
     inverted = hclfuse_losses({**out, "fused": 1 - ramp}, flat, flat, ramp, out["mu"], LossConfig(), 1)
     same = hclfuse_losses({**out, "fused": ramp.clone()}, flat, flat, ramp, out["mu"], LossConfig(), 1)
     assert same["gradient"].item() < 1e-6 < inverted["gradient"].item()
+
+
+def test_range_term_counts_only_what_leaves_the_sources_local_range_by_more_than_the_margin():
+    dark, bright = torch.full((1, 1, 32, 32), 0.2), torch.full((1, 1, 32, 32), 0.7)
+    out = {"mu": torch.zeros(1, 1, 4, 4), "logvar": torch.zeros(1, 1, 4, 4), "eps_pred": torch.zeros(1, 1, 4, 4)}
+    cfg = LossConfig(range_margin=0.05)
+
+    def term(fused: torch.Tensor) -> float:
+        return hclfuse_losses({**out, "fused": fused}, dark, bright, dark, out["mu"], cfg, 1)["range"].item()
+
+    assert term(bright + 0.05) == 0.0 and term(dark - 0.05) == 0.0  # inside the margin
+    rim = bright.clone()
+    rim[..., 10:12, :] = 0.95  # a rim 0.25 above both sources on 2 of 32 rows: 0.2 beyond the margin
+    assert term(rim) == pytest.approx(0.2 * 2 / 32)
+    lo, hi = local_range(torch.cat([dark, rim], dim=1), 3)
+    assert lo.max().item() == pytest.approx(0.2) and hi[..., 9:13, :].min().item() == pytest.approx(0.95)
+    assert hi[..., :8, :].max().item() == pytest.approx(0.7)  # the window reaches one row beyond the rim, no further
