@@ -28,8 +28,8 @@ from streamfuse.imageops.arrays import box_filter
 
 __all__ = [
     "METRICS", "LABELS", "to_8bit", "entropy", "std_dev", "spatial_frequency", "average_gradient", "definition",
-    "mutual_information", "scd", "vif", "vifp", "qabf", "nabf", "overshoot", "ssim", "ssim_pair", "cc", "qsf_rsfe", "evaluate_pair",
-    "temporal_ratio", "flow_warp_error",
+    "mutual_information", "scd", "vif", "vifp", "qabf", "nabf", "overshoot", "ssim", "ssim_pair", "cc", "qsf_rsfe",
+    "evaluate_pair", "temporal_ratio", "flow_warp_error",
 ]
 
 #: Metric names in table order (the keys of :func:`evaluate_pair`).

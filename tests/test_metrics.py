@@ -204,12 +204,15 @@ def test_flow_warp_error_ignores_motion_and_sees_flicker():
         flow_warp_error(moving[:1], moving[:1])
 
 
-def test_overshoot_counts_rims_beyond_both_sources_local_range(scene):
-    dark = np.full_like(scene, 40)
-    assert M.overshoot(scene, scene, dark) == 0.0 and M.overshoot(np.maximum(scene, 40), scene, dark) == 0.0
-    rim = scene.astype(np.float64)
-    rim[20, :] = 255.0  # one row: counted where it is more than 8 grey above every source pixel within 3 px
-    hi = cv2.dilate(np.maximum(scene, dark), np.ones((7, 7), np.uint8))
-    expected = 100.0 * np.mean(rim[20] > hi[20] + 8.0) / scene.shape[0]
-    assert M.overshoot(rim, scene, dark) == pytest.approx(expected) and expected > 0
-    assert M.overshoot(np.zeros_like(rim), scene + 20, dark + 20) > 99.0  # darker than both, everywhere
+def test_overshoot_counts_rims_beyond_both_sources_local_range():
+    ir, vis = np.full((64, 80), 100.0), np.full((64, 80), 40.0)
+    ir[10:20, 10:20] = 200.0  # a warm square
+    fused = np.maximum(ir, vis)
+    assert M.overshoot(fused, ir, vis) == 0.0
+    rim = fused.copy()
+    rim[40, :] = 255.0  # a bright row on the flat part: every pixel of it counts
+    rim[9, 7:23] = 205.0  # beside the square, within its 3 px and 8 grey: none counts
+    assert M.overshoot(rim, ir, vis) == pytest.approx(100.0 / 64)
+    rim[40, :] = 107.0  # within the margin of the brighter source
+    assert M.overshoot(rim, ir, vis) == 0.0
+    assert M.overshoot(np.zeros_like(fused), ir, vis) == pytest.approx(100.0)  # darker than both, everywhere
