@@ -13,10 +13,9 @@ output| over all pixels and pairs) and montage.png to --out; with --json also on
 default, "ms": ...}},
 "guidance_energies": {"with"|"without"|"image_guidance=1"|"image_guidance=5": {heat, structure, consistency,
 image_structure}}} with the metrics VIF, Qabf, AG, SF, Nabf, Over (halos and rims, streamfuse.metrics.overshoot)
-and SSIM; the energies are the physics guides'
-(streamfuse.diffusion.guidance) on the sampled latent, and the structure energy of the fused image. Pairs come from
---ir/--vis (any two folders, matched by file name) or from the set --set under --data; published outputs under
-<data>/reference/<method>/msrs_test are scored too for msrs/test.
+and SSIM; the energies are the physics guides' (streamfuse.diffusion.guidance) on the sampled latent, and the
+structure energy of the fused image. Pairs come from --ir/--vis (any two folders, matched by file name) or from the
+set --set under --data; published outputs under <data>/reference/<method>/msrs_test are scored too for msrs/test.
 """
 
 from __future__ import annotations
