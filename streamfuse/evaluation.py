@@ -30,8 +30,8 @@ from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import vis_luma
 from streamfuse.processor import FrameProcessor, config_fuser, still_pair
 
-__all__ = ["Method", "find_pairs", "read_grey", "fused_dir_method", "fuser_method", "config_method", "evaluate_dir",
-           "EvalResult", "markdown_table"]
+__all__ = ["Method", "find_pairs", "image_files", "read_grey", "fused_dir_method", "fuser_method", "config_method",
+           "evaluate_dir", "EvalResult", "markdown_table"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def read_grey(path: Path) -> np.ndarray:
     return vis_luma(np.ascontiguousarray(img))
 
 
-def _images(folder: Path, what: str) -> dict[str, Path]:
+def image_files(folder: Path, what: str) -> dict[str, Path]:
+    """The images in ``folder`` by file stem; ``what`` names the folder in the error when it is missing."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder not found: {folder}")
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
@@ -84,7 +85,7 @@ def _images(folder: Path, what: str) -> dict[str, Path]:
 
 def find_pairs(dir_ir: str | Path, dir_vis: str | Path, limit: int = 0) -> list[tuple[str, Path, Path]]:
     """``(stem, ir_path, vis_path)`` for every stem present in both folders, sorted; the first ``limit`` if > 0."""
-    ir, vis = _images(Path(dir_ir), "IR"), _images(Path(dir_vis), "visible")
+    ir, vis = image_files(Path(dir_ir), "IR"), image_files(Path(dir_vis), "visible")
     stems = sorted(ir.keys() & vis.keys())
     if not stems:
         raise ValueError(f"no IR/visible pairs with matching file names in {dir_ir} and {dir_vis}")
@@ -210,7 +211,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
     save_dirs = _save_dirs([m for m in methods if m.fuser is not None], save_dir)
     processors = {m.name: _processor(m) for m in methods if m.fuser is not None}
-    fused_files = {m.name: _images(m.fused_dir, f"fused ({m.name})") for m in methods if m.fused_dir is not None}
+    fused_files = {m.name: image_files(m.fused_dir, f"fused ({m.name})") for m in methods if m.fused_dir is not None}
     shown = set(_montage_stems(pairs, montage_rows))
     tiles: dict[str, list[np.ndarray]] = {}
     result = EvalResult(missing={m.name: 0 for m in methods})

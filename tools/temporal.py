@@ -3,13 +3,16 @@
 For each clip folder under SEQ_ROOT (``<clip>/ir/*.png`` and ``<clip>/vi/*.png``, numbered frames) the fuser runs
 over the frames in order as one stream, between the IR level stabilizer and the post stage's temporal denoiser as the
 pipeline runs them (a --config method's ``stabilize`` and ``post`` sections; --stabilize and --denoise for
---fuser methods); the flicker ratio is mean |F_t - F_{t-1}| / mean |V_t - V_{t-1}| (visible Y). With the denoiser
-on, "filter lag" is how far its output strays from the unfiltered fused frames (mean and 99.9th percentile of
-|difference| in grey levels, over all clips): removed noise, and the trail it leaves on moving content.
-Goal: at most 1.1. "flow warp" is the motion-compensated measure (streamfuse.metrics.flow_warp_error: mean
-|F_t - warp(F_{t-1})| in grey levels with DIS optical flow from the visible frames, over pixels whose forward-backward
-flow agrees), mean over clips; the visible input's own value is printed first for scale. The static check fuses the
-same pair repeatedly and reports whether every output is identical.
+--fuser methods). --fused rows score another method's fused frames, ``DIR/<clip>/<frame>`` under the clip's frame
+names (any image format; Y is scored), with the same code. The flicker ratio is mean |F_t - F_{t-1}| / mean
+|V_t - V_{t-1}| (visible Y). With the denoiser on, "filter lag" is how far its output strays from the unfiltered
+fused frames (mean and 99.9th percentile of |difference| in grey levels, over all clips): removed noise, and the trail
+it leaves on moving content. Goal: at most 1.1. "flow warp" is the motion-compensated measure
+(streamfuse.metrics.flow_warp_error: mean |F_t - warp(F_{t-1})| in grey levels with DIS optical flow from the visible
+frames, over pixels whose forward-backward flow agrees), mean over clips. Both measures grow with the sharpness of the
+moving edges, so AG (the mean average gradient of the fused frames) is printed beside them; the visible input's own
+flow warp and AG come first, for scale. The static check fuses the same pair repeatedly and reports whether every
+output is identical.
 """
 
 from __future__ import annotations
@@ -25,13 +28,40 @@ except ModuleNotFoundError as exc:  # a Python without the package
 
 import numpy as np  # noqa: E402
 
-from streamfuse.evaluation import config_method, find_pairs, fuser_method, read_grey  # noqa: E402
-from streamfuse.metrics import flow_warp_error, temporal_ratio  # noqa: E402
+from streamfuse.evaluation import (config_method, find_pairs, fused_dir_method, fuser_method, image_files,  # noqa: E402
+                                   read_grey)
+from streamfuse.metrics import average_gradient, flow_warp_error, temporal_ratio  # noqa: E402
 from streamfuse.postprocess import PostConfig  # noqa: E402
 from streamfuse.processor import FrameProcessor, still_pair  # noqa: E402
 from streamfuse.stabilize import StabilizeConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def fused_frames(folder: Path, name: str, stems: list[str], shape: tuple[int, int]) -> list[np.ndarray]:
+    """Another method's fused Y frames of one clip, ``folder/<stem>.<ext>`` in ``stems``' order.
+
+    Raises:
+        FileNotFoundError: the folder or a frame is missing.
+        ValueError: a frame is unreadable or not ``shape``.
+    """
+    files = image_files(folder, f"fused ({name})")
+    missing = [s for s in stems if s not in files]
+    if missing:
+        raise FileNotFoundError(f"{folder}: no fused frame {missing[0]} ({len(missing)} of {len(stems)} missing)")
+    frames = [read_grey(files[s]) for s in stems]
+    for s, frame in zip(stems, frames, strict=True):
+        if frame.shape != shape:
+            raise ValueError(f"{files[s]}: fused frame is {frame.shape[1]}x{frame.shape[0]}, the clip's is "
+                             f"{shape[1]}x{shape[0]}")
+    return frames
+
+
+def row(name: str, levels: str, ratios: list[float], warp: list[float], sharpness: list[float], rest: str) -> str:
+    """One table row: per-clip flicker ratios, their mean, the mean flow warp error and AG, then ``rest``."""
+    cells = " | ".join(f"{r:.3f}" for r in ratios)
+    return (f"| {name} | {levels} | {cells} | {np.mean(ratios):.3f} | {np.mean(warp):.2f} | {np.mean(sharpness):.2f}"
+            f" | {rest} |")
 
 
 def main() -> None:
@@ -41,6 +71,8 @@ def main() -> None:
     parser.add_argument("--fuser", action="append", default=[],
                         help="NAME[:key=value,...] (repeatable); hclfuse when no --fuser or --config is given")
     parser.add_argument("--config", action="append", default=[], help="pipeline config whose fuser to run")
+    parser.add_argument("--fused", action="append", default=[], metavar="[NAME=]DIR",
+                        help="another method's fused frames, DIR/<clip>/<frame> (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override of the fuser's sections (fuse, hclfuse, engine, baseline, align)")
     parser.add_argument("--static", type=int, default=5, help="repeats of one pair for the static-input check")
@@ -53,40 +85,49 @@ def main() -> None:
         else []
     if not clips:
         sys.exit(f"temporal: no clips with ir/ and vi/ folders under {args.seq_root}")
-    default = [] if args.config else ["hclfuse"]  # hclfuse only when no method is named
+    default = [] if args.config or args.fused else ["hclfuse"]  # hclfuse only when no method is named
     try:
         fuser_post = PostConfig(denoise=args.denoise, denoise_threshold=args.denoise_threshold)
+        others = [fused_dir_method(s) for s in args.fused]
         methods = [fuser_method(s, args.overrides) for s in args.fuser or default]
         methods += [config_method(c, args.overrides) for c in args.config]
+        stems = {clip.name: find_pairs(clip / "ir", clip / "vi") for clip in clips}
+        frames = {name: [(read_grey(ir), read_grey(vi)) for _, ir, vi in pairs]
+                  for name, pairs in stems.items()}  # read once, fused by every method
+        outputs = {m.name: {name: fused_frames(m.fused_dir / name, m.name, [s for s, _, _ in stems[name]],
+                                               pairs[0][1].shape) for name, pairs in frames.items()} for m in others}
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"temporal: {exc}")
-    frames = {clip.name: [(read_grey(ir), read_grey(vi)) for _, ir, vi in find_pairs(clip / "ir", clip / "vi")]
-              for clip in clips}  # read once, fused by every method
-    visible = np.mean([flow_warp_error(*[[vi for _, vi in pairs]] * 2) for pairs in frames.values()])
-    print(f"visible input: flow warp error {visible:.2f} grey levels (mean over clips)")
-    print(f"| method | stabilize / denoise | {' | '.join(frames)} | mean | flow warp | filter lag mean / p99.9"
+    visible = [[vi for _, vi in pairs] for pairs in frames.values()]
+    print(f"visible input: flow warp error {np.mean([flow_warp_error(v, v) for v in visible]):.2f} grey levels, AG"
+          f" {np.mean([average_gradient(f) for v in visible for f in v]):.2f} (means over clips, frames)")
+    print(f"| method | stabilize / denoise | {' | '.join(frames)} | mean | flow warp | AG | filter lag mean / p99.9"
           " | static identical |")
-    print(f"|---|---|{'---|' * len(frames)}---|---|---|---|")
+    print(f"|---|---|{'---|' * len(frames)}---|---|---|---|---|")
+    for name, clip_outputs in outputs.items():
+        ratios = [temporal_ratio(clip_outputs[c], v) for c, v in zip(frames, visible, strict=True)]
+        warp = [flow_warp_error(clip_outputs[c], v) for c, v in zip(frames, visible, strict=True)]
+        sharpness = [average_gradient(f) for out in clip_outputs.values() for f in out]
+        print(row(name, "-", ratios, warp, sharpness, "- | -"), flush=True)
     for method in methods:
         post = method.config.post if method.config is not None else fuser_post
         level = method.config.stabilize if method.config is not None else StabilizeConfig(args.stabilize)
-        ratios, warp, lag = [], [], []
-        for name, pairs in frames.items():  # each clip one stream through the pipeline's frame processor
+        ratios, warp, sharpness, lag = [], [], [], []
+        for (name, pairs), vis in zip(frames.items(), visible, strict=True):  # each clip one stream, as it runs live
             processor = FrameProcessor(method.fuser, stream=name, stabilize=level, post=post)
             outs = [processor(still_pair(ir, vi, k)) for k, (ir, vi) in enumerate(pairs)]
             fused = [o.filtered_y for o in outs]
-            ratios.append(temporal_ratio(fused, [vi for _, vi in pairs]))
-            warp.append(flow_warp_error(fused, [vi for _, vi in pairs]))
+            ratios.append(temporal_ratio(fused, vis))
+            warp.append(flow_warp_error(fused, vis))
+            sharpness += [average_gradient(f) for f in fused]
             lag += [np.abs(o.filtered_y - o.fused_y).ravel() for o in outs[1:]]
         lag = np.concatenate(lag)
         processor = FrameProcessor(method.fuser, stream="static", stabilize=level, post=post)
         outs = [processor(still_pair(*pairs[0], k)).filtered_y for k in range(args.static)]
         static = all(np.array_equal(outs[0], o) for o in outs[1:])
-        cells = " | ".join(f"{r:.3f}" for r in ratios)
-        print(f"| {method.name} | {level.strength:g} / {post.denoise:g}, {post.denoise_threshold:g} | {cells}"
-              f" | {np.mean(ratios):.3f} | {np.mean(warp):.2f} |"
-              f" {lag.mean():.2f} / {np.percentile(lag, 99.9):.1f} | {'yes' if static else 'NO'} |", flush=True)
-
+        print(row(method.name, f"{level.strength:g} / {post.denoise:g}, {post.denoise_threshold:g}", ratios, warp,
+                  sharpness, f"{lag.mean():.2f} / {np.percentile(lag, 99.9):.1f} | {'yes' if static else 'NO'}"),
+              flush=True)
 
 if __name__ == "__main__":
     main()

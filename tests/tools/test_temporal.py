@@ -1,7 +1,9 @@
-"""tools/temporal.py on generated clips: the flicker ratio it prints, the denoiser's effect and the static check."""
+"""tools/temporal.py on generated clips: the flicker ratio it prints, the denoiser's effect, the static check and
+another method's fused frames."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -24,16 +26,19 @@ def _clip(root: Path, rng: np.random.Generator, n: int = 6) -> None:
             cv2.imwrite(str(root / sub / f"{i:04d}.png"), frame)
 
 
-def _mean_ratio(out: str, method: str) -> float:
+def _cells(out: str, method: str) -> list[str]:
     row = next(line for line in out.splitlines() if line.startswith(f"| {method} |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def _mean_ratio(out: str, method: str) -> float:
+    cells = _cells(out, method)
     assert cells[-1] == "yes"  # a static input gives identical outputs
-    return float(cells[-4])
+    return float(cells[-5])
 
 
 def _flow_warp(out: str, method: str) -> float:
-    row = next(line for line in out.splitlines() if line.startswith(f"| {method} |"))
-    return float([c.strip() for c in row.strip("|").split("|")][-3])
+    return float(_cells(out, method)[-4])
 
 
 def test_flicker_ratio_and_denoiser(temporal, tmp_path, rng, monkeypatch, capsys):
@@ -55,4 +60,35 @@ def test_flicker_ratio_and_denoiser(temporal, tmp_path, rng, monkeypatch, capsys
 def test_no_clips_is_one_line(temporal, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path)])
     with pytest.raises(SystemExit, match="no clips"):
+        temporal()
+
+
+def _copy_visible(seq: Path, out: Path) -> None:
+    """Another method's fused frames that are the visible frames themselves, ``out/<clip>/<frame>``."""
+    for clip in seq.iterdir():
+        (out / clip.name).mkdir(parents=True)
+        for frame in (clip / "vi").iterdir():
+            shutil.copy(frame, out / clip.name / frame.name)
+
+
+def test_fused_frames_of_another_method(temporal, tmp_path, rng, monkeypatch, capsys):
+    """The visible frames as a method's output: flicker ratio 1 on every clip, and the visible input's AG."""
+    _clip(tmp_path / "seq" / "a", rng)
+    _clip(tmp_path / "seq" / "b", rng)
+    _copy_visible(tmp_path / "seq", tmp_path / "out")
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path / "seq"), "--fused", f"copy={tmp_path / 'out'}"])
+    temporal()
+    out = capsys.readouterr().out
+    cells = _cells(out, "copy")
+    assert [float(c) for c in cells[2:5]] == [1.0, 1.0, 1.0]  # clip a, clip b, mean
+    assert cells[-3] == out.split(", AG ")[1].split(" ")[0]  # AG: the visible input's
+    assert cells[-2:] == ["-", "-"] and "| hclfuse |" not in out  # no fuser runs when only --fused is named
+
+
+def test_missing_fused_frame_is_one_line(temporal, tmp_path, rng, monkeypatch):
+    _clip(tmp_path / "seq" / "a", rng)
+    _copy_visible(tmp_path / "seq", tmp_path / "out")
+    (tmp_path / "out" / "a" / "0003.png").unlink()
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path / "seq"), "--fused", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match=r"out/a: no fused frame 0003 \(1 of 6 missing\)"):
         temporal()
