@@ -91,10 +91,10 @@ def main() -> None:
         others = [fused_dir_method(s) for s in args.fused]
         methods = [fuser_method(s, args.overrides) for s in args.fuser or default]
         methods += [config_method(c, args.overrides) for c in args.config]
-        stems = {clip.name: find_pairs(clip / "ir", clip / "vi") for clip in clips}
+        listed = {clip.name: find_pairs(clip / "ir", clip / "vi") for clip in clips}  # (stem, ir path, vi path)
         frames = {name: [(read_grey(ir), read_grey(vi)) for _, ir, vi in pairs]
-                  for name, pairs in stems.items()}  # read once, fused by every method
-        outputs = {m.name: {name: fused_frames(m.fused_dir / name, m.name, [s for s, _, _ in stems[name]],
+                  for name, pairs in listed.items()}  # read once, fused by every method
+        outputs = {m.name: {name: fused_frames(m.fused_dir / name, m.name, [s for s, _, _ in listed[name]],
                                                pairs[0][1].shape) for name, pairs in frames.items()} for m in others}
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"temporal: {exc}")
