@@ -49,7 +49,7 @@ class LossConfig:
         gradient: weight of L1 between the Sobel components of F and of the stronger source.
         rule: weight of L1(F, hand rule) (regulariser).
         range: weight of the output's excursion beyond the sources' local range (halos and rims; 0 = off, the
-            shipped weights' last whole-model stage used 400, model card).
+            shipped weights' last whole-model stage used 1600, model card).
         range_window: window (px) of the local range.
         range_margin: how far (0..1) the output may leave the local range before the range term counts.
         detail_gain: amplification of the selected detail in the hand rule.
