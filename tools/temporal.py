@@ -11,8 +11,8 @@ it leaves on moving content. Goal: at most 1.1. "flow warp" is the motion-compen
 (streamfuse.metrics.flow_warp_error: mean |F_t - warp(F_{t-1})| in grey levels with DIS optical flow from the visible
 frames, over pixels whose forward-backward flow agrees), mean over clips. Both measures grow with the sharpness of the
 moving edges, so AG (the mean average gradient of the fused frames) is printed beside them; the visible input's own
-flow warp and AG come first, for scale. The static check fuses the same pair repeatedly and reports whether every
-output is identical.
+flow warp and AG come first, for scale; a second table gives the flow warp clip by clip. The static check fuses the
+same pair repeatedly and reports whether every output is identical.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"temporal: {exc}")
     visible = [[vi for _, vi in pairs] for pairs in frames.values()]
-    print(f"visible input: flow warp error {np.mean([flow_warp_error(v, v) for v in visible]):.2f} grey levels, AG"
+    warps = {"visible input": [flow_warp_error(v, v) for v in visible]}  # per clip, printed after the main table
+    print(f"visible input: flow warp error {np.mean(warps['visible input']):.2f} grey levels, AG"
           f" {np.mean([average_gradient(f) for v in visible for f in v]):.2f} (means over clips, frames)")
     print(f"| method | stabilize / denoise | {' | '.join(frames)} | mean | flow warp | AG | filter lag mean / p99.9"
           " | static identical |")
@@ -108,6 +109,7 @@ def main() -> None:
         ratios = [temporal_ratio(clip_outputs[c], v) for c, v in zip(frames, visible, strict=True)]
         warp = [flow_warp_error(clip_outputs[c], v) for c, v in zip(frames, visible, strict=True)]
         sharpness = [average_gradient(f) for out in clip_outputs.values() for f in out]
+        warps[name] = warp
         print(row(name, "-", ratios, warp, sharpness, "- | -"), flush=True)
     for method in methods:
         post = method.config.post if method.config is not None else fuser_post
@@ -122,12 +124,18 @@ def main() -> None:
             sharpness += [average_gradient(f) for f in fused]
             lag += [np.abs(o.filtered_y - o.fused_y).ravel() for o in outs[1:]]
         lag = np.concatenate(lag)
+        warps[method.name] = warp
         processor = FrameProcessor(method.fuser, stream="static", stabilize=level, post=post)
         outs = [processor(still_pair(*pairs[0], k)).filtered_y for k in range(args.static)]
         static = all(np.array_equal(outs[0], o) for o in outs[1:])
         print(row(method.name, f"{level.strength:g} / {post.denoise:g}, {post.denoise_threshold:g}", ratios, warp,
                   sharpness, f"{lag.mean():.2f} / {np.percentile(lag, 99.9):.1f} | {'yes' if static else 'NO'}"),
               flush=True)
+    print(f"\nflow warp error per clip (grey levels)\n| method | {' | '.join(frames)} | mean |\n"
+          f"|---|{'---|' * len(frames)}---|")
+    for name, warp in warps.items():
+        print(f"| {name} | {' | '.join(f'{w:.2f}' for w in warp)} | {np.mean(warp):.2f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -85,6 +85,9 @@ def test_fused_frames_of_another_method(temporal, tmp_path, rng, monkeypatch, ca
     assert [float(c) for c in cells[2:5]] == [1.0, 1.0, 1.0]  # clip a, clip b, mean
     assert cells[-3] == out.split(", AG ")[1].split(" ")[0]  # AG: the visible input's
     assert cells[-2:] == ["-", "-"] and "| hclfuse |" not in out  # no fuser runs when only --fused is named
+    per_clip = out.split("flow warp error per clip")[1]  # the visible frames warp as the visible input does
+    assert _cells(per_clip, "copy")[1:] == _cells(per_clip, "visible input")[1:]
+    assert len(_cells(per_clip, "copy")) == 4 and float(_cells(per_clip, "copy")[-1]) > 0  # clip a, clip b, mean
 
 
 def test_missing_fused_frame_is_one_line(temporal, tmp_path, rng, monkeypatch):
