@@ -71,6 +71,8 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     fuser = processor.fuser
     log.info("fuser %s %s", fuser.name, fuser.version)
     tel = Telemetry(cfg.telemetry)
+    for name in ("published", "publish_dropped", "stale"):  # in every snapshot, 0 until something happens
+        tel.set(name, 0)
     pairer = Pairer(cfg.sync)
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     wall_clock = {name for name, src in (("ir", cfg.ir), ("vis", cfg.vis)) if not src.replayable}

@@ -37,8 +37,8 @@ class Telemetry:
         self._lat: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=cfg.window))
         self._counts: dict[str, int] = defaultdict(int)
         self._t_start = time.perf_counter()
-        self._t_last = self._t_start
-        self._outputs_last = 0
+        self._t_last = self._t_prev = self._t_start  # the last two snapshots
+        self._outputs_last = self._outputs_prev = 0
 
     def record(self, stage: str, ms: float) -> None:
         """Add one latency sample for ``stage`` in milliseconds."""
@@ -58,11 +58,17 @@ class Telemetry:
 
     def snapshot(self) -> dict:
         """Stats since start: per-stage median/p99/min ms, counters, and the ``published`` rate over the last
-        interval (``rate_fps``) and since start (``mean_rate_fps``)."""
+        interval (``rate_fps``) and since start (``mean_rate_fps``).
+
+        A snapshot taken less than half an interval after the previous one (the final one, at exit) measures its rate
+        from the snapshot before, so a window of a few milliseconds never stands for the rate.
+        """
         now = time.perf_counter()
         done = self._counts.get("published", 0)
-        interval = max(now - self._t_last, 1e-9)
-        rate = (done - self._outputs_last) / interval
+        if now - self._t_last < self.cfg.interval_s / 2:
+            self._t_last, self._outputs_last = self._t_prev, self._outputs_prev
+        rate = (done - self._outputs_last) / max(now - self._t_last, 1e-9)
+        self._t_prev, self._outputs_prev = self._t_last, self._outputs_last
         self._t_last, self._outputs_last = now, done
         stages = {}
         for stage, samples in self._lat.items():

@@ -89,6 +89,7 @@ def test_demo_publishes_fused_frames_and_stops_cleanly_on_sigterm(receiver):
         assert image.std() > 5  # a real scene, not a blank frame
         assert len(stats) >= 3 and stats[-1]["schema"] == "streamfuse.stats/1"
         assert "fuse" in stats[-1]["stages"] and stats[-1]["counters"]["published"] >= 1
+        assert {"publish_dropped", "stale"} <= stats[0]["counters"].keys()  # present at 0 too
         in_use = _shm_of(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -22,3 +22,16 @@ def test_snapshot_percentiles_and_counters():
 def test_ranges():
     with pytest.raises(ValueError, match="interval_s"):
         parse_section(TelemetryConfig, {"interval_s": 0}, "telemetry")
+
+
+def test_a_snapshot_right_after_another_measures_its_rate_from_the_one_before(monkeypatch):
+    """The final snapshot at exit often comes milliseconds after a periodic one: its rate is not that window's."""
+    clock = iter([0.0, 5.0, 5.004, 10.0])  # start, a periodic snapshot, the final one, the next periodic one
+    monkeypatch.setattr("streamfuse.telemetry.time.perf_counter", lambda: next(clock))
+    tel = Telemetry(TelemetryConfig(interval_s=5.0))
+    tel.count("published", 100)
+    assert tel.snapshot()["rate_fps"] == 20.0
+    tel.count("published", 1)  # one frame in 4 ms would read as 250 frames/s
+    assert tel.snapshot()["rate_fps"] == pytest.approx(101 / 5.004, abs=0.01)
+    tel.count("published", 99)
+    assert tel.snapshot()["rate_fps"] == pytest.approx(99 / 4.996, abs=0.01)  # a full interval: its own window
