@@ -70,6 +70,20 @@ class WriterThread:
             if self.error is not None:
                 raise self.error
 
+    def offer(self, item: Any) -> bool:
+        """Queue one item unless the queue is full (then False: the caller counts the loss); never blocks. Raises
+        the first error, if any."""
+        if self.error is not None:
+            raise self.error
+        if self._thread is None:
+            self.put(item)
+            return True
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            return False
+        return True
+
     def join(self) -> None:
         """Handle everything queued, stop the thread; raises the thread's error, if any."""
         if self._thread is not None and self._thread.is_alive():

@@ -102,9 +102,9 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
                 processed = processor(pairs[-1], pub.loan(processor.output_shape(pairs[-1])))
                 # 4. publish, never blocking on a slow subscriber
                 _publish(pub, tel, pairs[-1], processed, fuser, t0, end_to_end=len(wall_clock) == 2)
-            _report(tel, pub, pairer, producers, fuser, final=False)
+            _report(tel, pub, pairer, producers, fuser, rec, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
-        return _report(tel, pub, pairer, producers, fuser, final=True)
+        return _report(tel, pub, pairer, producers, fuser, rec, final=True)
 
 
 def _fuser_info(cfg: PipelineConfig, fuser: Fuser) -> dict:
@@ -149,8 +149,8 @@ def _drain(producers: Producers) -> list[Frame] | None:
     return None if producers.done and not frames else frames
 
 
-def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers, fuser: Fuser, *,
-            final: bool) -> dict:
+def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers, fuser: Fuser,
+            rec: Recorder | None, *, final: bool) -> dict:
     """Every ``interval_s`` (and at exit): gather counters, log one line, publish on the stats topic."""
     if not (final or tel.due()):
         return {}
@@ -165,6 +165,9 @@ def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers
             tel.set(f"capture_{name}.{source}", counters[name])
     for name, value in fuser.stats().items():
         tel.set(name, value)
+    if rec is not None:
+        for source, count in rec.dropped.items():
+            tel.set(f"record_dropped.{source}", count)
     snap = tel.snapshot()
     log.info("%s%s", "final: " if final else "", format_stats(snap))
     pub.send_stats(snap)

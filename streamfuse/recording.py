@@ -150,7 +150,7 @@ class Recorder:
     Args:
         cfg: the ``record`` section.
         frame_ids: optical frame name per stream, default ``<stream>_optical_frame``.
-        queue_size: frames queued for the writer thread before :meth:`write` blocks.
+        queue_size: frames queued for the writer thread; beyond them :meth:`write` drops and counts.
     """
 
     def __init__(self, cfg: RecordConfig, frame_ids: dict[str, str] | None = None, queue_size: int = 64):
@@ -158,6 +158,7 @@ class Recorder:
         self._partial = partial_path(self.path)
         self._frame_ids = {s: (frame_ids or {}).get(s) or f"{s}_optical_frame" for s in TOPICS}
         self.counts = {s: 0 for s in TOPICS}
+        self.dropped = {s: 0 for s in TOPICS}  # frames the disk could not keep up with
         try:
             self._file = open(self._partial, "wb")  # noqa: SIM115 (closed in close())
         except OSError as exc:
@@ -174,16 +175,20 @@ class Recorder:
     def write(self, frame: Frame) -> None:
         """Queue one raw frame (stream ``ir`` or ``vis``, capture time >= 0 ns) for the file.
 
-        Compression and disk writes run on a worker thread; when ``queue_size`` frames wait (the disk is slower
-        than the cameras) this blocks rather than lose a frame. A write error is raised by the next call.
+        Compression and disk writes run on a worker thread. When ``queue_size`` frames wait (the disk is slower
+        than the cameras) the frame is left out of the file and counted in ``dropped``, since blocking here would
+        stall the live loop, and the cameras' rings would lose frames instead. A write error is raised by the next
+        call.
         """
         if frame.stream not in self._channels:
             raise ValueError(f"cannot record stream {frame.stream!r}; recordable streams: {', '.join(TOPICS)}")
         if frame.t_capture_ns < 0:
             raise ValueError(f"cannot record {frame.stream} frame {frame.seq}: negative capture time "
                              f"{frame.t_capture_ns} ns (MCAP times are unsigned)")
-        self._worker.put(frame)
-        self.counts[frame.stream] += 1
+        if self._worker.offer(frame):
+            self.counts[frame.stream] += 1
+        else:
+            self.dropped[frame.stream] += 1
 
     def _append(self, frame: Frame) -> None:
         self._writer.add_message(self._channels[frame.stream], log_time=frame.t_capture_ns, publish_time=
@@ -203,6 +208,9 @@ class Recorder:
             self._file.close()
         os.replace(self._partial, self.path)
         log.info("recorded %d IR and %d visible frames to %s", self.counts["ir"], self.counts["vis"], self.path)
+        if any(self.dropped.values()):
+            log.warning("%s lacks %d IR and %d visible frames that the disk could not keep up with; a replay of it "
+                        "pairs what is there", self.path, self.dropped["ir"], self.dropped["vis"])
 
     def abort(self) -> None:
         """Write what is queued and close without the final name: the ``.NAME.partial`` file stays readable."""

@@ -169,6 +169,9 @@ class VideoWriter:
         except (OSError, av.FFmpegError) as exc:
             remuxed.unlink(missing_ok=True)
             raise RuntimeError(f"writing {self.path} from {self.partial} failed: {io_reason(exc)}") from None
+        except KeyboardInterrupt:  # the partial file stays for --resume; the half-written copy goes
+            remuxed.unlink(missing_ok=True)
+            raise
         os.replace(remuxed, self.path)
         self.partial.unlink()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import pytest
 from streamfuse.atomic_write import partial_path
 from streamfuse.batch import LocalEngine, RayEngine, bounded, find_jobs, run_batch, worker_cfg
 from streamfuse.config import load_config
-from streamfuse.replay import run_replay
+from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import VideoWriter, decode_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,6 +124,37 @@ def test_a_bad_pair_fails_alone_and_complete_outputs_are_skipped(tmp_path):
     assert "3 pairs: 2 done, 0 skipped (complete), 1 failed; 8 frames out" in table
     again = run_batch(cfg, jobs)
     assert [r.status for r in again.results] == ["skipped", "skipped", "failed"]
+
+
+def test_in_a_folder_a_missing_visible_video_fails_its_pair_alone(tmp_path, caplog):
+    src = _pairs(tmp_path / "src", ["a.nut", "c.nut"], 4)
+    shutil.copy(src / "ir" / "a.nut", src / "ir" / "b.nut")  # no vi/b.nut
+    shutil.copy(src / "vi" / "a.nut", src / "vi" / "lonely.nut")  # no ir/lonely.nut
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    with caplog.at_level(logging.WARNING):
+        jobs = find_jobs(src, tmp_path / "out", ext=".nut")
+    assert "no IR video of the same name for lonely.nut" in caplog.text
+    summary = run_batch(cfg, jobs)
+    assert [(Path(r.out).name, r.status) for r in summary.results] == [("a.nut", "done"), ("b.nut", "failed"),
+                                                                       ("c.nut", "done")]
+    assert "b.nut" in summary.results[1].reason and "\n" not in summary.results[1].reason
+
+
+def test_an_interrupted_batch_counts_the_pairs_it_did_not_start(tmp_path, monkeypatch):
+    """Ctrl-C in the first pair: the batch stops, the second pair is listed as not started, and the pair's reason
+    leaves out the single replay's "--out FILE" hint (for a batch, --out is the folder)."""
+    def interrupted(cfg, **kwargs):
+        raise ReplayError("replay stopped: interrupted (Ctrl-C); 3 frames kept in .a.nut.partial", interrupted=True,
+                          hint="run again with --resume (same --out a.nut) to continue")
+
+    monkeypatch.setattr("streamfuse.batch.worker.run_replay", interrupted)
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    summary = run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+    assert [(Path(r.out).name, r.status) for r in summary.results] == [("a.nut", "interrupted"),
+                                                                       ("b.nut", "not started")]
+    assert summary.results[0].reason == "replay stopped: interrupted (Ctrl-C); 3 frames kept in .a.nut.partial"
+    assert "2 pairs: 0 done, 0 skipped (complete), 1 failed, 1 not started;" in summary.format()
 
 
 # ------------------------------------------------------------------------------------------------------ Ray

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import struct
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -43,6 +45,31 @@ def test_record_round_trip_keeps_order_seq_times_and_pixels(tmp_path, rng):
     assert [(f.stream, f.seq, f.t_capture_ns) for f in got] == [(f.stream, f.seq, f.t_capture_ns) for f in frames]
     for a, b in zip(frames, got):
         np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_a_disk_slower_than_the_cameras_costs_recorded_frames_not_the_live_loop(tmp_path, rng, monkeypatch, caplog):
+    """With the writer stuck on one frame and its queue full, write() returns at once and counts the frame it
+    leaves out; the file holds the rest and the log says what it lacks."""
+    started, release = threading.Event(), threading.Event()
+    real_append = Recorder._append
+
+    def slow_append(self, frame):
+        started.set()
+        assert release.wait(30)
+        real_append(self, frame)
+
+    monkeypatch.setattr(Recorder, "_append", slow_append)
+    frames = [f for f in _frames(rng, 2) if f.stream == "vis"]  # two frames of one stream
+    path = tmp_path / "rig.mcap"
+    with caplog.at_level(logging.WARNING), Recorder(RecordConfig(path=str(path)), queue_size=1) as rec:
+        rec.write(frames[0])
+        assert started.wait(30)  # the writer holds frame 0; the queue has room for one more
+        rec.write(frames[1])
+        rec.write(Frame("ir", 0, T0, frames[0].image[..., 0]))  # queue full: left out, and write() did not block
+        assert rec.counts == {"ir": 0, "vis": 2} and rec.dropped == {"ir": 1, "vis": 0}
+        release.set()
+    assert [(f.stream, f.seq) for f in read_recording(path)] == [("vis", 0), ("vis", 1)]
+    assert "lacks 1 IR and 0 visible frames" in caplog.text
 
 
 def test_record_schema_and_message_layout(tmp_path, rng):

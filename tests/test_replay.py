@@ -172,6 +172,49 @@ def test_interrupt_leaves_no_final_file_and_resume_finishes_without_refusing(tmp
     assert not partial_path(out).exists() and not list(tmp_path.glob(".fused*"))
 
 
+def test_interrupt_while_the_file_is_remuxed_keeps_the_partial_and_resumes(tmp_path, clip, monkeypatch):
+    """Ctrl-C after the last frame, while the final file is written: the same one line and partial file as
+    mid-run, no half-written copy left behind, and --resume finishes."""
+    ir, vis, _ = clip
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    real_remux = VideoWriter._remux
+
+    def interrupted_remux(self, dst):
+        dst.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VideoWriter, "_remux", interrupted_remux)
+    with pytest.raises(ReplayError, match=r"interrupted \(Ctrl-C\); \d+ frames kept in .*; run again with --resume"):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    assert not out.exists() and partial_path(out).exists()
+    assert sorted(p.name for p in tmp_path.glob(".fused*")) == [".fused.mp4.partial", ".fused.mp4.partial.json"]
+    monkeypatch.setattr(VideoWriter, "_remux", real_remux)
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.fused == 0 and len(decoded(out)[1]) == summary.written
+
+
+def test_interrupt_while_the_model_loads_is_one_line_and_writes_nothing(tmp_path, clip, monkeypatch):
+    ir, vis, _ = clip
+
+    def loading(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", loading)
+    with pytest.raises(ReplayError, match=r"^replay stopped: interrupted \(Ctrl-C\)$") as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert err.value.interrupted and not list(tmp_path.glob("*o.mp4*"))
+
+
+def test_a_failed_replay_says_that_an_existing_output_is_an_earlier_one(tmp_path, clip, monkeypatch):
+    ir, vis, _ = clip
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"an earlier run's video")
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(3, RuntimeError))
+    with pytest.raises(ReplayError, match=r"2 frames kept in .*; .*o\.mp4 is an earlier run's output, left as it"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert out.read_bytes() == b"an earlier run's video"
+
+
 def test_resume_with_changed_settings_starts_over(tmp_path, clip):
     ir, vis, _ = clip
     out = tmp_path / "fused.mp4"

@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.format())
     for result in summary.failed:
         print(f"replay_many: FAILED {result.out}: {result.reason}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    if summary.count("interrupted") or summary.count("not started"):
+        print("replay_many: interrupted; run the same command again with --resume to continue", file=sys.stderr)
+    return 1 if summary.failed or summary.count("not started") else 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ class PairResult:
     """What became of one pair. ``frames_in`` counts frames read per input; ``frames_out`` frames in the output."""
 
     out: str
-    status: Literal["done", "skipped", "failed", "interrupted"]
+    status: Literal["done", "skipped", "failed", "interrupted", "not started"]
     frames_in: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})
     frames_out: int = 0
     fps: float = 0.0  # output frames per wall second of this pair
@@ -60,8 +60,9 @@ class BatchSummary:
         lines += [f"{Path(r.out).name:<{width}}  {r.status:<11}{r.frames_in['ir']:>7}{r.frames_in['vis']:>7}"
                   f"{r.frames_out:>7}{r.fps:>8.1f}  {r.worker}" for r in ran]
         frames = sum(r.frames_out for r in ran)
+        not_started = f", {self.count('not started')} not started" if self.count("not started") else ""
         lines.append(f"{len(self.results)} pairs: {self.count('done')} done, {self.count('skipped')} skipped "
-                     f"(complete), {len(self.failed)} failed; {frames} frames out in {self.wall_s:.1f} s "
+                     f"(complete), {len(self.failed)} failed{not_started}; {frames} frames out in {self.wall_s:.1f} s "
                      f"({frames / max(self.wall_s, 1e-9):.1f} frames/s)")
         return "\n".join(lines)
 

@@ -59,7 +59,8 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
         resume: continue interrupted outputs from their partial files.
 
     Returns:
-        Every pair's result, in the order they finished (skipped pairs first).
+        Every pair's result, in the order they finished (skipped pairs first, those an interruption left not
+        started last).
     """
     from tqdm import tqdm
 
@@ -78,4 +79,6 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
             pairs.update(1)
             if result.status in ("failed", "interrupted"):
                 log.error("%s: %s", result.out, result.reason)
+    finished = {r.out for r in results}  # an interrupted batch stops before the rest
+    results += [PairResult(str(job.out), "not started") for job in todo if str(job.out) not in finished]
     return BatchSummary(results, time.perf_counter() - t0)

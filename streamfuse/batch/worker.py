@@ -78,7 +78,8 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
                              fuser_factory=lambda used: _Counted(models.fuser(used), report))
     except ReplayError as exc:
         summary = exc.summary
-        result.status, result.reason = "interrupted" if exc.interrupted else "failed", str(exc)
+        # the batch says how to continue (--resume of the whole batch), not the single replay's --out
+        result.status, result.reason = "interrupted" if exc.interrupted else "failed", exc.message
     except (OSError, RuntimeError, ValueError) as exc:
         summary = None
         result.status, result.reason = "failed", " ".join(str(exc).split()) or type(exc).__name__

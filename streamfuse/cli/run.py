@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
     except ConfigError as exc:
         print(f"streamfuse: config error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the run's own handlers are in place (loading the model): nothing to keep
+        print("streamfuse: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except (OSError, RuntimeError, ValueError) as exc:
         # Every stage raises these with one line that says what and where; a stack trace would bury it.
         logging.getLogger("streamfuse").debug("failure", exc_info=True)

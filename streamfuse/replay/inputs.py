@@ -8,6 +8,7 @@ batch.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue
 import threading
@@ -26,6 +27,8 @@ from streamfuse.frames import Frame
 
 __all__ = ["Input", "Reader", "RecordedOrder", "input_kind", "input_path", "resolve", "merged", "outside",
            "truncation", "find_pairs"]
+
+log = logging.getLogger(__name__)
 
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
 _VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".nut", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
@@ -240,11 +243,14 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
         vis_dir = next((src / d for d in ("vi", "vis") if (src / d).is_dir()), None)
         if not (src / "ir").is_dir() or vis_dir is None:
             raise ValueError(f"{src} must hold ir/ and vi/ (or vis/) subfolders of same-named videos")
-        pairs = [(p, vis_dir / p.name) for p in sorted((src / "ir").iterdir())
-                 if p.suffix.lower() in _VIDEO_EXTS | {".mcap"}]
-        missing = [str(v) for _, v in pairs if not v.exists()]
-        if missing:
-            raise ValueError(f"visible videos missing for: {', '.join(missing)}")
+        exts = _VIDEO_EXTS | {".mcap"}
+        pairs = [(p, vis_dir / p.name) for p in sorted((src / "ir").iterdir()) if p.suffix.lower() in exts]
+        # a missing visible video fails its pair alone when it runs, as in a list file; a visible video without an
+        # IR one is not a pair at all, so say so here
+        ir_names = {p.name for p, _ in pairs}
+        alone = sorted(p.name for p in vis_dir.iterdir() if p.suffix.lower() in exts and p.name not in ir_names)
+        if alone:
+            log.warning("%s: no IR video of the same name for %s; not replayed", vis_dir, ", ".join(alone))
         return pairs
     if not src.is_file():
         raise FileNotFoundError(f"pair list not found: {src}")

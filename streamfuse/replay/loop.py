@@ -102,9 +102,10 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
     with _sigterm_interrupts():
         try:
             return _Replay(used, ir, vis, out, prints, take_over, summary).run(fuser_factory)
-        except _Terminated:  # before the loop began or after it ended: the partial output is kept as it is
-            raise ReplayError(f"replay stopped: {_TERMINATED}; {resume_hint(out)}", summary,
-                              interrupted=True) from None
+        except KeyboardInterrupt as exc:  # before the loop began (model loading): a partial output is kept as it is
+            hint = resume_hint(out) if partial_path(out).exists() else ""
+            raise ReplayError(f"replay stopped: {_TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED}",
+                              summary, interrupted=True, hint=hint) from None
 
 
 def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os.PathLike | None,
@@ -344,6 +345,8 @@ class _Replay:
                 self.writer.commit()
             except RuntimeError as exc:  # the encoder's last frames or the index did not fit (disk full)
                 s.stopped = str(exc)
+            except KeyboardInterrupt as exc:  # while the encoder flushes or the file is remuxed: resumable as ever
+                s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
         if s.stopped:
             self._keep_partial()
         sidecar_path(self.out).unlink(missing_ok=True)
@@ -360,9 +363,11 @@ class _Replay:
                 self._save_sidecar(s.stopped)
             except RuntimeError as exc:
                 log.warning("%s", exc)
-            where = f"{s.written} frames kept in {self.writer.partial}; {resume_hint(self.out)}"
+            where, hint = f"{s.written} frames kept in {self.writer.partial}", resume_hint(self.out)
         else:
-            where = "no output written"
+            where, hint = "no output written", ""
+        if self.out.exists():  # the final name still holds an earlier run's output: say it is not this one
+            where += f"; {self.out} is an earlier run's output, left as it was"
         log.info("%s", s.format())
         raise ReplayError(f"replay stopped: {s.stopped}; {where}", s,
-                          interrupted=s.stopped in (_INTERRUPTED, _TERMINATED))
+                          interrupted=s.stopped in (_INTERRUPTED, _TERMINATED), hint=hint)

@@ -72,10 +72,13 @@ class ReplaySummary:
 
 
 class ReplayError(RuntimeError):
-    """A replay that did not finish; the message is one line and says where the partial output is."""
+    """A replay that did not finish; the message is one line and says where the partial output is, then ``hint``
+    (how to continue this one replay; a batch gives its own)."""
 
-    def __init__(self, message: str, summary: ReplaySummary | None = None, *, interrupted: bool = False):
-        super().__init__(message)
+    def __init__(self, message: str, summary: ReplaySummary | None = None, *, interrupted: bool = False,
+                 hint: str = ""):
+        super().__init__(f"{message}; {hint}" if hint else message)
+        self.message = message
         self.summary = summary
         self.interrupted = interrupted  # Ctrl-C or SIGTERM: a batch should stop too
 
