@@ -36,7 +36,20 @@ def check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 class _Loader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that also reads ``1e-3``, ``-2e5`` and ``1E3`` as floats (YAML 1.2 does; PyYAML's YAML 1.1
-    resolver wants a dot and a signed exponent, and keeps them as strings)."""
+    resolver wants a dot and a signed exponent, and keeps them as strings), and refuses a key given twice in one
+    mapping (PyYAML keeps the last one silently, so an edit lower in the file would quietly undo one above)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (line "
+                                                        f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",

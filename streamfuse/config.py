@@ -8,6 +8,7 @@ names its new place (:data:`MOVED`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -123,16 +124,36 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     """Load a YAML config, apply dotted overrides, and validate every section."""
     path = Path(path)
     try:
-        data = load_yaml(path.read_text()) or {}
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a config file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    if not text.strip():  # a truncated or never-written file, not a wish for every default (that is `{}`)
+        raise ConfigError(f"{path}: the config file is empty (write `{{}}` to run on every default)")
+    try:
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     try:
-        data = apply_overrides(data, overrides or [])
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return config_from_dict(data, str(path))
+        overridden = apply_overrides(copy.deepcopy(data), overrides or [])
+    except ValueError as exc:  # names the override
+        raise ConfigError(str(exc)) from None
+    try:
+        return config_from_dict(overridden, str(path))
+    except ConfigError as exc:
+        if not overrides:
+            raise
+        try:  # the file's own fault, which the overrides left as it was, is the file's; any other is theirs
+            config_from_dict(data, str(path))
+        except ConfigError as own:
+            if str(own) == str(exc):
+                raise
+        raise ConfigError(f"override of {path}: {str(exc).removeprefix(f'{path}: ')}") from None
 
 
 def dump_config(cfg: PipelineConfig, path: str | Path) -> None:

@@ -159,8 +159,14 @@ class Recorder:
         self._frame_ids = {s: (frame_ids or {}).get(s) or f"{s}_optical_frame" for s in TOPICS}
         self.counts = {s: 0 for s in TOPICS}
         self.dropped = {s: 0 for s in TOPICS}  # frames the disk could not keep up with
+        # an existing file is an earlier recording or one of the run's own inputs; a partial one is what is left of
+        # a run that did not finish: none is written over
+        for existing in (self.path, self._partial):
+            if existing.exists():
+                raise RuntimeError(f"cannot record to {self.path}: {existing} exists; choose another record.path or "
+                                   f"move it away")
         try:
-            self._file = open(self._partial, "wb")  # noqa: SIM115 (closed in close())
+            self._file = open(self._partial, "xb")  # noqa: SIM115 (closed in close())
         except OSError as exc:
             raise RuntimeError(f"cannot write recording {self.path}: {exc.strerror}") from None
         compression = CompressionType.ZSTD if cfg.compression == "zstd" else CompressionType.NONE

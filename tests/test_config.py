@@ -6,6 +6,7 @@ import pytest
 
 from streamfuse.checks import apply_overrides
 from streamfuse.config import MOVED, ConfigError, config_from_dict, dump_config, load_config
+from streamfuse.configs import CONFIG_DIR, resolve
 
 CONFIGS = Path(__file__).resolve().parents[1] / "streamfuse" / "configs"
 
@@ -84,8 +85,40 @@ def test_keys_of_the_earlier_layout_name_their_new_place(tmp_path, old, new):
         path = _write(tmp_path, f"{section}: {{{key}: {value!r}}}\n" if how == "file" else "{}\n")
         with pytest.raises(ConfigError) as err:
             load_config(path, [] if how == "file" else [f"{old}={value!r}"])
-        assert str(err.value) == f"{path}: {old} moved to {new}"
+        blamed = path if how == "file" else f"override of {path}"  # an override's fault is not the file's
+        assert str(err.value) == f"{blamed}: {old} moved to {new}"
     assert getattr(getattr(config_from_dict({new_section: {new_key: value}}), new_section), new_key) == value
+
+
+def test_a_file_that_is_not_a_config_is_one_line(tmp_path, monkeypatch):
+    cases = {"empty.yaml": b"", "blank.yaml": b"  \n", "binary.yaml": bytes([0xD6, 0x00, 0xFF]) * 10,
+             "twice.yaml": b"fuse:\n  name: max\nfuse:\n  name: rule\n",
+             "twice_in_section.yaml": b"hclfuse:\n  steps: 1\n  steps: 2\n"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    messages = {}
+    for name in cases:
+        with pytest.raises(ConfigError) as err:
+            load_config(tmp_path / name)
+        messages[name] = str(err.value)
+    assert all(m.startswith(str(tmp_path)) and "\n" not in m for m in messages.values())
+    assert "is empty" in messages["empty.yaml"] and "is empty" in messages["blank.yaml"]
+    assert "not UTF-8" in messages["binary.yaml"]
+    assert "key 'fuse' is given twice (line 3)" in messages["twice.yaml"]
+    assert "key 'steps' is given twice (line 3)" in messages["twice_in_section.yaml"]
+    assert load_config(_write(tmp_path, "{}\n")) == config_from_dict({})  # every default, said explicitly
+    (tmp_path / "demo").mkdir()  # a folder of a shipped config's name does not hide it
+    monkeypatch.chdir(tmp_path)
+    assert resolve("demo") == CONFIG_DIR / "demo.yaml"
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path / "demo")
+
+
+def test_an_override_that_completes_the_file_is_not_blamed_on_it(tmp_path):
+    path = _write(tmp_path, "hclfuse: {steps: 0}\n")  # out of range in the file, fixed by the override
+    assert load_config(path, ["hclfuse.steps=2"]).hclfuse.steps == 2
+    with pytest.raises(ConfigError, match=f"^{path}: hclfuse: steps=0"):
+        load_config(path, ["fuse.name=max"])  # the file's own fault stays the file's
 
 
 def test_record_section_is_optional():

@@ -72,6 +72,17 @@ def test_a_disk_slower_than_the_cameras_costs_recorded_frames_not_the_live_loop(
     assert "lacks 1 IR and 0 visible frames" in caplog.text
 
 
+def test_a_recording_never_writes_over_an_existing_file(tmp_path, rng):
+    """An earlier recording, a live run's own input video, or the partial file of a run that did not finish."""
+    for name in ("earlier.mcap", "input.mp4"):
+        (tmp_path / name).write_bytes(b"keep me")
+    partial_path(tmp_path / "crashed.mcap").write_bytes(b"keep me")
+    for name in ("earlier.mcap", "input.mp4", "crashed.mcap"):
+        with pytest.raises(RuntimeError, match=f"cannot record to .*{name}: .* exists; choose another record.path"):
+            Recorder(RecordConfig(path=str(tmp_path / name)))
+    assert [p.read_bytes() for p in sorted(tmp_path.iterdir())] == [b"keep me"] * 3
+
+
 def test_record_schema_and_message_layout(tmp_path, rng):
     from mcap.reader import make_reader
 

@@ -22,14 +22,15 @@ def resolve(config: str | Path) -> Path:
     """A shipped config's name (``demo``, or its file name ``demo.yaml``) -> its file; any other argument is a path
     to a YAML file, kept as given.
 
-    A name is a word without a folder; an existing file of that name in the working directory wins.
+    A name is a word without a folder; an existing file of that name in the working directory wins (a folder of
+    that name does not).
 
     Raises:
         FileNotFoundError: a name without a suffix that is neither a file nor a shipped config (the message lists the
             shipped ones).
     """
     path = Path(config)
-    if path.exists() or len(path.parts) != 1 or path.suffix not in ("", ".yaml"):
+    if path.is_file() or len(path.parts) != 1 or path.suffix not in ("", ".yaml"):
         return path
     if (CONFIG_DIR / f"{path.stem}.yaml").is_file():
         return CONFIG_DIR / f"{path.stem}.yaml"

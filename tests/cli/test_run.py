@@ -50,3 +50,10 @@ def test_config_errors_come_before_the_pipelines_imports(tmp_path):
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "2 []", proc.stderr
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "soon"])
+def test_a_duration_that_is_not_a_time_is_refused(value, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--config", "demo", "--duration", value])
+    assert err.value.code == 2 and "argument --duration" in capsys.readouterr().err
