@@ -140,6 +140,29 @@ def test_in_a_folder_a_missing_visible_video_fails_its_pair_alone(tmp_path, capl
     assert "b.nut" in summary.results[1].reason and "\n" not in summary.results[1].reason
 
 
+def test_a_skipped_output_made_with_other_settings_is_named(tmp_path, caplog):
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    replay_yaml = REPO / "streamfuse" / "configs" / "replay.yaml"
+    jobs = find_jobs(src, tmp_path / "out", ext=".mkv")  # a container that keeps the config it was made with
+    run_batch(load_config(replay_yaml, CFG), jobs)
+    with caplog.at_level(logging.WARNING):
+        again = run_batch(load_config(replay_yaml, [*CFG, "engine.threads=2"]), jobs)  # threads: the same frames
+    assert [r.status for r in again.results] == ["skipped"] and "other settings" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        again = run_batch(load_config(replay_yaml, [*CFG, "fuse.name=average"]), jobs)
+    assert [r.status for r in again.results] == ["skipped"]
+    assert "a.mkv is complete and skipped, but was made with other settings (fuse.name)" in caplog.text
+
+
+def test_each_pair_writes_its_frames_to_a_folder_of_its_own(tmp_path):
+    src = _pairs(tmp_path / "src", ["a.nut", "c.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml",
+                      [*CFG, f"replay.frames_dir={tmp_path / 'frames'}"])
+    summary = run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+    assert [r.status for r in summary.results] == ["done", "done"]
+    assert {p.name: len(list(p.iterdir())) for p in (tmp_path / "frames").iterdir()} == {"a": 4, "c": 4}
+
+
 def test_an_interrupted_batch_counts_the_pairs_it_did_not_start(tmp_path, monkeypatch):
     """Ctrl-C in the first pair: the batch stops, the second pair is listed as not started, and the pair's reason
     leaves out the single replay's "--out FILE" hint (for a batch, --out is the folder)."""

@@ -116,6 +116,15 @@ def test_same_rate_pairs_all_frames_and_writes_a_frames_folder(tmp_path):
     assert summary.written == 12 and summary.unpaired == {"ir": 0, "vis": 0}
     assert sorted(p.name for p in frames_dir.iterdir()) == [f"{i:06d}.png" for i in range(12)]
     assert len(list(decode_frames(tmp_path / "fused.mkv"))) == 12
+    # a second run into the same folder would mix its frames with these: refused, before any work
+    with pytest.raises(ValueError, match="frames_dir .* already holds the frames of an earlier run"):
+        run_replay(make_cfg(replay={"frames_dir": str(frames_dir)}), ir_path=ir, vis_path=vis,
+                   out_path=tmp_path / "again.mkv")
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(ValueError, match="frames_dir .*afile is a file, not a folder"):
+        run_replay(make_cfg(replay={"frames_dir": str(tmp_path / "afile")}), ir_path=ir, vis_path=vis,
+                   out_path=tmp_path / "again.mkv")
+    assert not list(tmp_path.glob("*again*"))
 
 
 def test_folders_of_numbered_frames(tmp_path):

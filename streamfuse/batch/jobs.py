@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import av
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.replay import check_output_paths, find_pairs
 
-__all__ = ["PairJob", "PairResult", "BatchSummary", "find_jobs", "is_complete"]
+__all__ = ["PairJob", "PairResult", "BatchSummary", "find_jobs", "is_complete", "changed_settings"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,24 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
     if shared:
         raise ValueError(f"two pairs would write {shared[0]} (same IR file name); rename one of the IR files")
     return jobs
+
+
+# the sections that decide a fused video's frames; paths, threads and progress bars do not
+_IMAGE_SECTIONS = ("sync", "stabilize", "align", "fuse", "hclfuse", "baseline", "post")
+
+
+def changed_settings(out: Path, cfg: Any) -> list[str]:
+    """The settings (``section.key``) that ``cfg`` gives otherwise than the config recorded in the complete output
+    ``out`` was made with; empty when they agree or the output records none."""
+    try:
+        with av.open(str(out)) as container:
+            tags = {k.lower(): v for k, v in container.metadata.items()}  # Matroska writes COMMENT
+            made = json.loads(tags.get("comment", "{}")).get("streamfuse_config", {})
+    except (OSError, av.FFmpegError, ValueError, AttributeError):
+        return []
+    now = cfg.to_dict()
+    return [f"{section}.{key}" for section in _IMAGE_SECTIONS if isinstance(made.get(section), dict)
+            for key, value in now.get(section, {}).items() if made[section].get(key, value) != value]
 
 
 def is_complete(out: Path) -> bool:

@@ -6,9 +6,10 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from streamfuse.batch.jobs import BatchSummary, PairJob, PairResult, is_complete
+from streamfuse.batch.jobs import BatchSummary, PairJob, PairResult, changed_settings, is_complete
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
 
 __all__ = ["Engine", "LocalEngine", "run_batch"]
@@ -67,6 +68,11 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     engine = engine or LocalEngine()
     t0 = time.perf_counter()
     results = [PairResult(str(job.out), "skipped") for job in jobs if is_complete(job.out)]
+    for result in results:
+        changed = changed_settings(Path(result.out), cfg)
+        if changed:
+            log.warning("%s is complete and skipped, but was made with other settings (%s); delete it to replay it "
+                        "with these", result.out, ", ".join(changed))
     todo = [job for job in jobs if not is_complete(job.out)]
     for folder in {job.out.parent for job in todo}:
         folder.mkdir(parents=True, exist_ok=True)

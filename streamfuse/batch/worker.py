@@ -6,6 +6,7 @@ import dataclasses
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import streamfuse
@@ -72,6 +73,9 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         report: called with the number of frames fused since the last call.
     """
     result = PairResult(str(job.out), "done", worker=_worker_name(), wait_policy=_wait_policy())
+    if cfg.replay.frames_dir:  # each pair its own frames folder, named as its video
+        frames_dir = str(Path(cfg.replay.frames_dir) / job.out.stem)
+        cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, frames_dir=frames_dir))
     t0 = time.perf_counter()
     try:
         summary = run_replay(cfg, ir_path=job.ir, vis_path=job.vis, out_path=job.out, resume=resume,

@@ -89,6 +89,8 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
     rcfg = cfg.replay
     resume = rcfg.resume if resume is None else resume
     out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
+    if rcfg.frames_dir:
+        _check_frames_dir(Path(rcfg.frames_dir), resume)
     summary = ReplaySummary(ir=ir.cfg.path, vis=vis.cfg.path, out=str(out))
     if resume and out.exists() and not partial_path(out).exists():
         log.info("%s is already complete; nothing to resume", out)
@@ -106,6 +108,16 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
             hint = resume_hint(out) if partial_path(out).exists() else ""
             raise ReplayError(f"replay stopped: {_TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED}",
                               summary, interrupted=True, hint=hint) from None
+
+
+def _check_frames_dir(folder: Path, resume: bool) -> None:
+    """Refuse a frames folder that is a file, or that holds an earlier run's frames (which this run's would mix with,
+    leaving the folder looking complete); a resumed run keeps the frames of the run it continues."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"replay.frames_dir {folder} is a file, not a folder")
+    if not resume and folder.is_dir() and any(folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
+        raise ValueError(f"replay.frames_dir {folder} already holds the frames of an earlier run; choose an empty "
+                         f"folder (or --resume the run they belong to)")
 
 
 def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os.PathLike | None,
