@@ -104,7 +104,8 @@ class AvSource(BaseSource):
         if not path:
             raise SourceError(f"{self.section}: no path given for a {self.cfg.kind} source")
         if self.cfg.kind == "file" and not Path(path).is_file():
-            raise SourceError(f"{self.section}: video file not found: {path}")
+            what = "not found" if not Path(path).exists() else "not a regular file (a pipe or a device?)"
+            raise SourceError(f"{self.section}: video file {what}: {path}")
         self._stack = contextlib.ExitStack()
         timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
         try:

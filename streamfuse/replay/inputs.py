@@ -66,6 +66,8 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
         raise ValueError(f"no {stream} input: pass --{stream} PATH or set {stream}.path in the config")
     if not path.exists():
         raise FileNotFoundError(f"{stream} input not found: {path}")
+    if not (path.is_file() or path.is_dir()):  # a FIFO or a device: reading it would wait for a writer for ever
+        raise ValueError(f"{stream} input {path} is not a file or a folder of frames (a pipe or a device?)")
     kind = input_kind(path)
     cfg = dataclasses.replace(section, kind=kind, path=str(path), realtime=False, loop=False, restart=False,
                               decode_threads=decode_threads or section.decode_threads)

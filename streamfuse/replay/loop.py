@@ -169,6 +169,7 @@ class _Replay:
         self.writer: VideoWriter | None = None
         self.publisher: Any = None
         self.frames_dir = Path(cfg.replay.frames_dir) if cfg.replay.frames_dir else None
+        self.input_fault = False  # stopped by a truncated, corrupt or empty input (no --resume hint then)
         self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
         self.last_pts: int | None = None
         self.last_t: dict[str, int] = {}  # capture time of the last frame read per stream, ns
@@ -196,6 +197,7 @@ class _Replay:
             for pair in self._pairs(readers, pairer, bar, wall0_ns):
                 self._emit(pair, processor)
             s.stopped = self._stop_reason(readers)
+            self.input_fault = bool(s.stopped)  # a bad input: running again meets it again
         except KeyboardInterrupt as exc:
             s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
         except (RuntimeError, ValueError, OSError) as exc:
@@ -375,7 +377,8 @@ class _Replay:
                 self._save_sidecar(s.stopped)
             except RuntimeError as exc:
                 log.warning("%s", exc)
-            where, hint = f"{s.written} frames kept in {self.writer.partial}", resume_hint(self.out)
+            where = f"{s.written} frames kept in {self.writer.partial}"
+            hint = "" if self.input_fault else resume_hint(self.out)
         else:
             where, hint = "no output written", ""
         if self.out.exists():  # the final name still holds an earlier run's output: say it is not this one

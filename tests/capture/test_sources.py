@@ -3,6 +3,7 @@ cameras that do not exist."""
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -155,12 +156,15 @@ def test_truncated_video_yields_what_decodes_then_says_where_it_stopped(tmp_path
     assert str(cut) in msg and f"after frame {len(got)}" in msg and "truncated" in msg
 
 
-@pytest.mark.parametrize("content", [None, b"this is not a video\n" * 50])
-def test_missing_or_non_video_file_is_one_clear_line(tmp_path: Path, content: bytes | None) -> None:
+@pytest.mark.parametrize("content", [None, "fifo", b"this is not a video\n" * 50])
+def test_missing_or_non_video_file_is_one_clear_line(tmp_path: Path, content: bytes | str | None) -> None:
     path = tmp_path / "clip.mp4"
-    if content is not None:
+    if content == "fifo":
+        os.mkfifo(path)  # exists, but opening it would wait for a writer for ever
+    elif content is not None:
         path.write_bytes(content)
-    with pytest.raises(SourceError, match="not found" if content is None else "not a readable video") as info:
+    expected = {None: "video file not found", "fifo": "not a regular file"}.get(content, "not a readable video")
+    with pytest.raises(SourceError, match=expected) as info:
         open_source("ir", SourceConfig(kind="file", path=str(path))).open()
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
