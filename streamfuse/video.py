@@ -140,6 +140,9 @@ class VideoWriter:
         """
         if self._last_pts is not None and pts <= self._last_pts:
             raise ValueError(f"output pts must increase: {pts} after {self._last_pts}")
+        if image.shape[:2] != (self._stream.height, self._stream.width):  # the encoder would rescale it silently
+            raise ValueError(f"frame {self.count} is {image.shape[1]}x{image.shape[0]}, the video's frames are "
+                             f"{self._stream.width}x{self._stream.height} (the input changed size)")
         self._worker.put((image, pts))
         self._last_pts = pts
         self.count += 1

@@ -143,6 +143,22 @@ def test_folders_of_numbered_frames(tmp_path):
         assert c.metadata["streamfuse_t0_ns"] == "0" and "streamfuse_config" in c.metadata["comment"]
 
 
+def test_a_frame_of_another_size_mid_stream_stops_the_replay(tmp_path):
+    """The encoder would rescale it silently: the replay stops at it, with the frames before it kept."""
+    import cv2
+
+    for name, channels in (("ir", ()), ("vis", (3,))):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            shape = (24, 32) if i == 3 else (48, 64)
+            cv2.imwrite(str(tmp_path / name / f"f{i}.png"), np.full(shape + channels, 30 * i, np.uint8))
+    out = tmp_path / "o.mp4"
+    with pytest.raises(ReplayError, match=r"frame 3 is 32x24, the video's frames are 64x48 .*3 frames kept") as err:
+        run_replay(make_cfg(vis={"fps": 20.0}, ir={"fps": 20.0}), ir_path=tmp_path / "ir", vis_path=tmp_path / "vis",
+                   out_path=out)
+    assert not out.exists() and err.value.summary.written == 3
+
+
 class _StopAt:
     """A max fuser that raises ``exc`` at its ``stop``-th call and counts calls."""
 

@@ -27,9 +27,8 @@ Stalls: a producer that stays silent (no frame written, its ring empty) for long
 ``stall_factor`` (or, before its first frame, :data:`FIRST_FRAME_S`) is reported in one line and counted (``stalls``
 in :meth:`Producers.stats`), killed and restarted like a dead one.
 
-The processes themselves (forked from a preloaded server, SIGINT ignored, gone with their parent) are
-``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are terminated,
-then killed). A start first frees the shared memory of runs that were killed as a whole (``shm_ring.remove_stale``).
+The processes themselves (forked from a preloaded server, SIGINT and SIGTERM ignored, gone with their parent) are
+``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are killed). A start first frees the shared memory of runs that were killed as a whole (``shm_ring.remove_stale``).
 """
 
 from __future__ import annotations
@@ -350,7 +349,8 @@ class Producers:
         return {name: s["pid"] for name, s in self.stats().items()}
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop every producer within ``timeout`` s (terminate, then kill, stragglers) and free the rings."""
+        """Stop every producer within ``timeout`` s (stragglers are killed: they ignore SIGTERM) and free the
+        rings."""
         if self._stopped:
             return
         self._stopped = True
@@ -358,15 +358,12 @@ class Producers:
         deadline = time.monotonic() + timeout
         procs = [w.proc for w in self._workers.values() if w.proc is not None]
         for p in procs:
-            p.join(max(0.0, deadline - time.monotonic() - 0.3))  # keep 0.3 s for terminate/kill
+            p.join(max(0.0, deadline - time.monotonic() - 0.2))  # keep 0.2 s for the kill
         for p in procs:
             if p.is_alive():
-                log.warning("producer %s (pid %d) did not stop in time; terminating it", p.name, p.pid)
-                p.terminate()
-                p.join(0.1)
-            if p.is_alive():
+                log.warning("producer %s (pid %d) did not stop in time; killing it", p.name, p.pid)
                 p.kill()
-                p.join(0.1)
+                p.join(0.2)
         for w in self._workers.values():
             self._release(w)
 

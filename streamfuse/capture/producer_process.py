@@ -2,8 +2,9 @@
 how the process is started (see ``producer`` for the supervising side).
 
 Children are forked from a server process that has already imported this module (``forkserver``, where the
-platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT (the parent handles
-Ctrl-C and stops them) and exit when the parent dies.
+platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT and SIGTERM (the parent
+handles both and stops them; a SIGTERM sent to the whole process group, as ``timeout`` and systemd send it, would
+otherwise end them first and read as producers dying) and exit when the parent dies.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
 
     ``beat`` (shared int64 pair): frames written, and the source's frame interval in ns (set at the first frame).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the parent's to handle: it stops this process
+        signal.signal(sig, signal.SIG_IGN)
     seq_start, skip, t_offset_ns = resume
     try:
         source = open_source(section, cfg)
