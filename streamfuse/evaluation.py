@@ -30,8 +30,8 @@ from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import vis_luma
 from streamfuse.processor import FrameProcessor, config_fuser, still_pair
 
-__all__ = ["Method", "find_pairs", "image_files", "read_grey", "fused_dir_method", "fuser_method", "config_method",
-           "evaluate_dir", "EvalResult", "markdown_table"]
+__all__ = ["Method", "find_pairs", "image_files", "read_grey", "read_pair", "check_outputs", "fused_dir_method",
+           "fuser_method", "config_method", "evaluate_dir", "EvalResult", "markdown_table"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,25 @@ def image_files(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder not found: {folder}")
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str | Path | None],
+                  files: dict[str, str | Path | None] | None = None) -> None:
+    """Refuse (``ValueError``, one line) an output folder that exists as a file, and any output folder or file that is,
+    or lies in, an input folder, symlinks resolved: a run never writes over its inputs nor drops files among them.
+
+    Each dict maps what a path is (``"IR"``, ``"save folder"``) to the path; ``None`` paths are skipped.
+    """
+    for what, folder in folders.items():
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise ValueError(f"{what} {folder} exists and is not a folder")
+    outputs = {what: out for what, out in {**folders, **(files or {})}.items() if out is not None}
+    for what, out in outputs.items():
+        real = Path(out).resolve()
+        for kind, folder in inputs.items():
+            if folder is not None and Path(folder).resolve() in (real, *real.parents):
+                raise ValueError(f"{what} {out} is or lies in the {kind} folder {folder}; write outputs elsewhere "
+                                 "(inputs are never written over)")
 
 
 def find_pairs(dir_ir: str | Path, dir_vis: str | Path, limit: int = 0) -> list[tuple[str, Path, Path]]:
@@ -194,7 +213,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         dir_vis: folder of visible images (colour or grey), same file stems.
         methods: what to score (see :func:`fused_dir_method`, :func:`fuser_method`, :func:`config_method`).
         out_dir: created if needed; receives the CSV, the markdown table, the montage and, for config methods,
-            ``<config stem>.resolved.yaml``.
+            ``<config stem>.resolved.yaml``; refused, as ``save_dir``, if it is in an input (:func:`check_outputs`).
         save_dir: if set, each fuser's output Y is written as ``<stem>.png`` there (in ``<method>/`` subfolders
             when several fusers run).
         limit: score only the first ``limit`` pairs (sorted by name); 0 = all.
@@ -208,8 +227,8 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     """
     _check_methods(methods, reference)
     pairs = find_pairs(dir_ir, dir_vis, limit)
-    (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
-    save_dirs = _save_dirs([m for m in methods if m.fuser is not None], save_dir)
+    out_dir = Path(out_dir)
+    save_dirs = _output_dirs(dir_ir, dir_vis, methods, out_dir, save_dir)
     processors = {m.name: _processor(m) for m in methods if m.fuser is not None}
     fused_files = {m.name: image_files(m.fused_dir, f"fused ({m.name})") for m in methods if m.fused_dir is not None}
     shown = set(_montage_stems(pairs, montage_rows))
@@ -217,7 +236,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     result = EvalResult(missing={m.name: 0 for m in methods})
     pixels: dict[str, int] = {}
     for stem, ir_path, vis_path in pairs:
-        ir, vis_y = _read_pair(stem, ir_path, vis_path)
+        ir, vis_y = read_pair(stem, ir_path, vis_path)
         pixels[stem] = ir.size
         outputs = {}
         for m in methods:
@@ -246,7 +265,20 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     return result
 
 
-def _read_pair(stem: str, ir_path: Path, vis_path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _output_dirs(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method], out_dir: Path,
+                 save_dir: str | Path | None) -> dict[str, Path]:
+    """Each fuser's save folder (:func:`_save_dirs`), once every output is checked against the inputs
+    (:func:`check_outputs`) and the folders are made."""
+    save_dirs = _save_dirs([m for m in methods if m.fuser is not None], save_dir)
+    inputs = {"IR": dir_ir, "visible": dir_vis, **{f"fused ({m.name})": m.fused_dir for m in methods}}
+    check_outputs(inputs, {"output folder": out_dir, **{f"save folder ({n})": d for n, d in save_dirs.items()}})
+    for folder in (out_dir, *save_dirs.values()):
+        folder.mkdir(parents=True, exist_ok=True)
+    return save_dirs
+
+
+def read_pair(stem: str, ir_path: Path, vis_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A pair's ``(IR, visible Y)``; ``ValueError`` naming the pair and both sizes when they differ."""
     ir, vis_y = read_grey(ir_path), read_grey(vis_path)
     if ir.shape != vis_y.shape:
         raise ValueError(f"{stem}: IR {ir.shape} and visible {vis_y.shape} differ in size (register them first)")
@@ -268,12 +300,9 @@ def _check_methods(methods: list[Method], reference: str | None) -> None:
 
 def _save_dirs(fusers: list[Method], save_dir: str | Path | None) -> dict[str, Path]:
     """Where each fuser's outputs go: ``save_dir`` itself for one fuser, ``save_dir/<method>`` for several."""
-    dirs = {}
-    if save_dir is not None:
-        for m in fusers:
-            dirs[m.name] = Path(save_dir) / _safe(m.name) if len(fusers) > 1 else Path(save_dir)
-            dirs[m.name].mkdir(parents=True, exist_ok=True)
-    return dirs
+    if save_dir is None:
+        return {}
+    return {m.name: Path(save_dir) / _safe(m.name) if len(fusers) > 1 else Path(save_dir) for m in fusers}
 
 
 def _processor(m: Method) -> FrameProcessor:

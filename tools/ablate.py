@@ -36,9 +36,11 @@ except ModuleNotFoundError as exc:  # a Python without the package
 
 import numpy as np  # noqa: E402
 
+from streamfuse.cli.args import int_at_least  # noqa: E402
 from streamfuse.config import PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
-from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, read_grey  # noqa: E402
+from streamfuse.evaluation import (EvalResult, Method, check_outputs, evaluate_dir, find_pairs, read_grey,  # noqa: E402
+                                   read_pair)
 from streamfuse.processor import config_fuser  # noqa: E402
 
 # after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
@@ -69,9 +71,8 @@ class LatentRow:
         """The pair's fused Y (H, W) float32 on 0..255, decoded from the replacement latent."""
         if self.pairs is None:
             return self.hcl.decode_with(ir, vis_y, torch.zeros_like(self.hcl.latent(ir, vis_y, stream)), stream)
-        _, ir_path, vis_path = self.pairs[(self.index + 1) % len(self.pairs)]
+        ir_next, vis_next = read_pair(*self.pairs[(self.index + 1) % len(self.pairs)])
         self.index += 1
-        ir_next, vis_next = read_grey(ir_path), read_grey(vis_path)
         z = self.hcl.latent(ir_next, vis_next, stream)
         if ir_next.shape != ir.shape:
             z = torch.nn.functional.interpolate(z, size=self.hcl.latent(ir, vis_y, stream).shape[-2:],
@@ -136,6 +137,14 @@ def summary(result: EvalResult) -> dict:
                      if name != DEFAULT}}
 
 
+def int_list(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated integers."""
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ir", type=Path, help="folder of IR images (with --vis; replaces --data/--set)")
@@ -147,10 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--override", action="append", default=[], metavar="stage.key=value",
                    help="dotted override of the config, e.g. engine.threads=2; repeatable")
     p.add_argument("--weights", default="", help="HCLFuse weights (shorthand for --override hclfuse.weights=...)")
-    p.add_argument("--steps", default="1,2,4,8,20", help="comma-separated K values")
+    p.add_argument("--steps", type=int_list, default="1,2,4,8,20", help="comma-separated K values")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the max/average/laplacian +- sharpen rows (rule and max:contrast stay)")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N pairs; 0 = all")
+    p.add_argument("--limit", type=int_at_least(0), default=0, help="score only the first N pairs; 0 = all")
     p.add_argument("--out", type=Path, default=REPO / "out" / "ablation", help="output folder")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the summary as JSON here")
     args = p.parse_args(argv)
@@ -159,11 +168,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("ablate: give both --ir and --vis, or neither (then --data/--set)")
     dir_ir, dir_vis = (args.ir, args.vis) if args.ir else (args.data / args.set / "ir", args.data / args.set / "vi")
     try:
+        check_outputs({"IR": dir_ir, "visible": dir_vis}, {"--out": args.out}, {"--json": args.json})
         weights = [f"hclfuse.weights={args.weights}"] * bool(args.weights)
         cfg = load_config(resolve(args.config), args.override + weights)
-        steps = [int(k) for k in args.steps.split(",")]
         pairs = find_pairs(dir_ir, dir_vis, args.limit)
-        rows = methods(cfg, steps, pairs, not args.no_baselines)
+        rows = methods(cfg, args.steps, pairs, not args.no_baselines)
         refs = args.data / "reference"
         rows += [Method(d.name, fused_dir=d / "msrs_test") for d in sorted(refs.glob("*"))
                  if args.ir is None and args.set == "msrs/test" and (d / "msrs_test").is_dir()]
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             report = {**summary(result), "guidance_energies": guidance_energies(cfg, pairs)}
             args.json.write_text(json.dumps(report, indent=1) + "\n")
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"ablate: {exc}") from None
     print((args.out / "metrics.md").read_text(), end="")
 

@@ -1,8 +1,9 @@
 """Write evaluation pairs from paired videos: frames start, start + every, ... of each IR/visible video pair.
 
-Frames past the end of a clip are skipped (a clip with none of them is an error). The model card's held-out set:
-frames 40, 100, 160, ... (at most 8 per clip) of the paired `videos/m3svd` clips, which training never reads (it reads
-the `sequences/` frame folders):
+Frames past the end of a clip are skipped (a clip with none of them is an error); a video that fails to decode or
+decodes fewer frames than its container announces (truncated) is an error, and a failed run writes no pairs. The
+model card's held-out set: frames 40, 100, 160, ... (at most 8 per clip) of the paired `videos/m3svd` clips, which
+training never reads (it reads the `sequences/` frame folders):
 
     python tools/extract_pairs.py ../shared/data/videos/m3svd runs/m3svd_pairs
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 try:
@@ -25,40 +27,72 @@ import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from streamfuse.cli.args import int_at_least  # noqa: E402
+from streamfuse.evaluation import check_outputs  # noqa: E402
+
 
 def frames_at(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
-    """The decoded frames (BGR uint8) of ``path`` whose 0-based index is in ``wanted``."""
-    found = {}
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                found[i] = frame.to_ndarray(format="bgr24")
-            if len(found) == len(wanted):
-                break
+    """The decoded frames (BGR uint8) of ``path`` whose 0-based index is in ``wanted``.
+
+    Decodes to the end, so that a truncated file (a cut faststart MP4 still announces every frame) is not taken for a
+    short one. Raises ValueError (one line naming the file) when a packet fails to decode or fewer frames decode than
+    the container announces (0 = unknown, as in Matroska).
+    """
+    found, decoded = {}, 0
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                if decoded in wanted:
+                    found[decoded] = frame.to_ndarray(format="bgr24")
+                decoded += 1
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"{path}: cannot decode ({exc})") from None
+    if decoded < stream.frames:
+        raise ValueError(f"{path}: truncated or damaged, {decoded} of the {stream.frames} frames its container "
+                         "announces decode")
     return found
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """``cv2.imwrite``, with a one-line ValueError when it fails."""
+    if not cv2.imwrite(str(path), image):
+        raise ValueError(f"cannot write {path}")
+
+
 def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
-    """Write the pairs; returns how many. Raises ValueError (one line) on a missing or short video."""
+    """Write the pairs; returns how many. Raises ValueError (one line) on a missing, short or truncated video.
+
+    The pairs are written to a temporary folder beside ``out`` and moved into it once every clip is done, so a failed
+    run leaves no pairs behind.
+    """
     wanted = {start + k * every for k in range(count)}
     clips = sorted(p for p in (videos / "ir").glob("*") if p.is_file())
     if not clips:
         raise ValueError(f"no videos under {videos / 'ir'}")
-    for sub in ("ir", "vi"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    n = 0
-    for ir_path in clips:
-        vis_path = next((videos / "vi").glob(ir_path.stem + ".*"), None)
-        if vis_path is None:
-            raise ValueError(f"no visible video for {ir_path.name} under {videos / 'vi'}")
-        ir, vis = frames_at(ir_path, wanted), frames_at(vis_path, wanted)
-        both = sorted(set(ir) & set(vis))
-        if not both:
-            raise ValueError(f"{ir_path.stem}: frame {start} is past the end of the IR or visible video")
-        for i in both:
-            cv2.imwrite(str(out / "ir" / f"{ir_path.stem}_{i:05d}.png"), cv2.cvtColor(ir[i], cv2.COLOR_BGR2GRAY))
-            cv2.imwrite(str(out / "vi" / f"{ir_path.stem}_{i:05d}.png"), vis[i])
-            n += 1
+    check_outputs({"videos": videos}, {"output folder": out})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        tmp = Path(tmp)
+        for sub in ("ir", "vi"):
+            (tmp / sub).mkdir()
+        n = 0
+        for ir_path in clips:
+            vis_path = next((videos / "vi").glob(ir_path.stem + ".*"), None)
+            if vis_path is None:
+                raise ValueError(f"no visible video for {ir_path.name} under {videos / 'vi'}")
+            ir, vis = frames_at(ir_path, wanted), frames_at(vis_path, wanted)
+            both = sorted(set(ir) & set(vis))
+            if not both:
+                raise ValueError(f"{ir_path.stem}: frame {start} is past the end of the IR or visible video")
+            for i in both:
+                write_png(tmp / "ir" / f"{ir_path.stem}_{i:05d}.png", cv2.cvtColor(ir[i], cv2.COLOR_BGR2GRAY))
+                write_png(tmp / "vi" / f"{ir_path.stem}_{i:05d}.png", vis[i])
+                n += 1
+        for sub in ("ir", "vi"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+            for png in sorted((tmp / sub).iterdir()):
+                png.replace(out / sub / png.name)
     return n
 
 
@@ -66,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", type=Path, help="folder with ir/ and vi/ videos of the same names")
     p.add_argument("out", type=Path, help="output folder (ir/ and vi/ PNGs)")
-    p.add_argument("--start", type=int, default=40, help="first frame index")
-    p.add_argument("--every", type=int, default=60, help="frame step")
-    p.add_argument("--count", type=int, default=8, help="at most this many frames per clip")
+    p.add_argument("--start", type=int_at_least(0), default=40, help="first frame index")
+    p.add_argument("--every", type=int_at_least(1), default=60, help="frame step")
+    p.add_argument("--count", type=int_at_least(1), default=8, help="at most this many frames per clip")
     args = p.parse_args(argv)
     try:
         n = extract(args.videos, args.out, args.start, args.every, args.count)

@@ -28,6 +28,7 @@ except ModuleNotFoundError as exc:  # a Python without the package
 
 import numpy as np  # noqa: E402
 
+from streamfuse.cli.args import int_at_least  # noqa: E402
 from streamfuse.evaluation import (config_method, find_pairs, fused_dir_method, fuser_method, image_files,  # noqa: E402
                                    read_grey)
 from streamfuse.metrics import average_gradient, flow_warp_error, temporal_ratio  # noqa: E402
@@ -57,6 +58,22 @@ def fused_frames(folder: Path, name: str, stems: list[str], shape: tuple[int, in
     return frames
 
 
+def clip_frames(pairs: list[tuple[str, Path, Path]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A clip's ``(IR, visible Y)`` frames in order.
+
+    Raises:
+        ValueError: a frame whose size is not the clip's first IR frame's (one line naming the frame).
+    """
+    frames = [(read_grey(ir), read_grey(vi)) for _, ir, vi in pairs]
+    shape = frames[0][0].shape
+    for (_, *paths), pair in zip(pairs, frames, strict=True):
+        for path, frame in zip(paths, pair, strict=True):
+            if frame.shape != shape:
+                raise ValueError(f"{path}: frame is {frame.shape[1]}x{frame.shape[0]}, the clip's is "
+                                 f"{shape[1]}x{shape[0]}")
+    return frames
+
+
 def row(name: str, levels: str, ratios: list[float], warp: list[float], sharpness: list[float], rest: str) -> str:
     """One table row: per-clip flicker ratios, their mean, the mean flow warp error and AG, then ``rest``."""
     cells = " | ".join(f"{r:.3f}" for r in ratios)
@@ -75,7 +92,8 @@ def main() -> None:
                         help="another method's fused frames, DIR/<clip>/<frame> (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override of the fuser's sections (fuse, hclfuse, engine, baseline, align)")
-    parser.add_argument("--static", type=int, default=5, help="repeats of one pair for the static-input check")
+    parser.add_argument("--static", type=int_at_least(2), default=5,
+                        help="repeats of one pair for the static-input check")
     parser.add_argument("--stabilize", type=float, default=0.0, help="stabilize.strength for --fuser methods (0 = off)")
     parser.add_argument("--denoise", type=float, default=0.0, help="post.denoise for --fuser methods (0 = off)")
     parser.add_argument("--denoise-threshold", type=float, default=PostConfig.denoise_threshold,
@@ -92,8 +110,7 @@ def main() -> None:
         methods = [fuser_method(s, args.overrides) for s in args.fuser or default]
         methods += [config_method(c, args.overrides) for c in args.config]
         listed = {clip.name: find_pairs(clip / "ir", clip / "vi") for clip in clips}  # (stem, ir path, vi path)
-        frames = {name: [(read_grey(ir), read_grey(vi)) for _, ir, vi in pairs]
-                  for name, pairs in listed.items()}  # read once, fused by every method
+        frames = {name: clip_frames(pairs) for name, pairs in listed.items()}  # read once, fused by every method
         outputs = {m.name: {name: fused_frames(m.fused_dir / name, m.name, [s for s, _, _ in listed[name]],
                                                pairs[0][1].shape) for name, pairs in frames.items()} for m in others}
     except (ValueError, FileNotFoundError) as exc:

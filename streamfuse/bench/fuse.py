@@ -26,6 +26,7 @@ import numba
 import numpy as np
 import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
 
+from streamfuse.cli.args import int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine
 from streamfuse.fusers import FuseConfig
@@ -37,14 +38,16 @@ from streamfuse.stabilize import StabilizeConfig
 __all__ = ["main"]
 
 POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the OT cache sees real lookups)
+MAX_SIDE = 8192  # a larger frame is a typo: its synthetic pool alone would take gigabytes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m streamfuse bench fuse", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
-    p.add_argument("--sizes", default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
-    p.add_argument("--frames", type=int, default=0, help="timed frames per case; 0 = 1000 on a GPU, 50 on CPU")
+    p.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
+    p.add_argument("--frames", type=int_at_least(1), default=None,
+                   help="timed frames per case; default 1000 on a GPU, 50 on CPU")
     p.add_argument("--sampler", default="student", help="student (the distilled live default) | teacher")
     p.add_argument("--steps", type=int, default=0, help="teacher's DDIM steps K; 0 = the hclfuse section's default")
     p.add_argument("--image-guidance", type=int, default=None,
@@ -60,13 +63,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``'640x480'`` -> ``(480, 640)`` as (height, width)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"bench fuse: size {text!r} is not WIDTHxHEIGHT") from None
-    return h, w
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """An argparse ``type``: ``'640x480,64x48'`` -> ``[(480, 640), (48, 64)]`` as (height, width)."""
+    sizes = []
+    for size in text.split(","):
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"size {size!r} is not WIDTHxHEIGHT") from None
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+            raise argparse.ArgumentTypeError(f"size {size!r}: width and height must be in 1..{MAX_SIDE}")
+        sizes.append((h, w))
+    return sizes
 
 
 def synthetic_pairs(h: int, w: int, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -281,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"bench fuse: {exc}") from None
     gpu = device.type == "cuda"
-    sizes = [(48, 64)] if args.tiny else [parse_size(s) for s in args.sizes.split(",")]
+    sizes = [(48, 64)] if args.tiny else args.sizes
     frames = 3 if args.tiny else args.frames or (1000 if gpu else 50)
     warmup = 1 if args.tiny else 5
     print(f"bench fuse: torch {torch.__version__}, device {device}, fuser {args.fuser}, {frames} frames per case, "

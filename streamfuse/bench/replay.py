@@ -36,8 +36,9 @@ def synthetic_pair(folder: Path, frames: int, width: int, height: int) -> tuple[
     return paths[0], paths[1]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Replay the pair with each fuser and print its frames/s and each stage's share of the wall time."""
+def main(argv: list[str] | None = None) -> int:
+    """Replay the pair with each fuser and print its frames/s and each stage's share of the wall time; exit status 1
+    when no fuser ran."""
     parser = argparse.ArgumentParser(prog="python -m streamfuse bench replay", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--fuser", default="max,hclfuse", help="comma-separated fusers to compare")
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="override a config value (repeatable), e.g. engine.device=cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if bool(args.ir) != bool(args.vis):
+        raise SystemExit("bench replay: give both --ir and --vis, or neither (a synthetic pair)")
+    for what, path in (("IR", args.ir), ("visible", args.vis)):
+        if path and not Path(path).is_file():
+            raise SystemExit(f"bench replay: {what} video not found: {path}")
 
     from streamfuse.config import load_config
     from streamfuse.configs import resolve
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             width, height = map(int, args.size.split("x"))
             ir, vis = synthetic_pair(tmp, args.frames, width, height)
         print(f"replay of {ir.name} + {vis.name}, output {args.codec}")
+        ran = 0
         for name in args.fuser.split(","):
             overrides = [*args.overrides, f"fuse.name={name}", f"replay.codec={args.codec}", "replay.progress=false"]
             cfg = load_config(resolve(args.config), overrides)
@@ -81,4 +88,6 @@ def main(argv: list[str] | None = None) -> None:
             verdict = "decode/encode IS the bottleneck" if io > fuse else "fusion is the bottleneck"
             print(f"  {name:<10} {s.written} frames in {s.wall_s:.2f} s = {s.fps:.1f} frames/s\n    {shares}\n"
                   f"    loop waits on decode+encode {io:.0%} vs fuse {fuse:.0%}: {verdict}")
+            ran += 1
+    return 0 if ran else 1
 

@@ -20,6 +20,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from streamfuse.cli.args import int_at_least
 from streamfuse.config import load_config
 from streamfuse.configs import resolve
 from streamfuse.evaluation import config_method, evaluate_dir, fused_dir_method, fuser_method
@@ -51,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save", default=None, metavar="DIR",
                    help="also write each fuser's output as DIR/<stem>.png (DIR/<method>/ with several fusers)")
     p.add_argument("--out", default="out/evaluate", metavar="DIR", help="where the CSV, table and montage go")
-    p.add_argument("--limit", type=int, default=0, metavar="N", help="score only the first N pairs; 0 = all")
+    p.add_argument("--limit", type=int_at_least(0), default=0, metavar="N",
+                   help="score only the first N pairs; 0 = all")
     p.add_argument("--rows", type=int, default=4, help="pairs shown in the montage (darkest to brightest)")
     return p.parse_args(argv)
 
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         methods += [fuser_method(spec, args.overrides, base) for spec in args.fuser]
         result = evaluate_dir(args.dir_ir, args.dir_vis, methods, args.out, save_dir=args.save, limit=args.limit,
                               montage_rows=args.rows)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"evaluate: {exc}") from None
     print((Path(args.out) / "metrics.md").read_text(), end="")
     n_pairs = len({r["image"] for r in result.rows})

@@ -10,22 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 
+from streamfuse.cli.args import seconds
+
 __all__ = ["main", "replay_main", "exit_now"]
-
-
-def _seconds(text: str) -> float:
-    """``--duration``: a finite number of seconds >= 0 (a negative one would read as "until Ctrl-C")."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds >= 0 (0 = until Ctrl-C)")
-    return value
 
 
 def _parser(prog: str, *, replay: bool) -> argparse.ArgumentParser:
@@ -36,7 +26,7 @@ def _parser(prog: str, *, replay: bool) -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a config value (repeatable)")
     if not replay:
-        parser.add_argument("--duration", type=_seconds, default=0.0,
+        parser.add_argument("--duration", type=seconds, default=0.0,
                             help="live: stop after this many seconds (0 = until Ctrl-C)")
     parser.add_argument("--ir", help="replay: IR video, frame folder or recording (overrides the config)")
     parser.add_argument("--vis", help="replay: visible video or frame folder (overrides the config)")

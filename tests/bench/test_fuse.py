@@ -44,3 +44,18 @@ def test_cuda_without_gpu_is_one_line():
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         next(ln for ln in proc.stderr.splitlines() if ln.startswith("bench fuse: device 'cuda' requested"))]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sizes", "0x0", "--frames", "1"], "argument --sizes: size '0x0': width and height must be in 1..8192"),
+    (["--sizes", "640x480,-2x4"], "argument --sizes: size '-2x4': width and height must be in 1..8192"),
+    (["--sizes", "640"], "argument --sizes: size '640' is not WIDTHxHEIGHT"),
+    (["--frames", "0"], "argument --frames: must be >= 1, got 0"),
+])
+def test_bad_sizes_and_frames_are_refused_when_parsing(args, message, capsys):
+    from streamfuse.bench.fuse import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.strip().splitlines()[-1].endswith(message) and "Traceback" not in err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from streamfuse.bench.replay import main
 
 
@@ -12,3 +14,17 @@ def test_prints_rate_and_stage_shares(capsys):
     out = capsys.readouterr().out
     assert re.search(r"max +6 frames in [0-9.]+ s = [0-9.]+ frames/s", out), out
     assert "fuse " in out and "loop waits on decode+encode" in out
+
+
+def test_a_missing_input_is_one_line(tmp_path):
+    (tmp_path / "vis.mp4").write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        main(["--ir", str(tmp_path / "nope.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max"])
+    assert str(exc.value.code) == f"bench replay: IR video not found: {tmp_path / 'nope.mp4'}"
+
+
+def test_exit_status_1_when_no_fuser_ran(tmp_path, capsys):
+    for name in ("ir.mp4", "vis.mp4"):
+        (tmp_path / name).write_bytes(b"not a video")
+    assert main(["--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max"]) == 1
+    assert "max        not run: " in capsys.readouterr().out

@@ -85,3 +85,38 @@ def test_errors_are_one_line(tool, folders, tmp_path, random_weights, args, mess
     with pytest.raises(SystemExit) as exc:
         tool("ablate").main([*base, *args, "--out", str(tmp_path / "out")])
     assert str(exc.value.code).startswith("ablate: ") and message in str(exc.value.code)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("out_is_file", "--out {tmp}/afile exists and is not a folder"),
+    ("json_in_vis", "--json {vis}/summary.json is or lies in the visible folder {vis}"),
+    ("out_is_ir", "is or lies in the IR folder {ir}"),
+    ("size_mismatch", "f1: IR (40, 56) and visible (20, 28) differ in size"),
+])
+def test_bad_outputs_and_sizes_are_one_line(tool, folders, tmp_path, random_weights, case, message):
+    ir_dir, vis_dir = folders
+    (tmp_path / "afile").write_text("kept")
+    out = {"out_is_file": tmp_path / "afile", "out_is_ir": ir_dir}.get(case, tmp_path / "out")
+    extra = ["--json", str(vis_dir / "summary.json")] if case == "json_in_vis" else []
+    if case == "size_mismatch":  # the second pair: the latent_swap row reads it while fusing the first
+        cv2.imwrite(str(vis_dir / "f1.png"), np.zeros((20, 28), np.uint8))
+    inputs = {p: p.read_bytes() for d in folders for p in d.iterdir()}
+    with pytest.raises(SystemExit) as exc:
+        tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--weights", str(random_weights), "--limit",
+                             "3", "--steps", "1", "--no-baselines", "--out", str(out), *extra])
+    code = str(exc.value.code)
+    assert code.startswith("ablate: ") and "\n" not in code
+    assert message.format(tmp=tmp_path, ir=ir_dir, vis=vis_dir) in code
+    assert {p: p.read_bytes() for d in folders for p in d.iterdir()} == inputs
+    assert (tmp_path / "afile").read_text() == "kept"
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--steps", "1,x", "argument --steps: '1,x' is not comma-separated integers"),
+    ("--limit", "-1", "argument --limit: must be >= 0, got -1"),
+])
+def test_bad_numbers_are_argparse_errors(tool, folders, tmp_path, capsys, option, value, message):
+    ir_dir, vis_dir = folders
+    with pytest.raises(SystemExit) as exc:
+        tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), option, value, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -191,3 +191,42 @@ def test_delta_grey_against_a_reference_method(pairs, tmp_path):
     assert (tmp_path / "out" / "metrics.md").read_text().splitlines()[0].endswith("| ms/frame | delta grey |")
     with pytest.raises(ValueError, match="reference 'nope' is not one of the methods"):
         evaluate_dir(ir_dir, vis_dir, rows, tmp_path / "out", reference="nope")
+
+
+@pytest.mark.parametrize("case", ["save_ir", "save_vis", "save_link_to_ir", "save_fused", "out_in_ir"])
+def test_outputs_never_go_into_an_input_folder(evaluate, pairs, tmp_path, case):
+    """--save or --out that is, or lies in, an IR, visible or fused folder (symlinks resolved) is refused before any
+    file is written: the inputs stay byte for byte."""
+    ir_dir, vis_dir = pairs
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    cv2.imwrite(str(fused / "p0.png"), np.zeros((45, 70), np.uint8))
+    (tmp_path / "link").symlink_to(ir_dir)
+    args = ["--fuser", "max", "--fused", f"prior={fused}", "--out", str(tmp_path / "out")]
+    args += {"save_ir": ["--save", str(ir_dir)], "save_vis": ["--save", str(vis_dir)],
+             "save_link_to_ir": ["--save", str(tmp_path / "link")], "save_fused": ["--save", str(fused)],
+             "out_in_ir": ["--out", str(ir_dir / "scores")]}[case]
+    before = {p: p.read_bytes() for d in (ir_dir, vis_dir, fused) for p in d.iterdir()}
+    with pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), *args])
+    message = str(exc.value.code)
+    assert message.startswith("evaluate: ") and "\n" not in message and "is or lies in the" in message
+    assert {p: p.read_bytes() for d in (ir_dir, vis_dir, fused) for p in d.iterdir()} == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_is_one_line(evaluate, pairs, tmp_path):
+    ir_dir, vis_dir = pairs
+    (afile := tmp_path / "afile").write_text("kept")
+    with pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(afile)])
+    assert str(exc.value.code) == f"evaluate: output folder {afile} exists and is not a folder"
+    assert afile.read_text() == "kept"
+
+
+def test_negative_limit_is_refused(evaluate, pairs, tmp_path, capsys):
+    ir_dir, vis_dir = pairs
+    with pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--limit", "-1", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and "error: argument --limit: must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

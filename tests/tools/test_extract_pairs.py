@@ -41,3 +41,47 @@ def test_a_clip_shorter_than_start_is_one_line(tool, tmp_path):
     with pytest.raises(SystemExit, match=r"a: frame 5 is past the end") as info:
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "5"])
     assert "\n" not in str(info.value)
+
+
+def _cut_mp4(path: Path, frames: int) -> None:
+    """A faststart MP4 cut in the middle: its header still announces ``frames``, about half of them decode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for _ in range(frames):
+            img = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")))
+        container.mux(stream.encode())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_truncated_video_is_one_line_and_writes_nothing(tool, tmp_path):
+    _video(tmp_path / "v" / "ir" / "a.mkv", 10, 0)  # a good clip first: its pairs must not stay behind
+    _video(tmp_path / "v" / "vi" / "a.mkv", 10, 0)
+    _cut_mp4(tmp_path / "v" / "ir" / "b.mp4", 20)
+    _video(tmp_path / "v" / "vi" / "b.mkv", 20, 0)
+    with pytest.raises(SystemExit, match=r"ir/b\.mp4: truncated or damaged, \d+ of the 20 frames") as info:
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1", "--every", "8"])
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+
+
+@pytest.mark.parametrize("option, value", [("--every", "0"), ("--every", "-3"), ("--count", "0"), ("--start", "-1"),
+                                           ("--every", "x")])
+def test_nonsense_numbers_are_refused(tool, tmp_path, capsys, option, value):
+    _video(tmp_path / "v" / "ir" / "a.mkv", 4, 0)
+    _video(tmp_path / "v" / "vi" / "a.mkv", 4, 0)
+    with pytest.raises(SystemExit) as info:
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), option, value])
+    assert info.value.code == 2 and f"error: argument {option}: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_among_the_videos_is_refused(tool, tmp_path):
+    _video(tmp_path / "v" / "ir" / "a.mkv", 4, 0)
+    _video(tmp_path / "v" / "vi" / "a.mkv", 4, 0)
+    with pytest.raises(SystemExit, match="output folder .* is or lies in the videos folder"):
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "v"), "--start", "0"])
+    assert sorted(p.name for p in (tmp_path / "v" / "ir").iterdir()) == ["a.mkv"]

@@ -112,3 +112,21 @@ def test_live_config_keeps_every_real_clip_under_the_flicker_goal(temporal, monk
     clips = [float(c) for c in cells[2:-5]]
     assert len(clips) == 6 and max(clips) <= 1.1, f"flicker ratio per clip above 1.1: {clips}"
     assert cells[-1] == "yes"
+
+
+def test_a_frame_of_another_size_is_one_line(temporal, tmp_path, rng, monkeypatch):
+    _clip(tmp_path / "a", rng)
+    cv2.imwrite(str(tmp_path / "a" / "vi" / "0003.png"), np.zeros((20, 28), np.uint8))
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
+    with pytest.raises(SystemExit) as exc:
+        temporal()
+    assert str(exc.value.code) == f"temporal: {tmp_path / 'a' / 'vi' / '0003.png'}: frame is 28x20, the clip's is 56x40"
+
+
+@pytest.mark.parametrize("value", ["1", "0", "-2"])
+def test_static_check_needs_two_repeats(temporal, tmp_path, rng, monkeypatch, capsys, value):
+    _clip(tmp_path / "a", rng)
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", value])
+    with pytest.raises(SystemExit) as exc:
+        temporal()
+    assert exc.value.code == 2 and f"argument --static: must be >= 2, got {value}" in capsys.readouterr().err
