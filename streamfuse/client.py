@@ -24,7 +24,7 @@ from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
 from streamfuse.connection_watch import ConnectionWatch
 from streamfuse.pool_ring import RingError
 from streamfuse.ring_cursor import RingCursor
-from streamfuse.shm_pool import PoolError, PoolReader, ring_supported, shm_supported
+from streamfuse.shm_pool import NotAPool, PoolError, PoolReader, ring_supported, shm_supported
 from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, decode_header, raw_image,
                              reachable_from_other_machines, ring_topic, shm_topic)
 
@@ -62,7 +62,8 @@ class Subscriber:
             cannot make this process hold more than about ``rcvhwm`` frames of this size.
 
     Counters: ``received`` (frames returned), ``malformed`` (skipped, logged: not the wire format, a header
-    field out of range, a payload that does not decode, or a part over ``max_frame_bytes``), ``missed`` (gaps in
+    field out of range, a payload that does not decode, a shared-memory pool that is none, or a part over
+    ``max_frame_bytes``; ``last_malformed`` says why the last one was), ``missed`` (gaps in
     the publisher's ``seq``: frames dropped on the way to this subscriber; also shared-memory frames overwritten
     before they were read, never returned torn, and ring entries lapped before they were read), ``via_shm`` (frames
     read from shared memory), ``via_ring`` (their descriptors taken from the pool's ring),
@@ -76,8 +77,8 @@ class Subscriber:
     def __init__(self, endpoint: str, topic: str = "fused/", *, timeout_s: float = 1.0, latest: bool = False,
                  rcvhwm: int = 2, server_key: str = "", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  shm: bool | None = None, copy: bool = False, ring: bool = True) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s={timeout_s} must be > 0 (receives always have a timeout)")
+        if not 0 < timeout_s <= threading.TIMEOUT_MAX:  # NaN too
+            raise ValueError(f"timeout_s={timeout_s} must be in (0, {threading.TIMEOUT_MAX:.3g}] s (receives time out)")
         if rcvhwm < 1:
             raise ValueError(f"rcvhwm={rcvhwm} must be >= 1")
         if max_frame_bytes < 1:
@@ -88,6 +89,7 @@ class Subscriber:
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
         self.received = self.malformed = self.missed = self.discarded = 0
         self.via_shm = self.via_ring = self.awaiting_keyframe = 0
+        self.last_malformed = ""
         self.copy = copy
         self._topic, self._shm_topic, self._ring_topic = (t.encode() for t in (topic, shm_topic(topic),
                                                                                ring_topic(topic)))
@@ -237,10 +239,8 @@ class Subscriber:
         elif self._watch.dropped_at is not None:
             self._watch.on_events()
         if self._watch.restore_due() and self._watch.restore():
-            self.malformed += 1
-            log.warning("skipped malformed message from %s: ZeroMQ refused it (a part over max_frame_bytes=%d, or "
-                        "not the ZeroMQ protocol) and dropped the connection; reconnected", self.endpoint,
-                        self.max_frame_bytes)
+            self._skip(f"ZeroMQ refused it (a part over max_frame_bytes={self.max_frame_bytes}, or not the ZeroMQ "
+                       f"protocol) and dropped the connection; reconnected")
         if ready:
             self._last_message = time.monotonic()
         elif not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
@@ -296,9 +296,10 @@ class Subscriber:
             return None
         return header, image
 
-    def _skip(self, exc: Exception) -> None:
+    def _skip(self, why: Exception | str) -> None:
         self.malformed += 1
-        log.warning("skipped malformed message from %s: %s", self.endpoint, exc)
+        self.last_malformed = str(why)
+        log.warning("skipped malformed message from %s: %s", self.endpoint, why)
 
     def _new_seq(self, seq: int, fmt: str) -> bool:
         """Count gaps in ``seq``; False for a frame already taken through the other route (shm and payload)."""
@@ -318,6 +319,8 @@ class Subscriber:
         if self._pool is None or self._pool.name != name:
             try:
                 pool = PoolReader(name)
+            except NotAPool as exc:  # a forged message: skipped, shared memory stays on for the real pool's
+                raise MalformedMessage(str(exc)) from None
             except PoolError as exc:
                 log.warning("shared memory of %s unavailable (%s): taking the ZeroMQ stream", self.endpoint, exc)
                 self._shm = False

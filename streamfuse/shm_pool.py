@@ -50,8 +50,8 @@ import numpy as np
 from streamfuse.capture.shm_ring import SHM_DIR, remove_stale
 from streamfuse.pool_ring import ENTRY_BYTES, RingReader, RingWriter, cpu_supported, ring_size
 
-__all__ = ["ShmPool", "PoolReader", "PoolError", "POOL_PREFIX", "MAX_SLOTS", "valid_pool_name", "remove_stale_pools",
-           "shm_supported", "ring_supported"]
+__all__ = ["ShmPool", "PoolReader", "PoolError", "NotAPool", "POOL_PREFIX", "MAX_SLOTS", "valid_pool_name",
+           "remove_stale_pools", "shm_supported", "ring_supported"]
 
 POOL_PREFIX = "streamfuse_pub_"
 _NAME = re.compile(rf"{POOL_PREFIX}(\d{{1,10}})_([0-9a-f]{{8}})")
@@ -67,6 +67,10 @@ _ALIGN = 64
 
 class PoolError(RuntimeError):
     """The pool cannot be created or mapped (one line saying why); consumers fall back to the ZeroMQ payload."""
+
+
+class NotAPool(PoolError):
+    """The file a message names is no streamfuse pool (a FIFO, a device, a bad header): the message is forged."""
 
 
 def shm_supported() -> bool:
@@ -265,8 +269,10 @@ def _map_pool(fd: int, name: str) -> _Mapping:
     """Map ``fd`` read-only after checking that its size and header describe a pool, version 1 or 2 (nothing else
     is trusted)."""
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or not 8 * _H_LEN <= info.st_size <= _MAX_POOL_BYTES:
-        raise PoolError(f"shared memory {name} is not a streamfuse pool (size {info.st_size})")
+    if not stat.S_ISREG(info.st_mode):
+        raise NotAPool(f"shared memory {name} is not a streamfuse pool (not a regular file)")
+    if not 8 * _H_LEN <= info.st_size <= _MAX_POOL_BYTES:
+        raise NotAPool(f"shared memory {name} is not a streamfuse pool (size {info.st_size})")
     mapping = _Mapping(fd, info.st_size, writable=False)
     if int(mapping.hdr[_H_MAGIC]) == _MAGIC:
         mapping.hdr = np.ndarray((_H_LEN,), "<i8", mapping.mm)
@@ -280,7 +286,7 @@ def _map_pool(fd: int, name: str) -> _Mapping:
     if not valid:
         mapping.hdr = None
         mapping.mm.close()
-        raise PoolError(f"shared memory {name} is not a streamfuse pool (bad header)")
+        raise NotAPool(f"shared memory {name} is not a streamfuse pool (bad header)")
     return mapping
 
 
@@ -291,8 +297,8 @@ class PoolReader:
         name: the pool name from a message; anything but a publisher pool name is refused.
 
     Raises:
-        PoolError: the name is not a pool's, or the pool cannot be opened (other host, other user, gone) or is not
-            a valid pool.
+        PoolError: the name is not a pool's, or the pool cannot be opened (other host, other user, gone).
+        NotAPool: the file is not a valid pool.
     """
 
     def __init__(self, name: str) -> None:
@@ -302,7 +308,8 @@ class PoolReader:
             raise PoolError("shared-memory pools need Linux with /dev/shm")
         self.name = name
         try:
-            fd = os.open(SHM_DIR / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO put there under a pool's name opens at once (and is refused below), never blocks
+            fd = os.open(SHM_DIR / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise PoolError(f"cannot open shared memory {name}: {exc.strerror}") from None
         try:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-import zmq.auth
 
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
+from streamfuse.wire import load_server_key
 
 __all__ = ["main"]
 
@@ -45,18 +46,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.timeout <= 0 or args.count < 0 or args.every < 1 or not 0 < args.max_frame_mb <= 1e6:
-        parser.error("--timeout must be > 0, --count >= 0, --every >= 1 and --max-frame-mb in (0, 1e6]")
+    if not 0 < args.timeout < math.inf or args.count < 0 or args.every < 1 or not 0 < args.max_frame_mb <= 1e6:
+        parser.error("--timeout must be finite and > 0, --count >= 0, --every >= 1 and --max-frame-mb in (0, 1e6]")
     if args.show and not _gui_available():
         print("error: --show needs an OpenCV build with GUI support (pip install opencv-python); this one is "
               "headless", file=sys.stderr)
         return 2
     if args.save:
-        args.save.mkdir(parents=True, exist_ok=True)
-    server_key = args.server_key
-    if server_key and Path(server_key).is_file():
-        server_key = zmq.auth.load_certificate(server_key)[0].decode()
+        try:
+            args.save.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: cannot make the --save folder {args.save}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     try:
+        server_key = load_server_key(args.server_key)
         with Subscriber(args.endpoint, args.topic, timeout_s=args.timeout, latest=args.latest,
                         server_key=server_key, max_frame_bytes=max(1, round(args.max_frame_mb * 1e6)),
                         shm=False if args.no_shm else None) as sub:
@@ -81,10 +84,12 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         while not args.count or sub.received < args.count:
+            malformed = sub.malformed
             frame = sub.recv()
             if frame is None:
                 print(f"no frame from {args.endpoint} (topic {args.topic!r}) for {args.timeout:g} s after "
-                      f"{sub.received} frames: {_why_silent(sub, args.server_key)}", file=sys.stderr)
+                      f"{sub.received} frames: {_why_silent(sub, args.server_key, sub.malformed - malformed)}",
+                      file=sys.stderr)
                 return 1
             header, image = frame
             now_ns = time.time_ns()
@@ -111,8 +116,10 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     return 0
 
 
-def _why_silent(sub: Subscriber, server_key: str) -> str:
-    """Why no frame arrives, as far as the connection's events tell."""
+def _why_silent(sub: Subscriber, server_key: str, malformed: int) -> str:
+    """Why no frame arrives, as far as the connection's events and the ``malformed`` messages meanwhile tell."""
+    if malformed:
+        return f"{malformed} messages arrived, all malformed (the last: {sub.last_malformed})"
     given = server_key if Path(server_key).is_file() else "the --server-key given"
     if sub.handshake_failures and server_key:
         return (f"{sub.handshake_failures} CURVE handshakes failed: the publisher's public key differs from {given} "

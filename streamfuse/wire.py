@@ -14,19 +14,25 @@ frame, or for consumers on the same host an empty part plus the shared-memory sl
 
 Statistics go out as ``[stats_topic, JSON]`` with schema ``"streamfuse.stats/1"``. The publisher
 (:mod:`streamfuse.publish`) writes this format and the client (:mod:`streamfuse.client`) reads it; everything a peer
-sends is checked here before it is used.
+sends is checked here before it is used. A consumer's ``--server-key`` (the publisher's CURVE key or its file) is read
+here too.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import math
+import os
 import reprlib
+import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import zmq
+import zmq.auth
 
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
@@ -35,7 +41,7 @@ __all__ = ["SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "FORMATS", "ENCODINGS", "HEADER
            "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE",
            "MalformedMessage", "shm_topic", "ring_topic",
            "preview_topic", "check_image", "HeaderEncoder", "encode_json", "decode_header", "decode_message",
-           "raw_image", "decode_stats", "reachable_from_other_machines"]
+           "raw_image", "decode_stats", "reachable_from_other_machines", "load_server_key"]
 
 SCHEMA = "streamfuse.fused/1"  # format raw: what every consumer since the first release reads
 SCHEMA_2 = "streamfuse.fused/2"  # any other format: a /1 consumer refuses it, never misreads the payload
@@ -89,6 +95,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 # checks every message.
 _FIELD_CHECKS = {fmt: (tuple(fields.items()), tuple((k, r) for k, r in _INT_RANGES.items() if k in fields))
                  for fmt in FORMATS for fields in [{**HEADER_FIELDS, **FORMAT_FIELDS.get(fmt, {})}]}
+_MAX_STATS_DEPTH = 8  # a snapshot is 4 deep (stats, stages, a stage, its numbers)
 _MAX_TIMING_MS = 1e12  # a stage latency beyond ~30 years is a forged number, not a measurement
 _clip = reprlib.Repr()  # values quoted in error messages stay short (a forged field may be 60 kB long)
 _clip.maxstring = _clip.maxother = _clip.maxlong = 40
@@ -285,12 +292,50 @@ def _check_fields(header: dict[str, Any]) -> None:
 
 
 def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
-    """Validate and decode one ``[stats_topic, JSON]`` message; raises MalformedMessage."""
+    """Validate and decode one ``[stats_topic, JSON]`` message.
+
+    What consumers compute with is checked where present: ``t_ns`` an int of epoch ns (0..2^63-1), ``uptime_s``,
+    ``rate_fps`` and ``mean_rate_fps`` numbers, ``stages`` an object of objects of numbers (``median_ms``, ...),
+    ``counters`` an object of numbers; any other field passes, but no number anywhere may be NaN or infinite.
+
+    Raises:
+        MalformedMessage: one line naming what is wrong (part count, JSON, schema, a field).
+    """
     if len(parts) != 2:
         raise MalformedMessage(f"expected 2 parts [topic, stats], got {len(parts)}")
     stats = _parse_json(parts[1], "stats")
     _check_schema(stats, STATS_SCHEMA)
+    t_ns = stats.get("t_ns", 0)
+    if isinstance(t_ns, bool) or not isinstance(t_ns, int) or not _COUNTER[0] <= t_ns <= _COUNTER[1]:
+        raise MalformedMessage(f"stats field t_ns={_clip.repr(t_ns)} is not an int in {_COUNTER[0]}..{_COUNTER[1]}")
+    stages, counters = stats.get("stages", {}), stats.get("counters", {})
+    if not isinstance(stages, dict) or not all(isinstance(stage, dict) for stage in stages.values()):
+        raise MalformedMessage(f"stats field stages={_clip.repr(stages)} is not an object of objects")
+    if not isinstance(counters, dict):
+        raise MalformedMessage(f"stats field counters={_clip.repr(counters)} is not an object")
+    numbers = [(key, stats[key]) for key in ("uptime_s", "rate_fps", "mean_rate_fps") if key in stats]
+    numbers += [(f"counters[{_clip.repr(key)}]", value) for key, value in counters.items()]
+    numbers += [(f"stages[{_clip.repr(name)}][{_clip.repr(key)}]", value) for name, stage in stages.items()
+                for key, value in stage.items()]
+    for where, value in numbers:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max:
+            raise MalformedMessage(f"stats field {where}={_clip.repr(value)} is not a finite number")
+    _check_tree(stats)
     return stats
+
+
+def _check_tree(stats: dict[str, Any]) -> None:
+    """What consumers pass on (a page's ``JSON.parse``, Foxglove) is nested at most ``_MAX_STATS_DEPTH`` deep and
+    holds no NaN or infinity (JSON's ``NaN``, ``Infinity``, ``1e999``); walked level by level, never recursively."""
+    level: list[Any] = [stats]
+    for _ in range(_MAX_STATS_DEPTH):
+        if any(isinstance(v, float) and not math.isfinite(v) for v in level):
+            raise MalformedMessage("stats hold NaN or an infinite number")
+        children = [obj.values() if isinstance(obj, dict) else obj for obj in level if isinstance(obj, (dict, list))]
+        level = [value for values in children for value in values]
+        if not level:
+            return
+    raise MalformedMessage(f"stats are nested more than {_MAX_STATS_DEPTH} deep")
 
 
 def _parse_json(part: bytes | zmq.Frame, what: str) -> dict[str, Any]:
@@ -332,3 +377,23 @@ def reachable_from_other_machines(endpoint: str) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: assume it faces the network
         return True
+
+
+def load_server_key(value: str) -> str:
+    """A ``--server-key`` value as the key: a Z85 key as given, or the public key in a ``.key`` file it names.
+
+    Raises:
+        ValueError: a file that does not exist, cannot be read or holds no public key (one line).
+    """
+    if Path(value).is_file():
+        try:
+            return zmq.auth.load_certificate(value)[0].decode(errors="replace")
+        except OSError as exc:
+            raise ValueError(f"cannot read the server key file {value}: {exc.strerror or exc}") from None
+        except ValueError:  # zmq.auth: "No public key found"
+            raise ValueError(f"server key file {value} holds no public key (a line `public-key = \"...\"`; see "
+                             f"zmq.auth.create_certificates)") from None
+    # Z85 has "/" and ".", so a 40-character value is a key; anything else that looks like a path is a missing file
+    if len(value) != 40 and (os.sep in value or value.endswith((".key", ".key_secret")) or os.path.exists(value)):
+        raise ValueError(f"server key file {value} does not exist or is not a regular file")
+    return value

@@ -7,6 +7,8 @@ value) with a generous timeout, so a loaded machine makes them slower, never red
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,8 +18,11 @@ from zmq.utils.monitor import recv_monitor_message
 from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_frame, good_parts, publishing,
                          raw_connect, recv_seq, wait_until, with_header)
 
+from streamfuse.capture.shm_ring import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.shm_pool import POOL_PREFIX, shm_supported
+from streamfuse.wire import SCHEMA_2
 
 NOBODY = "tcp://127.0.0.1:1"  # nothing listens there
 
@@ -120,6 +125,27 @@ def test_message_parts_over_max_frame_bytes_are_refused(raw_pub: tuple[zmq.Socke
     assert sub.malformed == 1 and sub.received >= 2
 
 
+@pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
+@pytest.mark.timeout(120)  # before the fix the subscriber blocked for good opening the FIFO
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_a_pool_name_that_is_a_fifo_is_malformed_not_a_hang(raw_pub: tuple[zmq.Socket, str], latest: bool) -> None:
+    sock, endpoint = raw_pub
+    name = f"{POOL_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+    os.mkfifo(SHM_DIR / name)
+    try:
+        with Subscriber(endpoint, timeout_s=PATIENCE_S, latest=latest) as sub:
+            seq = raw_connect(sock, sub)
+            topic, header, _ = with_header(schema=SCHEMA_2, format="shm", shm_pool=name, shm_slot=0, shm_gen=2,
+                                           seq=seq + 1)
+            sock.send_multipart([b"shm/" + topic, header, b""])
+            sock.send_multipart(with_header(seq=seq + 2))
+            recv_seq(sub, seq + 2)
+    finally:
+        os.unlink(SHM_DIR / name)
+    assert sub.malformed == 1 and sub.last_malformed == f"shared memory {name} is not a streamfuse pool (not a " \
+        "regular file)"
+
+
 def _numbered(parts: list[bytes], seq: int) -> list[bytes]:
     """``parts`` (seq 0) with seq set to ``seq``."""
     return [parts[0], parts[1].replace(b'"seq": 0', f'"seq": {seq}'.encode()), parts[2]]
@@ -153,6 +179,8 @@ def test_missed_counts_gaps_in_seq(raw_pub: tuple[zmq.Socket, str]) -> None:
 def test_bad_arguments_raise_value_error() -> None:
     with pytest.raises(ValueError, match="timeout_s=0"):
         Subscriber(NOBODY, timeout_s=0)
+    with pytest.raises(ValueError, match=r"timeout_s=nan must be in \(0, "):
+        Subscriber(NOBODY, timeout_s=float("nan"))
     with pytest.raises(ValueError, match="cannot connect to nonsense"):
         Subscriber("nonsense")
     with pytest.raises(ValueError, match="40-character Z85"):

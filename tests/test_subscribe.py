@@ -58,8 +58,9 @@ def test_cli_save_latest(rng: np.random.Generator, tmp_path: Path, capsys: pytes
 
 
 @contextmanager
-def alternating(bad: list[bytes]) -> Iterator[str]:
-    """A raw PUB socket sending ``bad`` and a good frame (seq 0, 1, 2 ...) alternately until the block ends."""
+def alternating(bad: list[bytes], good: bool = True) -> Iterator[str]:
+    """A raw PUB socket sending ``bad`` and a good frame (seq 0, 1, 2 ...) alternately until the block ends
+    (``good=False``: ``bad`` alone)."""
     sock = zmq.Context.instance().socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(ANY_PORT)
@@ -69,7 +70,8 @@ def alternating(bad: list[bytes]) -> Iterator[str]:
         seq = 0
         while not stop.wait(0.02):
             sock.send_multipart(bad)
-            sock.send_multipart(with_header(seq=seq))
+            if good:
+                sock.send_multipart(with_header(seq=seq))
             seq += 1
 
     thread = threading.Thread(target=send, daemon=True)
@@ -95,6 +97,36 @@ def test_cli_skips_and_counts_malformed_messages(name: str, latest: bool, tmp_pa
     assert summary.startswith("received 2 frames") and re.search(r"malformed [1-9]", summary)
     assert any("skipped malformed message" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
     assert len(list(tmp_path.glob("fused_*.png"))) == 2
+
+
+def test_cli_only_malformed_messages_says_so(capsys: pytest.CaptureFixture) -> None:
+    with alternating([b"fused/x", b"not json", b""], good=False) as endpoint:
+        assert main([endpoint, "--timeout", "2"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]
+    assert len(err) == 1 and err[0].startswith(f"no frame from {endpoint}") and "after 0 frames" in err[0]
+    assert re.search(r"\d+ messages arrived, all malformed \(the last: header is not UTF-8 JSON", err[0]), err[0]
+
+
+@pytest.mark.parametrize("target", ["file", "proc"])
+def test_cli_save_where_no_folder_can_be_is_one_line(target: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "taken" if target == "file" else Path("/proc/streamfuse-no-such-pid/frames")
+    if target == "file":
+        path.write_bytes(b"")
+    assert main(["tcp://127.0.0.1:1", "--save", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot make the --save folder {path}: "), err
+
+
+def test_cli_server_key_file_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty.key"
+    empty.write_text("# no key here\n")
+    missing = tmp_path / "missing.key"
+    for value, reason in [(empty, f"error: server key file {empty} holds no public key"),
+                          (missing, f"error: server key file {missing} does not exist")]:
+        assert main(["tcp://127.0.0.1:1", "--server-key", str(value)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(reason), err
 
 
 def test_cli_save_every_n(rng: np.random.Generator, tmp_path: Path) -> None:
@@ -133,11 +165,13 @@ def test_cli_curve_key_mismatch_says_so(key: str, tmp_path: Path, rng: np.random
         assert "the publisher encrypts, give its key with --server-key" in err[0]
 
 
-@pytest.mark.parametrize("args", [["--every", "0"], ["--max-frame-mb", "0"], ["--timeout", "0"]])
+@pytest.mark.parametrize("args", [["--every", "0"], ["--max-frame-mb", "0"], ["--timeout", "0"], ["--timeout", "nan"],
+                                  ["--timeout", "inf"], ["--timeout=-1"]])
 def test_cli_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
         main(["tcp://127.0.0.1:1", *args])
-    assert info.value.code == 2 and "--every >= 1" in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and "--timeout must be finite and > 0, --count >= 0, --every >= 1" in err[-1]
 
 
 def test_cli_timeout_exits_1_with_one_line(capsys: pytest.CaptureFixture) -> None:

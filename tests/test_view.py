@@ -21,6 +21,7 @@ from streamfuse.cli import main as cli
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.wire import decode_stats, preview_topic
+from streamfuse.view.browser import capture, find_chromium
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
 from streamfuse.view.server import serve
@@ -149,6 +150,68 @@ def test_page_gets_every_view_and_only_the_newest_frame_after_each_ack():
             feed.close()
 
 
+@pytest.mark.parametrize("consumer", ["view", "foxglove"])
+def test_hostile_stats_are_skipped_and_the_stats_go_on(consumer):
+    if consumer == "foxglove":
+        pytest.importorskip("foxglove")
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(ANY_PORT)
+    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    if consumer == "view":
+        loop = asyncio.new_event_loop()  # never run: the feed only queues its page wake-ups on it
+        reader = Feed(endpoint, "fused/t", "stats/t")
+        reader.start(loop)
+        passed_on = lambda: reader.versions["stats"]  # noqa: E731
+    else:
+        from streamfuse.view.foxglove_bridge import Bridge
+
+        reader = Bridge(endpoint, "fused/t", "stats/t", port=0)
+        reader.start()
+        passed_on = lambda: reader.logged.get("/stats", 0)  # noqa: E731
+    # These killed the view's stats thread (stages) and the bridge's (t_ns) for good.
+    killer = b'{"schema":"streamfuse.stats/1","stages":[1,2],"t_ns":"abc"}'
+    hostile = [b'{"schema":"streamfuse.stats/1","rate_fps":NaN}', b'{"schema":"streamfuse.stats/1","counters":[1]}']
+    try:
+        # sent every 10 ms until one arrives (the subscription is then there), so none of the rest is lost
+        wait_until(lambda: sock.send_multipart([b"stats/t", killer]) or reader.stats_in.malformed, "stats arrive")
+        for body in hostile:
+            sock.send_multipart([b"stats/t", body])
+        sock.send_multipart([b"stats/t", b'{"schema":"streamfuse.stats/1","t_ns":7,"rate_fps":25.0}'])
+        wait_until(lambda: passed_on() == 1, "the valid stats message after the hostile ones")
+        assert reader.stats_in.malformed >= 1 + len(hostile)
+        if consumer == "view":
+            assert reader.stats["t_ns"] == 7 and list(reader.history) == [{"t_ns": 7, "rate_fps": 25.0, "stages": {}}]
+    finally:
+        reader.close()
+        sock.close(linger=0)
+        if consumer == "view":
+            loop.close()
+
+
+@pytest.mark.slow  # opt-in, as the other browser tests (tests/test_view_browser.py)
+@pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (Debian: apt-get install chromium)")
+@pytest.mark.timeout(300)
+def test_screenshot_without_a_pipeline_says_no_frames_arrived(tmp_path):
+    async def shoot(feed: Feed) -> str:
+        runner = await serve(feed, "127.0.0.1", 0)
+        try:
+            with pytest.raises(RuntimeError) as info:
+                await capture(f"http://127.0.0.1:{runner.addresses[0][1]}/", tmp_path / "shot.png", 1, timeout_s=1,
+                              source=feed.endpoint)
+        finally:
+            await runner.cleanup()
+        return str(info.value)
+
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
+    try:
+        assert asyncio.run(shoot(feed)) == ("no frames arrived from tcp://127.0.0.1:1 within 1 s: is the pipeline "
+                                            "running?")
+    finally:
+        feed.close()
+    assert not (tmp_path / "shot.png").exists()
+
+
 def test_view_cli_says_what_is_wrong_in_one_line(capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -159,6 +222,10 @@ def test_view_cli_says_what_is_wrong_in_one_line(capsys):
     assert view_main(["bogus://x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot connect to bogus://x" in err
+    for wait in ("nan", "inf", "0"):
+        with pytest.raises(SystemExit) as exit_:
+            view_main(["tcp://127.0.0.1:1", "--wait", wait])
+        assert exit_.value.code == 2 and "--wait a finite number > 0" in capsys.readouterr().err
 
 
 def test_module_cli_dispatches_to_each_command(capsys):

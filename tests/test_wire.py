@@ -1,15 +1,20 @@
-"""The wire format's header encoder: every field of every format, as a consumer decodes it."""
+"""The wire format: the header encoder (every field of every format, as a consumer decodes it), the stats checks and
+the server key option."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq.auth
 from helpers_zmq import fused_frame
 
 from streamfuse.frames import FusedFrame
-from streamfuse.wire import FORMAT_FIELDS, HEADER_FIELDS, SCHEMA, SCHEMA_2, HeaderEncoder, decode_header
+from streamfuse.wire import (FORMAT_FIELDS, HEADER_FIELDS, SCHEMA, SCHEMA_2, HeaderEncoder, MalformedMessage,
+                             decode_header, decode_stats, load_server_key)
 
 _FIELDS = {"raw": {}, "jpeg": {}, "h264": {"keyframe": 1},
            "shm": {"shm_pool": "streamfuse_pub_12_0123abcd", "shm_slot": 3, "shm_gen": 8}}
@@ -53,3 +58,51 @@ def test_a_new_geometry_gets_its_own_header_and_a_bad_image_none() -> None:
     for bad in (np.zeros((4, 6, 3), np.float32), np.zeros((4, 6, 4), np.uint8)):
         with pytest.raises(ValueError, match="fused image must be"):
             encoder.encode(fused_frame(bad), bad, seq=0)
+
+
+def _stats(body: str) -> list[bytes]:
+    return [b"stats/x", ('{"schema": "streamfuse.stats/1", ' + body + "}").encode()]
+
+
+def test_a_telemetry_snapshot_decodes() -> None:
+    stats = decode_stats(_stats('"t_ns": 1700000000000000000, "uptime_s": 2.5, "rate_fps": 25, "mean_rate_fps": 24.9, '
+                                '"stages": {"fuse": {"median_ms": 1.0, "p99_ms": 2.0, "min_ms": 0.5, "n": 30}}, '
+                                '"counters": {"published": 60, "dropped.ir": 0}, "fuser": {"name": "max"}'))
+    assert stats["stages"]["fuse"]["p99_ms"] == 2.0 and stats["counters"]["published"] == 60
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ('"stages": [1, 2]', "stats field stages=[1, 2] is not an object of objects"),
+    ('"stages": {"fuse": 3}', "is not an object of objects"),
+    ('"stages": {"fuse": {"median_ms": "1 ms"}}', "stats field stages['fuse']['median_ms']='1 ms' is not a finite"),
+    ('"stages": {"fuse": {"p99_ms": NaN}}', "stats field stages['fuse']['p99_ms']=nan is not a finite number"),
+    ('"t_ns": "abc"', "stats field t_ns='abc' is not an int"),
+    ('"t_ns": -1', "stats field t_ns=-1 is not an int"),
+    ('"t_ns": 1e18', "stats field t_ns=1e+18 is not an int"),
+    ('"t_ns": 9223372036854775808', "stats field t_ns=9223372036854775808 is not an int"),
+    ('"counters": [3]', "stats field counters=[3] is not an object"),
+    ('"counters": {"published": true}', "stats field counters['published']=True is not a finite number"),
+    ('"rate_fps": Infinity', "stats field rate_fps=inf is not a finite number"),
+    ('"uptime_s": 1e999', "stats field uptime_s=inf"),
+    ('"mean_rate_fps": {}', "stats field mean_rate_fps={} is not a finite number"),
+    ('"fuser": {"steps": [NaN]}', "stats hold NaN or an infinite number"),
+    ('"x": ' + "[" * 500 + "]" * 500, "stats are nested more than 8 deep"),
+])
+def test_hostile_stats_are_malformed(body: str, reason: str) -> None:
+    with pytest.raises(MalformedMessage) as info:
+        decode_stats(_stats(body))
+    assert reason in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_server_key_reads_a_key_file_or_says_what_is_wrong(tmp_path: Path) -> None:
+    public, _ = zmq.auth.create_certificates(tmp_path, "rig0")
+    key = zmq.auth.load_certificate(public)[0].decode()
+    assert load_server_key(str(public)) == key and load_server_key(key) == key and load_server_key("") == ""
+    assert load_server_key("short") == "short"  # not a path: the Subscriber says what a key must be
+    empty = tmp_path / "empty.key"
+    empty.write_text("# no key here\n")
+    for value, reason in [(str(empty), f"server key file {empty} holds no public key"),
+                          (str(tmp_path / "missing.key"), "does not exist"), ("keys/rig0.key", "does not exist"),
+                          (str(tmp_path), "is not a regular file")]:
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            load_server_key(value)

@@ -130,12 +130,13 @@ class Chromium:
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         return result.get("result", {}).get("value")
 
-    async def wait_for(self, expression: str, timeout_s: float) -> Any:
-        """Poll ``expression`` until it is truthy; its value. Raises RuntimeError after ``timeout_s``."""
+    async def wait_for(self, expression: str, timeout_s: float, failure: str = "") -> Any:
+        """Poll ``expression`` until it is truthy; its value. Raises RuntimeError after ``timeout_s``, saying
+        ``failure`` (default: which expression was not reached)."""
         deadline = time.monotonic() + timeout_s
         while not (value := await self.evaluate(expression)):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the page did not reach `{expression}` within {timeout_s:g} s")
+                raise RuntimeError(failure or f"the page did not reach `{expression}` within {timeout_s:g} s")
             await asyncio.sleep(0.05)
         return value
 
@@ -152,15 +153,22 @@ class Chromium:
 PAGE_STATE = "window.streamfuse"
 
 
-async def capture(url: str, path: Path, watch_s: float, timeout_s: float = 30.0) -> str:
+async def capture(url: str, path: Path, watch_s: float, timeout_s: float = 30.0, *,
+                  source: str = "the pipeline") -> str:
     """Open the viewer at ``url``, wait for frames in all three panels and two stats updates, watch for
-    ``watch_s`` seconds, write a PNG screenshot to ``path``; returns what the page measured, in one line."""
+    ``watch_s`` seconds, write a PNG screenshot to ``path``; returns what the page measured, in one line.
+
+    Raises:
+        RuntimeError: no frames or stats from ``source`` (the pipeline's endpoint) within ``timeout_s`` (one line).
+    """
     async with Chromium() as browser:
         await browser.goto(url)
-        await browser.wait_for(f"{PAGE_STATE} && {PAGE_STATE}.frames.fused > 0", timeout_s)
+        await browser.wait_for(f"{PAGE_STATE} && {PAGE_STATE}.frames.fused > 0", timeout_s,
+                               f"no frames arrived from {source} within {timeout_s:g} s: is the pipeline running?")
         start = await browser.evaluate(PAGE_STATE)
         await asyncio.sleep(watch_s)
-        await browser.wait_for(f"{PAGE_STATE}.statsUpdates >= 2", timeout_s)
+        await browser.wait_for(f"{PAGE_STATE}.statsUpdates >= 2", timeout_s,
+                               f"fewer than 2 stats messages arrived from {source} within {timeout_s:g} s")
         end = await browser.evaluate(PAGE_STATE)
         await browser.screenshot(path)
     shown = (end["frames"]["fused"] - start["frames"]["fused"]) / watch_s

@@ -24,7 +24,7 @@ import zmq
 from streamfuse.client import Subscriber
 from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, decode_stats, preview_topic
 
-__all__ = ["Feed", "KINDS", "pack", "unpack", "stats_socket", "stats_messages"]
+__all__ = ["Feed", "KINDS", "pack", "unpack", "stats_socket", "StatsMessages"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Feed:
         self._closing = threading.Event()
         self._frames_stop: threading.Event | None = None
         self._threads: list[threading.Thread] = []
-        self._stats_sock = stats_socket(endpoint, stats_topic, server_key)
+        self.stats_in = StatsMessages(stats_socket(endpoint, stats_topic, server_key), self._closing)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start receiving stats; pages are woken on ``loop``."""
@@ -161,7 +161,7 @@ class Feed:
                         self._arrived(kind)
 
     def _read_stats(self) -> None:
-        for stats in stats_messages(self._stats_sock, self._closing):  # the socket was handed over by start()
+        for stats in self.stats_in:  # the socket was handed over by start()
             with self._lock:
                 self.stats = stats
                 self.history.append(_plot_point(stats))
@@ -189,24 +189,31 @@ def stats_socket(endpoint: str, topic: str, server_key: str = "") -> zmq.Socket:
     return sock
 
 
-def stats_messages(sock: zmq.Socket, stop: threading.Event) -> Iterator[dict[str, Any]]:
-    """Decoded stats from ``sock`` until ``stop`` is set (malformed ones logged and skipped); closes the socket."""
-    try:
-        while not stop.is_set():
-            if not sock.poll(round(_POLL_S * 1000)):
-                continue
-            try:
-                yield decode_stats(sock.recv_multipart())
-            except MalformedMessage as exc:
-                log.warning("skipped malformed stats message: %s", exc)
-    finally:
-        sock.close(linger=0)
+class StatsMessages:
+    """The validated stats from ``sock`` (:func:`streamfuse.wire.decode_stats`) until ``stop`` is set, for one
+    iteration on the thread that owns the socket, which closes it at the end. Malformed ones are logged, counted in
+    ``malformed`` and skipped."""
+
+    def __init__(self, sock: zmq.Socket, stop: threading.Event) -> None:
+        self.sock, self.stop, self.malformed = sock, stop, 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            while not self.stop.is_set():
+                if not self.sock.poll(round(_POLL_S * 1000)):
+                    continue
+                try:
+                    yield decode_stats(self.sock.recv_multipart())
+                except MalformedMessage as exc:
+                    self.malformed += 1
+                    log.warning("skipped malformed stats message: %s", exc)
+        finally:
+            self.sock.close(linger=0)
 
 
 def _plot_point(stats: dict[str, Any]) -> dict[str, Any]:
-    """What the plots keep of a snapshot: time, output rate, per-stage median and p99."""
-    stages = {name: [s.get("median_ms"), s.get("p99_ms")] for name, s in stats.get("stages", {}).items()
-              if isinstance(s, dict)}
+    """What the plots keep of a snapshot (validated by ``decode_stats``): time, output rate, per-stage median, p99."""
+    stages = {name: [s.get("median_ms"), s.get("p99_ms")] for name, s in stats.get("stages", {}).items()}
     return {"t_ns": stats.get("t_ns", time.time_ns()), "rate_fps": stats.get("rate_fps"), "stages": stages}
 
 

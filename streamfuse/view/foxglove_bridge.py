@@ -16,15 +16,14 @@ import logging
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from streamfuse.client import Subscriber
-from streamfuse.wire import preview_topic
-from streamfuse.view.feed import stats_messages, stats_socket
+from streamfuse.wire import load_server_key, preview_topic
+from streamfuse.view.feed import StatsMessages, stats_socket
 
 __all__ = ["main", "Bridge"]
 
@@ -63,7 +62,8 @@ class Bridge:
         self.endpoint, self.raw, self.quality, self.server_key = endpoint, raw, quality, server_key
         self.logged: dict[str, int] = {}  # messages logged per channel
         self._stop = threading.Event()
-        self._stats_sock = stats_socket(endpoint, stats_topic, server_key)  # raises ValueError on a bad endpoint
+        # raises ValueError on a bad endpoint
+        self.stats_in = StatsMessages(stats_socket(endpoint, stats_topic, server_key), self._stop)
         self._sources = {"/fused/image": topic}
         if previews:
             self._sources.update({f"/{s}/image": preview_topic(topic, s) for s in ("ir", "vis")})
@@ -80,7 +80,7 @@ class Bridge:
             self.server = self.fox.start_server(name="streamfuse", host=self._host, port=self._port,
                                                 message_backlog_size=_BACKLOG)
         except Exception as exc:  # noqa: BLE001 - the SDK raises its own error types for a busy or bad address
-            self._stats_sock.close(linger=0)
+            self.stats_in.sock.close(linger=0)
             raise RuntimeError(f"cannot start the Foxglove server on {self._host}:{self._port}: {exc}") from None
         self.port = self.server.port
         channels = self.fox.channels
@@ -105,7 +105,7 @@ class Bridge:
         thread.start()
 
     def _relay_stats(self, channel: Any) -> None:
-        for stats in stats_messages(self._stats_sock, self._stop):
+        for stats in self.stats_in:
             channel.log(stats, log_time=stats.get("t_ns"))
             self.logged["/stats"] = self.logged.get("/stats", 0) + 1
 
@@ -149,14 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not 1 <= args.quality <= 100 or not 0 <= args.port <= 65535:
         parser.error("--quality must be in 1..100 and --port in 0..65535")
-    server_key = args.server_key
-    if server_key and Path(server_key).is_file():
-        import zmq.auth
-
-        server_key = zmq.auth.load_certificate(server_key)[0].decode()
     try:
         bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,
-                        previews=args.previews, quality=args.quality, server_key=server_key)
+                        previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key))
     except ValueError as exc:
         print(f"streamfuse foxglove: error: {exc}", file=sys.stderr)
         return 2

@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import signal
 import sys
 from importlib import resources
 from pathlib import Path
 
 from streamfuse.view.feed import Feed
+from streamfuse.wire import load_server_key
 
 __all__ = ["main", "make_app", "serve"]
 
@@ -124,16 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=5.0, help="with --screenshot: seconds to watch the page")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not 1 <= args.quality <= 100 or not 0 <= args.port <= 65535 or args.wait <= 0:
-        parser.error("--quality must be in 1..100, --port in 0..65535 and --wait > 0")
+    if not 1 <= args.quality <= 100 or not 0 <= args.port <= 65535 or not 0 < args.wait < math.inf:
+        parser.error("--quality must be in 1..100, --port in 0..65535 and --wait a finite number > 0")
     _aiohttp()
-    server_key = args.server_key
-    if server_key and Path(server_key).is_file():
-        import zmq.auth
-
-        server_key = zmq.auth.load_certificate(server_key)[0].decode()
     try:
-        feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=server_key, quality=args.quality)
+        feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=load_server_key(args.server_key),
+                    quality=args.quality)
     except ValueError as exc:
         print(f"streamfuse view: error: {exc}", file=sys.stderr)
         return 2
@@ -158,7 +156,7 @@ async def _main(feed: Feed, args: argparse.Namespace) -> int:
         if args.screenshot:
             from streamfuse.view.browser import capture
 
-            report = await capture(url, args.screenshot, args.wait)
+            report = await capture(url, args.screenshot, args.wait, source=feed.endpoint)
             print(f"wrote {args.screenshot}: {report}")
             return 0
         if not _is_loopback(args.host):
