@@ -28,7 +28,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m streamfuse.subscribe", description=__doc__,
+    parser = argparse.ArgumentParser(prog="streamfuse subscribe", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--topic", default="fused/", help="topic prefix to receive")

@@ -16,7 +16,7 @@ BENCHES = {
     "fuse": "streamfuse.bench.fuse:main",
     "transport": "streamfuse.bench.transport:main",
     "replay": "streamfuse.bench.replay:main",
-    "batch": "tools/bench_batch.py",
+    "batch": "streamfuse.bench.batch:main",
 }
 
 

@@ -17,15 +17,12 @@ Each command's module is imported only when it runs, so one command's missing ex
 from __future__ import annotations
 
 import importlib
-import runpy
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 __all__ = ["COMMANDS", "main", "dispatch", "console"]
 
-# command -> "module:function" taking argv and returning an exit status (None counts as 0), or a script of the source
-# checkout ("tools/NAME.py") for a tool whose logic has not moved into the package yet
+# command -> "module:function" taking argv and returning an exit status (None counts as 0)
 COMMANDS = {
     "run": "streamfuse.cli.run:main",
     "replay": "streamfuse.cli.run:replay_main",
@@ -39,22 +36,7 @@ COMMANDS = {
 FAST_EXIT = ("run", "replay")  # commands whose teardown is skipped by the console (see cli.run.exit_now)
 
 
-def _script(where: str, relpath: str) -> Callable[[list[str]], int | None]:
-    """Run a script of the source checkout this package lives in as ``__main__`` (not in an installed package)."""
-    path = Path(__file__).resolve().parents[2] / relpath
-    if not path.is_file():
-        raise SystemExit(f"{where}: needs {relpath} of a source checkout; {path} does not exist")
-
-    def run(argv: list[str]) -> None:
-        sys.argv = [str(path), *argv]
-        runpy.run_path(str(path), run_name="__main__")
-
-    return run
-
-
 def _target(where: str, spec: str) -> Callable[[list[str]], int | None]:
-    if spec.endswith(".py"):
-        return _script(where, spec)
     module, _, name = spec.partition(":")
     try:
         return getattr(importlib.import_module(module), name)

@@ -2,8 +2,9 @@
 
 Two stages, one command:
 
-1. ``tools/train.py --out runs/a`` trains the VBE, the decoder and the teacher denoiser with the method's losses.
-2. ``tools/train.py --distill --init runs/a/hclfuse_v4.pt --out runs/b`` freezes them and distils the student.
+1. ``streamfuse train --out runs/a`` (``tools/train.py`` in a checkout) trains the VBE, the decoder and the teacher
+   denoiser with the method's losses.
+2. ``streamfuse train --distill --init runs/a/hclfuse_v4.pt --out runs/b`` freezes them and distils the student.
 
 Settings are ``--key value`` for the optimisation (``train`` section: ``--steps 40000 --lr 1e-3``) and
 ``--section.key value`` for the others (``--model.widths 16 24``, ``--loss.gradient 40``, ``--align.reg 0.05``);
@@ -73,7 +74,8 @@ def _settings_help() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """The training command: parse ``argv``, run, exit with one line on bad input."""
-    parser = argparse.ArgumentParser(description=__doc__, epilog=_settings_help(), allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="streamfuse train", description=__doc__, epilog=_settings_help(),
+                                     allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="data folder (default: STREAMFUSE_DATA, else ../shared/data)")

@@ -161,6 +161,7 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
         The path of the EMA weights file.
     """
     cfg = setup.train
+    pairs = load_pairs(data)  # before anything is written: a run without data leaves no output folder behind
     torch.set_num_threads(cfg.threads)
     tune_malloc()
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,6 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
     if resume and (out / "checkpoint.pt").exists():
         run.restore(torch.load(str(out / "checkpoint.pt"), map_location="cpu", weights_only=True))
         log.info("resumed from %s at step %d", out / "checkpoint.pt", run.step)
-    pairs = load_pairs(data)
     sampler = PairSampler(pairs, setup.align, cfg.crop, run.rng)
     log.info("%d training pairs from %s", len(pairs), data)
     t_start, last_ckpt = time.perf_counter() - run.elapsed, time.perf_counter()

@@ -71,7 +71,7 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
 def test_missing_data_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no training pairs") as info:
         train.main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--steps", "1"])
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and not (tmp_path / "o").exists()  # nothing written for a run that cannot be
 
 
 def test_init_takes_matching_tensors_and_refuses_another_architecture(data, tmp_path, caplog):

@@ -1,0 +1,130 @@
+"""Batch replay throughput: the Ray engine with N single-CPU workers against 1 worker on the same pairs, side by side
+in one run, and one worker's frames/s against a single replay of the same pair with the same thread count.
+
+It writes PAIRS copies of a synthetic H.264 pair (the replay benchmark's), replays them with the local engine, then
+on a local Ray with 1 and with N workers (one CPU each: one torch/OpenMP thread, one OpenCV thread, and one thread
+for each FFmpeg decoder and for x264, ``replay.codec_threads=1``), after a warm-up pair per worker so that process
+start and imports are not timed. The single replay gets the same settings, so all runs compare like with like.
+The load average is printed before and after each run: on a shared machine a ratio is only as good as the load
+was steady. Needs Ray (``pip install 'streamfuse[ray]'``).
+Run: ``python -m streamfuse bench batch --pairs 6 --workers 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from streamfuse.bench.replay import synthetic_pair  # the same synthetic pair as the replay benchmark
+
+__all__ = ["main"]
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
+
+
+def _load() -> str:
+    return "{:.2f}".format(os.getloadavg()[0])
+
+
+def _pairs(folder: Path, n: int, frames: int, width: int, height: int, prefix: str = "p") -> Path:
+    """``folder/ir`` and ``folder/vi`` with ``n`` hard links of one synthetic pair."""
+    folder.mkdir()
+    ir, vis = synthetic_pair(folder, frames, width, height)
+    for sub, src in (("ir", ir), ("vi", vis)):
+        (folder / sub).mkdir()
+        for i in range(n):
+            os.link(src, folder / sub / f"{prefix}{i}.mp4")
+    return folder
+
+
+def _batch(cfg, src: Path, out: Path, engine) -> dict:
+    """One timed batch run: frames/s, wall s, each pair's frames/s, the load average before and after."""
+    from streamfuse.batch import find_jobs, run_batch
+
+    before = _load()
+    summary = run_batch(cfg, find_jobs(src, out), engine)
+    if summary.failed:
+        raise SystemExit(f"bench batch: {summary.failed[0].out}: {summary.failed[0].reason}")
+    frames = sum(r.frames_out for r in summary.results)
+    return {"frames": frames, "wall": summary.wall_s, "fps": frames / summary.wall_s,
+            "pair_fps": [r.fps for r in summary.results], "load": f"{before} -> {_load()}"}
+
+
+def _ray(cfg, src: Path, warm: Path, out: Path, workers: int) -> dict:
+    """A timed batch on a local Ray of ``workers`` single-CPU workers, after a warm-up pair per worker."""
+    import ray
+
+    from streamfuse.batch import RayEngine, find_jobs, run_batch
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        engine = RayEngine(workers=workers, threads=1)
+        run_batch(cfg, find_jobs(warm, out / "warm"), engine)
+        return _batch(cfg, src, out / "timed", engine)
+    finally:
+        ray.shutdown()
+
+
+def _single_replay(args: argparse.Namespace, overrides: list[str], ir: Path, vis: Path, out: Path) -> float:
+    """Frames/s that a single replay (``python -m streamfuse replay``, what ``run_stream.py --out`` runs) reports
+    for one pair, run with one OpenMP and one OpenCV thread."""
+    cmd = [sys.executable, "-m", "streamfuse", "replay", "--config", args.config, "--ir", str(ir), "--vis", str(vis),
+           "--out", str(out), *[a for o in overrides for a in ("--set", o)]]
+    proc = subprocess.run(cmd, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True)
+    found = re.search(r"wall [\d.]+ s, ([\d.]+) frames/s", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise SystemExit(f"bench batch: the single replay failed (rc {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return float(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print its table."""
+    parser = argparse.ArgumentParser(prog="streamfuse bench batch", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=6, help="pairs in the batch")
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers compared with 1")
+    parser.add_argument("--frames", type=int, default=150, help="frames per pair")
+    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the synthetic pair")
+    parser.add_argument("--config", default="replay", help="replay config: a shipped name or a YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=["fuse.name=max"],
+                        metavar="STAGE.KEY=VALUE", help="override a config value (repeatable)")
+    args = parser.parse_args(argv)
+    if importlib.util.find_spec("ray") is None:
+        raise SystemExit("bench batch: needs Ray: pip install 'streamfuse[ray]'")
+    os.environ.update(ONE_THREAD)  # this process (local engine) and the Ray it starts
+    import cv2
+
+    from streamfuse.batch import LocalEngine
+    from streamfuse.config import load_config
+    from streamfuse.configs import resolve
+
+    cv2.setNumThreads(1)
+    overrides = ["engine.threads=1", "replay.codec_threads=1", "replay.overlap=false", "replay.progress=false",
+                 *args.overrides]  # one thread everywhere: decode and encode in the loop, as a 1-CPU worker runs
+    cfg = load_config(resolve(args.config), overrides)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
+        tmp = Path(tmp)
+        src = _pairs(tmp / "src", args.pairs, args.frames, width, height)
+        warm = _pairs(tmp / "warm", args.workers, 10, width, height, prefix="w")
+        print(f"{args.pairs} pairs of {args.frames} frames at {width}x{height}, {' '.join(overrides)}; "
+              f"{os.cpu_count()} cores; load average (1 min) {_load()}")
+        rows = {"local engine, 1 worker": _batch(cfg, src, tmp / "local", LocalEngine())}
+        for n in (1, args.workers):
+            rows[f"ray, {n} worker{'s' * (n > 1)}"] = _ray(cfg, src, warm, tmp / f"ray{n}", n)
+        single_fps = _single_replay(args, overrides, src / "ir" / "p0.mp4", src / "vi" / "p0.mp4", tmp / "p0.mp4")
+    print(f"{'run':<24}{'frames':>8}{'wall s':>9}{'frames/s':>10}  load before -> after")
+    for name, r in rows.items():
+        print(f"{name:<24}{r['frames']:>8}{r['wall']:>9.2f}{r['fps']:>10.1f}  {r['load']}")
+    one, many = rows["ray, 1 worker"], rows[f"ray, {args.workers} workers"]
+    print(f"ray {args.workers} workers vs 1: {many['fps'] / one['fps']:.2f}x")
+    worker = statistics.median(one["pair_fps"])
+    print(f"one ray worker: {worker:.1f} frames/s (median of its pairs); a single replay of the same pair with "
+          f"one thread: {single_fps:.1f} frames/s; ratio {worker / single_fps:.2f}")
