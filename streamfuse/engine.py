@@ -263,8 +263,10 @@ class Engine:
         # 1. Stage on the host.
         for dst, src in zip(slot.host_views, (luts, ir_u8, vis_u8)):
             np.copyto(dst, src)
-        # 2. Upload.
+        # 2. Upload, after the caller's stream: a slot's buffers, when new, may sit in memory that the caller's stream
+        # freed while its kernels still run (the caching allocator hands it out at once).
         with torch.cuda.stream(self._up):
+            self._up.wait_stream(caller)
             self._mark(ev, "uploaded_start")
             slot.dev_in.copy_(slot.host_in, non_blocking=True)
             ev["uploaded"].record()
@@ -339,7 +341,9 @@ class Engine:
         return _Slot(host_in=host_in, host_out=torch.empty((b, h, w), dtype=torch.float32, pin_memory=True),
                      dev_in=torch.empty(n, dtype=torch.uint8, device=self.device),
                      dev_out=torch.empty((b, h, w), dtype=torch.float32, device=self.device),
-                     events={name: torch.cuda.Event(enable_timing=self.profile) for name in names}, host_views=views)
+                     # the host waits on "downloaded": blocking, so that it sleeps instead of spinning a core
+                     events={name: torch.cuda.Event(enable_timing=self.profile, blocking=name == "downloaded")
+                             for name in names}, host_views=views)
 
     def _capture(self, state: _ShapeState, b: int, h: int, w: int) -> None:
         """Warm up on the compute stream, then capture the whole forward on it (setup only, so syncs are fine)."""

@@ -247,7 +247,7 @@ class FakeStream:
 
 
 class FakeEvent:
-    def __init__(self, enable_timing: bool = False):
+    def __init__(self, enable_timing: bool = False, blocking: bool = False):
         self.stream, self.vc = None, {}
 
     def record(self, stream=None):
