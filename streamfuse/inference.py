@@ -29,7 +29,7 @@ class HCLFuseConfig:
             live default: on two CPU cores one step adds 60-90% to the frame's time; one step already puts unseen
             frames' Qabf above the hand rule's, five raise it further for offline replay; model card). Runs autograd,
             so the engine does not use CUDA graphs with it.
-        seed: seed of the per-stream noise.
+        seed: seed of the sampler's fixed latent noise (0..2^32-1).
     """
 
     weights: str = ""
@@ -45,6 +45,7 @@ class HCLFuseConfig:
         check(1 <= self.steps <= 20, "steps", self.steps, "1..20")
         check(0.0 <= self.guidance_scale <= 10.0, "guidance_scale", self.guidance_scale, "0 .. 10")
         check(0 <= self.image_guidance <= 20, "image_guidance", self.image_guidance, "0 .. 20")
+        check(0 <= self.seed < 2**32, "seed", self.seed, "0 .. 2^32-1")
 
 
 @dataclass(frozen=True)

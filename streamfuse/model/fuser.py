@@ -45,13 +45,18 @@ class HCLFuser:
         self.cache = AlignCache(align_cfg)
         self.seed = seed
         self.version = version
-        self._noise: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._noise: dict[tuple[int, int], torch.Tensor] = {}
 
-    def noise(self, stream: str, height: int, width: int) -> torch.Tensor:
-        """The fixed latent noise (1, C, h, w) of a stream and frame size, on the engine's device."""
-        key = (stream, height, width)
+    def noise(self, height: int, width: int) -> torch.Tensor:
+        """The fixed latent noise (1, C, h, w) of a frame size, on the engine's device: the same for every stream
+        (not keyed by its name, which differs between a live run's topic and its replay's), so a replay fuses as
+        the live run did."""
+        key = (height, width)
         if key not in self._noise:
-            gen = torch.Generator().manual_seed((self.seed << 32) ^ zlib.crc32(stream.encode()))
+            # at seed 0 as the stream "default" was when the noise was per stream (the still-image evaluation's, so the
+            # model card's still-image figures stand); the CPU generator keeps only a seed's low 32 bits, so the seed
+            # goes there (it was shifted out of them before, and changed nothing)
+            gen = torch.Generator().manual_seed(zlib.crc32(b"default") ^ self.seed)
             shape = self.engine.latent_shape(height, width)
             self._noise[key] = torch.randn((1, *shape), generator=gen).to(self.engine.device)
         return self._noise[key]
@@ -73,17 +78,17 @@ class HCLFuser:
 
     def engine_inputs(self, irs: list[np.ndarray], vis_ys: list[np.ndarray],
                       streams: list[str]) -> tuple[np.ndarray, torch.Tensor]:
-        """Per-stream OT tables ``(B, 256)`` and fixed noise ``(B, *latent_shape)`` for :meth:`Engine.submit`."""
+        """Per-stream OT tables ``(B, 256)`` and the fixed noise ``(B, *latent_shape)`` for :meth:`Engine.submit`."""
         h, w = irs[0].shape
         luts = np.stack([self.cache.lut(ir, vis, s) for ir, vis, s in zip(irs, vis_ys, streams)])
-        return luts, torch.cat([self.noise(s, h, w) for s in streams])
+        return luts, torch.cat([self.noise(h, w)] * len(streams))
 
     def latent(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> torch.Tensor:
         """The sampled latent (1, C, h, w) of one pair, on the engine's device (for ablations: see
         :meth:`decode_with`)."""
         ir01, vis01, _ = self._inputs(ir, vis_y, stream)
         with torch.inference_mode():
-            return self.net.sample(ir01, vis01, self.noise(stream, *ir.shape))[0]
+            return self.net.sample(ir01, vis01, self.noise(*ir.shape))[0]
 
     def decode_with(self, ir: np.ndarray, vis_y: np.ndarray, z: torch.Tensor, stream: str = "default") -> np.ndarray:
         """Fuse a pair with the latent ``z`` (e.g. zeroed, or another pair's) in place of its own, the decoded-image
@@ -100,7 +105,7 @@ class HCLFuser:
         channel, and ``image_structure``, the structure energy of the fused image against the raw IR and the visible
         (the decoded-image guide's)."""
         ir01, vis01, raw01 = self._inputs(ir, vis_y, stream)
-        noise = self.noise(stream, *ir.shape)
+        noise = self.noise(*ir.shape)
         with torch.inference_mode():
             z, skips = self.net.sample(ir01, vis01, noise)
             fused = self.net.decode(z, skips, raw01, vis01) * 2.0 - 1.0

@@ -1,4 +1,4 @@
-"""The hclfuse Fuser: padding, determinism, OT cache, per-stream noise, batching, input checks."""
+"""The hclfuse Fuser: padding, determinism, OT cache, fixed noise, batching, input checks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,11 @@ def test_fuser_on_cpu(tmp_path, tiny):
     assert fuser.name == "hclfuse" and fuser.version.startswith(f"{FORMAT_VERSION}.0+")
     stats = fuser.stats()
     assert stats["ot_misses"] == 1 and stats["ot_hits"] == 1
-    assert not torch.equal(fuser.noise("cam0", 37, 50), fuser.noise("cam1", 37, 50))
+    # the noise is the seed's and the frame size's, not the stream name's: a replay (another topic) fuses alike
+    np.testing.assert_array_equal(fuser.fuse(ir, vis, "replay"), out)
+    other_seed = build_hclfuse(HCLFuseConfig(weights=str(path), steps=2, seed=1), EngineConfig(device="cpu", threads=1),
+                               AlignConfig())
+    assert not torch.equal(fuser.noise(37, 50), other_seed.noise(37, 50))
     batch = fuser.fuse_batch([ir, ir], [vis, vis], ["cam0", "cam0"])
     np.testing.assert_allclose(batch[0], out, atol=1e-4)
     with pytest.raises(ValueError, match="uint8"):
