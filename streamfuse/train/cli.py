@@ -89,6 +89,6 @@ def main(argv: list[str] | None = None) -> None:
         setup = load_setup(to_overrides(rest))
         path = run_training(args.data, args.out, setup, resume=args.resume, ckpt_minutes=args.ckpt_minutes,
                             init=args.init)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # InterruptedError (an OSError): stopped by Ctrl-C or SIGTERM, saved
         raise SystemExit(f"train: {exc}") from None
     log.info("EMA weights: %s", path)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,14 +138,45 @@ def _optimise(run: _Run, total: torch.Tensor, cfg: TrainConfig) -> None:
 
 
 def _save(run: _Run, out: Path, setup: TrainSetup, resolved: dict) -> None:
-    """Write the checkpoint (atomically) and the EMA weights."""
+    """Write the checkpoint and the EMA weights, each atomically (a kill mid-write leaves the previous file)."""
     ckpt = out / "checkpoint.pt"
     tmp = ckpt.with_suffix(".tmp")
     torch.save(run.state(resolved), str(tmp))
     tmp.replace(ckpt)
-    save_weights(out / DEFAULT_WEIGHTS.name, run.ema, extra={"align": asdict(setup.align), "step": run.step,
-                                                             "train_seconds": round(run.elapsed, 1),
-                                                             "config": resolved})
+    weights = out / DEFAULT_WEIGHTS.name
+    tmp = weights.with_suffix(".tmp")
+    save_weights(tmp, run.ema, extra={"align": asdict(setup.align), "step": run.step,
+                                      "train_seconds": round(run.elapsed, 1), "config": resolved})
+    tmp.replace(weights)
+
+
+def _check_run(data: Path, out: Path, init: Path | None, resume: bool, cfg: TrainConfig) -> None:
+    """Refuse (ValueError, one line, before anything is written) a run that would write into its data, over its
+    ``init`` file or over an earlier run, or that cannot do what it says."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    real_out, real_data = out.resolve(), data.resolve()
+    if real_data == real_out or real_data in real_out.parents:
+        raise ValueError(f"--out {out} is in the data folder {data}; write runs elsewhere")
+    if init is not None and real_out in init.resolve().parents:
+        raise ValueError(f"--init {init} is in --out {out}, whose weights the run writes over; copy it elsewhere")
+    earlier = [p.name for p in (out / "checkpoint.pt", out / DEFAULT_WEIGHTS.name) if p.exists()]
+    if earlier and not resume:
+        raise ValueError(f"--out {out} holds an earlier run ({earlier[0]}): --resume it, or choose another folder")
+    if resume and not (out / "checkpoint.pt").exists():
+        raise ValueError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist")
+    if (cfg.distill or cfg.decoder_only) and init is None and not resume:
+        raise ValueError("--distill and --decoder_only train part of a trained model: give it with --init WEIGHTS")
+
+
+def _resume(run: _Run, ckpt: Path) -> None:
+    """Continue ``run`` from ``ckpt``; one line (ValueError) when it is damaged or made by another setup."""
+    try:
+        run.restore(torch.load(str(ckpt), map_location="cpu", weights_only=True))
+    except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot resume from {ckpt} (damaged, or another architecture or stage): {reason}") from None
+    log.info("resumed from %s at step %d", ckpt, run.step)
 
 
 def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = False, ckpt_minutes: float = 3.0,
@@ -161,22 +195,44 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
         The path of the EMA weights file.
     """
     cfg = setup.train
+    _check_run(data, out, init, resume, cfg)
     pairs = load_pairs(data)  # before anything is written: a run without data leaves no output folder behind
     torch.set_num_threads(cfg.threads)
     tune_malloc()
+    run = _start(setup, init)
+    if resume:
+        _resume(run, out / "checkpoint.pt")
     out.mkdir(parents=True, exist_ok=True)
     resolved = setup.to_dict()
     resolved["train"]["init"] = str(init) if init else None
-    (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    run = _start(setup, init)
-    if resume and (out / "checkpoint.pt").exists():
-        run.restore(torch.load(str(out / "checkpoint.pt"), map_location="cpu", weights_only=True))
-        log.info("resumed from %s at step %d", out / "checkpoint.pt", run.step)
+    (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))  # once the run has started
     sampler = PairSampler(pairs, setup.align, cfg.crop, run.rng)
     log.info("%d training pairs from %s", len(pairs), data)
-    t_start, last_ckpt = time.perf_counter() - run.elapsed, time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=run.step, mininterval=10.0, dynamic_ncols=True)
     run.net.train()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if _main_thread() else None
+    try:
+        _loop(run, sampler, setup, out, resolved, ckpt_minutes, bar)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learnt since the last checkpoint
+        _save(run, out, setup, resolved)
+        raise InterruptedError(f"stopped at step {run.step}; {out / 'checkpoint.pt'} saved: --resume continues") \
+            from None
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return out / DEFAULT_WEIGHTS.name
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()  # only there can a signal handler be set
+
+
+def _loop(run: _Run, sampler: PairSampler, setup: TrainSetup, out: Path, resolved: dict, ckpt_minutes: float,
+          bar: tqdm) -> None:
+    """Optimise until the step or time budget is spent, checkpointing every ``ckpt_minutes`` and at the end."""
+    cfg = setup.train
+    t_start, last_ckpt = time.perf_counter() - run.elapsed, time.perf_counter()
     while _progress(run.step, run.elapsed, cfg) < 1.0:
         losses = _losses(run, sampler, setup)
         _optimise(run, losses["total"], cfg)
@@ -189,5 +245,3 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
             _save(run, out, setup, resolved)
             last_ckpt = time.perf_counter()
             log.info("step %d  %.0f s  %s", run.step, run.elapsed, {k: round(v.item(), 5) for k, v in losses.items()})
-    bar.close()
-    return out / DEFAULT_WEIGHTS.name

@@ -24,15 +24,16 @@ REPO = Path(__file__).resolve().parents[2]
 def data(tmp_path: Path) -> Path:
     """A tiny data folder: grey pairs in msrs/train, a 3-channel IR pair (LLVIP-like), and an excluded msrs/test."""
     rng = np.random.default_rng(0)
+    root = tmp_path / "data"  # beside the runs' --out folders, not around them
     for sub, n, ir_channels in (("msrs/train", 2, 1), ("llvip/train", 1, 3), ("msrs/test", 1, 1)):
         for d in ("ir", "vi"):
-            (tmp_path / sub / d).mkdir(parents=True)
+            (root / sub / d).mkdir(parents=True)
         for i in range(n):
             ir = rng.integers(0, 256, (40, 56, ir_channels), dtype=np.uint8)
             vis = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
-            cv2.imwrite(str(tmp_path / sub / "ir" / f"{i:03d}.png"), ir)
-            cv2.imwrite(str(tmp_path / sub / "vi" / f"{i:03d}.png"), vis)
-    return tmp_path
+            cv2.imwrite(str(root / sub / "ir" / f"{i:03d}.png"), ir)
+            cv2.imwrite(str(root / sub / "vi" / f"{i:03d}.png"), vis)
+    return root
 
 
 def test_load_pairs_reads_training_sets_only(data):
@@ -138,3 +139,52 @@ def test_entry_point_runs_without_path_edits(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--help"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--model.widths" in proc.stdout and "--teacher_steps" in proc.stdout
+
+
+TINY = ["--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes", "100", "--model.widths", "4", "8",
+        "--model.denoiser_width", "4", "--steps", "2"]
+
+
+def test_runs_that_would_write_over_something_or_mean_nothing_are_one_line(data, tmp_path):
+    """Refused before anything is written: into the data, over --init's file or an earlier run, --resume of
+    nothing, a stage of a trained model without one, a damaged checkpoint."""
+    run = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(run), *TINY])
+    (tmp_path / "afile").write_bytes(b"")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    cases = [(["--out", str(data / "runs")], "is in the data folder"),
+             (["--out", str(tmp_path / "afile")], "is a file, not a folder"),
+             (["--out", str(run)], r"holds an earlier run \(checkpoint.pt\): --resume it"),
+             (["--out", str(run), "--resume", "--init", str(run / DEFAULT_WEIGHTS.name)], "whose weights the run"),
+             (["--out", str(tmp_path / "none"), "--resume"], "nothing to resume"),
+             (["--out", str(tmp_path / "d"), "--distill"], "give it with --init WEIGHTS"),
+             (["--out", str(tmp_path / "damaged"), "--resume"], "cannot resume from .*damaged")]
+    weights = (run / DEFAULT_WEIGHTS.name).read_bytes()
+    for args, match in cases:
+        with pytest.raises(SystemExit, match=match) as info:
+            train.main(["--data", str(data), *TINY, *args])
+        assert "\n" not in str(info.value)
+    assert (run / DEFAULT_WEIGHTS.name).read_bytes() == weights
+    assert not (data / "runs").exists() and not (tmp_path / "none").exists() and not (tmp_path / "d").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(data, tmp_path, monkeypatch):
+    from streamfuse.train import loop
+
+    real_optimise, calls = loop._optimise, []
+
+    def interrupted(run, total, cfg):  # Ctrl-C during the third step, after two were learnt
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_optimise(run, total, cfg)
+
+    monkeypatch.setattr(loop, "_optimise", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"stopped at step 2; .*checkpoint.pt saved: --resume continues"):
+        train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "5"])
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 2
+    monkeypatch.setattr(loop, "_optimise", real_optimise)
+    train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "5", "--resume"])
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 5
