@@ -272,3 +272,19 @@ def test_ray_worker_killed_mid_pair_is_retried_and_every_output_is_complete(tmp_
 def test_ray_engine_settings_are_checked():
     with pytest.raises(ValueError, match="workers must be >= 1"):
         RayEngine(workers=0)
+
+
+def test_a_lost_frames_counter_costs_no_pair():
+    """The progress actor's process killed (say, by the OOM killer): the bar stops counting, the batch goes on."""
+    from types import SimpleNamespace
+
+    from streamfuse.batch.ray_engine import _take
+
+    class ActorDied(Exception):
+        pass
+
+    def get(ref):
+        raise ActorDied(ref)
+
+    ray = SimpleNamespace(exceptions=SimpleNamespace(RayError=ActorDied), get=get)
+    assert _take(ray, SimpleNamespace(take=SimpleNamespace(remote=lambda: "ref"))) == 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -95,13 +97,20 @@ class RayEngine:
         import ray
 
         started = not ray.is_initialized()
-        if started:
-            self._init(ray)
+        previous = None
         try:
+            if started:
+                self._init(ray)  # inside the try: a Ctrl-C while Ray starts still shuts it down
+            if threading.current_thread() is threading.main_thread():
+                # SIGTERM stops the batch as Ctrl-C does (tasks cancelled, partials kept); Ray's own handler, set by
+                # ray.init, would crash the driver and leave its workers writing
+                previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
             yield from self._schedule(ray, worker_cfg(cfg, self.threads), jobs, resume, frames)
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             if started:
-                ray.shutdown()
+                ray.shutdown()  # also after a Ctrl-C during ray.init, which may have started some of Ray's processes
 
     def _init(self, ray: Any) -> None:
         # A worker imports this module (so streamfuse, which sets OMP_WAIT_POLICY) before anything imports torch.
@@ -139,7 +148,16 @@ class RayEngine:
                 ray.cancel(ref)  # raises KeyboardInterrupt in the task: the replay keeps a resumable partial
             ray.wait(list(running), num_returns=len(running), timeout=10)
             raise
-        frames(ray.get(progress.take.remote()))
+        frames(_take(ray, progress))
+
+
+def _take(ray: Any, progress: Any) -> int:
+    """Frames fused since the last call, for the bar; 0 once the counter's process is gone (it must not cost
+    pairs)."""
+    try:
+        return ray.get(progress.take.remote())
+    except ray.exceptions.RayError:
+        return 0
 
 
 def _check_reachable(address: str) -> None:
@@ -165,7 +183,7 @@ def _wait_one(ray: Any, refs: list, progress: Any, frames: Callable[[int], None]
     while waiting."""
     while True:
         done, _ = ray.wait(refs, num_returns=1, timeout=0.5)
-        frames(ray.get(progress.take.remote()))
+        frames(_take(ray, progress))
         if done:
             try:
                 return done[0], ray.get(done[0])
