@@ -32,6 +32,7 @@ def test_fuser_on_cpu(tmp_path, tiny):
     other_seed = build_hclfuse(HCLFuseConfig(weights=str(path), steps=2, seed=1), EngineConfig(device="cpu", threads=1),
                                AlignConfig())
     assert not torch.equal(fuser.noise(37, 50), other_seed.noise(37, 50))
+    assert not np.array_equal(other_seed.fuse(ir, vis, "cam0"), out)  # the seed reaches the image
     batch = fuser.fuse_batch([ir, ir], [vis, vis], ["cam0", "cam0"])
     np.testing.assert_allclose(batch[0], out, atol=1e-4)
     with pytest.raises(ValueError, match="uint8"):
