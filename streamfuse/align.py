@@ -45,8 +45,8 @@ class AlignConfig:
             The metrics compare the fused image with the raw IR and rise as the blend falls (measured from 0.3 to
             0.15 and to no OT on msrs/test and held-out video frames); the shipped weights are trained at 0.15
             (model card).
-        method: POT Sinkhorn solver (``sinkhorn_log`` is POT's advice for small ``reg`` and for GPUs;
-            plain ``sinkhorn`` underflows for ``reg`` below about 0.01).
+        method: POT Sinkhorn solver (``sinkhorn_log`` works in the log domain, POT's advice for GPUs and gradients,
+            and stays finite at this small ``reg``, where plain ``sinkhorn`` underflows below about 0.01).
         max_iter: Sinkhorn iteration cap.
         tol: Sinkhorn stopping threshold on the marginal error.
         drift: re-solve when the Wasserstein-1 distance (grey levels in 0..1) between the current and the cached IR
@@ -215,7 +215,6 @@ class AlignCache:
         self.stale = 0
         self.solves = 0  # finished solves, the denominator of the mean
         self.solve_ms = 0.0
-        self.last_solve_ms = 0.0
 
     def lut(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
         """The ``(256,)`` float32 table mapping this frame's IR uint8 to ``IR'`` in 0..1."""
@@ -254,7 +253,6 @@ class AlignCache:
     def _install(self, stream: str, solved: tuple[_Entry, float]) -> _Entry:
         """Make a finished solve the stream's entry and count its time."""
         entry, ms = solved
-        self.last_solve_ms = ms
         self.solve_ms += ms
         self.solves += 1
         self._entries[stream] = entry

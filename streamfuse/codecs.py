@@ -100,11 +100,6 @@ class H264Decoder:
     def __init__(self) -> None:
         self._ctx: av.CodecContext | None = None
 
-    @property
-    def synced(self) -> bool:
-        """Whether the decoder has a keyframe to decode the next inter frame against."""
-        return self._ctx is not None
-
     def reset(self) -> None:
         """Forget the stream (a frame was missed): wait for the next keyframe."""
         self._ctx = None

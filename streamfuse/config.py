@@ -37,7 +37,7 @@ MOVED = {
     "align.stabilize": "stabilize.strength",
     **{f"fuse.{k}": f"baseline.{k}" for k in ("sharpen", "contrast")},
     **{f"fuse.{k}": f"hclfuse.{k}" for k in ("weights", "sampler", "steps", "guidance", "guidance_scale", "seed")},
-    **{f"fuse.{k}": f"engine.{k}" for k in ("device", "precision", "threads", "max_batch", "cuda_graphs")},
+    **{f"fuse.{k}": f"engine.{k}" for k in ("device", "precision", "threads", "cuda_graphs")},
 }
 
 

@@ -1,9 +1,9 @@
 """The fusion stage on a device: OT lookup, padding, the net, on CPU or one CUDA GPU, with the same API.
 
-The engine runs a torch module ``net(ir01, vis01, noise (B,C,Hp/8,Wp/8), ir_raw01) -> fused01 (B,1,Hp,Wp)`` (images
+The engine runs a torch module ``net(ir01, vis01, noise (B,C,Hp/s,Wp/s), ir_raw01) -> fused01 (B,1,Hp,Wp)`` (images
 (B,1,Hp,Wp) on 0..1; ``ir01`` aligned, ``ir_raw01`` as captured) on frames given as uint8 arrays. ``net`` exposes
-``stride`` (the engine pads H, W up to a multiple of it by replicating the border, and crops back) and
-``latent_channels``. The OT lookup table is applied on the device
+``stride`` s (the engine pads H, W up to a multiple of it by replicating the border, and crops back; the latent noise
+is s times smaller) and ``latent_channels``. The OT lookup table is applied on the device
 (``ir01 = lut[ir_u8]``), so only uint8 pixels and 256 floats per frame cross the bus.
 
 CPU path: all cores (``torch.set_num_threads``), ``torch.inference_mode``, and glibc malloc told to keep freed
@@ -37,12 +37,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from streamfuse.device import available_cores, prepare_cpu, resolve_device
 
-__all__ = ["DEPTH", "LATENT_FACTOR", "MAX_SHAPES", "PRECISIONS", "Engine", "Handle"]
+__all__ = ["DEPTH", "MAX_SHAPES", "PRECISIONS", "Engine", "Handle"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-LATENT_FACTOR = 8  # latent size is (Hp // 8, Wp // 8), the agreed interface with the model
 DEPTH = 3  # batches in flight per shape on the GPU: upload n+1, compute n, download n-1
 MAX_SHAPES = 4  # frame shapes whose graphs and buffers are kept (a rig switching among a few sizes rebuilds nothing)
 _WARMUP = 3  # eager runs before capture: cuDNN autotuning and lazy initialisation must not happen while capturing
@@ -158,9 +157,10 @@ class Engine:
         return -(-height // s) * s, -(-width // s) * s
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """Shape ``(C, Hp // 8, Wp // 8)`` of the noise the net takes for one frame of ``height x width``."""
+        """Shape ``(C, Hp / stride, Wp / stride)`` of the noise the net takes for one frame of ``height x width``."""
         hp, wp = self.padded(height, width)
-        return int(self.net.latent_channels), hp // LATENT_FACTOR, wp // LATENT_FACTOR
+        s = int(self.net.stride)
+        return int(self.net.latent_channels), hp // s, wp // s
 
     def run(self, ir_u8: np.ndarray, vis_u8: np.ndarray, luts: np.ndarray, noise: torch.Tensor) -> np.ndarray:
         """Fuse a batch of pairs.
@@ -214,12 +214,8 @@ class Engine:
                  noise: torch.Tensor) -> torch.Tensor:
         """(B,256) float32, (B,H,W) uint8 x2, (B,C,h,w) -> fused (B,H,W) float32 on 0..255, all on the device."""
         b, h, w = ir_u8.shape
-        ir01 = torch.gather(luts, 1, ir_u8.reshape(b, h * w).long()).view(b, 1, h, w)
-        vis01 = vis_u8.reshape(b, 1, h, w).float() / 255.0
-        raw01 = ir_u8.reshape(b, 1, h, w).float() / 255.0
         hp, wp = self.padded(h, w)
-        if (hp, wp) != (h, w):
-            ir01, vis01, raw01 = (F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") for x in (ir01, vis01, raw01))
+        ir01, vis01, raw01 = self.net_inputs(luts, ir_u8, vis_u8)
         # cache_enabled=False: cached weight casts would outlive the autocast block and dangle inside a CUDA graph
         with torch.autocast(self.device.type, dtype=self._amp or torch.float32, enabled=self._amp is not None,
                             cache_enabled=False):
@@ -228,6 +224,19 @@ class Engine:
             raise RuntimeError(f"net {type(self.net).__name__} returned shape {tuple(fused.shape)}; "
                                f"expected {(b, 1, hp, wp)}")
         return fused[:, 0, :h, :w].float() * 255.0
+
+    def net_inputs(self, luts: torch.Tensor, ir_u8: torch.Tensor,
+                   vis_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The net's inputs (IR', visible, raw IR), each (B, 1, Hp, Wp) on 0..1, padded to the stride, from (B, 256)
+        float32 lookup tables and (B, H, W) uint8 frames, all on the device (also what the ablations decode)."""
+        b, h, w = ir_u8.shape
+        ir01 = torch.gather(luts, 1, ir_u8.reshape(b, h * w).long()).view(b, 1, h, w)
+        vis01 = vis_u8.reshape(b, 1, h, w).float() / 255.0
+        raw01 = ir_u8.reshape(b, 1, h, w).float() / 255.0
+        hp, wp = self.padded(h, w)
+        if (hp, wp) == (h, w):
+            return ir01, vis01, raw01
+        return tuple(F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") for x in (ir01, vis01, raw01))
 
     def _check(self, ir_u8: np.ndarray, vis_u8: np.ndarray, luts: np.ndarray, noise: torch.Tensor) -> np.ndarray:
         """Validate a batch at the boundary (one line per problem); returns luts as contiguous float32."""

@@ -53,7 +53,8 @@ class FramePair:
 
 @dataclass
 class FusedFrame:
-    """The fused output of one pair: BGR uint8 ``(H, W, 3)`` registered to the visible camera."""
+    """The fused output of one pair: uint8 BGR ``(H, W, 3)`` or grey ``(H, W)`` (``post.encoding``), registered to the
+    visible camera."""
 
     pair: FramePair
     image: np.ndarray

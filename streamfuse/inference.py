@@ -56,18 +56,15 @@ class EngineConfig:
         device: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, or ``fp16``/``bf16`` autocast on the GPU.
         threads: torch CPU threads; 0 means all cores.
-        max_batch: pairs fused in one batch when several wait (GPU).
         cuda_graphs: capture the fixed-shape forward in a CUDA graph.
     """
 
     device: str = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     threads: int = 0
-    max_batch: int = 1
     cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         check(self.threads >= 0, "threads", self.threads, ">= 0 (0 = all cores)")
-        check(1 <= self.max_batch <= 64, "max_batch", self.max_batch, "1..64")
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
               "auto | cpu | cuda | cuda:N")

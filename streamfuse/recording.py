@@ -70,13 +70,11 @@ class RecordConfig:
 
     Args:
         path: output ``.mcap`` file (written as ``.NAME.partial`` and renamed when the run ends cleanly).
-        format: ``mcap`` (the only format; see the module docstring for why).
         compression: MCAP chunk compression, ``zstd`` or ``none``.
         chunk_mb: uncompressed chunk size in MiB (a crash loses at most the chunk being filled).
     """
 
     path: str = ""
-    format: Literal["mcap"] = "mcap"
     compression: Literal["zstd", "none"] = "zstd"
     chunk_mb: float = 4.0
 

@@ -1,4 +1,4 @@
-"""A tiny registry for swappable parts: fusers, sources, samplers.
+"""A tiny registry for swappable parts: fusers and sources.
 
 >>> @register("example", "double")
 ... def _double(x: int) -> int:

@@ -1,11 +1,11 @@
 """Benchmark the fusion stage from input uint8 arrays to output Y: latency (median, p99), frames/s, GFLOPs per frame.
 
 For ``hclfuse`` each frame goes through the OT cache lookup (per stream), the engine's upload, LUT, net and
-download, exactly as the pipeline calls it. On the CPU frames/s is the inverse of the median latency; on the GPU
-throughput keeps two batches in flight with the engine's submit/result API (overlapping upload, compute and
-download). On the GPU every figure is printed with
-the GPU's name, the share of time in copies vs compute comes from CUDA events, and the output at each size is
-compared with the CPU path's. Baseline fusers (max, average, laplacian) run on the CPU, one frame at a time.
+download, through the calls the pipeline makes (batch 1; a batch of B feeds B rigs' pairs to one engine call). On the
+CPU frames/s is the inverse of the median latency; on the GPU throughput keeps two batches in flight with the engine's
+submit/result API (overlapping upload, compute and download). On the GPU every figure is printed with the GPU's name,
+the share of time in copies vs compute comes from CUDA events, and the output at each size is compared with the CPU
+path's. Baseline fusers (max, average, laplacian, rule) run on the CPU, one frame at a time.
 
 Example: ``python -m streamfuse bench fuse --device cpu --sizes 640x480 --frames 50``
 """
@@ -28,9 +28,10 @@ import torch  # after the package's import, which sets the OpenMP wait policy to
 
 from streamfuse.cli.args import int_at_least
 from streamfuse.device import resolve_device
-from streamfuse.engine import Engine
+from streamfuse.engine import Engine, Handle
 from streamfuse.fusers import FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
+from streamfuse.model.fuser import HCLFuser, build_hclfuse
 from streamfuse.postprocess import PostConfig
 from streamfuse.processor import FrameProcessor, build_fuser, still_pair
 from streamfuse.stabilize import StabilizeConfig
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", default="", help="comma-separated batch sizes; default 1,8 on a GPU, 1 on CPU")
     p.add_argument("--graphs", default="", help="CUDA graphs on,off (GPU only); default on,off on a GPU")
     p.add_argument("--precision", default="", help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
-    p.add_argument("--fuser", default="hclfuse", help="hclfuse | max | average | laplacian")
+    p.add_argument("--fuser", default="hclfuse", help="hclfuse | max | average | laplacian | rule")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     p.add_argument("--weights", default="", help="HCLFuse weights file; '' = shipped; 'random' = untrained")
     p.add_argument("--tiny", action="store_true", help="smoke run: 64x48 frames, 3 per case, 1 warm-up")
@@ -129,7 +130,7 @@ def weights_file(arg: str, workdir: Path) -> str:
 class Case:
     """One fuser configuration fed with ``batch`` synthetic rigs (streams ``rig0..``), one pair each per batch."""
 
-    def __init__(self, fuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int):
+    def __init__(self, fuser: HCLFuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int):
         self.fuser, self.engine, self.pairs, self.batch = fuser, fuser.engine, pairs, batch
         self.streams = [f"rig{j}" for j in range(batch)]
         self.i = 0
@@ -140,14 +141,14 @@ class Case:
         self.i += 1
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
-    def submit(self, engine: Engine):
+    def submit(self, engine: Engine) -> Handle:
         """Start one batch on ``engine`` the way ``fuse_batch`` runs it: OT lookup per rig, fixed noise, engine."""
         irs, viss = self.frames()
         luts, noise = self.fuser.engine_inputs(irs, viss, self.streams)
         return engine.submit(np.stack(irs), np.stack(viss), luts, noise)
 
     def latency(self, batches: int) -> list[float]:
-        """Per-batch ms of ``fuser.fuse_batch`` (what the pipeline calls), one batch at a time."""
+        """Per-batch ms of ``fuser.fuse_batch`` (``fuse`` calls it with one pair), one batch at a time."""
         samples = []
         for _ in range(batches):
             irs, viss = self.frames()
@@ -181,7 +182,7 @@ class Case:
         return totals
 
 
-def measure(fuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int, frames: int, warmup: int,
+def measure(fuser: HCLFuser, pairs: list[tuple[np.ndarray, np.ndarray]], batch: int, frames: int, warmup: int,
             expected: np.ndarray | None) -> str:
     """One line of figures for one fuser configuration; on the GPU also the copy/compute split and, at batch 1,
     the difference to the CPU path's output ``expected`` for ``pairs[0]``."""
@@ -229,8 +230,8 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
                           **({} if args.image_guidance is None else {"image_guidance": args.image_guidance}))
 
     def fuser_for(dev: str, precision: str = "fp32", graph: bool = False, batch: int = 1):
-        engine = EngineConfig(device=dev, precision=precision, cuda_graphs=graph, max_batch=batch, threads=args.threads)
-        return build_fuser(FuseConfig(name="hclfuse"), hclfuse=model, engine=engine)
+        engine = EngineConfig(device=dev, precision=precision, cuda_graphs=graph, threads=args.threads)
+        return build_hclfuse(model, engine, max_batch=batch)
 
     reference = fuser_for("cpu") if gpu else None
     for h, w in sizes:

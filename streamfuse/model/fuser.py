@@ -1,4 +1,4 @@
-"""The ``hclfuse`` Fuser: per-stream cached OT alignment, fixed per-stream latent noise, batching onto the engine.
+"""The ``hclfuse`` Fuser: per-stream cached OT alignment, fixed latent noise shared by all streams, the engine.
 
 :func:`build_hclfuse` loads a weights file (:mod:`streamfuse.model.weights`) into an :class:`~streamfuse.engine.Engine`;
 :class:`HCLFuser` turns uint8 frame pairs into the net's inputs and also exposes the pieces the ablations need
@@ -33,7 +33,7 @@ class HCLFuser:
         net: loaded HCLFuseNet.
         engine: the engine running ``net``.
         align_cfg: the OT alignment settings.
-        seed: seed of the per-stream fixed noise.
+        seed: seed of the fixed latent noise (one for every stream).
         version: reported version string.
     """
 
@@ -116,14 +116,9 @@ class HCLFuser:
     def _inputs(self, ir: np.ndarray, vis_y: np.ndarray,
                 stream: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The net's inputs for one pair on the engine's device, padded to the stride: (IR', visible, raw IR)."""
-        lut = torch.from_numpy(self.cache.lut(ir, vis_y, stream)).float()
-        hp, wp = self.engine.padded(*ir.shape)
-        pad = (0, wp - ir.shape[1], 0, hp - ir.shape[0])
-        raw = torch.from_numpy(ir).view(1, 1, *ir.shape)
-        vis = torch.from_numpy(vis_y).view(1, 1, *ir.shape)
-        ir01, vis01, raw01 = (torch.nn.functional.pad(x.to(self.engine.device), pad, mode="replicate")
-                              for x in (lut[raw.long()], vis.float() / 255.0, raw.float() / 255.0))
-        return ir01, vis01, raw01
+        lut = torch.from_numpy(self.cache.lut(ir, vis_y, stream)).float()[None]
+        return self.engine.net_inputs(*(x.to(self.engine.device) for x in (lut, torch.from_numpy(ir)[None],
+                                                                            torch.from_numpy(vis_y)[None])))
 
     def stats(self) -> dict[str, float]:
         """OT cache counters (hits, misses, solve ms)."""
@@ -131,8 +126,12 @@ class HCLFuser:
 
 
 def build_hclfuse(model: HCLFuseConfig = HCLFuseConfig(), engine: EngineConfig = EngineConfig(),
-                  align: AlignConfig = AlignConfig()) -> HCLFuser:
-    """Load the weights named by ``model.weights`` (default: the shipped file) onto an engine and build the Fuser."""
+                  align: AlignConfig = AlignConfig(), *, max_batch: int = 1) -> HCLFuser:
+    """Load the weights named by ``model.weights`` (default: the shipped file) onto an engine and build the Fuser.
+
+    ``max_batch`` pairs go through one engine call of :meth:`HCLFuser.fuse_batch` (the benchmark's batches); the
+    pipelines fuse one pair at a time, the newest, so they keep the default.
+    """
     path = Path(model.weights) if model.weights else weights.DEFAULT_WEIGHTS
     net, extra = weights.load_weights(path, steps=model.steps, guidance=model.guidance,
                                       guidance_scale=model.guidance_scale, student=model.sampler == "student",
@@ -144,7 +143,7 @@ def build_hclfuse(model: HCLFuseConfig = HCLFuseConfig(), engine: EngineConfig =
                     {k: trained[k] for k in used if k in trained}, used)
     graphs = engine.cuda_graphs and not net.image_steps  # a graph would have to capture the guide's autograd
     runner = Engine(net, device=engine.device, precision=engine.precision, cuda_graphs=graphs,
-                    max_batch=engine.max_batch, threads=engine.threads)
+                    max_batch=max_batch, threads=engine.threads)
     if runner.device.type == "cpu" and model.guidance:
         cpu_kernels()  # load (or, once per install, compile) the guides' numba kernels now, not on the first frame
     return HCLFuser(net, runner, align, model.seed, version=weights.weights_version(path))

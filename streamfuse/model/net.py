@@ -23,7 +23,7 @@ from streamfuse.diffusion.guidance import (IMAGE_LAMBDA, ComposedGuide, default_
 from streamfuse.diffusion.sampling import sample_ddim
 from streamfuse.diffusion.schedules import alphas_cumprod, ddim_timesteps, eps_to_x0, linear_betas
 from streamfuse.model.denoiser import Denoiser
-from streamfuse.model.vbe import Decoder, Encoder
+from streamfuse.model.vbe import LATENT_SCALE, Decoder, Encoder
 
 __all__ = ["HCLFuseNet", "ModelConfig"]
 
@@ -79,7 +79,7 @@ class HCLFuseNet(nn.Module):
             (:func:`~streamfuse.diffusion.guidance.guide_decoded`; with ``guidance`` only, 0 = none).
     """
 
-    stride = 8
+    stride = LATENT_SCALE  # the latent is (H/stride, W/stride): the engine pads frames to a multiple of it
 
     def __init__(self, cfg: ModelConfig, *, steps: int = 4, guidance: bool = True, guidance_scale: float = 1.0,
                  student: bool = False, image_steps: int = 0):
