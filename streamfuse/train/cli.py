@@ -9,8 +9,9 @@ Two stages, one command:
 Settings are ``--key value`` for the optimisation (``train`` section: ``--steps 40000 --lr 1e-3``) and
 ``--section.key value`` for the others (``--model.widths 16 24``, ``--loss.gradient 40``, ``--align.reg 0.05``);
 ``--key=value`` works too, a value is read as YAML and a bare boolean flag means true (``--distill``). Checkpoints
-(model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; --resume continues
-from there. At the end OUT/hclfuse_v4.pt holds the EMA weights and OUT/train_config.yaml the resolved configuration.
+(model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; Ctrl-C or SIGTERM
+lets the step in flight finish, writes one and stops; --resume continues from there as if never stopped. When the run
+completes, OUT/hclfuse_v4.pt holds the EMA weights; OUT/train_config.yaml holds the resolved configuration.
 """
 
 from __future__ import annotations
@@ -72,17 +73,24 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
+def _path(text: str) -> Path:
+    """A path argument; an empty one (an unset shell variable) is refused rather than read as the working folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The training command: parse ``argv``, run, exit with one line on bad input."""
     parser = argparse.ArgumentParser(prog="streamfuse train", description=__doc__, epilog=_settings_help(),
                                      allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+    parser.add_argument("--data", type=_path, default=DEFAULT_DATA,
                         help="data folder (default: STREAMFUSE_DATA, else ../shared/data)")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
+    parser.add_argument("--out", type=_path, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--ckpt-minutes", type=float, default=3.0, help="checkpoint interval (3)")
-    parser.add_argument("--init", type=Path, help="weights file whose tensors start the run (fine-tuning)")
+    parser.add_argument("--ckpt-minutes", type=float, default=3.0, help="checkpoint interval (3; 0: every step)")
+    parser.add_argument("--init", type=_path, help="weights file whose tensors start the run (fine-tuning)")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -91,4 +99,6 @@ def main(argv: list[str] | None = None) -> None:
                             init=args.init)
     except (OSError, ValueError) as exc:  # InterruptedError (an OSError): stopped by Ctrl-C or SIGTERM, saved
         raise SystemExit(f"train: {exc}") from None
+    except KeyboardInterrupt:  # outside run_training's handlers (while parsing, or once it is done): nothing to save
+        raise SystemExit("train: interrupted") from None
     log.info("EMA weights: %s", path)

@@ -8,6 +8,7 @@ parser and checks the pipeline's own config uses.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,8 @@ class TrainConfig:
         check(self.minutes >= 0, "minutes", self.minutes, ">= 0 (0 = no budget)")
         check(self.batch >= 1, "batch", self.batch, ">= 1")
         check(self.crop >= 8 and self.crop % 8 == 0, "crop", self.crop, "a positive multiple of 8")
-        check(self.lr > 0 and self.weight_decay >= 0, "lr", self.lr, "> 0 (and weight_decay >= 0)")
+        check(0 < self.lr < math.inf, "lr", self.lr, "> 0, finite")
+        check(0 <= self.weight_decay < math.inf, "weight_decay", self.weight_decay, ">= 0, finite")
         check(self.warmup >= 1, "warmup", self.warmup, ">= 1")
         check(0 <= self.ema < 1, "ema", self.ema, "0 <= ema < 1")
         check(self.threads >= 1, "threads", self.threads, ">= 1")
@@ -100,4 +102,16 @@ def load_setup(overrides: list[str]) -> TrainSetup:
             raise ValueError(f"unknown config section {name}; allowed sections: {', '.join(SECTIONS)}")
         if not isinstance(value, dict):
             raise ValueError(f"{name}={value!r}: give one of its keys, {name}.<key>=value")
-    return TrainSetup(**{name: parse_section(cls, data.get(name, {}), name) for name, cls in SECTIONS.items()})
+    return TrainSetup(**{name: _section(cls, data.get(name, {}), name) for name, cls in SECTIONS.items()})
+
+
+def _section(cls: type, values: dict[str, Any], name: str) -> Any:
+    """:func:`parse_section`, its range errors naming the key as its other errors do (``train.crop=30``, not
+    ``train: crop=30``, which the command's own ``train:`` prefix would double)."""
+    try:
+        return parse_section(cls, values, name)
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith(f"{name}: "):
+            message = f"{name}.{message[len(name) + 2:]}"
+        raise ValueError(message) from None

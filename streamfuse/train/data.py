@@ -7,6 +7,7 @@ computed on the whole frame), then random crops and flips feed the net.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -16,8 +17,11 @@ import numpy as np
 import torch
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
+from streamfuse.postprocess import vis_luma
 
 __all__ = ["DEFAULT_DATA", "SETS", "PairSampler", "load_pairs"]
+
+log = logging.getLogger("train")
 
 #: The shared data folder: ``STREAMFUSE_DATA``, else ``../shared/data`` from the working directory.
 DEFAULT_DATA = Path(os.environ.get("STREAMFUSE_DATA", Path("..") / "shared" / "data"))
@@ -26,22 +30,67 @@ IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """All (name, IR grey uint8, visible Y uint8) pairs of the training sets under ``data``."""
-    pairs = []
+    """All (name, IR grey uint8, visible Y uint8) pairs of the training sets under ``data``.
+
+    Raises:
+        FileNotFoundError: ``data`` is not a folder, or holds no pair.
+        ValueError: one line naming the image that cannot be read, or the pair whose sizes differ.
+    """
+    if not data.is_dir():
+        raise FileNotFoundError(f"no training pairs: the data folder {data} "
+                                f"{'is not a folder' if data.exists() else 'does not exist'}")
+    pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
+    deep: list[Path] = []  # 16-bit images, reported once
     for pattern in SETS:
         for root in sorted(data.glob(pattern)):
-            for ir_path in sorted((root / "ir").glob("*")):
-                vis_path = root / "vi" / ir_path.name
-                if ir_path.suffix.lower() not in IMAGE_EXT or not vis_path.exists():
-                    continue
-                ir = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE)  # LLVIP IR is 3-channel: read as grey
-                vis = cv2.imread(str(vis_path), cv2.IMREAD_COLOR)
-                if ir is None or vis is None or ir.shape != vis.shape[:2]:
-                    raise ValueError(f"unreadable or mismatched pair: {ir_path} / {vis_path}")
-                pairs.append((str(ir_path.relative_to(data)), ir, cv2.cvtColor(vis, cv2.COLOR_BGR2YCrCb)[..., 0]))
+            pairs += _set_pairs(root, data, deep)
+    if deep:
+        log.warning("%d 16-bit images (first %s): trained on their top 8 bits, as live capture reads them",
+                    len(deep), deep[0])
     if not pairs:
-        raise FileNotFoundError(f"no training pairs (<set>/ir/<name> + <set>/vi/<name>) under {data}")
+        raise FileNotFoundError(f"no training pairs under {data}: training reads <set>/ir/<name> with "
+                                f"<set>/vi/<name>, for the sets {', '.join(SETS)}")
     return pairs
+
+
+def _set_pairs(root: Path, data: Path, deep: list[Path]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The pairs of one set, by file name; names in only one of ir/ and vi/ are skipped with a warning."""
+    ir_names, vis_names = _image_names(root / "ir"), _image_names(root / "vi")
+    if alone := sorted(ir_names ^ vis_names):
+        log.warning("%s: skipped the names in only one of ir/ and vi/: %d (first %s)", root, len(alone), alone[0])
+    pairs = []
+    for name in sorted(ir_names & vis_names):  # the order of the sorted ir/ listing: the batches depend on it
+        ir_path, vis_path = root / "ir" / name, root / "vi" / name
+        ir = _read(ir_path, cv2.IMREAD_GRAYSCALE, deep)  # LLVIP IR is 3-channel: read as grey
+        vis = _read(vis_path, cv2.IMREAD_COLOR, deep)
+        if ir.shape != vis.shape[:2]:
+            raise ValueError(f"pair {root}/{{ir,vi}}/{name} has different sizes: IR {ir.shape[1]}x{ir.shape[0]}, "
+                             f"visible {vis.shape[1]}x{vis.shape[0]}; training needs registered pairs of one size")
+        pairs.append((str(ir_path.relative_to(data)), ir, vis_luma(vis)))
+    return pairs
+
+
+def _image_names(folder: Path) -> set[str]:
+    """File names with an image suffix in ``folder`` (none when it is missing)."""
+    return {p.name for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXT}
+
+
+def _read(path: Path, flag: int, deep: list[Path]) -> np.ndarray:
+    """``path`` decoded as ``cv2.imread(path, flag)`` decodes it (8 bits; a 16-bit image keeps its top 8 bits, noted
+    in ``deep``), or ValueError naming the file."""
+    try:
+        buf = np.frombuffer(path.read_bytes(), np.uint8)
+        img = cv2.imdecode(buf, flag | cv2.IMREAD_ANYDEPTH) if buf.size else None  # any depth: to see 16-bit
+    except (OSError, cv2.error) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if img is None:
+        raise ValueError(f"cannot read {path}: {'empty file' if not buf.size else 'corrupt, or not an image'}")
+    if img.dtype == np.uint16:
+        deep.append(path)
+        return (img >> 8).astype(np.uint8)  # what cv2.imread(path, flag) returns for it
+    if img.dtype != np.uint8:
+        raise ValueError(f"cannot read {path}: {img.dtype} pixels (training reads 8- and 16-bit images)")
+    return img
 
 
 class PairSampler:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,8 +97,9 @@ def _load_matching(net: HCLFuseNet, path: Path) -> None:
 def _start(setup: TrainSetup, init: Path | None) -> _Run:
     """A fresh run: seeded initialisation (or ``init``'s tensors), EMA copy, optimiser over what learns."""
     cfg = setup.train
-    torch.manual_seed(cfg.seed)  # the entry point's run, not library code: seeds the weight initialisation
-    net = HCLFuseNet(setup.model)
+    with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves the caller's generator alone
+        torch.manual_seed(cfg.seed)
+        net = HCLFuseNet(setup.model)
     if init is not None:
         _load_matching(net, init)
     if cfg.distill:  # only the student learns; the teacher, encoder and decoder stay as loaded
@@ -137,17 +141,26 @@ def _optimise(run: _Run, total: torch.Tensor, cfg: TrainConfig) -> None:
             pe.lerp_(p, 1.0 - decay)
 
 
-def _save(run: _Run, out: Path, setup: TrainSetup, resolved: dict) -> None:
-    """Write the checkpoint and the EMA weights, each atomically (a kill mid-write leaves the previous file)."""
-    ckpt = out / "checkpoint.pt"
-    tmp = ckpt.with_suffix(".tmp")
-    torch.save(run.state(resolved), str(tmp))
-    tmp.replace(ckpt)
-    weights = out / DEFAULT_WEIGHTS.name
-    tmp = weights.with_suffix(".tmp")
-    save_weights(tmp, run.ema, extra={"align": asdict(setup.align), "step": run.step,
-                                      "train_seconds": round(run.elapsed, 1), "config": resolved})
-    tmp.replace(weights)
+def _save(run: _Run, out: Path, setup: TrainSetup, resolved: dict, *, weights: bool) -> None:
+    """Write the checkpoint, and with ``weights`` (a completed schedule) the EMA weights, each atomically: a kill or
+    a full disk mid-write leaves the previous file, and a stopped run no weights file that looks finished."""
+    _atomic(out / "checkpoint.pt", lambda tmp: torch.save(run.state(resolved), str(tmp)))
+    if weights:
+        extra = {"align": asdict(setup.align), "step": run.step, "train_seconds": round(run.elapsed, 1),
+                 "config": resolved}
+        _atomic(out / DEFAULT_WEIGHTS.name, lambda tmp: save_weights(tmp, run.ema, extra=extra))
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it to ``path``; OSError (one line) on failure."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write (a full disk) as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) else None
+        raise OSError(f"cannot write {path}: {reason or 'the write failed (is the disk full?)'}") from None
 
 
 def _check_run(data: Path, out: Path, init: Path | None, resume: bool, cfg: TrainConfig) -> None:
@@ -158,6 +171,8 @@ def _check_run(data: Path, out: Path, init: Path | None, resume: bool, cfg: Trai
     real_out, real_data = out.resolve(), data.resolve()
     if real_data == real_out or real_data in real_out.parents:
         raise ValueError(f"--out {out} is in the data folder {data}; write runs elsewhere")
+    if init is not None and not init.is_file():
+        raise ValueError(f"--init {init} is not a weights file ({'a folder' if init.exists() else 'not found'})")
     if init is not None and real_out in init.resolve().parents:
         raise ValueError(f"--init {init} is in --out {out}, whose weights the run writes over; copy it elsewhere")
     earlier = [p.name for p in (out / "checkpoint.pt", out / DEFAULT_WEIGHTS.name) if p.exists()]
@@ -167,6 +182,11 @@ def _check_run(data: Path, out: Path, init: Path | None, resume: bool, cfg: Trai
         raise ValueError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist")
     if (cfg.distill or cfg.decoder_only) and init is None and not resume:
         raise ValueError("--distill and --decoder_only train part of a trained model: give it with --init WEIGHTS")
+    base = next(p for p in (real_out, *real_out.parents) if p.exists())  # the folder that out is, or is made in
+    if not base.is_dir():
+        raise ValueError(f"--out {out} cannot be made: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} cannot be written: {base} is read-only")
 
 
 def _resume(run: _Run, ckpt: Path) -> None:
@@ -183,65 +203,108 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
                  init: Path | None = None) -> Path:
     """Train on the pairs under ``data``, writing checkpoints, EMA weights and the resolved config to ``out``.
 
+    Ctrl-C or SIGTERM (in the main thread) while it starts stops it with nothing written; during the loop they let
+    the step in flight finish, save the checkpoint and stop, so that ``resume`` continues as if never stopped.
+
     Args:
         data: the data folder (see :mod:`streamfuse.train.data`).
         out: output folder (created).
         setup: the run's configuration.
-        resume: continue from ``out/checkpoint.pt`` when it exists.
-        ckpt_minutes: wall-clock interval between checkpoints.
+        resume: continue from ``out/checkpoint.pt`` (it must exist).
+        ckpt_minutes: wall-clock interval between checkpoints (0: every step).
         init: weights file whose matching tensors start the run.
 
     Returns:
-        The path of the EMA weights file.
+        The path of the EMA weights file, written when the schedule is complete.
+
+    Raises:
+        ValueError: a run that cannot start or go on (one line).
+        OSError: unreadable data or unwritable ``out``; InterruptedError (an OSError) when stopped by a signal.
     """
+    if math.isnan(ckpt_minutes) or ckpt_minutes < 0:
+        raise ValueError(f"--ckpt-minutes {ckpt_minutes} is out of range; allowed: >= 0 (0: every step)")
+    _check_run(data, out, init, resume, setup.train)
+    try:
+        with _signals(signal.default_int_handler):
+            run, sampler, resolved = _prepare(data, out, setup, resume, init)
+    except KeyboardInterrupt:
+        raise InterruptedError("interrupted before the first step; no checkpoint written") from None
+    stop = threading.Event()
+    bar = tqdm(total=setup.train.steps, initial=run.step, mininterval=10.0, dynamic_ncols=True)
+    try:
+        with _signals(lambda *_: stop.set()):
+            losses = _loop(run, sampler, setup, out, resolved, ckpt_minutes, bar, stop)
+            done = _progress(run.step, run.elapsed, setup.train) >= 1.0
+            _save(run, out, setup, resolved, weights=done)
+            log.info("step %d  %.0f s  %s", run.step, run.elapsed, {k: round(v.item(), 5) for k, v in losses.items()})
+    except KeyboardInterrupt:  # raised inside a step, not by the handlers above: keep what was learnt so far
+        _save(run, out, setup, resolved, weights=False)
+        done = False
+    finally:
+        bar.close()
+    if not done:
+        raise InterruptedError(f"stopped at step {run.step}; {out / 'checkpoint.pt'} saved: --resume continues "
+                               f"(the weights file is written when the run completes)")
+    return out / DEFAULT_WEIGHTS.name
+
+
+def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
+             init: Path | None) -> tuple[_Run, PairSampler, dict]:
+    """Load the data and the start (or the checkpoint), then create ``out`` with the resolved config in it."""
     cfg = setup.train
-    _check_run(data, out, init, resume, cfg)
     pairs = load_pairs(data)  # before anything is written: a run without data leaves no output folder behind
     torch.set_num_threads(cfg.threads)
     tune_malloc()
     run = _start(setup, init)
     if resume:
         _resume(run, out / "checkpoint.pt")
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = setup.to_dict()
-    resolved["train"]["init"] = str(init) if init else None
-    (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))  # once the run has started
     sampler = PairSampler(pairs, setup.align, cfg.crop, run.rng)
     log.info("%d training pairs from %s", len(pairs), data)
-    bar = tqdm(total=cfg.steps, initial=run.step, mininterval=10.0, dynamic_ncols=True)
-    run.net.train()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if _main_thread() else None
+    resolved = setup.to_dict()
+    resolved["train"]["init"] = str(init) if init else None
     try:
-        _loop(run, sampler, setup, out, resolved, ckpt_minutes, bar)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learnt since the last checkpoint
-        _save(run, out, setup, resolved)
-        raise InterruptedError(f"stopped at step {run.step}; {out / 'checkpoint.pt'} saved: --resume continues") \
-            from None
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot make --out {out}: {exc.strerror or exc}") from None
+    _atomic(out / "train_config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False)))
+    run.net.train()
+    return run, sampler, resolved
+
+
+@contextmanager
+def _signals(handler: Callable | int) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` inside; in the main thread only, where alone a handler can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
     finally:
-        bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return out / DEFAULT_WEIGHTS.name
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()  # only there can a signal handler be set
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _loop(run: _Run, sampler: PairSampler, setup: TrainSetup, out: Path, resolved: dict, ckpt_minutes: float,
-          bar: tqdm) -> None:
-    """Optimise until the step or time budget is spent, checkpointing every ``ckpt_minutes`` and at the end."""
-    cfg = setup.train
+          bar: tqdm, stop: threading.Event) -> dict[str, torch.Tensor]:
+    """Optimise until the step or time budget is spent or ``stop`` is set (checked between steps, so a checkpoint
+    never holds half a step), checkpointing every ``ckpt_minutes``; the last step's losses (none: no step)."""
+    cfg, losses = setup.train, {}
     t_start, last_ckpt = time.perf_counter() - run.elapsed, time.perf_counter()
-    while _progress(run.step, run.elapsed, cfg) < 1.0:
+    while _progress(run.step, run.elapsed, cfg) < 1.0 and not stop.is_set():
         losses = _losses(run, sampler, setup)
+        if not torch.isfinite(losses["total"]):  # NaN weights would follow: stop while the last checkpoint is sane
+            raise ValueError(f"training diverged: the loss is {losses['total'].item()} at step {run.step + 1} "
+                             f"(lr or a loss weight too high?); stopped, no weights written")
         _optimise(run, losses["total"], cfg)
         run.step += 1
         run.elapsed = time.perf_counter() - t_start
         bar.update(1)
         if run.step % 20 == 0:
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
-        if time.perf_counter() - last_ckpt > ckpt_minutes * 60 or _progress(run.step, run.elapsed, cfg) >= 1.0:
-            _save(run, out, setup, resolved)
+        if time.perf_counter() - last_ckpt > ckpt_minutes * 60 and _progress(run.step, run.elapsed, cfg) < 1.0 \
+                and not stop.is_set():  # the run's last checkpoint is saved after the loop
+            _save(run, out, setup, resolved, weights=False)
             last_ckpt = time.perf_counter()
             log.info("step %d  %.0f s  %s", run.step, run.elapsed, {k: round(v.item(), 5) for k, v in losses.items()})
+    return losses

@@ -1,0 +1,214 @@
+"""streamfuse.train on bad input, as a user meets it: one line naming what and where, a non-zero exit, nothing written
+over an input, no partial weights passed off as complete, and Ctrl-C / SIGTERM that --resume continues exactly."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from streamfuse import train
+from streamfuse.model.weights import DEFAULT_WEIGHTS
+from streamfuse.train import loop
+
+TINY = ["--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes", "100", "--model.widths", "4", "8",
+        "--model.denoiser_width", "4", "--warmup", "1"]
+
+
+def _write_pair(root: Path, name: str, ir: np.ndarray, vis: np.ndarray) -> None:
+    for sub, image in (("ir", ir), ("vi", vis)):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(root / sub / name), image)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """Two 8-bit pairs in msrs/train."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for i in range(2):
+        _write_pair(root / "msrs" / "train", f"{i}.png", rng.integers(0, 256, (40, 56), dtype=np.uint8),
+                    rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    return root
+
+
+def _fails(argv: list[str]) -> str:
+    """The one-line message ``train.main(argv)`` exits with."""
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    message = str(info.value)
+    assert info.value.code != 0 and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--crop", "30"], "train: train.crop=30 is out of range; allowed: a positive multiple of 8"),
+    (["--loss.kl", "-1"], "train: loss.kl=-1.0 is out of range; allowed: >= 0"),
+    (["--align.reg", "0"], "train: align.reg=0.0 is out of range; allowed: 0 < reg <= 10"),
+    (["--weight_decay", "-1"], "train: train.weight_decay=-1.0 is out of range; allowed: >= 0, finite"),
+])
+def test_a_range_error_has_one_prefix_and_names_its_key(tmp_path, argv, message):
+    assert _fails(["--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv]) == message
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--lr", ".inf"], r"train\.lr=inf is out of range"),
+    (["--ckpt-minutes", "nan"], r"--ckpt-minutes nan is out of range"),
+    (["--ckpt-minutes", "-1"], r"--ckpt-minutes -1.0 is out of range"),
+])
+def test_numbers_that_cannot_train_are_refused_before_anything_is_written(data, tmp_path, argv, match):
+    out = tmp_path / "o"
+    assert re.search(match, _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", *argv]))
+    assert not out.exists()
+
+
+def test_an_empty_out_is_refused_not_read_as_the_working_folder(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        train.main(["--data", str(data), "--out", "", *TINY, "--steps", "1"])
+    assert info.value.code == 2 and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_pair_of_two_sizes_is_named_with_both(tmp_path):
+    root = tmp_path / "data" / "roadscene"
+    _write_pair(root, "a.png", np.zeros((40, 56), np.uint8), np.zeros((40, 56, 3), np.uint8))
+    _write_pair(root, "b.jpg", np.zeros((48, 64), np.uint8), np.zeros((40, 56, 3), np.uint8))
+    with pytest.raises(ValueError) as info:
+        train.load_pairs(tmp_path / "data")
+    assert str(info.value) == (f"pair {root}/{{ir,vi}}/b.jpg has different sizes: IR 64x48, visible 56x40; "
+                               "training needs registered pairs of one size")
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "empty file"), (b"\x89PNG\r\n\x1a\n garbage",
+                                                                      "corrupt, or not an image")])
+def test_an_unreadable_image_is_named(tmp_path, content, reason):
+    root = tmp_path / "data" / "msrs" / "train"
+    _write_pair(root, "a.png", np.zeros((40, 56), np.uint8), np.zeros((40, 56, 3), np.uint8))
+    (root / "vi" / "a.png").write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        train.load_pairs(tmp_path / "data")
+    assert str(info.value) == f"cannot read {root / 'vi' / 'a.png'}: {reason}"
+
+
+def test_names_without_a_partner_are_reported(data, caplog):
+    (data / "msrs" / "train" / "vi" / "1.png").rename(data / "msrs" / "train" / "vi" / "9.png")
+    with caplog.at_level(logging.WARNING, logger="train"):
+        pairs = train.load_pairs(data)
+    assert [name for name, _, _ in pairs] == ["msrs/train/ir/0.png"]
+    assert "only one of ir/ and vi/: 2 (first 1.png)" in caplog.text
+
+
+def test_16_bit_images_are_reported_and_keep_their_top_8_bits(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    ir16 = rng.integers(0, 65536, (40, 56), dtype=np.uint16)
+    _write_pair(tmp_path / "data" / "llvip" / "train", "a.png", ir16, rng.integers(0, 256, (40, 56, 3), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="train"):
+        [(_, ir, _)] = train.load_pairs(tmp_path / "data")
+    np.testing.assert_array_equal(ir, (ir16 >> 8).astype(np.uint8))
+    assert "1 16-bit images" in caplog.text and "top 8 bits" in caplog.text
+
+
+def test_a_data_folder_without_pairs_says_where_pairs_are_read(tmp_path):
+    flat = tmp_path / "flat"  # ir/ and vi/ at the top: not one of the training sets
+    _write_pair(flat, "a.png", np.zeros((40, 56), np.uint8), np.zeros((40, 56, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match=r"under .*flat: training reads <set>/ir/<name> with "
+                                                r"<set>/vi/<name>, for the sets msrs/train, roadscene"):
+        train.load_pairs(flat)
+    with pytest.raises(FileNotFoundError, match=r"the data folder .*missing does not exist"):
+        train.load_pairs(tmp_path / "missing")
+
+
+def test_an_out_or_init_that_cannot_be_used_is_refused_first(data, tmp_path):
+    (tmp_path / "afile").write_bytes(b"")
+    message = _fails(["--data", str(data), "--out", str(tmp_path / "afile" / "run"), *TINY])
+    assert message == f"train: --out {tmp_path / 'afile' / 'run'} cannot be made: {tmp_path / 'afile'} is a file, " \
+                      "not a folder"
+    message = _fails(["--data", str(data), "--out", str(tmp_path / "o"), "--init", str(tmp_path / "none.pt"), *TINY])
+    assert message == f"train: --init {tmp_path / 'none.pt'} is not a weights file (not found)"
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_diverging_run_stops_without_writing_weights(data, tmp_path):
+    out = tmp_path / "o"
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "3", "--loss.gradient", ".inf"])
+    assert message.startswith("train: training diverged: the loss is ") and "at step 1" in message
+    assert not (out / DEFAULT_WEIGHTS.name).exists()
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint_and_no_temporary(data, tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def disk_full(obj, f, *args, **kwargs):  # the second checkpoint hits a full disk halfway
+        calls.append(f)
+        if len(calls) == 2:
+            Path(f).write_bytes(b"half a checkpoint")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 30656 vs 30560")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    out = tmp_path / "o"
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--ckpt-minutes", "0", "--steps", "4"])
+    assert message == f"train: cannot write {out / 'checkpoint.pt'}: the write failed (is the disk full?)"
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "train_config.yaml"]
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 1
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The checkpoint of a 6-step run that nothing stopped, on the ``data`` fixture's images."""
+    tmp = tmp_path_factory.mktemp("reference")
+    rng = np.random.default_rng(0)  # the same images as ``data``
+    for i in range(2):
+        _write_pair(tmp / "data" / "msrs" / "train", f"{i}.png", rng.integers(0, 256, (40, 56), dtype=np.uint8),
+                    rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    train.main(["--data", str(tmp / "data"), "--out", str(tmp / "run"), *TINY, "--steps", "6"])
+    return torch.load(str(tmp / "run" / "checkpoint.pt"), weights_only=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(data, tmp_path, monkeypatch, uninterrupted, sig):
+    real_optimise, calls = loop._optimise, []
+
+    def signalled(run, total, cfg):  # the signal lands in the third step, after its batch and noise were drawn
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(sig)
+        real_optimise(run, total, cfg)
+
+    monkeypatch.setattr(loop, "_optimise", signalled)
+    out = tmp_path / "run"
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "6"])
+    assert message.startswith(f"train: stopped at step 3; {out / 'checkpoint.pt'} saved: --resume continues")
+    assert not (out / DEFAULT_WEIGHTS.name).exists()  # 3 of 6 steps: no weights file that looks finished
+    monkeypatch.setattr(loop, "_optimise", real_optimise)
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "6", "--resume"])
+    resumed = torch.load(str(out / "checkpoint.pt"), weights_only=True)
+    assert resumed["step"] == 6 and (out / DEFAULT_WEIGHTS.name).is_file()
+    for part in ("net", "ema"):
+        for key, value in uninterrupted[part].items():
+            assert torch.equal(resumed[part][key], value), f"{part}.{key} differs from the uninterrupted run"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_starting_is_one_line_and_writes_nothing(data, tmp_path, monkeypatch, sig):
+    def signalled(*args, **kwargs):
+        signal.raise_signal(sig)
+
+    monkeypatch.setattr(loop, "PairSampler", signalled)
+    out = tmp_path / "run"
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a net, so that a failure cannot kill pytest
+    try:
+        message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2"])
+    except KeyboardInterrupt:
+        pytest.fail("the signal escaped as a KeyboardInterrupt")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert message == "train: interrupted before the first step; no checkpoint written"
+    assert not out.exists()
