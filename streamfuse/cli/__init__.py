@@ -17,6 +17,7 @@ Each command's module is imported only when it runs, so one command's missing ex
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from collections.abc import Callable
 
@@ -43,6 +44,8 @@ def _target(where: str, spec: str) -> Callable[[list[str]], int | None]:
     except ModuleNotFoundError as exc:  # an optional extra (aiohttp, foxglove, ray, imagezmq) not installed here
         raise SystemExit(f"{where}: needs {exc.name}, which is not installed for {sys.executable} "
                          "(see pyproject.toml's optional dependencies)") from None
+    except KeyboardInterrupt:  # Ctrl-C while a command's heavy imports (torch, numba) load: nothing started yet
+        raise SystemExit(f"{where}: interrupted") from None
 
 
 def dispatch(prog: str, commands: dict[str, str], argv: list[str], doc: str) -> int:
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def console() -> None:
     """The ``streamfuse`` console script and ``python -m streamfuse``: exit with the command's status."""
     code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a Ctrl-C during teardown would only traceback
     if sys.argv[1:2] and sys.argv[1] in FAST_EXIT:
         from streamfuse.cli.run import exit_now
 

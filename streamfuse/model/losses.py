@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -72,10 +74,11 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for key in ("noise", "kl", "latent_image", "intensity", "gradient", "rule", "range", "range_margin"):
-            check(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
-        check(self.detail_gain > 0, "detail_gain", self.detail_gain, "> 0")
+            check(0 <= getattr(self, key) < math.inf, key, getattr(self, key), ">= 0, finite")
+        check(0 < self.detail_gain < math.inf, "detail_gain", self.detail_gain, "> 0, finite")
         check(self.range_window >= 1 and self.range_window % 2 == 1, "range_window", self.range_window, "odd, >= 1")
-        check(self.base_sigma > 0 and self.energy_sigma > 0, "base_sigma", self.base_sigma, "> 0")
+        for key in ("base_sigma", "energy_sigma"):
+            check(0 < getattr(self, key) < math.inf, key, getattr(self, key), "> 0, finite")
 
 
 def fusion_target(ir01: torch.Tensor, vis01: torch.Tensor, cfg: LossConfig) -> torch.Tensor:

@@ -61,7 +61,7 @@ class TrainConfig:
         check(self.steps >= 1, "steps", self.steps, ">= 1")
         check(self.minutes >= 0, "minutes", self.minutes, ">= 0 (0 = no budget)")
         check(self.batch >= 1, "batch", self.batch, ">= 1")
-        check(self.crop >= 8 and self.crop % 8 == 0, "crop", self.crop, "a positive multiple of 8")
+        check(8 <= self.crop <= 1024 and self.crop % 8 == 0, "crop", self.crop, "a multiple of 8, 8..1024")
         check(0 < self.lr < math.inf, "lr", self.lr, "> 0, finite")
         check(0 <= self.weight_decay < math.inf, "weight_decay", self.weight_decay, ">= 0, finite")
         check(self.warmup >= 1, "warmup", self.warmup, ">= 1")

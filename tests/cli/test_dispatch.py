@@ -34,6 +34,16 @@ def test_a_missing_extra_is_one_line():
     assert str(exc.value.code).startswith("streamfuse x: needs streamfuse_no_such_module, which is not installed")
 
 
+def test_ctrl_c_while_a_command_loads_is_one_line(monkeypatch):
+    def interrupted(name: str):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("importlib.import_module", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        dispatch("streamfuse", {"train": "streamfuse.train:main"}, ["train"], "")
+    assert exc.value.code == "streamfuse train: interrupted"
+
+
 def test_each_command_reaches_its_own_main(capsys):
     for name in COMMANDS:
         if name == "bench":  # a dispatch of its own (below)

@@ -48,8 +48,10 @@ def _fails(argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--crop", "30"], "train: train.crop=30 is out of range; allowed: a positive multiple of 8"),
-    (["--loss.kl", "-1"], "train: loss.kl=-1.0 is out of range; allowed: >= 0"),
+    (["--crop", "30"], "train: train.crop=30 is out of range; allowed: a multiple of 8, 8..1024"),
+    (["--crop", "4096"], "train: train.crop=4096 is out of range; allowed: a multiple of 8, 8..1024"),
+    (["--loss.kl", "-1"], "train: loss.kl=-1.0 is out of range; allowed: >= 0, finite"),
+    (["--loss.gradient", ".inf"], "train: loss.gradient=inf is out of range; allowed: >= 0, finite"),
     (["--align.reg", "0"], "train: align.reg=0.0 is out of range; allowed: 0 < reg <= 10"),
     (["--weight_decay", "-1"], "train: train.weight_decay=-1.0 is out of range; allowed: >= 0, finite"),
 ])
@@ -136,7 +138,7 @@ def test_an_out_or_init_that_cannot_be_used_is_refused_first(data, tmp_path):
 
 def test_a_diverging_run_stops_without_writing_weights(data, tmp_path):
     out = tmp_path / "o"
-    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "3", "--loss.gradient", ".inf"])
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "3", "--loss.gradient", "1e300"])
     assert message.startswith("train: training diverged: the loss is ") and "at step 1" in message
     assert not (out / DEFAULT_WEIGHTS.name).exists()
 
