@@ -9,6 +9,7 @@ import signal
 import threading
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -154,6 +155,65 @@ def test_a_skipped_output_made_with_other_settings_is_named(tmp_path, caplog):
     assert "a.mkv is complete and skipped, but was made with other settings (fuse.name)" in caplog.text
 
 
+def test_an_existing_output_that_is_no_video_fails_its_pair_and_is_left_as_it_is(tmp_path):
+    """A folder, an empty file or another program's file at an output's name is not a complete output: the pair fails
+    with its one-line reason (not "skipped"), and the file stays as it was (not written over)."""
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut", "c.nut", "d.nut"], 4)
+    out = tmp_path / "out"
+    (out / "a.nut").mkdir(parents=True)
+    (out / "b.nut").write_bytes(b"")
+    (out / "c.nut").write_text("notes")
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    summary = run_batch(cfg, find_jobs(src, out, ext=".nut"))
+    assert {Path(r.out).name: r.status for r in summary.results} == {"a.nut": "failed", "b.nut": "failed",
+                                                                     "c.nut": "failed", "d.nut": "done"}
+    reasons = {Path(r.out).name: r.reason for r in summary.failed}
+    assert "is not a file" in reasons["a.nut"] and "is empty" in reasons["b.nut"]
+    assert "is not a video" in reasons["c.nut"] and all("\n" not in r for r in reasons.values())
+    assert (out / "a.nut").is_dir() and (out / "b.nut").read_bytes() == b"" and (out / "c.nut").read_text() == "notes"
+
+
+def test_a_bad_batch_is_refused_in_one_line_before_any_work(tmp_path):
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    with pytest.raises(ValueError, match="unknown container"):
+        find_jobs(src, tmp_path / "out", ext="nut")  # no dot: outputs named "anut"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        find_jobs(src, tmp_path / "file", ext=".nut")
+    (tmp_path / "empty" / "ir").mkdir(parents=True)
+    (tmp_path / "empty" / "vi").mkdir()
+    with pytest.raises(ValueError, match="no pairs to replay"):
+        find_jobs(tmp_path / "empty", tmp_path / "out", ext=".nut")
+    # a's output is c's visible input: it would be written over (or, there already, taken for a complete output)
+    os.link(src / "ir" / "a.nut", tmp_path / "c.nut")
+    for folder, vis in (("out", src / "vi" / "a.nut"), ("later", None)):  # there already, or made by the batch
+        if vis is not None:
+            (tmp_path / folder).mkdir()
+            shutil.copy(vis, tmp_path / folder / "a.nut")
+        (tmp_path / "pairs.txt").write_text(f"{src / 'ir' / 'a.nut'} {src / 'vi' / 'a.nut'}\n"
+                                            f"{tmp_path / 'c.nut'} {tmp_path / folder / 'a.nut'}\n")
+        with pytest.raises(ValueError, match="an input of another pair"):
+            find_jobs(tmp_path / "pairs.txt", tmp_path / folder, ext=".nut")
+
+
+def test_a_pair_failing_with_any_ffmpeg_error_fails_alone(tmp_path, monkeypatch):
+    """PyAV errors that derive from no OSError, ValueError or RuntimeError (a decoder not found, an external library's
+    error) fail their pair alone with one line, as the others do, instead of ending the batch with a traceback."""
+    import av
+
+    def external_error_in_a(cfg, **kwargs):
+        if Path(kwargs["out_path"]).name == "a.nut":
+            raise av.error.ExternalError(-542398533, "Generic error in an external library", str(kwargs["ir_path"]))
+        return run_replay(cfg, **kwargs)
+
+    monkeypatch.setattr("streamfuse.batch.worker.run_replay", external_error_in_a)
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    summary = run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+    assert [r.status for r in summary.results] == ["failed", "done"]
+    assert "Generic error in an external library" in summary.results[0].reason
+
+
 def test_each_pair_writes_its_frames_to_a_folder_of_its_own(tmp_path):
     src = _pairs(tmp_path / "src", ["a.nut", "c.nut"], 4)
     cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml",
@@ -164,8 +224,9 @@ def test_each_pair_writes_its_frames_to_a_folder_of_its_own(tmp_path):
 
 
 def test_an_interrupted_batch_counts_the_pairs_it_did_not_start(tmp_path, monkeypatch):
-    """Ctrl-C in the first pair: the batch stops, the second pair is listed as not started, and the pair's reason
-    leaves out the single replay's "--out FILE" hint (for a batch, --out is the folder)."""
+    """Ctrl-C in the first pair: the batch stops (KeyboardInterrupt, with the summary), the pair is counted interrupted,
+    not failed, the second one not started, and the pair's reason leaves out the single replay's "--out FILE" hint
+    (for a batch, --out is the folder)."""
     def interrupted(cfg, **kwargs):
         raise ReplayError("replay stopped: interrupted (Ctrl-C); 3 frames kept in .a.nut.partial", interrupted=True,
                           hint="run again with --resume (same --out a.nut) to continue")
@@ -173,11 +234,14 @@ def test_an_interrupted_batch_counts_the_pairs_it_did_not_start(tmp_path, monkey
     monkeypatch.setattr("streamfuse.batch.worker.run_replay", interrupted)
     src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
     cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
-    summary = run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+    summary = stopped.value.summary
     assert [(Path(r.out).name, r.status) for r in summary.results] == [("a.nut", "interrupted"),
                                                                        ("b.nut", "not started")]
     assert summary.results[0].reason == "replay stopped: interrupted (Ctrl-C); 3 frames kept in .a.nut.partial"
-    assert "2 pairs: 0 done, 0 skipped (complete), 1 failed, 1 not started;" in summary.format()
+    assert summary.failed == []
+    assert "2 pairs: 0 done, 0 skipped (complete), 0 failed, 1 interrupted, 1 not started;" in summary.format()
 
 
 # ------------------------------------------------------------------------------------------------------ Ray
@@ -232,27 +296,30 @@ def _ray_holder(path: Path) -> int | None:
     return None
 
 
-def _kill_first_worker_mid_pair(out: Path, stop: threading.Event, killed: list[tuple[str, int]]) -> None:
-    """SIGKILL the first worker found writing a partial output in ``out``."""
+def _kill_first_worker_mid_pair(out: Path, stop: threading.Event, killed: list[tuple[str, int]],
+                                sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to the first worker found writing a partial output in ``out``."""
     while not stop.is_set() and not killed:
         for partial in out.glob(".*.partial"):
             pid = _ray_holder(partial.resolve())
             if pid is not None:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
                 killed.append((partial.name, pid))
                 return
         stop.wait(0.005)
 
 
+# SIGTERM: what `kill PID`, a node's shutdown or a container's stop send; only the driver's stops the batch
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker to kill through /proc")
-def test_ray_worker_killed_mid_pair_is_retried_and_every_output_is_complete(tmp_path, ray_local):
+def test_ray_worker_killed_mid_pair_is_retried_and_every_output_is_complete(tmp_path, ray_local, sig):
     names = ["a.nut", "b.nut", "c.nut", "d.nut"]
     src = _pairs(tmp_path / "src", names, 400)
     cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
     out = tmp_path / "out"
     out.mkdir()
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_first_worker_mid_pair, args=(out, stop, killed))
+    killer = threading.Thread(target=_kill_first_worker_mid_pair, args=(out, stop, killed, sig))
     killer.start()
     try:
         summary = run_batch(cfg, find_jobs(src, out, ext=".nut"), RayEngine(workers=2, retries=2))
@@ -288,3 +355,93 @@ def test_a_lost_frames_counter_costs_no_pair():
 
     ray = SimpleNamespace(exceptions=SimpleNamespace(RayError=ActorDied), get=get)
     assert _take(ray, SimpleNamespace(take=SimpleNamespace(remote=lambda: "ref"))) == 0
+
+
+# ------------------------------------------------------------------------------------------------------ stopping
+
+
+def test_replay_many_tells_pairs_a_ctrl_c_stopped_from_failed_ones(tmp_path, monkeypatch, tool, capsys):
+    """A Ctrl-C in the second pair: the bad first pair is FAILED, the second interrupted, the third not started, exit
+    status 130 (the user's stop), not 1; --resume then finishes the two, and only the bad pair fails (exit 1)."""
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut", "c.nut"], 4)
+    (src / "vi" / "a.nut").unlink()  # a hard link of the others
+    (src / "vi" / "a.nut").write_text("not a video")
+
+    def ctrl_c_in_b(cfg, **kwargs):
+        if Path(kwargs["out_path"]).name == "b.nut":
+            raise ReplayError("replay stopped: interrupted (Ctrl-C); 2 frames kept in .b.nut.partial", interrupted=True)
+        return run_replay(cfg, **kwargs)
+
+    monkeypatch.setattr("streamfuse.batch.worker.run_replay", ctrl_c_in_b)
+    args = [str(src), "--out", str(tmp_path / "out"), "--ext", ".nut", *(f"--set={item}" for item in CFG)]
+    assert tool("replay_many").main(args) == 130
+    out, err = capsys.readouterr()
+    assert "3 pairs: 0 done, 0 skipped (complete), 1 failed, 1 interrupted, 1 not started;" in out
+    assert f"FAILED {tmp_path / 'out' / 'a.nut'}" in err and err.count("FAILED") == 1
+    assert "run the same command again with --resume" in err
+    monkeypatch.undo()
+    assert tool("replay_many").main([*args, "--resume"]) == 1
+    out, err = capsys.readouterr()
+    assert "3 pairs: 2 done, 0 skipped (complete), 1 failed;" in out and "--resume" not in err
+
+
+def _signal_driver_mid_pair(out: Path, stop: threading.Event, sig: int, sent: list[int]) -> None:
+    """Send ``sig`` to this process (the driver) once a worker is found writing a partial output in ``out``."""
+    while not stop.is_set() and not sent:
+        if any(_ray_holder(partial.resolve()) for partial in out.glob(".*.partial")):
+            os.kill(os.getpid(), sig)
+            sent.append(sig)
+            return
+        stop.wait(0.005)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker writing through /proc")
+def test_ray_driver_stopped_mid_pair_keeps_partials_that_resume_finishes(tmp_path, ray_local, sig):
+    """Ctrl-C or SIGTERM to the driver: the running pairs are interrupted (not retried, not failed) and keep their
+    partial outputs, the rest are not started; the batch stops with its summary, and --resume completes every pair."""
+    names = ["a.nut", "b.nut", "c.nut", "d.nut"]
+    src = _pairs(tmp_path / "src", names, 400)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = find_jobs(src, out, ext=".nut")
+    stop, sent = threading.Event(), []
+    sender = threading.Thread(target=_signal_driver_mid_pair, args=(out, stop, sig, sent))
+    sender.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            run_batch(cfg, jobs, RayEngine(workers=2, retries=2))
+    finally:
+        stop.set()
+        sender.join()
+    results = stopped.value.summary.results
+    assert sent and {r.status for r in results} <= {"done", "interrupted", "not started"}
+    interrupted = [r for r in results if r.status == "interrupted"]
+    assert interrupted and all(partial_path(Path(r.out)).exists() for r in interrupted)
+    assert all(r.reason.startswith("replay stopped: interrupted") for r in interrupted)  # told by the replay itself
+    again = run_batch(cfg, jobs, RayEngine(workers=2), resume=True)
+    assert {r.status for r in again.results} <= {"done", "skipped"}
+    expected = _times(src / "vi" / "a.nut")
+    for name in names:
+        assert _times(out / name) == expected
+        assert not partial_path(out / name).exists()
+
+
+def test_a_ctrl_c_while_ray_starts_lets_it_start_and_stops_the_batch_then():
+    from streamfuse.batch.ray_engine import RayEngine
+
+    def init(**kwargs):  # the user's Ctrl-C lands while Ray starts its processes
+        signal.raise_signal(signal.SIGINT)
+        inits.append(kwargs)
+
+    inits, stop = [], threading.Event()
+    RayEngine(workers=1)._start(SimpleNamespace(init=init), stop)
+    assert stop.is_set() and len(inits) == 1  # ray.init ran to its end: ray.shutdown then knows what to stop
+
+    def init_twice(**kwargs):  # a second Ctrl-C stops at once
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        RayEngine(workers=1)._start(SimpleNamespace(init=init_twice), threading.Event())

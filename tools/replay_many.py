@@ -3,7 +3,8 @@
 LIST_OR_DIR is a text file of "IR_PATH VIS_PATH" lines (relative to the file; '#' comments), a folder with ir/ and
 vi/ (or vis/) subfolders of same-named videos, or a folder of .mcap recordings. Each output is OUT/<IR name><ext>,
 written as the single replay writes it (.partial until complete, --resume continues). A failing pair is reported
-without stopping the others; a summary table follows; the exit status is 1 when any failed.
+without stopping the others; a summary table follows; the exit status is 1 when any failed. Ctrl-C or SIGTERM stops
+the batch (partial outputs kept: run the same command with --resume to finish it): exit status 130.
 --engine local (default) runs the pairs one after another here; --engine ray runs one Ray task per pair on a local
 Ray (--workers, --threads) or on a cluster (--address); it needs `pip install streamfuse[ray]`.
 Run: ``.venv/bin/python tools/replay_many.py LIST_OR_DIR --out DIR``.
@@ -43,13 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
-    from streamfuse.batch import LocalEngine, RayEngine, find_jobs, run_batch
-    from streamfuse.config import ConfigError, load_config
-    from streamfuse.configs import resolve
-
     if args.engine == "ray" and importlib.util.find_spec("ray") is None:
         print("replay_many: error: --engine ray needs Ray: pip install 'streamfuse[ray]'", file=sys.stderr)
         return 2
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # before the batch began (config, pair list): nothing written
+        print("replay_many: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the batch, print its table and say what failed or is left to do; the exit status."""
+    from streamfuse.batch import BatchInterrupted, LocalEngine, RayEngine, find_jobs, run_batch
+    from streamfuse.config import ConfigError, load_config
+    from streamfuse.configs import resolve
+
     try:
         cfg = load_config(resolve(args.config), args.overrides)
         jobs = find_jobs(args.pairs, args.out, ext=args.ext, frames_dir=cfg.replay.frames_dir)
@@ -59,15 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, ValueError) as exc:
         print(f"replay_many: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # the Ray engine's driver; the running pairs kept resumable partial files
-        print("replay_many: interrupted; run again with --resume to continue", file=sys.stderr)
-        return 130
+    except BatchInterrupted as exc:
+        summary = exc.summary
     print(summary.format())
     for result in summary.failed:
         print(f"replay_many: FAILED {result.out}: {result.reason}", file=sys.stderr)
-    if summary.count("interrupted") or summary.count("not started"):
-        print("replay_many: interrupted; run the same command again with --resume to continue", file=sys.stderr)
-    return 1 if summary.failed or summary.count("not started") else 0
+    if summary.stopped:
+        print(f"replay_many: stopped before the end: {summary.count('interrupted')} interrupted (partial outputs "
+              f"kept), {summary.count('not started')} not started; run the same command again with --resume to finish",
+              file=sys.stderr)
+        return 130
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ outputs, pts, the ``.partial`` name and ``resume`` follow the single replay's ru
 - ``local`` (default, no Ray needed): the pairs one after another in this process.
 - ``ray``: one Ray task per pair, ``threads`` CPUs (and ``gpus`` GPUs) each; Ray reuses a worker process for
   later tasks, and a worker keeps its loaded model for them. At most two tasks per worker are queued, so the
-  driver's memory does not grow with the number of pairs. A worker that dies (killed, out of memory, node lost)
-  has its pair run again from the start on another worker (``retries``); a pair that fails by itself (corrupt,
-  missing, mismatched input) is not retried and fails alone with its one-line reason.
+  driver's memory does not grow with the number of pairs. A worker that dies (SIGKILL, SIGTERM, out of memory,
+  node lost) has its pair run again from the start on another worker (``retries``); a pair that fails by itself
+  (corrupt, missing, mismatched input) is not retried and fails alone with its one-line reason.
+
+Only the user's Ctrl-C or SIGTERM to the driver (this process) stops a batch: the running pairs keep resumable
+partial outputs, and :func:`run_batch` raises :class:`BatchInterrupted`, whose summary lists the pairs done,
+failed, interrupted and not started; ``resume`` finishes the batch.
 
 A worker of either engine runs a pair on ``threads`` CPUs (default 1): torch's threads (``engine.threads``) and
 FFmpeg's decoder and encoder threads (``replay.codec_threads``) left at 0 ("FFmpeg's or torch's choice", which is
@@ -22,10 +26,10 @@ Modules: ``jobs`` (the pairs and their results), ``worker`` (one pair on a worke
 the driver :func:`run_batch`) and ``ray_engine``.
 """
 
-from streamfuse.batch.jobs import BatchSummary, PairJob, PairResult, find_jobs
+from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult, find_jobs
 from streamfuse.batch.local import Engine, LocalEngine, run_batch
 from streamfuse.batch.ray_engine import RayEngine, bounded
 from streamfuse.batch.worker import worker_cfg
 
-__all__ = ["PairJob", "PairResult", "BatchSummary", "Engine", "LocalEngine", "RayEngine", "find_jobs", "run_batch",
-           "worker_cfg", "bounded"]
+__all__ = ["PairJob", "PairResult", "BatchSummary", "BatchInterrupted", "Engine", "LocalEngine", "RayEngine",
+           "find_jobs", "run_batch", "worker_cfg", "bounded"]

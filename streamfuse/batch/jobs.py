@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -13,8 +14,10 @@ import av
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.replay import check_output_paths, find_pairs
+from streamfuse.video import container_format
 
-__all__ = ["PairJob", "PairResult", "BatchSummary", "find_jobs", "is_complete", "changed_settings"]
+__all__ = ["PairJob", "PairResult", "BatchSummary", "BatchInterrupted", "find_jobs", "is_complete", "made_with",
+           "changed_settings"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,12 @@ class PairJob:
 
 @dataclass
 class PairResult:
-    """What became of one pair. ``frames_in`` counts frames read per input; ``frames_out`` frames in the output."""
+    """What became of one pair. ``frames_in`` counts frames read per input; ``frames_out`` frames in the output.
+
+    ``status``: "done"; "skipped" (complete before the batch); "failed" (its own fault: bad input, write error; the
+    reason says which); and, when the user stopped the batch (Ctrl-C, SIGTERM), "interrupted" (its partial output is
+    kept: ``resume`` continues it) or "not started".
+    """
 
     out: str
     status: Literal["done", "skipped", "failed", "interrupted", "not started"]
@@ -53,7 +61,13 @@ class BatchSummary:
 
     @property
     def failed(self) -> list[PairResult]:
-        return [r for r in self.results if r.status in ("failed", "interrupted")]
+        """The pairs that failed by their own fault (not those a Ctrl-C stopped)."""
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def stopped(self) -> list[PairResult]:
+        """The pairs the user's Ctrl-C or SIGTERM left unfinished (interrupted or not started)."""
+        return [r for r in self.results if r.status in ("interrupted", "not started")]
 
     def format(self) -> str:
         """The summary table: a row per pair run (skipped pairs are only counted), then the totals."""
@@ -63,11 +77,19 @@ class BatchSummary:
         lines += [f"{Path(r.out).name:<{width}}  {r.status:<11}{r.frames_in['ir']:>7}{r.frames_in['vis']:>7}"
                   f"{r.frames_out:>7}{r.fps:>8.1f}  {r.worker}" for r in ran]
         frames = sum(r.frames_out for r in ran)
-        not_started = f", {self.count('not started')} not started" if self.count("not started") else ""
+        stopped = "".join(f", {self.count(s)} {s}" for s in ("interrupted", "not started") if self.count(s))
         lines.append(f"{len(self.results)} pairs: {self.count('done')} done, {self.count('skipped')} skipped "
-                     f"(complete), {len(self.failed)} failed{not_started}; {frames} frames out in {self.wall_s:.1f} s "
+                     f"(complete), {len(self.failed)} failed{stopped}; {frames} frames out in {self.wall_s:.1f} s "
                      f"({frames / max(self.wall_s, 1e-9):.1f} frames/s)")
         return "\n".join(lines)
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """The user stopped the batch (Ctrl-C, SIGTERM); ``summary`` says what became of every pair."""
+
+    def __init__(self, summary: BatchSummary):
+        super().__init__("batch interrupted")
+        self.summary = summary
 
 
 def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = ".mp4",
@@ -82,34 +104,79 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         frames_dir: ``replay.frames_dir`` (checked against the inputs too).
 
     Raises:
-        FileNotFoundError, ValueError: one line, when the list is bad, an output would overwrite an input or two
-            pairs share an output.
+        FileNotFoundError, ValueError: one line, when the list is bad or empty, ``out_dir`` is a file, ``ext`` no
+            known container, an output would overwrite an input (its own pair's or another's) or two pairs share an
+            output.
     """
     src, out_dir = Path(src), Path(out_dir)
     recordings = sorted(src.glob("*.mcap")) if src.is_dir() and not (src / "ir").is_dir() else []
     pairs = [(p, p) for p in recordings] or find_pairs(src)
+    if not pairs:
+        raise ValueError(f"no pairs to replay in {src}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is a file")
     jobs = [PairJob(Path(ir), Path(vis), out_dir / f"{Path(ir).stem}{ext}") for ir, vis in pairs]
+    container_format(jobs[0].out)  # every pair's output has this extension
     for job in jobs:
         check_output_paths(job.out, {"ir": job.ir, "vis": job.vis}, frames_dir)
     shared = [out for out, n in Counter(job.out for job in jobs).items() if n > 1]
     if shared:
         raise ValueError(f"two pairs would write {shared[0]} (same IR file name); rename one of the IR files")
+    _check_outputs_are_no_inputs(jobs)
     return jobs
+
+
+def _check_outputs_are_no_inputs(jobs: list[PairJob]) -> None:
+    """Refuse a pair's output that is another pair's input, by path or by inode (a link); each pair's own inputs are
+    checked by :func:`check_output_paths`."""
+    inputs: dict[Any, Path] = {}
+    for path in {p for job in jobs for p in (job.ir, job.vis)}:
+        inputs[path.resolve()] = path
+        with contextlib.suppress(OSError):  # a missing input fails its pair alone, later
+            inputs[_inode(path)] = path
+    for job in jobs:
+        hit = inputs.get(job.out.resolve()) or (inputs.get(_inode(job.out)) if job.out.exists() else None)
+        if hit is not None:
+            raise ValueError(f"output {job.out} would overwrite {hit}, an input of another pair; choose another --out")
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 # the sections that decide a fused video's frames; paths, threads and progress bars do not
 _IMAGE_SECTIONS = ("sync", "stabilize", "align", "fuse", "hclfuse", "baseline", "post")
 
 
-def changed_settings(out: Path, cfg: Any) -> list[str]:
-    """The settings (``section.key``) that ``cfg`` gives otherwise than the config recorded in the complete output
-    ``out`` was made with; empty when they agree or the output records none."""
+def made_with(out: Path) -> dict[str, Any]:
+    """The config the existing output ``out`` records having been made with ({} when it records none).
+
+    Raises:
+        ValueError: one line saying why ``out`` is not a video PyAV can open: not a file, empty, another program's
+            file, a copy cut short before its index (one cut after its index opens: only decoding it all tells).
+    """
+    if not out.is_file():
+        raise ValueError("is not a file")
+    if out.stat().st_size == 0:
+        raise ValueError("is empty")
     try:
         with av.open(str(out)) as container:
+            if not container.streams.video:
+                raise ValueError("holds no video stream")
             tags = {k.lower(): v for k, v in container.metadata.items()}  # Matroska writes COMMENT
-            made = json.loads(tags.get("comment", "{}")).get("streamfuse_config", {})
-    except (OSError, av.FFmpegError, ValueError, AttributeError):
-        return []
+    except (OSError, av.FFmpegError) as exc:
+        raise ValueError(f"is not a video PyAV can read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        made = json.loads(tags.get("comment", "{}")).get("streamfuse_config", {})
+    except (ValueError, AttributeError):  # another program's comment
+        return {}
+    return made if isinstance(made, dict) else {}
+
+
+def changed_settings(made: dict[str, Any], cfg: Any) -> list[str]:
+    """The settings (``section.key``) that ``cfg`` gives otherwise than ``made`` (the config an output was made with,
+    see :func:`made_with`); empty when they agree or ``made`` is empty."""
     now = cfg.to_dict()
     return [f"{section}.{key}" for section in _IMAGE_SECTIONS if isinstance(made.get(section), dict)
             for key, value in now.get(section, {}).items() if made[section].get(key, value) != value]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from streamfuse.batch.jobs import BatchSummary, PairJob, PairResult, changed_settings, is_complete
+from streamfuse.atomic_write import partial_path
+from streamfuse.batch.jobs import (BatchInterrupted, BatchSummary, PairJob, PairResult, changed_settings,
+                                  is_complete, made_with)
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
 
 __all__ = ["Engine", "LocalEngine", "run_batch"]
@@ -18,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    """Runs pairs and yields their results as they finish; ``frames(n)`` advances the frames bar."""
+    """Runs pairs and yields their results as they finish; ``frames(n)`` advances the frames bar. The user's Ctrl-C or
+    SIGTERM stops it: it yields the results of the pairs it stopped, then returns (or raises KeyboardInterrupt)."""
 
     def run(self, cfg: Any, jobs: Iterable[PairJob], *, resume: bool,
             frames: Callable[[int], None]) -> Iterator[PairResult]:
@@ -27,7 +33,8 @@ class Engine(Protocol):
 
 @dataclass
 class LocalEngine:
-    """The pairs one after another in this process; Ctrl-C or SIGTERM stops the batch after the current pair.
+    """The pairs one after another in this process; Ctrl-C or SIGTERM stops the current pair (its partial output is
+    kept) and the batch.
 
     Args:
         threads: CPUs of the one worker (see :func:`worker_cfg`).
@@ -60,31 +67,83 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
         resume: continue interrupted outputs from their partial files.
 
     Returns:
-        Every pair's result, in the order they finished (skipped pairs first, those an interruption left not
-        started last).
+        Every pair's result, in the order they finished (first those whose output existed: skipped, or failed when
+        that output is no video).
+
+    Raises:
+        BatchInterrupted: Ctrl-C or SIGTERM stopped the batch; its ``summary`` lists every pair, those left unfinished
+            last ("interrupted" with a partial output to resume, or "not started").
     """
     from tqdm import tqdm
 
     engine = engine or LocalEngine()
     t0 = time.perf_counter()
-    results = [PairResult(str(job.out), "skipped") for job in jobs if is_complete(job.out)]
-    for result in results:
-        changed = changed_settings(Path(result.out), cfg)
-        if changed:
-            log.warning("%s is complete and skipped, but was made with other settings (%s); delete it to replay it "
-                        "with these", result.out, ", ".join(changed))
+    results = [_done_before(job.out, cfg) for job in jobs if is_complete(job.out)]
     todo = [job for job in jobs if not is_complete(job.out)]
     for folder in {job.out.parent for job in todo}:
         folder.mkdir(parents=True, exist_ok=True)
     quiet = None if cfg.replay.progress else True  # None: tqdm shows the bars on a terminal only
     work_cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False))
-    with tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0, disable=quiet) as pairs, \
+    interrupted = False
+    with _sigterm_interrupts(), tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
+                                     disable=quiet) as pairs, \
             tqdm(unit="frame", desc="frames", position=1, disable=quiet) as frames:
-        for result in engine.run(work_cfg, todo, resume=resume, frames=frames.update):
-            results.append(result)
-            pairs.update(1)
-            if result.status in ("failed", "interrupted"):
-                log.error("%s: %s", result.out, result.reason)
-    finished = {r.out for r in results}  # an interrupted batch stops before the rest
-    results += [PairResult(str(job.out), "not started") for job in todo if str(job.out) not in finished]
-    return BatchSummary(results, time.perf_counter() - t0)
+        try:
+            if todo:  # else no engine to start (a Ray takes seconds)
+                with contextlib.closing(engine.run(work_cfg, todo, resume=resume, frames=frames.update)) as ran:
+                    for result in ran:
+                        results.append(result)
+                        pairs.update(1)
+                        _log(result)
+        except KeyboardInterrupt:  # between two pairs, or while the engine starts or winds down
+            interrupted = True
+    finished = {r.out for r in results}
+    results += [_unfinished(job) for job in todo if str(job.out) not in finished]
+    summary = BatchSummary(results, time.perf_counter() - t0)
+    if interrupted or summary.stopped:
+        raise BatchInterrupted(summary)
+    return summary
+
+
+def _done_before(out: Path, cfg: Any) -> PairResult:
+    """A pair whose output exists: skipped, or failed when that output is no video (left as it is: not ours to
+    write over, nor to pass off as complete)."""
+    try:
+        changed = changed_settings(made_with(out), cfg)
+    except ValueError as exc:
+        result = PairResult(str(out), "failed", reason=f"{out} exists but {exc}; delete it to replay this pair")
+        _log(result)
+        return result
+    if changed:
+        log.warning("%s is complete and skipped, but was made with other settings (%s); delete it to replay it with "
+                    "these", out, ", ".join(changed))
+    return PairResult(str(out), "skipped")
+
+
+def _log(result: PairResult) -> None:
+    if result.status == "failed":
+        log.error("%s: %s", result.out, result.reason)
+    elif result.status == "interrupted":
+        log.warning("%s: %s", result.out, result.reason)
+
+
+def _unfinished(job: PairJob) -> PairResult:
+    """A pair the batch stopped before it returned a result."""
+    partial = partial_path(job.out)
+    if partial.exists():
+        return PairResult(str(job.out), "interrupted", reason=f"stopped; partial output kept in {partial}")
+    return PairResult(str(job.out), "not started")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the batch as Ctrl-C does (main thread only; a replay and the Ray driver set their own meanwhile);
+    the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import signal
 import socket
 import threading
@@ -15,7 +17,10 @@ from streamfuse.batch.worker import Models, replay_pair, worker_cfg
 
 __all__ = ["RayEngine", "bounded"]
 
+log = logging.getLogger(__name__)
+
 _REPORT_S = 0.25  # a worker reports its fused frames to the progress bar at most this often
+_CANCEL_S = 10.0  # after a Ctrl-C, how long the running pairs get to keep their partial outputs
 
 
 class _Batched:
@@ -39,7 +44,7 @@ _MODELS: Models | None = None  # a Ray worker process's loaded models, kept for 
 
 
 def _ray_replay(cfg: Any, job: PairJob, resume: bool, threads: int, progress: Any) -> PairResult:
-    """The Ray task of one pair (runs in a worker process)."""
+    """The Ray task of one pair (runs in a worker process, in its main thread)."""
     global _MODELS
     if _MODELS is None:
         import cv2
@@ -47,10 +52,24 @@ def _ray_replay(cfg: Any, job: PairJob, resume: bool, threads: int, progress: An
         cv2.setNumThreads(threads)  # OpenCV would start a thread per core of the node, not per worker
         _MODELS = Models()
     report = _Batched(lambda n: progress.add.remote(n))
+    cancelled: list[int] = []
+
+    def cancel(signum: int, frame: Any) -> None:
+        cancelled.append(signum)
+        raise KeyboardInterrupt
+
+    # ray.cancel (the driver's Ctrl-C or SIGTERM) raises KeyboardInterrupt through the SIGINT handler
+    previous = signal.signal(signal.SIGINT, cancel)
     try:
-        return replay_pair(cfg, job, resume=resume, models=_MODELS, report=report)
+        result = replay_pair(cfg, job, resume=resume, models=_MODELS, report=report)
     finally:
+        signal.signal(signal.SIGINT, previous)
         report.flush()
+    if result.status == "interrupted" and not cancelled:
+        # A SIGTERM to this worker (node shutdown, `kill PID`), not the user's: the replay kept its partial output;
+        # now the worker exits through Ray's own SIGTERM handler, so Ray runs the pair again as for a killed worker.
+        signal.raise_signal(signal.SIGTERM)
+    return result
 
 
 class _Progress:
@@ -94,23 +113,37 @@ class RayEngine:
 
     def run(self, cfg: Any, jobs: Iterable[PairJob], *, resume: bool,
             frames: Callable[[int], None]) -> Iterator[PairResult]:
+        """Yield each pair's result as it ends. Ctrl-C or SIGTERM to this process (the driver) stops the batch: the
+        running pairs are cancelled (their replays keep resumable partial outputs) and the results they return are
+        yielded. A worker killed in any other way has its pair run again (``retries``)."""
         import ray
 
-        started = not ray.is_initialized()
-        previous = None
+        started, stop = not ray.is_initialized(), threading.Event()
         try:
             if started:
-                self._init(ray)  # inside the try: a Ctrl-C while Ray starts still shuts it down
-            if threading.current_thread() is threading.main_thread():
-                # SIGTERM stops the batch as Ctrl-C does (tasks cancelled, partials kept); Ray's own handler, set by
-                # ray.init, would crash the driver and leave its workers writing
-                previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-            yield from self._schedule(ray, worker_cfg(cfg, self.threads), jobs, resume, frames)
+                self._start(ray, stop)
+            with _stop_on_signals(stop):
+                running = yield from self._schedule(ray, worker_cfg(cfg, self.threads), jobs, resume, frames, stop)
+            # Ctrl-C and SIGTERM act again while the running pairs wind down: a second one stops waiting for them
+            yield from _wind_down(ray, running)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
             if started:
-                ray.shutdown()  # also after a Ctrl-C during ray.init, which may have started some of Ray's processes
+                with _stop_on_signals(threading.Event()):  # whole: stopped half-way, it leaves Ray's processes running
+                    ray.shutdown()
+
+    def _start(self, ray: Any, stop: threading.Event) -> None:
+        """ray.init, not cut half-way by a first Ctrl-C or SIGTERM: that sets ``stop`` and the batch stops once Ray
+        has started, so that ray.shutdown knows every process to stop (an init cut half-way leaves Ray's agents
+        waiting about a minute for a GCS that is gone). A second one stops it at once."""
+        try:
+            # ray.init sets its own SIGTERM handler, which exits the driver (SystemExit) with its workers still
+            # writing: leaving the context puts the batch's back
+            with _stop_on_signals(stop, twice=True):
+                self._init(ray)
+        except SystemExit as exc:
+            if exc.code == signal.SIGTERM:  # Ray's handler
+                raise KeyboardInterrupt from None
+            raise
 
     def _init(self, ray: Any) -> None:
         # A worker imports this module (so streamfuse, which sets OMP_WAIT_POLICY) before anything imports torch.
@@ -131,24 +164,74 @@ class RayEngine:
             self._progress = (address, _remote(ray)["progress"].remote())
         return self._progress[1]
 
-    def _schedule(self, ray: Any, cfg: Any, jobs: Iterable[PairJob], resume: bool,
-                  frames: Callable[[int], None]) -> Iterator[PairResult]:
+    def _schedule(self, ray: Any, cfg: Any, jobs: Iterable[PairJob], resume: bool, frames: Callable[[int], None],
+                  stop: threading.Event) -> Iterator[PairResult]:
+        """Yield the pairs' results until all have ended or ``stop`` is set; return the pairs still running then."""
+        if stop.is_set():  # while Ray started
+            return {}
         progress = self._progress_actor(ray)
         task = _remote(ray)["replay"].options(num_cpus=self.threads, num_gpus=self.gpus, max_retries=self.retries,
                                         retry_exceptions=False)
         cfg_ref = ray.put(cfg)
         running: dict[Any, PairJob] = {}
+
+        def submit(job: PairJob) -> Any:
+            if stop.is_set():
+                raise _Stopped
+            return task.remote(cfg_ref, job, resume, self.threads, progress)
+
         try:
-            for ref, job, value in bounded(jobs, lambda job: task.remote(cfg_ref, job, resume, self.threads, progress),
-                                           lambda refs: _wait_one(ray, refs, progress, frames), 2 * self.workers,
-                                           running):
-                yield value if isinstance(value, PairResult) else _lost(job, value, self.retries)
-        except KeyboardInterrupt:
-            for ref in running:
-                ray.cancel(ref)  # raises KeyboardInterrupt in the task: the replay keeps a resumable partial
-            ray.wait(list(running), num_returns=len(running), timeout=10)
-            raise
+            for ref, job, value in bounded(jobs, submit, lambda refs: _wait_one(ray, refs, progress, frames, stop),
+                                           2 * self.workers, running):
+                yield value if isinstance(value, PairResult) else _lost(ray, job, value, self.retries)
+        except _Stopped:
+            if running:
+                log.warning("stopping: cancelling %d running pairs (their partial outputs are kept)", len(running))
+            return running
         frames(_take(ray, progress))
+        return {}
+
+
+class _Stopped(Exception):
+    """The driver was asked to stop (Ctrl-C or SIGTERM)."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event, *, twice: bool = False) -> Iterator[None]:
+    """Ctrl-C and SIGTERM set ``stop`` instead of raising, so the driver stops where it waits, never half-way through
+    a Ray call; with ``twice``, a second one raises KeyboardInterrupt (for a wait that may not end by itself). Main
+    thread only (elsewhere they are the main thread's business)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        if twice and stop.is_set():
+            raise KeyboardInterrupt
+        if twice:
+            log.warning("stopping once Ray has started; Ctrl-C again to stop at once")
+        stop.set()
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wind_down(ray: Any, running: dict[Any, PairJob]) -> Iterator[PairResult]:
+    """Cancel the pairs still running after a stop; yield the results they return (the batch counts the others)."""
+    if not running:
+        return
+    for ref in running:
+        ray.cancel(ref)  # raises KeyboardInterrupt in the task: the replay keeps a resumable partial
+    ready, _ = ray.wait(list(running), num_returns=len(running), timeout=_CANCEL_S)
+    for ref in ready:
+        try:
+            yield ray.get(ref)
+        except ray.exceptions.RayError:  # cancelled before it began, or cut outside the replay
+            continue
 
 
 def _take(ray: Any, progress: Any) -> int:
@@ -178,9 +261,10 @@ def _remote(ray: Any) -> dict[str, Any]:
     return {"replay": ray.remote(_ray_replay), "progress": ray.remote(num_cpus=0)(_Progress)}
 
 
-def _wait_one(ray: Any, refs: list, progress: Any, frames: Callable[[int], None]) -> tuple[Any, Any]:
+def _wait_one(ray: Any, refs: list, progress: Any, frames: Callable[[int], None],
+              stop: threading.Event) -> tuple[Any, Any]:
     """The first task of ``refs`` to finish and its value (or the Ray error that ended it); updates the frames bar
-    while waiting."""
+    while waiting; raises _Stopped once ``stop`` is set."""
     while True:
         done, _ = ray.wait(refs, num_returns=1, timeout=0.5)
         frames(_take(ray, progress))
@@ -189,13 +273,22 @@ def _wait_one(ray: Any, refs: list, progress: Any, frames: Callable[[int], None]
                 return done[0], ray.get(done[0])
             except ray.exceptions.RayError as exc:
                 return done[0], exc
+        if stop.is_set():
+            raise _Stopped
 
 
-def _lost(job: PairJob, exc: Exception, retries: int) -> PairResult:
-    """The result of a pair whose task Ray gave up on (its worker died ``retries + 1`` times)."""
-    why = " ".join(str(exc).split("\n", 1)[0].split()) or type(exc).__name__
-    return PairResult(str(job.out), "failed", reason=f"worker lost {retries + 1} times ({type(exc).__name__}: {why}); "
+def _lost(ray: Any, job: PairJob, exc: Exception, retries: int) -> PairResult:
+    """The result of a pair whose task ended in a Ray error: an exception of its own (not retried: it would meet it
+    again), or its worker died ``retries + 1`` times."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
+        return PairResult(str(job.out), "failed", reason=_one_line(exc.cause))
+    return PairResult(str(job.out), "failed", reason=f"worker lost {retries + 1} times ({_one_line(exc)}); "
                                                      f"run again with --resume")
+
+
+def _one_line(exc: BaseException) -> str:
+    why = " ".join(str(exc).split("\n", 1)[0].split())
+    return f"{type(exc).__name__}: {why}" if why else type(exc).__name__
 
 
 def bounded(jobs: Iterable[PairJob], submit: Callable[[PairJob], Any], wait_one: Callable[[list], tuple[Any, Any]],

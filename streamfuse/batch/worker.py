@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import av
+
 import streamfuse
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.replay import ReplayError, run_replay
@@ -84,7 +86,7 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         summary = exc.summary
         # the batch says how to continue (--resume of the whole batch), not the single replay's --out
         result.status, result.reason = "interrupted" if exc.interrupted else "failed", exc.message
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, av.FFmpegError) as exc:  # av's: some derive from none of the three
         summary = None
         result.status, result.reason = "failed", " ".join(str(exc).split()) or type(exc).__name__
     if summary is not None:

@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def console() -> None:
     """The ``streamfuse`` console script and ``python -m streamfuse``: exit with the command's status."""
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a Ctrl-C that the command itself did not turn into its own line
+        print(" ".join(["streamfuse", *sys.argv[1:2]]) + ": interrupted", file=sys.stderr)
+        code = 130
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a Ctrl-C during teardown would only traceback
     if sys.argv[1:2] and sys.argv[1] in FAST_EXIT:
         from streamfuse.cli.run import exit_now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,21 @@ def test_documented_entry_points_run_from_anywhere(argv, tmp_path):
     # from another folder, so only the installed package (no checkout on sys.path) can answer
     proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+
+
+def test_a_ctrl_c_a_command_lets_through_is_one_line(monkeypatch, capsys):
+    from streamfuse import cli
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    monkeypatch.setattr(sys, "argv", ["streamfuse", "bench", "batch"])
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.console()
+    finally:
+        signal.signal(signal.SIGINT, previous)  # console() ignores Ctrl-C once its command is over
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == "streamfuse bench: interrupted\n"

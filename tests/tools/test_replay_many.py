@@ -71,7 +71,7 @@ def test_ctrl_c_stops_the_batch(tmp_path, monkeypatch):
 
     monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: Interrupted())
     out = tmp_path / "out"
-    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 1
+    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 130
     assert not (out / "a.mp4").exists() and not (out / ".b.mp4.partial").exists()  # b never started
 
 
