@@ -79,6 +79,11 @@ class _Input:
         """Smallest recent frame interval (0 while unknown): a conservative bound on when the next frame comes."""
         return min(self.intervals) if self.intervals else 0
 
+    def typical_period_ns(self) -> int:
+        """Median recent frame interval (0 while unknown): the stream's rate, unmoved by one frame delivered twice or
+        a short burst."""
+        return sorted(self.intervals)[len(self.intervals) // 2] if self.intervals else 0
+
     def note(self, t_ns: int) -> None:
         self.received += 1
         if self.newest_ns is not None and t_ns > self.newest_ns:
@@ -221,8 +226,8 @@ class Pairer:
     def _lead(self) -> str:
         if self.cfg.lead != "auto":
             return self.cfg.lead
-        # The faster stream leads: smaller recent frame interval; visible while unknown (usually the faster camera).
-        p_ir, p_vis = self._in["ir"].period_ns(), self._in["vis"].period_ns()
+        # The faster stream leads: smaller typical frame interval; visible while unknown (usually the faster camera).
+        p_ir, p_vis = self._in["ir"].typical_period_ns(), self._in["vis"].typical_period_ns()
         return "ir" if p_ir and p_vis and p_ir < p_vis else "vis"
 
     def _release_held(self, stream: str) -> None:

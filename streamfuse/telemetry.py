@@ -57,8 +57,8 @@ class Telemetry:
         return time.perf_counter() - self._t_last >= self.cfg.interval_s
 
     def snapshot(self) -> dict:
-        """Stats since start: per-stage median/p99/min ms, counters, and the ``published`` rate over the last
-        interval (``rate_fps``) and since start (``mean_rate_fps``).
+        """Stats: per-stage median/p99/min ms over the last ``window`` samples, counters, and the ``published`` rate
+        over the last interval (``rate_fps``) and since start (``mean_rate_fps``).
 
         A snapshot taken less than half an interval after the previous one (the final one, at exit) measures its rate
         from the snapshot before, so a window of a few milliseconds never stands for the rate.

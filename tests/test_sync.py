@@ -150,6 +150,19 @@ def test_latest_mode_lead_can_be_forced_and_a_stale_hold_is_not_used() -> None:
     assert_consistent(st)
 
 
+def test_latest_mode_keeps_the_faster_lead_when_one_slow_frame_comes_twice() -> None:
+    ir = frames("ir", 9, 27, start_ms=5)  # a 9 fps IR camera ...
+    ir.insert(14, Frame("ir", 99, ir[13].t_capture_ns + MS, _IMG))  # ... whose driver hands one frame over twice
+    vis = frames("vis", 30, 90)
+    pairer = Pairer(SyncConfig(mode="latest"))
+    pairs = run(pairer, by_time(ir, vis))
+    late = [p for p in pairs if p.vis.t_capture_ns > ir[14].t_capture_ns]
+    # Every visible frame still pairs: the output does not fall to the IR rate while the hiccup is recent.
+    assert len(late) == sum(f.t_capture_ns > ir[14].t_capture_ns for f in vis)
+    assert len(pairs) == 89 and pairer.stats()["vis"]["paired"] == 89  # all but the one before the first IR frame
+    assert_consistent(pairer.stats())
+
+
 def test_unknown_stream_and_bad_config_raise_naming_the_value() -> None:
     with pytest.raises(ValueError, match="thermal"):
         Pairer(SyncConfig()).push(Frame("thermal", 0, 0, _IMG))

@@ -1,4 +1,4 @@
-"""Producer processes: each Source runs in its own spawned OS process and writes into a ShmRing.
+"""Producer processes: each Source runs in an OS process of its own and writes into a ShmRing.
 
 The consumer (the pipeline's process) calls :meth:`Producers.get`, which returns frames copied out of the rings,
 oldest capture time first, or :class:`ProducerEvent` lines when a producer ends or fails. Supervision runs inside
@@ -23,12 +23,13 @@ The rings are ``latest`` rings (newest wins, overwritten frames counted as drops
 available, oldest first: this is the live path. Offline replay reads its inputs in its own process, every frame
 and in order (``streamfuse.replay.inputs``).
 
-Stalls: a producer that stays silent (no frame written, its ring empty) for longer than its frame interval times
-``stall_factor`` (or, before its first frame, :data:`FIRST_FRAME_S`) is reported in one line and counted (``stalls``
-in :meth:`Producers.stats`), killed and restarted like a dead one.
+Stalls: a producer that stays silent (no frame written, its ring empty, no realtime pacing sleep under way) for
+longer than its frame interval times ``stall_factor`` (or, before its first frame, :data:`FIRST_FRAME_S`) is reported
+in one line and counted (``stalls`` in :meth:`Producers.stats`), killed and restarted like a dead one.
 
 The processes themselves (forked from a preloaded server, SIGINT and SIGTERM ignored, gone with their parent) are
-``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are killed). A start first frees the shared memory of runs that were killed as a whole (``shm_ring.remove_stale``).
+``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are killed). A start
+first frees the shared memory of runs that were killed as a whole (``shm_ring.remove_stale``).
 """
 
 from __future__ import annotations
@@ -63,15 +64,13 @@ class ProducerEvent:
         stream: section name (``"ir"`` or ``"vis"``).
         kind: ``eos`` (end of stream) or ``error`` (source error, crash or death).
         message: one line: what and where.
-        restarting: True when a new producer starts after ``retry_in_s``; False when this source is finished.
-        retry_in_s: back-off before the restart, s.
+        restarting: True when a new producer starts after a back-off; False when this source is finished.
     """
 
     stream: str
     kind: Literal["eos", "error"]
     message: str
     restarting: bool = False
-    retry_in_s: float = 0.0
 
 
 @dataclass
@@ -83,7 +82,7 @@ class _Worker:
     proc: Any = None
     ring: ShmRing | None = None
     conn: Any = None
-    beat: Any = None  # shared (frames written, frame interval ns) of the current process
+    beat: Any = None  # shared (frames written, frame interval ns, pacing until: monotonic ns) of the current process
     beats_seen: int = 0
     heard_at: float = 0.0  # monotonic time the current process last showed progress
     stalled: bool = False  # the current silence has been reported
@@ -162,7 +161,7 @@ class Producers:
     def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
         w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1, self._channels(w.section)), "latest",
                          ctx=self._ctx, data_bell=self._bell)
-        w.beat = self._ctx.RawArray("q", 2)
+        w.beat = self._ctx.RawArray("q", 3)
         w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat)
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
         w.beats_seen, w.heard_at, w.stalled, w.stall_line = 0, w.started_at, False, None
@@ -187,9 +186,14 @@ class Producers:
             w.conn = None
 
     def _poll_messages(self, w: _Worker) -> None:
+        """Log what the producer corrected and went on with (``warn``); keep its last ``eos``/``error`` line."""
         try:
             while w.conn is not None and w.conn.poll():
-                w.message = w.conn.recv()
+                kind, line = w.conn.recv()
+                if kind == "warn":
+                    log.warning("%s", line)
+                else:
+                    w.message = (kind, line)
         except (EOFError, OSError):
             pass  # the child closed its end or died: whatever it sent has been read
 
@@ -234,7 +238,7 @@ class Producers:
         w.state, w.restart_at = "waiting", time.monotonic() + delay
         w.resume = self._resume_point(w, at_end)
         (log.info if at_end else log.warning)("%s; restarting in %.1f s", line, delay)
-        self._events.append(ProducerEvent(w.section, kind, line, restarting=True, retry_in_s=delay))
+        self._events.append(ProducerEvent(w.section, kind, line, restarting=True))
 
     def _supervise(self) -> None:
         if self._stopped:
@@ -252,9 +256,11 @@ class Producers:
 
     def _check_stall(self, w: _Worker) -> None:
         """Report a producer silent for longer than its frame interval x ``stall_factor`` (before its first frame:
-        :data:`FIRST_FRAME_S`) and kill it so that it restarts. Unread frames in its ring are not silence."""
+        :data:`FIRST_FRAME_S`) and kill it so that it restarts. Unread frames in its ring, and a source's realtime
+        pacing (a recording with a gap in its timestamps), are not silence."""
         now = time.monotonic()
-        if w.beat[0] != w.beats_seen or self._head_time(w) is not None:
+        paced = w.beat[2] > time.monotonic_ns()  # waiting for its next frame's time on purpose is not silence
+        if w.beat[0] != w.beats_seen or self._head_time(w) is not None or paced:
             w.beats_seen, w.heard_at, w.stalled = w.beat[0], now, False
             return
         if w.stalled or not w.cfg.stall_factor:
@@ -376,7 +382,7 @@ class Producers:
 
 def start_producers(ir_cfg: SourceConfig, vis_cfg: SourceConfig, *, slots: int | None = None, backoff_s: float = 0.1,
                     backoff_max_s: float = 8.0) -> Producers:
-    """Start one spawned producer process per source (sections ``"ir"`` and ``"vis"``).
+    """Start one producer process per source (sections ``"ir"`` and ``"vis"``).
 
     Args:
         ir_cfg: the ``ir`` section.

@@ -66,6 +66,21 @@ class StopFlag:
         return True
 
 
+class _PacingStop:
+    """The stop flag as a source's sleeps see it: each sleep first posts its end (monotonic ns) in ``beat[2]``, so the
+    parent does not take a source waiting for its next frame's time (realtime pacing) for a hung one."""
+
+    def __init__(self, stop: StopFlag, beat: Any) -> None:
+        self._stop, self._beat = stop, beat
+
+    def is_set(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        self._beat[2] = time.monotonic_ns() + round(timeout * 1e9)
+        return self._stop.wait(timeout)
+
+
 def _skip(source: Source, n: int) -> None:
     """Discard ``n`` frames; through the source's own ``skip`` when it has one (no realtime pacing there)."""
     if n and hasattr(source, "skip"):
@@ -80,14 +95,16 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
              resume: tuple[int, int, int], beat: Any) -> None:
     """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
 
-    ``beat`` (shared int64 pair): frames written, and the source's frame interval in ns (set at the first frame).
+    ``beat`` (shared int64 triple): frames written, the source's frame interval in ns (set at the first frame), and
+    the end of the source's current pacing sleep (monotonic ns).
     """
     for sig in (signal.SIGINT, signal.SIGTERM):  # the parent's to handle: it stops this process
         signal.signal(sig, signal.SIG_IGN)
     seq_start, skip, t_offset_ns = resume
     try:
         source = open_source(section, cfg)
-        source.stop_event = stop
+        source.stop_event = _PacingStop(stop, beat)
+        source.warn = lambda line: conn.send(("warn", line))  # what it corrects and goes on with: the parent logs it
         with source:
             _skip(source, skip)  # resume a replayable source after the last frame delivered
             n = 0

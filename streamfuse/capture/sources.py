@@ -102,10 +102,10 @@ class SourceConfig:
 
 @runtime_checkable
 class Source(Protocol):
-    """What every source kind provides. ``live`` sources stamp wall-clock times and cannot be re-read;
-    the others (files, folders, virtual-clock synthetic) give the same frames again when reopened. Optional:
-    ``skip(n)`` (discard n frames without realtime pacing, as :class:`BaseSource` has), ``stop_event``, and
-    ``frame_interval_ns`` (the expected time between frames once open; default ``1 / cfg.fps``)."""
+    """What every source kind provides. ``live`` sources stamp wall-clock times and cannot be re-read; the others
+    (files, folders, virtual-clock synthetic) give the same frames again when reopened. Optional: ``skip(n)``
+    (discard n frames unpaced, as :class:`BaseSource` has), ``stop_event``, ``warn`` (takes one line on what was
+    corrected), ``frame_interval_ns`` (the expected time between frames once open; default ``1 / cfg.fps``)."""
 
     section: str
     frame_id: str

@@ -5,28 +5,35 @@ Capture times (``t_capture_ns``):
 
 - ``camera``: ``time.time_ns()`` right after the grab;
 - ``file``: ``round(pts * time_base * 1e9)``, converted once here; relative to the file's time origin, so the IR
-  and visible files of one recording stay comparable (with ``loop`` later passes are shifted to stay increasing);
-- ``stream``: the stream's pts, anchored to ``time.time_ns()`` at its first frame (so a network stream pairs with a
-  live camera while keeping the sender's frame spacing);
+  and visible files of one recording stay comparable (with ``loop`` later passes are shifted to stay increasing, and
+  a timestamp discontinuity is shifted out, reported in one line: ``timestamps.FileClock``);
+- ``stream``: the stream's pts on the ``time.time_ns()`` clock, never later than the frame's arrival (so a network
+  stream pairs with a live camera while keeping the sender's frame spacing, without drifting away from the wall
+  clock: ``timestamps.StreamClock``);
 - ``folder``: ``index / fps`` seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import cv2
 
 from streamfuse.capture.sources import BaseSource, SourceError
+from streamfuse.capture.timestamps import FileClock, StreamClock
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
 __all__ = ["CameraSource", "AvSource", "FolderSource"]
+
+log = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
 
@@ -47,12 +54,8 @@ class CameraSource(BaseSource):
         if sys.platform.startswith("linux") and device.startswith("/dev/") and not Path(device).exists():
             found = ", ".join(sorted(str(p) for p in Path("/dev").glob("video*"))) or "none"
             raise SourceError(f"{self.section}: camera {path!r} does not exist ({device} missing; found: {found})")
-        previous = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we raise one clear line instead
-        try:
+        with _opencv_quiet():
             cap = cv2.VideoCapture(target)
-        finally:
-            cv2.utils.logging.setLogLevel(previous)
         if not cap.isOpened():
             raise SourceError(f"{self.section}: cannot open camera {path!r}")
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
@@ -79,23 +82,41 @@ class CameraSource(BaseSource):
 # -- PyAV file / stream ------------------------------------------------------------------------------------------
 
 
+def _log_warning(line: str) -> None:
+    log.warning("%s", line)
+
+
 class AvSource(BaseSource):
     """A video file or network stream decoded with PyAV; see the module docstring for its capture times.
 
+    A live stream is never paced (it arrives in real time; pacing would keep the frames FFmpeg buffered while it
+    probed the stream as a constant delay), decodes with slice threads only (frame threads hold frames back, one per
+    thread) and skips packets its decoder rejects (lost or corrupt data), reporting them, instead of reconnecting
+    (before its first frame only a few: a stream that never decodes fails as a file does).
+
     Attributes:
-        time_base: the video stream's ``time_base`` (``Fraction``), so a writer can turn ``t_capture_ns`` back
-            into the input's integer pts: ``round(t_ns * time_base.denominator / (time_base.numerator * 1e9))``.
+        time_base: the video stream's ``time_base`` (``Fraction``), so a writer can turn a file's ``t_capture_ns``
+            back into integer pts: ``round(t_ns * time_base.denominator / (time_base.numerator * 1e9))`` (the input's
+            own pts unless they had a discontinuity, see ``timestamps``).
+        warn: called with one line for what the source corrects and goes on (timestamp discontinuities, skipped
+            packets); the producer sends it to the pipeline's log.
     """
 
     _OPEN_TIMEOUT_S = 10.0  # network streams: open and per-read timeouts, so a dead sender cannot hang us
     _READ_TIMEOUT_S = 5.0
+    _SKIP_REPORT_S = 10.0  # skipped packets of a live stream: at most one line per this many seconds
+    _SKIP_FIRST_MAX = 50  # undecodable packets a live stream may start with (joined mid-stream) before that's an error
+    warn: Callable[[str], None] = staticmethod(_log_warning)
 
     def _open(self) -> None:
         self.live = self.cfg.kind == "stream"
-        self._t_offset_ns: int | None = None  # added to pts: the stream's wall-clock anchor, loop passes
-        self._first_pts_ns: int | None = None  # of the current pass
+        self._first_t_ns: int | None = None  # of the current pass
+        self._last_t_ns: int | None = None
         self._last_pts_ns: int | None = None
+        self._skipped, self._skip_report_at = 0, 0.0
         self._open_container()
+        self._times = StreamClock() if self.live else FileClock(self._period_ns)
+        self._repeated = self._looped = False  # a repeat reported; a loop pass begun (its reports were made)
 
     def _open_container(self) -> None:
         import av
@@ -114,12 +135,14 @@ class AvSource(BaseSource):
             why = _one_line(exc)
             if isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
                 why = f"not a readable video ({why})"
+            elif isinstance(exc, av.ExitError) and self.live:
+                why = f"no stream data within {self._OPEN_TIMEOUT_S:g} s (open timeout)"
             raise SourceError(f"{self.section}: cannot open {path}: {why}") from None
         if not container.streams.video:
             self._stack.close()
             raise SourceError(f"{self.section}: {path} has no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = "SLICE" if self.live else "AUTO"
         if self.cfg.decode_threads:
             stream.thread_count = self.cfg.decode_threads
         self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
@@ -135,8 +158,25 @@ class AvSource(BaseSource):
             self._end_ns = ((container.start_time or 0) + container.duration) * 1000  # AV_TIME_BASE is us
         else:
             self._end_ns = None
-        self._decoded = 0  # in this pass
-        self._frames = container.decode(stream)
+        self._decoded = self._pass_jumps = 0  # frames and timestamp discontinuities in this pass
+        self._frames = self._decode(container, stream)
+
+    def _decode(self, container, stream) -> Iterator:
+        """The stream's frames (``container.decode``, packet by packet, so a live stream can skip a bad packet)."""
+        import av
+
+        for packet in container.demux(stream):
+            try:
+                yield from packet.decode()
+            except av.InvalidDataError as exc:
+                # A file is corrupt (it would fail at the same frame again); a stream that never decodes is not video.
+                if not self.live or (self._decoded == 0 and self._skipped >= self._SKIP_FIRST_MAX):
+                    raise
+                self._skipped += 1
+                if time.monotonic() >= self._skip_report_at:
+                    self._skip_report_at = time.monotonic() + self._SKIP_REPORT_S
+                    self.warn(f"{self.section}: {self.cfg.path}: skipped {self._skipped} undecodable packet(s) so far "
+                              f"(lost or corrupt data: {_one_line(exc)}); decoding goes on")
 
     def _read(self) -> Frame | None:
         import av
@@ -146,43 +186,73 @@ class AvSource(BaseSource):
         except StopIteration:
             frame = None
         except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"{self.section}: {self.cfg.path}: decoding stopped {self._where()}: {_one_line(exc)}") \
-                from None
+            why = _one_line(exc)
+            if isinstance(exc, av.ExitError) and self.live:
+                why = f"no stream data for {self._READ_TIMEOUT_S:g} s (read timeout)"
+            raise SourceError(f"{self.section}: {self.cfg.path}: decoding stopped {self._where()}: {why}") from None
         if frame is None:
-            if 0 < self._decoded < self._expected:
-                raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
-                                  f"{self._where()}; the container announces {self._expected} frames")
-            if self._decoded and self._end_ns is not None and self._last_pts_ns + 2 * self._period_ns < self._end_ns:
-                raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
-                                  f"{self._where()}; the container announces {self._end_ns / 1e9:.3f} s")
-            if not self.cfg.loop or self._decoded == 0:
-                return None
-            # Loop: the next pass starts one frame period after this one ended, so times keep increasing.
-            self._t_offset_ns += self._last_pts_ns + self._period_ns - self._first_pts_ns
-            self._first_pts_ns = self._last_pts_ns = None
-            self._stack.close()
-            self._open_container()
-            return self._read()
+            return self._end_of_pass()
         # pts -> ns once, here at the edge; a frame without pts follows the previous one by one period.
         if frame.pts is not None:
             pts_ns = round(frame.pts * (frame.time_base or self.time_base) * 1_000_000_000)
         else:
             pts_ns = 0 if self._last_pts_ns is None else self._last_pts_ns + self._period_ns
-        if self._t_offset_ns is None:
-            self._t_offset_ns = time.time_ns() - pts_ns if self.live else 0
-        if self._first_pts_ns is None:
-            self._first_pts_ns = pts_ns
-        self._last_pts_ns = pts_ns
+        t_ns = self._stamp(pts_ns)
+        if self._first_t_ns is None:
+            self._first_t_ns = t_ns
+        self._last_pts_ns, self._last_t_ns = pts_ns, t_ns
         self._decoded += 1
-        t_ns = pts_ns + self._t_offset_ns
         image = frame.to_ndarray(format="gray" if self._is_ir or frame.format.name.startswith("gray") else "bgr24")
-        self._pace(t_ns)
+        if not self.live:
+            self._pace(t_ns)
         return self._frame(t_ns, self._convert(image))
 
+    def _stamp(self, pts_ns: int) -> int:
+        """The capture time of the frame with this pts; reports a timestamp discontinuity or the first repeat."""
+        if self.live:
+            t_ns = self._times.stamp(pts_ns, time.time_ns())
+            if self._times.restarted:
+                self.warn(f"{self.section}: {self.cfg.path}: timestamps went back {self._where()} (the sender "
+                          f"restarted?); times follow the wall clock again")
+            return t_ns
+        t_ns = self._times.stamp(pts_ns)
+        fix, step_s = self._times.fix, self._times.step_ns / 1e9
+        self._pass_jumps += fix == "rebased"
+        if self._looped or (fix == "nudged" and self._repeated):
+            return t_ns  # said once: a loop's next passes meet the same timestamps again
+        if fix == "rebased":
+            self.warn(f"{self.section}: {self.cfg.path}: timestamps jump {'back' if step_s < 0 else 'ahead'} "
+                      f"{abs(step_s):.3f} s {self._where()}; times go on one frame after the previous frame")
+        elif fix == "nudged":
+            self._repeated = True
+            self.warn(f"{self.section}: {self.cfg.path}: a timestamp repeats {self._where()}; such frames are "
+                      f"placed 1 ns after the previous one")
+        return t_ns
+
+    def _end_of_pass(self) -> Frame | None:
+        """The stream ended: a truncated file is an error; else None, or a new pass when looping."""
+        if 0 < self._decoded < self._expected:
+            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
+                              f"{self._where()}; the container announces {self._expected} frames")
+        # After a discontinuity the last pts says nothing about where the file ends.
+        if self._decoded and self._end_ns is not None and not self._pass_jumps \
+                and self._last_pts_ns + 2 * self._period_ns < self._end_ns:
+            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
+                              f"{self._where()}; the container announces {self._end_ns / 1e9:.3f} s")
+        if not self.cfg.loop or self._decoded == 0:
+            return None
+        # Loop: the next pass starts one frame period after this one ended, so times keep increasing.
+        self._times.new_pass()
+        self._looped = True
+        self._first_t_ns = self._last_t_ns = self._last_pts_ns = None
+        self._stack.close()
+        self._open_container()
+        return self._read()
+
     def _where(self) -> str:
-        if self._last_pts_ns is None:
+        if self._last_t_ns is None:
             return "before the first frame"
-        return f"after frame {self._decoded} (t={(self._last_pts_ns - self._first_pts_ns) / 1e9:.3f} s)"
+        return f"after frame {self._decoded} (t={(self._last_t_ns - self._first_t_ns) / 1e9:.3f} s)"
 
     def _close(self) -> None:
         self._stack.close()
@@ -218,12 +288,25 @@ class FolderSource(BaseSource):
         if index >= len(self._files) and not self.cfg.loop:
             return None
         path = self._files[index % len(self._files)]
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        with _opencv_quiet():
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
-            raise SourceError(f"{self.section}: cannot read image {path}")
+            why = "not a readable image" if path.is_file() else "the file is gone"
+            raise SourceError(f"{self.section}: cannot read image {path}: {why}")
         t_ns = round(index * 1e9 / self.cfg.fps)
         self._pace(t_ns)
         return self._frame(t_ns, self._convert(image))
+
+
+@contextlib.contextmanager
+def _opencv_quiet() -> Iterator[None]:
+    """OpenCV's own warning lines off: we raise one clear line instead."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
 
 
 def _one_line(exc: BaseException) -> str:

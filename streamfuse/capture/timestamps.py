@@ -1,0 +1,107 @@
+"""Capture times of decoded video frames: a file's pts kept strictly increasing, a live stream's pts put on this
+machine's epoch clock. Both take pts already converted once to ns (``pts * time_base``) and return ``t_capture_ns``.
+
+Files (:class:`FileClock`): ``t = pts + offset``. A discontinuity (pts back by more than one frame period, as in
+concatenated MPEG-TS recordings or a camera that restarted, or forward by more than :data:`JUMP_NS`, FFmpeg's
+``dts_delta_threshold``) moves the offset so that the frame comes one period after the previous one; a frame whose pts
+repeats or goes back by less than a period is placed 1 ns after the previous one, and the frames after it keep their
+own times. Either way times stay strictly increasing, so pairing and realtime pacing never see time run backwards.
+
+Live streams (:class:`StreamClock`): ``t = pts + offset``, where the offset is the smallest ``arrival - pts`` over the
+last :data:`WINDOW_NS` of frames. A stamp is therefore never later than its frame's arrival: frames FFmpeg buffered
+while it probed the stream (seconds of them, delivered at once) do not push every later time into the future, and a
+sender whose clock runs slower or faster than ours is followed within the window instead of drifting away from the
+wall clock. Within the window the sender's frame spacing is kept; pts that go backwards (a sender restart) start the
+window again, and a repeated pts is placed 1 ns after the previous frame.
+
+>>> clock = FileClock(period_ns=40)
+>>> [clock.stamp(p) for p in (0, 40, 80, 80, 10, 50)]  # a repeat, then back by more than a period
+[0, 40, 80, 81, 121, 161]
+>>> live = StreamClock()
+>>> [live.stamp(pts, arrival) for pts, arrival in ((0, 1000), (40, 1001), (80, 1050))]  # the first two came at once
+[1000, 1001, 1041]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["FileClock", "StreamClock", "JUMP_NS", "WINDOW_NS"]
+
+JUMP_NS = 10 * 10**9  # a forward pts step beyond this is a discontinuity, not a gap (FFmpeg's dts_delta_threshold)
+WINDOW_NS = 2 * 10**9  # a live stream's offset is the smallest arrival - pts over this much recent arrival time
+
+
+class FileClock:
+    """A video file's times: pts plus an offset that absorbs discontinuities (see the module docstring).
+
+    After each :meth:`stamp`, ``fix`` says what was corrected (``""``, ``"rebased"``: a discontinuity, ``"nudged"``:
+    a repeated pts) and ``step_ns`` is the raw pts step from the previous frame.
+
+    Args:
+        period_ns: the video's frame interval, ns: the step after a discontinuity or a new loop pass.
+    """
+
+    def __init__(self, period_ns: int) -> None:
+        self.period_ns = period_ns
+        self.fix, self.step_ns = "", 0
+        self._offset_ns = 0
+        self._last_pts_ns: int | None = None
+        self._last_t_ns: int | None = None
+        self._new_pass = False
+
+    def new_pass(self) -> None:
+        """A loop starts the video again: its next frame comes one period after the last one (not a discontinuity)."""
+        self._new_pass = True
+
+    def stamp(self, pts_ns: int) -> int:
+        """The capture time of the frame with this pts, ns."""
+        last_pts, last_t = self._last_pts_ns, self._last_t_ns
+        self.step_ns = 0 if last_pts is None else pts_ns - last_pts
+        self.fix, self._last_pts_ns = "", pts_ns
+        if last_t is not None and (self._new_pass or self.step_ns < -self.period_ns or self.step_ns > JUMP_NS):
+            self._offset_ns = last_t + self.period_ns - pts_ns
+            self.fix = "" if self._new_pass else "rebased"
+            self._new_pass = False
+        elif last_t is not None and pts_ns + self._offset_ns <= last_t:
+            self.fix = "nudged"  # just after the previous frame; the frames after it keep their own times
+            self._last_t_ns = last_t + 1
+            return self._last_t_ns
+        self._last_t_ns = pts_ns + self._offset_ns
+        return self._last_t_ns
+
+
+class StreamClock:
+    """A live stream's times on the epoch clock (see the module docstring).
+
+    After each :meth:`stamp`, ``restarted`` is True when pts went backwards (the window started again).
+
+    Args:
+        window_ns: how far back (in arrival time) the smallest ``arrival - pts`` is taken from, ns.
+    """
+
+    def __init__(self, window_ns: int = WINDOW_NS) -> None:
+        self.window_ns = window_ns
+        self.restarted = False
+        self._candidates: deque[tuple[int, int]] = deque()  # (arrival_ns, arrival - pts), offsets increasing
+        self._last_pts_ns: int | None = None
+        self._last_t_ns: int | None = None
+
+    def stamp(self, pts_ns: int, arrival_ns: int) -> int:
+        """The capture time (epoch ns) of the frame with this pts, decoded at ``arrival_ns`` (epoch ns)."""
+        self.restarted = self._last_pts_ns is not None and pts_ns < self._last_pts_ns
+        if self.restarted:
+            self._candidates.clear()
+        self._last_pts_ns = pts_ns
+        offset = arrival_ns - pts_ns
+        # Sliding-window minimum: a candidate not smaller than a newer one can never be the minimum again.
+        while self._candidates and self._candidates[-1][1] >= offset:
+            self._candidates.pop()
+        self._candidates.append((arrival_ns, offset))
+        while self._candidates[0][0] < arrival_ns - self.window_ns:
+            self._candidates.popleft()
+        t = pts_ns + self._candidates[0][1]
+        if self._last_t_ns is not None and t <= self._last_t_ns:
+            t = self._last_t_ns + 1  # a repeated pts, or a restart below the previous stamp: keep times increasing
+        self._last_t_ns = t
+        return t

@@ -1,0 +1,87 @@
+"""Capture times from pts: a file's stay strictly increasing across discontinuities and repeats, a live stream's
+stay on the wall clock (never after arrival, no drift) while keeping the sender's spacing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamfuse.capture.timestamps import JUMP_NS, FileClock, StreamClock
+
+MS = 1_000_000
+
+
+def test_file_clock_keeps_pts_and_shifts_out_discontinuities_one_period_after_the_previous_frame() -> None:
+    clock = FileClock(period_ns=40 * MS)
+    pts = [p * MS for p in (0, 40, 80, 120, 40, 80, 80, 120)]
+    pts += [pts[-1] + JUMP_NS + MS, pts[-1] + JUMP_NS + 41 * MS]  # more than 10 s ahead
+    t, fixes = [], []
+    for p in pts:
+        t.append(clock.stamp(p))
+        fixes.append(clock.fix)
+    assert t[:4] == [0, 40 * MS, 80 * MS, 120 * MS] and fixes[:4] == [""] * 4  # normal frames keep their pts
+    assert t[4] == 160 * MS and fixes[4] == "rebased"  # back 80 ms: one period after the previous frame
+    assert t[6] == t[5] + 1 and fixes[6] == "nudged"  # a repeated pts: just after the previous frame...
+    assert t[7] == t[5] + 40 * MS  # ...and the frames after it keep their own spacing
+    assert t[8] == t[7] + 40 * MS and fixes[8] == "rebased"  # a discontinuity, not a gap
+    assert t[9] == t[8] + 40 * MS and fixes[9] == ""
+    assert all(b > a for a, b in zip(t, t[1:]))
+
+
+def test_file_clock_new_pass_continues_one_period_after_the_last_frame_without_a_report() -> None:
+    clock = FileClock(period_ns=40 * MS)
+    first = [clock.stamp(p * MS) for p in (0, 40, 80)]
+    clock.new_pass()
+    second = [clock.stamp(p * MS) for p in (0, 40)]
+    assert first + second == [i * 40 * MS for i in range(5)]
+    assert clock.fix == ""
+
+
+def test_file_clock_keeps_an_honest_gap_below_the_jump_threshold() -> None:
+    clock = FileClock(period_ns=40 * MS)
+    assert [clock.stamp(p) for p in (0, 40 * MS, 3_000 * MS)] == [0, 40 * MS, 3_000 * MS]  # 3 s of lost frames
+
+
+def _arrivals(n: int, sender_step_ns: int, pts_step_ns: int, jitter_ms: float, seed: int = 0) -> list[tuple[int, int]]:
+    """(pts, arrival) of n frames sent every ``sender_step_ns`` but stamped ``pts_step_ns`` apart, with network delay
+    50 ms + up to ``jitter_ms``."""
+    rng = np.random.default_rng(seed)
+    t0 = 1_700_000_000 * 10**9
+    return [(i * pts_step_ns, t0 + i * sender_step_ns + 50 * MS + int(rng.uniform(0, jitter_ms) * MS))
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("sender_step_ms", [40.0, 42.0, 38.0])  # true rate, a sender clock slow, fast by 5%
+def test_stream_clock_stays_on_the_wall_clock_and_never_stamps_after_arrival(sender_step_ms: float) -> None:
+    clock = StreamClock()
+    frames = _arrivals(1500, round(sender_step_ms * MS), 40 * MS, jitter_ms=5.0)  # a minute of a 25 fps stream
+    t = [clock.stamp(pts, arrival) for pts, arrival in frames]
+    lag_ms = [(arrival - ti) / MS for (_, arrival), ti in zip(frames, t)]
+    assert min(lag_ms) >= 0  # never later than the frame's arrival
+    # Bounded by the jitter plus the drift over one 2 s window (5% of 2 s = 100 ms), the same at the end as early on:
+    # pts alone would be 3 s off after a minute at 5% drift.
+    assert max(lag_ms[50:]) < 5 + 110
+    assert all(b > a for a, b in zip(t, t[1:]))
+
+
+def test_stream_clock_keeps_the_sender_spacing_while_delays_only_jitter() -> None:
+    clock = StreamClock()
+    frames = _arrivals(200, 40 * MS, 40 * MS, jitter_ms=5.0)
+    t = [clock.stamp(pts, arrival) for pts, arrival in frames]
+    steps = np.diff(t[100:]) / MS
+    # The window's smallest delay changes only when a faster frame comes: most steps are exactly the pts step.
+    assert np.mean(steps == 40.0) > 0.8 and np.all(np.abs(steps - 40.0) < 6.0)
+
+
+def test_stream_clock_catches_up_after_a_buffered_start_and_restarts_when_pts_go_back() -> None:
+    clock = StreamClock()
+    t0 = 1_700_000_000 * 10**9
+    # FFmpeg hands over 2 s of buffered frames at once, then frames come in real time.
+    burst = [(i * 40 * MS, t0 + i * MS) for i in range(50)]
+    live = [((50 + i) * 40 * MS, t0 + 50 * MS + (i + 1) * 40 * MS) for i in range(20)]
+    t = [clock.stamp(p, a) for p, a in burst + live]
+    assert all(ti <= a for ti, (_, a) in zip(t, burst + live))
+    assert 0 <= live[-1][1] - t[-1] <= MS  # in step with the wall clock once the backlog is gone
+    back = clock.stamp(0, live[-1][1] + 40 * MS)  # the sender restarted its pts
+    assert clock.restarted and back == live[-1][1] + 40 * MS
+    assert clock.stamp(0, live[-1][1] + 41 * MS) == back + 1 and not clock.restarted  # a repeat: just after

@@ -1,0 +1,282 @@
+"""PyAV sources as a live rig uses them: a network stream is never paced and never stamped in the future or adrift,
+hands over every frame as soon as it decodes, survives an undecodable packet and names its timeouts; a file whose
+timestamps jump or repeat keeps its times increasing and says so in one line (through the producer to the log), and
+one paced across a gap in its timestamps is not taken for a hung source; a folder image that vanished is one line
+without OpenCV's own warnings."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+import streamfuse.capture.video_sources as video_sources
+from streamfuse.capture.producer import ProducerEvent, start_producers
+from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError, open_source
+from streamfuse.frames import Frame
+
+pytestmark = pytest.mark.timeout(90)
+MS = 1_000_000
+
+
+def write_ffv1(path: Path, n: int, fps: int = 25, gap_after: int | None = None, gap_frames: int = 0) -> None:
+    """n lossless 64x48 frames at ``fps``, pts = i / fps; ``gap_frames`` missing after frame ``gap_after``."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 256, np.uint8), format="bgr24")
+            frame.pts = i + (gap_frames if gap_after is not None and i > gap_after else 0)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def ts_segment(first_pts_s: float, n: int, fps: int = 25) -> bytes:
+    """An MPEG-TS recording of n frames whose pts start at ``first_pts_s``: concatenated segments are what a camera
+    restart or ``cat a.ts b.ts`` leaves, timestamps jumping."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), format="bgr24")
+            frame.pts = round(first_pts_s * fps) + i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def read_all(src) -> list[Frame]:
+    frames = []
+    with src:
+        while (frame := src.read()) is not None:
+            frames.append(frame)
+    return frames
+
+
+# -- live streams ------------------------------------------------------------------------------------------------
+
+
+def test_live_stream_is_never_paced_so_buffered_frames_do_not_become_a_constant_delay(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    path = tmp_path / "clip.mkv"
+    write_ffv1(path, 10)
+    asked = []
+    monkeypatch.setattr(BaseSource, "_sleep", lambda self, seconds: asked.append(seconds))
+    frames = read_all(open_source("vis", SourceConfig(kind="stream", path=str(path), realtime=True)))
+    assert len(frames) == 10
+    assert max(asked, default=0.0) <= 0.0  # FFmpeg's probing backlog comes out at once, the ring keeps the newest
+
+
+def test_live_stream_times_are_on_the_wall_clock_never_after_arrival_and_increasing(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mkv"
+    write_ffv1(path, 10)
+    src = open_source("vis", SourceConfig(kind="stream", path=str(path), realtime=False))
+    before, stamps = time.time_ns(), []
+    with src:
+        while (frame := src.read()) is not None:
+            stamps.append((frame.t_capture_ns, time.time_ns()))
+    assert len(stamps) == 10
+    assert all(before <= t <= arrived for t, arrived in stamps)  # a burst is not stamped into the future
+    assert all(b[0] > a[0] for a, b in zip(stamps, stamps[1:]))
+
+
+def test_live_stream_whose_sender_clock_is_slow_does_not_drift_from_the_wall_clock(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    path = tmp_path / "clip.mkv"
+    write_ffv1(path, 250)  # pts 40 ms apart ...
+    wall = iter(range(1_700_000_000 * 10**9, 1_800_000_000 * 10**9, 42 * MS))  # ... frames arrive every 42 ms
+    monkeypatch.setattr(video_sources, "time", types.SimpleNamespace(time_ns=lambda: next(wall),
+                                                                     monotonic=time.monotonic))
+    frames = read_all(open_source("vis", SourceConfig(kind="stream", path=str(path), realtime=False)))
+    arrivals = range(1_700_000_000 * 10**9, 1_800_000_000 * 10**9, 42 * MS)
+    lag_ms = [(arrived - f.t_capture_ns) / MS for f, arrived in zip(frames, arrivals)]
+    assert len(frames) == 250
+    assert max(lag_ms) < 150  # the drift over one 2 s window; pts from the first frame on would lag 500 ms by now
+
+
+_H264_SERVER = """
+import socket, sys
+import av
+import numpy as np
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()
+with conn.makefile("wb", buffering=0) as sink, av.open(sink, "w", format="mpegts") as out:
+    stream = out.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    stream.options = {"tune": "zerolatency", "preset": "ultrafast"}
+    for i in range(int(sys.argv[1])):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 6 * i, np.uint8), format="bgr24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    sink.flush()
+    sys.stdin.readline()  # the camera goes quiet, the connection stays up
+"""
+
+
+@pytest.mark.timeout(15)  # a frame held back waits for the read timeout: a hang, not a late frame
+def test_live_stream_hands_over_every_frame_sent_without_waiting_for_later_ones(monkeypatch) -> None:
+    monkeypatch.setattr(video_sources.AvSource, "_READ_TIMEOUT_S", 20.0)
+    sent = 40
+    server = subprocess.Popen([sys.executable, "-c", _H264_SERVER, str(sent)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        src = open_source("vis", SourceConfig(kind="stream", path=f"tcp://127.0.0.1:{port}"))
+        with src:
+            # MPEG-TS and the H.264 parser hold the last two frames until the next packet starts; frame-threaded
+            # decoding would hold one more per extra thread (here until the read timeout: the camera went quiet).
+            frames = [src.read() for _ in range(sent - 2)]
+    finally:
+        server.communicate("\n", timeout=30)
+    assert [f.seq for f in frames] == list(range(sent - 2))
+
+
+def mjpeg_with_broken_frames(path: Path, n: int, broken: range) -> None:
+    """An MJPEG stream (IP cameras serve it over HTTP) whose frames ``broken`` have a corrupt header (height 0)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mjpeg") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        for i in range(n):
+            image = np.full((48, 64, 3), 4 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuvj420p")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+    data = bytearray(buf.getvalue())
+    sofs = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xc0"]  # start of frame markers,
+    for sof in (sofs[i] for i in broken):
+        data[sof + 5:sof + 7] = b"\x00\x00"  # each followed by length (2 bytes), precision (1), height (2): 0
+    path.write_bytes(bytes(data))
+
+
+def test_live_stream_skips_an_undecodable_packet_reports_it_and_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "camera.mjpeg"
+    mjpeg_with_broken_frames(path, 30, broken=range(15, 16))
+    src = open_source("vis", SourceConfig(kind="stream", path=str(path)))
+    lines: list[str] = []
+    src.warn = lines.append
+    frames = read_all(src)
+    assert len(frames) == 29  # every frame but the broken one, without reconnecting
+    assert len(lines) == 1 and "skipped 1 undecodable packet" in lines[0] and str(path) in lines[0]
+    with pytest.raises(SourceError, match="decoding stopped after frame 15"):  # a file: corrupt, said once
+        read_all(open_source("vis", SourceConfig(kind="file", path=str(path))))
+    mjpeg_with_broken_frames(path, 60, broken=range(60))  # not one decodable frame: an error, not skipped for ever
+    with pytest.raises(SourceError, match="decoding stopped before the first frame: .*Invalid data"):
+        read_all(open_source("vis", SourceConfig(kind="stream", path=str(path))))
+
+
+def test_stream_that_never_sends_names_the_open_timeout(monkeypatch) -> None:
+    monkeypatch.setattr(video_sources.AvSource, "_OPEN_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:  # accepts connections (backlog) and never sends a byte
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(SourceError) as info:
+            open_source("ir", SourceConfig(kind="stream", path=url)).open()
+    assert str(info.value) == f"ir: cannot open {url}: no stream data within 0.5 s (open timeout)"
+
+
+# -- files whose timestamps jump or repeat -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case, second_start_s, step_ns", [
+    ("back", 7.0, 40 * MS),  # concatenated recordings: back 3.96 s, shifted to one frame after the last
+    ("ahead", 3611.0, 40 * MS),  # an hour ahead: a discontinuity, not an hour of pacing
+    ("repeat", 10.96, 1),  # the second segment starts on the first one's last pts: 1 ns after it
+])
+def test_file_whose_timestamps_jump_or_repeat_keeps_times_increasing_and_says_so(
+        tmp_path: Path, monkeypatch, case: str, second_start_s: float, step_ns: int) -> None:
+    path = tmp_path / f"{case}.ts"
+    path.write_bytes(ts_segment(10.0, 25) + ts_segment(second_start_s, 25))
+    asked = []
+    monkeypatch.setattr(BaseSource, "_sleep", lambda self, seconds: asked.append(seconds))
+    src = open_source("ir", SourceConfig(kind="file", path=str(path), realtime=True))
+    lines: list[str] = []
+    src.warn = lines.append
+    t = [f.t_capture_ns for f in read_all(src)]
+    assert len(t) == 50  # every frame, no "truncated" error at the end
+    assert all(b > a for a, b in zip(t, t[1:]))
+    assert t[24] - t[0] == 24 * 40 * MS and t[25] - t[24] == step_ns  # each segment keeps its own spacing
+    assert t[-1] - t[26] == 23 * 40 * MS
+    assert max(asked) <= 2.0  # (sleeps asked for, not taken, add up) paced by the frames' spacing, not the jump
+    word = {"back": "jump back", "ahead": "jump ahead", "repeat": "repeats"}[case]
+    assert len(lines) == 1 and word in lines[0] and "after frame 25" in lines[0] and str(path) in lines[0]
+
+
+def test_a_timestamp_jump_in_a_live_file_is_one_line_in_the_log_and_the_frames_go_on(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="streamfuse.capture.producer")
+    path = tmp_path / "ir.ts"
+    path.write_bytes(ts_segment(10.0, 25) + ts_segment(7.0, 25))
+    ir = SourceConfig(kind="file", path=str(path), realtime=False, restart=False)
+    vis = SourceConfig(kind="synthetic", width=64, height=48, realtime=False, restart=False)
+    ir_frames, events = [], []
+    with start_producers(ir, vis) as prod:
+        deadline = time.monotonic() + 60
+        while not any(e.stream == "ir" for e in events):
+            assert time.monotonic() < deadline, f"timed out with {len(ir_frames)} IR frames, events {events}"
+            item = prod.get(timeout=0.5)
+            if isinstance(item, ProducerEvent):
+                events.append(item)
+            elif isinstance(item, Frame) and item.stream == "ir":
+                ir_frames.append(item)
+    assert [e.kind for e in events if e.stream == "ir"] == ["eos"]
+    assert len(ir_frames) + prod.stats()["ir"]["dropped"] == 50
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "timestamps jump back 3.960 s after frame 25" in warnings[0]
+
+
+def test_a_recording_paced_across_a_gap_in_its_timestamps_is_not_taken_for_a_hung_source(tmp_path: Path) -> None:
+    path = tmp_path / "ir.mkv"
+    write_ffv1(path, 20, gap_after=9, gap_frames=40)  # the camera lost 1.6 s of frames; stalls count after 0.4 s
+    ir = SourceConfig(kind="file", path=str(path), restart=False, stall_factor=10)
+    vis = SourceConfig(kind="synthetic", width=64, height=48)
+    ir_frames, events = [], []
+    with start_producers(ir, vis) as prod:
+        deadline = time.monotonic() + 60
+        while not any(e.stream == "ir" for e in events):
+            assert time.monotonic() < deadline, f"timed out with {len(ir_frames)} IR frames, events {events}"
+            item = prod.get(timeout=0.5)
+            if isinstance(item, ProducerEvent):
+                events.append(item)
+            elif isinstance(item, Frame) and item.stream == "ir":
+                ir_frames.append(item)
+        stalls = prod.stats()["ir"]["stalls"]
+    assert [(e.kind, e.message) for e in events if e.stream == "ir"] == [("eos", f"ir: end of stream (file {path})")]
+    assert stalls == 0 and [f.seq for f in ir_frames] == list(range(20))
+    assert ir_frames[10].t_capture_ns - ir_frames[9].t_capture_ns == 41 * 40 * MS  # the gap kept, not shifted out
+
+
+# -- folders -----------------------------------------------------------------------------------------------------
+
+
+def test_folder_image_that_vanished_is_one_line_without_opencv_warnings(tmp_path: Path, capfd) -> None:
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"frame_{i}.png"), np.full((8, 8), i, np.uint8))
+    src = open_source("ir", SourceConfig(kind="folder", path=str(tmp_path), realtime=False))
+    with src:
+        src.read()
+        (tmp_path / "frame_1.png").unlink()
+        with pytest.raises(SourceError) as info:
+            src.read()
+    assert str(info.value) == f"ir: cannot read image {tmp_path / 'frame_1.png'}: the file is gone"
+    assert capfd.readouterr().err == ""
