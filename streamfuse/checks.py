@@ -106,7 +106,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ValueError(f"{key}={value!r} has the wrong type; expected {_describe(tp)}")
+    # YAML reads a bare 0 (a camera index) as a number: say how to write it as text
+    quote = f' (quote it: "{value}")' if tp is str and isinstance(value, (int, float)) else ""
+    raise ValueError(f"{key}={value!r} has the wrong type; expected {_describe(tp)}{quote}")
 
 
 def parse_section(cls: type, data: dict[str, Any], prefix: str) -> Any:

@@ -36,6 +36,7 @@ def _write(tmp_path, text):
         ("engine:\n  device: gpu\n", "engine: device='gpu' is out of range"),
         ("baseline:\n  contrast: 0\n", "baseline: contrast=0.0 is out of range"),
         ("sync:\n  mode: nearest\n", "sync.mode='nearest' has the wrong type; expected 'slop' | 'latest'"),
+        ("ir:\n  kind: camera\n  path: 0\n", 'ir.path=0 has the wrong type; expected str (quote it: "0")'),
         ("fuse: 3\n", "fuse=3 must be a mapping"),
         ("fuse: [\n", "not valid YAML"),
     ],
