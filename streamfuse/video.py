@@ -18,12 +18,13 @@ import numpy as np
 
 from streamfuse.atomic_write import WriterThread, io_reason, partial_path
 
-__all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames"]
+__all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "announced_end_s"]
 
 log = logging.getLogger(__name__)
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".nut": "nut", ".avi": "avi"}
 _H264_ENCODERS = ("libx264", "libopenh264", "mpeg4")
+_DURATION_IS_END = {"matroska", "webm", "nut"}  # FFmpeg demuxers whose duration is their timeline's end
 
 
 def work_paths(path: str | os.PathLike) -> list[Path]:
@@ -238,3 +239,20 @@ def decode_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, np.ndarra
     except (OSError, av.FFmpegError, IndexError) as exc:
         log.info("stopped reading %s: %s", path, io_reason(exc))
 
+
+
+def announced_end_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """Where the container says the video ``stream`` ends, s on its pts clock (None when it does not say), to notice
+    a silently truncated file.
+
+    A stream's own duration is a span from its start. A container's is too, except that Matroska/WebM and NUT give
+    the end of their timeline, counted from 0: start + duration would put the end of a video that starts late (its
+    first pts at 10 s, say) that much too late and make it look truncated. The container's is used only when the
+    video is all it holds: audio often runs longer than the video.
+    """
+    if stream.duration:
+        return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+    if not container.duration or len(container.streams) > 1:
+        return None
+    start = 0 if _DURATION_IS_END & set(container.format.name.split(",")) else container.start_time or 0
+    return (start + container.duration) / 1e6

@@ -121,6 +121,8 @@ class AvSource(BaseSource):
     def _open_container(self) -> None:
         import av
 
+        from streamfuse.video import announced_end_s  # PyAV's import is paid only by video sources
+
         path = self.cfg.path
         if not path:
             raise SourceError(f"{self.section}: no path given for a {self.cfg.kind} source")
@@ -150,14 +152,8 @@ class AvSource(BaseSource):
         self._period_ns = round(1e9 / float(rate)) if rate else round(1e9 / self.cfg.fps)
         self._expected = stream.frames  # 0 when the container does not say (e.g. Matroska)
         # The video's announced end, to notice a silently truncated file (Matroska decodes what is left and stops).
-        # Only the video stream's own duration, or the container's when video is all it holds: audio often
-        # runs longer than the video.
-        if stream.duration is not None:
-            self._end_ns = round(((stream.start_time or 0) + stream.duration) * self.time_base * 1_000_000_000)
-        elif container.duration and len(container.streams) == 1:
-            self._end_ns = ((container.start_time or 0) + container.duration) * 1000  # AV_TIME_BASE is us
-        else:
-            self._end_ns = None
+        end_s = announced_end_s(container, stream)
+        self._end_ns = None if end_s is None else round(end_s * 1e9)
         self._decoded = self._pass_jumps = 0  # frames and timestamp discontinuities in this pass
         self._frames = self._decode(container, stream)
 

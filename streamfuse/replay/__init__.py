@@ -12,7 +12,7 @@ objects. The loop is written in data-flow order: decode -> pair -> fuse -> postp
   the first visible frame, whose capture time is stored in the ``streamfuse_t0_ns`` tag).
 - Frames of one input outside the other input's time span (it started later or ended earlier) cannot pair: they
   are counted unpaired without going through the Pairer (whose bounded queue would count them dropped), and the
-  summary says which input ended first.
+  summary says which input ended first; inputs that form no pair at all fail with both time ranges.
 - The video is written as ``.OUT.partial`` (NUT: readable after a kill) and remuxed into the final name only when
   every frame is in; a run that stops early (error, truncated input, Ctrl-C, SIGTERM) keeps the partial file and
   a ``.OUT.partial.json`` sidecar and raises :class:`ReplayError`; one killed outright keeps them too.

@@ -24,9 +24,10 @@ from streamfuse.atomic_write import io_reason
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceError
 from streamfuse.frames import Frame
+from streamfuse.video import announced_end_s
 
 __all__ = ["Input", "Reader", "RecordedOrder", "input_kind", "input_path", "resolve", "merged", "outside",
-           "truncation", "find_pairs"]
+           "no_pairs", "truncation", "find_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,13 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
             if not container.streams.video:
                 raise ValueError(f"{stream} input {path} has no video stream")
             st = container.streams.video[0]
-            end = None
-            if st.duration:
-                end = float(((st.start_time or 0) + st.duration) * st.time_base)
-            elif container.duration:
-                end = ((container.start_time or 0) + container.duration) / 1e6
             return Input(stream, cfg, Fraction(st.time_base), Fraction(st.average_rate or rate), st.frames or None,
-                          end)
+                         announced_end_s(container, st))
     except (OSError, av.FFmpegError) as exc:
         raise ValueError(f"{stream} input {path} is not a video PyAV can read ({io_reason(exc)})") from None
+    except UnicodeDecodeError:  # PyAV decodes the container's tags as UTF-8 when it opens the file
+        raise ValueError(f"{stream} input {path} is not a video PyAV can read (its metadata is not UTF-8 "
+                         f"text)") from None
 
 
 class Reader:
@@ -104,15 +103,16 @@ class Reader:
     Args:
         name: ``ir``, ``vis`` or ``recording``.
         source: a capture Source (opened).
+        path: the input's path, for messages.
         wait_ns: gets the time :meth:`next` waited for each frame (the loop's "decode" stage).
         busy_ns: gets the thread's own time per frame ("decode_thread").
         depth: frames decoded ahead.
         threaded: decode on the worker thread; false decodes each frame in :meth:`next` (no overlap, one core).
     """
 
-    def __init__(self, name: str, source: Any, wait_ns: list[int], busy_ns: list[int], depth: int = 4, *,
+    def __init__(self, name: str, source: Any, path: str, wait_ns: list[int], busy_ns: list[int], depth: int = 4, *,
                  threaded: bool = True):
-        self.name, self.source, self.wait_ns, self.busy_ns = name, source, wait_ns, busy_ns
+        self.name, self.source, self.path, self.wait_ns, self.busy_ns = name, source, path, wait_ns, busy_ns
         self.error = ""
         self.first_ns: int | None = None  # capture time of the first and the last frame taken, ns
         self.last_ns: int | None = None
@@ -148,6 +148,8 @@ class Reader:
             handled = True
         except SourceError as exc:
             self.error, handled = str(exc), True
+        except av.FFmpegError as exc:  # one the source did not word (a frame's conversion, say): still one line
+            self.error, handled = f"{self.name}: {self.path}: decoding failed: {io_reason(exc)}", True
         finally:
             if not handled:  # an unexpected exception: threading logs its traceback
                 self.error = f"the {self.name} decoder failed (see the log)"
@@ -219,6 +221,26 @@ def outside(t_ns: int, other: Reader, tolerance_ns: int) -> str:
     return ""
 
 
+def no_pairs(inputs: tuple[Input, Input], first_t: dict[str, int], last_t: dict[str, int], sync: Any) -> str:
+    """Why inputs that both have frames formed no pair: their time ranges and how they overlap.
+
+    Args:
+        inputs: the IR and visible inputs.
+        first_t, last_t: capture time of each stream's first and last frame, ns.
+        sync: the SyncConfig (its pairing tolerance).
+    """
+    # files: their own pts times; folders and recordings: from the earlier input's first frame
+    origin = 0 if all(inp.cfg.kind == "file" for inp in inputs) else min(first_t.values())
+    span = {k: f"{(first_t[k] - origin) / 1e9:.3f}-{(last_t[k] - origin) / 1e9:.3f} s" for k in ("ir", "vis")}
+    tolerance = f"sync.hold_ms = {sync.hold_ms:g}" if sync.mode == "latest" else f"sync.slop_ms = {sync.slop_ms:g}"
+    ranges = f"IR {span['ir']}, visible {span['vis']}"
+    overlap_s = (min(last_t.values()) - max(first_t.values())) / 1e9
+    if overlap_s < 0:
+        return f"no pairs formed: the IR and visible times do not overlap ({ranges})"
+    return (f"no pairs formed: the IR and visible times overlap for {overlap_s:.3f} s ({ranges}) but no IR and "
+            f"visible frames there are within {tolerance} ms of each other")
+
+
 def truncation(inputs: tuple[Input, Input], frames: dict[str, int], last_t: dict[str, int]) -> str:
     """Why a video input that ended without error is shorter than its container says, or ''.
 
@@ -246,13 +268,18 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
         if not (src / "ir").is_dir() or vis_dir is None:
             raise ValueError(f"{src} must hold ir/ and vi/ (or vis/) subfolders of same-named videos")
         exts = _VIDEO_EXTS | {".mcap"}
-        pairs = [(p, vis_dir / p.name) for p in sorted((src / "ir").iterdir()) if p.suffix.lower() in exts]
+        ir_files = sorted((src / "ir").iterdir())
+        pairs = [(p, vis_dir / p.name) for p in ir_files if p.suffix.lower() in exts]
         # a missing visible video fails its pair alone when it runs, as in a list file; a visible video without an
-        # IR one is not a pair at all, so say so here
+        # IR one, or an IR file that is no video by its name, is not a pair at all, so say so here
         ir_names = {p.name for p, _ in pairs}
         alone = sorted(p.name for p in vis_dir.iterdir() if p.suffix.lower() in exts and p.name not in ir_names)
         if alone:
             log.warning("%s: no IR video of the same name for %s; not replayed", vis_dir, ", ".join(alone))
+        unknown = [p.name for p in ir_files if p.name not in ir_names]
+        if unknown:
+            log.warning("%s: %d %s without a video or recording extension (first: %s); not replayed", src / "ir",
+                        len(unknown), "entry" if len(unknown) == 1 else "entries", unknown[0])
         return pairs
     if not src.is_file():
         raise FileNotFoundError(f"pair list not found: {src}")

@@ -18,18 +18,19 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
 
+import av
 import cv2
 import numpy as np
 
-from streamfuse.atomic_write import partial_path
+from streamfuse.atomic_write import io_reason, partial_path
 from streamfuse.capture.sources import open_source
 from streamfuse.frames import Frame, FramePair, FusedFrame
-from streamfuse.replay.inputs import (Input, Reader, RecordedOrder, input_kind, input_path, merged, outside, resolve,
-                                      truncation)
-from streamfuse.replay.outputs import check_output_folder, check_output_paths
+from streamfuse.replay.inputs import (Input, Reader, RecordedOrder, input_kind, input_path, merged, no_pairs, outside,
+                                      resolve, truncation)
+from streamfuse.replay.outputs import check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path
 from streamfuse.replay.summary import NAMES, OTHER, ReplayError, ReplaySummary, StageClock
-from streamfuse.video import VideoWriter
+from streamfuse.video import VideoWriter, work_paths
 
 __all__ = ["run_replay"]
 
@@ -82,15 +83,17 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
         The summary (also logged as one block).
 
     Raises:
-        FileNotFoundError, ValueError: bad input or output path, before any work (one line).
-        ReplayError: the run stopped early (truncated input, write error, size mismatch, Ctrl-C); the partial
-            output is kept for ``resume`` and ``.summary`` says how far it got.
+        OSError (FileNotFoundError, PermissionError, IsADirectoryError), ValueError: bad input or output path,
+            before any work (one line).
+        ReplayError: the run stopped early (truncated input, inputs whose times never meet, an FFmpeg, write or
+            fuser error, size mismatch, Ctrl-C); the partial output is kept for ``resume`` and ``.summary`` says how
+            far it got.
     """
     rcfg = cfg.replay
     resume = rcfg.resume if resume is None else resume
     out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
     if rcfg.frames_dir:
-        _check_frames_dir(Path(rcfg.frames_dir), resume)
+        check_frames_dir(Path(rcfg.frames_dir), resume)
     summary = ReplaySummary(ir=ir.cfg.path, vis=vis.cfg.path, out=str(out))
     if resume and out.exists() and not partial_path(out).exists():
         log.info("%s is already complete; nothing to resume", out)
@@ -108,16 +111,6 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
             hint = resume_hint(out) if partial_path(out).exists() else ""
             raise ReplayError(f"replay stopped: {_TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED}",
                               summary, interrupted=True, hint=hint) from None
-
-
-def _check_frames_dir(folder: Path, resume: bool) -> None:
-    """Refuse a frames folder that is a file, or that holds an earlier run's frames (which this run's would mix with,
-    leaving the folder looking complete); a resumed run keeps the frames of the run it continues."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"replay.frames_dir {folder} is a file, not a folder")
-    if not resume and folder.is_dir() and any(folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
-        raise ValueError(f"replay.frames_dir {folder} already holds the frames of an earlier run; choose an empty "
-                         f"folder (or --resume the run they belong to)")
 
 
 def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os.PathLike | None,
@@ -172,7 +165,8 @@ class _Replay:
         self.input_fault = False  # stopped by a truncated, corrupt or empty input (no --resume hint then)
         self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
         self.last_pts: int | None = None
-        self.last_t: dict[str, int] = {}  # capture time of the last frame read per stream, ns
+        self.first_t: dict[str, int] = {}  # capture time of the first and the last frame read per stream, ns
+        self.last_t: dict[str, int] = {}
         self.readers: list[Reader] = []
 
     def run(self, fuser_factory: Callable[[Any], Any] | None = None) -> ReplaySummary:
@@ -200,8 +194,8 @@ class _Replay:
             self.input_fault = bool(s.stopped)  # a bad input: running again meets it again
         except KeyboardInterrupt as exc:
             s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
-        except (RuntimeError, ValueError, OSError) as exc:
-            s.stopped = " ".join(str(exc).split()) or type(exc).__name__
+        except (RuntimeError, ValueError, OSError, av.FFmpegError) as exc:  # av's: some derive from none of the three
+            s.stopped = _reason(exc)
         finally:
             bar.close()
             for reader in self.readers:
@@ -233,7 +227,8 @@ class _Replay:
                 sources[inp.stream] = open_source(inp.stream, inp.cfg)
                 opened.append(sources[inp.stream])
                 sources[inp.stream].open()
-        self.readers = [Reader(name, src, wait_ns, busy_ns, threaded=self.cfg.replay.overlap)
+        paths = {"ir": self.ir.cfg.path, "vis": self.vis.cfg.path, "recording": self.vis.cfg.path}
+        self.readers = [Reader(name, src, paths[name], wait_ns, busy_ns, threaded=self.cfg.replay.overlap)
                         for name, src in sources.items()]
         return self.readers
 
@@ -247,6 +242,7 @@ class _Replay:
         by_stream = {r.name: r for r in readers}
         for frame, next_same in merged(readers):
             s.frames[frame.stream] += 1
+            self.first_t.setdefault(frame.stream, frame.t_capture_ns)
             self.last_t[frame.stream] = frame.t_capture_ns
             if frame.stream == "vis":
                 bar.update(1)
@@ -336,7 +332,7 @@ class _Replay:
         if not stopped and empty:
             stopped = f"the {NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames"
         if not stopped and s.written == 0:
-            stopped = "no pairs formed (do the IR and visible times overlap? see sync.slop_ms)"
+            stopped = no_pairs((self.ir, self.vis), self.first_t, self.last_t, self.cfg.sync)
         return stopped or truncation((self.ir, self.vis), s.frames, self.last_t)
 
     def _finish(self, stats: dict, wall_s: float) -> ReplaySummary:
@@ -357,8 +353,9 @@ class _Replay:
         if not s.stopped:
             try:
                 self.writer.commit()
-            except RuntimeError as exc:  # the encoder's last frames or the index did not fit (disk full)
-                s.stopped = str(exc)
+            except (RuntimeError, OSError, av.FFmpegError) as exc:  # disk full, output folder gone or replaced
+                s.stopped = _reason(exc)
+                work_paths(self.out)[2].unlink(missing_ok=True)  # a complete copy under a temporary name
             except KeyboardInterrupt as exc:  # while the encoder flushes or the file is remuxed: resumable as ever
                 s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
         if s.stopped:
@@ -379,6 +376,8 @@ class _Replay:
                 log.warning("%s", exc)
             where = f"{s.written} frames kept in {self.writer.partial}"
             hint = "" if self.input_fault else resume_hint(self.out)
+            if not self.writer.partial.exists():  # its folder was removed or renamed while the replay ran
+                where, hint = f"nothing kept: {self.writer.partial} is gone (its folder removed or renamed)", ""
         else:
             where, hint = "no output written", ""
         if self.out.exists():  # the final name still holds an earlier run's output: say it is not this one
@@ -386,3 +385,10 @@ class _Replay:
         log.info("%s", s.format())
         raise ReplayError(f"replay stopped: {s.stopped}; {where}", s,
                           interrupted=s.stopped in (_INTERRUPTED, _TERMINATED), hint=hint)
+
+
+def _reason(exc: Exception) -> str:
+    """One line saying why the run stopped; a PyAV error as FFmpeg words it, with the file it names, if any."""
+    if isinstance(exc, av.FFmpegError):
+        return f"FFmpeg: {io_reason(exc)}" + (f" ({exc.filename})" if exc.filename else "")
+    return " ".join(str(exc).split()) or type(exc).__name__

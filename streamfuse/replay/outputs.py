@@ -10,7 +10,7 @@ from streamfuse.replay.resume import sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES
 from streamfuse.video import container_format, work_paths
 
-__all__ = ["check_output_paths", "check_output_folder"]
+__all__ = ["check_output_paths", "check_output_folder", "check_frames_dir"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -56,11 +56,24 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
 
 
 def check_output_folder(out: Path) -> None:
-    """Refuse an output whose container is unknown or whose folder is missing or not writable (one line)."""
+    """Refuse an output whose container is unknown, that names a folder, or whose folder is missing or not writable
+    (one line)."""
     container_format(out)
+    if out.is_dir():  # found only at the end otherwise, when the finished video cannot take its name
+        raise IsADirectoryError(f"output {out} is a folder; choose a file name for --out")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {out.parent}")
     try:  # a real write: os.access says yes to root on read-only mounts and special folders
         tempfile.TemporaryFile(dir=out.parent).close()
     except OSError as exc:
         raise PermissionError(f"output folder is not writable: {out.parent} ({exc.strerror})") from None
+
+
+def check_frames_dir(folder: Path, resume: bool) -> None:
+    """Refuse a frames folder that is a file, or that holds an earlier run's frames (which this run's would mix with,
+    leaving the folder looking complete); a resumed run keeps the frames of the run it continues."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"replay.frames_dir {folder} is a file, not a folder")
+    if not resume and folder.is_dir() and any(folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
+        raise ValueError(f"replay.frames_dir {folder} already holds the frames of an earlier run; choose an empty "
+                         f"folder (or --resume the run they belong to)")

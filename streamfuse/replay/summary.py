@@ -62,7 +62,7 @@ class ReplaySummary:
         notes = []
         for stream, other in OTHER.items():
             before, after = self.outside[stream]["before"], self.outside[stream]["after"]
-            if before:
+            if before and self.frames[other]:  # an input without frames does not start later: it has no start
                 notes.append(f"the {NAMES[other]} input starts later: {before} {NAMES[stream]} frames before its "
                              f"first frame are unpaired")
             if after:
