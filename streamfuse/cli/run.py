@@ -21,8 +21,9 @@ __all__ = ["main", "replay_main", "exit_now"]
 def _parser(prog: str, *, replay: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, metavar="NAME|FILE",
-                        help="a shipped config (demo, rig, replay, eval) or a YAML file")
+    parser.add_argument("--config", required=not replay, default="replay" if replay else None, metavar="NAME|FILE",
+                        help="a shipped config (demo, rig, replay, eval) or a YAML file"
+                             + ("; default: replay (every frame, as fast as possible)" if replay else ""))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a config value (repeatable)")
     if not replay:

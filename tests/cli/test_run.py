@@ -44,6 +44,15 @@ def test_replay_needs_out(capsys):
     assert exc.value.code == 2 and "the following arguments are required: --out" in capsys.readouterr().err
 
 
+def test_replay_runs_the_shipped_replay_config_by_default(monkeypatch):
+    import streamfuse.pipeline
+
+    seen = {}
+    monkeypatch.setattr(streamfuse.pipeline, "run", lambda cfg, **kw: seen.update(cfg=cfg, **kw) or 0)
+    assert replay_main(["--ir", "a.mp4", "--vis", "b.mp4", "--out", "o.mp4"]) == 0
+    assert seen["out_path"] == "o.mp4" and seen["cfg"].replay.pacing == "fast" and seen["cfg"].ir.kind == "file"
+
+
 def test_config_errors_come_before_the_pipelines_imports(tmp_path):
     code = ("import sys; from streamfuse.cli.run import main; code = main(['--config', 'demo', '--set', "
             "'fuse.stepz=1']); print(code, sorted(m for m in ('torch', 'ot', 'streamfuse.pipeline') "
