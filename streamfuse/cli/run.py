@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
     except (OSError, RuntimeError, ValueError) as exc:
         # Every stage raises these with one line that says what and where; a stack trace would bury it.
         logging.getLogger("streamfuse").debug("failure", exc_info=True)
+        if getattr(exc, "interrupted", False):  # a replay the user stopped (Ctrl-C, SIGTERM): no error, exit 130
+            print(f"streamfuse: {exc}", file=sys.stderr)
+            return 130
         print(f"streamfuse: error: {exc}", file=sys.stderr)
         return 1
 
