@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import threading
 import time
-from typing import Iterator
 
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.config import PipelineConfig
@@ -23,6 +21,7 @@ from streamfuse.fusers import Fuser
 from streamfuse.processor import FrameProcessor, Processed
 from streamfuse.publish import Publisher
 from streamfuse.recording import Recorder
+from streamfuse.signals import handled
 from streamfuse.sync import Pairer
 from streamfuse.telemetry import Telemetry, format_stats
 
@@ -45,20 +44,6 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
     return 0
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C and SIGTERM set ``stop`` (main thread only); the previous handlers come back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
     """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM, or ``duration_s`` (0 = no limit).
 
@@ -78,7 +63,7 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     wall_clock = {name for name, src in (("ir", cfg.ir), ("vis", cfg.vis)) if not src.replayable}
     recorder = Recorder(cfg.record, {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}) if cfg.record \
         else contextlib.nullcontext()
-    with _stop_on_signals(stop), Publisher(cfg.publish, {"fuser": _fuser_info(cfg, fuser)}) as pub, \
+    with handled(lambda *_: stop.set()), Publisher(cfg.publish, {"fuser": _fuser_info(cfg, fuser)}) as pub, \
             recorder as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not stop.is_set() and time.monotonic() < deadline:
             # 1. capture: everything that arrived since the last turn (waits briefly when nothing has)

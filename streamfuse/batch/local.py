@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import logging
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import (BatchInterrupted, BatchSummary, PairJob, PairResult, changed_settings,
                                   is_complete, made_with)
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
+from streamfuse.signals import handled
 
 __all__ = ["Engine", "LocalEngine", "run_batch"]
 
@@ -85,7 +85,8 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     quiet = None if cfg.replay.progress else True  # None: tqdm shows the bars on a terminal only
     work_cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False))
     interrupted = False
-    with _sigterm_interrupts(), tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
+    # SIGTERM stops the batch as Ctrl-C does (a replay and the Ray driver set their own meanwhile)
+    with handled(signal.default_int_handler, (signal.SIGTERM,)), tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
                                      disable=quiet) as pairs, \
             tqdm(unit="frame", desc="frames", position=1, disable=quiet) as frames:
         try:
@@ -134,16 +135,3 @@ def _unfinished(job: PairJob) -> PairResult:
         return PairResult(str(job.out), "interrupted", reason=f"stopped; partial output kept in {partial}")
     return PairResult(str(job.out), "not started")
 
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops the batch as Ctrl-C does (main thread only; a replay and the Ray driver set their own meanwhile);
-    the previous handler comes back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
+from streamfuse.signals import handled
 
 __all__ = ["RayEngine", "bounded"]
 
@@ -201,10 +202,6 @@ def _stop_on_signals(stop: threading.Event, *, twice: bool = False) -> Iterator[
     """Ctrl-C and SIGTERM set ``stop`` instead of raising, so the driver stops where it waits, never half-way through
     a Ray call; with ``twice``, a second one raises KeyboardInterrupt (for a wait that may not end by itself). Main
     thread only (elsewhere they are the main thread's business)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def note(signum: int, frame: Any) -> None:
         if twice and stop.is_set():
             raise KeyboardInterrupt
@@ -212,12 +209,8 @@ def _stop_on_signals(stop: threading.Event, *, twice: bool = False) -> Iterator[
             log.warning("stopping once Ray has started; Ctrl-C again to stop at once")
         stop.set()
 
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handled(note):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _wind_down(ray: Any, running: dict[Any, PairJob]) -> Iterator[PairResult]:

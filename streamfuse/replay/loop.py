@@ -6,13 +6,11 @@ package docstring gives the rules (pacing, pts, unequal inputs, partial output, 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
-import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +28,7 @@ from streamfuse.replay.inputs import (Input, Reader, RecordedOrder, input_kind, 
 from streamfuse.replay.outputs import check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path
 from streamfuse.replay.summary import NAMES, OTHER, ReplayError, ReplaySummary, StageClock
+from streamfuse.signals import handled
 from streamfuse.video import VideoWriter, work_paths
 
 __all__ = ["run_replay"]
@@ -44,22 +43,10 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM during a replay: raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops the replay as Ctrl-C does (main thread only); the previous handler comes back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(*_: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping: a second SIGTERM must not cut the cleanup
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _terminate(*_: object) -> None:
+    """SIGTERM stops the replay as Ctrl-C does."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping: a second SIGTERM must not cut the cleanup
+    raise _Terminated
 
 
 def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: str | os.PathLike | None = None,
@@ -104,7 +91,7 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
     # the values used (inputs, output, resume), as the output's metadata records them
     used = dataclasses.replace(cfg, ir=ir.cfg, vis=vis.cfg, replay=dataclasses.replace(rcfg, out=str(out),
                                                                                       resume=resume))
-    with _sigterm_interrupts():
+    with handled(_terminate, (signal.SIGTERM,)):
         try:
             return _Replay(used, ir, vis, out, prints, take_over, summary).run(fuser_factory)
         except KeyboardInterrupt as exc:  # before the loop began (model loading): a partial output is kept as it is

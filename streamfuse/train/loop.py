@@ -16,8 +16,7 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from streamfuse.device import tune_malloc
 from streamfuse.model.losses import hclfuse_losses
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
+from streamfuse.signals import handled
 from streamfuse.train.config import TrainConfig, TrainSetup
 from streamfuse.train.data import PairSampler, load_pairs
 from streamfuse.train.distill import distill_losses
@@ -225,14 +225,14 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
         raise ValueError(f"--ckpt-minutes {ckpt_minutes} is out of range; allowed: >= 0 (0: every step)")
     _check_run(data, out, init, resume, setup.train)
     try:
-        with _signals(signal.default_int_handler):
+        with handled(signal.default_int_handler):
             run, sampler, resolved = _prepare(data, out, setup, resume, init)
     except KeyboardInterrupt:
         raise InterruptedError("interrupted before the first step; no checkpoint written") from None
     stop = threading.Event()
     bar = tqdm(total=setup.train.steps, initial=run.step, mininterval=10.0, dynamic_ncols=True)
     try:
-        with _signals(lambda *_: stop.set()):
+        with handled(lambda *_: stop.set()):
             losses = _loop(run, sampler, setup, out, resolved, ckpt_minutes, bar, stop)
             done = _progress(run.step, run.elapsed, setup.train) >= 1.0
             _save(run, out, setup, resolved, weights=done)
@@ -269,20 +269,6 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     _atomic(out / "train_config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False)))
     run.net.train()
     return run, sampler, resolved
-
-
-@contextmanager
-def _signals(handler: Callable | int) -> Iterator[None]:
-    """SIGINT and SIGTERM go to ``handler`` inside; in the main thread only, where alone a handler can be set."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _loop(run: _Run, sampler: PairSampler, setup: TrainSetup, out: Path, resolved: dict, ckpt_minutes: float,
