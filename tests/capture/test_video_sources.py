@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import streamfuse.capture.video_sources as video_sources
-from streamfuse.capture.producer import ProducerEvent, start_producers
+from streamfuse.capture.producer import ProducerEvent, Producers, start_producers
 from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError, open_source
 from streamfuse.frames import Frame
 
@@ -225,22 +225,28 @@ def test_file_whose_timestamps_jump_or_repeat_keeps_times_increasing_and_says_so
     assert len(lines) == 1 and word in lines[0] and "after frame 25" in lines[0] and str(path) in lines[0]
 
 
+def _ir_until_its_end(prod: Producers) -> tuple[list[Frame], list[ProducerEvent]]:
+    """The IR frames and the events the producers hand over until the IR source's event (its end)."""
+    ir_frames, events = [], []
+    deadline = time.monotonic() + 60
+    while not any(e.stream == "ir" for e in events):
+        assert time.monotonic() < deadline, f"timed out with {len(ir_frames)} IR frames, events {events}"
+        item = prod.get(timeout=0.5)
+        if isinstance(item, ProducerEvent):
+            events.append(item)
+        elif isinstance(item, Frame) and item.stream == "ir":
+            ir_frames.append(item)
+    return ir_frames, events
+
+
 def test_a_timestamp_jump_in_a_live_file_is_one_line_in_the_log_and_the_frames_go_on(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="streamfuse.capture.producer")
     path = tmp_path / "ir.ts"
     path.write_bytes(ts_segment(10.0, 25) + ts_segment(7.0, 25))
     ir = SourceConfig(kind="file", path=str(path), realtime=False, restart=False)
     vis = SourceConfig(kind="synthetic", width=64, height=48, realtime=False, restart=False)
-    ir_frames, events = [], []
     with start_producers(ir, vis) as prod:
-        deadline = time.monotonic() + 60
-        while not any(e.stream == "ir" for e in events):
-            assert time.monotonic() < deadline, f"timed out with {len(ir_frames)} IR frames, events {events}"
-            item = prod.get(timeout=0.5)
-            if isinstance(item, ProducerEvent):
-                events.append(item)
-            elif isinstance(item, Frame) and item.stream == "ir":
-                ir_frames.append(item)
+        ir_frames, events = _ir_until_its_end(prod)
     assert [e.kind for e in events if e.stream == "ir"] == ["eos"]
     assert len(ir_frames) + prod.stats()["ir"]["dropped"] == 50
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -249,23 +255,15 @@ def test_a_timestamp_jump_in_a_live_file_is_one_line_in_the_log_and_the_frames_g
 
 def test_a_recording_paced_across_a_gap_in_its_timestamps_is_not_taken_for_a_hung_source(tmp_path: Path) -> None:
     path = tmp_path / "ir.mkv"
-    write_ffv1(path, 20, gap_after=9, gap_frames=40)  # the camera lost 1.6 s of frames; stalls count after 0.4 s
-    ir = SourceConfig(kind="file", path=str(path), restart=False, stall_factor=10)
+    write_ffv1(path, 20, gap_after=9, gap_frames=60)  # the camera lost 2.4 s of frames; stalls count after 1 s
+    ir = SourceConfig(kind="file", path=str(path), restart=False, stall_factor=25)
     vis = SourceConfig(kind="synthetic", width=64, height=48)
-    ir_frames, events = [], []
     with start_producers(ir, vis) as prod:
-        deadline = time.monotonic() + 60
-        while not any(e.stream == "ir" for e in events):
-            assert time.monotonic() < deadline, f"timed out with {len(ir_frames)} IR frames, events {events}"
-            item = prod.get(timeout=0.5)
-            if isinstance(item, ProducerEvent):
-                events.append(item)
-            elif isinstance(item, Frame) and item.stream == "ir":
-                ir_frames.append(item)
+        ir_frames, events = _ir_until_its_end(prod)
         stalls = prod.stats()["ir"]["stalls"]
     assert [(e.kind, e.message) for e in events if e.stream == "ir"] == [("eos", f"ir: end of stream (file {path})")]
     assert stalls == 0 and [f.seq for f in ir_frames] == list(range(20))
-    assert ir_frames[10].t_capture_ns - ir_frames[9].t_capture_ns == 41 * 40 * MS  # the gap kept, not shifted out
+    assert ir_frames[10].t_capture_ns - ir_frames[9].t_capture_ns == 61 * 40 * MS  # the gap kept, not shifted out
 
 
 # -- folders -----------------------------------------------------------------------------------------------------
