@@ -160,16 +160,19 @@ def test_a_frame_of_another_size_mid_stream_stops_the_replay(tmp_path):
 
 
 class _StopAt:
-    """A max fuser that raises ``exc`` at its ``stop``-th call and counts calls."""
+    """A max fuser that raises ``exc`` at its ``stop``-th call (or, given ``then``, calls it and goes on) and counts
+    calls."""
 
-    def __init__(self, stop: int | None, exc: type[BaseException] = KeyboardInterrupt):
-        self.inner, self.stop, self.exc, self.calls = build_fuser(make_cfg().fuse), stop, exc, 0
+    def __init__(self, stop: int | None, exc: type[BaseException] = KeyboardInterrupt, *, then=None):
+        self.inner, self.stop, self.exc, self.then, self.calls = build_fuser(make_cfg().fuse), stop, exc, then, 0
         self.name, self.version = self.inner.name, self.inner.version
 
     def fuse(self, ir, vis_y, stream="default"):
         self.calls += 1
         if self.calls == self.stop:
-            raise self.exc()
+            if self.then is None:
+                raise self.exc()
+            self.then()
         return self.inner.fuse(ir, vis_y)
 
 

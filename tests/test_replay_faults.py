@@ -11,13 +11,12 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from test_replay import make_cfg, write_video
+from test_replay import _StopAt, make_cfg, write_video
 
 import streamfuse.processor
 import streamfuse.replay.loop
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.video_sources import AvSource
-from streamfuse.processor import config_fuser
 from streamfuse.replay import ReplayError, find_pairs, run_replay
 from streamfuse.replay.inputs import resolve, truncation
 from streamfuse.video import VideoWriter, decode_frames
@@ -181,19 +180,8 @@ def test_an_output_folder_removed_mid_run_is_not_said_to_keep_frames(tmp_path, p
     ir, vis = pair
     folder = tmp_path / "out"
     folder.mkdir()
-
-    class RemovesTheFolder:
-        def __init__(self, cfg):
-            self.inner, self.calls = config_fuser(cfg), 0
-            self.name, self.version = self.inner.name, self.inner.version
-
-        def fuse(self, ir, vis_y, stream="default"):
-            self.calls += 1
-            if self.calls == 5:
-                shutil.rmtree(folder)
-            return self.inner.fuse(ir, vis_y)
-
-    monkeypatch.setattr(streamfuse.processor, "config_fuser", RemovesTheFolder)
+    removes_the_folder = _StopAt(5, then=lambda: shutil.rmtree(folder))
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: removes_the_folder)
     with pytest.raises(ReplayError) as err:
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=folder / "o.mkv")
     text = _one_line_failure(err)
