@@ -146,7 +146,7 @@ def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers
         else:
             tel.set(key, value)
     for source, counters in producers.stats().items():
-        for name in ("dropped", "restarts", "stalls"):
+        for name in ("dropped", "skipped", "restarts", "stalls"):
             tel.set(f"capture_{name}.{source}", counters[name])
     for name, value in fuser.stats().items():
         tel.set(name, value)

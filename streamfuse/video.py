@@ -18,13 +18,14 @@ import numpy as np
 
 from streamfuse.atomic_write import WriterThread, io_reason, partial_path
 
-__all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "announced_end_s"]
+__all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "announced_end_s",
+           "announced_frames"]
 
 log = logging.getLogger(__name__)
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".nut": "nut", ".avi": "avi"}
 _H264_ENCODERS = ("libx264", "libopenh264", "mpeg4")
-_DURATION_IS_END = {"matroska", "webm", "nut"}  # FFmpeg demuxers whose duration is their timeline's end
+_DURATION_IS_END = {"matroska", "webm", "nut", "flv"}  # FFmpeg demuxers whose duration counts from 0 (see below)
 
 
 def work_paths(path: str | os.PathLike) -> list[Path]:
@@ -247,12 +248,25 @@ def announced_end_s(container: av.container.InputContainer, stream: av.video.str
 
     A stream's own duration is a span from its start. A container's is too, except that Matroska/WebM and NUT give
     the end of their timeline, counted from 0: start + duration would put the end of a video that starts late (its
-    first pts at 10 s, say) that much too late and make it look truncated. The container's is used only when the
-    video is all it holds: audio often runs longer than the video.
+    first pts at 10 s, say) that much too late and make it look truncated. FLV's counts from its first dts, at or
+    after 0 and before the first pts by the B-frame delay, so from 0 too (an end never later than the real one). The
+    container's is used only when the video is all it holds: audio often runs longer than the video. AVI counts frame
+    slots, empty chunks (skipped frames: a late start, a variable rate) included: its count times the frame duration
+    is its end, in a truncated file too (whose duration FFmpeg only estimates).
     """
+    names = set(container.format.name.split(","))
+    if "avi" in names and stream.frames:
+        return float(stream.frames * stream.time_base)
     if stream.duration:
         return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
     if not container.duration or len(container.streams) > 1:
         return None
-    start = 0 if _DURATION_IS_END & set(container.format.name.split(",")) else container.start_time or 0
+    start = 0 if _DURATION_IS_END & names else container.start_time or 0
     return (start + container.duration) / 1e6
+
+
+def announced_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """How many frames the container says the video ``stream`` has (as MP4 does), to notice a truncated file; 0 when
+    it does not say, and for AVI, whose count takes in the empty chunks of skipped frames (:func:`announced_end_s`
+    turns it into where the video ends)."""
+    return 0 if "avi" in container.format.name.split(",") else stream.frames

@@ -129,7 +129,10 @@ def test_missing_video_file_is_one_line(tmp_path):
                            "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{_free_port()}",
                            "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 1, proc.stderr
-    assert "nope.mp4" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = f"ir: video file not found: {tmp_path / 'nope.mp4'}"
+    assert proc.stderr.count(line) == 1, proc.stderr  # said by the CLI alone, not also in the producers' log
+    assert f"streamfuse: error: {line}" in proc.stderr
 
 
 @pytest.mark.timeout(60)

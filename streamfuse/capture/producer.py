@@ -3,11 +3,11 @@
 The consumer (the pipeline's process) calls :meth:`Producers.get`, which returns frames copied out of the rings,
 oldest capture time first, or :class:`ProducerEvent` lines when a producer ends or fails. Supervision runs inside
 ``get`` (no threads): a producer that dies (device lost, crash, SIGKILL) is reported in one log line and one event,
-and restarted with exponential back-off when its config says ``restart``. Not retried (reported once, final): a
-source that never delivered a frame (wrong path or camera index: a configuration error), and a file, folder or
-recording that reported an error (a corrupt file fails at the same frame again). A file, folder or recording
-restarted after a crash resumes after the last frame delivered, so no frame comes twice; a live source continues its
-sequence numbers.
+and restarted with exponential back-off when its config says ``restart``. Not retried (final, and said by its event
+alone: the consumer stops on it and reports it, once): a source that never delivered a frame (wrong path or camera
+index: a configuration error), and a file, folder or recording that reported an error (a corrupt file fails at the
+same frame again). A file, folder or recording restarted after a crash resumes after the last frame delivered, so
+no frame comes twice; a live source continues its sequence numbers.
 
 Typical use (the pipeline's loop)::
 
@@ -17,7 +17,7 @@ Typical use (the pipeline's loop)::
             if isinstance(item, Frame):
                 pairs = pairer.push(item)
             elif isinstance(item, ProducerEvent) and not item.restarting:
-                ...  # this source is finished (eos, or an error already logged in one line)
+                ...  # this source is finished (eos, or an error: item.message is its one line, not logged)
 
 The rings are ``latest`` rings (newest wins, overwritten frames counted as drops) and ``get`` returns whatever is
 available, oldest first: this is the live path. Offline replay reads its inputs in its own process, every frame
@@ -58,7 +58,7 @@ _KILL_WAIT_S = 0.5  # a stalled producer killed: how long to wait for it before 
 
 @dataclass(frozen=True)
 class ProducerEvent:
-    """A producer ended or failed (already logged in one line by the producer set).
+    """A producer ended or failed (one line, logged by the producer set, except a final error: the consumer says it).
 
     Args:
         stream: section name (``"ir"`` or ``"vis"``).
@@ -82,7 +82,7 @@ class _Worker:
     proc: Any = None
     ring: ShmRing | None = None
     conn: Any = None
-    beat: Any = None  # shared (frames written, frame interval ns, pacing until: monotonic ns) of the current process
+    beat: Any = None  # the current process's shared (frames written, interval ns, pacing until ns, packets skipped)
     beats_seen: int = 0
     heard_at: float = 0.0  # monotonic time the current process last showed progress
     stalled: bool = False  # the current silence has been reported
@@ -98,6 +98,7 @@ class _Worker:
     restarts: int = 0
     delivered: int = 0
     dropped_retired: int = 0
+    skipped_retired: int = 0  # undecodable packets skipped by the previous processes
     last_seq: int = -1  # newest frame seen (delivered or rescued into pending)
     last_t: int | None = None
     prev_t: int | None = None
@@ -161,7 +162,7 @@ class Producers:
     def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
         w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1, self._channels(w.section)), "latest",
                          ctx=self._ctx, data_bell=self._bell)
-        w.beat = self._ctx.RawArray("q", 3)
+        w.beat = self._ctx.RawArray("q", 4)
         w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat)
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
         w.beats_seen, w.heard_at, w.stalled, w.stall_line = 0, w.started_at, False, None
@@ -173,6 +174,7 @@ class Producers:
                 w.pending.append(frame)
                 self._see(w, frame)
             w.dropped_retired += max(0, w.ring.stats()["dropped"])
+            w.skipped_retired += w.beat[3]
         self._release(w)
 
     @staticmethod
@@ -227,9 +229,9 @@ class Producers:
         hopeless = not at_end and ((reported and w.restarts == 0 and not progressed)
                                    or (w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
         if not w.cfg.restart or hopeless:
-            w.state = "ended"
-            w.final = ProducerEvent(w.section, kind, line)
-            (log.info if at_end else log.error)("%s", line)
+            w.state, w.final = "ended", ProducerEvent(w.section, kind, line)
+            if at_end:  # a final error is not logged: the consumer stops on its event and says it, once
+                log.info("%s", line)
             return
         if time.monotonic() - w.started_at >= _STABLE_S:
             w.failures = 0
@@ -337,12 +339,13 @@ class Producers:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per source: ``delivered``, ``dropped`` (overwritten in latest rings), ``queued`` (unread in the ring),
-        ``restarts``, ``stalls``, ``state``, ``pid``."""
+        ``skipped`` (undecodable packets of a stream), ``restarts``, ``stalls``, ``state``, ``pid``."""
         out = {}
         for name, w in self._workers.items():
             ring = w.ring.stats() if w.ring is not None else {"dropped": 0, "unread": 0}
             out[name] = {"delivered": w.delivered, "dropped": w.dropped_retired + max(0, ring["dropped"]),
                          "queued": max(0, ring["unread"]), "restarts": w.restarts, "stalls": w.stalls,
+                         "skipped": w.skipped_retired + (w.beat[3] if w.ring is not None else 0),
                          "state": w.state, "pid": w.proc.pid if w.proc is not None and w.proc.is_alive() else None}
         return out
 

@@ -95,12 +95,13 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
              resume: tuple[int, int, int], beat: Any) -> None:
     """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
 
-    ``beat`` (shared int64 triple): frames written, the source's frame interval in ns (set at the first frame), and
-    the end of the source's current pacing sleep (monotonic ns).
+    ``beat`` (shared int64 x 4): frames written, the source's frame interval in ns (set at the first frame), the end
+    of the source's current pacing sleep (monotonic ns), and the packets it skipped as undecodable (``skipped``).
     """
     for sig in (signal.SIGINT, signal.SIGTERM):  # the parent's to handle: it stops this process
         signal.signal(sig, signal.SIG_IGN)
     seq_start, skip, t_offset_ns = resume
+    source = None
     try:
         source = open_source(section, cfg)
         source.stop_event = _PacingStop(stop, beat)
@@ -110,6 +111,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
             n = 0
             while not stop.is_set():
                 frame = source.read()
+                beat[3] = getattr(source, "skipped", 0)
                 if frame is None:
                     conn.send(("eos", f"{section}: end of stream ({cfg.kind} {cfg.path or ''})".rstrip()))
                     return
@@ -127,6 +129,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
         conn.send(("error", f"{section}: producer crashed: {type(exc).__name__}: {' '.join(str(exc).split())}"))
         sys.exit(1)
     finally:
+        beat[3] = getattr(source, "skipped", 0)  # also those skipped just before an error ended the source
         ring.close()
         conn.close()
 

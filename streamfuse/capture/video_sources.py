@@ -100,6 +100,8 @@ class AvSource(BaseSource):
             own pts unless they had a discontinuity, see ``timestamps``).
         warn: called with one line for what the source corrects and goes on (timestamp discontinuities, skipped
             packets); the producer sends it to the pipeline's log.
+        skipped: packets skipped so far because the decoder rejected them; the producer counts them into the run's
+            telemetry (``capture_skipped``).
     """
 
     _OPEN_TIMEOUT_S = 10.0  # network streams: open and per-read timeouts, so a dead sender cannot hang us
@@ -113,7 +115,7 @@ class AvSource(BaseSource):
         self._first_t_ns: int | None = None  # of the current pass
         self._last_t_ns: int | None = None
         self._last_pts_ns: int | None = None
-        self._skipped, self._skip_report_at = 0, 0.0
+        self.skipped, self._skip_report_at = 0, 0.0
         self._open_container()
         self._times = StreamClock() if self.live else FileClock(self._period_ns)
         self._repeated = self._looped = False  # a repeat reported; a loop pass begun (its reports were made)
@@ -121,7 +123,7 @@ class AvSource(BaseSource):
     def _open_container(self) -> None:
         import av
 
-        from streamfuse.video import announced_end_s  # PyAV's import is paid only by video sources
+        from streamfuse.video import announced_end_s, announced_frames  # PyAV's import: only video sources pay it
 
         path = self.cfg.path
         if not path:
@@ -150,11 +152,11 @@ class AvSource(BaseSource):
         self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
         rate = stream.average_rate or stream.guessed_rate
         self._period_ns = round(1e9 / float(rate)) if rate else round(1e9 / self.cfg.fps)
-        self._expected = stream.frames  # 0 when the container does not say (e.g. Matroska)
+        self._expected = announced_frames(container, stream)  # 0 when the container does not say (e.g. Matroska)
         # The video's announced end, to notice a silently truncated file (Matroska decodes what is left and stops).
         end_s = announced_end_s(container, stream)
         self._end_ns = None if end_s is None else round(end_s * 1e9)
-        self._decoded = self._pass_jumps = 0  # frames and timestamp discontinuities in this pass
+        self._decoded = self._pass_jumps = 0  # frames and timestamps that jumped back in this pass
         self._frames = self._decode(container, stream)
 
     def _decode(self, container, stream) -> Iterator:
@@ -166,12 +168,12 @@ class AvSource(BaseSource):
                 yield from packet.decode()
             except av.InvalidDataError as exc:
                 # A file is corrupt (it would fail at the same frame again); a stream that never decodes is not video.
-                if not self.live or (self._decoded == 0 and self._skipped >= self._SKIP_FIRST_MAX):
+                if not self.live or (self._decoded == 0 and self.skipped >= self._SKIP_FIRST_MAX):
                     raise
-                self._skipped += 1
+                self.skipped += 1
                 if time.monotonic() >= self._skip_report_at:
                     self._skip_report_at = time.monotonic() + self._SKIP_REPORT_S
-                    self.warn(f"{self.section}: {self.cfg.path}: skipped {self._skipped} undecodable packet(s) so far "
+                    self.warn(f"{self.section}: {self.cfg.path}: skipped {self.skipped} undecodable packet(s) so far "
                               f"(lost or corrupt data: {_one_line(exc)}); decoding goes on")
 
     def _read(self) -> Frame | None:
@@ -213,7 +215,7 @@ class AvSource(BaseSource):
             return t_ns
         t_ns = self._times.stamp(pts_ns)
         fix, step_s = self._times.fix, self._times.step_ns / 1e9
-        self._pass_jumps += fix == "rebased"
+        self._pass_jumps += fix == "rebased" and step_s < 0
         if self._looped or (fix == "nudged" and self._repeated):
             return t_ns  # said once: a loop's next passes meet the same timestamps again
         if fix == "rebased":
@@ -230,7 +232,8 @@ class AvSource(BaseSource):
         if 0 < self._decoded < self._expected:
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the container announces {self._expected} frames")
-        # After a discontinuity the last pts says nothing about where the file ends.
+        # After a jump back the last pts says nothing about where the file ends (after a gap, as an AVI that starts
+        # late has after its first frame, it still does).
         if self._decoded and self._end_ns is not None and not self._pass_jumps \
                 and self._last_pts_ns + 2 * self._period_ns < self._end_ns:
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "

@@ -1,8 +1,8 @@
 """PyAV sources as a live rig uses them: a network stream is never paced and never stamped in the future or adrift,
-hands over every frame as soon as it decodes, survives an undecodable packet and names its timeouts; a file whose
-timestamps jump or repeat keeps its times increasing and says so in one line (through the producer to the log), and
-one paced across a gap in its timestamps is not taken for a hung source; a folder image that vanished is one line
-without OpenCV's own warnings."""
+hands over every frame as soon as it decodes, survives an undecodable packet (counted in the run's telemetry) and
+names its timeouts; a file whose timestamps jump or repeat keeps its times increasing and says so in one line
+(through the producer to the log), and one paced across a gap in its timestamps is not taken for a hung source; a
+folder image that vanished is one line without OpenCV's own warnings."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from streamfuse.frames import Frame
 
 pytestmark = pytest.mark.timeout(90)
 MS = 1_000_000
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_ffv1(path: Path, n: int, fps: int = 25, gap_after: int | None = None, gap_frames: int = 0) -> None:
@@ -185,6 +186,22 @@ def test_live_stream_skips_an_undecodable_packet_reports_it_and_goes_on(tmp_path
     mjpeg_with_broken_frames(path, 60, broken=range(60))  # not one decodable frame: an error, not skipped for ever
     with pytest.raises(SourceError, match="decoding stopped before the first frame: .*Invalid data"):
         read_all(open_source("vis", SourceConfig(kind="stream", path=str(path))))
+
+
+def test_skipped_packets_of_a_live_stream_are_counted_in_the_run_telemetry(tmp_path: Path) -> None:
+    from streamfuse.config import load_config
+    from streamfuse.pipeline import run_live
+    from streamfuse.telemetry import format_stats
+
+    path = tmp_path / "camera.mjpeg"
+    mjpeg_with_broken_frames(path, 30, broken=range(10, 13))
+    sources = [f"{s}.{key}" for s in ("ir", "vis")
+               for key in ("kind=stream", f"path={path}", "restart=false", "width=64", "height=48")]
+    cfg = load_config(REPO / "streamfuse/configs/demo.yaml", [
+        *sources, "fuse.name=max", "engine.device=cpu", "publish.endpoint=tcp://127.0.0.1:*"])
+    snap = run_live(cfg, duration_s=60.0)  # ends with its two streams; the duration only bounds a failure
+    assert snap["counters"]["capture_skipped.ir"] == snap["counters"]["capture_skipped.vis"] == 3
+    assert "capture_skipped.ir=3" in format_stats(snap)  # the summary line shows them with the other drops
 
 
 def test_stream_that_never_sends_names_the_open_timeout(monkeypatch) -> None:
