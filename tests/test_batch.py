@@ -106,6 +106,7 @@ def test_local_engine_loads_the_model_once_and_each_video_starts_afresh(tmp_path
     assert [r.status for r in summary.results] == ["done", "done"] and len(loads) == 1
     for name in ("a.nut", "b.nut"):  # b's OT plans and noise are its own: the same as replaying b alone
         batch = (tmp_path / "out" / name).read_bytes()
+        (tmp_path / "out" / name).unlink()  # the same path (the config tag records it); a replay writes over none
         run_replay(cfg, ir_path=src / "ir" / name, vis_path=src / "vi" / name, out_path=tmp_path / "out" / name)
         assert (tmp_path / "out" / name).read_bytes() == batch
 
@@ -171,6 +172,36 @@ def test_an_existing_output_that_is_no_video_fails_its_pair_and_is_left_as_it_is
     assert "is not a file" in reasons["a.nut"] and "is empty" in reasons["b.nut"]
     assert "is not a video" in reasons["c.nut"] and all("\n" not in r for r in reasons.values())
     assert (out / "a.nut").is_dir() and (out / "b.nut").read_bytes() == b"" and (out / "c.nut").read_text() == "notes"
+
+
+def test_without_resume_a_partial_output_fails_its_pair_and_is_kept(tmp_path):
+    """As a single replay refuses to: an interrupted pair's partial output is not started over (its frames lost)
+    without --resume, which continues it."""
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    partial = partial_path(out / "a.nut")
+    partial.write_bytes(b"an interrupted run's frames")
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    jobs = find_jobs(src, out, ext=".nut")
+    summary = run_batch(cfg, jobs)
+    assert {Path(r.out).name: r.status for r in summary.results} == {"a.nut": "failed", "b.nut": "done"}
+    assert summary.failed[0].reason == (f"{partial} holds an interrupted replay of {out / 'a.nut'}; run again with "
+                                        f"--resume to continue it, or delete .a.nut.partial to start over")
+    assert partial.read_bytes() == b"an interrupted run's frames" and not (out / "a.nut").exists()
+    again = run_batch(cfg, jobs, resume=True)  # this one has no sidecar: started over, with a warning
+    assert {Path(r.out).name: r.status for r in again.results} == {"a.nut": "done", "b.nut": "skipped"}
+    assert len(_times(out / "a.nut")) == 4 and not partial.exists()
+
+
+def test_replay_many_says_in_one_line_that_every_output_is_already_complete(tmp_path, tool, capsys):
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    args = [str(src), "--out", str(tmp_path / "out"), "--ext", ".nut", *(f"--set={item}" for item in CFG)]
+    assert tool("replay_many").main(args) == 0
+    assert "2 pairs: 2 done" in capsys.readouterr().out
+    assert tool("replay_many").main(args) == 0
+    said = capsys.readouterr().out
+    assert said == f"replay_many: all 2 pairs already complete in {tmp_path / 'out'}; nothing to do\n"
 
 
 def test_a_bad_batch_is_refused_in_one_line_before_any_work(tmp_path):

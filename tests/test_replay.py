@@ -234,12 +234,14 @@ def test_interrupt_while_the_model_loads_is_one_line_and_writes_nothing(tmp_path
 
 
 def test_a_failed_replay_says_that_an_existing_output_is_an_earlier_one(tmp_path, clip, monkeypatch):
+    """--resume of a partial output beside a final file (an earlier run's: a replay refuses to start over one)."""
     ir, vis, _ = clip
     out = tmp_path / "o.mp4"
     out.write_bytes(b"an earlier run's video")
+    partial_path(out).write_bytes(b"no sidecar: not resumable, started over")
     monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(3, RuntimeError))
     with pytest.raises(ReplayError, match=r"2 frames kept in .*; .*o\.mp4 is an earlier run's output, left as it"):
-        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert out.read_bytes() == b"an earlier run's video"
 
 

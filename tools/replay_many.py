@@ -2,8 +2,9 @@
 
 LIST_OR_DIR is a text file of "IR_PATH VIS_PATH" lines (relative to the file; '#' comments), a folder with ir/ and
 vi/ (or vis/) subfolders of same-named videos, or a folder of .mcap recordings. Each output is OUT/<IR name><ext>,
-written as the single replay writes it (.partial until complete, --resume continues). A failing pair is reported
-without stopping the others; a summary table follows; the exit status is 1 when any failed. Ctrl-C or SIGTERM stops
+written as the single replay writes it (.partial until complete, --resume continues; a partial output without
+--resume fails its pair). A failing pair is reported without stopping the others; a summary table follows (one line
+when every output was already complete); the exit status is 1 when any failed. Ctrl-C or SIGTERM stops
 the batch (partial outputs kept: run the same command with --resume to finish it): exit status 130.
 --engine local (default) runs the pairs one after another here; --engine ray runs one Ray task per pair on a local
 Ray (--workers, --threads) or on a cluster (--address); it needs `pip install streamfuse[ray]`.
@@ -71,6 +72,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except BatchInterrupted as exc:
         summary = exc.summary
+    if summary.count("skipped") == len(summary.results):  # the table would list no pair
+        print(f"replay_many: all {len(summary.results)} pairs already complete in {args.out}; nothing to do")
+        return 0
     print(summary.format())
     for result in summary.failed:
         print(f"replay_many: FAILED {result.out}: {result.reason}", file=sys.stderr)

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import av
-
-from streamfuse.atomic_write import partial_path
 from streamfuse.replay import check_output_paths, find_pairs
 from streamfuse.video import container_format
 
-__all__ = ["PairJob", "PairResult", "BatchSummary", "BatchInterrupted", "find_jobs", "is_complete", "made_with",
-           "changed_settings"]
+__all__ = ["PairJob", "PairResult", "BatchSummary", "BatchInterrupted", "find_jobs", "changed_settings"]
 
 
 @dataclass(frozen=True)
@@ -149,39 +144,10 @@ def _inode(path: Path) -> tuple[int, int]:
 _IMAGE_SECTIONS = ("sync", "stabilize", "align", "fuse", "hclfuse", "baseline", "post")
 
 
-def made_with(out: Path) -> dict[str, Any]:
-    """The config the existing output ``out`` records having been made with ({} when it records none).
-
-    Raises:
-        ValueError: one line saying why ``out`` is not a video PyAV can open: not a file, empty, another program's
-            file, a copy cut short before its index (one cut after its index opens: only decoding it all tells).
-    """
-    if not out.is_file():
-        raise ValueError("is not a file")
-    if out.stat().st_size == 0:
-        raise ValueError("is empty")
-    try:
-        with av.open(str(out)) as container:
-            if not container.streams.video:
-                raise ValueError("holds no video stream")
-            tags = {k.lower(): v for k, v in container.metadata.items()}  # Matroska writes COMMENT
-    except (OSError, av.FFmpegError) as exc:
-        raise ValueError(f"is not a video PyAV can read ({getattr(exc, 'strerror', None) or exc})") from None
-    try:
-        made = json.loads(tags.get("comment", "{}")).get("streamfuse_config", {})
-    except (ValueError, AttributeError):  # another program's comment
-        return {}
-    return made if isinstance(made, dict) else {}
-
-
 def changed_settings(made: dict[str, Any], cfg: Any) -> list[str]:
     """The settings (``section.key``) that ``cfg`` gives otherwise than ``made`` (the config an output was made with,
-    see :func:`made_with`); empty when they agree or ``made`` is empty."""
+    see :func:`streamfuse.replay.outputs.made_with`); empty when they agree or ``made`` is empty."""
     now = cfg.to_dict()
     return [f"{section}.{key}" for section in _IMAGE_SECTIONS if isinstance(made.get(section), dict)
             for key, value in now.get(section, {}).items() if made[section].get(key, value) != value]
 
-
-def is_complete(out: Path) -> bool:
-    """A finished output: the final file exists and no partial one (a replay renames it into place last)."""
-    return out.exists() and not partial_path(out).exists()

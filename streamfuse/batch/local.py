@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from streamfuse.atomic_write import partial_path
-from streamfuse.batch.jobs import (BatchInterrupted, BatchSummary, PairJob, PairResult, changed_settings,
-                                  is_complete, made_with)
+from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult, changed_settings
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
+from streamfuse.replay.outputs import check_no_partial, is_complete, made_with
 from streamfuse.signals import handled
 
 __all__ = ["Engine", "LocalEngine", "run_batch"]
@@ -68,7 +68,7 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
 
     Returns:
         Every pair's result, in the order they finished (first those whose output existed: skipped, or failed when
-        that output is no video).
+        that output is no video or, without ``resume``, a partial one).
 
     Raises:
         BatchInterrupted: Ctrl-C or SIGTERM stopped the batch; its ``summary`` lists every pair, those left unfinished
@@ -78,16 +78,18 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
 
     engine = engine or LocalEngine()
     t0 = time.perf_counter()
-    results = [_done_before(job.out, cfg) for job in jobs if is_complete(job.out)]
-    todo = [job for job in jobs if not is_complete(job.out)]
+    before = {job: _done_before(job.out, cfg, resume) for job in jobs}
+    results = [result for result in before.values() if result is not None]
+    todo = [job for job, result in before.items() if result is None]
     for folder in {job.out.parent for job in todo}:
         folder.mkdir(parents=True, exist_ok=True)
     quiet = None if cfg.replay.progress else True  # None: tqdm shows the bars on a terminal only
     work_cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False))
     interrupted = False
     # SIGTERM stops the batch as Ctrl-C does (a replay and the Ray driver set their own meanwhile)
-    with handled(signal.default_int_handler, (signal.SIGTERM,)), tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
-                                     disable=quiet) as pairs, \
+    with handled(signal.default_int_handler, (signal.SIGTERM,)), \
+            tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
+                 disable=quiet) as pairs, \
             tqdm(unit="frame", desc="frames", position=1, disable=quiet) as frames:
         try:
             if todo:  # else no engine to start (a Ray takes seconds)
@@ -106,19 +108,31 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     return summary
 
 
-def _done_before(out: Path, cfg: Any) -> PairResult:
-    """A pair whose output exists: skipped, or failed when that output is no video (left as it is: not ours to
-    write over, nor to pass off as complete)."""
+def _done_before(out: Path, cfg: Any, resume: bool) -> PairResult | None:
+    """The result of a pair whose output is not to be written, or None (run it): skipped when complete; failed when
+    that output is no video (left as it is: not ours to write over, nor to pass off as complete) or, without
+    ``resume``, when it is an interrupted replay's partial output (as a single replay refuses it)."""
+    if not is_complete(out):
+        try:
+            if not resume:
+                check_no_partial(out)
+        except FileExistsError as exc:
+            return _failed(out, str(exc))
+        return None
     try:
         changed = changed_settings(made_with(out), cfg)
     except ValueError as exc:
-        result = PairResult(str(out), "failed", reason=f"{out} exists but {exc}; delete it to replay this pair")
-        _log(result)
-        return result
+        return _failed(out, f"{out} exists but {exc}; delete it to replay this pair")
     if changed:
         log.warning("%s is complete and skipped, but was made with other settings (%s); delete it to replay it with "
                     "these", out, ", ".join(changed))
     return PairResult(str(out), "skipped")
+
+
+def _failed(out: Path, reason: str) -> PairResult:
+    result = PairResult(str(out), "failed", reason=reason)
+    _log(result)
+    return result
 
 
 def _log(result: PairResult) -> None:

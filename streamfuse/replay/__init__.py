@@ -18,11 +18,13 @@ objects. The loop is written in data-flow order: decode -> pair -> fuse -> postp
   a ``.OUT.partial.json`` sidecar and raises :class:`ReplayError`; one killed outright keeps them too.
   ``resume`` re-encodes the frames the partial file holds (checked against the re-read pairs' times, so nothing
   is fused twice) and fuses from the first frame it lacks.
-- The output (and every file it is written through) must not be one of the inputs, by any path or link.
+- The output (and every file it is written through) must not be one of the inputs, by any path or link. An existing
+  output is never written over: a complete one (or a file that is no video) is refused, and so is the partial output
+  of an interrupted run unless ``resume`` continues it.
 
 Modules: ``config`` (ReplayConfig), ``inputs`` (paths -> sources, decoder threads, merge by time, batch pair
-lists), ``outputs`` (output path checks), ``resume`` (sidecar, fingerprint, take-over of a partial output),
-``summary`` (ReplaySummary, ReplayError, stage clock) and ``loop`` (:func:`run_replay`).
+lists), ``outputs`` (output path checks; complete or partial), ``resume`` (sidecar, fingerprint, take-over of a
+partial output), ``summary`` (ReplaySummary, ReplayError, stage clock) and ``loop`` (:func:`run_replay`).
 """
 
 from streamfuse.replay.config import ReplayConfig

@@ -25,7 +25,7 @@ from streamfuse.capture.sources import open_source
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.replay.inputs import (Input, Reader, RecordedOrder, input_kind, input_path, merged, no_pairs, outside,
                                       resolve, truncation)
-from streamfuse.replay.outputs import check_frames_dir, check_output_folder, check_output_paths
+from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path
 from streamfuse.replay.summary import NAMES, OTHER, ReplayError, ReplaySummary, StageClock
 from streamfuse.signals import handled
@@ -61,7 +61,9 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
         ir_path, vis_path: override ``ir.path``/``vis.path``: a video file, a folder of numbered frames, or one
             ``.mcap`` recording (then ``vis_path`` may be omitted).
         out_path: override ``replay.out``.
-        resume: override ``replay.resume``.
+        resume: override ``replay.resume``: True continues an interrupted replay's partial output, False starts over
+            from it (a batch retrying a lost worker's pair does); left to ``replay.resume`` (None), a partial output
+            is refused unless that is true, so that a forgotten ``--resume`` costs no frames.
         fuser_factory: builds the fuser from the PipelineConfig instead of ``streamfuse.processor.config_fuser``,
             e.g. one that keeps a model loaded across the pairs of a batch; it must give a fuser without any earlier
             video's state.
@@ -70,22 +72,24 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
         The summary (also logged as one block).
 
     Raises:
-        OSError (FileNotFoundError, PermissionError, IsADirectoryError), ValueError: bad input or output path,
-            before any work (one line).
+        OSError (FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError), ValueError: bad input or
+            output path, or an output that exists (complete, no video, or partial as above), before any work (one
+            line).
         ReplayError: the run stopped early (truncated input, inputs whose times never meet, an FFmpeg, write or
             fuser error, size mismatch, Ctrl-C); the partial output is kept for ``resume`` and ``.summary`` says how
             far it got.
     """
     rcfg = cfg.replay
+    restart = resume is False  # a caller's False (not the config's) starts over from a partial output
     resume = rcfg.resume if resume is None else resume
     out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
-    if rcfg.frames_dir:
-        check_frames_dir(Path(rcfg.frames_dir), resume)
     summary = ReplaySummary(ir=ir.cfg.path, vis=vis.cfg.path, out=str(out))
-    if resume and out.exists() and not partial_path(out).exists():
+    if check_existing_output(out, resume=resume, restart=restart):
         log.info("%s is already complete; nothing to resume", out)
         summary.complete = True
         return summary
+    if rcfg.frames_dir:
+        check_frames_dir(Path(rcfg.frames_dir), resume)
     prints = fingerprint(cfg, ir, vis)
     take_over = TakeOver.open(out, prints, rcfg.pacing, vis.time_base) if resume else None
     # the values used (inputs, output, resume), as the output's metadata records them

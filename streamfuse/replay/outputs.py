@@ -1,16 +1,23 @@
-"""Replay outputs: refuse, before anything is opened, an output that would overwrite an input or cannot be written."""
+"""Replay outputs: refuse, before anything is opened, an output that would overwrite an input or an earlier run's
+output, or that cannot be written; tell a complete output from a partial one (the single replay and the batch)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import av
+
+from streamfuse.atomic_write import partial_path
 from streamfuse.replay.resume import sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES
 from streamfuse.video import container_format, work_paths
 
-__all__ = ["check_output_paths", "check_output_folder", "check_frames_dir"]
+__all__ = ["check_output_paths", "check_output_folder", "check_frames_dir", "check_existing_output", "check_no_partial",
+           "is_complete", "made_with"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -77,3 +84,63 @@ def check_frames_dir(folder: Path, resume: bool) -> None:
     if not resume and folder.is_dir() and any(folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
         raise ValueError(f"replay.frames_dir {folder} already holds the frames of an earlier run; choose an empty "
                          f"folder (or --resume the run they belong to)")
+
+
+def is_complete(out: Path) -> bool:
+    """A finished output: the final file exists and no partial one (a replay renames it into place last)."""
+    return out.exists() and not partial_path(out).exists()
+
+
+def made_with(out: Path) -> dict[str, Any]:
+    """The config the existing output ``out`` records having been made with ({} when it records none).
+
+    Raises:
+        ValueError: one line saying why ``out`` is not a video PyAV can open: not a file, empty, another program's
+            file, a copy cut short before its index (one cut after its index opens: only decoding it all tells).
+    """
+    if not out.is_file():
+        raise ValueError("is not a file")
+    if out.stat().st_size == 0:
+        raise ValueError("is empty")
+    try:
+        with av.open(str(out)) as container:
+            if not container.streams.video:
+                raise ValueError("holds no video stream")
+            tags = {k.lower(): v for k, v in container.metadata.items()}  # Matroska writes COMMENT
+    except (OSError, av.FFmpegError) as exc:
+        raise ValueError(f"is not a video PyAV can read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        made = json.loads(tags.get("comment", "{}")).get("streamfuse_config", {})
+    except (ValueError, AttributeError):  # another program's comment
+        return {}
+    return made if isinstance(made, dict) else {}
+
+
+def check_no_partial(out: Path) -> None:
+    """Refuse to start ``out`` afresh over the partial output of an interrupted replay: its frames would be lost,
+    and ``--resume`` continues it."""
+    partial = partial_path(out)
+    if partial.exists():
+        raise FileExistsError(f"{partial} holds an interrupted replay of {out}; run again with --resume to continue "
+                              f"it, or delete {partial.name} to start over")
+
+
+def check_existing_output(out: Path, *, resume: bool, restart: bool = False) -> bool:
+    """True when ``out`` is complete and ``resume`` has nothing to do; refuse, before any work, to write over an
+    earlier run's complete output, a file that is no video, or (neither ``resume`` nor ``restart``) a partial output.
+
+    Raises:
+        FileExistsError: one line naming the file and how to go on.
+    """
+    if not is_complete(out):
+        if not (resume or restart):
+            check_no_partial(out)
+        return False
+    try:
+        made_with(out)
+    except ValueError as exc:
+        raise FileExistsError(f"output {out} exists but {exc}; delete it or choose another --out") from None
+    if not resume:
+        raise FileExistsError(f"output {out} is already complete; delete it or choose another --out to replay again "
+                              f"(--resume continues only an interrupted replay)")
+    return True

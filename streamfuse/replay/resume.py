@@ -8,6 +8,7 @@ while their times match the re-read pairs' (so nothing is fused twice) and fuses
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from streamfuse.video import decode_frames
 __all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver", "resume_hint"]
 
 log = logging.getLogger(__name__)
+
+_MAX_REORDER = 16  # frames an H.264 or HEVC decoder may hold back for reordering (its largest picture buffer)
 
 
 def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
@@ -134,13 +137,21 @@ class TakeOver:
         if item is not None and abs(item[0] - t_pair) <= Fraction(1, 1000) + self._time_base / 2:
             self.taken += 1
             return item[1]
-        if item is None:
-            log.info("resume: took over %d frames; fusing from pts %d", self.taken, pts)
+        if item is None or self._cut_short(item[0], t_pair):
+            log.info("resume: took over %d frames; fusing from pts %d%s", self.taken, pts,
+                     "" if item is None else ", where the interrupted run's output was cut off")
         else:
             log.warning("resume: the partial output has a frame at %.3f s where the inputs give %.3f s; fusing "
                         "from here", float(item[0]), float(t_pair))
         self.close()
         return None
+
+    def _cut_short(self, t_frame: Fraction, t_pair: Fraction) -> bool:
+        """True when the partial output lacks the frame at ``t_pair`` only because the run was killed while writing
+        its end: the frame it has instead is later, and the file holds at most the codec's reordering window from it
+        on (an H.264 or HEVC encoder writes up to 16 frames before the B-frames shown earlier; a kill cuts those off).
+        """
+        return t_frame > t_pair and next(itertools.islice(self._frames, _MAX_REORDER - 1, None), None) is None
 
     def close(self) -> None:
         """Stop taking over; the interrupted run's file is deleted."""

@@ -1,0 +1,140 @@
+"""A replay and what its --out already holds: a complete output, a file that is no video, an interrupted run's partial
+output (refused, or continued by --resume), and the seam where a killed run's output was cut off."""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+from test_replay import _StopAt, decoded, interrupted_replay, make_cfg, write_video
+
+import streamfuse.processor
+from streamfuse.atomic_write import partial_path
+from streamfuse.cli.run import replay_main
+from streamfuse.replay import run_replay
+from streamfuse.video import VideoWriter, decode_frames, pick_encoder
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """IR and visible at 25 fps, 40 frames each (40 pairs)."""
+    ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mkv"
+    write_video(ir, 40, 25, grey=True, codec="ffv1")
+    write_video(vis, 40, 25, codec="ffv1")
+    return ir, vis
+
+
+def _no_fusing(monkeypatch) -> None:
+    """Fail the test if a fuser is built: the refusals come before any work."""
+    def build(*_):
+        raise AssertionError("a fuser was built")
+
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", build)
+
+
+def test_a_complete_output_is_refused_before_any_work_and_left_as_it_is(tmp_path, pair, monkeypatch, capsys):
+    ir, vis = pair
+    out = tmp_path / "fused.mp4"
+    run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    before = out.read_bytes()
+    _no_fusing(monkeypatch)
+    with pytest.raises(FileExistsError, match=f"^output {out} is already complete; delete it or choose another --out"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    # the command: one line, a non-zero exit
+    assert replay_main(["--ir", str(ir), "--vis", str(vis), "--out", str(out), "--set", "fuse.name=max"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(f"streamfuse: error: output {out} is already complete") and "Traceback" not in lines
+    assert run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True).complete  # nothing to resume
+    assert out.read_bytes() == before and not list(tmp_path.glob(".fused*"))
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_output_that_is_no_video_is_refused_and_left_as_it_is(tmp_path, pair, monkeypatch, resume):
+    ir, vis = pair
+    out = tmp_path / "fused.mp4"
+    out.write_text("notes")
+    _no_fusing(monkeypatch)
+    with pytest.raises(FileExistsError, match=f"^output {out} exists but is not a video .*; delete it or choose"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=resume)
+    assert out.read_text() == "notes" and not list(tmp_path.glob(".fused*"))
+
+
+def test_a_partial_output_needs_resume_or_an_explicit_start_over(tmp_path, pair, monkeypatch):
+    """Without --resume, an interrupted run's partial output is refused, not written over; --resume continues it; a
+    caller's explicit resume=False (a batch retrying a lost worker's pair) starts over."""
+    ir, vis = pair
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    interrupted_replay(cfg, ir, vis, out)
+    partial = partial_path(out)
+    kept = partial.read_bytes()
+    with pytest.raises(FileExistsError, match=f"^{partial} holds an interrupted replay of {out}; run again with "
+                                              f"--resume to continue it, or delete {partial.name} to start over$"):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    assert partial.read_bytes() == kept and not out.exists()
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 7 and summary.written == 40
+    out.unlink()
+    interrupted_replay(cfg, ir, vis, out)
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(None))
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=False)
+    assert summary.complete and summary.reused == 0 and summary.fused == 40
+
+
+# -------------------------------------------------------------------------------- the seam of a killed run
+
+
+def _cut_in_a_b_frame(path: Path) -> None:
+    """Cut ``path`` as a kill while it is written can: in the middle of its last B-frame (a frame stored after a
+    later one it is shown before), which leaves that later frame in the file and this one not."""
+    with av.open(str(path)) as c:
+        packets = [(p.pts, p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
+    shown_later = [(pos, size) for i, (pts, pos, size) in enumerate(packets)
+                   if any(later < pts for later, _, _ in packets[i + 1:])]
+    assert shown_later, "the encoder wrote no B-frame"
+    pos, size = max(shown_later)  # the reference frame whose B-frames come after it in the file
+    b_frame = next((p, s) for p, s in sorted((p, s) for _, p, s in packets) if p > pos)
+    os.truncate(path, b_frame[0] + b_frame[1] // 2)
+
+
+def test_resume_after_a_kill_mid_b_frame_is_no_warning(tmp_path, pair, caplog):
+    """A kill cuts an H.264 partial output between a frame and the B-frames shown before it: the take-over stops at the
+    first missing one, with no warning about the inputs' frame times (they are fine)."""
+    if pick_encoder("h264") != "libx264":
+        pytest.skip("needs libx264's B-frames")
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec_threads": 1}), tmp_path / "fused.mp4"
+    interrupted_replay(cfg, ir, vis, out, stop=31)
+    _cut_in_a_b_frame(partial_path(out))
+    held = [t for t, _ in decode_frames(partial_path(out))]
+    missing = next(i for i, t in enumerate(held) if t != Fraction(i, 25))  # the first frame the cut took
+    with caplog.at_level(logging.INFO):
+        summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == missing and summary.written == 40
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert f"took over {missing} frames; fusing from pts {missing * 40}, where the interrupted run's output was " \
+           f"cut off" in caplog.text
+    assert decoded(out)[1] == [40 * i for i in range(40)]  # Matroska's ms
+
+
+def test_resume_still_warns_when_the_partial_output_disagrees_with_the_inputs_mid_file(tmp_path, pair, caplog):
+    """A frame missing long before the partial output's end is no kill's seam: the warning names both times."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=31)
+    frames = list(decode_frames(partial_path(out)))
+    writer = VideoWriter(out, codec="ffv1", crf=0, time_base=Fraction(1, 1000), rate=Fraction(25), width=64,
+                         height=48)
+    for i, (_, image) in enumerate(frames):
+        if i != 5:  # 24 frames after the gap: far more than a kill can cut off
+            writer.write(image, 40 * i)
+    writer.abort()
+    with caplog.at_level(logging.INFO):
+        summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 5 and summary.written == 40
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["resume: the partial output has a frame at 0.240 s where the inputs give 0.200 s; fusing "
+                        "from here"]
