@@ -20,7 +20,8 @@ FFmpeg's decoder and encoder threads (``replay.codec_threads``) left at 0 ("FFmp
 every core) become ``threads``, so that workers side by side do not each start a thread per core.
 
 Outputs already complete (the final file exists and no ``.partial`` does) are skipped by the driver, before any
-work is sent. Progress: one bar for pairs, one for fused frames (reported by the workers).
+work is sent; without ``resume``, a pair whose partial output is there fails and keeps it, as a single replay
+refuses it. Progress: one bar for pairs, one for fused frames (reported by the workers).
 
 Modules: ``jobs`` (the pairs and their results), ``worker`` (one pair on a worker), ``local`` (the local engine and
 the driver :func:`run_batch`) and ``ray_engine``.
