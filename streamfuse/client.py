@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 
 from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
-from streamfuse.connection_watch import ConnectionWatch
+from streamfuse.connection_watch import connect_sub
 from streamfuse.pool_ring import RingError
 from streamfuse.ring_cursor import RingCursor
 from streamfuse.shm_pool import NotAPool, PoolError, PoolReader, ring_supported, shm_supported
@@ -83,9 +83,6 @@ class Subscriber:
             raise ValueError(f"rcvhwm={rcvhwm} must be >= 1")
         if max_frame_bytes < 1:
             raise ValueError(f"max_frame_bytes={max_frame_bytes} must be >= 1")
-        if server_key and len(server_key) != 40:
-            raise ValueError(f"server_key must be the publisher's 40-character Z85 CURVE public key, got "
-                             f"{len(server_key)} characters")
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
         self.received = self.malformed = self.missed = self.discarded = 0
         self.via_shm = self.via_ring = self.awaiting_keyframe = 0
@@ -103,22 +100,10 @@ class Subscriber:
         self._jpeg, self._h264 = JpegDecoder(), H264Decoder()
         self.max_frame_bytes = max_frame_bytes
         self._last_seq: int | None = None
-        self._sock = zmq.Context.instance().socket(zmq.SUB)
-        try:
-            self._sock.setsockopt(zmq.LINGER, 0)
-            self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
-            self._sock.setsockopt(zmq.MAXMSGSIZE, max(max_frame_bytes, MAX_HEADER_BYTES))  # per part
-            if server_key:
-                self._sock.curve_serverkey = server_key.encode()
-                self._sock.curve_publickey, self._sock.curve_secretkey = zmq.curve_keypair()
-            self._sock.setsockopt(zmq.SUBSCRIBE, self._topic)
-            if self._shm:
-                self._sock.setsockopt(zmq.SUBSCRIBE, self._shm_topic)
-            self._watch = ConnectionWatch(self._sock, endpoint)  # restores what libzmq does not retry
-            self._sock.connect(endpoint)
-        except zmq.ZMQError as exc:
-            self._sock.close(linger=0)
-            raise ValueError(f"cannot connect to {endpoint}: {exc}") from None
+        topics = [self._topic, self._shm_topic] if self._shm else [self._topic]
+        # the watch restores what libzmq does not retry
+        self._sock, self._watch = connect_sub(endpoint, topics, rcvhwm=rcvhwm, server_key=server_key,
+                                              max_part_bytes=max(max_frame_bytes, MAX_HEADER_BYTES))
         self._fds = select.poll()
         for fd in (self._sock.getsockopt(zmq.FD), self._watch.fd):  # one poll() a wait, not zmq.Poller's several
             self._fds.register(fd, select.POLLIN)

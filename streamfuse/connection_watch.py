@@ -1,4 +1,5 @@
-"""The health of a Subscriber's connection, followed through the SUB socket's ZeroMQ monitor.
+"""A consumer's SUB socket: opened with its limits and CURVE keys (:func:`connect_sub`), and the health of its
+connection, followed through the socket's ZeroMQ monitor (:class:`ConnectionWatch`).
 
 libzmq retries an ordinary dropped connection itself, but not one dropped on a protocol error (a part over
 ``ZMQ_MAXMSGSIZE``, a failed CURVE handshake): the monitor tells such drops from ordinary ones, and the watch
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-__all__ = ["ConnectionWatch"]
+__all__ = ["ConnectionWatch", "connect_sub"]
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +72,47 @@ class ConnectionWatch:
         """Stop monitoring and close the monitor's socket (linger 0)."""
         self._sock.disable_monitor()
         self._monitor.close(linger=0)
+
+
+def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part_bytes: int,
+                server_key: str = "") -> tuple[zmq.Socket, ConnectionWatch]:
+    """A SUB socket connected to ``endpoint`` (linger 0), subscribed to ``topics``, and the watch of its connection
+    (monitoring from before the connect, so that no event is missed).
+
+    Args:
+        rcvhwm: messages queued on this side before ZeroMQ stops reading from the network.
+        max_part_bytes: largest message part accepted (``ZMQ_MAXMSGSIZE``: a larger one drops the connection as it
+            arrives, before it is buffered; the watch restores it).
+        server_key: the publisher's CURVE public key (Z85, 40 characters); empty = plain. The socket gets a key pair
+            of its own.
+
+    Raises:
+        ValueError: a bad server key or endpoint (one line).
+    """
+    scheme, _, address = endpoint.partition("://")
+    port = address.rpartition(":")[2]
+    if scheme == "tcp" and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        # libzmq takes a port modulo 65536: tcp://host:70000 would connect to port 4464
+        raise ValueError(f"cannot connect to {endpoint}: its TCP port must be 1..65535")
+    if server_key and len(server_key) != 40:
+        raise ValueError(f"server_key must be the publisher's 40-character Z85 CURVE public key, got "
+                         f"{len(server_key)} characters")
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    watch = None
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes)
+        if server_key:
+            sock.curve_serverkey = server_key.encode()
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        watch = ConnectionWatch(sock, endpoint)
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        if watch is not None:
+            watch.close()
+        sock.close(linger=0)
+        raise ValueError(f"cannot connect to {endpoint}: {exc}") from None
+    return sock, watch

@@ -187,3 +187,10 @@ def test_bad_arguments_raise_value_error() -> None:
         Subscriber(NOBODY, server_key="short")
     with pytest.raises(ValueError, match="max_frame_bytes=0"):
         Subscriber(NOBODY, max_frame_bytes=0)
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "", "x"])
+def test_a_tcp_port_out_of_range_is_refused(port: str) -> None:
+    # libzmq takes the port modulo 65536: tcp://127.0.0.1:70000 silently subscribed to port 4464
+    with pytest.raises(ValueError, match=rf"cannot connect to tcp://127.0.0.1:{port}: its TCP port must be 1..65535$"):
+        Subscriber(f"tcp://127.0.0.1:{port}")

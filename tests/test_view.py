@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -150,16 +154,18 @@ def test_page_gets_every_view_and_only_the_newest_frame_after_each_ack():
             feed.close()
 
 
-@pytest.mark.parametrize("consumer", ["view", "foxglove"])
-def test_hostile_stats_are_skipped_and_the_stats_go_on(consumer):
+@contextlib.contextmanager
+def _stats_consumer(consumer: str) -> Iterator[tuple[zmq.Socket, Any, Callable[[], int]]]:
+    """A raw PUB socket and a view feed or Foxglove bridge reading its stats on ``stats/t``; with the count of stats
+    messages the consumer passed on."""
     if consumer == "foxglove":
         pytest.importorskip("foxglove")
     sock = zmq.Context.instance().socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(ANY_PORT)
     endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    loop = asyncio.new_event_loop()  # never run: the feed only queues its page wake-ups on it
     if consumer == "view":
-        loop = asyncio.new_event_loop()  # never run: the feed only queues its page wake-ups on it
         reader = Feed(endpoint, "fused/t", "stats/t")
         reader.start(loop)
         passed_on = lambda: reader.versions["stats"]  # noqa: E731
@@ -169,10 +175,24 @@ def test_hostile_stats_are_skipped_and_the_stats_go_on(consumer):
         reader = Bridge(endpoint, "fused/t", "stats/t", port=0)
         reader.start()
         passed_on = lambda: reader.logged.get("/stats", 0)  # noqa: E731
+    try:
+        yield sock, reader, passed_on
+    finally:
+        reader.close()
+        sock.close(linger=0)
+        loop.close()
+
+
+def _stats(**fields: object) -> bytes:
+    return json.dumps({"schema": "streamfuse.stats/1", **fields}).encode()
+
+
+@pytest.mark.parametrize("consumer", ["view", "foxglove"])
+def test_hostile_stats_are_skipped_and_the_stats_go_on(consumer):
     # These killed the view's stats thread (stages) and the bridge's (t_ns) for good.
     killer = b'{"schema":"streamfuse.stats/1","stages":[1,2],"t_ns":"abc"}'
     hostile = [b'{"schema":"streamfuse.stats/1","rate_fps":NaN}', b'{"schema":"streamfuse.stats/1","counters":[1]}']
-    try:
+    with _stats_consumer(consumer) as (sock, reader, passed_on):
         # sent every 10 ms until one arrives (the subscription is then there), so none of the rest is lost
         wait_until(lambda: sock.send_multipart([b"stats/t", killer]) or reader.stats_in.malformed, "stats arrive")
         for body in hostile:
@@ -182,11 +202,32 @@ def test_hostile_stats_are_skipped_and_the_stats_go_on(consumer):
         assert reader.stats_in.malformed >= 1 + len(hostile)
         if consumer == "view":
             assert reader.stats["t_ns"] == 7 and list(reader.history) == [{"t_ns": 7, "rate_fps": 25.0, "stages": {}}]
-    finally:
-        reader.close()
-        sock.close(linger=0)
-        if consumer == "view":
-            loop.close()
+
+
+@pytest.mark.parametrize("consumer", ["view", "foxglove"])
+def test_stats_go_on_after_a_part_over_the_limit(consumer):
+    # libzmq drops the connection on the oversized part and never retries it: the stats stopped for good, silently.
+    with _stats_consumer(consumer) as (sock, reader, passed_on):
+        assert reader.stats_in.sock.getsockopt(zmq.RCVHWM) <= 8  # a peer's flood holds a few MB here, not a GB
+        wait_until(lambda: sock.send_multipart([b"stats/t", _stats()]) or passed_on(), "stats arrive")
+        sock.send_multipart([b"stats/t", _stats(pad="x" * 2_000_000)])
+        wait_until(lambda: reader.stats_in.malformed, "the oversized part refused")
+        seen = passed_on()
+        wait_until(lambda: sock.send_multipart([b"stats/t", _stats()]) or passed_on() > seen, "stats after it")
+
+
+def test_the_plots_keep_at_most_32_stages():
+    stages = {f"s{i}": {"median_ms": 1.0, "p99_ms": 2.0} for i in range(1000)}
+    with _stats_consumer("view") as (sock, feed, passed_on):
+        wait_until(lambda: sock.send_multipart([b"stats/t", _stats(stages=stages)]) or passed_on(), "stats arrive")
+        assert list(feed.history[-1]["stages"]) == [f"s{i}" for i in range(32)]  # of 1000: a point stays small
+
+
+def test_stats_after_the_event_loop_closed_are_no_traceback():
+    # The viewer closes its event loop before its feed: a stats message in between raised in the stats thread.
+    with _stats_consumer("view") as (sock, feed, passed_on):
+        feed._loop.close()
+        wait_until(lambda: sock.send_multipart([b"stats/t", _stats()]) or passed_on() >= 2, "stats keep arriving")
 
 
 @pytest.mark.slow  # opt-in, as the other browser tests (tests/test_view_browser.py)
@@ -226,6 +267,19 @@ def test_view_cli_says_what_is_wrong_in_one_line(capsys):
         with pytest.raises(SystemExit) as exit_:
             view_main(["tcp://127.0.0.1:1", "--wait", wait])
         assert exit_.value.code == 2 and "--wait a finite number > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["view", "foxglove"])
+def test_cli_bad_server_key_or_port_is_named(command, capsys):
+    # The stats socket took a short key for a connect error ("cannot connect to ...: Invalid argument"); libzmq
+    # takes a TCP port modulo 65536 (70000 is 4464).
+    if command == "foxglove":
+        pytest.importorskip("foxglove")
+    for args, said in ((["tcp://127.0.0.1:1", "--server-key", "short"], "40-character Z85 CURVE public key, got 5"),
+                       (["tcp://127.0.0.1:70000"], "cannot connect to tcp://127.0.0.1:70000: its TCP port must be")):
+        assert cli([command, *args, "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
 
 
 def test_module_cli_dispatches_to_each_command(capsys):

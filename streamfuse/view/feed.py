@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import struct
@@ -19,18 +20,20 @@ from typing import Any, Iterator
 
 import cv2
 import numpy as np
-import zmq
 
 from streamfuse.client import Subscriber
+from streamfuse.connection_watch import connect_sub
 from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, decode_stats, preview_topic
 
-__all__ = ["Feed", "KINDS", "pack", "unpack", "stats_socket", "StatsMessages"]
+__all__ = ["Feed", "KINDS", "pack", "unpack", "StatsMessages"]
 
 log = logging.getLogger(__name__)
 
 KINDS = ("ir", "vis", "fused")  # left to right on the page
 _POLL_S = 0.1  # how often the reader threads look at their stop flags
 _MAX_STATS_BYTES = 16 * MAX_HEADER_BYTES  # a stats message is a few kB
+_STATS_RCVHWM = 8  # stats come every telemetry.interval_s and are read at once: a few queued bound the memory
+_MAX_PLOT_STAGES = 32  # a pipeline has 7 stages; more would be a peer making every plot point megabytes
 
 
 class Feed:
@@ -63,7 +66,7 @@ class Feed:
         self._closing = threading.Event()
         self._frames_stop: threading.Event | None = None
         self._threads: list[threading.Thread] = []
-        self.stats_in = StatsMessages(stats_socket(endpoint, stats_topic, server_key), self._closing)
+        self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._closing)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start receiving stats; pages are woken on ``loop``."""
@@ -148,7 +151,8 @@ class Feed:
         """Called on a reader thread after storing a ``kind`` message: wake the pages on the event loop."""
         self.versions[kind] += 1
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake)
+            with contextlib.suppress(RuntimeError):  # the loop closed: the viewer is shutting down
+                self._loop.call_soon_threadsafe(self._wake)
 
     def _read_frames(self, kind: str, sub: Subscriber, stop: threading.Event) -> None:
         """Take every frame off the socket as it arrives and keep the newest (no backlog anywhere)."""
@@ -168,52 +172,56 @@ class Feed:
                 self._arrived("stats")
 
 
-def stats_socket(endpoint: str, topic: str, server_key: str = "") -> zmq.Socket:
-    """A SUB socket for the pipeline's stats messages (two parts, which ``Subscriber`` does not take).
+class StatsMessages:
+    """The validated stats on ``topic`` from ``endpoint`` (:func:`streamfuse.wire.decode_stats`) until ``stop`` is
+    set, for one iteration on one thread, which closes the socket at the end (or :meth:`close`, never iterated).
+    Malformed ones are logged, counted in ``malformed`` and skipped; a connection that ZeroMQ dropped on a part over
+    ``_MAX_STATS_BYTES`` is restored and counted the same way.
 
     Raises:
-        ValueError: the endpoint cannot be connected (one line).
+        ValueError: the endpoint cannot be connected, or a bad server key (one line).
     """
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    try:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, _MAX_STATS_BYTES)
-        if server_key:
-            sock.curve_serverkey = server_key.encode()
-            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        sock.connect(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(linger=0)
-        raise ValueError(f"cannot connect to {endpoint}: {exc}") from None
-    return sock
 
-
-class StatsMessages:
-    """The validated stats from ``sock`` (:func:`streamfuse.wire.decode_stats`) until ``stop`` is set, for one
-    iteration on the thread that owns the socket, which closes it at the end. Malformed ones are logged, counted in
-    ``malformed`` and skipped."""
-
-    def __init__(self, sock: zmq.Socket, stop: threading.Event) -> None:
-        self.sock, self.stop, self.malformed = sock, stop, 0
+    def __init__(self, endpoint: str, topic: str, server_key: str, stop: threading.Event) -> None:
+        # two-part messages, which ``Subscriber`` does not take: a SUB socket of its own
+        self.sock, self.watch = connect_sub(endpoint, [topic.encode()], rcvhwm=_STATS_RCVHWM,
+                                            max_part_bytes=_MAX_STATS_BYTES, server_key=server_key)
+        self.endpoint, self.stop, self.malformed = endpoint, stop, 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
             while not self.stop.is_set():
                 if not self.sock.poll(round(_POLL_S * 1000)):
+                    self._tend()
                     continue
                 try:
                     yield decode_stats(self.sock.recv_multipart())
                 except MalformedMessage as exc:
-                    self.malformed += 1
-                    log.warning("skipped malformed stats message: %s", exc)
+                    self._skip(exc)
         finally:
-            self.sock.close(linger=0)
+            self.close()
+
+    def _tend(self) -> None:
+        """While no stats arrive: follow the connection and restore one that libzmq dropped for good."""
+        self.watch.on_events()
+        if self.watch.restore_due() and self.watch.restore():
+            self._skip(f"ZeroMQ refused it (a part over {_MAX_STATS_BYTES} bytes, or not the ZeroMQ protocol) and "
+                       f"dropped the connection to {self.endpoint}; reconnected")
+
+    def _skip(self, why: Exception | str) -> None:
+        self.malformed += 1
+        log.warning("skipped malformed stats message: %s", why)
+
+    def close(self) -> None:
+        """Close the socket and its watch (linger 0)."""
+        self.watch.close()
+        self.sock.close(linger=0)
 
 
 def _plot_point(stats: dict[str, Any]) -> dict[str, Any]:
     """What the plots keep of a snapshot (validated by ``decode_stats``): time, output rate, per-stage median, p99."""
-    stages = {name: [s.get("median_ms"), s.get("p99_ms")] for name, s in stats.get("stages", {}).items()}
+    named = list(stats.get("stages", {}).items())[:_MAX_PLOT_STAGES]
+    stages = {name: [s.get("median_ms"), s.get("p99_ms")] for name, s in named}
     return {"t_ns": stats.get("t_ns", time.time_ns()), "rate_fps": stats.get("rate_fps"), "stages": stages}
 
 

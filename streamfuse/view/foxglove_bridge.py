@@ -23,7 +23,7 @@ import numpy as np
 
 from streamfuse.client import Subscriber
 from streamfuse.wire import load_server_key, preview_topic
-from streamfuse.view.feed import StatsMessages, stats_socket
+from streamfuse.view.feed import StatsMessages
 
 __all__ = ["main", "Bridge"]
 
@@ -63,7 +63,7 @@ class Bridge:
         self.logged: dict[str, int] = {}  # messages logged per channel
         self._stop = threading.Event()
         # raises ValueError on a bad endpoint
-        self.stats_in = StatsMessages(stats_socket(endpoint, stats_topic, server_key), self._stop)
+        self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._stop)
         self._sources = {"/fused/image": topic}
         if previews:
             self._sources.update({f"/{s}/image": preview_topic(topic, s) for s in ("ir", "vis")})
@@ -80,7 +80,7 @@ class Bridge:
             self.server = self.fox.start_server(name="streamfuse", host=self._host, port=self._port,
                                                 message_backlog_size=_BACKLOG)
         except Exception as exc:  # noqa: BLE001 - the SDK raises its own error types for a busy or bad address
-            self.stats_in.sock.close(linger=0)
+            self.stats_in.close()
             raise RuntimeError(f"cannot start the Foxglove server on {self._host}:{self._port}: {exc}") from None
         self.port = self.server.port
         channels = self.fox.channels
