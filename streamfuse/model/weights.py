@@ -12,11 +12,15 @@ import torch
 
 from streamfuse.model.net import HCLFuseNet, ModelConfig
 
-__all__ = ["DEFAULT_WEIGHTS", "FORMAT_VERSION", "load_weights", "read_weights", "save_weights", "weights_version"]
+__all__ = ["DEFAULT_WEIGHTS", "FORMAT_VERSION", "RELEASES", "load_weights", "read_weights", "save_weights",
+           "weights_version"]
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "hclfuse_v4.pt"
 FORMAT = "streamfuse-hclfuse"
 FORMAT_VERSION = 4  # 4: base decoded on the latent grid; 3: base upsampled in two stages; 2: basis decoder
+# Released files by hash (the first 8 hex digits of their SHA-256) -> the version weights/MODEL_CARD.md's title gives
+# them (a shipped file missing here reports its format version: tests/model/test_weights.py says so).
+RELEASES = {"cd4e0775": "4.6"}
 
 
 def save_weights(path: str | Path, net: HCLFuseNet, extra: dict | None = None, *, half: bool = False) -> None:
@@ -96,5 +100,7 @@ def load_weights(path: str | Path, **net_kwargs: Any) -> tuple[HCLFuseNet, dict]
 
 
 def weights_version(path: str | Path) -> str:
-    """The version a fuser reports for a weights file: format version and the file's hash, e.g. ``3.0+1a2b3c4d``."""
-    return f"{FORMAT_VERSION}.0+{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]}"
+    """The version a fuser reports for a weights file, with the file's hash: a released file's version as the model
+    card names it (``4.6+cd4e0775``), any other file's format version (``4.0+1a2b3c4d``)."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+    return f"{RELEASES.get(digest, f'{FORMAT_VERSION}.0')}+{digest}"

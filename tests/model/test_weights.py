@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 import pytest
 import torch
 
 from streamfuse.model.net import HCLFuseNet
-from streamfuse.model.weights import DEFAULT_WEIGHTS, load_weights, read_weights, save_weights
+from streamfuse.model.weights import (DEFAULT_WEIGHTS, FORMAT_VERSION, load_weights, read_weights, save_weights,
+                                      weights_version)
 
 
 def test_save_load_round_trip(tmp_path, tiny, pair):
@@ -93,3 +97,14 @@ def test_shipped_configs_align_as_the_shipped_weights_were_trained(name):
     trained = read_weights(DEFAULT_WEIGHTS)[2]["align"]
     align = load_config(resolve(name)).align
     assert (align.reg, align.blend) == (trained["reg"], trained["blend"])  # else every run warns and fuses off-model
+
+
+def test_the_shipped_weights_report_the_model_cards_version(tmp_path, tiny):
+    title = (DEFAULT_WEIGHTS.parent / "MODEL_CARD.md").read_text(encoding="utf-8").splitlines()[0]
+    card = re.fullmatch(rf"# HCLFuse-RT v(\d+\.\d+) \(`{DEFAULT_WEIGHTS.name}`\)", title)
+    assert card, f"the model card's title names no version of {DEFAULT_WEIGHTS.name}: {title!r}"
+    digest = hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()[:8]
+    assert weights_version(DEFAULT_WEIGHTS) == f"{card[1]}+{digest}"  # was "4.0+cd4e0775" beside the card's v4.6
+    path = tmp_path / "mine.pt"  # a file of one's own: its format version and its hash
+    save_weights(path, HCLFuseNet(tiny))
+    assert re.fullmatch(rf"{FORMAT_VERSION}\.0\+[0-9a-f]{{8}}", weights_version(path))
