@@ -11,6 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from helpers_video import cut
 from test_replay import _StopAt, make_cfg, write_video
 
 import streamfuse.processor
@@ -18,7 +19,6 @@ import streamfuse.replay.loop
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.video_sources import AvSource
 from streamfuse.replay import ReplayError, find_pairs, run_replay
-from streamfuse.replay.inputs import resolve, truncation
 from streamfuse.video import VideoWriter, decode_frames
 
 
@@ -31,18 +31,28 @@ def _one_line_failure(err: pytest.ExceptionInfo) -> str:
 # -------------------------------------------------------------------------------- inputs that start late
 
 
+def _late_pair(tmp_path, ext):
+    """IR and visible, 25 frames each at 25 fps from 10 s."""
+    ir, vis = tmp_path / f"ir{ext}", tmp_path / f"vis{ext}"
+    write_video(ir, 25, 25, start_s=10.0, grey=True, size=(32, 24))
+    write_video(vis, 25, 25, start_s=10.0, size=(32, 24))
+    return ir, vis
+
+
 @pytest.mark.parametrize("ext", [".mkv", ".nut"])
 def test_a_video_that_starts_10_s_late_is_not_called_truncated(tmp_path, ext):
     """Matroska and NUT state their end time (from 0) as the duration, not a span from the first frame."""
-    path = tmp_path / f"vis{ext}"
-    pts = write_video(path, 25, 25, start_s=10.0, size=(32, 24))
-    vis = resolve("vis", make_cfg().vis, path)
-    assert vis.end_s == pytest.approx(11.0, abs=0.05)
-    last_ns = round(pts[-1] / (512 * 25) * 1e9)
-    assert truncation((vis, vis), {"vis": 25}, {"vis": last_ns}) == ""
-    # a video cut after 10 of its 25 frames is still caught
-    cut_ns = round(pts[9] / (512 * 25) * 1e9)
-    assert "(truncated?)" in truncation((vis, vis), {"vis": 10}, {"vis": cut_ns})
+    ir, vis = _late_pair(tmp_path, ext)
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert summary.complete and summary.written == 25
+
+
+def test_a_late_matroska_video_cut_short_is_still_reported_truncated(tmp_path):
+    ir, vis = _late_pair(tmp_path, ".mkv")
+    cut(vis, 10)  # after 10 of its 25 frames
+    with pytest.raises(ReplayError, match="vis input ended early: .*truncated") as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert err.value.summary.frames["vis"] < 25 and "--resume" not in _one_line_failure(err)
 
 
 @pytest.mark.parametrize("ext", [".mkv", ".nut"])

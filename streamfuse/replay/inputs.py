@@ -24,10 +24,10 @@ from streamfuse.atomic_write import io_reason
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceError
 from streamfuse.frames import Frame
-from streamfuse.video import announced_end_s
+from streamfuse.video import announced_frames
 
 __all__ = ["Input", "Reader", "RecordedOrder", "input_kind", "input_path", "resolve", "merged", "outside",
-           "no_pairs", "truncation", "find_pairs"]
+           "no_pairs", "find_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ class Input:
     cfg: Any  # SourceConfig
     time_base: Fraction  # unit of output pts when this is the visible input
     rate: Fraction  # nominal frame rate
-    expected: int | None = None  # frame count the container states
-    end_s: float | None = None  # end time the container states, s
+    expected: int | None = None  # frame count the container states (the progress bar's total)
 
 
 def input_kind(path: Path) -> str:
@@ -85,8 +84,8 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
             if not container.streams.video:
                 raise ValueError(f"{stream} input {path} has no video stream")
             st = container.streams.video[0]
-            return Input(stream, cfg, Fraction(st.time_base), Fraction(st.average_rate or rate), st.frames or None,
-                         announced_end_s(container, st))
+            return Input(stream, cfg, Fraction(st.time_base), Fraction(st.average_rate or rate),
+                         announced_frames(container, st) or None)
     except (OSError, av.FFmpegError) as exc:
         raise ValueError(f"{stream} input {path} is not a video PyAV can read ({io_reason(exc)})") from None
     except UnicodeDecodeError:  # PyAV decodes the container's tags as UTF-8 when it opens the file
@@ -239,24 +238,6 @@ def no_pairs(inputs: tuple[Input, Input], first_t: dict[str, int], last_t: dict[
         return f"no pairs formed: the IR and visible times do not overlap ({ranges})"
     return (f"no pairs formed: the IR and visible times overlap for {overlap_s:.3f} s ({ranges}) but no IR and "
             f"visible frames there are within {tolerance} ms of each other")
-
-
-def truncation(inputs: tuple[Input, Input], frames: dict[str, int], last_t: dict[str, int]) -> str:
-    """Why a video input that ended without error is shorter than its container says, or ''.
-
-    The file source itself checks the frame count where the container states one (MP4); Matroska states
-    only a duration, so a cut .mkv is caught here by its last frame ending well before that duration.
-    """
-    for inp in inputs:
-        n, last = frames[inp.stream], last_t.get(inp.stream)
-        if inp.cfg.kind != "file":
-            continue
-        if inp.expected and n < inp.expected:
-            return f"{inp.stream} input {inp.cfg.path} ended after {n} of {inp.expected} frames (truncated?)"
-        if inp.end_s and last is not None and last / 1e9 + 1.5 / float(inp.rate) < inp.end_s:
-            return (f"{inp.stream} input {inp.cfg.path} ended at {last / 1e9:.3f} s after {n} frames but "
-                    f"lasts {inp.end_s:.3f} s (truncated?)")
-    return ""
 
 
 def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:

@@ -24,7 +24,7 @@ from streamfuse.atomic_write import io_reason, partial_path
 from streamfuse.capture.sources import open_source
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.replay.inputs import (Input, Reader, RecordedOrder, input_kind, input_path, merged, no_pairs, outside,
-                                      resolve, truncation)
+                                      resolve)
 from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path
 from streamfuse.replay.summary import NAMES, OTHER, ReplayError, ReplaySummary, StageClock
@@ -317,14 +317,14 @@ class _Replay:
         """Why a loop that ran to the end of its inputs is still not complete, or ''."""
         s, stopped = self.summary, ""
         for r in readers:
-            if r.error:  # the source's message says where it stopped
+            if r.error:  # the source's message says where it stopped; a file source also checks the container's end
                 stopped = f"{r.name} input ended early: {r.error}"
         empty = [inp for inp in (self.ir, self.vis) if s.frames[inp.stream] == 0]
         if not stopped and empty:
             stopped = f"the {NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames"
         if not stopped and s.written == 0:
             stopped = no_pairs((self.ir, self.vis), self.first_t, self.last_t, self.cfg.sync)
-        return stopped or truncation((self.ir, self.vis), s.frames, self.last_t)
+        return stopped
 
     def _finish(self, stats: dict, wall_s: float) -> ReplaySummary:
         s = self.summary

@@ -1,0 +1,40 @@
+"""Short videos whose containers state the video's end in their own way (FLV with B-frames, AVI that starts late),
+written with PyAV, and such files cut at a packet: the capture source's and the replay's end checks run on them."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+FPS, N = 25, 50
+CASES = {  # name: (container, first pts in frames, B-frames, codec)
+    "flv_bframes": ("flv", 0, 3, "libx264"),  # FLV's duration counts from its first dts, 2 frames before its first pts
+    "flv_bframes_late": ("flv", 250, 3, "libx264"),
+    "avi_late": ("avi", 250, 0, "libx264"),  # AVI's frame count takes in the 250 empty chunks before the first frame
+    "avi_bframes_late": ("avi", 250, 3, "libx264"),
+    # A decoder without delay gets the first frame at pts 0 (x264's come out at their own pts): a 10 s gap after it.
+    "avi_late_gap": ("avi", 250, 0, "mpeg4"),
+}
+
+
+def write(path: Path, fmt: str, first: int, bframes: int, codec: str = "libx264") -> None:
+    """N noisy 64x48 frames at FPS whose pts start at ``first`` frames."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=FPS, options={"bf": str(bframes), "g": "12"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(N):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), np.uint8), format="bgr24")
+            frame.pts, frame.time_base = first + i, Fraction(1, FPS)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def cut(path: Path, packet: int) -> None:
+    """Cut the file where its video packet ``packet`` starts: whole packets only, so decoding stops quietly there."""
+    with av.open(str(path)) as container:
+        starts = [p.pos for p in container.demux(container.streams.video[0]) if p.size]
+    path.write_bytes(path.read_bytes()[:starts[packet]])
