@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
+from streamfuse.errors import io_reason
 from streamfuse.wire import load_server_key
 
 __all__ = ["main"]
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args.save.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"error: cannot make the --save folder {args.save}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"error: cannot make the --save folder {args.save}: {io_reason(exc)}", file=sys.stderr)
             return 2
     try:
         server_key = load_server_key(args.server_key)

@@ -16,7 +16,8 @@ from typing import Iterator
 import av
 import numpy as np
 
-from streamfuse.atomic_write import WriterThread, io_reason, partial_path
+from streamfuse.atomic_write import WriterThread, partial_path
+from streamfuse.errors import io_reason
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "announced_end_s",
            "announced_frames"]

@@ -34,6 +34,7 @@ import numpy as np
 import zmq
 import zmq.auth
 
+from streamfuse.errors import io_reason
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
 
@@ -389,7 +390,7 @@ def load_server_key(value: str) -> str:
         try:
             return zmq.auth.load_certificate(value)[0].decode(errors="replace")
         except OSError as exc:
-            raise ValueError(f"cannot read the server key file {value}: {exc.strerror or exc}") from None
+            raise ValueError(f"cannot read the server key file {value}: {io_reason(exc)}") from None
         except ValueError:  # zmq.auth: "No public key found"
             raise ValueError(f"server key file {value} holds no public key (a line `public-key = \"...\"`; see "
                              f"zmq.auth.create_certificates)") from None

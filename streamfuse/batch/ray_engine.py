@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
+from streamfuse.errors import io_reason, one_line
 from streamfuse.signals import handled
 
 __all__ = ["RayEngine", "bounded"]
@@ -245,7 +246,7 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise ValueError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+        raise ValueError(f"cannot reach the Ray cluster at {address}: {io_reason(exc)}") from None
 
 
 @functools.cache
@@ -274,14 +275,9 @@ def _lost(ray: Any, job: PairJob, exc: Exception, retries: int) -> PairResult:
     """The result of a pair whose task ended in a Ray error: an exception of its own (not retried: it would meet it
     again), or its worker died ``retries + 1`` times."""
     if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
-        return PairResult(str(job.out), "failed", reason=_one_line(exc.cause))
-    return PairResult(str(job.out), "failed", reason=f"worker lost {retries + 1} times ({_one_line(exc)}); "
+        return PairResult(str(job.out), "failed", reason=one_line(exc.cause, typed=True))
+    return PairResult(str(job.out), "failed", reason=f"worker lost {retries + 1} times ({one_line(exc, typed=True)}); "
                                                      f"run again with --resume")
-
-
-def _one_line(exc: BaseException) -> str:
-    why = " ".join(str(exc).split("\n", 1)[0].split())
-    return f"{type(exc).__name__}: {why}" if why else type(exc).__name__
 
 
 def bounded(jobs: Iterable[PairJob], submit: Callable[[PairJob], Any], wait_one: Callable[[list], tuple[Any, Any]],

@@ -13,6 +13,7 @@ import av
 
 import streamfuse
 from streamfuse.batch.jobs import PairJob, PairResult
+from streamfuse.errors import one_line
 from streamfuse.replay import ReplayError, run_replay
 
 __all__ = ["Models", "replay_pair", "worker_cfg"]
@@ -88,7 +89,7 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         result.status, result.reason = "interrupted" if exc.interrupted else "failed", exc.message
     except (OSError, RuntimeError, ValueError, av.FFmpegError) as exc:  # av's: some derive from none of the three
         summary = None
-        result.status, result.reason = "failed", " ".join(str(exc).split()) or type(exc).__name__
+        result.status, result.reason = "failed", one_line(exc)
     if summary is not None:
         result.frames_in, result.frames_out = dict(summary.frames), summary.written
     result.wall_s = time.perf_counter() - t0

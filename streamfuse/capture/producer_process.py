@@ -19,6 +19,7 @@ from typing import Any
 
 from streamfuse.capture.shm_ring import ShmRing, process_alive
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
+from streamfuse.errors import one_line
 
 __all__ = ["StopFlag", "produce", "process_context", "start_process", "describe_exit"]
 
@@ -126,7 +127,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
         conn.send(("error", str(exc)))
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001  process boundary: any crash becomes one reported line
-        conn.send(("error", f"{section}: producer crashed: {type(exc).__name__}: {' '.join(str(exc).split())}"))
+        conn.send(("error", f"{section}: producer crashed: {one_line(exc, typed=True)}"))
         sys.exit(1)
     finally:
         beat[3] = getattr(source, "skipped", 0)  # also those skipped just before an error ended the source

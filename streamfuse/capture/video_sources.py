@@ -28,6 +28,7 @@ import cv2
 
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
+from streamfuse.errors import one_line
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
@@ -136,7 +137,7 @@ class AvSource(BaseSource):
         try:
             container = self._stack.enter_context(av.open(path, timeout=timeout))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            why = _one_line(exc)
+            why = one_line(exc)
             if isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
                 why = f"not a readable video ({why})"
             elif isinstance(exc, av.ExitError) and self.live:
@@ -174,7 +175,7 @@ class AvSource(BaseSource):
                 if time.monotonic() >= self._skip_report_at:
                     self._skip_report_at = time.monotonic() + self._SKIP_REPORT_S
                     self.warn(f"{self.section}: {self.cfg.path}: skipped {self.skipped} undecodable packet(s) so far "
-                              f"(lost or corrupt data: {_one_line(exc)}); decoding goes on")
+                              f"(lost or corrupt data: {one_line(exc)}); decoding goes on")
 
     def _read(self) -> Frame | None:
         import av
@@ -184,7 +185,7 @@ class AvSource(BaseSource):
         except StopIteration:
             frame = None
         except (av.FFmpegError, OSError) as exc:
-            why = _one_line(exc)
+            why = one_line(exc)
             if isinstance(exc, av.ExitError) and self.live:
                 why = f"no stream data for {self._READ_TIMEOUT_S:g} s (read timeout)"
             raise SourceError(f"{self.section}: {self.cfg.path}: decoding stopped {self._where()}: {why}") from None
@@ -307,6 +308,3 @@ def _opencv_quiet() -> Iterator[None]:
     finally:
         cv2.utils.logging.setLogLevel(previous)
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -20,9 +20,9 @@ from typing import Any, Iterator
 
 import av
 
-from streamfuse.atomic_write import io_reason
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceError
+from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 from streamfuse.video import announced_frames
 

@@ -20,8 +20,9 @@ import av
 import cv2
 import numpy as np
 
-from streamfuse.atomic_write import io_reason, partial_path
+from streamfuse.atomic_write import partial_path
 from streamfuse.capture.sources import open_source
+from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.replay.inputs import (Input, Reader, RecordedOrder, input_kind, input_path, merged, no_pairs, outside,
                                       resolve)
@@ -382,4 +383,4 @@ def _reason(exc: Exception) -> str:
     """One line saying why the run stopped; a PyAV error as FFmpeg words it, with the file it names, if any."""
     if isinstance(exc, av.FFmpegError):
         return f"FFmpeg: {io_reason(exc)}" + (f" ({exc.filename})" if exc.filename else "")
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return one_line(exc)

@@ -12,6 +12,7 @@ from typing import Any
 import av
 
 from streamfuse.atomic_write import partial_path
+from streamfuse.errors import io_reason
 from streamfuse.replay.resume import sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES
 from streamfuse.video import container_format, work_paths
@@ -108,7 +109,7 @@ def made_with(out: Path) -> dict[str, Any]:
                 raise ValueError("holds no video stream")
             tags = {k.lower(): v for k, v in container.metadata.items()}  # Matroska writes COMMENT
     except (OSError, av.FFmpegError) as exc:
-        raise ValueError(f"is not a video PyAV can read ({getattr(exc, 'strerror', None) or exc})") from None
+        raise ValueError(f"is not a video PyAV can read ({io_reason(exc)})") from None
     try:
         made = json.loads(tags.get("comment", "{}")).get("streamfuse_config", {})
     except (ValueError, AttributeError):  # another program's comment

@@ -19,7 +19,8 @@ from typing import Any, Iterator
 import av
 import numpy as np
 
-from streamfuse.atomic_write import io_reason, partial_path
+from streamfuse.atomic_write import partial_path
+from streamfuse.errors import io_reason
 from streamfuse.replay.inputs import Input
 from streamfuse.video import decode_frames
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
+from streamfuse.errors import io_reason
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["DEFAULT_DATA", "SETS", "PairSampler", "load_pairs"]
@@ -82,7 +83,7 @@ def _read(path: Path, flag: int, deep: list[Path]) -> np.ndarray:
         buf = np.frombuffer(path.read_bytes(), np.uint8)
         img = cv2.imdecode(buf, flag | cv2.IMREAD_ANYDEPTH) if buf.size else None  # any depth: to see 16-bit
     except (OSError, cv2.error) as exc:
-        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise ValueError(f"cannot read {path}: {io_reason(exc)}") from None
     if img is None:
         raise ValueError(f"cannot read {path}: {'empty file' if not buf.size else 'corrupt, or not an image'}")
     if img.dtype == np.uint16:

@@ -26,6 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from streamfuse.device import tune_malloc
+from streamfuse.errors import io_reason
 from streamfuse.model.losses import hclfuse_losses
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
@@ -265,7 +266,7 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(f"cannot make --out {out}: {exc.strerror or exc}") from None
+        raise OSError(f"cannot make --out {out}: {io_reason(exc)}") from None
     _atomic(out / "train_config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False)))
     run.net.train()
     return run, sampler, resolved

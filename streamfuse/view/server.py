@@ -22,6 +22,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from streamfuse.errors import io_reason
 from streamfuse.view.feed import Feed
 from streamfuse.wire import load_server_key
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(_main(feed, args))
     except OSError as exc:
-        print(f"streamfuse view: error: cannot serve the page on {args.host}:{args.port}: {exc.strerror or exc}",
+        print(f"streamfuse view: error: cannot serve the page on {args.host}:{args.port}: {io_reason(exc)}",
               file=sys.stderr)
         return 1
     except RuntimeError as exc:  # the browser of --screenshot
