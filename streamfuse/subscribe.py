@@ -2,8 +2,8 @@
 
 Latency columns: ``age`` is now minus the visible (and IR) capture time, ``net`` is now minus the publish time,
 both from the header's epoch-ns clocks, so across machines they include the clock offset (use NTP/PTP).
-Exits 0 after ``--count`` frames or Ctrl-C, 1 when no frame arrives for ``--timeout`` seconds, 2 on bad
-arguments. Malformed messages are skipped and counted; a message part larger than ``--max-frame-mb`` is refused
+Exits 0 after ``--count`` frames, Ctrl-C or SIGTERM (as a launcher stops it; the summary is printed), 1 when no
+frame arrives for ``--timeout`` seconds, 2 on bad arguments. Malformed messages are skipped and counted; a message part larger than ``--max-frame-mb`` is refused
 by ZeroMQ before it is buffered.
 """
 
@@ -13,6 +13,7 @@ import argparse
 import collections
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.errors import io_reason
+from streamfuse.signals import handled
 from streamfuse.wire import load_server_key
 
 __all__ = ["main"]
@@ -59,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"error: cannot make the --save folder {args.save}: {io_reason(exc)}", file=sys.stderr)
             return 2
-    try:
+    try:  # SIGTERM (systemd, a ROS launch) stops it as Ctrl-C does, with the summary
         server_key = load_server_key(args.server_key)
-        with Subscriber(args.endpoint, args.topic, timeout_s=args.timeout, latest=args.latest,
-                        server_key=server_key, max_frame_bytes=max(1, round(args.max_frame_mb * 1e6)),
-                        shm=False if args.no_shm else None) as sub:
+        with handled(signal.default_int_handler, (signal.SIGTERM,)), \
+                Subscriber(args.endpoint, args.topic, timeout_s=args.timeout, latest=args.latest, server_key=server_key,
+                           max_frame_bytes=max(1, round(args.max_frame_mb * 1e6)),
+                           shm=False if args.no_shm else None) as sub:
             return _loop(sub, args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

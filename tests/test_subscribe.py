@@ -37,6 +37,22 @@ def test_cli_count_prints_latency_lines(rng: np.random.Generator) -> None:
     assert lines[-1].startswith("received 3 frames") and "malformed 0" in lines[-1]
 
 
+def test_cli_sigterm_stops_with_the_summary(rng: np.random.Generator) -> None:
+    # a launcher (systemd, ROS launch) stops it with SIGTERM: exit 0 and the summary, as Ctrl-C gives
+    with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rate_hz=50) as pub:
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "streamfuse.subscribe", pub.endpoint],
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().startswith("seq "), proc.stderr.read()[-2000:]  # inside the loop
+            proc.terminate()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert out.splitlines()[-1].startswith("received ") and "Traceback" not in err
+
+
 @pytest.mark.parametrize("encoding", ["raw", "jpeg"])
 def test_cli_no_shm_takes_the_zeromq_stream(encoding: str, rng: np.random.Generator,
                                             capsys: pytest.CaptureFixture) -> None:
