@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-__all__ = ["ConfigError", "check", "parse_section", "apply_overrides", "load_yaml"]
+__all__ = ["ConfigError", "check", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml"]
 
 
 class ConfigError(ValueError):
@@ -32,6 +32,20 @@ def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Range check for ``__post_init__``: raise ValueError naming the key, the bad value and what is allowed."""
     if not ok:
         raise ValueError(f"{key}={value!r} is out of range; allowed: {allowed}")
+
+
+def tcp_port_ok(endpoint: str, *, bind: bool = False) -> bool:
+    """False for a ``tcp://`` ZeroMQ endpoint without a port of 1..65535 (``*`` or 0 too when binding: any free
+    port), which libzmq would take modulo 65536 (``:70000`` is port 4464); other transports pass.
+
+    >>> tcp_port_ok("tcp://127.0.0.1:70000"), tcp_port_ok("tcp://*:*", bind=True), tcp_port_ok("ipc:///tmp/s")
+    (False, True, True)
+    """
+    scheme, _, address = endpoint.partition("://")
+    port = address.rpartition(":")[2]
+    if scheme != "tcp" or (bind and port == "*"):
+        return True
+    return port.isascii() and port.isdigit() and (bind or int(port) > 0) and int(port) < 65536
 
 
 class _Loader(yaml.SafeLoader):

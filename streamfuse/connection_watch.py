@@ -15,6 +15,8 @@ from collections.abc import Iterable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from streamfuse.checks import tcp_port_ok
+
 __all__ = ["ConnectionWatch", "connect_sub"]
 
 log = logging.getLogger(__name__)
@@ -89,10 +91,7 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
     Raises:
         ValueError: a bad server key or endpoint (one line).
     """
-    scheme, _, address = endpoint.partition("://")
-    port = address.rpartition(":")[2]
-    if scheme == "tcp" and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        # libzmq takes a port modulo 65536: tcp://host:70000 would connect to port 4464
+    if not tcp_port_ok(endpoint):
         raise ValueError(f"cannot connect to {endpoint}: its TCP port must be 1..65535")
     if server_key and len(server_key) != 40:
         raise ValueError(f"server_key must be the publisher's 40-character Z85 CURVE public key, got "

@@ -29,7 +29,7 @@ import zmq
 import zmq.auth
 
 from streamfuse.codecs import H264Encoder, JpegEncoder
-from streamfuse.checks import check
+from streamfuse.checks import check, tcp_port_ok
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, PoolError, ShmPool, remove_stale_pools, shm_supported
 from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA,
@@ -86,8 +86,9 @@ class PublishConfig:
     shm_slots: int = 8
 
     def __post_init__(self) -> None:
-        check(self.endpoint.split("://")[0] in ("tcp", "ipc", "inproc"), "endpoint", self.endpoint,
-              "tcp://HOST:PORT | ipc://PATH | inproc://NAME")
+        check(self.endpoint.split("://")[0] in ("tcp", "ipc", "inproc") and tcp_port_ok(self.endpoint, bind=True),
+              "endpoint", self.endpoint, "tcp://HOST:PORT (PORT 1..65535, or * for any free one) | ipc://PATH | "
+              "inproc://NAME")
         check(bool(self.topic), "topic", self.topic, "a non-empty string, e.g. fused/rig0")
         check(bool(self.stats_topic) and not self.stats_topic.startswith(self.topic) and
               not self.topic.startswith(self.stats_topic), "stats_topic", self.stats_topic,

@@ -37,6 +37,8 @@ def _write(tmp_path, text):
         ("baseline:\n  contrast: 0\n", "baseline: contrast=0.0 is out of range"),
         ("sync:\n  mode: nearest\n", "sync.mode='nearest' has the wrong type; expected 'slop' | 'latest'"),
         ("ir:\n  kind: camera\n  path: 0\n", 'ir.path=0 has the wrong type; expected str (quote it: "0")'),
+        ("publish:\n  endpoint: tcp://127.0.0.1:99999\n",  # libzmq would bind port 34463
+         "publish: endpoint='tcp://127.0.0.1:99999' is out of range; allowed: tcp://HOST:PORT (PORT 1..65535"),
         ("fuse: 3\n", "fuse=3 must be a mapping"),
         ("fuse: [\n", "not valid YAML"),
     ],
