@@ -35,11 +35,18 @@ def work_paths(path: str | os.PathLike) -> list[Path]:
     return [Path(path), partial, partial.with_suffix(".remux")]
 
 
-def container_format(path: Path) -> str:
-    """FFmpeg muxer for an output path's extension; an unknown one raises ValueError listing the known."""
+def container_format(path: Path, codec: str | None = None) -> str:
+    """FFmpeg muxer for an output path's extension; ValueError (one line) for an unknown one, or one that cannot
+    keep ``codec``'s frames as written: FFV1 has no place in MP4/MOV, and AVI stores no pts, so H.264's reordered
+    frames would come back with guessed, shifted times."""
     fmt = _CONTAINERS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"output {path}: unknown container {path.suffix!r}; use one of {', '.join(_CONTAINERS)}")
+    if codec == "ffv1" and fmt in ("mp4", "mov"):
+        raise ValueError(f"output {path}: FFV1 cannot be stored in {path.suffix}; use .mkv or .nut")
+    if codec == "h264" and fmt == "avi":
+        raise ValueError(f"output {path}: H.264 in .avi loses its frame times (AVI stores none); use .mp4 or .mkv, "
+                         f"or codec ffv1")
     return fmt
 
 
@@ -89,9 +96,7 @@ class VideoWriter:
                  queue_size: int = 4, threads: int = 0, threaded: bool = True):
         self.path = Path(path)
         self.partial = partial_path(self.path)
-        fmt = container_format(self.path)
-        if codec == "ffv1" and fmt in ("mp4", "mov"):
-            raise ValueError(f"output {self.path}: FFV1 cannot be stored in {self.path.suffix}; use .mkv or .nut")
+        fmt = container_format(self.path, codec)
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"output folder does not exist: {self.path.parent}")
         if not os.access(self.path.parent, os.W_OK):

@@ -43,3 +43,21 @@ def test_the_visible_input_cut_after_half_its_packets_is_reported_truncated(tmp_
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv")
     assert "\n" not in str(err.value) and not err.value.summary.complete
     assert err.value.summary.frames["vis"] == N // 2
+
+
+def test_an_ffv1_avi_replay_output_replays_again_completely(tmp_path: Path) -> None:
+    # from MP4 inputs (time base 1/12800) the AVI's nominal rate is a tick rate (600/s), not the frame rate
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    for path in (ir, vis):
+        write(path, "mp4", 0, 0)
+    out = tmp_path / "o.avi"
+    assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
+    again = run_replay(make_cfg(), ir_path=out, vis_path=out, out_path=tmp_path / "again.mkv")
+    assert again.complete and again.frames == {"ir": N, "vis": N} and again.written == N
+
+
+def test_h264_into_avi_is_refused_before_any_work(tmp_path: Path) -> None:
+    ir, vis = _pair(tmp_path, "avi_late")
+    with pytest.raises(ValueError, match=r"H\.264 in \.avi loses its frame times"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.avi")
+    assert sorted(tmp_path.iterdir()) == sorted([ir, vis])  # nothing written

@@ -63,7 +63,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(resolve(args.config), args.overrides)
-        jobs = find_jobs(args.pairs, args.out, ext=args.ext, frames_dir=cfg.replay.frames_dir)
+        jobs = find_jobs(args.pairs, args.out, ext=args.ext, codec=cfg.replay.codec,
+                         frames_dir=cfg.replay.frames_dir)
         engine = LocalEngine(threads=args.threads) if args.engine == "local" else RayEngine(
             workers=args.workers, threads=args.threads, gpus=args.gpus, address=args.address, retries=args.retries)
         summary = run_batch(cfg, jobs, engine, resume=args.resume)

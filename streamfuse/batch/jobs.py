@@ -87,7 +87,7 @@ class BatchInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
-def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = ".mp4",
+def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = ".mp4", codec: str = "h264",
               frames_dir: str | os.PathLike = "") -> list[PairJob]:
     """The pairs of ``src`` with their outputs ``out_dir/<IR name stem><ext>``, checked before any work.
 
@@ -96,11 +96,12 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
             or a folder of ``.mcap`` recordings (each holds both streams).
         out_dir: output folder (created by :func:`run_batch`).
         ext: output container extension.
+        codec: ``replay.codec`` (the container must hold it).
         frames_dir: ``replay.frames_dir`` (checked against the inputs too).
 
     Raises:
         FileNotFoundError, ValueError: one line, when the list is bad or empty, ``out_dir`` is a file, ``ext`` no
-            known container, an output would overwrite an input (its own pair's or another's) or two pairs share an
+            known container or one that cannot hold ``codec``, an output would overwrite an input (its own pair's or another's) or two pairs share an
             output.
     """
     src, out_dir = Path(src), Path(out_dir)
@@ -111,7 +112,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is a file")
     jobs = [PairJob(Path(ir), Path(vis), out_dir / f"{Path(ir).stem}{ext}") for ir, vis in pairs]
-    container_format(jobs[0].out)  # every pair's output has this extension
+    container_format(jobs[0].out, codec)  # every pair's output has this extension
     for job in jobs:
         check_output_paths(job.out, {"ir": job.ir, "vis": job.vis}, frames_dir)
     shared = [out for out, n in Counter(job.out for job in jobs).items() if n > 1]

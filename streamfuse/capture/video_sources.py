@@ -116,6 +116,7 @@ class AvSource(BaseSource):
         self._first_t_ns: int | None = None  # of the current pass
         self._last_t_ns: int | None = None
         self._last_pts_ns: int | None = None
+        self._last_step_ns = 0  # the last forward pts step: a frame's real duration where the rate is a tick rate
         self.skipped, self._skip_report_at = 0, 0.0
         self._open_container()
         self._times = StreamClock() if self.live else FileClock(self._period_ns)
@@ -199,6 +200,8 @@ class AvSource(BaseSource):
         t_ns = self._stamp(pts_ns)
         if self._first_t_ns is None:
             self._first_t_ns = t_ns
+        elif pts_ns > self._last_pts_ns:
+            self._last_step_ns = pts_ns - self._last_pts_ns
         self._last_pts_ns, self._last_t_ns = pts_ns, t_ns
         self._decoded += 1
         image = frame.to_ndarray(format="gray" if self._is_ir or frame.format.name.startswith("gray") else "bgr24")
@@ -234,9 +237,10 @@ class AvSource(BaseSource):
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the container announces {self._expected} frames")
         # After a jump back the last pts says nothing about where the file ends (after a gap, as an AVI that starts
-        # late has after its first frame, it still does).
+        # late has after its first frame, it still does). The last frame lasts its step: a variable-rate file's
+        # nominal rate can be its time base's (an AVI of 1/600 s ticks).
         if self._decoded and self._end_ns is not None and not self._pass_jumps \
-                and self._last_pts_ns + 2 * self._period_ns < self._end_ns:
+                and self._last_pts_ns + 2 * max(self._period_ns, self._last_step_ns) < self._end_ns:
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the container announces {self._end_ns / 1e9:.3f} s")
         if not self.cfg.loop or self._decoded == 0:

@@ -121,7 +121,7 @@ def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os
     if (ir.cfg.kind == "mcap") != (vis.cfg.kind == "mcap"):
         raise ValueError(f"a recording holds both streams: pass the same .mcap as IR and visible input "
                          f"(got {ir.cfg.path} and {vis.cfg.path})")
-    check_output_folder(out)
+    check_output_folder(out, rcfg.codec)
     return out, ir, vis
 
 

@@ -63,10 +63,10 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
                              f"choose another folder")
 
 
-def check_output_folder(out: Path) -> None:
-    """Refuse an output whose container is unknown, that names a folder, or whose folder is missing or not writable
-    (one line)."""
-    container_format(out)
+def check_output_folder(out: Path, codec: str) -> None:
+    """Refuse an output whose container is unknown or cannot hold ``codec``, that names a folder, or whose folder is
+    missing or not writable (one line)."""
+    container_format(out, codec)
     if out.is_dir():  # found only at the end otherwise, when the finished video cannot take its name
         raise IsADirectoryError(f"output {out} is a folder; choose a file name for --out")
     if not out.parent.is_dir():
