@@ -1,7 +1,7 @@
 """Outputs that a crash never leaves looking complete: the temporary name, and the writer thread behind it.
 
-Every output (recording or fused video) is written under a hidden temporary name (``.NAME.partial``) and renamed
-only when complete. The disk and codec work runs on a :class:`WriterThread`, so it overlaps the caller's work.
+Every output (recording, fused video, evaluation table or image) is written under a hidden temporary name
+(``.NAME.partial``) and renamed only when complete. The disk and codec work runs on a :class:`WriterThread`, so it overlaps the caller's work.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["partial_path", "WriterThread", "io_reason"]
+from streamfuse.errors import io_reason
+
+__all__ = ["partial_path", "write_file", "WriterThread"]
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -22,9 +24,23 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def io_reason(exc: BaseException) -> str:
-    """The OS or FFmpeg reason of an I/O error, without PyAV's call details."""
-    return getattr(exc, "strerror", None) or str(exc)
+def write_file(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through its temporary name: a full disk or Ctrl-C leaves no truncated file at ``path``.
+
+    Raises:
+        RuntimeError: one line naming ``path`` and the OS's reason (the temporary file removed).
+    """
+    direct = Path(path).exists() and not Path(path).is_file()  # a device or pipe (/dev/stdout): never replaced
+    real = Path(path) if direct else Path(path).resolve()  # a symlink keeps pointing at the new file
+    partial = None if direct else partial_path(real)
+    try:
+        (partial or real).write_bytes(data)
+        if partial is not None:
+            partial.replace(real)
+    except OSError as exc:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise RuntimeError(f"cannot write {path}: {io_reason(exc)}") from None
 
 
 class WriterThread:

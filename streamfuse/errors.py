@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["one_line", "io_reason"]
+import contextlib
+from collections.abc import Iterator
+
+__all__ = ["one_line", "io_reason", "opencv_quiet"]
 
 
 def one_line(exc: BaseException, *, typed: bool = False) -> str:
@@ -28,3 +31,16 @@ def one_line(exc: BaseException, *, typed: bool = False) -> str:
 def io_reason(exc: BaseException) -> str:
     """The OS or FFmpeg reason of an I/O error, without PyAV's call details (the caller names the file)."""
     return getattr(exc, "strerror", None) or str(exc)
+
+
+@contextlib.contextmanager
+def opencv_quiet() -> Iterator[None]:
+    """OpenCV's own warning lines off for the block: a damaged image or video is the caller's one clear line."""
+    import cv2
+
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)

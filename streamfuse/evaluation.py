@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,18 @@ import cv2
 import numpy as np
 
 from streamfuse import metrics
+from streamfuse.atomic_write import write_file
 from streamfuse.checks import apply_overrides, load_yaml
 from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
 from streamfuse.configs import resolve
+from streamfuse.errors import opencv_quiet
 from streamfuse.fusers import BaselineConfig, Fuser
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import vis_luma
 from streamfuse.processor import FrameProcessor, config_fuser, still_pair
 
-__all__ = ["Method", "find_pairs", "image_files", "read_grey", "read_pair", "check_outputs", "fused_dir_method",
-           "fuser_method", "config_method", "evaluate_dir", "EvalResult", "markdown_table"]
+__all__ = ["Method", "find_pairs", "image_files", "read_grey", "read_pair", "check_outputs",
+           "fused_dir_method", "fuser_method", "config_method", "evaluate_dir", "EvalResult", "markdown_table"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,8 @@ class EvalResult:
 
 def read_grey(path: Path) -> np.ndarray:
     """Read an 8-bit image as ``(H, W)`` uint8 luma: grey as is, BGR/BGRA via BT.601 Y (``vis_luma``)."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    with opencv_quiet():  # a damaged file is our one line, not OpenCV's warnings as well
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f"cannot read image {path}")
     if img.dtype != np.uint8:
@@ -85,17 +90,19 @@ def image_files(folder: Path, what: str) -> dict[str, Path]:
 
 def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str | Path | None],
                   files: dict[str, str | Path | None] | None = None) -> None:
-    """Refuse (``ValueError``, one line) an output folder that exists as a file, and any output folder or file that is,
-    or lies in, an input folder, symlinks resolved: a run never writes over its inputs nor drops files among them.
+    """Refuse (``ValueError``, one line) an output folder that is a file or file that is a folder, one that cannot be
+    written, and any that is, or lies in, an input folder (symlinks resolved): inputs are never written over.
 
     Each dict maps what a path is (``"IR"``, ``"save folder"``) to the path; ``None`` paths are skipped.
     """
-    for what, folder in folders.items():
-        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
-            raise ValueError(f"{what} {folder} exists and is not a folder")
     outputs = {what: out for what, out in {**folders, **(files or {})}.items() if out is not None}
     for what, out in outputs.items():
-        real = Path(out).resolve()
+        real, is_folder = Path(out).resolve(), what in folders
+        if real.exists() and real.is_dir() != is_folder:
+            raise ValueError(f"{what} {out} exists and is not a {'folder' if is_folder else 'file'}")
+        existing = next(p for p in (real if is_folder else real.parent, *real.parents) if p.exists())
+        if not os.access(existing, os.W_OK):  # found now, not once the run's work is done
+            raise ValueError(f"{what} {out} cannot be written: {existing} is not writable")
         for kind, folder in inputs.items():
             if folder is not None and Path(folder).resolve() in (real, *real.parents):
                 raise ValueError(f"{what} {out} is or lies in the {kind} folder {folder}; write outputs elsewhere "
@@ -194,13 +201,7 @@ def _write_montage(path: Path, tiles: dict[str, list[np.ndarray]]) -> None:
     width = max(r.shape[1] for r in rows)
     rows = [cv2.copyMakeBorder(r, 0, 2, 0, width - r.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255))
             for r in rows]
-    if not cv2.imwrite(str(path), np.vstack(rows)):
-        raise RuntimeError(f"cannot write montage {path}")
-
-
-def _save_png(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise RuntimeError(f"cannot write {path}")
+    write_file(path, cv2.imencode(".png", np.vstack(rows))[1].tobytes())
 
 
 def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method], out_dir: str | Path, *,
@@ -251,7 +252,6 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             _compare(result.rows[len(result.rows) - len(outputs):], outputs, outputs.get(reference))
         if stem in shown:
             tiles[stem] = [_tile(ir, f"IR {stem}"), _tile(vis_y, "visible"), *(_tile(f, n) for n, f in outputs.items())]
-
     for m in methods:
         if result.missing[m.name]:
             log.warning("%s: %d of %d fused images missing", m.name, result.missing[m.name], len(pairs))
@@ -260,7 +260,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         if m.config is not None:
             dump_config(m.config, out_dir / f"{Path(m.config.source_file).stem}.resolved.yaml")
     _write_csv(out_dir / "metrics.csv", result.rows)
-    (out_dir / "metrics.md").write_text(markdown_table(result.means) + "\n")
+    write_file(out_dir / "metrics.md", f"{markdown_table(result.means)}\n".encode())
     _write_montage(out_dir / "montage.png", tiles)
     return result
 
@@ -280,8 +280,11 @@ def _output_dirs(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
 def read_pair(stem: str, ir_path: Path, vis_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A pair's ``(IR, visible Y)``; ``ValueError`` naming the pair and both sizes when they differ."""
     ir, vis_y = read_grey(ir_path), read_grey(vis_path)
-    if ir.shape != vis_y.shape:
-        raise ValueError(f"{stem}: IR {ir.shape} and visible {vis_y.shape} differ in size (register them first)")
+    (h, w), (vh, vw) = ir.shape, vis_y.shape
+    if ir.shape != vis_y.shape or min(h, w) < metrics.MIN_SIDE:
+        why = "differ in size (register them first)" if ir.shape != vis_y.shape else \
+            f"are smaller than the {metrics.MIN_SIDE} pixels a side the metrics need"
+        raise ValueError(f"{stem}: IR {ir_path} ({w}x{h}) and visible {vis_path} ({vw}x{vh}) {why}")
     return ir, vis_y
 
 
@@ -308,9 +311,7 @@ def _save_dirs(fusers: list[Method], save_dir: str | Path | None) -> dict[str, P
 def _processor(m: Method) -> FrameProcessor:
     """The frame processor a fuser method runs each still through: a config method's stabilize and post settings (the
     eval config turns both off), else the defaults (off); stream ``default``, as ``Fuser.fuse`` names it."""
-    if m.config is None:
-        return FrameProcessor(m.fuser)
-    return FrameProcessor.from_config(m.config, m.fuser, stream="default")
+    return FrameProcessor.from_config(m.config, m.fuser, stream="default") if m.config else FrameProcessor(m.fuser)
 
 
 def _score(name: str, processor: FrameProcessor | None, stem: str, ir: np.ndarray, vis_y: np.ndarray,
@@ -323,7 +324,7 @@ def _score(name: str, processor: FrameProcessor | None, stem: str, ir: np.ndarra
         ms = processed.timings["fuse"]
         fused = metrics.to_8bit(processed.filtered_y).astype(np.uint8)  # scored, saved and shown as the saved PNG
         if save_dir is not None:
-            _save_png(save_dir / f"{stem}.png", fused)
+            write_file(save_dir / f"{stem}.png", cv2.imencode(".png", fused)[1].tobytes())
     elif stem in fused_files:
         fused = read_grey(fused_files[stem])
     else:
@@ -361,12 +362,13 @@ def _safe(name: str) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        delta = ["delta_grey", "mse_ref"] if rows and "delta_grey" in rows[0] else []
-        writer = csv.DictWriter(f, fieldnames=["method", "image", *metrics.METRICS, "ms", *delta])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    text = io.StringIO(newline="")
+    delta = ["delta_grey", "mse_ref"] if rows and "delta_grey" in rows[0] else []
+    writer = csv.DictWriter(text, fieldnames=["method", "image", *metrics.METRICS, "ms", *delta])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    write_file(path, text.getvalue().encode())
 
 
 def markdown_table(means: dict[str, dict[str, float]]) -> str:

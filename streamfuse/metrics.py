@@ -29,7 +29,7 @@ from streamfuse.imageops.arrays import box_filter
 __all__ = [
     "METRICS", "LABELS", "to_8bit", "entropy", "std_dev", "spatial_frequency", "average_gradient", "definition",
     "mutual_information", "scd", "vif", "vifp", "qabf", "nabf", "overshoot", "ssim", "ssim_pair", "cc", "qsf_rsfe",
-    "evaluate_pair", "temporal_ratio", "flow_warp_error",
+    "evaluate_pair", "temporal_ratio", "flow_warp_error", "MIN_SIDE",
 ]
 
 #: Metric names in table order (the keys of :func:`evaluate_pair`).
@@ -37,6 +37,7 @@ METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", 
                              "QSF")
 #: Column headers where the bare key would mislead (QSF's convention in HCLFuse is unknown; this is Zheng's rSFe).
 LABELS: dict[str, str] = {"QSF": "QSF (rSFe)", "Over": "Over %"}
+MIN_SIDE = 25  # pixels a side that VIF's four scales of 'valid' filtering and 2x decimation need
 
 
 def to_8bit(img: np.ndarray) -> np.ndarray:
@@ -339,8 +340,9 @@ def evaluate_pair(fused: np.ndarray, ir: np.ndarray, vis_y: np.ndarray) -> dict[
         ``{name: value}`` for every name in :data:`METRICS`.
     """
     fused, ir, vis_y = to_8bit(fused), _f64(ir), _f64(vis_y)
-    if not fused.shape == ir.shape == vis_y.shape:
-        raise ValueError(f"fused {fused.shape}, IR {ir.shape} and visible {vis_y.shape} must have the same shape")
+    if not fused.shape == ir.shape == vis_y.shape or min(ir.shape) < MIN_SIDE:
+        raise ValueError(f"fused {fused.shape}, IR {ir.shape} and visible {vis_y.shape} must have the same shape, at "
+                         f"least {MIN_SIDE} pixels a side")
     out = {name: fn(fused) for name, fn in _FUSED_ONLY.items()}
     out.update({name: fn(fused, ir, vis_y) for name, fn in _WITH_SOURCES.items()})
     return {name: out[name] for name in METRICS}

@@ -37,6 +37,7 @@ from mcap.writer import CompressionType, Writer
 
 from streamfuse.atomic_write import WriterThread, partial_path
 from streamfuse.checks import check
+from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 
 __all__ = ["RecordConfig", "Recorder", "encode_image", "decode_image", "TOPICS"]
@@ -79,7 +80,8 @@ class RecordConfig:
     chunk_mb: float = 4.0
 
     def __post_init__(self) -> None:
-        check(self.path != "", "path", self.path, "a file path such as runs/rig0.mcap")
+        # replay and the mcap source know a recording by its suffix: another name could not be read back as one
+        check(self.path.lower().endswith(".mcap"), "path", self.path, "a .mcap file path such as runs/rig0.mcap")
         check(0.0625 <= self.chunk_mb <= 256, "chunk_mb", self.chunk_mb, "0.0625..256 MiB")
 
 
@@ -207,7 +209,7 @@ class Recorder:
             self._worker.join()
             self._writer.finish()
         except OSError as exc:
-            raise RuntimeError(f"finishing recording {self._partial} failed: {exc.strerror or exc}") from None
+            raise RuntimeError(f"finishing recording {self._partial} failed: {io_reason(exc)}") from None
         finally:
             self._file.close()
         os.replace(self._partial, self.path)

@@ -138,6 +138,16 @@ def test_evaluate_pair_keys_order_and_shape_check(scene):
         M.evaluate_pair(scene, scene[:-1], scene)
 
 
+def test_evaluate_pair_refuses_images_too_small_for_vif(scene):
+    """VIF's four scales of 'valid' filtering and decimation need 25 pixels a side; below, a ValueError saying so
+    rather than OpenCV's assertion on an empty array."""
+    small = scene[:24, :40]
+    with pytest.raises(ValueError, match="at least 25 pixels a side"):
+        M.evaluate_pair(small, small, small)
+    smallest = scene[:M.MIN_SIDE, :M.MIN_SIDE]
+    assert all(math.isfinite(v) for v in M.evaluate_pair(smallest, smallest, smallest).values())
+
+
 def _msrs_means(data_dir, fused_of, keys):
     from streamfuse.evaluation import find_pairs, read_grey
 

@@ -73,14 +73,24 @@ def test_a_disk_slower_than_the_cameras_costs_recorded_frames_not_the_live_loop(
 
 
 def test_a_recording_never_writes_over_an_existing_file(tmp_path, rng):
-    """An earlier recording, a live run's own input video, or the partial file of a run that did not finish."""
-    for name in ("earlier.mcap", "input.mp4"):
+    """An earlier recording, a live run's own input recording, or the partial file of a run that did not finish (an
+    input video is not a .mcap name, refused by the config)."""
+    for name in ("earlier.mcap", "input.mcap"):
         (tmp_path / name).write_bytes(b"keep me")
     partial_path(tmp_path / "crashed.mcap").write_bytes(b"keep me")
-    for name in ("earlier.mcap", "input.mp4", "crashed.mcap"):
+    for name in ("earlier.mcap", "input.mcap", "crashed.mcap"):
         with pytest.raises(RuntimeError, match=f"cannot record to .*{name}: .* exists; choose another record.path"):
             Recorder(RecordConfig(path=str(tmp_path / name)))
     assert [p.read_bytes() for p in sorted(tmp_path.iterdir())] == [b"keep me"] * 3
+
+
+@pytest.mark.parametrize("name", ["rig0", "rig0.bag", "input.mp4"])
+def test_a_recording_needs_a_name_that_reads_back_as_one(name):
+    """Replay and the mcap source know a recording by its .mcap suffix: a file named otherwise would be recorded, then
+    taken for a video on replay ("not a video PyAV can read")."""
+    with pytest.raises(ValueError, match=r"path=.* is out of range; allowed: a \.mcap file path"):
+        RecordConfig(path=name)
+    assert RecordConfig(path="runs/RIG0.MCAP").path == "runs/RIG0.MCAP"
 
 
 def test_record_schema_and_message_layout(tmp_path, rng):

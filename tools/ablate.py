@@ -2,10 +2,11 @@
 
 Rows: default (hclfuse with the config's settings), no_guidance, image_guidance=1 and =5 (one and five steps of the
 structure guide on the decoded image; five is the offline-quality setting), latent_zero (each pair decoded from a zero
-latent), latent_swap (each pair decoded with the next pair's latent, the last with the first's), no_ot, K=<k> for every
---steps value (the K-step teacher where the default samples with a distilled student), the hand rule (rule),
-max:contrast=1.25 and 1.3, and max / average / laplacian each with sharpen 0, 0.5, 1.
-Settings come from --config (default eval, shipped: a synchronous OT solve for every image, no temporal stage).
+latent), latent_swap (each pair decoded with the next pair's latent, the last with the first's; left out with fewer
+than two pairs), no_ot, K=<k> for every --steps value (the K-step teacher where the default samples with a distilled
+student), the hand rule (rule), max:contrast=1.25 and 1.3, and max / average / laplacian each with sharpen 0, 0.5, 1.
+Settings come from --config (default eval, shipped: a synchronous OT solve for every image, no temporal stage) and
+--set stage.key=value overrides, as for every other command.
 
 Writes metrics.csv, metrics.md (means per row, the median ms per frame and delta grey, the mean |output - default
 output| over all pixels and pairs) and montage.png to --out; with --json also one JSON object
@@ -15,7 +16,8 @@ default, "ms": ...}},
 image_structure}}} with the metrics VIF, Qabf, AG, SF, Nabf, Over (halos and rims, streamfuse.metrics.overshoot)
 and SSIM; the energies are the physics guides' (streamfuse.diffusion.guidance) on the sampled latent, and the
 structure energy of the fused image. Pairs come from --ir/--vis (any two folders, matched by file name) or from the
-set --set under --data; published outputs under <data>/reference/<method>/msrs_test are scored too for msrs/test.
+data set --dataset under --data; published outputs under <data>/reference/<method>/msrs_test are scored too for
+msrs/test.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ except ModuleNotFoundError as exc:  # a Python without the package
 
 import numpy as np  # noqa: E402
 
+from streamfuse.atomic_write import write_file  # noqa: E402
 from streamfuse.cli.args import int_at_least  # noqa: E402
 from streamfuse.config import PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
@@ -103,8 +106,12 @@ def methods(cfg: PipelineConfig, steps: list[int], pairs: list[tuple[str, Path, 
     latent = config_fuser(cfg)  # its own fuser: the rows' extra OT solves stay out of the default's cache
     rows = [hcl(DEFAULT), hcl("no_guidance", guidance=False),
             *(hcl(f"image_guidance={n}", image_guidance=n) for n in IMAGE_STEPS),
-            Method("latent_zero", fuser=LatentRow("latent_zero", latent)),
-            Method("latent_swap", fuser=LatentRow("latent_swap", latent, pairs)), hcl("no_ot", ot=False)]
+            Method("latent_zero", fuser=LatentRow("latent_zero", latent))]
+    if len(pairs) > 1:
+        rows.append(Method("latent_swap", fuser=LatentRow("latent_swap", latent, pairs)))
+    else:  # one pair would be decoded with its own latent: a row equal to the default that reads as "no effect"
+        logging.warning("latent_swap left out: it needs at least two pairs")
+    rows.append(hcl("no_ot", ot=False))
     rows += [hcl(f"K={k}", steps=k, sampler="teacher") for k in steps]  # K rows: the K-step teacher
     rows += [baseline("rule"), baseline("max", contrast=1.25), baseline("max", contrast=1.3)]
     if baselines:
@@ -147,15 +154,16 @@ def int_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ir", type=Path, help="folder of IR images (with --vis; replaces --data/--set)")
+    p.add_argument("--ir", type=Path, help="folder of IR images (with --vis; replaces --data/--dataset)")
     p.add_argument("--vis", type=Path, help="folder of visible images, same file names as --ir")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
-    p.add_argument("--set", default="msrs/test", help="pair set under --data (<set>/ir, <set>/vi)")
+    p.add_argument("--dataset", default="msrs/test", metavar="NAME",
+                   help="data set under --data to score (NAME/ir, NAME/vi), without --ir/--vis")
     p.add_argument("--config", default="eval",
                    help="pipeline config whose fusing sections (align, hclfuse, engine) the hclfuse rows start from")
-    p.add_argument("--override", action="append", default=[], metavar="stage.key=value",
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="stage.key=value",
                    help="dotted override of the config, e.g. engine.threads=2; repeatable")
-    p.add_argument("--weights", default="", help="HCLFuse weights (shorthand for --override hclfuse.weights=...)")
+    p.add_argument("--weights", default="", help="HCLFuse weights (shorthand for --set hclfuse.weights=...)")
     p.add_argument("--steps", type=int_list, default="1,2,4,8,20", help="comma-separated K values")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the max/average/laplacian +- sharpen rows (rule and max:contrast stay)")
@@ -165,24 +173,28 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if (args.ir is None) != (args.vis is None):
-        raise SystemExit("ablate: give both --ir and --vis, or neither (then --data/--set)")
-    dir_ir, dir_vis = (args.ir, args.vis) if args.ir else (args.data / args.set / "ir", args.data / args.set / "vi")
+        raise SystemExit("ablate: give both --ir and --vis, or neither (then --data/--dataset)")
+    data = args.data / args.dataset
+    dir_ir, dir_vis = (args.ir, args.vis) if args.ir else (data / "ir", data / "vi")
     try:
         check_outputs({"IR": dir_ir, "visible": dir_vis}, {"--out": args.out}, {"--json": args.json})
         weights = [f"hclfuse.weights={args.weights}"] * bool(args.weights)
-        cfg = load_config(resolve(args.config), args.override + weights)
+        cfg = load_config(resolve(args.config), args.overrides + weights)
         pairs = find_pairs(dir_ir, dir_vis, args.limit)
         rows = methods(cfg, args.steps, pairs, not args.no_baselines)
         refs = args.data / "reference"
         rows += [Method(d.name, fused_dir=d / "msrs_test") for d in sorted(refs.glob("*"))
-                 if args.ir is None and args.set == "msrs/test" and (d / "msrs_test").is_dir()]
+                 if args.ir is None and args.dataset == "msrs/test" and (d / "msrs_test").is_dir()]
         result = evaluate_dir(dir_ir, dir_vis, rows, args.out, limit=args.limit, reference=DEFAULT)
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             report = {**summary(result), "guidance_energies": guidance_energies(cfg, pairs)}
-            args.json.write_text(json.dumps(report, indent=1) + "\n")
+            write_file(args.json, (json.dumps(report, indent=1) + "\n").encode())
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"ablate: {exc}") from None
+    except KeyboardInterrupt:  # nothing half-written is left: every output is renamed into place only when complete
+        print("ablate: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     print((args.out / "metrics.md").read_text(), end="")
 
 

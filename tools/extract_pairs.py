@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         n = extract(args.videos, args.out, args.start, args.every, args.count)
     except (ValueError, OSError, av.error.FFmpegError) as exc:
         sys.exit(f"extract_pairs: {exc}")
+    except KeyboardInterrupt:  # the pairs go to a temporary folder, removed on the way out: none is left
+        print("extract_pairs: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"{n} pairs written to {args.out}")
 
 

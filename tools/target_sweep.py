@@ -66,20 +66,23 @@ class TargetFuser:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
-    p.add_argument("--set", default="msrs/test", help="pair set under --data (<set>/ir, <set>/vi)")
+    p.add_argument("--dataset", default="msrs/test", metavar="NAME", help="data set under --data (NAME/ir, NAME/vi)")
     p.add_argument("--gains", default="1.0,1.1,1.2,1.3,1.5", help="comma-separated detail gains")
     p.add_argument("--base", choices=("raw", "aligned"), default="raw",
                    help="the base's IR: raw (the training target) or the OT-aligned IR' of the eval config")
     p.add_argument("--out", type=Path, default=REPO / "out" / "target_sweep", help="output folder")
     args = p.parse_args(argv)
-    pairs = args.data / args.set
+    pairs = args.data / args.dataset
     align_cfg = load_config(resolve("eval")).align if args.base == "aligned" else None
     try:
         rows = [Method(f.name, fuser=f) for f in (TargetFuser(LossConfig(detail_gain=float(g)), align_cfg)
                                                  for g in args.gains.split(","))]
         evaluate_dir(pairs / "ir", pairs / "vi", rows, args.out)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"target_sweep: {exc}") from None
+    except KeyboardInterrupt:
+        print("target_sweep: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     print((args.out / "metrics.md").read_text(), end="")
 
 

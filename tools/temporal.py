@@ -62,8 +62,11 @@ def clip_frames(pairs: list[tuple[str, Path, Path]]) -> list[tuple[np.ndarray, n
     """A clip's ``(IR, visible Y)`` frames in order.
 
     Raises:
-        ValueError: a frame whose size is not the clip's first IR frame's (one line naming the frame).
+        ValueError: a clip of one frame (no frame-to-frame change to measure) or a frame whose size is not the clip's
+            first IR frame's (one line naming the frame).
     """
+    if len(pairs) < 2:
+        raise ValueError(f"{pairs[0][1].parent.parent}: one IR/visible frame pair; a clip needs at least two")
     frames = [(read_grey(ir), read_grey(vi)) for _, ir, vi in pairs]
     shape = frames[0][0].shape
     for (_, *paths), pair in zip(pairs, frames, strict=True):
@@ -81,7 +84,7 @@ def row(name: str, levels: str, ratios: list[float], warp: list[float], sharpnes
             f" | {rest} |")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("seq_root", nargs="?", default=str(REPO.parent / "shared/data/sequences"),
                         help="folder of clips, each with ir/ and vi/ numbered frames")
@@ -98,23 +101,32 @@ def main() -> None:
     parser.add_argument("--denoise", type=float, default=0.0, help="post.denoise for --fuser methods (0 = off)")
     parser.add_argument("--denoise-threshold", type=float, default=PostConfig.denoise_threshold,
                         help="post.denoise_threshold for --fuser methods")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def load(args: argparse.Namespace) -> tuple[dict, dict, list, PostConfig, StabilizeConfig]:
+    """Every clip's frames (read once, fused by every method), the --fused methods' frames, the fuser methods, and
+    the post and stabilize settings of --fuser methods. Raises ValueError or FileNotFoundError (one line)."""
     clips = sorted(p for p in Path(args.seq_root).iterdir() if (p / "ir").is_dir()) if Path(args.seq_root).is_dir() \
         else []
     if not clips:
-        sys.exit(f"temporal: no clips with ir/ and vi/ folders under {args.seq_root}")
+        raise FileNotFoundError(f"no clips with ir/ and vi/ folders under {args.seq_root}")
     default = [] if args.config or args.fused else ["hclfuse"]  # hclfuse only when no method is named
-    try:
-        fuser_post = PostConfig(denoise=args.denoise, denoise_threshold=args.denoise_threshold)
-        others = [fused_dir_method(s) for s in args.fused]
-        methods = [fuser_method(s, args.overrides) for s in args.fuser or default]
-        methods += [config_method(c, args.overrides) for c in args.config]
-        listed = {clip.name: find_pairs(clip / "ir", clip / "vi") for clip in clips}  # (stem, ir path, vi path)
-        frames = {name: clip_frames(pairs) for name, pairs in listed.items()}  # read once, fused by every method
-        outputs = {m.name: {name: fused_frames(m.fused_dir / name, m.name, [s for s, _, _ in listed[name]],
-                                               pairs[0][1].shape) for name, pairs in frames.items()} for m in others}
-    except (ValueError, FileNotFoundError) as exc:
-        sys.exit(f"temporal: {exc}")
+    fuser_post = PostConfig(denoise=args.denoise, denoise_threshold=args.denoise_threshold)
+    fuser_level = StabilizeConfig(args.stabilize)
+    others = [fused_dir_method(s) for s in args.fused]
+    methods = [fuser_method(s, args.overrides) for s in args.fuser or default]
+    methods += [config_method(c, args.overrides) for c in args.config]
+    listed = {clip.name: find_pairs(clip / "ir", clip / "vi") for clip in clips}  # (stem, ir path, vi path)
+    frames = {name: clip_frames(pairs) for name, pairs in listed.items()}
+    outputs = {m.name: {name: fused_frames(m.fused_dir / name, m.name, [s for s, _, _ in listed[name]],
+                                           pairs[0][1].shape) for name, pairs in frames.items()} for m in others}
+    return frames, outputs, methods, fuser_post, fuser_level
+
+
+def report(frames: dict, outputs: dict, methods: list, fuser_post: PostConfig, fuser_level: StabilizeConfig,
+           static_repeats: int) -> None:
+    """Print the flicker table (--fused rows, then each method's) and the per-clip flow warp table."""
     visible = [[vi for _, vi in pairs] for pairs in frames.values()]
     warps = {"visible input": [flow_warp_error(v, v) for v in visible]}  # per clip, printed after the main table
     print(f"visible input: flow warp error {np.mean(warps['visible input']):.2f} grey levels, AG"
@@ -130,7 +142,7 @@ def main() -> None:
         print(row(name, "-", ratios, warp, sharpness, "- | -"), flush=True)
     for method in methods:
         post = method.config.post if method.config is not None else fuser_post
-        level = method.config.stabilize if method.config is not None else StabilizeConfig(args.stabilize)
+        level = method.config.stabilize if method.config is not None else fuser_level
         ratios, warp, sharpness, lag = [], [], [], []
         for (name, pairs), vis in zip(frames.items(), visible, strict=True):  # each clip one stream, as it runs live
             processor = FrameProcessor(method.fuser, stream=name, stabilize=level, post=post)
@@ -143,7 +155,7 @@ def main() -> None:
         lag = np.concatenate(lag)
         warps[method.name] = warp
         processor = FrameProcessor(method.fuser, stream="static", stabilize=level, post=post)
-        outs = [processor(still_pair(*pairs[0], k)).filtered_y for k in range(args.static)]
+        outs = [processor(still_pair(*pairs[0], k)).filtered_y for k in range(static_repeats)]
         static = all(np.array_equal(outs[0], o) for o in outs[1:])
         print(row(method.name, f"{level.strength:g} / {post.denoise:g}, {post.denoise_threshold:g}", ratios, warp,
                   sharpness, f"{lag.mean():.2f} / {np.percentile(lag, 99.9):.1f} | {'yes' if static else 'NO'}"),
@@ -152,6 +164,17 @@ def main() -> None:
           f"|---|{'---|' * len(frames)}---|")
     for name, warp in warps.items():
         print(f"| {name} | {' | '.join(f'{w:.2f}' for w in warp)} | {np.mean(warp):.2f} |")
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        report(*load(args), args.static)
+    except (ValueError, FileNotFoundError) as exc:
+        sys.exit(f"temporal: {exc}")
+    except KeyboardInterrupt:  # the tables go to stdout as they are made: nothing is left half-written
+        print("temporal: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -8,9 +8,13 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 
-__all__ = ["BENCHES", "main"]
+__all__ = ["BENCHES", "main", "parse_sizes", "parse_size", "positive"]
+
+MAX_SIDE = 8192  # a larger frame is a typo: its synthetic frames alone would take gigabytes
 
 BENCHES = {
     "fuse": "streamfuse.bench.fuse:main",
@@ -25,3 +29,36 @@ def main(argv: list[str] | None = None) -> int:
     from streamfuse.cli import dispatch
 
     return dispatch("streamfuse bench", BENCHES, sys.argv[1:] if argv is None else argv, __doc__)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """An argparse ``type``: ``'640x480,64x48'`` -> ``[(480, 640), (48, 64)]`` as (height, width)."""
+    sizes = []
+    for size in text.split(","):
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"size {size!r} is not WIDTHxHEIGHT") from None
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+            raise argparse.ArgumentTypeError(f"size {size!r}: width and height must be in 1..{MAX_SIDE}")
+        sizes.append((h, w))
+    return sizes
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """An argparse ``type``: one ``WIDTHxHEIGHT`` -> ``(width, height)``."""
+    if "," in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: one WIDTHxHEIGHT only")
+    h, w = parse_sizes(text)[0]
+    return w, h
+
+
+def positive(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (a duration, a rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value

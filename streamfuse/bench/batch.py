@@ -22,7 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from streamfuse.bench import parse_size
 from streamfuse.bench.replay import synthetic_pair  # the same synthetic pair as the replay benchmark
+from streamfuse.cli.args import int_at_least
 
 __all__ = ["main"]
 
@@ -88,10 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print its table."""
     parser = argparse.ArgumentParser(prog="streamfuse bench batch", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=6, help="pairs in the batch")
-    parser.add_argument("--workers", type=int, default=2, help="Ray workers compared with 1")
-    parser.add_argument("--frames", type=int, default=150, help="frames per pair")
-    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the synthetic pair")
+    parser.add_argument("--pairs", type=int_at_least(1), default=6, help="pairs in the batch")
+    parser.add_argument("--workers", type=int_at_least(2), default=2, help="Ray workers compared with 1")
+    parser.add_argument("--frames", type=int_at_least(1), default=150, help="frames per pair")
+    parser.add_argument("--size", type=parse_size, default="640x480", help="WIDTHxHEIGHT of the synthetic pair")
     parser.add_argument("--config", default="replay", help="replay config: a shipped name or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=["fuse.name=max"],
                         metavar="STAGE.KEY=VALUE", help="override a config value (repeatable)")
@@ -108,8 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     cv2.setNumThreads(1)
     overrides = ["engine.threads=1", "replay.codec_threads=1", "replay.overlap=false", "replay.progress=false",
                  *args.overrides]  # one thread everywhere: decode and encode in the loop, as a 1-CPU worker runs
-    cfg = load_config(resolve(args.config), overrides)
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    try:
+        cfg = load_config(resolve(args.config), overrides)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"bench batch: {exc}") from None
+    width, height = args.size
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         tmp = Path(tmp)
         src = _pairs(tmp / "src", args.pairs, args.frames, width, height)

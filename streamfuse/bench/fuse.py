@@ -26,6 +26,7 @@ import numba
 import numpy as np
 import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
 
+from streamfuse.bench import parse_sizes
 from streamfuse.cli.args import int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine, Handle
@@ -39,7 +40,6 @@ from streamfuse.stabilize import StabilizeConfig
 __all__ = ["main"]
 
 POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the OT cache sees real lookups)
-MAX_SIDE = 8192  # a larger frame is a typo: its synthetic pool alone would take gigabytes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-guidance", type=int, default=None,
                    help="steps of the structure guide on the decoded image (hclfuse.image_guidance; 0 = off); default: "
                         "the hclfuse section's default")
-    p.add_argument("--batch", default="", help="comma-separated batch sizes; default 1,8 on a GPU, 1 on CPU")
-    p.add_argument("--graphs", default="", help="CUDA graphs on,off (GPU only); default on,off on a GPU")
+    p.add_argument("--batch", type=batch_sizes, default=None,
+                   help="comma-separated batch sizes; default 1,8 on a GPU, 1 on CPU")
+    p.add_argument("--graphs", type=on_off, default=None, help="CUDA graphs on,off (GPU only); default on,off on a GPU")
     p.add_argument("--precision", default="", help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
     p.add_argument("--fuser", default="hclfuse", help="hclfuse | max | average | laplacian | rule")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
@@ -64,18 +65,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """An argparse ``type``: ``'640x480,64x48'`` -> ``[(480, 640), (48, 64)]`` as (height, width)."""
-    sizes = []
-    for size in text.split(","):
-        try:
-            w, h = (int(v) for v in size.lower().split("x"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"size {size!r} is not WIDTHxHEIGHT") from None
-        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
-            raise argparse.ArgumentTypeError(f"size {size!r}: width and height must be in 1..{MAX_SIDE}")
-        sizes.append((h, w))
-    return sizes
+def batch_sizes(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated batch sizes, each >= 1."""
+    return [int_at_least(1)(b) for b in text.split(",")]
+
+
+def on_off(text: str) -> list[bool]:
+    """An argparse ``type``: comma-separated ``on`` / ``off`` -> True / False."""
+    values = text.split(",")
+    if not set(values) <= {"on", "off"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: give on, off or on,off")
+    return [v == "on" for v in values]
 
 
 def synthetic_pairs(h: int, w: int, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -223,8 +223,8 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
                   warmup: int, weights: str) -> None:
     """Every size x precision x graphs x batch case (graphs and half precision only on the GPU by default)."""
     gpu = device.type == "cuda"
-    batches = [int(b) for b in (args.batch or ("1,8" if gpu else "1")).split(",")]
-    graphs = [g == "on" for g in (args.graphs or ("on,off" if gpu else "off")).split(",")]
+    batches = args.batch or ([1, 8] if gpu else [1])
+    graphs = args.graphs or ([True, False] if gpu else [False])
     precisions = (args.precision or ("fp32,fp16" if gpu else "fp32")).split(",")
     model = HCLFuseConfig(weights=weights, sampler=args.sampler, **({"steps": args.steps} if args.steps else {}),
                           **({} if args.image_guidance is None else {"image_guidance": args.image_guidance}))
@@ -297,10 +297,13 @@ def main(argv: list[str] | None = None) -> None:
     warmup = 1 if args.tiny else 5
     print(f"bench fuse: torch {torch.__version__}, device {device}, fuser {args.fuser}, {frames} frames per case, "
           f"{warmup} warm-up, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
-    if args.fuser == "hclfuse":
-        with tempfile.TemporaryDirectory() as tmp:
-            bench_hclfuse(args, device, sizes, frames, warmup, weights_file(args.weights, Path(tmp)))
-    else:
-        bench_baseline(args, sizes, frames, warmup)
-    bench_post(sizes, frames, warmup)
+    try:
+        if args.fuser == "hclfuse":
+            with tempfile.TemporaryDirectory() as tmp:
+                bench_hclfuse(args, device, sizes, frames, warmup, weights_file(args.weights, Path(tmp)))
+        else:
+            bench_baseline(args, sizes, frames, warmup)
+        bench_post(sizes, frames, warmup)
+    except (ValueError, OSError) as exc:  # a bad --sampler, --steps, --precision, --fuser, --threads or --weights
+        raise SystemExit(f"bench fuse: {exc}") from None
 

@@ -14,6 +14,9 @@ import tempfile
 from fractions import Fraction
 from pathlib import Path
 
+from streamfuse.bench import parse_size
+from streamfuse.cli.args import int_at_least
+
 __all__ = ["main", "synthetic_pair"]
 
 
@@ -42,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streamfuse bench replay", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--fuser", default="max,hclfuse", help="comma-separated fusers to compare")
-    parser.add_argument("--frames", type=int, default=150, help="synthetic clip length")
-    parser.add_argument("--size", default="640x480", help="synthetic frame size WxH")
+    parser.add_argument("--frames", type=int_at_least(1), default=150, help="synthetic clip length")
+    parser.add_argument("--size", type=parse_size, default="640x480", help="synthetic frame size WxH")
     parser.add_argument("--ir", help="IR video to replay instead of the synthetic clip")
     parser.add_argument("--vis", help="visible video to replay instead of the synthetic clip")
     parser.add_argument("--codec", default="h264", choices=["h264", "ffv1"], help="output codec")
@@ -63,18 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     from streamfuse.configs import resolve
     from streamfuse.replay import run_replay
 
+    fixed = [f"replay.codec={args.codec}", "replay.progress=false"]
+    try:  # every config first: a bad --config, --set or --fuser is one line before any work
+        configs = {name: load_config(resolve(args.config), [*args.overrides, f"fuse.name={name}", *fixed])
+                   for name in args.fuser.split(",")}
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"bench replay: {exc}") from None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.ir and args.vis:
             ir, vis = Path(args.ir), Path(args.vis)
         else:
-            width, height = map(int, args.size.split("x"))
-            ir, vis = synthetic_pair(tmp, args.frames, width, height)
+            ir, vis = synthetic_pair(tmp, args.frames, *args.size)
         print(f"replay of {ir.name} + {vis.name}, output {args.codec}")
         ran = 0
-        for name in args.fuser.split(","):
-            overrides = [*args.overrides, f"fuse.name={name}", f"replay.codec={args.codec}", "replay.progress=false"]
-            cfg = load_config(resolve(args.config), overrides)
+        for name, cfg in configs.items():
             out = tmp / f"out_{name}.{'mkv' if args.codec == 'ffv1' else 'mp4'}"
             try:
                 s = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)

@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from streamfuse.bench import parse_sizes, positive
 from streamfuse.capture.sources import SyntheticScene
+from streamfuse.cli.args import int_at_least
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.frames import Frame, FramePair, FusedFrame
@@ -335,25 +337,30 @@ def _stall_report(image: np.ndarray, args: argparse.Namespace) -> None:
                   f"{r['p99_ms']:.3f} ms  max {r['max_ms']:.3f} ms{extra}")
 
 
+def quality(text: str) -> int:
+    """An argparse ``type``: a JPEG quality, 1..100."""
+    value = int_at_least(1)(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be <= 100, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every phase at each size and print the figures side by side."""
     parser = argparse.ArgumentParser(prog="python -m streamfuse bench transport", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--sizes", default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of each capacity run")
-    parser.add_argument("--rounds", type=int, default=3, help="capacity runs per transport")
-    parser.add_argument("--latency-seconds", type=float, default=5.0,
+    parser.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
+    parser.add_argument("--seconds", type=positive, default=1.0, help="length of each capacity run")
+    parser.add_argument("--rounds", type=int_at_least(1), default=3, help="capacity runs per transport")
+    parser.add_argument("--latency-seconds", type=positive, default=5.0,
                         help="length of each latency run (at 100 frames/s, 5 s make p99 the 5th-worst of 500 frames)")
-    parser.add_argument("--paced-seconds", type=float, default=2.0, help="length of each stall run")
-    parser.add_argument("--rate", type=float, default=100.0, help="frames/s of the latency and stall runs")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    parser.add_argument("--paced-seconds", type=positive, default=2.0, help="length of each stall run")
+    parser.add_argument("--rate", type=positive, default=100.0, help="frames/s of the latency and stall runs")
+    parser.add_argument("--quality", type=quality, default=90, help="JPEG quality, 1..100")
     args = parser.parse_args(argv)
     if imagezmq is None:
         raise SystemExit("bench transport needs imagezmq: pip install imagezmq (or pip install -e .[bench])")
-    try:
-        sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
-    except ValueError:
-        raise SystemExit(f"--sizes {args.sizes!r}: expected WIDTHxHEIGHT[,WIDTHxHEIGHT...]") from None
+    sizes = [(w, h) for h, w in args.sizes]
     print(f"loopback, {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for width, height in sizes:
         _size_report(width, height, args)

@@ -28,7 +28,7 @@ import cv2
 
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
-from streamfuse.errors import one_line
+from streamfuse.errors import one_line, opencv_quiet
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
@@ -55,7 +55,7 @@ class CameraSource(BaseSource):
         if sys.platform.startswith("linux") and device.startswith("/dev/") and not Path(device).exists():
             found = ", ".join(sorted(str(p) for p in Path("/dev").glob("video*"))) or "none"
             raise SourceError(f"{self.section}: camera {path!r} does not exist ({device} missing; found: {found})")
-        with _opencv_quiet():
+        with opencv_quiet():
             cap = cv2.VideoCapture(target)
         if not cap.isOpened():
             raise SourceError(f"{self.section}: cannot open camera {path!r}")
@@ -292,7 +292,7 @@ class FolderSource(BaseSource):
         if index >= len(self._files) and not self.cfg.loop:
             return None
         path = self._files[index % len(self._files)]
-        with _opencv_quiet():
+        with opencv_quiet():
             image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
             why = "not a readable image" if path.is_file() else "the file is gone"
@@ -300,15 +300,4 @@ class FolderSource(BaseSource):
         t_ns = round(index * 1e9 / self.cfg.fps)
         self._pace(t_ns)
         return self._frame(t_ns, self._convert(image))
-
-
-@contextlib.contextmanager
-def _opencv_quiet() -> Iterator[None]:
-    """OpenCV's own warning lines off: we raise one clear line instead."""
-    previous = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
 

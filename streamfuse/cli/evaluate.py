@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "score; repeatable; the first (else eval) also gives the --fuser methods their align and "
                         "fuse settings")
     p.add_argument("--fuser", action="append", default=[], metavar="NAME[:key=value,...]",
-                   help="fuser by name with keys of its hclfuse, engine or baseline section, e.g. max:sharpen=1 or hclfuse:steps=2; repeatable")
+                   help="fuser by name with keys of its hclfuse, engine or baseline section, e.g. max:sharpen=1 or "
+                        "hclfuse:steps=2; repeatable")
     p.add_argument("--set", action="append", default=[], metavar="stage.key=value", dest="overrides",
                    help="dotted override for every --config/--fuser method, e.g. hclfuse.steps=2")
     p.add_argument("--save", default=None, metavar="DIR",
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="out/evaluate", metavar="DIR", help="where the CSV, table and montage go")
     p.add_argument("--limit", type=int_at_least(0), default=0, metavar="N",
                    help="score only the first N pairs; 0 = all")
-    p.add_argument("--rows", type=int, default=4, help="pairs shown in the montage (darkest to brightest)")
+    p.add_argument("--rows", type=int_at_least(1), default=4, help="pairs shown in the montage (darkest to brightest)")
     return p.parse_args(argv)
 
 

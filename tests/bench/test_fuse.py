@@ -51,6 +51,9 @@ def test_cuda_without_gpu_is_one_line():
     (["--sizes", "640x480,-2x4"], "argument --sizes: size '-2x4': width and height must be in 1..8192"),
     (["--sizes", "640"], "argument --sizes: size '640' is not WIDTHxHEIGHT"),
     (["--frames", "0"], "argument --frames: must be >= 1, got 0"),
+    (["--batch", "0"], "argument --batch: must be >= 1, got 0"),
+    (["--batch", "1,x"], "argument --batch: 'x' is not an integer"),
+    (["--graphs", "maybe"], "argument --graphs: 'maybe': give on, off or on,off"),
 ])
 def test_bad_sizes_and_frames_are_refused_when_parsing(args, message, capsys):
     from streamfuse.bench.fuse import parse_args
@@ -59,3 +62,17 @@ def test_bad_sizes_and_frames_are_refused_when_parsing(args, message, capsys):
         parse_args(args)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.strip().splitlines()[-1].endswith(message) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sampler", "bogus"], "bench fuse: sampler='bogus' is out of range; allowed: student | teacher"),
+    (["--steps", "100"], "bench fuse: steps=100 is out of range; allowed: 1..20"),
+    (["--fuser", "bogus"], "bench fuse: name='bogus' is out of range; allowed: "),
+    (["--weights", "nowhere.pt"], "bench fuse: HCLFuse weights not found: nowhere.pt"),
+])
+def test_bad_settings_are_one_line(args, message, capsys):
+    from streamfuse.bench.fuse import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", "cpu", "--tiny", "--threads", "1", *args])
+    assert str(exc.value.code).startswith(message) and "\n" not in str(exc.value.code)

@@ -28,3 +28,28 @@ def test_exit_status_1_when_no_fuser_ran(tmp_path, capsys):
         (tmp_path / name).write_bytes(b"not a video")
     assert main(["--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max"]) == 1
     assert "max        not run: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--frames", "0"], "argument --frames: must be >= 1, got 0"),
+    (["--size", "abc"], "argument --size: size 'abc' is not WIDTHxHEIGHT"),
+    (["--size", "0x48"], "argument --size: size '0x48': width and height must be in 1..8192"),
+])
+def test_bad_numbers_are_refused_when_parsing(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--fuser", "max", *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.strip().splitlines()[-1].endswith(message) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fuser", "max,bogus"], "fuse: name='bogus' is out of range"),
+    (["--set", "bad"], "override 'bad' is not of the form stage.key=value"),
+    (["--config", "nowhere.yaml"], "nowhere.yaml: config file not found"),
+])
+def test_a_bad_config_is_one_line_before_any_replay(args, message, monkeypatch):
+    monkeypatch.setattr("streamfuse.bench.replay.synthetic_pair", lambda *a: pytest.fail("started before refusing"))
+    with pytest.raises(SystemExit) as exc:
+        main(["--fuser", "max", "--frames", "2", "--size", "64x48", *args])
+    code = str(exc.value.code)
+    assert code.startswith("bench replay: ") and message in code and "\n" not in code

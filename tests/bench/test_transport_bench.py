@@ -29,3 +29,19 @@ def test_codec_figures(mode: str) -> None:
     figures = bench_transport._codec(bench_transport._demo_frames(64, 48, 3), mode, 90)
     assert 0 < figures["bytes"] < 64 * 48 * 3 and figures["enc_ms"] > 0 and figures["dec_ms"] > 0
     assert figures["psnr"] >= 30.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+    (["--seconds", "nan"], "argument --seconds: must be a finite number > 0, got nan"),
+    (["--latency-seconds", "-1"], "argument --latency-seconds: must be a finite number > 0, got -1"),
+    (["--rate", "0"], "argument --rate: must be a finite number > 0, got 0"),
+    (["--quality", "200"], "argument --quality: must be <= 100, got 200"),
+    (["--sizes", "0x0"], "argument --sizes: size '0x0': width and height must be in 1..8192"),
+])
+def test_bad_numbers_are_refused_when_parsing(args, message, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(bench_transport, "_size_report", lambda *a: pytest.fail("started with a bad number"))
+    with pytest.raises(SystemExit) as exc:
+        bench_transport.main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.strip().splitlines()[-1].endswith(message)

@@ -91,7 +91,7 @@ def test_errors_are_one_line(tool, folders, tmp_path, random_weights, args, mess
     ("out_is_file", "--out {tmp}/afile exists and is not a folder"),
     ("json_in_vis", "--json {vis}/summary.json is or lies in the visible folder {vis}"),
     ("out_is_ir", "is or lies in the IR folder {ir}"),
-    ("size_mismatch", "f1: IR (40, 56) and visible (20, 28) differ in size"),
+    ("size_mismatch", "f1: IR {ir}/f1.png (56x40) and visible {vis}/f1.png (28x20) differ in size"),
 ])
 def test_bad_outputs_and_sizes_are_one_line(tool, folders, tmp_path, random_weights, case, message):
     ir_dir, vis_dir = folders
@@ -120,3 +120,53 @@ def test_bad_numbers_are_argparse_errors(tool, folders, tmp_path, capsys, option
     with pytest.raises(SystemExit) as exc:
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), option, value, "--out", str(tmp_path / "o")])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_set_overrides_the_config_and_dataset_picks_the_pairs(tool, tmp_path, random_weights):
+    """--set is a config override as in run, replay and evaluate; the data set under --data is --dataset."""
+    base = ["--data", str(tmp_path), "--weights", str(random_weights), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exc:
+        tool("ablate").main([*base, "--dataset", "some/set", "--set", "hclfuse.steps=30"])
+    assert str(exc.value.code).endswith("hclfuse: steps=30 is out of range; allowed: 1..20")
+    with pytest.raises(SystemExit) as exc:
+        tool("ablate").main([*base, "--dataset", "some/set"])
+    assert str(exc.value.code) == f"ablate: IR folder not found: {tmp_path / 'some' / 'set' / 'ir'}"
+
+
+def test_latent_swap_needs_two_pairs(tool, folders, random_weights, caplog):
+    """With one pair the swap would decode the pair with its own latent: a row equal to the default (delta grey 0)
+    that reads as "the latent does nothing". It is left out, with a warning."""
+    from streamfuse.config import load_config
+    from streamfuse.configs import resolve
+    from streamfuse.evaluation import find_pairs
+
+    cfg = load_config(resolve("eval"), [f"hclfuse.weights={random_weights}", "engine.device=cpu"])
+    pairs = find_pairs(*folders)
+    names = [m.name for m in tool("ablate").methods(cfg, [1], pairs[:1], baselines=False)]
+    assert "latent_swap" not in names and "latent_zero" in names
+    assert "latent_swap left out: it needs at least two pairs" in caplog.text
+    assert "latent_swap" in [m.name for m in tool("ablate").methods(cfg, [1], pairs[:2], baselines=False)]
+
+
+def test_json_that_is_a_folder_is_refused_before_any_work(tool, folders, tmp_path, monkeypatch):
+    ir_dir, vis_dir = folders
+    monkeypatch.setattr(tool("ablate"), "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
+    with pytest.raises(SystemExit) as exc:
+        tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--json", str(tmp_path), "--out",
+                             str(tmp_path / "out")])
+    assert str(exc.value.code) == f"ablate: --json {tmp_path} exists and is not a file"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tool, folders, tmp_path, random_weights, monkeypatch, capsys):
+    ir_dir, vis_dir = folders
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tool("ablate"), "evaluate_dir", interrupted)
+    with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
+        tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--weights", str(random_weights), "--steps",
+                             "1", "--no-baselines", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "s.json")])
+    assert exc.type is SystemExit and exc.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["ablate: interrupted"]
+    assert not (tmp_path / "s.json").exists()

@@ -4,6 +4,7 @@ colour/grey visible, 3-channel IR, mixed file types), and its one-line errors. R
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import cv2
@@ -230,3 +231,54 @@ def test_negative_limit_is_refused(evaluate, pairs, tmp_path, capsys):
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--limit", "-1", "--out", str(tmp_path / "out")])
     assert exc.value.code == 2 and "error: argument --limit: must be >= 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("rows", ["0", "-1"])
+def test_montage_rows_below_one_are_refused(evaluate, pairs, tmp_path, capsys, rows):
+    ir_dir, vis_dir = pairs
+    with pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--rows", rows, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and f"argument --rows: must be >= 1, got {rows}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_is_refused_before_any_work(evaluate, pairs, tmp_path, monkeypatch):
+    """A read-only folder (found by os.access: a read-only mount refuses even root) fails at the start, not after
+    every pair is fused."""
+    ir_dir, vis_dir = pairs
+    (read_only := tmp_path / "ro").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != read_only and real_access(path, mode))
+    monkeypatch.setattr("streamfuse.evaluation._score", lambda *a: pytest.fail("fused before refusing"))
+    out = read_only / "scores"
+    with pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(out)])
+    assert str(exc.value.code) == f"evaluate: output folder {out} cannot be written: {read_only} is not writable"
+    assert not out.exists()
+
+
+def test_a_damaged_image_is_one_line_without_opencv_warnings(evaluate, pairs, tmp_path, capfd):
+    ir_dir, vis_dir = pairs
+    (ir_dir / "p0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 100)  # a PNG signature, then garbage
+    with pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "out")])
+    assert str(exc.value.code) == f"evaluate: cannot read image {ir_dir / 'p0.png'}"
+    err = capfd.readouterr().err
+    assert "WARN" not in err and "ERROR" not in err, err
+
+
+@pytest.mark.parametrize("ir_size, vis_size, why", [
+    ((20, 30), (20, 30), "are smaller than the 25 pixels a side the metrics need"),
+    ((45, 70), (40, 70), "differ in size (register them first)"),
+])
+def test_a_pair_too_small_or_of_two_sizes_is_one_line_naming_both_files(evaluate, pairs, tmp_path, ir_size, vis_size,
+                                                                        why):
+    """Below 25 pixels a side VIF's four scales have nothing left to filter: one line, not OpenCV's assertion."""
+    ir_dir, vis_dir = pairs
+    cv2.imwrite(str(ir_dir / "p0.png"), np.full(ir_size, 90, np.uint8))
+    cv2.imwrite(str(vis_dir / "p0.png"), np.full(vis_size, 60, np.uint8))
+    with pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "out")])
+    (h, w), (vh, vw) = ir_size, vis_size
+    assert str(exc.value.code) == (f"evaluate: p0: IR {ir_dir / 'p0.png'} ({w}x{h}) and visible {vis_dir / 'p0.png'} "
+                                   f"({vw}x{vh}) {why}")

@@ -85,3 +85,23 @@ def test_output_among_the_videos_is_refused(tool, tmp_path):
     with pytest.raises(SystemExit, match="output folder .* is or lies in the videos folder"):
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "v"), "--start", "0"])
     assert sorted(p.name for p in (tmp_path / "v" / "ir").iterdir()) == ["a.mkv"]
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_pairs(tool, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C while the second clip decodes: the first clip's pairs were in the temporary folder, which goes."""
+    for clip in ("a", "b"):
+        _video(tmp_path / "v" / "ir" / f"{clip}.mkv", 4, 0)
+        _video(tmp_path / "v" / "vi" / f"{clip}.mkv", 4, 0)
+    real_frames_at = tool("extract_pairs").frames_at
+
+    def interrupted_at_b(path, wanted):
+        if path.stem == "b":
+            raise KeyboardInterrupt
+        return real_frames_at(path, wanted)
+
+    monkeypatch.setattr(tool("extract_pairs"), "frames_at", interrupted_at_b)
+    with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0", "--every", "1"])
+    assert exc.type is SystemExit and exc.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["extract_pairs: interrupted"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]

@@ -17,16 +17,16 @@ def test_rows_per_gain_and_sharper_with_more_gain(tool, tmp_path, rng):
         cv2.imwrite(str(tmp_path / "set" / "ir" / f"{i}.png"), np.clip(scene * 0.6 + 20, 0, 255).astype(np.uint8))
         cv2.imwrite(str(tmp_path / "set" / "vi" / f"{i}.png"), np.clip(scene[::-1] + 10, 0, 255).astype(np.uint8))
     out = tmp_path / "out"
-    tool("target_sweep").main(["--data", str(tmp_path), "--set", "set", "--gains", "1.0,1.5", "--out", str(out)])
+    tool("target_sweep").main(["--data", str(tmp_path), "--dataset", "set", "--gains", "1.0,1.5", "--out", str(out)])
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     ag = {g: np.mean([float(r["AG"]) for r in rows if r["method"] == f"target gain {g}"]) for g in ("1", "1.5")}
     assert len(rows) == 4 and ag["1.5"] > ag["1"] * 1.1
 
 
-def test_missing_set_is_one_line(tool, tmp_path):
+def test_missing_dataset_is_one_line(tool, tmp_path):
     with pytest.raises(SystemExit, match="target_sweep:"):
-        tool("target_sweep").main(["--data", str(tmp_path), "--set", "nothing", "--out", str(tmp_path / "o")])
+        tool("target_sweep").main(["--data", str(tmp_path), "--dataset", "nothing", "--out", str(tmp_path / "o")])
 
 
 def test_aligned_base_changes_the_base_not_the_detail(tool, rng):
@@ -41,3 +41,14 @@ def test_aligned_base_changes_the_base_not_the_detail(tool, rng):
     assert np.abs(diff).mean() > 2.0  # IR' differs from the raw IR here: the IR is the brighter source everywhere
     # the difference is a change of base: blurred at the base's sigma it stays almost the same
     assert np.abs(diff - cv2.GaussianBlur(diff, (0, 0), 2)).mean() < 0.1 * np.abs(diff).mean()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tool, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tool("target_sweep"), "evaluate_dir", interrupted)
+    with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
+        tool("target_sweep").main(["--data", str(tmp_path), "--dataset", "set", "--out", str(tmp_path / "o")])
+    assert exc.type is SystemExit and exc.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["target_sweep: interrupted"]

@@ -130,3 +130,30 @@ def test_static_check_needs_two_repeats(temporal, tmp_path, rng, monkeypatch, ca
     with pytest.raises(SystemExit) as exc:
         temporal()
     assert exc.value.code == 2 and f"argument --static: must be >= 2, got {value}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("one_frame", "{clip}: one IR/visible frame pair; a clip needs at least two"),
+    ("bad_stabilize", "strength=2.0 is out of range; allowed: 0 (off) .. 0.95"),
+])
+def test_a_one_frame_clip_or_a_bad_stabilizer_is_one_line(temporal, tmp_path, rng, monkeypatch, case, message):
+    _clip(tmp_path / "a", rng, n=1 if case == "one_frame" else 3)
+    extra = ["--stabilize", "2"] if case == "bad_stabilize" else []
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2", *extra])
+    with pytest.raises(SystemExit) as exc:
+        temporal()
+    assert str(exc.value.code) == "temporal: " + message.format(clip=tmp_path / "a")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tool, temporal, tmp_path, rng, monkeypatch, capsys):
+    _clip(tmp_path / "a", rng, n=3)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tool("temporal"), "temporal_ratio", interrupted)
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
+    with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
+        temporal()
+    assert exc.type is SystemExit and exc.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["temporal: interrupted"]

@@ -1,0 +1,46 @@
+"""``streamfuse.atomic_write.write_file``, through which evaluate, ablate and target_sweep write every output: a failed
+write leaves no truncated file under the final name, and what is at that name (a symlink, a device) is kept."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from streamfuse.atomic_write import partial_path
+from streamfuse.atomic_write import write_file
+
+
+def test_a_full_disk_leaves_the_earlier_file_and_no_partial_one(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.csv"
+    path.write_text("the earlier run's complete table\n")
+    real_write = Path.write_bytes
+
+    def half_then_full(self: Path, data: bytes) -> int:
+        real_write(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(RuntimeError) as exc:
+        write_file(path, b"method,image\n" * 100)
+    assert str(exc.value) == f"cannot write {path}: No space left on device"
+    assert path.read_text() == "the earlier run's complete table\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+
+def test_a_symlink_keeps_pointing_at_the_new_file(tmp_path):
+    target, link = tmp_path / "runs" / "summary.json", tmp_path / "latest.json"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    write_file(link, b"{}\n")
+    assert link.is_symlink() and target.read_bytes() == b"{}\n"
+    assert not partial_path(target).exists() and not partial_path(link).exists()
+
+
+def test_a_device_is_written_to_not_replaced():
+    """``--json /dev/stdout`` (or /dev/null) must not turn the device into a regular file."""
+    write_file(Path(os.devnull), b"{}\n")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
