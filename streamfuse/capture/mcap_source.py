@@ -1,7 +1,8 @@
 """The ``mcap`` source: a recording made by :class:`streamfuse.recording.Recorder`, read back as capture frames.
 
 A recording holds both streams; :func:`read_recording` yields them in the order they were recorded (the live
-loop's order), and :class:`McapSource` gives one of them as a capture Source.
+loop's order), and :class:`McapSource` gives one of them as a capture Source. :func:`read_messages` gives the
+records themselves, as written (``streamfuse.recover`` copies them out of a cut recording).
 """
 
 from __future__ import annotations
@@ -13,39 +14,60 @@ from typing import Iterator
 
 from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader
+from mcap.records import Channel, Message, Schema
+from zstandard import ZstdError
 
 from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.frames import Frame
 from streamfuse.recording import TOPICS, decode_image
 from streamfuse.registry import register
 
-__all__ = ["McapSource", "read_recording"]
+__all__ = ["McapSource", "read_messages", "read_recording"]
 
 _STREAMS = {topic: stream for stream, topic in TOPICS.items()}
 
 
-def read_recording(path: str | os.PathLike, streams: tuple[str, ...] = ("ir", "vis")) -> Iterator[Frame]:
-    """Frames of a recording in the order they were recorded (the live loop's order).
+def read_messages(path: str | os.PathLike,
+                  streams: tuple[str, ...] = ("ir", "vis")) -> Iterator[tuple[Schema | None, Channel, Message]]:
+    """The MCAP records of a recording's image messages, as written, in the order they were written.
 
     Reads sequentially, so a recording whose writer was killed (no index) still yields every complete chunk;
-    the truncated end raises SourceError naming how many frames were read. Channels without our ``seq``
-    marker (e.g. a ROS 2 bag) get sequence numbers counted from 0.
+    the truncated end raises SourceError naming how many messages were read. Chunk CRCs are checked: after a power
+    loss the file's end may hold zeros or stale blocks instead of what was written, which must not pass as frames.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recording not found: {path}")
-    wanted = {TOPICS[s] for s in streams}
-    counts: dict[str, int] = {s: 0 for s in streams}
+    read = 0
     with open(path, "rb") as f:
         try:
-            for _, channel, msg in NonSeekingReader(f).iter_messages(topics=sorted(wanted), log_time_order=False):
-                stream = _STREAMS[channel.topic]
-                seq = msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else counts[stream]
-                counts[stream] += 1
-                yield Frame(stream, seq, msg.log_time, decode_image(msg.data))
-        except (McapError, EOFError, struct.error, ValueError) as exc:
-            raise SourceError(f"recording {path} is truncated or corrupt after {sum(counts.values())} frames "
-                              f"({str(exc) or type(exc).__name__})") from None
+            reader = NonSeekingReader(f, validate_crcs=True)
+            for record in reader.iter_messages(topics=sorted(TOPICS[s] for s in streams), log_time_order=False):
+                yield record
+                read += 1
+        except (McapError, ZstdError, EOFError, struct.error, ValueError) as exc:
+            raise SourceError(_damaged(path, read, exc)) from None
+
+
+def read_recording(path: str | os.PathLike, streams: tuple[str, ...] = ("ir", "vis")) -> Iterator[Frame]:
+    """Frames of a recording in the order they were recorded (the live loop's order), read by :func:`read_messages`.
+
+    Channels without our ``seq`` marker (e.g. a ROS 2 bag) get sequence numbers counted from 0.
+    """
+    counts: dict[str, int] = {s: 0 for s in streams}
+    for _, channel, msg in read_messages(path, streams):
+        stream = _STREAMS[channel.topic]
+        seq = msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else counts[stream]
+        try:
+            image = decode_image(msg.data)
+        except (ValueError, struct.error) as exc:
+            raise SourceError(_damaged(Path(path), sum(counts.values()), exc)) from None
+        counts[stream] += 1
+        yield Frame(stream, seq, msg.log_time, image)
+
+
+def _damaged(path: Path, frames: int, exc: Exception) -> str:
+    return f"recording {path} is truncated or corrupt after {frames} frames ({str(exc) or type(exc).__name__})"
 
 
 @register("source", "mcap")

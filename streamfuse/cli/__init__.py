@@ -4,6 +4,7 @@ command's help.
 Commands:
   run        run a pipeline, live (or an offline replay with --out); the same as run_stream.py
   replay     replay a recorded pair offline into a fused video: every frame, nothing dropped (--out required)
+  recover    a finished recording from one a killed run left cut short (.NAME.mcap.partial -> NAME.mcap)
   subscribe  print per-frame latency and rate of a running pipeline; --save DIR writes frames
   view       serve a live web page of a running pipeline: IR, visible and fused frames with its stats
   foxglove   serve a running pipeline's fused frames and stats to Foxglove (needs the foxglove extra)
@@ -27,6 +28,7 @@ __all__ = ["COMMANDS", "main", "dispatch", "console"]
 COMMANDS = {
     "run": "streamfuse.cli.run:main",
     "replay": "streamfuse.cli.run:replay_main",
+    "recover": "streamfuse.recover:main",
     "subscribe": "streamfuse.subscribe:main",
     "view": "streamfuse.view.server:main",
     "foxglove": "streamfuse.view.foxglove_bridge:main",

@@ -1,0 +1,144 @@
+"""``python -m streamfuse recover PARTIAL [--out FILE]``: a finished recording from one cut short by a kill.
+
+A live run killed outright (``kill -9``, power loss) leaves its recording as ``.NAME.mcap.partial``: its complete
+chunks read back, but it ends mid-chunk with no index, so a replay stops at the cut. This copies every message
+that reads back (IR and visible images, in recorded order, with their log times, sequence numbers and bytes as
+written, under the recording's own schema and channels) into a finished, indexed ``NAME.mcap`` beside it (or
+``--out``), written under a temporary name and renamed when complete. The cut recording is left as it is. Exits 0
+when done or when the recording is complete already (nothing to recover), 1 when nothing can be recovered or
+written, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+from mcap.exceptions import McapError
+from mcap.reader import NonSeekingReader
+from mcap.records import Header
+from mcap.writer import MCAP0_MAGIC, Writer
+
+from streamfuse.atomic_write import partial_path
+from streamfuse.capture.mcap_source import read_messages
+from streamfuse.capture.sources import SourceError
+from streamfuse.errors import io_reason
+from streamfuse.recording import TOPICS, RecordConfig
+
+__all__ = ["recover", "main"]
+
+_PARTIAL = ".partial"
+_NOTHING = "nothing to recover: {} holds no complete frame (it was cut before its first chunk was written)"
+
+
+def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
+    """Copy what reads back of the cut recording ``src`` into the finished recording ``out``; the line to print.
+
+    ``out`` defaults to the final name of ``src`` (``.NAME.mcap.partial`` -> ``NAME.mcap``) and is never written
+    over; ``src`` is only read. A complete ``src`` is left alone (the line says so).
+
+    Raises:
+        OSError, ValueError, RuntimeError: one line naming the file; no output is left behind.
+    """
+    src = Path(src)
+    header, complete = _inspect(src)
+    if complete:
+        return f"{src} is a complete recording, not cut: nothing to recover (replay it as it is)"
+    out = Path(out) if out is not None else _final_name(src)
+    if not out.name.lower().endswith(".mcap"):
+        raise ValueError(f"cannot recover to {out}: a recording's name must end in .mcap (replay knows it by that)")
+    if out.exists():
+        raise FileExistsError(f"cannot recover to {out}: it exists; pass another --out or move it away")
+    tmp = partial_path(out)
+    if tmp.resolve() == src.resolve():  # the default output's temporary name is the cut recording itself
+        tmp = partial_path(tmp)
+    try:
+        f = open(tmp, "xb")  # noqa: SIM115 (closed below); "x": a file left there is never written over
+    except OSError as exc:
+        raise OSError(f"cannot write {out}: {tmp}: {io_reason(exc)}") from None
+    try:
+        with f:
+            counts, first, last = _copy(src, header, f)
+        if not any(counts.values()):
+            raise ValueError(_NOTHING.format(src))
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot recover {src} into {out}: {io_reason(exc)}") from None
+    except BaseException:  # Ctrl-C included: a temporary file of no use is not left behind
+        tmp.unlink(missing_ok=True)
+        raise
+    return (f"recovered {counts['ir']} IR and {counts['vis']} visible frames ({(last - first) / 1e9:.3f} s of "
+            f"capture time, {first} to {last} ns) from {src} into {out}; what was recorded after the cut is lost")
+
+
+def _inspect(src: Path) -> tuple[Header, bool]:
+    """The recording's MCAP header, and whether it is complete (ends with its closing magic, as a finished file
+    does); raises ValueError for a file that is not an MCAP recording or holds not even its header."""
+    try:
+        with open(src, "rb") as f:
+            if not MCAP0_MAGIC.startswith(f.read(len(MCAP0_MAGIC))):
+                raise ValueError(f"{src} is not an MCAP recording")
+            f.seek(0)
+            try:
+                header = NonSeekingReader(f).get_header()
+            except (McapError, EOFError, struct.error):  # an empty file is what a run killed at its start leaves
+                raise ValueError(_NOTHING.format(src)) from None
+            f.seek(-len(MCAP0_MAGIC), os.SEEK_END)
+            return header, f.read() == MCAP0_MAGIC
+    except FileNotFoundError:
+        raise FileNotFoundError(f"recording not found: {src}") from None
+    except OSError as exc:
+        raise OSError(f"cannot read {src}: {io_reason(exc)}") from None
+
+
+def _final_name(src: Path) -> Path:
+    """``dir/.NAME.mcap.partial`` -> ``dir/NAME.mcap``, the name the recorder would have renamed it to."""
+    if not (src.name.startswith(".") and src.name.endswith(_PARTIAL)):
+        raise ValueError(f"cannot name the recovered recording of {src} (not a .NAME.mcap.partial file): pass --out")
+    return src.with_name(src.name[1:-len(_PARTIAL)])
+
+
+def _copy(src: Path, header: Header, f: BinaryIO) -> tuple[dict[str, int], int, int]:
+    """Every image message of ``src`` up to its cut into a finished MCAP on ``f``: (frames per stream, first and
+    last log time)."""
+    writer = Writer(f, chunk_size=int(RecordConfig.chunk_mb * 2**20))  # the recorder's default chunks (zstd)
+    writer.start(profile=header.profile, library=header.library)
+    schemas: dict[int, int] = {0: 0}  # input id -> output id; 0: no schema
+    channels: dict[int, int] = {}
+    counts, first, last = {s: 0 for s in TOPICS}, None, 0
+    streams = {topic: s for s, topic in TOPICS.items()}
+    try:
+        for schema, channel, msg in read_messages(src):
+            if schema is not None and schema.id not in schemas:
+                schemas[schema.id] = writer.register_schema(schema.name, schema.encoding, schema.data)
+            if channel.id not in channels:
+                channels[channel.id] = writer.register_channel(channel.topic, channel.message_encoding,
+                                                               schemas[channel.schema_id], dict(channel.metadata))
+            writer.add_message(channels[channel.id], msg.log_time, msg.data, msg.publish_time, msg.sequence)
+            counts[streams[channel.topic]] += 1
+            first, last = msg.log_time if first is None else min(first, msg.log_time), max(last, msg.log_time)
+    except SourceError:  # the cut: everything before it is in
+        pass
+    writer.finish()
+    return counts, first or 0, last
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m streamfuse recover", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("partial", type=Path, help="the cut recording, e.g. runs/.rig0.mcap.partial")
+    parser.add_argument("--out", type=Path, help="the finished recording to write (default: the cut one's final "
+                        "name beside it, e.g. runs/rig0.mcap); never written over")
+    args = parser.parse_args(argv)
+    try:
+        print(recover(args.partial, args.out))
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"streamfuse recover: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,198 @@
+"""``python -m streamfuse recover``: a recording cut short by a kill becomes a finished one that replays to the end."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+
+import numpy as np
+import pytest
+from mcap.writer import Writer
+
+from streamfuse.atomic_write import partial_path
+from streamfuse.capture.mcap_source import read_messages, read_recording
+from streamfuse.capture.sources import SourceError
+from streamfuse.config import config_from_dict
+from streamfuse.frames import Frame
+from streamfuse.recording import RecordConfig, Recorder
+from streamfuse.recover import main, recover
+from streamfuse.replay import run_replay
+from streamfuse.sync import Pairer
+
+T0 = 1_700_000_000_000_000_000
+
+
+def _frames(rng: np.random.Generator, n: int = 30, *, smooth: bool = False) -> list[Frame]:
+    """Live-like arrivals: visible at 30 fps, IR at 25 fps arriving 15 ms late (not in capture-time order); noise,
+    which zstd stores as it is, or ``smooth`` moving gradients, which it compresses."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    out = []
+    for i in range(n):
+        ir = ((xx * 4 + yy * 2 + 9 * i) % 256).astype(np.uint8) if smooth else rng.integers(0, 256, (48, 64), np.uint8)
+        vis = np.dstack([ir, 255 - ir, ir // 2]) if smooth else rng.integers(0, 256, (48, 64, 3), np.uint8)
+        out.append(Frame("vis", i, T0 + i * 33_333_333, vis))
+        out.append(Frame("ir", i, T0 + i * 40_000_000 - 15_000_000, ir))
+    return out
+
+
+def _record(path, frames: list[Frame], *, cut: float | None, zeros: bool = False) -> None:
+    """A recording of ``frames`` in 64 KiB chunks; with ``cut``, killed: the run never closed it, and its temporary
+    file ends at that fraction of its size, mid-chunk (``zeros``: after a power loss, the file keeps its size but
+    its end holds zeros, the blocks the disk never got)."""
+    rec = Recorder(RecordConfig(path=str(path), chunk_mb=0.0625))
+    for f in frames:
+        rec.write(f)
+    assert not any(rec.dropped.values())  # the writer's queue holds them all: the file has every frame
+    if cut is None:
+        rec.close()
+        return
+    rec.abort()
+    data = partial_path(path).read_bytes()
+    end = int(len(data) * cut)
+    partial_path(path).write_bytes(data[:end] + (bytes(len(data) - end) if zeros else b""))
+
+
+def _messages(path) -> list[tuple]:
+    """Every field of every image message that reads back, with its channel and schema, up to a cut."""
+    got = []
+    try:
+        for schema, channel, msg in read_messages(path):
+            got.append((schema.name, schema.encoding, schema.data, channel.topic, channel.message_encoding,
+                        dict(channel.metadata), msg.log_time, msg.publish_time, msg.sequence, msg.data))
+    except SourceError:
+        pass
+    return got
+
+
+@pytest.fixture
+def cut(tmp_path, rng):
+    """(the cut recording .rig.mcap.partial, the frames the run recorded)."""
+    frames = _frames(rng)
+    _record(tmp_path / "rig.mcap", frames, cut=0.6)
+    return partial_path(tmp_path / "rig.mcap"), frames
+
+
+# a power loss in a chunk of noise leaves frames whose zstd block decodes with zeros in it (the chunk's CRC tells);
+# in a compressed chunk, zstd's own check fails
+@pytest.mark.parametrize("power_loss, smooth, cut", [(False, False, 0.6), (True, False, 0.6), (True, True, 0.7)],
+                         ids=["killed", "power loss", "power loss, compressed"])
+def test_a_cut_recording_recovers_its_frames_as_written_and_replays_to_the_end(tmp_path, rng, capsys, power_loss,
+                                                                              smooth, cut):
+    frames = _frames(rng, smooth=smooth)
+    _record(tmp_path / "rig.mcap", frames, cut=cut, zeros=power_loss)
+    src = partial_path(tmp_path / "rig.mcap")
+    with pytest.raises(SourceError, match="truncated or corrupt"):
+        list(read_recording(src))
+    before = src.read_bytes()
+    assert main([str(src)]) == 0
+    out = tmp_path / "rig.mcap"
+    got = list(read_recording(out))
+    assert 0 < len(got) < len(frames)
+    assert [(f.stream, f.seq, f.t_capture_ns) for f in got] == [(f.stream, f.seq, f.t_capture_ns)
+                                                                 for f in frames[:len(got)]]
+    for a, b in zip(frames, got):
+        np.testing.assert_array_equal(a.image, b.image)
+    assert _messages(out) == _messages(src)  # bytes, times, sequence numbers, schema and channels as written
+    assert src.read_bytes() == before  # the cut recording is only read
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name, "rig.mcap"]  # no temporary file left
+    n = {s: sum(f.stream == s for f in got) for s in ("ir", "vis")}
+    times = [f.t_capture_ns for f in got]
+    assert capsys.readouterr().out == (
+        f"recovered {n['ir']} IR and {n['vis']} visible frames ({(max(times) - min(times)) / 1e9:.3f} s of capture "
+        f"time, {min(times)} to {max(times)} ns) from {src} into {out}; what was recorded after the cut is lost\n")
+
+    cfg = config_from_dict({"ir": {"kind": "mcap"}, "vis": {"kind": "mcap"}, "fuse": {"name": "max"},
+                            "replay": {"progress": False, "codec": "ffv1"}})
+    pairer = Pairer(cfg.sync)
+    pairs = [p for f in got for p in pairer.push(f)] + pairer.flush()
+    summary = run_replay(cfg, ir_path=out, out_path=tmp_path / "fused.mkv", resume=False)
+    assert summary.complete and summary.written == len(pairs) > 0
+    assert (tmp_path / "fused.mkv").exists() and not partial_path(tmp_path / "fused.mkv").exists()
+
+
+def test_a_complete_recording_is_reported_and_left_alone(tmp_path, rng, capsys):
+    path = tmp_path / "rig.mcap"
+    _record(path, _frames(rng, 3), cut=None)
+    assert main([str(path), "--out", str(tmp_path / "copy.mcap")]) == 0
+    assert capsys.readouterr().out == f"{path} is a complete recording, not cut: nothing to recover (replay it as " \
+                                      "it is)\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["rig.mcap"]
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing", "recording not found: .*nope.mcap.partial"),
+    ("not mcap", r"notes.txt is not an MCAP recording"),
+    ("cut in its first chunk", r"nothing to recover: .*\.early\.mcap\.partial holds no complete frame"),
+    ("output exists", r"cannot recover to .*rig\.mcap: it exists; pass another --out or move it away"),
+    ("missing folder", r"cannot write .*gone/o\.mcap: .*gone/\.o\.mcap\.partial: No such file or directory"),
+    ("folder is a file", r"cannot write .*notes\.txt/o\.mcap: .*: Not a directory"),
+    ("not .mcap", r"cannot recover to .*o\.mp4: a recording's name must end in \.mcap"),
+    ("no final name", r"cannot name the recovered recording of .*cut\.bin .*: pass --out"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cut, rng, capsys, case, match):
+    src, _ = cut
+    args = {"missing": [str(tmp_path / ".nope.mcap.partial")],
+            "not mcap": [str(tmp_path / "notes.txt")],
+            "cut in its first chunk": [str(tmp_path / ".early.mcap.partial")],
+            "output exists": [str(src)],
+            "missing folder": [str(src), "--out", str(tmp_path / "gone" / "o.mcap")],
+            "folder is a file": [str(src), "--out", str(tmp_path / "notes.txt" / "o.mcap")],
+            "not .mcap": [str(src), "--out", str(tmp_path / "o.mp4")],
+            "no final name": [str(tmp_path / "cut.bin")]}[case]
+    (tmp_path / "notes.txt").write_text("not a recording\n")
+    (tmp_path / "rig.mcap").write_bytes(b"keep me")
+    (tmp_path / "cut.bin").write_bytes(src.read_bytes())
+    _record(tmp_path / "early.mcap", _frames(rng, 30), cut=0.02)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("streamfuse recover: error: ") and "Traceback" not in err
+    assert re.search(match, err), err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_an_unwritable_folder_is_one_line(tmp_path, cut, capsys):
+    src, _ = cut
+    (tmp_path / "ro").mkdir(mode=0o500)
+    assert main([str(src), "--out", str(tmp_path / "ro" / "o.mcap")]) == 1
+    assert "Permission denied" in capsys.readouterr().err and not list((tmp_path / "ro").iterdir())
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_ctrl_c_or_a_full_disk_midway_leaves_nothing(tmp_path, cut, monkeypatch, exc):
+    src, _ = cut
+    real, calls = Writer.add_message, []
+
+    def add_message(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise exc
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Writer, "add_message", add_message)
+    with pytest.raises(type(exc), match=None if isinstance(exc, KeyboardInterrupt) else
+                       r"^cannot recover .*rig\.mcap\.partial into .*rig\.mcap: No space left on device$"):
+        recover(src)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_ctrl_c_through_the_command_is_one_line_and_exit_130(tmp_path, cut, monkeypatch, capsys):
+    from streamfuse import cli
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr("streamfuse.recover.read_messages", interrupted)
+    monkeypatch.setattr(sys, "argv", ["streamfuse", "recover", str(cut[0])])
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.console()
+    finally:
+        signal.signal(signal.SIGINT, previous)  # console() ignores Ctrl-C once its command is over
+    assert stop.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cut[0].name]
