@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 
+from streamfuse.atomic_write import partial_path
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.config import PipelineConfig
 from streamfuse.frames import Frame, FramePair, FusedFrame
@@ -40,12 +41,15 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
         return 0 if summary.complete else 1
     if ir_path or vis_path:
         raise ValueError("--ir/--vis are for replay: also give --out (or set replay.out in the config)")
-    run_live(cfg, duration_s=duration_s)
-    return 0
+    snap = run_live(cfg, duration_s=duration_s)
+    return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
 
 
 def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
     """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM, or ``duration_s`` (0 = no limit).
+
+    A recording (``record:``) that fails stops alone: fusion and publishing go on, and the final snapshot says so
+    (``record_failed``).
 
     Returns:
         The final telemetry snapshot (also logged and published on the stats topic).
@@ -89,7 +93,14 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
                 _publish(pub, tel, pairs[-1], processed, fuser, t0, end_to_end=len(wall_clock) == 2)
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
-        return _report(tel, pub, pairer, producers, fuser, rec, final=True)
+        if rec is not None:
+            rec.close()  # before the final report, which counts what the recording lacks
+        snap = _report(tel, pub, pairer, producers, fuser, rec, final=True)
+    if rec is not None and rec.error is not None:
+        log.error("recording failed: %s was not completed (%s); what was recorded until then is kept in %s "
+                  "(`python -m streamfuse recover` makes a finished recording of it)", rec.path, rec.error,
+                  partial_path(rec.path))
+    return snap
 
 
 def _fuser_info(cfg: PipelineConfig, fuser: Fuser) -> dict:
@@ -153,6 +164,7 @@ def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers
     if rec is not None:
         for source, count in rec.dropped.items():
             tel.set(f"record_dropped.{source}", count)
+        tel.set("record_failed", int(rec.error is not None))
     snap = tel.snapshot()
     log.info("%s%s", "final: " if final else "", format_stats(snap))
     pub.send_stats(snap)

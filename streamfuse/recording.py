@@ -145,7 +145,9 @@ class Recorder:
 
     Call :meth:`write` for each frame as the live loop receives it, before pairing: a replay pushes the frames
     to the same Pairer in the same order, so it forms the same pairs. Use as a context manager, or call
-    :meth:`close`; the file gets its final name only on a clean close.
+    :meth:`close`; the file gets its final name only on a clean close. A write error (a full disk) stops the
+    recording, never the live run: it is logged once and kept in :attr:`error`, the file keeps its ``.partial``
+    name, and the frames not recorded are counted in ``dropped``.
 
     Args:
         cfg: the ``record`` section.
@@ -158,7 +160,9 @@ class Recorder:
         self._partial = partial_path(self.path)
         self._frame_ids = {s: (frame_ids or {}).get(s) or f"{s}_optical_frame" for s in TOPICS}
         self.counts = {s: 0 for s in TOPICS}
-        self.dropped = {s: 0 for s in TOPICS}  # frames the disk could not keep up with
+        self.dropped = {s: 0 for s in TOPICS}  # frames the disk could not keep up with, or after a write error
+        self.error: str | None = None  # why the recording stopped, once it has
+        self._written = {s: 0 for s in TOPICS}  # frames handed to the MCAP writer (by the writer thread)
         # an existing file is an earlier recording or one of the run's own inputs; a partial one is what is left of
         # a run that did not finish: none is written over
         for existing in (self.path, self._partial):
@@ -183,15 +187,21 @@ class Recorder:
 
         Compression and disk writes run on a worker thread. When ``queue_size`` frames wait (the disk is slower
         than the cameras) the frame is left out of the file and counted in ``dropped``, since blocking here would
-        stall the live loop, and the cameras' rings would lose frames instead. A write error is raised by the next
-        call.
+        stall the live loop, and the cameras' rings would lose frames instead. After a write error (see
+        :attr:`error`) every frame is left out and counted the same way; nothing is raised.
         """
         if frame.stream not in self._channels:
             raise ValueError(f"cannot record stream {frame.stream!r}; recordable streams: {', '.join(TOPICS)}")
         if frame.t_capture_ns < 0:
             raise ValueError(f"cannot record {frame.stream} frame {frame.seq}: negative capture time "
                              f"{frame.t_capture_ns} ns (MCAP times are unsigned)")
-        if self._worker.offer(frame):
+        queued = False
+        if self.error is None:
+            try:
+                queued = self._worker.offer(frame)
+            except RuntimeError as exc:  # the writer thread failed on an earlier frame
+                self._stopped(exc)
+        if queued:
             self.counts[frame.stream] += 1
         else:
             self.dropped[frame.stream] += 1
@@ -200,18 +210,39 @@ class Recorder:
         self._writer.add_message(self._channels[frame.stream], log_time=frame.t_capture_ns, publish_time=
                                  frame.t_capture_ns, data=encode_image(frame, self._frame_ids[frame.stream]),
                                  sequence=frame.seq)
+        self._written[frame.stream] += 1
+
+    def _stopped(self, exc: RuntimeError) -> None:
+        """The file cannot take more: say so once, and count the frames queued behind the failure as not recorded
+        (the writer thread handles none after its first error)."""
+        # the writer thread keeps its error: with a traceback, that would tie our callers' frames (the live loop's,
+        # holding the producers' semaphores) into a reference cycle that the CLI's os._exit never frees
+        exc.with_traceback(None)
+        if self.error is not None:
+            return
+        self.error = str(exc)
+        for stream in TOPICS:
+            self.dropped[stream] += self.counts[stream] - self._written[stream]
+            self.counts[stream] = self._written[stream]
+        log.error("recording stopped: %s; what was written stays in that file, the run goes on without recording",
+                  self.error)
 
     def close(self) -> None:
-        """Write what is queued, finish the file (index, summary) and give it its final name."""
+        """Write what is queued, finish the file (index, summary) and give it its final name; after a write error
+        (:attr:`error`, set here too when the last frames or the summary fail) keep the ``.partial`` name."""
         if self._file.closed:
             return
         try:
             self._worker.join()
             self._writer.finish()
+        except RuntimeError as exc:  # the writer thread's failure
+            self._stopped(exc)
         except OSError as exc:
-            raise RuntimeError(f"finishing recording {self._partial} failed: {io_reason(exc)}") from None
+            self._stopped(RuntimeError(f"finishing recording {self._partial} failed: {io_reason(exc)}"))
         finally:
             self._file.close()
+        if self.error is not None:
+            return
         os.replace(self._partial, self.path)
         log.info("recorded %d IR and %d visible frames to %s", self.counts["ir"], self.counts["vis"], self.path)
         if any(self.dropped.values()):
@@ -225,7 +256,8 @@ class Recorder:
         try:
             self._worker.join()
         except RuntimeError as exc:
-            log.warning("%s", exc)
+            if self.error is None:  # not said yet
+                log.warning("%s", exc)
         self._file.close()
 
     def __enter__(self) -> Recorder:

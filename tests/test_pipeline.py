@@ -3,6 +3,7 @@ killed mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -27,8 +28,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(port: int, *extra: str, fuser: str = "max") -> subprocess.Popen:
-    args = [sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
+def _start(port: int, *extra: str, fuser: str = "max", program: tuple[str, ...] = (str(REPO / "run_stream.py"),)
+           ) -> subprocess.Popen:
+    args = [sys.executable, *program, "--config", "demo",
             "--set", f"publish.endpoint=tcp://127.0.0.1:{port}", "--set", f"fuse.name={fuser}",
             "--set", "telemetry.interval_s=1", "--set", "engine.device=cpu", *extra]
     return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -97,6 +99,68 @@ def test_demo_publishes_fused_frames_and_stops_cleanly_on_sigterm(receiver):
     assert proc.returncode == 0, out
     assert "final:" in out
     assert in_use and not _shm_of(proc.pid), "shared memory leaked"
+
+
+# run_stream.py with a recorder whose disk fills up after 5 frames (the next writes raise ENOSPC)
+_FULL_DISK_RUN = """
+import errno, os, sys
+from streamfuse.recording import Recorder
+real_append, calls = Recorder._append, []
+def append(self, frame):
+    calls.append(frame)
+    if len(calls) > 5:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_append(self, frame)
+Recorder._append = append
+from streamfuse.cli.run import exit_now, main
+exit_now(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_failing_recording_stops_alone_and_the_run_exits_nonzero(receiver, tmp_path):
+    """Fusion and publishing go on after the recording failed; the stats count what it lacks; the partial file is
+    kept under its temporary name; the end says the recording failed, and the exit status is 1."""
+    from streamfuse.atomic_write import partial_path
+    from streamfuse.capture.mcap_source import read_recording
+    from streamfuse.capture.sources import SourceError
+
+    port, path = _free_port(), tmp_path / "rig.mcap"
+    small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
+    proc = _start(port, f"--set=record.path={path}", "--set=record.chunk_mb=0.0625", *small,
+                  program=("-c", _FULL_DISK_RUN))
+    after = []  # fused frames received after a stats snapshot said the recording had failed
+    try:
+        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.setsockopt(zmq.SUBSCRIBE, b"")
+        failed, deadline = None, time.monotonic() + 60
+        while len(after) < 5 and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                topic, header, *_ = receiver.recv_multipart()
+            except zmq.Again:
+                continue
+            if topic.startswith(b"stats/"):
+                counters = json.loads(header)["counters"]
+                failed = failed or (counters if counters.get("record_failed") else None)
+            elif topic.startswith(b"fused/") and failed:
+                after.append(json.loads(header)["seq"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert failed and len(after) == 5, out
+    assert after[0] >= failed["published"]  # seq counts from 0: published after that snapshot
+    reason = f"writing recording {partial_path(path)} failed: No space left on device"
+    assert out.count(f"ERROR streamfuse.recording: recording stopped: {reason}") == 1, out
+    final = next(line for line in out.splitlines() if "final:" in line)
+    assert "record_failed=1" in final and "record_dropped.ir=" in final and "record_dropped.vis=" in final
+    assert f"recording failed: {path} was not completed ({reason})" in out.rstrip().splitlines()[-1]
+    assert "Traceback" not in out and "leaked" not in out
+    assert proc.returncode == 1
+    assert not path.exists()
+    got = []
+    with contextlib.suppress(SourceError):
+        got.extend(read_recording(partial_path(path)))
+    assert 0 < len(got) <= 5  # what was written before the failure, up to its last complete chunk
 
 
 @pytest.mark.timeout(60)

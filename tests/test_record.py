@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gc
 import logging
 import os
 import struct
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -70,6 +73,74 @@ def test_a_disk_slower_than_the_cameras_costs_recorded_frames_not_the_live_loop(
         release.set()
     assert [(f.stream, f.seq) for f in read_recording(path)] == [("vis", 0), ("vis", 1)]
     assert "lacks 1 IR and 0 visible frames" in caplog.text
+
+
+def _fail_after(monkeypatch, n: int, failed: threading.Event) -> None:
+    """The recorder's disk fills up after ``n`` frames: the next ones raise ENOSPC as a real full disk does."""
+    real_append, calls = Recorder._append, []
+
+    def append(self, frame):
+        calls.append(frame)
+        if len(calls) > n:
+            failed.set()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_append(self, frame)
+
+    monkeypatch.setattr(Recorder, "_append", append)
+
+
+def _recorded_prefix(path: Path) -> list[Frame]:
+    """The frames a partial recording holds (read up to its last complete chunk)."""
+    got = []
+    with contextlib.suppress(SourceError):
+        got.extend(read_recording(path))
+    return got
+
+
+def test_a_full_disk_stops_the_recording_not_the_caller(tmp_path, rng, monkeypatch, caplog):
+    """write() never raises after the failure; one ERROR line names the file and the reason; every frame not
+    recorded (the failed one, those queued behind it, those given later) is counted; close() keeps the .partial."""
+    failed = threading.Event()
+    _fail_after(monkeypatch, 4, failed)
+    frames = [Frame("vis", i, T0 + i, rng.integers(0, 256, (120, 160, 3), np.uint8)) for i in range(8)]
+    path = tmp_path / "rig.mcap"
+    given = len(frames)
+    with caplog.at_level(logging.WARNING), Recorder(RecordConfig(path=str(path), chunk_mb=0.0625)) as rec:
+        for f in frames:
+            rec.write(f)
+        assert failed.wait(30)
+        deadline = time.monotonic() + 30
+        while rec.error is None and time.monotonic() < deadline:  # until write() meets the writer's error
+            rec.write(Frame("ir", given, T0 + given, frames[0].image[..., 0]))
+            given += 1
+        assert rec.error == f"writing recording {partial_path(path)} failed: No space left on device"
+        rec.write(Frame("ir", given, T0 + given, frames[0].image[..., 0]))  # after the failure: counted, no raise
+        given += 1
+    assert rec.counts == {"ir": 0, "vis": 4}
+    assert rec.dropped == {"ir": given - len(frames), "vis": len(frames) - 4}
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and errors[0].levelno == logging.ERROR
+    assert errors[0].getMessage().startswith(f"recording stopped: {rec.error}")
+    assert not path.exists() and partial_path(path).exists()  # never renamed to look complete
+    got = _recorded_prefix(partial_path(path))
+    assert 0 < len(got) <= 4  # the complete chunks written before the failure
+    for a, b in zip(frames, got):
+        np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_a_full_disk_when_finishing_keeps_the_partial_file(tmp_path, rng, monkeypatch, caplog):
+    from mcap.writer import Writer
+
+    def finish(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Writer, "finish", finish)
+    path = tmp_path / "rig.mcap"
+    with caplog.at_level(logging.ERROR), Recorder(RecordConfig(path=str(path))) as rec:
+        rec.write(Frame("vis", 0, T0, rng.integers(0, 256, (4, 5, 3), np.uint8)))
+    assert rec.error == f"finishing recording {partial_path(path)} failed: No space left on device"
+    assert not path.exists() and partial_path(path).exists()
+    assert caplog.text.count("recording stopped: finishing recording") == 1
 
 
 def test_a_recording_never_writes_over_an_existing_file(tmp_path, rng):

@@ -9,6 +9,7 @@ training never reads (it reads the `sequences/` frame folders):
 
 VIDEOS holds ``ir/<clip>.<ext>`` and ``vi/<clip>.<ext>``; OUT gets ``ir/<clip>_<frame>.png`` (grey) and
 ``vi/<clip>_<frame>.png`` (colour), ready for ``python -m streamfuse evaluate`` and ``tools/ablate.py --ir --vis``.
+An OUT that already holds pairs is refused (they would mix with this run's): choose an empty or new folder.
 """
 
 from __future__ import annotations
@@ -64,13 +65,16 @@ def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
     """Write the pairs; returns how many. Raises ValueError (one line) on a missing, short or truncated video.
 
     The pairs are written to a temporary folder beside ``out`` and moved into it once every clip is done, so a failed
-    run leaves no pairs behind.
+    run leaves no pairs behind; an ``out`` that already holds pairs is refused before any work.
     """
     wanted = {start + k * every for k in range(count)}
     clips = sorted(p for p in (videos / "ir").glob("*") if p.is_file())
     if not clips:
         raise ValueError(f"no videos under {videos / 'ir'}")
     check_outputs({"videos": videos}, {"output folder": out})
+    for sub in ("ir", "vi"):  # an earlier run's pairs would mix with these, and same-named ones be written over
+        if (out / sub).is_dir() and any((out / sub).iterdir()):
+            raise ValueError(f"output folder {out} already holds pairs in {sub}/; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         tmp = Path(tmp)

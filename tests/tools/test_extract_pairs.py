@@ -87,6 +87,24 @@ def test_output_among_the_videos_is_refused(tool, tmp_path):
     assert sorted(p.name for p in (tmp_path / "v" / "ir").iterdir()) == ["a.mkv"]
 
 
+def test_an_output_folder_holding_pairs_is_refused(tool, tmp_path):
+    """A second run into the same folder would mix its pairs with the first's and write over same-named ones."""
+    _video(tmp_path / "v" / "ir" / "a.mkv", 4, 0)
+    _video(tmp_path / "v" / "vi" / "a.mkv", 4, 0)
+    out = tmp_path / "out"
+    tool("extract_pairs").main([str(tmp_path / "v"), str(out), "--start", "0", "--every", "2"])
+    before = {p: p.read_bytes() for p in out.rglob("*.png")}
+    with pytest.raises(SystemExit, match=f"output folder {out} already holds pairs in ir/; choose an empty or new "
+                                         "folder") as info:
+        tool("extract_pairs").main([str(tmp_path / "v"), str(out), "--start", "1", "--every", "2"])
+    assert "\n" not in str(info.value)
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before and len(before) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "v"]  # no temporary folder left
+    (tmp_path / "empty" / "ir").mkdir(parents=True)  # an existing folder without pairs is fine
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "empty"), "--start", "1", "--every", "2"])
+    assert sorted(p.name for p in (tmp_path / "empty" / "vi").iterdir()) == ["a_00001.png", "a_00003.png"]
+
+
 def test_ctrl_c_is_one_line_exit_130_and_leaves_no_pairs(tool, tmp_path, monkeypatch, capsys):
     """A Ctrl-C while the second clip decodes: the first clip's pairs were in the temporary folder, which goes."""
     for clip in ("a", "b"):
