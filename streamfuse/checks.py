@@ -120,6 +120,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
+    if value is None:  # YAML reads `key:` and `--set key=` as null
+        raise ValueError(f"{key} has no value; expected {_describe(tp)}")
     # YAML reads a bare 0 (a camera index) as a number: say how to write it as text
     quote = f' (quote it: "{value}")' if tp is str and isinstance(value, (int, float)) else ""
     raise ValueError(f"{key}={value!r} has the wrong type; expected {_describe(tp)}{quote}")

@@ -39,6 +39,7 @@ def _write(tmp_path, text):
         ("ir:\n  kind: camera\n  path: 0\n", 'ir.path=0 has the wrong type; expected str (quote it: "0")'),
         ("publish:\n  endpoint: tcp://127.0.0.1:99999\n",  # libzmq would bind port 34463
          "publish: endpoint='tcp://127.0.0.1:99999' is out of range; allowed: tcp://HOST:PORT (PORT 1..65535"),
+        ("record:\n  path:\n", "record.path has no value; expected str"),
         ("fuse: 3\n", "fuse=3 must be a mapping"),
         ("fuse: [\n", "not valid YAML"),
     ],
