@@ -162,7 +162,9 @@ class Recorder:
         self.counts = {s: 0 for s in TOPICS}
         self.dropped = {s: 0 for s in TOPICS}  # frames the disk could not keep up with, or after a write error
         self.error: str | None = None  # why the recording stopped, once it has
-        self._written = {s: 0 for s in TOPICS}  # frames handed to the MCAP writer (by the writer thread)
+        # frames in chunks on disk, and in the chunk being filled (by the writer thread): a write error loses the latter
+        self._written = {s: 0 for s in TOPICS}
+        self._unflushed = {s: 0 for s in TOPICS}
         # an existing file is an earlier recording or one of the run's own inputs; a partial one is what is left of
         # a run that did not finish: none is written over
         for existing in (self.path, self._partial):
@@ -207,10 +209,18 @@ class Recorder:
             self.dropped[frame.stream] += 1
 
     def _append(self, frame: Frame) -> None:
+        end = self._file.tell()
+        self._unflushed[frame.stream] += 1
         self._writer.add_message(self._channels[frame.stream], log_time=frame.t_capture_ns, publish_time=
                                  frame.t_capture_ns, data=encode_image(frame, self._frame_ids[frame.stream]),
                                  sequence=frame.seq)
-        self._written[frame.stream] += 1
+        if self._file.tell() != end:  # the writer wrote out its chunk, this frame in it
+            self._flushed()
+
+    def _flushed(self) -> None:
+        for stream, n in self._unflushed.items():
+            self._written[stream] += n
+            self._unflushed[stream] = 0
 
     def _stopped(self, exc: RuntimeError) -> None:
         """The file cannot take more: say so once, and count the frames queued behind the failure as not recorded
@@ -235,6 +245,7 @@ class Recorder:
         try:
             self._worker.join()
             self._writer.finish()
+            self._flushed()
         except RuntimeError as exc:  # the writer thread's failure
             self._stopped(exc)
         except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import io
 import logging
 import os
 import struct
@@ -123,9 +124,49 @@ def test_a_full_disk_stops_the_recording_not_the_caller(tmp_path, rng, monkeypat
     assert errors[0].getMessage().startswith(f"recording stopped: {rec.error}")
     assert not path.exists() and partial_path(path).exists()  # never renamed to look complete
     got = _recorded_prefix(partial_path(path))
-    assert 0 < len(got) <= 4  # the complete chunks written before the failure
+    assert len(got) == 4  # every frame counted as recorded reads back
     for a, b in zip(frames, got):
         np.testing.assert_array_equal(a.image, b.image)
+
+
+class _FillingDisk(io.RawIOBase):
+    """A file on a disk that fills up after ``room`` bytes: the write that does not fit raises ENOSPC."""
+
+    def __init__(self, f, room: int) -> None:
+        self.f, self.room, self.n = f, room, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        if self.n + len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.n += len(b)
+        return self.f.write(b)
+
+    def tell(self) -> int:
+        return self.n
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def test_frames_of_the_chunk_a_full_disk_cut_count_as_dropped(tmp_path, rng, monkeypatch):
+    """The disk fills while a chunk is written: that chunk's frames are lost, so they count as dropped, not recorded
+    (the recorded count is what reads back)."""
+    import builtins
+
+    from streamfuse import recording
+
+    monkeypatch.setattr(recording, "open", lambda p, mode: io.BufferedWriter(_FillingDisk(builtins.open(p, mode),
+                                                                                          200_000)), raising=False)
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path), chunk_mb=0.0625, compression="none")) as rec:
+        for i in range(40):  # fewer than the writer's queue: none is left out for speed
+            rec.write(Frame("vis", i, T0 + i, rng.integers(0, 256, (60, 80, 3), np.uint8)))
+    assert rec.error is not None and rec.counts["vis"] + rec.dropped["vis"] == 40
+    assert len(_recorded_prefix(partial_path(path))) == rec.counts["vis"] > 0
 
 
 def test_a_full_disk_when_finishing_keeps_the_partial_file(tmp_path, rng, monkeypatch, caplog):
