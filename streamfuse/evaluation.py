@@ -100,7 +100,9 @@ def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str |
         real, is_folder = Path(out).resolve(), what in folders
         if real.exists() and real.is_dir() != is_folder:
             raise ValueError(f"{what} {out} exists and is not a {'folder' if is_folder else 'file'}")
-        existing = next(p for p in (real if is_folder else real.parent, *real.parents) if p.exists())
+        device = not is_folder and real.exists() and not real.is_file()  # /dev/null, a pipe: written as it is
+        existing = real if device else next(p for p in (real if is_folder else real.parent, *real.parents)
+                                            if p.exists())
         if not os.access(existing, os.W_OK):  # found now, not once the run's work is done
             raise ValueError(f"{what} {out} cannot be written: {existing} is not writable")
         for kind, folder in inputs.items():

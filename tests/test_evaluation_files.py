@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streamfuse.atomic_write import partial_path
-from streamfuse.atomic_write import write_file
+from streamfuse.atomic_write import partial_path, write_file
+from streamfuse.evaluation import check_outputs
 
 
 def test_a_full_disk_leaves_the_earlier_file_and_no_partial_one(tmp_path, monkeypatch):
@@ -44,3 +44,13 @@ def test_a_device_is_written_to_not_replaced():
     """``--json /dev/stdout`` (or /dev/null) must not turn the device into a regular file."""
     write_file(Path(os.devnull), b"{}\n")
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_a_device_output_is_checked_itself_not_its_folder(monkeypatch):
+    """``--json /dev/null`` (or /dev/stdout): write_file writes a device as it is, so only the device must be writable,
+    not /dev, which is not for a user who is not root (simulated: this may run as root)."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != Path("/dev") and real_access(p, mode))
+    check_outputs({}, {}, {"--json": "/dev/null"})
+    with pytest.raises(ValueError, match="--json /dev/x.json cannot be written: /dev is not writable"):
+        check_outputs({}, {}, {"--json": "/dev/x.json"})

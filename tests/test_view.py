@@ -283,7 +283,7 @@ def test_cli_bad_server_key_or_port_is_named(command, capsys):
 
 
 def test_module_cli_dispatches_to_each_command(capsys):
-    assert cli([]) == 2 and "run,replay,subscribe,view,foxglove" in capsys.readouterr().out
+    assert cli([]) == 2 and "run,replay,recover,subscribe,view,foxglove" in capsys.readouterr().out
     assert cli(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
     assert cli(["run", "--config", "missing.yaml"]) == 2  # run_stream.py's own config error
     assert "config error: missing.yaml" in capsys.readouterr().err
