@@ -127,6 +127,9 @@ def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Process
         tel.record("end_to_end", (time.time_ns() - max(pair.ir.t_capture_ns, pair.vis.t_capture_ns)) / 1e6)
 
 
+_OPENING_WAIT_S = 15.0  # a run that fails waits this long for a source still opening to deliver or fail too
+
+
 def _drain(producers: Producers) -> list[Frame] | None:
     """Frames that arrived since the last call (waiting up to 0.1 s for the first); None once all sources ended.
 
@@ -138,11 +141,25 @@ def _drain(producers: Producers) -> list[Frame] | None:
     while item is not None:
         if isinstance(item, ProducerEvent):
             if item.kind == "error" and not item.restarting:
-                raise RuntimeError(item.message)
+                raise RuntimeError(_failure(producers, item.message))
         else:
             frames.append(item)
         item = producers.get(timeout=0)
     return None if producers.done and not frames else frames
+
+
+def _failure(producers: Producers, first: str) -> str:
+    """The run's failure in one line: ``first``, and another source's if it fails too before its first frame (two
+    wrong paths are both named, not one per try); a source still opening is waited for up to ``_OPENING_WAIT_S``."""
+    errors = [first]
+    deadline = time.monotonic() + _OPENING_WAIT_S
+    while True:
+        opening = any(s["delivered"] == 0 and s["state"] != "ended" for s in producers.stats().values())
+        item = producers.get(timeout=0.05 if opening and time.monotonic() < deadline else 0)
+        if isinstance(item, ProducerEvent) and item.kind == "error" and not item.restarting:
+            errors.append(item.message)
+        elif item is None and not (opening and time.monotonic() < deadline):
+            return "; ".join(errors)
 
 
 def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers, fuser: Fuser,

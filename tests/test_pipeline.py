@@ -199,6 +199,17 @@ def test_missing_video_file_is_one_line(tmp_path):
     assert f"streamfuse: error: {line}" in proc.stderr
 
 
+def test_two_missing_video_files_are_both_named_in_one_line(tmp_path):
+    paths = {s: tmp_path / f"{s}.mp4" for s in ("ir", "vis")}
+    sources = [a for s, p in paths.items() for a in ("--set", f"{s}.kind=file", "--set", f"{s}.path={p}")]
+    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo", *sources,
+                           "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{_free_port()}",
+                           "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("streamfuse: error: ")]
+    assert all(f"{s}: video file not found: {p}" in line for s, p in paths.items()), proc.stderr
+
+
 @pytest.mark.timeout(60)
 def test_huge_sizes_are_one_line_exit_2():
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
