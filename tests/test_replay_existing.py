@@ -82,6 +82,9 @@ def test_a_partial_output_needs_resume_or_an_explicit_start_over(tmp_path, pair,
     monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(None))
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=False)
     assert summary.complete and summary.reused == 0 and summary.fused == 40
+    made = out.stat().st_mtime_ns  # the retry of a worker lost after it finished: done, not failed, not redone
+    assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=False).complete
+    assert out.stat().st_mtime_ns == made
 
 
 # -------------------------------------------------------------------------------- the seam of a killed run

@@ -86,7 +86,7 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
     out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
     summary = ReplaySummary(ir=ir.cfg.path, vis=vis.cfg.path, out=str(out))
     if check_existing_output(out, resume=resume, restart=restart):
-        log.info("%s is already complete; nothing to resume", out)
+        log.info("%s is already complete; nothing to do", out)
         summary.complete = True
         return summary
     if rcfg.frames_dir:

@@ -127,8 +127,9 @@ def check_no_partial(out: Path) -> None:
 
 
 def check_existing_output(out: Path, *, resume: bool, restart: bool = False) -> bool:
-    """True when ``out`` is complete and ``resume`` has nothing to do; refuse, before any work, to write over an
-    earlier run's complete output, a file that is no video, or (neither ``resume`` nor ``restart``) a partial output.
+    """True when ``out`` is complete and ``resume`` or ``restart`` has nothing to do (a batch's retry of a worker lost
+    after it finished the pair); refuse, before any work, to write over an earlier run's complete output, a file that
+    is no video, or (neither ``resume`` nor ``restart``) a partial output.
 
     Raises:
         FileExistsError: one line naming the file and how to go on.
@@ -141,7 +142,7 @@ def check_existing_output(out: Path, *, resume: bool, restart: bool = False) -> 
         made_with(out)
     except ValueError as exc:
         raise FileExistsError(f"output {out} exists but {exc}; delete it or choose another --out") from None
-    if not resume:
+    if not (resume or restart):
         raise FileExistsError(f"output {out} is already complete; delete it or choose another --out to replay again "
                               f"(--resume continues only an interrupted replay)")
     return True
