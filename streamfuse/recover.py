@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import struct
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.errors import io_reason
 from streamfuse.recording import TOPICS, RecordConfig
+from streamfuse.signals import handled
 
 __all__ = ["recover", "main"]
 
@@ -136,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the finished recording to write (default: the cut one's final "
                         "name beside it, e.g. runs/rig0.mcap); never written over")
     args = parser.parse_args(argv)
-    try:
-        print(recover(args.partial, args.out))
+    try:  # SIGTERM stops it as Ctrl-C does: the temporary file removed, one line
+        with handled(signal.default_int_handler, (signal.SIGTERM,)):
+            print(recover(args.partial, args.out))
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"streamfuse recover: error: {exc}", file=sys.stderr)
         return 1

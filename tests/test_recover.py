@@ -196,3 +196,28 @@ def test_ctrl_c_through_the_command_is_one_line_and_exit_130(tmp_path, cut, monk
         signal.signal(signal.SIGINT, previous)  # console() ignores Ctrl-C once its command is over
     assert stop.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [cut[0].name]
+
+
+def test_sigterm_midway_leaves_nothing(tmp_path, cut, monkeypatch, capsys):
+    """A SIGTERM (a service manager stopping it) is taken as Ctrl-C: the temporary file goes, one line, exit 130."""
+    from streamfuse import cli
+
+    src, _ = cut
+    real, calls = Writer.add_message, []
+
+    def add_message(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Writer, "add_message", add_message)
+    monkeypatch.setattr(sys, "argv", ["streamfuse", "recover", str(src)])
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.console()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stop.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
