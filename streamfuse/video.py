@@ -248,17 +248,20 @@ def decode_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, np.ndarra
 
 
 
-def announced_end_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+def announced_end_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                    first_dts: int | None = None) -> float | None:
     """Where the container says the video ``stream`` ends, s on its pts clock (None when it does not say), to notice
     a silently truncated file.
 
     A stream's own duration is a span from its start. A container's is too, except that Matroska/WebM and NUT give
     the end of their timeline, counted from 0: start + duration would put the end of a video that starts late (its
-    first pts at 10 s, say) that much too late and make it look truncated. FLV's counts from its first dts, at or
-    after 0 and before the first pts by the B-frame delay, so from 0 too (an end never later than the real one). The
-    container's is used only when the video is all it holds: audio often runs longer than the video. AVI counts frame
-    slots, empty chunks (skipped frames: a late start, a variable rate) included: its count times the frame duration
-    is its end, in a truncated file too (whose duration FFmpeg only estimates).
+    first pts at 10 s, say) that much too late and make it look truncated. FLV's counts from its first dts
+    (``first_dts``: the stream's first packet's, in its time base), before the first pts by the B-frame delay; without
+    it, from 0 (an end never later than the real one). The container's is used only when the video is all it holds:
+    audio often runs longer than the video. AVI counts frame slots, empty chunks (skipped frames: a late start, a
+    variable rate) included: its count times the frame duration is its end, in a truncated file too (whose duration
+    FFmpeg only estimates), and the end of its last packet's slot (dts + duration), not a decoded pts (a decoder may
+    put a frame one slot later), is what to compare it with.
     """
     names = set(container.format.name.split(","))
     if "avi" in names and stream.frames:
@@ -267,6 +270,8 @@ def announced_end_s(container: av.container.InputContainer, stream: av.video.str
         return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
     if not container.duration or len(container.streams) > 1:
         return None
+    if "flv" in names and first_dts is not None:
+        return float(first_dts * stream.time_base) + container.duration / 1e6
     start = 0 if _DURATION_IS_END & names else container.start_time or 0
     return (start + container.duration) / 1e6
 

@@ -13,6 +13,7 @@ FPS, N = 25, 50
 CASES = {  # name: (container, first pts in frames, B-frames, codec)
     "flv_bframes": ("flv", 0, 3, "libx264"),  # FLV's duration counts from its first dts, 2 frames before its first pts
     "flv_bframes_late": ("flv", 250, 3, "libx264"),
+    "flv_late": ("flv", 250, 0, "libx264"),
     "avi_late": ("avi", 250, 0, "libx264"),  # AVI's frame count takes in the 250 empty chunks before the first frame
     "avi_bframes_late": ("avi", 250, 3, "libx264"),
     # A decoder without delay gets the first frame at pts 0 (x264's come out at their own pts): a 10 s gap after it.

@@ -3,9 +3,10 @@ machine's epoch clock. Both take pts already converted once to ns (``pts * time_
 
 Files (:class:`FileClock`): ``t = pts + offset``. A discontinuity (pts back by more than one frame period, as in
 concatenated MPEG-TS recordings or a camera that restarted, or forward by more than :data:`JUMP_NS`, FFmpeg's
-``dts_delta_threshold``) moves the offset so that the frame comes one period after the previous one; a frame whose pts
-repeats or goes back by less than a period is placed 1 ns after the previous one, and the frames after it keep their
-own times. Either way times stay strictly increasing, so pairing and realtime pacing never see time run backwards.
+``dts_delta_threshold``, unless the caller keeps such gaps) moves the offset so that the frame comes one period
+after the previous one; a frame whose pts repeats or goes back by less than a period is placed 1 ns after the previous
+one, and the frames after it keep their own times. Either way times stay strictly increasing, so pairing and realtime
+pacing never see time run backwards.
 
 Live streams (:class:`StreamClock`): ``t = pts + offset``, where the offset is the smallest ``arrival - pts`` over the
 last :data:`WINDOW_NS` of frames. A stamp is therefore never later than its frame's arrival: frames FFmpeg buffered
@@ -40,10 +41,13 @@ class FileClock:
 
     Args:
         period_ns: the video's frame interval, ns: the step after a discontinuity or a new loop pass.
+        rebase_ahead: shift out a forward jump beyond :data:`JUMP_NS` (a source paced in real time would sleep
+            through it); False keeps it, so the times stay the file's pts (a replay writes them back as pts).
     """
 
-    def __init__(self, period_ns: int) -> None:
+    def __init__(self, period_ns: int, *, rebase_ahead: bool = True) -> None:
         self.period_ns = period_ns
+        self.rebase_ahead = rebase_ahead
         self.fix, self.step_ns = "", 0
         self._offset_ns = 0
         self._last_pts_ns: int | None = None
@@ -59,7 +63,8 @@ class FileClock:
         last_pts, last_t = self._last_pts_ns, self._last_t_ns
         self.step_ns = 0 if last_pts is None else pts_ns - last_pts
         self.fix, self._last_pts_ns = "", pts_ns
-        if last_t is not None and (self._new_pass or self.step_ns < -self.period_ns or self.step_ns > JUMP_NS):
+        ahead = self.rebase_ahead and self.step_ns > JUMP_NS
+        if last_t is not None and (self._new_pass or self.step_ns < -self.period_ns or ahead):
             self._offset_ns = last_t + self.period_ns - pts_ns
             self.fix = "" if self._new_pass else "rebased"
             self._new_pass = False

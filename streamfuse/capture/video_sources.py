@@ -119,13 +119,14 @@ class AvSource(BaseSource):
         self._last_step_ns = 0  # the last forward pts step: a frame's real duration where the rate is a tick rate
         self.skipped, self._skip_report_at = 0, 0.0
         self._open_container()
-        self._times = StreamClock() if self.live else FileClock(self._period_ns)
+        # A forward jump is shifted out only where pacing would sleep through it: unpaced (replay) times stay the pts.
+        self._times = StreamClock() if self.live else FileClock(self._period_ns, rebase_ahead=self.cfg.realtime)
         self._repeated = self._looped = False  # a repeat reported; a loop pass begun (its reports were made)
 
     def _open_container(self) -> None:
         import av
 
-        from streamfuse.video import announced_end_s, announced_frames  # PyAV's import: only video sources pay it
+        from streamfuse.video import announced_frames  # PyAV's import: only video sources pay it
 
         path = self.cfg.path
         if not path:
@@ -155,9 +156,8 @@ class AvSource(BaseSource):
         rate = stream.average_rate or stream.guessed_rate
         self._period_ns = round(1e9 / float(rate)) if rate else round(1e9 / self.cfg.fps)
         self._expected = announced_frames(container, stream)  # 0 when the container does not say (e.g. Matroska)
-        # The video's announced end, to notice a silently truncated file (Matroska decodes what is left and stops).
-        end_s = announced_end_s(container, stream)
-        self._end_ns = None if end_s is None else round(end_s * 1e9)
+        self._container, self._stream = container, stream  # for the announced end, at the end of the pass
+        self._first_dts = self._end_dts = None  # of this pass's first video packet; its last one's dts + duration
         self._decoded = self._pass_jumps = 0  # frames and timestamps that jumped back in this pass
         self._frames = self._decode(container, stream)
 
@@ -166,6 +166,9 @@ class AvSource(BaseSource):
         import av
 
         for packet in container.demux(stream):
+            if packet.size and packet.dts is not None:
+                self._first_dts = packet.dts if self._first_dts is None else self._first_dts
+                self._end_dts = packet.dts + packet.duration
             try:
                 yield from packet.decode()
             except av.InvalidDataError as exc:
@@ -236,13 +239,7 @@ class AvSource(BaseSource):
         if 0 < self._decoded < self._expected:
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the container announces {self._expected} frames")
-        # After a jump back the last pts says nothing about where the file ends (after a gap, as an AVI that starts
-        # late has after its first frame, it still does). The last frame lasts its step: a variable-rate file's
-        # nominal rate can be its time base's (an AVI of 1/600 s ticks).
-        if self._decoded and self._end_ns is not None and not self._pass_jumps \
-                and self._last_pts_ns + 2 * max(self._period_ns, self._last_step_ns) < self._end_ns:
-            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
-                              f"{self._where()}; the container announces {self._end_ns / 1e9:.3f} s")
+        self._check_end()
         if not self.cfg.loop or self._decoded == 0:
             return None
         # Loop: the next pass starts one frame period after this one ended, so times keep increasing.
@@ -252,6 +249,24 @@ class AvSource(BaseSource):
         self._stack.close()
         self._open_container()
         return self._read()
+
+    def _check_end(self) -> None:
+        """A file read to its last frame that ends before its container's announced end is truncated."""
+        from streamfuse.video import announced_end_s
+
+        end_s = announced_end_s(self._container, self._stream, self._first_dts)
+        if not self._decoded or end_s is None:
+            return
+        if "avi" in self._container.format.name.split(","):  # frame slots: exact (see announced_end_s)
+            short = self._end_dts is not None and self._end_dts * self.time_base < end_s
+        else:
+            # After a jump back the last pts says nothing about where the file ends (after a gap it still does). The
+            # last frame lasts its step: a variable-rate file's nominal rate can be its time base's (1/600 s ticks).
+            last_ns = self._last_pts_ns + 2 * max(self._period_ns, self._last_step_ns)
+            short = not self._pass_jumps and last_ns < round(end_s * 1e9)
+        if short:
+            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
+                              f"{self._where()}; the container announces {end_s:.3f} s")
 
     def _where(self) -> str:
         if self._last_t_ns is None:

@@ -85,3 +85,9 @@ def test_stream_clock_catches_up_after_a_buffered_start_and_restarts_when_pts_go
     back = clock.stamp(0, live[-1][1] + 40 * MS)  # the sender restarted its pts
     assert clock.restarted and back == live[-1][1] + 40 * MS
     assert clock.stamp(0, live[-1][1] + 41 * MS) == back + 1 and not clock.restarted  # a repeat: just after
+
+
+def test_file_clock_keeps_a_forward_jump_when_told_to_so_times_stay_the_pts() -> None:
+    clock = FileClock(period_ns=40 * MS, rebase_ahead=False)  # an unpaced source: nothing would sleep through it
+    pts = [0, JUMP_NS + 40 * MS, JUMP_NS + 80 * MS, 40 * MS]
+    assert [clock.stamp(p) for p in pts] == pts[:3] + [JUMP_NS + 120 * MS]  # a jump back is still shifted out
