@@ -179,27 +179,11 @@ def test_ctrl_c_or_a_full_disk_midway_leaves_nothing(tmp_path, cut, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
 
-def test_ctrl_c_through_the_command_is_one_line_and_exit_130(tmp_path, cut, monkeypatch, capsys):
-    from streamfuse import cli
-
-    def interrupted(path):
-        raise KeyboardInterrupt
-        yield
-
-    monkeypatch.setattr("streamfuse.recover.read_messages", interrupted)
-    monkeypatch.setattr(sys, "argv", ["streamfuse", "recover", str(cut[0])])
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit) as stop:
-            cli.console()
-    finally:
-        signal.signal(signal.SIGINT, previous)  # console() ignores Ctrl-C once its command is over
-    assert stop.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [cut[0].name]
-
-
-def test_sigterm_midway_leaves_nothing(tmp_path, cut, monkeypatch, capsys):
-    """A SIGTERM (a service manager stopping it) is taken as Ctrl-C: the temporary file goes, one line, exit 130."""
+@pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
+def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_path, cut, monkeypatch, capsys,
+                                                                             stop):
+    """Ctrl-C, or a SIGTERM (a service manager stopping it, taken as Ctrl-C), midway through the copy: the temporary
+    file goes, one line, exit 130."""
     from streamfuse import cli
 
     src, _ = cut
@@ -207,17 +191,19 @@ def test_sigterm_midway_leaves_nothing(tmp_path, cut, monkeypatch, capsys):
 
     def add_message(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 5 and stop == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
+        elif len(calls) == 5:
+            raise KeyboardInterrupt
         real(self, *args, **kwargs)
 
     monkeypatch.setattr(Writer, "add_message", add_message)
     monkeypatch.setattr(sys, "argv", ["streamfuse", "recover", str(src)])
     previous = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(SystemExit) as stop:
+        with pytest.raises(SystemExit) as exc:
             cli.console()
     finally:
-        signal.signal(signal.SIGINT, previous)
-    assert stop.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
+        signal.signal(signal.SIGINT, previous)  # console() ignores Ctrl-C once its command is over
+    assert exc.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
