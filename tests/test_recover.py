@@ -19,6 +19,7 @@ from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.recover import main, recover
 from streamfuse.replay import run_replay
+from streamfuse.signals import handled
 from streamfuse.sync import Pairer
 
 T0 = 1_700_000_000_000_000_000
@@ -199,11 +200,8 @@ def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_
 
     monkeypatch.setattr(Writer, "add_message", add_message)
     monkeypatch.setattr(sys, "argv", ["streamfuse", "recover", str(src)])
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit) as exc:
-            cli.console()
-    finally:
-        signal.signal(signal.SIGINT, previous)  # console() ignores Ctrl-C once its command is over
+    # handled() puts back the Ctrl-C handler, which console() leaves ignored once its command is over
+    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
+        cli.console()
     assert exc.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from streamfuse.cli import COMMANDS, dispatch, main
+from streamfuse.signals import handled
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,11 +82,8 @@ def test_a_ctrl_c_a_command_lets_through_is_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "main", interrupted)
     monkeypatch.setattr(sys, "argv", ["streamfuse", "bench", "batch"])
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit) as exc:
-            cli.console()
-    finally:
-        signal.signal(signal.SIGINT, previous)  # console() ignores Ctrl-C once its command is over
+    # handled() puts back the Ctrl-C handler, which console() leaves ignored once its command is over
+    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
+        cli.console()
     assert exc.value.code == 130
     assert capsys.readouterr().err == "streamfuse bench: interrupted\n"
