@@ -200,8 +200,12 @@ def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_
 
     monkeypatch.setattr(Writer, "add_message", add_message)
     monkeypatch.setattr(sys, "argv", ["streamfuse", "recover", str(src)])
+    def unhandled(*_):  # the command sets its own handler for the copy: this one fires only if it did not
+        raise AssertionError("SIGTERM reached the caller's handler")
+
     # handled() puts back the Ctrl-C handler, which console() leaves ignored once its command is over
-    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
+    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), handled(unhandled, (signal.SIGTERM,)), \
+            pytest.raises(SystemExit) as exc:
         cli.console()
     assert exc.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
