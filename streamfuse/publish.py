@@ -361,8 +361,10 @@ class Publisher:
         self._preview_seq += 1
 
     def close(self) -> None:
-        """Close the socket at once (linger 0: queued frames are stale anyway) and free the shared-memory pool."""
-        self._sock.close(linger=0)
+        """Close the socket and free the shared-memory pool. Live, at once (linger 0: queued frames are stale
+        anyway); with ``nodrop`` (lossless, as a replay publishes), ZeroMQ still sends what is queued, for up to
+        ``wait_ms``: the last frames of a replay would be lost otherwise."""
+        self._sock.close(linger=self.cfg.wait_ms if self.cfg.nodrop else 0)
         if self._pool is not None:
             self._pool.close()
 

@@ -245,3 +245,23 @@ def test_readme_consumer_example_reads_frames(rng: np.random.Generator) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert len(lines) == 20 and all(line.startswith("fused/rig0 ") and "(48, 64, 3)" in line for line in lines)
+
+
+def test_a_lossless_publisher_closed_after_its_last_frame_still_sends_the_queued_ones(
+        rng: np.random.Generator) -> None:
+    """A replay publishes with nodrop and closes right after its last frame: those still queued must go out, not be
+    discarded with the socket (a subscriber that joined first would miss the end of the replay)."""
+    image = rng.integers(0, 256, VGA, dtype=np.uint8)
+    pub = Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True, wait_ms=60_000, sndhwm=50))
+    with Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False, rcvhwm=100) as sub:
+        try:
+            connect(pub, sub, image)
+            first = pub.published
+            assert all(pub.send_fused(fused_frame(image, i)) for i in range(30))  # queued faster than sent
+        finally:
+            pub.close()
+        seqs: list[int] = []
+        while len(seqs) < 30 and (msg := sub.recv()) is not None:
+            if msg[0]["seq"] >= first:  # the handshake frames come before
+                seqs.append(msg[0]["seq"])
+    assert seqs == list(range(first, first + 30))
