@@ -1,16 +1,13 @@
 """PublishConfig and the ZeroMQ Publisher of fused frames, their previews and the stats (the wire format itself is
 :mod:`streamfuse.wire`).
 
-Live semantics: PUB/SUB never blocks the publisher. Each subscriber has a queue of ``sndhwm`` messages; when a
-slow subscriber's queue is full, libzmq drops that subscriber's copy and the others still get theirs, so the
-publisher cannot see those drops: subscribers count them from gaps in ``seq``. With ``nodrop=True``
-(``ZMQ_XPUB_NODROP``) a full queue instead makes ``send_fused`` return False and count the drop, but then one
-stalled subscriber holds the frame back from every subscriber; ``wait_ms`` then turns the drop into bounded
-back-pressure (offline replay into a recorder). The queues and TCP buffers of a stalled subscriber keep the
-frames of the moment it stalled, so a live viewer must empty its socket continuously
-(``Subscriber(latest=True)``). A subscriber that connects late (or while the publisher starts) misses the
-frames sent before its subscription arrived (ZeroMQ's "slow joiner"): fine for a live stream, which only needs
-the next frame.
+Live semantics: PUB/SUB never blocks the publisher. Each subscriber has a queue of ``sndhwm`` messages; a slow
+subscriber's full queue drops its copy (the others get theirs; subscribers count drops from gaps in ``seq``). With
+``nodrop=True`` (``ZMQ_XPUB_NODROP``) a full queue makes ``send_fused`` return False and count the drop, and one
+stalled subscriber holds the frame back from all; ``wait_ms`` turns that into bounded back-pressure (offline replay
+into a recorder). A stalled subscriber's queues keep the frames of the moment it stalled, so a live viewer empties
+its socket continuously (``Subscriber(latest=True)``). A subscriber misses the frames sent before its subscription
+arrived (ZeroMQ's "slow joiner"): fine live; a replay can wait for one (``wait_subscriber_s``).
 """
 
 from __future__ import annotations
@@ -68,6 +65,9 @@ class PublishConfig:
             be promised through a pool whose writer never waits.
         preview_width: width of the downscaled IR and visible previews, sent on their own topics only while a
             subscriber asks for them (a viewer subscribes to ``preview/...``); 0 = never send previews.
+        wait_subscriber_s: an offline replay waits up to this long, before its first frame, for a subscriber of
+            ``topic``, which would otherwise miss the frames sent before its subscription arrived (ZeroMQ's slow
+            joiner: a recorder started with the replay); 0 = start at once. A live run never waits.
     """
 
     endpoint: str = "tcp://127.0.0.1:5555"
@@ -84,6 +84,7 @@ class PublishConfig:
     h264_keyint: int = 30
     h264_crf: int = 23
     shm_slots: int = 8
+    wait_subscriber_s: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.endpoint.split("://")[0] in ("tcp", "ipc", "inproc") and tcp_port_ok(self.endpoint, bind=True),
@@ -103,6 +104,7 @@ class PublishConfig:
         check(0 <= self.shm_slots <= MAX_SLOTS, "shm_slots", self.shm_slots, f"0 (off) .. {MAX_SLOTS}")
         check(not self.topic.startswith(SHM_TOPIC_PREFIX), "topic", self.topic, f"a topic not starting with "
               f"{SHM_TOPIC_PREFIX} (reserved for shared-memory descriptors)")
+        check(0 <= self.wait_subscriber_s <= 3600, "wait_subscriber_s", self.wait_subscriber_s, "0 (off) .. 3600 s")
         check(self.preview_width == 0 or 16 <= self.preview_width <= 4096, "preview_width", self.preview_width,
               "0 (off) or 16..4096 pixels")
 
@@ -126,18 +128,15 @@ class Publisher:
 
     def __init__(self, cfg: PublishConfig, stats_extra: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
-        self.published = 0
-        self.dropped = 0
-        self._topic = cfg.topic.encode()
-        self._stats_topic = cfg.stats_topic.encode()
+        self.published = self.dropped = 0
+        self._topic, self._stats_topic = cfg.topic.encode(), cfg.stats_topic.encode()
         self._stats_extra = stats_extra or {}
         self._previews = {s: preview_topic(cfg.topic, s).encode() for s in ("ir", "vis")}
         self._preview_subs: set[bytes] = set()  # live subscriptions to preview topics
         self._preview_seq = 0
         self._subs: set[bytes] = set()  # every topic prefix some subscriber asks for
         self._shm_topic, self._ring_topic = shm_topic(cfg.topic).encode(), ring_topic(cfg.topic).encode()
-        # what the subscriptions ask for (kept by _poll_subscriptions): the payload, the pool, its ZeroMQ descriptors
-        # and its ring (a ring reader is woken through the pool, its descriptors are not sent to it)
+        # what subscriptions ask for (kept by _poll_subscriptions): payload, pool, its descriptors, its ring (woken)
         self._want_payload = self._want_shm = self._want_descriptors = self._want_ring = False
         self._polled = False  # loan() has just read the subscriptions: its send_fused need not again
         self._headers = HeaderEncoder(cfg.frame_id)
@@ -331,12 +330,21 @@ class Publisher:
         self._want_ring = any(self._ring_topic.startswith(sub) and sub.startswith(_RING_PREFIX) for sub in self._subs)
         self._want_shm = self._shm_on and (self._want_descriptors or self._want_ring)
 
+    def wait_for_subscriber(self, timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` until a subscription for the fused frames (or their shared-memory copy) arrives;
+        True when one has. Frames sent before a subscription arrives never reach that subscriber."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._poll_subscriptions()
+            if self._want_payload or self._want_shm or time.monotonic() >= deadline:
+                return self._want_payload or self._want_shm
+            self._sock.poll(100)  # a subscription is a message on the XPUB socket
+
     def send_stats(self, stats: dict[str, Any]) -> bool:
         """Send a telemetry snapshot as ``[stats_topic, JSON]`` (numpy scalars and arrays become JSON numbers)."""
         body = {"schema": STATS_SCHEMA, "t_ns": time.time_ns(), **self._stats_extra, **stats}
         try:
-            self._sock.send_multipart([self._stats_topic, encode_json(body)],
-                                      zmq.NOBLOCK)
+            self._sock.send_multipart([self._stats_topic, encode_json(body)], zmq.NOBLOCK)
         except zmq.Again:
             return False
         return True
@@ -361,9 +369,8 @@ class Publisher:
         self._preview_seq += 1
 
     def close(self) -> None:
-        """Close the socket and free the shared-memory pool. Live, at once (linger 0: queued frames are stale
-        anyway); with ``nodrop`` (lossless, as a replay publishes), ZeroMQ still sends what is queued, for up to
-        ``wait_ms``: the last frames of a replay would be lost otherwise."""
+        """Close the socket (live at once: queued frames are stale; with ``nodrop``, as a replay publishes, ZeroMQ
+        still sends what is queued, for up to ``wait_ms``) and free the shared-memory pool."""
         self._sock.close(linger=self.cfg.wait_ms if self.cfg.nodrop else 0)
         if self._pool is not None:
             self._pool.close()

@@ -5,6 +5,7 @@ conftest.py (which tests cannot import from)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,14 @@ from streamfuse.wire import HEADER_FIELDS, SCHEMA
 ANY_PORT = "tcp://127.0.0.1:*"
 VGA = (480, 640, 3)
 PATIENCE_S = 30.0  # how long a test waits for an event that must happen (a loaded machine can be slow)
+
+
+def free_port() -> int:
+    """A loopback TCP port free now, for a process that must bind a known port (a subprocess, a subscriber that
+    connects first)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def fused_frame(image: np.ndarray, seq: int = 0) -> FusedFrame:

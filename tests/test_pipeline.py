@@ -8,7 +8,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,14 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from helpers_zmq import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(port: int, *extra: str, fuser: str = "max", program: tuple[str, ...] = (str(REPO / "run_stream.py"),)
@@ -67,7 +61,7 @@ def _receive(sock, fused: int, stats: int, deadline_s: float) -> list[tuple[byte
 
 @pytest.mark.timeout(90)
 def test_demo_publishes_fused_frames_and_stops_cleanly_on_sigterm(receiver):
-    port = _free_port()
+    port = free_port()
     proc = _start(port)
     try:
         receiver.connect(f"tcp://127.0.0.1:{port}")
@@ -125,7 +119,7 @@ def test_a_failing_recording_stops_alone_and_the_run_exits_nonzero(receiver, tmp
     from streamfuse.capture.mcap_source import read_recording
     from streamfuse.capture.sources import SourceError
 
-    port, path = _free_port(), tmp_path / "rig.mcap"
+    port, path = free_port(), tmp_path / "rig.mcap"
     small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
     proc = _start(port, f"--set=record.path={path}", "--set=record.chunk_mb=0.0625", *small,
                   program=("-c", _FULL_DISK_RUN))
@@ -165,7 +159,7 @@ def test_a_failing_recording_stops_alone_and_the_run_exits_nonzero(receiver, tmp
 
 @pytest.mark.timeout(60)
 def test_port_in_use_is_one_line_and_nonzero():
-    port = _free_port()
+    port = free_port()
     with zmq.Context() as ctx, ctx.socket(zmq.PUB) as blocker:
         blocker.bind(f"tcp://127.0.0.1:{port}")
         proc = _start(port, "--duration", "5")
@@ -190,7 +184,7 @@ def test_missing_video_file_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
                            "--set", "ir.kind=file", "--set", f"ir.path={tmp_path / 'nope.mp4'}",
                            "--set", "ir.restart=false",
-                           "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{_free_port()}",
+                           "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{free_port()}",
                            "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -203,7 +197,7 @@ def test_two_missing_video_files_are_both_named_in_one_line(tmp_path):
     paths = {s: tmp_path / f"{s}.mp4" for s in ("ir", "vis")}
     sources = [a for s, p in paths.items() for a in ("--set", f"{s}.kind=file", "--set", f"{s}.path={p}")]
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo", *sources,
-                           "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{_free_port()}",
+                           "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{free_port()}",
                            "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("streamfuse: error: ")]
@@ -255,7 +249,7 @@ class _FusedWatcher:
 def _live_cfg(*overrides: str):
     from streamfuse.config import load_config
 
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = load_config(REPO / "streamfuse/configs/demo.yaml", [
         f"publish.endpoint={endpoint}", "fuse.name=max", "telemetry.interval_s=60", "engine.device=cpu", *overrides])
     return cfg, endpoint

@@ -4,13 +4,13 @@ bit-identical frames for one recording because both run it."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
+from helpers_zmq import free_port
 
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.config import config_from_dict, load_config
@@ -81,12 +81,6 @@ def test_from_config_takes_the_stream_and_the_settings():
         processor(still_pair(np.zeros((4, 4), np.uint8), np.zeros((8, 8, 3), np.uint8)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _live_run(cfg, wanted: int) -> tuple[dict, dict[tuple[int, int], np.ndarray], list[int]]:
     """Run the live loop until ``wanted`` fused frames were received; its final telemetry, the frames by
     (IR seq, visible seq) and the publisher's ``seq`` of each, in order of arrival."""
@@ -136,7 +130,7 @@ def test_live_and_replay_give_bit_identical_frames_of_one_recording(tmp_path: Pa
     for attempt in range(3):
         recording = tmp_path / f"rig{attempt}.mcap"
         cfg = load_config(resolve("demo"), [
-            "fuse.name=max", "telemetry.interval_s=60", f"publish.endpoint=tcp://127.0.0.1:{_free_port()}",
+            "fuse.name=max", "telemetry.interval_s=60", f"publish.endpoint=tcp://127.0.0.1:{free_port()}",
             f"record.path={recording}", "ir.width=96", "ir.height=72", "vis.width=96", "vis.height=72",
             "ir.fps=5", "vis.fps=10"])  # each IR frame pairs with every second visible one
         assert cfg.stabilize.strength > 0 and cfg.post.denoise > 0  # the stateful stages are on

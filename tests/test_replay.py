@@ -467,6 +467,29 @@ def test_unreadable_partial_output_restarts_with_the_reason(tmp_path, clip, capl
     assert "partial file does not decode" in caplog.text and "starting over" in caplog.text
 
 
+def test_a_replay_waits_for_its_first_subscriber(tmp_path):
+    """publish.wait_subscriber_s: a consumer that connects with the replay gets every frame from the first (without
+    the wait, ZeroMQ's slow joiner: the frames sent before its subscription arrived never reach it)."""
+    from helpers_zmq import free_port
+
+    from streamfuse.client import Subscriber
+
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 20, 30, grey=True)
+    write_video(vis, 20, 30)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = make_cfg(replay={"publish": True}, publish={"endpoint": endpoint, "nodrop": True, "wait_ms": 60_000,
+                                                      "sndhwm": 100, "shm_slots": 0, "wait_subscriber_s": 60})
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, rcvhwm=100) as sub:  # connects once the replay binds
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(s=run_replay(cfg, ir_path=ir, vis_path=vis,
+                                                                            out_path=tmp_path / "o.mp4")))
+        worker.start()
+        seqs = [sub.recv()[0]["seq"] for _ in range(20)]
+        worker.join(timeout=PATIENCE_S)
+    assert result["s"].written == 20 and seqs == list(range(20))
+
+
 def test_publish_while_replaying(tmp_path, monkeypatch):
     """Fast pacing and lossless publishing: every frame reaches a subscriber that joined before the first one."""
     import queue

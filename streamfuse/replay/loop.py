@@ -179,6 +179,7 @@ class _Replay:
                    disable=None if rcfg.progress else True)
         wall0_ns = time.perf_counter_ns()
         try:
+            self._wait_subscriber()
             readers = self._open_readers(opened)
             for pair in self._pairs(readers, pairer, bar, wall0_ns):
                 self._emit(pair, processor)
@@ -206,6 +207,13 @@ class _Replay:
             from streamfuse.publish import Publisher
 
             self.publisher = Publisher(self.cfg.publish)
+
+    def _wait_subscriber(self) -> None:
+        """With ``publish.wait_subscriber_s``: give a consumer started with the replay the first frame too."""
+        wait = self.cfg.publish.wait_subscriber_s
+        if self.publisher is not None and wait and not self.publisher.wait_for_subscriber(wait):
+            log.warning("no subscriber of %s within %g s (publish.wait_subscriber_s); publishing anyway",
+                        self.cfg.publish.topic, wait)
 
     def _open_readers(self, opened: list) -> list[Reader]:
         """Open the inputs (appended to ``opened`` for closing) and start their decoder threads."""
