@@ -26,9 +26,18 @@ from streamfuse.signals import handled
 from streamfuse.sync import Pairer
 from streamfuse.telemetry import Telemetry, format_stats
 
-__all__ = ["run", "run_live"]
+__all__ = ["run", "run_live", "SourceFailed"]
 
 log = logging.getLogger("streamfuse.pipeline")
+
+
+class SourceFailed(RuntimeError):
+    """A live run that a source ended by failing for good (restart off, or it never opened): the one-line reason,
+    and the run's final telemetry ``snapshot`` (logged and published as at every other ending)."""
+
+    def __init__(self, message: str, snapshot: dict) -> None:
+        super().__init__(message)
+        self.snapshot = snapshot
 
 
 def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = None, vis_path: str | None = None,
@@ -46,13 +55,17 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
 
 
 def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
-    """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM, or ``duration_s`` (0 = no limit).
+    """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM, ``duration_s`` (0 = none) or the sources end.
 
     A recording (``record:``) that fails stops alone: fusion and publishing go on, and the final snapshot says so
     (``record_failed``).
 
     Returns:
         The final telemetry snapshot (also logged and published on the stats topic).
+
+    Raises:
+        SourceFailed: a source failed for good, once the run has ended as any other does (the frames before it
+            fused and recorded, the recording finished, the final snapshot logged and published).
     """
     stop = stop or threading.Event()
     log.info("config %s: %s", cfg.source_file, cfg.to_dict())
@@ -67,11 +80,12 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     wall_clock = {name for name, src in (("ir", cfg.ir), ("vis", cfg.vis)) if not src.replayable}
     recorder = Recorder(cfg.record, {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}) if cfg.record \
         else contextlib.nullcontext()
+    failure = ""
     with handled(lambda *_: stop.set()), Publisher(cfg.publish, {"fuser": _fuser_info(cfg, fuser)}) as pub, \
             recorder as rec, start_producers(cfg.ir, cfg.vis) as producers:
-        while not stop.is_set() and time.monotonic() < deadline:
-            # 1. capture: everything that arrived since the last turn (waits briefly when nothing has)
-            frames = _drain(producers)
+        while not (stop.is_set() or failure) and time.monotonic() < deadline:
+            # 1. capture: what arrived since the last turn (a brief wait if nothing has), up to a source's failure
+            frames, failure = _drain(producers)
             if frames is None:
                 break  # every source has ended for good
             # 2. pair by capture time; a live rig wants the freshest pair, older ones are stale
@@ -96,11 +110,18 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
         if rec is not None:
             rec.close()  # before the final report, which counts what the recording lacks
         snap = _report(tel, pub, pairer, producers, fuser, rec, final=True)
+    _log_recording_failure(rec)
+    if failure:
+        raise SourceFailed(failure, snap)
+    return snap
+
+
+def _log_recording_failure(rec: Recorder | None) -> None:
+    """At the end of a run whose recording failed: what was kept of it, and how to finish it."""
     if rec is not None and rec.error is not None:
         log.error("recording failed: %s was not completed (%s); what was recorded until then is kept in %s "
                   "(`python -m streamfuse recover` makes a finished recording of it)", rec.path, rec.error,
                   partial_path(rec.path))
-    return snap
 
 
 def _fuser_info(cfg: PipelineConfig, fuser: Fuser) -> dict:
@@ -130,22 +151,22 @@ def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Process
 _OPENING_WAIT_S = 15.0  # a run that fails waits this long for a source still opening to deliver or fail too
 
 
-def _drain(producers: Producers) -> list[Frame] | None:
-    """Frames that arrived since the last call (waiting up to 0.1 s for the first); None once all sources ended.
+def _drain(producers: Producers) -> tuple[list[Frame] | None, str]:
+    """Frames that arrived since the last call (waiting up to 0.1 s for the first), None once all sources ended; and
+    the run's failure in one line once a source failed for good (restart off, or it never opened), else "".
 
-    A source that failed for good (restart off, or it never opened) stops the run with its one-line reason; one
-    that is restarting is only logged by the producer set, and the other source keeps going.
+    A source that is restarting is only logged by the producer set, and the other source keeps going.
     """
     frames: list[Frame] = []
     item = producers.get(timeout=0.1)
     while item is not None:
         if isinstance(item, ProducerEvent):
             if item.kind == "error" and not item.restarting:
-                raise RuntimeError(_failure(producers, item.message))
+                return frames, _failure(producers, item.message)
         else:
             frames.append(item)
         item = producers.get(timeout=0)
-    return None if producers.done and not frames else frames
+    return (None if producers.done and not frames else frames), ""
 
 
 def _failure(producers: Producers, first: str) -> str:

@@ -1,5 +1,5 @@
-"""End to end: run_stream.py on the synthetic rig, received with plain pyzmq; shutdown; bad input; a producer
-killed mid-run."""
+"""End to end: run_stream.py on the synthetic rig, received with plain pyzmq; shutdown; bad input; a source that fails
+for good; a producer killed mid-run."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from helpers_video import cut, write
 from helpers_zmq import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,6 +205,44 @@ def test_two_missing_video_files_are_both_named_in_one_line(tmp_path):
     assert all(f"{s}: video file not found: {p}" in line for s, p in paths.items()), proc.stderr
 
 
+def _ir_cut_at_frame_25(tmp_path: Path) -> list[str]:
+    """Overrides for a file rig whose IR video is cut after its frame 25, read with restart off: the IR source fails
+    for good after one second of frames, while the visible one (2 s) still runs."""
+    ir, vis = tmp_path / "ir.avi", tmp_path / "vis.avi"
+    for path in (ir, vis):
+        write(path, "avi", 0, 0, "mpeg4")
+    cut(ir, 25)
+    return ["ir.kind=file", f"ir.path={ir}", "ir.restart=false", "vis.kind=file", f"vis.path={vis}"]
+
+
+def _counters(final_line: str) -> dict[str, int]:
+    """The counters of a logged stats line (those at 0 are left out of it)."""
+    return {k: int(v) for k, v in (kv.split("=") for kv in final_line.split(" | ", 1)[1].split())}
+
+
+@pytest.mark.timeout(90)
+def test_a_source_failing_for_good_ends_the_run_with_the_final_stats_then_its_reason(tmp_path):
+    """As every other ending: the frames before the failure are fused and counted, the recording is finished and the
+    final stats line is logged; then the failure's one line, last, and exit status 1."""
+    from streamfuse.capture.mcap_source import read_recording
+
+    path = tmp_path / "rig.mcap"
+    proc = _start(free_port(), *(f"--set={s}" for s in _ir_cut_at_frame_25(tmp_path)), f"--set=record.path={path}",
+                  "--duration", "60")
+    out, _ = proc.communicate(timeout=80)
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    *before, last = out.rstrip().splitlines()
+    assert last.startswith(f"streamfuse: error: ir: {tmp_path / 'ir.avi'}: truncated or corrupt video: decoding "
+                           f"stopped after frame 25 "), out
+    finals = [line for line in before if "final: " in line]
+    assert len(finals) == 1, out
+    counters = _counters(finals[0])
+    assert counters["received.ir"] + counters.get("capture_dropped.ir", 0) == 25, out
+    assert counters["published"] > 0 and counters["paired.ir"] > 0, out
+    recorded = [frame.stream for frame in read_recording(path)]  # finished under its own name, not left partial
+    assert recorded.count("ir") == counters["received.ir"] and recorded.count("vis") == counters["received.vis"]
+
+
 @pytest.mark.timeout(60)
 def test_huge_sizes_are_one_line_exit_2():
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
@@ -318,3 +357,22 @@ def test_live_run_resumes_after_the_ir_producer_is_killed(when, record_property)
     record_property("resume_gap_s", round(gap_s, 3))
     print(f"resume gap after the IR producer was killed ({when}): {gap_s:.3f} s")
     assert snap["counters"]["capture_restarts.ir"] == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_run_publishes_its_final_snapshot_and_raises_it_with_the_reason(tmp_path, monkeypatch, caplog):
+    from streamfuse.pipeline import run_live
+    from streamfuse.publish import Publisher
+    from streamfuse.telemetry import format_stats
+
+    sent = []
+    send_stats = Publisher.send_stats
+    monkeypatch.setattr(Publisher, "send_stats", lambda pub, snap: sent.append(snap) or send_stats(pub, snap))
+    cfg, _ = _live_cfg(*_ir_cut_at_frame_25(tmp_path))
+    with caplog.at_level("INFO", logger="streamfuse.pipeline"), \
+            pytest.raises(RuntimeError, match="truncated or corrupt video: decoding stopped after frame 25 ") as err:
+        run_live(cfg, duration_s=60.0)
+    snap = err.value.snapshot
+    assert sent and sent[-1] is snap and snap["counters"]["received.ir"] > 0 and "fuse" in snap["stages"]
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("final: ")] == [
+        f"final: {format_stats(snap)}"]
