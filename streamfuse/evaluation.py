@@ -6,6 +6,7 @@ measured as well. All methods are scored with :mod:`streamfuse.metrics` on the s
 
 Pairs are matched by file stem (``ir/00004N.png`` with ``vi/00004N.png``, ``ir/190001.jpg`` with ``vi/190001.jpg``).
 Images may have any size; visible images may be colour (BGR, Y taken) or grey; 3-channel IR (LLVIP) becomes grey.
+16-bit images are brought to 8 bits by :mod:`streamfuse.bitdepth` (each IR image by its own range).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import numpy as np
 
 from streamfuse import metrics
 from streamfuse.atomic_write import write_file
+from streamfuse.bitdepth import To8Bit, read_8bit
 from streamfuse.checks import apply_overrides, load_yaml
 from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
 from streamfuse.configs import resolve
-from streamfuse.errors import opencv_quiet
 from streamfuse.fusers import BaselineConfig, Fuser
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import vis_luma
@@ -66,14 +67,13 @@ class EvalResult:
     missing: dict[str, int] = field(default_factory=dict)
 
 
-def read_grey(path: Path) -> np.ndarray:
-    """Read an 8-bit image as ``(H, W)`` uint8 luma: grey as is, BGR/BGRA via BT.601 Y (``vis_luma``)."""
-    with opencv_quiet():  # a damaged file is our one line, not OpenCV's warnings as well
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"cannot read image {path}")
-    if img.dtype != np.uint8:
-        raise ValueError(f"{path}: only 8-bit images are supported, got {img.dtype}")
+def read_grey(path: Path, depth: To8Bit | None = None) -> np.ndarray:
+    """Read an 8- or 16-bit image as ``(H, W)`` uint8 luma: grey as is, BGR/BGRA via BT.601 Y (``vis_luma``).
+
+    ``depth`` brings 16 bits to 8 (:mod:`streamfuse.bitdepth`): ``To8Bit(ir=True)`` for an IR still, one instance
+    for all the frames of an IR sequence; a visible or fused image when None. ``ValueError`` (one line) otherwise.
+    """
+    img = read_8bit(path, depth or To8Bit(ir=False))
     if img.ndim == 3 and img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
     elif img.ndim == 3 and img.shape[2] == 1:
@@ -281,7 +281,7 @@ def _output_dirs(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
 
 def read_pair(stem: str, ir_path: Path, vis_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A pair's ``(IR, visible Y)``; ``ValueError`` naming the pair and both sizes when they differ."""
-    ir, vis_y = read_grey(ir_path), read_grey(vis_path)
+    ir, vis_y = read_grey(ir_path, To8Bit(ir=True)), read_grey(vis_path)
     (h, w), (vh, vw) = ir.shape, vis_y.shape
     if ir.shape != vis_y.shape or min(h, w) < metrics.MIN_SIDE:
         why = "differ in size (register them first)" if ir.shape != vis_y.shape else \
@@ -347,7 +347,7 @@ def _compare(rows: list[dict[str, Any]], outputs: dict[str, np.ndarray], ref: np
 def _means(rows: list[dict[str, Any]], timed: bool, pixels: dict[str, int] | None) -> dict[str, float]:
     """One method's means: every metric, the median ms (NaN when not run here), pairs scored and, with ``pixels``
     (per image), the pixel-weighted delta grey and the PSNR against the reference."""
-    means = {k: float(np.mean([r[k] for r in rows])) for k in metrics.METRICS}
+    means = {k: _finite_mean(rows, k) for k in metrics.METRICS}
     means["ms"] = float(np.median([r["ms"] for r in rows])) if timed else float("nan")
     means["n"] = len(rows)
     if pixels is not None:
@@ -356,6 +356,18 @@ def _means(rows: list[dict[str, Any]], timed: bool, pixels: dict[str, int] | Non
         mse = float(np.average([r["mse_ref"] for r in rows], weights=weights))
         means["psnr_ref"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
     return means
+
+
+def _finite_mean(rows: list[dict[str, Any]], key: str) -> float:
+    """Mean of ``key`` over the rows where it is finite, the others logged (QSF is infinite where the sources are
+    flat and the fused image is not): one such pair would make the whole mean infinite."""
+    values = np.array([r[key] for r in rows], dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        first = next(r["image"] for r, ok in zip(rows, finite, strict=True) if not ok)
+        log.warning("%s: %s is not finite on %d of %d pairs (first %s), left out of its mean", rows[0]["method"], key,
+                    int((~finite).sum()), len(rows), first)
+    return float(values[finite].mean()) if finite.any() else float("nan")
 
 
 def _safe(name: str) -> str:

@@ -168,9 +168,7 @@ def _vifp_many(refs: list[np.ndarray], dist: np.ndarray) -> list[float]:
             sv = np.maximum(sv, eps)
             num[i] += np.log10(1 + gain * gain * s1 / (sv + sigma_nsq)).sum()
             den[i] += np.log10(1 + s1 / sigma_nsq).sum()
-    with np.errstate(invalid="ignore"):
-        out = num / den
-    return [1.0 if math.isnan(v) else float(v) for v in out]  # 0/0 (flat images): the reference code returns 1
+    return [float(n / d) if d > 0 else 1.0 for n, d in zip(num, den)]  # 0/0 (flat sources): the reference code's 1
 
 
 def vifp(ref: np.ndarray, dist: np.ndarray) -> float:
@@ -214,12 +212,13 @@ def qabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
     """Qabf: gradient-weighted edge preservation (Xydeas & Petrovic, Electronics Letters 2000; ``analysis_Qabf.m``).
 
     ``sum(Q^AF gA + Q^BF gB) / sum(gA + gB)`` with Sobel strength g and orientation atan(gy/gx), L = 1.
+    Two black sources have no edge to preserve, whatever the fused image: 0, not the reference code's 0/0.
     """
     g_a, a_a = _sobel_qabf(_f64(ir))
     g_b, a_b = _sobel_qabf(_f64(vis))
     g_f, a_f = _sobel_qabf(_f64(fused))
     num = (_qaf(g_a, a_a, g_f, a_f) * g_a + _qaf(g_b, a_b, g_f, a_f) * g_b).sum()
-    return float(num / (g_a + g_b).sum())
+    return float(num / den) if (den := (g_a + g_b).sum()) > 0 else 0.0
 
 
 def _sobel_nabf(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,6 +236,7 @@ def nabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
 
     ``sum(na * ((1 - Q^AF) wA + (1 - Q^BF) wB)) / sum(wA + wB)`` where ``na`` marks pixels whose fused edge is
     stronger than both sources', Q uses Petrovic's sigmoids (kg 19, ka 22) and ``w = g^1.5`` where ``g >= 2``.
+    Sources without such an edge (flat, smooth) leave no artifact to weigh, whatever the fused image: 0, not 0/0.
     """
     g_a, a_a = _sobel_nabf(_f64(ir))
     g_b, a_b = _sobel_nabf(_f64(vis))
@@ -250,11 +250,10 @@ def nabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
         q_a = 0.9995 / (1 + np.exp(-22 * (ang - 0.5)))
         return np.sqrt(q_g * q_a)
 
-    w_a = np.where(g_a >= 2, g_a**1.5, 0.0)
-    w_b = np.where(g_b >= 2, g_b**1.5, 0.0)
+    w_a, w_b = (np.where(g >= 2, g**1.5, 0.0) for g in (g_a, g_b))
     artifact = (g_f > g_a) & (g_f > g_b)
     num = (artifact * ((1 - q(g_a, a_a)) * w_a + (1 - q(g_b, a_b)) * w_b)).sum()
-    return float(num / (w_a + w_b).sum())
+    return float(num / den) if (den := (w_a + w_b).sum()) > 0 else 0.0
 
 
 def overshoot(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray, margin: float = 8.0, window: int = 7) -> float:

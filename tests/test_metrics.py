@@ -130,6 +130,27 @@ def test_vifp_matches_the_published_port(scene, rng):
     assert M.vifp(ref, dist) == pytest.approx(_vifp_reference(ref, dist), rel=1e-9)
 
 
+@pytest.mark.parametrize("level", [0.0, 100.0, 255.0])
+def test_flat_sources_score_finite_values(scene, level):
+    """Sources without edges: Nabf has no artifact to weigh (0) and two black sources leave Qabf no edge to preserve
+    (0), where the reference code divides 0 by 0, whatever the fused image; only QSF, relative to the sources'
+    frequency, is infinite for a textured one."""
+    flat = np.full(scene.shape, level)
+    for fused in (flat, scene):
+        out = M.evaluate_pair(fused, flat, flat)
+        assert all(math.isfinite(v) for k, v in out.items() if k != "QSF"), out
+        assert out["Nabf"] == 0.0 and (level > 0 or out["Qabf"] == 0.0)
+        assert out["QSF"] == (0.0 if fused is flat else math.inf)
+    out = M.evaluate_pair(flat, flat, flat)
+    assert out["VIF"] == 2.0 and out["SSIM"] == pytest.approx(2.0)
+    assert out["SF"] == out["AG"] == out["Over"] == 0.0
+
+
+def test_nabf_of_smooth_sources_is_zero(scene):
+    ramp = np.tile(np.arange(scene.shape[1], dtype=np.float64), (scene.shape[0], 1))  # edge strength 1 < 2
+    assert M.nabf(scene, ramp, ramp[::-1, ::-1]) == 0.0
+
+
 def test_evaluate_pair_keys_order_and_shape_check(scene):
     out = M.evaluate_pair(scene + 0.4, scene, scene)  # scored as the saved 8-bit image: +0.4 rounds away
     assert list(out) == list(M.METRICS)

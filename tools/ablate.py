@@ -42,7 +42,7 @@ from streamfuse.atomic_write import write_file  # noqa: E402
 from streamfuse.cli.args import int_at_least  # noqa: E402
 from streamfuse.config import PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
-from streamfuse.evaluation import (EvalResult, Method, check_outputs, evaluate_dir, find_pairs, read_grey,  # noqa: E402
+from streamfuse.evaluation import (EvalResult, Method, check_outputs, evaluate_dir, find_pairs,  # noqa: E402
                                    read_pair)
 from streamfuse.processor import config_fuser  # noqa: E402
 
@@ -127,7 +127,7 @@ def guidance_energies(cfg: PipelineConfig, pairs: list[tuple[str, Path, Path]]) 
                                    *((f"image_guidance={n}", True, n) for n in IMAGE_STEPS)):
         fuser = config_fuser(replace(cfg, fuse=replace(cfg.fuse, name="hclfuse"),
                                      hclfuse=replace(cfg.hclfuse, guidance=guidance, image_guidance=steps)))
-        values = [fuser.energies(read_grey(i), read_grey(v), name) for name, i, v in pairs]
+        values = [fuser.energies(*read_pair(name, i, v), name) for name, i, v in pairs]
         out[label] = {k: float(np.mean([e[k] for e in values])) for k in values[0]}
     return out
 

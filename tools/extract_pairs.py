@@ -28,24 +28,30 @@ import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
 from streamfuse.cli.args import int_at_least  # noqa: E402
 from streamfuse.evaluation import check_outputs  # noqa: E402
 
 
-def frames_at(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
-    """The decoded frames (BGR uint8) of ``path`` whose 0-based index is in ``wanted``.
+def frames_at(path: Path, wanted: set[int], ir: bool = False) -> dict[int, np.ndarray]:
+    """The decoded frames (BGR uint8) of ``path`` whose 0-based index is in ``wanted``; with ``ir``, a grey video
+    deeper than 8 bits gives grey frames on the clip's scale, as replay reads them (:mod:`streamfuse.bitdepth`).
 
     Decodes to the end, so that a truncated file (a cut faststart MP4 still announces every frame) is not taken for a
     short one. Raises ValueError (one line naming the file) when a packet fails to decode or fewer frames decode than
     the container announces (0 = unknown, as in Matroska).
     """
-    found, decoded = {}, 0
+    found, decoded, depth = {}, 0, To8Bit(ir=True)
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             for frame in container.decode(stream):
+                if ir and deep_grey(frame.format):  # every frame: the scale is the first frame's that has one
+                    image = depth(frame.to_ndarray(format="gray16le"))
+                elif decoded in wanted:
+                    image = frame.to_ndarray(format="bgr24")
                 if decoded in wanted:
-                    found[decoded] = frame.to_ndarray(format="bgr24")
+                    found[decoded] = image
                 decoded += 1
     except av.error.FFmpegError as exc:
         raise ValueError(f"{path}: cannot decode ({exc})") from None
@@ -85,12 +91,13 @@ def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
             vis_path = next((videos / "vi").glob(ir_path.stem + ".*"), None)
             if vis_path is None:
                 raise ValueError(f"no visible video for {ir_path.name} under {videos / 'vi'}")
-            ir, vis = frames_at(ir_path, wanted), frames_at(vis_path, wanted)
+            ir, vis = frames_at(ir_path, wanted, ir=True), frames_at(vis_path, wanted)
             both = sorted(set(ir) & set(vis))
             if not both:
                 raise ValueError(f"{ir_path.stem}: frame {start} is past the end of the IR or visible video")
             for i in both:
-                write_png(tmp / "ir" / f"{ir_path.stem}_{i:05d}.png", cv2.cvtColor(ir[i], cv2.COLOR_BGR2GRAY))
+                write_png(tmp / "ir" / f"{ir_path.stem}_{i:05d}.png",
+                          ir[i] if ir[i].ndim == 2 else cv2.cvtColor(ir[i], cv2.COLOR_BGR2GRAY))
                 write_png(tmp / "vi" / f"{ir_path.stem}_{i:05d}.png", vis[i])
                 n += 1
         for sub in ("ir", "vi"):

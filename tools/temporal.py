@@ -28,6 +28,7 @@ except ModuleNotFoundError as exc:  # a Python without the package
 
 import numpy as np  # noqa: E402
 
+from streamfuse.bitdepth import To8Bit  # noqa: E402
 from streamfuse.cli.args import int_at_least  # noqa: E402
 from streamfuse.evaluation import (config_method, find_pairs, fused_dir_method, fuser_method, image_files,  # noqa: E402
                                    read_grey)
@@ -67,7 +68,8 @@ def clip_frames(pairs: list[tuple[str, Path, Path]]) -> list[tuple[np.ndarray, n
     """
     if len(pairs) < 2:
         raise ValueError(f"{pairs[0][1].parent.parent}: one IR/visible frame pair; a clip needs at least two")
-    frames = [(read_grey(ir), read_grey(vi)) for _, ir, vi in pairs]
+    ir8 = To8Bit(ir=True)  # one for the clip: 16-bit IR frames keep one scale, so the level does not jump
+    frames = [(read_grey(ir, ir8), read_grey(vi)) for _, ir, vi in pairs]
     shape = frames[0][0].shape
     for (_, *paths), pair in zip(pairs, frames, strict=True):
         for path, frame in zip(paths, pair, strict=True):

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from streamfuse.bitdepth import To8Bit
 from streamfuse.checks import check
 from streamfuse.frames import Frame
 from streamfuse.registry import available, build, register
@@ -143,13 +144,12 @@ class BaseSource:
     live = False
 
     def __init__(self, section: str, cfg: SourceConfig) -> None:
-        self.section = section
-        self.cfg = cfg
+        self.section, self.cfg = section, cfg
         self.frame_id = cfg.frame_id or f"{section}_optical_frame"
         self.stop_event: Any = None  # Event-like (``wait(s)``) from the producer: pacing sleeps end on stop
         self._is_ir = section == "ir"
-        self._seq = 0
-        self._opened = False
+        self._depth = To8Bit(self._is_ir)  # 16-bit frames: IR by the range of the first frame that has one
+        self._seq, self._opened = 0, False
         self._pace_anchor: tuple[int, int] | None = None  # (perf_counter_ns, t_capture_ns) of the first paced frame
         self._skipping = False
         self._period_ns = round(1e9 / cfg.fps)  # a kind with its own rate (a video) sets it when it opens
@@ -206,11 +206,11 @@ class BaseSource:
         return frame
 
     def _convert(self, image: np.ndarray) -> np.ndarray:
-        """IR -> (H, W) grey; visible -> (H, W, 3) BGR, grey stays (H, W); 16-bit keeps its top 8 bits."""
-        if image.dtype == np.uint16:
-            image = (image >> 8).astype(np.uint8)
-        if image.dtype != np.uint8:
-            raise SourceError(f"{self.section}: unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
+        """IR -> (H, W) grey; visible -> (H, W, 3) BGR, grey stays (H, W); 16-bit: :mod:`~streamfuse.bitdepth`."""
+        try:
+            image = self._depth(image)
+        except ValueError as exc:
+            raise SourceError(f"{self.section}: {exc}") from None
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
         if image.ndim == 3 and image.shape[2] == 4:

@@ -11,6 +11,9 @@ Capture times (``t_capture_ns``):
   stream pairs with a live camera while keeping the sender's frame spacing, without drifting away from the wall
   clock: ``timestamps.StreamClock``);
 - ``folder``: ``index / fps`` seconds.
+
+16-bit images, grey video deeper than 8 bits (IR) and 16-bit camera frames come to 8 bits by the sequence rule of
+:mod:`streamfuse.bitdepth` (IR: the range of the source's first frame that has one, kept for all its frames).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import cv2
 
+from streamfuse.bitdepth import deep_grey, read_image
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
 from streamfuse.errors import one_line, opencv_quiet
@@ -207,7 +211,9 @@ class AvSource(BaseSource):
             self._last_step_ns = pts_ns - self._last_pts_ns
         self._last_pts_ns, self._last_t_ns = pts_ns, t_ns
         self._decoded += 1
-        image = frame.to_ndarray(format="gray" if self._is_ir or frame.format.name.startswith("gray") else "bgr24")
+        grey = self._is_ir or frame.format.name.startswith("gray")
+        deep = self._is_ir and deep_grey(frame.format)  # IR counts: 16 bits here, 8 from _convert
+        image = frame.to_ndarray(format="gray16le" if deep else "gray" if grey else "bgr24")
         if not self.live:
             self._pace(t_ns)
         return self._frame(t_ns, self._convert(image))
@@ -306,12 +312,10 @@ class FolderSource(BaseSource):
         index = self._seq
         if index >= len(self._files) and not self.cfg.loop:
             return None
-        path = self._files[index % len(self._files)]
-        with opencv_quiet():
-            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            why = "not a readable image" if path.is_file() else "the file is gone"
-            raise SourceError(f"{self.section}: cannot read image {path}: {why}")
+        try:
+            image = read_image(self._files[index % len(self._files)])
+        except ValueError as exc:
+            raise SourceError(f"{self.section}: {exc}") from None
         t_ns = round(index * 1e9 / self.cfg.fps)
         self._pace(t_ns)
         return self._frame(t_ns, self._convert(image))

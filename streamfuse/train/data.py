@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
-from streamfuse.errors import io_reason
+from streamfuse.bitdepth import To8Bit, read_8bit
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["DEFAULT_DATA", "SETS", "PairSampler", "load_pairs"]
@@ -46,8 +46,8 @@ def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         for root in sorted(data.glob(pattern)):
             pairs += _set_pairs(root, data, deep)
     if deep:
-        log.warning("%d 16-bit images (first %s): trained on their top 8 bits, as live capture reads them",
-                    len(deep), deep[0])
+        log.warning("%d 16-bit images (first %s): brought to 8 bits as every reader does (IR stretched by its own "
+                    "range, visible by its top 8 bits: streamfuse.bitdepth)", len(deep), deep[0])
     if not pairs:
         raise FileNotFoundError(f"no training pairs under {data}: training reads <set>/ir/<name> with "
                                 f"<set>/vi/<name>, for the sets {', '.join(SETS)}")
@@ -62,8 +62,8 @@ def _set_pairs(root: Path, data: Path, deep: list[Path]) -> list[tuple[str, np.n
     pairs = []
     for name in sorted(ir_names & vis_names):  # the order of the sorted ir/ listing: the batches depend on it
         ir_path, vis_path = root / "ir" / name, root / "vi" / name
-        ir = _read(ir_path, cv2.IMREAD_GRAYSCALE, deep)  # LLVIP IR is 3-channel: read as grey
-        vis = _read(vis_path, cv2.IMREAD_COLOR, deep)
+        ir = _read(ir_path, cv2.IMREAD_GRAYSCALE, deep, ir=True)  # LLVIP IR is 3-channel: read as grey
+        vis = _read(vis_path, cv2.IMREAD_COLOR, deep, ir=False)
         if ir.shape != vis.shape[:2]:
             raise ValueError(f"pair {root}/{{ir,vi}}/{name} has different sizes: IR {ir.shape[1]}x{ir.shape[0]}, "
                              f"visible {vis.shape[1]}x{vis.shape[0]}; training needs registered pairs of one size")
@@ -76,21 +76,13 @@ def _image_names(folder: Path) -> set[str]:
     return {p.name for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXT}
 
 
-def _read(path: Path, flag: int, deep: list[Path]) -> np.ndarray:
-    """``path`` decoded as ``cv2.imread(path, flag)`` decodes it (8 bits; a 16-bit image keeps its top 8 bits, noted
-    in ``deep``), or ValueError naming the file."""
-    try:
-        buf = np.frombuffer(path.read_bytes(), np.uint8)
-        img = cv2.imdecode(buf, flag | cv2.IMREAD_ANYDEPTH) if buf.size else None  # any depth: to see 16-bit
-    except (OSError, cv2.error) as exc:
-        raise ValueError(f"cannot read {path}: {io_reason(exc)}") from None
-    if img is None:
-        raise ValueError(f"cannot read {path}: {'empty file' if not buf.size else 'corrupt, or not an image'}")
-    if img.dtype == np.uint16:
+def _read(path: Path, flag: int, deep: list[Path], ir: bool) -> np.ndarray:
+    """``path`` decoded as ``cv2.imread(path, flag)`` decodes an 8-bit image (a 16-bit one brought to 8 bits as a
+    still, :mod:`streamfuse.bitdepth`, and noted in ``deep``), or ValueError naming the file."""
+    depth = To8Bit(ir)
+    img = read_8bit(path, depth, flag)
+    if depth.converted:
         deep.append(path)
-        return (img >> 8).astype(np.uint8)  # what cv2.imread(path, flag) returns for it
-    if img.dtype != np.uint8:
-        raise ValueError(f"cannot read {path}: {img.dtype} pixels (training reads 8- and 16-bit images)")
     return img
 
 

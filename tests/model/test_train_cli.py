@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from streamfuse import train
+from streamfuse.postprocess import vis_luma
 from streamfuse.model.weights import DEFAULT_WEIGHTS
 from streamfuse.train import loop
 
@@ -95,7 +96,7 @@ def test_an_unreadable_image_is_named(tmp_path, content, reason):
     (root / "vi" / "a.png").write_bytes(content)
     with pytest.raises(ValueError) as info:
         train.load_pairs(tmp_path / "data")
-    assert str(info.value) == f"cannot read {root / 'vi' / 'a.png'}: {reason}"
+    assert str(info.value) == f"cannot read image {root / 'vi' / 'a.png'}: {reason}"
 
 
 def test_names_without_a_partner_are_reported(data, caplog):
@@ -106,14 +107,16 @@ def test_names_without_a_partner_are_reported(data, caplog):
     assert "only one of ir/ and vi/: 2 (first 1.png)" in caplog.text
 
 
-def test_16_bit_images_are_reported_and_keep_their_top_8_bits(tmp_path, caplog):
+def test_16_bit_images_are_reported_and_read_as_evaluation_reads_them(tmp_path, caplog):
     rng = np.random.default_rng(1)
-    ir16 = rng.integers(0, 65536, (40, 56), dtype=np.uint16)
-    _write_pair(tmp_path / "data" / "llvip" / "train", "a.png", ir16, rng.integers(0, 256, (40, 56, 3), np.uint8))
+    ir16 = rng.integers(7000, 9000, (40, 56), dtype=np.uint16)  # radiometric counts: near black in the top 8 bits
+    vis16 = rng.integers(0, 65536, (40, 56, 3), dtype=np.uint16)
+    _write_pair(tmp_path / "data" / "llvip" / "train", "a.png", ir16, vis16)
     with caplog.at_level(logging.WARNING, logger="train"):
-        [(_, ir, _)] = train.load_pairs(tmp_path / "data")
-    np.testing.assert_array_equal(ir, (ir16 >> 8).astype(np.uint8))
-    assert "1 16-bit images" in caplog.text and "top 8 bits" in caplog.text
+        [(_, ir, vis_y)] = train.load_pairs(tmp_path / "data")
+    assert (ir.min(), ir.max()) == (0, 255)  # IR stretched by its own range
+    np.testing.assert_array_equal(vis_y, vis_luma((vis16 >> 8).astype(np.uint8)))  # visible: its top 8 bits
+    assert "2 16-bit images" in caplog.text and "IR stretched by its own range" in caplog.text
 
 
 def test_a_data_folder_without_pairs_says_where_pairs_are_read(tmp_path):

@@ -4,6 +4,7 @@ colour/grey visible, 3-channel IR, mixed file types), and its one-line errors. R
 from __future__ import annotations
 
 import csv
+import math
 import os
 from pathlib import Path
 
@@ -262,7 +263,7 @@ def test_a_damaged_image_is_one_line_without_opencv_warnings(evaluate, pairs, tm
     (ir_dir / "p0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 100)  # a PNG signature, then garbage
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "out")])
-    assert str(exc.value.code) == f"evaluate: cannot read image {ir_dir / 'p0.png'}"
+    assert str(exc.value.code) == f"evaluate: cannot read image {ir_dir / 'p0.png'}: corrupt, or not an image"
     err = capfd.readouterr().err
     assert "WARN" not in err and "ERROR" not in err, err
 
@@ -282,3 +283,43 @@ def test_a_pair_too_small_or_of_two_sizes_is_one_line_naming_both_files(evaluate
     (h, w), (vh, vw) = ir_size, vis_size
     assert str(exc.value.code) == (f"evaluate: p0: IR {ir_dir / 'p0.png'} ({w}x{h}) and visible {vis_dir / 'p0.png'} "
                                    f"({vw}x{vh}) {why}")
+
+
+def test_a_flat_pair_does_not_poison_the_means(pairs, tmp_path, caplog):
+    """A pair with flat sources: Nabf is 0 there, not NaN, and QSF, infinite for a textured fused image, is left out
+    of the method's mean with a warning that counts it."""
+    ir_dir, vis_dir = pairs
+    cv2.imwrite(str(ir_dir / "p0.png"), np.full((45, 70), 90, np.uint8))
+    cv2.imwrite(str(vis_dir / "p0.png"), np.full((45, 70), 40, np.uint8))
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    for stem in ("p0", "p1", "p2"):  # textured everywhere
+        cv2.imwrite(str(fused / f"{stem}.png"), read_grey(ir_dir / "p1.png") // 2 + 60)
+    result = evaluate_dir(ir_dir, vis_dir, [Method("half", fused_dir=fused)], tmp_path / "out")
+    rows = {r["image"]: r for r in result.rows}
+    assert rows["p0"]["Nabf"] == 0.0 and rows["p0"]["QSF"] == math.inf
+    means = result.means["half"]
+    assert all(math.isfinite(means[k]) for k in metrics.METRICS), means
+    assert means["QSF"] == pytest.approx((rows["p1"]["QSF"] + rows["p2"]["QSF"]) / 2)
+    assert "half: QSF is not finite on 1 of 3 pairs (first p0), left out of its mean" in caplog.text
+
+
+def test_a_16_bit_ir_pair_is_scored_as_its_stretched_8_bit_copy(evaluate, pairs, tmp_path):
+    """Radiometric 16-bit IR (counts 7000..9000) is scored as the same image stretched to 0..255 by hand."""
+    ir_dir, vis_dir = pairs
+    deep_dir, flat_dir = tmp_path / "ir16", tmp_path / "ir8"
+    deep_dir.mkdir()
+    flat_dir.mkdir()
+    for stem in ("p0", "p1", "p2"):
+        ir = read_grey(ir_dir / f"{stem}.png").astype(np.float64)
+        counts = np.rint(7000 + ir * 2000 / 255).astype(np.uint16)
+        cv2.imwrite(str(deep_dir / f"{stem}.png"), counts)
+        lo, hi = int(counts.min()), int(counts.max())
+        cv2.imwrite(str(flat_dir / f"{stem}.png"),
+                    np.clip(np.rint((counts - lo) * (255 / (hi - lo))), 0, 255).astype(np.uint8))
+    scores = []
+    for folder in (deep_dir, flat_dir):
+        out = tmp_path / f"scores_{folder.name}"
+        evaluate([str(folder), str(vis_dir), "--fuser", "max", "--out", str(out)])
+        scores.append([{k: r[k] for k in ("image", *metrics.METRICS)} for r in read_csv(out / "metrics.csv")])
+    assert scores[0] == scores[1]

@@ -112,10 +112,10 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_pairs(tool, tmp_path, monkeyp
         _video(tmp_path / "v" / "vi" / f"{clip}.mkv", 4, 0)
     real_frames_at = tool("extract_pairs").frames_at
 
-    def interrupted_at_b(path, wanted):
+    def interrupted_at_b(path, wanted, ir=False):
         if path.stem == "b":
             raise KeyboardInterrupt
-        return real_frames_at(path, wanted)
+        return real_frames_at(path, wanted, ir)
 
     monkeypatch.setattr(tool("extract_pairs"), "frames_at", interrupted_at_b)
     with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
@@ -123,3 +123,22 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_pairs(tool, tmp_path, monkeyp
     assert exc.type is SystemExit and exc.value.code == 130
     assert capsys.readouterr().err.strip().splitlines() == ["extract_pairs: interrupted"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+
+
+def test_a_16_bit_grey_ir_video_is_written_on_the_clips_scale(tool, tmp_path, rng):
+    """Radiometric counts (7000..9000) in a gray16le video: the pairs hold them stretched by the clip's first frame's
+    range, as replay reads the clip, not their near-black top 8 bits."""
+    counts = [rng.integers(lo, hi + 1, (24, 32)).astype(np.uint16) for lo, hi in ((7000, 9000), (7500, 8000))]
+    counts[0][0, :2] = 7000, 9000
+    path = tmp_path / "v" / "ir" / "a.mkv"
+    path.parent.mkdir(parents=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "gray16le"
+        for img in counts:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="gray16le")))
+        container.mux(stream.encode())
+    _video(tmp_path / "v" / "vi" / "a.mkv", 2, 0)
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
+    ir = cv2.imread(str(tmp_path / "out" / "ir" / "a_00001.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(ir, np.rint((counts[1] - 7000.0) * 255 / 2000).astype(np.uint8))

@@ -157,3 +157,17 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, temporal, tmp_path, rng, monkeypa
         temporal()
     assert exc.type is SystemExit and exc.value.code == 130
     assert capsys.readouterr().err.strip().splitlines() == ["temporal: interrupted"]
+
+
+def test_a_16_bit_ir_clip_keeps_one_scale(tool, tmp_path, rng):
+    """Radiometric IR frames are stretched by the clip's first frame's range, so the level does not jump."""
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+    counts = [rng.integers(lo, hi + 1, (40, 56)).astype(np.uint16) for lo, hi in ((7000, 9000), (7500, 8000))]
+    counts[0][0, :2] = 7000, 9000
+    for i, img in enumerate(counts):
+        cv2.imwrite(str(tmp_path / "ir" / f"{i:04d}.png"), img)
+        cv2.imwrite(str(tmp_path / "vi" / f"{i:04d}.png"), rng.integers(0, 256, (40, 56), dtype=np.uint8))
+    frames = tool("temporal").clip_frames(tool("temporal").find_pairs(tmp_path / "ir", tmp_path / "vi"))
+    for img, (ir, _) in zip(counts, frames, strict=True):
+        np.testing.assert_array_equal(ir, np.rint((img - 7000.0) * 255 / 2000).astype(np.uint8))

@@ -1,0 +1,135 @@
+"""One bit-depth rule for every reader: 8-bit images untouched, 16-bit visible by its top 8 bits, 16-bit IR stretched
+by its range (a still's own, a sequence's first frame's for all its frames), other pixel types refused in one line;
+evaluation, training and the folder and file sources read the same 16-bit image alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from streamfuse.bitdepth import To8Bit, read_8bit, read_image
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+from streamfuse.evaluation import read_pair
+from streamfuse.postprocess import vis_luma
+from streamfuse.train.data import load_pairs
+
+
+def _counts(rng: np.random.Generator, lo: int = 7000, hi: int = 9000) -> np.ndarray:
+    """Radiometric IR counts (40 x 56) spanning exactly lo..hi: near black in their top 8 bits."""
+    img = rng.integers(lo, hi + 1, (40, 56)).astype(np.uint16)
+    img[0, 0], img[-1, -1] = lo, hi
+    return img
+
+
+def _stretch(img: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return np.clip(np.rint((img.astype(np.float64) - lo) * 255 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
+def _frames(cfg: SourceConfig) -> list[np.ndarray]:
+    with open_source("ir", cfg) as src:
+        return [frame.image for frame in iter(src.read, None)]
+
+
+def test_8_bit_images_pass_unchanged(rng):
+    img = rng.integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    assert To8Bit(ir=True)(img) is img and To8Bit(ir=False)(img) is img
+
+
+def test_16_bit_visible_keeps_its_top_8_bits(rng):
+    img = rng.integers(0, 65536, (8, 9, 3), dtype=np.uint16)
+    np.testing.assert_array_equal(To8Bit(ir=False)(img), (img >> 8).astype(np.uint8))
+
+
+def test_16_bit_ir_is_stretched_by_its_range(rng):
+    img = _counts(rng)
+    depth = To8Bit(ir=True)
+    out = depth(img)
+    assert depth.span == (7000, 9000) and out.dtype == np.uint8 and (out.min(), out.max()) == (0, 255)
+    np.testing.assert_array_equal(out, _stretch(img, 7000, 9000))
+    assert (img >> 8).max() == 35  # what the top 8 bits would have shown
+
+
+def test_a_sequence_keeps_its_first_frames_scale(rng):
+    depth = To8Bit(ir=True)
+    assert not depth(np.full((4, 4), 8000, np.uint16)).any()  # flat: no range yet, black
+    depth(_counts(rng))
+    hotter = _counts(rng, 8000, 12000)  # a hot object enters: clipped, not a new scale
+    np.testing.assert_array_equal(depth(hotter), _stretch(hotter, 7000, 9000))
+    assert depth.span == (7000, 9000)
+
+
+def test_other_pixel_types_are_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^float32 pixels \(8- and 16-bit images are read: save it as an 8- or "):
+        To8Bit(ir=True)(np.zeros((4, 4), np.float32))
+    path = tmp_path / "t.tiff"
+    assert cv2.imwrite(str(path), np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match=rf"^cannot read image {path}: float32 pixels \("):
+        read_8bit(path, To8Bit(ir=True))
+
+
+@pytest.mark.parametrize("content, why", [(None, "the file is gone"), (b"", "empty file"),
+                                          (b"\x89PNG\r\n\x1a\n junk", "corrupt, or not an image")])
+def test_unreadable_files_are_one_line(tmp_path, capfd, content, why):
+    path = tmp_path / "a.png"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        read_image(path)
+    assert str(info.value) == f"cannot read image {path}: {why}"
+    assert capfd.readouterr().err == ""
+
+
+def test_evaluation_training_and_the_folder_source_read_a_16_bit_pair_alike(tmp_path, rng):
+    ir16, vis16 = _counts(rng), rng.integers(0, 65536, (40, 56, 3), dtype=np.uint16)
+    root = tmp_path / "data" / "roadscene"
+    for sub, img in (("ir", ir16), ("vi", vis16)):
+        (root / sub).mkdir(parents=True)
+        assert cv2.imwrite(str(root / sub / "a.png"), img)
+    ir, vis_y = read_pair("a", root / "ir" / "a.png", root / "vi" / "a.png")
+    np.testing.assert_array_equal(ir, _stretch(ir16, 7000, 9000))
+    np.testing.assert_array_equal(vis_y, vis_luma((vis16 >> 8).astype(np.uint8)))
+    [(_, train_ir, train_vis)] = load_pairs(tmp_path / "data")
+    np.testing.assert_array_equal(train_ir, ir)
+    np.testing.assert_array_equal(train_vis, vis_y)
+    [folder_ir] = _frames(SourceConfig(kind="folder", path=str(root / "ir"), realtime=False))
+    np.testing.assert_array_equal(folder_ir, ir)
+
+
+def test_the_folder_source_keeps_one_scale_for_the_sequence(tmp_path, rng):
+    frames = [_counts(rng), _counts(rng, 7500, 8000), _counts(rng, 6000, 12000)]
+    for i, img in enumerate(frames):
+        assert cv2.imwrite(str(tmp_path / f"{i:04d}.png"), img)
+    out = _frames(SourceConfig(kind="folder", path=str(tmp_path), realtime=False))
+    for img, got in zip(frames, out, strict=True):
+        np.testing.assert_array_equal(got, _stretch(img, 7000, 9000))  # no level jump between frames
+
+
+def test_a_float_image_in_a_folder_is_one_line(tmp_path):
+    assert cv2.imwrite(str(tmp_path / "0.tiff"), np.zeros((20, 20), np.float32))
+    with pytest.raises(SourceError, match=r"^ir: float32 pixels \(8- and 16-bit images are read"):
+        _frames(SourceConfig(kind="folder", path=str(tmp_path), realtime=False))
+
+
+def test_a_16_bit_grey_ir_video_keeps_its_first_frames_scale(tmp_path, rng):
+    frames = [_counts(rng), _counts(rng, 8000, 9500)]
+    path = tmp_path / "ir.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 56, 40, "gray16le"
+        for img in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="gray16le")))
+        container.mux(stream.encode())
+    out = _frames(SourceConfig(kind="file", path=str(path), realtime=False))
+    for img, got in zip(frames, out, strict=True):
+        np.testing.assert_array_equal(got, _stretch(img, 7000, 9000))
+
+
+def test_a_still_is_read_at_its_own_depth(tmp_path: Path, rng):
+    img = rng.integers(0, 65536, (6, 7), dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "a.png"), img)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), img)
+    assert read_image(tmp_path / "a.png", cv2.IMREAD_COLOR).shape == (6, 7, 3)
