@@ -59,7 +59,8 @@ class Subscriber:
             publisher is gone or the ring cannot be read here. False: always ZeroMQ descriptors.
         max_frame_bytes: largest image part accepted, bytes. ZeroMQ refuses a larger message part as it arrives
             (``ZMQ_MAXMSGSIZE``: it drops the connection before buffering the part, then reconnects), so a peer
-            cannot make this process hold more than about ``rcvhwm`` frames of this size.
+            cannot make this process hold more than about ``rcvhwm`` frames of this size. A jpeg or h264 frame
+            whose header says it decodes to more is skipped before decoding.
 
     Counters: ``received`` (frames returned), ``malformed`` (skipped, logged: not the wire format, a header
     field out of range, a payload that does not decode, a shared-memory pool that is none, or a part over
@@ -263,6 +264,10 @@ class Subscriber:
             parts.append(self._sock.recv(copy=False))
         try:
             header = decode_header(parts)
+            size = header["height"] * header["width"] * ENCODINGS[header["encoding"]]
+            if header["format"] in ("jpeg", "h264") and size > self.max_frame_bytes:  # a kB can claim 65535 x 65535
+                raise MalformedMessage(f"{header['format']} frame of {header['width']}x{header['height']} would decode "
+                                       f"to {size} bytes, more than max_frame_bytes={self.max_frame_bytes}")
             if header["format"] == "shm" and not self._map_pool(header["shm_pool"]):
                 return None  # fell back: the payload message of this seq follows
             if not self._new_seq(header["seq"], header["format"]):

@@ -110,6 +110,9 @@ class H264Decoder:
         if keyframe:
             self._ctx = av.CodecContext.create("h264", "r")
             self._ctx.thread_count = 1  # frame threading would hold frames back
+            # a forged SPS cannot make FFmpeg allocate (and conceal) a picture bigger than the header's, give or take
+            # its alignment (it checks the width rounded up to 64 pixels)
+            self._ctx.options = {"max_pixels": str((height + 16) * (width + 64))}
         elif self._ctx is None:
             return None
         try:

@@ -24,6 +24,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import reprlib
 import sys
 import time
@@ -92,14 +93,14 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "t_capture_ir_ns": _INT64, "t_capture_vis_ns": _INT64, "t_fused_ns": _INT64, "t_publish_ns": _INT64,
     "keyframe": (0, 1), "shm_slot": (0, MAX_SLOTS - 1), "shm_gen": (2, 2**63 - 2),
 }
-# Per format, its fields' ``(key, type)`` and its int fields' ``(key, (lo, hi))``, merged once here: the consumer
-# checks every message.
+# Per format, its fields' ``(key, type)`` and its int fields' ``(key, (lo, hi))``, merged once: every message is checked
 _FIELD_CHECKS = {fmt: (tuple(fields.items()), tuple((k, r) for k, r in _INT_RANGES.items() if k in fields))
                  for fmt in FORMATS for fields in [{**HEADER_FIELDS, **FORMAT_FIELDS.get(fmt, {})}]}
-_MAX_STATS_DEPTH = 8  # a snapshot is 4 deep (stats, stages, a stage, its numbers)
+_MAX_DEPTH = 8  # of what consumers pass on: a stats snapshot is 4 deep (stats, stages, a stage, its numbers)
 _MAX_TIMING_MS = 1e12  # a stage latency beyond ~30 years is a forged number, not a measurement
 _clip = reprlib.Repr()  # values quoted in error messages stay short (a forged field may be 60 kB long)
 _clip.maxstring = _clip.maxother = _clip.maxlong = 40
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone ones pass json.loads ("\ud800" or as bytes); UTF-8 cannot hold them
 
 
 class MalformedMessage(ValueError):
@@ -223,8 +224,7 @@ def decode_header(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     if channels is None:
         raise MalformedMessage(f"unknown encoding {_clip.repr(header['encoding'])}; expected one of "
                                f"{', '.join(ENCODINGS)}")
-    height, width, step = header["height"], header["width"], header["step"]
-    fmt = header["format"]
+    height, width, step, fmt = header["height"], header["width"], header["step"], header["format"]
     if step < width * channels or (fmt != "raw" and step != width * channels):
         raise MalformedMessage(f"bad image geometry height={height} width={width} step={step} "
                                f"(need step >= width * {channels}, equal unless raw)")
@@ -282,6 +282,8 @@ def _check_fields(header: dict[str, Any]) -> None:
         if not isinstance(value, tp) or isinstance(value, bool):
             raise MalformedMessage(f"header field {key}={_clip.repr(value)} is missing or not "
                                    f"{getattr(tp, '__name__', tp)}")
+        if tp is str and not value.isascii() and _SURROGATE.search(value):  # Foxglove encodes them as UTF-8
+            raise MalformedMessage(f"header field {key}={_clip.repr(value)} is not Unicode text (a lone surrogate)")
     for key, (lo, hi) in ranges:
         if not lo <= header[key] <= hi:
             raise MalformedMessage(f"header field {key}={_clip.repr(header[key])} is out of range {lo}..{hi}")
@@ -290,6 +292,8 @@ def _check_fields(header: dict[str, Any]) -> None:
         if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not abs(ms) <= _MAX_TIMING_MS:
             raise MalformedMessage(f"header field timings_ms[{_clip.repr(stage)}]={_clip.repr(ms)} is not a "
                                    f"number of ms within +-{_MAX_TIMING_MS:g}")
+    if len(header) > len(types):  # fields of a newer publisher: consumers pass them on too (the viewer's page)
+        _check_tree(header, "header fields")
 
 
 def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
@@ -305,7 +309,8 @@ def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     if len(parts) != 2:
         raise MalformedMessage(f"expected 2 parts [topic, stats], got {len(parts)}")
     stats = _parse_json(parts[1], "stats")
-    _check_schema(stats, STATS_SCHEMA)
+    if stats.get("schema") != STATS_SCHEMA:
+        raise MalformedMessage(f"unsupported schema {_clip.repr(stats.get('schema'))}; expected {STATS_SCHEMA!r}")
     t_ns = stats.get("t_ns", 0)
     if isinstance(t_ns, bool) or not isinstance(t_ns, int) or not _COUNTER[0] <= t_ns <= _COUNTER[1]:
         raise MalformedMessage(f"stats field t_ns={_clip.repr(t_ns)} is not an int in {_COUNTER[0]}..{_COUNTER[1]}")
@@ -321,22 +326,22 @@ def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     for where, value in numbers:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max:
             raise MalformedMessage(f"stats field {where}={_clip.repr(value)} is not a finite number")
-    _check_tree(stats)
+    _check_tree(stats, "stats")
     return stats
 
 
-def _check_tree(stats: dict[str, Any]) -> None:
-    """What consumers pass on (a page's ``JSON.parse``, Foxglove) is nested at most ``_MAX_STATS_DEPTH`` deep and
-    holds no NaN or infinity (JSON's ``NaN``, ``Infinity``, ``1e999``); walked level by level, never recursively."""
-    level: list[Any] = [stats]
-    for _ in range(_MAX_STATS_DEPTH):
+def _check_tree(tree: dict[str, Any], what: str) -> None:
+    """What consumers pass on (a page's ``JSON.parse``, Foxglove) is nested at most ``_MAX_DEPTH`` deep and holds no
+    NaN or infinity (JSON's ``NaN``, ``Infinity``, ``1e999``); walked level by level, never recursively."""
+    level: list[Any] = [tree]
+    for _ in range(_MAX_DEPTH):
         if any(isinstance(v, float) and not math.isfinite(v) for v in level):
-            raise MalformedMessage("stats hold NaN or an infinite number")
+            raise MalformedMessage(f"{what} hold NaN or an infinite number")
         children = [obj.values() if isinstance(obj, dict) else obj for obj in level if isinstance(obj, (dict, list))]
         level = [value for values in children for value in values]
         if not level:
             return
-    raise MalformedMessage(f"stats are nested more than {_MAX_STATS_DEPTH} deep")
+    raise MalformedMessage(f"{what} are nested more than {_MAX_DEPTH} deep")
 
 
 def _parse_json(part: bytes | zmq.Frame, what: str) -> dict[str, Any]:
@@ -350,11 +355,6 @@ def _parse_json(part: bytes | zmq.Frame, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise MalformedMessage(f"{what} is JSON {type(obj).__name__}, expected an object")
     return obj
-
-
-def _check_schema(obj: dict[str, Any], schema: str) -> None:
-    if obj.get("schema") != schema:
-        raise MalformedMessage(f"unsupported schema {obj.get('schema')!r}; expected {schema!r}")
 
 
 def _json_default(obj: Any) -> Any:

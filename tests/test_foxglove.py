@@ -11,11 +11,12 @@ import time
 
 import numpy as np
 import pytest
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame
+from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, good_parts, with_header
 
 from streamfuse.frames import Frame
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.recording import TOPICS, RecordConfig, Recorder
+from streamfuse.wire import decode_message
 
 T0 = 1_700_000_000_123_456_789
 
@@ -99,3 +100,55 @@ def test_recording_opens_with_its_image_topics(tmp_path, rng):
         assert (ros.header.frame_id, ros.height, ros.width) == (f"{frame.stream}_optical_frame", 6, 8)
         assert ros.encoding == ("mono8" if frame.stream == "ir" else "bgr8") and ros.step == 8 * frame.image[0, 0].size
         assert bytes(ros.data) == frame.image.tobytes()
+
+
+class _Frames:
+    """The subscriber a relay loop reads: ``frames``, then it sets ``stop``."""
+
+    def __init__(self, frames: list, stop: threading.Event) -> None:
+        self.frames, self.stop = frames, stop
+
+    def __enter__(self) -> _Frames:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def recv(self) -> tuple | None:
+        if not self.frames:
+            self.stop.set()
+            return None
+        return self.frames.pop(0)
+
+
+class _Channel:
+    """A Foxglove channel with a client subscribed: keeps the log times of what it logs."""
+
+    def __init__(self) -> None:
+        self.log_times: list[int] = []
+
+    def has_sinks(self) -> bool:
+        return True
+
+    def topic(self) -> str:
+        return "/fused/image"
+
+    def log(self, message: object, log_time: int) -> None:
+        self.log_times.append(log_time)
+
+
+def test_bridge_skips_frames_foxglove_cannot_carry_and_goes_on():
+    # Each raised in the relay thread, which then stopped relaying frames for good: a capture time before 1970 or
+    # after 2106 (foxglove.Timestamp's seconds are a u32; the wire's times are int64 ns), a side over JPEG's 65500.
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    frames = [decode_message(with_header(t_capture_vis_ns=t)) for t in (-1, 2**63 - 1, T0)]
+    wide = decode_message(good_parts(np.zeros((1, 65501, 3), np.uint8)))
+    bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its relay loop runs here
+    channel = _Channel()
+    try:
+        bridge._relay_frames(_Frames([*frames[:2], wide, frames[2]], bridge._stop), channel)
+    finally:
+        bridge.stats_in.close()
+    assert channel.log_times == [T0] and bridge.skipped == 3

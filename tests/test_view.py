@@ -317,3 +317,16 @@ def test_live_pipeline_publishes_previews_on_request_and_its_fuser_in_the_stats(
         stats.close(linger=0)
         proc.terminate()
         assert proc.wait(PATIENCE_S) == 0, proc.stderr.read()
+
+
+def test_a_frame_jpeg_cannot_hold_is_skipped_and_the_page_goes_on():
+    # A side over JPEG's 65500 (the wire allows 65535) raised in the page's sender, and the page froze for good.
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    feed._latest = {"fused": (1, {"seq": 1}, np.zeros((1, 65501), np.uint8)), "ir": (1, {"seq": 2}, _image(4, 6))}
+    seen: dict[str, int] = {}
+    try:
+        meta, jpegs = unpack(asyncio.run(feed.message(seen)))
+    finally:
+        feed.stats_in.close()
+    assert [f["kind"] for f in meta["frames"]] == ["ir"] and len(jpegs) == 1
+    assert seen == {"ir": 1, "fused": 1} and feed.unshown == 1

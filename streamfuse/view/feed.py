@@ -56,10 +56,11 @@ class Feed:
         self.endpoint, self.topic, self.server_key, self.quality = endpoint, topic, server_key, quality
         self.versions = dict.fromkeys((*KINDS, "stats"), 0)  # messages received per kind
         self.sent = 0  # messages handed to the pages' sockets
+        self.unshown = 0  # frames JPEG cannot hold (a side over 65500, which the wire allows), skipped and logged
         self.stats: dict[str, Any] = {}
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
         self._latest: dict[str, tuple[int, dict[str, Any], np.ndarray]] = {}
-        self._jpeg: dict[str, tuple[int, bytes]] = {}
+        self._jpeg: dict[str, tuple[int, bytes | None]] = {}
         self._lock = threading.Lock()
         self._waiters: set[asyncio.Event] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,9 +116,10 @@ class Feed:
             if item is None or item[0] <= seen.get(kind, 0):
                 continue
             jpeg = await self._encode(kind, item)
-            meta["frames"].append({"kind": kind, "header": item[1]})
-            jpegs.append(jpeg)
             seen[kind] = item[0]
+            if jpeg is not None:
+                meta["frames"].append({"kind": kind, "header": item[1]})
+                jpegs.append(jpeg)
         if self.versions["stats"] > seen.get("stats", 0):
             with self._lock:
                 meta["stats"] = self.stats
@@ -126,16 +128,18 @@ class Feed:
             seen["stats"] = self.versions["stats"]
         return pack(meta, jpegs)
 
-    async def _encode(self, kind: str, item: tuple[int, dict[str, Any], np.ndarray]) -> bytes:
-        """JPEG of a frame, encoded once for all pages (off the event loop: cv2 releases the GIL)."""
+    async def _encode(self, kind: str, item: tuple[int, dict[str, Any], np.ndarray]) -> bytes | None:
+        """JPEG of a frame, encoded once for all pages (off the event loop: cv2 releases the GIL); None (counted in
+        ``unshown``, logged) for one that JPEG cannot hold."""
         cached = self._jpeg.get(kind)
         if cached is not None and cached[0] == item[0]:
             return cached[1]
         params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
         ok, buf = await asyncio.get_running_loop().run_in_executor(None, cv2.imencode, ".jpg", item[2], params)
+        self._jpeg[kind] = (item[0], buf.tobytes() if ok else None)
         if not ok:
-            raise RuntimeError(f"cannot encode a {item[2].shape} {kind} frame as JPEG")
-        self._jpeg[kind] = (item[0], buf.tobytes())
+            self.unshown += 1
+            log.warning("skipped a %s %s frame: JPEG cannot hold it (sides up to 65500)", item[2].shape, kind)
         return self._jpeg[kind][1]
 
     def _spawn(self, target: Any, *args: Any) -> None:

@@ -30,6 +30,7 @@ __all__ = ["main", "Bridge"]
 log = logging.getLogger("streamfuse.foxglove")
 
 _BACKLOG = 4  # messages queued per Foxglove client before the oldest frame is dropped (its default is 1024)
+_MAX_STAMP_NS = 2**32 * 10**9  # foxglove.Timestamp's seconds are a u32 (1970..2106); the wire's times are int64 ns
 
 
 def _foxglove():  # noqa: ANN202 - the module, imported late so that a missing extra is one line
@@ -61,6 +62,7 @@ class Bridge:
         self.fox = _foxglove()
         self.endpoint, self.raw, self.quality, self.server_key = endpoint, raw, quality, server_key
         self.logged: dict[str, int] = {}  # messages logged per channel
+        self.skipped = 0  # frames a Foxglove message cannot carry (see _message), logged
         self._stop = threading.Event()
         # raises ValueError on a bad endpoint
         self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._stop)
@@ -116,10 +118,16 @@ class Bridge:
                 if frame is not None and channel.has_sinks():  # nobody subscribed: no encoding either
                     header, image = frame
                     stamp = header["t_capture_ir_ns" if channel.topic() == "/ir/image" else "t_capture_vis_ns"]
-                    channel.log(self._message(header, image, stamp), log_time=stamp)
-                    self.logged[channel.topic()] = self.logged.get(channel.topic(), 0) + 1
+                    message = self._message(header, image, stamp)
+                    if message is not None:
+                        channel.log(message, log_time=stamp)
+                        self.logged[channel.topic()] = self.logged.get(channel.topic(), 0) + 1
 
-    def _message(self, header: dict[str, Any], image: np.ndarray, stamp: int) -> Any:
+    def _message(self, header: dict[str, Any], image: np.ndarray, stamp: int) -> Any | None:
+        """The Foxglove message of a frame; None (counted in ``skipped``, logged) for one that it cannot carry: a
+        capture time before 1970 or after 2106, or (JPEG) a side over 65500."""
+        if not 0 <= stamp < _MAX_STAMP_NS:
+            return self._skip(f"capture time {stamp} ns is outside foxglove.Timestamp's range (1970..2106)")
         messages = self.fox.messages
         timestamp = messages.Timestamp(sec=stamp // 1_000_000_000, nsec=stamp % 1_000_000_000)
         if self.raw:
@@ -128,8 +136,14 @@ class Bridge:
                                      height=header["height"], encoding=header["encoding"], step=image.strides[0],
                                      data=image.tobytes())
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            return self._skip(f"JPEG cannot hold a {image.shape} frame (sides up to 65500)")
         return messages.CompressedImage(timestamp=timestamp, frame_id=header["frame_id"], data=jpeg.tobytes(),
                                         format="jpeg")
+
+    def _skip(self, why: str) -> None:
+        self.skipped += 1
+        log.warning("skipped a frame: %s", why)
 
 
 def main(argv: list[str] | None = None) -> int:
