@@ -26,13 +26,13 @@ from streamfuse.signals import handled
 from streamfuse.sync import Pairer
 from streamfuse.telemetry import Telemetry, format_stats
 
-__all__ = ["run", "run_live", "SourceFailed"]
+__all__ = ["run", "run_live", "RunFailed"]
 
 log = logging.getLogger("streamfuse.pipeline")
 
 
-class SourceFailed(RuntimeError):
-    """A live run that a source ended by failing for good (restart off, or it never opened): the one-line reason,
+class RunFailed(RuntimeError):
+    """A live run ended by an error (a source failing for good, a pair that cannot be fused): the one-line reason,
     and the run's final telemetry ``snapshot`` (logged and published as at every other ending)."""
 
     def __init__(self, message: str, snapshot: dict) -> None:
@@ -64,8 +64,9 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
         The final telemetry snapshot (also logged and published on the stats topic).
 
     Raises:
-        SourceFailed: a source failed for good, once the run has ended as any other does (the frames before it
-            fused and recorded, the recording finished, the final snapshot logged and published).
+        RunFailed: a source failed for good (restart off, or it never opened) or a pair could not be fused (an IR
+            frame of another size with ``resize: error``, say), once the run has ended as any other does (the frames
+            before it fused and recorded, the recording finished, the final snapshot logged and published).
     """
     stop = stop or threading.Event()
     log.info("config %s: %s", cfg.source_file, cfg.to_dict())
@@ -96,15 +97,9 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
                 if rec is not None:
                     rec.write(frame)
                 pairs += pairer.push(frame)
-            if pairs:
+            if pairs:  # 3. fuse the freshest pair, 4. publish it
                 tel.count("stale", len(pairs) - 1)
-                t0 = time.perf_counter_ns()
-                # 3. the frame processor: IR level stabilization, OT alignment and fusion, temporal filter, colour;
-                # the image is built in the publisher's loaned buffer (a shared-memory slot while a same-host
-                # consumer reads the pool), so publishing it copies nothing
-                processed = processor(pairs[-1], pub.loan(processor.output_shape(pairs[-1])))
-                # 4. publish, never blocking on a slow subscriber
-                _publish(pub, tel, pairs[-1], processed, fuser, t0, end_to_end=len(wall_clock) == 2)
+                failure = _fuse(processor, pub, tel, pairs[-1], end_to_end=len(wall_clock) == 2) or failure
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
         if rec is not None:
@@ -112,7 +107,7 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
         snap = _report(tel, pub, pairer, producers, fuser, rec, final=True)
     _log_recording_failure(rec)
     if failure:
-        raise SourceFailed(failure, snap)
+        raise RunFailed(failure, snap)
     return snap
 
 
@@ -122,6 +117,21 @@ def _log_recording_failure(rec: Recorder | None) -> None:
         log.error("recording failed: %s was not completed (%s); what was recorded until then is kept in %s "
                   "(`python -m streamfuse recover` makes a finished recording of it)", rec.path, rec.error,
                   partial_path(rec.path))
+
+
+def _fuse(processor: FrameProcessor, pub: Publisher, tel: Telemetry, pair: FramePair, *, end_to_end: bool) -> str:
+    """Fuse ``pair`` and publish it; the run's failure in one line when it cannot be fused, else ""."""
+    t0 = time.perf_counter_ns()
+    try:
+        # the frame processor: IR level stabilization, OT alignment and fusion, temporal filter, colour; the image
+        # is built in the publisher's loaned buffer (a shared-memory slot while a same-host consumer reads the
+        # pool), so publishing it copies nothing
+        processed = processor(pair, pub.loan(processor.output_shape(pair)))
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.debug("fusing failed", exc_info=True)
+        return str(exc)
+    _publish(pub, tel, pair, processed, processor.fuser, t0, end_to_end=end_to_end)  # never blocks on a subscriber
+    return ""
 
 
 def _fuser_info(cfg: PipelineConfig, fuser: Fuser) -> dict:

@@ -376,3 +376,19 @@ def test_a_failed_run_publishes_its_final_snapshot_and_raises_it_with_the_reason
     assert sent and sent[-1] is snap and snap["counters"]["received.ir"] > 0 and "fuse" in snap["stages"]
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("final: ")] == [
         f"final: {format_stats(snap)}"]
+
+
+def test_a_pair_that_cannot_be_fused_ends_the_run_with_the_final_stats_then_its_reason(caplog):
+    # An IR frame of another size than the visible one, refused (``resize: error``), raised out of the loop: no final
+    # stats, and a recording would have been left cut.
+    from streamfuse.pipeline import run_live
+    from streamfuse.telemetry import format_stats
+
+    cfg, _ = _live_cfg("ir.width=64", "ir.height=48", "vis.width=80", "vis.height=48", "ir.resize=error")
+    with caplog.at_level("INFO", logger="streamfuse.pipeline"), \
+            pytest.raises(RuntimeError, match="IR frame .* is 64x48 but visible frame .* is 80x48") as err:
+        run_live(cfg, duration_s=60.0)
+    snap = err.value.snapshot
+    assert snap["counters"]["paired.ir"] >= 1 and snap["counters"]["published"] == 0
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("final: ")] == [
+        f"final: {format_stats(snap)}"]
