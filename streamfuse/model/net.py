@@ -140,7 +140,9 @@ class HCLFuseNet(nn.Module):
         cond = {"mu": mu}
         if self.guide is not None:
             cond.update(guide_inputs(ir01, vis01, mu.shape[-2:]))
-        return sample_ddim(self._eps, noise.to(mu.dtype), self.timesteps, self.alphas_cumprod.to(mu.dtype),
+        # the schedule stays float32 under a half-precision autocast: there 1 - abar_T rounds to 1, an error that the
+        # first step's x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) multiplies by 1 / sqrt(abar_T) = 157
+        return sample_ddim(self._eps, noise.to(mu.dtype), self.timesteps, self.alphas_cumprod,
                            cond=cond, guide=self.guide, callback=callback)
 
     def train_outputs(self, ir01: torch.Tensor, vis01: torch.Tensor, ir_raw01: torch.Tensor, t: torch.Tensor,
