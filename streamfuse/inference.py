@@ -54,7 +54,7 @@ class EngineConfig:
 
     Args:
         device: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, or ``fp16``/``bf16`` autocast on the GPU.
+        precision: ``fp32``, or ``fp16``/``bf16`` autocast (on the GPU, and on the CPU as well).
         threads: torch CPU threads; 0 means all cores.
         cuda_graphs: capture the fixed-shape forward in a CUDA graph.
     """
