@@ -18,8 +18,8 @@ with no plug-in. Why MCAP rather than lossless video + sidecar: one indexed file
 times and sequence numbers travel with every frame, and messages stay in the order the live loop saw them,
 which is what makes a replay reproduce the live pairs exactly.
 
-The recording is written under a hidden temporary name (``.NAME.partial``) and renamed only when complete, so a
-crash never leaves a truncated file that looks finished (``streamfuse.atomic_write``).
+The recording is written under a hidden temporary name (``.NAME.mcap.partial``) and renamed only when complete,
+so a crash never leaves a truncated file that looks finished (``streamfuse.atomic_write``).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class RecordConfig:
     """Recording of the raw IR and visible streams of a live run (``record:`` in a live config).
 
     Args:
-        path: output ``.mcap`` file (written as ``.NAME.partial`` and renamed when the run ends cleanly).
+        path: output ``NAME.mcap`` file (written as ``.NAME.mcap.partial`` and renamed when the run ends
+            cleanly).
         compression: MCAP chunk compression, ``zstd`` or ``none``.
         chunk_mb: uncompressed chunk size in MiB (a crash loses at most the chunk being filled).
     """

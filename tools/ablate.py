@@ -39,8 +39,8 @@ except ModuleNotFoundError as exc:  # a Python without the package
 import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_file  # noqa: E402
-from streamfuse.cli.args import int_at_least  # noqa: E402
-from streamfuse.config import PipelineConfig, load_config  # noqa: E402
+from streamfuse.cli.args import config_error, data_dir, int_at_least  # noqa: E402
+from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.evaluation import (EvalResult, Method, check_outputs, evaluate_dir, find_pairs,  # noqa: E402
                                    read_pair)
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ir", type=Path, help="folder of IR images (with --vis; replaces --data/--dataset)")
     p.add_argument("--vis", type=Path, help="folder of visible images, same file names as --ir")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
+    p.add_argument("--data", type=Path, default=data_dir(REPO.parent),
+                   help="shared data folder (STREAMFUSE_DATA, else beside the repository)")
     p.add_argument("--dataset", default="msrs/test", metavar="NAME",
                    help="data set under --data to score (NAME/ir, NAME/vi), without --ir/--vis")
     p.add_argument("--config", default="eval",
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             report = {**summary(result), "guidance_energies": guidance_energies(cfg, pairs)}
             write_file(args.json, (json.dumps(report, indent=1) + "\n").encode())
+    except ConfigError as exc:
+        raise SystemExit(config_error("ablate", exc)) from None
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"ablate: {exc}") from None
     except KeyboardInterrupt:  # nothing half-written is left: every output is renamed into place only when complete

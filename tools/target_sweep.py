@@ -24,6 +24,7 @@ except ModuleNotFoundError as exc:  # a Python without the package
 import numpy as np  # noqa: E402
 
 from streamfuse.align import AlignConfig, align, histogram  # noqa: E402
+from streamfuse.cli.args import data_dir  # noqa: E402
 from streamfuse.config import load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.evaluation import Method, evaluate_dir  # noqa: E402
@@ -65,7 +66,8 @@ class TargetFuser:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
+    p.add_argument("--data", type=Path, default=data_dir(REPO.parent),
+                   help="shared data folder (STREAMFUSE_DATA, else beside the repository)")
     p.add_argument("--dataset", default="msrs/test", metavar="NAME", help="data set under --data (NAME/ir, NAME/vi)")
     p.add_argument("--gains", default="1.0,1.1,1.2,1.3,1.5", help="comma-separated detail gains")
     p.add_argument("--base", choices=("raw", "aligned"), default="raw",

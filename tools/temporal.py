@@ -29,7 +29,8 @@ except ModuleNotFoundError as exc:  # a Python without the package
 import numpy as np  # noqa: E402
 
 from streamfuse.bitdepth import To8Bit  # noqa: E402
-from streamfuse.cli.args import int_at_least  # noqa: E402
+from streamfuse.checks import ConfigError  # noqa: E402
+from streamfuse.cli.args import config_error, data_dir, int_at_least  # noqa: E402
 from streamfuse.evaluation import (config_method, find_pairs, fused_dir_method, fuser_method, image_files,  # noqa: E402
                                    read_grey)
 from streamfuse.metrics import average_gradient, flow_warp_error, temporal_ratio  # noqa: E402
@@ -88,8 +89,9 @@ def row(name: str, levels: str, ratios: list[float], warp: list[float], sharpnes
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("seq_root", nargs="?", default=str(REPO.parent / "shared/data/sequences"),
-                        help="folder of clips, each with ir/ and vi/ numbered frames")
+    parser.add_argument("seq_root", nargs="?", default=str(data_dir(REPO.parent) / "sequences"),
+                        help="folder of clips, each with ir/ and vi/ numbered frames; default: sequences/ of the "
+                             "shared data folder (STREAMFUSE_DATA, else beside the repository)")
     parser.add_argument("--fuser", action="append", default=[],
                         help="NAME[:key=value,...] (repeatable); hclfuse when no --fuser or --config is given")
     parser.add_argument("--config", action="append", default=[], help="pipeline config whose fuser to run")
@@ -172,6 +174,8 @@ def main() -> None:
     args = parse_args()
     try:
         report(*load(args), args.static)
+    except ConfigError as exc:
+        raise SystemExit(config_error("temporal", exc)) from None
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"temporal: {exc}")
     except KeyboardInterrupt:  # the tables go to stdout as they are made: nothing is left half-written

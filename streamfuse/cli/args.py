@@ -1,12 +1,18 @@
-"""Argument types the command-line tools share: argparse's one-line error then names the option."""
+"""What the command-line tools share: argument types (argparse's one-line error then names the option), the data
+folder's default, and how a bad config is reported."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["int_at_least", "seconds"]
+from streamfuse.checks import ConfigError
+
+__all__ = ["int_at_least", "seconds", "data_dir", "config_error"]
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -34,3 +40,16 @@ def seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds >= 0 (0 = until Ctrl-C)")
     return value
+
+
+def data_dir(beside: Path = Path("..")) -> Path:
+    """The shared data folder: ``STREAMFUSE_DATA`` when set, else ``shared/data`` in ``beside`` (the working
+    directory's parent for training, which may run from an installed package; the repository's parent for tools/)."""
+    return Path(os.environ.get("STREAMFUSE_DATA") or beside / "shared" / "data")
+
+
+def config_error(prog: str, exc: ConfigError) -> int:
+    """Report a config that cannot run (a missing --config, a bad key or --set) as one line, ``PROG: config error:
+    ...``; returns its exit status, 2, the same for every command."""
+    print(f"{prog}: config error: {exc}", file=sys.stderr)
+    return 2

@@ -20,8 +20,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from streamfuse.cli.args import int_at_least
-from streamfuse.config import load_config
+from streamfuse.cli.args import config_error, int_at_least
+from streamfuse.config import ConfigError, load_config
 from streamfuse.configs import resolve
 from streamfuse.evaluation import config_method, evaluate_dir, fused_dir_method, fuser_method
 
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Score the methods, print the table of means; a bad input is one line and exit status 1."""
+    """Score the methods, print the table of means; a bad input is one line and exit status 1 (a bad config: 2)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         methods += [fuser_method(spec, args.overrides, base) for spec in args.fuser]
         result = evaluate_dir(args.dir_ir, args.dir_vis, methods, args.out, save_dir=args.save, limit=args.limit,
                               montage_rows=args.rows)
+    except ConfigError as exc:
+        return config_error("evaluate", exc)
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"evaluate: {exc}") from None
     print((Path(args.out) / "metrics.md").read_text(), end="")

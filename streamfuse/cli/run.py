@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from streamfuse.cli.args import seconds
+from streamfuse.cli.args import config_error, seconds
 
 __all__ = ["main", "replay_main", "exit_now"]
 
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
         return run(cfg, duration_s=getattr(args, "duration", 0.0), ir_path=args.ir, vis_path=args.vis,
                    out_path=args.out, resume=args.resume or None)
     except ConfigError as exc:
-        print(f"streamfuse: config error: {exc}", file=sys.stderr)
-        return 2
+        return config_error("streamfuse", exc)
     except KeyboardInterrupt:  # before the run's own handlers are in place (loading the model): nothing to keep
         print("streamfuse: interrupted (Ctrl-C)", file=sys.stderr)
         return 130

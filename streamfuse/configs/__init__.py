@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from streamfuse.checks import ConfigError
+
 __all__ = ["CONFIG_DIR", "shipped", "resolve"]
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -26,15 +28,13 @@ def resolve(config: str | Path) -> Path:
     that name does not).
 
     Raises:
-        FileNotFoundError: a name without a suffix that is neither a file nor a shipped config (the message lists the
-            shipped ones).
+        ConfigError: a name (``nosuch`` or ``nosuch.yaml``) that is neither a file here nor a shipped config (the
+            message lists the shipped ones).
     """
     path = Path(config)
     if path.is_file() or len(path.parts) != 1 or path.suffix not in ("", ".yaml"):
         return path
     if (CONFIG_DIR / f"{path.stem}.yaml").is_file():
         return CONFIG_DIR / f"{path.stem}.yaml"
-    if path.suffix:
-        return path  # a missing file: load_config says so
-    raise FileNotFoundError(f"{config}: no such config file, nor a shipped config of that name; shipped: "
-                            f"{', '.join(shipped())} (or give the path of a YAML file)")
+    raise ConfigError(f"{config}: no such config file here, nor a shipped config of that name; shipped: "
+                      f"{', '.join(shipped())} (or give the path of a YAML file)")

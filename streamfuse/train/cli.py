@@ -22,8 +22,8 @@ import logging
 import textwrap
 from pathlib import Path
 
+from streamfuse.cli.args import data_dir
 from streamfuse.train.config import SECTIONS, load_setup
-from streamfuse.train.data import DEFAULT_DATA
 from streamfuse.train.loop import run_training
 
 __all__ = ["main", "to_overrides"]
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="streamfuse train", description=__doc__, epilog=_settings_help(),
                                      allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=_path, default=DEFAULT_DATA,
+    parser.add_argument("--data", type=_path, default=data_dir(),
                         help="data folder (default: STREAMFUSE_DATA, else ../shared/data)")
     parser.add_argument("--out", type=_path, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import cv2
@@ -20,12 +19,10 @@ from streamfuse.align import AlignConfig, align, histogram, identity_lut
 from streamfuse.bitdepth import To8Bit, read_8bit
 from streamfuse.postprocess import vis_luma
 
-__all__ = ["DEFAULT_DATA", "SETS", "PairSampler", "load_pairs"]
+__all__ = ["SETS", "PairSampler", "load_pairs"]
 
 log = logging.getLogger("train")
 
-#: The shared data folder: ``STREAMFUSE_DATA``, else ``../shared/data`` from the working directory.
-DEFAULT_DATA = Path(os.environ.get("STREAMFUSE_DATA", Path("..") / "shared" / "data"))
 SETS = ("msrs/train", "roadscene", "llvip/train", "llvip/test", "sequences/*")  # msrs/test is for evaluation only
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -39,7 +36,8 @@ def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """
     if not data.is_dir():
         raise FileNotFoundError(f"no training pairs: the data folder {data} "
-                                f"{'is not a folder' if data.exists() else 'does not exist'}")
+                                f"{'is not a folder' if data.exists() else 'does not exist'} (give another with "
+                                "--data DIR or the STREAMFUSE_DATA environment variable)")
     pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
     deep: list[Path] = []  # 16-bit images, reported once
     for pattern in SETS:

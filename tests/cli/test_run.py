@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from streamfuse.checks import ConfigError
 from streamfuse.cli.run import main, replay_main
 from streamfuse.configs import CONFIG_DIR, resolve, shipped
 
@@ -21,18 +22,28 @@ def test_shipped_names_resolve_and_paths_stay_paths(tmp_path, monkeypatch):
     assert resolve("some/where.yaml") == Path("some/where.yaml")  # a path, even a missing one: load_config says so
     monkeypatch.chdir(tmp_path)
     assert resolve("rig.yaml") == CONFIG_DIR / "rig.yaml"  # the shipped file's name, with no such file here
+    (tmp_path / "mine.yaml").write_text("fuse: {}\n")
     assert resolve("mine.yaml") == Path("mine.yaml")
     (tmp_path / "demo").write_text("fuse: {}\n")
     (tmp_path / "rig.yaml").write_text("fuse: {}\n")
     assert resolve("demo") == Path("demo") and resolve("rig.yaml") == Path("rig.yaml")  # a file of that name here wins
-    with pytest.raises(FileNotFoundError, match="demoo: no such config file, nor a shipped config of that name; "
-                                                "shipped: demo, eval, replay, rig"):
-        resolve("demoo")
+    for name in ("demoo", "demoo.yaml"):  # a name, with or without its suffix, that is neither
+        with pytest.raises(ConfigError, match=f"{name}: no such config file here, nor a shipped config of that "
+                                              "name; shipped: demo, eval, replay, rig"):
+            resolve(name)
 
 
-def test_unknown_name_and_bad_key_are_one_line(capsys):
-    assert main(["--config", "demoo"]) == 1
-    assert capsys.readouterr().err.strip().startswith("streamfuse: error: demoo: no such config file")
+@pytest.mark.parametrize("command", [main, replay_main])
+@pytest.mark.parametrize("name", ["demoo", "demoo.yaml"])
+def test_an_unknown_config_name_is_a_config_error(tmp_path, monkeypatch, capsys, command, name):
+    monkeypatch.chdir(tmp_path)
+    assert command(["--config", name, "--ir", "a.mp4", "--vis", "b.mp4", "--out", "o.mp4"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"streamfuse: config error: {name}: no such config file here, nor a shipped config of that name; shipped: "
+        "demo, eval, replay, rig (or give the path of a YAML file)"]
+
+
+def test_a_bad_key_is_one_line(capsys):
     assert main(["--config", "demo", "--set", "fuse.stepz=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("streamfuse: config error: ") and "demo.yaml" in err

@@ -125,7 +125,8 @@ def test_a_data_folder_without_pairs_says_where_pairs_are_read(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"under .*flat: training reads <set>/ir/<name> with "
                                                 r"<set>/vi/<name>, for the sets msrs/train, roadscene"):
         train.load_pairs(flat)
-    with pytest.raises(FileNotFoundError, match=r"the data folder .*missing does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"the data folder .*missing does not exist \(give another with "
+                                                r"--data DIR or the STREAMFUSE_DATA environment variable\)"):
         train.load_pairs(tmp_path / "missing")
 
 

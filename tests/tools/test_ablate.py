@@ -76,7 +76,6 @@ def test_latent_swap_decodes_with_the_next_pairs_latent(tool, folders, random_we
 @pytest.mark.parametrize("args, message", [
     (["--ir", "x"], "give both --ir and --vis"),
     (["--steps", "1,30", "--weights", "{weights}"], "steps=30 is out of range"),
-    (["--config", "nowhere.yaml"], "config file not found"),
 ])
 def test_errors_are_one_line(tool, folders, tmp_path, random_weights, args, message):
     ir_dir, vis_dir = folders
@@ -122,15 +121,29 @@ def test_bad_numbers_are_argparse_errors(tool, folders, tmp_path, capsys, option
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_set_overrides_the_config_and_dataset_picks_the_pairs(tool, tmp_path, random_weights):
-    """--set is a config override as in run, replay and evaluate; the data set under --data is --dataset."""
-    base = ["--data", str(tmp_path), "--weights", str(random_weights), "--out", str(tmp_path / "out")]
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nosuch"], "nosuch: no such config file here, nor a shipped config of that name; shipped: demo, "),
+    (["--config", "nosuch.yaml"], "nosuch.yaml: no such config file here, nor a shipped config of that name; "),
+    (["--set", "hclfuse.steps=30"], "eval.yaml: hclfuse: steps=30 is out of range; allowed: 1..20"),
+])
+def test_config_errors_are_one_line_and_exit_2_as_in_run(tool, folders, tmp_path, monkeypatch, capsys, args,
+                                                         message):
+    """--set is a config override as in run, replay and evaluate, and a bad one is reported as theirs are."""
+    monkeypatch.chdir(tmp_path)
+    ir_dir, vis_dir = folders
     with pytest.raises(SystemExit) as exc:
-        tool("ablate").main([*base, "--dataset", "some/set", "--set", "hclfuse.steps=30"])
-    assert str(exc.value.code).endswith("hclfuse: steps=30 is out of range; allowed: 1..20")
-    with pytest.raises(SystemExit) as exc:
-        tool("ablate").main([*base, "--dataset", "some/set"])
-    assert str(exc.value.code) == f"ablate: IR folder not found: {tmp_path / 'some' / 'set' / 'ir'}"
+        tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), *args, "--out", str(tmp_path / "out")])
+    [line] = capsys.readouterr().err.splitlines()
+    assert exc.value.code == 2 and line.startswith("ablate: config error: ") and message in line
+
+
+def test_dataset_picks_the_pairs_under_data_which_defaults_to_streamfuse_data(tool, tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMFUSE_DATA", str(tmp_path / "shared"))
+    for data in ([], ["--data", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exc:
+            tool("ablate").main([*data, "--dataset", "some/set", "--out", str(tmp_path / "out")])
+        root = Path(data[1]) if data else tmp_path / "shared"
+        assert str(exc.value.code) == f"ablate: IR folder not found: {root / 'some' / 'set' / 'ir'}"
 
 
 def test_latent_swap_needs_two_pairs(tool, folders, random_weights, caplog):

@@ -104,8 +104,6 @@ def test_config_method_limit_and_resolved_config(evaluate, pairs, tmp_path):
     ("missing_dir", "IR folder not found"),
     ("no_pairs", "no IR/visible pairs"),
     ("unreadable", "cannot read image"),
-    ("bad_config", "config file not found"),
-    ("bad_fuser", "name='nope' is out of range"),
     ("size_mismatch", "differ in size"),
 ])
 def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
@@ -118,16 +116,28 @@ def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
         vis_dir.mkdir()
     elif case == "unreadable":
         (ir_dir / "p0.png").write_bytes(b"not an image")
-    elif case == "bad_config":
-        args = ["--config", str(tmp_path / "nowhere.yaml"), "--fuser", "max"]
-    elif case == "bad_fuser":
-        args = ["--fuser", "nope"]
     elif case == "size_mismatch":
         cv2.imwrite(str(ir_dir / "p0.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), *args])
     assert str(exc.value.code).startswith("evaluate: ") and message in str(exc.value.code)
     assert "\n" not in str(exc.value.code)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nosuch"], "nosuch: no such config file here, nor a shipped config of that name; shipped: demo, "),
+    (["--config", "nosuch.yaml"], "nosuch.yaml: no such config file here, nor a shipped config of that name; "),
+    (["--config", "{tmp}/nowhere.yaml", "--fuser", "max"], "{tmp}/nowhere.yaml: config file not found"),
+    (["--fuser", "nope"], "name='nope' is out of range"),
+])
+def test_config_errors_are_one_line_and_exit_2_as_in_run(evaluate, pairs, tmp_path, monkeypatch, capsys, args,
+                                                         message):
+    monkeypatch.chdir(tmp_path)
+    ir_dir, vis_dir = pairs
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert evaluate([str(ir_dir), str(vis_dir), *args, "--out", str(tmp_path / "out")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("evaluate: config error: ") and message.format(tmp=tmp_path) in line
 
 
 def test_missing_fused_images_are_counted(evaluate, pairs, tmp_path, caplog):

@@ -29,6 +29,13 @@ def test_missing_dataset_is_one_line(tool, tmp_path):
         tool("target_sweep").main(["--data", str(tmp_path), "--dataset", "nothing", "--out", str(tmp_path / "o")])
 
 
+def test_data_defaults_to_streamfuse_data(tool, tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMFUSE_DATA", str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        tool("target_sweep").main(["--dataset", "nothing", "--out", str(tmp_path / "o")])
+    assert str(exc.value.code) == f"target_sweep: IR folder not found: {tmp_path / 'nothing' / 'ir'}"
+
+
 def test_aligned_base_changes_the_base_not_the_detail(tool, rng):
     mod = tool("target_sweep")
     ys, xs = np.mgrid[0:64, 0:80]

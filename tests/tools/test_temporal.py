@@ -65,6 +65,24 @@ def test_no_clips_is_one_line(temporal, tmp_path, monkeypatch):
         temporal()
 
 
+def test_clips_default_to_the_sequences_of_streamfuse_data(tool, tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMFUSE_DATA", str(tmp_path))
+    monkeypatch.setattr("sys.argv", ["temporal"])
+    assert tool("temporal").parse_args().seq_root == str(tmp_path / "sequences")
+
+
+@pytest.mark.parametrize("name", ["nosuch", "nosuch.yaml"])
+def test_an_unknown_config_is_a_config_error_as_in_run(temporal, tmp_path, rng, monkeypatch, capsys, name):
+    _clip(tmp_path / "a", rng, n=2)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--config", name])
+    with pytest.raises(SystemExit) as exc:
+        temporal()
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines() == [
+        f"temporal: config error: {name}: no such config file here, nor a shipped config of that name; shipped: "
+        "demo, eval, replay, rig (or give the path of a YAML file)"]
+
+
 def _copy_visible(seq: Path, out: Path) -> None:
     """Another method's fused frames that are the visible frames themselves, ``out/<clip>/<frame>``."""
     for clip in seq.iterdir():
