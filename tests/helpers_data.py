@@ -3,8 +3,9 @@ module rather than conftest.py, because skip marks read it at import and tests c
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from streamfuse.cli.args import data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("STREAMFUSE_DATA", REPO.parent / "shared" / "data"))
+DATA = data_dir(REPO.parent)

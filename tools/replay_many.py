@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Run the batch, print its table and say what failed or is left to do; the exit status."""
     from streamfuse.batch import BatchInterrupted, LocalEngine, RayEngine, find_jobs, run_batch
+    from streamfuse.cli.args import config_error
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
 
@@ -68,7 +69,9 @@ def _run(args: argparse.Namespace) -> int:
         engine = LocalEngine(threads=args.threads) if args.engine == "local" else RayEngine(
             workers=args.workers, threads=args.threads, gpus=args.gpus, address=args.address, retries=args.retries)
         summary = run_batch(cfg, jobs, engine, resume=args.resume)
-    except (ConfigError, OSError, ValueError) as exc:
+    except ConfigError as exc:
+        return config_error("replay_many", exc)
+    except (OSError, ValueError) as exc:
         print(f"replay_many: error: {exc}", file=sys.stderr)
         return 2
     except BatchInterrupted as exc:

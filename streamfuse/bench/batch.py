@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     import cv2
 
     from streamfuse.batch import LocalEngine
-    from streamfuse.config import load_config
+    from streamfuse.cli.args import config_error
+    from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
 
     cv2.setNumThreads(1)
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
                  *args.overrides]  # one thread everywhere: decode and encode in the loop, as a 1-CPU worker runs
     try:
         cfg = load_config(resolve(args.config), overrides)
+    except ConfigError as exc:
+        raise SystemExit(config_error("bench batch", exc)) from None
     except (ValueError, OSError) as exc:
         raise SystemExit(f"bench batch: {exc}") from None
     width, height = args.size

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         if path and not Path(path).is_file():
             raise SystemExit(f"bench replay: {what} video not found: {path}")
 
-    from streamfuse.config import load_config
+    from streamfuse.cli.args import config_error
+    from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
     from streamfuse.replay import run_replay
 
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every config first: a bad --config, --set or --fuser is one line before any work
         configs = {name: load_config(resolve(args.config), [*args.overrides, f"fuse.name={name}", *fixed])
                    for name in args.fuser.split(",")}
+    except ConfigError as exc:
+        raise SystemExit(config_error("bench replay", exc)) from None
     except (ValueError, OSError) as exc:
         raise SystemExit(f"bench replay: {exc}") from None
     with tempfile.TemporaryDirectory() as tmp:

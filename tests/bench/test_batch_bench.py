@@ -23,12 +23,14 @@ def test_bad_numbers_are_refused_when_parsing(args, message, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--set", "bad"], "bench batch: override 'bad' is not of the form stage.key=value"),
-    (["--config", "nowhere.yaml"], "bench batch: nowhere.yaml: config file not found"),
+    (["--set", "bad"], "bench batch: config error: override 'bad' is not of the form stage.key=value"),
+    (["--config", "nowhere.yaml"], "bench batch: config error: nowhere.yaml: no such config file here, nor a shipped"),
+    (["--config", "nowhere"], "bench batch: config error: nowhere: no such config file here, nor a shipped"),
 ])
-def test_a_bad_config_is_one_line_before_any_work(args, message, monkeypatch):
+def test_a_bad_config_is_one_line_before_any_work(args, message, monkeypatch, capsys):
     pytest.importorskip("ray")
     monkeypatch.setattr(bench_batch, "_pairs", lambda *a, **k: pytest.fail("started before refusing"))
     with pytest.raises(SystemExit) as exc:
         bench_batch.main(args)
-    assert str(exc.value.code).startswith(message) and "\n" not in str(exc.value.code)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err

@@ -45,11 +45,13 @@ def test_bad_numbers_are_refused_when_parsing(args, message, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--fuser", "max,bogus"], "fuse: name='bogus' is out of range"),
     (["--set", "bad"], "override 'bad' is not of the form stage.key=value"),
-    (["--config", "nowhere.yaml"], "nowhere.yaml: config file not found"),
+    (["--config", "nowhere.yaml"], "nowhere.yaml: no such config file here, nor a shipped config"),
+    (["--config", "nowhere"], "nowhere: no such config file here, nor a shipped config"),
 ])
-def test_a_bad_config_is_one_line_before_any_replay(args, message, monkeypatch):
+def test_a_bad_config_is_one_line_before_any_replay(args, message, monkeypatch, capsys):
     monkeypatch.setattr("streamfuse.bench.replay.synthetic_pair", lambda *a: pytest.fail("started before refusing"))
     with pytest.raises(SystemExit) as exc:
         main(["--fuser", "max", "--frames", "2", "--size", "64x48", *args])
-    code = str(exc.value.code)
-    assert code.startswith("bench replay: ") and message in code and "\n" not in code
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("bench replay: config error: ") and message in err, err
+    assert err.count("\n") == 1

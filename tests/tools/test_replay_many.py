@@ -139,3 +139,13 @@ def test_unreachable_ray_cluster_is_one_line(tmp_path, capsys):
     assert replay_many.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"replay_many: error: cannot reach the Ray cluster at 127.0.0.1:{port}") and "\n" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nosuch"], "nosuch: no such config file here, nor a shipped config"),
+    (["--set", "fuse.stepz=1"], "unknown config key fuse.stepz"),
+])
+def test_a_bad_config_is_a_config_error_as_in_run(tmp_path, capsys, args, message):
+    assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("replay_many: config error: ") and message in err and err.count("\n") == 1, err
