@@ -72,7 +72,7 @@ class Subscriber:
     ``handshake_failures`` (CURVE: the publisher's key differs from ``server_key``, or only one side encrypts).
 
     Raises:
-        ValueError: a bad argument or endpoint (one line).
+        ValueError: a bad argument or endpoint, or a host name that does not resolve (one line).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", *, timeout_s: float = 1.0, latest: bool = False,

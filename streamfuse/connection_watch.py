@@ -3,12 +3,16 @@ connection, followed through the socket's ZeroMQ monitor (:class:`ConnectionWatc
 
 libzmq retries an ordinary dropped connection itself, but not one dropped on a protocol error (a part over
 ``ZMQ_MAXMSGSIZE``, a failed CURVE handshake): the monitor tells such drops from ordinary ones, and the watch
-reconnects after them.
+reconnects after them. It also retries, in silence, a host name that does not resolve: :func:`connect_sub` looks the
+name up first and says so.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import socket
+import threading
 import time
 from collections.abc import Iterable
 
@@ -16,6 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.checks import tcp_port_ok
+from streamfuse.errors import io_reason, one_line
 
 __all__ = ["ConnectionWatch", "connect_sub"]
 
@@ -25,6 +30,10 @@ _RESTORE_AFTER_S = 0.5  # a connection dropped without libzmq's own retry is res
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _RETRYING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
+# getaddrinfo has no timeout of its own (glibc's resolver: 5 s a try, 2 tries for each of up to 3 name servers and
+# each search domain): a lookup without an answer by then is left to libzmq, which resolves again at each attempt.
+_RESOLVE_S = 2.0
+_resolved: set[str] = set()  # host names looked up once: a viewer's later sockets (one per page) skip the lookup
 
 
 class ConnectionWatch:
@@ -89,10 +98,11 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
             of its own.
 
     Raises:
-        ValueError: a bad server key or endpoint (one line).
+        ValueError: a bad server key or endpoint, or a host name that does not resolve (one line).
     """
     if not tcp_port_ok(endpoint):
         raise ValueError(f"cannot connect to {endpoint}: its TCP port must be 1..65535")
+    _check_host(endpoint)
     if server_key and len(server_key) != 40:
         raise ValueError(f"server_key must be the publisher's 40-character Z85 CURVE public key, got "
                          f"{len(server_key)} characters")
@@ -115,3 +125,42 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
         sock.close(linger=0)
         raise ValueError(f"cannot connect to {endpoint}: {exc}") from None
     return sock, watch
+
+
+def _check_host(endpoint: str) -> None:
+    """Raise ValueError when the host of a ``tcp://[SOURCE;]HOST:PORT`` endpoint cannot be connected to: ``*``, none,
+    or a name that does not resolve (libzmq would retry it forever in silence). A resolver that cannot answer now
+    (no reply within ``_RESOLVE_S``, or "try again") only gets a warning: libzmq keeps trying the name."""
+    scheme, _, address = endpoint.partition("://")
+    host, _, port = address.rpartition(";")[2].rpartition(":")
+    if scheme != "tcp" or host in _resolved:
+        return
+    if host in ("", "*"):
+        given = "* (every interface) is for binding" if host else "no host given"
+        raise ValueError(f"cannot connect to {endpoint}: {given}; name the publisher's host, e.g. "
+                         f"tcp://127.0.0.1:{port}")
+    name = host.removeprefix("[").removesuffix("]")  # an IPv6 address in brackets
+    found: concurrent.futures.Future = concurrent.futures.Future()
+    threading.Thread(target=_lookup, args=(name, found), name=f"lookup {name}", daemon=True).start()
+    try:
+        found.result(_RESOLVE_S)
+    except concurrent.futures.TimeoutError:
+        log.warning("no answer for the host name %s within %g s; connecting to %s anyway", name, _RESOLVE_S, endpoint)
+    except UnicodeError as exc:  # its IDNA encoding failed (a label empty or over 63 characters): the codec's reason
+        raise ValueError(f"cannot connect to {endpoint}: {name} is not a host name "
+                         f"({one_line(exc.__cause__ or exc)})") from None
+    except OSError as exc:
+        if exc.errno != socket.EAI_AGAIN:
+            raise ValueError(f"cannot connect to {endpoint}: the host name {name} does not resolve "
+                             f"({io_reason(exc)})") from None
+        log.warning("cannot look up the host name %s now (%s); connecting to %s anyway", name, exc.strerror, endpoint)
+    else:
+        _resolved.add(host)
+
+
+def _lookup(name: str, found: concurrent.futures.Future) -> None:
+    """Resolve ``name`` into ``found`` (on a thread of its own: a resolver may not answer for long)."""
+    try:
+        found.set_result(socket.getaddrinfo(name, None, type=socket.SOCK_STREAM))
+    except (OSError, UnicodeError) as exc:
+        found.set_exception(exc)

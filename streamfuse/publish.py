@@ -2,16 +2,16 @@
 :mod:`streamfuse.wire`).
 
 Live semantics: PUB/SUB never blocks the publisher. Each subscriber has a queue of ``sndhwm`` messages; a slow
-subscriber's full queue drops its copy (the others get theirs; subscribers count drops from gaps in ``seq``). With
-``nodrop=True`` (``ZMQ_XPUB_NODROP``) a full queue makes ``send_fused`` return False and count the drop, and one
-stalled subscriber holds the frame back from all; ``wait_ms`` turns that into bounded back-pressure (offline replay
-into a recorder). A stalled subscriber's queues keep the frames of the moment it stalled, so a live viewer empties
-its socket continuously (``Subscriber(latest=True)``). A subscriber misses the frames sent before its subscription
-arrived (ZeroMQ's "slow joiner"): fine live; a replay can wait for one (``wait_subscriber_s``).
+subscriber's full queue drops its copy (the others get theirs; subscribers count drops from gaps in ``seq``), unless
+``nodrop`` and ``wait_ms`` make that bounded back-pressure (offline replay into a recorder; see :class:`PublishConfig`).
+A stalled subscriber's queues keep the frames of the moment it stalled, so a live viewer empties its socket
+continuously (``Subscriber(latest=True)``). A subscriber misses the frames sent before its subscription arrived
+(ZeroMQ's "slow joiner"): fine live; a replay can wait for one (``wait_subscriber_s``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -147,7 +147,8 @@ class Publisher:
             remove_stale_pools()  # pools of publishers that were killed before they could free them
         self._jpeg = JpegEncoder(cfg.jpeg_quality) if cfg.encoding == "jpeg" else None
         self._h264 = H264Encoder(cfg.h264_keyint, cfg.h264_crf) if cfg.encoding == "h264" else None
-        self._sock = zmq.Context.instance().socket(zmq.XPUB)
+        self._ctx = zmq.Context() if cfg.nodrop and not cfg.endpoint.startswith("inproc://") else None  # see close
+        self._sock = (self._ctx or zmq.Context.instance()).socket(zmq.XPUB)
         try:
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber: an H.264 keyframe for it at once
@@ -159,13 +160,13 @@ class Publisher:
                 self._sock.curve_server = True
             self._sock.bind(cfg.endpoint)
         except zmq.ZMQError as exc:
-            self._sock.close(linger=0)
+            self.close()
             if exc.errno == errno.EADDRINUSE:
                 raise RuntimeError(f"endpoint {cfg.endpoint} is already in use (another publisher running? "
                                    f"set publish.endpoint to a free port)") from None
             raise RuntimeError(f"cannot bind endpoint {cfg.endpoint}: {exc}") from None
         except BaseException:
-            self._sock.close(linger=0)
+            self.close()
             raise
         #: the bound endpoint, with the real port when the config asked for ``tcp://HOST:*``.
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -362,16 +363,15 @@ class Publisher:
             if any(topic.startswith(sub) for sub in self._preview_subs):
                 image = _downscale(getattr(fused.pair, stream).image, self.cfg.preview_width)
                 header = self._headers.encode(fused, image, seq=self._preview_seq)
-                try:
+                with contextlib.suppress(zmq.Again):  # a viewer that is behind gets the next one
                     self._sock.send_multipart([topic, header, image], zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    pass  # a viewer that is behind gets the next one
         self._preview_seq += 1
 
     def close(self) -> None:
-        """Close the socket (live at once: queued frames are stale; with ``nodrop``, as a replay publishes, ZeroMQ
-        still sends what is queued, for up to ``wait_ms``) and free the shared-memory pool."""
-        self._sock.close(linger=self.cfg.wait_ms if self.cfg.nodrop else 0)
+        """Close the socket (``nodrop``: after sending its queue, for up to ``wait_ms``) and free the shared memory."""
+        self._sock.close(linger=self.cfg.wait_ms if self.cfg.nodrop else 0)  # live: queued frames are stale
+        if self._ctx is not None:  # ZeroMQ sends the queue from the context's thread: ending the context waits for it
+            self._ctx.term()
         if self._pool is not None:
             self._pool.close()
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
+import socket
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,6 +21,7 @@ from zmq.utils.monitor import recv_monitor_message
 from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_frame, good_parts, publishing,
                          raw_connect, recv_seq, wait_until, with_header)
 
+from streamfuse import connection_watch
 from streamfuse.capture.shm_ring import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
@@ -194,3 +198,48 @@ def test_a_tcp_port_out_of_range_is_refused(port: str) -> None:
     # libzmq takes the port modulo 65536: tcp://127.0.0.1:70000 silently subscribed to port 4464
     with pytest.raises(ValueError, match=rf"cannot connect to tcp://127.0.0.1:{port}: its TCP port must be 1..65535$"):
         Subscriber(f"tcp://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(("host", "said"), [
+    ("no-such-host.invalid", r"the host name no-such-host\.invalid does not resolve \(.+\)$"),  # reserved: RFC 2606
+    ("127.0.0.1;no-such-host.invalid", r"the host name no-such-host\.invalid does not resolve"),  # after a source
+    ("host..invalid", r"host\.\.invalid is not a host name \(label empty or too long\)$"),
+    ("*", r"\* \(every interface\) is for binding; name the publisher's host, e.g\. tcp://127\.0\.0\.1:47001$"),
+    ("", r"no host given; name the publisher's host, e\.g\. tcp://127\.0\.0\.1:47001$")])
+def test_a_host_that_cannot_be_connected_to_is_refused(host: str, said: str) -> None:
+    # libzmq takes each of these and retries in silence: the consumer only ever said "is the publisher running?"
+    with pytest.raises(ValueError, match=rf"^cannot connect to tcp://{re.escape(host)}:47001: {said}"):
+        Subscriber(f"tcp://{host}:47001")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_host_that_resolves_is_connected_to(host: str, rng: np.random.Generator) -> None:
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, \
+            Subscriber(pub.endpoint.replace("127.0.0.1", host), timeout_s=PATIENCE_S, shm=False) as sub:
+        connect(pub, sub, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(("resolver", "said"), [
+    ("hangs", "no answer for the host name slow.invalid within 0.05 s; connecting to tcp://slow.invalid:47001 anyway"),
+    ("fails for now", "cannot look up the host name slow.invalid now (Temporary failure in name resolution); "
+                      "connecting to tcp://slow.invalid:47001 anyway")])
+def test_a_resolver_that_cannot_answer_now_leaves_the_name_to_zeromq(resolver: str, said: str,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # libzmq resolves the name again at each connection attempt; the consumer must not wait for the resolver
+    answer = threading.Event()
+
+    def getaddrinfo(*_args: object, **_kwargs: object) -> None:
+        if resolver == "hangs":
+            answer.wait()
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(connection_watch, "_RESOLVE_S", 0.05)
+    try:
+        with caplog.at_level(logging.WARNING, "streamfuse.connection_watch"), \
+                Subscriber("tcp://slow.invalid:47001", timeout_s=0.05) as sub:
+            assert sub.recv() is None
+    finally:
+        answer.set()
+    assert said in caplog.text

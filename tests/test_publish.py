@@ -265,3 +265,41 @@ def test_a_lossless_publisher_closed_after_its_last_frame_still_sends_the_queued
             if msg[0]["seq"] >= first:  # the handshake frames come before
                 seqs.append(msg[0]["seq"])
     assert seqs == list(range(first, first + 30))
+
+
+
+_LEAVE_AFTER_CLOSE = """
+import sys
+sys.path.insert(0, "tests")
+import numpy as np
+from helpers_zmq import PATIENCE_S, VGA, fused_frame
+from streamfuse.cli.run import exit_now
+from streamfuse.publish import PublishConfig, Publisher
+
+pub = Publisher(PublishConfig(endpoint=sys.argv[1], nodrop=True, wait_ms=round(PATIENCE_S * 1000)))
+assert pub.wait_for_subscriber(PATIENCE_S)
+print(sum(pub.send_fused(fused_frame(np.zeros(VGA, np.uint8))) for _ in range(4)), flush=True)
+pub.close()
+exit_now(0)  # as the CLI leaves
+"""
+
+
+def test_a_lossless_publisher_that_leaves_right_after_close_has_sent_its_queue(tmp_path: Path) -> None:
+    """The CLI leaves with os._exit right after a replay closes its publisher, so close must return only once the
+    queue is sent (ZeroMQ sends a closed socket's queue from its I/O thread, which os._exit ends). This subscriber
+    takes no frame before the publisher has queued all four, so the last ones are still in the publisher's process
+    then: over ipc the socket buffers hold a few hundred kB, less than one VGA frame."""
+    endpoint = f"ipc://{tmp_path}/pub"
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, shm=False, rcvhwm=1) as sub:
+        proc = subprocess.Popen([sys.executable, "-c", _LEAVE_AFTER_CLOSE, endpoint], cwd=REPO, text=True,
+                                stdout=subprocess.PIPE)
+        try:
+            sent = proc.stdout.readline()  # the frames are queued: it closes and leaves now
+            seqs: list[int] = []
+            while len(seqs) < 4 and (frame := sub.recv()) is not None:
+                seqs.append(frame[0]["seq"])
+            assert proc.wait(PATIENCE_S) == 0
+        finally:
+            proc.kill()
+            proc.stdout.close()
+    assert sent == "4\n" and seqs == [0, 1, 2, 3]

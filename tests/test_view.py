@@ -270,13 +270,14 @@ def test_view_cli_says_what_is_wrong_in_one_line(capsys):
 
 
 @pytest.mark.parametrize("command", ["view", "foxglove"])
-def test_cli_bad_server_key_or_port_is_named(command, capsys):
+def test_cli_bad_server_key_port_or_host_is_named(command, capsys):
     # The stats socket took a short key for a connect error ("cannot connect to ...: Invalid argument"); libzmq
-    # takes a TCP port modulo 65536 (70000 is 4464).
+    # takes a TCP port modulo 65536 (70000 is 4464) and retries a host name that does not resolve in silence.
     if command == "foxglove":
         pytest.importorskip("foxglove")
     for args, said in ((["tcp://127.0.0.1:1", "--server-key", "short"], "40-character Z85 CURVE public key, got 5"),
-                       (["tcp://127.0.0.1:70000"], "cannot connect to tcp://127.0.0.1:70000: its TCP port must be")):
+                       (["tcp://127.0.0.1:70000"], "cannot connect to tcp://127.0.0.1:70000: its TCP port must be"),
+                       (["tcp://no-such-host.invalid:47001"], "the host name no-such-host.invalid does not resolve")):
         assert cli([command, *args, "--port", "0"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err
