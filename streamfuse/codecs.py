@@ -19,7 +19,9 @@ import numpy as np
 import simplejpeg
 from av.video.frame import PictureType
 
-__all__ = ["JpegEncoder", "JpegDecoder", "H264Encoder", "H264Decoder", "DecodeError"]
+__all__ = ["JPEG_MAX_SIDE", "JpegEncoder", "JpegDecoder", "H264Encoder", "H264Decoder", "DecodeError"]
+
+JPEG_MAX_SIDE = 65_500  # libjpeg's JPEG_MAX_DIMENSION (the wire allows 65535): OpenCV refuses more, in its own lines
 
 
 class DecodeError(ValueError):

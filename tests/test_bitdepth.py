@@ -4,6 +4,7 @@ evaluation, training and the folder and file sources read the same 16-bit image 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import av
@@ -108,9 +109,10 @@ def test_the_folder_source_keeps_one_scale_for_the_sequence(tmp_path, rng):
         np.testing.assert_array_equal(got, _stretch(img, 7000, 9000))  # no level jump between frames
 
 
-def test_a_float_image_in_a_folder_is_one_line(tmp_path):
-    assert cv2.imwrite(str(tmp_path / "0.tiff"), np.zeros((20, 20), np.float32))
-    with pytest.raises(SourceError, match=r"^ir: float32 pixels \(8- and 16-bit images are read"):
+def test_a_float_image_in_a_folder_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "0.tiff"
+    assert cv2.imwrite(str(path), np.zeros((20, 20), np.float32))
+    with pytest.raises(SourceError, match=rf"^ir: cannot read image {re.escape(str(path))}: float32 pixels \(8- and "):
         _frames(SourceConfig(kind="folder", path=str(tmp_path), realtime=False))
 
 

@@ -152,3 +152,19 @@ def test_bridge_skips_frames_foxglove_cannot_carry_and_goes_on():
     finally:
         bridge.stats_in.close()
     assert channel.log_times == [T0] and bridge.skipped == 3
+
+
+def test_a_frame_too_wide_for_jpeg_is_skipped_in_one_line_without_opencv_errors(capfd):
+    # Refused after OpenCV tried it: its own error lines on stderr for every such frame, beside the bridge's one.
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    wide = decode_message(good_parts(np.zeros((1, 65501, 3), np.uint8)))
+    bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its relay loop runs here
+    channel = _Channel()
+    try:
+        bridge._relay_frames(_Frames([wide], bridge._stop), channel)
+    finally:
+        bridge.stats_in.close()
+    assert channel.log_times == [] and bridge.skipped == 1
+    assert "imencode" not in capfd.readouterr().err

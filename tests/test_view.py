@@ -331,3 +331,15 @@ def test_a_frame_jpeg_cannot_hold_is_skipped_and_the_page_goes_on():
         feed.stats_in.close()
     assert [f["kind"] for f in meta["frames"]] == ["ir"] and len(jpegs) == 1
     assert seen == {"ir": 1, "fused": 1} and feed.unshown == 1
+
+
+def test_a_frame_too_wide_for_jpeg_is_skipped_without_opencv_errors(capfd):
+    # Refused after OpenCV tried it: its own error lines on stderr for every such frame, beside the viewer's one.
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    feed._latest = {"fused": (1, {"seq": 1}, np.zeros((1, 65501), np.uint8))}
+    try:
+        meta, jpegs = unpack(asyncio.run(feed.message({})))
+    finally:
+        feed.stats_in.close()
+    assert meta["frames"] == [] and jpegs == [] and feed.unshown == 1
+    assert "imencode" not in capfd.readouterr().err

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from streamfuse.bench import parse_size
 from streamfuse.bench.replay import synthetic_pair  # the same synthetic pair as the replay benchmark
-from streamfuse.cli.args import int_at_least
+from streamfuse.cli.args import config_error, int_at_least
 
 __all__ = ["main"]
 
@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     import cv2
 
     from streamfuse.batch import LocalEngine
-    from streamfuse.cli.args import config_error
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
 

@@ -15,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from streamfuse.bench import parse_size
-from streamfuse.cli.args import int_at_least
+from streamfuse.cli.args import config_error, int_at_least
 
 __all__ = ["main", "synthetic_pair"]
 
@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         if path and not Path(path).is_file():
             raise SystemExit(f"bench replay: {what} video not found: {path}")
 
-    from streamfuse.cli.args import config_error
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
     from streamfuse.replay import run_replay

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import cv2
 
-from streamfuse.bitdepth import deep_grey, read_image
+from streamfuse.bitdepth import deep_grey, read_8bit
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
 from streamfuse.errors import one_line, opencv_quiet
@@ -313,7 +313,7 @@ class FolderSource(BaseSource):
         if index >= len(self._files) and not self.cfg.loop:
             return None
         try:
-            image = read_image(self._files[index % len(self._files)])
+            image = read_8bit(self._files[index % len(self._files)], self._depth)  # a bad pixel type names the file
         except ValueError as exc:
             raise SourceError(f"{self.section}: {exc}") from None
         t_ns = round(index * 1e9 / self.cfg.fps)

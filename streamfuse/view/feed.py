@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from streamfuse.client import Subscriber
+from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.connection_watch import connect_sub
 from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, decode_stats, preview_topic
 
@@ -135,11 +136,13 @@ class Feed:
         if cached is not None and cached[0] == item[0]:
             return cached[1]
         params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
-        ok, buf = await asyncio.get_running_loop().run_in_executor(None, cv2.imencode, ".jpg", item[2], params)
+        ok, buf = (False, None) if max(item[2].shape[:2]) > JPEG_MAX_SIDE else \
+            await asyncio.get_running_loop().run_in_executor(None, cv2.imencode, ".jpg", item[2], params)
         self._jpeg[kind] = (item[0], buf.tobytes() if ok else None)
         if not ok:
             self.unshown += 1
-            log.warning("skipped a %s %s frame: JPEG cannot hold it (sides up to 65500)", item[2].shape, kind)
+            log.warning("skipped a %s %s frame: JPEG cannot hold it (sides up to %d)", item[2].shape, kind,
+                        JPEG_MAX_SIDE)
         return self._jpeg[kind][1]
 
     def _spawn(self, target: Any, *args: Any) -> None:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from streamfuse.client import Subscriber
+from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.wire import load_server_key, preview_topic
 from streamfuse.view.feed import StatsMessages
 
@@ -135,9 +136,10 @@ class Bridge:
             return messages.RawImage(timestamp=timestamp, frame_id=header["frame_id"], width=header["width"],
                                      height=header["height"], encoding=header["encoding"], step=image.strides[0],
                                      data=image.tobytes())
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        ok, jpeg = (False, None) if max(image.shape[:2]) > JPEG_MAX_SIDE else \
+            cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
-            return self._skip(f"JPEG cannot hold a {image.shape} frame (sides up to 65500)")
+            return self._skip(f"JPEG cannot hold a {image.shape} frame (sides up to {JPEG_MAX_SIDE})")
         return messages.CompressedImage(timestamp=timestamp, frame_id=header["frame_id"], data=jpeg.tobytes(),
                                         format="jpeg")
 
