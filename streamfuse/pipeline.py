@@ -99,7 +99,8 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
                 pairs += pairer.push(frame)
             if pairs:  # 3. fuse the freshest pair, 4. publish it
                 tel.count("stale", len(pairs) - 1)
-                failure = _fuse(processor, pub, tel, pairs[-1], end_to_end=len(wall_clock) == 2) or failure
+                unfused = _fuse(processor, pub, tel, pairs[-1], end_to_end=len(wall_clock) == 2)
+                failure = failure or unfused  # a source's failure came first
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
         if rec is not None:

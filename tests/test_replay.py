@@ -491,6 +491,8 @@ def test_a_replay_waits_for_its_first_subscriber(tmp_path):
         seqs = [sub.recv()[0]["seq"] for _ in range(20)]
         worker.join(timeout=PATIENCE_S)
     assert result["s"].written == 20 and seqs == list(range(20))
+    assert (result["s"].published, result["s"].publish_refused) == (20, 0)
+    assert "  published 20 | refused by the publisher 0 " in result["s"].format()
 
 
 def test_publish_while_replaying(tmp_path, monkeypatch):

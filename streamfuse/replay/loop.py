@@ -290,8 +290,9 @@ class _Replay:
         if timings is not None:
             timings["encode"] = self.clock.lap("encode")
             if self.publisher is not None:
-                self.publisher.send_fused(FusedFrame(pair, image, processor.fuser.name, processor.fuser.version,
-                                                     time.time_ns(), timings))
+                sent = self.publisher.send_fused(FusedFrame(pair, image, processor.fuser.name,
+                                                            processor.fuser.version, time.time_ns(), timings))
+                s.published, s.publish_refused = s.published + sent, s.publish_refused + (not sent)
                 self.clock.lap("publish")
 
     def _save_png(self, image: np.ndarray, resumed: bool) -> None:

@@ -32,6 +32,8 @@ class ReplaySummary:
     fused: int = 0
     reused: int = 0  # frames taken over from a partial output (resume)
     written: int = 0
+    published: int = 0  # frames sent to subscribers (publish.endpoint set)
+    publish_refused: int = 0  # frames a nodrop publisher refused: a subscriber's queue stayed full for wait_ms
     unpaired: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})
     dropped: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})
     # unpaired frames outside the other input's time span, per stream: {"before": n, "after": n}
@@ -49,6 +51,8 @@ class ReplaySummary:
             f"  read ir {self.frames['ir']}, vis {self.frames['vis']} | pairs {self.pairs} | fused {self.fused}"
             f" | reused {self.reused} | written {self.written} | unpaired ir {self.unpaired['ir']}, vis "
             f"{self.unpaired['vis']} | dropped ir {self.dropped['ir']}, vis {self.dropped['vis']}",
+            *([f"  published {self.published} | refused by the publisher {self.publish_refused} (a subscriber's queue "
+               f"stayed full)"] if self.published or self.publish_refused else []),
             *([f"  note: {self.note}"] if self.note else []),
             f"  wall {self.wall_s:.2f} s, {self.fps:.1f} frames/s, encoder {self.encoder or '-'}",
             f"  {'stage':<14}{'median ms':>10}{'p99 ms':>10}{'share':>8}",
