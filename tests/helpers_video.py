@@ -39,3 +39,14 @@ def cut(path: Path, packet: int) -> None:
     with av.open(str(path)) as container:
         starts = [p.pos for p in container.demux(container.streams.video[0]) if p.size]
     path.write_bytes(path.read_bytes()[:starts[packet]])
+
+
+def write_grey16(path: Path, frames: list[np.ndarray]) -> None:
+    """A lossless 16-bit grey video (FFV1 gray16le, 10 frames/s) of ``frames``: radiometric IR counts."""
+    height, width = frames[0].shape
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "gray16le"
+        for img in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="gray16le")))
+        container.mux(stream.encode())

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
+from helpers_video import write_grey16
 
 from streamfuse.bitdepth import To8Bit, read_8bit, read_image
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
@@ -119,12 +119,7 @@ def test_a_float_image_in_a_folder_is_one_line_naming_it(tmp_path):
 def test_a_16_bit_grey_ir_video_keeps_its_first_frames_scale(tmp_path, rng):
     frames = [_counts(rng), _counts(rng, 8000, 9500)]
     path = tmp_path / "ir.mkv"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 56, 40, "gray16le"
-        for img in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="gray16le")))
-        container.mux(stream.encode())
+    write_grey16(path, frames)
     out = _frames(SourceConfig(kind="file", path=str(path), realtime=False))
     for img, got in zip(frames, out, strict=True):
         np.testing.assert_array_equal(got, _stretch(img, 7000, 9000))

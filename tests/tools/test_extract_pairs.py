@@ -8,6 +8,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from helpers_video import write_grey16
 
 
 def _video(path: Path, frames: int, seed: int) -> None:
@@ -132,12 +133,7 @@ def test_a_16_bit_grey_ir_video_is_written_on_the_clips_scale(tool, tmp_path, rn
     counts[0][0, :2] = 7000, 9000
     path = tmp_path / "v" / "ir" / "a.mkv"
     path.parent.mkdir(parents=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 32, 24, "gray16le"
-        for img in counts:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="gray16le")))
-        container.mux(stream.encode())
+    write_grey16(path, counts)
     _video(tmp_path / "v" / "vi" / "a.mkv", 2, 0)
     tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
     ir = cv2.imread(str(tmp_path / "out" / "ir" / "a_00001.png"), cv2.IMREAD_UNCHANGED)
