@@ -37,9 +37,8 @@ class To8Bit:
 
     def __init__(self, ir: bool) -> None:
         self.ir = ir
-        self.span: tuple[int, int] | None = None  # the IR range mapped onto 0..255, once a frame has one
         self.converted = 0  # 16-bit images converted so far
-        self._lut: np.ndarray | None = None  # IR: the uint16 -> uint8 table of that range
+        self._lut: np.ndarray | None = None  # IR: the uint16 -> uint8 table of the range, once a frame has one
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``image`` (any shape) as uint8; an 8-bit image is returned as it is.
@@ -60,7 +59,6 @@ class To8Bit:
             lo, hi = int(counts.min()), int(counts.max())
             if lo == hi:
                 return np.zeros(image.shape, np.uint8)  # no range to take yet
-            self.span = lo, hi
             self._lut = np.clip(np.rint((np.arange(65536) - lo) * (255 / (hi - lo))), 0, 255).astype(np.uint8)
         return self._lut[image]
 

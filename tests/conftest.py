@@ -1,9 +1,10 @@
-"""Shared fixtures: the real-data folder (skipped with a reason when absent), seeded generators and the tools/
-scripts loaded as modules (they are not a package)."""
+"""Shared fixtures: the real-data folder (skipped with a reason when absent), seeded generators, the tools/
+scripts loaded as modules (they are not a package), and host names under ``.invalid`` that never resolve."""
 
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,21 @@ def data_dir() -> Path:
     if not (DATA / "README.md").exists():
         pytest.skip(f"real data not found at {DATA} (set STREAMFUSE_DATA)")
     return DATA
+
+
+@pytest.fixture(autouse=True)
+def invalid_names_do_not_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names under ``.invalid`` (RFC 2606) fail to resolve at once, as a working resolver answers: a machine whose
+    name servers cannot be reached would say "try again" after seconds, and the tests of that name would wait."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        if isinstance(host, str) and host.rstrip(".").endswith(".invalid"):
+            host.encode("idna")  # a malformed name fails as the real lookup fails it (UnicodeError)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ def test_16_bit_ir_is_stretched_by_its_range(rng):
     img = _counts(rng)
     depth = To8Bit(ir=True)
     out = depth(img)
-    assert depth.span == (7000, 9000) and out.dtype == np.uint8 and (out.min(), out.max()) == (0, 255)
+    assert out.dtype == np.uint8 and (out.min(), out.max()) == (0, 255)
     np.testing.assert_array_equal(out, _stretch(img, 7000, 9000))
     assert (img >> 8).max() == 35  # what the top 8 bits would have shown
 
@@ -60,7 +60,6 @@ def test_a_sequence_keeps_its_first_frames_scale(rng):
     depth(_counts(rng))
     hotter = _counts(rng, 8000, 12000)  # a hot object enters: clipped, not a new scale
     np.testing.assert_array_equal(depth(hotter), _stretch(hotter, 7000, 9000))
-    assert depth.span == (7000, 9000)
 
 
 def test_other_pixel_types_are_one_line(tmp_path):
