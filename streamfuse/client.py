@@ -41,9 +41,11 @@ class Subscriber:
     """Connects a SUB socket to a publisher and receives ``(header, image)`` frames.
 
     Args:
-        endpoint: the publisher's endpoint, e.g. ``tcp://127.0.0.1:5555``; reconnects are automatic.
+        endpoint: the publisher's endpoint, e.g. ``tcp://127.0.0.1:5555`` (IPv6: ``tcp://[::1]:5555``); reconnects
+            are automatic.
         topic: topic prefix to receive (``fused/`` = every rig).
-        timeout_s: longest wait of one :meth:`recv`, seconds; iteration stops after one such silent wait.
+        timeout_s: longest wait of one :meth:`recv`, seconds; iteration stops after one such silent wait. Also how
+            long a host name that does not resolve (yet) is looked up again before giving up.
         latest: return only the newest frame (live viewers). A reader thread takes every frame off the socket
             as it arrives and keeps the newest, so no backlog builds up in ZeroMQ or TCP buffers while the caller
             is busy; frames replaced before the caller took them count as ``discarded``.
@@ -72,7 +74,8 @@ class Subscriber:
     ``handshake_failures`` (CURVE: the publisher's key differs from ``server_key``, or only one side encrypts).
 
     Raises:
-        ValueError: a bad argument or endpoint, or a host name that does not resolve (one line).
+        ValueError: a bad argument or endpoint, or a host name that still does not resolve after ``timeout_s`` (one
+            line).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", *, timeout_s: float = 1.0, latest: bool = False,
@@ -104,7 +107,8 @@ class Subscriber:
         topics = [self._topic, self._shm_topic] if self._shm else [self._topic]
         # the watch restores what libzmq does not retry
         self._sock, self._watch = connect_sub(endpoint, topics, rcvhwm=rcvhwm, server_key=server_key,
-                                              max_part_bytes=max(max_frame_bytes, MAX_HEADER_BYTES))
+                                              max_part_bytes=max(max_frame_bytes, MAX_HEADER_BYTES),
+                                              name_wait_s=timeout_s)
         self._fds = select.poll()
         for fd in (self._sock.getsockopt(zmq.FD), self._watch.fd):  # one poll() a wait, not zmq.Poller's several
             self._fds.register(fd, select.POLLIN)

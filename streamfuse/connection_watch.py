@@ -4,7 +4,8 @@ connection, followed through the socket's ZeroMQ monitor (:class:`ConnectionWatc
 libzmq retries an ordinary dropped connection itself, but not one dropped on a protocol error (a part over
 ``ZMQ_MAXMSGSIZE``, a failed CURVE handshake): the monitor tells such drops from ordinary ones, and the watch
 reconnects after them. It also retries, in silence, a host name that does not resolve: :func:`connect_sub` looks the
-name up first and says so.
+name up first, waits a while for one that does not resolve yet (a publisher whose DNS name appears once its container
+or service is up), and says so when it never does.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.checks import tcp_port_ok
+from streamfuse.endpoints import is_ipv6, tcp_host
 from streamfuse.errors import io_reason, one_line
 
-__all__ = ["ConnectionWatch", "connect_sub"]
+__all__ = ["ConnectionWatch", "connect_sub", "NAME_WAIT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,12 @@ _RETRYING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
 # getaddrinfo has no timeout of its own (glibc's resolver: 5 s a try, 2 tries for each of up to 3 name servers and
 # each search domain): a lookup without an answer by then is left to libzmq, which resolves again at each attempt.
 _RESOLVE_S = 2.0
-_resolved: set[str] = set()  # host names looked up once: a viewer's later sockets (one per page) skip the lookup
+_RETRY_S = (0.5, 2.0)  # pause between lookups of a name that does not resolve yet: the first, doubling up to this
+#: how long a consumer without a timeout of its own (the viewer, the Foxglove bridge) waits for its publisher's host
+#: name to resolve, seconds: as long as ``subscribe --timeout``'s default
+NAME_WAIT_S = 10.0
+# host -> whether its socket needs ZMQ_IPV6; looked up once: a viewer's later sockets (one per page) skip the lookup
+_resolved: dict[str, bool] = {}
 
 
 class ConnectionWatch:
@@ -86,9 +93,10 @@ class ConnectionWatch:
 
 
 def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part_bytes: int,
-                server_key: str = "") -> tuple[zmq.Socket, ConnectionWatch]:
+                server_key: str = "", name_wait_s: float | None = None) -> tuple[zmq.Socket, ConnectionWatch]:
     """A SUB socket connected to ``endpoint`` (linger 0), subscribed to ``topics``, and the watch of its connection
-    (monitoring from before the connect, so that no event is missed).
+    (monitoring from before the connect, so that no event is missed). ``ZMQ_IPV6`` is set for an IPv6 address, or a
+    host name with IPv6 addresses only.
 
     Args:
         rcvhwm: messages queued on this side before ZeroMQ stops reading from the network.
@@ -96,20 +104,24 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
             arrives, before it is buffered; the watch restores it).
         server_key: the publisher's CURVE public key (Z85, 40 characters); empty = plain. The socket gets a key pair
             of its own.
+        name_wait_s: how long a host name that does not resolve is looked up again (pausing 0.5 s, doubling up to
+            2 s) before giving up, seconds; None = ``NAME_WAIT_S``.
 
     Raises:
-        ValueError: a bad server key or endpoint, or a host name that does not resolve (one line).
+        ValueError: a bad server key or endpoint, or a host name that still does not resolve after ``name_wait_s``
+            (one line).
     """
     if not tcp_port_ok(endpoint):
         raise ValueError(f"cannot connect to {endpoint}: its TCP port must be 1..65535")
-    _check_host(endpoint)
     if server_key and len(server_key) != 40:
         raise ValueError(f"server_key must be the publisher's 40-character Z85 CURVE public key, got "
                          f"{len(server_key)} characters")
+    ipv6 = _check_host(endpoint, NAME_WAIT_S if name_wait_s is None else name_wait_s)
     sock = zmq.Context.instance().socket(zmq.SUB)
     watch = None
     try:
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IPV6, int(ipv6))
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
         sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes)
         if server_key:
@@ -127,40 +139,81 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
     return sock, watch
 
 
-def _check_host(endpoint: str) -> None:
-    """Raise ValueError when the host of a ``tcp://[SOURCE;]HOST:PORT`` endpoint cannot be connected to: ``*``, none,
-    or a name that does not resolve (libzmq would retry it forever in silence). A resolver that cannot answer now
-    (no reply within ``_RESOLVE_S``, or "try again") only gets a warning: libzmq keeps trying the name."""
-    scheme, _, address = endpoint.partition("://")
-    host, _, port = address.rpartition(";")[2].rpartition(":")
-    if scheme != "tcp" or host in _resolved:
-        return
+def _check_host(endpoint: str, wait_s: float) -> bool:
+    """Whether a ``tcp://[SOURCE;]HOST:PORT`` endpoint needs ``ZMQ_IPV6`` (an IPv6 address, a name with IPv6
+    addresses only); ValueError when its host cannot be connected to: ``*``, none, a malformed name, or a name that
+    still does not resolve after ``wait_s`` (libzmq would retry it forever in silence)."""
+    host = tcp_host(endpoint)
+    if host is None:
+        return False
+    if host in _resolved:
+        return _resolved[host]
     if host in ("", "*"):
         given = "* (every interface) is for binding" if host else "no host given"
         raise ValueError(f"cannot connect to {endpoint}: {given}; name the publisher's host, e.g. "
-                         f"tcp://127.0.0.1:{port}")
+                         f"tcp://127.0.0.1:{endpoint.rpartition(':')[2]}")
     name = host.removeprefix("[").removesuffix("]")  # an IPv6 address in brackets
+    addresses = _wait_for_name(endpoint, name, wait_s)
+    if addresses is None:  # the resolver cannot answer now: libzmq resolves the name itself at each attempt
+        return is_ipv6(name)
+    # libzmq takes the first address of the family the option selects: IPv4 unless the name has no such address
+    _resolved[host] = all(family != socket.AF_INET for family, *_ in addresses)
+    return _resolved[host]
+
+
+def _wait_for_name(endpoint: str, name: str, wait_s: float) -> list[tuple] | None:
+    """The addresses of host ``name``, looked up again while it does not resolve (yet: a publisher's container or
+    service coming up), for up to ``wait_s``; None when the resolver cannot answer now (no reply within
+    ``_RESOLVE_S``, or "try again"), which only gets a warning: libzmq keeps trying the name.
+
+    Raises:
+        ValueError: ``name`` is malformed, or still does not resolve after ``wait_s`` (one line).
+    """
+    deadline = time.monotonic() + wait_s
+    pause, waiting = _RETRY_S[0], False
+    while True:
+        try:
+            return _lookup(name)
+        except concurrent.futures.TimeoutError:  # before OSError: from Python 3.11 it is one
+            log.warning("no answer for the host name %s within %g s; connecting to %s anyway", name, _RESOLVE_S,
+                        endpoint)
+            return None
+        except UnicodeError as exc:  # its IDNA encoding failed (a label empty or over 63 characters)
+            raise ValueError(f"cannot connect to {endpoint}: {name} is not a host name "
+                             f"({one_line(exc.__cause__ or exc)})") from None
+        except OSError as exc:
+            if exc.errno == socket.EAI_AGAIN:
+                log.warning("cannot look up the host name %s now (%s); connecting to %s anyway", name, exc.strerror,
+                            endpoint)
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ValueError(f"cannot connect to {endpoint}: the host name {name} does not resolve "
+                                 f"({io_reason(exc)}; waited {wait_s:g} s)") from None
+            if not waiting:
+                log.warning("the host name %s does not resolve (%s); waiting up to %g s for it", name,
+                            io_reason(exc), wait_s)
+                waiting = True
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, _RETRY_S[1])
+
+
+def _lookup(name: str) -> list[tuple]:
+    """:func:`_resolve` ``name`` within ``_RESOLVE_S`` (on a thread of its own: a resolver may not answer for long);
+    raises what it raised, or concurrent.futures.TimeoutError."""
     found: concurrent.futures.Future = concurrent.futures.Future()
-    threading.Thread(target=_lookup, args=(name, found), name=f"lookup {name}", daemon=True).start()
-    try:
-        found.result(_RESOLVE_S)
-    except concurrent.futures.TimeoutError:
-        log.warning("no answer for the host name %s within %g s; connecting to %s anyway", name, _RESOLVE_S, endpoint)
-    except UnicodeError as exc:  # its IDNA encoding failed (a label empty or over 63 characters): the codec's reason
-        raise ValueError(f"cannot connect to {endpoint}: {name} is not a host name "
-                         f"({one_line(exc.__cause__ or exc)})") from None
-    except OSError as exc:
-        if exc.errno != socket.EAI_AGAIN:
-            raise ValueError(f"cannot connect to {endpoint}: the host name {name} does not resolve "
-                             f"({io_reason(exc)})") from None
-        log.warning("cannot look up the host name %s now (%s); connecting to %s anyway", name, exc.strerror, endpoint)
-    else:
-        _resolved.add(host)
+    threading.Thread(target=_resolve_into, args=(name, found), name=f"lookup {name}", daemon=True).start()
+    return found.result(_RESOLVE_S)
 
 
-def _lookup(name: str, found: concurrent.futures.Future) -> None:
-    """Resolve ``name`` into ``found`` (on a thread of its own: a resolver may not answer for long)."""
+def _resolve_into(name: str, found: concurrent.futures.Future) -> None:
     try:
-        found.set_result(socket.getaddrinfo(name, None, type=socket.SOCK_STREAM))
+        found.set_result(_resolve(name))
     except (OSError, UnicodeError) as exc:
         found.set_exception(exc)
+
+
+def _resolve(name: str) -> list[tuple]:
+    """The addresses of host ``name`` (``getaddrinfo``'s TCP entries): every lookup of a consumer's host goes through
+    here, where tests stand in for the resolver."""
+    return socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)

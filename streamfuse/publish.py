@@ -17,16 +17,15 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import zmq
-import zmq.auth
 
 from streamfuse.codecs import H264Encoder, JpegEncoder
 from streamfuse.checks import check, tcp_port_ok
+from streamfuse.endpoints import bind
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, PoolError, ShmPool, remove_stale_pools, shm_supported
 from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA,
@@ -44,7 +43,8 @@ class PublishConfig:
     """The publish stage.
 
     Args:
-        endpoint: ZeroMQ endpoint the PUB socket binds (``tcp://HOST:PORT``, ``ipc://PATH``); loopback by default.
+        endpoint: ZeroMQ endpoint the PUB socket binds (``tcp://HOST:PORT``, IPv6 in brackets: ``tcp://[::1]:PORT``,
+            ``ipc://PATH``); loopback by default.
         topic: topic of fused frames (first message part).
         stats_topic: topic of the telemetry messages.
         sndhwm: messages queued per subscriber before that subscriber's frames are dropped (small = fresh frames).
@@ -155,10 +155,7 @@ class Publisher:
             self._sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
             self._sock.setsockopt(zmq.XPUB_NODROP, int(cfg.nodrop))
             self._sock.setsockopt(zmq.SNDTIMEO, cfg.wait_ms)  # 0: every send is non-blocking, like zmq.NOBLOCK
-            if cfg.curve_secret_file:
-                self._sock.curve_secretkey = _load_secret(cfg.curve_secret_file)
-                self._sock.curve_server = True
-            self._sock.bind(cfg.endpoint)
+            bind(self._sock, cfg.endpoint, cfg.curve_secret_file)  # ZMQ_IPV6 for an IPv6 address too
         except zmq.ZMQError as exc:
             self.close()
             if exc.errno == errno.EADDRINUSE:
@@ -388,13 +385,3 @@ def _downscale(image: np.ndarray, width: int) -> np.ndarray:
     if w <= width:
         return np.ascontiguousarray(image)
     return cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
-
-
-def _load_secret(path: str) -> bytes:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"publish.curve_secret_file {path} not found (make one with "
-                                f"zmq.auth.create_certificates)")
-    _, secret = zmq.auth.load_certificate(path)
-    if secret is None:
-        raise ValueError(f"publish.curve_secret_file {path} holds no secret key (use the .key_secret file)")
-    return secret

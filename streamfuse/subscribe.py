@@ -3,8 +3,9 @@
 Latency columns: ``age`` is now minus the visible (and IR) capture time, ``net`` is now minus the publish time,
 both from the header's epoch-ns clocks, so across machines they include the clock offset (use NTP/PTP).
 Exits 0 after ``--count`` frames, Ctrl-C or SIGTERM (as a launcher stops it; the summary is printed), 1 when no
-frame arrives for ``--timeout`` seconds, 2 on bad arguments. Malformed messages are skipped and counted; a message part larger than ``--max-frame-mb`` is refused
-by ZeroMQ before it is buffered.
+frame arrives for ``--timeout`` seconds, 2 on bad arguments (or a host name that still does not resolve after
+``--timeout``: one started before its publisher's name exists waits for it). Malformed messages are skipped and
+counted; a message part larger than ``--max-frame-mb`` is refused by ZeroMQ before it is buffered.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latest", action="store_true", help="drain the queue and keep only the newest frame")
     parser.add_argument("--no-shm", action="store_true", help="never read a same-host publisher's shared memory "
                         "(take the ZeroMQ payload)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="give up after S seconds without a frame")
+    parser.add_argument("--timeout", type=float, default=10.0, help="give up after S seconds without a frame (or "
+                        "without the publisher's host name resolving)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
     parser.add_argument("--max-frame-mb", type=float, default=DEFAULT_MAX_FRAME_BYTES / 1e6,
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")

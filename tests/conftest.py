@@ -26,17 +26,21 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def invalid_names_do_not_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Names under ``.invalid`` (RFC 2606) fail to resolve at once, as a working resolver answers: a machine whose
-    name servers cannot be reached would say "try again" after seconds, and the tests of that name would wait."""
-    real = socket.getaddrinfo
+    """Names under ``.invalid`` (RFC 2606) fail to resolve at once in a consumer's lookup (the resolver seam
+    ``connection_watch._resolve``), as a working resolver answers: a machine whose name servers cannot be reached
+    would say "try again" after seconds, and the tests of that name would wait."""
+    from streamfuse import connection_watch
 
-    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
-        if isinstance(host, str) and host.rstrip(".").endswith(".invalid"):
-            host.encode("idna")  # a malformed name fails as the real lookup fails it (UnicodeError)
+    real = connection_watch._resolve
+
+    def resolve(name: str) -> list[tuple]:
+        if name.rstrip(".").endswith(".invalid"):
+            name.encode("idna")  # a malformed name fails as the real lookup fails it (UnicodeError)
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return real(host, *args, **kwargs)
+        return real(name)
 
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(connection_watch, "_resolve", resolve)
+    monkeypatch.setattr(connection_watch, "_resolved", {})  # each test looks its names up afresh
 
 
 @pytest.fixture

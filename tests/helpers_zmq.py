@@ -32,6 +32,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can bind the IPv6 loopback address ``::1``."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 def fused_frame(image: np.ndarray, seq: int = 0) -> FusedFrame:
     """A FusedFrame around ``image`` with distinct, ordered times and sequence numbers."""
     t = time.time_ns()

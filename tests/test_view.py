@@ -21,6 +21,7 @@ import pytest
 import zmq
 from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, wait_until
 
+from streamfuse import connection_watch
 from streamfuse.cli import main as cli
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
@@ -270,11 +271,12 @@ def test_view_cli_says_what_is_wrong_in_one_line(capsys):
 
 
 @pytest.mark.parametrize("command", ["view", "foxglove"])
-def test_cli_bad_server_key_port_or_host_is_named(command, capsys):
+def test_cli_bad_server_key_port_or_host_is_named(command, capsys, monkeypatch):
     # The stats socket took a short key for a connect error ("cannot connect to ...: Invalid argument"); libzmq
     # takes a TCP port modulo 65536 (70000 is 4464) and retries a host name that does not resolve in silence.
     if command == "foxglove":
         pytest.importorskip("foxglove")
+    monkeypatch.setattr(connection_watch, "NAME_WAIT_S", 0.05)  # the name is waited for this long, then named
     for args, said in ((["tcp://127.0.0.1:1", "--server-key", "short"], "40-character Z85 CURVE public key, got 5"),
                        (["tcp://127.0.0.1:70000"], "cannot connect to tcp://127.0.0.1:70000: its TCP port must be"),
                        (["tcp://no-such-host.invalid:47001"], "the host name no-such-host.invalid does not resolve")):

@@ -49,7 +49,8 @@ class Feed:
         history: stats snapshots kept for the plots of a page that opens later.
 
     Raises:
-        ValueError: the endpoint cannot be connected (one line).
+        ValueError: the endpoint cannot be connected, or its host name still does not resolve after
+            ``connection_watch.NAME_WAIT_S`` (one line).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, server_key: str = "",
@@ -186,7 +187,8 @@ class StatsMessages:
     ``_MAX_STATS_BYTES`` is restored and counted the same way.
 
     Raises:
-        ValueError: the endpoint cannot be connected, or a bad server key (one line).
+        ValueError: the endpoint cannot be connected (its host name still does not resolve after
+            ``connection_watch.NAME_WAIT_S``, say), or a bad server key (one line).
     """
 
     def __init__(self, endpoint: str, topic: str, server_key: str, stop: threading.Event) -> None:

@@ -6,7 +6,8 @@ Channels: ``/fused/image`` (``foxglove.CompressedImage`` JPEG, or ``foxglove.Raw
 to ``ws://HOST:PORT`` (Open connection, Foxglove WebSocket). A frame is encoded only while a Foxglove client
 subscribes to its channel, and each client has a small queue: a slow client loses frames, it never builds a backlog.
 
-Exits 0 on Ctrl-C or SIGTERM, 1 when the server cannot start, 2 on bad arguments.
+Exits 0 on Ctrl-C or SIGTERM, 1 when the server cannot start, 2 on bad arguments (or when the pipeline's host name
+still does not resolve after 10 s: one started before its pipeline's name exists waits that long for it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
+from streamfuse.signals import handled
 from streamfuse.wire import load_server_key, preview_topic
 from streamfuse.view.feed import StatsMessages
 
@@ -166,11 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.quality <= 100 or not 0 <= args.port <= 65535:
         parser.error("--quality must be in 1..100 and --port in 0..65535")
     try:
-        bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,
-                        previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key))
+        with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
+            bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,
+                            previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key))
     except ValueError as exc:
         print(f"streamfuse foxglove: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 0
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

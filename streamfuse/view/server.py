@@ -6,7 +6,8 @@ so a slow or frozen browser gets fewer frames, never a growing queue. While no p
 listens to the stats and the pipeline sends no previews.
 
 Exits 0 on Ctrl-C or SIGTERM (or once --screenshot is written), 1 when the page or the screenshot cannot be
-made, 2 on bad arguments.
+made, 2 on bad arguments (or when the pipeline's host name still does not resolve after 10 s: one started before its
+pipeline's name exists waits that long for it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from streamfuse.errors import io_reason
+from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
 from streamfuse.wire import load_server_key
 
@@ -131,11 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--quality must be in 1..100, --port in 0..65535 and --wait a finite number > 0")
     _aiohttp()
     try:
-        feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=load_server_key(args.server_key),
-                    quality=args.quality)
+        with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
+            feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=load_server_key(args.server_key),
+                        quality=args.quality)
     except ValueError as exc:
         print(f"streamfuse view: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 0
     try:
         return asyncio.run(_main(feed, args))
     except OSError as exc:

@@ -1,0 +1,64 @@
+"""The host of a ``tcp://`` ZeroMQ endpoint, and the publisher's bind (its CURVE secret key and IP version).
+
+libzmq takes an IPv6 address only on a socket with ``ZMQ_IPV6`` set: without it a bind to ``tcp://[::1]:5555`` fails
+(ENODEV) and a connect to it retries in silence forever. The option is set only where the address needs it: a socket
+with it resolves a host name to an IPv6 address first (``localhost`` to ``::1`` on most machines), which a publisher
+bound to ``127.0.0.1`` never answers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import zmq
+import zmq.auth
+
+__all__ = ["tcp_host", "is_ipv6", "bind"]
+
+
+def tcp_host(endpoint: str) -> str | None:
+    """The host of a ``tcp://[SOURCE;]HOST:PORT`` endpoint as written (an IPv6 address in brackets); None for other
+    transports.
+
+    >>> tcp_host("tcp://[::1]:5555"), tcp_host("tcp://10.0.0.2;pub.local:5555"), tcp_host("ipc:///tmp/s")
+    ('[::1]', 'pub.local', None)
+    """
+    scheme, _, address = endpoint.partition("://")
+    return address.rpartition(";")[2].rpartition(":")[0] if scheme == "tcp" else None
+
+
+def is_ipv6(host: str) -> bool:
+    """True for an IPv6 address, in brackets or not (``[::1]``, ``::``); False for IPv4 addresses and names."""
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).version == 6
+    except ValueError:
+        return False
+
+
+def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "") -> None:
+    """Bind ``sock`` to ``endpoint``, with ``ZMQ_IPV6`` for an IPv6 address, as a CURVE server with the secret key
+    of ``curve_secret_file`` (a file made by ``zmq.auth.create_certificates``; empty = plain).
+
+    Raises:
+        FileNotFoundError: ``curve_secret_file`` does not exist.
+        ValueError: it holds no secret key.
+        zmq.ZMQError: ``endpoint`` cannot be bound.
+    """
+    if curve_secret_file:
+        sock.curve_secretkey = _load_secret(curve_secret_file)
+        sock.curve_server = True
+    host = tcp_host(endpoint)
+    if host is not None and is_ipv6(host):
+        sock.setsockopt(zmq.IPV6, 1)
+    sock.bind(endpoint)
+
+
+def _load_secret(path: str) -> bytes:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"publish.curve_secret_file {path} not found (make one with "
+                                f"zmq.auth.create_certificates)")
+    _, secret = zmq.auth.load_certificate(path)
+    if secret is None:
+        raise ValueError(f"publish.curve_secret_file {path} holds no secret key (use the .key_secret file)")
+    return secret

@@ -1,0 +1,180 @@
+"""A consumer started before its publisher's host name resolves waits for the name, then connects or says which name
+never resolved; an IPv6 endpoint gets ZMQ_IPV6. The resolver is the stand-in of ``connection_watch._resolve``: no
+real DNS here, and the waits between lookups run on a fake clock."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, free_port, has_ipv6_loopback, publishing,
+                         raw_connect)
+
+from streamfuse import connection_watch
+from streamfuse.client import Subscriber
+from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.subscribe import main as subscribe_main
+from streamfuse.view.feed import Feed
+
+REPO = Path(__file__).resolve().parents[1]
+NOT_KNOWN = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+V4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))
+V6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0))
+
+
+class Resolver:
+    """Stands in for the resolver: ``name`` fails ``failures`` times, then resolves to ``answer`` (None: never)."""
+
+    def __init__(self, name: str, failures: int, answer: list[tuple] | None = None) -> None:
+        self.name, self.failures, self.answer, self.calls = name, failures, answer, 0
+
+    def __call__(self, name: str) -> list[tuple]:
+        assert name == self.name, f"looked up {name}, expected {self.name}"
+        self.calls += 1
+        if self.answer is None or self.calls <= self.failures:
+            raise NOT_KNOWN
+        return self.answer
+
+
+class FakeClock:
+    """``connection_watch``'s ``time``: sleeping only moves the clock on, and the pauses are kept."""
+
+    def __init__(self) -> None:
+        self.now, self.pauses = 1000.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Resolver]:
+    def install(name: str, failures: int, answer: list[tuple] | None = None) -> Resolver:
+        fake = Resolver(name, failures, answer)
+        monkeypatch.setattr(connection_watch, "_resolve", fake, raising=False)
+        return fake
+
+    return install
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lookups retried after a millisecond (real sleeps: a connecting subscriber needs the real clock)."""
+    monkeypatch.setattr(connection_watch, "_RETRY_S", (0.001, 0.002), raising=False)
+
+
+def test_a_name_that_never_resolves_is_looked_up_with_backoff_until_the_timeout(resolver, monkeypatch, caplog):
+    fake = resolver("pub.invalid", failures=0)
+    clock = FakeClock()
+    monkeypatch.setattr(connection_watch, "time", clock)
+    with caplog.at_level(logging.WARNING, "streamfuse.connection_watch"), \
+            pytest.raises(ValueError, match=r"^cannot connect to tcp://pub\.invalid:47001: the host name pub\.invalid "
+                                            r"does not resolve \(Name or service not known; waited 10 s\)$"):
+        Subscriber("tcp://pub.invalid:47001", timeout_s=10.0)
+    assert clock.pauses == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 0.5]  # 0.5 s doubling up to 2 s, the last up to the deadline
+    assert fake.calls == len(clock.pauses) + 1  # one more lookup at the deadline
+    waiting = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert waiting == ["the host name pub.invalid does not resolve (Name or service not known); waiting up to 10 s "
+                       "for it"]  # said once, not at each lookup
+
+
+def test_a_name_that_resolves_later_is_connected_to(resolver, quick_retries, rng: np.random.Generator) -> None:
+    # a consumer started before its publisher's DNS name exists (docker-compose, a k8s service coming up)
+    fake = resolver("localhost", failures=2, answer=[V4])
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, \
+            Subscriber(pub.endpoint.replace("127.0.0.1", "localhost"), timeout_s=PATIENCE_S, shm=False) as sub:
+        connect(pub, sub, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    assert fake.calls == 3
+
+
+def test_the_subscribe_cli_waits_for_the_name_then_receives(resolver, quick_retries, capsys,
+                                                            rng: np.random.Generator) -> None:
+    fake = resolver("localhost", failures=3, answer=[V4])
+    with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub:
+        assert subscribe_main([pub.endpoint.replace("127.0.0.1", "localhost"), "--count", "2", "--no-shm",
+                               "--timeout", str(PATIENCE_S)]) == 0
+    assert fake.calls == 4
+    assert capsys.readouterr().out.splitlines()[-1].startswith("received 2 frames")
+
+
+def test_the_viewer_waits_for_the_name(resolver, quick_retries) -> None:
+    fake = resolver("localhost", failures=2, answer=[V4])
+    feed = Feed(f"tcp://localhost:{free_port()}")
+    feed.stats_in.close()
+    assert fake.calls == 3
+
+
+def test_ipv6_is_set_for_an_ipv6_address_or_a_name_with_ipv6_addresses_only(resolver) -> None:
+    # with ZMQ_IPV6 libzmq takes a name's IPv6 address first: a name with an IPv4 one keeps to IPv4
+    port = free_port()
+    for host, answer, ipv6 in (("localhost", [V6], 1), ("localhost", [V6, V4], 0), ("localhost", [V4], 0),
+                               ("[::1]", [V6], 1), ("127.0.0.1", [V4], 0)):
+        resolver(host.strip("[]"), failures=0, answer=answer)
+        connection_watch._resolved.clear()
+        sock, watch = connection_watch.connect_sub(f"tcp://{host}:{port}", [b""], rcvhwm=2, max_part_bytes=1024)
+        try:
+            assert sock.getsockopt(zmq.IPV6) == ipv6, (host, answer)
+        finally:
+            watch.close()
+            sock.close(linger=0)
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_an_ipv6_address_is_connected_to() -> None:
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IPV6, 1)
+    sock.bind("tcp://[::1]:*")
+    try:
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        with Subscriber(endpoint, "fused/", timeout_s=PATIENCE_S, shm=False) as sub:
+            raw_connect(sock, sub)  # without ZMQ_IPV6 the subscriber retried [::1] in silence, forever
+    finally:
+        sock.close(linger=0)
+
+
+_NEVER_RESOLVES = """
+import socket, sys
+def getaddrinfo(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+socket.getaddrinfo = getaddrinfo
+from streamfuse import connection_watch
+connection_watch.NAME_WAIT_S = 600  # the viewer's wait: longer than the test takes to send its signal
+from streamfuse.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["subscribe", "view"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_while_waiting_for_the_name_stops_cleanly(command: str, sig: signal.Signals) -> None:
+    args = ["--timeout", "600"] if command == "subscribe" else ["--port", "0"]
+    proc = subprocess.Popen([sys.executable, "-u", "-c", _NEVER_RESOLVES, command, "tcp://pub.invalid:47001", *args],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        for line in proc.stderr:  # until it says that it waits for the name (or ends: base said "error" at once)
+            said.append(line)
+            if "the host name pub.invalid does not resolve" in line and "waiting up to" in line:
+                break
+        else:
+            pytest.fail("never said that it waits for the name: " + "".join(said)[-2000:])
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=PATIENCE_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "error" not in err, err[-2000:]
