@@ -119,7 +119,7 @@ class VideoWriter:
             stream.codec_context.thread_count = threads
         if self.encoder != "libx264" and self.encoder != "ffv1":
             stream.bit_rate = int(width * height * float(rate) * 0.2)  # ~0.2 bit/pixel: visually clean
-        self._stream = stream
+        self._stream, self.size = stream, (height, width)  # size: (H, W) of every frame
         self._worker = WriterThread(f"encode {self.path.name}", self._encode, f"writing {self.partial}", queue_size,
                                     threaded=threaded)
         self.busy_ns = self._worker.busy_ns  # encoder thread time per frame
@@ -148,9 +148,9 @@ class VideoWriter:
         """
         if self._last_pts is not None and pts <= self._last_pts:
             raise ValueError(f"output pts must increase: {pts} after {self._last_pts}")
-        if image.shape[:2] != (self._stream.height, self._stream.width):  # the encoder would rescale it silently
+        if image.shape[:2] != self.size:  # the encoder would rescale it silently
             raise ValueError(f"frame {self.count} is {image.shape[1]}x{image.shape[0]}, the video's frames are "
-                             f"{self._stream.width}x{self._stream.height} (the input changed size)")
+                             f"{self.size[1]}x{self.size[0]} (the input changed size)")
         self._worker.put((image, pts))
         self._last_pts = pts
         self.count += 1

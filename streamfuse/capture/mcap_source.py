@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader
 from mcap.records import Channel, Message, Schema
@@ -52,7 +53,8 @@ def read_messages(path: str | os.PathLike,
 def read_recording(path: str | os.PathLike, streams: tuple[str, ...] = ("ir", "vis")) -> Iterator[Frame]:
     """Frames of a recording in the order they were recorded (the live loop's order), read by :func:`read_messages`.
 
-    Channels without our ``seq`` marker (e.g. a ROS 2 bag) get sequence numbers counted from 0.
+    Channels without our ``seq`` marker (e.g. a ROS 2 bag) get sequence numbers counted from 0; IR images come
+    grey, as from any capture source.
     """
     counts: dict[str, int] = {s: 0 for s in streams}
     for _, channel, msg in read_messages(path, streams):
@@ -60,8 +62,12 @@ def read_recording(path: str | os.PathLike, streams: tuple[str, ...] = ("ir", "v
         seq = msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else counts[stream]
         try:
             image = decode_image(msg.data)
+            if not image.size:  # no stage can take an image without pixels: damaged, as an undecodable one
+                raise ValueError(f"an image of {image.shape[1]}x{image.shape[0]} pixels on {channel.topic}")
         except (ValueError, struct.error) as exc:
             raise SourceError(_damaged(Path(path), sum(counts.values()), exc)) from None
+        if stream == "ir" and image.ndim == 3:  # e.g. a bag of a colour-mapped thermal camera: grey, as live capture
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         counts[stream] += 1
         yield Frame(stream, seq, msg.log_time, image)
 

@@ -41,6 +41,9 @@ __all__ = ["CameraSource", "AvSource", "FolderSource"]
 log = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
+# Codecs whose every packet is one picture although FFmpeg does not mark them intra-only (FFV1 may carry its context
+# model from frame to frame; PNG's decoder also reads APNG).
+_ONE_PICTURE_PER_PACKET = ("ffv1", "png")
 
 
 # -- OpenCV camera -----------------------------------------------------------------------------------------------
@@ -163,6 +166,7 @@ class AvSource(BaseSource):
         self._container, self._stream = container, stream  # for the announced end, at the end of the pass
         self._first_dts = self._end_dts = None  # of this pass's first video packet; its last one's dts + duration
         self._decoded = self._pass_jumps = 0  # frames and timestamps that jumped back in this pass
+        self._packets = 0  # video packets with data in this pass
         self._frames = self._decode(container, stream)
 
     def _decode(self, container, stream) -> Iterator:
@@ -170,6 +174,7 @@ class AvSource(BaseSource):
         import av
 
         for packet in container.demux(stream):
+            self._packets += packet.size > 0
             if packet.size and packet.dts is not None:
                 self._first_dts = packet.dts if self._first_dts is None else self._first_dts
                 self._end_dts = packet.dts + packet.duration
@@ -257,9 +262,11 @@ class AvSource(BaseSource):
         return self._read()
 
     def _check_end(self) -> None:
-        """A file read to its last frame that ends before its container's announced end is truncated."""
+        """A file read to its last frame that ends before its container's announced end, or whose decoder gave
+        fewer frames than it has pictures, is truncated or corrupt."""
         from streamfuse.video import announced_end_s
 
+        self._check_lost()
         end_s = announced_end_s(self._container, self._stream, self._first_dts)
         if not self._decoded or end_s is None:
             return
@@ -273,6 +280,22 @@ class AvSource(BaseSource):
         if short:
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the container announces {end_s:.3f} s")
+
+    def _check_lost(self) -> None:
+        """A frame-threaded decoder drops a picture that fails to decode while it drains (FFmpeg ignores errors
+        there), so a damaged packet among a file's last ``thread_count`` ones ends it early without an error, and an
+        H.264 decoder may drop a damaged picture anywhere: fewer frames than packets tell. Where every packet is one
+        picture that is an error; elsewhere it is reported (a codec may have packets it never shows, VP8's
+        alternate reference frames say)."""
+        lost = self._packets - self._decoded
+        if self.live or lost <= 0 or self._looped:
+            return
+        codec = self._stream.codec_context.codec
+        if codec.intra_only or codec.name in _ONE_PICTURE_PER_PACKET:
+            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
+                              f"{self._where()}; the file holds {self._packets} frames")
+        self.warn(f"{self.section}: {self.cfg.path}: {lost} of its {self._packets} packets decoded to no frame "
+                  f"(damaged data?); their frames are missing")
 
     def _where(self) -> str:
         if self._last_t_ns is None:

@@ -22,9 +22,9 @@ objects. The loop is written in data-flow order: decode -> pair -> fuse -> postp
   output is never written over: a complete one (or a file that is no video) is refused, and so is the partial output
   of an interrupted run unless ``resume`` continues it.
 
-Modules: ``config`` (ReplayConfig), ``inputs`` (paths -> sources, decoder threads, merge by time, batch pair
-lists), ``outputs`` (output path checks; complete or partial), ``resume`` (sidecar, fingerprint, take-over of a
-partial output), ``summary`` (ReplaySummary, ReplayError, stage clock) and ``loop`` (:func:`run_replay`).
+Modules: ``config`` (ReplayConfig), ``inputs`` (paths -> sources, decoder threads, merge by time, realtime pacing,
+batch pair lists), ``outputs`` (output path checks; complete or partial), ``resume`` (sidecar, fingerprint, take-over
+of a partial output), ``summary`` (ReplaySummary, ReplayError, stage clock) and ``loop`` (:func:`run_replay`).
 """
 
 from streamfuse.replay.config import ReplayConfig

@@ -1,4 +1,5 @@
-"""Replay inputs: the IR and visible paths resolved into sources, read on decoder threads and merged by time.
+"""Replay inputs: the IR and visible paths resolved into sources, read on decoder threads, merged by time and (with
+``pacing: realtime``) released at their recorded times.
 
 An input is a video file, a folder of numbered frames, or one MCAP recording holding both streams (then read as
 one source, in recorded order, which reproduces the live run's pairs). :func:`find_pairs` lists the pairs of a
@@ -26,8 +27,8 @@ from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 from streamfuse.video import announced_frames
 
-__all__ = ["Input", "Reader", "RecordedOrder", "input_kind", "input_path", "resolve", "merged", "outside",
-           "no_pairs", "find_pairs"]
+__all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "resolve", "merged", "outside",
+           "no_pairs", "size_changed", "find_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,24 @@ class RecordedOrder:
         self._it.close()
 
 
+class Pacing:
+    """``pacing: realtime``: each frame is released at its recorded time, counted from the first frame."""
+
+    def __init__(self, wall0_ns: int):
+        self._wall0_ns = wall0_ns
+        self._t_first: int | None = None
+
+    def drop(self, frame: Frame, next_same: Frame | None) -> bool:
+        """Wait until ``frame`` is due; True (drop it) when its successor is already due: newest wins, as live."""
+        self._t_first = frame.t_capture_ns if self._t_first is None else self._t_first
+        due = frame.t_capture_ns - self._t_first - (time.perf_counter_ns() - self._wall0_ns)
+        if due > 0:
+            time.sleep(due / 1e9)
+            return False
+        return next_same is not None and \
+            next_same.t_capture_ns - self._t_first <= time.perf_counter_ns() - self._wall0_ns
+
+
 def merged(readers: list[Reader]) -> Iterator[tuple[Frame, Frame | None]]:
     """Frames of all readers, earliest capture time first; each with the next frame of its own stream (or None).
 
@@ -238,6 +257,13 @@ def no_pairs(inputs: tuple[Input, Input], first_t: dict[str, int], last_t: dict[
         return f"no pairs formed: the IR and visible times do not overlap ({ranges})"
     return (f"no pairs formed: the IR and visible times overlap for {overlap_s:.3f} s ({ranges}) but no IR and "
             f"visible frames there are within {tolerance} ms of each other")
+
+
+def size_changed(vis: Input, frame: Frame, size: tuple[int, int], written: int) -> str:
+    """Why a visible frame of another size than the output's (``size``: H, W) stops the run: the input and where."""
+    h, w = frame.image.shape[:2]
+    return (f"output frame {written} is {w}x{h}, the video's frames are {size[1]}x{size[0]} (the visible input "
+            f"{vis.cfg.path} changes size at its frame {frame.seq}, counted from 0)")
 
 
 def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:

@@ -24,8 +24,8 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.capture.sources import open_source
 from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame, FramePair, FusedFrame
-from streamfuse.replay.inputs import (Input, Reader, RecordedOrder, input_kind, input_path, merged, no_pairs, outside,
-                                      resolve)
+from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged, no_pairs,
+                                      outside, resolve, size_changed)
 from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path
 from streamfuse.replay.summary import NAMES, OTHER, ReplayError, ReplaySummary, StageClock
@@ -125,24 +125,6 @@ def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os
     return out, ir, vis
 
 
-class _Pacing:
-    """``pacing: realtime``: each frame is released at its recorded time, counted from the first frame."""
-
-    def __init__(self, wall0_ns: int):
-        self._wall0_ns = wall0_ns
-        self._t_first: int | None = None
-
-    def drop(self, frame: Frame, next_same: Frame | None) -> bool:
-        """Wait until ``frame`` is due; True (drop it) when its successor is already due: newest wins, as live."""
-        self._t_first = frame.t_capture_ns if self._t_first is None else self._t_first
-        due = frame.t_capture_ns - self._t_first - (time.perf_counter_ns() - self._wall0_ns)
-        if due > 0:
-            time.sleep(due / 1e9)
-            return False
-        return next_same is not None and \
-            next_same.t_capture_ns - self._t_first <= time.perf_counter_ns() - self._wall0_ns
-
-
 class _Replay:
     """State of one replay run (kept out of run_replay so the loop below reads in data-flow order)."""
 
@@ -237,7 +219,7 @@ class _Replay:
         realtime pacing), 1. pair (flushed at the end)."""
         s, sync = self.summary, self.cfg.sync
         tolerance_ns = round((sync.hold_ms if sync.mode == "latest" else sync.slop_ms) * 1e6)
-        pacing = _Pacing(wall0_ns) if self.cfg.replay.pacing == "realtime" else None
+        pacing = Pacing(wall0_ns) if self.cfg.replay.pacing == "realtime" else None
         # a recording read in recorded order is one reader: its streams' spans are known only at its end
         by_stream = {r.name: r for r in readers}
         for frame, next_same in merged(readers):
@@ -272,6 +254,9 @@ class _Replay:
         if self.writer is None:
             pair.ir_at_vis_size(self.ir.cfg.resize)  # refuse a size mismatch before any output exists
             self._open_writer(pair.vis.image)
+        elif pair.vis.image.shape[:2] != self.writer.size:  # a bad input: a resumed run would meet it again
+            self.input_fault = True
+            raise ValueError(size_changed(self.vis, pair.vis, self.writer.size, s.written))
         pts = self._pts(pair.vis)
         if self.last_pts is not None and pts <= self.last_pts:
             pts = self.last_pts + 1  # latest mode can pair one visible frame twice: keep pts increasing
@@ -371,6 +356,7 @@ class _Replay:
         s = self.summary
         if self.writer is not None:
             self.writer.abort()
+        if self.writer is not None and self.writer.count:
             try:
                 self._save_sidecar(s.stopped)
             except RuntimeError as exc:
@@ -379,7 +365,8 @@ class _Replay:
             hint = "" if self.input_fault else resume_hint(self.out)
             if not self.writer.partial.exists():  # its folder was removed or renamed while the replay ran
                 where, hint = f"nothing kept: {self.writer.partial} is gone (its folder removed or renamed)", ""
-        else:
+        else:  # stopped before its first frame: PyAV creates the partial file only with the first frame it encodes
+            sidecar_path(self.out).unlink(missing_ok=True)
             where, hint = "no output written", ""
         if self.out.exists():  # the final name still holds an earlier run's output: say it is not this one
             where += f"; {self.out} is an earlier run's output, left as it was"

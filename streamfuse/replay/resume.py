@@ -82,9 +82,12 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
     try:
         saved = json.loads(sidecar.read_text())
     except (OSError, ValueError):
+        saved = None
+    saved = saved.get("fingerprint") if isinstance(saved, dict) else None
+    if not isinstance(saved, dict):  # missing, not JSON, or JSON of another shape
         log.warning("cannot resume %s: its sidecar %s is missing or unreadable; starting over", out, sidecar.name)
         return False
-    changed = [k for k in fingerprint if saved.get("fingerprint", {}).get(k) != json.loads(json.dumps(fingerprint[k]))]
+    changed = [k for k in fingerprint if saved.get(k) != json.loads(json.dumps(fingerprint[k]))]
     if changed:
         log.warning("cannot resume %s: %s changed since the interrupted run; starting over", out, ", ".join(changed))
         return False

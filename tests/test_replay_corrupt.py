@@ -1,0 +1,167 @@
+"""Offline replay of damaged or odd inputs found by seeded mutation: a damaged picture among a file's last packets,
+which a frame-threaded decoder drops without an error; a resume sidecar that is JSON of the wrong shape; a visible
+frame of another size; a recording holding an image without pixels or colour IR; a stop before the first frame; an
+H.264 picture the decoder drops.
+Each is one line naming what and where, or a run that goes on correctly; nothing damaged passes as complete."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from test_replay import _StopAt, interrupted_replay, make_cfg, write_video
+
+import streamfuse.processor
+from streamfuse.frames import Frame
+from streamfuse.recording import RecordConfig, Recorder
+from streamfuse.replay import ReplayError, run_replay
+from streamfuse.replay.resume import sidecar_path
+
+pytestmark = pytest.mark.timeout(120)
+
+N = 24  # frames per input
+
+
+def _video(path: Path, fmt: str, codec: str = "ffv1", options: dict[str, str] | None = None) -> None:
+    """N moving 64x48 frames at 25 fps; FFV1 is what a lossless recording or replay output holds."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=25, options=options or {"slicecrc": "1"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(N):
+            img = ((xx * 4 + yy * 2 + 9 * i) % 256).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(np.dstack([img, 255 - img, img // 2]), format="bgr24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _damage_packet(path: Path, index: int) -> None:
+    """Flip the bits of the 10 bytes before the last 2 of video packet ``index`` (FFV1 keeps its slice sizes there,
+    so that picture fails to decode); the container around it stays intact."""
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    pos, size = packets[index]
+    data = bytearray(path.read_bytes())
+    for i in range(pos + size - 12, pos + size - 2):
+        data[i] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fmt, ext, index", [("avi", ".avi", -1), ("avi", ".avi", -8), ("matroska", ".mkv", -1)])
+def test_a_damaged_picture_among_the_last_packets_is_reported_not_taken_for_the_end(tmp_path, fmt, ext, index):
+    """16 decoder threads: the damaged picture is decoded while the decoder drains, where FFmpeg drops it and every
+    later one without an error; the AVI end check counts packets and Matroska's allows one frame, so both missed it
+    and the replay ended "complete", saying the visible input ended first."""
+    ir, vis, out = tmp_path / f"ir{ext}", tmp_path / f"vis{ext}", tmp_path / "o.mkv"
+    _video(ir, fmt)
+    _video(vis, fmt)
+    cfg = make_cfg(replay={"codec_threads": 16})
+    whole = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "whole.mkv")
+    assert whole.complete and whole.frames == {"ir": N, "vis": N} and whole.written == N
+    _damage_packet(vis, index)
+    with pytest.raises(ReplayError) as err:
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    text = str(err.value)
+    assert "\n" not in text and "vis input ended early" in text and str(vis) in text
+    assert f"truncated or corrupt video: decoding stopped after frame {N + index}" in text
+    assert err.value.summary.frames["vis"] == N + index and not err.value.summary.complete
+    assert not out.exists()
+
+
+def test_a_damaged_h264_picture_the_decoder_drops_is_reported(tmp_path, caplog):
+    """H.264 (not one picture per packet everywhere: a field may be a packet) is not failed for it, but the count of
+    packets that gave no frame is said; it went unreported, the missing frame counted only as an unpaired partner."""
+    ir, vis, out = tmp_path / "ir.nut", tmp_path / "vis.nut", tmp_path / "o.mkv"
+    for path in (ir, vis):
+        _video(path, "nut", "libx264", {"bf": "0"})
+    with av.open(str(vis)) as container:
+        pos, size = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size][-1]
+    data = bytearray(vis.read_bytes())
+    data[pos:pos + size] = bytes(size)  # the last picture's NAL units: zeros the decoder rejects
+    vis.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        summary = run_replay(make_cfg(replay={"codec_threads": 16}), ir_path=ir, vis_path=vis, out_path=out)
+    assert summary.frames == {"ir": N, "vis": N - 1} and summary.written == N - 1
+    assert f"{vis}: 1 of its {N} packets decoded to no frame (damaged data?)" in caplog.text
+
+
+@pytest.mark.parametrize("content", ["[1]", "null", '{"fingerprint": [1]}', '"x"'])
+def test_a_sidecar_that_is_json_of_another_shape_starts_over_with_the_reason(tmp_path, content, caplog):
+    """It raised AttributeError (a traceback) instead of starting over as an unreadable sidecar does."""
+    ir, vis, out = tmp_path / "ir.mp4", tmp_path / "vis.mp4", tmp_path / "o.mp4"
+    write_video(ir, 12, 25, grey=True, size=(32, 24))
+    write_video(vis, 12, 25, size=(32, 24))
+    interrupted_replay(make_cfg(), ir, vis, out, stop=5)
+    sidecar_path(out).write_text(content)
+    with caplog.at_level(logging.WARNING):
+        summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 0 and summary.written == 12
+    assert "sidecar" in caplog.text and "starting over" in caplog.text
+
+
+def test_a_visible_frame_of_another_size_names_the_input_and_gives_no_resume_hint(tmp_path):
+    """A damaged or stray image in a frames folder: the stop named no input and said --resume would continue, but a
+    resumed run meets the same frame again."""
+    import cv2
+
+    for name, channels in (("ir", ()), ("vis", (3,))):
+        (tmp_path / name).mkdir()
+        for i in range(8):
+            shape = (1, 1) if name == "vis" and i == 5 else (48, 64)
+            cv2.imwrite(str(tmp_path / name / f"{i:04d}.png"), np.full(shape + channels, 30 * i, np.uint8))
+    out = tmp_path / "o.mkv"
+    with pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(), ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=out)
+    text = str(err.value)
+    assert "\n" not in text and "--resume" not in text
+    assert (f"output frame 5 is 1x1, the video's frames are 64x48 (the visible input {tmp_path / 'vis'} changes size "
+            f"at its frame 5, counted from 0); 5 frames kept") in text
+    assert not out.exists() and err.value.summary.written == 5
+
+
+def _recording(path: Path, image: Callable[[str, int], np.ndarray]) -> None:
+    """10 visible and 10 IR frames at 25 fps (IR 3 ms later) with the images ``image(stream, i)``."""
+    t0 = 1_700_000_000_000_000_000
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        for i in range(10):
+            rec.write(Frame("vis", i, t0 + i * 40_000_000, image("vis", i)))
+            rec.write(Frame("ir", i, t0 + i * 40_000_000 + 3_000_000, image("ir", i)))
+
+
+def test_a_recorded_image_without_pixels_stops_the_replay_in_one_line(tmp_path):
+    """It reached OpenCV's resize, whose assertion escaped as a traceback."""
+    rec, out = tmp_path / "rig.mcap", tmp_path / "o.mkv"
+    shapes = {"ir": (48, 64), "vis": (48, 64, 3)}
+    _recording(rec, lambda s, i: np.zeros((0, 0) if s == "ir" and i == 4 else shapes[s], np.uint8))
+    with pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(), ir_path=rec, out_path=out)
+    text = str(err.value)
+    assert "\n" not in text and f"recording {rec} is truncated or corrupt" in text
+    assert "an image of 0x0 pixels on /ir/image" in text and not out.exists()
+
+
+def test_a_recording_of_colour_ir_replays_it_grey_as_live_capture_does(tmp_path):
+    """A bag of a colour-mapped thermal camera: the colour IR reached the fuser, which failed on the shapes."""
+    rec, out = tmp_path / "rig.mcap", tmp_path / "o.mkv"
+    _recording(rec, lambda s, i: np.full((48, 64, 3), 20 * i, np.uint8))
+    summary = run_replay(make_cfg(), ir_path=rec, out_path=out)
+    assert summary.complete and summary.frames == {"ir": 10, "vis": 10} and summary.written == 10
+
+
+def test_a_stop_before_the_first_frame_says_no_output_was_written(tmp_path, monkeypatch):
+    """The partial file is created with the first encoded frame: the stop said it was "gone (its folder removed or
+    renamed)" and left a sidecar vouching for a file that never existed."""
+    ir, vis, out = tmp_path / "ir.mp4", tmp_path / "vis.mp4", tmp_path / "o.mkv"
+    write_video(ir, 6, 25, grey=True, size=(32, 24))
+    write_video(vis, 6, 25, size=(32, 24))
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(1, ValueError))
+    with pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert str(err.value) == "replay stopped: ValueError; no output written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir.mp4", "vis.mp4"]
