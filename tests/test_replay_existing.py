@@ -15,7 +15,7 @@ from test_replay import _StopAt, decoded, interrupted_replay, make_cfg, write_vi
 import streamfuse.processor
 from streamfuse.atomic_write import partial_path
 from streamfuse.cli.run import replay_main
-from streamfuse.replay import run_replay
+from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import VideoWriter, decode_frames, pick_encoder
 
 
@@ -85,6 +85,39 @@ def test_a_partial_output_needs_resume_or_an_explicit_start_over(tmp_path, pair,
     made = out.stat().st_mtime_ns  # the retry of a worker lost after it finished: done, not failed, not redone
     assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=False).complete
     assert out.stat().st_mtime_ns == made
+
+
+def _stop_on_first_write(monkeypatch) -> None:
+    def write(self, image, pts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VideoWriter, "write", write)
+
+
+def _stop_while_loading(monkeypatch) -> None:
+    def build(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", build)
+
+
+@pytest.mark.parametrize("stop", [_stop_while_loading, _stop_on_first_write])
+def test_a_resume_stopped_before_its_first_frame_keeps_the_interrupted_runs_frames(tmp_path, pair, stop):
+    """Ctrl-C while the model loads, or before the resumed run's first frame is written: the interrupted run's
+    partial output and sidecar stay as they were, and a later --resume still takes its frames over."""
+    ir, vis = pair
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    interrupted_replay(cfg, ir, vis, out)
+    partial, sidecar = partial_path(out), partial_path(out).with_name(partial_path(out).name + ".json")
+    kept, vouched = partial.read_bytes(), sidecar.read_bytes()
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(ReplayError) as err:
+        stop(mp)
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert "run again with --resume" in str(err.value)
+    assert partial.read_bytes() == kept and sidecar.read_bytes() == vouched
+    assert sorted(p.name for p in tmp_path.glob(".fused*")) == [partial.name, sidecar.name]
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 7 and summary.written == 40
 
 
 # -------------------------------------------------------------------------------- the seam of a killed run

@@ -299,6 +299,8 @@ class _Replay:
         if self.vis.cfg.kind != "file":
             tags["streamfuse_t0_ns"] = str(self.t0_vis)
         rcfg = self.cfg.replay
+        if self.take_over is not None:
+            self.take_over.start()  # moved aside only now, as the new output takes its name
         self.writer = VideoWriter(self.out, codec=rcfg.codec, crf=rcfg.crf, preset=rcfg.preset,
                                   time_base=self.vis.time_base, rate=self.vis.rate, width=w, height=h, metadata=tags,
                                   threads=rcfg.codec_threads, threaded=rcfg.overlap)
@@ -334,7 +336,7 @@ class _Replay:
             self.clock.ns["encode_thread"] = self.writer.busy_ns
         s.fps = s.written / max(wall_s, 1e-9)
         s.stages = self.clock.table(wall_s)
-        if self.take_over is not None:
+        if self.take_over is not None and not s.stopped:
             self.take_over.close()
         if not s.stopped:
             try:
@@ -356,7 +358,10 @@ class _Replay:
         s = self.summary
         if self.writer is not None:
             self.writer.abort()
-        if self.writer is not None and self.writer.count:
+        kept = self.writer is not None and self.writer.count > 0
+        # a resumed run that kept no frame puts the interrupted run's file back: resuming again loses nothing
+        restored = self.take_over is not None and self.take_over.close(keep=not kept)
+        if kept:
             try:
                 self._save_sidecar(s.stopped)
             except RuntimeError as exc:
@@ -365,8 +370,12 @@ class _Replay:
             hint = "" if self.input_fault else resume_hint(self.out)
             if not self.writer.partial.exists():  # its folder was removed or renamed while the replay ran
                 where, hint = f"nothing kept: {self.writer.partial} is gone (its folder removed or renamed)", ""
+        elif restored:
+            where = f"the interrupted run's frames kept in {partial_path(self.out)}"
+            hint = "" if self.input_fault else resume_hint(self.out)
         else:  # stopped before its first frame: PyAV creates the partial file only with the first frame it encodes
-            sidecar_path(self.out).unlink(missing_ok=True)
+            if self.writer is not None:  # its sidecar; one of an earlier run's partial output stays
+                sidecar_path(self.out).unlink(missing_ok=True)
             where, hint = "no output written", ""
         if self.out.exists():  # the final name still holds an earlier run's output: say it is not this one
             where += f"; {self.out} is an earlier run's output, left as it was"

@@ -100,37 +100,33 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
     return True
 
 
-def _consume(path: Path) -> Iterator[tuple[Fraction, np.ndarray]]:
-    """Decoded frames of ``path``; the file is deleted when the iterator ends or is closed (the new partial output
-    holds every frame taken over by then)."""
-    try:
-        yield from decode_frames(path)
-    finally:
-        path.unlink(missing_ok=True)
-
-
 class TakeOver:
     """The frames of an interrupted run's partial output, handed out while their times match the new run's pairs.
 
     Args:
-        frames: ``(time in s, image)`` of the partial output, in order.
+        out: the output whose partial file (``.OUT.partial``) is taken over.
         time_base: the output pts' time base.
     """
 
-    def __init__(self, frames: Iterator[tuple[Fraction, np.ndarray]], time_base: Fraction):
-        self._frames: Iterator | None = frames
-        self._time_base = time_base
+    def __init__(self, out: Path, time_base: Fraction):
+        self._out, self._time_base = out, time_base
+        self._old = taken_over_path(out)
+        self._frames: Iterator | None = None
+        self._sidecar = b""
         self.taken = 0
 
     @classmethod
     def open(cls, out: Path, fingerprint: dict[str, Any], pacing: str, time_base: Fraction) -> TakeOver | None:
-        """The partial output of ``out`` to take over, or None (with the reason logged) to start over."""
-        if not _resumable(out, fingerprint, pacing):
-            return None
-        old = taken_over_path(out)
-        os.replace(partial_path(out), old)
-        log.info("resuming %s: re-encoding the frames of the interrupted run, then fusing the rest", out)
-        return cls(_consume(old), time_base)
+        """The partial output of ``out`` to take over, or None (with the reason logged) to start over. The file
+        stays where it is until :meth:`start`: a run stopped before its first pair leaves it as it was."""
+        return cls(out, time_base) if _resumable(out, fingerprint, pacing) else None
+
+    def start(self) -> None:
+        """Move the partial file aside, as the new run's output takes its name, and begin reading its frames."""
+        self._sidecar = sidecar_path(self._out).read_bytes()
+        os.replace(partial_path(self._out), self._old)
+        log.info("resuming %s: re-encoding the frames of the interrupted run, then fusing the rest", self._out)
+        self._frames = decode_frames(self._old)
 
     def frame_at(self, pts: int) -> np.ndarray | None:
         """The partial output's frame for this pts, else None (from then on every pair is fused)."""
@@ -157,8 +153,20 @@ class TakeOver:
         """
         return t_frame > t_pair and next(itertools.islice(self._frames, _MAX_REORDER - 1, None), None) is None
 
-    def close(self) -> None:
-        """Stop taking over; the interrupted run's file is deleted."""
+    def close(self, keep: bool = False) -> bool:
+        """Stop taking over. The interrupted run's file is deleted, as the new partial output holds every frame taken
+        over by then; with ``keep`` (the new run kept no frame) it is put back with its sidecar, to be resumed again.
+        Returns whether it is in its place: put back, or never moved (the run stopped before its first pair)."""
         if self._frames is not None:
             self._frames.close()
             self._frames = None
+        if not self._sidecar:
+            return keep
+        if keep and self._old.exists():
+            os.replace(self._old, partial_path(self._out))
+            tmp = sidecar_path(self._out).with_suffix(".tmp")  # replaced in one step, as save_sidecar does
+            tmp.write_bytes(self._sidecar)
+            os.replace(tmp, sidecar_path(self._out))
+            return True
+        self._old.unlink(missing_ok=True)
+        return False
