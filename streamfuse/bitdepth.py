@@ -5,10 +5,12 @@
 - visible and fused images are display-referred: they keep their top 8 bits (``v >> 8``), as OpenCV's 8-bit read
   gives them;
 - IR images hold radiometric counts (a FLIR camera's, say) that fill a small part of 0..65535, where the top 8 bits
-  are near black: they are stretched linearly from their own range, min -> 0 and max -> 255. A sequence (a folder of
-  frames, a video, a camera) keeps the range of its first frame that is not flat for all its frames, so that the
-  level does not jump from frame to frame (later values outside it are clipped); a flat frame before it is black.
-  A still is a sequence of one frame.
+  are near black: they are stretched linearly from their own range, low -> 0 and high -> 255, where the range leaves
+  out the lowest and the highest 0.1% of the pixels (one dead or hot pixel would otherwise take the whole scale and
+  flatten the rest; below 1000 pixels it is the min and max). A sequence (a folder of frames, a video, a camera)
+  keeps the range of its first frame that is not flat for all its frames, so that the level does not jump from
+  frame to frame (later values outside it are clipped); a flat frame before it is black. A still is a sequence of
+  one frame.
 
 Other pixel types (float, 32-bit) are refused in one line. Evaluation, the tools and training read stills (the
 temporal tool reads each clip as a sequence); the capture and replay sources read sequences.
@@ -56,11 +58,22 @@ class To8Bit:
             return (image >> 8).astype(np.uint8)  # a shift: a table lookup takes 8x as long (live frames)
         if self._lut is None:
             counts = image[..., :3] if image.ndim == 3 else image  # an alpha channel holds no counts
-            lo, hi = int(counts.min()), int(counts.max())
+            lo, hi = _range(counts)
             if lo == hi:
                 return np.zeros(image.shape, np.uint8)  # no range to take yet
             self._lut = np.clip(np.rint((np.arange(65536) - lo) * (255 / (hi - lo))), 0, 255).astype(np.uint8)
         return self._lut[image]
+
+
+def _range(counts: np.ndarray) -> tuple[int, int]:
+    """The range of ``counts`` without their outliers (0.1% of the pixels at each end); the min and max when nothing
+    else differs (a flat scene with a few warm pixels still gets a scale)."""
+    flat = counts.ravel()
+    k, top = flat.size // 1000, flat.size - 1 - flat.size // 1000
+    lo, hi = np.partition(flat, (k, top))[[k, top]]
+    if lo == hi:
+        lo, hi = flat.min(), flat.max()
+    return int(lo), int(hi)
 
 
 def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:

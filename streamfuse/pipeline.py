@@ -173,24 +173,28 @@ def _drain(producers: Producers) -> tuple[list[Frame] | None, str]:
     while item is not None:
         if isinstance(item, ProducerEvent):
             if item.kind == "error" and not item.restarting:
-                return frames, _failure(producers, item.message)
+                return frames, _failure(producers, item.message, frames)
         else:
             frames.append(item)
         item = producers.get(timeout=0)
     return (None if producers.done and not frames else frames), ""
 
 
-def _failure(producers: Producers, first: str) -> str:
+def _failure(producers: Producers, first: str, frames: list[Frame]) -> str:
     """The run's failure in one line: ``first``, and another source's if it fails too before its first frame (two
-    wrong paths are both named, not one per try); a source still opening is waited for up to ``_OPENING_WAIT_S``."""
+    wrong paths are both named, not one per try); a source still opening is waited for up to ``_OPENING_WAIT_S``.
+    The frames still queued are added to ``frames``: paired, recorded and counted as any other, not lost."""
     errors = [first]
     deadline = time.monotonic() + _OPENING_WAIT_S
     while True:
         opening = any(s["delivered"] == 0 and s["state"] != "ended" for s in producers.stats().values())
         item = producers.get(timeout=0.05 if opening and time.monotonic() < deadline else 0)
-        if isinstance(item, ProducerEvent) and item.kind == "error" and not item.restarting:
-            errors.append(item.message)
-        elif item is None and not (opening and time.monotonic() < deadline):
+        if isinstance(item, ProducerEvent):
+            if item.kind == "error" and not item.restarting:
+                errors.append(item.message)
+        elif item is not None:
+            frames.append(item)
+        elif not (opening and time.monotonic() < deadline):
             return "; ".join(errors)
 
 

@@ -57,7 +57,8 @@ class TemporalDenoiser:
     ``|y_t - out_{t-1}|`` (replicated border). Flat noise is averaged over about ``1 / (1 - denoise)`` frames, while a
     moving edge or a scene cut (large ``d``) passes through unfiltered, so there is no added latency and no trail
     above the threshold. A static input stays exactly static. The first frame, and a frame of a new size, pass
-    unchanged.
+    unchanged; so does a frame with a NaN or infinite pixel, and the filter starts again after it (its window sums
+    would carry the NaN along the row, and the state would keep it for good).
     """
 
     def __init__(self, cfg: PostConfig):
@@ -73,6 +74,9 @@ class TemporalDenoiser:
         """
         y = np.ascontiguousarray(fused_y, dtype=np.float32)
         if self.strength == 0:
+            return y
+        if not np.isfinite(y).all():  # 40 us at 640x480
+            self._prev = None
             return y
         if self._prev is None or self._prev.shape != y.shape:
             self._prev = y.copy()

@@ -20,9 +20,10 @@ from streamfuse.train.data import load_pairs
 
 
 def _counts(rng: np.random.Generator, lo: int = 7000, hi: int = 9000) -> np.ndarray:
-    """Radiometric IR counts (40 x 56) spanning exactly lo..hi: near black in their top 8 bits."""
+    """Radiometric IR counts (40 x 56) spanning exactly lo..hi, also without the outer 0.1% of the pixels (2 of
+    2240 at each end): near black in their top 8 bits."""
     img = rng.integers(lo, hi + 1, (40, 56)).astype(np.uint16)
-    img[0, 0], img[-1, -1] = lo, hi
+    img[0, :3], img[-1, -3:] = lo, hi
     return img
 
 
@@ -52,6 +53,21 @@ def test_16_bit_ir_is_stretched_by_its_range(rng):
     assert out.dtype == np.uint8 and (out.min(), out.max()) == (0, 255)
     np.testing.assert_array_equal(out, _stretch(img, 7000, 9000))
     assert (img >> 8).max() == 35  # what the top 8 bits would have shown
+
+
+def test_dead_and_hot_pixels_do_not_take_the_ir_scale(rng):
+    """Two pixels stuck at 65535 and one at 0 (a dead and hot pixel): the stretch still spans the scene's counts,
+    where min/max would put the whole scene in 8 grey levels."""
+    img = _counts(rng)
+    broken = img.copy()
+    broken[5, 5] = broken[9, 20] = 65535
+    broken[30, 40] = 0
+    out = To8Bit(ir=True)(broken)
+    np.testing.assert_array_equal(out, _stretch(broken, 7000, 9000))
+    assert out[(img > 8000) & (broken == img)].min() > 127 and (out[5, 5], out[30, 40]) == (255, 0)
+    few = np.full((40, 56), 7000, np.uint16)  # a flat scene with two warm pixels still gets a scale
+    few[3, 3] = few[4, 4] = 7100
+    assert To8Bit(ir=True)(few)[3, 3] == 255
 
 
 def test_a_sequence_keeps_its_first_frames_scale(rng):

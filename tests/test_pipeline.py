@@ -392,3 +392,30 @@ def test_a_pair_that_cannot_be_fused_ends_the_run_with_the_final_stats_then_its_
     assert snap["counters"]["paired.ir"] >= 1 and snap["counters"]["published"] == 0
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("final: ")] == [
         f"final: {format_stats(snap)}"]
+
+
+class _QueuedProducers:
+    """Producers whose queue holds ``items`` (frames and events), every source delivering."""
+
+    def __init__(self, items: list) -> None:
+        self.items, self.done = list(items), False
+
+    def get(self, timeout: float):
+        return self.items.pop(0) if self.items else None
+
+    def stats(self) -> dict:
+        return {name: {"delivered": 1, "state": "running"} for name in ("ir", "vis")}
+
+
+def test_frames_queued_behind_a_sources_failure_are_kept_for_the_run_to_count():
+    # They were taken off the queue while the failure's line was gathered and dropped unseen: neither recorded nor
+    # counted as received or unpaired.
+    from streamfuse.capture import ProducerEvent
+    from streamfuse.frames import Frame
+    from streamfuse.pipeline import _drain
+
+    image = np.zeros((4, 4), np.uint8)
+    vis = [Frame("vis", i, i * 40_000_000, image) for i in range(3)]
+    failed = ProducerEvent("ir", "error", "ir: x.avi: truncated or corrupt video", False)
+    frames, failure = _drain(_QueuedProducers([vis[0], failed, vis[1], vis[2]]))
+    assert frames == vis and failure == "ir: x.avi: truncated or corrupt video"

@@ -152,6 +152,21 @@ def test_denoiser_leaves_no_trail_behind_a_moving_object() -> None:
     assert np.abs(out - frames[-1]).max() < 1.0  # where the square was, and where it is, follow the input
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_frame_passes_as_it_is_and_the_filter_starts_again(rng: np.random.Generator, bad: float) -> None:
+    """One frame with a bad pixel (a fuser's fault) must not blank the stream: before, the window sums carried the NaN
+    along its rows and the state kept it, so every later frame was NaN from there on."""
+    frames = _noisy_sequence(rng, 8)
+    faulty = frames[3].copy()
+    faulty[5, 7] = bad
+    den, fresh = TemporalDenoiser(PostConfig(denoise=0.85)), TemporalDenoiser(PostConfig(denoise=0.85))
+    outs = [den(f) for f in [*frames[:3], faulty, *frames[4:]]]
+    np.testing.assert_array_equal(outs[3], faulty)
+    assert all(np.isfinite(o).all() for o in outs[4:])
+    for o, f in zip(outs[4:], frames[4:]):  # as a filter started at the frame after the faulty one
+        np.testing.assert_array_equal(o, fresh(f))
+
+
 def test_denoiser_off_new_size_and_bad_config(rng: np.random.Generator) -> None:
     frames = _noisy_sequence(rng, 3)
     off = TemporalDenoiser(PostConfig())

@@ -182,7 +182,7 @@ def test_a_16_bit_ir_clip_keeps_one_scale(tool, tmp_path, rng):
     for sub in ("ir", "vi"):
         (tmp_path / sub).mkdir()
     counts = [rng.integers(lo, hi + 1, (40, 56)).astype(np.uint16) for lo, hi in ((7000, 9000), (7500, 8000))]
-    counts[0][0, :2] = 7000, 9000
+    counts[0][0, :3], counts[0][1, :3] = 7000, 9000  # also the range without 0.1% of the pixels at each end
     for i, img in enumerate(counts):
         cv2.imwrite(str(tmp_path / "ir" / f"{i:04d}.png"), img)
         cv2.imwrite(str(tmp_path / "vi" / f"{i:04d}.png"), rng.integers(0, 256, (40, 56), dtype=np.uint8))
