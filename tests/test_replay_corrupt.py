@@ -17,6 +17,7 @@ import pytest
 from test_replay import _StopAt, interrupted_replay, make_cfg, write_video
 
 import streamfuse.processor
+from streamfuse.capture.sources import SourceConfig, open_source
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.replay import ReplayError, run_replay
@@ -88,7 +89,8 @@ def test_a_damaged_h264_picture_the_decoder_drops_is_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         summary = run_replay(make_cfg(replay={"codec_threads": 16}), ir_path=ir, vis_path=vis, out_path=out)
     assert summary.frames == {"ir": N, "vis": N - 1} and summary.written == N - 1
-    assert f"{vis}: 1 of its {N} packets decoded to no frame (damaged data?)" in caplog.text
+    assert (f"{vis}: 1 of its {N} packets decoded to no frame (damaged data, or a stream cut before a keyframe)"
+            in caplog.text)
 
 
 @pytest.mark.parametrize("content", ["[1]", "null", '{"fingerprint": [1]}', '"x"'])
@@ -165,3 +167,20 @@ def test_a_stop_before_the_first_frame_says_no_output_was_written(tmp_path, monk
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
     assert str(err.value) == "replay stopped: ValueError; no output written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ir.mp4", "vis.mp4"]
+
+
+@pytest.mark.parametrize("frames", [40, 41])
+def test_a_complete_avi_whose_end_is_no_exact_float_is_read_to_its_end(tmp_path, frames):
+    """AVI's announced end (frames x 1/25 s) is a float: 40 frames end at 8/5 s exactly, under the float 1.6, and the
+    end of the last packet's slot, compared exactly, took a complete file for a truncated one."""
+    path = tmp_path / "v.avi"
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 4 * i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False)) as src:
+        assert sum(1 for _ in iter(src.read, None)) == frames

@@ -174,3 +174,21 @@ def test_resume_still_warns_when_the_partial_output_disagrees_with_the_inputs_mi
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["resume: the partial output has a frame at 0.240 s where the inputs give 0.200 s; fusing "
                         "from here"]
+
+
+def test_a_partial_output_left_aside_by_a_killed_resume_is_taken_over(tmp_path, pair):
+    """A resumed run killed (kill -9, power loss) after it moved the partial file aside and before its first frame
+    made a new one leaves only ``.OUT.partial.old``: the next --resume takes its frames over, and no stray file is
+    left behind (it was ignored, started over, and kept for good)."""
+    ir, vis = pair
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    interrupted_replay(cfg, ir, vis, out)
+    partial = partial_path(out)
+    aside = partial.with_name(partial.name + ".old")
+    partial.rename(aside)
+    with pytest.raises(FileExistsError, match=f"^{aside} holds an interrupted replay of {out}; run again with "
+                                              f"--resume to continue it, or delete {aside.name} to start over$"):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 7 and summary.written == 40
+    assert not list(tmp_path.glob(".fused*"))

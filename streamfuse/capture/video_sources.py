@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
 # Codecs whose every packet is one picture although FFmpeg does not mark them intra-only (FFV1 may carry its context
-# model from frame to frame; PNG's decoder also reads APNG).
-_ONE_PICTURE_PER_PACKET = ("ffv1", "png")
+# model from frame to frame; an APNG frame may be blended onto the one before, and PNG shares that decoder).
+_ONE_PICTURE_PER_PACKET = ("ffv1", "png", "apng")
 
 
 # -- OpenCV camera -----------------------------------------------------------------------------------------------
@@ -271,7 +271,8 @@ class AvSource(BaseSource):
         if not self._decoded or end_s is None:
             return
         if "avi" in self._container.format.name.split(","):  # frame slots: exact (see announced_end_s)
-            short = self._end_dts is not None and self._end_dts * self.time_base < end_s
+            # as a float, as end_s is: 40 slots of 1/25 s are exactly 8/5, under the float 1.6 (1.6000000000000000888)
+            short = self._end_dts is not None and float(self._end_dts * self.time_base) < end_s
         else:
             # After a jump back the last pts says nothing about where the file ends (after a gap it still does). The
             # last frame lasts its step: a variable-rate file's nominal rate can be its time base's (1/600 s ticks).
@@ -295,7 +296,7 @@ class AvSource(BaseSource):
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the file holds {self._packets} frames")
         self.warn(f"{self.section}: {self.cfg.path}: {lost} of its {self._packets} packets decoded to no frame "
-                  f"(damaged data?); their frames are missing")
+                  f"(damaged data, or a stream cut before a keyframe); their frames are missing")
 
     def _where(self) -> str:
         if self._last_t_ns is None:

@@ -121,6 +121,8 @@ def check_no_partial(out: Path) -> None:
     """Refuse to start ``out`` afresh over the partial output of an interrupted replay: its frames would be lost,
     and ``--resume`` continues it."""
     partial = partial_path(out)
+    if not partial.exists() and taken_over_path(out).exists():  # a resumed run killed before its first frame
+        partial = taken_over_path(out)
     if partial.exists():
         raise FileExistsError(f"{partial} holds an interrupted replay of {out}; run again with --resume to continue "
                               f"it, or delete {partial.name} to start over")

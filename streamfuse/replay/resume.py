@@ -55,11 +55,15 @@ def taken_over_path(out: Path) -> Path:
 
 def save_sidecar(out: Path, fingerprint: dict[str, Any], state: str, written: int, last_pts: int | None) -> None:
     """What ``resume`` needs to trust the partial output: the fingerprint, and how far the run got."""
+    _write_sidecar(out, json.dumps({"fingerprint": fingerprint, "state": state, "written": written,
+                                    "last_pts": last_pts}).encode())
+
+
+def _write_sidecar(out: Path, data: bytes) -> None:
     path = sidecar_path(out)
     tmp = path.with_suffix(".tmp")  # replaced in one step: a kill never leaves half a sidecar
     try:
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "state": state, "written": written,
-                                   "last_pts": last_pts}))
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:
         raise RuntimeError(f"cannot write {path}: {exc.strerror}") from None
@@ -73,6 +77,10 @@ def resume_hint(out: Path) -> str:
 def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
     """True when the partial output of ``out`` can be continued; else the reason is logged."""
     partial, sidecar = partial_path(out), sidecar_path(out)
+    if not partial.exists() and taken_over_path(out).exists():
+        # a run killed after it moved the file aside, before its first frame made a new one: it is still the one
+        # the sidecar's fingerprint vouches for (only that is checked), and would otherwise be left there for good
+        os.replace(taken_over_path(out), partial)
     if not partial.exists():
         log.warning("nothing to resume for %s (no %s); starting from the beginning", out, partial.name)
         return False
@@ -163,10 +171,11 @@ class TakeOver:
         if not self._sidecar:
             return keep
         if keep and self._old.exists():
-            os.replace(self._old, partial_path(self._out))
-            tmp = sidecar_path(self._out).with_suffix(".tmp")  # replaced in one step, as save_sidecar does
-            tmp.write_bytes(self._sidecar)
-            os.replace(tmp, sidecar_path(self._out))
+            os.replace(self._old, partial_path(self._out))  # in its own folder: a rename, which a full disk allows
+            try:
+                _write_sidecar(self._out, self._sidecar)
+            except RuntimeError as exc:  # the new run's sidecar stays: it holds the same fingerprint
+                log.warning("%s", exc)
             return True
         self._old.unlink(missing_ok=True)
         return False
