@@ -131,6 +131,8 @@ def _fuse(processor: FrameProcessor, pub: Publisher, tel: Telemetry, pair: Frame
     except (OSError, RuntimeError, ValueError) as exc:
         log.debug("fusing failed", exc_info=True)
         return str(exc)
+    if processor.denoise.nonfinite:  # a fuser's output with a NaN or infinite pixel (clipped, NaN as black)
+        tel.set("nonfinite", processor.denoise.nonfinite)
     _publish(pub, tel, pair, processed, processor.fuser, t0, end_to_end=end_to_end)  # never blocks on a subscriber
     return ""
 

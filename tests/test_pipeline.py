@@ -419,3 +419,32 @@ def test_frames_queued_behind_a_sources_failure_are_kept_for_the_run_to_count():
     failed = ProducerEvent("ir", "error", "ir: x.avi: truncated or corrupt video", False)
     frames, failure = _drain(_QueuedProducers([vis[0], failed, vis[1], vis[2]]))
     assert frames == vis and failure == "ir: x.avi: truncated or corrupt video"
+
+
+@pytest.mark.timeout(90)
+def test_fused_frames_with_a_nan_are_counted_in_the_run_stats(monkeypatch):
+    # A fuser's NaN blanked the stream for good through the temporal filter's state, and nothing said so.
+    from streamfuse.pipeline import run_live
+    from streamfuse.processor import FrameProcessor
+
+    stop, made = threading.Event(), FrameProcessor.from_config
+
+    def faulty(cfg, fuser=None, **kw):
+        proc = made(cfg, fuser, **kw)
+        fuse, calls = proc.fuser.fuse, []
+
+        def nan_fuse(*args, **kwargs):
+            y = np.array(fuse(*args, **kwargs), np.float32)
+            y[0, 0] = np.nan
+            calls.append(1)
+            if len(calls) >= 3:
+                stop.set()
+            return y
+
+        monkeypatch.setattr(proc.fuser, "fuse", nan_fuse)
+        return proc
+
+    monkeypatch.setattr(FrameProcessor, "from_config", faulty)
+    cfg, _ = _live_cfg("post.denoise=0.5")
+    snap = run_live(cfg, duration_s=60.0, stop=stop)  # the duration only bounds a failure
+    assert snap["counters"]["nonfinite"] == snap["counters"]["published"] >= 3

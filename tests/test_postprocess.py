@@ -165,6 +165,16 @@ def test_a_non_finite_frame_passes_as_it_is_and_the_filter_starts_again(rng: np.
     assert all(np.isfinite(o).all() for o in outs[4:])
     for o, f in zip(outs[4:], frames[4:]):  # as a filter started at the frame after the faulty one
         np.testing.assert_array_equal(o, fresh(f))
+    assert (den.nonfinite, fresh.nonfinite) == (1, 0)
+
+
+def test_non_finite_frames_are_counted_with_the_filter_off_too(rng: np.random.Generator) -> None:
+    # The run's stats count them (``nonfinite``) whatever the filter's setting: a fuser's fault must show.
+    den = TemporalDenoiser(PostConfig(denoise=0.0))
+    frames = _noisy_sequence(rng, 3)
+    frames[1][0, 0] = -np.inf
+    outs = [den(f) for f in frames]
+    assert den.nonfinite == 1 and all(np.array_equal(o, f) for o, f in zip(outs, frames))
 
 
 def test_denoiser_off_new_size_and_bad_config(rng: np.random.Generator) -> None:
