@@ -77,10 +77,6 @@ def resume_hint(out: Path) -> str:
 def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
     """True when the partial output of ``out`` can be continued; else the reason is logged."""
     partial, sidecar = partial_path(out), sidecar_path(out)
-    if not partial.exists() and taken_over_path(out).exists():
-        # a run killed after it moved the file aside, before its first frame made a new one: it is still the one
-        # the sidecar's fingerprint vouches for (only that is checked), and would otherwise be left there for good
-        os.replace(taken_over_path(out), partial)
     if not partial.exists():
         log.warning("nothing to resume for %s (no %s); starting from the beginning", out, partial.name)
         return False
@@ -127,6 +123,10 @@ class TakeOver:
     def open(cls, out: Path, fingerprint: dict[str, Any], pacing: str, time_base: Fraction) -> TakeOver | None:
         """The partial output of ``out`` to take over, or None (with the reason logged) to start over. The file
         stays where it is until :meth:`start`: a run stopped before its first pair leaves it as it was."""
+        if not partial_path(out).exists() and taken_over_path(out).exists():
+            # a run killed after it moved the file aside, before its first frame made a new one: it is still the one
+            # the sidecar's fingerprint vouches for, and would otherwise be left there for good
+            os.replace(taken_over_path(out), partial_path(out))
         return cls(out, time_base) if _resumable(out, fingerprint, pacing) else None
 
     def start(self) -> None:
