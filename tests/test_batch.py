@@ -6,11 +6,13 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
+import av
 import numpy as np
 import pytest
 
@@ -313,6 +315,15 @@ def test_ray_and_local_engines_give_byte_identical_outputs(tmp_path, ray_local):
     assert all(r.worker.split(":")[1] != str(os.getpid()) for r in done)  # ran in the workers
 
 
+def _holds_a_frame(path: Path) -> bool:
+    """Whether the partial output ``path``, still being written, holds a video packet yet."""
+    try:
+        with av.open(str(path)) as container:
+            return any(packet.size for packet in container.demux(container.streams.video[0]))
+    except (av.FFmpegError, OSError, IndexError):  # only its header so far, or not even that
+        return False
+
+
 def _ray_holder(path: Path) -> int | None:
     """The pid of a Ray worker process that has ``path`` open, or None."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -417,9 +428,10 @@ def test_replay_many_tells_pairs_a_ctrl_c_stopped_from_failed_ones(tmp_path, mon
 
 
 def _signal_driver_mid_pair(out: Path, stop: threading.Event, sig: int, sent: list[int]) -> None:
-    """Send ``sig`` to this process (the driver) once a worker is found writing a partial output in ``out``."""
+    """Send ``sig`` to this process (the driver) once a worker is found writing a partial output in ``out`` that holds
+    a frame (one stopped before its first frame has nothing to keep: its partial output goes)."""
     while not stop.is_set() and not sent:
-        if any(_ray_holder(partial.resolve()) for partial in out.glob(".*.partial")):
+        if any(_ray_holder(partial.resolve()) and _holds_a_frame(partial) for partial in out.glob(".*.partial")):
             os.kill(os.getpid(), sig)
             sent.append(sig)
             return
@@ -430,7 +442,7 @@ def _signal_driver_mid_pair(out: Path, stop: threading.Event, sig: int, sent: li
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker writing through /proc")
 def test_ray_driver_stopped_mid_pair_keeps_partials_that_resume_finishes(tmp_path, ray_local, sig):
     """Ctrl-C or SIGTERM to the driver: the running pairs are interrupted (not retried, not failed) and keep their
-    partial outputs, the rest are not started; the batch stops with its summary, and --resume completes every pair."""
+    partial outputs (those that wrote a frame), the rest are not started; the batch stops with its summary, and --resume completes every pair."""
     names = ["a.nut", "b.nut", "c.nut", "d.nut"]
     src = _pairs(tmp_path / "src", names, 400)
     cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
@@ -449,7 +461,9 @@ def test_ray_driver_stopped_mid_pair_keeps_partials_that_resume_finishes(tmp_pat
     results = stopped.value.summary.results
     assert sent and {r.status for r in results} <= {"done", "interrupted", "not started"}
     interrupted = [r for r in results if r.status == "interrupted"]
-    assert interrupted and all(partial_path(Path(r.out)).exists() for r in interrupted)
+    # a pair stopped before its first frame has nothing to keep; the one the signal waited for had written one
+    assert any(r.frames_out for r in interrupted)
+    assert all(partial_path(Path(r.out)).exists() == (r.frames_out > 0) for r in interrupted)
     assert all(r.reason.startswith("replay stopped: interrupted") for r in interrupted)  # told by the replay itself
     again = run_batch(cfg, jobs, RayEngine(workers=2), resume=True)
     assert {r.status for r in again.results} <= {"done", "skipped"}
@@ -470,9 +484,38 @@ def test_a_ctrl_c_while_ray_starts_lets_it_start_and_stops_the_batch_then():
     RayEngine(workers=1)._start(SimpleNamespace(init=init), stop)
     assert stop.is_set() and len(inits) == 1  # ray.init ran to its end: ray.shutdown then knows what to stop
 
-    def init_twice(**kwargs):  # a second Ctrl-C stops at once
+    def init_twice(**kwargs):  # joining a cluster (Ray retries one that does not answer): a second Ctrl-C stops at once
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
-        RayEngine(workers=1)._start(SimpleNamespace(init=init_twice), threading.Event())
+        RayEngine(workers=1, address="auto")._start(SimpleNamespace(init=init_twice), threading.Event())
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,),
+                                     (signal.SIGTERM, signal.SIGINT, signal.SIGTERM)],
+                         ids=["Ctrl-C twice", "SIGTERM", "all sorts"])
+def test_no_signal_cuts_a_local_ray_start_half_way(signals):
+    """A local Ray cut half-way left its raylet's agents running for minutes, or the driver crashing at exit (its core
+    worker half made): a second Ctrl-C, and even a first SIGTERM (ray.init sets a handler of its own, first thing,
+    that exits wherever it is), now lets ray.init run to its end, and the batch stops then."""
+    from streamfuse.batch.ray_engine import RayEngine
+
+    def set_sigterm_handler(handler):  # Ray's: ray.init calls it before it starts anything
+        signal.signal(signal.SIGTERM, handler)
+
+    def init(**kwargs):
+        ray._private.utils.set_sigterm_handler(lambda signum, frame: sys.exit(signum))  # as ray.init does
+        for sig in signals:
+            signal.raise_signal(sig)
+        inits.append(kwargs)
+
+    utils = SimpleNamespace(set_sigterm_handler=set_sigterm_handler)
+    ray = SimpleNamespace(init=init, _private=SimpleNamespace(utils=utils))
+    inits, stop, before = [], threading.Event(), signal.getsignal(signal.SIGTERM)
+    try:
+        RayEngine(workers=1)._start(ray, stop)
+    except KeyboardInterrupt:  # caught: pytest would take it for the user's and stop the whole run
+        pytest.fail("a signal cut ray.init half-way")
+    assert stop.is_set() and len(inits) == 1  # ray.init ran to its end: ray.shutdown then knows what to stop
+    assert utils.set_sigterm_handler is set_sigterm_handler and signal.getsignal(signal.SIGTERM) == before

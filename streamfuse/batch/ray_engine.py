@@ -134,16 +134,20 @@ class RayEngine:
                     ray.shutdown()
 
     def _start(self, ray: Any, stop: threading.Event) -> None:
-        """ray.init, not cut half-way by a first Ctrl-C or SIGTERM: that sets ``stop`` and the batch stops once Ray
-        has started, so that ray.shutdown knows every process to stop (an init cut half-way leaves Ray's agents
-        waiting about a minute for a GCS that is gone). A second one stops it at once."""
+        """ray.init, never cut half-way by Ctrl-C or SIGTERM when it starts a local Ray: they set ``stop`` and the
+        batch stops once Ray has started, so that ray.shutdown knows every process to stop. A local Ray cut half-way
+        left its raylet's agents running for minutes, or this process crashing at exit (its core worker half made).
+        Joining a cluster starts no process here, and Ray retries one that does not answer for ever: there a second
+        Ctrl-C or SIGTERM stops it at once."""
+        if self.address:
+            say = "stopping once joined to the Ray cluster; Ctrl-C again to stop at once"
+        else:
+            say = "stopping once Ray has started (stopped half-way, it would leave its processes running)"
         try:
-            # ray.init sets its own SIGTERM handler, which exits the driver (SystemExit) with its workers still
-            # writing: leaving the context puts the batch's back
-            with _stop_on_signals(stop, twice=True):
+            with _stop_on_signals(stop, say=say, twice=bool(self.address)), _batch_keeps_sigterm(ray):
                 self._init(ray)
         except SystemExit as exc:
-            if exc.code == signal.SIGTERM:  # Ray's handler
+            if exc.code == signal.SIGTERM:  # the exit of a SIGTERM handler that a Ray set after all
                 raise KeyboardInterrupt from None
             raise
 
@@ -199,19 +203,35 @@ class _Stopped(Exception):
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event, *, twice: bool = False) -> Iterator[None]:
-    """Ctrl-C and SIGTERM set ``stop`` instead of raising, so the driver stops where it waits, never half-way through
-    a Ray call; with ``twice``, a second one raises KeyboardInterrupt (for a wait that may not end by itself). Main
-    thread only (elsewhere they are the main thread's business)."""
+def _stop_on_signals(stop: threading.Event, *, say: str = "", twice: bool = False) -> Iterator[None]:
+    """Ctrl-C and SIGTERM set ``stop`` instead of raising (logging ``say``, when given), so the driver stops where it
+    waits, never half-way through a Ray call; with ``twice``, a second one raises KeyboardInterrupt (for a wait that
+    may not end by itself). Main thread only (elsewhere they are the main thread's business)."""
     def note(signum: int, frame: Any) -> None:
         if twice and stop.is_set():
             raise KeyboardInterrupt
-        if twice:
-            log.warning("stopping once Ray has started; Ctrl-C again to stop at once")
+        if say:
+            log.warning(say)
         stop.set()
 
     with handled(note):
         yield
+
+
+@contextlib.contextmanager
+def _batch_keeps_sigterm(ray: Any) -> Iterator[None]:
+    """Inside the block, ray.init keeps the batch's SIGTERM handler: it sets its own before it starts anything, one
+    that exits (SystemExit) wherever init is, which cut a local Ray half-way as a second Ctrl-C did."""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    set_handler = getattr(utils, "set_sigterm_handler", None)
+    if set_handler is None:  # a Ray without it: the exit of its handler is taken for the user's stop (see _start)
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = set_handler
 
 
 def _wind_down(ray: Any, running: dict[Any, PairJob]) -> Iterator[PairResult]:
