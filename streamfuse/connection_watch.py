@@ -37,7 +37,7 @@ _RETRYING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
 _RESOLVE_S = 2.0
 _RETRY_S = (0.5, 2.0)  # pause between lookups of a name that does not resolve yet: the first, doubling up to this
 #: how long a consumer without a timeout of its own (the viewer, the Foxglove bridge) waits for its publisher's host
-#: name to resolve, seconds: as long as ``subscribe --timeout``'s default
+#: name to resolve unless told (their ``--name-wait``), seconds: as long as ``subscribe --timeout``'s default
 NAME_WAIT_S = 10.0
 # host -> whether its socket needs ZMQ_IPV6; looked up once: a viewer's later sockets (one per page) skip the lookup
 _resolved: dict[str, bool] = {}

@@ -32,13 +32,13 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 def seconds(text: str) -> float:
     """An argparse ``type``: a finite number of seconds >= 0 (``--duration``, where a negative one would read as
-    "until Ctrl-C")."""
+    "until Ctrl-C"; ``--name-wait``); the option's help says what 0 means."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds >= 0 (0 = until Ctrl-C)")
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds >= 0")
     return value
 
 

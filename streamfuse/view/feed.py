@@ -47,14 +47,16 @@ class Feed:
         server_key: the publisher's CURVE public key (Z85) when it encrypts.
         quality: JPEG quality of the frames sent to the page (1..100).
         history: stats snapshots kept for the plots of a page that opens later.
+        name_wait_s: how long a host name that does not resolve (yet) is looked up again before giving up, seconds;
+            None = ``connection_watch.NAME_WAIT_S``.
 
     Raises:
-        ValueError: the endpoint cannot be connected, or its host name still does not resolve after
-            ``connection_watch.NAME_WAIT_S`` (one line).
+        ValueError: the endpoint cannot be connected, or its host name still does not resolve after ``name_wait_s``
+            (one line).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, server_key: str = "",
-                 quality: int = 80, history: int = 300) -> None:
+                 quality: int = 80, history: int = 300, name_wait_s: float | None = None) -> None:
         self.endpoint, self.topic, self.server_key, self.quality = endpoint, topic, server_key, quality
         self.versions = dict.fromkeys((*KINDS, "stats"), 0)  # messages received per kind
         self.sent = 0  # messages handed to the pages' sockets
@@ -69,7 +71,7 @@ class Feed:
         self._closing = threading.Event()
         self._frames_stop: threading.Event | None = None
         self._threads: list[threading.Thread] = []
-        self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._closing)
+        self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._closing, name_wait_s=name_wait_s)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start receiving stats; pages are woken on ``loop``."""
@@ -184,17 +186,19 @@ class StatsMessages:
     """The validated stats on ``topic`` from ``endpoint`` (:func:`streamfuse.wire.decode_stats`) until ``stop`` is
     set, for one iteration on one thread, which closes the socket at the end (or :meth:`close`, never iterated).
     Malformed ones are logged, counted in ``malformed`` and skipped; a connection that ZeroMQ dropped on a part over
-    ``_MAX_STATS_BYTES`` is restored and counted the same way.
+    ``_MAX_STATS_BYTES`` is restored and counted the same way. ``name_wait_s``: see :func:`connect_sub`.
 
     Raises:
-        ValueError: the endpoint cannot be connected (its host name still does not resolve after
-            ``connection_watch.NAME_WAIT_S``, say), or a bad server key (one line).
+        ValueError: the endpoint cannot be connected (its host name still does not resolve after ``name_wait_s``,
+            say), or a bad server key (one line).
     """
 
-    def __init__(self, endpoint: str, topic: str, server_key: str, stop: threading.Event) -> None:
+    def __init__(self, endpoint: str, topic: str, server_key: str, stop: threading.Event, *,
+                 name_wait_s: float | None = None) -> None:
         # two-part messages, which ``Subscriber`` does not take: a SUB socket of its own
         self.sock, self.watch = connect_sub(endpoint, [topic.encode()], rcvhwm=_STATS_RCVHWM,
-                                            max_part_bytes=_MAX_STATS_BYTES, server_key=server_key)
+                                            max_part_bytes=_MAX_STATS_BYTES, server_key=server_key,
+                                            name_wait_s=name_wait_s)
         self.endpoint, self.stop, self.malformed = endpoint, stop, 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

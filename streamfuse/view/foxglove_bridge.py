@@ -7,7 +7,8 @@ to ``ws://HOST:PORT`` (Open connection, Foxglove WebSocket). A frame is encoded 
 subscribes to its channel, and each client has a small queue: a slow client loses frames, it never builds a backlog.
 
 Exits 0 on Ctrl-C or SIGTERM, 1 when the server cannot start, 2 on bad arguments (or when the pipeline's host name
-still does not resolve after 10 s: one started before its pipeline's name exists waits that long for it).
+still does not resolve after --name-wait seconds: one started before its pipeline's name exists waits that long for
+it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from streamfuse import connection_watch
+from streamfuse.cli.args import seconds
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
@@ -57,18 +60,20 @@ class Bridge:
         previews: also relay the IR and visible previews (the pipeline sends them only while someone asks).
         quality: JPEG quality.
         server_key: the publisher's CURVE public key (Z85) when it encrypts.
+        name_wait_s: how long the pipeline's host name is looked up again while it does not resolve, seconds; None =
+            ``connection_watch.NAME_WAIT_S``.
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, host: str = "127.0.0.1",
                  port: int = 8765, raw: bool = False, previews: bool = False, quality: int = 80,
-                 server_key: str = "") -> None:
+                 server_key: str = "", name_wait_s: float | None = None) -> None:
         self.fox = _foxglove()
         self.endpoint, self.raw, self.quality, self.server_key = endpoint, raw, quality, server_key
         self.logged: dict[str, int] = {}  # messages logged per channel
         self.skipped = 0  # frames a Foxglove message cannot carry (see _message), logged
         self._stop = threading.Event()
-        # raises ValueError on a bad endpoint
-        self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._stop)
+        # raises ValueError on a bad endpoint, or a host name that still does not resolve after name_wait_s
+        self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._stop, name_wait_s=name_wait_s)
         self._sources = {"/fused/image": topic}
         if previews:
             self._sources.update({f"/{s}/image": preview_topic(topic, s) for s in ("ir", "vis")})
@@ -163,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--previews", action="store_true", help="also relay the IR and visible previews")
     parser.add_argument("--quality", type=int, default=80, help="JPEG quality (1..100)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
+                        help="give up after SECONDS without the pipeline's host name resolving (one started before "
+                        "its pipeline's name exists waits for it; 0 = at once)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not 1 <= args.quality <= 100 or not 0 <= args.port <= 65535:
@@ -170,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
             bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,
-                            previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key))
+                            previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key),
+                            name_wait_s=args.name_wait)
     except ValueError as exc:
         print(f"streamfuse foxglove: error: {exc}", file=sys.stderr)
         return 2

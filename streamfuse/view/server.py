@@ -6,8 +6,8 @@ so a slow or frozen browser gets fewer frames, never a growing queue. While no p
 listens to the stats and the pipeline sends no previews.
 
 Exits 0 on Ctrl-C or SIGTERM (or once --screenshot is written), 1 when the page or the screenshot cannot be
-made, 2 on bad arguments (or when the pipeline's host name still does not resolve after 10 s: one started before its
-pipeline's name exists waits that long for it).
+made, 2 on bad arguments (or when the pipeline's host name still does not resolve after --name-wait seconds: one started
+before its pipeline's name exists waits that long for it).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from streamfuse import connection_watch
+from streamfuse.cli.args import seconds
 from streamfuse.errors import io_reason
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
@@ -124,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
     parser.add_argument("--quality", type=int, default=80, help="JPEG quality of the frames on the page (1..100)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
+                        help="give up after SECONDS without the pipeline's host name resolving (one started before "
+                        "its pipeline's name exists waits for it; 0 = at once)")
     parser.add_argument("--screenshot", type=Path, help="open the page in headless Chromium, write a PNG "
                         "screenshot here once frames and stats have arrived, print what the page measured, exit")
     parser.add_argument("--wait", type=float, default=5.0, help="with --screenshot: seconds to watch the page")
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
             feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=load_server_key(args.server_key),
-                        quality=args.quality)
+                        quality=args.quality, name_wait_s=args.name_wait)
     except ValueError as exc:
         print(f"streamfuse view: error: {exc}", file=sys.stderr)
         return 2
