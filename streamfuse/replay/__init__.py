@@ -17,7 +17,8 @@ objects. The loop is written in data-flow order: decode -> pair -> fuse -> postp
   every frame is in; a run that stops early (error, truncated input, Ctrl-C, SIGTERM) keeps the partial file and
   a ``.OUT.partial.json`` sidecar and raises :class:`ReplayError`; one killed outright keeps them too.
   ``resume`` re-encodes the frames the partial file holds (checked against the re-read pairs' times, so nothing
-  is fused twice) and fuses from the first frame it lacks.
+  is fused twice, and FFV1's against their slice CRCs) and fuses from the first frame it lacks or that is damaged; a
+  resumed run that stops again keeps whichever of its own output and the interrupted run's holds more frames.
 - The output (and every file it is written through) must not be one of the inputs, by any path or link. An existing
   output is never written over: a complete one (or a file that is no video) is refused, and so is the partial output
   of an interrupted run unless ``resume`` continues it.

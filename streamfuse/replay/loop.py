@@ -27,7 +27,7 @@ from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged, no_pairs,
                                       outside, resolve, size_changed)
 from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
-from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path
+from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES, OTHER, ReplayError, ReplaySummary, StageClock
 from streamfuse.signals import handled
 from streamfuse.video import VideoWriter, work_paths
@@ -264,7 +264,7 @@ class _Replay:
         if taken is None:  # the live loop's processor, so a deterministic fuser gives the live run's frames
             processed = processor(pair)
             image, timings = processed.image, self.clock.add(processed.timings)
-            s.fused += 1
+            s.fused, s.nonfinite = s.fused + 1, processor.denoise.nonfinite  # as the live run's stats count them
         else:
             image, timings = taken, None
             s.reused += 1
@@ -301,6 +301,8 @@ class _Replay:
         rcfg = self.cfg.replay
         if self.take_over is not None:
             self.take_over.start()  # moved aside only now, as the new output takes its name
+        else:  # starting over writes over the partial output; a file a killed resume left aside goes with it
+            taken_over_path(self.out).unlink(missing_ok=True)
         self.writer = VideoWriter(self.out, codec=rcfg.codec, crf=rcfg.crf, preset=rcfg.preset,
                                   time_base=self.vis.time_base, rate=self.vis.rate, width=w, height=h, metadata=tags,
                                   threads=rcfg.codec_threads, threaded=rcfg.overlap)
@@ -337,7 +339,7 @@ class _Replay:
         s.fps = s.written / max(wall_s, 1e-9)
         s.stages = self.clock.table(wall_s)
         if self.take_over is not None and not s.stopped:
-            self.take_over.close()
+            self.take_over.end()
         if not s.stopped:
             try:
                 self.writer.commit()
@@ -348,6 +350,7 @@ class _Replay:
                 s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
         if s.stopped:
             self._keep_partial()
+        taken_over_path(self.out).unlink(missing_ok=True)  # the interrupted run's frames are all in the output now
         sidecar_path(self.out).unlink(missing_ok=True)
         s.complete = True
         log.info("%s", s.format())
@@ -358,9 +361,9 @@ class _Replay:
         s = self.summary
         if self.writer is not None:
             self.writer.abort()
-        kept = self.writer is not None and self.writer.count > 0
-        # a resumed run that kept no frame puts the interrupted run's file back: resuming again loses nothing
-        restored = self.take_over is not None and self.take_over.close(keep=not kept)
+        # a resumed run puts the interrupted run's file back when it holds more frames: resuming again loses none
+        restored = self.take_over is not None and self.take_over.settle()
+        kept = not restored and self.writer is not None and self.writer.count > 0
         if kept:
             try:
                 self._save_sidecar(s.stopped)

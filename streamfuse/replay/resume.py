@@ -3,7 +3,11 @@
 A run that stops early keeps ``.OUT.partial`` (NUT, readable up to its last whole packet) and a
 ``.OUT.partial.json`` sidecar holding the run's fingerprint (inputs' size and mtime, fusing and encoding settings).
 ``resume`` with an unchanged fingerprint moves the partial file aside (``.OUT.partial.old``), re-encodes its frames
-while their times match the re-read pairs' (so nothing is fused twice) and fuses from the first frame it lacks.
+while their times match the re-read pairs' (so nothing is fused twice) and fuses from the first frame it lacks, or
+from the first FFV1 frame whose slice CRCs show it was damaged on disk (H.264 has no such checksum). The file
+aside is deleted only once the new output is complete; a resumed run that stops keeps, under the partial name, whichever
+of the two holds more frames (with its sidecar), and one killed outright leaves both, which the next ``resume`` settles
+the same way: stopping a resumed run never costs a frame already on disk.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import zlib
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +34,7 @@ __all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "Ta
 log = logging.getLogger(__name__)
 
 _MAX_REORDER = 16  # frames an H.264 or HEVC decoder may hold back for reordering (its largest picture buffer)
+_BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))  # byte -> its bits in reverse order
 
 
 def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
@@ -116,6 +122,7 @@ class TakeOver:
         self._out, self._time_base = out, time_base
         self._old = taken_over_path(out)
         self._frames: Iterator | None = None
+        self._intact: Iterator[bool] = iter(())  # per frame taken over: whether its packet is intact (FFV1)
         self._sidecar = b""
         self.taken = 0
 
@@ -123,10 +130,10 @@ class TakeOver:
     def open(cls, out: Path, fingerprint: dict[str, Any], pacing: str, time_base: Fraction) -> TakeOver | None:
         """The partial output of ``out`` to take over, or None (with the reason logged) to start over. The file
         stays where it is until :meth:`start`: a run stopped before its first pair leaves it as it was."""
-        if not partial_path(out).exists() and taken_over_path(out).exists():
-            # a run killed after it moved the file aside, before its first frame made a new one: it is still the one
-            # the sidecar's fingerprint vouches for, and would otherwise be left there for good
-            os.replace(taken_over_path(out), partial_path(out))
+        if taken_over_path(out).exists():
+            # a resumed run killed (kill -9, power loss) after it moved the file aside: its new output, if any, holds
+            # the same run's frames from the start and has the same fingerprint, so the one holding more frames stays
+            _keep_longer(taken_over_path(out), partial_path(out))
         return cls(out, time_base) if _resumable(out, fingerprint, pacing) else None
 
     def start(self) -> None:
@@ -135,6 +142,7 @@ class TakeOver:
         os.replace(partial_path(self._out), self._old)
         log.info("resuming %s: re-encoding the frames of the interrupted run, then fusing the rest", self._out)
         self._frames = decode_frames(self._old)
+        self._intact = _intact_packets(self._old)
 
     def frame_at(self, pts: int) -> np.ndarray | None:
         """The partial output's frame for this pts, else None (from then on every pair is fused)."""
@@ -142,16 +150,20 @@ class TakeOver:
             return None
         item = next(self._frames, None)
         t_pair = pts * self._time_base
-        if item is not None and abs(item[0] - t_pair) <= Fraction(1, 1000) + self._time_base / 2:
+        intact = item is None or next(self._intact, True)  # FFV1 gives one frame per packet, in order
+        if item is not None and intact and abs(item[0] - t_pair) <= Fraction(1, 1000) + self._time_base / 2:
             self.taken += 1
             return item[1]
-        if item is None or self._cut_short(item[0], t_pair):
+        if not intact:  # FFmpeg's decoder conceals a slice whose CRC fails and only logs it (PyAV drops its log)
+            log.warning("resume: frame %d of the partial output is damaged (an FFV1 slice CRC fails); took over the "
+                        "%d frames before it, fusing from pts %d", self.taken, self.taken, pts)
+        elif item is None or self._cut_short(item[0], t_pair):
             log.info("resume: took over %d frames; fusing from pts %d%s", self.taken, pts,
                      "" if item is None else ", where the interrupted run's output was cut off")
         else:
             log.warning("resume: the partial output has a frame at %.3f s where the inputs give %.3f s; fusing "
                         "from here", float(item[0]), float(t_pair))
-        self.close()
+        self.end()
         return None
 
     def _cut_short(self, t_frame: Fraction, t_pair: Fraction) -> bool:
@@ -161,21 +173,95 @@ class TakeOver:
         """
         return t_frame > t_pair and next(itertools.islice(self._frames, _MAX_REORDER - 1, None), None) is None
 
-    def close(self, keep: bool = False) -> bool:
-        """Stop taking over. The interrupted run's file is deleted, as the new partial output holds every frame taken
-        over by then; with ``keep`` (the new run kept no frame) it is put back with its sidecar, to be resumed again.
-        Returns whether it is in its place: put back, or never moved (the run stopped before its first pair)."""
+    def end(self) -> None:
+        """Stop reading the interrupted run's file (it stays aside until the run completes, or :meth:`settle`)."""
         if self._frames is not None:
             self._frames.close()
+            self._intact.close()
             self._frames = None
+
+    def settle(self) -> bool:
+        """After a stop, with the new output's writer closed: leave under the partial name whichever of the new output
+        and the interrupted run's file holds more frames (the latter with its own sidecar), so that resuming again
+        takes over all of them. Returns whether the interrupted run's file is in its place: put back, or never moved
+        (the run stopped before its first pair)."""
+        # past the end of the take-over the old file's frames match no pair: a later resume would stop there again
+        old = None if self._frames is not None else self.taken
+        self.end()
         if not self._sidecar:
-            return keep
-        if keep and self._old.exists():
-            os.replace(self._old, partial_path(self._out))  # in its own folder: a rename, which a full disk allows
-            try:
-                _write_sidecar(self._out, self._sidecar)
-            except RuntimeError as exc:  # the new run's sidecar stays: it holds the same fingerprint
-                log.warning("%s", exc)
             return True
-        self._old.unlink(missing_ok=True)
+        if not _keep_longer(self._old, partial_path(self._out), old):
+            return False
+        try:
+            _write_sidecar(self._out, self._sidecar)
+        except RuntimeError as exc:  # the new run's sidecar stays: it holds the same fingerprint
+            log.warning("%s", exc)
+        return True
+
+
+def _slices_intact(packet: bytes) -> bool:
+    """Whether every slice of an FFV1 (version 3) frame passes its CRC, the check FFmpeg's decoder makes: each slice
+    ends in a 24-bit size, an error byte and a 32-bit parity that makes the slice's CRC-32 (MSB first, polynomial
+    0x04C11DB7, no inversion) zero (RFC 9043, 4.8)."""
+    end = len(packet)
+    while end > 0:
+        if end < 8:
+            return False
+        size = int.from_bytes(packet[end - 8:end - 5], "big") + 8  # the slice with its footer
+        if size > end:  # a damaged slice size
+            return False
+        # zlib's CRC-32 is that CRC bit-reflected and inverted: fed bit-reversed bytes from an inverted start, it ends
+        # at 0xFFFFFFFF exactly when the MSB-first CRC is 0
+        if zlib.crc32(packet[end - size:end].translate(_BIT_REVERSED), 0xFFFFFFFF) != 0xFFFFFFFF:
+            return False
+        end -= size
+    return True
+
+
+def _intact_packets(path: Path) -> Iterator[bool]:
+    """Per video packet of a partial file, whether it is intact: FFV1's slice CRCs (the writer always stores them,
+    ``slicecrc``) hold; nothing for another codec, which carries no checksum."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.codec_context.name == "ffv1":
+                for packet in container.demux(stream):
+                    if packet.size:
+                        yield _slices_intact(bytes(packet))
+    except (OSError, av.FFmpegError, IndexError):  # decoding stops there too
+        return
+
+
+def _frames_held(path: Path) -> int:
+    """Whole frames in a partial file, demuxed without decoding: packets that end before the file does (as
+    :func:`~streamfuse.video.decode_frames` reads it, a kill may have cut the last one), up to the first damaged one;
+    0 for a missing file."""
+    held, intact = 0, _intact_packets(path)
+    try:
+        size = path.stat().st_size
+        with av.open(str(path)) as container:
+            for packet in container.demux(container.streams.video[0]):
+                if not packet.size:
+                    continue
+                cut = packet.pos is not None and packet.pos + packet.size >= size
+                if cut or not next(intact, True):
+                    break
+                held += 1
+    except (OSError, av.FFmpegError, IndexError):  # missing, unreadable, or damaged from here on
+        pass
+    finally:
+        intact.close()
+    return held
+
+
+def _keep_longer(old: Path, partial: Path, old_frames: int | None = None) -> bool:
+    """Keep whichever of ``old`` (holding ``old_frames`` useful frames, or as many as it holds) and ``partial`` holds
+    more frames under the ``partial`` name, deleting the other; True when ``old`` was put back. Both hold one run's
+    frames from the start, so the longer one holds every frame of the other."""
+    if not old.exists():
         return False
+    if (_frames_held(old) if old_frames is None else old_frames) > _frames_held(partial):
+        os.replace(old, partial)  # in its own folder: a rename, which a full disk allows
+        return True
+    old.unlink()
+    return False

@@ -31,6 +31,7 @@ class ReplaySummary:
     pairs: int = 0  # pairs formed by the Pairer
     fused: int = 0
     reused: int = 0  # frames taken over from a partial output (resume)
+    nonfinite: int = 0  # fused frames with a NaN or infinite pixel (a fuser's fault; written clipped, NaN as black)
     written: int = 0
     published: int = 0  # frames sent to subscribers (publish.endpoint set)
     publish_refused: int = 0  # frames a nodrop publisher refused: a subscriber's queue stayed full for wait_ms
@@ -53,6 +54,7 @@ class ReplaySummary:
             f"{self.unpaired['vis']} | dropped ir {self.dropped['ir']}, vis {self.dropped['vis']}",
             *([f"  published {self.published} | refused by the publisher {self.publish_refused} (a subscriber's queue "
                f"stayed full)"] if self.published or self.publish_refused else []),
+            *([f"  nonfinite {self.nonfinite} (fused frames with a NaN or infinite pixel)"] if self.nonfinite else []),
             *([f"  note: {self.note}"] if self.note else []),
             f"  wall {self.wall_s:.2f} s, {self.fps:.1f} frames/s, encoder {self.encoder or '-'}",
             f"  {'stage':<14}{'median ms':>10}{'p99 ms':>10}{'share':>8}",

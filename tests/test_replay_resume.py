@@ -1,0 +1,164 @@
+"""A resumed replay that stops again: every frame already on disk survives for the next --resume (a Ctrl-C while it
+takes the interrupted run's frames over, or a kill that leaves both files); a partial output damaged on disk; and the
+summary's nonfinite count."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import av
+import numpy as np
+import pytest
+from test_replay import _StopAt, interrupted_replay, make_cfg, write_video
+
+import streamfuse.processor
+from streamfuse.atomic_write import partial_path
+from streamfuse.replay import ReplayError, run_replay
+from streamfuse.replay.resume import sidecar_path, taken_over_path
+from streamfuse.video import VideoWriter, decode_frames
+
+N = 40  # pairs
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """IR and visible at 25 fps, N frames each (N pairs)."""
+    ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mkv"
+    write_video(ir, N, 25, grey=True, codec="ffv1")
+    write_video(vis, N, 25, codec="ffv1")
+    return ir, vis
+
+
+def _held(path) -> int:
+    return len(list(decode_frames(path)))
+
+
+def _stop_at_write(monkeypatch, n: int, after: bool) -> None:
+    """Ctrl-C in the ``n``-th frame written (counted from 1), before or ``after`` it is queued for encoding."""
+    real, calls = VideoWriter.write, []
+
+    def write(self, image, pts):
+        calls.append(pts)
+        if after or len(calls) < n:
+            real(self, image, pts)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(VideoWriter, "write", write)
+
+
+@pytest.mark.parametrize("codec, ext, after", [("ffv1", ".mkv", True), ("h264", ".mp4", False)])
+def test_a_resume_stopped_while_taking_frames_over_keeps_them_all(tmp_path, pair, codec, ext, after):
+    """Ctrl-C at the 10th of the 20 frames a resumed run takes over: it deleted the interrupted run's file and kept its
+    own 9 or 10, so the next --resume fused 10 or 11 frames again; now the 20 frames and their sidecar are put back.
+    Stopped past its take-over, a resumed run keeps its own output, which holds more."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": codec}), tmp_path / f"fused{ext}"
+    interrupted_replay(cfg, ir, vis, out, stop=21)
+    assert _held(partial_path(out)) == 20
+    vouched = sidecar_path(out).read_bytes()
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(ReplayError) as err:
+        _stop_at_write(mp, 10, after)
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert "interrupted run's frames kept in" in str(err.value) and "run again with --resume" in str(err.value)
+    assert _held(partial_path(out)) == 20 and sidecar_path(out).read_bytes() == vouched
+    assert sorted(p.name for p in tmp_path.glob(f".fused{ext}*")) == [partial_path(out).name, sidecar_path(out).name]
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(ReplayError, match="25 frames kept in"):
+        mp.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(6, RuntimeError))
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert _held(partial_path(out)) == 25 and not taken_over_path(out).exists()
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 25 and summary.fused == N - 25 and summary.written == N
+    assert not list(tmp_path.glob(".fused*"))
+
+
+def _partial_of(cfg, ir, vis, folder, frames: int):
+    """The partial output and sidecar of a run interrupted after ``frames`` frames, made in ``folder``."""
+    folder.mkdir()
+    out = folder / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=frames + 1)
+    return partial_path(out), sidecar_path(out)
+
+
+def test_a_resume_killed_with_both_files_on_disk_takes_over_the_longer(tmp_path, pair):
+    """kill -9 of a resumed run leaves the file it moved aside and its own partial output: the next --resume took over
+    the new one only, losing the rest of the old one's frames (20 aside, 9 new); the new one may hold more, too."""
+    ir, vis = pair
+    cfg = make_cfg(replay={"codec": "ffv1"})
+    files = {n: _partial_of(cfg, ir, vis, tmp_path / str(n), n) for n in (9, 20)}
+    for aside, new in ((20, 9), (9, 20)):
+        out = tmp_path / f"fused{aside}.mkv"
+        shutil.copy(files[aside][0], taken_over_path(out))
+        shutil.copy(files[aside][1], sidecar_path(out))
+        shutil.copy(files[new][0], partial_path(out))
+        summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+        assert summary.complete and summary.reused == 20 and summary.written == N
+        assert not list(tmp_path.glob(f".fused{aside}*"))
+
+
+def test_a_restart_deletes_a_file_a_killed_resume_left_aside(tmp_path, pair):
+    """An explicit start over (a batch's retry) writes over the partial output: the file aside is not left for good."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=8)
+    shutil.copy(partial_path(out), taken_over_path(out))
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=False)
+    assert summary.complete and summary.reused == 0 and not list(tmp_path.glob(".fused*"))
+
+
+class _NonFiniteAt:
+    """The max fuser, with a NaN pixel in its output at the given calls (counted from 1)."""
+
+    def __init__(self, calls: set[int]):
+        self.inner, self.at, self.calls = _StopAt(None), calls, 0
+        self.name, self.version = self.inner.name, self.inner.version
+
+    def fuse(self, ir, vis_y, stream="default"):
+        self.calls += 1
+        y = np.array(self.inner.fuse(ir, vis_y), dtype=np.float32)
+        if self.calls in self.at:
+            y[3, 4] = np.nan
+        return y
+
+
+def test_the_summary_counts_fused_frames_with_a_nan_pixel(tmp_path, pair, monkeypatch):
+    """The live run's stats count them (nonfinite); the replay's summary said nothing of them."""
+    ir, vis = pair
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: _NonFiniteAt({3, 17}))
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert summary.complete and summary.nonfinite == 2
+    assert "  nonfinite 2 (fused frames with a NaN or infinite pixel)" in summary.format().splitlines()
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: _NonFiniteAt(set()))
+    clean = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "clean.mp4")
+    assert clean.nonfinite == 0 and "nonfinite" not in clean.format()
+
+
+def _flip_a_bit(path, index: int) -> None:
+    """Flip one bit in the middle of video packet ``index`` (bit rot on disk: the file's size and framing stay)."""
+    with av.open(str(path)) as container:
+        pos, size = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size][index]
+    data = bytearray(path.read_bytes())
+    data[pos + size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_ffv1_frame_of_the_partial_output_is_fused_again(tmp_path, pair, caplog):
+    """A bit flipped on disk in the interrupted run's 9th frame: FFmpeg conceals the slice and PyAV raises nothing, so
+    the damaged frame (and the FFV1 frames after it, decoded with its context) were taken over as they were."""
+    ir, vis = pair
+    cfg = make_cfg(replay={"codec": "ffv1"})
+    reference = tmp_path / "reference.mkv"
+    run_replay(cfg, ir_path=ir, vis_path=vis, out_path=reference)
+    out = tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=21)
+    _flip_a_bit(partial_path(out), 8)
+    with caplog.at_level(logging.INFO):
+        summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 8 and summary.fused == N - 8
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["resume: frame 8 of the partial output is damaged (an FFV1 slice CRC fails); took over the 8 "
+                        "frames before it, fusing from pts 320"]
+    for (t_a, a), (t_b, b) in zip(decode_frames(out), decode_frames(reference), strict=True):
+        assert t_a == t_b
+        np.testing.assert_array_equal(a, b)
