@@ -1,6 +1,7 @@
 """One bit-depth rule for every reader: 8-bit images untouched, 16-bit visible by its top 8 bits, 16-bit IR stretched
-by its range (a still's own, a sequence's first frame's for all its frames), other pixel types refused in one line;
-evaluation, training and the folder and file sources read the same 16-bit image alike."""
+by its range (a still's own; a sequence holds a range while its frames fit it and takes the range of the first frame
+that does not), other pixel types refused in one line; evaluation, training and the folder and file sources read the
+same 16-bit image alike."""
 
 from __future__ import annotations
 
@@ -28,7 +29,21 @@ def _counts(rng: np.random.Generator, lo: int = 7000, hi: int = 9000) -> np.ndar
 
 
 def _stretch(img: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    return np.clip(np.rint((img.astype(np.float64) - lo) * 255 / (hi - lo)), 0, 255).astype(np.uint8)
+    """lo..hi -> 0..255; the scale computed first, as the rule's table does, so that a count half-way between two
+    grey levels rounds the same way."""
+    return np.clip(np.rint((img.astype(np.float64) - lo) * (255 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def _robust(img: np.ndarray) -> tuple[int, int]:
+    """The range the rule takes of ``img``, by sorting: its k-th lowest and k-th highest count, k = 0.1% of the
+    pixels."""
+    k, ranked = img.size // 1000, np.sort(img, axis=None)
+    return int(ranked[k]), int(ranked[-k - 1])
+
+
+def _noisy(rng: np.random.Generator, scene: np.ndarray, n: int) -> list[np.ndarray]:
+    """``n`` frames of a still ``scene``, each with its own sensor noise of up to 4 counts."""
+    return [(scene + rng.integers(-4, 5, scene.shape)).astype(np.uint16) for _ in range(n)]
 
 
 def _frames(cfg: SourceConfig) -> list[np.ndarray]:
@@ -70,12 +85,66 @@ def test_dead_and_hot_pixels_do_not_take_the_ir_scale(rng):
     assert To8Bit(ir=True)(few)[3, 3] == 255
 
 
-def test_a_sequence_keeps_its_first_frames_scale(rng):
+def test_a_steady_scene_keeps_one_mapping_after_a_narrow_first_range(rng):
+    """A lens cap at start-up (a few counts wide), then a real scene with sensor noise: the first real frame takes
+    the scene's range and uses 0..255, and every later frame is mapped by that same range (no flicker), also after a
+    flat shutter frame outside it."""
     depth = To8Bit(ir=True)
-    assert not depth(np.full((4, 4), 8000, np.uint16)).any()  # flat: no range yet, black
-    depth(_counts(rng))
-    hotter = _counts(rng, 8000, 12000)  # a hot object enters: clipped, not a new scale
-    np.testing.assert_array_equal(depth(hotter), _stretch(hotter, 7000, 9000))
+    assert not depth(np.full((40, 56), 8000, np.uint16)).any()  # flat: no range yet, black
+    cap = (8000 + rng.integers(0, 4, (40, 56))).astype(np.uint16)
+    np.testing.assert_array_equal(depth(cap), _stretch(cap, 8000, 8003))
+    frames = _noisy(rng, _counts(rng, 6000, 12000), 8)
+    frames.insert(4, np.full((40, 56), 13000, np.uint16))  # a shutter (NUC) frame
+    held = _robust(frames[0])
+    assert any(_robust(img) != held for img in frames[1:])  # a range per frame would flicker
+    for img in frames:
+        np.testing.assert_array_equal(depth(img), _stretch(img, *held))
+    first = depth(frames[0])
+    assert np.count_nonzero((first == 0) | (first == 255)) < 0.01 * first.size and np.ptp(first) == 255
+
+
+def _with(scene: np.ndarray, patch: tuple[slice, slice], counts: tuple[int, int]) -> np.ndarray:
+    """``scene`` with an object whose temperatures rise evenly over ``counts`` in ``patch``."""
+    img = scene.copy()
+    img[patch] = np.linspace(*counts, img[patch].size).reshape(img[patch].shape)
+    return img
+
+
+@pytest.mark.parametrize("patch, counts", [
+    ((slice(10, 20), slice(10, 20)), (9500, 12000)),  # 4.5% of the pixels clipped, the frame's range 2.5x the held one
+    ((slice(10, 11), slice(10, 20)), (30000, 40000)),  # 0.4% clipped, but the frame's range 10x the held one
+])
+def test_a_hot_object_entering_widens_the_range(rng, patch, counts):
+    """A small object a little warmer than the scene is clipped white (the range holds); a hot one takes the frame's
+    range, so its temperatures are told apart; when it leaves, that range is held."""
+    scene = _counts(rng)
+    depth = To8Bit(ir=True)
+    depth(scene)
+    warm = _with(scene, (slice(10, 11), slice(10, 20)), (9500, 12000))  # 0.4% clipped, range 2.5x the held one
+    np.testing.assert_array_equal(depth(warm), _stretch(warm, 7000, 9000))
+    hot = _with(scene, patch, counts)
+    out = depth(hot)
+    np.testing.assert_array_equal(out, _stretch(hot, *_robust(hot)))
+    assert np.ptp(out[patch]) > 50
+    np.testing.assert_array_equal(depth(scene), _stretch(scene, *_robust(hot)))
+
+
+@pytest.mark.parametrize("patch, counts", [
+    ((slice(10, 20), slice(10, 20)), (9500, 12000)),  # the scene alone spans 40% of the range it took
+    ((slice(10, 11), slice(10, 20)), (30000, 40000)),  # 6%
+])
+def test_the_range_narrows_once_a_hot_object_has_left_for_30_frames(rng, patch, counts):
+    """A hot object widens the range; 29 frames of the scene alone, or a shutter frame (a few counts), leave it held;
+    the 30th frame in a row less than half as wide as it takes its own range (the scene's contrast back)."""
+    depth = To8Bit(ir=True)
+    scene = _noisy(rng, _counts(rng), 31)
+    hot = _with(scene[0], patch, counts)
+    depth(hot)
+    shutter = (8000 + rng.integers(0, 4, (40, 56))).astype(np.uint16)
+    for img in [*scene[:10], shutter, hot, *scene[:29]]:  # the hot object back once: a new row of 30 begins after it
+        np.testing.assert_array_equal(depth(img), _stretch(img, *_robust(hot)))
+    np.testing.assert_array_equal(depth(scene[29]), _stretch(scene[29], *_robust(scene[29])))
+    np.testing.assert_array_equal(depth(scene[30]), _stretch(scene[30], *_robust(scene[29])))
 
 
 def test_other_pixel_types_are_one_line(tmp_path):
@@ -115,13 +184,14 @@ def test_evaluation_training_and_the_folder_source_read_a_16_bit_pair_alike(tmp_
     np.testing.assert_array_equal(folder_ir, ir)
 
 
-def test_the_folder_source_keeps_one_scale_for_the_sequence(tmp_path, rng):
-    frames = [_counts(rng), _counts(rng, 7500, 8000), _counts(rng, 6000, 12000)]
+def test_the_folder_source_holds_one_scale_while_frames_fit_it(tmp_path, rng):
+    frames = [_counts(rng), _counts(rng, 7500, 8000), _counts(rng, 6000, 12000), _counts(rng, 7000, 11000)]
     for i, img in enumerate(frames):
         assert cv2.imwrite(str(tmp_path / f"{i:04d}.png"), img)
     out = _frames(SourceConfig(kind="folder", path=str(tmp_path), realtime=False))
-    for img, got in zip(frames, out, strict=True):
-        np.testing.assert_array_equal(got, _stretch(img, 7000, 9000))  # no level jump between frames
+    ranges = [(7000, 9000), (7000, 9000), (6000, 12000), (6000, 12000)]  # 67% of the third frame out of range
+    for img, got, (lo, hi) in zip(frames, out, ranges, strict=True):
+        np.testing.assert_array_equal(got, _stretch(img, lo, hi))  # no level jump between frames that fit
 
 
 def test_a_float_image_in_a_folder_is_one_line_naming_it(tmp_path):
@@ -131,13 +201,13 @@ def test_a_float_image_in_a_folder_is_one_line_naming_it(tmp_path):
         _frames(SourceConfig(kind="folder", path=str(tmp_path), realtime=False))
 
 
-def test_a_16_bit_grey_ir_video_keeps_its_first_frames_scale(tmp_path, rng):
-    frames = [_counts(rng), _counts(rng, 8000, 9500)]
+def test_a_16_bit_grey_ir_video_holds_its_scale_while_frames_fit_it(tmp_path, rng):
+    frames = [_counts(rng), _counts(rng, 7200, 8800), _counts(rng, 8000, 9500)]
     path = tmp_path / "ir.mkv"
     write_grey16(path, frames)
     out = _frames(SourceConfig(kind="file", path=str(path), realtime=False))
-    for img, got in zip(frames, out, strict=True):
-        np.testing.assert_array_equal(got, _stretch(img, 7000, 9000))
+    for img, got, (lo, hi) in zip(frames, out, [(7000, 9000), (7000, 9000), (8000, 9500)], strict=True):
+        np.testing.assert_array_equal(got, _stretch(img, lo, hi))
 
 
 def test_a_still_is_read_at_its_own_depth(tmp_path: Path, rng):

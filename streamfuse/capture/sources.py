@@ -148,7 +148,7 @@ class BaseSource:
         self.frame_id = cfg.frame_id or f"{section}_optical_frame"
         self.stop_event: Any = None  # Event-like (``wait(s)``) from the producer: pacing sleeps end on stop
         self._is_ir = section == "ir"
-        self._depth = To8Bit(self._is_ir)  # 16-bit frames: IR by the range of the first frame that has one
+        self._depth = To8Bit(self._is_ir)  # 16-bit frames: IR by the sequence's held range (streamfuse.bitdepth)
         self._seq, self._opened = 0, False
         self._pace_anchor: tuple[int, int] | None = None  # (perf_counter_ns, t_capture_ns) of the first paced frame
         self._skipping = False
