@@ -13,7 +13,7 @@ Capture times (``t_capture_ns``):
 - ``folder``: ``index / fps`` seconds.
 
 16-bit images, grey video deeper than 8 bits (IR) and 16-bit camera frames come to 8 bits by the sequence rule of
-:mod:`streamfuse.bitdepth` (IR: the range of the source's first frame that has one, kept for all its frames).
+:mod:`streamfuse.bitdepth` (IR: a range held while the frames fit it, re-taken when they clearly do not).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from pathlib import Path
 import cv2
 
 from streamfuse.bitdepth import deep_grey, read_8bit
+from streamfuse.capture.container_end import missing_end
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
-from streamfuse.errors import one_line, opencv_quiet
+from streamfuse.errors import io_reason, one_line, opencv_quiet
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
@@ -164,7 +165,8 @@ class AvSource(BaseSource):
         self._period_ns = round(1e9 / float(rate)) if rate else round(1e9 / self.cfg.fps)
         self._expected = announced_frames(container, stream)  # 0 when the container does not say (e.g. Matroska)
         self._container, self._stream = container, stream  # for the announced end, at the end of the pass
-        self._first_dts = self._end_dts = None  # of this pass's first video packet; its last one's dts + duration
+        # this pass's first and last video packets' dts, and where its last one ends
+        self._first_dts = self._last_dts = self._end_dts = None
         self._decoded = self._pass_jumps = 0  # frames and timestamps that jumped back in this pass
         self._packets = 0  # video packets with data in this pass
         self._frames = self._decode(container, stream)
@@ -177,7 +179,10 @@ class AvSource(BaseSource):
             self._packets += packet.size > 0
             if packet.size and packet.dts is not None:
                 self._first_dts = packet.dts if self._first_dts is None else self._first_dts
-                self._end_dts = packet.dts + packet.duration
+                # An AVI packet lasts one slot, and a frame spans several where the time base is finer than the
+                # frame rate (1/600 s): the step from the packet before is its length then.
+                step = 0 if self._last_dts is None else packet.dts - self._last_dts
+                self._last_dts, self._end_dts = packet.dts, packet.dts + max(packet.duration, step)
             try:
                 yield from packet.decode()
             except av.InvalidDataError as exc:
@@ -268,19 +273,41 @@ class AvSource(BaseSource):
 
         self._check_lost()
         end_s = announced_end_s(self._container, self._stream, self._first_dts)
-        if not self._decoded or end_s is None:
-            return
-        if "avi" in self._container.format.name.split(","):  # frame slots: exact (see announced_end_s)
-            # as a float, as end_s is: 40 slots of 1/25 s are exactly 8/5, under the float 1.6 (1.6000000000000000888)
-            short = self._end_dts is not None and float(self._end_dts * self.time_base) < end_s
-        else:
-            # After a jump back the last pts says nothing about where the file ends (after a gap it still does). The
-            # last frame lasts its step: a variable-rate file's nominal rate can be its time base's (1/600 s ticks).
-            last_ns = self._last_pts_ns + 2 * max(self._period_ns, self._last_step_ns)
-            short = not self._pass_jumps and last_ns < round(end_s * 1e9)
-        if short:
+        if self._decoded and end_s is not None and self._ends_before(end_s):
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the container announces {end_s:.3f} s")
+        self._check_container_end()
+
+    def _ends_before(self, end_s: float) -> bool:
+        """Whether this pass's frames end before ``end_s``, the container's announced end."""
+        if "avi" in self._container.format.name.split(","):  # frame slots: exact (see announced_end_s)
+            # as a float, as end_s is: 40 slots of 1/25 s are exactly 8/5, under the float 1.6 (1.6000000000000000888)
+            return self._end_dts is not None and float(self._end_dts * self.time_base) < end_s
+        # After a jump back the last pts says nothing about where the file ends (after a gap it still does). The
+        # last frame lasts its step: a variable-rate file's nominal rate can be its time base's (1/600 s ticks), and
+        # a single frame's length is not known (a cut leaving one frame shows in the container's end, see below).
+        if self._decoded < 2:
+            return False
+        last_ns = self._last_pts_ns + 2 * max(self._period_ns, self._last_step_ns)
+        return not self._pass_jumps and last_ns < round(end_s * 1e9)
+
+    def _check_container_end(self) -> None:
+        """A cut the checks above miss (Matroska or FLV without their last frames, a NUT or MPEG-TS file, which
+        announce no length, an AVI cut inside its last frame) shows in what the container wrote at its end
+        (``container_end``): an error, or a warning where a complete file can look the same."""
+        if self.live or self._looped:
+            return
+        try:
+            cut = missing_end(self.cfg.path, self._container.format.name)
+        except OSError as exc:
+            raise SourceError(f"{self.section}: {self.cfg.path}: cannot read the end of the file: {io_reason(exc)}") \
+                from None
+        if cut and cut.certain:
+            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
+                              f"{self._where()}; {cut.what}")
+        if cut:
+            self.warn(f"{self.section}: {self.cfg.path}: {cut.what}: frames after frame {self._decoded} may be "
+                      f"missing")
 
     def _check_lost(self) -> None:
         """A frame-threaded decoder drops a picture that fails to decode while it drains (FFmpeg ignores errors

@@ -1,0 +1,178 @@
+"""A file cut short whose frames decode up to the cut without an error (``container_end``): the file source reads the
+complete file to its end without a word, and the same file cut at a frame or inside one stops with one line naming
+the file and what its container misses; a file the container cannot tell from a cut one (NUT without its index) is
+reported, and one never finalised (written to a pipe) is only checked for a last element cut inside.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from streamfuse.capture.container_end import missing_end
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV build has no libx264")]
+
+N = 12
+
+
+class _Pipe:
+    """A file written without seeking back: the muxer cannot finalise it (a live recording)."""
+
+    def __init__(self, path: Path):
+        self._file = path.open("wb")
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write(path: Path, fmt: str, *, piped: bool = False, options: dict[str, str] | None = None) -> list[int]:
+    """N noisy 64x48 H.264 frames (no B-frames) at 25 fps; the start of each video packet in the file."""
+    rng = np.random.default_rng(0)
+    target = _Pipe(path) if piped else str(path)
+    with av.open(target, "w", format=fmt, options=options or {}) as container:
+        stream = container.add_stream("libx264", rate=25, options={"bf": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(N):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), np.uint8), format="bgr24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    if piped:
+        target.close()
+    with av.open(str(path)) as container:
+        return [p.pos for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def read_all(path: Path) -> tuple[int, list[str]]:
+    """Frames read by the file source to the end, and its warnings."""
+    src = open_source("ir", SourceConfig(kind="file", path=str(path), realtime=False))
+    warnings: list[str] = []
+    src.warn = warnings.append
+    n = 0
+    with src:
+        while src.read() is not None:
+            n += 1
+    return n, warnings
+
+
+def cut_to(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+@pytest.mark.parametrize("fmt, options, missing", [
+    ("matroska", {}, "its Matroska segment announces"),
+    ("flv", {}, "its FLV metadata announces"),
+    ("avi", {}, "its last RIFF chunk (RIFF) announces"),
+])
+def test_a_file_cut_before_its_last_frame_is_truncated_the_complete_one_is_not(tmp_path: Path, fmt: str,
+                                                                             options: dict[str, str],
+                                                                             missing: str) -> None:
+    path = tmp_path / f"v.{fmt}"
+    starts = write(path, fmt, options=options)
+    assert read_all(path) == (N, [])
+    cut_to(path, starts[-1] + (0 if fmt in ("matroska", "flv") else 40))  # at its last frame, or 40 bytes into it
+    kept = N - 1 if fmt in ("matroska", "flv") else N
+    with pytest.raises(SourceError, match=f"v.{fmt}: truncated or corrupt video: decoding stopped after frame {kept} "
+                                          f".*; {re.escape(missing)} "):
+        read_all(path)
+
+
+def test_mpegts_that_ends_inside_a_transport_packet_is_truncated_whole_packets_are_not(tmp_path: Path) -> None:
+    path, m2ts = tmp_path / "v.ts", tmp_path / "v.m2ts"
+    write(path, "mpegts")
+    write(m2ts, "mpegts", options={"mpegts_m2ts_mode": "1"})  # 192-byte packets
+    assert read_all(path) == (N, []) and missing_end(m2ts, "mpegts") is None
+    cut_to(path, path.stat().st_size - 100)
+    with pytest.raises(SourceError, match="v.ts: truncated or corrupt video: .*does not end with a whole MPEG-TS"):
+        read_all(path)
+
+
+def test_nut_without_its_index_is_reported_and_read_to_its_end(tmp_path: Path) -> None:
+    path = tmp_path / "v.nut"
+    write(path, "nut", piped=True)  # FFmpeg writes the index to a pipe too
+    assert read_all(path) == (N, [])
+    cut_to(path, path.stat().st_size // 2)
+    n, warnings = read_all(path)
+    assert 0 < n < N
+    assert len(warnings) == 1 and "v.nut: its NUT index is missing" in warnings[0]
+    assert f"frames after frame {n} may be missing" in warnings[0]
+
+
+def test_a_live_matroska_never_finalised_says_nothing_until_its_last_cluster_is_cut(tmp_path: Path) -> None:
+    path = tmp_path / "v.mkv"
+    starts = write(path, "matroska", piped=True)  # unknown segment size, no duration, no cues
+    assert read_all(path) == (N, [])
+    cut_to(path, starts[-1] + 40)
+    with pytest.raises(SourceError, match="v.mkv: truncated .*; its last Matroska element \\(Cluster\\) announces"):
+        read_all(path)
+
+
+def test_flv_that_ends_inside_a_tag_is_truncated_even_without_a_file_size(tmp_path: Path) -> None:
+    path = tmp_path / "v.flv"
+    starts = write(path, "flv", piped=True)  # onMetaData's filesize is 0
+    assert read_all(path) == (N, [])
+    cut_to(path, starts[-1] + 40)
+    with pytest.raises(SourceError, match="v.flv: truncated or corrupt video: .*; the file ends inside an FLV tag$"):
+        read_all(path)
+
+
+def test_an_avi_whose_frames_span_several_slots_is_read_to_its_end_and_cut_is_still_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "v.avi"
+    with av.open(str(path), "w") as container:  # 30 frames/s on a 1/600 s time base: 20 slots a frame
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt, stream.time_base = 64, 48, "yuv420p", Fraction(1, 600)
+        for i in range(N):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = 20 * i, Fraction(1, 600)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    assert read_all(path) == (N, [])
+    with av.open(str(path)) as container:
+        last = [p.pos for p in container.demux(container.streams.video[0]) if p.size][-1]
+    cut_to(path, last)
+    with pytest.raises(SourceError, match=f"truncated or corrupt video: decoding stopped after frame {N - 1} "):
+        read_all(path)
+
+
+def write_asf(path: Path, n: int = N, *, piped: bool = False) -> None:
+    """``n`` WMV2 frames at 25 fps in ASF; piped: written live (its header's broadcast flag set, no sizes)."""
+    target = _Pipe(path) if piped else str(path)
+    with av.open(target, "w", format="asf") as container:
+        stream = container.add_stream("wmv2", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(n):
+            image = np.full((48, 64, 3), 10 * i, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        container.mux(stream.encode(None))
+    if piped:
+        target.close()
+
+
+def test_an_asf_cut_short_is_truncated_one_written_live_says_nothing(tmp_path: Path) -> None:
+    whole, live = tmp_path / "v.wmv", tmp_path / "live.wmv"
+    write_asf(whole)
+    write_asf(live, piped=True)
+    assert read_all(whole) == (N, [])
+    for path in (whole, live):
+        cut_to(path, path.stat().st_size // 2)
+    assert missing_end(live, "asf") is None
+    with pytest.raises(SourceError, match="v.wmv: truncated or corrupt video: .*; its ASF header announces "):
+        read_all(whole)
+
+
+def test_a_video_of_one_frame_whose_rate_is_not_said_is_read_to_its_end(tmp_path: Path) -> None:
+    """One ASF frame: no rate but the 1/1000 s time base's, so the frame was taken for 1 ms long, the file for cut."""
+    path = tmp_path / "one.wmv"
+    write_asf(path, 1)
+    assert read_all(path) == (1, [])
