@@ -172,10 +172,16 @@ class Recorder:
             if existing.exists():
                 raise RuntimeError(f"cannot record to {self.path}: {existing} exists; choose another record.path or "
                                    f"move it away")
+        try:  # a new folder (runs/rig0.mcap) is made, as train --out and replay_many --out make theirs
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # the parent is a file
+            raise RuntimeError(f"cannot write recording {self.path}: {self.path.parent} is not a folder") from None
+        except OSError as exc:
+            raise RuntimeError(f"cannot write recording {self.path}: {io_reason(exc)}") from None
         try:
             self._file = open(self._partial, "xb")  # noqa: SIM115 (closed in close())
         except OSError as exc:
-            raise RuntimeError(f"cannot write recording {self.path}: {exc.strerror}") from None
+            raise RuntimeError(f"cannot write recording {self.path}: {io_reason(exc)}") from None
         compression = CompressionType.ZSTD if cfg.compression == "zstd" else CompressionType.NONE
         self._writer = Writer(self._file, chunk_size=int(cfg.chunk_mb * 2**20), compression=compression)
         self._writer.start(profile="ros2", library="streamfuse")

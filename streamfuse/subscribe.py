@@ -32,7 +32,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="streamfuse subscribe", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m streamfuse subscribe", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--topic", default="fused/", help="topic prefix to receive")
@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.timeout < math.inf or args.count < 0 or args.every < 1 or not 0 < args.max_frame_mb <= 1e6:
         parser.error("--timeout must be finite and > 0, --count >= 0, --every >= 1 and --max-frame-mb in (0, 1e6]")
     if args.show and not _gui_available():
-        print("error: --show needs an OpenCV build with GUI support (pip install opencv-python); this one is "
-              "headless", file=sys.stderr)
+        # both packages provide cv2: installed side by side they break each other, hence the uninstall first
+        print("error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall -y "
+              "opencv-python-headless && pip install opencv-python; the pipeline itself needs only the headless "
+              "build)", file=sys.stderr)
         return 2
     if args.save:
         try:

@@ -196,6 +196,26 @@ def test_a_recording_never_writes_over_an_existing_file(tmp_path, rng):
     assert [p.read_bytes() for p in sorted(tmp_path.iterdir())] == [b"keep me"] * 3
 
 
+def test_a_recording_makes_its_folder(tmp_path, rng):
+    """``record.path=runs/rig0.mcap`` in a checkout without runs/, as train --out and replay_many --out make theirs."""
+    frames = _frames(rng, 2)
+    path = tmp_path / "runs" / "rig0" / "rig0.mcap"
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        for f in frames:
+            rec.write(f)
+    assert [(f.stream, f.seq) for f in read_recording(path)] == [(f.stream, f.seq) for f in frames]
+
+
+def test_a_recording_whose_folder_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "runs").write_bytes(b"keep me")
+    for sub, reason in (("", f"{tmp_path / 'runs'} is not a folder"), ("rig0/", "Not a directory")):
+        path = tmp_path / "runs" / sub / "rig0.mcap"
+        with pytest.raises(RuntimeError) as exc:
+            Recorder(RecordConfig(path=str(path)))
+        assert str(exc.value) == f"cannot write recording {path}: {reason}"
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"] and (tmp_path / "runs").read_bytes() == b"keep me"
+
+
 @pytest.mark.parametrize("name", ["rig0", "rig0.bag", "input.mp4"])
 def test_a_recording_needs_a_name_that_reads_back_as_one(name):
     """Replay and the mcap source know a recording by its .mcap suffix: a file named otherwise would be recorded, then

@@ -360,7 +360,7 @@ def test_module_cli_dispatches_to_each_command(capsys):
     assert "config error: missing.yaml" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cli(["subscribe", "--help"])
-    assert exc.value.code == 0 and "usage: streamfuse subscribe" in capsys.readouterr().out
+    assert exc.value.code == 0 and "usage: python -m streamfuse subscribe" in capsys.readouterr().out
 
 
 def test_live_pipeline_publishes_previews_on_request_and_its_fuser_in_the_stats():

@@ -23,6 +23,7 @@ msrs/test.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -31,10 +32,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-try:
-    import streamfuse  # noqa: F401  (first: a missing dependency then says which environment to use)
-except ModuleNotFoundError as exc:  # a Python without the package
-    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
+# where the package is not installed, this checkout's: its import names the dependencies this Python lacks, in the
+# one line of `python -m streamfuse`
+if importlib.util.find_spec("streamfuse") is None:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 
 import numpy as np  # noqa: E402
 

@@ -1,11 +1,20 @@
 """The fuse benchmark: the same as ``python -m streamfuse bench fuse`` (see its -h)."""
 
+import importlib.util
 import sys
+from pathlib import Path
+
+# where the package is not installed, this checkout's: its import names the dependencies this Python lacks, in the
+# one line of `python -m streamfuse`
+if importlib.util.find_spec("streamfuse") is None:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 try:
     from streamfuse.bench.fuse import main
-except ModuleNotFoundError as exc:  # a Python without the package: say which one to use, not a traceback
-    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
+except ModuleNotFoundError as exc:  # an extra, or a dependency's own (the package's import names its direct ones)
+    from streamfuse.cli import not_installed
+
+    sys.exit(not_installed(Path(__file__).name, exc))
 
 if __name__ == "__main__":
     sys.exit(main())

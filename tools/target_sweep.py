@@ -13,13 +13,15 @@ Example: ``python tools/target_sweep.py --gains 1.0,1.1,1.2,1.3,1.5 --base align
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
-try:
-    import streamfuse  # noqa: F401  (first: a missing dependency then says which environment to use)
-except ModuleNotFoundError as exc:  # a Python without the package
-    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
+# where the package is not installed, this checkout's: its import names the dependencies this Python lacks, in the
+# one line of `python -m streamfuse`
+if importlib.util.find_spec("streamfuse") is None:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 
 import numpy as np  # noqa: E402
 

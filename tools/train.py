@@ -3,13 +3,22 @@ that trained the shipped weights)."""
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import sys
+from pathlib import Path
+
+# where the package is not installed, this checkout's: its import names the dependencies this Python lacks, in the
+# one line of `python -m streamfuse`
+if importlib.util.find_spec("streamfuse") is None:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 try:
     from streamfuse.train import main
-except ModuleNotFoundError as exc:  # a Python without the package or its dependencies
-    sys.exit(f"{exc.name} is not installed for {sys.executable}; run `make venv` once and use .venv/bin/python")
+except ModuleNotFoundError as exc:  # an extra, or a dependency's own (the package's import names its direct ones)
+    from streamfuse.cli import not_installed
+
+    sys.exit(not_installed(Path(__file__).name, exc))
 except KeyboardInterrupt:  # Ctrl-C while torch loads
     sys.exit("train: interrupted")
 

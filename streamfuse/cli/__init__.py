@@ -22,7 +22,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["COMMANDS", "main", "dispatch", "console"]
+__all__ = ["COMMANDS", "main", "dispatch", "console", "not_installed"]
 
 # command -> "module:function" taking argv and returning an exit status (None counts as 0)
 COMMANDS = {
@@ -39,21 +39,31 @@ COMMANDS = {
 FAST_EXIT = ("run", "replay")  # commands whose teardown is skipped by the console (see cli.run.exit_now)
 
 
+def not_installed(where: str, exc: ModuleNotFoundError) -> str:
+    """The one line for a command (or tool) whose imports lack ``exc.name``: an optional extra, or a dependency's own
+    dependency (the package's import names the direct ones that are missing)."""
+    return (f"{where}: needs {exc.name}, which is not installed for {sys.executable} "
+            "(see pyproject.toml's optional dependencies)")
+
+
 def _target(where: str, spec: str) -> Callable[[list[str]], int | None]:
     module, _, name = spec.partition(":")
     try:
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as exc:  # an optional extra (aiohttp, foxglove, ray, imagezmq) not installed here
-        raise SystemExit(f"{where}: needs {exc.name}, which is not installed for {sys.executable} "
-                         "(see pyproject.toml's optional dependencies)") from None
+        raise SystemExit(not_installed(where, exc)) from None
     except KeyboardInterrupt:  # Ctrl-C while a command's heavy imports (torch, numba) load: nothing started yet
         raise SystemExit(f"{where}: interrupted") from None
 
 
 def dispatch(prog: str, commands: dict[str, str], argv: list[str], doc: str) -> int:
-    """Run ``argv[0]``'s command from ``commands`` (name -> "module:function") with the rest; its exit status."""
+    """Run ``argv[0]``'s command from ``commands`` (name -> "module:function") with the rest; its exit status.
+
+    ``prog`` (``streamfuse bench``) starts the error lines; the usage line says ``python -m PROG``, as every command's
+    own parser does.
+    """
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: {prog} {{{','.join(commands)}}} [ARGS...]\n\n{doc}")
+        print(f"usage: python -m {prog} {{{','.join(commands)}}} [ARGS...]\n\n{doc}")
         return 0 if argv else 2
     if argv[0] not in commands:
         print(f"{prog}: unknown command {argv[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)

@@ -82,7 +82,7 @@ def _path(text: str) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """The training command: parse ``argv``, run, exit with one line on bad input."""
-    parser = argparse.ArgumentParser(prog="streamfuse train", description=__doc__, epilog=_settings_help(),
+    parser = argparse.ArgumentParser(prog="python -m streamfuse train", description=__doc__, epilog=_settings_help(),
                                      allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=_path, default=data_dir(),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from streamfuse.bench import BENCHES
 from streamfuse.cli import COMMANDS, dispatch, main
 from streamfuse.signals import handled
 
@@ -58,6 +59,20 @@ def test_each_command_reaches_its_own_main(capsys):
         with pytest.raises(SystemExit) as exc:
             main(["bench", name, "-h"])
         assert exc.value.code == 0 and f"python -m streamfuse bench {name}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in COMMANDS), *(["bench", name] for name in BENCHES)],
+                         ids=lambda command: " ".join(command) or "(none)")
+def test_every_usage_line_names_python_m_streamfuse(command, capsys):
+    """As the README writes each command (the console script ``streamfuse`` runs the same)."""
+    try:
+        code = main([*command, "-h"])
+    except SystemExit as exc:  # argparse's -h
+        if "which is not installed" in str(exc.code):
+            pytest.skip(str(exc.code))  # an optional extra the command needs
+        code = exc.code
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert code == 0 and usage.startswith(f"usage: {' '.join(['python -m streamfuse', *command])} "), usage
 
 
 @pytest.mark.parametrize("argv", [

@@ -1,0 +1,46 @@
+"""A tool run by a Python without the dependencies names them, in the one line of ``python -m streamfuse``; one whose
+command lacks a deeper module (an extra, a dependency's own) says so as that command does."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = sorted(p.name for p in (REPO / "tools").glob("*.py"))
+
+
+def _stderr(args: list[str], cwd: Path) -> tuple[int, str]:
+    # -S and no PYTHONPATH: no site-packages, as with a system Python that installed neither the requirements nor the
+    # package
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-S", *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
+    return proc.returncode, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def package_line() -> str:
+    code, err = _stderr(["-m", "streamfuse", "-h"], REPO)
+    assert code == 1 and err.startswith("streamfuse: numpy, ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_a_tool_names_the_missing_dependencies(name, package_line, tmp_path):
+    # from another folder: the tool finds its checkout's package, whose check says what this Python lacks
+    assert _stderr([str(REPO / "tools" / name), "-h"], tmp_path) == (1, package_line)
+
+
+@pytest.mark.parametrize("name, module", [("bench_fuse.py", "streamfuse.bench.fuse"),
+                                          ("evaluate.py", "streamfuse.cli.evaluate"), ("train.py", "streamfuse.train")])
+def test_a_tool_whose_command_lacks_a_module_is_one_line(name, module, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # its import fails as that of a module not installed would
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(REPO / "tools" / name))
+    assert exc.value.code == (f"{name}: needs {module}, which is not installed for {sys.executable} (see "
+                              "pyproject.toml's optional dependencies)")
