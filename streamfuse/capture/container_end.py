@@ -16,7 +16,9 @@ What each container leaves at its end, as FFmpeg's muxers (and the specification
 - ASF (WMV): its header states the file's size (unless written live, as its broadcast flag says).
 - AVI and MP4/MOV: chunks and boxes that state their sizes. A cut MP4 whose ``moov`` was to come last does not open,
   and a cut AVI mostly ends before its header's frame count; but a cut inside the last frame of an AVI, or in the
-  ``mdat`` of an MP4 written with its ``moov`` first, leaves every frame, the last one damaged.
+  ``mdat`` of an MP4 written with its ``moov`` first, leaves every frame, the last one damaged. An AVI written to a
+  pipe is never finalised: its RIFF and ``movi`` sizes stay unset (0 or 0xFFFFFFFF) and its header's frame count is a
+  placeholder (FFmpeg's 2^30), so it announces no end (:func:`finalised`); its frames' chunks are walked instead.
 
 Apart from NUT's, what these checks find missing is certain: neither the specifications nor FFmpeg's muxers give a
 complete file that shape.
@@ -29,12 +31,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-__all__ = ["Cut", "missing_end"]
+__all__ = ["Cut", "missing_end", "finalised"]
 
 _Next = tuple[str, int | None] | None  # a walked element's name and where it ends (None: unknown)
 _EBML, _SEGMENT, _CLUSTER = 0x1A45DFA3, 0x18538067, 0x1F43B675
 _ASF_HEADER = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")  # the GUIDs, as stored (little-endian fields)
 _ASF_FILE_PROPERTIES = bytes.fromhex("a1dcab8c47a9cf118ee400c00c205365")
+_RIFF_UNSET = (0, 0xFFFFFFFF)  # a RIFF or LIST size before the file is finalised (a writer to a pipe leaves it)
 _FLV_TAGS = {8, 9, 18}  # audio, video, script data
 _NUT_INDEX = bytes.fromhex("4e58dd672f23e64e")  # INDEX_STARTCODE
 _TS_PACKETS = ((188, 0), (192, 4), (204, 0))  # (packet size, offset of its 0x47 sync byte)
@@ -58,6 +61,17 @@ def missing_end(path: str | Path, format_name: str) -> Cut | None:
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         return check(f, size)
+
+
+def finalised(path: str | Path, format_name: str) -> bool:
+    """Whether the lengths in the header of the video file ``path`` (demuxed as ``format_name``) are the file's: False
+    for an AVI whose RIFF size was never written (a writer to a pipe cannot seek back to it, nor to the frame counts,
+    where FFmpeg leaves 2^30 frames), so its header announces no end."""
+    if "avi" not in format_name.split(","):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return len(head) == 8 and struct.unpack("<I", head[4:])[0] not in _RIFF_UNSET
 
 
 def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:
@@ -135,13 +149,21 @@ def _walk(f: BinaryIO, pos: int, size: int, what: str, least: int, read: Callabl
 
 def _riff(f: BinaryIO, size: int) -> Cut | None:
     """AVI: RIFF chunks (more than one past 1 GiB, OpenDML), whose sizes are written when the file is finalised
-    (0 or 0xFFFFFFFF before: a file written to a pipe)."""
+    (0 or 0xFFFFFFFF before: a file written to a pipe). The walk goes into a RIFF or LIST of unknown size (the
+    ``movi`` list of one never finalised) and on through the chunks in it, frames included: the last must be whole."""
+    inside = False  # in a chunk of unknown size, whose chunks may be of any kind
+
     def read(pos: int) -> _Next:
+        nonlocal inside
         head = _read_at(f, pos, 8)
-        if head[:4] not in (b"RIFF", b"LIST", b"JUNK"):
+        kind, length = head[:4], struct.unpack("<I", head[4:])[0]
+        if kind not in (b"RIFF", b"LIST", b"JUNK") and not (inside and all(32 <= c < 127 for c in kind)):
             return None
-        length = struct.unpack("<I", head[4:])[0]  # an odd one's pad byte is not asked for: none is ever needed
-        return head[:4].decode(), None if length in (0, 0xFFFFFFFF) else pos + 8 + length
+        if kind in (b"RIFF", b"LIST") and length in _RIFF_UNSET:
+            inside = True
+            return kind.decode(), pos + 12  # its chunks follow its form type
+        end = pos + 8 + length
+        return kind.decode(), end + 1 if length % 2 and end < size else end  # an odd chunk's pad byte, if written
 
     return _walk(f, 0, size, "RIFF chunk", 8, read)
 

@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 
 from streamfuse.bitdepth import deep_grey, read_8bit
-from streamfuse.capture.container_end import missing_end
+from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
 from streamfuse.errors import io_reason, one_line, opencv_quiet
@@ -272,11 +273,18 @@ class AvSource(BaseSource):
         from streamfuse.video import announced_end_s
 
         self._check_lost()
-        end_s = announced_end_s(self._container, self._stream, self._first_dts)
+        end_s = announced_end_s(self._container, self._stream, self._first_dts) if self._finalised() else None
         if self._decoded and end_s is not None and self._ends_before(end_s):
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the container announces {end_s:.3f} s")
         self._check_container_end()
+
+    def _finalised(self) -> bool:
+        """Whether the lengths the container's header states are the file's: an AVI written where its writer could
+        not seek back (a pipe; a live AVI stream always is) holds placeholders there (FFmpeg's 2^30 frames)."""
+        if self.live:
+            return "avi" not in self._container.format.name.split(",")
+        return self._read_end(finalised)
 
     def _ends_before(self, end_s: float) -> bool:
         """Whether this pass's frames end before ``end_s``, the container's announced end."""
@@ -297,17 +305,21 @@ class AvSource(BaseSource):
         (``container_end``): an error, or a warning where a complete file can look the same."""
         if self.live or self._looped:
             return
-        try:
-            cut = missing_end(self.cfg.path, self._container.format.name)
-        except OSError as exc:
-            raise SourceError(f"{self.section}: {self.cfg.path}: cannot read the end of the file: {io_reason(exc)}") \
-                from None
+        cut = self._read_end(missing_end)
         if cut and cut.certain:
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; {cut.what}")
         if cut:
             self.warn(f"{self.section}: {self.cfg.path}: {cut.what}: frames after frame {self._decoded} may be "
                       f"missing")
+
+    def _read_end(self, check: Callable[[str, str], Any]) -> Any:
+        """``check(path, format name)``, a ``container_end`` check on the file's own bytes; an error one line."""
+        try:
+            return check(self.cfg.path, self._container.format.name)
+        except OSError as exc:
+            raise SourceError(f"{self.section}: {self.cfg.path}: cannot read it to check its container: "
+                              f"{io_reason(exc)}") from None
 
     def _check_lost(self) -> None:
         """A frame-threaded decoder drops a picture that fails to decode while it drains (FFmpeg ignores errors

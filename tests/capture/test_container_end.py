@@ -1,7 +1,8 @@
 """A file cut short whose frames decode up to the cut without an error (``container_end``): the file source reads the
 complete file to its end without a word, and the same file cut at a frame or inside one stops with one line naming
 the file and what its container misses; a file the container cannot tell from a cut one (NUT without its index) is
-reported, and one never finalised (written to a pipe) is only checked for a last element cut inside.
+reported, and one never finalised (written to a pipe) is only checked for a last element cut inside: what its header
+states in place of lengths (an AVI's 2^30 frames) is no end.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from streamfuse.capture.container_end import missing_end
+from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 
 pytestmark = [pytest.mark.timeout(60),
@@ -54,9 +55,9 @@ def write(path: Path, fmt: str, *, piped: bool = False, options: dict[str, str] 
         return [p.pos for p in container.demux(container.streams.video[0]) if p.size]
 
 
-def read_all(path: Path) -> tuple[int, list[str]]:
-    """Frames read by the file source to the end, and its warnings."""
-    src = open_source("ir", SourceConfig(kind="file", path=str(path), realtime=False))
+def read_all(path: Path, kind: str = "file") -> tuple[int, list[str]]:
+    """Frames read by the file source (or a live ``stream`` one) to the end, and its warnings."""
+    src = open_source("ir", SourceConfig(kind=kind, path=str(path), realtime=False))
     warnings: list[str] = []
     src.warn = warnings.append
     n = 0
@@ -127,9 +128,10 @@ def test_flv_that_ends_inside_a_tag_is_truncated_even_without_a_file_size(tmp_pa
         read_all(path)
 
 
-def test_an_avi_whose_frames_span_several_slots_is_read_to_its_end_and_cut_is_still_truncated(tmp_path: Path) -> None:
-    path = tmp_path / "v.avi"
-    with av.open(str(path), "w") as container:  # 30 frames/s on a 1/600 s time base: 20 slots a frame
+def write_slots(path: Path, *, piped: bool = False) -> list[int]:
+    """N MPEG-4 frames at 30 fps on a 1/600 s time base (20 slots a frame) in AVI; the start of each video packet."""
+    target = _Pipe(path) if piped else str(path)
+    with av.open(target, "w", format="avi") as container:
         stream = container.add_stream("mpeg4", rate=30)
         stream.width, stream.height, stream.pix_fmt, stream.time_base = 64, 48, "yuv420p", Fraction(1, 600)
         for i in range(N):
@@ -137,12 +139,56 @@ def test_an_avi_whose_frames_span_several_slots_is_read_to_its_end_and_cut_is_st
             frame.pts, frame.time_base = 20 * i, Fraction(1, 600)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    assert read_all(path) == (N, [])
+    if piped:
+        target.close()
     with av.open(str(path)) as container:
-        last = [p.pos for p in container.demux(container.streams.video[0]) if p.size][-1]
+        return [p.pos for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def test_an_avi_whose_frames_span_several_slots_is_read_to_its_end_and_cut_is_still_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "v.avi"
+    last = write_slots(path)[-1]
+    assert finalised(path, "avi")
+    assert read_all(path) == (N, [])
     cut_to(path, last)
     with pytest.raises(SourceError, match=f"truncated or corrupt video: decoding stopped after frame {N - 1} "):
         read_all(path)
+
+
+@pytest.mark.parametrize("kind", ["file", "stream"])
+@pytest.mark.parametrize("slots", [False, True])
+def test_an_avi_written_to_a_pipe_announces_no_end_and_is_read_to_its_end(tmp_path: Path, slots: bool,
+                                                                          kind: str) -> None:
+    """Its RIFF size is unset and FFmpeg leaves 2^30 frames in its header: 42949672.96 s at 25 fps, 1789569.707 s
+    on a 1/600 s time base."""
+    path = tmp_path / "v.avi"
+    if slots:
+        write_slots(path, piped=True)
+    else:
+        write(path, "avi", piped=True)
+    assert not finalised(path, "avi")
+    assert read_all(path, kind) == (N, [])
+
+
+def test_an_avi_written_to_a_pipe_and_cut_inside_a_frame_is_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "v.avi"
+    starts = write(path, "avi", piped=True)
+    cut_to(path, starts[-1] + 40)
+    missing = f"its last RIFF chunk \\(00dc\\) announces \\d+ bytes, the file has {starts[-1] + 40}$"
+    with pytest.raises(SourceError, match=f"v.avi: truncated or corrupt video: decoding stopped after frame {N} .*; "
+                                          f"{missing}"):
+        read_all(path)
+
+
+def test_the_chunks_of_an_avi_never_finalised_end_where_they_say_pad_bytes_and_empty_frames_included(
+        tmp_path: Path) -> None:
+    path = tmp_path / "v.avi"
+    movi = b"00dc" + bytes(4) + b"00dc\x03\x00\x00\x00abc\x00" + b"00dc\x05\x00\x00\x00abcde"  # empty, padded, last
+    path.write_bytes(b"RIFF\xff\xff\xff\xffAVI LIST\xff\xff\xff\xffmovi" + movi)  # the last one's pad not written
+    assert missing_end(path, "avi") is None
+    cut_to(path, path.stat().st_size - 1)
+    assert missing_end(path, "avi") == (f"its last RIFF chunk (00dc) announces {path.stat().st_size + 1} bytes, the "
+                                        f"file has {path.stat().st_size}", True)
 
 
 def write_asf(path: Path, n: int = N, *, piped: bool = False) -> None:
