@@ -442,7 +442,8 @@ def _signal_driver_mid_pair(out: Path, stop: threading.Event, sig: int, sent: li
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker writing through /proc")
 def test_ray_driver_stopped_mid_pair_keeps_partials_that_resume_finishes(tmp_path, ray_local, sig):
     """Ctrl-C or SIGTERM to the driver: the running pairs are interrupted (not retried, not failed) and keep their
-    partial outputs (those that wrote a frame), the rest are not started; the batch stops with its summary, and --resume completes every pair."""
+    partial outputs (those that wrote a frame), the rest are not started; the batch stops with its summary, and
+    --resume completes every pair."""
     names = ["a.nut", "b.nut", "c.nut", "d.nut"]
     src = _pairs(tmp_path / "src", names, 400)
     cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
@@ -519,3 +520,24 @@ def test_no_signal_cuts_a_local_ray_start_half_way(signals):
         pytest.fail("a signal cut ray.init half-way")
     assert stop.is_set() and len(inits) == 1  # ray.init ran to its end: ray.shutdown then knows what to stop
     assert utils.set_sigterm_handler is set_sigterm_handler and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_sigterm_stops_a_ray_cluster_join_at_once():
+    """Joining a cluster (Ray retries one that does not answer for ever) keeps Ray's SIGTERM handler: a service
+    manager's stop ends the join instead of waiting for it."""
+    from streamfuse.batch.ray_engine import RayEngine
+
+    def set_sigterm_handler(handler):
+        signal.signal(signal.SIGTERM, handler)
+
+    def init(**kwargs):  # as ray.init does: its handler first, then the join, which a SIGTERM lands in
+        ray._private.utils.set_sigterm_handler(lambda signum, frame: sys.exit(signum))
+        signal.raise_signal(signal.SIGTERM)
+        joined.append(kwargs)
+
+    ray = SimpleNamespace(init=init, _private=SimpleNamespace(utils=SimpleNamespace(
+        set_sigterm_handler=set_sigterm_handler)))
+    joined, before = [], signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        RayEngine(workers=1, address="auto")._start(ray, threading.Event())
+    assert not joined and signal.getsignal(signal.SIGTERM) == before

@@ -213,6 +213,6 @@ def test_cli_host_name_that_does_not_resolve_is_one_line(capsys: pytest.CaptureF
 def test_cli_show_on_headless_opencv_says_so(capsys: pytest.CaptureFixture) -> None:
     assert main(["tcp://127.0.0.1:1", "--show"]) == 2
     # the two OpenCV packages share the cv2 module: installing the GUI one beside the headless one breaks both
-    assert capsys.readouterr().err == ("error: --show needs an OpenCV build with GUI support; this one is headless (pip "
-                                       "uninstall -y opencv-python-headless && pip install opencv-python; the pipeline "
-                                       "itself needs only the headless build)\n")
+    assert capsys.readouterr().err == (
+        "error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall -y "
+        "opencv-python-headless && pip install opencv-python; the pipeline itself needs only the headless build)\n")

@@ -138,13 +138,15 @@ class RayEngine:
         batch stops once Ray has started, so that ray.shutdown knows every process to stop. A local Ray cut half-way
         left its raylet's agents running for minutes, or this process crashing at exit (its core worker half made).
         Joining a cluster starts no process here, and Ray retries one that does not answer for ever: there a second
-        Ctrl-C or SIGTERM stops it at once."""
+        Ctrl-C stops it at once, and so does a SIGTERM (Ray's own handler)."""
         if self.address:
             say = "stopping once joined to the Ray cluster; Ctrl-C again to stop at once"
         else:
             say = "stopping once Ray has started (stopped half-way, it would leave its processes running)"
+        # joining keeps Ray's SIGTERM handler, which exits at once: a service manager's stop ends a join that hangs
+        keep_sigterm = contextlib.nullcontext() if self.address else _batch_keeps_sigterm(ray)
         try:
-            with _stop_on_signals(stop, say=say, twice=bool(self.address)), _batch_keeps_sigterm(ray):
+            with _stop_on_signals(stop, say=say, twice=bool(self.address)), keep_sigterm:
                 self._init(ray)
         except SystemExit as exc:
             if exc.code == signal.SIGTERM:  # the exit of a SIGTERM handler that a Ray set after all

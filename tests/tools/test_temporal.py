@@ -178,7 +178,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, temporal, tmp_path, rng, monkeypa
 
 
 def test_a_16_bit_ir_clip_keeps_one_scale(tool, tmp_path, rng):
-    """Radiometric IR frames are stretched by the range the clip holds from its first frame, so the level does not jump."""
+    """Radiometric IR frames are stretched by the range the clip holds from its first frame, so the level does not
+    jump."""
     for sub in ("ir", "vi"):
         (tmp_path / sub).mkdir()
     counts = [rng.integers(lo, hi + 1, (40, 56)).astype(np.uint16) for lo, hi in ((7000, 9000), (7500, 8000))]
