@@ -14,13 +14,14 @@ A sequence (a folder of frames, a video, a camera; a still is a sequence of one 
 frame that is not flat (a flat frame before it is black) and holds it while its frames fit it, so that the level
 does not flicker from frame to frame. A later frame takes its own range, which the sequence then holds:
 
-- at once, where more than 1% of its pixels lie outside the held range (at most 0.2% do in the frame that set it), or
-  where its range is more than 4 times as wide as the held one (a small object far hotter than the scene): a narrow
-  first range (a lens cap, a camera warming up) or a hot object entering the view re-scales the sequence on the
-  first frame that shows it;
-- after 30 frames in a row whose ranges are less than half as wide as the held one (the 30th takes its own): the
-  contrast comes back once a hot object has left, but a shutter (NUC) frame or a hand passing the lens does not
-  narrow the range that the next frame would overflow.
+- at once, where more than 1% of its pixels lie outside the held range (at most 0.2% do in the frame that set it)
+  and its range is at least half as wide, or where its range is more than 4 times as wide as the held one (a small
+  object far hotter than the scene): a narrow first range (a lens cap, a camera warming up) or a hot object entering
+  the view re-scales the sequence on the first frame that shows it;
+- after 30 frames in a row whose ranges are less than half as wide as the held one, inside it or not (the 30th takes
+  its own): the contrast comes back once a hot object has left, but a shutter (NUC) frame or a hand passing the lens
+  neither narrows the range that the next frame would overflow nor has its noise stretched over 0..255 (it is
+  mapped by the held range, clipped).
 
 A flat frame (one count) takes no range and is passed over: it neither counts in the 30 frames nor breaks their
 row. Widening is at once, not eased over frames: an eased range clips the new scene for those frames (what a
@@ -99,12 +100,14 @@ class To8Bit:
             return new
         lo, hi = self._held
         clipped = counts.size - below[hi] + (below[lo - 1] if lo else 0)
-        if clipped > _CLIPPED * counts.size or new[1] - new[0] > _WIDER * (hi - lo):
+        narrower = _NARROWER * (new[1] - new[0]) < hi - lo
+        if (clipped > _CLIPPED * counts.size and not narrower) or new[1] - new[0] > _WIDER * (hi - lo):
             self._narrow = 0
             return new  # at once: clipping loses what the frame shows
-        self._narrow = self._narrow + 1 if _NARROWER * (new[1] - new[0]) < hi - lo else 0
+        self._narrow = self._narrow + 1 if narrower else 0
         if self._narrow < _RELEASE:
-            return None  # too wide costs contrast only: a shutter frame or a hand at the lens must not narrow it
+            # a shutter (NUC) frame or a hand at the lens, inside the range or not: held, never its noise stretched
+            return None
         self._narrow = 0
         return new
 
