@@ -21,11 +21,16 @@ What each container leaves at its end, as FFmpeg's muxers (and the specification
   placeholder (FFmpeg's 2^30), so it announces no end (:func:`finalised`); its frames' chunks are walked instead.
 
 Apart from NUT's, what these checks find missing is certain: neither the specifications nor FFmpeg's muxers give a
-complete file that shape.
+complete file that shape. Only a unit the container is known to hold (a Matroska cluster, an MP4 ``mdat``, an AVI
+frame's chunk, an FLV tag whose header is one) running past the end of the file says so, though: bytes after the
+container's last whole unit that are none (a recorder's padding or trailer, zero bytes, something appended) are
+reported, as they may also be a cut inside a header or a unit's first bytes.
 """
 
 from __future__ import annotations
 
+import mmap
+import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -33,15 +38,27 @@ from typing import BinaryIO, NamedTuple
 
 __all__ = ["Cut", "missing_end", "finalised"]
 
-_Next = tuple[str, int | None] | None  # a walked element's name and where it ends (None: unknown)
 _EBML, _SEGMENT, _CLUSTER = 0x1A45DFA3, 0x18538067, 0x1F43B675
+_MKV_TOP = {0x114D9B74: "SeekHead", 0x1549A966: "Info", 0x1654AE6B: "Tracks", _CLUSTER: "Cluster", 0x1C53BB6B: "Cues",
+            0x1941A469: "Attachments", 0x1043A770: "Chapters", 0x1254C367: "Tags"}  # a segment's 4-byte IDs
+_MKV_FILLERS = {0xEC: "Void", 0xBF: "CRC-32"}  # 1-byte IDs, which one byte in 128 of anything looks like
+# Top-level boxes; free, skip and wide are padding, like AVI's JUNK: one that runs past the end holds no frame, and
+# bytes appended may read as one
+_MP4_TOP = {b"ftyp", b"styp", b"moov", b"mdat", b"moof", b"mfra", b"sidx", b"ssix", b"emsg", b"prft", b"meta",
+            b"pdin", b"uuid"}
 _ASF_HEADER = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")  # the GUIDs, as stored (little-endian fields)
 _ASF_FILE_PROPERTIES = bytes.fromhex("a1dcab8c47a9cf118ee400c00c205365")
 _RIFF_UNSET = (0, 0xFFFFFFFF)  # a RIFF or LIST size before the file is finalised (a writer to a pipe leaves it)
-_FLV_TAGS = {8, 9, 18}  # audio, video, script data
+# ix00: an OpenDML index; 00dc: a frame of stream 0. Not JUNK (padding, see _MP4_TOP)
+_AVI_CHUNK = re.compile(rb"RIFF|LIST|idx1|ix\d\d|\d\d(dc|db|wb|pc|tx)")
+_FLV_TAGS = {8: "audio", 9: "video", 18: "script data"}  # tag types
+_FLV_HEADER = struct.Struct(">I3xI")  # a tag's type and data size; its timestamp; its stream ID (0)
 _NUT_INDEX = bytes.fromhex("4e58dd672f23e64e")  # INDEX_STARTCODE
 _TS_PACKETS = ((188, 0), (192, 4), (204, 0))  # (packet size, offset of its 0x47 sync byte)
 _TS_CHECKED = 4  # the last packets whose sync bytes must be in place
+_TS_NULL = b"\x47\x1f\xff"  # a null packet's start (PID 0x1FFF), which padding to a size may end in
+_TS_LONGEST = max(packet for packet, _ in _TS_PACKETS)
+_TS_SEARCH = 4096  # how far before the end (or its padding) the last whole packet is looked for
 
 
 class Cut(NamedTuple):
@@ -49,6 +66,15 @@ class Cut(NamedTuple):
 
     what: str
     certain: bool
+
+
+class _Unit(NamedTuple):
+    """A walked element, box or chunk: its name, where it ends (None: unknown size), and whether the container is
+    known to hold one (else only bytes that look like one)."""
+
+    name: str
+    end: int | None
+    known: bool
 
 
 def missing_end(path: str | Path, format_name: str) -> Cut | None:
@@ -116,32 +142,43 @@ def _matroska(f: BinaryIO, size: int) -> Cut | None:
         end = segment[1] + segment[2]
         return None if end <= size else Cut(f"its Matroska segment announces {end} bytes, the file has {size}", True)
 
-    def read(pos: int) -> _Next:
+    def read(pos: int) -> _Unit | None:
         element = _element(f, pos)
         if element is None:
             return None
         ident, start, length = element
-        return "Cluster" if ident == _CLUSTER else f"ID 0x{ident:X}", None if length is None else start + length
+        end = None if length is None else start + length
+        if ident in _MKV_TOP:
+            return _Unit(_MKV_TOP[ident], end, True)
+        return _Unit(_MKV_FILLERS.get(ident, f"ID 0x{ident:X}"), end, False) if end is not None else None
 
     # Never finalised (a live recording): its elements must still be whole; a cluster written live, of unknown
     # size, does not say where it should end.
-    return _walk(f, segment[1], size, "Matroska element", 2, read)
+    return _walk(segment[1], size, "Matroska element", read)
 
 
-def _walk(f: BinaryIO, pos: int, size: int, what: str, least: int, read: Callable[[int], _Next]) -> Cut | None:
-    """Walks the top-level elements from ``pos``: one that runs past the end of the file (or whose header does) is
-    cut. ``read(pos)`` gives an element's name and end, or None where what is there is not one (then, and at an
-    element of unknown size, None: nothing to say); ``least``: the bytes of the shortest header."""
+def _walk(pos: int, size: int, what: str, read: Callable[[int], _Unit | None]) -> Cut | None:
+    """Walks the top-level units from ``pos``: a known one that runs past the end of the file is cut. ``read(pos)``
+    gives the unit there, or None where what is there is none (a header cut short included); a known unit of unknown
+    size ends the walk (nothing to say). What follows the last whole known unit and is none, or only looks like one
+    and runs past the end, is reported: padding, a trailer, or a cut inside a header."""
+    last: tuple[str, int] | None = None  # the last whole known unit: its name and end
     while pos < size:
-        if size - pos < least:
-            return Cut(f"the file ends inside the header of a {what} at byte {pos}", True)
-        element = read(pos)
-        if element is None or element[1] is None:
+        unit = read(pos)
+        if unit is not None and unit.end is None:
             return None
-        name, pos = element
-        if pos > size:
-            return Cut(f"its last {what} ({name}) announces {pos} bytes, the file has {size}", True)
+        if unit is None or unit.end > size and not unit.known:
+            return None if last is None else _after(size - last[1], f"{what} ({last[0]})")
+        if unit.end > size:
+            return Cut(f"its last {what} ({unit.name}) announces {unit.end} bytes, the file has {size}", True)
+        pos = unit.end
+        last = (unit.name, pos) if unit.known else last
     return None
+
+
+def _after(n: int, what: str) -> Cut:
+    """``n`` bytes after the last whole ``what`` that are none: a complete file with something after it, or a cut."""
+    return Cut(f"{n} unrecognised bytes follow its last whole {what}", False)
 
 
 # -- AVI, MP4/MOV, ASF ----------------------------------------------------------------------------------------------
@@ -151,36 +188,40 @@ def _riff(f: BinaryIO, size: int) -> Cut | None:
     """AVI: RIFF chunks (more than one past 1 GiB, OpenDML), whose sizes are written when the file is finalised
     (0 or 0xFFFFFFFF before: a file written to a pipe). The walk goes into a RIFF or LIST of unknown size (the
     ``movi`` list of one never finalised) and on through the chunks in it, frames included: the last must be whole."""
-    inside = False  # in a chunk of unknown size, whose chunks may be of any kind
-
-    def read(pos: int) -> _Next:
-        nonlocal inside
+    def read(pos: int) -> _Unit | None:
         head = _read_at(f, pos, 8)
-        kind, length = head[:4], struct.unpack("<I", head[4:])[0]
-        if kind not in (b"RIFF", b"LIST", b"JUNK") and not (inside and all(32 <= c < 127 for c in kind)):
+        if len(head) < 8 or not all(32 <= c < 127 for c in head[:4]):
             return None
+        kind, length = head[:4], struct.unpack("<I", head[4:])[0]
+        known = _AVI_CHUNK.fullmatch(kind) is not None
         if kind in (b"RIFF", b"LIST") and length in _RIFF_UNSET:
-            inside = True
-            return kind.decode(), pos + 12  # its chunks follow its form type
+            return _Unit(kind.decode(), pos + 12, True)  # its chunks follow its form type
         end = pos + 8 + length
-        return kind.decode(), end + 1 if length % 2 and end < size else end  # an odd chunk's pad byte, if written
+        if kind == b"RIFF" and end == size + 8:
+            end = size  # a writer that counted the chunk's header in its size: the file ends where it should
+        return _Unit(kind.decode(), end + 1 if length % 2 and end < size else end, known)  # an odd one's pad byte
 
-    return _walk(f, 0, size, "RIFF chunk", 8, read)
+    return _walk(0, size, "RIFF chunk", read)
 
 
 def _iso_boxes(f: BinaryIO, size: int) -> Cut | None:
     """MP4/MOV: top-level boxes; the ``mdat`` of a file written with its ``moov`` first (``faststart``) and the
     fragments of a fragmented one say where they end."""
-    def read(pos: int) -> _Next:
+    def read(pos: int) -> _Unit | None:
         head = _read_at(f, pos, 16)
+        if len(head) < 8:
+            return None
         length, kind = struct.unpack(">I4s", head[:8])
         if length == 1:  # a 64-bit size follows
-            length = struct.unpack(">Q", head[8:])[0] if len(head) == 16 else size - pos + 1  # or cut inside it
+            if len(head) < 16:
+                return None
+            length = struct.unpack(">Q", head[8:])[0]
         if not all(32 <= c < 127 for c in kind) or 0 < length < 8:
             return None
-        return kind.decode(), size if length == 0 else pos + length  # 0: the last box, to the end of the file
+        end = size if length == 0 else pos + length  # 0: the last box, to the end of the file
+        return _Unit(kind.decode(), end, kind in _MP4_TOP)
 
-    return _walk(f, 0, size, "MP4 box", 8, read)
+    return _walk(0, size, "MP4 box", read)
 
 
 def _asf(f: BinaryIO, size: int) -> Cut | None:
@@ -215,15 +256,38 @@ def _flv(f: BinaryIO, size: int) -> Cut | None:
     first = struct.unpack(">I", head[5:9])[0] + 4  # the first tag, after the header and PreviousTagSize0
     if size <= first:
         return None
-    last = struct.unpack(">I", _read_at(f, size - 4, 4))[0]  # PreviousTagSize: 11 + the last tag's data size
-    start = size - 4 - last
-    tag = _read_at(f, start, 11) if first <= start and start + 11 <= size - 4 else b""
-    if len(tag) < 11 or tag[0] & 0x1F not in _FLV_TAGS or int.from_bytes(tag[1:4], "big") + 11 != last:
-        return Cut("the file ends inside an FLV tag", True)
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:  # 11 bytes a tag, no read-ahead refilled each
+        last = size - 4 - struct.unpack_from(">I", data, size - 4)[0]  # PreviousTagSize: 11 + the last tag's data
+        # Where the last 4 bytes point back at no whole tag, the tags are walked from the first: something after
+        # the last (or its PreviousTagSize missing) is reported, a tag that runs past the end of the file is cut.
+        tags, end = _flv_tags(data, last, size) if first <= last else (None, 0)
+        if tags or end != size:
+            tags, end = _flv_tags(data, first, size)
+    if tags and tags.certain:
+        return tags
     announced = _flv_filesize(f, first)
-    if announced > size:
+    if announced > end:  # more than the last tag's PreviousTagSize, where only that is missing
         return Cut(f"its FLV metadata announces {announced} bytes, the file has {size}", True)
-    return None
+    return tags
+
+
+def _flv_tags(data: mmap.mmap, pos: int, size: int) -> tuple[Cut | None, int]:
+    """The FLV tags from ``pos`` on, each followed by its size: one whose data runs past the end is cut; bytes after
+    the last whole one that are no tag are reported. Also where the whole tags end, their last PreviousTagSize
+    included (past the end of the file where it is missing)."""
+    header, tags = _FLV_HEADER.unpack_from, _FLV_TAGS  # local names: the loop runs once a tag
+    while pos + 11 <= size:
+        head, stream = header(data, pos)
+        if head >> 24 & 0x1F not in tags or stream & 0xFFFFFF:
+            break
+        end = pos + 11 + (head & 0xFFFFFF)
+        if end > size:
+            kind = tags[head >> 24 & 0x1F]
+            return Cut(f"its last FLV tag ({kind}) announces {end} bytes, the file has {size}", True), pos
+        pos = end + 4
+    if pos > size:
+        return Cut("its last FLV tag is not followed by its size (PreviousTagSize)", False), pos
+    return _after(size - pos, "FLV tag") if pos < size else None, pos
 
 
 def _flv_filesize(f: BinaryIO, first: int) -> int:
@@ -251,13 +315,48 @@ def _nut(f: BinaryIO, size: int) -> Cut | None:
 
 
 def _mpegts(f: BinaryIO, size: int) -> Cut | None:
-    span = max(packet for packet, _ in _TS_PACKETS) * _TS_CHECKED
-    tail = _read_at(f, max(0, size - span), span)
-    for packet, sync in _TS_PACKETS:
-        starts = [len(tail) - k * packet for k in range(1, _TS_CHECKED + 1) if len(tail) - k * packet >= 0]
-        if starts and all(tail[start + sync] == 0x47 for start in starts):
-            return None
+    """Whole packets, maybe followed by bytes that start no packet: padding (zero or 0xFF bytes, as a recorder
+    writing in blocks of a disc's sector leaves; a null packet's start), a trailer. What follows the last whole packet
+    and starts with a sync byte is a packet cut short."""
+    padded = _padding_start(f, size)
+    base = max(0, padded - _TS_SEARCH - _TS_CHECKED * _TS_LONGEST)
+    # The last whole packet ends before the padding, or inside a packet after its start (the packet's own bytes)
+    tail = _read_at(f, base, min(size, padded + _TS_LONGEST) - base)
+    for end in range(len(tail), max(0, padded - _TS_SEARCH - base) - 1, -1):
+        packet = _ts_packet(tail, end)
+        if packet is None:
+            continue
+        sync, rest = packet[1], tail[end:end + packet[1] + 3]  # the next packet's start, as far as the file goes
+        # A null packet's start may be padding, but not in M2TS (192 bytes), written in whole units of 32 packets:
+        # there it is as likely a cut among the null packets a constant rate interleaves
+        if len(rest) > sync and rest[sync] == 0x47 and (sync or rest[:3] != _TS_NULL):
+            break
+        return _after(size - base - end, "MPEG-TS packet") if base + end < size else None
     return Cut("the file does not end with a whole MPEG-TS packet", True)
+
+
+def _ts_packet(data: bytes, end: int) -> tuple[int, int] | None:
+    """The size and sync byte offset of the whole transport packets that end at ``data[end]``; None if none do."""
+    for packet, sync in _TS_PACKETS:
+        starts = [end - k * packet for k in range(1, _TS_CHECKED + 1) if end - k * packet >= 0]
+        if starts and all(data[start + sync] == 0x47 for start in starts):
+            return packet, sync
+    return None
+
+
+def _padding_start(f: BinaryIO, size: int, block: int = 1 << 16) -> int:
+    """Where the run of the file's last byte (zero or 0xFF: padding) starts; ``size`` where it ends otherwise."""
+    pad = _read_at(f, size - 1, 1) if size else b""
+    if pad not in (b"\0", b"\xff"):
+        return size
+    end = size
+    while end > 0:
+        data = _read_at(f, max(0, end - block), min(block, end))
+        kept = len(data.rstrip(pad))
+        if kept:
+            return end - len(data) + kept
+        end -= len(data)
+    return 0
 
 
 _CHECKS = {"matroska": _matroska, "flv": _flv, "nut": _nut, "mpegts": _mpegts, "avi": _riff, "mov": _iso_boxes,

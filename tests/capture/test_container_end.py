@@ -124,7 +124,8 @@ def test_flv_that_ends_inside_a_tag_is_truncated_even_without_a_file_size(tmp_pa
     starts = write(path, "flv", piped=True)  # onMetaData's filesize is 0
     assert read_all(path) == (N, [])
     cut_to(path, starts[-1] + 40)
-    with pytest.raises(SourceError, match="v.flv: truncated or corrupt video: .*; the file ends inside an FLV tag$"):
+    missing = f"its last FLV tag \\(video\\) announces \\d+ bytes, the file has {starts[-1] + 40}$"
+    with pytest.raises(SourceError, match=f"v.flv: truncated or corrupt video: .*; {missing}"):
         read_all(path)
 
 
@@ -222,3 +223,39 @@ def test_a_video_of_one_frame_whose_rate_is_not_said_is_read_to_its_end(tmp_path
     path = tmp_path / "one.wmv"
     write_asf(path, 1)
     assert read_all(path) == (1, [])
+
+
+TRAILERS = {"zero bytes": bytes(4), "a sector's padding": bytes(2048), "a text trailer": b"Recorded by XYZ v1.2\n",
+            "random bytes": np.random.default_rng(1).bytes(37), "a JUNK chunk cut short": b"JUNK\0\0\1\0" + bytes(8)}
+
+
+@pytest.mark.parametrize("fmt, piped", [("mp4", False), ("mp4", True), ("matroska", True), ("flv", False),
+                                        ("flv", True), ("avi", False), ("avi", True), ("mpegts", False)])
+@pytest.mark.parametrize("trailer", TRAILERS)
+def test_bytes_after_the_last_whole_unit_are_reported_not_taken_for_a_cut(tmp_path: Path, fmt: str, piped: bool,
+                                                                           trailer: str) -> None:
+    """Whatever follows the container's last whole unit and is none of its units (a recorder's padding or trailer,
+    something appended) may be a cut inside a header: reported, the frames read."""
+    path, tail = tmp_path / f"v.{fmt}", TRAILERS[trailer]
+    write(path, fmt, piped=piped, options={"movflags": "frag_keyframe+empty_moov"} if piped else None)
+    path.write_bytes(path.read_bytes() + tail)
+    n, warnings = read_all(path)
+    assert n == N and len(warnings) == 1
+    assert f"v.{fmt}: {len(tail)} unrecognised bytes follow its last whole " in warnings[0]
+    assert warnings[0].endswith(f"frames after frame {N} may be missing")
+
+
+def test_what_a_complete_file_may_end_with_is_no_cut(tmp_path: Path) -> None:
+    """An AVI whose writer counted the RIFF header in its size, an FLV without its last PreviousTagSize (every frame
+    whole), an MPEG-TS padded with the start of a null packet."""
+    avi, flv, ts = tmp_path / "v.avi", tmp_path / "v.flv", tmp_path / "v.ts"
+    for path in (avi, flv, ts):
+        write(path, path.suffix[1:].replace("ts", "mpegts"))
+    data = avi.read_bytes()
+    avi.write_bytes(data[:4] + len(data).to_bytes(4, "little") + data[8:])
+    assert missing_end(avi, "avi") is None and read_all(avi) == (N, [])
+    flv.write_bytes(flv.read_bytes()[:-4])
+    assert missing_end(flv, "flv") == ("its last FLV tag is not followed by its size (PreviousTagSize)", False)
+    ts.write_bytes(ts.read_bytes() + b"\x47\x1f\xff\x10" + b"\xff" * 96)
+    assert missing_end(ts, "mpegts") == ("100 unrecognised bytes follow its last whole MPEG-TS packet", False)
+
