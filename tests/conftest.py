@@ -4,6 +4,7 @@ scripts loaded as modules (they are not a package), and host names under ``.inva
 from __future__ import annotations
 
 import importlib.util
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -14,6 +15,12 @@ import numpy as np
 import pytest
 
 from helpers_data import DATA, REPO
+
+# Started in the background of a script (`make test &`, a CI runner), this process inherits Ctrl-C ignored, and so
+# would every command a test starts, where Python then installs no KeyboardInterrupt: the tests that press Ctrl-C
+# would wait for nothing. A command started from a terminal gets it as the default; so do the tests' commands.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
