@@ -150,17 +150,18 @@ import socket, sys
 def getaddrinfo(*args, **kwargs):
     raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 socket.getaddrinfo = getaddrinfo
-from streamfuse import connection_watch
-connection_watch.NAME_WAIT_S = 600  # the viewer's wait: longer than the test takes to send its signal
 from streamfuse.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("command", ["subscribe", "view"])
+@pytest.mark.parametrize("command", ["subscribe", "view", "foxglove"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_while_waiting_for_the_name_stops_cleanly(command: str, sig: signal.Signals) -> None:
-    args = ["--timeout", "600"] if command == "subscribe" else ["--port", "0"]
+    if command == "foxglove":
+        pytest.importorskip("foxglove")
+    # waits longer than the test takes to send its signal
+    args = ["--timeout", "600"] if command == "subscribe" else ["--name-wait", "600", "--port", "0"]
     proc = subprocess.Popen([sys.executable, "-u", "-c", _NEVER_RESOLVES, command, "tcp://pub.invalid:47001", *args],
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
