@@ -37,16 +37,23 @@ class _Pipe:
         self._file.close()
 
 
-def write(path: Path, fmt: str, *, piped: bool = False, options: dict[str, str] | None = None) -> list[int]:
-    """N noisy 64x48 H.264 frames (no B-frames) at 25 fps; the start of each video packet in the file."""
+def write(path: Path, fmt: str, *, piped: bool = False, options: dict[str, str] | None = None,
+          slots: int = 0) -> list[int]:
+    """N noisy 64x48 frames: H.264 (no B-frames) at 25 fps, or with ``slots`` MPEG-4 at 30 fps on a time base of
+    ``slots`` ticks a frame (1/600 s with 20); the start of each video packet in the file."""
     rng = np.random.default_rng(0)
     target = _Pipe(path) if piped else str(path)
+    tick = Fraction(1, 30 * slots) if slots else Fraction(1, 25)
     with av.open(target, "w", format=fmt, options=options or {}) as container:
-        stream = container.add_stream("libx264", rate=25, options={"bf": "0", "preset": "ultrafast"})
+        if slots:
+            stream = container.add_stream("mpeg4", rate=30)
+            stream.time_base = tick
+        else:
+            stream = container.add_stream("libx264", rate=25, options={"bf": "0", "preset": "ultrafast"})
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         for i in range(N):
             frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), np.uint8), format="bgr24")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
+            frame.pts, frame.time_base = i * (slots or 1), tick
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     if piped:
@@ -129,26 +136,9 @@ def test_flv_that_ends_inside_a_tag_is_truncated_even_without_a_file_size(tmp_pa
         read_all(path)
 
 
-def write_slots(path: Path, *, piped: bool = False) -> list[int]:
-    """N MPEG-4 frames at 30 fps on a 1/600 s time base (20 slots a frame) in AVI; the start of each video packet."""
-    target = _Pipe(path) if piped else str(path)
-    with av.open(target, "w", format="avi") as container:
-        stream = container.add_stream("mpeg4", rate=30)
-        stream.width, stream.height, stream.pix_fmt, stream.time_base = 64, 48, "yuv420p", Fraction(1, 600)
-        for i in range(N):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8), format="bgr24")
-            frame.pts, frame.time_base = 20 * i, Fraction(1, 600)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    if piped:
-        target.close()
-    with av.open(str(path)) as container:
-        return [p.pos for p in container.demux(container.streams.video[0]) if p.size]
-
-
 def test_an_avi_whose_frames_span_several_slots_is_read_to_its_end_and_cut_is_still_truncated(tmp_path: Path) -> None:
     path = tmp_path / "v.avi"
-    last = write_slots(path)[-1]
+    last = write(path, "avi", slots=20)[-1]
     assert finalised(path, "avi")
     assert read_all(path) == (N, [])
     cut_to(path, last)
@@ -164,7 +154,7 @@ def test_an_avi_written_to_a_pipe_announces_no_end_and_is_read_to_its_end(tmp_pa
     on a 1/600 s time base."""
     path = tmp_path / "v.avi"
     if slots:
-        write_slots(path, piped=True)
+        write(path, "avi", piped=True, slots=20)
     else:
         write(path, "avi", piped=True)
     assert not finalised(path, "avi")
