@@ -24,7 +24,11 @@ Apart from NUT's, what these checks find missing is certain: neither the specifi
 complete file that shape. Only a unit the container is known to hold (a Matroska cluster, an MP4 ``mdat``, an AVI
 frame's chunk, an FLV tag whose header is one) running past the end of the file says so, though: bytes after the
 container's last whole unit that are none (a recorder's padding or trailer, zero bytes, something appended) are
-reported, as they may also be a cut inside a header or a unit's first bytes.
+reported, as they may also be a cut inside a header or a unit's first bytes. A cut inside the index or metadata a
+writer leaves after the frames (Matroska's Cues or Tags after its clusters, AVI's ``idx1`` or an OpenDML ``ix00``
+after the frames' chunks, a fragmented MP4's ``mfra``, an FLV script tag after the video) leaves every frame before
+it: it is said apart (:attr:`Cut.after_frames`), for the reader to hold the frames it read against the container's
+count or length.
 """
 
 from __future__ import annotations
@@ -41,16 +45,20 @@ __all__ = ["Cut", "missing_end", "finalised"]
 _EBML, _SEGMENT, _CLUSTER = 0x1A45DFA3, 0x18538067, 0x1F43B675
 _MKV_TOP = {0x114D9B74: "SeekHead", 0x1549A966: "Info", 0x1654AE6B: "Tracks", _CLUSTER: "Cluster", 0x1C53BB6B: "Cues",
             0x1941A469: "Attachments", 0x1043A770: "Chapters", 0x1254C367: "Tags"}  # a segment's 4-byte IDs
+_MKV_ROLES = {_CLUSTER: "frames", 0x1C53BB6B: "index", 0x1254C367: "index", 0x1043A770: "index", 0x1941A469: "index",
+              0x114D9B74: "index"}  # Cues, Tags, Chapters, Attachments; a SeekHead, which FFmpeg may also write last
 _MKV_FILLERS = {0xEC: "Void", 0xBF: "CRC-32"}  # 1-byte IDs, which one byte in 128 of anything looks like
 # Top-level boxes; free, skip and wide are padding, like AVI's JUNK: one that runs past the end holds no frame, and
 # bytes appended may read as one
 _MP4_TOP = {b"ftyp", b"styp", b"moov", b"mdat", b"moof", b"mfra", b"sidx", b"ssix", b"emsg", b"prft", b"meta",
             b"pdin", b"uuid"}
+_MP4_ROLES = {b"mdat": "frames", b"moof": "frames", b"mfra": "index"}  # mfra: a fragmented file's last box
 _ASF_HEADER = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")  # the GUIDs, as stored (little-endian fields)
 _ASF_FILE_PROPERTIES = bytes.fromhex("a1dcab8c47a9cf118ee400c00c205365")
 _RIFF_UNSET = (0, 0xFFFFFFFF)  # a RIFF or LIST size before the file is finalised (a writer to a pipe leaves it)
 # ix00: an OpenDML index; 00dc: a frame of stream 0. Not JUNK (padding, see _MP4_TOP)
 _AVI_CHUNK = re.compile(rb"RIFF|LIST|idx1|ix\d\d|\d\d(dc|db|wb|pc|tx)")
+_AVI_FRAME, _AVI_INDEX = re.compile(rb"\d\d(dc|db)"), re.compile(rb"idx1|ix\d\d")  # a frame; an index (1.0, OpenDML)
 _FLV_TAGS = {8: "audio", 9: "video", 18: "script data"}  # tag types
 _FLV_HEADER = struct.Struct(">I3xI")  # a tag's type and data size; its timestamp; its stream ID (0)
 _NUT_INDEX = bytes.fromhex("4e58dd672f23e64e")  # INDEX_STARTCODE
@@ -62,19 +70,25 @@ _TS_SEARCH = 4096  # how far before the end (or its padding) the last whole pack
 
 
 class Cut(NamedTuple):
-    """What the end of a file lacks, and whether that is certain (an error) or a complete file can look the same."""
+    """What the end of a file lacks; whether that is certain (an error) or a complete file can look the same; and
+    whether it lies in an index or metadata unit after the units that hold frames (all of them there, as far as the
+    file says: its end is an index the writer was writing when it stopped)."""
 
     what: str
     certain: bool
+    after_frames: bool = False
 
 
 class _Unit(NamedTuple):
-    """A walked element, box or chunk: its name, where it ends (None: unknown size), and whether the container is
-    known to hold one (else only bytes that look like one)."""
+    """A walked element, box or chunk: its name, where it ends (None: unknown size), whether the container is known
+    to hold one (else only bytes that look like one), its role ("frames": it holds frames; "index": an index or
+    metadata a writer leaves after them), and where the units inside it start (None: it holds none walked)."""
 
     name: str
     end: int | None
     known: bool
+    role: str = ""
+    inner: int | None = None
 
 
 def missing_end(path: str | Path, format_name: str) -> Cut | None:
@@ -138,9 +152,6 @@ def _matroska(f: BinaryIO, size: int) -> Cut | None:
     segment = header and header[0] == _EBML and header[2] is not None and _element(f, header[1] + header[2])
     if not segment or segment[0] != _SEGMENT:
         return None  # not the layout this reads: FFmpeg read it, let it be
-    if segment[2] is not None:
-        end = segment[1] + segment[2]
-        return None if end <= size else Cut(f"its Matroska segment announces {end} bytes, the file has {size}", True)
 
     def read(pos: int) -> _Unit | None:
         element = _element(f, pos)
@@ -149,19 +160,28 @@ def _matroska(f: BinaryIO, size: int) -> Cut | None:
         ident, start, length = element
         end = None if length is None else start + length
         if ident in _MKV_TOP:
-            return _Unit(_MKV_TOP[ident], end, True)
+            return _Unit(_MKV_TOP[ident], end, True, _MKV_ROLES.get(ident, ""))
         return _Unit(_MKV_FILLERS.get(ident, f"ID 0x{ident:X}"), end, False) if end is not None else None
 
-    # Never finalised (a live recording): its elements must still be whole; a cluster written live, of unknown
-    # size, does not say where it should end.
-    return _walk(segment[1], size, "Matroska element", read)
+    end = None if segment[2] is None else segment[1] + segment[2]
+    if end is not None and end <= size:
+        return None
+    # Never finalised (a live recording, a writer stopped before the end): its elements must still be whole; a
+    # cluster written live, of unknown size, does not say where it should end. A finalised one is cut, where only
+    # in its index when that is the element cut.
+    walked = _walk(segment[1], size, "Matroska element", read)
+    if end is None or walked and walked.after_frames:
+        return walked
+    return Cut(f"its Matroska segment announces {end} bytes, the file has {size}", True)
 
 
-def _walk(pos: int, size: int, what: str, read: Callable[[int], _Unit | None]) -> Cut | None:
-    """Walks the top-level units from ``pos``: a known one that runs past the end of the file is cut. ``read(pos)``
-    gives the unit there, or None where what is there is none (a header cut short included); a known unit of unknown
-    size ends the walk (nothing to say). What follows the last whole known unit and is none, or only looks like one
-    and runs past the end, is reported: padding, a trailer, or a cut inside a header."""
+def _walk(pos: int, size: int, what: str, read: Callable[[int], _Unit | None], framed: bool = False) -> Cut | None:
+    """Walks the top-level units from ``pos``: a known one that runs past the end of the file is cut, where only its
+    index is when it is an index unit after a unit of frames (``framed``: one was before ``pos``), or when such a cut
+    is inside it. ``read(pos)`` gives the unit there, or None where what is there is none (a header cut short
+    included); a known unit of unknown size ends the walk (nothing to say). What follows the last whole known unit
+    and is none, or only looks like one and runs past the end, is reported: padding, a trailer, or a cut inside a
+    header."""
     last: tuple[str, int] | None = None  # the last whole known unit: its name and end
     while pos < size:
         unit = read(pos)
@@ -170,7 +190,12 @@ def _walk(pos: int, size: int, what: str, read: Callable[[int], _Unit | None]) -
         if unit is None or unit.end > size and not unit.known:
             return None if last is None else _after(size - last[1], f"{what} ({last[0]})")
         if unit.end > size:
-            return Cut(f"its last {what} ({unit.name}) announces {unit.end} bytes, the file has {size}", True)
+            cut = Cut(f"its last {what} ({unit.name}) announces {unit.end} bytes, the file has {size}", True)
+            if unit.role == "index" and framed:
+                return cut._replace(after_frames=True)
+            inside = _walk(unit.inner, size, what, read, framed) if unit.inner is not None else None
+            return inside if inside and inside.after_frames else cut
+        framed = framed or unit.role == "frames"
         pos = unit.end
         last = (unit.name, pos) if unit.known else last
     return None
@@ -187,19 +212,25 @@ def _after(n: int, what: str) -> Cut:
 def _riff(f: BinaryIO, size: int) -> Cut | None:
     """AVI: RIFF chunks (more than one past 1 GiB, OpenDML), whose sizes are written when the file is finalised
     (0 or 0xFFFFFFFF before: a file written to a pipe). The walk goes into a RIFF or LIST of unknown size (the
-    ``movi`` list of one never finalised) and on through the chunks in it, frames included: the last must be whole."""
+    ``movi`` list of one never finalised) and on through the chunks in it, frames included: the last must be whole.
+    One of known size that runs past the end is walked into too, to tell a cut inside its last index (``idx1`` after
+    the ``movi`` list, an OpenDML ``ix00`` at the end of it) from one among its frames."""
     def read(pos: int) -> _Unit | None:
-        head = _read_at(f, pos, 8)
+        head = _read_at(f, pos, 12)
         if len(head) < 8 or not all(32 <= c < 127 for c in head[:4]):
             return None
-        kind, length = head[:4], struct.unpack("<I", head[4:])[0]
+        kind, length = head[:4], struct.unpack("<I", head[4:8])[0]
         known = _AVI_CHUNK.fullmatch(kind) is not None
-        if kind in (b"RIFF", b"LIST") and length in _RIFF_UNSET:
+        nested = kind in (b"RIFF", b"LIST")
+        if nested and length in _RIFF_UNSET:
             return _Unit(kind.decode(), pos + 12, True)  # its chunks follow its form type
         end = pos + 8 + length
         if kind == b"RIFF" and end == size + 8:
             end = size  # a writer that counted the chunk's header in its size: the file ends where it should
-        return _Unit(kind.decode(), end + 1 if length % 2 and end < size else end, known)  # an odd one's pad byte
+        role = "frames" if _AVI_FRAME.fullmatch(kind) or head[8:] == b"movi" else \
+            "index" if _AVI_INDEX.fullmatch(kind) else ""
+        return _Unit(kind.decode(), end + 1 if length % 2 and end < size else end,  # an odd one's pad byte
+                     known, role, pos + 12 if nested else None)
 
     return _walk(0, size, "RIFF chunk", read)
 
@@ -219,7 +250,7 @@ def _iso_boxes(f: BinaryIO, size: int) -> Cut | None:
         if not all(32 <= c < 127 for c in kind) or 0 < length < 8:
             return None
         end = size if length == 0 else pos + length  # 0: the last box, to the end of the file
-        return _Unit(kind.decode(), end, kind in _MP4_TOP)
+        return _Unit(kind.decode(), end, kind in _MP4_TOP, _MP4_ROLES.get(kind, ""))
 
     return _walk(0, size, "MP4 box", read)
 
@@ -263,7 +294,7 @@ def _flv(f: BinaryIO, size: int) -> Cut | None:
         tags, end = _flv_tags(data, last, size) if first <= last else (None, 0)
         if tags or end != size:
             tags, end = _flv_tags(data, first, size)
-    if tags and tags.certain:
+    if tags and (tags.certain or tags.after_frames):
         return tags
     announced = _flv_filesize(f, first)
     if announced > end:  # more than the last tag's PreviousTagSize, where only that is missing
@@ -272,18 +303,21 @@ def _flv(f: BinaryIO, size: int) -> Cut | None:
 
 
 def _flv_tags(data: mmap.mmap, pos: int, size: int) -> tuple[Cut | None, int]:
-    """The FLV tags from ``pos`` on, each followed by its size: one whose data runs past the end is cut; bytes after
-    the last whole one that are no tag are reported. Also where the whole tags end, their last PreviousTagSize
-    included (past the end of the file where it is missing)."""
+    """The FLV tags from ``pos`` on, each followed by its size: one whose data runs past the end is cut (a script
+    data tag after a video tag: after the frames); bytes after the last whole one that are no tag are reported. Also
+    where the whole tags end, their last PreviousTagSize included (past the end of the file where it is missing)."""
     header, tags = _FLV_HEADER.unpack_from, _FLV_TAGS  # local names: the loop runs once a tag
+    video = False
     while pos + 11 <= size:
         head, stream = header(data, pos)
-        if head >> 24 & 0x1F not in tags or stream & 0xFFFFFF:
+        kind = head >> 24 & 0x1F
+        if kind not in tags or stream & 0xFFFFFF:
             break
         end = pos + 11 + (head & 0xFFFFFF)
         if end > size:
-            kind = tags[head >> 24 & 0x1F]
-            return Cut(f"its last FLV tag ({kind}) announces {end} bytes, the file has {size}", True), pos
+            return Cut(f"its last FLV tag ({tags[kind]}) announces {end} bytes, the file has {size}", True,
+                       video and kind == 18), pos
+        video = video or kind == 9
         pos = end + 4
     if pos > size:
         return Cut("its last FLV tag is not followed by its size (PreviousTagSize)", False), pos

@@ -277,7 +277,9 @@ class AvSource(BaseSource):
         if self._decoded and end_s is not None and self._ends_before(end_s):
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the container announces {end_s:.3f} s")
-        self._check_container_end()
+        # Its announced frame count, or its announced length (a single frame's is not known), was read to the end
+        whole = self._decoded == self._expected > 0 or self._decoded > 1 and end_s is not None
+        self._check_container_end(whole)
 
     def _finalised(self) -> bool:
         """Whether the lengths the container's header states are the file's: an AVI written where its writer could
@@ -299,19 +301,25 @@ class AvSource(BaseSource):
         last_ns = self._last_pts_ns + 2 * max(self._period_ns, self._last_step_ns)
         return not self._pass_jumps and last_ns < round(end_s * 1e9)
 
-    def _check_container_end(self) -> None:
+    def _check_container_end(self, whole: bool) -> None:
         """A cut the checks above miss (Matroska or FLV without their last frames, a NUT or MPEG-TS file, which
         announce no length, an AVI cut inside its last frame) shows in what the container wrote at its end
-        (``container_end``): an error, or a warning where a complete file can look the same."""
+        (``container_end``): an error, or a warning where a complete file can look the same or where the cut is in
+        the index or metadata written after the frames (``whole``: the frames the container announces were read)."""
         if self.live or self._looped:
             return
         cut = self._read_end(missing_end)
-        if cut and cut.certain:
+        if cut is None:
+            return
+        if cut.certain and not cut.after_frames:
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; {cut.what}")
-        if cut:
-            self.warn(f"{self.section}: {self.cfg.path}: {cut.what}: frames after frame {self._decoded} may be "
-                      f"missing")
+        where = f"{self.section}: {self.cfg.path}: {cut.what}"
+        if cut.after_frames and whole:
+            self.warn(f"{where}: cut in its index or metadata, after the frames: all {self._decoded} frames it "
+                      f"announces were read")
+        else:
+            self.warn(f"{where}: frames after frame {self._decoded} may be missing")
 
     def _read_end(self, check: Callable[[str, str], Any]) -> Any:
         """``check(path, format name)``, a ``container_end`` check on the file's own bytes; an error one line."""

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from streamfuse.capture.container_end import finalised, missing_end
+from streamfuse.capture.container_end import Cut, finalised, missing_end
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 
 pytestmark = [pytest.mark.timeout(60),
@@ -126,6 +126,40 @@ def test_a_live_matroska_never_finalised_says_nothing_until_its_last_cluster_is_
         read_all(path)
 
 
+INDEXES = {"matroska": bytes.fromhex("1C53BB6B"), "avi": b"idx1", "mp4": b"mfra"}  # Cues; AVI 1.0's; fragmented MP4's
+
+
+@pytest.mark.parametrize("fmt", INDEXES)
+@pytest.mark.parametrize("into", [0.1, 0.9])
+def test_a_file_cut_inside_the_index_after_its_frames_is_read_whole_with_a_warning(tmp_path: Path, fmt: str,
+                                                                                   into: float) -> None:
+    """A writer stopped, or a copy cut, while the index it writes after the frames was being written: every frame
+    is there and read, the file is not refused; the cut is said."""
+    path = tmp_path / f"v.{fmt}"
+    write(path, fmt, options={"movflags": "frag_keyframe+empty_moov"} if fmt == "mp4" else None)
+    data = path.read_bytes()
+    start = data.rfind(INDEXES[fmt]) + 8  # past the index's header (an ID and size, or a size and type)
+    cut_to(path, start + int((len(data) - start) * into))
+    n, warnings = read_all(path)
+    assert n == N and len(warnings) == 1
+    assert re.search(f"v.{fmt}: its last .* announces {len(data)} bytes, the file has \\d+: cut in its index or "
+                     f"metadata, after the frames: all {N} frames it announces were read$", warnings[0])
+
+
+def test_an_index_cut_after_the_frames_of_a_file_that_announces_no_end_may_have_lost_frames(tmp_path: Path) -> None:
+    """A Matroska file never finalised (no length, no frame count) whose index, or a trailing FLV script tag, is cut:
+    a warning that frames may be missing (what followed it is not known), not a refusal."""
+    mkv, flv = tmp_path / "v.mkv", tmp_path / "v.flv"
+    write(mkv, "matroska", piped=True)
+    mkv.write_bytes(mkv.read_bytes() + bytes.fromhex("1C53BB6B") + b"\x40\x80" + bytes(20))  # 128 bytes of Cues
+    write(flv, "flv", piped=True)
+    flv.write_bytes(flv.read_bytes() + b"\x12\x00\x00\x80" + bytes(7) + b"\x02")  # a script tag of 128 bytes
+    for path in (mkv, flv):
+        n, warnings = read_all(path)
+        assert n == N and len(warnings) == 1
+        assert warnings[0].endswith(f"frames after frame {N} may be missing")
+
+
 def test_flv_that_ends_inside_a_tag_is_truncated_even_without_a_file_size(tmp_path: Path) -> None:
     path = tmp_path / "v.flv"
     starts = write(path, "flv", piped=True)  # onMetaData's filesize is 0
@@ -178,7 +212,7 @@ def test_the_chunks_of_an_avi_never_finalised_end_where_they_say_pad_bytes_and_e
     path.write_bytes(b"RIFF\xff\xff\xff\xffAVI LIST\xff\xff\xff\xffmovi" + movi)  # the last one's pad not written
     assert missing_end(path, "avi") is None
     cut_to(path, path.stat().st_size - 1)
-    assert missing_end(path, "avi") == (f"its last RIFF chunk (00dc) announces {path.stat().st_size + 1} bytes, the "
+    assert missing_end(path, "avi") == Cut(f"its last RIFF chunk (00dc) announces {path.stat().st_size + 1} bytes, the "
                                         f"file has {path.stat().st_size}", True)
 
 
@@ -245,7 +279,7 @@ def test_what_a_complete_file_may_end_with_is_no_cut(tmp_path: Path) -> None:
     avi.write_bytes(data[:4] + len(data).to_bytes(4, "little") + data[8:])
     assert missing_end(avi, "avi") is None and read_all(avi) == (N, [])
     flv.write_bytes(flv.read_bytes()[:-4])
-    assert missing_end(flv, "flv") == ("its last FLV tag is not followed by its size (PreviousTagSize)", False)
+    assert missing_end(flv, "flv") == Cut("its last FLV tag is not followed by its size (PreviousTagSize)", False)
     ts.write_bytes(ts.read_bytes() + b"\x47\x1f\xff\x10" + b"\xff" * 96)
-    assert missing_end(ts, "mpegts") == ("100 unrecognised bytes follow its last whole MPEG-TS packet", False)
+    assert missing_end(ts, "mpegts") == Cut("100 unrecognised bytes follow its last whole MPEG-TS packet", False)
 
