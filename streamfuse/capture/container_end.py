@@ -11,8 +11,7 @@ What each container leaves at its end, as FFmpeg's muxers (and the specification
   ``onMetaData`` holds the file's size when the writer could seek back to write it (0 when it could not).
 - NUT: ends with its index, whose start the last 12 bytes point to; FFmpeg writes it even to a pipe, but it can be
   turned off (``write_index 0``, ``syncpoints none``), so a file without one is only probably cut.
-- MPEG-TS: only whole transport packets (188 bytes; 192 in M2TS, 204 with DVB's Reed-Solomon bytes). Nothing in it
-  says how long it is, so a cut that falls between two packets looks complete.
+- MPEG-TS and MPEG-PS: their packets, see ``mpeg_end``.
 - ASF (WMV): its header states the file's size (unless written live, as its broadcast flag says).
 - AVI and MP4/MOV: chunks and boxes that state their sizes. A cut MP4 whose ``moov`` was to come last does not open,
   and a cut AVI mostly ends before its header's frame count; but a cut inside the last frame of an AVI, or in the
@@ -26,9 +25,9 @@ frame's chunk, an FLV tag whose header is one) running past the end of the file 
 container's last whole unit that are none (a recorder's padding or trailer, zero bytes, something appended) are
 reported, as they may also be a cut inside a header or a unit's first bytes. A cut inside the index or metadata a
 writer leaves after the frames (Matroska's Cues or Tags after its clusters, AVI's ``idx1`` or an OpenDML ``ix00``
-after the frames' chunks, a fragmented MP4's ``mfra``, an FLV script tag after the video) leaves every frame before
-it: it is said apart (:attr:`Cut.after_frames`), for the reader to hold the frames it read against the container's
-count or length.
+after the frames' chunks, a fragmented MP4's ``mfra``) leaves every frame before it: it is said apart
+(:attr:`Cut.after_frames`), for the reader to hold the frames it read against the container's count or length (such
+a unit may also come between frames: only those tell).
 """
 
 from __future__ import annotations
@@ -36,9 +35,11 @@ from __future__ import annotations
 import mmap
 import re
 import struct
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
+
+from streamfuse.capture.container_walk import Cut, Unit, after_last, read_at, walk
+from streamfuse.capture.mpeg_end import program_stream, transport_stream
 
 __all__ = ["Cut", "missing_end", "finalised"]
 
@@ -62,33 +63,6 @@ _AVI_FRAME, _AVI_INDEX = re.compile(rb"\d\d(dc|db)"), re.compile(rb"idx1|ix\d\d"
 _FLV_TAGS = {8: "audio", 9: "video", 18: "script data"}  # tag types
 _FLV_HEADER = struct.Struct(">I3xI")  # a tag's type and data size; its timestamp; its stream ID (0)
 _NUT_INDEX = bytes.fromhex("4e58dd672f23e64e")  # INDEX_STARTCODE
-_TS_PACKETS = ((188, 0), (192, 4), (204, 0))  # (packet size, offset of its 0x47 sync byte)
-_TS_CHECKED = 4  # the last packets whose sync bytes must be in place
-_TS_NULL = b"\x47\x1f\xff"  # a null packet's start (PID 0x1FFF), which padding to a size may end in
-_TS_LONGEST = max(packet for packet, _ in _TS_PACKETS)
-_TS_SEARCH = 4096  # how far before the end (or its padding) the last whole packet is looked for
-
-
-class Cut(NamedTuple):
-    """What the end of a file lacks; whether that is certain (an error) or a complete file can look the same; and
-    whether it lies in an index or metadata unit after the units that hold frames (all of them there, as far as the
-    file says: its end is an index the writer was writing when it stopped)."""
-
-    what: str
-    certain: bool
-    after_frames: bool = False
-
-
-class _Unit(NamedTuple):
-    """A walked element, box or chunk: its name, where it ends (None: unknown size), whether the container is known
-    to hold one (else only bytes that look like one), its role ("frames": it holds frames; "index": an index or
-    metadata a writer leaves after them), and where the units inside it start (None: it holds none walked)."""
-
-    name: str
-    end: int | None
-    known: bool
-    role: str = ""
-    inner: int | None = None
 
 
 def missing_end(path: str | Path, format_name: str) -> Cut | None:
@@ -114,11 +88,6 @@ def finalised(path: str | Path, format_name: str) -> bool:
     return len(head) == 8 and struct.unpack("<I", head[4:])[0] not in _RIFF_UNSET
 
 
-def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:
-    f.seek(pos)
-    return f.read(n)
-
-
 # -- Matroska / WebM ------------------------------------------------------------------------------------------------
 
 
@@ -139,7 +108,7 @@ def _vint(data: bytes, i: int, *, marker: bool) -> tuple[int, int, bool] | None:
 def _element(f: BinaryIO, pos: int) -> tuple[int, int, int | None] | None:
     """The EBML element at ``pos``: (ID, where its data starts, its data size or None when unknown); None where its
     header is cut or is not one."""
-    head = _read_at(f, pos, 12)
+    head = read_at(f, pos, 12)
     ident = _vint(head, 0, marker=True)
     size = ident and _vint(head, ident[1], marker=False)
     if not size:
@@ -153,15 +122,15 @@ def _matroska(f: BinaryIO, size: int) -> Cut | None:
     if not segment or segment[0] != _SEGMENT:
         return None  # not the layout this reads: FFmpeg read it, let it be
 
-    def read(pos: int) -> _Unit | None:
+    def read(pos: int) -> Unit | None:
         element = _element(f, pos)
         if element is None:
             return None
         ident, start, length = element
         end = None if length is None else start + length
         if ident in _MKV_TOP:
-            return _Unit(_MKV_TOP[ident], end, True, _MKV_ROLES.get(ident, ""))
-        return _Unit(_MKV_FILLERS.get(ident, f"ID 0x{ident:X}"), end, False) if end is not None else None
+            return Unit(_MKV_TOP[ident], end, True, _MKV_ROLES.get(ident, ""))
+        return Unit(_MKV_FILLERS.get(ident, f"ID 0x{ident:X}"), end, False) if end is not None else None
 
     end = None if segment[2] is None else segment[1] + segment[2]
     if end is not None and end <= size:
@@ -169,41 +138,10 @@ def _matroska(f: BinaryIO, size: int) -> Cut | None:
     # Never finalised (a live recording, a writer stopped before the end): its elements must still be whole; a
     # cluster written live, of unknown size, does not say where it should end. A finalised one is cut, where only
     # in its index when that is the element cut.
-    walked = _walk(segment[1], size, "Matroska element", read)
+    walked = walk(segment[1], size, "Matroska element", read)
     if end is None or walked and walked.after_frames:
         return walked
     return Cut(f"its Matroska segment announces {end} bytes, the file has {size}", True)
-
-
-def _walk(pos: int, size: int, what: str, read: Callable[[int], _Unit | None], framed: bool = False) -> Cut | None:
-    """Walks the top-level units from ``pos``: a known one that runs past the end of the file is cut, where only its
-    index is when it is an index unit after a unit of frames (``framed``: one was before ``pos``), or when such a cut
-    is inside it. ``read(pos)`` gives the unit there, or None where what is there is none (a header cut short
-    included); a known unit of unknown size ends the walk (nothing to say). What follows the last whole known unit
-    and is none, or only looks like one and runs past the end, is reported: padding, a trailer, or a cut inside a
-    header."""
-    last: tuple[str, int] | None = None  # the last whole known unit: its name and end
-    while pos < size:
-        unit = read(pos)
-        if unit is not None and unit.end is None:
-            return None
-        if unit is None or unit.end > size and not unit.known:
-            return None if last is None else _after(size - last[1], f"{what} ({last[0]})")
-        if unit.end > size:
-            cut = Cut(f"its last {what} ({unit.name}) announces {unit.end} bytes, the file has {size}", True)
-            if unit.role == "index" and framed:
-                return cut._replace(after_frames=True)
-            inside = _walk(unit.inner, size, what, read, framed) if unit.inner is not None else None
-            return inside if inside and inside.after_frames else cut
-        framed = framed or unit.role == "frames"
-        pos = unit.end
-        last = (unit.name, pos) if unit.known else last
-    return None
-
-
-def _after(n: int, what: str) -> Cut:
-    """``n`` bytes after the last whole ``what`` that are none: a complete file with something after it, or a cut."""
-    return Cut(f"{n} unrecognised bytes follow its last whole {what}", False)
 
 
 # -- AVI, MP4/MOV, ASF ----------------------------------------------------------------------------------------------
@@ -215,31 +153,31 @@ def _riff(f: BinaryIO, size: int) -> Cut | None:
     ``movi`` list of one never finalised) and on through the chunks in it, frames included: the last must be whole.
     One of known size that runs past the end is walked into too, to tell a cut inside its last index (``idx1`` after
     the ``movi`` list, an OpenDML ``ix00`` at the end of it) from one among its frames."""
-    def read(pos: int) -> _Unit | None:
-        head = _read_at(f, pos, 12)
+    def read(pos: int) -> Unit | None:
+        head = read_at(f, pos, 12)
         if len(head) < 8 or not all(32 <= c < 127 for c in head[:4]):
             return None
         kind, length = head[:4], struct.unpack("<I", head[4:8])[0]
         known = _AVI_CHUNK.fullmatch(kind) is not None
         nested = kind in (b"RIFF", b"LIST")
         if nested and length in _RIFF_UNSET:
-            return _Unit(kind.decode(), pos + 12, True)  # its chunks follow its form type
+            return Unit(kind.decode(), pos + 12, True)  # its chunks follow its form type
         end = pos + 8 + length
         if kind == b"RIFF" and end == size + 8:
             end = size  # a writer that counted the chunk's header in its size: the file ends where it should
         role = "frames" if _AVI_FRAME.fullmatch(kind) or head[8:] == b"movi" else \
             "index" if _AVI_INDEX.fullmatch(kind) else ""
-        return _Unit(kind.decode(), end + 1 if length % 2 and end < size else end,  # an odd one's pad byte
+        return Unit(kind.decode(), end + 1 if length % 2 and end < size else end,  # an odd one's pad byte
                      known, role, pos + 12 if nested else None)
 
-    return _walk(0, size, "RIFF chunk", read)
+    return walk(0, size, "RIFF chunk", read)
 
 
 def _iso_boxes(f: BinaryIO, size: int) -> Cut | None:
     """MP4/MOV: top-level boxes; the ``mdat`` of a file written with its ``moov`` first (``faststart``) and the
     fragments of a fragmented one say where they end."""
-    def read(pos: int) -> _Unit | None:
-        head = _read_at(f, pos, 16)
+    def read(pos: int) -> Unit | None:
+        head = read_at(f, pos, 16)
         if len(head) < 8:
             return None
         length, kind = struct.unpack(">I4s", head[:8])
@@ -250,15 +188,15 @@ def _iso_boxes(f: BinaryIO, size: int) -> Cut | None:
         if not all(32 <= c < 127 for c in kind) or 0 < length < 8:
             return None
         end = size if length == 0 else pos + length  # 0: the last box, to the end of the file
-        return _Unit(kind.decode(), end, kind in _MP4_TOP, _MP4_ROLES.get(kind, ""))
+        return Unit(kind.decode(), end, kind in _MP4_TOP, _MP4_ROLES.get(kind, ""))
 
-    return _walk(0, size, "MP4 box", read)
+    return walk(0, size, "MP4 box", read)
 
 
 def _asf(f: BinaryIO, size: int) -> Cut | None:
     """ASF (WMV): its header's File Properties object holds the file's size, valid unless the broadcast flag says
     the file was written live."""
-    head = _read_at(f, 0, 30)
+    head = read_at(f, 0, 30)
     if len(head) < 30 or head[:16] != _ASF_HEADER:
         return None
     header_end = min(struct.unpack("<Q", head[16:24])[0], 1 << 20)
@@ -281,7 +219,7 @@ def _asf(f: BinaryIO, size: int) -> Cut | None:
 
 
 def _flv(f: BinaryIO, size: int) -> Cut | None:
-    head = _read_at(f, 0, 9)
+    head = read_at(f, 0, 9)
     if len(head) < 9 or head[:3] != b"FLV":
         return None
     first = struct.unpack(">I", head[5:9])[0] + 4  # the first tag, after the header and PreviousTagSize0
@@ -294,7 +232,7 @@ def _flv(f: BinaryIO, size: int) -> Cut | None:
         tags, end = _flv_tags(data, last, size) if first <= last else (None, 0)
         if tags or end != size:
             tags, end = _flv_tags(data, first, size)
-    if tags and (tags.certain or tags.after_frames):
+    if tags and tags.certain:
         return tags
     announced = _flv_filesize(f, first)
     if announced > end:  # more than the last tag's PreviousTagSize, where only that is missing
@@ -304,10 +242,10 @@ def _flv(f: BinaryIO, size: int) -> Cut | None:
 
 def _flv_tags(data: mmap.mmap, pos: int, size: int) -> tuple[Cut | None, int]:
     """The FLV tags from ``pos`` on, each followed by its size: one whose data runs past the end is cut (a script
-    data tag after a video tag: after the frames); bytes after the last whole one that are no tag are reported. Also
-    where the whole tags end, their last PreviousTagSize included (past the end of the file where it is missing)."""
+    tag too: data streams and live recordings write them between the frames); bytes after the last whole one that
+    are no tag are reported. Also where the whole tags end, their last PreviousTagSize included (past the end of the
+    file where it is missing)."""
     header, tags = _FLV_HEADER.unpack_from, _FLV_TAGS  # local names: the loop runs once a tag
-    video = False
     while pos + 11 <= size:
         head, stream = header(data, pos)
         kind = head >> 24 & 0x1F
@@ -315,18 +253,16 @@ def _flv_tags(data: mmap.mmap, pos: int, size: int) -> tuple[Cut | None, int]:
             break
         end = pos + 11 + (head & 0xFFFFFF)
         if end > size:
-            return Cut(f"its last FLV tag ({tags[kind]}) announces {end} bytes, the file has {size}", True,
-                       video and kind == 18), pos
-        video = video or kind == 9
+            return Cut(f"its last FLV tag ({tags[kind]}) announces {end} bytes, the file has {size}", True), pos
         pos = end + 4
     if pos > size:
         return Cut("its last FLV tag is not followed by its size (PreviousTagSize)", False), pos
-    return _after(size - pos, "FLV tag") if pos < size else None, pos
+    return after_last(size - pos, "FLV tag") if pos < size else None, pos
 
 
 def _flv_filesize(f: BinaryIO, first: int) -> int:
     """The ``filesize`` of the file's ``onMetaData`` (its first tag), 0 when it has none (written to a pipe)."""
-    tag = _read_at(f, first, 11)
+    tag = read_at(f, first, 11)
     if len(tag) < 11 or tag[0] & 0x1F != 18:
         return 0
     data = f.read(int.from_bytes(tag[1:4], "big"))
@@ -337,61 +273,16 @@ def _flv_filesize(f: BinaryIO, first: int) -> int:
     return int(value) if 0 < value < 2**63 else 0
 
 
-# -- NUT and MPEG-TS ------------------------------------------------------------------------------------------------
+# -- NUT ------------------------------------------------------------------------------------------------------------
 
 
 def _nut(f: BinaryIO, size: int) -> Cut | None:
     if size >= 20:
-        back = struct.unpack(">Q", _read_at(f, size - 12, 8))[0]  # index_ptr: from the index's start to the end
-        if 20 <= back <= size and _read_at(f, size - back, 8) == _NUT_INDEX:
+        back = struct.unpack(">Q", read_at(f, size - 12, 8))[0]  # index_ptr: from the index's start to the end
+        if 20 <= back <= size and read_at(f, size - back, 8) == _NUT_INDEX:
             return None
     return Cut("its NUT index is missing (the file was cut short, or written without one)", False)
 
 
-def _mpegts(f: BinaryIO, size: int) -> Cut | None:
-    """Whole packets, maybe followed by bytes that start no packet: padding (zero or 0xFF bytes, as a recorder
-    writing in blocks of a disc's sector leaves; a null packet's start), a trailer. What follows the last whole packet
-    and starts with a sync byte is a packet cut short."""
-    padded = _padding_start(f, size)
-    base = max(0, padded - _TS_SEARCH - _TS_CHECKED * _TS_LONGEST)
-    # The last whole packet ends before the padding, or inside a packet after its start (the packet's own bytes)
-    tail = _read_at(f, base, min(size, padded + _TS_LONGEST) - base)
-    for end in range(len(tail), max(0, padded - _TS_SEARCH - base) - 1, -1):
-        packet = _ts_packet(tail, end)
-        if packet is None:
-            continue
-        sync, rest = packet[1], tail[end:end + packet[1] + 3]  # the next packet's start, as far as the file goes
-        # A null packet's start may be padding, but not in M2TS (192 bytes), written in whole units of 32 packets:
-        # there it is as likely a cut among the null packets a constant rate interleaves
-        if len(rest) > sync and rest[sync] == 0x47 and (sync or rest[:3] != _TS_NULL):
-            break
-        return _after(size - base - end, "MPEG-TS packet") if base + end < size else None
-    return Cut("the file does not end with a whole MPEG-TS packet", True)
-
-
-def _ts_packet(data: bytes, end: int) -> tuple[int, int] | None:
-    """The size and sync byte offset of the whole transport packets that end at ``data[end]``; None if none do."""
-    for packet, sync in _TS_PACKETS:
-        starts = [end - k * packet for k in range(1, _TS_CHECKED + 1) if end - k * packet >= 0]
-        if starts and all(data[start + sync] == 0x47 for start in starts):
-            return packet, sync
-    return None
-
-
-def _padding_start(f: BinaryIO, size: int, block: int = 1 << 16) -> int:
-    """Where the run of the file's last byte (zero or 0xFF: padding) starts; ``size`` where it ends otherwise."""
-    pad = _read_at(f, size - 1, 1) if size else b""
-    if pad not in (b"\0", b"\xff"):
-        return size
-    end = size
-    while end > 0:
-        data = _read_at(f, max(0, end - block), min(block, end))
-        kept = len(data.rstrip(pad))
-        if kept:
-            return end - len(data) + kept
-        end -= len(data)
-    return 0
-
-
-_CHECKS = {"matroska": _matroska, "flv": _flv, "nut": _nut, "mpegts": _mpegts, "avi": _riff, "mov": _iso_boxes,
-           "asf": _asf}
+_CHECKS = {"matroska": _matroska, "flv": _flv, "nut": _nut, "mpegts": transport_stream, "mpeg": program_stream,
+           "avi": _riff, "mov": _iso_boxes, "asf": _asf}

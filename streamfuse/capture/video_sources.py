@@ -277,8 +277,9 @@ class AvSource(BaseSource):
         if self._decoded and end_s is not None and self._ends_before(end_s):
             raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
                               f"{self._where()}; the container announces {end_s:.3f} s")
-        # Its announced frame count, or its announced length (a single frame's is not known), was read to the end
-        whole = self._decoded == self._expected > 0 or self._decoded > 1 and end_s is not None
+        # Its announced frame count, or its announced length to within half a frame (a single frame's is not known)
+        whole = self._decoded == self._expected > 0 or (self._decoded > 1 and end_s is not None
+                                                        and not self._ends_before(end_s, steps=1.5))
         self._check_container_end(whole)
 
     def _finalised(self) -> bool:
@@ -288,8 +289,9 @@ class AvSource(BaseSource):
             return "avi" not in self._container.format.name.split(",")
         return self._read_end(finalised)
 
-    def _ends_before(self, end_s: float) -> bool:
-        """Whether this pass's frames end before ``end_s``, the container's announced end."""
+    def _ends_before(self, end_s: float, steps: float = 2) -> bool:
+        """Whether this pass's frames end before ``end_s``, the container's announced end, their last lasting up to
+        ``steps`` frame steps (2: what a complete file's rounding can leave; 1.5: its last frame was read)."""
         if "avi" in self._container.format.name.split(","):  # frame slots: exact (see announced_end_s)
             # as a float, as end_s is: 40 slots of 1/25 s are exactly 8/5, under the float 1.6 (1.6000000000000000888)
             return self._end_dts is not None and float(self._end_dts * self.time_base) < end_s
@@ -298,12 +300,12 @@ class AvSource(BaseSource):
         # a single frame's length is not known (a cut leaving one frame shows in the container's end, see below).
         if self._decoded < 2:
             return False
-        last_ns = self._last_pts_ns + 2 * max(self._period_ns, self._last_step_ns)
+        last_ns = self._last_pts_ns + round(steps * max(self._period_ns, self._last_step_ns))
         return not self._pass_jumps and last_ns < round(end_s * 1e9)
 
     def _check_container_end(self, whole: bool) -> None:
-        """A cut the checks above miss (Matroska or FLV without their last frames, a NUT or MPEG-TS file, which
-        announce no length, an AVI cut inside its last frame) shows in what the container wrote at its end
+        """A cut the checks above miss (Matroska or FLV without their last frames, a NUT, MPEG-TS or MPEG-PS file,
+        which announce no length, an AVI cut inside its last frame) shows in what the container wrote at its end
         (``container_end``): an error, or a warning where a complete file can look the same or where the cut is in
         the index or metadata written after the frames (``whole``: the frames the container announces were read)."""
         if self.live or self._looped:

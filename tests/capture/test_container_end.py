@@ -82,6 +82,8 @@ def cut_to(path: Path, size: int) -> None:
     ("matroska", {}, "its Matroska segment announces"),
     ("flv", {}, "its FLV metadata announces"),
     ("avi", {}, "its last RIFF chunk (RIFF) announces"),
+    ("mpeg", {}, "its last MPEG-PS packet (video) announces"),  # MPEG-1 packs, pack headers far apart
+    ("dvd", {}, "its last MPEG-PS packet (video) announces"),  # MPEG-2 packs of 2048 bytes
 ])
 def test_a_file_cut_before_its_last_frame_is_truncated_the_complete_one_is_not(tmp_path: Path, fmt: str,
                                                                              options: dict[str, str],
@@ -90,7 +92,7 @@ def test_a_file_cut_before_its_last_frame_is_truncated_the_complete_one_is_not(t
     starts = write(path, fmt, options=options)
     assert read_all(path) == (N, [])
     cut_to(path, starts[-1] + (0 if fmt in ("matroska", "flv") else 40))  # at its last frame, or 40 bytes into it
-    kept = N - 1 if fmt in ("matroska", "flv") else N
+    kept = N if fmt == "avi" else N - 1
     with pytest.raises(SourceError, match=f"v.{fmt}: truncated or corrupt video: decoding stopped after frame {kept} "
                                           f".*; {re.escape(missing)} "):
         read_all(path)
@@ -104,6 +106,23 @@ def test_mpegts_that_ends_inside_a_transport_packet_is_truncated_whole_packets_a
     cut_to(path, path.stat().st_size - 100)
     with pytest.raises(SourceError, match="v.ts: truncated or corrupt video: .*does not end with a whole MPEG-TS"):
         read_all(path)
+
+
+def test_mpeg_ps_with_bytes_after_its_last_whole_packet_is_read_with_a_warning(tmp_path: Path) -> None:
+    """FFmpeg writes no program end code: whole packets end a complete file (and one cut between two, which cannot be
+    told); an end code or VCD's zero bytes after them are no cut, other bytes (a start code cut short, 0xFF bytes,
+    which a padding packet holds) are reported."""
+    path = tmp_path / "v.mpg"
+    write(path, "dvd")
+    data = path.read_bytes()
+    for tail in (b"", b"\0\0\1\xb9", bytes(20)):
+        path.write_bytes(data + tail)
+        assert read_all(path) == (N, [])
+    path.write_bytes(data + b"\0\0\1\xb9\0\0\1")
+    n, warnings = read_all(path)
+    assert n == N and len(warnings) == 1
+    assert warnings[0].endswith(f"v.mpg: 3 unrecognised bytes follow its last whole MPEG-PS packet (end code): frames "
+                                f"after frame {N} may be missing")
 
 
 def test_nut_without_its_index_is_reported_and_read_to_its_end(tmp_path: Path) -> None:
@@ -147,17 +166,19 @@ def test_a_file_cut_inside_the_index_after_its_frames_is_read_whole_with_a_warni
 
 
 def test_an_index_cut_after_the_frames_of_a_file_that_announces_no_end_may_have_lost_frames(tmp_path: Path) -> None:
-    """A Matroska file never finalised (no length, no frame count) whose index, or a trailing FLV script tag, is cut:
-    a warning that frames may be missing (what followed it is not known), not a refusal."""
+    """A Matroska file never finalised (no length, no frame count) whose index is cut: a warning that frames may be
+    missing (what followed it is not known), not a refusal. An FLV script tag cut is a cut: data streams and live
+    recordings write them between the frames."""
     mkv, flv = tmp_path / "v.mkv", tmp_path / "v.flv"
     write(mkv, "matroska", piped=True)
     mkv.write_bytes(mkv.read_bytes() + bytes.fromhex("1C53BB6B") + b"\x40\x80" + bytes(20))  # 128 bytes of Cues
+    n, warnings = read_all(mkv)
+    assert n == N and len(warnings) == 1
+    assert warnings[0].endswith(f"frames after frame {N} may be missing")
     write(flv, "flv", piped=True)
     flv.write_bytes(flv.read_bytes() + b"\x12\x00\x00\x80" + bytes(7) + b"\x02")  # a script tag of 128 bytes
-    for path in (mkv, flv):
-        n, warnings = read_all(path)
-        assert n == N and len(warnings) == 1
-        assert warnings[0].endswith(f"frames after frame {N} may be missing")
+    with pytest.raises(SourceError, match="v.flv: truncated or corrupt video: .*its last FLV tag \\(script data\\)"):
+        read_all(flv)
 
 
 def test_flv_that_ends_inside_a_tag_is_truncated_even_without_a_file_size(tmp_path: Path) -> None:
