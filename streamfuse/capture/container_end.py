@@ -80,10 +80,15 @@ def missing_end(path: str | Path, format_name: str) -> Cut | None:
 def finalised(path: str | Path, format_name: str) -> bool:
     """Whether the lengths in the header of the video file ``path`` (demuxed as ``format_name``) are the file's: False
     for an AVI whose RIFF size was never written (a writer to a pipe cannot seek back to it, nor to the frame counts,
-    where FFmpeg leaves 2^30 frames), so its header announces no end."""
-    if "avi" not in format_name.split(","):
-        return True
+    where FFmpeg leaves 2^30 frames), and for a Matroska file whose segment size is unknown (nor could its Duration be
+    written: the durations FFmpeg gives are estimates from bit rates, seconds off), so its header announces no end."""
+    names = format_name.split(",")
     with open(path, "rb") as f:
+        if "matroska" in names:
+            segment = _segment(f)
+            return not segment or segment[2] is not None
+        if "avi" not in names:
+            return True
         head = f.read(8)
     return len(head) == 8 and struct.unpack("<I", head[4:])[0] not in _RIFF_UNSET
 
@@ -116,10 +121,16 @@ def _element(f: BinaryIO, pos: int) -> tuple[int, int, int | None] | None:
     return ident[0], pos + size[1], None if size[2] else size[0]
 
 
-def _matroska(f: BinaryIO, size: int) -> Cut | None:
+def _segment(f: BinaryIO) -> tuple[int, int, int | None] | None:
+    """The Matroska file's Segment element, as :func:`_element` gives it; None where it is not where this reads it."""
     header = _element(f, 0)
     segment = header and header[0] == _EBML and header[2] is not None and _element(f, header[1] + header[2])
-    if not segment or segment[0] != _SEGMENT:
+    return segment if segment and segment[0] == _SEGMENT else None
+
+
+def _matroska(f: BinaryIO, size: int) -> Cut | None:
+    segment = _segment(f)
+    if not segment:
         return None  # not the layout this reads: FFmpeg read it, let it be
 
     def read(pos: int) -> Unit | None:

@@ -304,3 +304,25 @@ def test_what_a_complete_file_may_end_with_is_no_cut(tmp_path: Path) -> None:
     ts.write_bytes(ts.read_bytes() + b"\x47\x1f\xff\x10" + b"\xff" * 96)
     assert missing_end(ts, "mpegts") == Cut("100 unrecognised bytes follow its last whole MPEG-TS packet", False)
 
+
+
+def test_a_matroska_file_never_finalised_is_not_held_to_a_length_estimated_from_bit_rates(tmp_path: Path) -> None:
+    """Written to a pipe with MP3 audio, it has no Duration: FFmpeg estimates one from the bit rates (seconds off),
+    which is no end the container announced."""
+    path = tmp_path / "v.mkv"
+    target = _Pipe(path)
+    with av.open(target, "w", format="matroska") as container:
+        video, audio = container.add_stream("mpeg4", rate=25), container.add_stream("mp3", rate=44100, layout="mono")
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        rng = np.random.default_rng(0)
+        for i in range(N):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), np.uint8), format="bgr24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(video.encode(frame))
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.float32), format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = 44100, i * 1152
+            container.mux(audio.encode(sound))
+        container.mux(video.encode(None) + audio.encode(None))
+    target.close()
+    assert not finalised(path, "matroska,webm")
+    assert read_all(path) == (N, [])
