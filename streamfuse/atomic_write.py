@@ -49,12 +49,15 @@ class WriterThread:
     Used for the disk and codec work of the recorder and the video writer: zstd and FFmpeg release the GIL, so
     the work overlaps the caller's. The first failure stops the handling (later items are drained unhandled, so
     :meth:`put` never blocks on a dead thread) and is raised, as one line, by the next :meth:`put` or :meth:`join`.
+    With ``idle=(seconds, call)``, ``call()`` also runs on the thread whenever no item came for that long.
     """
 
-    def __init__(self, name: str, handle: Callable[[Any], None], what: str, maxsize: int, *, threaded: bool = True):
+    def __init__(self, name: str, handle: Callable[[Any], None], what: str, maxsize: int, *, threaded: bool = True,
+                 idle: tuple[float, Callable[[], None]] | None = None):
         self.busy_ns: list[int] = []  # handling time per item
         self.error: RuntimeError | None = None
         self._handle, self._what = handle, what
+        self._idle_s, self._idle = idle or (None, None)
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None  # None: put() handles each item in the caller's thread
         if threaded:
@@ -62,17 +65,28 @@ class WriterThread:
             self._thread.start()
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._idle_s)
+            except queue.Empty:
+                if self.error is None:
+                    self._guarded(self._idle)
+                continue
+            if item is None:
+                return
             if self.error is None:
                 self._handle_one(item)
 
     def _handle_one(self, item: Any) -> None:
         t0 = time.perf_counter_ns()
+        self._guarded(self._handle, item)
+        self.busy_ns.append(time.perf_counter_ns() - t0)
+
+    def _guarded(self, call: Callable[..., None], *args: Any) -> None:
         try:
-            self._handle(item)
+            call(*args)
         except Exception as exc:  # noqa: BLE001 -- any failure must reach the caller, not end the thread
             self.error = RuntimeError(f"{self._what} failed: {io_reason(exc)}")
-        self.busy_ns.append(time.perf_counter_ns() - t0)
 
     def put(self, item: Any) -> None:
         """Queue one item (blocks while the queue is full), or handle it now when not threaded; raises the first

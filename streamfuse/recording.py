@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -74,16 +75,20 @@ class RecordConfig:
             cleanly).
         compression: MCAP chunk compression, ``zstd`` or ``none``.
         chunk_mb: uncompressed chunk size in MiB (a crash loses at most the chunk being filled).
+        flush_s: seconds a chunk is filled at most: it is written out by then, even while frames are few, small or
+            stalled, so a kill loses at most this much of the recording (or ``chunk_mb``, whichever comes first).
     """
 
     path: str = ""
     compression: Literal["zstd", "none"] = "zstd"
     chunk_mb: float = 4.0
+    flush_s: float = 1.0
 
     def __post_init__(self) -> None:
         # replay and the mcap source know a recording by its suffix: another name could not be read back as one
         check(self.path.lower().endswith(".mcap"), "path", self.path, "a .mcap file path such as runs/rig0.mcap")
         check(0.0625 <= self.chunk_mb <= 256, "chunk_mb", self.chunk_mb, "0.0625..256 MiB")
+        check(0.01 <= self.flush_s <= 3600, "flush_s", self.flush_s, "0.01..3600 s")
 
 
 
@@ -166,6 +171,8 @@ class Recorder:
         # frames in chunks on disk, and in the chunk being filled (by the writer thread): a write error loses the latter
         self._written = {s: 0 for s in TOPICS}
         self._unflushed = {s: 0 for s in TOPICS}
+        self._flush_s = cfg.flush_s
+        self._chunk_t0: float | None = None  # when the chunk being filled got its first frame (monotonic s)
         # an existing file is an earlier recording or one of the run's own inputs; a partial one is what is left of
         # a run that did not finish: none is written over
         for existing in (self.path, self._partial):
@@ -189,7 +196,7 @@ class Recorder:
         self._channels = {s: self._writer.register_channel(topic, "cdr", schema, {"seq": "mcap_sequence"})
                           for s, topic in TOPICS.items()}
         self._worker = WriterThread(f"record {self.path.name}", self._append, f"writing recording {self._partial}",
-                                    queue_size)
+                                    queue_size, idle=(cfg.flush_s, self._flush))
 
     def write(self, frame: Frame) -> None:
         """Queue one raw frame (stream ``ir`` or ``vis``, capture time >= 0 ns) for the file.
@@ -221,10 +228,23 @@ class Recorder:
         self._writer.add_message(self._channels[frame.stream], log_time=frame.t_capture_ns, publish_time=
                                  frame.t_capture_ns, data=encode_image(frame, self._frame_ids[frame.stream]),
                                  sequence=frame.seq)
-        if self._file.tell() != end:  # the writer wrote out its chunk, this frame in it
-            self._flushed()
+        now = time.monotonic()
+        self._chunk_t0 = now if self._chunk_t0 is None else self._chunk_t0
+        # the writer wrote out its chunk (this frame in it), or the chunk has waited flush_s: all of it to the OS,
+        # which keeps it through a kill of this process
+        if self._file.tell() != end or now - self._chunk_t0 >= self._flush_s:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Writer thread: the chunk being filled, if any, written out to the OS (the idle call too: no frame came
+        for flush_s, so the chunk's first frame has waited that long)."""
+        if self._chunk_t0 is None:
+            return
+        self._writer.flush()
+        self._flushed()
 
     def _flushed(self) -> None:
+        self._chunk_t0 = None
         for stream, n in self._unflushed.items():
             self._written[stream] += n
             self._unflushed[stream] = 0

@@ -158,6 +158,34 @@ def test_a_failing_recording_stops_alone_and_the_run_exits_nonzero(receiver, tmp
     assert 0 < len(got) <= 5  # what was written before the failure, up to its last complete chunk
 
 
+@pytest.mark.timeout(120)
+def test_a_run_killed_outright_keeps_its_recording_up_to_flush_s_before_the_kill(receiver, tmp_path):
+    """Chunks far from ``chunk_mb`` are written out every ``flush_s`` while frames keep coming, so after kill -9
+    ``recover`` finds every frame that was on disk, more than the first chunk could hold."""
+    from streamfuse.atomic_write import partial_path
+    from streamfuse.capture.mcap_source import read_recording
+    from streamfuse.recover import main as recover
+    from test_record import _readable
+
+    port, path = free_port(), tmp_path / "rig.mcap"
+    small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
+    proc = _start(port, f"--set=record.path={path}", "--set=record.chunk_mb=256", "--set=record.flush_s=0.2", *small)
+    on_disk, deadline = 0, time.monotonic() + 60
+    try:
+        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")
+        while on_disk < 40 and proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(zmq.Again):  # a fused frame: the recorder had its inputs
+                receiver.recv_multipart()
+            on_disk = _readable(partial_path(path)) if partial_path(path).exists() else 0
+    finally:
+        proc.kill()
+        out, _ = proc.communicate(timeout=30)
+    assert on_disk >= 40, out
+    assert recover([str(partial_path(path))]) == 0
+    assert len(list(read_recording(path))) >= on_disk
+
+
 @pytest.mark.timeout(60)
 def test_port_in_use_is_one_line_and_nonzero():
     port = free_port()

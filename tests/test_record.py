@@ -51,6 +51,34 @@ def test_record_round_trip_keeps_order_seq_times_and_pixels(tmp_path, rng):
         np.testing.assert_array_equal(a.image, b.image)
 
 
+def _readable(path: Path) -> int:
+    """Image messages a replay or ``recover`` would find in a recording that is still being written (or was cut)."""
+    from streamfuse.capture.mcap_source import read_messages
+
+    read = 0
+    with contextlib.suppress(SourceError):
+        for _ in read_messages(path):
+            read += 1
+    return read
+
+
+def test_a_chunk_far_from_full_reaches_the_disk_within_flush_s(tmp_path, rng, monkeypatch):
+    """A kill loses at most ``flush_s`` of the recording: with no frame coming for that long, the writer writes the
+    chunk out to the OS (which keeps it through a kill of the process), though it is far below ``chunk_mb``."""
+    flushed, real = threading.Event(), Recorder._flushed
+    monkeypatch.setattr(Recorder, "_flushed", lambda self: (real(self), flushed.set()))
+    frames, path = _frames(rng, 3), tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path), chunk_mb=256, flush_s=0.05)) as rec:
+        for f in frames:
+            rec.write(f)
+        while True:  # each flush sets the event: cleared before each look, so none is missed
+            flushed.clear()
+            if _readable(partial_path(path)) == len(frames):
+                break
+            assert flushed.wait(60), f"{_readable(partial_path(path))} of {len(frames)} frames on disk"
+    assert [(f.stream, f.seq) for f in read_recording(path)] == [(f.stream, f.seq) for f in frames]
+
+
 def test_a_disk_slower_than_the_cameras_costs_recorded_frames_not_the_live_loop(tmp_path, rng, monkeypatch, caplog):
     """With the writer stuck on one frame and its queue full, write() returns at once and counts the frame it
     leaves out; the file holds the rest and the log says what it lacks."""

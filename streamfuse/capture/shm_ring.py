@@ -93,14 +93,22 @@ def named_semaphore(ctx: Any, value: int = 0) -> synchronize.Semaphore:
 
 
 def process_alive(pid: int) -> bool:
-    """True while process ``pid`` exists (a killed one counts until its parent reaps it)."""
+    """True while process ``pid`` runs. A killed one its parent has not reaped yet (a zombie) is gone where /proc
+    tells (Linux): a parent may reap it only once every holder of its output pipe has closed it (``kill`` then
+    ``subprocess.communicate``), and the producers holding it wait for their consumer to be gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's process
-    return True
+        pass  # another user's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:  # reaped since, or no /proc (not Linux: the signal test is all there is)
+        return not Path("/proc/self/stat").exists()
+    except OSError:
+        return True
+    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")  # the state follows "(command name) "
 
 
 def remove_stale(prefix: str = SHM_PREFIX, directory: Path = SHM_DIR) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, remove_stale
+from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, process_alive, remove_stale
 from streamfuse.frames import Frame
 
 SHM_DIR = Path("/dev/shm")
@@ -143,3 +143,19 @@ def test_remove_stale_frees_only_objects_whose_creator_is_gone() -> None:
             shm.close()
             if (SHM_DIR / shm.name.lstrip("/")).exists():
                 shm.unlink()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through /proc (Linux)")
+def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
+    """A parent that reads a killed run's output to its end before reaping it (``subprocess.communicate``) leaves
+    it a zombie; its producers, which hold that output, must take it for gone, or both wait for each other."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        assert process_alive(proc.pid)
+        proc.kill()
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # it has exited; still unreaped
+        assert not process_alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not process_alive(proc.pid)
