@@ -186,6 +186,43 @@ def test_a_run_killed_outright_keeps_its_recording_up_to_flush_s_before_the_kill
     assert len(list(read_recording(path))) >= on_disk
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe size and fill level through Linux fcntl/ioctl")
+def test_a_live_run_whose_output_nobody_reads_keeps_publishing_and_stops_on_sigterm(receiver):
+    """A launcher that never reads the run's stderr fills the pipe (shrunk here to one page); the live loop must not
+    wait on its log lines: fused frames keep coming after the pipe is full, and SIGTERM still ends the run."""
+    import array
+    import fcntl
+    import termios
+
+    port = free_port()
+    small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
+    proc = _start(port, "--set=telemetry.interval_s=0.05", *small)
+    fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: one page
+    capacity = fcntl.fcntl(proc.stdout.fileno(), 1032)  # F_GETPIPE_SZ
+
+    def unread() -> int:
+        n = array.array("i", [0])
+        fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, n)
+        return n[0]
+
+    after_full, deadline = 0, time.monotonic() + 60
+    try:
+        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")
+        while after_full < 20 and proc.poll() is None and time.monotonic() < deadline:
+            full = unread() > capacity - 1024  # no room for another stats line
+            with contextlib.suppress(zmq.Again):
+                receiver.recv_multipart()
+                after_full += full
+        assert after_full == 20, f"{after_full} fused frames after the pipe filled ({unread()} of {capacity} bytes)"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # nothing read from the pipe yet
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
 @pytest.mark.timeout(60)
 def test_port_in_use_is_one_line_and_nonzero():
     port = free_port()

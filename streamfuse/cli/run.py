@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+from streamfuse import log_queue
 from streamfuse.cli.args import config_error, seconds
 
 __all__ = ["main", "replay_main", "exit_now"]
@@ -41,8 +42,8 @@ def _parser(prog: str, *, replay: bool) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run", replay: bool = False) -> int:
     """Run a pipeline from the command line; returns the exit status (a bad config or input: one line, 1 or 2)."""
     args = _parser(prog, replay=replay).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    log_queue.install(logging.DEBUG if args.verbose else logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s",
+                      "%H:%M:%S")
 
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
@@ -54,13 +55,16 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
         return run(cfg, duration_s=getattr(args, "duration", 0.0), ir_path=args.ir, vis_path=args.vis,
                    out_path=args.out, resume=args.resume or None)
     except ConfigError as exc:
+        log_queue.flush()
         return config_error("streamfuse", exc)
     except KeyboardInterrupt:  # before the run's own handlers are in place (loading the model): nothing to keep
+        log_queue.flush()
         print("streamfuse: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     except (OSError, RuntimeError, ValueError) as exc:
         # Every stage raises these with one line that says what and where; a stack trace would bury it.
         logging.getLogger("streamfuse").debug("failure", exc_info=True)
+        log_queue.flush()  # the reason comes last, after the final stats
         if getattr(exc, "interrupted", False):  # a replay the user stopped (Ctrl-C, SIGTERM): no error, exit 130
             print(f"streamfuse: {exc}", file=sys.stderr)
             return 130
@@ -79,6 +83,7 @@ def exit_now(code: int) -> None:
     What remains is interpreter teardown (torch, numba, OpenMP and ZeroMQ threads), which took seconds under load;
     flushing and leaving keeps Ctrl-C/SIGTERM within 2 s of the process being gone.
     """
+    log_queue.flush()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

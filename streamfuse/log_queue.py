@@ -1,0 +1,82 @@
+"""Logging that never blocks the live path: log records go through a bounded queue to one thread that writes them.
+
+A launcher that does not read the process's stderr (a pipe nobody drains, a terminal paused with Ctrl-S) blocks
+every write once the pipe is full; a line logged from the live loop would then stop capture, fusion and publishing
+(measured: no fused frame after the pipe filled). Here the loop only queues the line; the writer thread is the one
+that waits. Lines beyond the queue are dropped and counted, and the next line written says how many.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+
+__all__ = ["install", "flush"]
+
+_QUEUE_LINES = 1000
+_queue: queue.Queue | None = None
+_pending: threading.Event | None = None  # the last flush's mark in the queue
+
+
+class _DroppingHandler(logging.Handler):
+    """Queues formatted records without waiting; counts what a full queue turns away."""
+
+    def __init__(self, lines: queue.Queue) -> None:
+        super().__init__()
+        self._lines = lines
+        self.dropped = 0  # guarded by the handler's lock, which logging holds around emit()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            if self.dropped:  # said before the next line, once there is room for both
+                self._lines.put_nowait(f"{self.dropped} log lines dropped: nothing was reading this output")
+                self.dropped = 0
+            self._lines.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+
+
+def _write(lines: queue.Queue) -> None:
+    while True:
+        item = lines.get()
+        if isinstance(item, threading.Event):
+            item.set()
+            continue
+        try:
+            sys.stderr.write(item + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed (a reader that went away): the line is lost, as print's would be
+            pass
+
+
+def install(level: int, fmt: str, datefmt: str | None = None) -> None:
+    """Send log records to stderr through the queue and its writer thread, as ``logging.basicConfig`` would send
+    them directly: only where the root logger has no handler yet (a test's log capture keeps its own)."""
+    global _queue
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    _queue = queue.Queue(maxsize=_QUEUE_LINES)
+    handler = _DroppingHandler(_queue)
+    handler.setFormatter(logging.Formatter(fmt, datefmt))
+    root.addHandler(handler)
+    root.setLevel(level)
+    threading.Thread(target=_write, args=(_queue,), name="log writer", daemon=True).start()
+
+
+def flush(timeout_s: float = 1.0) -> None:
+    """Wait until the lines queued so far are written, at most ``timeout_s`` (stderr may never be read): before a
+    line printed directly, which must come after them, and before the process exits. Once a wait has run out, later
+    ones return at once while that one's lines are still not written."""
+    global _pending
+    if _queue is None or (_pending is not None and not _pending.is_set()):
+        return
+    _pending = threading.Event()
+    try:
+        _queue.put(_pending, timeout=timeout_s)
+    except queue.Full:
+        return
+    _pending.wait(timeout_s)
