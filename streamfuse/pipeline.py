@@ -16,6 +16,7 @@ import time
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture import ProducerEvent, Producers, start_producers
+from streamfuse.capture.producer_process import start_servers
 from streamfuse.config import PipelineConfig
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.fusers import Fuser
@@ -55,7 +56,8 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
 
 
 def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
-    """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM, ``duration_s`` (0 = none) or the sources end.
+    """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM/SIGHUP, ``duration_s`` (0 = none) or the sources
+    end.
 
     A recording (``record:``) that fails stops alone: fusion and publishing go on, and the final snapshot says so
     (``record_failed``).
@@ -82,6 +84,7 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     recorder = Recorder(cfg.record, {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}) if cfg.record \
         else contextlib.nullcontext()
     failure = ""
+    start_servers()  # before the publisher's shared memory: they must outlive a hangup, which stops the run
     with handled(lambda *_: stop.set()), Publisher(cfg.publish, {"fuser": _fuser_info(cfg, fuser)}) as pub, \
             recorder as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not (stop.is_set() or failure) and time.monotonic() < deadline:

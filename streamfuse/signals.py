@@ -1,4 +1,5 @@
-"""Signal handlers for the length of a block: how a run, a replay, a batch and training stop on Ctrl-C and SIGTERM."""
+"""Signal handlers for the length of a block: how a run, a replay, a batch and training stop on Ctrl-C and SIGTERM
+(a live run and training on a terminal's hangup too)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["handled"]
+__all__ = ["handled", "HANGUP", "STOP_SIGNALS"]
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
+HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 
 
 @contextlib.contextmanager
 def handled(handler: Callable[[int, Any], Any] | int, signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
-    """``handler`` for ``signals`` (default Ctrl-C and SIGTERM) inside the block, the previous handlers after it.
+    """``handler`` for ``signals`` (default Ctrl-C, SIGTERM and SIGHUP) inside the block, the previous handlers after it.
 
     In the main thread only, where alone Python runs handlers; elsewhere the block runs under the main thread's.
 

@@ -23,12 +23,12 @@ from helpers_zmq import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _start(port: int, *extra: str, fuser: str = "max", program: tuple[str, ...] = (str(REPO / "run_stream.py"),)
-           ) -> subprocess.Popen:
+def _start(port: int, *extra: str, fuser: str = "max", program: tuple[str, ...] = (str(REPO / "run_stream.py"),),
+           **popen: object) -> subprocess.Popen:
     args = [sys.executable, *program, "--config", "demo",
             "--set", f"publish.endpoint=tcp://127.0.0.1:{port}", "--set", f"fuse.name={fuser}",
             "--set", "telemetry.interval_s=1", "--set", "engine.device=cpu", *extra]
-    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def _shm_of(pid: int) -> set[str]:
@@ -221,6 +221,33 @@ def test_a_live_run_whose_output_nobody_reads_keeps_publishing_and_stops_on_sigt
     finally:
         proc.kill()
         proc.communicate(timeout=30)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_a_terminal_hangup_stops_the_run_cleanly_with_its_recording_finished(receiver, tmp_path):
+    """SIGHUP reaches the whole process group when the terminal (an SSH session) goes away: the run stops as on
+    SIGTERM, its recording finished under its name, the final stats logged, its shared memory freed, and every
+    process of the group gone (the output pipe they all hold reaches its end)."""
+    from streamfuse.atomic_write import partial_path
+
+    port, path = free_port(), tmp_path / "rig.mcap"
+    small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
+    proc = _start(port, f"--set=record.path={path}", *small, start_new_session=True)
+    try:
+        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")
+        assert len(_receive(receiver, fused=5, stats=0, deadline_s=60)) == 5
+        in_use = _shm_of(proc.pid)
+        os.killpg(proc.pid, signal.SIGHUP)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "final:" in out and path.exists() and not partial_path(path).exists(), out
+    assert in_use and not _shm_of(proc.pid), "shared memory leaked"
 
 
 @pytest.mark.timeout(60)

@@ -2,9 +2,10 @@
 how the process is started (see ``producer`` for the supervising side).
 
 Children are forked from a server process that has already imported this module (``forkserver``, where the
-platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT and SIGTERM (the parent
-handles both and stops them; a SIGTERM sent to the whole process group, as ``timeout`` and systemd send it, would
-otherwise end them first and read as producers dying) and exit when the parent dies.
+platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT, SIGTERM and SIGHUP (the
+parent handles them and stops them; a SIGTERM sent to the whole process group, as ``timeout`` and systemd send it, or
+a terminal's hangup, would otherwise end them first and read as producers dying) and exit when the parent dies. The
+server and multiprocessing's resource tracker ignore SIGHUP for the same reason (they ignore the other two already).
 """
 
 from __future__ import annotations
@@ -15,23 +16,33 @@ import signal
 import sys
 import threading
 import time
+from multiprocessing import forkserver, resource_tracker
 from typing import Any
 
 from streamfuse.capture.shm_ring import ShmRing, process_alive
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
 from streamfuse.errors import one_line
+from streamfuse.signals import HANGUP, STOP_SIGNALS, handled
 
-__all__ = ["StopFlag", "produce", "process_context", "start_process", "describe_exit"]
+__all__ = ["StopFlag", "produce", "process_context", "start_servers", "start_process", "describe_exit"]
 
 
 def process_context() -> Any:
     """``forkserver`` with the producer body preloaded where the platform has it (a restart forks an already-imported
     process: no interpreter start-up and no imports of numpy, OpenCV and PyAV on the way back); ``spawn`` elsewhere."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    return ctx
+    start_servers()
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+
+
+def start_servers() -> None:
+    """Start multiprocessing's resource tracker and, where used, the fork server (this module preloaded), ignoring
+    SIGHUP, which they inherit through exec; a run calls it before its first shared memory, which would start the
+    tracker otherwise."""
+    with handled(signal.SIG_IGN, HANGUP):
+        resource_tracker.ensure_running()
+        if "forkserver" in mp.get_all_start_methods():
+            forkserver.set_forkserver_preload([__name__])
+            forkserver.ensure_running()
 
 
 class StopFlag:
@@ -99,7 +110,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
     ``beat`` (shared int64 x 4): frames written, the source's frame interval in ns (set at the first frame), the end
     of the source's current pacing sleep (monotonic ns), and the packets it skipped as undecodable (``skipped``).
     """
-    for sig in (signal.SIGINT, signal.SIGTERM):  # the parent's to handle: it stops this process
+    for sig in STOP_SIGNALS:  # the parent's to handle: it stops this process
         signal.signal(sig, signal.SIG_IGN)
     seq_start, skip, t_offset_ns = resume
     source = None

@@ -9,6 +9,7 @@ overridden: --set hclfuse.steps=2 --set engine.device=cpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -84,7 +85,8 @@ def exit_now(code: int) -> None:
     flushing and leaving keeps Ctrl-C/SIGTERM within 2 s of the process being gone.
     """
     log_queue.flush()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):  # a terminal that hung up (EIO): nothing can be said there any more
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(code)

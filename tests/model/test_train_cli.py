@@ -178,8 +178,23 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return torch.load(str(tmp / "run" / "checkpoint.pt"), weights_only=True)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(data, tmp_path, monkeypatch, uninterrupted, sig):
+@pytest.fixture
+def net():
+    """Ctrl-C's handler for SIGTERM and SIGHUP meanwhile: a signal the code under test leaves unhandled then fails
+    the test instead of ending pytest."""
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                                  ids=["SIGINT", "SIGTERM", "SIGHUP"])
+
+
+@SIGNALS
+def test_a_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(data, tmp_path, monkeypatch, uninterrupted, sig,
+                                                                    net):
     real_optimise, calls = loop._optimise, []
 
     def signalled(run, total, cfg):  # the signal lands in the third step, after its batch and noise were drawn
@@ -202,19 +217,16 @@ def test_a_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(data, tmp_pat
             assert torch.equal(resumed[part][key], value), f"{part}.{key} differs from the uninterrupted run"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_while_starting_is_one_line_and_writes_nothing(data, tmp_path, monkeypatch, sig):
+@SIGNALS
+def test_a_signal_while_starting_is_one_line_and_writes_nothing(data, tmp_path, monkeypatch, sig, net):
     def signalled(*args, **kwargs):
         signal.raise_signal(sig)
 
     monkeypatch.setattr(loop, "PairSampler", signalled)
     out = tmp_path / "run"
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a net, so that a failure cannot kill pytest
     try:
         message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2"])
     except KeyboardInterrupt:
         pytest.fail("the signal escaped as a KeyboardInterrupt")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     assert message == "train: interrupted before the first step; no checkpoint written"
     assert not out.exists()
