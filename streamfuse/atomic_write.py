@@ -1,7 +1,8 @@
 """Outputs that a crash never leaves looking complete: the temporary name, and the writer thread behind it.
 
 Every output (recording, fused video, evaluation table or image) is written under a hidden temporary name
-(``.NAME.partial``) and renamed only when complete. The disk and codec work runs on a :class:`WriterThread`, so it overlaps the caller's work.
+(``.NAME.partial``) and renamed only when complete. The disk and codec work runs on a :class:`WriterThread`, so it
+overlaps the caller's work.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 
 @contextlib.contextmanager
 def handled(handler: Callable[[int, Any], Any] | int, signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
-    """``handler`` for ``signals`` (default Ctrl-C, SIGTERM and SIGHUP) inside the block, the previous handlers after it.
+    """``handler`` for ``signals`` (default Ctrl-C, SIGTERM and SIGHUP) inside the block, the previous handlers after
+    it.
 
     In the main thread only, where alone Python runs handlers; elsewhere the block runs under the main thread's.
 

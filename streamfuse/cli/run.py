@@ -43,8 +43,8 @@ def _parser(prog: str, *, replay: bool) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run", replay: bool = False) -> int:
     """Run a pipeline from the command line; returns the exit status (a bad config or input: one line, 1 or 2)."""
     args = _parser(prog, replay=replay).parse_args(argv)
-    log_queue.install(logging.DEBUG if args.verbose else logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s",
-                      "%H:%M:%S")
+    log_queue.install(logging.DEBUG if args.verbose else logging.INFO,
+                      "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
 
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve

@@ -10,8 +10,8 @@ Settings are ``--key value`` for the optimisation (``train`` section: ``--steps 
 ``--section.key value`` for the others (``--model.widths 16 24``, ``--loss.gradient 40``, ``--align.reg 0.05``);
 ``--key=value`` works too, a value is read as YAML and a bare boolean flag means true (``--distill``). Checkpoints
 (model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; Ctrl-C, SIGTERM
-or SIGHUP lets the step in flight finish, writes one and stops; --resume continues from there as if never stopped. When the run
-completes, OUT/hclfuse_v4.pt holds the EMA weights; OUT/train_config.yaml holds the resolved configuration.
+or SIGHUP lets the step in flight finish, writes one and stops; --resume continues from there as if never stopped.
+When the run completes, OUT/hclfuse_v4.pt holds the EMA weights; OUT/train_config.yaml holds the resolved configuration.
 """
 
 from __future__ import annotations

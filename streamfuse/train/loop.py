@@ -204,8 +204,8 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
                  init: Path | None = None) -> Path:
     """Train on the pairs under ``data``, writing checkpoints, EMA weights and the resolved config to ``out``.
 
-    Ctrl-C, SIGTERM or SIGHUP (in the main thread) while it starts stops it with nothing written; during the loop they let
-    the step in flight finish, save the checkpoint and stop, so that ``resume`` continues as if never stopped.
+    Ctrl-C, SIGTERM or SIGHUP (in the main thread) while it starts stops it with nothing written; during the loop they
+    let the step in flight finish, save the checkpoint and stop, so that ``resume`` continues as if never stopped.
 
     Args:
         data: the data folder (see :mod:`streamfuse.train.data`).
