@@ -1,7 +1,8 @@
 """The post stage's numba kernels (colour restore, luma to uint8, the temporal denoiser) and the BT.601 constants.
 
-Kernels are ``@njit(cache=True)`` functions on plain numpy arrays, compiled for their one signature when this module is
-imported (``cache=True`` keeps the machine code under ``__pycache__``, so later imports only load it). Their
+Kernels are ``@njit`` functions on plain numpy arrays, compiled for their one signature when this module is imported
+and cached (under ``__pycache__`` where it can be written, :mod:`streamfuse.numba_cache`), so later imports only load
+them. Their
 pure-numpy references, the tests' oracles, and the classes that call them are in :mod:`streamfuse.postprocess`, which
 imports this module on first use: reading a config imports the post stage, and numba takes about half a second to load.
 ``NUMBA_DISABLE_JIT=1`` runs the kernels as plain Python.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from streamfuse.numba_cache import CACHE
 
 __all__ = ["KR", "KG", "KB", "CB_SCALE", "CR_SCALE", "B_CB", "R_CR", "G_CB", "G_CR", "colour_kernel", "luma_kernel",
            "denoise_kernel"]
@@ -45,7 +48,7 @@ def _to_u8(v: np.float32) -> np.uint8:
     return np.uint8(_clip(v) + _HALF)  # truncating a value >= 0.5 rounds half up
 
 
-@njit("void(float32[:, ::1], uint8[:, :, ::1], uint8[:, :, ::1])", parallel=True, cache=True)
+@njit("void(float32[:, ::1], uint8[:, :, ::1], uint8[:, :, ::1])", parallel=True, cache=CACHE)
 def colour_kernel(fused_y, vis, out):  # noqa: ANN001 (numba signature above)
     h, w = fused_y.shape
     for i in prange(h):
@@ -60,7 +63,7 @@ def colour_kernel(fused_y, vis, out):  # noqa: ANN001 (numba signature above)
             out[i, j, 2] = _to_u8(y + _R_CR * cr)
 
 
-@njit("void(float32[:, ::1], uint8[:, ::1])", parallel=True, cache=True)
+@njit("void(float32[:, ::1], uint8[:, ::1])", parallel=True, cache=CACHE)
 def luma_kernel(fused_y, out):  # noqa: ANN001 (numba signature above)
     h, w = fused_y.shape
     for i in prange(h):
@@ -68,7 +71,8 @@ def luma_kernel(fused_y, out):  # noqa: ANN001 (numba signature above)
             out[i, j] = _to_u8(fused_y[i, j])
 
 
-@njit("void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32, float32)", parallel=True, cache=True)
+@njit("void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32, float32)", parallel=True,
+      cache=CACHE)
 def denoise_kernel(y, prev, out, strength, inv_t2):  # noqa: ANN001 (numba signature above)
     h, w = y.shape
     rows = np.empty((h, w), np.float32)  # 5-wide horizontal sums of |y - prev|, border replicated

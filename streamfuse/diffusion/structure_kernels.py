@@ -9,15 +9,17 @@ the tests hold these to them. Operators as :mod:`streamfuse.imageops`: Sobel ``S
 replicate border, ``G = sqrt(gx^2 + gy^2 + 1e-6)``; the adjoint is that of the correlation with a zero border, as
 :func:`streamfuse.imageops.tensors.sobel_adjoint`.
 
-Kernels are ``@njit(cache=True)`` on (H, W) float32 C-contiguous arrays, compiled for their one signature at
-import; :mod:`streamfuse.diffusion.guidance` imports this module on first use (numba takes about half a second to
-load).
+Kernels are ``@njit`` on (H, W) float32 C-contiguous arrays, compiled for their one signature at import and cached
+(:mod:`streamfuse.numba_cache`); :mod:`streamfuse.diffusion.guidance` imports this module on first use (numba takes
+about half a second to load).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from streamfuse.numba_cache import CACHE
 
 __all__ = ["g_max_kernel", "structure_grad_kernel"]
 
@@ -36,7 +38,7 @@ def _sobel(x, i, j, h, w):  # noqa: ANN001, ANN202 (numba)
     return gx * _SCALE, gy * _SCALE
 
 
-@njit("void(float32[:, ::1], float32[:, ::1], float32[:, ::1])", parallel=True, cache=True)
+@njit("void(float32[:, ::1], float32[:, ::1], float32[:, ::1])", parallel=True, cache=CACHE)
 def g_max_kernel(ir01, vis01, out):  # noqa: ANN001 (numba signature above)
     """``out = max(G(2 IR - 1), G(2 VIS - 1))``: the stronger source gradient in the guides' range [-1, 1]."""
     h, w = ir01.shape
@@ -49,7 +51,7 @@ def g_max_kernel(ir01, vis01, out):  # noqa: ANN001 (numba signature above)
 
 
 @njit("void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1])",
-      parallel=True, cache=True)
+      parallel=True, cache=CACHE)
 def structure_grad_kernel(x, g_max, m_stru, rx, ry, out):  # noqa: ANN001 (numba signature above)
     """``out = dE/dx`` of ``E = 1/2 sum m_stru (G(x) - g_max)^2``: ``S^T (r gx, r gy)``, ``r = m (G - g_max) / G``;
     ``rx, ry`` are scratch of x's shape."""

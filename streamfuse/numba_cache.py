@@ -1,0 +1,66 @@
+"""Where numba keeps the compiled kernels, so that they compile once and every later start only loads them.
+
+numba keeps them beside the source (``__pycache__``) or in the user's cache folder (``~/.cache``), whichever it can
+write; where it can write neither (an install owned by root, run by a service user without a home; a container with a
+read-only root), a kernel with ``cache=True`` fails to compile at all ("cannot cache function ...: no locator
+available"). :data:`CACHE` is what the kernels pass as ``cache``: numba's own choice where it has one, else a folder
+of this user's own under the temporary directory, else no cache (each start compiles again, a few seconds).
+``NUMBA_CACHE_DIR``, when set, is numba's and left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from numba.core import config
+from numba.core.caching import FunctionCache
+
+__all__ = ["CACHE"]
+
+log = logging.getLogger(__name__)
+
+
+def _probe() -> None:
+    """A function of this package, for asking numba where it would cache one."""
+
+
+def _locatable() -> bool:
+    try:
+        FunctionCache(_probe)
+    except RuntimeError:  # no locator available
+        return False
+    return True
+
+
+def _own_folder() -> Path | None:
+    """``TMPDIR/streamfuse-numba-UID``, made private; None where it cannot be, or is not this user's alone (numba
+    loads pickled machine code from it: a folder another user could write into would run their code)."""
+    path = Path(tempfile.gettempdir()) / f"streamfuse-numba-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError:
+        return None
+    mine = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+    return path if mine and os.access(path, os.W_OK) else None
+
+
+def _choose() -> bool:
+    if config.CACHE_DIR or _locatable():
+        return True
+    folder = _own_folder()
+    if folder is not None:
+        # the environment too: numba re-reads its config from it when that changes
+        os.environ["NUMBA_CACHE_DIR"] = config.CACHE_DIR = str(folder)
+        log.info("numba kernels cached in %s (the package's folder and the home folder are read-only)", folder)
+        return True
+    log.warning("numba kernels compiled at every start: no folder to keep them in (the package's folder, the home "
+                "folder and %s are read-only); NUMBA_CACHE_DIR can name one", tempfile.gettempdir())
+    return False
+
+
+CACHE = _choose()

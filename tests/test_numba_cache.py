@@ -1,0 +1,64 @@
+"""The numba kernels compile where numba cannot keep them beside the package or in the home folder (a root-owned
+install run by a service user, a read-only container), cached in a private folder, or not at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamfuse import numba_cache
+
+REPO = Path(__file__).resolve().parents[1]
+# both kernel modules, each kernel called once
+_KERNELS = """
+import numpy as np
+from streamfuse import post_kernels as p
+from streamfuse.diffusion import structure_kernels as s
+y, out = np.full((4, 6), 300.0, np.float32), np.zeros((4, 6), np.uint8)
+p.luma_kernel(y, out)
+a = np.ones((4, 6), np.float32)
+s.g_max_kernel(a, a, np.zeros_like(a))
+assert out.max() == 255
+"""
+
+
+def _compile(tmp: str) -> subprocess.CompletedProcess:
+    """The kernels imported and run where numba finds no folder of its own (only NUMBA_CACHE_DIR would do), with
+    ``tmp`` as the temporary directory."""
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "numba.core.caching.UserProvidedCacheLocator", "TMPDIR": tmp}
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("NUMBA_DISABLE_JIT", None)
+    return subprocess.run([sys.executable, "-c", _KERNELS], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_kernels_are_cached_in_a_private_folder_where_numba_has_none(tmp_path):
+    done = _compile(str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / f"streamfuse-numba-{os.getuid()}"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert len(list(folder.rglob("*.nbi"))) == 5  # each kernel's index: the next start loads them
+    assert _compile(str(tmp_path)).returncode == 0
+
+
+def test_kernels_compile_uncached_where_no_folder_can_be_written(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    done = _compile(str(not_a_folder))
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_a_folder_others_can_write_into_is_not_used(tmp_path, monkeypatch, mode):
+    """numba loads pickled machine code from the cache: a folder another user could write into would run theirs."""
+    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    planted = tmp_path / f"streamfuse-numba-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(mode)
+    assert numba_cache._own_folder() is None
+    planted.chmod(0o700)
+    assert numba_cache._own_folder() == planted
