@@ -53,6 +53,34 @@ def test_cli_sigterm_stops_with_the_summary(rng: np.random.Generator) -> None:
     assert out.splitlines()[-1].startswith("received ") and "Traceback" not in err
 
 
+def test_cli_whose_reader_goes_away_ends_quietly_like_other_tools(rng: np.random.Generator) -> None:
+    """``streamfuse subscribe ... | head -1``: once the reader of its output is gone, it ends with 141 (as SIGPIPE
+    ends other tools) and no traceback."""
+    with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rate_hz=50) as pub:
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "streamfuse", "subscribe", pub.endpoint],
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().startswith("seq "), proc.stderr.read()[-2000:]
+            proc.stdout.close()  # what head does after its line
+            err = proc.stderr.read()
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 141 and not err, err[-2000:]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_cli_whose_output_cannot_be_written_says_so_in_one_line(rng: np.random.Generator) -> None:
+    with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rate_hz=50) as pub, \
+            open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "streamfuse", "subscribe", pub.endpoint, "--count", "3"],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == "streamfuse subscribe: error: cannot write its output: No space left on device\n"
+
+
 @pytest.mark.parametrize("encoding", ["raw", "jpeg"])
 def test_cli_no_shm_takes_the_zeromq_stream(encoding: str, rng: np.random.Generator,
                                             capsys: pytest.CaptureFixture) -> None:

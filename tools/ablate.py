@@ -41,6 +41,7 @@ import streamfuse  # noqa: E402,F401  (first: a missing dependency then says whi
 import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_file  # noqa: E402
+from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import config_error, data_dir, int_at_least  # noqa: E402
 from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
@@ -204,4 +205,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main, Path(__file__).name))

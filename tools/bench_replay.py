@@ -11,10 +11,11 @@ if importlib.util.find_spec("streamfuse") is None:
 
 try:
     from streamfuse.bench.replay import main
+    from streamfuse.cli import guarded
 except ModuleNotFoundError as exc:  # an extra, or a dependency's own (the package's import names its direct ones)
     from streamfuse.cli import not_installed
 
     sys.exit(not_installed(Path(__file__).name, exc))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main, Path(__file__).name))

@@ -31,6 +31,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
+from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import int_at_least  # noqa: E402
 from streamfuse.evaluation import check_outputs  # noqa: E402
 
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main, Path(__file__).name))

@@ -26,6 +26,7 @@ import streamfuse  # noqa: E402,F401  (first: a missing dependency then says whi
 import numpy as np  # noqa: E402
 
 from streamfuse.align import AlignConfig, align, histogram  # noqa: E402
+from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import data_dir  # noqa: E402
 from streamfuse.config import load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
@@ -91,4 +92,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main, Path(__file__).name))

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from streamfuse.bitdepth import To8Bit  # noqa: E402
 from streamfuse.checks import ConfigError  # noqa: E402
+from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import config_error, data_dir, int_at_least  # noqa: E402
 from streamfuse.evaluation import (config_method, find_pairs, fused_dir_method, fuser_method, image_files,  # noqa: E402
                                    read_grey)
@@ -186,4 +187,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main, Path(__file__).name))

@@ -17,12 +17,17 @@ Each command's module is imported only when it runs, so one command's missing ex
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
+import select
 import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["COMMANDS", "main", "dispatch", "console", "not_installed"]
+from streamfuse.errors import io_reason
+
+__all__ = ["COMMANDS", "main", "dispatch", "console", "guarded", "not_installed"]
 
 # command -> "module:function" taking argv and returning an exit status (None counts as 0)
 COMMANDS = {
@@ -36,6 +41,7 @@ COMMANDS = {
     "bench": "streamfuse.bench:main",
     "train": "streamfuse.train:main",
 }
+_WRITE_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}  # the device's failures, not the program's
 FAST_EXIT = ("run", "replay")  # commands whose teardown is skipped by the console (see cli.run.exit_now)
 
 
@@ -76,10 +82,40 @@ def main(argv: list[str] | None = None) -> int:
     return dispatch("streamfuse", COMMANDS, sys.argv[1:] if argv is None else argv, __doc__)
 
 
+def _stdout_gone() -> bool:
+    """True when nothing reads standard output any more (the read end of its pipe is closed)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no stdout
+        return False
+
+
+def guarded(main: Callable[[], int | None], prog: str) -> int:
+    """``main()``'s exit status. A failure to write its output is no traceback: the output's reader gone (``| head``)
+    ends the command quietly with 141, as SIGPIPE ends other tools; a full or failing disk (``> out.txt``) is one
+    line and 1."""
+    try:
+        return int(main() or 0)
+    except OSError as exc:
+        gone = isinstance(exc, BrokenPipeError) and _stdout_gone()
+        if not gone and exc.errno not in _WRITE_FAILED:
+            raise
+        try:
+            sys.stdout.flush()
+        except OSError:  # the interpreter's own flush at exit would fail again, with a message of its own
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if gone:
+            return 141
+        print(f"{prog}: error: cannot write {exc.filename or 'its output'}: {io_reason(exc)}", file=sys.stderr)
+        return 1
+
+
 def console() -> None:
     """The ``streamfuse`` console script and ``python -m streamfuse``: exit with the command's status."""
     try:
-        code = main()
+        code = guarded(main, " ".join(["streamfuse", *sys.argv[1:2]]))
     except KeyboardInterrupt:  # a Ctrl-C that the command itself did not turn into its own line
         print(" ".join(["streamfuse", *sys.argv[1:2]]) + ": interrupted", file=sys.stderr)
         code = 130
