@@ -277,6 +277,28 @@ def test_an_interrupted_batch_counts_the_pairs_it_did_not_start(tmp_path, monkey
     assert "2 pairs: 0 done, 0 skipped (complete), 0 failed, 1 interrupted, 1 not started;" in summary.format()
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_a_terminal_hangup_stops_a_local_batch_as_ctrl_c_does(tmp_path, monkeypatch):
+    """SIGHUP (the terminal, an SSH session, went away) as the first pair starts: the batch stops with its summary,
+    the pairs counted as a Ctrl-C there counts them."""
+    def unhandled(*_):
+        raise AssertionError("SIGHUP reached the process's own handler: the batch did not handle it")
+
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    statuses = {}
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        monkeypatch.setattr("streamfuse.batch.worker.run_replay", lambda cfg, sig=sig, **kw: signal.raise_signal(sig))
+        previous = signal.signal(signal.SIGHUP, unhandled)  # a net: unhandled, SIGHUP would end pytest
+        try:
+            with pytest.raises(KeyboardInterrupt) as stopped:
+                run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+        statuses[sig] = [r.status for r in stopped.value.summary.results]
+    assert statuses[signal.SIGHUP] == statuses[signal.SIGINT] == ["not started", "not started"]
+
+
 # ------------------------------------------------------------------------------------------------------ Ray
 
 

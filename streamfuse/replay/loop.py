@@ -29,7 +29,7 @@ from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, inpu
 from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES, OTHER, ReplayError, ReplaySummary, StageClock
-from streamfuse.signals import handled
+from streamfuse.signals import HANGUP, handled
 from streamfuse.video import VideoWriter, work_paths
 
 __all__ = ["run_replay"]
@@ -37,17 +37,23 @@ __all__ = ["run_replay"]
 log = logging.getLogger(__name__)
 
 _INTERRUPTED = "interrupted (Ctrl-C)"
-_TERMINATED = "interrupted (SIGTERM)"
+_TERMINATE = (signal.SIGTERM, *HANGUP)  # a service manager's stop; a terminal's hangup (an SSH session that drops)
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM during a replay: raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
+    """SIGTERM or SIGHUP during a replay: raised where the main thread is, as Ctrl-C raises KeyboardInterrupt; its
+    argument is the reason, ``interrupted (SIGTERM)``."""
 
 
-def _terminate(*_: object) -> None:
-    """SIGTERM stops the replay as Ctrl-C does."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping: a second SIGTERM must not cut the cleanup
-    raise _Terminated
+def _terminate(signum: int, _: object) -> None:
+    """SIGTERM and SIGHUP stop the replay as Ctrl-C does."""
+    for sig in _TERMINATE:  # already stopping: a second one must not cut the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Terminated(f"interrupted ({signal.Signals(signum).name})")
+
+
+def _interrupted(exc: KeyboardInterrupt) -> str:
+    return str(exc) if isinstance(exc, _Terminated) else _INTERRUPTED
 
 
 def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: str | os.PathLike | None = None,
@@ -96,12 +102,12 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
     # the values used (inputs, output, resume), as the output's metadata records them
     used = dataclasses.replace(cfg, ir=ir.cfg, vis=vis.cfg, replay=dataclasses.replace(rcfg, out=str(out),
                                                                                       resume=resume))
-    with handled(_terminate, (signal.SIGTERM,)):
+    with handled(_terminate, _TERMINATE):
         try:
             return _Replay(used, ir, vis, out, prints, take_over, summary).run(fuser_factory)
         except KeyboardInterrupt as exc:  # before the loop began (model loading): a partial output is kept as it is
             hint = resume_hint(out) if partial_path(out).exists() else ""
-            raise ReplayError(f"replay stopped: {_TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED}",
+            raise ReplayError(f"replay stopped: {_interrupted(exc)}",
                               summary, interrupted=True, hint=hint) from None
 
 
@@ -168,7 +174,7 @@ class _Replay:
             s.stopped = self._stop_reason(readers)
             self.input_fault = bool(s.stopped)  # a bad input: running again meets it again
         except KeyboardInterrupt as exc:
-            s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
+            s.stopped = _interrupted(exc)
         except (RuntimeError, ValueError, OSError, av.FFmpegError) as exc:  # av's: some derive from none of the three
             s.stopped = _reason(exc)
         finally:
@@ -347,7 +353,7 @@ class _Replay:
                 s.stopped = _reason(exc)
                 work_paths(self.out)[2].unlink(missing_ok=True)  # a complete copy under a temporary name
             except KeyboardInterrupt as exc:  # while the encoder flushes or the file is remuxed: resumable as ever
-                s.stopped = _TERMINATED if isinstance(exc, _Terminated) else _INTERRUPTED
+                s.stopped = _interrupted(exc)
         if s.stopped:
             self._keep_partial()
         taken_over_path(self.out).unlink(missing_ok=True)  # the interrupted run's frames are all in the output now
@@ -384,7 +390,7 @@ class _Replay:
             where += f"; {self.out} is an earlier run's output, left as it was"
         log.info("%s", s.format())
         raise ReplayError(f"replay stopped: {s.stopped}; {where}", s,
-                          interrupted=s.stopped in (_INTERRUPTED, _TERMINATED), hint=hint)
+                          interrupted=s.stopped.startswith("interrupted ("), hint=hint)
 
 
 def _reason(exc: Exception) -> str:
