@@ -30,6 +30,8 @@ def handled(handler: Callable[[int, Any], Any] | int, signals: tuple[int, ...] =
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    # a hangup ignored from the start (nohup) is the user's choice: the process outlives its terminal
+    signals = tuple(sig for sig in signals if sig not in HANGUP or signal.getsignal(sig) != signal.SIG_IGN)
     previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield

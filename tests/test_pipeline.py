@@ -250,6 +250,30 @@ def test_a_terminal_hangup_stops_the_run_cleanly_with_its_recording_finished(rec
     assert in_use and not _shm_of(proc.pid), "shared memory leaked"
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_under_nohup_a_hangup_leaves_the_run_going(receiver):
+    """Started with SIGHUP ignored (``nohup``), the run outlives its terminal: frames keep coming after the hangup."""
+    port = free_port()
+    small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
+    proc = _start(port, *small, start_new_session=True,
+                  preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")
+        assert len(_receive(receiver, fused=5, stats=0, deadline_s=60)) == 5
+        os.killpg(proc.pid, signal.SIGHUP)
+        after = [json.loads(header)["seq"] for _, header, *_ in _receive(receiver, fused=5, stats=0, deadline_s=60)]
+        assert len(after) == 5 and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "final:" in out, out
+
+
 @pytest.mark.timeout(60)
 def test_port_in_use_is_one_line_and_nonzero():
     port = free_port()
