@@ -14,9 +14,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
+import numpy as np
+
 from streamfuse.errors import io_reason
 
-__all__ = ["partial_path", "write_file", "WriterThread"]
+__all__ = ["partial_path", "write_file", "write_png", "whole_png", "WriterThread"]
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -42,6 +47,31 @@ def write_file(path: Path, data: bytes) -> None:
         if partial is not None:
             partial.unlink(missing_ok=True)
         raise RuntimeError(f"cannot write {path}: {io_reason(exc)}") from None
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """``image`` as a PNG at ``path`` through its temporary name (:func:`write_file`): a kill or a full disk never
+    leaves a truncated PNG under the final name, where a resumed replay would keep it as a finished frame.
+
+    Raises:
+        RuntimeError: one line naming ``path``.
+    """
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError(f"cannot write {path}: OpenCV cannot encode a {image.dtype} image of shape {image.shape} "
+                           f"as PNG")
+    write_file(path, data.tobytes())
+
+
+def whole_png(path: Path) -> bool:
+    """A PNG file that ends with its IEND chunk; not one cut short (written in place by an earlier version when a
+    kill came, or ended by a power loss), which a resumed replay must write again rather than keep."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-len(_PNG_END), os.SEEK_END)
+            return f.read() == _PNG_END
+    except OSError:  # missing, or shorter than the chunk
+        return False
 
 
 class WriterThread:

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamfuse.atomic_write import write_png
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.errors import io_reason
 from streamfuse.signals import handled
@@ -111,10 +112,12 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                   f"{header['format']} age {age_ms:7.1f} ms (ir {(now_ns - header['t_capture_ir_ns']) / 1e6:.1f}) "
                   f"net {net_ms:6.2f} ms  {rate:5.1f} fps  missed {sub.missed} malformed {sub.malformed}",
                   flush=True)
-            saving = args.save and (sub.received - 1) % args.every == 0
-            if saving and not cv2.imwrite(str(args.save / f"fused_{header['seq']:08d}.png"), image):
-                print(f"error: cannot write frames to {args.save}", file=sys.stderr)
-                return 2
+            if args.save and (sub.received - 1) % args.every == 0:
+                try:  # through a temporary name: a kill never leaves a truncated PNG that looks whole
+                    write_png(args.save / f"fused_{header['seq']:08d}.png", image)
+                except RuntimeError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
             if args.show:
                 cv2.imshow(args.endpoint, image)
                 if cv2.waitKey(1) in (27, ord("q")):

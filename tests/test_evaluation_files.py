@@ -8,9 +8,10 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from streamfuse.atomic_write import partial_path, write_file
+from streamfuse.atomic_write import partial_path, write_file, write_png
 from streamfuse.evaluation import check_outputs
 
 
@@ -29,6 +30,21 @@ def test_a_full_disk_leaves_the_earlier_file_and_no_partial_one(tmp_path, monkey
     assert str(exc.value) == f"cannot write {path}: No space left on device"
     assert path.read_text() == "the earlier run's complete table\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+
+def test_a_png_whose_write_fails_leaves_no_file_under_its_name(tmp_path, monkeypatch):
+    """A frame PNG (replay's frames_dir, subscribe --save) is written whole or not at all: a resumed replay keeps the
+    PNGs it finds as finished frames."""
+    real_write = Path.write_bytes
+
+    def half_then_full(self: Path, data: bytes) -> int:
+        real_write(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(RuntimeError, match="No space left on device"):
+        write_png(tmp_path / "000001.png", np.zeros((48, 64, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_symlink_keeps_pointing_at_the_new_file(tmp_path):

@@ -8,6 +8,7 @@ import logging
 import shutil
 
 import av
+import cv2
 import numpy as np
 import pytest
 from test_replay import _StopAt, interrupted_replay, make_cfg, write_video
@@ -162,3 +163,20 @@ def test_a_damaged_ffv1_frame_of_the_partial_output_is_fused_again(tmp_path, pai
     for (t_a, a), (t_b, b) in zip(decode_frames(out), decode_frames(reference), strict=True):
         assert t_a == t_b
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_resume_writes_again_a_frame_png_cut_short(tmp_path, pair):
+    """A ``frames_dir`` PNG cut short (a kill while an earlier version wrote it in place) is no frame: a resume writes
+    it again instead of keeping it, so every PNG then decodes to the uninterrupted run's frame."""
+    ir, vis = pair
+    run_replay(make_cfg(replay={"codec": "ffv1", "frames_dir": str(tmp_path / "ref")}), ir_path=ir, vis_path=vis,
+               out_path=tmp_path / "ref.mkv")
+    cfg = make_cfg(replay={"codec": "ffv1", "frames_dir": str(tmp_path / "frames")})
+    interrupted_replay(cfg, ir, vis, tmp_path / "o.mkv", stop=20)
+    first = tmp_path / "frames" / "000000.png"  # in the partial output too: the resume takes it over
+    first.write_bytes(first.read_bytes()[:-100])
+    assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv", resume=True).complete
+    refs = sorted((tmp_path / "ref").iterdir())
+    assert [p.name for p in refs] == sorted(p.name for p in (tmp_path / "frames").iterdir())
+    for ref in refs:
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "frames" / ref.name)), cv2.imread(str(ref)))

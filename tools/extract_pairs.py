@@ -30,6 +30,7 @@ import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
 from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import int_at_least  # noqa: E402
@@ -62,12 +63,6 @@ def frames_at(path: Path, wanted: set[int], ir: bool = False) -> dict[int, np.nd
         raise ValueError(f"{path}: truncated or damaged, {decoded} of the {stream.frames} frames its container "
                          "announces decode")
     return found
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """``cv2.imwrite``, with a one-line ValueError when it fails."""
-    if not cv2.imwrite(str(path), image):
-        raise ValueError(f"cannot write {path}")
 
 
 def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
@@ -120,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         n = extract(args.videos, args.out, args.start, args.every, args.count)
-    except (ValueError, OSError, av.error.FFmpegError) as exc:
+    except (ValueError, OSError, RuntimeError, av.error.FFmpegError) as exc:
         sys.exit(f"extract_pairs: {exc}")
     except KeyboardInterrupt:  # the pairs go to a temporary folder, removed on the way out: none is left
         print("extract_pairs: interrupted", file=sys.stderr)

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
 
 import av
-import cv2
 import numpy as np
 
-from streamfuse.atomic_write import partial_path
+from streamfuse.atomic_write import partial_path, whole_png, write_png
 from streamfuse.capture.sources import open_source
 from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame, FramePair, FusedFrame
@@ -289,9 +288,8 @@ class _Replay:
     def _save_png(self, image: np.ndarray, resumed: bool) -> None:
         """Write the frame to ``frames_dir``; a resumed run keeps the lossless PNGs already there."""
         png = self.frames_dir / f"{self.summary.written:06d}.png" if self.frames_dir else None
-        if png and not (resumed and png.exists()):
-            if not cv2.imwrite(str(png), image):
-                raise RuntimeError(f"cannot write frame {self.summary.written} to {self.frames_dir}")
+        if png and not (resumed and whole_png(png)):
+            write_png(png, image)  # through a temporary name: a kill leaves no PNG cut short
 
     def _pts(self, vis: Frame) -> int:
         """Output pts of a pair: the visible frame's pts in the visible input's time base."""
