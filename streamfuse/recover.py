@@ -29,7 +29,7 @@ from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.errors import io_reason
 from streamfuse.recording import TOPICS, RecordConfig
-from streamfuse.signals import handled
+from streamfuse.signals import HANGUP, handled
 
 __all__ = ["recover", "main"]
 
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the finished recording to write (default: the cut one's final "
                         "name beside it, e.g. runs/rig0.mcap); never written over")
     args = parser.parse_args(argv)
-    try:  # SIGTERM stops it as Ctrl-C does: the temporary file removed, one line
-        with handled(signal.default_int_handler, (signal.SIGTERM,)):
+    try:  # SIGTERM and SIGHUP stop it as Ctrl-C does: the temporary file removed, one line
+        with handled(signal.default_int_handler, (signal.SIGTERM, *HANGUP)):
             print(recover(args.partial, args.out))
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"streamfuse recover: error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.recover import main, recover
 from streamfuse.replay import run_replay
-from streamfuse.signals import handled
+from streamfuse.signals import HANGUP, handled
 from streamfuse.sync import Pairer
 
 T0 = 1_700_000_000_000_000_000
@@ -180,11 +180,11 @@ def test_ctrl_c_or_a_full_disk_midway_leaves_nothing(tmp_path, cut, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
 
-@pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
+@pytest.mark.parametrize("stop", ["ctrl_c", "sigterm", "sighup"])
 def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_path, cut, monkeypatch, capsys,
                                                                              stop):
-    """Ctrl-C, or a SIGTERM (a service manager stopping it, taken as Ctrl-C), midway through the copy: the temporary
-    file goes, one line, exit 130."""
+    """Ctrl-C, or a SIGTERM (a service manager stopping it) or SIGHUP (its terminal gone), taken as Ctrl-C, midway
+    through the copy: the temporary file goes, one line, exit 130."""
     from streamfuse import cli
 
     src, _ = cut
@@ -192,8 +192,8 @@ def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_
 
     def add_message(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 5 and stop == "sigterm":
-            os.kill(os.getpid(), signal.SIGTERM)
+        if len(calls) == 5 and stop != "ctrl_c":
+            os.kill(os.getpid(), signal.SIGTERM if stop == "sigterm" else signal.SIGHUP)
         elif len(calls) == 5:
             raise KeyboardInterrupt
         real(self, *args, **kwargs)
@@ -201,10 +201,10 @@ def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_
     monkeypatch.setattr(Writer, "add_message", add_message)
     monkeypatch.setattr(sys, "argv", ["streamfuse", "recover", str(src)])
     def unhandled(*_):  # the command sets its own handler for the copy: this one fires only if it did not
-        raise AssertionError("SIGTERM reached the caller's handler")
+        raise AssertionError(f"{stop} reached the caller's handler")
 
     # handled() puts back the Ctrl-C handler, which console() leaves ignored once its command is over
-    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), handled(unhandled, (signal.SIGTERM,)), \
+    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), handled(unhandled, (signal.SIGTERM, *HANGUP)), \
             pytest.raises(SystemExit) as exc:
         cli.console()
     assert exc.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
