@@ -233,7 +233,9 @@ def test_a_terminal_hangup_stops_the_run_cleanly_with_its_recording_finished(rec
 
     port, path = free_port(), tmp_path / "rig.mcap"
     small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
-    proc = _start(port, f"--set=record.path={path}", *small, start_new_session=True)
+    # started as from a terminal: SIGHUP at its default even where the suite runs under nohup
+    proc = _start(port, f"--set=record.path={path}", *small, start_new_session=True,
+                  preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         receiver.connect(f"tcp://127.0.0.1:{port}")
         receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")

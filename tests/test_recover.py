@@ -203,9 +203,14 @@ def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_
     def unhandled(*_):  # the command sets its own handler for the copy: this one fires only if it did not
         raise AssertionError(f"{stop} reached the caller's handler")
 
-    # handled() puts back the Ctrl-C handler, which console() leaves ignored once its command is over
-    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), handled(unhandled, (signal.SIGTERM, *HANGUP)), \
-            pytest.raises(SystemExit) as exc:
-        cli.console()
+    # handled() puts back the Ctrl-C handler, which console() leaves ignored once its command is over; the net is set
+    # directly, since handled() leaves a SIGHUP ignored from the start (a suite run under nohup) as it is
+    nets = {sig: signal.signal(sig, unhandled) for sig in (signal.SIGTERM, *HANGUP)}
+    try:
+        with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
+            cli.console()
+    finally:
+        for sig, previous in nets.items():
+            signal.signal(sig, previous)
     assert exc.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]

@@ -659,7 +659,8 @@ def test_replay_killed_mid_run_resumes_to_the_uninterrupted_frames(tmp_path, sig
     script = _KILLABLE.replace("{stop}", "20").replace("{marker!r}", repr(str(stuck)))
     proc = subprocess.Popen([sys.executable, "-c", script, "--config", str(config),
                              *sets, "--ir", str(ir), "--vis", str(vis), "--out", str(out)], cwd=REPO, stderr=log,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)},  # SIGHUP at its default, as from a terminal
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + PATIENCE_S
         # stuck at its 20th pair with 19 fused, and (for the kill) at least 5 of them already in the partial output
