@@ -149,7 +149,8 @@ def test_remove_stale_frees_only_objects_whose_creator_is_gone() -> None:
 def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
     """A parent that reads a killed run's output to its end before reaping it (``subprocess.communicate``) leaves
     it a zombie; its producers, which hold that output, must take it for gone, or both wait for each other."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    # reads its stdin until the kill
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         assert process_alive(proc.pid)
         proc.kill()
