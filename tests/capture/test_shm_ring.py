@@ -159,4 +159,5 @@ def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
     finally:
         proc.kill()
         proc.wait()
+        proc.stdin.close()
     assert not process_alive(proc.pid)
