@@ -13,6 +13,12 @@ Counters are per source and always satisfy ``received == paired + unpaired + dro
 The pairer is pure logic (no threads, no clocks except ``t_paired_ns``); it assumes each stream arrives roughly
 in capture order and sorts small out-of-order arrivals back into place.
 
+A stepped clock (NTP or an operator setting the time: live capture times are the wall clock's) moves both streams'
+times at once. A step back by more than :data:`CLOCK_STEP_NS` would otherwise leave every frame older than the
+frames already decided until the clock came back to where it was; it is told from one stale frame by the next frame
+following it, and pairing goes on from the new time (counted ``clock_steps``; the other stream's frames still on the
+old time are counted unpaired). A step forward is a gap, as a lost frame.
+
 >>> import numpy as np
 >>> from streamfuse.frames import Frame
 >>> p = Pairer(SyncConfig(slop_ms=20.0))
@@ -25,6 +31,7 @@ in capture order and sorts small out-of-order arrivals back into place.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,9 +40,13 @@ from typing import Literal
 from streamfuse.checks import check
 from streamfuse.frames import Frame, FramePair
 
-__all__ = ["SyncConfig", "Pairer", "STREAMS"]
+__all__ = ["SyncConfig", "Pairer", "STREAMS", "OTHER", "CLOCK_STEP_NS"]
+
+log = logging.getLogger(__name__)
 
 STREAMS = ("ir", "vis")
+OTHER = {"ir": "vis", "vis": "ir"}  # each stream's partner
+CLOCK_STEP_NS = 100 * 10**6  # a capture time this far before its stream's newest is a stepped clock, not jitter
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,9 @@ class _Input:
         self.newest_ns: int | None = None  # largest capture time received
         self.horizon_ns: int | None = None  # capture time of the last frame that left the queue
         self.intervals: deque[int] = deque(maxlen=8)  # recent positive capture-time gaps, ns
-        self.received = self.paired = self.unpaired = self.dropped = 0
+        self.suspect: Frame | None = None  # a frame far before newest_ns: a clock step if the next one follows it
+        self.stepping = False  # the other stream's clock stepped back; this one's frames may still be on the old time
+        self.received = self.paired = self.unpaired = self.dropped = self.clock_steps = 0
 
     def period_ns(self) -> int:
         """Smallest recent frame interval (0 while unknown): a conservative bound on when the next frame comes."""
@@ -85,7 +98,6 @@ class _Input:
         return sorted(self.intervals)[len(self.intervals) // 2] if self.intervals else 0
 
     def note(self, t_ns: int) -> None:
-        self.received += 1
         if self.newest_ns is not None and t_ns > self.newest_ns:
             self.intervals.append(t_ns - self.newest_ns)
         self.newest_ns = t_ns if self.newest_ns is None else max(self.newest_ns, t_ns)
@@ -96,9 +108,16 @@ class _Input:
         setattr(self, outcome, getattr(self, outcome) + 1)
         return frame
 
+    def restart(self) -> None:
+        """A new time line (the clock stepped): the queued frames can no longer pair, newer ones come from scratch."""
+        while self.queue:
+            self.pop("unpaired")
+        self.newest_ns = self.horizon_ns = None
+
     def counters(self) -> dict[str, int]:
         return {"received": self.received, "paired": self.paired, "unpaired": self.unpaired,
-                "dropped": self.dropped, "queued": len(self.queue)}
+                "dropped": self.dropped, "queued": len(self.queue) + (self.suspect is not None),
+                "clock_steps": self.clock_steps}
 
 
 class Pairer:
@@ -123,13 +142,18 @@ class Pairer:
         """Add one frame (``frame.stream`` is ``"ir"`` or ``"vis"``); returns the pairs it completed, oldest first."""
         if frame.stream not in self._in:
             raise ValueError(f"frame.stream={frame.stream!r} is not a pairable stream; allowed: {', '.join(STREAMS)}")
-        self._in[frame.stream].note(frame.t_capture_ns)
-        if self.cfg.mode == "latest":
-            return self._push_latest(frame)
-        return self._push_slop(frame)
+        self._in[frame.stream].received += 1
+        pairs, ready = self._timeline(frame)
+        for f in ready:
+            self._in[f.stream].note(f.t_capture_ns)
+            pairs += self._push_latest(f) if self.cfg.mode == "latest" else self._push_slop(f)
+        return pairs
 
     def flush(self) -> list[FramePair]:
         """End of stream: pair what still can be paired; every other queued frame is counted unpaired."""
+        for inp in self._in.values():
+            inp.unpaired += inp.suspect is not None
+            inp.suspect = None
         if self.cfg.mode == "latest":
             for s in STREAMS:
                 self._release_held(s)
@@ -141,8 +165,8 @@ class Pairer:
         return pairs
 
     def stats(self) -> dict:
-        """Per-source counters ``{"ir": {...}, "vis": {...}}`` (received, paired, unpaired, dropped, queued),
-        plus ``pairs`` and the pairs' capture-time skew ``skew_ms_mean`` / ``skew_ms_max`` (ms)."""
+        """Per-source counters ``{"ir": {...}, "vis": {...}}`` (received, paired, unpaired, dropped, queued,
+        clock_steps), plus ``pairs`` and the pairs' capture-time skew ``skew_ms_mean`` / ``skew_ms_max`` (ms)."""
         out: dict = {s: self._in[s].counters() for s in STREAMS}
         for s in STREAMS:
             out[s]["queued"] += self._held[s] is not None  # latest mode keeps one frame per stream
@@ -157,6 +181,53 @@ class Pairer:
         self._skew_sum_ns += skew
         self._skew_max_ns = max(self._skew_max_ns, skew)
         return FramePair(ir=ir, vis=vis, t_paired_ns=time.perf_counter_ns())
+
+    # -- clock steps -----------------------------------------------------------------------------------------------
+
+    def _timeline(self, frame: Frame) -> tuple[list[FramePair], list[Frame]]:
+        """Where ``frame`` stands against a stepped clock: the pairs of the old time line that a step completes, and
+        the frames to pair now (none while a frame far back waits for the next one to tell a step from a stale
+        frame, that one and ``frame`` when it was a step)."""
+        s, t = frame.stream, frame.t_capture_ns
+        inp, other = self._in[s], self._in[OTHER[s]]
+        if inp.stepping:  # until this stream's first frame on the other's new time line, its frames cannot pair
+            if other.newest_ns is not None and t > other.newest_ns + CLOCK_STEP_NS:
+                inp.unpaired += 1
+                return [], []
+            inp.stepping, inp.clock_steps = False, inp.clock_steps + 1
+            return [], [frame]
+        suspect, inp.suspect = inp.suspect, None
+        if suspect is not None and 0 < t - suspect.t_capture_ns <= CLOCK_STEP_NS and t <= inp.newest_ns:
+            log.warning("%s: capture times went back %.3f s (the clock was stepped?): pairing goes on from the new "
+                        "time", s, (inp.newest_ns - suspect.t_capture_ns) / 1e9)
+            pairs, ready = self._step(s)
+            return pairs, ready + [suspect, frame]
+        inp.unpaired += suspect is not None  # a lone stale frame, not a step
+        if inp.newest_ns is not None and t < inp.newest_ns - CLOCK_STEP_NS:
+            inp.suspect = frame  # the next frame tells a step from a stale frame
+            return [], []
+        return [], [frame]
+
+    def _step(self, s: str) -> tuple[list[FramePair], list[Frame]]:
+        """Stream ``s`` has a new time line: pair what the old one still can, then start both streams afresh (the
+        other one's frames of the old time line are counted unpaired as they come); returns those pairs and the
+        other stream's frame already on the new time line, if any."""
+        inp, other = self._in[s], self._in[OTHER[s]]
+        if self.cfg.mode == "latest":
+            pairs: list[FramePair] = []
+            for name in STREAMS:
+                self._release_held(name)
+        else:
+            pairs = self._match(ended=True)
+        inp.clock_steps += 1
+        inp.restart()
+        other.restart()
+        if other.suspect is None:
+            other.stepping = True
+            return pairs, []
+        other.clock_steps += 1  # it stepped too, and its next frame has not come yet
+        ready, other.suspect = [other.suspect], None
+        return pairs, ready
 
     # -- slop mode -------------------------------------------------------------------------------------------------
 

@@ -333,6 +333,24 @@ def test_mcap_source_reads_one_stream_and_loops(tmp_path, rng):
         open_source("vis", SourceConfig(kind="mcap", path=str(tmp_path / "nope.mcap"))).open()
 
 
+@pytest.mark.parametrize("step_s", [-10, 3600])
+def test_a_live_run_paces_a_recording_across_a_clock_step(tmp_path, monkeypatch, step_s):
+    """A recording whose rig's clock was stepped (back 10 s, forward an hour) is paced at its frame rate across the
+    step: no frames released at once for good, no sleeping through the step."""
+    path = tmp_path / "rig.mcap"
+    period = 40_000_000
+    with Recorder(RecordConfig(path=str(path)), queue_size=100) as rec:
+        for i in range(20):
+            t = 10**18 + i * period + (step_s * 10**9 if i >= 10 else 0)
+            rec.write(Frame("ir", i, t, np.zeros((8, 8), np.uint8)))
+    now = [0]  # a clock the pacing sleeps advance, so the test waits for nothing
+    monkeypatch.setattr(time, "perf_counter_ns", lambda: now[0])
+    monkeypatch.setattr(time, "sleep", lambda s: now.__setitem__(0, now[0] + round(s * 1e9)))
+    with open_source("ir", SourceConfig(kind="mcap", path=str(path), fps=25, realtime=True)) as src:
+        assert len([src.read() for _ in range(20)]) == 20
+    assert now[0] == 19 * period
+
+
 def _writer(path, **kw) -> VideoWriter:
     args = dict(codec="h264", crf=18, time_base=Fraction(1, 15360), rate=Fraction(30), width=32, height=24)
     return VideoWriter(path, **{**args, **kw})

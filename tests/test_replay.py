@@ -707,3 +707,23 @@ def test_replay_without_overlap_gives_the_same_frames(tmp_path):
     assert len(outs[True]) == 12 and [p for p, _ in outs[True]] == [p for p, _ in outs[False]]
     for (_, a), (_, b) in zip(outs[True], outs[False]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("pacing", ["fast", "realtime"])
+@pytest.mark.parametrize("step_s", [-10, 3600])
+def test_a_recording_whose_clock_was_stepped_replays_every_pair(tmp_path, pacing, step_s):
+    """NTP stepped the rig's clock back 10 s (or forward an hour) while it recorded: the replay loses no pair to it,
+    its output's times go on increasing, and realtime pacing does not sleep through the step."""
+    t0, period, step = 1_700_000_000_000_000_000, 33_333_333, step_s * 10**9
+    path = tmp_path / "rig.mcap"
+    img = np.full((48, 64), 128, np.uint8)
+    with Recorder(RecordConfig(path=str(path)), queue_size=100) as rec:  # none left out
+        for i in range(40):
+            t = t0 + i * period + (step if i >= 20 else 0)
+            rec.write(Frame("ir", i, t, img))
+            rec.write(Frame("vis", i, t + 2_000_000, np.dstack([img] * 3)))
+    out = tmp_path / "fused.mkv"
+    summary = run_replay(make_cfg(replay={"pacing": pacing, "codec": "ffv1"}), ir_path=path, out_path=out)
+    assert summary.complete and summary.pairs == summary.written == 40
+    times = [t for t, _ in decode_frames(out)]
+    assert len(times) == 40 and all(b > a for a, b in zip(times, times[1:]))

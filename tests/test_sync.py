@@ -170,3 +170,39 @@ def test_unknown_stream_and_bad_config_raise_naming_the_value() -> None:
         SyncConfig(slop_ms=0)
     with pytest.raises(ValueError, match="queue_size"):
         SyncConfig(queue_size=1)
+
+
+def _stepped(stream: str, n: int, step_at: int, step_ms: float, *, start_ms: float = 0.0) -> list[Frame]:
+    """n frames at 30 fps whose clock is stepped by ``step_ms`` (an NTP step) from frame ``step_at`` on."""
+    return [Frame(f.stream, f.seq, f.t_capture_ns + (round(step_ms * MS) if f.seq >= step_at else 0), _IMG)
+            for f in frames(stream, 30, n, start_ms=start_ms)]
+
+
+def _arrival_order(ir: list[Frame], vis: list[Frame]) -> list[Frame]:
+    """As a live loop receives them: each IR frame, then the visible frame captured 2 ms after it."""
+    return [f for pair in zip(ir, vis) for f in pair]
+
+
+@pytest.mark.parametrize("mode", ["slop", "latest"])
+@pytest.mark.parametrize("step_ms", [-10_000.0, -150.0, 3_600_000.0])
+def test_a_clock_step_loses_at_most_a_pair_and_is_counted(mode: str, step_ms: float) -> None:
+    # The wall clock both cameras stamp with is stepped (back 10 s, back 0.15 s, forward an hour) between frames 59
+    # and 60: pairing goes on within a frame instead of waiting for the clock to come back to where it was.
+    ir, vis = _stepped("ir", 120, 60, step_ms), _stepped("vis", 120, 60, step_ms, start_ms=2)
+    pairer = Pairer(SyncConfig(mode=mode))
+    pairs = run(pairer, _arrival_order(ir, vis))
+    seqs = {(p.ir.seq, p.vis.seq) for p in pairs}
+    assert {(i, i) for i in range(119) if i not in (59, 60)} <= seqs, sorted(seqs)
+    st = pairer.stats()
+    assert_consistent(st)
+    assert st["ir"]["clock_steps"] == st["vis"]["clock_steps"] == (step_ms < 0)  # forward: a gap, as a lost frame
+
+
+def test_a_stale_frame_far_back_is_not_a_clock_step() -> None:
+    ir, vis = frames("ir", 30, 20), frames("vis", 30, 20, start_ms=1)
+    arrivals = by_time(ir, vis)
+    arrivals.insert(arrivals.index(ir[15]), Frame("ir", 5, ir[5].t_capture_ns, _IMG))  # a duplicate, 10 frames late
+    pairer = Pairer(SyncConfig())
+    pairs = run(pairer, arrivals)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(i, i) for i in range(20)]
+    assert pairer.stats()["ir"]["clock_steps"] == 0 and pairer.stats()["ir"]["unpaired"] == 1

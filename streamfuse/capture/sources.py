@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from streamfuse.bitdepth import To8Bit
+from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check
 from streamfuse.frames import Frame
 from streamfuse.registry import available, build, register
@@ -150,7 +151,7 @@ class BaseSource:
         self._is_ir = section == "ir"
         self._depth = To8Bit(self._is_ir)  # 16-bit frames: IR by the sequence's held range (streamfuse.bitdepth)
         self._seq, self._opened = 0, False
-        self._pace_anchor: tuple[int, int] | None = None  # (perf_counter_ns, t_capture_ns) of the first paced frame
+        self._pace_anchor: tuple[int, int, FileClock] | None = None  # perf_counter_ns, time, time line (_pace)
         self._skipping = False
         self._period_ns = round(1e9 / cfg.fps)  # a kind with its own rate (a video) sets it when it opens
 
@@ -220,22 +221,20 @@ class BaseSource:
         return np.ascontiguousarray(image)
 
     def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        if self.stop_event is not None:
-            self.stop_event.wait(seconds)
-        else:
-            time.sleep(seconds)
+        if seconds > 0:
+            (self.stop_event.wait if self.stop_event is not None else time.sleep)(seconds)
 
     def _pace(self, t_ns: int) -> None:
-        """Realtime pacing: return when the wall clock has advanced as far as t_ns since the first frame."""
+        """Realtime pacing: return when the wall clock has advanced as far as t_ns since the first frame, on a time
+        line with a stepped clock's steps shifted out (a recording made across one neither races nor sleeps)."""
         if not self.cfg.realtime or self._skipping:
             return
         if self._pace_anchor is None:
-            self._pace_anchor = (time.perf_counter_ns(), t_ns)
+            line = FileClock(self._period_ns)
+            self._pace_anchor = (time.perf_counter_ns(), line.stamp(t_ns), line)
             return
-        wall0, t0 = self._pace_anchor
-        self._sleep((wall0 + (t_ns - t0) - time.perf_counter_ns()) / 1e9)
+        wall0, t0, line = self._pace_anchor
+        self._sleep((wall0 + (line.stamp(t_ns) - t0) - time.perf_counter_ns()) / 1e9)
 
 
 # -- synthetic ---------------------------------------------------------------------------------------------------

@@ -13,13 +13,15 @@ last :data:`WINDOW_NS` of frames. A stamp is therefore never later than its fram
 while it probed the stream (seconds of them, delivered at once) do not push every later time into the future, and a
 sender whose clock runs slower or faster than ours is followed within the window instead of drifting away from the
 wall clock. Within the window the sender's frame spacing is kept; pts that go backwards (a sender restart) start the
-window again, and a repeated pts is placed 1 ns after the previous frame.
+window again, and a repeated pts is placed 1 ns after the previous frame. All of this runs on a clock that never
+steps (``time.monotonic_ns()``), put on the epoch as the wall clock reads at the frame's arrival: a wall clock stepped
+by NTP or by hand moves the stamps at once, as it moves a camera's, instead of freezing them until it comes back.
 
 >>> clock = FileClock(period_ns=40)
 >>> [clock.stamp(p) for p in (0, 40, 80, 80, 10, 50)]  # a repeat, then back by more than a period
 [0, 40, 80, 81, 121, 161]
 >>> live = StreamClock()
->>> [live.stamp(pts, arrival) for pts, arrival in ((0, 1000), (40, 1001), (80, 1050))]  # the first two came at once
+>>> [live.stamp(pts, arrival, arrival) for pts, arrival in ((0, 1000), (40, 1001), (80, 1050))]  # two came at once
 [1000, 1001, 1041]
 """
 
@@ -31,6 +33,7 @@ __all__ = ["FileClock", "StreamClock", "JUMP_NS", "WINDOW_NS"]
 
 JUMP_NS = 10 * 10**9  # a forward pts step beyond this is a discontinuity, not a gap (FFmpeg's dts_delta_threshold)
 WINDOW_NS = 2 * 10**9  # a live stream's offset is the smallest arrival - pts over this much recent arrival time
+_READ_APART_NS = 10**6  # wall minus monotonic clock moves by more than this only when the wall clock is stepped
 
 
 class FileClock:
@@ -91,9 +94,13 @@ class StreamClock:
         self._candidates: deque[tuple[int, int]] = deque()  # (arrival_ns, arrival - pts), offsets increasing
         self._last_pts_ns: int | None = None
         self._last_t_ns: int | None = None
+        self._epoch_ns = 0  # the wall clock minus the monotonic one, as last stepped
 
-    def stamp(self, pts_ns: int, arrival_ns: int) -> int:
-        """The capture time (epoch ns) of the frame with this pts, decoded at ``arrival_ns`` (epoch ns)."""
+    def stamp(self, pts_ns: int, arrival_ns: int, wall_ns: int) -> int:
+        """The capture time (epoch ns) of the frame with this pts, decoded at ``arrival_ns`` on the monotonic clock,
+        when the wall clock read ``wall_ns``."""
+        if self._last_t_ns is None or abs(wall_ns - arrival_ns - self._epoch_ns) > _READ_APART_NS:
+            self._epoch_ns = wall_ns - arrival_ns  # the first frame, or the wall clock was stepped
         self.restarted = self._last_pts_ns is not None and pts_ns < self._last_pts_ns
         if self.restarted:
             self._candidates.clear()
@@ -109,4 +116,4 @@ class StreamClock:
         if self._last_t_ns is not None and t <= self._last_t_ns:
             t = self._last_t_ns + 1  # a repeated pts, or a restart below the previous stamp: keep times increasing
         self._last_t_ns = t
-        return t
+        return t + self._epoch_ns

@@ -232,7 +232,7 @@ class AvSource(BaseSource):
     def _stamp(self, pts_ns: int) -> int:
         """The capture time of the frame with this pts; reports a timestamp discontinuity or the first repeat."""
         if self.live:
-            t_ns = self._times.stamp(pts_ns, time.time_ns())
+            t_ns = self._times.stamp(pts_ns, time.monotonic_ns(), time.time_ns())
             if self._times.restarted:
                 self.warn(f"{self.section}: {self.cfg.path}: timestamps went back {self._where()} (the sender "
                           f"restarted?); times follow the wall clock again")

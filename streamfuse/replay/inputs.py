@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import av
 
 from streamfuse.capture.mcap_source import read_recording
+from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.capture.sources import SourceError
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
@@ -107,15 +108,22 @@ class Reader:
         wait_ns: gets the time :meth:`next` waited for each frame (the loop's "decode" stage).
         busy_ns: gets the thread's own time per frame ("decode_thread").
         depth: frames decoded ahead.
+        periods_ns: each stream's frame interval, ns: where its frame comes after a clock stepped back.
         threaded: decode on the worker thread; false decodes each frame in :meth:`next` (no overlap, one core).
+
+    Frames keep their capture times; merging, pacing and the span checks go by each stream's time line instead
+    (``line_ns`` of the frame taken last): the same times, but where the recording rig's clock was stepped back they
+    go on from one frame interval after the frame before (:class:`~streamfuse.capture.timestamps.FileClock`).
     """
 
-    def __init__(self, name: str, source: Any, path: str, wait_ns: list[int], busy_ns: list[int], depth: int = 4, *,
-                 threaded: bool = True):
+    def __init__(self, name: str, source: Any, path: str, wait_ns: list[int], busy_ns: list[int],
+                 periods_ns: dict[str, int], depth: int = 4, *, threaded: bool = True):
         self.name, self.source, self.path, self.wait_ns, self.busy_ns = name, source, path, wait_ns, busy_ns
         self.error = ""
-        self.first_ns: int | None = None  # capture time of the first and the last frame taken, ns
+        self.line_ns = 0  # time line of the frame taken last, ns
+        self.first_ns: int | None = None  # time line of the first and the last frame taken, ns
         self.last_ns: int | None = None
+        self._lines = {s: FileClock(p, rebase_ahead=False) for s, p in periods_ns.items()}
         self.ended = False
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -171,8 +179,9 @@ class Reader:
         self.wait_ns.append(time.perf_counter_ns() - t0)
         self.ended = frame is None
         if frame is not None:
-            self.first_ns = frame.t_capture_ns if self.first_ns is None else self.first_ns
-            self.last_ns = frame.t_capture_ns
+            self.line_ns = self._lines[frame.stream].stamp(frame.t_capture_ns)
+            self.first_ns = self.line_ns if self.first_ns is None else self.first_ns
+            self.last_ns = self.line_ns
         return frame
 
     def stop(self) -> None:
@@ -196,37 +205,41 @@ class RecordedOrder:
 
 
 class Pacing:
-    """``pacing: realtime``: each frame is released at its recorded time, counted from the first frame."""
+    """``pacing: realtime``: each frame is released at its recorded time (its time line), counted from the first."""
 
     def __init__(self, wall0_ns: int):
         self._wall0_ns = wall0_ns
         self._t_first: int | None = None
 
-    def drop(self, frame: Frame, next_same: Frame | None) -> bool:
-        """Wait until ``frame`` is due; True (drop it) when its successor is already due: newest wins, as live."""
-        self._t_first = frame.t_capture_ns if self._t_first is None else self._t_first
-        due = frame.t_capture_ns - self._t_first - (time.perf_counter_ns() - self._wall0_ns)
+    def drop(self, t_ns: int, next_ns: int | None) -> bool:
+        """Wait until the frame at ``t_ns`` is due; True (drop it) when the next frame of its stream (at ``next_ns``)
+        is already due: newest wins, as live."""
+        self._t_first = t_ns if self._t_first is None else self._t_first
+        due = t_ns - self._t_first - (time.perf_counter_ns() - self._wall0_ns)
+        if due > JUMP_NS:  # the rig's clock was stepped forward: not a gap to sleep through (as a paced video's)
+            self._t_first, due = self._t_first + due, 0
         if due > 0:
             time.sleep(due / 1e9)
             return False
-        return next_same is not None and \
-            next_same.t_capture_ns - self._t_first <= time.perf_counter_ns() - self._wall0_ns
+        return next_ns is not None and next_ns - self._t_first <= time.perf_counter_ns() - self._wall0_ns
 
 
-def merged(readers: list[Reader]) -> Iterator[tuple[Frame, Frame | None]]:
-    """Frames of all readers, earliest capture time first; each with the next frame of its own stream (or None).
+def merged(readers: list[Reader]) -> Iterator[tuple[Frame, int, int | None]]:
+    """Frames of all readers, earliest on their time lines first; each with its time line and that of the next frame
+    of its own stream (or None).
 
     Every reader's first frame is taken before the first is yielded, and a reader has ended (``ended``) by the time
     its last frame is yielded, so each reader's time span is known as far as the frames yielded need it.
     """
-    heads = [r.next() for r in readers]
+    heads = [(r.next(), r.line_ns) for r in readers]
     while True:
-        live = [i for i, f in enumerate(heads) if f is not None]
+        live = [i for i, (f, _) in enumerate(heads) if f is not None]
         if not live:
             return
-        i = min(live, key=lambda k: (heads[k].t_capture_ns, k))
-        frame, heads[i] = heads[i], readers[i].next()
-        yield frame, (heads[i] if heads[i] is not None and heads[i].stream == frame.stream else None)
+        i = min(live, key=lambda k: (heads[k][1], k))
+        (frame, t_ns), heads[i] = heads[i], (readers[i].next(), readers[i].line_ns)
+        after, next_ns = heads[i]
+        yield frame, t_ns, (next_ns if after is not None and after.stream == frame.stream else None)
 
 
 def outside(t_ns: int, other: Reader, tolerance_ns: int) -> str:

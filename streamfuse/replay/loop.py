@@ -21,14 +21,16 @@ import numpy as np
 
 from streamfuse.atomic_write import partial_path, whole_png, write_png
 from streamfuse.capture.sources import open_source
+from streamfuse.capture.timestamps import FileClock
 from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged, no_pairs,
                                       outside, resolve, size_changed)
 from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path, taken_over_path
-from streamfuse.replay.summary import NAMES, OTHER, ReplayError, ReplaySummary, StageClock
+from streamfuse.replay.summary import NAMES, ReplayError, ReplaySummary, StageClock
 from streamfuse.signals import HANGUP, handled
+from streamfuse.sync import OTHER, Pairer
 from streamfuse.video import VideoWriter, work_paths
 
 __all__ = ["run_replay"]
@@ -143,8 +145,10 @@ class _Replay:
         self.frames_dir = Path(cfg.replay.frames_dir) if cfg.replay.frames_dir else None
         self.input_fault = False  # stopped by a truncated, corrupt or empty input (no --resume hint then)
         self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
+        self.periods = {inp.stream: round(1e9 / inp.rate) for inp in (ir, vis)}  # frame intervals, ns
+        self.out_clock = FileClock(self.periods["vis"], rebase_ahead=False)  # a recording's output times, step-free
         self.last_pts: int | None = None
-        self.first_t: dict[str, int] = {}  # capture time of the first and the last frame read per stream, ns
+        self.first_t: dict[str, int] = {}  # time line of the first and the last frame read per stream, ns
         self.last_t: dict[str, int] = {}
         self.readers: list[Reader] = []
 
@@ -153,7 +157,6 @@ class _Replay:
 
         # imported here: importing the replay package (config loading does) must not load the processor's stages
         from streamfuse.processor import FrameProcessor
-        from streamfuse.sync import Pairer
 
         rcfg, s = self.cfg.replay, self.summary
         # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
@@ -215,8 +218,8 @@ class _Replay:
                 opened.append(sources[inp.stream])
                 sources[inp.stream].open()
         paths = {"ir": self.ir.cfg.path, "vis": self.vis.cfg.path, "recording": self.vis.cfg.path}
-        self.readers = [Reader(name, src, paths[name], wait_ns, busy_ns, threaded=self.cfg.replay.overlap)
-                        for name, src in sources.items()]
+        self.readers = [Reader(name, src, paths[name], wait_ns, busy_ns, self.periods,
+                               threaded=self.cfg.replay.overlap) for name, src in sources.items()]
         return self.readers
 
     def _pairs(self, readers: list[Reader], pairer: Any, bar: Any, wall0_ns: int) -> Iterator[FramePair]:
@@ -227,19 +230,19 @@ class _Replay:
         pacing = Pacing(wall0_ns) if self.cfg.replay.pacing == "realtime" else None
         # a recording read in recorded order is one reader: its streams' spans are known only at its end
         by_stream = {r.name: r for r in readers}
-        for frame, next_same in merged(readers):
+        for frame, t_ns, next_ns in merged(readers):
             s.frames[frame.stream] += 1
-            self.first_t.setdefault(frame.stream, frame.t_capture_ns)
-            self.last_t[frame.stream] = frame.t_capture_ns
+            self.first_t.setdefault(frame.stream, t_ns)
+            self.last_t[frame.stream] = t_ns
             if frame.stream == "vis":
                 bar.update(1)
                 self.t0_vis = frame.t_capture_ns if self.t0_vis is None else self.t0_vis
             other = by_stream.get(OTHER[frame.stream])
-            side = outside(frame.t_capture_ns, other, tolerance_ns) if other is not None else ""
+            side = outside(t_ns, other, tolerance_ns) if other is not None else ""
             if side:
                 s.outside[frame.stream][side] += 1
                 continue
-            if pacing is not None and pacing.drop(frame, next_same):
+            if pacing is not None and pacing.drop(t_ns, next_ns):
                 s.dropped[frame.stream] += 1
                 continue
             self.clock.start()
@@ -292,10 +295,9 @@ class _Replay:
             write_png(png, image)  # through a temporary name: a kill leaves no PNG cut short
 
     def _pts(self, vis: Frame) -> int:
-        """Output pts of a pair: the visible frame's pts in the visible input's time base."""
-        tb = self.vis.time_base
-        t = vis.t_capture_ns if self.vis.cfg.kind == "file" else vis.t_capture_ns - self.t0_vis
-        return round(Fraction(t, 1_000_000_000) / tb)
+        """Output pts of a pair in the visible input's time base (a recording's times through out_clock)."""
+        t = vis.t_capture_ns if self.vis.cfg.kind == "file" else self.out_clock.stamp(vis.t_capture_ns) - self.t0_vis
+        return round(Fraction(t, 1_000_000_000) / self.vis.time_base)
 
     def _open_writer(self, vis_img: np.ndarray) -> None:
         h, w = vis_img.shape[:2]

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES", "OTHER", "NAMES"]
+from streamfuse.sync import OTHER
+
+__all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES", "NAMES"]
 
 # Decoding and encoding run on worker threads: "decode" and "encode" are the loop's waits on them (what limits
 # throughput); "decode_thread" and "encode_thread" are those threads' own time per frame, which overlaps the loop
 # (so shares can add up to more than 100%).
 STAGES = ("decode", "pair", "fuse", "postprocess", "encode", "publish", "decode_thread", "encode_thread")
-OTHER = {"ir": "vis", "vis": "ir"}  # each stream's partner
 NAMES = {"ir": "IR", "vis": "visible"}  # stream names in messages
 
 

@@ -55,7 +55,7 @@ def _arrivals(n: int, sender_step_ns: int, pts_step_ns: int, jitter_ms: float, s
 def test_stream_clock_stays_on_the_wall_clock_and_never_stamps_after_arrival(sender_step_ms: float) -> None:
     clock = StreamClock()
     frames = _arrivals(1500, round(sender_step_ms * MS), 40 * MS, jitter_ms=5.0)  # a minute of a 25 fps stream
-    t = [clock.stamp(pts, arrival) for pts, arrival in frames]
+    t = [clock.stamp(pts, arrival, arrival) for pts, arrival in frames]
     lag_ms = [(arrival - ti) / MS for (_, arrival), ti in zip(frames, t)]
     assert min(lag_ms) >= 0  # never later than the frame's arrival
     # Bounded by the jitter plus the drift over one 2 s window (5% of 2 s = 100 ms), the same at the end as early on:
@@ -67,7 +67,7 @@ def test_stream_clock_stays_on_the_wall_clock_and_never_stamps_after_arrival(sen
 def test_stream_clock_keeps_the_sender_spacing_while_delays_only_jitter() -> None:
     clock = StreamClock()
     frames = _arrivals(200, 40 * MS, 40 * MS, jitter_ms=5.0)
-    t = [clock.stamp(pts, arrival) for pts, arrival in frames]
+    t = [clock.stamp(pts, arrival, arrival) for pts, arrival in frames]
     steps = np.diff(t[100:]) / MS
     # The window's smallest delay changes only when a faster frame comes: most steps are exactly the pts step.
     assert np.mean(steps == 40.0) > 0.8 and np.all(np.abs(steps - 40.0) < 6.0)
@@ -79,12 +79,25 @@ def test_stream_clock_catches_up_after_a_buffered_start_and_restarts_when_pts_go
     # FFmpeg hands over 2 s of buffered frames at once, then frames come in real time.
     burst = [(i * 40 * MS, t0 + i * MS) for i in range(50)]
     live = [((50 + i) * 40 * MS, t0 + 50 * MS + (i + 1) * 40 * MS) for i in range(20)]
-    t = [clock.stamp(p, a) for p, a in burst + live]
+    t = [clock.stamp(p, a, a) for p, a in burst + live]
     assert all(ti <= a for ti, (_, a) in zip(t, burst + live))
     assert 0 <= live[-1][1] - t[-1] <= MS  # in step with the wall clock once the backlog is gone
-    back = clock.stamp(0, live[-1][1] + 40 * MS)  # the sender restarted its pts
-    assert clock.restarted and back == live[-1][1] + 40 * MS
-    assert clock.stamp(0, live[-1][1] + 41 * MS) == back + 1 and not clock.restarted  # a repeat: just after
+    end = live[-1][1]
+    back = clock.stamp(0, end + 40 * MS, end + 40 * MS)  # the sender restarted its pts
+    assert clock.restarted and back == end + 40 * MS
+    assert clock.stamp(0, end + 41 * MS, end + 41 * MS) == back + 1 and not clock.restarted  # a repeat: just after
+
+
+@pytest.mark.parametrize("step_s", [-10, 3600])
+def test_a_stepped_wall_clock_moves_a_streams_stamps_at_once(step_s: int) -> None:
+    clock = StreamClock()
+    frames = _arrivals(100, 40 * MS, 40 * MS, jitter_ms=5.0)  # arrivals on the monotonic clock
+    wall = [a + 7 * MS + (step_s * 10**9 if i >= 50 else 0) for i, (_, a) in enumerate(frames)]  # stepped at 50
+    t = [clock.stamp(p, a, w) for (p, a), w in zip(frames, wall)]
+    assert all(b > a for a, b in zip(t[:50], t[1:50])) and all(b > a for a, b in zip(t[50:], t[51:]))
+    lag_ms = [(w - ti) / MS for ti, w in zip(t, wall)]
+    assert min(lag_ms) >= 0 and max(lag_ms[50:]) < 60  # the stream's own delay, before and after the step
+    assert np.diff(t[50:]).mean() == pytest.approx(40 * MS, rel=0.05)
 
 
 def test_file_clock_keeps_a_forward_jump_when_told_to_so_times_stay_the_pts() -> None:

@@ -100,9 +100,14 @@ def test_live_stream_whose_sender_clock_is_slow_does_not_drift_from_the_wall_clo
                                                                                   monkeypatch) -> None:
     path = tmp_path / "clip.mkv"
     write_ffv1(path, 250)  # pts 40 ms apart ...
-    wall = iter(range(1_700_000_000 * 10**9, 1_800_000_000 * 10**9, 42 * MS))  # ... frames arrive every 42 ms
-    monkeypatch.setattr(video_sources, "time", types.SimpleNamespace(time_ns=lambda: next(wall),
-                                                                     monotonic=time.monotonic))
+    ticks, now = iter(range(0, 10**17, 42 * MS)), [0]  # ... frames arrive every 42 ms
+
+    def arrive() -> int:
+        now[0] = next(ticks)
+        return now[0]
+
+    monkeypatch.setattr(video_sources, "time", types.SimpleNamespace(
+        monotonic_ns=arrive, time_ns=lambda: 1_700_000_000 * 10**9 + now[0], monotonic=time.monotonic))
     frames = read_all(open_source("vis", SourceConfig(kind="stream", path=str(path), realtime=False)))
     arrivals = range(1_700_000_000 * 10**9, 1_800_000_000 * 10**9, 42 * MS)
     lag_ms = [(arrived - f.t_capture_ns) / MS for f, arrived in zip(frames, arrivals)]
