@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from streamfuse.stabilize import StabilizeConfig
 from streamfuse.sync import SyncConfig
 from streamfuse.telemetry import TelemetryConfig
 
-__all__ = ["ConfigError", "PipelineConfig", "MOVED", "load_config", "config_from_dict", "dump_config"]
+__all__ = ["ConfigError", "PipelineConfig", "MOVED", "PATH_KEYS", "load_config", "config_from_dict", "dump_config"]
 
 #: Keys of earlier layouts -> where they are now; such a key fails with one line naming its new place.
 MOVED = {
@@ -39,6 +40,10 @@ MOVED = {
     **{f"fuse.{k}": f"hclfuse.{k}" for k in ("weights", "sampler", "steps", "guidance", "guidance_scale", "seed")},
     **{f"fuse.{k}": f"engine.{k}" for k in ("device", "precision", "threads", "cuda_graphs")},
 }
+
+#: Keys that name a file or a folder: a leading ``~`` is a home folder, as in a shell (not a folder named ``~``).
+PATH_KEYS = {"ir": ("path",), "vis": ("path",), "hclfuse": ("weights",), "publish": ("curve_secret_file",),
+             "replay": ("out", "frames_dir"), "record": ("path",)}
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
             if not isinstance(raw, dict):
                 keys = ", ".join(f.name for f in dataclasses.fields(cls))
                 raise ValueError(f"{name}={raw!r} must be a mapping; allowed keys: {keys}")
+            paths = PATH_KEYS.get(name, ())
+            raw = {k: os.path.expanduser(v) if k in paths and isinstance(v, str) else v for k, v in raw.items()}
             built[name] = parse_section(cls, raw, name)
     except ValueError as exc:
         raise ConfigError(f"{source_file}: {exc}") from None

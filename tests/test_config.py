@@ -128,3 +128,11 @@ def test_an_override_that_completes_the_file_is_not_blamed_on_it(tmp_path):
 def test_record_section_is_optional():
     assert config_from_dict({}).record is None
     assert config_from_dict({"fuse": {"name": "max"}}).fuse.name == "max"
+
+
+def test_a_path_starting_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(resolve("demo"), ["record.path=~/runs/rig.mcap", "replay.out=~/fused.mp4",
+                                        "vis.path=~user-that-is-not/x.mp4", "publish.topic=~/not/a/path"])
+    assert cfg.record.path == str(tmp_path / "runs" / "rig.mcap") and cfg.replay.out == str(tmp_path / "fused.mp4")
+    assert cfg.vis.path == "~user-that-is-not/x.mp4" and cfg.publish.topic == "~/not/a/path"  # as a shell does
