@@ -1,12 +1,14 @@
 """Outputs that a crash never leaves looking complete: the temporary name, and the writer thread behind it.
 
 Every output (recording, fused video, evaluation table or image) is written under a hidden temporary name
-(``.NAME.partial``) and renamed only when complete. The disk and codec work runs on a :class:`WriterThread`, so it
-overlaps the caller's work.
+(``.NAME.partial``) and renamed only when complete. The rename is :func:`durable_replace`: the bytes reach the disk
+before it, so a power loss (a robot's battery) never leaves a final name over a file the disk had not yet written.
+The disk and codec work runs on a :class:`WriterThread`, so it overlaps the caller's work.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -19,7 +21,7 @@ import numpy as np
 
 from streamfuse.errors import io_reason
 
-__all__ = ["partial_path", "write_file", "write_png", "whole_png", "WriterThread"]
+__all__ = ["partial_path", "durable_replace", "sync_folder", "write_file", "write_png", "whole_png", "WriterThread"]
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
@@ -28,6 +30,34 @@ def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under: ``dir/out.mp4`` -> ``dir/.out.mp4.partial``."""
     path = Path(path)
     return path.with_name(f".{path.name}.partial")
+
+
+def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename the written file ``src`` to ``dst`` so that after a power loss ``dst`` holds all of ``src`` or what it
+    held before: ``src``'s bytes are flushed to the disk first, and the rename itself before this returns."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dst)
+    sync_folder(Path(dst).parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to the disk; a filesystem that cannot (some network or FUSE ones
+    refuse a folder's fsync) keeps them as it does."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -42,7 +72,7 @@ def write_file(path: Path, data: bytes) -> None:
     try:
         (partial or real).write_bytes(data)
         if partial is not None:
-            partial.replace(real)
+            durable_replace(partial, real)
     except OSError as exc:
         if partial is not None:
             partial.unlink(missing_ok=True)

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 from mcap.writer import CompressionType, Writer
 
-from streamfuse.atomic_write import WriterThread, partial_path
+from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
 from streamfuse.checks import check
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
@@ -236,11 +236,12 @@ class Recorder:
             self._flush()
 
     def _flush(self) -> None:
-        """Writer thread: the chunk being filled, if any, written out to the OS (the idle call too: no frame came
+        """Writer thread: the chunk being filled, if any, written out to the disk (the idle call too: no frame came
         for flush_s, so the chunk's first frame has waited that long)."""
         if self._chunk_t0 is None:
             return
         self._writer.flush()
+        os.fsync(self._file.fileno())  # not only to the OS: a power loss (a robot's battery) keeps it too
         self._flushed()
 
     def _flushed(self) -> None:
@@ -281,7 +282,7 @@ class Recorder:
             self._file.close()
         if self.error is not None:
             return
-        os.replace(self._partial, self.path)
+        durable_replace(self._partial, self.path)
         log.info("recorded %d IR and %d visible frames to %s", self.counts["ir"], self.counts["vis"], self.path)
         if any(self.dropped.values()):
             log.warning("%s lacks %d IR and %d visible frames that the disk could not keep up with; a replay of it "

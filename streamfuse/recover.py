@@ -24,7 +24,7 @@ from mcap.reader import NonSeekingReader
 from mcap.records import Header
 from mcap.writer import MCAP0_MAGIC, Writer
 
-from streamfuse.atomic_write import partial_path
+from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.errors import io_reason
@@ -67,7 +67,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
             counts, first, last = _copy(src, header, f)
         if not any(counts.values()):
             raise ValueError(_NOTHING.format(src))
-        os.replace(tmp, out)
+        durable_replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OSError(f"cannot recover {src} into {out}: {io_reason(exc)}") from None

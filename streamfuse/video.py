@@ -16,7 +16,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from streamfuse.atomic_write import WriterThread, partial_path
+from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
 from streamfuse.errors import io_reason
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "announced_end_s",
@@ -183,7 +183,7 @@ class VideoWriter:
         except KeyboardInterrupt:  # the partial file stays for --resume; the half-written copy goes
             remuxed.unlink(missing_ok=True)
             raise
-        os.replace(remuxed, self.path)
+        durable_replace(remuxed, self.path)
         self.partial.unlink()
 
     def _remux(self, dst: Path) -> None:

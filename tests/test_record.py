@@ -175,6 +175,9 @@ class _FillingDisk(io.RawIOBase):
     def tell(self) -> int:
         return self.n
 
+    def fileno(self) -> int:
+        return self.f.fileno()
+
     def close(self) -> None:
         self.f.close()
         super().close()

@@ -1,0 +1,80 @@
+"""Outputs reach the disk before they take their final name, so a power loss never leaves a final name over bytes
+the disk had not written yet."""
+
+from __future__ import annotations
+
+import os
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamfuse.atomic_write import partial_path, write_file
+from streamfuse.frames import Frame
+from streamfuse.recording import RecordConfig, Recorder
+from streamfuse.recover import recover
+from streamfuse.video import VideoWriter, work_paths
+
+
+@pytest.fixture
+def disk_events(monkeypatch) -> list[tuple[str, ...]]:
+    """What reached the disk (fsync of a file or folder, by its path) and each rename, in order."""
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(src, dst) -> None:
+        real_replace(src, dst)
+        events.append(("replace", str(src), str(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _renamed_durably(events: list[tuple[str, ...]], src: Path, dst: Path) -> bool:
+    """``src`` was flushed to the disk just before its rename to ``dst``, and the rename just after."""
+    rename = ("replace", str(src), str(dst))
+    i = events.index(rename) if rename in events else 0
+    return i > 0 and events[i - 1:i + 2] == [("fsync", str(src)), rename, ("fsync", str(dst.parent))]
+
+
+def test_a_table_or_image_reaches_the_disk_before_its_rename(tmp_path, disk_events):
+    out = tmp_path.resolve() / "table.csv"
+    write_file(out, b"a,b\n1,2\n")
+    assert _renamed_durably(disk_events, partial_path(out), out) and out.read_bytes() == b"a,b\n1,2\n"
+
+
+def test_a_fused_video_reaches_the_disk_before_its_rename(tmp_path, disk_events):
+    out = tmp_path.resolve() / "fused.mkv"
+    w = VideoWriter(out, codec="ffv1", crf=0, time_base=Fraction(1, 1000), rate=Fraction(25), width=32, height=24)
+    for i in range(3):
+        w.write(np.full((24, 32, 3), 40 * i, np.uint8), 40 * i)
+    w.commit()
+    assert _renamed_durably(disk_events, work_paths(out)[2], out)
+
+
+def test_a_recording_reaches_the_disk_every_flush_s_and_before_its_rename(tmp_path, disk_events, monkeypatch):
+    out = tmp_path.resolve() / "rig.mcap"
+    synced, real = threading.Event(), Recorder._flushed
+    monkeypatch.setattr(Recorder, "_flushed", lambda self: (real(self), synced.set()))
+    with Recorder(RecordConfig(path=str(out), chunk_mb=256, flush_s=0.05)) as rec:
+        rec.write(Frame("ir", 0, 1, np.zeros((24, 32), np.uint8)))
+        assert synced.wait(60)  # no frame for flush_s: the chunk goes out, to the disk and not only to the OS
+        assert ("fsync", str(partial_path(out))) in disk_events
+    assert _renamed_durably(disk_events, partial_path(out), out)
+
+
+def test_a_recovered_recording_reaches_the_disk_before_its_rename(tmp_path, disk_events):
+    out = tmp_path.resolve() / "rig.mcap"
+    rec = Recorder(RecordConfig(path=str(out), chunk_mb=0.0625, compression="none"))
+    for i in range(3):  # 64 KiB frames: each fills a chunk, which goes to the file
+        rec.write(Frame("ir", i, 1 + i, np.zeros((256, 256), np.uint8)))
+    rec.abort()  # a run that was killed: its recording keeps the temporary name
+    recover(partial_path(out))
+    assert _renamed_durably(disk_events, partial_path(partial_path(out)), out)
