@@ -41,13 +41,13 @@ from streamfuse.checks import check
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 
-__all__ = ["RecordConfig", "Recorder", "encode_image", "decode_image", "TOPICS"]
+__all__ = ["RecordConfig", "Recorder", "encode_image", "TOPICS", "IMAGE_SCHEMA_TEXT"]
 
 log = logging.getLogger(__name__)
 
 TOPICS = {"ir": "/ir/image", "vis": "/vis/image"}
 _SCHEMA_NAME = "sensor_msgs/msg/Image"
-_SCHEMA_TEXT = """std_msgs/Header header
+IMAGE_SCHEMA_TEXT = """std_msgs/Header header
 uint32 height
 uint32 width
 string encoding
@@ -113,39 +113,6 @@ def encode_image(frame: Frame, frame_id: str) -> bytes:
     return bytes(buf) + img.tobytes()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Image of a CDR ``sensor_msgs/msg/Image`` (mono8, bgr8 or rgb8) -> ``(H, W)`` or ``(H, W, 3)`` BGR uint8."""
-    if data[:4] != _CDR_LE:
-        raise ValueError("not a little-endian CDR sensor_msgs/Image message")
-    pos = 4
-
-    def take(fmt: str) -> tuple:
-        nonlocal pos
-        pos += -(pos - 4) % struct.calcsize(fmt[1])
-        vals = struct.unpack_from(fmt, data, pos)
-        pos += struct.calcsize(fmt)
-        return vals
-
-    def string() -> bytes:
-        nonlocal pos
-        (n,) = take("<I")
-        pos += n
-        return bytes(data[pos - n:pos - 1])
-
-    take("<iI")  # stamp (the capture time is the MCAP log_time)
-    string()  # frame_id
-    height, width = take("<II")
-    encoding = string().decode()
-    take("<B")  # is_bigendian: 8-bit encodings have no byte order
-    step, n = take("<II")
-    channels = {"mono8": 1, "bgr8": 3, "rgb8": 3}.get(encoding)
-    if channels is None:
-        raise ValueError(f"image encoding {encoding!r} is not supported; supported: mono8, bgr8, rgb8")
-    rows = np.frombuffer(data, np.uint8, count=n, offset=pos).reshape(height, step)
-    img = rows[:, :width * channels].reshape((height, width, channels) if channels == 3 else (height, width))
-    return cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if encoding == "rgb8" else img.copy()
-
-
 class Recorder:
     """Writes every raw IR and visible frame of a live run to MCAP, losslessly, in the order it is given them.
 
@@ -192,7 +159,7 @@ class Recorder:
         compression = CompressionType.ZSTD if cfg.compression == "zstd" else CompressionType.NONE
         self._writer = Writer(self._file, chunk_size=int(cfg.chunk_mb * 2**20), compression=compression)
         self._writer.start(profile="ros2", library="streamfuse")
-        schema = self._writer.register_schema(_SCHEMA_NAME, "ros2msg", _SCHEMA_TEXT.encode())
+        schema = self._writer.register_schema(_SCHEMA_NAME, "ros2msg", IMAGE_SCHEMA_TEXT.encode())
         self._channels = {s: self._writer.register_channel(topic, "cdr", schema, {"seq": "mcap_sequence"})
                           for s, topic in TOPICS.items()}
         self._worker = WriterThread(f"record {self.path.name}", self._append, f"writing recording {self._partial}",

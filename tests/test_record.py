@@ -22,7 +22,7 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.frames import Frame
-from streamfuse.recording import RecordConfig, Recorder, decode_image
+from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.video import VideoWriter, decode_frames
 
 T0 = 1_700_000_000_123_456_789  # an epoch capture time, ns
@@ -276,13 +276,6 @@ def test_record_schema_and_message_layout(tmp_path, rng):
     height, width, n_enc = struct.unpack_from("<III", data, pos)
     assert (height, width, data[pos + 12:pos + 12 + n_enc]) == (3, 5, b"bgr8\0")
     assert data[-15 * 3:] == frame.image.tobytes()
-
-
-def test_decode_rgb8_message_gives_bgr():
-    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    msg = (b"\x00\x01\x00\x00" + struct.pack("<iII", 1, 2, 1) + b"\0" + b"\0" * 3 + struct.pack("<III", 2, 3, 5)
-           + b"rgb8\0" + b"\0" + b"\0" * 2 + struct.pack("<II", 9, rgb.nbytes) + rgb.tobytes())
-    np.testing.assert_array_equal(decode_image(msg), rgb[..., ::-1])
 
 
 def test_record_refuses_negative_times_and_unknown_streams(tmp_path):

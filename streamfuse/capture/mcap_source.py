@@ -3,6 +3,11 @@
 A recording holds both streams; :func:`read_recording` yields them in the order they were recorded (the live
 loop's order), and :class:`McapSource` gives one of them as a capture Source. :func:`read_messages` gives the
 records themselves, as written (``streamfuse.recover`` copies them out of a cut recording).
+
+A robot's own ``ros2 bag`` in MCAP storage reads the same way: ``ir.topic`` and ``vis.topic`` name its cameras'
+topics (raw or compressed images, :mod:`streamfuse.capture.ros_images`), and a frame's capture time is its
+message header's stamp (in our recordings the same as the log time), or its log time where the driver left the
+stamp at 0.
 """
 
 from __future__ import annotations
@@ -14,22 +19,43 @@ from typing import Iterator
 
 import cv2
 from mcap.exceptions import McapError
-from mcap.reader import NonSeekingReader
+from mcap.reader import NonSeekingReader, SeekingReader
 from mcap.records import Channel, Message, Schema
 from zstandard import ZstdError
 
+from streamfuse.bitdepth import To8Bit
+from streamfuse.capture.ros_images import SCHEMAS, Unsupported, decode
 from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.frames import Frame
-from streamfuse.recording import TOPICS, decode_image
+from streamfuse.recording import TOPICS
 from streamfuse.registry import register
 
-__all__ = ["McapSource", "read_messages", "read_recording"]
+__all__ = ["McapSource", "read_messages", "read_recording", "image_topics", "topic_of"]
 
-_STREAMS = {topic: stream for stream, topic in TOPICS.items()}
+
+def topic_of(stream: str, cfg: SourceConfig) -> str:
+    """The topic a stream is read from: its ``topic``, else the one our recorder writes it to."""
+    return cfg.topic or TOPICS[stream]
+
+
+def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] | None:
+    """Topic -> (schema, messages, None where the summary does not count them) of a recording's image channels, from
+    its summary; None for a recording without one (cut short: only reading it through tells)."""
+    try:
+        with open(path, "rb") as f:
+            summary = SeekingReader(f, validate_crcs=False).get_summary()
+    except (McapError, ZstdError, EOFError, struct.error, ValueError, OSError):
+        return None
+    if summary is None:
+        return None
+    counts = summary.statistics.channel_message_counts if summary.statistics else None
+    return {ch.topic: (summary.schemas[ch.schema_id].name, counts.get(ch.id, 0) if counts is not None else None)
+            for ch in summary.channels.values()
+            if ch.schema_id in summary.schemas and summary.schemas[ch.schema_id].name in SCHEMAS}
 
 
 def read_messages(path: str | os.PathLike,
-                  streams: tuple[str, ...] = ("ir", "vis")) -> Iterator[tuple[Schema | None, Channel, Message]]:
+                  topics: tuple[str, ...] = tuple(TOPICS.values())) -> Iterator[tuple[Schema | None, Channel, Message]]:
     """The MCAP records of a recording's image messages, as written, in the order they were written.
 
     Reads sequentially, so a recording whose writer was killed (no index) still yields every complete chunk;
@@ -43,33 +69,41 @@ def read_messages(path: str | os.PathLike,
     with open(path, "rb") as f:
         try:
             reader = NonSeekingReader(f, validate_crcs=True)
-            for record in reader.iter_messages(topics=sorted(TOPICS[s] for s in streams), log_time_order=False):
+            for record in reader.iter_messages(topics=sorted(topics), log_time_order=False):
                 yield record
                 read += 1
         except (McapError, ZstdError, EOFError, struct.error, ValueError) as exc:
             raise SourceError(_damaged(path, read, exc)) from None
 
 
-def read_recording(path: str | os.PathLike, streams: tuple[str, ...] = ("ir", "vis")) -> Iterator[Frame]:
+def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None) -> Iterator[Frame]:
     """Frames of a recording in the order they were recorded (the live loop's order), read by :func:`read_messages`.
 
-    Channels without our ``seq`` marker (e.g. a ROS 2 bag) get sequence numbers counted from 0; IR images come
-    grey, as from any capture source.
+    ``topics`` maps each stream wanted to its topic (default: both streams, on our recorder's topics). Channels
+    without our ``seq`` marker (e.g. a ROS 2 bag) get sequence numbers counted from 0; IR images come grey and 8-bit,
+    as from any capture source (16-bit ones by the IR rule of :mod:`streamfuse.bitdepth`).
     """
-    counts: dict[str, int] = {s: 0 for s in streams}
-    for _, channel, msg in read_messages(path, streams):
-        stream = _STREAMS[channel.topic]
+    topics = topics or TOPICS
+    streams = {topic: stream for stream, topic in topics.items()}
+    if len(streams) < len(topics):
+        raise SourceError(f"recording {path}: ir.topic and vis.topic are both {next(iter(streams))}")
+    counts, depth = {s: 0 for s in topics}, {s: To8Bit(s == "ir") for s in topics}
+    for schema, channel, msg in read_messages(path, tuple(streams)):
+        stream = streams[channel.topic]
         seq = msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else counts[stream]
         try:
-            image = decode_image(msg.data)
+            stamp, image = decode(schema.name if schema else "", msg.data)
             if not image.size:  # no stage can take an image without pixels: damaged, as an undecodable one
                 raise ValueError(f"an image of {image.shape[1]}x{image.shape[0]} pixels on {channel.topic}")
-        except (ValueError, struct.error) as exc:
+            image = depth[stream](image)
+        except Unsupported as exc:
+            raise SourceError(f"recording {path}: {channel.topic}: {exc}") from None
+        except ValueError as exc:
             raise SourceError(_damaged(Path(path), sum(counts.values()), exc)) from None
         if stream == "ir" and image.ndim == 3:  # e.g. a bag of a colour-mapped thermal camera: grey, as live capture
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         counts[stream] += 1
-        yield Frame(stream, seq, msg.log_time, image)
+        yield Frame(stream, seq, stamp or msg.log_time, image)
 
 
 def _damaged(path: Path, frames: int, exc: Exception) -> str:
@@ -100,7 +134,7 @@ class McapSource(BaseSource):
         shift_ns, seq_offset = 0, 0
         while True:
             last = first_ns = prev_ns = None
-            for frame in read_recording(self.cfg.path, (self.section,)):
+            for frame in read_recording(self.cfg.path, {self.section: topic_of(self.section, self.cfg)}):
                 first_ns = frame.t_capture_ns if first_ns is None else first_ns
                 prev_ns = last.t_capture_ns - shift_ns if last is not None else frame.t_capture_ns
                 frame.t_capture_ns += shift_ns

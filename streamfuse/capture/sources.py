@@ -60,6 +60,7 @@ class SourceConfig:
             this is reported, counted as a stall, killed and restarted; 0 = never (before the first frame a start-up
             allowance applies instead, see ``producer``).
         decode_threads: files and streams: FFmpeg decoder threads; 0 = FFmpeg's choice (about one per core).
+        topic: recordings: the topic this stream is read from (empty: our recorder's; a ``ros2 bag``'s camera).
     """
 
     kind: str = "synthetic"
@@ -75,6 +76,7 @@ class SourceConfig:
     resize: Literal["error", "resize"] = "resize"
     stall_factor: float = 20.0
     decode_threads: int = 0
+    topic: str = ""
 
     def __post_init__(self) -> None:
         kinds = sorted(available("source"))
@@ -128,12 +130,8 @@ class Source(Protocol):
 
 
 def open_source(section: str, cfg: SourceConfig) -> Source:
-    """The Source of ``cfg.kind`` for one section, not yet opened: ``with open_source("ir", cfg) as src: ...``.
-
-    Args:
-        section: ``"ir"`` or ``"vis"``: the frames' ``stream`` name; ``"ir"`` converts to grey.
-        cfg: the section's config.
-    """
+    """The Source of ``cfg.kind`` (a section's config) for ``section`` (``"ir"``, whose frames come grey, or
+    ``"vis"``: the frames' ``stream``), not yet opened: ``with open_source("ir", cfg) as src: ...``."""
     return build("source", cfg.kind, section=section, cfg=cfg)
 
 

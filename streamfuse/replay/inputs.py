@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import av
 
-from streamfuse.capture.mcap_source import read_recording
+from streamfuse.capture.mcap_source import image_topics, read_recording, topic_of
 from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.capture.sources import SourceError
 from streamfuse.errors import io_reason
@@ -80,6 +80,7 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
             raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(sorted(_IMAGE_EXTS))})")
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate, n)
     if kind == "mcap":
+        _check_topic(stream, cfg, path)
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate)
     try:
         with av.open(str(path)) as container:
@@ -93,6 +94,17 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
     except UnicodeDecodeError:  # PyAV decodes the container's tags as UTF-8 when it opens the file
         raise ValueError(f"{stream} input {path} is not a video PyAV can read (its metadata is not UTF-8 "
                          f"text)") from None
+
+
+def _check_topic(stream: str, cfg: Any, path: Path) -> None:
+    """A recording with a summary that has no image channel on the stream's topic: one line naming those it has."""
+    found = image_topics(path)
+    topic = topic_of(stream, cfg)
+    if found is None or topic in found:  # no summary (cut short), or the topic is there (empty: said at the end)
+        return
+    listed = ", ".join(f"{t} ({schema}" + (f", {n} messages)" if n is not None else ")")
+                       for t, (schema, n) in sorted(found.items())) or "none"
+    raise ValueError(f"{stream} input {path} has no images on {topic} ({stream}.topic); its image topics: {listed}")
 
 
 class Reader:
@@ -192,10 +204,10 @@ class Reader:
 
 
 class RecordedOrder:
-    """A recording's IR and visible frames as one source, in the order they were recorded."""
+    """A recording's IR and visible frames as one source, in the order they were recorded (each on its topic)."""
 
-    def __init__(self, path: str):
-        self._it = read_recording(path)
+    def __init__(self, ir: Input, vis: Input):
+        self._it = read_recording(vis.cfg.path, {i.stream: topic_of(i.stream, i.cfg) for i in (ir, vis)})
 
     def read(self) -> Frame | None:
         return next(self._it, None)

@@ -209,7 +209,7 @@ class _Replay:
         """Open the inputs (appended to ``opened`` for closing) and start their decoder threads."""
         wait_ns, busy_ns = self.clock.ns["decode"], self.clock.ns["decode_thread"]
         if self.ir.cfg.kind == "mcap" and self.cfg.replay.pacing == "fast":
-            sources = {"recording": RecordedOrder(self.vis.cfg.path)}
+            sources = {"recording": RecordedOrder(self.ir, self.vis)}
             opened.append(sources["recording"])
         else:
             sources = {}

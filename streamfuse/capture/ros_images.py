@@ -1,0 +1,130 @@
+"""ROS 2 image messages of a recording (CDR): ``sensor_msgs/msg/Image`` and ``sensor_msgs/msg/CompressedImage``.
+
+A robot's own ``ros2 bag`` (MCAP storage) replays as our recordings do, in the encodings its cameras publish: raw
+``mono8`` / ``8UC1``, ``mono16`` / ``16UC1`` (either byte order), ``bgr8`` / ``8UC3``, ``rgb8``, ``bgra8`` /
+``8UC4``, ``rgba8``, ``bgr16``, ``rgb16``, ``yuv422`` (UYVY) / ``uyvy``, ``yuv422_yuy2`` / ``yuyv``, the four 8-bit
+Bayer patterns, and image_transport's ``compressed`` (JPEG, PNG) and ``compressedDepth`` (PNG). Images come as
+``(H, W)`` grey or ``(H, W, 3)`` BGR, uint8 or uint16 (the caller brings 16-bit ones to 8 bits as it does a video's).
+
+>>> msg = bytes.fromhex("00010000" "05000000" "07000000" "01000000" "00000000")  # header: stamp 5.000000007 s
+>>> msg += bytes.fromhex("01000000" "02000000" "06000000") + b"mono8\\0"  # 1 x 2 pixels, their encoding
+>>> msg += bytes.fromhex("00" "00" "02000000" "02000000") + bytes([10, 20])  # little-endian, pad, step 2, 2 bytes
+>>> decode("sensor_msgs/msg/Image", msg)
+(5000000007, array([[10, 20]], dtype=uint8))
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable
+
+import cv2
+import numpy as np
+
+__all__ = ["SCHEMAS", "ENCODINGS", "Unsupported", "decode"]
+
+# raw encoding -> (channels, dtype, conversion to BGR or grey: an OpenCV code, or None for none)
+_RAW: dict[str, tuple[int, type, int | None]] = {
+    "mono8": (1, np.uint8, None), "8UC1": (1, np.uint8, None),
+    "mono16": (1, np.uint16, None), "16UC1": (1, np.uint16, None),
+    "bgr8": (3, np.uint8, None), "8UC3": (3, np.uint8, None), "rgb8": (3, np.uint8, cv2.COLOR_RGB2BGR),
+    "bgra8": (4, np.uint8, cv2.COLOR_BGRA2BGR), "8UC4": (4, np.uint8, cv2.COLOR_BGRA2BGR),
+    "rgba8": (4, np.uint8, cv2.COLOR_RGBA2BGR),
+    "bgr16": (3, np.uint16, None), "rgb16": (3, np.uint16, cv2.COLOR_RGB2BGR),
+    "yuv422": (2, np.uint8, cv2.COLOR_YUV2BGR_UYVY), "uyvy": (2, np.uint8, cv2.COLOR_YUV2BGR_UYVY),
+    "yuv422_yuy2": (2, np.uint8, cv2.COLOR_YUV2BGR_YUY2), "yuyv": (2, np.uint8, cv2.COLOR_YUV2BGR_YUY2),
+    # OpenCV names a Bayer pattern by its second row's second and third pixels, ROS by its first row's first two
+    "bayer_rggb8": (1, np.uint8, cv2.COLOR_BayerBG2BGR), "bayer_bggr8": (1, np.uint8, cv2.COLOR_BayerRG2BGR),
+    "bayer_gbrg8": (1, np.uint8, cv2.COLOR_BayerGR2BGR), "bayer_grbg8": (1, np.uint8, cv2.COLOR_BayerGB2BGR),
+}
+ENCODINGS = tuple(_RAW)
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class Unsupported(ValueError):
+    """A message that is well formed but not an image this module reads (another schema, another encoding)."""
+
+
+class _Cdr:
+    """Reads the fields of one CDR message in order, each aligned to its size from the end of the 4-byte header."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 4 or data[0] != 0 or data[1] not in (0, 1):  # 0x0000 big-endian, 0x0001 little-endian CDR
+            raise ValueError(f"not a plain CDR message (representation {data[:2].hex()})")
+        self.data, self.pos, self.order = data, 4, "<" if data[1] == 1 else ">"
+
+    def take(self, fmt: str) -> tuple:
+        self.pos += -(self.pos - 4) % struct.calcsize(fmt[0])
+        vals = struct.unpack_from(self.order + fmt, self.data, self.pos)
+        self.pos += struct.calcsize(self.order + fmt)
+        return vals
+
+    def string(self) -> str:
+        (n,) = self.take("I")
+        self.pos += n
+        return bytes(self.data[self.pos - n:self.pos - 1]).decode("utf-8", "replace")
+
+    def stamp(self) -> int:
+        """The std_msgs/Header: its stamp in ns (the frame id is skipped)."""
+        sec, nanosec = self.take("iI")
+        self.string()
+        return sec * 1_000_000_000 + nanosec
+
+    def octets(self) -> memoryview:
+        (n,) = self.take("I")
+        if self.pos + n > len(self.data):
+            raise ValueError(f"its data holds {len(self.data) - self.pos} bytes, not the {n} it says")
+        self.pos += n
+        return memoryview(self.data)[self.pos - n:self.pos]
+
+
+def _image(msg: _Cdr) -> np.ndarray:
+    height, width = msg.take("II")
+    encoding = msg.string()
+    (big,) = msg.take("B")
+    (step,) = msg.take("I")
+    pixels = msg.octets()
+    if encoding not in _RAW:
+        raise Unsupported(f"image encoding {encoding!r} is not supported; supported: {', '.join(ENCODINGS)}")
+    channels, dtype, code = _RAW[encoding]
+    row = width * channels * np.dtype(dtype).itemsize
+    if step < row or len(pixels) < step * (height - 1) + row:
+        raise ValueError(f"a {width}x{height} {encoding} image needs rows of {row} bytes; it has step {step} and "
+                         f"{len(pixels)} bytes")
+    rows = np.lib.stride_tricks.as_strided(np.frombuffer(pixels, np.uint8), (height, row), (step, 1))
+    img = rows.copy().view(np.dtype(dtype).newbyteorder(">" if big else "<")).astype(dtype, copy=False)
+    img = img.reshape((height, width, channels) if channels > 1 else (height, width))
+    return img if code is None else cv2.cvtColor(img, code)
+
+
+def _compressed(msg: _Cdr) -> np.ndarray:
+    form = msg.string()
+    data = bytes(msg.octets())
+    if "compressedDepth" in form:  # a 12-byte header (format, depth quantisation) before the PNG
+        data = data[data.find(_PNG):] if _PNG in data else b""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None:
+        raise ValueError(f"its {form!r} data is not an image OpenCV decodes")
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR) if img.ndim == 3 and img.shape[2] == 4 else img
+
+
+SCHEMAS: dict[str, Callable[[_Cdr], np.ndarray]] = {
+    "sensor_msgs/msg/Image": _image, "sensor_msgs/msg/CompressedImage": _compressed}
+
+
+def decode(schema: str, data: bytes) -> tuple[int, np.ndarray]:
+    """The header's stamp (ns) and the image of one CDR message of ``schema`` (one of :data:`SCHEMAS`).
+
+    Raises:
+        Unsupported: another schema, an encoding not supported (one line).
+        ValueError: a message cut short or inconsistent (one line).
+    """
+    if schema not in SCHEMAS:
+        what = f"messages of {schema}" if schema else "messages without a schema"
+        raise Unsupported(f"{what} are not images; image schemas: {', '.join(SCHEMAS)}")
+    try:
+        msg = _Cdr(data)
+        stamp = msg.stamp()
+        return stamp, SCHEMAS[schema](msg)
+    except struct.error:
+        raise ValueError(f"a {schema} message cut short ({len(data)} bytes)") from None

@@ -1,0 +1,94 @@
+"""ROS 2 image messages, as an independent CDR writer (mcap_ros2) encodes them: every raw encoding, the compressed
+forms and the errors."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+import pytest
+from helpers_ros import COMPRESSED, IMAGE, STAMP_NS, compressed, raw
+
+from streamfuse.capture.ros_images import ENCODINGS, Unsupported, decode
+
+@pytest.fixture
+def bgr() -> np.ndarray:
+    return np.random.default_rng(4).integers(0, 256, (4, 6, 3), np.uint8)
+
+
+@pytest.mark.parametrize("encoding, channels", [("bgr8", "bgr"), ("8UC3", "bgr"), ("rgb8", "rgb"), ("bgra8", "bgra"),
+                                                ("8UC4", "bgra"), ("rgba8", "rgba"), ("mono8", "grey"),
+                                                ("8UC1", "grey")])
+def test_every_8_bit_encoding_gives_bgr_or_grey(bgr, encoding, channels):
+    alpha = np.full(bgr.shape[:2] + (1,), 9, np.uint8)
+    pixels = {"bgr": bgr, "rgb": bgr[..., ::-1], "bgra": np.dstack([bgr, alpha]),
+              "rgba": np.dstack([bgr[..., ::-1], alpha]), "grey": bgr[..., 1]}[channels]
+    stamp, image = decode(IMAGE, raw(encoding, np.ascontiguousarray(pixels)))
+    assert stamp == STAMP_NS
+    np.testing.assert_array_equal(image, bgr[..., 1] if channels == "grey" else bgr)
+
+
+@pytest.mark.parametrize("big", [False, True])
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1", "bgr16", "rgb16"])
+def test_16_bit_encodings_keep_their_counts_in_either_byte_order(encoding, big):
+    counts = np.random.default_rng(5).integers(0, 65536, (3, 5, 3), np.uint16)
+    pixels = {"bgr16": counts, "rgb16": counts[..., ::-1]}.get(encoding, counts[..., 0])
+    _, image = decode(IMAGE, raw(encoding, np.ascontiguousarray(pixels), big=big))
+    assert image.dtype == np.uint16
+    np.testing.assert_array_equal(image, counts if encoding in ("bgr16", "rgb16") else counts[..., 0])
+
+
+@pytest.mark.parametrize("encoding, order", [("yuv422", "UYVY"), ("uyvy", "UYVY"), ("yuv422_yuy2", "YUYV"),
+                                             ("yuyv", "YUYV")])
+def test_packed_yuv_encodings_read_their_byte_order(encoding, order):
+    # two grey pixels, 50 and 200 (no chroma): UYVY holds U Y0 V Y1, YUYV holds Y0 U Y1 V
+    packed = [128, 50, 128, 200] if order == "UYVY" else [50, 128, 200, 128]
+    _, image = decode(IMAGE, raw(encoding, np.array([packed], np.uint8).reshape(1, 2, 2)))
+    assert image.shape == (1, 2, 3)  # video-range luma (16..235) stretched to 0..255, as BT.601 says
+    assert abs(int(image[0, 0, 1]) - (50 - 16) * 255 / 219) < 1.5 and abs(int(image[0, 1, 1]) - 214) < 1.5
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+@pytest.mark.parametrize("colour", ["red", "blue"])
+def test_bayer_patterns_give_the_colour_the_sensor_saw(pattern, colour):
+    # a mosaic of a flat red (or blue) scene: 200 where the pattern has a red (blue) site, 0 elsewhere
+    site = {"red": "r", "blue": "b"}[colour]
+    mosaic = np.zeros((8, 8), np.uint8)
+    for i, letter in enumerate(pattern):  # the pattern's 2x2 cell, row by row
+        if letter == site:
+            mosaic[i // 2::2, i % 2::2] = 200
+    _, image = decode(IMAGE, raw(f"bayer_{pattern}8", mosaic))
+    b, g, r = (int(c) for c in image[3:5, 3:5].reshape(-1, 3).mean(0))
+    assert (r, b) == ((200, 0) if colour == "red" else (0, 200)) and g == 0, (b, g, r)
+
+
+def test_compressed_jpeg_png_and_compressed_depth_decode():
+    yy, xx = np.mgrid[0:16, 0:16]
+    smooth = np.dstack([xx * 12, yy * 12, 255 - xx * 8]).astype(np.uint8)  # blue to red across, green down
+    ok, jpeg = cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    _, image = decode(COMPRESSED, compressed("rgb8; jpeg compressed bgr8", jpeg.tobytes()))
+    assert image.shape == smooth.shape and np.abs(image.astype(int) - smooth).mean() < 3
+    counts = np.random.default_rng(6).integers(0, 65536, (4, 6), np.uint16)
+    ok, png = cv2.imencode(".png", counts)
+    stamp, image = decode(COMPRESSED, compressed("mono16; png compressed", png.tobytes()))
+    assert stamp == STAMP_NS and image.dtype == np.uint16
+    np.testing.assert_array_equal(image, counts)
+    depth_header = struct.pack("<iff", 0, 0.0, 0.0)  # image_transport's compressedDepth: format, quantisation
+    _, image = decode(COMPRESSED, compressed("16UC1; compressedDepth png", depth_header + png.tobytes()))
+    np.testing.assert_array_equal(image, counts)
+
+
+def test_what_is_not_an_image_we_read_is_one_line(bgr):
+    with pytest.raises(Unsupported, match="image encoding 'bayer_rggb16' is not supported; supported: mono8"):
+        decode(IMAGE, raw("bayer_rggb16", bgr[..., 0]))
+    with pytest.raises(Unsupported, match="messages of sensor_msgs/msg/Imu are not images"):
+        decode("sensor_msgs/msg/Imu", b"\x00\x01\x00\x00")
+    with pytest.raises(ValueError, match="data is not an image OpenCV decodes"):
+        decode(COMPRESSED, compressed("jpeg", b"not a jpeg"))
+    whole = raw("bgr8", bgr)
+    with pytest.raises(ValueError, match="cut short|holds .* bytes"):
+        decode(IMAGE, whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match="not a plain CDR message"):
+        decode(IMAGE, b"\x00\x03\x00\x00" + whole[4:])
+    assert len(ENCODINGS) == 20
