@@ -56,10 +56,11 @@ class SourceConfig:
         frame_id: optical frame name; empty = ``"<section>_optical_frame"``.
         seed: synthetic scene seed (use the same seed for ``ir`` and ``vis`` to get a registered pair).
         resize: replay, IR size != visible size: ``resize`` to the visible size or ``error``.
-        stall_factor: a producer silent for longer than its frame interval (``1 / fps``; a video's own rate) times
-            this is reported, counted as a stall, killed and restarted; 0 = never (before the first frame a start-up
-            allowance applies instead, see ``producer``).
+        stall_factor: a producer silent for its frame interval (``1 / fps``; a video's own rate) times this is
+            reported, counted as a stall, killed and restarted; 0 = never (a first frame: see ``producer``).
         decode_threads: files and streams: FFmpeg decoder threads; 0 = FFmpeg's choice (about one per core).
+        ffmpeg: files and streams: FFmpeg options, ``NAME=VALUE`` (``rtsp_transport=udp``, ``fflags=nobuffer``); an
+            RTSP URL gets ``rtsp_transport=tcp`` unless told (FFmpeg's UDP default loses packets on a busy link).
         topic: recordings: the topic this stream is read from (empty: our recorder's; a ``ros2 bag``'s camera).
     """
 
@@ -76,6 +77,7 @@ class SourceConfig:
     resize: Literal["error", "resize"] = "resize"
     stall_factor: float = 20.0
     decode_threads: int = 0
+    ffmpeg: tuple[str, ...] = ()
     topic: str = ""
 
     def __post_init__(self) -> None:
@@ -92,6 +94,7 @@ class SourceConfig:
         check(self.seed >= 0, "seed", self.seed, "seed >= 0")
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
         check(0 <= self.decode_threads <= 256, "decode_threads", self.decode_threads, "0 (FFmpeg's choice) .. 256")
+        check(all("=" in o[1:] for o in self.ffmpeg), "ffmpeg", self.ffmpeg, "NAME=VALUE options: [fflags=nobuffer]")
 
     def ring_bytes(self, slots: int, channels: int = 3) -> int:
         """Shared memory a ring of ``slots`` frames of this size takes (``channels`` bytes a pixel)."""

@@ -145,8 +145,11 @@ class AvSource(BaseSource):
             raise SourceError(f"{self.section}: video file {what}: {path}")
         self._stack = contextlib.ExitStack()
         timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
+        options = dict(o.split("=", 1) for o in self.cfg.ffmpeg)
+        if path.startswith(("rtsp://", "rtsps://")):  # FFmpeg's UDP default loses packets on a busy link
+            options.setdefault("rtsp_transport", "tcp")
         try:
-            container = self._stack.enter_context(av.open(path, timeout=timeout))
+            container = self._stack.enter_context(av.open(path, timeout=timeout, options=options))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
             why = one_line(exc)
             if isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):

@@ -302,3 +302,27 @@ def test_folder_image_that_vanished_is_one_line_without_opencv_warnings(tmp_path
             src.read()
     assert str(info.value) == f"ir: cannot read image {tmp_path / 'frame_1.png'}: the file is gone"
     assert capfd.readouterr().err == ""
+
+
+def test_ffmpeg_options_reach_the_demuxer(tmp_path: Path, monkeypatch) -> None:
+    clip = tmp_path / "clip.mkv"
+    write_ffv1(clip, 5)
+    seen, real_open = [], av.open
+    monkeypatch.setattr(av, "open", lambda path, **kw: (seen.append(kw["options"]), real_open(path, **kw))[1])
+    cfg = SourceConfig(kind="file", path=str(clip), realtime=False, ffmpeg=("fflags=+genpts", "probesize=65536"))
+    assert len(read_all(open_source("vis", cfg))) == 5
+    assert seen == [{"fflags": "+genpts", "probesize": "65536"}]
+
+
+@pytest.mark.parametrize("ffmpeg, transport", [((), "tcp"), (("rtsp_transport=udp",), "udp")])
+def test_an_rtsp_camera_is_read_over_tcp_unless_told(monkeypatch, ffmpeg, transport) -> None:
+    seen = []
+
+    def refused(path, **kwargs):
+        seen.append(kwargs["options"])
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(av, "open", refused)
+    with pytest.raises(SourceError, match="cannot open rtsp://192.0.2.10/ir"):
+        open_source("ir", SourceConfig(kind="stream", path="rtsp://192.0.2.10/ir", ffmpeg=ffmpeg)).open()
+    assert seen == [{"rtsp_transport": transport}]
