@@ -21,7 +21,8 @@ import numpy as np
 
 from streamfuse.errors import io_reason
 
-__all__ = ["partial_path", "durable_replace", "sync_folder", "write_file", "write_png", "whole_png", "WriterThread"]
+__all__ = ["partial_path", "durable_replace", "sync_folder", "write_file", "write_png", "whole_png", "WriterThread",
+           "BackgroundSync"]
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
@@ -182,3 +183,38 @@ class WriterThread:
             self._thread.join()
         if self.error is not None:
             raise self.error
+
+
+class BackgroundSync:
+    """Flushes an open file to the disk (fsync) on its own thread whenever asked: a disk slow to sync (an SD card
+    under load) then holds up nothing but the sync, and the requests that come meanwhile are served by one more."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.error: OSError | None = None  # the first failed sync; no more are tried after it
+        self._fd, self._asked, self._closing = fd, threading.Event(), False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        """Ask for a sync of what was written so far; raises the error of an earlier one, if any."""
+        if self.error is not None:
+            raise self.error
+        self._asked.set()
+
+    def close(self) -> None:
+        """Stop once the sync under way, if any, is done: the file must stay open until this returns."""
+        self._closing = True
+        self._asked.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._asked.wait()
+            self._asked.clear()
+            if self._closing:
+                return
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self.error = exc
+                return

@@ -25,7 +25,6 @@ so a crash never leaves a truncated file that looks finished (``streamfuse.atomi
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import time
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import cv2
 import numpy as np
 from mcap.writer import CompressionType, Writer
 
-from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
+from streamfuse.atomic_write import BackgroundSync, WriterThread, durable_replace, partial_path
 from streamfuse.checks import check
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
@@ -162,6 +161,7 @@ class Recorder:
         schema = self._writer.register_schema(_SCHEMA_NAME, "ros2msg", IMAGE_SCHEMA_TEXT.encode())
         self._channels = {s: self._writer.register_channel(topic, "cdr", schema, {"seq": "mcap_sequence"})
                           for s, topic in TOPICS.items()}
+        self._sync = BackgroundSync(self._file.fileno(), f"sync {self.path.name}")
         self._worker = WriterThread(f"record {self.path.name}", self._append, f"writing recording {self._partial}",
                                     queue_size, idle=(cfg.flush_s, self._flush))
 
@@ -203,12 +203,12 @@ class Recorder:
             self._flush()
 
     def _flush(self) -> None:
-        """Writer thread: the chunk being filled, if any, written out to the disk (the idle call too: no frame came
-        for flush_s, so the chunk's first frame has waited that long)."""
+        """Writer thread: the chunk being filled, if any, written out to the OS, and to the disk by the sync thread
+        (the idle call too: no frame came for flush_s, so the chunk's first frame has waited that long)."""
         if self._chunk_t0 is None:
             return
         self._writer.flush()
-        os.fsync(self._file.fileno())  # not only to the OS: a power loss (a robot's battery) keeps it too
+        self._sync.request()  # not only to the OS: a power loss (a robot's battery) keeps it too
         self._flushed()
 
     def _flushed(self) -> None:
@@ -246,6 +246,7 @@ class Recorder:
         except OSError as exc:
             self._stopped(RuntimeError(f"finishing recording {self._partial} failed: {io_reason(exc)}"))
         finally:
+            self._sync.close()
             self._file.close()
         if self.error is not None:
             return
@@ -264,6 +265,7 @@ class Recorder:
         except RuntimeError as exc:
             if self.error is None:  # not said yet
                 log.warning("%s", exc)
+        self._sync.close()
         self._file.close()
 
     def __enter__(self) -> Recorder:

@@ -61,13 +61,46 @@ def test_a_fused_video_reaches_the_disk_before_its_rename(tmp_path, disk_events)
 
 def test_a_recording_reaches_the_disk_every_flush_s_and_before_its_rename(tmp_path, disk_events, monkeypatch):
     out = tmp_path.resolve() / "rig.mcap"
-    synced, real = threading.Event(), Recorder._flushed
-    monkeypatch.setattr(Recorder, "_flushed", lambda self: (real(self), synced.set()))
+    synced, spied = threading.Event(), os.fsync  # the fixture's fsync, which notes each one
+    monkeypatch.setattr(os, "fsync", lambda fd: (spied(fd), synced.set()))
     with Recorder(RecordConfig(path=str(out), chunk_mb=256, flush_s=0.05)) as rec:
         rec.write(Frame("ir", 0, 1, np.zeros((24, 32), np.uint8)))
         assert synced.wait(60)  # no frame for flush_s: the chunk goes out, to the disk and not only to the OS
         assert ("fsync", str(partial_path(out))) in disk_events
     assert _renamed_durably(disk_events, partial_path(out), out)
+
+
+def test_a_disk_slow_to_sync_holds_up_no_recorded_frame(tmp_path, monkeypatch):
+    """An SD card that takes its time over an fsync: the recorder goes on writing frames out to the OS meanwhile,
+    so none is left out of the recording for a full queue."""
+    syncing, release, real_fsync = threading.Event(), threading.Event(), os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        syncing.set()
+        release.wait(60)
+        real_fsync(fd)
+
+    written, real_flushed = threading.Event(), Recorder._flushed
+
+    def flushed(self) -> None:
+        real_flushed(self)
+        if sum(self._written.values()) == 200:
+            written.set()
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(Recorder, "_flushed", flushed)
+    frame = np.zeros((256, 256), np.uint8)  # 64 KiB: each fills a chunk, which is written out and synced
+    with Recorder(RecordConfig(path=str(tmp_path / "rig.mcap"), chunk_mb=0.0625, compression="none"),
+                  queue_size=256) as rec:
+        try:
+            rec.write(Frame("ir", 0, 1, frame))
+            assert syncing.wait(60)  # the first sync is under way, and stays so
+            for i in range(1, 200):
+                rec.write(Frame("ir", i, 1 + i, frame))
+            assert written.wait(60), f"{sum(rec._written.values())} of 200 frames written out while the sync waited"
+        finally:
+            release.set()
+    assert rec.dropped == {"ir": 0, "vis": 0} and rec.counts["ir"] == 200
 
 
 def test_a_recovered_recording_reaches_the_disk_before_its_rename(tmp_path, disk_events):
