@@ -22,8 +22,8 @@ from typing import Any, Iterator
 import av
 
 from streamfuse.capture.mcap_source import image_topics, read_recording, topic_of
-from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.capture.sources import SourceError
+from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 from streamfuse.video import announced_frames
@@ -119,8 +119,8 @@ class Reader:
         path: the input's path, for messages.
         wait_ns: gets the time :meth:`next` waited for each frame (the loop's "decode" stage).
         busy_ns: gets the thread's own time per frame ("decode_thread").
-        depth: frames decoded ahead.
         periods_ns: each stream's frame interval, ns: where its frame comes after a clock stepped back.
+        depth: frames decoded ahead.
         threaded: decode on the worker thread; false decodes each frame in :meth:`next` (no overlap, one core).
 
     Frames keep their capture times; merging, pacing and the span checks go by each stream's time line instead
