@@ -21,8 +21,7 @@ import numpy as np
 
 from streamfuse.errors import io_reason
 
-__all__ = ["partial_path", "durable_replace", "sync_folder", "write_file", "write_png", "whole_png", "WriterThread",
-           "BackgroundSync"]
+__all__ = ["partial_path", "durable_replace", "write_file", "write_png", "whole_png", "WriterThread", "BackgroundSync"]
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
@@ -42,10 +41,10 @@ def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     finally:
         os.close(fd)
     os.replace(src, dst)
-    sync_folder(Path(dst).parent)
+    _sync_folder(Path(dst).parent)
 
 
-def sync_folder(folder: Path) -> None:
+def _sync_folder(folder: Path) -> None:
     """Flush a folder's entries (a rename in it) to the disk; a filesystem that cannot (some network or FUSE ones
     refuse a folder's fsync) keeps them as it does."""
     try:

@@ -1,9 +1,13 @@
-"""ROS 2 image messages as an independent CDR writer (mcap_ros2) encodes them, for the tests of recordings that are
-a robot's own ``ros2 bag``."""
+"""ROS image messages as independent writers encode them (mcap_ros2's CDR, mcap_ros1's genpy), for the tests of
+recordings that are a robot's own bag."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from mcap_ros1._vendor.genpy.dynamic import generate_dynamic
+from mcap_ros1._vendor.genpy.rostime import Time
 from mcap_ros2._dynamic import serialize_dynamic
 
 from streamfuse.recording import IMAGE_SCHEMA_TEXT
@@ -37,16 +41,48 @@ def compressed(form: str, data: bytes, *, stamp_ns: int = STAMP_NS) -> bytes:
     return _ENCODE[COMPRESSED]({"header": _header(stamp_ns), "format": form, "data": data})
 
 
-def write_bag(path, channels: dict[str, str], messages: list[tuple[str, int, bytes]]) -> None:
-    """A ``ros2 bag`` in MCAP storage as rosbag2 writes it: ``channels`` topic -> schema, ``messages`` (topic,
-    log time, CDR bytes) in the order they were logged."""
+def write_bag(path, channels: dict[str, str], messages: list[tuple[str, int, bytes]], *, ros1: bool = False) -> None:
+    """A ``ros2 bag`` in MCAP storage as rosbag2 writes it (or, ``ros1``, a ROS 1 bag as ``mcap convert`` turns it
+    into MCAP): ``channels`` topic -> schema, ``messages`` (topic, log time, serialized message) in the order they
+    were logged."""
     from mcap.writer import Writer
 
+    profile, texts = ("ros1", ROS1_TEXT) if ros1 else ("ros2", SCHEMA_TEXT)
     with open(path, "wb") as f:
         writer = Writer(f)
-        writer.start(profile="ros2", library="rosbag2")
-        schemas = {name: writer.register_schema(name, "ros2msg", text.encode()) for name, text in SCHEMA_TEXT.items()}
-        ids = {topic: writer.register_channel(topic, "cdr", schemas[schema]) for topic, schema in channels.items()}
+        writer.start(profile=profile, library="rosbag2")
+        schemas = {name: writer.register_schema(name, f"{profile}msg", text.encode()) for name, text in texts.items()}
+        ids = {topic: writer.register_channel(topic, "ros1" if ros1 else "cdr", schemas[schema])
+               for topic, schema in channels.items()}
         for topic, log_ns, data in messages:
             writer.add_message(ids[topic], log_time=log_ns, publish_time=log_ns, data=data)
         writer.finish()
+
+
+# ROS 1: the same messages in their ROS 1 definitions (a Header with a sequence number, packed serialization)
+ROS1_IMAGE, ROS1_COMPRESSED = "sensor_msgs/Image", "sensor_msgs/CompressedImage"
+_ROS1_HEADER = """
+================================================================================
+MSG: std_msgs/Header
+uint32 seq
+time stamp
+string frame_id
+"""
+ROS1_TEXT = {
+    ROS1_IMAGE: "Header header\nuint32 height\nuint32 width\nstring encoding\nuint8 is_bigendian\nuint32 step\n"
+                "uint8[] data" + _ROS1_HEADER,
+    ROS1_COMPRESSED: "Header header\nstring format\nuint8[] data" + _ROS1_HEADER,
+}
+_ROS1_CLASSES = {name: generate_dynamic(name, text)[name] for name, text in ROS1_TEXT.items()}
+
+
+def ros1(schema: str, stamp_ns: int = STAMP_NS, **fields) -> bytes:
+    """A ROS 1 message of ``schema`` (an image or a compressed image) with these fields, serialized by genpy."""
+    msg = _ROS1_CLASSES[schema]()
+    msg.header.seq, msg.header.frame_id = 7, "camera_optical_frame"
+    msg.header.stamp = Time(stamp_ns // 10**9, stamp_ns % 10**9)
+    for name, value in fields.items():
+        setattr(msg, name, value)
+    buf = io.BytesIO()
+    msg.serialize(buf)
+    return buf.getvalue()

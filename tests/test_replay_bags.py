@@ -1,5 +1,6 @@
-"""A robot's own ``ros2 bag`` (MCAP storage) replays: its cameras' topics named in the config, raw 16-bit thermal
-and JPEG-compressed visible images, paired by their header stamps rather than by when the bag logged them."""
+"""A robot's own bag (a ``ros2 bag`` in MCAP storage, or a ROS 1 bag turned into MCAP) replays: its cameras' topics
+named in the config, raw 16-bit thermal and JPEG-compressed visible images, paired by their header stamps rather than
+by when the bag logged them."""
 
 from __future__ import annotations
 
@@ -8,31 +9,38 @@ from fractions import Fraction
 import cv2
 import numpy as np
 import pytest
-from helpers_ros import COMPRESSED, IMAGE, compressed, raw, write_bag
+from helpers_ros import COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, compressed, raw, ros1, write_bag
 
 from streamfuse.config import config_from_dict
 from streamfuse.replay import run_replay
 from streamfuse.video import decode_frames
 
-T0, PERIOD, N = 1_700_000_000_000_000_000, 33_333_333, 20
+T0, PERIOD, N, MS = 1_700_000_000_000_000_000, 33_333_333, 20, 1_000_000
 THERMAL, CAMERA = "/thermal/image_raw", "/camera/image_raw/compressed"
+
+
+def _frames(i: int) -> tuple[np.ndarray, bytes]:
+    """Frame i of each camera: a radiometric thermal camera's counts, and the visible camera's JPEG."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    ok, jpeg = cv2.imencode(".jpg", np.dstack([xx * 4, yy * 5, 255 - xx * 4]).astype(np.uint8))
+    return (20_000 + 40 * xx + 30 * yy + 100 * i).astype(np.uint16), jpeg.tobytes()
+
+
+def _logged(rng: np.random.Generator, topic: str, t: int, data: bytes) -> tuple[str, int, bytes]:
+    """As the bag logs it: 40-45 ms after capture, the thermal camera's 35 ms later still."""
+    return topic, t + (75_000_000 if topic == THERMAL else 40_000_000) + int(rng.integers(0, 5_000_000)), data
 
 
 @pytest.fixture
 def bag(tmp_path):
-    """N frames of each camera: header stamps at capture, logged 40-75 ms later (the thermal camera's later still),
-    so the bag's log order interleaves the two streams unlike their capture times."""
-    rng = np.random.default_rng(2)
-    yy, xx = np.mgrid[0:48, 0:64]
-    messages = []
+    """N frames of each camera: header stamps at capture, so the bag's log order interleaves the two streams unlike
+    their capture times."""
+    rng, messages = np.random.default_rng(2), []
     for i in range(N):
         t = T0 + i * PERIOD
-        counts = (20_000 + 40 * xx + 30 * yy + 100 * i).astype(np.uint16)  # a radiometric camera's counts
-        messages.append((THERMAL, t + 75_000_000 + int(rng.integers(0, 5_000_000)), raw("mono16", counts, stamp_ns=t)))
-        vis = np.dstack([xx * 4, yy * 5, 255 - xx * 4]).astype(np.uint8)
-        ok, jpeg = cv2.imencode(".jpg", vis)
-        messages.append((CAMERA, t + 40_000_000 + int(rng.integers(0, 5_000_000)),
-                         compressed("bgr8; jpeg compressed bgr8", jpeg.tobytes(), stamp_ns=t + 2_000_000)))
+        counts, jpeg = _frames(i)
+        messages.append(_logged(rng, THERMAL, t, raw("mono16", counts, stamp_ns=t)))
+        messages.append(_logged(rng, CAMERA, t, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t + 2 * MS)))
     path = tmp_path / "robot.mcap"
     write_bag(path, {THERMAL: IMAGE, CAMERA: COMPRESSED, "/imu": IMAGE}, sorted(messages, key=lambda m: m[1]))
     return path
@@ -59,3 +67,17 @@ def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag
                                          r"messages\), /imu \(sensor_msgs/msg/Image, 0 messages\), /thermal"):
         run_replay(cfg, ir_path=bag, out_path=tmp_path / "fused.mkv")
     assert not (tmp_path / "fused.mkv").exists()
+
+
+def test_a_ros1_bag_turned_into_mcap_replays_every_pair(tmp_path):
+    rng, messages = np.random.default_rng(3), []
+    for i in range(N):
+        t = T0 + i * PERIOD
+        counts, jpeg = _frames(i)
+        messages.append(_logged(rng, THERMAL, t, ros1(ROS1_IMAGE, t, height=48, width=64, encoding="mono16",
+                                                      is_bigendian=0, step=128, data=counts.tobytes())))
+        messages.append(_logged(rng, CAMERA, t, ros1(ROS1_COMPRESSED, t + 2 * MS, format="jpeg", data=jpeg)))
+    bag = tmp_path / "robot1.mcap"
+    write_bag(bag, {THERMAL: ROS1_IMAGE, CAMERA: ROS1_COMPRESSED}, sorted(messages, key=lambda m: m[1]), ros1=True)
+    summary = run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.pairs == summary.written == N

@@ -92,7 +92,7 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
         stream = streams[channel.topic]
         seq = msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else counts[stream]
         try:
-            stamp, image = decode(schema.name if schema else "", msg.data)
+            stamp, image = decode(schema.name if schema else "", msg.data, channel.message_encoding)
             if not image.size:  # no stage can take an image without pixels: damaged, as an undecodable one
                 raise ValueError(f"an image of {image.shape[1]}x{image.shape[0]} pixels on {channel.topic}")
             image = depth[stream](image)

@@ -1,6 +1,8 @@
-"""ROS 2 image messages of a recording (CDR): ``sensor_msgs/msg/Image`` and ``sensor_msgs/msg/CompressedImage``.
+"""ROS image messages of a recording: ``sensor_msgs/msg/Image`` and ``sensor_msgs/msg/CompressedImage``.
 
-A robot's own ``ros2 bag`` (MCAP storage) replays as our recordings do, in the encodings its cameras publish: raw
+A robot's own ``ros2 bag`` (MCAP storage, CDR messages) replays as our recordings do, and so does a ROS 1 bag turned
+into MCAP (``mcap convert robot.bag robot.mcap``: ``sensor_msgs/Image`` in ROS 1 serialization), in the encodings
+its cameras publish: raw
 ``mono8`` / ``8UC1``, ``mono16`` / ``16UC1`` (either byte order), ``bgr8`` / ``8UC3``, ``rgb8``, ``bgra8`` /
 ``8UC4``, ``rgba8``, ``bgr16``, ``rgb16``, ``yuv422`` (UYVY) / ``uyvy``, ``yuv422_yuy2`` / ``yuyv``, the four 8-bit
 Bayer patterns, and image_transport's ``compressed`` (JPEG, PNG) and ``compressedDepth`` (PNG). Images come as
@@ -45,16 +47,23 @@ class Unsupported(ValueError):
     """A message that is well formed but not an image this module reads (another schema, another encoding)."""
 
 
-class _Cdr:
-    """Reads the fields of one CDR message in order, each aligned to its size from the end of the 4-byte header."""
+class _Fields:
+    """Reads the fields of one message in order: CDR (ROS 2: a 4-byte encapsulation header, each field aligned to its
+    size from there, strings ending in a NUL) or ROS 1 serialization (little-endian, packed, strings without one)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, encoding: str) -> None:
+        if encoding == "ros1":
+            self.data, self.pos, self.order, self.ros1 = data, 0, "<", True
+            return
+        if encoding != "cdr":
+            raise Unsupported(f"messages encoded as {encoding!r} are not ROS messages (cdr, ros1)")
         if len(data) < 4 or data[0] != 0 or data[1] not in (0, 1):  # 0x0000 big-endian, 0x0001 little-endian CDR
             raise ValueError(f"not a plain CDR message (representation {data[:2].hex()})")
-        self.data, self.pos, self.order = data, 4, "<" if data[1] == 1 else ">"
+        self.data, self.pos, self.order, self.ros1 = data, 4, "<" if data[1] == 1 else ">", False
 
     def take(self, fmt: str) -> tuple:
-        self.pos += -(self.pos - 4) % struct.calcsize(fmt[0])
+        if not self.ros1:
+            self.pos += -(self.pos - 4) % struct.calcsize(fmt[0])
         vals = struct.unpack_from(self.order + fmt, self.data, self.pos)
         self.pos += struct.calcsize(self.order + fmt)
         return vals
@@ -62,11 +71,11 @@ class _Cdr:
     def string(self) -> str:
         (n,) = self.take("I")
         self.pos += n
-        return bytes(self.data[self.pos - n:self.pos - 1]).decode("utf-8", "replace")
+        return bytes(self.data[self.pos - n:self.pos - (not self.ros1)]).decode("utf-8", "replace")
 
     def stamp(self) -> int:
-        """The std_msgs/Header: its stamp in ns (the frame id is skipped)."""
-        sec, nanosec = self.take("iI")
+        """The std_msgs/Header: its stamp in ns (ROS 1's sequence number and the frame id are skipped)."""
+        sec, nanosec = self.take("III")[1:] if self.ros1 else self.take("iI")
         self.string()
         return sec * 1_000_000_000 + nanosec
 
@@ -78,7 +87,7 @@ class _Cdr:
         return memoryview(self.data)[self.pos - n:self.pos]
 
 
-def _image(msg: _Cdr) -> np.ndarray:
+def _image(msg: _Fields) -> np.ndarray:
     height, width = msg.take("II")
     encoding = msg.string()
     (big,) = msg.take("B")
@@ -97,7 +106,7 @@ def _image(msg: _Cdr) -> np.ndarray:
     return img if code is None else cv2.cvtColor(img, code)
 
 
-def _compressed(msg: _Cdr) -> np.ndarray:
+def _compressed(msg: _Fields) -> np.ndarray:
     form = msg.string()
     data = bytes(msg.octets())
     if "compressedDepth" in form:  # a 12-byte header (format, depth quantisation) before the PNG
@@ -108,22 +117,24 @@ def _compressed(msg: _Cdr) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR) if img.ndim == 3 and img.shape[2] == 4 else img
 
 
-SCHEMAS: dict[str, Callable[[_Cdr], np.ndarray]] = {
-    "sensor_msgs/msg/Image": _image, "sensor_msgs/msg/CompressedImage": _compressed}
+SCHEMAS: dict[str, Callable[[_Fields], np.ndarray]] = {  # ROS 2 names, and ROS 1's
+    "sensor_msgs/msg/Image": _image, "sensor_msgs/msg/CompressedImage": _compressed,
+    "sensor_msgs/Image": _image, "sensor_msgs/CompressedImage": _compressed}
 
 
-def decode(schema: str, data: bytes) -> tuple[int, np.ndarray]:
-    """The header's stamp (ns) and the image of one CDR message of ``schema`` (one of :data:`SCHEMAS`).
+def decode(schema: str, data: bytes, encoding: str = "cdr") -> tuple[int, np.ndarray]:
+    """The header's stamp (ns) and the image of one message of ``schema`` (one of :data:`SCHEMAS`), ``cdr`` (ROS 2)
+    or ``ros1`` encoded.
 
     Raises:
-        Unsupported: another schema, an encoding not supported (one line).
+        Unsupported: another schema or message encoding, an image encoding not supported (one line).
         ValueError: a message cut short or inconsistent (one line).
     """
     if schema not in SCHEMAS:
         what = f"messages of {schema}" if schema else "messages without a schema"
         raise Unsupported(f"{what} are not images; image schemas: {', '.join(SCHEMAS)}")
     try:
-        msg = _Cdr(data)
+        msg = _Fields(data, encoding)
         stamp = msg.stamp()
         return stamp, SCHEMAS[schema](msg)
     except struct.error:

@@ -8,7 +8,7 @@ import struct
 import cv2
 import numpy as np
 import pytest
-from helpers_ros import COMPRESSED, IMAGE, STAMP_NS, compressed, raw
+from helpers_ros import COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, STAMP_NS, compressed, raw, ros1
 
 from streamfuse.capture.ros_images import ENCODINGS, Unsupported, decode
 
@@ -92,3 +92,16 @@ def test_what_is_not_an_image_we_read_is_one_line(bgr):
     with pytest.raises(ValueError, match="not a plain CDR message"):
         decode(IMAGE, b"\x00\x03\x00\x00" + whole[4:])
     assert len(ENCODINGS) == 20
+
+
+def test_ros1_messages_decode_as_ros2_ones():
+    counts = np.random.default_rng(7).integers(0, 65536, (3, 4), np.uint16)
+    msg = ros1(ROS1_IMAGE, height=3, width=4, encoding="16UC1", is_bigendian=0, step=8, data=counts.tobytes())
+    stamp, image = decode(ROS1_IMAGE, msg, "ros1")
+    assert stamp == STAMP_NS
+    np.testing.assert_array_equal(image, counts)
+    ok, png = cv2.imencode(".png", counts)
+    _, image = decode(ROS1_COMPRESSED, ros1(ROS1_COMPRESSED, format="png", data=png.tobytes()), "ros1")
+    np.testing.assert_array_equal(image, counts)
+    with pytest.raises(Unsupported, match="encoded as 'protobuf' are not ROS messages"):
+        decode(IMAGE, b"", "protobuf")
