@@ -86,3 +86,23 @@ def ros1(schema: str, stamp_ns: int = STAMP_NS, **fields) -> bytes:
     buf = io.BytesIO()
     msg.serialize(buf)
     return buf.getvalue()
+
+
+def write_db3(path, topics: dict[str, str], messages: list[tuple[str, int, bytes]]) -> None:
+    """A ROS 2 bag in rosbag2's sqlite3 storage (``.db3``, as ROS 2 Humble writes it): ``topics`` topic -> message
+    type, ``messages`` (topic, receive time, CDR bytes)."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE topics(id INTEGER PRIMARY KEY, name TEXT NOT NULL, type TEXT NOT NULL, "
+                   "serialization_format TEXT NOT NULL, offered_qos_profiles TEXT NOT NULL)")
+        db.execute("CREATE TABLE messages(id INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL, "
+                   "timestamp INTEGER NOT NULL, data BLOB NOT NULL)")
+        db.execute("CREATE INDEX timestamp_idx ON messages (timestamp ASC)")
+        ids = {}
+        for i, (name, kind) in enumerate(topics.items(), 1):
+            db.execute("INSERT INTO topics VALUES (?, ?, ?, 'cdr', '')", (i, name, kind))
+            ids[name] = i
+        db.executemany("INSERT INTO messages(topic_id, timestamp, data) VALUES (?, ?, ?)",
+                       [(ids[topic], log_ns, data) for topic, log_ns, data in messages])

@@ -1,6 +1,6 @@
-"""A robot's own bag (a ``ros2 bag`` in MCAP storage, or a ROS 1 bag turned into MCAP) replays: its cameras' topics
-named in the config, raw 16-bit thermal and JPEG-compressed visible images, paired by their header stamps rather than
-by when the bag logged them."""
+"""A robot's own bag (a ``ros2 bag`` in MCAP or sqlite3 storage, or a ROS 1 bag turned into MCAP) replays: its
+cameras' topics named in the config, raw 16-bit thermal and JPEG-compressed visible images, paired by their header
+stamps rather than by when the bag logged them."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from fractions import Fraction
 import cv2
 import numpy as np
 import pytest
-from helpers_ros import COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, compressed, raw, ros1, write_bag
+from helpers_ros import COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, compressed, raw, ros1, write_bag, write_db3
 
 from streamfuse.config import config_from_dict
-from streamfuse.replay import run_replay
+from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import decode_frames
 
 T0, PERIOD, N, MS = 1_700_000_000_000_000_000, 33_333_333, 20, 1_000_000
@@ -31,18 +31,19 @@ def _logged(rng: np.random.Generator, topic: str, t: int, data: bytes) -> tuple[
     return topic, t + (75_000_000 if topic == THERMAL else 40_000_000) + int(rng.integers(0, 5_000_000)), data
 
 
-@pytest.fixture
-def bag(tmp_path):
+@pytest.fixture(params=["mcap", "db3"])
+def bag(tmp_path, request):
     """N frames of each camera: header stamps at capture, so the bag's log order interleaves the two streams unlike
-    their capture times."""
+    their capture times; in MCAP storage, or in sqlite3 storage (ROS 2 up to Humble)."""
     rng, messages = np.random.default_rng(2), []
     for i in range(N):
         t = T0 + i * PERIOD
         counts, jpeg = _frames(i)
         messages.append(_logged(rng, THERMAL, t, raw("mono16", counts, stamp_ns=t)))
         messages.append(_logged(rng, CAMERA, t, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t + 2 * MS)))
-    path = tmp_path / "robot.mcap"
-    write_bag(path, {THERMAL: IMAGE, CAMERA: COMPRESSED, "/imu": IMAGE}, sorted(messages, key=lambda m: m[1]))
+    path = tmp_path / f"robot.{request.param}"
+    write = write_bag if request.param == "mcap" else write_db3
+    write(path, {THERMAL: IMAGE, CAMERA: COMPRESSED, "/imu": IMAGE}, sorted(messages, key=lambda m: m[1]))
     return path
 
 
@@ -53,8 +54,9 @@ def _cfg(**replay):
 
 @pytest.mark.parametrize("pacing", ["fast", "realtime"])
 def test_a_ros2_bag_replays_every_pair_by_its_header_stamps(tmp_path, bag, pacing):
-    out = tmp_path / "fused.mkv"
+    out, before = tmp_path / "fused.mkv", bag.read_bytes()
     summary = run_replay(_cfg(pacing=pacing), ir_path=bag, out_path=out)
+    assert bag.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == sorted([bag.name, out.name])
     assert summary.complete and summary.frames == {"ir": N, "vis": N} and summary.pairs == summary.written == N
     times = [t for t, _ in decode_frames(out)]
     assert times == [Fraction(round(i * PERIOD / 1e6), 1000) for i in range(N)]  # the visible stamps, from the first
@@ -62,9 +64,10 @@ def test_a_ros2_bag_replays_every_pair_by_its_header_stamps(tmp_path, bag, pacin
 
 def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag):
     cfg = config_from_dict({"fuse": {"name": "max"}, "replay": {"progress": False}})  # our recorder's topics
-    with pytest.raises(ValueError, match=r"ir input .*robot.mcap has no images on /ir/image \(ir.topic\); its image "
-                                         r"topics: /camera/image_raw/compressed \(sensor_msgs/msg/CompressedImage, 20 "
-                                         r"messages\), /imu \(sensor_msgs/msg/Image, 0 messages\), /thermal"):
+    expected = (r"ir input .*robot.(mcap|db3) has no images on /ir/image \(ir.topic\); its image topics: "
+                r"/camera/image_raw/compressed \(sensor_msgs/msg/CompressedImage, 20 messages\), "
+                r"/imu \(sensor_msgs/msg/Image, 0 messages\), /thermal")
+    with pytest.raises(ValueError, match=expected):
         run_replay(cfg, ir_path=bag, out_path=tmp_path / "fused.mkv")
     assert not (tmp_path / "fused.mkv").exists()
 
@@ -81,3 +84,10 @@ def test_a_ros1_bag_turned_into_mcap_replays_every_pair(tmp_path):
     write_bag(bag, {THERMAL: ROS1_IMAGE, CAMERA: ROS1_COMPRESSED}, sorted(messages, key=lambda m: m[1]), ros1=True)
     summary = run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
     assert summary.complete and summary.pairs == summary.written == N
+
+
+@pytest.mark.parametrize("bag", ["db3"], indirect=True)  # a damaged MCAP one: tests/test_replay_corrupt.py
+def test_a_damaged_db3_bag_stops_the_replay_in_one_line(tmp_path, bag):
+    bag.write_bytes(bag.read_bytes()[:4096] + bytes(8192))  # the bag's pages zeroed after the first
+    with pytest.raises(ReplayError, match=r"replay stopped: .*robot.db3 is truncated or corrupt after 0 frames"):
+        run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")

@@ -4,15 +4,16 @@ A recording holds both streams; :func:`read_recording` yields them in the order 
 loop's order), and :class:`McapSource` gives one of them as a capture Source. :func:`read_messages` gives the
 records themselves, as written (``streamfuse.recover`` copies them out of a cut recording).
 
-A robot's own ``ros2 bag`` in MCAP storage reads the same way: ``ir.topic`` and ``vis.topic`` name its cameras'
-topics (raw or compressed images, :mod:`streamfuse.capture.ros_images`), and a frame's capture time is its
-message header's stamp (in our recordings the same as the log time), or its log time where the driver left the
-stamp at 0.
+A robot's own ``ros2 bag`` in MCAP storage, or in sqlite3 storage (a ``.db3`` file:
+:mod:`streamfuse.capture.sqlite_bag`), reads the same way: ``ir.topic`` and ``vis.topic`` name its cameras'
+topics (raw or compressed images, :mod:`streamfuse.capture.ros_images`), and a frame's capture time is its message
+header's stamp (in our recordings the same as the log time), or its log time where the driver left the stamp at 0.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +27,7 @@ from zstandard import ZstdError
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture.ros_images import SCHEMAS, Unsupported, decode
 from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
+from streamfuse.capture.sqlite_bag import db3_messages, db3_topics, is_db3
 from streamfuse.frames import Frame
 from streamfuse.recording import TOPICS
 from streamfuse.registry import register
@@ -40,7 +42,13 @@ def topic_of(stream: str, cfg: SourceConfig) -> str:
 
 def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] | None:
     """Topic -> (schema, messages, None where the summary does not count them) of a recording's image channels, from
-    its summary; None for a recording without one (cut short: only reading it through tells)."""
+    its summary (a ``.db3`` bag's topics table); None for a recording without one (cut short: only reading it
+    through tells)."""
+    if is_db3(path):
+        try:
+            return {t: found for t, found in db3_topics(path).items() if found[0] in SCHEMAS}
+        except sqlite3.DatabaseError:
+            return None
     try:
         with open(path, "rb") as f:
             summary = SeekingReader(f, validate_crcs=False).get_summary()
@@ -77,7 +85,8 @@ def read_messages(path: str | os.PathLike,
 
 
 def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None) -> Iterator[Frame]:
-    """Frames of a recording in the order they were recorded (the live loop's order), read by :func:`read_messages`.
+    """Frames of a recording in the order they were recorded (the live loop's order), read by :func:`read_messages`
+    (a ``.db3`` bag by :func:`~streamfuse.capture.sqlite_bag.db3_messages`).
 
     ``topics`` maps each stream wanted to its topic (default: both streams, on our recorder's topics). Channels
     without our ``seq`` marker (e.g. a ROS 2 bag) get sequence numbers counted from 0; IR images come grey and 8-bit,
@@ -88,22 +97,39 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
     if len(streams) < len(topics):
         raise SourceError(f"recording {path}: ir.topic and vis.topic are both {next(iter(streams))}")
     counts, depth = {s: 0 for s in topics}, {s: To8Bit(s == "ir") for s in topics}
-    for schema, channel, msg in read_messages(path, tuple(streams)):
-        stream = streams[channel.topic]
-        seq = msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else counts[stream]
+    for kind, encoding, topic, log_ns, seq, data in _records(path, tuple(streams)):
+        stream = streams[topic]
         try:
-            stamp, image = decode(schema.name if schema else "", msg.data, channel.message_encoding)
+            stamp, image = decode(kind, data, encoding)
             if not image.size:  # no stage can take an image without pixels: damaged, as an undecodable one
-                raise ValueError(f"an image of {image.shape[1]}x{image.shape[0]} pixels on {channel.topic}")
+                raise ValueError(f"an image of {image.shape[1]}x{image.shape[0]} pixels on {topic}")
             image = depth[stream](image)
         except Unsupported as exc:
-            raise SourceError(f"recording {path}: {channel.topic}: {exc}") from None
+            raise SourceError(f"recording {path}: {topic}: {exc}") from None
         except ValueError as exc:
             raise SourceError(_damaged(Path(path), sum(counts.values()), exc)) from None
         if stream == "ir" and image.ndim == 3:  # e.g. a bag of a colour-mapped thermal camera: grey, as live capture
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        seq = counts[stream] if seq is None else seq
         counts[stream] += 1
-        yield Frame(stream, seq, stamp or msg.log_time, image)
+        yield Frame(stream, seq, stamp or log_ns, image)
+
+
+def _records(path: str | os.PathLike,
+             topics: tuple[str, ...]) -> Iterator[tuple[str, str, str, int, int | None, bytes]]:
+    """(message type, serialization, topic, log time, our seq or None, bytes) of the messages on ``topics``."""
+    if not is_db3(path):
+        for schema, channel, msg in read_messages(path, topics):
+            yield (schema.name if schema else "", channel.message_encoding, channel.topic, msg.log_time,
+                   msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else None, msg.data)
+        return
+    read = 0
+    try:
+        for kind, encoding, topic, log_ns, data in db3_messages(path, topics):
+            yield kind, encoding, topic, log_ns, None, data
+            read += 1
+    except sqlite3.DatabaseError as exc:
+        raise SourceError(_damaged(Path(path), read, exc)) from None
 
 
 def _damaged(path: Path, frames: int, exc: Exception) -> str:

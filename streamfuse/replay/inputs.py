@@ -51,8 +51,9 @@ class Input:
 def input_kind(path: Path) -> str:
     if path.is_dir():
         return "folder"
-    # a recording cut short by a crash keeps its temporary name: still readable up to its last complete chunk
-    return "mcap" if path.name.lower().endswith((".mcap", ".mcap.partial")) else "file"
+    # a recording cut short by a crash keeps its temporary name: still readable up to its last complete chunk; a
+    # ROS 2 bag in sqlite3 storage is read as a recording too
+    return "mcap" if path.name.lower().endswith((".mcap", ".mcap.partial", ".db3")) else "file"
 
 
 def input_path(section: Any, override: str | os.PathLike | None) -> Path | None:
