@@ -1,11 +1,11 @@
 """Replay many recorded IR/visible pairs, one fused video each, here or on a Ray cluster; complete outputs are skipped.
 
-LIST_OR_DIR is a text file of "IR_PATH VIS_PATH" lines (relative to the file; '#' comments), a folder with ir/ and
-vi/ (or vis/) subfolders of same-named videos, or a folder of .mcap recordings. Each output is OUT/<IR name><ext>,
-written as the single replay writes it (.partial until complete, --resume continues; a partial output without
---resume fails its pair). A failing pair is reported without stopping the others; a summary table follows (one line
-when every output was already complete); the exit status is 1 when any failed. Ctrl-C or SIGTERM stops
-the batch (partial outputs kept: run the same command with --resume to finish it): exit status 130.
+LIST_OR_DIR is a text file of "IR_PATH VIS_PATH" lines (relative to the file; '#' comments), a folder with ir/ and vi/
+(or vis/) subfolders of same-named videos, or a folder of .mcap recordings (or .db3 bags). Each output is
+OUT/<IR name><ext>, written as the single replay writes it (.partial until complete, --resume continues; a partial
+output without --resume fails its pair). A failing pair is reported without stopping the others; a summary table follows
+(one line when every output was already complete); the exit status is 1 when any failed. Ctrl-C or SIGTERM stops the
+batch (partial outputs kept: run the same command with --resume to finish it): exit status 130.
 --engine local (default) runs the pairs one after another here; --engine ray runs one Ray task per pair on a local
 Ray (--workers, --threads) or on a cluster (--address); it needs `pip install streamfuse[ray]`.
 Run: ``.venv/bin/python tools/replay_many.py LIST_OR_DIR --out DIR``.
@@ -30,7 +30,8 @@ from streamfuse.cli import guarded  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("pairs", metavar="LIST_OR_DIR", help="pair list file, folder with ir/ and vi/, or of .mcap")
+    parser.add_argument("pairs", metavar="LIST_OR_DIR",
+                        help="pair list file, folder with ir/ and vi/, or of .mcap/.db3")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", default="replay", help="replay config: a shipped name or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",

@@ -93,7 +93,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
 
     Args:
         src: a pair list file or a folder with ``ir/`` and ``vi/`` (see :func:`streamfuse.replay.find_pairs`),
-            or a folder of ``.mcap`` recordings (each holds both streams).
+            or a folder of ``.mcap`` recordings or ``.db3`` bags (each holds both streams).
         out_dir: output folder (created by :func:`run_batch`).
         ext: output container extension.
         codec: ``replay.codec`` (the container must hold it).
@@ -105,7 +105,8 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
             output.
     """
     src, out_dir = Path(src), Path(out_dir)
-    recordings = sorted(src.glob("*.mcap")) if src.is_dir() and not (src / "ir").is_dir() else []
+    recordings = sorted(p for p in src.iterdir() if p.suffix.lower() in (".mcap", ".db3")) \
+        if src.is_dir() and not (src / "ir").is_dir() else []
     pairs = [(p, p) for p in recordings] or find_pairs(src)
     if not pairs:
         raise ValueError(f"no pairs to replay in {src}")

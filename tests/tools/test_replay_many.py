@@ -111,9 +111,11 @@ def test_summary_table_and_a_folder_of_recordings(tmp_path, capsys):
     from streamfuse.batch import PairJob, find_jobs
 
     (tmp_path / "rec").mkdir()
-    (tmp_path / "rec" / "run1.mcap").write_bytes(b"")  # each recording holds both streams: it is IR and visible
+    for name in ("run1.mcap", "run2.db3", "notes.txt"):  # each recording (or bag) holds both streams
+        (tmp_path / "rec" / name).write_bytes(b"")
     assert find_jobs(tmp_path / "rec", tmp_path / "o") == [
-        PairJob(tmp_path / "rec" / "run1.mcap", tmp_path / "rec" / "run1.mcap", tmp_path / "o" / "run1.mp4")]
+        PairJob(tmp_path / "rec" / name, tmp_path / "rec" / name, tmp_path / "o" / f"{Path(name).stem}.mp4")
+        for name in ("run1.mcap", "run2.db3")]
 
 
 def test_ray_engine_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
