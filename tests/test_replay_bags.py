@@ -91,3 +91,16 @@ def test_a_damaged_db3_bag_stops_the_replay_in_one_line(tmp_path, bag):
     bag.write_bytes(bag.read_bytes()[:4096] + bytes(8192))  # the bag's pages zeroed after the first
     with pytest.raises(ReplayError, match=r"replay stopped: .*robot.db3 is truncated or corrupt after 0 frames"):
         run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
+
+
+def test_a_bag_folder_stands_for_its_storage_file(tmp_path, bag):
+    folder = tmp_path / "robot_bag"
+    folder.mkdir()
+    bag.rename(folder / f"robot_bag_0{bag.suffix}")
+    (folder / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  version: 5\n")
+    summary = run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused.mkv")  # as `ros2 bag play robot_bag`
+    assert summary.complete and summary.written == N
+    (folder / f"robot_bag_1{bag.suffix}").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"bag .*robot_bag holds 2 storage files \(robot_bag_0.(mcap|db3), "
+                                         r"robot_bag_1.(mcap|db3)\): replay them one at a time"):
+        run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused2.mkv")

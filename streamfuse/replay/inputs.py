@@ -28,8 +28,8 @@ from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 from streamfuse.video import announced_frames
 
-__all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "resolve", "merged", "outside",
-           "no_pairs", "size_changed", "find_pairs"]
+__all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "bag_file", "resolve", "merged",
+           "outside", "no_pairs", "size_changed", "find_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,19 @@ def input_kind(path: Path) -> str:
 
 def input_path(section: Any, override: str | os.PathLike | None) -> Path | None:
     """The input path used: ``--ir``/``--vis`` when given, else the config's ``path`` (None when neither)."""
-    return Path(override) if override else Path(section.path) if section.path else None
+    return bag_file(Path(override)) if override else bag_file(Path(section.path)) if section.path else None
+
+
+def bag_file(path: Path) -> Path:
+    """A ros2 bag's folder (its ``metadata.yaml`` beside its storage file) stands for that file, as ``ros2 bag play``
+    takes it; one split into several files is refused in one line (each file replays on its own)."""
+    if not (path.is_dir() and (path / "metadata.yaml").is_file()):
+        return path
+    files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".mcap", ".db3"))
+    if len(files) != 1:
+        raise ValueError(f"bag {path} holds {len(files)} storage files ({', '.join(files) or 'no .mcap or .db3'}): "
+                         f"replay them one at a time")
+    return path / files[0]
 
 
 def resolve(stream: str, section: Any, override: str | os.PathLike | None, decode_threads: int = 0) -> Input:
