@@ -172,10 +172,11 @@ def test_unknown_stream_and_bad_config_raise_naming_the_value() -> None:
         SyncConfig(queue_size=1)
 
 
-def _stepped(stream: str, n: int, step_at: int, step_ms: float, *, start_ms: float = 0.0) -> list[Frame]:
-    """n frames at 30 fps whose clock is stepped by ``step_ms`` (an NTP step) from frame ``step_at`` on."""
-    return [Frame(f.stream, f.seq, f.t_capture_ns + (round(step_ms * MS) if f.seq >= step_at else 0), _IMG)
-            for f in frames(stream, 30, n, start_ms=start_ms)]
+def _stepped(stream: str, n: int, step_at_ms: float, step_ms: float, *, fps: float = 30, start_ms: float = 0.0
+             ) -> list[Frame]:
+    """n frames at ``fps`` whose clock is stepped by ``step_ms`` (an NTP step) at ``step_at_ms`` of their time."""
+    return [Frame(f.stream, f.seq, f.t_capture_ns + (round(step_ms * MS) if f.t_capture_ns >= step_at_ms * MS else 0),
+                  _IMG) for f in frames(stream, fps, n, start_ms=start_ms)]
 
 
 def _arrival_order(ir: list[Frame], vis: list[Frame]) -> list[Frame]:
@@ -188,7 +189,7 @@ def _arrival_order(ir: list[Frame], vis: list[Frame]) -> list[Frame]:
 def test_a_clock_step_loses_at_most_a_pair_and_is_counted(mode: str, step_ms: float) -> None:
     # The wall clock both cameras stamp with is stepped (back 10 s, back 0.15 s, forward an hour) between frames 59
     # and 60: pairing goes on within a frame instead of waiting for the clock to come back to where it was.
-    ir, vis = _stepped("ir", 120, 60, step_ms), _stepped("vis", 120, 60, step_ms, start_ms=2)
+    ir, vis = _stepped("ir", 120, 1990, step_ms), _stepped("vis", 120, 1990, step_ms, start_ms=2)
     pairer = Pairer(SyncConfig(mode=mode))
     pairs = run(pairer, _arrival_order(ir, vis))
     seqs = {(p.ir.seq, p.vis.seq) for p in pairs}
@@ -206,3 +207,17 @@ def test_a_stale_frame_far_back_is_not_a_clock_step() -> None:
     pairs = run(pairer, arrivals)
     assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(i, i) for i in range(20)]
     assert pairer.stats()["ir"]["clock_steps"] == 0 and pairer.stats()["ir"]["unpaired"] == 1
+
+
+@pytest.mark.parametrize("mode", ["slop", "latest"])
+def test_a_clock_step_under_a_9_fps_thermal_camera_is_told_too(mode: str) -> None:
+    # a 9 fps thermal camera (frames 111 ms apart) beside a 30 fps visible one; the clock stepped back 10 s at 2 s
+    ir = _stepped("ir", 36, 2000, -10_000, fps=9)
+    vis = _stepped("vis", 120, 2000, -10_000, start_ms=2)
+    pairer = Pairer(SyncConfig(mode=mode, slop_ms=20))
+    vis = [f for f in vis if not 1900 <= f.seq * 1000 / 30 < 2300]  # the visible camera stalled across the step
+    pairs = run(pairer, sorted(ir + vis, key=lambda f: (f.seq * 1000 / (9 if f.stream == "ir" else 30), f.stream)))
+    after = {p.ir.seq for p in pairs if p.ir.seq >= 18}  # IR frame 18 is the first after the step
+    st = pairer.stats()
+    assert st["ir"]["clock_steps"] == st["vis"]["clock_steps"] == 1
+    assert after >= set(range(21, 35)), sorted(after)  # the visible camera is back at 2.3 s, with IR frame 21
