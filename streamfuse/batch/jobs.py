@@ -93,7 +93,8 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
 
     Args:
         src: a pair list file or a folder with ``ir/`` and ``vi/`` (see :func:`streamfuse.replay.find_pairs`),
-            or a folder of ``.mcap`` recordings or ``.db3`` bags (each holds both streams).
+            or a folder of ``.mcap`` recordings, ``.db3`` bags and bag folders (each holds both streams; each storage
+            file of a bag split into several is a pair of its own).
         out_dir: output folder (created by :func:`run_batch`).
         ext: output container extension.
         codec: ``replay.codec`` (the container must hold it).
@@ -101,12 +102,11 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
 
     Raises:
         FileNotFoundError, ValueError: one line, when the list is bad or empty, ``out_dir`` is a file, ``ext`` no
-            known container or one that cannot hold ``codec``, an output would overwrite an input (its own pair's or another's) or two pairs share an
-            output.
+            known container or one that cannot hold ``codec``, an output would overwrite an input (its own pair's or
+            another's) or two pairs share an output.
     """
     src, out_dir = Path(src), Path(out_dir)
-    recordings = sorted(p for p in src.iterdir() if p.suffix.lower() in (".mcap", ".db3")) \
-        if src.is_dir() and not (src / "ir").is_dir() else []
+    recordings = _recordings(src) if src.is_dir() and not (src / "ir").is_dir() else []
     pairs = [(p, p) for p in recordings] or find_pairs(src)
     if not pairs:
         raise ValueError(f"no pairs to replay in {src}")
@@ -121,6 +121,16 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         raise ValueError(f"two pairs would write {shared[0]} (same IR file name); rename one of the IR files")
     _check_outputs_are_no_inputs(jobs)
     return jobs
+
+
+def _recordings(folder: Path) -> list[Path]:
+    """The recordings and bags of a folder: its ``.mcap`` and ``.db3`` files, and the storage files of the bag folders
+    in it (those with a ``metadata.yaml``)."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        bag = entry.is_dir() and (entry / "metadata.yaml").is_file()
+        found += sorted(p for p in (entry.iterdir() if bag else [entry]) if p.suffix.lower() in (".mcap", ".db3"))
+    return found
 
 
 def _check_outputs_are_no_inputs(jobs: list[PairJob]) -> None:
