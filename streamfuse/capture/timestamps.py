@@ -33,7 +33,9 @@ __all__ = ["FileClock", "StreamClock", "JUMP_NS", "WINDOW_NS"]
 
 JUMP_NS = 10 * 10**9  # a forward pts step beyond this is a discontinuity, not a gap (FFmpeg's dts_delta_threshold)
 WINDOW_NS = 2 * 10**9  # a live stream's offset is the smallest arrival - pts over this much recent arrival time
-_READ_APART_NS = 10**6  # wall minus monotonic clock moves by more than this only when the wall clock is stepped
+# wall minus monotonic clock moves by more than this only when the wall clock is stepped: NTP slews smaller offsets
+# (ntpd steps from 128 ms on), and a thread preempted between the two clocks' reads seldom waits this long
+_READ_APART_NS = 10 * 10**6
 
 
 class FileClock:
