@@ -26,6 +26,7 @@ from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import PostConfig
 from streamfuse.publish import PublishConfig
 from streamfuse.recording import RecordConfig
+from streamfuse.register import RegisterConfig
 from streamfuse.replay.config import ReplayConfig
 from streamfuse.stabilize import StabilizeConfig
 from streamfuse.sync import SyncConfig
@@ -57,6 +58,7 @@ class PipelineConfig:
     ir: SourceConfig
     vis: SourceConfig
     sync: SyncConfig
+    register: RegisterConfig
     stabilize: StabilizeConfig
     align: AlignConfig
     fuse: FuseConfig

@@ -1,6 +1,6 @@
 """The frame processor: one stream's per-frame stages in order, with their state; and building the configured fuser.
 
-    pair -> 0. IR at the visible size (``ir.resize``) -> 1. stabilise (:mod:`streamfuse.stabilize`)
+    pair -> 0. IR on the visible pixels (:mod:`streamfuse.register`) -> 1. stabilise (:mod:`streamfuse.stabilize`)
          -> 2. align and fuse (the fuser; ``hclfuse`` aligns IR to the visible histogram with its OT cache,
             :mod:`streamfuse.align`) -> 3. temporal filter and 4. colour and format (:mod:`streamfuse.postprocess`)
          -> the image to publish or write
@@ -25,6 +25,7 @@ from streamfuse.frames import Frame, FramePair
 from streamfuse.fusers import BaselineConfig, FuseConfig, Fuser, build_baseline
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import PostConfig, TemporalDenoiser, output_shape, restore_colour, vis_luma
+from streamfuse.register import Registration
 from streamfuse.stabilize import LevelStabilizer, StabilizeConfig
 
 __all__ = ["FrameProcessor", "Processed", "build_fuser", "config_fuser", "still_pair"]
@@ -77,12 +78,13 @@ class FrameProcessor:
         stream: the stream's name, which keys the fuser's per-stream state (the live loop uses the publish topic).
         stabilize: the IR level stabilizer's settings (off by default).
         post: the temporal filter's and the output format's settings (filter off by default).
-        resize: ``ir.resize``: what to do with an IR frame of another size than the visible one.
+        register: how the IR frame gets onto the visible frame's pixels (resized by default).
     """
 
     def __init__(self, fuser: Fuser, *, stream: str = "default", stabilize: StabilizeConfig = StabilizeConfig(),
-                 post: PostConfig = PostConfig(), resize: str = "resize"):
-        self.fuser, self.stream, self.post, self.resize = fuser, stream, post, resize
+                 post: PostConfig = PostConfig(), register: Registration | None = None):
+        self.fuser, self.stream, self.post = fuser, stream, post
+        self.register = register or Registration()
         self.stabilize = LevelStabilizer(stabilize)
         self.denoise = TemporalDenoiser(post)
 
@@ -90,10 +92,10 @@ class FrameProcessor:
     def from_config(cls, cfg: PipelineConfig, fuser: Fuser | None = None, *,
                     stream: str | None = None) -> FrameProcessor:
         """The processor of a pipeline config: its fuser (built unless given) on stream ``publish.topic`` (unless
-        given), with its ``stabilize``, ``post`` and ``ir.resize`` settings."""
+        given), with its ``register`` (and ``ir.resize``), ``stabilize`` and ``post`` settings."""
         fuser = config_fuser(cfg) if fuser is None else fuser
         return cls(fuser, stream=cfg.publish.topic if stream is None else stream, stabilize=cfg.stabilize,
-                   post=cfg.post, resize=cfg.ir.resize)
+                   post=cfg.post, register=Registration(cfg.register, cfg.ir.resize))
 
     def output_shape(self, pair: FramePair) -> tuple[int, ...]:
         """The shape of the image this processor makes of ``pair`` (for a buffer to build it in)."""
@@ -105,7 +107,7 @@ class FrameProcessor:
         slot of the publisher)."""
         t0 = time.perf_counter_ns()
         vis = pair.vis.image
-        ir = self.stabilize(pair.ir_at_vis_size(self.resize))  # 0., 1.
+        ir = self.stabilize(self.register(pair))  # 0., 1.
         fused_y = self.fuser.fuse(ir, vis_luma(vis), stream=self.stream)  # 2.
         t1 = time.perf_counter_ns()
         filtered_y = self.denoise(fused_y)  # 3.

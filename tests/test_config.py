@@ -29,7 +29,7 @@ def _write(tmp_path, text):
     [
         ("fuse:\n  stepz: 4\n", "unknown config key fuse.stepz; allowed keys: name"),
         ("hclfuse:\n  stepz: 4\n", "unknown config key hclfuse.stepz; allowed keys: weights, sampler, steps"),
-        ("fusion:\n  steps: 4\n", "unknown config key fusion; allowed keys: ir, vis, sync, stabilize, align"),
+        ("fusion:\n  steps: 4\n", "unknown config key fusion; allowed keys: ir, vis, sync, register, stabilize, align"),
         ("hclfuse:\n  steps: four\n", "hclfuse.steps='four' has the wrong type; expected int"),
         ("hclfuse:\n  steps: 40\n", "hclfuse: steps=40 is out of range; allowed: 1..20"),
         ("stabilize:\n  strength: 1.0\n", "stabilize: strength=1.0 is out of range; allowed: 0 (off) .. 0.95"),

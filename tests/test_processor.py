@@ -72,7 +72,7 @@ def test_from_config_takes_the_stream_and_the_settings():
     cfg = config_from_dict({"fuse": {"name": "max"}, "stabilize": {"strength": 0.5}, "post": {"encoding": "mono8"},
                             "publish": {"topic": "fused/x"}, "ir": {"resize": "error"}})
     processor = FrameProcessor.from_config(cfg)
-    assert processor.stream == "fused/x" and processor.fuser.name == "max" and processor.resize == "error"
+    assert processor.stream == "fused/x" and processor.fuser.name == "max" and processor.register.resize == "error"
     assert processor.stabilize.rate == pytest.approx(0.5) and processor.post.encoding == "mono8"
     assert FrameProcessor.from_config(cfg, _Recording(), stream="default").stream == "default"
     out = processor(still_pair(np.zeros((8, 8), np.uint8), np.full((8, 8, 3), 90, np.uint8)))
@@ -159,3 +159,19 @@ def test_live_and_replay_give_bit_identical_frames_of_one_recording(tmp_path: Pa
     assert summary.complete and summary.written == len(keys) == len(frames)
     for key, image in live.items():
         np.testing.assert_array_equal(frames[keys.index(key)], image, err_msg=f"pair {key}")
+
+
+def test_a_homography_puts_the_ir_camera_s_view_on_the_visible_pixels():
+    # the IR camera, beside the visible one, sees a hot 10 x 10 block at (10, 10) of its 32 x 24 frame; the visible
+    # camera at twice the resolution sees it at (25, 23): the homography (scale 2, shift 5, 3) puts it there
+    cfg = config_from_dict({"fuse": {"name": "max"}, "post": {"encoding": "mono8"},
+                            "register": {"homography": [2, 0, 5, 0, 2, 3, 0, 0, 1]}})
+    ir = np.zeros((24, 32), np.uint8)
+    ir[10:20, 10:20] = 250
+    fused = FrameProcessor.from_config(cfg)(still_pair(ir, np.full((48, 64, 3), 40, np.uint8))).image
+    hot = np.argwhere(fused > 200)
+    assert hot.min(0).tolist() == [23, 25] and hot.max(0).tolist() == [41, 43]  # rows, columns
+    assert fused[0, 0] == 40  # beyond the IR camera's view: its median (0) fills in, the visible image shows
+    plain = FrameProcessor.from_config(config_from_dict({"fuse": {"name": "max"}, "post": {"encoding": "mono8"}}))
+    resized = plain(still_pair(ir, np.full((48, 64, 3), 40, np.uint8))).image  # no homography: only resized
+    assert np.argwhere(resized > 200).min(0).tolist() == [21, 21]

@@ -260,7 +260,7 @@ class _Replay:
         s.pairs += 1
         self.clock.start()
         if self.writer is None:
-            pair.ir_at_vis_size(self.ir.cfg.resize)  # refuse a size mismatch before any output exists
+            processor.register(pair)  # refuse a size mismatch (ir.resize: error) before any output exists
             self._open_writer(pair.vis.image)
         elif pair.vis.image.shape[:2] != self.writer.size:  # a bad input: a resumed run would meet it again
             self.input_fault = True

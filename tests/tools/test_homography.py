@@ -1,0 +1,50 @@
+"""tools/homography.py: the matrix of points matched by hand, as a ``register:`` section the config takes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from streamfuse.config import config_from_dict
+
+
+def _points(matrix: np.ndarray, ir: list[tuple[float, float]]) -> list[str]:
+    vis = [matrix @ (x, y, 1.0) for x, y in ir]
+    return [f"{x},{y}={u / w:.4f},{v / w:.4f}" for (x, y), (u, v, w) in zip(ir, vis)]
+
+
+def test_points_of_a_known_homography_give_it_back_as_a_config_section(tool, tmp_path, capsys):
+    truth = np.array([[1.9, 0.05, 12.0], [-0.03, 2.1, 7.0], [1e-5, 2e-5, 1.0]])
+    corners = [(10, 12), (300, 8), (310, 230), (15, 235), (160, 120), (80, 200)]
+    ir = np.zeros((240, 320), np.uint8)
+    ir[60:180, 80:240] = 200  # a warm block: its edges go over the visible frame in red
+    vis_path, ir_path, check = tmp_path / "vis.png", tmp_path / "ir.png", tmp_path / "check.png"
+    cv2.imwrite(str(ir_path), ir)
+    cv2.imwrite(str(vis_path), np.full((520, 700, 3), 90, np.uint8))
+    tool("homography").main([*_points(truth, corners), "--ir", str(ir_path), "--vis", str(vis_path),
+                             "--overlay", str(check)])
+    out = capsys.readouterr().out
+    section = yaml.safe_load(out)["register"]
+    np.testing.assert_allclose(np.reshape(section["homography"], (3, 3)), truth, rtol=1e-3, atol=1e-3)
+    assert "6 points, RMS error 0.00 visible px" in out
+    assert config_from_dict({"register": section}).register.homography == tuple(section["homography"])
+    red = (cv2.imread(str(check)) == (0, 0, 255)).all(2)
+    rows, cols = np.nonzero(red)  # the block's outline, warped: around x = 1.9 * 80 + 12 ... on the visible frame
+    assert red.any() and abs(cols.min() - (truth @ (80, 60, 1))[0] / (truth @ (80, 60, 1))[2]) < 4
+
+
+@pytest.mark.parametrize("points, message", [
+    (["1,1=2,2", "5,1=9,2", "5,5=9,9"], "3 point pairs: a homography needs at least 4"),
+    (["0,0=0,0", "1,1=2,2", "2,2=4,4", "3,3=6,6"], "do not fix a homography"),
+])
+def test_too_few_or_degenerate_points_are_one_line(tool, points, message):
+    with pytest.raises(SystemExit, match=message):
+        tool("homography").main(points)
+
+
+def test_a_point_not_written_as_a_pair_is_an_argument_error(tool, capsys):
+    with pytest.raises(SystemExit) as stop:
+        tool("homography").main(["1,1=2,2", "1;1=2,2", "3,3=4,4", "5,5=6,6"])
+    assert stop.value.code == 2 and "'1;1=2,2' is not IR_X,IR_Y=VIS_X,VIS_Y" in capsys.readouterr().err
