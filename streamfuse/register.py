@@ -5,7 +5,8 @@ do not line up and fusion would ghost every edge. ``register.homography`` maps I
 3x3 matrix, exact for a plane and close for a scene far from cameras mounted close together), and each IR frame is
 warped through it onto the visible frame's grid before any other stage. Without one the IR frame is only resized
 to the visible size (``ir.resize``), as for a registered rig or dataset. Where the warped IR frame does not reach,
-it is filled with its own median, a neutral level that moves neither the OT alignment's histogram nor the fusion.
+it is filled with its own median: a level the IR frame already has, where black would read as a cold region to the
+OT alignment's histogram and to the fusion.
 ``tools/homography.py`` finds the matrix from points matched by hand in one IR and one visible frame.
 
 >>> import numpy as np

@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.cli import guarded  # noqa: E402
-from streamfuse.register import RegisterConfig  # noqa: E402
+from streamfuse.frames import Frame, FramePair  # noqa: E402
+from streamfuse.register import RegisterConfig, Registration  # noqa: E402
 
 _POOR_FIT_PX = 3.0  # an RMS error above this many visible pixels: the points do not lie on one plane, or are misread
 
@@ -59,13 +60,13 @@ def fit(pairs: list[tuple[tuple[float, float], tuple[float, float]]]) -> tuple[n
     return matrix, float(np.sqrt((error ** 2).sum(1).mean()))
 
 
-def overlay(matrix: np.ndarray, ir_path: Path, vis_path: Path) -> np.ndarray:
-    """The visible frame with the IR frame's edges, warped through ``matrix``, in red."""
+def overlay(cfg: RegisterConfig, ir_path: Path, vis_path: Path) -> np.ndarray:
+    """The visible frame with the edges of the IR frame, registered as the pipeline registers it, in red."""
     ir, vis = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE), cv2.imread(str(vis_path), cv2.IMREAD_COLOR)
     for path, image in ((ir_path, ir), (vis_path, vis)):
         if image is None:
             raise ValueError(f"cannot read {path} as an image")
-    warped = cv2.warpPerspective(ir, matrix, (vis.shape[1], vis.shape[0]))
+    warped = Registration(cfg)(FramePair(Frame("ir", 0, 0, ir), Frame("vis", 0, 0, vis)))
     out = vis.copy()
     out[cv2.Canny(warped, 50, 150) > 0] = (0, 0, 255)
     return out
@@ -82,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--overlay needs --ir and --vis")
     try:
         matrix, rms = fit(args.points)
-        RegisterConfig(homography=tuple(matrix.ravel()))  # what the config will check
+        cfg = RegisterConfig(homography=tuple(matrix.ravel()))  # what the config will check
         if args.overlay:
-            write_png(args.overlay, overlay(matrix, args.ir, args.vis))
+            write_png(args.overlay, overlay(cfg, args.ir, args.vis))
     except (ValueError, RuntimeError) as exc:
         sys.exit(f"homography: {exc}")
     numbers = ", ".join(f"{v:.9g}" for v in matrix.ravel())
