@@ -724,6 +724,11 @@ def test_a_recording_whose_clock_was_stepped_replays_every_pair(tmp_path, pacing
             rec.write(Frame("vis", i, t + 2_000_000, np.dstack([img] * 3)))
     out = tmp_path / "fused.mkv"
     summary = run_replay(make_cfg(replay={"pacing": pacing, "codec": "ffv1"}), ir_path=path, out_path=out)
-    assert summary.complete and summary.pairs == summary.written == 40
+    # realtime pacing drops a frame overtaken by the next, as live, when a busy machine falls behind: its partner is
+    # then unpaired; a pair lost to the step would be unpaired with no drop to explain it
+    dropped, unpaired = summary.dropped, summary.unpaired
+    assert summary.complete and summary.written + dropped["vis"] + unpaired["vis"] == 40
+    assert unpaired["vis"] <= dropped["ir"] and unpaired["ir"] <= dropped["vis"], (unpaired, dropped)
+    assert pacing == "realtime" or summary.written == 40
     times = [t for t, _ in decode_frames(out)]
-    assert len(times) == 40 and all(b > a for a, b in zip(times, times[1:]))
+    assert len(times) == summary.written and all(b > a for a, b in zip(times, times[1:]))

@@ -57,9 +57,15 @@ def test_a_ros2_bag_replays_every_pair_by_its_header_stamps(tmp_path, bag, pacin
     out, before = tmp_path / "fused.mkv", bag.read_bytes()
     summary = run_replay(_cfg(pacing=pacing), ir_path=bag, out_path=out)
     assert bag.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == sorted([bag.name, out.name])
-    assert summary.complete and summary.frames == {"ir": N, "vis": N} and summary.pairs == summary.written == N
+    assert summary.complete and summary.frames == {"ir": N, "vis": N}
+    # realtime pacing drops a frame overtaken by the next, as live, when a busy machine falls behind (its partner then
+    # unpaired); by the header stamps every other pair forms, each at its visible frame's stamp
+    dropped, unpaired = summary.dropped, summary.unpaired
+    assert summary.written + dropped["vis"] + unpaired["vis"] == N and unpaired["vis"] <= dropped["ir"]
+    assert pacing == "realtime" or summary.written == N
+    stamps = {Fraction(round(i * PERIOD / 1e6), 1000) for i in range(N)}  # the visible stamps, from the first
     times = [t for t, _ in decode_frames(out)]
-    assert times == [Fraction(round(i * PERIOD / 1e6), 1000) for i in range(N)]  # the visible stamps, from the first
+    assert len(times) == summary.written and set(times) <= stamps and times == sorted(times)
 
 
 def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag):
