@@ -1,4 +1,4 @@
-"""A robot's own bag (a ``ros2 bag`` in MCAP or sqlite3 storage, or a ROS 1 bag turned into MCAP) replays: its
+"""A robot's own bag (a ``ros2 bag`` in MCAP or sqlite3 storage, a ROS 1 bag, or one turned into MCAP) replays: its
 cameras' topics named in the config, raw 16-bit thermal and JPEG-compressed visible images, paired by their header
 stamps rather than by when the bag logged them."""
 
@@ -9,7 +9,8 @@ from fractions import Fraction
 import cv2
 import numpy as np
 import pytest
-from helpers_ros import COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, compressed, raw, ros1, write_bag, write_db3
+from helpers_ros import (COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, compressed, raw, ros1, write_bag, write_bag1,
+                         write_db3)
 
 from streamfuse.config import config_from_dict
 from streamfuse.replay import ReplayError, run_replay
@@ -31,17 +32,32 @@ def _logged(rng: np.random.Generator, topic: str, t: int, data: bytes) -> tuple[
     return topic, t + (75_000_000 if topic == THERMAL else 40_000_000) + int(rng.integers(0, 5_000_000)), data
 
 
-@pytest.fixture(params=["mcap", "db3"])
+def ros1_messages(seed: int) -> list[tuple[str, int, bytes]]:
+    """The N frames of each camera as ROS 1 messages, in the order a ROS 1 bag logs them."""
+    rng, messages = np.random.default_rng(seed), []
+    for i in range(N):
+        t = T0 + i * PERIOD
+        counts, jpeg = _frames(i)
+        messages.append(_logged(rng, THERMAL, t, ros1(ROS1_IMAGE, t, height=48, width=64, encoding="mono16",
+                                                      is_bigendian=0, step=128, data=counts.tobytes())))
+        messages.append(_logged(rng, CAMERA, t, ros1(ROS1_COMPRESSED, t + 2 * MS, format="jpeg", data=jpeg)))
+    return sorted(messages, key=lambda m: m[1])
+
+
+@pytest.fixture(params=["mcap", "db3", "bag"])
 def bag(tmp_path, request):
     """N frames of each camera: header stamps at capture, so the bag's log order interleaves the two streams unlike
-    their capture times; in MCAP storage, or in sqlite3 storage (ROS 2 up to Humble)."""
+    their capture times; a ROS 2 bag in MCAP storage, or in sqlite3 storage (ROS 2 up to Humble), or a ROS 1 bag."""
+    path = tmp_path / f"robot.{request.param}"
+    if request.param == "bag":
+        write_bag1(path, {THERMAL: ROS1_IMAGE, CAMERA: ROS1_COMPRESSED, "/imu": ROS1_IMAGE}, ros1_messages(4))
+        return path
     rng, messages = np.random.default_rng(2), []
     for i in range(N):
         t = T0 + i * PERIOD
         counts, jpeg = _frames(i)
         messages.append(_logged(rng, THERMAL, t, raw("mono16", counts, stamp_ns=t)))
         messages.append(_logged(rng, CAMERA, t, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t + 2 * MS)))
-    path = tmp_path / f"robot.{request.param}"
     write = write_bag if request.param == "mcap" else write_db3
     write(path, {THERMAL: IMAGE, CAMERA: COMPRESSED, "/imu": IMAGE}, sorted(messages, key=lambda m: m[1]))
     return path
@@ -53,7 +69,7 @@ def _cfg(**replay):
 
 
 @pytest.mark.parametrize("pacing", ["fast", "realtime"])
-def test_a_ros2_bag_replays_every_pair_by_its_header_stamps(tmp_path, bag, pacing):
+def test_a_robots_bag_replays_every_pair_by_its_header_stamps(tmp_path, bag, pacing):
     out, before = tmp_path / "fused.mkv", bag.read_bytes()
     summary = run_replay(_cfg(pacing=pacing), ir_path=bag, out_path=out)
     assert bag.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == sorted([bag.name, out.name])
@@ -70,24 +86,18 @@ def test_a_ros2_bag_replays_every_pair_by_its_header_stamps(tmp_path, bag, pacin
 
 def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag):
     cfg = config_from_dict({"fuse": {"name": "max"}, "replay": {"progress": False}})  # our recorder's topics
-    expected = (r"ir input .*robot.(mcap|db3) has no images on /ir/image \(ir.topic\); its image topics: "
-                r"/camera/image_raw/compressed \(sensor_msgs/msg/CompressedImage, 20 messages\), "
-                r"/imu \(sensor_msgs/msg/Image, 0 messages\), /thermal")
+    expected = (r"ir input .*robot.(mcap|db3|bag) has no images on /ir/image \(ir.topic\); its image topics: "
+                r"/camera/image_raw/compressed \(sensor_msgs/(msg/)?CompressedImage, 20 messages\), "
+                r"/imu \(sensor_msgs/(msg/)?Image, 0 messages\), /thermal/image_raw \(sensor_msgs/(msg/)?Image, "
+                r"20 messages\)$")
     with pytest.raises(ValueError, match=expected):
         run_replay(cfg, ir_path=bag, out_path=tmp_path / "fused.mkv")
     assert not (tmp_path / "fused.mkv").exists()
 
 
 def test_a_ros1_bag_turned_into_mcap_replays_every_pair(tmp_path):
-    rng, messages = np.random.default_rng(3), []
-    for i in range(N):
-        t = T0 + i * PERIOD
-        counts, jpeg = _frames(i)
-        messages.append(_logged(rng, THERMAL, t, ros1(ROS1_IMAGE, t, height=48, width=64, encoding="mono16",
-                                                      is_bigendian=0, step=128, data=counts.tobytes())))
-        messages.append(_logged(rng, CAMERA, t, ros1(ROS1_COMPRESSED, t + 2 * MS, format="jpeg", data=jpeg)))
     bag = tmp_path / "robot1.mcap"
-    write_bag(bag, {THERMAL: ROS1_IMAGE, CAMERA: ROS1_COMPRESSED}, sorted(messages, key=lambda m: m[1]), ros1=True)
+    write_bag(bag, {THERMAL: ROS1_IMAGE, CAMERA: ROS1_COMPRESSED}, ros1_messages(3), ros1=True)
     summary = run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
     assert summary.complete and summary.pairs == summary.written == N
 
@@ -99,6 +109,7 @@ def test_a_damaged_db3_bag_stops_the_replay_in_one_line(tmp_path, bag):
         run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
 
 
+@pytest.mark.parametrize("bag", ["mcap", "db3"], indirect=True)  # ROS 2 bags' folders
 def test_a_bag_folder_stands_for_its_storage_file(tmp_path, bag):
     folder = tmp_path / "robot_bag"
     folder.mkdir()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from streamfuse.capture.mcap_source import STORAGE_SUFFIXES
 from streamfuse.replay import check_output_paths, find_pairs
 from streamfuse.video import container_format
 
@@ -93,8 +94,8 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
 
     Args:
         src: a pair list file or a folder with ``ir/`` and ``vi/`` (see :func:`streamfuse.replay.find_pairs`),
-            or a folder of ``.mcap`` recordings, ``.db3`` bags and bag folders (each holds both streams; each storage
-            file of a bag split into several is a pair of its own).
+            or a folder of ``.mcap`` recordings, ``.db3`` and ROS 1 ``.bag`` bags and bag folders (each holds both
+            streams; each storage file of a bag split into several is a pair of its own).
         out_dir: output folder (created by :func:`run_batch`).
         ext: output container extension.
         codec: ``replay.codec`` (the container must hold it).
@@ -124,12 +125,12 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
 
 
 def _recordings(folder: Path) -> list[Path]:
-    """The recordings and bags of a folder: its ``.mcap`` and ``.db3`` files, and the storage files of the bag folders
-    in it (those with a ``metadata.yaml``)."""
+    """The recordings and bags of a folder: its ``.mcap``, ``.db3`` and ``.bag`` files, and the storage files of the
+    bag folders in it (those with a ``metadata.yaml``)."""
     found = []
     for entry in sorted(folder.iterdir()):
         bag = entry.is_dir() and (entry / "metadata.yaml").is_file()
-        found += sorted(p for p in (entry.iterdir() if bag else [entry]) if p.suffix.lower() in (".mcap", ".db3"))
+        found += sorted(p for p in (entry.iterdir() if bag else [entry]) if p.suffix.lower() in STORAGE_SUFFIXES)
     return found
 
 

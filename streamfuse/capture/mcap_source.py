@@ -5,7 +5,8 @@ loop's order), and :class:`McapSource` gives one of them as a capture Source. :f
 records themselves, as written (``streamfuse.recover`` copies them out of a cut recording).
 
 A robot's own ``ros2 bag`` in MCAP storage, or in sqlite3 storage (a ``.db3`` file:
-:mod:`streamfuse.capture.sqlite_bag`), reads the same way: ``ir.topic`` and ``vis.topic`` name its cameras'
+:mod:`streamfuse.capture.sqlite_bag`), and a ROS 1 bag (a ``.bag`` file: :mod:`streamfuse.capture.ros1_bag`) read
+the same way: ``ir.topic`` and ``vis.topic`` name its cameras'
 topics (raw or compressed images, :mod:`streamfuse.capture.ros_images`), and a frame's capture time is its message
 header's stamp (in our recordings the same as the log time), or its log time where the driver left the stamp at 0.
 """
@@ -25,6 +26,7 @@ from mcap.records import Channel, Message, Schema
 from zstandard import ZstdError
 
 from streamfuse.bitdepth import To8Bit
+from streamfuse.capture.ros1_bag import BagError, bag1_messages, bag1_topics, is_bag1
 from streamfuse.capture.ros_images import SCHEMAS, Unsupported, decode
 from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.capture.sqlite_bag import db3_messages, db3_topics, is_db3
@@ -32,7 +34,10 @@ from streamfuse.frames import Frame
 from streamfuse.recording import TOPICS
 from streamfuse.registry import register
 
-__all__ = ["McapSource", "read_messages", "read_recording", "image_topics", "topic_of"]
+__all__ = ["McapSource", "STORAGE_SUFFIXES", "read_messages", "read_recording", "image_topics", "topic_of"]
+
+# the files read as recordings: ours, and a ROS 2 (MCAP, sqlite3) or ROS 1 bag's
+STORAGE_SUFFIXES = (".mcap", ".db3", ".bag")
 
 
 def topic_of(stream: str, cfg: SourceConfig) -> str:
@@ -42,13 +47,14 @@ def topic_of(stream: str, cfg: SourceConfig) -> str:
 
 def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] | None:
     """Topic -> (schema, messages, None where the summary does not count them) of a recording's image channels, from
-    its summary (a ``.db3`` bag's topics table); None for a recording without one (cut short: only reading it
-    through tells)."""
-    if is_db3(path):
+    its summary (a ``.db3`` bag's topics table, a ROS 1 bag's index); None for a recording without one (cut short:
+    only reading it through tells)."""
+    if is_db3(path) or is_bag1(path):
         try:
-            return {t: found for t, found in db3_topics(path).items() if found[0] in SCHEMAS}
-        except sqlite3.DatabaseError:
+            topics = db3_topics(path) if is_db3(path) else bag1_topics(path)
+        except (sqlite3.DatabaseError, BagError, OSError):
             return None
+        return {t: found for t, found in topics.items() if found[0] in SCHEMAS} if topics is not None else None
     try:
         with open(path, "rb") as f:
             summary = SeekingReader(f, validate_crcs=False).get_summary()
@@ -86,7 +92,8 @@ def read_messages(path: str | os.PathLike,
 
 def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None) -> Iterator[Frame]:
     """Frames of a recording in the order they were recorded (the live loop's order), read by :func:`read_messages`
-    (a ``.db3`` bag by :func:`~streamfuse.capture.sqlite_bag.db3_messages`).
+    (a ``.db3`` bag by :func:`~streamfuse.capture.sqlite_bag.db3_messages`, a ROS 1 bag by
+    :func:`~streamfuse.capture.ros1_bag.bag1_messages`).
 
     ``topics`` maps each stream wanted to its topic (default: both streams, on our recorder's topics). Channels
     without our ``seq`` marker (e.g. a ROS 2 bag) get sequence numbers counted from 0; IR images come grey and 8-bit,
@@ -118,17 +125,17 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
 def _records(path: str | os.PathLike,
              topics: tuple[str, ...]) -> Iterator[tuple[str, str, str, int, int | None, bytes]]:
     """(message type, serialization, topic, log time, our seq or None, bytes) of the messages on ``topics``."""
-    if not is_db3(path):
+    if not (is_db3(path) or is_bag1(path)):
         for schema, channel, msg in read_messages(path, topics):
             yield (schema.name if schema else "", channel.message_encoding, channel.topic, msg.log_time,
                    msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else None, msg.data)
         return
     read = 0
     try:
-        for kind, encoding, topic, log_ns, data in db3_messages(path, topics):
+        for kind, encoding, topic, log_ns, data in (db3_messages if is_db3(path) else bag1_messages)(path, topics):
             yield kind, encoding, topic, log_ns, None, data
             read += 1
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, BagError) as exc:
         raise SourceError(_damaged(Path(path), read, exc)) from None
 
 

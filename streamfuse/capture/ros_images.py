@@ -1,8 +1,7 @@
 """ROS image messages of a recording: ``sensor_msgs/msg/Image`` and ``sensor_msgs/msg/CompressedImage``.
 
-A robot's own ``ros2 bag`` (MCAP storage, CDR messages) replays as our recordings do, and so does a ROS 1 bag turned
-into MCAP (``mcap convert robot.bag robot.mcap``: ``sensor_msgs/Image`` in ROS 1 serialization), in the encodings
-its cameras publish: raw
+A robot's own ``ros2 bag`` (CDR messages) replays as our recordings do, and so does a ROS 1 bag (``sensor_msgs/Image``
+in ROS 1 serialization, as ``rosbag record`` wrote it or turned into MCAP), in the encodings its cameras publish: raw
 ``mono8`` / ``8UC1``, ``mono16`` / ``16UC1`` (either byte order), ``bgr8`` / ``8UC3``, ``rgb8``, ``bgra8`` /
 ``8UC4``, ``rgba8``, ``bgr16``, ``rgb16``, ``yuv422`` (UYVY) / ``uyvy``, ``yuv422_yuy2`` / ``yuyv``, the four 8-bit
 Bayer patterns, and image_transport's ``compressed`` (JPEG, PNG) and ``compressedDepth`` (PNG). Images come as

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import av
 
-from streamfuse.capture.mcap_source import image_topics, read_recording, topic_of
+from streamfuse.capture.mcap_source import STORAGE_SUFFIXES, image_topics, read_recording, topic_of
 from streamfuse.capture.sources import SourceError
 from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.errors import io_reason
@@ -51,9 +51,9 @@ class Input:
 def input_kind(path: Path) -> str:
     if path.is_dir():
         return "folder"
-    # a recording cut short by a crash keeps its temporary name: still readable up to its last complete chunk; a
-    # ROS 2 bag in sqlite3 storage is read as a recording too
-    return "mcap" if path.name.lower().endswith((".mcap", ".mcap.partial", ".db3")) else "file"
+    # a recording (or a ROS 1 bag) cut short by a crash keeps its temporary name: still readable up to its last
+    # complete chunk; a ROS 2 bag in sqlite3 storage and a ROS 1 bag are read as recordings too
+    return "mcap" if path.name.lower().endswith((*STORAGE_SUFFIXES, ".mcap.partial", ".bag.active")) else "file"
 
 
 def input_path(section: Any, override: str | os.PathLike | None) -> Path | None:
@@ -66,7 +66,7 @@ def bag_file(path: Path) -> Path:
     takes it; one split into several files is refused in one line (each file replays on its own)."""
     if not (path.is_dir() and (path / "metadata.yaml").is_file()):
         return path
-    files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".mcap", ".db3"))
+    files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in STORAGE_SUFFIXES)
     if len(files) != 1:
         raise ValueError(f"bag {path} holds {len(files)} storage files ({', '.join(files) or 'no .mcap or .db3'}): "
                          f"replay them one at a time")

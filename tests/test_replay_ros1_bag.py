@@ -1,0 +1,74 @@
+"""A ROS 1 bag (``rosbag record``'s ``.bag``, written here by rosbags, not by our code) replays as a ROS 2 bag does
+(tests/test_replay_bags.py), its chunks bz2 or LZ4 compressed too; a bag left by a killed recorder or damaged stops the
+run in one line after the frames it could read."""
+
+from __future__ import annotations
+
+import re
+import struct
+
+import pytest
+from helpers_ros import ROS1_COMPRESSED, ROS1_IMAGE, write_bag1
+from test_replay_bags import CAMERA, N, PERIOD, THERMAL, _cfg, ros1_messages
+
+from streamfuse.capture.mcap_source import image_topics
+from streamfuse.replay import ReplayError, run_replay
+from streamfuse.video import decode_frames
+
+
+def _bag(path, compression: str = "none", chunk_bytes: int = 1 << 20):
+    """N frames of each camera, logged 40-80 ms after their header stamps, as a robot's ``rosbag record`` keeps
+    them; one chunk for about every ``chunk_bytes``."""
+    write_bag1(path, {THERMAL: ROS1_IMAGE, CAMERA: ROS1_COMPRESSED, "/imu": ROS1_IMAGE}, ros1_messages(4),
+               compression=compression, chunk_bytes=chunk_bytes)
+    return path
+
+
+@pytest.mark.parametrize("compression", ["bz2", "lz4"])  # plain chunks: tests/test_replay_bags.py
+def test_a_ros1_bag_with_compressed_chunks_replays_every_pair(tmp_path, compression):
+    bag = _bag(tmp_path / "robot.bag", compression, chunk_bytes=16 << 10)  # several chunks
+    out, before = tmp_path / "fused.mkv", bag.read_bytes()
+    summary = run_replay(_cfg(), ir_path=bag, out_path=out)
+    assert bag.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["fused.mkv", "robot.bag"]
+    assert summary.complete and summary.frames == {"ir": N, "vis": N} and summary.written == N
+    assert [round(float(t) * 1000) for t, _ in decode_frames(out)] == [round(i * PERIOD / 1e6) for i in range(N)]
+
+
+def _chunk_ends(data: bytes) -> list[int]:
+    """Where each top-level record of a bag ends (after its magic line), up to its index."""
+    index_pos = struct.unpack_from("<Q", data, data.index(b"index_pos=") + 10)[0]
+    pos, ends = 13, []
+    while pos < index_pos:
+        pos += 4 + struct.unpack_from("<I", data, pos)[0]
+        pos += 4 + struct.unpack_from("<I", data, pos)[0]
+        ends.append(pos)
+    return ends
+
+
+def test_a_bag_its_recorder_left_cut_short_replays_to_where_it_was_cut_then_stops_in_one_line(tmp_path):
+    data = _bag(tmp_path / "robot.bag", chunk_bytes=16 << 10).read_bytes()
+    ends = _chunk_ends(data)  # the bag header, then each chunk and its index records
+    cut = (ends[3] + ends[4]) // 2  # inside the record after the third chunk's (or its index's)
+    head = data[:cut].replace(data[data.index(b"index_pos=") + 10:][:8], bytes(8), 1)  # no index: as left
+    active = tmp_path / "robot.bag.active"
+    active.write_bytes(head)
+    assert image_topics(active) is None  # no index to list topics from: reading it through tells
+    with pytest.raises(ReplayError, match=r"replay stopped: .*robot.bag.active is truncated or corrupt after "
+                                          r"([1-9]\d*) frames \(cut short in a record's data") as caught:
+        run_replay(_cfg(), ir_path=active, out_path=tmp_path / "fused.mkv")
+    assert int(re.search(r"after (\d+) frames", str(caught.value)).group(1)) < 2 * N
+    assert active.read_bytes() == head
+
+
+def test_a_damaged_chunk_or_a_file_that_is_no_bag_stops_in_one_line(tmp_path):
+    bag = _bag(tmp_path / "robot.bag", "bz2")
+    data = bytearray(bag.read_bytes())
+    data[_chunk_ends(bytes(data))[0] + 200] ^= 0xFF  # a byte of the first chunk's bz2 stream
+    bag.write_bytes(bytes(data))
+    with pytest.raises(ReplayError, match=r"robot.bag is truncated or corrupt after 0 frames \(a bz2 chunk does not "
+                                          r"decompress"):
+        run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
+    notes = tmp_path / "notes.bag"
+    notes.write_text("not a bag\n")
+    with pytest.raises(ReplayError, match=r"notes.bag is truncated or corrupt after 0 frames \(not a ROS 1 bag"):
+        run_replay(_cfg(), ir_path=notes, out_path=tmp_path / "fused2.mkv")
