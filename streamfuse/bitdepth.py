@@ -28,7 +28,11 @@ row. Widening is at once, not eased over frames: an eased range clips the new sc
 detector would miss), and on video the IR level stabilizer (:mod:`streamfuse.stabilize`) eases the level step.
 Narrowing waits: a range too wide costs contrast, not data.
 
-Other pixel types (float, 32-bit) are refused in one line. Evaluation, the tools and training read stills (the
+IR temperatures stored as floats (a radiometric camera's 32-bit float TIFF, a ROS ``32FC1`` image; degrees Celsius or
+kelvins alike) become counts of 1/50 degree from -273.15 (0..65535: -273.15 to 1037.55, so Celsius from absolute zero
+and kelvins up to 1037 K), then take the IR rule above: 0.02 degree is finer than a thermal camera's noise (NETD 0.03-0.1
+K). A pixel without a reading (NaN) takes the frame's coldest reading. Float visible images and other pixel types
+(32-bit integers) are refused in one line. Evaluation, the tools and training read stills (the
 temporal tool reads each clip as a sequence); the capture and replay sources read sequences.
 """
 
@@ -50,6 +54,7 @@ _CLIPPED = 0.01  # more than this share of a frame's pixels outside the held ran
 _WIDER = 4  # a frame's range more than this many times as wide as the held one: likewise
 _NARROWER = 2  # _RELEASE frames in a row whose ranges are under 1/_NARROWER of the held one: the last takes its own
 _RELEASE = 30
+_PER_DEGREE = 50  # float IR temperatures: counts per degree (module docstring)
 
 
 class To8Bit:
@@ -71,13 +76,15 @@ class To8Bit:
         """``image`` (any shape) as uint8; an 8-bit image is returned as it is.
 
         Raises:
-            ValueError: one line, for pixels that are neither 8- nor 16-bit.
+            ValueError: one line, for pixels that are neither 8- nor 16-bit (nor float, in an IR image).
         """
         if image.dtype == np.uint8:
             return image
+        if self.ir and image.dtype in (np.float32, np.float64):
+            image = _temperature_counts(image)
         if image.dtype != np.uint16:
-            raise ValueError(f"{image.dtype} pixels (8- and 16-bit images are read: save it as an 8- or 16-bit PNG "
-                             "or TIFF)")
+            raise ValueError(f"{image.dtype} pixels (8- and 16-bit images are read, and float IR temperatures: save "
+                             "it as an 8- or 16-bit PNG or TIFF)")
         self.converted += 1
         if not self.ir:
             return (image >> 8).astype(np.uint8)  # a shift: a table lookup takes 8x as long (live frames)
@@ -110,6 +117,14 @@ class To8Bit:
             return None
         self._narrow = 0
         return new
+
+
+def _temperature_counts(temps: np.ndarray) -> np.ndarray:
+    """Float temperatures as uint16 counts of 1/:data:`_PER_DEGREE` degree from -273.15; NaN as the coldest reading."""
+    finite = np.isfinite(temps)
+    if not finite.all():
+        temps = np.where(finite, temps, temps[finite].min() if finite.any() else 0.0)
+    return np.clip(np.rint((temps + 273.15) * _PER_DEGREE), 0, 65535).astype(np.uint16)
 
 
 def _range(counts: np.ndarray, below: np.ndarray) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """One bit-depth rule for every reader: 8-bit images untouched, 16-bit visible by its top 8 bits, 16-bit IR stretched
 by its range (a still's own; a sequence holds a range while its frames fit it and takes the range of the first frame
-that does not), other pixel types refused in one line; evaluation, training and the folder and file sources read the
+that does not), float IR temperatures as counts, other pixel types refused in one line; evaluation, training and the folder and file sources read the
 same 16-bit image alike."""
 
 from __future__ import annotations
@@ -147,13 +147,33 @@ def test_the_range_narrows_once_a_hot_object_has_left_for_30_frames(rng, patch, 
     np.testing.assert_array_equal(depth(scene[30]), _stretch(scene[30], *_robust(scene[29])))
 
 
+def test_float_ir_temperatures_take_the_ir_rule_as_counts_of_a_fiftieth_of_a_degree(tmp_path, rng):
+    """A radiometric camera's float temperatures: degrees as 1/50-degree counts from -273.15 (so kelvins too), the
+    same 8-bit image as those counts give; a pixel without a reading as the frame's coldest; read from a float TIFF
+    as any IR still."""
+    counts = _counts(rng, 14000, 17000)  # 6.85 .. 66.85 degrees C
+    celsius = (counts / 50 - 273.15).astype(np.float32)
+    expected = To8Bit(ir=True)(counts)
+    np.testing.assert_array_equal(To8Bit(ir=True)(celsius), expected)
+    kelvin = To8Bit(ir=True)(celsius + np.float32(273.15))  # the same range 13657.5 counts up: rounding moves 1 level
+    assert np.abs(kelvin.astype(int) - expected).max() <= 1
+    celsius[5:8, 5:8] = np.nan
+    blind = To8Bit(ir=True)(celsius)
+    assert (blind[5:8, 5:8] == 0).all() and (blind[8:] == expected[8:]).all()
+    path = tmp_path / "thermal.tiff"
+    assert cv2.imwrite(str(path), celsius)
+    np.testing.assert_array_equal(read_8bit(path, To8Bit(ir=True)), blind)
+
+
 def test_other_pixel_types_are_one_line(tmp_path):
-    with pytest.raises(ValueError, match=r"^float32 pixels \(8- and 16-bit images are read: save it as an 8- or "):
-        To8Bit(ir=True)(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"^float32 pixels \(8- and 16-bit images are read, and float IR "):
+        To8Bit(ir=False)(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"^int32 pixels \(8- and 16-bit images are read"):
+        To8Bit(ir=True)(np.zeros((4, 4), np.int32))
     path = tmp_path / "t.tiff"
-    assert cv2.imwrite(str(path), np.zeros((4, 4), np.float32))
+    assert cv2.imwrite(str(path), np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match=rf"^cannot read image {path}: float32 pixels \("):
-        read_8bit(path, To8Bit(ir=True))
+        read_8bit(path, To8Bit(ir=False))
 
 
 @pytest.mark.parametrize("content, why", [(None, "the file is gone"), (b"", "empty file"),
@@ -194,11 +214,21 @@ def test_the_folder_source_holds_one_scale_while_frames_fit_it(tmp_path, rng):
         np.testing.assert_array_equal(got, _stretch(img, lo, hi))  # no level jump between frames that fit
 
 
-def test_a_float_image_in_a_folder_is_one_line_naming_it(tmp_path):
-    path = tmp_path / "0.tiff"
-    assert cv2.imwrite(str(path), np.zeros((20, 20), np.float32))
-    with pytest.raises(SourceError, match=rf"^ir: cannot read image {re.escape(str(path))}: float32 pixels \(8- and "):
-        _frames(SourceConfig(kind="folder", path=str(tmp_path), realtime=False))
+def test_a_folder_of_float_ir_temperatures_is_a_sequence_and_a_float_visible_image_one_line(tmp_path, rng):
+    frames = [_counts(rng), _counts(rng, 7200, 8800), _counts(rng, 6000, 12000)]
+    for sub, kind in (("counts", np.uint16), ("temps", np.float32)):
+        (tmp_path / sub).mkdir()
+        for i, img in enumerate(frames):
+            assert cv2.imwrite(str(tmp_path / sub / f"{i:04d}.tiff"), img if kind == np.uint16 else
+                               (img / 50 - 273.15).astype(kind))
+    temps = _frames(SourceConfig(kind="folder", path=str(tmp_path / "temps"), realtime=False))
+    for got, want in zip(temps, _frames(SourceConfig(kind="folder", path=str(tmp_path / "counts"), realtime=False)),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+    path = tmp_path / "temps" / "0000.tiff"
+    with pytest.raises(SourceError, match=rf"^vis: cannot read image {re.escape(str(path))}: float32 pixels \(8- and "):
+        with open_source("vis", SourceConfig(kind="folder", path=str(tmp_path / "temps"), realtime=False)) as src:
+            src.read()
 
 
 def test_a_16_bit_grey_ir_video_holds_its_scale_while_frames_fit_it(tmp_path, rng):

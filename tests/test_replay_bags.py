@@ -121,3 +121,21 @@ def test_a_bag_folder_stands_for_its_storage_file(tmp_path, bag):
     with pytest.raises(ValueError, match=r"bag .*robot_bag holds 2 storage files \(robot_bag_0.(mcap|db3), "
                                          r"robot_bag_1.(mcap|db3)\): replay them one at a time"):
         run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused2.mkv")
+
+
+def test_a_thermal_cameras_float_temperatures_replay_and_on_the_visible_topic_are_one_line(tmp_path):
+    messages = []
+    for i in range(N):
+        t = T0 + i * PERIOD
+        counts, jpeg = _frames(i)
+        messages.append((THERMAL, t, raw("32FC1", (counts / 50 - 273.15).astype(np.float32), stamp_ns=t)))
+        messages.append((CAMERA, t, compressed("jpeg", jpeg, stamp_ns=t)))
+    bag = tmp_path / "robot.mcap"
+    write_bag(bag, {THERMAL: IMAGE, CAMERA: COMPRESSED}, messages)
+    summary = run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.written == N
+    swapped = config_from_dict({"ir": {"topic": CAMERA}, "vis": {"topic": THERMAL}, "fuse": {"name": "max"},
+                                "replay": {"progress": False}})
+    with pytest.raises(ReplayError, match=rf"recording .*robot.mcap: {THERMAL} \(vis.topic\): float32 pixels \(8- and "
+                                          r"16-bit images are read, and float IR temperatures"):
+        run_replay(swapped, ir_path=bag, out_path=tmp_path / "swapped.mkv")

@@ -110,11 +110,14 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
             stamp, image = decode(kind, data, encoding)
             if not image.size:  # no stage can take an image without pixels: damaged, as an undecodable one
                 raise ValueError(f"an image of {image.shape[1]}x{image.shape[0]} pixels on {topic}")
-            image = depth[stream](image)
         except Unsupported as exc:
             raise SourceError(f"recording {path}: {topic}: {exc}") from None
         except ValueError as exc:
             raise SourceError(_damaged(Path(path), sum(counts.values()), exc)) from None
+        try:
+            image = depth[stream](image)
+        except ValueError as exc:  # float pixels on the visible topic: well formed, but not what the stream takes
+            raise SourceError(f"recording {path}: {topic} ({stream}.topic): {exc}") from None
         if stream == "ir" and image.ndim == 3:  # e.g. a bag of a colour-mapped thermal camera: grey, as live capture
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         seq = counts[stream] if seq is None else seq

@@ -3,9 +3,10 @@
 A robot's own ``ros2 bag`` (CDR messages) replays as our recordings do, and so does a ROS 1 bag (``sensor_msgs/Image``
 in ROS 1 serialization, as ``rosbag record`` wrote it or turned into MCAP), in the encodings its cameras publish: raw
 ``mono8`` / ``8UC1``, ``mono16`` / ``16UC1`` (either byte order), ``bgr8`` / ``8UC3``, ``rgb8``, ``bgra8`` /
-``8UC4``, ``rgba8``, ``bgr16``, ``rgb16``, ``yuv422`` (UYVY) / ``uyvy``, ``yuv422_yuy2`` / ``yuyv``, the four 8-bit
-Bayer patterns, and image_transport's ``compressed`` (JPEG, PNG) and ``compressedDepth`` (PNG). Images come as
-``(H, W)`` grey or ``(H, W, 3)`` BGR, uint8 or uint16 (the caller brings 16-bit ones to 8 bits as it does a video's).
+``8UC4``, ``rgba8``, ``bgr16``, ``rgb16``, ``yuv422`` (UYVY) / ``uyvy``, ``yuv422_yuy2`` / ``yuyv``, the four Bayer
+patterns in 8 and 16 bits, ``32FC1`` (a radiometric thermal camera's temperatures), and image_transport's
+``compressed`` (JPEG, PNG) and ``compressedDepth`` (PNG). Images come as ``(H, W)`` grey or ``(H, W, 3)`` BGR, uint8,
+uint16 or float32 (the caller brings them to 8 bits as it does a video's, :mod:`streamfuse.bitdepth`).
 
 >>> msg = bytes.fromhex("00010000" "05000000" "07000000" "01000000" "00000000")  # header: stamp 5.000000007 s
 >>> msg += bytes.fromhex("01000000" "02000000" "06000000") + b"mono8\\0"  # 1 x 2 pixels, their encoding
@@ -37,6 +38,9 @@ _RAW: dict[str, tuple[int, type, int | None]] = {
     # OpenCV names a Bayer pattern by its second row's second and third pixels, ROS by its first row's first two
     "bayer_rggb8": (1, np.uint8, cv2.COLOR_BayerBG2BGR), "bayer_bggr8": (1, np.uint8, cv2.COLOR_BayerRG2BGR),
     "bayer_gbrg8": (1, np.uint8, cv2.COLOR_BayerGR2BGR), "bayer_grbg8": (1, np.uint8, cv2.COLOR_BayerGB2BGR),
+    "bayer_rggb16": (1, np.uint16, cv2.COLOR_BayerBG2BGR), "bayer_bggr16": (1, np.uint16, cv2.COLOR_BayerRG2BGR),
+    "bayer_gbrg16": (1, np.uint16, cv2.COLOR_BayerGR2BGR), "bayer_grbg16": (1, np.uint16, cv2.COLOR_BayerGB2BGR),
+    "32FC1": (1, np.float32, None),  # a radiometric thermal camera's temperatures
 }
 ENCODINGS = tuple(_RAW)
 _PNG = b"\x89PNG\r\n\x1a\n"

@@ -49,18 +49,29 @@ def test_packed_yuv_encodings_read_their_byte_order(encoding, order):
     assert abs(int(image[0, 0, 1]) - (50 - 16) * 255 / 219) < 1.5 and abs(int(image[0, 1, 1]) - 214) < 1.5
 
 
+@pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
 @pytest.mark.parametrize("colour", ["red", "blue"])
-def test_bayer_patterns_give_the_colour_the_sensor_saw(pattern, colour):
-    # a mosaic of a flat red (or blue) scene: 200 where the pattern has a red (blue) site, 0 elsewhere
-    site = {"red": "r", "blue": "b"}[colour]
-    mosaic = np.zeros((8, 8), np.uint8)
+def test_bayer_patterns_give_the_colour_the_sensor_saw(pattern, colour, bits):
+    # a mosaic of a flat red (or blue) scene: v where the pattern has a red (blue) site, 0 elsewhere
+    site, v = {"red": "r", "blue": "b"}[colour], 200 if bits == 8 else 51_234
+    mosaic = np.zeros((8, 8), np.uint8 if bits == 8 else np.uint16)
     for i, letter in enumerate(pattern):  # the pattern's 2x2 cell, row by row
         if letter == site:
-            mosaic[i // 2::2, i % 2::2] = 200
-    _, image = decode(IMAGE, raw(f"bayer_{pattern}8", mosaic))
+            mosaic[i // 2::2, i % 2::2] = v
+    _, image = decode(IMAGE, raw(f"bayer_{pattern}{bits}", mosaic, big=bits == 16))
+    assert image.dtype == mosaic.dtype
     b, g, r = (int(c) for c in image[3:5, 3:5].reshape(-1, 3).mean(0))
-    assert (r, b) == ((200, 0) if colour == "red" else (0, 200)) and g == 0, (b, g, r)
+    assert (r, b) == ((v, 0) if colour == "red" else (0, v)) and g == 0, (b, g, r)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_32fc1_keeps_a_thermal_cameras_temperatures(big):
+    temps = np.random.default_rng(8).uniform(-20.0, 60.0, (3, 5)).astype(np.float32)
+    temps[1, 2] = np.nan  # a pixel without a reading stays one (streamfuse.bitdepth decides what it becomes)
+    _, image = decode(IMAGE, raw("32FC1", temps, big=big))
+    assert image.dtype == np.float32
+    np.testing.assert_array_equal(image, temps)
 
 
 def test_compressed_jpeg_png_and_compressed_depth_decode():
@@ -80,8 +91,8 @@ def test_compressed_jpeg_png_and_compressed_depth_decode():
 
 
 def test_what_is_not_an_image_we_read_is_one_line(bgr):
-    with pytest.raises(Unsupported, match="image encoding 'bayer_rggb16' is not supported; supported: mono8"):
-        decode(IMAGE, raw("bayer_rggb16", bgr[..., 0]))
+    with pytest.raises(Unsupported, match="image encoding 'nv21' is not supported; supported: mono8"):
+        decode(IMAGE, raw("nv21", bgr[..., 0]))
     with pytest.raises(Unsupported, match="messages of sensor_msgs/msg/Imu are not images"):
         decode("sensor_msgs/msg/Imu", b"\x00\x01\x00\x00")
     with pytest.raises(ValueError, match="data is not an image OpenCV decodes"):
@@ -91,7 +102,7 @@ def test_what_is_not_an_image_we_read_is_one_line(bgr):
         decode(IMAGE, whole[:len(whole) // 2])
     with pytest.raises(ValueError, match="not a plain CDR message"):
         decode(IMAGE, b"\x00\x03\x00\x00" + whole[4:])
-    assert len(ENCODINGS) == 20
+    assert len(ENCODINGS) == 25
 
 
 def test_ros1_messages_decode_as_ros2_ones():
