@@ -127,3 +127,35 @@ def write_bag1(path, channels: dict[str, str], messages: list[tuple[str, int, by
     for topic, log_ns, data in messages:
         writer.write(conns[topic], log_ns, data)
     writer.close()
+
+
+def write_foxglove(path, messages: list[tuple[str, int, object]]) -> None:
+    """An MCAP file as the Foxglove SDK logs it (protobuf ``foxglove.RawImage`` / ``foxglove.CompressedImage``):
+    ``messages`` (topic, log time, a ``foxglove.messages`` image), in a logging context of its own."""
+    import foxglove
+    from foxglove.channels import CompressedImageChannel, RawImageChannel
+    from foxglove.messages import RawImage
+
+    context = foxglove.Context()
+    with foxglove.open_mcap(path, context=context):
+        channels: dict = {}
+        for topic, log_ns, msg in messages:
+            kind = RawImageChannel if isinstance(msg, RawImage) else CompressedImageChannel
+            channels.setdefault(topic, kind(topic, context=context)).log(msg, log_time=log_ns)
+
+
+def foxglove_image(pixels: np.ndarray, encoding: str, stamp_ns: int = STAMP_NS, pad: int = 3) -> object:
+    """A ``foxglove.RawImage`` of ``pixels`` (little-endian), its rows ``pad`` bytes longer than the pixels need."""
+    from foxglove.messages import RawImage, Timestamp
+
+    data = np.pad(pixels.reshape(pixels.shape[0], -1).view(np.uint8), ((0, 0), (0, pad)))
+    return RawImage(timestamp=Timestamp(stamp_ns // 10**9, stamp_ns % 10**9), frame_id="thermal", width=pixels.shape[1],
+                    height=pixels.shape[0], encoding=encoding, step=data.shape[1], data=data.tobytes())
+
+
+def foxglove_compressed(data: bytes, form: str, stamp_ns: int = STAMP_NS) -> object:
+    """A ``foxglove.CompressedImage`` of ``data`` in ``form`` (``jpeg``, ``png``)."""
+    from foxglove.messages import CompressedImage, Timestamp
+
+    return CompressedImage(timestamp=Timestamp(stamp_ns // 10**9, stamp_ns % 10**9), frame_id="camera", data=data,
+                           format=form)

@@ -6,9 +6,10 @@ records themselves, as written (``streamfuse.recover`` copies them out of a cut 
 
 A robot's own ``ros2 bag`` in MCAP storage, or in sqlite3 storage (a ``.db3`` file:
 :mod:`streamfuse.capture.sqlite_bag`), and a ROS 1 bag (a ``.bag`` file: :mod:`streamfuse.capture.ros1_bag`) read
-the same way: ``ir.topic`` and ``vis.topic`` name its cameras'
-topics (raw or compressed images, :mod:`streamfuse.capture.ros_images`), and a frame's capture time is its message
-header's stamp (in our recordings the same as the log time), or its log time where the driver left the stamp at 0.
+the same way, as does an MCAP file the Foxglove SDK logged: ``ir.topic`` and ``vis.topic`` name its cameras'
+topics (raw or compressed images, :mod:`streamfuse.capture.ros_images`, :mod:`streamfuse.capture.foxglove_images`),
+and a frame's capture time is its message's stamp (in our recordings the same as the log time), or its log time where
+the driver left the stamp at 0.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from zstandard import ZstdError
 
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture.ros1_bag import BagError, bag1_messages, bag1_topics, is_bag1
-from streamfuse.capture.ros_images import SCHEMAS, Unsupported, decode
+from streamfuse.capture import foxglove_images, ros_images
+from streamfuse.capture.ros_images import Unsupported
 from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.capture.sqlite_bag import db3_messages, db3_topics, is_db3
 from streamfuse.frames import Frame
@@ -38,6 +40,7 @@ __all__ = ["McapSource", "STORAGE_SUFFIXES", "read_messages", "read_recording", 
 
 # the files read as recordings: ours, and a ROS 2 (MCAP, sqlite3) or ROS 1 bag's
 STORAGE_SUFFIXES = (".mcap", ".db3", ".bag")
+IMAGE_SCHEMAS = frozenset((*ros_images.SCHEMAS, *foxglove_images.SCHEMAS))
 
 
 def topic_of(stream: str, cfg: SourceConfig) -> str:
@@ -54,7 +57,7 @@ def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] |
             topics = db3_topics(path) if is_db3(path) else bag1_topics(path)
         except (sqlite3.DatabaseError, BagError, OSError):
             return None
-        return {t: found for t, found in topics.items() if found[0] in SCHEMAS} if topics is not None else None
+        return {t: found for t, found in topics.items() if found[0] in IMAGE_SCHEMAS} if topics is not None else None
     try:
         with open(path, "rb") as f:
             summary = SeekingReader(f, validate_crcs=False).get_summary()
@@ -65,7 +68,7 @@ def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] |
     counts = summary.statistics.channel_message_counts if summary.statistics else None
     return {ch.topic: (summary.schemas[ch.schema_id].name, counts.get(ch.id, 0) if counts is not None else None)
             for ch in summary.channels.values()
-            if ch.schema_id in summary.schemas and summary.schemas[ch.schema_id].name in SCHEMAS}
+            if ch.schema_id in summary.schemas and summary.schemas[ch.schema_id].name in IMAGE_SCHEMAS}
 
 
 def read_messages(path: str | os.PathLike,
@@ -107,7 +110,10 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
     for kind, encoding, topic, log_ns, seq, data in _records(path, tuple(streams)):
         stream = streams[topic]
         try:
-            stamp, image = decode(kind, data, encoding)
+            if encoding == "protobuf":  # the Foxglove SDK's messages
+                stamp, image = foxglove_images.decode(kind, data)
+            else:
+                stamp, image = ros_images.decode(kind, data, encoding)
             if not image.size:  # no stage can take an image without pixels: damaged, as an undecodable one
                 raise ValueError(f"an image of {image.shape[1]}x{image.shape[0]} pixels on {topic}")
         except Unsupported as exc:

@@ -90,28 +90,24 @@ class _Fields:
         return memoryview(self.data)[self.pos - n:self.pos]
 
 
-def _image(msg: _Fields) -> np.ndarray:
-    height, width = msg.take("II")
-    encoding = msg.string()
-    (big,) = msg.take("B")
-    (step,) = msg.take("I")
-    pixels = msg.octets()
+def pixels(height: int, width: int, encoding: str, big: bool, step: int, data: memoryview | bytes) -> np.ndarray:
+    """A raw image's pixels (rows ``step`` bytes apart) as grey or BGR, by its ``encoding`` (one of
+    :data:`ENCODINGS`)."""
     if encoding not in _RAW:
         raise Unsupported(f"image encoding {encoding!r} is not supported; supported: {', '.join(ENCODINGS)}")
     channels, dtype, code = _RAW[encoding]
     row = width * channels * np.dtype(dtype).itemsize
-    if step < row or len(pixels) < step * (height - 1) + row:
+    if step < row or len(data) < step * (height - 1) + row:
         raise ValueError(f"a {width}x{height} {encoding} image needs rows of {row} bytes; it has step {step} and "
-                         f"{len(pixels)} bytes")
-    rows = np.lib.stride_tricks.as_strided(np.frombuffer(pixels, np.uint8), (height, row), (step, 1))
+                         f"{len(data)} bytes")
+    rows = np.lib.stride_tricks.as_strided(np.frombuffer(data, np.uint8), (height, row), (step, 1))
     img = rows.copy().view(np.dtype(dtype).newbyteorder(">" if big else "<")).astype(dtype, copy=False)
     img = img.reshape((height, width, channels) if channels > 1 else (height, width))
     return img if code is None else cv2.cvtColor(img, code)
 
 
-def _compressed(msg: _Fields) -> np.ndarray:
-    form = msg.string()
-    data = bytes(msg.octets())
+def decompressed(form: str, data: bytes) -> np.ndarray:
+    """A compressed image's pixels, ``form`` as image_transport (or Foxglove) names it."""
     if "compressedDepth" in form:  # a 12-byte header (format, depth quantisation) before the PNG
         data = data[data.find(_PNG):] if _PNG in data else b""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
@@ -120,9 +116,37 @@ def _compressed(msg: _Fields) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR) if img.ndim == 3 and img.shape[2] == 4 else img
 
 
-SCHEMAS: dict[str, Callable[[_Fields], np.ndarray]] = {  # ROS 2 names, and ROS 1's
+def _image(msg: _Fields) -> np.ndarray:
+    height, width = msg.take("II")
+    encoding = msg.string()
+    (big,) = msg.take("B")
+    (step,) = msg.take("I")
+    return pixels(height, width, encoding, bool(big), step, msg.octets())
+
+
+def _compressed(msg: _Fields) -> np.ndarray:
+    form = msg.string()
+    return decompressed(form, bytes(msg.octets()))
+
+
+def _foxglove_image(msg: _Fields) -> np.ndarray:
+    """foxglove_msgs/msg/RawImage: width before height, no byte order flag (little-endian)."""
+    width, height = msg.take("II")
+    encoding = msg.string()
+    (step,) = msg.take("I")
+    return pixels(height, width, encoding, False, step, msg.octets())
+
+
+def _foxglove_compressed(msg: _Fields) -> np.ndarray:
+    """foxglove_msgs/msg/CompressedImage: its data before its format."""
+    data = bytes(msg.octets())
+    return decompressed(msg.string(), data)
+
+
+SCHEMAS: dict[str, Callable[[_Fields], np.ndarray]] = {  # ROS 2 names, ROS 1's, and Foxglove's ROS 2 messages
     "sensor_msgs/msg/Image": _image, "sensor_msgs/msg/CompressedImage": _compressed,
-    "sensor_msgs/Image": _image, "sensor_msgs/CompressedImage": _compressed}
+    "sensor_msgs/Image": _image, "sensor_msgs/CompressedImage": _compressed,
+    "foxglove_msgs/msg/RawImage": _foxglove_image, "foxglove_msgs/msg/CompressedImage": _foxglove_compressed}
 
 
 def decode(schema: str, data: bytes, encoding: str = "cdr") -> tuple[int, np.ndarray]:
