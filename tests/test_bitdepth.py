@@ -1,7 +1,7 @@
 """One bit-depth rule for every reader: 8-bit images untouched, 16-bit visible by its top 8 bits, 16-bit IR stretched
 by its range (a still's own; a sequence holds a range while its frames fit it and takes the range of the first frame
-that does not), float IR temperatures as counts, other pixel types refused in one line; evaluation, training and the folder and file sources read the
-same 16-bit image alike."""
+that does not), float IR temperatures as counts, other pixel types refused in one line; evaluation, training and the
+folder and file sources read the same 16-bit image alike."""
 
 from __future__ import annotations
 

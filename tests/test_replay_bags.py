@@ -4,6 +4,7 @@ stamps rather than by when the bag logged them."""
 
 from __future__ import annotations
 
+import tempfile
 from fractions import Fraction
 
 import cv2
@@ -52,15 +53,25 @@ def bag(tmp_path, request):
     if request.param == "bag":
         write_bag1(path, {THERMAL: ROS1_IMAGE, CAMERA: ROS1_COMPRESSED, "/imu": ROS1_IMAGE}, ros1_messages(4))
         return path
+    _write_ros2(path, ros2_messages())
+    return path
+
+
+def ros2_messages() -> list[tuple[str, int, bytes]]:
+    """The N frames of each camera as ROS 2 messages, in the order a ROS 2 bag logs them."""
     rng, messages = np.random.default_rng(2), []
     for i in range(N):
         t = T0 + i * PERIOD
         counts, jpeg = _frames(i)
         messages.append(_logged(rng, THERMAL, t, raw("mono16", counts, stamp_ns=t)))
         messages.append(_logged(rng, CAMERA, t, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t + 2 * MS)))
-    write = write_bag if request.param == "mcap" else write_db3
-    write(path, {THERMAL: IMAGE, CAMERA: COMPRESSED, "/imu": IMAGE}, sorted(messages, key=lambda m: m[1]))
-    return path
+    return sorted(messages, key=lambda m: m[1])
+
+
+def _write_ros2(path, messages: list[tuple[str, int, bytes]]) -> None:
+    """A ROS 2 bag of the cameras (and an IMU topic without messages) in MCAP or sqlite3 storage, by its suffix."""
+    write = write_bag if path.suffix == ".mcap" else write_db3
+    write(path, {THERMAL: IMAGE, CAMERA: COMPRESSED, "/imu": IMAGE}, messages)
 
 
 def _cfg(**replay):
@@ -139,3 +150,40 @@ def test_a_thermal_cameras_float_temperatures_replay_and_on_the_visible_topic_ar
     with pytest.raises(ReplayError, match=rf"recording .*robot.mcap: {THERMAL} \(vis.topic\): float32 pixels \(8- and "
                                           r"16-bit images are read, and float IR temperatures"):
         run_replay(swapped, ir_path=bag, out_path=tmp_path / "swapped.mkv")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "db3"])
+def test_a_ros2_bag_compressed_by_file_replays_every_pair_and_leaves_no_copy(tmp_path, storage, monkeypatch):
+    """``ros2 bag record --compression-mode file --compression-format zstd``: each storage file one zstd stream (here
+    in two frames, as a stream written in parts may be), decompressed into a temporary folder that is removed."""
+    import zstandard
+
+    folder, temp = tmp_path / "robot_bag", tmp_path / "tmp"
+    folder.mkdir(), temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    plain = tmp_path / f"robot_bag_0.{storage}"
+    _write_ros2(plain, ros2_messages())
+    data = plain.read_bytes()
+    half = len(data) // 2
+    packed = zstandard.ZstdCompressor().compress(data[:half]) + zstandard.ZstdCompressor().compress(data[half:])
+    (folder / f"{plain.name}.zstd").write_bytes(packed)
+    (folder / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  compression_format: zstd\n"
+                                          "  compression_mode: FILE\n")
+    summary = run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.written == N and not list(temp.iterdir())
+    (folder / f"{plain.name}.zstd").write_bytes(packed[:-100])
+    with pytest.raises(ReplayError, match=rf"robot_bag_0.{storage}.zstd is truncated or corrupt after 0 frames \(its "
+                                          r"zstd stream is cut short after \d+ bytes\)"):
+        run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "cut.mkv")
+    assert not list(temp.iterdir())
+
+
+@pytest.mark.parametrize("storage", ["mcap", "db3"])
+def test_a_ros2_bag_compressed_by_message_replays_every_pair(tmp_path, storage):
+    """``--compression-mode message``: each message's bytes a zstd frame of their own."""
+    import zstandard
+
+    bag = tmp_path / f"robot.{storage}"
+    _write_ros2(bag, [(topic, t, zstandard.ZstdCompressor().compress(data)) for topic, t, data in ros2_messages()])
+    summary = run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.written == N

@@ -113,7 +113,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         raise ValueError(f"no pairs to replay in {src}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is a file")
-    jobs = [PairJob(Path(ir), Path(vis), out_dir / f"{Path(ir).stem}{ext}") for ir, vis in pairs]
+    jobs = [PairJob(Path(ir), Path(vis), out_dir / f"{_stem(Path(ir))}{ext}") for ir, vis in pairs]
     container_format(jobs[0].out, codec)  # every pair's output has this extension
     for job in jobs:
         check_output_paths(job.out, {"ir": job.ir, "vis": job.vis}, frames_dir)
@@ -124,13 +124,19 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
     return jobs
 
 
+def _stem(path: Path) -> str:
+    """A file's name without its extension, a compressed bag's two (``robot_0.db3.zstd`` -> ``robot_0``)."""
+    return Path(path.stem).stem if path.name.lower().endswith((".db3.zstd", ".mcap.zstd")) else path.stem
+
+
 def _recordings(folder: Path) -> list[Path]:
-    """The recordings and bags of a folder: its ``.mcap``, ``.db3`` and ``.bag`` files, and the storage files of the
-    bag folders in it (those with a ``metadata.yaml``)."""
+    """The recordings and bags of a folder: its ``.mcap``, ``.db3`` and ``.bag`` files (and zstd-compressed
+    ``.mcap.zstd`` and ``.db3.zstd`` ones), and the storage files of the bag folders in it (those with a
+    ``metadata.yaml``)."""
     found = []
     for entry in sorted(folder.iterdir()):
         bag = entry.is_dir() and (entry / "metadata.yaml").is_file()
-        found += sorted(p for p in (entry.iterdir() if bag else [entry]) if p.suffix.lower() in STORAGE_SUFFIXES)
+        found += sorted(p for p in (entry.iterdir() if bag else [entry]) if p.name.lower().endswith(STORAGE_SUFFIXES))
     return found
 
 

@@ -27,19 +27,21 @@ from mcap.records import Channel, Message, Schema
 from zstandard import ZstdError
 
 from streamfuse.bitdepth import To8Bit
-from streamfuse.capture.ros1_bag import BagError, bag1_messages, bag1_topics, is_bag1
 from streamfuse.capture import foxglove_images, ros_images
+from streamfuse.capture.ros1_bag import BagError, bag1_messages, bag1_topics, is_bag1
 from streamfuse.capture.ros_images import Unsupported
+from streamfuse.capture.rosbag2_compression import decompressed, is_compressed, message
 from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.capture.sqlite_bag import db3_messages, db3_topics, is_db3
+from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 from streamfuse.recording import TOPICS
 from streamfuse.registry import register
 
 __all__ = ["McapSource", "STORAGE_SUFFIXES", "read_messages", "read_recording", "image_topics", "topic_of"]
 
-# the files read as recordings: ours, and a ROS 2 (MCAP, sqlite3) or ROS 1 bag's
-STORAGE_SUFFIXES = (".mcap", ".db3", ".bag")
+# the files read as recordings: ours, and a ROS 2 (MCAP, sqlite3; zstd-compressed by file too) or ROS 1 bag's
+STORAGE_SUFFIXES = (".mcap", ".db3", ".bag", ".mcap.zstd", ".db3.zstd")
 IMAGE_SCHEMAS = frozenset((*ros_images.SCHEMAS, *foxglove_images.SCHEMAS))
 
 
@@ -51,7 +53,9 @@ def topic_of(stream: str, cfg: SourceConfig) -> str:
 def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] | None:
     """Topic -> (schema, messages, None where the summary does not count them) of a recording's image channels, from
     its summary (a ``.db3`` bag's topics table, a ROS 1 bag's index); None for a recording without one (cut short:
-    only reading it through tells)."""
+    only reading it through tells; a bag compressed by file, which would have to be decompressed)."""
+    if is_compressed(path):
+        return None
     if is_db3(path) or is_bag1(path):
         try:
             topics = db3_topics(path) if is_db3(path) else bag1_topics(path)
@@ -71,13 +75,14 @@ def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] |
             if ch.schema_id in summary.schemas and summary.schemas[ch.schema_id].name in IMAGE_SCHEMAS}
 
 
-def read_messages(path: str | os.PathLike,
-                  topics: tuple[str, ...] = tuple(TOPICS.values())) -> Iterator[tuple[Schema | None, Channel, Message]]:
+def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPICS.values()), *,
+                  shown: str | os.PathLike | None = None) -> Iterator[tuple[Schema | None, Channel, Message]]:
     """The MCAP records of a recording's image messages, as written, in the order they were written.
 
     Reads sequentially, so a recording whose writer was killed (no index) still yields every complete chunk;
-    the truncated end raises SourceError naming how many messages were read. Chunk CRCs are checked: after a power
-    loss the file's end may hold zeros or stale blocks instead of what was written, which must not pass as frames.
+    the truncated end raises SourceError naming how many messages were read (and ``shown``, default ``path``). Chunk
+    CRCs are checked: after a power loss the file's end may hold zeros or stale blocks instead of what was written,
+    which must not pass as frames.
     """
     path = Path(path)
     if not path.is_file():
@@ -90,7 +95,7 @@ def read_messages(path: str | os.PathLike,
                 yield record
                 read += 1
         except (McapError, ZstdError, EOFError, struct.error, ValueError) as exc:
-            raise SourceError(_damaged(path, read, exc)) from None
+            raise SourceError(_damaged(Path(shown or path), read, exc)) from None
 
 
 def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None) -> Iterator[Frame]:
@@ -110,6 +115,8 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
     for kind, encoding, topic, log_ns, seq, data in _records(path, tuple(streams)):
         stream = streams[topic]
         try:
+            if encoding == "cdr":  # a ROS 2 bag's, zstd-compressed one by one in rosbag2's message mode
+                data = message(data)
             if encoding == "protobuf":  # the Foxglove SDK's messages
                 stamp, image = foxglove_images.decode(kind, data)
             else:
@@ -131,11 +138,23 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
         yield Frame(stream, seq, stamp or log_ns, image)
 
 
-def _records(path: str | os.PathLike,
-             topics: tuple[str, ...]) -> Iterator[tuple[str, str, str, int, int | None, bytes]]:
-    """(message type, serialization, topic, log time, our seq or None, bytes) of the messages on ``topics``."""
+def _records(path: str | os.PathLike, topics: tuple[str, ...],
+             shown: str | os.PathLike | None = None) -> Iterator[tuple[str, str, str, int, int | None, bytes]]:
+    """(message type, serialization, topic, log time, our seq or None, bytes) of the messages on ``topics``; errors
+    name ``shown`` (default ``path``: a compressed bag's name, where ``path`` is its plain copy)."""
+    shown = Path(shown or path)
+    if is_compressed(path):
+        try:
+            with decompressed(path) as plain:
+                yield from _records(plain, topics, shown)
+        except ValueError as exc:
+            raise SourceError(_damaged(shown, 0, exc)) from None
+        except OSError as exc:
+            raise SourceError(f"recording {shown}: cannot decompress it into a temporary folder "
+                              f"({io_reason(exc)})") from None
+        return
     if not (is_db3(path) or is_bag1(path)):
-        for schema, channel, msg in read_messages(path, topics):
+        for schema, channel, msg in read_messages(path, topics, shown=shown):
             yield (schema.name if schema else "", channel.message_encoding, channel.topic, msg.log_time,
                    msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else None, msg.data)
         return
@@ -145,7 +164,7 @@ def _records(path: str | os.PathLike,
             yield kind, encoding, topic, log_ns, None, data
             read += 1
     except (sqlite3.DatabaseError, BagError) as exc:
-        raise SourceError(_damaged(Path(path), read, exc)) from None
+        raise SourceError(_damaged(shown, read, exc)) from None
 
 
 def _damaged(path: Path, frames: int, exc: Exception) -> str:

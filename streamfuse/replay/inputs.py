@@ -66,7 +66,7 @@ def bag_file(path: Path) -> Path:
     takes it; one split into several files is refused in one line (each file replays on its own)."""
     if not (path.is_dir() and (path / "metadata.yaml").is_file()):
         return path
-    files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in STORAGE_SUFFIXES)
+    files = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(STORAGE_SUFFIXES))
     if len(files) != 1:
         raise ValueError(f"bag {path} holds {len(files)} storage files ({', '.join(files) or 'no .mcap or .db3'}): "
                          f"replay them one at a time")

@@ -18,8 +18,7 @@ from streamfuse.config import config_from_dict
 from streamfuse.replay import run_replay
 from streamfuse.video import decode_frames
 
-_TIME = "================================================================================\nMSG: builtin_interfaces/Time\n" \
-        "int32 sec\nuint32 nanosec\n"
+_TIME = "=" * 80 + "\nMSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n"
 FOXGLOVE_MSGS = {  # foxglove_msgs' ROS 2 definitions
     "foxglove_msgs/msg/RawImage": "builtin_interfaces/Time timestamp\nstring frame_id\nuint32 width\nuint32 height\n"
                                   "string encoding\nuint32 step\nuint8[] data\n" + _TIME,

@@ -112,12 +112,13 @@ def test_summary_table_and_a_folder_of_recordings(tmp_path, capsys):
 
     (tmp_path / "rec").mkdir()
     (tmp_path / "rec" / "bag3").mkdir()  # a bag folder, split into two files
-    for name in ("run1.mcap", "run2.db3", "run4.bag", "notes.txt", "bag3/metadata.yaml", "bag3/bag3_0.mcap",
-                 "bag3/bag3_1.mcap"):
+    for name in ("run1.mcap", "run2.db3", "run4.bag", "run5.db3.zstd", "notes.txt", "bag3/metadata.yaml",
+                 "bag3/bag3_0.mcap", "bag3/bag3_1.mcap"):
         (tmp_path / "rec" / name).write_bytes(b"")  # each recording (or bag file) holds both streams
     assert find_jobs(tmp_path / "rec", tmp_path / "o") == [
-        PairJob(tmp_path / "rec" / name, tmp_path / "rec" / name, tmp_path / "o" / f"{Path(name).stem}.mp4")
-        for name in ("bag3/bag3_0.mcap", "bag3/bag3_1.mcap", "run1.mcap", "run2.db3", "run4.bag")]
+        PairJob(tmp_path / "rec" / name, tmp_path / "rec" / name, tmp_path / "o" / f"{Path(name).name.split('.')[0]}"
+                                                                                     ".mp4")
+        for name in ("bag3/bag3_0.mcap", "bag3/bag3_1.mcap", "run1.mcap", "run2.db3", "run4.bag", "run5.db3.zstd")]
 
 
 def test_ray_engine_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
