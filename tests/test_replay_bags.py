@@ -171,6 +171,10 @@ def test_a_ros2_bag_compressed_by_file_replays_every_pair_and_leaves_no_copy(tmp
                                           "  compression_mode: FILE\n")
     summary = run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused.mkv")
     assert summary.complete and summary.written == N and not list(temp.iterdir())
+    wrong = config_from_dict({"ir": {"topic": THERMAL}, "vis": {"topic": "/camera/wrong"}, "fuse": {"name": "max"},
+                              "replay": {"progress": False}})  # no topic list without decompressing: said at the end
+    with pytest.raises(ReplayError, match=r"the visible input .*zstd has no frames on /camera/wrong \(vis.topic\)"):
+        run_replay(wrong, ir_path=folder, out_path=tmp_path / "wrong.mkv")
     (folder / f"{plain.name}.zstd").write_bytes(packed[:-100])
     with pytest.raises(ReplayError, match=rf"robot_bag_0.{storage}.zstd is truncated or corrupt after 0 frames \(its "
                                           r"zstd stream is cut short after \d+ bytes\)"):

@@ -29,7 +29,7 @@ from streamfuse.frames import Frame
 from streamfuse.video import announced_frames
 
 __all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "bag_file", "resolve", "merged",
-           "outside", "no_pairs", "size_changed", "find_pairs"]
+           "on_topic", "outside", "no_pairs", "size_changed", "find_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,11 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
     except UnicodeDecodeError:  # PyAV decodes the container's tags as UTF-8 when it opens the file
         raise ValueError(f"{stream} input {path} is not a video PyAV can read (its metadata is not UTF-8 "
                          f"text)") from None
+
+
+def on_topic(inp: Input) -> str:
+    """`` on TOPIC (STREAM.topic)`` for a recording's stream, where it was read from; '' for another input."""
+    return f" on {topic_of(inp.stream, inp.cfg)} ({inp.stream}.topic)" if inp.cfg.kind == "mcap" else ""
 
 
 def _check_topic(stream: str, cfg: Any, path: Path) -> None:

@@ -25,7 +25,7 @@ from streamfuse.capture.timestamps import FileClock
 from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, bag_file, input_kind, input_path, merged,
-                                      no_pairs, outside, resolve, size_changed)
+                                      no_pairs, on_topic, outside, resolve, size_changed)
 from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES, ReplayError, ReplaySummary, StageClock
@@ -326,7 +326,7 @@ class _Replay:
                 stopped = f"{r.name} input ended early: {r.error}"
         empty = [inp for inp in (self.ir, self.vis) if s.frames[inp.stream] == 0]
         if not stopped and empty:
-            stopped = f"the {NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames"
+            stopped = f"the {NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames{on_topic(empty[0])}"
         if not stopped and s.written == 0:
             stopped = no_pairs((self.ir, self.vis), self.first_t, self.last_t, self.cfg.sync)
         return stopped
