@@ -159,3 +159,21 @@ def foxglove_compressed(data: bytes, form: str, stamp_ns: int = STAMP_NS) -> obj
 
     return CompressedImage(timestamp=Timestamp(stamp_ns // 10**9, stamp_ns % 10**9), frame_id="camera", data=data,
                            format=form)
+
+
+def write_metadata(folder, files: list[str] | None, counts: dict[str, tuple[str, int]] | None = None) -> None:
+    """A bag folder's ``metadata.yaml`` as rosbag2 writes it: the storage ``files`` in recorded order (None: a
+    recorder killed before writing the list) and topic -> (type, messages)."""
+    import yaml
+
+    info = {"version": 5, "storage_identifier": "sqlite3", "duration": {"nanoseconds": 633_333_327},
+            "starting_time": {"nanoseconds_since_epoch": 1_700_000_000_000_000_000},
+            "message_count": sum(n for _, n in (counts or {}).values()),
+            "topics_with_message_count": [
+                {"topic_metadata": {"name": topic, "type": kind, "serialization_format": "cdr",
+                                    "offered_qos_profiles": "- history: 3\n  depth: 0\n"}, "message_count": n}
+                for topic, (kind, n) in (counts or {}).items()],
+            "compression_format": "", "compression_mode": ""}
+    if files is not None:
+        info["relative_file_paths"] = files
+    (folder / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}))

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 from helpers_ros import (COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, compressed, raw, ros1, write_bag, write_bag1,
-                         write_db3)
+                         write_db3, write_metadata)
 
+from streamfuse.capture.sources import SourceConfig, open_source
 from streamfuse.config import config_from_dict
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import decode_frames
@@ -120,18 +121,43 @@ def test_a_damaged_db3_bag_stops_the_replay_in_one_line(tmp_path, bag):
         run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
 
 
-@pytest.mark.parametrize("bag", ["mcap", "db3"], indirect=True)  # ROS 2 bags' folders
-def test_a_bag_folder_stands_for_its_storage_file(tmp_path, bag):
+@pytest.mark.parametrize("storage", ["mcap", "db3"])
+@pytest.mark.parametrize("listed", [True, False])
+def test_a_split_bag_folder_replays_its_files_in_recorded_order_as_one(tmp_path, storage, listed):
+    """``ros2 bag record --max-bag-size``: the bag's messages in three files, replayed one after the other as ``ros2
+    bag play robot_bag`` plays them, in the order metadata.yaml lists them or, without a list, by split index (9
+    before 10, unlike their names' order)."""
+    folder, messages = tmp_path / "robot_bag", ros2_messages()
+    folder.mkdir()
+    names = [f"robot_bag_{i}.{storage}" for i in ((0, 1, 2) if listed else (8, 9, 10))]
+    for name, part in zip(names, (messages[:13], messages[13:27], messages[27:]), strict=True):
+        _write_ros2(folder / name, part)
+    counts = {THERMAL: (IMAGE, N), CAMERA: (COMPRESSED, N), "/imu": (IMAGE, 0)}
+    write_metadata(folder, names if listed else None, counts)
+    summary = run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.frames == {"ir": N, "vis": N} and summary.written == N
+    times = [round(float(t) * 1000) for t, _ in decode_frames(tmp_path / "fused.mkv")]
+    assert times == [round(i * PERIOD / 1e6) for i in range(N)]
+    with open_source("ir", SourceConfig(kind="mcap", path=str(folder), topic=THERMAL, realtime=False)) as live:
+        assert [f.t_capture_ns for f in iter(live.read, None)] == [T0 + i * PERIOD for i in range(N)]  # a live source
+    cfg = config_from_dict({"fuse": {"name": "max"}, "replay": {"progress": False}})  # our recorder's topics
+    with pytest.raises(ValueError, match=r"robot_bag has no images on /ir/image \(ir.topic\); its image topics: "
+                                         r"/camera/image_raw/compressed \(sensor_msgs/msg/CompressedImage, 20 messages"):
+        run_replay(cfg, ir_path=folder, out_path=tmp_path / "other.mkv")  # from metadata.yaml
+
+
+def test_a_bag_folder_missing_a_file_it_lists_or_without_any_is_one_line(tmp_path):
     folder = tmp_path / "robot_bag"
     folder.mkdir()
-    bag.rename(folder / f"robot_bag_0{bag.suffix}")
-    (folder / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  version: 5\n")
-    summary = run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused.mkv")  # as `ros2 bag play robot_bag`
-    assert summary.complete and summary.written == N
-    (folder / f"robot_bag_1{bag.suffix}").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"bag .*robot_bag holds 2 storage files \(robot_bag_0.(mcap|db3), "
-                                         r"robot_bag_1.(mcap|db3)\): replay them one at a time"):
-        run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused2.mkv")
+    write_metadata(folder, None)
+    with pytest.raises(ValueError, match=r"bag .*robot_bag holds no storage files \(.mcap, .db3, .bag"):
+        run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused.mkv")
+    _write_ros2(folder / "robot_bag_0.db3", ros2_messages())
+    write_metadata(folder, ["robot_bag_0.db3", "robot_bag_1.db3"])
+    with pytest.raises(ValueError, match=r"bag .*robot_bag: its metadata.yaml lists robot_bag_1.db3, not in the "
+                                         r"folder$"):
+        run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused.mkv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["robot_bag"]
 
 
 def test_a_thermal_cameras_float_temperatures_replay_and_on_the_visible_topic_are_one_line(tmp_path):
@@ -173,7 +199,7 @@ def test_a_ros2_bag_compressed_by_file_replays_every_pair_and_leaves_no_copy(tmp
     assert summary.complete and summary.written == N and not list(temp.iterdir())
     wrong = config_from_dict({"ir": {"topic": THERMAL}, "vis": {"topic": "/camera/wrong"}, "fuse": {"name": "max"},
                               "replay": {"progress": False}})  # no topic list without decompressing: said at the end
-    with pytest.raises(ReplayError, match=r"the visible input .*zstd has no frames on /camera/wrong \(vis.topic\)"):
+    with pytest.raises(ReplayError, match=r"the visible input .*robot_bag has no frames on /camera/wrong \(vis.topic\)"):
         run_replay(wrong, ir_path=folder, out_path=tmp_path / "wrong.mkv")
     (folder / f"{plain.name}.zstd").write_bytes(packed[:-100])
     with pytest.raises(ReplayError, match=rf"robot_bag_0.{storage}.zstd is truncated or corrupt after 0 frames \(its "

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from streamfuse.capture.mcap_source import STORAGE_SUFFIXES
+from streamfuse.capture.bag_folder import is_bag_folder, is_storage
 from streamfuse.replay import check_output_paths, find_pairs
 from streamfuse.video import container_format
 
@@ -95,7 +95,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
     Args:
         src: a pair list file or a folder with ``ir/`` and ``vi/`` (see :func:`streamfuse.replay.find_pairs`),
             or a folder of ``.mcap`` recordings, ``.db3`` and ROS 1 ``.bag`` bags and bag folders (each holds both
-            streams; each storage file of a bag split into several is a pair of its own).
+            streams; a bag folder is one pair, however many files it was split into).
         out_dir: output folder (created by :func:`run_batch`).
         ext: output container extension.
         codec: ``replay.codec`` (the container must hold it).
@@ -125,19 +125,21 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
 
 
 def _stem(path: Path) -> str:
-    """A file's name without its extension, a compressed bag's two (``robot_0.db3.zstd`` -> ``robot_0``)."""
+    """A file's name without its extension, a compressed bag's two (``robot_0.db3.zstd`` -> ``robot_0``); a bag
+    folder's name."""
+    if path.is_dir():
+        return path.name
     return Path(path.stem).stem if path.name.lower().endswith((".db3.zstd", ".mcap.zstd")) else path.stem
 
 
 def _recordings(folder: Path) -> list[Path]:
     """The recordings and bags of a folder: its ``.mcap``, ``.db3`` and ``.bag`` files (and zstd-compressed
-    ``.mcap.zstd`` and ``.db3.zstd`` ones), and the storage files of the bag folders in it (those with a
-    ``metadata.yaml``)."""
-    found = []
-    for entry in sorted(folder.iterdir()):
-        bag = entry.is_dir() and (entry / "metadata.yaml").is_file()
-        found += sorted(p for p in (entry.iterdir() if bag else [entry]) if p.name.lower().endswith(STORAGE_SUFFIXES))
-    return found
+    ``.mcap.zstd`` and ``.db3.zstd`` ones), and the bag folders in it (those with a ``metadata.yaml``, each one
+    recording however many files it was split into)."""
+    if is_bag_folder(folder):  # the folder is a bag itself
+        return [folder]
+    return [entry for entry in sorted(folder.iterdir())
+            if is_bag_folder(entry) or (entry.is_file() and is_storage(entry))]
 
 
 def _check_outputs_are_no_inputs(jobs: list[PairJob]) -> None:

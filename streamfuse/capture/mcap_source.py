@@ -28,6 +28,7 @@ from zstandard import ZstdError
 
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import foxglove_images, ros_images
+from streamfuse.capture.bag_folder import folder_topics, is_bag_folder, storage_files
 from streamfuse.capture.ros1_bag import BagError, bag1_messages, bag1_topics, is_bag1
 from streamfuse.capture.ros_images import Unsupported
 from streamfuse.capture.rosbag2_compression import decompressed, is_compressed, message
@@ -38,10 +39,8 @@ from streamfuse.frames import Frame
 from streamfuse.recording import TOPICS
 from streamfuse.registry import register
 
-__all__ = ["McapSource", "STORAGE_SUFFIXES", "read_messages", "read_recording", "image_topics", "topic_of"]
+__all__ = ["McapSource", "read_messages", "read_recording", "image_topics", "topic_of"]
 
-# the files read as recordings: ours, and a ROS 2 (MCAP, sqlite3; zstd-compressed by file too) or ROS 1 bag's
-STORAGE_SUFFIXES = (".mcap", ".db3", ".bag", ".mcap.zstd", ".db3.zstd")
 IMAGE_SCHEMAS = frozenset((*ros_images.SCHEMAS, *foxglove_images.SCHEMAS))
 
 
@@ -54,6 +53,9 @@ def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] |
     """Topic -> (schema, messages, None where the summary does not count them) of a recording's image channels, from
     its summary (a ``.db3`` bag's topics table, a ROS 1 bag's index); None for a recording without one (cut short:
     only reading it through tells; a bag compressed by file, which would have to be decompressed)."""
+    if is_bag_folder(path):
+        found = folder_topics(path)
+        return {t: kind_n for t, kind_n in found.items() if kind_n[0] in IMAGE_SCHEMAS} if found is not None else None
     if is_compressed(path):
         return None
     if is_db3(path) or is_bag1(path):
@@ -143,6 +145,14 @@ def _records(path: str | os.PathLike, topics: tuple[str, ...],
     """(message type, serialization, topic, log time, our seq or None, bytes) of the messages on ``topics``; errors
     name ``shown`` (default ``path``: a compressed bag's name, where ``path`` is its plain copy)."""
     shown = Path(shown or path)
+    if is_bag_folder(path):  # a ros2 bag split into several files: each in turn
+        try:
+            files = storage_files(path)
+        except ValueError as exc:
+            raise SourceError(f"recording {exc}") from None
+        for file in files:
+            yield from _records(file, topics)
+        return
     if is_compressed(path):
         try:
             with decompressed(path) as plain:
@@ -186,7 +196,7 @@ class McapSource(BaseSource):
 
     def _open(self) -> None:
         """Check the file and start reading from the beginning."""
-        if not Path(self.cfg.path).is_file():
+        if not (Path(self.cfg.path).is_file() or is_bag_folder(self.cfg.path)):
             raise SourceError(f"{self.section}: recording not found: {self.cfg.path}")
         self._pace_anchor = None  # a reopen replays from the first recorded time: pace from there afresh
         self._it = self._frames()

@@ -21,14 +21,15 @@ from typing import Any, Iterator
 
 import av
 
-from streamfuse.capture.mcap_source import STORAGE_SUFFIXES, image_topics, read_recording, topic_of
+from streamfuse.capture.bag_folder import STORAGE_SUFFIXES, is_bag_folder, storage_files
+from streamfuse.capture.mcap_source import image_topics, read_recording, topic_of
 from streamfuse.capture.sources import SourceError
 from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 from streamfuse.video import announced_frames
 
-__all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "bag_file", "resolve", "merged",
+__all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "resolve", "merged",
            "on_topic", "outside", "no_pairs", "size_changed", "find_pairs"]
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class Input:
 
 
 def input_kind(path: Path) -> str:
+    if is_bag_folder(path):  # a ros2 bag's folder, read as ``ros2 bag play`` plays it
+        return "mcap"
     if path.is_dir():
         return "folder"
     # a recording (or a ROS 1 bag) cut short by a crash keeps its temporary name: still readable up to its last
@@ -58,19 +61,7 @@ def input_kind(path: Path) -> str:
 
 def input_path(section: Any, override: str | os.PathLike | None) -> Path | None:
     """The input path used: ``--ir``/``--vis`` when given, else the config's ``path`` (None when neither)."""
-    return bag_file(Path(override)) if override else bag_file(Path(section.path)) if section.path else None
-
-
-def bag_file(path: Path) -> Path:
-    """A ros2 bag's folder (its ``metadata.yaml`` beside its storage file) stands for that file, as ``ros2 bag play``
-    takes it; one split into several files is refused in one line (each file replays on its own)."""
-    if not (path.is_dir() and (path / "metadata.yaml").is_file()):
-        return path
-    files = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(STORAGE_SUFFIXES))
-    if len(files) != 1:
-        raise ValueError(f"bag {path} holds {len(files)} storage files ({', '.join(files) or 'no .mcap or .db3'}): "
-                         f"replay them one at a time")
-    return path / files[0]
+    return Path(override) if override else Path(section.path) if section.path else None
 
 
 def resolve(stream: str, section: Any, override: str | os.PathLike | None, decode_threads: int = 0) -> Input:
@@ -93,6 +84,8 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
             raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(sorted(_IMAGE_EXTS))})")
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate, n)
     if kind == "mcap":
+        if is_bag_folder(path):
+            storage_files(path)  # each file there: one line now rather than after some of them
         _check_topic(stream, cfg, path)
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate)
     try:

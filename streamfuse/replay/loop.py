@@ -24,7 +24,7 @@ from streamfuse.capture.sources import open_source
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame, FramePair, FusedFrame
-from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, bag_file, input_kind, input_path, merged,
+from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged,
                                       no_pairs, on_topic, outside, resolve, size_changed)
 from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path, taken_over_path
@@ -119,7 +119,7 @@ def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os
     out = Path(out_path or rcfg.out)
     if not str(out_path or rcfg.out):
         raise ValueError("no output: pass --out PATH or set replay.out in the config")
-    if vis_path is None and ir_path is not None and input_kind(bag_file(Path(ir_path))) == "mcap":
+    if vis_path is None and ir_path is not None and input_kind(Path(ir_path)) == "mcap":
         vis_path = ir_path
     check_output_paths(out, {"ir": input_path(cfg.ir, ir_path), "vis": input_path(cfg.vis, vis_path)},
                        rcfg.frames_dir)
