@@ -142,7 +142,8 @@ def test_a_split_bag_folder_replays_its_files_in_recorded_order_as_one(tmp_path,
         assert [f.t_capture_ns for f in iter(live.read, None)] == [T0 + i * PERIOD for i in range(N)]  # a live source
     cfg = config_from_dict({"fuse": {"name": "max"}, "replay": {"progress": False}})  # our recorder's topics
     with pytest.raises(ValueError, match=r"robot_bag has no images on /ir/image \(ir.topic\); its image topics: "
-                                         r"/camera/image_raw/compressed \(sensor_msgs/msg/CompressedImage, 20 messages"):
+                                         r"/camera/image_raw/compressed \(sensor_msgs/msg/CompressedImage, "
+                                         r"20 messages"):
         run_replay(cfg, ir_path=folder, out_path=tmp_path / "other.mkv")  # from metadata.yaml
 
 
@@ -199,7 +200,8 @@ def test_a_ros2_bag_compressed_by_file_replays_every_pair_and_leaves_no_copy(tmp
     assert summary.complete and summary.written == N and not list(temp.iterdir())
     wrong = config_from_dict({"ir": {"topic": THERMAL}, "vis": {"topic": "/camera/wrong"}, "fuse": {"name": "max"},
                               "replay": {"progress": False}})  # no topic list without decompressing: said at the end
-    with pytest.raises(ReplayError, match=r"the visible input .*robot_bag has no frames on /camera/wrong \(vis.topic\)"):
+    with pytest.raises(ReplayError, match=r"the visible input .*robot_bag has no frames on /camera/wrong "
+                                          r"\(vis.topic\)"):
         run_replay(wrong, ir_path=folder, out_path=tmp_path / "wrong.mkv")
     (folder / f"{plain.name}.zstd").write_bytes(packed[:-100])
     with pytest.raises(ReplayError, match=rf"robot_bag_0.{storage}.zstd is truncated or corrupt after 0 frames \(its "
