@@ -72,3 +72,45 @@ def test_a_damaged_chunk_or_a_file_that_is_no_bag_stops_in_one_line(tmp_path):
     notes.write_text("not a bag\n")
     with pytest.raises(ReplayError, match=r"notes.bag is truncated or corrupt after 0 frames \(not a ROS 1 bag"):
         run_replay(_cfg(), ir_path=notes, out_path=tmp_path / "fused2.mkv")
+
+
+def _walk(data: bytes, pos: int, end: int) -> list[tuple[int, int, bytes]]:
+    """(start, end, header) of each record of ``data[pos:end]``."""
+    found = []
+    while pos < end:
+        start, n = pos, struct.unpack_from("<I", data, pos)[0]
+        header = data[pos + 4:pos + 4 + n]
+        pos += 4 + n
+        pos += 4 + struct.unpack_from("<I", data, pos)[0]
+        found.append((start, pos, header))
+    return found
+
+
+def _field(name: bytes, value: bytes) -> bytes:
+    return struct.pack("<I", len(name) + 1 + len(value)) + name + b"=" + value
+
+
+def _messages(data: bytes, record: tuple[int, int, bytes], cut: int | None = None) -> list[tuple[int, int, bytes]]:
+    """The records inside a chunk ``record`` of ``data`` (the first ``cut`` of them)."""
+    start, stop, header = record
+    return _walk(data, start + 4 + len(header) + 4, stop)[:cut]
+
+
+def test_a_chunk_its_killed_recorder_had_open_is_read_record_by_record_with_a_warning(tmp_path, caplog):
+    """rosbag writes a chunk's header with sizes 0 when it opens it and the records after it as they come; a
+    recorder killed then leaves them so, without an index: every message written is read."""
+    data = _bag(tmp_path / "robot.bag", chunk_bytes=16 << 10).read_bytes()
+    index_at = data.index(b"index_pos=") + 10
+    chunks = [r for r in _walk(data, 13, struct.unpack_from("<Q", data, index_at)[0]) if b"op=\x05" in r[2]]
+    kept = _messages(data, chunks[1], -3)  # the second chunk, open when the recorder was killed, its last 3 unwritten
+    header = _field(b"compression", b"none") + _field(b"op", b"\x05") + _field(b"size", bytes(4))
+    head = bytearray(data[:chunks[1][0]] + struct.pack("<I", len(header)) + header + bytes(4)
+                     + data[kept[0][0]:kept[-1][1]])
+    head[index_at:index_at + 8] = bytes(8)  # no index: the recorder writes where it starts on closing the bag
+    active = tmp_path / "robot.bag.active"
+    active.write_bytes(bytes(head))
+    expected = sum(b"op=\x02" in h for _, _, h in _messages(data, chunks[0]) + kept)
+    with caplog.at_level("WARNING"):
+        summary = run_replay(_cfg(), ir_path=active, out_path=tmp_path / "fused.mkv")
+    assert summary.complete and sum(summary.frames.values()) == expected and 2 < expected < 2 * N
+    assert "robot.bag.active has no index (its recorder did not close it)" in caplog.text

@@ -5,12 +5,14 @@ bag header (where the index starts), chunks (plain, or bz2 / LZ4 frames as ``ros
 them) holding connection records (topic, message type) and messages (connection, receive time, serialized bytes),
 then the index: the connections again and, per chunk, how many messages each connection has there. Messages are read
 chunk by chunk in file order, the order the recorder received them in, so a bag whose recorder was killed (left as
-``.bag.active``, without an index) still reads up to where it was cut.
+``.bag.active``, without an index) still reads up to where it was cut: a chunk it had open (its header's sizes still
+0, the messages after it as records of their own, uncompressed) is read record by record.
 """
 
 from __future__ import annotations
 
 import bz2
+import logging
 import os
 import struct
 from collections.abc import Iterator
@@ -20,6 +22,8 @@ from typing import BinaryIO
 import lz4.frame
 
 __all__ = ["BagError", "bag1_messages", "bag1_topics", "is_bag1"]
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"#ROSBAG V2.0\n"
 OP_MESSAGE, OP_BAG_HEADER, OP_CHUNK, OP_CHUNK_INFO, OP_CONNECTION = 2, 3, 5, 6, 7
@@ -166,7 +170,8 @@ def bag1_messages(path: str | os.PathLike, topics: tuple[str, ...]) -> Iterator[
     """
     conns: dict[int, tuple[str, str]] = {}
     with open(path, "rb") as f:
-        _index_pos(f)
+        if _index_pos(f) == 0:  # the recorder writes it on closing the bag: all it wrote is read, but say so
+            log.warning("ROS 1 bag %s has no index (its recorder did not close it): read to where it ends", path)
         for fields, data in _records(f):
             inner = _chunk_records(fields, data) if _op(fields) == OP_CHUNK else iter([(fields, data)])
             for rec_fields, rec_data in inner:
