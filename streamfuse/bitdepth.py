@@ -30,9 +30,9 @@ Narrowing waits: a range too wide costs contrast, not data.
 
 IR temperatures stored as floats (a radiometric camera's 32-bit float TIFF, a ROS ``32FC1`` image; degrees Celsius or
 kelvins alike) become counts of 1/50 degree from -273.15 (0..65535: -273.15 to 1037.55, so Celsius from absolute zero
-and kelvins up to 1037 K), then take the IR rule above: 0.02 degree is finer than a thermal camera's noise (NETD 0.03-0.1
-K). A pixel without a reading (NaN) takes the frame's coldest reading. Float visible images and other pixel types
-(32-bit integers) are refused in one line. Evaluation, the tools and training read stills (the
+and kelvins up to 1037 K), then take the IR rule above: 0.02 degree is finer than a thermal camera's noise (NETD
+0.03-0.1 K). A pixel without a reading (NaN) takes the frame's coldest reading. Float visible images and other pixel
+types (32-bit integers) are refused in one line. Evaluation, the tools and training read stills (the
 temporal tool reads each clip as a sequence); the capture and replay sources read sequences.
 """
 

@@ -24,12 +24,16 @@ class Frame:
         seq: per-source sequence number, starting at 0, +1 per captured frame.
         t_capture_ns: capture time, ns: epoch for live sources; video files: pts x time_base, converted once.
         image: ``(H, W)`` uint8 grey or ``(H, W, 3)`` uint8 BGR.
+        t_mono_ns: acquisition time on the machine's monotonic clock (``time.monotonic_ns()``, one clock for every
+            process of the machine), ns, which latency is measured on: a wall clock stepped by NTP moves the epoch
+            time, not this one; 0 for a frame not acquired live (a file, a recording).
     """
 
     stream: str
     seq: int
     t_capture_ns: int
     image: np.ndarray
+    t_mono_ns: int = 0
 
 
 @dataclass

@@ -80,7 +80,6 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
         tel.set(name, 0)
     pairer = Pairer(cfg.sync)
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
-    wall_clock = {name for name, src in (("ir", cfg.ir), ("vis", cfg.vis)) if not src.replayable}
     recorder = Recorder(cfg.record, {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}) if cfg.record \
         else contextlib.nullcontext()
     failure = ""
@@ -95,14 +94,14 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             # 2. pair by capture time; a live rig wants the freshest pair, older ones are stale
             pairs = []
             for frame in frames:
-                if frame.stream in wall_clock:  # a recording's capture times are not comparable with time.time_ns()
-                    tel.record(f"capture.{frame.stream}", (time.time_ns() - frame.t_capture_ns) / 1e6)
+                if frame.t_mono_ns:  # acquired live: a file's or a recording's frames have no acquisition time here
+                    tel.record(f"capture.{frame.stream}", (time.monotonic_ns() - frame.t_mono_ns) / 1e6)
                 if rec is not None:
                     rec.write(frame)
                 pairs += pairer.push(frame)
             if pairs:  # 3. fuse the freshest pair, 4. publish it
                 tel.count("stale", len(pairs) - 1)
-                unfused = _fuse(processor, pub, tel, pairs[-1], end_to_end=len(wall_clock) == 2)
+                unfused = _fuse(processor, pub, tel, pairs[-1])
                 failure = failure or unfused  # a source's failure came first
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
@@ -123,7 +122,7 @@ def _log_recording_failure(rec: Recorder | None) -> None:
                   partial_path(rec.path))
 
 
-def _fuse(processor: FrameProcessor, pub: Publisher, tel: Telemetry, pair: FramePair, *, end_to_end: bool) -> str:
+def _fuse(processor: FrameProcessor, pub: Publisher, tel: Telemetry, pair: FramePair) -> str:
     """Fuse ``pair`` and publish it; the run's failure in one line when it cannot be fused, else ""."""
     t0 = time.perf_counter_ns()
     try:
@@ -136,7 +135,7 @@ def _fuse(processor: FrameProcessor, pub: Publisher, tel: Telemetry, pair: Frame
         return str(exc)
     if processor.denoise.nonfinite:  # a fuser's output with a NaN or infinite pixel (clipped, NaN as black)
         tel.set("nonfinite", processor.denoise.nonfinite)
-    _publish(pub, tel, pair, processed, processor.fuser, t0, end_to_end=end_to_end)  # never blocks on a subscriber
+    _publish(pub, tel, pair, processed, processor.fuser, t0)  # never blocks on a subscriber
     return ""
 
 
@@ -148,8 +147,7 @@ def _fuser_info(cfg: PipelineConfig, fuser: Fuser) -> dict:
     return info
 
 
-def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Processed, fuser: Fuser, t0: int, *,
-             end_to_end: bool) -> None:
+def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Processed, fuser: Fuser, t0: int) -> None:
     """Send one fused frame (and the previews when a viewer wants them) and record its stage times."""
     t_sent = time.perf_counter_ns()
     timings = {"pair": (t0 - pair.t_paired_ns) / 1e6, **processed.timings}
@@ -160,8 +158,8 @@ def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Process
         pub.send_previews(fused)
     for stage, ms in timings.items():
         tel.record(stage, ms)
-    if end_to_end:
-        tel.record("end_to_end", (time.time_ns() - max(pair.ir.t_capture_ns, pair.vis.t_capture_ns)) / 1e6)
+    if pair.ir.t_mono_ns and pair.vis.t_mono_ns:  # both acquired live
+        tel.record("end_to_end", (time.monotonic_ns() - max(pair.ir.t_mono_ns, pair.vis.t_mono_ns)) / 1e6)
 
 
 _OPENING_WAIT_S = 15.0  # a run that fails waits this long for a source still opening to deliver or fail too

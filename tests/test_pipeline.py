@@ -436,6 +436,29 @@ def test_capture_latency_only_for_wall_clock_sources(realtime):
 
 
 @pytest.mark.timeout(150)
+def test_capture_latency_is_measured_on_the_monotonic_clock_across_a_wall_clock_step(monkeypatch):
+    """NTP steps this process's wall clock an hour forward after the cameras' frames were stamped: latency is taken
+    from each frame's monotonic acquisition time, so it stays what it is instead of reading an hour."""
+    import types
+
+    from streamfuse import pipeline
+
+    stepped = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    stepped.time_ns = lambda: time.time_ns() + 3600 * 10**9  # what the loop reads; the producers stamp unstepped
+    monkeypatch.setattr(pipeline, "time", stepped)
+    cfg, endpoint = _live_cfg()
+    stop = threading.Event()
+    watcher = _FusedWatcher(endpoint, stop, lambda headers: len(headers) >= 3)
+    try:
+        stages = pipeline.run_live(cfg, duration_s=120.0, stop=stop)["stages"]  # the duration only bounds a failure
+    finally:
+        watcher.close()
+    assert len(watcher.headers) >= 3
+    for stage in ("capture.ir", "capture.vis", "end_to_end"):  # an hour read as latency would be 3.6e6 ms
+        assert 0 <= stages[stage]["min_ms"] and stages[stage]["median_ms"] < 1800 * 1000, (stage, stages[stage])
+
+
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("when", ["running", "before_first_frame"])
 def test_live_run_resumes_after_the_ir_producer_is_killed(when, record_property):
     """Killed while running, or before it delivered a frame: the run goes on and fused frames flow again. The

@@ -57,7 +57,7 @@ _ALIGN = 64  # cache line
 # Header fields (int64).
 _H_MAGIC, _H_SLOTS, _H_SLOT_BYTES, _H_HEAD, _H_TAIL, _H_DROPPED, _H_NEXT_GEN, _H_LEN = range(8)
 # Per-slot metadata fields (int64).
-_M_SEQ, _M_T, _M_H, _M_W, _M_C, _M_NBYTES, _M_LEN = 0, 1, 2, 3, 4, 5, 8
+_M_SEQ, _M_T, _M_H, _M_W, _M_C, _M_NBYTES, _M_MONO, _M_LEN = 0, 1, 2, 3, 4, 5, 6, 8
 _LOCK_POLL_S = 0.1  # longest single wait; callers re-check stop flags and deadlines in between
 
 
@@ -268,7 +268,7 @@ class ShmRing:
         slot = head % self.slots
         h, w = image.shape[:2]
         c = image.shape[2] if image.ndim == 3 else 0
-        self._meta[slot, :_M_NBYTES + 1] = (frame.seq, frame.t_capture_ns, h, w, c, image.nbytes)
+        self._meta[slot, :_M_MONO + 1] = (frame.seq, frame.t_capture_ns, h, w, c, image.nbytes, frame.t_mono_ns)
         np.copyto(self._data[slot, :image.nbytes].reshape(image.shape), image)  # the one copy in
         self._hdr[_H_HEAD] = head + 1
         return True
@@ -296,12 +296,12 @@ class ShmRing:
                 return None
             tail = int(self._hdr[_H_TAIL])
             slot = tail % self.slots
-            seq, t_ns, h, w, c, nbytes = (int(v) for v in self._meta[slot, :_M_NBYTES + 1])
+            seq, t_ns, h, w, c, nbytes, mono_ns = (int(v) for v in self._meta[slot, :_M_MONO + 1])
             shape = (h, w, c) if c else (h, w)
             image = self._data[slot, :nbytes].reshape(shape).copy()  # the one copy out
             self._hdr[_H_TAIL] = tail + 1
         self._space_bell.release()
-        return Frame(self.stream, seq, t_ns, image)
+        return Frame(self.stream, seq, t_ns, image, mono_ns)
 
     def peek_time(self) -> int | None:
         """Capture time (ns) of the oldest unread frame without reading it; None when empty."""

@@ -5,8 +5,9 @@ Kinds (registry kind ``"source"``): ``synthetic`` (here: a registered IR/visible
 
 Every source yields :class:`~streamfuse.frames.Frame` objects: the section ``"ir"`` gives ``(H, W)`` uint8 grey;
 any other section gives ``(H, W, 3)`` uint8 BGR, or ``(H, W)`` when the input is grey. Capture times
-(``t_capture_ns``): live sources stamp ``time.time_ns()`` right after the grab; the others use their recorded or
-virtual clock (non-realtime synthetic: ``index / fps`` seconds); see each kind.
+(``t_capture_ns``): live sources stamp ``time.time_ns()`` right after the grab, and ``time.monotonic_ns()``
+(``t_mono_ns``, which latency is measured on); the others use their recorded or virtual clock (non-realtime
+synthetic: ``index / fps`` seconds) and have no monotonic stamp; see each kind.
 
 >>> cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)
 >>> with open_source("ir", cfg) as src:
@@ -202,8 +203,8 @@ class BaseSource:
     def _close(self) -> None:
         """Nothing to release by default."""
 
-    def _frame(self, t_ns: int, image: np.ndarray) -> Frame:
-        frame = Frame(self.section, self._seq, int(t_ns), image)
+    def _frame(self, t_ns: int, image: np.ndarray, mono_ns: int = 0) -> Frame:
+        frame = Frame(self.section, self._seq, int(t_ns), image, mono_ns)
         self._seq += 1
         return frame
 
@@ -390,11 +391,10 @@ class SyntheticSource(BaseSource):
         self._scene = SyntheticScene(self.cfg.width, self.cfg.height, self.cfg.seed)
 
     def _read(self) -> Frame:
+        t_ns, mono_ns = self._seq * self._period_ns, 0  # the virtual clock, unless live
         if self.cfg.realtime:
             now = time.time_ns()
             self._sleep(((now // self._period_ns + 1) * self._period_ns - now) / 1e9)
-            t_ns = time.time_ns()
-        else:
-            t_ns = self._seq * self._period_ns
+            t_ns, mono_ns = time.time_ns(), time.monotonic_ns()
         image = self._scene.render_ir(t_ns) if self._is_ir else self._scene.render_vis(t_ns)
-        return self._frame(t_ns, image)
+        return self._frame(t_ns, image, mono_ns)

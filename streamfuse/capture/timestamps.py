@@ -97,6 +97,7 @@ class StreamClock:
         self._last_pts_ns: int | None = None
         self._last_t_ns: int | None = None
         self._epoch_ns = 0  # the wall clock minus the monotonic one, as last stepped
+        self.mono_ns = 0  # the last stamp on the monotonic clock, which latency is measured on (Frame.t_mono_ns)
 
     def stamp(self, pts_ns: int, arrival_ns: int, wall_ns: int) -> int:
         """The capture time (epoch ns) of the frame with this pts, decoded at ``arrival_ns`` on the monotonic clock,
@@ -117,5 +118,5 @@ class StreamClock:
         t = pts_ns + self._candidates[0][1]
         if self._last_t_ns is not None and t <= self._last_t_ns:
             t = self._last_t_ns + 1  # a repeated pts, or a restart below the previous stamp: keep times increasing
-        self._last_t_ns = t
+        self._last_t_ns = self.mono_ns = t
         return t + self._epoch_ns

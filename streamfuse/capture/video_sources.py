@@ -79,11 +79,11 @@ class CameraSource(BaseSource):
             if self._is_file:
                 return None
             raise SourceError(f"{self.section}: camera {self._path!r} stopped delivering frames (unplugged?)")
-        t_ns = time.time_ns()
+        t_ns, mono_ns = time.time_ns(), time.monotonic_ns()
         ok, image = self._cap.retrieve()
         if not ok:
             raise SourceError(f"{self.section}: camera {self._path!r} returned an empty frame")
-        return self._frame(t_ns, self._convert(image))
+        return self._frame(t_ns, self._convert(image), mono_ns)
 
     def _close(self) -> None:
         self._cap.release()
@@ -230,7 +230,7 @@ class AvSource(BaseSource):
         image = frame.to_ndarray(format="gray16le" if deep else "gray" if grey else "bgr24")
         if not self.live:
             self._pace(t_ns)
-        return self._frame(t_ns, self._convert(image))
+        return self._frame(t_ns, self._convert(image), self._times.mono_ns if self.live else 0)
 
     def _stamp(self, pts_ns: int) -> int:
         """The capture time of the frame with this pts; reports a timestamp discontinuity or the first repeat."""

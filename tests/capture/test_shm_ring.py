@@ -33,7 +33,7 @@ def t_of(seq: int) -> int:
 def _writer(ring: ShmRing, n: int, shape: tuple[int, ...]) -> None:
     """Child process: write n frames (blocking ring: waits whenever the reader is behind)."""
     for seq in range(n):
-        assert ring.write(Frame(ring.stream, seq, t_of(seq), image(seq, shape)), timeout=10.0)
+        assert ring.write(Frame(ring.stream, seq, t_of(seq), image(seq, shape), 5_000 + seq), timeout=10.0)
     ring.close()
 
 
@@ -58,6 +58,7 @@ def test_frames_cross_processes_byte_exact_with_seq_and_time(shape: tuple[int, .
     assert child.exitcode == 0
     assert [f.seq for f in got] == list(range(40))  # block policy: nothing dropped, in order
     assert [f.t_capture_ns for f in got] == [t_of(i) for i in range(40)]
+    assert [f.t_mono_ns for f in got] == [5_000 + i for i in range(40)]  # the acquisition time latency is taken on
     for f in got:
         assert f.stream == "vis" and f.image.shape == shape
         np.testing.assert_array_equal(f.image, image(f.seq, shape))

@@ -98,6 +98,13 @@ def test_a_stepped_wall_clock_moves_a_streams_stamps_at_once(step_s: int) -> Non
     lag_ms = [(w - ti) / MS for ti, w in zip(t, wall)]
     assert min(lag_ms) >= 0 and max(lag_ms[50:]) < 60  # the stream's own delay, before and after the step
     assert np.diff(t[50:]).mean() == pytest.approx(40 * MS, rel=0.05)
+    fresh, mono = StreamClock(), []
+    for (p, a), w in zip(frames, wall):
+        fresh.stamp(p, a, w)
+        mono.append(fresh.mono_ns)
+    # the same stamps on the monotonic clock, which latency is measured on: never after arrival, the step not in them
+    assert all(0 <= a - m < 60 * MS for (_, a), m in zip(frames, mono))
+    assert [ti - m for ti, m in zip(t, mono)] == [7 * MS + (step_s * 10**9 if i >= 50 else 0) for i in range(100)]
 
 
 def test_file_clock_keeps_a_forward_jump_when_told_to_so_times_stay_the_pts() -> None:

@@ -87,12 +87,14 @@ def test_live_stream_times_are_on_the_wall_clock_never_after_arrival_and_increas
     path = tmp_path / "clip.mkv"
     write_ffv1(path, 10)
     src = open_source("vis", SourceConfig(kind="stream", path=str(path), realtime=False))
-    before, stamps = time.time_ns(), []
+    before, stamps, mono_before, monos = time.time_ns(), [], time.monotonic_ns(), []
     with src:
         while (frame := src.read()) is not None:
             stamps.append((frame.t_capture_ns, time.time_ns()))
+            monos.append((frame.t_mono_ns, time.monotonic_ns()))
     assert len(stamps) == 10
     assert all(before <= t <= arrived for t, arrived in stamps)  # a burst is not stamped into the future
+    assert all(mono_before <= t <= arrived for t, arrived in monos)  # nor on the monotonic clock latency is taken on
     assert all(b[0] > a[0] for a, b in zip(stamps, stamps[1:]))
 
 
