@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from streamfuse.capture.bag_folder import is_bag_folder, is_storage
+from streamfuse.capture.rosbag2_compression import is_compressed
 from streamfuse.replay import check_output_paths, find_pairs
 from streamfuse.video import container_format
 
@@ -129,7 +130,7 @@ def _stem(path: Path) -> str:
     folder's name."""
     if path.is_dir():
         return path.name
-    return Path(path.stem).stem if path.name.lower().endswith((".db3.zstd", ".mcap.zstd")) else path.stem
+    return Path(path.stem).stem if is_compressed(path) else path.stem
 
 
 def _recordings(folder: Path) -> list[Path]:
