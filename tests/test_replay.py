@@ -20,7 +20,8 @@ import pytest
 import streamfuse.processor
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
-from streamfuse.capture.sources import SourceConfig, SyntheticScene, open_source
+from streamfuse.capture.sources import SourceConfig, open_source
+from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.config import config_from_dict
 from streamfuse.frames import Frame
 from streamfuse.processor import FrameProcessor, build_fuser

@@ -16,7 +16,7 @@ import pytest
 import zmq
 from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, publishing, wait_until, with_header
 
-from streamfuse.capture.sources import SyntheticScene
+from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.publish import PublishConfig, Publisher

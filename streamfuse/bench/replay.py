@@ -22,7 +22,7 @@ __all__ = ["main", "synthetic_pair"]
 
 def synthetic_pair(folder: Path, frames: int, width: int, height: int) -> tuple[Path, Path]:
     """``folder/ir.mp4`` and ``folder/vis.mp4``: ``frames`` of the synthetic rig's scene at 30 fps, H.264."""
-    from streamfuse.capture.sources import SyntheticScene
+    from streamfuse.capture.synthetic import SyntheticScene
     from streamfuse.video import VideoWriter
 
     scene = SyntheticScene(width, height, seed=7)

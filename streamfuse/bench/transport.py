@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from streamfuse.bench import parse_sizes, positive
-from streamfuse.capture.sources import SyntheticScene
+from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.cli.args import int_at_least
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from streamfuse.capture.sources import SourceConfig, SourceError, SyntheticScene, open_source
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.registry import available
 
 TB = Fraction(1, 1000)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from streamfuse.align import AlignConfig
-from streamfuse.capture.sources import SyntheticScene
+from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.diffusion.guidance import KINDS, LAMBDAS, default_guides
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
