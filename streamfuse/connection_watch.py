@@ -179,8 +179,9 @@ def _wait_for_name(endpoint: str, name: str, wait_s: float) -> list[tuple] | Non
                         endpoint)
             return None
         except UnicodeError as exc:  # its IDNA encoding failed (a label empty or over 63 characters)
+            why = exc.__cause__ or exc  # Python 3.13 raises the codec's error itself, its reason without the position
             raise ValueError(f"cannot connect to {endpoint}: {name} is not a host name "
-                             f"({one_line(exc.__cause__ or exc)})") from None
+                             f"({getattr(why, 'reason', None) or one_line(why)})") from None
         except OSError as exc:
             if exc.errno == socket.EAI_AGAIN:
                 log.warning("cannot look up the host name %s now (%s); connecting to %s anyway", name, exc.strerror,

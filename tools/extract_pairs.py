@@ -49,6 +49,7 @@ def frames_at(path: Path, wanted: set[int], ir: bool = False) -> dict[int, np.nd
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            announced = stream.frames  # read while open: PyAV 19 refuses a closed container's streams
             for frame in container.decode(stream):
                 if ir and deep_grey(frame.format):  # every frame: the scale is the first frame's that has one
                     image = depth(frame.to_ndarray(format="gray16le"))
@@ -59,8 +60,8 @@ def frames_at(path: Path, wanted: set[int], ir: bool = False) -> dict[int, np.nd
                 decoded += 1
     except av.error.FFmpegError as exc:
         raise ValueError(f"{path}: cannot decode ({exc})") from None
-    if decoded < stream.frames:
-        raise ValueError(f"{path}: truncated or damaged, {decoded} of the {stream.frames} frames its container "
+    if decoded < announced:
+        raise ValueError(f"{path}: truncated or damaged, {decoded} of the {announced} frames its container "
                          "announces decode")
     return found
 
