@@ -39,6 +39,7 @@ temporal tool reads each clip as a sequence); the capture and replay sources rea
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +164,10 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
     return img
 
 
-def read_8bit(path: str | os.PathLike, depth: To8Bit, flag: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """:func:`read_image`, brought to 8 bits by ``depth``; ``ValueError`` (one line naming the file) otherwise."""
+def read_8bit(path: str | os.PathLike, depth: Callable[[np.ndarray], np.ndarray],
+              flag: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """:func:`read_image`, brought to 8 bits by ``depth`` (a :class:`To8Bit`); ``ValueError`` (one line naming the
+    file) otherwise."""
     image = read_image(path, flag)
     try:
         return depth(image)

@@ -124,6 +124,8 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
             paths = PATH_KEYS.get(name, ())
             raw = {k: os.path.expanduser(v) if k in paths and isinstance(v, str) else v for k, v in raw.items()}
             built[name] = parse_section(cls, raw, name)
+        if built["vis"].palette:  # a visible camera's colours are its image, not a code for temperature
+            raise ValueError(f"vis.palette={built['vis'].palette!r}: a palette is the IR camera's (ir.palette)")
     except ValueError as exc:
         raise ConfigError(f"{source_file}: {exc}") from None
     return PipelineConfig(**built, source_file=source_file)

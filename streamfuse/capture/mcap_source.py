@@ -14,13 +14,13 @@ the driver left the stamp at 0.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-import cv2
 from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader, SeekingReader
 from mcap.records import Channel, Message, Schema
@@ -29,6 +29,7 @@ from zstandard import ZstdError
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import foxglove_images, ros_images
 from streamfuse.capture.bag_folder import folder_topics, is_bag_folder, storage_files
+from streamfuse.capture.palette import check_depth, first_note, ir_grey
 from streamfuse.capture.ros1_bag import BagError, bag1_messages, bag1_topics, is_bag1
 from streamfuse.capture.ros_images import Unsupported
 from streamfuse.capture.rosbag2_compression import decompressed, is_compressed, message
@@ -41,6 +42,7 @@ from streamfuse.registry import register
 
 __all__ = ["McapSource", "read_messages", "read_recording", "image_topics", "topic_of"]
 
+log = logging.getLogger(__name__)
 IMAGE_SCHEMAS = frozenset((*ros_images.SCHEMAS, *foxglove_images.SCHEMAS))
 
 
@@ -100,14 +102,16 @@ def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPIC
             raise SourceError(_damaged(Path(shown or path), read, exc)) from None
 
 
-def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None) -> Iterator[Frame]:
+def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None, palette: str = "",
+                   warn: Callable[[str], None] = log.warning) -> Iterator[Frame]:
     """Frames of a recording in the order they were recorded (the live loop's order), read by :func:`read_messages`
     (a ``.db3`` bag by :func:`~streamfuse.capture.sqlite_bag.db3_messages`, a ROS 1 bag by
     :func:`~streamfuse.capture.ros1_bag.bag1_messages`).
 
     ``topics`` maps each stream wanted to its topic (default: both streams, on our recorder's topics). Channels
     without our ``seq`` marker (e.g. a ROS 2 bag) get sequence numbers counted from 0; IR images come grey and 8-bit,
-    as from any capture source (16-bit ones by the IR rule of :mod:`streamfuse.bitdepth`).
+    as from any capture source (16-bit ones by the IR rule of :mod:`streamfuse.bitdepth`, colour ones by ``palette``,
+    ``ir.palette``: :mod:`~streamfuse.capture.palette`; ``warn`` takes one line on the IR's first frame's colours).
     """
     topics = topics or TOPICS
     streams = {topic: stream for stream, topic in topics.items()}
@@ -129,12 +133,16 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
             raise SourceError(f"recording {path}: {topic}: {exc}") from None
         except ValueError as exc:
             raise SourceError(_damaged(Path(path), sum(counts.values()), exc)) from None
-        try:
+        try:  # float pixels on the visible topic, a palette named for 16-bit IR: well formed, not what the stream takes
+            if stream == "ir":
+                check_depth(image, palette)
             image = depth[stream](image)
-        except ValueError as exc:  # float pixels on the visible topic: well formed, but not what the stream takes
+            if stream == "ir":  # e.g. a bag of a false-colour thermal camera: temperature order, as live capture
+                if not counts["ir"] and (note := first_note(image, palette)):
+                    warn(f"recording {path}: {topic}: {note}")
+                image = ir_grey(image, palette)
+        except ValueError as exc:
             raise SourceError(f"recording {path}: {topic} ({stream}.topic): {exc}") from None
-        if stream == "ir" and image.ndim == 3:  # e.g. a bag of a colour-mapped thermal camera: grey, as live capture
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         seq = counts[stream] if seq is None else seq
         counts[stream] += 1
         yield Frame(stream, seq, stamp or log_ns, image)
@@ -181,6 +189,10 @@ def _damaged(path: Path, frames: int, exc: Exception) -> str:
     return f"recording {path} is truncated or corrupt after {frames} frames ({str(exc) or type(exc).__name__})"
 
 
+def _said(line: str) -> None:
+    """Drops a line already given."""
+
+
 @register("source", "mcap")
 class McapSource(BaseSource):
     """One stream (section ``ir`` or ``vis``) of a recording, as a capture Source (recorded times, re-readable).
@@ -202,10 +214,11 @@ class McapSource(BaseSource):
         self._it = self._frames()
 
     def _frames(self) -> Iterator[Frame]:
-        shift_ns, seq_offset = 0, 0
+        shift_ns, seq_offset, warn = 0, 0, self.warn
         while True:
             last = first_ns = prev_ns = None
-            for frame in read_recording(self.cfg.path, {self.section: topic_of(self.section, self.cfg)}):
+            for frame in read_recording(self.cfg.path, {self.section: topic_of(self.section, self.cfg)},
+                                        self.cfg.palette, warn):
                 first_ns = frame.t_capture_ns if first_ns is None else first_ns
                 prev_ns = last.t_capture_ns - shift_ns if last is not None else frame.t_capture_ns
                 frame.t_capture_ns += shift_ns
@@ -215,6 +228,7 @@ class McapSource(BaseSource):
                 yield frame
             if not self.cfg.loop or last is None:
                 return
+            warn = _said  # a looped recording's first frame again: its note was given on the first pass
             # the next pass starts one frame interval after this one ended
             last_ns = last.t_capture_ns - shift_ns
             shift_ns += last_ns - first_ns + max(last_ns - prev_ns, 1)

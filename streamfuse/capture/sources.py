@@ -11,20 +11,26 @@ synthetic: ``index / fps`` seconds) and have no monotonic stamp; see each kind.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
 from streamfuse.bitdepth import To8Bit
+from streamfuse.capture import palette
+from streamfuse.capture.palette import PALETTES
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check
 from streamfuse.frames import Frame
 from streamfuse.registry import available, build
 
 __all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "open_source"]
+
+log = logging.getLogger(__name__)
 
 # Largest frame accepted: 8192 px a side and no more pixels than DCI 8K (8192 x 4320); more is a typo, not a camera.
 MAX_SIDE, MAX_PIXELS = 8192, 8192 * 4320
@@ -57,6 +63,8 @@ class SourceConfig:
         ffmpeg: files and streams: FFmpeg options, ``NAME=VALUE`` (``rtsp_transport=udp``, ``fflags=nobuffer``); an
             RTSP URL gets ``rtsp_transport=tcp`` unless told (FFmpeg's UDP default loses packets on a busy link).
         topic: recordings: the topic this stream is read from (empty: our recorder's; a ``ros2 bag``'s camera).
+        palette: IR: the false-colour palette of a thermal camera's 8-bit frames, mapped back to temperature order
+            (:mod:`~streamfuse.capture.palette`); empty = grey by luminance.
     """
 
     kind: str = "synthetic"
@@ -74,6 +82,7 @@ class SourceConfig:
     decode_threads: int = 0
     ffmpeg: tuple[str, ...] = ()
     topic: str = ""
+    palette: str = ""
 
     def __post_init__(self) -> None:
         kinds = sorted(available("source"))
@@ -90,6 +99,7 @@ class SourceConfig:
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
         check(0 <= self.decode_threads <= 256, "decode_threads", self.decode_threads, "0 (FFmpeg's choice) .. 256")
         check(all("=" in o[1:] for o in self.ffmpeg), "ffmpeg", self.ffmpeg, "NAME=VALUE options: [fflags=nobuffer]")
+        check(self.palette in ("", *PALETTES), "palette", self.palette, f"'' (grey) | {' | '.join(PALETTES)}")
 
     def ring_bytes(self, slots: int, channels: int = 3) -> int:
         """Shared memory a ring of ``slots`` frames of this size takes (``channels`` bytes a pixel)."""
@@ -133,12 +143,17 @@ def open_source(section: str, cfg: SourceConfig) -> Source:
     return build("source", cfg.kind, section=section, cfg=cfg)
 
 
+def _log_warning(line: str) -> None:
+    log.warning("%s", line)
+
+
 class BaseSource:
     """Shared plumbing for Source kinds: lazy open, context manager, sequence numbers, colour conversion, pacing,
     ``skip``. A kind subclasses it, implements ``_open``/``_read`` (and ``_close``), and registers the class:
     ``register("source", "mcap")(McapSource)``; the factory is called as ``cls(section=..., cfg=...)``."""
 
     live = False
+    warn: Callable[[str], None] = staticmethod(_log_warning)  # one line on what the source corrects and goes on with
 
     def __init__(self, section: str, cfg: SourceConfig) -> None:
         self.section, self.cfg = section, cfg
@@ -202,18 +217,31 @@ class BaseSource:
         self._seq += 1
         return frame
 
+    def _8bit(self, image: np.ndarray) -> np.ndarray:
+        """16-bit and float frames to 8 bits (:mod:`~streamfuse.bitdepth`); ValueError where a palette is named for
+        them (counts are in temperature order already)."""
+        if self._is_ir:
+            palette.check_depth(image, self.cfg.palette)
+        return self._depth(image)
+
     def _convert(self, image: np.ndarray) -> np.ndarray:
-        """IR -> (H, W) grey; visible -> (H, W, 3) BGR, grey stays (H, W); 16-bit: :mod:`~streamfuse.bitdepth`."""
+        """IR -> (H, W) grey in temperature order (``palette``); visible -> (H, W, 3) BGR, grey stays (H, W); 16-bit:
+        :mod:`~streamfuse.bitdepth`."""
         try:
-            image = self._depth(image)
+            image = self._8bit(image)
         except ValueError as exc:
             raise SourceError(f"{self.section}: {exc}") from None
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
         if image.ndim == 3 and image.shape[2] == 4:
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-        if self._is_ir and image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        if self._is_ir:
+            if self._seq == 0 and (note := palette.first_note(image, self.cfg.palette)):
+                self.warn(f"{self.section}: {self.cfg.path}: {note}")
+            try:
+                image = palette.ir_grey(image, self.cfg.palette)
+            except ValueError as exc:
+                raise SourceError(f"{self.section}: {self.cfg.path}: {exc}") from None
         return np.ascontiguousarray(image)
 
     def _sleep(self, seconds: float) -> None:
@@ -231,4 +259,3 @@ class BaseSource:
             return
         wall0, t0, line = self._pace_anchor
         self._sleep((wall0 + (line.stamp(t_ns) - t0) - time.perf_counter_ns()) / 1e9)
-

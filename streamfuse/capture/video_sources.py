@@ -19,7 +19,6 @@ Capture times (``t_capture_ns``):
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import cv2
 
 from streamfuse.bitdepth import deep_grey, read_8bit
+from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
@@ -40,7 +40,6 @@ from streamfuse.registry import register
 
 __all__ = ["CameraSource", "AvSource", "FolderSource"]
 
-log = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
 # Codecs whose every packet is one picture although FFmpeg does not mark them intra-only (FFV1 may carry its context
@@ -92,10 +91,6 @@ class CameraSource(BaseSource):
 # -- PyAV file / stream ------------------------------------------------------------------------------------------
 
 
-def _log_warning(line: str) -> None:
-    log.warning("%s", line)
-
-
 class AvSource(BaseSource):
     """A video file or network stream decoded with PyAV; see the module docstring for its capture times.
 
@@ -108,8 +103,8 @@ class AvSource(BaseSource):
         time_base: the video stream's ``time_base`` (``Fraction``), so a writer can turn a file's ``t_capture_ns``
             back into integer pts: ``round(t_ns * time_base.denominator / (time_base.numerator * 1e9))`` (the input's
             own pts unless they had a discontinuity, see ``timestamps``).
-        warn: called with one line for what the source corrects and goes on (timestamp discontinuities, skipped
-            packets); the producer sends it to the pipeline's log.
+        warn: (:class:`BaseSource`'s) called with one line for what the source corrects and goes on (timestamp
+            discontinuities, skipped packets); the producer sends it to the pipeline's log.
         skipped: packets skipped so far because the decoder rejected them; the producer counts them into the run's
             telemetry (``capture_skipped``).
     """
@@ -118,7 +113,6 @@ class AvSource(BaseSource):
     _READ_TIMEOUT_S = 5.0
     _SKIP_REPORT_S = 10.0  # skipped packets of a live stream: at most one line per this many seconds
     _SKIP_FIRST_MAX = 50  # undecodable packets a live stream may start with (joined mid-stream) before that's an error
-    warn: Callable[[str], None] = staticmethod(_log_warning)
 
     def _open(self) -> None:
         self.live = self.cfg.kind == "stream"
@@ -225,7 +219,11 @@ class AvSource(BaseSource):
             self._last_step_ns = pts_ns - self._last_pts_ns
         self._last_pts_ns, self._last_t_ns = pts_ns, t_ns
         self._decoded += 1
-        grey = self._is_ir or frame.format.name.startswith("gray")
+        colour = not frame.format.name.startswith("gray")
+        if self._is_ir and colour and not self.cfg.palette and self._decoded == 1:  # decoded grey below: said here
+            if note := palette.first_note(frame.to_ndarray(format="bgr24"), ""):
+                self.warn(f"{self.section}: {self.cfg.path}: {note}")
+        grey = not colour or (self._is_ir and self.cfg.palette in ("", "black_hot"))  # a colour map takes colour
         deep = self._is_ir and deep_grey(frame.format)  # IR counts: 16 bits here, 8 from _convert
         image = frame.to_ndarray(format="gray16le" if deep else "gray" if grey else "bgr24")
         if not self.live:
@@ -389,7 +387,7 @@ class FolderSource(BaseSource):
         if index >= len(self._files) and not self.cfg.loop:
             return None
         try:
-            image = read_8bit(self._files[index % len(self._files)], self._depth)  # a bad pixel type names the file
+            image = read_8bit(self._files[index % len(self._files)], self._8bit)  # a bad pixel type names the file
         except ValueError as exc:
             raise SourceError(f"{self.section}: {exc}") from None
         t_ns = round(index * 1e9 / self.cfg.fps)

@@ -218,7 +218,8 @@ class RecordedOrder:
     """A recording's IR and visible frames as one source, in the order they were recorded (each on its topic)."""
 
     def __init__(self, ir: Input, vis: Input):
-        self._it = read_recording(vis.cfg.path, {i.stream: topic_of(i.stream, i.cfg) for i in (ir, vis)})
+        self._it = read_recording(vis.cfg.path, {i.stream: topic_of(i.stream, i.cfg) for i in (ir, vis)},
+                                  ir.cfg.palette)
 
     def read(self) -> Frame | None:
         return next(self._it, None)

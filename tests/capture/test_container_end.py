@@ -64,7 +64,7 @@ def write(path: Path, fmt: str, *, piped: bool = False, options: dict[str, str] 
 
 def read_all(path: Path, kind: str = "file") -> tuple[int, list[str]]:
     """Frames read by the file source (or a live ``stream`` one) to the end, and its warnings."""
-    src = open_source("ir", SourceConfig(kind=kind, path=str(path), realtime=False))
+    src = open_source("vis", SourceConfig(kind=kind, path=str(path), realtime=False))
     warnings: list[str] = []
     src.warn = warnings.append
     n = 0

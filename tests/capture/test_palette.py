@@ -1,0 +1,136 @@
+"""False-colour thermal frames (``ir.palette``): back to temperature order, live, from files and from a robot's bag."""
+
+from __future__ import annotations
+
+import av
+import cv2
+import numpy as np
+import pytest
+from helpers_ros import IMAGE, raw, write_bag
+
+from streamfuse.capture.mcap_source import read_recording
+from streamfuse.capture.palette import PALETTES, to_temperature
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+from streamfuse.checks import ConfigError
+from streamfuse.config import config_from_dict
+
+COLOUR_MAPS = [p for p in PALETTES if p != "black_hot"]
+
+
+def _colormap(name: str) -> int:
+    return getattr(cv2, f"COLORMAP_{name.upper()}")
+
+
+def _scene() -> np.ndarray:
+    """A thermal frame using every level: a ramp across, a warm body in the middle."""
+    t = np.tile(np.linspace(0, 255, 96), (64, 1))
+    t[20:44, 36:60] = 255
+    return np.round(t).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", COLOUR_MAPS)
+def test_every_colour_map_comes_back_to_its_levels(name):
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    back = to_temperature(cv2.applyColorMap(levels, _colormap(name)), name)
+    assert np.abs(back.astype(int) - levels).max() <= 2
+
+
+def test_a_compressed_frame_comes_back_within_a_level_on_average():
+    truth = cv2.resize(_scene(), (384, 256), interpolation=cv2.INTER_LINEAR)
+    ok, jpeg = cv2.imencode(".jpg", cv2.applyColorMap(truth, cv2.COLORMAP_INFERNO), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    error = np.abs(to_temperature(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), "inferno").astype(int) - truth)
+    assert error.mean() < 1.0 and np.percentile(error, 99) <= 6  # the most at the body's edges (chroma subsampling)
+
+
+def _folder(tmp_path, frames: list[np.ndarray]) -> str:
+    folder = tmp_path / "thermal"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
+    return str(folder)
+
+
+def _read_ir(path: str, palette: str = "", kind: str = "folder") -> tuple[list[np.ndarray], list[str]]:
+    lines = []
+    with open_source("ir", SourceConfig(kind=kind, path=path, realtime=False, palette=palette)) as src:
+        src.warn = lines.append
+        frames = []
+        while (frame := src.read()) is not None:
+            frames.append(frame.image)
+    return frames, lines
+
+
+def test_a_jet_thermal_camera_fuses_in_temperature_order_and_without_a_palette_is_told(tmp_path):
+    truth = _scene()
+    path = _folder(tmp_path, [cv2.applyColorMap(truth, cv2.COLORMAP_JET)] * 2)
+    frames, lines = _read_ir(path, "jet")
+    assert lines == [] and all(np.abs(f.astype(int) - truth).max() <= 1 for f in frames)
+    grey, lines = _read_ir(path)  # luminance: jet's hottest red is darker than its middle levels
+    assert grey[0][32, 48] < grey[0][32, 30] and truth[32, 48] > truth[32, 30]
+    assert len(lines) == 1 and "name the palette in ir.palette" in lines[0] and path in lines[0]
+
+
+def _video(path, frames: list[np.ndarray]) -> str:
+    """A lossless colour video (FFV1, bgr0) of BGR frames, as a thermal viewer's export."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "bgr0"
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        out.mux(stream.encode())
+    return str(path)
+
+
+def test_a_false_colour_video_is_decoded_in_colour_for_its_palette_and_told_without_one(tmp_path):
+    truth = _scene()
+    path = _video(tmp_path / "thermal.mkv", [cv2.applyColorMap(truth, cv2.COLORMAP_INFERNO)] * 3)
+    frames, lines = _read_ir(path, "inferno", kind="file")
+    assert len(frames) == 3 and lines == [] and all(np.abs(f.astype(int) - truth).max() <= 1 for f in frames)
+    grey, lines = _read_ir(path, kind="file")  # decoded to grey by FFmpeg: told on the first frame
+    assert len(grey) == 3 and len(lines) == 1 and "name the palette in ir.palette" in lines[0]
+
+
+def test_black_hot_is_inverted_grey_or_colour(tmp_path):
+    truth = _scene()
+    frames, lines = _read_ir(_folder(tmp_path, [255 - truth, cv2.cvtColor(255 - truth, cv2.COLOR_GRAY2BGR)]),
+                             "black_hot")
+    assert lines == [] and all(np.array_equal(f, truth) for f in frames)
+
+
+def test_frames_in_another_palette_are_told_and_what_cannot_be_a_palette_is_one_line(tmp_path):
+    truth = _scene()
+    _, lines = _read_ir(_folder(tmp_path, [cv2.applyColorMap(truth, cv2.COLORMAP_INFERNO)]), "jet")
+    assert len(lines) == 1 and "do not look like the jet palette" in lines[0]
+    for name, frame, words in [("grey", truth, "frames are grey, not in the jet palette"),
+                               ("counts", truth.astype(np.uint16) * 50, "uint16 frames are counts or temperatures")]:
+        folder = tmp_path / name
+        folder.mkdir()
+        cv2.imwrite(str(folder / "000.png"), frame)
+        with pytest.raises(SourceError, match=words) as caught:
+            _read_ir(str(folder), "jet")
+        assert "\n" not in str(caught.value)
+
+
+def test_a_palette_is_the_ir_cameras_and_one_it_does_not_know_lists_those_it_does():
+    with pytest.raises(ConfigError, match=r"vis.palette='jet': a palette is the IR camera's"):
+        config_from_dict({"vis": {"palette": "jet"}})
+    with pytest.raises(ConfigError, match=r"ironbow.*black_hot \| autumn"):
+        config_from_dict({"ir": {"palette": "ironbow"}})
+
+
+def test_a_bag_of_a_false_colour_thermal_camera_replays_in_temperature_order(tmp_path):
+    truth = _scene()
+    bag = tmp_path / "robot.mcap"
+    coloured = cv2.cvtColor(cv2.applyColorMap(truth, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    write_bag(bag, {"/thermal/image": IMAGE}, [("/thermal/image", 10**9 + i, raw("rgb8", coloured, stamp_ns=10**9 + i))
+                                               for i in range(3)])
+    lines = []
+    frames = list(read_recording(bag, {"ir": "/thermal/image"}, "turbo", lines.append))
+    assert len(frames) == 3 and lines == [] and all(np.abs(f.image.astype(int) - truth).max() <= 1 for f in frames)
+    frames = list(read_recording(bag, {"ir": "/thermal/image"}, "", lines.append))
+    assert len(lines) == 1 and "/thermal/image" in lines[0] and "ir.palette" in lines[0]
+    lines.clear()  # live, looped: told once, not at every pass
+    cfg = SourceConfig(kind="mcap", path=str(bag), topic="/thermal/image", realtime=False, loop=True)
+    with open_source("ir", cfg) as src:
+        src.warn = lines.append
+        assert all(src.read() is not None for _ in range(7)) and len(lines) == 1
