@@ -31,9 +31,15 @@ def raw(encoding: str, pixels: np.ndarray, *, big: bool = False, pad: int = 3, s
     """A sensor_msgs/Image of ``pixels`` (H, W[, C]) whose rows are ``pad`` bytes longer than the pixels need."""
     data = pixels.astype(pixels.dtype.newbyteorder(">" if big else "<")).reshape(pixels.shape[0], -1).view(np.uint8)
     data = np.pad(data, ((0, 0), (0, pad)))
-    return _ENCODE[IMAGE]({"header": _header(stamp_ns), "height": pixels.shape[0], "width": pixels.shape[1],
-                           "encoding": encoding, "is_bigendian": int(big), "step": data.shape[1],
-                           "data": data.tobytes()})
+    return image_message(encoding, pixels.shape[0], pixels.shape[1], data.shape[1], data.tobytes(), big=big,
+                         stamp_ns=stamp_ns)
+
+
+def image_message(encoding: str, height: int, width: int, step: int, data: bytes, *, big: bool = False,
+                  stamp_ns: int = STAMP_NS) -> bytes:
+    """A sensor_msgs/Image with these fields as they are (a layout of planes ``raw`` does not make, say)."""
+    return _ENCODE[IMAGE]({"header": _header(stamp_ns), "height": height, "width": width, "encoding": encoding,
+                           "is_bigendian": int(big), "step": step, "data": data})
 
 
 def compressed(form: str, data: bytes, *, stamp_ns: int = STAMP_NS) -> bytes:

@@ -3,7 +3,8 @@
 A robot's own ``ros2 bag`` (CDR messages) replays as our recordings do, and so does a ROS 1 bag (``sensor_msgs/Image``
 in ROS 1 serialization, as ``rosbag record`` wrote it or turned into MCAP), in the encodings its cameras publish: raw
 ``mono8`` / ``8UC1``, ``mono16`` / ``16UC1`` (either byte order), ``bgr8`` / ``8UC3``, ``rgb8``, ``bgra8`` /
-``8UC4``, ``rgba8``, ``bgr16``, ``rgb16``, ``yuv422`` (UYVY) / ``uyvy``, ``yuv422_yuy2`` / ``yuyv``, the four Bayer
+``8UC4``, ``rgba8``, ``bgr16``, ``rgb16``, ``yuv422`` (UYVY) / ``uyvy``, ``yuv422_yuy2`` / ``yuyv``, ``nv21``,
+``nv24``, the four Bayer
 patterns in 8 and 16 bits, ``32FC1`` (a radiometric thermal camera's temperatures), and image_transport's
 ``compressed`` (JPEG, PNG) and ``compressedDepth`` (PNG). Images come as ``(H, W)`` grey or ``(H, W, 3)`` BGR, uint8,
 uint16 or float32 (the caller brings them to 8 bits as it does a video's, :mod:`streamfuse.bitdepth`).
@@ -42,7 +43,10 @@ _RAW: dict[str, tuple[int, type, int | None]] = {
     "bayer_gbrg16": (1, np.uint16, cv2.COLOR_BayerGR2BGR), "bayer_grbg16": (1, np.uint16, cv2.COLOR_BayerGB2BGR),
     "32FC1": (1, np.float32, None),  # a radiometric thermal camera's temperatures
 }
-ENCODINGS = tuple(_RAW)
+# semi-planar YUV (a Y plane, then one of interleaved chroma), as V4L2 lays it out: nv21
+# (4:2:0, V before U), nv24 (4:4:4, U before V)
+_SEMIPLANAR = ("nv21", "nv24")
+ENCODINGS = (*_RAW, *_SEMIPLANAR)
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -93,6 +97,8 @@ class _Fields:
 def pixels(height: int, width: int, encoding: str, big: bool, step: int, data: memoryview | bytes) -> np.ndarray:
     """A raw image's pixels (rows ``step`` bytes apart) as grey or BGR, by its ``encoding`` (one of
     :data:`ENCODINGS`)."""
+    if encoding in _SEMIPLANAR:
+        return _semiplanar(height, width, encoding, step, data)
     if encoding not in _RAW:
         raise Unsupported(f"image encoding {encoding!r} is not supported; supported: {', '.join(ENCODINGS)}")
     channels, dtype, code = _RAW[encoding]
@@ -104,6 +110,25 @@ def pixels(height: int, width: int, encoding: str, big: bool, step: int, data: m
     img = rows.copy().view(np.dtype(dtype).newbyteorder(">" if big else "<")).astype(dtype, copy=False)
     img = img.reshape((height, width, channels) if channels > 1 else (height, width))
     return img if code is None else cv2.cvtColor(img, code)
+
+
+def _semiplanar(height: int, width: int, encoding: str, step: int, data: memoryview | bytes) -> np.ndarray:
+    """nv21 / nv24 as BGR: the Y plane's rows ``step`` bytes apart, then the chroma plane's (nv21: ``height / 2`` rows
+    of ``step`` bytes; nv24: ``height`` rows of ``2 step``). nv24's chroma is averaged over 2x2 pixels into the 4:2:0
+    form OpenCV converts (the fusion keeps the visible image's colour at that resolution)."""
+    full = encoding == "nv24"
+    rows, chroma_step, chroma_row = (height, 2 * step, 2 * width) if full else (height // 2, step, width)
+    need = step * height + chroma_step * (rows - 1) + chroma_row
+    if height % 2 or width % 2 or step < width or len(data) < need:
+        raise ValueError(f"a {width}x{height} {encoding} image needs an even size, rows of at least {width} bytes and "
+                         f"{need} bytes; it has step {step} and {len(data)} bytes")
+    buf = np.frombuffer(data, np.uint8)
+    y = np.lib.stride_tricks.as_strided(buf, (height, width), (step, 1))
+    uv = np.lib.stride_tricks.as_strided(buf[step * height:], (rows, chroma_row), (chroma_step, 1))
+    if full:
+        uv = uv.reshape(height // 2, 2, width // 2, 2, 2).mean(axis=(1, 3)).round().astype(np.uint8)
+    return cv2.cvtColor(np.vstack([y, uv.reshape(height // 2, width)]),
+                        cv2.COLOR_YUV2BGR_NV12 if full else cv2.COLOR_YUV2BGR_NV21)
 
 
 def decompressed(form: str, data: bytes) -> np.ndarray:

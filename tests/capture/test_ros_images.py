@@ -8,7 +8,8 @@ import struct
 import cv2
 import numpy as np
 import pytest
-from helpers_ros import COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, STAMP_NS, compressed, raw, ros1
+from helpers_ros import (COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, STAMP_NS, compressed, image_message, raw,
+                         ros1)
 
 from streamfuse.capture.ros_images import ENCODINGS, Unsupported, decode
 
@@ -47,6 +48,26 @@ def test_packed_yuv_encodings_read_their_byte_order(encoding, order):
     _, image = decode(IMAGE, raw(encoding, np.array([packed], np.uint8).reshape(1, 2, 2)))
     assert image.shape == (1, 2, 3)  # video-range luma (16..235) stretched to 0..255, as BT.601 says
     assert abs(int(image[0, 0, 1]) - (50 - 16) * 255 / 219) < 1.5 and abs(int(image[0, 1, 1]) - 214) < 1.5
+
+
+@pytest.mark.parametrize("encoding", ["nv21", "nv24"])
+def test_semi_planar_yuv_gives_the_colours_opencv_gives_planar_yuv(bgr, encoding):
+    h, w = bgr.shape[:2]
+    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)  # Y, then the U and V planes at half size
+    y, u, v = i420[:h], i420[h:h + h // 4].reshape(h // 2, w // 2), i420[h + h // 4:].reshape(h // 2, w // 2)
+    if encoding == "nv21":
+        chroma = np.stack([v, u], axis=-1).reshape(h // 2, w)
+    else:  # full-size chroma, U first: each 2x2 block alike, so it averages back to the planes above
+        chroma = np.stack([u, v], axis=-1).repeat(2, axis=0).repeat(2, axis=1).reshape(h, 2 * w)
+    planes = np.zeros((h + chroma.shape[0], 2 * w + 6 if encoding == "nv24" else w + 6), np.uint8)
+    planes[:h, :w], planes[h:, :chroma.shape[1]] = y, chroma
+    step = w + 6 if encoding == "nv21" else w + 3  # rows padded: nv24's chroma rows are 2 x step
+    data = np.concatenate([planes[:h, :step].ravel(), planes[h:, :(step if encoding == "nv21" else 2 * step)].ravel()])
+    msg = image_message(encoding, h, w, step, data.tobytes())
+    _, image = decode(IMAGE, msg)
+    assert np.array_equal(image, cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420))
+    with pytest.raises(ValueError, match=f"a {w}x{h} {encoding} image needs an even size"):
+        decode(IMAGE, image_message(encoding, h, w, step, data[:h * step].tobytes()))  # its Y plane alone
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -91,8 +112,8 @@ def test_compressed_jpeg_png_and_compressed_depth_decode():
 
 
 def test_what_is_not_an_image_we_read_is_one_line(bgr):
-    with pytest.raises(Unsupported, match="image encoding 'nv21' is not supported; supported: mono8"):
-        decode(IMAGE, raw("nv21", bgr[..., 0]))
+    with pytest.raises(Unsupported, match="image encoding '64FC1' is not supported; supported: mono8"):
+        decode(IMAGE, raw("64FC1", bgr[..., 0].astype(np.float64)))
     with pytest.raises(Unsupported, match="messages of sensor_msgs/msg/Imu are not images"):
         decode("sensor_msgs/msg/Imu", b"\x00\x01\x00\x00")
     with pytest.raises(ValueError, match="data is not an image OpenCV decodes"):
@@ -102,7 +123,7 @@ def test_what_is_not_an_image_we_read_is_one_line(bgr):
         decode(IMAGE, whole[:len(whole) // 2])
     with pytest.raises(ValueError, match="not a plain CDR message"):
         decode(IMAGE, b"\x00\x03\x00\x00" + whole[4:])
-    assert len(ENCODINGS) == 25
+    assert len(ENCODINGS) == 27
 
 
 def test_ros1_messages_decode_as_ros2_ones():
