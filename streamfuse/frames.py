@@ -27,6 +27,8 @@ class Frame:
         t_mono_ns: acquisition time on the machine's monotonic clock (``time.monotonic_ns()``, one clock for every
             process of the machine), ns, which latency is measured on: a wall clock stepped by NTP moves the epoch
             time, not this one; 0 for a frame not acquired live (a file, a recording).
+        counts: IR read deeper than 8 bits: the ``(H, W)`` uint16 counts ``image`` was made from (a thermal
+            camera's raw output, which a recording keeps beside the 8-bit image); None otherwise.
     """
 
     stream: str
@@ -34,6 +36,7 @@ class Frame:
     t_capture_ns: int
     image: np.ndarray
     t_mono_ns: int = 0
+    counts: np.ndarray | None = None
 
 
 @dataclass

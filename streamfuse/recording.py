@@ -9,6 +9,9 @@ Recording format: MCAP (indexed, zstd chunks; Foxglove opens it, ROS 2 tooling r
   ``cdr``-encoded: ``header.stamp`` = capture time, ``header.frame_id`` = the optical frame, ``height``,
   ``width``, ``encoding`` (``mono8`` IR, ``bgr8`` or ``mono8`` visible), ``is_bigendian`` = 0, ``step`` (bytes
   per row) and ``data`` (the raw pixels).
+- ``/ir/counts``, the same schema in ``mono16``: where the IR camera gives more than 8 bits (a thermal camera's
+  counts), the counts each ``/ir/image`` frame was made from, at the same time and sequence number; a replay reads
+  ``/ir/image`` (the frames the live run fused), ``ir.topic: /ir/counts`` replays from the counts.
 - MCAP record fields: ``log_time`` = ``publish_time`` = the frame's ``t_capture_ns`` (integer ns, exact),
   ``sequence`` = the frame's per-source ``seq``.
 
@@ -31,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 from mcap.writer import CompressionType, Writer
 
@@ -40,11 +42,12 @@ from streamfuse.checks import check
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 
-__all__ = ["RecordConfig", "Recorder", "encode_image", "TOPICS", "IMAGE_SCHEMA_TEXT"]
+__all__ = ["RecordConfig", "Recorder", "encode_image", "TOPICS", "COUNTS_TOPIC", "IMAGE_SCHEMA_TEXT"]
 
 log = logging.getLogger(__name__)
 
 TOPICS = {"ir": "/ir/image", "vis": "/vis/image"}
+COUNTS_TOPIC = "/ir/counts"
 _SCHEMA_NAME = "sensor_msgs/msg/Image"
 IMAGE_SCHEMA_TEXT = """std_msgs/Header header
 uint32 height
@@ -91,14 +94,16 @@ class RecordConfig:
 
 
 
-def encode_image(frame: Frame, frame_id: str) -> bytes:
-    """CDR bytes of a ``sensor_msgs/msg/Image`` holding ``frame.image`` (mono8 or bgr8)."""
-    img = np.ascontiguousarray(frame.image)
-    if img.dtype != np.uint8 or img.ndim not in (2, 3) or img.shape[2:] not in ((), (3,)):
-        raise ValueError(f"cannot record {frame.stream} frame {frame.seq}: image must be (H, W) or (H, W, 3) uint8, "
-                         f"got {img.shape} {img.dtype}")
+def encode_image(frame: Frame, frame_id: str, image: np.ndarray | None = None) -> bytes:
+    """CDR bytes of a ``sensor_msgs/msg/Image`` holding ``image`` (default ``frame.image``): mono8, bgr8, or
+    mono16 (the IR's counts)."""
+    img = np.ascontiguousarray(frame.image if image is None else image)
+    encoding = {(np.uint8, 2): b"mono8", (np.uint8, 3): b"bgr8", (np.uint16, 2): b"mono16"}.get(
+        (img.dtype.type, img.ndim)) if img.shape[2:] in ((), (3,)) else None
+    if encoding is None:
+        raise ValueError(f"cannot record {frame.stream} frame {frame.seq}: image must be (H, W) or (H, W, 3) uint8 "
+                         f"or (H, W) uint16, got {img.shape} {img.dtype}")
     height, width = img.shape[:2]
-    encoding = b"mono8" if img.ndim == 2 else b"bgr8"
     sec, nanosec = divmod(frame.t_capture_ns, 1_000_000_000)
     fid = frame_id.encode() + b"\0"
     buf = bytearray(_CDR_LE)
@@ -161,6 +166,7 @@ class Recorder:
         schema = self._writer.register_schema(_SCHEMA_NAME, "ros2msg", IMAGE_SCHEMA_TEXT.encode())
         self._channels = {s: self._writer.register_channel(topic, "cdr", schema, {"seq": "mcap_sequence"})
                           for s, topic in TOPICS.items()}
+        self._schema, self._counts_channel = schema, None  # the counts' channel: at the first frame that has them
         self._sync = BackgroundSync(self._file.fileno(), f"sync {self.path.name}")
         self._worker = WriterThread(f"record {self.path.name}", self._append, f"writing recording {self._partial}",
                                     queue_size, idle=(cfg.flush_s, self._flush))
@@ -195,6 +201,13 @@ class Recorder:
         self._writer.add_message(self._channels[frame.stream], log_time=frame.t_capture_ns, publish_time=
                                  frame.t_capture_ns, data=encode_image(frame, self._frame_ids[frame.stream]),
                                  sequence=frame.seq)
+        if frame.counts is not None:
+            if self._counts_channel is None:
+                self._counts_channel = self._writer.register_channel(COUNTS_TOPIC, "cdr", self._schema,
+                                                                     {"seq": "mcap_sequence"})
+            self._writer.add_message(self._counts_channel, log_time=frame.t_capture_ns, publish_time=
+                                     frame.t_capture_ns, data=encode_image(frame, self._frame_ids["ir"], frame.counts),
+                                     sequence=frame.seq)
         now = time.monotonic()
         self._chunk_t0 = now if self._chunk_t0 is None else self._chunk_t0
         # the writer wrote out its chunk (this frame in it), or the chunk has waited flush_s: all of it to the OS,

@@ -28,7 +28,7 @@ from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.errors import io_reason
-from streamfuse.recording import TOPICS, RecordConfig
+from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig
 from streamfuse.signals import HANGUP, handled
 
 __all__ = ["recover", "main"]
@@ -115,14 +115,15 @@ def _copy(src: Path, header: Header, f: BinaryIO) -> tuple[dict[str, int], int, 
     counts, first, last = {s: 0 for s in TOPICS}, None, 0
     streams = {topic: s for s, topic in TOPICS.items()}
     try:
-        for schema, channel, msg in read_messages(src):
+        for schema, channel, msg in read_messages(src, (*TOPICS.values(), COUNTS_TOPIC)):
             if schema is not None and schema.id not in schemas:
                 schemas[schema.id] = writer.register_schema(schema.name, schema.encoding, schema.data)
             if channel.id not in channels:
                 channels[channel.id] = writer.register_channel(channel.topic, channel.message_encoding,
                                                                schemas[channel.schema_id], dict(channel.metadata))
             writer.add_message(channels[channel.id], msg.log_time, msg.data, msg.publish_time, msg.sequence)
-            counts[streams[channel.topic]] += 1
+            if channel.topic in streams:  # frames; the IR's counts go with its frames
+                counts[streams[channel.topic]] += 1
             first, last = msg.log_time if first is None else min(first, msg.log_time), max(last, msg.log_time)
     except SourceError:  # the cut: everything before it is in
         pass

@@ -21,6 +21,7 @@ import struct
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader, SeekingReader
 from mcap.records import Channel, Message, Schema
@@ -133,6 +134,7 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
             raise SourceError(f"recording {path}: {topic}: {exc}") from None
         except ValueError as exc:
             raise SourceError(_damaged(Path(path), sum(counts.values()), exc)) from None
+        deep = image if stream == "ir" and image.dtype == np.uint16 and image.ndim == 2 else None  # Frame.counts
         try:  # float pixels on the visible topic, a palette named for 16-bit IR: well formed, not what the stream takes
             if stream == "ir":
                 check_depth(image, palette)
@@ -145,7 +147,7 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
             raise SourceError(f"recording {path}: {topic} ({stream}.topic): {exc}") from None
         seq = counts[stream] if seq is None else seq
         counts[stream] += 1
-        yield Frame(stream, seq, stamp or log_ns, image)
+        yield Frame(stream, seq, stamp or log_ns, image, counts=deep)
 
 
 def _records(path: str | os.PathLike, topics: tuple[str, ...],

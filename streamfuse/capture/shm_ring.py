@@ -57,7 +57,7 @@ _ALIGN = 64  # cache line
 # Header fields (int64).
 _H_MAGIC, _H_SLOTS, _H_SLOT_BYTES, _H_HEAD, _H_TAIL, _H_DROPPED, _H_NEXT_GEN, _H_LEN = range(8)
 # Per-slot metadata fields (int64).
-_M_SEQ, _M_T, _M_H, _M_W, _M_C, _M_NBYTES, _M_MONO, _M_LEN = 0, 1, 2, 3, 4, 5, 6, 8
+_M_SEQ, _M_T, _M_H, _M_W, _M_C, _M_NBYTES, _M_MONO, _M_COUNTS, _M_LEN = range(9)
 _LOCK_POLL_S = 0.1  # longest single wait; callers re-check stop flags and deadlines in between
 
 
@@ -230,7 +230,7 @@ class ShmRing:
         """Copy ``frame`` into the next slot.
 
         Args:
-            frame: ``image`` must be uint8 ``(H, W)`` or ``(H, W, C)``.
+            frame: ``image`` must be uint8 ``(H, W)`` or ``(H, W, C)``; ``counts``, if any, uint16 ``(H, W)``.
             stop: optional Event; ``block`` policy: give up waiting for space once it is set.
             timeout: ``block`` policy: longest wait for space, s (None = until ``stop``).
 
@@ -241,6 +241,9 @@ class ShmRing:
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ValueError(f"ring {self.stream}: image must be uint8 (H, W) or (H, W, C), got {image.dtype} "
                              f"{image.shape}")
+        if frame.counts is not None and (frame.counts.dtype != np.uint16 or frame.counts.shape != image.shape[:2]):
+            raise ValueError(f"ring {self.stream}: counts must be uint16 {image.shape[:2]}, got {frame.counts.dtype} "
+                             f"{frame.counts.shape}")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._lock.acquire(timeout=_LOCK_POLL_S):
@@ -256,9 +259,10 @@ class ShmRing:
         return True
 
     def _write_locked(self, frame: Frame) -> bool:
-        image = frame.image
-        if image.nbytes > self.slot_bytes:
-            self._grow(image.nbytes)
+        image, counts = frame.image, frame.counts
+        extra = 0 if counts is None else counts.nbytes  # the IR's 16-bit counts follow the image in its slot
+        if image.nbytes + extra > self.slot_bytes:
+            self._grow(image.nbytes + extra)
         head, tail = int(self._hdr[_H_HEAD]), int(self._hdr[_H_TAIL])
         if head - tail >= self.slots:
             if self.policy == "block":
@@ -268,8 +272,10 @@ class ShmRing:
         slot = head % self.slots
         h, w = image.shape[:2]
         c = image.shape[2] if image.ndim == 3 else 0
-        self._meta[slot, :_M_MONO + 1] = (frame.seq, frame.t_capture_ns, h, w, c, image.nbytes, frame.t_mono_ns)
+        self._meta[slot] = (frame.seq, frame.t_capture_ns, h, w, c, image.nbytes, frame.t_mono_ns, extra)
         np.copyto(self._data[slot, :image.nbytes].reshape(image.shape), image)  # the one copy in
+        if counts is not None:
+            self._data[slot, image.nbytes:image.nbytes + extra] = np.ascontiguousarray(counts).view(np.uint8).ravel()
         self._hdr[_H_HEAD] = head + 1
         return True
 
@@ -296,12 +302,14 @@ class ShmRing:
                 return None
             tail = int(self._hdr[_H_TAIL])
             slot = tail % self.slots
-            seq, t_ns, h, w, c, nbytes, mono_ns = (int(v) for v in self._meta[slot, :_M_MONO + 1])
+            seq, t_ns, h, w, c, nbytes, mono_ns, extra = (int(v) for v in self._meta[slot])
             shape = (h, w, c) if c else (h, w)
             image = self._data[slot, :nbytes].reshape(shape).copy()  # the one copy out
+            # copied before the view: the image's size may leave the counts at an odd offset
+            counts = self._data[slot, nbytes:nbytes + extra].copy().view(np.uint16).reshape(h, w) if extra else None
             self._hdr[_H_TAIL] = tail + 1
         self._space_bell.release()
-        return Frame(self.stream, seq, t_ns, image, mono_ns)
+        return Frame(self.stream, seq, t_ns, image, mono_ns, counts)
 
     def peek_time(self) -> int | None:
         """Capture time (ns) of the oldest unread frame without reading it; None when empty."""

@@ -161,6 +161,7 @@ class BaseSource:
         self.stop_event: Any = None  # Event-like (``wait(s)``) from the producer: pacing sleeps end on stop
         self._is_ir = section == "ir"
         self._depth = To8Bit(self._is_ir)  # 16-bit frames: IR by the sequence's held range (streamfuse.bitdepth)
+        self._counts: np.ndarray | None = None  # the 16-bit IR counts of the frame being made (Frame.counts)
         self._seq, self._opened = 0, False
         self._pace_anchor: tuple[int, int, FileClock] | None = None  # perf_counter_ns, time, time line (_pace)
         self._skipping = False
@@ -213,8 +214,8 @@ class BaseSource:
         """Nothing to release by default."""
 
     def _frame(self, t_ns: int, image: np.ndarray, mono_ns: int = 0) -> Frame:
-        frame = Frame(self.section, self._seq, int(t_ns), image, mono_ns)
-        self._seq += 1
+        frame = Frame(self.section, self._seq, int(t_ns), image, mono_ns, self._counts)
+        self._seq, self._counts = self._seq + 1, None
         return frame
 
     def _8bit(self, image: np.ndarray) -> np.ndarray:
@@ -222,6 +223,8 @@ class BaseSource:
         them (counts are in temperature order already)."""
         if self._is_ir:
             palette.check_depth(image, self.cfg.palette)
+            if image.dtype == np.uint16 and image.ndim == 2:  # a thermal camera's counts: kept for a recording
+                self._counts = image
         return self._depth(image)
 
     def _convert(self, image: np.ndarray) -> np.ndarray:
