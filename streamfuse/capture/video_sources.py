@@ -173,6 +173,8 @@ class AvSource(BaseSource):
         """The stream's frames (``container.decode``, packet by packet, so a live stream can skip a bad packet)."""
         import av
 
+        if stream.codec_context is None:  # a codec this FFmpeg cannot decode: PyAV 17 would crash decoding it
+            raise OSError("FFmpeg has no decoder for its codec")
         for packet in container.demux(stream):
             self._packets += packet.size > 0
             if packet.size and packet.dts is not None:
@@ -204,6 +206,8 @@ class AvSource(BaseSource):
             why = one_line(exc)
             if isinstance(exc, av.ExitError) and self.live:
                 why = f"no stream data for {self._READ_TIMEOUT_S:g} s (read timeout)"
+            if not self.live and (cut := self._read_end(missing_end)) and cut.certain and not cut.after_frames:
+                raise self._truncated(cut.what) from None  # a decoder that fails on a cut file's last packet (PyAV 17)
             raise SourceError(f"{self.section}: {self.cfg.path}: decoding stopped {self._where()}: {why}") from None
         if frame is None:
             return self._end_of_pass()
@@ -252,11 +256,14 @@ class AvSource(BaseSource):
                       f"placed 1 ns after the previous one")
         return t_ns
 
+    def _truncated(self, what: str) -> SourceError:
+        return SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
+                           f"{self._where()}; {what}")
+
     def _end_of_pass(self) -> Frame | None:
         """The stream ended: a truncated file is an error; else None, or a new pass when looping."""
         if 0 < self._decoded < self._expected:
-            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
-                              f"{self._where()}; the container announces {self._expected} frames")
+            raise self._truncated(f"the container announces {self._expected} frames")
         self._check_end()
         if not self.cfg.loop or self._decoded == 0:
             return None
@@ -276,8 +283,7 @@ class AvSource(BaseSource):
         self._check_lost()
         end_s = announced_end_s(self._container, self._stream, self._first_dts) if self._finalised() else None
         if self._decoded and end_s is not None and self._ends_before(end_s):
-            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
-                              f"{self._where()}; the container announces {end_s:.3f} s")
+            raise self._truncated(f"the container announces {end_s:.3f} s")
         # Its announced frame count, or its announced length to within half a frame (a single frame's is not known)
         whole = self._decoded == self._expected > 0 or (self._decoded > 1 and end_s is not None
                                                         and not self._ends_before(end_s, steps=1.5))
@@ -315,8 +321,7 @@ class AvSource(BaseSource):
         if cut is None:
             return
         if cut.certain and not cut.after_frames:
-            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
-                              f"{self._where()}; {cut.what}")
+            raise self._truncated(cut.what)
         where = f"{self.section}: {self.cfg.path}: {cut.what}"
         if cut.after_frames and whole:
             self.warn(f"{where}: cut in its index or metadata, after the frames: all {self._decoded} frames it "
@@ -343,8 +348,7 @@ class AvSource(BaseSource):
             return
         codec = self._stream.codec_context.codec
         if codec.intra_only or codec.name in _ONE_PICTURE_PER_PACKET:
-            raise SourceError(f"{self.section}: {self.cfg.path}: truncated or corrupt video: decoding stopped "
-                              f"{self._where()}; the file holds {self._packets} frames")
+            raise self._truncated(f"the file holds {self._packets} frames")
         self.warn(f"{self.section}: {self.cfg.path}: {lost} of its {self._packets} packets decoded to no frame "
                   f"(damaged data, or a stream cut before a keyframe); their frames are missing")
 
