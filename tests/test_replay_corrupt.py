@@ -54,6 +54,15 @@ def _damage_packet(path: Path, index: int) -> None:
     path.write_bytes(bytes(data))
 
 
+# PyAV 18 and later drop a picture that fails while a frame-threaded decoder drains, as FFmpeg does; PyAV 17 (what
+# pip installs for Python 3.10) raises its error there, which stops a replay at that point in one line
+DRAINS_SILENTLY = int(av.__version__.split(".")[0]) >= 18
+
+
+def _stopped_by_the_decoder(text: str) -> bool:
+    return "decoding stopped after frame" in text and "Invalid data found when processing input" in text
+
+
 @pytest.mark.parametrize("fmt, ext, index", [("avi", ".avi", -1), ("avi", ".avi", -8), ("matroska", ".mkv", -1)])
 def test_a_damaged_picture_among_the_last_packets_is_reported_not_taken_for_the_end(tmp_path, fmt, ext, index):
     """16 decoder threads: the damaged picture is decoded while the decoder drains, where FFmpeg drops it and every
@@ -70,9 +79,12 @@ def test_a_damaged_picture_among_the_last_packets_is_reported_not_taken_for_the_
         run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
     text = str(err.value)
     assert "\n" not in text and "vis input ended early" in text and str(vis) in text
-    assert f"truncated or corrupt video: decoding stopped after frame {N + index}" in text
-    assert err.value.summary.frames["vis"] == N + index and not err.value.summary.complete
-    assert not out.exists()
+    assert not err.value.summary.complete and not out.exists()
+    if DRAINS_SILENTLY:
+        assert f"truncated or corrupt video: decoding stopped after frame {N + index}" in text
+        assert err.value.summary.frames["vis"] == N + index
+    else:
+        assert _stopped_by_the_decoder(text) and err.value.summary.frames["vis"] <= N + index
 
 
 def test_a_damaged_h264_picture_the_decoder_drops_is_reported(tmp_path, caplog):
@@ -86,6 +98,11 @@ def test_a_damaged_h264_picture_the_decoder_drops_is_reported(tmp_path, caplog):
     data = bytearray(vis.read_bytes())
     data[pos:pos + size] = bytes(size)  # the last picture's NAL units: zeros the decoder rejects
     vis.write_bytes(bytes(data))
+    if not DRAINS_SILENTLY:
+        with pytest.raises(ReplayError) as err:
+            run_replay(make_cfg(replay={"codec_threads": 16}), ir_path=ir, vis_path=vis, out_path=out)
+        assert _stopped_by_the_decoder(str(err.value)) and str(vis) in str(err.value)
+        return
     with caplog.at_level(logging.WARNING):
         summary = run_replay(make_cfg(replay={"codec_threads": 16}), ir_path=ir, vis_path=vis, out_path=out)
     assert summary.frames == {"ir": N, "vis": N - 1} and summary.written == N - 1
