@@ -1,7 +1,8 @@
 """Frame sources: SourceConfig, the Source protocol and BaseSource, which every kind builds on.
 
-Kinds (registry kind ``"source"``): ``synthetic`` (``synthetic``: a registered IR/visible pair of a moving night
-scene); ``camera``, ``stream``, ``file``, ``folder`` (``video_sources``); ``mcap`` (a recording, ``mcap_source``).
+Kinds (registry kind ``"source"``): ``synthetic`` (a registered IR/visible pair of a moving night scene,
+``synthetic``); ``camera``, ``stream``, ``file``, ``folder`` (``video_sources``); ``mcap`` (a recording,
+``mcap_source``).
 
 Every source yields :class:`~streamfuse.frames.Frame` objects: the section ``"ir"`` gives ``(H, W)`` uint8 grey;
 any other section gives ``(H, W, 3)`` uint8 BGR, or ``(H, W)`` when the input is grey. Capture times
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import cv2
@@ -22,7 +23,6 @@ import numpy as np
 
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import palette
-from streamfuse.capture.palette import PALETTES
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check
 from streamfuse.frames import Frame
@@ -99,7 +99,8 @@ class SourceConfig:
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
         check(0 <= self.decode_threads <= 256, "decode_threads", self.decode_threads, "0 (FFmpeg's choice) .. 256")
         check(all("=" in o[1:] for o in self.ffmpeg), "ffmpeg", self.ffmpeg, "NAME=VALUE options: [fflags=nobuffer]")
-        check(self.palette in ("", *PALETTES), "palette", self.palette, f"'' (grey) | {' | '.join(PALETTES)}")
+        check(self.palette in ("", *palette.PALETTES), "palette", self.palette,
+              f"'' (grey) | {' | '.join(palette.PALETTES)}")
 
     def ring_bytes(self, slots: int, channels: int = 3) -> int:
         """Shared memory a ring of ``slots`` frames of this size takes (``channels`` bytes a pixel)."""
