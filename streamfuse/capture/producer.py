@@ -141,10 +141,6 @@ class Producers:
 
     # -- process management ----------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _channels(section: str) -> int:
-        return 1 if section == "ir" else 3
-
     def _check_shared_memory(self) -> None:
         """Refuse rings that do not fit the free shared memory: such a segment is created without complaint and the
         first write past the end kills the producer with SIGBUS."""
@@ -152,7 +148,7 @@ class Producers:
             return
         fs = os.statvfs(SHM_DIR)
         free = fs.f_bavail * fs.f_frsize
-        need = {name: w.cfg.ring_bytes(self._slots, self._channels(name)) for name, w in self._workers.items()}
+        need = {name: w.cfg.ring_bytes(self._slots) for name, w in self._workers.items()}
         if sum(need.values()) > free:
             sizes = ", ".join(f"{n} {w.cfg.width}x{w.cfg.height}" for n, w in self._workers.items())
             raise ValueError(f"capture rings need {sum(need.values()) / 2**20:.0f} MiB of shared memory ({sizes}, "
@@ -160,8 +156,7 @@ class Producers:
                              f"width/height, or give {SHM_DIR} more room (docker: --shm-size)")
 
     def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
-        w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1, self._channels(w.section)), "latest",
-                         ctx=self._ctx, data_bell=self._bell)
+        w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1), "latest", ctx=self._ctx, data_bell=self._bell)
         w.beat = self._ctx.RawArray("q", 4)
         w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat)
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]

@@ -102,9 +102,10 @@ class SourceConfig:
         check(self.palette in ("", *palette.PALETTES), "palette", self.palette,
               f"'' (grey) | {' | '.join(palette.PALETTES)}")
 
-    def ring_bytes(self, slots: int, channels: int = 3) -> int:
-        """Shared memory a ring of ``slots`` frames of this size takes (``channels`` bytes a pixel)."""
-        return slots * self.width * self.height * channels
+    def ring_bytes(self, slots: int) -> int:
+        """Shared memory a ring of ``slots`` frames of this size takes: 3 bytes a pixel, a visible frame's, or an IR
+        frame's 8-bit image with a thermal camera's 16-bit counts beside it (``Frame.counts``)."""
+        return slots * self.width * self.height * 3
 
     @property
     def replayable(self) -> bool:

@@ -311,8 +311,9 @@ def test_rings_that_do_not_fit_the_free_shared_memory_are_refused_in_one_line(mo
         f_bavail, f_frsize = 10 * 256, 4096
 
     monkeypatch.setattr("streamfuse.capture.producer.os.statvfs", lambda path: Tiny)
+    # 3 bytes a pixel a ring, IR's too: its 8-bit frame and a thermal camera's 16-bit counts
     cfg = SourceConfig(kind="synthetic", width=1920, height=1080)
-    with pytest.raises(ValueError, match=r"need 24 MiB of shared memory \(ir 1920x1080, vis 1920x1080, 3 slots each\) "
+    with pytest.raises(ValueError, match=r"need 36 MiB of shared memory \(ir 1920x1080, vis 1920x1080, 3 slots each\) "
                                          r"but /dev/shm has 10 MiB free") as info:
         start_producers(cfg, cfg)
     assert "\n" not in str(info.value)
