@@ -43,7 +43,7 @@ MOVED = {
 }
 
 #: Keys that name a file or a folder: a leading ``~`` is a home folder, as in a shell (not a folder named ``~``).
-PATH_KEYS = {"ir": ("path",), "vis": ("path",), "hclfuse": ("weights",), "publish": ("curve_secret_file",),
+PATH_KEYS = {"ir": ("path", "palette"), "vis": ("path",), "hclfuse": ("weights",), "publish": ("curve_secret_file",),
              "replay": ("out", "frames_dir"), "record": ("path",)}
 
 

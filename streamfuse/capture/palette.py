@@ -5,7 +5,8 @@ Grey by luminance does not keep that order (jet's hottest red is darker than its
 fusion would take warm bodies for cold ones. Each colour is mapped back to its palette index, 0 coldest .. 255
 hottest, by the nearest of the palette's 256 colours. Palettes: ``black_hot`` (grey, hot = dark) and OpenCV's colour
 maps that run from one end to the other (``cv2.applyColorMap``, which many thermal viewers use); the cyclic ones
-(``hsv``, ``twilight``) give no order and are not offered.
+(``hsv``, ``twilight``) give no order and are not offered. A camera's own palette (``ironbow``, ``lava``, ...) is
+named by a palette file: a ``.csv`` or ``.txt`` of ``R G B`` rows, coldest first, or an image of its colour bar.
 
 The nearest colour is kept in a table over colours quantised to 7 bits a channel (4 MiB a palette and process),
 filled with the colours the frames bring as they first come, so a frame costs a table lookup; a palette's own colours
@@ -20,12 +21,15 @@ True
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["PALETTES", "to_temperature", "ir_grey", "check_depth", "first_note", "mismatch", "is_colour"]
+__all__ = ["PALETTES", "check_palette", "to_temperature", "ir_grey", "check_depth", "first_note", "mismatch",
+           "is_colour"]
 
 _COLORMAPS = {name.removeprefix("COLORMAP_").lower(): getattr(cv2, name) for name in dir(cv2)
               if name.startswith("COLORMAP_") and name not in ("COLORMAP_HSV", "COLORMAP_TWILIGHT",
@@ -34,12 +38,77 @@ PALETTES = ("black_hot", *sorted(_COLORMAPS))
 _MISMATCH = 12.0  # median colour distance above which frames are not in the palette (its own: 1-2, compressed)
 _BITS = 7  # table resolution a channel: 128^3 cells; a palette's neighbouring colours differ by 1-4 levels
 _SHIFT = 8 - _BITS
+_ALIKE, _APART = 6.0, 16  # a palette whose colours come back within 6 levels 16 indices on gives no order
+_TEXT = (".csv", ".txt")
+_FILE = "a palette file (.csv or .txt of R G B rows, coldest first, or an image of the colour bar)"
+
+
+def check_palette(name: str) -> None:
+    """Raise ValueError (one line) where ``name`` is neither a palette nor a palette file that gives one (see
+    :func:`_from_file`)."""
+    if name not in ("", *PALETTES):
+        _colours(name)
 
 
 @lru_cache(maxsize=4)
 def _colours(name: str) -> np.ndarray:
     """The palette's 256 BGR colours, index 0 coldest."""
-    return cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256), _COLORMAPS[name])[0]
+    if name in _COLORMAPS:
+        return cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256), _COLORMAPS[name])[0]
+    return _from_file(name)
+
+
+def _from_file(path: str) -> np.ndarray:
+    """A palette file's colours resampled to 256, coldest first: ``R G B`` rows (0-255, or 0-1 as matplotlib and
+    ParaView write them; commas or spaces, ``#`` comments and a header line allowed), or an image of the colour bar,
+    coldest at the left of a wide bar or at the bottom of a tall one (the median across its middle half, so thin
+    borders and ticks drop out). Raises ValueError (one line) for a file that gives no temperature order."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path!r} is neither a palette ({' | '.join(PALETTES)}) nor {_FILE}")
+    ramp = _rows(path)[:, ::-1] if Path(path).suffix.lower() in _TEXT else _bar(path)
+    at = np.linspace(0, len(ramp) - 1, 256)
+    colours = np.stack([np.interp(at, np.arange(len(ramp)), ramp[:, c]) for c in range(3)], axis=1)
+    colours = np.round(colours).astype(np.uint8)
+    near = np.linalg.norm(colours[:, None].astype(np.float32) - colours[None], axis=-1) < _ALIKE
+    first, again = np.nonzero(np.triu(near, k=_APART))
+    if len(first):
+        raise ValueError(f"palette file {path}: its colours at {first[0]} and {again[0]} (of 0..255, coldest first) "
+                         f"are alike, so it gives no temperature order (a cyclic palette, or a bar with a border?)")
+    return colours
+
+
+def _rows(path: str) -> np.ndarray:
+    """``(n, 3)`` RGB, 0-255, of a text palette file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"palette file {path}: cannot read it as text ({exc})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        words = line.split("#")[0].replace(",", " ").replace(";", " ").split()
+        try:
+            values = [float(word) for word in words]
+        except ValueError:
+            if not rows:  # a header ("r,g,b")
+                continue
+            values = []
+        if words and (len(values) != 3 or not all(math.isfinite(v) and 0 <= v <= 255 for v in values)):
+            raise ValueError(f"palette file {path}: line {number} is not three numbers R G B of 0..255")
+        rows.extend([values] if words else [])
+    if len(rows) < 2:
+        raise ValueError(f"palette file {path}: {len(rows)} colours; a palette needs two or more, coldest first")
+    rgb = np.array(rows)
+    return rgb * 255 if rgb.max() <= 1 else rgb
+
+
+def _bar(path: str) -> np.ndarray:
+    """``(n, 3)`` BGR along an image of a palette's colour bar, coldest first."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None or max(image.shape[:2]) < 2:
+        raise ValueError(f"palette file {path}: not an image OpenCV reads, nor a {' or '.join(_TEXT)} of R G B rows")
+    along = image[::-1] if image.shape[0] > image.shape[1] else image.transpose(1, 0, 2)
+    across = along.shape[1]
+    return np.median(along[:, across // 4: across - across // 4 or across].astype(np.float32), axis=1)
 
 
 @lru_cache(maxsize=4)

@@ -64,7 +64,7 @@ class SourceConfig:
             RTSP URL gets ``rtsp_transport=tcp`` unless told (FFmpeg's UDP default loses packets on a busy link).
         topic: recordings: the topic this stream is read from (empty: our recorder's; a ``ros2 bag``'s camera).
         palette: IR: the false-colour palette of a thermal camera's 8-bit frames, mapped back to temperature order
-            (:mod:`~streamfuse.capture.palette`); empty = grey by luminance.
+            (:mod:`~streamfuse.capture.palette`): a palette's name or a palette file; empty = grey by luminance.
     """
 
     kind: str = "synthetic"
@@ -99,8 +99,10 @@ class SourceConfig:
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
         check(0 <= self.decode_threads <= 256, "decode_threads", self.decode_threads, "0 (FFmpeg's choice) .. 256")
         check(all("=" in o[1:] for o in self.ffmpeg), "ffmpeg", self.ffmpeg, "NAME=VALUE options: [fflags=nobuffer]")
-        check(self.palette in ("", *palette.PALETTES), "palette", self.palette,
-              f"'' (grey) | {' | '.join(palette.PALETTES)}")
+        try:
+            palette.check_palette(self.palette)
+        except ValueError as exc:
+            raise ValueError(f"palette={self.palette!r}: {exc}") from None
 
     def ring_bytes(self, slots: int) -> int:
         """Shared memory a ring of ``slots`` frames of this size takes: 3 bytes a pixel, a visible frame's, or an IR

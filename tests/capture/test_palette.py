@@ -1,4 +1,5 @@
-"""False-colour thermal frames (``ir.palette``): back to temperature order, live, from files and from a robot's bag."""
+"""False-colour thermal frames (``ir.palette``): back to temperature order, live, from files and from a robot's bag; a
+camera's own palette named by a file (R G B rows or an image of its colour bar)."""
 
 from __future__ import annotations
 
@@ -134,3 +135,87 @@ def test_a_bag_of_a_false_colour_thermal_camera_replays_in_temperature_order(tmp
     with open_source("ir", cfg) as src:
         src.warn = lines.append
         assert all(src.read() is not None for _ in range(7)) and len(lines) == 1
+
+
+# An iron palette as thermal viewers draw it (black, violet, magenta, red, orange, yellow, white), RGB key colours.
+IRON_KEYS = np.array([[0, 0, 0], [40, 0, 110], [120, 0, 150], [200, 30, 110], [240, 90, 20], [255, 170, 0],
+                      [255, 230, 90], [255, 255, 255]], float)
+
+
+def _iron() -> np.ndarray:
+    """The camera's 256 RGB colours, coldest first."""
+    at = np.linspace(0, len(IRON_KEYS) - 1, 256)
+    return np.round(np.stack([np.interp(at, np.arange(len(IRON_KEYS)), IRON_KEYS[:, c]) for c in range(3)], 1))
+
+
+def _camera_frame(levels: np.ndarray) -> np.ndarray:
+    """BGR frame of what an iron-palette camera shows for these temperatures."""
+    return _iron()[levels][..., ::-1].astype(np.uint8)
+
+
+def test_a_csv_of_the_cameras_colours_brings_its_frames_back_to_temperature_order(tmp_path):
+    palette = tmp_path / "iron.csv"
+    palette.write_text("r,g,b\n" + "".join(f"{r:.0f},{g:.0f},{b:.0f}\n" for r, g, b in _iron()))
+    truth = _scene()
+    frames, lines = _read_ir(_folder(tmp_path, [_camera_frame(truth)]), str(palette))
+    assert lines == [] and np.abs(frames[0].astype(int) - truth).max() <= 2
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every level, not only the scene's
+    (tmp_path / "levels").mkdir()
+    back, _ = _read_ir(_folder(tmp_path / "levels", [_camera_frame(levels)]), str(palette))
+    assert np.abs(back[0].astype(int) - levels).max() <= 2
+
+
+def test_key_colours_in_0_to_1_are_spread_over_256_levels(tmp_path):
+    palette = tmp_path / "iron.txt"
+    palette.write_text("# iron, coldest first\n" + "".join(f"{r / 255:.4f} {g / 255:.4f} {b / 255:.4f}\n"
+                                                            for r, g, b in IRON_KEYS))
+    truth = _scene()
+    frames, lines = _read_ir(_folder(tmp_path, [_camera_frame(truth)]), str(palette))
+    assert lines == [] and np.abs(frames[0].astype(int) - truth).max() <= 2
+
+
+def test_an_image_of_the_colour_bar_hot_at_the_top_with_ticks_is_a_palette(tmp_path):
+    bar = np.repeat(_camera_frame(np.arange(256)[::-1].reshape(256, 1)), 24, axis=1)  # hot at the top
+    bar = cv2.resize(bar, (24, 300), interpolation=cv2.INTER_LINEAR)
+    bar[::30, :4] = 255  # ticks at the edge, off the middle half
+    cv2.imwrite(str(tmp_path / "bar.png"), bar)
+    truth = _scene()
+    video = _video(tmp_path / "thermal.mkv", [_camera_frame(truth)])  # a viewer's export: decoded in colour
+    frames, lines = _read_ir(video, str(tmp_path / "bar.png"), kind="file")
+    assert len(frames) == 1 and lines == [] and np.abs(frames[0].astype(int) - truth).max() <= 3
+    wide = cv2.rotate(bar, cv2.ROTATE_90_CLOCKWISE)  # a wide bar: coldest at the left
+    cv2.imwrite(str(tmp_path / "wide.png"), wide)
+    frames, _ = _read_ir(_folder(tmp_path, [_camera_frame(truth)]), str(tmp_path / "wide.png"))
+    assert np.abs(frames[0].astype(int) - truth).max() <= 3
+
+
+def test_a_user_palette_in_the_home_folder_is_named_with_a_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "iron.csv").write_text("".join(f"{r:.0f},{g:.0f},{b:.0f}\n" for r, g, b in IRON_KEYS))
+    assert config_from_dict({"ir": {"palette": "~/iron.csv"}}).ir.palette == str(tmp_path / "iron.csv")
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("0 0 0\n10 10\n", "line 2 is not three numbers R G B of 0..255"),
+    ("0 0 0\n300 0 0\n", "line 2 is not three numbers"),
+    ("0 0 0\nnan 1 1\n", "line 2 is not three numbers"),
+    ("r g b\n0 0 0\nwarm 0 0\n", "line 3 is not three numbers"),
+    ("255 0 0\n", "1 colours; a palette needs two or more"),
+    ("0 0 0\n255 255 255\n0 0 0\n", "are alike, so it gives no temperature order"),
+])
+def test_a_palette_file_that_gives_no_order_is_one_line_naming_it(tmp_path, text, words):
+    (tmp_path / "p.txt").write_text(text)
+    with pytest.raises(ConfigError, match=words) as caught:
+        config_from_dict({"ir": {"palette": str(tmp_path / "p.txt")}})
+    assert "\n" not in str(caught.value) and f"ir: palette='{tmp_path / 'p.txt'}': palette file" in str(caught.value)
+
+
+def test_a_cyclic_bar_an_unreadable_image_and_a_missing_file_are_one_line(tmp_path):
+    hsv = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256).repeat(8, 0), cv2.COLORMAP_HSV)
+    cv2.imwrite(str(tmp_path / "hsv.png"), hsv)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    for name, words in [("hsv.png", "colours at 0 and 2.. .* are alike"), ("broken.png", "not an image OpenCV reads"),
+                        ("missing.csv", "is neither a palette .*black_hot.* nor a palette file")]:
+        with pytest.raises(ConfigError, match=words) as caught:
+            config_from_dict({"ir": {"palette": str(tmp_path / name)}})
+        assert "\n" not in str(caught.value)
