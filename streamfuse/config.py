@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from streamfuse.align import AlignConfig
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.checks import ConfigError, apply_overrides, load_yaml, parse_section
+from streamfuse.errors import redact
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import PostConfig
@@ -42,7 +44,9 @@ MOVED = {
     **{f"fuse.{k}": f"engine.{k}" for k in ("device", "precision", "threads", "cuda_graphs")},
 }
 
-#: Keys that name a file or a folder: a leading ``~`` is a home folder, as in a shell (not a folder named ``~``).
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Keys that name a file, a folder or a URL: ``${NAME}`` is an environment variable's value and a leading ``~`` a home
+#: folder, as in a shell (not a folder named ``~``).
 PATH_KEYS = {"ir": ("path", "palette"), "vis": ("path",), "hclfuse": ("weights",), "publish": ("curve_secret_file",),
              "replay": ("out", "frames_dir"), "record": ("path",)}
 
@@ -73,7 +77,8 @@ class PipelineConfig:
     source_file: str = field(default="<dict>", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain mapping of every section (for logging, dumping and the replay sidecar)."""
+        """Plain mapping of every section (for logging, dumping and the replay sidecar), a camera URL's password
+        masked (:func:`~streamfuse.errors.redact`)."""
         out = {k: dataclasses.asdict(v) if v is not None else None for k, v in vars(self).items() if k != "source_file"}
         return _plain(out)
 
@@ -90,7 +95,7 @@ def _plain(obj: Any) -> Any:
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
-    return obj
+    return redact(obj) if isinstance(obj, str) else obj
 
 
 def _check_moved(data: dict[str, Any]) -> None:
@@ -99,6 +104,16 @@ def _check_moved(data: dict[str, Any]) -> None:
         for key in keys if isinstance(keys, dict) else ():
             if f"{section}.{key}" in MOVED:
                 raise ValueError(f"{section}.{key} moved to {MOVED[f'{section}.{key}']}")
+
+
+def _expand(value: str, key: str) -> str:
+    """``${NAME}`` (an environment variable: a camera's password kept out of the config file) and ``~`` in a path;
+    ValueError naming the key for a variable that is not set."""
+    def variable(match: re.Match) -> str:
+        if match.group(1) not in os.environ:
+            raise ValueError(f"{key}={value!r}: environment variable {match.group(1)} is not set")
+        return os.environ[match.group(1)]
+    return os.path.expanduser(_VARIABLE.sub(variable, value))
 
 
 def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> PipelineConfig:
@@ -122,7 +137,7 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
                 keys = ", ".join(f.name for f in dataclasses.fields(cls))
                 raise ValueError(f"{name}={raw!r} must be a mapping; allowed keys: {keys}")
             paths = PATH_KEYS.get(name, ())
-            raw = {k: os.path.expanduser(v) if k in paths and isinstance(v, str) else v for k, v in raw.items()}
+            raw = {k: _expand(v, f"{name}.{k}") if k in paths and isinstance(v, str) else v for k, v in raw.items()}
             built[name] = parse_section(cls, raw, name)
         if built["vis"].palette:  # a visible camera's colours are its image, not a code for temperature
             raise ValueError(f"vis.palette={built['vis'].palette!r}: a palette is the IR camera's (ir.palette)")

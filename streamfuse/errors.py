@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
-__all__ = ["one_line", "io_reason", "opencv_quiet"]
+__all__ = ["one_line", "io_reason", "opencv_quiet", "redact"]
+
+# a URL's password (``scheme://user:password@``) and secret query values (``?password=``, ``&token=``)
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:'\"]*):[^/@\s'\"]*@")
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd|token|key|secret|auth)=)(?:[^&#:\s'\"]|:(?!\s|$))*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the secrets of the URLs in it masked: a camera's credentials stay out of logs, errors and the
+    configs written beside outputs (FFmpeg still gets them).
+
+    >>> redact("cannot open rtsp://admin:s3cret@10.0.0.7/live?ch=1&token=a:b: Connection refused")
+    'cannot open rtsp://admin:***@10.0.0.7/live?ch=1&token=***: Connection refused'
+    """
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
 
 
 def one_line(exc: BaseException, *, typed: bool = False) -> str:
-    """``exc``'s message folded onto one line, or its type's name when it has none.
+    """``exc``'s message folded onto one line (URL secrets masked: :func:`redact`), or its type's name when it has none.
 
     >>> one_line(ValueError("bad\\n  value"))
     'bad value'
@@ -22,7 +37,7 @@ def one_line(exc: BaseException, *, typed: bool = False) -> str:
             the first line of its message is kept, since tracebacks and tables follow it.
     """
     text = str(exc).split("\n", 1)[0] if typed else str(exc)
-    why = " ".join(text.split())
+    why = " ".join(redact(text).split())
     if typed:
         return f"{type(exc).__name__}: {why}" if why else type(exc).__name__
     return why or type(exc).__name__

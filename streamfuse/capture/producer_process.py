@@ -21,7 +21,7 @@ from typing import Any
 
 from streamfuse.capture.shm_ring import ShmRing, process_alive
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
-from streamfuse.errors import one_line
+from streamfuse.errors import one_line, redact
 from streamfuse.signals import HANGUP, STOP_SIGNALS, handled
 
 __all__ = ["StopFlag", "produce", "process_context", "start_servers", "start_process", "describe_exit"]
@@ -117,7 +117,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
     try:
         source = open_source(section, cfg)
         source.stop_event = _PacingStop(stop, beat)
-        source.warn = lambda line: conn.send(("warn", line))  # what it corrects and goes on with: the parent logs it
+        source.warn = lambda line: conn.send(("warn", redact(line)))  # what it corrects and goes on with: logged
         with source:
             _skip(source, skip)  # resume a replayable source after the last frame delivered
             n = 0
@@ -125,7 +125,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
                 frame = source.read()
                 beat[3] = getattr(source, "skipped", 0)
                 if frame is None:
-                    conn.send(("eos", f"{section}: end of stream ({cfg.kind} {cfg.path or ''})".rstrip()))
+                    conn.send(("eos", f"{section}: end of stream ({redact(f'{cfg.kind} {cfg.path}'.strip())})"))
                     return
                 frame.seq, frame.t_capture_ns = seq_start + n, frame.t_capture_ns + t_offset_ns
                 if n == 0:  # before the write: the parent may see the frame before anything after it

@@ -25,6 +25,7 @@ from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import palette
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check
+from streamfuse.errors import redact
 from streamfuse.frames import Frame
 from streamfuse.registry import available, build
 
@@ -37,7 +38,11 @@ MAX_SIDE, MAX_PIXELS = 8192, 8192 * 4320
 
 
 class SourceError(RuntimeError):
-    """A source that cannot open or keep reading; the message is one line naming the source and the cause."""
+    """A source that cannot open or keep reading; the message is one line naming the source and the cause (a URL's
+    secrets masked: :func:`~streamfuse.errors.redact`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ def open_source(section: str, cfg: SourceConfig) -> Source:
 
 
 def _log_warning(line: str) -> None:
-    log.warning("%s", line)
+    log.warning("%s", redact(line))
 
 
 class BaseSource:

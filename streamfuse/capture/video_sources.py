@@ -145,7 +145,7 @@ class AvSource(BaseSource):
         try:
             container = self._stack.enter_context(av.open(path, timeout=timeout, options=options))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            why = one_line(exc)
+            why = getattr(exc, "strerror", None) or one_line(exc)  # not PyAV's repeat of the URL
             if isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
                 why = f"not a readable video ({why})"
             elif isinstance(exc, av.ExitError) and self.live:

@@ -1,0 +1,60 @@
+"""A camera's password (``rtsp://user:password@``, ``?token=``) reaches FFmpeg but no log line, error or written config;
+it can come from the environment (``${NAME}`` in a path) instead of the config file."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+from streamfuse.checks import ConfigError
+from streamfuse.config import config_from_dict, dump_config, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET, TOKEN = "s3cret-Pa55", "tok-9f8e7d"
+
+
+@pytest.mark.timeout(90)
+def test_a_cameras_password_from_the_environment_stays_out_of_the_log_and_the_error(monkeypatch, caplog, tmp_path):
+    from streamfuse.pipeline import run_live
+
+    monkeypatch.setenv("STREAMFUSE_TEST_CAMERA_PASSWORD", SECRET)
+    with socket.socket() as closed:  # our port, not listening: the camera refuses the connection
+        closed.bind(("127.0.0.1", 0))
+        url = f"rtsp://admin:{{}}@127.0.0.1:{closed.getsockname()[1]}/live?channel=1&token={TOKEN}"
+        cfg = load_config(REPO / "streamfuse/configs/demo.yaml", [
+            "ir.kind=stream", "ir.path=" + url.format("${STREAMFUSE_TEST_CAMERA_PASSWORD}"), "ir.restart=false",
+            "vis.width=64", "vis.height=48", "fuse.name=max", "engine.device=cpu", "publish.endpoint=tcp://127.0.0.1:*"])
+        assert cfg.ir.path == url.format(SECRET)  # what FFmpeg is given
+        with caplog.at_level(logging.INFO), pytest.raises(RuntimeError) as err:
+            run_live(cfg, duration_s=60.0)  # ends with the IR camera's refusal; the duration only bounds a failure
+    shown = url.format("***").replace(TOKEN, "***")
+    assert f"ir: cannot open {shown}: Connection refused" in str(err.value)
+    assert f"'path': '{shown}'" in caplog.text  # the config logged at the start
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    assert shown in (tmp_path / "resolved.yaml").read_text()
+    for text in (str(err.value), caplog.text, (tmp_path / "resolved.yaml").read_text()):
+        assert SECRET not in text and TOKEN not in text
+
+
+def test_a_source_error_and_its_warnings_mask_the_password(caplog):
+    url = f"rtsp://viewer:{SECRET}@192.0.2.10/ir?pwd={TOKEN}"
+    with pytest.raises(SourceError) as err:
+        open_source("ir", SourceConfig(kind="folder", path=url)).open()
+    assert str(err.value) == "ir: image folder not found: 'rtsp://viewer:***@192.0.2.10/ir?pwd=***'"
+    src = open_source("ir", SourceConfig(kind="stream", path=url))
+    with caplog.at_level(logging.WARNING):
+        src.warn(f"ir: {url}: timestamps went back")
+    assert "ir: rtsp://viewer:***@192.0.2.10/ir?pwd=***: timestamps went back" in caplog.text
+    assert SECRET not in caplog.text and TOKEN not in caplog.text
+
+
+def test_a_variable_that_is_not_set_is_one_line_naming_it(monkeypatch):
+    monkeypatch.delenv("STREAMFUSE_TEST_UNSET", raising=False)
+    with pytest.raises(ConfigError, match=r"ir.path='rtsp://admin:\$\{STREAMFUSE_TEST_UNSET\}@cam/live': environment "
+                                          r"variable STREAMFUSE_TEST_UNSET is not set"):
+        config_from_dict({"ir": {"kind": "stream", "path": "rtsp://admin:${STREAMFUSE_TEST_UNSET}@cam/live"}})
+    assert config_from_dict({"vis": {"path": "cam$1/$HOME"}}).vis.path == "cam$1/$HOME"  # only ${NAME} is expanded
