@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 from collections.abc import Iterator
 
-__all__ = ["one_line", "io_reason", "opencv_quiet", "redact"]
+__all__ = ["one_line", "io_reason", "opencv_quiet", "redact", "unreachable"]
 
 # a URL's password (``scheme://user:password@``) and secret query values (``?password=``, ``&token=``)
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:'\"]*):[^/@\s'\"]*@")
@@ -41,6 +42,14 @@ def one_line(exc: BaseException, *, typed: bool = False) -> str:
     if typed:
         return f"{type(exc).__name__}: {why}" if why else type(exc).__name__
     return why or type(exc).__name__
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a network peer is not there (yet): refused, reset, timed out, no route or network; a camera
+    still booting says so too, where a wrong path or password does not."""
+    codes = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
+             errno.EHOSTDOWN, errno.ENETDOWN}
+    return isinstance(exc, OSError) and exc.errno in codes
 
 
 def io_reason(exc: BaseException) -> str:

@@ -88,7 +88,7 @@ class _Worker:
     stalled: bool = False  # the current silence has been reported
     stall_line: str | None = None  # why the current process was killed (live stall)
     stalls: int = 0
-    message: tuple[str, str] | None = None  # last ("eos"|"error", line) sent by the current process
+    message: tuple[str, str] | None = None  # last ("eos"|"error"|"unreachable", line) sent by the current process
     pending: deque = field(default_factory=deque)  # frames rescued from a dead producer's ring
     state: Literal["running", "waiting", "ended"] = "running"
     final: ProducerEvent | None = None  # returned once the worker's frames are all delivered
@@ -216,13 +216,15 @@ class Producers:
                                                 f"{describe_exit(w.proc.exitcode)}")
         w.proc.join(0.1)
         self._retire(w)
-        at_end = kind == "eos"
+        at_end, waiting = kind == "eos", kind == "unreachable"  # waiting: a network camera not up (yet), worth it
+        kind = "error" if waiting else kind
         progressed = w.last_seq >= w.seq_at_start
         # Not worth a restart: a source that reported an error before it ever delivered a frame (wrong path or
         # index: a configuration error), or a replayable one that reported an error or made no progress again after
-        # a restart (it would fail at the same frame again). One killed or hung before its first frame restarts.
-        hopeless = not at_end and ((reported and w.restarts == 0 and not progressed)
-                                   or (w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
+        # a restart (it would fail at the same frame again). One killed or hung before its first frame restarts, and
+        # a network camera that is not there yet (booting, its link still down) is waited for.
+        hopeless = not at_end and not waiting and ((reported and w.restarts == 0 and not progressed) or (
+            w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
         if not w.cfg.restart or hopeless:
             w.state, w.final = "ended", ProducerEvent(w.section, kind, line)
             if at_end:  # a final error is not logged: the consumer stops on its event and says it, once
@@ -234,7 +236,8 @@ class Producers:
         w.failures += 1
         w.state, w.restart_at = "waiting", time.monotonic() + delay
         w.resume = self._resume_point(w, at_end)
-        (log.info if at_end else log.warning)("%s; restarting in %.1f s", line, delay)
+        # a file's end is news; a camera's or a stream's is a fault (unplugged, the sender gone)
+        (log.info if at_end and w.cfg.replayable else log.warning)("%s; restarting in %.1f s", line, delay)
         self._events.append(ProducerEvent(w.section, kind, line, restarting=True))
 
     def _supervise(self) -> None:

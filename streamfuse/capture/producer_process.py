@@ -135,7 +135,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
                 beat[0] += 1
                 n += 1
     except SourceError as exc:
-        conn.send(("error", str(exc)))
+        conn.send(("unreachable" if exc.unreachable else "error", str(exc)))
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001  process boundary: any crash becomes one reported line
         conn.send(("error", f"{section}: producer crashed: {one_line(exc, typed=True)}"))

@@ -39,10 +39,13 @@ MAX_SIDE, MAX_PIXELS = 8192, 8192 * 4320
 
 class SourceError(RuntimeError):
     """A source that cannot open or keep reading; the message is one line naming the source and the cause (a URL's
-    secrets masked: :func:`~streamfuse.errors.redact`)."""
+    secrets masked: :func:`~streamfuse.errors.redact`). ``unreachable``: a network camera or sender that is not
+    there (refused, timed out, no route): not a wrong setting, so the producer waits for it even before a first frame.
+    """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
         super().__init__(redact(message))
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
-from streamfuse.errors import io_reason, one_line, opencv_quiet
+from streamfuse.errors import io_reason, one_line, opencv_quiet, unreachable
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
@@ -109,8 +109,7 @@ class AvSource(BaseSource):
             telemetry (``capture_skipped``).
     """
 
-    _OPEN_TIMEOUT_S = 10.0  # network streams: open and per-read timeouts, so a dead sender cannot hang us
-    _READ_TIMEOUT_S = 5.0
+    _OPEN_TIMEOUT_S, _READ_TIMEOUT_S = 10.0, 5.0  # network streams: open and per-read timeouts (a dead sender)
     _SKIP_REPORT_S = 10.0  # skipped packets of a live stream: at most one line per this many seconds
     _SKIP_FIRST_MAX = 50  # undecodable packets a live stream may start with (joined mid-stream) before that's an error
 
@@ -150,7 +149,8 @@ class AvSource(BaseSource):
                 why = f"not a readable video ({why})"
             elif isinstance(exc, av.ExitError) and self.live:
                 why = f"no stream data within {self._OPEN_TIMEOUT_S:g} s (open timeout)"
-            raise SourceError(f"{self.section}: cannot open {path}: {why}") from None
+            raise SourceError(f"{self.section}: cannot open {path}: {why}",
+                              unreachable=self.live and (isinstance(exc, av.ExitError) or unreachable(exc))) from None
         if not container.streams.video:
             self._stack.close()
             raise SourceError(f"{self.section}: {path} has no video stream")

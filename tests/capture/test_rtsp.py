@@ -1,16 +1,25 @@
-"""An RTSP stream read by the ``stream`` source over TCP, end to end through FFmpeg's RTSP code: the source listens
-(``rtsp_flags=listen``, an FFmpeg option passed through ``vis.ffmpeg``) and a PyAV publisher in a process of its own
-pushes MPEG-4 frames to it over RTSP's interleaved TCP, as a camera's RTSP server sends them to a player."""
+"""An RTSP stream read by the ``stream`` source over TCP, end to end through FFmpeg's RTSP code: played from a camera's
+RTSP server (tests/helpers_rtsp.py: DESCRIBE, SETUP, PLAY, H.264 over interleaved TCP; a password, a wrong path, a
+camera that goes silent or is unplugged), and received from a publisher that pushes to the source listening
+(``rtsp_flags=listen``, an FFmpeg option passed through ``vis.ffmpeg``)."""
 
 from __future__ import annotations
 
+import logging
+import socket
 import subprocess
 import sys
 
 import pytest
+from helpers_rtsp import HEIGHT, WIDTH, RtspCamera, grey
 from helpers_zmq import free_port
+from test_producer import assert_stopped, collect
 
-from streamfuse.capture.sources import SourceConfig, open_source
+from streamfuse.capture import video_sources
+from streamfuse.capture.producer import start_producers
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+
+SECRET = "cam-Pa55"
 
 # 64x48 frames of rising grey at 25 frames/s, from when the listener takes the connection (refused until it listens)
 PUBLISHER = """
@@ -50,3 +59,111 @@ def test_an_rtsp_stream_is_read_over_tcp_as_a_live_source():
     times = [f.t_capture_ns for f in frames]
     assert times == sorted(times) and all(f.t_mono_ns > 0 for f in frames)  # a live source's stamps
     assert frames[-1].image.mean() > frames[0].image.mean()  # the grey rises frame by frame: these are its frames
+
+
+# -- a camera's own RTSP server (tests/helpers_rtsp.py): the source plays it as a player does -----------------------
+
+
+def _read(url: str, n: int) -> list:
+    with open_source("vis", SourceConfig(kind="stream", path=url)) as src:
+        return [src.read() for _ in range(n)]
+
+
+@pytest.mark.timeout(90)
+def test_a_cameras_rtsp_server_is_played_over_interleaved_tcp():
+    with RtspCamera(then="loop") as camera:
+        frames = _read(camera.url, 40)
+    assert camera.plays == 1 and camera.transports == ["RTP/AVP/TCP;unicast;interleaved=0-1"]
+    assert all(f is not None and f.image.shape == (HEIGHT, WIDTH, 3) and f.t_mono_ns > 0 for f in frames)
+    levels = [float(f.image.mean()) for f in frames]  # the clip's ramp, every frame, in order (H.264 within 3)
+    assert all(abs(level - grey(i)) <= 3 for i, level in enumerate(levels))
+    times = [f.t_capture_ns for f in frames]
+    assert times == sorted(times)
+
+
+@pytest.mark.timeout(90)
+def test_a_camera_with_a_password_plays_with_it_and_a_wrong_one_or_path_is_one_line():
+    with RtspCamera(password=SECRET, then="loop") as camera:
+        with_password = camera.url.replace("rtsp://", f"rtsp://admin:{SECRET}@")
+        assert all(f is not None for f in _read(with_password, 5))
+        for url, words in [(camera.url.replace("rtsp://", "rtsp://admin:wrong@"), "401 Unauthorized"),
+                           (camera.url, "401 Unauthorized"),
+                           (with_password.replace("stream1", "stream9"), "404 Not Found")]:
+            with pytest.raises(SourceError) as caught:
+                _read(url, 1)
+            message = str(caught.value)
+            assert message.startswith("vis: cannot open rtsp://") and words in message and "\n" not in message
+            assert SECRET not in message and "wrong" not in message
+    assert camera.plays == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_camera_that_goes_silent_is_a_read_timeout_and_one_unplugged_ends_its_stream(monkeypatch):
+    monkeypatch.setattr(video_sources.AvSource, "_READ_TIMEOUT_S", 0.5)
+    with RtspCamera(frames_per_session=60, then="hang") as camera:  # past FFmpeg's probing (about a second)
+        with open_source("vis", SourceConfig(kind="stream", path=camera.url)) as src:
+            with pytest.raises(SourceError, match=r"after frame 60 .*: no stream data for 0.5 s \(read timeout\)"):
+                while src.read() is not None:
+                    pass
+    with RtspCamera(frames_per_session=60, then="close") as camera:
+        with open_source("vis", SourceConfig(kind="stream", path=camera.url)) as src:
+            frames = []
+            while (frame := src.read()) is not None:
+                frames.append(frame)
+    assert len(frames) == 60
+
+
+@pytest.mark.timeout(120)
+def test_an_unplugged_camera_is_reported_and_played_again_while_the_other_goes_on(caplog):
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")  # a camera's end is a fault, not news
+    with RtspCamera(frames_per_session=30, then="close") as camera:
+        vis = SourceConfig(kind="synthetic", width=WIDTH, height=HEIGHT, stall_factor=0)
+        prod = start_producers(SourceConfig(kind="stream", path=camera.url, stall_factor=0), vis, backoff_s=0.1)
+        names = prod.shm_names()
+        try:
+            at = []  # how many frames had come when the camera was reported
+
+            def played_again(f, e) -> bool:
+                at.extend([len(f)] if e and not at else [])
+                return bool(at) and any(x.stream == "ir" for x in f[at[0]:])
+
+            frames, events = collect(prod, played_again, timeout=60)
+            names += prod.shm_names()
+        finally:
+            assert_stopped(prod, names)
+    assert camera.plays >= 2 and events[0].stream == "ir" and events[0].kind == "eos" and events[0].restarting
+    assert events[0].message == f"ir: end of stream (stream {camera.url})"
+    assert f"{events[0].message}; restarting in 0.1 s" in [r.getMessage() for r in caplog.records]
+    assert any(f.stream == "vis" for f in frames[:at[0]]) and any(f.stream == "vis" for f in frames[at[0]:])
+
+
+@pytest.mark.timeout(120)
+def test_a_camera_not_up_at_the_start_is_waited_for_and_one_that_refuses_the_password_is_not(caplog):
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    booting = socket.socket()  # our port, bound and not listening: connections are refused, as a booting camera's
+    booting.bind(("127.0.0.1", 0))
+    url = f"rtsp://127.0.0.1:{booting.getsockname()[1]}/stream1"
+    vis = SourceConfig(kind="synthetic", width=WIDTH, height=HEIGHT, stall_factor=0)
+    prod = start_producers(SourceConfig(kind="stream", path=url, stall_factor=0), vis, backoff_s=0.1)
+    names = prod.shm_names()
+    try:
+        _, refused = collect(prod, lambda f, e: len(e) >= 2, timeout=60)  # tried again, not given up
+        with RtspCamera(server=booting, then="loop") as camera:  # up now
+            frames, _ = collect(prod, lambda f, e: any(x.stream == "ir" for x in f), timeout=60)
+        names += prod.shm_names()
+    finally:
+        assert_stopped(prod, names)
+        booting.close()
+    assert all(e.stream == "ir" and e.restarting and e.message == f"ir: cannot open {url}: Connection refused"
+               for e in refused)
+    assert f"{refused[0].message}; restarting in 0.1 s" in [r.getMessage() for r in caplog.records]
+    assert camera.plays == 1 and any(f.stream == "ir" for f in frames)
+    with RtspCamera(password=SECRET, then="loop") as camera:  # a wrong password is a setting: the source ends
+        wrong = SourceConfig(kind="stream", path=camera.url.replace("rtsp://", "rtsp://admin:wrong@"))
+        prod = start_producers(wrong, vis, backoff_s=0.1)
+        names = prod.shm_names()
+        try:
+            _, events = collect(prod, lambda f, e: bool(e), timeout=60)
+        finally:
+            assert_stopped(prod, names)
+    assert len(events) == 1 and not events[0].restarting and "401 Unauthorized" in events[0].message

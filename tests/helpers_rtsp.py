@@ -1,0 +1,187 @@
+"""An IP camera's RTSP server, in a thread of the test: OPTIONS, DESCRIBE, SETUP and PLAY as a camera answers them, then
+H.264 frames as RTP over the RTSP connection (interleaved TCP, RFC 2326 10.12; RFC 6184 single NAL units and FU-A
+fragments), so FFmpeg's RTSP client plays it as it plays a camera. Each PLAY starts the clip from its first frame (an
+IDR with its SPS and PPS); ``then`` decides what the camera does after ``frames_per_session`` frames: ``close`` its
+connection (unplugged), ``hang`` (still connected, nothing sent) or ``loop`` on."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import socket
+import struct
+import threading
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+
+WIDTH, HEIGHT, FPS = 64, 48, 25
+_PT, _SSRC, _MTU = 96, 0x5EED1234, 1200
+
+
+def grey(i: int) -> int:
+    """The level of frame ``i`` of the clip (a ramp, so a reader can tell the frames apart and in order)."""
+    return 40 + 3 * (i % 50)
+
+
+def _clip(frames: int) -> list[list[bytes]]:
+    """The NAL units of each of ``frames`` H.264 frames (x264, one IDR every 25 frames, no B-frames)."""
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    codec.time_base, codec.framerate = Fraction(1, FPS), Fraction(FPS)
+    codec.options = {"preset": "ultrafast", "tune": "zerolatency", "g": "25", "bf": "0"}
+    units = []
+    for i in range(frames + 1):
+        frame = None
+        if i < frames:
+            frame = av.VideoFrame.from_ndarray(np.full((HEIGHT, WIDTH, 3), grey(i), np.uint8), format="rgb24")
+            frame.pts = i
+        for packet in codec.encode(frame):
+            units.append([n.lstrip(b"\0") for n in bytes(packet).split(b"\0\0\1") if n.strip(b"\0")])
+    return units
+
+
+def _rtp(nal: bytes, seq: int, stamp: int, last: bool) -> list[bytes]:
+    """RTP packets of one NAL unit: whole where it fits, else FU-A fragments."""
+    def packet(payload: bytes, marker: bool) -> bytes:
+        return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | _PT, seq & 0xFFFF, stamp, _SSRC) + payload
+    if len(nal) <= _MTU:
+        return [packet(nal, last)]
+    head, body = nal[0], nal[1:]
+    parts = [body[i:i + _MTU] for i in range(0, len(body), _MTU)]
+    out = []
+    for k, part in enumerate(parts):
+        flags = (0x80 if k == 0 else 0) | (0x40 if k == len(parts) - 1 else 0)
+        out.append(packet(bytes([(head & 0xE0) | 28, flags | (head & 0x1F)]) + part, last and k == len(parts) - 1))
+        seq += 1
+    return out
+
+
+class RtspCamera:
+    """The camera at ``self.url`` (``rtsp://127.0.0.1:PORT/stream1``, or with ``user``'s credentials when a password
+    is set: Basic authentication, as cameras offer it), on ``server`` where given (a socket bound, not listening: the
+    port refused connections until now, as a camera's does while it boots). ``plays`` counts the sessions played, ``transports`` the
+    Transport headers clients asked for."""
+
+    def __init__(self, *, password: str = "", user: str = "admin", frames_per_session: int = 250,
+                 then: str = "close", server: socket.socket | None = None) -> None:
+        self._units = _clip(50)
+        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() if password else ""
+        self._per_session, self._then = frames_per_session, then
+        self._server = server or socket.create_server(("127.0.0.1", 0))  # a socket bound earlier listens from now
+        self._server.listen(8)
+        self.port = self._server.getsockname()[1]
+        self.url = f"rtsp://127.0.0.1:{self.port}/stream1"
+        self.plays, self.transports = 0, []
+        self._closed = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def __enter__(self) -> RtspCamera:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):  # wakes the accept (closing alone does not)
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader, lock = conn.makefile("rb"), threading.Lock()
+        try:
+            while not self._closed.is_set():
+                request = self._request(reader)
+                if request is None:
+                    return
+                status, headers = self._answer(*request)
+                reply = f"RTSP/1.0 {status}\r\nCSeq: {request[2].get('cseq', '0')}\r\n" + "".join(
+                    f"{k}: {v}\r\n" for k, v in headers.items() if k != "body")
+                body = headers.get("body", "")
+                reply += (f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+                          if body else "\r\n")
+                with lock:
+                    conn.sendall(reply.encode())
+                if request[0] == "PLAY" and status.startswith("200"):
+                    self.plays += 1
+                    sender = threading.Thread(target=self._send, args=(conn, lock), daemon=True)
+                    self._threads.append(sender)
+                    sender.start()
+        except OSError:
+            return
+        finally:
+            reader.close()
+
+    @staticmethod
+    def _request(reader) -> tuple[str, str, dict[str, str]] | None:
+        """The next request's method, URL and headers (lower-case names); interleaved RTCP from the client skipped."""
+        first = reader.read(1)
+        while first == b"$":  # '$', channel, length, packet: the client's RTCP receiver reports
+            head = reader.read(3)
+            if len(head) < 3:
+                return None
+            reader.read(struct.unpack("!H", head[1:])[0])
+            first = reader.read(1)
+        if not first:
+            return None
+        line = first + reader.readline()
+        method, url, _ = line.decode().split(" ", 2)
+        headers = {}
+        while (field := reader.readline().decode().strip()):
+            name, _, value = field.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return method, url, headers
+
+    def _answer(self, method: str, url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+        if method == "OPTIONS":
+            return "200 OK", {"Public": "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER"}
+        if self._auth and headers.get("authorization") != self._auth:
+            return "401 Unauthorized", {"WWW-Authenticate": 'Basic realm="camera"'}
+        if not url.split("?")[0].rstrip("/").split("/", 3)[-1].startswith("stream1"):
+            return "404 Not Found", {}
+        if method == "DESCRIBE":
+            sdp = (f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=camera\r\nt=0 0\r\nm=video 0 RTP/AVP {_PT}\r\n"
+                   f"a=rtpmap:{_PT} H264/90000\r\na=fmtp:{_PT} packetization-mode=1\r\na=control:track1\r\n")
+            return "200 OK", {"Content-Base": self.url + "/", "body": sdp}
+        if method == "SETUP":
+            self.transports.append(headers.get("transport", ""))
+            if "interleaved" not in headers.get("transport", ""):
+                return "461 Unsupported Transport", {}
+            return "200 OK", {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1", "Session": "5eed;timeout=60"}
+        return "200 OK", {"Session": "5eed"}  # PLAY, GET_PARAMETER (keep-alive), TEARDOWN
+
+    def _send(self, conn: socket.socket, lock: threading.Lock) -> None:
+        """The clip from its first frame, paced at FPS; then ``then``."""
+        seq, start = 0, time.monotonic()
+        for i in range(self._per_session if self._then != "loop" else 10**9):
+            units = self._units[i % len(self._units)]
+            packets = []
+            for k, nal in enumerate(units):
+                packets += _rtp(nal, seq + len(packets), i * 90_000 // FPS, k == len(units) - 1)
+            seq += len(packets)
+            try:
+                with lock:
+                    conn.sendall(b"".join(b"$\0" + struct.pack("!H", len(p)) + p for p in packets))
+            except OSError:
+                return
+            if self._closed.wait(max(0.0, start + (i + 1) / FPS - time.monotonic())):
+                break
+        if self._then == "close":
+            with contextlib.suppress(OSError):  # the client may have gone first
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        else:  # hang: connected, silent, until the test ends
+            self._closed.wait()
