@@ -13,6 +13,7 @@ import dataclasses
 import os
 import re
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,17 @@ def _check_moved(data: dict[str, Any]) -> None:
 
 def _expand(value: str, key: str) -> str:
     """``${NAME}`` (an environment variable: a camera's password kept out of the config file) and ``~`` in a path;
-    ValueError naming the key for a variable that is not set."""
+    in a URL's user name or password the value is percent-encoded, so a password with ``@``, ``:`` or ``/`` is given
+    as it is. ValueError naming the key for a variable that is not set."""
+    scheme = value.find("://")
+    authority = value.split("/", 3)[2] if scheme > 0 and value.count("/") >= 2 else ""
+    userinfo_end = scheme + 3 + authority.rfind("@") if "@" in authority else -1
+
     def variable(match: re.Match) -> str:
         if match.group(1) not in os.environ:
             raise ValueError(f"{key}={value!r}: environment variable {match.group(1)} is not set")
-        return os.environ[match.group(1)]
+        text = os.environ[match.group(1)]
+        return urllib.parse.quote(text, safe="") if match.start() < userinfo_end else text
     return os.path.expanduser(_VARIABLE.sub(variable, value))
 
 

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 
 __all__ = ["one_line", "io_reason", "opencv_quiet", "redact", "unreachable"]
 
-# a URL's password (``scheme://user:password@``) and secret query values (``?password=``, ``&token=``)
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:'\"]*):[^/@\s'\"]*@")
-_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd|token|key|secret|auth)=)(?:[^&#:\s'\"]|:(?!\s|$))*", re.IGNORECASE)
+# a URL's password (``scheme://user:password@``, to the token's last ``@``: a password written with a raw ``@``
+# too) and secret query values (``?password=``, ``&token=``)
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:'\"]*):[^\s'\"]*@")
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd|token|key|secret|auth)=)(?:[^&#:\s'\"]|:(?!\s|$))*",
+                           re.IGNORECASE)
 
 
 def redact(text: str) -> str:
@@ -20,6 +22,8 @@ def redact(text: str) -> str:
 
     >>> redact("cannot open rtsp://admin:s3cret@10.0.0.7/live?ch=1&token=a:b: Connection refused")
     'cannot open rtsp://admin:***@10.0.0.7/live?ch=1&token=***: Connection refused'
+    >>> redact("rtsp://admin:p@ss:w/rd@10.0.0.7/live")
+    'rtsp://admin:***@10.0.0.7/live'
     """
     return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
 
