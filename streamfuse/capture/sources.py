@@ -95,6 +95,8 @@ class SourceConfig:
     def __post_init__(self) -> None:
         kinds = sorted(available("source"))
         check(self.kind in kinds, "kind", self.kind, " | ".join(kinds))
+        if self.kind == "camera" and "://" in self.path:  # OpenCV would play it without timeouts, over UDP
+            raise ValueError(f"path={redact(self.path)!r} is a network camera's URL: give it with kind: stream")
         check(0.1 <= self.fps <= 1000.0, "fps", self.fps, "0.1 <= fps <= 1000")
         check(16 <= self.width <= MAX_SIDE, "width", self.width, f"16 <= width <= {MAX_SIDE}")
         check(16 <= self.height <= MAX_SIDE, "height", self.height, f"16 <= height <= {MAX_SIDE}")

@@ -58,3 +58,10 @@ def test_a_variable_that_is_not_set_is_one_line_naming_it(monkeypatch):
                                           r"variable STREAMFUSE_TEST_UNSET is not set"):
         config_from_dict({"ir": {"kind": "stream", "path": "rtsp://admin:${STREAMFUSE_TEST_UNSET}@cam/live"}})
     assert config_from_dict({"vis": {"path": "cam$1/$HOME"}}).vis.path == "cam$1/$HOME"  # only ${NAME} is expanded
+
+
+def test_a_network_cameras_url_given_as_a_device_camera_is_one_line_naming_the_stream_kind():
+    with pytest.raises(ConfigError, match=r"ir: path='rtsp://admin:\*\*\*@10.0.0.7/live' is a network camera's URL: "
+                                          r"give it with kind: stream") as caught:
+        config_from_dict({"ir": {"kind": "camera", "path": f"rtsp://admin:{SECRET}@10.0.0.7/live"}})
+    assert SECRET not in str(caught.value)
