@@ -57,8 +57,9 @@ def unreachable(exc: BaseException) -> bool:
 
 
 def io_reason(exc: BaseException) -> str:
-    """The OS or FFmpeg reason of an I/O error, without PyAV's call details (the caller names the file)."""
-    return getattr(exc, "strerror", None) or str(exc)
+    """The OS or FFmpeg reason of an I/O error, without PyAV's call details and its repeat of the file name or URL
+    (the caller names it); other errors as :func:`one_line` gives them."""
+    return getattr(exc, "strerror", None) or one_line(exc)
 
 
 @contextlib.contextmanager

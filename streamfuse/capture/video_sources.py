@@ -144,7 +144,7 @@ class AvSource(BaseSource):
         try:
             container = self._stack.enter_context(av.open(path, timeout=timeout, options=options))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or one_line(exc)  # not PyAV's repeat of the URL
+            why = io_reason(exc)
             if isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
                 why = f"not a readable video ({why})"
             elif isinstance(exc, av.ExitError) and self.live:
@@ -203,7 +203,7 @@ class AvSource(BaseSource):
         except StopIteration:
             frame = None
         except (av.FFmpegError, OSError) as exc:
-            why = one_line(exc)
+            why = io_reason(exc)
             if isinstance(exc, av.ExitError) and self.live:
                 why = f"no stream data for {self._READ_TIMEOUT_S:g} s (read timeout)"
             if not self.live and (cut := self._read_end(missing_end)) and cut.certain and not cut.after_frames:
