@@ -4,9 +4,12 @@ run in one line after the frames it could read."""
 
 from __future__ import annotations
 
+import bz2
 import re
 import struct
 
+import lz4.frame
+import numpy as np
 import pytest
 from helpers_ros import ROS1_COMPRESSED, ROS1_IMAGE, write_bag1
 from test_replay_bags import CAMERA, N, PERIOD, THERMAL, _cfg, ros1_messages
@@ -114,3 +117,62 @@ def test_a_chunk_its_killed_recorder_had_open_is_read_record_by_record_with_a_wa
         summary = run_replay(_cfg(), ir_path=active, out_path=tmp_path / "fused.mkv")
     assert summary.complete and sum(summary.frames.values()) == expected and 2 < expected < 2 * N
     assert "robot.bag.active has no index (its recorder did not close it)" in caplog.text
+
+
+@pytest.mark.parametrize("compression", ["bz2", "lz4"])
+def test_a_compressed_chunk_its_killed_recorder_had_open_gives_what_it_had_flushed(tmp_path, compression):
+    """rosbag compresses an open chunk as it writes it (libbz2 and roslz4 write whole blocks as they fill) and fills in
+    its header's sizes on closing it: a recorder killed then leaves the stream's flushed part at the end of the file,
+    its messages readable up to the last whole block."""
+    data = _bag(tmp_path / "robot.bag", chunk_bytes=16 << 10).read_bytes()  # plain chunks: their records, to compress
+    index_at = data.index(b"index_pos=") + 10
+    chunks = [r for r in _walk(data, 13, struct.unpack_from("<Q", data, index_at)[0]) if b"op=\x05" in r[2]]
+    inside = [m for chunk in chunks[1:] for m in _messages(data, chunk)]  # the open chunk's records, as written
+    records = b"".join(data[start:stop] for start, stop, _ in inside)
+    if compression == "bz2":
+        stream = bz2.BZ2Compressor(1)  # 100 kB blocks (rosbag's are 900 kB: the same layout, larger)
+        stream = stream.compress(records) + stream.flush()
+    else:
+        stream = lz4.frame.compress(records, block_size=lz4.frame.BLOCKSIZE_MAX64KB)  # rosbag's blocks: 1 MiB
+    flushed = stream[:-50]  # killed while its last block was being written
+    header = _field(b"compression", compression.encode()) + _field(b"op", b"\x05") + _field(b"size", bytes(4))
+    head = bytearray(data[:chunks[1][0]] + struct.pack("<I", len(header)) + header + bytes(4) + flushed)
+    head[index_at:index_at + 8] = bytes(8)
+    active = tmp_path / "robot.bag.active"
+    active.write_bytes(bytes(head))
+    whole = len(bz2.BZ2Decompressor().decompress(flushed) if compression == "bz2"
+                else lz4.frame.LZ4FrameDecompressor().decompress(flushed))  # what its whole blocks hold
+    before = sum(b"op=\x02" in h for _, _, h in _messages(data, chunks[0]))
+    ends = np.cumsum([stop - start for start, stop, _ in inside])  # where each record ends in the chunk
+    read = sum(b"op=\x02" in h for (_, _, h), end in zip(inside, ends) if end <= whole)
+    assert read > 0 and whole < len(records)
+    with pytest.raises(ReplayError, match=rf"robot.bag.active is truncated or corrupt after {before + read} frames "
+                                          r"\(cut short in a record's"):
+        run_replay(_cfg(), ir_path=active, out_path=tmp_path / "fused.mkv")
+    assert active.read_bytes() == head
+
+
+def test_an_open_chunk_whose_flushed_blocks_end_between_records_still_says_what_was_lost(tmp_path):
+    data = _bag(tmp_path / "robot.bag", chunk_bytes=16 << 10).read_bytes()
+    index_at = data.index(b"index_pos=") + 10
+    chunks = [r for r in _walk(data, 13, struct.unpack_from("<Q", data, index_at)[0]) if b"op=\x05" in r[2]]
+    inside = [m for chunk in chunks[1:] for m in _messages(data, chunk)]
+    first = b"".join(data[start:stop] for start, stop, _ in inside[:3])
+    pad = _field(b"op", b"\x04")  # a record the reader passes over (index data), sized so the first block ends here
+    filler = 65536 - len(first) - 8 - len(pad)
+    first += struct.pack("<I", len(pad)) + pad + struct.pack("<I", filler) + bytes(filler)
+    rest = b"".join(data[start:stop] for start, stop, _ in inside[3:])
+    stream = lz4.frame.compress(first + rest, block_size=lz4.frame.BLOCKSIZE_MAX64KB, block_linked=False,
+                                store_size=False)
+    second = 7 + 4 + (struct.unpack_from("<I", stream, 7)[0] & 0x7FFFFFFF)  # after the frame header and block 1
+    flushed = stream[:second + 4 + (struct.unpack_from("<I", stream, second)[0] & 0x7FFFFFFF) // 2]  # half of block 2
+    header = _field(b"compression", b"lz4") + _field(b"op", b"\x05") + _field(b"size", bytes(4))
+    head = bytearray(data[:chunks[1][0]] + struct.pack("<I", len(header)) + header + bytes(4) + flushed)
+    head[index_at:index_at + 8] = bytes(8)
+    active = tmp_path / "robot.bag.active"
+    active.write_bytes(bytes(head))
+    assert len(lz4.frame.LZ4FrameDecompressor().decompress(flushed)) == 65536  # the first block, whole
+    read = sum(b"op=\x02" in h for _, _, h in _messages(data, chunks[0]) + inside[:3])
+    with pytest.raises(ReplayError, match=rf"after {read} frames \(cut short in the lz4 chunk its recorder had open "
+                                          r"\(what it had not flushed is lost\)\)"):
+        run_replay(_cfg(), ir_path=active, out_path=tmp_path / "fused.mkv")

@@ -6,7 +6,8 @@ them) holding connection records (topic, message type) and messages (connection,
 then the index: the connections again and, per chunk, how many messages each connection has there. Messages are read
 chunk by chunk in file order, the order the recorder received them in, so a bag whose recorder was killed (left as
 ``.bag.active``, without an index) still reads up to where it was cut: a chunk it had open (its header's sizes still
-0, the messages after it as records of their own, uncompressed) is read record by record.
+0) is read record by record, its records following it as they are or, compressed, as the part of the chunk's bz2 or
+LZ4 stream the recorder had flushed (whole compressed blocks: a block still in the recorder's memory is lost).
 """
 
 from __future__ import annotations
@@ -100,21 +101,27 @@ def _op(fields: dict[str, bytes]) -> int:
     return _field(fields, "op", "<B")
 
 
-def _chunk_records(fields: dict[str, bytes], data: bytes) -> Iterator[Record]:
-    """The records of a chunk, uncompressed (to the size its header states: no more is decompressed)."""
+def _chunk_records(fields: dict[str, bytes], data: bytes, *, cut: bool = False) -> Iterator[Record]:
+    """The records of a chunk, uncompressed (to the size its header states: no more is decompressed); ``cut``: an
+    open chunk's compressed stream up to the end of the file, whatever of it decompresses."""
     size, compression = _field(fields, "size", "<I"), fields.get("compression", b"").decode("ascii", "replace")
+    decompressors = {"bz2": bz2.BZ2Decompressor, "lz4": lz4.frame.LZ4FrameDecompressor}
+    if compression not in ("none", *decompressors):
+        raise BagError(f"a chunk compressed as {compression!r} (none, bz2, lz4)")
+    stream = decompressors[compression]() if compression != "none" else None
     try:
-        if compression == "bz2":
-            data = bz2.BZ2Decompressor().decompress(data, max_length=size)
-        elif compression == "lz4":
-            data = lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=size)
-        elif compression != "none":
-            raise BagError(f"a chunk compressed as {compression!r} (none, bz2, lz4)")
+        data = stream.decompress(data, max_length=-1 if cut else size) if stream else data
     except (OSError, ValueError, RuntimeError, EOFError) as exc:
         raise BagError(f"a {compression} chunk does not decompress ({exc})") from None
-    if len(data) != size:
+    if len(data) != size and not cut:
         raise BagError(f"a chunk holds {len(data)} bytes, its header says {size}")
-    return _records(BytesIO(data))
+    return _records(BytesIO(data)) if not cut or stream.eof else _then_cut(_records(BytesIO(data)), compression)
+
+
+def _then_cut(records: Iterator[Record], compression: str) -> Iterator[Record]:
+    """``records``, then BagError: an open chunk's stream that ends before its end mark lost what was not flushed."""
+    yield from records
+    raise BagError(f"cut short in the {compression} chunk its recorder had open (what it had not flushed is lost)")
 
 
 def _index_pos(f: BinaryIO) -> int:
@@ -170,10 +177,15 @@ def bag1_messages(path: str | os.PathLike, topics: tuple[str, ...]) -> Iterator[
     """
     conns: dict[int, tuple[str, str]] = {}
     with open(path, "rb") as f:
-        if _index_pos(f) == 0:  # the recorder writes it on closing the bag: all it wrote is read, but say so
+        if unclosed := _index_pos(f) == 0:  # the recorder writes it on closing the bag: all it wrote is read; say so
             log.warning("ROS 1 bag %s has no index (its recorder did not close it): read to where it ends", path)
         for fields, data in _records(f):
-            inner = _chunk_records(fields, data) if _op(fields) == OP_CHUNK else iter([(fields, data)])
+            is_chunk = _op(fields) == OP_CHUNK
+            if is_chunk and unclosed and not data and fields.get("compression", b"none") != b"none":
+                data = f.read()  # the chunk it had open: its compressed stream runs to the end of the file
+                inner = _chunk_records(fields, data, cut=True)
+            else:
+                inner = _chunk_records(fields, data) if is_chunk else iter([(fields, data)])
             for rec_fields, rec_data in inner:
                 op = _op(rec_fields)
                 if op == OP_CONNECTION:
