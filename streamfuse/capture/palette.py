@@ -64,7 +64,7 @@ def _from_file(path: str) -> np.ndarray:
     coldest at the left of a wide bar or at the bottom of a tall one (the median across its middle half, so thin
     borders and ticks drop out). Raises ValueError (one line) for a file that gives no temperature order."""
     if not Path(path).is_file():
-        raise ValueError(f"{path!r} is neither a palette ({' | '.join(PALETTES)}) nor {_FILE}")
+        raise ValueError(f"neither a palette ({' | '.join(PALETTES)}) nor a file: {_FILE}")
     ramp = _rows(path)[:, ::-1] if Path(path).suffix.lower() in _TEXT else _bar(path)
     at = np.linspace(0, len(ramp) - 1, 256)
     colours = np.stack([np.interp(at, np.arange(len(ramp)), ramp[:, c]) for c in range(3)], axis=1)

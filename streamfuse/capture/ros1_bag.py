@@ -115,7 +115,8 @@ def _chunk_records(fields: dict[str, bytes], data: bytes, *, cut: bool = False) 
         raise BagError(f"a {compression} chunk does not decompress ({exc})") from None
     if len(data) != size and not cut:
         raise BagError(f"a chunk holds {len(data)} bytes, its header says {size}")
-    return _records(BytesIO(data)) if not cut or stream.eof else _then_cut(_records(BytesIO(data)), compression)
+    finished = not cut or stream is None or stream.eof
+    return _records(BytesIO(data)) if finished else _then_cut(_records(BytesIO(data)), compression)
 
 
 def _then_cut(records: Iterator[Record], compression: str) -> Iterator[Record]:
