@@ -1,9 +1,8 @@
-"""The sources of real video: OpenCV cameras (``camera``), PyAV files and network streams (``file``, ``stream``) and
-folders of numbered images (``folder``).
+"""The sources of recorded and streamed video: PyAV files and network streams (``file``, ``stream``) and folders of
+numbered images (``folder``); device cameras are :mod:`~streamfuse.capture.camera`'s.
 
 Capture times (``t_capture_ns``):
 
-- ``camera``: ``time.time_ns()`` right after the grab;
 - ``file``: ``round(pts * time_base * 1e9)``, converted once here; relative to the file's time origin, so the IR
   and visible files of one recording stay comparable (with ``loop`` later passes are shifted to stay increasing, and
   a timestamp discontinuity is shifted out, reported in one line: ``timestamps.FileClock``);
@@ -20,72 +19,28 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import cv2
-
 from streamfuse.bitdepth import deep_grey, read_8bit
 from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
-from streamfuse.errors import io_reason, one_line, opencv_quiet, unreachable
+from streamfuse.errors import io_reason, one_line, unreachable
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
-__all__ = ["CameraSource", "AvSource", "FolderSource"]
+__all__ = ["AvSource", "FolderSource"]
 
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
 # Codecs whose every packet is one picture although FFmpeg does not mark them intra-only (FFV1 may carry its context
 # model from frame to frame; an APNG frame may be blended onto the one before, and PNG shares that decoder).
 _ONE_PICTURE_PER_PACKET = ("ffv1", "png", "apng")
-
-
-# -- OpenCV camera -----------------------------------------------------------------------------------------------
-
-
-@register("source", "camera")
-class CameraSource(BaseSource):
-    """OpenCV ``VideoCapture`` by device index (``"0"``) or path; frames stamped with ``time.time_ns()`` at grab."""
-
-    live = True
-
-    def _open(self) -> None:
-        path = self.cfg.path or "0"
-        target: int | str = int(path) if path.isdigit() else path
-        device = f"/dev/video{target}" if isinstance(target, int) else target
-        if sys.platform.startswith("linux") and device.startswith("/dev/") and not Path(device).exists():
-            found = ", ".join(sorted(str(p) for p in Path("/dev").glob("video*"))) or "none"
-            raise SourceError(f"{self.section}: camera {path!r} does not exist ({device} missing; found: {found})")
-        with opencv_quiet():
-            cap = cv2.VideoCapture(target)
-        if not cap.isOpened():
-            raise SourceError(f"{self.section}: cannot open camera {path!r}")
-        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
-        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height)
-        cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
-        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep at most one stale frame in the driver
-        self._cap, self._path, self._is_file = cap, path, Path(path).is_file()
-
-    def _read(self) -> Frame | None:
-        if not self._cap.grab():
-            if self._is_file:
-                return None
-            raise SourceError(f"{self.section}: camera {self._path!r} stopped delivering frames (unplugged?)")
-        t_ns, mono_ns = time.time_ns(), time.monotonic_ns()
-        ok, image = self._cap.retrieve()
-        if not ok:
-            raise SourceError(f"{self.section}: camera {self._path!r} returned an empty frame")
-        return self._frame(t_ns, self._convert(image), mono_ns)
-
-    def _close(self) -> None:
-        self._cap.release()
 
 
 # -- PyAV file / stream ------------------------------------------------------------------------------------------

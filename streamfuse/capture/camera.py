@@ -1,0 +1,55 @@
+"""Device cameras (``camera``): OpenCV ``VideoCapture`` by index or device path, frames stamped with ``time.time_ns()``
+right after the grab (network cameras are ``stream`` sources: :mod:`~streamfuse.capture.video_sources`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import cv2
+
+from streamfuse.capture.sources import BaseSource, SourceError
+from streamfuse.errors import opencv_quiet
+from streamfuse.frames import Frame
+from streamfuse.registry import register
+
+__all__ = ["CameraSource"]
+
+
+@register("source", "camera")
+class CameraSource(BaseSource):
+    """OpenCV ``VideoCapture`` by device index (``"0"``) or path; frames stamped with ``time.time_ns()`` at grab."""
+
+    live = True
+
+    def _open(self) -> None:
+        path = self.cfg.path or "0"
+        target: int | str = int(path) if path.isdigit() else path
+        device = f"/dev/video{target}" if isinstance(target, int) else target
+        if sys.platform.startswith("linux") and device.startswith("/dev/") and not Path(device).exists():
+            found = ", ".join(sorted(str(p) for p in Path("/dev").glob("video*"))) or "none"
+            raise SourceError(f"{self.section}: camera {path!r} does not exist ({device} missing; found: {found})")
+        with opencv_quiet():
+            cap = cv2.VideoCapture(target)
+        if not cap.isOpened():
+            raise SourceError(f"{self.section}: cannot open camera {path!r}")
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height)
+        cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep at most one stale frame in the driver
+        self._cap, self._path, self._is_file = cap, path, Path(path).is_file()
+
+    def _read(self) -> Frame | None:
+        if not self._cap.grab():
+            if self._is_file:
+                return None
+            raise SourceError(f"{self.section}: camera {self._path!r} stopped delivering frames (unplugged?)")
+        t_ns, mono_ns = time.time_ns(), time.monotonic_ns()
+        ok, image = self._cap.retrieve()
+        if not ok:
+            raise SourceError(f"{self.section}: camera {self._path!r} returned an empty frame")
+        return self._frame(t_ns, self._convert(image), mono_ns)
+
+    def _close(self) -> None:
+        self._cap.release()
