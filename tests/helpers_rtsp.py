@@ -62,12 +62,17 @@ def _rtp(nal: bytes, seq: int, stamp: int, last: bool) -> list[bytes]:
 class RtspCamera:
     """The camera at ``self.url`` (``rtsp://127.0.0.1:PORT/stream1``, or with ``user``'s credentials when a password
     is set: Basic authentication, as cameras offer it), on ``server`` where given (a socket bound, not listening: the
-    port refused connections until now, as a camera's does while it boots). ``plays`` counts the sessions played, ``transports`` the
-    Transport headers clients asked for."""
+    port refused connections until now, as a camera's does while it boots). It sends RTP over the RTSP connection
+    (``transport="tcp"``) or to the client's UDP ports (``"udp"``: a camera that refuses interleaved TCP), and
+    answers a SETUP asking for the other with 461. ``plays`` counts the sessions played, ``transports`` the Transport
+    headers clients asked for."""
 
     def __init__(self, *, password: str = "", user: str = "admin", frames_per_session: int = 250,
-                 then: str = "close", server: socket.socket | None = None) -> None:
-        self._units = _clip(50)
+                 then: str = "close", server: socket.socket | None = None, transport: str = "tcp") -> None:
+        self._units, self._transport = _clip(50), transport
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # our RTP port (the client may write to it)
+        self._udp.bind(("127.0.0.1", 0))
+        self._client_port = 0
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() if password else ""
         self._per_session, self._then = frames_per_session, then
         self._server = server or socket.create_server(("127.0.0.1", 0))  # a socket bound earlier listens from now
@@ -87,6 +92,7 @@ class RtspCamera:
         with contextlib.suppress(OSError):  # wakes the accept (closing alone does not)
             self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
+        self._udp.close()
         for thread in self._threads:
             thread.join(10)
 
@@ -157,10 +163,17 @@ class RtspCamera:
                    f"a=rtpmap:{_PT} H264/90000\r\na=fmtp:{_PT} packetization-mode=1\r\na=control:track1\r\n")
             return "200 OK", {"Content-Base": self.url + "/", "body": sdp}
         if method == "SETUP":
-            self.transports.append(headers.get("transport", ""))
-            if "interleaved" not in headers.get("transport", ""):
+            asked = headers.get("transport", "")
+            self.transports.append(asked)
+            if ("interleaved" in asked) != (self._transport == "tcp"):
                 return "461 Unsupported Transport", {}
-            return "200 OK", {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1", "Session": "5eed;timeout=60"}
+            if self._transport == "tcp":
+                return "200 OK", {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1", "Session": "5eed;timeout=60"}
+            ports = asked.split("client_port=")[1].split(";")[0]
+            self._client_port = int(ports.split("-")[0])
+            ours = self._udp.getsockname()[1]
+            return "200 OK", {"Transport": f"RTP/AVP;unicast;client_port={ports};server_port={ours}-{ours + 1}",
+                              "Session": "5eed;timeout=60"}
         return "200 OK", {"Session": "5eed"}  # PLAY, GET_PARAMETER (keep-alive), TEARDOWN
 
     def _send(self, conn: socket.socket, lock: threading.Lock) -> None:
@@ -173,8 +186,12 @@ class RtspCamera:
                 packets += _rtp(nal, seq + len(packets), i * 90_000 // FPS, k == len(units) - 1)
             seq += len(packets)
             try:
-                with lock:
-                    conn.sendall(b"".join(b"$\0" + struct.pack("!H", len(p)) + p for p in packets))
+                if self._transport == "udp":
+                    for p in packets:
+                        self._udp.sendto(p, ("127.0.0.1", self._client_port))
+                else:
+                    with lock:
+                        conn.sendall(b"".join(b"$\0" + struct.pack("!H", len(p)) + p for p in packets))
             except OSError:
                 return
             if self._closed.wait(max(0.0, start + (i + 1) / FPS - time.monotonic())):

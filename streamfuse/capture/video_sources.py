@@ -18,6 +18,7 @@ Capture times (``t_capture_ns``):
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -94,8 +95,9 @@ class AvSource(BaseSource):
         self._stack = contextlib.ExitStack()
         timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
         options = dict(o.split("=", 1) for o in self.cfg.ffmpeg)
-        if path.startswith(("rtsp://", "rtsps://")):  # FFmpeg's UDP default loses packets on a busy link
-            options.setdefault("rtsp_transport", "tcp")
+        tcp_chosen = path.startswith(("rtsp://", "rtsps://")) and "rtsp_transport" not in options
+        if tcp_chosen:  # FFmpeg's UDP default loses packets on a busy link
+            options["rtsp_transport"] = "tcp"
         try:
             container = self._stack.enter_context(av.open(path, timeout=timeout, options=options))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
@@ -104,6 +106,8 @@ class AvSource(BaseSource):
                 why = f"not a readable video ({why})"
             elif isinstance(exc, av.ExitError) and self.live:
                 why = f"no stream data within {self._OPEN_TIMEOUT_S:g} s (open timeout)"
+            elif tcp_chosen and getattr(exc, "errno", None) == errno.EPROTONOSUPPORT:  # its SETUP answered 461
+                why += " (the camera refuses RTSP over TCP: give it ffmpeg: [rtsp_transport=udp])"
             raise SourceError(f"{self.section}: cannot open {path}: {why}",
                               unreachable=self.live and (isinstance(exc, av.ExitError) or unreachable(exc))) from None
         if not container.streams.video:

@@ -184,3 +184,15 @@ def test_a_password_with_at_colon_and_slash_from_the_environment_plays(monkeypat
         with pytest.raises(SourceError) as caught:  # written into the URL as it is, it breaks the URL: still masked
             open_source("vis", raw).open()
     assert str(caught.value) == f"vis: cannot open {camera.url.replace('rtsp://', 'rtsp://admin:***@')}: Invalid argument"
+
+
+@pytest.mark.timeout(90)
+def test_a_camera_that_refuses_tcp_is_one_line_saying_so_and_plays_over_udp_when_told():
+    with RtspCamera(then="loop", transport="udp") as camera:
+        with pytest.raises(SourceError, match=r"cannot open rtsp://.*: Protocol not supported \(the camera refuses "
+                                              r"RTSP over TCP: give it ffmpeg: \[rtsp_transport=udp\]\)"):
+            _read(camera.url, 1)
+        with open_source("vis", SourceConfig(kind="stream", path=camera.url, ffmpeg=("rtsp_transport=udp",))) as src:
+            frames = [src.read() for _ in range(10)]
+    assert all(f is not None and f.image.shape == (HEIGHT, WIDTH, 3) for f in frames)
+    assert "interleaved" in camera.transports[0] and "client_port=" in camera.transports[-1]
