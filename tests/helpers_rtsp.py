@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import re
 import socket
 import struct
 import threading
@@ -61,19 +63,20 @@ def _rtp(nal: bytes, seq: int, stamp: int, last: bool) -> list[bytes]:
 
 class RtspCamera:
     """The camera at ``self.url`` (``rtsp://127.0.0.1:PORT/stream1``, or with ``user``'s credentials when a password
-    is set: Basic authentication, as cameras offer it), on ``server`` where given (a socket bound, not listening: the
+    is set: Basic authentication, or Digest as most cameras ask), on ``server`` where given (a socket bound, not listening: the
     port refused connections until now, as a camera's does while it boots). It sends RTP over the RTSP connection
     (``transport="tcp"``) or to the client's UDP ports (``"udp"``: a camera that refuses interleaved TCP), and
     answers a SETUP asking for the other with 461. ``plays`` counts the sessions played, ``transports`` the Transport
     headers clients asked for."""
 
     def __init__(self, *, password: str = "", user: str = "admin", frames_per_session: int = 250,
-                 then: str = "close", server: socket.socket | None = None, transport: str = "tcp") -> None:
+                 then: str = "close", server: socket.socket | None = None, transport: str = "tcp",
+                 digest: bool = False) -> None:
         self._units, self._transport = _clip(50), transport
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # our RTP port (the client may write to it)
         self._udp.bind(("127.0.0.1", 0))
         self._client_port = 0
-        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() if password else ""
+        self._user, self._password, self._digest = user, password, digest
         self._per_session, self._then = frames_per_session, then
         self._server = server or socket.create_server(("127.0.0.1", 0))  # a socket bound earlier listens from now
         self._server.listen(8)
@@ -154,8 +157,9 @@ class RtspCamera:
     def _answer(self, method: str, url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
         if method == "OPTIONS":
             return "200 OK", {"Public": "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER"}
-        if self._auth and headers.get("authorization") != self._auth:
-            return "401 Unauthorized", {"WWW-Authenticate": 'Basic realm="camera"'}
+        if self._password and not self._authorized(method, headers.get("authorization", "")):
+            scheme = 'Digest realm="camera", nonce="5eed0123"' if self._digest else 'Basic realm="camera"'
+            return "401 Unauthorized", {"WWW-Authenticate": scheme}
         if not url.split("?")[0].rstrip("/").split("/", 3)[-1].startswith("stream1"):
             return "404 Not Found", {}
         if method == "DESCRIBE":
@@ -175,6 +179,15 @@ class RtspCamera:
             return "200 OK", {"Transport": f"RTP/AVP;unicast;client_port={ports};server_port={ours}-{ours + 1}",
                               "Session": "5eed;timeout=60"}
         return "200 OK", {"Session": "5eed"}  # PLAY, GET_PARAMETER (keep-alive), TEARDOWN
+
+    def _authorized(self, method: str, given: str) -> bool:
+        """Basic: the user and password; Digest (RFC 2617, no qop): the response to our nonce."""
+        if not self._digest:
+            return given == "Basic " + base64.b64encode(f"{self._user}:{self._password}".encode()).decode()
+        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', given.removeprefix("Digest ")))
+        ha1 = hashlib.md5(f"{self._user}:camera:{self._password}".encode()).hexdigest()
+        ha2 = hashlib.md5(f"{method}:{fields.get('uri', '')}".encode()).hexdigest()
+        return fields.get("response") == hashlib.md5(f"{ha1}:5eed0123:{ha2}".encode()).hexdigest()
 
     def _send(self, conn: socket.socket, lock: threading.Lock) -> None:
         """The clip from its first frame, paced at FPS; then ``then``."""

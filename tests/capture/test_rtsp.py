@@ -83,8 +83,9 @@ def test_a_cameras_rtsp_server_is_played_over_interleaved_tcp():
 
 
 @pytest.mark.timeout(90)
-def test_a_camera_with_a_password_plays_with_it_and_a_wrong_one_or_path_is_one_line():
-    with RtspCamera(password=SECRET, then="loop") as camera:
+@pytest.mark.parametrize("digest", [False, True], ids=["basic", "digest"])
+def test_a_camera_with_a_password_plays_with_it_and_a_wrong_one_or_path_is_one_line(digest):
+    with RtspCamera(password=SECRET, then="loop", digest=digest) as camera:
         with_password = camera.url.replace("rtsp://", f"rtsp://admin:{SECRET}@")
         assert all(f is not None for f in _read(with_password, 5))
         for url, words in [(camera.url.replace("rtsp://", "rtsp://admin:wrong@"), "401 Unauthorized"),
@@ -174,7 +175,7 @@ def test_a_camera_not_up_at_the_start_is_waited_for_and_one_that_refuses_the_pas
 def test_a_password_with_at_colon_and_slash_from_the_environment_plays(monkeypatch):
     password = "p@ss:w/rd#1"
     monkeypatch.setenv("STREAMFUSE_TEST_RTSP_PASSWORD", password)
-    with RtspCamera(password=password, then="loop") as camera:
+    with RtspCamera(password=password, then="loop", digest=True) as camera:  # as most IP cameras ask
         template = camera.url.replace("rtsp://", "rtsp://admin:${STREAMFUSE_TEST_RTSP_PASSWORD}@")
         cfg = config_from_dict({"vis": {"kind": "stream", "path": template}}).vis
         assert cfg.path == camera.url.replace("rtsp://", "rtsp://admin:p%40ss%3Aw%2Frd%231@")  # as URLs spell it
