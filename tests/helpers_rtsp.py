@@ -63,11 +63,11 @@ def _rtp(nal: bytes, seq: int, stamp: int, last: bool) -> list[bytes]:
 
 class RtspCamera:
     """The camera at ``self.url`` (``rtsp://127.0.0.1:PORT/stream1``, or with ``user``'s credentials when a password
-    is set: Basic authentication, or Digest as most cameras ask), on ``server`` where given (a socket bound, not listening: the
-    port refused connections until now, as a camera's does while it boots). It sends RTP over the RTSP connection
-    (``transport="tcp"``) or to the client's UDP ports (``"udp"``: a camera that refuses interleaved TCP), and
-    answers a SETUP asking for the other with 461. ``plays`` counts the sessions played, ``transports`` the Transport
-    headers clients asked for."""
+    is set: Basic authentication, or Digest as most cameras ask), on ``server`` where given (a socket bound, not
+    listening: the port refused connections until now, as a camera's does while it boots). It sends RTP over the
+    RTSP connection (``transport="tcp"``) or to the client's UDP ports (``"udp"``: a camera that refuses interleaved
+    TCP), and answers a SETUP asking for the other with 461. ``plays`` counts the sessions played, ``transports`` the
+    Transport headers clients asked for."""
 
     def __init__(self, *, password: str = "", user: str = "admin", frames_per_session: int = 250,
                  then: str = "close", server: socket.socket | None = None, transport: str = "tcp",

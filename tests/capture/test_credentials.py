@@ -27,7 +27,8 @@ def test_a_cameras_password_from_the_environment_stays_out_of_the_log_and_the_er
         url = f"rtsp://admin:{{}}@127.0.0.1:{closed.getsockname()[1]}/live?channel=1&token={TOKEN}"
         cfg = load_config(REPO / "streamfuse/configs/demo.yaml", [
             "ir.kind=stream", "ir.path=" + url.format("${STREAMFUSE_TEST_CAMERA_PASSWORD}"), "ir.restart=false",
-            "vis.width=64", "vis.height=48", "fuse.name=max", "engine.device=cpu", "publish.endpoint=tcp://127.0.0.1:*"])
+            "vis.width=64", "vis.height=48", "fuse.name=max", "engine.device=cpu",
+            "publish.endpoint=tcp://127.0.0.1:*"])
         assert cfg.ir.path == url.format(SECRET)  # what FFmpeg is given
         with caplog.at_level(logging.INFO), pytest.raises(RuntimeError) as err:
             run_live(cfg, duration_s=60.0)  # ends with the IR camera's refusal; the duration only bounds a failure

@@ -215,7 +215,7 @@ def test_a_cyclic_bar_an_unreadable_image_and_a_missing_file_are_one_line(tmp_pa
     cv2.imwrite(str(tmp_path / "hsv.png"), hsv)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     for name, words in [("hsv.png", "colours at 0 and 2.. .* are alike"), ("broken.png", "not an image OpenCV reads"),
-                        ("missing.csv", r"missing.csv': neither a palette \(black_hot .*\) nor a file: a palette file")]:
+                        ("missing.csv", r"missing.csv': neither a palette \(black_hot .*\) nor a file: a palette")]:
         with pytest.raises(ConfigError, match=words) as caught:
             config_from_dict({"ir": {"palette": str(tmp_path / name)}})
         assert "\n" not in str(caught.value)

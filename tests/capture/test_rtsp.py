@@ -184,7 +184,8 @@ def test_a_password_with_at_colon_and_slash_from_the_environment_plays(monkeypat
         raw = SourceConfig(kind="stream", path=camera.url.replace("rtsp://", f"rtsp://admin:{password}@"))
         with pytest.raises(SourceError) as caught:  # written into the URL as it is, it breaks the URL: still masked
             open_source("vis", raw).open()
-    assert str(caught.value) == f"vis: cannot open {camera.url.replace('rtsp://', 'rtsp://admin:***@')}: Invalid argument"
+    masked = camera.url.replace("rtsp://", "rtsp://admin:***@")
+    assert str(caught.value) == f"vis: cannot open {masked}: Invalid argument"
 
 
 @pytest.mark.timeout(90)
