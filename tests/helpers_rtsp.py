@@ -21,6 +21,12 @@ import numpy as np
 
 WIDTH, HEIGHT, FPS = 64, 48, 25
 _PT, _SSRC, _MTU = 96, 0x5EED1234, 1200
+_RTP_START = 0x9E3779B9  # a session's first RTP time: random by RFC 3550, as cameras start it
+
+
+def _rtp_time(i: int) -> int:
+    """Frame ``i``'s RTP time (90 kHz, wrapping at 32 bits)."""
+    return (_RTP_START + i * 90_000 // FPS) & 0xFFFFFFFF
 
 
 def grey(i: int) -> int:
@@ -66,12 +72,18 @@ class RtspCamera:
     is set: Basic authentication, or Digest as most cameras ask), on ``server`` where given (a socket bound, not
     listening: the port refused connections until now, as a camera's does while it boots). It sends RTP over the
     RTSP connection (``transport="tcp"``) or to the client's UDP ports (``"udp"``: a camera that refuses interleaved
-    TCP), and answers a SETUP asking for the other with 461. ``plays`` counts the sessions played, ``transports`` the
+    TCP), and answers a SETUP asking for the other with 461. Frame ``i`` of a session is captured at
+    ``captured_ns + i / FPS`` (``captured_ns``: when the last PLAY came, on this machine's clock) and sent
+    ``latency_s`` later (an encoder's delay); RTCP sender reports (``sender_reports``) give those capture times on the
+    camera's clock, ``clock_offset_s`` ahead of ours. ``plays`` counts the sessions played, ``transports`` the
     Transport headers clients asked for."""
 
     def __init__(self, *, password: str = "", user: str = "admin", frames_per_session: int = 250,
                  then: str = "close", server: socket.socket | None = None, transport: str = "tcp",
-                 digest: bool = False) -> None:
+                 digest: bool = False, latency_s: float = 0.0, sender_reports: bool = True,
+                 clock_offset_s: float = 0.0) -> None:
+        self._latency_s, self._reports, self._offset_ns = latency_s, sender_reports, round(clock_offset_s * 1e9)
+        self.captured_ns = 0
         self._units, self._transport = _clip(50), transport
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # our RTP port (the client may write to it)
         self._udp.bind(("127.0.0.1", 0))
@@ -189,22 +201,37 @@ class RtspCamera:
         ha2 = hashlib.md5(f"{method}:{fields.get('uri', '')}".encode()).hexdigest()
         return fields.get("response") == hashlib.md5(f"{ha1}:5eed0123:{ha2}".encode()).hexdigest()
 
+    def _packets(self, conn: socket.socket, lock: threading.Lock, packets: list[bytes], channel: int) -> None:
+        """RTP (channel 0) or RTCP (1) packets over the RTSP connection, or to the client's UDP port (RTCP: the next)."""
+        if self._transport == "udp":
+            for p in packets:
+                self._udp.sendto(p, ("127.0.0.1", self._client_port + channel))
+        else:
+            with lock:
+                conn.sendall(b"".join(b"$" + bytes([channel]) + struct.pack("!H", len(p)) + p for p in packets))
+
+    def _report(self, i: int) -> bytes:
+        """An RTCP sender report: frame ``i``'s RTP time and its capture time on the camera's clock (NTP, 1900)."""
+        ntp = self.captured_ns + i * 10**9 // FPS + self._offset_ns + 2_208_988_800 * 10**9
+        seconds, part = divmod(ntp, 10**9)
+        return struct.pack("!BBHIIIIII", 0x80, 200, 6, _SSRC, seconds, (part << 32) // 10**9, _rtp_time(i), 0, 0)
+
     def _send(self, conn: socket.socket, lock: threading.Lock) -> None:
-        """The clip from its first frame, paced at FPS; then ``then``."""
-        seq, start = 0, time.monotonic()
+        """The clip from its first frame, paced at FPS and ``latency_s`` behind its capture; then ``then``."""
+        self.captured_ns, start = time.time_ns(), time.monotonic() + self._latency_s
+        seq = 0
+        if self._closed.wait(self._latency_s):
+            return
         for i in range(self._per_session if self._then != "loop" else 10**9):
             units = self._units[i % len(self._units)]
             packets = []
             for k, nal in enumerate(units):
-                packets += _rtp(nal, seq + len(packets), i * 90_000 // FPS, k == len(units) - 1)
+                packets += _rtp(nal, seq + len(packets), _rtp_time(i), k == len(units) - 1)
             seq += len(packets)
             try:
-                if self._transport == "udp":
-                    for p in packets:
-                        self._udp.sendto(p, ("127.0.0.1", self._client_port))
-                else:
-                    with lock:
-                        conn.sendall(b"".join(b"$\0" + struct.pack("!H", len(p)) + p for p in packets))
+                if self._reports and i % FPS == 0:  # once a second, as cameras send them
+                    self._packets(conn, lock, [self._report(i)], 1)
+                self._packets(conn, lock, packets, 0)
             except OSError:
                 return
             if self._closed.wait(max(0.0, start + (i + 1) / FPS - time.monotonic())):

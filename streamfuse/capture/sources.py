@@ -71,6 +71,9 @@ class SourceConfig:
         ffmpeg: files and streams: FFmpeg options, ``NAME=VALUE`` (``rtsp_transport=udp``, ``fflags=nobuffer``); an
             RTSP URL gets ``rtsp_transport=tcp`` unless told (FFmpeg's UDP default loses packets on a busy link).
         topic: recordings: the topic this stream is read from (empty: our recorder's; a ``ros2 bag``'s camera).
+        clock: streams: ``arrival`` (the sender's pts on this machine's clock, never later than arrival) or ``sender``
+            (an RTSP camera's own capture times, from its RTCP sender reports: cameras whose clocks are NTP-synced
+            with this machine pair by when they captured, whatever their encoding latency).
         palette: IR: the false-colour palette of a thermal camera's 8-bit frames, mapped back to temperature order
             (:mod:`~streamfuse.capture.palette`): a palette's name or a palette file; empty = grey by luminance.
     """
@@ -90,6 +93,7 @@ class SourceConfig:
     decode_threads: int = 0
     ffmpeg: tuple[str, ...] = ()
     topic: str = ""
+    clock: Literal["arrival", "sender"] = "arrival"
     palette: str = ""
 
     def __post_init__(self) -> None:
@@ -109,6 +113,8 @@ class SourceConfig:
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
         check(0 <= self.decode_threads <= 256, "decode_threads", self.decode_threads, "0 (FFmpeg's choice) .. 256")
         check(all("=" in o[1:] for o in self.ffmpeg), "ffmpeg", self.ffmpeg, "NAME=VALUE options: [fflags=nobuffer]")
+        check(self.clock == "arrival" or (self.clock == "sender" and self.kind == "stream"), "clock", self.clock,
+              "arrival | sender (a stream's: its RTCP sender reports)")
         try:
             palette.check_palette(self.palette)
         except ValueError as exc:

@@ -42,6 +42,8 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".p
 # Codecs whose every packet is one picture although FFmpeg does not mark them intra-only (FFV1 may carry its context
 # model from frame to frame; an APNG frame may be blended onto the one before, and PNG shares that decoder).
 _ONE_PICTURE_PER_PACKET = ("ffv1", "png", "apng")
+# clock: sender: a sender's capture time more than this before its frame's arrival, or after it, is another clock's
+_SENDER_BEHIND_NS, _SENDER_AHEAD_NS = 5 * 10**9, 500 * 10**6
 
 
 # -- PyAV file / stream ------------------------------------------------------------------------------------------
@@ -76,6 +78,7 @@ class AvSource(BaseSource):
         self._last_pts_ns: int | None = None
         self._last_step_ns = 0  # the last forward pts step: a frame's real duration where the rate is a tick rate
         self.skipped, self._skip_report_at = 0, 0.0
+        self._sender_note = ""  # clock: sender: the last note said
         self._open_container()
         # A forward jump is shifted out only where pacing would sleep through it: unpaced (replay) times stay the pts.
         self._times = StreamClock() if self.live else FileClock(self._period_ns, rebase_ahead=self.cfg.realtime)
@@ -196,10 +199,14 @@ class AvSource(BaseSource):
     def _stamp(self, pts_ns: int) -> int:
         """The capture time of the frame with this pts; reports a timestamp discontinuity or the first repeat."""
         if self.live:
-            t_ns = self._times.stamp(pts_ns, time.monotonic_ns(), time.time_ns())
+            mono_ns, wall_ns = time.monotonic_ns(), time.time_ns()
+            t_ns = self._times.stamp(pts_ns, mono_ns, wall_ns)
             if self._times.restarted:
                 self.warn(f"{self.section}: {self.cfg.path}: timestamps went back {self._where()} (the sender "
                           f"restarted?); times follow the wall clock again")
+            if self.cfg.clock == "sender" and (sent := self._sent_ns(pts_ns, wall_ns)) is not None:
+                t_ns = max(sent, (self._last_t_ns or 0) + 1)  # increasing, also across a change of clock
+                self._times.mono_ns = t_ns - (wall_ns - mono_ns)
             return t_ns
         t_ns = self._times.stamp(pts_ns)
         fix, step_s = self._times.fix, self._times.step_ns / 1e9
@@ -310,6 +317,24 @@ class AvSource(BaseSource):
             raise self._truncated(f"the file holds {self._packets} frames")
         self.warn(f"{self.section}: {self.cfg.path}: {lost} of its {self._packets} packets decoded to no frame "
                   f"(damaged data, or a stream cut before a keyframe); their frames are missing")
+
+    def _sent_ns(self, pts_ns: int, wall_ns: int) -> int | None:
+        """The sender's capture time of this frame (``clock: sender``): its RTCP sender reports' NTP time of pts 0
+        plus the pts; None, said once, without a report yet or where the sender's clock is not ours (it would pair
+        the frames with others seconds away)."""
+        real_us = self._container.start_time_realtime
+        if real_us is None:
+            kind, note = "none", "no RTCP sender report (yet): stamped by arrival"
+        elif not -_SENDER_AHEAD_NS <= wall_ns - (sent := real_us * 1000 + pts_ns) <= _SENDER_BEHIND_NS:
+            kind, note = "off", (f"the sender's clock is {(sent - wall_ns) / 1e9:+.3f} s off this machine's at its "
+                                 f"frame's arrival (not NTP-synced?): stamped by arrival")
+        else:
+            self._sender_note = ""
+            return min(sent, wall_ns)  # a clock a little ahead: never later than the frame's arrival
+        if kind != self._sender_note:  # said when it starts, not at every frame
+            self._sender_note = kind
+            self.warn(f"{self.section}: {self.cfg.path}: clock: sender: {note}")
+        return None
 
     def _where(self) -> str:
         if self._last_t_ns is None:

@@ -6,18 +6,20 @@ camera that goes silent or is unplugged), and received from a publisher that pus
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import subprocess
 import sys
 
 import pytest
-from helpers_rtsp import HEIGHT, WIDTH, RtspCamera, grey
+from helpers_rtsp import FPS, HEIGHT, WIDTH, RtspCamera, grey
 from helpers_zmq import free_port
 from test_producer import assert_stopped, collect
 
 from streamfuse.capture import video_sources
 from streamfuse.capture.producer import start_producers
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+from streamfuse.checks import ConfigError
 from streamfuse.config import config_from_dict
 
 SECRET = "cam-Pa55"
@@ -198,3 +200,41 @@ def test_a_camera_that_refuses_tcp_is_one_line_saying_so_and_plays_over_udp_when
             frames = [src.read() for _ in range(10)]
     assert all(f is not None and f.image.shape == (HEIGHT, WIDTH, 3) for f in frames)
     assert "interleaved" in camera.transports[0] and "client_port=" in camera.transports[-1]
+
+
+def _stamps(camera: RtspCamera, clock: str, n: int = 40) -> tuple[list[int], list[str]]:
+    """The capture times of a session's first ``n`` frames, less the camera's capture time of each, ns; the warnings."""
+    lines = []
+    with open_source("vis", SourceConfig(kind="stream", path=camera.url, clock=clock)) as src:
+        src.warn = lines.append
+        frames = [src.read() for _ in range(n)]
+    assert all(f.t_mono_ns > 0 for f in frames)
+    return [f.t_capture_ns - (camera.captured_ns + k * 10**9 // FPS) for k, f in enumerate(frames)], lines
+
+
+@pytest.mark.timeout(120)
+def test_cameras_of_different_latency_stamp_their_capture_times_from_their_sender_reports():
+    with RtspCamera(then="loop", latency_s=0.3) as slow, RtspCamera(then="loop", latency_s=0.05) as fast:
+        slow_sent, slow_lines = _stamps(slow, "sender")
+        fast_sent, fast_lines = _stamps(fast, "sender")
+        slow_arrived, _ = _stamps(slow, "arrival")
+    assert slow_lines == fast_lines == []
+    # each frame at the camera's own capture time (the report's NTP time, to its microseconds), whatever its delay
+    assert all(abs(error) < 10**6 for error in slow_sent + fast_sent)
+    assert all(error >= 0.3e9 - 10**6 for error in slow_arrived)  # by arrival: at least the encoder's delay late
+
+
+@pytest.mark.timeout(120)
+def test_a_sender_clock_that_is_not_ours_or_without_reports_is_told_once_and_stamped_by_arrival():
+    with RtspCamera(then="loop", latency_s=0.3, clock_offset_s=3600.0) as ahead:
+        late, lines = _stamps(ahead, "sender")
+    assert len(lines) == 1 and re.search(r"clock: sender: the sender's clock is \+359\d\.\d{3} s off this machine's "
+                                         r".*: stamped by arrival", lines[0])
+    assert all(0.3e9 - 10**6 <= error < 3600e9 for error in late)
+    with RtspCamera(then="loop", latency_s=0.3, sender_reports=False) as silent:
+        late, lines = _stamps(silent, "sender")
+    assert lines == [f"vis: {silent.url}: clock: sender: no RTCP sender report (yet): stamped by arrival"]
+    assert all(error >= 0.3e9 - 10**6 for error in late)
+    with pytest.raises(ConfigError, match=r"ir: clock='sender' is out of range; allowed: arrival \| sender \(a "
+                                          r"stream's"):
+        config_from_dict({"ir": {"kind": "file", "path": "ir.mp4", "clock": "sender"}})
