@@ -113,6 +113,10 @@ class AvSource(BaseSource):
                 why += " (the camera refuses RTSP over TCP: give it ffmpeg: [rtsp_transport=udp])"
             raise SourceError(f"{self.section}: cannot open {path}: {why}",
                               unreachable=self.live and (isinstance(exc, av.ExitError) or unreachable(exc))) from None
+        if self.cfg.clock == "sender" and not hasattr(container, "start_time_realtime"):  # PyAV 18 added it
+            self._stack.close()
+            raise SourceError(f"{self.section}: clock: sender needs PyAV 18 or later (this is {av.__version__}; "
+                              f"Python 3.11 and later install it): give clock: arrival")
         if not container.streams.video:
             self._stack.close()
             raise SourceError(f"{self.section}: {path} has no video stream")
