@@ -81,8 +81,9 @@ class RtspCamera:
     def __init__(self, *, password: str = "", user: str = "admin", frames_per_session: int = 250,
                  then: str = "close", server: socket.socket | None = None, transport: str = "tcp",
                  digest: bool = False, latency_s: float = 0.0, sender_reports: bool = True,
-                 clock_offset_s: float = 0.0) -> None:
+                 clock_offset_s: float = 0.0, epoch_ns: int = 0) -> None:
         self._latency_s, self._reports, self._offset_ns = latency_s, sender_reports, round(clock_offset_s * 1e9)
+        self._epoch_ns = epoch_ns
         self.captured_ns = 0
         self._units, self._transport = _clip(50), transport
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # our RTP port (the client may write to it)
@@ -217,12 +218,17 @@ class RtspCamera:
         return struct.pack("!BBHIIIIII", 0x80, 200, 6, _SSRC, seconds, (part << 32) // 10**9, _rtp_time(i), 0, 0)
 
     def _send(self, conn: socket.socket, lock: threading.Lock) -> None:
-        """The clip from its first frame, paced at FPS and ``latency_s`` behind its capture; then ``then``."""
-        self.captured_ns, start = time.time_ns(), time.monotonic() + self._latency_s
-        seq = 0
-        if self._closed.wait(self._latency_s):
-            return
-        for i in range(self._per_session if self._then != "loop" else 10**9):
+        """The clip from its first frame, paced at FPS and ``latency_s`` behind its capture; then ``then``. With an
+        ``epoch_ns`` the camera runs from then on (frame ``i`` captured at ``epoch_ns + i / FPS``, as two cameras
+        filming the same moment), a session starting at its next keyframe."""
+        now, seq = time.time_ns(), 0
+        self.captured_ns = self._epoch_ns or now
+        first = -(-(now - self.captured_ns) * FPS // (25 * 10**9)) * 25  # 0 without an epoch
+        start = time.monotonic() + (self.captured_ns - now) / 1e9 + self._latency_s  # when frame 0 goes
+        count = self._per_session if self._then != "loop" else 10**9
+        for i in range(first, first + count):
+            if self._closed.wait(max(0.0, start + i / FPS - time.monotonic())):
+                return
             units = self._units[i % len(self._units)]
             packets = []
             for k, nal in enumerate(units):
@@ -234,8 +240,6 @@ class RtspCamera:
                 self._packets(conn, lock, packets, 0)
             except OSError:
                 return
-            if self._closed.wait(max(0.0, start + (i + 1) / FPS - time.monotonic())):
-                break
         if self._then == "close":
             with contextlib.suppress(OSError):  # the client may have gone first
                 conn.shutdown(socket.SHUT_RDWR)

@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import av
 import pytest
@@ -247,3 +248,31 @@ def test_a_sender_clock_that_is_not_ours_or_without_reports_is_told_once_and_sta
     with pytest.raises(ConfigError, match=r"ir: clock='sender' is out of range; allowed: arrival \| sender \(a "
                                           r"stream's"):
         config_from_dict({"ir": {"kind": "file", "path": "ir.mp4", "clock": "sender"}})
+
+
+def _nearest_levels(clock: str) -> list[tuple[float, float]]:
+    """(IR level, level of the visible frame nearest it in capture time) for an IR camera 0.3 s behind its capture and
+    a visible one 0.05 s behind, filming the same scene (the clip, from the same moment on), read by two producers."""
+    epoch = time.time_ns()
+    with RtspCamera(then="loop", latency_s=0.3, epoch_ns=epoch) as ir_camera, \
+            RtspCamera(then="loop", latency_s=0.05, epoch_ns=epoch) as vis_camera:
+        ir, vis = (SourceConfig(kind="stream", path=c.url, clock=clock, stall_factor=0) for c in (ir_camera, vis_camera))
+        prod = start_producers(ir, vis, slots=64)  # rings that keep every frame: the pairs are what is looked at
+        names = prod.shm_names()
+        try:
+            frames, _ = collect(prod, lambda f, e: min(sum(x.stream == s for x in f) for s in ("ir", "vis")) >= 60,
+                                timeout=60)
+        finally:
+            assert_stopped(prod, names)
+    seen = {s: [(f.t_capture_ns, float(f.image.mean())) for f in frames if f.stream == s] for s in ("ir", "vis")}
+    both = [(t, level) for t, level in seen["ir"] if seen["vis"][0][0] <= t <= seen["vis"][-1][0]]  # either filmed
+    assert len(both) >= 30
+    return [(level, min(seen["vis"], key=lambda v: abs(v[0] - t))[1]) for t, level in both]
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(not SENDER_TIMES, reason=f"PyAV {av.__version__} has no start_time_realtime (PyAV 17: Python 3.10)")
+def test_with_sender_times_two_cameras_of_different_delay_pair_the_same_moment():
+    # the clip's frames rise by 3 grey levels each: a frame the other camera captured 0.25 s apart is 18 levels off
+    assert all(abs(ir - vis) <= 3 for ir, vis in _nearest_levels("sender"))
+    assert sum(abs(ir - vis) > 9 for ir, vis in _nearest_levels("arrival")) > 20  # by arrival: another moment
