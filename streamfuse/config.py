@@ -123,6 +123,14 @@ def _expand(value: str, key: str) -> str:
     return os.path.expanduser(_VARIABLE.sub(variable, value))
 
 
+def _path_value(value: Any, key: str) -> Any:
+    """A path key's value: ``~`` and ``${NAME}`` expanded; a whole number is a device index (``path: 0``, as users
+    write a camera's index in YAML and in ``--set``), so it is read as the text it is."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    return _expand(value, key) if isinstance(value, str) else value
+
+
 def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> PipelineConfig:
     """Validate a raw mapping into a PipelineConfig; raises ConfigError with one line naming file and key."""
     try:
@@ -143,8 +151,7 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
             if not isinstance(raw, dict):
                 keys = ", ".join(f.name for f in dataclasses.fields(cls))
                 raise ValueError(f"{name}={raw!r} must be a mapping; allowed keys: {keys}")
-            paths = PATH_KEYS.get(name, ())
-            raw = {k: _expand(v, f"{name}.{k}") if k in paths and isinstance(v, str) else v for k, v in raw.items()}
+            raw = {k: _path_value(v, f"{name}.{k}") if k in PATH_KEYS.get(name, ()) else v for k, v in raw.items()}
             built[name] = parse_section(cls, raw, name)
         if built["vis"].palette:  # a visible camera's colours are its image, not a code for temperature
             raise ValueError(f"vis.palette={built['vis'].palette!r}: a palette is the IR camera's (ir.palette)")

@@ -36,7 +36,7 @@ def _write(tmp_path, text):
         ("engine:\n  device: gpu\n", "engine: device='gpu' is out of range"),
         ("baseline:\n  contrast: 0\n", "baseline: contrast=0.0 is out of range"),
         ("sync:\n  mode: nearest\n", "sync.mode='nearest' has the wrong type; expected 'slop' | 'latest'"),
-        ("ir:\n  kind: camera\n  path: 0\n", 'ir.path=0 has the wrong type; expected str (quote it: "0")'),
+        ("publish:\n  endpoint: 5555\n", 'publish.endpoint=5555 has the wrong type; expected str (quote it: "5555")'),
         ("publish:\n  endpoint: tcp://127.0.0.1:99999\n",  # libzmq would bind port 34463
          "publish: endpoint='tcp://127.0.0.1:99999' is out of range; allowed: tcp://HOST:PORT (PORT 1..65535"),
         ("record:\n  path:\n", "record.path has no value; expected str"),
@@ -50,6 +50,14 @@ def test_bad_configs_name_file_and_key(tmp_path, text, message):
         load_config(path)
     line = str(err.value)
     assert "\n" not in line and line.startswith(str(path)) and message in line
+
+
+def test_a_camera_index_is_a_path_written_as_a_number(tmp_path):
+    # `path: 0` is how a webcam's index is written in YAML and in --set; it names the device, as "0" does
+    cfg = load_config(_write(tmp_path, "ir:\n  kind: camera\n  path: 0\n"), ["vis.kind=camera", "vis.path=2"])
+    assert (cfg.ir.path, cfg.vis.path) == ("0", "2")
+    with pytest.raises(ConfigError, match="ir.path=-1 has the wrong type; expected str"):
+        load_config(_write(tmp_path, "ir:\n  kind: camera\n  path: -1\n"))
 
 
 def test_missing_file():

@@ -28,8 +28,12 @@ class CameraSource(BaseSource):
         target: int | str = int(path) if path.isdigit() else path
         device = f"/dev/video{target}" if isinstance(target, int) else target
         if sys.platform.startswith("linux") and device.startswith("/dev/") and not Path(device).exists():
+            # waited for like a network camera not up yet: a USB camera enumerates seconds into a robot's boot, and
+            # one unplugged mid-run is missing in the same way; a wrong index shows here at every try
             found = ", ".join(sorted(str(p) for p in Path("/dev").glob("video*"))) or "none"
-            raise SourceError(f"{self.section}: camera {path!r} does not exist ({device} missing; found: {found})")
+            missing = f"{device} missing; " if device != path else ""
+            raise SourceError(f"{self.section}: camera {path!r} is not plugged in ({missing}found: {found})",
+                              unreachable=True)
         with opencv_quiet():
             cap = cv2.VideoCapture(target)
         if not cap.isOpened():

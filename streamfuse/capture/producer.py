@@ -4,10 +4,10 @@ The consumer (the pipeline's process) calls :meth:`Producers.get`, which returns
 oldest capture time first, or :class:`ProducerEvent` lines when a producer ends or fails. Supervision runs inside
 ``get`` (no threads): a producer that dies (device lost, crash, SIGKILL) is reported in one log line and one event,
 and restarted with exponential back-off when its config says ``restart``. Not retried (final, and said by its event
-alone: the consumer stops on it and reports it, once): a source that never delivered a frame (wrong path or camera
-index: a configuration error), and a file, folder or recording that reported an error (a corrupt file fails at the
-same frame again). A file, folder or recording restarted after a crash resumes after the last frame delivered, so
-no frame comes twice; a live source continues its sequence numbers.
+alone: the consumer stops on it and reports it, once): a source that never delivered a frame (a wrong path or
+password: a configuration error; a camera not there yet is waited for), and a file, folder or recording that
+reported an error (a corrupt file fails at the same frame again). A file, folder or recording restarted after a
+crash resumes after the last frame delivered, so no frame comes twice; a live source continues its sequence numbers.
 
 Typical use (the pipeline's loop)::
 
@@ -216,13 +216,13 @@ class Producers:
                                                 f"{describe_exit(w.proc.exitcode)}")
         w.proc.join(0.1)
         self._retire(w)
-        at_end, waiting = kind == "eos", kind == "unreachable"  # waiting: a network camera not up (yet), worth it
+        at_end, waiting = kind == "eos", kind == "unreachable"  # waiting: a camera not up (yet), worth it
         kind = "error" if waiting else kind
         progressed = w.last_seq >= w.seq_at_start
-        # Not worth a restart: a source that reported an error before it ever delivered a frame (wrong path or
-        # index: a configuration error), or a replayable one that reported an error or made no progress again after
+        # Not worth a restart: a source that reported an error before it ever delivered a frame (wrong path,
+        # password: a configuration error), or a replayable one that reported an error or made no progress again after
         # a restart (it would fail at the same frame again). One killed or hung before its first frame restarts, and
-        # a network camera that is not there yet (booting, its link still down) is waited for.
+        # a camera that is not there yet (booting, its link still down, a USB one not enumerated) is waited for.
         hopeless = not at_end and not waiting and ((reported and w.restarts == 0 and not progressed) or (
             w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
         if not w.cfg.restart or hopeless:

@@ -39,8 +39,9 @@ MAX_SIDE, MAX_PIXELS = 8192, 8192 * 4320
 
 class SourceError(RuntimeError):
     """A source that cannot open or keep reading; the message is one line naming the source and the cause (a URL's
-    secrets masked: :func:`~streamfuse.errors.redact`). ``unreachable``: a network camera or sender that is not
-    there (refused, timed out, no route): not a wrong setting, so the producer waits for it even before a first frame.
+    secrets masked: :func:`~streamfuse.errors.redact`). ``unreachable``: a camera or sender that is not there
+    (refused, timed out, no route; a device not plugged in): not a wrong setting, so the producer waits for it even
+    before a first frame.
     """
 
     def __init__(self, message: str, *, unreachable: bool = False) -> None:

@@ -194,18 +194,35 @@ def test_truncated_file_delivers_what_decoded_then_one_final_error(tmp_path: Pat
 def test_missing_file_is_one_line_and_not_retried(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
     missing = tmp_path / "nope.mp4"
-    prod = start_producers(SourceConfig(kind="file", path=str(missing)),
-                           SourceConfig(kind="camera", path="57"), backoff_s=0.1)
+    cfg = SourceConfig(kind="file", path=str(missing))
+    prod = start_producers(cfg, cfg, backoff_s=0.1)
     try:
         _, events = collect(prod, lambda f, e: len(e) == 2)
     finally:
         assert_stopped(prod, [])
-    by_stream = {e.stream: e for e in events}
-    assert str(missing) in by_stream["ir"].message and "not found" in by_stream["ir"].message
-    assert "camera '57' does not exist" in by_stream["vis"].message
+    assert all(str(missing) in e.message and "not found" in e.message for e in events)
     assert not any(e.restarting for e in events)  # never opened: a configuration error, not retried
     assert not caplog.records and all("\n" not in e.message for e in events)  # said once, by the consumer
     assert prod.done and prod.stats()["ir"]["restarts"] == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="device nodes are looked for in /dev on Linux")
+def test_a_camera_not_plugged_in_at_the_start_is_waited_for(caplog) -> None:
+    # a USB camera enumerates seconds into a robot's boot: the run waits for it (a warning at every try, naming the
+    # devices there are) instead of ending, as it does for one unplugged mid-run
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    prod = start_producers(SourceConfig(kind="synthetic", width=64, height=48),
+                           SourceConfig(kind="camera", path="57"), backoff_s=0.1)
+    try:
+        frames, events = collect(prod, lambda f, e: len(e) >= 3 and f)
+        assert not prod.done and prod.stats()["vis"]["restarts"] >= 2
+    finally:
+        assert_stopped(prod, [])
+    assert all(e.stream == "vis" and e.restarting and e.message.startswith(
+        "vis: camera '57' is not plugged in (/dev/video57 missing; found: ") for e in events)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert f"{events[0].message}; restarting in 0.1 s" in warnings and all("\n" not in w for w in warnings)
+    assert {f.stream for f in frames} == {"ir"}  # the other camera goes on meanwhile
 
 
 def test_stop_ends_every_producer_even_a_frozen_one() -> None:
