@@ -294,9 +294,12 @@ def test_bad_inputs_and_outputs_give_one_line_errors(tmp_path, clip):
     text.write_text("not a video")
     os.mkfifo(tmp_path / "pipe.mp4")  # opening it would wait for a writer for ever
     (tmp_path / "rec.mcap").write_bytes(b"")
+    (tmp_path / "other.mcap").write_bytes(b"")
     cases = [
         (dict(ir_path=tmp_path / "rec.mcap", vis_path=vis), ValueError,
          r"a recording holds both streams: give the \.mcap alone as --ir, or the same file to --ir and --vis"),
+        (dict(ir_path=tmp_path / "rec.mcap", vis_path=tmp_path / "other.mcap"), ValueError,  # not IR from the second
+         r"a recording holds both streams: .* \(got .*rec\.mcap and .*other\.mcap\)"),
         (dict(ir_path=tmp_path / "missing.mp4", vis_path=vis), FileNotFoundError, "ir input not found"),
         (dict(ir_path=tmp_path / "pipe.mp4", vis_path=vis), ValueError, "ir input .*pipe.mp4 is not a file or a"),
         (dict(ir_path=ir, vis_path=text), ValueError, "vis input .*notes.mp4 is not a video"),

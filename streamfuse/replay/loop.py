@@ -125,7 +125,7 @@ def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os
                        rcfg.frames_dir)
     ir, vis = (resolve(s, section, path, rcfg.codec_threads)
                for s, section, path in (("ir", cfg.ir, ir_path), ("vis", cfg.vis, vis_path)))
-    if (ir.cfg.kind == "mcap") != (vis.cfg.kind == "mcap"):
+    if "mcap" in (ir.cfg.kind, vis.cfg.kind) and not os.path.samefile(ir.cfg.path, vis.cfg.path):  # IR from --vis
         raise ValueError(f"a recording holds both streams: give the .mcap alone as --ir, or the same file to --ir "
                          f"and --vis (got {ir.cfg.path} and {vis.cfg.path})")
     check_output_folder(out, rcfg.codec)
