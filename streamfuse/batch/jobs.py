@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from streamfuse.capture.bag_folder import is_bag_folder, is_storage
 from streamfuse.capture.rosbag2_compression import is_compressed
 from streamfuse.replay import check_output_paths, find_pairs
 from streamfuse.video import container_format
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PairJob", "PairResult", "BatchSummary", "BatchInterrupted", "find_jobs", "changed_settings"]
 
@@ -95,7 +98,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
 
     Args:
         src: a pair list file or a folder with ``ir/`` and ``vi/`` (see :func:`streamfuse.replay.find_pairs`),
-            or a folder of ``.mcap`` recordings, ``.db3`` and ROS 1 ``.bag`` bags and bag folders (each holds both
+            a recording, or a folder of ``.mcap`` recordings, ``.db3`` and ROS 1 ``.bag`` bags and bag folders (each holds both
             streams; a bag folder is one pair, however many files it was split into).
         out_dir: output folder (created by :func:`run_batch`).
         ext: output container extension.
@@ -108,7 +111,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
             another's) or two pairs share an output.
     """
     src, out_dir = Path(src), Path(out_dir)
-    recordings = _recordings(src) if src.is_dir() and not (src / "ir").is_dir() else []
+    recordings = _recordings(src) if src.is_dir() and not (src / "ir").is_dir() else [src] if is_storage(src) else []
     pairs = [(p, p) for p in recordings] or find_pairs(src)
     if not pairs:
         raise ValueError(f"no pairs to replay in {src}")
@@ -139,8 +142,12 @@ def _recordings(folder: Path) -> list[Path]:
     recording however many files it was split into)."""
     if is_bag_folder(folder):  # the folder is a bag itself
         return [folder]
-    return [entry for entry in sorted(folder.iterdir())
-            if is_bag_folder(entry) or (entry.is_file() and is_storage(entry))]
+    entries = sorted(folder.iterdir())
+    cut = [e.name for e in entries if e.name.startswith(".") and e.name.endswith(".mcap.partial")]
+    if cut:  # a killed live run's recording: not replayed, but not passed over in silence either
+        log.warning("%s: %s cut short by a killed run; `streamfuse recover FILE` finishes it; not replayed",
+                    folder, ", ".join(cut))
+    return [entry for entry in entries if is_bag_folder(entry) or (entry.is_file() and is_storage(entry))]
 
 
 def _check_outputs_are_no_inputs(jobs: list[PairJob]) -> None:

@@ -327,8 +327,12 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
         return pairs
     if not src.is_file():
         raise FileNotFoundError(f"pair list not found: {src}")
+    try:
+        text = src.read_text()
+    except UnicodeDecodeError:  # a video or a recording given where its list belongs
+        raise ValueError(f"{src} is not a pair list (a text file of 'IR VIS' lines) nor a folder of pairs") from None
     pairs = []
-    for n, line in enumerate(src.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         parts = line.split("#", 1)[0].split()
         if not parts:
             continue

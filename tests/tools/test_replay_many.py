@@ -118,6 +118,25 @@ def test_summary_table_and_a_folder_of_recordings(tmp_path, capsys):
     assert find_jobs(tmp_path / "rec", tmp_path / "o") == [
         PairJob(tmp_path / "rec" / name, tmp_path / "rec" / name, tmp_path / "o" / f"{name.split('.')[0]}.mp4")
         for name in ("bag3", "run1.mcap", "run2.db3", "run4.bag", "run5.db3.zstd")]  # a split bag: one pair
+    assert find_jobs(tmp_path / "rec" / "run1.mcap", tmp_path / "o") == [  # a recording alone: one pair
+        PairJob(tmp_path / "rec" / "run1.mcap", tmp_path / "rec" / "run1.mcap", tmp_path / "o" / "run1.mp4")]
+
+
+def test_a_video_given_as_the_pair_list_and_a_cut_recording_are_each_one_line(tmp_path, capsys, caplog):
+    _video(tmp_path / "a.mp4")  # a video where its list belongs: not text
+    assert replay_many.main([str(tmp_path / "a.mp4"), "--out", str(tmp_path / "o"), *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"replay_many: error: {tmp_path / 'a.mp4'} is not a pair list (a text file of 'IR VIS' lines) "
+                   "nor a folder of pairs\n")
+    from streamfuse.batch import find_jobs
+
+    (tmp_path / "rec").mkdir()
+    for name in ("run1.mcap", ".run2.mcap.partial"):  # run2: a live run killed while it recorded
+        (tmp_path / "rec" / name).write_bytes(b"")
+    assert [job.ir.name for job in find_jobs(tmp_path / "rec", tmp_path / "o")] == ["run1.mcap"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'rec'}: .run2.mcap.partial cut short by a killed run; `streamfuse recover FILE` finishes it; "
+        "not replayed"]
 
 
 def test_ray_engine_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
