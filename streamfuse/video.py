@@ -20,13 +20,14 @@ from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
 from streamfuse.errors import io_reason
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "announced_end_s",
-           "announced_frames"]
+           "announced_frames", "read_tags"]
 
 log = logging.getLogger(__name__)
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".nut": "nut", ".avi": "avi"}
 _H264_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 _DURATION_IS_END = {"matroska", "webm", "nut", "flv"}  # FFmpeg demuxers whose duration counts from 0 (see below)
+_NUT_TAG_BYTES = 1000  # FFmpeg's NUT demuxer drops a tag value of 1 KiB or more (the resolved config is ~2 KB)
 
 
 def work_paths(path: str | os.PathLike) -> list[Path]:
@@ -192,7 +193,7 @@ class VideoWriter:
                 av.open(str(dst), mode="w", format=self._format, options=self._options) as out:
             stream = out.add_stream_from_template(src.streams.video[0])
             stream.time_base, stream.codec_context.framerate = self.time_base, self._rate
-            out.metadata.update(self._metadata)
+            out.metadata.update(_split_tags(self._metadata) if self._format == "nut" else self._metadata)
             for packet in src.demux(src.streams.video[0]):
                 if packet.size:  # the demuxer ends with an empty flush packet
                     # NUT keeps no packet durations; without them the final file's duration and rate come out wrong
@@ -212,6 +213,31 @@ class VideoWriter:
             self._container.close()
         except (OSError, av.FFmpegError):
             pass  # already closed, or the disk is still full: the partial file is what it is
+
+
+def _split_tags(tags: dict[str, str]) -> dict[str, str]:
+    """NUT's tags: a value too long for its demuxer goes on in ``KEY_2``, ``KEY_3``, ... (:func:`read_tags`)."""
+    split = {}
+    for key, value in tags.items():
+        data, start, n = value.encode(), 0, 1
+        while start < len(data) or n == 1:
+            end = min(start + _NUT_TAG_BYTES, len(data))
+            while end < len(data) and data[end] & 0xC0 == 0x80:  # not inside a character
+                end -= 1
+            split[key if n == 1 else f"{key}_{n}"] = data[start:end].decode()
+            start, n = end, n + 1
+    return split
+
+
+def read_tags(container: av.container.InputContainer) -> dict[str, str]:
+    """A video's container tags, keys in lower case (Matroska writes COMMENT), a NUT tag's parts joined again."""
+    tags = {k.lower(): v for k, v in container.metadata.items()}
+    for key in [k for k in tags if f"{k}_2" in tags]:
+        n = 2
+        while f"{key}_{n}" in tags:
+            tags[key] += tags.pop(f"{key}_{n}")
+            n += 1
+    return tags
 
 
 def _muxer_options(fmt: str, time_base: Fraction) -> dict[str, str]:

@@ -63,6 +63,33 @@ def test_an_output_that_is_no_video_is_refused_and_left_as_it_is(tmp_path, pair,
     assert out.read_text() == "notes" and not list(tmp_path.glob(".fused*"))
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_another_programs_video_is_refused_and_left_as_it_is(tmp_path, pair, monkeypatch, resume):
+    ir, vis = pair
+    out = tmp_path / "fused.mkv"
+    out.write_bytes(vis.read_bytes())  # a video, but not a fused one: --resume must not call it complete
+    _no_fusing(monkeypatch)
+    with pytest.raises(FileExistsError, match=f"^output {out} exists but is another program's video \\(it records no "
+                                              "streamfuse config\\); delete it or choose another --out$"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=resume)
+    assert out.read_bytes() == vis.read_bytes() and not list(tmp_path.glob(".fused*"))
+
+
+def test_resume_does_not_take_an_output_of_other_inputs_for_complete(tmp_path, pair, monkeypatch):
+    ir, vis = pair
+    out, other = tmp_path / "fused.nut", tmp_path / "other"
+    cfg = make_cfg(replay={"progress": False, "codec": "ffv1"})
+    run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    other.mkdir()
+    write_video(other / "ir.mkv", 10, 25, grey=True, codec="ffv1")
+    write_video(other / "vis.mkv", 10, 25, codec="ffv1")
+    _no_fusing(monkeypatch)
+    with pytest.raises(FileExistsError, match=f"^output {out} is complete but was made from other inputs \\({ir} "
+                                              f"\\+ {vis}\\); delete it or choose another --out$"):
+        run_replay(cfg, ir_path=other / "ir.mkv", vis_path=other / "vis.mkv", out_path=out, resume=True)
+    assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True).complete  # its own: nothing to do
+
+
 def test_a_partial_output_needs_resume_or_an_explicit_start_over(tmp_path, pair, monkeypatch):
     """Without --resume, an interrupted run's partial output is refused, not written over; --resume continues it; a
     caller's explicit resume=False (a batch retrying a lost worker's pair) starts over."""

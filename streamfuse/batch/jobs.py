@@ -17,7 +17,7 @@ from streamfuse.video import container_format
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PairJob", "PairResult", "BatchSummary", "BatchInterrupted", "find_jobs", "changed_settings"]
+__all__ = ["PairJob", "PairResult", "BatchSummary", "BatchInterrupted", "find_jobs"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,10 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
             another's) or two pairs share an output.
     """
     src, out_dir = Path(src), Path(out_dir)
-    recordings = _recordings(src) if src.is_dir() and not (src / "ir").is_dir() else [src] if is_storage(src) else []
+    if src.is_dir() and not (src / "ir").is_dir():
+        recordings = _recordings(src)
+    else:
+        recordings = [src] if is_storage(src) else []
     pairs = [(p, p) for p in recordings] or find_pairs(src)
     if not pairs:
         raise ValueError(f"no pairs to replay in {src}")
@@ -167,16 +170,3 @@ def _check_outputs_are_no_inputs(jobs: list[PairJob]) -> None:
 def _inode(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_dev, st.st_ino
-
-
-# the sections that decide a fused video's frames; paths, threads and progress bars do not
-_IMAGE_SECTIONS = ("sync", "stabilize", "align", "fuse", "hclfuse", "baseline", "post")
-
-
-def changed_settings(made: dict[str, Any], cfg: Any) -> list[str]:
-    """The settings (``section.key``) that ``cfg`` gives otherwise than ``made`` (the config an output was made with,
-    see :func:`streamfuse.replay.outputs.made_with`); empty when they agree or ``made`` is empty."""
-    now = cfg.to_dict()
-    return [f"{section}.{key}" for section in _IMAGE_SECTIONS if isinstance(made.get(section), dict)
-            for key, value in now.get(section, {}).items() if made[section].get(key, value) != value]
-

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from streamfuse.atomic_write import partial_path
-from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult, changed_settings
+from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
-from streamfuse.replay.outputs import check_no_partial, is_complete, made_with
+from streamfuse.replay.outputs import check_existing_output, check_no_partial, is_complete
 from streamfuse.signals import HANGUP, handled
 
 __all__ = ["Engine", "LocalEngine", "run_batch"]
@@ -78,7 +78,7 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
 
     engine = engine or LocalEngine()
     t0 = time.perf_counter()
-    before = {job: _done_before(job.out, cfg, resume) for job in jobs}
+    before = {job: _done_before(job, cfg, resume) for job in jobs}
     results = [result for result in before.values() if result is not None]
     todo = [job for job, result in before.items() if result is None]
     for folder in {job.out.parent for job in todo}:
@@ -108,25 +108,20 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     return summary
 
 
-def _done_before(out: Path, cfg: Any, resume: bool) -> PairResult | None:
+def _done_before(job: PairJob, cfg: Any, resume: bool) -> PairResult | None:
     """The result of a pair whose output is not to be written, or None (run it): skipped when complete; failed when
-    that output is no video (left as it is: not ours to write over, nor to pass off as complete) or, without
-    ``resume``, when it is an interrupted replay's partial output (as a single replay refuses it)."""
-    if not is_complete(out):
-        try:
-            if not resume:
-                check_no_partial(out)
-        except FileExistsError as exc:
-            return _failed(out, str(exc))
-        return None
+    that output is no video or another program's (left as it is: not ours to write over, nor to pass off as
+    complete), was made from other inputs, or, without ``resume``, is an interrupted replay's partial output (as a
+    single replay refuses it)."""
     try:
-        changed = changed_settings(made_with(out), cfg)
-    except ValueError as exc:
-        return _failed(out, f"{out} exists but {exc}; delete it to replay this pair")
-    if changed:
-        log.warning("%s is complete and skipped, but was made with other settings (%s); delete it to replay it with "
-                    "these", out, ", ".join(changed))
-    return PairResult(str(out), "skipped")
+        if not is_complete(job.out):
+            if not resume:
+                check_no_partial(job.out)
+            return None
+        check_existing_output(job.out, cfg, (job.ir, job.vis), resume=True)
+    except FileExistsError as exc:
+        return _failed(job.out, str(exc))
+    return PairResult(str(job.out), "skipped")
 
 
 def _failed(out: Path, reason: str) -> PairResult:

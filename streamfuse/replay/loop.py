@@ -92,7 +92,7 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
     resume = rcfg.resume if resume is None else resume
     out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
     summary = ReplaySummary(ir=ir.cfg.path, vis=vis.cfg.path, out=str(out))
-    if check_existing_output(out, resume=resume, restart=restart):
+    if check_existing_output(out, cfg, (ir.cfg.path, vis.cfg.path), resume=resume, restart=restart):
         log.info("%s is already complete; nothing to do", out)
         summary.complete = True
         return summary

@@ -4,6 +4,7 @@ output, or that cannot be written; tell a complete output from a partial one (th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,10 +16,15 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.errors import io_reason
 from streamfuse.replay.resume import sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES
-from streamfuse.video import container_format, work_paths
+from streamfuse.video import container_format, read_tags, work_paths
 
 __all__ = ["check_output_paths", "check_output_folder", "check_frames_dir", "check_existing_output", "check_no_partial",
-           "is_complete", "made_with"]
+           "is_complete", "made_with", "changed_settings"]
+
+log = logging.getLogger(__name__)
+
+# the sections that decide a fused video's frames; paths, threads and progress bars do not
+_IMAGE_SECTIONS = ("sync", "stabilize", "align", "fuse", "hclfuse", "baseline", "post")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -107,14 +113,33 @@ def made_with(out: Path) -> dict[str, Any]:
         with av.open(str(out)) as container:
             if not container.streams.video:
                 raise ValueError("holds no video stream")
-            tags = {k.lower(): v for k, v in container.metadata.items()}  # Matroska writes COMMENT
+            tags = read_tags(container)
     except (OSError, av.FFmpegError) as exc:
         raise ValueError(f"is not a video PyAV can read ({io_reason(exc)})") from None
     try:
-        made = json.loads(tags.get("comment", "{}")).get("streamfuse_config", {})
+        made = json.loads(tags.get("comment", "{}")).get("streamfuse_config")
     except (ValueError, AttributeError):  # another program's comment
-        return {}
-    return made if isinstance(made, dict) else {}
+        made = None
+    if not isinstance(made, dict):  # taken for a finished output of ours, it would stand for frames never fused
+        raise ValueError("is another program's video (it records no streamfuse config)")
+    return made
+
+
+def changed_settings(made: dict[str, Any], cfg: Any) -> list[str]:
+    """The settings (``section.key``) that ``cfg`` gives otherwise than ``made`` (the config an output was made with,
+    see :func:`made_with`); empty when they agree."""
+    now = cfg.to_dict()
+    return [f"{section}.{key}" for section in _IMAGE_SECTIONS if isinstance(made.get(section), dict)
+            for key, value in now.get(section, {}).items() if made[section].get(key, value) != value]
+
+
+def _other_inputs(made: dict[str, Any], inputs: tuple[Path, Path]) -> str:
+    """The inputs an output records being made from, when they are other files than ``inputs`` (IR, visible) and
+    still there (an archive moved since proves nothing); else ''."""
+    paths = [Path(str(made.get(s, {}).get("path", ""))) for s in ("ir", "vis")]
+    other = any(str(p) not in ("", ".") and p.exists() and not _same_file(p, Path(now))
+                for p, now in zip(paths, inputs, strict=True))
+    return f"{paths[0]} + {paths[1]}" if other else ""
 
 
 def check_no_partial(out: Path) -> None:
@@ -128,10 +153,13 @@ def check_no_partial(out: Path) -> None:
                               f"it, or delete {partial.name} to start over")
 
 
-def check_existing_output(out: Path, *, resume: bool, restart: bool = False) -> bool:
+def check_existing_output(out: Path, cfg: Any = None, inputs: tuple[str | os.PathLike, str | os.PathLike] | None = None,
+                          *, resume: bool, restart: bool = False) -> bool:
     """True when ``out`` is complete and ``resume`` or ``restart`` has nothing to do (a batch's retry of a worker lost
     after it finished the pair); refuse, before any work, to write over an earlier run's complete output, a file that
-    is no video, or (neither ``resume`` nor ``restart``) a partial output.
+    is no video or another program's, or (neither ``resume`` nor ``restart``) a partial output; refuse to take a
+    complete output made from other ``inputs`` (IR, visible) for this one's. One made with other fusing settings than
+    ``cfg`` is named in a warning.
 
     Raises:
         FileExistsError: one line naming the file and how to go on.
@@ -141,10 +169,18 @@ def check_existing_output(out: Path, *, resume: bool, restart: bool = False) -> 
             check_no_partial(out)
         return False
     try:
-        made_with(out)
+        made = made_with(out)
     except ValueError as exc:
         raise FileExistsError(f"output {out} exists but {exc}; delete it or choose another --out") from None
     if not (resume or restart):
         raise FileExistsError(f"output {out} is already complete; delete it or choose another --out to replay again "
                               f"(--resume continues only an interrupted replay)")
+    other = _other_inputs(made, tuple(map(Path, inputs))) if inputs else ""
+    if other:
+        raise FileExistsError(f"output {out} is complete but was made from other inputs ({other}); delete it or "
+                              f"choose another --out")
+    changed = changed_settings(made, cfg) if cfg is not None else []
+    if changed:
+        log.warning("%s is complete and skipped, but was made with other settings (%s); delete it to replay it with "
+                    "these", out, ", ".join(changed))
     return True
