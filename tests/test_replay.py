@@ -144,6 +144,26 @@ def test_folders_of_numbered_frames(tmp_path):
         assert c.metadata["streamfuse_t0_ns"] == "0" and "streamfuse_config" in c.metadata["comment"]
 
 
+def test_folders_with_a_missing_frame_pair_by_frame_number(tmp_path):
+    # IR frame 0003 lost: visible 0003 goes unpaired, and every later visible frame keeps its own IR partner
+    import cv2
+
+    for name in ("ir", "vis"):
+        (tmp_path / name).mkdir()
+        for i in range(1, 9):  # numbered from 1, as many datasets are
+            image = np.zeros((48, 64), np.uint8)
+            (image[:, :32] if name == "ir" else image[:, 32:])[:] = 20 * i
+            if not (name == "ir" and i == 3):
+                cv2.imwrite(str(tmp_path / name / f"{i:04d}.png"), image)
+    out = tmp_path / "o.mkv"
+    cfg = make_cfg(replay={"progress": False, "codec": "ffv1"}, post={"encoding": "mono8"})
+    summary = run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=out)
+    assert summary.written == 7 and summary.unpaired == {"ir": 0, "vis": 1}
+    # max fuser: the left half is the IR partner's number, the right half the visible frame's
+    halves = [(int(np.median(img[:, :32])), int(np.median(img[:, 32:]))) for _, img in decode_frames(out)]
+    assert halves == [(20 * i, 20 * i) for i in (1, 2, 4, 5, 6, 7, 8)]
+
+
 def test_a_frame_of_another_size_mid_stream_stops_the_replay(tmp_path):
     """The encoder would rescale it silently: the replay stops at it, with the frames before it kept."""
     import cv2

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from streamfuse.bitdepth import deep_grey, read_8bit
@@ -364,7 +365,10 @@ def _number_key(path: Path) -> tuple[int, str]:
 
 @register("source", "folder")
 class FolderSource(BaseSource):
-    """Numbered image files sorted numerically; frame ``i`` (in that order, across loops) has ``t = i / fps``."""
+    """Numbered image files sorted numerically. Numbered as frames are (the usual step between two numbers 1),
+    frame ``n`` has ``t = n / fps``, so a missing frame leaves a gap in time (its partner then goes unpaired, and is
+    counted) instead of moving every later frame onto the other stream's previous one; otherwise (no numbers,
+    repeated ones, time stamps) file ``i`` in that order has ``t = i / fps``. A loop goes on after the last."""
 
     def _open(self) -> None:
         folder = Path(self.cfg.path)
@@ -373,16 +377,21 @@ class FolderSource(BaseSource):
         self._files = sorted((p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES), key=_number_key)
         if not self._files:
             raise SourceError(f"{self.section}: no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {folder}")
+        numbers = [_number_key(p)[0] for p in self._files]
+        steps = [b - a for a, b in zip(numbers, numbers[1:])]
+        frames = len(set(numbers)) == len(numbers) and min(numbers) >= 0 and (not steps or median(steps) == 1)
+        self._numbers = numbers if frames else list(range(len(self._files)))
 
     def _read(self) -> Frame | None:
-        index = self._seq
-        if index >= len(self._files) and not self.cfg.loop:
+        lap, index = divmod(self._seq, len(self._files))
+        if lap and not self.cfg.loop:
             return None
         try:
-            image = read_8bit(self._files[index % len(self._files)], self._8bit)  # a bad pixel type names the file
+            image = read_8bit(self._files[index], self._8bit)  # a bad pixel type names the file
         except ValueError as exc:
             raise SourceError(f"{self.section}: {exc}") from None
-        t_ns = round(index * 1e9 / self.cfg.fps)
+        span = self._numbers[-1] - self._numbers[0] + 1  # a loop's next lap follows its last frame
+        t_ns = round((self._numbers[index] + lap * span) * 1e9 / self.cfg.fps)
         self._pace(t_ns)
         return self._frame(t_ns, self._convert(image))
 

@@ -174,7 +174,24 @@ def test_folder_is_sorted_numerically_with_times_from_fps(tmp_path: Path) -> Non
     (tmp_path / "notes.txt").write_text("ignored")
     frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False))
     assert [int(f.image[0, 0]) for f in frames] == [1, 2, 3, 10, 11]
-    assert [f.t_capture_ns for f in frames] == [i * 100_000_000 for i in range(5)]
+    assert [f.t_capture_ns for f in frames] == [i * 100_000_000 for i in (1, 2, 3, 10, 11)]  # frame n at n / fps
+
+
+@pytest.mark.parametrize("names", [["a.png", "b.png", "c.png"], ["1700000000100.png", "1700000000133.png",
+                                   "1700000000167.png"], ["x_1.png", "y_1.png", "z_2.png"]])
+def test_a_folder_not_numbered_as_frames_are_is_timed_by_position(tmp_path, names):
+    for i, name in enumerate(names):  # no numbers, time stamps (steps of 33), a number repeated
+        cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), i, np.uint8))
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=False))
+    assert [f.t_capture_ns for f in frames] == [0, 100_000_000, 200_000_000]
+
+
+def test_a_looped_folder_goes_on_after_its_last_frame(tmp_path):
+    for n in (1, 2, 3):
+        cv2.imwrite(str(tmp_path / f"{n:04d}.png"), np.full((8, 8, 3), n, np.uint8))
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=True), limit=7)
+    assert [f.t_capture_ns // 100_000_000 for f in frames] == [1, 2, 3, 4, 5, 6, 7]
+    assert [int(f.image[0, 0]) for f in frames] == [1, 2, 3, 1, 2, 3, 1]
     assert frames[0].image.shape == (8, 8)
     with pytest.raises(SourceError, match="image folder not found"):
         open_source("ir", SourceConfig(kind="folder", path=str(tmp_path / "nope"))).open()
