@@ -15,6 +15,7 @@ The IR level stabilizer that runs before any fuser on video is :mod:`streamfuse.
 
 from __future__ import annotations
 
+import importlib
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -210,6 +211,9 @@ class AlignCache:
         self.cfg = cfg
         self._entries: dict[str, _Entry] = {}
         self._pool: ThreadPoolExecutor | None = None  # created on the first background solve
+        if cfg.enabled:  # POT's import (1-3 s) here, with the model's load, not while a live run's first frames wait
+            for module in ("ot", "scipy.special"):
+                importlib.import_module(module)
         self.hits = 0
         self.misses = 0
         self.stale = 0

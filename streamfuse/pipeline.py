@@ -106,7 +106,7 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
         if rec is not None:
-            rec.close()  # before the final report, which counts what the recording lacks
+            rec.close({s: c["dropped"] for s, c in producers.stats().items()})  # before the final report
         snap = _report(tel, pub, pairer, producers, fuser, rec, final=True)
     _log_recording_failure(rec)
     if failure:

@@ -245,9 +245,11 @@ class Recorder:
         log.error("recording stopped: %s; what was written stays in that file, the run goes on without recording",
                   self.error)
 
-    def close(self) -> None:
+    def close(self, capture_dropped: dict[str, int] | None = None) -> None:
         """Write what is queued, finish the file (index, summary) and give it its final name; after a write error
-        (:attr:`error`, set here too when the last frames or the summary fail) keep the ``.partial`` name."""
+        (:attr:`error`, set here too when the last frames or the summary fail) keep the ``.partial`` name.
+        ``capture_dropped``: frames per source that capture dropped before they reached the recording (the live
+        loop fell behind them), said at the end beside those the disk could not keep up with."""
         if self._file.closed:
             return
         try:
@@ -268,6 +270,11 @@ class Recorder:
         if any(self.dropped.values()):
             log.warning("%s lacks %d IR and %d visible frames that the disk could not keep up with; a replay of it "
                         "pairs what is there", self.path, self.dropped["ir"], self.dropped["vis"])
+        lost = capture_dropped or {}
+        if any(lost.values()):
+            log.warning("%s lacks %d IR and %d visible frames that capture dropped before they reached it (the live "
+                        "loop fell behind them: capture_dropped); a replay of it pairs what is there", self.path,
+                        lost.get("ir", 0), lost.get("vis", 0))
 
     def abort(self) -> None:
         """Write what is queued and close without the final name: the ``.NAME.partial`` file stays readable."""

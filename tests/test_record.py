@@ -463,3 +463,16 @@ def test_commit_remuxes_the_partial_file_and_leaves_no_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4"]
     with av.open(str(tmp_path / "o.mp4")) as c:
         assert c.format.name.startswith("mov") and c.metadata["streamfuse_t0_ns"] == "5"
+
+
+def test_frames_capture_dropped_before_the_recording_are_said_at_its_end(tmp_path, rng, caplog):
+    # a live loop that fell behind (a slow first pair, say) never hands the ring's overwritten frames to the recorder
+    path = tmp_path / "rig.mcap"
+    with caplog.at_level(logging.WARNING):
+        rec = Recorder(RecordConfig(path=str(path)))
+        for frame in _frames(rng, 2):
+            rec.write(frame)
+        rec.close({"ir": 3, "vis": 0})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} lacks 3 IR and 0 visible frames that capture dropped before they reached it (the live loop fell "
+        "behind them: capture_dropped); a replay of it pairs what is there"]
