@@ -87,6 +87,26 @@ def test_a_damaged_picture_among_the_last_packets_is_reported_not_taken_for_the_
         assert _stopped_by_the_decoder(text) and err.value.summary.frames["vis"] <= N + index
 
 
+@pytest.mark.parametrize("codec, options, flipped", [("libx264", {"bf": "0"}, 4), ("mpeg4", {}, 16)])
+def test_a_damaged_picture_the_decoder_would_conceal_stops_the_replay(tmp_path, codec, options, flipped):
+    """Bits flipped inside a picture's data: FFmpeg's decoder conceals the damage and returns a frame without an
+    error, so the replay ended "complete" with a damaged frame in it and nothing said."""
+    ir, vis, out = tmp_path / "ir.mkv", tmp_path / "vis.mkv", tmp_path / "o.mkv"
+    for path in (ir, vis):
+        _video(path, "matroska", codec, options)
+    with av.open(str(vis)) as container:
+        pos, size = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size][12]
+    data = bytearray(vis.read_bytes())
+    for i in range(pos + size // 2, pos + size // 2 + flipped):  # bytes whose damage FFmpeg can tell
+        data[i] ^= 0x55
+    vis.write_bytes(bytes(data))
+    with pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    text = str(err.value)
+    assert "\n" not in text and "vis input ended early" in text and _stopped_by_the_decoder(text)
+    assert err.value.summary.frames["vis"] <= 12 and not err.value.summary.complete and not out.exists()
+
+
 def test_a_damaged_h264_picture_the_decoder_drops_is_reported(tmp_path, caplog):
     """H.264 (not one picture per packet everywhere: a field may be a packet) is not failed for it, but the count of
     packets that gave no frame is said; it went unreported, the missing frame counted only as an unpaired partner."""
