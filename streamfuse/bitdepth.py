@@ -56,6 +56,7 @@ _WIDER = 4  # a frame's range more than this many times as wide as the held one:
 _NARROWER = 2  # _RELEASE frames in a row whose ranges are under 1/_NARROWER of the held one: the last takes its own
 _RELEASE = 30
 _PER_DEGREE = 50  # float IR temperatures: counts per degree (module docstring)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class To8Bit:
@@ -154,6 +155,8 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
         raise ValueError(f"cannot read image {path}: {io_reason(exc)}") from None
     if not buf.size:
         raise ValueError(f"cannot read image {path}: empty file")
+    if buf[:8].tobytes() == _PNG_SIGNATURE and b"IEND" not in buf[-12:].tobytes():  # libpng would print its own line
+        raise ValueError(f"cannot read image {path}: corrupt, or not an image (a PNG cut short: no IEND chunk)")
     with opencv_quiet():
         try:
             img = cv2.imdecode(buf, flag | cv2.IMREAD_ANYDEPTH)
