@@ -266,6 +266,7 @@ def test_an_interrupted_batch_counts_the_pairs_it_did_not_start(tmp_path, monkey
     not failed, the second one not started, and the pair's reason leaves out the single replay's "--out FILE" hint
     (for a batch, --out is the folder)."""
     def interrupted(cfg, **kwargs):
+        partial_path(kwargs["out_path"]).write_bytes(b"frames")  # what the replay kept
         raise ReplayError("replay stopped: interrupted (Ctrl-C); 3 frames kept in .a.nut.partial", interrupted=True,
                           hint="run again with --resume (same --out a.nut) to continue")
 
@@ -280,6 +281,21 @@ def test_an_interrupted_batch_counts_the_pairs_it_did_not_start(tmp_path, monkey
     assert summary.results[0].reason == "replay stopped: interrupted (Ctrl-C); 3 frames kept in .a.nut.partial"
     assert summary.failed == []
     assert "2 pairs: 0 done, 0 skipped (complete), 0 failed, 1 interrupted, 1 not started;" in summary.format()
+
+
+def test_a_pair_stopped_before_its_first_frame_is_not_started_not_interrupted(tmp_path, monkeypatch):
+    # Ctrl-C while the model loads: no partial output to resume, so it is not counted as one kept
+    def interrupted(cfg, **kwargs):
+        raise ReplayError("replay stopped: interrupted (Ctrl-C)", interrupted=True)
+
+    monkeypatch.setattr("streamfuse.batch.worker.run_replay", interrupted)
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+    summary = stopped.value.summary
+    assert [r.status for r in summary.results] == ["not started", "not started"]
+    assert "2 pairs: 0 done, 0 skipped (complete), 0 failed, 2 not started;" in summary.format()
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
@@ -438,6 +454,7 @@ def test_replay_many_tells_pairs_a_ctrl_c_stopped_from_failed_ones(tmp_path, mon
 
     def ctrl_c_in_b(cfg, **kwargs):
         if Path(kwargs["out_path"]).name == "b.nut":
+            partial_path(kwargs["out_path"]).write_bytes(b"")  # the replay's partial output (unreadable: redone)
             raise ReplayError("replay stopped: interrupted (Ctrl-C); 2 frames kept in .b.nut.partial", interrupted=True)
         return run_replay(cfg, **kwargs)
 

@@ -100,6 +100,9 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
                         _log(result)
         except KeyboardInterrupt:  # between two pairs, or while the engine starts or winds down
             interrupted = True
+    # a pair stopped before its first frame was written (while the model loaded, say) has nothing to resume
+    results = [PairResult(r.out, "not started") if r.status == "interrupted" and not partial_path(r.out).exists()
+               else r for r in results]
     finished = {r.out for r in results}
     results += [_unfinished(job) for job in todo if str(job.out) not in finished]
     summary = BatchSummary(results, time.perf_counter() - t0)
