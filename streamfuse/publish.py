@@ -36,6 +36,7 @@ __all__ = ["PublishConfig", "Publisher"]
 
 log = logging.getLogger(__name__)
 _SHM_PREFIX, _RING_PREFIX = SHM_TOPIC_PREFIX.encode(), RING_TOPIC_PREFIX.encode()
+_MAX_SUBSCRIPTION = 4096  # bytes of one message from a subscriber: a (un)subscription, its topic prefix
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ class Publisher:
             self._sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
             self._sock.setsockopt(zmq.XPUB_NODROP, int(cfg.nodrop))
             self._sock.setsockopt(zmq.SNDTIMEO, cfg.wait_ms)  # 0: every send is non-blocking, like zmq.NOBLOCK
+            # a subscription is a topic prefix; one of megabytes (a hostile or broken peer) cost the loop seconds in
+            # libzmq's subscription trie, so a peer sending more than this is disconnected instead
+            self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_SUBSCRIPTION)
             bind(self._sock, cfg.endpoint, cfg.curve_secret_file)  # ZMQ_IPV6 for an IPv6 address too
         except zmq.ZMQError as exc:
             self.close()

@@ -102,6 +102,27 @@ def test_stalled_subscriber_does_not_slow_the_publisher(rng: np.random.Generator
     assert got < 60 and stalled.missed > 0  # its drops show up as gaps in seq
 
 
+def test_a_subscription_of_kilobytes_is_refused_not_taken_into_the_loop(rng: np.random.Generator) -> None:
+    # libzmq keeps a subscription in a trie of one node a byte: a peer subscribing to a topic of megabytes held the
+    # publisher's loop for seconds (20 MB: 20 s without a frame for anyone) and its recursive teardown overflowed the
+    # stack at close (a crash); a peer sending a subscription over 4 KiB is disconnected instead. 20 kB here: the
+    # test's own SUB socket keeps its subscriptions in such a trie too.
+    image = rng.integers(0, 256, (48, 64), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, zmq.Context() as ctx, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as healthy:
+        hostile = ctx.socket(zmq.SUB)
+        hostile.setsockopt(zmq.LINGER, 0)
+        hostile.setsockopt(zmq.SUBSCRIBE, b"fused/" + b"x" * 20_000)
+        hostile.setsockopt(zmq.SUBSCRIBE, b"fused/")  # after it, on the same connection: never read
+        hostile.connect(pub.endpoint)
+        connect(pub, healthy, image)
+        for i in range(20):  # the healthy subscriber is served; the hostile one gets nothing
+            pub.send_fused(fused_frame(image, i))
+            assert healthy.recv() is not None
+        assert hostile.poll(200) == 0
+        hostile.close()
+
+
 def test_nodrop_mode_refuses_and_counts_when_a_queue_is_full(rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, VGA, dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True)) as pub, \
