@@ -5,7 +5,8 @@ Children are forked from a server process that has already imported this module 
 platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT, SIGTERM and SIGHUP (the
 parent handles them and stops them; a SIGTERM sent to the whole process group, as ``timeout`` and systemd send it, or
 a terminal's hangup, would otherwise end them first and read as producers dying) and exit when the parent dies. The
-server and multiprocessing's resource tracker ignore SIGHUP for the same reason (they ignore the other two already).
+server and multiprocessing's resource tracker run with SIGTERM and SIGHUP blocked for the same reason (SIGINT they
+ignore already).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from streamfuse.capture.shm_ring import ShmRing, process_alive
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
 from streamfuse.errors import one_line, redact
-from streamfuse.signals import HANGUP, STOP_SIGNALS, handled
+from streamfuse.signals import HANGUP, STOP_SIGNALS
 
 __all__ = ["StopFlag", "produce", "process_context", "start_servers", "start_process", "describe_exit"]
 
@@ -35,14 +36,20 @@ def process_context() -> Any:
 
 
 def start_servers() -> None:
-    """Start multiprocessing's resource tracker and, where used, the fork server (this module preloaded), ignoring
-    SIGHUP, which they inherit through exec; a run calls it before its first shared memory, which would start the
-    tracker otherwise."""
-    with handled(signal.SIG_IGN, HANGUP):
+    """Start multiprocessing's resource tracker and, where used, the fork server (this module preloaded) with SIGTERM
+    and SIGHUP blocked, which they keep through exec (a group's SIGTERM ended the fork server, and the producers
+    then read as dead); here those signals are held, not lost, and delivered once the servers run. A run calls it
+    before its first shared memory, which would start the tracker otherwise."""
+    held = {signal.SIGTERM, *HANGUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
         resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)  # the tracker's start unblocks SIGTERM when it is done
         if "forkserver" in mp.get_all_start_methods():
             forkserver.set_forkserver_preload([__name__])
             forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class StopFlag:

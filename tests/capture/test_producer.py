@@ -225,6 +225,27 @@ def test_a_camera_not_plugged_in_at_the_start_is_waited_for(caplog) -> None:
     assert {f.stream for f in frames} == {"ir"}  # the other camera goes on meanwhile
 
 
+_SERVERS_MASKS = """
+import os, signal
+from multiprocessing import forkserver
+from streamfuse.capture.producer_process import start_servers
+start_servers()
+def blocked(pid):
+    line = next(l for l in open(f"/proc/{pid}/status") if l.startswith("SigBlk"))
+    return {s for s in (signal.SIGTERM, signal.SIGHUP) if int(line.split()[1], 16) >> (s - 1) & 1}
+server = forkserver._forkserver._forkserver_pid
+print(sorted(blocked(server)), sorted(blocked("self")))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_fork_server_keeps_sigterm_and_sighup_blocked_and_the_run_does_not() -> None:
+    # a SIGTERM to the whole process group (systemd, timeout) ended the fork server, and every producer then read as
+    # dead ("exited with code 255; restarting") while the run stopped cleanly
+    out = subprocess.run([sys.executable, "-c", _SERVERS_MASKS], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[0] == f"{sorted([signal.SIGHUP, signal.SIGTERM])} []", out.stderr
+
+
 def test_stop_ends_every_producer_even_a_frozen_one() -> None:
     cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)
     prod = start_producers(cfg, cfg, slots=2)
