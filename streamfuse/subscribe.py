@@ -114,7 +114,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                   flush=True)
             if args.save and (sub.received - 1) % args.every == 0:
                 try:  # through a temporary name: a kill never leaves a truncated PNG that looks whole
-                    write_png(args.save / f"fused_{header['seq']:08d}.png", image)
+                    write_png(_unused(args.save / f"fused_{header['seq']:08d}.png"), image)
                 except RuntimeError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     return 2
@@ -125,6 +125,15 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     finally:
         _summary(sub, ages_ms, nets_ms, time.monotonic() - start)
     return 0
+
+
+def _unused(path: Path) -> Path:
+    """``path``, else ``NAME-2.png``, ``NAME-3.png``, ...: the first name not taken, so that the frames of a
+    restarted publisher (its seq from 0 again) or of an earlier run into the same folder are never written over."""
+    n, found = 2, path
+    while found.exists():
+        found, n = path.with_name(f"{path.stem}-{n}{path.suffix}"), n + 1
+    return found
 
 
 def _why_silent(sub: Subscriber, server_key: str, malformed: int) -> str:

@@ -173,6 +173,18 @@ def test_cli_server_key_file_errors_are_one_line(tmp_path: Path, capsys: pytest.
         assert len(err) == 1 and err[0].startswith(reason), err
 
 
+def test_cli_save_never_writes_over_a_frame_already_saved(rng: np.random.Generator, tmp_path: Path) -> None:
+    # a restarted publisher numbers its frames from 0 again: its frames went over the first run's under their names
+    first, second = (rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(2))
+    for image in (first, second):
+        with publishing(image) as pub:
+            assert main([pub.endpoint, "--count", "3", "--save", str(tmp_path)]) == 0
+    saved = {p.name: cv2.imread(str(p)) for p in tmp_path.glob("fused_*.png")}
+    assert len(saved) == 6
+    assert sum(np.array_equal(img, first) for img in saved.values()) == 3  # each run's three frames kept
+    assert sum(np.array_equal(img, second) for img in saved.values()) == 3
+
+
 def test_cli_save_every_n(rng: np.random.Generator, tmp_path: Path) -> None:
     with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) as pub:
         assert main([pub.endpoint, "--count", "5", "--every", "2", "--save", str(tmp_path)]) == 0
