@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not 0 < args.timeout < math.inf or args.count < 0 or args.every < 1 or not 0 < args.max_frame_mb <= 1e6:
         parser.error("--timeout must be finite and > 0, --count >= 0, --every >= 1 and --max-frame-mb in (0, 1e6]")
+    if args.topic.startswith("stats/"):  # two-part JSON snapshots: every one would read as a malformed frame
+        parser.error(f"--topic {args.topic}: subscribe reads fused frames; the stats topic carries JSON snapshots "
+                     "(README, Telemetry: the same line the pipeline logs)")
     if args.show and not _gui_available():
         # both packages provide cv2: installed side by side they break each other, hence the uninstall first
         print("error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall -y "

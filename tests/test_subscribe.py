@@ -256,3 +256,13 @@ def test_cli_show_on_headless_opencv_says_so(capsys: pytest.CaptureFixture) -> N
     assert capsys.readouterr().err == (
         "error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall -y "
         "opencv-python-headless && pip install opencv-python; the pipeline itself needs only the headless build)\n")
+
+
+def test_cli_on_the_stats_topic_says_it_reads_frames(capsys: pytest.CaptureFixture) -> None:
+    # each stats snapshot (two parts: topic, JSON) was a "malformed message" warning, and the run ended in failure
+    with pytest.raises(SystemExit) as stopped:
+        main(["tcp://127.0.0.1:1", "--topic", "stats/rig0"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --topic stats/rig0: subscribe reads fused frames; the stats topic carries JSON snapshots (README, "
+        "Telemetry: the same line the pipeline logs)")
