@@ -171,6 +171,8 @@ class Subscriber:
     def _next(self, timeout_s: float) -> tuple[dict[str, Any], Any] | None:
         """Socket owner: the next frame's ``(header, payload)`` within ``timeout_s``, from the ring or the socket."""
         if self._ring is not None:
+            self._watch.on_events()  # the socket is not polled while the ring delivers: its drops are seen here
+            self._restore()
             return self._ring_next(timeout_s)
         return self._read() if self._wait(timeout_s) else None
 
@@ -228,14 +230,19 @@ class Subscriber:
                 self._watch.on_events()
         elif self._watch.dropped_at is not None:
             self._watch.on_events()
-        if self._watch.restore_due() and self._watch.restore():
-            self._skip(f"ZeroMQ refused it (a part over max_frame_bytes={self.max_frame_bytes}, or not the ZeroMQ "
-                       f"protocol) and dropped the connection; reconnected")
+        self._restore()
         if ready:
             self._last_message = time.monotonic()
         elif not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
             self._subscribe_payload(True)  # the publisher may have restarted without shared memory
         return bool(ready)
+
+    def _restore(self) -> None:
+        """Reconnect a connection libzmq dropped and will not retry; a refused part counts as malformed. Without it
+        the publisher, seeing no subscription from us, stops filling the pool's ring too."""
+        if self._watch.restore_due() and self._watch.restore():
+            self._skip(f"ZeroMQ refused it (a part over max_frame_bytes={self.max_frame_bytes}, or not the ZeroMQ "
+                       f"protocol) and dropped the connection; reconnected")
 
     def _subscribe_payload(self, on: bool) -> None:
         if on != self._payload_on:

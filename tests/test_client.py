@@ -130,6 +130,21 @@ def test_message_parts_over_max_frame_bytes_are_refused(raw_pub: tuple[zmq.Socke
 
 
 @pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_a_part_over_max_frame_bytes_does_not_stop_the_shared_memory_frames(rng: np.random.Generator,
+                                                                         latest: bool) -> None:
+    # a same-host subscriber below the frame size: the first frame's ZeroMQ payload is refused and libzmq drops the
+    # connection; once on the pool's ring, the connection was never restored, so the publisher, seeing no
+    # subscription, stopped filling the ring, and the subscriber said "is the publisher running?"
+    image = rng.integers(0, 256, VGA, dtype=np.uint8)
+    with publishing(image, rate_hz=50) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest, max_frame_bytes=image.size // 2) as sub:
+        for _ in range(30):
+            assert sub.recv() is not None
+        assert sub.malformed >= 1 and sub.on_ring  # the refused part counted
+
+
+@pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
 @pytest.mark.timeout(120)  # before the fix the subscriber blocked for good opening the FIFO
 @pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
 def test_a_pool_name_that_is_a_fifo_is_malformed_not_a_hang(raw_pub: tuple[zmq.Socket, str], latest: bool) -> None:
