@@ -235,9 +235,10 @@ def decode_header(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
         raise MalformedMessage(f"empty {fmt} payload")
     if fmt == "shm" and size != 0:
         raise MalformedMessage(f"shm message with a {size}-byte payload (must be empty)")
-    if fmt == "shm" and (not valid_pool_name(header["shm_pool"]) or header["shm_gen"] % 2):
-        raise MalformedMessage(f"shm_pool {_clip.repr(header['shm_pool'])} is not a publisher pool name, or "
-                               f"shm_gen {header['shm_gen']} is odd")
+    if fmt == "shm" and not valid_pool_name(header["shm_pool"]):
+        raise MalformedMessage(f"shm_pool {_clip.repr(header['shm_pool'])} is not a publisher pool name")
+    if fmt == "shm" and header["shm_gen"] % 2:
+        raise MalformedMessage(f"shm_gen {header['shm_gen']} is odd (a slot being written)")
     return header
 
 

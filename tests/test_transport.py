@@ -278,7 +278,7 @@ def _shm_parts(**changes: object) -> list[bytes]:
 @pytest.mark.parametrize(("parts", "reason"), [
     (_shm_parts(shm_pool="../../dev/mem"), "is not a publisher pool name"),
     (_shm_parts(shm_pool="streamfuse_1234_abcdef01"), "is not a publisher pool name"),  # a capture ring
-    (_shm_parts(shm_gen=3), "shm_gen 3 is odd"),
+    (_shm_parts(shm_gen=3), "^shm_gen 3 is odd"),  # the pool name is a good one: only the generation is named
     (_shm_parts(shm_gen=0), "header field shm_gen=0 is out of range"),
     (_shm_parts(shm_slot=1024), "header field shm_slot=1024 is out of range 0..1023"),
     (_shm_parts(shm_slot=-1), "header field shm_slot=-1 is out of range"),
