@@ -92,10 +92,12 @@ def test_a_file_cut_before_its_last_frame_is_truncated_the_complete_one_is_not(t
     starts = write(path, fmt, options=options)
     assert read_all(path) == (N, [])
     cut_to(path, starts[-1] + (0 if fmt in ("matroska", "flv") else 40))  # at its last frame, or 40 bytes into it
-    kept = N if fmt == "avi" else N - 1
-    with pytest.raises(SourceError, match=f"v.{fmt}: truncated or corrupt video: decoding stopped after frame {kept} "
-                                          f".*; {re.escape(missing)} "):
+    # 40 bytes of the last frame had decoded into a whole one (concealed): the decoder stops at it now, at the frames
+    # it holds back (MPEG-PS's B-frames) before it, where its error or the container's end says the file is cut
+    with pytest.raises(SourceError, match=f"v.{fmt}: truncated or corrupt video: decoding stopped after frame "
+                                          f"(\\d+) .*; ({re.escape(missing)} |the container announces)") as err:
         read_all(path)
+    assert N - 3 <= int(re.search(r"after frame (\d+)", str(err.value)).group(1)) <= N - 1
 
 
 def test_mpegts_that_ends_inside_a_transport_packet_is_truncated_whole_packets_are_not(tmp_path: Path) -> None:
@@ -130,10 +132,16 @@ def test_nut_without_its_index_is_reported_and_read_to_its_end(tmp_path: Path) -
     write(path, "nut", piped=True)  # FFmpeg writes the index to a pipe too
     assert read_all(path) == (N, [])
     cut_to(path, path.stat().st_size // 2)
+    if int(av.__version__.split(".")[0]) < 18:  # PyAV 17 raises the cut picture's error where 18 drops it
+        with pytest.raises(SourceError, match="v.nut: decoding stopped after frame .*: Invalid data found"):
+            read_all(path)
+        return
     n, warnings = read_all(path)
     assert 0 < n < N
-    assert len(warnings) == 1 and "v.nut: its NUT index is missing" in warnings[0]
-    assert f"frames after frame {n} may be missing" in warnings[0]
+    assert "v.nut: its NUT index is missing" in warnings[-1] and f"frames after frame {n} may be missing" in warnings[-1]
+    # the cut picture: not decoded into a frame from part of its data, but said
+    assert warnings[:-1] in ([], [f"vis: {path}: 1 of its {n + 1} packets decoded to no frame (damaged data, or a "
+                                  "stream cut before a keyframe); their frames are missing"])
 
 
 def test_a_live_matroska_never_finalised_says_nothing_until_its_last_cluster_is_cut(tmp_path: Path) -> None:
@@ -221,8 +229,9 @@ def test_an_avi_written_to_a_pipe_and_cut_inside_a_frame_is_truncated(tmp_path: 
     starts = write(path, "avi", piped=True)
     cut_to(path, starts[-1] + 40)
     missing = f"its last RIFF chunk \\(00dc\\) announces \\d+ bytes, the file has {starts[-1] + 40}$"
-    with pytest.raises(SourceError, match=f"v.avi: truncated or corrupt video: decoding stopped after frame {N} .*; "
-                                          f"{missing}"):
+    # the cut frame is damaged: not decoded into one (PyAV 17 stops at the frame held back before it too)
+    with pytest.raises(SourceError, match=f"v.avi: truncated or corrupt video: decoding stopped after frame "
+                                          f"({N - 1}|{N - 2}) .*; {missing}"):
         read_all(path)
 
 
