@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-__all__ = ["ConfigError", "check", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml"]
+__all__ = ["ConfigError", "check", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml", "yaml_reason"]
 
 
 class ConfigError(ValueError):
@@ -158,5 +158,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             node[keys[-1]] = load_yaml(raw)
         except yaml.YAMLError as exc:
-            raise ValueError(f"override {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({yaml_reason(exc)})") from None
     return data
+
+
+def yaml_reason(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem and where (``found character '\\t' that cannot start any token, line 3, column 1``); its
+    first line alone is often only the context (``while scanning for the next token``)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem:
+        return str(exc).splitlines()[0]
+    return f"{problem}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem

@@ -22,7 +22,7 @@ import yaml
 
 from streamfuse.align import AlignConfig
 from streamfuse.capture.sources import SourceConfig
-from streamfuse.checks import ConfigError, apply_overrides, load_yaml, parse_section
+from streamfuse.checks import ConfigError, apply_overrides, load_yaml, parse_section, yaml_reason
 from streamfuse.errors import redact
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
@@ -178,7 +178,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_reason(exc)})") from None
     try:
         overridden = apply_overrides(copy.deepcopy(data), overrides or [])
     except ValueError as exc:  # names the override

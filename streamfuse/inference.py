@@ -65,6 +65,6 @@ class EngineConfig:
     cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
-        check(self.threads >= 0, "threads", self.threads, ">= 0 (0 = all cores)")
+        check(0 <= self.threads <= 1024, "threads", self.threads, "0 (all cores) .. 1024")  # more is a typo
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
               "auto | cpu | cuda | cuda:N")

@@ -42,6 +42,9 @@ def _write(tmp_path, text):
         ("record:\n  path:\n", "record.path has no value; expected str"),
         ("fuse: 3\n", "fuse=3 must be a mapping"),
         ("fuse: [\n", "not valid YAML"),
+        ("ir:\n  kind: synthetic\n\tfps: 3\n",  # PyYAML's first line was only "while scanning for the next token"
+         "not valid YAML (found character '\\t' that cannot start any token, line 3, column 1)"),
+        ("engine:\n  threads: 100000\n", "engine: threads=100000 is out of range; allowed: 0 (all cores) .. 1024"),
     ],
 )
 def test_bad_configs_name_file_and_key(tmp_path, text, message):
