@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import textwrap
 from pathlib import Path
 
@@ -95,6 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         setup = load_setup(to_overrides(rest))
+    except ValueError as exc:  # a bad key or value: a config error, exit status 2 as for every command
+        print(f"train: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit("train: interrupted") from None
+    try:
         path = run_training(args.data, args.out, setup, resume=args.resume, ckpt_minutes=args.ckpt_minutes,
                             init=args.init)
     except (OSError, ValueError) as exc:  # InterruptedError (an OSError): stopped by Ctrl-C or SIGTERM, saved
