@@ -234,6 +234,10 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     save_dirs = _output_dirs(dir_ir, dir_vis, methods, out_dir, save_dir)
     processors = {m.name: _processor(m) for m in methods if m.fuser is not None}
     fused_files = {m.name: image_files(m.fused_dir, f"fused ({m.name})") for m in methods if m.fused_dir is not None}
+    for m in methods:  # nothing to score: an empty table would read as a result
+        if m.fused_dir is not None and not any(stem in fused_files[m.name] for stem, _, _ in pairs):
+            raise FileNotFoundError(f"fused ({m.name}): none of the {len(pairs)} pairs has its image in {m.fused_dir} "
+                                    "(named as the pair's IR and visible files)")
     shown = set(_montage_stems(pairs, montage_rows))
     tiles: dict[str, list[np.ndarray]] = {}
     result = EvalResult(missing={m.name: 0 for m in methods})

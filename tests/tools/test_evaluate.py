@@ -152,6 +152,13 @@ def test_missing_fused_images_are_counted(evaluate, pairs, tmp_path, caplog):
     assert float(rows[0]["SSIM"]) > 1.0  # fused = visible: SSIM(F, VIS) = 1 plus SSIM(F, IR)
     assert "| partial | 1 |" in (out / "metrics.md").read_text()
     assert "2 of 3 fused images missing" in caplog.text
+    for name in ("p0.png", "p1.png"):  # none left: an empty table and exit 0 would read as a result
+        (partial / name).unlink(missing_ok=True)
+    cv2.imwrite(str(partial / "other.png"), cv2.imread(str(vis_dir / "p1.jpg")))
+    with pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), "--fused", str(partial), "--out", str(out)])
+    assert exc.value.code == (f"evaluate: fused (partial): none of the 3 pairs has its image in {partial} (named as "
+                              "the pair's IR and visible files)")
 
 
 def test_eval_config_solves_ot_afresh_for_every_still(evaluate, tmp_path, rng, random_weights, caplog):
