@@ -84,7 +84,8 @@ def read_grey(path: Path, depth: To8Bit | None = None) -> np.ndarray:
 def image_files(folder: Path, what: str) -> dict[str, Path]:
     """The images in ``folder`` by file stem; ``what`` names the folder in the error when it is missing."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder not found: {folder}")
+        raise FileNotFoundError(f"{what} folder {'is a file, not a folder' if folder.exists() else 'not found'}: "
+                                f"{folder}")
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
@@ -127,7 +128,7 @@ def fused_dir_method(spec: str) -> Method:
     name, _, path = spec.rpartition("=")
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"fused folder not found: {path}")
+        raise FileNotFoundError(f"fused folder {'is a file, not a folder' if path.exists() else 'not found'}: {path}")
     return Method(name or path.name, fused_dir=path)
 
 

@@ -102,6 +102,7 @@ def test_config_method_limit_and_resolved_config(evaluate, pairs, tmp_path):
 
 @pytest.mark.parametrize("case, message", [
     ("missing_dir", "IR folder not found"),
+    ("a_file", "IR folder is a file, not a folder"),
     ("no_pairs", "no IR/visible pairs"),
     ("unreadable", "cannot read image"),
     ("size_mismatch", "differ in size"),
@@ -111,6 +112,8 @@ def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
     args = ["--fuser", "max", "--out", str(tmp_path / "out")]
     if case == "missing_dir":
         ir_dir = tmp_path / "nowhere"
+    elif case == "a_file":
+        ir_dir = ir_dir / "p0.png"
     elif case == "no_pairs":
         vis_dir = tmp_path / "empty"
         vis_dir.mkdir()
