@@ -156,7 +156,7 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
     if not buf.size:
         raise ValueError(f"cannot read image {path}: empty file")
     if buf[:8].tobytes() == _PNG_SIGNATURE and b"IEND" not in buf[-12:].tobytes():  # libpng would print its own line
-        raise ValueError(f"cannot read image {path}: corrupt, or not an image (a PNG cut short: no IEND chunk)")
+        raise ValueError(f"cannot read image {path}: corrupt, or not an image")
     with opencv_quiet():
         try:
             img = cv2.imdecode(buf, flag | cv2.IMREAD_ANYDEPTH)

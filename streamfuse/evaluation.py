@@ -81,12 +81,14 @@ def read_grey(path: Path, depth: To8Bit | None = None) -> np.ndarray:
     return vis_luma(np.ascontiguousarray(img))
 
 
-def image_files(folder: Path, what: str) -> dict[str, Path]:
-    """The images in ``folder`` by file stem; ``what`` names the folder in the error when it is missing."""
+def image_files(folder: Path, what: str, wanted: set[str] | None = None) -> dict[str, Path]:
+    """Images in ``folder`` by stem; ``what`` names it in the error when it is missing or holds none of ``wanted``."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {'is a file, not a folder' if folder.exists() else 'not found'}: "
-                                f"{folder}")
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        raise FileNotFoundError(f"{what} folder {'is a file' if folder.exists() else 'not found'}: {folder}")
+    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if wanted and not wanted & files.keys():
+        raise FileNotFoundError(f"{what}: none of the {len(wanted)} pairs has its image in {folder} (named as its IR)")
+    return files
 
 
 def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str | Path | None],
@@ -127,8 +129,7 @@ def fused_dir_method(spec: str) -> Method:
     """``NAME=DIR`` or ``DIR`` (named after the folder): another method's fused images."""
     name, _, path = spec.rpartition("=")
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"fused folder {'is a file, not a folder' if path.exists() else 'not found'}: {path}")
+    image_files(path, "fused")  # a missing folder, or a file: one line now
     return Method(name or path.name, fused_dir=path)
 
 
@@ -151,8 +152,7 @@ def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineCo
             raise ValueError(f"fuser {spec!r}: {kv!r} is not key=value with a key of {keys}")
         raw.setdefault(section, {})[key] = load_yaml(value)
     raw = apply_overrides(raw, overrides or [])
-    unknown = set(raw) - set(FUSER_SECTIONS)
-    if unknown:
+    if unknown := set(raw) - set(FUSER_SECTIONS):
         raise ValueError(f"--set {sorted(unknown)[0]}.*: a --fuser method takes only overrides of the sections "
                          f"{', '.join(FUSER_SECTIONS)}")
     cfg = config_from_dict(raw, f"--fuser {spec}")
@@ -163,9 +163,8 @@ def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineCo
 def config_method(path: str | Path, overrides: list[str] | None = None) -> Method:
     """The fuser of a pipeline config (a shipped name or a file; its fusing sections), with overrides."""
     cfg = load_config(resolve(path), overrides)
-    align = cfg.align if cfg.fuse.name == "hclfuse" else None
     return Method(f"{cfg.fuse.name} ({Path(cfg.source_file).name})", fuser=config_fuser(cfg), config=cfg,
-                  align=align)
+                  align=cfg.align if cfg.fuse.name == "hclfuse" else None)
 
 
 def _warn_carry_over(m: Method) -> None:
@@ -234,11 +233,8 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     out_dir = Path(out_dir)
     save_dirs = _output_dirs(dir_ir, dir_vis, methods, out_dir, save_dir)
     processors = {m.name: _processor(m) for m in methods if m.fuser is not None}
-    fused_files = {m.name: image_files(m.fused_dir, f"fused ({m.name})") for m in methods if m.fused_dir is not None}
-    for m in methods:  # nothing to score: an empty table would read as a result
-        if m.fused_dir is not None and not any(stem in fused_files[m.name] for stem, _, _ in pairs):
-            raise FileNotFoundError(f"fused ({m.name}): none of the {len(pairs)} pairs has its image in {m.fused_dir} "
-                                    "(named as the pair's IR and visible files)")
+    fused_files = {m.name: image_files(m.fused_dir, f"fused ({m.name})", {s for s, _, _ in pairs})
+                   for m in methods if m.fused_dir is not None}
     shown = set(_montage_stems(pairs, montage_rows))
     tiles: dict[str, list[np.ndarray]] = {}
     result = EvalResult(missing={m.name: 0 for m in methods})

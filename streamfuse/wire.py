@@ -88,11 +88,10 @@ _COUNTER = (0, 2**63 - 1)
 # Inclusive range of every int header field: a peer's numbers stay within what the consumer's arithmetic,
 # int64 arrays and file names can hold (Python ints are unbounded, JSON numbers too).
 _INT_RANGES: dict[str, tuple[int, int]] = {
-    "seq": _COUNTER, "seq_ir": _COUNTER, "seq_vis": _COUNTER,
-    "height": (1, MAX_SIDE), "width": (1, MAX_SIDE), "step": (1, 4 * MAX_SIDE), "is_bigendian": (0, 1),
+    "seq": _COUNTER, "seq_ir": _COUNTER, "seq_vis": _COUNTER, "is_bigendian": (0, 1),
+    "height": (1, MAX_SIDE), "width": (1, MAX_SIDE), "step": (1, 4 * MAX_SIDE),
     "t_capture_ir_ns": _INT64, "t_capture_vis_ns": _INT64, "t_fused_ns": _INT64, "t_publish_ns": _INT64,
-    "keyframe": (0, 1), "shm_slot": (0, MAX_SLOTS - 1), "shm_gen": (2, 2**63 - 2),
-}
+    "keyframe": (0, 1), "shm_slot": (0, MAX_SLOTS - 1), "shm_gen": (2, 2**63 - 2)}
 # Per format, its fields' ``(key, type)`` and its int fields' ``(key, (lo, hi))``, merged once: every message is checked
 _FIELD_CHECKS = {fmt: (tuple(fields.items()), tuple((k, r) for k, r in _INT_RANGES.items() if k in fields))
                  for fmt in FORMATS for fields in [{**HEADER_FIELDS, **FORMAT_FIELDS.get(fmt, {})}]}

@@ -123,8 +123,8 @@ class AvSource(BaseSource):
             raise SourceError(f"{self.section}: {path} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "SLICE" if self.live else "AUTO"
-        if not self.live:  # a damaged picture is an error, not concealed into a frame passed off as the file's
-            stream.codec_context.options = {"err_detect": "explode"}
+        if not self.live and stream.codec_context is not None:  # a damaged picture is an error, not concealed
+            stream.codec_context.options = {"err_detect": "explode"}  # into a frame passed off as the file's
         if self.cfg.decode_threads:
             stream.thread_count = self.cfg.decode_threads
         self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
