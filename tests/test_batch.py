@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from streamfuse.atomic_write import partial_path
-from streamfuse.batch import LocalEngine, RayEngine, bounded, find_jobs, run_batch, worker_cfg
+from streamfuse.batch import BatchSummary, LocalEngine, RayEngine, bounded, find_jobs, run_batch, worker_cfg
 from streamfuse.config import load_config
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import VideoWriter, decode_frames
@@ -261,6 +261,16 @@ def test_each_pair_writes_its_frames_to_a_folder_of_its_own(tmp_path):
     assert {p.name: len(list(p.iterdir())) for p in (tmp_path / "frames").iterdir()} == {"a": 4, "c": 4}
 
 
+def _stopped_batch(tmp_path: Path, monkeypatch, replay) -> BatchSummary:
+    """The summary of a batch of pairs a and b whose first pair's replay is ``replay`` (it raises a stop)."""
+    monkeypatch.setattr("streamfuse.batch.worker.run_replay", replay)
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+    return stopped.value.summary
+
+
 def test_an_interrupted_batch_counts_the_pairs_it_did_not_start(tmp_path, monkeypatch):
     """Ctrl-C in the first pair: the batch stops (KeyboardInterrupt, with the summary), the pair is counted interrupted,
     not failed, the second one not started, and the pair's reason leaves out the single replay's "--out FILE" hint
@@ -270,12 +280,7 @@ def test_an_interrupted_batch_counts_the_pairs_it_did_not_start(tmp_path, monkey
         raise ReplayError("replay stopped: interrupted (Ctrl-C); 3 frames kept in .a.nut.partial", interrupted=True,
                           hint="run again with --resume (same --out a.nut) to continue")
 
-    monkeypatch.setattr("streamfuse.batch.worker.run_replay", interrupted)
-    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
-    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
-    with pytest.raises(KeyboardInterrupt) as stopped:
-        run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
-    summary = stopped.value.summary
+    summary = _stopped_batch(tmp_path, monkeypatch, interrupted)
     assert [(Path(r.out).name, r.status) for r in summary.results] == [("a.nut", "interrupted"),
                                                                        ("b.nut", "not started")]
     assert summary.results[0].reason == "replay stopped: interrupted (Ctrl-C); 3 frames kept in .a.nut.partial"
@@ -288,12 +293,7 @@ def test_a_pair_stopped_before_its_first_frame_is_not_started_not_interrupted(tm
     def interrupted(cfg, **kwargs):
         raise ReplayError("replay stopped: interrupted (Ctrl-C)", interrupted=True)
 
-    monkeypatch.setattr("streamfuse.batch.worker.run_replay", interrupted)
-    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
-    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
-    with pytest.raises(KeyboardInterrupt) as stopped:
-        run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
-    summary = stopped.value.summary
+    summary = _stopped_batch(tmp_path, monkeypatch, interrupted)
     assert [r.status for r in summary.results] == ["not started", "not started"]
     assert "2 pairs: 0 done, 0 skipped (complete), 0 failed, 2 not started;" in summary.format()
 
