@@ -104,7 +104,7 @@ def test_stalled_subscriber_does_not_slow_the_publisher(rng: np.random.Generator
 
 def test_a_subscription_of_kilobytes_is_refused_not_taken_into_the_loop(rng: np.random.Generator) -> None:
     # libzmq keeps a subscription in a trie of one node a byte: a peer subscribing to a topic of megabytes held the
-    # publisher's loop for seconds (20 MB: 20 s without a frame for anyone) and its recursive teardown overflowed the
+    # publisher's loop for seconds (20 MB: 20 s without a frame for anyone), and a trie that deep can overflow the
     # stack at close (a crash); a peer sending a subscription over 4 KiB is disconnected instead. 20 kB here: the
     # test's own SUB socket keeps its subscriptions in such a trie too.
     image = rng.integers(0, 256, (48, 64), dtype=np.uint8)

@@ -98,8 +98,8 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
 
     Args:
         src: a pair list file or a folder with ``ir/`` and ``vi/`` (see :func:`streamfuse.replay.find_pairs`),
-            a recording, or a folder of ``.mcap`` recordings, ``.db3`` and ROS 1 ``.bag`` bags and bag folders (each holds both
-            streams; a bag folder is one pair, however many files it was split into).
+            a recording, or a folder of ``.mcap`` recordings, ``.db3`` and ROS 1 ``.bag`` bags and bag folders (each
+            holds both streams; a bag folder is one pair, however many files it was split into).
         out_dir: output folder (created by :func:`run_batch`).
         ext: output container extension.
         codec: ``replay.codec`` (the container must hold it).

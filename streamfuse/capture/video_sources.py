@@ -383,6 +383,7 @@ class FolderSource(BaseSource):
         steps = [b - a for a, b in zip(numbers, numbers[1:])]
         frames = len(set(numbers)) == len(numbers) and min(numbers) >= 0 and (not steps or median(steps) == 1)
         self._numbers = numbers if frames else list(range(len(self._files)))
+        self._span = self._numbers[-1] - self._numbers[0] + 1  # a loop's next lap follows its last frame
 
     def _read(self) -> Frame | None:
         lap, index = divmod(self._seq, len(self._files))
@@ -392,8 +393,7 @@ class FolderSource(BaseSource):
             image = read_8bit(self._files[index], self._8bit)  # a bad pixel type names the file
         except ValueError as exc:
             raise SourceError(f"{self.section}: {exc}") from None
-        span = self._numbers[-1] - self._numbers[0] + 1  # a loop's next lap follows its last frame
-        t_ns = round((self._numbers[index] + lap * span) * 1e9 / self.cfg.fps)
+        t_ns = round((self._numbers[index] + lap * self._span) * 1e9 / self.cfg.fps)
         self._pace(t_ns)
         return self._frame(t_ns, self._convert(image))
 

@@ -19,7 +19,7 @@ from streamfuse.replay.summary import NAMES
 from streamfuse.video import container_format, read_tags, work_paths
 
 __all__ = ["check_output_paths", "check_output_folder", "check_frames_dir", "check_existing_output", "check_no_partial",
-           "is_complete", "made_with", "changed_settings"]
+           "is_complete", "made_with"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def made_with(out: Path) -> dict[str, Any]:
     return made
 
 
-def changed_settings(made: dict[str, Any], cfg: Any) -> list[str]:
+def _changed_settings(made: dict[str, Any], cfg: Any) -> list[str]:
     """The settings (``section.key``) that ``cfg`` gives otherwise than ``made`` (the config an output was made with,
     see :func:`made_with`); empty when they agree."""
     now = cfg.to_dict()
@@ -179,7 +179,7 @@ def check_existing_output(out: Path, cfg: Any = None, inputs: tuple[str | os.Pat
     if other:
         raise FileExistsError(f"output {out} is complete but was made from other inputs ({other}); delete it or "
                               f"choose another --out")
-    changed = changed_settings(made, cfg) if cfg is not None else []
+    changed = _changed_settings(made, cfg) if cfg is not None else []
     if changed:
         log.warning("%s is complete and skipped, but was made with other settings (%s); delete it to replay it with "
                     "these", out, ", ".join(changed))

@@ -138,7 +138,8 @@ def test_nut_without_its_index_is_reported_and_read_to_its_end(tmp_path: Path) -
         return
     n, warnings = read_all(path)
     assert 0 < n < N
-    assert "v.nut: its NUT index is missing" in warnings[-1] and f"frames after frame {n} may be missing" in warnings[-1]
+    assert "v.nut: its NUT index is missing" in warnings[-1]
+    assert f"frames after frame {n} may be missing" in warnings[-1]
     # the cut picture: not decoded into a frame from part of its data, but said
     assert warnings[:-1] in ([], [f"vis: {path}: 1 of its {n + 1} packets decoded to no frame (damaged data, or a "
                                   "stream cut before a keyframe); their frames are missing"])
