@@ -37,11 +37,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from streamfuse.device import available_cores, prepare_cpu, resolve_device
 
-__all__ = ["DEPTH", "MAX_SHAPES", "PRECISIONS", "Engine", "Handle"]
+__all__ = ["DEPTH", "MAX_SHAPES", "Engine", "Handle"]
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+_AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # inference.PRECISIONS -> torch autocast dtype
 DEPTH = 3  # batches in flight per shape on the GPU: upload n+1, compute n, download n-1
 MAX_SHAPES = 4  # frame shapes whose graphs and buffers are kept (a rig switching among a few sizes rebuilds nothing)
 _WARMUP = 3  # eager runs before capture: cuDNN autotuning and lazy initialisation must not happen while capturing
@@ -114,8 +114,8 @@ class Engine:
 
     def __init__(self, net: nn.Module, *, device: str = "auto", precision: str = "fp32", cuda_graphs: bool = True,
                  max_batch: int = 1, threads: int = 0, profile: bool = False):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r} is not supported; allowed: {' | '.join(PRECISIONS)}")
+        if precision not in _AUTOCAST:
+            raise ValueError(f"precision={precision!r} is not supported; allowed: {' | '.join(_AUTOCAST)}")
         if max_batch < 1 or threads < 0:
             raise ValueError(f"max_batch={max_batch} must be >= 1 and threads={threads} >= 0")
         for attr in ("stride", "latent_channels"):
@@ -129,7 +129,7 @@ class Engine:
         self.profile = profile and self._cuda
         self.threads = threads or available_cores()
         self.net = net.eval().to(self.device)
-        self._amp = PRECISIONS[precision]
+        self._amp = _AUTOCAST[precision]
         self._seq = 0
         if not self._cuda:
             prepare_cpu(self.threads)

@@ -27,7 +27,7 @@ import numpy as np
 from streamfuse import metrics
 from streamfuse.atomic_write import write_file
 from streamfuse.bitdepth import To8Bit, read_8bit
-from streamfuse.checks import apply_overrides, load_yaml
+from streamfuse.checks import ConfigError, apply_overrides, load_yaml
 from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
 from streamfuse.configs import resolve
 from streamfuse.fusers import BaselineConfig, Fuser
@@ -134,27 +134,28 @@ def fused_dir_method(spec: str) -> Method:
 
 
 def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineConfig | None = None) -> Method:
-    """``NAME`` or ``NAME:key=value,key=value`` (keys of the ``hclfuse``, ``engine`` or ``baseline`` section), plus
-    dotted overrides of the fuser's sections (``fuse``, ``hclfuse``, ``engine``, ``baseline``, ``align``).
+    """``NAME`` or ``NAME:key=value,key=value`` (keys of the sections the fuser reads: ``hclfuse`` and ``engine``
+    for the model, ``baseline`` for the others), plus dotted overrides of the fuser's sections (``hclfuse``,
+    ``engine``, ``baseline``, ``align``; ``fuse.name`` is the ``NAME`` itself).
 
     The settings start from ``base`` (a pipeline config such as the shipped ``eval``) when given, else from the
-    defaults; the name and the inline keys replace the base's.
+    defaults; the name and the inline keys replace the base's. A key the fuser would not read is refused.
     """
     name, _, inline = spec.partition(":")
     raw = {k: v for k, v in base.to_dict().items() if k in FUSER_SECTIONS} if base else {}
     raw["fuse"] = {"name": name}
-    items = [kv for kv in inline.split(",") if kv]
-    for kv in items:
-        key, eq, value = kv.partition("=")
-        section = next((s for s in _INLINE if key in _INLINE[s]), None)
-        if not eq or section is None:
-            keys = ", ".join(k for fields in _INLINE.values() for k in fields)
-            raise ValueError(f"fuser {spec!r}: {kv!r} is not key=value with a key of {keys}")
-        raw.setdefault(section, {})[key] = load_yaml(value)
+    keys = {k: s for s in (("hclfuse", "engine") if name == "hclfuse" else ("baseline",)) for k in _INLINE[s]}
+    items = [kv.partition("=") for kv in inline.split(",") if kv]
+    for key, eq, value in items:
+        if not eq or key not in keys:
+            raise ConfigError(f"--fuser {spec}: {key + eq + value!r} is not key=value with a key {name} reads: "
+                              f"{', '.join(keys)}")
+        raw.setdefault(keys[key], {})[key] = load_yaml(value)
     raw = apply_overrides(raw, overrides or [])
     if unknown := set(raw) - set(FUSER_SECTIONS):
-        raise ValueError(f"--set {sorted(unknown)[0]}.*: a --fuser method takes only overrides of the sections "
-                         f"{', '.join(FUSER_SECTIONS)}")
+        raise ConfigError(f"--set {sorted(unknown)[0]}.*: --fuser takes overrides of {', '.join(FUSER_SECTIONS[1:])}")
+    if raw["fuse"] != {"name": name}:
+        raise ConfigError(f"--set fuse.*: --fuser {spec} names its fuser; give another fuser as another --fuser")
     cfg = config_from_dict(raw, f"--fuser {spec}")
     fuser = config_fuser(cfg)
     return Method(spec if items else fuser.name, fuser=fuser, align=cfg.align if name == "hclfuse" else None)
@@ -306,9 +307,8 @@ def _check_methods(methods: list[Method], reference: str | None) -> None:
 
 def _save_dirs(fusers: list[Method], save_dir: str | Path | None) -> dict[str, Path]:
     """Where each fuser's outputs go: ``save_dir`` itself for one fuser, ``save_dir/<method>`` for several."""
-    if save_dir is None:
-        return {}
-    return {m.name: Path(save_dir) / _safe(m.name) if len(fusers) > 1 else Path(save_dir) for m in fusers}
+    return {m.name: Path(save_dir) / _safe(m.name) if len(fusers) > 1 else Path(save_dir)
+            for m in fusers} if save_dir is not None else {}
 
 
 def _processor(m: Method) -> FrameProcessor:

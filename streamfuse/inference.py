@@ -12,7 +12,9 @@ from typing import Literal
 
 from streamfuse.checks import check
 
-__all__ = ["HCLFuseConfig", "EngineConfig"]
+__all__ = ["HCLFuseConfig", "EngineConfig", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class EngineConfig:
     cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
+        check(self.precision in PRECISIONS, "precision", self.precision, " | ".join(PRECISIONS))
         check(0 <= self.threads <= 1024, "threads", self.threads, "0 (all cores) .. 1024")  # more is a typo
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
               "auto | cpu | cuda | cuda:N")

@@ -19,6 +19,7 @@ import platform
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -31,7 +32,8 @@ from streamfuse.cli.args import int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine, Handle
 from streamfuse.fusers import FuseConfig
-from streamfuse.inference import EngineConfig, HCLFuseConfig
+from streamfuse.registry import available
+from streamfuse.inference import PRECISIONS, EngineConfig, HCLFuseConfig
 from streamfuse.model.fuser import HCLFuser, build_hclfuse
 from streamfuse.postprocess import PostConfig
 from streamfuse.processor import FrameProcessor, build_fuser, still_pair
@@ -49,17 +51,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     p.add_argument("--frames", type=int_at_least(1), default=None,
                    help="timed frames per case; default 1000 on a GPU, 50 on CPU")
-    p.add_argument("--sampler", default="student", help="student (the distilled live default) | teacher")
-    p.add_argument("--steps", type=int, default=0, help="teacher's DDIM steps K; 0 = the hclfuse section's default")
-    p.add_argument("--image-guidance", type=int, default=None,
+    p.add_argument("--sampler", default="student", choices=("student", "teacher"),
+                   help="student (the distilled live default) | teacher")
+    p.add_argument("--steps", type=setting(HCLFuseConfig, "steps"), default=0,
+                   help="teacher's DDIM steps K; 0 = the hclfuse section's default")
+    p.add_argument("--image-guidance", type=setting(HCLFuseConfig, "image_guidance"), default=None,
                    help="steps of the structure guide on the decoded image (hclfuse.image_guidance; 0 = off); default: "
                         "the hclfuse section's default")
     p.add_argument("--batch", type=batch_sizes, default=None,
                    help="comma-separated batch sizes; default 1,8 on a GPU, 1 on CPU")
     p.add_argument("--graphs", type=on_off, default=None, help="CUDA graphs on,off (GPU only); default on,off on a GPU")
-    p.add_argument("--precision", default="", help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
-    p.add_argument("--fuser", default="hclfuse", help="hclfuse | max | average | laplacian | rule")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
+    p.add_argument("--precision", type=precision_list, default=None,
+                   help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
+    p.add_argument("--fuser", default="hclfuse", choices=("hclfuse", *available("fuser")))
+    p.add_argument("--threads", type=setting(EngineConfig, "threads"), default=0,
+                   help="torch CPU threads; 0 = all cores")
     p.add_argument("--weights", default="", help="HCLFuse weights file; '' = shipped; 'random' = untrained")
     p.add_argument("--tiny", action="store_true", help="smoke run: 64x48 frames, 3 per case, 1 warm-up")
     return p.parse_args(argv)
@@ -68,6 +74,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def batch_sizes(text: str) -> list[int]:
     """An argparse ``type``: comma-separated batch sizes, each >= 1."""
     return [int_at_least(1)(b) for b in text.split(",")]
+
+
+def setting(section: type, key: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= 0 that the config ``section`` accepts as ``key`` (0, which these options
+    read as the default or as off, is not checked)."""
+
+    def parse(text: str) -> int:
+        value = int_at_least(0)(text)
+        try:
+            section(**{key: value}) if value else None
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
+
+
+def precision_list(text: str) -> list[str]:
+    """An argparse ``type``: comma-separated precisions of the ``engine`` section."""
+    values = text.split(",")
+    if bad := [v for v in values if v not in PRECISIONS]:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r} is not one of {', '.join(PRECISIONS)}")
+    return values
 
 
 def on_off(text: str) -> list[bool]:
@@ -225,7 +254,7 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
     gpu = device.type == "cuda"
     batches = args.batch or ([1, 8] if gpu else [1])
     graphs = args.graphs or ([True, False] if gpu else [False])
-    precisions = (args.precision or ("fp32,fp16" if gpu else "fp32")).split(",")
+    precisions = args.precision or (["fp32", "fp16"] if gpu else ["fp32"])
     model = HCLFuseConfig(weights=weights, sampler=args.sampler, **({"steps": args.steps} if args.steps else {}),
                           **({} if args.image_guidance is None else {"image_guidance": args.image_guidance}))
 
@@ -304,6 +333,6 @@ def main(argv: list[str] | None = None) -> None:
         else:
             bench_baseline(args, sizes, frames, warmup)
         bench_post(sizes, frames, warmup)
-    except (ValueError, OSError) as exc:  # a bad --sampler, --steps, --precision, --fuser, --threads or --weights
+    except (ValueError, OSError) as exc:  # --weights not found or not a weights file
         raise SystemExit(f"bench fuse: {exc}") from None
 

@@ -132,6 +132,10 @@ def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
     (["--config", "nosuch.yaml"], "nosuch.yaml: no such config file here, nor a shipped config of that name; "),
     (["--config", "{tmp}/nowhere.yaml", "--fuser", "max"], "{tmp}/nowhere.yaml: config file not found"),
     (["--fuser", "nope"], "name='nope' is out of range"),
+    (["--fuser", "max:steps=2"], "--fuser max:steps=2: 'steps=2' is not key=value with a key max reads: sharpen, "),
+    (["--fuser", "hclfuse:contrast=1.25"], "'contrast=1.25' is not key=value with a key hclfuse reads: weights, "),
+    (["--fuser", "max", "--set", "fuse.name=rule"], "--set fuse.*: --fuser max names its fuser"),
+    (["--fuser", "max", "--set", "record.path=x"], "--set record.*: --fuser takes overrides of hclfuse, engine, "),
 ])
 def test_config_errors_are_one_line_and_exit_2_as_in_run(evaluate, pairs, tmp_path, monkeypatch, capsys, args,
                                                          message):
