@@ -106,8 +106,9 @@ def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str |
         device = not is_folder and real.exists() and not real.is_file()  # /dev/null, a pipe: written as it is
         existing = real if device else next(p for p in (real if is_folder else real.parent, *real.parents)
                                             if p.exists())
-        if not os.access(existing, os.W_OK):  # found now, not once the run's work is done
-            raise ValueError(f"{what} {out} cannot be written: {existing} is not writable")
+        why = "a file" if existing != real and not existing.is_dir() else "not writable"
+        if why == "a file" or not os.access(existing, os.W_OK):  # found now, not once the run's work is done
+            raise ValueError(f"{what} {out} cannot be written: {existing} is {why}")
         for kind, folder in inputs.items():
             if folder is not None and Path(folder).resolve() in (real, *real.parents):
                 raise ValueError(f"{what} {out} is or lies in the {kind} folder {folder}; write outputs elsewhere "
@@ -128,9 +129,8 @@ def find_pairs(dir_ir: str | Path, dir_vis: str | Path, limit: int = 0) -> list[
 def fused_dir_method(spec: str) -> Method:
     """``NAME=DIR`` or ``DIR`` (named after the folder): another method's fused images."""
     name, _, path = spec.rpartition("=")
-    path = Path(path)
-    image_files(path, "fused")  # a missing folder, or a file: one line now
-    return Method(name or path.name, fused_dir=path)
+    image_files(Path(path), "fused")  # a missing folder, or a file: one line now
+    return Method(name or Path(path).name, fused_dir=Path(path))
 
 
 def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineConfig | None = None) -> Method:

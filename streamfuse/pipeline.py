@@ -17,6 +17,7 @@ import time
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.capture.producer_process import start_servers
+from streamfuse.checks import ConfigError
 from streamfuse.config import PipelineConfig
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.fusers import Fuser
@@ -49,8 +50,9 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
 
         summary = run_replay(cfg, ir_path=ir_path, vis_path=vis_path, out_path=out_path, resume=resume)
         return 0 if summary.complete else 1
-    if ir_path or vis_path:
-        raise ValueError("--ir/--vis are for replay: also give --out (or set replay.out in the config)")
+    if ir_path or vis_path or resume:
+        given = "--resume is" if resume and not (ir_path or vis_path) else "--ir/--vis are"
+        raise ConfigError(f"{given} for replay: also give --out (or set replay.out in the config)")
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
 

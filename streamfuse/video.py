@@ -99,7 +99,8 @@ class VideoWriter:
         self.partial = partial_path(self.path)
         fmt = container_format(self.path, codec)
         if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"output folder does not exist: {self.path.parent}")
+            why = "is a file" if self.path.parent.exists() else "does not exist"
+            raise FileNotFoundError(f"output folder {why}: {self.path.parent}")
         if not os.access(self.path.parent, os.W_OK):
             raise PermissionError(f"output folder is not writable: {self.path.parent}")
         self.encoder = pick_encoder(codec)

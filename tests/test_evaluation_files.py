@@ -70,3 +70,11 @@ def test_a_device_output_is_checked_itself_not_its_folder(monkeypatch):
     check_outputs({}, {}, {"--json": "/dev/null"})
     with pytest.raises(ValueError, match="--json /dev/x.json cannot be written: /dev is not writable"):
         check_outputs({}, {}, {"--json": "/dev/x.json"})
+
+
+def test_an_output_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    for folders, files in (({"output folder": tmp_path / "notes.txt" / "out" / "deeper"}, {}),
+                           ({}, {"--json": tmp_path / "notes.txt" / "a.json"})):
+        with pytest.raises(ValueError, match=r"cannot be written: .*notes.txt is a file$"):
+            check_outputs({}, folders, files)

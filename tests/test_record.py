@@ -417,8 +417,10 @@ def test_codec_threads_one_starts_no_ffmpeg_threads(tmp_path):
     ("o.avi", {"codec": "h264"}, "H.264 in .avi loses its frame times"),
     ("o.xyz", {}, "unknown container"),
     ("missing/o.mp4", {}, "output folder does not exist"),
+    ("notes.txt/o.mp4", {}, "output folder is a file: .*notes.txt$"),
 ])
 def test_video_writer_bad_outputs(tmp_path, name, kw, match):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         _writer(tmp_path / name, **kw)
 

@@ -327,6 +327,8 @@ def test_bad_inputs_and_outputs_give_one_line_errors(tmp_path, clip):
          "output folder does not exist"),
         (dict(ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4" / "x.mp4"), FileNotFoundError,
          "output folder does not exist"),
+        (dict(ir_path=ir, vis_path=vis, out_path=tmp_path / "rec.mcap" / "x.mp4"), FileNotFoundError,
+         "output folder is a file: .*rec.mcap$"),
         (dict(ir_path=ir, vis_path=vis, out_path=tmp_path / "o.webp"), ValueError, "unknown container"),
     ]
     for kwargs, exc, match in cases:

@@ -83,20 +83,23 @@ def _rows(path: str) -> np.ndarray:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"palette file {path}: cannot read it as text ({exc})") from None
-    rows = []
+    rows, header = [], 0
     for number, line in enumerate(lines, 1):
         words = line.split("#")[0].replace(",", " ").replace(";", " ").split()
         try:
             values = [float(word) for word in words]
         except ValueError:
-            if not rows:  # a header ("r,g,b")
+            if not rows and not header:  # one header line ("r,g,b")
+                header = number
                 continue
             values = []
         if words and (len(values) != 3 or not all(math.isfinite(v) and 0 <= v <= 255 for v in values)):
             raise ValueError(f"palette file {path}: line {number} is not three numbers R G B of 0..255")
         rows.extend([values] if words else [])
     if len(rows) < 2:
-        raise ValueError(f"palette file {path}: {len(rows)} colours; a palette needs two or more, coldest first")
+        after = f" after its header (line {header})" if header else ""
+        raise ValueError(f"palette file {path}: {len(rows)} R G B rows{after}; a palette needs two or more, coldest "
+                         "first")
     rgb = np.array(rows)
     return rgb * 255 if rgb.max() <= 1 else rgb
 

@@ -76,7 +76,8 @@ def check_output_folder(out: Path, codec: str) -> None:
     if out.is_dir():  # found only at the end otherwise, when the finished video cannot take its name
         raise IsADirectoryError(f"output {out} is a folder; choose a file name for --out")
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {out.parent}")
+        why = "is a file" if out.parent.exists() else "does not exist"
+        raise FileNotFoundError(f"output folder {why}: {out.parent}")
     try:  # a real write: os.access says yes to root on read-only mounts and special folders
         tempfile.TemporaryFile(dir=out.parent).close()
     except OSError as exc:

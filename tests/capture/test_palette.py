@@ -200,7 +200,9 @@ def test_a_user_palette_in_the_home_folder_is_named_with_a_tilde(tmp_path, monke
     ("0 0 0\n300 0 0\n", "line 2 is not three numbers"),
     ("0 0 0\nnan 1 1\n", "line 2 is not three numbers"),
     ("r g b\n0 0 0\nwarm 0 0\n", "line 3 is not three numbers"),
-    ("255 0 0\n", "1 colours; a palette needs two or more"),
+    ("255 0 0\n", "1 R G B rows; a palette needs two or more"),
+    ("red green blue\n", r"0 R G B rows after its header \(line 1\); a palette needs two or more"),
+    ("# iron\nhot to cold\nblack\n0 0 0\n", "line 3 is not three numbers"),
     ("0 0 0\n255 255 255\n0 0 0\n", "are alike, so it gives no temperature order"),
 ])
 def test_a_palette_file_that_gives_no_order_is_one_line_naming_it(tmp_path, text, words):

@@ -55,6 +55,14 @@ def test_replay_needs_out(capsys):
     assert exc.value.code == 2 and "the following arguments are required: --out" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, given", [(["--resume"], "--resume is"), (["--ir", "a.mp4"], "--ir/--vis are"),
+                                         (["--vis", "b.mp4", "--resume"], "--ir/--vis are")])
+def test_replay_options_without_an_output_are_refused(capsys, args, given):
+    assert main(["--config", "demo", *args]) == 2  # not a live run that ignores them
+    assert capsys.readouterr().err.splitlines() == [
+        f"streamfuse: config error: {given} for replay: also give --out (or set replay.out in the config)"]
+
+
 def test_replay_runs_the_shipped_replay_config_by_default(monkeypatch):
     import streamfuse.pipeline
 
