@@ -9,11 +9,29 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["handled", "HANGUP", "STOP_SIGNALS"]
+__all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "raise_terminated", "interrupted"]
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
+TERMINATE = (signal.SIGTERM, *HANGUP)  # a service manager's stop; a terminal's hangup (an SSH session that drops)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the main thread is as Ctrl-C raises KeyboardInterrupt; its argument is the
+    reason, ``interrupted (SIGTERM)``."""
+
+
+def raise_terminated(signum: int, _: object) -> None:
+    """A handler of ``TERMINATE`` that stops the run as Ctrl-C does (a replay's)."""
+    for sig in TERMINATE:  # already stopping: a second one must not cut the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(f"interrupted ({signal.Signals(signum).name})")
+
+
+def interrupted(exc: KeyboardInterrupt) -> str:
+    """Why a KeyboardInterrupt stopped the run: the signal of a :class:`Terminated`, else Ctrl-C."""
+    return str(exc) if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 from fractions import Fraction
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
+from test_output_lock import HOLD
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.batch import BatchSummary, LocalEngine, RayEngine, bounded, find_jobs, run_batch, worker_cfg
@@ -199,6 +201,28 @@ def test_without_resume_a_partial_output_fails_its_pair_and_is_kept(tmp_path):
     again = run_batch(cfg, jobs, resume=True)  # this one has no sidecar: started over, with a warning
     assert {Path(r.out).name: r.status for r in again.results} == {"a.nut": "done", "b.nut": "skipped"}
     assert len(_times(out / "a.nut")) == 4 and not partial.exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_pair_another_run_is_writing_fails_alone_and_is_left_to_it(tmp_path, resume):
+    """Two batches given one output folder: the second's pair that the first is writing is not taken for an
+    interrupted one (nor resumed, nor started over), and its partial file stays the first run's."""
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    partial = partial_path(out / "a.nut")
+    partial.write_bytes(b"the first run's frames")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out / "a.nut")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+        summary = run_batch(cfg, find_jobs(src, out, ext=".nut"), resume=resume)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert {Path(r.out).name: r.status for r in summary.results} == {"a.nut": "failed", "b.nut": "done"}
+    assert summary.failed[0].reason.startswith(f"output {out / 'a.nut'} is being written by another run (")
+    assert partial.read_bytes() == b"the first run's frames" and not (out / "a.nut").exists()
 
 
 def test_replay_many_says_in_one_line_that_every_output_is_already_complete(tmp_path, tool, capsys):

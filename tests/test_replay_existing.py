@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import pytest
+from test_output_lock import HOLD
 from test_replay import _StopAt, decoded, interrupted_replay, make_cfg, write_video
 
 import streamfuse.processor
@@ -112,6 +115,43 @@ def test_a_partial_output_needs_resume_or_an_explicit_start_over(tmp_path, pair,
     made = out.stat().st_mtime_ns  # the retry of a worker lost after it finished: done, not failed, not redone
     assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=False).complete
     assert out.stat().st_mtime_ns == made
+
+
+@pytest.mark.parametrize("resume", [None, False, True])
+def test_an_output_another_run_is_writing_is_refused_and_left_to_it(tmp_path, pair, monkeypatch, capsys, resume):
+    """Two runs given one output (a command run twice, two batches into one folder): the second is refused before
+    any work, whether it would resume, start over (a batch's pair) or neither; the first run's partial file is its."""
+    ir, vis = pair
+    out = tmp_path / "fused.mkv"
+    partial_path(out).write_bytes(b"the first run's frames")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        _no_fusing(monkeypatch)
+        with pytest.raises(FileExistsError, match=f"^output {out} is being written by another run \\(.* pid "
+                                               f"{holder.pid}, holding .fused.mkv.lock\\); wait for it to end"):
+            run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=resume)
+        assert replay_main(["--ir", str(ir), "--vis", str(vis), "--out", str(out), "--set", "fuse.name=max"]) == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"streamfuse: error: output {out} is "
+                                                                           "being written by another run")
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert partial_path(out).read_bytes() == b"the first run's frames" and not out.exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("planted", [".fused.mkv.partial", ".fused.mkv.partial.json", ".fused.mkv.partial.old"])
+def test_a_link_at_a_work_files_name_is_refused_not_written_through(tmp_path, pair, monkeypatch, resume, planted):
+    ir, vis = pair
+    precious = tmp_path / "precious.mkv"
+    precious.write_bytes(b"another recording")
+    (tmp_path / planted).symlink_to(precious)
+    _no_fusing(monkeypatch)
+    with pytest.raises(ValueError, match=f"^{tmp_path / planted} is a link; a replay makes this file itself and "
+                                         "never writes through one: remove it, or choose another --out$"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mkv", resume=resume)
+    assert precious.read_bytes() == b"another recording"
 
 
 def _stop_on_first_write(monkeypatch) -> None:

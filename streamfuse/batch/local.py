@@ -15,7 +15,7 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
 from streamfuse.replay.outputs import check_existing_output, check_no_partial, is_complete
-from streamfuse.signals import HANGUP, handled
+from streamfuse.signals import TERMINATE, handled
 
 __all__ = ["Engine", "LocalEngine", "run_batch"]
 
@@ -87,7 +87,7 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     work_cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False))
     interrupted = False
     # SIGTERM and SIGHUP stop the batch as Ctrl-C does (a replay and the Ray driver set their own meanwhile)
-    with handled(signal.default_int_handler, (signal.SIGTERM, *HANGUP)), \
+    with handled(signal.default_int_handler, TERMINATE), \
             tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
                  disable=quiet) as pairs, \
             tqdm(unit="frame", desc="frames", position=1, disable=quiet) as frames:

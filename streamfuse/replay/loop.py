@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -24,38 +23,19 @@ from streamfuse.capture.sources import open_source
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame, FramePair, FusedFrame
+from streamfuse.output_lock import output_lock
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged,
                                       no_pairs, on_topic, outside, resolve, size_changed)
 from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
 from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES, ReplayError, ReplaySummary, StageClock
-from streamfuse.signals import HANGUP, handled
+from streamfuse.signals import TERMINATE, handled, interrupted, raise_terminated
 from streamfuse.sync import OTHER, Pairer
 from streamfuse.video import VideoWriter, work_paths
 
 __all__ = ["run_replay"]
 
 log = logging.getLogger(__name__)
-
-_INTERRUPTED = "interrupted (Ctrl-C)"
-_TERMINATE = (signal.SIGTERM, *HANGUP)  # a service manager's stop; a terminal's hangup (an SSH session that drops)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP during a replay: raised where the main thread is, as Ctrl-C raises KeyboardInterrupt; its
-    argument is the reason, ``interrupted (SIGTERM)``."""
-
-
-def _terminate(signum: int, _: object) -> None:
-    """SIGTERM and SIGHUP stop the replay as Ctrl-C does."""
-    for sig in _TERMINATE:  # already stopping: a second one must not cut the cleanup
-        signal.signal(sig, signal.SIG_IGN)
-    raise _Terminated(f"interrupted ({signal.Signals(signum).name})")
-
-
-def _interrupted(exc: KeyboardInterrupt) -> str:
-    return str(exc) if isinstance(exc, _Terminated) else _INTERRUPTED
-
 
 def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: str | os.PathLike | None = None,
                out_path: str | os.PathLike | None = None, resume: bool | None = None,
@@ -81,16 +61,22 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
 
     Raises:
         OSError (FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError), ValueError: bad input or
-            output path, or an output that exists (complete, no video, or partial as above), before any work (one
-            line).
+            output path, or an output that exists (complete, no video, partial as above, or being written by
+            another run: :mod:`streamfuse.output_lock`), before any work (one line).
         ReplayError: the run stopped early (truncated input, inputs whose times never meet, an FFmpeg, write or
             fuser error, size mismatch, Ctrl-C); the partial output is kept for ``resume`` and ``.summary`` says how
             far it got.
     """
+    out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
+    with output_lock(out):  # until the output is finished or kept: a second run is refused, not let into it
+        return _run_locked(cfg, ir, vis, out, resume, fuser_factory)
+
+
+def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, resume: bool | None,
+                fuser_factory: Callable[[Any], Any] | None) -> ReplaySummary:
     rcfg = cfg.replay
     restart = resume is False  # a caller's False (not the config's) starts over from a partial output
     resume = rcfg.resume if resume is None else resume
-    out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
     summary = ReplaySummary(ir=ir.cfg.path, vis=vis.cfg.path, out=str(out))
     if check_existing_output(out, cfg, (ir.cfg.path, vis.cfg.path), resume=resume, restart=restart):
         log.info("%s is already complete; nothing to do", out)
@@ -103,12 +89,12 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
     # the values used (inputs, output, resume), as the output's metadata records them
     used = dataclasses.replace(cfg, ir=ir.cfg, vis=vis.cfg, replay=dataclasses.replace(rcfg, out=str(out),
                                                                                       resume=resume))
-    with handled(_terminate, _TERMINATE):
+    with handled(raise_terminated, TERMINATE):
         try:
             return _Replay(used, ir, vis, out, prints, take_over, summary).run(fuser_factory)
         except KeyboardInterrupt as exc:  # before the loop began (model loading): a partial output is kept as it is
             hint = resume_hint(out) if partial_path(out).exists() else ""
-            raise ReplayError(f"replay stopped: {_interrupted(exc)}",
+            raise ReplayError(f"replay stopped: {interrupted(exc)}",
                               summary, interrupted=True, hint=hint) from None
 
 
@@ -176,7 +162,7 @@ class _Replay:
             s.stopped = self._stop_reason(readers)
             self.input_fault = bool(s.stopped)  # a bad input: running again meets it again
         except KeyboardInterrupt as exc:
-            s.stopped = _interrupted(exc)
+            s.stopped = interrupted(exc)
         except (RuntimeError, ValueError, OSError, av.FFmpegError) as exc:  # av's: some derive from none of the three
             s.stopped = _reason(exc)
         finally:
@@ -353,7 +339,7 @@ class _Replay:
                 s.stopped = _reason(exc)
                 work_paths(self.out)[2].unlink(missing_ok=True)  # a complete copy under a temporary name
             except KeyboardInterrupt as exc:  # while the encoder flushes or the file is remuxed: resumable as ever
-                s.stopped = _interrupted(exc)
+                s.stopped = interrupted(exc)
         if s.stopped:
             self._keep_partial()
         taken_over_path(self.out).unlink(missing_ok=True)  # the interrupted run's frames are all in the output now

@@ -14,6 +14,7 @@ import av
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.errors import io_reason
+from streamfuse.output_lock import check_not_held, lock_path
 from streamfuse.replay.resume import sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES
 from streamfuse.video import container_format, read_tags, work_paths
@@ -41,9 +42,9 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
                        frames_dir: str | os.PathLike = "") -> None:
     """Refuse, before anything is opened, an output that would be written over one of its inputs.
 
-    The output and every file it is written through (partial, remux, sidecar) are compared with each input by
+    The output and every file it is written through (partial, remux, sidecar, lock) are compared with each input by
     resolved path and by inode, so another spelling, a symlink or a hard link of an input is caught too; an input
-    inside ``frames_dir`` would be overwritten by the frame PNGs.
+    inside ``frames_dir`` would be overwritten by the frame PNGs. Those files must not be links or folders either.
 
     Args:
         out: the fused video path.
@@ -51,10 +52,15 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
         frames_dir: the folder the fused frames are also written to ('' = none).
 
     Raises:
-        ValueError: one line naming the output and the input.
+        ValueError: one line naming the output and the input, or the link.
     """
     out = Path(out)
-    written = [*work_paths(out), sidecar_path(out), sidecar_path(out).with_suffix(".tmp"), taken_over_path(out)]
+    written = [*work_paths(out), sidecar_path(out), sidecar_path(out).with_suffix(".tmp"), taken_over_path(out),
+               lock_path(out)]
+    for own in written[1:]:  # made by replays alone: one that is a link would send their writes to the file it names
+        if own.is_symlink() or (own.exists() and not own.is_file()):
+            raise ValueError(f"{own} is {'a link' if own.is_symlink() else 'not a file'}; a replay makes this file "
+                             f"itself and never writes through one: remove it, or choose another --out")
     for stream, path in inputs.items():
         if not path:
             continue
@@ -146,6 +152,7 @@ def _other_inputs(made: dict[str, Any], inputs: tuple[Path, Path]) -> str:
 def check_no_partial(out: Path) -> None:
     """Refuse to start ``out`` afresh over the partial output of an interrupted replay: its frames would be lost,
     and ``--resume`` continues it."""
+    check_not_held(out)  # a running replay's partial output is not an interrupted one
     partial = partial_path(out)
     if not partial.exists() and taken_over_path(out).exists():  # a resumed run killed before its first frame
         partial = taken_over_path(out)

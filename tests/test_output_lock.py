@@ -1,0 +1,72 @@
+"""One writer per output: a second run given an output another run is writing is refused, whatever killed the first
+run frees it, and a link planted at the lock's name is not followed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from streamfuse.output_lock import check_not_held, lock_path, output_lock
+
+HOLD = ("import sys, time; from streamfuse.output_lock import output_lock\n"
+        "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n")
+
+
+def test_a_second_holder_is_refused_naming_the_first(tmp_path):
+    out = tmp_path / "fused.mp4"
+    with output_lock(out):
+        assert lock_path(out).read_text().endswith(f" pid {os.getpid()}\n")
+        with pytest.raises(FileExistsError, match=rf"^output {out} is being written by another run \(.* pid "
+                                               rf"{os.getpid()}, holding \.fused\.mp4\.lock\); wait for it to end"):
+            with output_lock(out):
+                pass
+    assert not lock_path(out).exists()  # released: removed, and free for the next run
+    with output_lock(out):
+        pass
+
+
+def test_a_killed_holder_frees_the_output(tmp_path):
+    out = tmp_path / "fused.mp4"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FileExistsError, match=f"pid {holder.pid}, holding"):
+            with output_lock(out):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    assert lock_path(out).exists()  # left by the killed run, meaning nothing now
+    with output_lock(out):
+        pass
+
+
+def test_a_link_at_the_locks_name_is_not_followed(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    out = tmp_path / "fused.mp4"
+    lock_path(out).symlink_to(precious)
+    with pytest.raises(OSError, match=f"^cannot lock output {out}: .*fused.mp4.lock: "):
+        with output_lock(out):
+            pass
+    assert precious.read_text() == "keep me"
+
+
+def test_a_check_sees_another_runs_lock_but_not_its_own(tmp_path):
+    out = tmp_path / "fused.mp4"
+    check_not_held(out)  # no lock file
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FileExistsError, match=f"^output {out} is being written by another run .* pid {holder.pid}"):
+            check_not_held(out)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    check_not_held(out)  # its lock file is left, no longer held
+    with output_lock(out):
+        check_not_held(out)
