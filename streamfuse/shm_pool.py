@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamfuse.capture.shm_ring import SHM_DIR, remove_stale
+from streamfuse.capture.shm_ring import SHM_DIR, process_alive, remove_stale
 from streamfuse.pool_ring import ENTRY_BYTES, RingReader, RingWriter, cpu_supported, ring_size
 
 __all__ = ["ShmPool", "PoolReader", "PoolError", "NotAPool", "POOL_PREFIX", "MAX_SLOTS", "valid_pool_name",
@@ -356,13 +356,7 @@ class PoolReader:
 
     def writer_alive(self) -> bool:
         """False once the publisher process that made the pool (its id is in the name) is gone."""
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # alive, another user's
-            pass
-        return True
+        return process_alive(self.pid)
 
     def release(self) -> None:
         """Let the writer have the slot of the last frame returned again."""

@@ -96,6 +96,8 @@ def process_alive(pid: int) -> bool:
     """True while process ``pid`` runs. A killed one its parent has not reaped yet (a zombie) is gone where /proc
     tells (Linux): a parent may reap it only once every holder of its output pipe has closed it (``kill`` then
     ``subprocess.communicate``), and the producers holding it wait for their consumer to be gone."""
+    if not 0 < pid < 2**31:  # no process's (a name in /dev/shm, which anyone can write, may carry any number)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

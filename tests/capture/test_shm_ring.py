@@ -146,6 +146,16 @@ def test_remove_stale_frees_only_objects_whose_creator_is_gone() -> None:
                 shm.unlink()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists a shared-memory folder")
+def test_a_name_with_a_number_no_process_can_have_is_stale_not_an_error(tmp_path) -> None:
+    """/dev/shm is anyone's to write in: a name whose number overflows a pid must not stop every start."""
+    for name in ("streamfuse_99999999999_a1", "sem.streamfuse_4294967296_b2", "streamfuse_0_c3"):
+        (tmp_path / name).write_bytes(b"")
+    assert sorted(remove_stale(directory=tmp_path)) == ["sem.streamfuse_4294967296_b2", "streamfuse_0_c3",
+                                                        "streamfuse_99999999999_a1"]
+    assert not process_alive(2**63) and not process_alive(0)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through /proc (Linux)")
 def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
     """A parent that reads a killed run's output to its end before reaping it (``subprocess.communicate``) leaves
