@@ -258,6 +258,32 @@ def test_a_bad_batch_is_refused_in_one_line_before_any_work(tmp_path):
             find_jobs(tmp_path / "pairs.txt", tmp_path / folder, ext=".nut")
 
 
+def test_paths_are_made_absolute_for_workers_in_other_folders(tmp_path, monkeypatch):
+    """A cluster's workers do not run in the driver's folder: relative inputs and outputs would name other files."""
+    _pairs(tmp_path / "src", ["a.nut"], 4)
+    (tmp_path / "pairs.txt").write_text("src/ir/a.nut src/vi/a.nut\n")
+    monkeypatch.chdir(tmp_path)
+    for given in ("src", "pairs.txt"):
+        [job] = find_jobs(given, "out", ext=".nut")
+        assert (job.ir, job.vis, job.out) == (tmp_path / "src/ir/a.nut", tmp_path / "src/vi/a.nut",
+                                              tmp_path / "out/a.nut")
+
+
+def test_ray_joins_the_cluster_of_ray_address_unless_given_another(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # as in a job that `ray job submit` started
+    assert RayEngine().address == "10.0.0.5:6379" and RayEngine(address="10.0.0.6:6379").address == "10.0.0.6:6379"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert RayEngine().address == ""  # a local Ray
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    with pytest.raises(OSError, match=f"^cannot make output folder {tmp_path / 'notes.txt' / 'out'}: "):
+        run_batch(cfg, find_jobs(src, tmp_path / "notes.txt" / "out", ext=".nut"))
+
+
 def test_a_pair_failing_with_any_ffmpeg_error_fails_alone(tmp_path, monkeypatch):
     """PyAV errors that derive from no OSError, ValueError or RuntimeError (a decoder not found, an external library's
     error) fail their pair alone with one line, as the others do, instead of ending the batch with a traceback."""

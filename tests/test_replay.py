@@ -462,6 +462,14 @@ def test_find_pairs_from_a_list_file(tmp_path):
     (tmp_path / "bad.txt").write_text("only-one-path\n")
     with pytest.raises(ValueError, match="bad.txt:1: expected 'IR_PATH VIS_PATH'"):
         find_pairs(tmp_path / "bad.txt")
+    # an editor's byte order mark; paths with spaces and '#' quoted or escaped, as a shell reads them
+    (tmp_path / "odd.txt").write_text("\ufeffrun\\ 1/ir.mp4\t'run 1/vis.mp4'\n\"take #2/ir.mp4\" take\\ \\#2/vis.mp4\n",
+                                      encoding="utf-8")
+    assert find_pairs(tmp_path / "odd.txt") == [(tmp_path / "run 1/ir.mp4", tmp_path / "run 1/vis.mp4"),
+                                               (tmp_path / "take #2/ir.mp4", tmp_path / "take #2/vis.mp4")]
+    (tmp_path / "open.txt").write_text("a.mp4 'b.mp4\n")
+    with pytest.raises(ValueError, match="open.txt:1: No closing quotation in \"a.mp4 'b.mp4\""):
+        find_pairs(tmp_path / "open.txt")
 
 
 def test_replay_config_is_valid_and_replays(tmp_path, clip):

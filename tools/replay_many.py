@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPUs per worker: torch's and FFmpeg's threads where engine.threads or "
                              "replay.codec_threads is 0 (ray: also each task's num_cpus)")
     parser.add_argument("--gpus", type=float, default=0.0, help="ray: GPUs per worker (fractions share one)")
-    parser.add_argument("--address", default="", help="ray: cluster to join (default: start a local Ray)")
+    parser.add_argument("--address", default=None,
+                        help="ray: cluster to join (default: $RAY_ADDRESS when set, else start a local Ray)")
     parser.add_argument("--retries", type=int, default=3, help="ray: runs again of a pair whose worker died")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -73,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         jobs = find_jobs(args.pairs, args.out, ext=args.ext, codec=cfg.replay.codec,
                          frames_dir=cfg.replay.frames_dir)
         engine = LocalEngine(threads=args.threads) if args.engine == "local" else RayEngine(
-            workers=args.workers, threads=args.threads, gpus=args.gpus, address=args.address, retries=args.retries)
+            workers=args.workers, threads=args.threads, gpus=args.gpus, retries=args.retries,
+            **({} if args.address is None else {"address": args.address}))
         summary = run_batch(cfg, jobs, engine, resume=args.resume)
     except ConfigError as exc:
         return config_error("replay_many", exc)

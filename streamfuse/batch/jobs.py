@@ -110,7 +110,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
             known container or one that cannot hold ``codec``, an output would overwrite an input (its own pair's or
             another's) or two pairs share an output.
     """
-    src, out_dir = Path(src), Path(out_dir)
+    src, out_dir = Path(src).absolute(), Path(out_dir).absolute()  # a cluster's workers run in other folders
     if src.is_dir() and not (src / "ir").is_dir():
         recordings = _recordings(src)
     else:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
+from streamfuse.errors import io_reason
 from streamfuse.replay.outputs import check_existing_output, check_no_partial, is_complete
 from streamfuse.signals import TERMINATE, handled
 
@@ -81,8 +82,7 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     before = {job: _done_before(job, cfg, resume) for job in jobs}
     results = [result for result in before.values() if result is not None]
     todo = [job for job, result in before.items() if result is None]
-    for folder in {job.out.parent for job in todo}:
-        folder.mkdir(parents=True, exist_ok=True)
+    _make_folders({job.out.parent for job in todo})
     quiet = None if cfg.replay.progress else True  # None: tqdm shows the bars on a terminal only
     work_cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False))
     interrupted = False
@@ -109,6 +109,14 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     if interrupted or summary.stopped:
         raise BatchInterrupted(summary)
     return summary
+
+
+def _make_folders(folders: set[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot make output folder {folder}: {io_reason(exc)}") from None
 
 
 def _done_before(job: PairJob, cfg: Any, resume: bool) -> PairResult | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import socket
 import threading
@@ -96,14 +97,15 @@ class RayEngine:
         workers: pairs run at once (on a local Ray, also the CPUs it gets: ``workers * threads``).
         threads: CPUs per worker (``num_cpus`` of a task; see :func:`worker_cfg`).
         gpus: GPUs per worker (``num_gpus``; fractions share a GPU); 0 on CPU-only clusters.
-        address: a running cluster to join (``ray.init(address=...)``); empty: start a local Ray.
+        address: a running cluster to join (``ray.init(address=...)``); empty: ``$RAY_ADDRESS`` when set (as in a
+            job ``ray job submit`` started), else start a local Ray.
         retries: runs again of a pair whose worker died (Ray ``max_retries``).
     """
 
     workers: int = 2
     threads: int = 1
     gpus: float = 0.0
-    address: str = ""
+    address: str = field(default_factory=lambda: os.environ.get("RAY_ADDRESS", ""))
     retries: int = 3
     _progress: tuple[str, Any] | None = field(default=None, init=False, repr=False)  # (Ray's address, the actor)
 

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import queue
+import shlex
 import threading
 import time
 from dataclasses import dataclass
@@ -304,8 +305,8 @@ def size_changed(vis: Input, frame: Frame, size: tuple[int, int], written: int) 
 
 
 def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """Recorded pairs to replay: a text file of ``IR VIS`` lines (relative paths are relative to the file; ``#``
-    starts a comment), or a folder with ``ir/`` and ``vi/`` (or ``vis/``) subfolders of same-named videos."""
+    """Recorded pairs to replay: a text file of ``IR VIS`` lines (relative paths are relative to the file; words as a
+    shell splits them: quotes or a backslash keep spaces in a path, ``#`` starts a comment), or a folder with ``ir/`` and ``vi/`` (or ``vis/``) subfolders of same-named videos."""
     src = Path(list_or_dir)
     if src.is_dir():
         vis_dir = next((src / d for d in ("vi", "vis") if (src / d).is_dir()), None)
@@ -328,15 +329,19 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
     if not src.is_file():
         raise FileNotFoundError(f"pair list not found: {src}")
     try:
-        text = src.read_text()
+        text = src.read_text(encoding="utf-8-sig")  # an editor's byte order mark is not part of the first path
     except UnicodeDecodeError:  # a video or a recording given where its list belongs
         raise ValueError(f"{src} is not a pair list (a text file of 'IR VIS' lines) nor a folder of pairs") from None
     pairs = []
     for n, line in enumerate(text.splitlines(), 1):
-        parts = line.split("#", 1)[0].split()
+        try:  # as a shell reads words: a path with spaces or '#' in quotes or escaped
+            parts = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise ValueError(f"{src}:{n}: {exc} in {line.strip()!r}") from None
         if not parts:
             continue
         if len(parts) != 2:
-            raise ValueError(f"{src}:{n}: expected 'IR_PATH VIS_PATH', got {line.strip()!r}")
+            raise ValueError(f"{src}:{n}: expected 'IR_PATH VIS_PATH' (quote a path with spaces), got "
+                             f"{line.strip()!r}")
         pairs.append(tuple(p if p.is_absolute() else src.parent / p for p in map(Path, parts)))
     return pairs
