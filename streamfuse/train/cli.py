@@ -22,6 +22,7 @@ import logging
 import sys
 import textwrap
 from pathlib import Path
+from typing import NoReturn
 
 from streamfuse.cli.args import data_dir
 from streamfuse.train.config import SECTIONS, load_setup
@@ -81,6 +82,12 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
+def _stopped(line: str) -> NoReturn:
+    """The user stopped the run: the line, and exit status 130 as every command gives (128 + SIGINT)."""
+    print(line, file=sys.stderr)
+    raise SystemExit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The training command: parse ``argv``, run, exit with one line on bad input."""
     parser = argparse.ArgumentParser(prog="python -m streamfuse train", description=__doc__, epilog=_settings_help(),
@@ -100,12 +107,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"train: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        raise SystemExit("train: interrupted") from None
+        _stopped("train: interrupted")
     try:
         path = run_training(args.data, args.out, setup, resume=args.resume, ckpt_minutes=args.ckpt_minutes,
                             init=args.init)
-    except (OSError, ValueError) as exc:  # InterruptedError (an OSError): stopped by Ctrl-C or SIGTERM, saved
+    except InterruptedError as exc:  # stopped by Ctrl-C, SIGTERM or SIGHUP: what was learnt is saved
+        _stopped(f"train: {exc}")
+    except (OSError, ValueError) as exc:
         raise SystemExit(f"train: {exc}") from None
     except KeyboardInterrupt:  # outside run_training's handlers (while parsing, or once it is done): nothing to save
-        raise SystemExit("train: interrupted") from None
+        _stopped("train: interrupted")
     log.info("EMA weights: %s", path)

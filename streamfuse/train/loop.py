@@ -263,6 +263,8 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     log.info("%d training pairs from %s", len(pairs), data)
     resolved = setup.to_dict()
     resolved["train"]["init"] = str(init) if init else None
+    if resume:
+        _check_unchanged(out / "train_config.yaml", resolved)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -270,6 +272,27 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     _atomic(out / "train_config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False)))
     run.net.train()
     return run, sampler, resolved
+
+
+def _check_unchanged(earlier: Path, resolved: dict) -> None:
+    """Refuse (one line) to resume a run with other settings than it started with: its batches and losses would no
+    longer be those of one run, yet its config file would say they were. CPU threads may change, and so may the
+    budget (``steps``, ``minutes``: a finished run trained further; warned, as the schedule's remainder changes)."""
+    try:
+        before = yaml.safe_load(earlier.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot resume: {earlier}, the run's settings, is unreadable ({io_reason(exc)})") from None
+    now = yaml.safe_load(yaml.safe_dump(resolved))  # as the file holds it: a tuple reads back as a list
+    changed = [f"{section}.{key} {before[section][key]!r} -> {value!r}" for section, values in now.items()
+               for key, value in values.items() if (section, key) != ("train", "threads")
+               and key in (before.get(section) or {}) and before[section][key] != value]
+    if budget := [c for c in changed if c.startswith(("train.steps ", "train.minutes "))]:
+        log.warning("resuming with another budget (%s): the learning rate's schedule follows it from here",
+                    ", ".join(budget))
+        changed = [c for c in changed if c not in budget]
+    if changed:
+        raise ValueError(f"cannot resume with other settings than the run started with ({', '.join(changed)}): give "
+                         f"the same, or start another --out")
 
 
 def _loop(run: _Run, sampler: PairSampler, setup: TrainSetup, out: Path, resolved: dict, ckpt_minutes: float,

@@ -42,11 +42,16 @@ def data(tmp_path: Path) -> Path:
 
 
 def _fails(argv: list[str]) -> str:
-    """The one-line message ``train.main(argv)`` exits with (a config error's printed, with its status 2)."""
+    """The one-line message ``train.main(argv)`` exits with (a config error's printed, with its status 2; a stop by
+    the user's printed, with 130)."""
     printed = io.StringIO()
     with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(printed):
         train.main(argv)
-    message = printed.getvalue().removesuffix("\n") if info.value.code == 2 else str(info.value)
+    message = str(info.value)
+    if info.value.code == 2:
+        message = printed.getvalue().removesuffix("\n")
+    elif info.value.code == 130:  # after the progress bar's lines
+        message = printed.getvalue().removesuffix("\n").rpartition("\n")[2]
     assert info.value.code != 0 and message and "\n" not in message
     return message
 

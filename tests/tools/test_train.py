@@ -3,6 +3,7 @@ msrs/test excluded, settings through the one override parser."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,9 +55,14 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
     assert resolved["train"]["steps"] == 3 and resolved["model"]["widths"] == [4, 8]
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 3
 
+    with pytest.raises(SystemExit, match=r"^train: cannot resume with other settings than the run started with "
+                                         r"\(loss.gradient 40.0 -> 7.0, train.batch 2 -> 1\): give the same, or start "
+                                         r"another --out$"):
+        train.main([*common[:4], "--batch", "1", *common[6:], "--loss.gradient", "7", "--steps", "5", "--resume"])
+    assert yaml.safe_load((out / "train_config.yaml").read_text()) == resolved  # the run's settings, as they were
     with caplog.at_level("INFO", logger="train"):
         train.main([*common, "--steps", "5", "--resume"])
-    assert "resumed" in caplog.text
+    assert "resumed" in caplog.text and "resuming with another budget (train.steps 3 -> 5)" in caplog.text
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 5
 
     from streamfuse.model import load_weights
@@ -171,7 +177,7 @@ def test_runs_that_would_write_over_something_or_mean_nothing_are_one_line(data,
     assert not (data / "runs").exists() and not (tmp_path / "none").exists() and not (tmp_path / "d").exists()
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resume_continues(data, tmp_path, monkeypatch):
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(data, tmp_path, monkeypatch, capsys):
     from streamfuse.train import loop
 
     real_optimise, calls = loop._optimise, []
@@ -184,8 +190,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(data, tmp_path, monkeyp
 
     monkeypatch.setattr(loop, "_optimise", interrupted)
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match=r"stopped at step 2; .*checkpoint.pt saved: --resume continues"):
+    with pytest.raises(SystemExit) as stopped:
         train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "5"])
+    assert stopped.value.code == 130  # as every command stopped by the user
+    assert re.match(r"train: stopped at step 2; .*checkpoint.pt saved: --resume continues",
+                    capsys.readouterr().err.splitlines()[-1])  # after the progress bar
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 2
     monkeypatch.setattr(loop, "_optimise", real_optimise)
     train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "5", "--resume"])
