@@ -1,7 +1,8 @@
 """Outputs that a crash never leaves looking complete: the temporary name, and the writer thread behind it.
 
 Every output (recording, fused video, evaluation table or image) is written under a hidden temporary name
-(``.NAME.partial``) and renamed only when complete. The rename is :func:`durable_replace`: the bytes reach the disk
+(``.NAME.partial``; ``.NAME.<random>.partial`` for a whole file written at once, so two writers never share one) and
+renamed only when complete. The rename is :func:`durable_replace`: the bytes reach the disk
 before it, so a power loss (a robot's battery) never leaves a final name over a file the disk had not yet written.
 The disk and codec work runs on a :class:`WriterThread`, so it overlaps the caller's work.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -60,23 +62,67 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` through its temporary name: a full disk or Ctrl-C leaves no truncated file at ``path``.
+def write_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """``data`` to ``path`` through a temporary file of its own: a full disk or Ctrl-C leaves no truncated file at
+    ``path``, and two writers of one name never share a temporary file.
+
+    Args:
+        exclusive: never replace a file already at ``path``: ``FileExistsError`` then (``subscribe --save`` takes
+            the next name), decided in one step (a hard link), so two processes cannot both take a name.
 
     Raises:
         RuntimeError: one line naming ``path`` and the OS's reason (the temporary file removed).
     """
     direct = Path(path).exists() and not Path(path).is_file()  # a device or pipe (/dev/stdout): never replaced
     real = Path(path) if direct else Path(path).resolve()  # a symlink keeps pointing at the new file
-    partial = None if direct else partial_path(real)
+    partial = None
     try:
-        (partial or real).write_bytes(data)
-        if partial is not None:
+        if direct:
+            real.write_bytes(data)
+            return
+        partial = _new_partial(real)
+        partial.write_bytes(data)
+        if exclusive:
+            _link_new(partial, real)
+        else:
             durable_replace(partial, real)
+    except FileExistsError:
+        raise
     except OSError as exc:
+        raise RuntimeError(f"cannot write {path}: {io_reason(exc)}") from None
+    finally:
         if partial is not None:
             partial.unlink(missing_ok=True)
-        raise RuntimeError(f"cannot write {path}: {io_reason(exc)}") from None
+
+
+def _new_partial(path: Path) -> Path:
+    """A new, empty temporary file beside ``path``, ``.NAME.<random>.partial``: made here (not opened through a link
+    planted under its name), and no other writer's."""
+    while True:
+        partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+            return partial
+        except FileExistsError:
+            continue
+
+
+def _link_new(src: Path, dst: Path) -> None:
+    """Give the flushed file ``src`` the name ``dst`` unless a file has it (``FileExistsError``)."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: a check, then the rename
+        if dst.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
+        os.replace(src, dst)
+    _sync_folder(dst.parent)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

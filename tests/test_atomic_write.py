@@ -4,6 +4,7 @@ the disk had not written yet."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -47,7 +48,9 @@ def _renamed_durably(events: list[tuple[str, ...]], src: Path, dst: Path) -> boo
 def test_a_table_or_image_reaches_the_disk_before_its_rename(tmp_path, disk_events):
     out = tmp_path.resolve() / "table.csv"
     write_file(out, b"a,b\n1,2\n")
-    assert _renamed_durably(disk_events, partial_path(out), out) and out.read_bytes() == b"a,b\n1,2\n"
+    [partial] = [Path(e[1]) for e in disk_events if e[0] == "replace" and e[2] == str(out)]
+    assert re.fullmatch(r"\.table\.csv\.[0-9a-f]{8}\.partial", partial.name) and partial.parent == out.parent
+    assert _renamed_durably(disk_events, partial, out) and out.read_bytes() == b"a,b\n1,2\n"
 
 
 def test_a_fused_video_reaches_the_disk_before_its_rename(tmp_path, disk_events):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamfuse.atomic_write import partial_path, write_file, write_png
+from streamfuse.atomic_write import write_file, write_png
 from streamfuse.evaluation import check_outputs
 
 
@@ -53,7 +53,25 @@ def test_a_symlink_keeps_pointing_at_the_new_file(tmp_path):
     link.symlink_to(target)
     write_file(link, b"{}\n")
     assert link.is_symlink() and target.read_bytes() == b"{}\n"
-    assert not partial_path(target).exists() and not partial_path(link).exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["latest.json", "runs", "summary.json"]  # no partial file
+
+
+def test_an_exclusive_write_never_takes_a_name_another_writer_took(tmp_path):
+    """Two processes saving frames into one folder (subscribe --save): a name is one writer's, decided in one step."""
+    path = tmp_path / "fused_00000001.png"
+    write_file(path, b"first", exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_file(path, b"second", exclusive=True)
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_link_planted_at_a_temporary_name_is_not_followed(tmp_path):
+    """The temporary name is new each time and made, not opened: writers never share it or write through a link."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (tmp_path / ".metrics.csv.partial").symlink_to(precious)  # the fixed name earlier versions wrote through
+    write_file(tmp_path / "metrics.csv", b"method,image\n")
+    assert precious.read_text() == "keep me" and (tmp_path / "metrics.csv").read_bytes() == b"method,image\n"
 
 
 def test_a_device_is_written_to_not_replaced():
