@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import re
 import typing
@@ -36,6 +37,8 @@ from streamfuse.sync import SyncConfig
 from streamfuse.telemetry import TelemetryConfig
 
 __all__ = ["ConfigError", "PipelineConfig", "MOVED", "PATH_KEYS", "load_config", "config_from_dict", "dump_config"]
+
+log = logging.getLogger(__name__)
 
 #: Keys of earlier layouts -> where they are now; such a key fails with one line naming its new place.
 MOVED = {
@@ -157,6 +160,10 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
             raise ValueError(f"vis.palette={built['vis'].palette!r}: a palette is the IR camera's (ir.palette)")
     except ValueError as exc:
         raise ConfigError(f"{source_file}: {exc}") from None
+    model = built["hclfuse"]
+    if model.sampler == "student" and model.steps != HCLFuseConfig.steps:  # else a comparison of K compares nothing
+        log.warning("%s: hclfuse.steps=%d sets the teacher's steps; the student sampler takes one (add "
+                    "hclfuse.sampler=teacher)", source_file, model.steps)
     return PipelineConfig(**built, source_file=source_file)
 
 

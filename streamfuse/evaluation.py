@@ -11,12 +11,9 @@ Images may have any size; visible images may be colour (BGR, Y taken) or grey; 3
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,18 +27,18 @@ from streamfuse.bitdepth import To8Bit, read_8bit
 from streamfuse.checks import ConfigError, apply_overrides, load_yaml
 from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
 from streamfuse.configs import resolve
+from streamfuse.eval_report import check_outputs, markdown_table, tile, write_csv, write_montage
 from streamfuse.fusers import BaselineConfig, Fuser
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import vis_luma
 from streamfuse.processor import FrameProcessor, config_fuser, still_pair
 
-__all__ = ["Method", "find_pairs", "image_files", "read_grey", "read_pair", "check_outputs",
-           "fused_dir_method", "fuser_method", "config_method", "evaluate_dir", "EvalResult", "markdown_table"]
+__all__ = ["Method", "find_pairs", "image_files", "read_grey", "read_pair", "fused_dir_method", "fuser_method",
+           "config_method", "evaluate_dir", "EvalResult"]
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-TILE_HEIGHT = 240  # montage tile height in pixels (width keeps the aspect ratio)
 FUSER_SECTIONS = ("fuse", "hclfuse", "engine", "baseline", "align")  # what a --fuser method is configured by
 _INLINE = {name: [f.name for f in dataclasses.fields(cls)]  # NAME:key=value keys, by section
            for name, cls in (("hclfuse", HCLFuseConfig), ("engine", EngineConfig), ("baseline", BaselineConfig))}
@@ -85,34 +82,14 @@ def image_files(folder: Path, what: str, wanted: set[str] | None = None) -> dict
     """Images in ``folder`` by stem; ``what`` names it in the error when it is missing or holds none of ``wanted``."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder {'is a file' if folder.exists() else 'not found'}: {folder}")
-    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and files.setdefault(p.stem, p) != p:
+            log.warning("%s: %s and %s share a name; %s is used", folder, files[p.stem].name, p.name,
+                        files[p.stem].name)
     if wanted and not wanted & files.keys():
         raise FileNotFoundError(f"{what}: none of the {len(wanted)} pairs has its image in {folder} (named as its IR)")
     return files
-
-
-def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str | Path | None],
-                  files: dict[str, str | Path | None] | None = None) -> None:
-    """Refuse (``ValueError``, one line) an output folder that is a file or file that is a folder, one that cannot be
-    written, and any that is, or lies in, an input folder (symlinks resolved): inputs are never written over.
-
-    Each dict maps what a path is (``"IR"``, ``"save folder"``) to the path; ``None`` paths are skipped.
-    """
-    outputs = {what: out for what, out in {**folders, **(files or {})}.items() if out is not None}
-    for what, out in outputs.items():
-        real, is_folder = Path(out).resolve(), what in folders
-        if real.exists() and real.is_dir() != is_folder:
-            raise ValueError(f"{what} {out} exists and is not a {'folder' if is_folder else 'file'}")
-        device = not is_folder and real.exists() and not real.is_file()  # /dev/null, a pipe: written as it is
-        existing = real if device else next(p for p in (real if is_folder else real.parent, *real.parents)
-                                            if p.exists())
-        why = "a file" if existing != real and not existing.is_dir() else "not writable"
-        if why == "a file" or not os.access(existing, os.W_OK):  # found now, not once the run's work is done
-            raise ValueError(f"{what} {out} cannot be written: {existing} is {why}")
-        for kind, folder in inputs.items():
-            if folder is not None and Path(folder).resolve() in (real, *real.parents):
-                raise ValueError(f"{what} {out} is or lies in the {kind} folder {folder}; write outputs elsewhere "
-                                 "(inputs are never written over)")
 
 
 def find_pairs(dir_ir: str | Path, dir_vis: str | Path, limit: int = 0) -> list[tuple[str, Path, Path]]:
@@ -122,13 +99,18 @@ def find_pairs(dir_ir: str | Path, dir_vis: str | Path, limit: int = 0) -> list[
     if not stems:
         raise ValueError(f"no IR/visible pairs with matching file names in {dir_ir} and {dir_vis}")
     if len(stems) < max(len(ir), len(vis)):
-        log.warning("%d IR and %d visible images have no partner", len(ir) - len(stems), len(vis) - len(stems))
+        alone = sorted((ir.keys() | vis.keys()) - set(stems))
+        log.warning("%d IR images in %s and %d visible images in %s have no partner (first: %s)",
+                    len(ir) - len(stems), dir_ir, len(vis) - len(stems), dir_vis, alone[0])
     return [(s, ir[s], vis[s]) for s in stems[:limit or None]]
 
 
 def fused_dir_method(spec: str) -> Method:
-    """``NAME=DIR`` or ``DIR`` (named after the folder): another method's fused images."""
-    name, _, path = spec.rpartition("=")
+    """``NAME=DIR`` or ``DIR`` (named after the folder): another method's fused images. A folder whose path holds
+    ``=`` is a ``DIR``: ``NAME`` is a plain name, before the first ``=``."""
+    name, _, path = spec.partition("=")
+    if not path or "/" in name or Path(spec).is_dir():
+        name, path = "", spec
     image_files(Path(path), "fused")  # a missing folder, or a file: one line now
     return Method(name or Path(path).name, fused_dir=Path(path))
 
@@ -190,23 +172,6 @@ def _montage_stems(pairs: list[tuple[str, Path, Path]], rows: int) -> list[str]:
     return [brightness[i][1] for i in picks]
 
 
-def _tile(img: np.ndarray, label: str) -> np.ndarray:
-    h, w = img.shape
-    tile = cv2.resize(img, (max(1, round(w * TILE_HEIGHT / h)), TILE_HEIGHT), interpolation=cv2.INTER_AREA)
-    tile = cv2.cvtColor(tile, cv2.COLOR_GRAY2BGR)
-    cv2.putText(tile, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(tile, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 255, 255), 1, cv2.LINE_AA)
-    return tile
-
-
-def _write_montage(path: Path, tiles: dict[str, list[np.ndarray]]) -> None:
-    rows = [np.hstack(row) for row in tiles.values() if row]
-    width = max(r.shape[1] for r in rows)
-    rows = [cv2.copyMakeBorder(r, 0, 2, 0, width - r.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255))
-            for r in rows]
-    write_file(path, cv2.imencode(".png", np.vstack(rows))[1].tobytes())
-
-
 def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method], out_dir: str | Path, *,
                  save_dir: str | Path | None = None, limit: int = 0, montage_rows: int = 4,
                  reference: str | None = None) -> EvalResult:
@@ -255,7 +220,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         if reference is not None:
             _compare(result.rows[len(result.rows) - len(outputs):], outputs, outputs.get(reference))
         if stem in shown:
-            tiles[stem] = [_tile(ir, f"IR {stem}"), _tile(vis_y, "visible"), *(_tile(f, n) for n, f in outputs.items())]
+            tiles[stem] = [tile(ir, f"IR {stem}"), tile(vis_y, "visible"), *(tile(f, n) for n, f in outputs.items())]
     for m in methods:
         if result.missing[m.name]:
             log.warning("%s: %d of %d fused images missing", m.name, result.missing[m.name], len(pairs))
@@ -263,9 +228,9 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             result.means[m.name] = _means(rows, m.fuser is not None, pixels if reference is not None else None)
         if m.config is not None:
             dump_config(m.config, out_dir / f"{Path(m.config.source_file).stem}.resolved.yaml")
-    _write_csv(out_dir / "metrics.csv", result.rows)
+    write_csv(out_dir / "metrics.csv", result.rows)
     write_file(out_dir / "metrics.md", f"{markdown_table(result.means)}\n".encode())
-    _write_montage(out_dir / "montage.png", tiles)
+    write_montage(out_dir / "montage.png", tiles)
     return result
 
 
@@ -299,6 +264,10 @@ def _check_methods(methods: list[Method], reference: str | None) -> None:
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
+    configs = [Path(m.config.source_file).stem for m in methods if m.config is not None]
+    if twice := {c for c in configs if configs.count(c) > 1}:  # their resolved configs would share one file
+        raise ValueError(f"two --config files named {sorted(twice)[0]}.yaml: rename one (each method's resolved "
+                         f"config is written as <config name>.resolved.yaml)")
     if reference is not None and reference not in names:
         raise ValueError(f"reference {reference!r} is not one of the methods {names}")
     for m in methods:
@@ -374,27 +343,3 @@ def _finite_mean(rows: list[dict[str, Any]], key: str) -> float:
 def _safe(name: str) -> str:
     """A file-name-safe version of a method name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    text = io.StringIO(newline="")
-    delta = ["delta_grey", "mse_ref"] if rows and "delta_grey" in rows[0] else []
-    writer = csv.DictWriter(text, fieldnames=["method", "image", *metrics.METRICS, "ms", *delta])
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-    write_file(path, text.getvalue().encode())
-
-
-def markdown_table(means: dict[str, dict[str, float]]) -> str:
-    """One row per method: pairs scored, the mean of every metric and the median ms per frame (``-`` if not run), and
-    the mean |F - F_ref| in grey levels when :func:`evaluate_dir` was given a reference."""
-    heads = [metrics.LABELS.get(k, k) for k in metrics.METRICS]
-    delta = any("delta_grey" in m for m in means.values())
-    tail = " | ms/frame |" + (" delta grey |" if delta else "")
-    lines = ["| method | n | " + " | ".join(heads) + tail, "|---" * (len(heads) + 3 + delta) + "|"]
-    for name, m in means.items():
-        ms = "-" if np.isnan(m["ms"]) else f"{m['ms']:.1f}"
-        cells = f"| {name} | {m['n']} | " + " | ".join(f"{m[k]:.3f}" for k in metrics.METRICS) + f" | {ms} |"
-        lines.append(cells + (f" {m['delta_grey']:.3f} |" if delta else ""))
-    return "\n".join(lines)

@@ -68,6 +68,18 @@ def test_missing_file():
         load_config("no/such/config.yaml")
 
 
+def test_the_teachers_steps_set_for_the_student_are_warned_of(tmp_path, caplog):
+    """A comparison of K with the student sampler compares nothing: say so where the setting is made."""
+    path = _write(tmp_path, "hclfuse:\n  sampler: student\n")
+    with caplog.at_level("WARNING", logger="streamfuse.config"):
+        load_config(path, ["hclfuse.steps=20"])  # the default: a resolved config says it, and means nothing more
+        load_config(path, ["hclfuse.sampler=teacher", "hclfuse.steps=4"])
+        assert not caplog.records
+        load_config(path, ["hclfuse.steps=4"])
+    assert caplog.messages == [f"{path}: hclfuse.steps=4 sets the teacher's steps; the student sampler takes one "
+                               "(add hclfuse.sampler=teacher)"]
+
+
 def test_overrides_are_parsed_and_validated(tmp_path):
     path = _write(tmp_path, "hclfuse:\n  steps: 4\n")
     cfg = load_config(path, ["hclfuse.steps=2", "--sync.slop_ms=12.5", "ir.kind=synthetic"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamfuse.atomic_write import write_file, write_png
-from streamfuse.evaluation import check_outputs
+from streamfuse.eval_report import check_outputs
 
 
 def test_a_full_disk_leaves_the_earlier_file_and_no_partial_one(tmp_path, monkeypatch):

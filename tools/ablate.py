@@ -45,8 +45,8 @@ from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import config_error, data_dir, int_at_least  # noqa: E402
 from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
-from streamfuse.evaluation import (EvalResult, Method, check_outputs, evaluate_dir, find_pairs,  # noqa: E402
-                                   read_pair)
+from streamfuse.eval_report import check_outputs  # noqa: E402
+from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, read_pair  # noqa: E402
 from streamfuse.processor import config_fuser  # noqa: E402
 
 # after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads

@@ -34,7 +34,7 @@ from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
 from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import int_at_least  # noqa: E402
-from streamfuse.evaluation import check_outputs  # noqa: E402
+from streamfuse.eval_report import check_outputs  # noqa: E402
 
 
 def frames_at(path: Path, wanted: set[int], ir: bool = False) -> dict[int, np.ndarray]:

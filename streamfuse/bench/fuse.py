@@ -16,6 +16,7 @@ import argparse
 import itertools
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections import deque
@@ -68,7 +69,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads; 0 = all cores")
     p.add_argument("--weights", default="", help="HCLFuse weights file; '' = shipped; 'random' = untrained")
     p.add_argument("--tiny", action="store_true", help="smoke run: 64x48 frames, 3 per case, 1 warm-up")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    if args.steps and args.sampler == "student":
+        p.error("--steps are the teacher's DDIM steps: add --sampler teacher (the student takes one)")
+    if args.fuser != "hclfuse" and (model := given & _MODEL_OPTIONS):
+        p.error(f"{sorted(model)[0]} is an option of --fuser hclfuse; --fuser {args.fuser} runs on the CPU, one frame "
+                f"at a time")
+    if args.tiny and "--sizes" in given:
+        p.error("--tiny runs 64x48 frames: give --tiny or --sizes")
+    return args
+
+
+_MODEL_OPTIONS = {"--sampler", "--steps", "--image-guidance", "--batch", "--graphs", "--precision",
+                  "--weights"}  # what a baseline fuser has not
 
 
 def batch_sizes(text: str) -> list[int]:

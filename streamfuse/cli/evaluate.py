@@ -11,7 +11,8 @@ metrics.csv (per image), metrics.md (means per method, with ms per frame for fus
 Examples:
   python -m streamfuse evaluate ../shared/data/msrs/test/ir ../shared/data/msrs/test/vi \\
       --fused seafusion=../shared/data/reference/seafusion/msrs_test --fuser max --fuser max:sharpen=1
-  python -m streamfuse evaluate IR_DIR VIS_DIR --config eval --set hclfuse.steps=2 --save out/fused
+  python -m streamfuse evaluate IR_DIR VIS_DIR --config eval --set hclfuse.sampler=teacher --set hclfuse.steps=4 \\
+      --save out/fused
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "fuse settings")
     p.add_argument("--fuser", action="append", default=[], metavar="NAME[:key=value,...]",
                    help="fuser by name with keys of its hclfuse, engine or baseline section, e.g. max:sharpen=1 or "
-                        "hclfuse:steps=2; repeatable")
+                        "hclfuse:sampler=teacher,steps=4; repeatable")
     p.add_argument("--set", action="append", default=[], metavar="stage.key=value", dest="overrides",
-                   help="dotted override for every --config/--fuser method, e.g. hclfuse.steps=2")
+                   help="dotted override for every --config/--fuser method, e.g. hclfuse.guidance=false")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="also write each fuser's output as DIR/<stem>.png (DIR/<method>/ with several fusers)")
     p.add_argument("--out", default="out/evaluate", metavar="DIR", help="where the CSV, table and montage go")

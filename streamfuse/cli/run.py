@@ -3,7 +3,7 @@
 Live:    python -m streamfuse run --config demo
 Replay:  python -m streamfuse replay --config replay --ir IR.mp4 --vis VIS.mp4 --out fused.mp4
 --config takes a shipped config's name (demo, rig, replay, eval) or the path of a YAML file. Any config value can be
-overridden: --set hclfuse.steps=2 --set engine.device=cpu
+overridden: --set hclfuse.sampler=teacher --set hclfuse.steps=4 --set engine.device=cpu
 """
 
 from __future__ import annotations

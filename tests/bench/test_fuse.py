@@ -61,6 +61,12 @@ def test_cuda_without_gpu_is_one_line():
     (["--precision", "fp32,fp64"], "argument --precision: 'fp64' is not one of fp32, fp16, bf16"),
     (["--fuser", "bogus"], "argument --fuser: invalid choice: 'bogus' (choose from 'hclfuse', 'average', "
                            "'laplacian', 'max', 'rule')"),
+    (["--steps", "4"], "--steps are the teacher's DDIM steps: add --sampler teacher (the student takes one)"),
+    (["--fuser", "max", "--batch", "2"], "--batch is an option of --fuser hclfuse; --fuser max runs on the CPU, one "
+                                         "frame at a time"),
+    (["--fuser", "rule", "--weights=w.pt"], "--weights is an option of --fuser hclfuse; --fuser rule runs on the CPU, "
+                                            "one frame at a time"),
+    (["--tiny", "--sizes", "320x240"], "--tiny runs 64x48 frames: give --tiny or --sizes"),
 ])
 def test_bad_sizes_and_frames_are_refused_when_parsing(args, message, capsys):
     from streamfuse.bench.fuse import parse_args

@@ -14,7 +14,8 @@ import pytest
 
 from streamfuse import metrics
 from streamfuse.cli.evaluate import EVAL_CONFIG, main
-from streamfuse.evaluation import Method, config_method, evaluate_dir, read_grey
+from streamfuse.configs import resolve
+from streamfuse.evaluation import Method, config_method, evaluate_dir, find_pairs, fused_dir_method, read_grey
 from streamfuse.fusers import FuseConfig
 from streamfuse.processor import build_fuser
 
@@ -145,6 +146,32 @@ def test_config_errors_are_one_line_and_exit_2_as_in_run(evaluate, pairs, tmp_pa
     assert evaluate([str(ir_dir), str(vis_dir), *args, "--out", str(tmp_path / "out")]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("evaluate: config error: ") and message.format(tmp=tmp_path) in line
+
+
+def test_a_fused_folder_whose_path_holds_an_equals_sign_is_a_folder(pairs, tmp_path):
+    fused = tmp_path / "gain=1.25"
+    fused.mkdir()
+    for spec, name in ((str(fused), "gain=1.25"), (f"mine={fused}", "mine")):
+        method = fused_dir_method(spec)
+        assert (method.name, method.fused_dir) == (name, fused)
+
+
+def test_two_configs_of_one_file_name_are_refused(evaluate, pairs, tmp_path):
+    ir_dir, vis_dir = pairs
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "eval.yaml").write_text(Path(resolve(EVAL_CONFIG)).read_text().replace("hclfuse\n", "max\n"))
+    with pytest.raises(SystemExit, match="^evaluate: two --config files named eval.yaml: rename one"):
+        evaluate([str(ir_dir), str(vis_dir), "--config", "eval", "--config", str(tmp_path / "b" / "eval.yaml"),
+                  "--out", str(tmp_path / "out")])
+
+
+def test_images_without_a_partner_or_sharing_a_name_are_named(pairs, caplog):
+    ir_dir, vis_dir = pairs
+    cv2.imwrite(str(ir_dir / "p0.jpg"), np.zeros((45, 70), np.uint8))
+    with caplog.at_level("WARNING", logger="streamfuse.evaluation"):
+        assert [s for s, _, _ in find_pairs(ir_dir, vis_dir)] == ["p0", "p1", "p2"]
+    assert f"{ir_dir}: p0.jpg and p0.png share a name; p0.jpg is used" in caplog.text
+    assert f"0 IR images in {ir_dir} and 1 visible images in {vis_dir} have no partner (first: orphan)" in caplog.text
 
 
 def test_missing_fused_images_are_counted(evaluate, pairs, tmp_path, caplog):
