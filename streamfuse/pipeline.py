@@ -118,7 +118,10 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
 
 def _log_recording_failure(rec: Recorder | None) -> None:
     """At the end of a run whose recording failed: what was kept of it, and how to finish it."""
-    if rec is not None and rec.error is not None:
+    if rec is not None and rec.finished:
+        log.error("recording failed: %s was not given its name (%s); it holds %d IR and %d visible frames, whole: "
+                  "rename it to %s", partial_path(rec.path), rec.error, rec.counts["ir"], rec.counts["vis"], rec.path)
+    elif rec is not None and rec.error is not None:
         log.error("recording failed: %s was not completed (%s); what was recorded until then is kept in %s "
                   "(`python -m streamfuse recover` makes a finished recording of it)", rec.path, rec.error,
                   partial_path(rec.path))

@@ -139,6 +139,7 @@ class Recorder:
         self.counts = {s: 0 for s in TOPICS}
         self.dropped = {s: 0 for s in TOPICS}  # frames the disk could not keep up with, or after a write error
         self.error: str | None = None  # why the recording stopped, once it has
+        self.finished = False  # the error came only at the final rename: the .partial file is the whole recording
         # frames in chunks on disk, and in the chunk being filled (by the writer thread): a write error loses the latter
         self._written = {s: 0 for s in TOPICS}
         self._unflushed = {s: 0 for s in TOPICS}
@@ -265,7 +266,12 @@ class Recorder:
             self._file.close()
         if self.error is not None:
             return
-        durable_replace(self._partial, self.path)
+        try:
+            durable_replace(self._partial, self.path)
+        except OSError as exc:  # finished, only not renamed: the run's end must still say so, and where it is
+            self.error = io_reason(exc)
+            self.finished = True
+            return
         log.info("recorded %d IR and %d visible frames to %s", self.counts["ir"], self.counts["vis"], self.path)
         if any(self.dropped.values()):
             log.warning("%s lacks %d IR and %d visible frames that the disk could not keep up with; a replay of it "

@@ -215,6 +215,28 @@ def test_a_full_disk_when_finishing_keeps_the_partial_file(tmp_path, rng, monkey
     assert caplog.text.count("recording stopped: finishing recording") == 1
 
 
+def test_a_recording_that_cannot_take_its_name_says_it_is_whole_and_where(tmp_path, rng, monkeypatch, caplog):
+    """The folder turned read-only (or immutable) before the end: the run's end says the .partial file is the whole
+    recording and to rename it, not that it was cut (recover would find nothing to do)."""
+    import streamfuse.recording
+    from streamfuse.pipeline import _log_recording_failure
+
+    def refused(src, dst):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(streamfuse.recording, "durable_replace", refused)
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        for frame in _frames(rng, 4):
+            rec.write(frame)
+    assert (rec.finished, rec.error) == (True, "Operation not permitted") and not path.exists()
+    assert len(list(read_recording(partial_path(path)))) == 8 == rec.counts["ir"] + rec.counts["vis"]  # whole
+    with caplog.at_level(logging.ERROR):
+        _log_recording_failure(rec)
+    assert caplog.messages == [f"recording failed: {partial_path(path)} was not given its name (Operation not "
+                               f"permitted); it holds 4 IR and 4 visible frames, whole: rename it to {path}"]
+
+
 def test_a_recording_never_writes_over_an_existing_file(tmp_path, rng):
     """An earlier recording, a live run's own input recording, or the partial file of a run that did not finish (an
     input video is not a .mcap name, refused by the config)."""
