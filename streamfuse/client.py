@@ -21,12 +21,12 @@ import numpy as np
 import zmq
 
 from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
-from streamfuse.connection_watch import connect_sub
+from streamfuse.connection_watch import connect_sub, on_this_host
 from streamfuse.pool_ring import RingError
 from streamfuse.ring_cursor import RingCursor
 from streamfuse.shm_pool import NotAPool, PoolError, PoolReader, ring_supported, shm_supported
-from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, decode_header, raw_image,
-                             reachable_from_other_machines, ring_topic, shm_topic)
+from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, consumer_topic, decode_header, raw_image,
+                             ring_topic, shm_topic)
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
 
@@ -43,7 +43,7 @@ class Subscriber:
     Args:
         endpoint: the publisher's endpoint, e.g. ``tcp://127.0.0.1:5555`` (IPv6: ``tcp://[::1]:5555``); reconnects
             are automatic.
-        topic: topic prefix to receive (``fused/`` = every rig).
+        topic: topic prefix to receive (``fused/`` = every rig; bytes: UTF-8); not a ``shm/`` or ``ring/`` one.
         timeout_s: longest wait of one :meth:`recv`, seconds; iteration stops after one such silent wait. Also how
             long a host name that does not resolve (yet) is looked up again before giving up.
         latest: return only the newest frame (live viewers). A reader thread takes every frame off the socket
@@ -52,8 +52,9 @@ class Subscriber:
         rcvhwm: messages queued on this side before ZeroMQ stops reading from the network.
         server_key: the publisher's CURVE public key (Z85, 40 characters) when it encrypts; empty = plain.
         shm: read a same-host publisher's frames from its shared-memory pool; None = when the endpoint is local
-            (``ipc://``, ``inproc://``, loopback TCP). Until the first pool frame, and for good when the pool
-            cannot be mapped (another host or user, not Linux), frames come from the ZeroMQ payload.
+            (``ipc://``, ``inproc://``, TCP to loopback or to a name whose addresses all are). Until the first pool
+            frame, and for good when the pool cannot be mapped (another host or user, not Linux), frames come from
+            the ZeroMQ payload.
         copy: return images that the caller owns; otherwise a shared-memory image is a read-only view that stays
             intact until the next :meth:`recv` (the publisher writes around the slot, never waits for it).
         ring: once the pool is mapped, take its frames' descriptors from the pool's notification ring (woken by a
@@ -61,21 +62,19 @@ class Subscriber:
             publisher is gone or the ring cannot be read here. False: always ZeroMQ descriptors.
         max_frame_bytes: largest image part accepted, bytes. ZeroMQ refuses a larger message part as it arrives
             (``ZMQ_MAXMSGSIZE``: it drops the connection before buffering the part, then reconnects), so a peer
-            cannot make this process hold more than about ``rcvhwm`` frames of this size. A jpeg or h264 frame
-            whose header says it decodes to more is skipped before decoding.
+            cannot make this process hold more than about ``rcvhwm`` frames of this size. A frame whose header says
+            it is larger (shared memory; jpeg, h264 decoded) is skipped unread, counted in ``malformed``.
 
-    Counters: ``received`` (frames returned), ``malformed`` (skipped, logged: not the wire format, a header
-    field out of range, a payload that does not decode, a shared-memory pool that is none, or a part over
-    ``max_frame_bytes``; ``last_malformed`` says why the last one was), ``missed`` (gaps in
-    the publisher's ``seq``: frames dropped on the way to this subscriber; also shared-memory frames overwritten
-    before they were read, never returned torn, and ring entries lapped before they were read), ``via_shm`` (frames
-    read from shared memory), ``via_ring`` (their descriptors taken from the pool's ring),
-    ``awaiting_keyframe`` (h264 frames skipped until a keyframe), ``discarded`` (latest mode),
-    ``handshake_failures`` (CURVE: the publisher's key differs from ``server_key``, or only one side encrypts).
+    Counters: ``received`` (frames returned), ``malformed`` (skipped, logged: not the wire format, a header field out of
+    range, a payload that does not decode, a shared-memory pool that is none, or a frame over ``max_frame_bytes``;
+    ``last_malformed`` says why the last one was), ``missed`` (gaps in the publisher's ``seq``: frames dropped on the
+    way to this subscriber; also shared-memory frames overwritten before they were read, never returned torn, and ring
+    entries lapped before they were read), ``via_shm`` (frames read from shared memory), ``via_ring`` (their descriptors
+    taken from the pool's ring), ``awaiting_keyframe`` (h264 frames skipped until a keyframe), ``discarded`` (latest
+    mode), ``handshake_failures`` (CURVE: the publisher's key differs from ``server_key``, or only one side encrypts).
 
     Raises:
-        ValueError: a bad argument or endpoint, or a host name that still does not resolve after ``timeout_s`` (one
-            line).
+        ValueError: a bad argument, topic or endpoint, or a host name not resolving after ``timeout_s`` (one line).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", *, timeout_s: float = 1.0, latest: bool = False,
@@ -88,13 +87,11 @@ class Subscriber:
         if max_frame_bytes < 1:
             raise ValueError(f"max_frame_bytes={max_frame_bytes} must be >= 1")
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
-        self.received = self.malformed = self.missed = self.discarded = 0
-        self.via_shm = self.via_ring = self.awaiting_keyframe = 0
-        self.last_malformed = ""
-        self.copy = copy
+        self.received = self.malformed = self.missed = self.discarded = self.via_shm = self.via_ring = 0
+        self.awaiting_keyframe, self.last_malformed, self.copy, self.max_frame_bytes = 0, "", copy, max_frame_bytes
+        topic = consumer_topic(topic)
         self._topic, self._shm_topic, self._ring_topic = (t.encode() for t in (topic, shm_topic(topic),
                                                                                ring_topic(topic)))
-        self._shm = (not reachable_from_other_machines(endpoint) if shm is None else shm) and shm_supported()
         self._ring_on = ring and ring_supported()
         self._ring: RingCursor | None = None  # set while descriptors come from the mapped pool's ring
         self._payload_on = True  # subscribed to the ZeroMQ payload (off while shared memory delivers)
@@ -102,21 +99,21 @@ class Subscriber:
         self._pool: PoolReader | None = None
         self._pool_lock = threading.Lock()  # latest mode: the reader thread maps pools, the caller reads them
         self._jpeg, self._h264 = JpegDecoder(), H264Decoder()
-        self.max_frame_bytes = max_frame_bytes
         self._last_seq: int | None = None
-        topics = [self._topic, self._shm_topic] if self._shm else [self._topic]
-        # the watch restores what libzmq does not retry
-        self._sock, self._watch = connect_sub(endpoint, topics, rcvhwm=rcvhwm, server_key=server_key,
+        # the watch restores what libzmq does not retry; a host name is looked up here, once
+        self._sock, self._watch = connect_sub(endpoint, [self._topic], rcvhwm=rcvhwm, server_key=server_key,
                                               max_part_bytes=max(max_frame_bytes, MAX_HEADER_BYTES),
                                               name_wait_s=timeout_s)
+        self._shm = (on_this_host(endpoint) if shm is None else shm) and shm_supported()
+        if self._shm:
+            self._sock.setsockopt(zmq.SUBSCRIBE, self._shm_topic)
         self._fds = select.poll()
         for fd in (self._sock.getsockopt(zmq.FD), self._watch.fd):  # one poll() a wait, not zmq.Poller's several
             self._fds.register(fd, select.POLLIN)
         self._watch.on_events()  # its descriptor fires only for events after an EVENTS that found none
         self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
         self._failure = ""  # latest mode: why the reader thread stopped, raised at the next recv()
-        self._cond = threading.Condition()
-        self._closing = threading.Event()
+        self._cond, self._closing = threading.Condition(), threading.Event()
         self._reader = None
         if latest:
             # The socket is handed over to the reader thread here (start() is a full memory barrier, as ZeroMQ
@@ -180,7 +177,8 @@ class Subscriber:
         """The next ring entry's ``(header, None)`` (latest mode: the newest entry's); None when none came within
         ``timeout_s``, or the entry was lapped, is another topic's, a frame already taken or malformed."""
         try:
-            got = self._ring.next(timeout_s, self._last_seq)
+            if (got := self._ring.next(timeout_s, self._last_seq)) is not None:
+                self._check_size(got[0])
         except (RingError, MalformedMessage) as exc:
             self._skip(exc)
             return None
@@ -274,11 +272,7 @@ class Subscriber:
         while parts[-1].more:  # recv_multipart's getsockopt(RCVMORE) per part costs more than the frames' flag
             parts.append(self._sock.recv(copy=False))
         try:
-            header = decode_header(parts)
-            size = header["height"] * header["width"] * ENCODINGS[header["encoding"]]
-            if header["format"] in ("jpeg", "h264") and size > self.max_frame_bytes:  # a kB can claim 65535 x 65535
-                raise MalformedMessage(f"{header['format']} frame of {header['width']}x{header['height']} would decode "
-                                       f"to {size} bytes, more than max_frame_bytes={self.max_frame_bytes}")
+            self._check_size(header := decode_header(parts))
             if header["format"] == "shm" and not self._map_pool(header["shm_pool"]):
                 return None  # fell back: the payload message of this seq follows
             if not self._new_seq(header["seq"], header["format"]):
@@ -296,6 +290,13 @@ class Subscriber:
             self.awaiting_keyframe += 1
             return None
         return header, image
+
+    def _check_size(self, header: dict[str, Any]) -> None:
+        """MalformedMessage for a frame over ``max_frame_bytes``, whichever way it comes (a raw payload part that
+        ZeroMQ did not refuse, a descriptor of shared memory, a kB of jpeg or h264 that claims 65535 x 65535)."""
+        if (size := header["height"] * header["step"]) > self.max_frame_bytes:  # step: width * channels unless raw
+            raise MalformedMessage(f"{header['format']} frame of {header['width']}x{header['height']} is {size} "
+                                   f"bytes, more than max_frame_bytes={self.max_frame_bytes}")
 
     def _skip(self, why: Exception | str) -> None:
         self.malformed += 1

@@ -11,6 +11,7 @@ or service is up), and says so when it never does.
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import logging
 import socket
 import threading
@@ -21,10 +22,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.checks import tcp_port_ok
-from streamfuse.endpoints import is_ipv6, tcp_host
+from streamfuse.endpoints import is_ipv6, reachable_from_other_machines, tcp_host
 from streamfuse.errors import io_reason, one_line
 
-__all__ = ["ConnectionWatch", "connect_sub", "NAME_WAIT_S"]
+__all__ = ["ConnectionWatch", "connect_sub", "on_this_host", "NAME_WAIT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ _RETRY_S = (0.5, 2.0)  # pause between lookups of a name that does not resolve y
 #: how long a consumer without a timeout of its own (the viewer, the Foxglove bridge) waits for its publisher's host
 #: name to resolve unless told (their ``--name-wait``), seconds: as long as ``subscribe --timeout``'s default
 NAME_WAIT_S = 10.0
-# host -> whether its socket needs ZMQ_IPV6; looked up once: a viewer's later sockets (one per page) skip the lookup
-_resolved: dict[str, bool] = {}
+# host -> (whether its socket needs ZMQ_IPV6, whether all its addresses are loopback); looked up once: a viewer's
+# later sockets (one per page) skip the lookup
+_resolved: dict[str, tuple[bool, bool]] = {}
 
 
 class ConnectionWatch:
@@ -147,7 +149,7 @@ def _check_host(endpoint: str, wait_s: float) -> bool:
     if host is None:
         return False
     if host in _resolved:
-        return _resolved[host]
+        return _resolved[host][0]
     if host in ("", "*"):
         given = "* (every interface) is for binding" if host else "no host given"
         raise ValueError(f"cannot connect to {endpoint}: {given}; name the publisher's host, e.g. "
@@ -157,8 +159,19 @@ def _check_host(endpoint: str, wait_s: float) -> bool:
     if addresses is None:  # the resolver cannot answer now: libzmq resolves the name itself at each attempt
         return is_ipv6(name)
     # libzmq takes the first address of the family the option selects: IPv4 unless the name has no such address
-    _resolved[host] = all(family != socket.AF_INET for family, *_ in addresses)
-    return _resolved[host]
+    _resolved[host] = (all(family != socket.AF_INET for family, *_ in addresses),
+                       all(ipaddress.ip_address(address[0].partition("%")[0]).is_loopback
+                           for *_, address in addresses))
+    return _resolved[host][0]
+
+
+def on_this_host(endpoint: str) -> bool:
+    """Whether a consumer's ``endpoint`` leads to a publisher on this host: not TCP (``ipc://``), a loopback address,
+    ``localhost``, or a host name whose addresses were all loopback when :func:`connect_sub` looked it up (``tcp://
+    myhost:5555`` where /etc/hosts says 127.0.1.1). Judged from that one lookup, bounded by ``_RESOLVE_S``, never a
+    new one: a name the resolver did not answer for counts as another host's (the ZeroMQ payload, always right)."""
+    host = tcp_host(endpoint)
+    return not reachable_from_other_machines(endpoint) or _resolved.get(host, (False, False))[1]
 
 
 def _wait_for_name(endpoint: str, name: str, wait_s: float) -> list[tuple] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
-__all__ = ["tcp_host", "is_ipv6", "bind"]
+__all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "bind"]
 
 
 def tcp_host(endpoint: str) -> str | None:
@@ -34,6 +34,19 @@ def is_ipv6(host: str) -> bool:
         return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).version == 6
     except ValueError:
         return False
+
+
+def reachable_from_other_machines(endpoint: str) -> bool:
+    """True for a ``tcp://`` endpoint whose host is not loopback (``tcp://0.0.0.0:5555``, a LAN address, a host name
+    other than ``localhost``); no lookup here, so a bind never waits for a resolver (a consumer's names are judged
+    by :func:`streamfuse.connection_watch.on_this_host`, from the lookup it makes anyway)."""
+    host = tcp_host(endpoint)
+    if host is None:
+        return False
+    try:
+        return not ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:  # a host name: localhost is loopback by RFC 6761; assume any other faces the network
+        return host != "localhost"
 
 
 def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "") -> None:

@@ -25,12 +25,11 @@ import zmq
 
 from streamfuse.codecs import H264Encoder, JpegEncoder
 from streamfuse.checks import check, tcp_port_ok
-from streamfuse.endpoints import bind
+from streamfuse.endpoints import bind, reachable_from_other_machines
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, PoolError, ShmPool, remove_stale_pools, shm_supported
 from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA,
-                             HeaderEncoder, check_image, encode_json, preview_topic, reachable_from_other_machines,
-                             ring_topic, shm_topic)
+                             HeaderEncoder, check_image, encode_json, preview_topic, ring_topic, shm_topic)
 
 __all__ = ["PublishConfig", "Publisher"]
 

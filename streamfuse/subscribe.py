@@ -26,7 +26,7 @@ from streamfuse.atomic_write import write_png
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.errors import io_reason
 from streamfuse.signals import handled
-from streamfuse.wire import load_server_key
+from streamfuse.wire import RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, load_server_key
 
 __all__ = ["main"]
 
@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.topic.startswith("stats/"):  # two-part JSON snapshots: every one would read as a malformed frame
         parser.error(f"--topic {args.topic}: subscribe reads fused frames; the stats topic carries JSON snapshots "
                      "(README, Telemetry: the same line the pipeline logs)")
+    if args.topic.startswith((SHM_TOPIC_PREFIX, RING_TOPIC_PREFIX)):  # the first descriptor unsubscribes the rest
+        parser.error(f"--topic {args.topic}: shared-memory descriptors, not frames; give the fused topic (subscribe "
+                     f"reads a same-host publisher's shared memory by itself)")
     if args.show and not _gui_available():
         # both packages provide cv2: installed side by side they break each other, hence the uninstall first
         print("error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall -y "

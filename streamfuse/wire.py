@@ -20,7 +20,6 @@ here too.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
@@ -41,9 +40,9 @@ from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
 
 __all__ = ["SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "FORMATS", "ENCODINGS", "HEADER_FIELDS", "FORMAT_FIELDS",
            "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE",
-           "MalformedMessage", "shm_topic", "ring_topic",
-           "preview_topic", "check_image", "HeaderEncoder", "encode_json", "decode_header", "decode_message",
-           "raw_image", "decode_stats", "reachable_from_other_machines", "load_server_key"]
+           "MalformedMessage", "shm_topic", "ring_topic", "consumer_topic", "preview_topic", "check_image",
+           "HeaderEncoder", "encode_json", "decode_header", "decode_message", "raw_image", "decode_stats",
+           "load_server_key"]
 
 SCHEMA = "streamfuse.fused/1"  # format raw: what every consumer since the first release reads
 SCHEMA_2 = "streamfuse.fused/2"  # any other format: a /1 consumer refuses it, never misreads the payload
@@ -122,6 +121,21 @@ def ring_topic(topic: str) -> str:
     'ring/shm/fused/rig0'
     """
     return RING_TOPIC_PREFIX + shm_topic(topic)
+
+
+def consumer_topic(topic: str | bytes) -> str:
+    """A consumer's fused topic (prefix) as text (bytes: UTF-8); ValueError naming ``topic`` for one not text or one
+    of shared-memory descriptors (``shm/``, ``ring/``: the first maps the pool, which unsubscribes that very topic)."""
+    try:
+        topic = topic.decode() if isinstance(topic, bytes) else topic
+    except UnicodeDecodeError:
+        raise ValueError(f"topic={_clip.repr(topic)} is not UTF-8") from None
+    if not isinstance(topic, str):
+        raise ValueError(f"topic={_clip.repr(topic)} must be a str or UTF-8 bytes, e.g. 'fused/'")
+    if topic.startswith((SHM_TOPIC_PREFIX, RING_TOPIC_PREFIX)):
+        raise ValueError(f"topic={topic!r} carries shared-memory descriptors, not frames: give the fused topic "
+                         f"{topic.removeprefix(RING_TOPIC_PREFIX).removeprefix(SHM_TOPIC_PREFIX)!r}")
+    return topic
 
 
 def preview_topic(topic: str, stream: str) -> str:
@@ -358,26 +372,12 @@ def _parse_json(part: bytes | zmq.Frame, what: str) -> dict[str, Any]:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, (np.generic, np.ndarray)):  # a numpy scalar's tolist() is its Python number
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 _json_encoder = json.JSONEncoder(separators=(",", ":"), default=_json_default)  # made once: ~1.5 us a frame
-
-
-def reachable_from_other_machines(endpoint: str) -> bool:
-    """True for a bound ``tcp://`` endpoint whose address is not loopback (``tcp://0.0.0.0:5555``, a LAN address)."""
-    scheme, _, address = endpoint.partition("://")
-    if scheme != "tcp":
-        return False
-    host = address.rpartition(":")[0].strip("[]")
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: assume it faces the network
-        return True
 
 
 def load_server_key(value: str) -> str:

@@ -101,10 +101,11 @@ def recv_seq(sub: Subscriber, seq: int) -> tuple[dict, np.ndarray]:
 
 
 @contextmanager
-def publishing(image: np.ndarray, rate_hz: float = 100.0, **cfg: object) -> Iterator[Publisher]:
-    """A Publisher on a random loopback port sending ``image`` at ``rate_hz`` from a thread."""
+def publishing(image: np.ndarray, rate_hz: float = 100.0, endpoint: str = ANY_PORT,
+               **cfg: object) -> Iterator[Publisher]:
+    """A Publisher on a random loopback port (of ``endpoint``) sending ``image`` at ``rate_hz`` from a thread."""
     stop = threading.Event()
-    with Publisher(PublishConfig(endpoint=ANY_PORT, **cfg)) as pub:
+    with Publisher(PublishConfig(endpoint=endpoint, **cfg)) as pub:
         def run() -> None:
             while not stop.wait(1.0 / rate_hz):
                 pub.send_fused(fused_frame(image, pub.published))

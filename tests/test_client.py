@@ -133,16 +133,21 @@ def test_message_parts_over_max_frame_bytes_are_refused(raw_pub: tuple[zmq.Socke
 @pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
 def test_a_part_over_max_frame_bytes_does_not_stop_the_shared_memory_frames(rng: np.random.Generator,
                                                                          latest: bool) -> None:
-    # a same-host subscriber below the frame size: the first frame's ZeroMQ payload is refused and libzmq drops the
+    # a same-host subscriber whose first frames are over the limit: the ZeroMQ payload is refused and libzmq drops the
     # connection; once on the pool's ring, the connection was never restored, so the publisher, seeing no
     # subscription, stopped filling the ring, and the subscriber said "is the publisher running?"
     image = rng.integers(0, 256, VGA, dtype=np.uint8)
-    with publishing(image, rate_hz=50) as pub, \
-            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest, max_frame_bytes=image.size // 2) as sub:
-        # frames keep coming past the refusal and its restore (0.5 s later); whether a payload is refused at all
-        # depends on whether one was sent before the ring took over (on a busy machine, sometimes none is)
-        for _ in range(60):
-            assert sub.recv() is not None
+    big = np.concatenate([image, image])  # refused by ZeroMQ and from shared memory alike
+
+    def received(frame: np.ndarray) -> bool:
+        pub.send_fused(fused_frame(frame, pub.published))
+        return sub.recv(0.05) is not None
+
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest, max_frame_bytes=image.size) as sub:
+        wait_until(lambda: not received(big) and sub.malformed > 0, "a big frame refused")
+        for _ in range(60):  # frames keep coming past the refusals and the restore (0.5 s later)
+            wait_until(lambda: received(image), "the next frame")
         assert sub.on_ring
 
 
@@ -208,6 +213,55 @@ def test_bad_arguments_raise_value_error() -> None:
         Subscriber(NOBODY, server_key="short")
     with pytest.raises(ValueError, match="max_frame_bytes=0"):
         Subscriber(NOBODY, max_frame_bytes=0)
+
+
+@pytest.mark.parametrize(("topic", "said"), [
+    ("shm/fused/demo", "topic='shm/fused/demo' carries shared-memory descriptors, not frames: give the fused topic "
+                       "'fused/demo'"),
+    ("ring/shm/fused/", "topic='ring/shm/fused/' carries shared-memory descriptors"),
+    (None, "topic=None must be a str or UTF-8 bytes"), (b"\xff", r"topic=b'\\xff' is not UTF-8")])
+def test_a_topic_that_names_no_frames_is_refused(topic: object, said: str) -> None:
+    # shm/...: one frame, then silence (its first descriptor unsubscribed it); None: a TypeError deep in the encoding
+    with pytest.raises(ValueError, match=f"^{said}"):
+        Subscriber(NOBODY, topic)
+
+
+def test_a_bytes_topic_is_taken_as_utf8(rng: np.random.Generator) -> None:
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, \
+            Subscriber(pub.endpoint, b"fused/", timeout_s=PATIENCE_S, shm=False) as sub:
+        connect(pub, sub, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+
+
+@pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
+def test_localhost_reads_the_shared_memory(rng: np.random.Generator) -> None:
+    # a host name was taken for another machine's: tcp://localhost:PORT never used the pool
+    with publishing(rng.integers(0, 256, VGA, dtype=np.uint8), rate_hz=50) as pub, \
+            Subscriber(pub.endpoint.replace("127.0.0.1", "localhost"), timeout_s=PATIENCE_S) as sub:
+        wait_until(lambda: sub.recv(0.05) is not None and sub.via_shm > 0, "a frame from shared memory")
+
+
+@pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_shared_memory_frames_over_max_frame_bytes_are_refused(rng: np.random.Generator, latest: bool,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    # --no-shm refused such a frame (ZeroMQ drops the part) and counted it malformed; from the pool it was returned
+    small, large = (rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((16, 16, 3), (16, 32, 3)))
+    shapes = []
+
+    def sent_and_received(image: np.ndarray) -> bool:
+        pub.send_fused(fused_frame(image, pub.published))
+        frame = sub.recv(0.05)
+        shapes.append(None if frame is None else frame[1].shape)
+        return frame is not None and sub.via_shm > 0
+
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest, max_frame_bytes=small.size) as sub:
+        wait_until(lambda: sent_and_received(small), "a frame from shared memory")
+        wait_until(lambda: sent_and_received(large) or sub.malformed > 0, "a large frame refused")
+        wait_until(lambda: sent_and_received(small), "the next small frame")
+    assert large.shape not in shapes
+    # the shared-memory descriptor refused, and the payload of the publisher's new, larger pool's first frames too
+    assert "shm frame of 32x16 is 1536 bytes, more than max_frame_bytes=768" in caplog.text
 
 
 @pytest.mark.parametrize("port", ["70000", "0", "", "x"])

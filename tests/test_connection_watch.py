@@ -179,3 +179,23 @@ def test_ctrl_c_while_waiting_for_the_name_stops_cleanly(command: str, sig: sign
         proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert "Traceback" not in err and "error" not in err, err[-2000:]
+
+
+def test_a_name_with_loopback_addresses_only_is_this_host(resolver) -> None:
+    # a host name was taken for another machine's: tcp://localhost:PORT (or a name /etc/hosts maps to 127.0.1.1)
+    # never read the publisher's shared memory
+    port = free_port()
+    lan = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 0))
+    debian = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.1.1", 0))
+    for answer, here in (([debian, V6], True), ([V4], True), ([lan, V4], False)):
+        resolver("pub.test", failures=0, answer=answer)
+        connection_watch._resolved.clear()
+        sock, watch = connection_watch.connect_sub(f"tcp://pub.test:{port}", [b""], rcvhwm=2, max_part_bytes=1024)
+        watch.close()
+        sock.close(linger=0)
+        assert connection_watch.on_this_host(f"tcp://pub.test:{port}") == here, answer
+    connection_watch._resolved.clear()  # judged without a lookup: literal addresses, localhost, other transports
+    assert connection_watch.on_this_host("tcp://[::1]:5555") and connection_watch.on_this_host("ipc:///tmp/s")
+    assert connection_watch.on_this_host("tcp://localhost:5555")
+    assert not connection_watch.on_this_host("tcp://192.0.2.1:5555")
+    assert not connection_watch.on_this_host("tcp://unlooked.test:5555")  # never looked up: another host's

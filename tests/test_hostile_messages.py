@@ -333,7 +333,8 @@ def test_a_compressed_frame_that_decodes_over_max_frame_bytes_is_skipped_undecod
     with _queued_subscriber(shm=False, max_frame_bytes=image.nbytes - 1) as (sub, queue):
         assert _consume(sub, queue, parts, 0) == []
     assert sub.malformed == 1
-    assert f"would decode to {claimed[0] * claimed[1] * 3} bytes, more than max_frame_bytes" in sub.last_malformed
+    said = f"frame of {claimed[1]}x{claimed[0]} is {claimed[0] * claimed[1] * 3} bytes, more than max_frame_bytes"
+    assert said in sub.last_malformed
 
 
 def test_an_h264_keyframe_bigger_than_its_header_says_is_refused_undecoded() -> None:

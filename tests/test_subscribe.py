@@ -266,3 +266,14 @@ def test_cli_on_the_stats_topic_says_it_reads_frames(capsys: pytest.CaptureFixtu
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         "error: --topic stats/rig0: subscribe reads fused frames; the stats topic carries JSON snapshots (README, "
         "Telemetry: the same line the pipeline logs)")
+
+
+@pytest.mark.parametrize("topic", ["shm/fused/demo", "ring/shm/fused/demo"])
+def test_cli_on_a_shared_memory_descriptor_topic_is_refused(topic: str, capsys: pytest.CaptureFixture) -> None:
+    # the first descriptor mapped the pool and unsubscribed the topic: one frame, then silence
+    with pytest.raises(SystemExit) as stopped:
+        main(["tcp://127.0.0.1:1", "--topic", topic])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: --topic {topic}: shared-memory descriptors, not frames; give the fused topic (subscribe reads a "
+        f"same-host publisher's shared memory by itself)")

@@ -214,7 +214,7 @@ def test_falls_back_to_the_payload_when_the_pool_cannot_be_mapped(monkeypatch: p
 
 @needs_shm
 def test_remote_endpoint_never_maps_shared_memory() -> None:
-    from streamfuse.wire import reachable_from_other_machines
+    from streamfuse.endpoints import reachable_from_other_machines
 
     # the Subscriber maps the pool only for endpoints this rule calls local; checked without connecting anywhere
     assert reachable_from_other_machines("tcp://192.0.2.1:5555") and reachable_from_other_machines("tcp://*:5555")

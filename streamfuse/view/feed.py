@@ -24,7 +24,7 @@ import numpy as np
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.connection_watch import connect_sub
-from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, decode_stats, preview_topic
+from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, consumer_topic, decode_stats, preview_topic
 
 __all__ = ["Feed", "KINDS", "pack", "unpack", "StatsMessages"]
 
@@ -51,13 +51,14 @@ class Feed:
             None = ``connection_watch.NAME_WAIT_S``.
 
     Raises:
-        ValueError: the endpoint cannot be connected, or its host name still does not resolve after ``name_wait_s``
-            (one line).
+        ValueError: a shared-memory descriptor ``topic``, the endpoint cannot be connected, or its host name still
+            does not resolve after ``name_wait_s`` (one line).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, server_key: str = "",
                  quality: int = 80, history: int = 300, name_wait_s: float | None = None) -> None:
-        self.endpoint, self.topic, self.server_key, self.quality = endpoint, topic, server_key, quality
+        self.endpoint, self.server_key, self.quality = endpoint, server_key, quality
+        self.topic = consumer_topic(topic)  # refused here, not when a page opens
         self.versions = dict.fromkeys((*KINDS, "stats"), 0)  # messages received per kind
         self.sent = 0  # messages handed to the pages' sockets
         self.unshown = 0  # frames JPEG cannot hold (a side over 65500, which the wire allows), skipped and logged

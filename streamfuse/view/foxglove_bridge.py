@@ -28,7 +28,7 @@ from streamfuse.cli.args import seconds
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
-from streamfuse.wire import load_server_key, preview_topic
+from streamfuse.wire import consumer_topic, load_server_key, preview_topic
 from streamfuse.view.feed import StatsMessages
 
 __all__ = ["main", "Bridge"]
@@ -68,6 +68,7 @@ class Bridge:
                  port: int = 8765, raw: bool = False, previews: bool = False, quality: int = 80,
                  server_key: str = "", name_wait_s: float | None = None) -> None:
         self.fox = _foxglove()
+        topic = consumer_topic(topic)  # a shared-memory descriptor topic is refused here, not in start()
         self.endpoint, self.raw, self.quality, self.server_key = endpoint, raw, quality, server_key
         self.logged: dict[str, int] = {}  # messages logged per channel
         self.skipped = 0  # frames a Foxglove message cannot carry (see _message), logged
