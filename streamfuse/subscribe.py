@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import math
 import signal
 import sys
 import time
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from streamfuse.atomic_write import write_png
+from streamfuse.cli.args import int_at_least, positive
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.errors import io_reason
 from streamfuse.signals import handled
@@ -37,23 +37,21 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--topic", default="fused/", help="topic prefix to receive")
-    parser.add_argument("--count", type=int, default=0, help="stop after N frames (0 = until Ctrl-C)")
+    parser.add_argument("--count", type=int_at_least(0), default=0, help="stop after N frames (0 = until Ctrl-C)")
     parser.add_argument("--save", type=Path, help="write frames as lossless DIR/fused_<seq>.png (hundreds of MB a "
                         "minute: --every keeps one in N)")
-    parser.add_argument("--every", type=int, default=1, help="with --save: save one received frame in N")
+    parser.add_argument("--every", type=int_at_least(1), default=1, help="with --save: save one received frame in N")
     parser.add_argument("--show", action="store_true", help="show frames in a window (needs a GUI OpenCV build)")
     parser.add_argument("--latest", action="store_true", help="drain the queue and keep only the newest frame")
     parser.add_argument("--no-shm", action="store_true", help="never read a same-host publisher's shared memory "
                         "(take the ZeroMQ payload)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="give up after S seconds without a frame (or "
+    parser.add_argument("--timeout", type=positive(), default=10.0, help="give up after S seconds without a frame (or "
                         "without the publisher's host name resolving)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
-    parser.add_argument("--max-frame-mb", type=float, default=DEFAULT_MAX_FRAME_BYTES / 1e6,
+    parser.add_argument("--max-frame-mb", type=positive(1e6), default=DEFAULT_MAX_FRAME_BYTES / 1e6,
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not 0 < args.timeout < math.inf or args.count < 0 or args.every < 1 or not 0 < args.max_frame_mb <= 1e6:
-        parser.error("--timeout must be finite and > 0, --count >= 0, --every >= 1 and --max-frame-mb in (0, 1e6]")
     if args.topic.startswith("stats/"):  # two-part JSON snapshots: every one would read as a malformed frame
         parser.error(f"--topic {args.topic}: subscribe reads fused frames; the stats topic carries JSON snapshots "
                      "(README, Telemetry: the same line the pipeline logs)")

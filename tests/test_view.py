@@ -267,7 +267,19 @@ def test_view_cli_says_what_is_wrong_in_one_line(capsys):
     for wait in ("nan", "inf", "0"):
         with pytest.raises(SystemExit) as exit_:
             view_main(["tcp://127.0.0.1:1", "--wait", wait])
-        assert exit_.value.code == 2 and "--wait a finite number > 0" in capsys.readouterr().err
+        last = capsys.readouterr().err.splitlines()[-1]
+        assert exit_.value.code == 2 and last.endswith(f"error: argument --wait: must be a finite number > 0, got {wait}")
+
+
+@pytest.mark.parametrize("command", ["view", "foxglove"])
+@pytest.mark.parametrize(("args", "said"), [(["--port", "99999"], "argument --port: must be in 0..65535, got 99999"),
+                                            (["--quality", "0"], "argument --quality: must be in 1..100, got 0"),
+                                            (["--port", "x"], "argument --port: 'x' is not an integer")])
+def test_cli_option_out_of_range_names_that_option_only(command, args, said, capsys):
+    # the line named every range at once ("--quality must be in 1..100, --port in 0..65535 and --wait ...")
+    with pytest.raises(SystemExit) as exit_:
+        cli([command, "tcp://127.0.0.1:1", *args])
+    assert exit_.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"error: {said}")
 
 
 @pytest.mark.parametrize("command", ["view", "foxglove"])

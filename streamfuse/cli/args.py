@@ -12,19 +12,21 @@ from pathlib import Path
 
 from streamfuse.checks import ConfigError
 
-__all__ = ["int_at_least", "seconds", "data_dir", "config_error"]
+__all__ = ["int_at_least", "seconds", "positive", "data_dir", "config_error"]
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer >= ``minimum``; argparse's one-line error names the option."""
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum`` (and <= ``maximum`` when given); argparse's one-line error
+    names the option."""
+    allowed = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
         return value
 
     return parse
@@ -40,6 +42,23 @@ def seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds >= 0")
     return value
+
+
+def positive(maximum: float = math.inf) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number > 0 (and <= ``maximum``): a ``--timeout`` or ``--wait`` of 0 or NaN
+    would never wait, an infinite one never end; argparse's one-line error names the option."""
+    allowed = "a finite number > 0" if maximum == math.inf else f"a number in (0, {maximum:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not 0 < value <= maximum or value == math.inf:  # NaN fails the comparison
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+
+    return parse
 
 
 def data_dir(beside: Path = Path("..")) -> Path:

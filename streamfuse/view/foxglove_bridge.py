@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from streamfuse import connection_watch
-from streamfuse.cli.args import seconds
+from streamfuse.cli.args import int_at_least, seconds
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
@@ -162,20 +162,18 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address of the Foxglove WebSocket server")
-    parser.add_argument("--port", type=int, default=8765, help="port of the Foxglove WebSocket server")
+    parser.add_argument("--port", type=int_at_least(0, 65535), default=8765, help="port of the Foxglove WebSocket server")
     parser.add_argument("--topic", default="fused/", help="fused topic (prefix), e.g. fused/rig0")
     parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
     parser.add_argument("--raw", action="store_true", help="send foxglove.RawImage instead of JPEG")
     parser.add_argument("--previews", action="store_true", help="also relay the IR and visible previews")
-    parser.add_argument("--quality", type=int, default=80, help="JPEG quality (1..100)")
+    parser.add_argument("--quality", type=int_at_least(1, 100), default=80, help="JPEG quality (1..100)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
                         "its pipeline's name exists waits for it; 0 = at once)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not 1 <= args.quality <= 100 or not 0 <= args.port <= 65535:
-        parser.error("--quality must be in 1..100 and --port in 0..65535")
     try:
         with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
             bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,

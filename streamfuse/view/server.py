@@ -17,14 +17,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import math
 import signal
 import sys
 from importlib import resources
 from pathlib import Path
 
 from streamfuse import connection_watch
-from streamfuse.cli.args import seconds
+from streamfuse.cli.args import int_at_least, positive, seconds
 from streamfuse.errors import io_reason
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
@@ -120,22 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address the page is served on (loopback: this "
                         "machine only; the page has no password and the frames are not encrypted)")
-    parser.add_argument("--port", type=int, default=8080, help="port of the page (0 = any free port)")
+    parser.add_argument("--port", type=int_at_least(0, 65535), default=8080, help="port of the page (0 = any free port)")
     parser.add_argument("--topic", default="fused/", help="fused topic (prefix) to show; name one rig "
                         "(fused/rig0) when several publish on the endpoint")
     parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
-    parser.add_argument("--quality", type=int, default=80, help="JPEG quality of the frames on the page (1..100)")
+    parser.add_argument("--quality", type=int_at_least(1, 100), default=80, help="JPEG quality of the frames on the page (1..100)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
                         "its pipeline's name exists waits for it; 0 = at once)")
     parser.add_argument("--screenshot", type=Path, help="open the page in headless Chromium, write a PNG "
                         "screenshot here once frames and stats have arrived, print what the page measured, exit")
-    parser.add_argument("--wait", type=float, default=5.0, help="with --screenshot: seconds to watch the page")
+    parser.add_argument("--wait", type=positive(), default=5.0, help="with --screenshot: seconds to watch the page")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not 1 <= args.quality <= 100 or not 0 <= args.port <= 65535 or not 0 < args.wait < math.inf:
-        parser.error("--quality must be in 1..100, --port in 0..65535 and --wait a finite number > 0")
     _aiohttp()
     try:
         with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
