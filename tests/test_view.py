@@ -268,7 +268,7 @@ def test_view_cli_says_what_is_wrong_in_one_line(capsys):
         with pytest.raises(SystemExit) as exit_:
             view_main(["tcp://127.0.0.1:1", "--wait", wait])
         last = capsys.readouterr().err.splitlines()[-1]
-        assert exit_.value.code == 2 and last.endswith(f"error: argument --wait: must be a finite number > 0, got {wait}")
+        assert exit_.value.code == 2 and last.endswith(f"argument --wait: must be a finite number > 0, got {wait}")
 
 
 @pytest.mark.parametrize("command", ["view", "foxglove"])
