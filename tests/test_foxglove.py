@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
 import threading
 import time
@@ -152,6 +153,27 @@ def test_bridge_skips_frames_foxglove_cannot_carry_and_goes_on():
     finally:
         bridge.stats_in.close()
     assert channel.log_times == [T0] and bridge.skipped == 3
+
+
+def test_skipped_frames_are_logged_once_per_kind_then_counted(caplog):
+    # one warning per frame: 247 identical lines from a stream of frames Foxglove cannot carry
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    early = decode_message(with_header(t_capture_vis_ns=-1))
+    wide = decode_message(good_parts(np.zeros((1, 65501, 3), np.uint8)))
+    bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its relay loop runs here
+    with caplog.at_level(logging.WARNING, "streamfuse.foxglove"):
+        try:
+            bridge._relay_frames(_Frames([early] * 50 + [wide] * 3, bridge._stop), _Channel())
+        finally:
+            bridge.stats_in.close()
+            bridge.close()  # the summary
+    lines = [r.getMessage() for r in caplog.records if r.name == "streamfuse.foxglove"]
+    assert bridge.skipped == 53 and len(lines) == 4, lines
+    assert "outside foxglove.Timestamp's range" in lines[0] and "JPEG cannot hold" in lines[1]
+    assert lines[2:] == ["skipped 50 frames in all for their capture time (the first one logged)",
+                         "skipped 3 frames in all for their size (the first one logged)"]
 
 
 def test_a_frame_too_wide_for_jpeg_is_skipped_in_one_line_without_opencv_errors(capfd):

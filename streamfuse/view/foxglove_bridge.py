@@ -71,7 +71,8 @@ class Bridge:
         topic = consumer_topic(topic)  # a shared-memory descriptor topic is refused here, not in start()
         self.endpoint, self.raw, self.quality, self.server_key = endpoint, raw, quality, server_key
         self.logged: dict[str, int] = {}  # messages logged per channel
-        self.skipped = 0  # frames a Foxglove message cannot carry (see _message), logged
+        self.skipped = 0  # frames a Foxglove message cannot carry (see _message)
+        self._skips: dict[str, int] = {}  # the same per kind of reason: only each kind's first is logged
         self._stop = threading.Event()
         # raises ValueError on a bad endpoint, or a host name that still does not resolve after name_wait_s
         self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._stop, name_wait_s=name_wait_s)
@@ -107,6 +108,9 @@ class Bridge:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+        for kind, count in self._skips.items():
+            log.warning("skipped %d frames in all for their %s (the first one logged)", count,
+                        "capture time" if kind == "time" else "size")
         if hasattr(self, "server"):
             self.server.stop()
 
@@ -136,7 +140,7 @@ class Bridge:
         """The Foxglove message of a frame; None (counted in ``skipped``, logged) for one that it cannot carry: a
         capture time before 1970 or after 2106, or (JPEG) a side over 65500."""
         if not 0 <= stamp < _MAX_STAMP_NS:
-            return self._skip(f"capture time {stamp} ns is outside foxglove.Timestamp's range (1970..2106)")
+            return self._skip("time", f"capture time {stamp} ns is outside foxglove.Timestamp's range (1970..2106)")
         messages = self.fox.messages
         timestamp = messages.Timestamp(sec=stamp // 1_000_000_000, nsec=stamp % 1_000_000_000)
         if self.raw:
@@ -147,13 +151,17 @@ class Bridge:
         ok, jpeg = (False, None) if max(image.shape[:2]) > JPEG_MAX_SIDE else \
             cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
-            return self._skip(f"JPEG cannot hold a {image.shape} frame (sides up to {JPEG_MAX_SIDE})")
+            return self._skip("size", f"JPEG cannot hold a {image.shape} frame (sides up to {JPEG_MAX_SIDE})")
         return messages.CompressedImage(timestamp=timestamp, frame_id=header["frame_id"], data=jpeg.tobytes(),
                                         format="jpeg")
 
-    def _skip(self, why: str) -> None:
+    def _skip(self, kind: str, why: str) -> None:
+        """Count a frame skipped for ``kind`` of reason; only the first of each kind is logged (a stream of them
+        would be one line a frame), the rest summed up by :meth:`close`."""
         self.skipped += 1
-        log.warning("skipped a frame: %s", why)
+        self._skips[kind] = self._skips.get(kind, 0) + 1
+        if self._skips[kind] == 1:
+            log.warning("skipped a frame: %s (more such frames are counted, not logged)", why)
 
 
 def main(argv: list[str] | None = None) -> int:
