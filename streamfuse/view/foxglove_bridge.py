@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address of the Foxglove WebSocket server")
-    parser.add_argument("--port", type=int_at_least(0, 65535), default=8765, help="port of the Foxglove WebSocket server")
+    parser.add_argument("--port", type=int_at_least(0, 65535), default=8765,
+                        help="port of the Foxglove WebSocket server")
     parser.add_argument("--topic", default="fused/", help="fused topic (prefix), e.g. fused/rig0")
     parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
     parser.add_argument("--raw", action="store_true", help="send foxglove.RawImage instead of JPEG")
