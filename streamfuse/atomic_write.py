@@ -23,7 +23,8 @@ import numpy as np
 
 from streamfuse.errors import io_reason
 
-__all__ = ["partial_path", "durable_replace", "write_file", "write_png", "whole_png", "WriterThread", "BackgroundSync"]
+__all__ = ["partial_path", "unused_path", "durable_replace", "write_file", "write_png", "whole_png", "WriterThread",
+           "BackgroundSync"]
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
@@ -32,6 +33,16 @@ def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under: ``dir/out.mp4`` -> ``dir/.out.mp4.partial``."""
     path = Path(path)
     return path.with_name(f".{path.name}.partial")
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, else ``NAME-2.png``, ``NAME-3.png``, ...: the first name not taken, so that an output is never written
+    over a file already there (subscribe --save: a restarted publisher's frames, numbered from 0 again; view
+    --screenshot run twice)."""
+    n, found = 2, path
+    while found.exists():
+        found, n = path.with_name(f"{path.stem}-{n}{path.suffix}"), n + 1
+    return found
 
 
 def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamfuse.atomic_write import write_png
+from streamfuse.atomic_write import unused_path, write_png
 from streamfuse.cli.args import int_at_least, positive
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.errors import io_reason
@@ -118,7 +118,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                   flush=True)
             if args.save and (sub.received - 1) % args.every == 0:
                 try:  # through a temporary name: a kill never leaves a truncated PNG that looks whole
-                    write_png(_unused(args.save / f"fused_{header['seq']:08d}.png"), image)
+                    write_png(unused_path(args.save / f"fused_{header['seq']:08d}.png"), image)
                 except RuntimeError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     return 2
@@ -129,15 +129,6 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     finally:
         _summary(sub, ages_ms, nets_ms, time.monotonic() - start)
     return 0
-
-
-def _unused(path: Path) -> Path:
-    """``path``, else ``NAME-2.png``, ``NAME-3.png``, ...: the first name not taken, so that the frames of a
-    restarted publisher (its seq from 0 again) or of an earlier run into the same folder are never written over."""
-    n, found = 2, path
-    while found.exists():
-        found, n = path.with_name(f"{path.stem}-{n}{path.suffix}"), n + 1
-    return found
 
 
 def _why_silent(sub: Subscriber, server_key: str, malformed: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -26,7 +27,7 @@ from streamfuse.cli import main as cli
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.wire import decode_stats, preview_topic
-from streamfuse.view.browser import capture, find_chromium
+from streamfuse.view.browser import Chromium, capture, find_chromium
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
 from streamfuse.view.server import serve
@@ -389,3 +390,23 @@ def test_a_frame_too_wide_for_jpeg_is_skipped_without_opencv_errors(capfd):
         feed.stats_in.close()
     assert meta["frames"] == [] and jpegs == [] and feed.unshown == 1
     assert "imencode" not in capfd.readouterr().err
+
+
+class _Page(Chromium):
+    """A Chromium whose DevTools calls answer with a fixed PNG: the file handling of ``screenshot`` without a browser
+    (none is installed on most test machines)."""
+
+    async def call(self, method: str, **params: object) -> dict:
+        assert method == "Page.captureScreenshot"
+        return {"data": base64.b64encode(b"new png").decode()}
+
+
+def test_a_screenshot_never_writes_over_a_file(tmp_path: Path) -> None:
+    # it was path.write_bytes: an existing file overwritten, a half-written PNG left by a kill or a full disk
+    shot = tmp_path / "page.png"
+    shot.write_bytes(b"kept")
+    written = [asyncio.run(_Page().screenshot(shot)) for _ in range(2)]
+    assert written == [tmp_path / "page-2.png", tmp_path / "page-3.png"] and shot.read_bytes() == b"kept"
+    assert all(p.read_bytes() == b"new png" for p in written) and sorted(tmp_path.iterdir()) == sorted([shot, *written])
+    with pytest.raises(RuntimeError, match=r"^cannot write .*page\.png"):  # one line, nothing left behind
+        asyncio.run(_Page().screenshot(tmp_path / "missing" / "page.png"))

@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 
+from streamfuse.atomic_write import unused_path, write_file
+
 __all__ = ["Chromium", "find_chromium", "capture"]
 
 _NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
@@ -140,10 +142,17 @@ class Chromium:
             await asyncio.sleep(0.05)
         return value
 
-    async def screenshot(self, path: Path) -> None:
-        """Write the page as PNG."""
+    async def screenshot(self, path: Path) -> Path:
+        """Write the page as PNG to ``path``, or beside it as ``NAME-2.png``, ... when it exists (never over a file,
+        as subscribe --save); returns the path written.
+
+        Raises:
+            RuntimeError: it cannot be written (one line; written through a temporary name, so never half a PNG).
+        """
         data = (await self.call("Page.captureScreenshot", format="png"))["data"]
-        path.write_bytes(base64.b64decode(data))
+        path = unused_path(path)
+        write_file(path, base64.b64decode(data))
+        return path
 
     async def freeze(self, frozen: bool) -> None:
         """Freeze the page (no JavaScript runs, as in a background tab the browser froze), or resume it."""
@@ -154,9 +163,10 @@ PAGE_STATE = "window.streamfuse"
 
 
 async def capture(url: str, path: Path, watch_s: float, timeout_s: float = 30.0, *,
-                  source: str = "the pipeline") -> str:
+                  source: str = "the pipeline") -> tuple[Path, str]:
     """Open the viewer at ``url``, wait for frames in all three panels and two stats updates, watch for
-    ``watch_s`` seconds, write a PNG screenshot to ``path``; returns what the page measured, in one line.
+    ``watch_s`` seconds, write a PNG screenshot to ``path`` (``NAME-2.png``, ... when it exists); returns the path
+    written and what the page measured, in one line.
 
     Raises:
         RuntimeError: no frames or stats from ``source`` (the pipeline's endpoint) within ``timeout_s`` (one line).
@@ -170,8 +180,8 @@ async def capture(url: str, path: Path, watch_s: float, timeout_s: float = 30.0,
         await browser.wait_for(f"{PAGE_STATE}.statsUpdates >= 2", timeout_s,
                                f"fewer than 2 stats messages arrived from {source} within {timeout_s:g} s")
         end = await browser.evaluate(PAGE_STATE)
-        await browser.screenshot(path)
+        written = await browser.screenshot(path)
     shown = (end["frames"]["fused"] - start["frames"]["fused"]) / watch_s
-    return (f"first fused frame {end['firstFrameMs']:.0f} ms after the page opened, {shown:.1f} frames/s shown over "
-            f"{watch_s:g} s, frames IR/vis/fused {end['frames']['ir']}/{end['frames']['vis']}/"
-            f"{end['frames']['fused']}, {end['statsUpdates']} stats updates")
+    return written, (f"first fused frame {end['firstFrameMs']:.0f} ms after the page opened, {shown:.1f} frames/s "
+                     f"shown over {watch_s:g} s, frames IR/vis/fused {end['frames']['ir']}/{end['frames']['vis']}/"
+                     f"{end['frames']['fused']}, {end['statsUpdates']} stats updates")

@@ -119,17 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address the page is served on (loopback: this "
                         "machine only; the page has no password and the frames are not encrypted)")
-    parser.add_argument("--port", type=int_at_least(0, 65535), default=8080, help="port of the page (0 = any free port)")
+    parser.add_argument("--port", type=int_at_least(0, 65535), default=8080,
+                        help="port of the page (0 = any free port)")
     parser.add_argument("--topic", default="fused/", help="fused topic (prefix) to show; name one rig "
                         "(fused/rig0) when several publish on the endpoint")
     parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
-    parser.add_argument("--quality", type=int_at_least(1, 100), default=80, help="JPEG quality of the frames on the page (1..100)")
+    parser.add_argument("--quality", type=int_at_least(1, 100), default=80,
+                        help="JPEG quality of the frames on the page (1..100)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
                         "its pipeline's name exists waits for it; 0 = at once)")
     parser.add_argument("--screenshot", type=Path, help="open the page in headless Chromium, write a PNG "
-                        "screenshot here once frames and stats have arrived, print what the page measured, exit")
+                        "screenshot here (NAME-2.png, ... when it exists) once frames and stats have arrived, print "
+                        "what the page measured, exit")
     parser.add_argument("--wait", type=positive(), default=5.0, help="with --screenshot: seconds to watch the page")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -164,8 +167,8 @@ async def _main(feed: Feed, args: argparse.Namespace) -> int:
         if args.screenshot:
             from streamfuse.view.browser import capture
 
-            report = await capture(url, args.screenshot, args.wait, source=feed.endpoint)
-            print(f"wrote {args.screenshot}: {report}")
+            written, report = await capture(url, args.screenshot, args.wait, source=feed.endpoint)
+            print(f"wrote {written}: {report}")
             return 0
         if not _is_loopback(args.host):
             log.warning("serving the page on %s, reachable from other machines: no password, frames unencrypted",
