@@ -10,6 +10,7 @@ The disk and codec work runs on a :class:`WriterThread`, so it overlaps the call
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import queue
 import secrets
@@ -23,7 +24,7 @@ import numpy as np
 
 from streamfuse.errors import io_reason
 
-__all__ = ["partial_path", "unused_path", "durable_replace", "write_file", "write_png", "whole_png", "WriterThread",
+__all__ = ["partial_path", "durable_replace", "write_file", "write_png", "whole_png", "WriterThread",
            "BackgroundSync"]
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
@@ -33,16 +34,6 @@ def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under: ``dir/out.mp4`` -> ``dir/.out.mp4.partial``."""
     path = Path(path)
     return path.with_name(f".{path.name}.partial")
-
-
-def unused_path(path: Path) -> Path:
-    """``path``, else ``NAME-2.png``, ``NAME-3.png``, ...: the first name not taken, so that an output is never written
-    over a file already there (subscribe --save: a restarted publisher's frames, numbered from 0 again; view
-    --screenshot run twice)."""
-    n, found = 2, path
-    while found.exists():
-        found, n = path.with_name(f"{path.stem}-{n}{path.suffix}"), n + 1
-    return found
 
 
 def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -73,13 +64,17 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+def write_file(path: Path, data: bytes, *, new: bool = False) -> Path:
     """``data`` to ``path`` through a temporary file of its own: a full disk or Ctrl-C leaves no truncated file at
     ``path``, and two writers of one name never share a temporary file.
 
     Args:
-        exclusive: never replace a file already at ``path``: ``FileExistsError`` then (``subscribe --save`` takes
-            the next name), decided in one step (a hard link), so two processes cannot both take a name.
+        new: never write over a file: the first free name of ``path``, ``NAME-2.png``, ``NAME-3.png``, ... (subscribe
+            --save: a restarted publisher's frames, numbered from 0 again; view --screenshot run twice), each taken in
+            one step (a hard link), so that two processes saving into one folder never take the same name.
+
+    Returns:
+        The path written.
 
     Raises:
         RuntimeError: one line naming ``path`` and the OS's reason (the temporary file removed).
@@ -90,15 +85,19 @@ def write_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     try:
         if direct:
             real.write_bytes(data)
-            return
+            return Path(path)
         partial = _new_partial(real)
         partial.write_bytes(data)
-        if exclusive:
-            _link_new(partial, real)
-        else:
+        if not new:
             durable_replace(partial, real)
-    except FileExistsError:
-        raise
+            return Path(path)
+        others = (real.with_name(f"{real.stem}-{n}{real.suffix}") for n in itertools.count(2))
+        for name in itertools.chain([real], others):
+            try:
+                _link_new(partial, name)
+                return name
+            except FileExistsError:
+                continue
     except OSError as exc:
         raise RuntimeError(f"cannot write {path}: {io_reason(exc)}") from None
     finally:
@@ -136,9 +135,10 @@ def _link_new(src: Path, dst: Path) -> None:
     _sync_folder(dst.parent)
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """``image`` as a PNG at ``path`` through its temporary name (:func:`write_file`): a kill or a full disk never
-    leaves a truncated PNG under the final name, where a resumed replay would keep it as a finished frame.
+def write_png(path: Path, image: np.ndarray, *, new: bool = False) -> Path:
+    """``image`` as a PNG at ``path`` through its temporary name (:func:`write_file`, which ``new`` is given to): a
+    kill or a full disk never leaves a truncated PNG under the final name, where a resumed replay would keep it as a
+    finished frame. Returns the path written.
 
     Raises:
         RuntimeError: one line naming ``path``.
@@ -147,7 +147,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
     if not ok:
         raise RuntimeError(f"cannot write {path}: OpenCV cannot encode a {image.dtype} image of shape {image.shape} "
                            f"as PNG")
-    write_file(path, data.tobytes())
+    return write_file(path, data.tobytes(), new=new)
 
 
 def whole_png(path: Path) -> bool:

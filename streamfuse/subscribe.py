@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamfuse.atomic_write import unused_path, write_png
+from streamfuse.atomic_write import write_png
 from streamfuse.cli.args import int_at_least, positive
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.errors import io_reason
@@ -118,7 +118,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                   flush=True)
             if args.save and (sub.received - 1) % args.every == 0:
                 try:  # through a temporary name: a kill never leaves a truncated PNG that looks whole
-                    write_png(unused_path(args.save / f"fused_{header['seq']:08d}.png"), image)
+                    write_png(args.save / f"fused_{header['seq']:08d}.png", image, new=True)
                 except RuntimeError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     return 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +57,22 @@ def test_a_symlink_keeps_pointing_at_the_new_file(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["latest.json", "runs", "summary.json"]  # no partial file
 
 
-def test_an_exclusive_write_never_takes_a_name_another_writer_took(tmp_path):
-    """Two processes saving frames into one folder (subscribe --save): a name is one writer's, decided in one step."""
+def test_a_new_write_never_takes_a_name_another_writer_took(tmp_path):
+    """Two processes saving frames into one folder (subscribe --save): a name is one writer's, taken in one step."""
     path = tmp_path / "fused_00000001.png"
-    write_file(path, b"first", exclusive=True)
-    with pytest.raises(FileExistsError):
-        write_file(path, b"second", exclusive=True)
-    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert write_file(path, b"first", new=True) == path
+    assert write_file(path, b"second", new=True) == tmp_path / "fused_00000001-2.png"
+    assert write_file(path, b"third", new=True) == tmp_path / "fused_00000001-3.png"
+    assert [p.read_bytes() for p in sorted(tmp_path.iterdir())] == [b"second", b"third", b"first"]
+
+
+def test_writers_racing_for_one_name_each_keep_their_own_file(tmp_path):
+    path = tmp_path / "frame.png"
+    with ThreadPoolExecutor(8) as pool:
+        written = list(pool.map(lambda i: write_file(path, f"writer {i}".encode(), new=True), range(32)))
+    assert len(set(written)) == 32 and sorted(p.read_bytes() for p in written) == sorted(
+        f"writer {i}".encode() for i in range(32))
+    assert sorted(tmp_path.iterdir()) == sorted(written)  # and no temporary file left
 
 
 def test_a_link_planted_at_a_temporary_name_is_not_followed(tmp_path):

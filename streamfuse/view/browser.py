@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from streamfuse.atomic_write import unused_path, write_file
+from streamfuse.atomic_write import write_file
 
 __all__ = ["Chromium", "find_chromium", "capture"]
 
@@ -150,9 +150,7 @@ class Chromium:
             RuntimeError: it cannot be written (one line; written through a temporary name, so never half a PNG).
         """
         data = (await self.call("Page.captureScreenshot", format="png"))["data"]
-        path = unused_path(path)
-        write_file(path, base64.b64decode(data))
-        return path
+        return write_file(path, base64.b64decode(data), new=True)
 
     async def freeze(self, frozen: bool) -> None:
         """Freeze the page (no JavaScript runs, as in a background tab the browser froze), or resume it."""
