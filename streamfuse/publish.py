@@ -36,6 +36,7 @@ __all__ = ["PublishConfig", "Publisher"]
 log = logging.getLogger(__name__)
 _SHM_PREFIX, _RING_PREFIX = SHM_TOPIC_PREFIX.encode(), RING_TOPIC_PREFIX.encode()
 _MAX_SUBSCRIPTION = 4096  # bytes of one message from a subscriber: a (un)subscription, its topic prefix
+_SUBS_PER_POLL = 256  # (un)subscriptions read a turn of the live loop: about a millisecond at most
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,9 @@ class Publisher:
         self._previews = {s: preview_topic(cfg.topic, s).encode() for s in ("ir", "vis")}
         self._preview_subs: set[bytes] = set()  # live subscriptions to preview topics
         self._preview_seq = 0
-        self._subs: set[bytes] = set()  # every topic prefix some subscriber asks for
+        self._subs: set[bytes] = set()  # the topic prefixes subscribers ask for that match a topic sent here
         self._shm_topic, self._ring_topic = shm_topic(cfg.topic).encode(), ring_topic(cfg.topic).encode()
+        self._published = (self._topic, self._shm_topic, self._ring_topic, *self._previews.values())
         # what subscriptions ask for (kept by _poll_subscriptions): payload, pool, its descriptors, its ring (woken)
         self._want_payload = self._want_shm = self._want_descriptors = self._want_ring = False
         self._polled = False  # loan() has just read the subscriptions: its send_fused need not again
@@ -306,11 +308,17 @@ class Publisher:
         return True
 
     def _poll_subscriptions(self) -> None:
-        """Take the (un)subscriptions waiting on the XPUB socket (a few microseconds when there are none)."""
+        """Take the (un)subscriptions waiting on the XPUB socket (a few microseconds when there are none), at most
+        ``_SUBS_PER_POLL`` a call: a peer sending thousands must not hold the live loop (the rest wait a turn)."""
         changed = False
-        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        for _ in range(_SUBS_PER_POLL):
+            if not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                break
             msg = self._sock.recv(zmq.NOBLOCK)  # b"\x01" + topic: subscribe, b"\x00" + topic: last one gone
-            topic, changed = msg[1:], True
+            topic = msg[1:]
+            if not any(mine.startswith(topic) for mine in self._published):
+                continue  # matches nothing sent here (libzmq filters by it alone): not kept, so never a growing set
+            changed = True
             if msg[:1] == b"\x01":
                 self._subs.add(topic)
                 if self._h264 is not None and self._topic.startswith(topic):

@@ -123,6 +123,30 @@ def test_a_subscription_of_kilobytes_is_refused_not_taken_into_the_loop(rng: np.
         hostile.close()
 
 
+def test_thousands_of_subscriptions_are_read_a_few_hundred_a_turn_and_only_matching_ones_kept(
+        rng: np.random.Generator) -> None:
+    # a peer sending thousands of (un)subscriptions of up to 4 KiB each held the live loop while they were read, and
+    # every one was kept in a set scanned at each change
+    image = rng.integers(0, 256, (48, 64), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, zmq.Context() as ctx, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as healthy:
+        connect(pub, healthy, image)
+        kept = set(pub._subs)
+        hostile = ctx.socket(zmq.SUB)
+        hostile.setsockopt(zmq.LINGER, 0)
+        for i in range(990):  # libzmq's SUB sends at most its SNDHWM (1000) subscriptions when it connects
+            hostile.setsockopt(zmq.SUBSCRIBE, f"fused/{i:04d}".encode() + b"x" * 1000)  # matches nothing sent here
+        hostile.setsockopt(zmq.SUBSCRIBE, b"preview/")  # sent last (in byte order): once read, every one before was
+        hostile.connect(pub.endpoint)
+        polls, poll = [], pub._poll_subscriptions
+        pub._poll_subscriptions = lambda: (polls.append(1), poll())[1]
+        while b"preview/" not in pub._subs:
+            pub.send_fused(fused_frame(image, len(polls)))
+            assert healthy.recv() is not None  # served all along
+        assert len(polls) >= 4 and pub._subs == kept | {b"preview/"}  # 991 read, 256 a turn at most
+        hostile.close()
+
+
 def test_nodrop_mode_refuses_and_counts_when_a_queue_is_full(rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, VGA, dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True)) as pub, \
