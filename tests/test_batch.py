@@ -276,6 +276,19 @@ def test_ray_joins_the_cluster_of_ray_address_unless_given_another(monkeypatch):
     assert RayEngine().address == ""  # a local Ray
 
 
+def test_a_worker_no_node_can_hold_is_refused_here_and_warned_of_on_a_cluster(caplog):
+    """Ray waits for ever (a line of its autoscaler every half minute) for resources no node has."""
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+    ray = SimpleNamespace(nodes=lambda: nodes)
+    with pytest.raises(ValueError, match=r"^this machine's Ray has no node with the 1 CPUs and 0.5 GPUs a worker asks "
+                                         r"for \(--threads, --gpus; the largest has 2 CPUs, 0 GPUs\)$"):
+        RayEngine(gpus=0.5, address="")._check_fits(ray)
+    with caplog.at_level("WARNING"):
+        RayEngine(threads=4, address="auto")._check_fits(ray)  # an autoscaler may start a node that has them
+    assert "no node of the Ray cluster has the 4 CPUs and 0 GPUs a worker asks for" in caplog.text
+    RayEngine(threads=2, address="auto")._check_fits(ray)
+
+
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
     src = _pairs(tmp_path / "src", ["a.nut"], 4)
     (tmp_path / "notes.txt").write_text("a file, not a folder")

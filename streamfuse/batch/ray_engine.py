@@ -126,6 +126,7 @@ class RayEngine:
         try:
             if started:
                 self._start(ray, stop)
+                self._check_fits(ray)
             with _stop_on_signals(stop):
                 running = yield from self._schedule(ray, worker_cfg(cfg, self.threads), jobs, resume, frames, stop)
             # Ctrl-C and SIGTERM act again while the running pairs wind down: a second one stops waiting for them
@@ -165,6 +166,19 @@ class RayEngine:
                 raise ValueError(f"cannot join the Ray cluster at {self.address}: {exc}") from None
         else:
             ray.init(num_cpus=self.workers * self.threads, num_gpus=None if self.gpus else 0, include_dashboard=False)
+
+    def _check_fits(self, ray: Any) -> None:
+        """Refuse (one line) a worker no node of a local Ray can hold, which Ray would wait for for ever (a line of
+        its autoscaler every half minute); warn of one on a cluster, where such a node may join."""
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if not any(r.get("CPU", 0) >= self.threads and r.get("GPU", 0) >= self.gpus for r in nodes):
+            most = max(((r.get("CPU", 0), r.get("GPU", 0)) for r in nodes), default=(0, 0))
+            ask = (f"the {self.threads} CPUs and {self.gpus:g} GPUs a worker asks for (--threads, --gpus; the largest "
+                   f"has {most[0]:g} CPUs, {most[1]:g} GPUs)")
+            if not self.address:  # no other node can join a local Ray: its pairs would wait for ever
+                raise ValueError(f"this machine's Ray has no node with {ask}")
+            log.warning("no node of the Ray cluster has %s: the pairs wait until one joins (an autoscaler may start "
+                        "one)", ask)
 
     def _progress_actor(self, ray: Any) -> Any:
         """The frames counter, kept for the next batch on the same Ray: starting an actor's process each time would
@@ -297,11 +311,11 @@ def _wait_one(ray: Any, refs: list, progress: Any, frames: Callable[[int], None]
 
 def _lost(ray: Any, job: PairJob, exc: Exception, retries: int) -> PairResult:
     """The result of a pair whose task ended in a Ray error: an exception of its own (not retried: it would meet it
-    again), or its worker died ``retries + 1`` times."""
+    again), or its worker lost for good (died more than ``retries`` times, or its node or raylet gone)."""
     if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
         return PairResult(str(job.out), "failed", reason=one_line(exc.cause, typed=True))
-    return PairResult(str(job.out), "failed", reason=f"worker lost {retries + 1} times ({one_line(exc, typed=True)}); "
-                                                     f"run again with --resume")
+    return PairResult(str(job.out), "failed", reason=f"its worker was lost ({one_line(exc, typed=True)}; Ray runs a "
+                                                     f"pair again up to {retries} times); run again with --resume")
 
 
 def bounded(jobs: Iterable[PairJob], submit: Callable[[PairJob], Any], wait_one: Callable[[list], tuple[Any, Any]],
