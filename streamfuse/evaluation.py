@@ -133,7 +133,10 @@ def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineCo
             raise ConfigError(f"--fuser {spec}: {key + eq + value!r} is not key=value with a key {name} reads: "
                               f"{', '.join(keys)}")
         raw.setdefault(keys[key], {})[key] = load_yaml(value)
-    raw = apply_overrides(raw, overrides or [])
+    try:
+        raw = apply_overrides(raw, overrides or [])
+    except ValueError as exc:  # a --set that is not stage.key=value: a usage error, as in every command
+        raise ConfigError(str(exc)) from None
     if unknown := set(raw) - set(FUSER_SECTIONS):
         raise ConfigError(f"--set {sorted(unknown)[0]}.*: --fuser takes overrides of {', '.join(FUSER_SECTIONS[1:])}")
     if raw["fuse"] != {"name": name}:

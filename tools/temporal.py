@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from streamfuse.bitdepth import To8Bit  # noqa: E402
 from streamfuse.checks import ConfigError  # noqa: E402
 from streamfuse.cli import guarded  # noqa: E402
-from streamfuse.cli.args import config_error, data_dir, int_at_least  # noqa: E402
+from streamfuse.cli.args import config_error, config_value, data_dir, int_at_least  # noqa: E402
 from streamfuse.evaluation import (config_method, find_pairs, fused_dir_method, fuser_method, image_files,  # noqa: E402
                                    read_grey)
 from streamfuse.metrics import average_gradient, flow_warp_error, temporal_ratio  # noqa: E402
@@ -67,13 +67,16 @@ def clip_frames(pairs: list[tuple[str, Path, Path]]) -> list[tuple[np.ndarray, n
     """A clip's ``(IR, visible Y)`` frames in order.
 
     Raises:
-        ValueError: a clip of one frame (no frame-to-frame change to measure) or a frame whose size is not the clip's
-            first IR frame's (one line naming the frame).
+        ValueError: a clip of one frame or of visible frames that do not change (no change to measure against) or a
+            frame whose size is not the clip's first IR frame's (one line naming the frame).
     """
     if len(pairs) < 2:
         raise ValueError(f"{pairs[0][1].parent.parent}: one IR/visible frame pair; a clip needs at least two")
     ir8 = To8Bit(ir=True)  # one for the clip: 16-bit IR frames keep one scale, so the level does not jump
     frames = [(read_grey(ir, ir8), read_grey(vi)) for _, ir, vi in pairs]
+    if all(np.array_equal(frames[0][1], vi) for _, vi in frames):
+        raise ValueError(f"{pairs[0][2].parent}: the visible frames do not change, and the flicker ratio is the fused "
+                         "frames' change relative to theirs")
     shape = frames[0][0].shape
     for (_, *paths), pair in zip(pairs, frames, strict=True):
         for path, frame in zip(paths, pair, strict=True):
@@ -104,9 +107,12 @@ def parse_args() -> argparse.Namespace:
                         help="override of the fuser's sections (fuse, hclfuse, engine, baseline, align)")
     parser.add_argument("--static", type=int_at_least(2), default=5,
                         help="repeats of one pair for the static-input check")
-    parser.add_argument("--stabilize", type=float, default=0.0, help="stabilize.strength for --fuser methods (0 = off)")
-    parser.add_argument("--denoise", type=float, default=0.0, help="post.denoise for --fuser methods (0 = off)")
-    parser.add_argument("--denoise-threshold", type=float, default=PostConfig.denoise_threshold,
+    parser.add_argument("--stabilize", type=config_value(StabilizeConfig, "strength", float), default=0.0,
+                        help="stabilize.strength for --fuser methods (0 = off)")
+    parser.add_argument("--denoise", type=config_value(PostConfig, "denoise", float), default=0.0,
+                        help="post.denoise for --fuser methods (0 = off)")
+    parser.add_argument("--denoise-threshold", type=config_value(PostConfig, "denoise_threshold", float),
+                        default=PostConfig.denoise_threshold,
                         help="post.denoise_threshold for --fuser methods")
     return parser.parse_args()
 

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -29,7 +28,7 @@ import numpy as np
 import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
 
 from streamfuse.bench import parse_sizes
-from streamfuse.cli.args import int_at_least
+from streamfuse.cli.args import config_value, int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine, Handle
 from streamfuse.fusers import FuseConfig
@@ -54,9 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timed frames per case; default 1000 on a GPU, 50 on CPU")
     p.add_argument("--sampler", default="student", choices=("student", "teacher"),
                    help="student (the distilled live default) | teacher")
-    p.add_argument("--steps", type=setting(HCLFuseConfig, "steps"), default=0,
+    p.add_argument("--steps", type=config_value(HCLFuseConfig, "steps"), default=0,
                    help="teacher's DDIM steps K; 0 = the hclfuse section's default")
-    p.add_argument("--image-guidance", type=setting(HCLFuseConfig, "image_guidance"), default=None,
+    p.add_argument("--image-guidance", type=config_value(HCLFuseConfig, "image_guidance"), default=None,
                    help="steps of the structure guide on the decoded image (hclfuse.image_guidance; 0 = off); default: "
                         "the hclfuse section's default")
     p.add_argument("--batch", type=batch_sizes, default=None,
@@ -65,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", type=precision_list, default=None,
                    help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
     p.add_argument("--fuser", default="hclfuse", choices=("hclfuse", *available("fuser")))
-    p.add_argument("--threads", type=setting(EngineConfig, "threads"), default=0,
+    p.add_argument("--threads", type=config_value(EngineConfig, "threads"), default=0,
                    help="torch CPU threads; 0 = all cores")
     p.add_argument("--weights", default="", help="HCLFuse weights file; '' = shipped; 'random' = untrained")
     p.add_argument("--tiny", action="store_true", help="smoke run: 64x48 frames, 3 per case, 1 warm-up")
@@ -88,21 +87,6 @@ _MODEL_OPTIONS = {"--sampler", "--steps", "--image-guidance", "--batch", "--grap
 def batch_sizes(text: str) -> list[int]:
     """An argparse ``type``: comma-separated batch sizes, each >= 1."""
     return [int_at_least(1)(b) for b in text.split(",")]
-
-
-def setting(section: type, key: str) -> Callable[[str], int]:
-    """An argparse ``type``: an integer >= 0 that the config ``section`` accepts as ``key`` (0, which these options
-    read as the default or as off, is not checked)."""
-
-    def parse(text: str) -> int:
-        value = int_at_least(0)(text)
-        try:
-            section(**{key: value}) if value else None
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return value
-
-    return parse
 
 
 def precision_list(text: str) -> list[str]:

@@ -9,10 +9,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from streamfuse.checks import ConfigError
 
-__all__ = ["int_at_least", "seconds", "positive", "data_dir", "config_error"]
+__all__ = ["int_at_least", "config_value", "seconds", "positive", "data_dir", "config_error"]
 
 
 def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -30,6 +31,24 @@ def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], in
         return value
 
     return parse
+
+
+def config_value(section: type, key: str, parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse ``type``: a value that the config ``section`` accepts as ``key`` (its range check's words, after
+    the option's name). 0 is not checked: the options that take one read it as their default or as off."""
+
+    def check(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if parse is int else 'a number'}") from None
+        try:
+            section(**{key: value}) if value else None
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return check
 
 
 def seconds(text: str) -> float:

@@ -56,7 +56,7 @@ def test_cuda_without_gpu_is_one_line():
     (["--graphs", "maybe"], "argument --graphs: 'maybe': give on, off or on,off"),
     (["--sampler", "bogus"], "argument --sampler: invalid choice: 'bogus' (choose from 'student', 'teacher')"),
     (["--steps", "100"], "argument --steps: steps=100 is out of range; allowed: 1..20"),
-    (["--image-guidance", "-1"], "argument --image-guidance: must be >= 0, got -1"),
+    (["--image-guidance", "-1"], "argument --image-guidance: image_guidance=-1 is out of range; allowed: 0 .. 20"),
     (["--threads", "5000"], "argument --threads: threads=5000 is out of range; allowed: 0 (all cores) .. 1024"),
     (["--precision", "fp32,fp64"], "argument --precision: 'fp64' is not one of fp32, fp16, bf16"),
     (["--fuser", "bogus"], "argument --fuser: invalid choice: 'bogus' (choose from 'hclfuse', 'average', "

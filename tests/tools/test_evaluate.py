@@ -137,6 +137,7 @@ def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
     (["--fuser", "hclfuse:contrast=1.25"], "'contrast=1.25' is not key=value with a key hclfuse reads: weights, "),
     (["--fuser", "max", "--set", "fuse.name=rule"], "--set fuse.*: --fuser max names its fuser"),
     (["--fuser", "max", "--set", "record.path=x"], "--set record.*: --fuser takes overrides of hclfuse, engine, "),
+    (["--fuser", "max", "--set", "bogus"], "override 'bogus' is not of the form stage.key=value"),
 ])
 def test_config_errors_are_one_line_and_exit_2_as_in_run(evaluate, pairs, tmp_path, monkeypatch, capsys, args,
                                                          message):

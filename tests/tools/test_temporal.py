@@ -152,15 +152,32 @@ def test_static_check_needs_two_repeats(temporal, tmp_path, rng, monkeypatch, ca
 
 @pytest.mark.parametrize("case, message", [
     ("one_frame", "{clip}: one IR/visible frame pair; a clip needs at least two"),
-    ("bad_stabilize", "strength=2.0 is out of range; allowed: 0 (off) .. 0.95"),
+    ("still_visible", "{clip}/vi: the visible frames do not change, and the flicker ratio is the fused frames' change "
+                      "relative to theirs"),
 ])
-def test_a_one_frame_clip_or_a_bad_stabilizer_is_one_line(temporal, tmp_path, rng, monkeypatch, case, message):
+def test_a_clip_with_nothing_to_measure_against_is_one_line(temporal, tmp_path, rng, monkeypatch, case, message):
     _clip(tmp_path / "a", rng, n=1 if case == "one_frame" else 3)
-    extra = ["--stabilize", "2"] if case == "bad_stabilize" else []
-    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2", *extra])
+    if case == "still_visible":  # its ratio was infinite, and so the mean over every clip
+        for i in (1, 2):
+            shutil.copy(tmp_path / "a" / "vi" / "0000.png", tmp_path / "a" / "vi" / f"{i:04d}.png")
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
     with pytest.raises(SystemExit) as exc:
         temporal()
     assert str(exc.value.code) == "temporal: " + message.format(clip=tmp_path / "a")
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--stabilize", "2", "strength=2.0 is out of range; allowed: 0 (off) .. 0.95"),
+    ("--denoise", "-1", "denoise=-1.0 is out of range; allowed: 0 (off) .. 0.95"),
+    ("--denoise", "x", "'x' is not a number"),
+])
+def test_a_bad_filter_setting_is_refused_naming_its_option(temporal, tmp_path, rng, monkeypatch, capsys, option,
+                                                           value, words):
+    _clip(tmp_path / "a", rng, n=3)
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", option, value])
+    with pytest.raises(SystemExit) as exc:
+        temporal()
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"argument {option}: {words}")
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tool, temporal, tmp_path, rng, monkeypatch, capsys):
