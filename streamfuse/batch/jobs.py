@@ -115,6 +115,8 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         recordings = _recordings(src)
     else:
         recordings = [src] if is_storage(src) else []
+        if why := _unfinished(src):
+            raise ValueError(f"{src} is {why}")
     pairs = [(p, p) for p in recordings] or find_pairs(src)
     if not pairs:
         raise ValueError(f"no pairs to replay in {src}")
@@ -146,11 +148,21 @@ def _recordings(folder: Path) -> list[Path]:
     if is_bag_folder(folder):  # the folder is a bag itself
         return [folder]
     entries = sorted(folder.iterdir())
-    cut = [e.name for e in entries if e.name.startswith(".") and e.name.endswith(".mcap.partial")]
-    if cut:  # a killed live run's recording: not replayed, but not passed over in silence either
-        log.warning("%s: %s cut short by a killed run; `streamfuse recover FILE` finishes it; not replayed",
-                    folder, ", ".join(cut))
+    for entry in entries:  # unfinished recordings: not replayed, but not passed over in silence either
+        if why := _unfinished(entry):
+            log.warning("%s: %s; not replayed", entry, why)
     return [entry for entry in entries if is_bag_folder(entry) or (entry.is_file() and is_storage(entry))]
+
+
+def _unfinished(path: Path) -> str:
+    """Why ``path`` is a recording that did not end (a killed live run's, a ROS 1 bag still recorded or cut short);
+    '' when it is not one."""
+    if path.name.startswith(".") and path.name.endswith(".mcap.partial"):
+        return "a recording cut short by a killed run: `python -m streamfuse recover FILE` finishes it"
+    if path.name.endswith(".bag.active"):
+        return ("a ROS 1 bag still being recorded, or cut short: replay it alone once it is complete (`python -m "
+                "streamfuse replay --ir FILE --out OUT`)")
+    return ""
 
 
 def _check_outputs_are_no_inputs(jobs: list[PairJob]) -> None:

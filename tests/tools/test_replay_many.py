@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -131,12 +132,19 @@ def test_a_video_given_as_the_pair_list_and_a_cut_recording_are_each_one_line(tm
     from streamfuse.batch import find_jobs
 
     (tmp_path / "rec").mkdir()
-    for name in ("run1.mcap", ".run2.mcap.partial"):  # run2: a live run killed while it recorded
+    # run2: a live run killed while it recorded; run3: a ROS 1 bag still recorded (or its recorder killed)
+    for name in ("run1.mcap", ".run2.mcap.partial", "run3.bag.active"):
         (tmp_path / "rec" / name).write_bytes(b"")
     assert [job.ir.name for job in find_jobs(tmp_path / "rec", tmp_path / "o")] == ["run1.mcap"]
+    cut = "a recording cut short by a killed run: `python -m streamfuse recover FILE` finishes it"
+    active = ("a ROS 1 bag still being recorded, or cut short: replay it alone once it is complete (`python -m "
+              "streamfuse replay --ir FILE --out OUT`)")
     assert [r.getMessage() for r in caplog.records] == [
-        f"{tmp_path / 'rec'}: .run2.mcap.partial cut short by a killed run; `streamfuse recover FILE` finishes it; "
-        "not replayed"]
+        f"{tmp_path / 'rec' / '.run2.mcap.partial'}: {cut}; not replayed",
+        f"{tmp_path / 'rec' / 'run3.bag.active'}: {active}; not replayed"]
+    for name, why in ((".run2.mcap.partial", cut), ("run3.bag.active", active)):  # given alone
+        with pytest.raises(ValueError, match=f"^{tmp_path / 'rec' / name} is {re.escape(why)}$"):
+            find_jobs(tmp_path / "rec" / name, tmp_path / "o")
 
 
 def test_ray_engine_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
