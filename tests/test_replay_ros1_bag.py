@@ -63,6 +63,17 @@ def test_a_bag_its_recorder_left_cut_short_replays_to_where_it_was_cut_then_stop
     assert active.read_bytes() == head
 
 
+def test_a_closed_bag_cut_short_is_said_to_be_so_not_to_have_no_topics(tmp_path):
+    """A closed bag copied in part (a transfer cut, a full disk): its index, at its end, is missing."""
+    data = _bag(tmp_path / "robot.bag", chunk_bytes=16 << 10).read_bytes()
+    cut = tmp_path / "cut.bag"
+    cut.write_bytes(data[:_chunk_ends(data)[3]])
+    with pytest.raises(ReplayError, match=r"cut.bag .*cut short: its index would start at byte [0-9]+, past its end "
+                                          rf"\({_chunk_ends(data)[3]} bytes\)"):
+        run_replay(_cfg(), ir_path=cut, out_path=tmp_path / "fused.mkv")
+    assert not (tmp_path / "fused.mkv").exists()
+
+
 def test_a_damaged_chunk_or_a_file_that_is_no_bag_stops_in_one_line(tmp_path):
     bag = _bag(tmp_path / "robot.bag", "bz2")
     data = bytearray(bag.read_bytes())

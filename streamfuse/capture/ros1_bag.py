@@ -127,13 +127,16 @@ def _then_cut(records: Iterator[Record], compression: str) -> Iterator[Record]:
 
 def _index_pos(f: BinaryIO) -> int:
     """Where the bag's index starts (0: it has none, as a killed recorder leaves it), read from its start; the file
-    is left past the bag header. BagError when it is not a ROS 1 bag."""
+    is left past the bag header. BagError when it is not a ROS 1 bag, or a closed one cut before its index."""
     if f.read(len(MAGIC)) != MAGIC:
         raise BagError("not a ROS 1 bag (format 2.0: no '#ROSBAG V2.0' line at its start)")
     fields, _ = next(_records(f), ({}, b""))
     if _op(fields) != OP_BAG_HEADER:
         raise BagError("its first record is not the bag header")
-    return _field(fields, "index_pos", "<Q")
+    index_pos = _field(fields, "index_pos", "<Q")
+    if index_pos >= (size := os.fstat(f.fileno()).st_size):  # a closed bag copied in part: its messages end early
+        raise BagError(f"cut short: its index would start at byte {index_pos}, past its end ({size} bytes)")
+    return index_pos
 
 
 def _topic_and_type(fields: dict[str, bytes], data: bytes) -> tuple[str, str]:
