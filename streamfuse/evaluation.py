@@ -244,6 +244,10 @@ def _output_dirs(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     save_dirs = _save_dirs([m for m in methods if m.fuser is not None], save_dir)
     inputs = {"IR": dir_ir, "visible": dir_vis, **{f"fused ({m.name})": m.fused_dir for m in methods}}
     check_outputs(inputs, {"output folder": out_dir, **{f"save folder ({n})": d for n, d in save_dirs.items()}})
+    for name, folder in save_dirs.items():  # an earlier run's images would be read back as this one's (--fused)
+        if folder.is_dir() and (held := [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]):
+            raise ValueError(f"save folder ({name}) {folder} already holds {len(held)} images ({min(held)}, ...); "
+                             "give a new or empty folder, so that they do not mix with this run's")
     for folder in (out_dir, *save_dirs.values()):
         folder.mkdir(parents=True, exist_ok=True)
     return save_dirs

@@ -175,6 +175,19 @@ def test_images_without_a_partner_or_sharing_a_name_are_named(pairs, caplog):
     assert f"0 IR images in {ir_dir} and 1 visible images in {vis_dir} have no partner (first: orphan)" in caplog.text
 
 
+def test_a_save_folder_holding_images_is_refused_before_any_work(evaluate, pairs, tmp_path):
+    """A run into an earlier run's --save folder left a mix of two methods' images, scored later as one method's."""
+    ir_dir, vis_dir = pairs
+    saved = tmp_path / "saved"
+    evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "o1"), "--save", str(saved)])
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+    with pytest.raises(SystemExit, match=rf"^evaluate: save folder \(average\) {saved} already holds 3 images "
+                                         r"\(p0.png, ...\); give a new or empty folder"):
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "average", "--limit", "1", "--out", str(tmp_path / "o2"),
+                  "--save", str(saved)])
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before and not (tmp_path / "o2").exists()
+
+
 def test_missing_fused_images_are_counted(evaluate, pairs, tmp_path, caplog):
     ir_dir, vis_dir = pairs
     partial = tmp_path / "partial"
