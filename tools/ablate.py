@@ -42,11 +42,12 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_file  # noqa: E402
 from streamfuse.cli import guarded  # noqa: E402
-from streamfuse.cli.args import config_error, data_dir, int_at_least  # noqa: E402
+from streamfuse.cli.args import config_error, config_value, data_dir, int_at_least  # noqa: E402
 from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
 from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, read_pair  # noqa: E402
+from streamfuse.inference import HCLFuseConfig  # noqa: E402
 from streamfuse.processor import config_fuser  # noqa: E402
 
 # after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
@@ -147,12 +148,15 @@ def summary(result: EvalResult) -> dict:
                      if name != DEFAULT}}
 
 
-def int_list(text: str) -> list[int]:
-    """An argparse ``type``: comma-separated integers."""
-    try:
-        return [int(k) for k in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers") from None
+def step_list(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated teacher steps K, each once (each is a row)."""
+    steps = [config_value(HCLFuseConfig, "steps")(k) or int_at_least(1)(k) for k in text.split(",")]
+    if len(set(steps)) != len(steps):
+        raise argparse.ArgumentTypeError(f"{text!r} names a K twice")
+    return steps
+
+
+ROW_SECTIONS = ("align", "hclfuse", "engine", "baseline")  # what the rows are built from (the fuser is each row's)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="stage.key=value",
                    help="dotted override of the config, e.g. engine.threads=2; repeatable")
     p.add_argument("--weights", default="", help="HCLFuse weights (shorthand for --set hclfuse.weights=...)")
-    p.add_argument("--steps", type=int_list, default="1,2,4,8,20", help="comma-separated K values")
+    p.add_argument("--steps", type=step_list, default="1,2,4,8,20", help="comma-separated K values")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the max/average/laplacian +- sharpen rows (rule and max:contrast stay)")
     p.add_argument("--limit", type=int_at_least(0), default=0, help="score only the first N pairs; 0 = all")
@@ -177,7 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if (args.ir is None) != (args.vis is None):
-        raise SystemExit("ablate: give both --ir and --vis, or neither (then --data/--dataset)")
+        p.error("give both --ir and --vis, or neither (then --data/--dataset)")
+    for override in args.overrides:
+        section = override.lstrip("-").split(".")[0]
+        if section not in ROW_SECTIONS or (args.weights and override.lstrip("-").startswith("hclfuse.weights=")):
+            p.error(f"--set {override}: the rows take overrides of {', '.join(ROW_SECTIONS)} (the weights once)")
     data = args.data / args.dataset
     dir_ir, dir_vis = (args.ir, args.vis) if args.ir else (data / "ir", data / "vi")
     try:
