@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if bool(args.ir) != bool(args.vis):
-        raise SystemExit("bench replay: give both --ir and --vis, or neither (a synthetic pair)")
+        parser.error("give both --ir and --vis, or neither (a synthetic pair)")
     for what, path in (("IR", args.ir), ("visible", args.vis)):
         if path and not Path(path).is_file():
             raise SystemExit(f"bench replay: {what} video not found: {path}")
@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             io = sum(s.stages.get(k, {}).get("share", 0.0) for k in ("decode", "encode"))
             fuse = s.stages.get("fuse", {}).get("share", 0.0)
             verdict = "decode/encode IS the bottleneck" if io > fuse else "fusion is the bottleneck"
-            print(f"  {name:<10} {s.written} frames in {s.wall_s:.2f} s = {s.fps:.1f} frames/s\n    {shares}\n"
+            print(f"  {name:<10} {s.written} frames in {s.wall_s:.2f} s = {s.fps:.1f} frames/s (the whole replay once "
+                  f"the model is loaded: opening, the first OT solve and the encoder's start weigh on a short clip)\n"
+                  f"    {shares}\n"
                   f"    loop waits on decode+encode {io:.0%} vs fuse {fuse:.0%}: {verdict}")
             ran += 1
     return 0 if ran else 1

@@ -12,7 +12,8 @@ from streamfuse.bench.replay import main
 def test_prints_rate_and_stage_shares(capsys):
     main(["--fuser", "max", "--frames", "6", "--size", "64x48", "--set", "engine.device=cpu"])
     out = capsys.readouterr().out
-    assert re.search(r"max +6 frames in [0-9.]+ s = [0-9.]+ frames/s", out), out
+    assert re.search(r"max +6 frames in [0-9.]+ s = [0-9.]+ frames/s \(the whole replay once the model is loaded",
+                     out), out
     assert "fuse " in out and "loop waits on decode+encode" in out
 
 
@@ -34,6 +35,7 @@ def test_exit_status_1_when_no_fuser_ran(tmp_path, capsys):
     (["--frames", "0"], "argument --frames: must be >= 1, got 0"),
     (["--size", "abc"], "argument --size: size 'abc' is not WIDTHxHEIGHT"),
     (["--size", "0x48"], "argument --size: size '0x48': width and height must be in 1..8192"),
+    (["--ir", "ir.mp4"], "give both --ir and --vis, or neither (a synthetic pair)"),
 ])
 def test_bad_numbers_are_refused_when_parsing(args, message, capsys):
     with pytest.raises(SystemExit) as exc:
