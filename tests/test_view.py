@@ -218,11 +218,22 @@ def test_stats_go_on_after_a_part_over_the_limit(consumer):
         wait_until(lambda: sock.send_multipart([b"stats/t", _stats()]) or passed_on() > seen, "stats after it")
 
 
-def test_the_plots_keep_at_most_32_stages():
-    stages = {f"s{i}": {"median_ms": 1.0, "p99_ms": 2.0} for i in range(1000)}
+def test_stats_with_too_many_stages_or_long_stage_names_are_skipped():
+    # 32 stages named ~31 kB each, 300 times over, made the view hold ~300 MB and send it as each page's first message.
+    long_names = {f"{i:02d}" + "x" * 31_000: {"median_ms": 1.0} for i in range(32)}
+    many = {f"s{i}": {"median_ms": 1.0, "p99_ms": 2.0} for i in range(33)}
+    fine = {f"s{i}": {"median_ms": 1.0, "p99_ms": 2.0} for i in range(31)} | {"n" * 64: {"median_ms": 1.0}}
     with _stats_consumer("view") as (sock, feed, passed_on):
-        wait_until(lambda: sock.send_multipart([b"stats/t", _stats(stages=stages)]) or passed_on(), "stats arrive")
-        assert list(feed.history[-1]["stages"]) == [f"s{i}" for i in range(32)]  # of 1000: a point stays small
+        wait_until(lambda: sock.send_multipart([b"stats/t", _stats()]) or passed_on(), "stats arrive")
+        for t_ns, stages in enumerate((long_names, many, long_names), 1):  # t_ns tells each one apart once handled
+            sock.send_multipart([b"stats/t", _stats(t_ns=t_ns, stages=stages)])
+            wait_until(lambda: feed.stats_in.malformed == t_ns or feed.stats.get("t_ns") == t_ns, "the message handled")
+        sock.send_multipart([b"stats/t", _stats(t_ns=7, stages=fine)])  # at the limits: kept
+        wait_until(lambda: feed.stats.get("t_ns") == 7, "the stats message at the limits")
+        assert feed.stats_in.malformed == 3 and feed.history[-1]["stages"].keys() == fine.keys()
+        first = asyncio.run(feed.message({}))
+        assert [p["t_ns"] for p in unpack(first)[0]["history"]][-1:] == [7]
+        assert len(first) < 20_000  # a page's first message stays small (the skipped ones were 1 MB each)
 
 
 def test_stats_after_the_event_loop_closed_are_no_traceback():

@@ -35,6 +35,7 @@ _POLL_S = 0.1  # how often the reader threads look at their stop flags
 _MAX_STATS_BYTES = 16 * MAX_HEADER_BYTES  # a stats message is a few kB
 _STATS_RCVHWM = 8  # stats come every telemetry.interval_s and are read at once: a few queued bound the memory
 _MAX_PLOT_STAGES = 32  # a pipeline has 7 stages; more would be a peer making every plot point megabytes
+_MAX_STAGE_NAME = 64  # names are like "fuse", "capture.ir"; longer ones would make 300 points of history megabytes
 
 
 class Feed:
@@ -186,7 +187,8 @@ class Feed:
 class StatsMessages:
     """The validated stats on ``topic`` from ``endpoint`` (:func:`streamfuse.wire.decode_stats`) until ``stop`` is
     set, for one iteration on one thread, which closes the socket at the end (or :meth:`close`, never iterated).
-    Malformed ones are logged, counted in ``malformed`` and skipped; a connection that ZeroMQ dropped on a part over
+    Malformed ones (also: more than ``_MAX_PLOT_STAGES`` stages or a stage name over ``_MAX_STAGE_NAME`` characters)
+    are logged, counted in ``malformed`` and skipped; a connection that ZeroMQ dropped on a part over
     ``_MAX_STATS_BYTES`` is restored and counted the same way. ``name_wait_s``: see :func:`connect_sub`.
 
     Raises:
@@ -209,7 +211,7 @@ class StatsMessages:
                     self._tend()
                     continue
                 try:
-                    yield decode_stats(self.sock.recv_multipart())
+                    yield _check_stages(decode_stats(self.sock.recv_multipart()))
                 except MalformedMessage as exc:
                     self._skip(exc)
         finally:
@@ -232,10 +234,25 @@ class StatsMessages:
         self.sock.close(linger=0)
 
 
+def _check_stages(stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` if its stages fit the plots (the snapshot and history a page gets first stay small).
+
+    Raises:
+        MalformedMessage: more than ``_MAX_PLOT_STAGES`` stages, or a name over ``_MAX_STAGE_NAME`` characters.
+    """
+    stages = stats.get("stages", {})
+    if len(stages) > _MAX_PLOT_STAGES:
+        raise MalformedMessage(f"stats hold {len(stages)} stages, more than {_MAX_PLOT_STAGES}")
+    long = next((name for name in stages if len(name) > _MAX_STAGE_NAME), None)
+    if long is not None:
+        raise MalformedMessage(f"stats stage name of {len(long)} characters, more than {_MAX_STAGE_NAME}")
+    return stats
+
+
 def _plot_point(stats: dict[str, Any]) -> dict[str, Any]:
-    """What the plots keep of a snapshot (validated by ``decode_stats``): time, output rate, per-stage median, p99."""
-    named = list(stats.get("stages", {}).items())[:_MAX_PLOT_STAGES]
-    stages = {name: [s.get("median_ms"), s.get("p99_ms")] for name, s in named}
+    """What the plots keep of a snapshot (validated by ``decode_stats`` and ``_check_stages``): time, output rate,
+    per-stage median, p99."""
+    stages = {name: [s.get("median_ms"), s.get("p99_ms")] for name, s in stats.get("stages", {}).items()}
     return {"t_ns": stats.get("t_ns", time.time_ns()), "rate_fps": stats.get("rate_fps"), "stages": stages}
 
 
