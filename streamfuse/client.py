@@ -1,8 +1,8 @@
 """The consumer side: a Subscriber that yields decoded fused frames, with timeouts and a latest-frame mode.
 
-Every format of the wire format is decoded transparently: raw, jpeg, h264 (waiting for a keyframe after a start or
-a missed frame) and, for a publisher on this host, its shared-memory pool (read in place), with an automatic fall
-back to the ZeroMQ payload where the pool cannot be mapped.
+Every format of the wire format is decoded transparently: raw, jpeg, h264 (waiting for a keyframe after a start, a
+restart or a missed frame) and, for a publisher on this host, its shared-memory pool (read in place), with an
+automatic fall back to the ZeroMQ payload where the pool cannot be mapped.
 
 >>> with Subscriber("tcp://127.0.0.1:1", timeout_s=0.05) as sub:  # nothing listens on port 1
 ...     sub.recv() is None
@@ -24,6 +24,7 @@ from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
 from streamfuse.connection_watch import connect_sub, on_this_host
 from streamfuse.pool_ring import RingError
 from streamfuse.ring_cursor import RingCursor
+from streamfuse.seq_count import SeqCounter
 from streamfuse.shm_pool import NotAPool, PoolError, PoolReader, ring_supported, shm_supported
 from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, consumer_topic, decode_header, raw_image,
                              ring_topic, shm_topic)
@@ -66,7 +67,8 @@ class Subscriber:
             it is larger (shared memory; jpeg, h264 decoded) is skipped unread, counted in ``malformed``.
 
     Counters: ``received`` (frames returned), ``malformed`` (skipped, logged: not the wire format, a header field out of
-    range, a payload that does not decode, a shared-memory pool that is none, or a frame over ``max_frame_bytes``;
+    range, a ``seq`` that repeats the last frame's or leaps ahead further than a publisher can (:class:`SeqCounter`), a
+    payload that does not decode, a shared-memory pool that is none, or a frame over ``max_frame_bytes``;
     ``last_malformed`` says why the last one was), ``missed`` (gaps in the publisher's ``seq``: frames dropped on the
     way to this subscriber; also shared-memory frames overwritten before they were read, never returned torn, and ring
     entries lapped before they were read), ``via_shm`` (frames read from shared memory), ``via_ring`` (their descriptors
@@ -98,8 +100,7 @@ class Subscriber:
         self._last_message = time.monotonic()
         self._pool: PoolReader | None = None
         self._pool_lock = threading.Lock()  # latest mode: the reader thread maps pools, the caller reads them
-        self._jpeg, self._h264 = JpegDecoder(), H264Decoder()
-        self._last_seq: int | None = None
+        self._jpeg, self._h264, self._seq = JpegDecoder(), H264Decoder(), SeqCounter(endpoint)
         # the watch restores what libzmq does not retry; a host name is looked up here, once
         self._sock, self._watch = connect_sub(endpoint, [self._topic], rcvhwm=rcvhwm, server_key=server_key,
                                               max_part_bytes=max(max_frame_bytes, MAX_HEADER_BYTES),
@@ -177,7 +178,7 @@ class Subscriber:
         """The next ring entry's ``(header, None)`` (latest mode: the newest entry's); None when none came within
         ``timeout_s``, or the entry was lapped, is another topic's, a frame already taken or malformed."""
         try:
-            if (got := self._ring.next(timeout_s, self._last_seq)) is not None:
+            if (got := self._ring.next(timeout_s, self._seq.last)) is not None:
                 self._check_size(got[0])
         except (RingError, MalformedMessage) as exc:
             self._skip(exc)
@@ -188,12 +189,12 @@ class Subscriber:
             return None
         header, passed = got
         if passed:
-            self._last_seq += passed
+            self._seq.last += passed
             with self._cond:
                 self.discarded += passed
-        self._new_seq(header["seq"], "shm")
-        self.via_ring += 1
-        return header, None
+        taken = self._new_seq(header["seq"], "shm")  # False: a seq leaping ahead (the cursor skips those taken)
+        self.via_ring += taken
+        return (header, None) if taken else None
 
     def _enter_ring(self) -> None:
         """Take descriptors from the mapped pool's ring from now on: announce it (the publisher keeps filling the
@@ -304,17 +305,16 @@ class Subscriber:
         log.warning("skipped malformed message from %s: %s", self.endpoint, why)
 
     def _new_seq(self, seq: int, fmt: str) -> bool:
-        """Count gaps in ``seq``; False for a frame already taken through the other route (shm and payload)."""
-        last, self._last_seq = self._last_seq, seq
-        if last is not None and seq == last:
+        """Count gaps in ``seq``; False for a frame taken through the other route or a malformed seq (SeqCounter)."""
+        try:
+            missed = self._seq.take(seq, "shm" if fmt == "shm" else "payload")
+        except MalformedMessage as exc:
+            self._skip(exc)
             return False
-        if last is not None and seq > last + 1 and fmt == "h264":
+        if (missed or self._seq.restarted) and fmt == "h264":
             self._h264.reset()  # the next inter frame refers to one we never saw
-        if last is not None and seq > last:
-            self.missed += seq - last - 1
-        elif last is not None:
-            log.info("publisher at %s restarted (seq %d after %d)", self.endpoint, seq, last)
-        return True
+        self.missed += missed or 0
+        return missed is not None
 
     def _map_pool(self, name: str) -> bool:
         """Socket owner: have pool ``name`` mapped and the payload unsubscribed; on failure fall back for good."""

@@ -202,6 +202,25 @@ def test_missed_counts_gaps_in_seq(raw_pub: tuple[zmq.Socket, str]) -> None:
     assert seqs == [1, 4, 5] and sub.missed == 2 and sub.received == received + 3
 
 
+def test_a_forged_or_repeated_seq_is_malformed_and_missed_stays_true(raw_pub: tuple[zmq.Socket, str],
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # seq 2^63-1 made the summary say "missed 64563604257983429944" and the next frame log "restarted (seq 68 after
+    # 9223372036854775807)"; a repeated seq was dropped without a count or a line.
+    sock, endpoint = raw_pub
+    with caplog.at_level(logging.INFO, "streamfuse"), Subscriber(endpoint, timeout_s=PATIENCE_S, rcvhwm=20) as sub:
+        seq = raw_connect(sock, sub)
+        missed, malformed, received = sub.missed, sub.malformed, sub.received
+        for sent in (seq + 1, 2**63 - 1, seq + 2, seq + 2, seq + 4, 0):  # a gap of one, then the publisher restarts
+            sock.send_multipart(with_header(seq=sent))
+        seqs = [sub.recv()[0]["seq"] for _ in range(4)]
+    assert seqs == [seq + 1, seq + 2, seq + 4, 0] and sub.received == received + 4
+    assert (sub.missed - missed, sub.malformed - malformed) == (1, 2)
+    assert [m for m in caplog.messages if "restarted" in m] == [f"publisher at {endpoint} restarted (seq 0 after "
+                                                                 f"{seq + 4})"]
+    assert f"seq {seq + 2} repeats the last frame's" in caplog.text
+    assert f"seq {2**63 - 1} after {seq + 1}: more than" in caplog.text
+
+
 def test_bad_arguments_raise_value_error() -> None:
     with pytest.raises(ValueError, match="timeout_s=0"):
         Subscriber(NOBODY, timeout_s=0)

@@ -25,7 +25,9 @@ from streamfuse.wire import (ENCODINGS, HEADER_FIELDS, STATS_SCHEMA, HeaderEncod
 
 MUTATIONS = 2000  # per seed: about a second each
 MAX_FRAME_BYTES = 1 << 20  # the fuzzed subscriber's limit (its raw payloads stay under 256 kB)
-SENTINEL_SEQ = 10**15  # seq of the valid frame queued after each mutated message (+ its number)
+# After each mutated message (or burst): two valid frames, seq 0 then 1, that the subscriber takes whatever seq the
+# mutated ones left it at (0: a restart, a repeat or a copy of the last; 1 then follows 0); frame_id tells them apart.
+SENTINELS = [with_header(seq=seq, frame_id="sentinel") for seq in (0, 1)]
 # JSON a header field gets: wrong types, out of range, NaN and infinities, other fields' values, long and broken text
 HOSTILE = ['""', '"1"', '"abc"', '"bgr8"', '"mono8"', '"rgba9"', '"raw"', '"jpeg"', '"h264"', '"shm"', "-1", "0", "1",
            "2", "3", "65535", "65536", str(2**31), str(2**63 - 1), str(2**63), str(2**64), str(-(2**63) - 1),
@@ -250,14 +252,19 @@ def _queued_subscriber(**kwargs: object) -> Iterator[tuple[Subscriber, _Queued]]
             sub._sock = queue.sock
 
 
-def _consume(sub: Subscriber, queue: _Queued, parts: list[bytes], n: int) -> list[tuple[dict, np.ndarray]]:
-    """Queue ``parts`` then a valid frame (seq ``SENTINEL_SEQ + n``); the frames ``sub`` returns up to that one."""
-    queue.send(parts)
-    queue.send(with_header(seq=SENTINEL_SEQ + n))
+def _is_sentinel(header: dict, seq: int | None = None) -> bool:
+    """Whether ``header`` is one of ``SENTINELS`` (``seq``: that one)."""
+    return header["frame_id"] == "sentinel" and header["seq"] in ((0, 1) if seq is None else (seq,))
+
+
+def _consume(sub: Subscriber, queue: _Queued, parts: list[bytes]) -> list[tuple[dict, np.ndarray]]:
+    """Queue ``parts`` then ``SENTINELS``; the frames ``sub`` returns before them."""
+    for message in (parts, *SENTINELS):
+        queue.send(message)
     frames = []
-    while (frame := sub.recv()) is not None and frame[0]["seq"] != SENTINEL_SEQ + n:
-        frames.append(frame)
-    assert frame is not None, "the valid frame after a mutated message never came"
+    while (frame := sub.recv()) is not None and not _is_sentinel(frame[0], 1):
+        frames += [] if _is_sentinel(frame[0]) else [frame]
+    assert frame is not None, "the valid frames after a mutated message never came"
     return frames
 
 
@@ -277,14 +284,14 @@ def test_mutated_messages_are_skipped_or_decode_to_what_their_header_says(seed: 
     outcomes: collections.Counter[str] = collections.Counter()
     with _pool() as pool, _queued_subscriber(shm=pool is not None, max_frame_bytes=MAX_FRAME_BYTES) as (sub, queue):
         valid = _valid_messages(pool)
-        for n in range(MUTATIONS):
+        for _mutation in range(MUTATIONS):
             parts = valid[rng.integers(len(valid))]
             for _ in range(1 + (rng.random() < 0.3) + (rng.random() < 0.1)):
                 parts = _mutate(rng, parts) if parts else parts
             outcomes.update(_decode_directly(parts))
             if parts:
                 malformed = sub.malformed
-                for header, image in _consume(sub, queue, parts, n):
+                for header, image in _consume(sub, queue, parts):
                     _check_frame(header, image)
                     outcomes[f"subscriber: {header['format']}"] += 1
                 assert sub.malformed == malformed or ("\n" not in sub.last_malformed and len(sub.last_malformed) < 400)
@@ -303,13 +310,14 @@ def test_a_subscriber_on_a_socket_goes_on_after_a_burst_of_mutated_messages(late
     try:
         with Subscriber(sock.getsockopt_string(zmq.LAST_ENDPOINT), timeout_s=PATIENCE_S, rcvhwm=1000, shm=False,
                         latest=latest, max_frame_bytes=MAX_FRAME_BYTES) as sub:
-            seq = raw_connect(sock, sub)
+            raw_connect(sock, sub)
             for _ in range(300):
                 parts = _mutate(rng, valid[rng.integers(len(valid))])
                 if parts:
                     sock.send_multipart(parts)
-            sock.send_multipart(with_header(seq=SENTINEL_SEQ))
-            while (frame := sub.recv()) is not None and frame[0]["seq"] != SENTINEL_SEQ:
+            for message in SENTINELS:
+                sock.send_multipart(message)
+            while (frame := sub.recv()) is not None and not _is_sentinel(frame[0], 1):
                 _check_frame(*frame)
     finally:
         sock.close(linger=0)
@@ -331,7 +339,7 @@ def test_a_compressed_frame_that_decodes_over_max_frame_bytes_is_skipped_undecod
         parts[2] = parts[2][:sof] + b"".join(n.to_bytes(2, "big") for n in claimed) + parts[2][sof + 4:]
         parts[1] = json.dumps({**json.loads(parts[1]), "height": 4000, "width": 4000, "step": 12000}).encode()
     with _queued_subscriber(shm=False, max_frame_bytes=image.nbytes - 1) as (sub, queue):
-        assert _consume(sub, queue, parts, 0) == []
+        assert _consume(sub, queue, parts) == []
     assert sub.malformed == 1
     said = f"frame of {claimed[1]}x{claimed[0]} is {claimed[0] * claimed[1] * 3} bytes, more than max_frame_bytes"
     assert said in sub.last_malformed

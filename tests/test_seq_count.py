@@ -1,0 +1,51 @@
+"""SeqCounter: a subscriber's account of the publisher's seq (gaps, restarts, repeats, leaps no publisher makes)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from streamfuse.seq_count import MAX_FPS, SeqCounter
+from streamfuse.wire import MalformedMessage
+
+
+def test_gaps_and_restarts_are_counted_as_before(caplog: pytest.LogCaptureFixture) -> None:
+    seqs = SeqCounter("tcp://x")
+    with caplog.at_level(logging.INFO, "streamfuse.seq_count"):
+        assert [seqs.take(seq, "payload") for seq in (40, 41, 45, MAX_FPS + 45, 0, 1)] == [0, 0, 3, MAX_FPS - 1, 0, 0]
+    assert caplog.messages == [f"publisher at tcp://x restarted (seq 0 after {MAX_FPS + 45})"]
+
+
+def test_a_repeated_seq_is_malformed_unless_it_is_the_other_routes_copy() -> None:
+    seqs = SeqCounter("tcp://x")
+    assert seqs.take(7, "shm") == 0
+    assert seqs.take(7, "payload") is None  # the same frame as the descriptor, while the subscriber switches
+    for route in ("payload", "shm"):
+        with pytest.raises(MalformedMessage, match="seq 7 repeats the last frame's"):
+            seqs.take(7, route)
+    assert seqs.take(8, "payload") == 0
+
+
+def test_a_leap_no_publisher_makes_is_malformed(caplog: pytest.LogCaptureFixture) -> None:
+    # A forged seq of 2^63-1 made missed 2^63 and the next real frame log "restarted (seq 68 after 2^63-1)".
+    seqs = SeqCounter("tcp://x")
+    with caplog.at_level(logging.INFO, "streamfuse.seq_count"):
+        assert seqs.take(67, "payload") == 0
+        for forged in (2**63 - 1, 2**62, 2**63 - 1):  # none goes on from the one before
+            with pytest.raises(MalformedMessage, match=f"seq {forged} after 67: more than {MAX_FPS} frames a second"):
+                seqs.take(forged, "payload")
+        assert (seqs.take(68, "payload"), seqs.last) == (0, 68)
+    assert caplog.messages == []
+
+
+def test_a_stream_going_on_from_a_leap_is_taken_as_a_restart(caplog: pytest.LogCaptureFixture) -> None:
+    # another publisher, long running, took the endpoint: one frame is refused, then its stream is followed
+    seqs = SeqCounter("tcp://x")
+    seqs.take(3, "payload")
+    with pytest.raises(MalformedMessage):
+        seqs.take(10**12, "payload")
+    with caplog.at_level(logging.INFO, "streamfuse.seq_count"):
+        assert (seqs.take(10**12 + 2, "payload"), seqs.restarted) == (0, True)  # an h264 decoder starts afresh
+        assert (seqs.take(10**12 + 3, "payload"), seqs.restarted) == (0, False)
+    assert caplog.messages == [f"publisher at tcp://x restarted (seq {10**12 + 2} after 3)"]
