@@ -19,6 +19,9 @@ from streamfuse.cli.args import config_error, int_at_least
 
 __all__ = ["main", "synthetic_pair"]
 
+_WHOLE = ("(the whole replay once the model is loaded: opening, the first OT solve and the encoder's start weigh on a "
+          "short clip)")
+
 
 def synthetic_pair(folder: Path, frames: int, width: int, height: int) -> tuple[Path, Path]:
     """``folder/ir.mp4`` and ``folder/vis.mp4``: ``frames`` of the synthetic rig's scene at 30 fps, H.264."""
@@ -94,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             io = sum(s.stages.get(k, {}).get("share", 0.0) for k in ("decode", "encode"))
             fuse = s.stages.get("fuse", {}).get("share", 0.0)
             verdict = "decode/encode IS the bottleneck" if io > fuse else "fusion is the bottleneck"
-            print(f"  {name:<10} {s.written} frames in {s.wall_s:.2f} s = {s.fps:.1f} frames/s (the whole replay once "
-                  f"the model is loaded: opening, the first OT solve and the encoder's start weigh on a short clip)\n"
-                  f"    {shares}\n"
+            print(f"  {name:<10} {s.written} frames in {s.wall_s:.2f} s = {s.fps:.1f} frames/s {_WHOLE}\n    {shares}\n"
                   f"    loop waits on decode+encode {io:.0%} vs fuse {fuse:.0%}: {verdict}")
             ran += 1
     return 0 if ran else 1
