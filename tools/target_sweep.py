@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from streamfuse.align import AlignConfig, align, histogram  # noqa: E402
 from streamfuse.cli import guarded  # noqa: E402
-from streamfuse.cli.args import data_dir  # noqa: E402
+from streamfuse.cli.args import data_dir, positive  # noqa: E402
 from streamfuse.config import load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.evaluation import Method, evaluate_dir  # noqa: E402
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=data_dir(REPO.parent),
                    help="shared data folder (STREAMFUSE_DATA, else beside the repository)")
     p.add_argument("--dataset", default="msrs/test", metavar="NAME", help="data set under --data (NAME/ir, NAME/vi)")
-    p.add_argument("--gains", default="1.0,1.1,1.2,1.3,1.5", help="comma-separated detail gains")
+    p.add_argument("--gains", type=lambda text: [positive()(g) for g in text.split(",")],
+                   default="1.0,1.1,1.2,1.3,1.5", help="comma-separated detail gains")
     p.add_argument("--base", choices=("raw", "aligned"), default="raw",
                    help="the base's IR: raw (the training target) or the OT-aligned IR' of the eval config")
     p.add_argument("--out", type=Path, default=REPO / "out" / "target_sweep", help="output folder")
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     pairs = args.data / args.dataset
     align_cfg = load_config(resolve("eval")).align if args.base == "aligned" else None
     try:
-        rows = [Method(f.name, fuser=f) for f in (TargetFuser(LossConfig(detail_gain=float(g)), align_cfg)
-                                                 for g in args.gains.split(","))]
+        rows = [Method(f.name, fuser=f) for f in (TargetFuser(LossConfig(detail_gain=g), align_cfg)
+                                                 for g in args.gains)]
         evaluate_dir(pairs / "ir", pairs / "vi", rows, args.out)
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"target_sweep: {exc}") from None

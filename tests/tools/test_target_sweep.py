@@ -29,6 +29,14 @@ def test_missing_dataset_is_one_line(tool, tmp_path):
         tool("target_sweep").main(["--data", str(tmp_path), "--dataset", "nothing", "--out", str(tmp_path / "o")])
 
 
+@pytest.mark.parametrize("gains, words", [("abc", "'abc' is not a number"), ("1.0,0", "must be a finite number > 0, "
+                                                                                    "got 0")])
+def test_a_bad_gain_is_refused_naming_the_option(tool, tmp_path, capsys, gains, words):
+    with pytest.raises(SystemExit) as exc:
+        tool("target_sweep").main(["--data", str(tmp_path), "--gains", gains, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"argument --gains: {words}")
+
+
 def test_data_defaults_to_streamfuse_data(tool, tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMFUSE_DATA", str(tmp_path))
     with pytest.raises(SystemExit) as exc:
