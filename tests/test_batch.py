@@ -269,6 +269,19 @@ def test_paths_are_made_absolute_for_workers_in_other_folders(tmp_path, monkeypa
                                               tmp_path / "out/a.nut")
 
 
+def test_a_pair_listed_twice_is_replayed_once_and_two_of_one_output_name_are_refused(tmp_path, caplog):
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    (tmp_path / "pairs.txt").write_text(f"{src}/ir/a.nut {src}/vi/a.nut\n{src}/ir/a.nut {src}/vi/a.nut\n")
+    with caplog.at_level("WARNING"):
+        assert [job.out.name for job in find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")] == ["a.nut"]
+    assert f"{tmp_path / 'pairs.txt'} names 1 pairs more than once; each is replayed once" in caplog.text
+    shutil.copy(src / "ir" / "a.nut", src / "ir" / "a.mkv")
+    (tmp_path / "pairs.txt").write_text(f"{src}/ir/a.nut {src}/vi/a.nut\n{src}/ir/a.mkv {src}/vi/a.nut\n")
+    with pytest.raises(ValueError, match=r"two pairs would write .*a.nut \(IR files of one name, their extensions "
+                                         r"aside\); rename one of the IR files"):
+        find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
+
+
 def test_ray_joins_the_cluster_of_ray_address_unless_given_another(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # as in a job that `ray job submit` started
     assert RayEngine().address == "10.0.0.5:6379" and RayEngine(address="10.0.0.6:6379").address == "10.0.0.6:6379"

@@ -122,13 +122,17 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         raise ValueError(f"no pairs to replay in {src}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is a file")
+    if len(set(pairs)) < len(pairs):  # a list that names a pair twice: one replay of it, said
+        log.warning("%s names %d pairs more than once; each is replayed once", src, len(pairs) - len(set(pairs)))
+        pairs = list(dict.fromkeys(pairs))
     jobs = [PairJob(Path(ir), Path(vis), out_dir / f"{_stem(Path(ir))}{ext}") for ir, vis in pairs]
     container_format(jobs[0].out, codec)  # every pair's output has this extension
     for job in jobs:
         check_output_paths(job.out, {"ir": job.ir, "vis": job.vis}, frames_dir)
     shared = [out for out, n in Counter(job.out for job in jobs).items() if n > 1]
     if shared:
-        raise ValueError(f"two pairs would write {shared[0]} (same IR file name); rename one of the IR files")
+        raise ValueError(f"two pairs would write {shared[0]} (IR files of one name, their extensions aside); rename "
+                         f"one of the IR files")
     _check_outputs_are_no_inputs(jobs)
     return jobs
 
