@@ -88,7 +88,8 @@ class RecordConfig:
 
     def __post_init__(self) -> None:
         # replay and the mcap source know a recording by its suffix: another name could not be read back as one
-        check(self.path.lower().endswith(".mcap"), "path", self.path, "a .mcap file path such as runs/rig0.mcap")
+        check(self.path.lower().endswith(".mcap"), "path", self.path,
+              "a .mcap file path such as runs/rig0.mcap (a record section needs one)")
         check(0.0625 <= self.chunk_mb <= 256, "chunk_mb", self.chunk_mb, "0.0625..256 MiB")
         check(0.01 <= self.flush_s <= 3600, "flush_s", self.flush_s, "0.01..3600 s")
 

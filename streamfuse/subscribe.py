@@ -134,7 +134,8 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
 def _why_silent(sub: Subscriber, server_key: str, malformed: int) -> str:
     """Why no frame arrives, as far as the connection's events and the ``malformed`` messages meanwhile tell."""
     if malformed:
-        return f"{malformed} messages arrived, all malformed (the last: {sub.last_malformed})"
+        some = "1 message arrived, malformed" if malformed == 1 else f"{malformed} messages arrived, all malformed"
+        return f"{some} (the last: {sub.last_malformed})"
     given = server_key if Path(server_key).is_file() else "the --server-key given"
     if sub.handshake_failures and server_key:
         return (f"{sub.handshake_failures} CURVE handshakes failed: the publisher's public key differs from {given} "

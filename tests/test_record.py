@@ -276,6 +276,8 @@ def test_a_recording_needs_a_name_that_reads_back_as_one(name):
     with pytest.raises(ValueError, match=r"path=.* is out of range; allowed: a \.mcap file path"):
         RecordConfig(path=name)
     assert RecordConfig(path="runs/RIG0.MCAP").path == "runs/RIG0.MCAP"
+    with pytest.raises(ValueError, match=r"path='' is out of range; .* \(a record section needs one\)"):
+        RecordConfig(chunk_mb=8)  # a record section with its other settings only
 
 
 def test_record_schema_and_message_layout(tmp_path, rng):

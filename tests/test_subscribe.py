@@ -148,7 +148,18 @@ def test_cli_only_malformed_messages_says_so(capsys: pytest.CaptureFixture) -> N
         assert main([endpoint, "--timeout", "2"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]
     assert len(err) == 1 and err[0].startswith(f"no frame from {endpoint}") and "after 0 frames" in err[0]
-    assert re.search(r"\d+ messages arrived, all malformed \(the last: header is not UTF-8 JSON", err[0]), err[0]
+    assert re.search(r"(1 message arrived, malformed|[2-9]\d* messages arrived, all malformed) \(the last: header is "
+                     r"not UTF-8 JSON", err[0]), err[0]
+
+
+def test_one_malformed_message_is_said_in_the_singular() -> None:
+    from types import SimpleNamespace
+
+    from streamfuse.subscribe import _why_silent
+
+    sub = SimpleNamespace(last_malformed="header is not UTF-8 JSON", handshake_failures=0)
+    assert _why_silent(sub, "", 1) == "1 message arrived, malformed (the last: header is not UTF-8 JSON)"
+    assert _why_silent(sub, "", 3).startswith("3 messages arrived, all malformed (the last: ")
 
 
 @pytest.mark.parametrize("target", ["file", "proc"])

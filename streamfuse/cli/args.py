@@ -13,7 +13,7 @@ from typing import Any
 
 from streamfuse.checks import ConfigError
 
-__all__ = ["int_at_least", "config_value", "seconds", "positive", "data_dir", "config_error"]
+__all__ = ["int_at_least", "config_value", "seconds", "time_span", "positive", "data_dir", "config_error"]
 
 
 def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -51,16 +51,23 @@ def config_value(section: type, key: str, parse: Callable[[str], Any] = int) -> 
     return check
 
 
-def seconds(text: str) -> float:
-    """An argparse ``type``: a finite number of seconds >= 0 (``--duration``, where a negative one would read as
-    "until Ctrl-C"; ``--name-wait``); the option's help says what 0 means."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds >= 0")
-    return value
+def time_span(unit: str) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number of ``unit`` (seconds, minutes) >= 0 (``--duration``, where a negative one
+    would read as "until Ctrl-C"; ``--name-wait``; ``--ckpt-minutes``); the option's help says what 0 means."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number of {unit} >= 0")
+        return value
+
+    return parse
+
+
+seconds = time_span("seconds")
 
 
 def positive(maximum: float = math.inf) -> Callable[[str], float]:

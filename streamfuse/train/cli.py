@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 from typing import NoReturn
 
-from streamfuse.cli.args import data_dir
+from streamfuse.cli.args import data_dir, time_span
 from streamfuse.train.config import SECTIONS, load_setup
 from streamfuse.train.loop import run_training
 
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="data folder (default: STREAMFUSE_DATA, else ../shared/data)")
     parser.add_argument("--out", type=_path, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--ckpt-minutes", type=float, default=3.0, help="checkpoint interval (3; 0: every step)")
+    parser.add_argument("--ckpt-minutes", type=time_span("minutes"), default=3.0,
+                        help="checkpoint interval (3; 0: every step)")
     parser.add_argument("--init", type=_path, help="weights file whose tensors start the run (fine-tuning)")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
