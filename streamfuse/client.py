@@ -273,11 +273,11 @@ class Subscriber:
         while parts[-1].more:  # recv_multipart's getsockopt(RCVMORE) per part costs more than the frames' flag
             parts.append(self._sock.recv(copy=False))
         try:
-            self._check_size(header := decode_header(parts))
-            if header["format"] == "shm" and not self._map_pool(header["shm_pool"]):
+            if (header := decode_header(parts))["format"] == "shm" and not self._map_pool(header["shm_pool"]):
                 return None  # fell back: the payload message of this seq follows
             if not self._new_seq(header["seq"], header["format"]):
                 return None
+            self._check_size(header)  # once its seq is taken: a frame refused is malformed, not missed as well
             if header["format"] == "shm" and self._ring_on and self._pool.ring is not None:
                 self._enter_ring()
             if header["format"] != "h264":

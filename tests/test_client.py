@@ -129,6 +129,19 @@ def test_message_parts_over_max_frame_bytes_are_refused(raw_pub: tuple[zmq.Socke
     assert sub.malformed == 1 and sub.received >= 2
 
 
+def test_a_frame_refused_for_its_size_is_malformed_not_missed_as_well(raw_pub: tuple[zmq.Socket, str]) -> None:
+    # a kB of JPEG whose header claims 100x100: refused before decoding, and its seq taken (it arrived)
+    sock, endpoint = raw_pub
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, max_frame_bytes=1000) as sub:
+        seq = raw_connect(sock, sub)
+        sock.send_multipart(_numbered(with_header(schema=SCHEMA_2, format="jpeg", height=100, width=100, step=300),
+                                      seq + 1))
+        sock.send_multipart(_numbered(good_parts(np.zeros((4, 6, 3), np.uint8)), seq + 2))
+        recv_seq(sub, seq + 2)
+    assert (sub.malformed, sub.missed) == (1, 0)
+    assert "jpeg frame of 100x100 is 30000 bytes, more than max_frame_bytes=1000" in sub.last_malformed
+
+
 @pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
 @pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
 def test_a_part_over_max_frame_bytes_does_not_stop_the_shared_memory_frames(rng: np.random.Generator,
