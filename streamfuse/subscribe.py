@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"error: cannot make the --save folder {args.save}: {io_reason(exc)}", file=sys.stderr)
             return 2
-    sub = None
     try:  # SIGTERM (systemd, a ROS launch) stops it as Ctrl-C does, with the summary
         server_key = load_server_key(args.server_key)
         with handled(signal.default_int_handler, (signal.SIGTERM,)), \
@@ -85,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if sub is None:  # while its host name was still looked up: no frame, no summary; say so
-            print(f"interrupted while connecting to {args.endpoint}", file=sys.stderr)
-            return 130
         return 0
 
 

@@ -152,19 +152,6 @@ def test_cli_only_malformed_messages_says_so(capsys: pytest.CaptureFixture) -> N
                      r"not UTF-8 JSON", err[0]), err[0]
 
 
-def test_ctrl_c_while_connecting_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture) -> None:
-    """Stopped while the publisher's host name is looked up: no frame and no summary, so not exit 0 in silence."""
-    import streamfuse.subscribe
-
-    def looking_up(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(streamfuse.subscribe, "Subscriber", looking_up)
-    assert main(["tcp://robot.local:5555"]) == 130
-    assert capsys.readouterr().err.splitlines() == ["interrupted while connecting to tcp://robot.local:5555"]
-
-
 def test_one_malformed_message_is_said_in_the_singular() -> None:
     from types import SimpleNamespace
 
