@@ -101,12 +101,13 @@ class Subscriber:
         self._pool: PoolReader | None = None
         self._pool_lock = threading.Lock()  # latest mode: the reader thread maps pools, the caller reads them
         self._jpeg, self._h264, self._seq = JpegDecoder(), H264Decoder(), SeqCounter(endpoint)
-        # the watch restores what libzmq does not retry; a host name is looked up here, once
-        self._sock, self._watch = connect_sub(endpoint, [self._topic], rcvhwm=rcvhwm, server_key=server_key,
-                                              max_part_bytes=max(max_frame_bytes, MAX_HEADER_BYTES),
-                                              name_wait_s=timeout_s)
-        self._shm = (on_this_host(endpoint) if shm is None else shm) and shm_supported()
-        if self._shm:
+        wanted = (lambda: (on_this_host(endpoint) if shm is None else shm) and shm_supported())
+        self._shm = early = wanted()  # an address: now, both topics going with the connection; a name: below
+        self._sock, self._watch = connect_sub(endpoint, [self._topic, self._shm_topic][:2 if early else 1],
+                                              rcvhwm=rcvhwm, server_key=server_key, name_wait_s=timeout_s,
+                                              max_part_bytes=max(max_frame_bytes, MAX_HEADER_BYTES))
+        if not early and wanted():  # a name connect_sub's one lookup found to be this host's
+            self._shm = True
             self._sock.setsockopt(zmq.SUBSCRIBE, self._shm_topic)
         self._fds = select.poll()
         for fd in (self._sock.getsockopt(zmq.FD), self._watch.fd):  # one poll() a wait, not zmq.Poller's several
@@ -136,8 +137,7 @@ class Subscriber:
         Raises:
             RuntimeError: latest mode's reader thread stopped on an unexpected error (one line saying which).
         """
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
-        frame = None
+        deadline, frame = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s), None
         while frame is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
