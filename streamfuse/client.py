@@ -178,8 +178,7 @@ class Subscriber:
         """The next ring entry's ``(header, None)`` (latest mode: the newest entry's); None when none came within
         ``timeout_s``, or the entry was lapped, is another topic's, a frame already taken or malformed."""
         try:
-            if (got := self._ring.next(timeout_s, self._seq.last)) is not None:
-                self._check_size(got[0])
+            got = self._ring.next(timeout_s, self._seq.last)
         except (RingError, MalformedMessage) as exc:
             self._skip(exc)
             return None
@@ -189,10 +188,10 @@ class Subscriber:
             return None
         header, passed = got
         if passed:
-            self._seq.last += passed
+            self._seq.skip(passed)
             with self._cond:
                 self.discarded += passed
-        taken = self._new_seq(header["seq"], "shm")  # False: a seq leaping ahead (the cursor skips those taken)
+        taken = self._new_seq(header)  # False: a seq leaping ahead (the cursor skips those taken), or over-size
         self.via_ring += taken
         return (header, None) if taken else None
 
@@ -275,9 +274,8 @@ class Subscriber:
         try:
             if (header := decode_header(parts))["format"] == "shm" and not self._map_pool(header["shm_pool"]):
                 return None  # fell back: the payload message of this seq follows
-            if not self._new_seq(header["seq"], header["format"]):
+            if not self._new_seq(header):
                 return None
-            self._check_size(header)  # once its seq is taken: a frame refused is malformed, not missed as well
             if header["format"] == "shm" and self._ring_on and self._pool.ring is not None:
                 self._enter_ring()
             if header["format"] != "h264":
@@ -292,29 +290,31 @@ class Subscriber:
             return None
         return header, image
 
-    def _check_size(self, header: dict[str, Any]) -> None:
-        """MalformedMessage for a frame over ``max_frame_bytes``, whichever way it comes (a raw payload part that
-        ZeroMQ did not refuse, a descriptor of shared memory, a kB of jpeg or h264 that claims 65535 x 65535)."""
+    def _fits(self, header: dict[str, Any]) -> bool:
+        """False (skipped as malformed) for a frame over ``max_frame_bytes``, whichever way it came (a raw part ZeroMQ
+        did not refuse, a shared-memory descriptor or ring entry, a kB of jpeg that claims 65535 x 65535)."""
         if (size := header["height"] * header["step"]) > self.max_frame_bytes:  # step: width * channels unless raw
-            raise MalformedMessage(f"{header['format']} frame of {header['width']}x{header['height']} is {size} "
-                                   f"bytes, more than max_frame_bytes={self.max_frame_bytes}")
+            self._skip(f"{header['format']} frame of {header['width']}x{header['height']} is {size} bytes, more than "
+                       f"max_frame_bytes={self.max_frame_bytes}")
+        return size <= self.max_frame_bytes
 
     def _skip(self, why: Exception | str) -> None:
         self.malformed += 1
         self.last_malformed = str(why)
         log.warning("skipped malformed message from %s: %s", self.endpoint, why)
 
-    def _new_seq(self, seq: int, fmt: str) -> bool:
-        """Count gaps in ``seq``; False for a frame taken through the other route or a malformed seq (SeqCounter)."""
+    def _new_seq(self, header: dict[str, Any]) -> bool:
+        """Count gaps in the header's ``seq``; False for a frame taken through the other route, a malformed seq
+        (SeqCounter) or a frame too large (:meth:`_fits`: once its seq is taken, so malformed, not missed as well)."""
         try:
-            missed = self._seq.take(seq, "shm" if fmt == "shm" else "payload")
+            missed = self._seq.take(header["seq"], "shm" if (fmt := header["format"]) == "shm" else "payload")
         except MalformedMessage as exc:
             self._skip(exc)
             return False
         if (missed or self._seq.restarted) and fmt == "h264":
             self._h264.reset()  # the next inter frame refers to one we never saw
         self.missed += missed or 0
-        return missed is not None
+        return missed is not None and self._fits(header)
 
     def _map_pool(self, name: str) -> bool:
         """Socket owner: have pool ``name`` mapped and the payload unsubscribed; on failure fall back for good."""

@@ -58,6 +58,11 @@ class SeqCounter:
         return 0 if last is None else seq - last - 1
 
 
+    def skip(self, frames: int) -> None:
+        """``frames`` after the last taken were passed over on purpose (latest mode: older ring entries), not missed."""
+        self.last = (self.last or 0) + frames
+
+
 def _plausible(ahead: int, elapsed_s: float) -> bool:
     """Whether a publisher can be ``ahead`` frames further after ``elapsed_s`` seconds (behind: a restart, always)."""
     return ahead <= (elapsed_s + 1) * MAX_FPS

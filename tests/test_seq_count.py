@@ -49,3 +49,11 @@ def test_a_stream_going_on_from_a_leap_is_taken_as_a_restart(caplog: pytest.LogC
         assert (seqs.take(10**12 + 2, "payload"), seqs.restarted) == (0, True)  # an h264 decoder starts afresh
         assert (seqs.take(10**12 + 3, "payload"), seqs.restarted) == (0, False)
     assert caplog.messages == [f"publisher at tcp://x restarted (seq {10**12 + 2} after 3)"]
+
+
+def test_frames_passed_over_on_purpose_are_not_missed() -> None:
+    # latest mode skips the ring entries older than the newest: discarded, not lost on the way
+    seqs = SeqCounter("tcp://x")
+    seqs.take(5, "shm")
+    seqs.skip(3)
+    assert (seqs.take(9, "shm"), seqs.last) == (0, 9)

@@ -150,6 +150,7 @@ def summary(result: EvalResult) -> dict:
 
 def step_list(text: str) -> list[int]:
     """An argparse ``type``: comma-separated teacher steps K, each once (each is a row)."""
+    # the section's range check; 0, which config_value lets through (a default elsewhere), is no K here
     steps = [config_value(HCLFuseConfig, "steps")(k) or int_at_least(1)(k) for k in text.split(",")]
     if len(set(steps)) != len(steps):
         raise argparse.ArgumentTypeError(f"{text!r} names a K twice")
