@@ -8,9 +8,10 @@ import sys
 
 # Every entry point imports this package first: a Python without the dependencies (the system one, say) gets one line
 # that says which environment to use instead of a ModuleNotFoundError from deep inside a stage.
-_MISSING = [m for m in ("numpy", "yaml", "cv2", "torch", "ot", "av", "zmq", "numba", "mcap", "zstandard", "tqdm",
-                         "simplejpeg")
-            if importlib.util.find_spec(m) is None]
+# The import names of pyproject.toml's dependencies (a test holds the two lists together).
+_DEPENDENCIES = ("torch", "ot", "numpy", "cv2", "av", "zmq", "numba", "yaml", "tqdm", "mcap", "zstandard", "lz4",
+                 "simplejpeg")
+_MISSING = [m for m in _DEPENDENCIES if importlib.util.find_spec(m) is None]
 if _MISSING:
     raise SystemExit(f"streamfuse: {', '.join(_MISSING)} not installed for {sys.executable}; run `make venv` once and"
                      " use .venv/bin/python (or install the package: pip install -e .)")

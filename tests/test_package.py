@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,16 @@ def test_missing_dependencies_are_one_line(args):
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not installed for" in lines[0] and "make venv" in lines[0], proc.stderr
+
+
+def test_import_check_names_every_runtime_dependency():
+    # a dependency missing from the check reached users as a ModuleNotFoundError traceback from inside a command
+    import streamfuse
+
+    listed = re.search(r"^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(), re.M | re.S).group(1)
+    names = {re.match(r"[A-Za-z0-9_.-]+", req).group().lower() for req in re.findall(r'"([^"]+)"', listed)}
+    imports = {"pot": "ot", "opencv-python-headless": "cv2", "pyzmq": "zmq", "pyyaml": "yaml"}
+    assert sorted(imports.get(n, n) for n in names) == sorted(streamfuse._DEPENDENCIES)
 
 
 def test_config_loading_needs_no_heavy_imports():
