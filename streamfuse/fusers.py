@@ -70,6 +70,11 @@ class Fuser(Protocol):
         """Counters for telemetry (e.g. OT cache hits); may be empty."""
         ...
 
+    def warm_up(self, height: int, width: int) -> None:
+        """Make ready for frames of this size before the first one comes (a live run calls it before its capture
+        starts); may do nothing."""
+        ...
+
 
 def build_baseline(name: str, cfg: BaselineConfig = BaselineConfig()) -> Fuser:
     """The registered baseline fuser ``name`` with the ``baseline`` section's settings."""
@@ -100,6 +105,9 @@ class _Baseline:
 
     def stats(self) -> dict[str, float]:
         return {}
+
+    def warm_up(self, height: int, width: int) -> None:
+        """Nothing to make ready: a rule of a few array operations."""
 
 
 @register("fuser", "max")

@@ -77,6 +77,8 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     processor = FrameProcessor.from_config(cfg)
     fuser = processor.fuser
     log.info("fuser %s %s", fuser.name, fuser.version)
+    if cfg.vis.kind in ("synthetic", "camera"):  # sources whose frame size is the configured one (a camera's request)
+        fuser.warm_up(cfg.vis.height, cfg.vis.width)
     tel = Telemetry(cfg.telemetry)
     for name in ("published", "publish_dropped", "stale"):  # in every snapshot, 0 until something happens
         tel.set(name, 0)

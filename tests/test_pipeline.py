@@ -563,6 +563,29 @@ def test_frames_queued_behind_a_sources_failure_are_kept_for_the_run_to_count():
 
 
 @pytest.mark.timeout(90)
+def test_the_fuser_is_warmed_up_at_the_visible_size_before_capture_starts(monkeypatch):
+    # On a GPU the engine's first call (CUDA graph capture) took 0.9 s: made on the first pair, it dropped the
+    # cameras' frames meanwhile and published a stale first frame.
+    from streamfuse import pipeline
+    from streamfuse.processor import FrameProcessor
+
+    stop, events, made, start = threading.Event(), [], FrameProcessor.from_config, pipeline.start_producers
+
+    def spied(cfg, fuser=None, **kw):
+        proc = made(cfg, fuser, **kw)
+        fuse = proc.fuser.fuse
+        monkeypatch.setattr(proc.fuser, "warm_up", lambda h, w: events.append(("warm_up", h, w)))
+        monkeypatch.setattr(proc.fuser, "fuse", lambda *a, **k: events.append("fuse") or stop.set() or fuse(*a, **k))
+        return proc
+
+    monkeypatch.setattr(FrameProcessor, "from_config", spied)
+    monkeypatch.setattr(pipeline, "start_producers", lambda *a: events.append("capture") or start(*a))
+    cfg, _ = _live_cfg("vis.width=320", "vis.height=240", "ir.width=320", "ir.height=240")
+    pipeline.run_live(cfg, duration_s=60.0, stop=stop)  # the duration only bounds a failure
+    assert events[:3] == [("warm_up", 240, 320), "capture", "fuse"]
+
+
+@pytest.mark.timeout(90)
 def test_fused_frames_with_a_nan_are_counted_in_the_run_stats(monkeypatch):
     # A fuser's NaN blanked the stream for good through the temporal filter's state, and nothing said so.
     from streamfuse.pipeline import run_live

@@ -37,3 +37,19 @@ def test_fuser_on_cpu(tmp_path, tiny):
     np.testing.assert_allclose(batch[0], out, atol=1e-4)
     with pytest.raises(ValueError, match="uint8"):
         fuser.fuse(ir.astype(np.float32), vis)
+
+
+def test_warm_up_runs_the_engine_once_outside_every_stream(tmp_path, tiny, monkeypatch):
+    # a live run warms the fuser up before capture starts: the engine's first call (a CUDA graph's capture) must not
+    # fall on a camera's first frame, and must leave no stream's OT plan behind
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    made = [build_hclfuse(HCLFuseConfig(weights=str(path), steps=2), EngineConfig(device="cpu", threads=1),
+                          AlignConfig()) for _ in range(2)]
+    shapes, run = [], made[0].engine.run
+    monkeypatch.setattr(made[0].engine, "run", lambda ir, *a: shapes.append(ir.shape) or run(ir, *a))
+    made[0].warm_up(37, 50)
+    assert shapes == [(1, 37, 50)] and made[0].stats()["ot_misses"] == 0
+    rng = np.random.default_rng(0)
+    ir, vis = (rng.integers(0, 256, (37, 50), dtype=np.uint8) for _ in range(2))
+    np.testing.assert_array_equal(made[0].fuse(ir, vis, "cam0"), made[1].fuse(ir, vis, "cam0"))
