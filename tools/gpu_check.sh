@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check in one short script: the GPU tests (pytest -m gpu) and the full tools/bench_fuse.py matrix on
-# CUDA, with every output written to $OUT (default out/gpu_check). At most 5.5 minutes (timeouts 90 s + 240 s).
+# The GPU check in one short script, every output written to $OUT (default out/gpu_check): 1. the GPU tests
+# (pytest -m gpu), 2. the tools/bench_fuse.py matrix on CUDA, 3. the teacher at K = 20, 4. the live demo on the GPU
+# (`engine.device: auto`) with a subscriber, at the demo's camera rates and at 120 frames/s, 5. an offline replay,
+# 6. with DATA=DIR (a folder with ir/ and vi/, e.g. a copy of msrs/test): `evaluate` on CUDA and on the CPU, and the
+# largest pixel difference between their fused images. At most 9 minutes (each step has its own timeout); STEPS
+# picks steps (default "1 2 3 4 5 6").
 #
 #   bash tools/gpu_check.sh                 on the GPU machine (torch with CUDA already installed there)
 #   bash tools/gpu_check.sh --fetch-wheels  here, before: saves the wheels of what the GPU image lacks (POT, PyAV,
@@ -24,7 +28,7 @@ if [[ $MODE == --fetch-wheels ]]; then
     # beside PyAV's 35 MB
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 -d .whl pot==0.9.6 av pyzmq mcap zstandard simplejpeg
+        --platform manylinux2014_x86_64 -d .whl pot==0.9.6 av pyzmq mcap zstandard lz4 simplejpeg
     ls -l .whl
     exit 0
 fi
@@ -48,7 +52,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 if [[ $MODE == --dry-run ]]; then
     DEVICE=cpu BENCH=(--tiny --batch 1,2)
 else
-    DEVICE=cuda BENCH=(--sizes 640x480,1280x1024 --batch 1,8 --graphs on,off --precision fp32,fp16 --frames 500)
+    DEVICE=cuda BENCH=(--sizes 640x480,1280x1024 --batch 1,8 --graphs on,off --precision fp32,fp16 --frames 300)
     nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else \
 'gpu_check: torch ' + torch.__version__ + ' sees no CUDA GPU')"
@@ -56,12 +60,72 @@ fi
 "$PY" -c "import torch, numpy, ot; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', \
 numpy.__version__, 'POT', ot.__version__)" | tee "$OUT/env.txt"
 
-# 1. GPU tests: only the files that declare them are collected.
+STEPS=${STEPS:-1 2 3 4 5 6}
+step() { [[ " $STEPS " == *" $1 "* ]]; }
 status=0
-mapfile -t GPU_TESTS < <(grep -rlE --include='*.py' 'mark\.gpu' tests)
-timeout 90 "$PY" -m pytest -q -o addopts="" -m gpu --timeout=60 "${GPU_TESTS[@]}" 2>&1 | tee "$OUT/gpu_tests.txt" \
-    || status=1
+
+# 1. GPU tests: only the files that declare them are collected.
+if step 1; then
+    mapfile -t GPU_TESTS < <(grep -rlE --include='*.py' 'mark\.gpu' tests)
+    timeout 90 "$PY" -m pytest -q -o addopts="" -m gpu --timeout=60 "${GPU_TESTS[@]}" 2>&1 | tee "$OUT/gpu_tests.txt" \
+        || status=1
+fi
 
 # 2. The benchmark matrix (GPU name printed on every line).
-timeout 240 "$PY" tools/bench_fuse.py --device "$DEVICE" "${BENCH[@]}" 2>&1 | tee "$OUT/bench_fuse.txt" || status=1
+if step 2; then
+    timeout 200 "$PY" tools/bench_fuse.py --device "$DEVICE" "${BENCH[@]}" 2>&1 | tee "$OUT/bench_fuse.txt" || status=1
+fi
+
+# 3. The teacher (K-step guided DDIM) at K = 20.
+if step 3; then
+    TEACHER=(--sizes 640x480 --frames 50); [[ $MODE == --dry-run ]] && TEACHER=(--tiny --frames 3)
+    timeout 60 "$PY" tools/bench_fuse.py --device "$DEVICE" --sampler teacher --steps 20 "${TEACHER[@]}" 2>&1 \
+        | tee "$OUT/bench_teacher.txt" || status=1
+fi
+
+# 4. Live: the demo (synthetic rig, engine.device auto) for 20 s with a subscriber counting what arrives, at the
+# demo's camera rates (25/30 frames/s), then with both sources at 120 frames/s (the pipeline's ceiling).
+if step 4; then
+    for fps in demo 120; do
+        port=$((5600 + RANDOM % 300)); rates=()
+        [[ $fps != demo ]] && rates=(--set ir.fps=$fps --set vis.fps=$fps)
+        [[ $MODE == --dry-run ]] && rates+=(--set ir.width=64 --set ir.height=48 --set vis.width=64 --set vis.height=48)
+        timeout 60 "$PY" -m streamfuse subscribe "tcp://127.0.0.1:$port" --topic fused/ --timeout 50 \
+            > "$OUT/live_${fps}_subscriber.txt" 2>&1 &
+        sub=$!
+        timeout 40 "$PY" run_stream.py --config demo --duration 15 --set "publish.endpoint=tcp://127.0.0.1:$port" \
+            "${rates[@]}" 2>&1 | tee "$OUT/live_$fps.txt" | grep -E "rate=" || status=1
+        kill -TERM $sub; wait $sub || true  # SIGTERM: the subscriber prints its summary
+        head -1 "$OUT/live_${fps}_subscriber.txt"; grep "^received" "$OUT/live_${fps}_subscriber.txt"  # first frame, summary
+    done
+fi
+
+# 5. Offline replay of a synthetic H.264 pair, every stage's share of the wall time.
+if step 5; then
+    FRAMES=300; [[ $MODE == --dry-run ]] && FRAMES=20
+    timeout 90 "$PY" -m streamfuse bench replay --fuser hclfuse --frames $FRAMES --set engine.device="$DEVICE" 2>&1 \
+        | tee "$OUT/bench_replay.txt" || status=1
+fi
+
+# 6. Real pairs: the eval config on the GPU and on the CPU, and how far apart their fused images are.
+if step 6 && [[ -n ${DATA:-} ]]; then
+    for run in "$DEVICE:device" cpu:cpu; do  # named apart: on --dry-run both are the CPU
+        dev=${run%:*} name=${run#*:}
+        timeout 90 "$PY" -m streamfuse evaluate "$DATA/ir" "$DATA/vi" --fuser hclfuse --set engine.device=$dev \
+            --save "$OUT/fused_$name" --out "$OUT/eval_$name" > "$OUT/eval_$name.txt" 2>&1 || status=1
+        cat "$OUT/eval_$name/metrics.md"
+    done
+    "$PY" - "$OUT/fused_device" "$OUT/fused_cpu" <<'PY' 2>&1 | tee "$OUT/eval_diff.txt" || status=1
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+a, b = (Path(d) for d in sys.argv[1:])
+diffs = [np.abs(cv2.imread(str(f)).astype(int) - cv2.imread(str(b / f.name)).astype(int)) for f in sorted(a.iterdir())]
+print(f"{len(diffs)} fused images, this device vs the CPU: mean |diff| {np.mean([d.mean() for d in diffs]):.4f} grey, "
+      f"max {max(int(d.max()) for d in diffs)}")
+PY
+fi
 exit $status
