@@ -278,8 +278,21 @@ def test_a_pair_listed_twice_is_replayed_once_and_two_of_one_output_name_are_ref
     shutil.copy(src / "ir" / "a.nut", src / "ir" / "a.mkv")
     (tmp_path / "pairs.txt").write_text(f"{src}/ir/a.nut {src}/vi/a.nut\n{src}/ir/a.mkv {src}/vi/a.nut\n")
     with pytest.raises(ValueError, match=r"two pairs would write .*a.nut \(IR files of one name, their extensions "
-                                         r"aside\); rename one of the IR files"):
+                                         r"aside\): name their outputs in a pair list \(a third word, 'IR VIS NAME'\)"):
         find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
+
+
+def test_a_pair_list_names_outputs_so_two_archives_ir_files_of_one_name_share_a_batch(tmp_path):
+    sites = [_pairs(tmp_path / site, ["cam.nut"], 4 + i) for i, site in enumerate(("site1", "site2"))]
+    (tmp_path / "pairs.txt").write_text("".join(f"{s}/ir/cam.nut {s}/vi/cam.nut {s.name}_cam\n" for s in sites))
+    cfg = load_config(REPO / "streamfuse/configs/replay.yaml", ["fuse.name=max", "replay.progress=false",
+                                                                 f"replay.frames_dir={tmp_path / 'frames'}"])
+    jobs = find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut", frames_dir=cfg.replay.frames_dir)
+    assert [job.out.name for job in jobs] == ["site1_cam.nut", "site2_cam.nut"]
+    summary = run_batch(cfg, jobs)
+    assert [r.status for r in summary.results] == ["done", "done"]
+    assert [r.frames_out for r in summary.results] == [4, 5]  # each output its own pair's
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["site1_cam", "site2_cam"]
 
 
 def test_ray_joins_the_cluster_of_ray_address_unless_given_another(monkeypatch):

@@ -457,19 +457,29 @@ def test_recording_replays_to_the_live_pairs_and_fused_frames(tmp_path):
 
 def test_find_pairs_from_a_list_file(tmp_path):
     (tmp_path / "list.txt").write_text("# ir vis\na/ir1.mp4 b/vis1.mp4\n/abs/ir2.mp4 /abs/vis2.mp4  # second\n")
-    assert find_pairs(tmp_path / "list.txt") == [(tmp_path / "a/ir1.mp4", tmp_path / "b/vis1.mp4"),
-                                                (Path("/abs/ir2.mp4"), Path("/abs/vis2.mp4"))]
+    assert find_pairs(tmp_path / "list.txt") == [(tmp_path / "a/ir1.mp4", tmp_path / "b/vis1.mp4", ""),
+                                                (Path("/abs/ir2.mp4"), Path("/abs/vis2.mp4"), "")]
     (tmp_path / "bad.txt").write_text("only-one-path\n")
-    with pytest.raises(ValueError, match="bad.txt:1: expected 'IR_PATH VIS_PATH'"):
+    with pytest.raises(ValueError, match="bad.txt:1: expected 'IR_PATH VIS_PATH"):
         find_pairs(tmp_path / "bad.txt")
     # an editor's byte order mark; paths with spaces and '#' quoted or escaped, as a shell reads them
     (tmp_path / "odd.txt").write_text("\ufeffrun\\ 1/ir.mp4\t'run 1/vis.mp4'\n\"take #2/ir.mp4\" take\\ \\#2/vis.mp4\n",
                                       encoding="utf-8")
-    assert find_pairs(tmp_path / "odd.txt") == [(tmp_path / "run 1/ir.mp4", tmp_path / "run 1/vis.mp4"),
-                                               (tmp_path / "take #2/ir.mp4", tmp_path / "take #2/vis.mp4")]
+    assert find_pairs(tmp_path / "odd.txt") == [(tmp_path / "run 1/ir.mp4", tmp_path / "run 1/vis.mp4", ""),
+                                               (tmp_path / "take #2/ir.mp4", tmp_path / "take #2/vis.mp4", "")]
     (tmp_path / "open.txt").write_text("a.mp4 'b.mp4\n")
     with pytest.raises(ValueError, match="open.txt:1: No closing quotation in \"a.mp4 'b.mp4\""):
         find_pairs(tmp_path / "open.txt")
+    # a third word names the pair's output; only a file name, so that it stays in the output folder
+    (tmp_path / "named.txt").write_text("s1/cam.mp4 s1/vis.mp4 site1_cam\ns2/cam.mp4 s2/vis.mp4\n")
+    assert [p.name for p in find_pairs(tmp_path / "named.txt")] == ["site1_cam", ""]
+    for name in ("../up", "sub/cam", ".hidden"):
+        (tmp_path / "escape.txt").write_text(f"a.mp4 b.mp4 {name}\n")
+        with pytest.raises(ValueError, match=f"escape.txt:1: output name '{re.escape(name)}' must be a file name"):
+            find_pairs(tmp_path / "escape.txt")
+    (tmp_path / "four.txt").write_text("a.mp4 b.mp4 c d\n")
+    with pytest.raises(ValueError, match=r"four.txt:1: expected 'IR_PATH VIS_PATH \[OUTPUT_NAME\]'"):
+        find_pairs(tmp_path / "four.txt")
 
 
 def test_replay_config_is_valid_and_replays(tmp_path, clip):

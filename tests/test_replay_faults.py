@@ -215,6 +215,6 @@ def test_find_pairs_names_ir_files_that_are_no_video(tmp_path, caplog):
     (tmp_path / "ir" / "c.MTS").write_bytes(b"")
     (tmp_path / "ir" / "b.txt").write_text("notes")
     with caplog.at_level(logging.WARNING):
-        assert find_pairs(tmp_path) == [(tmp_path / "ir" / "a.mp4", tmp_path / "vi" / "a.mp4")]
+        assert find_pairs(tmp_path) == [(tmp_path / "ir" / "a.mp4", tmp_path / "vi" / "a.mp4", "")]
     assert (f"{tmp_path / 'ir'}: 2 entries without a video or recording extension (first: b.txt); not replayed"
             in caplog.text)

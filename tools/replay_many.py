@@ -1,9 +1,10 @@
 """Replay many recorded IR/visible pairs, one fused video each, here or on a Ray cluster; complete outputs are skipped.
 
-LIST_OR_DIR is a text file of "IR_PATH VIS_PATH" lines (relative to the file; '#' comments), a folder with ir/ and vi/
-(or vis/) subfolders of same-named videos, or a folder of .mcap recordings, .db3 bags and bag folders (each file of a
-split bag a pair of its own). Each output is OUT/<IR name><ext>, written as the single replay writes it (.partial until
-complete, --resume continues; a partial output without --resume fails its pair). A failing pair is reported without
+LIST_OR_DIR is a text file of "IR_PATH VIS_PATH [OUTPUT_NAME]" lines (relative to the file; '#' comments), a folder
+with ir/ and vi/ (or vis/) subfolders of same-named videos, or a folder of .mcap recordings, .db3 bags and bag folders
+(each file of a split bag a pair of its own). Each output is OUT/<IR name><ext> (OUT/<OUTPUT_NAME><ext>), written as
+the single replay writes it (.partial until complete, --resume continues; a partial output without --resume fails its
+pair). A failing pair is reported without
 stopping the others; a summary table follows (one line when every output was already complete); the exit status is 1
 when any failed. Ctrl-C or SIGTERM stops the batch (partial outputs kept: run the same command with --resume to finish
 it): exit status 130.

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from streamfuse.capture.bag_folder import is_bag_folder, is_storage
 from streamfuse.capture.rosbag2_compression import is_compressed
-from streamfuse.replay import check_output_paths, find_pairs
+from streamfuse.replay import ListedPair, check_output_paths, find_pairs
 from streamfuse.video import container_format
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ class BatchInterrupted(KeyboardInterrupt):
 
 def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = ".mp4", codec: str = "h264",
               frames_dir: str | os.PathLike = "") -> list[PairJob]:
-    """The pairs of ``src`` with their outputs ``out_dir/<IR name stem><ext>``, checked before any work.
+    """The pairs of ``src`` with their outputs ``out_dir/<name><ext>`` (a list file's output name, else the IR file's
+    name without its extension), checked before any work.
 
     Args:
         src: a pair list file or a folder with ``ir/`` and ``vi/`` (see :func:`streamfuse.replay.find_pairs`),
@@ -117,7 +118,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         recordings = [src] if is_storage(src) else []
         if why := _unfinished(src):
             raise ValueError(f"{src} is {why}")
-    pairs = [(p, p) for p in recordings] or find_pairs(src)
+    pairs = [ListedPair(p, p) for p in recordings] or find_pairs(src)
     if not pairs:
         raise ValueError(f"no pairs to replay in {src}")
     if out_dir.exists() and not out_dir.is_dir():
@@ -125,14 +126,14 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
     if len(set(pairs)) < len(pairs):  # a list that names a pair twice: one replay of it, said
         log.warning("%s names %d pairs more than once; each is replayed once", src, len(pairs) - len(set(pairs)))
         pairs = list(dict.fromkeys(pairs))
-    jobs = [PairJob(Path(ir), Path(vis), out_dir / f"{_stem(Path(ir))}{ext}") for ir, vis in pairs]
+    jobs = [PairJob(ir, vis, out_dir / f"{name or _stem(ir)}{ext}") for ir, vis, name in pairs]
     container_format(jobs[0].out, codec)  # every pair's output has this extension
     for job in jobs:
         check_output_paths(job.out, {"ir": job.ir, "vis": job.vis}, frames_dir)
     shared = [out for out, n in Counter(job.out for job in jobs).items() if n > 1]
     if shared:
-        raise ValueError(f"two pairs would write {shared[0]} (IR files of one name, their extensions aside); rename "
-                         f"one of the IR files")
+        raise ValueError(f"two pairs would write {shared[0]} (IR files of one name, their extensions aside): name "
+                         f"their outputs in a pair list (a third word, 'IR VIS NAME')")
     _check_outputs_are_no_inputs(jobs)
     return jobs
 

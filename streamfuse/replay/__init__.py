@@ -29,9 +29,10 @@ of a partial output), ``summary`` (ReplaySummary, ReplayError, stage clock) and 
 """
 
 from streamfuse.replay.config import ReplayConfig
-from streamfuse.replay.inputs import find_pairs
+from streamfuse.replay.inputs import ListedPair, find_pairs
 from streamfuse.replay.loop import run_replay
 from streamfuse.replay.outputs import check_output_paths
 from streamfuse.replay.summary import STAGES, ReplayError, ReplaySummary
 
-__all__ = ["ReplayConfig", "ReplayError", "ReplaySummary", "run_replay", "find_pairs", "check_output_paths", "STAGES"]
+__all__ = ["ReplayConfig", "ReplayError", "ReplaySummary", "run_replay", "ListedPair", "find_pairs", "check_output_paths",
+           "STAGES"]

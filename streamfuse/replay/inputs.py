@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import av
 
@@ -31,7 +31,7 @@ from streamfuse.frames import Frame
 from streamfuse.video import announced_frames
 
 __all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "resolve", "merged",
-           "on_topic", "outside", "no_pairs", "size_changed", "find_pairs"]
+           "on_topic", "outside", "no_pairs", "size_changed", "ListedPair", "find_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -304,9 +304,19 @@ def size_changed(vis: Input, frame: Frame, size: tuple[int, int], written: int) 
             f"{vis.cfg.path} changes size at its frame {frame.seq}, counted from 0)")
 
 
-def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """Recorded pairs to replay: a text file of ``IR VIS`` lines (relative paths are relative to the file; words as a
-    shell splits them: quotes or a backslash keep spaces in a path, ``#`` starts a comment), or a folder with ``ir/`` and ``vi/`` (or ``vis/``) subfolders of same-named videos."""
+class ListedPair(NamedTuple):
+    """A pair of a batch: its IR and visible inputs, and its output's name where a list file gives one."""
+
+    ir: Path
+    vis: Path
+    name: str = ""
+
+
+def find_pairs(list_or_dir: str | os.PathLike) -> list[ListedPair]:
+    """Recorded pairs to replay: a text file of ``IR VIS [NAME]`` lines (relative paths are relative to the file; words
+    as a shell splits them: quotes or a backslash keep spaces in a path, ``#`` starts a comment; ``NAME``, the
+    output's file name without its extension, tells apart two archives' IR files of one name), or a folder with
+    ``ir/`` and ``vi/`` (or ``vis/``) subfolders of same-named videos."""
     src = Path(list_or_dir)
     if src.is_dir():
         vis_dir = next((src / d for d in ("vi", "vis") if (src / d).is_dir()), None)
@@ -314,10 +324,10 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
             raise ValueError(f"{src} must hold ir/ and vi/ (or vis/) subfolders of same-named videos")
         exts = _VIDEO_EXTS | {".mcap"}
         ir_files = sorted((src / "ir").iterdir())
-        pairs = [(p, vis_dir / p.name) for p in ir_files if p.suffix.lower() in exts]
+        pairs = [ListedPair(p, vis_dir / p.name) for p in ir_files if p.suffix.lower() in exts]
         # a missing visible video fails its pair alone when it runs, as in a list file; a visible video without an
         # IR one, or an IR file that is no video by its name, is not a pair at all, so say so here
-        ir_names = {p.name for p, _ in pairs}
+        ir_names = {p.name for p, _, _ in pairs}
         alone = sorted(p.name for p in vis_dir.iterdir() if p.suffix.lower() in exts and p.name not in ir_names)
         if alone:
             log.warning("%s: no IR video of the same name for %s; not replayed", vis_dir, ", ".join(alone))
@@ -332,16 +342,22 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
         text = src.read_text(encoding="utf-8-sig")  # an editor's byte order mark is not part of the first path
     except UnicodeDecodeError:  # a video or a recording given where its list belongs
         raise ValueError(f"{src} is not a pair list (a text file of 'IR VIS' lines) nor a folder of pairs") from None
-    pairs = []
-    for n, line in enumerate(text.splitlines(), 1):
-        try:  # as a shell reads words: a path with spaces or '#' in quotes or escaped
-            parts = shlex.split(line, comments=True)
-        except ValueError as exc:
-            raise ValueError(f"{src}:{n}: {exc} in {line.strip()!r}") from None
-        if not parts:
-            continue
-        if len(parts) != 2:
-            raise ValueError(f"{src}:{n}: expected 'IR_PATH VIS_PATH' (quote a path with spaces), got "
-                             f"{line.strip()!r}")
-        pairs.append(tuple(p if p.is_absolute() else src.parent / p for p in map(Path, parts)))
-    return pairs
+    return [pair for n, line in enumerate(text.splitlines(), 1) if (pair := _listed(src, n, line))]
+
+
+def _listed(src: Path, n: int, line: str) -> ListedPair | None:
+    """Line ``n`` of a pair list: its pair, or None for a blank or comment line."""
+    try:  # as a shell reads words: a path with spaces or '#' in quotes or escaped
+        parts = shlex.split(line, comments=True)
+    except ValueError as exc:
+        raise ValueError(f"{src}:{n}: {exc} in {line.strip()!r}") from None
+    if not parts:
+        return None
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{src}:{n}: expected 'IR_PATH VIS_PATH [OUTPUT_NAME]' (quote a path with spaces), got "
+                         f"{line.strip()!r}")
+    name = parts[2] if len(parts) == 3 else ""
+    if name and ("/" in name or name.startswith(".")):  # inside the output folder, and none of its work files
+        raise ValueError(f"{src}:{n}: output name {name!r} must be a file name (no '/', not starting with '.')")
+    ir, vis = (p if p.is_absolute() else src.parent / p for p in map(Path, parts[:2]))
+    return ListedPair(ir, vis, name)
