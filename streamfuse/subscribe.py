@@ -1,7 +1,8 @@
 """Subscribe to a streamfuse publisher and print per-frame latency and rate; optionally save or show frames.
 
 Latency columns: ``age`` is now minus the visible (and IR) capture time, ``net`` is now minus the publish time,
-both from the header's epoch-ns clocks, so across machines they include the clock offset (use NTP/PTP).
+both from the header's epoch-ns clocks, so across machines they include the clock offset (use NTP/PTP); ``age`` is
+n/a for a video file's or frame folder's frames, whose capture times are the file's own, from 0.
 Exits 0 after ``--count`` frames, Ctrl-C or SIGTERM (as a launcher stops it; the summary is printed), 1 when no
 frame arrives for ``--timeout`` seconds, 2 on bad arguments (or a host name that still does not resolve after
 ``--timeout``: one started before its publisher's name exists waits for it). Malformed messages are skipped and
@@ -107,15 +108,18 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
             header, image = frame
             now_ns = time.time_ns()
             arrivals.append(time.monotonic())
-            age_ms = (now_ns - header["t_capture_vis_ns"]) / 1e6
             net_ms = (now_ns - header["t_publish_ns"]) / 1e6
-            ages_ms.append(age_ms)
             nets_ms.append(net_ms)
+            if _on_epoch_clock(header["t_capture_vis_ns"]):
+                age_ms = (now_ns - header["t_capture_vis_ns"]) / 1e6
+                ages_ms.append(age_ms)
+                age = f"age {age_ms:7.1f} ms (ir {(now_ns - header['t_capture_ir_ns']) / 1e6:.1f})"
+            else:
+                age = "age n/a (the source's own clock)"
             rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0
             print(f"seq {header['seq']:6d} {header['width']}x{header['height']} {header['encoding']} "
-                  f"{header['format']} age {age_ms:7.1f} ms (ir {(now_ns - header['t_capture_ir_ns']) / 1e6:.1f}) "
-                  f"net {net_ms:6.2f} ms  {rate:5.1f} fps  missed {sub.missed} malformed {sub.malformed}",
-                  flush=True)
+                  f"{header['format']} {age} net {net_ms:6.2f} ms  {rate:5.1f} fps  missed {sub.missed} "
+                  f"malformed {sub.malformed}", flush=True)
             if args.save and (sub.received - 1) % args.every == 0:
                 try:  # through a temporary name: a kill never leaves a truncated PNG that looks whole
                     write_png(args.save / f"fused_{header['seq']:08d}.png", image, new=True)
@@ -129,6 +133,12 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     finally:
         _summary(sub, ages_ms, nets_ms, time.monotonic() - start)
     return 0
+
+
+def _on_epoch_clock(t_ns: int) -> bool:
+    """Whether a capture time is on the wall clock (after 2001): a video file's or a frame folder's frames, live or
+    replayed, carry their own times from 0, and an age measured against them would read decades."""
+    return t_ns >= 10**18
 
 
 def _why_silent(sub: Subscriber, server_key: str, malformed: int) -> str:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,8 @@ import zmq
 import zmq.auth
 from helpers_zmq import ANY_PORT, MALFORMED, publishing, with_header
 
+from streamfuse.frames import Frame, FramePair, FusedFrame
+from streamfuse.publish import Publisher, PublishConfig
 from streamfuse.subscribe import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,3 +299,31 @@ def test_cli_on_a_shared_memory_descriptor_topic_is_refused(topic: str, capsys: 
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         f"error: --topic {topic}: shared-memory descriptors, not frames; give the fused topic (subscribe reads a "
         f"same-host publisher's shared memory by itself)")
+
+
+def test_frames_on_a_files_own_clock_get_no_age(rng: np.random.Generator) -> None:
+    # a video file's or frame folder's capture times run from 0: "age" read 56 years
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
+        stop = threading.Event()
+
+        def send() -> None:
+            while not stop.wait(0.02):
+                seq = pub.published
+                t_ns = seq * 40_000_000
+                pair = FramePair(Frame("ir", seq, t_ns, image[..., 0]), Frame("vis", seq, t_ns, image))
+                pub.send_fused(FusedFrame(pair, image, "max", "1", time.time_ns(), {}))
+
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+        try:
+            result = subprocess.run([sys.executable, "-m", "streamfuse", "subscribe", pub.endpoint, "--count", "2"],
+                                    env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                                    timeout=60)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert sum("age n/a (the source's own clock) net " in line for line in lines) == 2, lines
+    assert lines[-1].startswith("received 2 frames") and "; age n/a; net median" in lines[-1]
