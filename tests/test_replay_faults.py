@@ -181,13 +181,14 @@ def test_a_pyav_error_while_encoding_is_one_line_and_keeps_the_partial(tmp_path,
 # -------------------------------------------------------------------------------- the output
 
 
-def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, pair):
+@pytest.mark.parametrize("name", ["o.mkv", "out"])  # a plain folder was told its "unknown container ''"
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, pair, name):
     ir, vis = pair
-    out = tmp_path / "o.mkv"
+    out = tmp_path / name
     out.mkdir()
-    with pytest.raises(IsADirectoryError, match=f"output {out} is a folder"):
+    with pytest.raises(IsADirectoryError, match=f"output {out} is a folder; choose a file name for --out"):
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir.mkv", "o.mkv", "vis.mkv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ir.mkv", name, "vis.mkv"])
     assert not list(out.iterdir())
 
 

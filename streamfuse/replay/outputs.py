@@ -78,9 +78,10 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
 def check_output_folder(out: Path, codec: str) -> None:
     """Refuse an output whose container is unknown or cannot hold ``codec``, that names a folder, or whose folder is
     missing or not writable (one line)."""
-    container_format(out, codec)
     if out.is_dir():  # found only at the end otherwise, when the finished video cannot take its name
-        raise IsADirectoryError(f"output {out} is a folder; choose a file name for --out")
+        raise IsADirectoryError(f"output {out} is a folder; choose a file name for --out (such as "
+                                f"{out / 'fused.mp4'})")
+    container_format(out, codec)  # after: a folder's name has no container's extension, and that is not its fault
     if not out.parent.is_dir():
         why = "is a file" if out.parent.exists() else "does not exist"
         raise FileNotFoundError(f"output folder {why}: {out.parent}")
