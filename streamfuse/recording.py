@@ -150,8 +150,10 @@ class Recorder:
         # a run that did not finish: none is written over
         for existing in (self.path, self._partial):
             if existing.exists():
-                raise RuntimeError(f"cannot record to {self.path}: {existing} exists; choose another record.path or "
-                                   f"move it away")
+                left = existing == self._partial  # what a killed run left
+                finish = f" (`python -m streamfuse recover {existing}` finishes it)" if left else ""
+                raise RuntimeError(f"cannot record to {self.path}: {existing} exists{finish}; choose another "
+                                   f"record.path or move it away")
         try:  # a new folder (runs/rig0.mcap) is made, as train --out and replay_many --out make theirs
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except FileExistsError:  # the parent is a file

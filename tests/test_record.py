@@ -8,6 +8,7 @@ import gc
 import io
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -244,9 +245,12 @@ def test_a_recording_never_writes_over_an_existing_file(tmp_path, rng):
         (tmp_path / name).write_bytes(b"keep me")
     partial_path(tmp_path / "crashed.mcap").write_bytes(b"keep me")
     for name in ("earlier.mcap", "input.mcap", "crashed.mcap"):
-        with pytest.raises(RuntimeError, match=f"cannot record to .*{name}: .* exists; choose another record.path"):
+        with pytest.raises(RuntimeError, match=f"cannot record to .*{name}: .* exists.*; choose another record.path"):
             Recorder(RecordConfig(path=str(tmp_path / name)))
     assert [p.read_bytes() for p in sorted(tmp_path.iterdir())] == [b"keep me"] * 3
+    with pytest.raises(RuntimeError, match=re.escape(f"exists (`python -m streamfuse recover "
+                                                     f"{partial_path(tmp_path / 'crashed.mcap')}` finishes it)")):
+        Recorder(RecordConfig(path=str(tmp_path / "crashed.mcap")))  # what is left of a killed run: finish it
 
 
 def test_a_recording_makes_its_folder(tmp_path, rng):
