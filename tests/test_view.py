@@ -421,3 +421,11 @@ def test_a_screenshot_never_writes_over_a_file(tmp_path: Path) -> None:
     assert all(p.read_bytes() == b"new png" for p in written) and sorted(tmp_path.iterdir()) == sorted([shot, *written])
     with pytest.raises(RuntimeError, match=r"^cannot write .*page\.png"):  # one line, nothing left behind
         asyncio.run(_Page().screenshot(tmp_path / "missing" / "page.png"))
+
+
+def test_a_chromium_named_by_the_environment_that_is_not_there_is_said_so(monkeypatch, tmp_path):
+    # it was told "no Chromium found ... or set STREAMFUSE_CHROMIUM", the variable it had set
+    monkeypatch.setenv("STREAMFUSE_CHROMIUM", str(tmp_path / "none"))
+    with pytest.raises(RuntimeError, match=f"^STREAMFUSE_CHROMIUM={re.escape(str(tmp_path / 'none'))}: no such "
+                                           f"executable$"):
+        asyncio.run(Chromium().__aenter__())

@@ -32,6 +32,7 @@ from streamfuse.cli.args import config_value, int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine, Handle
 from streamfuse.fusers import FuseConfig
+from streamfuse.openmp import LATE_WAIT_POLICY
 from streamfuse.registry import available
 from streamfuse.inference import PRECISIONS, EngineConfig, HCLFuseConfig
 from streamfuse.model.fuser import HCLFuser, build_hclfuse
@@ -322,8 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [(48, 64)] if args.tiny else args.sizes
     frames = 3 if args.tiny else args.frames or (1000 if gpu else 50)
     warmup = 1 if args.tiny else 5
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset") + (" (not in effect: torch came first)" if LATE_WAIT_POLICY
+                                                            else "")
     print(f"bench fuse: torch {torch.__version__}, device {device}, fuser {args.fuser}, {frames} frames per case, "
-          f"{warmup} warm-up, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
+          f"{warmup} warm-up, OMP_WAIT_POLICY={policy}", flush=True)
     try:
         if args.fuser == "hclfuse":
             with tempfile.TemporaryDirectory() as tmp:

@@ -52,6 +52,8 @@ class Chromium:
 
     async def __aenter__(self) -> Chromium:
         exe = find_chromium()
+        if exe is None and os.environ.get("STREAMFUSE_CHROMIUM"):
+            raise RuntimeError(f"STREAMFUSE_CHROMIUM={os.environ['STREAMFUSE_CHROMIUM']}: no such executable")
         if exe is None:
             raise RuntimeError("no Chromium found (Debian: apt-get install chromium; or set STREAMFUSE_CHROMIUM)")
         self._profile = tempfile.TemporaryDirectory(prefix="streamfuse-chromium-")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -35,6 +36,17 @@ def test_baseline_fuser():
     line = next(ln for ln in out.splitlines() if " max 64x48 " in ln)
     median, p99, fps = (float(v) for v in FIGURES.search(line).groups())
     assert 0 < median <= p99 and fps > 0
+
+
+def test_the_header_says_when_the_wait_policy_came_too_late():
+    # torch imported before streamfuse: the header showed OMP_WAIT_POLICY=PASSIVE beside the warning that it was not
+    code = ("import os, sys, torch; os.environ.pop('OMP_WAIT_POLICY', None); from streamfuse.bench.fuse import main; "
+            "main(['--device', 'cpu', '--tiny', '--threads', '1', '--fuser', 'max'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+    assert proc.returncode == 0, proc.stderr
+    assert "OMP_WAIT_POLICY=PASSIVE (not in effect: torch came first)" in proc.stdout.splitlines()[0]
+    assert bench("--fuser", "max").splitlines()[0].endswith("OMP_WAIT_POLICY=PASSIVE")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
