@@ -5,6 +5,9 @@ Replay:  python run_stream.py --config replay --ir IR.mp4 --vis VIS.mp4 --out fu
 """
 
 from streamfuse.cli.run import exit_now, main
+from streamfuse.signals import TERMINATE, handled, raise_terminated
 
 if __name__ == "__main__":
-    exit_now(main(prog="run_stream.py"))
+    with handled(raise_terminated, TERMINATE):  # from the start, before the pipeline's imports (see cli.STOPPED_BY)
+        code = main(prog="run_stream.py")
+    exit_now(code)

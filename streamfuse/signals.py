@@ -1,12 +1,15 @@
-"""Signal handlers for the length of a block: how a run, a replay, a batch and training stop on Ctrl-C and SIGTERM
-(a live run and training on a terminal's hangup too)."""
+"""Signal handlers for the length of a block: how a command's start-up (see ``streamfuse.cli.STOPPED_BY``), a run, a
+replay, a batch and training stop on Ctrl-C and SIGTERM (a live run and training on a terminal's hangup too)."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "raise_terminated", "interrupted"]
@@ -15,6 +18,7 @@ __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "rais
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 TERMINATE = (signal.SIGTERM, *HANGUP)  # a service manager's stop; a terminal's hangup (an SSH session that drops)
+_REDELIVERY = threading.Lock()  # held while a stop waits for the main thread's imports to end
 
 
 class Terminated(KeyboardInterrupt):
@@ -22,11 +26,38 @@ class Terminated(KeyboardInterrupt):
     reason, ``interrupted (SIGTERM)``."""
 
 
-def raise_terminated(signum: int, _: object) -> None:
-    """A handler of ``TERMINATE`` that stops the run as Ctrl-C does (a replay's)."""
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
+    """A handler of ``TERMINATE`` that stops the run as Ctrl-C does (a replay's, a command's start-up).
+
+    One that comes during an import (torch's, as the model loads) is raised once the import is over: raised inside
+    it, the exception can unwind through a C++ extension's initialisation, which then aborts the process (SIGABRT).
+    """
+    if _importing(frame):
+        if _REDELIVERY.acquire(blocking=False):  # one wait at a time: a second signal meanwhile is the same stop
+            threading.Thread(target=_after_imports, args=(signum,), name="streamfuse-stop", daemon=True).start()
+        return
     for sig in TERMINATE:  # already stopping: a second one must not cut the cleanup
         signal.signal(sig, signal.SIG_IGN)
     raise Terminated(f"interrupted ({signal.Signals(signum).name})")
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import: a module's own code, called by importlib."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _after_imports(signum: int) -> None:
+    """``signum`` again to the main thread once no import runs there (polled: an import has no hook at its end); a
+    signal, not a flag, so that it also ends a wait the main thread may be in by then."""
+    main = threading.main_thread().ident
+    while _importing(sys._current_frames().get(main)):
+        time.sleep(0.01)
+    _REDELIVERY.release()  # first: the handler may run, and meet another import, before pthread_kill returns
+    signal.pthread_kill(main, signum)
 
 
 def interrupted(exc: KeyboardInterrupt) -> str:

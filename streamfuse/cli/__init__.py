@@ -26,8 +26,9 @@ import sys
 from collections.abc import Callable
 
 from streamfuse.errors import io_reason
+from streamfuse.signals import TERMINATE, Terminated, handled, raise_terminated
 
-__all__ = ["COMMANDS", "main", "dispatch", "console", "guarded", "not_installed"]
+__all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "not_installed"]
 
 # command -> "module:function" taking argv and returning an exit status (None counts as 0)
 COMMANDS = {
@@ -43,6 +44,12 @@ COMMANDS = {
 }
 _WRITE_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}  # the device's failures, not the program's
 FAST_EXIT = ("run", "replay")  # commands whose teardown is skipped by the console (see cli.run.exit_now)
+# commands that a service manager's stop ends cleanly: the signals that do (SIGTERM; a hangup too where the command
+# takes one) and the exit status of that stop (README). console() takes them from the process's start, so that one
+# arriving while the command still loads (torch, OpenCV, the model), before its own handlers, is no death by it.
+STOPPED_BY: dict[str, tuple[tuple[int, ...], int]] = {
+    "run": (TERMINATE, 0), "replay": (TERMINATE, 130), "recover": (TERMINATE, 130), "train": (TERMINATE, 130),
+    "subscribe": ((signal.SIGTERM,), 0), "view": ((signal.SIGTERM,), 0), "foxglove": ((signal.SIGTERM,), 0)}
 
 
 def not_installed(where: str, exc: ModuleNotFoundError) -> str:
@@ -58,6 +65,8 @@ def _target(where: str, spec: str) -> Callable[[list[str]], int | None]:
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as exc:  # an optional extra (aiohttp, foxglove, ray, imagezmq) not installed here
         raise SystemExit(not_installed(where, exc)) from None
+    except Terminated:  # a service manager's stop meanwhile: console() ends it as the command ends that stop
+        raise
     except KeyboardInterrupt:  # Ctrl-C while a command's heavy imports (torch, numba) load: nothing started yet
         raise SystemExit(f"{where}: interrupted") from None
 
@@ -114,13 +123,20 @@ def guarded(main: Callable[[], int | None], prog: str) -> int:
 
 def console() -> None:
     """The ``streamfuse`` console script and ``python -m streamfuse``: exit with the command's status."""
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    prog = f"streamfuse {command}".rstrip()
+    signals, stopped = STOPPED_BY.get(command, ((), 0))
     try:
-        code = guarded(main, " ".join(["streamfuse", *sys.argv[1:2]]))
+        with handled(raise_terminated, signals):  # from the start: before the command's imports
+            code = guarded(main, prog)
+    except Terminated as exc:  # before the command's own handlers (its start-up): nothing to keep or sum up
+        print(f"{prog}: {exc}", file=sys.stderr)
+        code = stopped
     except KeyboardInterrupt:  # a Ctrl-C that the command itself did not turn into its own line
-        print(" ".join(["streamfuse", *sys.argv[1:2]]) + ": interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         code = 130
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a Ctrl-C during teardown would only traceback
-    if sys.argv[1:2] and sys.argv[1] in FAST_EXIT:
+    if command in FAST_EXIT:
         from streamfuse.cli.run import exit_now
 
         exit_now(code)

@@ -15,7 +15,9 @@ import os
 import sys
 
 from streamfuse import log_queue
+from streamfuse.checks import ConfigError
 from streamfuse.cli.args import config_error, seconds
+from streamfuse.signals import Terminated, interrupted
 
 __all__ = ["main", "replay_main", "exit_now"]
 
@@ -45,12 +47,13 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
     args = _parser(prog, replay=replay).parse_args(argv)
     log_queue.install(logging.DEBUG if args.verbose else logging.INFO,
                       "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-
-    from streamfuse.config import ConfigError, load_config
-    from streamfuse.configs import resolve
-
+    out = args.out  # what makes this a replay: --out, or its config's replay.out once that is read
     try:
+        from streamfuse.config import load_config  # with the stages' modules (OpenCV, PyAV, ZeroMQ): half a second
+        from streamfuse.configs import resolve
+
         cfg = load_config(resolve(args.config), args.overrides)  # before the pipeline's imports: fails in a blink
+        out = out or cfg.replay.out
         from streamfuse.pipeline import run
 
         return run(cfg, duration_s=getattr(args, "duration", 0.0), ir_path=args.ir, vis_path=args.vis,
@@ -58,10 +61,10 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
     except ConfigError as exc:
         log_queue.flush()
         return config_error("streamfuse", exc)
-    except KeyboardInterrupt:  # before the run's own handlers are in place (loading the model): nothing to keep
+    except KeyboardInterrupt as exc:  # before the run's own handlers (imports, loading the model): nothing to keep
         log_queue.flush()
-        print("streamfuse: interrupted (Ctrl-C)", file=sys.stderr)
-        return 130
+        print(f"streamfuse: {interrupted(exc)}", file=sys.stderr)
+        return 0 if isinstance(exc, Terminated) and not out else 130  # as later: SIGTERM, SIGHUP end a live run
     except (OSError, RuntimeError, ValueError) as exc:
         # Every stage raises these with one line that says what and where; a stack trace would bury it.
         logging.getLogger("streamfuse").debug("failure", exc_info=True)

@@ -102,3 +102,28 @@ def test_a_ctrl_c_a_command_lets_through_is_one_line(monkeypatch, capsys):
         cli.console()
     assert exc.value.code == 130
     assert capsys.readouterr().err == "streamfuse bench: interrupted\n"
+
+
+@pytest.mark.parametrize("command, status", [("run", 0), ("replay", 130), ("recover", 130), ("train", 130),
+                                             ("subscribe", 0), ("view", 0), ("foxglove", 0)])
+def test_a_sigterm_while_a_command_loads_is_its_clean_stop(command, status, monkeypatch, capsys):
+    """A service manager that stops a command just after starting it, while its module loads (torch, OpenCV, the
+    model: seconds), before the command's own handlers: one line and the exit status it gives for SIGTERM later
+    (README), not a death by the signal."""
+    from streamfuse import cli
+
+    def loading(name: str):
+        signal.raise_signal(signal.SIGTERM)
+
+    def unhandled(*_):  # the net: fires only where console() took no SIGTERM handler (the process would die by it)
+        raise AssertionError("SIGTERM reached the caller's handler")
+
+    monkeypatch.setattr("streamfuse.cli.run.exit_now", sys.exit)  # run and replay leave by os._exit, not the test
+    monkeypatch.setattr(sys, "argv", ["streamfuse", command])
+    monkeypatch.setattr("importlib.import_module", loading)  # last: monkeypatch itself imports by it
+    # handled() puts back the Ctrl-C handler, which console() leaves ignored once its command is over
+    with handled(unhandled, (signal.SIGTERM,)), handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), \
+            pytest.raises(SystemExit) as exc:
+        cli.console()
+    assert exc.value.code == status
+    assert capsys.readouterr().err == f"streamfuse {command}: interrupted (SIGTERM)\n"

@@ -1,10 +1,14 @@
 """``python -m streamfuse run`` / ``replay`` and run_stream.py: shipped config names, and one-line errors before the
-pipeline's heavy imports."""
+pipeline's heavy imports; a stop while a run starts."""
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +89,44 @@ def test_a_duration_that_is_not_a_time_is_refused(value, capsys):
     with pytest.raises(SystemExit) as err:
         main(["--config", "demo", "--duration", value])
     assert err.value.code == 2 and "argument --duration" in capsys.readouterr().err
+
+
+def _read_by(fifo: Path, proc: subprocess.Popen) -> int:
+    """The write end of the named pipe ``fifo`` once ``proc`` has opened it to read: it then waits for the text."""
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: nobody reads it yet
+                raise
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(signal, "SIGHUP"), reason="no named pipes or SIGHUP")
+@pytest.mark.parametrize("command, status", [
+    ([str(REPO / "run_stream.py")], 0),
+    (["-m", "streamfuse", "run"], 0),
+    (["-m", "streamfuse", "replay", "--out", "o.mkv"], 130),
+], ids=["run_stream.py", "run", "replay"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_while_the_run_starts_is_its_clean_stop(tmp_path, command, status, sig):
+    """A service manager that stops a run just after starting it (SIGTERM), or a terminal that hangs up, while the
+    run still starts: one line and the exit status of the same stop later (a live run's 0, a replay's 130), not a death
+    by the signal. The run is held at a known point of its start-up, reading its config from a named pipe that stays
+    silent (after the command's own imports, before the pipeline's and the model)."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, *command, "--config", str(fifo)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # as from a terminal
+    writer = None
+    try:
+        writer = _read_by(fifo, proc)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        if writer is not None:
+            os.close(writer)
+    assert (proc.returncode, out.splitlines()) == (status, [f"streamfuse: interrupted ({sig.name})"]), out[-2000:]
