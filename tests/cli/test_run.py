@@ -103,7 +103,24 @@ def _read_by(fifo: Path, proc: subprocess.Popen) -> int:
         time.sleep(0.01)
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(signal, "SIGHUP"), reason="no named pipes or SIGHUP")
+def _wait_delivered(pid: int, sig: int) -> None:
+    """Wait until no thread of process ``pid`` has ``sig`` pending (Linux's /proc status masks)."""
+    def pending() -> bool:
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            try:
+                lines = status.read_text().splitlines()
+            except FileNotFoundError:  # a thread that has ended
+                continue
+            if any(int(ln.split()[1], 16) >> (sig - 1) & 1 for ln in lines if ln.startswith(("SigPnd:", "ShdPnd:"))):
+                return True
+        return False
+
+    while pending():
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or not hasattr(os, "mkfifo") or not hasattr(signal, "SIGHUP"),
+                    reason="no /proc, named pipes or SIGHUP")
 @pytest.mark.parametrize("command, status", [
     ([str(REPO / "run_stream.py")], 0),
     (["-m", "streamfuse", "run"], 0),
@@ -124,6 +141,11 @@ def test_a_stop_while_the_run_starts_is_its_clean_stop(tmp_path, command, status
     try:
         writer = _read_by(fifo, proc)
         proc.send_signal(sig)
+        # The kernel may hand the signal to any of the run's threads: then its handler runs only once the main thread
+        # leaves the read it is blocked in. So, once no thread has it pending, the pipe ends (an empty config).
+        _wait_delivered(proc.pid, sig)
+        os.close(writer)
+        writer = None
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
