@@ -9,7 +9,7 @@ import sys
 # Every entry point imports this package first: a Python without the dependencies (the system one, say) gets one line
 # that says which environment to use instead of a ModuleNotFoundError from deep inside a stage.
 # The import names of pyproject.toml's dependencies (a test holds the two lists together).
-_DEPENDENCIES = ("torch", "ot", "numpy", "cv2", "av", "zmq", "numba", "yaml", "tqdm", "mcap", "zstandard", "lz4",
+_DEPENDENCIES = ("numpy", "yaml", "cv2", "torch", "ot", "av", "zmq", "numba", "mcap", "zstandard", "lz4", "tqdm",
                  "simplejpeg")
 _MISSING = [m for m in _DEPENDENCIES if importlib.util.find_spec(m) is None]
 if _MISSING:
