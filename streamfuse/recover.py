@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:  # SIGTERM and SIGHUP stop it as Ctrl-C does: the temporary file removed, one line
         with handled(signal.default_int_handler, (signal.SIGTERM, *HANGUP)):
-            print(recover(args.partial, args.out))
+            said = recover(args.partial, args.out)
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"streamfuse recover: error: {exc}", file=sys.stderr)
         return 1
+    print(said, flush=True)  # a full disk under a redirect is the console's one line, as for every command
     return 0

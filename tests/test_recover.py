@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +122,19 @@ def test_a_complete_recording_is_reported_and_left_alone(tmp_path, rng, capsys):
     assert capsys.readouterr().out == f"{path} is a complete recording, not cut: nothing to recover (replay it as " \
                                       "it is)\n"
     assert [p.name for p in tmp_path.iterdir()] == ["rig.mcap"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_its_report_to_a_full_disk_is_the_one_line_every_command_gives(tmp_path, rng):
+    # it said "streamfuse recover: error: [Errno 28] No space left on device", unlike the other commands
+    path = tmp_path / "rig.mcap"
+    _record(path, _frames(rng, 3), cut=None)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "streamfuse", "recover", str(path)], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert (done.returncode, done.stderr) == (1, "streamfuse recover: error: cannot write its output: No space left "
+                                                 "on device\n")
 
 
 @pytest.mark.parametrize("case, match", [
