@@ -4,10 +4,9 @@ Live:    python run_stream.py --config demo
 Replay:  python run_stream.py --config replay --ir IR.mp4 --vis VIS.mp4 --out fused.mp4
 """
 
+from streamfuse.cli import stoppable
 from streamfuse.cli.run import exit_now, main
-from streamfuse.signals import TERMINATE, handled, raise_terminated
 
 if __name__ == "__main__":
-    with handled(raise_terminated, TERMINATE):  # from the start, before the pipeline's imports (see cli.STOPPED_BY)
-        code = main(prog="run_stream.py")
+    code = stoppable(lambda: main(prog="run_stream.py"), "run_stream.py", "run")  # stops taken before its imports
     exit_now(code)

@@ -27,7 +27,7 @@ if importlib.util.find_spec("streamfuse") is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 
-from streamfuse.cli import guarded  # noqa: E402
+from streamfuse.cli import stoppable  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,4 +100,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main, Path(__file__).name))
+    sys.exit(stoppable(main, Path(__file__).name, "replay"))  # a stop before the batch's own handlers: 130

@@ -14,6 +14,7 @@ if importlib.util.find_spec("streamfuse") is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 try:
+    from streamfuse.cli import stoppable
     from streamfuse.train import main
 except ModuleNotFoundError as exc:  # an extra, or a dependency's own (the package's import names its direct ones)
     from streamfuse.cli import not_installed
@@ -24,6 +25,7 @@ except KeyboardInterrupt:  # Ctrl-C while torch loads
 
 if __name__ == "__main__":
     try:
-        main()
+        code = stoppable(main, Path(__file__).name, "train")
     finally:  # the command is over: a Ctrl-C pressed again while Python shuts down would only print a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

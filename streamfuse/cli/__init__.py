@@ -28,7 +28,7 @@ from collections.abc import Callable
 from streamfuse.errors import io_reason
 from streamfuse.signals import TERMINATE, Terminated, handled, raise_terminated
 
-__all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "not_installed"]
+__all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed"]
 
 # command -> "module:function" taking argv and returning an exit status (None counts as 0)
 COMMANDS = {
@@ -101,12 +101,24 @@ def _stdout_gone() -> bool:
         return False
 
 
+def _flush_stdout() -> None:
+    if sys.stdout is not None:  # None where the process started with its standard output closed
+        sys.stdout.flush()
+
+
 def guarded(main: Callable[[], int | None], prog: str) -> int:
     """``main()``'s exit status. A failure to write its output is no traceback: the output's reader gone (``| head``)
     ends the command quietly with 141, as SIGPIPE ends other tools; a full or failing disk (``> out.txt``) is one
-    line and 1."""
+    line and 1. The output still buffered when ``main`` ends (all of it, unless ``PYTHONUNBUFFERED`` is set) is
+    written here, where its failure is reported: at the interpreter's exit it would be two lines and 120."""
     try:
-        return int(main() or 0)
+        try:
+            code = int(main() or 0)
+        except SystemExit:  # argparse's help or usage line ends the command this way
+            _flush_stdout()
+            raise
+        _flush_stdout()
+        return code
     except OSError as exc:
         gone = isinstance(exc, BrokenPipeError) and _stdout_gone()
         if not gone and exc.errno not in _WRITE_FAILED:
@@ -121,20 +133,27 @@ def guarded(main: Callable[[], int | None], prog: str) -> int:
         return 1
 
 
+def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
+    """``guarded(main, prog)``'s status, with ``command``'s stop signals (``STOPPED_BY``) taken from here on: one
+    that comes before ``main`` has handlers of its own (its imports, its model's load) is one line and the status
+    that command gives that stop; a Ctrl-C that ``main`` lets through is one line and 130."""
+    signals, stopped = STOPPED_BY.get(command, ((), 0))
+    try:
+        with handled(raise_terminated, signals):
+            return guarded(main, prog)
+    except Terminated as exc:  # before the command's own handlers (its start-up): nothing to keep or sum up
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return stopped
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def console() -> None:
     """The ``streamfuse`` console script and ``python -m streamfuse``: exit with the command's status."""
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     prog = f"streamfuse {command}".rstrip()
-    signals, stopped = STOPPED_BY.get(command, ((), 0))
-    try:
-        with handled(raise_terminated, signals):  # from the start: before the command's imports
-            code = guarded(main, prog)
-    except Terminated as exc:  # before the command's own handlers (its start-up): nothing to keep or sum up
-        print(f"{prog}: {exc}", file=sys.stderr)
-        code = stopped
-    except KeyboardInterrupt:  # a Ctrl-C that the command itself did not turn into its own line
-        print(f"{prog}: interrupted", file=sys.stderr)
-        code = 130
+    code = stoppable(main, prog, command)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a Ctrl-C during teardown would only traceback
     if command in FAST_EXIT:
         from streamfuse.cli.run import exit_now

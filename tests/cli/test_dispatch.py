@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -127,3 +128,41 @@ def test_a_sigterm_while_a_command_loads_is_its_clean_stop(command, status, monk
         cli.console()
     assert exc.value.code == status
     assert capsys.readouterr().err == f"streamfuse {command}: interrupted (SIGTERM)\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("argv, prog", [
+    ([sys.executable, "-m", "streamfuse", "-h"], "streamfuse -h"),  # printed, then returned
+    ([sys.executable, "-m", "streamfuse", "run", "-h"], "streamfuse run"),  # argparse's help, then SystemExit
+    ([sys.executable, "-m", "streamfuse", "bench", "fuse", "-h"], "streamfuse bench"),
+    ([sys.executable, str(REPO / "run_stream.py"), "-h"], "run_stream.py"),
+    ([sys.executable, str(REPO / "tools" / "train.py"), "-h"], "train.py"),
+    ([sys.executable, str(REPO / "tools" / "replay_many.py"), "-h"], "replay_many.py"),
+], ids=["streamfuse", "run", "bench fuse", "run_stream.py", "tools/train.py", "tools/replay_many.py"])
+def test_output_to_a_full_disk_is_one_line_with_python_s_own_buffering(argv, prog, tmp_path):
+    # without PYTHONUNBUFFERED (a user's shell rarely sets it) the text waits in stdout's buffer until the interpreter's
+    # exit, whose failed flush said "Exception ignored in: <_io.TextIOWrapper ...>" and exited 120
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(argv, cwd=tmp_path, env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (1, f"{prog}: error: cannot write its output: No space left on device\n")
+
+
+@pytest.mark.parametrize("tool, status", [("replay_many", 130), ("train", 130)])
+def test_a_tool_stopped_before_its_own_handlers_ends_as_its_command_does(tool, status, monkeypatch, capsys):
+    import runpy
+
+    def stopped(*_args, **_kwargs):  # a SIGTERM while the tool parses its arguments or loads its data
+        signal.raise_signal(signal.SIGTERM)
+
+    def unhandled(*_):  # the net: fires only where the tool took no SIGTERM handler (the process would die by it)
+        raise AssertionError("SIGTERM reached the caller's handler")
+
+    monkeypatch.setattr(sys, "argv", [f"{tool}.py", "--help"])
+    monkeypatch.setattr("argparse.ArgumentParser.parse_args", stopped)
+    monkeypatch.setattr("argparse.ArgumentParser.parse_known_args", stopped)
+    with handled(unhandled, (signal.SIGTERM,)), handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), \
+            pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(REPO / "tools" / f"{tool}.py"), run_name="__main__")
+    assert exc.value.code == status
+    assert capsys.readouterr().err == f"{tool}.py: interrupted (SIGTERM)\n"
