@@ -126,7 +126,9 @@ def remove_stale(prefix: str = SHM_PREFIX, directory: Path = SHM_DIR) -> list[st
     for path in directory.iterdir():
         match = pattern.match(path.name)
         if match and not process_alive(int(match.group(1))):
-            with contextlib.suppress(FileNotFoundError):  # another start got there first
+            # another start got there first; another user's, in a folder where only its owner may unlink (/dev/shm is
+            # sticky): theirs to free, never a reason to stop this run
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 path.unlink()
                 removed.append(path.name)
     return removed

@@ -156,6 +156,25 @@ def test_a_name_with_a_number_no_process_can_have_is_stale_not_an_error(tmp_path
     assert not process_alive(2**63) and not process_alive(0)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists a shared-memory folder")
+def test_another_users_stale_object_is_left_to_them(tmp_path, monkeypatch) -> None:
+    """A run killed as root (or as another service user) leaves objects that /dev/shm, a sticky folder, lets only
+    their owner unlink: every start of every other user stopped with "Operation not permitted" on them."""
+    names = ("streamfuse_0_theirs", "streamfuse_0_ours")
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    unlink = Path.unlink
+
+    def sticky(path: Path, *args, **kwargs) -> None:  # the kernel's answer to a non-owner (root here skips the check)
+        if path.name == names[0]:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", sticky)
+    assert remove_stale(directory=tmp_path) == [names[1]]
+    assert [p.name for p in tmp_path.iterdir()] == [names[0]]
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through /proc (Linux)")
 def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
     """A parent that reads a killed run's output to its end before reaping it (``subprocess.communicate``) leaves
