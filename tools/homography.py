@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 # where the package is not installed, this checkout's: its import names the dependencies this Python lacks, in the
-# one line of `python -m streamfuse`
-if importlib.util.find_spec("streamfuse") is None:
+# one line of `python -m streamfuse`. No origin: only a folder that an uninstall left (numba's cache files in it)
+if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 
