@@ -10,7 +10,7 @@ import sys
 # that says which environment to use instead of a ModuleNotFoundError from deep inside a stage.
 # The import names of pyproject.toml's dependencies (a test holds the two lists together).
 _DEPENDENCIES = ("numpy", "yaml", "cv2", "torch", "ot", "av", "zmq", "numba", "mcap", "zstandard", "lz4", "tqdm",
-                 "simplejpeg")
+                 "simplejpeg", "scipy")
 _MISSING = [m for m in _DEPENDENCIES if importlib.util.find_spec(m) is None]
 if _MISSING:
     raise SystemExit(f"streamfuse: {', '.join(_MISSING)} not installed for {sys.executable}; run `make venv` once and"
