@@ -1,5 +1,5 @@
 """streamfuse's command line: ``streamfuse COMMAND [ARGS...]`` (or ``python -m streamfuse``); ``COMMAND -h`` shows a
-command's help.
+command's help, ``--version`` the package's version.
 
 Commands:
   run        run a pipeline, live (or an offline replay with --out); the same as run_stream.py
@@ -80,6 +80,11 @@ def dispatch(prog: str, commands: dict[str, str], argv: list[str], doc: str) -> 
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: python -m {prog} {{{','.join(commands)}}} [ARGS...]\n\n{doc}")
         return 0 if argv else 2
+    if argv[0] == "--version" and prog == "streamfuse":  # what a bug report names first
+        from streamfuse import __version__
+
+        print(f"streamfuse {__version__} (Python {sys.version.split()[0]}, {sys.executable})")
+        return 0
     if argv[0] not in commands:
         print(f"{prog}: unknown command {argv[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
         return 2

@@ -24,6 +24,14 @@ def test_help_lists_every_command(capsys):
     assert main([]) == 2
 
 
+def test_version_is_the_one_pyproject_gives(capsys):
+    import re
+
+    assert main(["--version"]) == 0
+    version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    assert capsys.readouterr().out.startswith(f"streamfuse {version} (Python ")
+
+
 def test_unknown_command_is_one_line(capsys):
     assert main(["nope"]) == 2
     err = capsys.readouterr().err.strip()
