@@ -36,30 +36,33 @@ def _locatable() -> bool:
     return True
 
 
-def _own_folder() -> Path | None:
-    """``TMPDIR/streamfuse-numba-UID``, made private; None where it cannot be, or is not this user's alone (numba
-    loads pickled machine code from it: a folder another user could write into would run their code)."""
+def _own_folder() -> Path | str:
+    """``TMPDIR/streamfuse-numba-UID``, made private; where it cannot be, or is not this user's alone (numba loads
+    pickled machine code from it: a folder another user could write into would run their code), why not."""
     path = Path(tempfile.gettempdir()) / f"streamfuse-numba-{os.getuid()}"
     try:
         path.mkdir(mode=0o700, exist_ok=True)
         info = path.lstat()
-    except OSError:
-        return None
-    mine = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
-    return path if mine and os.access(path, os.W_OK) else None
+    except OSError as exc:
+        return f"{path} cannot be made: {exc.strerror}"
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        return f"{path} is not a folder of this user's"
+    if info.st_mode & 0o022:
+        return f"{path} is writable by other users"
+    return path if os.access(path, os.W_OK) else f"{path} is read-only"
 
 
 def _choose() -> bool:
     if config.CACHE_DIR or _locatable():
         return True
     folder = _own_folder()
-    if folder is not None:
+    if isinstance(folder, Path):
         # the environment too: numba re-reads its config from it when that changes
         os.environ["NUMBA_CACHE_DIR"] = config.CACHE_DIR = str(folder)
         log.info("numba kernels cached in %s (the package's folder and the home folder are read-only)", folder)
         return True
-    log.warning("numba kernels compiled at every start: no folder to keep them in (the package's folder, the home "
-                "folder and %s are read-only); NUMBA_CACHE_DIR can name one", tempfile.gettempdir())
+    log.warning("numba kernels compiled at every start: no folder to keep them in (the package's folder and the home "
+                "folder are read-only, and %s); NUMBA_CACHE_DIR can name one", folder)
     return False
 
 

@@ -59,6 +59,14 @@ def test_a_folder_others_can_write_into_is_not_used(tmp_path, monkeypatch, mode)
     planted = tmp_path / f"streamfuse-numba-{os.getuid()}"
     planted.mkdir()
     planted.chmod(mode)
-    assert numba_cache._own_folder() is None
+    assert numba_cache._own_folder() == f"{planted} is writable by other users"  # what the warning says
     planted.chmod(0o700)
     assert numba_cache._own_folder() == planted
+
+
+def test_the_warning_says_why_the_private_folder_cannot_be_used(tmp_path, monkeypatch):
+    # it said "... /tmp is read-only" of a writable folder whose cache folder was only not private
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(not_a_folder))
+    assert numba_cache._own_folder() == f"{not_a_folder}/streamfuse-numba-{os.getuid()} cannot be made: Not a directory"
