@@ -77,3 +77,9 @@ def test_openmp_wait_policy_is_set_for_every_entry_point_but_a_users_choice_is_k
     assert _policy(env) == ["PASSIVE", "False"]
     assert _policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == ["ACTIVE", "False"]
     assert _policy(env, "import torch; ") == ["PASSIVE", "True"]  # too late for torch's OpenMP: the engine warns once
+
+
+def test_the_package_says_it_is_typed():
+    # PEP 561: without the marker a robot stack's type checker ignores the hints of Subscriber and the wire format
+    assert (REPO / "streamfuse" / "py.typed").is_file()
+    assert re.search(r'^streamfuse = \[.*"py\.typed".*\]$', (REPO / "pyproject.toml").read_text(), re.M)
