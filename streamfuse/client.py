@@ -1,8 +1,7 @@
 """The consumer side: a Subscriber that yields decoded fused frames, with timeouts and a latest-frame mode.
 
-Every format of the wire format is decoded transparently: raw, jpeg, h264 (waiting for a keyframe after a start, a
-restart or a missed frame) and, for a publisher on this host, its shared-memory pool (read in place), with an
-automatic fall back to the ZeroMQ payload where the pool cannot be mapped.
+Every format of the wire format is decoded transparently: raw, jpeg, h264 (from a keyframe after a start, a restart
+or a missed frame) and a same-host publisher's shared-memory pool, falling back to ZeroMQ where it cannot be mapped.
 
 >>> with Subscriber("tcp://127.0.0.1:1", timeout_s=0.05) as sub:  # nothing listens on port 1
 ...     sub.recv() is None
@@ -42,38 +41,33 @@ class Subscriber:
     """Connects a SUB socket to a publisher and receives ``(header, image)`` frames.
 
     Args:
-        endpoint: the publisher's endpoint, e.g. ``tcp://127.0.0.1:5555`` (IPv6: ``tcp://[::1]:5555``); reconnects
-            are automatic.
+        endpoint: the publisher's, e.g. ``tcp://127.0.0.1:5555`` (IPv6: ``tcp://[::1]:5555``); reconnects are automatic.
         topic: topic prefix to receive (``fused/`` = every rig; bytes: UTF-8); not a ``shm/`` or ``ring/`` one.
         timeout_s: longest wait of one :meth:`recv`, seconds; iteration stops after one such silent wait. Also how
             long a host name that does not resolve (yet) is looked up again before giving up.
-        latest: return only the newest frame (live viewers). A reader thread takes every frame off the socket
-            as it arrives and keeps the newest, so no backlog builds up in ZeroMQ or TCP buffers while the caller
-            is busy; frames replaced before the caller took them count as ``discarded``.
+        latest: return only the newest frame (live viewers): a reader thread takes every frame off the socket and
+            keeps the newest, so no backlog builds up while the caller is busy (replaced ones count as ``discarded``).
         rcvhwm: messages queued on this side before ZeroMQ stops reading from the network.
         server_key: the publisher's CURVE public key (Z85, 40 characters) when it encrypts; empty = plain.
         shm: read a same-host publisher's frames from its shared-memory pool; None = when the endpoint is local
-            (``ipc://``, ``inproc://``, TCP to loopback or to a name whose addresses all are). Until the first pool
-            frame, and for good when the pool cannot be mapped (another host or user, not Linux), frames come from
-            the ZeroMQ payload.
-        copy: return images that the caller owns; otherwise a shared-memory image is a read-only view that stays
-            intact until the next :meth:`recv` (the publisher writes around the slot, never waits for it).
-        ring: once the pool is mapped, take its frames' descriptors from the pool's notification ring (woken by a
-            futex, no ZeroMQ thread involved) instead of ZeroMQ; back to ZeroMQ while the pool is given up, its
-            publisher is gone or the ring cannot be read here. False: always ZeroMQ descriptors.
-        max_frame_bytes: largest image part accepted, bytes. ZeroMQ refuses a larger message part as it arrives
-            (``ZMQ_MAXMSGSIZE``: it drops the connection before buffering the part, then reconnects), so a peer
-            cannot make this process hold more than about ``rcvhwm`` frames of this size. A frame whose header says
-            it is larger (shared memory; jpeg, h264 decoded) is skipped unread, counted in ``malformed``.
+            (``ipc://``, ``inproc://``, TCP to loopback or a name whose addresses all are). Until the first pool
+            frame, and for good where the pool cannot be mapped (another host or user), frames come over ZeroMQ.
+        copy: None: images stay as they are while held (a shared-memory frame copied out of the pool, about 0.1 ms a
+            VGA frame; a raw one a read-only view of its message); True: writable copies; False: a shared-memory
+            frame as a read-only view of the pool, intact only until the next :meth:`recv` (no copy).
+        ring: once the pool is mapped, take its frames' descriptors from the pool's notification ring (a futex, no
+            ZeroMQ thread) while it can be read here; False: always ZeroMQ descriptors.
+        max_frame_bytes: largest image part accepted, bytes: ZeroMQ refuses a larger part as it arrives
+            (``ZMQ_MAXMSGSIZE``, then reconnects), so a peer cannot make this process hold more than about ``rcvhwm``
+            such frames; a frame whose header says it is larger (shared memory; jpeg, h264 decoded) is skipped unread.
 
-    Counters: ``received`` (frames returned), ``malformed`` (skipped, logged: not the wire format, a header field out of
-    range, a ``seq`` that repeats the last frame's or leaps ahead further than a publisher can (:class:`SeqCounter`), a
-    payload that does not decode, a shared-memory pool that is none, or a frame over ``max_frame_bytes``;
-    ``last_malformed`` says why the last one was), ``missed`` (gaps in the publisher's ``seq``: frames dropped on the
-    way to this subscriber; also shared-memory frames overwritten before they were read, never returned torn, and ring
-    entries lapped before they were read), ``via_shm`` (frames read from shared memory), ``via_ring`` (their descriptors
-    taken from the pool's ring), ``awaiting_keyframe`` (h264 frames skipped until a keyframe), ``discarded`` (latest
-    mode), ``handshake_failures`` (CURVE: the publisher's key differs from ``server_key``, or only one side encrypts).
+    Counters: ``received``; ``malformed`` (skipped and logged, ``last_malformed`` says why: not the wire format, a
+    field out of range, a ``seq`` repeated or leaping (:class:`SeqCounter`), no pool, an undecodable payload, a frame
+    over ``max_frame_bytes``); ``missed`` (gaps in ``seq``, shared-memory frames overwritten and ring entries lapped
+    before they were read: never returned torn); ``via_shm``, ``via_ring``; ``awaiting_keyframe`` (h264);
+    ``discarded`` (latest mode); ``handshake_failures`` (CURVE keys differ, or only one side encrypts).
+
+    One thread receives from a Subscriber and closes it (ZeroMQ sockets are not shared between threads).
 
     Raises:
         ValueError: a bad argument, topic or endpoint, or a host name not resolving after ``timeout_s`` (one line).
@@ -81,7 +75,7 @@ class Subscriber:
 
     def __init__(self, endpoint: str, topic: str = "fused/", *, timeout_s: float = 1.0, latest: bool = False,
                  rcvhwm: int = 2, server_key: str = "", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 shm: bool | None = None, copy: bool = False, ring: bool = True) -> None:
+                 shm: bool | None = None, copy: bool | None = None, ring: bool = True) -> None:
         if not 0 < timeout_s <= threading.TIMEOUT_MAX:  # NaN too
             raise ValueError(f"timeout_s={timeout_s} must be in (0, {threading.TIMEOUT_MAX:.3g}] s (receives time out)")
         if rcvhwm < 1:
@@ -127,21 +121,23 @@ class Subscriber:
         """The next frame (``latest``: the newest not yet returned), or None when none arrives in time.
 
         Args:
-            timeout_s: longest wait, seconds; None = the ``timeout_s`` given at construction.
+            timeout_s: longest wait, seconds; None = the ``timeout_s`` given at construction; 0 = no wait, a frame
+                only if one is already here.
 
         Returns:
-            ``(header, image)``: the validated header and a ``(height, width, 3)`` BGR or ``(height, width)`` uint8
-            image (raw: a view of the message; shared memory: a read-only view valid until the next call, or a copy
-            with ``copy=True``; jpeg, h264: decoded).
+            ``(header, image)``: the validated header and a BGR ``(H, W, 3)`` or ``(H, W)`` uint8 image (``copy``).
 
         Raises:
-            RuntimeError: latest mode's reader thread stopped on an unexpected error (one line saying which).
+            ValueError: ``timeout_s`` negative, NaN or too large to wait for.
+            RuntimeError: closed, or latest mode's reader thread stopped on an unexpected error (one line saying which).
         """
+        if timeout_s is not None and not 0 <= timeout_s <= threading.TIMEOUT_MAX:  # NaN too
+            raise ValueError(f"recv timeout_s={timeout_s} must be in [0, {threading.TIMEOUT_MAX:.3g}] s")
+        if self._closing.is_set():
+            raise RuntimeError(f"subscriber {self.endpoint} is closed")
         deadline, frame = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s), None
         while frame is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
+            remaining = max(deadline - time.monotonic(), 0.0)  # one look even when no time is left
             if self.latest:
                 with self._cond:
                     if not self._cond.wait_for(lambda: self._newest is not None or self._failure, remaining):
@@ -153,6 +149,8 @@ class Subscriber:
                 item = self._next(min(remaining, _POLL_S))
             if item is not None:
                 frame = self._take(*item)
+            if frame is None and deadline <= time.monotonic():
+                return None
         self.received += 1
         return frame
 
@@ -362,7 +360,7 @@ class Subscriber:
             return None
         try:
             flat = self._pool.read(header["shm_slot"], header["shm_gen"], header["height"] * header["step"],
-                                   copy=self.copy)
+                                   copy=self.copy is not False)
         except PoolError as exc:
             self._skip(exc)
             return None
@@ -379,12 +377,14 @@ class Subscriber:
             yield frame
 
     def close(self) -> None:
-        """Close the socket at once (linger 0); in latest mode stop the reader thread first (within 50 ms)."""
-        if self._reader is None:
-            self._close_sockets()
+        """Close the socket at once (linger 0; latest mode: the reader thread first, within 50 ms); again: nothing."""
+        if self._closing.is_set():
             return
         self._closing.set()
-        self._reader.join()
+        if self._reader is None:
+            self._close_sockets()
+        else:
+            self._reader.join()
 
     def _close_sockets(self) -> None:
         self._watch.close()

@@ -50,6 +50,38 @@ def test_recv_times_out(latest: bool) -> None:
     assert sub.received == 0
 
 
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_a_zero_timeout_takes_a_frame_already_here_without_waiting(latest: bool, rng: np.random.Generator) -> None:
+    # a control loop's "is there a new frame?": 0 (or any wait shorter than a poll) returned None with frames waiting
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, sndhwm=20)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest, rcvhwm=20, shm=False) as sub:
+        connect(pub, sub, image)
+        assert sub.recv(0) is None  # nothing new
+        assert pub.send_fused(fused_frame(image, 0))
+        wait_until(lambda: sub.recv(0) is not None, "the frame, taken without a wait")
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+@pytest.mark.parametrize("timeout", [-1.0, float("nan"), float("inf"), 1e300])
+def test_a_recv_timeout_that_cannot_be_waited_for_is_refused(latest: bool, timeout: float) -> None:
+    # they overflowed (inf: OverflowError from deep in threading), raised from poll() (NaN) or blocked for ever
+    with Subscriber(NOBODY, timeout_s=0.05, latest=latest) as sub, \
+            pytest.raises(ValueError, match=r"^recv timeout_s=.* must be in \[0, "):
+        sub.recv(timeout)
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_a_closed_subscriber_says_so_and_closes_again_quietly(latest: bool) -> None:
+    # plain mode: a second close() (an explicit one inside the with block) raised ZMQError ENOTSOCK, and a recv()
+    # after close() did; latest mode waited out its timeout and returned None, as from a silent publisher
+    with Subscriber(NOBODY, timeout_s=PATIENCE_S, latest=latest) as sub:
+        sub.close()
+    sub.close()
+    with pytest.raises(RuntimeError, match=f"^subscriber {re.escape(NOBODY)} is closed$"):
+        sub.recv()
+
+
 def test_latest_returns_the_newest_frame(rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, sndhwm=20)) as pub, \

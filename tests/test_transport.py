@@ -79,7 +79,7 @@ def test_pool_generation_guard_and_held_slots() -> None:
 def test_shared_memory_view_stays_intact_until_next_frame(rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
-            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, copy=False) as sub:
         header, view = _recv_shm(sub, pub, image)
         assert header["schema"] == SCHEMA_2 and not view.flags.writeable
         for i in range(20):
@@ -88,6 +88,23 @@ def test_shared_memory_view_stays_intact_until_next_frame(rng: np.random.Generat
         pool = SHM / pub.shm_pool
         assert pool.exists()
     assert not pool.exists()  # freed when the publisher exits
+
+
+@needs_shm
+@pytest.mark.parametrize("latest", [False, True])
+def test_a_held_frame_stays_as_it_was_by_default(rng: np.random.Generator, latest: bool) -> None:
+    # the default was a view of the pool: a consumer that kept frames (a queue, a tracker's history) saw their pixels
+    # change under it once it had received the next few
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest) as sub:
+        header, held = _recv_shm(sub, pub, image)
+        via_shm = sub.via_shm
+        for i in range(12):  # each slot of the pool written over several times, each frame received
+            pub.send_fused(fused_frame(_uniform(i), 0))
+            assert sub.recv() is not None
+        assert sub.via_shm >= via_shm + 8
+        np.testing.assert_array_equal(held, image)
 
 
 @needs_shm

@@ -88,7 +88,7 @@ def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int =
     set to the ``seq`` of each frame in hand (the publisher's window over shared memory); ``ring``: shared-memory
     descriptors from the pool's ring (else over ZeroMQ)."""
     latencies, arrivals = [], []
-    with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm, shm=shm, ring=ring) as sub:
+    with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm, shm=shm, ring=ring, copy=False) as sub:  # zero-copy: timed
         while (frame := sub.recv()) is not None or not done.is_set():
             if frame is None:
                 continue
@@ -123,7 +123,7 @@ def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
 def _stalled_receiver(endpoint: str, ready: Any, done: Any, results: Any, shm: bool = False) -> None:
     """Connect, take one frame (holding its shared-memory slot), then stop reading until ``done``; then drain and
     report what got through."""
-    with Subscriber(endpoint, timeout_s=0.2, shm=shm) as sub:
+    with Subscriber(endpoint, timeout_s=0.2, shm=shm, copy=False) as sub:  # holds its slot
         while (frame := sub.recv()) is None or (shm and frame[0]["format"] != "shm"):
             pass
         ready.set()
