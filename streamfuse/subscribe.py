@@ -4,7 +4,7 @@ Latency columns: ``age`` is now minus the visible (and IR) capture time, ``net``
 both from the header's epoch-ns clocks, so across machines they include the clock offset (use NTP/PTP); ``age`` is
 n/a for a video file's or frame folder's frames, whose capture times are the file's own, from 0.
 Exits 0 after ``--count`` frames, Ctrl-C or SIGTERM (as a launcher stops it; the summary is printed), 1 when no
-frame arrives for ``--timeout`` seconds, 2 on bad arguments (or a host name that still does not resolve after
+frame arrives for ``--timeout`` seconds (the first: ``--first-timeout``, for a publisher still starting), 2 on bad arguments (or a host name that still does not resolve after
 ``--timeout``: one started before its publisher's name exists waits for it). Malformed messages are skipped and
 counted; a message part larger than ``--max-frame-mb`` is refused by ZeroMQ before it is buffered.
 """
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(take the ZeroMQ payload)")
     parser.add_argument("--timeout", type=positive(), default=10.0, help="give up after S seconds without a frame (or "
                         "without the publisher's host name resolving)")
+    parser.add_argument("--first-timeout", type=positive(), default=60.0,
+                        help="give up after S seconds without the first frame (a run started at the same time loads "
+                             "its model and compiles its kernels first: about 16 s on its first start)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
     parser.add_argument("--max-frame-mb", type=positive(1e6), default=DEFAULT_MAX_FRAME_BYTES / 1e6,
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
@@ -99,9 +102,10 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     try:
         while not args.count or sub.received < args.count:
             malformed = sub.malformed
-            frame = sub.recv()
+            wait = args.timeout if sub.received else max(args.timeout, args.first_timeout)
+            frame = sub.recv(wait)
             if frame is None:
-                print(f"no frame from {args.endpoint} (topic {args.topic!r}) for {args.timeout:g} s after "
+                print(f"no frame from {args.endpoint} (topic {args.topic!r}) for {wait:g} s after "
                       f"{sub.received} frames: {_why_silent(sub, args.server_key, sub.malformed - malformed)}",
                       file=sys.stderr)
                 return 1

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 import zmq.auth
-from helpers_zmq import ANY_PORT, MALFORMED, publishing, with_header
+from helpers_zmq import ANY_PORT, MALFORMED, PATIENCE_S, publishing, with_header
 
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import Publisher, PublishConfig
@@ -148,7 +148,7 @@ def test_cli_skips_and_counts_malformed_messages(name: str, latest: bool, tmp_pa
 
 def test_cli_only_malformed_messages_says_so(capsys: pytest.CaptureFixture) -> None:
     with alternating([b"fused/x", b"not json", b""], good=False) as endpoint:
-        assert main([endpoint, "--timeout", "2"]) == 1
+        assert main([endpoint, "--timeout", "2", "--first-timeout", "2"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]
     assert len(err) == 1 and err[0].startswith(f"no frame from {endpoint}") and "after 0 frames" in err[0]
     assert re.search(r"(1 message arrived, malformed|[2-9]\d* messages arrived, all malformed) \(the last: header is "
@@ -226,7 +226,7 @@ def test_cli_curve_key_mismatch_says_so(key: str, tmp_path: Path, rng: np.random
         assert main([pub.endpoint, "--server-key", str(public), "--count", "1"]) == 0
         capsys.readouterr()
         # The timeout is the wait for frames that cannot come; the handshake fails within milliseconds.
-        assert main([pub.endpoint, "--timeout", "2", *(["--server-key", str(wrong)] if key == "wrong" else [])]) == 1
+        assert main([pub.endpoint, "--timeout", "2", "--first-timeout", "2", *(["--server-key", str(wrong)] if key == "wrong" else [])]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"no frame from {pub.endpoint}")
     if key == "wrong":
@@ -252,12 +252,19 @@ def test_cli_bad_arguments_exit_2(args: list[str], said: str, capsys: pytest.Cap
     assert info.value.code == 2 and err[-1].endswith(f"error: argument {said}")
 
 
+def test_cli_waits_longer_for_the_first_frame(rng: np.random.Generator) -> None:
+    # started beside a run that still loads its model (about 16 s on a first start), it gave up after --timeout's 10 s;
+    # here the first frame takes the connection's set-up and a publishing tick, far more than --timeout's 1 ms
+    with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), rate_hz=20) as pub:
+        assert main([pub.endpoint, "--timeout", "0.001", "--first-timeout", str(PATIENCE_S), "--count", "1"]) == 0
+
+
 def test_cli_timeout_exits_1_with_one_line(capsys: pytest.CaptureFixture) -> None:
-    assert main(["tcp://127.0.0.1:1", "--timeout", "0.3"]) == 1
+    assert main(["tcp://127.0.0.1:1", "--timeout", "0.3", "--first-timeout", "0.3"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "no frame from tcp://127.0.0.1:1" in err[0] and "after 0 frames" in err[0]
     assert err[0].endswith("is the publisher running?")
-    assert main(["tcp://127.0.0.1:1", "--timeout", "0.3", "--server-key", "x" * 40]) == 1
+    assert main(["tcp://127.0.0.1:1", "--timeout", "0.3", "--first-timeout", "0.3", "--server-key", "x" * 40]) == 1
     assert "the publisher is not running, or its CURVE public key differs from the --server-key given" in \
         capsys.readouterr().err
 
