@@ -237,8 +237,8 @@ class Subscriber:
         """Reconnect a connection libzmq dropped and will not retry; a refused part counts as malformed. Without it
         the publisher, seeing no subscription from us, stops filling the pool's ring too."""
         if self._watch.restore_due() and self._watch.restore():
-            self._skip(f"ZeroMQ refused it (a part over max_frame_bytes={self.max_frame_bytes}, or not the ZeroMQ "
-                       f"protocol) and dropped the connection; reconnected")
+            self._skip(f"ZeroMQ refused it (a part over max_frame_bytes={self.max_frame_bytes}, or a peer that is no "
+                       f"publisher: another socket type, another protocol) and dropped the connection; reconnected")
 
     def _subscribe_payload(self, on: bool) -> None:
         if on != self._payload_on:

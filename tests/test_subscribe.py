@@ -259,6 +259,16 @@ def test_cli_waits_longer_for_the_first_frame(rng: np.random.Generator) -> None:
         assert main([pub.endpoint, "--timeout", "0.001", "--first-timeout", str(PATIENCE_S), "--count", "1"]) == 0
 
 
+def test_cli_a_zeromq_peer_that_is_no_publisher_is_said_to_be_one(capsys: pytest.CaptureFixture) -> None:
+    # a REP socket on the port (another program's): the handshake fails on the socket type with no event that says so,
+    # and the line blamed "not the ZeroMQ protocol"
+    with zmq.Context.instance().socket(zmq.REP) as rep:
+        port = rep.bind_to_random_port("tcp://127.0.0.1")
+        assert main([f"tcp://127.0.0.1:{port}", "--timeout", "5", "--first-timeout", "5"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]
+    assert len(err) == 1 and "a peer that is no publisher: another socket type, another protocol" in err[0], err
+
+
 def test_cli_timeout_exits_1_with_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["tcp://127.0.0.1:1", "--timeout", "0.3", "--first-timeout", "0.3"]) == 1
     err = capsys.readouterr().err.splitlines()

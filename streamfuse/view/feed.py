@@ -221,8 +221,9 @@ class StatsMessages:
         """While no stats arrive: follow the connection and restore one that libzmq dropped for good."""
         self.watch.on_events()
         if self.watch.restore_due() and self.watch.restore():
-            self._skip(f"ZeroMQ refused it (a part over {_MAX_STATS_BYTES} bytes, or not the ZeroMQ protocol) and "
-                       f"dropped the connection to {self.endpoint}; reconnected")
+            self._skip(f"ZeroMQ refused it (a part over {_MAX_STATS_BYTES} bytes, or a peer that is no publisher: "
+                       f"another socket type, another protocol) and dropped the connection to {self.endpoint}; "
+                       "reconnected")
 
     def _skip(self, why: Exception | str) -> None:
         self.malformed += 1
