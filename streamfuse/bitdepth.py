@@ -48,7 +48,10 @@ import numpy as np
 
 from streamfuse.errors import io_reason, opencv_quiet
 
-__all__ = ["To8Bit", "read_image", "read_8bit", "deep_grey"]
+__all__ = ["IMAGE_SUFFIXES", "To8Bit", "read_image", "read_8bit", "deep_grey"]
+
+# image files the project reads (what OpenCV decodes among the formats of IR and visible datasets and frame dumps)
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
 
 _CLIPPED = 0.01  # more than this share of a frame's pixels outside the held range: it takes its own range at once

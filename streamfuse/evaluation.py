@@ -23,7 +23,7 @@ import numpy as np
 
 from streamfuse import metrics
 from streamfuse.atomic_write import write_file
-from streamfuse.bitdepth import To8Bit, read_8bit
+from streamfuse.bitdepth import IMAGE_SUFFIXES, To8Bit, read_8bit
 from streamfuse.checks import ConfigError, apply_overrides, load_yaml
 from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
 from streamfuse.configs import resolve
@@ -38,7 +38,6 @@ __all__ = ["Method", "find_pairs", "image_files", "read_grey", "read_pair", "fus
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 FUSER_SECTIONS = ("fuse", "hclfuse", "engine", "baseline", "align")  # what a --fuser method is configured by
 _INLINE = {name: [f.name for f in dataclasses.fields(cls)]  # NAME:key=value keys, by section
            for name, cls in (("hclfuse", HCLFuseConfig), ("engine", EngineConfig), ("baseline", BaselineConfig))}

@@ -75,7 +75,8 @@ class VideoWriter:
 
     Media notes: MP4/MOV get ``video_track_timescale`` and ``movie_timescale`` equal to the time base
     denominator, so output pts equal the input pts as integers (MP4 otherwise rescales to its own timescale and
-    writes the start offset in ms). Matroska stores times in ms, so there pts agree to within 1 ms. NUT would
+    writes the start offset in ms); a time base finer than 1 us (the ns of frame folders and recordings) gets 1 MHz,
+    pts kept to the microsecond, since MP4 holds a frame's duration in 31 bits: at 1 ns no pause over 2.1 s. Matroska stores times in ms, so there pts agree to within 1 ms. NUT would
     shift every pts by the encoder's B-frame delay to avoid a negative dts unless told not to. H.264 wants
     even sizes for 4:2:0; odd sizes use 4:4:4. FFV1 is stored as ``bgr0``, bit-exact to the BGR input.
 
@@ -241,6 +242,9 @@ def read_tags(container: av.container.InputContainer) -> dict[str, str]:
     return tags
 
 
+_MP4_FINEST_TIMESCALE = 1_000_000  # ticks a second: a frame's duration fits MP4's 31 bits up to 35 minutes
+
+
 def _muxer_options(fmt: str, time_base: Fraction) -> dict[str, str]:
     """FFmpeg muxer options that keep the caller's integer pts (see :class:`VideoWriter`)."""
     if fmt == "nut":
@@ -249,7 +253,8 @@ def _muxer_options(fmt: str, time_base: Fraction) -> dict[str, str]:
         return {}
     opts = {"movflags": "use_metadata_tags"}  # keep our own tags (the config, streamfuse_t0_ns)
     if time_base.numerator == 1:
-        opts |= {"video_track_timescale": str(time_base.denominator), "movie_timescale": str(time_base.denominator)}
+        scale = str(min(time_base.denominator, _MP4_FINEST_TIMESCALE))
+        opts |= {"video_track_timescale": scale, "movie_timescale": scale}
     return opts
 
 

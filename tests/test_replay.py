@@ -144,24 +144,70 @@ def test_folders_of_numbered_frames(tmp_path):
         assert c.metadata["streamfuse_t0_ns"] == "0" and "streamfuse_config" in c.metadata["comment"]
 
 
+def _replay_halves(tmp_path, kept: dict[str, list[int]], level: int) -> tuple[object, list[tuple[int, int]]]:
+    """Replay IR and visible folders of the frame numbers ``kept`` (frame ``i``: the IR's left half, the visible's
+    right half at ``level * i``) with the max fuser; the summary and each output's two halves."""
+    import cv2
+
+    for name, numbers in kept.items():
+        (tmp_path / name).mkdir()
+        for i in numbers:
+            image = np.zeros((48, 64), np.uint8)
+            (image[:, :32] if name == "ir" else image[:, 32:])[:] = level * i
+            cv2.imwrite(str(tmp_path / name / f"{i:04d}.png"), image)
+    out = tmp_path / "o.mkv"
+    cfg = make_cfg(replay={"progress": False, "codec": "ffv1"}, post={"encoding": "mono8"})
+    summary = run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=out)
+    # max fuser: the left half is the IR partner's number, the right half the visible frame's
+    return summary, [(int(np.median(img[:, :32])) // level, int(np.median(img[:, 32:])) // level)
+                     for _, img in decode_frames(out)]
+
+
 def test_folders_with_a_missing_frame_pair_by_frame_number(tmp_path):
     # IR frame 0003 lost: visible 0003 goes unpaired, and every later visible frame keeps its own IR partner
+    numbered = list(range(1, 9))  # numbered from 1, as many datasets are
+    summary, halves = _replay_halves(tmp_path, {"ir": [i for i in numbered if i != 3], "vis": numbered}, 20)
+    assert summary.written == 7 and summary.unpaired == {"ir": 0, "vis": 1}
+    assert halves == [(i, i) for i in (1, 2, 4, 5, 6, 7, 8)]
+
+
+def test_a_folder_that_lost_most_of_its_frames_still_pairs_by_frame_number(tmp_path):
+    # IR kept only every other frame of 0..15 (a usual step of 2): it was timed by position, and 11 of its 12 frames
+    # were fused with the wrong visible frame
+    kept = {"ir": [*range(0, 17, 2), 17, 18, 19], "vis": list(range(20))}
+    summary, halves = _replay_halves(tmp_path, kept, 10)
+    assert summary.written == 12 and summary.unpaired == {"ir": 0, "vis": 8}
+    assert halves == [(i, i) for i in kept["ir"]]
+
+
+def test_folders_of_webp_frames_replay_as_any_image_folder(tmp_path):
+    # the replay's own list of image suffixes lacked .webp, which the folder source reads: such folders were refused
     import cv2
 
     for name in ("ir", "vis"):
         (tmp_path / name).mkdir()
-        for i in range(1, 9):  # numbered from 1, as many datasets are
-            image = np.zeros((48, 64), np.uint8)
-            (image[:, :32] if name == "ir" else image[:, 32:])[:] = 20 * i
-            if not (name == "ir" and i == 3):
-                cv2.imwrite(str(tmp_path / name / f"{i:04d}.png"), image)
-    out = tmp_path / "o.mkv"
-    cfg = make_cfg(replay={"progress": False, "codec": "ffv1"}, post={"encoding": "mono8"})
-    summary = run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=out)
-    assert summary.written == 7 and summary.unpaired == {"ir": 0, "vis": 1}
-    # max fuser: the left half is the IR partner's number, the right half the visible frame's
-    halves = [(int(np.median(img[:, :32])), int(np.median(img[:, 32:]))) for _, img in decode_frames(out)]
-    assert halves == [(20 * i, 20 * i) for i in (1, 2, 4, 5, 6, 7, 8)]
+        for i in range(3):
+            assert cv2.imwrite(str(tmp_path / name / f"{i:04d}.webp"), np.full((48, 64, 3), 40 * i, np.uint8))
+    summary = run_replay(make_cfg(replay={"progress": False}), ir_path=tmp_path / "ir", vis_path=tmp_path / "vis",
+                         out_path=tmp_path / "o.mkv")
+    assert summary.written == 3
+
+
+def test_folders_with_a_gap_of_seconds_make_a_finished_mp4(tmp_path):
+    # a recording's pause over 2.1 s (a camera's restart) could never be written to MP4 at the nanosecond clock of
+    # folders and recordings ("Not yet implemented in FFmpeg"): every resume failed the same way
+    import cv2
+
+    for name in ("ir", "vis"):
+        (tmp_path / name).mkdir()
+        for i in (0, 1, 2, 100, 101, 102):  # 3.3 s apart at 30 frames/s
+            cv2.imwrite(str(tmp_path / name / f"{i:04d}.png"), np.full((48, 64), 2 * i, np.uint8))
+    out = tmp_path / "o.mp4"
+    summary = run_replay(make_cfg(replay={"progress": False}), ir_path=tmp_path / "ir", vis_path=tmp_path / "vis",
+                         out_path=out)
+    assert summary.written == 6 and out.is_file()
+    times = [t for t, _ in decode_frames(out)]
+    assert [round(t * 30) for t in times] == [0, 1, 2, 100, 101, 102]  # to the microsecond MP4 now keeps
 
 
 def test_a_frame_of_another_size_mid_stream_stops_the_replay(tmp_path):

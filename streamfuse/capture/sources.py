@@ -1,7 +1,7 @@
 """Frame sources: SourceConfig, the Source protocol and BaseSource, which every kind builds on.
 
 Kinds (registry kind ``"source"``): ``synthetic`` (a registered IR/visible pair of a moving night scene,
-``synthetic``); ``camera`` (``camera``); ``stream``, ``file``, ``folder`` (``video_sources``); ``mcap`` (a
+``synthetic``); ``camera`` (``camera``); ``stream``, ``file`` (``video_sources``); ``folder`` (``image_folder``); ``mcap`` (a
 recording, ``mcap_source``).
 
 Every source yields :class:`~streamfuse.frames.Frame` objects: the section ``"ir"`` gives ``(H, W)`` uint8 grey;

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import re
 import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from statistics import median
 from typing import Any
 
-from streamfuse.bitdepth import deep_grey, read_8bit
+from streamfuse.bitdepth import deep_grey
 from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.sources import BaseSource, SourceError
@@ -36,10 +34,9 @@ from streamfuse.errors import io_reason, one_line, unreachable
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
-__all__ = ["AvSource", "FolderSource"]
+__all__ = ["AvSource"]
 
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"}
 # Codecs whose every packet is one picture although FFmpeg does not mark them intra-only (FFV1 may carry its context
 # model from frame to frame; an APNG frame may be blended onto the one before, and PNG shares that decoder).
 _ONE_PICTURE_PER_PACKET = ("ffv1", "png", "apng")
@@ -354,46 +351,3 @@ class AvSource(BaseSource):
 
 register("source", "file")(AvSource)
 register("source", "stream")(AvSource)
-
-
-# -- numbered image folder ---------------------------------------------------------------------------------------
-
-
-def _number_key(path: Path) -> tuple[int, str]:
-    """Sort key: the last integer in the file stem (``frame_0012.png`` -> 12), then the name."""
-    numbers = re.findall(r"\d+", path.stem)
-    return (int(numbers[-1]) if numbers else -1, path.name)
-
-
-@register("source", "folder")
-class FolderSource(BaseSource):
-    """Numbered image files sorted numerically. Numbered as frames are (the usual step between two numbers 1),
-    frame ``n`` has ``t = n / fps``, so a missing frame leaves a gap in time (its partner then goes unpaired, and is
-    counted) instead of moving every later frame onto the other stream's previous one; otherwise (no numbers,
-    repeated ones, time stamps) file ``i`` in that order has ``t = i / fps``. A loop goes on after the last."""
-
-    def _open(self) -> None:
-        folder = Path(self.cfg.path)
-        if not self.cfg.path or not folder.is_dir():
-            raise SourceError(f"{self.section}: image folder not found: {self.cfg.path!r}")
-        self._files = sorted((p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES), key=_number_key)
-        if not self._files:
-            raise SourceError(f"{self.section}: no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {folder}")
-        numbers = [_number_key(p)[0] for p in self._files]
-        steps = [b - a for a, b in zip(numbers, numbers[1:])]
-        frames = len(set(numbers)) == len(numbers) and min(numbers) >= 0 and (not steps or median(steps) == 1)
-        self._numbers = numbers if frames else list(range(len(self._files)))
-        self._span = self._numbers[-1] - self._numbers[0] + 1  # a loop's next lap follows its last frame
-
-    def _read(self) -> Frame | None:
-        lap, index = divmod(self._seq, len(self._files))
-        if lap and not self.cfg.loop:
-            return None
-        try:
-            image = read_8bit(self._files[index], self._8bit)  # a bad pixel type names the file
-        except ValueError as exc:
-            raise SourceError(f"{self.section}: {exc}") from None
-        t_ns = round((self._numbers[index] + lap * self._span) * 1e9 / self.cfg.fps)
-        self._pace(t_ns)
-        return self._frame(t_ns, self._convert(image))
-

@@ -22,6 +22,7 @@ from typing import Any, Iterator, NamedTuple
 
 import av
 
+from streamfuse.bitdepth import IMAGE_SUFFIXES
 from streamfuse.capture.bag_folder import STORAGE_SUFFIXES, is_bag_folder, storage_files
 from streamfuse.capture.mcap_source import image_topics, read_recording, topic_of
 from streamfuse.capture.sources import SourceError
@@ -35,7 +36,6 @@ __all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_pa
 
 log = logging.getLogger(__name__)
 
-_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
 _VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".nut", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
 
 
@@ -80,9 +80,9 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
                               decode_threads=decode_threads or section.decode_threads)
     rate = Fraction(section.fps).limit_denominator(1001)
     if kind == "folder":
-        n = sum(1 for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXTS)
+        n = sum(1 for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if n == 0:
-            raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(sorted(_IMAGE_EXTS))})")
+            raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate, n)
     if kind == "mcap":
         if is_bag_folder(path):

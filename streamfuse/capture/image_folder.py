@@ -1,0 +1,61 @@
+"""Folders of numbered image files as a source (``kind: folder``): frames timed by their numbers, or by their order
+where the names are not frame numbers (time stamps, no numbers)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from statistics import median
+
+from streamfuse.bitdepth import IMAGE_SUFFIXES, read_8bit
+from streamfuse.capture.sources import BaseSource, SourceError
+from streamfuse.frames import Frame
+from streamfuse.registry import register
+
+__all__ = ["FolderSource"]
+
+
+def _number_key(path: Path) -> tuple[int, str]:
+    """Sort key: the last integer in the file stem (``frame_0012.png`` -> 12), then the name."""
+    numbers = re.findall(r"\d+", path.stem)
+    return (int(numbers[-1]) if numbers else -1, path.name)
+
+
+# the usual step between frame numbers of a folder that lost frames (3 in 4 at most); time stamps step by tens (ms at
+# up to 100 frames/s) or more (us, ns), and timed as frames they would pair nothing
+_FRAME_STEP = 4
+
+
+@register("source", "folder")
+class FolderSource(BaseSource):
+    """Numbered image files sorted numerically. Numbered as frames are (the usual step between two numbers at most
+    ``_FRAME_STEP``: a folder that lost frames, even most of them), frame ``n`` has ``t = n / fps``, so a missing
+    frame leaves a gap in time (its partner then goes unpaired, and is counted) instead of moving every later frame
+    onto the other stream's previous one; otherwise (no numbers, repeated ones, time stamps) file ``i`` in that order
+    has ``t = i / fps``. A loop goes on after the last."""
+
+    def _open(self) -> None:
+        folder = Path(self.cfg.path)
+        if not self.cfg.path or not folder.is_dir():
+            raise SourceError(f"{self.section}: image folder not found: {self.cfg.path!r}")
+        self._files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_number_key)
+        if not self._files:
+            raise SourceError(f"{self.section}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+        numbers = [_number_key(p)[0] for p in self._files]
+        steps = [b - a for a, b in zip(numbers, numbers[1:])]
+        frames = len(set(numbers)) == len(numbers) and min(numbers) >= 0 and (not steps or median(steps) <= _FRAME_STEP)
+        self._numbers = numbers if frames else list(range(len(self._files)))
+        self._span = self._numbers[-1] - self._numbers[0] + 1  # a loop's next lap follows its last frame
+
+    def _read(self) -> Frame | None:
+        lap, index = divmod(self._seq, len(self._files))
+        if lap and not self.cfg.loop:
+            return None
+        try:
+            image = read_8bit(self._files[index], self._8bit)  # a bad pixel type names the file
+        except ValueError as exc:
+            raise SourceError(f"{self.section}: {exc}") from None
+        t_ns = round((self._numbers[index] + lap * self._span) * 1e9 / self.cfg.fps)
+        self._pace(t_ns)
+        return self._frame(t_ns, self._convert(image))
+
