@@ -312,12 +312,19 @@ def test_a_failed_replay_says_that_an_existing_output_is_an_earlier_one(tmp_path
     assert out.read_bytes() == b"an earlier run's video"
 
 
-def test_resume_with_changed_settings_starts_over(tmp_path, clip):
+def test_resume_with_changed_settings_is_refused_and_keeps_the_partial(tmp_path, clip):
+    # it started over, writing over the interrupted run's frames (hours of them, for a --set left out by mistake)
     ir, vis, _ = clip
     out = tmp_path / "fused.mp4"
     interrupted_replay(make_cfg(), ir, vis, out, stop=5)
-    summary = run_replay(make_cfg(replay={"crf": 30}), ir_path=ir, vis_path=vis, out_path=out, resume=True)
-    assert summary.complete and summary.reused == 0 and summary.fused == summary.written
+    kept = partial_path(out).read_bytes()
+    with pytest.raises(FileExistsError, match=r"^cannot resume .*fused\.mp4: codec changed since the interrupted "
+                                              r"run; run it with the settings it was started with to continue, or "
+                                              r"delete .*\.fused\.mp4\.partial to start over$"):
+        run_replay(make_cfg(replay={"crf": 30}), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert partial_path(out).read_bytes() == kept and not out.exists()
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused > 0
 
 
 def test_fuser_error_keeps_the_partial_and_says_so(tmp_path, clip, monkeypatch):
@@ -741,7 +748,7 @@ def test_replay_killed_mid_run_resumes_to_the_uninterrupted_frames(tmp_path, sig
 
     config, overrides = REPO / "streamfuse" / "configs" / "replay.yaml", ["fuse.name=max", "replay.progress=false",
                                                           "replay.codec=ffv1"]
-    cfg = load_config(config, overrides)  # the same settings as the run_stream.py run, or resume starts over
+    cfg = load_config(config, overrides)  # the same settings as the run_stream.py run, or resume is refused
     reference = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "reference.mkv")
     out = tmp_path / "o.mkv"
     log = (tmp_path / "stderr.txt").open("w")

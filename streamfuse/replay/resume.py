@@ -81,7 +81,12 @@ def resume_hint(out: Path) -> str:
 
 
 def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
-    """True when the partial output of ``out`` can be continued; else the reason is logged."""
+    """True when the partial output of ``out`` can be continued; else the reason is logged.
+
+    Raises:
+        FileExistsError: settings changed since the interrupted run, whose frames would be lost by starting over (one
+            line saying how to go on).
+    """
     partial, sidecar = partial_path(out), sidecar_path(out)
     if not partial.exists():
         log.warning("nothing to resume for %s (no %s); starting from the beginning", out, partial.name)
@@ -98,9 +103,9 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
         log.warning("cannot resume %s: its sidecar %s is missing or unreadable; starting over", out, sidecar.name)
         return False
     changed = [k for k in fingerprint if saved.get(k) != json.loads(json.dumps(fingerprint[k]))]
-    if changed:
-        log.warning("cannot resume %s: %s changed since the interrupted run; starting over", out, ", ".join(changed))
-        return False
+    if changed:  # a slip (a --set left out): the interrupted run's frames stay, for the command it was started with
+        raise FileExistsError(f"cannot resume {out}: {', '.join(changed)} changed since the interrupted run; run it "
+                              f"with the settings it was started with to continue, or delete {partial} to start over")
     try:
         with av.open(str(partial)) as container:
             container.streams.video[0]
