@@ -74,8 +74,8 @@ class AlignConfig:
         check(0 < self.reg <= 10, "reg", self.reg, "0 < reg <= 10")
         check(0 <= self.blend <= 1, "blend", self.blend, "0..1")
         check(self.max_iter >= 1, "max_iter", self.max_iter, ">= 1")
-        check(self.tol > 0, "tol", self.tol, "> 0")
-        check(self.drift >= 0, "drift", self.drift, ">= 0")
+        check(0 < self.tol <= 1, "tol", self.tol, "0 < tol <= 1")
+        check(0 <= self.drift <= 1, "drift", self.drift, "0 .. 1 (grey levels in 0..1)")
         check(self.refresh >= 1, "refresh", self.refresh, ">= 1")
 
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import reprlib
 import types
 import typing
 from typing import Any, Literal
 
 import yaml
 
-__all__ = ["ConfigError", "check", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml", "yaml_reason"]
+__all__ = ["ConfigError", "check", "shown", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml",
+           "yaml_reason"]
 
 
 class ConfigError(ValueError):
@@ -31,7 +33,7 @@ class ConfigError(ValueError):
 def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Range check for ``__post_init__``: raise ValueError naming the key, the bad value and what is allowed."""
     if not ok:
-        raise ValueError(f"{key}={value!r} is out of range; allowed: {allowed}")
+        raise ValueError(f"{key}={shown(value)} is out of range; allowed: {allowed}")
 
 
 def tcp_port_ok(endpoint: str, *, bind: bool = False) -> bool:
@@ -88,6 +90,15 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 2, 4, 4, 80, 80, 40
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short: a YAML alias bomb shares its lists, and its full text would never end."""
+    return _SHOWN.repr(value)
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Return value as type tp or raise ValueError naming key and the expected type."""
     origin = typing.get_origin(tp)
@@ -114,7 +125,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return None
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer of more than 308 digits
+                raise ValueError(f"{key}={shown(value)} is out of range; allowed: a finite number") from None
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -124,7 +138,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         raise ValueError(f"{key} has no value; expected {_describe(tp)}")
     # YAML reads a bare 0 (a camera index) as a number: say how to write it as text
     quote = f' (quote it: "{value}")' if tp is str and isinstance(value, (int, float)) else ""
-    raise ValueError(f"{key}={value!r} has the wrong type; expected {_describe(tp)}{quote}")
+    raise ValueError(f"{key}={shown(value)} has the wrong type; expected {_describe(tp)}{quote}")
 
 
 def parse_section(cls: type, data: dict[str, Any], prefix: str) -> Any:

@@ -23,7 +23,7 @@ import yaml
 
 from streamfuse.align import AlignConfig
 from streamfuse.capture.sources import SourceConfig
-from streamfuse.checks import ConfigError, apply_overrides, load_yaml, parse_section, yaml_reason
+from streamfuse.checks import ConfigError, apply_overrides, load_yaml, parse_section, shown, yaml_reason
 from streamfuse.errors import redact
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
@@ -153,7 +153,7 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
                 continue
             if not isinstance(raw, dict):
                 keys = ", ".join(f.name for f in dataclasses.fields(cls))
-                raise ValueError(f"{name}={raw!r} must be a mapping; allowed keys: {keys}")
+                raise ValueError(f"{name}={shown(raw)} must be a mapping; allowed keys: {keys}")
             raw = {k: _path_value(v, f"{name}.{k}") if k in PATH_KEYS.get(name, ()) else v for k, v in raw.items()}
             built[name] = parse_section(cls, raw, name)
         if built["vis"].palette:  # a visible camera's colours are its image, not a code for temperature
@@ -167,11 +167,20 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
     return PipelineConfig(**built, source_file=source_file)
 
 
+_MAX_CONFIG_BYTES = 2**20  # the shipped configs are about 2 KiB
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """Load a YAML config, apply dotted overrides, and validate every section."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.is_char_device() or path.is_block_device():  # /dev/zero would never end (a pipe may: <(envsubst ...))
+            raise ConfigError(f"{path}: a device, not a config file")
+        with path.open("rb") as file:
+            raw = file.read(_MAX_CONFIG_BYTES + 1)
+        if len(raw) > _MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: over {_MAX_CONFIG_BYTES // 2**20} MiB, not a config file")
+        text = raw.decode()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except IsADirectoryError:
@@ -186,6 +195,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({yaml_reason(exc)})") from None
+    except (RecursionError, ValueError) as exc:  # nested thousands deep; an integer of thousands of digits
+        raise ConfigError(f"{path}: not a config file this reader takes ({str(exc).splitlines()[0][:80]})") from None
     try:
         overridden = apply_overrides(copy.deepcopy(data), overrides or [])
     except ValueError as exc:  # names the override

@@ -52,7 +52,7 @@ class BaselineConfig:
     contrast: float = 1.0
 
     def __post_init__(self) -> None:
-        check(self.sharpen >= 0, "sharpen", self.sharpen, ">= 0")
+        check(0 <= self.sharpen <= 10, "sharpen", self.sharpen, "0 (off) .. 10")
         check(0.5 <= self.contrast <= 3.0, "contrast", self.contrast, "0.5 .. 3 (1 = off)")
 
 

@@ -47,7 +47,8 @@ class PostConfig:
 
     def __post_init__(self) -> None:
         check(0.0 <= self.denoise <= 0.95, "denoise", self.denoise, "0 (off) .. 0.95")
-        check(self.denoise_threshold > 0, "denoise_threshold", self.denoise_threshold, "> 0 grey levels")
+        check(0.01 <= self.denoise_threshold <= 255, "denoise_threshold", self.denoise_threshold,
+              "0.01 .. 255 grey levels")
 
 
 class TemporalDenoiser:

@@ -25,8 +25,8 @@ class TelemetryConfig:
     window: int = 1000
 
     def __post_init__(self) -> None:
-        check(self.interval_s > 0, "interval_s", self.interval_s, "> 0 seconds")
-        check(self.window >= 10, "window", self.window, ">= 10 samples")
+        check(0.01 <= self.interval_s <= 86400, "interval_s", self.interval_s, "0.01 .. 86400 seconds")
+        check(10 <= self.window <= 1_000_000, "window", self.window, "10 .. 1000000 samples")
 
 
 class Telemetry:

@@ -1,10 +1,13 @@
 from pathlib import Path
 
 import dataclasses
+import os
+import re
+import subprocess
 
 import pytest
 
-from streamfuse.checks import apply_overrides
+from streamfuse.checks import apply_overrides, load_yaml
 from streamfuse.config import MOVED, ConfigError, config_from_dict, dump_config, load_config
 from streamfuse.configs import CONFIG_DIR, resolve
 
@@ -100,7 +103,8 @@ def test_exponent_numbers_are_floats_in_overrides_and_files(tmp_path, text):
     # PyYAML's YAML 1.1 resolver reads these as strings; the configs' loader reads them as YAML 1.2 does
     assert apply_overrides({}, [f"align.tol={text}"]) == {"align": {"tol": float(text)}}
     assert apply_overrides({}, [f"a.b='{text}'"]) == {"a": {"b": text}}  # quoted stays a string
-    assert load_config(_write(tmp_path, f"align:\n  tol: {text.lstrip('-+')}\n")).align.tol == float(text.lstrip("-+"))
+    assert load_yaml(f"align:\n  tol: {text}\n") == {"align": {"tol": float(text)}}  # the configs' file loader
+    assert load_config(_write(tmp_path, "sync:\n  slop_ms: 1.5e3\n")).sync.slop_ms == 1500.0
 
 
 @pytest.mark.parametrize("old, new", sorted(MOVED.items()))
@@ -159,3 +163,52 @@ def test_a_path_starting_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatc
                                         "vis.path=~user-that-is-not/x.mp4", "publish.topic=~/not/a/path"])
     assert cfg.record.path == str(tmp_path / "runs" / "rig.mcap") and cfg.replay.out == str(tmp_path / "fused.mp4")
     assert cfg.vis.path == "~user-that-is-not/x.mp4" and cfg.publish.topic == "~/not/a/path"  # as a shell does
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """A YAML list of 9**levels items written in a few hundred bytes (each level nine aliases of the one below)."""
+    value = "[x, x, x, x, x, x, x, x, x]"
+    for name in "abcdefghijklmnop"[:levels]:
+        value = f"[&{name} {value}, " + ", ".join([f"*{name}"] * 8) + "]"
+    return value
+
+
+@pytest.mark.parametrize("text", [f"ir:\n  fps: {_alias_bomb()}\n", f"ir: {_alias_bomb()}\n",
+                                  "sync:\n  slop_ms: 1" + "0" * 400 + "\n", "a: " + "[" * 20000 + "]" * 20000 + "\n",
+                                  "sync:\n  slop_ms: 1" + "0" * 5000 + "\n", f"ir:\n  path: {'x' * 5000}\n  fps: no\n"])
+def test_a_hostile_config_is_one_short_line(tmp_path, text):
+    # an alias bomb under a real key hung (its full text was built for the message), 400 digits for a float key were an
+    # OverflowError traceback, 20,000 levels of nesting a RecursionError and 5,000 digits a ValueError naming no file
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    message = str(err.value)
+    assert message.startswith(str(tmp_path)) and "\n" not in message and len(message) < 600, message[:600]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_config_that_is_a_device_or_huge_is_refused_unread(tmp_path):
+    # /dev/zero was read until memory ran out, a pipe that never ends (`--config <(yes)`) the same
+    (tmp_path / "huge.yaml").write_text("# " + "x" * 2**20 + "\n{}\n")
+    os.mkfifo(tmp_path / "endless")
+    writer = subprocess.Popen(["sh", "-c", f"yes > {tmp_path / 'endless'}"])
+    try:
+        for path, said in ((Path("/dev/zero"), "a device, not a config file"),
+                           (tmp_path / "huge.yaml", "over 1 MiB, not a config file"),
+                           (tmp_path / "endless", "over 1 MiB, not a config file")):
+            with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {said}"):
+                load_config(path)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+@pytest.mark.parametrize("override", ["post.denoise_threshold=1e308", "post.denoise_threshold=1e-300",
+                                      "baseline.sharpen=.inf", "baseline.sharpen=1e308", "align.tol=.inf",
+                                      "align.drift=.inf", "telemetry.window=99999999999999999999",
+                                      "telemetry.interval_s=1e-300"])
+def test_values_that_pass_a_lower_bound_but_cannot_run_are_refused(override):
+    # each was taken: a crash at the first frame (OverflowError, ZeroDivisionError), black frames, an OT solve that
+    # stops at once, a stats line on every loop
+    key = override.split("=")[0].split(".")[1]
+    with pytest.raises(ConfigError, match=f"{key}=.* is out of range; allowed: "):
+        load_config(resolve("demo"), [override])

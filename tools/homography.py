@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.overlay and not (args.ir and args.vis):
         p.error("--overlay needs --ir and --vis")
+    if args.overlay and args.overlay.exists() and any(f.exists() and os.path.samefile(args.overlay, f)
+                                                      for f in (args.ir, args.vis)):
+        p.error(f"--overlay {args.overlay} is one of the input frames: give another file (an input is never written)")
     try:
         matrix, rms = fit(args.points)
         cfg = RegisterConfig(homography=tuple(matrix.ravel()))  # what the config will check

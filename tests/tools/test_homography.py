@@ -48,3 +48,18 @@ def test_a_point_not_written_as_a_pair_is_an_argument_error(tool, capsys):
     with pytest.raises(SystemExit) as stop:
         tool("homography").main(["1,1=2,2", "1;1=2,2", "3,3=4,4", "5,5=6,6"])
     assert stop.value.code == 2 and "'1;1=2,2' is not IR_X,IR_Y=VIS_X,VIS_Y" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["ir", "vis"])
+def test_an_overlay_that_names_an_input_frame_is_refused(tool, tmp_path, capsys, which):
+    # it wrote the overlay over the input frame and exited 0
+    paths = {"ir": tmp_path / "ir.png", "vis": tmp_path / "vis.png"}
+    cv2.imwrite(str(paths["ir"]), np.zeros((24, 32), np.uint8))
+    cv2.imwrite(str(paths["vis"]), np.full((24, 32, 3), 90, np.uint8))
+    before = paths[which].read_bytes()
+    (tmp_path / "same.png").hardlink_to(paths[which])  # by any name
+    with pytest.raises(SystemExit) as stop:
+        tool("homography").main(["1,1=2,2", "5,1=9,2", "5,5=9,9", "1,5=2,9", "--ir", str(paths["ir"]), "--vis",
+                                 str(paths["vis"]), "--overlay", str(tmp_path / "same.png")])
+    assert stop.value.code == 2 and "is one of the input frames" in capsys.readouterr().err
+    assert paths[which].read_bytes() == before
