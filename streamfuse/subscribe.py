@@ -16,6 +16,7 @@ import collections
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latest", action="store_true", help="drain the queue and keep only the newest frame")
     parser.add_argument("--no-shm", action="store_true", help="never read a same-host publisher's shared memory "
                         "(take the ZeroMQ payload)")
-    parser.add_argument("--timeout", type=positive(), default=10.0, help="give up after S seconds without a frame (or "
+    parser.add_argument("--timeout", type=positive(threading.TIMEOUT_MAX), default=10.0, help="give up after S seconds without a frame (or "
                         "without the publisher's host name resolving)")
-    parser.add_argument("--first-timeout", type=positive(), default=60.0,
+    parser.add_argument("--first-timeout", type=positive(threading.TIMEOUT_MAX), default=60.0,
                         help="give up after S seconds without the first frame (a run started at the same time loads "
                              "its model and compiles its kernels first: about 16 s on its first start)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")

@@ -37,7 +37,7 @@ from streamfuse.cli.args import int_at_least  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
 
 
-def frames_at(path: Path, wanted: set[int], ir: bool = False) -> dict[int, np.ndarray]:
+def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarray]:
     """The decoded frames (BGR uint8) of ``path`` whose 0-based index is in ``wanted``; with ``ir``, a grey video
     deeper than 8 bits gives grey frames on the clip's scale, as replay reads them (:mod:`streamfuse.bitdepth`).
 
@@ -72,7 +72,7 @@ def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
     The pairs are written to a temporary folder beside ``out`` and moved into it once every clip is done, so a failed
     run leaves no pairs behind; an ``out`` that already holds pairs is refused before any work.
     """
-    wanted = {start + k * every for k in range(count)}
+    wanted = range(start, start + every * count, every)  # a range: a count of 10**22 is no set of 10**22 numbers
     clips = sorted(p for p in (videos / "ir").glob("*") if p.is_file())
     if not clips:
         raise ValueError(f"no videos under {videos / 'ir'}")

@@ -36,6 +36,15 @@ def test_writes_the_chosen_frames_as_pairs_up_to_the_end(tool, tmp_path):
     assert ir.ndim == 2 and int(ir[0, 0]) == 50 and vis.shape == (24, 32, 3) and int(vis[0, 0, 0]) == 51
 
 
+def test_a_count_past_any_video_takes_every_frame_there_is(tool, tmp_path):
+    # --count 10**22 built a set of 10**22 frame numbers first: it never got to the videos
+    _video(tmp_path / "v" / "ir" / "a.mkv", 4, 0)
+    _video(tmp_path / "v" / "vi" / "a.mkv", 4, 1)
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0", "--every", "1", "--count",
+                                str(10**22)])
+    assert sorted(p.name for p in (tmp_path / "out" / "ir").iterdir()) == [f"a_0000{i}.png" for i in range(4)]
+
+
 def test_a_clip_shorter_than_start_is_one_line(tool, tmp_path):
     _video(tmp_path / "v" / "ir" / "a.mkv", 4, 0)
     _video(tmp_path / "v" / "vi" / "a.mkv", 4, 0)
