@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -190,6 +191,15 @@ def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, pair, n
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ir.mkv", name, "vis.mkv"])
     assert not list(out.iterdir())
+
+
+def test_the_working_folder_as_output_is_refused_as_a_folder(tmp_path, pair, monkeypatch):
+    # `--out .`: "PosixPath('.') has an empty name", from deep inside
+    ir, vis = pair
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(IsADirectoryError, match=r"^output \. is a folder; choose a file name for --out \(such as "
+                                                r"fused\.mp4\)$"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=Path("."))
 
 
 def test_an_output_folder_removed_mid_run_is_not_said_to_keep_frames(tmp_path, pair, monkeypatch):

@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import av
 
@@ -53,8 +53,11 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
 
     Raises:
         ValueError: one line naming the output and the input, or the link.
+        IsADirectoryError: ``out`` names a folder by a name that is none (``.``, ``/``).
     """
     out = Path(out)
+    if not out.name:
+        _refuse_folder(out)
     written = [*work_paths(out), sidecar_path(out), sidecar_path(out).with_suffix(".tmp"), taken_over_path(out),
                lock_path(out)]
     for own in written[1:]:  # made by replays alone: one that is a link would send their writes to the file it names
@@ -75,12 +78,15 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
                              f"choose another folder")
 
 
+def _refuse_folder(out: Path) -> NoReturn:
+    raise IsADirectoryError(f"output {out} is a folder; choose a file name for --out (such as {out / 'fused.mp4'})")
+
+
 def check_output_folder(out: Path, codec: str) -> None:
     """Refuse an output whose container is unknown or cannot hold ``codec``, that names a folder, or whose folder is
     missing or not writable (one line)."""
     if out.is_dir():  # found only at the end otherwise, when the finished video cannot take its name
-        raise IsADirectoryError(f"output {out} is a folder; choose a file name for --out (such as "
-                                f"{out / 'fused.mp4'})")
+        _refuse_folder(out)
     container_format(out, codec)  # after: a folder's name has no container's extension, and that is not its fault
     if not out.parent.is_dir():
         why = "is a file" if out.parent.exists() else "does not exist"
