@@ -27,6 +27,8 @@ so a crash never leaves a truncated file that looks finished (``streamfuse.atomi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import struct
 import time
@@ -42,7 +44,7 @@ from streamfuse.checks import check
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 
-__all__ = ["RecordConfig", "Recorder", "encode_image", "TOPICS", "COUNTS_TOPIC", "IMAGE_SCHEMA_TEXT"]
+__all__ = ["RecordConfig", "Recorder", "being_recorded", "encode_image", "TOPICS", "COUNTS_TOPIC", "IMAGE_SCHEMA_TEXT"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,19 @@ class RecordConfig:
         check(0.0625 <= self.chunk_mb <= 256, "chunk_mb", self.chunk_mb, "0.0625..256 MiB")
         check(0.01 <= self.flush_s <= 3600, "flush_s", self.flush_s, "0.01..3600 s")
 
+
+
+def being_recorded(path: Path) -> bool:
+    """Whether a running recorder writes ``path`` (it locks its ``.partial`` file; the kernel drops the lock when the
+    run dies, however it dies, so a killed run's file is not)."""
+    try:
+        with open(path, "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # gone, unreadable, or a filesystem without locks: not known to be written
+        return False
+    return False
 
 
 def encode_image(frame: Frame, frame_id: str, image: np.ndarray | None = None) -> bytes:
@@ -150,8 +165,10 @@ class Recorder:
         # a run that did not finish: none is written over
         for existing in (self.path, self._partial):
             if existing.exists():
-                left = existing == self._partial  # what a killed run left
+                left = existing == self._partial  # what a killed run left, or a running run's recording
                 finish = f" (`python -m streamfuse recover {existing}` finishes it)" if left else ""
+                if left and being_recorded(existing):
+                    finish = " (another run is recording to it)"
                 raise RuntimeError(f"cannot record to {self.path}: {existing} exists{finish}; choose another "
                                    f"record.path or move it away")
         try:  # a new folder (runs/rig0.mcap) is made, as train --out and replay_many --out make theirs
@@ -164,6 +181,8 @@ class Recorder:
             self._file = open(self._partial, "xb")  # noqa: SIM115 (closed in close())
         except OSError as exc:
             raise RuntimeError(f"cannot write recording {self.path}: {io_reason(exc)}") from None
+        with contextlib.suppress(OSError):  # held while the run writes it: `recover` refuses it (being_recorded)
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         compression = CompressionType.ZSTD if cfg.compression == "zstd" else CompressionType.NONE
         self._writer = Writer(self._file, chunk_size=int(cfg.chunk_mb * 2**20), compression=compression)
         self._writer.start(profile="ros2", library="streamfuse")

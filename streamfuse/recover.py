@@ -28,7 +28,7 @@ from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.errors import io_reason
-from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig
+from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
 from streamfuse.signals import HANGUP, handled
 
 __all__ = ["recover", "main"]
@@ -47,6 +47,9 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         OSError, ValueError, RuntimeError: one line naming the file; no output is left behind.
     """
     src = Path(src)
+    if being_recorded(src):  # a live run's recording, not a killed one's: that run finishes it itself
+        raise ValueError(f"{src} is being recorded by a running run (its record.path); it is finished when that run "
+                         f"ends: stop the run, not recover it")
     header, complete = _inspect(src)
     if complete:
         return f"{src} is a complete recording, not cut: nothing to recover (replay it as it is)"

@@ -229,3 +229,22 @@ def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_
             signal.signal(sig, previous)
     assert exc.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_a_recording_a_running_run_still_writes_is_not_recovered(tmp_path, rng):
+    # recover took a live run's .partial: it wrote a short NAME.mcap that looked finished, which the run's own final
+    # rename then replaced; a second run told to recover that same file was pointed at it too
+    path = tmp_path / "rig.mcap"
+    rec = Recorder(RecordConfig(path=str(path), chunk_mb=0.0625))
+    try:
+        for f in _frames(rng, 3):
+            rec.write(f)
+        with pytest.raises(ValueError, match=r"is being recorded by a running run \(its record\.path\); it is "
+                                             r"finished when that run ends"):
+            recover(partial_path(path))
+        assert not path.exists()
+        with pytest.raises(RuntimeError, match=r"exists \(another run is recording to it\)"):
+            Recorder(RecordConfig(path=str(path)))
+    finally:
+        rec.close()
+    assert path.is_file() and not partial_path(path).exists()
