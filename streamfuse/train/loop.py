@@ -9,6 +9,7 @@ match (fine-tuning; the rest keep their initialisation, a missing student starts
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from streamfuse.errors import io_reason
 from streamfuse.model.losses import hclfuse_losses
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
+from streamfuse.output_lock import output_lock
 from streamfuse.signals import handled
 from streamfuse.train.config import TrainConfig, TrainSetup
 from streamfuse.train.data import PairSampler, load_pairs
@@ -224,6 +226,14 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
     """
     if math.isnan(ckpt_minutes) or ckpt_minutes < 0:
         raise ValueError(f"--ckpt-minutes {ckpt_minutes} is out of range; allowed: >= 0 (0: every step)")
+    # one run per --out: a second one started before the first's checkpoint would write over its weights; no folder
+    # above it yet, no run in it (a run without data leaves no folder behind)
+    with output_lock(out) if out.parent.is_dir() else contextlib.nullcontext():
+        return _train(data, out, setup, resume, ckpt_minutes, init)
+
+
+def _train(data: Path, out: Path, setup: TrainSetup, resume: bool, ckpt_minutes: float, init: Path | None) -> Path:
+    """:func:`run_training` holding its output's lock."""
     _check_run(data, out, init, resume, setup.train)
     try:
         with handled(signal.default_int_handler):

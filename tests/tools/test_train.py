@@ -177,6 +177,19 @@ def test_runs_that_would_write_over_something_or_mean_nothing_are_one_line(data,
     assert not (data / "runs").exists() and not (tmp_path / "none").exists() and not (tmp_path / "d").exists()
 
 
+def test_a_second_run_given_the_same_out_is_refused_while_the_first_runs(data, tmp_path):
+    # started before the first's checkpoint appeared, it passed the earlier-run check and wrote over its weights
+    from streamfuse.output_lock import output_lock
+
+    run = tmp_path / "run"
+    with output_lock(run):  # what the first run holds while it trains
+        with pytest.raises(SystemExit, match=r"^train: output .*run is being written by another run .*wait for it"):
+            train.main(["--data", str(data), "--out", str(run), *TINY])
+    assert not run.exists()
+    train.main(["--data", str(data), "--out", str(run), *TINY])  # once it ended
+    assert (run / DEFAULT_WEIGHTS.name).is_file() and not list(tmp_path.glob(".run.lock"))
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(data, tmp_path, monkeypatch, capsys):
     from streamfuse.train import loop
 
