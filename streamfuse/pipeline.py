@@ -42,6 +42,9 @@ class RunFailed(RuntimeError):
         self.snapshot = snapshot
 
 
+_NEEDS_PATH = ("stream", "file", "folder", "mcap")  # a camera's empty path is its first device
+
+
 def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = None, vis_path: str | None = None,
         out_path: str | None = None, resume: bool | None = None) -> int:
     """Run live, or replay when an output file is given (``--out`` or ``replay.out``); returns the exit code."""
@@ -53,6 +56,10 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
     if ir_path or vis_path or resume:
         given = "--resume is" if resume and not (ir_path or vis_path) else "--ir/--vis are"
         raise ConfigError(f"{given} for replay: also give --out (or set replay.out in the config)")
+    for name, source in (("ir", cfg.ir), ("vis", cfg.vis)):  # before the publisher binds: a config's fault, said so
+        if source.kind in _NEEDS_PATH and not source.path:
+            raise ConfigError(f"{cfg.source_file}: {name}.path is empty: a {source.kind} source needs one (--set "
+                              f"{name}.path=...; a replay takes it from --{name} with --out)")
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
 

@@ -53,6 +53,21 @@ def test_a_bad_key_is_one_line(capsys):
     assert "\n" not in err and err.startswith("streamfuse: config error: ") and "demo.yaml" in err
 
 
+def test_a_live_run_of_a_source_without_a_path_is_a_config_error_before_it_binds(capsys):
+    # `run --config replay` bound the publisher, started the sources and printed final stats before "no path given",
+    # exit 1
+    import socket
+
+    with socket.socket() as taken:  # held: a run that bound it would fail otherwise than with the config's line
+        taken.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        assert main(["--config", "replay", "--set", f"publish.endpoint={endpoint}", "--duration", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("streamfuse: config error: ") and err.endswith(
+        "replay.yaml: ir.path is empty: a file source needs one (--set ir.path=...; a replay takes it from --ir with "
+        "--out)"), err
+
+
 def test_replay_needs_out(capsys):
     with pytest.raises(SystemExit) as exc:
         replay_main(["--config", "replay", "--ir", "a.mp4", "--vis", "b.mp4"])
