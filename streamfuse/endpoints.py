@@ -69,7 +69,8 @@ def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "") -> None:
 
 def _load_secret(path: str) -> bytes:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"publish.curve_secret_file {path} not found (make one with "
+        what = "not found" if not Path(path).exists() else "not a file (a folder, a pipe or a device)"
+        raise FileNotFoundError(f"publish.curve_secret_file {path} {what} (make one with "
                                 f"zmq.auth.create_certificates)")
     _, secret = zmq.auth.load_certificate(path)
     if secret is None:

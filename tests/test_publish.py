@@ -247,8 +247,10 @@ def test_curve_encryption(tmp_path: Path, rng: np.random.Generator) -> None:
         assert plain.recv() is None  # without the key the handshake fails: nothing arrives
         wait_until(lambda: plain.recv(0.05) is None and plain.handshake_failures > 0, "the handshake failure seen")
     assert sub.handshake_failures == 0
-    with pytest.raises(FileNotFoundError, match="curve_secret_file"):
+    with pytest.raises(FileNotFoundError, match="curve_secret_file .* not found"):
         Publisher(PublishConfig(endpoint=ANY_PORT, curve_secret_file=str(tmp_path / "missing.key_secret")))
+    with pytest.raises(FileNotFoundError, match="curve_secret_file .* not a file"):  # it said "not found" of a folder
+        Publisher(PublishConfig(endpoint=ANY_PORT, curve_secret_file=str(tmp_path)))
 
 
 @pytest.mark.parametrize(("endpoint", "encrypted", "warns"), [

@@ -49,7 +49,8 @@ def read_weights(path: str | Path, *, any_version: bool = False,
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"HCLFuse weights not found: {path}")
+        what = "not found" if not path.exists() else "not a file (a folder, a pipe or a device)"
+        raise FileNotFoundError(f"HCLFuse weights {what}: {path}")
     try:
         blob = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises anything (IndexError, KeyError, ...) on a foreign file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +109,13 @@ def test_the_shipped_weights_report_the_model_cards_version(tmp_path, tiny):
     path = tmp_path / "mine.pt"  # a file of one's own: its format version and its hash
     save_weights(path, HCLFuseNet(tiny))
     assert re.fullmatch(rf"{FORMAT_VERSION}\.0\+[0-9a-f]{{8}}", weights_version(path))
+
+
+def test_weights_that_are_a_folder_or_a_device_are_said_to_be_so(tmp_path):
+    # "not found", for a path that is there
+    for path in (tmp_path, Path("/dev/null")):
+        with pytest.raises(FileNotFoundError, match=f"^HCLFuse weights not a file \\(a folder, a pipe or a device\\): "
+                                                    f"{re.escape(str(path))}$"):
+            read_weights(path)
+    with pytest.raises(FileNotFoundError, match="^HCLFuse weights not found: "):
+        read_weights(tmp_path / "none.pt")
