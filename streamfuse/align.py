@@ -75,7 +75,7 @@ class AlignConfig:
         check(0 <= self.blend <= 1, "blend", self.blend, "0..1")
         check(self.max_iter >= 1, "max_iter", self.max_iter, ">= 1")
         check(0 < self.tol <= 1, "tol", self.tol, "0 < tol <= 1")
-        check(0 <= self.drift <= 1, "drift", self.drift, "0 .. 1 (grey levels in 0..1)")
+        check(0 <= self.drift <= 1, "drift", self.drift, "0 .. 1 (the W1 distance of grey levels in 0..1; 1: never)")
         check(self.refresh >= 1, "refresh", self.refresh, ">= 1")
 
 

@@ -102,7 +102,7 @@ def test_local_engine_loads_the_model_once_and_each_video_starts_afresh(tmp_path
     # align.drift: a plan is kept for any later histogram, so a plan left over from a would be used for all of b
     cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml",
                       [*CFG, "fuse.name=hclfuse", f"hclfuse.weights={weights}", "engine.device=cpu",
-                       "engine.threads=1", "hclfuse.steps=1", "align.drift=1000000.0"])
+                       "engine.threads=1", "hclfuse.steps=1", "align.drift=1.0"])
     loads = []
     real = hclfuse.load_weights
     monkeypatch.setattr(hclfuse, "load_weights", lambda *a, **k: loads.append(1) or real(*a, **k))
