@@ -78,7 +78,7 @@ class LossConfig:
         check(0 < self.detail_gain < math.inf, "detail_gain", self.detail_gain, "> 0, finite")
         check(self.range_window >= 1 and self.range_window % 2 == 1, "range_window", self.range_window, "odd, >= 1")
         for key in ("base_sigma", "energy_sigma"):
-            check(0 < getattr(self, key) < math.inf, key, getattr(self, key), "> 0, finite")
+            check(0 < getattr(self, key) <= 256, key, getattr(self, key), "0 < sigma <= 256 pixels")
 
 
 def fusion_target(ir01: torch.Tensor, vis01: torch.Tensor, cfg: LossConfig) -> torch.Tensor:

@@ -61,7 +61,9 @@ class ModelConfig:
         check(1 <= self.image_channels <= self.latent_channels, "image_channels", self.image_channels,
               "1..latent_channels")
         check(self.denoiser_width >= 1, "denoiser_width", self.denoiser_width, ">= 1")
-        check(self.band_sigma >= 0, "band_sigma", self.band_sigma, ">= 0")
+        check(0 <= self.band_sigma <= 64, "band_sigma", self.band_sigma, "0 .. 64 latent pixels")
+        check(20 <= self.num_train_timesteps <= 100_000, "num_train_timesteps", self.num_train_timesteps,
+              "20 (the teacher's most steps) .. 100000")
         check(1 <= self.student_steps <= 4, "student_steps", self.student_steps, "1..4")
         check(0 < self.beta_start < self.beta_end < 1, "beta_end", self.beta_end, "0 < beta_start < beta_end < 1")
 

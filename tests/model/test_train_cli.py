@@ -80,6 +80,14 @@ def test_a_checkpoint_interval_that_is_no_time_is_refused_when_parsed(tmp_path, 
 
 @pytest.mark.parametrize("argv, match", [
     (["--lr", ".inf"], r"train\.lr=inf is out of range"),
+    # each passed its check and failed as a traceback, after the run's config was written to --out
+    (["--lr", "1e308"], r"^train: train\.lr=1e\+308 is out of range; allowed: 0 < lr <= 10$"),
+    (["--model.num_train_timesteps", "-5"], r"^train: model\.num_train_timesteps=-5 is out of range"),
+    (["--model.num_train_timesteps", "0"], r"^train: model\.num_train_timesteps=0 is out of range"),
+    (["--model.band_sigma", ".inf"], r"^train: model\.band_sigma=inf is out of range"),
+    (["--loss.base_sigma", "1e308"], r"^train: loss\.base_sigma=1e\+308 is out of range"),
+    (["--steps", "1" + "0" * 400], r"^train: train\.steps=1000.*000 is out of range; allowed: 1 \.\. 10\^9$"),
+    (["--seed", "-1"], r"^train: train\.seed=-1 is out of range"),  # "expected non-negative integer", no key
 ])
 def test_numbers_that_cannot_train_are_refused_before_anything_is_written(data, tmp_path, argv, match):
     out = tmp_path / "o"
