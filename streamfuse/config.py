@@ -199,8 +199,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"{path}: not a config file this reader takes ({str(exc).splitlines()[0][:80]})") from None
     try:
         overridden = apply_overrides(copy.deepcopy(data), overrides or [])
-    except ValueError as exc:  # names the override
-        raise ConfigError(str(exc)) from None
+    except ValueError as exc:  # names the override (or the file, that is no mapping to override)
+        raise ConfigError(f"{path}: {exc}" if not isinstance(data, dict) else str(exc)) from None
     try:
         return config_from_dict(overridden, str(path))
     except ConfigError as exc:

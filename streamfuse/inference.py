@@ -7,6 +7,7 @@ import torch and loading a config must not (a bad key is reported in a fraction 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,5 +70,5 @@ class EngineConfig:
     def __post_init__(self) -> None:
         check(self.precision in PRECISIONS, "precision", self.precision, " | ".join(PRECISIONS))
         check(0 <= self.threads <= 1024, "threads", self.threads, "0 (all cores) .. 1024")  # more is a typo
-        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
-              "auto | cpu | cuda | cuda:N")
+        device_ok = self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", self.device) is not None
+        check(device_ok, "device", self.device, "auto | cpu | cuda | cuda:N")

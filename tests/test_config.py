@@ -212,3 +212,18 @@ def test_values_that_pass_a_lower_bound_but_cannot_run_are_refused(override):
     key = override.split("=")[0].split(".")[1]
     with pytest.raises(ConfigError, match=f"{key}=.* is out of range; allowed: "):
         load_config(resolve("demo"), [override])
+
+
+def test_a_device_that_names_no_gpu_is_refused_at_load():
+    # cuda:abc passed the load and failed when the engine started, status 1, naming neither key nor file
+    with pytest.raises(ConfigError, match=r"engine: device='cuda:abc' is out of range; allowed: auto \| cpu \| cuda \| "
+                                          r"cuda:N"):
+        load_config(resolve("demo"), ["engine.device=cuda:abc"])
+    assert load_config(resolve("demo"), ["engine.device=cuda:1"]).engine.device == "cuda:1"
+
+
+@pytest.mark.parametrize("text", ["- fuse\n", "just text\n", "# only a comment\nnull\n"])
+def test_overrides_of_a_file_that_is_no_mapping_name_the_file(tmp_path, text):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: top level must be a mapping of stage sections$"):
+        load_config(path, ["fuse.name=max"])
