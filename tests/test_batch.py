@@ -511,8 +511,10 @@ def test_ray_worker_killed_mid_pair_is_retried_and_every_output_is_complete(tmp_
 
 
 def test_ray_engine_settings_are_checked():
-    with pytest.raises(ValueError, match="workers must be >= 1"):
+    with pytest.raises(ValueError, match="workers must be a finite number >= 1"):
         RayEngine(workers=0)
+    with pytest.raises(ValueError, match="gpus must be a finite number >= 0, got nan"):  # NaN passed `< 0`
+        RayEngine(gpus=float("nan"))
 
 
 def test_a_lost_frames_counter_costs_no_pair():

@@ -28,6 +28,7 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 
 from streamfuse.cli import stoppable  # noqa: E402
+from streamfuse.cli.args import int_at_least, time_span  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,14 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ext", default=".mp4", help="output container extension")
     parser.add_argument("--resume", action="store_true", help="continue interrupted outputs from their partial files")
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="where the pairs run")
-    parser.add_argument("--workers", type=int, default=2, help="ray: pairs run at once")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--workers", type=int_at_least(1), default=2, help="ray: pairs run at once")
+    parser.add_argument("--threads", type=int_at_least(1), default=1,
                         help="CPUs per worker: torch's and FFmpeg's threads where engine.threads or "
                              "replay.codec_threads is 0 (ray: also each task's num_cpus)")
-    parser.add_argument("--gpus", type=float, default=0.0, help="ray: GPUs per worker (fractions share one)")
+    parser.add_argument("--gpus", type=time_span("GPUs"), default=0.0,
+                        help="ray: GPUs per worker (fractions share one)")
     parser.add_argument("--address", default=None,
                         help="ray: cluster to join (default: $RAY_ADDRESS when set, else start a local Ray)")
-    parser.add_argument("--retries", type=int, default=3, help="ray: runs again of a pair whose worker died")
+    parser.add_argument("--retries", type=int_at_least(0), default=3,
+                        help="ray: runs again of a pair whose worker died")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import signal
 import socket
@@ -112,8 +113,8 @@ class RayEngine:
     def __post_init__(self) -> None:
         for name, value, low in (("workers", self.workers, 1), ("threads", self.threads, 1),
                                  ("gpus", self.gpus, 0), ("retries", self.retries, 0)):
-            if value < low:
-                raise ValueError(f"ray engine: {name} must be >= {low}, got {value}")
+            if not low <= value < math.inf:  # NaN too
+                raise ValueError(f"ray engine: {name} must be a finite number >= {low}, got {value}")
 
     def run(self, cfg: Any, jobs: Iterable[PairJob], *, resume: bool,
             frames: Callable[[int], None]) -> Iterator[PairResult]:

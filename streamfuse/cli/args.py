@@ -52,8 +52,9 @@ def config_value(section: type, key: str, parse: Callable[[str], Any] = int) -> 
 
 
 def time_span(unit: str) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number of ``unit`` (seconds, minutes) >= 0 (``--duration``, where a negative one
-    would read as "until Ctrl-C"; ``--name-wait``; ``--ckpt-minutes``); the option's help says what 0 means."""
+    """An argparse ``type``: a finite number of ``unit`` (seconds, minutes, GPUs) >= 0 (``--duration``, where a negative
+    one would read as "until Ctrl-C"; ``--name-wait``; ``--ckpt-minutes``; ``--gpus``); the option's help says what 0
+    means."""
 
     def parse(text: str) -> float:
         try:

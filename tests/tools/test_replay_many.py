@@ -180,3 +180,14 @@ def test_a_bad_config_is_a_config_error_as_in_run(tmp_path, capsys, args, messag
     assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("replay_many: config error: ") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--gpus", "nan"], "argument --gpus: nan must be a finite number of GPUs >= 0"),
+    (["--workers", "0"], "argument --workers: must be >= 1, got 0"),
+    (["--retries", "-1"], "argument --retries: must be >= 0, got -1")])
+def test_numbers_that_mean_nothing_are_refused_when_parsed(tmp_path, capsys, args, said):
+    # they were taken (the local engine ignores them; Ray's check let NaN GPUs through)
+    with pytest.raises(SystemExit) as stop:
+        replay_many.main([str(tmp_path), "--out", str(tmp_path / "out"), *args])
+    assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(said)
