@@ -673,6 +673,16 @@ def test_frames_folder_that_is_an_input_folder_is_refused(tmp_path):
         run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=tmp_path / "o.mp4")
 
 
+@pytest.mark.parametrize("taken", ["o.mp4", ".o.mp4.partial"])
+def test_frames_folder_that_is_the_output_or_its_work_file_is_refused_before_any_work(tmp_path, clip, taken):
+    # the whole replay ran, then stopped: the output could not take its name, said to be "an earlier run's output"
+    ir, vis, _ = clip
+    cfg = make_cfg(replay={"frames_dir": str(tmp_path / taken)})
+    with pytest.raises(ValueError, match=f"^replay.frames_dir .*{re.escape(taken)} is the output's own file "):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert not (tmp_path / taken).exists()
+
+
 # -------------------------------------------------------------------------------- inputs of different lengths
 
 

@@ -64,6 +64,8 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
         if own.is_symlink() or (own.exists() and not own.is_file()):
             raise ValueError(f"{own} is {'a link' if own.is_symlink() else 'not a file'}; a replay makes this file "
                              f"itself and never writes through one: remove it, or choose another --out")
+    if frames_dir and (hit := next((w for w in written if _same_file(Path(frames_dir), w)), None)) is not None:
+        raise ValueError(f"replay.frames_dir {frames_dir} is the output's own file {hit}: choose another folder")
     for stream, path in inputs.items():
         if not path:
             continue
