@@ -4,8 +4,9 @@ Latency columns: ``age`` is now minus the visible (and IR) capture time, ``net``
 both from the header's epoch-ns clocks, so across machines they include the clock offset (use NTP/PTP); ``age`` is
 n/a for a video file's or frame folder's frames, whose capture times are the file's own, from 0.
 Exits 0 after ``--count`` frames, Ctrl-C or SIGTERM (as a launcher stops it; the summary is printed), 1 when no
-frame arrives for ``--timeout`` seconds (the first: ``--first-timeout``, for a publisher still starting), 2 on bad arguments (or a host name that still does not resolve after
-``--timeout``: one started before its publisher's name exists waits for it). Malformed messages are skipped and
+frame arrives for ``--timeout`` seconds (the first: ``--first-timeout``, for a publisher still starting), 2 on bad
+arguments (or a host name that still does not resolve after ``--timeout``: one started before its publisher's name
+exists waits for it). Malformed messages are skipped and
 counted; a message part larger than ``--max-frame-mb`` is refused by ZeroMQ before it is buffered.
 """
 
@@ -47,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latest", action="store_true", help="drain the queue and keep only the newest frame")
     parser.add_argument("--no-shm", action="store_true", help="never read a same-host publisher's shared memory "
                         "(take the ZeroMQ payload)")
-    parser.add_argument("--timeout", type=positive(threading.TIMEOUT_MAX), default=10.0, help="give up after S seconds without a frame (or "
-                        "without the publisher's host name resolving)")
+    parser.add_argument("--timeout", type=positive(threading.TIMEOUT_MAX), default=10.0,
+                        help="give up after S seconds without a frame (or without the publisher's host name resolving)")
     parser.add_argument("--first-timeout", type=positive(threading.TIMEOUT_MAX), default=60.0,
                         help="give up after S seconds without the first frame (a run started at the same time loads "
-                             "its model and compiles its kernels first: about 16 s on its first start)")
+                             "its model and compiles its kernels first: 6-16 s on its first start)")
     parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
     parser.add_argument("--max-frame-mb", type=positive(1e6), default=DEFAULT_MAX_FRAME_BYTES / 1e6,
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")

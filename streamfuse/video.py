@@ -76,9 +76,10 @@ class VideoWriter:
     Media notes: MP4/MOV get ``video_track_timescale`` and ``movie_timescale`` equal to the time base
     denominator, so output pts equal the input pts as integers (MP4 otherwise rescales to its own timescale and
     writes the start offset in ms); a time base finer than 1 us (the ns of frame folders and recordings) gets 1 MHz,
-    pts kept to the microsecond, since MP4 holds a frame's duration in 31 bits: at 1 ns no pause over 2.1 s. Matroska stores times in ms, so there pts agree to within 1 ms. NUT would
-    shift every pts by the encoder's B-frame delay to avoid a negative dts unless told not to. H.264 wants
-    even sizes for 4:2:0; odd sizes use 4:4:4. FFV1 is stored as ``bgr0``, bit-exact to the BGR input.
+    pts kept to the microsecond, since MP4 holds a frame's duration in 31 bits: at 1 ns no pause over 2.1 s.
+    Matroska stores times in ms, so there pts agree to within 1 ms. NUT would shift every pts by the encoder's
+    B-frame delay to avoid a negative dts unless told not to. H.264 wants even sizes for 4:2:0; odd sizes use 4:4:4.
+    FFV1 is stored as ``bgr0``, bit-exact to the BGR input.
 
     Args:
         path: final output path; its extension picks the container (.mp4 .m4v .mov .mkv .nut .avi).

@@ -226,7 +226,8 @@ def test_cli_curve_key_mismatch_says_so(key: str, tmp_path: Path, rng: np.random
         assert main([pub.endpoint, "--server-key", str(public), "--count", "1"]) == 0
         capsys.readouterr()
         # The timeout is the wait for frames that cannot come; the handshake fails within milliseconds.
-        assert main([pub.endpoint, "--timeout", "2", "--first-timeout", "2", *(["--server-key", str(wrong)] if key == "wrong" else [])]) == 1
+        wrong_key = ["--server-key", str(wrong)] if key == "wrong" else []
+        assert main([pub.endpoint, "--timeout", "2", "--first-timeout", "2", *wrong_key]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"no frame from {pub.endpoint}")
     if key == "wrong":
@@ -255,7 +256,7 @@ def test_cli_bad_arguments_exit_2(args: list[str], said: str, capsys: pytest.Cap
 
 
 def test_cli_waits_longer_for_the_first_frame(rng: np.random.Generator) -> None:
-    # started beside a run that still loads its model (about 16 s on a first start), it gave up after --timeout's 10 s;
+    # started beside a run that still loads its model (6-16 s on a first start), it gave up after --timeout's 10 s;
     # here the first frame takes the connection's set-up and a publishing tick, far more than --timeout's 1 ms
     with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), rate_hz=20) as pub:
         assert main([pub.endpoint, "--timeout", "0.001", "--first-timeout", str(PATIENCE_S), "--count", "1"]) == 0

@@ -40,7 +40,7 @@ class FolderSource(BaseSource):
             raise SourceError(f"{self.section}: image folder not found: {self.cfg.path!r}")
         self._files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_number_key)
         if not self._files:
-            raise SourceError(f"{self.section}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+            raise SourceError(f"{self.section}: no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
         numbers = [_number_key(p)[0] for p in self._files]
         steps = [b - a for a, b in zip(numbers, numbers[1:])]
         frames = len(set(numbers)) == len(numbers) and min(numbers) >= 0 and (not steps or median(steps) <= _FRAME_STEP)

@@ -1,8 +1,8 @@
 """Frame sources: SourceConfig, the Source protocol and BaseSource, which every kind builds on.
 
 Kinds (registry kind ``"source"``): ``synthetic`` (a registered IR/visible pair of a moving night scene,
-``synthetic``); ``camera`` (``camera``); ``stream``, ``file`` (``video_sources``); ``folder`` (``image_folder``); ``mcap`` (a
-recording, ``mcap_source``).
+``synthetic``); ``camera`` (``camera``); ``stream``, ``file`` (``video_sources``); ``folder`` (``image_folder``);
+``mcap`` (a recording, ``mcap_source``).
 
 Every source yields :class:`~streamfuse.frames.Frame` objects: the section ``"ir"`` gives ``(H, W)`` uint8 grey;
 any other section gives ``(H, W, 3)`` uint8 BGR, or ``(H, W)`` when the input is grey. Capture times
