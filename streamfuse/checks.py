@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 __all__ = ["ConfigError", "check", "shown", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml",
-           "yaml_reason"]
+           "dump_yaml", "yaml_reason"]
 
 
 class ConfigError(ValueError):
@@ -51,13 +51,17 @@ def tcp_port_ok(endpoint: str, *, bind: bool = False) -> bool:
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3``, ``-2e5`` and ``1E3`` as floats (YAML 1.2 does; PyYAML's YAML 1.1
-    resolver wants a dot and a signed exponent, and keeps them as strings), and refuses a key given twice in one
-    mapping (PyYAML keeps the last one silently, so an edit lower in the file would quietly undo one above)."""
+    """``yaml.SafeLoader`` that reads numbers as YAML 1.2 does: ``1e-3``, ``-2e5`` and ``1E3`` are floats (PyYAML's
+    YAML 1.1 resolver wants a dot and a signed exponent, and keeps them as strings), ``010`` is ten (not octal 8) and
+    ``1:30`` is text (not sexagesimal 90); it refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so an edit lower in the file would quietly undo one above), while a merge key's (``<<: *base``) keys
+    may be overridden there, as YAML means them to be."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # the merged mapping's keys give way to this one's
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, typing.Hashable):
                 continue  # SafeLoader's own error names it
@@ -67,14 +71,42 @@ class _Loader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node).replace("_", "")
+        base = {"0x": 16, "0o": 8}.get(text[:2], 10)
+        return int(text[2:] if base != 10 else text, base)
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(_FLOAT, re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+                                                 r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+                                                 r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+_Loader.add_constructor(_INT, _Loader.construct_yaml_int)
+
+
+
+
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes text either reader would take for a number: this module's (``1e-3``) or
+    PyYAML's own (``1:30``), so a written config reads back as it was whoever reads it."""
+
+
+_Dumper.yaml_implicit_resolvers = {first: _Loader.yaml_implicit_resolvers.get(first, []) + resolvers
+                                   for first, resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items()}
 
 
 def load_yaml(text: str) -> Any:
-    """Parse YAML text as the configs are read (safe, with exponent floats)."""
+    """Parse YAML text as the configs are read (safe, numbers as YAML 1.2 reads them, no key given twice)."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text of data, in the order given, that :func:`load_yaml` and ``yaml.safe_load`` both read back as it is."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def _describe(tp: Any) -> str:

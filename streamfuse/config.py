@@ -23,7 +23,7 @@ import yaml
 
 from streamfuse.align import AlignConfig
 from streamfuse.capture.sources import SourceConfig
-from streamfuse.checks import ConfigError, apply_overrides, load_yaml, parse_section, shown, yaml_reason
+from streamfuse.checks import ConfigError, apply_overrides, dump_yaml, load_yaml, parse_section, shown, yaml_reason
 from streamfuse.errors import redact
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
@@ -216,4 +216,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 def dump_config(cfg: PipelineConfig, path: str | Path) -> None:
     """Write the resolved config as YAML next to a run's outputs."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(dump_yaml(cfg.to_dict()))

@@ -6,6 +6,7 @@ import re
 import subprocess
 
 import pytest
+import yaml
 
 from streamfuse.checks import apply_overrides, load_yaml
 from streamfuse.config import MOVED, ConfigError, config_from_dict, dump_config, load_config
@@ -105,6 +106,31 @@ def test_exponent_numbers_are_floats_in_overrides_and_files(tmp_path, text):
     assert apply_overrides({}, [f"a.b='{text}'"]) == {"a": {"b": text}}  # quoted stays a string
     assert load_yaml(f"align:\n  tol: {text}\n") == {"align": {"tol": float(text)}}  # the configs' file loader
     assert load_config(_write(tmp_path, "sync:\n  slop_ms: 1.5e3\n")).sync.slop_ms == 1500.0
+
+
+@pytest.mark.parametrize("text, value", [("010", 10), ("007", 7), ("0o17", 15), ("0x1F", 31), ("1_000", 1000),
+                                         ("-5", -5), ("-.5", -0.5), ("1:30", "1:30"), ("1:30.5", "1:30.5"),
+                                         ("0b101", "0b101")])
+def test_numbers_are_read_as_yaml_1_2_reads_them(text, value):
+    # YAML 1.1 (PyYAML's) reads 010 as octal 8, 1:30 as sexagesimal 90 and 0b101 as 5: no user writing a config means it
+    for data in (load_yaml(f"a:\n  b: {text}\n"), apply_overrides({}, [f"a.b={text}"])):
+        assert data == {"a": {"b": value}} and type(data["a"]["b"]) is type(value)
+
+
+def test_merge_keys_share_settings_and_the_mapping_merged_into_wins(tmp_path):
+    text = "ir: &cam {kind: synthetic, fps: 25, width: 320, height: 240}\nvis:\n  <<: *cam\n  fps: 30\n"
+    cfg = load_config(_write(tmp_path, text))
+    assert (cfg.ir.fps, cfg.vis.fps, cfg.vis.width, cfg.vis.height) == (25, 30, 320, 240)
+    with pytest.raises(ConfigError, match="key 'fps' is given twice"):  # still refused among the mapping's own keys
+        load_config(_write(tmp_path, text + "  fps: 31\n"))
+
+
+def test_a_written_config_reads_back_as_it_was(tmp_path):
+    # text that a reader takes for a number is written quoted, by either reader's rules
+    cfg = load_config(CONFIGS / "demo.yaml", ["ir.path='1e5'", "vis.path='1:30'", "publish.topic='0o17'"])
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+    assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["vis"]["path"] == "1:30"
 
 
 @pytest.mark.parametrize("old, new", sorted(MOVED.items()))
