@@ -132,6 +132,9 @@ def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineCo
             raise ConfigError(f"--fuser {spec}: {key + eq + value!r} is not key=value with a key {name} reads: "
                               f"{', '.join(keys)}")
         raw.setdefault(keys[key], {})[key] = load_yaml(value)
+    given = [key for key, _, _ in items]
+    if twice := next((key for key in given if given.count(key) > 1), None):  # which one was meant?
+        raise ConfigError(f"--fuser {spec}: {twice} is given twice")
     try:
         raw = apply_overrides(raw, overrides or [])
     except ValueError as exc:  # a --set that is not stage.key=value: a usage error, as in every command

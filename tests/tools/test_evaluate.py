@@ -135,6 +135,7 @@ def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
     (["--fuser", "nope"], "name='nope' is out of range"),
     (["--fuser", "max:steps=2"], "--fuser max:steps=2: 'steps=2' is not key=value with a key max reads: sharpen, "),
     (["--fuser", "hclfuse:contrast=1.25"], "'contrast=1.25' is not key=value with a key hclfuse reads: weights, "),
+    (["--fuser", "max:sharpen=1,sharpen=2"], "--fuser max:sharpen=1,sharpen=2: sharpen is given twice"),
     (["--fuser", "max", "--set", "fuse.name=rule"], "--set fuse.*: --fuser max names its fuser"),
     (["--fuser", "max", "--set", "record.path=x"], "--set record.*: --fuser takes overrides of hclfuse, engine, "),
     (["--fuser", "max", "--set", "bogus"], "override 'bogus' is not of the form stage.key=value"),
