@@ -17,7 +17,7 @@ import time
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.capture.producer_process import start_servers
-from streamfuse.checks import ConfigError
+from streamfuse.checks import ConfigError, shown
 from streamfuse.config import PipelineConfig
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.fusers import Fuser
@@ -51,6 +51,9 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
     if out_path or cfg.replay.out:
         from streamfuse.replay import run_replay
 
+        if cfg.record is not None:  # one config may serve the rig's live runs and their replays
+            log.warning("%s: record.path=%s is for live runs: a replay writes only its output (--out)",
+                        cfg.source_file, cfg.record.path)
         summary = run_replay(cfg, ir_path=ir_path, vis_path=vis_path, out_path=out_path, resume=resume)
         return 0 if summary.complete else 1
     if ir_path or vis_path or resume:
@@ -60,6 +63,9 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
         if source.kind in _NEEDS_PATH and not source.path:
             raise ConfigError(f"{cfg.source_file}: {name}.path is empty: a {source.kind} source needs one (--set "
                               f"{name}.path=...; a replay takes it from --{name} with --out)")
+    if cfg.ir.kind == "synthetic" and cfg.ir.palette:
+        raise ConfigError(f"{cfg.source_file}: ir.palette={shown(cfg.ir.palette)} is a thermal camera's, and the "
+                          f"synthetic source renders grey IR (leave it empty)")
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
 

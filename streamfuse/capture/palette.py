@@ -63,7 +63,11 @@ def _from_file(path: str) -> np.ndarray:
     ParaView write them; commas or spaces, ``#`` comments and a header line allowed), or an image of the colour bar,
     coldest at the left of a wide bar or at the bottom of a tall one (the median across its middle half, so thin
     borders and ticks drop out). Raises ValueError (one line) for a file that gives no temperature order."""
-    if not Path(path).is_file():
+    try:
+        is_file = Path(path).is_file()
+    except OSError as exc:  # a name too long for the file system
+        raise ValueError(f"neither a palette nor a file this system can open ({exc.strerror})") from None
+    if not is_file:
         raise ValueError(f"neither a palette ({' | '.join(PALETTES)}) nor a file: {_FILE}")
     ramp = _rows(path)[:, ::-1] if Path(path).suffix.lower() in _TEXT else _bar(path)
     at = np.linspace(0, len(ramp) - 1, 256)

@@ -24,7 +24,7 @@ import numpy as np
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import palette
 from streamfuse.capture.timestamps import FileClock
-from streamfuse.checks import check
+from streamfuse.checks import check, shown
 from streamfuse.errors import redact
 from streamfuse.frames import Frame
 from streamfuse.registry import available, build
@@ -119,7 +119,7 @@ class SourceConfig:
         try:
             palette.check_palette(self.palette)
         except ValueError as exc:
-            raise ValueError(f"palette={self.palette!r}: {exc}") from None
+            raise ValueError(f"palette={shown(self.palette)}: {exc}") from None
 
     def ring_bytes(self, slots: int) -> int:
         """Shared memory a ring of ``slots`` frames of this size takes: 3 bytes a pixel, a visible frame's, or an IR

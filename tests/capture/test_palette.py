@@ -117,6 +117,8 @@ def test_a_palette_is_the_ir_cameras_and_one_it_does_not_know_lists_those_it_doe
         config_from_dict({"vis": {"palette": "jet"}})
     with pytest.raises(ConfigError, match=r"ironbow.*black_hot \| autumn"):
         config_from_dict({"ir": {"palette": "ironbow"}})
+    with pytest.raises(ConfigError, match=r"palette='xxx.*xxx': neither a palette nor a file this system can open"):
+        config_from_dict({"ir": {"palette": "x" * 300}})  # a name too long for the file system, shown cut short
 
 
 def test_a_bag_of_a_false_colour_thermal_camera_replays_in_temperature_order(tmp_path):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,27 @@ def test_a_live_run_of_a_source_without_a_path_is_a_config_error_before_it_binds
     assert err.startswith("streamfuse: config error: ") and err.endswith(
         "replay.yaml: ir.path is empty: a file source needs one (--set ir.path=...; a replay takes it from --ir with "
         "--out)"), err
+
+
+def test_a_palette_for_the_synthetic_source_is_a_config_error_before_it_binds(capsys):
+    import socket
+
+    with socket.socket() as taken:  # held: a run that bound it would fail otherwise than with the config's line
+        taken.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        assert main(["--config", "demo", "--set", "ir.palette=jet", "--set", f"publish.endpoint={endpoint}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("streamfuse: config error: ") and err.endswith(
+        "demo.yaml: ir.palette='jet' is a thermal camera's, and the synthetic source renders grey IR (leave it empty)")
+
+
+def test_a_replay_says_it_does_not_record(monkeypatch, caplog):
+    import streamfuse.replay
+
+    monkeypatch.setattr(streamfuse.replay, "run_replay", lambda cfg, **kw: types.SimpleNamespace(complete=True))
+    assert main(["--config", "replay", "--set", "record.path=rig.mcap", "--ir", "a.mp4", "--vis", "b.mp4",
+                 "--out", "o.mp4"]) == 0
+    assert "record.path=rig.mcap is for live runs: a replay writes only its output (--out)" in caplog.text
 
 
 def test_replay_needs_out(capsys):
