@@ -3,6 +3,8 @@ right after the grab (network cameras are ``stream`` sources: :mod:`~streamfuse.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,9 @@ class CameraSource(BaseSource):
             missing = f"{device} missing; " if device != path else ""
             raise SourceError(f"{self.section}: camera {path!r} is not plugged in ({missing}found: {found})",
                               unreachable=True)
+        kind = _file_kind(device)
+        if kind:  # OpenCV would wait on a FIFO for a writer, silently, until the first-frame allowance ran out
+            raise SourceError(f"{self.section}: camera {path!r} is {kind}, not a camera device or a video file")
         with opencv_quiet():
             cap = cv2.VideoCapture(target)
         if not cap.isOpened():
@@ -57,3 +62,15 @@ class CameraSource(BaseSource):
 
     def _close(self) -> None:
         self._cap.release()
+
+
+def _file_kind(path: str) -> str:
+    """What ``path`` is where it is neither a device nor a regular file (``"a FIFO"``), else ``""`` (a camera, a video,
+    or no file at all: an index, a URL or a device not plugged in yet)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return ""
+    if stat.S_ISCHR(mode) or stat.S_ISREG(mode):
+        return ""
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a socket or block device"

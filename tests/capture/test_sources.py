@@ -168,6 +168,16 @@ def test_nonexistent_camera_index_is_one_clear_line(capfd: pytest.CaptureFixture
     assert capfd.readouterr().err == ""  # no OpenCV warning lines on top of ours
 
 
+@pytest.mark.parametrize("what", ["a FIFO", "a folder"])
+def test_a_camera_path_that_is_no_camera_nor_video_is_one_line(tmp_path: Path, what: str) -> None:
+    path = tmp_path / "cam"
+    os.mkfifo(path) if what == "a FIFO" else path.mkdir()  # OpenCV waited on the FIFO for a writer, silently
+    with pytest.raises(SourceError) as info:
+        open_source("vis", SourceConfig(kind="camera", path=str(path))).open()
+    assert str(info.value) == f"vis: camera {str(path)!r} is {what}, not a camera device or a video file"
+    assert not info.value.unreachable  # not waited for: nothing will turn it into a camera
+
+
 def test_folder_is_sorted_numerically_with_times_from_fps(tmp_path: Path) -> None:
     for i in (1, 2, 10, 11, 3):
         cv2.imwrite(str(tmp_path / f"frame_{i}.png"), np.full((8, 8, 3), i, np.uint8))
