@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from streamfuse.frames import Frame
 from streamfuse.processor import FrameProcessor, build_fuser
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.replay import ReplayError, find_pairs, run_replay
+from streamfuse.replay.resume import save_sidecar
 from streamfuse.sync import Pairer, SyncConfig
 from streamfuse.video import VideoWriter, decode_frames
 
@@ -422,6 +424,19 @@ def test_full_disk_gives_one_line_and_no_complete_file(tmp_path, clip):
     assert proc.returncode == 1, proc.stderr
     assert "File too large" in proc.stdout and len(proc.stdout.strip().splitlines()) == 1
     assert not out.exists()
+    kept = int(re.search(r"; (\d+) frames kept in ", proc.stdout)[1])  # what the disk holds, not what was encoded
+    assert 0 < kept == len(list(decode_frames(partial_path(out)))), proc.stdout
+
+
+def test_a_sidecar_the_disk_cannot_hold_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def full(path, data):
+        open(path, "wb").close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(RuntimeError, match="cannot write .*No space left on device"):
+        save_sidecar(tmp_path / "o.mkv", {}, "running", 0, None)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("policy", ["resize", "error"])

@@ -27,7 +27,8 @@ from streamfuse.output_lock import output_lock
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged,
                                       no_pairs, on_topic, outside, resolve, size_changed)
 from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
-from streamfuse.replay.resume import TakeOver, fingerprint, resume_hint, save_sidecar, sidecar_path, taken_over_path
+from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, resume_hint, save_sidecar, sidecar_path,
+                                     taken_over_path)
 from streamfuse.replay.summary import NAMES, ReplayError, ReplaySummary, StageClock
 from streamfuse.signals import TERMINATE, handled, interrupted, raise_terminated
 from streamfuse.sync import OTHER, Pairer
@@ -361,7 +362,10 @@ class _Replay:
                 self._save_sidecar(s.stopped)
             except RuntimeError as exc:
                 log.warning("%s", exc)
-            where = f"{s.written} frames kept in {self.writer.partial}"
+            held = frames_held(self.writer.partial)  # a full disk took the encoder's last frames
+            where = f"{held} frames kept in {self.writer.partial}"
+            if held < s.written:
+                where += f" (of {s.written} fused; the rest did not reach the disk)"
             hint = "" if self.input_fault else resume_hint(self.out)
             if not self.writer.partial.exists():  # its folder was removed or renamed while the replay ran
                 where, hint = f"nothing kept: {self.writer.partial} is gone (its folder removed or renamed)", ""

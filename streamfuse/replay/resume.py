@@ -29,7 +29,8 @@ from streamfuse.errors import io_reason
 from streamfuse.replay.inputs import Input
 from streamfuse.video import decode_frames
 
-__all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver", "resume_hint"]
+__all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver", "resume_hint",
+           "frames_held"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def _write_sidecar(out: Path, data: bytes) -> None:
         tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)  # a full disk leaves it empty
         raise RuntimeError(f"cannot write {path}: {exc.strerror}") from None
 
 
@@ -237,7 +239,7 @@ def _intact_packets(path: Path) -> Iterator[bool]:
         return
 
 
-def _frames_held(path: Path) -> int:
+def frames_held(path: Path) -> int:
     """Whole frames in a partial file, demuxed without decoding: packets that end before the file does (as
     :func:`~streamfuse.video.decode_frames` reads it, a kill may have cut the last one), up to the first damaged one;
     0 for a missing file."""
@@ -265,7 +267,7 @@ def _keep_longer(old: Path, partial: Path, old_frames: int | None = None) -> boo
     frames from the start, so the longer one holds every frame of the other."""
     if not old.exists():
         return False
-    if (_frames_held(old) if old_frames is None else old_frames) > _frames_held(partial):
+    if (frames_held(old) if old_frames is None else old_frames) > frames_held(partial):
         os.replace(old, partial)  # in its own folder: a rename, which a full disk allows
         return True
     old.unlink()
