@@ -25,10 +25,14 @@ from streamfuse.checks import tcp_port_ok
 from streamfuse.endpoints import is_ipv6, reachable_from_other_machines, tcp_host
 from streamfuse.errors import io_reason, one_line
 
-__all__ = ["ConnectionWatch", "connect_sub", "on_this_host", "NAME_WAIT_S"]
+__all__ = ["ConnectionWatch", "connect_sub", "on_this_host", "NAME_WAIT_S", "HEARTBEAT_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
+#: how long a consumer's connection may bring nothing at all, no frame and no heartbeat reply, before it is taken for
+#: dead and made again, seconds: a frame part must arrive within it too (a 640x480 raw frame over a 1.5 Mbit/s link)
+HEARTBEAT_TIMEOUT_S = 5.0
+_HEARTBEAT_IVL_MS = 1000  # a ping a second: its reply keeps a publisher with nothing to send alive
 _RESTORE_AFTER_S = 0.5  # a connection dropped without libzmq's own retry is restored after this long
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -126,6 +130,10 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
         sock.setsockopt(zmq.IPV6, int(ipv6))
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
         sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes)
+        # a link that dies without closing (a publisher's power cut, a radio out of range) is never told by TCP:
+        # ZeroMQ's heartbeat drops it once nothing, frames or replies, has come for HEARTBEAT_TIMEOUT_S, and reconnects
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(HEARTBEAT_TIMEOUT_S * 1000))
         if server_key:
             sock.curve_serverkey = server_key.encode()
             sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
