@@ -97,11 +97,11 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
         tel.set(name, 0)
     pairer = Pairer(cfg.sync)
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
-    recorder = Recorder(cfg.record, {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}) if cfg.record \
-        else contextlib.nullcontext()
+    frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
+    recorder = Recorder(cfg.record, frame_ids) if cfg.record else contextlib.nullcontext()
     failure = ""
     start_servers()  # before the publisher's shared memory: they must outlive a hangup, which stops the run
-    with handled(lambda *_: stop.set()), Publisher(cfg.publish, {"fuser": _fuser_info(cfg, fuser)}) as pub, \
+    with handled(lambda *_: stop.set()), Publisher(cfg.publish, {"fuser": _fuser_info(cfg, fuser)}, frame_ids) as pub, \
             recorder as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not (stop.is_set() or failure) and time.monotonic() < deadline:
             # 1. capture: what arrived since the last turn (a brief wait if nothing has), up to a source's failure

@@ -53,7 +53,8 @@ class PublishConfig:
             of dropping that subscriber's copy silently; one stalled subscriber then holds frames back from all.
         wait_ms: with ``nodrop``, how long ``send_fused`` may wait for room before it drops the frame: lossless
             back-pressure for offline replay into a recorder. 0 = never wait (live).
-        frame_id: ``frame_id`` header field: the optical frame the fused image is registered to.
+        frame_id: ``frame_id`` header field: the optical frame the fused image is registered to; empty = the
+            visible camera's (``vis.frame_id``).
         curve_secret_file: CURVE encryption: a secret-key file made by ``zmq.auth.create_certificates``; subscribers
             need the matching public key. Empty = plain TCP (keep the endpoint on loopback then).
         encoding: what ``topic`` carries: ``raw`` pixels, ``jpeg`` (``jpeg_quality``) or ``h264`` (one frame per
@@ -77,7 +78,7 @@ class PublishConfig:
     sndhwm: int = 2
     nodrop: bool = False
     wait_ms: int = 0
-    frame_id: str = "vis_optical_frame"
+    frame_id: str = ""
     curve_secret_file: str = ""
     preview_width: int = 320
     encoding: str = "raw"
@@ -127,8 +128,11 @@ class Publisher:
         FileNotFoundError: ``curve_secret_file`` does not exist.
     """
 
-    def __init__(self, cfg: PublishConfig, stats_extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: PublishConfig, stats_extra: dict[str, Any] | None = None,
+                 frame_ids: dict[str, str] | None = None) -> None:
         self.cfg = cfg
+        # the sources' optical frames (``ir.frame_id``, ``vis.frame_id``): the previews' and, unless told, the fused
+        ids = {s: (frame_ids or {}).get(s) or f"{s}_optical_frame" for s in ("ir", "vis")}
         self.published = self.dropped = 0
         self._topic, self._stats_topic = cfg.topic.encode(), cfg.stats_topic.encode()
         self._stats_extra = stats_extra or {}
@@ -141,7 +145,8 @@ class Publisher:
         # what subscriptions ask for (kept by _poll_subscriptions): payload, pool, its descriptors, its ring (woken)
         self._want_payload = self._want_shm = self._want_descriptors = self._want_ring = False
         self._polled = False  # loan() has just read the subscriptions: its send_fused need not again
-        self._headers = HeaderEncoder(cfg.frame_id)
+        self._headers = HeaderEncoder(cfg.frame_id or ids["vis"])
+        self._preview_headers = {s: HeaderEncoder(ids[s]) for s in ids}
         self._pool: ShmPool | None = None
         self._loaned: np.ndarray | None = None  # the pool slot handed out by loan(), until send_fused
         self._shm_on = cfg.shm_slots > 0 and cfg.wait_ms == 0 and shm_supported()
@@ -370,7 +375,7 @@ class Publisher:
         for stream, topic in self._previews.items():
             if any(topic.startswith(sub) for sub in self._preview_subs):
                 image = _downscale(getattr(fused.pair, stream).image, self.cfg.preview_width)
-                header = self._headers.encode(fused, image, seq=self._preview_seq)
+                header = self._preview_headers[stream].encode(fused, image, seq=self._preview_seq)
                 with contextlib.suppress(zmq.Again):  # a viewer that is behind gets the next one
                     self._sock.send_multipart([topic, header, image], zmq.NOBLOCK, copy=False)
         self._preview_seq += 1

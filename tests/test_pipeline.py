@@ -63,7 +63,7 @@ def _receive(sock, fused: int, stats: int, deadline_s: float) -> list[tuple[byte
 @pytest.mark.timeout(90)
 def test_demo_publishes_fused_frames_and_stops_cleanly_on_sigterm(receiver):
     port = free_port()
-    proc = _start(port)
+    proc = _start(port, "--set", "vis.frame_id=cam_front")
     try:
         receiver.connect(f"tcp://127.0.0.1:{port}")
         receiver.setsockopt(zmq.SUBSCRIBE, b"")
@@ -79,7 +79,7 @@ def test_demo_publishes_fused_frames_and_stops_cleanly_on_sigterm(receiver):
             assert header["t_capture_ir_ns"] <= header["t_fused_ns"] <= header["t_publish_ns"]
             assert header["t_capture_vis_ns"] <= header["t_publish_ns"]
             assert abs(header["t_capture_ir_ns"] - header["t_capture_vis_ns"]) <= 25e6  # sync.slop_ms
-            assert header["frame_id"] and header["fuser"] == "max"
+            assert header["frame_id"] == "cam_front" and header["fuser"] == "max"  # the visible camera's
         ir_seqs = [h["seq_ir"] for h, _ in fused]
         assert ir_seqs == sorted(ir_seqs)
         image = np.frombuffer(fused[-1][1], np.uint8).reshape(480, 640, 3)

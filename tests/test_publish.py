@@ -20,7 +20,7 @@ from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_fr
 
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
-from streamfuse.wire import HEADER_FIELDS, SCHEMA, MalformedMessage, decode_message, decode_stats
+from streamfuse.wire import HEADER_FIELDS, SCHEMA, MalformedMessage, decode_message, decode_stats, preview_topic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,28 @@ def test_round_trip_every_header_field(rng: np.random.Generator, shape: tuple[in
     assert (header["fuser"], header["fuser_version"]) == ("max", "0.1")
     assert header["timings_ms"] == {"fuse": 1.25, "post": 0.5}
     np.testing.assert_array_equal(got, image)
+
+
+@pytest.mark.parametrize("publish_id, fused_id", [("", "cam_front"), ("base_cam", "base_cam")])
+def test_fused_frames_are_in_the_visible_cameras_frame_and_each_preview_in_its_own(rng: np.random.Generator,
+                                                                                    publish_id: str,
+                                                                                    fused_id: str) -> None:
+    # the fused frames said vis_optical_frame whatever vis.frame_id was, and the IR preview said it too
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    cfg = PublishConfig(endpoint=ANY_PORT, frame_id=publish_id, preview_width=32)
+    with Publisher(cfg, frame_ids={"ir": "cam_thermal", "vis": "cam_front"}) as pub, \
+            Subscriber(pub.endpoint, "fused/rig0", timeout_s=PATIENCE_S, shm=False) as sub, \
+            Subscriber(pub.endpoint, preview_topic("fused/rig0", "ir"), timeout_s=0.05, shm=False) as ir:
+        connect(pub, sub, image)
+        assert pub.send_fused(fused_frame(image))
+        header = recv_seq(sub, pub.published - 1)[0]
+        wait_until(pub.previews_wanted, "the preview subscription reached the publisher")
+        deadline, preview = time.monotonic() + PATIENCE_S, None
+        while preview is None:
+            assert time.monotonic() < deadline, "no preview arrived"
+            pub.send_previews(fused_frame(image))
+            preview = ir.recv()
+    assert header["frame_id"] == fused_id and preview[0]["frame_id"] == "cam_thermal"
 
 
 def test_zero_copy_payload_is_the_exact_bytes(rng: np.random.Generator, raw_sub: zmq.Socket) -> None:

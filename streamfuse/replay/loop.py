@@ -183,7 +183,8 @@ class _Replay:
         if self.cfg.replay.publish:
             from streamfuse.publish import Publisher
 
-            self.publisher = Publisher(self.cfg.publish)
+            frame_ids = {"ir": self.cfg.ir.frame_id, "vis": self.cfg.vis.frame_id}
+            self.publisher = Publisher(self.cfg.publish, frame_ids=frame_ids)
 
     def _wait_subscriber(self) -> None:
         """With ``publish.wait_subscriber_s``: give a consumer started with the replay the first frame too."""
