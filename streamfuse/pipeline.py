@@ -173,6 +173,8 @@ def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Process
     timings = {"pair": (t0 - pair.t_paired_ns) / 1e6, **processed.timings}
     fused = FusedFrame(pair, processed.image, fuser.name, fuser.version, time.time_ns(), timings)
     tel.count("published" if pub.send_fused(fused) else "publish_dropped")
+    if pub.shm_busy:  # frames same-host readers never got: they held every slot of the pool
+        tel.set("publish_shm_busy", pub.shm_busy)
     timings["publish"] = (time.perf_counter_ns() - t_sent) / 1e6
     if pub.previews_wanted():  # a viewer asked for the IR and visible previews; off otherwise
         pub.send_previews(fused)

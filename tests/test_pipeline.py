@@ -612,3 +612,21 @@ def test_fused_frames_with_a_nan_are_counted_in_the_run_stats(monkeypatch):
     cfg, _ = _live_cfg("post.denoise=0.5")
     snap = run_live(cfg, duration_s=60.0, stop=stop)  # the duration only bounds a failure
     assert snap["counters"]["nonfinite"] == snap["counters"]["published"] >= 3
+
+
+def test_frames_same_host_readers_never_got_are_counted():
+    # readers that held every slot of the pool missed frames that the stats counted as published, and nothing else
+    from types import SimpleNamespace
+
+    from streamfuse.pipeline import _publish
+    from streamfuse.telemetry import Telemetry, TelemetryConfig
+
+    pub = SimpleNamespace(shm_busy=0, send_fused=lambda fused: True, previews_wanted=lambda: False)
+    tel = Telemetry(TelemetryConfig())
+    frame = SimpleNamespace(image=np.zeros((4, 4, 3), np.uint8), timings={})
+    for busy in (0, 3):
+        pub.shm_busy = busy
+        pair = SimpleNamespace(t_paired_ns=0, ir=SimpleNamespace(t_mono_ns=0), vis=SimpleNamespace(t_mono_ns=0))
+        _publish(pub, tel, pair, frame, SimpleNamespace(name="max", version="1"), 0)
+    counters = tel.snapshot()["counters"]
+    assert counters["published"] == 2 and counters["publish_shm_busy"] == 3
