@@ -181,7 +181,9 @@ def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Process
     for stage, ms in timings.items():
         tel.record(stage, ms)
     if pair.ir.t_mono_ns and pair.vis.t_mono_ns:  # both acquired live
-        tel.record("end_to_end", (time.monotonic_ns() - max(pair.ir.t_mono_ns, pair.vis.t_mono_ns)) / 1e6)
+        newer, older = max(pair.ir.t_mono_ns, pair.vis.t_mono_ns), min(pair.ir.t_mono_ns, pair.vis.t_mono_ns)
+        tel.record("end_to_end", (time.monotonic_ns() - newer) / 1e6)
+        tel.record("pair_offset", (newer - older) / 1e6)  # the older frame's wait for its partner, or its hold
 
 
 _OPENING_WAIT_S = 15.0  # a run that fails waits this long for a source still opening to deliver or fail too

@@ -630,3 +630,21 @@ def test_frames_same_host_readers_never_got_are_counted():
         _publish(pub, tel, pair, frame, SimpleNamespace(name="max", version="1"), 0)
     counters = tel.snapshot()["counters"]
     assert counters["published"] == 2 and counters["publish_shm_busy"] == 3
+
+
+def test_how_long_the_older_frame_of_a_pair_waited_is_in_the_stats():
+    # end_to_end counts from the newer frame's capture: the older one's wait for its partner was in no stage
+    from types import SimpleNamespace
+
+    from streamfuse.pipeline import _publish
+    from streamfuse.telemetry import Telemetry, TelemetryConfig
+
+    pub = SimpleNamespace(shm_busy=0, send_fused=lambda fused: True, previews_wanted=lambda: False)
+    tel = Telemetry(TelemetryConfig())
+    now = time.monotonic_ns()
+    pair = SimpleNamespace(t_paired_ns=0, ir=SimpleNamespace(t_mono_ns=now - 70_000_000),
+                           vis=SimpleNamespace(t_mono_ns=now - 30_000_000))
+    frame = SimpleNamespace(image=np.zeros((4, 4, 3), np.uint8), timings={})
+    _publish(pub, tel, pair, frame, SimpleNamespace(name="max", version="1"), 0)
+    stages = tel.snapshot()["stages"]
+    assert stages["pair_offset"]["median_ms"] == 40.0 and stages["end_to_end"]["median_ms"] >= 30.0
