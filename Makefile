@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_SECONDS ?= 60
+DEMO_ARGS ?=
 
 .PHONY: demo test test-all bench venv
 
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) run_stream.py --config demo --duration $(DEMO_SECONDS)
+	$(PY) run_stream.py --config demo --duration $(DEMO_SECONDS) $(DEMO_ARGS)
 
 test: venv
 	$(PY) -m pytest -q

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,31 @@ def test_the_package_says_it_is_typed():
     # PEP 561: without the marker a robot stack's type checker ignores the hints of Subscriber and the wire format
     assert (REPO / "streamfuse" / "py.typed").is_file()
     assert re.search(r'^streamfuse = \[.*"py\.typed".*\]$', (REPO / "pyproject.toml").read_text(), re.M)
+
+
+def test_the_source_distribution_holds_every_tracked_file(tmp_path):
+    # without MANIFEST.in it lacked the Makefile, run_stream.py, tools/ and the tests' helpers: unpacked, nothing ran
+    pytest.importorskip("setuptools")
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: no list of the tracked files")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    tracked = {name for name in listed.decode().split("\0") if name and (REPO / name).is_file()}
+    for name in tracked:
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes((REPO / name).read_bytes())
+    subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                    "build_meta.build_sdist(sys.argv[1])", str(tmp_path / "dist")], cwd=tmp_path / "src",
+                   capture_output=True, check=True)
+    [sdist] = (tmp_path / "dist").glob("*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        held = {member.name.partition("/")[2] for member in archive.getmembers() if member.isfile()}
+    assert tracked - held == set()
+
+
+def test_make_demo_passes_its_options_to_the_run():
+    # the demo's port was fixed: beside another run on 5555, `make demo` could only fail
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    shown = subprocess.run(["make", "-n", "demo", "DEMO_SECONDS=5", "DEMO_ARGS=--set publish.endpoint=tcp://127.0.0.1:6"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert shown[-1].endswith("run_stream.py --config demo --duration 5 --set publish.endpoint=tcp://127.0.0.1:6")
