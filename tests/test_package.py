@@ -110,6 +110,7 @@ def test_make_demo_passes_its_options_to_the_run():
     # the demo's port was fixed: beside another run on 5555, `make demo` could only fail
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
-    shown = subprocess.run(["make", "-n", "demo", "DEMO_SECONDS=5", "DEMO_ARGS=--set publish.endpoint=tcp://127.0.0.1:6"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    args = ["DEMO_SECONDS=5", "DEMO_ARGS=--set publish.endpoint=tcp://127.0.0.1:6"]
+    shown = subprocess.run(["make", "-n", "demo", *args], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
     assert shown[-1].endswith("run_stream.py --config demo --duration 5 --set publish.endpoint=tcp://127.0.0.1:6")
