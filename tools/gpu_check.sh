@@ -41,7 +41,10 @@ if ! PYTHONPATH=$PWD "$PY" -c "import streamfuse, ot, cv2, yaml, numba, pytest, 
             --target "$PWD/.whl/site" .whl/*.whl
         export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
     else
-        "$PY" -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+        # Python 3.10 has no tomllib: pip's own copy of tomli reads the file there
+        "$PY" -c "import sys; from importlib import import_module; \
+tomllib = import_module('tomllib' if sys.version_info >= (3, 11) else 'pip._vendor.tomli'); \
+p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['test'] if not d.startswith('torch')))" \
             > "$OUT/requirements.txt"
         "$PY" -m pip install -q -r "$OUT/requirements.txt"
