@@ -49,6 +49,7 @@ class Subscriber:
             keeps the newest, so no backlog builds up while the caller is busy (replaced ones count as ``discarded``).
         rcvhwm: messages queued on this side before ZeroMQ stops reading from the network.
         server_key: the publisher's CURVE public key (Z85, 40 characters) when it encrypts; empty = plain.
+        client_key_file: this consumer's ``.key_secret`` file, for a publisher with ``publish.curve_clients_dir``.
         shm: read a same-host publisher's frames from its shared-memory pool; None = when the endpoint is local
             (``ipc://``, ``inproc://``, TCP to loopback or a name whose addresses all are). Until the first pool
             frame, and for good where the pool cannot be mapped (another host or user), frames come over ZeroMQ.
@@ -65,29 +66,27 @@ class Subscriber:
     field out of range, a ``seq`` repeated or leaping (:class:`SeqCounter`), no pool, an undecodable payload, a frame
     over ``max_frame_bytes``); ``missed`` (gaps in ``seq``, shared-memory frames overwritten and ring entries lapped
     before they were read: never returned torn); ``via_shm``, ``via_ring``; ``awaiting_keyframe`` (h264);
-    ``discarded`` (latest mode); ``handshake_failures`` (CURVE keys differ, or only one side encrypts).
-
-    One thread receives from a Subscriber and closes it (ZeroMQ sockets are not shared between threads).
+    ``discarded`` (latest mode); ``handshake_failures`` (CURVE keys differ, or only one side encrypts). One thread
+    receives from a Subscriber and closes it (ZeroMQ sockets are not shared between threads).
 
     Raises:
         ValueError: a bad argument, topic or endpoint, or a host name not resolving after ``timeout_s`` (one line).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", *, timeout_s: float = 1.0, latest: bool = False,
-                 rcvhwm: int = 2, server_key: str = "", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 shm: bool | None = None, copy: bool | None = None, ring: bool = True) -> None:
+                 rcvhwm: int = 2, server_key: str = "", client_key_file: str = "",
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, shm: bool | None = None, copy: bool | None = None,
+                 ring: bool = True) -> None:
         if not 0 < timeout_s <= threading.TIMEOUT_MAX:  # NaN too
             raise ValueError(f"timeout_s={timeout_s} must be in (0, {threading.TIMEOUT_MAX:.3g}] s (receives time out)")
-        if rcvhwm < 1:
-            raise ValueError(f"rcvhwm={rcvhwm} must be >= 1")
-        if max_frame_bytes < 1:
-            raise ValueError(f"max_frame_bytes={max_frame_bytes} must be >= 1")
+        for name, value in (("rcvhwm", rcvhwm), ("max_frame_bytes", max_frame_bytes)):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
         self.received = self.malformed = self.missed = self.discarded = self.via_shm = self.via_ring = 0
         self.awaiting_keyframe, self.last_malformed, self.copy, self.max_frame_bytes = 0, "", copy, max_frame_bytes
         topic = consumer_topic(topic)
-        self._topic, self._shm_topic, self._ring_topic = (t.encode() for t in (topic, shm_topic(topic),
-                                                                               ring_topic(topic)))
+        self._topic, self._shm_topic, self._ring_topic = map(str.encode, (topic, shm_topic(topic), ring_topic(topic)))
         self._ring_on = ring and ring_supported()
         self._ring: RingCursor | None = None  # set while descriptors come from the mapped pool's ring
         self._payload_on = True  # subscribed to the ZeroMQ payload (off while shared memory delivers)
@@ -99,6 +98,7 @@ class Subscriber:
         self._shm = early = wanted()  # an address: now, both topics going with the connection; a name: below
         self._sock, self._watch = connect_sub(endpoint, [self._topic, self._shm_topic][:2 if early else 1],
                                               rcvhwm=rcvhwm, server_key=server_key, name_wait_s=timeout_s,
+                                              client_key_file=client_key_file,
                                               max_part_bytes=max(max_frame_bytes, MAX_HEADER_BYTES))
         if not early and wanted():  # a name connect_sub's one lookup found to be this host's
             self._shm = True

@@ -28,7 +28,7 @@ from streamfuse.errors import redact
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import PostConfig
-from streamfuse.publish import PublishConfig
+from streamfuse.publish_config import PublishConfig
 from streamfuse.recording import RecordConfig
 from streamfuse.register import RegisterConfig
 from streamfuse.replay.config import ReplayConfig
@@ -51,8 +51,8 @@ MOVED = {
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: Keys that name a file, a folder or a URL: ``${NAME}`` is an environment variable's value and a leading ``~`` a home
 #: folder, as in a shell (not a folder named ``~``).
-PATH_KEYS = {"ir": ("path", "palette"), "vis": ("path",), "hclfuse": ("weights",), "publish": ("curve_secret_file",),
-             "replay": ("out", "frames_dir"), "record": ("path",)}
+PATH_KEYS = {"ir": ("path", "palette"), "vis": ("path",), "hclfuse": ("weights",),
+             "publish": ("curve_secret_file", "curve_clients_dir"), "replay": ("out", "frames_dir"), "record": ("path",)}
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import zmq
+import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.checks import tcp_port_ok
@@ -68,7 +70,10 @@ class ConnectionWatch:
             if event & _HANDSHAKE_FAILED:
                 self.handshake_failures += 1
                 self._handshake_failed = True
-                if self.handshake_failures == 1:
+                if self.handshake_failures == 1 and event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # told by its ZAP handler
+                    log.warning("the publisher at %s refused this consumer's CURVE key: its public key (.key) is not "
+                                "in the publisher's publish.curve_clients_dir", self._endpoint)
+                elif self.handshake_failures == 1:
                     log.warning("CURVE handshake with %s failed: the publisher's public key differs from the one "
                                 "given, or only one side encrypts", self._endpoint)
             elif event & _RETRYING:  # a new attempt (libzmq's retry follows an ordinary drop at once)
@@ -98,8 +103,8 @@ class ConnectionWatch:
         self._monitor.close(linger=0)
 
 
-def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part_bytes: int,
-                server_key: str = "", name_wait_s: float | None = None) -> tuple[zmq.Socket, ConnectionWatch]:
+def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part_bytes: int, server_key: str = "",
+                client_key_file: str = "", name_wait_s: float | None = None) -> tuple[zmq.Socket, ConnectionWatch]:
     """A SUB socket connected to ``endpoint`` (linger 0), subscribed to ``topics``, and the watch of its connection
     (monitoring from before the connect, so that no event is missed). ``ZMQ_IPV6`` is set for an IPv6 address, or a
     host name with IPv6 addresses only.
@@ -108,20 +113,25 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
         rcvhwm: messages queued on this side before ZeroMQ stops reading from the network.
         max_part_bytes: largest message part accepted (``ZMQ_MAXMSGSIZE``: a larger one drops the connection as it
             arrives, before it is buffered; the watch restores it).
-        server_key: the publisher's CURVE public key (Z85, 40 characters); empty = plain. The socket gets a key pair
-            of its own.
+        server_key: the publisher's CURVE public key (Z85, 40 characters); empty = plain.
+        client_key_file: with ``server_key``, this consumer's key pair: a ``.key_secret`` file made by
+            ``zmq.auth.create_certificates``, whose ``.key`` twin is in the publisher's ``curve_clients_dir``;
+            empty = a key pair made for this socket (a publisher without ``curve_clients_dir`` takes any).
         name_wait_s: how long a host name that does not resolve is looked up again (pausing 0.5 s, doubling up to
             2 s) before giving up, seconds; None = ``NAME_WAIT_S``.
 
     Raises:
-        ValueError: a bad server key or endpoint, or a host name that still does not resolve after ``name_wait_s``
-            (one line).
+        ValueError: a bad server key, client key file or endpoint, or a host name that still does not resolve after
+            ``name_wait_s`` (one line).
     """
     if not tcp_port_ok(endpoint):
         raise ValueError(f"cannot connect to {endpoint}: its TCP port must be 1..65535")
     if server_key and len(server_key) != 40:
         raise ValueError(f"server_key must be the publisher's 40-character Z85 CURVE public key, got "
                          f"{len(server_key)} characters")
+    if client_key_file and not server_key:
+        raise ValueError(f"a client key ({client_key_file}) is for a publisher that encrypts: give its server key too")
+    key_pair = _load_client_key(client_key_file) if client_key_file else zmq.curve_keypair()
     ipv6 = _check_host(endpoint, NAME_WAIT_S if name_wait_s is None else name_wait_s)
     sock = zmq.Context.instance().socket(zmq.SUB)
     watch = None
@@ -136,7 +146,7 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(HEARTBEAT_TIMEOUT_S * 1000))
         if server_key:
             sock.curve_serverkey = server_key.encode()
-            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+            sock.curve_publickey, sock.curve_secretkey = key_pair
         for topic in topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
         watch = ConnectionWatch(sock, endpoint)
@@ -239,3 +249,24 @@ def _resolve(name: str) -> list[tuple]:
     """The addresses of host ``name`` (``getaddrinfo``'s TCP entries): every lookup of a consumer's host goes through
     here, where tests stand in for the resolver."""
     return socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+
+
+def _load_client_key(path: str) -> tuple[bytes, bytes]:
+    """A consumer's own CURVE key pair (public, secret) from the ``.key_secret`` file ``zmq.auth.create_certificates``
+    made; its ``.key`` twin goes in the publisher's ``publish.curve_clients_dir``.
+
+    Raises:
+        ValueError: a file that does not exist, cannot be read or holds no secret key (one line).
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"client key file {path} does not exist or is not a regular file")
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read the client key file {path}: {io_reason(exc)}") from None
+    except ValueError:  # zmq.auth: "No public key found"
+        public, secret = None, None
+    if secret is None:
+        raise ValueError(f"client key file {path} holds no secret key (give the .key_secret file; its .key twin goes "
+                         f"in the publisher's publish.curve_clients_dir)")
+    return public, secret

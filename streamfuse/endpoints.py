@@ -1,4 +1,5 @@
-"""The host of a ``tcp://`` ZeroMQ endpoint, and the publisher's bind (its CURVE secret key and IP version).
+"""The host of a ``tcp://`` ZeroMQ endpoint, and the publisher's bind (its CURVE keys, the consumers it lets in, and
+its IP version).
 
 libzmq takes an IPv6 address only on a socket with ``ZMQ_IPV6`` set: without it a bind to ``tcp://[::1]:5555`` fails
 (ENODEV) and a connect to it retries in silence forever. The option is set only where the address needs it: a socket
@@ -9,12 +10,16 @@ bound to ``127.0.0.1`` never answers.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 
 import zmq
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 __all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "bind"]
+
+log = logging.getLogger(__name__)
 
 
 def tcp_host(endpoint: str) -> str | None:
@@ -49,22 +54,56 @@ def reachable_from_other_machines(endpoint: str) -> bool:
         return host != "localhost"
 
 
-def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "") -> None:
+def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "",
+         curve_clients_dir: str = "") -> ThreadAuthenticator | None:
     """Bind ``sock`` to ``endpoint``, with ``ZMQ_IPV6`` for an IPv6 address, as a CURVE server with the secret key
     of ``curve_secret_file`` (a file made by ``zmq.auth.create_certificates``; empty = plain).
 
+    With ``curve_clients_dir`` too, only the clients whose public keys (``.key`` files) are in that folder get in
+    ("ironhouse"): a ZAP handler, started in the socket's context, checks each handshake. The socket must have a
+    context of its own (the handler answers for every CURVE server in it). Returns that handler (stop it before the
+    context ends), else None.
+
     Raises:
-        FileNotFoundError: ``curve_secret_file`` does not exist.
-        ValueError: it holds no secret key.
+        FileNotFoundError: ``curve_secret_file`` or ``curve_clients_dir`` does not exist.
+        ValueError: the file holds no secret key, the folder no public key.
         zmq.ZMQError: ``endpoint`` cannot be bound.
     """
+    auth = None
     if curve_secret_file:
         sock.curve_secretkey = _load_secret(curve_secret_file)
         sock.curve_server = True
+        if curve_clients_dir:
+            auth = _allow_only(sock.context, curve_clients_dir)
     host = tcp_host(endpoint)
     if host is not None and is_ipv6(host):
         sock.setsockopt(zmq.IPV6, 1)
-    sock.bind(endpoint)
+    try:
+        sock.bind(endpoint)
+    except BaseException:
+        if auth is not None:
+            auth.stop()
+        raise
+    return auth
+
+
+def _allow_only(ctx: zmq.Context, folder: str) -> ThreadAuthenticator:
+    """A running ZAP handler in ``ctx`` that lets in the CURVE clients whose public keys are in ``folder``."""
+    if not Path(folder).is_dir():
+        what = "not found" if not Path(folder).exists() else "not a folder"
+        raise FileNotFoundError(f"publish.curve_clients_dir {folder} {what} (a folder of the consumers' public .key "
+                                f"files, made by zmq.auth.create_certificates)")
+    try:
+        keys = zmq.auth.load_certificates(folder)
+    except (OSError, ValueError) as exc:  # a .key file without a public key in it
+        raise ValueError(f"publish.curve_clients_dir {folder}: {exc}") from None
+    if not keys:
+        raise ValueError(f"publish.curve_clients_dir {folder} holds no consumer's public key (.key files)")
+    auth = ThreadAuthenticator(ctx, log=log)
+    auth.start()
+    auth.configure_curve(domain="*", location=folder)
+    log.info("publish: %d consumers' keys let in (%s)", len(keys), folder)
+    return auth
 
 
 def _load_secret(path: str) -> bytes:

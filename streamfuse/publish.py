@@ -1,5 +1,5 @@
-"""PublishConfig and the ZeroMQ Publisher of fused frames, their previews and the stats (the wire format itself is
-:mod:`streamfuse.wire`).
+"""The ZeroMQ Publisher of fused frames, their previews and the stats (its config: :mod:`streamfuse.publish_config`;
+the wire format itself: :mod:`streamfuse.wire`).
 
 Live semantics: PUB/SUB never blocks the publisher. Each subscriber has a queue of ``sndhwm`` messages; a slow
 subscriber's full queue drops its copy (the others get theirs; subscribers count drops from gaps in ``seq``), unless
@@ -16,7 +16,6 @@ import errno
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -24,12 +23,12 @@ import numpy as np
 import zmq
 
 from streamfuse.codecs import H264Encoder, JpegEncoder
-from streamfuse.checks import check, tcp_port_ok
 from streamfuse.endpoints import bind, reachable_from_other_machines
 from streamfuse.frames import FusedFrame
-from streamfuse.shm_pool import MAX_SLOTS, PoolError, ShmPool, remove_stale_pools, shm_supported
-from streamfuse.wire import (FORMATS, PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA,
-                             HeaderEncoder, check_image, encode_json, preview_topic, ring_topic, shm_topic)
+from streamfuse.publish_config import PublishConfig
+from streamfuse.shm_pool import PoolError, ShmPool, remove_stale_pools, shm_supported
+from streamfuse.wire import (PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA, HeaderEncoder,
+                             check_image, encode_json, preview_topic, ring_topic, shm_topic)
 
 __all__ = ["PublishConfig", "Publisher"]
 
@@ -37,78 +36,6 @@ log = logging.getLogger(__name__)
 _SHM_PREFIX, _RING_PREFIX = SHM_TOPIC_PREFIX.encode(), RING_TOPIC_PREFIX.encode()
 _MAX_SUBSCRIPTION = 4096  # bytes of one message from a subscriber: a (un)subscription, its topic prefix
 _SUBS_PER_POLL = 256  # (un)subscriptions read a turn of the live loop: about a millisecond at most
-
-
-@dataclass(frozen=True)
-class PublishConfig:
-    """The publish stage.
-
-    Args:
-        endpoint: ZeroMQ endpoint the PUB socket binds (``tcp://HOST:PORT``, IPv6 in brackets: ``tcp://[::1]:PORT``,
-            ``ipc://PATH``); loopback by default.
-        topic: topic of fused frames (first message part).
-        stats_topic: topic of the telemetry messages.
-        sndhwm: messages queued per subscriber before that subscriber's frames are dropped (small = fresh frames).
-        nodrop: ``ZMQ_XPUB_NODROP``: a full subscriber queue makes ``send_fused`` return False (counted) instead
-            of dropping that subscriber's copy silently; one stalled subscriber then holds frames back from all.
-        wait_ms: with ``nodrop``, how long ``send_fused`` may wait for room before it drops the frame: lossless
-            back-pressure for offline replay into a recorder. 0 = never wait (live).
-        frame_id: ``frame_id`` header field: the optical frame the fused image is registered to; empty = the
-            visible camera's (``vis.frame_id``).
-        curve_secret_file: CURVE encryption: a secret-key file made by ``zmq.auth.create_certificates``; subscribers
-            need the matching public key. Empty = plain TCP (keep the endpoint on loopback then).
-        encoding: what ``topic`` carries: ``raw`` pixels, ``jpeg`` (``jpeg_quality``) or ``h264`` (one frame per
-            message, no B-frames, a keyframe every ``h264_keyint`` frames) for consumers on other machines.
-        jpeg_quality: JPEG quality, 1..100.
-        h264_keyint: frames between H.264 keyframes (a new consumer waits for one), 1..600.
-        h264_crf: H.264 constant rate factor, 0 (lossless) .. 51 (smallest).
-        shm_slots: slots of the same-host shared-memory pool (one frame each; a frame is written there only while a
-            consumer on this host reads the pool); 0 = off. Off with ``wait_ms`` too: lossless back-pressure cannot
-            be promised through a pool whose writer never waits.
-        preview_width: width of the downscaled IR and visible previews, sent on their own topics only while a
-            subscriber asks for them (a viewer subscribes to ``preview/...``); 0 = never send previews.
-        wait_subscriber_s: an offline replay waits up to this long, before its first frame, for a subscriber of
-            ``topic``, which would otherwise miss the frames sent before its subscription arrived (ZeroMQ's slow
-            joiner: a recorder started with the replay); 0 = start at once. A live run never waits.
-    """
-
-    endpoint: str = "tcp://127.0.0.1:5555"
-    topic: str = "fused/rig0"
-    stats_topic: str = "stats/rig0"
-    sndhwm: int = 2
-    nodrop: bool = False
-    wait_ms: int = 0
-    frame_id: str = ""
-    curve_secret_file: str = ""
-    preview_width: int = 320
-    encoding: str = "raw"
-    jpeg_quality: int = 90
-    h264_keyint: int = 30
-    h264_crf: int = 23
-    shm_slots: int = 8
-    wait_subscriber_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        check(self.endpoint.split("://")[0] in ("tcp", "ipc", "inproc") and tcp_port_ok(self.endpoint, bind=True),
-              "endpoint", self.endpoint, "tcp://HOST:PORT (PORT 1..65535, or * for any free one) | ipc://PATH | "
-              "inproc://NAME")
-        check(bool(self.topic), "topic", self.topic, "a non-empty string, e.g. fused/rig0")
-        check(bool(self.stats_topic) and not self.stats_topic.startswith(self.topic) and
-              not self.topic.startswith(self.stats_topic), "stats_topic", self.stats_topic,
-              "a non-empty string that is not a prefix of topic (or the other way round)")
-        check(1 <= self.sndhwm <= 1000, "sndhwm", self.sndhwm, "1..1000")
-        check(self.wait_ms == 0 or (self.nodrop and 0 < self.wait_ms <= 60_000), "wait_ms", self.wait_ms,
-              "0, or 1..60000 with nodrop: true (without nodrop a full queue drops, it never waits)")
-        check(self.encoding in FORMATS[:3], "encoding", self.encoding, "raw | jpeg | h264")
-        check(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "1..100")
-        check(1 <= self.h264_keyint <= 600, "h264_keyint", self.h264_keyint, "1..600")
-        check(0 <= self.h264_crf <= 51, "h264_crf", self.h264_crf, "0..51")
-        check(0 <= self.shm_slots <= MAX_SLOTS, "shm_slots", self.shm_slots, f"0 (off) .. {MAX_SLOTS}")
-        check(not self.topic.startswith(SHM_TOPIC_PREFIX), "topic", self.topic, f"a topic not starting with "
-              f"{SHM_TOPIC_PREFIX} (reserved for shared-memory descriptors)")
-        check(0 <= self.wait_subscriber_s <= 3600, "wait_subscriber_s", self.wait_subscriber_s, "0 (off) .. 3600 s")
-        check(self.preview_width == 0 or 16 <= self.preview_width <= 4096, "preview_width", self.preview_width,
-              "0 (off) or 16..4096 pixels")
 
 
 class Publisher:
@@ -154,7 +81,10 @@ class Publisher:
             remove_stale_pools()  # pools of publishers that were killed before they could free them
         self._jpeg = JpegEncoder(cfg.jpeg_quality) if cfg.encoding == "jpeg" else None
         self._h264 = H264Encoder(cfg.h264_keyint, cfg.h264_crf) if cfg.encoding == "h264" else None
-        self._ctx = zmq.Context() if cfg.nodrop and not cfg.endpoint.startswith("inproc://") else None  # see close
+        # a context of its own: for nodrop, see close; for curve_clients_dir, its ZAP handler answers for the context
+        own = (cfg.nodrop and not cfg.endpoint.startswith("inproc://")) or cfg.curve_clients_dir
+        self._ctx = zmq.Context() if own else None
+        self._auth = None
         self._sock = (self._ctx or zmq.Context.instance()).socket(zmq.XPUB)
         try:
             self._sock.setsockopt(zmq.LINGER, 0)
@@ -165,7 +95,7 @@ class Publisher:
             # a subscription is a topic prefix; one of megabytes (a hostile or broken peer) cost the loop seconds in
             # libzmq's subscription trie, so a peer sending more than this is disconnected instead
             self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_SUBSCRIPTION)
-            bind(self._sock, cfg.endpoint, cfg.curve_secret_file)  # ZMQ_IPV6 for an IPv6 address too
+            self._auth = bind(self._sock, cfg.endpoint, cfg.curve_secret_file, cfg.curve_clients_dir)
         except zmq.ZMQError as exc:
             self.close()
             if exc.errno == errno.EADDRINUSE:
@@ -383,6 +313,8 @@ class Publisher:
     def close(self) -> None:
         """Close the socket (``nodrop``: after sending its queue, for up to ``wait_ms``) and free the shared memory."""
         self._sock.close(linger=self.cfg.wait_ms if self.cfg.nodrop else 0)  # live: queued frames are stale
+        if self._auth is not None:
+            self._auth.stop()
         if self._ctx is not None:  # ZeroMQ sends the queue from the context's thread: ending the context waits for it
             self._ctx.term()
         if self._pool is not None:

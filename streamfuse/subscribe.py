@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from streamfuse.atomic_write import write_png
-from streamfuse.cli.args import int_at_least, positive
+from streamfuse.cli.args import int_at_least, key_options, positive
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.errors import io_reason
 from streamfuse.signals import handled
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-timeout", type=positive(threading.TIMEOUT_MAX), default=60.0,
                         help="give up after S seconds without the first frame (a run started at the same time loads "
                              "its model and compiles its kernels first: 6-16 s on its first start)")
-    parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    key_options(parser)
     parser.add_argument("--max-frame-mb", type=positive(1e6), default=DEFAULT_MAX_FRAME_BYTES / 1e6,
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
     args = parser.parse_args(argv)
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         server_key = load_server_key(args.server_key)
         with handled(signal.default_int_handler, (signal.SIGTERM,)), \
                 Subscriber(args.endpoint, args.topic, timeout_s=args.timeout, latest=args.latest, server_key=server_key,
+                           client_key_file=args.client_key,
                            max_frame_bytes=max(1, round(args.max_frame_mb * 1e6)),
                            shm=False if args.no_shm else None) as sub:
             return _loop(sub, args)
@@ -155,7 +156,8 @@ def _why_silent(sub: Subscriber, server_key: str, malformed: int) -> str:
     given = server_key if Path(server_key).is_file() else "the --server-key given"
     if sub.handshake_failures and server_key:
         return (f"{sub.handshake_failures} CURVE handshakes failed: the publisher's public key differs from {given} "
-                f"(or it does not encrypt)")
+                f"(or it does not encrypt, or it lets in only the consumers' keys in its publish.curve_clients_dir: "
+                f"--client-key)")
     if sub.handshake_failures:
         return f"{sub.handshake_failures} handshakes failed: the publisher encrypts, give its key with --server-key"
     if server_key:

@@ -275,6 +275,44 @@ def test_curve_encryption(tmp_path: Path, rng: np.random.Generator) -> None:
         Publisher(PublishConfig(endpoint=ANY_PORT, curve_secret_file=str(tmp_path)))
 
 
+def test_curve_clients_dir_lets_in_only_the_consumers_it_holds(tmp_path: Path, rng: np.random.Generator) -> None:
+    # "ironhouse": with the publisher's public key alone anyone could subscribe
+    public_file, secret_file = zmq.auth.create_certificates(tmp_path, "rig0")
+    server_key = zmq.auth.load_certificate(public_file)[0].decode()
+    robot_public, robot_secret = zmq.auth.create_certificates(tmp_path, "robot")
+    _, stranger_secret = zmq.auth.create_certificates(tmp_path, "stranger")
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "robot.key").write_bytes(Path(robot_public).read_bytes())
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    cfg = PublishConfig(endpoint=ANY_PORT, curve_secret_file=str(secret_file),
+                        curve_clients_dir=str(tmp_path / "allowed"))
+    with Publisher(cfg) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, server_key=server_key, client_key_file=str(robot_secret),
+                       shm=False) as robot, \
+            Subscriber(pub.endpoint, timeout_s=0.05, server_key=server_key, client_key_file=str(stranger_secret),
+                       shm=False) as stranger, \
+            Subscriber(pub.endpoint, timeout_s=0.05, server_key=server_key, shm=False) as anyone:
+        connect(pub, robot, image)
+        for sub in (stranger, anyone):
+            wait_until(lambda sub=sub: sub.recv(0.05) is None and sub.handshake_failures > 0, "the refusal seen")
+        assert pub.send_fused(fused_frame(image))
+        np.testing.assert_array_equal(recv_seq(robot, pub.published - 1)[1], image)
+        assert stranger.recv() is None and anyone.recv() is None and robot.handshake_failures == 0
+
+
+def test_curve_clients_dir_that_lets_no_one_in_is_refused(tmp_path: Path) -> None:
+    _, secret_file = zmq.auth.create_certificates(tmp_path, "rig0")
+    with pytest.raises(ValueError, match="^curve_clients_dir='keys'.*with curve_secret_file set"):
+        PublishConfig(curve_clients_dir="keys")  # a client key is checked only by a publisher that encrypts
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("")
+    for folder, said in (("missing", "not found"), ("a_file", "not a folder"), ("empty", "holds no consumer's public")):
+        cfg = PublishConfig(endpoint=ANY_PORT, curve_secret_file=str(secret_file),
+                            curve_clients_dir=str(tmp_path / folder))
+        with pytest.raises((FileNotFoundError, ValueError), match=f"^publish.curve_clients_dir .*{folder} {said}"):
+            Publisher(cfg)
+
+
 @pytest.mark.parametrize(("endpoint", "encrypted", "warns"), [
     ("tcp://0.0.0.0:*", False, True), ("tcp://*:*", False, True), ("tcp://0.0.0.0:*", True, False),
     (ANY_PORT, False, False),

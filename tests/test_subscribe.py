@@ -236,6 +236,23 @@ def test_cli_curve_key_mismatch_says_so(key: str, tmp_path: Path, rng: np.random
         assert "the publisher encrypts, give its key with --server-key" in err[0]
 
 
+def test_cli_client_key_lets_a_consumer_the_publisher_knows_in(tmp_path: Path, rng: np.random.Generator,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    public, secret = zmq.auth.create_certificates(tmp_path, "rig0")
+    robot_public, robot_secret = zmq.auth.create_certificates(tmp_path, "robot")
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "robot.key").write_bytes(Path(robot_public).read_bytes())
+    with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), curve_secret_file=str(secret),
+                    curve_clients_dir=str(tmp_path / "allowed")) as pub:
+        assert main([pub.endpoint, "--server-key", str(public), "--client-key", str(robot_secret), "--count", "1"]) == 0
+        capsys.readouterr()
+        for given, said in (([str(public), str(robot_public)], f"client key file {robot_public} holds no secret key"),
+                            (["", str(robot_secret)], "is for a publisher that encrypts: give its server key too")):
+            assert main([pub.endpoint, "--server-key", given[0], "--client-key", given[1]]) == 2
+            [line] = capsys.readouterr().err.splitlines()
+            assert line.startswith("error: ") and said in line
+
+
 @pytest.mark.parametrize(("args", "said"), [
     (["--every", "0"], "--every: must be >= 1, got 0"), (["--count", "-1"], "--count: must be >= 0, got -1"),
     (["--max-frame-mb", "0"], "--max-frame-mb: must be a number in (0, 1e+06], got 0"),

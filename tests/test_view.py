@@ -303,7 +303,9 @@ def test_cli_bad_server_key_port_or_host_is_named(command, capsys, monkeypatch):
     monkeypatch.setattr(connection_watch, "NAME_WAIT_S", 0.05)  # the name is waited for this long, then named
     for args, said in ((["tcp://127.0.0.1:1", "--server-key", "short"], "40-character Z85 CURVE public key, got 5"),
                        (["tcp://127.0.0.1:70000"], "cannot connect to tcp://127.0.0.1:70000: its TCP port must be"),
-                       (["tcp://no-such-host.invalid:47001"], "the host name no-such-host.invalid does not resolve")):
+                       (["tcp://no-such-host.invalid:47001"], "the host name no-such-host.invalid does not resolve"),
+                       (["tcp://127.0.0.1:1", "--server-key", zmq.curve_keypair()[0].decode(), "--client-key",
+                         "robot.key_secret"], "client key file robot.key_secret does not exist")):
         assert cli([command, *args, "--port", "0"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err

@@ -1,5 +1,5 @@
-"""What the command-line tools share: argument types (argparse's one-line error then names the option), the data
-folder's default, and how a bad config is reported."""
+"""What the command-line tools share: argument types (argparse's one-line error then names the option), the
+consumers' CURVE key options, the data folder's default, and how a bad config is reported."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 
 from streamfuse.checks import ConfigError
 
-__all__ = ["int_at_least", "config_value", "seconds", "time_span", "positive", "data_dir", "config_error"]
+__all__ = ["int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
+           "config_error"]
 
 
 def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -86,6 +87,15 @@ def positive(maximum: float = math.inf) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def key_options(parser: argparse.ArgumentParser) -> None:
+    """A consumer's ``--server-key`` and ``--client-key`` (a publisher's ``curve_secret_file`` and
+    ``curve_clients_dir``)."""
+    parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    parser.add_argument("--client-key", default="", metavar="FILE",
+                        help="this consumer's .key_secret file, for a publisher that lets in only the keys in its "
+                             "publish.curve_clients_dir")
 
 
 def data_dir(beside: Path = Path("..")) -> Path:

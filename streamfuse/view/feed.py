@@ -46,6 +46,7 @@ class Feed:
         topic: fused topic (prefix) to show; the previews are on ``preview/ir/<topic>`` and ``preview/vis/<topic>``.
         stats_topic: stats topic (prefix).
         server_key: the publisher's CURVE public key (Z85) when it encrypts.
+        client_key_file: this consumer's ``.key_secret`` file, for a publisher with ``publish.curve_clients_dir``.
         quality: JPEG quality of the frames sent to the page (1..100).
         history: stats snapshots kept for the plots of a page that opens later.
         name_wait_s: how long a host name that does not resolve (yet) is looked up again before giving up, seconds;
@@ -57,8 +58,9 @@ class Feed:
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, server_key: str = "",
-                 quality: int = 80, history: int = 300, name_wait_s: float | None = None) -> None:
-        self.endpoint, self.server_key, self.quality = endpoint, server_key, quality
+                 client_key_file: str = "", quality: int = 80, history: int = 300,
+                 name_wait_s: float | None = None) -> None:
+        self.endpoint, self.keys, self.quality = endpoint, (server_key, client_key_file), quality
         self.topic = consumer_topic(topic)  # refused here, not when a page opens
         self.versions = dict.fromkeys((*KINDS, "stats"), 0)  # messages received per kind
         self.sent = 0  # messages handed to the pages' sockets
@@ -73,7 +75,7 @@ class Feed:
         self._closing = threading.Event()
         self._frames_stop: threading.Event | None = None
         self._threads: list[threading.Thread] = []
-        self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._closing, name_wait_s=name_wait_s)
+        self.stats_in = StatsMessages(endpoint, stats_topic, self.keys, self._closing, name_wait_s=name_wait_s)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start receiving stats; pages are woken on ``loop``."""
@@ -95,7 +97,8 @@ class Feed:
             self._frames_stop = threading.Event()
             for kind in KINDS:
                 topic = self.topic if kind == "fused" else preview_topic(self.topic, kind)
-                sub = Subscriber(self.endpoint, topic, timeout_s=_POLL_S, server_key=self.server_key)
+                sub = Subscriber(self.endpoint, topic, timeout_s=_POLL_S, server_key=self.keys[0],
+                                 client_key_file=self.keys[1])
                 self._spawn(self._read_frames, kind, sub, self._frames_stop)
         return changed
 
@@ -189,19 +192,20 @@ class StatsMessages:
     set, for one iteration on one thread, which closes the socket at the end (or :meth:`close`, never iterated).
     Malformed ones (also: more than ``_MAX_PLOT_STAGES`` stages or a stage name over ``_MAX_STAGE_NAME`` characters)
     are logged, counted in ``malformed`` and skipped; a connection that ZeroMQ dropped on a part over
-    ``_MAX_STATS_BYTES`` is restored and counted the same way. ``name_wait_s``: see :func:`connect_sub`.
+    ``_MAX_STATS_BYTES`` is restored and counted the same way. ``keys``: the publisher's CURVE public key and this
+    consumer's key file (each empty or as :func:`connect_sub` takes them); ``name_wait_s``: see :func:`connect_sub`.
 
     Raises:
         ValueError: the endpoint cannot be connected (its host name still does not resolve after ``name_wait_s``,
-            say), or a bad server key (one line).
+            say), or a bad server or client key (one line).
     """
 
-    def __init__(self, endpoint: str, topic: str, server_key: str, stop: threading.Event, *,
+    def __init__(self, endpoint: str, topic: str, keys: tuple[str, str], stop: threading.Event, *,
                  name_wait_s: float | None = None) -> None:
         # two-part messages, which ``Subscriber`` does not take: a SUB socket of its own
         self.sock, self.watch = connect_sub(endpoint, [topic.encode()], rcvhwm=_STATS_RCVHWM,
-                                            max_part_bytes=_MAX_STATS_BYTES, server_key=server_key,
-                                            name_wait_s=name_wait_s)
+                                            max_part_bytes=_MAX_STATS_BYTES, server_key=keys[0],
+                                            client_key_file=keys[1], name_wait_s=name_wait_s)
         self.endpoint, self.stop, self.malformed = endpoint, stop, 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from streamfuse import connection_watch
-from streamfuse.cli.args import int_at_least, seconds
+from streamfuse.cli.args import int_at_least, key_options, seconds
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
@@ -60,22 +60,23 @@ class Bridge:
         previews: also relay the IR and visible previews (the pipeline sends them only while someone asks).
         quality: JPEG quality.
         server_key: the publisher's CURVE public key (Z85) when it encrypts.
+        client_key_file: this consumer's ``.key_secret`` file, for a publisher with ``publish.curve_clients_dir``.
         name_wait_s: how long the pipeline's host name is looked up again while it does not resolve, seconds; None =
             ``connection_watch.NAME_WAIT_S``.
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, host: str = "127.0.0.1",
                  port: int = 8765, raw: bool = False, previews: bool = False, quality: int = 80,
-                 server_key: str = "", name_wait_s: float | None = None) -> None:
+                 server_key: str = "", client_key_file: str = "", name_wait_s: float | None = None) -> None:
         self.fox = _foxglove()
         topic = consumer_topic(topic)  # a shared-memory descriptor topic is refused here, not in start()
-        self.endpoint, self.raw, self.quality, self.server_key = endpoint, raw, quality, server_key
+        self.endpoint, self.raw, self.quality, self.keys = endpoint, raw, quality, (server_key, client_key_file)
         self.logged: dict[str, int] = {}  # messages logged per channel
         self.skipped = 0  # frames a Foxglove message cannot carry (see _message)
         self._skips: dict[str, int] = {}  # the same per kind of reason: only each kind's first is logged
         self._stop = threading.Event()
         # raises ValueError on a bad endpoint, or a host name that still does not resolve after name_wait_s
-        self.stats_in = StatsMessages(endpoint, stats_topic, server_key, self._stop, name_wait_s=name_wait_s)
+        self.stats_in = StatsMessages(endpoint, stats_topic, self.keys, self._stop, name_wait_s=name_wait_s)
         self._sources = {"/fused/image": topic}
         if previews:
             self._sources.update({f"/{s}/image": preview_topic(topic, s) for s in ("ir", "vis")})
@@ -100,7 +101,8 @@ class Bridge:
         stats = self.fox.Channel("/stats", message_encoding="json")
         self._spawn(self._relay_stats, stats)
         for name, topic in self._sources.items():
-            sub = Subscriber(self.endpoint, topic, timeout_s=0.1, latest=True, server_key=self.server_key)
+            sub = Subscriber(self.endpoint, topic, timeout_s=0.1, latest=True, server_key=self.keys[0],
+                             client_key_file=self.keys[1])
             self._spawn(self._relay_frames, sub, image_channel(name))
 
     def close(self) -> None:
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true", help="send foxglove.RawImage instead of JPEG")
     parser.add_argument("--previews", action="store_true", help="also relay the IR and visible previews")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80, help="JPEG quality (1..100)")
-    parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    key_options(parser)
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
                         "its pipeline's name exists waits for it; 0 = at once)")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
             bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,
                             previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key),
-                            name_wait_s=args.name_wait)
+                            client_key_file=args.client_key, name_wait_s=args.name_wait)
     except ValueError as exc:
         print(f"streamfuse foxglove: error: {exc}", file=sys.stderr)
         return 2

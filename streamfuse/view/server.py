@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from streamfuse import connection_watch
-from streamfuse.cli.args import int_at_least, positive, seconds
+from streamfuse.cli.args import int_at_least, key_options, positive, seconds
 from streamfuse.errors import io_reason
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80,
                         help="JPEG quality of the frames on the page (1..100)")
-    parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    key_options(parser)
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
                         "its pipeline's name exists waits for it; 0 = at once)")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
             feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=load_server_key(args.server_key),
-                        quality=args.quality, name_wait_s=args.name_wait)
+                        client_key_file=args.client_key, quality=args.quality, name_wait_s=args.name_wait)
     except ValueError as exc:
         print(f"streamfuse view: error: {exc}", file=sys.stderr)
         return 2
