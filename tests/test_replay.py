@@ -623,8 +623,8 @@ def test_publish_while_replaying(tmp_path, monkeypatch):
     class JoinedPublisher(streamfuse.publish.Publisher):
         """Binds a free port and has a subscriber receive from it before the replay sends its first frame."""
 
-        def __init__(self, cfg):
-            super().__init__(cfg)
+        def __init__(self, cfg, **kwargs):
+            super().__init__(cfg, **kwargs)
             sub = Subscriber(self.endpoint, timeout_s=PATIENCE_S, rcvhwm=100)
             connect(self, sub, np.zeros((48, 64, 3), np.uint8))
             joined.put((sub, self.published))  # the queue hands the socket over to the test thread
