@@ -35,6 +35,9 @@ __all__ = ["PublishConfig", "Publisher"]
 log = logging.getLogger(__name__)
 _SHM_PREFIX, _RING_PREFIX = SHM_TOPIC_PREFIX.encode(), RING_TOPIC_PREFIX.encode()
 _MAX_SUBSCRIPTION = 4096  # bytes of one message from a subscriber: a (un)subscription, its topic prefix
+# a consumer whose link died without closing (a viewer's laptop gone) is dropped after this long without a word from
+# it (ours send heartbeats each second), and its subscriptions with it: the previews it asked for stop
+_PEER_TIMEOUT_MS = 30_000
 _SUBS_PER_POLL = 256  # (un)subscriptions read a turn of the live loop: about a millisecond at most
 
 
@@ -95,6 +98,8 @@ class Publisher:
             # a subscription is a topic prefix; one of megabytes (a hostile or broken peer) cost the loop seconds in
             # libzmq's subscription trie, so a peer sending more than this is disconnected instead
             self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_SUBSCRIPTION)
+            self._sock.setsockopt(zmq.HEARTBEAT_IVL, _PEER_TIMEOUT_MS // 6)
+            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _PEER_TIMEOUT_MS)
             self._auth = bind(self._sock, cfg.endpoint, cfg.curve_secret_file, cfg.curve_clients_dir)
         except zmq.ZMQError as exc:
             self.close()

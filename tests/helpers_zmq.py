@@ -157,3 +157,44 @@ MALFORMED = {
     "timing_nan": (with_header(timings_ms={"fuse": float("nan")}), "timings_ms['fuse']=nan"),
     "timing_string": (with_header(timings_ms={"fuse": "1 ms"}), "timings_ms['fuse']='1 ms'"),
 }
+
+
+class SilentLink:
+    """A TCP relay to a loopback ``port`` whose connections made so far go silent on :meth:`cut`: bytes are taken and
+    dropped both ways, the sockets stay open (a link that died without closing: a power cut, a radio out of range);
+    connections made later relay again."""
+
+    def __init__(self, port: int) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port, self._target, self.accepted = self._listener.getsockname()[1], port, 0
+        self._cut: set[int] = set()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            self._sockets += [client, upstream]
+            link, self.accepted = self.accepted, self.accepted + 1
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(src, dst, link), daemon=True).start()
+
+    def _relay(self, src: socket.socket, dst: socket.socket, link: int) -> None:
+        try:
+            while data := src.recv(65536):
+                if link not in self._cut:
+                    dst.sendall(data)
+        except OSError:  # closed
+            pass
+
+    def cut(self) -> None:
+        self._cut.update(range(self.accepted))
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()

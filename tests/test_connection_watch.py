@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, free_port, has_ipv6_loopback, publishing,
-                         raw_connect, wait_until)
+                         raw_connect, wait_until, SilentLink)
 
 from streamfuse import connection_watch
 from streamfuse.client import Subscriber
@@ -200,47 +199,6 @@ def test_a_name_with_loopback_addresses_only_is_this_host(resolver) -> None:
     assert connection_watch.on_this_host("tcp://localhost:5555")
     assert not connection_watch.on_this_host("tcp://192.0.2.1:5555")
     assert not connection_watch.on_this_host("tcp://unlooked.test:5555")  # never looked up: another host's
-
-
-class SilentLink:
-    """A TCP relay to a loopback ``port`` whose connections made so far go silent on :meth:`cut`: bytes are taken and
-    dropped both ways, the sockets stay open (a link that died without closing: a power cut, a radio out of range);
-    connections made later relay again."""
-
-    def __init__(self, port: int) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port, self._target, self.accepted = self._listener.getsockname()[1], port, 0
-        self._cut: set[int] = set()
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:  # closed
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._target))
-            self._sockets += [client, upstream]
-            link, self.accepted = self.accepted, self.accepted + 1
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._relay, args=(src, dst, link), daemon=True).start()
-
-    def _relay(self, src: socket.socket, dst: socket.socket, link: int) -> None:
-        try:
-            while data := src.recv(65536):
-                if link not in self._cut:
-                    dst.sendall(data)
-        except OSError:  # closed
-            pass
-
-    def cut(self) -> None:
-        self._cut.update(range(self.accepted))
-
-    def close(self) -> None:
-        self._listener.close()
-        for sock in self._sockets:
-            sock.close()
 
 
 def test_a_link_that_goes_silent_is_made_again(rng: np.random.Generator) -> None:

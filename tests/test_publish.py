@@ -16,7 +16,7 @@ import pytest
 import zmq
 import zmq.auth
 from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_frame, good_parts, has_ipv6_loopback,
-                         publishing, recv_seq, wait_until, with_header)
+                         publishing, recv_seq, wait_until, with_header, SilentLink)
 
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
@@ -84,6 +84,26 @@ def test_fused_frames_are_in_the_visible_cameras_frame_and_each_preview_in_its_o
             pub.send_previews(fused_frame(image))
             preview = ir.recv()
     assert header["frame_id"] == fused_id and preview[0]["frame_id"] == "cam_thermal"
+
+
+def test_a_viewer_whose_link_went_silent_is_dropped_and_its_previews_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TCP never tells the publisher of a peer that vanished: the loop made and sent previews for it for ever
+    import streamfuse.publish
+
+    monkeypatch.setattr(streamfuse.publish, "_PEER_TIMEOUT_MS", 1200)  # 30 s in use
+    with Publisher(PublishConfig(endpoint=ANY_PORT, preview_width=32)) as pub:
+        link = SilentLink(int(pub.endpoint.rpartition(":")[2]))
+        viewer = zmq.Context.instance().socket(zmq.SUB)  # a plain peer: it sends no heartbeats of its own
+        try:
+            viewer.setsockopt(zmq.LINGER, 0)
+            viewer.setsockopt(zmq.SUBSCRIBE, preview_topic("fused/rig0", "ir").encode())
+            viewer.connect(f"tcp://127.0.0.1:{link.port}")
+            wait_until(pub.previews_wanted, "the preview subscription reached the publisher")
+            link.cut()
+            wait_until(lambda: not pub.previews_wanted(), "the silent viewer dropped")
+        finally:
+            viewer.close(linger=0)
+            link.close()
 
 
 def test_zero_copy_payload_is_the_exact_bytes(rng: np.random.Generator, raw_sub: zmq.Socket) -> None:
