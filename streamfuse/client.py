@@ -109,11 +109,9 @@ class Subscriber:
         self._watch.on_events()  # its descriptor fires only for events after an EVENTS that found none
         self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
         self._failure = ""  # latest mode: why the reader thread stopped, raised at the next recv()
-        self._cond, self._closing = threading.Condition(), threading.Event()
-        self._reader = None
+        self._cond, self._closing, self._reader = threading.Condition(), threading.Event(), None
         if latest:
-            # The socket is handed over to the reader thread here (start() is a full memory barrier, as ZeroMQ
-            # requires for moving a socket between threads); only that thread touches it from now on.
+            # the socket goes to the reader thread (start(): the memory barrier ZeroMQ needs), the only one using it
             self._reader = threading.Thread(target=self._read_forever, name=f"subscriber {endpoint}", daemon=True)
             self._reader.start()
 
@@ -231,6 +229,8 @@ class Subscriber:
             self._last_message = time.monotonic()
         elif not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
             self._subscribe_payload(True)  # the publisher may have restarted without shared memory
+        else:
+            self._watch.remake_if_silent(self._last_message)
         return bool(ready)
 
     def _restore(self) -> None:

@@ -27,14 +27,15 @@ from streamfuse.checks import tcp_port_ok
 from streamfuse.endpoints import is_ipv6, reachable_from_other_machines, tcp_host
 from streamfuse.errors import io_reason, one_line
 
-__all__ = ["ConnectionWatch", "connect_sub", "on_this_host", "NAME_WAIT_S", "HEARTBEAT_TIMEOUT_S"]
+__all__ = ["ConnectionWatch", "connect_sub", "on_this_host", "NAME_WAIT_S", "SILENT_S"]
 
 log = logging.getLogger(__name__)
 
-#: how long a consumer's connection may bring nothing at all, no frame and no heartbeat reply, before it is taken for
-#: dead and made again, seconds: a frame part must arrive within it too (a 640x480 raw frame over a 1.5 Mbit/s link)
-HEARTBEAT_TIMEOUT_S = 5.0
-_HEARTBEAT_IVL_MS = 1000  # a ping a second: its reply keeps a publisher with nothing to send alive
+#: how long a consumer's connection may bring nothing before it is made again, seconds: a link that died without
+#: closing (a publisher's power cut, a radio out of range) is never reported by TCP. A frame must arrive within it
+#: (a 640x480 raw frame over a 1.5 Mbit/s link). Not ZeroMQ's heartbeats: with a consumer behind on its frames they
+#: drop a live connection and then crash libzmq 4.3 ("Assertion failed: _input_stopped", libzmq issue 3937).
+SILENT_S = 5.0
 _RESTORE_AFTER_S = 0.5  # a connection dropped without libzmq's own retry is restored after this long
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -62,6 +63,7 @@ class ConnectionWatch:
         self.handshake_failures = 0
         self.dropped_at: float | None = None  # when the connection dropped with no retry (yet) from libzmq
         self._handshake_failed = False  # the current connection attempt failed its handshake
+        self._remade_at = 0.0  # when remake_if_silent last made the connection again
 
     def on_events(self) -> None:
         """Follow the connection's events: count failed handshakes, note a drop that libzmq will not retry."""
@@ -90,12 +92,27 @@ class ConnectionWatch:
         a failed handshake."""
         refused = not self._handshake_failed
         self.dropped_at, self._handshake_failed = None, False
+        self._reconnect()
+        return refused
+
+    def remake_if_silent(self, last_message: float) -> bool:
+        """Make the connection again when nothing has come for ``SILENT_S`` since ``last_message`` (``monotonic()``
+        seconds) nor since this last did so; returns whether it did. Only while the socket's queue is empty: ZeroMQ
+        is then reading the connection, which a new one replaces."""
+        now = time.monotonic()
+        if now - max(last_message, self._remade_at) < SILENT_S:
+            return False
+        log.info("nothing from %s for %g s: making the connection again", self._endpoint, SILENT_S)
+        self._remade_at = now
+        self._reconnect()
+        return True
+
+    def _reconnect(self) -> None:
         try:
             self._sock.disconnect(self._endpoint)
         except zmq.ZMQError:  # libzmq had already forgotten the endpoint
             pass
         self._sock.connect(self._endpoint)
-        return refused
 
     def close(self) -> None:
         """Stop monitoring and close the monitor's socket (linger 0)."""
@@ -140,10 +157,6 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
         sock.setsockopt(zmq.IPV6, int(ipv6))
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
         sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes)
-        # a link that dies without closing (a publisher's power cut, a radio out of range) is never told by TCP:
-        # ZeroMQ's heartbeat drops it once nothing, frames or replies, has come for HEARTBEAT_TIMEOUT_S, and reconnects
-        sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(HEARTBEAT_TIMEOUT_S * 1000))
         if server_key:
             sock.curve_serverkey = server_key.encode()
             sock.curve_publickey, sock.curve_secretkey = key_pair
