@@ -102,7 +102,8 @@ class ConnectionWatch:
         now = time.monotonic()
         if now - max(last_message, self._remade_at) < SILENT_S:
             return False
-        log.info("nothing from %s for %g s: making the connection again", self._endpoint, SILENT_S)
+        level = logging.INFO if self._remade_at < last_message else logging.DEBUG  # once a silence, not every 5 s
+        log.log(level, "nothing from %s for %g s: making the connection again", self._endpoint, SILENT_S)
         self._remade_at = now
         self._reconnect()
         return True
