@@ -54,7 +54,7 @@ class Subscriber:
             (``ipc://``, ``inproc://``, TCP to loopback or a name whose addresses all are). Until the first pool
             frame, and for good where the pool cannot be mapped (another host or user), frames come over ZeroMQ.
         copy: None: images stay as they are while held (a shared-memory frame copied out of the pool, about 0.02 ms a
-            VGA frame; a raw one a read-only view of its message); True: writable copies; False: a shared-memory
+            VGA frame; a raw one its own message's memory); True: copies; False: a shared-memory
             frame as a read-only view of the pool, intact only until the next :meth:`recv` (no copy).
         ring: once the pool is mapped, take its frames' descriptors from the pool's notification ring (a futex, no
             ZeroMQ thread) while it can be read here; False: always ZeroMQ descriptors.

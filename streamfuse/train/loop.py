@@ -226,10 +226,17 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
     """
     if math.isnan(ckpt_minutes) or ckpt_minutes < 0:
         raise ValueError(f"--ckpt-minutes {ckpt_minutes} is out of range; allowed: >= 0 (0: every step)")
-    # one run per --out: a second one started before the first's checkpoint would write over its weights; no folder
-    # above it yet, no run in it (a run without data leaves no folder behind)
-    with output_lock(out) if out.parent.is_dir() else contextlib.nullcontext():
-        return _train(data, out, setup, resume, ckpt_minutes, init)
+    # one run per --out: a second one started before the first's checkpoint would write over its weights. The lock
+    # sits in --out's folder, made for it where new (runs/a on a fresh checkout), and removed again if left empty
+    made = [folder for folder in reversed(out.parents) if not folder.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with output_lock(out):
+            return _train(data, out, setup, resume, ckpt_minutes, init)
+    finally:
+        for folder in reversed(made):  # a run that wrote nothing leaves no folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _train(data: Path, out: Path, setup: TrainSetup, resume: bool, ckpt_minutes: float, init: Path | None) -> Path:

@@ -190,6 +190,21 @@ def test_a_second_run_given_the_same_out_is_refused_while_the_first_runs(data, t
     assert (run / DEFAULT_WEIGHTS.name).is_file() and not list(tmp_path.glob(".run.lock"))
 
 
+def test_a_second_run_given_an_out_in_a_new_folder_is_refused_too(data, tmp_path, monkeypatch):
+    # the lock was taken only where --out's folder existed: runs/a on a fresh checkout was not locked
+    from streamfuse.output_lock import output_lock
+    from streamfuse.train import loop
+
+    def second_run(data, out, *rest):  # started while the first trains
+        with pytest.raises(FileExistsError, match="is being written by another run"), output_lock(out):
+            pass
+        return out
+
+    monkeypatch.setattr(loop, "_train", second_run)
+    train.main(["--data", str(data), "--out", str(tmp_path / "runs" / "a"), *TINY])
+    assert not (tmp_path / "runs").exists()  # made for the lock, left empty, removed again
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(data, tmp_path, monkeypatch, capsys):
     from streamfuse.train import loop
 
