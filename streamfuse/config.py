@@ -52,7 +52,8 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: Keys that name a file, a folder or a URL: ``${NAME}`` is an environment variable's value and a leading ``~`` a home
 #: folder, as in a shell (not a folder named ``~``).
 PATH_KEYS = {"ir": ("path", "palette"), "vis": ("path",), "hclfuse": ("weights",),
-             "publish": ("curve_secret_file", "curve_clients_dir"), "replay": ("out", "frames_dir"), "record": ("path",)}
+             "publish": ("curve_secret_file", "curve_clients_dir"), "replay": ("out", "frames_dir"),
+             "record": ("path",)}
 
 
 @dataclass(frozen=True)

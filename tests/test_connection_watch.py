@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, free_port, has_ipv6_loopback, publishing,
-                         raw_connect, wait_until, SilentLink)
+                         raw_connect, SilentLink)
 
 from streamfuse import connection_watch
 from streamfuse.client import Subscriber
