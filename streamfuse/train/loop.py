@@ -229,9 +229,10 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
     # one run per --out: a second one started before the first's checkpoint would write over its weights. The lock
     # sits in --out's folder, made for it where new (runs/a on a fresh checkout), and removed again if left empty
     made = [folder for folder in reversed(out.parents) if not folder.exists()]
-    try:
+    with contextlib.suppress(OSError):  # a file in the way, no permission: the run's own checks name it
         out.parent.mkdir(parents=True, exist_ok=True)
-        with output_lock(out):
+    try:
+        with output_lock(out) if out.parent.is_dir() else contextlib.nullcontext():
             return _train(data, out, setup, resume, ckpt_minutes, init)
     finally:
         for folder in reversed(made):  # a run that wrote nothing leaves no folder behind
