@@ -111,6 +111,7 @@ def test_make_demo_passes_its_options_to_the_run():
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
     args = ["DEMO_SECONDS=5", "DEMO_ARGS=--set publish.endpoint=tcp://127.0.0.1:6"]
-    shown = subprocess.run(["make", "-n", "demo", *args], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.splitlines()
-    assert shown[-1].endswith("run_stream.py --config demo --duration 5 --set publish.endpoint=tcp://127.0.0.1:6")
+    shown = subprocess.run(["make", "-n", "--no-print-directory", "demo", *args], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()  # under `make test` too (a sub-make)
+    [run] = [line for line in shown if "run_stream.py" in line]
+    assert run.endswith("run_stream.py --config demo --duration 5 --set publish.endpoint=tcp://127.0.0.1:6")
