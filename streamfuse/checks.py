@@ -88,8 +88,6 @@ _Loader.add_implicit_resolver(_FLOAT, re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-
 _Loader.add_constructor(_INT, _Loader.construct_yaml_int)
 
 
-
-
 class _Dumper(yaml.SafeDumper):
     """``yaml.SafeDumper`` that quotes text either reader would take for a number: this module's (``1e-3``) or
     PyYAML's own (``1:30``), so a written config reads back as it was whoever reads it."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["Frame", "FramePair", "FusedFrame"]
+__all__ = ["Frame", "FramePair", "FusedFrame", "optical_frame"]
 
 
 @dataclass
@@ -69,3 +69,8 @@ class FusedFrame:
     fuser_version: str
     t_fused_ns: int  # epoch ns when fusion finished
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def optical_frame(stream: str, frame_id: str = "") -> str:
+    """A stream's optical frame (ROS ``frame_id``): the one configured, else ``<stream>_optical_frame``."""
+    return frame_id or f"{stream}_optical_frame"

@@ -24,7 +24,7 @@ import zmq
 
 from streamfuse.codecs import H264Encoder, JpegEncoder
 from streamfuse.endpoints import bind, reachable_from_other_machines
-from streamfuse.frames import FusedFrame
+from streamfuse.frames import FusedFrame, optical_frame
 from streamfuse.publish_config import PublishConfig
 from streamfuse.shm_pool import PoolError, ShmPool, remove_stale_pools, shm_supported
 from streamfuse.wire import (PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA, HeaderEncoder,
@@ -35,8 +35,8 @@ __all__ = ["PublishConfig", "Publisher"]
 log = logging.getLogger(__name__)
 _SHM_PREFIX, _RING_PREFIX = SHM_TOPIC_PREFIX.encode(), RING_TOPIC_PREFIX.encode()
 _MAX_SUBSCRIPTION = 4096  # bytes of one message from a subscriber: a (un)subscription, its topic prefix
-# a consumer whose link died without closing (a viewer's laptop gone) is dropped after this long without a word from
-# it (ours send heartbeats each second), and its subscriptions with it: the previews it asked for stop
+# a consumer whose link died without closing (a viewer's laptop gone) is dropped after this long without answering
+# the publisher's pings, and its subscriptions with it: the previews it asked for stop
 _PEER_TIMEOUT_MS = 30_000
 _SUBS_PER_POLL = 256  # (un)subscriptions read a turn of the live loop: about a millisecond at most
 
@@ -62,7 +62,7 @@ class Publisher:
                  frame_ids: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         # the sources' optical frames (``ir.frame_id``, ``vis.frame_id``): the previews' and, unless told, the fused
-        ids = {s: (frame_ids or {}).get(s) or f"{s}_optical_frame" for s in ("ir", "vis")}
+        ids = {s: optical_frame(s, (frame_ids or {}).get(s, "")) for s in ("ir", "vis")}
         self.published = self.dropped = 0
         self._topic, self._stats_topic = cfg.topic.encode(), cfg.stats_topic.encode()
         self._stats_extra = stats_extra or {}

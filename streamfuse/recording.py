@@ -42,7 +42,7 @@ from mcap.writer import CompressionType, Writer
 from streamfuse.atomic_write import BackgroundSync, WriterThread, durable_replace, partial_path
 from streamfuse.checks import check
 from streamfuse.errors import io_reason
-from streamfuse.frames import Frame
+from streamfuse.frames import Frame, optical_frame
 
 __all__ = ["RecordConfig", "Recorder", "being_recorded", "encode_image", "TOPICS", "COUNTS_TOPIC", "IMAGE_SCHEMA_TEXT"]
 
@@ -151,7 +151,7 @@ class Recorder:
     def __init__(self, cfg: RecordConfig, frame_ids: dict[str, str] | None = None, queue_size: int = 64):
         self.path = Path(cfg.path)
         self._partial = partial_path(self.path)
-        self._frame_ids = {s: (frame_ids or {}).get(s) or f"{s}_optical_frame" for s in TOPICS}
+        self._frame_ids = {s: optical_frame(s, (frame_ids or {}).get(s, "")) for s in TOPICS}
         self.counts = {s: 0 for s in TOPICS}
         self.dropped = {s: 0 for s in TOPICS}  # frames the disk could not keep up with, or after a write error
         self.error: str | None = None  # why the recording stopped, once it has

@@ -216,7 +216,7 @@ def test_a_link_that_goes_silent_is_made_again(rng: np.random.Generator, latest:
         finally:
             link.close()
     assert frame is not None, "no frame after the link went silent"
-    assert link.accepted == 2  # through a connection made again
+    assert link.accepted >= 2  # through a connection made again
 
 
 def test_a_consumer_sends_no_zeromq_heartbeats() -> None:

@@ -26,7 +26,7 @@ from streamfuse.capture import palette
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check, shown
 from streamfuse.errors import redact
-from streamfuse.frames import Frame
+from streamfuse.frames import Frame, optical_frame
 from streamfuse.registry import available, build
 
 __all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "open_source"]
@@ -178,7 +178,7 @@ class BaseSource:
 
     def __init__(self, section: str, cfg: SourceConfig) -> None:
         self.section, self.cfg = section, cfg
-        self.frame_id = cfg.frame_id or f"{section}_optical_frame"
+        self.frame_id = optical_frame(section, cfg.frame_id)
         self.stop_event: Any = None  # Event-like (``wait(s)``) from the producer: pacing sleeps end on stop
         self._is_ir = section == "ir"
         self._depth = To8Bit(self._is_ir)  # 16-bit frames: IR by the sequence's held range (streamfuse.bitdepth)
