@@ -14,6 +14,7 @@ import logging
 import select
 import threading
 import time
+import weakref
 from typing import Any, Iterator
 
 import numpy as np
@@ -22,9 +23,10 @@ import zmq
 from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
 from streamfuse.connection_watch import connect_sub, on_this_host
 from streamfuse.pool_ring import RingError
+from streamfuse.pool_view import PoolView
 from streamfuse.ring_cursor import RingCursor
 from streamfuse.seq_count import SeqCounter
-from streamfuse.shm_pool import NotAPool, PoolError, PoolReader, ring_supported, shm_supported
+from streamfuse.shm_pool import NotAPool, PoolError, ring_supported, shm_supported
 from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, consumer_topic, decode_header, raw_image,
                              ring_topic, shm_topic)
 
@@ -91,8 +93,7 @@ class Subscriber:
         self._ring: RingCursor | None = None  # set while descriptors come from the mapped pool's ring
         self._payload_on = True  # subscribed to the ZeroMQ payload (off while shared memory delivers)
         self._last_message = time.monotonic()
-        self._pool: PoolReader | None = None
-        self._pool_lock = threading.Lock()  # latest mode: the reader thread maps pools, the caller reads them
+        self._pools = PoolView()
         self._jpeg, self._h264, self._seq = JpegDecoder(), H264Decoder(), SeqCounter(endpoint)
         wanted = (lambda: (on_this_host(endpoint) if shm is None else shm) and shm_supported())
         self._shm = early = wanted()  # an address: now, both topics going with the connection; a name: below
@@ -110,9 +111,14 @@ class Subscriber:
         self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
         self._failure = ""  # latest mode: why the reader thread stopped, raised at the next recv()
         self._cond, self._closing, self._reader = threading.Condition(), threading.Event(), None
+        # a Subscriber dropped without close() closes its sockets when collected (not at exit: a reader may run)
+        self._close_links = weakref.finalize(self, self._watch.close)
+        self._close_links.atexit = False
         if latest:
-            # the socket goes to the reader thread (start(): the memory barrier ZeroMQ needs), the only one using it
-            self._reader = threading.Thread(target=self._read_forever, name=f"subscriber {endpoint}", daemon=True)
+            # the socket goes to the reader thread (start(): the memory barrier ZeroMQ needs), the only one using it;
+            # the thread holds the Subscriber weakly, so that one dropped without close() is collected
+            self._reader = threading.Thread(target=_read_forever, args=(weakref.ref(self),),
+                                            name=f"subscriber {endpoint}", daemon=True)
             self._reader.start()
 
     def recv(self, timeout_s: float | None = None) -> tuple[dict[str, Any], np.ndarray] | None:
@@ -196,7 +202,7 @@ class Subscriber:
         pool for us), then stop the ZeroMQ descriptors."""
         self._sock.setsockopt(zmq.SUBSCRIBE, self._ring_topic)
         self._sock.setsockopt(zmq.UNSUBSCRIBE, self._shm_topic)
-        self._ring = RingCursor(self._pool, self._shm_topic, self.latest)
+        self._ring = RingCursor(self._pools.reader, self._shm_topic, self.latest)
 
     def _leave_ring(self, why: str) -> None:
         """Back to the ZeroMQ descriptors (and payload) until a descriptor names a pool again."""
@@ -245,23 +251,24 @@ class Subscriber:
             self._sock.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, self._topic)
             self._payload_on = on
 
-    def _read_forever(self) -> None:
-        """Latest mode's reader thread: keep only the newest frame until close(); a failure goes to the consumer."""
+    def _read_newest(self) -> bool:
+        """Latest mode's reader thread: keep the next frame if one comes; False once closing, or after an unexpected
+        failure, which goes to the consumer."""
+        if self._closing.is_set():
+            return False
         try:
-            while not self._closing.is_set():
-                frame = self._next(_POLL_S)
-                if frame is None:
-                    continue
-                with self._cond:
-                    self.discarded += self._newest is not None
-                    self._newest = frame
-                    self._cond.notify()
+            frame = self._next(_POLL_S)
         except Exception as exc:  # noqa: BLE001 - whatever it is, the consumer must hear of it, not wait forever
             with self._cond:
                 self._failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 self._cond.notify()
-        finally:
-            self._close_sockets()
+            return False
+        if frame is not None:
+            with self._cond:
+                self.discarded += self._newest is not None
+                self._newest = frame
+                self._cond.notify()
+        return True
 
     def _read(self) -> tuple[dict[str, Any], Any] | None:
         """Socket owner: one message as ``(header, payload)`` (h264: decoded here, in order), or None when it was
@@ -274,7 +281,7 @@ class Subscriber:
                 return None  # fell back: the payload message of this seq follows
             if not self._new_seq(header):
                 return None
-            if header["format"] == "shm" and self._ring_on and self._pool.ring is not None:
+            if header["format"] == "shm" and self._ring_on and self._pools.reader.ring is not None:
                 self._enter_ring()
             if header["format"] != "h264":
                 return header, parts[2]
@@ -316,33 +323,25 @@ class Subscriber:
 
     def _map_pool(self, name: str) -> bool:
         """Socket owner: have pool ``name`` mapped and the payload unsubscribed; on failure fall back for good."""
-        if self._pool is None or self._pool.name != name:
-            try:
-                pool = PoolReader(name)
-            except NotAPool as exc:  # a forged message: skipped, shared memory stays on for the real pool's
-                raise MalformedMessage(str(exc)) from None
-            except PoolError as exc:
-                log.warning("shared memory of %s unavailable (%s): taking the ZeroMQ stream", self.endpoint, exc)
-                self._shm = False
-                self._sock.setsockopt(zmq.UNSUBSCRIBE, self._shm_topic)
-                self._subscribe_payload(True)
-                return False
-            with self._pool_lock:
-                old, self._pool = self._pool, pool
-            if old is not None:
-                old.close()
+        try:
+            self._pools.map(name)
+        except NotAPool as exc:  # a forged message: skipped, shared memory stays on for the real pool's
+            raise MalformedMessage(str(exc)) from None
+        except PoolError as exc:
+            log.warning("shared memory of %s unavailable (%s): taking the ZeroMQ stream", self.endpoint, exc)
+            self._shm = False
+            self._sock.setsockopt(zmq.UNSUBSCRIBE, self._shm_topic)
+            self._subscribe_payload(True)
+            return False
         self._subscribe_payload(False)
         return True
 
     def _take(self, header: dict[str, Any], payload: Any) -> tuple[dict[str, Any], np.ndarray] | None:
         """Consumer: the image of a message (shared memory read here, so a view is held by the caller's thread);
         None when it is gone (counted in ``missed``) or does not decode (``malformed``)."""
-        fmt = header["format"]
-        with self._pool_lock:
-            if fmt != "shm" and self._pool is not None:
-                self._pool.release()
-            if fmt == "shm":
-                return self._take_shm(header)
+        if (fmt := header["format"]) == "shm":
+            return self._take_shm(header)
+        self._pools.release()
         try:
             if fmt == "jpeg":
                 return header, self._jpeg.decode(payload.buffer, header["height"], header["width"],
@@ -354,22 +353,17 @@ class Subscriber:
         return header, image.copy() if self.copy and fmt == "raw" else image
 
     def _take_shm(self, header: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray] | None:
-        """Pool lock held: the frame of a shared-memory message, or None when it was overwritten since."""
-        if self._pool is None or self._pool.name != header["shm_pool"]:
-            self.missed += 1
-            return None
+        """The frame of a shared-memory message, or None when it was overwritten since (or its pool replaced)."""
         try:
-            flat = self._pool.read(header["shm_slot"], header["shm_gen"], header["height"] * header["step"],
-                                   copy=self.copy is not False)
+            image = self._pools.frame(header, copy=self.copy is not False)
         except PoolError as exc:
             self._skip(exc)
             return None
-        if flat is None:  # overwritten before we got to it: never returned torn
+        if image is None:  # never returned torn
             self.missed += 1
             return None
         self.via_shm += 1
-        channels = ENCODINGS[header["encoding"]]  # shared-memory rows have no padding (step == width * channels)
-        return header, flat.reshape((header["height"], header["width"], channels)[: 2 if channels == 1 else 3])
+        return header, image
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
         """Frames until one :meth:`recv` times out."""
@@ -381,20 +375,19 @@ class Subscriber:
         if self._closing.is_set():
             return
         self._closing.set()
-        if self._reader is None:
-            self._close_sockets()
-        else:
-            self._reader.join()
-
-    def _close_sockets(self) -> None:
-        self._watch.close()
-        self._sock.close(linger=0)
-        with self._pool_lock:
-            if self._pool is not None:
-                self._pool.close()
+        if self._reader is not None:
+            self._reader.join()  # the sockets' owner until it ends
+        self._close_links()
+        self._pools.close()
 
     def __enter__(self) -> Subscriber:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_forever(ref: weakref.ReferenceType[Subscriber]) -> None:
+    """Latest mode's reader thread, holding its Subscriber only while reading (until close() or it is dropped)."""
+    while (sub := ref()) is not None and sub._read_newest():
+        del sub

@@ -116,16 +116,17 @@ class ConnectionWatch:
         self._sock.connect(self._endpoint)
 
     def close(self) -> None:
-        """Stop monitoring and close the monitor's socket (linger 0)."""
+        """Stop monitoring, close the monitor's socket, then the watched one (linger 0)."""
         self._sock.disable_monitor()
         self._monitor.close(linger=0)
+        self._sock.close(linger=0)
 
 
 def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part_bytes: int, server_key: str = "",
                 client_key_file: str = "", name_wait_s: float | None = None) -> tuple[zmq.Socket, ConnectionWatch]:
     """A SUB socket connected to ``endpoint`` (linger 0), subscribed to ``topics``, and the watch of its connection
-    (monitoring from before the connect, so that no event is missed). ``ZMQ_IPV6`` is set for an IPv6 address, or a
-    host name with IPv6 addresses only.
+    (monitoring from before the connect, so that no event is missed; closing the watch closes the socket).
+    ``ZMQ_IPV6`` is set for an IPv6 address, or a host name with IPv6 addresses only.
 
     Args:
         rcvhwm: messages queued on this side before ZeroMQ stops reading from the network.
@@ -166,9 +167,10 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
         watch = ConnectionWatch(sock, endpoint)
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
-        if watch is not None:
+        if watch is None:
+            sock.close(linger=0)
+        else:
             watch.close()
-        sock.close(linger=0)
         raise ValueError(f"cannot connect to {endpoint}: {exc}") from None
     return sock, watch
 

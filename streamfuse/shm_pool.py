@@ -129,6 +129,7 @@ class _Mapping:
         # MAP_POPULATE: page faults now, not ~2 us per 4 KiB page on the first frame through each slot
         self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                             prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+        self._close_fd = weakref.finalize(self, os.close, fd)  # mapped: ours, closed even if dropped without close()
         self.hdr = np.ndarray((_H_LEN_V1,), "<i8", self.mm)
         self.meta: np.ndarray | None = None
 
@@ -138,7 +139,7 @@ class _Mapping:
             self.mm.close()
         except BufferError:  # a consumer still holds a frame view; the mapping goes when the view does
             pass
-        os.close(self.fd)
+        self._close_fd()
 
 
 class ShmPool:
@@ -267,13 +268,17 @@ def _unlink(path: Path) -> None:
 
 def _map_pool(fd: int, name: str) -> _Mapping:
     """Map ``fd`` read-only after checking that its size and header describe a pool, version 1 or 2 (nothing else
-    is trusted)."""
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise NotAPool(f"shared memory {name} is not a streamfuse pool (not a regular file)")
-    if not 8 * _H_LEN <= info.st_size <= _MAX_POOL_BYTES:
-        raise NotAPool(f"shared memory {name} is not a streamfuse pool (size {info.st_size})")
-    mapping = _Mapping(fd, info.st_size, writable=False)
+    is trusted); ``fd`` is closed when it is not one."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotAPool(f"shared memory {name} is not a streamfuse pool (not a regular file)")
+        if not 8 * _H_LEN <= info.st_size <= _MAX_POOL_BYTES:
+            raise NotAPool(f"shared memory {name} is not a streamfuse pool (size {info.st_size})")
+        mapping = _Mapping(fd, info.st_size, writable=False)
+    except BaseException:
+        os.close(fd)
+        raise
     if int(mapping.hdr[_H_MAGIC]) == _MAGIC:
         mapping.hdr = np.ndarray((_H_LEN,), "<i8", mapping.mm)
     words = [int(v) for v in mapping.hdr]
@@ -284,8 +289,7 @@ def _map_pool(fd: int, name: str) -> _Mapping:
         valid = (offset == data and offset + slots * slot_bytes == info.st_size
                  and (magic == _MAGIC_V1 or words[_H_LEN_V1:] == [ring, entries, ENTRY_BYTES]))
     if not valid:
-        mapping.hdr = None
-        mapping.mm.close()
+        mapping.close()
         raise NotAPool(f"shared memory {name} is not a streamfuse pool (bad header)")
     return mapping
 
@@ -312,11 +316,7 @@ class PoolReader:
             fd = os.open(SHM_DIR / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise PoolError(f"cannot open shared memory {name}: {exc.strerror}") from None
-        try:
-            self._m = _map_pool(fd, name)
-        except BaseException:
-            os.close(fd)
-            raise
+        self._m = _map_pool(fd, name)
         hdr = self._m.hdr
         self.slots, self.slot_bytes, self._offset = int(hdr[_H_SLOTS]), int(hdr[_H_SLOT_BYTES]), int(hdr[_H_DATA])
         self._m.meta = np.ndarray((self.slots, _M_LEN), "<i8", self._m.mm, offset=8 * len(hdr))

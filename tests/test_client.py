@@ -6,6 +6,7 @@ value) with a generous timeout, so a loaded machine makes them slower, never red
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -80,6 +81,35 @@ def test_a_closed_subscriber_says_so_and_closes_again_quietly(latest: bool) -> N
     sub.close()
     with pytest.raises(RuntimeError, match=f"^subscriber {re.escape(NOBODY)} is closed$"):
         sub.recv()
+
+
+@pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_a_subscriber_dropped_without_close_gives_back_its_thread_sockets_and_pool(latest: bool,
+                                                                                     rng: np.random.Generator) -> None:
+    # latest mode's reader thread held a dropped Subscriber for good (its thread, sockets and pool until the process
+    # ended); in either mode the connection's monitor socket and the pool's file descriptor stayed open
+    def pool_fds(name: str) -> int:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # closed meanwhile
+                pass
+        return links.count(str(SHM_DIR / name))
+
+    with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub:
+        sub = Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest)
+        wait_until(lambda s=sub: s.recv(0.05) is not None and s.via_shm > 0, "a frame from shared memory")
+        pool, reader, sockets = sub._pools.reader.name, sub._reader, (sub._sock, sub._watch._monitor)
+        assert pool_fds(pool) == 4  # the publisher's and the subscriber's: each a descriptor and its mapping's
+        del sub
+        gc.collect()
+        if reader is not None:
+            reader.join(PATIENCE_S)
+            assert not reader.is_alive()
+        assert all(sock.closed for sock in sockets)
+        wait_until(lambda: pool_fds(pool) == 2, "the subscriber's pool descriptors closed")
 
 
 def test_latest_returns_the_newest_frame(rng: np.random.Generator) -> None:

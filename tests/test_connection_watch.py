@@ -128,7 +128,6 @@ def test_ipv6_is_set_for_an_ipv6_address_or_a_name_with_ipv6_addresses_only(reso
             assert sock.getsockopt(zmq.IPV6) == ipv6, (host, answer)
         finally:
             watch.close()
-            sock.close(linger=0)
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
@@ -192,7 +191,6 @@ def test_a_name_with_loopback_addresses_only_is_this_host(resolver) -> None:
         connection_watch._resolved.clear()
         sock, watch = connection_watch.connect_sub(f"tcp://pub.test:{port}", [b""], rcvhwm=2, max_part_bytes=1024)
         watch.close()
-        sock.close(linger=0)
         assert connection_watch.on_this_host(f"tcp://pub.test:{port}") == here, answer
     connection_watch._resolved.clear()  # judged without a lookup: literal addresses, localhost, other transports
     assert connection_watch.on_this_host("tcp://[::1]:5555") and connection_watch.on_this_host("ipc:///tmp/s")
@@ -227,4 +225,3 @@ def test_a_consumer_sends_no_zeromq_heartbeats() -> None:
         assert sock.getsockopt(zmq.HEARTBEAT_IVL) == 0
     finally:
         watch.close()
-        sock.close(linger=0)

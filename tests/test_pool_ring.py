@@ -83,12 +83,12 @@ def test_a_bigger_pool_and_a_new_publisher_take_the_reader_back_through_zeromq()
         _until_ring(sub, pub, 1)
         small = pub.shm_pool
         _until_ring(sub, pub, 2, (96, 128, 3))  # bigger frames: a new pool, the old one given up
-        assert pub.shm_pool != small and sub._pool.name == pub.shm_pool
+        assert pub.shm_pool != small and sub._pools.reader.name == pub.shm_pool
     try:
         wait_until(lambda: sub.recv(0.05) is None and not sub.on_ring, "the closed pool noticed")
         with Publisher(PublishConfig(endpoint=endpoint, shm_slots=4)) as again:  # same port, new process-local pool
             _until_ring(sub, again, 3)
-            assert sub.on_ring and sub._pool.name == again.shm_pool
+            assert sub.on_ring and sub._pools.reader.name == again.shm_pool
     finally:
         sub.close()
 

@@ -218,7 +218,7 @@ def test_falls_back_to_the_payload_when_the_pool_cannot_be_mapped(monkeypatch: p
     def refuse(name: str) -> None:
         raise PoolError(f"cannot open shared memory {name}: Permission denied")
 
-    monkeypatch.setattr("streamfuse.client.PoolReader", refuse)
+    monkeypatch.setattr("streamfuse.pool_view.PoolReader", refuse)
     image = _uniform(7)
     with caplog.at_level(logging.WARNING), publishing(image, encoding="jpeg") as pub, \
             Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:

@@ -236,7 +236,6 @@ class StatsMessages:
     def close(self) -> None:
         """Close the socket and its watch (linger 0)."""
         self.watch.close()
-        self.sock.close(linger=0)
 
 
 def _check_stages(stats: dict[str, Any]) -> dict[str, Any]:
