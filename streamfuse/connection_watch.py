@@ -95,15 +95,15 @@ class ConnectionWatch:
         self._reconnect()
         return refused
 
-    def remake_if_silent(self, last_message: float) -> bool:
-        """Make the connection again when nothing has come for ``SILENT_S`` since ``last_message`` (``monotonic()``
+    def remake_if_silent(self, last_message: float, silent_s: float = SILENT_S) -> bool:
+        """Make the connection again when nothing has come for ``silent_s`` since ``last_message`` (``monotonic()``
         seconds) nor since this last did so; returns whether it did. Only while the socket's queue is empty: ZeroMQ
         is then reading the connection, which a new one replaces."""
         now = time.monotonic()
-        if now - max(last_message, self._remade_at) < SILENT_S:
+        if now - max(last_message, self._remade_at) < silent_s:
             return False
-        level = logging.INFO if self._remade_at < last_message else logging.DEBUG  # once a silence, not every 5 s
-        log.log(level, "nothing from %s for %g s: making the connection again", self._endpoint, SILENT_S)
+        level = logging.INFO if self._remade_at < last_message else logging.DEBUG  # once a silence, not every time
+        log.log(level, "nothing from %s for %g s: making the connection again", self._endpoint, silent_s)
         self._remade_at = now
         self._reconnect()
         return True

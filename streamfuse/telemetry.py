@@ -76,8 +76,8 @@ class Telemetry:
             stages[stage] = {"median_ms": round(float(np.median(arr)), 3),
                              "p99_ms": round(float(np.percentile(arr, 99)), 3),
                              "min_ms": round(float(arr.min()), 3), "n": len(arr)}
-        return {"uptime_s": round(now - self._t_start, 3), "rate_fps": round(rate, 2),
-                "mean_rate_fps": round(done / max(now - self._t_start, 1e-9), 2),
+        return {"uptime_s": round(now - self._t_start, 3), "interval_s": self.cfg.interval_s,
+                "rate_fps": round(rate, 2), "mean_rate_fps": round(done / max(now - self._t_start, 1e-9), 2),
                 "stages": stages, "counters": dict(self._counts)}
 
 

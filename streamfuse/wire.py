@@ -314,7 +314,7 @@ def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     """Validate and decode one ``[stats_topic, JSON]`` message.
 
     What consumers compute with is checked where present: ``t_ns`` an int of epoch ns (0..2^63-1), ``uptime_s``,
-    ``rate_fps`` and ``mean_rate_fps`` numbers, ``stages`` an object of objects of numbers (``median_ms``, ...),
+    ``interval_s``, ``rate_fps`` and ``mean_rate_fps`` numbers, ``stages`` an object of objects of numbers (``median_ms``, ...),
     ``counters`` an object of numbers; any other field passes, but no number anywhere may be NaN or infinite.
 
     Raises:
@@ -333,7 +333,7 @@ def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
         raise MalformedMessage(f"stats field stages={_clip.repr(stages)} is not an object of objects")
     if not isinstance(counters, dict):
         raise MalformedMessage(f"stats field counters={_clip.repr(counters)} is not an object")
-    numbers = [(key, stats[key]) for key in ("uptime_s", "rate_fps", "mean_rate_fps") if key in stats]
+    numbers = [(key, stats[key]) for key in ("uptime_s", "interval_s", "rate_fps", "mean_rate_fps") if key in stats]
     numbers += [(f"counters[{_clip.repr(key)}]", value) for key, value in counters.items()]
     numbers += [(f"stages[{_clip.repr(name)}][{_clip.repr(key)}]", value) for name, stage in stages.items()
                 for key, value in stage.items()]

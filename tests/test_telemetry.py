@@ -16,6 +16,7 @@ def test_snapshot_percentiles_and_counters():
     assert fuse["median_ms"] == pytest.approx(150.5)
     assert 199.0 <= fuse["p99_ms"] <= 200.0
     assert snap["counters"] == {"published": 5, "dropped.ir": 3}
+    assert snap["interval_s"] == 5.0  # how often stats come: a consumer's stats link is silent after two of these
     assert "fuse=150.5/" in format_stats(snap) and "dropped.ir=3" in format_stats(snap)
 
 

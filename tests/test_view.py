@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, wait_until
+from helpers_zmq import ANY_PORT, PATIENCE_S, SilentLink, connect, fused_frame, wait_until
 
 from streamfuse import connection_watch
 from streamfuse.cli import main as cli
@@ -167,22 +167,27 @@ def _stats_consumer(consumer: str) -> Iterator[tuple[zmq.Socket, Any, Callable[[
     sock.bind(ANY_PORT)
     endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     loop = asyncio.new_event_loop()  # never run: the feed only queues its page wake-ups on it
-    if consumer == "view":
-        reader = Feed(endpoint, "fused/t", "stats/t")
-        reader.start(loop)
-        passed_on = lambda: reader.versions["stats"]  # noqa: E731
-    else:
-        from streamfuse.view.foxglove_bridge import Bridge
-
-        reader = Bridge(endpoint, "fused/t", "stats/t", port=0)
-        reader.start()
-        passed_on = lambda: reader.logged.get("/stats", 0)  # noqa: E731
+    reader, passed_on = _stats_reader(consumer, endpoint, loop)
     try:
         yield sock, reader, passed_on
     finally:
         reader.close()
         sock.close(linger=0)
         loop.close()
+
+
+def _stats_reader(consumer: str, endpoint: str, loop: asyncio.AbstractEventLoop) -> tuple[Any, Callable[[], int]]:
+    """A started view feed or Foxglove bridge reading stats on ``stats/t`` from ``endpoint``, and the count of stats
+    messages it passed on."""
+    if consumer == "view":
+        reader = Feed(endpoint, "fused/t", "stats/t")
+        reader.start(loop)
+        return reader, lambda: reader.versions["stats"]
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    reader = Bridge(endpoint, "fused/t", "stats/t", port=0)
+    reader.start()
+    return reader, lambda: reader.logged.get("/stats", 0)
 
 
 def _stats(**fields: object) -> bytes:
@@ -216,6 +221,33 @@ def test_stats_go_on_after_a_part_over_the_limit(consumer):
         wait_until(lambda: reader.stats_in.malformed, "the oversized part refused")
         seen = passed_on()
         wait_until(lambda: sock.send_multipart([b"stats/t", _stats()]) or passed_on() > seen, "stats after it")
+
+
+@pytest.mark.parametrize("consumer", ["view", "foxglove"])
+def test_stats_go_on_after_the_link_went_silent(consumer):
+    # TCP never reports a link whose peer vanished without a word: the frames' subscribers made their connections
+    # again, the stats socket waited on its dead one for good
+    if consumer == "foxglove":
+        pytest.importorskip("foxglove")
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(ANY_PORT)
+    link = SilentLink(int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rpartition(":")[2]))
+    loop = asyncio.new_event_loop()
+    reader, passed_on = _stats_reader(consumer, f"tcp://127.0.0.1:{link.port}", loop)
+    send = lambda: sock.send_multipart([b"stats/t", _stats(interval_s=0.01)])  # noqa: E731 - every 10 ms in waits
+    try:
+        wait_until(lambda: send() or passed_on(), "stats arrive")
+        link.cut()
+        cut = link.accepted
+        wait_until(lambda: send() or link.accepted > cut, "a connection made again")
+        seen = passed_on()
+        wait_until(lambda: send() or passed_on() > seen, "stats through the new connection")
+    finally:
+        reader.close()
+        link.close()
+        sock.close(linger=0)
+        loop.close()
 
 
 def test_stats_with_too_many_stages_or_long_stage_names_are_skipped():

@@ -65,7 +65,8 @@ def _stats(body: str) -> list[bytes]:
 
 
 def test_a_telemetry_snapshot_decodes() -> None:
-    stats = decode_stats(_stats('"t_ns": 1700000000000000000, "uptime_s": 2.5, "rate_fps": 25, "mean_rate_fps": 24.9, '
+    stats = decode_stats(_stats('"t_ns": 1700000000000000000, "uptime_s": 2.5, "interval_s": 5.0, "rate_fps": 25, '
+                                '"mean_rate_fps": 24.9, '
                                 '"stages": {"fuse": {"median_ms": 1.0, "p99_ms": 2.0, "min_ms": 0.5, "n": 30}}, '
                                 '"counters": {"published": 60, "dropped.ir": 0}, "fuser": {"name": "max"}'))
     assert stats["stages"]["fuse"]["p99_ms"] == 2.0 and stats["counters"]["published"] == 60
@@ -85,6 +86,7 @@ def test_a_telemetry_snapshot_decodes() -> None:
     ('"rate_fps": Infinity', "stats field rate_fps=inf is not a finite number"),
     ('"uptime_s": 1e999', "stats field uptime_s=inf"),
     ('"mean_rate_fps": {}', "stats field mean_rate_fps={} is not a finite number"),
+    ('"interval_s": "5 s"', "stats field interval_s='5 s' is not a finite number"),
     ('"fuser": {"steps": [NaN]}', "stats hold NaN or an infinite number"),
     ('"x": ' + "[" * 500 + "]" * 500, "stats are nested more than 8 deep"),
 ])

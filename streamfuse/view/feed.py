@@ -23,7 +23,8 @@ import numpy as np
 
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
-from streamfuse.connection_watch import connect_sub
+from streamfuse.connection_watch import SILENT_S, connect_sub
+from streamfuse.telemetry import TelemetryConfig
 from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, consumer_topic, decode_stats, preview_topic
 
 __all__ = ["Feed", "KINDS", "pack", "unpack", "StatsMessages"]
@@ -192,8 +193,10 @@ class StatsMessages:
     set, for one iteration on one thread, which closes the socket at the end (or :meth:`close`, never iterated).
     Malformed ones (also: more than ``_MAX_PLOT_STAGES`` stages or a stage name over ``_MAX_STAGE_NAME`` characters)
     are logged, counted in ``malformed`` and skipped; a connection that ZeroMQ dropped on a part over
-    ``_MAX_STATS_BYTES`` is restored and counted the same way. ``keys``: the publisher's CURVE public key and this
-    consumer's key file (each empty or as :func:`connect_sub` takes them); ``name_wait_s``: see :func:`connect_sub`.
+    ``_MAX_STATS_BYTES`` is restored and counted the same way; a connection silent for two of the publisher's stats
+    intervals (``interval_s`` of its messages; before the first, the default's; at least ``SILENT_S``) is made again.
+    ``keys``: the publisher's CURVE public key and this consumer's key file (each empty or as :func:`connect_sub`
+    takes them); ``name_wait_s``: see :func:`connect_sub`.
 
     Raises:
         ValueError: the endpoint cannot be connected (its host name still does not resolve after ``name_wait_s``,
@@ -207,6 +210,7 @@ class StatsMessages:
                                             max_part_bytes=_MAX_STATS_BYTES, server_key=keys[0],
                                             client_key_file=keys[1], name_wait_s=name_wait_s)
         self.endpoint, self.stop, self.malformed = endpoint, stop, 0
+        self._last_message, self._silent_s = time.monotonic(), 2 * TelemetryConfig.interval_s
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
@@ -214,10 +218,14 @@ class StatsMessages:
                 if not self.sock.poll(round(_POLL_S * 1000)):
                     self._tend()
                     continue
+                self._last_message = time.monotonic()
                 try:
-                    yield _check_stages(decode_stats(self.sock.recv_multipart()))
+                    stats = _check_stages(decode_stats(self.sock.recv_multipart()))
                 except MalformedMessage as exc:
                     self._skip(exc)
+                    continue
+                self._silent_s = max(SILENT_S, 2 * stats.get("interval_s", 0))
+                yield stats
         finally:
             self.close()
 
@@ -228,6 +236,8 @@ class StatsMessages:
             self._skip(f"ZeroMQ refused it (a part over {_MAX_STATS_BYTES} bytes, or a peer that is no publisher: "
                        f"another socket type, another protocol) and dropped the connection to {self.endpoint}; "
                        "reconnected")
+        else:
+            self.watch.remake_if_silent(self._last_message, self._silent_s)
 
     def _skip(self, why: Exception | str) -> None:
         self.malformed += 1
