@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
@@ -27,7 +28,7 @@ from streamfuse.checks import tcp_port_ok
 from streamfuse.endpoints import is_ipv6, reachable_from_other_machines, tcp_host
 from streamfuse.errors import io_reason, one_line
 
-__all__ = ["ConnectionWatch", "connect_sub", "on_this_host", "NAME_WAIT_S", "SILENT_S"]
+__all__ = ["ConnectionWatch", "connect_sub", "on_this_host", "load_server_key", "NAME_WAIT_S", "SILENT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -286,3 +287,23 @@ def _load_client_key(path: str) -> tuple[bytes, bytes]:
         raise ValueError(f"client key file {path} holds no secret key (give the .key_secret file; its .key twin goes "
                          f"in the publisher's publish.curve_clients_dir)")
     return public, secret
+
+
+def load_server_key(value: str) -> str:
+    """A ``--server-key`` value as the key: a Z85 key as given, or the public key in a ``.key`` file it names.
+
+    Raises:
+        ValueError: a file that does not exist, cannot be read or holds no public key (one line).
+    """
+    if Path(value).is_file():
+        try:
+            return zmq.auth.load_certificate(value)[0].decode(errors="replace")
+        except OSError as exc:
+            raise ValueError(f"cannot read the server key file {value}: {io_reason(exc)}") from None
+        except ValueError:  # zmq.auth: "No public key found"
+            raise ValueError(f"server key file {value} holds no public key (a line `public-key = \"...\"`; see "
+                             f"zmq.auth.create_certificates)") from None
+    # Z85 has "/" and ".", so a 40-character value is a key; anything else that looks like a path is a missing file
+    if len(value) != 40 and (os.sep in value or value.endswith((".key", ".key_secret")) or os.path.exists(value)):
+        raise ValueError(f"server key file {value} does not exist or is not a regular file")
+    return value

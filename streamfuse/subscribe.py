@@ -27,9 +27,10 @@ import numpy as np
 from streamfuse.atomic_write import write_png
 from streamfuse.cli.args import int_at_least, key_options, positive
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
+from streamfuse.connection_watch import load_server_key
 from streamfuse.errors import io_reason
 from streamfuse.signals import handled
-from streamfuse.wire import RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, load_server_key
+from streamfuse.wire import RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX
 
 __all__ = ["main"]
 

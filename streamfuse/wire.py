@@ -14,35 +14,29 @@ frame, or for consumers on the same host an empty part plus the shared-memory sl
 
 Statistics go out as ``[stats_topic, JSON]`` with schema ``"streamfuse.stats/1"``. The publisher
 (:mod:`streamfuse.publish`) writes this format and the client (:mod:`streamfuse.client`) reads it; everything a peer
-sends is checked here before it is used. A consumer's ``--server-key`` (the publisher's CURVE key or its file) is read
-here too.
+sends is checked here before it is used.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import reprlib
 import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import zmq
-import zmq.auth
 
-from streamfuse.errors import io_reason
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
 
 __all__ = ["SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "FORMATS", "ENCODINGS", "HEADER_FIELDS", "FORMAT_FIELDS",
            "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE",
            "MalformedMessage", "shm_topic", "ring_topic", "consumer_topic", "preview_topic", "check_image",
-           "HeaderEncoder", "encode_json", "decode_header", "decode_message", "raw_image", "decode_stats",
-           "load_server_key"]
+           "HeaderEncoder", "encode_json", "decode_header", "decode_message", "raw_image", "decode_stats"]
 
 SCHEMA = "streamfuse.fused/1"  # format raw: what every consumer since the first release reads
 SCHEMA_2 = "streamfuse.fused/2"  # any other format: a /1 consumer refuses it, never misreads the payload
@@ -378,23 +372,3 @@ def _json_default(obj: Any) -> Any:
 
 
 _json_encoder = json.JSONEncoder(separators=(",", ":"), default=_json_default)  # made once: ~1.5 us a frame
-
-
-def load_server_key(value: str) -> str:
-    """A ``--server-key`` value as the key: a Z85 key as given, or the public key in a ``.key`` file it names.
-
-    Raises:
-        ValueError: a file that does not exist, cannot be read or holds no public key (one line).
-    """
-    if Path(value).is_file():
-        try:
-            return zmq.auth.load_certificate(value)[0].decode(errors="replace")
-        except OSError as exc:
-            raise ValueError(f"cannot read the server key file {value}: {io_reason(exc)}") from None
-        except ValueError:  # zmq.auth: "No public key found"
-            raise ValueError(f"server key file {value} holds no public key (a line `public-key = \"...\"`; see "
-                             f"zmq.auth.create_certificates)") from None
-    # Z85 has "/" and ".", so a 40-character value is a key; anything else that looks like a path is a missing file
-    if len(value) != 40 and (os.sep in value or value.endswith((".key", ".key_secret")) or os.path.exists(value)):
-        raise ValueError(f"server key file {value} does not exist or is not a regular file")
-    return value

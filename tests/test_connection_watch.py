@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -225,3 +226,18 @@ def test_a_consumer_sends_no_zeromq_heartbeats() -> None:
         assert sock.getsockopt(zmq.HEARTBEAT_IVL) == 0
     finally:
         watch.close()
+
+
+def test_load_server_key_reads_a_key_file_or_says_what_is_wrong(tmp_path: Path) -> None:
+    public, _ = zmq.auth.create_certificates(tmp_path, "rig0")
+    key = zmq.auth.load_certificate(public)[0].decode()
+    load = connection_watch.load_server_key
+    assert load(str(public)) == key and load(key) == key and load("") == ""
+    assert load("short") == "short"  # not a path: the Subscriber says what a key must be
+    empty = tmp_path / "empty.key"
+    empty.write_text("# no key here\n")
+    for value, reason in [(str(empty), f"server key file {empty} holds no public key"),
+                          (str(tmp_path / "missing.key"), "does not exist"), ("keys/rig0.key", "does not exist"),
+                          (str(tmp_path), "is not a regular file")]:
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            load(value)

@@ -4,17 +4,14 @@ the server key option."""
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq.auth
 from helpers_zmq import fused_frame
 
 from streamfuse.frames import FusedFrame
 from streamfuse.wire import (FORMAT_FIELDS, HEADER_FIELDS, SCHEMA, SCHEMA_2, HeaderEncoder, MalformedMessage,
-                             decode_header, decode_stats, load_server_key)
+                             decode_header, decode_stats)
 
 _FIELDS = {"raw": {}, "jpeg": {}, "h264": {"keyframe": 1},
            "shm": {"shm_pool": "streamfuse_pub_12_0123abcd", "shm_slot": 3, "shm_gen": 8}}
@@ -94,17 +91,3 @@ def test_hostile_stats_are_malformed(body: str, reason: str) -> None:
     with pytest.raises(MalformedMessage) as info:
         decode_stats(_stats(body))
     assert reason in str(info.value) and "\n" not in str(info.value)
-
-
-def test_load_server_key_reads_a_key_file_or_says_what_is_wrong(tmp_path: Path) -> None:
-    public, _ = zmq.auth.create_certificates(tmp_path, "rig0")
-    key = zmq.auth.load_certificate(public)[0].decode()
-    assert load_server_key(str(public)) == key and load_server_key(key) == key and load_server_key("") == ""
-    assert load_server_key("short") == "short"  # not a path: the Subscriber says what a key must be
-    empty = tmp_path / "empty.key"
-    empty.write_text("# no key here\n")
-    for value, reason in [(str(empty), f"server key file {empty} holds no public key"),
-                          (str(tmp_path / "missing.key"), "does not exist"), ("keys/rig0.key", "does not exist"),
-                          (str(tmp_path), "is not a regular file")]:
-        with pytest.raises(ValueError, match=re.escape(reason)):
-            load_server_key(value)

@@ -24,11 +24,12 @@ import cv2
 import numpy as np
 
 from streamfuse import connection_watch
+from streamfuse.connection_watch import load_server_key
 from streamfuse.cli.args import int_at_least, key_options, seconds
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
-from streamfuse.wire import consumer_topic, load_server_key, preview_topic
+from streamfuse.wire import consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
 
 __all__ = ["main", "Bridge"]

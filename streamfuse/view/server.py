@@ -23,11 +23,11 @@ from importlib import resources
 from pathlib import Path
 
 from streamfuse import connection_watch
+from streamfuse.connection_watch import load_server_key
 from streamfuse.cli.args import int_at_least, key_options, positive, seconds
 from streamfuse.errors import io_reason
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
-from streamfuse.wire import load_server_key
 
 __all__ = ["main", "make_app", "serve"]
 
