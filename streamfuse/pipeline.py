@@ -17,6 +17,7 @@ import time
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.capture.producer_process import start_servers
+from streamfuse.capture.sources import CAPTURE_CLOCKS, SourceConfig
 from streamfuse.checks import ConfigError, shown
 from streamfuse.config import PipelineConfig
 from streamfuse.frames import Frame, FramePair, FusedFrame
@@ -66,8 +67,19 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
     if cfg.ir.kind == "synthetic" and cfg.ir.palette:
         raise ConfigError(f"{cfg.source_file}: ir.palette={shown(cfg.ir.palette)} is a thermal camera's, and the "
                           f"synthetic source renders grey IR (leave it empty)")
+    if (ir_clock := cfg.ir.capture_clock) != (vis_clock := cfg.vis.capture_clock):  # pairing compares their times
+        raise ConfigError(f"{cfg.source_file}: the IR frames ({_about('ir', cfg.ir)}) carry "
+                          f"{CAPTURE_CLOCKS[ir_clock]}, the visible ones ({_about('vis', cfg.vis)}) "
+                          f"{CAPTURE_CLOCKS[vis_clock]}: they would never pair (give two live sources, two files or "
+                          f"folders, or two recordings)")
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
+
+
+def _about(name: str, source: SourceConfig) -> str:
+    """A source's kind as a config error names it."""
+    virtual = source.kind == "synthetic" and not source.realtime
+    return f"{name}.kind {source.kind}" + (" not realtime" if virtual else "")
 
 
 def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
@@ -101,7 +113,8 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     recorder = Recorder(cfg.record, frame_ids) if cfg.record else contextlib.nullcontext()
     failure = ""
     start_servers()  # before the publisher's shared memory: they must outlive a hangup, which stops the run
-    with handled(lambda *_: stop.set()), Publisher(cfg.publish, {"fuser": _fuser_info(cfg, fuser)}, frame_ids) as pub, \
+    stats_extra = {"fuser": _fuser_info(cfg, fuser)}
+    with handled(lambda *_: stop.set()), Publisher(cfg.publish, stats_extra, frame_ids, cfg.vis.capture_clock) as pub, \
             recorder as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not (stop.is_set() or failure) and time.monotonic() < deadline:
             # 1. capture: what arrived since the last turn (a brief wait if nothing has), up to a source's failure

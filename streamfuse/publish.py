@@ -52,6 +52,9 @@ class Publisher:
     Args:
         cfg: the publish stage.
         stats_extra: fields added to every stats message (e.g. the fuser and its sampler).
+        frame_ids: the sources' ``frame_id`` settings by stream (``ir``, ``vis``; empty: ``<stream>_optical_frame``).
+        capture_clock: what the frames' capture times count (the ``t_capture_clock`` field; see
+            :data:`streamfuse.capture.sources.CAPTURE_CLOCKS`).
 
     Raises:
         RuntimeError: the endpoint is already in use or cannot be bound (one line).
@@ -59,7 +62,7 @@ class Publisher:
     """
 
     def __init__(self, cfg: PublishConfig, stats_extra: dict[str, Any] | None = None,
-                 frame_ids: dict[str, str] | None = None) -> None:
+                 frame_ids: dict[str, str] | None = None, capture_clock: str = "epoch") -> None:
         self.cfg = cfg
         # the sources' optical frames (``ir.frame_id``, ``vis.frame_id``): the previews' and, unless told, the fused
         ids = {s: optical_frame(s, (frame_ids or {}).get(s, "")) for s in ("ir", "vis")}
@@ -75,8 +78,8 @@ class Publisher:
         # what subscriptions ask for (kept by _poll_subscriptions): payload, pool, its descriptors, its ring (woken)
         self._want_payload = self._want_shm = self._want_descriptors = self._want_ring = False
         self._polled = False  # loan() has just read the subscriptions: its send_fused need not again
-        self._headers = HeaderEncoder(cfg.frame_id or ids["vis"])
-        self._preview_headers = {s: HeaderEncoder(ids[s]) for s in ids}
+        self._headers = HeaderEncoder(cfg.frame_id or ids["vis"], capture_clock)
+        self._preview_headers = {s: HeaderEncoder(ids[s], capture_clock) for s in ids}
         self._pool: ShmPool | None = None
         self._loaned: np.ndarray | None = None  # the pool slot handed out by loan(), until send_fused
         self._shm_on = cfg.shm_slots > 0 and cfg.wait_ms == 0 and shm_supported()

@@ -2,7 +2,7 @@
 
 Latency columns: ``age`` is now minus the visible (and IR) capture time, ``net`` is now minus the publish time,
 both from the header's epoch-ns clocks, so across machines they include the clock offset (use NTP/PTP); ``age`` is
-n/a for a video file's or frame folder's frames, whose capture times are the file's own, from 0.
+n/a unless the capture times are the wall clock's (``t_capture_clock``: not for a recording's or a video file's frames).
 Exits 0 after ``--count`` frames, Ctrl-C or SIGTERM (as a launcher stops it; the summary is printed), 1 when no
 frame arrives for ``--timeout`` seconds (the first: ``--first-timeout``, for a publisher still starting), 2 on bad
 arguments (or a host name that still does not resolve after ``--timeout``: one started before its publisher's name
@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -118,7 +119,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
             arrivals.append(time.monotonic())
             net_ms = (now_ns - header["t_publish_ns"]) / 1e6
             nets_ms.append(net_ms)
-            if _on_epoch_clock(header["t_capture_vis_ns"]):
+            if _on_this_clock(header):
                 age_ms = (now_ns - header["t_capture_vis_ns"]) / 1e6
                 ages_ms.append(age_ms)
                 age = f"age {age_ms:7.1f} ms (ir {(now_ns - header['t_capture_ir_ns']) / 1e6:.1f})"
@@ -143,10 +144,12 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     return 0
 
 
-def _on_epoch_clock(t_ns: int) -> bool:
-    """Whether a capture time is on the wall clock (after 2001): a video file's or a frame folder's frames, live or
-    replayed, carry their own times from 0, and an age measured against them would read decades."""
-    return t_ns >= 10**18
+def _on_this_clock(header: dict[str, Any]) -> bool:
+    """Whether the capture times are the wall clock's at capture: against a recording's times (replayed) an age would
+    read the hours since it was made, against a video file's or frame folder's own times (from 0) decades. An older
+    publisher does not say: times after 2001 are taken for the wall clock's."""
+    clock = header["t_capture_clock"]
+    return clock == "epoch" or (not clock and header["t_capture_vis_ns"] >= 10**18)
 
 
 def _why_silent(sub: Subscriber, server_key: str, malformed: int) -> str:

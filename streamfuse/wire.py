@@ -62,6 +62,7 @@ HEADER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "t_capture_vis_ns": int,  # visible capture time, epoch ns
     "t_fused_ns": int,  # fusion finished, epoch ns
     "t_publish_ns": int,  # handed to ZeroMQ, epoch ns
+    "t_capture_clock": str,  # what the capture times count: epoch | recorded | media (from 0); "" from older publishers
     "fuser": str,  # fuser name, e.g. "hclfuse"
     "fuser_version": str,
     "timings_ms": dict,  # per-stage latency of this frame, stage name -> ms (float)
@@ -169,12 +170,13 @@ class HeaderEncoder:
 
     Args:
         frame_id: the ``frame_id`` field.
+        capture_clock: the ``t_capture_clock`` field.
     """
 
     _MAX_TEMPLATES = 16  # combinations kept (formats x image sizes x fusers); a new one past that starts afresh
 
-    def __init__(self, frame_id: str) -> None:
-        self.frame_id = frame_id
+    def __init__(self, frame_id: str, capture_clock: str = "epoch") -> None:
+        self.frame_id, self.capture_clock = frame_id, capture_clock
         self._templates: dict[tuple[Any, ...], bytes] = {}
 
     def encode(self, fused: FusedFrame, image: np.ndarray, *, seq: int, fmt: str = "raw", **fields: str | int) -> bytes:
@@ -194,7 +196,8 @@ class HeaderEncoder:
         fmt = key[0]
         fixed = {"schema": SCHEMA if fmt == "raw" else SCHEMA_2, "height": image.shape[0], "width": image.shape[1],
                  "encoding": "bgr8" if image.ndim == 3 else "mono8", "step": image.strides[0], "is_bigendian": 0,
-                 "frame_id": self.frame_id, "fuser": fused.fuser, "fuser_version": fused.fuser_version, "format": fmt,
+                 "frame_id": self.frame_id, "t_capture_clock": self.capture_clock, "fuser": fused.fuser,
+                 "fuser_version": fused.fuser_version, "format": fmt,
                  **{k: fields[k] for k in _TEXT_FIELDS[fmt]}}
         numbers = b"".join(b',"%s":%%d' % k.encode() for k in (*_FRAME_NUMBERS, *_NUMBER_FIELDS[fmt]))
         template = encode_json(fixed)[:-1].replace(b"%", b"%%") + numbers + b',"timings_ms":%s}'
@@ -219,6 +222,7 @@ def decode_header(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     if len(parts[1]) > MAX_HEADER_BYTES:
         raise MalformedMessage(f"header is {len(parts[1])} bytes, more than {MAX_HEADER_BYTES}")
     header = _parse_json(parts[1], "header")
+    header.setdefault("t_capture_clock", "")  # not said by publishers before it
     if header.get("schema") == SCHEMA:
         header.setdefault("format", "raw")
         if header["format"] != "raw":
@@ -308,8 +312,9 @@ def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     """Validate and decode one ``[stats_topic, JSON]`` message.
 
     What consumers compute with is checked where present: ``t_ns`` an int of epoch ns (0..2^63-1), ``uptime_s``,
-    ``interval_s``, ``rate_fps`` and ``mean_rate_fps`` numbers, ``stages`` an object of objects of numbers (``median_ms``, ...),
-    ``counters`` an object of numbers; any other field passes, but no number anywhere may be NaN or infinite.
+    ``interval_s``, ``rate_fps`` and ``mean_rate_fps`` numbers, ``stages`` an object of objects of numbers
+    (``median_ms``, ...), ``counters`` an object of numbers; any other field passes, but no number anywhere may be
+    NaN or infinite.
 
     Raises:
         MalformedMessage: one line naming what is wrong (part count, JSON, schema, a field).

@@ -80,6 +80,7 @@ def test_demo_publishes_fused_frames_and_stops_cleanly_on_sigterm(receiver):
             assert header["t_capture_vis_ns"] <= header["t_publish_ns"]
             assert abs(header["t_capture_ir_ns"] - header["t_capture_vis_ns"]) <= 25e6  # sync.slop_ms
             assert header["frame_id"] == "cam_front" and header["fuser"] == "max"  # the visible camera's
+            assert header["t_capture_clock"] == "epoch"
         ir_seqs = [h["seq_ir"] for h, _ in fused]
         assert ir_seqs == sorted(ir_seqs)
         image = np.frombuffer(fused[-1][1], np.uint8).reshape(480, 640, 3)
@@ -302,7 +303,7 @@ def test_unknown_config_key_is_one_line_exit_2():
 def test_missing_video_file_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
                            "--set", "ir.kind=file", "--set", f"ir.path={tmp_path / 'nope.mp4'}",
-                           "--set", "ir.restart=false",
+                           "--set", "ir.restart=false", "--set", "vis.realtime=false",  # its times from 0, as a file's
                            "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{free_port()}",
                            "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 1, proc.stderr

@@ -600,9 +600,10 @@ def test_a_replay_waits_for_its_first_subscriber(tmp_path):
         worker = threading.Thread(target=lambda: result.update(s=run_replay(cfg, ir_path=ir, vis_path=vis,
                                                                             out_path=tmp_path / "o.mp4")))
         worker.start()
-        seqs = [sub.recv()[0]["seq"] for _ in range(20)]
+        headers = [sub.recv()[0] for _ in range(20)]
         worker.join(timeout=PATIENCE_S)
-    assert result["s"].written == 20 and seqs == list(range(20))
+    assert result["s"].written == 20 and [h["seq"] for h in headers] == list(range(20))
+    assert {h["t_capture_clock"] for h in headers} == {"media"}  # the files' own times, from 0
     assert (result["s"].published, result["s"].publish_refused) == (20, 0)
     assert "  published 20 | refused by the publisher 0 " in result["s"].format()
 

@@ -338,16 +338,18 @@ def test_cli_on_a_shared_memory_descriptor_topic_is_refused(topic: str, capsys: 
         f"same-host publisher's shared memory by itself)")
 
 
-def test_frames_on_a_files_own_clock_get_no_age(rng: np.random.Generator) -> None:
-    # a video file's or frame folder's capture times run from 0: "age" read 56 years
+@pytest.mark.parametrize(("clock", "start_ns"), [("media", 0), ("recorded", time.time_ns() - 86_400 * 10**9)])
+def test_frames_on_a_files_own_clock_get_no_age(clock: str, start_ns: int, rng: np.random.Generator) -> None:
+    # a video file's or frame folder's capture times run from 0: "age" read 56 years; a recording's replayed read
+    # the day since it was recorded
     image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
+    with Publisher(PublishConfig(endpoint=ANY_PORT), capture_clock=clock) as pub:
         stop = threading.Event()
 
         def send() -> None:
             while not stop.wait(0.02):
                 seq = pub.published
-                t_ns = seq * 40_000_000
+                t_ns = start_ns + seq * 40_000_000
                 pair = FramePair(Frame("ir", seq, t_ns, image[..., 0]), Frame("vis", seq, t_ns, image))
                 pub.send_fused(FusedFrame(pair, image, "max", "1", time.time_ns(), {}))
 

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers_zmq import fused_frame
+from helpers_zmq import fused_frame, good_parts
 
 from streamfuse.frames import FusedFrame
 from streamfuse.wire import (FORMAT_FIELDS, HEADER_FIELDS, SCHEMA, SCHEMA_2, HeaderEncoder, MalformedMessage,
@@ -37,6 +37,7 @@ def test_every_field_of_every_format_decodes(fmt: str, shape: tuple[int, ...]) -
     assert (header["height"], header["width"], header["step"]) == (6, 8, 8 * (3 if len(shape) == 3 else 1))
     assert header["encoding"] == ("bgr8" if len(shape) == 3 else "mono8") and header["is_bigendian"] == 0
     assert (header["frame_id"], header["fuser"], header["fuser_version"]) == ('cam "vis" %s', 'odd "fuser" 100%', "%d")
+    assert header["t_capture_clock"] == "epoch"  # HeaderEncoder's default
     assert (header["seq_ir"], header["seq_vis"]) == (104, 204) and header["t_fused_ns"] == sent.t_fused_ns
     assert (header["t_capture_ir_ns"], header["t_capture_vis_ns"]) == (sent.pair.ir.t_capture_ns,
                                                                          sent.pair.vis.t_capture_ns)
@@ -91,3 +92,11 @@ def test_hostile_stats_are_malformed(body: str, reason: str) -> None:
     with pytest.raises(MalformedMessage) as info:
         decode_stats(_stats(body))
     assert reason in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_capture_clock_is_said_and_is_empty_from_older_publishers() -> None:
+    image = np.zeros((6, 8, 3), np.uint8)
+    header = decode_header([b"fused/x", HeaderEncoder("f", "media").encode(fused_frame(image), image, seq=0),
+                            image.tobytes()])
+    assert header["t_capture_clock"] == "media"
+    assert decode_header(good_parts(image))["t_capture_clock"] == ""  # a header made before the field

@@ -29,9 +29,14 @@ from streamfuse.errors import redact
 from streamfuse.frames import Frame, optical_frame
 from streamfuse.registry import available, build
 
-__all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "open_source"]
+__all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "open_source", "CAPTURE_CLOCKS"]
 
 log = logging.getLogger(__name__)
+
+#: What capture times count (``SourceConfig.capture_clock``; the wire's ``t_capture_clock``): two sources pair only on
+#: one clock, as their times are compared.
+CAPTURE_CLOCKS = {"epoch": "the wall clock at capture", "recorded": "the recording's times",
+                  "media": "times from their own start (0)"}
 
 # Largest frame accepted: 8192 px a side and no more pixels than DCI 8K (8192 x 4320); more is a typo, not a camera.
 MAX_SIDE, MAX_PIXELS = 8192, 8192 * 4320
@@ -131,6 +136,12 @@ class SourceConfig:
         """Reopening gives the same frames again (files, folders, recordings, virtual-clock synthetic); their capture
         times are on the recording's clock, not this machine's wall clock."""
         return self.kind in ("file", "folder", "mcap") or (self.kind == "synthetic" and not self.realtime)
+
+    @property
+    def capture_clock(self) -> str:
+        """What this source's capture times count (:data:`CAPTURE_CLOCKS`): ``recorded`` for recordings, ``media``
+        for files, folders and virtual-clock synthetic, ``epoch`` for live sources."""
+        return "recorded" if self.kind == "mcap" else "media" if self.replayable else "epoch"
 
 
 @runtime_checkable

@@ -81,6 +81,27 @@ def test_a_palette_for_the_synthetic_source_is_a_config_error_before_it_binds(ca
         "demo.yaml: ir.palette='jet' is a thermal camera's, and the synthetic source renders grey IR (leave it empty)")
 
 
+@pytest.mark.parametrize(("sets", "said"), [
+    (["ir.kind=file", "ir.path=ir.mp4"], "the IR frames (ir.kind file) carry times from their own start (0), the "
+     "visible ones (vis.kind synthetic) the wall clock at capture"),
+    (["vis.kind=mcap", "vis.path=rig.mcap"], "the IR frames (ir.kind synthetic) carry the wall clock at capture, the "
+     "visible ones (vis.kind mcap) the recording's times"),
+    (["vis.realtime=false"], "the visible ones (vis.kind synthetic not realtime) times from their own start (0)"),
+])
+def test_sources_whose_times_never_pair_are_a_config_error_before_it_binds(sets, said, capsys):
+    # a video file's IR beside a live visible camera published nothing, in silence: every frame counted unpaired
+    import socket
+
+    with socket.socket() as taken:  # held: a run that bound it would fail otherwise than with the config's line
+        taken.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        args = [a for s in sets for a in ("--set", s)]
+        assert main(["--config", "demo", *args, "--set", f"publish.endpoint={endpoint}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("streamfuse: config error: ") and said in err and "\n" not in err
+    assert err.endswith(": they would never pair (give two live sources, two files or folders, or two recordings)")
+
+
 def test_a_replay_says_it_does_not_record(monkeypatch, caplog):
     import streamfuse.replay
 
