@@ -41,6 +41,8 @@ async def _watch(feed: Feed, shot: Path) -> None:
             await browser.goto(f"http://127.0.0.1:{runner.addresses[0][1]}/")
             every_view = f"{PAGE_STATE} && Object.values({PAGE_STATE}.frames).every((n) => n > 0)"
             await browser.wait_for(every_view, PATIENCE_S)  # IR and visible previews and fused frames drawn
+            caption = await browser.evaluate('document.getElementById("fused-cap").textContent')
+            assert "ms since capture" in caption, caption  # a live source's capture times are the wall clock's
             updates = await browser.evaluate(f"{PAGE_STATE}.statsUpdates")
             await browser.wait_for(f"{PAGE_STATE}.statsUpdates >= {updates + 2}", PATIENCE_S)  # the stats update
             await browser.screenshot(shot)
