@@ -35,7 +35,9 @@ __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a waiting reader checks for close() and for a connection to restore
-_RESUBSCRIBE_S = 1.0  # on shared memory only and silent this long: take the payload again (publisher restarted?)
+# on shared memory only and silent this long: take the payload again (the publisher restarted, dropped this consumer
+# while it was stopped, or readers hold every pool slot)
+_RESUBSCRIBE_S = 1.0
 DEFAULT_MAX_FRAME_BYTES = 7680 * 4320 * 3  # largest image part accepted by default: an 8K UHD bgr8 frame, 99.5 MB
 
 
@@ -173,7 +175,10 @@ class Subscriber:
         if self._ring is not None:
             self._watch.on_events()  # the socket is not polled while the ring delivers: its drops are seen here
             self._restore()
-            return self._ring_next(timeout_s)
+            item = self._ring_next(timeout_s)
+            if item is None and self._ring is not None and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
+                self._leave_ring(f"silent for {_RESUBSCRIBE_S:g} s")
+            return item
         return self._read() if self._wait(timeout_s) else None
 
     def _ring_next(self, timeout_s: float) -> tuple[dict[str, Any], Any] | None:
@@ -189,6 +194,7 @@ class Subscriber:
                 self._leave_ring(self._ring.left)
             return None
         header, passed = got
+        self._last_message = time.monotonic()
         if passed:
             self._seq.skip(passed)
             with self._cond:

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import signal
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, wait_until
+from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, publishing, wait_until
 
 from streamfuse import pool_ring, shm_pool
 from streamfuse.capture.shm_ring import SHM_DIR
@@ -196,3 +198,59 @@ def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> No
         old.close()
     finally:
         (SHM_DIR / name).unlink()
+
+
+def _ring_reader(pub: Publisher, **kwargs: object) -> Subscriber:
+    """A Subscriber of ``pub`` (which publishes from a thread) once its frames come through the ring."""
+    sub = Subscriber(pub.endpoint, timeout_s=PATIENCE_S, **kwargs)
+    wait_until(lambda: sub.recv(0.05) is not None and sub.on_ring, "a frame through the pool's ring")
+    return sub
+
+
+def test_a_ring_reader_gets_frames_while_other_readers_hold_every_slot() -> None:
+    # two readers each holding the view of a frame (copy=False) held both slots: the publisher could put no frame in
+    # the pool, and a reader on its ring got nothing at all, for as long as they held them
+    with publishing(_uniform(1), rate_hz=50, shm_slots=2) as pub, _ring_reader(pub) as sub:
+        holders = [Subscriber(pub.endpoint, timeout_s=PATIENCE_S, copy=False) for _ in range(2)]
+        try:
+            held: list[int] = []
+            for holder in holders:  # the slot of another seq than the one held already: both slots then held
+                wait_until(lambda h=holder: (f := h.recv(0.05)) is not None and h.via_shm and f[0]["seq"] not in held
+                           and not held.append(f[0]["seq"]), "a frame held in its slot")
+            wait_until(lambda: pub.shm_busy > 0, "every slot held")
+            busy_from = pub.published
+            wait_until(lambda: (f := sub.recv(0.05)) is not None and f[0]["seq"] > busy_from, "a frame after that")
+        finally:
+            for holder in holders:
+                holder.close()
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_a_ring_reader_the_publisher_dropped_while_it_was_stopped_reads_on(latest: bool,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # a consumer stopped (Ctrl-Z, a debugger) past the publisher's peer timeout is dropped and reconnects once it is
+    # continued; on the ring it never touched its socket, so its subscriptions never reached the publisher again
+    monkeypatch.setattr("streamfuse.publish._PEER_TIMEOUT_MS", 1000)
+    script = ("import sys\nfrom streamfuse.client import Subscriber\n"
+              "with Subscriber(sys.argv[1], timeout_s=0.2, latest=sys.argv[2] == '1') as sub:\n"
+              "    while True:\n"
+              "        frame = sub.recv()\n"
+              "        print(frame[0]['seq'] if frame else -1, int(sub.on_ring), flush=True)\n")
+    lines: queue.Queue[tuple[int, int]] = queue.Queue()
+    with publishing(_uniform(1), rate_hz=50) as pub:
+        child = subprocess.Popen([sys.executable, "-c", script, pub.endpoint, str(int(latest))], text=True,
+                                 stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+        reader = threading.Thread(target=lambda: [lines.put(tuple(map(int, line.split()))) for line in child.stdout],
+                                  daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: lines.get(timeout=PATIENCE_S)[1] == 1, "the consumer on the ring")
+            wait_until(lambda: pub._want_ring, "its ring subscription at the publisher")
+            child.send_signal(signal.SIGSTOP)
+            wait_until(lambda: not pub._want_ring, "the stopped consumer dropped by the publisher")
+            child.send_signal(signal.SIGCONT)
+            continued = pub.published
+            wait_until(lambda: lines.get(timeout=PATIENCE_S)[0] > continued, "a frame after it was continued")
+        finally:
+            child.kill()
+            child.wait(PATIENCE_S)
