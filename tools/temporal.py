@@ -34,8 +34,8 @@ from streamfuse.bitdepth import To8Bit  # noqa: E402
 from streamfuse.checks import ConfigError  # noqa: E402
 from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import config_error, config_value, data_dir, int_at_least  # noqa: E402
-from streamfuse.evaluation import (config_method, find_pairs, fused_dir_method, fuser_method, image_files,  # noqa: E402
-                                   read_grey)
+from streamfuse.evaluation import (Method, config_method, find_pairs, fused_dir_method, fuser_method,  # noqa: E402
+                                   image_files, read_grey)
 from streamfuse.metrics import average_gradient, flow_warp_error, temporal_ratio  # noqa: E402
 from streamfuse.postprocess import PostConfig  # noqa: E402
 from streamfuse.processor import FrameProcessor, still_pair  # noqa: E402
@@ -137,6 +137,14 @@ def load(args: argparse.Namespace) -> tuple[dict, dict, list, PostConfig, Stabil
     return frames, outputs, methods, fuser_post, fuser_level
 
 
+def _processor(method: Method, stream: str, level: StabilizeConfig, post: PostConfig) -> FrameProcessor:
+    """The frame processor of a method on ``stream``: a config method's own (its registration too), else the fuser
+    with ``level`` and ``post``."""
+    if method.config is not None:
+        return FrameProcessor.from_config(method.config, method.fuser, stream=stream)
+    return FrameProcessor(method.fuser, stream=stream, stabilize=level, post=post)
+
+
 def report(frames: dict, outputs: dict, methods: list, fuser_post: PostConfig, fuser_level: StabilizeConfig,
            static_repeats: int) -> None:
     """Print the flicker table (--fused rows, then each method's) and the per-clip flow warp table."""
@@ -158,7 +166,7 @@ def report(frames: dict, outputs: dict, methods: list, fuser_post: PostConfig, f
         level = method.config.stabilize if method.config is not None else fuser_level
         ratios, warp, sharpness, lag = [], [], [], []
         for (name, pairs), vis in zip(frames.items(), visible, strict=True):  # each clip one stream, as it runs live
-            processor = FrameProcessor(method.fuser, stream=name, stabilize=level, post=post)
+            processor = _processor(method, name, level, post)
             outs = [processor(still_pair(ir, vi, k)) for k, (ir, vi) in enumerate(pairs)]
             fused = [o.filtered_y for o in outs]
             ratios.append(temporal_ratio(fused, vis))
@@ -167,7 +175,7 @@ def report(frames: dict, outputs: dict, methods: list, fuser_post: PostConfig, f
             lag += [np.abs(o.filtered_y - o.fused_y).ravel() for o in outs[1:]]
         lag = np.concatenate(lag)
         warps[method.name] = warp
-        processor = FrameProcessor(method.fuser, stream="static", stabilize=level, post=post)
+        processor = _processor(method, "static", level, post)
         outs = [processor(still_pair(*pairs[0], k)).filtered_y for k in range(static_repeats)]
         static = all(np.array_equal(outs[0], o) for o in outs[1:])
         print(row(method.name, f"{level.strength:g} / {post.denoise:g}, {post.denoise_threshold:g}", ratios, warp,

@@ -207,3 +207,16 @@ def test_a_16_bit_ir_clip_keeps_one_scale(tool, tmp_path, rng):
     frames = tool("temporal").clip_frames(tool("temporal").find_pairs(tmp_path / "ir", tmp_path / "vi"))
     for img, (ir, _) in zip(counts, frames, strict=True):
         np.testing.assert_array_equal(ir, np.rint((img - 7000.0) * 255 / 2000).astype(np.uint8))
+
+
+def test_a_configs_registration_is_applied(temporal, tmp_path, rng, monkeypatch, capsys):
+    # the tool built each config's processor by hand and dropped its register section: the IR went unwarped
+    _clip(tmp_path / "seq" / "a", rng)
+    ag = {}
+    for name, homography in (("plain", []), ("shifted", [1, 0, 12, 0, 1, 0, 0, 0, 1])):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(f"fuse: {{name: max}}\nregister: {{homography: {homography}}}\n")
+        monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path / "seq"), "--config", str(config), "--static", "2"])
+        temporal()
+        ag[name] = _cells(capsys.readouterr().out, f"max ({name}.yaml)")[-3]
+    assert ag["plain"] != ag["shifted"]  # IR shifted 12 px under the visible frame: another fused image
