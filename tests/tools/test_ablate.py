@@ -102,7 +102,9 @@ def test_bad_outputs_and_sizes_are_one_line(tool, folders, tmp_path, random_weig
     (["--steps", "1,30"], "argument --steps: steps=30 is out of range; allowed: 1..20"),  # before the model loads
     (["--steps", "2,4,2"], "argument --steps: '2,4,2' names a K twice"),
     (["--limit", "-1"], "argument --limit: must be >= 0, got -1"),
-    (["--set", "fuse.name=max"], "--set fuse.name=max: the rows take overrides of align, hclfuse, engine, baseline"),
+    (["--set", "fuse.name=max"], "--set fuse.name=max: the rows take overrides of align, hclfuse, engine"),
+    # each baseline row sets both baseline keys: an override of one was taken and changed nothing
+    (["--set", "baseline.sharpen=1"], "--set baseline.sharpen=1: the rows take overrides of align, hclfuse, engine"),
     (["--weights", "a.pt", "--set", "hclfuse.weights=b.pt"], "--set hclfuse.weights=b.pt: the rows take overrides of"),
     (["--vis", "x"], "give both --ir and --vis, or neither (then --data/--dataset)"),
 ])
