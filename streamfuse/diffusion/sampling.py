@@ -36,7 +36,7 @@ class StepOutput:
 
 
 def ddim_step(eps: torch.Tensor, x: torch.Tensor, t: int, t_prev: int, schedule: torch.Tensor, *,
-              guide: Guide | None = None, cond: dict | None = None, clip: float | None = 1.0) -> StepOutput:
+              guide: Guide | None = None, cond: dict | None = None) -> StepOutput:
     """One deterministic DDIM update (eta = 0), with an optional correction of x0 by a guide.
 
     Args:
@@ -47,15 +47,12 @@ def ddim_step(eps: torch.Tensor, x: torch.Tensor, t: int, t_prev: int, schedule:
         schedule: ``alphas_cumprod`` (T,).
         guide: ``(x0_pred, t, cond) -> x0`` correction (physics guidance), or None.
         cond: passed to the guide.
-        clip: clamp x0_pred to [-clip, clip] (the latent range), or None.
     """
     # 1. abar_t and abar_{t-1}; the step after the last one lands on abar = 1 (x_prev = x0)
     abar = schedule[t]
     abar_prev = schedule[t_prev] if t_prev >= 0 else torch.ones((), dtype=schedule.dtype, device=schedule.device)
-    # 2. predicted x0, eq. (12)
-    x0 = eps_to_x0(x, eps, abar)
-    if clip is not None:
-        x0 = x0.clamp(-clip, clip)
+    # 2. predicted x0, eq. (12), clamped to the latent range [-1, 1]
+    x0 = eps_to_x0(x, eps, abar).clamp(-1.0, 1.0)
     # 3. physics guidance corrects x0; eps is recomputed from the corrected x0 so the update stays consistent
     if guide is not None:
         x0 = guide(x0, t, cond or {})
