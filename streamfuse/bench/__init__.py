@@ -9,10 +9,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
-__all__ = ["BENCHES", "main", "parse_sizes", "parse_size", "positive"]
+__all__ = ["BENCHES", "main", "parse_sizes", "parse_size"]
 
 MAX_SIDE = 8192  # a larger frame is a typo: its synthetic frames alone would take gigabytes
 
@@ -51,14 +50,3 @@ def parse_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: one WIDTHxHEIGHT only")
     h, w = parse_sizes(text)[0]
     return w, h
-
-
-def positive(text: str) -> float:
-    """An argparse ``type``: a finite number > 0 (a duration, a rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from streamfuse.bench import parse_sizes, positive
+from streamfuse.bench import parse_sizes
 from streamfuse.capture.synthetic import SyntheticScene
-from streamfuse.cli.args import int_at_least
+from streamfuse.cli.args import int_at_least, positive
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.frames import Frame, FramePair, FusedFrame
@@ -350,12 +350,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m streamfuse bench transport", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
-    parser.add_argument("--seconds", type=positive, default=1.0, help="length of each capacity run")
+    parser.add_argument("--seconds", type=positive(), default=1.0, help="length of each capacity run")
     parser.add_argument("--rounds", type=int_at_least(1), default=3, help="capacity runs per transport")
-    parser.add_argument("--latency-seconds", type=positive, default=5.0,
+    parser.add_argument("--latency-seconds", type=positive(), default=5.0,
                         help="length of each latency run (at 100 frames/s, 5 s make p99 the 5th-worst of 500 frames)")
-    parser.add_argument("--paced-seconds", type=positive, default=2.0, help="length of each stall run")
-    parser.add_argument("--rate", type=positive, default=100.0, help="frames/s of the latency and stall runs")
+    parser.add_argument("--paced-seconds", type=positive(), default=2.0, help="length of each stall run")
+    parser.add_argument("--rate", type=positive(), default=100.0, help="frames/s of the latency and stall runs")
     parser.add_argument("--quality", type=quality, default=90, help="JPEG quality, 1..100")
     args = parser.parse_args(argv)
     if imagezmq is None:
