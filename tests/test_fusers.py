@@ -71,7 +71,7 @@ def test_rule_matches_the_training_target(rng, shape):
     ir = np.clip(scene * 1.5 - 60 + rng.normal(0, 4, shape), 0, 255).astype(np.uint8)
     vis = np.clip(255 - scene + rng.normal(0, 8, shape), 0, 255).astype(np.uint8)
     to01 = [torch.from_numpy(x / 255.0).float().view(1, 1, *shape) for x in (ir, vis)]
-    target = fusion_target(*to01, LossConfig(detail_gain=1.2, base_sigma=8.0, energy_sigma=3.0))[0, 0].numpy() * 255
+    target = fusion_target(*to01, LossConfig())[0, 0].numpy() * 255  # the training's own settings, as the rule's
     rule = build_fuser(FuseConfig(name="rule"))
     out = rule.fuse(ir, vis)
     assert rule.name == "rule" and out.dtype == np.float32 and out.shape == shape
