@@ -28,8 +28,6 @@ R_CR = 2.0 * (1.0 - KR)  # R = Y + R_CR * Cr
 G_CB = -B_CB * KB / KG  # G = Y + G_CB * Cb + G_CR * Cr
 G_CR = -R_CR * KR / KG
 
-
-
 # float32 copies for the kernels: float64 literals would promote every pixel's arithmetic to float64.
 _F = np.float32
 _KR, _KG, _KB, _CB, _CR = _F(KR), _F(KG), _F(KB), _F(CB_SCALE), _F(CR_SCALE)

@@ -17,17 +17,18 @@ here (``*_numpy``) that the tests use as the oracle.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 from types import ModuleType
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from streamfuse.checks import check
+from streamfuse.imageops.arrays import box_filter
 
 __all__ = ["PostConfig", "TemporalDenoiser", "vis_luma", "restore_colour", "output_shape", "restore_colour_numpy",
            "denoise_numpy"]
+
 
 @dataclass(frozen=True)
 class PostConfig:
@@ -97,7 +98,7 @@ def denoise_numpy(frames: list[np.ndarray], cfg: PostConfig) -> list[np.ndarray]
     for y in frames:
         y = y.astype(np.float64)
         if prev is not None and cfg.denoise > 0:
-            d = cv2.blur(np.abs(y - prev), (5, 5), borderType=cv2.BORDER_REPLICATE)
+            d = box_filter(np.abs(y - prev), 5)
             y = y + cfg.denoise * np.exp(-(d / cfg.denoise_threshold) ** 2) * (prev - y)
         out.append(y.astype(np.float32))
         prev = y

@@ -313,7 +313,7 @@ class Pairer:
 
     def _push_latest(self, frame: Frame) -> list[FramePair]:
         s = frame.stream
-        other = "vis" if s == "ir" else "ir"
+        other = OTHER[s]
         held = self._held[s]
         if held is not None and frame.t_capture_ns < held.t_capture_ns:
             self._in[s].unpaired += 1  # out of order: the hold keeps the newest frame
