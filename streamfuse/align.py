@@ -3,7 +3,7 @@
 HCLFuse aligns the IR image to the visible one with an entropic OT plan between *pixel intensities* and the
 barycentric projection ``T(X)_i = sum_j P_ij Y_j / sum_j P_ij``. The cost depends on grey levels only, so the plan
 between pixels collapses exactly onto a 256 x 256 plan between the two intensity histograms, and ``T`` is a 256-entry
-lookup table (see ``docs/method.md``). The blended table ``lut = blend * T + (1 - blend) * x`` maps IR uint8 to
+lookup table. The blended table ``lut = blend * T + (1 - blend) * x`` maps IR uint8 to
 ``IR'`` in 0..1; it is used identically in training (:mod:`streamfuse.train`) and inference
 (:mod:`streamfuse.model.fuser`).
 

@@ -39,13 +39,18 @@ def partial_path(path: str | os.PathLike) -> Path:
 def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Rename the written file ``src`` to ``dst`` so that after a power loss ``dst`` holds all of ``src`` or what it
     held before: ``src``'s bytes are flushed to the disk first, and the rename itself before this returns."""
-    fd = os.open(src, os.O_RDONLY)
+    _flush(src)
+    os.replace(src, dst)
+    _sync_folder(Path(dst).parent)
+
+
+def _flush(path: str | os.PathLike) -> None:
+    """Flush a written file's bytes to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(src, dst)
-    _sync_folder(Path(dst).parent)
 
 
 def _sync_folder(folder: Path) -> None:
@@ -119,11 +124,7 @@ def _new_partial(path: Path) -> Path:
 
 def _link_new(src: Path, dst: Path) -> None:
     """Give the flushed file ``src`` the name ``dst`` unless a file has it (``FileExistsError``)."""
-    fd = os.open(src, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _flush(src)
     try:
         os.link(src, dst)
     except FileExistsError:

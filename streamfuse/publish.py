@@ -58,7 +58,8 @@ class Publisher:
 
     Raises:
         RuntimeError: the endpoint is already in use or cannot be bound (one line).
-        FileNotFoundError: ``curve_secret_file`` does not exist.
+        FileNotFoundError: ``curve_secret_file`` or ``curve_clients_dir`` does not exist.
+        ValueError: the secret file holds no secret key, the clients' folder no public key.
     """
 
     def __init__(self, cfg: PublishConfig, stats_extra: dict[str, Any] | None = None,

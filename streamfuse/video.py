@@ -92,6 +92,7 @@ class VideoWriter:
         metadata: container tags (e.g. the resolved config).
         queue_size: frames queued for the encoder thread before :meth:`write` blocks.
         threads: the encoder's own threads; 0 = FFmpeg's choice (libx264: about 1.5 per core).
+        threaded: encode on a thread of its own (``write`` hands the frame over); False: in ``write``.
     """
 
     def __init__(self, path: str | os.PathLike, *, codec: str, crf: int, time_base: Fraction, rate: Fraction,
