@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
 from streamfuse.cli import guarded  # noqa: E402
-from streamfuse.cli.args import int_at_least  # noqa: E402
+from streamfuse.cli.args import HelpFormatter, int_at_least  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("videos", type=Path, help="folder with ir/ and vi/ videos of the same names")
     p.add_argument("out", type=Path, help="output folder (ir/ and vi/ PNGs)")
     p.add_argument("--start", type=int_at_least(0), default=40, help="first frame index")

@@ -14,7 +14,11 @@ from typing import Any
 from streamfuse.checks import ConfigError
 
 __all__ = ["int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
-           "config_error"]
+           "config_error", "HelpFormatter"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and the docstring's examples kept as written."""
 
 
 def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:

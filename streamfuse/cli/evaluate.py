@@ -21,7 +21,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from streamfuse.cli.args import config_error, int_at_least
+from streamfuse.cli.args import HelpFormatter, config_error, int_at_least
 from streamfuse.config import ConfigError, load_config
 from streamfuse.configs import resolve
 from streamfuse.evaluation import config_method, evaluate_dir, fused_dir_method, fuser_method
@@ -31,13 +31,9 @@ __all__ = ["EVAL_CONFIG", "parse_args", "main"]
 EVAL_CONFIG = "eval"  # the shipped still-image config
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the docstring's examples kept as written."""
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line of ``evaluate``."""
-    p = argparse.ArgumentParser(prog="python -m streamfuse evaluate", description=__doc__, formatter_class=_Formatter)
+    p = argparse.ArgumentParser(prog="python -m streamfuse evaluate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("dir_ir", metavar="DIR_IR", help="folder of IR images")
     p.add_argument("dir_vis", metavar="DIR_VIS", help="folder of visible images (same file names)")
     p.add_argument("--fused", action="append", default=[], metavar="[NAME=]DIR",
