@@ -3,4 +3,7 @@
 
 ``feed`` holds the newest frames and stats for the page, ``server`` serves it (aiohttp), ``browser`` drives a
 headless Chromium over the DevTools protocol (screenshots, the browser test), ``foxglove_bridge`` relays to Foxglove.
+Nothing is re-exported here: aiohttp and foxglove are optional, imported only by the modules that use them.
 """
+
+__all__: list[str] = []
