@@ -177,7 +177,7 @@ class Subscriber:
             self._restore()
             item = self._ring_next(timeout_s)
             if item is None and self._ring is not None and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
-                self._leave_ring(f"silent for {_RESUBSCRIBE_S:g} s")
+                self._leave_ring(f"silent for {_RESUBSCRIBE_S:g} s", logging.DEBUG)  # a slow stream's every frame
             return item
         return self._read() if self._wait(timeout_s) else None
 
@@ -210,9 +210,9 @@ class Subscriber:
         self._sock.setsockopt(zmq.UNSUBSCRIBE, self._shm_topic)
         self._ring = RingCursor(self._pools.reader, self._shm_topic, self.latest)
 
-    def _leave_ring(self, why: str) -> None:
+    def _leave_ring(self, why: str, level: int = logging.INFO) -> None:
         """Back to the ZeroMQ descriptors (and payload) until a descriptor names a pool again."""
-        log.info("shared-memory ring of %s %s: taking ZeroMQ descriptors", self.endpoint, why)
+        log.log(level, "shared-memory ring of %s %s: taking ZeroMQ descriptors", self.endpoint, why)
         self._ring = None
         while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # descriptors that were on their way when we left
             self._sock.recv(zmq.NOBLOCK)
