@@ -13,19 +13,21 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-try:
-    from streamfuse.cli import stoppable
-    from streamfuse.train import main
-except ModuleNotFoundError as exc:  # an extra, or a dependency's own (the package's import names its direct ones)
-    from streamfuse.cli import not_installed
+from streamfuse.cli import not_installed, stoppable  # noqa: E402
 
-    sys.exit(not_installed(Path(__file__).name, exc))
-except KeyboardInterrupt:  # Ctrl-C while torch loads
-    sys.exit("train: interrupted")
+
+def _main() -> int | None:
+    """Load the trainer (torch: seconds, under the command's stop signals already) and run it."""
+    try:
+        from streamfuse.train import main
+    except ModuleNotFoundError as exc:  # an extra, or a dependency's own (the package's import names its direct ones)
+        sys.exit(not_installed(Path(__file__).name, exc))
+    return main()
+
 
 if __name__ == "__main__":
     try:
-        code = stoppable(main, Path(__file__).name, "train")
+        code = stoppable(_main, Path(__file__).name, "train")
     finally:  # the command is over: a Ctrl-C pressed again while Python shuts down would only print a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)

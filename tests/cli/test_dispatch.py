@@ -174,3 +174,26 @@ def test_a_tool_stopped_before_its_own_handlers_ends_as_its_command_does(tool, s
         runpy.run_path(str(REPO / "tools" / f"{tool}.py"), run_name="__main__")
     assert exc.value.code == status
     assert capsys.readouterr().err == f"{tool}.py: interrupted (SIGTERM)\n"
+
+
+def test_a_sigterm_while_train_loads_torch_is_its_clean_stop(monkeypatch, capsys):
+    # tools/train.py took its stop signals only once torch had loaded: a SIGTERM in those seconds killed it
+    import runpy
+    import types
+
+    class Loading(types.ModuleType):
+        def __getattr__(self, name: str) -> None:  # the trainer's import: torch and the model code
+            if name != "main":  # what the import machinery or a failure's report look up
+                raise AttributeError(name)
+            signal.raise_signal(signal.SIGTERM)
+
+    def unhandled(*_):  # the net: fires only where the tool took no SIGTERM handler (the process would die by it)
+        raise AssertionError("SIGTERM reached the caller's handler")
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.setitem(sys.modules, "streamfuse.train", Loading("streamfuse.train"))
+    with handled(unhandled, (signal.SIGTERM,)), handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), \
+            pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(REPO / "tools" / "train.py"), run_name="__main__")
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == "train.py: interrupted (SIGTERM)\n"
