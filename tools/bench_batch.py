@@ -9,13 +9,7 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-try:
-    from streamfuse.bench.batch import main
-    from streamfuse.cli import guarded
-except ModuleNotFoundError as exc:  # an extra, or a dependency's own (the package's import names its direct ones)
-    from streamfuse.cli import not_installed
-
-    sys.exit(not_installed(Path(__file__).name, exc))
+from streamfuse.cli import tool  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(guarded(main, Path(__file__).name))
+    tool("streamfuse.bench.batch:main", __file__)

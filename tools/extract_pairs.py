@@ -25,6 +25,9 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
+from streamfuse.cli import quiet_interrupt, stoppable  # noqa: E402
+
+quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
 import av  # noqa: E402
 import cv2  # noqa: E402
@@ -32,7 +35,6 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
-from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import HelpFormatter, int_at_least  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
 
@@ -125,4 +127,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main, Path(__file__).name))
+    sys.exit(stoppable(main, Path(__file__).name, ""))

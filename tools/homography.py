@@ -24,12 +24,14 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
+from streamfuse.cli import quiet_interrupt, stoppable  # noqa: E402
+
+quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_png  # noqa: E402
-from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import HelpFormatter  # noqa: E402
 from streamfuse.frames import Frame, FramePair  # noqa: E402
 from streamfuse.register import RegisterConfig, Registration  # noqa: E402
@@ -101,4 +103,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main, Path(__file__).name))
+    sys.exit(stoppable(main, Path(__file__).name, ""))

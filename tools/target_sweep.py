@@ -22,11 +22,13 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
+from streamfuse.cli import quiet_interrupt, stoppable  # noqa: E402
+
+quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
 import numpy as np  # noqa: E402
 
 from streamfuse.align import AlignConfig, align, histogram  # noqa: E402
-from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import data_dir, positive  # noqa: E402
 from streamfuse.config import load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
@@ -93,4 +95,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main, Path(__file__).name))
+    sys.exit(stoppable(main, Path(__file__).name, ""))

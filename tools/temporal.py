@@ -27,12 +27,14 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
+from streamfuse.cli import quiet_interrupt, stoppable  # noqa: E402
+
+quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
 import numpy as np  # noqa: E402
 
 from streamfuse.bitdepth import To8Bit  # noqa: E402
 from streamfuse.checks import ConfigError  # noqa: E402
-from streamfuse.cli import guarded  # noqa: E402
 from streamfuse.cli.args import config_error, config_value, data_dir, int_at_least  # noqa: E402
 from streamfuse.evaluation import (Method, config_method, find_pairs, fused_dir_method, fuser_method,  # noqa: E402
                                    image_files, read_grey)
@@ -201,4 +203,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main, Path(__file__).name))
+    sys.exit(stoppable(main, Path(__file__).name, ""))

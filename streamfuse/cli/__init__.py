@@ -24,11 +24,14 @@ import select
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
 
 from streamfuse.errors import io_reason
 from streamfuse.signals import TERMINATE, Terminated, handled, raise_terminated
 
-__all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed"]
+__all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool",
+           "quiet_interrupt"]
 
 # command -> "module:function" taking argv and returning an exit status (None counts as 0)
 COMMANDS = {
@@ -65,10 +68,6 @@ def _target(where: str, spec: str) -> Callable[[list[str]], int | None]:
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as exc:  # an optional extra (aiohttp, foxglove, ray, imagezmq) not installed here
         raise SystemExit(not_installed(where, exc)) from None
-    except Terminated:  # a service manager's stop meanwhile: console() ends it as the command ends that stop
-        raise
-    except KeyboardInterrupt:  # Ctrl-C while a command's heavy imports (torch, numba) load: nothing started yet
-        raise SystemExit(f"{where}: interrupted") from None
 
 
 def dispatch(prog: str, commands: dict[str, str], argv: list[str], doc: str) -> int:
@@ -152,6 +151,29 @@ def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def tool(spec: str, file: str, command: str = "") -> NoReturn:
+    """A ``tools/`` script that runs ``spec``'s ("module:function") main on its arguments: the module's import (torch:
+    seconds) and the run both under ``stoppable`` with ``command``'s stop signals; exits with the status."""
+    prog = Path(file).name
+    try:
+        code = stoppable(lambda: _target(prog, spec)(sys.argv[1:]), prog, command)
+    finally:  # the tool is over: a Ctrl-C pressed again while Python shuts down would only print a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
+def quiet_interrupt(prog: str) -> None:
+    """For a ``tools/`` script whose own module imports the heavy packages (before ``stoppable`` can run): a Ctrl-C
+    that no handler takes is one line, not a traceback. Python then ends the process by SIGINT, as it does without."""
+    def hook(kind: type[BaseException], exc: BaseException, tb: object) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            print(f"{prog}: interrupted", file=sys.stderr)
+        else:
+            sys.__excepthook__(kind, exc, tb)
+
+    sys.excepthook = hook
 
 
 def console() -> None:

@@ -46,14 +46,20 @@ def test_a_missing_extra_is_one_line():
     assert str(exc.value.code).startswith("streamfuse x: needs streamfuse_no_such_module, which is not installed")
 
 
-def test_ctrl_c_while_a_command_loads_is_one_line(monkeypatch):
-    def interrupted(name: str):
+def test_ctrl_c_while_a_command_loads_is_one_line_and_130(monkeypatch, capsys):
+    # it was a SystemExit with the message, so the status was 1
+    from streamfuse import cli
+
+    def loading(name: str):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("importlib.import_module", interrupted)
-    with pytest.raises(SystemExit) as exc:
-        dispatch("streamfuse", {"train": "streamfuse.train:main"}, ["train"], "")
-    assert exc.value.code == "streamfuse train: interrupted"
+    monkeypatch.setattr(sys, "argv", ["streamfuse", "train"])
+    monkeypatch.setattr("importlib.import_module", loading)
+    # handled() puts back the Ctrl-C handler, which console() leaves ignored once its command is over
+    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
+        cli.console()
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == "streamfuse train: interrupted\n"
 
 
 def test_each_command_reaches_its_own_main(capsys):
