@@ -7,9 +7,11 @@ training never reads (it reads the `sequences/` frame folders):
 
     python tools/extract_pairs.py ../shared/data/videos/m3svd runs/m3svd_pairs
 
-VIDEOS holds ``ir/<clip>.<ext>`` and ``vi/<clip>.<ext>``; OUT gets ``ir/<clip>_<frame>.png`` (grey) and
-``vi/<clip>_<frame>.png`` (colour), ready for ``python -m streamfuse evaluate`` and ``tools/ablate.py --ir --vis``.
-An OUT that already holds pairs is refused (they would mix with this run's): choose an empty or new folder.
+VIDEOS holds ``ir/<clip>.<ext>`` and ``vi/<clip>.<ext>`` (one video of each name in each, the two of one frame size);
+OUT gets ``ir/<clip>_<frame>.png`` (grey) and ``vi/<clip>_<frame>.png`` (colour), ready for ``python -m streamfuse
+evaluate`` and ``tools/ablate.py --ir --vis``.
+An OUT that already holds pairs is refused (they would mix with this run's): choose an empty or new folder. So is a
+second run into an OUT that one is writing (a lock, ``.OUT.lock`` beside it).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
 from streamfuse.cli.args import HelpFormatter, int_at_least  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
+from streamfuse.output_lock import output_lock  # noqa: E402
 
 
 def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarray]:
@@ -68,39 +71,68 @@ def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarr
     return found
 
 
-def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
-    """Write the pairs; returns how many. Raises ValueError (one line) on a missing, short or truncated video.
+def _partner(ir_path: Path, vis_dir: Path) -> Path:
+    """The visible video of IR video ``ir_path``: the one file under ``vis_dir`` of the same stem (``cam.mp4`` for
+    ``cam.mkv``, never ``cam.old.mp4``). ValueError (one line) when there is none or more than one."""
+    found = sorted(p for p in vis_dir.iterdir() if p.stem == ir_path.stem and p.is_file())
+    if not found:
+        raise ValueError(f"no visible video for {ir_path.name} under {vis_dir}")
+    if len(found) > 1:
+        raise ValueError(f"{ir_path.name} has {len(found)} visible videos under {vis_dir} "
+                         f"({', '.join(p.name for p in found)}); keep one")
+    return found[0]
 
-    The pairs are written to a temporary folder beside ``out`` and moved into it once every clip is done, so a failed
-    run leaves no pairs behind; an ``out`` that already holds pairs is refused before any work.
-    """
-    wanted = range(start, start + every * count, every)  # a range: a count of 10**22 is no set of 10**22 numbers
+
+def _clips(videos: Path) -> list[tuple[Path, Path]]:
+    """The (IR, visible) video pairs under ``videos``, by IR name; ValueError (one line) on a missing partner, or two
+    IR videos of one stem (their pairs would be written over each other)."""
     clips = sorted(p for p in (videos / "ir").glob("*") if p.is_file())
     if not clips:
         raise ValueError(f"no videos under {videos / 'ir'}")
+    stems = [p.stem for p in clips]
+    if twice := sorted({s for s in stems if stems.count(s) > 1}):
+        raise ValueError(f"{videos / 'ir'} holds two videos named {twice[0]} (of different extensions); keep one")
+    return [(ir, _partner(ir, videos / "vi")) for ir in clips]
+
+
+def _write_clip(ir_path: Path, vis_path: Path, wanted: range, tmp: Path) -> int:
+    """Write one clip's pairs to ``tmp``'s ir/ and vi/; returns how many. ValueError (one line) when no wanted frame
+    is in both videos, or their frames differ in size (not registered)."""
+    ir, vis = frames_at(ir_path, wanted, ir=True), frames_at(vis_path, wanted)
+    both = sorted(set(ir) & set(vis))
+    if not both:
+        raise ValueError(f"{ir_path.stem}: frame {wanted.start} is past the end of the IR or visible video")
+    (ih, iw), (vh, vw) = ir[both[0]].shape[:2], vis[both[0]].shape[:2]
+    if (ih, iw) != (vh, vw):
+        raise ValueError(f"{ir_path.stem}: the IR video is {iw}x{ih} and the visible {vw}x{vh}; the pairs must be "
+                         "registered frames of one size")
+    for i in both:
+        write_png(tmp / "ir" / f"{ir_path.stem}_{i:05d}.png",
+                  ir[i] if ir[i].ndim == 2 else cv2.cvtColor(ir[i], cv2.COLOR_BGR2GRAY))
+        write_png(tmp / "vi" / f"{ir_path.stem}_{i:05d}.png", vis[i])
+    return len(both)
+
+
+def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
+    """Write the pairs; returns how many. Raises ValueError (one line) on a missing, short or truncated video,
+    FileExistsError while another run writes into ``out``.
+
+    The pairs are written to a temporary folder beside ``out`` and moved into it once every clip is done, so a failed
+    run leaves no pairs behind; an ``out`` that already holds pairs is refused before any work, and so is a second
+    run into it while this one works (its lock, :mod:`streamfuse.output_lock`).
+    """
+    wanted = range(start, start + every * count, every)  # a range: a count of 10**22 is no set of 10**22 numbers
+    clips = _clips(videos)
     check_outputs({"videos": videos}, {"output folder": out})
-    for sub in ("ir", "vi"):  # an earlier run's pairs would mix with these, and same-named ones be written over
-        if (out / sub).is_dir() and any((out / sub).iterdir()):
-            raise ValueError(f"output folder {out} already holds pairs in {sub}/; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+    with output_lock(out), tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        for sub in ("ir", "vi"):  # an earlier run's pairs would mix with these, and same-named ones be written over
+            if (out / sub).is_dir() and any((out / sub).iterdir()):
+                raise ValueError(f"output folder {out} already holds pairs in {sub}/; choose an empty or new folder")
         tmp = Path(tmp)
         for sub in ("ir", "vi"):
             (tmp / sub).mkdir()
-        n = 0
-        for ir_path in clips:
-            vis_path = next((videos / "vi").glob(ir_path.stem + ".*"), None)
-            if vis_path is None:
-                raise ValueError(f"no visible video for {ir_path.name} under {videos / 'vi'}")
-            ir, vis = frames_at(ir_path, wanted, ir=True), frames_at(vis_path, wanted)
-            both = sorted(set(ir) & set(vis))
-            if not both:
-                raise ValueError(f"{ir_path.stem}: frame {start} is past the end of the IR or visible video")
-            for i in both:
-                write_png(tmp / "ir" / f"{ir_path.stem}_{i:05d}.png",
-                          ir[i] if ir[i].ndim == 2 else cv2.cvtColor(ir[i], cv2.COLOR_BGR2GRAY))
-                write_png(tmp / "vi" / f"{ir_path.stem}_{i:05d}.png", vis[i])
-                n += 1
+        n = sum(_write_clip(ir_path, vis_path, wanted, tmp) for ir_path, vis_path in clips)
         for sub in ("ir", "vi"):
             (out / sub).mkdir(parents=True, exist_ok=True)
             for png in sorted((tmp / sub).iterdir()):

@@ -11,14 +11,14 @@ import pytest
 from helpers_video import write_grey16
 
 
-def _video(path: Path, frames: int, seed: int) -> None:
-    """An FFV1 video whose frame i shows the grey level 10 * i (decodes exactly)."""
+def _video(path: Path, frames: int, seed: int, size: tuple[int, int] = (32, 24)) -> None:
+    """An FFV1 video whose frame i shows the grey level 10 * i + seed (decodes exactly)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("ffv1", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 32, 24, "bgr0"
+        (stream.width, stream.height), stream.pix_fmt = size, "bgr0"
         for i in range(frames):
-            img = np.full((24, 32, 3), (10 * i + seed) % 256, np.uint8)
+            img = np.full((size[1], size[0], 3), (10 * i + seed) % 256, np.uint8)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")))
         container.mux(stream.encode())
 
@@ -147,3 +147,55 @@ def test_a_16_bit_grey_ir_video_is_written_on_the_clips_scale(tool, tmp_path, rn
     tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
     ir = cv2.imread(str(tmp_path / "out" / "ir" / "a_00001.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(ir, np.rint((counts[1] - 7000.0) * 255 / 2000).astype(np.uint8))
+
+
+@pytest.mark.parametrize("clip", ["cam", "[cam]"])
+def test_the_visible_video_is_the_one_of_the_same_stem(clip, tool, tmp_path):
+    # by glob(stem + ".*"): IR cam.mkv took vi/cam.old.mkv, and a name with [ took another clip or none
+    _video(tmp_path / "v" / "ir" / f"{clip}.mkv", 2, 0)
+    _video(tmp_path / "v" / "vi" / f"{clip}.old.mkv", 2, 7)  # sorts first
+    _video(tmp_path / "v" / "vi" / f"{clip}.avi", 2, 1)
+    _video(tmp_path / "v" / "vi" / "c.mkv", 2, 9)
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
+    vis = cv2.imread(str(tmp_path / "out" / "vi" / f"{clip}_00001.png"))
+    assert int(vis[0, 0, 0]) == 11
+
+
+def test_a_clip_without_its_own_visible_video_is_one_line(tool, tmp_path):
+    _video(tmp_path / "v" / "ir" / "cam.mkv", 2, 0)
+    _video(tmp_path / "v" / "vi" / "cam.old.mkv", 2, 0)
+    with pytest.raises(SystemExit, match=r"^extract_pairs: no visible video for cam.mkv under "):
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("sub, message", [
+    ("vi", r"cam.mkv has 2 visible videos under .* \(cam.avi, cam.mkv\); keep one"),
+    ("ir", r"holds two videos named cam \(of different extensions\); keep one")])
+def test_two_videos_of_one_name_are_refused(sub, message, tool, tmp_path):
+    for folder in ("ir", "vi"):
+        _video(tmp_path / "v" / folder / "cam.mkv", 2, 0)
+    _video(tmp_path / "v" / sub / "cam.avi", 2, 5)
+    with pytest.raises(SystemExit, match=message) as info:
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out")])
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_videos_of_different_sizes_are_refused_and_write_nothing(tool, tmp_path):
+    _video(tmp_path / "v" / "ir" / "a.mkv", 2, 0)  # a good clip first: its pairs must not stay behind
+    _video(tmp_path / "v" / "vi" / "a.mkv", 2, 0)
+    _video(tmp_path / "v" / "ir" / "b.mkv", 2, 0, size=(32, 24))
+    _video(tmp_path / "v" / "vi" / "b.mkv", 2, 0, size=(48, 24))
+    with pytest.raises(SystemExit, match=r"b: the IR video is 32x24 and the visible 48x24; the pairs must be "):
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0"])
+    assert not any(p.is_file() for p in tmp_path.joinpath("out").rglob("*"))
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_works(tool, tmp_path):
+    from streamfuse.output_lock import output_lock
+
+    _video(tmp_path / "v" / "ir" / "a.mkv", 2, 0)
+    _video(tmp_path / "v" / "vi" / "a.mkv", 2, 0)
+    with output_lock(tmp_path / "out"), pytest.raises(SystemExit, match=r"^extract_pairs: .*out") as info:
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0"])
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
