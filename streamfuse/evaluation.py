@@ -32,11 +32,13 @@ from streamfuse.fusers import BaselineConfig, Fuser
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import vis_luma
 from streamfuse.processor import FrameProcessor, config_fuser, still_pair
+from streamfuse.staged_folders import staged_folders
 
 __all__ = ["Method", "find_pairs", "image_files", "read_grey", "read_pair", "fused_dir_method", "fuser_method",
-           "config_method", "evaluate_dir", "EvalResult"]
+           "config_method", "evaluate_dir", "EvalResult", "is_eval_file"]
 
 log = logging.getLogger(__name__)
+EVAL_FILES = ("metrics.csv", "metrics.md", "montage.png")  # what evaluate_dir writes to its out_dir, with the configs
 
 FUSER_SECTIONS = ("fuse", "hclfuse", "engine", "baseline", "align")  # what a --fuser method is configured by
 _INLINE = {name: [f.name for f in dataclasses.fields(cls)]  # NAME:key=value keys, by section
@@ -189,7 +191,10 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         out_dir: created if needed; receives the CSV, the markdown table, the montage and, for config methods,
             ``<config stem>.resolved.yaml``; refused, as ``save_dir``, if it is in an input (:func:`check_outputs`).
         save_dir: if set, each fuser's output Y is written as ``<stem>.png`` there (in ``<method>/`` subfolders
-            when several fusers run).
+            when several fusers run); refused when it holds images already.
+
+    The outputs are moved into their folders only when every pair is scored (:mod:`streamfuse.staged_folders`): a
+    failed or interrupted run leaves none, and a second run given one of the folders meanwhile is refused.
         limit: score only the first ``limit`` pairs (sorted by name); 0 = all.
         montage_rows: pairs shown in the montage, spread from the darkest to the brightest visible image.
         reference: name of one of ``methods``; every row then also gets ``psnr_ref`` (dB, over all pixels) and
@@ -202,10 +207,39 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     _check_methods(methods, reference)
     pairs = find_pairs(dir_ir, dir_vis, limit)
     out_dir = Path(out_dir)
-    save_dirs = _output_dirs(dir_ir, dir_vis, methods, out_dir, save_dir)
-    processors = {m.name: _processor(m) for m in methods if m.fuser is not None}
+    save_dirs = _save_dirs([m for m in methods if m.fuser is not None], save_dir)
+    inputs = {"IR": dir_ir, "visible": dir_vis, **{f"fused ({m.name})": m.fused_dir for m in methods}}
+    check_outputs(inputs, {"output folder": out_dir, **{f"save folder ({n})": d for n, d in save_dirs.items()}})
     fused_files = {m.name: image_files(m.fused_dir, f"fused ({m.name})", {s for s, _, _ in pairs})
                    for m in methods if m.fused_dir is not None}
+    finals = list(dict.fromkeys(p.absolute() for p in (out_dir, *save_dirs.values())))  # --save may be --out
+    with staged_folders(finals) as staging:
+        staged = dict(zip(finals, staging))
+        _refuse_held(save_dirs)
+        processors = {m.name: _processor(m) for m in methods if m.fuser is not None}
+        result, tiles = _score_pairs(pairs, methods, processors, fused_files,
+                                     {n: staged[d.absolute()] for n, d in save_dirs.items()}, montage_rows, reference)
+        out = staged[out_dir.absolute()]
+        for m in methods:
+            if m.config is not None:
+                dump_config(m.config, out / f"{Path(m.config.source_file).stem}.resolved.yaml")
+        csv_file, md_file, montage_file = (out / name for name in EVAL_FILES)
+        write_csv(csv_file, result.rows)
+        write_file(md_file, f"{markdown_table(result.means)}\n".encode())
+        write_montage(montage_file, tiles)
+    return result
+
+
+def is_eval_file(path: Path, out_dir: Path) -> bool:
+    """True when ``path`` names a file :func:`evaluate_dir` writes to ``out_dir`` (symlinks resolved)."""
+    return path.resolve().parent == out_dir.resolve() and (path.name in EVAL_FILES
+                                                           or path.name.endswith(".resolved.yaml"))
+
+
+def _score_pairs(pairs: list[tuple[str, Path, Path]], methods: list[Method], processors: dict[str, FrameProcessor],
+                 fused_files: dict[str, dict[str, Path]], save_dirs: dict[str, Path], montage_rows: int,
+                 reference: str | None) -> tuple[EvalResult, dict[str, list[np.ndarray]]]:
+    """Every method's rows and means on ``pairs`` (see :func:`evaluate_dir`), and the montage's tiles."""
     shown = set(_montage_stems(pairs, montage_rows))
     tiles: dict[str, list[np.ndarray]] = {}
     result = EvalResult(missing={m.name: 0 for m in methods})
@@ -231,28 +265,16 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             log.warning("%s: %d of %d fused images missing", m.name, result.missing[m.name], len(pairs))
         if rows := [r for r in result.rows if r["method"] == m.name]:
             result.means[m.name] = _means(rows, m.fuser is not None, pixels if reference is not None else None)
-        if m.config is not None:
-            dump_config(m.config, out_dir / f"{Path(m.config.source_file).stem}.resolved.yaml")
-    write_csv(out_dir / "metrics.csv", result.rows)
-    write_file(out_dir / "metrics.md", f"{markdown_table(result.means)}\n".encode())
-    write_montage(out_dir / "montage.png", tiles)
-    return result
+    return result, tiles
 
 
-def _output_dirs(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method], out_dir: Path,
-                 save_dir: str | Path | None) -> dict[str, Path]:
-    """Each fuser's save folder (:func:`_save_dirs`), once every output is checked against the inputs
-    (:func:`check_outputs`) and the folders are made."""
-    save_dirs = _save_dirs([m for m in methods if m.fuser is not None], save_dir)
-    inputs = {"IR": dir_ir, "visible": dir_vis, **{f"fused ({m.name})": m.fused_dir for m in methods}}
-    check_outputs(inputs, {"output folder": out_dir, **{f"save folder ({n})": d for n, d in save_dirs.items()}})
-    for name, folder in save_dirs.items():  # an earlier run's images would be read back as this one's (--fused)
+def _refuse_held(save_dirs: dict[str, Path]) -> None:
+    """``ValueError`` (one line) for a save folder that holds images: an earlier run's would be read back as this
+    one's (``--fused``). Checked under the folders' locks, so that a run ending meanwhile is not missed."""
+    for name, folder in save_dirs.items():
         if folder.is_dir() and (held := [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]):
             raise ValueError(f"save folder ({name}) {folder} already holds {len(held)} images ({min(held)}, ...); "
                              "give a new or empty folder, so that they do not mix with this run's")
-    for folder in (out_dir, *save_dirs.values()):
-        folder.mkdir(parents=True, exist_ok=True)
-    return save_dirs
 
 
 def read_pair(stem: str, ir_path: Path, vis_path: Path) -> tuple[np.ndarray, np.ndarray]:

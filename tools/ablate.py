@@ -48,7 +48,7 @@ from streamfuse.cli.args import config_error, config_value, data_dir, int_at_lea
 from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
-from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, read_pair  # noqa: E402
+from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, is_eval_file, read_pair  # noqa: E402
 from streamfuse.inference import HCLFuseConfig  # noqa: E402
 from streamfuse.processor import config_fuser  # noqa: E402
 
@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         section = override.lstrip("-").split(".")[0]
         if section not in ROW_SECTIONS or (args.weights and override.lstrip("-").startswith("hclfuse.weights=")):
             p.error(f"--set {override}: the rows take overrides of {', '.join(ROW_SECTIONS)} (the weights once)")
+    if args.json is not None and is_eval_file(args.json, args.out):
+        p.error(f"--json {args.json} is a file that --out gets (its table, CSV, montage or configs); name another")
     data = args.data / args.dataset
     dir_ir, dir_vis = (args.ir, args.vis) if args.ir else (data / "ir", data / "vi")
     try:

@@ -178,3 +178,18 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, folders, tmp_path, random_weights
     assert exc.type is SystemExit and exc.value.code == 130
     assert capsys.readouterr().err.strip().splitlines() == ["ablate: interrupted"]
     assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "montage.png", "eval.resolved.yaml"])
+def test_json_that_is_one_of_out_s_own_files_is_refused(name, tool, folders, tmp_path, monkeypatch, capsys):
+    # it was written over the table, montage or config of the same run (or that file over it)
+    ir_dir, vis_dir = folders
+    monkeypatch.setattr(tool("ablate"), "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--json", str(tmp_path / "out" / name),
+                             "--out", str(tmp_path / "out" / ".")])  # the same folder, spelt otherwise
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f": error: --json {tmp_path / 'out' / name} is a file that --out gets (its table, CSV, montage or "
+        "configs); name another")

@@ -25,28 +25,6 @@ def evaluate():
     return main
 
 
-@pytest.fixture
-def pairs(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
-    """Three 45x70 pairs: a grey visible PNG, a colour visible JPEG, a 3-channel IR; one visible without IR."""
-    ir_dir, vis_dir = tmp_path / "ir", tmp_path / "vi"
-    ir_dir.mkdir()
-    vis_dir.mkdir()
-    for i, brightness in enumerate((20, 120, 220)):
-        scene = cv2.GaussianBlur(rng.uniform(0, 255, (45, 70)), (0, 0), 1.5)
-        ir = np.clip(scene * 0.8 + 30, 0, 255).astype(np.uint8)
-        vis = np.clip(scene[::-1] * 0.5 + brightness - 60, 0, 255).astype(np.uint8)
-        if i == 2:
-            cv2.imwrite(str(ir_dir / f"p{i}.png"), cv2.merge([ir, ir, ir]))  # LLVIP-style 3-channel IR
-        else:
-            cv2.imwrite(str(ir_dir / f"p{i}.png"), ir)
-        if i == 1:
-            cv2.imwrite(str(vis_dir / f"p{i}.jpg"), cv2.merge([vis, vis // 2, vis]))  # colour, other extension
-        else:
-            cv2.imwrite(str(vis_dir / f"p{i}.png"), vis)
-    cv2.imwrite(str(vis_dir / "orphan.png"), vis)
-    return ir_dir, vis_dir
-
-
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(f))

@@ -1,0 +1,85 @@
+"""``evaluate``'s outputs (--out, --save) appear only when a run ends well: a failed or interrupted run leaves none of
+them (its rerun is not refused), and a second run into a folder the first is writing is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import pytest
+
+from streamfuse import evaluation
+from streamfuse.cli.evaluate import main as evaluate
+from streamfuse.output_lock import output_lock
+
+
+def _stop_at_second_pair(monkeypatch, error: BaseException) -> None:
+    score, calls = evaluation._score, []
+
+    def scoring(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:  # one image of the first pair is saved already
+            raise error
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "_score", scoring)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), ValueError("p1: damaged")], ids=["ctrl_c", "failure"])
+def test_a_run_that_does_not_end_leaves_no_outputs_and_its_rerun_goes_ahead(error, pairs, tmp_path, monkeypatch):
+    # it left --save with the first pair's image (the rerun then refused: "already holds 1 images") and an empty --out
+    ir_dir, vis_dir = pairs
+    out, saved = tmp_path / "runs" / "out", tmp_path / "runs" / "saved"
+    args = [str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(out), "--save", str(saved)]
+    _stop_at_second_pair(monkeypatch, error)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        evaluate(args)
+    assert not (tmp_path / "runs").exists()  # nor the folder made to hold them
+    monkeypatch.undo()
+    assert evaluate(args) == 0
+    assert sorted(p.name for p in saved.iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.md", "montage.png"]  # no lock, no stage
+
+
+def test_an_existing_out_keeps_its_other_files_when_a_run_fails(pairs, tmp_path, monkeypatch):
+    ir_dir, vis_dir = pairs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _stop_at_second_pair(monkeypatch, ValueError("p1: damaged"))
+    with pytest.raises(SystemExit, match="^evaluate: p1: damaged$"):
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(out)])
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("busy", ["out", "saved", "saved/max"])
+def test_a_second_run_into_a_folder_being_written_is_refused(busy, pairs, tmp_path):
+    ir_dir, vis_dir = pairs
+    (tmp_path / "saved").mkdir()
+    fusers = ["--fuser", "max"] + ["--fuser", "average"] * (busy == "saved/max")  # several: saved/<method>/
+    with output_lock(tmp_path / busy), pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), *fusers, "--out", str(tmp_path / "out"), "--save", str(tmp_path / "saved")])
+    assert str(exc.value.code).startswith(f"evaluate: output {tmp_path / busy} is being written by another run (")
+    assert not (tmp_path / "out").exists() and not any((tmp_path / "saved").iterdir())
+
+
+@pytest.mark.parametrize("save", ["out", "out/fused"])
+def test_save_may_be_out_or_lie_in_it(save, pairs, tmp_path):
+    ir_dir, vis_dir = pairs
+    evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "out"),
+              "--save", str(tmp_path / save)])
+    images = sorted(p.name for p in (tmp_path / save).glob("p*.png"))
+    assert images == ["p0.png", "p1.png", "p2.png"] and (tmp_path / "out" / "metrics.csv").is_file()
+    assert cv2.imread(str(tmp_path / save / "p0.png"), cv2.IMREAD_UNCHANGED).shape == (45, 70)
+    assert not list(tmp_path.rglob(".*"))  # no lock file or staging folder left
+
+
+def test_staged_folders_moves_files_only_at_the_end(tmp_path):
+    from streamfuse.staged_folders import staged_folders
+
+    final = tmp_path / "a" / "b"
+    with staged_folders([final]) as (stage,):
+        (stage / "x.txt").write_text("x")
+        assert not final.exists() and stage.parent == final.parent
+    assert [p.name for p in final.iterdir()] == ["x.txt"] and sorted(p.name for p in final.parent.iterdir()) == ["b"]
+    assert isinstance(stage, Path) and not stage.exists()
