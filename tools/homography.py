@@ -32,6 +32,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_png  # noqa: E402
+from streamfuse.bitdepth import To8Bit, read_8bit  # noqa: E402
 from streamfuse.cli.args import HelpFormatter  # noqa: E402
 from streamfuse.frames import Frame, FramePair  # noqa: E402
 from streamfuse.register import RegisterConfig, Registration  # noqa: E402
@@ -66,10 +67,9 @@ def fit(pairs: list[tuple[tuple[float, float], tuple[float, float]]]) -> tuple[n
 
 def overlay(cfg: RegisterConfig, ir_path: Path, vis_path: Path) -> np.ndarray:
     """The visible frame with the edges of the IR frame, registered as the pipeline registers it, in red."""
-    ir, vis = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE), cv2.imread(str(vis_path), cv2.IMREAD_COLOR)
-    for path, image in ((ir_path, ir), (vis_path, vis)):
-        if image is None:
-            raise ValueError(f"cannot read {path} as an image")
+    # read as every still is (one line for a missing, truncated or corrupt file; 16 bits brought to 8)
+    ir = read_8bit(ir_path, To8Bit(ir=True), cv2.IMREAD_GRAYSCALE)
+    vis = read_8bit(vis_path, To8Bit(ir=False), cv2.IMREAD_COLOR)
     warped = Registration(cfg)(FramePair(Frame("ir", 0, 0, ir), Frame("vis", 0, 0, vis)))
     out = vis.copy()
     out[cv2.Canny(warped, 50, 150) > 0] = (0, 0, 255)
@@ -81,10 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("points", nargs="+", type=point_pair, help="IR_X,IR_Y=VIS_X,VIS_Y, at least four")
     p.add_argument("--ir", type=Path, help="the IR frame the points were read off (for --overlay)")
     p.add_argument("--vis", type=Path, help="the visible frame the points were read off (for --overlay)")
-    p.add_argument("--overlay", type=Path, help="write the visible frame with the warped IR edges in red here")
+    p.add_argument("--overlay", type=Path, help="write the visible frame with the warped IR edges in red here (PNG)")
     args = p.parse_args(argv)
     if args.overlay and not (args.ir and args.vis):
         p.error("--overlay needs --ir and --vis")
+    if args.overlay and args.overlay.suffix.lower() != ".png":
+        p.error(f"--overlay {args.overlay}: the overlay is written as a PNG; give a name ending in .png")
     if args.overlay and args.overlay.exists() and any(f.exists() and os.path.samefile(args.overlay, f)
                                                       for f in (args.ir, args.vis)):
         p.error(f"--overlay {args.overlay} is one of the input frames: give another file (an input is never written)")

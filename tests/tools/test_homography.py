@@ -63,3 +63,37 @@ def test_an_overlay_that_names_an_input_frame_is_refused(tool, tmp_path, capsys,
                                  str(paths["vis"]), "--overlay", str(tmp_path / "same.png")])
     assert stop.value.code == 2 and "is one of the input frames" in capsys.readouterr().err
     assert paths[which].read_bytes() == before
+
+
+POINTS = ["1,1=2,2", "5,1=9,2", "5,5=9,9", "1,5=2,9"]
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated_jpeg"])
+def test_a_frame_that_cannot_be_read_is_one_line_and_writes_nothing(tool, tmp_path, case):
+    # cv2.imread took a truncated JPEG (its grey lower half drawn on) and said a missing file in two lines of its own
+    vis = tmp_path / "vis.jpg"
+    data = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))[1].tobytes()
+    vis.write_bytes(data[:len(data) // 2])
+    cv2.imwrite(str(tmp_path / "ir.png"), np.zeros((48, 64), np.uint8))
+    ir = tmp_path / ("gone.png" if case == "missing" else "ir.png")
+    with pytest.raises(SystemExit) as stop:
+        tool("homography").main([*POINTS, "--ir", str(ir), "--vis", str(vis), "--overlay", str(tmp_path / "o.png")])
+    why = f"{ir}: the file is gone" if case == "missing" else f"{vis}: corrupt, or not an image"
+    assert stop.value.code == f"homography: cannot read image {why}" and not (tmp_path / "o.png").exists()
+
+
+def test_a_16_bit_ir_frame_is_stretched_for_its_edges(tool, tmp_path):
+    ir = np.full((48, 64), 30000, np.uint16)
+    ir[12:36, 16:48] = 30400  # a warm block 400 counts above the rest: its top 8 bits are all but flat
+    cv2.imwrite(str(tmp_path / "ir.png"), ir)
+    cv2.imwrite(str(tmp_path / "vis.png"), np.full((48, 64, 3), 90, np.uint8))
+    identity = ["0,0=0,0", "63,0=63,0", "63,47=63,47", "0,47=0,47"]
+    tool("homography").main([*identity, "--ir", str(tmp_path / "ir.png"), "--vis",
+                             str(tmp_path / "vis.png"), "--overlay", str(tmp_path / "o.png")])
+    assert (cv2.imread(str(tmp_path / "o.png")) == (0, 0, 255)).all(2).any()
+
+
+def test_an_overlay_not_named_png_is_refused(tool, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        tool("homography").main([*POINTS, "--ir", "ir.png", "--vis", "vis.png", "--overlay", str(tmp_path / "o.jpg")])
+    assert stop.value.code == 2 and "written as a PNG; give a name ending in .png" in capsys.readouterr().err
