@@ -28,7 +28,25 @@ def test_exit_status_1_when_no_fuser_ran(tmp_path, capsys):
     for name in ("ir.mp4", "vis.mp4"):
         (tmp_path / name).write_bytes(b"not a video")
     assert main(["--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max"]) == 1
-    assert "max        not run: " in capsys.readouterr().out
+    assert capsys.readouterr().err.startswith("bench replay: max not run: ")
+
+
+def test_a_fuser_that_fails_beside_one_that_runs_is_on_stderr_and_exit_1(monkeypatch, capsys):
+    # it was a line on stdout among the figures, and exit 0 (a script comparing fusers took the run for complete)
+    import streamfuse.replay
+
+    replay = streamfuse.replay.run_replay
+
+    def failing(cfg, **kwargs):
+        if cfg.fuse.name == "average":
+            raise RuntimeError("no weights")
+        return replay(cfg, **kwargs)
+
+    monkeypatch.setattr(streamfuse.replay, "run_replay", failing)
+    assert main(["--fuser", "max,average", "--frames", "4", "--size", "64x48", "--set", "engine.device=cpu"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "bench replay: average not run: no weights\n"
+    assert re.search(r"max +4 frames in", captured.out) and "average" not in captured.out
 
 
 @pytest.mark.parametrize("args, message", [
