@@ -113,7 +113,8 @@ def parse_args() -> argparse.Namespace:
                         help="stabilize.strength for --fuser methods (0 = off)")
     parser.add_argument("--denoise", type=config_value(PostConfig, "denoise", float), default=0.0,
                         help="post.denoise for --fuser methods (0 = off)")
-    parser.add_argument("--denoise-threshold", type=config_value(PostConfig, "denoise_threshold", float),
+    parser.add_argument("--denoise-threshold",
+                        type=config_value(PostConfig, "denoise_threshold", float, zero_is_off=False),
                         default=PostConfig.denoise_threshold,
                         help="post.denoise_threshold for --fuser methods")
     return parser.parse_args()
@@ -132,6 +133,9 @@ def load(args: argparse.Namespace) -> tuple[dict, dict, list, PostConfig, Stabil
     others = [fused_dir_method(s) for s in args.fused]
     methods = [fuser_method(s, args.overrides) for s in args.fuser or default]
     methods += [config_method(c, args.overrides) for c in args.config]
+    names = [m.name for m in others + methods]
+    if twice := sorted({n for n in names if names.count(n) > 1}):  # their rows would be one (--fused) or two alike
+        raise ValueError(f"two methods named {twice[0]}: name them apart (NAME=DIR for --fused, a config file's name)")
     listed = {clip.name: find_pairs(clip / "ir", clip / "vi") for clip in clips}  # (stem, ir path, vi path)
     frames = {name: clip_frames(pairs) for name, pairs in listed.items()}
     outputs = {m.name: {name: fused_frames(m.fused_dir / name, m.name, [s for s, _, _ in listed[name]],

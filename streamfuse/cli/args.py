@@ -38,9 +38,11 @@ def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], in
     return parse
 
 
-def config_value(section: type, key: str, parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
+def config_value(section: type, key: str, parse: Callable[[str], Any] = int, *,
+                 zero_is_off: bool = True) -> Callable[[str], Any]:
     """An argparse ``type``: a value that the config ``section`` accepts as ``key`` (its range check's words, after
-    the option's name). 0 is not checked: the options that take one read it as their default or as off."""
+    the option's name). 0 is not checked where ``zero_is_off``: the options that take one read it as their default or
+    as off."""
 
     def check(text: str) -> Any:
         try:
@@ -48,7 +50,7 @@ def config_value(section: type, key: str, parse: Callable[[str], Any] = int) -> 
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if parse is int else 'a number'}") from None
         try:
-            section(**{key: value}) if value else None
+            section(**{key: value}) if value or not zero_is_off else None
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return value

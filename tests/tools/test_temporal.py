@@ -108,6 +108,21 @@ def test_fused_frames_of_another_method(temporal, tmp_path, rng, monkeypatch, ca
     assert len(_cells(per_clip, "copy")) == 4 and float(_cells(per_clip, "copy")[-1]) > 0  # clip a, clip b, mean
 
 
+@pytest.mark.parametrize("methods", [["--fused", "a={out}", "--fused", "a={out}"], ["--fused", "max={out}", "--fuser",
+                                                                                 "max"]], ids=["fused", "fuser"])
+def test_two_methods_of_one_name_are_refused(methods, temporal, tmp_path, rng, monkeypatch):
+    # the two --fused folders' frames were one row (the last one's), silently
+    _clip(tmp_path / "seq" / "a", rng)
+    _copy_visible(tmp_path / "seq", tmp_path / "out")
+    name = methods[1].split("=")[0]
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path / "seq"),
+                                     *(m.format(out=tmp_path / "out") for m in methods)])
+    with pytest.raises(SystemExit) as exc:
+        temporal()
+    assert exc.value.code == f"temporal: two methods named {name}: name them apart (NAME=DIR for --fused, a config " \
+                             "file's name)"
+
+
 def test_missing_fused_frame_is_one_line(temporal, tmp_path, rng, monkeypatch):
     _clip(tmp_path / "seq" / "a", rng)
     _copy_visible(tmp_path / "seq", tmp_path / "out")
@@ -170,6 +185,8 @@ def test_a_clip_with_nothing_to_measure_against_is_one_line(temporal, tmp_path, 
     ("--stabilize", "2", "strength=2.0 is out of range; allowed: 0 (off) .. 0.95"),
     ("--denoise", "-1", "denoise=-1.0 is out of range; allowed: 0 (off) .. 0.95"),
     ("--denoise", "x", "'x' is not a number"),
+    # it was a late error, not naming the option
+    ("--denoise-threshold", "0", "denoise_threshold=0.0 is out of range; allowed: 0.01 .. 255 grey levels"),
 ])
 def test_a_bad_filter_setting_is_refused_naming_its_option(temporal, tmp_path, rng, monkeypatch, capsys, option,
                                                            value, words):
