@@ -12,6 +12,7 @@
 #                                           into .whl/ (git-ignored, about 45 MB: name it in the device call's carry),
 #                                           for a GPU machine that cannot reach PyPI
 #   bash tools/gpu_check.sh --dry-run       the same steps on the CPU with tiny sizes (checks the script itself)
+#   bash tools/gpu_check.sh -h              this text
 #
 # Dependencies: carried wheels in .whl/ are installed offline; otherwise missing packages come from PyPI
 # (the project's requirements, read from pyproject.toml); packages already installed are left alone.
@@ -20,6 +21,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-out/gpu_check}
 MODE=${1:-}
+case "$#:$MODE" in
+    0: | 1:--fetch-wheels | 1:--dry-run) ;;
+    1:-h | 1:--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown arguments: $*; give none, --fetch-wheels, --dry-run or -h" >&2; exit 2 ;;
+esac
 
 if [[ $MODE == --fetch-wheels ]]; then
     grep -qxF /.whl/ .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
@@ -112,13 +118,23 @@ fi
 
 # 6. Real pairs: the eval config on the GPU and on the CPU, and how far apart their fused images are.
 if step 6 && [[ -n ${DATA:-} ]]; then
+    evaluated=0
     for run in "$DEVICE:device" cpu:cpu; do  # named apart: on --dry-run both are the CPU
         dev=${run%:*} name=${run#*:}
+        rm -rf "$OUT/fused_$name" "$OUT/eval_$name"  # an earlier check's: never shown as this one's
+        code=0
         timeout 90 "$PY" -m streamfuse evaluate "$DATA/ir" "$DATA/vi" --fuser hclfuse --set engine.device=$dev \
-            --save "$OUT/fused_$name" --out "$OUT/eval_$name" > "$OUT/eval_$name.txt" 2>&1 || status=1
-        cat "$OUT/eval_$name/metrics.md"
+            --save "$OUT/fused_$name" --out "$OUT/eval_$name" > "$OUT/eval_$name.txt" 2>&1 || code=$?
+        if [[ $code == 0 ]]; then
+            cat "$OUT/eval_$name/metrics.md"
+            evaluated=$((evaluated + 1))
+        else
+            status=1
+            echo "gpu_check: evaluate on $dev failed (exit $code): $(tail -1 "$OUT/eval_$name.txt")"
+        fi
     done
-    "$PY" - "$OUT/fused_device" "$OUT/fused_cpu" <<'PY' 2>&1 | tee "$OUT/eval_diff.txt" || status=1
+    [[ $evaluated == 2 ]] && "$PY" - "$OUT/fused_device" "$OUT/fused_cpu" <<'PY' 2>&1 | tee "$OUT/eval_diff.txt" \
+        || status=1
 import sys
 from pathlib import Path
 
