@@ -25,6 +25,8 @@ _TS_CHECKED = 4  # the last packets whose sync bytes must be in place
 _TS_NULL = b"\x47\x1f\xff"  # a null packet's start (PID 0x1FFF), which padding to a size may end in
 _TS_LONGEST = max(packet for packet, _ in _TS_PACKETS)
 _TS_SEARCH = 4096  # how far before the end (or its padding) the last whole packet is looked for
+_PAD_BLOCK = 1 << 16  # bytes read at a time walking back over a file's trailing padding
+_ZERO_BLOCK = 4096  # and forward over a run of zero bytes
 _PS_START, _PS_PACK, _PS_END = b"\0\0\1", 0xBA, 0xB9  # a start code's prefix; the codes after it
 _PS_PACKETS = {0xBB: "system header", 0xBC: "stream map", 0xBD: "private stream 1", 0xBE: "padding",
                0xBF: "private stream 2", **{code: "audio" for code in range(0xC0, 0xE0)},
@@ -65,14 +67,14 @@ def _ts_packet(data: bytes, end: int) -> tuple[int, int] | None:
     return None
 
 
-def _padding_start(f: BinaryIO, size: int, block: int = 1 << 16) -> int:
+def _padding_start(f: BinaryIO, size: int) -> int:
     """Where the run of the file's last byte (zero or 0xFF: padding) starts; ``size`` where it ends otherwise."""
     pad = read_at(f, size - 1, 1) if size else b""
     if pad not in (b"\0", b"\xff"):
         return size
     end = size
     while end > 0:
-        data = read_at(f, max(0, end - block), min(block, end))
+        data = read_at(f, max(0, end - _PAD_BLOCK), min(_PAD_BLOCK, end))
         kept = len(data.rstrip(pad))
         if kept:
             return end - len(data) + kept
@@ -112,10 +114,10 @@ def program_stream(f: BinaryIO, size: int) -> Cut | None:
     return None
 
 
-def _zeros_end(f: BinaryIO, pos: int, size: int, block: int = 4096) -> int:
+def _zeros_end(f: BinaryIO, pos: int, size: int) -> int:
     """Where the run of zero bytes from ``pos`` ends (``size`` where it runs to the end of the file)."""
     while pos < size:
-        data = read_at(f, pos, block)
+        data = read_at(f, pos, _ZERO_BLOCK)
         kept = len(data.lstrip(b"\0"))
         pos += len(data) - kept
         if kept:
