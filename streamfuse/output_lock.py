@@ -27,17 +27,18 @@ log = logging.getLogger(__name__)
 _HELD: set[Path] = set()  # lock files this process holds: its own checks must not take them for another run's
 
 
-def lock_path(out: str | os.PathLike) -> Path:
-    """The lock file of output ``out``: ``.OUT.lock`` in its folder."""
+def lock_path(out: str | os.PathLike, inside: bool = False) -> Path:
+    """The lock file of output ``out``: ``.OUT.lock`` in its folder; with ``inside`` (an output folder, whose parent
+    may be another user's or another filesystem), ``OUT/.streamfuse.lock``."""
     out = Path(out)
-    return out.with_name(f".{out.name}.lock")
+    return out / ".streamfuse.lock" if inside else out.with_name(f".{out.name}.lock")
 
 
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike) -> Iterator[None]:
-    """Hold ``out``'s lock for the ``with`` block; ``FileExistsError`` (one line naming the holder) while another run
-    holds it, ``OSError`` when the lock file cannot be made."""
-    path = lock_path(out)
+def output_lock(out: str | os.PathLike, inside: bool = False) -> Iterator[None]:
+    """Hold ``out``'s lock (``inside`` it: see :func:`lock_path`) for the ``with`` block; ``FileExistsError`` (one
+    line naming the holder) while another run holds it, ``OSError`` when the lock file cannot be made."""
+    path = lock_path(out, inside)
     while True:
         try:  # never through a link: a planted one would make this run write into the file it names
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -48,7 +49,7 @@ def output_lock(out: str | os.PathLike) -> Iterator[None]:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise _busy(out, holder) from None
+            raise _busy(out, holder, path) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 os.close(fd)
@@ -81,7 +82,7 @@ def check_not_held(out: str | os.PathLike) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _busy(out, _holder(fd)) from None
+        raise _busy(out, _holder(fd), lock_path(out)) from None
     except OSError:  # a filesystem without locks: output_lock warns
         pass
     finally:
@@ -92,9 +93,9 @@ def _holder(fd: int) -> str:
     return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
 
 
-def _busy(out: str | os.PathLike, holder: str) -> FileExistsError:
-    return FileExistsError(f"output {out} is being written by another run ({holder}, holding {lock_path(out).name}); "
-                        "wait for it to end, or give another output")
+def _busy(out: str | os.PathLike, holder: str, path: Path) -> FileExistsError:
+    return FileExistsError(f"output {out} is being written by another run ({holder}, holding {path.name}); "
+                           "wait for it to end, or give another output")
 
 
 def _same_inode(fd: int, path: Path) -> bool:

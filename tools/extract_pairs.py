@@ -11,7 +11,7 @@ VIDEOS holds ``ir/<clip>.<ext>`` and ``vi/<clip>.<ext>`` (one video of each name
 OUT gets ``ir/<clip>_<frame>.png`` (grey) and ``vi/<clip>_<frame>.png`` (colour), ready for ``python -m streamfuse
 evaluate`` and ``tools/ablate.py --ir --vis``.
 An OUT that already holds pairs is refused (they would mix with this run's): choose an empty or new folder. So is a
-second run into an OUT that one is writing (a lock, ``.OUT.lock`` beside it).
+second run into an OUT that one is writing (a lock in each of its folders).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import tempfile
 from pathlib import Path
 
 # where the package is not installed, this checkout's: its import names the dependencies this Python lacks, in the
@@ -39,7 +38,7 @@ from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
 from streamfuse.cli.args import HelpFormatter, int_at_least  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
-from streamfuse.output_lock import output_lock  # noqa: E402
+from streamfuse.staged_folders import staged_folders  # noqa: E402
 
 
 def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarray]:
@@ -95,8 +94,8 @@ def _clips(videos: Path) -> list[tuple[Path, Path]]:
     return [(ir, _partner(ir, videos / "vi")) for ir in clips]
 
 
-def _write_clip(ir_path: Path, vis_path: Path, wanted: range, tmp: Path) -> int:
-    """Write one clip's pairs to ``tmp``'s ir/ and vi/; returns how many. ValueError (one line) when no wanted frame
+def _write_clip(ir_path: Path, vis_path: Path, wanted: range, ir_dir: Path, vi_dir: Path) -> int:
+    """Write one clip's pairs to ``ir_dir`` and ``vi_dir``; returns how many. ValueError (one line) when no wanted frame
     is in both videos, or their frames differ in size (not registered)."""
     ir, vis = frames_at(ir_path, wanted, ir=True), frames_at(vis_path, wanted)
     both = sorted(set(ir) & set(vis))
@@ -107,9 +106,9 @@ def _write_clip(ir_path: Path, vis_path: Path, wanted: range, tmp: Path) -> int:
         raise ValueError(f"{ir_path.stem}: the IR video is {iw}x{ih} and the visible {vw}x{vh}; the pairs must be "
                          "registered frames of one size")
     for i in both:
-        write_png(tmp / "ir" / f"{ir_path.stem}_{i:05d}.png",
+        write_png(ir_dir / f"{ir_path.stem}_{i:05d}.png",
                   ir[i] if ir[i].ndim == 2 else cv2.cvtColor(ir[i], cv2.COLOR_BGR2GRAY))
-        write_png(tmp / "vi" / f"{ir_path.stem}_{i:05d}.png", vis[i])
+        write_png(vi_dir / f"{ir_path.stem}_{i:05d}.png", vis[i])
     return len(both)
 
 
@@ -117,27 +116,18 @@ def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
     """Write the pairs; returns how many. Raises ValueError (one line) on a missing, short or truncated video,
     FileExistsError while another run writes into ``out``.
 
-    The pairs are written to a temporary folder beside ``out`` and moved into it once every clip is done, so a failed
-    run leaves no pairs behind; an ``out`` that already holds pairs is refused before any work, and so is a second
-    run into it while this one works (its lock, :mod:`streamfuse.output_lock`).
+    The pairs are staged in ``out``'s ir/ and vi/ and moved into place once every clip is done
+    (:mod:`streamfuse.staged_folders`), so a failed run leaves no pairs behind; an ``out`` that already holds pairs is
+    refused before any work, and so is a second run into it while this one works (its lock).
     """
     wanted = range(start, start + every * count, every)  # a range: a count of 10**22 is no set of 10**22 numbers
     clips = _clips(videos)
     check_outputs({"videos": videos}, {"output folder": out})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(out), tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+    with staged_folders([out / "ir", out / "vi"]) as (ir_stage, vi_stage):
         for sub in ("ir", "vi"):  # an earlier run's pairs would mix with these, and same-named ones be written over
-            if (out / sub).is_dir() and any((out / sub).iterdir()):
+            if any(not p.name.startswith(".") for p in (out / sub).iterdir()):
                 raise ValueError(f"output folder {out} already holds pairs in {sub}/; choose an empty or new folder")
-        tmp = Path(tmp)
-        for sub in ("ir", "vi"):
-            (tmp / sub).mkdir()
-        n = sum(_write_clip(ir_path, vis_path, wanted, tmp) for ir_path, vis_path in clips)
-        for sub in ("ir", "vi"):
-            (out / sub).mkdir(parents=True, exist_ok=True)
-            for png in sorted((tmp / sub).iterdir()):
-                png.replace(out / sub / png.name)
-    return n
+        return sum(_write_clip(ir_path, vis_path, wanted, ir_stage, vi_stage) for ir_path, vis_path in clips)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,12 +55,30 @@ def test_an_existing_out_keeps_its_other_files_when_a_run_fails(pairs, tmp_path,
 @pytest.mark.parametrize("busy", ["out", "saved", "saved/max"])
 def test_a_second_run_into_a_folder_being_written_is_refused(busy, pairs, tmp_path):
     ir_dir, vis_dir = pairs
-    (tmp_path / "saved").mkdir()
+    (tmp_path / busy).mkdir(parents=True)
     fusers = ["--fuser", "max"] + ["--fuser", "average"] * (busy == "saved/max")  # several: saved/<method>/
-    with output_lock(tmp_path / busy), pytest.raises(SystemExit) as exc:
+    with output_lock(tmp_path / busy, inside=True), pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), *fusers, "--out", str(tmp_path / "out"), "--save", str(tmp_path / "saved")])
     assert str(exc.value.code).startswith(f"evaluate: output {tmp_path / busy} is being written by another run (")
-    assert not (tmp_path / "out").exists() and not any((tmp_path / "saved").iterdir())
+    assert not (tmp_path / "out").exists() or busy == "out"
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.parent.name not in ("ir", "vi")]
+
+
+def test_an_out_folder_whose_parent_cannot_be_written_is_written(pairs, tmp_path):
+    # a mounted volume in a folder of another user: the lock and the staging go inside the output folder
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ir_dir, vis_dir = pairs
+    (tmp_path / "mnt" / "results").mkdir(parents=True)
+    (tmp_path / "mnt").chmod(0o555)
+    try:
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "mnt" / "results")])
+    finally:
+        (tmp_path / "mnt").chmod(0o755)
+    assert sorted(p.name for p in (tmp_path / "mnt" / "results").iterdir()) == ["metrics.csv", "metrics.md",
+                                                                               "montage.png"]
 
 
 @pytest.mark.parametrize("save", ["out", "out/fused"])
@@ -80,6 +98,7 @@ def test_staged_folders_moves_files_only_at_the_end(tmp_path):
     final = tmp_path / "a" / "b"
     with staged_folders([final]) as (stage,):
         (stage / "x.txt").write_text("x")
-        assert not final.exists() and stage.parent == final.parent
+        assert not (final / "x.txt").exists() and stage.parent == final
+        assert list(final.parent.iterdir()) == [final]  # nothing beside it: its parent may be another user's
     assert [p.name for p in final.iterdir()] == ["x.txt"] and sorted(p.name for p in final.parent.iterdir()) == ["b"]
     assert isinstance(stage, Path) and not stage.exists()

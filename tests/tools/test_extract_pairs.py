@@ -109,7 +109,7 @@ def test_an_output_folder_holding_pairs_is_refused(tool, tmp_path):
         tool("extract_pairs").main([str(tmp_path / "v"), str(out), "--start", "1", "--every", "2"])
     assert "\n" not in str(info.value)
     assert {p: p.read_bytes() for p in out.rglob("*.png")} == before and len(before) == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "v"]  # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "v"] and not list(out.rglob(".*"))  # no stage, lock
     (tmp_path / "empty" / "ir").mkdir(parents=True)  # an existing folder without pairs is fine
     tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "empty"), "--start", "1", "--every", "2"])
     assert sorted(p.name for p in (tmp_path / "empty" / "vi").iterdir()) == ["a_00001.png", "a_00003.png"]
@@ -196,6 +196,8 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_works(tool
 
     _video(tmp_path / "v" / "ir" / "a.mkv", 2, 0)
     _video(tmp_path / "v" / "vi" / "a.mkv", 2, 0)
-    with output_lock(tmp_path / "out"), pytest.raises(SystemExit, match=r"^extract_pairs: .*out") as info:
+    (tmp_path / "out" / "vi").mkdir(parents=True)
+    with output_lock(tmp_path / "out" / "vi", inside=True), pytest.raises(SystemExit) as info:
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0"])
-    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+    assert str(info.value).startswith(f"extract_pairs: output {tmp_path / 'out' / 'vi'} is being written by another ")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["vi"] and not any((tmp_path / "out" / "vi").iterdir())
