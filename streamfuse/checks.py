@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
-__all__ = ["ConfigError", "check", "shown", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml",
-           "dump_yaml", "yaml_reason"]
+__all__ = ["ConfigError", "check", "shown", "key_shown", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml",
+           "dump_yaml", "yaml_reason", "yaml_value"]
 
 
 class ConfigError(ValueError):
@@ -129,6 +129,13 @@ def shown(value: Any) -> str:
     return _SHOWN.repr(value)
 
 
+def key_shown(key: Any) -> str:
+    """A config key as an error line shows it: as it is when it is a short plain name, else quoted and cut short (a
+    space, a look-alike letter, a line break or a terminal's escape code is then seen, not acted on)."""
+    plain = isinstance(key, str) and key.isidentifier() and key.isascii() and len(key) <= _SHOWN.maxstring
+    return key if plain else shown(key)
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Return value as type tp or raise ValueError naming key and the expected type."""
     origin = typing.get_origin(tp)
@@ -166,8 +173,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if value is None:  # YAML reads `key:` and `--set key=` as null
         raise ValueError(f"{key} has no value; expected {_describe(tp)}")
-    # YAML reads a bare 0 (a camera index) as a number: say how to write it as text
-    quote = f' (quote it: "{value}")' if tp is str and isinstance(value, (int, float)) else ""
+    # YAML reads a bare 0 (a camera index), `no` or `1.10` as a number or a boolean: say how to write it as text (a
+    # boolean or a float read back, `False` or `1.1`, is not what was typed: then no text is suggested)
+    quote = ""
+    if tp is str and isinstance(value, (int, float)):
+        exact = isinstance(value, int) and not isinstance(value, bool)
+        quote = f' (quote it: "{value}")' if exact else " (YAML reads it as a boolean or a number: write it in quotes)"
     raise ValueError(f"{key}={shown(value)} has the wrong type; expected {_describe(tp)}{quote}")
 
 
@@ -177,7 +188,7 @@ def parse_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ValueError(f"unknown config key {prefix}.{key}; allowed keys: {', '.join(names)}")
+            raise ValueError(f"unknown config key {prefix}.{key_shown(key)}; allowed keys: {', '.join(names)}")
     values = {k: _coerce(hints[k], v, f"{prefix}.{k}") for k, v in data.items()}
     try:
         return cls(**values)
@@ -193,17 +204,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form stage.key=value")
         dotted, raw = item.split("=", 1)
-        keys = dotted.lstrip("-").split(".")
+        keys = [k.strip() for k in dotted.lstrip("-").split(".")]  # `ir.fps =25`, as a shell splits what is typed
         node = data
         for k in keys[:-1]:
-            node = node.setdefault(k, {})
+            if node.get(k) is None:  # absent, or given empty (`record:`): the override starts it
+                node[k] = {}
+            node = node[k]
             if not isinstance(node, dict):
                 raise ValueError(f"override {dotted}: {k} is not a section")
-        try:
-            node[keys[-1]] = load_yaml(raw)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"override {item!r}: the value is not valid YAML ({yaml_reason(exc)})") from None
+        node[keys[-1]] = yaml_value(raw, f"override {item!r}")
     return data
+
+
+def yaml_value(text: str, where: str) -> Any:
+    """One value given on the command line (``--set``, ``--fuser NAME:key=value``), read as a config's YAML is;
+    ``ValueError`` (one line, starting with ``where``) when it is no value that reader takes."""
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: the value is not valid YAML ({yaml_reason(exc)})") from None
+    except (RecursionError, ValueError) as exc:  # `0x_` (PyYAML's int() of nothing), thousands of digits or levels
+        raise ValueError(f"{where}: not a value this reader takes ({str(exc).splitlines()[0][:80]})") from None
 
 
 def yaml_reason(exc: yaml.YAMLError) -> str:

@@ -23,7 +23,8 @@ import yaml
 
 from streamfuse.align import AlignConfig
 from streamfuse.capture.sources import SourceConfig
-from streamfuse.checks import ConfigError, apply_overrides, dump_yaml, load_yaml, parse_section, shown, yaml_reason
+from streamfuse.checks import (ConfigError, apply_overrides, dump_yaml, key_shown, load_yaml, parse_section, shown,
+                               yaml_reason)
 from streamfuse.errors import redact
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
@@ -54,6 +55,7 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PATH_KEYS = {"ir": ("path", "palette"), "vis": ("path",), "hclfuse": ("weights",),
              "publish": ("curve_secret_file", "curve_clients_dir"), "replay": ("out", "frames_dir"),
              "record": ("path",)}
+_SOURCE_PATHS = ("ir.path", "vis.path")  # the path keys that take a device index
 
 
 @dataclass(frozen=True)
@@ -128,9 +130,10 @@ def _expand(value: str, key: str) -> str:
 
 
 def _path_value(value: Any, key: str) -> Any:
-    """A path key's value: ``~`` and ``${NAME}`` expanded; a whole number is a device index (``path: 0``, as users
-    write a camera's index in YAML and in ``--set``), so it is read as the text it is."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    """A path key's value: ``~`` and ``${NAME}`` expanded; a source's whole number is a device index (``path: 0``, as
+    users write a camera's index in YAML and in ``--set``), so it is read as the text it is (any other key's is a type
+    error: ``frames_dir: 0`` meant off, not a folder named 0)."""
+    if key in _SOURCE_PATHS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
     return _expand(value, key) if isinstance(value, str) else value
 
@@ -143,13 +146,15 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
         _check_moved(data)
         unknown = [k for k in data if k not in _SECTIONS]
         if unknown:
-            raise ValueError(f"unknown config key {unknown[0]}; allowed keys: {', '.join(_SECTIONS)}")
+            raise ValueError(f"unknown config key {key_shown(unknown[0])}; allowed keys: {', '.join(_SECTIONS)}")
         built = {}
         for name, cls in _SECTIONS.items():
             raw = data.get(name, None if name == "record" else {})
             if raw is None:
                 if name != "record":
                     raise ValueError(f"section {name} is empty")
+                if name in data:  # `record:` uncommented without its path: say so, a run records nothing
+                    log.warning("%s: section record is empty: nothing is recorded (give record.path)", source_file)
                 built[name] = None
                 continue
             if not isinstance(raw, dict):
@@ -217,4 +222,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 def dump_config(cfg: PipelineConfig, path: str | Path) -> None:
     """Write the resolved config as YAML next to a run's outputs."""
-    Path(path).write_text(dump_yaml(cfg.to_dict()))
+    Path(path).write_text(dump_yaml({k: v for k, v in cfg.to_dict().items() if v is not None}))  # no `record: null`

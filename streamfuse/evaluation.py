@@ -24,7 +24,7 @@ import numpy as np
 from streamfuse import metrics
 from streamfuse.atomic_write import write_file
 from streamfuse.bitdepth import IMAGE_SUFFIXES, To8Bit, read_8bit
-from streamfuse.checks import ConfigError, apply_overrides, load_yaml
+from streamfuse.checks import ConfigError, apply_overrides, yaml_value
 from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
 from streamfuse.configs import resolve
 from streamfuse.eval_report import check_outputs, markdown_table, tile, write_csv, write_montage
@@ -133,7 +133,10 @@ def fuser_method(spec: str, overrides: list[str] | None = None, base: PipelineCo
         if not eq or key not in keys:
             raise ConfigError(f"--fuser {spec}: {key + eq + value!r} is not key=value with a key {name} reads: "
                               f"{', '.join(keys)}")
-        raw.setdefault(keys[key], {})[key] = load_yaml(value)
+        try:
+            raw.setdefault(keys[key], {})[key] = yaml_value(value, f"--fuser {spec}: {key}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     given = [key for key, _, _ in items]
     if twice := next((key for key in given if given.count(key) > 1), None):  # which one was meant?
         raise ConfigError(f"--fuser {spec}: {twice} is given twice")

@@ -1,0 +1,86 @@
+"""Config values given on the command line and in files that users get wrong: one line naming the key, and the key
+shown as it is (an invisible character, a line break, an escape code), never acted on or passed off as another."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from streamfuse.config import ConfigError, config_from_dict, dump_config, load_config
+from streamfuse.evaluation import fuser_method
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("value, why", [("[", "the value is not valid YAML (expected the node content"),
+                                        ("*a", "the value is not valid YAML (found undefined alias 'a'"),
+                                        ("0x_", "not a value this reader takes (invalid literal for int()")])
+def test_a_fuser_s_inline_value_that_is_no_yaml_is_one_line(value, why):
+    # it was PyYAML's traceback ("[", "*a") or int()'s error naming no key ("0x_")
+    with pytest.raises(ConfigError) as exc:
+        fuser_method(f"max:sharpen={value}")
+    assert str(exc.value).startswith(f"--fuser max:sharpen={value}: sharpen: {why}") and "\n" not in str(exc.value)
+
+
+def test_an_override_value_no_reader_takes_names_the_override(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, "{}\n"), ["ir.seed=0x_"])
+    assert str(exc.value).startswith("override 'ir.seed=0x_': not a value this reader takes (")
+
+
+def test_an_empty_record_section_is_said_and_an_override_fills_it(tmp_path, caplog):
+    # `record:` uncommented without its path recorded nothing without a word, and --set record.path= was refused
+    path = _write(tmp_path, "record:\n")
+    with caplog.at_level(logging.WARNING, "streamfuse.config"):
+        assert load_config(path).record is None
+    assert f"{path}: section record is empty: nothing is recorded (give record.path)" in caplog.text
+    assert load_config(path, [f"record.path={tmp_path / 'r.mcap'}"]).record.path == str(tmp_path / "r.mcap")
+
+
+def test_a_dumped_config_without_recording_reads_back_without_a_warning(tmp_path, caplog):
+    dump_config(load_config(_write(tmp_path, "{}\n")), tmp_path / "resolved.yaml")
+    assert "record" not in (tmp_path / "resolved.yaml").read_text()
+    with caplog.at_level(logging.WARNING, "streamfuse.config"):
+        assert load_config(tmp_path / "resolved.yaml").record is None
+    assert not caplog.text
+
+
+@pytest.mark.parametrize("key", ["replay.frames_dir", "replay.out", "hclfuse.weights", "publish.curve_secret_file"])
+def test_a_number_is_no_file_name(key, tmp_path):
+    # replay.frames_dir=0 (meaning off) wrote every frame into a folder named 0; replay.out=0 made a live run a replay
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, "{}\n"), [f"{key}=0"])
+    assert f'{key}=0 has the wrong type; expected str (quote it: "0")' in str(exc.value)
+
+
+def test_a_camera_index_is_still_a_path(tmp_path):
+    assert config_from_dict({"ir": {"kind": "camera", "path": 0}}).ir.path == "0"
+
+
+@pytest.mark.parametrize("value", ["no", "on", "1.10"])
+def test_text_read_as_a_boolean_or_float_is_not_quoted_back_as_another(value, tmp_path):
+    # `frame_id: no` said (quote it: "False"), `1.10` said "1.1"
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, "{}\n"), [f"ir.frame_id={value}"])
+    assert str(exc.value).endswith("expected str (YAML reads it as a boolean or a number: write it in quotes)")
+
+
+def test_an_override_key_is_trimmed(tmp_path):
+    assert load_config(_write(tmp_path, "{}\n"), ["ir.fps =12", " vis. fps=9"]).ir.fps == 12
+
+
+@pytest.mark.parametrize("key, seen", [("fps\u00a0", "'fps\\xa0'"), ("f\nps", "'f\\nps'"),
+                                       ("\x1b[31mred", "'\\x1b[31mred'"), ("k" * 500, "'kkkk")])
+def test_an_unknown_key_is_shown_quoted_and_cut_short(key, seen, tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"ir": {key: 1}})
+    line = str(exc.value)
+    assert f"unknown config key ir.{seen}" in line and "\n" not in line and "\x1b" not in line and len(line) < 400
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({key: {}})
+    assert f"unknown config key {seen}" in str(exc.value) and "\n" not in str(exc.value)
