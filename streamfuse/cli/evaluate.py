@@ -24,7 +24,7 @@ from pathlib import Path
 from streamfuse.cli.args import HelpFormatter, config_error, int_at_least
 from streamfuse.config import ConfigError, load_config
 from streamfuse.configs import resolve
-from streamfuse.evaluation import config_method, evaluate_dir, fused_dir_method, fuser_method
+from streamfuse.evaluation import FUSER_SECTIONS, config_method, evaluate_dir, fused_dir_method, fuser_method
 
 __all__ = ["EVAL_CONFIG", "parse_args", "main"]
 
@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         configs = args.config or ([] if args.fused or args.fuser else [EVAL_CONFIG])
-        base = load_config(resolve(args.config[0] if args.config else EVAL_CONFIG))
+        # with the overrides the fuser methods take: a config's ${VAR} that a --set replaces need not be set
+        fusing = [o for o in args.overrides if o.lstrip("-").split(".")[0].strip() in FUSER_SECTIONS]
+        base = load_config(resolve(args.config[0] if args.config else EVAL_CONFIG), fusing)
         methods = [fused_dir_method(spec) for spec in args.fused]
         methods += [config_method(path, args.overrides) for path in configs]
         methods += [fuser_method(spec, args.overrides, base) for spec in args.fuser]

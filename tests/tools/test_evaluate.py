@@ -369,3 +369,12 @@ def test_a_16_bit_ir_pair_is_scored_as_its_stretched_8_bit_copy(evaluate, pairs,
         evaluate([str(folder), str(vis_dir), "--fuser", "max", "--out", str(out)])
         scores.append([{k: r[k] for k in ("image", *metrics.METRICS)} for r in read_csv(out / "metrics.csv")])
     assert scores[0] == scores[1]
+
+
+def test_the_first_config_takes_the_fusing_overrides_as_run_does(evaluate, pairs, tmp_path, random_weights, monkeypatch):
+    # its ${VAR} that a --set replaced was still read: "environment variable ... is not set", where run went ahead
+    ir_dir, vis_dir = pairs
+    monkeypatch.delenv("STREAMFUSE_TEST_WEIGHTS", raising=False)
+    (tmp_path / "mine.yaml").write_text("hclfuse:\n  weights: ${STREAMFUSE_TEST_WEIGHTS}\nengine:\n  device: cpu\n")
+    assert evaluate([str(ir_dir), str(vis_dir), "--config", str(tmp_path / "mine.yaml"), "--fuser", "max",
+                     "--set", f"hclfuse.weights={random_weights}", "--out", str(tmp_path / "out")]) == 0
