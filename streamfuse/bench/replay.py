@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if bool(args.ir) != bool(args.vis):
         parser.error("give both --ir and --vis, or neither (a synthetic pair)")
+    for override in args.overrides:  # the benchmark sets these itself: a --set of them would be passed over
+        key = override.partition("=")[0].lstrip("-").replace(" ", "")
+        if key.startswith("fuse.") or key in ("replay.codec", "replay.progress"):
+            parser.error(f"--set {override}: the fuser is --fuser, the codec --codec (progress stays off)")
     for what, path in (("IR", args.ir), ("visible", args.vis)):
         if path and not Path(path).is_file():
             raise SystemExit(f"bench replay: {what} video not found: {path}")

@@ -75,3 +75,13 @@ def test_a_bad_config_is_one_line_before_any_replay(args, message, monkeypatch, 
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("bench replay: config error: ") and message in err, err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("override", ["fuse.name=rule", "replay.codec=ffv1", "replay.progress=true"])
+def test_a_set_the_benchmark_would_pass_over_is_refused(override, capsys):
+    # --set fuse.name=rule benchmarked max, --set replay.codec=ffv1 wrote h264, both exit 0
+    with pytest.raises(SystemExit) as exc:
+        main(["--fuser", "max", "--set", override])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: --set {override}: the fuser is --fuser, the codec --codec (progress stays off)")
