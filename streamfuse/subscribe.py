@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(take the ZeroMQ payload)")
     parser.add_argument("--timeout", type=positive(threading.TIMEOUT_MAX), default=10.0,
                         help="give up after S seconds without a frame (or without the publisher's host name resolving)")
-    parser.add_argument("--first-timeout", type=positive(threading.TIMEOUT_MAX), default=60.0,
+    parser.add_argument("--first-timeout", type=positive(threading.TIMEOUT_MAX), default=None, metavar="S",
                         help="give up after S seconds without the first frame (a run started at the same time loads "
-                             "its model and compiles its kernels first: 6-16 s on its first start)")
+                             "its model and compiles its kernels first: 6-16 s on its first start); default 60, or "
+                             "--timeout where that is longer")
     key_options(parser)
     parser.add_argument("--max-frame-mb", type=positive(1e6), default=DEFAULT_MAX_FRAME_BYTES / 1e6,
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 SUMMARY_WINDOW = 10_000  # frames whose latencies the final summary covers (memory stays flat on long runs)
+_FIRST_TIMEOUT_S = 60.0  # --first-timeout unless given (or --timeout is longer)
 
 
 def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
@@ -107,7 +109,8 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
     try:
         while not args.count or sub.received < args.count:
             malformed = sub.malformed
-            wait = args.timeout if sub.received else max(args.timeout, args.first_timeout)
+            first = args.first_timeout if args.first_timeout is not None else max(args.timeout, _FIRST_TIMEOUT_S)
+            wait = args.timeout if sub.received else first
             frame = sub.recv(wait)
             if frame is None:
                 print(f"no frame from {args.endpoint} (topic {args.topic!r}) for {wait:g} s after "

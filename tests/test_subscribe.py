@@ -289,6 +289,12 @@ def test_cli_a_zeromq_peer_that_is_no_publisher_is_said_to_be_one(capsys: pytest
     assert len(err) == 1 and "a peer that is no publisher: another socket type, another protocol" in err[0], err
 
 
+def test_a_first_timeout_shorter_than_timeout_is_the_first_wait(capsys: pytest.CaptureFixture) -> None:
+    # it waited max(--timeout, --first-timeout): 30 s here, where the help promises S
+    assert main(["tcp://127.0.0.1:1", "--timeout", "30", "--first-timeout", "0.3"]) == 1
+    assert "for 0.3 s after 0 frames" in capsys.readouterr().err
+
+
 def test_cli_timeout_exits_1_with_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["tcp://127.0.0.1:1", "--timeout", "0.3", "--first-timeout", "0.3"]) == 1
     err = capsys.readouterr().err.splitlines()
