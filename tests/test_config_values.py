@@ -4,6 +4,7 @@ shown as it is (an invisible character, a line break, an escape code), never act
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,21 @@ def test_an_unknown_key_is_shown_quoted_and_cut_short(key, seen, tmp_path):
     with pytest.raises(ConfigError) as exc:
         config_from_dict({key: {}})
     assert f"unknown config key {seen}" in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("kind", ["folder", "pipe"])
+def test_a_folder_or_pipe_named_without_a_folder_is_not_taken_for_a_missing_config(kind, tmp_path, monkeypatch):
+    # `--config adir` and `--config fifo.yaml` said "no such config file here, nor a shipped config of that name"
+    import os
+
+    from streamfuse.configs import resolve
+
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("adir") if kind == "folder" else os.mkfifo("fifo.yaml")
+    name = "adir" if kind == "folder" else "fifo.yaml"
+    assert resolve(name) == Path(name)
+    if kind == "folder":
+        with pytest.raises(ConfigError, match="^adir: is a folder, not a config file$"):
+            load_config(resolve(name))
+    os.mkdir("demo")
+    assert resolve("demo").parent.name == "configs"  # a folder of a shipped config's name does not win

@@ -25,7 +25,7 @@ def resolve(config: str | Path) -> Path:
     to a YAML file, kept as given.
 
     A name is a word without a folder; an existing file of that name in the working directory wins (a folder of
-    that name does not).
+    that name does not: the shipped config does, else the folder is given back, to be refused as a folder).
 
     Raises:
         ConfigError: a name (``nosuch`` or ``nosuch.yaml``) that is neither a file here nor a shipped config (the
@@ -36,5 +36,7 @@ def resolve(config: str | Path) -> Path:
         return path
     if (CONFIG_DIR / f"{path.stem}.yaml").is_file():
         return CONFIG_DIR / f"{path.stem}.yaml"
+    if path.exists():  # a pipe (read as a config), a folder or a device here: its reader says which
+        return path
     raise ConfigError(f"{config}: no such config file here, nor a shipped config of that name; shipped: "
                       f"{', '.join(shipped())} (or give the path of a YAML file)")
