@@ -127,6 +127,11 @@ def test_same_rate_pairs_all_frames_and_writes_a_frames_folder(tmp_path):
     with pytest.raises(ValueError, match="frames_dir .*afile is a file, not a folder"):
         run_replay(make_cfg(replay={"frames_dir": str(tmp_path / "afile")}), ir_path=ir, vis_path=vis,
                    out_path=tmp_path / "again.mkv")
+    # a file in its way: it was "[Errno 20] Not a directory" naming no key, once the output was opened
+    with pytest.raises(ValueError, match=f"^replay.frames_dir {tmp_path / 'afile' / 'f'} cannot be written: "
+                                         f"{tmp_path / 'afile'} is a file$"):
+        run_replay(make_cfg(replay={"frames_dir": str(tmp_path / "afile" / "f")}), ir_path=ir, vis_path=vis,
+                   out_path=tmp_path / "again.mkv")
     assert not list(tmp_path.glob("*again*"))
 
 

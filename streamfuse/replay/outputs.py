@@ -14,6 +14,7 @@ import av
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.errors import io_reason
+from streamfuse.eval_report import check_outputs
 from streamfuse.output_lock import check_not_held, lock_path
 from streamfuse.replay.resume import sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES
@@ -100,10 +101,11 @@ def check_output_folder(out: Path, codec: str) -> None:
 
 
 def check_frames_dir(folder: Path, resume: bool) -> None:
-    """Refuse a frames folder that is a file, or that holds an earlier run's frames (which this run's would mix with,
+    """Refuse a frames folder that is a file or cannot be made, or that holds an earlier run's frames (which this run's would mix with,
     leaving the folder looking complete); a resumed run keeps the frames of the run it continues."""
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"replay.frames_dir {folder} is a file, not a folder")
+    check_outputs({}, {"replay.frames_dir": folder})  # a file in its way, a folder this user cannot write: before work
     if not resume and folder.is_dir() and any(folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
         raise ValueError(f"replay.frames_dir {folder} already holds the frames of an earlier run; choose an empty "
                          f"folder (or --resume the run they belong to)")
