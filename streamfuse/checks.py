@@ -58,17 +58,17 @@ class _Loader(yaml.SafeLoader):
     may be overridden there, as YAML means them to be."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
+        seen: dict[Any, int] = {}  # key -> the line it is first on
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # the merged mapping's keys give way to this one's
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, typing.Hashable):
                 continue  # SafeLoader's own error names it
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (line "
-                                                        f"{key_node.start_mark.line + 1})", key_node.start_mark)
-            seen.add(key)
+            if key in seen:  # the mark says where the second is
+                raise yaml.constructor.ConstructorError(None, None, f"key {shown(key)} is given twice (first on line "
+                                                        f"{seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:

@@ -161,8 +161,8 @@ def test_a_file_that_is_not_a_config_is_one_line(tmp_path, monkeypatch):
     assert all(m.startswith(str(tmp_path)) and "\n" not in m for m in messages.values())
     assert "is empty" in messages["empty.yaml"] and "is empty" in messages["blank.yaml"]
     assert "not UTF-8" in messages["binary.yaml"]
-    assert "key 'fuse' is given twice (line 3)" in messages["twice.yaml"]
-    assert "key 'steps' is given twice (line 3)" in messages["twice_in_section.yaml"]
+    assert "key 'fuse' is given twice (first on line 1), line 3, column 1" in messages["twice.yaml"]
+    assert "key 'steps' is given twice (first on line 2), line 3" in messages["twice_in_section.yaml"]
     assert load_config(_write(tmp_path, "{}\n")) == config_from_dict({})  # every default, said explicitly
     (tmp_path / "demo").mkdir()  # a folder of a shipped config's name does not hide it
     monkeypatch.chdir(tmp_path)
