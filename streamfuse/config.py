@@ -203,6 +203,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"{path}: not valid YAML ({yaml_reason(exc)})") from None
     except (RecursionError, ValueError) as exc:  # nested thousands deep; an integer of thousands of digits
         raise ConfigError(f"{path}: not a config file this reader takes ({str(exc).splitlines()[0][:80]})") from None
+    if data is None and all(line.lstrip().startswith("#") for line in text.splitlines() if line.strip()):
+        raise ConfigError(f"{path}: the config file holds only comments (write `{{}}` to run on every default)")
     try:
         overridden = apply_overrides(copy.deepcopy(data), overrides or [])
     except ValueError as exc:  # names the override (or the file, that is no mapping to override)

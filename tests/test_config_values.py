@@ -103,3 +103,13 @@ def test_a_folder_or_pipe_named_without_a_folder_is_not_taken_for_a_missing_conf
             load_config(resolve(name))
     os.mkdir("demo")
     assert resolve("demo").parent.name == "configs"  # a folder of a shipped config's name does not win
+
+
+def test_a_file_of_comments_only_or_an_empty_name_is_said_so(tmp_path):
+    # "top level must be a mapping of stage sections", and `--config ""` was ".: is a folder"
+    from streamfuse.configs import resolve
+
+    with pytest.raises(ConfigError, match=r"the config file holds only comments \(write `\{\}` to run on every "):
+        load_config(_write(tmp_path, "# fuse:\n#   name: max\n"))
+    with pytest.raises(ConfigError, match=r"^config '' is empty: give a shipped config's name \(.*demo"):
+        resolve("")

@@ -31,6 +31,9 @@ def resolve(config: str | Path) -> Path:
         ConfigError: a name (``nosuch`` or ``nosuch.yaml``) that is neither a file here nor a shipped config (the
             message lists the shipped ones).
     """
+    if not str(config).strip():  # Path("") is the working directory, which would be refused as a folder
+        raise ConfigError(f"config {str(config)!r} is empty: give a shipped config's name ({', '.join(shipped())}) or "
+                          "the path of a YAML file")
     path = Path(config)
     if path.is_file() or len(path.parts) != 1 or path.suffix not in ("", ".yaml"):
         return path
