@@ -65,7 +65,7 @@ class PublishConfig:
     wait_subscriber_s: float = 0.0
 
     def __post_init__(self) -> None:
-        check(self.endpoint.split("://")[0] in ("tcp", "ipc", "inproc") and tcp_port_ok(self.endpoint, bind=True),
+        check(_address_ok(self.endpoint) and tcp_port_ok(self.endpoint, bind=True),
               "endpoint", self.endpoint, "tcp://HOST:PORT (PORT 1..65535, or * for any free one) | ipc://PATH | "
               "inproc://NAME")
         check(bool(self.topic), "topic", self.topic, "a non-empty string, e.g. fused/rig0")
@@ -87,3 +87,16 @@ class PublishConfig:
         check(0 <= self.wait_subscriber_s <= 3600, "wait_subscriber_s", self.wait_subscriber_s, "0 (off) .. 3600 s")
         check(self.preview_width == 0 or 16 <= self.preview_width <= 4096, "preview_width", self.preview_width,
               "0 (off) or 16..4096 pixels")
+
+
+def _address_ok(endpoint: str) -> bool:
+    """A transport ZeroMQ binds and an address after it: a ``tcp://`` host (a name, an address, an interface, ``*``;
+    IPv6 in whole brackets) without spaces, an ``ipc://`` path, an ``inproc://`` name (libzmq's own error for
+    ``tcp://:5555`` is "No such device", at bind)."""
+    scheme, _, address = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return bool(address.strip())
+    host = address.rpartition(":")[0]
+    bracketed = host.startswith("[") or host.endswith("]")
+    return (scheme == "tcp" and bool(host) and not any(c.isspace() for c in host)
+            and (not bracketed or (host.startswith("[") and host.endswith("]") and len(host) > 2)))

@@ -113,3 +113,18 @@ def test_a_file_of_comments_only_or_an_empty_name_is_said_so(tmp_path):
         load_config(_write(tmp_path, "# fuse:\n#   name: max\n"))
     with pytest.raises(ConfigError, match=r"^config '' is empty: give a shipped config's name \(.*demo"):
         resolve("")
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://:6401", "tcp://[::1:6402", "tcp://no such host:6403", "ipc://",
+                                      "tcp://[]:6404"])
+def test_an_endpoint_without_a_usable_address_is_refused_at_load(endpoint):
+    # they passed the check and failed at bind with libzmq's "No such device"
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"publish": {"endpoint": endpoint}})
+    assert f"publish: endpoint={endpoint!r} is out of range; allowed: tcp://HOST:PORT" in str(exc.value)
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://*:6405", "tcp://[::1]:6406", "tcp://lo:6407", "ipc:///tmp/x",
+                                      "inproc://a"])
+def test_endpoints_of_every_form_still_load(endpoint):
+    assert config_from_dict({"publish": {"endpoint": endpoint}}).publish.endpoint == endpoint
