@@ -14,16 +14,18 @@ Demo(rate=0.001)
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import reprlib
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import yaml
 
 __all__ = ["ConfigError", "check", "shown", "key_shown", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml",
-           "dump_yaml", "yaml_reason", "yaml_value"]
+           "dump_yaml", "yaml_reason", "yaml_value", "did_you_mean"]
 
 
 class ConfigError(ValueError):
@@ -129,6 +131,12 @@ def shown(value: Any) -> str:
     return _SHOWN.repr(value)
 
 
+def did_you_mean(key: Any, names: Iterable[str]) -> str:
+    """``" (did you mean fps?)"`` for a key one or two letters off a known name; "" when none is near."""
+    near = difflib.get_close_matches(str(key).strip().lower(), list(names), n=1, cutoff=0.75)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
 def key_shown(key: Any) -> str:
     """A config key as an error line shows it: as it is when it is a short plain name, else quoted and cut short (a
     space, a look-alike letter, a line break or a terminal's escape code is then seen, not acted on)."""
@@ -188,7 +196,8 @@ def parse_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ValueError(f"unknown config key {prefix}.{key_shown(key)}; allowed keys: {', '.join(names)}")
+            raise ValueError(f"unknown config key {prefix}.{key_shown(key)}{did_you_mean(key, names)}; allowed keys: "
+                             f"{', '.join(names)}")
     values = {k: _coerce(hints[k], v, f"{prefix}.{k}") for k, v in data.items()}
     try:
         return cls(**values)

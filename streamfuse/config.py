@@ -23,8 +23,8 @@ import yaml
 
 from streamfuse.align import AlignConfig
 from streamfuse.capture.sources import SourceConfig
-from streamfuse.checks import (ConfigError, apply_overrides, dump_yaml, key_shown, load_yaml, parse_section, shown,
-                               yaml_reason)
+from streamfuse.checks import (ConfigError, apply_overrides, did_you_mean, dump_yaml, key_shown, load_yaml,
+                               parse_section, shown, yaml_reason)
 from streamfuse.errors import redact
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
@@ -146,7 +146,8 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
         _check_moved(data)
         unknown = [k for k in data if k not in _SECTIONS]
         if unknown:
-            raise ValueError(f"unknown config key {key_shown(unknown[0])}; allowed keys: {', '.join(_SECTIONS)}")
+            raise ValueError(f"unknown config key {key_shown(unknown[0])}{did_you_mean(unknown[0], _SECTIONS)}; "
+                             f"allowed keys: {', '.join(_SECTIONS)}")
         built = {}
         for name, cls in _SECTIONS.items():
             raw = data.get(name, None if name == "record" else {})

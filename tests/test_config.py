@@ -32,7 +32,8 @@ def _write(tmp_path, text):
     "text, message",
     [
         ("fuse:\n  stepz: 4\n", "unknown config key fuse.stepz; allowed keys: name"),
-        ("hclfuse:\n  stepz: 4\n", "unknown config key hclfuse.stepz; allowed keys: weights, sampler, steps"),
+        ("hclfuse:\n  stepz: 4\n",
+         "unknown config key hclfuse.stepz (did you mean steps?); allowed keys: weights, sampler, steps"),
         ("fusion:\n  steps: 4\n", "unknown config key fusion; allowed keys: ir, vis, sync, register, stabilize, align"),
         ("hclfuse:\n  steps: four\n", "hclfuse.steps='four' has the wrong type; expected int"),
         ("hclfuse:\n  steps: 40\n", "hclfuse: steps=40 is out of range; allowed: 1..20"),

@@ -128,3 +128,12 @@ def test_an_endpoint_without_a_usable_address_is_refused_at_load(endpoint):
                                       "inproc://a"])
 def test_endpoints_of_every_form_still_load(endpoint):
     assert config_from_dict({"publish": {"endpoint": endpoint}}).publish.endpoint == endpoint
+
+
+@pytest.mark.parametrize("raw, said", [({"fuze": {}}, "unknown config key fuze (did you mean fuse?); allowed keys: "),
+                                       ({"ir": {"widht": 64}}, "unknown config key ir.widht (did you mean width?); "),
+                                       ({"ir": {"colour": 1}}, "unknown config key ir.colour; allowed keys: ")])
+def test_a_misspelt_key_gets_the_nearest_name(raw, said):
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(raw)
+    assert said in str(exc.value)
