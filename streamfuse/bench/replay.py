@@ -43,9 +43,14 @@ def synthetic_pair(folder: Path, frames: int, width: int, height: int) -> tuple[
     return paths[0], paths[1]
 
 
+def _set_here(override: str) -> bool:
+    """Whether ``override`` sets what the benchmark sets itself: the fuser, the codec, the progress bar."""
+    key = override.partition("=")[0].lstrip("-").replace(" ", "")
+    return key.startswith("fuse.") or key in ("replay.codec", "replay.progress")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Replay the pair with each fuser and print its frames/s and each stage's share of the wall time; a fuser that
-    cannot run is one line on stderr, the others still run, and the exit status is then 1."""
+    """Print each fuser's replay frames/s and stage shares; one that cannot run is a line on stderr and exit 1."""
     parser = argparse.ArgumentParser(prog="python -m streamfuse bench replay", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--fuser", default="max,hclfuse", help="comma-separated fusers to compare")
@@ -62,10 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if bool(args.ir) != bool(args.vis):
         parser.error("give both --ir and --vis, or neither (a synthetic pair)")
-    for override in args.overrides:  # the benchmark sets these itself: a --set of them would be passed over
-        key = override.partition("=")[0].lstrip("-").replace(" ", "")
-        if key.startswith("fuse.") or key in ("replay.codec", "replay.progress"):
-            parser.error(f"--set {override}: the fuser is --fuser, the codec --codec (progress stays off)")
+    if taken := next((o for o in args.overrides if _set_here(o)), None):  # a --set of them would be passed over
+        parser.error(f"--set {taken}: the fuser is --fuser, the codec --codec (progress stays off)")
     for what, path in (("IR", args.ir), ("visible", args.vis)):
         if path and not Path(path).is_file():
             raise SystemExit(f"bench replay: {what} video not found: {path}")
