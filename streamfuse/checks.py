@@ -25,7 +25,8 @@ from typing import Any, Literal
 import yaml
 
 __all__ = ["ConfigError", "check", "shown", "key_shown", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml",
-           "dump_yaml", "yaml_reason", "yaml_value", "did_you_mean"]
+           "dump_yaml", "yaml_reason", "yaml_value", "did_you_mean",
+           "override_keys"]
 
 
 class ConfigError(ValueError):
@@ -213,7 +214,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form stage.key=value")
         dotted, raw = item.split("=", 1)
-        keys = [k.strip() for k in dotted.lstrip("-").split(".")]  # `ir.fps =25`, as a shell splits what is typed
+        keys = override_keys(item)
         node = data
         for k in keys[:-1]:
             if node.get(k) is None:  # absent, or given empty (`record:`): the override starts it
@@ -223,6 +224,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ValueError(f"override {dotted}: {k} is not a section")
         node[keys[-1]] = yaml_value(raw, f"override {item!r}")
     return data
+
+
+def override_keys(item: str) -> list[str]:
+    """The dotted key of a ``stage.key=value`` override, split (``["ir", "fps"]``): leading dashes and the spaces
+    around each part dropped (``ir.fps =25``, as a shell splits what is typed)."""
+    return [k.strip() for k in item.partition("=")[0].lstrip("-").split(".")]
 
 
 def yaml_value(text: str, where: str) -> Any:

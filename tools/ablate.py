@@ -44,6 +44,7 @@ quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (n
 import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_file  # noqa: E402
+from streamfuse.checks import override_keys  # noqa: E402
 from streamfuse.cli.args import config_error, config_value, data_dir, int_at_least  # noqa: E402
 from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
@@ -186,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     if (args.ir is None) != (args.vis is None):
         p.error("give both --ir and --vis, or neither (then --data/--dataset)")
     for override in args.overrides:
-        section = override.lstrip("-").split(".")[0]
-        if section not in ROW_SECTIONS or (args.weights and override.lstrip("-").startswith("hclfuse.weights=")):
+        keys = override_keys(override)
+        if keys[0] not in ROW_SECTIONS or (args.weights and keys == ["hclfuse", "weights"]):
             p.error(f"--set {override}: the rows take overrides of {', '.join(ROW_SECTIONS)} (the weights once)")
     if args.json is not None and is_eval_file(args.json, args.out):
         p.error(f"--json {args.json} is a file that --out gets (its table, CSV, montage or configs); name another")

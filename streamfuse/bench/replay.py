@@ -16,6 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from streamfuse.bench import parse_size
+from streamfuse.checks import override_keys
 from streamfuse.cli.args import config_error, int_at_least
 
 __all__ = ["main", "synthetic_pair"]
@@ -45,8 +46,8 @@ def synthetic_pair(folder: Path, frames: int, width: int, height: int) -> tuple[
 
 def _set_here(override: str) -> bool:
     """Whether ``override`` sets what the benchmark sets itself: the fuser, the codec, the progress bar."""
-    key = override.partition("=")[0].lstrip("-").replace(" ", "")
-    return key.startswith("fuse.") or key in ("replay.codec", "replay.progress")
+    keys = override_keys(override)
+    return keys[0] == "fuse" or keys in (["replay", "codec"], ["replay", "progress"])
 
 
 def main(argv: list[str] | None = None) -> int:

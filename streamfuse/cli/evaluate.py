@@ -21,6 +21,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from streamfuse.checks import override_keys
 from streamfuse.cli.args import HelpFormatter, config_error, int_at_least
 from streamfuse.config import ConfigError, load_config
 from streamfuse.configs import resolve
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configs = args.config or ([] if args.fused or args.fuser else [EVAL_CONFIG])
         # with the overrides the fuser methods take: a config's ${VAR} that a --set replaces need not be set
-        fusing = [o for o in args.overrides if o.lstrip("-").split(".")[0].strip() in FUSER_SECTIONS]
+        fusing = [o for o in args.overrides if override_keys(o)[0] in FUSER_SECTIONS]
         base = load_config(resolve(args.config[0] if args.config else EVAL_CONFIG), fusing)
         methods = [fused_dir_method(spec) for spec in args.fused]
         methods += [config_method(path, args.overrides) for path in configs]
