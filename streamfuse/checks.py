@@ -19,14 +19,13 @@ import re
 import reprlib
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Literal
 
 import yaml
 
 __all__ = ["ConfigError", "check", "shown", "key_shown", "tcp_port_ok", "parse_section", "apply_overrides", "load_yaml",
-           "dump_yaml", "yaml_reason", "yaml_value", "did_you_mean",
-           "override_keys"]
+           "dump_yaml", "yaml_reason", "yaml_value", "ValueNotTaken", "did_you_mean", "override_keys"]
 
 
 class ConfigError(ValueError):
@@ -79,6 +78,25 @@ class _Loader(yaml.SafeLoader):
         base = {"0x": 16, "0o": 8}.get(text[:2], 10)
         return int(text[2:] if base != 10 else text, base)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except _CONSTRUCTOR_FAULTS:  # `0x_`, 5000 digits, `2024-13-01`, `!!float`, `!!bool maybe`
+            tag = node.tag.rpartition(":")[2]
+            value = shown(node.value) if isinstance(node, yaml.ScalarNode) else "the value"
+            raise ValueNotTaken(None, None, f"{value} is not {_WANTED.get(tag, f'a !!{tag}')}",
+                                node.start_mark) from None
+
+
+class ValueNotTaken(yaml.constructor.ConstructorError):
+    """Valid YAML of a value that is not what it looks like or is tagged as (``0x_``, ``2024-13-01``, ``!!bool
+    maybe``): said with its line, as YAML's own errors are."""
+
+
+#: What PyYAML's constructors raise on a scalar they cannot read, and the words for what it should have been.
+_CONSTRUCTOR_FAULTS = (ValueError, LookupError, TypeError, AttributeError)
+_WANTED = {"int": "a number this reader takes", "float": "a number this reader takes", "timestamp": "a date",
+           "bool": "a boolean"}
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 _Loader.yaml_implicit_resolvers = {first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
@@ -102,7 +120,10 @@ _Dumper.yaml_implicit_resolvers = {first: _Loader.yaml_implicit_resolvers.get(fi
 
 def load_yaml(text: str) -> Any:
     """Parse YAML text as the configs are read (safe, numbers as YAML 1.2 reads them, no key given twice)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except _CONSTRUCTOR_FAULTS as exc:  # a mapping's or list's contents are built after its node's construct_object
+        raise ValueNotTaken(None, None, f"a tagged value this reader cannot read ({type(exc).__name__})") from None
 
 
 def dump_yaml(data: Any) -> str:
@@ -132,10 +153,14 @@ def shown(value: Any) -> str:
     return _SHOWN.repr(value)
 
 
-def did_you_mean(key: Any, names: Iterable[str]) -> str:
-    """``" (did you mean fps?)"`` for a key one or two letters off a known name; "" when none is near."""
-    near = difflib.get_close_matches(str(key).strip().lower(), list(names), n=1, cutoff=0.75)
-    return f" (did you mean {near[0]}?)" if near else ""
+def did_you_mean(key: Any, names: Iterable[str], homes: Mapping[str, Collection[str]] | None = None) -> str:
+    """``" (did you mean fps?)"`` for a key one or two letters off a known name, else ``" (did you mean ir.fps or
+    vis.fps?)"`` for a key of other sections (``homes``: section -> its keys) given in the wrong one; "" when none."""
+    text = str(key).strip()
+    near = difflib.get_close_matches(text.lower(), list(names), n=1, cutoff=0.75)
+    elsewhere = [f"{section}.{text}" for section, keys in (homes or {}).items() if text in keys]
+    said = near[:1] or elsewhere
+    return f" (did you mean {' or '.join(said)}?)" if said else ""
 
 
 def key_shown(key: Any) -> str:
@@ -191,14 +216,16 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ValueError(f"{key}={shown(value)} has the wrong type; expected {_describe(tp)}{quote}")
 
 
-def parse_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping: unknown keys and wrong types raise ValueError naming the key."""
+def parse_section(cls: type, data: dict[str, Any], prefix: str,
+                  homes: Mapping[str, Collection[str]] | None = None) -> Any:
+    """Build dataclass ``cls`` from a mapping: unknown keys and wrong types raise ValueError naming the key (and the
+    other sections, ``homes``, that hold it)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ValueError(f"unknown config key {prefix}.{key_shown(key)}{did_you_mean(key, names)}; allowed keys: "
-                             f"{', '.join(names)}")
+            raise ValueError(f"unknown config key {prefix}.{key_shown(key)}{did_you_mean(key, names, homes)}; "
+                             f"allowed keys: {', '.join(names)}")
     values = {k: _coerce(hints[k], v, f"{prefix}.{k}") for k, v in data.items()}
     try:
         return cls(**values)
@@ -212,7 +239,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         raise ValueError("top level must be a mapping of stage sections")
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form stage.key=value")
+            raise ValueError(f"override {shown(item)} is not of the form stage.key=value")
         dotted, raw = item.split("=", 1)
         keys = override_keys(item)
         node = data
@@ -222,7 +249,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node[k]
             if not isinstance(node, dict):
                 raise ValueError(f"override {dotted}: {k} is not a section")
-        node[keys[-1]] = yaml_value(raw, f"override {item!r}")
+        node[keys[-1]] = yaml_value(raw, f"override {shown(item)}")
     return data
 
 
@@ -237,9 +264,11 @@ def yaml_value(text: str, where: str) -> Any:
     ``ValueError`` (one line, starting with ``where``) when it is no value that reader takes."""
     try:
         return load_yaml(text)
+    except ValueNotTaken as exc:
+        raise ValueError(f"{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{where}: the value is not valid YAML ({yaml_reason(exc)})") from None
-    except (RecursionError, ValueError) as exc:  # `0x_` (PyYAML's int() of nothing), thousands of digits or levels
+    except RecursionError as exc:  # nested thousands of levels
         raise ValueError(f"{where}: not a value this reader takes ({str(exc).splitlines()[0][:80]})") from None
 
 

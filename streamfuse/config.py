@@ -23,8 +23,8 @@ import yaml
 
 from streamfuse.align import AlignConfig
 from streamfuse.capture.sources import SourceConfig
-from streamfuse.checks import (ConfigError, apply_overrides, did_you_mean, dump_yaml, key_shown, load_yaml,
-                               parse_section, shown, yaml_reason)
+from streamfuse.checks import (ConfigError, ValueNotTaken, apply_overrides, did_you_mean, dump_yaml, key_shown,
+                               load_yaml, override_keys, parse_section, shown, yaml_reason)
 from streamfuse.errors import redact
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
@@ -82,19 +82,33 @@ class PipelineConfig:
     replay: ReplayConfig
     record: RecordConfig | None = None
     source_file: str = field(default="<dict>", compare=False)
+    overrides: tuple[str, ...] = field(default=(), compare=False)  # the --set items applied to the file
+
+    def origin(self, *keys: str) -> str:
+        """The config as a refusal of a combination of its ``keys`` names it: its file, with the overrides that set
+        any of them (``demo.yaml with --set ir.kind=file``), which may be what made it refused."""
+        def sets(item: str) -> bool:
+            dotted = ".".join(override_keys(item))
+            return any(key == dotted or key.startswith(f"{dotted}.") for key in keys)
+
+        given = [item for item in self.overrides if sets(item)]
+        return self.source_file + (f" with --set {' '.join(given)}" if given else "")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping of every section (for logging, dumping and the replay sidecar), a camera URL's password
         masked (:func:`~streamfuse.errors.redact`)."""
-        out = {k: dataclasses.asdict(v) if v is not None else None for k, v in vars(self).items() if k != "source_file"}
+        out = {k: dataclasses.asdict(v) if v is not None else None for k, v in vars(self).items() if k not in _META}
         return _plain(out)
 
 
+_META = ("source_file", "overrides")  # where a config came from, not a section of it
 _HINTS = typing.get_type_hints(PipelineConfig)
 #: Section name -> its config class (``record`` is optional: ``RecordConfig | None``).
 _SECTIONS: dict[str, type] = {f.name: next(t for t in (*typing.get_args(_HINTS[f.name]), _HINTS[f.name])
                                            if t is not type(None))
-                              for f in dataclasses.fields(PipelineConfig) if f.name != "source_file"}
+                              for f in dataclasses.fields(PipelineConfig) if f.name not in _META}
+#: Section name -> its keys: an unknown key of one section, or of none, is looked for in the others.
+_KEYS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in _SECTIONS.items()}
 
 
 def _plain(obj: Any) -> Any:
@@ -146,7 +160,7 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
         _check_moved(data)
         unknown = [k for k in data if k not in _SECTIONS]
         if unknown:
-            raise ValueError(f"unknown config key {key_shown(unknown[0])}{did_you_mean(unknown[0], _SECTIONS)}; "
+            raise ValueError(f"unknown config key {key_shown(unknown[0])}{did_you_mean(unknown[0], _SECTIONS, _KEYS)}; "
                              f"allowed keys: {', '.join(_SECTIONS)}")
         built = {}
         for name, cls in _SECTIONS.items():
@@ -162,7 +176,7 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
                 keys = ", ".join(f.name for f in dataclasses.fields(cls))
                 raise ValueError(f"{name}={shown(raw)} must be a mapping; allowed keys: {keys}")
             raw = {k: _path_value(v, f"{name}.{k}") if k in PATH_KEYS.get(name, ()) else v for k, v in raw.items()}
-            built[name] = parse_section(cls, raw, name)
+            built[name] = parse_section(cls, raw, name, {k: v for k, v in _KEYS.items() if k != name})
         if built["vis"].palette:  # a visible camera's colours are its image, not a code for temperature
             raise ValueError(f"vis.palette={built['vis'].palette!r}: a palette is the IR camera's (ir.palette)")
     except ValueError as exc:
@@ -200,9 +214,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"{path}: the config file is empty (write `{{}}` to run on every default)")
     try:
         data = load_yaml(text)
+    except ValueNotTaken as exc:  # valid YAML: the value is what is wrong
+        raise ConfigError(f"{path}: {yaml_reason(exc)}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({yaml_reason(exc)})") from None
-    except (RecursionError, ValueError) as exc:  # nested thousands deep; an integer of thousands of digits
+    except RecursionError as exc:  # nested thousands deep
         raise ConfigError(f"{path}: not a config file this reader takes ({str(exc).splitlines()[0][:80]})") from None
     if data is None and all(line.lstrip().startswith("#") for line in text.splitlines() if line.strip()):
         raise ConfigError(f"{path}: the config file holds only comments (write `{{}}` to run on every default)")
@@ -211,7 +227,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     except ValueError as exc:  # names the override (or the file, that is no mapping to override)
         raise ConfigError(f"{path}: {exc}" if not isinstance(data, dict) else str(exc)) from None
     try:
-        return config_from_dict(overridden, str(path))
+        return dataclasses.replace(config_from_dict(overridden, str(path)), overrides=tuple(overrides or ()))
     except ConfigError as exc:
         if not overrides:
             raise

@@ -54,26 +54,32 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
 
         if cfg.record is not None:  # one config may serve the rig's live runs and their replays
             log.warning("%s: record.path=%s is for live runs: a replay writes only its output (--out)",
-                        cfg.source_file, cfg.record.path)
+                        cfg.origin("record"), cfg.record.path)
         summary = run_replay(cfg, ir_path=ir_path, vis_path=vis_path, out_path=out_path, resume=resume)
         return 0 if summary.complete else 1
     if ir_path or vis_path or resume:
         given = "--resume is" if resume and not (ir_path or vis_path) else "--ir/--vis are"
         raise ConfigError(f"{given} for replay: also give --out (or set replay.out in the config)")
-    for name, source in (("ir", cfg.ir), ("vis", cfg.vis)):  # before the publisher binds: a config's fault, said so
-        if source.kind in _NEEDS_PATH and not source.path:
-            raise ConfigError(f"{cfg.source_file}: {name}.path is empty: a {source.kind} source needs one (--set "
-                              f"{name}.path=...; a replay takes it from --{name} with --out)")
-    if cfg.ir.kind == "synthetic" and cfg.ir.palette:
-        raise ConfigError(f"{cfg.source_file}: ir.palette={shown(cfg.ir.palette)} is a thermal camera's, and the "
-                          f"synthetic source renders grey IR (leave it empty)")
-    if (ir_clock := cfg.ir.capture_clock) != (vis_clock := cfg.vis.capture_clock):  # pairing compares their times
-        raise ConfigError(f"{cfg.source_file}: the IR frames ({_about('ir', cfg.ir)}) carry "
-                          f"{CAPTURE_CLOCKS[ir_clock]}, the visible ones ({_about('vis', cfg.vis)}) "
-                          f"{CAPTURE_CLOCKS[vis_clock]}: they would never pair (give two live sources, two files or "
-                          f"folders, or two recordings)")
+    _refuse_unrunnable(cfg)  # before the publisher binds: a config's fault, said so
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
+
+
+def _refuse_unrunnable(cfg: PipelineConfig) -> None:
+    """ConfigError for a live run's config whose sections are each valid and together cannot run; the line names the
+    file and the overrides that set the keys concerned."""
+    for name, source in (("ir", cfg.ir), ("vis", cfg.vis)):
+        if source.kind in _NEEDS_PATH and not source.path:
+            raise ConfigError(f"{cfg.origin(f'{name}.kind', f'{name}.path')}: {name}.path is empty: a {source.kind} "
+                              f"source needs one (--set {name}.path=...; a replay takes it from --{name} with --out)")
+    if cfg.ir.kind == "synthetic" and cfg.ir.palette:
+        raise ConfigError(f"{cfg.origin('ir.kind', 'ir.palette')}: ir.palette={shown(cfg.ir.palette)} is a thermal "
+                          f"camera's, and the synthetic source renders grey IR (leave it empty)")
+    if (ir_clock := cfg.ir.capture_clock) != (vis_clock := cfg.vis.capture_clock):  # pairing compares their times
+        raise ConfigError(f"{cfg.origin('ir.kind', 'ir.realtime', 'vis.kind', 'vis.realtime')}: the IR frames "
+                          f"({_about('ir', cfg.ir)}) carry {CAPTURE_CLOCKS[ir_clock]}, the visible ones "
+                          f"({_about('vis', cfg.vis)}) {CAPTURE_CLOCKS[vis_clock]}: they would never pair (give two "
+                          f"live sources, two files or folders, or two recordings)")
 
 
 def _about(name: str, source: SourceConfig) -> str:

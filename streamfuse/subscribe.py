@@ -35,6 +35,8 @@ from streamfuse.wire import RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX
 
 __all__ = ["main"]
 
+_PROG = "streamfuse subscribe"  # as its error lines start, those of `python -m streamfuse` around it too
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
@@ -69,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
                      f"reads a same-host publisher's shared memory by itself)")
     if args.show and not _gui_available():
         # both packages provide cv2: installed side by side they break each other, hence the uninstall first
-        print("error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall -y "
-              "opencv-python-headless && pip install opencv-python; the pipeline itself needs only the headless "
+        print(f"{_PROG}: error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall "
+              "-y opencv-python-headless && pip install opencv-python; the pipeline itself needs only the headless "
               "build)", file=sys.stderr)
         return 2
     if args.save:
         try:
             args.save.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"error: cannot make the --save folder {args.save}: {io_reason(exc)}", file=sys.stderr)
+            print(f"{_PROG}: error: cannot make the --save folder {args.save}: {io_reason(exc)}", file=sys.stderr)
             return 2
     try:  # SIGTERM (systemd, a ROS launch) stops it as Ctrl-C does, with the summary
         server_key = load_server_key(args.server_key)
@@ -88,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                            shm=False if args.no_shm else None) as sub:
             return _loop(sub, args)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # latest mode's reader thread stopped
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -136,7 +138,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                 try:  # through a temporary name: a kill never leaves a truncated PNG that looks whole
                     write_png(args.save / f"fused_{header['seq']:08d}.png", image, new=True)
                 except RuntimeError as exc:
-                    print(f"error: {exc}", file=sys.stderr)
+                    print(f"{_PROG}: error: {exc}", file=sys.stderr)
                     return 2
             if args.show:
                 cv2.imshow(args.endpoint, image)

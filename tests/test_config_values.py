@@ -20,7 +20,7 @@ def _write(tmp_path, text):
 
 @pytest.mark.parametrize("value, why", [("[", "the value is not valid YAML (expected the node content"),
                                         ("*a", "the value is not valid YAML (found undefined alias 'a'"),
-                                        ("0x_", "not a value this reader takes (invalid literal for int()")])
+                                        ("0x_", "'0x_' is not a number this reader takes")])
 def test_a_fuser_s_inline_value_that_is_no_yaml_is_one_line(value, why):
     # it was PyYAML's traceback ("[", "*a") or int()'s error naming no key ("0x_")
     with pytest.raises(ConfigError) as exc:
@@ -31,7 +31,28 @@ def test_a_fuser_s_inline_value_that_is_no_yaml_is_one_line(value, why):
 def test_an_override_value_no_reader_takes_names_the_override(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(_write(tmp_path, "{}\n"), ["ir.seed=0x_"])
-    assert str(exc.value).startswith("override 'ir.seed=0x_': not a value this reader takes (")
+    assert str(exc.value) == "override 'ir.seed=0x_': '0x_' is not a number this reader takes"
+
+
+@pytest.mark.parametrize("value, said", [("0x_", "'0x_' is not a number this reader takes"),
+                                         ("9" * 5000, "...99999999999999999999999999999999999999' is not a number"),
+                                         ("2024-13-01", "'2024-13-01' is not a date"),
+                                         ("!!bool maybe", "'maybe' is not a boolean"),
+                                         ("!!float", "'' is not a number this reader takes")])
+def test_a_value_in_a_file_that_no_reader_takes_names_its_line(value, said, tmp_path):
+    # an integer of thousands of digits was said without its line; `!!float` or `!!bool maybe` was a traceback
+    path = _write(tmp_path, f"ir:\n  fps: 25\n  seed: {value}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    message = str(exc.value)
+    assert message.startswith(f"{path}: ") and said in message and "\n" not in message
+    assert message.endswith(", line 3, column 9")
+
+
+def test_a_tagged_mapping_that_no_reader_takes_is_one_line(tmp_path):
+    with pytest.raises(ConfigError) as exc:  # PyYAML builds a mapping's contents after the node: no line to give
+        load_config(_write(tmp_path, "ir: !!map x\n"))
+    assert str(exc.value).endswith(": a tagged value this reader cannot read (ValueError)")
 
 
 def test_an_empty_record_section_is_said_and_an_override_fills_it(tmp_path, caplog):
@@ -132,8 +153,27 @@ def test_endpoints_of_every_form_still_load(endpoint):
 
 @pytest.mark.parametrize("raw, said", [({"fuze": {}}, "unknown config key fuze (did you mean fuse?); allowed keys: "),
                                        ({"ir": {"widht": 64}}, "unknown config key ir.widht (did you mean width?); "),
-                                       ({"ir": {"colour": 1}}, "unknown config key ir.colour; allowed keys: ")])
+                                       ({"ir": {"colour": 1}}, "unknown config key ir.colour; allowed keys: "),
+                                       ({"sync": {"fps": 5}}, "sync.fps (did you mean ir.fps or vis.fps?); "),
+                                       ({"ir": {"slop_ms": 5}}, "ir.slop_ms (did you mean sync.slop_ms?); "),
+                                       ({"fps": 5}, "unknown config key fps (did you mean ir.fps or vis.fps?); ")])
 def test_a_misspelt_key_gets_the_nearest_name(raw, said):
     with pytest.raises(ConfigError) as exc:
         config_from_dict(raw)
     assert said in str(exc.value)
+
+
+def test_a_refusal_of_the_whole_config_names_the_overrides_too(tmp_path):
+    # the file was blamed for what an override made of it
+    from streamfuse.pipeline import run
+
+    path = _write(tmp_path, "{}\n")
+    with pytest.raises(ConfigError) as exc:
+        run(load_config(path, ["ir.kind=file", "sync.slop_ms=5"]))
+    assert str(exc.value).startswith(f"{path} with --set ir.kind=file: ir.path is empty: a file source needs one")
+    with pytest.raises(ConfigError) as exc:  # an override of other keys is not named
+        run(load_config(_write(tmp_path, "ir:\n  kind: file\n"), ["sync.slop_ms=5"]))
+    assert str(exc.value).startswith(f"{path}: ir.path is empty")
+    with pytest.raises(ConfigError) as exc:  # nor one of another source
+        run(load_config(_write(tmp_path, "{}\n"), ["vis.kind=folder", "ir.fps=5", "--vis={kind: folder}"]))
+    assert str(exc.value).startswith(f"{path} with --set vis.kind=folder --vis={{kind: folder}}: vis.path is empty")

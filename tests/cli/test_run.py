@@ -78,7 +78,8 @@ def test_a_palette_for_the_synthetic_source_is_a_config_error_before_it_binds(ca
         assert main(["--config", "demo", "--set", "ir.palette=jet", "--set", f"publish.endpoint={endpoint}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("streamfuse: config error: ") and err.endswith(
-        "demo.yaml: ir.palette='jet' is a thermal camera's, and the synthetic source renders grey IR (leave it empty)")
+        "demo.yaml with --set ir.palette=jet: ir.palette='jet' is a thermal camera's, and the synthetic source "
+        "renders grey IR (leave it empty)")
 
 
 @pytest.mark.parametrize(("sets", "said"), [
