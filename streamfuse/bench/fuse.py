@@ -257,7 +257,7 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
     model = HCLFuseConfig(weights=weights, sampler=args.sampler, **({"steps": args.steps} if args.steps else {}),
                           **({} if args.image_guidance is None else {"image_guidance": args.image_guidance}))
 
-    def fuser_for(dev: str, precision: str = "fp32", graph: bool = False, batch: int = 1):
+    def fuser_for(dev: str, precision: str = "fp32", graph: bool = False, batch: int = 1) -> HCLFuser:
         engine = EngineConfig(device=dev, precision=precision, cuda_graphs=graph, threads=args.threads)
         return build_hclfuse(model, engine, max_batch=batch)
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -131,7 +132,7 @@ class SyntheticScene:
             boxes.append((int(round(x)), int(round(y)), w, h))
         return boxes
 
-    def _regions(self, t_ns: int):
+    def _regions(self, t_ns: int) -> Iterator[tuple[_Blob, tuple[slice, slice], tuple[slice, slice]]]:
         """For each body on screen: (blob, destination slices, sprite slices)."""
         for b, (x, y, w, h) in zip(self._blobs, self.objects(t_ns)):
             x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, self.width), min(y + h, self.height)

@@ -18,6 +18,7 @@ import logging
 import signal
 import sys
 import threading
+import types
 from typing import Any
 
 import cv2
@@ -40,7 +41,7 @@ _BACKLOG = 4  # messages queued per Foxglove client before the oldest frame is d
 _MAX_STAMP_NS = 2**32 * 10**9  # foxglove.Timestamp's seconds are a u32 (1970..2106); the wire's times are int64 ns
 
 
-def _foxglove():  # noqa: ANN202 - the module, imported late so that a missing extra is one line
+def _foxglove() -> types.ModuleType:  # the module, imported late so that a missing extra is one line
     try:
         import foxglove
         import foxglove.channels

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import signal
 import sys
+import types
 from importlib import resources
 from pathlib import Path
 
@@ -33,7 +34,7 @@ __all__ = ["main", "make_app", "serve"]
 
 log = logging.getLogger("streamfuse.view")
 
-def _aiohttp():  # noqa: ANN202 - the module, imported late so that a missing extra is one line
+def _aiohttp() -> types.ModuleType:  # the module, imported late so that a missing extra is one line
     try:
         import aiohttp.web
     except ImportError:
