@@ -89,7 +89,8 @@ class PipelineConfig:
         any of them (``demo.yaml with --set ir.kind=file``), which may be what made it refused."""
         def sets(item: str) -> bool:
             dotted = ".".join(override_keys(item))
-            return any(key == dotted or key.startswith(f"{dotted}.") for key in keys)
+            return any(key == dotted or f"{key}.".startswith(f"{dotted}.") or dotted.startswith(f"{key}.")
+                       for key in keys)
 
         given = [item for item in self.overrides if sets(item)]
         return self.source_file + (f" with --set {' '.join(given)}" if given else "")

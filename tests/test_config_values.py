@@ -177,3 +177,9 @@ def test_a_refusal_of_the_whole_config_names_the_overrides_too(tmp_path):
     with pytest.raises(ConfigError) as exc:  # nor one of another source
         run(load_config(_write(tmp_path, "{}\n"), ["vis.kind=folder", "ir.fps=5", "--vis={kind: folder}"]))
     assert str(exc.value).startswith(f"{path} with --set vis.kind=folder --vis={{kind: folder}}: vis.path is empty")
+
+
+def test_an_override_inside_a_section_named_whole_is_named():
+    replay = Path(__file__).parent.parent / "streamfuse/configs/replay.yaml"
+    cfg = load_config(replay, ["record.path=x.mcap", "ir.fps=5"])
+    assert cfg.origin("record").endswith("replay.yaml with --set record.path=x.mcap")
