@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -20,13 +21,14 @@ from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
 from streamfuse.errors import io_reason
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "announced_end_s",
-           "announced_frames", "read_tags"]
+           "announced_frames", "read_tags", "ffv1_slices_intact"]
 
 log = logging.getLogger(__name__)
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".nut": "nut", ".avi": "avi"}
 _H264_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 _DURATION_IS_END = {"matroska", "webm", "nut", "flv"}  # FFmpeg demuxers whose duration counts from 0 (see below)
+_BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))  # byte -> its bits in reverse order
 _NUT_TAG_BYTES = 1000  # FFmpeg's NUT demuxer drops a tag value of 1 KiB or more (the resolved config is ~2 KB)
 
 
@@ -315,3 +317,22 @@ def announced_frames(container: av.container.InputContainer, stream: av.video.st
     it does not say, and for AVI, whose count takes in the empty chunks of skipped frames (:func:`announced_end_s`
     turns it into where the video ends)."""
     return 0 if "avi" in container.format.name.split(",") else stream.frames
+
+
+def ffv1_slices_intact(packet: bytes) -> bool:
+    """Whether every slice of an FFV1 (version 3) frame passes its CRC, the check FFmpeg's decoder makes: each slice
+    ends in a 24-bit size, an error byte and a 32-bit parity that makes the slice's CRC-32 (MSB first, polynomial
+    0x04C11DB7, no inversion) zero (RFC 9043, 4.8)."""
+    end = len(packet)
+    while end > 0:
+        if end < 8:
+            return False
+        size = int.from_bytes(packet[end - 8:end - 5], "big") + 8  # the slice with its footer
+        if size > end:  # a damaged slice size
+            return False
+        # zlib's CRC-32 is that CRC bit-reflected and inverted: fed bit-reversed bytes from an inverted start, it ends
+        # at 0xFFFFFFFF exactly when the MSB-first CRC is 0
+        if zlib.crc32(packet[end - size:end].translate(_BIT_REVERSED), 0xFFFFFFFF) != 0xFFFFFFFF:
+            return False
+        end -= size
+    return True

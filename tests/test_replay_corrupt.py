@@ -1,7 +1,7 @@
 """Offline replay of damaged or odd inputs found by seeded mutation: a damaged picture among a file's last packets,
 which a frame-threaded decoder drops without an error; a resume sidecar that is JSON of the wrong shape; a visible
 frame of another size; a recording holding an image without pixels or colour IR; a stop before the first frame; an
-H.264 picture the decoder drops.
+H.264 picture the decoder drops; an FFV1 slice whose damage the decoder hides (its CRC fails).
 Each is one line naming what and where, or a run that goes on correctly; nothing damaged passes as complete."""
 
 from __future__ import annotations
@@ -105,6 +105,38 @@ def test_a_damaged_picture_the_decoder_would_conceal_stops_the_replay(tmp_path, 
     text = str(err.value)
     assert "\n" not in text and "vis input ended early" in text and _stopped_by_the_decoder(text)
     assert err.value.summary.frames["vis"] <= 12 and not err.value.summary.complete and not out.exists()
+
+
+@pytest.mark.parametrize("threads", [1, 16])
+def test_a_damaged_ffv1_slice_the_decoder_conceals_stops_the_replay_after_the_whole_pictures(tmp_path, threads):
+    """Bits flipped inside an FFV1 slice (its size intact): FFmpeg's decoder logs the CRC mismatch, puts the previous
+    picture's pixels in its place and returns the frame without an error, so the replay ended "complete" with the
+    damage in it. The pictures before it (held by frame threads when it is found) are all fused."""
+    ir, vis, out = tmp_path / "ir.mkv", tmp_path / "vis.mkv", tmp_path / "o.mkv"
+    for path in (ir, vis):
+        _video(path, "matroska")
+    with av.open(str(vis)) as container:
+        pos, size = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size][12]
+    data = bytearray(vis.read_bytes())
+    for i in range(pos + size // 2, pos + size // 2 + 8):
+        data[i] ^= 0xA5
+    vis.write_bytes(bytes(data))
+    with pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(replay={"codec_threads": threads}), ir_path=ir, vis_path=vis, out_path=out)
+    text = str(err.value)
+    assert "\n" not in text and "vis input ended early" in text and str(vis) in text
+    assert ("truncated or corrupt video: decoding stopped after frame 12 (t=0.440 s); picture 13 fails its slice "
+            "checksums (FFV1 CRC)") in text
+    assert err.value.summary.frames["vis"] == 12 and err.value.summary.written == 12 and not out.exists()
+
+
+def test_ffv1_without_slice_checksums_is_read_whole(tmp_path):
+    """An FFV1 file written without CRCs (FFmpeg's default before version 3's slicecrc) is not taken for damaged."""
+    ir, vis, out = tmp_path / "ir.mkv", tmp_path / "vis.mkv", tmp_path / "o.mkv"
+    for path in (ir, vis):
+        _video(path, "matroska", options={"slicecrc": "0", "level": "3"})
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert summary.complete and summary.frames == {"ir": N, "vis": N} and summary.written == N
 
 
 def test_a_damaged_h264_picture_the_decoder_drops_is_reported(tmp_path, caplog):

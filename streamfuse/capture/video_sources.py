@@ -122,6 +122,8 @@ class AvSource(BaseSource):
         stream.thread_type = "SLICE" if self.live else "AUTO"
         if not self.live and stream.codec_context is not None:  # a damaged picture is an error, not concealed
             stream.codec_context.options = {"err_detect": "explode"}  # into a frame passed off as the file's
+        # FFmpeg conceals a damaged FFV1 slice (the previous frame's pixels) and only logs it: checked here instead
+        self._checksums = not self.live and stream.codec_context is not None and stream.codec_context.name == "ffv1"
         if self.cfg.decode_threads:
             stream.thread_count = self.cfg.decode_threads
         self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
@@ -149,6 +151,9 @@ class AvSource(BaseSource):
                 # frame rate (1/600 s): the step from the packet before is its length then.
                 step = 0 if self._last_dts is None else packet.dts - self._last_dts
                 self._last_dts, self._end_dts = packet.dts, packet.dts + max(packet.duration, step)
+            if self._checksums and packet.size and not self._slices_intact(bytes(packet)):
+                yield from stream.codec_context.decode(None)  # the whole pictures before it, held by frame threads
+                raise self._truncated(f"picture {self._packets} fails its slice checksums (FFV1 CRC)")
             try:
                 yield from packet.decode()
             except av.InvalidDataError as exc:
@@ -160,6 +165,16 @@ class AvSource(BaseSource):
                     self._skip_report_at = time.monotonic() + self._SKIP_REPORT_S
                     self.warn(f"{self.section}: {self.cfg.path}: skipped {self.skipped} undecodable packet(s) so far "
                               f"(lost or corrupt data: {one_line(exc)}); decoding goes on")
+
+    def _slices_intact(self, packet: bytes) -> bool:
+        """Whether an FFV1 picture's slice CRCs pass. Whether the file stores CRCs (FFmpeg's ``slicecrc``, which this
+        project's FFV1 outputs always set) is told by its first picture: one without fails, and is not checked on."""
+        from streamfuse.video import ffv1_slices_intact
+
+        intact = ffv1_slices_intact(packet)
+        if self._packets == 1:
+            self._checksums = intact
+        return intact or self._packets == 1
 
     def _read(self) -> Frame | None:
         import av

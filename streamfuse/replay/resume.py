@@ -16,7 +16,6 @@ import itertools
 import json
 import logging
 import os
-import zlib
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,7 +26,7 @@ import numpy as np
 from streamfuse.atomic_write import partial_path
 from streamfuse.errors import io_reason
 from streamfuse.replay.inputs import Input
-from streamfuse.video import decode_frames
+from streamfuse.video import decode_frames, ffv1_slices_intact
 
 __all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver", "resume_hint",
            "frames_held"]
@@ -35,7 +34,6 @@ __all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "Ta
 log = logging.getLogger(__name__)
 
 _MAX_REORDER = 16  # frames an H.264 or HEVC decoder may hold back for reordering (its largest picture buffer)
-_BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))  # byte -> its bits in reverse order
 
 
 def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
@@ -206,25 +204,6 @@ class TakeOver:
         return True
 
 
-def _slices_intact(packet: bytes) -> bool:
-    """Whether every slice of an FFV1 (version 3) frame passes its CRC, the check FFmpeg's decoder makes: each slice
-    ends in a 24-bit size, an error byte and a 32-bit parity that makes the slice's CRC-32 (MSB first, polynomial
-    0x04C11DB7, no inversion) zero (RFC 9043, 4.8)."""
-    end = len(packet)
-    while end > 0:
-        if end < 8:
-            return False
-        size = int.from_bytes(packet[end - 8:end - 5], "big") + 8  # the slice with its footer
-        if size > end:  # a damaged slice size
-            return False
-        # zlib's CRC-32 is that CRC bit-reflected and inverted: fed bit-reversed bytes from an inverted start, it ends
-        # at 0xFFFFFFFF exactly when the MSB-first CRC is 0
-        if zlib.crc32(packet[end - size:end].translate(_BIT_REVERSED), 0xFFFFFFFF) != 0xFFFFFFFF:
-            return False
-        end -= size
-    return True
-
-
 def _intact_packets(path: Path) -> Iterator[bool]:
     """Per video packet of a partial file, whether it is intact: FFV1's slice CRCs (the writer always stores them,
     ``slicecrc``) hold; nothing for another codec, which carries no checksum."""
@@ -234,7 +213,7 @@ def _intact_packets(path: Path) -> Iterator[bool]:
             if stream.codec_context.name == "ffv1":
                 for packet in container.demux(stream):
                     if packet.size:
-                        yield _slices_intact(bytes(packet))
+                        yield ffv1_slices_intact(bytes(packet))
     except (OSError, av.FFmpegError, IndexError):  # decoding stops there too
         return
 
