@@ -111,7 +111,7 @@ class VideoWriter:
         self.encoder = pick_encoder(codec)
         self._format, self._options = fmt, _muxer_options(fmt, time_base)
         self._metadata, self._rate = metadata or {}, rate
-        self.count, self._last_pts, self._finished = 0, None, False
+        self.count, self._last_pts, self._finished, self._sealed = 0, None, False, False
         try:
             self._container = av.open(str(self.partial), mode="w", format="nut",
                                       options={**_muxer_options("nut", time_base), "flush_packets": "1"})
@@ -177,9 +177,9 @@ class VideoWriter:
         except (OSError, av.FFmpegError) as exc:
             raise RuntimeError(f"finishing {self.partial} failed: {io_reason(exc)}") from None
 
-    def commit(self) -> None:
-        """Encode what is queued, flush, close, remux into the final container and rename it to the final name
-        (atomic on one filesystem); the partial file is removed only then."""
+    def seal(self) -> None:
+        """Encode what is queued, flush, close and remux into the final container under a temporary name (the long
+        part of :meth:`commit`); on an error or Ctrl-C the half-written copy goes and the partial file stays."""
         self._finish()
         remuxed = work_paths(self.path)[2]
         try:
@@ -187,10 +187,17 @@ class VideoWriter:
         except (OSError, av.FFmpegError) as exc:
             remuxed.unlink(missing_ok=True)
             raise RuntimeError(f"writing {self.path} from {self.partial} failed: {io_reason(exc)}") from None
-        except KeyboardInterrupt:  # the partial file stays for --resume; the half-written copy goes
+        except KeyboardInterrupt:  # the partial file stays for --resume
             remuxed.unlink(missing_ok=True)
             raise
-        durable_replace(remuxed, self.path)
+        self._sealed = True
+
+    def commit(self) -> None:
+        """:meth:`seal` (unless done), then rename the remuxed copy to the final name (atomic on one filesystem); the
+        partial file is removed only then."""
+        if not self._sealed:
+            self.seal()
+        durable_replace(work_paths(self.path)[2], self.path)
         self.partial.unlink()
 
     def _remux(self, dst: Path) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import streamfuse.processor
+import streamfuse.video
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, open_source
@@ -293,6 +294,32 @@ def test_interrupt_while_the_file_is_remuxed_keeps_the_partial_and_resumes(tmp_p
     monkeypatch.setattr(VideoWriter, "_remux", real_remux)
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and summary.fused == 0 and len(decoded(out)[1]) == summary.written
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("when", ["after the rename", "after the partial file's removal"])
+def test_a_stop_once_the_output_has_its_name_leaves_it_complete(tmp_path, clip, monkeypatch, sig, when):
+    """A stop signal after the finished file took its name: it said "interrupted", called this run's complete output
+    an earlier run's, and left the work files (a resume then had nothing to continue)."""
+    ir, vis, _ = clip
+    out = tmp_path / "fused.mp4"
+    real_replace, real_unlink = streamfuse.video.durable_replace, Path.unlink
+
+    def replace_then_stop(src, dst):
+        real_replace(src, dst)
+        if when == "after the rename":
+            os.kill(os.getpid(), sig)
+
+    def unlink_then_stop(path, missing_ok=False):
+        real_unlink(path, missing_ok=missing_ok)
+        if when != "after the rename" and path == partial_path(out):
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(streamfuse.video, "durable_replace", replace_then_stop)
+    monkeypatch.setattr(Path, "unlink", unlink_then_stop)
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert summary.complete and not summary.stopped and len(decoded(out)[1]) == summary.written
+    assert out.exists() and not list(tmp_path.glob(".fused*"))
 
 
 def test_interrupt_while_the_model_loads_is_one_line_and_writes_nothing(tmp_path, clip, monkeypatch):

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -336,19 +337,25 @@ class _Replay:
             self.take_over.end()
         if not s.stopped:
             try:
-                self.writer.commit()
+                self.writer.seal()
+                # from the final rename on, the output is complete: a stop then would only make it look interrupted
+                with handled(signal.SIG_IGN):
+                    return self._complete()
             except (RuntimeError, OSError, av.FFmpegError) as exc:  # disk full, output folder gone or replaced
                 s.stopped = _reason(exc)
                 work_paths(self.out)[2].unlink(missing_ok=True)  # a complete copy under a temporary name
             except KeyboardInterrupt as exc:  # while the encoder flushes or the file is remuxed: resumable as ever
                 s.stopped = interrupted(exc)
-        if s.stopped:
-            self._keep_partial()
+        self._keep_partial()
+
+    def _complete(self) -> ReplaySummary:
+        """Give the output its name and remove the run's work files."""
+        self.writer.commit()
         taken_over_path(self.out).unlink(missing_ok=True)  # the interrupted run's frames are all in the output now
         sidecar_path(self.out).unlink(missing_ok=True)
-        s.complete = True
-        log.info("%s", s.format())
-        return s
+        self.summary.complete = True
+        log.info("%s", self.summary.format())
+        return self.summary
 
     def _keep_partial(self) -> NoReturn:
         """Close the output under its temporary name with its sidecar, and raise ReplayError saying where it is."""
