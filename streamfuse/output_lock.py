@@ -35,9 +35,10 @@ def lock_path(out: str | os.PathLike, inside: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike, inside: bool = False) -> Iterator[None]:
+def output_lock(out: str | os.PathLike, inside: bool = False, label: str = "") -> Iterator[None]:
     """Hold ``out``'s lock (``inside`` it: see :func:`lock_path`) for the ``with`` block; ``FileExistsError`` (one
-    line naming the holder) while another run holds it, ``OSError`` when the lock file cannot be made."""
+    line naming the holder, and ``out`` as ``label`` says it: ``output OUT`` by default) while another run holds it,
+    ``OSError`` when the lock file cannot be made."""
     path = lock_path(out, inside)
     while True:
         try:  # never through a link: a planted one would make this run write into the file it names
@@ -49,7 +50,7 @@ def output_lock(out: str | os.PathLike, inside: bool = False) -> Iterator[None]:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise _busy(out, holder, path) from None
+            raise _busy(label or f"output {out}", holder, path) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 os.close(fd)
@@ -82,7 +83,7 @@ def check_not_held(out: str | os.PathLike) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _busy(out, _holder(fd), lock_path(out)) from None
+        raise _busy(f"output {out}", _holder(fd), lock_path(out)) from None
     except OSError:  # a filesystem without locks: output_lock warns
         pass
     finally:
@@ -93,8 +94,8 @@ def _holder(fd: int) -> str:
     return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
 
 
-def _busy(out: str | os.PathLike, holder: str, path: Path) -> FileExistsError:
-    return FileExistsError(f"output {out} is being written by another run ({holder}, holding {path.name}); "
+def _busy(what: str, holder: str, path: Path) -> FileExistsError:
+    return FileExistsError(f"{what} is being written by another run ({holder}, holding {path.name}); "
                            "wait for it to end, or give another output")
 
 

@@ -173,7 +173,7 @@ def test_a_resume_writes_again_a_frame_png_cut_short(tmp_path, pair):
                out_path=tmp_path / "ref.mkv")
     cfg = make_cfg(replay={"codec": "ffv1", "frames_dir": str(tmp_path / "frames")})
     interrupted_replay(cfg, ir, vis, tmp_path / "o.mkv", stop=20)
-    first = tmp_path / "frames" / "000000.png"  # in the partial output too: the resume takes it over
+    first = tmp_path / "frames" / ".partial" / "000000.png"  # in the partial output too: the resume takes it over
     first.write_bytes(first.read_bytes()[:-100])
     assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv", resume=True).complete
     refs = sorted((tmp_path / "ref").iterdir())

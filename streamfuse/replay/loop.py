@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, NoReturn
 import av
 import numpy as np
 
-from streamfuse.atomic_write import partial_path, whole_png, write_png
+from streamfuse.atomic_write import partial_path
 from streamfuse.capture.sources import open_source
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.errors import io_reason, one_line
@@ -27,7 +27,8 @@ from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.output_lock import output_lock
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged,
                                       no_pairs, on_topic, outside, resolve, size_changed)
-from streamfuse.replay.outputs import check_existing_output, check_frames_dir, check_output_folder, check_output_paths
+from streamfuse.replay.frames_dir import FramesDir
+from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
 from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, resume_hint, save_sidecar, sidecar_path,
                                      taken_over_path)
 from streamfuse.replay.summary import NAMES, ReplayError, ReplaySummary, StageClock
@@ -70,11 +71,12 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
             far it got.
     """
     out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
-    with output_lock(out):  # until the output is finished or kept: a second run is refused, not let into it
-        return _run_locked(cfg, ir, vis, out, resume, fuser_factory)
+    # until the output is finished or kept: a second run is refused, not let into it or its frames folder
+    with output_lock(out), FramesDir.held(cfg.replay.frames_dir, out) as frames:
+        return _run_locked(cfg, ir, vis, out, frames, resume, fuser_factory)
 
 
-def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, resume: bool | None,
+def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, frames: FramesDir | None, resume: bool | None,
                 fuser_factory: Callable[[Any], Any] | None) -> ReplaySummary:
     rcfg = cfg.replay
     restart = resume is False  # a caller's False (not the config's) starts over from a partial output
@@ -82,18 +84,20 @@ def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, resume: bool | None,
     summary = ReplaySummary(ir=ir.cfg.path, vis=vis.cfg.path, out=str(out))
     if check_existing_output(out, cfg, (ir.cfg.path, vis.cfg.path), resume=resume, restart=restart):
         log.info("%s is already complete; nothing to do", out)
+        if frames is not None and frames.ours():  # a run killed between the video's rename and its frames' move
+            frames.publish()
         summary.complete = True
         return summary
-    if rcfg.frames_dir:
-        check_frames_dir(Path(rcfg.frames_dir), resume)
     prints = fingerprint(cfg, ir, vis)
     take_over = TakeOver.open(out, prints, rcfg.pacing, vis.time_base) if resume else None
+    if frames is not None:
+        frames.start(continuing=take_over is not None)
     # the values used (inputs, output, resume), as the output's metadata records them
     used = dataclasses.replace(cfg, ir=ir.cfg, vis=vis.cfg, replay=dataclasses.replace(rcfg, out=str(out),
                                                                                       resume=resume))
     with handled(raise_terminated, TERMINATE):
         try:
-            return _Replay(used, ir, vis, out, prints, take_over, summary).run(fuser_factory)
+            return _Replay(used, ir, vis, out, prints, take_over, frames, summary).run(fuser_factory)
         except KeyboardInterrupt as exc:  # before the loop began (model loading): a partial output is kept as it is
             hint = resume_hint(out) if partial_path(out).exists() else ""
             raise ReplayError(f"replay stopped: {interrupted(exc)}",
@@ -124,13 +128,12 @@ class _Replay:
     """State of one replay run (kept out of run_replay so the loop below reads in data-flow order)."""
 
     def __init__(self, cfg: Any, ir: Input, vis: Input, out: Path, prints: dict[str, Any],
-                 take_over: TakeOver | None, summary: ReplaySummary):
+                 take_over: TakeOver | None, frames: FramesDir | None, summary: ReplaySummary):
         self.cfg, self.ir, self.vis, self.out, self.fingerprint = cfg, ir, vis, out, prints
-        self.take_over, self.summary = take_over, summary
+        self.take_over, self.frames, self.summary = take_over, frames, summary
         self.clock = StageClock()
         self.writer: VideoWriter | None = None
         self.publisher: Any = None
-        self.frames_dir = Path(cfg.replay.frames_dir) if cfg.replay.frames_dir else None
         self.input_fault = False  # stopped by a truncated, corrupt or empty input (no --resume hint then)
         self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
         self.periods = {inp.stream: round(1e9 / inp.rate) for inp in (ir, vis)}  # frame intervals, ns
@@ -151,7 +154,7 @@ class _Replay:
         used = dataclasses.replace(self.cfg, align=dataclasses.replace(self.cfg.align, background=False))
         processor = FrameProcessor.from_config(used, fuser_factory(used) if fuser_factory else None)
         pairer = Pairer(self.cfg.sync)
-        self._open_extras()
+        self._open_publisher()
         opened: list = []
         bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {self.out.name}",
                    disable=None if rcfg.progress else True)
@@ -177,10 +180,7 @@ class _Replay:
                 self.publisher.close()
         return self._finish(pairer.stats(), (time.perf_counter_ns() - wall0_ns) / 1e9)
 
-    def _open_extras(self) -> None:
-        """The optional outputs besides the video: the frames folder and the publisher."""
-        if self.frames_dir:
-            self.frames_dir.mkdir(parents=True, exist_ok=True)
+    def _open_publisher(self) -> None:
         if self.cfg.replay.publish:
             from streamfuse.publish import Publisher
 
@@ -267,7 +267,8 @@ class _Replay:
             s.reused += 1
         self.writer.write(image, pts)
         self.last_pts = pts
-        self._save_png(image, resumed=taken is not None)
+        if self.frames is not None:
+            self.frames.write(s.written, image, resumed=taken is not None)
         s.written += 1
         if timings is not None:
             timings["encode"] = self.clock.lap("encode")
@@ -276,12 +277,6 @@ class _Replay:
                                                             processor.fuser.version, time.time_ns(), timings))
                 s.published, s.publish_refused = s.published + sent, s.publish_refused + (not sent)
                 self.clock.lap("publish")
-
-    def _save_png(self, image: np.ndarray, resumed: bool) -> None:
-        """Write the frame to ``frames_dir``; a resumed run keeps the lossless PNGs already there."""
-        png = self.frames_dir / f"{self.summary.written:06d}.png" if self.frames_dir else None
-        if png and not (resumed and whole_png(png)):
-            write_png(png, image)  # through a temporary name: a kill leaves no PNG cut short
 
     def _pts(self, vis: Frame) -> int:
         """Output pts of a pair in the visible input's time base (a recording's times through out_clock)."""
@@ -351,6 +346,8 @@ class _Replay:
     def _complete(self) -> ReplaySummary:
         """Give the output its name and remove the run's work files."""
         self.writer.commit()
+        if self.frames is not None:
+            self.frames.publish()
         taken_over_path(self.out).unlink(missing_ok=True)  # the interrupted run's frames are all in the output now
         sidecar_path(self.out).unlink(missing_ok=True)
         self.summary.complete = True
@@ -384,6 +381,8 @@ class _Replay:
             if self.writer is not None:  # its sidecar; one of an earlier run's partial output stays
                 sidecar_path(self.out).unlink(missing_ok=True)
             where, hint = "no output written", ""
+        if self.frames is not None and (staged := self.frames.kept()):
+            where += f"; {staged} of its frames staged in {self.frames.staging}"
         if self.out.exists():  # the final name still holds an earlier run's output: say it is not this one
             where += f"; {self.out} is an earlier run's output, left as it was"
         log.info("%s", s.format())

@@ -14,14 +14,13 @@ import av
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.errors import io_reason
-from streamfuse.eval_report import check_outputs
 from streamfuse.output_lock import check_not_held, lock_path
 from streamfuse.replay.resume import sidecar_path, taken_over_path
 from streamfuse.replay.summary import NAMES
 from streamfuse.video import container_format, read_tags, work_paths
 
-__all__ = ["check_output_paths", "check_output_folder", "check_frames_dir", "check_existing_output", "check_no_partial",
-           "is_complete", "made_with"]
+__all__ = ["check_output_paths", "check_output_folder", "check_existing_output", "check_no_partial", "is_complete",
+           "made_with"]
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +97,6 @@ def check_output_folder(out: Path, codec: str) -> None:
         tempfile.TemporaryFile(dir=out.parent).close()
     except OSError as exc:
         raise PermissionError(f"output folder is not writable: {out.parent} ({exc.strerror})") from None
-
-
-def check_frames_dir(folder: Path, resume: bool) -> None:
-    """Refuse a frames folder that is a file or cannot be made, or that holds an earlier run's frames (which this run's would mix with,
-    leaving the folder looking complete); a resumed run keeps the frames of the run it continues."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"replay.frames_dir {folder} is a file, not a folder")
-    check_outputs({}, {"replay.frames_dir": folder})  # a file in its way, a folder this user cannot write: before work
-    if not resume and folder.is_dir() and any(folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
-        raise ValueError(f"replay.frames_dir {folder} already holds the frames of an earlier run; choose an empty "
-                         f"folder (or --resume the run they belong to)")
 
 
 def is_complete(out: Path) -> bool:

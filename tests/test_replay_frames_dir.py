@@ -1,0 +1,126 @@
+"""A replay's frames folder (``replay.frames_dir``): the PNGs of a run that stops stay staged (hidden) for its resume,
+never in a folder that looks complete; a second run given the folder is refused, whether it runs at the same time,
+resumes nothing or is another output's; the frames move in only with the complete video."""
+
+from __future__ import annotations
+
+import re
+
+import cv2
+import numpy as np
+import pytest
+from test_replay import _StopAt, interrupted_replay, make_cfg, write_video
+
+import streamfuse.processor
+from streamfuse.replay import run_replay
+
+pytestmark = pytest.mark.timeout(120)
+
+N = 12
+
+
+@pytest.fixture
+def pair(tmp_path):
+    ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mkv"
+    write_video(ir, N, 25, grey=True)
+    write_video(vis, N, 25)
+    return ir, vis
+
+
+def _cfg(frames):
+    return make_cfg(replay={"codec": "ffv1", "frames_dir": str(frames)})
+
+
+def _pngs(folder):
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def test_a_stopped_run_stages_its_frames_and_the_resume_moves_them_in(tmp_path, pair):
+    """A replay stopped at frame 7 left 000000..000006.png in the folder, which looked like a complete run's."""
+    ir, vis = pair
+    run_replay(_cfg(tmp_path / "ref"), ir_path=ir, vis_path=vis, out_path=tmp_path / "ref.mkv")
+    frames, out = tmp_path / "new" / "frames", tmp_path / "o.mkv"
+    err = interrupted_replay(_cfg(frames), ir, vis, out, stop=8)
+    assert f"; 7 of its frames staged in {frames / '.partial'}" in str(err) and "\n" not in str(err)
+    assert _pngs(frames) == [] and _pngs(frames / ".partial") == [f"{i:06d}.png" for i in range(7)]
+    summary = run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 7
+    assert sorted(p.name for p in frames.iterdir()) == _pngs(tmp_path / "ref") == [f"{i:06d}.png" for i in range(N)]
+    for name in _pngs(frames):
+        np.testing.assert_array_equal(cv2.imread(str(frames / name)), cv2.imread(str(tmp_path / "ref" / name)))
+
+
+def test_a_run_stopped_before_its_first_frame_leaves_no_folder_it_made(tmp_path, pair):
+    ir, vis = pair
+    err = interrupted_replay(_cfg(tmp_path / "new" / "frames"), ir, vis, tmp_path / "o.mkv", stop=1)
+    assert "no output written" in str(err) and "staged" not in str(err)
+    assert not (tmp_path / "new").exists()
+
+
+def test_resume_with_nothing_to_resume_is_refused_over_an_earlier_runs_frames(tmp_path, pair):
+    """``--resume`` skipped the folder's check, and the run wrote its PNGs over another run's."""
+    ir, vis = pair
+    frames = tmp_path / "frames"
+    run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "a.mkv")
+    before = {p.name: p.read_bytes() for p in frames.glob("*.png")}
+    with pytest.raises(ValueError, match=f"^replay.frames_dir {re.escape(str(frames))} already holds the frames of "
+                                         f"an earlier run; choose an empty folder$"):
+        run_replay(make_cfg(replay={"frames_dir": str(frames)}), ir_path=ir, vis_path=vis,
+                   out_path=tmp_path / "b.mkv", resume=True)
+    assert {p.name: p.read_bytes() for p in frames.glob("*.png")} == before
+    assert not list(tmp_path.glob("*b.mkv*"))
+
+
+def test_a_second_run_into_the_folder_while_the_first_runs_is_refused(tmp_path, pair):
+    """Two replays given one frames folder both ended "complete", their frames mixed in it."""
+    ir, vis = pair
+    frames, second = tmp_path / "frames", []
+
+    def run_second():
+        with pytest.raises(FileExistsError) as err:
+            run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "b.mkv")
+        second.append(str(err.value))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(5, then=run_second))
+        assert run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "a.mkv").complete
+    assert len(second) == 1 and second[0].startswith(f"replay.frames_dir {frames} is being written by another run (")
+    assert _pngs(frames) == [f"{i:06d}.png" for i in range(N)] and not list(tmp_path.glob("*b.mkv*"))
+
+
+def test_another_outputs_staged_frames_are_refused_until_it_is_resumed(tmp_path, pair):
+    ir, vis = pair
+    frames = tmp_path / "frames"
+    interrupted_replay(_cfg(frames), ir, vis, tmp_path / "a.mkv", stop=5)
+    with pytest.raises(FileExistsError, match=f"holds the frames of an interrupted replay of {tmp_path / 'a.mkv'}; "
+                                              f"--resume that one first, or delete {frames / '.partial'}$"):
+        run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "b.mkv")
+    assert _pngs(frames / ".partial") == [f"{i:06d}.png" for i in range(4)]
+    assert run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "a.mkv", resume=True).complete
+    assert _pngs(frames) == [f"{i:06d}.png" for i in range(N)] and not (frames / ".partial").exists()
+
+
+def test_frames_left_staged_beside_a_complete_video_are_moved_in_by_the_resume(tmp_path, pair):
+    """A run killed between its video's rename and its frames' move: ``--resume`` finds the video complete and
+    finishes the frames."""
+    ir, vis = pair
+    frames, out = tmp_path / "frames", tmp_path / "a.mkv"
+    run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out)
+    (frames / ".partial").mkdir()
+    (frames / ".partial" / "output").write_text(f"{out}\n")
+    for png in frames.glob("*.png"):
+        png.replace(frames / ".partial" / png.name)
+    assert run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out, resume=True).complete
+    assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(N)]
+
+
+def test_starting_over_drops_the_staged_frames_of_the_same_output(tmp_path, pair):
+    """A caller's ``resume=False`` (a batch retrying a lost worker's pair) starts the frames over with the video."""
+    ir, vis = pair
+    frames, out = tmp_path / "frames", tmp_path / "a.mkv"
+    interrupted_replay(_cfg(frames), ir, vis, out, stop=5)
+    (frames / ".partial" / "000010.png").write_bytes(b"a frame the new run never writes")
+    assert run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out, resume=False).complete
+    assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(N)]
+    assert cv2.imread(str(frames / "000010.png")) is not None
+
