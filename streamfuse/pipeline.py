@@ -141,13 +141,30 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
                 failure = failure or unfused  # a source's failure came first
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
-        if rec is not None:
-            rec.close({s: c["dropped"] for s, c in producers.stats().items()})  # before the final report
+        if rec is not None:  # before the final report
+            _end_recording(rec, producers.stats(), failure)
         snap = _report(tel, pub, pairer, producers, fuser, rec, final=True)
     _log_recording_failure(rec)
     if failure:
         raise RunFailed(failure, snap)
     return snap
+
+
+def _end_recording(rec: Recorder, stats: dict[str, dict], failure: str) -> None:
+    """Finish the recording; one of a run that failed before a source delivered its first frame (a wrong path, a
+    file that is no video) is discarded instead: a few frames of the other source, which would block the rerun."""
+    silent = [name for name, counters in stats.items() if counters["delivered"] == 0]
+    if not (failure and silent):
+        rec.close({name: counters["dropped"] for name, counters in stats.items()})
+        return
+    rec.discard()
+    dropped = "".join(f" ({count} {_STREAM_NAMES[name]} frame{'s' * (count != 1)} dropped)"
+                      for name, count in rec.counts.items() if count)
+    log.warning("no recording kept in %s: the run failed before the %s source delivered a frame%s; the corrected "
+                "run can record there", rec.path, _STREAM_NAMES[silent[0]], dropped)
+
+
+_STREAM_NAMES = {"ir": "IR", "vis": "visible"}
 
 
 def _log_recording_failure(rec: Recorder | None) -> None:

@@ -171,6 +171,7 @@ class Recorder:
                     finish = " (another run is recording to it)"
                 raise RuntimeError(f"cannot record to {self.path}: {existing} exists{finish}; choose another "
                                    f"record.path or move it away")
+        self._made = [p for p in self.path.parents if not p.exists()]  # removed again by discard(), if left empty
         try:  # a new folder (runs/rig0.mcap) is made, as train --out and replay_many --out make theirs
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except FileExistsError:  # the parent is a file
@@ -315,6 +316,15 @@ class Recorder:
                 log.warning("%s", exc)
         self._sync.close()
         self._file.close()
+
+    def discard(self) -> None:
+        """Close and delete the recording, and the folders made for it: a run that failed at its start (a source
+        that never delivered a frame) keeps nothing that its corrected rerun would be refused over."""
+        self.abort()
+        self._partial.unlink(missing_ok=True)
+        for folder in self._made:
+            with contextlib.suppress(OSError):  # not empty: another run's or a user's files went there meanwhile
+                folder.rmdir()
 
     def __enter__(self) -> Recorder:
         return self

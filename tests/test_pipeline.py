@@ -313,6 +313,27 @@ def test_missing_video_file_is_one_line(tmp_path):
     assert f"streamfuse: error: {line}" in proc.stderr
 
 
+@pytest.mark.timeout(120)
+def test_a_run_failing_before_a_source_delivers_keeps_no_recording_that_blocks_its_rerun(tmp_path):
+    """A wrong IR path with ``record:`` finished a recording of the visible frames of the failed start (and made its
+    folder), and the corrected run was then refused: the record path existed."""
+    record = tmp_path / "runs" / "rig.mcap"
+    common = ["--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{free_port()}",
+              "--set", f"record.path={record}", "--set", "ir.width=64", "--set", "ir.height=48",
+              "--set", "vis.width=64", "--set", "vis.height=48"]
+    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo", *common,
+                           "--set", "ir.kind=file", "--set", f"ir.path={tmp_path / 'nope.mp4'}",
+                           "--set", "vis.realtime=false", "--duration", "20"],
+                          cwd=REPO, capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"no recording kept in {record}: the run failed before the IR source delivered a frame" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo", *common,
+                           "--duration", "1"], cwd=REPO, capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert record.is_file() and f"to {record}" in proc.stderr
+
+
 def test_two_missing_video_files_are_both_named_in_one_line(tmp_path):
     paths = {s: tmp_path / f"{s}.mp4" for s in ("ir", "vis")}
     sources = [a for s, p in paths.items() for a in ("--set", f"{s}.kind=file", "--set", f"{s}.path={p}")]
