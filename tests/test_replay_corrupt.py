@@ -1,7 +1,8 @@
 """Offline replay of damaged or odd inputs found by seeded mutation: a damaged picture among a file's last packets,
 which a frame-threaded decoder drops without an error; a resume sidecar that is JSON of the wrong shape; a visible
 frame of another size; a recording holding an image without pixels or colour IR; a stop before the first frame; an
-H.264 picture the decoder drops; an FFV1 slice whose damage the decoder hides (its CRC fails).
+H.264 picture the decoder drops; an FFV1 slice whose damage the decoder hides (its CRC fails); a recording still
+being written.
 Each is one line naming what and where, or a run that goes on correctly; nothing damaged passes as complete."""
 
 from __future__ import annotations
@@ -253,3 +254,20 @@ def test_a_complete_avi_whose_end_is_no_exact_float_is_read_to_its_end(tmp_path,
         container.mux(stream.encode(None))
     with open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False)) as src:
         assert sum(1 for _ in iter(src.read, None)) == frames
+
+
+def test_a_recording_still_being_written_is_refused_not_called_truncated(tmp_path):
+    """Its partial file read while a live run writes it ended where the writer was: "truncated or corrupt after N
+    frames", and a partial output of those frames."""
+    path = tmp_path / "rig.mcap"
+    image = np.zeros((48, 64), np.uint8)
+    with Recorder(RecordConfig(path=str(path), flush_s=0.01)) as rec:
+        for i in range(4):
+            rec.write(Frame("ir", i, 1_000_000 + i * 40_000_000, image))
+            rec.write(Frame("vis", i, 1_000_000 + i * 40_000_000, np.dstack([image] * 3)))
+        partial = tmp_path / ".rig.mcap.partial"
+        with pytest.raises(ValueError, match=f"^ir input {partial} is being recorded by a running run \\(its "
+                                             f"record.path\\); replay it once that run has ended and named it$"):
+            run_replay(make_cfg(), ir_path=partial, out_path=tmp_path / "o.mkv")
+    assert not list(tmp_path.glob("*o.mkv*"))
+    assert run_replay(make_cfg(), ir_path=path, out_path=tmp_path / "o.mkv").written == 4

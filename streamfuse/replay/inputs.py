@@ -29,6 +29,7 @@ from streamfuse.capture.sources import SourceError
 from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
+from streamfuse.recording import being_recorded
 from streamfuse.video import announced_frames
 
 __all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "resolve", "merged",
@@ -85,6 +86,9 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
             raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate, n)
     if kind == "mcap":
+        if being_recorded(path):  # its end is where the writer is now: read, it would look truncated
+            raise ValueError(f"{stream} input {path} is being recorded by a running run (its record.path); replay it "
+                             f"once that run has ended and named it")
         if is_bag_folder(path):
             storage_files(path)  # each file there: one line now rather than after some of them
         _check_topic(stream, cfg, path)
