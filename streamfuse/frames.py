@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["Frame", "FramePair", "FusedFrame", "optical_frame"]
+__all__ = ["Frame", "FramePair", "FusedFrame", "SizeMismatch", "optical_frame"]
 
 
 @dataclass
@@ -39,6 +39,11 @@ class Frame:
     counts: np.ndarray | None = None
 
 
+class SizeMismatch(ValueError):
+    """An IR frame of another size than its visible partner with ``resize: error``: the input's fault, which running
+    again meets again."""
+
+
 @dataclass
 class FramePair:
     """An IR frame and a visible frame paired by capture time."""
@@ -53,7 +58,7 @@ class FramePair:
         if ir.shape[:2] == (h, w):
             return ir
         if policy != "resize":
-            raise ValueError(f"IR frame {self.ir.seq} is {ir.shape[1]}x{ir.shape[0]} but visible frame {self.vis.seq} "
+            raise SizeMismatch(f"IR frame {self.ir.seq} is {ir.shape[1]}x{ir.shape[0]} but visible frame {self.vis.seq} "
                              f"is {w}x{h}; set resize: resize in the IR source config to resize IR to the visible size")
         return cv2.resize(ir, (w, h), interpolation=cv2.INTER_LINEAR)
 

@@ -15,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -486,6 +487,22 @@ def test_ir_size_mismatch(tmp_path, policy):
     assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out).written == 6
     with av.open(str(out)) as c:
         assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)
+
+
+def test_an_ir_size_change_with_resize_error_suggests_no_resume(tmp_path):
+    """IR frames that change size at frame 6 with ``resize: error``: the stop line said to --resume, which would
+    meet the same frame again (or be refused, once ``ir.resize`` is changed)."""
+    ir, vis = tmp_path / "ir", tmp_path / "vis"
+    for folder in (ir, vis):
+        folder.mkdir()
+    for i in range(10):
+        cv2.imwrite(str(ir / f"{i:04d}.png"), np.full((24, 32) if i >= 6 else (48, 64), 9 * i, np.uint8))
+        cv2.imwrite(str(vis / f"{i:04d}.png"), np.full((48, 64, 3), 5 * i, np.uint8))
+    out = tmp_path / "o.mp4"
+    with pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(ir={"resize": "error"}), ir_path=ir, vis_path=vis, out_path=out)
+    assert str(err.value).startswith("replay stopped: IR frame 6 is 32x24 but visible frame 6 is 64x48; set resize")
+    assert str(err.value).endswith(f"; 6 frames kept in {partial_path(out)}")
 
 
 def test_realtime_pacing_takes_recorded_time_and_counts_drops(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.capture.sources import open_source
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.errors import io_reason, one_line
-from streamfuse.frames import Frame, FramePair, FusedFrame
+from streamfuse.frames import Frame, FramePair, FusedFrame, SizeMismatch
 from streamfuse.output_lock import output_lock
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged,
                                       no_pairs, on_topic, outside, resolve, size_changed)
@@ -170,6 +170,7 @@ class _Replay:
             s.stopped = interrupted(exc)
         except (RuntimeError, ValueError, OSError, av.FFmpegError) as exc:  # av's: some derive from none of the three
             s.stopped = _reason(exc)
+            self.input_fault |= isinstance(exc, SizeMismatch)  # ir.resize: error; a resumed run would meet it again
         finally:
             bar.close()
             for reader in self.readers:
