@@ -169,7 +169,10 @@ _STREAM_NAMES = {"ir": "IR", "vis": "visible"}
 
 def _log_recording_failure(rec: Recorder | None) -> None:
     """At the end of a run whose recording failed: what was kept of it, and how to finish it."""
-    if rec is not None and rec.finished:
+    if rec is not None and rec.error is not None and not partial_path(rec.path).exists():
+        log.error("recording failed: %s was not completed (%s), and nothing of it is kept: %s is gone (its folder "
+                  "removed or renamed while the run recorded)", rec.path, rec.error, partial_path(rec.path))
+    elif rec is not None and rec.finished:
         log.error("recording failed: %s was not given its name (%s); it holds %d IR and %d visible frames, whole: "
                   "rename it to %s", partial_path(rec.path), rec.error, rec.counts["ir"], rec.counts["vis"], rec.path)
     elif rec is not None and rec.error is not None:

@@ -506,3 +506,24 @@ def test_frames_capture_dropped_before_the_recording_are_said_at_its_end(tmp_pat
     assert [r.getMessage() for r in caplog.records] == [
         f"{path} lacks 3 IR and 0 visible frames that capture dropped before they reached it (the live loop fell "
         "behind them: capture_dropped); a replay of it pairs what is there"]
+
+
+def test_a_recording_whose_folder_was_removed_is_said_lost_not_named_to_rename(tmp_path, caplog):
+    """The folder removed while the run recorded (a cleanup script, a user): the end told to rename or recover the
+    .partial file, which was gone with it."""
+    import shutil
+
+    from streamfuse.pipeline import _log_recording_failure
+
+    path = tmp_path / "runs" / "rig.mcap"
+    rec = Recorder(RecordConfig(path=str(path)))
+    for i in range(3):
+        rec.write(Frame("vis", i, 1_000_000 + i * 40_000_000, np.zeros((8, 8, 3), np.uint8)))
+    shutil.rmtree(tmp_path / "runs")
+    rec.close()
+    with caplog.at_level(logging.ERROR):
+        _log_recording_failure(rec)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith(f"recording failed: {path} was not completed (") and "rename it" not in line
+    assert line.endswith(f"nothing of it is kept: {partial_path(path)} is gone (its folder removed or renamed while "
+                         f"the run recorded)")
