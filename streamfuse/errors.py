@@ -7,13 +7,26 @@ import errno
 import re
 from collections.abc import Iterator
 
-__all__ = ["one_line", "io_reason", "opencv_quiet", "redact", "unreachable"]
+__all__ = ["one_line", "io_reason", "opencv_quiet", "printable", "redact", "unreachable"]
 
 # a URL's password (``scheme://user:password@``, to the token's last ``@``: a password written with a raw ``@``
 # too) and secret query values (``?password=``, ``&token=``)
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:'\"]*):[^\s'\"]*@")
 _SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd|token|key|secret|auth)=)(?:[^&#:\s'\"]|:(?!\s|$))*",
                            re.IGNORECASE)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(message: object) -> str:
+    r"""``message`` with its control characters written as escapes: a path holding a newline (or a terminal's escape
+    sequence) keeps an error on its one line, and cannot draw on the user's terminal.
+
+    >>> printable("input not found: a\nb.mp4")
+    'input not found: a\\nb.mp4'
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(message))
 
 
 def redact(text: str) -> str:

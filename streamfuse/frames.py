@@ -58,8 +58,9 @@ class FramePair:
         if ir.shape[:2] == (h, w):
             return ir
         if policy != "resize":
-            raise SizeMismatch(f"IR frame {self.ir.seq} is {ir.shape[1]}x{ir.shape[0]} but visible frame {self.vis.seq} "
-                             f"is {w}x{h}; set resize: resize in the IR source config to resize IR to the visible size")
+            raise SizeMismatch(f"IR frame {self.ir.seq} is {ir.shape[1]}x{ir.shape[0]} but visible frame "
+                               f"{self.vis.seq} is {w}x{h}; set resize: resize in the IR source config to resize IR "
+                               f"to the visible size")
         return cv2.resize(ir, (w, h), interpolation=cv2.INTER_LINEAR)
 
 

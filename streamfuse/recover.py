@@ -27,7 +27,7 @@ from mcap.writer import MCAP0_MAGIC, Writer
 from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
-from streamfuse.errors import io_reason
+from streamfuse.errors import io_reason, printable
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
 from streamfuse.signals import HANGUP, handled
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         with handled(signal.default_int_handler, (signal.SIGTERM, *HANGUP)):
             said = recover(args.partial, args.out)
     except (OSError, RuntimeError, ValueError) as exc:
-        print(f"streamfuse recover: error: {exc}", file=sys.stderr)
+        print(f"streamfuse recover: error: {printable(exc)}", file=sys.stderr)
         return 1
     print(said, flush=True)  # a full disk under a redirect is the console's one line, as for every command
     return 0

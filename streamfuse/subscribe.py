@@ -29,7 +29,7 @@ from streamfuse.atomic_write import write_png
 from streamfuse.cli.args import int_at_least, key_options, positive
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.connection_watch import load_server_key
-from streamfuse.errors import io_reason
+from streamfuse.errors import io_reason, printable
 from streamfuse.signals import handled
 from streamfuse.wire import RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX
 
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args.save.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"{_PROG}: error: cannot make the --save folder {args.save}: {io_reason(exc)}", file=sys.stderr)
+            print(f"{_PROG}: error: cannot make the --save folder {printable(args.save)}: {io_reason(exc)}",
+                  file=sys.stderr)
             return 2
     try:  # SIGTERM (systemd, a ROS launch) stops it as Ctrl-C does, with the summary
         server_key = load_server_key(args.server_key)
@@ -90,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                            shm=False if args.no_shm else None) as sub:
             return _loop(sub, args)
     except ValueError as exc:
-        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # latest mode's reader thread stopped
-        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -138,7 +139,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                 try:  # through a temporary name: a kill never leaves a truncated PNG that looks whole
                     write_png(args.save / f"fused_{header['seq']:08d}.png", image, new=True)
                 except RuntimeError as exc:
-                    print(f"{_PROG}: error: {exc}", file=sys.stderr)
+                    print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
                     return 2
             if args.show:
                 cv2.imshow(args.endpoint, image)

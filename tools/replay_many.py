@@ -29,6 +29,7 @@ import streamfuse  # noqa: E402,F401  (first: a missing dependency then says whi
 
 from streamfuse.cli import stoppable  # noqa: E402
 from streamfuse.cli.args import int_at_least, time_span  # noqa: E402
+from streamfuse.errors import printable  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return config_error("replay_many", exc)
     except (OSError, ValueError) as exc:
-        print(f"replay_many: error: {exc}", file=sys.stderr)
+        print(f"replay_many: error: {printable(exc)}", file=sys.stderr)
         return 2
     except BatchInterrupted as exc:
         summary = exc.summary
@@ -93,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print(summary.format())
     for result in summary.failed:
-        print(f"replay_many: FAILED {result.out}: {result.reason}", file=sys.stderr)
+        print(f"replay_many: FAILED {printable(result.out)}: {printable(result.reason)}", file=sys.stderr)
     if summary.stopped:
         print(f"replay_many: stopped before the end: {summary.count('interrupted')} interrupted (partial outputs "
               f"kept), {summary.count('not started')} not started; run the same command again with --resume to finish",

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from streamfuse.errors import io_reason
+from streamfuse.errors import io_reason, printable
 from streamfuse.signals import TERMINATE, Terminated, handled, raise_terminated
 
 __all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool",
@@ -133,7 +133,8 @@ def guarded(main: Callable[[], int | None], prog: str) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if gone:
             return 141
-        print(f"{prog}: error: cannot write {exc.filename or 'its output'}: {io_reason(exc)}", file=sys.stderr)
+        print(f"{prog}: error: cannot write {printable(exc.filename or 'its output')}: {io_reason(exc)}",
+              file=sys.stderr)
         return 1
 
 

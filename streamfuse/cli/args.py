@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from streamfuse.checks import ConfigError
+from streamfuse.errors import printable
 
 __all__ = ["int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
            "config_error", "HelpFormatter"]
@@ -113,5 +114,5 @@ def data_dir(beside: Path = Path("..")) -> Path:
 def config_error(prog: str, exc: ConfigError) -> int:
     """Report a config that cannot run (a missing --config, a bad key or --set) as one line, ``PROG: config error:
     ...``; returns its exit status, 2, the same for every command."""
-    print(f"{prog}: config error: {exc}", file=sys.stderr)
+    print(f"{prog}: config error: {printable(exc)}", file=sys.stderr)
     return 2

@@ -17,6 +17,7 @@ import sys
 from streamfuse import log_queue
 from streamfuse.checks import ConfigError
 from streamfuse.cli.args import config_error, seconds
+from streamfuse.errors import printable
 from streamfuse.signals import Terminated, interrupted
 
 __all__ = ["main", "replay_main", "exit_now"]
@@ -70,9 +71,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
         logging.getLogger("streamfuse").debug("failure", exc_info=True)
         log_queue.flush()  # the reason comes last, after the final stats
         if getattr(exc, "interrupted", False):  # a replay the user stopped (Ctrl-C, SIGTERM): no error, exit 130
-            print(f"streamfuse: {exc}", file=sys.stderr)
+            print(f"streamfuse: {printable(exc)}", file=sys.stderr)
             return 130
-        print(f"streamfuse: error: {exc}", file=sys.stderr)
+        print(f"streamfuse: error: {printable(exc)}", file=sys.stderr)
         return 1
 
 

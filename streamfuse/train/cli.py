@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamfuse.cli.args import data_dir, time_span
+from streamfuse.errors import printable
 from streamfuse.train.config import SECTIONS, load_setup
 from streamfuse.train.loop import run_training
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         setup = load_setup(to_overrides(rest))
     except ValueError as exc:  # a bad key or value: a config error, exit status 2 as for every command
-        print(f"train: {exc}", file=sys.stderr)
+        print(f"train: {printable(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         _stopped("train: interrupted")

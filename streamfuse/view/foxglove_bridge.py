@@ -28,6 +28,7 @@ from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
 from streamfuse.cli.args import int_at_least, key_options, seconds
 from streamfuse.client import Subscriber
+from streamfuse.errors import printable
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
 from streamfuse.wire import consumer_topic, preview_topic
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                             previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key),
                             client_key_file=args.client_key, name_wait_s=args.name_wait)
     except ValueError as exc:
-        print(f"streamfuse foxglove: error: {exc}", file=sys.stderr)
+        print(f"streamfuse foxglove: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.wait()
         return 0
     except RuntimeError as exc:
-        print(f"streamfuse foxglove: error: {exc}", file=sys.stderr)
+        print(f"streamfuse foxglove: error: {printable(exc)}", file=sys.stderr)
         return 1
     finally:
         bridge.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
 from streamfuse.cli.args import int_at_least, key_options, positive, seconds
-from streamfuse.errors import io_reason
+from streamfuse.errors import io_reason, printable
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=load_server_key(args.server_key),
                         client_key_file=args.client_key, quality=args.quality, name_wait_s=args.name_wait)
     except ValueError as exc:
-        print(f"streamfuse view: error: {exc}", file=sys.stderr)
+        print(f"streamfuse view: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except RuntimeError as exc:  # the browser of --screenshot
-        print(f"streamfuse view: error: {exc}", file=sys.stderr)
+        print(f"streamfuse view: error: {printable(exc)}", file=sys.stderr)
         return 1
     finally:
         feed.close()

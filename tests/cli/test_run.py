@@ -54,6 +54,13 @@ def test_a_bad_key_is_one_line(capsys):
     assert "\n" not in err and err.startswith("streamfuse: config error: ") and "demo.yaml" in err
 
 
+def test_a_path_holding_a_newline_or_an_escape_stays_on_the_error_line(tmp_path, monkeypatch, capsys):
+    """A path's control characters were printed raw: the error broke across lines (or drew on the terminal)."""
+    monkeypatch.chdir(tmp_path)
+    assert replay_main(["--config", "replay", "--ir", "a\nb\x1b[2J.mp4", "--vis", "v.mp4", "--out", "o.mp4"]) == 1
+    assert capsys.readouterr().err.splitlines() == ["streamfuse: error: ir input not found: a\\nb\\x1b[2J.mp4"]
+
+
 def test_a_live_run_of_a_source_without_a_path_is_a_config_error_before_it_binds(capsys):
     # `run --config replay` bound the publisher, started the sources and printed final stats before "no path given",
     # exit 1
