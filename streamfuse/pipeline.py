@@ -52,6 +52,10 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
     if out_path or cfg.replay.out:
         from streamfuse.replay import run_replay
 
+        if duration_s:
+            raise ConfigError(f"--duration is for live runs: a replay (--out{' from replay.out' * (not out_path)}) "
+                              f"fuses its inputs to their end")
+
         if cfg.record is not None:  # one config may serve the rig's live runs and their replays
             log.warning("%s: record.path=%s is for live runs: a replay writes only its output (--out)",
                         cfg.origin("record"), cfg.record.path)

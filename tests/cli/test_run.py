@@ -61,6 +61,14 @@ def test_a_path_holding_a_newline_or_an_escape_stays_on_the_error_line(tmp_path,
     assert capsys.readouterr().err.splitlines() == ["streamfuse: error: ir input not found: a\\nb\\x1b[2J.mp4"]
 
 
+def test_duration_with_a_replay_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", "replay", "--ir", "a.mp4", "--vis", "v.mp4", "--out", "o.mp4", "--duration", "5"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "streamfuse: config error: --duration is for live runs: a replay (--out) fuses its inputs to their end"]
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_live_run_of_a_source_without_a_path_is_a_config_error_before_it_binds(capsys):
     # `run --config replay` bound the publisher, started the sources and printed final stats before "no path given",
     # exit 1
