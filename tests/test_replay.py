@@ -331,8 +331,9 @@ def test_interrupt_while_the_model_loads_is_one_line_and_writes_nothing(tmp_path
 
     monkeypatch.setattr(streamfuse.processor, "config_fuser", loading)
     with pytest.raises(ReplayError, match=r"^replay stopped: interrupted \(Ctrl-C\)$") as err:
-        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
-    assert err.value.interrupted and not list(tmp_path.glob("*o.mp4*"))
+        run_replay(make_cfg(replay={"frames_dir": str(tmp_path / "new" / "frames")}), ir_path=ir, vis_path=vis,
+                   out_path=tmp_path / "o.mp4")
+    assert err.value.interrupted and not list(tmp_path.glob("*o.mp4*")) and not (tmp_path / "new").exists()
 
 
 def test_a_failed_replay_says_that_an_existing_output_is_an_earlier_one(tmp_path, clip, monkeypatch):

@@ -91,11 +91,12 @@ class FramesDir:
                                   f"{owner}; --resume that one first, or delete {self.staging}")
         if self.staging.exists() and not (continuing and owner):
             shutil.rmtree(self.staging)
-        self.staging.mkdir(exist_ok=True)
-        (self.staging / _OWNER).write_text(self._out + "\n")
 
     def write(self, index: int, image: np.ndarray, resumed: bool) -> None:
         """Stage frame ``index``; a resumed run keeps the lossless PNG already there (unless cut short)."""
+        if not self.staging.exists():  # made with the first frame: a run stopped before it leaves none
+            self.staging.mkdir()
+            (self.staging / _OWNER).write_text(self._out + "\n")
         png = self.staging / f"{index:06d}.png"
         if not (resumed and whole_png(png)):
             write_png(png, image)  # through a temporary name: a kill leaves no PNG cut short
@@ -104,7 +105,7 @@ class FramesDir:
         """Move the staged frames into the folder (the replay is complete) and remove the staging folder."""
         for png in sorted(self.staging.glob(_FRAME)):
             png.replace(self.folder / png.name)
-        shutil.rmtree(self.staging)
+        shutil.rmtree(self.staging, ignore_errors=True)  # none: a replay with no frame ends with an error first
 
     def kept(self) -> int:
         """After a stop: how many frames stay staged for ``--resume``; the staging folder goes when none do."""
