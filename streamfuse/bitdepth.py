@@ -39,6 +39,7 @@ temporal tool reads each clip as a sequence); the capture and replay sources rea
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
         raise ValueError(f"cannot read image {path}: {io_reason(exc)}") from None
     if not buf.size:
         raise ValueError(f"cannot read image {path}: empty file")
-    if buf[:8].tobytes() == _PNG_SIGNATURE and b"IEND" not in buf[-12:].tobytes():  # libpng would print its own line
+    if buf[:8].tobytes() == _PNG_SIGNATURE and not _png_intact(memoryview(buf)):  # libpng would print a line too
         raise ValueError(f"cannot read image {path}: corrupt, or not an image")
     with opencv_quiet():
         try:
@@ -168,6 +169,20 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
     if img is None:
         raise ValueError(f"cannot read image {path}: corrupt, or not an image")
     return img
+
+
+def _png_intact(data: memoryview) -> bool:
+    """Whether a PNG's chunks pass their CRCs up to its end chunk: damage libpng would report on the process's stderr
+    itself, before the one line of the caller."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        end = pos + 12 + int.from_bytes(data[pos:pos + 4], "big")  # length, type, data, CRC of type and data
+        if end > len(data) or zlib.crc32(data[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            return False
+        if data[pos + 4:pos + 8] == b"IEND":
+            return True
+        pos = end
+    return False
 
 
 def read_8bit(path: str | os.PathLike, depth: Callable[[np.ndarray], np.ndarray],

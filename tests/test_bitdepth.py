@@ -181,12 +181,18 @@ _CUT = "corrupt, or not an image"  # said before the decoder, whose libpng print
 
 @pytest.mark.parametrize("content, why", [(None, "the file is gone"), (b"", "empty file"),
                                           (b"\x89PNG\r\n\x1a\n junk", _CUT), ("half", _CUT),
-                                          (b"GIF89a junk", "corrupt, or not an image")])
+                                          (b"GIF89a junk", "corrupt, or not an image"), ("flipped", _CUT)])
 def test_unreadable_files_are_one_line(tmp_path, capfd, content, why):
     path = tmp_path / "a.png"
-    if content == "half":  # a frame a killed copy cut short: libpng printed a line of its own beside ours
+    if content in ("half", "flipped"):  # a frame cut short by a killed copy, or damaged on disk (a byte of its
+        # pixel data flipped, its end intact): libpng printed a line of its own beside ours
         data = cv2.imencode(".png", np.arange(64 * 48, dtype=np.uint16).reshape(48, 64).astype(np.uint8))[1]
-        content = data.tobytes()[: data.size // 2]
+        damaged = bytearray(data.tobytes())
+        if content == "half":
+            damaged = damaged[: len(damaged) // 2]
+        else:
+            damaged[60] ^= 0xFF
+        content = bytes(damaged)
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(ValueError) as info:
