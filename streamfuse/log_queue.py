@@ -12,8 +12,13 @@ import logging
 import queue
 import sys
 import threading
+from pathlib import PurePath
 
-__all__ = ["install", "flush"]
+from streamfuse.errors import printable
+
+__all__ = ["install", "flush", "BLOCK"]
+
+BLOCK = {"block": True}  # extra= of a record that is a multi-line block by design
 
 _QUEUE_LINES = 1000
 _queue: queue.Queue | None = None
@@ -39,6 +44,18 @@ class _DroppingHandler(logging.Handler):
             self.dropped += 1
 
 
+class _OneLine(logging.Formatter):
+    """Each record's values (paths, names read from files, other programs' messages) with their control characters
+    as escapes: a name holding a newline cannot forge a log line of its own. A record logged with ``extra=BLOCK`` is
+    one multi-line block by design (a replay's summary) and is left as it is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.args, tuple) and not getattr(record, "block", False):
+            record = logging.makeLogRecord({**record.__dict__, "args": tuple(
+                printable(a) if isinstance(a, (str, PurePath)) else a for a in record.args)})
+        return super().format(record)
+
+
 def _write(lines: queue.Queue) -> None:
     while True:
         item = lines.get()
@@ -61,7 +78,7 @@ def install(level: int, fmt: str, datefmt: str | None = None) -> None:
         return
     _queue = queue.Queue(maxsize=_QUEUE_LINES)
     handler = _DroppingHandler(_queue)
-    handler.setFormatter(logging.Formatter(fmt, datefmt))
+    handler.setFormatter(_OneLine(fmt, datefmt))
     root.addHandler(handler)
     root.setLevel(level)
     threading.Thread(target=_write, args=(_queue,), name="log writer", daemon=True).start()

@@ -23,3 +23,29 @@ def test_a_full_queue_drops_and_counts_lines_and_the_next_line_says_how_many() -
             "3 log lines dropped: nothing was reading this output", "line 5"]
     finally:
         log.removeHandler(handler)
+
+
+def test_a_value_holding_a_newline_or_an_escape_cannot_forge_a_log_line() -> None:
+    """A path or a name read from a file (a bag's topic) went into the log as it was: its newline began a line that
+    looked like the program's own, its escape sequence drew on the terminal."""
+    from pathlib import Path
+
+    from streamfuse.log_queue import BLOCK, _OneLine
+
+    formatter = _OneLine("%(levelname)s %(message)s")
+    record = logging.getLogger("t").makeRecord(
+        "t", logging.WARNING, __file__, 1, "input %s on %s (%d frames)",
+        (Path("a\nERROR all frames lost.mp4"), "/ir\x1b[2J", 3), None)
+    assert formatter.format(record) == r"WARNING input a\nERROR all frames lost.mp4 on /ir\x1b[2J (3 frames)"
+    assert record.args[1] == "/ir\x1b[2J"  # the record itself is left as it was (other handlers format it too)
+    block = logging.getLogger("t").makeRecord("t", logging.INFO, __file__, 1, "%s", ("replay a\n  stage",), None,
+                                              extra=BLOCK)
+    assert formatter.format(block) == "INFO replay a\n  stage"
+
+
+def test_a_replay_summary_escapes_its_paths_and_keeps_its_lines() -> None:
+    from streamfuse.replay.summary import ReplaySummary
+
+    text = ReplaySummary(ir="i\nr.mp4", vis="v.mp4", out="o\x1b[31m.mp4", complete=True).format()
+    assert text.splitlines()[0] == r"replay i\nr.mp4 + v.mp4 -> o\x1b[31m.mp4 (complete)"
+    assert len(text.splitlines()) > 3

@@ -24,6 +24,7 @@ from streamfuse.capture.sources import open_source
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame, FramePair, FusedFrame, SizeMismatch
+from streamfuse.log_queue import BLOCK
 from streamfuse.output_lock import output_lock
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged,
                                       no_pairs, on_topic, outside, resolve, size_changed)
@@ -352,7 +353,7 @@ class _Replay:
         taken_over_path(self.out).unlink(missing_ok=True)  # the interrupted run's frames are all in the output now
         sidecar_path(self.out).unlink(missing_ok=True)
         self.summary.complete = True
-        log.info("%s", self.summary.format())
+        log.info("%s", self.summary.format(), extra=BLOCK)
         return self.summary
 
     def _keep_partial(self) -> NoReturn:
@@ -386,7 +387,7 @@ class _Replay:
             where += f"; {staged} of its frames staged in {self.frames.staging}"
         if self.out.exists():  # the final name still holds an earlier run's output: say it is not this one
             where += f"; {self.out} is an earlier run's output, left as it was"
-        log.info("%s", s.format())
+        log.info("%s", s.format(), extra=BLOCK)
         raise ReplayError(f"replay stopped: {s.stopped}; {where}", s,
                           interrupted=s.stopped.startswith("interrupted ("), hint=hint)
 

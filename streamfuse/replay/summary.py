@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streamfuse.errors import printable
 from streamfuse.sync import OTHER
 
 __all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES", "NAMES"]
@@ -48,15 +49,15 @@ class ReplaySummary:
     def format(self) -> str:
         """The summary as one log block."""
         state = "complete" if self.complete else f"NOT complete: {self.stopped}"
-        lines = [
-            f"replay {self.ir} + {self.vis} -> {self.out} ({state})",
+        lines = [  # the paths' control characters as escapes: the block's lines are its own
+            printable(f"replay {self.ir} + {self.vis} -> {self.out} ({state})"),
             f"  read ir {self.frames['ir']}, vis {self.frames['vis']} | pairs {self.pairs} | fused {self.fused}"
             f" | reused {self.reused} | written {self.written} | unpaired ir {self.unpaired['ir']}, vis "
             f"{self.unpaired['vis']} | dropped ir {self.dropped['ir']}, vis {self.dropped['vis']}",
             *([f"  published {self.published} | refused by the publisher {self.publish_refused} (a subscriber's queue "
                f"stayed full)"] if self.published or self.publish_refused else []),
             *([f"  nonfinite {self.nonfinite} (fused frames with a NaN or infinite pixel)"] if self.nonfinite else []),
-            *([f"  note: {self.note}"] if self.note else []),
+            *([f"  note: {printable(self.note)}"] if self.note else []),
             f"  wall {self.wall_s:.2f} s, {self.fps:.1f} frames/s, encoder {self.encoder or '-'}",
             f"  {'stage':<14}{'median ms':>10}{'p99 ms':>10}{'share':>8}",
         ]
