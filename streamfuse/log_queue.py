@@ -9,10 +9,10 @@ that waits. Lines beyond the queue are dropped and counted, and the next line wr
 from __future__ import annotations
 
 import logging
+import numbers
 import queue
 import sys
 import threading
-from pathlib import PurePath
 
 from streamfuse.errors import printable
 
@@ -45,15 +45,23 @@ class _DroppingHandler(logging.Handler):
 
 
 class _OneLine(logging.Formatter):
-    """Each record's values (paths, names read from files, other programs' messages) with their control characters
+    """Each record's values (paths, names read from files, other programs' errors) with their control characters
     as escapes: a name holding a newline cannot forge a log line of its own. A record logged with ``extra=BLOCK`` is
     one multi-line block by design (a replay's summary) and is left as it is."""
 
     def format(self, record: logging.LogRecord) -> str:
         if isinstance(record.args, tuple) and not getattr(record, "block", False):
-            record = logging.makeLogRecord({**record.__dict__, "args": tuple(
-                printable(a) if isinstance(a, (str, PurePath)) else a for a in record.args)})
+            record = logging.makeLogRecord({**record.__dict__, "args": tuple(map(_escaped, record.args))})
         return super().format(record)
+
+
+def _escaped(value: object) -> object:
+    """``value``, or its text with escapes where that holds control characters (a number stays one, for ``%d``)."""
+    if isinstance(value, numbers.Number):
+        return value
+    text = str(value)
+    shown = printable(text)
+    return value if shown == text else shown
 
 
 def _write(lines: queue.Queue) -> None:

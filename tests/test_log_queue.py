@@ -35,9 +35,9 @@ def test_a_value_holding_a_newline_or_an_escape_cannot_forge_a_log_line() -> Non
     formatter = _OneLine("%(levelname)s %(message)s")
     record = logging.getLogger("t").makeRecord(
         "t", logging.WARNING, __file__, 1, "input %s on %s (%d frames)",
-        (Path("a\nERROR all frames lost.mp4"), "/ir\x1b[2J", 3), None)
+        (Path("a\nERROR all frames lost.mp4"), OSError("/ir\x1b[2J"), 3), None)
     assert formatter.format(record) == r"WARNING input a\nERROR all frames lost.mp4 on /ir\x1b[2J (3 frames)"
-    assert record.args[1] == "/ir\x1b[2J"  # the record itself is left as it was (other handlers format it too)
+    assert str(record.args[1]) == "/ir\x1b[2J"  # the record itself is left as it was (other handlers format it too)
     block = logging.getLogger("t").makeRecord("t", logging.INFO, __file__, 1, "%s", ("replay a\n  stage",), None,
                                               extra=BLOCK)
     assert formatter.format(block) == "INFO replay a\n  stage"
