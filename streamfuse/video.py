@@ -21,7 +21,7 @@ from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
 from streamfuse.errors import io_reason
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "announced_end_s",
-           "announced_frames", "read_tags", "ffv1_slices_intact"]
+           "announced_frames", "read_tags", "ffv1_slice_crcs"]
 
 log = logging.getLogger(__name__)
 
@@ -326,20 +326,20 @@ def announced_frames(container: av.container.InputContainer, stream: av.video.st
     return 0 if "avi" in container.format.name.split(",") else stream.frames
 
 
-def ffv1_slices_intact(packet: bytes) -> bool:
+def ffv1_slice_crcs(packet: bytes) -> bool | None:
     """Whether every slice of an FFV1 (version 3) frame passes its CRC, the check FFmpeg's decoder makes: each slice
     ends in a 24-bit size, an error byte and a 32-bit parity that makes the slice's CRC-32 (MSB first, polynomial
-    0x04C11DB7, no inversion) zero (RFC 9043, 4.8)."""
-    end = len(packet)
+    0x04C11DB7, no inversion) zero (RFC 9043, 4.8). None when the slices do not end in such footers at all (a frame
+    written without ``slicecrc``, or one whose slice sizes are damaged)."""
+    end, intact = len(packet), True
     while end > 0:
         if end < 8:
-            return False
+            return None
         size = int.from_bytes(packet[end - 8:end - 5], "big") + 8  # the slice with its footer
-        if size > end:  # a damaged slice size
-            return False
+        if size > end:
+            return None
         # zlib's CRC-32 is that CRC bit-reflected and inverted: fed bit-reversed bytes from an inverted start, it ends
         # at 0xFFFFFFFF exactly when the MSB-first CRC is 0
-        if zlib.crc32(packet[end - size:end].translate(_BIT_REVERSED), 0xFFFFFFFF) != 0xFFFFFFFF:
-            return False
+        intact &= zlib.crc32(packet[end - size:end].translate(_BIT_REVERSED), 0xFFFFFFFF) == 0xFFFFFFFF
         end -= size
-    return True
+    return intact

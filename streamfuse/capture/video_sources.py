@@ -168,13 +168,13 @@ class AvSource(BaseSource):
 
     def _slices_intact(self, packet: bytes) -> bool:
         """Whether an FFV1 picture's slice CRCs pass. Whether the file stores CRCs (FFmpeg's ``slicecrc``, which this
-        project's FFV1 outputs always set) is told by its first picture: one without fails, and is not checked on."""
-        from streamfuse.video import ffv1_slices_intact
+        project's FFV1 outputs always set) is told by its first picture's slices: ending in CRC footers or not."""
+        from streamfuse.video import ffv1_slice_crcs
 
-        intact = ffv1_slices_intact(packet)
+        crcs = ffv1_slice_crcs(packet)
         if self._packets == 1:
-            self._checksums = intact
-        return intact or self._packets == 1
+            self._checksums = crcs is not None
+        return crcs is True or (self._packets == 1 and crcs is None)
 
     def _read(self) -> Frame | None:
         import av

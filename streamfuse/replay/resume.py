@@ -26,7 +26,7 @@ import numpy as np
 from streamfuse.atomic_write import partial_path
 from streamfuse.errors import io_reason
 from streamfuse.replay.inputs import Input
-from streamfuse.video import decode_frames, ffv1_slices_intact
+from streamfuse.video import decode_frames, ffv1_slice_crcs
 
 __all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver", "resume_hint",
            "frames_held"]
@@ -213,7 +213,7 @@ def _intact_packets(path: Path) -> Iterator[bool]:
             if stream.codec_context.name == "ffv1":
                 for packet in container.demux(stream):
                     if packet.size:
-                        yield ffv1_slices_intact(bytes(packet))
+                        yield ffv1_slice_crcs(bytes(packet)) is True
     except (OSError, av.FFmpegError, IndexError):  # decoding stops there too
         return
 
