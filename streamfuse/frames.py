@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["Frame", "FramePair", "FusedFrame", "SizeMismatch", "optical_frame"]
+__all__ = ["Frame", "FramePair", "FusedFrame", "SizeMismatch", "STREAM_NAMES", "optical_frame"]
+
+STREAM_NAMES = {"ir": "IR", "vis": "visible"}  # the streams as messages name them
 
 
 @dataclass

@@ -20,7 +20,7 @@ from streamfuse.capture.producer_process import start_servers
 from streamfuse.capture.sources import CAPTURE_CLOCKS, SourceConfig
 from streamfuse.checks import ConfigError, shown
 from streamfuse.config import PipelineConfig
-from streamfuse.frames import Frame, FramePair, FusedFrame
+from streamfuse.frames import STREAM_NAMES, Frame, FramePair, FusedFrame
 from streamfuse.fusers import Fuser
 from streamfuse.processor import FrameProcessor, Processed
 from streamfuse.publish import Publisher
@@ -53,8 +53,8 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
         from streamfuse.replay import run_replay
 
         if duration_s:
-            raise ConfigError(f"--duration is for live runs: a replay (--out{' from replay.out' * (not out_path)}) "
-                              f"fuses its inputs to their end")
+            given = "--out" if out_path else "--out from replay.out"
+            raise ConfigError(f"--duration is for live runs: a replay ({given}) fuses its inputs to their end")
 
         if cfg.record is not None:  # one config may serve the rig's live runs and their replays
             log.warning("%s: record.path=%s is for live runs: a replay writes only its output (--out)",
@@ -162,13 +162,10 @@ def _end_recording(rec: Recorder, stats: dict[str, dict], failure: str) -> None:
         rec.close({name: counters["dropped"] for name, counters in stats.items()})
         return
     rec.discard()
-    dropped = "".join(f" ({count} {_STREAM_NAMES[name]} frame{'s' * (count != 1)} dropped)"
+    dropped = "".join(f" ({count} {STREAM_NAMES[name]} frame{'s' * (count != 1)} dropped)"
                       for name, count in rec.counts.items() if count)
     log.warning("no recording kept in %s: the run failed before the %s source delivered a frame%s; the corrected "
-                "run can record there", rec.path, _STREAM_NAMES[silent[0]], dropped)
-
-
-_STREAM_NAMES = {"ir": "IR", "vis": "visible"}
+                "run can record there", rec.path, STREAM_NAMES[silent[0]], dropped)
 
 
 def _log_recording_failure(rec: Recorder | None) -> None:

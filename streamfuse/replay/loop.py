@@ -23,7 +23,7 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.capture.sources import open_source
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.errors import io_reason, one_line
-from streamfuse.frames import Frame, FramePair, FusedFrame, SizeMismatch
+from streamfuse.frames import STREAM_NAMES, Frame, FramePair, FusedFrame, SizeMismatch
 from streamfuse.log_queue import BLOCK
 from streamfuse.output_lock import output_lock
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged,
@@ -32,7 +32,7 @@ from streamfuse.replay.frames_dir import FramesDir
 from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
 from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, resume_hint, save_sidecar, sidecar_path,
                                      taken_over_path)
-from streamfuse.replay.summary import NAMES, ReplayError, ReplaySummary, StageClock
+from streamfuse.replay.summary import ReplayError, ReplaySummary, StageClock
 from streamfuse.signals import TERMINATE, handled, interrupted, raise_terminated
 from streamfuse.sync import OTHER, Pairer
 from streamfuse.video import VideoWriter, work_paths
@@ -312,7 +312,7 @@ class _Replay:
                 stopped = f"{r.name} input ended early: {r.error}"
         empty = [inp for inp in (self.ir, self.vis) if s.frames[inp.stream] == 0]
         if not stopped and empty:
-            stopped = f"the {NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames{on_topic(empty[0])}"
+            stopped = f"the {STREAM_NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames{on_topic(empty[0])}"
         if not stopped and s.written == 0:
             stopped = no_pairs((self.ir, self.vis), self.first_t, self.last_t, self.cfg.sync)
         return stopped

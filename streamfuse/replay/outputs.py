@@ -14,9 +14,9 @@ import av
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.errors import io_reason
+from streamfuse.frames import STREAM_NAMES
 from streamfuse.output_lock import check_not_held, lock_path
 from streamfuse.replay.resume import sidecar_path, taken_over_path
-from streamfuse.replay.summary import NAMES
 from streamfuse.video import container_format, read_tags, work_paths
 
 __all__ = ["check_output_paths", "check_output_folder", "check_existing_output", "check_no_partial", "is_complete",
@@ -73,10 +73,10 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
         hit = next((w for w in written if _same_file(w, path)), None)
         if hit is not None:
             through = "" if hit == out else f" (through its temporary file {hit.name})"
-            raise ValueError(f"output {out} would overwrite the {NAMES[stream]} input {path}{through}; "
+            raise ValueError(f"output {out} would overwrite the {STREAM_NAMES[stream]} input {path}{through}; "
                              f"choose another --out")
         if frames_dir and any(_same_file(Path(frames_dir), p) for p in (path, *path.resolve().parents)):
-            raise ValueError(f"replay.frames_dir {frames_dir} would overwrite the {NAMES[stream]} input {path}; "
+            raise ValueError(f"replay.frames_dir {frames_dir} would overwrite the {STREAM_NAMES[stream]} input {path}; "
                              f"choose another folder")
 
 

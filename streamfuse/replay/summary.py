@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamfuse.errors import printable
+from streamfuse.frames import STREAM_NAMES
 from streamfuse.sync import OTHER
 
-__all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES", "NAMES"]
+__all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES"]
 
 # Decoding and encoding run on worker threads: "decode" and "encode" are the loop's waits on them (what limits
 # throughput); "decode_thread" and "encode_thread" are those threads' own time per frame, which overlaps the loop
 # (so shares can add up to more than 100%).
 STAGES = ("decode", "pair", "fuse", "postprocess", "encode", "publish", "decode_thread", "encode_thread")
-NAMES = {"ir": "IR", "vis": "visible"}  # stream names in messages
 
 
 @dataclass
@@ -71,11 +71,11 @@ class ReplaySummary:
         for stream, other in OTHER.items():
             before, after = self.outside[stream]["before"], self.outside[stream]["after"]
             if before and self.frames[other]:  # an input without frames does not start later: it has no start
-                notes.append(f"the {NAMES[other]} input starts later: {before} {NAMES[stream]} frames before its "
-                             f"first frame are unpaired")
+                notes.append(f"the {STREAM_NAMES[other]} input starts later: {before} {STREAM_NAMES[stream]} frames "
+                             f"before its first frame are unpaired")
             if after:
-                notes.append(f"the {NAMES[other]} input ended first (after {self.frames[other]} frames): "
-                             f"{after} {NAMES[stream]} frames after its end are unpaired")
+                notes.append(f"the {STREAM_NAMES[other]} input ended first (after {self.frames[other]} frames): "
+                             f"{after} {STREAM_NAMES[stream]} frames after its end are unpaired")
         return "; ".join(notes)
 
 
