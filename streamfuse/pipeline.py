@@ -120,12 +120,11 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     pairer = Pairer(cfg.sync)
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
-    recorder = Recorder(cfg.record, frame_ids) if cfg.record else contextlib.nullcontext()
     failure = ""
     start_servers()  # before the publisher's shared memory: they must outlive a hangup, which stops the run
     stats_extra = {"fuser": _fuser_info(cfg, fuser)}
     with handled(lambda *_: stop.set()), Publisher(cfg.publish, stats_extra, frame_ids, cfg.vis.capture_clock) as pub, \
-            recorder as rec, start_producers(cfg.ir, cfg.vis) as producers:
+            _recorder(cfg, frame_ids) as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not (stop.is_set() or failure) and time.monotonic() < deadline:
             # 1. capture: what arrived since the last turn (a brief wait if nothing has), up to a source's failure
             frames, failure = _drain(producers)
@@ -152,6 +151,11 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     if failure:
         raise RunFailed(failure, snap)
     return snap
+
+
+def _recorder(cfg: PipelineConfig, frame_ids: dict[str, str]) -> contextlib.AbstractContextManager:
+    """The run's recorder, made once the publisher is up (a taken port fails the run before any file is made)."""
+    return Recorder(cfg.record, frame_ids) if cfg.record else contextlib.nullcontext()
 
 
 def _end_recording(rec: Recorder, stats: dict[str, dict], failure: str) -> None:

@@ -273,8 +273,13 @@ class Recorder:
         """Write what is queued, finish the file (index, summary) and give it its final name; after a write error
         (:attr:`error`, set here too when the last frames or the summary fail) keep the ``.partial`` name.
         ``capture_dropped``: frames per source that capture dropped before they reached the recording (the live
-        loop fell behind them), said at the end beside those the disk could not keep up with."""
+        loop fell behind them), said at the end beside those the disk could not keep up with. A recording given no
+        frame is discarded instead (said in one line): an empty file would only block the next run's record.path."""
         if self._file.closed:
+            return
+        if not any(self.counts.values()) and self.error is None:
+            self.discard()
+            log.warning("no frame was recorded: no recording written to %s", self.path)
             return
         try:
             self._worker.join()
@@ -332,5 +337,7 @@ class Recorder:
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
             self.close()
-        else:
+        elif any(self.counts.values()):
             self.abort()
+        else:  # a run that failed before its first frame: nothing to keep
+            self.discard()

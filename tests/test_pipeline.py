@@ -334,6 +334,24 @@ def test_a_run_failing_before_a_source_delivers_keeps_no_recording_that_blocks_i
     assert record.is_file() and f"to {record}" in proc.stderr
 
 
+@pytest.mark.timeout(60)
+def test_a_run_whose_endpoint_is_taken_leaves_no_recording_file(tmp_path):
+    """The recorder made its ``.partial`` file before the publisher failed to bind, and that empty file then refused
+    every later run's record.path ("exists; recover it")."""
+    import socket
+
+    record = tmp_path / "runs" / "rig.mcap"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo", "--set", "fuse.name=max",
+                               "--set", f"publish.endpoint=tcp://127.0.0.1:{taken.getsockname()[1]}",
+                               "--set", f"record.path={record}", "--duration", "5"],
+                              cwd=REPO, capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 1 and "is already in use" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
 def test_two_missing_video_files_are_both_named_in_one_line(tmp_path):
     paths = {s: tmp_path / f"{s}.mp4" for s in ("ir", "vis")}
     sources = [a for s, p in paths.items() for a in ("--set", f"{s}.kind=file", "--set", f"{s}.path={p}")]

@@ -527,3 +527,17 @@ def test_a_recording_whose_folder_was_removed_is_said_lost_not_named_to_rename(t
     assert line.startswith(f"recording failed: {path} was not completed (") and "rename it" not in line
     assert line.endswith(f"nothing of it is kept: {partial_path(path)} is gone (its folder removed or renamed while "
                          f"the run recorded)")
+
+
+def test_a_recording_given_no_frame_leaves_no_file(tmp_path, caplog):
+    """A run that ended (or failed) before its first frame finished an empty recording, or left an empty .partial
+    file, and either refused the next run's record.path."""
+    for ending in ("close", "error"):
+        path = tmp_path / ending / "rig.mcap"
+        with caplog.at_level(logging.WARNING), contextlib.suppress(RuntimeError):
+            with Recorder(RecordConfig(path=str(path))):
+                if ending == "error":
+                    raise RuntimeError("the run failed")
+        assert not path.exists() and not partial_path(path).exists()
+        Recorder(RecordConfig(path=str(path))).abort()  # the next run records there
+    assert f"no frame was recorded: no recording written to {tmp_path / 'close' / 'rig.mcap'}" in caplog.text
