@@ -295,6 +295,24 @@ def test_a_pair_list_names_outputs_so_two_archives_ir_files_of_one_name_share_a_
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["site1_cam", "site2_cam"]
 
 
+def test_frames_left_staged_beside_a_complete_output_are_moved_in_by_the_next_batch(tmp_path):
+    """A batch killed between a pair's video rename and its frames' move: the next batch skipped the complete pair and
+    its frames stayed hidden in ``.partial`` for ever (a single replay's --resume moved them in)."""
+    _pairs(tmp_path / "data", ["a.nut"], 4)
+    cfg = load_config(REPO / "streamfuse/configs/replay.yaml", ["fuse.name=max", "replay.progress=false",
+                                                                 f"replay.frames_dir={tmp_path / 'frames'}"])
+    jobs = find_jobs(tmp_path / "data", tmp_path / "out", ext=".nut", frames_dir=cfg.replay.frames_dir)
+    assert [r.status for r in run_batch(cfg, jobs).results] == ["done"]
+    frames = tmp_path / "frames" / "a"
+    (frames / ".partial").mkdir()
+    (frames / ".partial" / "output").write_text(f"{jobs[0].out.absolute()}\n")
+    for png in frames.glob("*.png"):
+        png.replace(frames / ".partial" / png.name)
+    assert [r.status for r in run_batch(cfg, jobs).results] == ["done"]
+    assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(4)]
+    assert [r.status for r in run_batch(cfg, jobs).results] == ["skipped"]
+
+
 def test_ray_joins_the_cluster_of_ray_address_unless_given_another(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # as in a job that `ray job submit` started
     assert RayEngine().address == "10.0.0.5:6379" and RayEngine(address="10.0.0.6:6379").address == "10.0.0.6:6379"

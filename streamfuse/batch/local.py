@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult
-from streamfuse.batch.worker import Models, replay_pair, worker_cfg
+from streamfuse.batch.worker import Models, frames_dir_of, replay_pair, worker_cfg
 from streamfuse.errors import io_reason
+from streamfuse.replay.frames_dir import STAGING
 from streamfuse.replay.outputs import check_existing_output, check_no_partial, is_complete
 from streamfuse.signals import TERMINATE, handled
 
@@ -132,6 +133,8 @@ def _done_before(job: PairJob, cfg: Any, resume: bool) -> PairResult | None:
         check_existing_output(job.out, cfg, (job.ir, job.vis), resume=True)
     except FileExistsError as exc:
         return _failed(job.out, str(exc))
+    if cfg.replay.frames_dir and (frames_dir_of(cfg, job) / STAGING).exists():
+        return None  # killed between its video's rename and its frames' move: its replay moves them in
     return PairResult(str(job.out), "skipped")
 
 

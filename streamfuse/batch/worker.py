@@ -64,6 +64,11 @@ def _wait_policy() -> str:
     return "late" if streamfuse.LATE_WAIT_POLICY else os.environ.get("OMP_WAIT_POLICY", "")
 
 
+def frames_dir_of(cfg: Any, job: PairJob) -> Path:
+    """A pair's own frames folder in ``replay.frames_dir``, named as its video."""
+    return Path(cfg.replay.frames_dir) / job.out.stem
+
+
 def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
                 report: Callable[[int], None] = lambda n: None) -> PairResult:
     """Replay one pair with this worker's models; a failure becomes the result's one-line reason.
@@ -76,9 +81,8 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         report: called with the number of frames fused since the last call.
     """
     result = PairResult(str(job.out), "done", worker=_worker_name(), wait_policy=_wait_policy())
-    if cfg.replay.frames_dir:  # each pair its own frames folder, named as its video
-        frames_dir = str(Path(cfg.replay.frames_dir) / job.out.stem)
-        cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, frames_dir=frames_dir))
+    if cfg.replay.frames_dir:
+        cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, frames_dir=str(frames_dir_of(cfg, job))))
     t0 = time.perf_counter()
     try:
         summary = run_replay(cfg, ir_path=job.ir, vis_path=job.vis, out_path=job.out, resume=resume,

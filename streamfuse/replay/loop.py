@@ -348,10 +348,10 @@ class _Replay:
     def _complete(self) -> ReplaySummary:
         """Give the output its name and remove the run's work files."""
         self.writer.commit()
-        if self.frames is not None:
-            self.frames.publish()
         taken_over_path(self.out).unlink(missing_ok=True)  # the interrupted run's frames are all in the output now
         sidecar_path(self.out).unlink(missing_ok=True)
+        if self.frames is not None:
+            self.frames.publish()
         self.summary.complete = True
         log.info("%s", self.summary.format(), extra=BLOCK)
         return self.summary
