@@ -598,6 +598,11 @@ def test_find_pairs_from_a_list_file(tmp_path):
     (tmp_path / "four.txt").write_text("a.mp4 b.mp4 c d\n")
     with pytest.raises(ValueError, match=r"four.txt:1: expected 'IR_PATH VIS_PATH \[OUTPUT_NAME\]'"):
         find_pairs(tmp_path / "four.txt")
+    # a list written with find -print0: "embedded null byte" later, from the OS, naming neither the list nor the line
+    (tmp_path / "nul.txt").write_bytes(b"a.mp4 b.mp4\n c.mp4 d.mp4\0\n")
+    with pytest.raises(ValueError, match=r"^.*nul.txt:2: a NUL byte in 'c.mp4 d.mp4\\x00' \(a list written with "
+                                         r"-print0\?\); give one pair a line"):
+        find_pairs(tmp_path / "nul.txt")
 
 
 def test_replay_config_is_valid_and_replays(tmp_path, clip):

@@ -351,6 +351,9 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[ListedPair]:
 
 def _listed(src: Path, n: int, line: str) -> ListedPair | None:
     """Line ``n`` of a pair list: its pair, or None for a blank or comment line."""
+    if "\0" in line:  # no path holds one; the OS refuses it later without saying where it came from
+        raise ValueError(f"{src}:{n}: a NUL byte in {line.strip()!r} (a list written with -print0?); give one pair "
+                         f"a line, its paths separated by spaces")
     try:  # as a shell reads words: a path with spaces or '#' in quotes or escaped
         parts = shlex.split(line, comments=True)
     except ValueError as exc:
