@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "raise_terminated", "interrupted"]
+__all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "raise_terminated", "interrupted",
+           "ignore_stops"]
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
@@ -58,6 +59,14 @@ def _after_imports(signum: int) -> None:
         time.sleep(0.01)
     _REDELIVERY.release()  # first: the handler may run, and meet another import, before pthread_kill returns
     signal.pthread_kill(main, signum)
+
+
+def ignore_stops() -> None:
+    """Ignore the stop signals for the rest of the process: its work is over and its status said, and a Ctrl-C or
+    SIGTERM sent again while it exits (flushing its log, Python's teardown of torch's or Ray's threads) would only
+    end it by that signal, or print a traceback, losing the status."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def interrupted(exc: KeyboardInterrupt) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
-from streamfuse.cli import quiet_interrupt, stoppable  # noqa: E402
+from streamfuse.cli import leave, quiet_interrupt, stoppable  # noqa: E402
 
 quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
@@ -149,4 +149,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(stoppable(main, Path(__file__).name, ""))
+    leave(stoppable(main, Path(__file__).name, ""))

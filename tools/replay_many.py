@@ -27,7 +27,7 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 
-from streamfuse.cli import stoppable  # noqa: E402
+from streamfuse.cli import leave, stoppable  # noqa: E402
 from streamfuse.cli.args import int_at_least, time_span  # noqa: E402
 from streamfuse.errors import printable  # noqa: E402
 
@@ -104,4 +104,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(stoppable(main, Path(__file__).name, "replay"))  # a stop before the batch's own handlers: 130
+    leave(stoppable(main, Path(__file__).name, "replay"))  # a stop before the batch's own handlers: 130

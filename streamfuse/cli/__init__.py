@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamfuse.errors import io_reason, printable
-from streamfuse.signals import TERMINATE, Terminated, handled, raise_terminated
+from streamfuse.signals import TERMINATE, Terminated, handled, ignore_stops, raise_terminated
 
-__all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool",
+__all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool", "leave",
            "quiet_interrupt"]
 
 # command -> "module:function" taking argv and returning an exit status (None counts as 0)
@@ -160,8 +160,14 @@ def tool(spec: str, file: str, command: str = "") -> NoReturn:
     prog = Path(file).name
     try:
         code = stoppable(lambda: _target(prog, spec)(sys.argv[1:]), prog, command)
-    finally:  # the tool is over: a Ctrl-C pressed again while Python shuts down would only print a traceback
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except SystemExit as exc:  # a module that is not installed: its line
+        leave(exc.code)
+    leave(code)
+
+
+def leave(code: int | str | None) -> NoReturn:
+    """Exit with ``code`` once a command or tool is over, with the stop signals ignored (:func:`ignore_stops`)."""
+    ignore_stops()
     sys.exit(code)
 
 
@@ -182,9 +188,8 @@ def console() -> None:
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     prog = f"streamfuse {command}".rstrip()
     code = stoppable(main, prog, command)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command is over: a Ctrl-C during teardown would only traceback
-    if command in FAST_EXIT:
-        from streamfuse.cli.run import exit_now
+    if command not in FAST_EXIT:
+        leave(code)
+    from streamfuse.cli.run import exit_now
 
-        exit_now(code)
-    sys.exit(code)
+    exit_now(code)

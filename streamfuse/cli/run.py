@@ -18,7 +18,7 @@ from streamfuse import log_queue
 from streamfuse.checks import ConfigError
 from streamfuse.cli.args import config_error, seconds
 from streamfuse.errors import printable
-from streamfuse.signals import Terminated, interrupted
+from streamfuse.signals import Terminated, ignore_stops, interrupted
 
 __all__ = ["main", "replay_main", "exit_now"]
 
@@ -86,8 +86,10 @@ def exit_now(code: int) -> None:
     """Leave at once after a run: everything is closed, unlinked and logged by now.
 
     What remains is interpreter teardown (torch, numba, OpenMP and ZeroMQ threads), which took seconds under load;
-    flushing and leaving keeps Ctrl-C/SIGTERM within 2 s of the process being gone.
+    flushing and leaving keeps Ctrl-C/SIGTERM within 2 s of the process being gone; one sent again meanwhile is
+    ignored (:func:`~streamfuse.signals.ignore_stops`), so the status stays the run's.
     """
+    ignore_stops()
     log_queue.flush()
     with contextlib.suppress(OSError):  # a terminal that hung up (EIO): nothing can be said there any more
         logging.shutdown()

@@ -203,3 +203,17 @@ def test_a_sigterm_while_train_loads_torch_is_its_clean_stop(monkeypatch, capsys
         runpy.run_path(str(REPO / "tools" / "train.py"), run_name="__main__")
     assert exc.value.code == 130
     assert capsys.readouterr().err == "train.py: interrupted (SIGTERM)\n"
+
+
+@pytest.mark.parametrize("leaving", ["streamfuse.cli:leave", "streamfuse.cli.run:exit_now"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_stop_sent_again_while_a_finished_command_exits_keeps_its_status(leaving, sig):
+    """A batch stopped by Ctrl-C said so and returned 130; a Ctrl-C or SIGTERM sent again while Python shut down (here
+    from an exit handler, where torch's or Ray's threads are torn down) ended the process by that signal (-2, -15)."""
+    module, name = leaving.split(":")
+    code = (f"import atexit, os, signal\nfrom {module} import {name}\n"
+            f"atexit.register(lambda: os.kill(os.getpid(), signal.{sig.name}))\n"
+            f"import streamfuse.log_queue as q\nq.flush = lambda *a: os.kill(os.getpid(), signal.{sig.name})\n"
+            f"{name}(130)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
