@@ -313,6 +313,26 @@ def test_frames_left_staged_beside_a_complete_output_are_moved_in_by_the_next_ba
     assert [r.status for r in run_batch(cfg, jobs).results] == ["skipped"]
 
 
+def test_a_pair_completed_as_the_batch_stops_is_done_in_the_table(tmp_path):
+    """Ctrl-C just after a pair's replay completed it, before its result reached the driver: the table called the
+    finished pair "not started" (and a rerun then skipped it as complete)."""
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse/configs/replay.yaml", ["fuse.name=max", "replay.progress=false"])
+    jobs = find_jobs(src, tmp_path / "out", ext=".nut")
+
+    class StoppedAfterTheFirstPair(LocalEngine):
+        def run(self, cfg, jobs, *, resume, frames):
+            for result in super().run(cfg, jobs, resume=resume, frames=frames):
+                raise KeyboardInterrupt  # the pair is complete on disk; its result never yielded
+                yield result
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_batch(cfg, jobs, StoppedAfterTheFirstPair())
+    results = {Path(r.out).name: r for r in stopped.value.summary.results}
+    assert results["a.nut"].status == "done" and results["a.nut"].frames_out == 4
+    assert results["b.nut"].status == "not started"
+
+
 def test_ray_joins_the_cluster_of_ray_address_unless_given_another(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # as in a job that `ray job submit` started
     assert RayEngine().address == "10.0.0.5:6379" and RayEngine(address="10.0.0.6:6379").address == "10.0.0.6:6379"

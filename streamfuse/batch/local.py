@@ -17,6 +17,7 @@ from streamfuse.batch.worker import Models, frames_dir_of, replay_pair, worker_c
 from streamfuse.errors import io_reason
 from streamfuse.replay.frames_dir import STAGING
 from streamfuse.replay.outputs import check_existing_output, check_no_partial, is_complete
+from streamfuse.replay.resume import frames_held
 from streamfuse.signals import TERMINATE, handled
 
 __all__ = ["Engine", "LocalEngine", "run_batch"]
@@ -152,7 +153,9 @@ def _log(result: PairResult) -> None:
 
 
 def _unfinished(job: PairJob) -> PairResult:
-    """A pair the batch stopped before it returned a result."""
+    """A pair the batch stopped before it returned a result (one whose replay had just completed it is done)."""
+    if is_complete(job.out):  # the frames it holds; what was read is not known here
+        return PairResult(str(job.out), "done", frames_out=frames_held(job.out))
     partial = partial_path(job.out)
     if partial.exists():
         return PairResult(str(job.out), "interrupted", reason=f"stopped; partial output kept in {partial}")
