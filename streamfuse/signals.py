@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "raise_terminated", "interrupted",
-           "ignore_stops"]
+           "deferred", "ignore_stops"]
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
@@ -59,6 +59,15 @@ def _after_imports(signum: int) -> None:
         time.sleep(0.01)
     _REDELIVERY.release()  # first: the handler may run, and meet another import, before pthread_kill returns
     signal.pthread_kill(main, signum)
+
+
+@contextlib.contextmanager
+def deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
+    """Hold ``signals`` for the block: one that comes meanwhile is noted in the list yielded instead of acted on, for
+    the caller to act on once the block's work is whole (a replay's output taking its name)."""
+    got: list[int] = []
+    with handled(lambda signum, _: got.append(signum), signals):
+        yield got
 
 
 def ignore_stops() -> None:

@@ -333,6 +333,28 @@ def test_a_pair_completed_as_the_batch_stops_is_done_in_the_table(tmp_path):
     assert results["b.nut"].status == "not started"
 
 
+def test_a_stop_as_a_pairs_output_takes_its_name_stops_the_batch_after_that_pair(tmp_path, monkeypatch):
+    """SIGTERM while the first pair's output was renamed into place: the replay, rightly, let its complete output be,
+    but the stop was thrown away and the batch replayed every other pair and exited 0."""
+    import streamfuse.video
+
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse/configs/replay.yaml", ["fuse.name=max", "replay.progress=false"])
+    jobs = find_jobs(src, tmp_path / "out", ext=".nut")
+    real_replace = streamfuse.video.durable_replace
+
+    def replace_then_stop(src_path, dst):
+        real_replace(src_path, dst)
+        if Path(dst).name == "a.nut":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(streamfuse.video, "durable_replace", replace_then_stop)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_batch(cfg, jobs)
+    assert [(Path(r.out).name, r.status, r.frames_out) for r in stopped.value.summary.results] == [
+        ("a.nut", "done", 4), ("b.nut", "not started", 0)]
+
+
 def test_ray_joins_the_cluster_of_ray_address_unless_given_another(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # as in a job that `ray job submit` started
     assert RayEngine().address == "10.0.0.5:6379" and RayEngine(address="10.0.0.6:6379").address == "10.0.0.6:6379"

@@ -321,6 +321,7 @@ def test_a_stop_once_the_output_has_its_name_leaves_it_complete(tmp_path, clip, 
     summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
     assert summary.complete and not summary.stopped and len(decoded(out)[1]) == summary.written
     assert out.exists() and not list(tmp_path.glob(".fused*"))
+    assert summary.late_stop == sig  # held for the caller: a batch stops after this pair
 
 
 def test_interrupt_while_the_model_loads_is_one_line_and_writes_nothing(tmp_path, clip, monkeypatch):

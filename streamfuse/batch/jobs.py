@@ -47,6 +47,7 @@ class PairResult:
     reason: str = ""  # one line, for failed and interrupted pairs
     worker: str = ""  # host:pid that ran the pair
     wait_policy: str = ""  # the worker's OMP_WAIT_POLICY; "late" when torch was imported before streamfuse
+    late_stop: int = 0  # a stop signal that came as the output took its name (ReplaySummary.late_stop)
 
 
 @dataclass

@@ -56,6 +56,8 @@ class LocalEngine:
         for job in jobs:
             result = replay_pair(cfg, job, resume=resume, models=models, report=frames)
             yield result
+            if result.late_stop:  # held while the pair's output took its name: it stops the batch now
+                signal.raise_signal(result.late_stop)
             if result.status == "interrupted":
                 return
 

@@ -95,7 +95,7 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         summary = None
         result.status, result.reason = "failed", one_line(exc)
     if summary is not None:
-        result.frames_in, result.frames_out = dict(summary.frames), summary.written
+        result.frames_in, result.frames_out, result.late_stop = dict(summary.frames), summary.written, summary.late_stop
     result.wall_s = time.perf_counter() - t0
     result.fps = result.frames_out / max(result.wall_s, 1e-9)
     return result

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -33,7 +32,7 @@ from streamfuse.replay.outputs import check_existing_output, check_output_folder
 from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, resume_hint, save_sidecar, sidecar_path,
                                      taken_over_path)
 from streamfuse.replay.summary import ReplayError, ReplaySummary, StageClock
-from streamfuse.signals import TERMINATE, handled, interrupted, raise_terminated
+from streamfuse.signals import TERMINATE, deferred, handled, interrupted, raise_terminated
 from streamfuse.sync import OTHER, Pairer
 from streamfuse.video import VideoWriter, work_paths
 
@@ -335,9 +334,10 @@ class _Replay:
         if not s.stopped:
             try:
                 self.writer.seal()
-                # from the final rename on, the output is complete: a stop then would only make it look interrupted
-                with handled(signal.SIG_IGN):
-                    return self._complete()
+                with deferred() as stops:  # from the rename on the output is complete: a stop is the caller's
+                    summary = self._complete()
+                summary.late_stop = stops[0] if stops else 0
+                return summary
             except (RuntimeError, OSError, av.FFmpegError) as exc:  # disk full, output folder gone or replaced
                 s.stopped = _reason(exc)
                 work_paths(self.out)[2].unlink(missing_ok=True)  # a complete copy under a temporary name

@@ -28,6 +28,7 @@ class ReplaySummary:
     out: str
     complete: bool = False
     stopped: str = ""  # why the run ended early; empty when complete
+    late_stop: int = 0  # a stop signal that came as the complete output took its name: left to the caller (a batch)
     encoder: str = ""
     frames: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})  # frames read per source
     pairs: int = 0  # pairs formed by the Pairer
