@@ -313,6 +313,14 @@ def test_frames_left_staged_beside_a_complete_output_are_moved_in_by_the_next_ba
     assert [r.status for r in run_batch(cfg, jobs).results] == ["skipped"]
 
 
+def test_a_frames_dir_that_is_a_file_is_refused_before_any_pair(tmp_path):
+    """Every pair failed on it, one by one, with the same reason."""
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    (tmp_path / "frames").write_text("")
+    with pytest.raises(ValueError, match=f"^replay.frames_dir {tmp_path / 'frames'} is a file, not a folder"):
+        find_jobs(src, tmp_path / "out", ext=".nut", frames_dir=tmp_path / "frames")
+
+
 def test_a_pair_completed_as_the_batch_stops_is_done_in_the_table(tmp_path):
     """Ctrl-C just after a pair's replay completed it, before its result reached the driver: the table called the
     finished pair "not started" (and a rerun then skipped it as complete)."""

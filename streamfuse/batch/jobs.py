@@ -108,9 +108,9 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         frames_dir: ``replay.frames_dir`` (checked against the inputs too).
 
     Raises:
-        FileNotFoundError, ValueError: one line, when the list is bad or empty, ``out_dir`` is a file, ``ext`` no
-            known container or one that cannot hold ``codec``, an output would overwrite an input (its own pair's or
-            another's) or two pairs share an output.
+        FileNotFoundError, ValueError: one line, when the list is bad or empty, ``out_dir`` or ``frames_dir`` is a
+            file, ``ext`` no known container or one that cannot hold ``codec``, an output would overwrite an input
+            (its own pair's or another's) or two pairs share an output.
     """
     src, out_dir = Path(src).absolute(), Path(out_dir).absolute()  # a cluster's workers run in other folders
     if src.is_dir() and not (src / "ir").is_dir():
@@ -124,6 +124,9 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         raise ValueError(f"no pairs to replay in {src}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is a file")
+    if frames_dir and Path(frames_dir).exists() and not Path(frames_dir).is_dir():  # every pair would fail on it
+        raise ValueError(f"replay.frames_dir {frames_dir} is a file, not a folder (each pair's frames go to a folder "
+                         f"of their own inside it)")
     if len(set(pairs)) < len(pairs):  # a list that names a pair twice: one replay of it, said
         log.warning("%s names %d pairs more than once; each is replayed once", src, len(pairs) - len(set(pairs)))
         pairs = list(dict.fromkeys(pairs))
