@@ -344,7 +344,8 @@ def test_a_run_whose_endpoint_is_taken_leaves_no_recording_file(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo", "--set", "fuse.name=max",
+        proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
+                               "--set", "fuse.name=max",
                                "--set", f"publish.endpoint=tcp://127.0.0.1:{taken.getsockname()[1]}",
                                "--set", f"record.path={record}", "--duration", "5"],
                               cwd=REPO, capture_output=True, text=True, timeout=55)

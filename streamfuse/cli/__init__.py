@@ -30,8 +30,8 @@ from typing import NoReturn
 from streamfuse.errors import io_reason, printable
 from streamfuse.signals import TERMINATE, Terminated, handled, ignore_stops, raise_terminated
 
-__all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool", "leave",
-           "quiet_interrupt"]
+__all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool",
+           "leave", "quiet_interrupt"]
 
 # command -> "module:function" taking argv and returning an exit status (None counts as 0)
 COMMANDS = {
