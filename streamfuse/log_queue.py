@@ -16,7 +16,7 @@ import threading
 
 from streamfuse.errors import printable
 
-__all__ = ["install", "flush", "BLOCK"]
+__all__ = ["install", "install_direct", "flush", "BLOCK"]
 
 BLOCK = {"block": True}  # extra= of a record that is a multi-line block by design
 
@@ -90,6 +90,14 @@ def install(level: int, fmt: str, datefmt: str | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     threading.Thread(target=_write, args=(_queue,), name="log writer", daemon=True).start()
+
+
+def install_direct(level: int, fmt: str = logging.BASIC_FORMAT, datefmt: str | None = None) -> None:
+    """``logging.basicConfig`` with this module's escapes, for commands off the live path (a consumer, a tool),
+    whose lines are written directly: only where the root logger has no handler yet."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLine(fmt, datefmt))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def flush(timeout_s: float = 1.0) -> None:

@@ -27,6 +27,7 @@ from mcap.writer import MCAP0_MAGIC, Writer
 from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
+from streamfuse.cli.args import Parser
 from streamfuse.errors import io_reason, printable
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
 from streamfuse.signals import HANGUP, handled
@@ -136,7 +137,7 @@ def _copy(src: Path, header: Header, f: BinaryIO) -> tuple[dict[str, int], int, 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m streamfuse recover", description=__doc__,
+    parser = Parser(prog="python -m streamfuse recover", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("partial", type=Path, help="the cut recording, e.g. runs/.rig0.mcap.partial")
     parser.add_argument("--out", type=Path, help="the finished recording to write (default: the cut one's final "

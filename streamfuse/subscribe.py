@@ -26,10 +26,11 @@ import cv2
 import numpy as np
 
 from streamfuse.atomic_write import write_png
-from streamfuse.cli.args import int_at_least, key_options, positive
+from streamfuse.cli.args import Parser, int_at_least, key_options, positive
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.connection_watch import load_server_key
 from streamfuse.errors import io_reason, printable
+from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled
 from streamfuse.wire import RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX
 
@@ -40,7 +41,7 @@ _PROG = "streamfuse subscribe"  # as its error lines start, those of `python -m 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m streamfuse subscribe", description=__doc__,
+    parser = Parser(prog="python -m streamfuse subscribe", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--topic", default="fused/", help="topic prefix to receive")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frame-mb", type=positive(1e6), default=DEFAULT_MAX_FRAME_BYTES / 1e6,
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     if args.topic.startswith("stats/"):  # two-part JSON snapshots: every one would read as a malformed frame
         parser.error(f"--topic {args.topic}: subscribe reads fused frames; the stats topic carries JSON snapshots "
                      "(README, Telemetry: the same line the pipeline logs)")

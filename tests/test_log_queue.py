@@ -49,3 +49,26 @@ def test_a_replay_summary_escapes_its_paths_and_keeps_its_lines() -> None:
     text = ReplaySummary(ir="i\nr.mp4", vis="v.mp4", out="o\x1b[31m.mp4", complete=True).format()
     assert text.splitlines()[0] == r"replay i\nr.mp4 + v.mp4 -> o\x1b[31m.mp4 (complete)"
     assert len(text.splitlines()) > 3
+
+
+def test_commands_off_the_live_path_escape_their_log_values_too() -> None:
+    """`subscribe`, `evaluate`, `train`, `view`, `foxglove` and the tools logged through logging's basic setup, which
+    wrote a value's newline or escape sequence as it was."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from streamfuse.log_queue import install_direct; "
+            "install_direct(logging.INFO, '%(levelname)s %(name)s: %(message)s'); "
+            "logging.getLogger('streamfuse.subscribe').warning('no frame from %s', 'tcp://h\\nERROR forged\\x1b[2J')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stderr == "WARNING streamfuse.subscribe: no frame from tcp://h\\nERROR forged\\x1b[2J\n"
+
+
+def test_no_command_sets_up_logging_without_the_escapes() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [path for folder in ("streamfuse", "tools") for path in (root / folder).rglob("*.py")]
+    callers = [str(path.relative_to(root)) for path in sources
+               if "logging.basicConfig(" in path.read_text() and path.name != "log_queue.py"]
+    assert callers == []

@@ -45,12 +45,13 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_file  # noqa: E402
 from streamfuse.checks import override_keys  # noqa: E402
-from streamfuse.cli.args import config_error, config_value, data_dir, int_at_least  # noqa: E402
+from streamfuse.cli.args import Parser, config_error, config_value, data_dir, int_at_least  # noqa: E402
 from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
 from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, is_eval_file, read_pair  # noqa: E402
 from streamfuse.inference import HCLFuseConfig  # noqa: E402
+from streamfuse.log_queue import install_direct  # noqa: E402
 from streamfuse.processor import config_fuser  # noqa: E402
 
 # after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
@@ -164,7 +165,7 @@ ROW_SECTIONS = ("align", "hclfuse", "engine")  # what the rows are built from (t
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ir", type=Path, help="folder of IR images (with --vis; replaces --data/--dataset)")
     p.add_argument("--vis", type=Path, help="folder of visible images, same file names as --ir")
     p.add_argument("--data", type=Path, default=data_dir(REPO.parent),
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=REPO / "out" / "ablation", help="output folder")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the summary as JSON here")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     if (args.ir is None) != (args.vis is None):
         p.error("give both --ir and --vis, or neither (then --data/--dataset)")
     for override in args.overrides:

@@ -16,7 +16,6 @@ second run into an OUT that one is writing (a lock in each of its folders).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
-from streamfuse.cli.args import HelpFormatter, int_at_least  # noqa: E402
+from streamfuse.cli.args import HelpFormatter, Parser, int_at_least  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
 from streamfuse.staged_folders import staged_folders  # noqa: E402
 
@@ -131,7 +130,7 @@ def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("videos", type=Path, help="folder with ir/ and vi/ videos of the same names")
     p.add_argument("out", type=Path, help="output folder (ir/ and vi/ PNGs)")
     p.add_argument("--start", type=int_at_least(0), default=40, help="first frame index")

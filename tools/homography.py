@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, read_8bit  # noqa: E402
-from streamfuse.cli.args import HelpFormatter  # noqa: E402
+from streamfuse.cli.args import HelpFormatter, Parser  # noqa: E402
 from streamfuse.frames import Frame, FramePair  # noqa: E402
 from streamfuse.register import RegisterConfig, Registration  # noqa: E402
 
@@ -77,7 +77,7 @@ def overlay(cfg: RegisterConfig, ir_path: Path, vis_path: Path) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("points", nargs="+", type=point_pair, help="IR_X,IR_Y=VIS_X,VIS_Y, at least four")
     p.add_argument("--ir", type=Path, help="the IR frame the points were read off (for --overlay)")
     p.add_argument("--vis", type=Path, help="the visible frame the points were read off (for --overlay)")

@@ -28,12 +28,13 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 
 from streamfuse.cli import leave, stoppable  # noqa: E402
-from streamfuse.cli.args import int_at_least, time_span  # noqa: E402
+from streamfuse.cli.args import Parser, int_at_least, time_span  # noqa: E402
 from streamfuse.errors import printable  # noqa: E402
+from streamfuse.log_queue import install_direct  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("pairs", metavar="LIST_OR_DIR",
                         help="pair list file, folder with ir/ and vi/, or of .mcap/.db3")
     parser.add_argument("--out", required=True, help="output folder")
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int_at_least(0), default=3,
                         help="ray: runs again of a pair whose worker died")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    install_direct(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s",
+                   datefmt="%H:%M:%S")
 
     if args.engine == "ray" and importlib.util.find_spec("ray") is None:
         print("replay_many: error: --engine ray needs Ray: pip install 'streamfuse[ray]'", file=sys.stderr)

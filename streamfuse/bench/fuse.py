@@ -28,7 +28,7 @@ import numpy as np
 import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
 
 from streamfuse.bench import parse_sizes
-from streamfuse.cli.args import config_value, int_at_least
+from streamfuse.cli.args import Parser, config_value, int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine, Handle
 from streamfuse.fusers import FuseConfig
@@ -46,7 +46,7 @@ POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the O
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m streamfuse bench fuse", description=__doc__,
+    p = Parser(prog="python -m streamfuse bench fuse", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from streamfuse.bench import parse_size
 from streamfuse.checks import override_keys
-from streamfuse.cli.args import config_error, int_at_least
+from streamfuse.cli.args import Parser, config_error, int_at_least
+from streamfuse.log_queue import install_direct
 
 __all__ = ["main", "synthetic_pair"]
 
@@ -52,7 +53,7 @@ def _set_here(override: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Print each fuser's replay frames/s and stage shares; one that cannot run is a line on stderr and exit 1."""
-    parser = argparse.ArgumentParser(prog="python -m streamfuse bench replay", description=__doc__,
+    parser = Parser(prog="python -m streamfuse bench replay", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--fuser", default="max,hclfuse", help="comma-separated fusers to compare")
     parser.add_argument("--frames", type=int_at_least(1), default=150, help="synthetic clip length")
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a config value (repeatable), e.g. engine.device=cpu")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    install_direct(logging.WARNING)
     if bool(args.ir) != bool(args.vis):
         parser.error("give both --ir and --vis, or neither (a synthetic pair)")
     if taken := next((o for o in args.overrides if _set_here(o)), None):  # a --set of them would be passed over

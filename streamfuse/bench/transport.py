@@ -39,7 +39,7 @@ import numpy as np
 
 from streamfuse.bench import parse_sizes
 from streamfuse.capture.synthetic import SyntheticScene
-from streamfuse.cli.args import int_at_least, positive
+from streamfuse.cli.args import Parser, int_at_least, positive
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.frames import Frame, FramePair, FusedFrame
@@ -347,7 +347,7 @@ def quality(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Run every phase at each size and print the figures side by side."""
-    parser = argparse.ArgumentParser(prog="python -m streamfuse bench transport", description=__doc__,
+    parser = Parser(prog="python -m streamfuse bench transport", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     parser.add_argument("--seconds", type=positive(), default=1.0, help="length of each capacity run")

@@ -15,7 +15,19 @@ from streamfuse.checks import ConfigError
 from streamfuse.errors import printable
 
 __all__ = ["int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
-           "config_error", "HelpFormatter"]
+           "config_error", "HelpFormatter", "Parser"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose help and usage text to a stdout that fails (a full disk) raises as every other
+    write does: argparse drops that error, so the command exited 0 having printed nothing (Python's own buffering
+    hid it, ``PYTHONUNBUFFERED=1`` did not). Its messages to stderr stay as argparse writes them."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message and file is sys.stdout:
+            file.write(message)
+        else:
+            super()._print_message(message, file)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -22,10 +22,11 @@ import logging
 from pathlib import Path
 
 from streamfuse.checks import override_keys
-from streamfuse.cli.args import HelpFormatter, config_error, int_at_least
+from streamfuse.cli.args import HelpFormatter, Parser, config_error, int_at_least
 from streamfuse.config import ConfigError, load_config
 from streamfuse.configs import resolve
 from streamfuse.evaluation import FUSER_SECTIONS, config_method, evaluate_dir, fused_dir_method, fuser_method
+from streamfuse.log_queue import install_direct
 
 __all__ = ["EVAL_CONFIG", "parse_args", "main"]
 
@@ -34,7 +35,7 @@ EVAL_CONFIG = "eval"  # the shipped still-image config
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line of ``evaluate``."""
-    p = argparse.ArgumentParser(prog="python -m streamfuse evaluate", description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(prog="python -m streamfuse evaluate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("dir_ir", metavar="DIR_IR", help="folder of IR images")
     p.add_argument("dir_vis", metavar="DIR_VIS", help="folder of visible images (same file names)")
     p.add_argument("--fused", action="append", default=[], metavar="[NAME=]DIR",
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Score the methods, print the table of means; a bad input is one line and exit status 1 (a bad config: 2)."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     try:
         configs = args.config or ([] if args.fused or args.fuser else [EVAL_CONFIG])
         # with the overrides the fuser methods take: a config's ${VAR} that a --set replaces need not be set

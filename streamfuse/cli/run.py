@@ -16,7 +16,7 @@ import sys
 
 from streamfuse import log_queue
 from streamfuse.checks import ConfigError
-from streamfuse.cli.args import config_error, seconds
+from streamfuse.cli.args import Parser, config_error, seconds
 from streamfuse.errors import printable
 from streamfuse.signals import Terminated, ignore_stops, interrupted
 
@@ -24,7 +24,7 @@ __all__ = ["main", "replay_main", "exit_now"]
 
 
 def _parser(prog: str, *, replay: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+    parser = Parser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=not replay, default="replay" if replay else None, metavar="NAME|FILE",
                         help="a shipped config (demo, rig, replay, eval) or a YAML file"

@@ -24,8 +24,9 @@ import textwrap
 from pathlib import Path
 from typing import NoReturn
 
-from streamfuse.cli.args import data_dir, time_span
+from streamfuse.cli.args import Parser, data_dir, time_span
 from streamfuse.errors import printable
+from streamfuse.log_queue import install_direct
 from streamfuse.train.config import SECTIONS, load_setup
 from streamfuse.train.loop import run_training
 
@@ -91,7 +92,7 @@ def _stopped(line: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """The training command: parse ``argv``, run, exit with one line on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m streamfuse train", description=__doc__, epilog=_settings_help(),
+    parser = Parser(prog="python -m streamfuse train", description=__doc__, epilog=_settings_help(),
                                      allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=_path, default=data_dir(),
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="checkpoint interval (3; 0: every step)")
     parser.add_argument("--init", type=_path, help="weights file whose tensors start the run (fine-tuning)")
     args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    install_direct(logging.INFO, "%(asctime)s %(name)s %(message)s")
     try:
         setup = load_setup(to_overrides(rest))
     except ValueError as exc:  # a bad key or value: a config error, exit status 2 as for every command

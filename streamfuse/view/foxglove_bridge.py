@@ -26,9 +26,10 @@ import numpy as np
 
 from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
-from streamfuse.cli.args import int_at_least, key_options, seconds
+from streamfuse.cli.args import Parser, int_at_least, key_options, seconds
 from streamfuse.client import Subscriber
 from streamfuse.errors import printable
+from streamfuse.log_queue import install_direct
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
 from streamfuse.wire import consumer_topic, preview_topic
@@ -171,7 +172,7 @@ class Bridge:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the bridge CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m streamfuse foxglove", description=__doc__,
+    parser = Parser(prog="python -m streamfuse foxglove", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address of the Foxglove WebSocket server")
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
                         "its pipeline's name exists waits for it; 0 = at once)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     try:
         with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
             bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
-from streamfuse.cli.args import int_at_least, key_options, positive, seconds
+from streamfuse.cli.args import Parser, int_at_least, key_options, positive, seconds
 from streamfuse.errors import io_reason, printable
+from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
 
@@ -115,7 +116,7 @@ async def serve(feed: Feed, host: str, port: int):  # noqa: ANN201 - aiohttp.web
 
 def main(argv: list[str] | None = None) -> int:
     """Run the viewer CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m streamfuse view", description=__doc__,
+    parser = Parser(prog="python -m streamfuse view", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address the page is served on (loopback: this "
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                         "what the page measured, exit")
     parser.add_argument("--wait", type=positive(), default=5.0, help="with --screenshot: seconds to watch the page")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     _aiohttp()
     try:
         with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
