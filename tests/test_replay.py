@@ -437,6 +437,17 @@ def test_read_only_output_folder(tmp_path, clip):
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=ro / "o.mp4")
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_folder_that_makes_no_files_says_so() -> None:
+    """/proc is a folder every user may list, whose filesystem answers a new file with ENOENT: the line said "No
+    such file or directory" of a folder that is there."""
+    from streamfuse.replay.outputs import check_output_folder
+
+    with pytest.raises(PermissionError) as err:
+        check_output_folder(Path("/proc/fused.mp4"), "libx264")
+    assert str(err.value) == "output folder is not writable: /proc (it takes no new files)"
+
+
 def test_full_disk_gives_one_line_and_no_complete_file(tmp_path, clip):
     """RLIMIT_FSIZE makes writes fail with EFBIG the way a full disk fails them with ENOSPC."""
     ir, vis, _ = clip

@@ -3,6 +3,7 @@ output, or that cannot be written; tell a complete output from a partial one (th
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -95,8 +96,9 @@ def check_output_folder(out: Path, codec: str) -> None:
         raise FileNotFoundError(f"output folder {why}: {out.parent}")
     try:  # a real write: os.access says yes to root on read-only mounts and special folders
         tempfile.TemporaryFile(dir=out.parent).close()
-    except OSError as exc:
-        raise PermissionError(f"output folder is not writable: {out.parent} ({exc.strerror})") from None
+    except OSError as exc:  # ENOENT in a folder that exists: a filesystem that makes no files (/proc)
+        why = "it takes no new files" if exc.errno == errno.ENOENT else exc.strerror
+        raise PermissionError(f"output folder is not writable: {out.parent} ({why})") from None
 
 
 def is_complete(out: Path) -> bool:
