@@ -203,6 +203,18 @@ def test_without_resume_a_partial_output_fails_its_pair_and_is_kept(tmp_path):
     assert len(_times(out / "a.nut")) == 4 and not partial.exists()
 
 
+def test_resume_starts_pairs_never_started_without_a_warning_for_each(tmp_path, caplog):
+    """A batch's --resume after a stop: the pairs it never reached have nothing to resume, which is expected; the
+    single replay's warning said so once for each of them."""
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    with caplog.at_level("WARNING"):
+        summary = run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"), resume=True)
+    assert [r.status for r in summary.results] == ["done", "done"]
+    assert [len(_times(tmp_path / "out" / name)) for name in ("a.nut", "b.nut")] == [4, 4]
+    assert "nothing to resume" not in caplog.text
+
+
 @pytest.mark.parametrize("resume", [False, True])
 def test_a_pair_another_run_is_writing_fails_alone_and_is_left_to_it(tmp_path, resume):
     """Two batches given one output folder: the second's pair that the first is writing is not taken for an
@@ -271,10 +283,18 @@ def test_paths_are_made_absolute_for_workers_in_other_folders(tmp_path, monkeypa
 
 def test_a_pair_listed_twice_is_replayed_once_and_two_of_one_output_name_are_refused(tmp_path, caplog):
     src = _pairs(tmp_path / "src", ["a.nut"], 4)
-    (tmp_path / "pairs.txt").write_text(f"{src}/ir/a.nut {src}/vi/a.nut\n{src}/ir/a.nut {src}/vi/a.nut\n")
+    # the second and third lines name the first pair again, spelt another way (they were refused as two pairs
+    # sharing an output)
+    (tmp_path / "pairs.txt").write_text(f"{src}/ir/a.nut {src}/vi/a.nut\n{src}/ir/a.nut {src}/vi/a.nut\n"
+                                        f"{src}/ir/../ir/a.nut {src}/./vi/a.nut\n")
     with caplog.at_level("WARNING"):
-        assert [job.out.name for job in find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")] == ["a.nut"]
-    assert f"{tmp_path / 'pairs.txt'} names 1 pairs more than once; each is replayed once" in caplog.text
+        [job] = find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
+    assert (job.ir, job.vis, job.out.name) == (src / "ir/a.nut", src / "vi/a.nut", "a.nut")  # the first spelling
+    assert f"{tmp_path / 'pairs.txt'} names 2 pairs more than once; each is replayed once" in caplog.text
+    (tmp_path / "pairs.txt").write_text(f"{src}/ir/a.nut {src}/vi/a.nut\n{src}/ir/../ir/a.nut {src}/vi/a.nut\n")
+    with caplog.at_level("WARNING"):
+        find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
+    assert f"{tmp_path / 'pairs.txt'} names a pair more than once; each is replayed once" in caplog.text
     shutil.copy(src / "ir" / "a.nut", src / "ir" / "a.mkv")
     (tmp_path / "pairs.txt").write_text(f"{src}/ir/a.nut {src}/vi/a.nut\n{src}/ir/a.mkv {src}/vi/a.nut\n")
     with pytest.raises(ValueError, match=r"two pairs would write .*a.nut \(IR files of one name, their extensions "

@@ -127,9 +127,15 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
     if frames_dir and Path(frames_dir).exists() and not Path(frames_dir).is_dir():  # every pair would fail on it
         raise ValueError(f"replay.frames_dir {frames_dir} is a file, not a folder (each pair's frames go to a folder "
                          f"of their own inside it)")
-    if len(set(pairs)) < len(pairs):  # a list that names a pair twice: one replay of it, said
-        log.warning("%s names %d pairs more than once; each is replayed once", src, len(pairs) - len(set(pairs)))
-        pairs = list(dict.fromkeys(pairs))
+    # a list that names a pair twice (spelt alike or not: ir/a.mp4, ir/../ir/a.mp4): one replay of it, said
+    once: dict[tuple, ListedPair] = {}
+    for pair in pairs:
+        once.setdefault((pair.ir.resolve(), pair.vis.resolve(), pair.name), pair)
+    if len(once) < len(pairs):
+        repeats = len(pairs) - len(once)
+        log.warning("%s names %s more than once; each is replayed once", src,
+                    "a pair" if repeats == 1 else f"{repeats} pairs")
+        pairs = list(once.values())
     jobs = [PairJob(ir, vis, out_dir / f"{name or _stem(ir)}{ext}") for ir, vis, name in pairs]
     container_format(jobs[0].out, codec)  # every pair's output has this extension
     for job in jobs:

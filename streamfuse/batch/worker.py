@@ -12,6 +12,7 @@ from typing import Any, Callable
 import av
 
 import streamfuse
+from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.errors import one_line
 from streamfuse.replay import ReplayError, run_replay
@@ -85,7 +86,9 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, frames_dir=str(frames_dir_of(cfg, job))))
     t0 = time.perf_counter()
     try:
-        summary = run_replay(cfg, ir_path=job.ir, vis_path=job.vis, out_path=job.out, resume=resume,
+        # a pair never started has nothing to resume: started afresh without the single replay's warning that says so
+        summary = run_replay(cfg, ir_path=job.ir, vis_path=job.vis, out_path=job.out,
+                             resume=resume and partial_path(job.out).exists(),
                              fuser_factory=lambda used: _Counted(models.fuser(used), report))
     except ReplayError as exc:
         summary = exc.summary
