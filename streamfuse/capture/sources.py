@@ -82,6 +82,9 @@ class SourceConfig:
             with this machine pair by when they captured, whatever their encoding latency).
         palette: IR: the false-colour palette of a thermal camera's 8-bit frames, mapped back to temperature order
             (:mod:`~streamfuse.capture.palette`): a palette's name or a palette file; empty = grey by luminance.
+        delay_ms: live sources: how long the camera takes from capturing a frame to delivering it (a thermal
+            camera's internal processing, an encoder's latency), ms, taken off every stamp (``t_capture_ns`` and
+            ``t_mono_ns``), so that two cameras of different delays pair by when they captured.
     """
 
     kind: str = "synthetic"
@@ -101,6 +104,7 @@ class SourceConfig:
     topic: str = ""
     clock: Literal["arrival", "sender"] = "arrival"
     palette: str = ""
+    delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         kinds = sorted(available("source"))
@@ -121,6 +125,11 @@ class SourceConfig:
         check(all("=" in o[1:] for o in self.ffmpeg), "ffmpeg", self.ffmpeg, "NAME=VALUE options: [fflags=nobuffer]")
         check(self.clock == "arrival" or (self.clock == "sender" and self.kind == "stream"), "clock", self.clock,
               "arrival | sender (a stream's: its RTCP sender reports)")
+        check(0.0 <= self.delay_ms <= 5000.0, "delay_ms", self.delay_ms, "0 <= delay_ms <= 5000")
+        if self.delay_ms and self.replayable:
+            what = "a virtual-clock synthetic source" if self.kind == "synthetic" else f"a {self.kind}"
+            raise ValueError(f"delay_ms={shown(self.delay_ms)}: a live source's setting (camera, stream, realtime "
+                             f"synthetic); {what} keeps its own times")
         try:
             palette.check_palette(self.palette)
         except ValueError as exc:
@@ -198,6 +207,7 @@ class BaseSource:
         self._pace_anchor: tuple[int, int, FileClock] | None = None  # perf_counter_ns, time, time line (_pace)
         self._skipping = False
         self._period_ns = round(1e9 / cfg.fps)  # a kind with its own rate (a video) sets it when it opens
+        self._delay_ns = round(cfg.delay_ms * 1e6)
 
     def open(self) -> None:
         if not self._opened:
@@ -246,6 +256,8 @@ class BaseSource:
         """Nothing to release by default."""
 
     def _frame(self, t_ns: int, image: np.ndarray, mono_ns: int = 0) -> Frame:
+        if self._delay_ns:  # a live source's: back to when the camera captured the frame
+            t_ns, mono_ns = t_ns - self._delay_ns, mono_ns and mono_ns - self._delay_ns
         frame = Frame(self.section, self._seq, int(t_ns), image, mono_ns, self._counts)
         self._seq, self._counts = self._seq + 1, None
         return frame

@@ -73,6 +73,26 @@ def test_config_stall_factor_is_off_or_at_least_two_intervals() -> None:
         SourceConfig(stall_factor=1.5)
 
 
+def test_a_live_source_s_delay_is_taken_off_its_stamps_and_a_file_refuses_one() -> None:
+    """A thermal camera that delivers each frame tens of ms after it captured it was paired by arrival with the
+    visible frame of that later instant; ``delay_ms`` puts its stamps back to the capture."""
+    import time
+
+    delay_ns = 250 * 10**6
+    with open_source("ir", SourceConfig(fps=50, width=64, height=48, delay_ms=250)) as src:
+        for _ in range(3):
+            before, before_mono = time.time_ns(), time.monotonic_ns()
+            frame = src.read()
+            after, after_mono = time.time_ns(), time.monotonic_ns()
+            assert before - delay_ns <= frame.t_capture_ns <= after - delay_ns
+            assert before_mono - delay_ns <= frame.t_mono_ns <= after_mono - delay_ns
+    for kind, why in (("file", "a file keeps its own times"), ("synthetic", "a virtual-clock synthetic source")):
+        with pytest.raises(ValueError, match=f"delay_ms=30: a live source's setting .*; {why}"):
+            SourceConfig(kind=kind, path="v.mp4" if kind == "file" else "", realtime=False, delay_ms=30)
+    with pytest.raises(ValueError, match="0 <= delay_ms <= 5000"):
+        SourceConfig(delay_ms=-5)
+
+
 def test_synthetic_ir_and_visible_are_registered_and_warm_bodies_are_hot() -> None:
     cfg = SourceConfig(kind="synthetic", realtime=False, seed=3)
     period = round(1e9 / cfg.fps)
