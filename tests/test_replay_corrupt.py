@@ -142,6 +142,27 @@ def test_a_damaged_ffv1_slice_the_decoder_conceals_stops_the_replay_after_the_wh
     assert err.value.summary.frames["vis"] == index and not out.exists()
 
 
+@pytest.mark.parametrize("delta", [-1, 1, 16])
+def test_a_first_ffv1_picture_whose_slice_size_is_damaged_stops_the_replay(tmp_path, delta):
+    """A slice's size changed a little (FFmpeg still decodes the picture, concealing it): the first picture's slices
+    no longer read as ending in CRC footers, so the file was taken for one written without CRCs, and the replay
+    ended "complete" with none of its pictures checked. The second picture tells that the file stores them."""
+    ir, vis, out = tmp_path / "ir.mkv", tmp_path / "vis.mkv", tmp_path / "o.mkv"
+    for path in (ir, vis):
+        _video(path, "matroska")
+    with av.open(str(vis)) as container:
+        first = next(bytes(p) for p in container.demux(container.streams.video[0]) if p.size)
+    data = bytearray(vis.read_bytes())
+    at = data.find(first) + len(first) - 6  # the low byte of the last slice's 24-bit size (its footer's first 3)
+    data[at] = (data[at] + delta) % 256
+    vis.write_bytes(bytes(data))
+    with pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert ("truncated or corrupt video: decoding stopped before the first frame; picture 1 fails its slice "
+            "checksums (FFV1 CRC)") in str(err.value)
+    assert err.value.summary.frames["vis"] == 0 and not out.exists()
+
+
 def test_ffv1_without_slice_checksums_is_read_whole(tmp_path):
     """An FFV1 file written without CRCs (FFmpeg's default before version 3's slicecrc) is not taken for damaged."""
     ir, vis, out = tmp_path / "ir.mkv", tmp_path / "vis.mkv", tmp_path / "o.mkv"

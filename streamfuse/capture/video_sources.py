@@ -124,6 +124,7 @@ class AvSource(BaseSource):
             stream.codec_context.options = {"err_detect": "explode"}  # into a frame passed off as the file's
         # FFmpeg conceals a damaged FFV1 slice (the previous frame's pixels) and only logs it: checked here instead
         self._checksums = not self.live and stream.codec_context is not None and stream.codec_context.name == "ffv1"
+        self._stores_crcs: bool | None = None  # an FFV1 file's slices end in CRC footers (_ffv1_checked)
         if self.cfg.decode_threads:
             stream.thread_count = self.cfg.decode_threads
         self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
@@ -143,7 +144,8 @@ class AvSource(BaseSource):
 
         if stream.codec_context is None:  # a codec this FFmpeg cannot decode: PyAV 17 would crash decoding it
             raise OSError("FFmpeg has no decoder for its codec")
-        for packet in container.demux(stream):
+        packets = container.demux(stream)
+        for packet, intact in self._ffv1_checked(packets) if self._checksums else ((p, True) for p in packets):
             self._packets += packet.size > 0
             if packet.size and packet.dts is not None:
                 self._first_dts = packet.dts if self._first_dts is None else self._first_dts
@@ -151,7 +153,7 @@ class AvSource(BaseSource):
                 # frame rate (1/600 s): the step from the packet before is its length then.
                 step = 0 if self._last_dts is None else packet.dts - self._last_dts
                 self._last_dts, self._end_dts = packet.dts, packet.dts + max(packet.duration, step)
-            if self._checksums and packet.size and not self._slices_intact(bytes(packet)):
+            if not intact:
                 yield from stream.codec_context.decode(None)  # the whole pictures before it, held by frame threads
                 raise self._truncated(f"picture {self._packets} fails its slice checksums (FFV1 CRC)")
             try:
@@ -166,15 +168,27 @@ class AvSource(BaseSource):
                     self.warn(f"{self.section}: {self.cfg.path}: skipped {self.skipped} undecodable packet(s) so far "
                               f"(lost or corrupt data: {one_line(exc)}); decoding goes on")
 
-    def _slices_intact(self, packet: bytes) -> bool:
-        """Whether an FFV1 picture's slice CRCs pass. Whether the file stores CRCs (FFmpeg's ``slicecrc``, which this
-        project's FFV1 outputs always set) is told by its first picture's slices: ending in CRC footers or not."""
+    def _ffv1_checked(self, packets: Iterator) -> Iterator:
+        """Each FFV1 packet with whether its picture's slice CRCs pass. Whether the file stores CRCs (FFmpeg's
+        ``slicecrc``, which this project's FFV1 outputs always set) is told by the first picture whose slices end in
+        CRC footers: the first picture's verdict waits for the second's, since damaged slice sizes make a picture
+        read as one without CRCs (FFmpeg then conceals it)."""
         from streamfuse.video import ffv1_slice_crcs
 
-        crcs = ffv1_slice_crcs(packet)
-        if self._packets == 1:
-            self._checksums = crcs is not None
-        return crcs is True or (self._packets == 1 and crcs is None)
+        held = None  # the first picture, while the file's CRCs are not known
+        for packet in packets:
+            crcs = ffv1_slice_crcs(bytes(packet)) if packet.size else True
+            if self._stores_crcs is None and packet.size:
+                if crcs is None and held is None:
+                    held = packet
+                    continue
+                self._stores_crcs = crcs is not None
+            if held is not None:
+                yield held, not self._stores_crcs
+                held = None
+            yield packet, crcs is True or not self._stores_crcs
+        if held is not None:  # a file of one picture: read as FFmpeg reads it
+            yield held, True
 
     def _read(self) -> Frame | None:
         import av
