@@ -138,7 +138,7 @@ def _copy(src: Path, header: Header, f: BinaryIO) -> tuple[dict[str, int], int, 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse recover", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("partial", type=Path, help="the cut recording, e.g. runs/.rig0.mcap.partial")
     parser.add_argument("--out", type=Path, help="the finished recording to write (default: the cut one's final "
                         "name beside it, e.g. runs/rig0.mcap); never written over")

@@ -42,7 +42,7 @@ _PROG = "streamfuse subscribe"  # as its error lines start, those of `python -m 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse subscribe", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--topic", default="fused/", help="topic prefix to receive")
     parser.add_argument("--count", type=int_at_least(0), default=0, help="stop after N frames (0 = until Ctrl-C)")

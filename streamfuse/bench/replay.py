@@ -54,7 +54,7 @@ def _set_here(override: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Print each fuser's replay frames/s and stage shares; one that cannot run is a line on stderr and exit 1."""
     parser = Parser(prog="python -m streamfuse bench replay", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--fuser", default="max,hclfuse", help="comma-separated fusers to compare")
     parser.add_argument("--frames", type=int_at_least(1), default=150, help="synthetic clip length")
     parser.add_argument("--size", type=parse_size, default="640x480", help="synthetic frame size WxH")

@@ -348,7 +348,7 @@ def quality(text: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Run every phase at each size and print the figures side by side."""
     parser = Parser(prog="python -m streamfuse bench transport", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     parser.add_argument("--seconds", type=positive(), default=1.0, help="length of each capacity run")
     parser.add_argument("--rounds", type=int_at_least(1), default=3, help="capacity runs per transport")

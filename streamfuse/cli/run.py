@@ -25,7 +25,7 @@ __all__ = ["main", "replay_main", "exit_now"]
 
 def _parser(prog: str, *, replay: bool) -> argparse.ArgumentParser:
     parser = Parser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=not replay, default="replay" if replay else None, metavar="NAME|FILE",
                         help="a shipped config (demo, rig, replay, eval) or a YAML file"
                              + ("; default: replay (every frame, as fast as possible)" if replay else ""))

@@ -93,8 +93,8 @@ def _stopped(line: str) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     """The training command: parse ``argv``, run, exit with one line on bad input."""
     parser = Parser(prog="python -m streamfuse train", description=__doc__, epilog=_settings_help(),
-                                     allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                    allow_abbrev=False,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=_path, default=data_dir(),
                         help="data folder (default: STREAMFUSE_DATA, else ../shared/data)")
     parser.add_argument("--out", type=_path, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")

@@ -173,7 +173,7 @@ class Bridge:
 def main(argv: list[str] | None = None) -> int:
     """Run the bridge CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse foxglove", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address of the Foxglove WebSocket server")
     parser.add_argument("--port", type=int_at_least(0, 65535), default=8765,

@@ -117,7 +117,7 @@ async def serve(feed: Feed, host: str, port: int):  # noqa: ANN201 - aiohttp.web
 def main(argv: list[str] | None = None) -> int:
     """Run the viewer CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse view", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address the page is served on (loopback: this "
                         "machine only; the page has no password and the frames are not encrypted)")
