@@ -68,8 +68,13 @@ def output_lock(out: str | os.PathLike, inside: bool = False, label: str = "") -
         yield
     finally:
         _HELD.discard(path.absolute())
-        path.unlink(missing_ok=True)  # while still held, so that a run opening it now sees it removed (above)
-        os.close(fd)
+        try:
+            path.unlink(missing_ok=True)  # while still held, so that a run opening it now sees it removed (above)
+        except OSError as exc:  # a folder made read-only meanwhile: the run's own error or result is what counts
+            log.warning("%s: could not remove %s (%s); it locks nothing once this run ends", out, path.name,
+                        io_reason(exc))
+        finally:
+            os.close(fd)
 
 
 def check_not_held(out: str | os.PathLike) -> None:

@@ -70,3 +70,26 @@ def test_a_check_sees_another_runs_lock_but_not_its_own(tmp_path):
     check_not_held(out)  # its lock file is left, no longer held
     with output_lock(out):
         check_not_held(out)
+
+
+def test_a_lock_that_cannot_be_removed_leaves_the_run_s_own_error_and_no_descriptor(tmp_path, monkeypatch, caplog):
+    """The output's folder made read-only while a replay ran: removing the lock raised over the replay's own error
+    (the batch's reason became "[Errno 30] ... .lock", its frame counts lost) and left the lock's descriptor open."""
+    import errno
+    from pathlib import Path
+
+    out = tmp_path / "fused.mp4"
+    real_unlink = Path.unlink
+
+    def read_only(path, missing_ok=False):
+        if path == lock_path(out):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="the replay's own error"):
+        with output_lock(out):
+            raise ValueError("the replay's own error")
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert f"{out}: could not remove .fused.mp4.lock (Read-only file system)" in caplog.text
