@@ -37,7 +37,8 @@ from streamfuse.stabilize import StabilizeConfig
 from streamfuse.sync import SyncConfig
 from streamfuse.telemetry import TelemetryConfig
 
-__all__ = ["ConfigError", "PipelineConfig", "MOVED", "PATH_KEYS", "load_config", "config_from_dict", "dump_config"]
+__all__ = ["ConfigError", "PipelineConfig", "MOVED", "PATH_KEYS", "load_config", "config_from_dict", "dump_config",
+           "absolute_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,25 @@ def _path_value(value: Any, key: str) -> Any:
     if key in _SOURCE_PATHS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
     return _expand(value, key) if isinstance(value, str) else value
+
+
+def absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` with its relative file paths made absolute (against this process's folder): for workers that run in
+    other folders, a cluster's."""
+    sections = {}
+    for name, keys in PATH_KEYS.items():
+        section = getattr(cfg, name)
+        if section is not None:
+            sections[name] = dataclasses.replace(section, **{
+                key: str(Path(getattr(section, key)).absolute()) for key in keys
+                if _relative_path(f"{name}.{key}", getattr(section, key))})
+    return dataclasses.replace(cfg, **sections)
+
+
+def _relative_path(key: str, value: str) -> bool:
+    """A path key's value that names a file relative to this process's folder (not empty, a URL or a device index)."""
+    return (bool(value) and "://" not in value and not Path(value).is_absolute()
+            and not (key in _SOURCE_PATHS and value.isdigit()))
 
 
 def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> PipelineConfig:

@@ -281,6 +281,27 @@ def test_paths_are_made_absolute_for_workers_in_other_folders(tmp_path, monkeypa
                                               tmp_path / "out/a.nut")
 
 
+def test_the_engine_gets_the_config_s_relative_paths_made_absolute(tmp_path, monkeypatch):
+    """A cluster's workers run in another folder: a relative replay.frames_dir put every pair's frames there (the
+    table said done), and the driver's own checks looked at another folder than the one written."""
+    _pairs(tmp_path / "src", ["a.nut"], 4)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bars.csv").write_text("".join(f"{v},{v},{v}\n" for v in range(256)))
+    cfg = load_config(REPO / "streamfuse/configs/replay.yaml", [*CFG, "replay.frames_dir=frames",
+                                                                "ir.palette=bars.csv", "hclfuse.weights=w/m.pt"])
+    given = []
+
+    class Recording(LocalEngine):
+        def run(self, cfg, jobs, *, resume, frames):
+            given.append(cfg)
+            yield from super().run(cfg, jobs, resume=resume, frames=frames)
+
+    run_batch(cfg, find_jobs("src", "out", ext=".nut", frames_dir="frames"), Recording())
+    assert (given[0].replay.frames_dir, given[0].ir.palette, given[0].hclfuse.weights) == (
+        str(tmp_path / "frames"), str(tmp_path / "bars.csv"), str(tmp_path / "w/m.pt"))
+    assert len(list((tmp_path / "frames" / "a").glob("*.png"))) == 4
+
+
 def test_a_pair_listed_twice_is_replayed_once_and_two_of_one_output_name_are_refused(tmp_path, caplog):
     src = _pairs(tmp_path / "src", ["a.nut"], 4)
     # the second and third lines name the first pair again, spelt another way (they were refused as two pairs
@@ -328,9 +349,40 @@ def test_frames_left_staged_beside_a_complete_output_are_moved_in_by_the_next_ba
     (frames / ".partial" / "output").write_text(f"{jobs[0].out.absolute()}\n")
     for png in frames.glob("*.png"):
         png.replace(frames / ".partial" / png.name)
-    assert [r.status for r in run_batch(cfg, jobs).results] == ["done"]
+    [result] = run_batch(cfg, jobs).results
+    assert (result.status, result.frames_out) == ("done", 4)  # the frames its video holds (it said 0)
     assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(4)]
     assert [r.status for r in run_batch(cfg, jobs).results] == ["skipped"]
+
+
+def test_a_pair_stopped_before_its_frames_moved_in_is_interrupted_not_done(tmp_path):
+    """A stop between a pair's video rename and its frames' move (the Ray driver cuts a worker that takes longer than
+    its wait for cancelled pairs): the table said done while the frames were still hidden in ``.partial``."""
+    _pairs(tmp_path / "data", ["a.nut"], 4)
+    cfg = load_config(REPO / "streamfuse/configs/replay.yaml", ["fuse.name=max", "replay.progress=false",
+                                                                 f"replay.frames_dir={tmp_path / 'frames'}"])
+    jobs = find_jobs(tmp_path / "data", tmp_path / "out", ext=".nut", frames_dir=cfg.replay.frames_dir)
+    frames = tmp_path / "frames" / "a"
+
+    class StoppedBeforeTheMove(LocalEngine):
+        def run(self, cfg, jobs, *, resume, frames):
+            for result in super().run(cfg, jobs, resume=resume, frames=frames):
+                staged = tmp_path / "frames" / "a" / ".partial"
+                staged.mkdir()
+                (staged / "output").write_text(f"{jobs[0].out.absolute()}\n")
+                for png in (tmp_path / "frames" / "a").glob("*.png"):
+                    png.replace(staged / png.name)
+                raise KeyboardInterrupt
+                yield result
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_batch(cfg, jobs, StoppedBeforeTheMove())
+    [result] = stopped.value.summary.results
+    assert (result.status, result.reason) == ("interrupted", f"stopped before its frames moved in from "
+                                                             f"{frames / '.partial'}")
+    [result] = run_batch(cfg, jobs, resume=True).results
+    assert (result.status, result.frames_out) == ("done", 4)
+    assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(4)]
 
 
 def test_a_frames_dir_that_is_a_file_is_refused_before_any_pair(tmp_path):
@@ -386,6 +438,9 @@ def test_a_stop_as_a_pairs_output_takes_its_name_stops_the_batch_after_that_pair
 def test_ray_joins_the_cluster_of_ray_address_unless_given_another(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # as in a job that `ray job submit` started
     assert RayEngine().address == "10.0.0.5:6379" and RayEngine(address="10.0.0.6:6379").address == "10.0.0.6:6379"
+    inits = []
+    RayEngine(address="")._init(SimpleNamespace(init=lambda **kwargs: inits.append(kwargs)))
+    assert inits[0]["address"] == "local"  # ray.init reads $RAY_ADDRESS too: `--address ''` failed on num_cpus
     monkeypatch.delenv("RAY_ADDRESS")
     assert RayEngine().address == ""  # a local Ray
 
@@ -714,6 +769,44 @@ def test_a_ctrl_c_while_ray_starts_lets_it_start_and_stops_the_batch_then():
 
     with pytest.raises(KeyboardInterrupt):
         RayEngine(workers=1, address="auto")._start(SimpleNamespace(init=init_twice), threading.Event())
+
+
+@pytest.mark.parametrize("late_stop, exits", [(signal.SIGTERM, True), (signal.SIGINT, False), (0, False)])
+def test_a_ray_worker_sigtermed_as_its_pair_completed_exits_for_ray_to_run_the_pair_again(monkeypatch, late_stop,
+                                                                                          exits):
+    """A SIGTERM to a worker (a node shutting down) while its pair's output took its name was held by the replay and
+    then dropped: the worker went on with the next pairs. It now exits as for a SIGTERM mid-pair (Ray runs the pair
+    again, which finds it complete); the driver's cancel (SIGINT) is not such a stop."""
+    from streamfuse.batch import ray_engine
+    from streamfuse.batch.jobs import PairResult
+    from streamfuse.signals import handled
+
+    monkeypatch.setattr(ray_engine, "_MODELS", object())
+    monkeypatch.setattr(ray_engine, "replay_pair", lambda *args, **kwargs: PairResult("o.nut", "done",
+                                                                                     late_stop=late_stop))
+    raised = []
+    with handled(lambda signum, frame: raised.append(signum), (signal.SIGTERM,)):
+        result = ray_engine._ray_replay(None, None, False, 1, SimpleNamespace(add=SimpleNamespace(remote=print)))
+    assert result.status == "done" and raised == ([signal.SIGTERM] if exits else [])
+
+
+def test_a_second_ctrl_c_stops_the_wait_for_cancelled_ray_pairs_at_once():
+    """Ray holds Python's signal handlers while it waits: one wait of the whole 10 s for the cancelled pairs took a
+    second Ctrl-C only 9 s later. The wait is made of short ones now."""
+    from streamfuse.batch.ray_engine import _wind_down
+
+    timeouts = []
+
+    def wait(refs, num_returns, timeout):  # the pairs never end; the user's second Ctrl-C comes during the second
+        timeouts.append(timeout)
+        if len(timeouts) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return [], refs
+
+    ray = SimpleNamespace(cancel=lambda ref: None, wait=wait)
+    with pytest.raises(KeyboardInterrupt):
+        list(_wind_down(ray, {"ref1": None, "ref2": None}))
+    assert len(timeouts) == 2 and max(timeouts) <= 0.25
 
 
 @pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,),

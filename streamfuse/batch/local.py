@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult
 from streamfuse.batch.worker import Models, frames_dir_of, replay_pair, worker_cfg
+from streamfuse.config import absolute_paths
 from streamfuse.errors import io_reason
 from streamfuse.replay.frames_dir import STAGING
 from streamfuse.replay.outputs import check_existing_output, check_no_partial, is_complete
@@ -88,7 +89,8 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     todo = [job for job, result in before.items() if result is None]
     _make_folders({job.out.parent for job in todo})
     quiet = None if cfg.replay.progress else True  # None: tqdm shows the bars on a terminal only
-    work_cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False))
+    # paths as this folder names them: a cluster's workers run in other folders
+    work_cfg = absolute_paths(dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False)))
     interrupted = False
     # SIGTERM and SIGHUP stop the batch as Ctrl-C does (a replay and the Ray driver set their own meanwhile)
     with handled(signal.default_int_handler, TERMINATE), \
@@ -108,7 +110,7 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     results = [PairResult(r.out, "not started") if r.status == "interrupted" and not partial_path(r.out).exists()
                else r for r in results]
     finished = {r.out for r in results}
-    results += [_unfinished(job) for job in todo if str(job.out) not in finished]
+    results += [_unfinished(job, cfg) for job in todo if str(job.out) not in finished]
     summary = BatchSummary(results, time.perf_counter() - t0)
     if interrupted or summary.stopped:
         raise BatchInterrupted(summary)
@@ -154,10 +156,14 @@ def _log(result: PairResult) -> None:
         log.warning("%s: %s", result.out, result.reason)
 
 
-def _unfinished(job: PairJob) -> PairResult:
-    """A pair the batch stopped before it returned a result (one whose replay had just completed it is done)."""
-    if is_complete(job.out):  # the frames it holds; what was read is not known here
-        return PairResult(str(job.out), "done", frames_out=frames_held(job.out))
+def _unfinished(job: PairJob, cfg: Any) -> PairResult:
+    """A pair the batch stopped before it returned a result (one whose replay had just completed it is done, once its
+    frames are moved in)."""
+    if is_complete(job.out):
+        staged = frames_dir_of(cfg, job) / STAGING if cfg.replay.frames_dir else None
+        if staged is not None and staged.exists():  # stopped between the video's rename and the frames' move
+            return PairResult(str(job.out), "interrupted", reason=f"stopped before its frames moved in from {staged}")
+        return PairResult(str(job.out), "done", frames_out=frames_held(job.out))  # what was read is not known here
     partial = partial_path(job.out)
     if partial.exists():
         return PairResult(str(job.out), "interrupted", reason=f"stopped; partial output kept in {partial}")

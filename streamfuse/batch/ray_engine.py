@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
-from streamfuse.errors import io_reason, one_line
+from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.signals import handled
 
 __all__ = ["RayEngine", "bounded"]
@@ -24,6 +24,7 @@ __all__ = ["RayEngine", "bounded"]
 log = logging.getLogger(__name__)
 
 _REPORT_S = 0.25  # a worker reports its fused frames to the progress bar at most this often
+_WAIT_S = 0.25  # longest wait inside Ray (its waits hold Python's signal handlers until they return)
 _CANCEL_S = 10.0  # after a Ctrl-C, how long the running pairs get to keep their partial outputs
 
 
@@ -69,9 +70,10 @@ def _ray_replay(cfg: Any, job: PairJob, resume: bool, threads: int, progress: An
     finally:
         signal.signal(signal.SIGINT, previous)
         report.flush()
-    if result.status == "interrupted" and not cancelled:
-        # A SIGTERM to this worker (node shutdown, `kill PID`), not the user's: the replay kept its partial output;
-        # now the worker exits through Ray's own SIGTERM handler, so Ray runs the pair again as for a killed worker.
+    if not cancelled and (result.status == "interrupted" or result.late_stop == signal.SIGTERM):
+        # A SIGTERM to this worker (node shutdown, `kill PID`), not the user's: the replay kept its partial output
+        # (or, stopped as its output took its name, ended it complete); now the worker exits through Ray's own SIGTERM
+        # handler, so Ray runs the pair again as for a killed worker (a complete one is then done at once).
         signal.raise_signal(signal.SIGTERM)
     return result
 
@@ -166,7 +168,9 @@ class RayEngine:
             except (ConnectionError, RuntimeError) as exc:
                 raise ValueError(f"cannot join the Ray cluster at {self.address}: {exc}") from None
         else:
-            ray.init(num_cpus=self.workers * self.threads, num_gpus=None if self.gpus else 0, include_dashboard=False)
+            # "local" whatever $RAY_ADDRESS says (ray.init reads it too): `--address ''` starts one where it is set
+            ray.init(address="local", num_cpus=self.workers * self.threads, num_gpus=None if self.gpus else 0,
+                     include_dashboard=False)
 
     def _check_fits(self, ray: Any) -> None:
         """Refuse (one line) a worker no node of a local Ray can hold, which Ray would wait for for ever (a line of
@@ -211,7 +215,8 @@ class RayEngine:
                 yield value if isinstance(value, PairResult) else _lost(ray, job, value, self.retries)
         except _Stopped:
             if running:
-                log.warning("stopping: cancelling %d running pairs (their partial outputs are kept)", len(running))
+                log.warning("stopping: cancelling the %d pairs given to Ray, running or queued (partial outputs are "
+                            "kept)", len(running))
             return running
         frames(_take(ray, progress))
         return {}
@@ -259,7 +264,10 @@ def _wind_down(ray: Any, running: dict[Any, PairJob]) -> Iterator[PairResult]:
         return
     for ref in running:
         ray.cancel(ref)  # raises KeyboardInterrupt in the task: the replay keeps a resumable partial
-    ready, _ = ray.wait(list(running), num_returns=len(running), timeout=_CANCEL_S)
+    ready, waiting, deadline = [], list(running), time.monotonic() + _CANCEL_S
+    while waiting and time.monotonic() < deadline:  # in short waits: Python takes a second Ctrl-C only between them
+        done, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=_WAIT_S)
+        ready += done
     for ref in ready:
         try:
             yield ray.get(ref)
@@ -277,15 +285,24 @@ def _take(ray: Any, progress: Any) -> int:
 
 
 def _check_reachable(address: str) -> None:
-    """Refuse a ``HOST:PORT`` nothing listens on in one line (Ray itself retries for minutes); other forms such as
-    ``auto`` or ``ray://...`` are left to Ray."""
+    """Refuse a ``HOST:PORT`` nothing listens on, or where a web server answers (the dashboard's port, 8265, given for
+    the GCS's), in one line: Ray itself retries such a one for minutes, or for ever. Other forms such as ``auto`` or
+    ``ray://...`` are left to Ray, and so is a port that answers otherwise (a GCS speaks gRPC, with or without TLS)."""
     host, sep, port = address.rpartition(":")
     if not sep or "/" in address or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as link:
+            link.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = link.recv(64)
+    except socket.timeout:
+        return
     except OSError as exc:
         raise ValueError(f"cannot reach the Ray cluster at {address}: {io_reason(exc)}") from None
+    if reply.startswith(b"HTTP/"):
+        status = printable(reply.decode("latin-1").partition("\r\n")[0])
+        raise ValueError(f"no Ray cluster at {address}: a web server answers there ('{status}'); give the GCS's "
+                         f"address (`ray start --head --port`, 6379 by default; 8265 is the dashboard's)")
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.errors import one_line
 from streamfuse.replay import ReplayError, run_replay
+from streamfuse.replay.resume import frames_held
 
 __all__ = ["Models", "replay_pair", "worker_cfg"]
 
@@ -99,6 +100,8 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         result.status, result.reason = "failed", one_line(exc)
     if summary is not None:
         result.frames_in, result.frames_out, result.late_stop = dict(summary.frames), summary.written, summary.late_stop
+        if summary.complete and not summary.written:  # complete before (its frames moved in now): the frames it holds
+            result.frames_out = frames_held(job.out)
     result.wall_s = time.perf_counter() - t0
     result.fps = result.frames_out / max(result.wall_s, 1e-9)
     return result

@@ -170,6 +170,43 @@ def test_unreachable_ray_cluster_is_one_line(tmp_path, capsys):
     assert replay_many.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"replay_many: error: cannot reach the Ray cluster at 127.0.0.1:{port}") and "\n" not in err
+    from streamfuse.batch.ray_engine import _check_reachable
+
+    with pytest.raises(ValueError, match=rf"^cannot reach the Ray cluster at \[::1\]:{port}: ") as refused:
+        _check_reachable(f"[::1]:{port}")  # an IPv6 address in brackets, as Ray writes one
+    assert "Name or service not known" not in str(refused.value)
+
+
+def test_a_web_server_given_as_the_ray_cluster_is_one_line(tmp_path, capsys):
+    """The dashboard's port (8265) given for the GCS's: Ray waited for ever, printing its connection retries."""
+    import http.server
+    import threading
+
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'streamfuse[ray]')")
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        _video(tmp_path / "a.mp4")
+        (tmp_path / "pairs.txt").write_text("a.mp4 a.mp4\n")
+        args = [str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), "--engine", "ray", "--address", address,
+                *ARGS]
+        assert replay_many.main(args) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert capsys.readouterr().err == (
+        f"replay_many: error: no Ray cluster at {address}: a web server answers there ('HTTP/1.0 200 OK'); give the "
+        f"GCS's address (`ray start --head --port`, 6379 by default; 8265 is the dashboard's)\n")
 
 
 @pytest.mark.parametrize("args, message", [
