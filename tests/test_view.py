@@ -425,6 +425,21 @@ def test_a_frame_jpeg_cannot_hold_is_skipped_and_the_page_goes_on():
     assert seen == {"ir": 1, "fused": 1} and feed.unshown == 1
 
 
+def test_a_page_opened_after_the_last_one_closed_is_not_sent_empty_messages_without_end():
+    """The last page's close clears the newest frames but not their counts: a page opened then was sent empty
+    messages as fast as it answered them (one core busy) until a frame of every kind came again, for ever once the
+    pipeline had stopped."""
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    feed.versions.update(fused=7, ir=5, vis=5)  # frames that came while the earlier page was open
+    seen: dict[str, int] = {}
+    try:
+        meta, jpegs = unpack(asyncio.run(feed.message(seen)))
+    finally:
+        feed.stats_in.close()
+    assert meta["frames"] == [] and jpegs == []
+    assert not feed.newer(seen)  # so the sender waits for the next frame instead of sending again
+
+
 def test_a_frame_too_wide_for_jpeg_is_skipped_without_opencv_errors(capfd):
     # Refused after OpenCV tried it: its own error lines on stderr for every such frame, beside the viewer's one.
     feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here

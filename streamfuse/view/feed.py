@@ -122,8 +122,12 @@ class Feed:
         jpegs = []
         for kind in KINDS:
             with self._lock:
-                item = self._latest.get(kind)
-            if item is None or item[0] <= seen.get(kind, 0):
+                item, version = self._latest.get(kind), self.versions[kind]
+            if item is None:
+                if version:  # cleared as the last page closed: the versions so far have nothing left to send
+                    seen[kind] = version
+                continue
+            if item[0] <= seen.get(kind, 0):
                 continue
             jpeg = await self._encode(kind, item)
             seen[kind] = item[0]
