@@ -478,3 +478,42 @@ def test_a_chromium_named_by_the_environment_that_is_not_there_is_said_so(monkey
     with pytest.raises(RuntimeError, match=f"^STREAMFUSE_CHROMIUM={re.escape(str(tmp_path / 'none'))}: no such "
                                            f"executable$"):
         asyncio.run(Chromium().__aenter__())
+
+
+def test_a_malformed_request_or_a_reset_handshake_is_one_log_line_or_none(caplog):
+    """Any peer could make the viewer print aiohttp's ten-line traceback per request (a header over 8190 bytes), and
+    a WebSocket client reset during the handshake gave a twenty-line one through the page's handler."""
+    import base64
+    import os
+    import struct
+
+    async def peers(feed: Feed) -> None:
+        runner = await serve(feed, "127.0.0.1", 0)
+        port = runner.addresses[0][1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+            assert (await reader.readline()).startswith(b"HTTP/1.0 400")
+            writer.close()
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", port)) as reset:
+                    key = base64.b64encode(os.urandom(16)).decode()
+                    reset.sendall(f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+                    reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            async with aiohttp.ClientSession() as http:  # the viewer goes on serving pages
+                async with http.get(f"http://127.0.0.1:{port}/") as resp:
+                    assert resp.status == 200
+            await asyncio.sleep(0.2)  # the resets' handlers have run by now (a page's request came after them)
+        finally:
+            await runner.cleanup()
+
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
+    try:
+        with caplog.at_level("DEBUG"):
+            asyncio.run(peers(feed))
+    finally:
+        feed.close()
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+    bad = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(bad) == 1 and "\n" not in bad[0] and "8190" in bad[0], bad

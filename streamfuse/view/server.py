@@ -26,7 +26,7 @@ from pathlib import Path
 from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
 from streamfuse.cli.args import Parser, int_at_least, key_options, positive, seconds
-from streamfuse.errors import io_reason, printable
+from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
@@ -64,7 +64,10 @@ async def _websocket(request, feed: Feed):  # noqa: ANN001, ANN202 - aiohttp typ
     """One page: its acks (``next``) give the sender one message of credit each."""
     web = _aiohttp().web
     ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=30)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:  # the page went away during the handshake (a reset): aiohttp's quiet end of a request
+        raise asyncio.CancelledError from None  # whose client left (a ConnectionError here it logs with a traceback)
     changed = feed.acquire()
     credit = asyncio.Event()
     credit.set()
@@ -96,6 +99,15 @@ async def _send(ws, feed: Feed, changed: asyncio.Event, credit: asyncio.Event) -
         await ws.send_bytes(message)
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """aiohttp logs a client's malformed request (a header over 8190 bytes, a bad chunk) with its traceback, ten
+    lines a request for any peer to send: one line instead."""
+    if record.exc_info and record.exc_info[1] is not None:
+        record.msg, record.args = "%s: %s", (record.getMessage(), one_line(record.exc_info[1]))
+        record.exc_info = record.exc_text = None
+    return True
+
+
 async def serve(feed: Feed, host: str, port: int):  # noqa: ANN201 - aiohttp.web.AppRunner
     """Start the app on ``host:port`` (0 = a free port); returns the runner (``runner.addresses`` has the port).
 
@@ -103,6 +115,7 @@ async def serve(feed: Feed, host: str, port: int):  # noqa: ANN201 - aiohttp.web
         OSError: the address cannot be bound.
     """
     web = _aiohttp().web
+    logging.getLogger("aiohttp.server").addFilter(_without_traceback)
     feed.start(asyncio.get_running_loop())
     runner = web.AppRunner(make_app(feed), access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
