@@ -138,9 +138,15 @@ def _done_before(job: PairJob, cfg: Any, resume: bool) -> PairResult | None:
         check_existing_output(job.out, cfg, (job.ir, job.vis), resume=True)
     except FileExistsError as exc:
         return _failed(job.out, str(exc))
-    if cfg.replay.frames_dir and (frames_dir_of(cfg, job) / STAGING).exists():
+    if _staged(cfg, job):
         return None  # killed between its video's rename and its frames' move: its replay moves them in
     return PairResult(str(job.out), "skipped")
+
+
+def _staged(cfg: Any, job: PairJob) -> Path | None:
+    """The folder of the pair's frames still staged (not yet moved in beside its video), or None."""
+    staged = frames_dir_of(cfg, job) / STAGING if cfg.replay.frames_dir else None
+    return staged if staged is not None and staged.exists() else None
 
 
 def _failed(out: Path, reason: str) -> PairResult:
@@ -160,8 +166,7 @@ def _unfinished(job: PairJob, cfg: Any) -> PairResult:
     """A pair the batch stopped before it returned a result (one whose replay had just completed it is done, once its
     frames are moved in)."""
     if is_complete(job.out):
-        staged = frames_dir_of(cfg, job) / STAGING if cfg.replay.frames_dir else None
-        if staged is not None and staged.exists():  # stopped between the video's rename and the frames' move
+        if staged := _staged(cfg, job):  # stopped between the video's rename and the frames' move
             return PairResult(str(job.out), "interrupted", reason=f"stopped before its frames moved in from {staged}")
         return PairResult(str(job.out), "done", frames_out=frames_held(job.out))  # what was read is not known here
     partial = partial_path(job.out)
