@@ -4,6 +4,10 @@ A launcher that does not read the process's stderr (a pipe nobody drains, a term
 every write once the pipe is full; a line logged from the live loop would then stop capture, fusion and publishing
 (measured: no fused frame after the pipe filled). Here the loop only queues the line; the writer thread is the one
 that waits. Lines beyond the queue are dropped and counted, and the next line written says how many.
+
+Both set-ups also hold other libraries' lines to a few per logger every few seconds (``_Throttle``): a server library
+that logs each bad message a peer sends (the Foxglove SDK: 13,000 lines a second from one client) would otherwise
+let any peer fill the disk, or block the process on a stderr nobody drains.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import numbers
 import queue
 import sys
 import threading
+import time
+from collections.abc import Callable
 
 from streamfuse.errors import printable
 
@@ -21,6 +27,7 @@ __all__ = ["install", "install_direct", "flush", "BLOCK"]
 BLOCK = {"block": True}  # extra= of a record that is a multi-line block by design
 
 _QUEUE_LINES = 1000
+_BURST, _WINDOW_S = 20, 10.0  # another library's lines let through per logger and window
 _queue: queue.Queue | None = None
 _pending: threading.Event | None = None  # the last flush's mark in the queue
 
@@ -44,15 +51,48 @@ class _DroppingHandler(logging.Handler):
             self.dropped += 1
 
 
+class _Throttle(logging.Filter):
+    """At most ``_BURST`` lines of each other library's logger every ``_WINDOW_S`` seconds; the last one let through
+    says that more are held back, and the first one after them how many were. The project's own lines pass: each is
+    one event, and those that can repeat are counted where they happen."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock, self._lock = clock, threading.Lock()
+        self._windows: dict[str, list[float]] = {}  # logger name: [window's start, lines let through, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.partition(".")[0] == "streamfuse":
+            return True
+        now = self._clock()
+        with self._lock:
+            window = self._windows.setdefault(record.name, [now, 0, 0])
+            if now - window[0] >= _WINDOW_S:
+                window[:2] = [now, 0]
+            if window[1] >= _BURST:
+                window[2] += 1
+                return False
+            window[1] += 1
+            record.held_back, window[2] = int(window[2]), 0
+            record.burst_full = window[1] == _BURST
+        return True
+
+
 class _OneLine(logging.Formatter):
     """Each record's values (paths, names read from files, other programs' errors) with their control characters
     as escapes: a name holding a newline cannot forge a log line of its own. A record logged with ``extra=BLOCK`` is
-    one multi-line block by design (a replay's summary) and is left as it is."""
+    one multi-line block by design (a replay's summary) and is left as it is. Says where ``_Throttle`` holds lines
+    back, and how many it held back before this one."""
 
     def format(self, record: logging.LogRecord) -> str:
         if isinstance(record.args, tuple) and not getattr(record, "block", False):
             record = logging.makeLogRecord({**record.__dict__, "args": tuple(map(_escaped, record.args))})
-        return super().format(record)
+        text = super().format(record)
+        if held := getattr(record, "held_back", 0):
+            text += f" ({held} lines of {record.name} before this one not shown)"
+        if getattr(record, "burst_full", False):
+            text += f" (further lines of {record.name} for up to {_WINDOW_S:g} s are held back and counted)"
+        return text
 
 
 def _escaped(value: object) -> object:
@@ -87,6 +127,7 @@ def install(level: int, fmt: str, datefmt: str | None = None) -> None:
     _queue = queue.Queue(maxsize=_QUEUE_LINES)
     handler = _DroppingHandler(_queue)
     handler.setFormatter(_OneLine(fmt, datefmt))
+    handler.addFilter(_Throttle())
     root.addHandler(handler)
     root.setLevel(level)
     threading.Thread(target=_write, args=(_queue,), name="log writer", daemon=True).start()
@@ -97,6 +138,7 @@ def install_direct(level: int, fmt: str = logging.BASIC_FORMAT, datefmt: str | N
     whose lines are written directly: only where the root logger has no handler yet."""
     handler = logging.StreamHandler()
     handler.setFormatter(_OneLine(fmt, datefmt))
+    handler.addFilter(_Throttle())
     logging.basicConfig(level=level, handlers=[handler])
 
 

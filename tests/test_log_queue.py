@@ -72,3 +72,36 @@ def test_no_command_sets_up_logging_without_the_escapes() -> None:
     callers = [str(path.relative_to(root)) for path in sources
                if "logging.basicConfig(" in path.read_text() and path.name != "log_queue.py"]
     assert callers == []
+
+
+def test_another_librarys_flood_is_held_to_a_few_lines_and_the_next_one_says_how_many() -> None:
+    """The Foxglove SDK logs one line for each message a client sends on a channel it never advertised: one peer
+    wrote about 13,000 lines a second into the bridge's log."""
+    from streamfuse.log_queue import _BURST, _WINDOW_S, _OneLine, _Throttle
+
+    clock = [0.0]
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
+    handler.setFormatter(_OneLine("%(name)s %(message)s"))
+    handler.addFilter(_Throttle(lambda: clock[0]))
+    peer, own = logging.getLogger("foxglove.test_log_queue"), logging.getLogger("streamfuse.test_log_queue")
+    for log in (peer, own):
+        log.propagate, log.level = False, logging.INFO
+        log.addHandler(handler)
+    try:
+        for i in range(1000):
+            peer.error("Received message for unknown channel: %d", i)
+            own.warning("skipped frame %d", i)  # the project's own lines are each an event: never held back
+        shown = [line for line in lines if line.startswith("foxglove.")]
+        assert len(shown) == _BURST and shown[-1].endswith(
+            f"unknown channel: {_BURST - 1} (further lines of foxglove.test_log_queue for up to {_WINDOW_S:g} s are "
+            f"held back and counted)")
+        assert len([line for line in lines if line.startswith("streamfuse.")]) == 1000
+        clock[0] += _WINDOW_S
+        peer.error("Received message for unknown channel: %d", 7)
+        assert lines[-1] == (f"foxglove.test_log_queue Received message for unknown channel: 7 ({1000 - _BURST} "
+                             f"lines of foxglove.test_log_queue before this one not shown)")
+    finally:
+        for log in (peer, own):
+            log.removeHandler(handler)
