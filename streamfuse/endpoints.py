@@ -17,7 +17,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-__all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "bind"]
+__all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "faces_network", "bind_shown", "bind"]
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,25 @@ def reachable_from_other_machines(endpoint: str) -> bool:
     other than ``localhost``); no lookup here, so a bind never waits for a resolver (a consumer's names are judged
     by :func:`streamfuse.connection_watch.on_this_host`, from the lookup it makes anyway)."""
     host = tcp_host(endpoint)
-    if host is None:
-        return False
+    return host is not None and faces_network(host)
+
+
+def faces_network(host: str) -> bool:
+    """True for a host to bind (``0.0.0.0``, ``''``: every address; a LAN address; a name other than ``localhost``)
+    that other machines can reach; no lookup.
+
+    >>> faces_network("127.0.0.1"), faces_network("[::1]"), faces_network("localhost"), faces_network("")
+    (False, False, False, True)
+    """
     try:
         return not ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
     except ValueError:  # a host name: localhost is loopback by RFC 6761; assume any other faces the network
         return host != "localhost"
+
+
+def bind_shown(host: str) -> str:
+    """A host to bind as a message names it: ``''`` binds every address."""
+    return host or "every address ('')"
 
 
 def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "",

@@ -31,6 +31,7 @@ from streamfuse.view.browser import Chromium, capture, find_chromium
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
 from streamfuse.view.server import serve
+from streamfuse.view.gate import Gate
 
 aiohttp = pytest.importorskip("aiohttp")
 REPO = Path(__file__).resolve().parents[1]
@@ -105,8 +106,8 @@ async def _wait(condition, what: str) -> None:  # noqa: ANN001
 
 def test_page_gets_every_view_and_only_the_newest_frame_after_each_ack():
     async def page(feed: Feed, pipeline: _Pipeline) -> None:
-        runner = await serve(feed, "127.0.0.1", 0)
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        served = await serve(feed, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{served.port}"
         try:
             async with aiohttp.ClientSession() as http:
                 async with http.get(url + "/") as resp:
@@ -142,7 +143,7 @@ def test_page_gets_every_view_and_only_the_newest_frame_after_each_ack():
             # page closed: the viewer drops its frame subscriptions and the pipeline stops its previews
             await _wait(lambda: not pipeline.previews, "previews stopped after the page closed")
         finally:
-            await runner.cleanup()
+            await served.cleanup()
 
     with Publisher(CFG) as pub:
         pipeline = _Pipeline(pub)
@@ -280,13 +281,13 @@ def test_stats_after_the_event_loop_closed_are_no_traceback():
 @pytest.mark.timeout(300)
 def test_screenshot_without_a_pipeline_says_no_frames_arrived(tmp_path):
     async def shoot(feed: Feed) -> str:
-        runner = await serve(feed, "127.0.0.1", 0)
+        served = await serve(feed, "127.0.0.1", 0)
         try:
             with pytest.raises(RuntimeError) as info:
-                await capture(f"http://127.0.0.1:{runner.addresses[0][1]}/", tmp_path / "shot.png", 1, timeout_s=1,
+                await capture(f"http://127.0.0.1:{served.port}/", tmp_path / "shot.png", 1, timeout_s=1,
                               source=feed.endpoint)
         finally:
-            await runner.cleanup()
+            await served.cleanup()
         return str(info.value)
 
     feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
@@ -488,8 +489,8 @@ def test_a_malformed_request_or_a_reset_handshake_is_one_log_line_or_none(caplog
     import struct
 
     async def peers(feed: Feed) -> None:
-        runner = await serve(feed, "127.0.0.1", 0)
-        port = runner.addresses[0][1]
+        served = await serve(feed, "127.0.0.1", 0)
+        port = served.port
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
@@ -505,7 +506,7 @@ def test_a_malformed_request_or_a_reset_handshake_is_one_log_line_or_none(caplog
                 async with http.get(f"http://127.0.0.1:{port}/") as resp:
                     assert resp.status == 200
         finally:
-            await runner.cleanup()
+            await served.cleanup()
 
     feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
     try:
@@ -516,3 +517,80 @@ def test_a_malformed_request_or_a_reset_handshake_is_one_log_line_or_none(caplog
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
     bad = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
     assert len(bad) == 1 and "\n" not in bad[0] and "8190" in bad[0], bad
+
+
+def test_connections_over_the_cap_get_503_and_one_without_its_request_in_time_is_closed(caplog):
+    """aiohttp took any number of connections and kept one that sent its headers a byte at a time for ever: enough of
+    them used up the viewer's files, and then no page could connect and each failed accept logged a traceback."""
+
+    async def peers(feed: Feed, gate: Gate) -> None:
+        served = await serve(feed, "127.0.0.1", 0, gate)
+        url = f"http://127.0.0.1:{served.port}"
+        try:
+            async with aiohttp.ClientSession() as http, http.ws_connect(url + "/ws", compress=15) as page:
+                assert page.compress == 0  # no per-message deflate (browsers ask for it): JPEGs do not shrink
+                slow = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(2)]
+                for _, writer in slow:
+                    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line that ends it
+                await _wait(lambda: len(gate.open) == 3, "the page and both slow clients connected")
+                reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+                answer = await asyncio.wait_for(reader.read(), PATIENCE_S)
+                assert answer.startswith(b"HTTP/1.1 503 ") and answer.endswith(b"its cap (--max-connections)\n")
+                writer.close()
+                for reader, writer in slow:  # closed at their deadline
+                    assert await asyncio.wait_for(reader.read(), PATIENCE_S) == b""
+                    writer.close()
+                await _wait(lambda: len(gate.open) == 1, "the slow clients gone")  # the page is kept: it came first
+                async with http.get(url + "/") as resp:
+                    assert resp.status == 200  # room again
+        finally:
+            await served.cleanup()
+
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
+    try:
+        with caplog.at_level("WARNING", "streamfuse.view"):
+            asyncio.run(peers(feed, Gate(limit=3, request_s=0.5)))
+    finally:
+        feed.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.view"]
+    assert said[0].startswith("answered 1 connection(s) 503 and closed them: 3 were open, the cap"), said
+    closed = [int(line.split()[1]) for line in said if "sent no complete request within 0.5 s" in line]
+    assert sum(closed) == 2 and len(said) == 1 + len(closed), said  # the second said at the end, not a line each
+
+
+def test_pages_asking_for_a_new_frame_at_once_share_one_encoding(monkeypatch):
+    # each page encoded the frame itself while the first encoding ran: 50 pages encoded every frame about 20 times
+    encoded = []
+    monkeypatch.setattr(cv2, "imencode", lambda *args, real=cv2.imencode: encoded.append(1) or real(*args))
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    feed._latest = {"fused": (1, {"seq": 1}, _image())}
+
+    async def pages() -> list[bytes]:
+        return await asyncio.gather(*(feed.message({}) for _ in range(20)))
+
+    try:
+        messages = asyncio.run(pages())
+    finally:
+        feed.stats_in.close()
+    assert len(encoded) == 1 and len(set(messages)) == 1 and len(unpack(messages[0])[1]) == 1
+
+
+@pytest.mark.parametrize(("command", "host", "said"), [
+    ("view", "", "serving the page on every address (''), reachable from other machines"),
+    ("foxglove", "0.0.0.0", "serving Foxglove on 0.0.0.0, reachable from other machines")])
+def test_a_server_for_other_machines_warns_that_it_has_no_password(command, host, said):
+    # the bridge did not warn at all, and the viewer's warning named '' (every address) as an empty host
+    if command == "foxglove":
+        pytest.importorskip("foxglove")
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", command, "tcp://127.0.0.1:1", "--host", host,
+                             "--port", "0"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any("Ctrl-C stops" in line for line in lines):
+            lines.append(proc.stderr.readline())
+            assert lines[-1], lines  # stderr ended: it exited
+    finally:
+        proc.terminate()
+        proc.wait(PATIENCE_S)
+    assert said in lines[-2] and "no password, frames unencrypted" in lines[-2], lines
+    assert proc.returncode == 0 and "://:" not in lines[-1], lines  # the URL names a host

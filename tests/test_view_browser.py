@@ -35,10 +35,10 @@ async def _wait(condition, what: str) -> None:  # noqa: ANN001
 
 
 async def _watch(feed: Feed, shot: Path) -> None:
-    runner = await serve(feed, "127.0.0.1", 0)
+    served = await serve(feed, "127.0.0.1", 0)
     try:
         async with Chromium(start_timeout_s=PATIENCE_S) as browser:
-            await browser.goto(f"http://127.0.0.1:{runner.addresses[0][1]}/")
+            await browser.goto(f"http://127.0.0.1:{served.port}/")
             every_view = f"{PAGE_STATE} && Object.values({PAGE_STATE}.frames).every((n) => n > 0)"
             await browser.wait_for(every_view, PATIENCE_S)  # IR and visible previews and fused frames drawn
             caption = await browser.evaluate('document.getElementById("fused-cap").textContent')
@@ -55,7 +55,7 @@ async def _watch(feed: Feed, shot: Path) -> None:
             drawn = await browser.evaluate(f"{PAGE_STATE}.frames.fused")
             await browser.wait_for(f"{PAGE_STATE}.frames.fused > {drawn}", PATIENCE_S)  # and it goes on after
     finally:
-        await runner.cleanup()
+        await served.cleanup()
 
 
 def test_page_shows_frames_and_stats_of_a_running_pipeline_in_chromium(tmp_path):

@@ -1,9 +1,11 @@
-"""Benchmarks: ``python -m streamfuse bench {fuse,transport,replay,batch} [ARGS...]``; each prints its own figures.
+"""Benchmarks: ``python -m streamfuse bench {fuse,transport,replay,batch,view} [ARGS...]``; each prints its own
+figures.
 
   fuse       the fusion stage from uint8 arrays to fused Y: latency, frames/s, GFLOPs (CPU or GPU)
   transport  loopback transport side by side: imagezmq, raw PUB/SUB, shared memory, jpeg, h264
   replay     offline replay throughput and each stage's share of the wall time
   batch      batch replay: the Ray engine with N workers against 1, and against a single replay
+  view       the live viewer's CPU and each page's messages/s with many pages open
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ BENCHES = {
     "transport": "streamfuse.bench.transport:main",
     "replay": "streamfuse.bench.replay:main",
     "batch": "streamfuse.bench.batch:main",
+    "view": "streamfuse.bench.view:main",
 }
 
 

@@ -28,6 +28,7 @@ from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
 from streamfuse.cli.args import Parser, int_at_least, key_options, seconds
 from streamfuse.client import Subscriber
+from streamfuse.endpoints import bind_shown, faces_network
 from streamfuse.errors import printable
 from streamfuse.log_queue import install_direct
 from streamfuse.codecs import JPEG_MAX_SIDE
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m streamfuse foxglove", description=__doc__,
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
-    parser.add_argument("--host", default="127.0.0.1", help="address of the Foxglove WebSocket server")
+    parser.add_argument("--host", default="127.0.0.1", help="address of the Foxglove WebSocket server (loopback: this "
+                        "machine only; it has no password and the frames are not encrypted)")
     parser.add_argument("--port", type=int_at_least(0, 65535), default=8765,
                         help="port of the Foxglove WebSocket server")
     parser.add_argument("--topic", default="fused/", help="fused topic (prefix), e.g. fused/rig0")
@@ -204,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         bridge.start()
+        if faces_network(args.host):
+            log.warning("serving Foxglove on %s, reachable from other machines: no password, frames unencrypted",
+                        bind_shown(args.host))
         log.info("Foxglove: connect to ws://%s:%d (pipeline %s); Ctrl-C stops", args.host, bridge.port, args.endpoint)
         stop.wait()
         return 0

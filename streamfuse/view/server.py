@@ -15,23 +15,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
+import dataclasses
 import logging
 import signal
 import sys
 import types
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
+from streamfuse.endpoints import bind_shown, faces_network
 from streamfuse.cli.args import Parser, int_at_least, key_options, positive, seconds
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
+from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, Gate, most_connections
 
-__all__ = ["main", "make_app", "serve"]
+__all__ = ["main", "make_app", "serve", "Served"]
 
 log = logging.getLogger("streamfuse.view")
 
@@ -43,10 +46,16 @@ def _aiohttp() -> types.ModuleType:  # the module, imported late so that a missi
     return aiohttp
 
 
-def make_app(feed: Feed):  # noqa: ANN201 - aiohttp.web.Application, imported late
-    """The web app: ``/`` is the page, ``/ws`` its WebSocket."""
+def make_app(feed: Feed, gate: Gate):  # noqa: ANN201 - aiohttp.web.Application, imported late
+    """The web app: ``/`` is the page, ``/ws`` its WebSocket; each request takes its connection's deadline off."""
     web = _aiohttp().web
-    app = web.Application()
+
+    @web.middleware
+    async def requested(request: web.Request, handler: Any) -> web.StreamResponse:
+        gate.requested(request.transport)
+        return await handler(request)
+
+    app = web.Application(middlewares=[requested])
     page = resources.files("streamfuse.view").joinpath("page.html").read_text(encoding="utf-8")
 
     async def index(_request: web.Request) -> web.Response:
@@ -63,7 +72,8 @@ def make_app(feed: Feed):  # noqa: ANN201 - aiohttp.web.Application, imported la
 async def _websocket(request, feed: Feed):  # noqa: ANN001, ANN202 - aiohttp types, imported late
     """One page: its acks (``next``) give the sender one message of credit each."""
     web = _aiohttp().web
-    ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=30)
+    # no per-message deflate, which browsers ask for: JPEGs do not shrink, and it doubled the CPU a message costs
+    ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=30, compress=False)
     try:
         await ws.prepare(request)
     except ConnectionError:  # the page went away during the handshake (a reset): aiohttp's quiet end of a request
@@ -108,23 +118,42 @@ def _without_traceback(record: logging.LogRecord) -> bool:
     return True
 
 
-async def serve(feed: Feed, host: str, port: int):  # noqa: ANN201 - aiohttp.web.AppRunner
-    """Start the app on ``host:port`` (0 = a free port); returns the runner (``runner.addresses`` has the port).
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A viewer serving its page: the port it listens on, its gate; ``cleanup()`` stops it."""
+
+    port: int
+    gate: Gate
+    server: asyncio.AbstractServer
+    runner: Any  # aiohttp.web.AppRunner
+
+    async def cleanup(self) -> None:
+        self.server.close()
+        await self.runner.cleanup()
+        self.gate.close()
+
+
+async def serve(feed: Feed, host: str, port: int, gate: Gate | None = None) -> Served:
+    """Start the app on ``host:port`` (0 = a free port) behind ``gate`` (default: :class:`Gate`'s defaults).
 
     Raises:
         OSError: the address cannot be bound.
     """
     web = _aiohttp().web
     logging.getLogger("aiohttp.server").addFilter(_without_traceback)
-    feed.start(asyncio.get_running_loop())
-    runner = web.AppRunner(make_app(feed), access_log=None, handle_signals=False, shutdown_timeout=0.5)
+    gate = gate or Gate()
+    loop = asyncio.get_running_loop()
+    feed.start(loop)
+    runner = web.AppRunner(make_app(feed, gate), access_log=None, handle_signals=False, shutdown_timeout=0.5,
+                           keepalive_timeout=gate.request_s)
     await runner.setup()
+    gate.handlers = runner.server
     try:
-        await web.TCPSite(runner, host, port).start()
+        server = await loop.create_server(gate, host, port, backlog=BACKLOG)
     except OSError:
         await runner.cleanup()
         raise
-    return runner
+    return Served(server.sockets[0].getsockname()[1], gate, server, runner)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80,
                         help="JPEG quality of the frames on the page (1..100)")
+    most = most_connections()
+    parser.add_argument("--max-connections", type=int_at_least(1, most), default=min(MAX_CONNECTIONS, most),
+                        help="connections open at once (a page holds two); one more is answered 503 and closed (at "
+                        "most the open-file limit, ulimit -n, less 192)")
     key_options(parser)
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
@@ -176,18 +209,18 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _main(feed: Feed, args: argparse.Namespace) -> int:
     host, port = ("127.0.0.1", 0) if args.screenshot else (args.host, args.port)
-    runner = await serve(feed, host, port)
+    served = await serve(feed, host, port, Gate(args.max_connections))
     try:
-        url = f"http://{_url_host(host)}:{runner.addresses[0][1]}/"
+        url = f"http://{_url_host(host)}:{served.port}/"
         if args.screenshot:
             from streamfuse.view.browser import capture
 
             written, report = await capture(url, args.screenshot, args.wait, source=feed.endpoint)
             print(f"wrote {written}: {report}")
             return 0
-        if not _is_loopback(args.host):
+        if faces_network(args.host):
             log.warning("serving the page on %s, reachable from other machines: no password, frames unencrypted",
-                        args.host)
+                        bind_shown(args.host))
         log.info("viewer on %s (pipeline %s); Ctrl-C stops", url, feed.endpoint)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -196,15 +229,9 @@ async def _main(feed: Feed, args: argparse.Namespace) -> int:
         await stop.wait()
         return 0
     finally:
-        await runner.cleanup()
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+        await served.cleanup()
 
 
 def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+    """``host`` as a URL's: an IPv6 address in brackets; every address ('') as this machine's name for itself."""
+    return f"[{host}]" if ":" in host else host or "localhost"

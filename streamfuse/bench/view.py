@@ -1,0 +1,136 @@
+"""The live viewer under many pages: the viewer process's CPU and the messages each page gets, with N WebSocket
+pages that read and acknowledge every message as the page does (asking for per-message compression, as browsers do).
+
+It starts the demo (``fuse.name=max``, so that the pipeline's own CPU stays low) publishing on a free port, then the
+viewer of this checkout and, with ``--against DIR``, the viewer of another checkout (``DIR`` first on its
+``PYTHONPATH``) watching the same pipeline; the rounds alternate between them, so that a shared machine's load falls
+on both alike. Per round: pages connected, messages/s per page (median and lowest), messages/s in all, the viewer's
+CPU in cores (from ``/proc``, Linux) and the load average. Needs aiohttp (``pip install 'streamfuse[view]'``).
+Run: ``python -m streamfuse bench view --pages 50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from streamfuse.cli.args import Parser, int_at_least, positive
+from streamfuse.view.gate import MAX_CONNECTIONS
+
+__all__ = ["main"]
+
+WARM_UP_S = 3.0  # pages connect and the previews start before a round is timed
+START_S = 60.0  # the demo and a viewer start within this (torch's import on a busy machine)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _start(argv: list[str], log: Path, ready: str, src: Path | None = None) -> subprocess.Popen:
+    """A child process whose stderr goes to ``log``, run from the checkout ``src`` (default: this one); returns once
+    ``ready`` is in it.
+
+    Raises:
+        SystemExit: it exited or did not get ready within ``START_S`` (one line, with its last log line).
+    """
+    env = dict(os.environ)
+    if src is not None:  # its folder, where ``-m`` looks first, and first on the path of what it starts
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(src), os.environ.get("PYTHONPATH"))))
+    with log.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=src)
+    deadline = time.monotonic() + START_S
+    while ready not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            last = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
+            raise SystemExit(f"bench view: {' '.join(argv[2:4])} did not start: {last}")
+        time.sleep(0.1)
+    return proc
+
+
+async def _pages(port: int, n: int, seconds: float) -> tuple[int, list[float]]:
+    """``n`` pages reading and acknowledging; pages connected and each one's messages/s over ``seconds``."""
+    import aiohttp
+
+    counts = [0] * n
+    connected = 0
+
+    async def page(http: aiohttp.ClientSession, i: int) -> None:
+        nonlocal connected
+        async with http.ws_connect(f"http://127.0.0.1:{port}/ws", compress=15, max_msg_size=0) as ws:
+            connected += 1
+            async for _ in ws:
+                counts[i] += 1
+                await ws.send_str("next")
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        tasks = [asyncio.create_task(page(http, i)) for i in range(n)]
+        await asyncio.sleep(WARM_UP_S)
+        start, t0 = list(counts), time.monotonic()
+        await asyncio.sleep(seconds)
+        rates = [(b - a) / (time.monotonic() - t0) for a, b in zip(start, counts)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return connected, rates
+
+
+def _round(name: str, proc: subprocess.Popen, port: int, args: argparse.Namespace) -> None:
+    load, cpu0, t0 = os.getloadavg()[0], _cpu_s(proc.pid), time.monotonic()
+    connected, rates = asyncio.run(_pages(port, args.pages, args.seconds))
+    cores = (_cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0 - WARM_UP_S)  # the warm-up's share is small: pages
+    print(f"{name:<10}{connected:>6}{statistics.median(rates):>10.1f}{min(rates):>8.1f}{sum(rates):>9.0f}"
+          f"{cores:>8.2f}{load:>7.2f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the viewer benchmark; returns the exit status."""
+    parser = Parser(prog="python -m streamfuse bench view", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pages", type=int_at_least(1, 1000), default=50, help="WebSocket pages per viewer")
+    parser.add_argument("--seconds", type=positive(600), default=10.0, help="timed seconds per round")
+    parser.add_argument("--rounds", type=int_at_least(1, 20), default=2, help="rounds per viewer, alternating")
+    parser.add_argument("--against", type=Path, help="also run the viewer of the checkout in DIR")
+    args = parser.parse_args(argv)
+    if args.against is not None and not (args.against / "streamfuse" / "view").is_dir():
+        parser.error(f"--against {args.against}: no streamfuse/view there")
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    with tempfile.TemporaryDirectory(prefix="streamfuse-bench-view-") as tmp:
+        procs = [_start([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set", "fuse.name=max",
+                         "--set", f"publish.endpoint={endpoint}"], Path(tmp, "demo.log"), "publishing ")]
+        try:
+            viewers = []
+            for name, src in (("this", None), ("against", args.against)):
+                if name == "against" and src is None:
+                    continue
+                port = _free_port()
+                cap = [] if src or args.pages < MAX_CONNECTIONS else ["--max-connections", str(args.pages + 8)]
+                procs.append(_start([sys.executable, "-m", "streamfuse", "view", endpoint, "--port", str(port), *cap],
+                                    Path(tmp, f"{name}.log"), "Ctrl-C stops", src and src.resolve()))
+                viewers.append((name, procs[-1], port))
+            print(f"{args.pages} pages per viewer, {args.seconds:g} s a round; {os.cpu_count()} cores")
+            print(f"{'viewer':<10}{'pages':>6}{'msg/s/pg':>10}{'lowest':>8}{'msg/s':>9}{'cores':>8}{'load':>7}")
+            for _ in range(args.rounds):
+                for name, proc, port in viewers:
+                    _round(name, proc, port, args)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait()
+    return 0

@@ -1,0 +1,141 @@
+"""The viewer's door: at most so many connections open at once, and none kept that has not sent its request in time.
+
+aiohttp keeps every connection it accepts for as long as its client sends a byte now and then, and takes any number
+of them: clients that send a request's headers a byte at a time (a slowloris) each hold a file descriptor until the
+process has none left; then no page can connect, and every failed accept is logged with its traceback. Here a
+connection over the cap is answered 503 and closed as it comes, and one whose first request has not arrived within
+``request_s`` is closed (later requests on a kept-alive connection have aiohttp's ``keepalive_timeout``, which the
+server sets to the same). Both are counted, and said at most once every ``SAY_EVERY_S`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any, Callable
+
+__all__ = ["Gate", "BACKLOG", "MAX_CONNECTIONS", "REQUEST_S", "most_connections"]
+
+log = logging.getLogger("streamfuse.view")
+
+MAX_CONNECTIONS = 64  # a page holds two (the page and its WebSocket): dozens of viewers, far below a process's files
+REQUEST_S = 10.0  # a browser sends its request as it connects; a slowloris never finishes one
+SAY_EVERY_S = 10.0
+BACKLOG = 64  # connections waiting to be accepted: the event loop accepts up to this many at once, before any closes
+_OWN_FILES = 64 + 2 * BACKLOG  # files besides the open connections: about 30 of its own, two accepts' bursts
+
+
+def most_connections() -> int:
+    """The most connections that the process's open-file limit (``ulimit -n``) leaves room for besides its own."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else max(1, soft - _OWN_FILES)
+
+
+class _Tally:
+    """Counts an event and logs it at most once every ``SAY_EVERY_S`` seconds, with how many since the last line: a
+    peer that repeats it cannot flood the log."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.count, self._said, self._next_s = what, 0, 0, 0.0
+
+    def add(self, *args: object) -> None:
+        self.count += 1
+        if time.monotonic() >= self._next_s:
+            self.say(*args)
+
+    def say(self, *args: object) -> None:
+        """Log the count since the last line, if any (also when the viewer stops)."""
+        if self.count > self._said:
+            log.warning(self.what, self.count - self._said, *args)
+            self._said, self._next_s = self.count, time.monotonic() + SAY_EVERY_S
+
+
+class Gate:
+    """A protocol factory for ``loop.create_server`` in front of aiohttp's (``handlers``: the runner's server, set
+    once the runner is set up). The app calls :meth:`requested` as each request starts (a middleware).
+
+    Args:
+        limit: connections open at once; one more is answered 503 and closed.
+        request_s: seconds a new connection has to send its first request.
+    """
+
+    def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S) -> None:
+        self.limit, self.request_s = limit, request_s
+        self.handlers: Callable[[], asyncio.Protocol] | None = None
+        self.open: dict[asyncio.BaseTransport, asyncio.TimerHandle | None] = {}  # with its first request's deadline
+        self.refused = _Tally(f"answered %d connection(s) 503 and closed them: {limit} were open, the cap "
+                              "(--max-connections)")
+        self.timed_out = _Tally(f"closed %d connection(s) that sent no complete request within {request_s:g} s")
+        body = f"the viewer has {limit} connections open, its cap (--max-connections)\n"
+        self._busy = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+    def __call__(self) -> asyncio.Protocol:
+        assert self.handlers is not None, "the runner is set up before the server starts"
+        return _Guarded(self, self.handlers())
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether a new connection is taken: one over the cap is answered 503 and closed."""
+        if len(self.open) >= self.limit:
+            transport.write(self._busy)  # type: ignore[attr-defined]
+            transport.close()
+            self.refused.add()
+            return False
+        self.open[transport] = asyncio.get_running_loop().call_later(self.request_s, self._expire, transport)
+        return True
+
+    def requested(self, transport: asyncio.BaseTransport | None) -> None:
+        """A request has arrived on ``transport``: its deadline is off."""
+        handle = self.open.get(transport) if transport is not None else None
+        if handle is not None:
+            handle.cancel()
+            self.open[transport] = None
+
+    def left(self, transport: asyncio.BaseTransport) -> None:
+        handle = self.open.pop(transport, None)
+        if handle is not None:
+            handle.cancel()
+
+    def close(self) -> None:
+        """Say what is still uncounted in the log."""
+        self.refused.say()
+        self.timed_out.say()
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        self.open[transport] = None
+        transport.close()
+        self.timed_out.add()
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind the gate: it sees the connection only once admitted."""
+
+    def __init__(self, gate: Gate, inner: Any) -> None:
+        self._gate, self._inner, self._transport = gate, inner, None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._gate.admit(transport):
+            self._transport = transport
+            self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._gate.left(self._transport)
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._transport is not None else None
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._inner.resume_writing()
