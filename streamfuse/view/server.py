@@ -3,7 +3,8 @@
 The page (one HTML file, no build step, nothing fetched from the network) opens a WebSocket; the server sends
 one message at a time (JPEG frames and the newest stats) and the next only after the page has drawn the last,
 so a slow or frozen browser gets fewer frames, never a growing queue. While no page is open the viewer only
-listens to the stats and the pipeline sends no previews.
+listens to the stats and the pipeline sends no previews. At most --max-connections connections are open at once,
+and one that has not sent its request within 10 s is closed (see ``gate``).
 
 Exits 0 on Ctrl-C or SIGTERM (or once --screenshot is written), 1 when the page or the screenshot cannot be
 made, 2 on bad arguments (or when the pipeline's host name still does not resolve after --name-wait seconds: one started
