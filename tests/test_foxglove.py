@@ -190,3 +190,53 @@ def test_a_frame_too_wide_for_jpeg_is_skipped_in_one_line_without_opencv_errors(
         bridge.stats_in.close()
     assert channel.log_times == [] and bridge.skipped == 1
     assert "imencode" not in capfd.readouterr().err
+
+
+def test_the_bridge_takes_clients_again_after_more_idle_connections_than_it_has_files():
+    """The SDK's server kept every connection that never finished its handshake; once they held all the files the
+    process may open, its accept failed and it never listened again: no Foxglove client could connect until a
+    restart. The bridge's relay caps them (answered 503 beyond) and closes those that send no request in time."""
+    import resource
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("foxglove")
+    aiohttp = pytest.importorskip("aiohttp")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "foxglove", "tcp://127.0.0.1:1", "--port", str(port),
+                             "--max-connections", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+
+    async def server_info() -> str:
+        async with aiohttp.ClientSession() as http, \
+                http.ws_connect(f"ws://127.0.0.1:{port}", protocols=("foxglove.sdk.v1",)) as ws:
+            return json.loads((await asyncio.wait_for(ws.receive(), PATIENCE_S)).data)["op"]
+
+    try:
+        while "Ctrl-C stops" not in (line := proc.stderr.readline()):
+            assert line, "the bridge exited"
+        held, refused = [], 0
+        for _ in range(40):  # 8 connections at once, the rest answered 503 as they come
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S))
+            except OSError:
+                refused += 1
+        busy = held[-1].recv(64)
+        assert busy.startswith(b"HTTP/1.1 503 "), busy
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + PATIENCE_S
+        while True:  # the relay frees each slot as its connection's close arrives
+            try:
+                assert asyncio.run(server_info()) == "serverInfo"
+                break
+            except aiohttp.WSServerHandshakeError:
+                assert time.monotonic() < deadline, "no Foxglove client got in after the idle connections went"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=PATIENCE_S)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "503 and closed them: 8 were open, the cap (--max-connections)" in err, err

@@ -29,12 +29,14 @@ from streamfuse.connection_watch import load_server_key
 from streamfuse.cli.args import Parser, int_at_least, key_options, seconds
 from streamfuse.client import Subscriber
 from streamfuse.endpoints import bind_shown, faces_network
-from streamfuse.errors import printable
+from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
 from streamfuse.wire import consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
+from streamfuse.view.gate import MAX_CONNECTIONS, most_connections
+from streamfuse.view.relay import Relay
 
 __all__ = ["main", "Bridge"]
 
@@ -68,11 +70,13 @@ class Bridge:
         client_key_file: this consumer's ``.key_secret`` file, for a publisher with ``publish.curve_clients_dir``.
         name_wait_s: how long the pipeline's host name is looked up again while it does not resolve, seconds; None =
             ``connection_watch.NAME_WAIT_S``.
+        max_connections: connections open at once (see :mod:`streamfuse.view.relay`).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, host: str = "127.0.0.1",
                  port: int = 8765, raw: bool = False, previews: bool = False, quality: int = 80,
-                 server_key: str = "", client_key_file: str = "", name_wait_s: float | None = None) -> None:
+                 server_key: str = "", client_key_file: str = "", name_wait_s: float | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.fox = _foxglove()
         topic = consumer_topic(topic)  # a shared-memory descriptor topic is refused here, not in start()
         self.endpoint, self.raw, self.quality, self.keys = endpoint, raw, quality, (server_key, client_key_file)
@@ -85,7 +89,7 @@ class Bridge:
         self._sources = {"/fused/image": topic}
         if previews:
             self._sources.update({f"/{s}/image": preview_topic(topic, s) for s in ("ir", "vis")})
-        self._host, self._port = host, port
+        self._host, self._port, self._max_connections = host, port, max_connections
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -94,13 +98,17 @@ class Bridge:
         Raises:
             RuntimeError: the server cannot listen on host:port (one line).
         """
-        try:
-            self.server = self.fox.start_server(name="streamfuse", host=self._host, port=self._port,
+        try:  # on loopback, behind the relay (its cap and deadline): the SDK's own listener dies with no files left
+            self.server = self.fox.start_server(name="streamfuse", host="127.0.0.1", port=0,
                                                 message_backlog_size=_BACKLOG)
-        except Exception as exc:  # noqa: BLE001 - the SDK raises its own error types for a busy or bad address
+            self.relay = Relay(self._host, self._port, self.server.port, self._max_connections)
+            self.port = self.relay.start()
+        except Exception as exc:  # noqa: BLE001 - the SDK raises its own error types; the relay's bind an OSError
             self.stats_in.close()
-            raise RuntimeError(f"cannot start the Foxglove server on {self._host}:{self._port}: {exc}") from None
-        self.port = self.server.port
+            if hasattr(self, "server"):
+                self.server.stop()
+            reason = io_reason(exc) if isinstance(exc, OSError) else exc
+            raise RuntimeError(f"cannot start the Foxglove server on {self._host}:{self._port}: {reason}") from None
         channels = self.fox.channels
         image_channel = channels.RawImageChannel if self.raw else channels.CompressedImageChannel
         stats = self.fox.Channel("/stats", message_encoding="json")
@@ -118,6 +126,8 @@ class Bridge:
         for kind, count in self._skips.items():
             log.warning("skipped %d frames in all for their %s (the first one logged)", count,
                         "capture time" if kind == "time" else "size")
+        if hasattr(self, "relay"):
+            self.relay.close()
         if hasattr(self, "server"):
             self.server.stop()
 
@@ -185,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true", help="send foxglove.RawImage instead of JPEG")
     parser.add_argument("--previews", action="store_true", help="also relay the IR and visible previews")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80, help="JPEG quality (1..100)")
+    most = most_connections()
+    parser.add_argument("--max-connections", type=int_at_least(1, most), default=min(MAX_CONNECTIONS, most),
+                        help="connections open at once; one more is answered 503 and closed (at most the open-file "
+                        "limit, ulimit -n, less 192)")
     key_options(parser)
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
@@ -195,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
             bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,
                             previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key),
-                            client_key_file=args.client_key, name_wait_s=args.name_wait)
+                            client_key_file=args.client_key, name_wait_s=args.name_wait,
+                            max_connections=args.max_connections)
     except ValueError as exc:
         print(f"streamfuse foxglove: error: {printable(exc)}", file=sys.stderr)
         return 2

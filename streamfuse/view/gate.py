@@ -1,4 +1,5 @@
-"""The viewer's door: at most so many connections open at once, and none kept that has not sent its request in time.
+"""The viewer's door (and the Foxglove bridge's, see ``relay``): at most so many connections open at once, and none kept
+that has not sent its request in time.
 
 aiohttp keeps every connection it accepts for as long as its client sends a byte now and then, and takes any number
 of them: clients that send a request's headers a byte at a time (a slowloris) each hold a file descriptor until the
@@ -16,15 +17,17 @@ import resource
 import time
 from typing import Any, Callable
 
-__all__ = ["Gate", "BACKLOG", "MAX_CONNECTIONS", "REQUEST_S", "most_connections"]
+__all__ = ["Door", "Gate", "BACKLOG", "MAX_CONNECTIONS", "REQUEST_S", "most_connections"]
 
 log = logging.getLogger("streamfuse.view")
 
 MAX_CONNECTIONS = 64  # a page holds two (the page and its WebSocket): dozens of viewers, far below a process's files
 REQUEST_S = 10.0  # a browser sends its request as it connects; a slowloris never finishes one
 SAY_EVERY_S = 10.0
-BACKLOG = 64  # connections waiting to be accepted: the event loop accepts up to this many at once, before any closes
-_OWN_FILES = 64 + 2 * BACKLOG  # files besides the open connections: about 30 of its own, two accepts' bursts
+# Connections waiting to be accepted; the event loop also accepts up to this many at a time, and one over the cap
+# holds its file for a few turns of the loop before its close: a small backlog keeps a flood's files in check.
+BACKLOG = 16
+_OWN_FILES = 64 + 8 * BACKLOG  # files besides the open connections: about 30 of its own, a flood's accepts in flight
 
 
 def most_connections() -> int:
@@ -37,40 +40,57 @@ class _Tally:
     """Counts an event and logs it at most once every ``SAY_EVERY_S`` seconds, with how many since the last line: a
     peer that repeats it cannot flood the log."""
 
-    def __init__(self, what: str) -> None:
-        self.what, self.count, self._said, self._next_s = what, 0, 0, 0.0
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.log, self.what, self.count, self._said, self._next_s = logger, what, 0, 0, 0.0
 
-    def add(self, *args: object) -> None:
+    def add(self) -> None:
         self.count += 1
         if time.monotonic() >= self._next_s:
-            self.say(*args)
+            self.say()
 
-    def say(self, *args: object) -> None:
-        """Log the count since the last line, if any (also when the viewer stops)."""
+    def say(self) -> None:
+        """Log the count since the last line, if any (also when the server stops)."""
         if self.count > self._said:
-            log.warning(self.what, self.count - self._said, *args)
+            self.log.warning(self.what, self.count - self._said)
             self._said, self._next_s = self.count, time.monotonic() + SAY_EVERY_S
 
 
-class Gate:
-    """A protocol factory for ``loop.create_server`` in front of aiohttp's (``handlers``: the runner's server, set
-    once the runner is set up). The app calls :meth:`requested` as each request starts (a middleware).
+class Door:
+    """What the viewer's :class:`Gate` and the Foxglove bridge's relay share: the cap, the deadline, their counts and
+    the 503 answer.
 
     Args:
         limit: connections open at once; one more is answered 503 and closed.
         request_s: seconds a new connection has to send its first request.
+        who: the server, as the 503 answer names it; logger: where the counts are said.
     """
 
-    def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S) -> None:
+    def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S, *, who: str = "the viewer",
+                 logger: logging.Logger = log) -> None:
         self.limit, self.request_s = limit, request_s
+        self.refused = _Tally(logger, f"answered %d connection(s) 503 and closed them: {limit} were open, the cap "
+                                      "(--max-connections)")
+        self.timed_out = _Tally(logger, f"closed %d connection(s) that sent no complete request within "
+                                        f"{request_s:g} s")
+        body = f"{who} has {limit} connections open, its cap (--max-connections)\n"
+        self.busy = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+    def close(self) -> None:
+        """Say what is still uncounted in the log."""
+        self.refused.say()
+        self.timed_out.say()
+
+
+class Gate(Door):
+    """A protocol factory for ``loop.create_server`` in front of aiohttp's (``handlers``: the runner's server, set
+    once the runner is set up). The app calls :meth:`requested` as each request starts (a middleware). Args: as
+    :class:`Door`'s."""
+
+    def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S) -> None:
+        super().__init__(limit, request_s)
         self.handlers: Callable[[], asyncio.Protocol] | None = None
         self.open: dict[asyncio.BaseTransport, asyncio.TimerHandle | None] = {}  # with its first request's deadline
-        self.refused = _Tally(f"answered %d connection(s) 503 and closed them: {limit} were open, the cap "
-                              "(--max-connections)")
-        self.timed_out = _Tally(f"closed %d connection(s) that sent no complete request within {request_s:g} s")
-        body = f"the viewer has {limit} connections open, its cap (--max-connections)\n"
-        self._busy = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
 
     def __call__(self) -> asyncio.Protocol:
         assert self.handlers is not None, "the runner is set up before the server starts"
@@ -79,7 +99,7 @@ class Gate:
     def admit(self, transport: asyncio.BaseTransport) -> bool:
         """Whether a new connection is taken: one over the cap is answered 503 and closed."""
         if len(self.open) >= self.limit:
-            transport.write(self._busy)  # type: ignore[attr-defined]
+            transport.write(self.busy)  # type: ignore[attr-defined]
             transport.close()
             self.refused.add()
             return False
@@ -97,11 +117,6 @@ class Gate:
         handle = self.open.pop(transport, None)
         if handle is not None:
             handle.cancel()
-
-    def close(self) -> None:
-        """Say what is still uncounted in the log."""
-        self.refused.say()
-        self.timed_out.say()
 
     def _expire(self, transport: asyncio.BaseTransport) -> None:
         self.open[transport] = None

@@ -1,0 +1,128 @@
+"""The Foxglove bridge's door: a TCP relay in front of the Foxglove SDK's WebSocket server, with the viewer's cap and
+request deadline (:class:`streamfuse.view.gate.Door`).
+
+The SDK's server takes any number of connections and keeps those that never finish their handshake; once they hold
+every file the process may open, its accept fails and it stops listening for good (measured: 258 idle connections
+under a limit of 256 files, and no Foxglove client could connect again after they had gone, until a restart). The
+SDK listens on a loopback port of its own; the relay listens where the user asked, answers a connection over the cap
+503, closes one that has not sent its request's head (up to ``MAX_HEAD`` bytes) within the deadline, and passes the
+others through, both ways, with back-pressure (a slow client slows its own connection, as it did the SDK's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+
+from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, REQUEST_S, Door
+
+__all__ = ["Relay"]
+
+log = logging.getLogger("streamfuse.foxglove")
+
+MAX_HEAD = 16 * 1024  # a WebSocket upgrade request's head is under a kilobyte
+_CHUNK = 1 << 16
+
+
+class Relay(Door):
+    """Listens on ``host:port`` (0: any free port) on a thread of its own; passes admitted connections to
+    ``127.0.0.1:upstream``. :meth:`start` returns the port; :meth:`close` stops it and every connection.
+
+    Args:
+        upstream: the SDK server's port on loopback.
+        limit, request_s: as :class:`~streamfuse.view.gate.Door`'s.
+    """
+
+    def __init__(self, host: str, port: int, upstream: int, limit: int = MAX_CONNECTIONS,
+                 request_s: float = REQUEST_S) -> None:
+        super().__init__(limit, request_s, who="the Foxglove bridge", logger=log)
+        self.host, self.port, self.upstream = host, port, upstream
+        self.open = 0  # connections admitted and not yet closed
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Bind and start; the port listened on.
+
+        Raises:
+            OSError: ``host:port`` cannot be bound.
+        """
+        ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="foxglove relay", daemon=True)
+        self._thread.start()
+        self.port = ready.result()
+        return self.port
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        super().close()
+
+    def _run(self, ready: concurrent.futures.Future[int]) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            server = loop.run_until_complete(asyncio.start_server(self._client, self.host, self.port,
+                                                                  backlog=BACKLOG, limit=MAX_HEAD))
+        except OSError as exc:
+            loop.close()
+            ready.set_exception(exc)
+            return
+        ready.set_result(server.sockets[0].getsockname()[1])
+        loop.run_forever()
+        server.close()
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= self.limit:
+            writer.write(self.busy)
+            writer.close()
+            self.refused.add()
+            return
+        self.open += 1
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.request_s)
+            except asyncio.TimeoutError:
+                self.timed_out.add()
+                return
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                return  # gone, or a head over MAX_HEAD: no WebSocket client
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+            try:
+                up_writer.write(head)
+                await _both_ways(reader, writer, up_reader, up_writer)
+            finally:
+                up_writer.close()
+        except (ConnectionError, OSError):
+            pass  # either side went away: the other is closed below
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+async def _both_ways(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up_reader: asyncio.StreamReader,
+                     up_writer: asyncio.StreamWriter) -> None:
+    """Copy each side to the other until either ends."""
+    pipes = [asyncio.ensure_future(_pipe(reader, up_writer)), asyncio.ensure_future(_pipe(up_reader, writer))]
+    try:
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pipe in pipes:
+            pipe.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+            await asyncio.gather(*pipes)
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    while data := await src.read(_CHUNK):
+        dst.write(data)
+        await dst.drain()  # a slow reader holds this side back instead of growing a buffer
