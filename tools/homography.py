@@ -105,4 +105,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    leave(stoppable(main, Path(__file__).name, ""))
+    leave(stoppable(main, Path(__file__).name, "tools"))

@@ -207,4 +207,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    leave(stoppable(main, Path(__file__).name, ""))
+    leave(stoppable(main, Path(__file__).name, "tools"))

@@ -102,3 +102,50 @@ def test_staged_folders_moves_files_only_at_the_end(tmp_path):
         assert list(final.parent.iterdir()) == [final]  # nothing beside it: its parent may be another user's
     assert [p.name for p in final.iterdir()] == ["x.txt"] and sorted(p.name for p in final.parent.iterdir()) == ["b"]
     assert isinstance(stage, Path) and not stage.exists()
+
+
+@pytest.mark.parametrize("how", [["-m", "streamfuse", "evaluate"], ["tools/evaluate.py"]])
+def test_a_sigterm_mid_run_is_one_line_and_130_and_leaves_no_outputs(how, pairs, tmp_path):
+    """SIGTERM (a service manager's stop, `timeout`) ended the run by the signal (143) with no line, and left its
+    hidden staging folders and lock files in --out and --save for good."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    ir_dir, vis_dir = pairs
+    out, saved, scored = tmp_path / "runs" / "out", tmp_path / "runs" / "saved", tmp_path / "scored"
+    script = textwrap.dedent(f"""
+        import pathlib, runpy, sys, time
+        from streamfuse import evaluation
+
+        score = evaluation._score
+
+        def scoring(*args, **kwargs):  # the first pair is scored and saved, then the run waits for its stop
+            result = score(*args, **kwargs)
+            pathlib.Path({str(scored)!r}).touch()
+            time.sleep(60)
+            return result
+
+        evaluation._score = scoring
+        args = [{str(ir_dir)!r}, {str(vis_dir)!r}, "--fuser", "max", "--out", {str(out)!r}, "--save", {str(saved)!r}]
+        sys.argv = [{how[-1]!r}, *args] if {how[0]!r} == "-m" else [{how[0]!r}, *args]
+        if {how[0]!r} == "-m":
+            sys.argv.insert(0, "streamfuse")
+            from streamfuse.cli import console
+            console()
+        else:
+            runpy.run_path({how[0]!r}, run_name="__main__")
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not scored.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.splitlines()[-1].endswith(": interrupted (SIGTERM)"), err
+    assert "Traceback" not in err and "WARNING" in err.splitlines()[0]  # the one line before: the fixture's orphan
+    assert not (tmp_path / "runs").exists()
