@@ -94,8 +94,11 @@ def image_files(folder: Path, what: str, wanted: set[str] | None = None) -> dict
 
 
 def find_pairs(dir_ir: str | Path, dir_vis: str | Path, limit: int = 0) -> list[tuple[str, Path, Path]]:
-    """``(stem, ir_path, vis_path)`` for every stem present in both folders, sorted; the first ``limit`` if > 0."""
+    """``(stem, ir_path, vis_path)`` for every stem present in both folders, sorted; the first ``limit`` if > 0.
+    ``ValueError`` (one line) for one folder given twice: each image would be scored against itself."""
     ir, vis = image_files(Path(dir_ir), "IR"), image_files(Path(dir_vis), "visible")
+    if Path(dir_ir).resolve() == Path(dir_vis).resolve():
+        raise ValueError(f"the IR and visible folders are one folder ({dir_ir}, {dir_vis}): give each its own")
     stems = sorted(ir.keys() & vis.keys())
     if not stems:
         raise ValueError(f"no IR/visible pairs with matching file names in {dir_ir} and {dir_vis}")
@@ -230,7 +233,18 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         write_csv(csv_file, result.rows)
         write_file(md_file, f"{markdown_table(result.means)}\n".encode())
         write_montage(montage_file, tiles)
+        _replace_earlier(out_dir, {p.name for p in out.iterdir()})
     return result
+
+
+def _replace_earlier(out_dir: Path, written: set[str]) -> None:
+    """An earlier run's results in ``out_dir`` are replaced as a whole, and said so: its configs that this run does
+    not write go too (a table beside another run's config would claim settings its figures did not come from)."""
+    earlier = sorted(p.name for p in out_dir.iterdir() if p.is_file() and is_eval_file(p, out_dir))
+    if earlier:
+        log.info("replacing the earlier results in %s (%s)", out_dir, ", ".join(earlier))
+    for name in set(earlier) - written:
+        (out_dir / name).unlink()
 
 
 def is_eval_file(path: Path, out_dir: Path) -> bool:

@@ -27,7 +27,7 @@ from mcap.writer import MCAP0_MAGIC, Writer
 from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
-from streamfuse.cli.args import Parser
+from streamfuse.cli.args import Parser, path_arg
 from streamfuse.errors import io_reason, printable
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
 from streamfuse.signals import HANGUP, handled
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse recover", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("partial", type=Path, help="the cut recording, e.g. runs/.rig0.mcap.partial")
-    parser.add_argument("--out", type=Path, help="the finished recording to write (default: the cut one's final "
+    parser.add_argument("partial", type=path_arg, help="the cut recording, e.g. runs/.rig0.mcap.partial")
+    parser.add_argument("--out", type=path_arg, help="the finished recording to write (default: the cut one's final "
                         "name beside it, e.g. runs/rig0.mcap); never written over")
     args = parser.parse_args(argv)
     try:  # SIGTERM and SIGHUP stop it as Ctrl-C does: the temporary file removed, one line

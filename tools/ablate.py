@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_file  # noqa: E402
 from streamfuse.checks import override_keys  # noqa: E402
-from streamfuse.cli.args import Parser, config_error, config_value, data_dir, int_at_least  # noqa: E402
+from streamfuse.cli.args import Parser, config_error, config_value, data_dir, int_at_least, path_arg  # noqa: E402
 from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
@@ -166,9 +166,9 @@ ROW_SECTIONS = ("align", "hclfuse", "engine")  # what the rows are built from (t
 
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ir", type=Path, help="folder of IR images (with --vis; replaces --data/--dataset)")
-    p.add_argument("--vis", type=Path, help="folder of visible images, same file names as --ir")
-    p.add_argument("--data", type=Path, default=data_dir(REPO.parent),
+    p.add_argument("--ir", type=path_arg, help="folder of IR images (with --vis; replaces --data/--dataset)")
+    p.add_argument("--vis", type=path_arg, help="folder of visible images, same file names as --ir")
+    p.add_argument("--data", type=path_arg, default=data_dir(REPO.parent),
                    help="shared data folder (STREAMFUSE_DATA, else beside the repository)")
     p.add_argument("--dataset", default="msrs/test", metavar="NAME",
                    help="data set under --data to score (NAME/ir, NAME/vi), without --ir/--vis")
@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the max/average/laplacian +- sharpen rows (rule and max:contrast stay)")
     p.add_argument("--limit", type=int_at_least(0), default=0, help="score only the first N pairs; 0 = all")
-    p.add_argument("--out", type=Path, default=REPO / "out" / "ablation", help="output folder")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the summary as JSON here")
+    p.add_argument("--out", type=path_arg, default=REPO / "out" / "ablation", help="output folder")
+    p.add_argument("--json", type=path_arg, default=None, metavar="FILE", help="also write the summary as JSON here")
     args = p.parse_args(argv)
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     if (args.ir is None) != (args.vis is None):

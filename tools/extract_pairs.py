@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
-from streamfuse.cli.args import HelpFormatter, Parser, int_at_least  # noqa: E402
+from streamfuse.cli.args import HelpFormatter, Parser, int_at_least, path_arg  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
 from streamfuse.staged_folders import staged_folders  # noqa: E402
 
@@ -131,8 +131,8 @@ def extract(videos: Path, out: Path, start: int, every: int, count: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("videos", type=Path, help="folder with ir/ and vi/ videos of the same names")
-    p.add_argument("out", type=Path, help="output folder (ir/ and vi/ PNGs)")
+    p.add_argument("videos", type=path_arg, help="folder with ir/ and vi/ videos of the same names")
+    p.add_argument("out", type=path_arg, help="output folder (ir/ and vi/ PNGs)")
     p.add_argument("--start", type=int_at_least(0), default=40, help="first frame index")
     p.add_argument("--every", type=int_at_least(1), default=60, help="frame step")
     p.add_argument("--count", type=int_at_least(1), default=8, help="at most this many frames per clip")

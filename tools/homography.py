@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_png  # noqa: E402
 from streamfuse.bitdepth import To8Bit, read_8bit  # noqa: E402
-from streamfuse.cli.args import HelpFormatter, Parser  # noqa: E402
+from streamfuse.cli.args import HelpFormatter, Parser, path_arg  # noqa: E402
 from streamfuse.frames import Frame, FramePair  # noqa: E402
 from streamfuse.register import RegisterConfig, Registration  # noqa: E402
 
@@ -79,9 +79,10 @@ def overlay(cfg: RegisterConfig, ir_path: Path, vis_path: Path) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("points", nargs="+", type=point_pair, help="IR_X,IR_Y=VIS_X,VIS_Y, at least four")
-    p.add_argument("--ir", type=Path, help="the IR frame the points were read off (for --overlay)")
-    p.add_argument("--vis", type=Path, help="the visible frame the points were read off (for --overlay)")
-    p.add_argument("--overlay", type=Path, help="write the visible frame with the warped IR edges in red here (PNG)")
+    p.add_argument("--ir", type=path_arg, help="the IR frame the points were read off (for --overlay)")
+    p.add_argument("--vis", type=path_arg, help="the visible frame the points were read off (for --overlay)")
+    p.add_argument("--overlay", type=path_arg,
+                   help="write the visible frame with the warped IR edges in red here (PNG)")
     args = p.parse_args(argv)
     if args.overlay and not (args.ir and args.vis):
         p.error("--overlay needs --ir and --vis")

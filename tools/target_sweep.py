@@ -29,7 +29,7 @@ quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (n
 import numpy as np  # noqa: E402
 
 from streamfuse.align import AlignConfig, align, histogram  # noqa: E402
-from streamfuse.cli.args import Parser, data_dir, positive  # noqa: E402
+from streamfuse.cli.args import Parser, data_dir, path_arg, positive  # noqa: E402
 from streamfuse.config import load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.evaluation import Method, evaluate_dir  # noqa: E402
@@ -71,14 +71,14 @@ class TargetFuser:
 
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, default=data_dir(REPO.parent),
+    p.add_argument("--data", type=path_arg, default=data_dir(REPO.parent),
                    help="shared data folder (STREAMFUSE_DATA, else beside the repository)")
     p.add_argument("--dataset", default="msrs/test", metavar="NAME", help="data set under --data (NAME/ir, NAME/vi)")
     p.add_argument("--gains", type=lambda text: [positive()(g) for g in text.split(",")],
                    default="1.0,1.1,1.2,1.3,1.5", help="comma-separated detail gains")
     p.add_argument("--base", choices=("raw", "aligned"), default="raw",
                    help="the base's IR: raw (the training target) or the OT-aligned IR' of the eval config")
-    p.add_argument("--out", type=Path, default=REPO / "out" / "target_sweep", help="output folder")
+    p.add_argument("--out", type=path_arg, default=REPO / "out" / "target_sweep", help="output folder")
     args = p.parse_args(argv)
     pairs = args.data / args.dataset
     align_cfg = load_config(resolve("eval")).align if args.base == "aligned" else None

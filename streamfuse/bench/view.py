@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamfuse.cli.args import Parser, int_at_least, positive
+from streamfuse.cli.args import Parser, int_at_least, path_arg, positive
 from streamfuse.view.gate import MAX_CONNECTIONS
 
 __all__ = ["main"]
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pages", type=int_at_least(1, 1000), default=50, help="WebSocket pages per viewer")
     parser.add_argument("--seconds", type=positive(600), default=10.0, help="timed seconds per round")
     parser.add_argument("--rounds", type=int_at_least(1, 20), default=2, help="rounds per viewer, alternating")
-    parser.add_argument("--against", type=Path, help="also run the viewer of the checkout in DIR")
+    parser.add_argument("--against", type=path_arg, help="also run the viewer of the checkout in DIR")
     args = parser.parse_args(argv)
     if args.against is not None and not (args.against / "streamfuse" / "view").is_dir():
         parser.error(f"--against {args.against}: no streamfuse/view there")

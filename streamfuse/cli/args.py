@@ -14,7 +14,7 @@ from typing import Any
 from streamfuse.checks import ConfigError
 from streamfuse.errors import printable
 
-__all__ = ["int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
+__all__ = ["path_arg", "int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
            "config_error", "HelpFormatter", "Parser"]
 
 
@@ -32,6 +32,14 @@ class Parser(argparse.ArgumentParser):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the help, and the docstring's examples kept as written."""
+
+
+def path_arg(text: str) -> Path:
+    """An argparse ``type``: a path; an empty one (an unset shell variable) is refused rather than read as the working
+    folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
 
 
 def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:

@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 
 from streamfuse.checks import override_keys
-from streamfuse.cli.args import HelpFormatter, Parser, config_error, int_at_least
+from streamfuse.cli.args import HelpFormatter, Parser, config_error, int_at_least, path_arg
 from streamfuse.config import ConfigError, load_config
 from streamfuse.configs import resolve
 from streamfuse.evaluation import FUSER_SECTIONS, config_method, evaluate_dir, fused_dir_method, fuser_method
@@ -49,9 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "hclfuse:sampler=teacher,steps=4; repeatable")
     p.add_argument("--set", action="append", default=[], metavar="stage.key=value", dest="overrides",
                    help="dotted override for every --config/--fuser method, e.g. hclfuse.guidance=false")
-    p.add_argument("--save", default=None, metavar="DIR",
+    p.add_argument("--save", type=path_arg, default=None, metavar="DIR",
                    help="also write each fuser's output as DIR/<stem>.png (DIR/<method>/ with several fusers)")
-    p.add_argument("--out", default="out/evaluate", metavar="DIR", help="where the CSV, table and montage go")
+    p.add_argument("--out", type=path_arg, default=Path("out/evaluate"), metavar="DIR",
+                   help="where the CSV, table and montage go (an earlier run's there are replaced)")
     p.add_argument("--limit", type=int_at_least(0), default=0, metavar="N",
                    help="score only the first N pairs; 0 = all")
     p.add_argument("--rows", type=int_at_least(1), default=4, help="pairs shown in the montage (darkest to brightest)")

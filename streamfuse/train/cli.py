@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 from typing import NoReturn
 
-from streamfuse.cli.args import Parser, data_dir, time_span
+from streamfuse.cli.args import Parser, data_dir, path_arg, time_span
 from streamfuse.errors import printable
 from streamfuse.log_queue import install_direct
 from streamfuse.train.config import SECTIONS, load_setup
@@ -77,13 +77,6 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
-def _path(text: str) -> Path:
-    """A path argument; an empty one (an unset shell variable) is refused rather than read as the working folder."""
-    if not text:
-        raise argparse.ArgumentTypeError("empty path")
-    return Path(text)
-
-
 def _stopped(line: str) -> NoReturn:
     """The user stopped the run: the line, and exit status 130 as every command gives (128 + SIGINT)."""
     print(line, file=sys.stderr)
@@ -95,13 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="python -m streamfuse train", description=__doc__, epilog=_settings_help(),
                     allow_abbrev=False,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=_path, default=data_dir(),
+    parser.add_argument("--data", type=path_arg, default=data_dir(),
                         help="data folder (default: STREAMFUSE_DATA, else ../shared/data)")
-    parser.add_argument("--out", type=_path, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
+    parser.add_argument("--out", type=path_arg, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--ckpt-minutes", type=time_span("minutes"), default=3.0,
                         help="checkpoint interval (3; 0: every step)")
-    parser.add_argument("--init", type=_path, help="weights file whose tensors start the run (fine-tuning)")
+    parser.add_argument("--init", type=path_arg, help="weights file whose tensors start the run (fine-tuning)")
     args, rest = parser.parse_known_args(argv)
     install_direct(logging.INFO, "%(asctime)s %(name)s %(message)s")
     try:

@@ -28,7 +28,7 @@ from typing import Any
 from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
 from streamfuse.endpoints import bind_shown, faces_network
-from streamfuse.cli.args import Parser, int_at_least, key_options, positive, seconds
+from streamfuse.cli.args import Parser, int_at_least, key_options, path_arg, positive, seconds
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
                         "its pipeline's name exists waits for it; 0 = at once)")
-    parser.add_argument("--screenshot", type=Path, help="open the page in headless Chromium, write a PNG "
+    parser.add_argument("--screenshot", type=path_arg, help="open the page in headless Chromium, write a PNG "
                         "screenshot here (NAME-2.png, ... when it exists) once frames and stats have arrived, print "
                         "what the page measured, exit")
     parser.add_argument("--wait", type=positive(), default=5.0, help="with --screenshot: seconds to watch the page")

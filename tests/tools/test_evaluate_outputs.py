@@ -149,3 +149,36 @@ def test_a_sigterm_mid_run_is_one_line_and_130_and_leaves_no_outputs(how, pairs,
     assert proc.returncode == 130 and err.splitlines()[-1].endswith(": interrupted (SIGTERM)"), err
     assert "Traceback" not in err and "WARNING" in err.splitlines()[0]  # the one line before: the fixture's orphan
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_earlier_runs_results_are_replaced_as_a_whole_and_said_so(pairs, tmp_path, caplog):
+    # a second run into one --out kept the first run's eval.resolved.yaml beside its own table: the folder claimed a
+    # config its figures did not come from
+    ir_dir, vis_dir = pairs
+    out = tmp_path / "out"
+    assert evaluate([str(ir_dir), str(vis_dir), "--config", "eval", "--set", "fuse.name=max", "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    with caplog.at_level("INFO", "streamfuse.evaluation"):
+        assert evaluate([str(ir_dir), str(vis_dir), "--fuser", "average", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.md", "montage.png", "notes.txt"]
+    assert "average" in (out / "metrics.md").read_text() and "eval" not in (out / "metrics.md").read_text()
+    said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.evaluation"]
+    assert f"replacing the earlier results in {out} (eval.resolved.yaml, metrics.csv, metrics.md, montage.png)" in said
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--out", ""], "argument --out: empty path"), (["--save", ""], "argument --save: empty path")])
+def test_an_empty_output_path_is_refused_not_read_as_the_working_folder(args, said, pairs, capsys):
+    # an unset shell variable ("--out $OUT") wrote the table and montage, or the fused images, into the working folder
+    ir_dir, vis_dir = pairs
+    with pytest.raises(SystemExit) as exc:
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", *args])
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(said)
+
+
+def test_one_folder_given_as_both_ir_and_visible_is_refused(pairs, tmp_path):
+    # each image was scored against itself: SSIM 2.000, VIF 2.000, exit 0
+    ir_dir, _ = pairs
+    with pytest.raises(SystemExit, match=r"^evaluate: the IR and visible folders are one folder"):
+        evaluate([str(ir_dir), str(ir_dir / ".." / ir_dir.name), "--fuser", "max", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
