@@ -7,6 +7,7 @@ computed on the whole frame), then random crops and flips feed the net.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -16,15 +17,14 @@ import numpy as np
 import torch
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
-from streamfuse.bitdepth import To8Bit, read_8bit
+from streamfuse.bitdepth import IMAGE_SUFFIXES, To8Bit, read_8bit
 from streamfuse.postprocess import vis_luma
 
-__all__ = ["SETS", "PairSampler", "load_pairs"]
+__all__ = ["SETS", "PairSampler", "load_pairs", "data_digest"]
 
 log = logging.getLogger("train")
 
 SETS = ("msrs/train", "roadscene", "llvip/train", "llvip/test", "sequences/*")  # msrs/test is for evaluation only
-IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -52,6 +52,16 @@ def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return pairs
 
 
+def data_digest(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
+    """A short hash of the pairs' names and pixels: a resumed run is refused when its data changed."""
+    digest = hashlib.sha1()
+    for name, ir, vis in pairs:
+        digest.update(f"{name}:{ir.shape}".encode())
+        digest.update(ir.tobytes())
+        digest.update(vis.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _set_pairs(root: Path, data: Path, deep: list[Path]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The pairs of one set, by file name; names in only one of ir/ and vi/ are skipped with a warning."""
     ir_names, vis_names = _image_names(root / "ir"), _image_names(root / "vi")
@@ -71,7 +81,7 @@ def _set_pairs(root: Path, data: Path, deep: list[Path]) -> list[tuple[str, np.n
 
 def _image_names(folder: Path) -> set[str]:
     """File names with an image suffix in ``folder`` (none when it is missing)."""
-    return {p.name for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXT}
+    return {p.name for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
 def _read(path: Path, flag: int, deep: list[Path], ir: bool) -> np.ndarray:

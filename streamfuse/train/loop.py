@@ -26,6 +26,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from streamfuse.atomic_write import durable_replace
 from streamfuse.device import tune_malloc
 from streamfuse.errors import io_reason
 from streamfuse.model.losses import hclfuse_losses
@@ -34,7 +35,7 @@ from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
 from streamfuse.output_lock import output_lock
 from streamfuse.signals import handled
 from streamfuse.train.config import TrainConfig, TrainSetup
-from streamfuse.train.data import PairSampler, load_pairs
+from streamfuse.train.data import PairSampler, data_digest, load_pairs
 from streamfuse.train.distill import distill_losses
 
 __all__ = ["run_training"]
@@ -61,6 +62,10 @@ class _Run:
                 "elapsed": self.elapsed, "config": resolved}
 
     def restore(self, state: dict) -> None:
+        """Raises ValueError for a file that torch reads but that holds no checkpoint of this project's."""
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0 \
+                or not isinstance(state.get("elapsed"), (int, float)):
+            raise ValueError("it holds no training checkpoint (no step count)")
         self.net.load_state_dict(state["net"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
@@ -159,7 +164,7 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_suffix(".tmp")
     try:
         write(tmp)
-        tmp.replace(path)
+        durable_replace(tmp, path)  # a power loss leaves the last checkpoint whole, never an empty one
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write (a full disk) as RuntimeError
         tmp.unlink(missing_ok=True)
         reason = exc.strerror if isinstance(exc, OSError) else None
@@ -196,10 +201,12 @@ def _resume(run: _Run, ckpt: Path) -> None:
     """Continue ``run`` from ``ckpt``; one line (ValueError) when it is damaged or made by another setup."""
     try:
         run.restore(torch.load(str(ckpt), map_location="cpu", weights_only=True))
-    except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError, EOFError,
+            pickle.UnpicklingError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if reason.startswith("Weights only load failed"):  # torch's advice to load it unsafely: not for a damaged file
+            reason = "it holds other objects than tensors and numbers"
         raise ValueError(f"cannot resume from {ckpt} (damaged, or another architecture or stage): {reason}") from None
-    log.info("resumed from %s at step %d", ckpt, run.step)
 
 
 def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = False, ckpt_minutes: float = 3.0,
@@ -281,8 +288,12 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     log.info("%d training pairs from %s", len(pairs), data)
     resolved = setup.to_dict()
     resolved["train"]["init"] = str(init) if init else None
+    resolved["data"] = {"folder": str(data), "pairs": len(pairs), "digest": data_digest(pairs)}
     if resume:
         _check_unchanged(out / "train_config.yaml", resolved)
+        if run.step > cfg.steps:
+            raise ValueError(f"cannot resume with --steps {cfg.steps}: the run has done {run.step} steps already")
+        log.info("resumed from %s at step %d", out / "checkpoint.pt", run.step)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -293,16 +304,16 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
 
 
 def _check_unchanged(earlier: Path, resolved: dict) -> None:
-    """Refuse (one line) to resume a run with other settings than it started with: its batches and losses would no
-    longer be those of one run, yet its config file would say they were. CPU threads may change, and so may the
-    budget (``steps``, ``minutes``: a finished run trained further; warned, as the schedule's remainder changes)."""
+    """Refuse (one line) to resume a run with other settings or data than it started with: its batches and losses
+    would no longer be those of one run, yet its config file would say they were. CPU threads may change, the data
+    folder's name (the same pairs moved), and so may the budget (``steps``, ``minutes``: a finished run trained further; warned, as the schedule's remainder changes)."""
     try:
         before = yaml.safe_load(earlier.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot resume: {earlier}, the run's settings, is unreadable ({io_reason(exc)})") from None
     now = yaml.safe_load(yaml.safe_dump(resolved))  # as the file holds it: a tuple reads back as a list
     changed = [f"{section}.{key} {before[section][key]!r} -> {value!r}" for section, values in now.items()
-               for key, value in values.items() if (section, key) != ("train", "threads")
+               for key, value in values.items() if (section, key) not in (("train", "threads"), ("data", "folder"))
                and key in (before.get(section) or {}) and before[section][key] != value]
     if budget := [c for c in changed if c.startswith(("train.steps ", "train.minutes "))]:
         log.warning("resuming with another budget (%s): the learning rate's schedule follows it from here",

@@ -227,3 +227,50 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(data, tmp_path, monkeyp
     monkeypatch.setattr(loop, "_optimise", real_optimise)
     train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "5", "--resume"])
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 5
+
+
+def test_a_resume_with_other_data_or_fewer_steps_than_done_is_refused(data, tmp_path, caplog):
+    """Resumed on another data folder's pairs without a word, and with --steps below the steps done it wrote the
+    weights and a config saying the lower count; both logged "resumed" before any check."""
+    import shutil
+
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY])
+    moved = shutil.copytree(data, tmp_path / "moved")  # the same pairs elsewhere: resumable
+    changed = shutil.copytree(data, tmp_path / "changed")
+    cv2.imwrite(str(changed / "msrs/train/vi/000.png"), np.zeros((40, 56, 3), np.uint8))
+    with caplog.at_level("INFO", logger="train"):
+        with pytest.raises(SystemExit, match=r"^train: cannot resume with other settings than the run started with "
+                                             r"\(data\.digest '\w+' -> '\w+'\)"):
+            train.main(["--data", str(changed), "--out", str(out), *TINY[:-1], "4", "--resume"])
+        with pytest.raises(SystemExit, match=r"^train: cannot resume with --steps 1: the run has done 2 steps"):
+            train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "1", "--resume"])
+        assert "resumed" not in caplog.text
+        train.main(["--data", str(moved), "--out", str(out), *TINY[:-1], "4", "--resume"])
+    assert "resumed from" in caplog.text and torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 4
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["data"]["pairs"] == 3
+
+
+@pytest.mark.parametrize("state", [[1, 2], {"step": "8", "elapsed": 1.0}], ids=["list", "text_step"])
+def test_a_checkpoint_torch_reads_that_holds_no_training_state_is_one_line(state, data, tmp_path):
+    # a TypeError traceback (or one from inside the progress bar, for a step read as text)
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY])
+    torch.save(state, str(out / "checkpoint.pt"))
+    with pytest.raises(SystemExit, match=r"^train: cannot resume from .*checkpoint.pt \(damaged, or another "
+                                         r"architecture or stage\): it holds no training checkpoint") as info:
+        train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "4", "--resume"])
+    assert "\n" not in str(info.value)
+
+
+def test_tiff_pairs_are_trained_on_as_evaluate_reads_them(tmp_path):
+    # training read .png, .jpg, .jpeg and .bmp only: a set of TIFF pairs was "no training pairs", a mixed one lost them
+    root = tmp_path / "data"
+    for d in ("ir", "vi"):
+        (root / "msrs/train" / d).mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(root / "msrs/train/ir/a.tiff"), rng.integers(0, 65536, (40, 56), dtype=np.uint16))
+    cv2.imwrite(str(root / "msrs/train/vi/a.tiff"), rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    cv2.imwrite(str(root / "msrs/train/ir/b.png"), rng.integers(0, 256, (40, 56), dtype=np.uint8))
+    cv2.imwrite(str(root / "msrs/train/vi/b.png"), rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    assert [name for name, _, _ in train.load_pairs(root)] == ["msrs/train/ir/a.tiff", "msrs/train/ir/b.png"]
