@@ -8,10 +8,12 @@ parent, works as before."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from streamfuse.errors import io_reason
 from streamfuse.output_lock import output_lock
 
 __all__ = ["staged_folders"]
@@ -28,7 +30,7 @@ def staged_folders(finals: list[Path]) -> Iterator[list[Path]]:
         with contextlib.ExitStack() as stack:
             staging = []
             for final in finals:
-                made += _make(final)
+                _make(final, made)
                 stack.enter_context(output_lock(final, inside=True))
                 staging.append(Path(stack.enter_context(tempfile.TemporaryDirectory(dir=final, prefix=".staging."))))
             yield staging
@@ -42,9 +44,13 @@ def staged_folders(finals: list[Path]) -> Iterator[list[Path]]:
         raise
 
 
-def _make(folder: Path) -> list[Path]:
-    """Make ``folder`` and its missing parents; returns those made, outermost first."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    for p in reversed(missing):
-        p.mkdir(exist_ok=True)
-    return missing[::-1]
+def _make(folder: Path, made: list[Path]) -> None:
+    """Make ``folder`` and its missing parents, adding each to ``made`` (outermost first); OSError (one line) naming
+    the folder that cannot be made."""
+    for p in reversed([p for p in (folder, *folder.parents) if not p.exists()]):
+        try:
+            p.mkdir(exist_ok=True)
+        except OSError as exc:  # ENOENT in a folder that exists: a filesystem that makes no files (/proc)
+            why = "it takes no new files" if exc.errno == errno.ENOENT and p.parent.is_dir() else io_reason(exc)
+            raise OSError(f"cannot make output folder {p}: {why}") from None
+        made.append(p)

@@ -182,3 +182,12 @@ def test_one_folder_given_as_both_ir_and_visible_is_refused(pairs, tmp_path):
     with pytest.raises(SystemExit, match=r"^evaluate: the IR and visible folders are one folder"):
         evaluate([str(ir_dir), str(ir_dir / ".." / ir_dir.name), "--fuser", "max", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_folder_that_cannot_be_made_is_named_in_one_line(pairs):
+    # it was "evaluate: [Errno 2] No such file or directory: '/proc/...'", of a folder that is there
+    ir_dir, vis_dir = pairs
+    with pytest.raises(SystemExit, match=r"^evaluate: cannot make output folder /proc/streamfuse-test: it takes no "
+                                         r"new files$"):
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", "/proc/streamfuse-test"])
