@@ -8,9 +8,9 @@
 #
 #   bash tools/gpu_check.sh                 on the GPU machine (torch with CUDA already installed there)
 #   bash tools/gpu_check.sh --fetch-wheels  here, before: saves the wheels of what the GPU image lacks (POT, PyAV,
-#                                           pyzmq, mcap, zstandard, simplejpeg: importing streamfuse needs them all)
-#                                           into .whl/ (git-ignored, about 45 MB: name it in the device call's carry),
-#                                           for a GPU machine that cannot reach PyPI
+#                                           pyzmq, mcap, zstandard, lz4, simplejpeg: importing streamfuse needs them
+#                                           all) into .whl/ (git-ignored, about 45 MB: name it in the device call's
+#                                           carry), for a GPU machine that cannot reach PyPI
 #   bash tools/gpu_check.sh --dry-run       the same steps on the CPU with tiny sizes (checks the script itself)
 #   bash tools/gpu_check.sh -h              this text
 #

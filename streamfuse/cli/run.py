@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
         return config_error("streamfuse", exc)
     except KeyboardInterrupt as exc:  # before the run's own handlers (imports, loading the model): nothing to keep
         log_queue.flush()
-        print(f"streamfuse: {interrupted(exc)}", file=sys.stderr)
+        print(f"streamfuse {'replay' if replay else 'run'}: {interrupted(exc)}", file=sys.stderr)  # as stoppable's
         return 0 if isinstance(exc, Terminated) and not out else 130  # as later: SIGTERM, SIGHUP end a live run
     except (OSError, RuntimeError, ValueError) as exc:
         # Every stage raises these with one line that says what and where; a stack trace would bury it.

@@ -225,4 +225,5 @@ def test_a_stop_while_the_run_starts_is_its_clean_stop(tmp_path, command, status
         proc.kill()
         if writer is not None:
             os.close(writer)
-    assert (proc.returncode, out.splitlines()) == (status, [f"streamfuse: interrupted ({sig.name})"]), out[-2000:]
+    said = f"streamfuse {'replay' if 'replay' in command else 'run'}: interrupted ({sig.name})"  # the command named
+    assert (proc.returncode, out.splitlines()) == (status, [said]), out[-2000:]
