@@ -278,6 +278,7 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
              init: Path | None) -> tuple[_Run, PairSampler, dict]:
     """Load the data and the start (or the checkpoint), then create ``out`` with the resolved config in it."""
     cfg = setup.train
+    log.info("reading the training pairs under %s", data)  # tens of seconds on the full data
     pairs = load_pairs(data)  # before anything is written: a run without data leaves no output folder behind
     torch.set_num_threads(cfg.threads)
     tune_malloc()
