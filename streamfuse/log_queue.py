@@ -28,6 +28,7 @@ BLOCK = {"block": True}  # extra= of a record that is a multi-line block by desi
 
 _QUEUE_LINES = 1000
 _BURST, _WINDOW_S = 20, 10.0  # another library's lines let through per logger and window
+_OWN = ("streamfuse", "train", "__main__")  # the project's loggers: the package's, training's, a tool's own
 _queue: queue.Queue | None = None
 _pending: threading.Event | None = None  # the last flush's mark in the queue
 
@@ -62,7 +63,7 @@ class _Throttle(logging.Filter):
         self._windows: dict[str, list[float]] = {}  # logger name: [window's start, lines let through, held back]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.partition(".")[0] == "streamfuse":
+        if record.name.partition(".")[0] in _OWN:
             return True
         now = self._clock()
         with self._lock:

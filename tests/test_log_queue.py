@@ -86,22 +86,26 @@ def test_another_librarys_flood_is_held_to_a_few_lines_and_the_next_one_says_how
     handler.setFormatter(_OneLine("%(name)s %(message)s"))
     handler.addFilter(_Throttle(lambda: clock[0]))
     peer, own = logging.getLogger("foxglove.test_log_queue"), logging.getLogger("streamfuse.test_log_queue")
-    for log in (peer, own):
+    tool = logging.getLogger("__main__")  # a tools/ script's own logger (run as __main__): the project's too
+    kept = [(log.propagate, log.level) for log in (peer, own, tool)]
+    for log in (peer, own, tool):
         log.propagate, log.level = False, logging.INFO
         log.addHandler(handler)
     try:
         for i in range(1000):
             peer.error("Received message for unknown channel: %d", i)
             own.warning("skipped frame %d", i)  # the project's own lines are each an event: never held back
+            tool.info("pair %d scored", i)
         shown = [line for line in lines if line.startswith("foxglove.")]
         assert len(shown) == _BURST and shown[-1].endswith(
             f"unknown channel: {_BURST - 1} (further lines of foxglove.test_log_queue for up to {_WINDOW_S:g} s are "
             f"held back and counted)")
-        assert len([line for line in lines if line.startswith("streamfuse.")]) == 1000
+        assert len([line for line in lines if line.startswith(("streamfuse.", "__main__"))]) == 2000
         clock[0] += _WINDOW_S
         peer.error("Received message for unknown channel: %d", 7)
         assert lines[-1] == (f"foxglove.test_log_queue Received message for unknown channel: 7 ({1000 - _BURST} "
                              f"lines of foxglove.test_log_queue before this one not shown)")
     finally:
-        for log in (peer, own):
+        for log, (propagate, level) in zip((peer, own, tool), kept):
             log.removeHandler(handler)
+            log.propagate, log.level = propagate, level

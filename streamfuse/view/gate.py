@@ -114,6 +114,7 @@ class Gate(Door):
             self.open[transport] = None
 
     def left(self, transport: asyncio.BaseTransport) -> None:
+        """A connection closed: its place is free."""
         handle = self.open.pop(transport, None)
         if handle is not None:
             handle.cancel()

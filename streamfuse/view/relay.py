@@ -57,6 +57,7 @@ class Relay(Door):
         return self.port
 
     def close(self) -> None:
+        """Stop listening, end every connection, say the counts not yet said."""
         if self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
