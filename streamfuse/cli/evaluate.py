@@ -36,8 +36,8 @@ EVAL_CONFIG = "eval"  # the shipped still-image config
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line of ``evaluate``."""
     p = Parser(prog="python -m streamfuse evaluate", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("dir_ir", metavar="DIR_IR", help="folder of IR images")
-    p.add_argument("dir_vis", metavar="DIR_VIS", help="folder of visible images (same file names)")
+    p.add_argument("dir_ir", type=path_arg, metavar="DIR_IR", help="folder of IR images")
+    p.add_argument("dir_vis", type=path_arg, metavar="DIR_VIS", help="folder of visible images (same file names)")
     p.add_argument("--fused", action="append", default=[], metavar="[NAME=]DIR",
                    help="folder of fused images of another method (grey or colour; Y is scored); repeatable")
     p.add_argument("--config", action="append", default=[], metavar="NAME|FILE",
