@@ -196,6 +196,7 @@ def test_the_bridge_takes_clients_again_after_more_idle_connections_than_it_has_
     """The SDK's server kept every connection that never finished its handshake; once they held all the files the
     process may open, its accept failed and it never listened again: no Foxglove client could connect until a
     restart. The bridge's relay caps them (answered 503 beyond) and closes those that send no request in time."""
+    import re
     import resource
     import socket
     import subprocess
@@ -203,12 +204,10 @@ def test_the_bridge_takes_clients_again_after_more_idle_connections_than_it_has_
 
     pytest.importorskip("foxglove")
     aiohttp = pytest.importorskip("aiohttp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "foxglove", "tcp://127.0.0.1:1", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "foxglove", "tcp://127.0.0.1:1", "--port", "0",
                              "--max-connections", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    port = 0
 
     async def server_info() -> str:
         async with aiohttp.ClientSession() as http, \
@@ -218,6 +217,7 @@ def test_the_bridge_takes_clients_again_after_more_idle_connections_than_it_has_
     try:
         while "Ctrl-C stops" not in (line := proc.stderr.readline()):
             assert line, "the bridge exited"
+        port = int(re.search(r"connect to ws://127\.0\.0\.1:(\d+) ", line).group(1))  # the free port it took
         held, refused = [], 0
         for _ in range(40):  # 8 connections at once, the rest answered 503 as they come
             try:
