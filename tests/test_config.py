@@ -36,6 +36,8 @@ def _write(tmp_path, text):
          "unknown config key hclfuse.stepz (did you mean steps?); allowed keys: weights, sampler, steps"),
         ("fusion:\n  steps: 4\n", "unknown config key fusion; allowed keys: ir, vis, sync, register, stabilize, align"),
         ("hclfuse:\n  steps: four\n", "hclfuse.steps='four' has the wrong type; expected int"),
+        ("hclfuse:\n  steps: [4, 8]\n",  # a stray word after a flag's value (train's --steps 4 8) makes a list
+         "hclfuse.steps=[4, 8] has the wrong type; expected int (2 values given where it takes one)"),
         ("hclfuse:\n  steps: 40\n", "hclfuse: steps=40 is out of range; allowed: 1..20"),
         ("stabilize:\n  strength: 1.0\n", "stabilize: strength=1.0 is out of range; allowed: 0 (off) .. 0.95"),
         ("engine:\n  device: gpu\n", "engine: device='gpu' is out of range"),
