@@ -31,7 +31,7 @@ from streamfuse.view.browser import Chromium, capture, find_chromium
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
 from streamfuse.view.server import serve
-from streamfuse.view.gate import Gate
+from streamfuse.view.gate import Door, Gate
 
 aiohttp = pytest.importorskip("aiohttp")
 REPO = Path(__file__).resolve().parents[1]
@@ -594,3 +594,39 @@ def test_a_server_for_other_machines_warns_that_it_has_no_password(command, host
         proc.wait(PATIENCE_S)
     assert said in lines[-2] and "no password, frames unencrypted" in lines[-2], lines
     assert proc.returncode == 0 and "://:" not in lines[-1], lines  # the URL names a host
+
+
+class _Peer:
+    """A transport as the door sees one: its client's address, what it was sent, whether it was closed."""
+
+    def __init__(self, host: str) -> None:
+        self.host, self.sent, self.closed = host, b"", False
+
+    def get_extra_info(self, name: str) -> Any:
+        return (self.host, 40000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_one_other_machine_holds_at_most_a_quarter_of_the_cap(caplog):
+    """With one cap for everyone, a single host that kept its connections open (each renewed within its deadline)
+    kept every other client out; this machine's own clients (loopback) still have the whole cap."""
+    door = Door(limit=8)  # 2 a host
+    far = [_Peer("192.0.2.7") for _ in range(3)]
+    with caplog.at_level("WARNING", "streamfuse.view"):
+        assert [door.enter(t) for t in far] == [True, True, False]
+        assert far[2].closed and far[2].sent.startswith(b"HTTP/1.1 503 ") and b"from this address" in far[2].sent
+        assert door.enter(_Peer("192.0.2.8")) and door.enter(_Peer("2001:db8::1"))  # other hosts get in
+        assert all(door.enter(_Peer(host)) for host in ("127.0.0.1", "::1", "127.0.0.1"))  # loopback: the whole cap
+        door.leave(far[0])
+        assert door.enter(_Peer("192.0.2.7")) and door.enter(_Peer("127.0.0.1"))
+        assert door.count == 8 and not door.enter(_Peer("127.0.0.1"))  # the cap
+    door.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.view"]
+    assert said == ["answered 1 connection(s) 503 and closed them: their address held 2, a quarter of the cap "
+                    "(--max-connections)",
+                    "answered 1 connection(s) 503 and closed them: 8 were open, the cap (--max-connections)"], said

@@ -12,6 +12,8 @@ server sets to the same). Both are counted, and said at most once every ``SAY_EV
 from __future__ import annotations
 
 import asyncio
+import collections
+import ipaddress
 import logging
 import resource
 import time
@@ -56,8 +58,9 @@ class _Tally:
 
 
 class Door:
-    """What the viewer's :class:`Gate` and the Foxglove bridge's relay share: the cap, the deadline, their counts and
-    the 503 answer.
+    """What the viewer's :class:`Gate` and the Foxglove bridge's relay share: the cap, each address's share of it, the
+    deadline, their counts and the 503 answers. A client on another machine may hold at most a quarter of the cap, so
+    that one host cannot keep every other out (this machine's clients, loopback, have the whole cap).
 
     Args:
         limit: connections open at once; one more is answered 503 and closed.
@@ -67,19 +70,62 @@ class Door:
 
     def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S, *, who: str = "the viewer",
                  logger: logging.Logger = log) -> None:
-        self.limit, self.request_s = limit, request_s
+        self.limit, self.request_s, self.per_address = limit, request_s, max(1, limit // 4)
+        self.count = 0  # connections admitted and not yet closed
+        self.peers: collections.Counter[str] = collections.Counter()  # of them, from other machines, by address
         self.refused = _Tally(logger, f"answered %d connection(s) 503 and closed them: {limit} were open, the cap "
                                       "(--max-connections)")
+        self.crowded = _Tally(logger, f"answered %d connection(s) 503 and closed them: their address held "
+                                      f"{self.per_address}, a quarter of the cap (--max-connections)")
         self.timed_out = _Tally(logger, f"closed %d connection(s) that sent no complete request within "
                                         f"{request_s:g} s")
-        body = f"{who} has {limit} connections open, its cap (--max-connections)\n"
-        self.busy = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+        self.busy = _answer(f"{who} has {limit} connections open, its cap (--max-connections)\n")
+        self.busy_here = _answer(f"{who} has {self.per_address} connections open from this address, a quarter of "
+                                 f"its cap (--max-connections)\n")
+
+    def enter(self, transport: asyncio.BaseTransport) -> bool:
+        """Count a new connection in: False (answered 503, closed, counted) when the cap or its address's share is
+        reached."""
+        peer = _remote_address(transport)
+        crowded = peer is not None and self.peers[peer] >= self.per_address
+        if self.count >= self.limit or crowded:
+            transport.write(self.busy if self.count >= self.limit else self.busy_here)  # type: ignore[attr-defined]
+            transport.close()
+            (self.refused if self.count >= self.limit else self.crowded).add()
+            return False
+        self.count += 1
+        if peer is not None:
+            self.peers[peer] += 1
+        return True
+
+    def leave(self, transport: asyncio.BaseTransport) -> None:
+        """A connection that :meth:`enter` took has closed: its place is free."""
+        self.count -= 1
+        if (peer := _remote_address(transport)) is not None:
+            self.peers[peer] -= 1
+            if not self.peers[peer]:
+                del self.peers[peer]
 
     def close(self) -> None:
         """Say what is still uncounted in the log."""
-        self.refused.say()
-        self.timed_out.say()
+        for tally in (self.refused, self.crowded, self.timed_out):
+            tally.say()
+
+
+def _answer(body: str) -> bytes:
+    return (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def _remote_address(transport: asyncio.BaseTransport) -> str | None:
+    """The client's address when it is another machine's; None for this machine's (loopback)."""
+    peer = transport.get_extra_info("peername")
+    if not isinstance(peer, tuple) or not peer:
+        return None
+    try:
+        return None if ipaddress.ip_address(peer[0]).is_loopback else peer[0]
+    except ValueError:
+        return None
 
 
 class Gate(Door):
@@ -97,11 +143,8 @@ class Gate(Door):
         return _Guarded(self, self.handlers())
 
     def admit(self, transport: asyncio.BaseTransport) -> bool:
-        """Whether a new connection is taken: one over the cap is answered 503 and closed."""
-        if len(self.open) >= self.limit:
-            transport.write(self.busy)  # type: ignore[attr-defined]
-            transport.close()
-            self.refused.add()
+        """Whether a new connection is taken (:meth:`Door.enter`), with its first request's deadline."""
+        if not self.enter(transport):
             return False
         self.open[transport] = asyncio.get_running_loop().call_later(self.request_s, self._expire, transport)
         return True
@@ -115,6 +158,7 @@ class Gate(Door):
 
     def left(self, transport: asyncio.BaseTransport) -> None:
         """A connection closed: its place is free."""
+        self.leave(transport)
         handle = self.open.pop(transport, None)
         if handle is not None:
             handle.cancel()

@@ -40,7 +40,6 @@ class Relay(Door):
                  request_s: float = REQUEST_S) -> None:
         super().__init__(limit, request_s, who="the Foxglove bridge", logger=log)
         self.host, self.port, self.upstream = host, port, upstream
-        self.open = 0  # connections admitted and not yet closed
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
 
@@ -83,12 +82,8 @@ class Relay(Door):
         loop.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.open >= self.limit:
-            writer.write(self.busy)
-            writer.close()
-            self.refused.add()
+        if not self.enter(writer.transport):
             return
-        self.open += 1
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.request_s)
@@ -106,7 +101,7 @@ class Relay(Door):
         except (ConnectionError, OSError):
             pass  # either side went away: the other is closed below
         finally:
-            self.open -= 1
+            self.leave(writer.transport)
             writer.close()
 
 

@@ -22,7 +22,6 @@ import signal
 import sys
 import types
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from streamfuse import connection_watch
