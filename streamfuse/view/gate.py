@@ -123,9 +123,11 @@ def _remote_address(transport: asyncio.BaseTransport) -> str | None:
     if not isinstance(peer, tuple) or not peer:
         return None
     try:
-        return None if ipaddress.ip_address(peer[0]).is_loopback else peer[0]
+        address = ipaddress.ip_address(peer[0])
     except ValueError:
         return None
+    address = getattr(address, "ipv4_mapped", None) or address  # an IPv4 client of a dual-stack socket (--host '')
+    return None if address.is_loopback else str(address)
 
 
 class Gate(Door):
