@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import shutil
@@ -553,6 +554,20 @@ def test_a_terminal_hangup_stops_a_local_batch_as_ctrl_c_does(tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------------------------------------------ Ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _faulthandler_after_ray(request):
+    """Ray's fatal-signal handlers stay after its shutdown, in place of faulthandler's: a later test's abort killed
+    the suite with no stack at all. Put faulthandler back (on pytest's own stderr) once this module's Ray is done."""
+    yield
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+        stderr = request.config.stash[fault_handler_stderr_fd_key]
+    except (ImportError, KeyError):  # another pytest, or its faulthandler plugin off: nothing to put back
+        return
+    faulthandler.disable()  # enabling it again alone does not reinstall its handlers
+    faulthandler.enable(file=stderr)
 
 
 @pytest.fixture(scope="module")
