@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
+import re
 import statistics
 import subprocess
 import sys
@@ -31,20 +31,15 @@ WARM_UP_S = 3.0  # pages connect and the previews start before a round is timed
 START_S = 60.0  # the demo and a viewer start within this (torch's import on a busy machine)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _start(argv: list[str], log: Path, ready: str, src: Path | None = None) -> subprocess.Popen:
-    """A child process whose stderr goes to ``log``, run from the checkout ``src`` (default: this one); returns once
-    ``ready`` is in it.
+def _start(argv: list[str], log: Path, ready: str, src: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """A child process whose stderr goes to ``log``, run from the checkout ``src`` (default: this one); once the
+    regular expression ``ready`` is found in it, the process and the expression's first group (the port or endpoint
+    it took: each binds a free one itself, so no other program can take it meanwhile).
 
     Raises:
         SystemExit: it exited or did not get ready within ``START_S`` (one line, with its last log line).
@@ -55,13 +50,13 @@ def _start(argv: list[str], log: Path, ready: str, src: Path | None = None) -> s
     with log.open("w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=src)
     deadline = time.monotonic() + START_S
-    while ready not in log.read_text():
+    while (found := re.search(ready, log.read_text())) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             last = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
             raise SystemExit(f"bench view: {' '.join(argv[2:4])} did not start: {last}")
         time.sleep(0.1)
-    return proc
+    return proc, found.group(1)
 
 
 async def _pages(port: int, n: int, seconds: float) -> tuple[int, list[float]]:
@@ -110,20 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.against is not None and not (args.against / "streamfuse" / "view").is_dir():
         parser.error(f"--against {args.against}: no streamfuse/view there")
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
     with tempfile.TemporaryDirectory(prefix="streamfuse-bench-view-") as tmp:
-        procs = [_start([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set", "fuse.name=max",
-                         "--set", f"publish.endpoint={endpoint}"], Path(tmp, "demo.log"), "publishing ")]
+        demo, endpoint = _start([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set",
+                                 "fuse.name=max", "--set", "publish.endpoint=tcp://127.0.0.1:*"], Path(tmp, "demo.log"),
+                                r"publishing \S+ on (tcp://127\.0\.0\.1:\d+) ")
+        procs = [demo]
         try:
             viewers = []
             for name, src in (("this", None), ("against", args.against)):
                 if name == "against" and src is None:
                     continue
-                port = _free_port()
                 cap = [] if src or args.pages < MAX_CONNECTIONS else ["--max-connections", str(args.pages + 8)]
-                procs.append(_start([sys.executable, "-m", "streamfuse", "view", endpoint, "--port", str(port), *cap],
-                                    Path(tmp, f"{name}.log"), "Ctrl-C stops", src and src.resolve()))
-                viewers.append((name, procs[-1], port))
+                proc, port = _start([sys.executable, "-m", "streamfuse", "view", endpoint, "--port", "0", *cap],
+                                    Path(tmp, f"{name}.log"), r"viewer on http://127\.0\.0\.1:(\d+)/",
+                                    src and src.resolve())
+                procs.append(proc)
+                viewers.append((name, proc, int(port)))
             print(f"{args.pages} pages per viewer, {args.seconds:g} s a round; {os.cpu_count()} cores")
             print(f"{'viewer':<10}{'pages':>6}{'msg/s/pg':>10}{'lowest':>8}{'msg/s':>9}{'cores':>8}{'load':>7}")
             for _ in range(args.rounds):
