@@ -12,6 +12,7 @@ let any peer fill the disk, or block the process on a stderr nobody drains.
 
 from __future__ import annotations
 
+import functools
 import logging
 import numbers
 import queue
@@ -54,29 +55,51 @@ class _DroppingHandler(logging.Handler):
 
 class _Throttle(logging.Filter):
     """At most ``_BURST`` lines of each other library's logger every ``_WINDOW_S`` seconds; the last one let through
-    says that more are held back, and the first one after them how many were. The project's own lines pass: each is
-    one event, and those that can repeat are counted where they happen."""
+    says that more are held back, and the first one after them how many were, or, where none comes, a line of their
+    own once the window has ended. The project's own lines pass: each is one event, and those that can repeat are
+    counted where they happen."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 later: Callable[[float, Callable[[], None]], None] | None = None) -> None:
         super().__init__()
-        self._clock, self._lock = clock, threading.Lock()
-        self._windows: dict[str, list[float]] = {}  # logger name: [window's start, lines let through, held back]
+        self._clock, self._later, self._lock = clock, later or _later, threading.Lock()
+        self._windows: dict[str, list] = {}  # logger name: [window's start, let through, held back, their top level]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.partition(".")[0] in _OWN:
+        if record.name.partition(".")[0] in _OWN or getattr(record, "unsaid", 0):
             return True
         now = self._clock()
         with self._lock:
-            window = self._windows.setdefault(record.name, [now, 0, 0])
+            window = self._windows.setdefault(record.name, [now, 0, 0, logging.NOTSET])
             if now - window[0] >= _WINDOW_S:
                 window[:2] = [now, 0]
             if window[1] >= _BURST:
                 window[2] += 1
+                window[3] = max(window[3], record.levelno)
+                if window[2] == 1:  # said when the window ends, unless a line let through after it says it first
+                    say = functools.partial(self._say_unsaid, record.name, window[0])
+                    self._later(window[0] + _WINDOW_S - now, say)
                 return False
             window[1] += 1
-            record.held_back, window[2] = int(window[2]), 0
+            record.held_back, window[2:] = window[2], [0, logging.NOTSET]
             record.burst_full = window[1] == _BURST
         return True
+
+    def _say_unsaid(self, name: str, start: float) -> None:
+        """Once a window has ended: how many of its lines were held back, where no later line has said it."""
+        with self._lock:
+            window = self._windows[name]
+            if window[0] != start or not window[2]:
+                return
+            held, level, window[2:] = window[2], window[3], [0, logging.NOTSET]
+        logging.getLogger(name).log(level, "%d lines of %s held back in the last %g s, not shown", held, name, _WINDOW_S,
+                                    extra={"unsaid": held})
+
+
+def _later(delay_s: float, call: Callable[[], None]) -> None:
+    timer = threading.Timer(delay_s, call)
+    timer.daemon = True
+    timer.start()
 
 
 class _OneLine(logging.Formatter):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections.abc import Callable
 
 from streamfuse.log_queue import _DroppingHandler
 
@@ -81,10 +82,11 @@ def test_another_librarys_flood_is_held_to_a_few_lines_and_the_next_one_says_how
 
     clock = [0.0]
     lines: list[str] = []
+    ends: list[tuple[float, Callable[[], None]]] = []  # what the throttle asked to run when a window ends
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
-    handler.setFormatter(_OneLine("%(name)s %(message)s"))
-    handler.addFilter(_Throttle(lambda: clock[0]))
+    handler.setFormatter(_OneLine("%(levelname)s %(name)s %(message)s"))
+    handler.addFilter(_Throttle(lambda: clock[0], lambda delay, call: ends.append((delay, call))))
     peer, own = logging.getLogger("foxglove.test_log_queue"), logging.getLogger("streamfuse.test_log_queue")
     tool = logging.getLogger("__main__")  # a tools/ script's own logger (run as __main__): the project's too
     kept = [(log.propagate, log.level) for log in (peer, own, tool)]
@@ -96,15 +98,30 @@ def test_another_librarys_flood_is_held_to_a_few_lines_and_the_next_one_says_how
             peer.error("Received message for unknown channel: %d", i)
             own.warning("skipped frame %d", i)  # the project's own lines are each an event: never held back
             tool.info("pair %d scored", i)
-        shown = [line for line in lines if line.startswith("foxglove.")]
+        shown = [line for line in lines if line.startswith("ERROR foxglove.")]
         assert len(shown) == _BURST and shown[-1].endswith(
             f"unknown channel: {_BURST - 1} (further lines of foxglove.test_log_queue for up to {_WINDOW_S:g} s are "
             f"held back and counted)")
-        assert len([line for line in lines if line.startswith(("streamfuse.", "__main__"))]) == 2000
+        assert len([line for line in lines if line.startswith(("WARNING streamfuse.", "INFO __main__"))]) == 2000
+        assert [delay for delay, _ in ends] == [_WINDOW_S]
         clock[0] += _WINDOW_S
         peer.error("Received message for unknown channel: %d", 7)
-        assert lines[-1] == (f"foxglove.test_log_queue Received message for unknown channel: 7 ({1000 - _BURST} "
+        assert lines[-1] == (f"ERROR foxglove.test_log_queue Received message for unknown channel: 7 ({1000 - _BURST} "
                              f"lines of foxglove.test_log_queue before this one not shown)")
+        ends.pop()[1]()  # the first window's end: its count was said by the line above
+        assert lines[-1].endswith("channel: 7 (980 lines of foxglove.test_log_queue before this one not shown)")
+
+        clock[0] += 3.0
+        for i in range(_BURST + 4):  # a flood in the window the line above opened, then silence: 5 lines held back
+            peer.warning("slow client %d", i) if i % 2 else peer.error("Received message for unknown channel: %d", i)
+        assert len(ends) == 1 and ends[0][0] == _WINDOW_S - 3.0
+        ends.pop()[1]()
+        assert lines[-1] == (
+            f"ERROR foxglove.test_log_queue 5 lines of foxglove.test_log_queue held back in the last {_WINDOW_S:g} s, "
+            f"not shown")
+        clock[0] += _WINDOW_S
+        peer.info("reconnected")  # nothing held back is left to say
+        assert lines[-1] == "INFO foxglove.test_log_queue reconnected"
     finally:
         for log, (propagate, level) in zip((peer, own, tool), kept):
             log.removeHandler(handler)
