@@ -467,6 +467,23 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
         run_batch(cfg, find_jobs(src, tmp_path / "notes.txt" / "out", ext=".nut"))
 
 
+def test_output_folders_the_batch_made_are_removed_when_its_engine_fails_to_start(tmp_path):
+    """A Ray that cannot start or join left the output folders it was given, made beforehand and empty, for good."""
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    (tmp_path / "kept").mkdir()
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+
+    class NoCluster:
+        def run(self, cfg, jobs, *, resume, frames):
+            raise ValueError("cannot join the Ray cluster at 10.0.0.5:6379: no answer")
+            yield
+
+    for out in (tmp_path / "new" / "fused" / "day", tmp_path / "kept" / "fused"):
+        with pytest.raises(ValueError, match="^cannot join the Ray cluster"):
+            run_batch(cfg, find_jobs(src, out, ext=".nut"), NoCluster())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "src"] and not any((tmp_path / "kept").iterdir())
+
+
 def test_a_pair_failing_with_any_ffmpeg_error_fails_alone(tmp_path, monkeypatch):
     """PyAV errors that derive from no OSError, ValueError or RuntimeError (a decoder not found, an external library's
     error) fail their pair alone with one line, as the others do, instead of ending the batch with a traceback."""

@@ -87,13 +87,12 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     before = {job: _done_before(job, cfg, resume) for job in jobs}
     results = [result for result in before.values() if result is not None]
     todo = [job for job, result in before.items() if result is None]
-    _make_folders({job.out.parent for job in todo})
     quiet = None if cfg.replay.progress else True  # None: tqdm shows the bars on a terminal only
     # paths as this folder names them: a cluster's workers run in other folders
     work_cfg = absolute_paths(dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False)))
     interrupted = False
     # SIGTERM and SIGHUP stop the batch as Ctrl-C does (a replay and the Ray driver set their own meanwhile)
-    with handled(signal.default_int_handler, TERMINATE), \
+    with _output_folders({job.out.parent for job in todo}), handled(signal.default_int_handler, TERMINATE), \
             tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
                  disable=quiet) as pairs, \
             tqdm(unit="frame", desc="frames", position=1, disable=quiet) as frames:
@@ -117,12 +116,25 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     return summary
 
 
-def _make_folders(folders: set[Path]) -> None:
-    for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OSError(f"cannot make output folder {folder}: {io_reason(exc)}") from None
+@contextlib.contextmanager
+def _output_folders(folders: set[Path]) -> Iterator[None]:
+    """The outputs' folders, made before the engine starts (so that one that cannot be made is said at once); those
+    it made that are still empty when the batch ends are removed (an engine that failed to start, a batch stopped
+    before its first output)."""
+    made: list[Path] = []
+    try:
+        for folder in folders:
+            missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OSError(f"cannot make output folder {folder}: {io_reason(exc)}") from None
+            made += missing
+        yield
+    finally:
+        for folder in sorted(set(made), key=lambda path: len(path.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty: an output, or another program's file
+                folder.rmdir()
 
 
 def _done_before(job: PairJob, cfg: Any, resume: bool) -> PairResult | None:
