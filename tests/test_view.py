@@ -157,6 +157,48 @@ def test_page_gets_every_view_and_only_the_newest_frame_after_each_ack():
             feed.close()
 
 
+def test_a_frame_subscription_that_fails_is_tried_again_and_fails_no_page(monkeypatch, caplog):
+    """A subscription that failed as a page opened (a host name not resolving while its machine restarts, no file
+    left) raised in the page's handler and left the page registered: no later page ever got frames of that kind."""
+    import streamfuse.view.feed as feed_module
+
+    tries: list[str] = []
+
+    def flaky(endpoint: str, topic: str, **kwargs: Any) -> Subscriber:
+        tries.append(topic)
+        if topic == "fused/t" and tries.count(topic) <= 2:
+            raise ValueError(f"cannot connect to {endpoint}: host name not known (yet)")
+        return Subscriber(endpoint, topic, **kwargs)
+
+    monkeypatch.setattr(feed_module, "Subscriber", flaky)
+    monkeypatch.setattr(feed_module, "_RETRY_S", 0.05, raising=False)
+
+    async def pages(feed: Feed) -> None:
+        feed.start(asyncio.get_running_loop())
+        for _ in range(2):  # a page, closed once every kind came; then another one
+            arrived = dict(feed.versions)
+            changed = feed.acquire()
+            await _wait(lambda: all(feed.versions[k] > arrived[k] for k in ("ir", "vis", "fused")),
+                        "frames of every kind")
+            feed.release(changed)
+
+    with Publisher(CFG) as pub, caplog.at_level("INFO", logger="streamfuse.view.feed"):
+        pipeline = _Pipeline(pub)
+        feed = Feed(pub.endpoint, "fused/t", "stats/t")
+        pipeline.start()
+        try:
+            asyncio.run(pages(feed))
+        finally:
+            pipeline.stop.set()
+            pipeline.join()
+            feed.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"cannot subscribe to the fused frames of {pub.endpoint}: cannot connect to {pub.endpoint}: host "
+                    f"name not known (yet) (trying again every 0.05 s)",
+                    f"subscribed to the fused frames of {pub.endpoint} after 2 failed tries"]
+    assert tries.count("fused/t") == 4  # 3 for the first page, 1 for the second
+
+
 @contextlib.contextmanager
 def _stats_consumer(consumer: str) -> Iterator[tuple[zmq.Socket, Any, Callable[[], int]]]:
     """A raw PUB socket and a view feed or Foxglove bridge reading its stats on ``stats/t``; with the count of stats
@@ -424,6 +466,34 @@ def test_a_frame_jpeg_cannot_hold_is_skipped_and_the_page_goes_on():
         feed.stats_in.close()
     assert [f["kind"] for f in meta["frames"]] == ["ir"] and len(jpegs) == 1
     assert seen == {"ir": 1, "fused": 1} and feed.unshown == 1
+
+
+def test_a_frame_whose_encoding_fails_is_skipped_and_the_pages_go_on(monkeypatch, caplog):
+    # the shared encoding's error reached every page waiting for it and ended its sender: every page froze for good
+    failures = [cv2.error("Insufficient memory")]
+
+    def imencode(*args: Any, real: Callable = cv2.imencode) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(*args)
+
+    monkeypatch.setattr(cv2, "imencode", imencode)
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    seen: list[dict[str, int]] = [{}, {}]
+
+    async def pages(version: int) -> list[tuple[dict, list[bytes]]]:
+        feed._latest = {"fused": (version, {"seq": version}, _image())}
+        return [unpack(message) for message in await asyncio.gather(*(feed.message(s) for s in seen))]
+
+    try:
+        first, second = asyncio.run(pages(1)), asyncio.run(pages(2))
+    finally:
+        feed.close()
+    assert all(meta["frames"] == [] and jpegs == [] for meta, jpegs in first) and feed.unshown == 1
+    assert all(meta["frames"][0]["header"]["seq"] == 2 and len(jpegs) == 1 for meta, jpegs in second)
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipped a (120, 160, 3) fused frame: its JPEG encoding failed: Insufficient memory (more such frames are "
+        "counted, not logged)"]
 
 
 def test_a_page_opened_after_the_last_one_closed_is_not_sent_empty_messages_without_end():

@@ -20,10 +20,12 @@ from typing import Any, Iterator
 
 import cv2
 import numpy as np
+import zmq
 
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.connection_watch import SILENT_S, connect_sub
+from streamfuse.errors import one_line
 from streamfuse.telemetry import TelemetryConfig
 from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, consumer_topic, decode_stats, preview_topic
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("ir", "vis", "fused")  # left to right on the page
 _POLL_S = 0.1  # how often the reader threads look at their stop flags
+_RETRY_S = 1.0  # how often a frame subscription that failed is tried again
 _MAX_STATS_BYTES = 16 * MAX_HEADER_BYTES  # a stats message is a few kB
 _STATS_RCVHWM = 8  # stats come every telemetry.interval_s and are read at once: a few queued bound the memory
 _MAX_PLOT_STAGES = 32  # a pipeline has 7 stages; more would be a peer making every plot point megabytes
@@ -65,7 +68,7 @@ class Feed:
         self.topic = consumer_topic(topic)  # refused here, not when a page opens
         self.versions = dict.fromkeys((*KINDS, "stats"), 0)  # messages received per kind
         self.sent = 0  # messages handed to the pages' sockets
-        self.unshown = 0  # frames JPEG cannot hold (a side over 65500, which the wire allows), skipped and logged
+        self.unshown = 0  # frames JPEG cannot hold (a side over 65500, which the wire allows) or failed to encode
         self.stats: dict[str, Any] = {}
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
         self._latest: dict[str, tuple[int, dict[str, Any], np.ndarray]] = {}
@@ -76,6 +79,7 @@ class Feed:
         self._closing = threading.Event()
         self._frames_stop: threading.Event | None = None
         self._threads: list[threading.Thread] = []
+        self._readers: dict[str, threading.Thread] = {}  # the newest frame reader of each kind
         self.stats_in = StatsMessages(endpoint, stats_topic, self.keys, self._closing, name_wait_s=name_wait_s)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -86,21 +90,23 @@ class Feed:
     def close(self) -> None:
         """Stop every subscription (within ``_POLL_S``)."""
         self._closing.set()
+        if self._frames_stop is not None:
+            self._frames_stop.set()
         for thread in self._threads:
             thread.join()
+        if self.unshown > 1:
+            log.warning("skipped %d frames in all that the page could not be sent (the first one logged)", self.unshown)
 
     def acquire(self) -> asyncio.Event:
         """A page opened: its wake-up event (set whenever something new arrives). The first page starts the frame
-        subscriptions, which makes the pipeline publish its previews."""
+        subscriptions, which makes the pipeline publish its previews; they are made on their reader threads, so
+        that a host name's lookup never holds the event loop, and one that fails is tried again there."""
         changed = asyncio.Event()
         self._waiters.add(changed)
         if len(self._waiters) == 1:
-            self._frames_stop = threading.Event()
+            self._frames_stop = stop = threading.Event()
             for kind in KINDS:
-                topic = self.topic if kind == "fused" else preview_topic(self.topic, kind)
-                sub = Subscriber(self.endpoint, topic, timeout_s=_POLL_S, server_key=self.keys[0],
-                                 client_key_file=self.keys[1])
-                self._spawn(self._read_frames, kind, sub, self._frames_stop)
+                self._readers[kind] = self._spawn(self._read_frames, kind, stop, self._readers.get(kind))
         return changed
 
     def release(self, changed: asyncio.Event) -> None:
@@ -151,21 +157,28 @@ class Feed:
         return await asyncio.shield(cached[1])  # a page that closes meanwhile does not cancel the others' encoding
 
     async def _jpeg_of(self, kind: str, image: np.ndarray) -> bytes | None:
-        """The JPEG (off the event loop: cv2 releases the GIL); None (counted in ``unshown``, logged) for a frame
-        that JPEG cannot hold."""
+        """The JPEG (off the event loop: cv2 releases the GIL); None (counted in ``unshown``) for a frame that JPEG
+        cannot hold or whose encoding failed: the pages go on with the next frame. The first such frame is logged,
+        the count of all at :meth:`close` (one line a frame would flood the log at the frame rate)."""
         params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
-        ok, buf = (False, None) if max(image.shape[:2]) > JPEG_MAX_SIDE else \
-            await asyncio.get_running_loop().run_in_executor(None, cv2.imencode, ".jpg", image, params)
+        ok, buf, why = False, None, f"JPEG cannot hold it (sides up to {JPEG_MAX_SIDE})"
+        if max(image.shape[:2]) <= JPEG_MAX_SIDE:
+            try:
+                ok, buf = await asyncio.get_running_loop().run_in_executor(None, cv2.imencode, ".jpg", image, params)
+            except (cv2.error, MemoryError) as exc:  # raised to every page waiting for it, whose sender then stopped
+                why = f"its JPEG encoding failed: {one_line(exc)}"
         if not ok:
             self.unshown += 1
-            log.warning("skipped a %s %s frame: JPEG cannot hold it (sides up to %d)", image.shape, kind,
-                        JPEG_MAX_SIDE)
+            if self.unshown == 1:
+                log.warning("skipped a %s %s frame: %s (more such frames are counted, not logged)", image.shape, kind,
+                            why)
         return buf.tobytes() if ok else None
 
-    def _spawn(self, target: Any, *args: Any) -> None:
+    def _spawn(self, target: Any, *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=f"view {target.__name__}", daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
+        return thread
 
     def _wake(self) -> None:
         for changed in self._waiters:
@@ -178,8 +191,15 @@ class Feed:
             with contextlib.suppress(RuntimeError):  # the loop closed: the viewer is shutting down
                 self._loop.call_soon_threadsafe(self._wake)
 
-    def _read_frames(self, kind: str, sub: Subscriber, stop: threading.Event) -> None:
-        """Take every frame off the socket as it arrives and keep the newest (no backlog anywhere)."""
+    def _read_frames(self, kind: str, stop: threading.Event, before: threading.Thread | None) -> None:
+        """Subscribe to ``kind``, then take every frame off the socket as it arrives and keep the newest (no backlog
+        anywhere). The subscription is made once the reader before it (of pages that have all closed) has closed its
+        own: pages opened and closed in turn otherwise held a set of sockets each for a while."""
+        if before is not None:
+            before.join()
+        sub = self._subscribe(kind, stop)
+        if sub is None:
+            return
         with sub:
             while not (stop.is_set() or self._closing.is_set()):
                 frame = sub.recv()
@@ -187,6 +207,27 @@ class Feed:
                     with self._lock:
                         self._latest[kind] = (self.versions[kind] + 1, *frame)
                         self._arrived(kind)
+
+    def _subscribe(self, kind: str, stop: threading.Event) -> Subscriber | None:
+        """The subscription of ``kind``, tried again every ``_RETRY_S`` while it fails (a host name that does not
+        resolve while its machine restarts, no file left to open); None once the pages or the viewer have closed."""
+        topic = self.topic if kind == "fused" else preview_topic(self.topic, kind)
+        failed = 0
+        while not stop.is_set():
+            try:
+                sub = Subscriber(self.endpoint, topic, timeout_s=_POLL_S, server_key=self.keys[0],
+                                 client_key_file=self.keys[1])
+            except (ValueError, OSError, zmq.ZMQError) as exc:
+                failed += 1
+                if failed == 1:
+                    log.warning("cannot subscribe to the %s frames of %s: %s (trying again every %g s)", kind,
+                                self.endpoint, one_line(exc), _RETRY_S)
+                stop.wait(_RETRY_S)
+                continue
+            if failed:
+                log.info("subscribed to the %s frames of %s after %d failed tries", kind, self.endpoint, failed)
+            return sub
+        return None
 
     def _read_stats(self) -> None:
         for stats in self.stats_in:  # the socket was handed over by start()
