@@ -701,3 +701,39 @@ def test_one_other_machine_holds_at_most_a_quarter_of_the_cap(caplog):
     assert said == ["answered 1 connection(s) 503 and closed them: their address held 2, a quarter of the cap "
                     "(--max-connections)",
                     "answered 1 connection(s) 503 and closed them: 8 were open, the cap (--max-connections)"], said
+
+
+def test_refusals_held_back_are_said_once_their_seconds_have_passed(monkeypatch, caplog):
+    """A count held back (one line every 10 s at most) waited for the next refusal, or for the server's stop: 842
+    connections refused in a burst were logged as 1 until minutes later."""
+    import streamfuse.view.gate as gate_module
+
+    monkeypatch.setattr(gate_module, "SAY_EVERY_S", 0.2)
+    door = Door(limit=1)
+
+    async def burst() -> None:
+        assert door.enter(_Peer("127.0.0.1"))
+        for _ in range(500):
+            door.enter(_Peer("127.0.0.1"))
+        await _wait(lambda: len(caplog.records) == 2, "the held-back count said")
+
+    with caplog.at_level("WARNING", "streamfuse.view"):
+        asyncio.run(burst())
+    said = [r.getMessage().split(" connection(s)")[0] for r in caplog.records]
+    assert said == ["answered 1", "answered 499"], said
+
+
+def test_the_bridge_caps_connections_at_a_third_of_its_files():
+    """A relayed Foxglove client holds three files (its own, the relay's to the SDK, the SDK's): the cap allowed up to
+    the open-file limit less 192, and at such a cap the SDK ran out of files and stopped listening for good."""
+    import resource
+
+    from streamfuse.view.gate import _OWN_FILES, most_connections
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no open-file limit here")
+    assert most_connections(files_each=3) == max(1, (soft - _OWN_FILES) // 3)
+    most = most_connections(files_each=3)
+    with pytest.raises(SystemExit):
+        cli(["foxglove", "tcp://127.0.0.1:1", "--max-connections", str(most + 1)])

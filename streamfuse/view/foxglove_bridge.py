@@ -126,10 +126,10 @@ class Bridge:
         for kind, count in self._skips.items():
             log.warning("skipped %d frames in all for their %s (the first one logged)", count,
                         "capture time" if kind == "time" else "size")
+        if hasattr(self, "server"):  # first: its clients get its closing handshake through the relay
+            self.server.stop()
         if hasattr(self, "relay"):
             self.relay.close()
-        if hasattr(self, "server"):
-            self.server.stop()
 
     def _spawn(self, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"foxglove {target.__name__}", daemon=True)
@@ -195,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true", help="send foxglove.RawImage instead of JPEG")
     parser.add_argument("--previews", action="store_true", help="also relay the IR and visible previews")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80, help="JPEG quality (1..100)")
-    most = most_connections()
+    most = most_connections(files_each=3)  # behind the relay: the client's, the relay's and the SDK's socket
     parser.add_argument("--max-connections", type=int_at_least(1, most), default=min(MAX_CONNECTIONS, most),
-                        help="connections open at once; one more is answered 503 and closed (at most the open-file "
-                        "limit, ulimit -n, less 192)")
+                        help="connections open at once; one more is answered 503 and closed (at most a third of the "
+                        "open-file limit, ulimit -n, less 192: each holds three files)")
     key_options(parser)
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "

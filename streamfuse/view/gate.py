@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ipaddress
 import logging
 import resource
@@ -32,29 +33,41 @@ BACKLOG = 16
 _OWN_FILES = 64 + 8 * BACKLOG  # files besides the open connections: about 30 of its own, a flood's accepts in flight
 
 
-def most_connections() -> int:
-    """The most connections that the process's open-file limit (``ulimit -n``) leaves room for besides its own."""
+def most_connections(files_each: int = 1) -> int:
+    """The most connections that the process's open-file limit (``ulimit -n``) leaves room for besides its own files,
+    where each connection holds ``files_each`` of them (a relayed one three: its client's, the relay's to the server
+    behind it, and that server's)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 1 << 20 if soft == resource.RLIM_INFINITY else max(1, soft - _OWN_FILES)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else max(1, (soft - _OWN_FILES) // files_each)
 
 
 class _Tally:
     """Counts an event and logs it at most once every ``SAY_EVERY_S`` seconds, with how many since the last line: a
-    peer that repeats it cannot flood the log."""
+    peer that repeats it cannot flood the log. Counts held back are said once those seconds have passed (on the
+    running event loop; with none, at :meth:`say` when the server stops)."""
 
     def __init__(self, logger: logging.Logger, what: str) -> None:
-        self.log, self.what, self.count, self._said, self._next_s = logger, what, 0, 0, 0.0
+        self.log, self.what, self.count, self._said, self._next_s, self._due = logger, what, 0, 0, 0.0, False
 
     def add(self) -> None:
         self.count += 1
-        if time.monotonic() >= self._next_s:
+        now = time.monotonic()
+        if now >= self._next_s:
             self.say()
+        elif not self._due:
+            with contextlib.suppress(RuntimeError):  # no running loop (a direct call): said when the server stops
+                asyncio.get_running_loop().call_later(self._next_s - now, self._say_due)
+                self._due = True
 
     def say(self) -> None:
         """Log the count since the last line, if any (also when the server stops)."""
         if self.count > self._said:
             self.log.warning(self.what, self.count - self._said)
             self._said, self._next_s = self.count, time.monotonic() + SAY_EVERY_S
+
+    def _say_due(self) -> None:
+        self._due = False
+        self.say()
 
 
 class Door:

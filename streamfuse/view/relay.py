@@ -100,6 +100,8 @@ class Relay(Door):
                 up_writer.close()
         except (ConnectionError, OSError):
             pass  # either side went away: the other is closed below
+        except asyncio.CancelledError:  # the relay stops: ended here, as Python 3.11's server logs a cancelled
+            pass  # connection's task with a traceback
         finally:
             self.leave(writer.transport)
             writer.close()
@@ -107,15 +109,20 @@ class Relay(Door):
 
 async def _both_ways(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up_reader: asyncio.StreamReader,
                      up_writer: asyncio.StreamWriter) -> None:
-    """Copy each side to the other until either ends."""
-    pipes = [asyncio.ensure_future(_pipe(reader, up_writer)), asyncio.ensure_future(_pipe(up_reader, writer))]
+    """Copy each side to the other until the server's side ends or either fails. A client that ends its sending (a
+    half-close once its request is out) has that passed on and still gets the answer."""
+    upward, downward = asyncio.ensure_future(_pipe(reader, up_writer)), asyncio.ensure_future(_pipe(up_reader, writer))
     try:
-        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait((upward, downward), return_when=asyncio.FIRST_COMPLETED)
+        if downward not in done and upward.exception() is None:
+            if up_writer.can_write_eof():
+                up_writer.write_eof()
+            await downward
     finally:
-        for pipe in pipes:
+        for pipe in (upward, downward):
             pipe.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-            await asyncio.gather(*pipes)
+            await asyncio.gather(upward, downward)
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
