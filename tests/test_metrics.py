@@ -130,6 +130,60 @@ def test_vifp_matches_the_published_port(scene, rng):
     assert M.vifp(ref, dist) == pytest.approx(_vifp_reference(ref, dist), rel=1e-9)
 
 
+def _qabf_reference(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
+    """``analysis_Qabf.m`` line by line with scipy's convolve2d, as the oracle (Tg, kg, Dg, Ta, ka, Da; L = 1)."""
+    h1, h3 = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]]), np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+
+    def edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sx, sy = convolve2d(img, h3, "same"), convolve2d(img, h1, "same")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.sqrt(sx**2 + sy**2), np.where(sx == 0, np.pi / 2, np.arctan(sy / sx))
+
+    (g_f, a_f), total, weight = edges(fused.astype(float)), 0.0, 0.0
+    for g_s, a_s in (edges(ir.astype(float)), edges(vis.astype(float))):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = np.where(g_s > g_f, g_f / g_s, np.where(g_s == g_f, g_f, g_s / g_f))
+        a = 1 - np.abs(a_s - a_f) / (np.pi / 2)
+        q = 0.9994 / (1 + np.exp(-15 * (g - 0.5))) * 0.9879 / (1 + np.exp(-22 * (a - 0.8)))
+        total, weight = total + (q * g_s).sum(), weight + g_s.sum()
+    return total / weight
+
+
+def test_qabf_matches_the_reference_code(scene, rng):
+    # without the data, nothing else pinned Qabf's constants: a wrong sigmoid slope or angle scale passed the suite
+    ir, vis = scene, M.to_8bit(np.clip(scene[::-1, :] * 0.8 + rng.normal(0, 6, scene.shape), 0, 255))
+    for fused in (np.maximum(ir, vis), M.to_8bit(0.6 * ir + 0.3 * vis[::-1] + 20), cv2.GaussianBlur(ir, (0, 0), 1.5)):
+        assert M.qabf(fused, ir, vis) == pytest.approx(_qabf_reference(fused, ir, vis), rel=1e-9)
+
+
+def test_mutual_information_sums_what_the_fused_image_shares_with_each_source():
+    a, b = np.array([[0.0, 0.0, 255.0, 255.0]]), np.array([[0.0, 255.0, 0.0, 255.0]])
+    assert M.mutual_information(a, a, b) == pytest.approx(math.log(2))  # all of IR's bit, none of the visible's
+    assert M.mutual_information(a, b, a) == pytest.approx(math.log(2))
+
+
+def test_nabf_of_an_edge_stronger_than_both_sources_is_its_kumar_artifact_weight(scene):
+    """Sources alike and a fused image of 1.5x their contrast: every weighted edge is an artifact with strength ratio
+    2/3 and the same orientation, so Nabf is ``1 - sqrt(Qg Qa)`` with Kumar's sigmoids (kg 19, ka 22, centres 0.5)."""
+    q_g, q_a = 0.9999 / (1 + math.exp(-19 * (2 / 3 - 0.5))), 0.9995 / (1 + math.exp(-22 * (1 - 0.5)))
+    assert M.nabf(1.5 * scene.astype(float), scene, scene) == pytest.approx(1 - math.sqrt(q_g * q_a), rel=1e-6)
+
+
+def test_an_edge_between_its_sources_strengths_is_no_artifact(scene):
+    # an artifact is a fused edge stronger than both sources': one between them is one source's edge, kept
+    assert M.nabf(1.5 * scene.astype(float), scene, 2.0 * scene.astype(float)) == 0.0
+
+
+def test_qsf_weighs_the_diagonals_by_half_the_square_root_of_two():
+    """A fused ramp across a frame whose sources ramp along it: SF over rows, columns and both diagonals (weighted
+    sqrt(2)/2) worked by hand on a 6 x 9 frame."""
+    h, w = 6, 9
+    along, across = np.tile(np.arange(w, dtype=float), (h, 1)), np.tile(np.arange(h, dtype=float)[:, None], (1, w))
+    wd = math.sqrt(2) / 2
+    sf_f, sf_r = (h - 1) * w + 2 * wd * (h - 1) * (w - 1), h * (w - 1) + 2 * wd * (h - 1) * (w - 1)
+    assert M.qsf_rsfe(across, along, along) == pytest.approx(math.sqrt(sf_f / sf_r) - 1)
+
+
 @pytest.mark.parametrize("level", [0.0, 100.0, 255.0])
 def test_flat_sources_score_finite_values(scene, level):
     """Sources without edges: Nabf has no artifact to weigh (0) and two black sources leave Qabf no edge to preserve
