@@ -107,6 +107,19 @@ def test_cache_hits_misses_drift_and_refresh(rng):
     assert stats["ot_stale"] == 0 and cache.pending("a") is None and cache.pending("b") is None
 
 
+def test_cache_re_solves_when_only_the_visible_scene_changes(rng):
+    # Same IR frame, but the visible scene got 60 grey levels brighter (lights on, a cloud passing): the cached plan
+    # maps IR onto the old visible histogram. Without this check the IR alignment would stay on the old scene until
+    # the refresh interval or an IR change.
+    cache = AlignCache(AlignConfig(drift=0.02, refresh=300, background=False))
+    ir, vis = _image(rng, 60, 20), _image(rng, 100, 30)
+    first = cache.lut(ir, vis).copy()
+    second = cache.lut(ir, _brighter(vis, 60))
+    assert (cache.hits, cache.misses, cache.solves) == (0, 2, 2)
+    assert np.abs(second - first).max() > 0.01  # the new table follows the brighter scene
+    assert second[ir].mean() > first[ir].mean()
+
+
 def test_background_refresh_serves_stale_lut_until_solved(rng, monkeypatch):
     cfg = AlignConfig(drift=0.02, background=True)
     ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)

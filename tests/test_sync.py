@@ -113,6 +113,37 @@ def test_small_reordering_is_sorted_and_a_frame_older_than_a_decided_one_is_coun
     assert_consistent(st)
 
 
+def test_a_frame_delivered_twice_after_its_pair_is_counted_not_fused_again() -> None:
+    # A camera driver hands IR frame 2 over a second time after it was already paired. Without this the repeat
+    # (same capture time as the frame just decided) would be queued again and fused a second time with the next
+    # visible frame: the output would show the same IR frame twice and the counters would call both pairs good.
+    arrivals = [Frame(s, i, t * MS, _IMG) for i, t in enumerate((0, 33, 66)) for s in ("ir", "vis")]
+    arrivals += [Frame("ir", 2, 66 * MS, _IMG), Frame("vis", 3, 70 * MS, _IMG),
+                 Frame("ir", 4, 99 * MS, _IMG), Frame("vis", 4, 99 * MS, _IMG)]
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    pairs = run(pairer, arrivals)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (1, 1), (2, 2), (4, 4)]
+    st = pairer.stats()
+    assert st["ir"]["unpaired"] == 1 and st["ir"]["paired"] == 4 and st["ir"]["received"] == 5
+    assert_consistent(st)
+
+
+def test_a_frame_waits_for_a_nearer_partner_that_can_still_come() -> None:
+    # Visible frames at 0, 40 and 85 ms, IR frames at 0, 40 and 100 ms (20 ms slop, both streams about 40 ms apart).
+    # The visible frame at 85 ms is 15 ms before IR 100, but the next visible frame may come as early as 105 ms
+    # (half a period of margin), nearer: the pairer must wait for it. Without that wait IR 100 would be fused with
+    # visible 85 instead of the visible frame at 112 ms that the camera did deliver, 12 ms away.
+    arrivals = [Frame("vis", i, t * MS, _IMG) for i, t in enumerate((0, 40, 85))]
+    arrivals += [Frame("ir", i, t * MS, _IMG) for i, t in enumerate((0, 40, 100))]
+    arrivals.append(Frame("vis", 3, 112 * MS, _IMG))
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    pairs = run(pairer, arrivals)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (1, 1), (2, 3)]  # each the other's nearest
+    st = pairer.stats()
+    assert st["vis"]["unpaired"] == 1 and st["skew_ms_max"] == pytest.approx(12.0)
+    assert_consistent(st)
+
+
 def test_stalled_stream_bounds_the_other_queue_and_counts_drops() -> None:
     pairer = Pairer(SyncConfig(slop_ms=20, queue_size=5))
     for f in frames("vis", 30, 100):
@@ -147,6 +178,18 @@ def test_latest_mode_lead_can_be_forced_and_a_stale_hold_is_not_used() -> None:
     pairer.flush()
     st = pairer.stats()
     assert st["ir"]["unpaired"] == 1 and st["vis"]["unpaired"] == 2
+    assert_consistent(st)
+
+
+def test_latest_mode_does_not_pair_a_lead_frame_with_a_held_frame_far_newer_than_it() -> None:
+    # The hold limit is on the time difference either way. The held IR frame is from 1 s, the visible (lead) frame
+    # from 0 s (a late visible camera, or a stepped clock): without this they would be fused though a second apart.
+    pairer = Pairer(SyncConfig(mode="latest", lead="vis", hold_ms=100))
+    assert pairer.push(Frame("ir", 0, 1000 * MS, _IMG)) == []
+    assert pairer.push(Frame("vis", 0, 0, _IMG)) == []
+    pairer.flush()
+    st = pairer.stats()
+    assert st["pairs"] == 0 and st["ir"]["unpaired"] == 1 and st["vis"]["unpaired"] == 1
     assert_consistent(st)
 
 

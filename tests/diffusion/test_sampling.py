@@ -66,3 +66,19 @@ def test_step_output_is_frozen_and_guide_is_applied():
     torch.testing.assert_close(out.x_prev, out.x0_pred)  # the last step lands on x0
     with pytest.raises(AttributeError):
         out.x_prev = x
+
+
+def test_a_guided_step_takes_its_noise_direction_from_the_corrected_x0():
+    # eq. (12) needs eps and x0 to describe the same x_t. After the guide replaces x0, eps must be recomputed from it,
+    # or the step mixes the guided x0 with the model's unguided noise and the next latent drifts off the trajectory
+    # (small per step, so the end-to-end tests cannot see it).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 2, 4, 4, generator=g)
+    eps = torch.randn(1, 2, 4, 4, generator=g)
+    c = torch.full_like(x, 0.3)
+    t, t_prev = 499, 249
+    out = ddim_step(eps, x, t, t_prev, SCHEDULE, guide=lambda x0, t, cond: c)
+    abar, abar_prev = SCHEDULE[t], SCHEDULE[t_prev]
+    expected = abar_prev.sqrt() * c + (1 - abar_prev).sqrt() * x0_to_eps(x, c, abar)
+    torch.testing.assert_close(out.x0_pred, c)
+    torch.testing.assert_close(out.x_prev, expected, atol=1e-6, rtol=1e-6)
