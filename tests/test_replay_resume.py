@@ -180,3 +180,16 @@ def test_a_resume_writes_again_a_frame_png_cut_short(tmp_path, pair):
     assert [p.name for p in refs] == sorted(p.name for p in (tmp_path / "frames").iterdir())
     for ref in refs:
         np.testing.assert_array_equal(cv2.imread(str(tmp_path / "frames" / ref.name)), cv2.imread(str(ref)))
+
+
+def test_a_realtime_paced_run_is_started_over_not_resumed(tmp_path, pair, caplog):
+    """Realtime pacing drops frames by how fast the machine keeps up, differently on every run: the frames an
+    interrupted run kept are no prefix of what the rerun fuses, so a resume starts over instead of splicing them."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1", "pacing": "realtime"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=8)
+    assert 0 < _held(partial_path(out)) <= 7  # (a busy machine's realtime replay drops some)
+    with caplog.at_level("WARNING", "streamfuse"):
+        summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.reused == 0 and summary.fused == summary.written
+    assert f"cannot resume {out}: realtime pacing drops frames differently on every run; starting over" in caplog.text
