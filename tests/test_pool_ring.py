@@ -24,7 +24,9 @@ from streamfuse.capture.shm_ring import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.pool_ring import RingError
 from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.ring_cursor import RingCursor
 from streamfuse.shm_pool import POOL_PREFIX, PoolReader, ShmPool, ring_supported
+from streamfuse.wire import HeaderEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not ring_supported(), reason="the pool's ring is read on Linux x86-64 only")
@@ -175,6 +177,60 @@ def test_forged_ring_entries_are_skipped_without_a_traceback() -> None:
         wait_until(recovered, "frames again after a forged count")
 
 
+def test_a_ring_entry_whose_header_names_another_seq_is_malformed() -> None:
+    # An entry's seq is what the cursor orders and skips by, the header's what the consumer counts gaps by; an entry
+    # whose two disagree (a forged or corrupt pool) was taken as a frame: the consumer returned the pixels of a frame
+    # the publisher never sent under that seq and counted frames it did send as missed.
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        _until_ring(sub, pub)
+        pool, topic, seq = pub._pool, b"shm/fused/rig0", pub.published
+        slot, gen = pool.write(_uniform(99))  # a whole frame in the pool, of a seq the publisher never sent
+        forged = fused_frame(_uniform(99))
+        header = pub._headers.encode(forged, forged.image, seq=seq + 1, fmt="shm", shm_pool=pool.name,
+                                     shm_slot=slot, shm_gen=gen)
+        _forge(pool, None, seq, (len(topic), len(header)), topic + header)  # the entry says seq, its header seq + 1
+        malformed, missed = sub.malformed, sub.missed
+        pub.send_fused(fused_frame(_uniform(8)))  # the real frame seq
+        got, image = sub.recv()
+        assert got["seq"] == seq and sub.on_ring
+        np.testing.assert_array_equal(image, 8)
+        assert (sub.malformed - malformed, sub.missed - missed) == (1, 0)
+        assert "seq " + str(seq + 1) + " (entry seq " + str(seq) + ")" in sub.last_malformed
+
+
+def test_latest_mode_counts_as_passed_over_only_the_frames_after_the_last_one_taken() -> None:
+    # The publisher sends a frame's ZeroMQ descriptor before it puts the frame in the ring, so a consumer that took
+    # frames through ZeroMQ can find their entries still ahead of it in the ring. Counting every entry latest mode
+    # jumped over as discarded then counted frames twice (received and discarded): received + discarded + missed came
+    # to more than the publisher sent.
+    topic = b"shm/fused/rig0"
+    with ShmPool(4, 64) as pool:
+        encoder = HeaderEncoder("f")
+        image = np.zeros((4, 16), np.uint8)  # 64 bytes, a mono8 frame
+
+        def announce(seq: int) -> None:
+            slot, gen = pool.write(image)
+            header = encoder.encode(fused_frame(image), image, seq=seq, fmt="shm", shm_pool=pool.name,
+                                    shm_slot=slot, shm_gen=gen)
+            assert pool.notify(topic, header, seq, wake=False)
+
+        reader = PoolReader(pool.name)
+        try:
+            cursor = RingCursor(reader, topic, latest=True)
+            received, discarded, last = 5, 0, 4  # seq 0..4 taken through ZeroMQ
+            for burst in (range(3, 6), range(6, 10)):  # 3 and 4 were taken already; 6, 7 and 8 are passed over
+                for seq in burst:
+                    announce(seq)
+                header, passed = cursor.next(0.0, last)
+                assert header["seq"] == burst[-1]  # latest: the newest entry
+                last, received, discarded = header["seq"], received + 1, discarded + passed
+            assert cursor.next(0.0, last) is None
+        finally:
+            reader.close()
+    assert (received, discarded) == (7, 3)  # seq 0..9 sent: each counted once, received or discarded
+
+
 def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> None:
     with ShmPool(2, 64) as pool:
         reader = PoolReader(pool.name)
@@ -198,6 +254,34 @@ def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> No
         old.close()
     finally:
         (SHM_DIR / name).unlink()
+
+
+def test_an_entry_overwritten_while_it_is_copied_is_not_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reader copies an entry out while the writer may lap it: the state word it read first said "complete", but the
+    # bytes it copied may be a later entry's. Without checking the state again after the copy, the reader returned
+    # the old entry's seq with another frame's topic and header (or a half-written mix of both).
+    with ShmPool(2, 64) as pool:
+        reader = PoolReader(pool.name)
+        ring = reader.ring
+        assert pool.notify(b"t", b"old", 3, wake=False)
+        real = pool_ring._ENTRY
+
+        class _LappedDuringTheCopy:
+            """The entry's fields read as they were; then, before the body is copied, the writer laps the entry."""
+            size = real.size
+
+            @staticmethod
+            def unpack_from(buffer: object, offset: int = 0) -> tuple[int, ...]:
+                fields = real.unpack_from(buffer, offset)
+                for seq in range(4, 4 + ring.entries):  # entry 0's place is now entry ring.entries'
+                    pool.notify(b"t", b"new", seq, wake=False)
+                return fields
+
+        monkeypatch.setattr(pool_ring, "_ENTRY", _LappedDuringTheCopy)
+        assert ring.entry(0) is None  # overwritten while we copied it
+        monkeypatch.undo()
+        assert ring.entry(ring.entries) == (3 + ring.entries, b"t", b"new")  # what is there now reads whole
+        reader.close()
 
 
 def _ring_reader(pub: Publisher, **kwargs: object) -> Subscriber:

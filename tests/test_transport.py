@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, publishing, wait_until, with_header
+from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, publishing, recv_seq, sync, wait_until, with_header
 
 from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.client import Subscriber
@@ -132,6 +132,40 @@ def test_a_refused_descriptor_gives_its_slot_back() -> None:
 
 
 @needs_shm
+def test_a_publisher_writes_the_next_frame_into_the_slot_of_a_refused_descriptor() -> None:
+    # With nodrop, a full queue refuses a frame's descriptor: nobody ever hears of that slot, so the next frame must
+    # take it. Moving on instead wrote over the oldest frame that consumers had been told about and may be about to
+    # read (they then find it gone and count it missed), while the refused slot sat unused.
+    endpoint = f"inproc://refused-descriptor-{os.getpid()}-{threading.get_ident()}"  # no network buffers: a sure fill
+    with Publisher(PublishConfig(endpoint=endpoint, nodrop=True, sndhwm=2, shm_slots=8)) as pub:
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 2)
+        sub.setsockopt(zmq.SUBSCRIBE, b"shm/fused/rig0")  # descriptors only, never read until the queue is full
+        sub.connect(pub.endpoint)
+        try:
+            assert pub.wait_for_subscriber(PATIENCE_S)
+            for value in range(100):  # until the first refusal
+                if not pub.send_fused(fused_frame(_uniform(value))):
+                    break
+            else:
+                pytest.fail("the queue never filled")
+            slots = []
+            while True:  # what the consumer was told of: every slot up to the one before the refused frame's
+                try:
+                    slots.append(json.loads(sub.recv_multipart(zmq.NOBLOCK)[1])["shm_slot"])
+                except zmq.Again:
+                    break
+            assert slots, "no descriptor before the refusal"
+            wait_until(lambda: pub.send_fused(fused_frame(_uniform(1))), "a descriptor accepted again")
+            assert sub.poll(round(PATIENCE_S * 1000))
+            header = json.loads(sub.recv_multipart()[1])
+        finally:
+            sub.close(linger=0)
+    assert header["shm_slot"] == (slots[-1] + 1) % 8  # the refused frame's slot, not the one after it
+
+
+@needs_shm
 def test_loaned_frame_reaches_shared_memory_and_payload_consumers(rng: np.random.Generator) -> None:
     image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub:
@@ -159,6 +193,40 @@ def _loaned_round_trip(pub: Publisher, local: Subscriber, remote: Subscriber, im
     (_, local_image), (remote_header, _) = holder
     assert remote_header["format"] == "raw" and pub.shm_busy == 0
     np.testing.assert_array_equal(local_image, image)
+
+
+@needs_shm
+def test_loaned_frames_queued_for_a_payload_consumer_survive_the_reuse_of_their_slots() -> None:
+    # A loaned frame is a pool slot, written over again shm_slots frames later: sent zero-copy, the frames still queued
+    # for a slow payload consumer (another host's viewer, a recorder) showed the pixels of later frames instead of
+    # their own. inproc:// hands ZeroMQ's messages over without a copy, so a queued one is read from the very buffer
+    # it was sent from: the payload must have been copied when it was sent.
+    shape = (480, 640, 3)  # over pyzmq's copy threshold (64 kB): smaller parts are copied whatever send is told
+    endpoint = f"inproc://loaned-frames-{os.getpid()}-{threading.get_ident()}"
+    with Publisher(PublishConfig(endpoint=endpoint, shm_slots=2, sndhwm=50)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as local, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False, rcvhwm=50) as remote:
+        _recv_shm(local, pub, _uniform(200, shape))  # loan() gives pool slots while a local consumer reads the pool
+
+        def send_private() -> int:
+            pub.send_fused(fused_frame(_uniform(200, shape)))
+            return pub.published - 1
+
+        sync(remote, send_private)  # remote is connected and nothing is queued for it
+        first = pub.published
+        for value in range(6):  # each pool slot written over twice while the first frames wait in remote's queue
+            loaned = pub.loan(shape)
+            assert not loaned.flags.owndata  # a view of a pool slot, not a private array
+            loaned[:] = value
+            assert pub.send_fused(fused_frame(loaned))
+        assert pub.shm_pool and pub.shm_busy == 0
+        got = [recv_seq(remote, first)] + [remote.recv() for _ in range(5)]
+        # checked while the publisher is open: a zero-copy message would point into its pool, unmapped at close
+        assert [header["seq"] - first for header, _ in got] == list(range(6))
+        assert [int(image[0, 0, 0]) for _, image in got] == list(range(6)), "frames hold later frames' pixels"
+        for value, (_, image) in enumerate(got):
+            assert np.all(image == value), f"frame {value} holds another frame's pixels"
+        del got
 
 
 @needs_shm

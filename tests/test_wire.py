@@ -100,3 +100,25 @@ def test_the_capture_clock_is_said_and_is_empty_from_older_publishers() -> None:
                             image.tobytes()])
     assert header["t_capture_clock"] == "media"
     assert decode_header(good_parts(image))["t_capture_clock"] == ""  # a header made before the field
+
+
+def test_a_raw_payload_one_byte_longer_than_its_header_says_is_refused() -> None:
+    # Without the check, a consumer would show (or record) a frame whose header and pixels disagree: a publisher with a
+    # stride bug or a forged message passes as valid, its surplus bytes silently ignored.
+    image = np.zeros((4, 6, 3), np.uint8)
+    topic, header, payload = good_parts(image)
+    with pytest.raises(MalformedMessage, match=r"image payload is 73 bytes, header says 4 x 18 = 72"):
+        decode_header([topic, header, payload + b"\x00"])
+
+
+def test_a_shared_memory_descriptor_with_an_odd_generation_is_refused() -> None:
+    # An odd shm_gen marks a slot being written: a consumer that accepted one would map and show half-written pixels
+    # (torn frames) instead of skipping the message as malformed.
+    image = np.zeros((6, 8, 3), np.uint8)
+    encoder = HeaderEncoder("f")
+    good = {**_FIELDS["shm"], "shm_gen": 8}
+    assert decode_header([b"shm/fused/x", encoder.encode(fused_frame(image), image, seq=0, fmt="shm", **good),
+                          b""])["shm_gen"] == 8
+    odd = {**good, "shm_gen": 9}
+    with pytest.raises(MalformedMessage, match="shm_gen 9 is odd"):
+        decode_header([b"shm/fused/x", encoder.encode(fused_frame(image), image, seq=0, fmt="shm", **odd), b""])

@@ -113,6 +113,37 @@ def test_bigger_frame_moves_to_a_larger_segment_and_all_generations_are_unlinked
     assert_unlinked(second)
 
 
+def _dropping_then_growing_writer(ring: ShmRing) -> None:
+    """Child process: four small frames into a 2-slot latest ring nobody reads yet (two dropped), then one that does
+    not fit the slots."""
+    for seq in range(4):
+        ring.write(Frame("vis", seq, t_of(seq), image(seq, (10, 10, 3))))
+    ring.write(Frame("vis", 4, t_of(4), image(4, (40, 30, 3))))
+    ring.close()
+
+
+@pytest.mark.timeout(60)
+def test_frames_dropped_before_the_ring_grew_stay_counted() -> None:
+    # The drop counter lives in each segment's header: without carrying it over when the reader follows the writer to
+    # a bigger segment, a camera that changed resolution made its earlier drops vanish from the run's stats (a live
+    # run that lost frames reported none).
+    ctx = mp.get_context("spawn")
+    ring = ShmRing("vis", slots=2, slot_bytes=10 * 10 * 3, ctx=ctx)
+    first = ring.name
+    child = ctx.Process(target=_dropping_then_growing_writer, args=(ring,))
+    child.start()
+    child.join(20)
+    try:
+        assert child.exitcode == 0
+        got = [ring.read(timeout=1.0) for _ in range(3)]
+        assert [f.seq for f in got] == [2, 3, 4]  # 0 and 1 overwritten unread; 4 from the larger segment
+        assert ring.name != first
+        stats = ring.stats()
+        assert (stats["dropped"], stats["unread"]) == (2, 0)
+    finally:
+        ring.close()
+
+
 def test_rejects_non_uint8_and_bad_policy() -> None:
     with ShmRing("ir", slots=1, slot_bytes=64) as ring:
         with pytest.raises(ValueError, match="uint8"):
