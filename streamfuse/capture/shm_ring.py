@@ -161,7 +161,7 @@ class ShmRing:
         self._base = _owned_name()
         self._owner = True
         self._gen = 0
-        self._retired_drops = 0  # drops counted in earlier generations
+        self._retired_written = self._retired_drops = 0  # frames written and dropped in earlier generations
         self._shm: shared_memory.SharedMemory | None = None
         self._map(self._create(0, slot_bytes))
 
@@ -174,7 +174,8 @@ class ShmRing:
     def __setstate__(self, state: dict) -> None:
         self.stream, self.slots, self.policy = state["stream"], state["slots"], state["policy"]
         self._lock, self._data_bell, self._space_bell = state["lock"], state["data_bell"], state["space_bell"]
-        self._base, self._gen, self._owner, self._retired_drops = state["base"], state["gen"], False, 0
+        self._base, self._gen, self._owner = state["base"], state["gen"], False
+        self._retired_written = self._retired_drops = 0
         self._shm = None
         self._map(shared_memory.SharedMemory(name=self._name(self._gen)))
 
@@ -222,6 +223,7 @@ class ShmRing:
 
     def _follow(self) -> None:
         """Reader, lock held, current segment drained: switch to the successor the writer made."""
+        self._retired_written += int(self._hdr[_H_HEAD])
         self._retired_drops += int(self._hdr[_H_DROPPED])
         successor = shared_memory.SharedMemory(name=self._name(int(self._hdr[_H_NEXT_GEN])))
         self._gen = int(self._hdr[_H_NEXT_GEN])
@@ -338,7 +340,8 @@ class ShmRing:
             return {"written": -1, "unread": -1, "dropped": -1}
         try:
             head, tail = int(self._hdr[_H_HEAD]), int(self._hdr[_H_TAIL])
-            return {"written": head, "unread": head - tail, "dropped": self._retired_drops + int(self._hdr[_H_DROPPED])}
+            return {"written": self._retired_written + head, "unread": head - tail,
+                    "dropped": self._retired_drops + int(self._hdr[_H_DROPPED])}
         finally:
             self._lock.release()
 
