@@ -88,24 +88,33 @@ def test_block_policy_waits_instead_of_dropping() -> None:
         assert ring.write(frame, timeout=0.2)  # a slot was freed
 
 
-def _growing_writer(ring: ShmRing) -> None:
-    """Child process: a small frame, then one that does not fit the slots."""
-    ring.write(Frame("vis", 1, 1, image(1, (10, 10, 3))))
-    ring.write(Frame("vis", 2, 2, image(2, (40, 30, 3))))
+def _growing_writer(ring: ShmRing, small: int) -> None:
+    """Child process: ``small`` small frames, then one that does not fit the slots."""
+    for seq in range(small):
+        ring.write(Frame("vis", seq, t_of(seq), image(seq, (10, 10, 3))))
+    ring.write(Frame("vis", small, t_of(small), image(small, (40, 30, 3))))
     ring.close()
+
+
+def _grown(small: int) -> tuple[ShmRing, str]:
+    """A 2-slot latest ring, and the name of its first segment, after a child wrote ``small`` frames and a larger
+    one into it."""
+    ctx = mp.get_context("spawn")
+    ring = ShmRing("vis", slots=2, slot_bytes=10 * 10 * 3, ctx=ctx)
+    first = ring.name
+    child = ctx.Process(target=_growing_writer, args=(ring, small))
+    child.start()
+    child.join(20)
+    assert child.exitcode == 0
+    return ring, first
 
 
 @pytest.mark.timeout(60)
 def test_bigger_frame_moves_to_a_larger_segment_and_all_generations_are_unlinked() -> None:
-    ctx = mp.get_context("spawn")
-    ring = ShmRing("vis", slots=2, slot_bytes=10 * 10 * 3, ctx=ctx)
-    first = ring.name
-    child = ctx.Process(target=_growing_writer, args=(ring,))
-    child.start()
-    child.join(20)
+    ring, first = _grown(1)
     out = [ring.read(timeout=1.0), ring.read(timeout=1.0)]
-    np.testing.assert_array_equal(out[0].image, image(1, (10, 10, 3)))  # drained from the first segment
-    np.testing.assert_array_equal(out[1].image, image(2, (40, 30, 3)))
+    np.testing.assert_array_equal(out[0].image, image(0, (10, 10, 3)))  # drained from the first segment
+    np.testing.assert_array_equal(out[1].image, image(1, (40, 30, 3)))
     assert ring.name != first and ring.slot_bytes >= 40 * 30 * 3
     assert_unlinked(first)  # the reader unlinked the drained generation when it followed
     second = ring.name
@@ -113,33 +122,17 @@ def test_bigger_frame_moves_to_a_larger_segment_and_all_generations_are_unlinked
     assert_unlinked(second)
 
 
-def _dropping_then_growing_writer(ring: ShmRing) -> None:
-    """Child process: four small frames into a 2-slot latest ring nobody reads yet (two dropped), then one that does
-    not fit the slots."""
-    for seq in range(4):
-        ring.write(Frame("vis", seq, t_of(seq), image(seq, (10, 10, 3))))
-    ring.write(Frame("vis", 4, t_of(4), image(4, (40, 30, 3))))
-    ring.close()
-
-
 @pytest.mark.timeout(60)
 def test_frames_dropped_before_the_ring_grew_stay_counted() -> None:
     # The drop counter lives in each segment's header: without carrying it over when the reader follows the writer to
     # a bigger segment, a camera that changed resolution made its earlier drops vanish from the run's stats (a live
     # run that lost frames reported none).
-    ctx = mp.get_context("spawn")
-    ring = ShmRing("vis", slots=2, slot_bytes=10 * 10 * 3, ctx=ctx)
-    first = ring.name
-    child = ctx.Process(target=_dropping_then_growing_writer, args=(ring,))
-    child.start()
-    child.join(20)
+    ring, first = _grown(4)  # 4 small frames into 2 slots nobody reads yet: 2 dropped
     try:
-        assert child.exitcode == 0
         got = [ring.read(timeout=1.0) for _ in range(3)]
         assert [f.seq for f in got] == [2, 3, 4]  # 0 and 1 overwritten unread; 4 from the larger segment
         assert ring.name != first
-        stats = ring.stats()
-        assert stats == {"written": 5, "unread": 0, "dropped": 2}  # counted across both segments
+        assert ring.stats() == {"written": 5, "unread": 0, "dropped": 2}  # counted across both segments
     finally:
         ring.close()
 
