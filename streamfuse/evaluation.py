@@ -369,10 +369,13 @@ def _means(rows: list[dict[str, Any]], timed: bool, pixels: dict[str, int] | Non
     means["ms"] = float(np.median([r["ms"] for r in rows])) if timed else float("nan")
     means["n"] = len(rows)
     if pixels is not None:
-        weights = [pixels[r["image"]] for r in rows]
-        means["delta_grey"] = float(np.average([r["delta_grey"] for r in rows], weights=weights))
-        mse = float(np.average([r["mse_ref"] for r in rows], weights=weights))
-        means["psnr_ref"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
+        compared = [r for r in rows if not math.isnan(r["mse_ref"])]  # the pairs the reference has an output for
+        means["delta_grey"] = means["psnr_ref"] = float("nan")
+        if compared:
+            weights = [pixels[r["image"]] for r in compared]
+            means["delta_grey"] = float(np.average([r["delta_grey"] for r in compared], weights=weights))
+            mse = float(np.average([r["mse_ref"] for r in compared], weights=weights))
+            means["psnr_ref"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
     return means
 
 

@@ -147,6 +147,38 @@ def test_the_range_narrows_once_a_hot_object_has_left_for_30_frames(rng, patch, 
     np.testing.assert_array_equal(depth(scene[30]), _stretch(scene[30], *_robust(scene[29])))
 
 
+def test_pixels_at_the_ends_of_the_held_range_are_inside_it(rng):
+    # without it, a scene whose coldest 5% sit exactly at the held low end (a sky at the sensor's floor) counts them
+    # as clipped and re-scales the sequence: the level jumps although no pixel left the range
+    depth = To8Bit(ir=True)
+    depth(_counts(rng))  # holds 7000..9000
+    img = _counts(rng, 7000, 8800)
+    img[:2] = 7000  # 5% of the pixels at the held range's low end
+    np.testing.assert_array_equal(depth(img), _stretch(img, 7000, 9000))
+    img = _counts(rng, 7200, 9000)
+    img[:2] = 9000  # and at its high end
+    np.testing.assert_array_equal(depth(img), _stretch(img, 7000, 9000))
+
+
+def test_frames_exactly_half_as_wide_do_not_narrow_the_range(rng):
+    # the rule narrows after 30 frames "less than half as wide": half as wide is not less, and the range holds
+    depth = To8Bit(ir=True)
+    depth(_counts(rng))  # holds 7000..9000
+    for _ in range(31):
+        img = _counts(rng, 7500, 8500)
+        assert _robust(img) == (7500, 8500)
+        np.testing.assert_array_equal(depth(img), _stretch(img, 7000, 9000))
+
+
+def test_an_alpha_channel_takes_no_part_in_the_ir_range(rng):
+    # without it, a 16-bit BGRA IR image's opaque alpha (65535) is a quarter of the counts: the range runs to 65535
+    # and the scene is crushed into a few grey levels
+    img = _counts(rng)
+    bgra = np.dstack([img, img, img, np.full_like(img, 65535)])
+    out = To8Bit(ir=True)(bgra)
+    np.testing.assert_array_equal(out[..., :3], np.dstack([_stretch(img, 7000, 9000)] * 3))
+
+
 def test_float_ir_temperatures_take_the_ir_rule_as_counts_of_a_fiftieth_of_a_degree(tmp_path, rng):
     """A radiometric camera's float temperatures: degrees as 1/50-degree counts from -273.15 (so kelvins too), the
     same 8-bit image as those counts give; a pixel without a reading as the frame's coldest; read from a float TIFF

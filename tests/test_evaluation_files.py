@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from streamfuse.atomic_write import write_file, write_png
-from streamfuse.eval_report import check_outputs
+from streamfuse import metrics
+from streamfuse.eval_report import check_outputs, markdown_table
 
 
 def test_a_full_disk_leaves_the_earlier_file_and_no_partial_one(tmp_path, monkeypatch):
@@ -106,3 +107,12 @@ def test_an_output_under_a_file_is_one_line(tmp_path):
                            ({}, {"--json": tmp_path / "notes.txt" / "a.json"})):
         with pytest.raises(ValueError, match=r"cannot be written: .*notes.txt is a file$"):
             check_outputs({}, folders, files)
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_every_line_of_the_markdown_table_has_as_many_columns_as_its_header(delta):
+    # without it, a separator line of fewer cells breaks the table's rendering (GitHub shows the text as is)
+    row = {**{k: 0.5 for k in metrics.METRICS}, "ms": float("nan"), "n": 3, **({"delta_grey": 1.0} if delta else {})}
+    lines = markdown_table({"max": row, "average": {**row, "ms": 2.0}}).splitlines()
+    assert len(lines) == 4 and len({line.count("|") for line in lines}) == 1, lines
+    assert set(lines[1].strip("|").split("|")) == {"---"}

@@ -89,3 +89,41 @@ def test_rule_keeps_the_brighter_base_and_the_stronger_detail():
     np.testing.assert_allclose(out[inner], (blurred + 1.2 * detail)[inner], atol=0.5)
     same = build_fuser(FuseConfig(name="rule")).fuse(textured, textured)
     np.testing.assert_allclose(same, blurred + 1.2 * detail, atol=0.5)  # one source: its base and detail x 1.2
+
+
+def test_laplacian_keeps_the_brighter_base_of_two_flat_sources():
+    # without it, a base averaged instead of maxed: a hot IR target on a dark scene is dimmed by half in the baseline
+    ir, vis = np.full((64, 96), 200, np.uint8), np.full((64, 96), 50, np.uint8)
+    np.testing.assert_allclose(build_fuser(FuseConfig(name="laplacian")).fuse(ir, vis), 200.0, atol=1e-3)
+
+
+def test_laplacian_is_the_documented_five_level_pyramid_rule(pair):
+    # without it, a pyramid of another depth (or another selection rule) is published as the Laplacian baseline
+    ir, vis = (x.astype(np.float32) for x in pair)
+    def pyramid(img):
+        gauss = [img]
+        for _ in range(4):
+            gauss.append(cv2.pyrDown(gauss[-1]))
+        return [g - cv2.pyrUp(n, dstsize=g.shape[::-1]) for g, n in zip(gauss, gauss[1:])] + [gauss[-1]]
+    pa, pb = pyramid(ir), pyramid(vis)
+    assert len(pa) == 5 and pa[-1].shape == (3, 4)
+    out = np.maximum(pa[-1], pb[-1])
+    for a, b in reversed(list(zip(pa[:-1], pb[:-1]))):
+        out = cv2.pyrUp(out, dstsize=a.shape[::-1]) + np.where(np.abs(a) >= np.abs(b), a, b)
+    np.testing.assert_allclose(build_fuser(FuseConfig(name="laplacian")).fuse(*pair), out, atol=1e-3)
+
+
+def test_contrast_below_one_flattens_around_the_mean(pair):
+    # without it, contrast=0.75 (allowed: 0.5 .. 3) would be ignored and the row would be the plain baseline's
+    ir, vis = pair
+    plain = build_fuser(FuseConfig(name="max")).fuse(ir, vis)
+    out = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(contrast=0.75)).fuse(ir, vis)
+    np.testing.assert_allclose(out - out.mean(), 0.75 * (plain - plain.mean()), atol=1e-3)
+
+
+def test_sharpen_is_an_unsharp_mask_of_sigma_1_5(pair):
+    # without it, "sharpen: unsharp-mask amount (sigma 1.5)" would be a different filter from the one documented
+    ir, _ = pair
+    y = ir.astype(np.float32)
+    out = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(sharpen=0.5)).fuse(ir, ir)
+    np.testing.assert_allclose(out, y + 0.5 * (y - cv2.GaussianBlur(y, (0, 0), 1.5)), atol=1e-3)

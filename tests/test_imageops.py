@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamfuse.imageops import LAPLACIAN, SOBEL_SCALE, SOBEL_X, arrays, tensors
+from streamfuse.imageops import LAPLACIAN, SOBEL_SCALE, SOBEL_X, arrays, gaussian_radius, tensors
 
 
 @pytest.fixture
@@ -25,6 +25,25 @@ def test_torch_and_numpy_agree(image):
     for sigma in (1.0, 3.0, 8.0):  # 8: radius 24, wider than the image's 23 rows, so the border falls back to replicate
         np.testing.assert_allclose(arrays.gaussian_blur(image, sigma),
                                    tensors.gaussian_blur(_t(image), sigma)[0, 0].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(9, 14), (10, 14)])  # sigma 3: radius 9, as wide as the 9 rows, then narrower
+def test_numpy_and_torch_blur_agree_where_the_image_side_equals_the_radius(shape):
+    # without it, the hand rule (numpy) and the training target (torch) part on small images: one reflects a border
+    # that the other replicates
+    image = np.random.default_rng(1).random(shape).astype(np.float32)
+    np.testing.assert_allclose(arrays.gaussian_blur(image, 3.0), tensors.gaussian_blur(_t(image), 3.0)[0, 0].numpy(),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma, radius", [(0.5, 2), (1.5, 5), (3.0, 9), (8.0, 24)])
+def test_the_gaussian_reaches_int_3_sigma_plus_half_pixels_on_both_sides(sigma, radius):
+    # without it, a kernel cut at 3 sigma rounded down (4 px for sigma 1.5) drops taps the convention documents
+    assert gaussian_radius(sigma) == radius
+    impulse = np.zeros((61, 61), np.float32)
+    impulse[30, 30] = 1.0
+    for row in (arrays.gaussian_blur(impulse, sigma)[30], tensors.gaussian_blur(_t(impulse), sigma)[0, 0, 30].numpy()):
+        assert np.flatnonzero(row).tolist() == list(range(30 - radius, 31 + radius))
 
 
 def test_sobel_of_a_unit_ramp_is_one_and_signed():

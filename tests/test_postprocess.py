@@ -202,3 +202,16 @@ def test_restore_colour_writes_into_a_given_buffer(encoding, grey_vis):
     np.testing.assert_array_equal(out, restore_colour(y, vis, cfg))
     with pytest.raises(ValueError, match="out must be C-contiguous uint8"):
         restore_colour(y, vis, cfg, np.zeros((6, 11, 3), np.uint8))
+
+
+@pytest.mark.parametrize("encoding, grey_vis", [("bgr8", False), ("bgr8", True), ("mono8", False)])
+def test_a_strided_out_buffer_is_refused_in_one_line(encoding, grey_vis):
+    # without it, a strided view (a slot sliced with a step) fails deep in numba or OpenCV with a multi-line error
+    vis = np.zeros((6, 10) if grey_vis else (6, 10, 3), np.uint8)
+    cfg = PostConfig(encoding=encoding)
+    shape = output_shape(vis, cfg)
+    strided = np.zeros((shape[0], 2 * shape[1], *shape[2:]), np.uint8)[:, ::2]
+    assert strided.shape == shape and not strided.flags.c_contiguous
+    with pytest.raises(ValueError, match="out must be C-contiguous uint8") as info:
+        restore_colour(np.zeros((6, 10), np.float32), vis, cfg, strided)
+    assert "\n" not in str(info.value)

@@ -31,3 +31,14 @@ def test_stabilizer_off_static_and_new_size(rng):
     np.testing.assert_array_equal(stab(small), small)  # a new size restarts it
     with pytest.raises(ValueError, match=r"strength=1.0 is out of range; allowed: 0 \(off\) .. 0.95"):
         StabilizeConfig(strength=1.0)
+
+
+def test_a_nearly_flat_frame_keeps_its_contrast(rng):
+    # without it, a shutter (NUC) frame or a lens cap with a few noisy pixels (std under 0.5 grey levels) has its
+    # noise stretched to the scene's contrast: a frame of snow in the fused stream
+    stab = LevelStabilizer(StabilizeConfig(0.9))
+    stab(_scene(rng))
+    nearly_flat = np.full((48, 64), 80, np.uint8)
+    nearly_flat[::8, ::8] = 81  # std 0.12
+    out = stab(nearly_flat)
+    assert np.ptp(out) <= 1

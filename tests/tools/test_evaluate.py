@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from streamfuse import metrics
+from streamfuse import evaluation, metrics
 from streamfuse.cli.evaluate import EVAL_CONFIG, main
 from streamfuse.configs import resolve
 from streamfuse.evaluation import Method, config_method, evaluate_dir, find_pairs, fused_dir_method, read_grey
@@ -237,6 +237,75 @@ def test_delta_grey_against_a_reference_method(pairs, tmp_path):
     assert (tmp_path / "out" / "metrics.md").read_text().splitlines()[0].endswith("| ms/frame | delta grey |")
     with pytest.raises(ValueError, match="reference 'nope' is not one of the methods"):
         evaluate_dir(ir_dir, vis_dir, rows, tmp_path / "out", reference="nope")
+
+
+def _two_sizes(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """Two pairs of two sizes (30x40 and 60x80), and a fused image for each, textured on 60..180."""
+    ir_dir, vis_dir = tmp_path / "ir", tmp_path / "vi"
+    ir_dir.mkdir()
+    vis_dir.mkdir()
+    fused = {}
+    for stem, shape in (("a", (30, 40)), ("b", (60, 80))):
+        cv2.imwrite(str(ir_dir / f"{stem}.png"), rng.integers(0, 256, shape, dtype=np.uint8))
+        cv2.imwrite(str(vis_dir / f"{stem}.png"), rng.integers(0, 256, shape, dtype=np.uint8))
+        fused[stem] = rng.integers(60, 180, shape, dtype=np.uint8)
+    return ir_dir, vis_dir, fused
+
+
+def _fused_folder(folder: Path, images: dict[str, np.ndarray]) -> Path:
+    folder.mkdir()
+    for stem, img in images.items():
+        cv2.imwrite(str(folder / f"{stem}.png"), img)
+    return folder
+
+
+def test_delta_grey_and_psnr_ref_weigh_every_pixel_alike_over_pairs_of_two_sizes(tmp_path, rng):
+    # without it, a 30x40 pair would count as much as a 60x80 one, and psnr_ref would not be the PSNR in dB
+    ir_dir, vis_dir, ref = _two_sizes(tmp_path, rng)
+    off = {"a": ref["a"] + 2, "b": ref["b"] + 10}  # 2 grey levels off on 1200 pixels, 10 on 4800
+    methods = [Method("ref", fused_dir=_fused_folder(tmp_path / "ref", ref)),
+               Method("off", fused_dir=_fused_folder(tmp_path / "off", off))]
+    means = evaluate_dir(ir_dir, vis_dir, methods, tmp_path / "out", reference="ref").means["off"]
+    assert means["delta_grey"] == pytest.approx((2 * 1200 + 10 * 4800) / 6000)
+    assert means["psnr_ref"] == pytest.approx(10 * math.log10(255**2 / ((4 * 1200 + 100 * 4800) / 6000)))
+
+
+def test_a_method_missing_an_image_is_compared_with_the_reference_where_it_has_one(tmp_path, rng):
+    # without it, the rows of the pair before are compared with this pair's outputs (or the run fails on a KeyError)
+    ir_dir, vis_dir, ref = _two_sizes(tmp_path, rng)
+    methods = [Method("ref", fused_dir=_fused_folder(tmp_path / "ref", ref)),
+               Method("partial", fused_dir=_fused_folder(tmp_path / "partial", {"a": ref["a"] + 3}))]
+    result = evaluate_dir(ir_dir, vis_dir, methods, tmp_path / "out", reference="ref")
+    assert [(r["method"], r["image"], r["delta_grey"]) for r in result.rows] == [
+        ("ref", "a", 0.0), ("partial", "a", 3.0), ("ref", "b", 0.0)]
+    assert (result.missing["partial"], result.means["partial"]["delta_grey"]) == (1, 3.0)
+
+
+def test_a_pair_the_reference_has_no_output_for_is_left_out_of_the_comparison(tmp_path, rng):
+    # the reference's missing image made every method's mean delta NaN and its PSNR infinite (identical to it)
+    ir_dir, vis_dir, ref = _two_sizes(tmp_path, rng)
+    methods = [Method("ref", fused_dir=_fused_folder(tmp_path / "ref", {"a": ref["a"]})),
+               Method("off", fused_dir=_fused_folder(tmp_path / "off", {"a": ref["a"] + 5, "b": ref["b"]}))]
+    means = evaluate_dir(ir_dir, vis_dir, methods, tmp_path / "out", reference="ref").means["off"]
+    assert means["n"] == 2 and means["delta_grey"] == 5.0
+    assert means["psnr_ref"] == pytest.approx(10 * math.log10(255**2 / 25))
+
+
+def test_ms_per_frame_is_the_median_over_the_pairs(pairs, tmp_path, monkeypatch):
+    # without it, one slow first frame (a warm-up, a cache fill) would set the table's ms/frame
+    ir_dir, vis_dir = pairs
+    real_score = evaluation._score
+    times = {"p0": 400.0, "p1": 2.0, "p2": 3.0}
+
+    def timed(*args):
+        fused, row = real_score(*args)
+        return fused, {**row, "ms": times[row["image"]]}
+
+    monkeypatch.setattr("streamfuse.evaluation._score", timed)
+    result = evaluate_dir(ir_dir, vis_dir, [Method("max", fuser=build_fuser(FuseConfig(name="max")))],
+                          tmp_path / "out")
+    assert result.means["max"]["ms"] == 3.0
+    assert "| 3.0 |" in (tmp_path / "out" / "metrics.md").read_text()
 
 
 @pytest.mark.parametrize("case", ["save_ir", "save_vis", "save_link_to_ir", "save_fused", "out_in_ir"])
