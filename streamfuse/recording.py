@@ -311,14 +311,18 @@ class Recorder:
                         lost.get("ir", 0), lost.get("vis", 0))
 
     def abort(self) -> None:
-        """Write what is queued and close without the final name: the ``.NAME.partial`` file stays readable."""
+        """Write what is queued and the chunk being filled, and close without the final name: the ``.NAME.partial``
+        file stays readable, for ``recover``."""
         if self._file.closed:
             return
         try:
             self._worker.join()
+            self._flush()  # the worker has stopped: its open chunk (up to flush_s of frames) was lost with the file
         except RuntimeError as exc:
             if self.error is None:  # not said yet
                 log.warning("%s", exc)
+        except OSError as exc:
+            log.warning("the last frames of %s could not be written: %s", self._partial, io_reason(exc))
         self._sync.close()
         self._file.close()
 

@@ -3,6 +3,7 @@ the disk had not written yet."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamfuse.atomic_write import partial_path, write_file
+from streamfuse.atomic_write import WriterThread, partial_path, whole_png, write_file, write_png
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.recover import recover
@@ -114,3 +115,41 @@ def test_a_recovered_recording_reaches_the_disk_before_its_rename(tmp_path, disk
     rec.abort()  # a run that was killed: its recording keeps the temporary name
     recover(partial_path(out))
     assert _renamed_durably(disk_events, partial_path(partial_path(out)), out)
+
+
+def test_a_png_cut_short_is_not_taken_for_a_whole_one(tmp_path):
+    # a resumed replay keeps the frames folder's whole PNGs: one cut by a power loss, kept, would stand for a frame
+    # that is half grey
+    path = write_png(tmp_path / "000001.png", np.full((48, 64, 3), 90, np.uint8))
+    assert whole_png(path)
+    data = path.read_bytes()
+    for end in (len(data) - 1, len(data) // 2, 4):
+        path.write_bytes(data[:end])
+        assert not whole_png(path), end
+    path.write_bytes(data[:-12] + bytes(12))  # its size kept, its end zeros: the blocks the disk never got
+    assert not whole_png(path)
+    assert not whole_png(tmp_path / "missing.png")
+
+
+def test_a_writer_thread_handles_nothing_after_its_first_failure(tmp_path):
+    # a video writer that went on after a failed frame would make a file with a hole in it that looks whole; the
+    # frames queued behind the failure are left unhandled, and the failure is raised
+    started, release, handled = threading.Event(), threading.Event(), []
+
+    def handle(item: int) -> None:
+        if item == 0:
+            started.set()
+            assert release.wait(30)
+        if item == 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        handled.append(item)
+
+    writer = WriterThread("test writer", handle, "writing frames", maxsize=8)
+    writer.put(0)
+    assert started.wait(30)  # the thread holds item 0: the next ones queue behind it, no error yet
+    for item in (1, 2, 3):
+        writer.put(item)
+    release.set()
+    with pytest.raises(RuntimeError, match="^writing frames failed: No space left on device"):
+        writer.join()
+    assert handled == [0]

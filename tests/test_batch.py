@@ -271,6 +271,29 @@ def test_a_bad_batch_is_refused_in_one_line_before_any_work(tmp_path):
             find_jobs(tmp_path / "pairs.txt", tmp_path / folder, ext=".nut")
 
 
+def test_an_output_that_is_a_hard_link_of_another_pairs_input_is_refused_before_any_work(tmp_path):
+    # another name of the same file: replaying the first pair would write over the second pair's input (or take it
+    # for an earlier output), found only when that pair ran
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    shutil.copy(src / "ir" / "a.nut", tmp_path / "c.nut")
+    shutil.copy(src / "vi" / "a.nut", tmp_path / "c_vis.nut")
+    (tmp_path / "out").mkdir()
+    os.link(tmp_path / "c_vis.nut", tmp_path / "out" / "a.nut")
+    (tmp_path / "pairs.txt").write_text(f"{src / 'ir' / 'a.nut'} {src / 'vi' / 'a.nut'}\n"
+                                        f"{tmp_path / 'c.nut'} {tmp_path / 'c_vis.nut'}\n")
+    with pytest.raises(ValueError, match=f"output {tmp_path / 'out' / 'a.nut'} would overwrite .*c_vis.nut, an "
+                                         f"input of another pair"):
+        find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
+
+
+def test_a_compressed_recordings_output_is_named_without_either_extension(tmp_path):
+    # robot_0.db3.zstd fused to robot_0.db3.mp4: the batch's outputs would not match the names of its recordings
+    (tmp_path / "bags").mkdir()
+    for name in ("robot_0.db3.zstd", "robot_1.mcap.zstd", "robot_2.mcap"):
+        (tmp_path / "bags" / name).write_bytes(b"")
+    jobs = find_jobs(tmp_path / "bags", tmp_path / "out")
+    assert [job.out.name for job in jobs] == ["robot_0.mp4", "robot_1.mp4", "robot_2.mp4"]
+
 def test_paths_are_made_absolute_for_workers_in_other_folders(tmp_path, monkeypatch):
     """A cluster's workers do not run in the driver's folder: relative inputs and outputs would name other files."""
     _pairs(tmp_path / "src", ["a.nut"], 4)

@@ -52,6 +52,15 @@ def _write(tmp_path, text):
         ("ir:\n  kind: synthetic\n\tfps: 3\n",  # PyYAML's first line was only "while scanning for the next token"
          "not valid YAML (found character '\\t' that cannot start any token, line 3, column 1)"),
         ("engine:\n  threads: 100000\n", "engine: threads=100000 is out of range; allowed: 0 (all cores) .. 1024"),
+        # libzmq takes a port modulo 65536: 65536 would bind any free port, and a client would never find it
+        ("publish:\n  endpoint: tcp://127.0.0.1:65536\n",
+         "publish: endpoint='tcp://127.0.0.1:65536' is out of range; allowed: tcp://HOST:PORT (PORT 1..65535"),
+        # `fps: yes` (YAML 1.1's true) taken for 1.0 would time every frame a second apart
+        ("ir:\n  fps: true\n", "ir.fps=True has the wrong type; expected float"),
+        # a visible camera's colours mapped back as temperatures would garble every visible frame
+        ("vis:\n  palette: black_hot\n", "vis.palette='black_hot': a palette is the IR camera's (ir.palette)"),
+        ("record:\n  path: rig.mcap\n  flush_s: 3601\n",
+         "record: flush_s=3601.0 is out of range; allowed: 0.01..3600 s"),
     ],
 )
 def test_bad_configs_name_file_and_key(tmp_path, text, message):
@@ -100,6 +109,13 @@ def test_overrides_are_parsed_and_validated(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="top level must be a mapping"):  # overwrites the file
         load_config(_write(tmp_path, "- fuse\n"), ["hclfuse.steps=2"])
+
+
+def test_an_override_value_keeps_every_equals_sign_after_the_key(tmp_path):
+    # a camera URL's query (`?channel=1&subtype=0`) cut at its second '=' would open another stream, or none
+    url = "rtsp://cam.local/live?channel=1&subtype=0"
+    cfg = load_config(_write(tmp_path, "{}\n"), [f"vis.path={url}", "ir.kind=synthetic"])
+    assert cfg.vis.path == url
 
 
 @pytest.mark.parametrize("text", ["1e-3", "-2e5", "1E3", "1.5e3", "+2.5E-2"])

@@ -93,3 +93,25 @@ def test_a_lock_that_cannot_be_removed_leaves_the_run_s_own_error_and_no_descrip
             raise ValueError("the replay's own error")
     assert len(os.listdir("/proc/self/fd")) == before
     assert f"{out}: could not remove .fused.mp4.lock (Read-only file system)" in caplog.text
+
+
+def test_a_lock_file_its_ending_holder_removed_as_it_was_opened_is_made_again(tmp_path, monkeypatch):
+    """The first run ends, removing its lock file, between the second run's open and its lock: the second run must
+    lock a file at the lock's name, or a third run makes one there and writes the same output beside it."""
+    import fcntl
+
+    out, real_flock, removed = tmp_path / "fused.mp4", fcntl.flock, []
+
+    def flock(fd, op):
+        if not removed:  # the first run's end, just after this run opened the file it was about to release
+            removed.append(True)
+            os.unlink(lock_path(out))
+        real_flock(fd, op)
+
+    lock_path(out).write_text("host pid 1\n")  # the first run's lock file
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with output_lock(out):
+        assert lock_path(out).read_text().endswith(f" pid {os.getpid()}\n")
+        with pytest.raises(FileExistsError, match="is being written by another run"):
+            with output_lock(out):
+                pass

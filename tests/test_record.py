@@ -158,6 +158,45 @@ def test_a_full_disk_stops_the_recording_not_the_caller(tmp_path, rng, monkeypat
         np.testing.assert_array_equal(a.image, b.image)
 
 
+def test_frames_left_out_for_a_slow_disk_stay_counted_when_the_disk_then_fills(tmp_path, rng, monkeypatch):
+    """A slow disk first (a frame left out, the queue full), then a full one: the end's count of frames the recording
+    lacks keeps both, or the run's report would hide the first loss behind the second."""
+    started, release = threading.Event(), threading.Event()
+
+    def stuck_then_full(self, frame):
+        started.set()
+        assert release.wait(30)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Recorder, "_append", stuck_then_full)
+    frames = [Frame("vis", i, T0 + i, rng.integers(0, 256, (4, 5, 3), np.uint8)) for i in range(3)]
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path)), queue_size=1) as rec:
+        rec.write(frames[0])
+        assert started.wait(30)  # the writer holds frame 0; the queue has room for frame 1
+        rec.write(frames[1])
+        rec.write(frames[2])  # queue full: left out
+        assert rec.dropped == {"ir": 0, "vis": 1}
+        release.set()  # frame 0 fails on the full disk, and nothing after it is written
+    assert rec.error is not None
+    assert rec.counts == {"ir": 0, "vis": 0} and rec.dropped == {"ir": 0, "vis": 3}
+
+
+def test_a_run_that_fails_after_recording_keeps_every_frame_in_its_partial_file_for_recover(tmp_path, rng):
+    # the live run's error (a camera gone, a fuser failure) must not cost the recording of what came before it:
+    # deleted, the raw frames that would have shown what went wrong are lost too; and the chunk still being filled
+    # (up to flush_s of frames) was left unwritten, so a short run's recording read back empty
+    path = tmp_path / "rig.mcap"
+    frames = [Frame("vis", i, T0 + i, rng.integers(0, 256, (120, 160, 3), np.uint8)) for i in range(8)]
+    with pytest.raises(RuntimeError, match="the run failed"):
+        with Recorder(RecordConfig(path=str(path))) as rec:
+            for f in frames:
+                rec.write(f)
+            raise RuntimeError("the run failed")
+    assert not path.exists() and partial_path(path).exists()  # not named complete, and not deleted
+    assert [f.seq for f in _recorded_prefix(partial_path(path))] == list(range(8))
+
+
 class _FillingDisk(io.RawIOBase):
     """A file on a disk that fills up after ``room`` bytes: the write that does not fit raises ENOSPC."""
 

@@ -77,6 +77,25 @@ def test_a_recording_keeps_the_counts_and_replays_from_them_when_asked(tmp_path)
     assert sum(1 for _ in read_messages(recovered, (COUNTS_TOPIC,))) == 4
 
 
+
+def test_the_counts_messages_carry_their_frames_capture_time_and_sequence(tmp_path):
+    # Foxglove and `ros2 bag play` order and time messages by log_time: counts logged at another time than their
+    # frame would play apart from it, and a replay by log time would pair them with other frames
+    from mcap.reader import make_reader
+
+    path = tmp_path / "rig.mcap"
+    frames = [Frame("ir", 5 + i, 1_700_000_000_123_456_789 + i * 10**8, (_counts(i) >> 6).astype(np.uint8),
+                    counts=_counts(i)) for i in range(3)]
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        for frame in frames:
+            rec.write(frame)
+    with open(path, "rb") as f:
+        records = {(channel.topic, msg.sequence): (msg.log_time, msg.publish_time)
+                   for _, channel, msg in make_reader(f).iter_messages()}
+    for frame in frames:
+        t = frame.t_capture_ns
+        assert records[(COUNTS_TOPIC, frame.seq)] == records[("/ir/image", frame.seq)] == (t, t)
+
 @pytest.mark.timeout(120)
 def test_a_live_run_records_a_thermal_cameras_counts_exactly(tmp_path):
     (tmp_path / "ir").mkdir()

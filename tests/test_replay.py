@@ -585,6 +585,17 @@ def test_recording_replays_to_the_live_pairs_and_fused_frames(tmp_path):
     assert time.perf_counter() - t_start >= (vis[-1][0] - vis[0][0]) / 1e9
 
 
+def test_latest_mode_fuses_a_visible_frame_held_for_two_ir_frames_into_two_output_frames(tmp_path):
+    # IR at twice the visible rate: each visible frame is held for two IR frames, so two pairs share its pts; the
+    # second must still be written (a pts one tick on), or the encoder refuses it and the replay stops
+    ir, vis, out = tmp_path / "ir.mkv", tmp_path / "vis.mkv", tmp_path / "fused.mkv"
+    write_video(ir, 20, 50, grey=True, codec="ffv1")
+    write_video(vis, 10, 25, codec="ffv1")
+    summary = run_replay(make_cfg(sync={"mode": "latest"}), ir_path=ir, vis_path=vis, out_path=out)
+    _, pts = decoded(out)
+    assert summary.complete and summary.written == summary.pairs == len(pts) > summary.frames["vis"]
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+
 def test_find_pairs_from_a_list_file(tmp_path):
     (tmp_path / "list.txt").write_text("# ir vis\na/ir1.mp4 b/vis1.mp4\n/abs/ir2.mp4 /abs/vis2.mp4  # second\n")
     assert find_pairs(tmp_path / "list.txt") == [(tmp_path / "a/ir1.mp4", tmp_path / "b/vis1.mp4", ""),
@@ -616,6 +627,14 @@ def test_find_pairs_from_a_list_file(tmp_path):
                                          r"-print0\?\); give one pair a line"):
         find_pairs(tmp_path / "nul.txt")
 
+
+def test_find_pairs_takes_a_visible_subfolder_named_vis_as_well_as_vi(tmp_path):
+    # the docs and the error message promise ir/ + vis/; refused, a batch laid out that way would not start
+    for sub in ("ir", "vis"):
+        (tmp_path / sub).mkdir()
+        for name in ("a.mp4", "b.mkv"):
+            (tmp_path / sub / name).write_bytes(b"")
+    assert find_pairs(tmp_path) == [(tmp_path / "ir" / n, tmp_path / "vis" / n, "") for n in ("a.mp4", "b.mkv")]
 
 def test_replay_config_is_valid_and_replays(tmp_path, clip):
     from streamfuse.config import load_config

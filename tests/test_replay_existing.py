@@ -3,6 +3,7 @@ output (refused, or continued by --resume), and the seam where a killed run's ou
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -11,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from test_output_lock import HOLD
 from test_replay import _StopAt, decoded, interrupted_replay, make_cfg, write_video
@@ -19,6 +21,7 @@ import streamfuse.processor
 from streamfuse.atomic_write import partial_path
 from streamfuse.cli.run import replay_main
 from streamfuse.replay import ReplayError, run_replay
+from streamfuse.replay.outputs import check_existing_output
 from streamfuse.video import VideoWriter, decode_frames, pick_encoder
 
 
@@ -259,3 +262,23 @@ def test_a_partial_output_left_aside_by_a_killed_resume_is_taken_over(tmp_path, 
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and summary.reused == 7 and summary.written == 40
     assert not list(tmp_path.glob(".fused*"))
+
+
+def test_a_setting_added_since_an_output_was_made_is_not_named_as_changed(tmp_path, caplog):
+    # an output made by an earlier version records no value for a setting added since: every rerun of the batch
+    # warned that each of its outputs was made with other settings, though none of them changed
+    cfg = make_cfg()
+    made = cfg.to_dict()
+    del made["fuse"]["name"]  # as an earlier version would have written it, before the key existed
+    out = tmp_path / "fused.mkv"
+    w = VideoWriter(out, codec="ffv1", crf=0, time_base=Fraction(1, 1000), rate=Fraction(25), width=32, height=24,
+                    metadata={"comment": json.dumps({"streamfuse_config": made})})
+    w.write(np.zeros((24, 32, 3), np.uint8), 0)
+    w.commit()
+    with caplog.at_level(logging.WARNING):
+        assert check_existing_output(out, cfg, resume=True)  # complete: nothing to do
+    assert "other settings" not in caplog.text
+    changed = make_cfg(fuse={"name": "average"}, sync={"slop_ms": 5.0})
+    with caplog.at_level(logging.WARNING):
+        assert check_existing_output(out, changed, resume=True)
+    assert "made with other settings (sync.slop_ms)" in caplog.text  # what it records, and differs, is named

@@ -216,6 +216,18 @@ def test_a_folder_not_numbered_as_frames_are_is_timed_by_position(tmp_path, name
     assert [f.t_capture_ns for f in frames] == [0, 100_000_000, 200_000_000]
 
 
+@pytest.mark.parametrize("names, numbers", [
+    # three frames of every four lost (the most a folder of frames may lose): still timed by their numbers
+    (["0000.png", "0004.png", "0008.png", "0012.png"], [0, 4, 8, 12]),
+    # a camera's number before the frame number: the frame number is the last one in the name
+    (["cam2_0000.png", "cam2_0001.png", "cam2_0003.png"], [0, 1, 3])])
+def test_a_folder_of_numbered_frames_is_timed_by_each_frames_own_number(tmp_path, names, numbers):
+    # timed by position instead, each frame after a lost one moves onto the other stream's earlier frame
+    for i, name in enumerate(names):
+        cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), i, np.uint8))
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=False))
+    assert [f.t_capture_ns for f in frames] == [n * 100_000_000 for n in numbers]
+
 def test_a_looped_folder_goes_on_after_its_last_frame(tmp_path):
     for n in (1, 2, 3):
         cv2.imwrite(str(tmp_path / f"{n:04d}.png"), np.full((8, 8, 3), n, np.uint8))
