@@ -193,3 +193,42 @@ def test_a_realtime_paced_run_is_started_over_not_resumed(tmp_path, pair, caplog
         summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.reused == 0 and summary.fused == summary.written
     assert f"cannot resume {out}: realtime pacing drops frames differently on every run; starting over" in caplog.text
+
+
+def test_a_resume_after_an_input_was_rewritten_in_place_is_refused(tmp_path, pair):
+    """An input re-recorded under the same name and size (a raw or fixed-size capture) is another video: without its
+    mtime in the fingerprint a resume spliced the interrupted run's frames of the old video onto the new one's."""
+    import os
+
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=8)
+    kept = partial_path(out).read_bytes()
+    st = ir.stat()
+    os.utime(ir, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, rewritten a second later
+    with pytest.raises(FileExistsError, match=r"^cannot resume .*fused\.mkv: ir changed since the interrupted run"):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert partial_path(out).read_bytes() == kept
+
+
+def test_frames_held_leaves_out_a_last_h264_packet_cut_by_a_kill(tmp_path):
+    """A kill mid-write cuts the partial file inside its last packet; counted as held, that short packet made a
+    cut file look longer than the other one beside it, and the one holding more whole frames was deleted."""
+    from fractions import Fraction
+
+    from streamfuse.replay.resume import frames_held
+
+    out = tmp_path / "fused.mp4"
+    writer = VideoWriter(out, codec="h264", crf=18, time_base=Fraction(1, 25), rate=Fraction(25), width=32,
+                         height=32, threaded=False)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        writer.write(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), i)
+    writer.abort()
+    partial = partial_path(out)
+    with av.open(str(partial)) as c:
+        last = [p for p in c.demux(c.streams.video[0]) if p.size][-1]
+    assert frames_held(partial) == 12
+    with open(partial, "r+b") as f:
+        f.truncate(last.pos + last.size - 3)  # cut 3 bytes before the last packet's end
+    assert frames_held(partial) == 11

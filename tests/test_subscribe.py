@@ -372,3 +372,16 @@ def test_frames_on_a_files_own_clock_get_no_age(clock: str, start_ns: int, rng: 
     lines = result.stdout.splitlines()
     assert sum("age n/a (the source's own clock) net " in line for line in lines) == 2, lines
     assert lines[-1].startswith("received 2 frames") and "; age n/a; net median" in lines[-1]
+
+
+def test_without_first_timeout_the_first_wait_is_the_longer_of_timeout_and_the_default(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # a consumer started beside a publisher that still loads its model would give up after --timeout alone (10 s),
+    # before the 6-16 s that start takes; the default (60 s here 0.4 s) is the first wait unless --timeout is longer
+    import streamfuse.subscribe
+
+    monkeypatch.setattr(streamfuse.subscribe, "_FIRST_TIMEOUT_S", 0.4)
+    assert main(["tcp://127.0.0.1:1", "--timeout", "0.2"]) == 1
+    assert "for 0.4 s after 0 frames" in capsys.readouterr().err
+    assert main(["tcp://127.0.0.1:1", "--timeout", "0.5"]) == 1
+    assert "for 0.5 s after 0 frames" in capsys.readouterr().err

@@ -38,3 +38,10 @@ def test_eps_x0_round_trip():
     x = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
     torch.testing.assert_close(eps_to_x0(x, eps, abar), x0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x0_to_eps(x, x0, abar), eps, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_timesteps_round_a_stride_that_does_not_divide_the_schedule():
+    # truncating 1000/3 gave 665 for the middle step where the trailing spacing (diffusers' "trailing") has 666: the
+    # steps a student was distilled at were then not the ones it sampled at
+    assert ddim_timesteps(3) == [999, 666, 332]
+    assert ddim_timesteps(6) == [999, 832, 666, 499, 332, 166]

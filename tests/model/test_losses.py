@@ -64,3 +64,17 @@ def test_range_term_counts_only_what_leaves_the_sources_local_range_by_more_than
     lo, hi = local_range(torch.cat([dark, rim], dim=1), 3)
     assert lo.max().item() == pytest.approx(0.2) and hi[..., 9:13, :].min().item() == pytest.approx(0.95)
     assert hi[..., :8, :].max().item() == pytest.approx(0.7)  # the window reaches one row beyond the rim, no further
+
+
+def test_target_weighs_the_detail_sources_by_their_squared_gradient_energy():
+    # w = E_ir^2 / (E_ir^2 + E_vis^2): with E (not squared) the stronger source's detail was diluted by the weaker's,
+    # so the target the model learns from kept less of the more textured source than the method says
+    stripes = torch.ones(1, 1, 64, 64)
+    stripes[..., 2::4, :] = stripes[..., 3::4, :] = -1.0  # period 4: Sobel sees nothing in period-2 stripes
+    vis = 0.5 + 0.05 * stripes
+    ir = 0.5 + 0.05 * 2 ** 0.5 * stripes  # twice vis's squared gradient magnitude, so E_ir = 2 E_vis
+    cfg = LossConfig(detail_gain=1.0)
+    inner = (..., slice(24, 40), slice(24, 40))
+    detail = [(fusion_target(a, vis, cfg) - 0.5)[inner].abs().mean() for a in (ir, vis)]
+    ratio = detail[0] / detail[1]
+    assert ratio == pytest.approx(0.8 * 2 ** 0.5 + 0.2, abs=0.02)  # w_ir = 4 / 5

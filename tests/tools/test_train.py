@@ -274,3 +274,24 @@ def test_tiff_pairs_are_trained_on_as_evaluate_reads_them(tmp_path):
     cv2.imwrite(str(root / "msrs/train/ir/b.png"), rng.integers(0, 256, (40, 56), dtype=np.uint8))
     cv2.imwrite(str(root / "msrs/train/vi/b.png"), rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
     assert [name for name, _, _ in train.load_pairs(root)] == ["msrs/train/ir/a.tiff", "msrs/train/ir/b.png"]
+
+
+def test_an_out_holding_only_an_earlier_runs_weights_is_refused(data, tmp_path):
+    # a finished run whose checkpoint was deleted to save space: a new run given its --out wrote over its weights
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / DEFAULT_WEIGHTS.name).write_bytes(b"an earlier run's weights")
+    with pytest.raises(SystemExit, match=rf"holds an earlier run \({DEFAULT_WEIGHTS.name}\): --resume it"):
+        train.main(["--data", str(data), "--out", str(out), *TINY])
+    assert (out / DEFAULT_WEIGHTS.name).read_bytes() == b"an earlier run's weights"
+
+
+def test_a_resume_on_another_number_of_cpu_threads_goes_on(data, tmp_path):
+    # a run started on a workstation and resumed on a smaller machine (or the other way) was refused for --threads,
+    # which changes how fast it trains, not what it learns
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY])
+    resumed = [*TINY[:-1], "3"]
+    resumed[resumed.index("--threads") + 1] = "2"
+    train.main(["--data", str(data), "--out", str(out), *resumed, "--resume"])
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 3
