@@ -299,3 +299,24 @@ def test_the_relay_stops_with_clients_connected_without_tracebacks(caplog):
             assert client.recv(64) == b""  # closed by the relay's stop
             client.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_a_relayed_client_without_its_request_in_time_is_closed_counted_and_its_place_freed(caplog):
+    # a slowloris on the bridge went unsaid in the log, and each one closed at its deadline still held its place:
+    # after as many as the cap, every Foxglove client was answered 503 for good
+    from streamfuse.view.relay import Relay
+
+    relay = Relay("127.0.0.1", 0, 1, limit=4, request_s=0.2)  # upstream never reached: no request comes
+    try:
+        with caplog.at_level("WARNING", "streamfuse.foxglove"):
+            port = relay.start()
+            for _ in range(5):  # more than the cap, one after the other
+                with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as client:
+                    client.sendall(b"GET / HTTP/1.1\r\n")  # and never the blank line that ends the head
+                    assert client.recv(64) == b""  # closed at the deadline, not answered 503
+            assert relay.count == 0
+    finally:
+        relay.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.foxglove"]
+    closed = [int(line.split()[1]) for line in said if "sent no complete request within 0.2 s" in line]
+    assert sum(closed) == 5 and len(said) == len(closed), said

@@ -175,3 +175,17 @@ def test_a_homography_puts_the_ir_camera_s_view_on_the_visible_pixels():
     plain = FrameProcessor.from_config(config_from_dict({"fuse": {"name": "max"}, "post": {"encoding": "mono8"}}))
     resized = plain(still_pair(ir, np.full((48, 64, 3), 40, np.uint8))).image  # no homography: only resized
     assert np.argwhere(resized > 200).min(0).tolist() == [21, 21]
+
+
+def test_where_the_warped_ir_frame_does_not_reach_it_is_filled_with_its_own_median_level():
+    # filled black, the strip beyond the IR camera's view read as a cold region to the OT alignment and the fusion: a
+    # dark band along the frame's edge on a warm scene
+    from streamfuse.frames import Frame, FramePair
+    from streamfuse.register import RegisterConfig, Registration
+
+    ir = np.full((24, 32), 120, np.uint8)
+    ir[10:14, 10:14] = 250
+    shift = Registration(RegisterConfig(homography=(1, 0, 8, 0, 1, 0, 0, 0, 1)))  # 8 px right
+    out = shift(FramePair(Frame("ir", 0, 0, ir), Frame("vis", 0, 0, np.zeros((24, 32, 3), np.uint8))))
+    assert out.shape == (24, 32) and (out[:, :8] == 120).all()  # beyond the view: the IR frame's median
+    assert (out[10:14, 18:22] == 250).all()  # the hot block, moved with the view

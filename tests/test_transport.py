@@ -451,3 +451,14 @@ def test_compressed_stream_decodes_transparently(encoding: str) -> None:
         assert header["format"] == encoding and header["schema"] == SCHEMA_2 and image.shape == frame.shape
         assert _psnr(frame, image) >= 30.0
         assert json.loads(json.dumps(header)) == header
+
+
+def test_a_requested_keyframe_is_one_frame_and_the_stream_goes_on_with_inter_frames() -> None:
+    # a request (a new consumer joining) left the encoder making keyframes for good: every frame an IDR, several
+    # times the bandwidth of the link
+    frames = _demo_frames(6)
+    encoder = H264Encoder(keyint=100, crf=23)
+    keys = [encoder.encode(f)[1] for f in frames[:2]]
+    encoder.request_keyframe()
+    keys += [encoder.encode(f)[1] for f in frames[2:]]
+    assert keys == [True, False, True, False, False, False]

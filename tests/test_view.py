@@ -737,3 +737,45 @@ def test_the_bridge_caps_connections_at_a_third_of_its_files():
     most = most_connections(files_each=3)
     with pytest.raises(SystemExit):
         cli(["foxglove", "tcp://127.0.0.1:1", "--max-connections", str(most + 1)])
+
+
+def test_a_page_is_sent_a_frame_once_and_then_only_newer_ones():
+    # the frame a page had drawn was sent again on each of its acks until a newer one came: a still stream (a paused
+    # pipeline) sent the same JPEGs at the page's full rate
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    feed._latest = {"fused": (1, {"seq": 1}, _image())}
+
+    async def page() -> list[list[dict]]:
+        seen: dict[str, int] = {}
+        first, again = await feed.message(seen), await feed.message(seen)
+        feed._latest["fused"] = (2, {"seq": 2}, _image())
+        return [unpack(m)[0]["frames"] for m in (first, again, await feed.message(seen))]
+
+    try:
+        sent = asyncio.run(page())
+    finally:
+        feed.stats_in.close()
+    assert [[f["header"]["seq"] for f in frames] for frames in sent] == [[1], [], [2]]
+
+
+def test_a_page_gets_the_stats_history_once_then_only_each_new_snapshot():
+    # the plots' whole history (300 snapshots) went out with every stats update, not only to a page just opened:
+    # megabytes a second to each page for a few numbers
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    for t in range(3):
+        feed.stats = {"t_ns": t}
+        feed.history.append({"t_ns": t, "rate_fps": 30.0, "stages": {}})
+        feed.versions["stats"] += 1
+
+    async def page() -> list[dict]:
+        seen: dict[str, int] = {}
+        first = await feed.message(seen)
+        feed.stats, feed.versions["stats"] = {"t_ns": 3}, feed.versions["stats"] + 1
+        return [unpack(m)[0] for m in (first, await feed.message(seen), await feed.message(seen))]
+
+    try:
+        sent = asyncio.run(page())
+    finally:
+        feed.stats_in.close()
+    assert [len(m["history"]) for m in sent[:1]] == [3] and sent[0]["stats"] == {"t_ns": 2}
+    assert sent[1] == {"frames": [], "stats": {"t_ns": 3}} and sent[2] == {"frames": []}

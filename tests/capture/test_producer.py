@@ -416,3 +416,173 @@ def test_network_stream_that_goes_away_and_comes_back_is_reconnected_while_the_o
     vis_seq = [f.seq for f in before + during + after if f.stream == "vis"]
     assert vis_seq == sorted(set(vis_seq))  # numbering continues across the reconnects
     print(f"stream output resumed {resumed_s:.2f} s after the server came back")
+
+
+class _Counting:
+    """A source of ``(48, 64)`` frames numbered from 0 at 30 fps that states no frame interval of its own (the config's
+    ``fps`` stands for it)."""
+
+    def __init__(self) -> None:
+        self.n, self.stop_event, self.warn = 0, None, None
+
+    def read(self) -> Frame:
+        self.n += 1
+        return Frame("ir", self.n - 1, (self.n - 1) * 1000, np.zeros((48, 64), np.uint8))
+
+    def __enter__(self) -> _Counting:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _Written:
+    """What a producer wrote into its ring, the pipe's messages, and a stop flag set after ``n`` frames."""
+
+    def __init__(self, n: int) -> None:
+        self.frames: list[Frame] = []
+        self.sent: list[tuple[str, str]] = []
+        self.n = n
+
+    def write(self, frame: Frame, stop: object) -> bool:
+        self.frames.append(frame)
+        return True
+
+    def is_set(self) -> bool:
+        return len(self.frames) >= self.n
+
+    def send(self, message: tuple[str, str]) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_resumed_producer_skips_what_was_delivered_continues_the_numbers_and_beats_per_frame(monkeypatch) -> None:
+    # A restarted producer of a file repeated the frames delivered before its crash, or numbered its frames one off (a
+    # gap the pairer counts as a drop); its beat is what the parent's stall watch reads: frames not counted there, or
+    # an interval taken as milliseconds for nanoseconds, had a healthy producer killed as stalled.
+    from streamfuse.capture import producer_process
+
+    monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())  # the test process keeps its own signal handlers
+    monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _Counting())
+    out, beat = _Written(3), [0, 0, 0, 0]
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, fps=30.0)
+    producer_process.produce("ir", cfg, out, out, out, (10, 2, 5_000), beat)  # resume at seq 10, 2 frames in
+    assert [(f.seq, f.t_capture_ns) for f in out.frames] == [(10, 7_000), (11, 8_000), (12, 9_000)]
+    assert beat[:2] == [3, round(1e9 / 30)] and out.sent == []
+
+
+class _Died:
+    """A producer process that has exited (SIGKILL)."""
+
+    pid, exitcode = 4242, -signal.SIGKILL
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_restart_delays_double_per_failure_in_a_row_and_start_again_after_a_stable_run(caplog) -> None:
+    # Without the doubling a camera that dies at once on every start (a flaky USB link) was restarted ten times a
+    # second for as long as it failed, flooding the log; without the reset, one that failed once a day after running
+    # for hours waited the longest delay (8 s) each time, a gap in the stream for no reason.
+    from collections import deque
+
+    from streamfuse.capture.producer import _STABLE_S, _Worker
+
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    prod = Producers.__new__(Producers)  # its supervision alone: no process started
+    prod._backoff, prod._events = (0.1, 8.0), deque()
+    w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))
+    for ran_s in (0.0, 0.0, 0.0, 0.0, _STABLE_S + 1, 0.0):
+        w.proc, w.state, w.started_at = _Died(), "running", time.monotonic() - ran_s
+        prod._on_exit(w)
+        assert w.state == "waiting"
+    said = [r.getMessage().rsplit("restarting in ", 1)[1] for r in caplog.records]
+    assert said == ["0.1 s", "0.2 s", "0.4 s", "0.8 s", "0.1 s", "0.2 s"]
+    assert [e.restarting for e in prod._events] == [True] * 6
+
+
+class _DroppingRing:
+    """A retired producer's ring: empty, ``dropped`` frames overwritten while it ran."""
+
+    def __init__(self, dropped: int) -> None:
+        self.dropped = dropped
+
+    def try_read(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, int]:
+        return {"dropped": self.dropped, "unread": 0}
+
+    def close(self) -> None:
+        pass
+
+
+def test_frames_dropped_by_every_retired_producer_of_a_source_add_up() -> None:
+    # only the last retired producer's drops were kept: a source restarted twice reported the drops of its second
+    # producer alone, and the run's capture_dropped hid the others
+    from streamfuse.capture.producer import _Worker
+
+    prod = Producers.__new__(Producers)
+    w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))
+    prod._workers = {"ir": w}
+    for dropped, skipped in ((3, 1), (4, 2)):
+        w.ring, w.beat = _DroppingRing(dropped), [0, 0, 0, skipped]
+        prod._retire(w)
+    stats = prod.stats()["ir"]
+    assert (stats["dropped"], stats["skipped"], stats["queued"]) == (7, 3, 0)
+
+
+class _Queued(_DroppingRing):
+    """A running producer's ring holding ``frames``, oldest first."""
+
+    def __init__(self, frames: list[Frame]) -> None:
+        super().__init__(0)
+        self.frames = frames
+
+    def peek_time(self) -> int | None:
+        return self.frames[0].t_capture_ns if self.frames else None
+
+    def try_read(self) -> Frame | None:
+        return self.frames.pop(0) if self.frames else None
+
+
+def test_frames_of_both_sources_come_oldest_capture_time_first() -> None:
+    # taken newest first, a source's frames waiting in its ring went past the other's newer ones: the pairer saw its
+    # streams out of time order and left pairs unmade
+    from collections import deque
+
+    from streamfuse.capture.producer import _Worker
+
+    image = np.zeros((4, 4), np.uint8)
+    prod = Producers.__new__(Producers)
+    prod._events = deque()
+    prod._workers = {name: _Worker(name, SourceConfig(kind="synthetic", width=64, height=48)) for name in ("ir", "vis")}
+    prod._workers["ir"].ring = _Queued([Frame("ir", i, t, image) for i, t in enumerate((10, 40, 70))])
+    prod._workers["vis"].ring = _Queued([Frame("vis", i, t, image) for i, t in enumerate((20, 30, 80))])
+    order = [(f.stream, f.t_capture_ns) for f in iter(prod._next, None)]
+    assert order == [("ir", 10), ("vis", 20), ("vis", 30), ("ir", 40), ("ir", 70), ("vis", 80)]
+    assert prod._workers["ir"].delivered == prod._workers["vis"].delivered == 3
+
+
+@pytest.mark.parametrize(("delivered", "restarts"), [(0, False), (1, True), (5, True)])
+def test_a_live_source_failing_is_restarted_once_it_has_delivered_even_one_frame(delivered: int,
+                                                                                restarts: bool) -> None:
+    # One that reported an error before any frame is a configuration error (a wrong address or password) and is not
+    # retried; a camera that delivered its first frame and then lost its link is. Taking one frame for none ended the
+    # run of a camera that dropped out right after it opened.
+    from collections import deque
+
+    from streamfuse.capture.producer import _Worker
+
+    prod = Producers.__new__(Producers)
+    prod._backoff, prod._events = (0.1, 8.0), deque()
+    w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))  # live: a wall-clock source
+    w.proc, w.started_at, w.last_seq = _Died(), time.monotonic(), delivered - 1
+    w.message = ("error", "ir: camera lost")  # what the source itself said
+    prod._on_exit(w)
+    if restarts:
+        assert w.state == "waiting" and w.final is None and [e.restarting for e in prod._events] == [True]
+    else:
+        assert w.state == "ended" and w.final == ProducerEvent("ir", "error", "ir: camera lost") and not prod._events
