@@ -24,7 +24,7 @@ from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
-from streamfuse.video import VideoWriter, decode_frames
+from streamfuse.video import VideoWriter, decode_frames, ffv1_slice_crcs, read_tags
 
 T0 = 1_700_000_000_123_456_789  # an epoch capture time, ns
 
@@ -481,6 +481,7 @@ def test_codec_threads_one_starts_no_ffmpeg_threads(tmp_path):
 
 @pytest.mark.parametrize("name, kw, match", [
     ("o.mp4", {"codec": "ffv1"}, "FFV1 cannot be stored"),
+    ("o.mov", {"codec": "ffv1"}, "FFV1 cannot be stored"),
     ("o.avi", {"codec": "h264"}, "H.264 in .avi loses its frame times"),
     ("o.xyz", {}, "unknown container"),
     ("missing/o.mp4", {}, "output folder does not exist"),
@@ -490,6 +491,36 @@ def test_video_writer_bad_outputs(tmp_path, name, kw, match):
     (tmp_path / "notes.txt").write_text("a file, not a folder")
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         _writer(tmp_path / name, **kw)
+
+
+def test_a_long_tag_in_a_nut_output_reads_back_whole(tmp_path):
+    # FFmpeg's NUT demuxer drops a tag value of 1 KiB or more: without the split a resolved config (~2 KB) written
+    # into a .nut output would come back missing, and one split in three parts would come back garbled
+    config = "\n".join(f"key{i}: \u00e9t\u00e9 {i}" for i in range(250))  # ~3 KB, two-byte characters across the cuts
+    w = _writer(tmp_path / "o.nut", metadata={"comment": config, "short": "x"})
+    w.write(np.zeros((24, 32, 3), np.uint8), 0)
+    w.commit()
+    with av.open(str(tmp_path / "o.nut")) as c:
+        tags = read_tags(c)
+    assert tags["comment"] == config and tags["short"] == "x"
+    assert not any(k.startswith("comment_") for k in tags)
+
+
+def test_ffv1_output_stores_slice_crcs_that_catch_a_flipped_byte(tmp_path, rng):
+    # the file source checks an FFV1 file's slice CRCs (FFmpeg only conceals a damaged slice): an output written
+    # without them, or a check that looked at one slice only, would pass a damaged picture off as the file's
+    w = _writer(tmp_path / "o.mkv", codec="ffv1", time_base=Fraction(1, 1000), width=64, height=48)
+    for i in range(2):
+        w.write(rng.integers(0, 256, (48, 64, 3), np.uint8), 40 * i)
+    w.commit()
+    with av.open(str(tmp_path / "o.mkv")) as c:
+        packets = [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
+    assert len(packets) == 2 and all(ffv1_slice_crcs(p) is True for p in packets)
+    for where in (10, len(packets[0]) // 2, len(packets[0]) - 20):  # the first, a middle and the last slice
+        damaged = bytearray(packets[0])
+        damaged[where] ^= 0x10
+        assert ffv1_slice_crcs(bytes(damaged)) is False, where
+    assert ffv1_slice_crcs(b"\x01\x02\x03") is None  # no footer at all
 
 
 def test_video_writer_refuses_non_increasing_pts(tmp_path):

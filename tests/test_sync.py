@@ -215,6 +215,16 @@ def test_unknown_stream_and_bad_config_raise_naming_the_value() -> None:
         SyncConfig(queue_size=1)
 
 
+def test_latest_mode_refuses_a_hold_of_zero_or_past_a_minute() -> None:
+    # hold_ms=0 (a typo for a small hold) would leave every frame of the other stream too stale to pair: a run that
+    # fuses nothing instead of a one-line config error
+    with pytest.raises(ValueError, match="0 < hold_ms <= 60000"):
+        SyncConfig(mode="latest", hold_ms=0)
+    with pytest.raises(ValueError, match="hold_ms"):
+        SyncConfig(mode="latest", hold_ms=60_001)
+    assert SyncConfig(mode="latest", hold_ms=60_000).hold_ms == 60_000
+
+
 def _stepped(stream: str, n: int, step_at_ms: float, step_ms: float, *, fps: float = 30, start_ms: float = 0.0
              ) -> list[Frame]:
     """n frames at ``fps`` whose clock is stepped by ``step_ms`` (an NTP step) at ``step_at_ms`` of their time."""

@@ -336,3 +336,15 @@ def test_a_matroska_file_never_finalised_is_not_held_to_a_length_estimated_from_
     target.close()
     assert not finalised(path, "matroska,webm")
     assert read_all(path) == (N, [])
+
+
+@pytest.mark.parametrize("pad", [b"\0", b"\xff"])
+def test_mpegts_padded_past_the_search_window_is_reported_not_taken_for_a_cut(tmp_path: Path, pad: bytes) -> None:
+    # a recorder that writes whole blocks of a disc's sector fills the last one with zero or 0xFF bytes, more than
+    # the last packets are looked for in: taken for a cut, a complete recording would stop the replay as truncated
+    path = tmp_path / "v.ts"
+    write(path, "mpegts")
+    path.write_bytes(path.read_bytes() + pad * 8192)
+    assert missing_end(path, "mpegts") == Cut("8192 unrecognised bytes follow its last whole MPEG-TS packet", False)
+    n, warnings = read_all(path)
+    assert n == N and len(warnings) == 1 and warnings[0].endswith(f"frames after frame {N} may be missing")

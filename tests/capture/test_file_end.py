@@ -5,9 +5,11 @@ an AVI (whose end is exact: frame slots) even when only its last frame is missin
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from helpers_video import CASES, N, cut, write
 
@@ -41,3 +43,24 @@ def test_the_file_cut_at_a_packet_is_still_truncated(tmp_path: Path, case: str, 
     cut(path, kept)
     with pytest.raises(SourceError, match=f"truncated or corrupt video: decoding stopped after frame {kept} "):
         read_all(path)
+
+
+def test_a_video_whose_audio_runs_longer_is_read_to_its_end_not_taken_for_truncated(tmp_path: Path) -> None:
+    # a camera recording's sound often goes on after its last frame: the container's duration is the audio's, and
+    # held to it a complete file's video would look cut
+    path = tmp_path / "v.mkv"
+    with av.open(str(path), "w", format="matroska") as container:
+        video, audio = container.add_stream("mpeg4", rate=25), container.add_stream("aac", rate=44100, layout="mono")
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for i in range(N):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 5 * i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(video.encode(frame))
+        for i in range(230):  # 230 x 1024 samples: 5.3 s of sound, the video 2 s
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = 44100, i * 1024
+            container.mux(audio.encode(sound))
+        container.mux(video.encode(None) + audio.encode(None))
+    with av.open(str(path)) as container:
+        assert container.duration / 1e6 > 5  # the audio's end: what the check must not take
+    assert read_all(path) == N

@@ -328,3 +328,28 @@ def test_an_rtsp_camera_is_read_over_tcp_unless_told(monkeypatch, ffmpeg, transp
     with pytest.raises(SourceError, match="cannot open rtsp://192.0.2.10/ir"):
         open_source("ir", SourceConfig(kind="stream", path="rtsp://192.0.2.10/ir", ffmpeg=ffmpeg)).open()
     assert seen == [{"rtsp_transport": transport}]
+
+
+def test_frames_without_pts_follow_each_other_by_one_frame_period(tmp_path: Path) -> None:
+    # a raw H.264 elementary stream (.h264, as many cameras dump it) has no timestamps: stamped all alike, its
+    # frames would sit 1 ns apart, pair with one visible frame and replay as fast as they decode
+    from fractions import Fraction
+
+    path = tmp_path / "v.h264"
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=25, options={"bf": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    src = open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False))
+    src.warn = lambda line: None
+    with src:
+        times = []
+        while (frame := src.read()) is not None:
+            times.append(frame.t_capture_ns)
+        period = src.frame_interval_ns
+    assert len(times) == 5 and period > 1_000_000
+    assert [b - a for a, b in zip(times, times[1:])] == [period] * 4
