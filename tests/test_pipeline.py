@@ -737,7 +737,9 @@ def test_the_newest_of_the_pairs_that_arrived_together_is_fused_and_the_older_on
     monkeypatch.setattr(pipeline, "start_producers", lambda *a: _EndingProducers(frames, counters))
     fused, send_fused = [], Publisher.send_fused
     monkeypatch.setattr(Publisher, "send_fused", lambda pub, f: fused.append(f) or send_fused(pub, f))
-    cfg, _ = _live_cfg("ir.width=64", "ir.height=48", "vis.width=64", "vis.height=48")
+    # any free port, taken by the publisher itself (nothing here connects to it)
+    cfg, _ = _live_cfg("ir.width=64", "ir.height=48", "vis.width=64", "vis.height=48",
+                       "publish.endpoint=tcp://127.0.0.1:*")
     snap = pipeline.run_live(cfg, duration_s=60.0)  # the duration only bounds a failure
     paired = snap["counters"]["paired.ir"]
     assert paired >= 2 and [(f.pair.ir.seq, f.pair.vis.seq) for f in fused] == [(paired - 1, paired - 1)]
