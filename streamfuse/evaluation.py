@@ -3,10 +3,7 @@
 A method is either a folder of another method's fused outputs (grey or colour images named like the inputs; the
 Y channel is scored) or a fuser run here (built by name or from a pipeline config), whose time per frame is
 measured as well. All methods are scored with :mod:`streamfuse.metrics` on the same pairs, so their rows compare.
-
-Pairs are matched by file stem (``ir/00004N.png`` with ``vi/00004N.png``, ``ir/190001.jpg`` with ``vi/190001.jpg``).
-Images may have any size; visible images may be colour (BGR, Y taken) or grey; 3-channel IR (LLVIP) becomes grey.
-16-bit images are brought to 8 bits by :mod:`streamfuse.bitdepth` (each IR image by its own range).
+The pairs and how they are read: :mod:`streamfuse.eval_pairs`.
 """
 
 from __future__ import annotations
@@ -23,19 +20,19 @@ import numpy as np
 
 from streamfuse import metrics
 from streamfuse.atomic_write import write_file
-from streamfuse.bitdepth import IMAGE_SUFFIXES, To8Bit, read_8bit
+from streamfuse.bitdepth import IMAGE_SUFFIXES
 from streamfuse.checks import ConfigError, apply_overrides, yaml_value
 from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
 from streamfuse.configs import resolve
+from streamfuse.eval_pairs import check_readable, check_size, find_pairs, image_files, read_grey, read_pair
 from streamfuse.eval_report import check_outputs, markdown_table, tile, write_csv, write_montage
 from streamfuse.fusers import BaselineConfig, Fuser
 from streamfuse.inference import EngineConfig, HCLFuseConfig
-from streamfuse.postprocess import vis_luma
 from streamfuse.processor import FrameProcessor, config_fuser, still_pair
 from streamfuse.staged_folders import staged_folders
 
-__all__ = ["FUSER_SECTIONS", "Method", "find_pairs", "image_files", "read_grey", "read_pair", "fused_dir_method",
-           "fuser_method", "config_method", "evaluate_dir", "EvalResult", "is_eval_file"]
+__all__ = ["FUSER_SECTIONS", "Method", "fused_dir_method", "fuser_method", "config_method", "evaluate_dir", "EvalResult",
+           "is_eval_file"]
 
 log = logging.getLogger(__name__)
 EVAL_FILES = ("metrics.csv", "metrics.md", "montage.png")  # what evaluate_dir writes to its out_dir, with the configs
@@ -63,50 +60,6 @@ class EvalResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     means: dict[str, dict[str, float]] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
-
-
-def read_grey(path: Path, depth: To8Bit | None = None) -> np.ndarray:
-    """Read an 8- or 16-bit image as ``(H, W)`` uint8 luma: grey as is, BGR/BGRA via BT.601 Y (``vis_luma``).
-
-    ``depth`` brings 16 bits to 8 (:mod:`streamfuse.bitdepth`): ``To8Bit(ir=True)`` for an IR still, one instance
-    for all the frames of an IR sequence; a visible or fused image when None. ``ValueError`` (one line) otherwise.
-    """
-    img = read_8bit(path, depth or To8Bit(ir=False))
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    elif img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    return vis_luma(np.ascontiguousarray(img))
-
-
-def image_files(folder: Path, what: str, wanted: set[str] | None = None) -> dict[str, Path]:
-    """Images in ``folder`` by stem; ``what`` names it in the error when it is missing or holds none of ``wanted``."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {'is a file' if folder.exists() else 'not found'}: {folder}")
-    files: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES and files.setdefault(p.stem, p) != p:
-            log.warning("%s: %s and %s share a name; %s is used", folder, files[p.stem].name, p.name,
-                        files[p.stem].name)
-    if wanted and not wanted & files.keys():
-        raise FileNotFoundError(f"{what}: none of the {len(wanted)} pairs has its image in {folder} (named as its IR)")
-    return files
-
-
-def find_pairs(dir_ir: str | Path, dir_vis: str | Path, limit: int = 0) -> list[tuple[str, Path, Path]]:
-    """``(stem, ir_path, vis_path)`` for every stem present in both folders, sorted; the first ``limit`` if > 0.
-    ``ValueError`` (one line) for one folder given twice: each image would be scored against itself."""
-    ir, vis = image_files(Path(dir_ir), "IR"), image_files(Path(dir_vis), "visible")
-    if Path(dir_ir).resolve() == Path(dir_vis).resolve():
-        raise ValueError(f"the IR and visible folders are one folder ({dir_ir}, {dir_vis}): give each its own")
-    stems = sorted(ir.keys() & vis.keys())
-    if not stems:
-        raise ValueError(f"no IR/visible pairs with matching file names in {dir_ir} and {dir_vis}")
-    if len(stems) < max(len(ir), len(vis)):
-        alone = sorted((ir.keys() | vis.keys()) - set(stems))
-        log.warning("%d IR images in %s and %d visible images in %s have no partner (first: %s)",
-                    len(ir) - len(stems), dir_ir, len(vis) - len(stems), dir_vis, alone[0])
-    return [(s, ir[s], vis[s]) for s in stems[:limit or None]]
 
 
 def fused_dir_method(spec: str) -> Method:
@@ -218,6 +171,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     check_outputs(inputs, {"output folder": out_dir, **{f"save folder ({n})": d for n, d in save_dirs.items()}})
     fused_files = {m.name: image_files(m.fused_dir, f"fused ({m.name})", {s for s, _, _ in pairs})
                    for m in methods if m.fused_dir is not None}
+    check_readable(pairs, fused_files)
     finals = list(dict.fromkeys(p.absolute() for p in (out_dir, *save_dirs.values())))  # --save may be --out
     with staged_folders(finals) as staging:
         staged = dict(zip(finals, staging))
@@ -294,17 +248,6 @@ def _refuse_held(save_dirs: dict[str, Path]) -> None:
                              "give a new or empty folder, so that they do not mix with this run's")
 
 
-def read_pair(stem: str, ir_path: Path, vis_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A pair's ``(IR, visible Y)``; ``ValueError`` naming the pair and both sizes when they differ."""
-    ir, vis_y = read_grey(ir_path, To8Bit(ir=True)), read_grey(vis_path)
-    (h, w), (vh, vw) = ir.shape, vis_y.shape
-    if ir.shape != vis_y.shape or min(h, w) < metrics.MIN_SIDE:
-        why = "differ in size (register them first)" if ir.shape != vis_y.shape else \
-            f"are smaller than the {metrics.MIN_SIDE} pixels a side the metrics need"
-        raise ValueError(f"{stem}: IR {ir_path} ({w}x{h}) and visible {vis_path} ({vw}x{vh}) {why}")
-    return ir, vis_y
-
-
 def _check_methods(methods: list[Method], reference: str | None) -> None:
     """Refuse methods that cannot be scored together (one line); warn of state carried over between stills."""
     if not methods:
@@ -349,8 +292,7 @@ def _score(name: str, processor: FrameProcessor | None, stem: str, ir: np.ndarra
         fused = read_grey(fused_files[stem])
     else:
         return None
-    if fused.shape != ir.shape:
-        raise ValueError(f"{name}/{stem}: fused size {fused.shape} differs from the sources' {ir.shape}")
+    check_size(name, stem, fused, ir)
     return fused, {"method": name, "image": stem, **metrics.evaluate_pair(fused, ir, vis_y), "ms": ms}
 
 

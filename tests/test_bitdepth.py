@@ -15,7 +15,7 @@ from helpers_video import write_grey16
 
 from streamfuse.bitdepth import To8Bit, read_8bit, read_image
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
-from streamfuse.evaluation import read_pair
+from streamfuse.eval_pairs import read_pair
 from streamfuse.postprocess import vis_luma
 from streamfuse.train.data import load_pairs
 

@@ -224,7 +224,7 @@ def test_evaluate_pair_refuses_images_too_small_for_vif(scene):
 
 
 def _msrs_means(data_dir, fused_of, keys):
-    from streamfuse.evaluation import find_pairs, read_grey
+    from streamfuse.eval_pairs import find_pairs, read_grey
 
     rows = []
     for stem, ir_path, vis_path in find_pairs(data_dir / "msrs/test/ir", data_dir / "msrs/test/vi"):

@@ -49,7 +49,8 @@ from streamfuse.cli.args import Parser, config_error, config_value, data_dir, in
 from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
-from streamfuse.evaluation import EvalResult, Method, evaluate_dir, find_pairs, is_eval_file, read_pair  # noqa: E402
+from streamfuse.eval_pairs import find_pairs, read_pair  # noqa: E402
+from streamfuse.evaluation import EvalResult, Method, evaluate_dir, is_eval_file  # noqa: E402
 from streamfuse.inference import HCLFuseConfig  # noqa: E402
 from streamfuse.log_queue import install_direct  # noqa: E402
 from streamfuse.processor import config_fuser  # noqa: E402

@@ -36,8 +36,8 @@ import numpy as np  # noqa: E402
 from streamfuse.bitdepth import To8Bit  # noqa: E402
 from streamfuse.checks import ConfigError  # noqa: E402
 from streamfuse.cli.args import Parser, config_error, config_value, data_dir, int_at_least  # noqa: E402
-from streamfuse.evaluation import (Method, config_method, find_pairs, fused_dir_method, fuser_method,  # noqa: E402
-                                   image_files, read_grey)
+from streamfuse.eval_pairs import find_pairs, image_files, read_grey  # noqa: E402
+from streamfuse.evaluation import Method, config_method, fused_dir_method, fuser_method  # noqa: E402
 from streamfuse.metrics import average_gradient, flow_warp_error, temporal_ratio  # noqa: E402
 from streamfuse.postprocess import PostConfig  # noqa: E402
 from streamfuse.processor import FrameProcessor, still_pair  # noqa: E402

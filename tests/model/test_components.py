@@ -107,7 +107,7 @@ def _needs(folder: str) -> pytest.MarkDecorator:
 @pytest.mark.parametrize("pair_set", [pytest.param("msrs/test", marks=_needs("msrs/test/ir")),
                                       pytest.param("m3svd", marks=_needs("videos/m3svd/ir"))])
 def test_shipped_weights_beat_the_rule_and_are_not_dominated_by_the_stretched_maximum(pair_set, tool, tmp_path):
-    from streamfuse.evaluation import find_pairs, read_grey
+    from streamfuse.eval_pairs import find_pairs, read_grey
     from streamfuse.metrics import average_gradient, overshoot, qabf, spatial_frequency, to_8bit, vif
 
     if pair_set == "m3svd":  # the model card's held-out video frames (the tool's default choice), unseen in training

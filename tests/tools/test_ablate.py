@@ -55,7 +55,7 @@ def test_json_summary(tool, folders, tmp_path, random_weights, capsys):
 
 def test_latent_swap_decodes_with_the_next_pairs_latent(tool, folders, random_weights):
     """Pair i gets pair i+1's latent, the last pair the first's; with three equal latents nothing would move."""
-    from streamfuse.evaluation import find_pairs, read_grey
+    from streamfuse.eval_pairs import find_pairs, read_grey
     from streamfuse.fusers import FuseConfig
     from streamfuse.inference import EngineConfig, HCLFuseConfig
     from streamfuse.processor import build_fuser
@@ -146,7 +146,7 @@ def test_latent_swap_needs_two_pairs(tool, folders, random_weights, caplog):
     that reads as "the latent does nothing". It is left out, with a warning."""
     from streamfuse.config import load_config
     from streamfuse.configs import resolve
-    from streamfuse.evaluation import find_pairs
+    from streamfuse.eval_pairs import find_pairs
 
     cfg = load_config(resolve("eval"), [f"hclfuse.weights={random_weights}", "engine.device=cpu"])
     pairs = find_pairs(*folders)

@@ -15,7 +15,8 @@ import pytest
 from streamfuse import evaluation, metrics
 from streamfuse.cli.evaluate import EVAL_CONFIG, main
 from streamfuse.configs import resolve
-from streamfuse.evaluation import Method, config_method, evaluate_dir, find_pairs, fused_dir_method, read_grey
+from streamfuse.eval_pairs import find_pairs, read_grey
+from streamfuse.evaluation import Method, config_method, evaluate_dir, fused_dir_method
 from streamfuse.fusers import FuseConfig
 from streamfuse.processor import build_fuser
 
