@@ -7,6 +7,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,17 +19,27 @@ import numpy as np
 import pytest
 import zmq
 from helpers_video import cut, write
-from helpers_zmq import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _start(port: int, *extra: str, fuser: str = "max", program: tuple[str, ...] = (str(REPO / "run_stream.py"),),
-           **popen: object) -> subprocess.Popen:
+def _start(*extra: str, endpoint: str = "tcp://127.0.0.1:*", fuser: str = "max",
+           program: tuple[str, ...] = (str(REPO / "run_stream.py"),), **popen: object) -> subprocess.Popen:
+    """run_stream.py on the demo rig, its stderr into its stdout; publishing on any free loopback port unless
+    ``endpoint`` names one (a port picked free for it could be taken meanwhile by a suite running beside)."""
     args = [sys.executable, *program, "--config", "demo",
-            "--set", f"publish.endpoint=tcp://127.0.0.1:{port}", "--set", f"fuse.name={fuser}",
+            "--set", f"publish.endpoint={endpoint}", "--set", f"fuse.name={fuser}",
             "--set", "telemetry.interval_s=1", "--set", "engine.device=cpu", *extra]
     return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _bound(proc: subprocess.Popen, head: list[str]) -> str:
+    """The endpoint a run started by :func:`_start` bound, read from its log; the lines read are added to ``head``."""
+    for line in proc.stdout:
+        head.append(line)
+        if found := re.search(r" publishing \S+ on (tcp://\S+) \(stats on ", line):
+            return found.group(1)
+    pytest.fail("the run ended without publishing:\n" + "".join(head))
 
 
 def _shm_of(pid: int) -> set[str]:
@@ -62,10 +73,9 @@ def _receive(sock, fused: int, stats: int, deadline_s: float) -> list[tuple[byte
 
 @pytest.mark.timeout(90)
 def test_demo_publishes_fused_frames_and_stops_cleanly_on_sigterm(receiver):
-    port = free_port()
-    proc = _start(port, "--set", "vis.frame_id=cam_front")
+    proc, head = _start("--set", "vis.frame_id=cam_front"), []
     try:
-        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.connect(_bound(proc, head))
         receiver.setsockopt(zmq.SUBSCRIBE, b"")
         msgs = _receive(receiver, fused=20, stats=3, deadline_s=45)
         fused = [(json.loads(h), img) for topic, h, *rest in msgs if topic.startswith(b"fused/") for img in rest]
@@ -121,13 +131,12 @@ def test_a_failing_recording_stops_alone_and_the_run_exits_nonzero(receiver, tmp
     from streamfuse.capture.mcap_source import read_recording
     from streamfuse.capture.sources import SourceError
 
-    port, path = free_port(), tmp_path / "rig.mcap"
+    path, head = tmp_path / "rig.mcap", []
     small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
-    proc = _start(port, f"--set=record.path={path}", "--set=record.chunk_mb=0.0625", *small,
-                  program=("-c", _FULL_DISK_RUN))
+    proc = _start(f"--set=record.path={path}", "--set=record.chunk_mb=0.0625", *small, program=("-c", _FULL_DISK_RUN))
     after = []  # fused frames received after a stats snapshot said the recording had failed
     try:
-        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.connect(_bound(proc, head))
         receiver.setsockopt(zmq.SUBSCRIBE, b"")
         failed, deadline = None, time.monotonic() + 60
         while len(after) < 5 and proc.poll() is None and time.monotonic() < deadline:
@@ -142,7 +151,7 @@ def test_a_failing_recording_stops_alone_and_the_run_exits_nonzero(receiver, tmp
                 after.append(json.loads(header)["seq"])
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out = "".join(head) + proc.communicate(timeout=30)[0]
     assert failed and len(after) == 5, out
     assert after[0] >= failed["published"]  # seq counts from 0: published after that snapshot
     reason = f"writing recording {partial_path(path)} failed: No space left on device"
@@ -168,12 +177,12 @@ def test_a_run_killed_outright_keeps_its_recording_up_to_flush_s_before_the_kill
     from streamfuse.recover import main as recover
     from test_record import _readable
 
-    port, path = free_port(), tmp_path / "rig.mcap"
+    path = tmp_path / "rig.mcap"
     small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
-    proc = _start(port, f"--set=record.path={path}", "--set=record.chunk_mb=256", "--set=record.flush_s=0.2", *small)
+    proc = _start(f"--set=record.path={path}", "--set=record.chunk_mb=256", "--set=record.flush_s=0.2", *small)
     on_disk, deadline = 0, time.monotonic() + 60
     try:
-        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.connect(_bound(proc, []))
         receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")
         while on_disk < 40 and proc.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(zmq.Again):  # a fused frame: the recorder had its inputs
@@ -196,9 +205,8 @@ def test_a_live_run_whose_output_nobody_reads_keeps_publishing_and_stops_on_sigt
     import fcntl
     import termios
 
-    port = free_port()
     small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
-    proc = _start(port, "--set=telemetry.interval_s=0.05", *small)
+    proc = _start("--set=telemetry.interval_s=0.05", *small)
     fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: one page
     capacity = fcntl.fcntl(proc.stdout.fileno(), 1032)  # F_GETPIPE_SZ
 
@@ -209,7 +217,7 @@ def test_a_live_run_whose_output_nobody_reads_keeps_publishing_and_stops_on_sigt
 
     after_full, deadline = 0, time.monotonic() + 60
     try:
-        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.connect(_bound(proc, []))
         receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")
         while after_full < 20 and proc.poll() is None and time.monotonic() < deadline:
             full = unread() > capacity - 1024  # no room for another stats line
@@ -232,13 +240,13 @@ def test_a_terminal_hangup_stops_the_run_cleanly_with_its_recording_finished(rec
     process of the group gone (the output pipe they all hold reaches its end)."""
     from streamfuse.atomic_write import partial_path
 
-    port, path = free_port(), tmp_path / "rig.mcap"
+    path = tmp_path / "rig.mcap"
     small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
     # started as from a terminal: SIGHUP at its default even where the suite runs under nohup
-    proc = _start(port, f"--set=record.path={path}", *small, start_new_session=True,
+    proc = _start(f"--set=record.path={path}", *small, start_new_session=True,
                   preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
-        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.connect(_bound(proc, []))
         receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")
         assert len(_receive(receiver, fused=5, stats=0, deadline_s=60)) == 5
         in_use = _shm_of(proc.pid)
@@ -257,12 +265,10 @@ def test_a_terminal_hangup_stops_the_run_cleanly_with_its_recording_finished(rec
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_under_nohup_a_hangup_leaves_the_run_going(receiver):
     """Started with SIGHUP ignored (``nohup``), the run outlives its terminal: frames keep coming after the hangup."""
-    port = free_port()
     small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 160), ("height", 120))]
-    proc = _start(port, *small, start_new_session=True,
-                  preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    proc = _start(*small, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     try:
-        receiver.connect(f"tcp://127.0.0.1:{port}")
+        receiver.connect(_bound(proc, []))
         receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")
         assert len(_receive(receiver, fused=5, stats=0, deadline_s=60)) == 5
         os.killpg(proc.pid, signal.SIGHUP)
@@ -279,14 +285,14 @@ def test_under_nohup_a_hangup_leaves_the_run_going(receiver):
 
 @pytest.mark.timeout(60)
 def test_port_in_use_is_one_line_and_nonzero():
-    port = free_port()
     with zmq.Context() as ctx, ctx.socket(zmq.PUB) as blocker:
-        blocker.bind(f"tcp://127.0.0.1:{port}")
-        proc = _start(port, "--duration", "5")
+        blocker.bind("tcp://127.0.0.1:*")
+        taken = blocker.getsockopt_string(zmq.LAST_ENDPOINT)
+        proc = _start("--duration", "5", endpoint=taken)
         out, _ = proc.communicate(timeout=50)
         blocker.close(linger=0)
     assert proc.returncode == 1
-    assert f"tcp://127.0.0.1:{port} is already in use" in out
+    assert f"{taken} is already in use" in out
     assert "Traceback" not in out
 
 
@@ -304,7 +310,7 @@ def test_missing_video_file_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
                            "--set", "ir.kind=file", "--set", f"ir.path={tmp_path / 'nope.mp4'}",
                            "--set", "ir.restart=false", "--set", "vis.realtime=false",  # its times from 0, as a file's
-                           "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{free_port()}",
+                           "--set", "fuse.name=max", "--set", "publish.endpoint=tcp://127.0.0.1:*",
                            "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -318,7 +324,7 @@ def test_a_run_failing_before_a_source_delivers_keeps_no_recording_that_blocks_i
     """A wrong IR path with ``record:`` finished a recording of the visible frames of the failed start (and made its
     folder), and the corrected run was then refused: the record path existed."""
     record = tmp_path / "runs" / "rig.mcap"
-    common = ["--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{free_port()}",
+    common = ["--set", "fuse.name=max", "--set", "publish.endpoint=tcp://127.0.0.1:*",
               "--set", f"record.path={record}", "--set", "ir.width=64", "--set", "ir.height=48",
               "--set", "vis.width=64", "--set", "vis.height=48"]
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo", *common,
@@ -357,7 +363,7 @@ def test_two_missing_video_files_are_both_named_in_one_line(tmp_path):
     paths = {s: tmp_path / f"{s}.mp4" for s in ("ir", "vis")}
     sources = [a for s, p in paths.items() for a in ("--set", f"{s}.kind=file", "--set", f"{s}.path={p}")]
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo", *sources,
-                           "--set", "fuse.name=max", "--set", f"publish.endpoint=tcp://127.0.0.1:{free_port()}",
+                           "--set", "fuse.name=max", "--set", "publish.endpoint=tcp://127.0.0.1:*",
                            "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("streamfuse: error: ")]
@@ -386,7 +392,7 @@ def test_a_source_failing_for_good_ends_the_run_with_the_final_stats_then_its_re
     from streamfuse.capture.mcap_source import read_recording
 
     path = tmp_path / "rig.mcap"
-    proc = _start(free_port(), *(f"--set={s}" for s in _ir_cut_at_frame_25(tmp_path)), f"--set=record.path={path}",
+    proc = _start(*(f"--set={s}" for s in _ir_cut_at_frame_25(tmp_path)), f"--set=record.path={path}",
                   "--duration", "60")
     out, _ = proc.communicate(timeout=80)
     assert proc.returncode == 1 and "Traceback" not in out, out
@@ -444,10 +450,10 @@ class _FusedWatcher:
         self._ctx.term()
 
 
-def _live_cfg(*overrides: str):
+def _live_cfg(*overrides: str, endpoint: str = "tcp://127.0.0.1:*"):
+    """The demo's config for an in-process run; ``endpoint``: the test's own ``ipc://`` path where it subscribes."""
     from streamfuse.config import load_config
 
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = load_config(REPO / "streamfuse/configs/demo.yaml", [
         f"publish.endpoint={endpoint}", "fuse.name=max", "telemetry.interval_s=60", "engine.device=cpu", *overrides])
     return cfg, endpoint
@@ -455,7 +461,7 @@ def _live_cfg(*overrides: str):
 
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("realtime", [True, False])
-def test_capture_latency_only_for_wall_clock_sources(realtime):
+def test_capture_latency_only_for_wall_clock_sources(realtime, tmp_path):
     from streamfuse.pipeline import run_live
 
     flags = [f"ir.realtime={str(realtime).lower()}", f"vis.realtime={str(realtime).lower()}"]
@@ -463,7 +469,7 @@ def test_capture_latency_only_for_wall_clock_sources(realtime):
     # let a frame stand for 1 ms of virtual time so that the drift (one renderer several times faster than the other
     # on a busy machine) stays within the hold for a minute, not two seconds.
     unpaced = ["sync.mode=latest", "sync.hold_ms=60000", "ir.fps=1000", "vis.fps=1000"]
-    cfg, endpoint = _live_cfg(*flags, *([] if realtime else unpaced))
+    cfg, endpoint = _live_cfg(*flags, *([] if realtime else unpaced), endpoint=f"ipc://{tmp_path}/fused")
     stop = threading.Event()
     watcher = _FusedWatcher(endpoint, stop, lambda headers: len(headers) >= 3)
     try:
@@ -477,7 +483,7 @@ def test_capture_latency_only_for_wall_clock_sources(realtime):
 
 
 @pytest.mark.timeout(150)
-def test_capture_latency_is_measured_on_the_monotonic_clock_across_a_wall_clock_step(monkeypatch):
+def test_capture_latency_is_measured_on_the_monotonic_clock_across_a_wall_clock_step(monkeypatch, tmp_path):
     """NTP steps this process's wall clock an hour forward after the cameras' frames were stamped: latency is taken
     from each frame's monotonic acquisition time, so it stays what it is instead of reading an hour."""
     import types
@@ -487,7 +493,7 @@ def test_capture_latency_is_measured_on_the_monotonic_clock_across_a_wall_clock_
     stepped = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
     stepped.time_ns = lambda: time.time_ns() + 3600 * 10**9  # what the loop reads; the producers stamp unstepped
     monkeypatch.setattr(pipeline, "time", stepped)
-    cfg, endpoint = _live_cfg()
+    cfg, endpoint = _live_cfg(endpoint=f"ipc://{tmp_path}/fused")
     stop = threading.Event()
     watcher = _FusedWatcher(endpoint, stop, lambda headers: len(headers) >= 3)
     try:
@@ -501,12 +507,12 @@ def test_capture_latency_is_measured_on_the_monotonic_clock_across_a_wall_clock_
 
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("when", ["running", "before_first_frame"])
-def test_live_run_resumes_after_the_ir_producer_is_killed(when, record_property):
+def test_live_run_resumes_after_the_ir_producer_is_killed(when, record_property, tmp_path):
     """Killed while running, or before it delivered a frame: the run goes on and fused frames flow again. The
     gap from the kill to the first fused frame with a new IR capture is recorded (a figure, not asserted)."""
     from streamfuse.pipeline import run_live
 
-    cfg, endpoint = _live_cfg()
+    cfg, endpoint = _live_cfg(endpoint=f"ipc://{tmp_path}/fused")
     stop = threading.Event()
     kill: dict[str, int] = {}
 
@@ -737,9 +743,7 @@ def test_the_newest_of_the_pairs_that_arrived_together_is_fused_and_the_older_on
     monkeypatch.setattr(pipeline, "start_producers", lambda *a: _EndingProducers(frames, counters))
     fused, send_fused = [], Publisher.send_fused
     monkeypatch.setattr(Publisher, "send_fused", lambda pub, f: fused.append(f) or send_fused(pub, f))
-    # any free port, taken by the publisher itself (nothing here connects to it)
-    cfg, _ = _live_cfg("ir.width=64", "ir.height=48", "vis.width=64", "vis.height=48",
-                       "publish.endpoint=tcp://127.0.0.1:*")
+    cfg, _ = _live_cfg("ir.width=64", "ir.height=48", "vis.width=64", "vis.height=48")
     snap = pipeline.run_live(cfg, duration_s=60.0)  # the duration only bounds a failure
     paired = snap["counters"]["paired.ir"]
     assert paired >= 2 and [(f.pair.ir.seq, f.pair.vis.seq) for f in fused] == [(paired - 1, paired - 1)]

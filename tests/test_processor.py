@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import free_port
 
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.config import config_from_dict, load_config
@@ -130,7 +129,7 @@ def test_live_and_replay_give_bit_identical_frames_of_one_recording(tmp_path: Pa
     for attempt in range(3):
         recording = tmp_path / f"rig{attempt}.mcap"
         cfg = load_config(resolve("demo"), [
-            "fuse.name=max", "telemetry.interval_s=60", f"publish.endpoint=tcp://127.0.0.1:{free_port()}",
+            "fuse.name=max", "telemetry.interval_s=60", f"publish.endpoint=ipc://{tmp_path}/fused{attempt}",
             f"record.path={recording}", "ir.width=96", "ir.height=72", "vis.width=96", "vis.height=72",
             "ir.fps=5", "vis.fps=10"])  # each IR frame pairs with every second visible one
         assert cfg.stabilize.strength > 0 and cfg.post.denoise > 0  # the stateful stages are on

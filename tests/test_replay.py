@@ -671,14 +671,12 @@ def test_unreadable_partial_output_restarts_with_the_reason(tmp_path, clip, capl
 def test_a_replay_waits_for_its_first_subscriber(tmp_path):
     """publish.wait_subscriber_s: a consumer that connects with the replay gets every frame from the first (without
     the wait, ZeroMQ's slow joiner: the frames sent before its subscription arrived never reach it)."""
-    from helpers_zmq import free_port
-
     from streamfuse.client import Subscriber
 
     ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
     write_video(ir, 20, 30, grey=True)
     write_video(vis, 20, 30)
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"ipc://{tmp_path}/fused"  # the test's own: a port picked free could be taken by a suite beside
     cfg = make_cfg(replay={"publish": True}, publish={"endpoint": endpoint, "nodrop": True, "wait_ms": 60_000,
                                                       "sndhwm": 100, "shm_slots": 0, "wait_subscriber_s": 60})
     with Subscriber(endpoint, timeout_s=PATIENCE_S, rcvhwm=100) as sub:  # connects once the replay binds
