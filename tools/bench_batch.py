@@ -12,4 +12,4 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
 from streamfuse.cli import tool  # noqa: E402
 
 if __name__ == "__main__":
-    tool("streamfuse.bench.batch:main", __file__)
+    tool("streamfuse.bench.batch:main", __file__, "bench")

@@ -52,7 +52,8 @@ FAST_EXIT = ("run", "replay")  # commands whose teardown is skipped by the conso
 # arriving while the command still loads (torch, OpenCV, the model), before its own handlers, is no death by it.
 STOPPED_BY: dict[str, tuple[tuple[int, ...], int]] = {
     "run": (TERMINATE, 0), "replay": (TERMINATE, 130), "recover": (TERMINATE, 130), "train": (TERMINATE, 130),
-    "evaluate": (TERMINATE, 130), "tools": (TERMINATE, 130),  # "tools": the tools/ scripts that are no command
+    "evaluate": (TERMINATE, 130), "bench": (TERMINATE, 130),
+    "tools": (TERMINATE, 130),  # "tools": the tools/ scripts that are no command
     "subscribe": ((signal.SIGTERM,), 0), "view": ((signal.SIGTERM,), 0), "foxglove": ((signal.SIGTERM,), 0)}
 
 

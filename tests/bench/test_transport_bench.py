@@ -1,9 +1,16 @@
 """``python -m streamfuse bench transport``: its shared-memory rows really go through shared memory (and the pool's
-ring, or ZeroMQ descriptors for the ``zmq headers`` row), its codec figures are sane."""
+ring, or ZeroMQ descriptors for the ``zmq headers`` row), its codec figures are sane, a SIGTERM ends it cleanly."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from helpers_zmq import wait_until
 
 from streamfuse.bench import transport as bench_transport
 from streamfuse.shm_pool import shm_supported
@@ -45,3 +52,45 @@ def test_bad_numbers_are_refused_when_parsing(args, message, monkeypatch, capsys
         bench_transport.main(args)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.strip().splitlines()[-1].endswith(message)
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (Linux's /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        if ppid == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm and /proc")
+def test_a_sigterm_mid_run_is_one_line_and_leaves_no_receiver_and_no_shared_memory() -> None:
+    # it died by the signal (143): its spawned receiver ran on for good, holding the pool's segment and
+    # multiprocessing's semaphores
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "bench", "transport", "--sizes", "64x48",
+                             "--seconds", "3", "--rounds", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    receivers: set[int] = set()
+    try:
+        def pool() -> list[Path]:
+            return list(Path("/dev/shm").glob(f"streamfuse_pub_{proc.pid}_*"))
+
+        wait_until(lambda: proc.poll() is not None or (pool() and _children(proc.pid)), "a receiver reading the pool",
+                   timeout_s=150)
+        assert proc.poll() is None, "the benchmark ended before its shared-memory rows"
+        receivers = _children(proc.pid)
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        for pid in receivers & _children(1):  # left running (reparented to init) by a benchmark that died
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == "streamfuse bench: interrupted (SIGTERM)" and "Traceback" not in err, err
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), "the receivers gone")
+    assert not pool() and "leaked" not in err

@@ -120,7 +120,8 @@ def test_a_ctrl_c_a_command_lets_through_is_one_line(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("command, status", [("run", 0), ("replay", 130), ("recover", 130), ("train", 130),
-                                             ("subscribe", 0), ("view", 0), ("foxglove", 0)])
+                                             ("subscribe", 0), ("view", 0), ("foxglove", 0),
+                                             ("bench", 130)])
 def test_a_sigterm_while_a_command_loads_is_its_clean_stop(command, status, monkeypatch, capsys):
     """A service manager that stops a command just after starting it, while its module loads (torch, OpenCV, the
     model: seconds), before the command's own handlers: one line and the exit status it gives for SIGTERM later
