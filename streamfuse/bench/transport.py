@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.signals import handled
 
 try:
     import imagezmq
@@ -141,7 +143,8 @@ class _Receiver:
         self.ready, self.done, self.results = ctx.Event(), ctx.Event(), ctx.Queue()
         self.proc = ctx.Process(target=target, args=(endpoint, self.ready, self.done, self.results, *args),
                                 daemon=True)
-        self.proc.start()
+        with handled(signal.SIG_IGN, (signal.SIGINT,)):  # inherited: a Ctrl-C is this process's to act on
+            self.proc.start()
 
     def result(self) -> dict[str, float]:
         self.done.set()
