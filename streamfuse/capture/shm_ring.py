@@ -357,11 +357,13 @@ class ShmRing:
         gen = self._gen
         self._unmap(unlink=self._owner)
         if self._owner:
-            for later in (gen + 1, gen + 2):  # a successor the writer created that the reader never reached
+            # a successor the writer created that the reader never reached; the earlier generations of an owner that
+            # wrote itself (its own grows leave them for a reader to follow)
+            for other in (gen + 1, gen + 2, *range(gen)):
                 try:
-                    orphan = shared_memory.SharedMemory(name=self._name(later))
+                    orphan = shared_memory.SharedMemory(name=self._name(other))
                 except FileNotFoundError:
-                    break
+                    continue
                 orphan.close()
                 orphan.unlink()
 

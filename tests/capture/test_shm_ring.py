@@ -217,3 +217,15 @@ def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
         proc.wait()
         proc.stdin.close()
     assert not process_alive(proc.pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="segments listed in /dev/shm")
+def test_an_owner_that_writes_and_grows_unlinks_every_generation_on_close() -> None:
+    # its grows left the earlier segments for a reader to follow: with none, they stayed until the process ended
+    ring = ShmRing("ir", slots=2, slot_bytes=16)
+    base = ring.name
+    for seq, side in enumerate((8, 16, 32)):  # 64, 256, 1024 bytes: two successors
+        ring.write(Frame("ir", seq, t_of(seq), image(seq, (side, side))))
+    assert ring.name == f"{base}_g2"
+    ring.close()
+    assert not list(SHM_DIR.glob(f"{base}*"))
