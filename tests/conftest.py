@@ -7,7 +7,7 @@ import importlib.util
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -48,6 +48,18 @@ def invalid_names_do_not_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(connection_watch, "_resolve", resolve)
     monkeypatch.setattr(connection_watch, "_resolved", {})  # each test looks its names up afresh
+
+
+@pytest.fixture(autouse=True)
+def stop_handlers_put_back() -> Iterator[None]:
+    """Each test starts with the suite's handlers of Ctrl-C, SIGTERM and SIGHUP: a command run in this process leaves
+    them ignored as it exits (``ignore_stops``), and a later test whose stop relies on them would not be stopped."""
+    from streamfuse.signals import STOP_SIGNALS
+
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture
