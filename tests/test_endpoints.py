@@ -1,12 +1,18 @@
-"""The publisher's bind on an IPv6 address, and a subscriber receiving through it."""
+"""The publisher's bind on an IPv6 address, and a subscriber receiving through it; its consumers' key folder."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
-from helpers_zmq import PATIENCE_S, connect, fused_frame, has_ipv6_loopback
+import zmq
+import zmq.auth
+from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, has_ipv6_loopback
 
 from streamfuse.client import Subscriber
+from streamfuse.endpoints import bind
 from streamfuse.publish import PublishConfig, Publisher
 
 
@@ -23,3 +29,40 @@ def test_a_publisher_bound_on_ipv6_loopback_reaches_a_subscriber(rng: np.random.
         frame = sub.recv()
     assert frame is not None and frame[0]["seq"] == pub.published - 1
     np.testing.assert_array_equal(frame[1], flipped)
+
+
+def _keys(tmp_path: Path) -> tuple[str, Path]:
+    """The publisher's secret key file and a folder holding one consumer's public key."""
+    _, secret = zmq.auth.create_certificates(tmp_path, "rig0")
+    robot_public, _ = zmq.auth.create_certificates(tmp_path, "robot")
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "robot.key").write_bytes(Path(robot_public).read_bytes())
+    return str(secret), tmp_path / "allowed"
+
+
+def test_a_consumers_key_file_without_a_public_key_is_named_with_its_folder(tmp_path: Path) -> None:
+    # zmq's own ValueError ("No public key found in ...") went out without saying which setting it came from
+    secret, allowed = _keys(tmp_path)
+    (allowed / "broken.key").write_text("metadata\n")
+    ctx = zmq.Context()
+    try:
+        with ctx.socket(zmq.PUB) as sock, \
+                pytest.raises(ValueError, match=f"^publish.curve_clients_dir {allowed}: No public key found in "):
+            bind(sock, ANY_PORT, secret, str(allowed))
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_bind_that_fails_stops_the_consumers_key_check(tmp_path: Path) -> None:
+    # the ZAP handler started for curve_clients_dir went on running (a thread and a socket) after the bind failed
+    secret, allowed = _keys(tmp_path)
+    ctx = zmq.Context()
+    try:
+        taken = ctx.socket(zmq.PUB)
+        taken.bind(ANY_PORT)
+        before = set(threading.enumerate())
+        with ctx.socket(zmq.PUB) as sock, pytest.raises(zmq.ZMQError):
+            bind(sock, taken.getsockopt_string(zmq.LAST_ENDPOINT), secret, str(allowed))
+        assert [t.name for t in threading.enumerate() if t not in before] == []
+    finally:
+        ctx.destroy(linger=0)

@@ -1,4 +1,5 @@
-"""streamfuse.signals: a SIGTERM that comes during an import stops the run once the import is over."""
+"""streamfuse.signals: a SIGTERM that comes during an import stops the run once the import is over; a stop ignores the
+next ones, a nohup'd hangup stays ignored, a deferral holds only its signals, and why a run stopped."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 
 import pytest
 
-from streamfuse.signals import Terminated, handled, raise_terminated
+from streamfuse.signals import HANGUP, TERMINATE, Terminated, deferred, handled, interrupted, raise_terminated
 
 PATIENCE_S = 30.0  # how long the test waits for the stop that must come (a loaded machine can be slow)
 
@@ -24,3 +25,40 @@ def test_a_sigterm_during_an_import_stops_the_run_once_the_import_is_over(tmp_pa
         __import__(name)
         threading.Event().wait(PATIENCE_S)  # the stop ends this wait
     assert sys.modules[name].finished
+
+
+def test_a_stop_ignores_the_stops_that_come_after_it_until_the_block_ends():
+    # a second SIGTERM (a service manager sends it again) raised inside the first one's cleanup and cut it short
+    previous = {sig: signal.getsignal(sig) for sig in TERMINATE}
+    with handled(raise_terminated, TERMINATE):
+        with pytest.raises(Terminated, match=r"^interrupted \(SIGTERM\)$"):
+            signal.raise_signal(signal.SIGTERM)
+            threading.Event().wait(PATIENCE_S)  # the stop ends this wait
+        assert {sig: signal.getsignal(sig) for sig in TERMINATE} == {sig: signal.SIG_IGN for sig in TERMINATE}
+    assert {sig: signal.getsignal(sig) for sig in TERMINATE} == previous
+
+
+@pytest.mark.skipif(not HANGUP, reason="no SIGHUP on this platform")
+def test_a_hangup_ignored_from_the_start_stays_ignored():
+    # nohup: the user asked for the process to outlive its terminal; a run's handler made the hangup stop it
+    with handled(signal.SIG_IGN, HANGUP):
+        with handled(raise_terminated):
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is raise_terminated
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
+def test_a_deferral_holds_only_the_signals_it_is_given():
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    with deferred((signal.SIGTERM,)) as got:
+        assert signal.getsignal(signal.SIGINT) is ctrl_c  # Ctrl-C still stops
+        signal.raise_signal(signal.SIGTERM)  # its handler has run when it returns (it checks for signals)
+        assert got == [signal.SIGTERM]
+    assert got == [signal.SIGTERM]
+
+
+@pytest.mark.parametrize(("exc", "said"), [(Terminated("interrupted (SIGTERM)"), "interrupted (SIGTERM)"),
+                                           (Terminated("interrupted (SIGHUP)"), "interrupted (SIGHUP)"),
+                                           (KeyboardInterrupt(), "interrupted (Ctrl-C)")])
+def test_why_a_run_stopped_names_its_signal(exc, said):
+    assert interrupted(exc) == said

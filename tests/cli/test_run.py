@@ -17,6 +17,7 @@ import pytest
 from streamfuse.checks import ConfigError
 from streamfuse.cli.run import main, replay_main
 from streamfuse.configs import CONFIG_DIR, resolve, shipped
+from streamfuse.signals import Terminated
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,6 +149,30 @@ def test_replay_runs_the_shipped_replay_config_by_default(monkeypatch):
     monkeypatch.setattr(streamfuse.pipeline, "run", lambda cfg, **kw: seen.update(cfg=cfg, **kw) or 0)
     assert replay_main(["--ir", "a.mp4", "--vis", "b.mp4", "--out", "o.mp4"]) == 0
     assert seen["out_path"] == "o.mp4" and seen["cfg"].replay.pacing == "fast" and seen["cfg"].ir.kind == "file"
+
+
+@pytest.mark.parametrize(("flag", "resume"), [([], None), (["--resume"], True)], ids=["config's", "--resume"])
+def test_without_resume_the_configs_replay_resume_decides(monkeypatch, flag, resume):
+    # resume=False (not None) overrode replay.resume: true, and a partial output was started over, its frames lost
+    import streamfuse.pipeline
+
+    seen = {}
+    monkeypatch.setattr(streamfuse.pipeline, "run", lambda cfg, **kw: seen.update(kw) or 0)
+    assert replay_main(["--ir", "a.mp4", "--vis", "b.mp4", "--out", "o.mp4", "--set", "replay.resume=true",
+                        *flag]) == 0
+    assert seen["resume"] is resume
+
+
+def test_a_sigterm_as_a_replay_of_the_configs_out_starts_is_a_stopped_replay(monkeypatch, capsys):
+    # a run made a replay by replay.out (no --out) exited 0, a live run's clean stop, not a replay's 130
+    import streamfuse.pipeline
+
+    def stopped(cfg, **kw):
+        raise Terminated("interrupted (SIGTERM)")
+
+    monkeypatch.setattr(streamfuse.pipeline, "run", stopped)
+    assert main(["--config", "replay", "--set", "replay.out=o.mp4", "--ir", "a.mp4", "--vis", "b.mp4"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "streamfuse run: interrupted (SIGTERM)"
 
 
 def test_config_errors_come_before_the_pipelines_imports(tmp_path):

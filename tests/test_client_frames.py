@@ -1,0 +1,205 @@
+"""Subscriber: each frame returned once and counted once (received, discarded or missed), a zero wait that does not
+wait, a publisher restarted without shared memory or mid-H.264-stream, close() giving back the pool at once.
+(Apart from tests/test_client.py, which is full.) No test measures time: each waits for the event it needs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from helpers_zmq import (ANY_PORT, PATIENCE_S, fused_frame, good_parts, publishing, raw_connect, recv_seq, wait_until,
+                         with_header)
+
+from streamfuse.capture.shm_ring import SHM_DIR
+from streamfuse.client import Subscriber
+from streamfuse.codecs import H264Encoder
+from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.shm_pool import ShmPool, ring_supported, shm_supported
+from streamfuse.wire import SCHEMA_2, HeaderEncoder
+
+NOBODY = "tcp://127.0.0.1:1"  # nothing listens there
+needs_shm = pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
+needs_ring = pytest.mark.skipif(not ring_supported(), reason="the pool's ring is read on Linux x86-64 only")
+
+
+@pytest.fixture
+def raw_pub() -> Iterator[tuple[zmq.Socket, str]]:
+    """A plain PUB socket, to send whatever bytes a test needs."""
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(ANY_PORT)
+    yield sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    sock.close(linger=0)
+
+
+def _uniform(value: int) -> np.ndarray:
+    return np.full((48, 64, 3), value % 251, np.uint8)
+
+
+def _recv_shm(sub: Subscriber, pub: Publisher, ring: bool = False) -> None:
+    """Publish until ``sub`` returns the newest frame sent, read from shared memory (``ring``: its descriptor from
+    the pool's ring); nothing sent is left on its way then."""
+    def got() -> bool:
+        before = sub.via_ring
+        pub.send_fused(fused_frame(_uniform(0)))
+        frame = sub.recv(0.05)
+        return (frame is not None and frame[0]["format"] == "shm" and frame[0]["seq"] == pub.published - 1
+                and (sub.via_ring > before or not ring))
+
+    wait_until(got, "a frame through shared memory")
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_a_zero_timeout_looks_once_and_never_waits_the_constructions_timeout(latest: bool,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # recv(0) taken for "no timeout given" (timeout_s or self.timeout_s) waited out the construction's timeout_s
+    waits: list[float] = []
+    with Subscriber(NOBODY, timeout_s=PATIENCE_S, latest=latest) as sub:
+        owner, name = (sub._cond, "wait_for") if latest else (sub, "_next")
+        real = getattr(owner, name)
+
+        def spy(*args: object) -> object:
+            waits.append(args[-1])
+            assert args[-1] == 0, f"recv(0) waits {args[-1]} s"
+            return real(*args)
+
+        monkeypatch.setattr(owner, name, spy)
+        assert sub.recv(0) is None
+    assert waits == [0.0]
+
+
+def test_a_frame_header_longer_than_max_frame_bytes_is_still_received(raw_pub: tuple[zmq.Socket, str]) -> None:
+    # the header part is limited to MAX_HEADER_BYTES, not to the image's limit: a 72-byte limit for 4x6 frames
+    # refused every ~400-byte header, so not one frame came
+    sock, endpoint = raw_pub
+    image_bytes = len(good_parts(np.zeros((4, 6, 3), np.uint8))[2])
+    assert len(with_header()[1]) > image_bytes
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, max_frame_bytes=image_bytes) as sub:
+        raw_connect(sock, sub)
+    assert sub.malformed == 0
+
+
+@needs_shm
+def test_close_gives_back_the_pool_at_once(rng: np.random.Generator) -> None:
+    # close() left the pool mapped and its last slot held until the Subscriber was collected
+    def pool_fds(name: str) -> int:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # closed meanwhile
+                pass
+        return links.count(str(SHM_DIR / name))
+
+    with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub:
+        sub = Subscriber(pub.endpoint, timeout_s=PATIENCE_S)
+        wait_until(lambda: sub.recv(0.05) is not None and sub.via_shm > 0, "a frame from shared memory")
+        pool = sub._pools.reader.name
+        assert pool_fds(pool) == 4  # the publisher's and the subscriber's: each a descriptor and its mapping's
+        sub.close()
+        assert pool_fds(pool) == 2
+
+
+@needs_shm
+def test_frames_overwritten_in_the_pool_before_they_are_read_count_as_missed() -> None:
+    # a descriptor whose slot was written over since is never returned torn; the frame was not counted anywhere
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=2, sndhwm=100)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, rcvhwm=100, ring=False) as sub:
+        _recv_shm(sub, pub)
+        received, missed, first = sub.received, sub.missed, pub.published
+        for value in range(10):  # one slot held by the subscriber: each frame overwrites the one before
+            assert pub.send_fused(fused_frame(_uniform(value)))
+        header, image = recv_seq(sub, pub.published - 1)
+        np.testing.assert_array_equal(image, 9)
+        assert header["format"] == "shm" and pub.published - first == 10
+    assert sub.missed - missed > 0
+    assert (sub.received - received) + (sub.missed - missed) == 10
+
+
+@needs_shm
+def test_a_frame_that_comes_both_as_payload_and_as_descriptor_is_returned_once(raw_pub: tuple[zmq.Socket, str]) -> None:
+    # while a same-host subscriber switches to shared memory, the publisher sends a frame both ways: the second copy
+    # (the other route's) must be dropped, not returned again
+    sock, endpoint = raw_pub
+    image = np.arange(72, dtype=np.uint8).reshape(4, 6, 3)
+    with ShmPool(4, image.size) as pool, \
+            Subscriber(endpoint, timeout_s=PATIENCE_S, rcvhwm=100, ring=False) as sub:
+        seq = raw_connect(sock, sub)
+        encoder = HeaderEncoder("f")
+
+        def descriptor(n: int) -> list[bytes]:
+            slot, gen = pool.write(image)
+            header = encoder.encode(fused_frame(image), image, seq=n, fmt="shm", shm_pool=pool.name, shm_slot=slot,
+                                    shm_gen=gen)
+            return [b"shm/fused/x", header, b""]
+
+        sock.send_multipart(with_header(seq=seq + 1))
+        sock.send_multipart(descriptor(seq + 1))
+        sock.send_multipart(descriptor(seq + 2))
+        received = sub.received
+        got = [sub.recv()[0] for _ in range(2)]
+    assert [(h["seq"] - seq, h["format"]) for h in got] == [(1, "raw"), (2, "shm")]
+    assert sub.received == received + 2 and sub.missed == 0 and sub.malformed == 0
+
+
+def test_an_h264_stream_restarted_without_its_keyframe_waits_for_the_next_one(raw_pub: tuple[zmq.Socket, str]) -> None:
+    # a restarted publisher (seq back to 0) whose keyframe was lost: its inter frame was decoded against the old
+    # stream's pictures (a broken image, or a decode error) instead of waiting for a keyframe
+    sock, endpoint = raw_pub
+    ramp = np.add.outer(np.arange(64), np.arange(96)).astype(np.uint8)
+    frames = [np.stack([np.roll(ramp, 3 * i, axis=1)] * 3, axis=-1) for i in range(3)]
+
+    def send(packet: tuple[bytes, bool], seq: int) -> None:
+        topic, header, _ = with_header(schema=SCHEMA_2, format="h264", keyframe=int(packet[1]), seq=seq, height=64,
+                                       width=96, step=96 * 3)
+        sock.send_multipart([topic, header, packet[0]])
+
+    old, new = H264Encoder(keyint=100, crf=23), H264Encoder(keyint=100, crf=23)
+    old_packets = [old.encode(f) for f in frames[:2]]
+    new_packets = [new.encode(f) for f in frames[:2]]
+    new.request_keyframe()
+    new_packets.append(new.encode(frames[2]))
+    assert [k for _, k in old_packets + new_packets] == [True, False, True, False, True]
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, rcvhwm=100, shm=False) as sub:
+        seq = raw_connect(sock, sub)
+        send(old_packets[0], seq + 1)
+        send(old_packets[1], seq + 2)
+        send(new_packets[1], 0)  # the restarted publisher's first frame here: its keyframe (seq 0) never came
+        send(new_packets[2], 1)
+        got = [sub.recv()[0] for _ in range(3)]
+    assert [h["seq"] for h in got] == [seq + 1, seq + 2, 1]
+    assert sub.awaiting_keyframe == 1 and sub.malformed == 0
+
+
+@needs_ring
+def test_latest_mode_counts_the_ring_entries_it_passes_over_as_discarded_not_missed() -> None:
+    # the frames latest mode jumped over in the ring were counted twice: discarded, and missed (a gap in seq)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=16, sndhwm=100)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=True, rcvhwm=100) as sub:
+        _recv_shm(sub, pub, ring=True)
+        received, discarded, missed, first = sub.received, sub.discarded, sub.missed, pub.published
+        with sub._cond:  # the reader thread cannot hand a frame over: it passes over the ones that come meanwhile
+            for value in range(10):
+                assert pub.send_fused(fused_frame(_uniform(value)))
+        header, image = recv_seq(sub, pub.published - 1)
+        np.testing.assert_array_equal(image, 9)
+        assert pub.published - first == 10 and sub.on_ring
+    assert sub.missed == missed and sub.discarded - discarded >= 8
+    assert (sub.received - received) + (sub.discarded - discarded) == 10
+
+
+@needs_shm
+def test_a_publisher_restarted_without_shared_memory_is_heard_again(tmp_path: Path) -> None:
+    # a subscriber reading the pool has the ZeroMQ payload unsubscribed: after a restart without shared memory
+    # (shm_slots: 0) only payloads come, so it must take the payload again once the descriptors stop
+    endpoint = f"ipc://{tmp_path}/pub"
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, ring=False) as sub:
+        with Publisher(PublishConfig(endpoint=endpoint)) as pub:
+            _recv_shm(sub, pub)
+        with publishing(_uniform(1), endpoint=endpoint, shm_slots=0):
+            wait_until(lambda: (frame := sub.recv(0.05)) is not None and frame[0]["format"] == "raw",
+                       "a raw frame from the restarted publisher")
