@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "raise_terminated", "interrupted",
-           "deferred", "ignore_stops"]
+           "deferred", "ignore_stops", "blocked"]
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
@@ -68,6 +68,20 @@ def deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
     got: list[int] = []
     with handled(lambda signum, _: got.append(signum), signals):
         yield got
+
+
+@contextlib.contextmanager
+def blocked(signals: tuple[int, ...]) -> Iterator[None]:
+    """``signals`` held pending in the main thread for the block and acted on as it ends. The processes started
+    inside it keep them blocked for good (a signal mask outlives fork and exec): their parent's to act on."""
+    if not signals or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ignore_stops() -> None:

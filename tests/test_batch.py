@@ -826,6 +826,29 @@ def test_a_ctrl_c_while_ray_starts_lets_it_start_and_stops_the_batch_then():
         RayEngine(workers=1, address="auto")._start(SimpleNamespace(init=init_twice), threading.Event())
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not Path("/proc/self/status").exists(), reason="Linux signals")
+def test_a_local_rays_processes_leave_a_terminal_hangup_to_the_driver():
+    """A hangup reached Ray's workers too (the terminal's process group) and killed them mid-pair: the pairs' counts
+    were lost (0 frames in the table) and their output locks left. Ray's processes now start with it blocked; the
+    driver takes it (here while Ray starts: the batch stops once Ray is up) and cancels the pairs as on SIGTERM."""
+    from streamfuse.batch.ray_engine import RayEngine
+
+    def init(**kwargs):  # where Ray starts its processes (its raylet, which starts the workers)
+        status = subprocess.run([sys.executable, "-c", "print(open('/proc/self/status').read())"],
+                                capture_output=True, text=True, check=True).stdout
+        masks.append(int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16))
+        signal.raise_signal(signal.SIGHUP)  # the terminal hangs up meanwhile
+
+    masks, stop = [], threading.Event()
+    previous = signal.signal(signal.SIGHUP, lambda *_: pytest.fail("the hangup reached no handler of the batch"))
+    try:  # a handler, not nohup's SIG_IGN (the suite may run under nohup), for the batch's to replace
+        RayEngine(workers=1)._start(SimpleNamespace(init=init), stop)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert masks[0] & 1 << (signal.SIGHUP - 1), "Ray's processes take the hangup themselves"
+    assert stop.is_set()
+
+
 @pytest.mark.parametrize("late_stop, exits", [(signal.SIGTERM, True), (signal.SIGINT, False), (0, False)])
 def test_a_ray_worker_sigtermed_as_its_pair_completed_exits_for_ray_to_run_the_pair_again(monkeypatch, late_stop,
                                                                                           exits):

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from streamfuse.signals import HANGUP, TERMINATE, Terminated, deferred, handled, interrupted, raise_terminated
+from streamfuse.signals import (HANGUP, TERMINATE, Terminated, blocked, deferred, handled, interrupted,
+                               raise_terminated)
 
 PATIENCE_S = 30.0  # how long the test waits for the stop that must come (a loaded machine can be slow)
 
@@ -62,3 +63,13 @@ def test_a_deferral_holds_only_the_signals_it_is_given():
                                            (KeyboardInterrupt(), "interrupted (Ctrl-C)")])
 def test_why_a_run_stopped_names_its_signal(exc, said):
     assert interrupted(exc) == said
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks on this platform")
+def test_a_signal_blocked_for_a_block_is_acted_on_as_it_ends():
+    got = []
+    with handled(lambda signum, _: got.append(signum), (signal.SIGTERM,)):
+        with blocked((signal.SIGTERM,)):
+            signal.raise_signal(signal.SIGTERM)
+            assert got == [] and signal.SIGTERM in signal.sigpending()
+        assert got == [signal.SIGTERM]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
 from streamfuse.errors import io_reason, one_line, printable
-from streamfuse.signals import handled
+from streamfuse.signals import HANGUP, blocked, handled
 
 __all__ = ["RayEngine", "bounded"]
 
@@ -168,9 +168,13 @@ class RayEngine:
             except (ConnectionError, RuntimeError) as exc:
                 raise ValueError(f"cannot join the Ray cluster at {self.address}: {exc}") from None
         else:
-            # "local" whatever $RAY_ADDRESS says (ray.init reads it too): `--address ''` starts one where it is set
-            ray.init(address="local", num_cpus=self.workers * self.threads, num_gpus=None if self.gpus else 0,
-                     include_dashboard=False)
+            # "local" whatever $RAY_ADDRESS says (ray.init reads it too): `--address ''` starts one where it is set.
+            # A terminal's hangup is the driver's to act on (it cancels the pairs, which keep their counts, and shuts
+            # Ray down): Ray's processes, its workers too, start with it blocked; one that comes meanwhile then stops
+            # the batch once Ray is up.
+            with blocked(HANGUP):
+                ray.init(address="local", num_cpus=self.workers * self.threads, num_gpus=None if self.gpus else 0,
+                         include_dashboard=False)
 
     def _check_fits(self, ray: Any) -> None:
         """Refuse (one line) a worker no node of a local Ray can hold, which Ray would wait for for ever (a line of
