@@ -13,7 +13,8 @@ import pytest
 from helpers_ros import (COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, compressed, raw, ros1, write_bag, write_bag1,
                          write_db3, write_metadata)
 
-from streamfuse.capture.sources import SourceConfig, open_source
+from streamfuse.capture.mcap_source import image_topics, read_recording
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.config import config_from_dict
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import decode_frames
@@ -219,3 +220,88 @@ def test_a_ros2_bag_compressed_by_message_replays_every_pair(tmp_path, storage):
     _write_ros2(bag, [(topic, t, zstandard.ZstdCompressor().compress(data)) for topic, t, data in ros2_messages()])
     summary = run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
     assert summary.complete and summary.written == N
+
+
+@pytest.mark.parametrize("storage", ["mcap", "db3", "bag"])
+def test_a_bag_whose_drivers_left_the_stamps_at_0_is_timed_by_its_log_times_and_counted_from_0(tmp_path, storage):
+    """Cameras whose drivers never set the header stamp: each frame at the time the bag logged it (a ROS 1 bag's
+    receive time is seconds, then nanoseconds), its sequence number counted from 0 on each topic."""
+    rng, messages = np.random.default_rng(5), []
+    for i in range(N):
+        counts, jpeg = _frames(i)
+        if storage == "bag":
+            ir = ros1(ROS1_IMAGE, 0, height=48, width=64, encoding="mono16", is_bigendian=0, step=128,
+                      data=counts.tobytes())
+            vis = ros1(ROS1_COMPRESSED, 0, format="jpeg", data=jpeg)
+        else:
+            ir, vis = raw("mono16", counts, stamp_ns=0), compressed("jpeg", jpeg, stamp_ns=0)
+        t = T0 + i * PERIOD
+        messages += [_logged(rng, THERMAL, t, ir), _logged(rng, CAMERA, t, vis)]
+    messages.sort(key=lambda m: m[1])
+    path = tmp_path / f"robot.{storage}"
+    if storage == "bag":
+        write_bag1(path, {THERMAL: ROS1_IMAGE, CAMERA: ROS1_COMPRESSED}, messages)
+    else:
+        _write_ros2(path, messages)
+    got = list(read_recording(path, {"ir": THERMAL, "vis": CAMERA}))
+    assert [(f.stream, f.t_capture_ns) for f in got] == [({THERMAL: "ir", CAMERA: "vis"}[topic], log_ns)
+                                                          for topic, log_ns, _ in messages]
+    for stream in ("ir", "vis"):
+        assert [f.seq for f in got if f.stream == stream] == list(range(N))
+
+
+def test_a_db3_bag_is_read_in_the_order_of_its_receive_times_not_of_its_rows(tmp_path):
+    """rosbag2 may insert a message received earlier after a later one (its writer's queue): play order is time."""
+    messages = ros2_messages()
+    bag = tmp_path / "robot.db3"
+    _write_ros2(bag, messages[1::2] + messages[0::2])  # rows out of time order
+    got = list(read_recording(bag, {"ir": THERMAL, "vis": CAMERA}))
+    assert [f.stream for f in got] == [{THERMAL: "ir", CAMERA: "vis"}[topic] for topic, _, _ in messages]
+    assert [f.t_capture_ns for f in got if f.stream == "ir"] == [T0 + i * PERIOD for i in range(N)]
+
+
+def test_a_bag_folder_listing_its_files_under_the_folders_name_reads_them_all(tmp_path):
+    """Some rosbag2 versions list ``robot_bag/robot_bag_0.db3`` in metadata.yaml, not ``robot_bag_0.db3``."""
+    folder, messages = tmp_path / "robot_bag", ros2_messages()
+    folder.mkdir()
+    for i, part in enumerate((messages[:20], messages[20:])):
+        _write_ros2(folder / f"robot_bag_{i}.db3", part)
+    write_metadata(folder, ["robot_bag/robot_bag_0.db3", "robot_bag/robot_bag_1.db3"])
+    got = list(read_recording(folder, {"ir": THERMAL, "vis": CAMERA}))
+    assert len(got) == 2 * N and [f.seq for f in got if f.stream == "vis"] == list(range(N))
+
+
+def test_a_bag_folders_image_topics_leave_out_its_other_topics(tmp_path):
+    folder = tmp_path / "robot_bag"
+    folder.mkdir()
+    write_metadata(folder, None, {THERMAL: (IMAGE, N), CAMERA: (COMPRESSED, N), "/imu": ("sensor_msgs/msg/Imu", 400)})
+    assert image_topics(folder) == {THERMAL: (IMAGE, N), CAMERA: (COMPRESSED, N)}
+
+
+def test_a_message_that_does_not_decode_is_said_after_the_frames_of_both_topics_before_it(tmp_path):
+    messages = ros2_messages()
+    topic, log_ns, data = messages[7]
+    messages[7] = topic, log_ns, data[:len(data) // 2]  # cut short: 7 frames of the two cameras before it
+    bag = tmp_path / "robot.mcap"
+    _write_ros2(bag, messages)
+    with pytest.raises(SourceError, match=r"robot.mcap is truncated or corrupt after 7 frames \("):
+        list(read_recording(bag, {"ir": THERMAL, "vis": CAMERA}))
+
+
+def test_a_recording_whose_summary_does_not_count_messages_lists_its_topics_without_a_count(tmp_path):
+    """An MCAP writer may leave out the Statistics record: its topics are listed, their counts not said (not 0)."""
+    from mcap.writer import Writer
+
+    bag = tmp_path / "robot.mcap"
+    with open(bag, "wb") as f:
+        writer = Writer(f, use_statistics=False)
+        writer.start(profile="ros2", library="a driver")
+        schema = writer.register_schema(IMAGE, "ros2msg", b"")
+        channel = writer.register_channel(THERMAL, "cdr", schema)
+        for topic, log_ns, data in ros2_messages():
+            if topic == THERMAL:
+                writer.add_message(channel, log_time=log_ns, publish_time=log_ns, data=data)
+        writer.finish()
+    assert image_topics(bag) == {THERMAL: (IMAGE, None)}
+    with pytest.raises(ValueError, match=r"its image topics: /thermal/image_raw \(sensor_msgs/msg/Image\)$"):
+        run_replay(config_from_dict({"replay": {"progress": False}}), ir_path=bag, out_path=tmp_path / "fused.mkv")

@@ -232,3 +232,29 @@ def test_frames_held_leaves_out_a_last_h264_packet_cut_by_a_kill(tmp_path):
     with open(partial, "r+b") as f:
         f.truncate(last.pos + last.size - 3)  # cut 3 bytes before the last packet's end
     assert frames_held(partial) == 11
+
+
+def test_a_resume_with_other_postprocess_settings_is_refused(tmp_path, pair):
+    """The temporal denoiser changes every frame: the interrupted run's frames spliced with frames denoised otherwise
+    would make one video of two settings."""
+    ir, vis = pair
+    out = tmp_path / "fused.mkv"
+    interrupted_replay(make_cfg(replay={"codec": "ffv1"}), ir, vis, out, stop=8)
+    kept = partial_path(out).read_bytes()
+    with pytest.raises(FileExistsError, match=r"^cannot resume .*fused\.mkv: post changed since the interrupted run"):
+        run_replay(make_cfg(replay={"codec": "ffv1"}, post={"denoise": 0.5}), ir_path=ir, vis_path=vis, out_path=out,
+                   resume=True)
+    assert partial_path(out).read_bytes() == kept
+
+
+def test_frames_held_stops_at_a_damaged_ffv1_frame(tmp_path, pair):
+    """A frame whose slice CRC fails is no frame to keep: counted as held, a partial file damaged early looked longer
+    than the other file beside it, which held more good frames and was deleted."""
+    from streamfuse.replay.resume import frames_held
+
+    ir, vis = pair
+    out = tmp_path / "fused.mkv"
+    interrupted_replay(make_cfg(replay={"codec": "ffv1"}), ir, vis, out, stop=21)
+    assert frames_held(partial_path(out)) == 20
+    _flip_a_bit(partial_path(out), 8)
+    assert frames_held(partial_path(out)) == 8

@@ -187,3 +187,33 @@ def test_an_open_chunk_whose_flushed_blocks_end_between_records_still_says_what_
     with pytest.raises(ReplayError, match=rf"after {read} frames \(cut short in the lz4 chunk its recorder had open "
                                           r"\(what it had not flushed is lost\)\)"):
         run_replay(_cfg(), ir_path=active, out_path=tmp_path / "fused.mkv")
+
+
+def test_a_bags_index_counts_the_messages_of_every_chunk_and_every_publisher_of_a_topic(tmp_path):
+    """The index holds a count per chunk and connection: a topic's messages are their sum over the chunks, and over
+    the connections of a topic two nodes published (``rosbag record`` keeps one connection per publisher)."""
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    assert image_topics(_bag(tmp_path / "robot.bag", chunk_bytes=16 << 10)) == {
+        THERMAL: (ROS1_IMAGE, N), CAMERA: (ROS1_COMPRESSED, N), "/imu": (ROS1_IMAGE, 0)}
+    store, path = get_typestore(Stores.ROS1_NOETIC), tmp_path / "two.bag"
+    writer = Writer(path)
+    writer.chunk_threshold = 16 << 10
+    writer.open()
+    conns = [writer.add_connection(CAMERA, "sensor_msgs/msg/CompressedImage", typestore=store, callerid=node)
+             for node in ("/camera_a", "/camera_b")]
+    for i, (_, log_ns, data) in enumerate(m for m in ros1_messages(4) if m[0] == CAMERA):
+        writer.write(conns[i % 2], log_ns, data)
+    writer.close()
+    assert image_topics(path) == {CAMERA: (ROS1_COMPRESSED, N)}
+
+
+def test_a_closed_bag_cut_just_before_its_index_is_said_to_be_cut_short(tmp_path):
+    data = _bag(tmp_path / "robot.bag").read_bytes()
+    index_pos = struct.unpack_from("<Q", data, data.index(b"index_pos=") + 10)[0]
+    cut = tmp_path / "cut.bag"
+    cut.write_bytes(data[:index_pos])  # every chunk whole, the index gone
+    with pytest.raises(ReplayError, match=rf"cut.bag .*cut short: its index would start at byte {index_pos}, past its "
+                                          rf"end \({index_pos} bytes\)"):
+        run_replay(_cfg(), ir_path=cut, out_path=tmp_path / "fused.mkv")

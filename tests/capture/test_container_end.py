@@ -348,3 +348,23 @@ def test_mpegts_padded_past_the_search_window_is_reported_not_taken_for_a_cut(tm
     assert missing_end(path, "mpegts") == Cut("8192 unrecognised bytes follow its last whole MPEG-TS packet", False)
     n, warnings = read_all(path)
     assert n == N and len(warnings) == 1 and warnings[0].endswith(f"frames after frame {N} may be missing")
+
+
+def test_a_matroska_file_cut_in_a_second_index_element_after_its_frames_is_read_whole(tmp_path: Path) -> None:
+    """Writers put Tags, Chapters or a SeekHead after the Cues (mkvmerge, FFmpeg when the SeekHead outgrows its
+    reserved space): a cut in the last of them, after another index element, still lies after every frame."""
+    path = tmp_path / "v.mkv"
+    write(path, "matroska")
+    data = bytearray(path.read_bytes())
+    ebml_size = data[4] & 0x7F if data[4] & 0x80 else None  # FFmpeg's EBML header: a 1-byte size
+    assert ebml_size is not None and data[:4] == bytes.fromhex("1A45DFA3")
+    segment = 5 + ebml_size  # the Segment's ID, then its size: an 8-byte EBML length
+    assert data[segment:segment + 4] == bytes.fromhex("18538067") and data[segment + 4] == 0x01
+    tags = bytes.fromhex("1254C367") + bytes([0x80 | 100]) + bytes.fromhex("7373") + bytes([0x80 | 96]) + bytes(96)
+    size = int.from_bytes(data[segment + 5:segment + 12], "big") + len(tags)
+    data[segment + 5:segment + 12] = size.to_bytes(7, "big")  # the segment holds the Tags appended after its Cues
+    path.write_bytes(bytes(data) + tags[:60])  # cut 60 bytes into the Tags
+    n, warnings = read_all(path)
+    assert n == N and len(warnings) == 1
+    assert re.search(r"cut in its index or metadata, after the frames: all \d+ frames it announces were read$",
+                     warnings[0])

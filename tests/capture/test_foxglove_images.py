@@ -95,3 +95,11 @@ def test_a_malformed_or_foreign_protobuf_message_is_one_line(tmp_path):
     with pytest.raises(Unsupported, match=r"protobuf messages of foxglove.PointCloud are not images; image schemas: "
                                           r"foxglove.RawImage, foxglove.CompressedImage"):
         foxglove_images.decode("foxglove.PointCloud", data)
+
+
+def test_a_field_given_twice_takes_its_last_value_as_protobuf_says():
+    # two serialized messages concatenated merge into one (protobuf's rule): a width of 1, then the width of 2
+    image = ("1501000000" "1d01000000" "2205" + b"mono8".hex() + "2d02000000" "32020a14"
+             "0a0408051007" "1502000000")
+    stamp, pixels = foxglove_images.decode("foxglove.RawImage", bytes.fromhex(image))
+    assert stamp == 5_000_000_007 and pixels.tolist() == [[10, 20]]

@@ -10,7 +10,7 @@ import pytest
 from helpers_ros import IMAGE, raw, write_bag
 
 from streamfuse.capture.mcap_source import read_recording
-from streamfuse.capture.palette import PALETTES, to_temperature
+from streamfuse.capture.palette import PALETTES, ir_grey, to_temperature
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.checks import ConfigError
 from streamfuse.config import config_from_dict
@@ -96,6 +96,16 @@ def test_black_hot_is_inverted_grey_or_colour(tmp_path):
     frames, lines = _read_ir(_folder(tmp_path, [255 - truth, cv2.cvtColor(255 - truth, cv2.COLOR_GRAY2BGR)]),
                              "black_hot")
     assert lines == [] and all(np.array_equal(f, truth) for f in frames)
+
+
+def test_colour_frames_without_a_colour_map_go_grey_by_their_bgr_luminance():
+    # a red and a blue body (BGR): red is the brighter by BT.601 luma, 0.299 R + 0.587 G + 0.114 B
+    frame = np.zeros((2, 2, 3), np.uint8)
+    frame[0, :, 2], frame[1, :, 0] = 255, 255
+    luma = np.array([[76, 76], [29, 29]], np.uint8)
+    np.testing.assert_array_equal(ir_grey(frame, ""), luma)
+    np.testing.assert_array_equal(to_temperature(frame, "black_hot"), 255 - luma)
+    np.testing.assert_array_equal(ir_grey(frame, "black_hot"), 255 - luma)
 
 
 def test_frames_in_another_palette_are_told_and_what_cannot_be_a_palette_is_one_line(tmp_path):

@@ -137,3 +137,48 @@ def test_ros1_messages_decode_as_ros2_ones():
     np.testing.assert_array_equal(image, counts)
     with pytest.raises(Unsupported, match="encoded as 'protobuf' are not ROS messages"):
         decode(IMAGE, b"", "protobuf")
+
+
+def _cdr(counts: np.ndarray, *, big: bool) -> bytes:
+    """A mono16 sensor_msgs/Image written by hand in CDR of either byte order (its pixels too), as a DDS on a
+    big-endian machine sends it: every field aligned to its size from the end of the 4-byte encapsulation header."""
+    order, out = ">" if big else "<", bytearray(b"\x00\x00\x00\x00" if big else b"\x00\x01\x00\x00")
+
+    def put(fmt: str, *values) -> None:
+        out.extend(bytes(-(len(out) - 4) % struct.calcsize(fmt[0])))
+        out.extend(struct.pack(order + fmt, *values))
+
+    def text(value: bytes) -> None:
+        put("I", len(value) + 1)
+        out.extend(value + b"\x00")
+
+    put("iI", STAMP_NS // 10**9, STAMP_NS % 10**9)
+    text(b"camera_optical_frame")
+    put("II", *counts.shape)
+    text(b"mono16")
+    put("B", int(big))
+    put("I", 2 * counts.shape[1])
+    put("I", counts.nbytes)
+    out.extend(counts.astype(counts.dtype.newbyteorder(order)).tobytes())
+    return bytes(out)
+
+
+def test_a_big_endian_cdr_message_reads_as_its_little_endian_twin():
+    counts = np.random.default_rng(10).integers(0, 65536, (3, 4), np.uint16)
+    assert _cdr(counts, big=False) == raw("mono16", counts, pad=0)  # the hand-written layout is mcap_ros2's
+    stamp, image = decode(IMAGE, _cdr(counts, big=True))
+    assert stamp == STAMP_NS and image.dtype == np.uint16
+    np.testing.assert_array_equal(image, counts)
+
+
+def test_rows_closer_than_the_pixels_need_are_one_line_not_overlapping_rows():
+    # a 4-pixel-wide mono8 image whose step says 2 bytes: its rows would read each other's pixels
+    with pytest.raises(ValueError, match="a 4x2 mono8 image needs rows of 4 bytes; it has step 2 and 8 bytes"):
+        decode(IMAGE, image_message("mono8", 2, 4, 2, bytes(range(8))))
+
+
+def test_a_png_with_an_alpha_channel_keeps_its_colours(bgr):
+    alpha = np.full(bgr.shape[:2] + (1,), 200, np.uint8)
+    ok, png = cv2.imencode(".png", np.dstack([bgr, alpha]))  # OpenCV writes BGRA; a PNG holds RGBA
+    _, image = decode(COMPRESSED, compressed("bgra8; png compressed", png.tobytes()))
+    np.testing.assert_array_equal(image, bgr)

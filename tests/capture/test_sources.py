@@ -123,6 +123,35 @@ def test_synthetic_is_deterministic_per_seed_and_time() -> None:
     assert not np.array_equal(a.render_ir(10**9), c.render_ir(10**9))
 
 
+def test_live_synthetic_frames_are_captured_on_the_ticks_of_the_epoch_clock(monkeypatch) -> None:
+    """Separate IR and visible processes at one fps capture at the same instants: each frame waits for the next tick
+    of the epoch clock and is stamped when it comes (here a fake clock that the source's sleeps advance)."""
+    from types import SimpleNamespace
+
+    from streamfuse.capture import synthetic
+
+    clock = [1_700_000_000_012_345_678]
+    monkeypatch.setattr(synthetic, "time", SimpleNamespace(time_ns=lambda: clock[0], monotonic_ns=lambda: 1))
+    src = open_source("ir", SourceConfig(kind="synthetic", width=64, height=48, fps=30, realtime=True))
+    period = round(1e9 / 30)
+
+    def sleep(seconds: float) -> None:
+        clock[0] += round(seconds * 1e9)
+
+    monkeypatch.setattr(src, "_sleep", sleep)
+    with src:
+        times = [src.read().t_capture_ns for _ in range(3)]
+    first = (1_700_000_000_012_345_678 // period + 1) * period
+    assert times == [first, first + period, first + 2 * period]
+
+
+def test_a_video_file_named_as_a_camera_is_read_to_its_end(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mkv"
+    write_video(path, 5)
+    frames = read_all("vis", SourceConfig(kind="camera", path=str(path)))
+    assert len(frames) == 5 and [f.seq for f in frames] == list(range(5))
+
+
 def test_file_source_times_come_from_pts_and_ir_is_grey(tmp_path: Path) -> None:
     path = tmp_path / "clip.mkv"
     pts = write_video(path, 12, pts_step=40)

@@ -1,0 +1,37 @@
+"""What a replay reports (:mod:`streamfuse.replay.summary`): each count where the block says it is, the note on
+inputs of unequal spans, and the stage table's units."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamfuse.replay.summary import ReplaySummary, StageClock
+
+
+def test_the_summary_block_gives_each_streams_counts_in_their_places():
+    summary = ReplaySummary(ir="ir.mp4", vis="vis.mp4", out="o.mkv", frames={"ir": 90, "vis": 100}, pairs=80,
+                            fused=70, reused=10, written=80, unpaired={"ir": 3, "vis": 11},
+                            dropped={"ir": 7, "vis": 9}, stopped="interrupted (Ctrl-C)")
+    lines = summary.format().splitlines()
+    assert lines[0] == "replay ir.mp4 + vis.mp4 -> o.mkv (NOT complete: interrupted (Ctrl-C))"
+    assert lines[1] == ("  read ir 90, vis 100 | pairs 80 | fused 70 | reused 10 | written 80 | unpaired ir 3, vis 11 "
+                        "| dropped ir 7, vis 9")
+
+
+@pytest.mark.parametrize("after", [1, 12])
+def test_frames_left_unpaired_after_the_other_input_ended_are_noted_down_to_one(after):
+    summary = ReplaySummary(ir="ir.mp4", vis="vis.mp4", out="o.mkv", frames={"ir": 40, "vis": 40 + after})
+    summary.outside["vis"]["after"] = after
+    assert summary.unequal_note() == (f"the IR input ended first (after 40 frames): {after} visible frames after its "
+                                      f"end are unpaired")
+
+
+def test_the_stage_table_gives_ms_and_the_share_of_wall_time():
+    clock = StageClock()
+    for ms in range(1, 101):  # the frame processor's timings: 1 .. 100 ms
+        clock.add({"fuse": float(ms)})
+    table = clock.table(wall_s=10.1)
+    fuse = table["fuse"]
+    assert fuse["median_ms"] == pytest.approx(50.5) and fuse["p99_ms"] == pytest.approx(99.01)
+    assert fuse["total_s"] == pytest.approx(5.05) and fuse["share"] == pytest.approx(0.5)
+    assert set(table) == {"fuse"}  # stages without samples are left out
