@@ -231,9 +231,10 @@ class McapSource(BaseSource):
             if not self.cfg.loop or last is None:
                 return
             warn = _said  # a looped recording's first frame again: its note was given on the first pass
-            # the next pass starts one frame interval after this one ended
+            # the next pass starts one frame interval after this one ended: its last, or 1 / fps where it has none
+            # (one frame, or two last ones at one time: a step of 1 ns looped them as fast as they could be read)
             last_ns = last.t_capture_ns - shift_ns
-            shift_ns += last_ns - first_ns + max(last_ns - prev_ns, 1)
+            shift_ns += last_ns - first_ns + (last_ns - prev_ns if last_ns > prev_ns else self.frame_interval_ns)
             seq_offset = last.seq + 1
 
     def _read(self) -> Frame | None:
