@@ -23,10 +23,9 @@ FORMAT_VERSION = 4  # 4: base decoded on the latent grid; 3: base upsampled in t
 RELEASES = {"cd4e0775": "4.6"}
 
 
-def save_weights(path: str | Path, net: HCLFuseNet, extra: dict | None = None, *, half: bool = False) -> None:
+def save_weights(path: str | Path, net: HCLFuseNet, extra: dict | None = None) -> None:
     """Write the state dict with the architecture config (and training metadata) to ``path``."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "model": asdict(net.cfg), "state_dict": state,
                 "extra": extra or {}}, str(path))
 
