@@ -80,6 +80,13 @@ def test_bad_histogram_raises_one_line():
         histogram(np.zeros((4, 4), np.float32))
 
 
+def test_histogram_counts_every_level_the_saturated_one_too():
+    img = np.array([[0, 0, 128, 255], [255, 255, 255, 7]], np.uint8)  # hot IR saturates at 255
+    want = np.bincount(img.ravel(), minlength=256) / img.size
+    np.testing.assert_array_equal(histogram(img), want)
+    np.testing.assert_array_equal(histogram(img[:, ::2]), np.bincount(img[:, ::2].ravel(), minlength=256) / 4)
+
+
 def test_wasserstein1_of_shift():
     p, q = np.zeros(256), np.zeros(256)
     p[10], q[61] = 1.0, 1.0

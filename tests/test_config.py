@@ -272,3 +272,15 @@ def test_overrides_of_a_file_that_is_no_mapping_name_the_file(tmp_path, text):
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: top level must be a mapping of stage sections$"):
         load_config(path, ["fuse.name=max"])
+
+
+def test_the_hclfuse_and_engine_sections_defaults_and_seed_range():
+    from streamfuse.inference import EngineConfig, HCLFuseConfig
+
+    assert HCLFuseConfig(seed=2**32 - 1).seed == 2**32 - 1  # any 32-bit seed (the CPU generator keeps 32 bits)
+    with pytest.raises(ValueError, match=r"^seed=4294967296 is out of range"):
+        HCLFuseConfig(seed=2**32)
+    live = HCLFuseConfig()  # the live defaults: the student, guided, no decoded-image steps
+    assert (live.sampler, live.guidance, live.guidance_scale, live.image_guidance) == ("student", True, 1.0, 0)
+    engine = EngineConfig()
+    assert (engine.device, engine.precision, engine.threads, engine.cuda_graphs) == ("auto", "fp32", 0, True)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from streamfuse.diffusion.guidance import (ComposedGuide, PhysicsGuide, default_guides, energies, g_max_torch,
-                                          guide_decoded, guide_inputs, structure_grad_torch, structure_inputs)
+                                          guide_decoded, guide_inputs, structure_energy, structure_grad_torch,
+                                          structure_inputs)
 from streamfuse.imageops.tensors import laplacian
 
 
@@ -122,3 +123,49 @@ def test_cpu_kernels_match_the_torch_definitions(shape):
         grad = PhysicsGuide("structure", 1.0, timesteps=(0,), channels=2)(x, 0, cond) - x
     torch.testing.assert_close(grad, (-structure_grad_torch(x, cond)).clamp(-1 - x, 1 - x), atol=1e-6, rtol=1e-5)
     assert grad.abs().max() > 0.01  # the energy has a gradient here: the comparison is not of two zeros
+
+
+def test_guide_inputs_of_a_batch_are_those_of_each_pair():
+    gen = torch.Generator().manual_seed(8)
+    ir01, vis01 = torch.rand(2, 1, 16, 24, generator=gen), torch.rand(2, 1, 16, 24, generator=gen)
+    ir01[1] *= 0.3  # a dark pair beside a bright one: means and masks are per image
+    batch = guide_inputs(ir01, vis01, (4, 6))
+    for b in range(2):
+        alone = guide_inputs(ir01[b:b + 1], vis01[b:b + 1], (4, 6))
+        for key, value in alone.items():
+            torch.testing.assert_close(batch[key][b:b + 1], value, msg=key)
+
+
+def test_the_heat_energy_counts_both_directions():
+    rows = torch.arange(8.0).view(1, 1, 8, 1).expand(1, 1, 8, 8) * 0.1  # varies down the image only
+    assert energies(rows, {"m_heat": 0, "ir": 0, "vis": 0, "m_vis": 0, **structure_inputs(rows, rows)})["heat"] \
+        == pytest.approx(0.5 * 0.01)
+    cols = rows.transpose(-1, -2)
+    assert energies(cols, {"m_heat": 0, "ir": 0, "vis": 0, "m_vis": 0, **structure_inputs(cols, cols)})["heat"] \
+        == pytest.approx(0.5 * 0.01)
+
+
+def test_a_decoded_guide_step_is_the_gradient_of_the_image_energy_and_stays_in_range():
+    ir = _step_image()
+    cond = structure_inputs(ir, torch.zeros_like(ir))
+    weights = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(4)) * 0.3
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        up = torch.nn.functional.conv2d(z, weights, padding=1)
+        return torch.sigmoid(torch.nn.functional.interpolate(up, scale_factor=4, mode="bilinear"))
+
+    z = torch.rand(1, 2, 4, 4, generator=torch.Generator().manual_seed(5)) * 0.2 - 0.1
+    zg = z.clone().requires_grad_(True)
+    x = 2 * decode(zg) - 1  # the energy is measured on the image in the guides' range
+    step = torch.autograd.grad(x, zg, structure_grad_torch(x.detach(), cond))[0]  # dE/dx (closed form) back to z
+    torch.testing.assert_close(guide_decoded(z, decode, cond, steps=1, lam=0.1), z - 0.1 * step, atol=1e-5, rtol=1e-4)
+    far = guide_decoded(z, decode, cond, steps=1, lam=1e3)  # a step far beyond the latent's range is clamped to it
+    assert far.abs().max() == 1.0 and (z - 1e3 * step).abs().max() > 1
+
+
+def test_the_structure_energy_counts_only_the_masked_pixels():
+    x = _step_image() * 2 - 1
+    cond = {"g_max": torch.zeros_like(x), "m_stru": torch.zeros_like(x)}
+    assert structure_energy(x, cond) == 0.0  # the edge is strong, but nowhere the mask looks
+    cond["m_stru"][..., 3, 8] = 1.0  # one pixel on the edge: G = sqrt((2 / 8 * 4)^2 + 1e-6) there
+    assert structure_energy(x, cond) == pytest.approx(0.5 * (1.0 + 1e-6) / 256)

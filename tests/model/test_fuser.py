@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 
 from streamfuse.align import AlignConfig
+from streamfuse.diffusion.guidance import IMAGE_LAMBDA, LAMBDAS
+from streamfuse.engine import Engine
 from streamfuse.inference import EngineConfig, HCLFuseConfig
+from streamfuse.model import fuser as fuser_module
 from streamfuse.model.fuser import build_hclfuse
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.weights import FORMAT_VERSION, save_weights
@@ -53,3 +58,76 @@ def test_warm_up_runs_the_engine_once_outside_every_stream(tmp_path, tiny, monke
     rng = np.random.default_rng(0)
     ir, vis = (rng.integers(0, 256, (37, 50), dtype=np.uint8) for _ in range(2))
     np.testing.assert_array_equal(made[0].fuse(ir, vis, "cam0"), made[1].fuse(ir, vis, "cam0"))
+
+
+def _tiny_fuser(tmp_path, tiny, **engine):
+    path = tmp_path / "w.pt"
+    if not path.exists():
+        with torch.random.fork_rng():  # the same weights every run, the global RNG untouched
+            torch.manual_seed(0)
+            save_weights(path, HCLFuseNet(tiny))
+    return build_hclfuse(HCLFuseConfig(weights=str(path), steps=2), EngineConfig(device="cpu", threads=1),
+                         AlignConfig(), **engine)
+
+
+def _two_pairs():
+    rng = np.random.default_rng(1)
+    ir, vis = (rng.integers(0, 256, (40, 48), dtype=np.uint8) for _ in range(2))
+    return [(ir, vis), ((ir // 3).astype(np.uint8), vis)]  # the second IR darker: another OT table
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_a_batch_of_different_pairs_fuses_each_with_its_own_table(tmp_path, tiny, max_batch):
+    pairs = _two_pairs() * 2  # with max_batch 1 or 2, later engine calls get later pairs' tables
+    singles = _tiny_fuser(tmp_path, tiny)
+    want = [singles.fuse(ir, vis, f"s{k}") for k, (ir, vis) in enumerate(pairs)]
+    batched = _tiny_fuser(tmp_path, tiny, max_batch=max_batch)
+    got = batched.fuse_batch([p[0] for p in pairs], [p[1] for p in pairs], [f"s{k}" for k in range(4)])
+    np.testing.assert_allclose(got, np.stack(want), atol=1e-4)
+    assert np.abs(want[1] - want[0]).mean() > 1  # the two tables differ enough to tell
+
+
+def test_streams_of_one_fuser_keep_their_own_ot_plans(tmp_path, tiny):
+    fuser = _tiny_fuser(tmp_path, tiny)
+    (ir, vis), (ir2, vis2) = _two_pairs()
+    for _ in range(2):  # alternating streams: each frame hits its own stream's plan after the first
+        fuser.fuse(ir, vis, "cam0")
+        fuser.fuse(ir2, vis2, "cam1")
+    assert (fuser.stats()["ot_misses"], fuser.stats()["ot_hits"]) == (2, 2)
+
+
+def test_the_fixed_noise_is_kept_per_frame_size(tmp_path, tiny):
+    fuser = _tiny_fuser(tmp_path, tiny)
+    for h, w in ((40, 48), (40, 64), (24, 48)):  # sizes sharing a height or a width
+        assert fuser.noise(h, w).shape == (1, *fuser.engine.latent_shape(h, w))
+    rng = np.random.default_rng(2)
+    for w in (48, 64):
+        ir, vis = (rng.integers(0, 256, (40, w), dtype=np.uint8) for _ in range(2))
+        assert fuser.fuse(ir, vis).shape == (40, w)
+
+
+def test_the_model_section_reaches_the_net_and_the_engine(tmp_path, tiny, monkeypatch):
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    made = []
+    monkeypatch.setattr(fuser_module, "Engine", lambda net, **kw: made.append(kw) or Engine(net, **kw))
+    cfg = HCLFuseConfig(weights=str(path), sampler="teacher", steps=3, guidance_scale=2.5, image_guidance=2)
+    net = build_hclfuse(cfg, EngineConfig(device="cpu", threads=1), AlignConfig()).net
+    assert [g.lambda0 for g in net.guide.guides] == pytest.approx([2.5 * lam for lam in LAMBDAS])
+    assert (net.steps, net.use_student, net.image_steps, net.image_lambda) == (3, False, 2, 2.5 * IMAGE_LAMBDA)
+    assert made[-1]["cuda_graphs"] is False  # a graph cannot capture the decoded-image guide's autograd
+    build_hclfuse(HCLFuseConfig(weights=str(path)), EngineConfig(device="cpu", threads=1), AlignConfig())
+    assert made[-1]["cuda_graphs"] is True
+
+
+OTHER_ALIGN = [({"reg": 0.01, "blend": 0.3}, True), ({"reg": 0.05, "blend": 0.15}, True),
+               ({"reg": 0.01, "blend": 0.15}, False), ({}, False)]  # the defaults are reg 0.01, blend 0.15
+
+
+@pytest.mark.parametrize(("trained", "warns"), OTHER_ALIGN, ids=["blend", "reg", "same", "none"])
+def test_weights_trained_with_another_alignment_warn(tmp_path, tiny, caplog, trained, warns):
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny), extra={"align": trained})
+    with caplog.at_level(logging.WARNING, logger="streamfuse.model.fuser"):
+        build_hclfuse(HCLFuseConfig(weights=str(path)), EngineConfig(device="cpu", threads=1), AlignConfig())
+    assert ("was trained with align" in caplog.text) == warns

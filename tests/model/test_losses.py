@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from streamfuse.imageops.tensors import gradient_magnitude
 from streamfuse.model.losses import LossConfig, fusion_target, hclfuse_losses, local_range
@@ -78,3 +79,45 @@ def test_target_weighs_the_detail_sources_by_their_squared_gradient_energy():
     detail = [(fusion_target(a, vis, cfg) - 0.5)[inner].abs().mean() for a in (ir, vis)]
     ratio = detail[0] / detail[1]
     assert ratio == pytest.approx(0.8 * 2 ** 0.5 + 0.2, abs=0.02)  # w_ir = 4 / 5
+
+
+def _random_batch(b=2, h=32, w=32):
+    g = torch.Generator().manual_seed(7)
+    ir01, vis01, ir_raw = (torch.rand(b, 1, h, w, generator=g) for _ in range(3))  # three different sources
+    fused = torch.rand(2 * b, 1, h, w, generator=g).requires_grad_(True)
+    out = {"mu": torch.rand(b, 2, h // 8, w // 8, generator=g) * 2 - 1, "logvar": torch.zeros(b, 2, h // 8, w // 8),
+           "eps_pred": torch.randn(b, 2, h // 8, w // 8, generator=g), "fused": fused}
+    return out, ir01, vis01, ir_raw
+
+
+def test_each_fusion_term_reads_the_sources_its_definition_names():
+    out, ir01, vis01, ir_raw = _random_batch()
+    cfg = LossConfig(range=5.0, range_margin=0.0)
+    terms = hclfuse_losses(out, ir01, vis01, ir_raw, torch.zeros_like(out["eps_pred"]), cfg, 1)
+    fused = out["fused"]
+    twice = lambda x: x.repeat(2, 1, 1, 1)  # noqa: E731 - the posterior sample's images, then the one-step's
+    torch.testing.assert_close(terms["intensity"], F.l1_loss(fused, twice(torch.maximum(ir01, vis01))))
+    torch.testing.assert_close(terms["rule"], F.l1_loss(fused, twice(fusion_target(ir_raw, vis01, cfg))))
+    lo, hi = (twice(x) for x in local_range(torch.cat([ir_raw, ir01, vis01], dim=1), cfg.range_window))
+    torch.testing.assert_close(terms["range"], (F.relu(fused - hi) + F.relu(lo - fused)).mean())
+    assert terms["range"] > 0  # the three sources' range, not two: a random image leaves it somewhere
+    target = F.avg_pool2d(fused[:2], 8) * 2 - 1  # the decoded posterior sample's block means, in the latent's range
+    torch.testing.assert_close(terms["latent_image"], F.mse_loss(out["mu"][:, :1], target))
+    weighted = sum(getattr(cfg, k) * v for k, v in terms.items() if k != "total")
+    torch.testing.assert_close(terms["total"], weighted)
+
+
+def test_the_latent_image_term_moves_the_encoder_not_the_decoded_image():
+    out, ir01, vis01, ir_raw = _random_batch()
+    out["mu"].requires_grad_(True)
+    terms = hclfuse_losses(out, ir01, vis01, ir_raw, torch.zeros_like(out["eps_pred"]), LossConfig(), 1)
+    to_mu, to_fused = torch.autograd.grad(terms["latent_image"], [out["mu"], out["fused"]], allow_unused=True)
+    assert to_fused is None and to_mu.abs().sum() > 0
+
+
+def test_the_target_separates_base_and_detail_at_base_sigma():
+    step = torch.zeros(1, 1, 48, 48)
+    step[..., 24:] = 1.0
+    dark = torch.full_like(step, 0.1)
+    wide, narrow = (fusion_target(dark, step, LossConfig(base_sigma=s, energy_sigma=3.0)) for s in (8.0, 2.0))
+    assert (wide - narrow).abs().max() > 0.05

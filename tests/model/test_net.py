@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from streamfuse.diffusion.guidance import IMAGE_LAMBDA
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.vbe import lowpass
 
@@ -92,3 +93,58 @@ def test_one_step_sample_under_half_autocast_keeps_the_schedule_precise(tiny, pa
             half = net.sample_latent(mu, ir, vis, noise)
         full = net.sample_latent(mu.float(), ir, vis, noise)  # the same posterior mean, everything in fp32
     assert (half.float() - full).abs().max() < 2e-3
+
+
+def test_train_outputs_sample_the_posterior_noise_it_and_decode_both_latents(tiny, pair):
+    torch.manual_seed(0)
+    net = HCLFuseNet(tiny)
+    with torch.no_grad():
+        net.denoiser.out.bias.fill_(8.0)  # a one-step prediction beyond the latent's range: the clamp must act
+    ir, vis = pair()
+    raw = torch.rand(ir.shape, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(3)
+    t, eps, e0 = torch.tensor([600]), torch.randn(1, 2, 4, 6, generator=g), torch.randn(1, 2, 4, 6, generator=g)
+    out = net.train_outputs(ir, vis, raw, t, eps, e0)
+    mu, logvar, skips = net.encoder(torch.cat([ir, vis], dim=1))
+    z = mu + (0.5 * logvar).exp() * e0  # the reparameterised sample: std, not variance, times the noise
+    torch.testing.assert_close(out["z"], z)
+    abar = net.alphas_cumprod[600]
+    x_t = abar.sqrt() * z + (1 - abar).sqrt() * eps
+    eps_pred = net.denoiser(x_t, t, mu)
+    torch.testing.assert_close(out["eps_pred"], eps_pred)
+    x0 = (x_t - (1 - abar).sqrt() * eps_pred) / abar.sqrt()
+    assert x0.max() > 1
+    x0 = x0.clamp(-1, 1)
+    decoded = [net.decoder(latent, skips, raw, vis) for latent in (z, x0)]  # the posterior sample, the one-step x0
+    torch.testing.assert_close(out["fused"], torch.cat(decoded))
+
+
+def test_the_noise_loss_reaches_the_encoder_only_through_the_sample_not_the_condition(tiny, pair):
+    torch.manual_seed(0)
+    net = HCLFuseNet(tiny)
+    ir, vis = pair()
+    g = torch.Generator().manual_seed(3)
+    t, eps, e0 = torch.tensor([600]), torch.randn(1, 2, 4, 6, generator=g), torch.randn(1, 2, 4, 6, generator=g)
+    out = net.train_outputs(ir, vis, ir, t, eps, e0)
+    got = torch.autograd.grad(out["eps_pred"].square().sum(), net.encoder.head.bias)[0]
+    mu, logvar, _ = net.encoder(torch.cat([ir, vis], dim=1))
+    abar = net.alphas_cumprod[600]
+    x_t = abar.sqrt() * (mu + (0.5 * logvar).exp() * e0) + (1 - abar).sqrt() * eps
+    want = torch.autograd.grad(net.denoiser(x_t, t, mu.detach()).square().sum(), net.encoder.head.bias)[0]
+    torch.testing.assert_close(got, want)
+    assert want.abs().sum() > 0
+
+
+def test_a_guidance_scale_scales_every_guide_and_zero_turns_them_all_off(tiny, pair):
+    ir, vis = pair()
+    noise = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    net = HCLFuseNet(tiny, steps=2).eval()
+    out = {}
+    with torch.inference_mode():
+        for scale, guidance, image_steps in ((0.0, True, 2), (1.0, False, 0), (1.0, True, 2), (2.0, True, 2)):
+            net.set_sampling(2, guidance, scale, image_steps=image_steps)
+            out[scale, guidance] = net(ir, vis, noise, ir)
+    assert net.image_lambda == pytest.approx(2 * IMAGE_LAMBDA)
+    torch.testing.assert_close(out[0.0, True], out[1.0, False])  # the decoded-image guide's steps too
+    assert not torch.equal(out[2.0, True], out[1.0, True])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from streamfuse.model.vbe import SIGMA_MIN, Decoder, Encoder, Gate, grid_up, kl_standard_normal, lowpass
@@ -76,6 +79,7 @@ def test_fold_gates_keeps_outputs():
 
 def test_gate_is_per_channel_sigmoid():
     g = Gate(3)
+    torch.testing.assert_close(torch.sigmoid(g.logit), torch.full((3,), 0.8808), atol=1e-4, rtol=0)  # starts open
     with torch.no_grad():
         g.logit.copy_(torch.tensor([0.0, 100.0, -100.0]))
     out = g(torch.ones(1, 3, 2, 2))
@@ -86,6 +90,14 @@ def test_kl_zero_for_standard_normal_and_positive_otherwise():
     z = torch.zeros(2, 3, 4, 4)
     assert kl_standard_normal(z, z).item() == 0.0
     assert kl_standard_normal(z + 0.5, z - 1.0).item() > 0.0
+
+
+def test_kl_is_the_closed_form_per_element_mean():
+    # 1/2 (mu^2 + sigma^2 - 1 - log sigma^2), averaged: its scale is what the kl weight (1e-3) was tuned against
+    mu, logvar = torch.tensor([0.5, -2.0]).view(1, 2, 1, 1), torch.tensor([-1.0, 0.5]).view(1, 2, 1, 1)
+    want = 0.5 * ((0.25 + math.exp(-1.0) - 1.0 + 1.0) + (4.0 + math.exp(0.5) - 1.0 - 0.5)) / 2
+    assert kl_standard_normal(mu, logvar).item() == pytest.approx(want)
+    assert kl_standard_normal(mu.expand(2, 2, 3, 3), logvar.expand(2, 2, 3, 3)).item() == pytest.approx(want)
 
 
 def test_the_band_is_smoother_than_the_block_means():

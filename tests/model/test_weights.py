@@ -119,3 +119,26 @@ def test_weights_that_are_a_folder_or_a_device_are_said_to_be_so(tmp_path):
             read_weights(path)
     with pytest.raises(FileNotFoundError, match="^HCLFuse weights not found: "):
         read_weights(tmp_path / "none.pt")
+
+
+def test_a_float16_file_loads_as_float32_with_the_gates_folded(tmp_path, tiny):
+    half = tmp_path / "half.pt"
+    save_weights(half, HCLFuseNet(tiny, steps=2))
+    blob = torch.load(str(half), weights_only=True)  # halved by hand, as a user shrinking a file would
+    blob["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    torch.save(blob, str(half))
+    loaded = load_weights(half, steps=2)[0]
+    assert all(v.dtype == torch.float32 for v in read_weights(half)[1].values() if v.is_floating_point())
+    assert all(torch.sigmoid(g.logit).eq(1).all() for g in (loaded.encoder.gate1, loaded.encoder.gate2))
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+@pytest.mark.parametrize("where", [0, -1])
+def test_a_non_finite_value_in_any_tensor_is_refused(tmp_path, tiny, where):
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    key = [k for k, v in blob["state_dict"].items() if v.is_floating_point()][where]
+    blob["state_dict"][key].view(-1)[0] = float("inf")
+    torch.save(blob, str(path))
+    _one_line_value_error(path, "NaN or infinite")
