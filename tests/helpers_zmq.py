@@ -5,6 +5,7 @@ conftest.py (which tests cannot import from)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 import zmq
 
+from streamfuse.capture.shm_ring import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import PublishConfig, Publisher
@@ -30,6 +32,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pool_fds(name: str) -> int:
+    """This process's file descriptors open on shared-memory segment ``name`` (its own and its mappings', Linux)."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    return links.count(str(SHM_DIR / name))
 
 
 def has_ipv6_loopback() -> bool:

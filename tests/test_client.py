@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
-from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_frame, good_parts, publishing,
-                         raw_connect, recv_seq, wait_until, with_header)
+from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_frame, good_parts, pool_fds,
+                         publishing, raw_connect, recv_seq, wait_until, with_header)
 
 from streamfuse import connection_watch
 from streamfuse.capture.shm_ring import SHM_DIR
@@ -89,15 +89,6 @@ def test_a_subscriber_dropped_without_close_gives_back_its_thread_sockets_and_po
                                                                                      rng: np.random.Generator) -> None:
     # latest mode's reader thread held a dropped Subscriber for good (its thread, sockets and pool until the process
     # ended); in either mode the connection's monitor socket and the pool's file descriptor stayed open
-    def pool_fds(name: str) -> int:
-        links = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                links.append(os.readlink(f"/proc/self/fd/{fd}"))
-            except OSError:  # closed meanwhile
-                pass
-        return links.count(str(SHM_DIR / name))
-
     with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub:
         sub = Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest)
         wait_until(lambda s=sub: s.recv(0.05) is not None and s.via_shm > 0, "a frame from shared memory")

@@ -4,17 +4,15 @@ wait, a publisher restarted without shared memory or mid-H.264-stream, close() g
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import (ANY_PORT, PATIENCE_S, fused_frame, good_parts, publishing, raw_connect, recv_seq, wait_until,
-                         with_header)
+from helpers_zmq import (ANY_PORT, PATIENCE_S, fused_frame, good_parts, pool_fds, publishing, raw_connect, recv_seq,
+                         wait_until, with_header)
 
-from streamfuse.capture.shm_ring import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Encoder
 from streamfuse.publish import PublishConfig, Publisher
@@ -86,15 +84,6 @@ def test_a_frame_header_longer_than_max_frame_bytes_is_still_received(raw_pub: t
 @needs_shm
 def test_close_gives_back_the_pool_at_once(rng: np.random.Generator) -> None:
     # close() left the pool mapped and its last slot held until the Subscriber was collected
-    def pool_fds(name: str) -> int:
-        links = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                links.append(os.readlink(f"/proc/self/fd/{fd}"))
-            except OSError:  # closed meanwhile
-                pass
-        return links.count(str(SHM_DIR / name))
-
     with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub:
         sub = Subscriber(pub.endpoint, timeout_s=PATIENCE_S)
         wait_until(lambda: sub.recv(0.05) is not None and sub.via_shm > 0, "a frame from shared memory")
