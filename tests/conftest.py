@@ -13,6 +13,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import zmq
 
 from helpers_data import DATA, REPO
 
@@ -60,6 +61,16 @@ def stop_handlers_put_back() -> Iterator[None]:
     yield
     for sig, handler in before.items():
         signal.signal(sig, handler)
+
+
+@pytest.fixture
+def raw_pub() -> Iterator[tuple[zmq.Socket, str]]:
+    """A plain PUB socket on a free loopback port, to send whatever bytes a test needs; with its bound endpoint."""
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind("tcp://127.0.0.1:*")
+    yield sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    sock.close(linger=0)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import re
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -30,16 +29,6 @@ from streamfuse.shm_pool import POOL_PREFIX, shm_supported
 from streamfuse.wire import SCHEMA_2
 
 NOBODY = "tcp://127.0.0.1:1"  # nothing listens there
-
-
-@pytest.fixture
-def raw_pub() -> Iterator[tuple[zmq.Socket, str]]:
-    """A plain PUB socket, to send whatever bytes a test needs."""
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(ANY_PORT)
-    yield sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    sock.close(linger=0)
 
 
 @pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])

@@ -4,7 +4,6 @@ wait, a publisher restarted without shared memory or mid-H.264-stream, close() g
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,6 @@ from streamfuse.wire import SCHEMA_2, HeaderEncoder
 NOBODY = "tcp://127.0.0.1:1"  # nothing listens there
 needs_shm = pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
 needs_ring = pytest.mark.skipif(not ring_supported(), reason="the pool's ring is read on Linux x86-64 only")
-
-
-@pytest.fixture
-def raw_pub() -> Iterator[tuple[zmq.Socket, str]]:
-    """A plain PUB socket, to send whatever bytes a test needs."""
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(ANY_PORT)
-    yield sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    sock.close(linger=0)
 
 
 def _uniform(value: int) -> np.ndarray:
