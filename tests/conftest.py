@@ -88,7 +88,11 @@ def tool() -> Callable[[str], ModuleType]:
             spec = importlib.util.spec_from_file_location(key, REPO / "tools" / f"{name}.py")
             module = importlib.util.module_from_spec(spec)
             sys.modules[key] = module  # dataclasses look their module up while the file executes
-            spec.loader.exec_module(module)
+            hook = sys.excepthook  # a tool sets its own for its process (quiet_interrupt): not this session's
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.excepthook = hook
         return sys.modules[key]
 
     return load
