@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from streamfuse.checks import apply_overrides, load_yaml
+from streamfuse.checks import apply_overrides, load_yaml, tcp_port_ok
 from streamfuse.config import MOVED, ConfigError, config_from_dict, dump_config, load_config
 from streamfuse.configs import CONFIG_DIR, resolve
 
@@ -57,6 +57,8 @@ def _write(tmp_path, text):
          "publish: endpoint='tcp://127.0.0.1:65536' is out of range; allowed: tcp://HOST:PORT (PORT 1..65535"),
         # `fps: yes` (YAML 1.1's true) taken for 1.0 would time every frame a second apart
         ("ir:\n  fps: true\n", "ir.fps=True has the wrong type; expected float"),
+        # `steps: yes` taken for 1 would sample once instead of refusing the config
+        ("hclfuse:\n  steps: true\n", "hclfuse.steps=True has the wrong type; expected int"),
         # a visible camera's colours mapped back as temperatures would garble every visible frame
         ("vis:\n  palette: black_hot\n", "vis.palette='black_hot': a palette is the IR camera's (ir.palette)"),
         ("record:\n  path: rig.mcap\n  flush_s: 3601\n",
@@ -284,3 +286,10 @@ def test_the_hclfuse_and_engine_sections_defaults_and_seed_range():
     assert (live.sampler, live.guidance, live.guidance_scale, live.image_guidance) == ("student", True, 1.0, 0)
     engine = EngineConfig()
     assert (engine.device, engine.precision, engine.threads, engine.cuda_graphs) == ("auto", "fp32", 0, True)
+
+
+def test_only_a_bound_endpoint_may_leave_its_port_to_the_system():
+    # a publisher binds tcp://*:* or :0 (any free port); a subscriber cannot connect to "any port"
+    assert tcp_port_ok("tcp://*:*", bind=True) and tcp_port_ok("tcp://127.0.0.1:0", bind=True)
+    assert not tcp_port_ok("tcp://127.0.0.1:*") and not tcp_port_ok("tcp://127.0.0.1:0")
+    assert tcp_port_ok("tcp://127.0.0.1:1") and tcp_port_ok("tcp://127.0.0.1:65535", bind=True)

@@ -36,3 +36,33 @@ def test_malloc_tuning_applies_on_glibc(monkeypatch):
     for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
         monkeypatch.delenv(name, raising=False)
     assert tune_malloc() is True
+
+
+def test_cuda_names_resolve_against_the_gpus_torch_sees(monkeypatch):
+    # no GPU needed: torch's answers are those of a machine with one
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_device("cuda") == torch.device("cuda", 0) == resolve_device("cuda:0")
+    with pytest.raises(ValueError, match=r"^device 'cuda:1' requested but torch sees only 1 CUDA GPU\(s\)$"):
+        resolve_device("cuda:1")
+
+
+def test_available_cores_are_those_of_the_affinity_mask(monkeypatch):
+    # a container or taskset pinning the process to 2 of the machine's cores: 2 torch threads, not one per core
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no affinity mask here")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert available_cores() == 2
+
+
+@pytest.mark.parametrize("name", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"])
+def test_any_one_malloc_variable_the_user_set_leaves_malloc_alone(name, monkeypatch):
+    from streamfuse import device
+
+    for other in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, "1048576")
+    assert device._apply_mallopt() is False  # the user's choice wins: mallopt is never called

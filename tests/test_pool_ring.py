@@ -231,6 +231,27 @@ def test_latest_mode_counts_as_passed_over_only_the_frames_after_the_last_one_ta
     assert (received, discarded) == (7, 3)  # seq 0..9 sent: each counted once, received or discarded
 
 
+def test_a_cursor_starts_at_the_oldest_entry_still_in_the_ring() -> None:
+    # The subscriber switches to the ring after frames whose ZeroMQ descriptors it has not taken yet (the publisher
+    # announces each frame both ways): their entries are already in the ring, and starting at its end lost them.
+    topic = b"shm/fused/rig0"
+    with ShmPool(4, 64) as pool:
+        encoder, image = HeaderEncoder("f"), np.zeros((4, 16), np.uint8)
+        for seq in range(3):
+            slot, gen = pool.write(image)
+            header = encoder.encode(fused_frame(image), image, seq=seq, fmt="shm", shm_pool=pool.name,
+                                    shm_slot=slot, shm_gen=gen)
+            assert pool.notify(topic, header, seq, wake=False)
+        reader = PoolReader(pool.name)
+        try:
+            cursor = RingCursor(reader, topic, latest=False)
+            got = [cursor.next(0.0, last) for last in (None, 0, 1)]
+            assert [(header["seq"], passed) for header, passed in got] == [(0, 0), (1, 0), (2, 0)]
+            assert cursor.next(0.0, 2) is None
+        finally:
+            reader.close()
+
+
 def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> None:
     with ShmPool(2, 64) as pool:
         reader = PoolReader(pool.name)

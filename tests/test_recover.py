@@ -248,3 +248,43 @@ def test_a_recording_a_running_run_still_writes_is_not_recovered(tmp_path, rng):
     finally:
         rec.close()
     assert path.is_file() and not partial_path(path).exists()
+
+
+def test_a_cut_recording_of_the_ir_stream_alone_recovers_under_its_own_header(tmp_path, rng, capsys):
+    # a rig whose visible camera gave nothing before the kill still has IR frames to recover
+    from mcap.reader import NonSeekingReader
+
+    frames = [f for f in _frames(rng, 60) if f.stream == "ir"]
+    _record(tmp_path / "rig.mcap", frames, cut=0.6)
+    src = partial_path(tmp_path / "rig.mcap")
+    assert main([str(src)]) == 0
+    got = list(read_recording(tmp_path / "rig.mcap"))
+    assert 0 < len(got) < len(frames) and {f.stream for f in got} == {"ir"}
+    assert capsys.readouterr().out.startswith(f"recovered {len(got)} IR and 0 visible frames (")
+    headers = []
+    for path in (src, tmp_path / "rig.mcap"):
+        with open(path, "rb") as f:
+            header = NonSeekingReader(f).get_header()
+        headers.append((header.profile, header.library))
+    assert headers[0] == headers[1] and headers[0][0]
+
+
+def test_a_temporary_file_another_recover_left_is_not_written_over(tmp_path, cut, capsys):
+    src, _ = cut
+    theirs = tmp_path / ".o.mcap.partial"  # a second recover to the same --out, still copying
+    theirs.write_bytes(b"another recover's copy")
+    assert main([str(src), "--out", str(tmp_path / "o.mcap")]) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"streamfuse recover: error: cannot write .*o\.mcap: .*\.o\.mcap\.partial: File exists\n", err)
+    assert theirs.read_bytes() == b"another recover's copy" and not (tmp_path / "o.mcap").exists()
+
+
+def test_a_cut_recording_not_named_as_the_recorder_names_it_needs_out(tmp_path, cut, capsys):
+    # without its leading dot, NAME.mcap.partial is no name the recorder gives: "ig.mcap" is not its final name
+    src, _ = cut
+    (tmp_path / "in").mkdir()
+    plain = tmp_path / "in" / "rig.mcap.partial"
+    plain.write_bytes(src.read_bytes())
+    assert main([str(plain)]) == 1
+    assert "cannot name the recovered recording of" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["rig.mcap.partial"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import types
 
 import pytest
 
+from streamfuse import seq_count
 from streamfuse.seq_count import MAX_FPS, SeqCounter
 from streamfuse.wire import MalformedMessage
 
@@ -57,3 +59,48 @@ def test_frames_passed_over_on_purpose_are_not_missed() -> None:
     seqs.take(5, "shm")
     seqs.skip(3)
     assert (seqs.take(9, "shm"), seqs.last) == (0, 9)
+
+
+def test_a_restart_one_frame_back_is_a_restart_not_minus_two_missed() -> None:
+    seqs = SeqCounter("tcp://x")
+    assert seqs.take(5, "payload") == 0
+    assert (seqs.take(4, "payload"), seqs.restarted, seqs.last) == (0, True, 4)
+
+
+def test_a_forged_leap_sent_twice_is_refused_twice() -> None:
+    # the second copy of a refused leap is no stream going on from it: it must not take the counter over
+    seqs = SeqCounter("tcp://x")
+    seqs.take(3, "payload")
+    for _ in range(2):
+        with pytest.raises(MalformedMessage, match=r"seq 1000000000000 after 3"):
+            seqs.take(10**12, "payload")
+    assert (seqs.take(4, "payload"), seqs.last, seqs.restarted) == (0, 4, False)
+
+
+def test_a_frame_taken_forgets_the_leap_refused_before_it() -> None:
+    seqs = SeqCounter("tcp://x")
+    seqs.take(3, "payload")
+    with pytest.raises(MalformedMessage):
+        seqs.take(10**12, "payload")
+    assert seqs.take(4, "payload") == 0
+    with pytest.raises(MalformedMessage, match=r"seq 1000000000001 after 4"):  # a leap of its own, refused
+        seqs.take(10**12 + 1, "payload")
+
+
+def test_how_far_ahead_a_seq_may_be_is_timed_from_the_last_frame_and_the_last_leap(monkeypatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(seq_count, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    seqs = SeqCounter("tcp://x")
+    seqs.take(0, "payload")
+    assert seqs.take(MAX_FPS, "payload") == MAX_FPS - 1  # at once: a second's worth (the 1 s of slack) is allowed
+    now[0] = 100.0
+    seqs.take(MAX_FPS + 1, "payload")
+    with pytest.raises(MalformedMessage):  # no time since the last frame: not 100 s since the first
+        seqs.take(3 * MAX_FPS, "payload")
+    now[0] = 105.0
+    leap = MAX_FPS + 1 + 20 * MAX_FPS  # 6 s' worth is allowed after 5 s
+    with pytest.raises(MalformedMessage):
+        seqs.take(leap, "payload")
+    now[0] = 106.0
+    with pytest.raises(MalformedMessage):  # 5 s' worth past the leap, 1 s after it: refused as well
+        seqs.take(leap + 5 * MAX_FPS, "payload")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamfuse.bench import BENCHES
-from streamfuse.cli import COMMANDS, dispatch, main
+from streamfuse.cli import COMMANDS, dispatch, guarded, main, quiet_interrupt
 from streamfuse.signals import handled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +39,8 @@ def test_unknown_command_is_one_line(capsys):
     assert err == f"streamfuse: unknown command 'nope'; choose one of {', '.join(COMMANDS)}"
     assert main(["bench", "nope"]) == 2
     assert capsys.readouterr().err.startswith("streamfuse bench: unknown command 'nope'; choose one of fuse,")
+    assert main(["bench", "--version"]) == 2  # the package's version is the top command's alone
+    assert capsys.readouterr().err.startswith("streamfuse bench: unknown command '--version'; choose one of fuse,")
 
 
 def test_a_missing_extra_is_one_line():
@@ -222,3 +225,48 @@ def test_a_stop_sent_again_while_a_finished_command_exits_keeps_its_status(leavi
             f"{name}(130)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "subscribe"])
+def test_a_ctrl_c_while_a_command_loads_is_130_whatever_its_sigterm_status(command, monkeypatch, capsys):
+    # run and subscribe end 0 on a SIGTERM (a service manager's stop); a Ctrl-C is still an interruption: 130
+    from streamfuse import cli
+
+    def loading(name: str):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("streamfuse.cli.run.exit_now", sys.exit)  # run leaves by os._exit, not the test
+    monkeypatch.setattr(sys, "argv", ["streamfuse", command])
+    monkeypatch.setattr("importlib.import_module", loading)  # last: monkeypatch itself imports by it
+    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
+        cli.console()
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == f"streamfuse {command}: interrupted\n"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO])
+def test_a_file_a_command_cannot_write_is_named_in_its_one_line(code, capsys):
+    def main_() -> int:
+        raise OSError(code, os.strerror(code), "runs/latency.csv")
+
+    assert guarded(main_, "streamfuse subscribe") == 1
+    said = capsys.readouterr().err
+    assert said == f"streamfuse subscribe: error: cannot write runs/latency.csv: {os.strerror(code)}\n"
+
+
+def test_other_os_errors_are_not_taken_for_a_write_failure():
+    def main_() -> int:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "in.mcap")
+
+    with pytest.raises(FileNotFoundError):
+        guarded(main_, "streamfuse replay")
+
+
+def test_a_tools_quiet_interrupt_shortens_only_a_ctrl_c(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # put back after the test
+    monkeypatch.setattr(sys, "__excepthook__", lambda kind, exc, tb: seen.append(kind))
+    quiet_interrupt("temporal.py")
+    sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    sys.excepthook(ValueError, ValueError("a bug"), None)  # its traceback is Python's own
+    assert capsys.readouterr().err == "temporal.py: interrupted\n" and seen == [ValueError]

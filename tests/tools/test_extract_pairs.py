@@ -201,3 +201,20 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_works(tool
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0"])
     assert str(info.value).startswith(f"extract_pairs: output {tmp_path / 'out' / 'vi'} is being written by another ")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["vi"] and not any((tmp_path / "out" / "vi").iterdir())
+
+
+def test_count_is_how_many_frames_each_clip_gives(tool, tmp_path):
+    _video(tmp_path / "v" / "ir" / "a.mkv", 10, 0)
+    _video(tmp_path / "v" / "vi" / "a.mkv", 10, 1)
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1", "--every", "2",
+                                "--count", "3"])
+    assert sorted(p.name for p in (tmp_path / "out" / "vi").iterdir()) == ["a_00001.png", "a_00003.png", "a_00005.png"]
+
+
+def test_frames_only_one_video_of_a_clip_reaches_are_not_pairs(tool, tmp_path):
+    # the visible video stops early: its pairs end there, whatever the IR video holds after
+    _video(tmp_path / "v" / "ir" / "a.mkv", 10, 0)
+    _video(tmp_path / "v" / "vi" / "a.mkv", 5, 1)
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0", "--every", "3"])
+    for sub in ("ir", "vi"):
+        assert sorted(p.name for p in (tmp_path / "out" / sub).iterdir()) == ["a_00000.png", "a_00003.png"]

@@ -97,3 +97,29 @@ def test_an_overlay_not_named_png_is_refused(tool, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         tool("homography").main([*POINTS, "--ir", "ir.png", "--vis", "vis.png", "--overlay", str(tmp_path / "o.jpg")])
     assert stop.value.code == 2 and "written as a PNG; give a name ending in .png" in capsys.readouterr().err
+
+
+def test_points_off_one_plane_are_fitted_and_warned_of(tool, capsys):
+    ir = [(10, 12), (300, 8), (310, 230), (15, 235), (160, 120), (80, 200)]
+    vis = [(2 * x + 5, 2 * y + 3) for x, y in ir]
+    vis[4] = (vis[4][0] + 30, vis[4][1] - 20)  # one point misread
+    tool("homography").main([f"{x},{y}={u},{v}" for (x, y), (u, v) in zip(ir, vis)])
+    out, err = capsys.readouterr()
+    matrix = np.reshape(yaml.safe_load(out)["register"]["homography"], (3, 3))
+    mapped = cv2.perspectiveTransform(np.array([ir], np.float64), matrix)[0]
+    rms = np.sqrt(((mapped - np.array(vis, np.float64)) ** 2).sum(1).mean())  # of the distances, in visible px
+    assert rms > 3 and f"6 points, RMS error {rms:.2f} visible px" in out
+    assert err == f"homography: the points fit one plane only to {rms:.1f} px: check them, or the scene is too near " \
+                  "for one matrix\n"
+    tool("homography").main([f"{x},{y}={2 * x + 5},{2 * y + 3}" for x, y in ir])
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("given", [["--ir"], ["--vis"]])
+def test_an_overlay_needs_both_frames(tool, tmp_path, capsys, given):
+    cv2.imwrite(str(tmp_path / "f.png"), np.zeros((24, 32), np.uint8))
+    with pytest.raises(SystemExit) as stop:
+        tool("homography").main(["1,1=2,2", "5,1=9,2", "5,5=9,9", "1,5=2,9", *given, str(tmp_path / "f.png"),
+                                 "--overlay", str(tmp_path / "o.png")])
+    assert stop.value.code == 2 and "--overlay needs --ir and --vis" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()

@@ -228,3 +228,85 @@ def test_numbers_that_mean_nothing_are_refused_when_parsed(tmp_path, capsys, arg
     with pytest.raises(SystemExit) as stop:
         replay_many.main([str(tmp_path), "--out", str(tmp_path / "out"), *args])
     assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(said)
+
+
+def test_a_pair_failing_again_beside_complete_outputs_still_fails_the_batch(tmp_path, capsys):
+    # the outputs already complete are skipped; the pair that fails again is no "nothing to do"
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        _video(tmp_path / sub / "a.mp4")
+    _video(tmp_path / "ir" / "b.mp4")
+    (tmp_path / "vi" / "b.mp4").write_text("not a video")
+    out = tmp_path / "out"
+    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 1
+    capsys.readouterr()
+    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 1
+    said = capsys.readouterr()
+    assert "FAILED" in said.err and "b.mp4" in said.err and "nothing to do" not in said.out
+
+
+def test_a_stopped_pair_is_finished_by_resume_and_only_by_it(tmp_path, capsys, monkeypatch):
+    import streamfuse.processor
+
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        _video(tmp_path / sub / "a.mp4", 6)
+    real, calls = streamfuse.processor.config_fuser, []
+
+    def stopping(*args):
+        fuser = real(*args)
+
+        class StopsAtTheThirdFrame:
+            name, version = fuser.name, fuser.version
+
+            def fuse(self, *a, **k):
+                calls.append(1)
+                if len(calls) == 3:
+                    raise KeyboardInterrupt
+                return fuser.fuse(*a, **k)
+
+        return StopsAtTheThirdFrame()
+
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", stopping)
+    out = tmp_path / "out"
+    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 130
+    assert "stopped before the end: 1 interrupted (partial outputs kept), 0 not started;" in capsys.readouterr().err
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", real)
+    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 1  # its partial output is kept, not redone
+    assert "run again with --resume" in capsys.readouterr().err
+    assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS, "--resume"]) == 0
+    assert len(list(decode_frames(out / "a.mp4"))) == 6 and [p.name for p in out.iterdir()] == ["a.mp4"]
+
+
+def test_threads_reach_the_local_engine(tmp_path, monkeypatch):
+    import streamfuse.batch
+
+    made, real = [], streamfuse.batch.LocalEngine
+    monkeypatch.setattr(streamfuse.batch, "LocalEngine", lambda **kwargs: made.append(kwargs) or real(**kwargs))
+    _video(tmp_path / "ir.mp4")
+    _video(tmp_path / "vis.mp4")
+    (tmp_path / "pairs.txt").write_text("ir.mp4 vis.mp4\n")
+    assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), "--threads", "3", *ARGS]) == 0
+    assert made == [{"threads": 3}]
+
+
+def test_a_codec_the_output_container_cannot_hold_is_refused_before_any_work(tmp_path, capsys):
+    _video(tmp_path / "ir.mp4")
+    _video(tmp_path / "vis.mp4")
+    (tmp_path / "pairs.txt").write_text("ir.mp4 vis.mp4\n")
+    assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), *ARGS,
+                             "--set", "replay.codec=ffv1"]) == 2
+    err = capsys.readouterr().err
+    assert "FFV1 cannot be stored in .mp4; use .mkv or .nut" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_while_the_config_loads_is_one_line_and_130(tmp_path, capsys, monkeypatch):
+    import streamfuse.config
+
+    def loading(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(streamfuse.config, "load_config", loading)
+    assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "o"), *ARGS]) == 130
+    assert capsys.readouterr().err == "replay_many: interrupted\n"

@@ -4,6 +4,7 @@ another method's fused frames."""
 from __future__ import annotations
 
 import shutil
+import types
 from pathlib import Path
 
 import cv2
@@ -237,3 +238,46 @@ def test_a_configs_registration_is_applied(temporal, tmp_path, rng, monkeypatch,
         temporal()
         ag[name] = _cells(capsys.readouterr().out, f"max ({name}.yaml)")[-3]
     assert ag["plain"] != ag["shifted"]  # IR shifted 12 px under the visible frame: another fused image
+
+
+def test_a_fuser_whose_output_drifts_on_a_static_input_is_said_to(tool, temporal, tmp_path, rng, monkeypatch, capsys):
+    module, real = tool("temporal"), tool("temporal")._processor
+
+    def drifting(method, stream, level, post):
+        processor, calls = real(method, stream, level, post), []
+        if stream != "static":
+            return processor
+
+        def run(pair):
+            out = processor(pair)
+            calls.append(1)
+            return types.SimpleNamespace(filtered_y=out.filtered_y + len(calls), fused_y=out.fused_y)
+
+        return run
+
+    monkeypatch.setattr(module, "_processor", drifting)
+    _clip(tmp_path / "a", rng)
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "average", "--static", "3"])
+    temporal()
+    assert _cells(capsys.readouterr().out, "average")[-1] == "NO"
+
+
+def test_a_configs_own_stabilize_and_denoise_are_its_rows(temporal, tmp_path, rng, monkeypatch, capsys):
+    _clip(tmp_path / "seq" / "a", rng)
+    config = tmp_path / "steady.yaml"
+    config.write_text("fuse: {name: average}\nstabilize: {strength: 0.5}\n"
+                      "post: {denoise: 0.85, denoise_threshold: 6}\n")
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path / "seq"), "--config", str(config), "--static", "2"])
+    temporal()
+    out = capsys.readouterr().out
+    assert _cells(out, "average (steady.yaml)")[1] == "0.5 / 0.85, 6"
+    assert "| hclfuse |" not in out  # a --config names the method: the default model does not run beside it
+
+
+def test_a_fused_frame_of_another_size_is_one_line(temporal, tmp_path, rng, monkeypatch):
+    _clip(tmp_path / "seq" / "a", rng)
+    _copy_visible(tmp_path / "seq", tmp_path / "out")
+    cv2.imwrite(str(tmp_path / "out" / "a" / "0002.png"), np.zeros((20, 28), np.uint8))
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path / "seq"), "--fused", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match=r"out/a/0002\.png: fused frame is 28x20, the clip's is 56x40$"):
+        temporal()
