@@ -199,6 +199,19 @@ def test_a_ring_entry_whose_header_names_another_seq_is_malformed() -> None:
         assert "seq " + str(seq + 1) + " (entry seq " + str(seq) + ")" in sub.last_malformed
 
 
+def _announcer(pool: ShmPool, topic: bytes):
+    """``announce(seq)``: a 64-byte mono8 frame written to ``pool`` and its descriptor put in the ring."""
+    encoder, image = HeaderEncoder("f"), np.zeros((4, 16), np.uint8)
+
+    def announce(seq: int) -> None:
+        slot, gen = pool.write(image)
+        header = encoder.encode(fused_frame(image), image, seq=seq, fmt="shm", shm_pool=pool.name, shm_slot=slot,
+                                shm_gen=gen)
+        assert pool.notify(topic, header, seq, wake=False)
+
+    return announce
+
+
 def test_latest_mode_counts_as_passed_over_only_the_frames_after_the_last_one_taken() -> None:
     # The publisher sends a frame's ZeroMQ descriptor before it puts the frame in the ring, so a consumer that took
     # frames through ZeroMQ can find their entries still ahead of it in the ring. Counting every entry latest mode
@@ -206,15 +219,7 @@ def test_latest_mode_counts_as_passed_over_only_the_frames_after_the_last_one_ta
     # to more than the publisher sent.
     topic = b"shm/fused/rig0"
     with ShmPool(4, 64) as pool:
-        encoder = HeaderEncoder("f")
-        image = np.zeros((4, 16), np.uint8)  # 64 bytes, a mono8 frame
-
-        def announce(seq: int) -> None:
-            slot, gen = pool.write(image)
-            header = encoder.encode(fused_frame(image), image, seq=seq, fmt="shm", shm_pool=pool.name,
-                                    shm_slot=slot, shm_gen=gen)
-            assert pool.notify(topic, header, seq, wake=False)
-
+        announce = _announcer(pool, topic)
         reader = PoolReader(pool.name)
         try:
             cursor = RingCursor(reader, topic, latest=True)
@@ -236,12 +241,9 @@ def test_a_cursor_starts_at_the_oldest_entry_still_in_the_ring() -> None:
     # announces each frame both ways): their entries are already in the ring, and starting at its end lost them.
     topic = b"shm/fused/rig0"
     with ShmPool(4, 64) as pool:
-        encoder, image = HeaderEncoder("f"), np.zeros((4, 16), np.uint8)
+        announce = _announcer(pool, topic)
         for seq in range(3):
-            slot, gen = pool.write(image)
-            header = encoder.encode(fused_frame(image), image, seq=seq, fmt="shm", shm_pool=pool.name,
-                                    shm_slot=slot, shm_gen=gen)
-            assert pool.notify(topic, header, seq, wake=False)
+            announce(seq)
         reader = PoolReader(pool.name)
         try:
             cursor = RingCursor(reader, topic, latest=False)
