@@ -70,3 +70,37 @@ def test_the_warning_says_why_the_private_folder_cannot_be_used(tmp_path, monkey
     not_a_folder.write_text("")
     monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(not_a_folder))
     assert numba_cache._own_folder() == f"{not_a_folder}/streamfuse-numba-{os.getuid()} cannot be made: Not a directory"
+
+
+def test_a_link_or_another_users_folder_in_its_place_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    private = tmp_path / "elsewhere"
+    private.mkdir(mode=0o700)
+    link = tmp_path / f"streamfuse-numba-{os.getuid()}"
+    link.symlink_to(private)  # whoever made the link chose where the pickled code is loaded from
+    assert numba_cache._own_folder() == f"{link} is not a folder of this user's"
+    link.unlink()
+    uid = os.getuid() + 1  # the folder of that name is ours, not the user's whose name it bears
+    monkeypatch.setattr(numba_cache.os, "getuid", lambda: uid)
+    (tmp_path / f"streamfuse-numba-{uid}").mkdir(mode=0o700)
+    assert numba_cache._own_folder() == f"{tmp_path / f'streamfuse-numba-{uid}'} is not a folder of this user's"
+
+
+def test_a_private_folder_that_is_read_only_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = tmp_path / f"streamfuse-numba-{os.getuid()}"
+    folder.mkdir(mode=0o700)
+    access = os.access  # a read-only mount: not writable even by root, whatever the mode says
+    monkeypatch.setattr(numba_cache.os, "access", lambda p, mode: not mode & os.W_OK and access(p, mode))
+    assert numba_cache._own_folder() == f"{folder} is read-only"
+
+
+def test_the_chosen_folder_is_told_to_numba_through_the_environment_too(tmp_path, monkeypatch):
+    """numba re-reads its config from the environment when that changes: the folder must be there as well."""
+    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(numba_cache, "_locatable", lambda: False)
+    monkeypatch.setattr(numba_cache.config, "CACHE_DIR", "")
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    assert numba_cache._choose() is True
+    folder = str(tmp_path / f"streamfuse-numba-{os.getuid()}")
+    assert os.environ["NUMBA_CACHE_DIR"] == numba_cache.config.CACHE_DIR == folder

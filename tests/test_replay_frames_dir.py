@@ -124,3 +124,16 @@ def test_starting_over_drops_the_staged_frames_of_the_same_output(tmp_path, pair
     assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(N)]
     assert cv2.imread(str(frames / "000010.png")) is not None
 
+
+
+def test_a_resume_keeps_the_lossless_pngs_of_the_frames_it_takes_over(tmp_path, pair):
+    """The frames a resume takes over come back decoded from a lossy video: their PNGs stay the first run's."""
+    ir, vis = pair
+    frames, out = tmp_path / "frames", tmp_path / "o.mkv"
+    cfg = make_cfg(replay={"codec": "h264", "crf": 35, "frames_dir": str(frames)})  # lossy on purpose
+    interrupted_replay(cfg, ir, vis, out, stop=8)
+    staged = {p.name: cv2.imread(str(p)) for p in (frames / ".partial").glob("*.png")}
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == len(staged) == 7
+    for name, image in staged.items():
+        np.testing.assert_array_equal(cv2.imread(str(frames / name)), image)

@@ -4,7 +4,10 @@ inputs of unequal spans, and the stage table's units."""
 from __future__ import annotations
 
 import pytest
+from test_replay import make_cfg, write_video
 
+import streamfuse.publish
+from streamfuse.replay import run_replay
 from streamfuse.replay.summary import ReplaySummary, StageClock
 
 
@@ -35,3 +38,28 @@ def test_the_stage_table_gives_ms_and_the_share_of_wall_time():
     assert fuse["median_ms"] == pytest.approx(50.5) and fuse["p99_ms"] == pytest.approx(99.01)
     assert fuse["total_s"] == pytest.approx(5.05) and fuse["share"] == pytest.approx(0.5)
     assert set(table) == {"fuse"}  # stages without samples are left out
+
+
+class _RefusingPublisher:
+    """A publisher whose subscriber's queue is full for every third frame (``nodrop``: refused, not sent)."""
+
+    def __init__(self, cfg, **kwargs):
+        self.calls = 0
+
+    def send_fused(self, fused):
+        self.calls += 1
+        return self.calls % 3 != 0
+
+    def close(self):
+        pass
+
+
+def test_frames_the_publisher_refused_are_counted_apart_from_those_it_published(tmp_path, monkeypatch):
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 9, 30, grey=True)
+    write_video(vis, 9, 30)
+    monkeypatch.setattr(streamfuse.publish, "Publisher", _RefusingPublisher)
+    cfg = make_cfg(replay={"publish": True}, publish={"wait_subscriber_s": 0})
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert summary.written == 9 and (summary.published, summary.publish_refused) == (6, 3)
+    assert "  published 6 | refused by the publisher 3 " in summary.format()

@@ -1,0 +1,51 @@
+"""The figures ``bench transport`` prints, from runs of the test's own: frames/s between the first and the last
+arrival, latency median and p99 in ms, the ratios to imagezmq and to raw bytes."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from streamfuse.bench import transport as bench_transport
+
+
+def test_a_runs_summary_gives_frames_per_second_between_arrivals_and_latencies_in_ms():
+    summary = bench_transport._summary([ms * 1_000_000 for ms in range(1, 101)], [10.0 + i / 50 for i in range(101)])
+    assert summary["frames"] == 101 and summary["fps"] == pytest.approx(50.0)  # 100 intervals in 2 s
+    assert summary["median_ms"] == pytest.approx(50.5) and summary["p99_ms"] == pytest.approx(99.01)
+
+
+def test_the_table_gives_each_rows_ratio_to_imagezmq_and_the_codecs_to_raw(monkeypatch, capsys):
+    fps = {"imagezmq": 100.0, "raw": 250.0, "shm": 400.0, "loan": 500.0, "loan-zmq": 450.0, "jpeg": 50.0, "h264": 20.0}
+
+    rounds = {mode: iter([1, 4, 2, 1]) for mode in fps}  # three rounds, then the latency run
+
+    def run(mode):
+        return {"fps": fps[mode] * next(rounds[mode]), "cpu_ms": 1.0, "median_ms": 2.0, "p99_ms": 3.0, "missed": 0}
+
+    monkeypatch.setattr(bench_transport, "_imagezmq", lambda f, s, r: run("imagezmq"))
+    monkeypatch.setattr(bench_transport, "_ours", lambda f, s, r, mode: run(mode))
+    monkeypatch.setattr(bench_transport, "_codec", lambda f, mode, q: {"bytes": 64 * 48 * 3 / 8, "enc_ms": 1.0,
+                                                                        "dec_ms": 1.0, "psnr": 40.0})
+    monkeypatch.setattr(bench_transport, "_stall_report", lambda *a: None)
+    bench_transport._size_report(64, 48, argparse.Namespace(rounds=3, seconds=1.0, latency_seconds=1.0, rate=100.0,
+                                                            quality=90))
+    out = capsys.readouterr().out
+    for mode, label in bench_transport.MODES.items():  # the median of the rounds (2x), the best (4x), the ratio
+        row = next(ln for ln in out.splitlines() if ln.startswith(label))
+        assert row.startswith(f"{label:26s} {2 * fps[mode]:8.0f} {4 * fps[mode]:6.0f} {fps[mode] / 100:6.2f}x ")
+    assert "  jpeg: 1152 bytes/frame (8.0x fewer than raw)" in out
+
+
+def test_the_stall_report_gives_the_stalled_readers_cost_relative_to_a_reading_one(monkeypatch, capsys):
+    medians = {"none": 0.1, "reading": 0.2, "stalled": 0.5}
+
+    def stall(image, seconds, rate, peer, shm, loan):
+        return {"median_ms": medians[peer], "p99_ms": 1.0, "max_ms": 2.0, "received": 7, "calls": 9}
+
+    monkeypatch.setattr(bench_transport, "_stall", stall)
+    bench_transport._stall_report(np.zeros((4, 4, 3), np.uint8), argparse.Namespace(rate=100.0, paced_seconds=1.0))
+    stalled = [ln for ln in capsys.readouterr().out.splitlines() if "stalled subscriber" in ln]
+    assert len(stalled) == 3 and all("  2.50x reading; the stalled one got 7 of 9 when" in ln for ln in stalled)
