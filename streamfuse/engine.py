@@ -251,8 +251,8 @@ class Engine:
         if luts.shape != (b, 256):
             raise ValueError(f"engine: luts must have shape {(b, 256)}, got {luts.shape}")
         want = (b, *self.latent_shape(h, w))
-        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != want:
-            raise ValueError(f"engine: noise must be a tensor of shape {want} for {h}x{w} frames, "
+        if not (isinstance(noise, torch.Tensor) and tuple(noise.shape) == want and noise.is_floating_point()):
+            raise ValueError(f"engine: noise must be a floating-point tensor of shape {want} for {h}x{w} frames, "
                              f"got {_describe(noise)}")
         return luts
 

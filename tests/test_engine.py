@@ -152,7 +152,8 @@ def test_cuda_without_gpu_is_one_clear_line(net):
     ({"ir": np.zeros((1, 16, 16), np.float32)}, "ir_u8 must be"),
     ({"vis": np.zeros((1, 16, 8), np.uint8)}, "vis_u8 must be"),
     ({"luts": np.zeros((1, 255), np.float32)}, "luts must have shape"),
-    ({"noise": torch.zeros(1, 2, 3, 2)}, "noise must be a tensor of shape"),
+    ({"noise": torch.zeros(1, 2, 3, 2)}, "noise must be a floating-point tensor of shape"),
+    ({"noise": torch.zeros(1, 2, 2, 2, dtype=torch.int64)}, r"got Tensor \(1, 2, 2, 2\) torch.int64"),
     ({"ir": np.zeros((2, 16, 16), np.uint8), "vis": np.zeros((2, 16, 16), np.uint8)}, "batch of 2"),
 ])
 def test_bad_inputs_are_one_line(net, bad, match):
