@@ -13,9 +13,13 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import streamfuse  # noqa: F401  (before torch: it sets OpenMP's wait policy, which torch reads once)
+import torch
 import zmq
 
 from helpers_data import DATA, REPO
+
+TORCH_THREADS = torch.get_num_threads()  # torch's default here: OMP_NUM_THREADS, else the cores
 
 # Started in the background of a script (`make test &`, a CI runner), this process inherits Ctrl-C ignored, and so
 # would every command a test starts, where Python then installs no KeyboardInterrupt: the tests that press Ctrl-C
@@ -61,6 +65,14 @@ def stop_handlers_put_back() -> Iterator[None]:
     yield
     for sig, handler in before.items():
         signal.signal(sig, handler)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_put_back() -> Iterator[None]:
+    """Each test starts with torch's own thread count: an engine made with ``threads=1`` sets the count for the whole
+    process, and the CPU-bound tests after it ran on one core."""
+    yield
+    torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture
