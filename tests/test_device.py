@@ -33,8 +33,11 @@ def test_available_cores():
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc tuning is glibc-only")
 def test_malloc_tuning_applies_on_glibc(monkeypatch):
+    from streamfuse import device
+
     for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(device, "_malloc_tuned", None)  # asked afresh: an earlier test's answer is remembered
     assert tune_malloc() is True
 
 
