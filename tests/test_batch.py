@@ -66,6 +66,12 @@ def test_a_worker_gives_torch_and_ffmpeg_its_own_cpus_unless_the_config_says():
         LocalEngine(threads=0)
 
 
+def test_a_one_cpu_worker_decodes_and_encodes_in_its_loops_thread():
+    """replay.overlap is turned off for a worker of one CPU only; a worker of more keeps the config's."""
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["replay.overlap=true"])
+    assert (worker_cfg(cfg, 1).replay.overlap, worker_cfg(cfg, 2).replay.overlap) == (False, True)
+
+
 def test_bounded_keeps_at_most_limit_running_and_reads_jobs_lazily():
     read, running, peak = [], set(), [0]
 
@@ -131,6 +137,57 @@ def test_a_bad_pair_fails_alone_and_complete_outputs_are_skipped(tmp_path):
     assert "3 pairs: 2 done, 0 skipped (complete), 1 failed; 8 frames out" in table
     again = run_batch(cfg, jobs)
     assert [r.status for r in again.results] == ["skipped", "skipped", "failed"]
+
+
+def test_the_frames_bar_counts_every_fused_frame_and_fps_is_frames_per_wall_second(tmp_path):
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    (tmp_path / "out").mkdir()
+    counted: list[int] = []
+    results = list(LocalEngine().run(cfg, find_jobs(src, tmp_path / "out", ext=".nut"), resume=False,
+                                     frames=counted.append))
+    assert [r.frames_out for r in results] == [4, 4] and sum(counted) == 8
+    assert all(r.fps == pytest.approx(r.frames_out / r.wall_s) for r in results)
+
+
+def test_the_summary_table_has_a_row_per_pair_run_and_only_counts_the_skipped_ones():
+    from streamfuse.batch import PairResult
+
+    summary = BatchSummary([PairResult("/o/done_pair.nut", "done", frames_out=4),
+                            PairResult("/o/skipped_pair.nut", "skipped")], wall_s=2.0)
+    table = summary.format()
+    assert "done_pair.nut" in table and "skipped_pair.nut" not in table
+    assert table.splitlines()[-1].startswith("2 pairs: 1 done, 1 skipped (complete), 0 failed; 4 frames out")
+
+
+def test_a_batch_of_complete_outputs_starts_no_engine(tmp_path):
+    """Starting a Ray takes seconds: with nothing to replay, the engine is not run at all."""
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    jobs = find_jobs(src, tmp_path / "out", ext=".nut")
+    run_batch(cfg, jobs)
+
+    class NoRun:
+        def run(self, cfg, jobs, *, resume, frames):
+            pytest.fail("the engine was started for a batch with nothing to do")
+            yield
+
+    assert [r.status for r in run_batch(cfg, jobs, NoRun()).results] == ["skipped"]
+
+
+def test_workers_run_without_progress_bars_of_their_own(tmp_path):
+    """The batch shows its own pairs and frames bars; a worker's replay would draw one more per pair."""
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", [*CFG, "replay.progress=true"])
+    given = []
+
+    class Recording(LocalEngine):
+        def run(self, cfg, jobs, *, resume, frames):
+            given.append(cfg.replay.progress)
+            yield from super().run(cfg, jobs, resume=resume, frames=frames)
+
+    run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"), Recording())
+    assert given == [False]
 
 
 def test_in_a_folder_a_missing_visible_video_fails_its_pair_alone(tmp_path, caplog):
@@ -345,6 +402,17 @@ def test_a_pair_listed_twice_is_replayed_once_and_two_of_one_output_name_are_ref
     with pytest.raises(ValueError, match=r"two pairs would write .*a.nut \(IR files of one name, their extensions "
                                          r"aside\): name their outputs in a pair list \(a third word, 'IR VIS NAME'\)"):
         find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
+
+
+def test_one_pair_listed_under_two_output_names_is_replayed_for_each(tmp_path, caplog):
+    """A repeated line is one replay, but the same inputs named twice (a third word) are two outputs, said nowhere as
+    repeats."""
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    line = f"{src}/ir/a.nut {src}/vi/a.nut"
+    (tmp_path / "pairs.txt").write_text(f"{line} first\n{line} second\n")
+    with caplog.at_level("WARNING"):
+        jobs = find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
+    assert [job.out.name for job in jobs] == ["first.nut", "second.nut"] and "more than once" not in caplog.text
 
 
 def test_a_pair_list_names_outputs_so_two_archives_ir_files_of_one_name_share_a_batch(tmp_path):
@@ -935,3 +1003,129 @@ def test_a_sigterm_stops_a_ray_cluster_join_at_once():
     with pytest.raises(KeyboardInterrupt):
         RayEngine(workers=1, address="auto")._start(ray, threading.Event())
     assert not joined and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_ray_engine_refuses_workers_of_no_cpu_and_negative_retries():
+    with pytest.raises(ValueError, match="threads must be a finite number >= 1, got 0"):
+        RayEngine(threads=0)
+    with pytest.raises(ValueError, match="retries must be a finite number >= 0, got -1"):
+        RayEngine(retries=-1)
+    assert RayEngine(gpus=0, retries=0).retries == 0
+
+
+@pytest.mark.parametrize("gpus, num_gpus", [(0.0, 0), (0.5, None)])  # None: Ray finds the machine's GPUs
+def test_a_local_ray_gets_the_cpus_of_every_worker_and_the_gpus_only_when_asked(gpus, num_gpus):
+    inits = []
+    RayEngine(workers=3, threads=2, gpus=gpus, address="")._init(SimpleNamespace(init=lambda **kw: inits.append(kw)))
+    assert (inits[0]["num_cpus"], inits[0]["num_gpus"]) == (6, num_gpus)
+
+
+def test_a_worker_that_takes_a_whole_node_fits_and_the_largest_node_is_named(caplog):
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}}]
+    ray = SimpleNamespace(nodes=lambda: nodes)
+    with caplog.at_level("WARNING"):
+        RayEngine(threads=4, address="")._check_fits(ray)  # as many CPUs as the node has: no refusal
+        RayEngine(threads=2, gpus=1, address="")._check_fits(ray)
+    assert caplog.text == ""
+    with pytest.raises(ValueError, match=r"the largest has 4 CPUs, 0 GPUs\)$"):
+        RayEngine(threads=8, address="")._check_fits(ray)
+
+
+def test_a_first_ctrl_c_while_joining_a_cluster_waits_for_the_join():
+    """Only a second Ctrl-C stops a join at once; the first lets it end, and the batch stops then."""
+    def init(**kwargs):
+        signal.raise_signal(signal.SIGINT)
+        joined.append(kwargs)
+
+    joined, stop = [], threading.Event()
+    try:
+        RayEngine(workers=1, address="auto")._start(SimpleNamespace(init=init), stop)
+    except KeyboardInterrupt:  # caught: pytest would take it for the user's and stop the whole run
+        pytest.fail("a first Ctrl-C cut the join")
+    assert stop.is_set() and len(joined) == 1
+
+
+def test_frame_reports_are_added_up_and_sent_at_most_every_quarter_second(monkeypatch):
+    from streamfuse.batch import ray_engine
+
+    now, sent = [0.0], []
+    monkeypatch.setattr(ray_engine, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    report = ray_engine._Batched(sent.append)
+    report(1)
+    report(1)
+    assert sent == []
+    now[0] = 0.25
+    report(1)
+    report(4)
+    report.flush()
+    report.flush()  # nothing new: nothing sent
+    assert sent == [3, 4]
+
+
+def test_a_ray_pair_sends_its_last_frames_and_puts_back_the_workers_ctrl_c_handler(monkeypatch):
+    """The frames fused since the last report reach the bar as the pair ends; the task's SIGINT handler (the driver's
+    cancel) is the task's only, not left to the worker's later work."""
+    from streamfuse.batch import ray_engine
+    from streamfuse.batch.jobs import PairResult
+
+    def replay(*args, report, **kwargs):
+        report(2)
+        return PairResult("o.nut", "done", frames_out=2)
+
+    sent = []
+    monkeypatch.setattr(ray_engine, "_MODELS", object())
+    monkeypatch.setattr(ray_engine, "replay_pair", replay)
+    monkeypatch.setattr(ray_engine, "time", SimpleNamespace(monotonic=lambda: 0.0))  # no report sent by time
+    before = signal.getsignal(signal.SIGINT)
+    ray_engine._ray_replay(None, None, False, 1, SimpleNamespace(add=SimpleNamespace(remote=sent.append)))
+    assert sent == [2] and signal.getsignal(signal.SIGINT) is before
+
+
+def test_cancelled_ray_pairs_get_their_time_and_those_that_return_are_yielded(monkeypatch):
+    """The wind-down waits ``_CANCEL_S`` (not for ever) for the cancelled pairs; a pair that returned is yielded, one
+    that ended in a Ray error (cancelled before it began) is left to the batch to count."""
+    from streamfuse.batch import ray_engine
+
+    class RayError(Exception):
+        pass
+
+    now, waits, cancelled = [0.0], [], []
+
+    def wait(refs, num_returns, timeout):
+        waits.append(timeout)
+        assert len(waits) < 1000, "the wind-down waits for ever for a pair that never ends"
+        now[0] += timeout
+        done = [ref for ref in refs if ref != "hung"]  # "hung" never ends
+        return done, [ref for ref in refs if ref not in done]
+
+    def get(ref):
+        if ref == "never began":
+            raise RayError(ref)
+        return f"result of {ref}"
+
+    monkeypatch.setattr(ray_engine, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    ray = SimpleNamespace(cancel=cancelled.append, wait=wait, get=get, exceptions=SimpleNamespace(RayError=RayError))
+    got = list(ray_engine._wind_down(ray, {"ran": None, "never began": None, "hung": None}))
+    assert got == ["result of ran"] and cancelled == ["ran", "never began", "hung"]
+    assert len(waits) == round(ray_engine._CANCEL_S / ray_engine._WAIT_S)
+
+
+def test_a_pair_whose_ray_task_raised_fails_with_its_own_reason_not_as_a_lost_worker():
+    from streamfuse.batch.jobs import PairJob
+    from streamfuse.batch.ray_engine import _lost
+
+    class RayTaskError(Exception):
+        def __init__(self, cause):
+            super().__init__("ray::_ray_replay() (pid=7)\nTraceback ...")
+            self.cause = cause
+
+    class WorkerCrashedError(Exception):
+        pass
+
+    ray = SimpleNamespace(exceptions=SimpleNamespace(RayTaskError=RayTaskError))
+    job = PairJob(Path("ir.nut"), Path("vi.nut"), Path("/o/a.nut"))
+    assert _lost(ray, job, RayTaskError(MemoryError("no room")), 3).reason == "MemoryError: no room"
+    lost = _lost(ray, job, WorkerCrashedError("the worker died"), 3)
+    assert lost.status == "failed"
+    assert lost.reason == ("its worker was lost (WorkerCrashedError: the worker died; Ray runs a pair again up to 3 "
+                           "times); run again with --resume")

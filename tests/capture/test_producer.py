@@ -586,3 +586,95 @@ def test_a_live_source_failing_is_restarted_once_it_has_delivered_even_one_frame
         assert w.state == "waiting" and w.final is None and [e.restarting for e in prod._events] == [True]
     else:
         assert w.state == "ended" and w.final == ProducerEvent("ir", "error", "ir: camera lost") and not prod._events
+
+
+class _Ending(_Counting):
+    """A source of ``n`` frames, then its end; ``skipped`` packets counted as it reads."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.limit, self.skipped, self.reads = n, 0, 0
+
+    def read(self) -> Frame | None:
+        self.reads += 1
+        if self.n >= self.limit:
+            return None
+        self.skipped += 1
+        return super().read()
+
+
+class _Closed(_Written):
+    closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_producer_at_its_sources_end_says_which_source_ended_and_closes_its_ring_and_pipe(monkeypatch) -> None:
+    from streamfuse.capture import producer_process
+
+    monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())  # the test process keeps its own signal handlers
+    monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _Ending(3))
+    ring, conn, beat = _Closed(10), _Closed(10), [0, 0, 0, 0]
+    seen = []  # the skipped packets the parent reads (telemetry) as each frame is written
+    ring.write = lambda frame, stop: seen.append(beat[3]) or ring.frames.append(frame) or True
+    cfg = SourceConfig(kind="file", path="clip.mkv")
+    producer_process.produce("ir", cfg, ring, conn, ring, (0, 1, 0), beat)  # one frame skipped for a resume
+    assert [f.seq for f in ring.frames] == [0, 1] and beat[0] == 2 and seen == [2, 3] and beat[3] == 3
+    assert conn.sent == [("eos", "ir: end of stream (file clip.mkv)")] and (ring.closed, conn.closed) == (1, 1)
+
+
+def test_a_resume_past_the_sources_end_reads_no_further_than_its_end(monkeypatch) -> None:
+    from streamfuse.capture import producer_process
+
+    source = _Ending(2)
+    producer_process._skip(source, 5)
+    assert source.reads == 3  # two frames and the end
+
+
+@pytest.mark.parametrize(("error", "kind", "message"), [
+    ("unreachable", "unreachable", "ir: camera '0' is not plugged in"),
+    ("wrong", "error", "ir: camera '0' is not plugged in"),
+    ("crash", "error", "ir: producer crashed: ZeroDivisionError: division by zero")])
+def test_a_producer_whose_source_fails_reports_it_once_and_exits_with_1(monkeypatch, error, kind, message) -> None:
+    from streamfuse.capture import producer_process
+    from streamfuse.capture.sources import SourceError
+
+    def fail(section, cfg):
+        if error == "crash":
+            return 1 / 0
+        raise SourceError("ir: camera '0' is not plugged in", unreachable=error == "unreachable")
+
+    monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
+    monkeypatch.setattr(producer_process, "open_source", fail)
+    ring, conn = _Closed(1), _Closed(1)
+    with pytest.raises(SystemExit) as exited:
+        producer_process.produce("ir", SourceConfig(), ring, conn, ring, (0, 0, 0), [0, 0, 0, 0])
+    assert exited.value.code == 1 and conn.sent == [(kind, message)] and (ring.closed, conn.closed) == (1, 1)
+
+
+def test_a_producers_exit_code_in_words() -> None:
+    from streamfuse.capture.producer_process import describe_exit
+
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
+    assert describe_exit(0) == "exited with code 0" and describe_exit(1) == "exited with code 1"
+    assert describe_exit(None) == "exited with code None"
+
+
+def test_packets_skipped_before_an_error_ended_the_source_are_counted(monkeypatch) -> None:
+    from streamfuse.capture import producer_process
+    from streamfuse.capture.sources import SourceError
+
+    class Truncated(_Ending):
+        def read(self) -> Frame | None:
+            if self.n == self.limit:
+                self.skipped += 4
+                raise SourceError("ir: clip.mkv: truncated or corrupt video")
+            return super().read()
+
+    monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
+    monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: Truncated(1))
+    ring, beat = _Closed(10), [0, 0, 0, 0]
+    with pytest.raises(SystemExit):
+        producer_process.produce("ir", SourceConfig(), ring, ring, ring, (0, 0, 0), beat)
+    assert beat[3] == 5

@@ -67,6 +67,35 @@ def test_config_rejects_sizes_beyond_the_documented_maximum_in_one_line(size: tu
     SourceConfig(width=8192, height=4320)  # the maximum itself is fine
 
 
+@pytest.mark.parametrize("setting", [{"fps": 0.1}, {"fps": 1000.0}, {"width": 16, "height": 16}, {"stall_factor": 2},
+                                     {"decode_threads": 256}, {"delay_ms": 5000.0}])
+def test_config_accepts_the_ends_of_each_documented_range(setting: dict) -> None:
+    """The bounds the messages name (``0.1 <= fps <= 1000``, ``2 .. 1000 frame intervals``...) are allowed values."""
+    cfg = SourceConfig(**setting)
+    assert all(getattr(cfg, name) == value for name, value in setting.items())
+
+
+@pytest.mark.parametrize(("kind", "realtime", "clock"), [("mcap", True, "recorded"), ("file", True, "media"),
+                                                         ("folder", False, "media"), ("synthetic", False, "media"),
+                                                         ("synthetic", True, "epoch"), ("camera", True, "epoch"),
+                                                         ("stream", True, "epoch")])
+def test_each_kind_says_which_clock_its_capture_times_count(kind: str, realtime: bool, clock: str) -> None:
+    """Two sources pair only on one clock: a recording's own times, times from the start, or the wall clock."""
+    assert SourceConfig(kind=kind, path="x" if kind != "synthetic" else "", realtime=realtime).capture_clock == clock
+
+
+def test_an_ffmpeg_option_needs_a_name_before_its_value() -> None:
+    assert SourceConfig(kind="file", path="v.ts", ffmpeg=("fflags=+genpts",)).ffmpeg == ("fflags=+genpts",)
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        SourceConfig(kind="file", path="v.ts", ffmpeg=("=nobuffer",))
+
+
+def test_only_a_stream_takes_the_sender_clock() -> None:
+    assert SourceConfig(kind="stream", path="rtsp://cam/1", clock="sender").clock == "sender"
+    with pytest.raises(ValueError, match=r"clock='sender'.*arrival \| sender"):
+        SourceConfig(kind="file", path="v.mp4", clock="sender")
+
+
 def test_config_stall_factor_is_off_or_at_least_two_intervals() -> None:
     assert SourceConfig(stall_factor=0).stall_factor == 0
     with pytest.raises(ValueError, match="stall_factor"):
@@ -179,6 +208,31 @@ def test_realtime_file_is_paced_at_the_recorded_rate(tmp_path: Path) -> None:
     start = time.monotonic()
     assert len(read_all("ir", SourceConfig(kind="file", path=str(path), realtime=True))) == 6
     assert time.monotonic() - start >= 0.19  # 5 gaps of 40 ms
+
+
+def test_skip_reads_unpaced_and_the_frames_after_it_are_paced_again(tmp_path: Path, monkeypatch) -> None:
+    """A resumed realtime source discards what was delivered at once, then keeps the recorded rate; ``skip`` says how
+    many frames it discarded (fewer at the end of the file)."""
+    from streamfuse.capture.sources import BaseSource
+
+    path = tmp_path / "clip.mkv"
+    write_video(path, 6, pts_step=40)
+    asked: list[float] = []
+    monkeypatch.setattr(BaseSource, "_sleep", lambda self, seconds: asked.append(seconds))
+    with open_source("ir", SourceConfig(kind="file", path=str(path), realtime=True)) as src:
+        assert src.skip(3) == 3 and asked == []
+        assert [src.read().seq for _ in range(2)] == [3, 4]
+        assert len(asked) == 1 and asked[0] <= 0.04  # the second frame after the skip waits for its time (40 ms on)
+        assert src.skip(10) == 1
+
+
+def test_a_file_not_in_realtime_is_never_paced(tmp_path: Path, monkeypatch) -> None:
+    from streamfuse.capture.sources import BaseSource
+
+    path = tmp_path / "clip.mkv"
+    write_video(path, 4, pts_step=40)
+    monkeypatch.setattr(BaseSource, "_sleep", lambda self, seconds: pytest.fail(f"paced: asked {seconds} s"))
+    assert len(read_all("ir", SourceConfig(kind="file", path=str(path), realtime=False))) == 4
 
 
 def test_truncated_video_yields_what_decodes_then_says_where_it_stopped(tmp_path: Path) -> None:

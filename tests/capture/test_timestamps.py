@@ -111,3 +111,44 @@ def test_file_clock_keeps_a_forward_jump_when_told_to_so_times_stay_the_pts() ->
     clock = FileClock(period_ns=40 * MS, rebase_ahead=False)  # an unpaced source: nothing would sleep through it
     pts = [0, JUMP_NS + 40 * MS, JUMP_NS + 80 * MS, 40 * MS]
     assert [clock.stamp(p) for p in pts] == pts[:3] + [JUMP_NS + 120 * MS]  # a jump back is still shifted out
+
+
+def test_file_clock_reports_no_fix_for_the_first_frame_of_a_new_pass() -> None:
+    """A loop's new pass is expected, not a discontinuity: ``fix`` stays empty on the frame that starts it."""
+    clock = FileClock(period_ns=40 * MS)
+    for p in (0, 40, 80):
+        clock.stamp(p * MS)
+    clock.new_pass()
+    assert clock.stamp(0) == 120 * MS and clock.fix == ""
+
+
+def test_file_clock_new_pass_moves_only_the_first_frame_of_the_pass() -> None:
+    """After the pass's first frame the file's own pts spacing comes back (here a 100 ms gap), not one period each."""
+    clock = FileClock(period_ns=40 * MS)
+    clock.stamp(0)
+    clock.new_pass()
+    assert [clock.stamp(p * MS) for p in (0, 100, 140)] == [40 * MS, 140 * MS, 180 * MS]
+    assert clock.fix == ""
+
+
+def test_file_clock_keeps_a_forward_step_of_exactly_the_jump_threshold() -> None:
+    """Only a step of more than :data:`JUMP_NS` is a discontinuity (FFmpeg's dts_delta_threshold)."""
+    clock = FileClock(period_ns=40 * MS)
+    assert [clock.stamp(p) for p in (0, JUMP_NS)] == [0, JUMP_NS] and clock.fix == ""
+    assert clock.stamp(2 * JUMP_NS + 1) == JUMP_NS + 40 * MS and clock.fix == "rebased"
+
+
+def test_file_clock_places_each_of_several_repeated_pts_just_after_the_previous_frame() -> None:
+    clock = FileClock(period_ns=40 * MS)
+    t = [clock.stamp(p * MS) for p in (0, 40, 40, 40, 80)]
+    assert t == [0, 40 * MS, 40 * MS + 1, 40 * MS + 2, 80 * MS]
+
+
+def test_a_wall_clock_read_a_few_ms_apart_from_the_monotonic_one_is_no_step() -> None:
+    """The two clocks are read one after the other; a thread preempted between them reads them apart by a few ms,
+    which must not move the stream's stamps (only a step beyond 10 ms does): the sender's spacing is kept."""
+    rng = np.random.default_rng(0)
+    clock = StreamClock()
+    frames = _arrivals(100, 40 * MS, 40 * MS, jitter_ms=0.0)
+    t = [clock.stamp(p, a, a + 7 * MS + int(rng.uniform(0, 5) * MS)) for p, a in frames]
+    assert np.diff(t).tolist() == [40 * MS] * 99
