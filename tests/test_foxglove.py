@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, good_parts, with_header
+from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, good_parts, wait_until, with_header
 
 from streamfuse.frames import Frame
 from streamfuse.publish import PublishConfig, Publisher
@@ -126,19 +126,23 @@ class _Frames:
 
 
 class _Channel:
-    """A Foxglove channel with a client subscribed: keeps the log times of what it logs."""
+    """A Foxglove channel ``topic``, with a client subscribed unless ``sinks`` is False: keeps the log times and the
+    messages of what it logs."""
 
-    def __init__(self) -> None:
+    def __init__(self, topic: str = "/fused/image", sinks: bool = True) -> None:
         self.log_times: list[int] = []
+        self.messages: list[object] = []
+        self._topic, self._sinks = topic, sinks
 
     def has_sinks(self) -> bool:
-        return True
+        return self._sinks
 
     def topic(self) -> str:
-        return "/fused/image"
+        return self._topic
 
-    def log(self, message: object, log_time: int) -> None:
+    def log(self, message: object, log_time: int | None = None) -> None:
         self.log_times.append(log_time)
+        self.messages.append(message)
 
 
 def test_bridge_skips_frames_foxglove_cannot_carry_and_goes_on():
@@ -320,3 +324,219 @@ def test_a_relayed_client_without_its_request_in_time_is_closed_counted_and_its_
     said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.foxglove"]
     closed = [int(line.split()[1]) for line in said if "sent no complete request within 0.2 s" in line]
     assert sum(closed) == 5 and len(said) == len(closed), said
+
+
+def test_capture_times_at_the_ends_of_foxglove_timestamps_range():
+    """foxglove.Timestamp holds 0 (1970) up to 2**32 s less a nanosecond: both ends are logged, 2**32 s is skipped."""
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import _MAX_STAMP_NS, Bridge
+
+    times = (0, _MAX_STAMP_NS - 1, _MAX_STAMP_NS)
+    bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its relay loop runs here
+    channel = _Channel()
+    try:
+        bridge._relay_frames(_Frames([decode_message(with_header(t_capture_vis_ns=t)) for t in times], bridge._stop),
+                             channel)
+    finally:
+        bridge.stats_in.close()
+    assert channel.log_times == list(times[:2]) and bridge.skipped == 1
+
+
+@pytest.mark.parametrize(("topic", "stamp"), [("/ir/image", 5), ("/vis/image", 9), ("/fused/image", 9)])
+def test_each_image_channel_is_stamped_with_its_own_capture_time_and_counted(topic, stamp):
+    # the IR preview is the IR camera's image: its time is the IR capture time, the others' the visible one
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its relay loop runs here
+    channel = _Channel(topic)
+    try:
+        frames = [decode_message(with_header(t_capture_ir_ns=5, t_capture_vis_ns=9)) for _ in range(2)]
+        bridge._relay_frames(_Frames(frames, bridge._stop), channel)
+    finally:
+        bridge.stats_in.close()
+    assert channel.log_times == [stamp, stamp] and bridge.logged == {topic: 2}
+
+
+def test_no_frame_is_encoded_while_no_foxglove_client_subscribes(monkeypatch):
+    pytest.importorskip("foxglove")
+    import cv2
+
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    encoded = []
+    monkeypatch.setattr(cv2, "imencode", lambda *args, real=cv2.imencode: encoded.append(1) or real(*args))
+    bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its relay loop runs here
+    channel = _Channel(sinks=False)
+    try:
+        bridge._relay_frames(_Frames([decode_message(with_header(t_capture_vis_ns=T0))], bridge._stop), channel)
+    finally:
+        bridge.stats_in.close()
+    assert encoded == [] and channel.log_times == [] and bridge.logged == {}
+
+
+class _Messages:
+    """Stands for ``foxglove.messages``: each message is the dict of the fields it was made with."""
+
+    @staticmethod
+    def Timestamp(**fields: object) -> dict:  # noqa: N802 - the SDK's names
+        return fields
+
+    RawImage = CompressedImage = Timestamp
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_a_frame_message_carries_its_capture_time_its_row_stride_and_the_jpeg_quality(raw, monkeypatch):
+    """The stamp split into seconds and nanoseconds; a raw image's step in bytes (a bgr8 row: 3 bytes a pixel); the
+    JPEG at the asked quality."""
+    pytest.importorskip("foxglove")
+    import types
+
+    import cv2
+
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    image = np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8)
+    bridge = Bridge("tcp://127.0.0.1:1", port=0, raw=raw, quality=20)  # never started: its messages are made here
+    bridge.stats_in.close()
+    bridge.fox = types.SimpleNamespace(messages=_Messages)
+    header = {"frame_id": "f", "width": 32, "height": 24, "encoding": "bgr8"}
+    message = bridge._message(header, image, T0)
+    assert message["timestamp"] == {"sec": T0 // 10**9, "nsec": T0 % 10**9}
+    if raw:
+        assert message["step"] == 96 and message["data"] == image.tobytes()
+    else:
+        assert message["data"] == cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 20])[1].tobytes()
+
+
+def test_a_frame_with_a_side_of_65500_is_sent():
+    # JPEG holds sides up to 65500: only a side over that is skipped
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    widest = decode_message(good_parts(np.zeros((1, 65500, 3), np.uint8)))
+    bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its relay loop runs here
+    channel = _Channel()
+    try:
+        bridge._relay_frames(_Frames([widest], bridge._stop), channel)
+    finally:
+        bridge.stats_in.close()
+    assert len(channel.log_times) == 1 and bridge.skipped == 0
+
+
+def test_stats_are_logged_at_their_snapshot_time():
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its stats loop runs here
+    bridge.stats_in.close()
+    bridge.stats_in = [{"t_ns": T0, "rate_fps": 25.0}, {"t_ns": T0 + 1}]
+    channel = _Channel("/stats")
+    bridge._relay_stats(channel)
+    assert channel.log_times == [T0, T0 + 1] and bridge.logged == {"/stats": 2}
+
+
+@pytest.mark.parametrize("previews", [False, True])
+def test_previews_are_relayed_only_when_asked_for(previews):
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    bridge = Bridge("tcp://127.0.0.1:1", "fused/t", port=0, previews=previews)  # never started
+    bridge.stats_in.close()
+    assert bridge._sources == ({"/fused/image": "fused/t", "/ir/image": "preview/ir/fused/t",
+                                "/vis/image": "preview/vis/fused/t"} if previews else {"/fused/image": "fused/t"})
+
+
+def test_a_bridge_that_cannot_listen_names_the_address_and_leaves_nothing_open():
+    """The error names host:port; the stats socket and the SDK's server started before the failed bind are
+    closed."""
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        bridge = Bridge("tcp://127.0.0.1:1", port=port)
+        with pytest.raises(RuntimeError, match=f"^cannot start the Foxglove server on 127.0.0.1:{port}: "):
+            bridge.start()
+    assert bridge.stats_in.sock.closed
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", bridge.server.port), timeout=PATIENCE_S).close()
+
+
+def test_the_bridge_relays_with_the_connection_cap_it_was_given():
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    bridge = Bridge("tcp://127.0.0.1:1", port=0, max_connections=3)
+    try:
+        bridge.start()
+        assert bridge.relay.limit == 3 and bridge.relay.per_address == 1
+    finally:
+        bridge.close()
+
+
+def test_a_request_head_over_max_head_is_not_relayed():
+    from streamfuse.view.relay import MAX_HEAD
+
+    with _relayed(answer_after_eof=False) as port, socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n")
+        client.settimeout(PATIENCE_S)
+        got = b""
+        with contextlib.suppress(ConnectionResetError):  # closed with the head unread: a reset
+            got = client.recv(64)
+        assert got == b""
+
+
+def test_a_relay_that_cannot_bind_raises():
+    # start() waited for the port of a server that never started
+    import errno
+
+    from streamfuse.view.relay import Relay
+
+    failed: list[OSError] = []
+
+    def start(relay: Relay) -> None:
+        try:
+            relay.start()
+        except OSError as exc:
+            failed.append(exc)
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        thread = threading.Thread(target=start, args=(Relay("127.0.0.1", busy.getsockname()[1], 1),), daemon=True)
+        thread.start()
+        thread.join(PATIENCE_S)
+    assert [exc.errno for exc in failed] == [errno.EADDRINUSE]
+
+
+
+def test_a_shared_memory_descriptor_topic_is_refused_before_anything_is_opened():
+    # subscribing to shm/<topic> maps the pool; the bridge reads frames from the fused topic
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+    from streamfuse.wire import shm_topic
+
+    with pytest.raises(ValueError, match=r"^topic='shm/fused/t' carries shared-memory descriptors, not frames: give "
+                                         r"the fused topic 'fused/t'$"):
+        Bridge("tcp://127.0.0.1:1", shm_topic("fused/t"))
+
+
+def test_a_relay_over_its_cap_answers_503_naming_the_foxglove_bridge():
+    from streamfuse.view.relay import Relay
+
+    relay = Relay("127.0.0.1", 0, 1, limit=1)  # upstream never reached: no request comes
+    try:
+        port = relay.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S):
+            wait_until(lambda: relay.count == 1, "the first client admitted")
+            with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as refused:
+                answer = b""
+                while chunk := refused.recv(1024):
+                    answer += chunk
+    finally:
+        relay.close()
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert answer.endswith(b"\r\n\r\nthe Foxglove bridge has 1 connections open, its cap (--max-connections)\n")

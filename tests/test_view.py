@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from streamfuse.wire import decode_stats, preview_topic
 from streamfuse.view.browser import Chromium, capture, find_chromium
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
-from streamfuse.view.server import serve
+from streamfuse.view.server import _send, _url_host, serve
 from streamfuse.view.gate import Door, Gate
 
 aiohttp = pytest.importorskip("aiohttp")
@@ -779,3 +780,442 @@ def test_a_page_gets_the_stats_history_once_then_only_each_new_snapshot():
         feed.stats_in.close()
     assert [len(m["history"]) for m in sent[:1]] == [3] and sent[0]["stats"] == {"t_ns": 2}
     assert sent[1] == {"frames": [], "stats": {"t_ns": 3}} and sent[2] == {"frames": []}
+
+
+def test_the_page_url_names_the_host_as_a_url_does():
+    assert [_url_host(h) for h in ("127.0.0.1", "::1", "", "viewer.example")] == \
+        ["127.0.0.1", "[::1]", "localhost", "viewer.example"]
+
+
+def test_the_page_is_never_cached_and_a_kept_alive_connection_idle_past_the_deadline_is_closed():
+    """A kept-alive connection waits for its next request as long as a new one for its first (aiohttp's 75 s
+    otherwise: a client holds its place that long with no request); the page is not cached, so a new viewer's page
+    is loaded."""
+
+    async def peer(feed: Feed) -> None:
+        served = await serve(feed, "127.0.0.1", 0, Gate(request_s=0.2))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE_S)
+            assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nCache-Control: no-store\r\n" in head, head
+            length = int(re.search(rb"\r\nContent-Length: (\d+)\r\n", head).group(1))
+            await asyncio.wait_for(reader.readexactly(length), PATIENCE_S)
+            assert await asyncio.wait_for(reader.read(), PATIENCE_S) == b""  # closed by the viewer
+            writer.close()
+        finally:
+            await served.cleanup()
+
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
+    try:
+        asyncio.run(peer(feed))
+    finally:
+        feed.close()
+
+
+def test_a_page_is_closed_when_it_sends_more_than_4_kb_and_each_message_it_was_sent_is_counted():
+    # a page only sends "next": a bigger message is a peer making the viewer buffer what it sends
+    async def page(feed: Feed) -> None:
+        served = await serve(feed, "127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as http, \
+                    http.ws_connect(f"http://127.0.0.1:{served.port}/ws") as ws:
+                meta, _ = await _next(ws)
+                assert meta["stats"] == {"t_ns": 1} and feed.sent == 1
+                await ws.send_str("next" + " " * 4096)
+                msg = await asyncio.wait_for(ws.receive(), PATIENCE_S)
+                assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG, msg
+        finally:
+            await served.cleanup()
+
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there: its stats are set here
+    feed.stats, feed.versions["stats"] = {"t_ns": 1}, 1
+    try:
+        asyncio.run(page(feed))
+    finally:
+        feed.close()
+
+
+class _Socket:
+    """A page's WebSocket as the sender sees it: keeps what it is sent."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send_bytes(self, message: bytes) -> None:
+        self.sent.append(message)
+
+
+def test_a_page_with_nothing_new_to_draw_waits_without_holding_the_event_loop():
+    """The sender waits on its wake-up event once the page has drawn everything; left set from the last arrival, the
+    event made it spin, and the viewer's event loop served nothing more."""
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its stats are set here
+    feed.stats, feed.versions["stats"] = {"t_ns": 1}, 1
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)  # the test watches it from here
+    thread.start()
+    changed, credit, ws = asyncio.Event(), asyncio.Event(), _Socket()
+    credit.set()
+    sender = asyncio.run_coroutine_threadsafe(_send(ws, feed, changed, credit), loop)
+    try:
+        wait_until(lambda: len(ws.sent) == 1, "the stats sent")
+        loop.call_soon_threadsafe(credit.set)  # drawn: nothing new yet
+        feed.versions["stats"] = 2  # the next stats, and their wake-up
+        loop.call_soon_threadsafe(changed.set)
+        wait_until(lambda: len(ws.sent) == 2, "the next stats sent")
+        loop.call_soon_threadsafe(credit.set)  # drawn again: nothing new since
+        for _ in range(2):  # the loop still runs other work
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(PATIENCE_S)
+    finally:
+        sender.cancel()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(PATIENCE_S)
+        feed.stats_in.close()
+    loop.run_until_complete(asyncio.sleep(0))  # the sender's cancellation
+    loop.close()
+
+
+def test_view_cli_quality_reaches_the_feed(monkeypatch):
+    import streamfuse.view.server as server_module
+
+    made = {}
+
+    def feed(*args: Any, **kwargs: Any) -> None:
+        made.update(kwargs)
+        raise ValueError("no feed here")
+
+    monkeypatch.setattr(server_module, "Feed", feed)
+    assert view_main(["tcp://127.0.0.1:1", "--quality", "33"]) == 2
+    assert made["quality"] == 33
+
+
+def test_a_closed_connection_s_request_deadline_is_dropped_with_it():
+    """A connection closed before its first request kept its deadline: at it the gate counted it as timed out and took
+    it back into its open connections, for good."""
+
+    async def peers(feed: Feed, gate: Gate) -> None:
+        served = await serve(feed, "127.0.0.1", 0, gate)
+        try:
+            _, gone = await asyncio.open_connection("127.0.0.1", served.port)
+            await _wait(lambda: gate.count == 1, "the first client connected")
+            gone.close()
+            await _wait(lambda: gate.count == 0, "the first client's close seen")
+            reader, slow = await asyncio.open_connection("127.0.0.1", served.port)  # its deadline comes later
+            assert await asyncio.wait_for(reader.read(), PATIENCE_S) == b""  # closed at its deadline
+            slow.close()
+            await _wait(lambda: gate.count == 0, "the slow client's close seen")
+        finally:
+            await served.cleanup()
+
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
+    gate = Gate(request_s=0.2)
+    try:
+        asyncio.run(peers(feed, gate))
+    finally:
+        feed.close()
+    assert gate.timed_out.count == 1 and gate.open == {}
+
+
+def test_another_machine_has_a_place_under_any_cap_and_is_forgotten_once_its_connections_close():
+    door = Door(limit=3)  # a quarter of it is under one connection
+    far = _Peer("192.0.2.7")
+    assert door.enter(far) and not far.closed
+    door.leave(far)
+    assert door.count == 0 and door.peers == {}  # one entry per address ever seen made a flood of them stay
+
+
+def test_a_503_answer_says_the_length_of_its_body():
+    door = Door(limit=1)
+    assert door.enter(_Peer("127.0.0.1"))
+    refused = _Peer("127.0.0.1")
+    assert not door.enter(refused)
+    head, _, body = refused.sent.partition(b"\r\n\r\n")
+    assert int(re.search(rb"\r\nContent-Length: (\d+)(\r\n|$)", head).group(1)) == len(body) > 0
+
+
+def test_a_page_opened_after_the_last_one_closed_gets_no_frame_from_before():
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    feed._latest, feed.versions["fused"] = {"fused": (1, {"seq": 1}, _image())}, 1
+    try:
+        feed.release(feed.acquire())  # a page opened and closed
+        meta, jpegs = unpack(asyncio.run(feed.message({})))
+    finally:
+        feed.close()
+        feed.stats_in.close()
+    assert meta["frames"] == [] and jpegs == []
+
+
+def test_the_previews_stop_once_every_page_has_closed():
+    # a second page started frame subscriptions of its own, and the first page's were never ended
+    with Publisher(CFG) as pub:
+        feed = Feed(pub.endpoint, "fused/t", "stats/t")
+        try:
+            pages = [feed.acquire() for _ in range(2)]
+            wait_until(pub.previews_wanted, "the pages' preview subscriptions reached the publisher")
+            for changed in pages:
+                feed.release(changed)
+            wait_until(lambda: not pub.previews_wanted(), "the preview subscriptions ended")
+        finally:
+            feed.close()
+            feed.stats_in.close()
+
+
+def test_a_frame_subscription_that_fails_waits_before_trying_again(monkeypatch):
+    import streamfuse.view.feed as feed_module
+
+    tries: list[str] = []
+
+    def failing(endpoint: str, topic: str, **kwargs: Any) -> Subscriber:
+        tries.append(topic)
+        raise ValueError(f"cannot connect to {endpoint}: host name not known (yet)")
+
+    monkeypatch.setattr(feed_module, "Subscriber", failing)
+    monkeypatch.setattr(feed_module, "_RETRY_S", PATIENCE_S)  # longer than the test: the page's close ends the wait
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")
+    try:
+        changed = feed.acquire()
+        wait_until(lambda: len(tries) >= 3, "each kind tried")
+        feed.release(changed)
+    finally:
+        feed.close()
+        feed.stats_in.close()
+    assert sorted(tries) == ["fused/t", "preview/ir/fused/t", "preview/vis/fused/t"]
+
+
+def test_a_frame_with_a_side_of_65500_is_sent_to_the_page():
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    feed._latest = {"fused": (1, {"seq": 1}, np.zeros((1, 65500), np.uint8))}
+    try:
+        meta, jpegs = unpack(asyncio.run(feed.message({})))
+    finally:
+        feed.stats_in.close()
+    assert [f["kind"] for f in meta["frames"]] == ["fused"] and len(jpegs) == 1 and feed.unshown == 0
+
+
+def test_frames_a_page_cannot_be_sent_are_logged_once_then_summed_up_at_close(caplog):
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+
+    async def page() -> None:
+        for version in (1, 2):
+            feed._latest = {"fused": (version, {"seq": version}, np.zeros((1, 65501), np.uint8))}
+            await feed.message({})
+
+    with caplog.at_level("WARNING", "streamfuse.view.feed"):
+        try:
+            asyncio.run(page())
+        finally:
+            feed.close()
+            feed.stats_in.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.view.feed"]
+    assert len(said) == 2 and said[0].startswith("skipped a (1, 65501) fused frame: JPEG cannot hold it"), said
+    assert said[1] == "skipped 2 frames in all that the page could not be sent (the first one logged)"
+
+
+def test_a_page_that_closes_while_a_frame_is_encoded_leaves_the_encoding_to_the_others(monkeypatch):
+    # the page's cancelled wait cancelled the one shared encoding: every other page waiting for it ended its sender
+    encoding = threading.Event()
+    monkeypatch.setattr(cv2, "imencode", lambda *args, real=cv2.imencode: encoding.wait(PATIENCE_S) and real(*args))
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
+    feed._latest = {"fused": (1, {"seq": 1}, _image())}
+
+    async def pages() -> bytes:
+        closing, staying = asyncio.ensure_future(feed.message({})), asyncio.ensure_future(feed.message({}))
+        await asyncio.sleep(0)  # both wait for the one encoding
+        closing.cancel()
+        encoding.set()
+        return await staying
+
+    try:
+        meta, jpegs = unpack(asyncio.run(pages()))
+    finally:
+        feed.stats_in.close()
+    assert [f["kind"] for f in meta["frames"]] == ["fused"] and len(jpegs) == 1
+
+
+def test_the_stats_link_is_silent_after_two_of_its_intervals_from_its_last_message():
+    with _stats_consumer("view") as (sock, feed, passed_on):
+        start = feed.stats_in._last_message
+        wait_until(lambda: sock.send_multipart([b"stats/t", _stats(interval_s=4.0)]) or passed_on(), "stats arrive")
+        assert feed.stats_in._silent_s == 8.0 and feed.stats_in._last_message > start
+
+
+class _Calls(Chromium):
+    """A Chromium whose DevTools calls are kept, and answered from ``answers`` (by method; others with {})."""
+
+    def __init__(self, answers: dict[str, dict] | None = None) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, dict]] = []
+        self.answers = answers or {}
+
+    async def call(self, method: str, **params: object) -> dict:
+        self.calls.append((method, params))
+        return self.answers.get(method, {})
+
+
+def test_the_page_is_frozen_and_resumed_and_an_expression_s_value_read():
+    page = _Calls({"Runtime.evaluate": {"result": {"type": "number", "value": 5}}})
+
+    async def drive() -> Any:
+        await page.freeze(True)
+        await page.freeze(False)
+        return await page.evaluate("1 + 4")
+
+    assert asyncio.run(drive()) == 5
+    assert page.calls == [("Page.setWebLifecycleState", {"state": "frozen"}),
+                          ("Page.setWebLifecycleState", {"state": "active"}),
+                          ("Runtime.evaluate", {"expression": "1 + 4", "returnByValue": True})]
+
+
+def test_waiting_for_an_expression_the_page_never_reaches_fails_saying_which():
+    page = _Calls({"Runtime.evaluate": {"result": {"type": "undefined"}}})
+    with pytest.raises(RuntimeError, match=r"^the page did not reach `window\.x` within 0\.05 s$"):
+        asyncio.run(asyncio.wait_for(page.wait_for("window.x", 0.05), PATIENCE_S))
+
+
+class _DevTools:
+    """Chromium's end of the DevTools WebSocket: answers each command with ``reply(command)``; a None answer closes
+    the connection."""
+
+    def __init__(self, reply: Callable[[dict], dict | None]) -> None:
+        self.reply, self.queue = reply, asyncio.Queue()
+
+    async def send_str(self, text: str) -> None:
+        await self.queue.put(self.reply(json.loads(text)))
+
+    def __aiter__(self) -> _DevTools:
+        return self
+
+    async def __anext__(self) -> Any:
+        answer = await self.queue.get()
+        if answer is None:
+            raise StopAsyncIteration
+        return aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, json.dumps(answer), None)
+
+
+def test_a_devtools_error_is_raised_and_a_closed_connection_ends_the_calls_waiting():
+    def reply(command: dict) -> dict | None:
+        return {"id": command["id"], "error": {"message": "boom"}} if command["method"] == "Page.navigate" else None
+
+    async def drive() -> None:
+        browser = Chromium()
+        browser._ws = _DevTools(reply)
+        reader = asyncio.create_task(browser._read())
+        with pytest.raises(RuntimeError, match=r"^Chromium: Page\.navigate: boom$"):
+            await asyncio.wait_for(browser.call("Page.navigate", url="about:blank"), PATIENCE_S)
+        with pytest.raises(RuntimeError, match="^Chromium closed the DevTools connection$"):
+            await asyncio.wait_for(browser.call("Page.enable"), PATIENCE_S)  # the connection closes instead
+        await reader
+
+    asyncio.run(drive())
+
+
+def test_the_devtools_port_is_read_once_written_whole_and_never_from_a_chromium_that_exited(tmp_path):
+    browser = Chromium(start_timeout_s=0.2)
+    browser._profile = types.SimpleNamespace(name=str(tmp_path))
+    browser._proc = types.SimpleNamespace(returncode=None)
+    (tmp_path / "DevToolsActivePort").write_text("92")  # half written
+    with pytest.raises(RuntimeError, match=r"^Chromium did not open its DevTools port within 0\.2 s$"):
+        asyncio.run(browser._devtools_port())
+    (tmp_path / "DevToolsActivePort").write_text("9222\n/devtools/browser/x")
+    assert asyncio.run(browser._devtools_port()) == 9222
+    browser._proc.returncode = 1
+    with pytest.raises(RuntimeError, match=r"^Chromium exited at start \(status 1\)$"):
+        asyncio.run(browser._devtools_port())
+
+
+@pytest.mark.parametrize("root", [False, True])
+def test_chromium_runs_without_its_sandbox_only_as_root_and_a_failed_start_leaves_nothing(root, tmp_path,
+                                                                                          monkeypatch):
+    import os
+    import tempfile
+
+    args, exe, temp = tmp_path / "args", tmp_path / "chromium", tmp_path / "tmp"
+    exe.write_text(f'#!/bin/sh\necho "$@" > "{args}"\nexit 3\n')
+    exe.chmod(0o755)
+    temp.mkdir()
+    monkeypatch.setenv("STREAMFUSE_CHROMIUM", str(exe))
+    monkeypatch.setattr(os, "geteuid", lambda: 0 if root else 1000)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the profile is made
+    browser = Chromium()
+    with pytest.raises(RuntimeError, match=r"^Chromium exited at start \(status 3\)$"):
+        asyncio.run(browser.__aenter__())
+    assert ("--no-sandbox" in args.read_text().split()) == root
+    assert list(temp.iterdir()) == [] and browser._http.closed
+
+
+class _Viewer:
+    """Stands for Chromium in ``capture``: a page whose state is each of ``states`` in turn."""
+
+    def __init__(self, states: list[dict]) -> None:
+        self.states = states
+
+    async def __aenter__(self) -> _Viewer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def goto(self, url: str) -> None:
+        pass
+
+    async def wait_for(self, expression: str, timeout_s: float, failure: str = "") -> bool:
+        return True
+
+    async def evaluate(self, expression: str) -> dict:
+        return self.states.pop(0)
+
+    async def screenshot(self, path: Path) -> Path:
+        return path
+
+
+def test_a_screenshot_reports_the_frames_shown_while_it_watched(monkeypatch, tmp_path):
+    import streamfuse.view.browser as browser_module
+
+    start = {"frames": {"ir": 3, "vis": 3, "fused": 10}, "firstFrameMs": 120.4, "statsUpdates": 1}
+    end = {"frames": {"ir": 40, "vis": 41, "fused": 60}, "firstFrameMs": 120.4, "statsUpdates": 4}
+    monkeypatch.setattr(browser_module, "Chromium", lambda: _Viewer([start, end]))
+    written, report = asyncio.run(capture("http://127.0.0.1:1/", tmp_path / "shot.png", 0.01))
+    assert written == tmp_path / "shot.png"
+    assert report == ("first fused frame 120 ms after the page opened, 5000.0 frames/s shown over 0.01 s, frames "
+                      "IR/vis/fused 40/41/60, 4 stats updates")
+
+
+class _OneFrame:
+    """A frame subscription as a feed's reader sees it: ``recv`` gives ``frame`` once, then sets ``stop`` (the pages
+    closed); ``closing``: ``stop`` is set as the frame arrives."""
+
+    def __init__(self, frame: tuple[dict, np.ndarray], stop: threading.Event, closing: bool = False) -> None:
+        self.frame, self.stop, self.closing = frame, stop, closing
+
+    def __enter__(self) -> _OneFrame:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def recv(self) -> tuple[dict, np.ndarray] | None:
+        if self.frame is None or self.closing:
+            self.stop.set()
+        frame, self.frame = self.frame, None
+        return frame
+
+
+@pytest.mark.parametrize("closing", [False, True])
+def test_a_frame_read_is_sent_once_unless_it_came_as_the_last_page_closed(closing, monkeypatch):
+    """A frame is stored with its count, so that a page is sent it and then has nothing newer; one that arrives as the
+    last page closes is dropped (kept, the next page's first message showed it, however old)."""
+    import streamfuse.view.feed as feed_module
+
+    stop = threading.Event()
+    monkeypatch.setattr(feed_module, "Subscriber", lambda *args, **kwargs: _OneFrame(({"seq": 1}, _image()), stop,
+                                                                                     closing))
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its reader runs here
+    seen: dict[str, int] = {}
+    try:
+        feed._read_frames("fused", stop, None)
+        meta, _ = unpack(asyncio.run(feed.message(seen)))
+    finally:
+        feed.stats_in.close()
+    assert [f["header"]["seq"] for f in meta["frames"]] == ([] if closing else [1]) and not feed.newer(seen)
