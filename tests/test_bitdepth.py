@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
 from helpers_video import write_grey16
 
-from streamfuse.bitdepth import To8Bit, read_8bit, read_image
+from streamfuse.bitdepth import To8Bit, deep_grey, read_8bit, read_image
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.eval_pairs import read_pair
 from streamfuse.postprocess import vis_luma
@@ -290,3 +291,74 @@ def test_a_still_is_read_at_its_own_depth(tmp_path: Path, rng):
     assert cv2.imwrite(str(tmp_path / "a.png"), img)
     np.testing.assert_array_equal(read_image(tmp_path / "a.png"), img)
     assert read_image(tmp_path / "a.png", cv2.IMREAD_COLOR).shape == (6, 7, 3)
+
+
+def test_a_hot_object_over_4_times_as_wide_widens_the_range_at_once(rng):
+    """Fewer than 1% of the pixels outside the held range, but the frame's range 5 times as wide ("more than 4
+    times"): the frame takes its own range."""
+    scene = _counts(rng)
+    depth = To8Bit(ir=True)
+    depth(scene)
+    hot = _with(scene, (slice(10, 11), slice(10, 20)), (9500, 20000))  # 0.4% clipped
+    lo, hi = _robust(hot)
+    assert 4 * 2000 < hi - lo < 6 * 2000
+    np.testing.assert_array_equal(depth(hot), _stretch(hot, lo, hi))
+
+
+def _shutter(rng: np.random.Generator) -> np.ndarray:
+    """A shutter (NUC) frame: a few counts of noise inside the scene's range."""
+    return (8000 + rng.integers(0, 4, (40, 56))).astype(np.uint16)
+
+
+def test_a_widened_range_waits_its_own_30_frames_before_narrowing(rng):
+    # narrow frames seen before the widening (shutter frames under the old range) count for nothing after it
+    depth = To8Bit(ir=True)
+    scene = _noisy(rng, _counts(rng), 29)
+    depth(scene[0])
+    for _ in range(20):
+        depth(_shutter(rng))
+    hot = _with(scene[0], (slice(10, 20), slice(10, 20)), (9500, 12000))
+    np.testing.assert_array_equal(depth(hot), _stretch(hot, *_robust(hot)))
+    for img in scene:
+        np.testing.assert_array_equal(depth(img), _stretch(img, *_robust(hot)))
+
+
+def test_after_narrowing_a_shutter_frame_is_held_by_the_new_range(rng):
+    # the count of narrow frames starts again once the range has narrowed: the next narrow frame is not taken at once
+    depth = To8Bit(ir=True)
+    scene = _noisy(rng, _counts(rng), 30)
+    depth(_with(scene[0], (slice(10, 20), slice(10, 20)), (9500, 12000)))
+    for img in scene:
+        depth(img)  # the 30th takes its own range
+    shutter = _shutter(rng)
+    np.testing.assert_array_equal(depth(shutter), _stretch(shutter, *_robust(scene[-1])))
+
+
+def test_float_temperatures_are_fiftieths_of_a_degree_up_to_1037_kelvins():
+    """A scene 0.1 degree wide is 5 counts (6 grey levels at most), and a furnace at 1000 K is still inside the
+    counts' range (not all clipped to one count, black)."""
+    fine = np.linspace(20.0, 20.1, 2240, dtype=np.float32).reshape(40, 56)  # Celsius
+    assert len(np.unique(To8Bit(ir=True)(fine))) <= 6
+    furnace = np.linspace(900.0, 1000.0, 2240, dtype=np.float32).reshape(40, 56)  # kelvins
+    assert np.ptp(To8Bit(ir=True)(furnace)) == 255
+
+
+def test_float64_ir_temperatures_take_the_ir_rule_as_float32_ones_do(rng):
+    counts = _counts(rng, 14000, 17000)
+    np.testing.assert_array_equal(To8Bit(ir=True)(counts / 50 - 273.15), To8Bit(ir=True)(counts))
+
+
+def test_converted_counts_the_16_bit_images_of_either_kind(rng):
+    # training notes the 16-bit files it read by this count, visible ones too
+    vis, ir = To8Bit(ir=False), To8Bit(ir=True)
+    for depth in (vis, ir):
+        depth(np.zeros((4, 4), np.uint8))
+        depth(_counts(rng))
+        depth(_counts(rng))
+    assert (vis.converted, ir.converted) == (2, 2)
+
+
+@pytest.mark.parametrize("name, deep", [("gray", False), ("gray10le", True), ("gray16le", True),
+                                        ("yuv420p10le", False)])
+def test_deep_grey_is_grey_deeper_than_8_bits(name, deep):
+    assert deep_grey(av.VideoFormat(name)) is deep

@@ -215,3 +215,64 @@ def test_a_strided_out_buffer_is_refused_in_one_line(encoding, grey_vis):
     with pytest.raises(ValueError, match="out must be C-contiguous uint8") as info:
         restore_colour(np.zeros((6, 10), np.float32), vis, cfg, strided)
     assert "\n" not in str(info.value)
+
+
+def test_the_ends_of_the_documented_ranges_are_allowed() -> None:
+    cfg = PostConfig(denoise=0.95, denoise_threshold=255.0)  # "0 (off) to 0.95", "0.01 .. 255 grey levels"
+    assert (cfg.denoise, cfg.denoise_threshold) == (0.95, 255.0)
+    assert PostConfig(denoise_threshold=0.01).denoise_threshold == 0.01
+    with pytest.raises(ValueError, match="denoise_threshold"):
+        PostConfig(denoise_threshold=256.0)
+
+
+def test_every_non_finite_frame_is_counted(rng: np.random.Generator) -> None:
+    den = TemporalDenoiser(PostConfig(denoise=0.85))
+    frames = _noisy_sequence(rng, 5)
+    for k in (1, 2, 4):
+        frames[k][3, 3] = np.nan
+    for f in frames:
+        den(f)
+    assert den.nonfinite == 3
+
+
+def test_a_fuser_that_reuses_its_output_buffer_filters_as_fresh_arrays_do(rng: np.random.Generator) -> None:
+    """The filter keeps its own copy of the frame it starts from: a fuser (or an engine) that writes every frame into
+    one buffer would otherwise overwrite the filter's past with the present, and the second frame passed unfiltered."""
+    frames = _noisy_sequence(rng, 4)
+    reused, fresh = TemporalDenoiser(PostConfig(denoise=0.85)), TemporalDenoiser(PostConfig(denoise=0.85))
+    buffer = np.empty_like(frames[0])
+    for f in frames:
+        buffer[...] = f
+        np.testing.assert_array_equal(reused(buffer), fresh(f.copy()))
+
+
+def test_the_filter_off_returns_the_input_itself(rng: np.random.Generator) -> None:
+    y = _noisy_sequence(rng, 1)[0]
+    off = TemporalDenoiser(PostConfig())
+    assert off(y) is y and off(y) is y  # no copy and no kernel per frame when it is off
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_an_out_buffer_of_another_type_is_refused_in_one_line(dtype: type) -> None:
+    # without it, numba fails with a multi-line "No matching definition" TypeError naming its signature
+    vis = np.zeros((6, 10, 3), np.uint8)
+    with pytest.raises(ValueError, match="out must be C-contiguous uint8") as info:
+        restore_colour(np.zeros((6, 10), np.float32), vis, PostConfig(), np.zeros((6, 10, 3), dtype))
+    assert "\n" not in str(info.value)
+
+
+def test_a_fused_y_of_three_dimensions_is_named_as_the_fused_y() -> None:
+    # a (H, W, 1) output of a fuser must not be reported as a bad visible image
+    with pytest.raises(ValueError, match=r"^fused Y must be \(H, W\), got shape \(4, 5, 1\)$"):
+        restore_colour(np.zeros((4, 5, 1), np.float32), np.zeros((4, 5, 3), np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(3, 2), (2, 3), (1, 1)])
+def test_denoiser_matches_numpy_on_frames_smaller_than_its_window(rng: np.random.Generator, shape: tuple) -> None:
+    # the 5x5 window's clamped indices at both borders at once
+    cfg = PostConfig(denoise=0.85, denoise_threshold=10.0)
+    scene = rng.uniform(0, 255, shape)
+    frames = [(scene + rng.normal(0, 8, shape)).astype(np.float32) for _ in range(3)]  # d near the threshold
+    den = TemporalDenoiser(cfg)
+    for got, want in zip([den(f) for f in frames], denoise_numpy(frames, cfg)):
+        np.testing.assert_allclose(got, want, atol=1e-3)

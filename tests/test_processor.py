@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,9 +15,11 @@ import zmq
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.config import config_from_dict, load_config
 from streamfuse.configs import resolve
+from streamfuse.frames import Frame, FramePair
 from streamfuse.postprocess import PostConfig, TemporalDenoiser, restore_colour
-from streamfuse.processor import FrameProcessor, Processed, still_pair
+from streamfuse.processor import FrameProcessor, Processed, config_fuser, still_pair
 from streamfuse.recording import RecordConfig, Recorder
+from streamfuse.register import RegisterConfig, Registration
 from streamfuse.stabilize import LevelStabilizer, StabilizeConfig
 from streamfuse.sync import Pairer
 from streamfuse.video import decode_frames
@@ -78,6 +81,58 @@ def test_from_config_takes_the_stream_and_the_settings():
     assert isinstance(out, Processed) and out.image.shape == (8, 8) and out.image.dtype == np.uint8
     with pytest.raises(ValueError, match="set resize: resize"):
         processor(still_pair(np.zeros((4, 4), np.uint8), np.zeros((8, 8, 3), np.uint8)))
+
+
+def test_timings_are_milliseconds_of_the_fuse_and_the_postprocess_stages(monkeypatch):
+    """``fuse`` covers stages 0-2 and ``postprocess`` stages 3-4, in milliseconds: on a clock that only the fuser (3 ms)
+    and the temporal filter (2.5 ms) advance, each stage gets its own time."""
+    clock = [0]
+    monkeypatch.setattr("streamfuse.processor.time", SimpleNamespace(perf_counter_ns=lambda: clock[0]))
+
+    class _Slow(_Recording):
+        def fuse(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
+            clock[0] += 3_000_000
+            return super().fuse(ir, vis_y, stream)
+
+    processor = FrameProcessor(_Slow(), post=PostConfig(denoise=0.5))
+    denoise = processor.denoise
+
+    def slow_denoise(y: np.ndarray) -> np.ndarray:
+        clock[0] += 2_500_000
+        return denoise(y)
+
+    processor.denoise = slow_denoise
+    out = processor(still_pair(np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.uint8)))
+    assert out.timings == {"fuse": 3.0, "postprocess": 2.5}
+
+
+def test_output_shape_follows_the_post_encoding():
+    # a live publisher loans a slot of this shape: a mono8 stream's frame must fit it
+    pair = still_pair(np.zeros((6, 8), np.uint8), np.zeros((12, 16, 3), np.uint8))
+    mono = FrameProcessor(_Recording(), post=PostConfig(encoding="mono8"))
+    assert mono.output_shape(pair) == (12, 16) and FrameProcessor(_Recording()).output_shape(pair) == (12, 16, 3)
+    slot = np.zeros(mono.output_shape(pair), np.uint8)
+    assert mono(pair, slot).image is slot
+
+
+def test_still_pair_gives_both_frames_its_seq():
+    pair = still_pair(np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.uint8), seq=7)
+    assert (pair.ir.stream, pair.ir.seq, pair.vis.stream, pair.vis.seq) == ("ir", 7, "vis", 7)
+
+
+def test_config_fuser_hands_each_fuser_its_own_sections(monkeypatch):
+    """A baseline gets the ``baseline`` section; the model gets ``hclfuse``, ``engine`` and ``align`` (each changed
+    from its default here, so a section left out shows)."""
+    assert config_fuser(config_from_dict({"fuse": {"name": "max"}, "baseline": {"contrast": 1.5}})).name == \
+        "max+contrast1.5"
+    import streamfuse.model.fuser
+
+    built = []
+    monkeypatch.setattr(streamfuse.model.fuser, "build_hclfuse", lambda *args: built.append(args) or _Recording())
+    cfg = config_from_dict({"fuse": {"name": "hclfuse"}, "hclfuse": {"steps": 3}, "engine": {"threads": 2},
+                            "align": {"reg": 0.05}})
+    assert config_fuser(cfg).name == "recording"
+    assert built == [(cfg.hclfuse, cfg.engine, cfg.align)]
 
 
 def _live_run(cfg, wanted: int) -> tuple[dict, dict[tuple[int, int], np.ndarray], list[int]]:
@@ -179,12 +234,28 @@ def test_a_homography_puts_the_ir_camera_s_view_on_the_visible_pixels():
 def test_where_the_warped_ir_frame_does_not_reach_it_is_filled_with_its_own_median_level():
     # filled black, the strip beyond the IR camera's view read as a cold region to the OT alignment and the fusion: a
     # dark band along the frame's edge on a warm scene
-    from streamfuse.frames import Frame, FramePair
-    from streamfuse.register import RegisterConfig, Registration
-
     ir = np.full((24, 32), 120, np.uint8)
     ir[10:14, 10:14] = 250
     shift = Registration(RegisterConfig(homography=(1, 0, 8, 0, 1, 0, 0, 0, 1)))  # 8 px right
     out = shift(FramePair(Frame("ir", 0, 0, ir), Frame("vis", 0, 0, np.zeros((24, 32, 3), np.uint8))))
     assert out.shape == (24, 32) and (out[:, :8] == 120).all()  # beyond the view: the IR frame's median
     assert (out[10:14, 18:22] == 250).all()  # the hot block, moved with the view
+
+
+def test_beyond_the_warped_view_is_the_median_level_not_the_edge_repeated():
+    # a hot strip along the IR frame's edge, repeated into the strip beyond the view, would read as a hot band
+    ir = np.full((24, 32), 120, np.uint8)
+    ir[:, :2] = 250
+    shift = Registration(RegisterConfig(homography=(1, 0, 8, 0, 1, 0, 0, 0, 1)))  # 8 px right
+    out = shift(FramePair(Frame("ir", 0, 0, ir), Frame("vis", 0, 0, np.zeros((24, 32, 3), np.uint8))))
+    assert (out[:, :8] == 120).all() and (out[:, 8:10] == 250).all()
+
+
+@pytest.mark.parametrize("homography, allowed", [
+    ((1, 0, 0, 0, 1, 0, 0, 0), "9 finite numbers"),  # one number short
+    ((1, 0, 0, 0, 1, 0, 0, 0, float("nan")), "9 finite numbers"),
+    ((1, 2, 0, 2, 4, 0, 0, 0, 1), "an invertible matrix"),  # the second row twice the first: onto a line
+])
+def test_a_homography_is_nine_finite_numbers_of_an_invertible_matrix(homography, allowed):
+    with pytest.raises(ValueError, match=rf"^homography=.* is out of range; allowed: {allowed}"):
+        RegisterConfig(homography=homography)

@@ -42,3 +42,28 @@ def test_a_nearly_flat_frame_keeps_its_contrast(rng):
     nearly_flat[::8, ::8] = 81  # std 0.12
     out = stab(nearly_flat)
     assert np.ptp(out) <= 1
+
+
+def test_the_strongest_documented_strength_is_allowed():
+    assert LevelStabilizer(StabilizeConfig(strength=0.95)).rate == pytest.approx(0.05)  # "0 (off) to 0.95"
+
+
+def test_a_low_contrast_scene_has_its_gain_jump_undone_too(rng):
+    # a fog or a uniform wall: a few grey levels of contrast, well above the flat-frame floor of 0.5
+    base = np.clip(rng.normal(100, 2, (48, 64)), 0, 255).astype(np.uint8)
+    flash = np.clip((base.astype(np.float32) - 100) * 2 + 100, 0, 255).astype(np.uint8)  # the camera's gain doubled
+    stab = LevelStabilizer(StabilizeConfig(0.9))
+    stab(base)
+    out = stab(flash)
+    assert abs(out.std() - base.std()) < 0.2 * abs(flash.std() - base.std())
+
+
+def test_levels_mapped_beyond_white_are_clipped_not_wrapped(rng):
+    # the contrast drops (a hand over part of the lens) while a hot object stays bright: stretched back to the
+    # scene's contrast, the hot object lands above 255, which a uint8 cast without clipping wraps to black
+    stab = LevelStabilizer(StabilizeConfig(0.9))
+    stab(_scene(rng))
+    dim = np.clip(rng.normal(60, 1, (48, 64)), 0, 255).astype(np.uint8)
+    dim[:2, :2] = 200
+    out = stab(dim)
+    assert (out[:2, :2] == 255).all() and out.max() == 255
