@@ -51,8 +51,10 @@ class JpegDecoder:
             if (h, w) != (height, width):
                 raise DecodeError(f"JPEG is {w}x{h}, header says {width}x{height}")
             image = simplejpeg.decode_jpeg(data, "BGR" if channels == 3 else "GRAY")
+        except DecodeError:
+            raise
         except ValueError as exc:  # simplejpeg raises ValueError for data that is not a JPEG
-            raise DecodeError(f"bad JPEG payload: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+            raise DecodeError(f"bad JPEG payload: {str(exc).splitlines()[0] if str(exc) else repr(exc)}") from None
         return image if channels == 3 else image[:, :, 0]
 
 

@@ -18,7 +18,7 @@ from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, publishing, recv_seq,
 
 from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.client import Subscriber
-from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
+from streamfuse.codecs import DecodeError, H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.wire import SCHEMA_2, MalformedMessage, decode_header
 from streamfuse.shm_pool import POOL_PREFIX, PoolError, PoolReader, ShmPool, ring_supported, shm_supported
@@ -402,6 +402,28 @@ def test_jpeg_round_trip_quality() -> None:
     assert _psnr(grey, JpegDecoder().decode(JpegEncoder(90).encode(grey), 240, 320, 1)) >= 38.0
 
 
+@pytest.mark.parametrize("size", [(16, 32), (32, 24)], ids=["width", "height"])
+def test_a_jpeg_of_another_size_than_its_header_is_refused_undecoded(size: tuple[int, int]) -> None:
+    """Either side of the JPEG's own size that differs from the header's refuses it (no bigger picture decoded)."""
+    data = JpegEncoder(90).encode(np.zeros((16, 24, 3), np.uint8))
+    with pytest.raises(DecodeError, match=f"^JPEG is 24x16, header says {size[1]}x{size[0]}$"):
+        JpegDecoder().decode(data, *size, 3)
+
+
+def test_a_jpeg_that_is_none_is_said_once_and_unquoted() -> None:
+    # simplejpeg's reason was quoted (the f-string's !r took the whole expression), and the size check's own
+    # DecodeError, caught as simplejpeg's ValueError, came out as "bad JPEG payload: 'JPEG is 24x16, header says ..'"
+    with pytest.raises(DecodeError, match=r"^bad JPEG payload: [^'\"]"):
+        JpegDecoder().decode(b"not a jpeg", 16, 24, 3)
+
+
+def test_a_lower_jpeg_quality_makes_smaller_frames() -> None:
+    frame = _demo_frames(1)[0]
+    for image in (frame, frame[..., 1].copy()):  # BGR and grey
+        low, high = JpegEncoder(20).encode(image), JpegEncoder(95).encode(image)
+        assert len(low) < len(high) and _psnr(image, JpegDecoder().decode(low, 240, 320, image.ndim)) >= 25.0
+
+
 def test_h264_round_trip_quality_and_late_joiner_waits_for_a_keyframe() -> None:
     frames = _demo_frames(12)
     encoder = H264Encoder(keyint=5, crf=23)
@@ -411,6 +433,48 @@ def test_h264_round_trip_quality_and_late_joiner_waits_for_a_keyframe() -> None:
     decoded = [late.decode(p, k, 240, 320, 3) for p, k in packets[2:]]  # joins at frame 2, an inter frame
     assert decoded[:3] == [None, None, None]
     assert all(_psnr(f, d) >= 30.0 for f, d in zip(frames[5:], decoded[3:]))
+
+
+@pytest.mark.parametrize("shape", [(239, 320), (240, 319), (239, 319), (239, 319, 3)], ids=str)
+def test_h264_frames_of_an_odd_size_come_back_at_that_size_unscaled(shape: tuple[int, ...]) -> None:
+    """4:2:0 needs even sides: the encoder pads an odd one and the decoder crops it back, nothing rescaled (at crf 0
+    a grey frame comes back within a level or two, which a one-pixel rescale would not)."""
+    channels = shape[2] if len(shape) == 3 else 1
+    encoder, decoder = H264Encoder(keyint=5, crf=0), H264Decoder()
+    for demo in _demo_frames(2):
+        frame = np.ascontiguousarray(demo[: shape[0], : shape[1]] if channels == 3 else demo[: shape[0], : shape[1], 1])
+        image = decoder.decode(*encoder.encode(frame), shape[0], shape[1], channels)
+        assert image.shape == frame.shape and _psnr(frame, image) >= (45.0 if channels == 1 else 30.0)
+
+
+def test_h264_starts_a_new_stream_with_a_keyframe_when_the_size_changes() -> None:
+    big, small = _demo_frames(3), [f[:120, :160].copy() for f in _demo_frames(2)]
+    encoder, decoder = H264Encoder(keyint=100, crf=23), H264Decoder()
+    for frame in big:
+        encoder.encode(frame)
+    packets = [encoder.encode(f) for f in small]
+    assert [k for _, k in packets] == [True, False]
+    for frame, (data, key) in zip(small, packets):
+        assert _psnr(frame, decoder.decode(data, key, 120, 160, 3)) >= 30.0
+
+
+def test_a_lower_h264_crf_makes_bigger_packets() -> None:
+    frames = _demo_frames(3)
+    fine, coarse = H264Encoder(keyint=5, crf=10), H264Encoder(keyint=5, crf=40)
+    assert sum(len(fine.encode(f)[0]) for f in frames) > 2 * sum(len(coarse.encode(f)[0]) for f in frames)
+
+
+def test_after_a_refused_packet_the_decoder_waits_for_the_next_keyframe() -> None:
+    """A packet refused (here: a frame of another size than its header says) may leave the decoder's references
+    broken: the inter frames after it are not shown until a keyframe."""
+    frames = _demo_frames(4)
+    encoder, decoder = H264Encoder(keyint=3, crf=23), H264Decoder()
+    packets = [encoder.encode(f) for f in frames]
+    assert decoder.decode(*packets[0], 240, 320, 3) is not None
+    with pytest.raises(DecodeError, match="H.264 frame is 320x240, header says 160x120"):
+        decoder.decode(*packets[1], 120, 160, 3)
+    assert decoder.decode(*packets[2], 240, 320, 3) is None
+    assert _psnr(frames[3], decoder.decode(*packets[3], 240, 320, 3)) >= 30.0  # the keyframe: shown again
 
 
 def test_subscriber_waits_for_a_keyframe_then_decodes() -> None:
