@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from streamfuse.checks import apply_overrides, load_yaml, tcp_port_ok
-from streamfuse.config import MOVED, ConfigError, config_from_dict, dump_config, load_config
+from streamfuse.checks import apply_overrides, load_yaml, parse_section, tcp_port_ok
+from streamfuse.config import MOVED, ConfigError, absolute_paths, config_from_dict, dump_config, load_config
 from streamfuse.configs import CONFIG_DIR, resolve
 
 CONFIGS = Path(__file__).resolve().parents[1] / "streamfuse" / "configs"
@@ -20,6 +20,14 @@ def test_shipped_configs_load_and_round_trip(name, tmp_path):
     cfg = load_config(CONFIGS / name)
     dump_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_a_dumped_config_lists_its_sections_in_data_flow_order(tmp_path):
+    """The resolved config a run writes reads top to bottom as the data flows: the order given, not sorted."""
+    cfg = load_config(CONFIGS / "demo.yaml")
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    lines = (tmp_path / "resolved.yaml").read_text().splitlines()
+    assert [line.rstrip(":") for line in lines if line[:1].isalpha()] == [k for k, v in cfg.to_dict().items() if v]
 
 
 def _write(tmp_path, text):
@@ -52,6 +60,7 @@ def _write(tmp_path, text):
         ("ir:\n  kind: synthetic\n\tfps: 3\n",  # PyYAML's first line was only "while scanning for the next token"
          "not valid YAML (found character '\\t' that cannot start any token, line 3, column 1)"),
         ("engine:\n  threads: 100000\n", "engine: threads=100000 is out of range; allowed: 0 (all cores) .. 1024"),
+        ("ir:\n  ffmpeg: fflags=nobuffer\n", "ir.ffmpeg='fflags=nobuffer' has the wrong type; expected list of str"),
         # libzmq takes a port modulo 65536: 65536 would bind any free port, and a client would never find it
         ("publish:\n  endpoint: tcp://127.0.0.1:65536\n",
          "publish: endpoint='tcp://127.0.0.1:65536' is out of range; allowed: tcp://HOST:PORT (PORT 1..65535"),
@@ -79,6 +88,12 @@ def test_a_camera_index_is_a_path_written_as_a_number(tmp_path):
     assert (cfg.ir.path, cfg.vis.path) == ("0", "2")
     with pytest.raises(ConfigError, match="ir.path=-1 has the wrong type; expected str"):
         load_config(_write(tmp_path, "ir:\n  kind: camera\n  path: -1\n"))
+
+
+def test_a_boolean_source_path_is_a_type_error_not_a_device_index():
+    # `path: yes` is no camera index: only a whole number is read as the text it is
+    with pytest.raises(ConfigError, match="ir.path=True has the wrong type; expected str"):
+        config_from_dict({"ir": {"kind": "camera", "path": True}})
 
 
 def test_missing_file():
@@ -212,6 +227,15 @@ def test_a_path_starting_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatc
     assert cfg.vis.path == "~user-that-is-not/x.mp4" and cfg.publish.topic == "~/not/a/path"  # as a shell does
 
 
+def test_only_relative_file_paths_are_made_absolute(tmp_path, monkeypatch):
+    """A URL, a camera index and an unset path name no file of this folder; an absent record section stays absent."""
+    monkeypatch.chdir(tmp_path)
+    cfg = absolute_paths(config_from_dict({"ir": {"kind": "stream", "path": "rtsp://cam/live"},
+                                           "vis": {"kind": "camera", "path": 0}, "replay": {"out": "fused.mp4"}}))
+    assert (cfg.ir.path, cfg.vis.path, cfg.replay.out) == ("rtsp://cam/live", "0", str(tmp_path / "fused.mp4"))
+    assert cfg.replay.frames_dir == "" and cfg.record is None
+
+
 def _alias_bomb(levels: int = 9) -> str:
     """A YAML list of 9**levels items written in a few hundred bytes (each level nine aliases of the one below)."""
     value = "[x, x, x, x, x, x, x, x, x]"
@@ -247,6 +271,13 @@ def test_a_config_that_is_a_device_or_huge_is_refused_unread(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_a_config_of_exactly_the_size_limit_is_read(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("{}\n#" + "x" * (2**20 - 5) + "\n")  # 1 MiB to the byte: the limit is "over 1 MiB"
+    assert path.stat().st_size == 2**20
+    assert load_config(path) == config_from_dict({})
 
 
 @pytest.mark.parametrize("override", ["post.denoise_threshold=1e308", "post.denoise_threshold=1e-300",
@@ -288,8 +319,52 @@ def test_the_hclfuse_and_engine_sections_defaults_and_seed_range():
     assert (engine.device, engine.precision, engine.threads, engine.cuda_graphs) == ("auto", "fp32", 0, True)
 
 
+@pytest.mark.parametrize("given", [
+    {"steps": 1}, {"steps": 20}, {"guidance_scale": 0.0}, {"guidance_scale": 10.0}, {"image_guidance": 20},
+    {"sampler": "teacher"}, {"seed": 0}, {"threads": 1024}, {"device": "cuda"}, {"device": "cuda:999"},
+    {"precision": "bf16"}], ids=lambda given: ",".join(f"{k}={v}" for k, v in given.items()))
+def test_the_hclfuse_and_engine_bounds_are_taken(given):
+    from streamfuse.inference import EngineConfig, HCLFuseConfig
+
+    cls = EngineConfig if {"threads", "device", "precision"} & set(given) else HCLFuseConfig
+    assert {k: getattr(cls(**given), k) for k in given} == given
+
+
+@pytest.mark.parametrize("given", [
+    {"steps": 0}, {"steps": 21}, {"guidance_scale": -0.5}, {"guidance_scale": 10.5}, {"image_guidance": -1},
+    {"image_guidance": 21}, {"sampler": "ddim"}, {"seed": -1}, {"threads": -1}, {"threads": 1025},
+    {"device": "cuda:1000"}, {"device": "cuda:1x"}, {"precision": "fp64"}],
+    ids=lambda given: ",".join(f"{k}={v}" for k, v in given.items()))
+def test_the_hclfuse_and_engine_values_just_past_a_bound_are_refused(given):
+    from streamfuse.inference import EngineConfig, HCLFuseConfig
+
+    cls = EngineConfig if {"threads", "device", "precision"} & set(given) else HCLFuseConfig
+    [(key, value)] = given.items()
+    with pytest.raises(ValueError, match=f"^{key}={re.escape(repr(value))} is out of range; allowed: "):
+        cls(**given)
+
+
 def test_only_a_bound_endpoint_may_leave_its_port_to_the_system():
     # a publisher binds tcp://*:* or :0 (any free port); a subscriber cannot connect to "any port"
     assert tcp_port_ok("tcp://*:*", bind=True) and tcp_port_ok("tcp://127.0.0.1:0", bind=True)
     assert not tcp_port_ok("tcp://127.0.0.1:*") and not tcp_port_ok("tcp://127.0.0.1:0")
     assert tcp_port_ok("tcp://127.0.0.1:1") and tcp_port_ok("tcp://127.0.0.1:65535", bind=True)
+
+
+def test_a_port_written_in_other_digits_than_ascii_is_refused():
+    # str.isdigit takes Arabic-Indic or full-width digits and int() reads them, libzmq does not
+    assert not tcp_port_ok("tcp://127.0.0.1:\u0665\u0665\u0665\u0665")
+    assert not tcp_port_ok("tcp://*:\uff15\uff15\uff15\uff15", bind=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Optional:
+    limit: int | None = None
+
+
+def test_a_value_of_an_optional_key_may_be_either_type():
+    """A union type takes a value of any of its members, not only of the first."""
+    assert parse_section(_Optional, {"limit": None}, "demo") == _Optional(None)
+    assert parse_section(_Optional, {"limit": 3}, "demo") == _Optional(3)
+    with pytest.raises(ValueError, match=r"demo.limit='3' has the wrong type; expected int or NoneType"):
+        parse_section(_Optional, {"limit": "3"}, "demo")

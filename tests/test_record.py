@@ -24,7 +24,7 @@ from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
-from streamfuse.video import VideoWriter, decode_frames, ffv1_slice_crcs, read_tags
+from streamfuse.video import VideoWriter, container_format, decode_frames, ffv1_slice_crcs, read_tags, work_paths
 
 T0 = 1_700_000_000_123_456_789  # an epoch capture time, ns
 
@@ -50,6 +50,7 @@ def test_record_round_trip_keeps_order_seq_times_and_pixels(tmp_path, rng):
     assert [(f.stream, f.seq, f.t_capture_ns) for f in got] == [(f.stream, f.seq, f.t_capture_ns) for f in frames]
     for a, b in zip(frames, got):
         np.testing.assert_array_equal(a.image, b.image)
+    assert {f.t_mono_ns for f in got} == {0}  # not acquired live: no capture latency is measured on them
 
 
 def _readable(path: Path) -> int:
@@ -493,6 +494,11 @@ def test_video_writer_bad_outputs(tmp_path, name, kw, match):
         _writer(tmp_path / name, **kw)
 
 
+def test_an_output_extension_in_capitals_picks_its_container():
+    assert [container_format(Path(f"o.{ext}")) for ext in ("MP4", "Mkv", "MOV", "NUT")] == ["mp4", "matroska", "mov",
+                                                                                              "nut"]
+
+
 def test_a_long_tag_in_a_nut_output_reads_back_whole(tmp_path):
     # FFmpeg's NUT demuxer drops a tag value of 1 KiB or more: without the split a resolved config (~2 KB) written
     # into a .nut output would come back missing, and one split in three parts would come back garbled
@@ -504,6 +510,18 @@ def test_a_long_tag_in_a_nut_output_reads_back_whole(tmp_path):
         tags = read_tags(c)
     assert tags["comment"] == config and tags["short"] == "x"
     assert not any(k.startswith("comment_") for k in tags)
+
+
+@pytest.mark.parametrize("value", ["x" + "\u00e9" * 1000, "\u20ac" * 700, ""],
+                         ids=["two_byte", "three_byte", "empty"])
+def test_a_nut_tag_reads_back_as_written(tmp_path, value):
+    # a long one is split between characters (its 1000th byte falls inside one: a part cut there would not be UTF-8);
+    # an empty one is kept, as the other containers keep it
+    w = _writer(tmp_path / "o.nut", metadata={"comment": value})
+    w.write(np.zeros((24, 32, 3), np.uint8), 0)
+    w.commit()
+    with av.open(str(tmp_path / "o.nut")) as c:
+        assert read_tags(c)["comment"] == value
 
 
 def test_ffv1_output_stores_slice_crcs_that_catch_a_flipped_byte(tmp_path, rng):
@@ -529,6 +547,45 @@ def test_video_writer_refuses_non_increasing_pts(tmp_path):
     with pytest.raises(ValueError, match="pts must increase"):
         w.write(np.zeros((24, 32, 3), np.uint8), 10)
     w.abort()
+
+
+def test_video_writer_refuses_a_frame_of_another_size(tmp_path):
+    # the encoder would rescale it silently: a replay whose input changed size says so instead
+    w = _writer(tmp_path / "o.mp4")
+    w.write(np.zeros((24, 32, 3), np.uint8), 0)
+    with pytest.raises(ValueError, match=r"^frame 1 is 32x25, the video's frames are 32x24 \(the input changed"):
+        w.write(np.zeros((25, 32, 3), np.uint8), 512)
+    w.abort()
+
+
+@pytest.mark.parametrize("width, height", [(33, 24), (32, 23)])
+def test_h264_output_of_an_odd_size_keeps_its_size(tmp_path, width, height):
+    """4:2:0 needs even sides: an odd width or height is encoded in 4:4:4, not refused by the encoder."""
+    w = _writer(tmp_path / "o.mkv", width=width, height=height)
+    for i in range(3):
+        w.write(np.full((height, width, 3), 40 * i, np.uint8), 512 * i)
+    w.commit()
+    assert [image.shape for _, image in decode_frames(tmp_path / "o.mkv")] == [(height, width, 3)] * 3
+
+
+def test_an_odd_size_is_refused_up_front_by_an_encoder_without_4_4_4(tmp_path, monkeypatch):
+    # without libx264 (and libopenh264) H.264 falls back to mpeg4, which takes only 4:2:0
+    monkeypatch.setattr(av, "codecs_available", av.codecs_available - {"libx264", "libopenh264"})
+    with pytest.raises(ValueError, match="^mpeg4 needs an even frame size, got 33x24$"):
+        _writer(tmp_path / "o.mkv", width=33)
+
+
+def test_a_failed_remux_leaves_the_partial_file_and_no_half_written_copy(tmp_path, monkeypatch):
+    def remux_to_a_full_disk(self, dst):
+        dst.write_bytes(b"half a container")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(VideoWriter, "_remux", remux_to_a_full_disk)
+    w = _writer(tmp_path / "o.mp4")
+    w.write(np.zeros((24, 32, 3), np.uint8), 0)
+    with pytest.raises(RuntimeError, match="No space left on device"):
+        w.seal()
+    assert [path.exists() for path in work_paths(tmp_path / "o.mp4")] == [False, True, False]
 
 
 @pytest.mark.parametrize("codec, ext", [("h264", "o.mp4"), ("ffv1", "o.mkv")])

@@ -4,14 +4,15 @@ the server key option."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from helpers_zmq import fused_frame, good_parts
 
 from streamfuse.frames import FusedFrame
-from streamfuse.wire import (FORMAT_FIELDS, HEADER_FIELDS, SCHEMA, SCHEMA_2, HeaderEncoder, MalformedMessage,
-                             decode_header, decode_stats)
+from streamfuse.wire import (FORMAT_FIELDS, HEADER_FIELDS, MAX_HEADER_BYTES, SCHEMA, SCHEMA_2, HeaderEncoder,
+                             MalformedMessage, decode_header, decode_stats)
 
 _FIELDS = {"raw": {}, "jpeg": {}, "h264": {"keyframe": 1},
            "shm": {"shm_pool": "streamfuse_pub_12_0123abcd", "shm_slot": 3, "shm_gen": 8}}
@@ -87,11 +88,41 @@ def test_a_telemetry_snapshot_decodes() -> None:
     ('"interval_s": "5 s"', "stats field interval_s='5 s' is not a finite number"),
     ('"fuser": {"steps": [NaN]}', "stats hold NaN or an infinite number"),
     ('"x": ' + "[" * 500 + "]" * 500, "stats are nested more than 8 deep"),
+    ('"x": ' + "[" * 7 + "1" + "]" * 7, "stats are nested more than 8 deep"),  # the number is the 9th level
+    ('"t_ns": true', "stats field t_ns=True is not an int"),
 ])
 def test_hostile_stats_are_malformed(body: str, reason: str) -> None:
     with pytest.raises(MalformedMessage) as info:
         decode_stats(_stats(body))
     assert reason in str(info.value) and "\n" not in str(info.value)
+
+
+def test_stats_nested_8_deep_decode() -> None:
+    assert decode_stats(_stats('"x": ' + "[" * 6 + "1" + "]" * 6))["x"] == [[[[[[1]]]]]]
+
+
+def test_stats_of_other_than_two_parts_are_malformed() -> None:
+    for parts in (_stats('"t_ns": 1')[:1], [*_stats('"t_ns": 1'), b""]):
+        with pytest.raises(MalformedMessage, match=f"expected 2 parts \\[topic, stats\\], got {len(parts)}"):
+            decode_stats(parts)
+
+
+@pytest.mark.parametrize(("timings", "reason"), [
+    ({"fuse": -2e12}, "timings_ms['fuse']=-2000000000000.0 is not a number of ms within +-1e+12"),
+    ({"fuse": True}, "timings_ms['fuse']=True is not a number of ms"),
+], ids=["huge_negative", "boolean"])
+def test_a_stage_timing_that_is_no_measurement_is_malformed(timings: dict, reason: str) -> None:
+    topic, header, payload = good_parts(np.zeros((4, 6, 3), np.uint8))
+    with pytest.raises(MalformedMessage, match=re.escape(reason)):
+        decode_header([topic, json.dumps(json.loads(header) | {"timings_ms": timings}).encode(), payload])
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "h264"])
+def test_a_compressed_message_with_an_empty_payload_is_malformed(fmt: str) -> None:
+    image = np.zeros((6, 8, 3), np.uint8)
+    header = HeaderEncoder("f").encode(fused_frame(image), image, seq=0, fmt=fmt, **_FIELDS[fmt])
+    with pytest.raises(MalformedMessage, match=f"^empty {fmt} payload$"):
+        decode_header([b"fused/x", header, b""])
 
 
 def test_the_capture_clock_is_said_and_is_empty_from_older_publishers() -> None:
@@ -100,6 +131,17 @@ def test_the_capture_clock_is_said_and_is_empty_from_older_publishers() -> None:
                             image.tobytes()])
     assert header["t_capture_clock"] == "media"
     assert decode_header(good_parts(image))["t_capture_clock"] == ""  # a header made before the field
+
+
+def test_a_header_of_exactly_the_size_bound_is_taken_and_one_byte_more_is_not() -> None:
+    image = np.zeros((4, 6, 3), np.uint8)
+    topic, header, payload = good_parts(image)
+    padded = json.loads(header) | {"note": ""}
+    fill = MAX_HEADER_BYTES - len(json.dumps(padded).encode())
+    at_bound = json.dumps(padded | {"note": "x" * fill}).encode()
+    assert len(at_bound) == MAX_HEADER_BYTES and decode_header([topic, at_bound, payload])["note"] == "x" * fill
+    with pytest.raises(MalformedMessage, match=f"header is {MAX_HEADER_BYTES + 1} bytes, more than {MAX_HEADER_BYTES}"):
+        decode_header([topic, json.dumps(padded | {"note": "x" * (fill + 1)}).encode(), payload])
 
 
 def test_a_raw_payload_one_byte_longer_than_its_header_says_is_refused() -> None:

@@ -61,6 +61,16 @@ def test_a_variable_that_is_not_set_is_one_line_naming_it(monkeypatch):
     assert config_from_dict({"vis": {"path": "cam$1/$HOME"}}).vis.path == "cam$1/$HOME"  # only ${NAME} is expanded
 
 
+def test_a_variable_is_percent_encoded_in_a_urls_password_only(monkeypatch):
+    """A password with ``@``, ``:`` or ``/`` is given as it is: encoded where it stands in the user info, and a
+    variable in the rest of the URL (a stream path) is taken as it is."""
+    monkeypatch.setenv("STREAMFUSE_TEST_PASSWORD", "p@ss:w/rd")
+    monkeypatch.setenv("STREAMFUSE_TEST_STREAM", "live/main")
+    cfg = config_from_dict({"ir": {"kind": "stream",
+                                   "path": "rtsp://admin:${STREAMFUSE_TEST_PASSWORD}@cam/${STREAMFUSE_TEST_STREAM}"}})
+    assert cfg.ir.path == "rtsp://admin:p%40ss%3Aw%2Frd@cam/live/main"
+
+
 def test_a_network_cameras_url_given_as_a_device_camera_is_one_line_naming_the_stream_kind():
     with pytest.raises(ConfigError, match=r"ir: path='rtsp://admin:\*\*\*@10.0.0.7/live' is a network camera's URL: "
                                           r"give it with kind: stream") as caught:

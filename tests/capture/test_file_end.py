@@ -11,9 +11,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers_video import CASES, N, cut, write
+from helpers_video import CASES, FPS, N, cut, write
 
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+from streamfuse.video import announced_end_s
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV build has no libx264")]
@@ -34,6 +35,19 @@ def test_a_complete_file_is_read_to_its_end_not_taken_for_truncated(tmp_path: Pa
     path = tmp_path / f"{case}.{CASES[case][0]}"
     write(path, *CASES[case])
     assert read_all(path) == N
+
+
+@pytest.mark.parametrize("case", ["flv_late", "avi_late", "avi_late_gap"])
+def test_the_announced_end_of_a_late_video_is_after_its_last_frame(tmp_path: Path, case: str) -> None:
+    """Without B-frames the container's end is exact: an AVI's frame slots, or FLV's duration from its first dts (at
+    250 frames, not from 0)."""
+    path = tmp_path / f"{case}.{CASES[case][0]}"
+    write(path, *CASES[case])
+    with av.open(str(path)) as container:
+        first_dts = next(p.dts for p in container.demux(container.streams.video[0]) if p.size)
+    with av.open(str(path)) as container:
+        end = announced_end_s(container, container.streams.video[0], first_dts)
+    assert end == pytest.approx((CASES[case][1] + N) / FPS, abs=1e-6)
 
 
 @pytest.mark.parametrize("case, kept", [(c, N // 2) for c in CASES] + [(c, N - 1) for c in CASES if "avi" in c])

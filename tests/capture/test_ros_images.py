@@ -123,6 +123,10 @@ def test_what_is_not_an_image_we_read_is_one_line(bgr):
         decode(IMAGE, whole[:len(whole) // 2])
     with pytest.raises(ValueError, match="not a plain CDR message"):
         decode(IMAGE, b"\x00\x03\x00\x00" + whole[4:])
+    with pytest.raises(ValueError, match=r"^a sensor_msgs/msg/Image message cut short \(20 bytes\)$"):
+        decode(IMAGE, whole[:20])  # inside its header
+    with pytest.raises(Unsupported, match="messages encoded as 'json' are not ROS messages"):
+        decode(IMAGE, whole, "json")
     assert len(ENCODINGS) == 27
 
 
@@ -175,6 +179,21 @@ def test_rows_closer_than_the_pixels_need_are_one_line_not_overlapping_rows():
     # a 4-pixel-wide mono8 image whose step says 2 bytes: its rows would read each other's pixels
     with pytest.raises(ValueError, match="a 4x2 mono8 image needs rows of 4 bytes; it has step 2 and 8 bytes"):
         decode(IMAGE, image_message("mono8", 2, 4, 2, bytes(range(8))))
+
+
+@pytest.mark.parametrize("encoding", ["nv21", "nv24"])
+def test_semi_planar_yuv_of_an_odd_size_is_one_line(encoding):
+    data = bytes(4 * 3 * 3)  # enough bytes for either layout: the size is what is wrong
+    with pytest.raises(ValueError, match=f"a 4x3 {encoding} image needs an even size"):
+        decode(IMAGE, image_message(encoding, 3, 4, 4, data))
+
+
+def test_the_last_row_needs_only_its_pixels_not_the_padding_of_a_whole_step():
+    # rows 4 bytes apart, 2 pixels each: 4 + 2 bytes hold both rows, the last one without its padding
+    _, image = decode(IMAGE, image_message("mono8", 2, 2, 4, bytes([1, 2, 0, 0, 3, 4])))
+    np.testing.assert_array_equal(image, [[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="a 2x2 mono8 image needs rows of 2 bytes; it has step 4 and 5 bytes"):
+        decode(IMAGE, image_message("mono8", 2, 2, 4, bytes([1, 2, 0, 0, 3])))
 
 
 def test_a_png_with_an_alpha_channel_keeps_its_colours(bgr):
