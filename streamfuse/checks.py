@@ -154,12 +154,13 @@ def shown(value: Any) -> str:
 
 
 def did_you_mean(key: Any, names: Iterable[str], homes: Mapping[str, Collection[str]] | None = None) -> str:
-    """``" (did you mean fps?)"`` for a key one or two letters off a known name, else ``" (did you mean ir.fps or
-    vis.fps?)"`` for a key of other sections (``homes``: section -> its keys) given in the wrong one; "" when none."""
+    """``" (did you mean ir.fps or vis.fps?)"`` for a key of other sections (``homes``: section -> its keys) given in
+    the wrong one, else ``" (did you mean fps?)"`` for a key one or two letters off a known name; "" when none. The
+    key found as it is wins: ``ir.weights`` is hclfuse's, not a misspelt ``height``."""
     text = str(key).strip()
     near = difflib.get_close_matches(text.lower(), list(names), n=1, cutoff=0.75)
     elsewhere = [f"{section}.{text}" for section, keys in (homes or {}).items() if text in keys]
-    said = near[:1] or elsewhere
+    said = elsewhere or near[:1]
     return f" (did you mean {' or '.join(said)}?)" if said else ""
 
 
