@@ -173,9 +173,10 @@ def flush(timeout_s: float = 1.0) -> None:
     global _pending
     if _queue is None or (_pending is not None and not _pending.is_set()):
         return
-    _pending = threading.Event()
+    mark = threading.Event()
     try:
-        _queue.put(_pending, timeout=timeout_s)
-    except queue.Full:
+        _queue.put(mark, timeout=timeout_s)
+    except queue.Full:  # no mark queued: none to wait for later, so the next flush tries again
         return
-    _pending.wait(timeout_s)
+    _pending = mark
+    mark.wait(timeout_s)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections.abc import Callable
+
+import pytest
 
 from streamfuse.log_queue import _DroppingHandler
 
@@ -126,3 +129,154 @@ def test_another_librarys_flood_is_held_to_a_few_lines_and_the_next_one_says_how
         for log, (propagate, level) in zip((peer, own, tool), kept):
             log.removeHandler(handler)
             log.propagate, log.level = propagate, level
+
+
+def test_a_drop_count_is_kept_while_the_queue_stays_full_and_said_only_once() -> None:
+    """Lines dropped while the queue is still full add to the count until its line finds room; once said, the count
+    starts again from zero."""
+    lines: queue.Queue = queue.Queue(maxsize=2)
+    log = logging.getLogger("test_log_queue")
+    log.propagate, log.level = False, logging.INFO
+    handler = _DroppingHandler(lines)
+    log.addHandler(handler)
+    try:
+        for i in range(6):  # lines 2..5 dropped: 3 of them while a count was already waiting for room
+            log.info("line %d", i)
+        assert [lines.get_nowait() for _ in range(2)] == ["line 0", "line 1"]
+        log.info("line 6")
+        assert [lines.get_nowait() for _ in range(2)] == [
+            "4 log lines dropped: nothing was reading this output", "line 6"]
+        log.info("line 7")
+        assert lines.get_nowait() == "line 7" and lines.empty()
+    finally:
+        log.removeHandler(handler)
+
+
+def test_the_end_of_a_window_that_was_followed_by_another_says_nothing() -> None:
+    """A window's end that comes late, after the next window began and held lines back of its own, leaves those for
+    the next window's end (or its next line) to say."""
+    from streamfuse.log_queue import _BURST, _WINDOW_S, _OneLine, _Throttle
+
+    clock = [0.0]
+    lines: list[str] = []
+    ends: list[tuple[float, Callable[[], None]]] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
+    handler.setFormatter(_OneLine("%(message)s"))
+    handler.addFilter(_Throttle(lambda: clock[0], lambda delay, call: ends.append((delay, call))))
+    peer = logging.getLogger("foxglove.test_log_queue_late")
+    peer.propagate, peer.level = False, logging.INFO
+    peer.addHandler(handler)
+    try:
+        for i in range(_BURST + 3):  # the first window: 3 held back
+            peer.error("flood %d", i)
+        clock[0] += _WINDOW_S
+        for i in range(_BURST + 2):  # the next window: its first line says the 3, then 2 held back
+            peer.error("flood %d", i)
+        assert lines[_BURST].endswith("(3 lines of foxglove.test_log_queue_late before this one not shown)")
+        first_end, second_end = ends[0][1], ends[1][1]
+        shown = len(lines)
+        first_end()  # late: the second window's 2 are not the first window's to say
+        assert len(lines) == shown
+        second_end()
+        assert lines[-1] == f"2 lines of foxglove.test_log_queue_late held back in the last {_WINDOW_S:g} s, not shown"
+    finally:
+        peer.removeHandler(handler)
+        peer.propagate, peer.level = True, logging.NOTSET
+
+
+@pytest.mark.timeout(30)
+def test_a_flush_gives_up_on_a_stuck_writer_and_the_next_one_returns_at_once(monkeypatch) -> None:
+    """stderr never read: the writer thread is stuck. A flush gives up after its timeout, whether its mark found room
+    in the queue or not, and the flush after it queues no second mark while the first one is still not written."""
+    from streamfuse import log_queue
+
+    stuck: queue.Queue = queue.Queue(maxsize=2)  # no writer takes from it
+    monkeypatch.setattr(log_queue, "_queue", stuck)
+    monkeypatch.setattr(log_queue, "_pending", None)
+    log_queue.flush(0.01)  # the mark is queued, and never written
+    log_queue.flush(0.01)
+    assert stuck.qsize() == 1 and isinstance(stuck.get_nowait(), threading.Event)
+    monkeypatch.setattr(log_queue, "_pending", None)
+    stuck.put("a line the writer never wrote")
+    stuck.put("another")
+    log_queue.flush(0.01)  # the queue full: no room for the mark
+    assert stuck.qsize() == 2
+
+
+
+_SET_UP = """
+import logging
+from streamfuse import log_queue
+log_queue.{install}(logging.INFO, "%(levelname)s %(name)s: %(message)s")
+for i in range(30):
+    logging.getLogger("foxglove.x").warning("flood %d", i)
+logging.getLogger("streamfuse.x").debug("not shown at INFO")
+logging.getLogger("streamfuse.x").info("shown")
+log_queue.flush()
+"""
+
+
+@pytest.mark.parametrize("install", ["install", "install_direct"])
+def test_both_set_ups_log_at_their_level_and_hold_another_librarys_flood_back(install: str) -> None:
+    import subprocess
+    import sys
+
+    from streamfuse.log_queue import _BURST
+
+    done = subprocess.run([sys.executable, "-c", _SET_UP.replace("{install}", install)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stderr.splitlines() == [f"WARNING foxglove.x: flood {i}" for i in range(_BURST - 1)] + [
+        f"WARNING foxglove.x: flood {_BURST - 1} (further lines of foxglove.x for up to 10 s are held back and "
+        f"counted)", "INFO streamfuse.x: shown"]
+
+
+_STDERR_CLOSED = """
+import io, logging, sys
+from streamfuse import log_queue
+log_queue.install(logging.INFO, "%(message)s")
+real, sys.stderr = sys.stderr, io.StringIO()
+sys.stderr.close()  # a reader that went away: the line is lost
+logging.getLogger("streamfuse.x").info("lost")
+log_queue.flush(5)
+sys.stderr = real
+logging.getLogger("streamfuse.x").info("after")
+log_queue.flush(5)
+print("flushed" if log_queue._pending.is_set() else "not flushed", file=sys.stderr)
+"""
+
+
+def test_the_log_writer_outlives_a_closed_stderr_and_a_flush_waits_for_its_lines() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _STDERR_CLOSED], capture_output=True, text=True, timeout=60)
+    assert done.stderr.splitlines() == ["after", "flushed"], done.stderr[-2000:]
+
+
+def test_install_leaves_a_root_logger_that_has_a_handler_alone(monkeypatch) -> None:
+    """A test's log capture (or an embedding program's own set-up) keeps its handler, level and lines."""
+    from streamfuse import log_queue
+
+    root = logging.getLogger()
+    monkeypatch.setattr(log_queue, "_queue", None)
+    monkeypatch.setattr(root, "handlers", [logging.NullHandler()])
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    log_queue.install(logging.DEBUG, "%(message)s")
+    assert log_queue._queue is None and len(root.handlers) == 1 and root.level == logging.WARNING
+
+
+def test_a_flush_after_one_that_found_the_queue_full_waits_for_the_lines_again(monkeypatch) -> None:
+    """A reader paused long enough for a flush to find the queue full, then reading again: the flush before exit
+    must queue its mark and wait for the lines once more, or the process exits before its last lines are written
+    (the first flush's mark was never queued, so nothing would ever set it)."""
+    from streamfuse import log_queue
+
+    lines: queue.Queue = queue.Queue(maxsize=1)  # no writer thread here: the test takes the lines itself
+    monkeypatch.setattr(log_queue, "_queue", lines)
+    monkeypatch.setattr(log_queue, "_pending", None)
+    lines.put("a line")
+    log_queue.flush(0.01)  # no room for its mark: it gives up
+    assert lines.get_nowait() == "a line"  # the writer catches up
+    log_queue.flush(0.01)
+    assert isinstance(lines.get_nowait(), threading.Event)
