@@ -153,3 +153,131 @@ def test_a_writer_thread_handles_nothing_after_its_first_failure(tmp_path):
     with pytest.raises(RuntimeError, match="^writing frames failed: No space left on device"):
         writer.join()
     assert handled == [0]
+
+
+def test_a_new_file_on_a_filesystem_without_hard_links_still_replaces_none(tmp_path, disk_events, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path.resolve() / "shot.png"
+    assert write_file(out, b"first", new=True) == out
+    assert disk_events[-1] == ("fsync", str(out.parent))  # the rename reached the disk
+    assert write_file(out, b"second", new=True) == out.with_name("shot-2.png")
+    assert out.read_bytes() == b"first" and out.with_name("shot-2.png").read_bytes() == b"second"
+
+
+def test_a_temporary_file_of_another_writer_is_never_written_into(tmp_path, monkeypatch):
+    """Two writers of one name draw their temporary names at random: one drawn twice is drawn again, not shared."""
+    import secrets
+
+    drawn = iter(["0badcafe", "5eed1234"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(drawn))
+    theirs = tmp_path / ".table.csv.0badcafe.partial"
+    theirs.write_bytes(b"another writer's table, half written")
+    write_file(tmp_path / "table.csv", b"a,b\n")
+    assert theirs.read_bytes() == b"another writer's table, half written"
+    assert (tmp_path / "table.csv").read_bytes() == b"a,b\n"
+
+
+def test_a_writer_thread_times_each_item_and_offers_without_waiting(tmp_path):
+    started, release = threading.Event(), threading.Event()
+
+    def handle(item: int) -> None:
+        if item == 0:
+            started.set()
+            assert release.wait(30)
+
+    writer = WriterThread("test writer", handle, "writing frames", maxsize=1)
+    writer.put(0)
+    assert started.wait(30)  # the thread holds item 0; the queue has room for one more
+    assert writer.offer(1) is True and writer.offer(2) is False  # full: the caller counts the loss
+    release.set()
+    writer.join()
+    assert len(writer.busy_ns) == 2  # one handling time per item
+
+
+@pytest.mark.parametrize("threaded", [True, False], ids=["threaded", "in_caller"])
+def test_a_writer_thread_s_failure_is_raised_by_the_next_put_or_offer(threaded: bool):
+    from helpers_zmq import wait_until
+
+    def handle(item: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writer = WriterThread("test writer", handle, "writing frames", maxsize=4, threaded=threaded)
+    if threaded:
+        writer.put(0)
+        wait_until(lambda: writer.error is not None, "the failure")
+    else:
+        with pytest.raises(RuntimeError, match="^writing frames failed: No space left on device"):
+            writer.put(0)  # handled in the caller: its failure is raised at once
+    for call in (writer.offer, writer.put):
+        with pytest.raises(RuntimeError, match="^writing frames failed: No space left on device"):
+            call(1)
+    with pytest.raises(RuntimeError):
+        writer.join()
+
+
+def test_a_failed_sync_is_raised_by_the_next_request(tmp_path, monkeypatch):
+    from helpers_zmq import wait_until
+
+    from streamfuse.atomic_write import BackgroundSync
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with open(tmp_path / "rig.mcap", "wb") as f:
+        sync = BackgroundSync(f.fileno(), "test sync")
+        sync.request()
+        wait_until(lambda: sync.error is not None, "the failed sync")
+        with pytest.raises(OSError, match="Input/output error"):
+            sync.request()
+        sync.close()
+
+
+@pytest.mark.parametrize("refusal", ["open", errno.EINVAL, errno.ENOTSUP, errno.EBADF],
+                         ids=["open", "EINVAL", "ENOTSUP", "EBADF"])
+def test_a_folder_that_cannot_be_synced_keeps_its_rename_as_its_filesystem_does(tmp_path, monkeypatch, refusal):
+    """Some network and FUSE filesystems refuse a folder's fsync, or opening a folder at all: the file is written."""
+    tmp_path = tmp_path.resolve()  # the folder write_file syncs
+    real_open, real_fsync, folders = os.open, os.fsync, set()
+
+    def opening(path, flags, *args):
+        if Path(path) == tmp_path and refusal == "open":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        fd = real_open(path, flags, *args)
+        if Path(path) == tmp_path:
+            folders.add(fd)
+        return fd
+
+    def fsync(fd: int) -> None:
+        if fd in folders:
+            raise OSError(refusal, os.strerror(refusal))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_file(tmp_path / "table.csv", b"a,b\n")
+    assert (tmp_path / "table.csv").read_bytes() == b"a,b\n"
+
+
+def test_a_folder_sync_that_fails_on_the_disk_is_raised(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()  # the folder write_file syncs
+    real_open, real_fsync, folders = os.open, os.fsync, set()
+
+    def opening(path, flags, *args):
+        fd = real_open(path, flags, *args)
+        if Path(path) == tmp_path:
+            folders.add(fd)
+        return fd
+
+    def fsync(fd: int) -> None:
+        if fd in folders:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(RuntimeError, match=f"^cannot write {re.escape(str(tmp_path))}/table.csv: Input/output error"):
+        write_file(tmp_path / "table.csv", b"a,b\n")

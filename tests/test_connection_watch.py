@@ -4,14 +4,16 @@ real DNS here, and the waits between lookups run on a fake clock."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +243,155 @@ def test_load_server_key_reads_a_key_file_or_says_what_is_wrong(tmp_path: Path) 
                           (str(tmp_path), "is not a regular file")]:
         with pytest.raises(ValueError, match=re.escape(reason)):
             load(value)
+
+
+class WatchedSocket:
+    """Stands in for a consumer's SUB socket: its monitor is one end of a PAIR whose other end sends the events a test
+    needs (:meth:`event`); its connects and disconnects are noted in ``calls``."""
+
+    def __init__(self) -> None:
+        ctx = zmq.Context.instance()
+        self.monitor, self._events, self.calls = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR), []
+        self.monitor.bind(f"inproc://watched-{id(self)}")
+        self._events.connect(f"inproc://watched-{id(self)}")
+
+    def get_monitor_socket(self, events: int) -> zmq.Socket:
+        return self.monitor
+
+    def event(self, *events: int) -> None:
+        for event in events:
+            self._events.send_multipart([struct.pack("=hi", event, 0), b"tcp://pub.test:5555"])
+
+    def connect(self, endpoint: str) -> None:
+        self.calls.append(("connect", endpoint))
+
+    def disconnect(self, endpoint: str) -> None:
+        self.calls.append(("disconnect", endpoint))
+
+    def disable_monitor(self) -> None:
+        pass
+
+    def close(self, linger: int | None = None) -> None:
+        self._events.close(linger=0)
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[WatchedSocket, connection_watch.ConnectionWatch,
+                                                                 FakeClock]]:
+    """A ConnectionWatch of a :class:`WatchedSocket` on ``tcp://pub.test:5555``, on a fake clock."""
+    clock = FakeClock()
+    monkeypatch.setattr(connection_watch, "time", clock)
+    sock = WatchedSocket()
+    watch = connection_watch.ConnectionWatch(sock, "tcp://pub.test:5555")
+    yield sock, watch, clock
+    watch.close()
+
+
+@pytest.mark.parametrize("event, said", [
+    (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, "CURVE handshake with tcp://pub.test:5555 failed"),
+    (zmq.EVENT_HANDSHAKE_FAILED_AUTH, "the publisher at tcp://pub.test:5555 refused this consumer's CURVE key")])
+def test_failed_handshakes_are_all_counted_and_said_once(watched, caplog, event: int, said: str) -> None:
+    sock, watch, _ = watched
+    with caplog.at_level(logging.WARNING, "streamfuse.connection_watch"):
+        sock.event(event, zmq.EVENT_CONNECT_RETRIED, event, zmq.EVENT_CONNECT_RETRIED, event)
+        watch.on_events()
+    assert watch.handshake_failures == 3
+    assert [r.getMessage()[:len(said)] for r in caplog.records] == [said]
+
+
+def test_a_drop_is_restored_once_it_is_old_enough_and_said_to_be_a_refused_part_or_a_failed_handshake(watched):
+    sock, watch, clock = watched
+    sock.event(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_DISCONNECTED)
+    watch.on_events()
+    clock.now += 0.3
+    sock.event(zmq.EVENT_DISCONNECTED)  # a second drop report: the first one's time is kept
+    watch.on_events()
+    assert not watch.restore_due()
+    clock.now += 0.2  # 0.5 s after the first drop
+    assert watch.restore_due() and watch.restore() is False  # a failed handshake, not a refused part
+    assert sock.calls == [("disconnect", "tcp://pub.test:5555"), ("connect", "tcp://pub.test:5555")]
+    assert not watch.restore_due()
+    sock.event(zmq.EVENT_DISCONNECTED)  # a drop with no failed handshake since: a part over max_part_bytes
+    watch.on_events()
+    clock.now += 0.5
+    assert watch.restore_due() and watch.restore() is True
+
+
+def test_a_new_attempt_by_libzmq_clears_a_drop_and_the_failed_handshake_before_it(watched):
+    sock, watch, clock = watched
+    sock.event(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECT_RETRIED)
+    watch.on_events()
+    clock.now += 10
+    assert not watch.restore_due()  # libzmq retries it itself
+    sock.event(zmq.EVENT_CONNECTED, zmq.EVENT_DISCONNECTED)  # that connection then took a part too large
+    watch.on_events()
+    clock.now += 0.5
+    assert watch.restore() is True and sock.calls[-1] == ("connect", "tcp://pub.test:5555")
+
+
+def test_a_connection_libzmq_has_already_forgotten_is_still_made_again(watched):
+    sock, watch, clock = watched
+
+    def forgotten(endpoint: str) -> None:
+        raise zmq.ZMQError(errno.ENOENT)
+
+    sock.disconnect = forgotten
+    sock.event(zmq.EVENT_DISCONNECTED)
+    watch.on_events()
+    clock.now += 0.5
+    assert watch.restore() is True and sock.calls == [("connect", "tcp://pub.test:5555")]
+
+def test_a_silent_connection_is_made_again_once_a_silence_and_said_once(watched, caplog):
+    sock, watch, clock = watched
+    last = clock.now
+    clock.now += connection_watch.SILENT_S - 0.001
+    assert not watch.remake_if_silent(last)
+    clock.now += 0.001
+    with caplog.at_level(logging.DEBUG, "streamfuse.connection_watch"):
+        assert watch.remake_if_silent(last)
+        assert not watch.remake_if_silent(last)  # just made again: it gets its own SILENT_S
+        clock.now += connection_watch.SILENT_S
+        assert watch.remake_if_silent(last)  # still nothing: again, said only at debug level
+    assert sock.calls.count(("connect", "tcp://pub.test:5555")) == 2
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.DEBUG]
+    assert caplog.records[0].getMessage() == ("nothing from tcp://pub.test:5555 for 5 s: making the connection "
+                                             "again")
+
+
+def test_a_short_name_wait_still_ends_with_a_lookup_at_its_deadline(resolver, monkeypatch) -> None:
+    fake = resolver("pub.invalid", failures=0)
+    clock = FakeClock()
+    monkeypatch.setattr(connection_watch, "time", clock)
+    with pytest.raises(ValueError, match=r"does not resolve \(Name or service not known; waited 0.2 s\)$"):
+        connection_watch.connect_sub("tcp://pub.invalid:47001", [b""], rcvhwm=2, max_part_bytes=1024, name_wait_s=0.2)
+    assert clock.pauses == [pytest.approx(0.2)] and fake.calls == 2
+
+def test_an_ipv6_address_the_resolver_cannot_answer_for_now_still_gets_ipv6(monkeypatch, caplog) -> None:
+    # "try again" comes from a resolver that cannot reach its name servers: no wait, libzmq resolves at each attempt
+    def try_again(name: str) -> list[tuple]:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(connection_watch, "_resolve", try_again)
+    monkeypatch.setattr(connection_watch, "time", FakeClock())  # a wait for the name would never end here
+    with caplog.at_level(logging.WARNING, "streamfuse.connection_watch"):
+        sock, watch = connection_watch.connect_sub(f"tcp://[::1]:{free_port()}", [b""], rcvhwm=2, max_part_bytes=1024)
+    try:
+        assert sock.getsockopt(zmq.IPV6) == 1
+    finally:
+        watch.close()
+    assert "cannot look up the host name ::1 now (Temporary failure in name resolution)" in caplog.text
+
+
+def test_a_server_key_with_z85_s_path_characters_is_a_key_not_a_missing_file() -> None:
+    key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # Z85 has "/" and "."
+    assert len(key) == 40 and connection_watch.load_server_key(key) == key
+
+
+def test_a_host_name_is_looked_up_once_for_all_of_a_consumer_s_sockets(resolver) -> None:
+    # a viewer opens a socket per page: its later ones connect without waiting for the resolver again
+    fake = resolver("pub.test", failures=0, answer=[V4])
+    port = free_port()
+    for _ in range(3):
+        sock, watch = connection_watch.connect_sub(f"tcp://pub.test:{port}", [b""], rcvhwm=2, max_part_bytes=1024)
+        watch.close()
+    assert fake.calls == 1

@@ -115,3 +115,69 @@ def test_a_lock_file_its_ending_holder_removed_as_it_was_opened_is_made_again(tm
         with pytest.raises(FileExistsError, match="is being written by another run"):
             with output_lock(out):
                 pass
+
+
+def test_a_longer_lock_file_left_by_a_killed_run_is_overwritten_whole(tmp_path):
+    """The holder's line is what a refused run names: the rest of a longer line a killed run left must not follow it."""
+    import socket
+
+    out = tmp_path / "fused.mp4"
+    lock_path(out).write_text("a-much-longer-host-name.example.org pid 4194304\n")
+    with output_lock(out):
+        assert lock_path(out).read_text() == f"{socket.gethostname()} pid {os.getpid()}\n"
+
+
+def test_a_refused_run_keeps_no_descriptor_and_names_a_holder_that_wrote_nothing(tmp_path):
+    import fcntl
+
+    out = tmp_path / "fused.mp4"
+    lock_path(out).touch()
+    holder = os.open(lock_path(out), os.O_RDWR)  # a holder that has not written its line yet
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with pytest.raises(FileExistsError,
+                               match=r"by another run \(another process, holding \.fused\.mp4\.lock\)"):
+                with output_lock(out):
+                    pass
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        os.close(holder)
+
+
+def test_a_released_lock_is_no_longer_taken_for_this_run_s_own(tmp_path):
+    out = tmp_path / "fused.mp4"
+    with output_lock(out):
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FileExistsError, match=f"pid {holder.pid}, holding"):
+            check_not_held(out)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
+def test_a_filesystem_without_locks_lets_the_run_go_on_warned(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    out = tmp_path / "fused.mp4"
+    lock_path(out).write_text("host pid 1\n")  # an earlier run's, or another's: this filesystem cannot tell
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    check_not_held(out)  # nothing it can tell: output_lock warns
+    with caplog.at_level("WARNING"), output_lock(out):
+        pass
+    assert f"{out}: this filesystem has no locks (No locks available)" in caplog.text
+    assert not lock_path(out).exists()
+
+
+def test_a_check_leaves_a_lock_file_it_cannot_open_to_output_lock(tmp_path):
+    out = tmp_path / "fused.mp4"
+    lock_path(out).symlink_to(tmp_path / "elsewhere")  # not followed: output_lock refuses it, naming it
+    check_not_held(out)

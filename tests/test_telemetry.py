@@ -57,3 +57,52 @@ def test_the_mean_rate_counts_every_frame_since_start(monkeypatch):
     tel.count("published", 200)
     snap = tel.snapshot()
     assert (snap["rate_fps"], snap["mean_rate_fps"]) == (40.0, 30.0)
+
+
+def test_the_ends_of_each_range_are_accepted_and_just_beyond_them_refused():
+    """interval_s 0.01 .. 86400 s and window 10 .. 1000000 samples, both ends included."""
+    TelemetryConfig(interval_s=0.01, window=10)
+    TelemetryConfig(interval_s=86400, window=1_000_000)
+    for bad in ({"interval_s": 0.009}, {"interval_s": 86401}, {"window": 9}, {"window": 1_000_001}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            parse_section(TelemetryConfig, bad, "telemetry")
+
+
+def test_a_snapshot_is_due_once_an_interval_has_passed_since_the_last_one(monkeypatch):
+    # due() counts from the last snapshot, not from start: otherwise every frame after the first interval logs one
+    clock = iter([0.0, 4.999, 5.0, 5.0, 9.999, 10.0])  # start, due?, due?, snapshot, due?, due?
+    monkeypatch.setattr("streamfuse.telemetry.time.perf_counter", lambda: next(clock))
+    tel = Telemetry(TelemetryConfig(interval_s=5.0))
+    assert not tel.due() and tel.due()
+    tel.snapshot()
+    assert not tel.due() and tel.due()
+
+
+def test_a_snapshot_counts_the_samples_a_stage_has_and_the_time_since_start(monkeypatch):
+    clock = iter([0.0, 5.0, 7.5])  # start, a periodic snapshot, the final one
+    monkeypatch.setattr("streamfuse.telemetry.time.perf_counter", lambda: next(clock))
+    tel = Telemetry(TelemetryConfig(window=1000))
+    for ms in (1.0, 2.0, 3.0):  # fewer than the window holds
+        tel.record("fuse", ms)
+    assert tel.snapshot()["stages"]["fuse"]["n"] == 3
+    assert tel.snapshot()["uptime_s"] == 7.5  # since start, not since the snapshot before
+
+
+def test_the_log_line_shows_both_rates_in_place_and_only_the_counters_that_are_not_zero():
+    snap = {"rate_fps": 24.96, "mean_rate_fps": 12.0, "stages": {"fuse": {"median_ms": 3.04, "p99_ms": 9.0}},
+            "counters": {"published": 10, "dropped.ir": 0, "lag_ms": 1.23456}}
+    assert format_stats(snap) == ("rate=25.0fps (since start 12.0) (median/p99) fuse=3.0/9.0ms | lag_ms=1.23 "
+                                  "published=10")
+
+
+def test_a_snapshot_right_after_a_later_one_measures_from_the_snapshot_just_before(monkeypatch):
+    """The final snapshot's rate spans the last full interval and the few ms after it, not the whole run."""
+    clock = iter([0.0, 5.0, 10.0, 10.004])  # start, two periodic snapshots, the final one
+    monkeypatch.setattr("streamfuse.telemetry.time.perf_counter", lambda: next(clock))
+    tel = Telemetry(TelemetryConfig(interval_s=5.0))
+    tel.count("published", 500)  # a fast first interval
+    tel.snapshot()
+    tel.count("published", 50)
+    tel.snapshot()
+    tel.count("published", 1)
+    assert tel.snapshot()["rate_fps"] == pytest.approx(51 / 5.004, abs=0.01)

@@ -215,3 +215,18 @@ def test_a_damaged_last_pair_is_refused_before_any_pair_is_scored(damaged, pairs
            "fused_size": "other/p2: fused size (44, 70) differs from the sources' (45, 70)"}[damaged]
     assert str(exc.value.code) == f"evaluate: {why}"
     assert not (tmp_path / "out").exists()
+
+
+def test_staged_folders_stage_hidden_and_a_failure_keeps_a_made_folder_that_another_run_wrote_into(tmp_path):
+    """The staging folder is hidden in the output folder (its user's files may lie beside it). On a failure the
+    folders made for the run go, except one that a file reached meanwhile, and the run's own error is the one
+    raised."""
+    from streamfuse.staged_folders import staged_folders
+
+    final = tmp_path / "a" / "b"
+    with pytest.raises(ValueError, match="^the run's own error$"):
+        with staged_folders([final]) as (stage,):
+            assert stage.name.startswith(".")
+            (tmp_path / "a" / "theirs.txt").write_text("not this run's")
+            raise ValueError("the run's own error")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "theirs.txt"]
