@@ -20,7 +20,7 @@ import pytest
 from test_output_lock import HOLD
 
 from streamfuse.atomic_write import partial_path
-from streamfuse.batch import BatchSummary, LocalEngine, RayEngine, bounded, find_jobs, run_batch, worker_cfg
+from streamfuse.batch import BatchSummary, LocalEngine, PairResult, RayEngine, bounded, find_jobs, run_batch, worker_cfg
 from streamfuse.config import load_config
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import VideoWriter, decode_frames
@@ -94,13 +94,20 @@ def test_bounded_keeps_at_most_limit_running_and_reads_jobs_lazily():
     assert peak[0] == 4 and len(out) == 5000 and out[0] == (0, 0, "r0")
 
 
-def test_local_engine_loads_the_model_once_and_each_video_starts_afresh(tmp_path, monkeypatch):
+def _tiny_weights(path: Path) -> Path:
+    """Untrained HCLFuse weights: the shipped ones are not needed to test the plumbing (skips without torch)."""
     pytest.importorskip("torch")
     import streamfuse.model.weights as hclfuse
 
-    weights = tmp_path / "tiny.pt"  # untrained: the shipped weights are not needed to test the plumbing
-    hclfuse.save_weights(weights, hclfuse.HCLFuseNet(hclfuse.ModelConfig(widths=(4, 8), latent_channels=2,
-                                                                         denoiser_width=4)))
+    hclfuse.save_weights(path, hclfuse.HCLFuseNet(hclfuse.ModelConfig(widths=(4, 8), latent_channels=2,
+                                                                      denoiser_width=4)))
+    return path
+
+
+def test_local_engine_loads_the_model_once_and_each_video_starts_afresh(tmp_path, monkeypatch):
+    weights = _tiny_weights(tmp_path / "tiny.pt")
+    import streamfuse.model.weights as hclfuse
+
     src = tmp_path / "src"
     for sub, seed in (("ir", 1), ("vi", 2)):
         (src / sub).mkdir(parents=True)
@@ -120,6 +127,23 @@ def test_local_engine_loads_the_model_once_and_each_video_starts_afresh(tmp_path
         (tmp_path / "out" / name).unlink()  # the same path (the config tag records it); a replay writes over none
         run_replay(cfg, ir_path=src / "ir" / name, vis_path=src / "vi" / name, out_path=tmp_path / "out" / name)
         assert (tmp_path / "out" / name).read_bytes() == batch
+
+
+def test_a_workers_model_is_loaded_again_for_other_engine_settings(tmp_path, monkeypatch):
+    """A Ray worker keeps its models across tasks, and a driver may run batches of other settings on the same Ray: a
+    model loaded for one engine (device, threads) is not handed to a pair of another."""
+    weights = _tiny_weights(tmp_path / "tiny.pt")
+    import streamfuse.model.weights as hclfuse
+    from streamfuse.batch.worker import Models
+
+    loads, real = [], hclfuse.load_weights
+    monkeypatch.setattr(hclfuse, "load_weights", lambda *a, **k: loads.append(1) or real(*a, **k))
+    models = Models()
+    for threads in (1, 1, 2):
+        models.fuser(load_config(REPO / "streamfuse" / "configs" / "replay.yaml",
+                                 ["fuse.name=hclfuse", f"hclfuse.weights={weights}", "engine.device=cpu",
+                                  f"engine.threads={threads}"]))
+    assert len(loads) == 2
 
 
 def test_a_bad_pair_fails_alone_and_complete_outputs_are_skipped(tmp_path):
@@ -188,6 +212,36 @@ def test_workers_run_without_progress_bars_of_their_own(tmp_path):
 
     run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"), Recording())
     assert given == [False]
+
+
+@pytest.mark.parametrize(("progress", "disable"), [(True, None), (False, True)])  # None: shown on a terminal
+def test_the_batch_bars_follow_replay_progress(monkeypatch, progress, disable):
+    import tqdm
+
+    given = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            given.append(kwargs["disable"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", [*CFG, f"replay.progress={progress}"])
+    run_batch(cfg, [])
+    assert given == [disable, disable]  # the pairs bar and the frames bar
+
+
+def test_the_local_engine_runs_its_pairs_with_a_workers_config_of_its_threads(monkeypatch):
+    """``threads`` reach the pairs: torch's and FFmpeg's "every core" (0) become the engine's CPUs."""
+    from streamfuse.batch.jobs import PairJob
+
+    given = []
+    monkeypatch.setattr("streamfuse.batch.local.replay_pair",
+                        lambda cfg, job, **kwargs: given.append(cfg) or PairResult(str(job.out), "done"))
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["engine.threads=0", "replay.codec_threads=0"])
+    job = PairJob(Path("ir.nut"), Path("vi.nut"), Path("/o/a.nut"))
+    assert [r.status for r in LocalEngine(threads=3).run(cfg, [job], resume=False, frames=print)] == ["done"]
+    assert given == [worker_cfg(cfg, 3)] and given[0].engine.threads == 3
 
 
 def test_in_a_folder_a_missing_visible_video_fails_its_pair_alone(tmp_path, caplog):
@@ -350,6 +404,22 @@ def test_a_compressed_recordings_output_is_named_without_either_extension(tmp_pa
         (tmp_path / "bags" / name).write_bytes(b"")
     jobs = find_jobs(tmp_path / "bags", tmp_path / "out")
     assert [job.out.name for job in jobs] == ["robot_0.mp4", "robot_1.mp4", "robot_2.mp4"]
+
+
+def test_a_bag_folders_output_is_named_as_the_whole_folder_even_with_a_dot_in_its_name(tmp_path):
+    (tmp_path / "bags" / "drive.2024-05-01").mkdir(parents=True)  # a bag folder: its name has no extension to drop
+    for name in ("metadata.yaml", "drive_0.mcap"):
+        (tmp_path / "bags" / "drive.2024-05-01" / name).write_bytes(b"")
+    assert [job.out.name for job in find_jobs(tmp_path / "bags", tmp_path / "out")] == ["drive.2024-05-01.mp4"]
+
+
+def test_a_bag_folder_given_as_the_batch_is_one_pair_however_many_files_it_was_split_into(tmp_path):
+    bag = tmp_path / "drive"
+    bag.mkdir()
+    for name in ("metadata.yaml", "drive_0.mcap", "drive_1.mcap"):
+        (bag / name).write_bytes(b"")
+    assert [(job.ir, job.out.name) for job in find_jobs(bag, tmp_path / "out")] == [(bag, "drive.mp4")]
+
 
 def test_paths_are_made_absolute_for_workers_in_other_folders(tmp_path, monkeypatch):
     """A cluster's workers do not run in the driver's folder: relative inputs and outputs would name other files."""
@@ -591,6 +661,32 @@ def test_a_pair_failing_with_any_ffmpeg_error_fails_alone(tmp_path, monkeypatch)
     summary = run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
     assert [r.status for r in summary.results] == ["failed", "done"]
     assert "Generic error in an external library" in summary.results[0].reason
+
+
+def test_a_failed_pairs_reason_is_one_line_logged_as_an_error(tmp_path, monkeypatch, caplog):
+    def two_line_error(cfg, **kwargs):
+        raise RuntimeError("decoder gave up\n  at frame 3")
+
+    monkeypatch.setattr("streamfuse.batch.worker.run_replay", two_line_error)
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    with caplog.at_level(logging.INFO, logger="streamfuse.batch"):
+        summary = run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"))
+    reason = summary.results[0].reason
+    assert summary.results[0].status == "failed" and "decoder gave up" in reason and "\n" not in reason
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.ERROR,
+                                                                      f"{tmp_path / 'out' / 'a.nut'}: {reason}")]
+
+
+@pytest.mark.parametrize("name", ["average", "laplacian", "max", "rule"])
+def test_a_worker_makes_every_baseline_fuser_afresh_for_each_video(name):
+    """Baselines load nothing: each video gets a fuser of its own (none carries another video's state)."""
+    from streamfuse.batch.worker import Models
+
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", [f"fuse.name={name}"])
+    models = Models()
+    first, second = models.fuser(cfg), models.fuser(cfg)
+    assert first is not second and type(first) is type(second)
 
 
 def test_each_pair_writes_its_frames_to_a_folder_of_its_own(tmp_path):
@@ -1129,3 +1225,140 @@ def test_a_pair_whose_ray_task_raised_fails_with_its_own_reason_not_as_a_lost_wo
     assert lost.status == "failed"
     assert lost.reason == ("its worker was lost (WorkerCrashedError: the worker died; Ray runs a pair again up to 3 "
                            "times); run again with --resume")
+
+
+class _FakeRay:
+    """Enough of ``ray`` for the driver's scheduling: each task ends at the first wait for it, with its pair done; the
+    frames counter has one frame fused each time it is asked."""
+
+    exceptions = SimpleNamespace(RayError=RuntimeError)
+
+    def __init__(self) -> None:
+        self.options, self.submitted, self.running, self.peak, self.took = {}, [], set(), 0, 0
+
+    def get_runtime_context(self):
+        return SimpleNamespace(gcs_address="127.0.0.1:6379")
+
+    def put(self, value):
+        return value
+
+    def remote_functions(self) -> dict:
+        def options(**kwargs):
+            self.options = kwargs
+            return SimpleNamespace(remote=submit)
+
+        def submit(cfg, job, resume, threads, progress):
+            self.submitted.append(job)
+            self.running.add(job.out)
+            self.peak = max(self.peak, len(self.running))
+            return job.out
+
+        progress = SimpleNamespace(take=SimpleNamespace(remote=lambda: "take"))
+        return {"replay": SimpleNamespace(options=options), "progress": SimpleNamespace(remote=lambda: progress)}
+
+    def wait(self, refs, num_returns, timeout):
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        if ref == "take":
+            self.took += 1
+            return 1
+        self.running.discard(ref)
+        return PairResult(str(ref), "done")
+
+
+def _schedule(engine: RayEngine, ray: _FakeRay, n: int, stop: threading.Event, monkeypatch) -> list[int]:
+    """Run the driver's scheduling of ``n`` pairs on ``ray``; returns the frames it reported to the bar."""
+    from streamfuse.batch import ray_engine
+    from streamfuse.batch.jobs import PairJob
+
+    monkeypatch.setattr(ray_engine, "_remote", lambda ray: ray.remote_functions())
+    jobs = [PairJob(Path(f"{i}.nut"), Path(f"{i}.nut"), Path(f"/o/{i}.nut")) for i in range(n)]
+    frames: list[int] = []
+    results = list(engine._schedule(ray, None, jobs, False, frames.append, stop))
+    assert [r.status for r in results] == ["done"] * len(ray.submitted)
+    return frames
+
+
+def test_the_ray_driver_gives_ray_two_pairs_per_worker_retries_lost_ones_and_counts_the_last_frames(monkeypatch):
+    """At most two pairs per worker are given to Ray at once (one running, one queued to start as the other ends);
+    a pair whose worker dies is run again up to ``retries`` times; the frames fused after the last wait reach the
+    bar too."""
+    ray = _FakeRay()
+    frames = _schedule(RayEngine(workers=2, retries=5), ray, 7, threading.Event(), monkeypatch)
+    assert len(ray.submitted) == 7 and ray.peak == 4
+    assert ray.options["max_retries"] == 5 and ray.options["retry_exceptions"] is False
+    assert frames == [1] * 8 and ray.took == 8  # one take per pair ended, and one at the end
+
+
+def test_a_batch_stopped_while_ray_started_gives_ray_nothing(monkeypatch):
+    ray = _FakeRay()
+    stop = threading.Event()
+    stop.set()
+    assert _schedule(RayEngine(workers=2), ray, 3, stop, monkeypatch) == []
+    assert ray.submitted == [] and ray.options == {}
+
+
+def test_a_stop_ends_the_drivers_wait_for_pairs_that_have_not_ended():
+    from streamfuse.batch.ray_engine import _Stopped, _wait_one
+
+    waits = []
+
+    def wait(refs, num_returns, timeout):
+        waits.append(timeout)
+        assert len(waits) < 100, "the driver waits on for pairs after a stop"
+        return [], refs
+
+    ray = SimpleNamespace(wait=wait, get=lambda ref: 0, exceptions=SimpleNamespace(RayError=RuntimeError))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(_Stopped):
+        _wait_one(ray, ["running"], SimpleNamespace(take=SimpleNamespace(remote=lambda: "take")), lambda n: None, stop)
+    assert len(waits) == 1
+
+
+def test_the_frames_counter_is_kept_for_the_next_batch_on_the_same_ray_only(monkeypatch):
+    from streamfuse.batch import ray_engine
+
+    made, address = [], ["127.0.0.1:6379"]
+    monkeypatch.setattr(ray_engine, "_remote", lambda ray: {"progress": SimpleNamespace(
+        remote=lambda: made.append(object()) or made[-1])})
+    ray = SimpleNamespace(get_runtime_context=lambda: SimpleNamespace(gcs_address=address[0]))
+    engine = RayEngine()
+    first = engine._progress_actor(ray)
+    assert engine._progress_actor(ray) is first
+    address[0] = "127.0.0.1:6380"  # another Ray (the first was shut down): its actor is gone with it
+    assert engine._progress_actor(ray) is not first and len(made) == 2
+
+
+def test_a_ray_client_address_is_left_to_ray(monkeypatch):
+    """``ray://HOST:PORT`` (Ray Client) is no GCS address to try here."""
+    from streamfuse.batch import ray_engine
+
+    monkeypatch.setattr(ray_engine.socket, "create_connection", lambda *a, **k: pytest.fail("connected"))
+    ray_engine._check_reachable("ray://127.0.0.1:10001")
+    ray_engine._check_reachable("auto")
+
+
+@pytest.mark.parametrize(("interrupted_by", "exits"), [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_a_ray_worker_whose_pair_a_sigterm_interrupted_exits_and_the_drivers_cancel_does_not(monkeypatch,
+                                                                                             interrupted_by, exits):
+    """A SIGTERM to a worker (a node shutting down) interrupts its pair: the worker exits for Ray to run the pair
+    again; the driver's cancel (SIGINT, through the task's handler) interrupts it as well, and the worker stays."""
+    from streamfuse.batch import ray_engine
+    from streamfuse.signals import handled
+
+    def replay(*args, **kwargs):
+        try:
+            if interrupted_by == signal.SIGINT:
+                signal.raise_signal(signal.SIGINT)  # ray.cancel, through the task's handler
+        except KeyboardInterrupt:
+            pass
+        return PairResult("o.nut", "interrupted")  # either way the replay stops and keeps its partial output
+
+    monkeypatch.setattr(ray_engine, "_MODELS", object())
+    monkeypatch.setattr(ray_engine, "replay_pair", replay)
+    raised = []
+    with handled(lambda signum, frame: raised.append(signum), (signal.SIGTERM,)):
+        result = ray_engine._ray_replay(None, None, False, 1, SimpleNamespace(add=SimpleNamespace(remote=print)))
+    assert result.status == "interrupted" and raised == ([signal.SIGTERM] if exits else [])

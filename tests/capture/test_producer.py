@@ -678,3 +678,53 @@ def test_packets_skipped_before_an_error_ended_the_source_are_counted(monkeypatc
     with pytest.raises(SystemExit):
         producer_process.produce("ir", SourceConfig(), ring, ring, ring, (0, 0, 0), beat)
     assert beat[3] == 5
+
+
+class _Paced(_Counting):
+    """A source with a frame interval of its own (a video's rate) that asks to sleep 0.5 s before each frame through
+    the stop event the producer gives it, and a ``skip`` of its own."""
+
+    frame_interval_ns = 40_000_000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped_by_skip: list[int] = []
+
+    def read(self) -> Frame:
+        self.stop_event.wait(0.5)
+        return super().read()
+
+    def skip(self, n: int) -> int:
+        self.skipped_by_skip.append(n)
+        self.n += n
+        return n
+
+
+def test_a_sources_pacing_sleep_posts_its_end_in_the_beat_and_its_own_interval_is_used(monkeypatch) -> None:
+    """The parent takes a source sleeping until its next frame's time (beat[2], monotonic ns) for a paced one, not a
+    hung one; beat[1] is the source's own frame interval (a video's rate), not 1 / fps; a resume skips through the
+    source's own ``skip`` (unpaced)."""
+    from types import SimpleNamespace
+
+    from streamfuse.capture import producer_process
+
+    source, posted = _Paced(), []
+    monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
+    monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: source)
+    monkeypatch.setattr(producer_process, "time", SimpleNamespace(monotonic_ns=lambda: 1_000))
+    out, beat = _Written(2), [0, 0, 0, 0]
+    out.wait = lambda timeout: posted.append(beat[2]) or False  # the stop flag's sleep: beat[2] posted before it
+    producer_process.produce("ir", SourceConfig(fps=30.0), out, out, out, (4, 4, 0), beat)
+    assert posted == [1_000 + 500_000_000] * 2 and beat[1] == 40_000_000
+    assert source.skipped_by_skip == [4] and [f.seq for f in out.frames] == [4, 5]
+
+
+def test_a_stop_flags_wait_says_whether_the_flag_was_set() -> None:
+    import multiprocessing as mp
+
+    from streamfuse.capture.producer_process import StopFlag
+
+    flag = StopFlag(mp.get_context("spawn"))
+    assert flag.wait(0) is False
+    flag.set()
+    assert flag.wait(0) is True

@@ -320,3 +320,41 @@ def test_a_looped_folder_goes_on_after_its_last_frame(tmp_path):
     assert frames[0].image.shape == (8, 8)
     with pytest.raises(SourceError, match="image folder not found"):
         open_source("ir", SourceConfig(kind="folder", path=str(tmp_path / "nope"))).open()
+
+
+def test_a_frames_counts_are_its_own_and_an_8_bit_frame_after_a_16_bit_one_has_none(tmp_path):
+    """Frame.counts is the 16-bit frame's own; a folder's 8-bit image after a 16-bit one carries no counts of the
+    frame before."""
+    cv2.imwrite(str(tmp_path / "0000.png"), np.full((8, 8), 9000, np.uint16))
+    cv2.imwrite(str(tmp_path / "0001.png"), np.full((8, 8), 7, np.uint8))
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=False))
+    assert int(frames[0].counts[0, 0]) == 9000 and frames[1].counts is None
+
+
+def test_only_a_16_bit_grey_ir_frame_keeps_its_counts(tmp_path):
+    """Counts are a thermal camera's (H, W) grey; a 16-bit colour image is brought to 8 bits and keeps none."""
+    cv2.imwrite(str(tmp_path / "0000.png"), np.full((8, 8, 3), 9000, np.uint16))
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=False))
+    assert frames[0].image.shape == (8, 8) and frames[0].counts is None
+
+
+def test_a_visible_frame_is_bgr_whatever_its_channels_and_one_channel_is_grey(tmp_path):
+    """A BGRA image loses its alpha; an (H, W, 1) image is (H, W) grey."""
+    cv2.imwrite(str(tmp_path / "0000.png"), np.full((8, 8, 4), 200, np.uint8))
+    with open_source("vis", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False)) as src:
+        assert src.read().image.shape == (8, 8, 3)
+        assert src._convert(np.full((8, 8, 1), 5, np.uint8)).shape == (8, 8)
+
+
+def test_a_realtime_source_does_not_sleep_through_a_jump_in_its_recorded_times(tmp_path, monkeypatch):
+    """Frames 0-3 then frame 1000 (100 s later at 10 fps): pacing takes the jump out of its time line, so frame 1000
+    is paced one frame interval after frame 3, not 100 s."""
+    from streamfuse.capture.sources import BaseSource
+
+    for n in (0, 1, 2, 3, 1000):
+        cv2.imwrite(str(tmp_path / f"{n:04d}.png"), np.full((8, 8, 3), 1, np.uint8))
+    asked: list[float] = []
+    monkeypatch.setattr(BaseSource, "_sleep", lambda self, seconds: asked.append(seconds))
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=True, loop=False))
+    assert frames[-1].t_capture_ns == 100_000_000_000  # the frame keeps its own time; only the pacing skips the jump
+    assert len(asked) == 4 and max(asked) <= 0.4
