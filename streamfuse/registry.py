@@ -39,7 +39,7 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
     return table[name]
 
 
-def build(kind: str, name: str, **cfg: Any) -> Any:
+def build(kind: str, name: str, /, **cfg: Any) -> Any:
     """Build (kind, name) with cfg, dropping None values as timm does."""
     return lookup(kind, name)(**{k: v for k, v in cfg.items() if v is not None})
 
