@@ -385,3 +385,110 @@ def test_without_first_timeout_the_first_wait_is_the_longer_of_timeout_and_the_d
     assert "for 0.4 s after 0 frames" in capsys.readouterr().err
     assert main(["tcp://127.0.0.1:1", "--timeout", "0.5"]) == 1
     assert "for 0.5 s after 0 frames" in capsys.readouterr().err
+
+
+class ScriptedSubscriber:
+    """What ``_loop`` reads of a Subscriber: it hands out ``frames`` (header, image) in order, then none; at the
+    first empty wait ``malformed_then`` more messages have arrived malformed (a publisher that went wrong mid-run)."""
+
+    def __init__(self, frames: list[tuple[dict, np.ndarray]], malformed: int = 0, malformed_then: int = 0) -> None:
+        self.frames, self.malformed, self.malformed_then = list(frames), malformed, malformed_then
+        self.received = self.missed = self.discarded = self.via_shm = self.handshake_failures = 0
+        self.last_malformed = "header is not UTF-8 JSON"
+
+    def recv(self, timeout_s: float) -> tuple[dict, np.ndarray] | None:
+        if not self.frames:
+            self.malformed, self.malformed_then = self.malformed + self.malformed_then, 0
+            return None
+        self.received += 1
+        return self.frames.pop(0)
+
+
+NOW_NS = 1_700_000_000 * 10**9  # the wall clock of the scripted runs (2023)
+
+
+def _scripted_header(seq: int, clock: str = "epoch", vis_ns: int = NOW_NS - 40_000_000,
+                     ir_ns: int = NOW_NS - 50_000_000) -> dict:
+    return {"seq": seq, "width": 6, "height": 4, "encoding": "bgr8", "format": "raw", "t_capture_clock": clock,
+            "t_capture_vis_ns": vis_ns, "t_capture_ir_ns": ir_ns, "t_publish_ns": NOW_NS - 2_500_000}
+
+
+def _scripted_run(sub: ScriptedSubscriber, monkeypatch: pytest.MonkeyPatch, count: int = 0) -> int:
+    """``_loop`` over ``sub`` with the wall clock at NOW_NS and a monotonic clock that moves 0.1 s a reading."""
+    import argparse
+    import itertools
+    from types import SimpleNamespace
+
+    import streamfuse.subscribe
+    from streamfuse.subscribe import _loop
+
+    ticks = itertools.count()
+    monkeypatch.setattr(streamfuse.subscribe, "time", SimpleNamespace(time_ns=lambda: NOW_NS,
+                                                                      monotonic=lambda: next(ticks) / 10))
+    args = argparse.Namespace(endpoint="tcp://127.0.0.1:1", topic="fused/", count=count, timeout=1.0,
+                              first_timeout=1.0, server_key="", save=None, every=1, show=False)
+    return _loop(sub, args)
+
+
+def test_latencies_are_in_ms_from_the_visible_capture_and_the_publish_time(monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    image = np.zeros((4, 6, 3), np.uint8)
+    assert _scripted_run(ScriptedSubscriber([(_scripted_header(0), image)]), monkeypatch, count=1) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "age    40.0 ms (ir 50.0) net   2.50 ms" in line, line
+
+
+@pytest.mark.parametrize(("vis_ns", "age"), [(NOW_NS - 40_000_000, "age    40.0 ms"),
+                                             (3 * 10**9, "age n/a (the source's own clock)")])
+def test_an_older_publisher_that_names_no_clock_gets_an_age_only_for_wall_clock_times(
+        vis_ns: int, age: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # a publisher before t_capture_clock sends ""; a video file's times from 0 read as 53 years of age
+    frame = (_scripted_header(0, clock="", vis_ns=vis_ns, ir_ns=vis_ns), np.zeros((4, 6, 3), np.uint8))
+    assert _scripted_run(ScriptedSubscriber([frame]), monkeypatch, count=1) == 0
+    assert age in capsys.readouterr().out.splitlines()[0]
+
+
+def test_the_rate_is_frames_per_second_between_the_first_and_last_arrival(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    image = np.zeros((4, 6, 3), np.uint8)
+    frames = [(_scripted_header(seq), image) for seq in range(3)]
+    assert _scripted_run(ScriptedSubscriber(frames), monkeypatch, count=3) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ["  0.0 fps" in lines[0], " 10.0 fps" in lines[2]] == [True, True], lines  # 2 intervals of 0.1 s
+
+
+def test_a_silence_after_frames_counts_only_the_malformed_messages_meanwhile(monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    # five malformed before the first frame, one after it: "6 messages arrived, all malformed" was no longer true
+    sub = ScriptedSubscriber([(_scripted_header(0), np.zeros((4, 6, 3), np.uint8))], malformed=5, malformed_then=1)
+    assert _scripted_run(sub, monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert "after 1 frames: 1 message arrived, malformed (the last: header is not UTF-8 JSON)" in err, err
+
+
+@pytest.mark.parametrize(("received", "said"), [(10_000, False), (10_001, True)])
+def test_the_summary_names_its_latency_window_only_once_frames_fell_out_of_it(received: int, said: bool,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    import collections
+    from types import SimpleNamespace
+
+    from streamfuse.subscribe import SUMMARY_WINDOW, _summary
+
+    assert SUMMARY_WINDOW == 10_000
+    sub = SimpleNamespace(received=received, missed=0, malformed=0, discarded=0, via_shm=0)
+    _summary(sub, collections.deque([1.0]), collections.deque([1.0]), 1.0)
+    assert ("(latencies of the last 10000)" in capsys.readouterr().out) == said
+
+
+@pytest.mark.parametrize(("mb", "limit"), [("0.5", 500_000), ("1e-9", 1)])
+def test_max_frame_mb_reaches_the_subscriber_in_bytes(mb: str, limit: int, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    seen = {}
+
+    def subscriber(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise ValueError("not connecting here")
+
+    monkeypatch.setattr("streamfuse.subscribe.Subscriber", subscriber)
+    assert main(["tcp://127.0.0.1:1", "--max-frame-mb", mb]) == 2
+    assert seen["max_frame_bytes"] == limit

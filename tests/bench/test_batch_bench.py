@@ -34,3 +34,98 @@ def test_a_bad_config_is_one_line_before_any_work(args, message, monkeypatch, ca
         bench_batch.main(args)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_pairs_are_hard_links_of_the_ir_and_the_visible_video(tmp_path):
+    folder = bench_batch._pairs(tmp_path / "src", 3, 2, 32, 24, prefix="q")
+    for sub, name in (("ir", "ir.mp4"), ("vi", "vis.mp4")):
+        assert sorted(p.name for p in (folder / sub).iterdir()) == ["q0.mp4", "q1.mp4", "q2.mp4"]
+        assert all((folder / sub / p).samefile(folder / name) for p in ("q0.mp4", "q2.mp4"))
+
+
+def _summary(*results):
+    from streamfuse.batch import BatchSummary
+
+    return BatchSummary(list(results), wall_s=4.0)
+
+
+def test_a_batch_run_reports_frames_per_wall_second_and_stops_at_a_failed_pair(monkeypatch, tmp_path):
+    from streamfuse.batch import PairResult
+
+    done = [PairResult("a.mp4", "done", frames_out=30, fps=15.0), PairResult("b.mp4", "done", frames_out=50, fps=25.0)]
+    monkeypatch.setattr("streamfuse.batch.find_jobs", lambda src, out: [])
+    monkeypatch.setattr("streamfuse.batch.run_batch", lambda cfg, jobs, engine: _summary(*done))
+    row = bench_batch._batch(None, tmp_path, tmp_path / "out", None)
+    assert (row["frames"], row["wall"], row["fps"], row["pair_fps"]) == (80, 4.0, 20.0, [15.0, 25.0])
+    failed = PairResult("c.mp4", "failed", reason="no video stream")
+    monkeypatch.setattr("streamfuse.batch.run_batch", lambda cfg, jobs, engine: _summary(*done, failed))
+    with pytest.raises(SystemExit) as exc:
+        bench_batch._batch(None, tmp_path, tmp_path / "out", None)
+    assert exc.value.code == "bench batch: c.mp4: no video stream"
+
+
+def test_ray_starts_with_one_cpu_per_worker_warms_up_and_always_shuts_down(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    calls = []
+    ray = types.ModuleType("ray")
+    ray.init = lambda **kwargs: calls.append(("init", kwargs["num_cpus"]))
+    ray.shutdown = lambda: calls.append(("shutdown",))
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setattr("streamfuse.batch.RayEngine", lambda **kwargs: calls.append(("engine", kwargs)) or "engine")
+    monkeypatch.setattr("streamfuse.batch.find_jobs", lambda src, out: [(src, out)])
+
+    def run_batch(cfg, jobs, engine):
+        calls.append(("batch", jobs[0]))
+        raise SystemExit("a pair failed")
+
+    monkeypatch.setattr("streamfuse.batch.run_batch", run_batch)
+    with pytest.raises(SystemExit):
+        bench_batch._ray(None, tmp_path / "src", tmp_path / "warm", tmp_path / "out", 3)
+    assert calls == [("init", 3), ("engine", {"workers": 3, "threads": 1}),
+                     ("batch", (tmp_path / "warm", tmp_path / "out" / "warm")), ("shutdown",)]
+
+
+@pytest.mark.parametrize(("rc", "stderr", "fps"), [(0, "replayed: wall 2.0 s, 15.5 frames/s\n", 15.5),
+                                                   (1, "replayed: wall 2.0 s, 15.5 frames/s\nerror: disk full\n", None),
+                                                   (0, "no summary\n", None)])
+def test_the_single_replay_runs_on_one_thread_and_its_failure_is_one_line(rc, stderr, fps, monkeypatch, tmp_path):
+    import argparse
+    import subprocess
+
+    seen = {}
+
+    def run(cmd, env, **kwargs):
+        seen.update(cmd=cmd, env=env)
+        return subprocess.CompletedProcess(cmd, rc, "", stderr)
+
+    monkeypatch.setattr(bench_batch.subprocess, "run", run)
+    args = argparse.Namespace(config="replay")
+    if fps is None:
+        with pytest.raises(SystemExit, match=rf"^bench batch: the single replay failed \(rc {rc}\): "):
+            bench_batch._single_replay(args, ["a.b=1"], tmp_path / "ir.mp4", tmp_path / "vi.mp4", tmp_path / "o.mp4")
+        return
+    assert bench_batch._single_replay(args, ["a.b=1", "c.d=2"], tmp_path / "ir.mp4", tmp_path / "vi.mp4",
+                                      tmp_path / "o.mp4") == fps
+    assert seen["cmd"][-4:] == ["--set", "a.b=1", "--set", "c.d=2"]
+    assert (seen["env"]["OMP_NUM_THREADS"], seen["env"]["OPENCV_FOR_THREADS_NUM"]) == ("1", "1")
+
+
+def test_the_table_compares_n_workers_with_one_and_a_worker_with_a_single_replay(monkeypatch, capsys):
+    pytest.importorskip("ray")
+    seen = {}
+    row = {"frames": 60, "wall": 2.0, "fps": 30.0, "pair_fps": [10.0, 12.0, 20.0], "load": "0.10 -> 0.20"}
+    monkeypatch.setattr(bench_batch, "_pairs", lambda folder, *a, **k: folder)
+    monkeypatch.setattr(bench_batch, "_batch", lambda *a: row)
+    monkeypatch.setattr(bench_batch, "_ray", lambda cfg, src, warm, out, n: {**row, "fps": 30.0 * n,
+                                                                           "pair_fps": [6.0 * n]})
+    monkeypatch.setattr(bench_batch, "_single_replay", lambda args, overrides, *paths: seen.update(
+        overrides=overrides) or 4.0)
+    bench_batch.main(["--workers", "3", "--set", "engine.threads=2"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["ray 3 workers vs 1: 3.00x", "one ray worker: 6.0 frames/s (median of its pairs); a single "
+                        "replay of the same pair with one thread: 4.0 frames/s; ratio 1.50"]
+    # the user's --set comes last, so it wins over the benchmark's own one-thread settings
+    assert seen["overrides"][-2:] == ["fuse.name=max", "engine.threads=2"]
+    assert seen["overrides"][0] == "engine.threads=1"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 from streamfuse.bench import view as bench_view
@@ -25,3 +28,95 @@ def test_bad_arguments_are_one_line(args, message, capsys, tmp_path, monkeypatch
     with pytest.raises(SystemExit) as exit_:
         bench_view.main(args)
     assert exit_.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(message)
+
+
+def test_cpu_seconds_are_the_process_user_and_system_time() -> None:
+    sum(i * i for i in range(200_000))  # some CPU time to read
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    before = os.times()
+    cpu = bench_view._cpu_s(os.getpid())
+    after = os.times()
+    assert before.user + before.system - tick <= cpu <= after.user + after.system + tick
+
+
+def test_a_child_that_ends_before_it_is_ready_is_one_line_with_its_last_words(tmp_path) -> None:
+    code = "import sys; sys.stderr.write('loading\\nno camera here\\n')"
+    with pytest.raises(SystemExit) as exc:
+        bench_view._start([sys.executable, "-c", code, "extra"], tmp_path / "child.log", r"ready on (\d+)")
+    assert exc.value.code == f"bench view: {code} extra did not start: no camera here"
+
+
+def test_a_viewer_of_another_checkout_runs_there_with_that_checkout_first_on_its_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    code = "import os, sys; sys.stderr.write(f'in {os.getcwd()} path {os.environ[\"PYTHONPATH\"]} ready\\n')"
+    proc, said = bench_view._start([sys.executable, "-c", code], tmp_path / "child.log", r"(in .* ready)",
+                                   tmp_path.resolve())
+    proc.wait(timeout=60)
+    assert said == f"in {tmp_path.resolve()} path {tmp_path.resolve()}{os.pathsep}/elsewhere ready"
+
+
+class _Child:
+    """A started process as main() uses it, that records its stop."""
+
+    pid = 0
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def terminate(self) -> None:
+        self.stopped = True
+
+    def wait(self) -> int:
+        return 0
+
+
+def _scripted_main(monkeypatch, args: list[str]) -> tuple[list, list]:
+    """``main(args)`` with its children and rounds recorded, not run: (argv, checkout, child) each, (viewer, port)."""
+    started, rounds = [], []
+
+    def start(argv, log, ready, src=None):
+        started.append((argv, src, _Child()))
+        return started[-1][2], "tcp://127.0.0.1:5" if "run" in argv else str(8000 + len(started))
+
+    monkeypatch.setattr(bench_view, "_start", start)
+    monkeypatch.setattr(bench_view, "_round", lambda name, proc, port, args: rounds.append((name, port)))
+    assert bench_view.main(args) == 0
+    return started, rounds
+
+
+def test_rounds_alternate_between_the_viewers_and_every_child_is_stopped(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "other" / "streamfuse" / "view").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # --against as a relative path: the child runs there, so it must be made absolute
+    started, rounds = _scripted_main(monkeypatch, ["--pages", "2", "--rounds", "2", "--against", "other"])
+    assert rounds == [("this", 8002), ("against", 8003)] * 2
+    assert [src for _, src, _ in started] == [None, None, tmp_path / "other"]
+    assert started[2][1].is_absolute()
+    assert all(child.stopped for *_, child in started)
+
+
+def test_a_viewer_is_given_room_for_more_pages_than_its_default_cap(monkeypatch, capsys) -> None:
+    from streamfuse.view.gate import MAX_CONNECTIONS
+
+    for pages, cap in ((MAX_CONNECTIONS - 1, []), (100, ["--max-connections", "108"])):
+        started, _ = _scripted_main(monkeypatch, ["--pages", str(pages), "--rounds", "1"])
+        viewer = started[1][0]
+        assert viewer[viewer.index("0") + 1:] == cap  # after --port 0
+
+
+def test_a_round_reports_the_viewers_cores_over_its_timed_seconds_alone(monkeypatch, capsys) -> None:
+    import argparse
+    import itertools
+    from types import SimpleNamespace
+
+    async def pages(port, n, seconds):
+        return 2, [5.0, 7.0]
+
+    cpu = iter([10.0, 16.0])  # the viewer's CPU seconds before and after the round
+    clock = iter([100.0, 100.0 + bench_view.WARM_UP_S + 2.0])  # 2 s timed after the warm-up
+    monkeypatch.setattr(bench_view, "_pages", pages)
+    monkeypatch.setattr(bench_view, "_cpu_s", lambda pid: next(cpu))
+    monkeypatch.setattr(bench_view, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(bench_view.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    bench_view._round("this", SimpleNamespace(pid=0), 8000, argparse.Namespace(pages=2, seconds=2.0))
+    assert capsys.readouterr().out.split() == ["this", "2", "6.0", "5.0", "12", "3.00", "1.50"]
+    assert list(itertools.chain(cpu, clock)) == []

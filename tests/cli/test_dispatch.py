@@ -43,6 +43,12 @@ def test_unknown_command_is_one_line(capsys):
     assert capsys.readouterr().err.startswith("streamfuse bench: unknown command '--version'; choose one of fuse,")
 
 
+def test_a_command_that_returns_nothing_succeeded(capsys):
+    # a command's main may end without a status (bench batch's does): None is 0, as sys.exit(None) is
+    assert dispatch("streamfuse", {"x": "builtins:print"}, ["x"], "") == 0
+    assert capsys.readouterr().out == "[]\n"  # print() of the command's own (empty) arguments
+
+
 def test_a_missing_extra_is_one_line():
     with pytest.raises(SystemExit) as exc:
         dispatch("streamfuse", {"x": "streamfuse_no_such_module:main"}, ["x"], "")
@@ -124,7 +130,7 @@ def test_a_ctrl_c_a_command_lets_through_is_one_line(monkeypatch, capsys):
 
 @pytest.mark.parametrize("command, status", [("run", 0), ("replay", 130), ("recover", 130), ("train", 130),
                                              ("subscribe", 0), ("view", 0), ("foxglove", 0),
-                                             ("bench", 130)])
+                                             ("evaluate", 130), ("bench", 130)])
 def test_a_sigterm_while_a_command_loads_is_its_clean_stop(command, status, monkeypatch, capsys):
     """A service manager that stops a command just after starting it, while its module loads (torch, OpenCV, the
     model: seconds), before the command's own handlers: one line and the exit status it gives for SIGTERM later

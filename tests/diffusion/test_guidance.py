@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from streamfuse.diffusion.guidance import (ComposedGuide, PhysicsGuide, default_guides, energies, g_max_torch,
+from streamfuse.diffusion.guidance import (LAMBDAS, ComposedGuide, PhysicsGuide, default_guides, energies, g_max_torch,
                                           guide_decoded, guide_inputs, structure_energy, structure_grad_torch,
                                           structure_inputs)
-from streamfuse.imageops.tensors import laplacian
+from streamfuse.imageops.tensors import box_filter, laplacian
 
 
 def _step_image() -> torch.Tensor:
@@ -169,3 +169,75 @@ def test_the_structure_energy_counts_only_the_masked_pixels():
     assert structure_energy(x, cond) == 0.0  # the edge is strong, but nowhere the mask looks
     cond["m_stru"][..., 3, 8] = 1.0  # one pixel on the edge: G = sqrt((2 / 8 * 4)^2 + 1e-6) there
     assert structure_energy(x, cond) == pytest.approx(0.5 * (1.0 + 1e-6) / 256)
+
+
+def test_the_masks_are_the_documented_thresholds():
+    """``M_stru = [G_max > 1.5 mean(G_max)]``, ``M_heat = [box3(IR') > mean(IR')]``, ``M_vis = [|lap(VIS)| > mean]``,
+    each per image (module docstring)."""
+    gen = torch.Generator().manual_seed(10)
+    ir01, vis01 = torch.rand(1, 1, 24, 32, generator=gen), torch.rand(1, 1, 24, 32, generator=gen)
+    cond = guide_inputs(ir01, vis01, (24, 32))
+    g_max = g_max_torch(ir01, vis01)
+    lap_vis = laplacian(vis01 * 2 - 1).abs()
+    for key, expected in (("m_stru", g_max > 1.5 * g_max.mean()),
+                          ("m_heat", box_filter(cond["ir"], 3) > cond["ir"].mean()),
+                          ("m_vis", lap_vis > lap_vis.mean())):
+        assert 0 < int(expected.sum()) < expected.numel(), key  # both kinds of pixel: the threshold matters
+        torch.testing.assert_close(cond[key], expected.float(), msg=key)
+
+
+def test_sources_are_averaged_down_to_the_latent_size():
+    checker = (torch.arange(8).view(1, 8) + torch.arange(8).view(8, 1)) % 2  # finest texture: mean 0.5 per 2x2
+    cond = guide_inputs(checker.view(1, 1, 8, 8).float(), torch.zeros(1, 1, 8, 8), (4, 4))
+    torch.testing.assert_close(cond["ir"], torch.zeros(1, 1, 4, 4))  # 0.5 in 0..1 is 0 in the latent's range
+    torch.testing.assert_close(cond["vis"], torch.full((1, 1, 4, 4), -1.0))
+
+
+@pytest.mark.parametrize(("mask", "weight"), [("m_heat", 0.6), ("m_vis", 0.4)])
+def test_consistency_weighs_ir_0_6_and_the_visible_0_4(mask, weight):
+    ones, zeros = torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    cond = {"ir": ones, "vis": ones, "m_heat": zeros, "m_vis": zeros, mask: ones}
+    out = PhysicsGuide("consistency", 0.5, timesteps=(0,))(zeros, 0, cond)
+    torch.testing.assert_close(out, torch.full_like(out, 0.5 * weight))  # x - lam * w (x - 1) at x = 0
+    assert energies(zeros, {**cond, **structure_inputs(zeros, zeros)})["consistency"] == pytest.approx(0.5 * weight)
+
+
+@pytest.mark.parametrize("kind", ["heat", "structure", "consistency"])
+def test_each_guide_step_follows_the_gradient_of_its_energy(kind):
+    """The closed-form ``dE/dx`` of each operator against the energy :func:`energies` reports: a central difference
+    along a random direction (exact for the quadratic heat and consistency energies) that leaves the 2-pixel border
+    alone, where the structure step's adjoint is the zero-border one, not that of the replicate padding."""
+    gen = torch.Generator().manual_seed(11)
+    n = 12
+    cond = guide_inputs(torch.rand(1, 1, n, n, generator=gen), torch.rand(1, 1, n, n, generator=gen), (n, n))
+    x = torch.rand(1, 1, n, n, generator=gen) - 0.5
+    v = torch.zeros(1, 1, n, n)
+    v[..., 2:-2, 2:-2] = torch.randn(1, 1, n - 4, n - 4, generator=gen)
+    lam = 1e-3  # small: the step is not clamped
+    grad = (x - PhysicsGuide(kind, lam, timesteps=(0,))(x, 0, cond)) / lam  # dE/dx of the energy summed over pixels
+    h = 1e-3
+    slope = (energies(x + h * v, cond)[kind] - energies(x - h * v, cond)[kind]) / (2 * h)
+    pixels = n * (n - 1) if kind == "heat" else n * n  # energies() reports means: of the n (n - 1) differences each way
+    assert float((grad * v).sum()) / pixels == pytest.approx(slope, rel=1e-2)
+
+
+def test_a_guide_step_keeps_the_image_channels_in_the_latent_range():
+    x = torch.full((1, 2, 6, 6), 0.9)
+    x[..., :, 3:] = -0.9
+    cond = {"ir": torch.ones(1, 1, 6, 6), "vis": torch.ones(1, 1, 6, 6), "m_heat": torch.ones(1, 1, 6, 6),
+            "m_vis": torch.ones(1, 1, 6, 6)}
+    out = PhysicsGuide("consistency", 10.0, timesteps=(0,))(x, 0, cond)  # a step far past +1
+    assert out[:, :1].max() == 1.0 and out[:, :1].min() >= -1.0
+
+
+def test_default_guides_decay_at_the_rate_they_are_given():
+    guides = default_guides((999, 499), gamma=2.0).guides
+    assert [g.weight(999) for g in guides] == pytest.approx([lam * math.exp(-2.0 / 2) for lam in LAMBDAS])
+
+
+def test_the_energies_read_only_the_image_channels():
+    gen = torch.Generator().manual_seed(12)
+    cond = _cond(torch.rand(1, 1, 8, 8, generator=gen), torch.rand(1, 1, 8, 8, generator=gen))
+    x = torch.rand(1, 3, 8, 8, generator=gen) * 2 - 1  # the other channels are no image: they must not count
+    assert energies(x, cond) == energies(x[:, :1], cond)
+    assert energies(x, cond, channels=2) != energies(x[:, :1], cond)

@@ -82,3 +82,43 @@ def test_a_guided_step_takes_its_noise_direction_from_the_corrected_x0():
     expected = abar_prev.sqrt() * c + (1 - abar_prev).sqrt() * x0_to_eps(x, c, abar)
     torch.testing.assert_close(out.x0_pred, c)
     torch.testing.assert_close(out.x_prev, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_sampling_hands_the_guide_each_timestep_and_the_model_its_condition():
+    seen = []
+
+    def model(x, t, *, shift):
+        seen.append(("model", int(t[0]), shift))
+        return 0.5 * x
+
+    def guide(x0, t, cond):
+        seen.append(("guide", t, cond["shift"]))
+        return x0 * 0.5
+
+    noise = torch.randn(1, 1, 3, 3, generator=torch.Generator().manual_seed(4))
+    guided = sample_ddim(model, noise, [999, 499], SCHEDULE, cond={"shift": 7}, guide=guide)
+    assert seen == [("model", 999, 7), ("guide", 999, 7), ("model", 499, 7), ("guide", 499, 7)]
+    assert not torch.equal(guided, sample_ddim(model, noise, [999, 499], SCHEDULE, cond={"shift": 7}))
+
+
+def test_the_callback_gets_each_steps_latent_timestep_and_predicted_x0():
+    g = torch.Generator().manual_seed(5)
+    target = torch.rand(1, 2, 4, 4, generator=g) * 2 - 1
+    seen = []
+    out = sample_ddim(_oracle(target), torch.randn(1, 2, 4, 4, generator=g), [999, 499, 0], SCHEDULE,
+                      callback=seen.append)
+    assert [s["t"] for s in seen] == [999, 499, 0]
+    assert seen[-1]["x"] is out
+    for s in seen:  # the oracle predicts the target at every step; the latent reaches it only at the end
+        torch.testing.assert_close(s["x0_pred"], target, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(seen[0]["x"], target, atol=1e-2)
+
+
+def test_a_step_to_timestep_0_lands_on_its_noise_level_not_on_x0():
+    # t_prev = 0 is a real timestep (abar_0 = 0.9999, as ddim_timesteps(1000) ends); only -1 means "after the last"
+    g = torch.Generator().manual_seed(6)
+    x, eps = torch.randn(1, 1, 4, 4, generator=g), torch.randn(1, 1, 4, 4, generator=g)
+    out = ddim_step(eps, x, 10, 0, SCHEDULE)
+    expected = SCHEDULE[0].sqrt() * out.x0_pred + (1 - SCHEDULE[0]).sqrt() * eps
+    torch.testing.assert_close(out.x_prev, expected)
+    assert not torch.allclose(out.x_prev, out.x0_pred, atol=1e-3)

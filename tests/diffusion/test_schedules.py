@@ -45,3 +45,9 @@ def test_ddim_timesteps_round_a_stride_that_does_not_divide_the_schedule():
     # steps a student was distilled at were then not the ones it sampled at
     assert ddim_timesteps(3) == [999, 666, 332]
     assert ddim_timesteps(6) == [999, 832, 666, 499, 332, 166]
+
+
+def test_ddim_timesteps_can_run_every_training_timestep():
+    assert ddim_timesteps(1000) == list(range(999, -1, -1))
+    with pytest.raises(ValueError, match=r"steps=1001 is out of range; allowed: 1\.\.1000"):
+        ddim_timesteps(1001)

@@ -1,0 +1,62 @@
+"""The command-line argument types and helpers every command shares: where each range starts and ends, and the
+shared data folder's default."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from streamfuse.cli.args import config_value, data_dir, int_at_least, positive, seconds
+
+
+def test_int_at_least_takes_both_ends_of_its_range() -> None:
+    assert [int_at_least(1, 1000)(text) for text in ("1", "1000")] == [1, 1000]
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^must be in 1\.\.1000, got 1001$"):
+        int_at_least(1, 1000)("1001")
+
+
+def test_positive_takes_its_maximum_and_refuses_infinity_where_it_has_none() -> None:
+    assert positive(600)("600") == 600.0
+    assert positive()("1e300") == 1e300
+    for text in ("inf", "nan", "0"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"^must be a finite number > 0, got {text}$"):
+            positive()(text)
+
+
+def test_a_time_span_of_zero_is_taken() -> None:
+    # 0 is what --duration, --name-wait and --gpus read as "until stopped" or "none"; their help says so
+    assert seconds("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^inf must be a finite number of seconds >= 0$"):
+        seconds("inf")
+
+
+def test_the_data_folder_is_streamfuse_data_else_shared_data_beside(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    monkeypatch.setenv("STREAMFUSE_DATA", str(tmp_path / "data"))
+    assert data_dir(tmp_path) == tmp_path / "data"
+    monkeypatch.setenv("STREAMFUSE_DATA", "")  # set but empty (an unset shell variable exported): not "."
+    assert data_dir(tmp_path) == tmp_path / "shared" / "data"
+    monkeypatch.delenv("STREAMFUSE_DATA")
+    assert data_dir() == Path("..") / "shared" / "data"  # training's default: beside the working directory
+
+
+@dataclass(frozen=True)
+class _Section:
+    """A config section whose range check refuses 0 (as ``HCLFuseConfig.steps`` does)."""
+
+    steps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps={self.steps} must be >= 1")
+
+
+def test_a_config_value_is_checked_by_its_section_and_0_is_off_unless_said_otherwise() -> None:
+    assert config_value(_Section, "steps")("0") == 0  # the options that read 0 as their default or as off
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^steps=-1 must be >= 1$"):
+        config_value(_Section, "steps")("-1")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^steps=0 must be >= 1$"):
+        config_value(_Section, "steps", zero_is_off=False)("0")
