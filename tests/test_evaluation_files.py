@@ -14,7 +14,7 @@ import pytest
 
 from streamfuse.atomic_write import write_file, write_png
 from streamfuse import metrics
-from streamfuse.eval_report import check_outputs, markdown_table
+from streamfuse.eval_report import check_outputs, markdown_table, write_csv
 
 
 def test_a_full_disk_leaves_the_earlier_file_and_no_partial_one(tmp_path, monkeypatch):
@@ -116,3 +116,36 @@ def test_every_line_of_the_markdown_table_has_as_many_columns_as_its_header(delt
     lines = markdown_table({"max": row, "average": {**row, "ms": 2.0}}).splitlines()
     assert len(lines) == 4 and len({line.count("|") for line in lines}) == 1, lines
     assert set(lines[1].strip("|").split("|")) == {"---"}
+
+
+def test_an_output_folder_is_checked_for_writing_not_reading(tmp_path, monkeypatch):
+    """A folder that can be read but not written (simulated: this may run as root) is refused, itself or its parent."""
+    (read_only := tmp_path / "ro").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: not (Path(p) == read_only and mode & os.W_OK)
+                        and real_access(p, mode))
+    for out in (read_only, read_only / "scores"):
+        with pytest.raises(ValueError, match=f"output folder {out} cannot be written: {read_only} is not writable"):
+            check_outputs({}, {"output folder": out})
+    check_outputs({}, {"output folder": tmp_path / "elsewhere"})
+
+
+def test_an_input_given_through_a_symlink_is_still_never_written_into(tmp_path):
+    (real := tmp_path / "data" / "ir").mkdir(parents=True)
+    (link := tmp_path / "ir_link").symlink_to(real)
+    with pytest.raises(ValueError, match=f"output folder {real / 'scores'} is or lies in the IR folder {link}"):
+        check_outputs({"IR": link}, {"output folder": real / "scores"})
+
+
+def test_the_csv_keeps_six_significant_digits(tmp_path):
+    row = {"method": "max", "image": "p0", **{k: 1.23456789 for k in metrics.METRICS}, "ms": 12.3456789}
+    write_csv(tmp_path / "metrics.csv", [row])
+    header, line = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert header.split(",")[:3] == ["method", "image", "EN"]
+    assert line.split(",") == ["max", "p0", *["1.23457"] * len(metrics.METRICS), "12.3457"]
+
+
+def test_the_markdown_table_gives_metrics_to_three_decimals_and_ms_to_one():
+    row = {**{k: 0.123456 for k in metrics.METRICS}, "ms": 2.345, "n": 3}
+    cells = [c.strip() for c in markdown_table({"max": row}).splitlines()[2].strip("|").split("|")]
+    assert cells == ["max", "3", *["0.123"] * len(metrics.METRICS), "2.3"]

@@ -301,3 +301,113 @@ def test_overshoot_counts_rims_beyond_both_sources_local_range():
     rim[40, :] = 107.0  # within the margin of the brighter source
     assert M.overshoot(rim, ir, vis) == 0.0
     assert M.overshoot(np.zeros_like(fused), ir, vis) == pytest.approx(100.0)  # darker than both, everywhere
+
+
+def test_definition_differences_start_from_the_same_pixel():
+    """DF at pixel (y, x) takes ``I(y, x+1) - I(y, x)`` and ``I(y+1, x) - I(y, x)``: both from (y, x), worked pixel by
+    pixel on an image whose rows and columns change by different steps."""
+    img = np.array([[0.0, 1.0, 4.0], [2.0, 7.0, 11.0], [8.0, 9.0, 20.0]])
+    expected = np.mean([math.sqrt(((img[y, x + 1] - img[y, x]) ** 2 + (img[y + 1, x] - img[y, x]) ** 2) / 2)
+                        for y in range(2) for x in range(2)])
+    assert M.definition(img) == pytest.approx(expected)
+
+
+def test_mutual_information_of_sources_with_different_grey_level_shares():
+    """MI uses each image's own marginal: (3/4, 1/4) against (1/4, 3/4), worked by hand (nats)."""
+    a, b = np.array([[0.0, 0.0, 0.0, 255.0]]), np.array([[0.0, 255.0, 255.0, 255.0]])
+    # joint: (0, 0) 1/4, (0, 255) 1/2, (255, 255) 1/4
+    expected = 0.25 * math.log(0.25 / (0.75 * 0.25)) + 0.5 * math.log(0.5 / (0.75 * 0.75)) \
+        + 0.25 * math.log(0.25 / (0.25 * 0.75))
+    assert M._mi(a, b) == pytest.approx(expected) and expected > 0
+
+
+def test_nabf_weighs_source_edges_of_strength_exactly_two():
+    """Kumar's weight is ``g^1.5`` where ``g >= 2``: sources ramping by 2 a column (Sobel/8 strength 2 inside, 0 on the
+    reflected border columns) weigh their edges, and a fused ramp of 3 a column is an artifact of ratio 2/3 there."""
+    ramp = np.tile(np.arange(30, dtype=np.float64), (30, 1))
+    q_g, q_a = 0.9999 / (1 + math.exp(-19 * (2 / 3 - 0.5))), 0.9995 / (1 + math.exp(-22 * (1 - 0.5)))
+    assert M.nabf(3 * ramp, 2 * ramp, 2 * ramp) == pytest.approx(1 - math.sqrt(q_g * q_a), rel=1e-6)
+
+
+def test_overshoot_counts_only_pixels_more_than_the_margin_beyond_the_sources():
+    ir, vis = np.full((30, 30), 100.0), np.full((30, 30), 40.0)
+    at_margin = np.full((30, 30), 70.0)
+    at_margin[5, :] = 108.0  # exactly 8 above the brighter source: not more than the margin
+    at_margin[20, :] = 32.0  # exactly 8 below the darker one
+    assert M.overshoot(at_margin, ir, vis) == 0.0
+    at_margin[5, :] = 109.0
+    assert M.overshoot(at_margin, ir, vis) == pytest.approx(100.0 / 30)
+
+
+def test_ssim_of_the_table_is_skimage_with_cddfuse_data_range_two(scene, rng):
+    """``ssim`` (the table's SSIM) calls ``ssim_pair`` with CDDFuse's ``data_range=2``, not the 0..255 range."""
+    ir, vis = scene, M.to_8bit(rng.uniform(0, 255, scene.shape))
+    fused = M.to_8bit(0.5 * ir + 0.5 * vis)
+    expected = sum(structural_similarity(fused, src, data_range=2.0) for src in (ir, vis))
+    assert M.ssim(fused, ir, vis) == pytest.approx(expected, abs=1e-9)
+    assert M.ssim(fused, ir, vis) != pytest.approx(
+        sum(structural_similarity(fused, src, data_range=255.0) for src in (ir, vis)), abs=1e-3)
+
+
+def test_qsf_reference_takes_the_larger_source_difference_per_direction():
+    """Sources ramping along and across the frame: the reference SF_R takes, per pixel and direction, the larger of
+    the two sources' absolute differences (1 in all four directions), worked by hand on a 6 x 9 frame for their sum."""
+    h, w = 6, 9
+    along, across = np.tile(np.arange(w, dtype=float), (h, 1)), np.tile(np.arange(h, dtype=float)[:, None], (1, w))
+    wd = math.sqrt(2) / 2
+    # fused = along + across: row and column differences 1, main diagonal 2, secondary diagonal 0
+    sf_f = h * (w - 1) + (h - 1) * w + wd * 4 * (h - 1) * (w - 1)
+    sf_r = h * (w - 1) + (h - 1) * w + 2 * wd * (h - 1) * (w - 1)
+    assert M.qsf_rsfe(along + across, along, across) == pytest.approx(math.sqrt(sf_f / sf_r) - 1)
+
+
+def test_temporal_ratio_of_a_static_input_and_a_frozen_output_is_one():
+    """Nothing changes in the input and nothing in the output: exactly the input's change, 1.0 (not 0 or NaN)."""
+    still = [np.full((8, 8), 50.0)] * 3
+    assert M.temporal_ratio(still, still) == 1.0
+    assert M.temporal_ratio([still[0], still[0] + 1, still[0]], still) == math.inf
+
+
+def test_temporal_ratio_scores_the_fused_frames_as_saved():
+    """A wobble below half a grey level rounds away in the saved 8-bit frames: no flicker."""
+    vis = [np.full((8, 8), v) for v in (10.0, 20.0, 30.0)]
+    fused = [np.full((8, 8), 100.0 + d) for d in (0.0, 0.3, -0.3)]
+    assert M.temporal_ratio(fused, vis) == 0.0
+
+
+def test_nabf_sobel_extends_the_border_by_reflect_101():
+    """Kumar's ``per_extn_im_fn`` mirrors without repeating the edge pixel: a ramp has no horizontal gradient on its
+    first and last columns (both neighbours are the same column), and Sobel/8 strength slope / 2 inside."""
+    ramp = np.tile(4.0 * np.arange(10), (6, 1))
+    strength, _ = M._sobel_nabf(ramp)
+    np.testing.assert_array_equal(strength[:, [0, -1]], 0.0)
+    np.testing.assert_allclose(strength[:, 1:-1], 4.0)
+
+
+def test_evaluate_pair_gives_each_metric_under_its_own_name(scene, rng):
+    """Every key of the table is the value of its own function (a swapped entry of the name map went unseen)."""
+    ir, vis = scene, M.to_8bit(np.clip(scene[::-1] * 0.7 + rng.normal(0, 8, scene.shape), 0, 255))
+    fused = M.to_8bit(0.6 * ir + 0.4 * vis)
+    functions = {"EN": M.entropy, "SD": M.std_dev, "SF": M.spatial_frequency, "AG": M.average_gradient,
+                 "DF": M.definition, "MI": M.mutual_information, "SCD": M.scd, "VIF": M.vif, "Qabf": M.qabf,
+                 "Nabf": M.nabf, "Over": M.overshoot, "SSIM": M.ssim, "CC": M.cc, "QSF": M.qsf_rsfe}
+    out = M.evaluate_pair(fused, ir, vis)
+    assert set(functions) == set(M.METRICS)
+    for name, fn in functions.items():
+        expected = fn(fused) if name in ("EN", "SD", "SF", "AG", "DF") else fn(fused, ir, vis)
+        assert out[name] == expected, name
+
+
+def test_flow_warp_error_leaves_out_what_an_object_uncovers():
+    """A textured square moving 8 px a frame over a still background: the background it uncovers has no match in the
+    frame before, and the forward-backward check leaves it out (measured 2.6 grey levels with it, 6.5 without, or
+    with a check 10 times looser)."""
+    rng = np.random.default_rng(3)
+    back = cv2.GaussianBlur(rng.uniform(0, 255, (60, 80)), (0, 0), 2)
+    square = cv2.GaussianBlur(rng.uniform(0, 255, (20, 20)), (0, 0), 2)
+    frames = []
+    for k in range(4):
+        frame = (back - back.mean()) * 6 + 128
+        frame[20:40, 10 + 8 * k:30 + 8 * k] = (square - square.mean()) * 6 + 128
+        frames.append(np.clip(frame, 0, 255))
+    assert M.flow_warp_error(frames, frames) < 4.0

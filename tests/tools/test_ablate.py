@@ -193,3 +193,94 @@ def test_json_that_is_one_of_out_s_own_files_is_refused(name, tool, folders, tmp
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         f": error: --json {tmp_path / 'out' / name} is a file that --out gets (its table, CSV, montage or "
         "configs); name another")
+
+
+def _eval_config(weights: Path, *overrides: str):
+    from streamfuse.config import load_config
+    from streamfuse.configs import resolve
+
+    return load_config(resolve("eval"), [f"hclfuse.weights={weights}", "engine.device=cpu", *overrides])
+
+
+def test_rows_keep_the_configs_ot_switch_and_fuser(tool, folders, random_weights):
+    """The hclfuse rows start from the config: OT off there is off in every row (no_ot is then the default), and a
+    config naming another fuser still ablates hclfuse; --no-baselines leaves out the sharpen rows."""
+    from streamfuse.eval_pairs import find_pairs
+
+    pairs = find_pairs(*folders)
+    rows = tool("ablate").methods(_eval_config(random_weights, "align.enabled=false", "fuse.name=max"), [1], pairs,
+                                  baselines=False)
+    hcl = [m for m in rows if m.align is not None]
+    assert hcl[0].name == "default" and not any(m.align.enabled for m in hcl)
+    assert hcl[0].fuser.name == "hclfuse"
+    assert [m.name for m in rows if m.name.split(":")[0] in ("max", "average", "laplacian")] == [
+        "max:contrast=1.25", "max:contrast=1.3"]
+
+
+def test_latent_swap_between_pairs_of_two_sizes_resizes_the_latent(tool, tmp_path, rng, random_weights):
+    from streamfuse.eval_pairs import find_pairs, read_grey
+    from streamfuse.processor import config_fuser
+
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        for stem, shape in (("a", (40, 56)), ("b", (48, 72))):
+            scene = cv2.GaussianBlur(rng.uniform(0, 255, shape), (0, 0), 2.0).astype(np.uint8)
+            cv2.imwrite(str(tmp_path / sub / f"{stem}.png"), scene)
+    pairs = find_pairs(tmp_path / "ir", tmp_path / "vi")
+    swap = tool("ablate").LatentRow("latent_swap", config_fuser(_eval_config(random_weights)), pairs)
+    for _, ir, vis in pairs:
+        assert swap.fuse(read_grey(ir), read_grey(vis)).shape == read_grey(ir).shape
+
+
+def test_summary_gives_non_finite_means_as_null(tool):
+    """JSON has no Infinity or NaN: a row identical to the default (PSNR infinite) or a fused folder's ms says null."""
+    from streamfuse.evaluation import EvalResult
+
+    means = {k: 1.0 for k in (*tool("ablate").JSON_METRICS, "delta_grey", "psnr_ref", "ms")}
+    result = EvalResult(means={"default": {**means, "n": 3}, "same": {**means, "psnr_ref": math.inf,
+                                                                      "ms": math.nan, "n": 3}})
+    summary = tool("ablate").summary(result)
+    assert summary["rows"]["same"]["psnr_ref"] is None and summary["rows"]["same"]["ms"] is None
+    json.dumps(summary, allow_nan=False)
+
+
+def test_guidance_energies_are_means_over_every_pair_and_without_means_no_image_guide(tool, folders, monkeypatch,
+                                                                                      random_weights):
+    from streamfuse.eval_pairs import find_pairs
+
+    built = {}
+
+    class Energies:
+        def __init__(self, cfg):
+            self.guidance, self.steps = cfg.hclfuse.guidance, cfg.hclfuse.image_guidance
+            built.setdefault("steps", []).append((self.guidance, self.steps))
+
+        def energies(self, ir, vis, name):
+            return {"heat": float(name[1:]), "image_structure": float(self.steps)}
+
+    monkeypatch.setattr(tool("ablate"), "config_fuser", Energies)
+    out = tool("ablate").guidance_energies(_eval_config(random_weights, "hclfuse.image_guidance=3"),
+                                           find_pairs(*folders))
+    assert out["with"] == {"heat": 1.0, "image_structure": 3.0}  # pairs f0, f1, f2
+    assert out["without"]["image_structure"] == 0.0 and out["image_guidance=5"]["image_structure"] == 5.0
+    assert built["steps"][:2] == [(True, 3), (False, 0)]
+
+
+def test_reference_outputs_are_scored_only_for_the_dataset_and_limit_reaches_the_scoring(tool, folders, tmp_path,
+                                                                                        monkeypatch, random_weights):
+    """Published outputs under <data>/reference are those of msrs/test: with --ir/--vis they are not rows; --limit
+    limits the pairs that are scored, not only those the rows read."""
+    ir_dir, vis_dir = folders
+    (tmp_path / "shared" / "reference" / "seafusion" / "msrs_test").mkdir(parents=True)
+    seen = {}
+
+    def evaluate_dir(*args, **kwargs):
+        seen.update(rows=[m.name for m in args[2]], limit=kwargs.get("limit"))
+        raise ValueError("scored")
+
+    monkeypatch.setattr(tool("ablate"), "evaluate_dir", evaluate_dir)
+    with pytest.raises(SystemExit, match="^ablate: scored$"):
+        tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--data", str(tmp_path / "shared"),
+                             "--weights", str(random_weights), "--steps", "1", "--no-baselines", "--limit", "2",
+                             "--out", str(tmp_path / "out")])
+    assert "seafusion" not in seen["rows"] and seen["limit"] == 2

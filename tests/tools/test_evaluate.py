@@ -15,7 +15,7 @@ import pytest
 from streamfuse import evaluation, metrics
 from streamfuse.cli.evaluate import EVAL_CONFIG, main
 from streamfuse.configs import resolve
-from streamfuse.eval_pairs import find_pairs, read_grey
+from streamfuse.eval_pairs import find_pairs, read_grey, read_pair
 from streamfuse.evaluation import Method, config_method, evaluate_dir, fused_dir_method
 from streamfuse.fusers import FuseConfig
 from streamfuse.processor import build_fuser
@@ -448,3 +448,125 @@ def test_the_first_config_takes_the_fusing_overrides_as_run_does(evaluate, pairs
     (tmp_path / "mine.yaml").write_text("hclfuse:\n  weights: ${STREAMFUSE_TEST_WEIGHTS}\nengine:\n  device: cpu\n")
     assert evaluate([str(ir_dir), str(vis_dir), "--config", str(tmp_path / "mine.yaml"), "--fuser", "max",
                      "--set", f"hclfuse.weights={random_weights}", "--out", str(tmp_path / "out")]) == 0
+
+
+def test_a_bgra_visible_image_is_scored_by_the_y_of_its_colour(pairs, tmp_path):
+    """A visible PNG with an alpha channel: its Y is that of the BGR image, whatever the alpha."""
+    _, vis_dir = pairs
+    bgr = cv2.imread(str(vis_dir / "p1.jpg"))
+    cv2.imwrite(str(tmp_path / "bgra.png"), cv2.merge([*cv2.split(bgr), np.full(bgr.shape[:2], 7, np.uint8)]))
+    cv2.imwrite(str(tmp_path / "bgr.png"), bgr)
+    np.testing.assert_array_equal(read_grey(tmp_path / "bgra.png"), read_grey(tmp_path / "bgr.png"))
+
+
+def test_image_suffixes_are_matched_in_any_case(pairs):
+    """``P3.PNG`` (as cameras and Windows tools name them) is an image like ``p3.png``."""
+    ir_dir, vis_dir = pairs
+    cv2.imwrite(str(ir_dir / "p3.PNG"), cv2.imread(str(ir_dir / "p0.png")))
+    cv2.imwrite(str(vis_dir / "p3.JPG"), cv2.imread(str(vis_dir / "p0.png")))
+    assert [s for s, _, _ in find_pairs(ir_dir, vis_dir)] == ["p0", "p1", "p2", "p3"]
+
+
+def test_the_first_image_without_a_partner_is_named(pairs, caplog):
+    ir_dir, vis_dir = pairs
+    cv2.imwrite(str(ir_dir / "zz.png"), np.zeros((45, 70), np.uint8))
+    cv2.imwrite(str(vis_dir / "aa.png"), np.zeros((45, 70), np.uint8))
+    with caplog.at_level("WARNING", logger="streamfuse.eval_pairs"):
+        find_pairs(ir_dir, vis_dir)
+    assert f"1 IR images in {ir_dir} and 2 visible images in {vis_dir} have no partner (first: aa)" in caplog.text
+
+
+def test_a_pair_of_exactly_the_metrics_minimum_side_is_read(pairs):
+    """25 pixels a side is what the metrics need (``metrics.MIN_SIDE``): such a pair is read, not refused."""
+    ir_dir, vis_dir = pairs
+    side = metrics.MIN_SIDE
+    cv2.imwrite(str(ir_dir / "p0.png"), np.full((side, side + 3), 90, np.uint8))
+    cv2.imwrite(str(vis_dir / "p0.png"), np.full((side, side + 3), 60, np.uint8))
+    ir, vis = read_pair("p0", ir_dir / "p0.png", vis_dir / "p0.png")
+    assert ir.shape == vis.shape == (side, side + 3)
+
+
+def test_a_fused_spec_whose_name_part_holds_a_slash_is_a_folder(tmp_path):
+    """``NAME`` is a plain name: in ``a/b=c`` the ``=`` belongs to the folder's path, named whole in the error."""
+    spec = str(tmp_path / "runs" / "gain=1.25")
+    with pytest.raises(FileNotFoundError, match=f"fused folder not found: {spec}$"):
+        fused_dir_method(spec)
+
+
+def test_only_hclfuse_fusers_are_warned_of_ot_tables_carried_over(caplog):
+    """A baseline fuser has no OT stage: the defaults' cached tables (refresh 300) are no reason to warn."""
+    evaluation._check_methods([evaluation.fuser_method("max")], None)
+    assert "carry over" not in caplog.text
+    evaluation._check_methods([evaluation.fuser_method("hclfuse")], None)
+    assert "hclfuse: OT tables carry over from one image to the next" in caplog.text
+
+
+@pytest.mark.parametrize("section", ["stabilize: {strength: 0.5}", "post: {denoise: 0.5}"])
+def test_either_temporal_stage_of_a_config_is_warned_of_alone(tmp_path, caplog, section):
+    (cfg := tmp_path / "live.yaml").write_text(f"fuse: {{name: max}}\n{section}\n")
+    evaluation._check_methods([config_method(cfg)], None)
+    assert "max (live.yaml): the IR stabilizer and the temporal filter carry over from one image" in caplog.text
+
+
+def test_montage_rows_spread_over_the_visible_brightness(tmp_path):
+    """Stems sorted by their visible image's mean (not the IR's), picked evenly from the darkest to the brightest;
+    all of them when they fit."""
+    pairs = []
+    for stem, level in zip("cadeb", (90, 10, 130, 170, 50)):  # visible levels; the IR runs the other way
+        cv2.imwrite(str(vis := tmp_path / f"{stem}_vi.png"), np.full((30, 30), level, np.uint8))
+        cv2.imwrite(str(ir := tmp_path / f"{stem}_ir.png"), np.full((30, 30), 255 - level, np.uint8))
+        pairs.append((stem, ir, vis))
+    assert evaluation._montage_stems(pairs, 4) == ["a", "b", "d", "e"]  # indices 0, 1.33, 2.67, 4 rounded
+    assert evaluation._montage_stems(pairs, 2) == ["a", "e"]
+    assert sorted(evaluation._montage_stems(pairs, 5)) == sorted(evaluation._montage_stems(pairs, 9)) == list("abcde")
+
+
+def test_method_names_must_be_unique(pairs, tmp_path):
+    ir_dir, vis_dir = pairs
+    rows = [Method("max", fuser=build_fuser(FuseConfig(name=kind))) for kind in ("max", "average")]
+    with pytest.raises(ValueError, match=r"method names must be unique, got \['max', 'max'\]"):
+        evaluate_dir(ir_dir, vis_dir, rows, tmp_path / "out")
+
+
+def test_the_reference_against_itself_has_infinite_psnr_and_squared_errors_are_averaged(tmp_path, rng):
+    """mse_ref is the mean of the squared differences (half the pixels 4 off: 8, not the squared mean 4)."""
+    ir_dir, vis_dir, ref = _two_sizes(tmp_path, rng)
+    off = {stem: img + np.where(np.arange(img.shape[1]) % 2, 4, 0).astype(np.uint8) for stem, img in ref.items()}
+    methods = [Method("ref", fused_dir=_fused_folder(tmp_path / "ref", ref)),
+               Method("off", fused_dir=_fused_folder(tmp_path / "off", off))]
+    result = evaluate_dir(ir_dir, vis_dir, methods, tmp_path / "out", reference="ref")
+    assert result.means["ref"]["psnr_ref"] == math.inf and result.means["ref"]["delta_grey"] == 0
+    assert {r["mse_ref"] for r in result.rows if r["method"] == "off"} == {8.0}
+    assert result.means["off"]["psnr_ref"] == pytest.approx(10 * math.log10(255**2 / 8))
+
+
+def test_a_metric_finite_on_no_pair_has_a_nan_mean(pairs, tmp_path):
+    """QSF infinite on every pair (flat sources, textured output): no mean to give, NaN rather than a plausible 0."""
+    ir_dir, vis_dir = pairs
+    texture = read_grey(ir_dir / "p1.png")
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    for stem in ("p0", "p1", "p2"):
+        for folder in (ir_dir, vis_dir):
+            for old in folder.glob(f"{stem}.*"):
+                old.unlink()
+            cv2.imwrite(str(folder / f"{stem}.png"), np.full((45, 70), 90, np.uint8))
+        cv2.imwrite(str(fused / f"{stem}.png"), texture)
+    means = evaluate_dir(ir_dir, vis_dir, [Method("textured", fused_dir=fused)], tmp_path / "out").means["textured"]
+    assert math.isnan(means["QSF"]) and math.isfinite(means["SF"])
+
+
+def test_an_earlier_runs_other_yaml_files_in_out_are_kept(pairs, tmp_path):
+    """Only the files a run writes (its table, CSV, montage and ``*.resolved.yaml``) are replaced: a user's own
+    ``notes.yaml`` in --out stays."""
+    ir_dir, vis_dir = pairs
+    (out := tmp_path / "out").mkdir()
+    (out / "notes.yaml").write_text("mine: true\n")
+    evaluate_dir(ir_dir, vis_dir, [Method("max", fuser=build_fuser(FuseConfig(name="max")))], out)
+    assert (out / "notes.yaml").read_text() == "mine: true\n"
+
+
+def test_each_fuser_saves_into_a_folder_of_a_file_name_safe_version_of_its_name(tmp_path):
+    fusers = [Method(n, fuser=build_fuser(FuseConfig(name="max"))) for n in ("max", "max:sharpen=1", "a b/c")]
+    assert evaluation._save_dirs(fusers, tmp_path) == {"max": tmp_path / "max", "max:sharpen=1": tmp_path /
+                                                       "max_sharpen_1", "a b/c": tmp_path / "a_b_c"}

@@ -281,3 +281,71 @@ def test_a_fused_frame_of_another_size_is_one_line(temporal, tmp_path, rng, monk
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path / "seq"), "--fused", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match=r"out/a/0002\.png: fused frame is 28x20, the clip's is 56x40$"):
         temporal()
+
+
+def test_an_ir_frame_of_another_size_is_one_line(temporal, tmp_path, rng, monkeypatch):
+    _clip(tmp_path / "a", rng)
+    cv2.imwrite(str(tmp_path / "a" / "ir" / "0002.png"), np.zeros((20, 28), np.uint8))
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
+    with pytest.raises(SystemExit) as exc:
+        temporal()
+    assert str(exc.value.code) == f"temporal: {tmp_path / 'a' / 'ir' / '0002.png'}: frame is 28x20, the clip's is 56x40"
+
+
+def test_a_row_gives_the_mean_of_the_clips_ratios(tool):
+    cells = tool("temporal").row("m", "-", [1.0, 2.0, 6.0], [1.0, 3.0], [2.0, 4.0], "x").strip("|").split("|")
+    assert [c.strip() for c in cells] == ["m", "-", "1.000", "2.000", "6.000", "3.000", "2.00", "3.00", "x"]
+
+
+def test_fuser_methods_take_the_set_overrides(temporal, tmp_path, rng, monkeypatch, capsys):
+    _clip(tmp_path / "a", rng, n=3)
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--set", "baseline.sharpen=x"])
+    with pytest.raises(SystemExit) as exc:
+        temporal()
+    assert exc.value.code == 2 and "baseline.sharpen" in capsys.readouterr().err
+
+
+def test_fuser_methods_run_with_the_stabilize_and_denoise_options(temporal, tmp_path, rng, monkeypatch, capsys):
+    _clip(tmp_path / "a", rng, n=3)
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "average", "--static", "2",
+                                     "--stabilize", "0.5", "--denoise", "0.85", "--denoise-threshold", "6"])
+    temporal()
+    assert _cells(capsys.readouterr().out, "average")[1] == "0.5 / 0.85, 6"
+
+
+def test_a_fusers_rows_measure_its_filtered_frames_against_the_visible_ones(tool, temporal, tmp_path, rng,
+                                                                             monkeypatch, capsys):
+    """A processor whose output is the visible frame: flicker ratio 1 and the visible input's AG and flow warp, over
+    every frame; the filter lag leaves out each clip's first frame, which the filter has nothing to lag behind."""
+
+    def visible_out(method, stream, level, post):
+        frames = []
+
+        def run(pair):
+            frames.append(pair)
+            vis = pair.vis.image.astype(np.float32)
+            return types.SimpleNamespace(filtered_y=vis, fused_y=vis - (9 if len(frames) == 1 else 1))
+
+        return run
+
+    monkeypatch.setattr(tool("temporal"), "_processor", visible_out)
+    _clip(tmp_path / "a", rng)
+    _clip(tmp_path / "b", rng)
+    stripes = np.tile(np.array([0, 255], np.uint8), (40, 28))  # a first frame far sharper than the others
+    cv2.imwrite(str(tmp_path / "a" / "vi" / "0000.png"), stripes)
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
+    temporal()
+    out = capsys.readouterr().out
+    cells = _cells(out, "max")
+    assert cells[2:5] == ["1.000", "1.000", "1.000"] and cells[-3] == out.split(", AG ")[1].split(" ")[0]
+    assert cells[-2:] == ["1.00 / 1.0", "yes"]
+    per_clip = out.split("flow warp error per clip")[1]
+    assert _cells(per_clip, "max")[1:] == _cells(per_clip, "visible input")[1:]
+
+
+def test_folders_without_ir_beside_the_clips_are_not_clips(temporal, tmp_path, rng, monkeypatch, capsys):
+    _clip(tmp_path / "a", rng, n=3)
+    (tmp_path / "notes").mkdir()
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
+    temporal()
+    assert "| method | stabilize / denoise | a | mean |" in capsys.readouterr().out
