@@ -236,18 +236,15 @@ def test_a_failed_sync_is_raised_by_the_next_request(tmp_path, monkeypatch):
         sync.close()
 
 
-@pytest.mark.parametrize("refusal", ["open", errno.EINVAL, errno.ENOTSUP, errno.EBADF],
-                         ids=["open", "EINVAL", "ENOTSUP", "EBADF"])
-def test_a_folder_that_cannot_be_synced_keeps_its_rename_as_its_filesystem_does(tmp_path, monkeypatch, refusal):
-    """Some network and FUSE filesystems refuse a folder's fsync, or opening a folder at all: the file is written."""
-    tmp_path = tmp_path.resolve()  # the folder write_file syncs
+def _folder_sync_refused(monkeypatch, folder: Path, refusal: str | int) -> None:
+    """``os.open`` of ``folder`` refused (``"open"``), or its fsync failing with errno ``refusal``."""
     real_open, real_fsync, folders = os.open, os.fsync, set()
 
     def opening(path, flags, *args):
-        if Path(path) == tmp_path and refusal == "open":
+        if Path(path) == folder and refusal == "open":
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         fd = real_open(path, flags, *args)
-        if Path(path) == tmp_path:
+        if Path(path) == folder:
             folders.add(fd)
         return fd
 
@@ -258,26 +255,20 @@ def test_a_folder_that_cannot_be_synced_keeps_its_rename_as_its_filesystem_does(
 
     monkeypatch.setattr(os, "open", opening)
     monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("refusal", ["open", errno.EINVAL, errno.ENOTSUP, errno.EBADF],
+                         ids=["open", "EINVAL", "ENOTSUP", "EBADF"])
+def test_a_folder_that_cannot_be_synced_keeps_its_rename_as_its_filesystem_does(tmp_path, monkeypatch, refusal):
+    """Some network and FUSE filesystems refuse a folder's fsync, or opening a folder at all: the file is written."""
+    tmp_path = tmp_path.resolve()  # the folder write_file syncs
+    _folder_sync_refused(monkeypatch, tmp_path, refusal)
     write_file(tmp_path / "table.csv", b"a,b\n")
     assert (tmp_path / "table.csv").read_bytes() == b"a,b\n"
 
 
 def test_a_folder_sync_that_fails_on_the_disk_is_raised(tmp_path, monkeypatch):
     tmp_path = tmp_path.resolve()  # the folder write_file syncs
-    real_open, real_fsync, folders = os.open, os.fsync, set()
-
-    def opening(path, flags, *args):
-        fd = real_open(path, flags, *args)
-        if Path(path) == tmp_path:
-            folders.add(fd)
-        return fd
-
-    def fsync(fd: int) -> None:
-        if fd in folders:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "open", opening)
-    monkeypatch.setattr(os, "fsync", fsync)
+    _folder_sync_refused(monkeypatch, tmp_path, errno.EIO)
     with pytest.raises(RuntimeError, match=f"^cannot write {re.escape(str(tmp_path))}/table.csv: Input/output error"):
         write_file(tmp_path / "table.csv", b"a,b\n")

@@ -5,28 +5,33 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from streamfuse.log_queue import _DroppingHandler
 
 
-def test_a_full_queue_drops_and_counts_lines_and_the_next_line_says_how_many() -> None:
+@pytest.fixture
+def dropping_log() -> Iterator[tuple[logging.Logger, queue.Queue]]:
+    """A logger whose lines go to a queue of two that nobody reads (the test takes them)."""
     lines: queue.Queue = queue.Queue(maxsize=2)
     log = logging.getLogger("test_log_queue")
     log.propagate, log.level = False, logging.INFO
     handler = _DroppingHandler(lines)
     log.addHandler(handler)
-    try:
-        for i in range(5):
-            log.info("line %d", i)  # returns at once though nobody takes the lines
-        assert [lines.get_nowait() for _ in range(2)] == ["line 0", "line 1"]
-        log.info("line 5")
-        assert [lines.get_nowait() for _ in range(2)] == [
-            "3 log lines dropped: nothing was reading this output", "line 5"]
-    finally:
-        log.removeHandler(handler)
+    yield log, lines
+    log.removeHandler(handler)
+
+
+def test_a_full_queue_drops_and_counts_lines_and_the_next_line_says_how_many(dropping_log) -> None:
+    log, lines = dropping_log
+    for i in range(5):
+        log.info("line %d", i)  # returns at once though nobody takes the lines
+    assert [lines.get_nowait() for _ in range(2)] == ["line 0", "line 1"]
+    log.info("line 5")
+    assert [lines.get_nowait() for _ in range(2)] == [
+        "3 log lines dropped: nothing was reading this output", "line 5"]
 
 
 def test_a_value_holding_a_newline_or_an_escape_cannot_forge_a_log_line() -> None:
@@ -131,25 +136,18 @@ def test_another_librarys_flood_is_held_to_a_few_lines_and_the_next_one_says_how
             log.propagate, log.level = propagate, level
 
 
-def test_a_drop_count_is_kept_while_the_queue_stays_full_and_said_only_once() -> None:
+def test_a_drop_count_is_kept_while_the_queue_stays_full_and_said_only_once(dropping_log) -> None:
     """Lines dropped while the queue is still full add to the count until its line finds room; once said, the count
     starts again from zero."""
-    lines: queue.Queue = queue.Queue(maxsize=2)
-    log = logging.getLogger("test_log_queue")
-    log.propagate, log.level = False, logging.INFO
-    handler = _DroppingHandler(lines)
-    log.addHandler(handler)
-    try:
-        for i in range(6):  # lines 2..5 dropped: 3 of them while a count was already waiting for room
-            log.info("line %d", i)
-        assert [lines.get_nowait() for _ in range(2)] == ["line 0", "line 1"]
-        log.info("line 6")
-        assert [lines.get_nowait() for _ in range(2)] == [
-            "4 log lines dropped: nothing was reading this output", "line 6"]
-        log.info("line 7")
-        assert lines.get_nowait() == "line 7" and lines.empty()
-    finally:
-        log.removeHandler(handler)
+    log, lines = dropping_log
+    for i in range(6):  # lines 2..5 dropped: 3 of them while a count was already waiting for room
+        log.info("line %d", i)
+    assert [lines.get_nowait() for _ in range(2)] == ["line 0", "line 1"]
+    log.info("line 6")
+    assert [lines.get_nowait() for _ in range(2)] == [
+        "4 log lines dropped: nothing was reading this output", "line 6"]
+    log.info("line 7")
+    assert lines.get_nowait() == "line 7" and lines.empty()
 
 
 def test_the_end_of_a_window_that_was_followed_by_another_says_nothing() -> None:
