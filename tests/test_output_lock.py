@@ -3,10 +3,12 @@ run frees it, and a link planted at the lock's name is not followed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,18 @@ from streamfuse.output_lock import check_not_held, lock_path, output_lock
 
 HOLD = ("import sys, time; from streamfuse.output_lock import output_lock\n"
         "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n")
+
+
+@contextlib.contextmanager
+def held_elsewhere(out: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding ``out``'s lock for the block, killed (SIGKILL: nothing released) at its end."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
 
 
 def test_a_second_holder_is_refused_naming_the_first(tmp_path):
@@ -31,15 +45,10 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
 
 def test_a_killed_holder_frees_the_output(tmp_path):
     out = tmp_path / "fused.mp4"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held_elsewhere(out) as holder:
         with pytest.raises(FileExistsError, match=f"pid {holder.pid}, holding"):
             with output_lock(out):
                 pass
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(timeout=60)
     assert lock_path(out).exists()  # left by the killed run, meaning nothing now
     with output_lock(out):
         pass
@@ -59,14 +68,9 @@ def test_a_link_at_the_locks_name_is_not_followed(tmp_path):
 def test_a_check_sees_another_runs_lock_but_not_its_own(tmp_path):
     out = tmp_path / "fused.mp4"
     check_not_held(out)  # no lock file
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held_elsewhere(out) as holder:
         with pytest.raises(FileExistsError, match=f"^output {out} is being written by another run .* pid {holder.pid}"):
             check_not_held(out)
-    finally:
-        holder.kill()
-        holder.wait(timeout=60)
     check_not_held(out)  # its lock file is left, no longer held
     with output_lock(out):
         check_not_held(out)
@@ -150,14 +154,9 @@ def test_a_released_lock_is_no_longer_taken_for_this_run_s_own(tmp_path):
     out = tmp_path / "fused.mp4"
     with output_lock(out):
         pass
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held_elsewhere(out) as holder:
         with pytest.raises(FileExistsError, match=f"pid {holder.pid}, holding"):
             check_not_held(out)
-    finally:
-        holder.kill()
-        holder.wait(timeout=60)
 
 
 def test_a_filesystem_without_locks_lets_the_run_go_on_warned(tmp_path, monkeypatch, caplog):
