@@ -15,6 +15,7 @@ import contextlib
 import errno
 import logging
 import math
+import threading
 import time
 from typing import Any
 
@@ -94,7 +95,6 @@ class Publisher:
         self._auth = None
         self._sock = (self._ctx or zmq.Context.instance()).socket(zmq.XPUB)
         try:
-            self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber: an H.264 keyframe for it at once
             self._sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
             self._sock.setsockopt(zmq.XPUB_NODROP, int(cfg.nodrop))
@@ -320,12 +320,18 @@ class Publisher:
         self._preview_seq += 1
 
     def close(self) -> None:
-        """Close the socket (``nodrop``: after sending its queue, for up to ``wait_ms``) and free the shared memory."""
-        self._sock.close(linger=self.cfg.wait_ms if self.cfg.nodrop else 0)  # live: queued frames are stale
+        """Close the socket and free the shared memory; ``nodrop``: return once the queue is sent, or ``wait_ms``.
+
+        The socket lingers without limit: libzmq 4.3 aborts the whole process (zeromq/libzmq#3442) when a consumer's
+        link drops while a closing socket whose linger ran out still holds a message half sent to it, as a stalled
+        consumer's sender does. A consumer that stays stalled is dropped by the heartbeat (``_PEER_TIMEOUT_MS``)."""
+        self._sock.close(linger=-1)
         if self._auth is not None:
             self._auth.stop()
         if self._ctx is not None:  # ZeroMQ sends the queue from the context's thread: ending the context waits for it
-            self._ctx.term()
+            ender = threading.Thread(target=self._ctx.term, name="publisher-context-end", daemon=True)
+            ender.start()
+            ender.join(self.cfg.wait_ms / 1000 if self.cfg.nodrop else 0)
         if self._pool is not None:
             self._pool.close()
 

@@ -18,6 +18,7 @@ import torch
 import zmq
 
 from helpers_data import DATA, REPO
+from helpers_zmq import plain_pub
 
 TORCH_THREADS = torch.get_num_threads()  # torch's default here: OMP_NUM_THREADS, else the cores
 
@@ -78,11 +79,8 @@ def torch_threads_put_back() -> Iterator[None]:
 @pytest.fixture
 def raw_pub() -> Iterator[tuple[zmq.Socket, str]]:
     """A plain PUB socket on a free loopback port, to send whatever bytes a test needs; with its bound endpoint."""
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind("tcp://127.0.0.1:*")
-    yield sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    sock.close(linger=0)
+    with plain_pub() as sock:
+        yield sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 @pytest.fixture

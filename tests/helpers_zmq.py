@@ -45,6 +45,20 @@ def pool_fds(name: str) -> int:
     return links.count(str(SHM_DIR / name))
 
 
+@contextmanager
+def plain_pub(endpoint: str = ANY_PORT, *, ipv6: bool = False) -> Iterator[zmq.Socket]:
+    """A plain PUB socket bound to ``endpoint``, to send whatever bytes a test needs. Closed lingering without limit, as
+    the Publisher closes: with a finite linger libzmq aborts the process when a link drops while a message is half
+    sent on it (a stalled reader's)."""
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    try:
+        sock.setsockopt(zmq.IPV6, int(ipv6))
+        sock.bind(endpoint)
+        yield sock
+    finally:
+        sock.close(linger=-1)
+
+
 def has_ipv6_loopback() -> bool:
     """Whether this machine can bind the IPv6 loopback address ``::1``."""
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, free_port, has_ipv6_loopback, publishing,
+from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, free_port, has_ipv6_loopback, plain_pub, publishing,
                          raw_connect, SilentLink)
 
 from streamfuse import connection_watch
@@ -135,16 +135,9 @@ def test_ipv6_is_set_for_an_ipv6_address_or_a_name_with_ipv6_addresses_only(reso
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 def test_an_ipv6_address_is_connected_to() -> None:
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IPV6, 1)
-    sock.bind("tcp://[::1]:*")
-    try:
-        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        with Subscriber(endpoint, "fused/", timeout_s=PATIENCE_S, shm=False) as sub:
-            raw_connect(sock, sub)  # without ZMQ_IPV6 the subscriber retried [::1] in silence, forever
-    finally:
-        sock.close(linger=0)
+    with plain_pub("tcp://[::1]:*", ipv6=True) as sock, \
+            Subscriber(sock.getsockopt_string(zmq.LAST_ENDPOINT), "fused/", timeout_s=PATIENCE_S, shm=False) as sub:
+        raw_connect(sock, sub)  # without ZMQ_IPV6 the subscriber retried [::1] in silence, forever
 
 
 _NEVER_RESOLVES = """

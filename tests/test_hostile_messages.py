@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, raw_connect, with_header, with_raw_field
+from helpers_zmq import PATIENCE_S, fused_frame, plain_pub, raw_connect, with_header, with_raw_field
 
 from streamfuse.client import Subscriber
 from streamfuse.codecs import DecodeError, H264Decoder, H264Encoder, JpegEncoder
@@ -304,23 +304,17 @@ def test_mutated_messages_are_skipped_or_decode_to_what_their_header_says(seed: 
 def test_a_subscriber_on_a_socket_goes_on_after_a_burst_of_mutated_messages(latest: bool) -> None:
     rng = np.random.default_rng(11)
     valid = _valid_messages(None)
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(ANY_PORT)
-    try:
-        with Subscriber(sock.getsockopt_string(zmq.LAST_ENDPOINT), timeout_s=PATIENCE_S, rcvhwm=1000, shm=False,
-                        latest=latest, max_frame_bytes=MAX_FRAME_BYTES) as sub:
-            raw_connect(sock, sub)
-            for _ in range(300):
-                parts = _mutate(rng, valid[rng.integers(len(valid))])
-                if parts:
-                    sock.send_multipart(parts)
-            for message in SENTINELS:
-                sock.send_multipart(message)
-            while (frame := sub.recv()) is not None and not _is_sentinel(frame[0], 1):
-                _check_frame(*frame)
-    finally:
-        sock.close(linger=0)
+    with plain_pub() as sock, Subscriber(sock.getsockopt_string(zmq.LAST_ENDPOINT), timeout_s=PATIENCE_S, rcvhwm=1000,
+                                         shm=False, latest=latest, max_frame_bytes=MAX_FRAME_BYTES) as sub:
+        raw_connect(sock, sub)
+        for _ in range(300):
+            parts = _mutate(rng, valid[rng.integers(len(valid))])
+            if parts:
+                sock.send_multipart(parts)
+        for message in SENTINELS:
+            sock.send_multipart(message)
+        while (frame := sub.recv()) is not None and not _is_sentinel(frame[0], 1):
+            _check_frame(*frame)
     assert frame is not None and sub.malformed >= 100
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 import zmq.auth
-from helpers_zmq import ANY_PORT, MALFORMED, PATIENCE_S, publishing, with_header
+from helpers_zmq import ANY_PORT, MALFORMED, PATIENCE_S, plain_pub, publishing, with_header
 
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import Publisher, PublishConfig
@@ -108,27 +108,23 @@ def test_cli_save_latest(rng: np.random.Generator, tmp_path: Path, capsys: pytes
 def alternating(bad: list[bytes], good: bool = True) -> Iterator[str]:
     """A raw PUB socket sending ``bad`` and a good frame (seq 0, 1, 2 ...) alternately until the block ends
     (``good=False``: ``bad`` alone)."""
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(ANY_PORT)
     stop = threading.Event()
+    with plain_pub() as sock:
+        def send() -> None:
+            seq = 0
+            while not stop.wait(0.02):
+                sock.send_multipart(bad)
+                if good:
+                    sock.send_multipart(with_header(seq=seq))
+                seq += 1
 
-    def send() -> None:
-        seq = 0
-        while not stop.wait(0.02):
-            sock.send_multipart(bad)
-            if good:
-                sock.send_multipart(with_header(seq=seq))
-            seq += 1
-
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        sock.close(linger=0)
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+        try:
+            yield sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
 
 
 @pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])

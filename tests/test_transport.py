@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, publishing, recv_seq, sync, wait_until, with_header
+from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, plain_pub, publishing, recv_seq, sync, wait_until, with_header
 
 from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.client import Subscriber
@@ -481,17 +481,14 @@ def test_subscriber_waits_for_a_keyframe_then_decodes() -> None:
     frames = _demo_frames(7)
     encoder = H264Encoder(keyint=5, crf=23)
     packets = [encoder.encode(f) for f in frames]
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
     seq = iter(range(1_000_000))
+    with plain_pub() as sock, Subscriber(sock.getsockopt_string(zmq.LAST_ENDPOINT), "fused/", timeout_s=PATIENCE_S,
+                                         shm=False) as sub:
+        def send(i: int) -> None:
+            topic, header, _ = with_header(schema=SCHEMA_2, format="h264", keyframe=int(packets[i][1]), seq=next(seq),
+                                           height=240, width=320, step=960)
+            sock.send_multipart([topic, header, packets[i][0]])
 
-    def send(i: int) -> None:
-        topic, header, _ = with_header(schema=SCHEMA_2, format="h264", keyframe=int(packets[i][1]), seq=next(seq),
-                                       height=240, width=320, step=960)
-        sock.send_multipart([topic, header, packets[i][0]])
-
-    with Subscriber(f"tcp://127.0.0.1:{port}", "fused/", timeout_s=PATIENCE_S, shm=False) as sub:
         def inter_frame_skipped() -> bool:
             send(1)
             assert sub.recv(0.01) is None
@@ -504,7 +501,6 @@ def test_subscriber_waits_for_a_keyframe_then_decodes() -> None:
         assert header["keyframe"] == 1 and _psnr(frames[5], image) >= 30.0
         header, image = sub.recv()
         assert header["keyframe"] == 0 and _psnr(frames[6], image) >= 30.0
-    sock.close(linger=0)
 
 
 @pytest.mark.parametrize("encoding", ["jpeg", "h264"])

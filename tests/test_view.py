@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import ANY_PORT, PATIENCE_S, SilentLink, connect, fused_frame, wait_until
+from helpers_zmq import ANY_PORT, PATIENCE_S, SilentLink, connect, fused_frame, plain_pub, wait_until
 
 from streamfuse import connection_watch
 from streamfuse.cli import main as cli
@@ -206,18 +206,14 @@ def _stats_consumer(consumer: str) -> Iterator[tuple[zmq.Socket, Any, Callable[[
     messages the consumer passed on."""
     if consumer == "foxglove":
         pytest.importorskip("foxglove")
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(ANY_PORT)
-    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    loop = asyncio.new_event_loop()  # never run: the feed only queues its page wake-ups on it
-    reader, passed_on = _stats_reader(consumer, endpoint, loop)
-    try:
-        yield sock, reader, passed_on
-    finally:
-        reader.close()
-        sock.close(linger=0)
-        loop.close()
+    with plain_pub() as sock:
+        loop = asyncio.new_event_loop()  # never run: the feed only queues its page wake-ups on it
+        reader, passed_on = _stats_reader(consumer, sock.getsockopt_string(zmq.LAST_ENDPOINT), loop)
+        try:
+            yield sock, reader, passed_on
+        finally:
+            reader.close()
+            loop.close()
 
 
 def _stats_reader(consumer: str, endpoint: str, loop: asyncio.AbstractEventLoop) -> tuple[Any, Callable[[], int]]:
@@ -273,25 +269,22 @@ def test_stats_go_on_after_the_link_went_silent(consumer):
     # again, the stats socket waited on its dead one for good
     if consumer == "foxglove":
         pytest.importorskip("foxglove")
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(ANY_PORT)
-    link = SilentLink(int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rpartition(":")[2]))
-    loop = asyncio.new_event_loop()
-    reader, passed_on = _stats_reader(consumer, f"tcp://127.0.0.1:{link.port}", loop)
-    send = lambda: sock.send_multipart([b"stats/t", _stats(interval_s=0.01)])  # noqa: E731 - every 10 ms in waits
-    try:
-        wait_until(lambda: send() or passed_on(), "stats arrive")
-        link.cut()
-        cut = link.accepted
-        wait_until(lambda: send() or link.accepted > cut, "a connection made again")
-        seen = passed_on()
-        wait_until(lambda: send() or passed_on() > seen, "stats through the new connection")
-    finally:
-        reader.close()
-        link.close()
-        sock.close(linger=0)
-        loop.close()
+    with plain_pub() as sock:
+        link = SilentLink(int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rpartition(":")[2]))
+        loop = asyncio.new_event_loop()
+        reader, passed_on = _stats_reader(consumer, f"tcp://127.0.0.1:{link.port}", loop)
+        send = lambda: sock.send_multipart([b"stats/t", _stats(interval_s=0.01)])  # noqa: E731 - every 10 ms in waits
+        try:
+            wait_until(lambda: send() or passed_on(), "stats arrive")
+            link.cut()
+            cut = link.accepted
+            wait_until(lambda: send() or link.accepted > cut, "a connection made again")
+            seen = passed_on()
+            wait_until(lambda: send() or passed_on() > seen, "stats through the new connection")
+        finally:
+            reader.close()
+            link.close()
+            loop.close()
 
 
 def test_stats_with_too_many_stages_or_long_stage_names_are_skipped():
