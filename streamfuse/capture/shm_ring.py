@@ -357,15 +357,23 @@ class ShmRing:
         gen = self._gen
         self._unmap(unlink=self._owner)
         if self._owner:
-            # a successor the writer created that the reader never reached; the earlier generations of an owner that
-            # wrote itself (its own grows leave them for a reader to follow)
-            for other in (gen + 1, gen + 2, *range(gen)):
-                try:
-                    orphan = shared_memory.SharedMemory(name=self._name(other))
-                except FileNotFoundError:
-                    continue
-                orphan.close()
-                orphan.unlink()
+            # the successors the writer created that the reader never reached (numbered on from this one, however
+            # many); the earlier generations of an owner that wrote itself (its own grows leave them for a reader)
+            later = gen + 1
+            while self._unlink(later):
+                later += 1
+            for earlier in range(gen):
+                self._unlink(earlier)
+
+    def _unlink(self, gen: int) -> bool:
+        """Unlink generation ``gen`` if it is there; whether it was."""
+        try:
+            orphan = shared_memory.SharedMemory(name=self._name(gen))
+        except FileNotFoundError:
+            return False
+        orphan.close()
+        orphan.unlink()
+        return True
 
     def __enter__(self) -> ShmRing:
         return self

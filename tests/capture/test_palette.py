@@ -10,7 +10,7 @@ import pytest
 from helpers_ros import IMAGE, raw, write_bag
 
 from streamfuse.capture.mcap_source import read_recording
-from streamfuse.capture.palette import PALETTES, ir_grey, to_temperature
+from streamfuse.capture.palette import PALETTES, check_depth, ir_grey, to_temperature
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.checks import ConfigError
 from streamfuse.config import config_from_dict
@@ -93,7 +93,8 @@ def test_a_false_colour_video_is_decoded_in_colour_for_its_palette_and_told_with
 
 def test_black_hot_is_inverted_grey_or_colour(tmp_path):
     truth = _scene()
-    frames, lines = _read_ir(_folder(tmp_path, [255 - truth, cv2.cvtColor(255 - truth, cv2.COLOR_GRAY2BGR)]),
+    # the colour frame first: a first frame is judged against the palette named, and black_hot has no colours
+    frames, lines = _read_ir(_folder(tmp_path, [cv2.cvtColor(255 - truth, cv2.COLOR_GRAY2BGR), 255 - truth]),
                              "black_hot")
     assert lines == [] and all(np.array_equal(f, truth) for f in frames)
 
@@ -110,8 +111,11 @@ def test_colour_frames_without_a_colour_map_go_grey_by_their_bgr_luminance():
 
 def test_frames_in_another_palette_are_told_and_what_cannot_be_a_palette_is_one_line(tmp_path):
     truth = _scene()
-    _, lines = _read_ir(_folder(tmp_path, [cv2.applyColorMap(truth, cv2.COLORMAP_INFERNO)]), "jet")
-    assert len(lines) == 1 and "do not look like the jet palette" in lines[0]
+    # another palette, and ones close to that named (median colour distances of about 27 and 37)
+    for frames, named in (("inferno", "jet"), ("magma", "inferno"), ("rainbow", "jet")):
+        (where := tmp_path / frames).mkdir()
+        _, lines = _read_ir(_folder(where, [cv2.applyColorMap(truth, _colormap(frames))]), named)
+        assert len(lines) == 1 and f"do not look like the {named} palette" in lines[0]
     for name, frame, words in [("grey", truth, "frames are grey, not in the jet palette"),
                                ("counts", truth.astype(np.uint16) * 50, "uint16 frames are counts or temperatures")]:
         folder = tmp_path / name
@@ -120,6 +124,17 @@ def test_frames_in_another_palette_are_told_and_what_cannot_be_a_palette_is_one_
         with pytest.raises(SourceError, match=words) as caught:
             _read_ir(str(folder), "jet")
         assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="float32 frames are counts or temperatures"):  # a float TIFF's
+        check_depth(truth.astype(np.float32), "jet")
+
+
+def test_a_grey_frame_stored_in_colour_even_slightly_tinted_is_not_taken_for_a_false_colour_one(tmp_path):
+    """Channels 4 levels apart each way (a grey camera's frames through a colour encoder): grey by luminance, without
+    a word about a palette."""
+    truth = np.clip(_scene(), 4, 251).astype(np.int16)
+    tinted = np.stack([truth + 4, truth, truth - 4], axis=2).astype(np.uint8)
+    frames, lines = _read_ir(_folder(tmp_path, [tinted]))
+    assert lines == [] and np.abs(frames[0].astype(int) - truth).max() <= 2
 
 
 def test_a_palette_is_the_ir_cameras_and_one_it_does_not_know_lists_those_it_does():
@@ -127,6 +142,9 @@ def test_a_palette_is_the_ir_cameras_and_one_it_does_not_know_lists_those_it_doe
         config_from_dict({"vis": {"palette": "jet"}})
     with pytest.raises(ConfigError, match=r"ironbow.*black_hot \| autumn"):
         config_from_dict({"ir": {"palette": "ironbow"}})
+    for cyclic in ("hsv", "twilight", "twilight_shifted"):  # they give no temperature order: not offered
+        with pytest.raises(ConfigError, match=f"palette='{cyclic}': neither a palette"):
+            config_from_dict({"ir": {"palette": cyclic}})
     with pytest.raises(ConfigError, match=r"palette='xxx.*xxx': neither a palette nor a file this system can open"):
         config_from_dict({"ir": {"palette": "x" * 300}})  # a name too long for the file system, shown cut short
 
@@ -216,6 +234,10 @@ def test_a_user_palette_in_the_home_folder_is_named_with_a_tilde(tmp_path, monke
     ("red green blue\n", r"0 R G B rows after its header \(line 1\); a palette needs two or more"),
     ("# iron\nhot to cold\nblack\n0 0 0\n", "line 3 is not three numbers"),
     ("0 0 0\n255 255 255\n0 0 0\n", "are alike, so it gives no temperature order"),
+    # its ends 4 levels apart; a colour that comes back 57 indices on
+    ("0 0 0\n255 0 0\n0 255 0\n0 0 255\n255 255 255\n0 3 3\n", "colours at 0 and 255 .* are alike"),
+    ("0 0 0\n255 0 0\n0 0 0\n0 255 0\n0 0 255\n255 255 0\n255 0 255\n0 255 255\n128 128 128\n255 255 255\n",
+     "colours at 0 and 57 .* are alike"),
 ])
 def test_a_palette_file_that_gives_no_order_is_one_line_naming_it(tmp_path, text, words):
     (tmp_path / "p.txt").write_text(text)

@@ -257,6 +257,7 @@ def test_stop_ends_every_producer_even_a_frozen_one() -> None:
     wait_for(lambda: not _running(frozen), "the frozen producer to die")  # killed; the kernel may take a moment
     assert prod.pids()["ir"] is None
     assert not [n for n in names if (SHM_DIR / n).exists()], "leaked shared memory"
+    assert prod.get(timeout=0.1) is None and prod.shm_names() == []  # stopped producers are not dead ones to restart
 
 
 def test_live_file_end_restarts_from_the_start_with_times_still_increasing(tmp_path: Path) -> None:
@@ -349,12 +350,41 @@ def test_rings_that_do_not_fit_the_free_shared_memory_are_refused_in_one_line(mo
         f_bavail, f_frsize = 10 * 256, 4096
 
     monkeypatch.setattr("streamfuse.capture.producer.os.statvfs", lambda path: Tiny)
-    # 3 bytes a pixel a ring, IR's too: its 8-bit frame and a thermal camera's 16-bit counts
-    cfg = SourceConfig(kind="synthetic", width=1920, height=1080)
-    with pytest.raises(ValueError, match=r"need 36 MiB of shared memory \(ir 1920x1080, vis 1920x1080, 3 slots each\) "
+    # 3 bytes a pixel a ring, IR's too: its 8-bit frame and a thermal camera's 16-bit counts; each ring (8 MiB) fits,
+    # the two do not
+    cfg = SourceConfig(kind="synthetic", width=1280, height=720)
+    with pytest.raises(ValueError, match=r"need 16 MiB of shared memory \(ir 1280x720, vis 1280x720, 3 slots each\) "
                                          r"but /dev/shm has 10 MiB free") as info:
         start_producers(cfg, cfg)
     assert "\n" not in str(info.value)
+
+
+def test_a_start_that_fails_for_its_second_source_leaves_the_first_one_stopped(monkeypatch) -> None:
+    """A start that fails part-way (no memory, no file descriptors left) raises with no producer left running and no
+    ring left in shared memory."""
+    from streamfuse.capture import producer
+
+    started, rings = [], []
+
+    def start_then_fail(ctx, section, cfg, ring, *args):
+        if started:
+            raise OSError(24, "Too many open files")
+        proc, conn = start_process(ctx, section, cfg, ring, *args)
+        started.append(proc)
+        rings.append(ring.name)
+        return proc, conn
+
+    start_process = producer.start_process
+    monkeypatch.setattr(producer, "start_process", start_then_fail)
+    cfg = SourceConfig(kind="synthetic", width=64, height=48)
+    try:
+        with pytest.raises(OSError, match="Too many open files"):
+            start_producers(cfg, cfg)
+        wait_for(lambda: not started[0].is_alive(), "the first producer to stop")
+        assert not (SHM_DIR / rings[0]).exists()
+    finally:
+        started[0].kill()
+        started[0].join(10)
 
 
 _TS_SERVER = """
@@ -492,15 +522,39 @@ def test_restart_delays_double_per_failure_in_a_row_and_start_again_after_a_stab
 
     caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
     prod = Producers.__new__(Producers)  # its supervision alone: no process started
-    prod._backoff, prod._events = (0.1, 8.0), deque()
+    prod._backoff, prod._events = (0.1, 0.5), deque()  # doubled up to backoff_max_s
     w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))
     for ran_s in (0.0, 0.0, 0.0, 0.0, _STABLE_S + 1, 0.0):
         w.proc, w.state, w.started_at = _Died(), "running", time.monotonic() - ran_s
         prod._on_exit(w)
         assert w.state == "waiting"
     said = [r.getMessage().rsplit("restarting in ", 1)[1] for r in caplog.records]
-    assert said == ["0.1 s", "0.2 s", "0.4 s", "0.8 s", "0.1 s", "0.2 s"]
+    assert said == ["0.1 s", "0.2 s", "0.4 s", "0.5 s", "0.1 s", "0.2 s"]
     assert [e.restarting for e in prod._events] == [True] * 6
+
+
+def test_a_replayable_source_restarted_in_a_later_pass_resumes_within_that_pass() -> None:
+    # A looped file's next pass starts one frame step after its last frame (a file of one frame: 1 / fps); a crash in
+    # that pass resumes after the frames of this pass delivered, not of every pass (it skipped past the end)
+    from collections import deque
+
+    from streamfuse.capture.producer import _Worker
+
+    prod = Producers.__new__(Producers)
+    prod._backoff, prod._events = (0.1, 8.0), deque()
+    image, ms = np.zeros((4, 4), np.uint8), 1_000_000
+    for times, resume in (((0,), (1, 0, 40 * ms)), ((0, 40 * ms, 80 * ms), (3, 0, 120 * ms))):
+        w = _Worker("ir", SourceConfig(kind="file", path="clip.mkv", fps=25))
+        for seq, t in enumerate(times):
+            prod._see(w, Frame("ir", seq, t, image))
+        w.proc, w.started_at, w.message = _Died(), time.monotonic(), ("eos", "ir: end of stream (file clip.mkv)")
+        prod._on_exit(w)
+        assert w.resume == resume
+    for seq in (3, 4):  # the three-frame file's second pass: it crashed after two of its frames
+        prod._see(w, Frame("ir", seq, seq * 40 * ms, image))
+    w.proc, w.state, w.message, w.seq_at_start = _Died(), "running", None, 3
+    prod._on_exit(w)
+    assert w.resume == (5, 2, 120 * ms)
 
 
 class _DroppingRing:
@@ -527,7 +581,8 @@ def test_frames_dropped_by_every_retired_producer_of_a_source_add_up() -> None:
     prod = Producers.__new__(Producers)
     w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))
     prod._workers = {"ir": w}
-    for dropped, skipped in ((3, 1), (4, 2)):
+    # -1: a ring whose lock its killed producer held (stats() could not read it) takes nothing off the others
+    for dropped, skipped in ((3, 1), (-1, 0), (4, 2)):
         w.ring, w.beat = _DroppingRing(dropped), [0, 0, 0, skipped]
         prod._retire(w)
     stats = prod.stats()["ir"]
@@ -566,6 +621,100 @@ def test_frames_of_both_sources_come_oldest_capture_time_first() -> None:
     assert prod._workers["ir"].delivered == prod._workers["vis"].delivered == 3
 
 
+class _Silent:
+    """A producer process that is alive and writes nothing."""
+
+    pid, killed = 4243, False
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("stall_factor", "queued", "beats", "killed"), [
+    (20, [], 0, True),  # a frame delivered and nothing since: 20 intervals (0.66 s) of silence, not 30 s, is a stall
+    (20, [Frame("ir", 1, 0, np.zeros((4, 4), np.uint8))], 0, False),  # a frame waits unread: the consumer is behind
+    (0, [], 1, False)])  # stall_factor 0: never
+def test_a_producer_silent_for_its_stall_allowance_is_killed(stall_factor, queued, beats, killed) -> None:
+    from streamfuse.capture.producer import _Worker
+
+    prod = Producers.__new__(Producers)
+    w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48, stall_factor=stall_factor))
+    w.proc, w.ring, w.beat = _Silent(), _Queued(queued), [beats, round(1e9 / 30), 0, 0]
+    w.beats_seen, w.last_seq, w.heard_at = beats, 0, time.monotonic() - 5.0  # frame 0 of this process delivered
+    prod._check_stall(w)
+    assert w.proc.killed == killed and w.stalls == killed
+
+
+def _supervising(monkeypatch) -> Producers:
+    """A producer set's supervision whose producers are started as processes that have died already."""
+    import multiprocessing as mp
+    from collections import deque
+
+    from streamfuse.capture import producer
+
+    monkeypatch.setattr(producer, "start_process", lambda *args: (_Died(), None))
+    prod = Producers.__new__(Producers)
+    prod._ctx, prod._slots, prod._bell, prod._stop = mp.get_context("spawn"), 1, None, None
+    prod._backoff, prod._events = (0.1, 8.0), deque()
+    return prod
+
+
+def test_a_producer_restarted_after_a_stall_reports_its_own_end_not_the_stall(monkeypatch) -> None:
+    # the successor of a producer killed as stalled that then fails is reported by what it said, not by the stall
+    from streamfuse.capture.producer import _Worker
+
+    prod = _supervising(monkeypatch)
+    w = _Worker("ir", SourceConfig(kind="synthetic", width=16, height=16))
+    stalled = "ir: producer (pid 4242) stalled: no frame for 1.00 s (...); killed it"
+    w.proc, w.started_at, w.last_seq, w.stall_line = _Died(), time.monotonic(), 3, stalled
+    prod._on_exit(w)
+    w.restarts += 1
+    prod._spawn(w, w.resume)  # its successor, which says what went wrong before it ends
+    w.message = ("error", "ir: camera lost")
+    prod._on_exit(w)
+    assert [e.message for e in prod._events] == [stalled, "ir: camera lost"]
+
+
+def test_a_files_producer_that_dies_again_before_its_next_frame_is_not_restarted_for_ever(monkeypatch) -> None:
+    # the restarted producer of frames 5 on died before frame 5: it would die there at every start
+    from streamfuse.capture.producer import _Worker
+
+    prod = _supervising(monkeypatch)
+    w = _Worker("ir", SourceConfig(kind="file", path="clip.mkv"))
+    w.proc, w.started_at, w.last_seq = _Died(), time.monotonic(), 4
+    prod._on_exit(w)
+    assert w.state == "waiting" and w.resume[0] == 5
+    w.restarts += 1
+    prod._spawn(w, w.resume)
+    prod._on_exit(w)
+    assert w.state == "ended" and w.final.kind == "error"
+
+
+def test_frames_rescued_from_a_dead_producer_come_first_and_before_the_sources_final_event() -> None:
+    # the frames left in an ended producer's ring are older than its successor's, and the consumer stops on the
+    # source's final event: taken after them, nothing the source delivered is lost
+    from collections import deque
+
+    from streamfuse.capture.producer import _Worker
+
+    image = np.zeros((4, 4), np.uint8)
+    prod = Producers.__new__(Producers)
+    prod._events = deque()
+    w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))
+    prod._workers = {"ir": w}
+    w.pending.append(Frame("ir", 0, 10, image))
+    w.ring = _Queued([Frame("ir", 1, 20, image)])
+    assert [f.seq for f in (prod._next(), prod._next())] == [0, 1]
+    last, final = Frame("ir", 2, 30, image), ProducerEvent("ir", "error", "ir: camera lost")
+    w.pending.append(last)
+    w.ring, w.state, w.final = None, "ended", final
+    assert not prod.done
+    assert [prod._next(), prod._next()] == [last, final] and prod.done
+
+
 @pytest.mark.parametrize(("delivered", "restarts"), [(0, False), (1, True), (5, True)])
 def test_a_live_source_failing_is_restarted_once_it_has_delivered_even_one_frame(delivered: int,
                                                                                 restarts: bool) -> None:
@@ -586,6 +735,42 @@ def test_a_live_source_failing_is_restarted_once_it_has_delivered_even_one_frame
         assert w.state == "waiting" and w.final is None and [e.restarting for e in prod._events] == [True]
     else:
         assert w.state == "ended" and w.final == ProducerEvent("ir", "error", "ir: camera lost") and not prod._events
+
+
+@pytest.mark.parametrize("message", [
+    ("error", "ir: camera lost"),  # its reconnection failed with an error of its own (not a config error: it worked)
+    ("unreachable", "ir: camera '0' is not plugged in")])  # waited for; its event an error like any other
+def test_a_camera_that_fails_again_after_a_restart_before_a_frame_is_restarted_again(message) -> None:
+    from collections import deque
+
+    from streamfuse.capture.producer import _Worker
+
+    prod = Producers.__new__(Producers)
+    prod._backoff, prod._events = (0.1, 8.0), deque()
+    w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))  # live: a wall-clock source
+    w.proc, w.started_at, w.message = _Died(), time.monotonic(), message
+    w.restarts, w.seq_at_start, w.last_seq = 1, 5, 4  # the first producer delivered 5 frames; this one none
+    prod._on_exit(w)
+    assert w.state == "waiting" and [(e.kind, e.message, e.restarting) for e in prod._events] == [
+        ("error", message[1], True)]
+
+
+def test_a_files_end_is_news_a_streams_a_fault_and_a_final_error_is_left_to_the_consumer(caplog) -> None:
+    from collections import deque
+
+    from streamfuse.capture.producer import _Worker
+
+    caplog.set_level(logging.INFO, logger="streamfuse.capture.producer")
+    prod = Producers.__new__(Producers)
+    prod._backoff, prod._events = (0.1, 8.0), deque()
+    for cfg, message in ((SourceConfig(kind="file", path="clip.mkv", restart=False), ("eos", "ir: end (file)")),
+                         (SourceConfig(kind="file", path="clip.mkv", restart=False), ("error", "ir: truncated")),
+                         (SourceConfig(kind="stream", path="tcp://cam:5000"), ("eos", "ir: end (stream)"))):
+        w = _Worker("ir", cfg)
+        w.proc, w.started_at, w.message = _Died(), time.monotonic(), message
+        prod._on_exit(w)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "ir: end (file)"), (logging.WARNING, "ir: end (stream); restarting in 0.1 s")]
 
 
 class _Ending(_Counting):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, process_alive, remove_stale
+from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, named_semaphore, process_alive, remove_stale
 from streamfuse.frames import Frame
 
 SHM_DIR = Path("/dev/shm")
@@ -70,6 +70,7 @@ def test_latest_policy_never_blocks_and_counts_overwritten_frames() -> None:
         # no reader at all, yet every write succeeds with no time at all to wait for space
         assert all(ring.write(Frame("ir", s, t_of(s), image(s, (48, 64))), timeout=0) for s in range(10))
         assert ring.stats() == {"written": 10, "unread": 2, "dropped": 8}
+        assert ring.peek_time() == t_of(8)  # the oldest unread frame's capture time, still unread
         newest = [ring.read(timeout=1.0), ring.read(timeout=1.0)]
         assert [f.seq for f in newest] == [8, 9]
         np.testing.assert_array_equal(newest[1].image, image(9, (48, 64)))
@@ -88,21 +89,22 @@ def test_block_policy_waits_instead_of_dropping() -> None:
         assert ring.write(frame, timeout=0.2)  # a slot was freed
 
 
-def _growing_writer(ring: ShmRing, small: int) -> None:
-    """Child process: ``small`` small frames, then one that does not fit the slots."""
+def _growing_writer(ring: ShmRing, small: int, grows: int) -> None:
+    """Child process: ``small`` small frames, then ``grows`` ones each too big for the slots before."""
     for seq in range(small):
         ring.write(Frame("vis", seq, t_of(seq), image(seq, (10, 10, 3))))
-    ring.write(Frame("vis", small, t_of(small), image(small, (40, 30, 3))))
+    for seq in range(small, small + grows):
+        ring.write(Frame("vis", seq, t_of(seq), image(seq, (40 * (seq - small + 1), 30, 3))))
     ring.close()
 
 
-def _grown(small: int) -> tuple[ShmRing, str]:
-    """A 2-slot latest ring, and the name of its first segment, after a child wrote ``small`` frames and a larger
-    one into it."""
+def _grown(small: int, grows: int = 1) -> tuple[ShmRing, str]:
+    """A 2-slot latest ring, and the name of its first segment, after a child wrote ``small`` frames and ``grows``
+    larger ones into it."""
     ctx = mp.get_context("spawn")
     ring = ShmRing("vis", slots=2, slot_bytes=10 * 10 * 3, ctx=ctx)
     first = ring.name
-    child = ctx.Process(target=_growing_writer, args=(ring, small))
+    child = ctx.Process(target=_growing_writer, args=(ring, small, grows))
     child.start()
     child.join(20)
     assert child.exitcode == 0
@@ -137,12 +139,33 @@ def test_frames_dropped_before_the_ring_grew_stay_counted() -> None:
         ring.close()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="segments listed in /dev/shm")
+def test_a_reader_that_never_followed_the_writers_grows_unlinks_every_successor_on_close() -> None:
+    ring, first = _grown(1, grows=3)  # the writer made generations 1, 2 and 3; the reader is still on 0
+    ring.close()
+    assert not list(SHM_DIR.glob(f"{first}*"))
+
+
+def test_every_write_rings_the_data_bell_a_reader_of_several_rings_waits_on() -> None:
+    bell = named_semaphore(mp.get_context("spawn"))
+    with ShmRing("ir", slots=1, slot_bytes=16, data_bell=bell) as ring:
+        for seq in range(2):  # the second overwrites the first, unread: a write all the same
+            ring.write(Frame("ir", seq, t_of(seq), image(seq, (4, 4))))
+        assert bell.acquire(block=False) and bell.acquire(block=False) and not bell.acquire(block=False)
+
+
 def test_rejects_non_uint8_and_bad_policy() -> None:
     with ShmRing("ir", slots=1, slot_bytes=64) as ring:
         with pytest.raises(ValueError, match="uint8"):
             ring.write(Frame("ir", 0, 0, np.zeros((4, 4), np.float32)))
+        # refused by the writer, in one line, not by the reader reshaping them
+        with pytest.raises(ValueError, match=r"counts must be uint16 \(4, 4\), got uint16 \(2, 8\)"):
+            ring.write(Frame("ir", 0, 0, np.zeros((4, 4), np.uint8), counts=np.zeros((2, 8), np.uint16)))
     with pytest.raises(ValueError, match="policy"):
         ShmRing("ir", slots=1, slot_bytes=64, policy="newest")
+    with pytest.raises(ValueError, match="slots=0, slot_bytes=64: both must be >= 1"):
+        ShmRing("ir", slots=0, slot_bytes=64)
 
 
 def test_names_carry_the_creating_process() -> None:
@@ -199,6 +222,15 @@ def test_another_users_stale_object_is_left_to_them(tmp_path, monkeypatch) -> No
     monkeypatch.setattr(Path, "unlink", sticky)
     assert remove_stale(directory=tmp_path) == [names[1]]
     assert [p.name for p in tmp_path.iterdir()] == [names[0]]
+
+
+def test_a_process_this_user_may_not_signal_is_alive(monkeypatch) -> None:
+    """Another user's process (``kill(pid, 0)`` refused): its objects are not this run's to free."""
+    def refused(pid: int, sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", refused)
+    assert process_alive(os.getpid())
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through /proc (Linux)")

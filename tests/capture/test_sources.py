@@ -3,6 +3,7 @@ cameras that do not exist."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from fractions import Fraction
@@ -179,6 +180,9 @@ def test_a_video_file_named_as_a_camera_is_read_to_its_end(tmp_path: Path) -> No
     write_video(path, 5)
     frames = read_all("vis", SourceConfig(kind="camera", path=str(path)))
     assert len(frames) == 5 and [f.seq for f in frames] == list(range(5))
+    with pytest.raises(SourceError, match="cannot open camera") as info:  # a file, unlike a device, is not waited for
+        open_source("vis", SourceConfig(kind="camera", path=str(tmp_path / "missing.mkv"))).open()
+    assert not info.value.unreachable
 
 
 def test_file_source_times_come_from_pts_and_ir_is_grey(tmp_path: Path) -> None:
@@ -250,6 +254,34 @@ def test_truncated_video_yields_what_decodes_then_says_where_it_stopped(tmp_path
     assert str(cut) in msg and f"after frame {len(got)}" in msg and "truncated" in msg
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="a process's open files are listed in /proc")
+def test_a_file_source_lets_go_of_its_file_when_closed_and_when_it_has_no_video(tmp_path: Path) -> None:
+    """Replay opens its inputs again at each restart or resume: a file each open left open would add up."""
+    import wave
+
+    video, sound = tmp_path / "clip.mkv", tmp_path / "sound.wav"
+    write_video(video, 3)
+    with wave.open(str(sound), "wb") as out:  # a container without a video stream
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(bytes(1600))
+    assert len(read_all("vis", SourceConfig(kind="file", path=str(video)))) == 3
+    with pytest.raises(SourceError, match="has no video stream"):
+        open_source("vis", SourceConfig(kind="file", path=str(sound))).open()
+    held = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            held.add(os.readlink(fd))
+    assert not held & {str(video), str(sound)}
+
+
+@pytest.mark.parametrize("kind", ["file", "stream"])
+def test_a_file_or_stream_without_a_path_is_one_line(kind: str) -> None:
+    with pytest.raises(SourceError, match=f"^ir: no path given for a {kind} source$"):
+        open_source("ir", SourceConfig(kind=kind)).open()
+
+
 @pytest.mark.parametrize("content", [None, "fifo", b"this is not a video\n" * 50])
 def test_missing_or_non_video_file_is_one_clear_line(tmp_path: Path, content: bytes | str | None) -> None:
     path = tmp_path / "clip.mp4"
@@ -268,6 +300,8 @@ def test_nonexistent_camera_index_is_one_clear_line(capfd: pytest.CaptureFixture
         open_source("vis", SourceConfig(kind="camera", path="57")).open()
     assert "\n" not in str(info.value)
     assert info.value.unreachable == sys.platform.startswith("linux")  # a device not there yet is waited for
+    if sys.platform.startswith("linux"):  # the device an index stands for, named
+        assert "(/dev/video57 missing; found: " in str(info.value)
     assert capfd.readouterr().err == ""  # no OpenCV warning lines on top of ours
 
 
@@ -281,9 +315,55 @@ def test_a_camera_path_that_is_no_camera_nor_video_is_one_line(tmp_path: Path, w
     assert not info.value.unreachable  # not waited for: nothing will turn it into a camera
 
 
+class _FakeCapture:
+    """cv2.VideoCapture of a camera that delivers ``frames`` (None: a retrieve that comes back empty)."""
+
+    def __init__(self, frames: list) -> None:
+        self.frames, self.props, self.released = list(frames), {}, False
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return True
+
+    def set(self, prop: int, value: float) -> bool:
+        self.props[prop] = value
+        return True
+
+    def grab(self) -> bool:
+        return bool(self.frames)
+
+    def retrieve(self) -> tuple[bool, np.ndarray | None]:
+        image = self.frames.pop(0)
+        return image is not None, image
+
+    def release(self) -> None:
+        self.released = True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/dev/null: a character device, as a camera's is")
+def test_a_camera_device_is_asked_for_its_size_and_rate_stamped_at_grab_and_released(monkeypatch) -> None:
+    """A device camera (a character device, /dev/null standing in for /dev/video0) gets the configured width, height
+    and rate and a one-frame driver buffer; each frame is stamped on both clocks between the read's start and end; an
+    empty frame is one line, and closing releases the device."""
+    import time
+
+    cap = _FakeCapture([np.full((48, 64, 3), 7, np.uint8), None])
+    monkeypatch.setattr(cv2, "VideoCapture", lambda target: cap)
+    with open_source("vis", SourceConfig(kind="camera", path="/dev/null", width=64, height=48, fps=15)) as src:
+        assert cap.props == {cv2.CAP_PROP_FRAME_WIDTH: 64, cv2.CAP_PROP_FRAME_HEIGHT: 48, cv2.CAP_PROP_FPS: 15,
+                             cv2.CAP_PROP_BUFFERSIZE: 1}
+        before, before_mono = time.time_ns(), time.monotonic_ns()
+        frame = src.read()
+        assert before <= frame.t_capture_ns <= time.time_ns()
+        assert before_mono <= frame.t_mono_ns <= time.monotonic_ns()
+        assert frame.image.shape == (48, 64, 3) and frame.seq == 0
+        with pytest.raises(SourceError, match="^vis: camera '/dev/null' returned an empty frame$"):
+            src.read()
+    assert cap.released
+
+
 def test_folder_is_sorted_numerically_with_times_from_fps(tmp_path: Path) -> None:
-    for i in (1, 2, 10, 11, 3):
-        cv2.imwrite(str(tmp_path / f"frame_{i}.png"), np.full((8, 8, 3), i, np.uint8))
+    for i in (1, 2, 10, 11, 3):  # a suffix in capitals is an image too
+        cv2.imwrite(str(tmp_path / f"frame_{i}.{'PNG' if i == 10 else 'png'}"), np.full((8, 8, 3), i, np.uint8))
     (tmp_path / "notes.txt").write_text("ignored")
     frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False))
     assert [int(f.image[0, 0]) for f in frames] == [1, 2, 3, 10, 11]
@@ -291,9 +371,12 @@ def test_folder_is_sorted_numerically_with_times_from_fps(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("names", [["a.png", "b.png", "c.png"], ["1700000000100.png", "1700000000133.png",
-                                   "1700000000167.png"], ["x_1.png", "y_1.png", "z_2.png"]])
+                                   "1700000000167.png"], ["x_1.png", "y_1.png", "z_2.png"],
+                                   ["0000.png", "0005.png", "0010.png"], ["cover.png", "5.png", "6.png"]])
 def test_a_folder_not_numbered_as_frames_are_is_timed_by_position(tmp_path, names):
-    for i, name in enumerate(names):  # no numbers, time stamps (steps of 33), a number repeated
+    # no numbers, time stamps (steps of 33), a number repeated, steps past the most a folder of frames may lose (4),
+    # a name without a number among numbered ones
+    for i, name in enumerate(names):
         cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), i, np.uint8))
     frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=False))
     assert [f.t_capture_ns for f in frames] == [0, 100_000_000, 200_000_000]
@@ -303,7 +386,9 @@ def test_a_folder_not_numbered_as_frames_are_is_timed_by_position(tmp_path, name
     # three frames of every four lost (the most a folder of frames may lose): still timed by their numbers
     (["0000.png", "0004.png", "0008.png", "0012.png"], [0, 4, 8, 12]),
     # a camera's number before the frame number: the frame number is the last one in the name
-    (["cam2_0000.png", "cam2_0001.png", "cam2_0003.png"], [0, 1, 3])])
+    (["cam2_0000.png", "cam2_0001.png", "cam2_0003.png"], [0, 1, 3]),
+    # a folder of one frame: its number, not position 0, so it pairs with the other stream's frame of that number
+    (["0007.png"], [7])])
 def test_a_folder_of_numbered_frames_is_timed_by_each_frames_own_number(tmp_path, names, numbers):
     # timed by position instead, each frame after a lost one moves onto the other stream's earlier frame
     for i, name in enumerate(names):
@@ -318,8 +403,17 @@ def test_a_looped_folder_goes_on_after_its_last_frame(tmp_path):
     assert [f.t_capture_ns // 100_000_000 for f in frames] == [1, 2, 3, 4, 5, 6, 7]
     assert [int(f.image[0, 0]) for f in frames] == [1, 2, 3, 1, 2, 3, 1]
     assert frames[0].image.shape == (8, 8)
-    with pytest.raises(SourceError, match="image folder not found"):
-        open_source("ir", SourceConfig(kind="folder", path=str(tmp_path / "nope"))).open()
+    for path in (tmp_path / "nope", tmp_path / "0001.png"):  # a file is no folder either
+        with pytest.raises(SourceError, match="image folder not found"):
+            open_source("ir", SourceConfig(kind="folder", path=str(path))).open()
+
+
+def test_a_looped_folder_that_lost_frames_starts_its_next_lap_after_its_last_frame_number(tmp_path):
+    """Frames 0, 1 and 3 of 4 (frame 2 lost): the second lap starts at 4, not at 3, the last frame's own time."""
+    for n in (0, 1, 3):
+        cv2.imwrite(str(tmp_path / f"{n:04d}.png"), np.full((8, 8, 3), n, np.uint8))
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=True), limit=6)
+    assert [f.t_capture_ns // 100_000_000 for f in frames] == [0, 1, 3, 4, 5, 7]
 
 
 def test_a_frames_counts_are_its_own_and_an_8_bit_frame_after_a_16_bit_one_has_none(tmp_path):

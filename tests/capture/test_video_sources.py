@@ -98,6 +98,43 @@ def test_live_stream_times_are_on_the_wall_clock_never_after_arrival_and_increas
     assert all(b[0] > a[0] for a, b in zip(stamps, stamps[1:]))
 
 
+class _Reported:
+    """A container whose RTCP sender reports put its pts 0 at ``real_us`` on the sender's clock (an RTSP camera's,
+    for a file read as a stream)."""
+
+    def __init__(self, container, real_us: int) -> None:
+        self._container, self.start_time_realtime = container, real_us
+
+    def __getattr__(self, name: str):
+        return getattr(self._container, name)
+
+    def __enter__(self) -> _Reported:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._container.close()
+
+
+def test_live_stream_whose_sender_clock_is_a_little_ahead_is_never_stamped_after_arrival(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    """clock: sender, a sender clock 0.2 s ahead of ours (within what is taken for the same clock, NTP-synced): its
+    capture times, never later than the frames' arrival."""
+    path = tmp_path / "clip.mkv"
+    write_ffv1(path, 5)
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: _Reported(real_open(*args, **kwargs),
+                                                                      (time.time_ns() + 200 * MS) // 1000))
+    src = open_source("vis", SourceConfig(kind="stream", path=str(path), clock="sender"))
+    lines: list[str] = []
+    src.warn = lines.append
+    before, stamps = time.time_ns(), []
+    with src:
+        while (frame := src.read()) is not None:
+            stamps.append((frame.t_capture_ns, time.time_ns()))
+    assert len(stamps) == 5 and lines == []
+    assert all(before <= t <= arrived for t, arrived in stamps)
+
+
 def test_live_stream_whose_sender_clock_is_slow_does_not_drift_from_the_wall_clock(tmp_path: Path,
                                                                                   monkeypatch) -> None:
     path = tmp_path / "clip.mkv"
@@ -181,15 +218,17 @@ def mjpeg_with_broken_frames(path: Path, n: int, broken: range) -> None:
 
 def test_live_stream_skips_an_undecodable_packet_reports_it_and_goes_on(tmp_path: Path) -> None:
     path = tmp_path / "camera.mjpeg"
-    mjpeg_with_broken_frames(path, 30, broken=range(15, 16))
+    mjpeg_with_broken_frames(path, 30, broken=range(15, 17))
     src = open_source("vis", SourceConfig(kind="stream", path=str(path)))
     lines: list[str] = []
     src.warn = lines.append
     frames = read_all(src)
-    assert len(frames) == 29  # every frame but the broken one, without reconnecting
+    assert len(frames) == 28  # every frame but the broken ones, without reconnecting; said once, not per packet
     assert len(lines) == 1 and "skipped 1 undecodable packet" in lines[0] and str(path) in lines[0]
     with pytest.raises(SourceError, match="decoding stopped after frame 15"):  # a file: corrupt, said once
         read_all(open_source("vis", SourceConfig(kind="file", path=str(path))))
+    mjpeg_with_broken_frames(path, 30, broken=range(3))  # joined mid-stream: its first packets undecodable
+    assert len(read_all(open_source("vis", SourceConfig(kind="stream", path=str(path))))) == 27
     mjpeg_with_broken_frames(path, 60, broken=range(60))  # not one decodable frame: an error, not skipped for ever
     with pytest.raises(SourceError, match="decoding stopped before the first frame: .*Invalid data"):
         read_all(open_source("vis", SourceConfig(kind="stream", path=str(path))))
@@ -247,6 +286,18 @@ def test_file_whose_timestamps_jump_or_repeat_keeps_times_increasing_and_says_so
     assert max(asked) <= 2.0  # (sleeps asked for, not taken, add up) paced by the frames' spacing, not the jump
     word = {"back": "jump back", "ahead": "jump ahead", "repeat": "repeats"}[case]
     assert len(lines) == 1 and word in lines[0] and "after frame 25" in lines[0] and str(path) in lines[0]
+
+
+def test_a_looped_file_says_its_timestamp_jump_once_not_on_every_pass(tmp_path: Path) -> None:
+    path = tmp_path / "back.ts"
+    path.write_bytes(ts_segment(10.0, 4) + ts_segment(7.0, 4))
+    src = open_source("ir", SourceConfig(kind="file", path=str(path), realtime=False, loop=True))
+    lines: list[str] = []
+    src.warn = lines.append
+    with src:
+        t = [src.read().t_capture_ns for _ in range(24)]  # three passes
+    assert all(b > a for a, b in zip(t, t[1:]))
+    assert len(lines) == 1 and "jump back" in lines[0]
 
 
 def _ir_until_its_end(prod: Producers) -> tuple[list[Frame], list[ProducerEvent]]:
