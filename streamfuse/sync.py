@@ -315,8 +315,8 @@ class Pairer:
         s = frame.stream
         other = OTHER[s]
         held = self._held[s]
-        if held is not None and frame.t_capture_ns < held.t_capture_ns:
-            self._in[s].unpaired += 1  # out of order: the hold keeps the newest frame
+        if held is not None and frame.t_capture_ns <= held.t_capture_ns:
+            self._in[s].unpaired += 1  # out of order, or the held frame again: the hold keeps the newest frame
             return []
         self._release_held(s)
         self._held[s], self._held_used[s] = frame, False

@@ -117,7 +117,9 @@ def test_contrast_below_one_flattens_around_the_mean(pair):
     # without it, contrast=0.75 (allowed: 0.5 .. 3) would be ignored and the row would be the plain baseline's
     ir, vis = pair
     plain = build_fuser(FuseConfig(name="max")).fuse(ir, vis)
-    out = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(contrast=0.75)).fuse(ir, vis)
+    flattened = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(contrast=0.75))
+    assert flattened.name == "max+contrast0.75"  # the name the published frames and the evaluation rows carry
+    out = flattened.fuse(ir, vis)
     np.testing.assert_allclose(out - out.mean(), 0.75 * (plain - plain.mean()), atol=1e-3)
 
 
@@ -125,5 +127,32 @@ def test_sharpen_is_an_unsharp_mask_of_sigma_1_5(pair):
     # without it, "sharpen: unsharp-mask amount (sigma 1.5)" would be a different filter from the one documented
     ir, _ = pair
     y = ir.astype(np.float32)
-    out = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(sharpen=0.5)).fuse(ir, ir)
-    np.testing.assert_allclose(out, y + 0.5 * (y - cv2.GaussianBlur(y, (0, 0), 1.5)), atol=1e-3)
+    sharp = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(sharpen=0.5))
+    assert sharp.name == "max+unsharp0.5"  # the amount as given, not rounded to a whole one
+    np.testing.assert_allclose(sharp.fuse(ir, ir), y + 0.5 * (y - cv2.GaussianBlur(y, (0, 0), 1.5)), atol=1e-3)
+
+
+def test_sharpen_and_contrast_together_stretch_the_sharpened_output(pair):
+    # both knobs set: the contrast stretch acts on the sharpened image, around its mean; without it one of the two
+    # would be dropped (or the stretch applied first, around the mean of an image the output is not)
+    ir, vis = pair
+    sharp = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(sharpen=1.0)).fuse(ir, vis)
+    both = build_fuser(FuseConfig(name="max"), baseline=BaselineConfig(sharpen=1.0, contrast=1.5))
+    assert both.name == "max+unsharp1+contrast1.5"
+    out = both.fuse(ir, vis)
+    np.testing.assert_allclose(out, 1.5 * (sharp - sharp.mean()) + sharp.mean(), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["max", "average", "laplacian", "rule"])
+def test_a_baseline_is_announced_under_the_name_it_is_configured_by(name):
+    # the publisher announces fuser.name and the evaluation tables list it: it must be the fuse.name a user sets
+    assert build_fuser(FuseConfig(name=name)).name == name
+
+
+def test_the_baseline_settings_accept_their_limits_and_refuse_past_them():
+    # the limits themselves are allowed (sharpen 0..10, contrast 0.5..3), a negative sharpen is a blur and refused
+    for limits in ({"sharpen": 10, "contrast": 3.0}, {"sharpen": 0, "contrast": 0.5}):
+        BaselineConfig(**limits)
+    for bad in ({"sharpen": -0.5}, {"sharpen": 10.5}, {"contrast": 0.49}, {"contrast": 3.01}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BaselineConfig(**bad)

@@ -459,6 +459,35 @@ def _live_cfg(*overrides: str, endpoint: str = "tcp://127.0.0.1:*"):
     return cfg, endpoint
 
 
+@pytest.mark.parametrize("complete, code", [(True, 0), (False, 1)])
+def test_a_config_with_a_replay_out_replays_and_its_exit_code_says_whether_it_finished(monkeypatch, tmp_path,
+                                                                                       complete, code):
+    # replay.out in the config makes a run without --out a replay, as --out does, not a live run of the sources;
+    # a replay that did not fuse its inputs to their end (stopped, resumable) exits 1, for the script that runs it
+    from types import SimpleNamespace
+
+    from streamfuse import pipeline, replay
+
+    given = []
+    monkeypatch.setattr(pipeline, "run_live", lambda *a, **kw: pytest.fail("ran live"))
+    monkeypatch.setattr(replay, "run_replay", lambda cfg, **kw: given.append(kw) or SimpleNamespace(complete=complete))
+    cfg, _ = _live_cfg(f"replay.out={tmp_path / 'fused.mkv'}")
+    assert pipeline.run(cfg) == code
+    assert given == [{"ir_path": None, "vis_path": None, "out_path": None, "resume": None}]
+
+
+def test_a_recording_source_without_a_path_is_a_config_error_before_the_run_starts(monkeypatch):
+    # an mcap source has no first device to fall back on, as a file or folder has none: said before the publisher
+    # binds, not as a source failing at its start
+    from streamfuse import pipeline
+    from streamfuse.checks import ConfigError
+
+    monkeypatch.setattr(pipeline, "run_live", lambda *a, **kw: pytest.fail("ran live"))
+    cfg, _ = _live_cfg("ir.kind=mcap", "vis.kind=mcap", "vis.path=rig.mcap")
+    with pytest.raises(ConfigError, match=r"ir\.path is empty: a mcap source needs one \(--set ir\.path=\.\.\.;"):
+        pipeline.run(cfg)
+
+
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("realtime", [True, False])
 def test_capture_latency_only_for_wall_clock_sources(realtime, tmp_path):
@@ -609,6 +638,31 @@ def test_frames_queued_behind_a_sources_failure_are_kept_for_the_run_to_count():
     assert frames == vis and failure == "ir: x.avi: truncated or corrupt video"
 
 
+def test_a_failure_waits_for_a_source_still_opening_and_for_none_that_has_ended():
+    # _OPENING_WAIT_S is for a source still opening: its failure, coming after a few empty polls, is named in the
+    # same line. One that ended before its first frame will say nothing more: waiting for it held the run's end 15 s.
+    from streamfuse.capture import ProducerEvent
+    from streamfuse.pipeline import _failure
+
+    second = ProducerEvent("vis", "error", "vis: nope.mp4: no such file", False)
+    replies, vis_state = [None, None, second], ["opening"]
+
+    def get(timeout):
+        item = replies.pop(0) if replies else None
+        vis_state[0] = "ended" if item is second else vis_state[0]
+        return item
+
+    producers = _QueuedProducers([])
+    producers.get = get
+    producers.stats = lambda: {"ir": {"delivered": 0, "state": "ended"}, "vis": {"delivered": 0, "state": vis_state[0]}}
+    both = "ir: nope.avi: no such file; vis: nope.mp4: no such file"
+    assert _failure(producers, "ir: nope.avi: no such file", []) == both
+    waits = []
+    producers.get = lambda timeout: waits.append(timeout)  # vis has ended: asked once, without waiting
+    assert _failure(producers, "ir: nope.avi: no such file", []) == "ir: nope.avi: no such file"
+    assert waits == [0]
+
+
 @pytest.mark.timeout(90)
 def test_the_fuser_is_warmed_up_at_the_visible_size_before_capture_starts(monkeypatch):
     # On a GPU the engine's first call (CUDA graph capture) took 0.9 s: made on the first pair, it dropped the
@@ -679,7 +733,19 @@ def test_frames_same_host_readers_never_got_are_counted():
     assert counters["published"] == 2 and counters["publish_shm_busy"] == 3
 
 
-def test_how_long_the_older_frame_of_a_pair_waited_is_in_the_stats():
+def _stop_the_loops_clock(monkeypatch, now: int = 10**12) -> int:
+    """The live loop's monotonic clock stopped at ``now`` ns (its other clocks left as they are); returns ``now``."""
+    import types
+
+    from streamfuse import pipeline
+
+    stopped = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    stopped.monotonic_ns = lambda: now
+    monkeypatch.setattr(pipeline, "time", stopped)
+    return now
+
+
+def test_how_long_the_older_frame_of_a_pair_waited_is_in_the_stats(monkeypatch):
     # end_to_end counts from the newer frame's capture: the older one's wait for its partner was in no stage
     from types import SimpleNamespace
 
@@ -688,13 +754,13 @@ def test_how_long_the_older_frame_of_a_pair_waited_is_in_the_stats():
 
     pub = SimpleNamespace(shm_busy=0, send_fused=lambda fused: True, previews_wanted=lambda: False)
     tel = Telemetry(TelemetryConfig())
-    now = time.monotonic_ns()
+    now = _stop_the_loops_clock(monkeypatch)
     pair = SimpleNamespace(t_paired_ns=0, ir=SimpleNamespace(t_mono_ns=now - 70_000_000),
                            vis=SimpleNamespace(t_mono_ns=now - 30_000_000))
     frame = SimpleNamespace(image=np.zeros((4, 4, 3), np.uint8), timings={})
     _publish(pub, tel, pair, frame, SimpleNamespace(name="max", version="1"), 0)
     stages = tel.snapshot()["stages"]
-    assert stages["pair_offset"]["median_ms"] == 40.0 and stages["end_to_end"]["median_ms"] >= 30.0
+    assert stages["pair_offset"]["median_ms"] == 40.0 and stages["end_to_end"]["median_ms"] == 30.0
 
 
 class _EndingProducers(_QueuedProducers):
@@ -726,16 +792,11 @@ def test_the_newest_of_the_pairs_that_arrived_together_is_fused_and_the_older_on
     # A live rig wants the freshest picture: fusing the oldest pair of a backlog showed the scene late by the backlog,
     # and miscounting the skipped ones hid how far behind the fuser was. The last frames, which arrived as the sources
     # ended, are fused too, and the capture counters and latency (ms on the monotonic clock) reach the final stats.
-    import types
-
     from streamfuse import pipeline
     from streamfuse.frames import Frame
     from streamfuse.publish import Publisher
 
-    now = 10**12  # the loop's monotonic clock, stopped: the frames were acquired 50 ms before it
-    stepped = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    stepped.monotonic_ns = lambda: now
-    monkeypatch.setattr(pipeline, "time", stepped)
+    now = _stop_the_loops_clock(monkeypatch)  # the frames were acquired 50 ms before it
     ir, vis = np.full((48, 64), 200, np.uint8), np.full((48, 64, 3), 40, np.uint8)
     frames = [Frame(stream, seq, seq * 40_000_000, image, t_mono_ns=now - 50_000_000)
               for seq in range(3) for stream, image in (("ir", ir), ("vis", vis))]
@@ -769,3 +830,119 @@ def test_a_fused_frame_the_publisher_dropped_is_counted_as_dropped_and_its_pairi
     snap = tel.snapshot()
     assert snap["counters"]["published"] == 1 and snap["counters"]["publish_dropped"] == 2
     assert snap["stages"]["pair"]["median_ms"] == 5.0
+
+
+_NO_CAPTURE_LOSS = dict.fromkeys(("dropped", "skipped", "restarts", "stalls"), 0)  # _EndingProducers' counters
+
+
+@pytest.mark.parametrize("kind, warmed", [("camera", [(240, 320)]), ("file", [])])
+def test_a_cameras_requested_size_is_warmed_up_and_a_files_unknown_one_is_not(monkeypatch, tmp_path, kind, warmed):
+    # a camera delivers the size the config requests, as the synthetic source does: the engine's first call is made
+    # before capture starts; a file's size is known only from its first frame
+    from streamfuse import pipeline
+    from streamfuse.processor import FrameProcessor
+
+    calls, made = [], FrameProcessor.from_config
+
+    def spied(cfg, fuser=None, **kw):
+        proc = made(cfg, fuser, **kw)
+        monkeypatch.setattr(proc.fuser, "warm_up", lambda h, w: calls.append((h, w)))
+        return proc
+
+    monkeypatch.setattr(FrameProcessor, "from_config", spied)
+    monkeypatch.setattr(pipeline, "start_producers", lambda *a: _EndingProducers([], _NO_CAPTURE_LOSS))
+    path = [f"vis.path={tmp_path / 'vis.mp4'}"] if kind == "file" else []  # a camera's empty path: its first device
+    cfg, _ = _live_cfg(f"vis.kind={kind}", *path, "vis.width=320", "vis.height=240")
+    pipeline.run_live(cfg, duration_s=60.0)  # the sources deliver nothing and end at once
+    assert calls == warmed
+
+
+def test_a_run_that_paired_nothing_reports_its_fused_frame_counters_as_zero(monkeypatch):
+    # a dashboard plots published, publish_dropped and stale from every snapshot: absent, a run that never paired
+    # (a camera pointed at nothing) showed no line rather than zeros
+    from streamfuse import pipeline
+
+    monkeypatch.setattr(pipeline, "start_producers", lambda *a: _EndingProducers([], _NO_CAPTURE_LOSS))
+    snap = pipeline.run_live(_live_cfg()[0], duration_s=60.0)  # the sources deliver nothing and end at once
+    assert {name: snap["counters"][name] for name in ("published", "publish_dropped", "stale")} == dict.fromkeys(
+        ("published", "publish_dropped", "stale"), 0)
+
+
+def test_the_frames_left_waiting_for_a_partner_at_the_end_are_counted_unpaired(monkeypatch):
+    # as a replay of the run's recording counts them: the final snapshot's counters of the two agree, and a frame
+    # whose partner never came is not reported as still queued after the run
+    from streamfuse import pipeline
+    from streamfuse.frames import Frame
+
+    ir, vis = np.full((48, 64), 200, np.uint8), np.full((48, 64, 3), 40, np.uint8)
+    frames = [Frame("ir", 0, 0, ir), Frame("vis", 0, 0, vis), Frame("ir", 1, 40_000_000, ir)]  # IR 1: no partner
+    monkeypatch.setattr(pipeline, "start_producers", lambda *a: _EndingProducers(frames, _NO_CAPTURE_LOSS))
+    cfg, _ = _live_cfg("ir.width=64", "ir.height=48", "vis.width=64", "vis.height=48")
+    counters = pipeline.run_live(cfg, duration_s=60.0)["counters"]  # the duration only bounds a failure
+    assert (counters["paired.ir"], counters["unpaired.ir"], counters["queued.ir"]) == (1, 1, 0)
+
+
+def test_a_recorded_run_says_what_capture_dropped_and_reports_the_recordings_losses(monkeypatch, tmp_path, caplog):
+    # the recording lacks the frames capture dropped (the loop fell behind them): its end says so, as it says what the
+    # disk could not keep up with; and every snapshot carries the recording's own losses, 0 while there are none
+    from streamfuse import pipeline
+    from streamfuse.frames import Frame
+
+    ir, vis = np.full((48, 64), 200, np.uint8), np.full((48, 64, 3), 40, np.uint8)
+    frames = [Frame("ir", 0, 0, ir), Frame("vis", 0, 0, vis)]
+    monkeypatch.setattr(pipeline, "start_producers",
+                        lambda *a: _EndingProducers(frames, {**_NO_CAPTURE_LOSS, "dropped": 2}))
+    cfg, _ = _live_cfg("ir.width=64", "ir.height=48", "vis.width=64", "vis.height=48",
+                       f"record.path={tmp_path / 'rig.mcap'}")
+    with caplog.at_level("WARNING"):
+        counters = pipeline.run_live(cfg, duration_s=60.0)["counters"]  # the duration only bounds a failure
+    assert "lacks 2 IR and 2 visible frames that capture dropped before they reached it" in caplog.text
+    assert [counters[f"record_dropped.{name}"] for name in ("ir", "vis")] + [counters["record_failed"]] == [0, 0, 0]
+    assert (tmp_path / "rig.mcap").exists()
+
+
+def test_a_run_failing_after_each_source_delivered_a_frame_keeps_its_recording():
+    # only a run that failed before a source's first frame (a wrong path) discards its recording: one frame from
+    # each is a recording of what went wrong, kept for the replay that shows it
+    from types import SimpleNamespace
+
+    from streamfuse.pipeline import _end_recording
+
+    calls = []
+    rec = SimpleNamespace(close=lambda dropped: calls.append(("close", dropped)),
+                          discard=lambda: calls.append("discard"))
+    _end_recording(rec, {"ir": {"delivered": 1, "dropped": 0}, "vis": {"delivered": 9, "dropped": 3}}, "ir: gone")
+    assert calls == [("close", {"ir": 0, "vis": 3})]
+
+
+def test_a_recording_finished_but_not_given_its_name_is_said_whole_and_where(tmp_path, caplog):
+    # the rename at the end failed (a permission changed meanwhile): the .partial file is the whole recording, and the
+    # line says to rename it, not to `recover` it
+    from types import SimpleNamespace
+
+    from streamfuse.atomic_write import partial_path
+    from streamfuse.pipeline import _log_recording_failure
+
+    path = tmp_path / "rig.mcap"
+    partial_path(path).touch()
+    rec = SimpleNamespace(path=path, error="Permission denied", finished=True, counts={"ir": 4, "vis": 5})
+    with caplog.at_level("ERROR", logger="streamfuse.pipeline"):
+        _log_recording_failure(rec)
+    assert caplog.messages == [f"recording failed: {partial_path(path)} was not given its name (Permission denied); "
+                               f"it holds 4 IR and 5 visible frames, whole: rename it to {path}"]
+
+
+def test_the_report_carries_the_fusers_counters_and_a_recording_left_unnamed_as_failed():
+    # the fuser's own counters (hclfuse's OT cache hits) reach the stats topic; and a recording whole but left under
+    # its .partial name is not where the rig's scripts look: record_failed (exit 1) says so
+    from types import SimpleNamespace
+
+    from streamfuse.pipeline import _report
+    from streamfuse.sync import Pairer, SyncConfig
+    from streamfuse.telemetry import Telemetry, TelemetryConfig
+
+    rec = SimpleNamespace(dropped={"ir": 0, "vis": 0}, error="Permission denied", finished=True)
+    producers = SimpleNamespace(stats=lambda: {name: dict(_NO_CAPTURE_LOSS) for name in ("ir", "vis")})
+    pub, fuser = SimpleNamespace(send_stats=lambda snap: None), SimpleNamespace(stats=lambda: {"ot_cache_hits": 5})
+    snap = _report(Telemetry(TelemetryConfig()), pub, Pairer(SyncConfig()), producers, fuser, rec, final=True)
+    assert snap["counters"]["ot_cache_hits"] == 5 and snap["counters"]["record_failed"] == 1

@@ -12,6 +12,7 @@ import re
 import struct
 import threading
 import time
+import types
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.frames import Frame
-from streamfuse.recording import RecordConfig, Recorder
+from streamfuse.recording import RecordConfig, Recorder, encode_image
 from streamfuse.video import VideoWriter, container_format, decode_frames, ffv1_slice_crcs, read_tags, work_paths
 
 T0 = 1_700_000_000_123_456_789  # an epoch capture time, ns
@@ -79,6 +80,24 @@ def test_a_chunk_far_from_full_reaches_the_disk_within_flush_s(tmp_path, rng, mo
                 break
             assert flushed.wait(60), f"{_readable(partial_path(path))} of {len(frames)} frames on disk"
     assert [(f.stream, f.seq) for f in read_recording(path)] == [(f.stream, f.seq) for f in frames]
+
+
+def test_a_chunk_far_from_full_reaches_the_disk_within_flush_s_of_its_first_frame_while_frames_keep_coming(
+        tmp_path, rng, monkeypatch):
+    """flush_s is counted from the chunk's first frame, not from the last: frames coming steadily, each sooner than
+    flush_s after the one before, still have the chunk written out by then (the writer is never idle that long)."""
+    import streamfuse.recording as recording
+
+    ticks = iter(range(0, 10**6, 1000))  # the writer's clock: each frame 1000 s after the one before
+    monkeypatch.setattr(recording, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
+    flushed, real = threading.Event(), Recorder._flushed
+    monkeypatch.setattr(Recorder, "_flushed", lambda self: (real(self), flushed.set()))
+    frames, path = [f for f in _frames(rng, 5) if f.stream == "vis"], tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path), chunk_mb=256, flush_s=3600)) as rec:
+        for f in frames:  # at 0, 1000, ... 4000 s: the fifth comes 3600 s or more after the first
+            rec.write(f)
+        assert flushed.wait(30), "the chunk was not written out 3600 s after its first frame"
+        assert _readable(partial_path(path)) == len(frames)
 
 
 def test_a_disk_slower_than_the_cameras_costs_recorded_frames_not_the_live_loop(tmp_path, rng, monkeypatch, caplog):
@@ -343,7 +362,26 @@ def test_record_schema_and_message_layout(tmp_path, rng):
     pos = 16 + n_id + (-(12 + n_id) % 4)
     height, width, n_enc = struct.unpack_from("<III", data, pos)
     assert (height, width, data[pos + 12:pos + 12 + n_enc]) == (3, 5, b"bgr8\0")
+    pos += 12 + n_enc
+    assert data[pos] == 0  # is_bigendian: the pixels are little-endian (a mono16 reader would swap them otherwise)
+    pos += 1 + (-(pos + 1 - 4) % 4)
+    assert struct.unpack_from("<II", data, pos) == (5 * 3, 15 * 3)  # step (bytes per row) and the data's length
     assert data[-15 * 3:] == frame.image.tobytes()
+
+
+def test_a_configured_frame_id_is_the_recorded_headers(tmp_path):
+    # ir.frame_id / vis.frame_id name the cameras' optical frames in the recording too (TF in Foxglove or ROS 2
+    # places the images by it); a stream without one keeps <stream>_optical_frame
+    from mcap.reader import make_reader
+
+    path, img = tmp_path / "rig.mcap", np.zeros((2, 2), np.uint8)
+    with Recorder(RecordConfig(path=str(path)), frame_ids={"ir": "lwir_optical", "vis": ""}) as rec:
+        rec.write(Frame("ir", 0, T0, img))
+        rec.write(Frame("vis", 0, T0, img))
+    with open(path, "rb") as f:
+        ids = {channel.topic: msg.data[16:16 + struct.unpack_from("<I", msg.data, 12)[0]]
+               for _, channel, msg in make_reader(f).iter_messages()}
+    assert ids == {"/ir/image": b"lwir_optical\0", "/vis/image": b"vis_optical_frame\0"}
 
 
 def test_record_refuses_negative_times_and_unknown_streams(tmp_path):
@@ -353,11 +391,43 @@ def test_record_refuses_negative_times_and_unknown_streams(tmp_path):
             rec.write(Frame("ir", 0, -1, img))
         with pytest.raises(ValueError, match="cannot record stream 'depth'"):
             rec.write(Frame("depth", 0, 0, img))
+        rec.write(Frame("ir", 1, 0, img))  # the epoch itself is a time (a file source's first frame)
+    assert [(f.stream, f.seq, f.t_capture_ns) for f in read_recording(tmp_path / "r.mcap")] == [("ir", 1, 0)]
+
+
+def test_an_image_with_an_alpha_channel_is_refused_not_recorded_as_bgr8():
+    # a BGRA frame would be written as bgr8 with four bytes a pixel: every reader would show it sheared
+    with pytest.raises(ValueError, match=r"cannot record vis frame 3: image must be .* got \(4, 4, 4\) uint8"):
+        encode_image(Frame("vis", 3, 0, np.zeros((4, 4, 4), np.uint8)), "vis_optical_frame")
 
 
 def test_record_config_needs_a_path():
     with pytest.raises(ValueError, match="path"):
         RecordConfig()
+
+
+def test_record_config_takes_its_limits_and_refuses_a_flush_s_of_zero():
+    # flush_s=0 would have the writer thread spin writing out chunks of nothing
+    RecordConfig(path="r.mcap", chunk_mb=256, flush_s=0.01)
+    RecordConfig(path="r.mcap", chunk_mb=0.0625, flush_s=3600)
+    for bad in ({"flush_s": 0}, {"flush_s": 3601}, {"chunk_mb": 257}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RecordConfig(path="r.mcap", **bad)
+
+
+@pytest.mark.parametrize("compression, stored", [("zstd", "zstd"), ("none", "")])
+def test_chunks_are_chunk_mb_mib_of_messages_compressed_as_configured(tmp_path, rng, compression, stored):
+    # chunk_mb bounds what a kill can lose: 10 frames of 12 KiB fill a 64 KiB chunk after 6 (one chunk per frame or
+    # one for all would lose far less, or far more, than configured)
+    from mcap.reader import make_reader
+
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path), compression=compression, chunk_mb=0.0625, flush_s=3600)) as rec:
+        for i in range(10):
+            rec.write(Frame("vis", i, T0 + i, rng.integers(0, 256, (64, 64, 3), np.uint8)))
+    with open(path, "rb") as f:
+        chunks = make_reader(f).get_summary().chunk_indexes
+    assert [c.compression for c in chunks] == [stored, stored]
 
 
 def test_truncated_recording_yields_complete_chunks_then_one_line_error(tmp_path, rng):

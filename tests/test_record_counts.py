@@ -89,11 +89,16 @@ def test_the_counts_messages_carry_their_frames_capture_time_and_sequence(tmp_pa
         for frame in frames:
             rec.write(frame)
     with open(path, "rb") as f:
-        records = {(channel.topic, msg.sequence): (msg.log_time, msg.publish_time)
-                   for _, channel, msg in make_reader(f).iter_messages()}
+        reader = make_reader(f)
+        messages = list(reader.iter_messages())
+        topics = sorted(channel.topic for channel in reader.get_summary().channels.values())
+    records = {(channel.topic, msg.sequence): (msg.log_time, msg.publish_time) for _, channel, msg in messages}
     for frame in frames:
         t = frame.t_capture_ns
         assert records[(COUNTS_TOPIC, frame.seq)] == records[("/ir/image", frame.seq)] == (t, t)
+    assert topics == [COUNTS_TOPIC, "/ir/image", "/vis/image"]  # one counts channel, not one per frame
+    # the counts are the IR camera's: its optical frame, as its images
+    assert {msg.data[16:33] for _, channel, msg in messages if channel.topic == COUNTS_TOPIC} == {b"ir_optical_frame\0"}
 
 @pytest.mark.timeout(120)
 def test_a_live_run_records_a_thermal_cameras_counts_exactly(tmp_path):

@@ -128,20 +128,35 @@ def test_a_frame_delivered_twice_after_its_pair_is_counted_not_fused_again() -> 
     assert_consistent(st)
 
 
-def test_a_frame_waits_for_a_nearer_partner_that_can_still_come() -> None:
+@pytest.mark.parametrize("early", ["vis", "ir"])  # either stream's frame may be the one before its partner
+def test_a_frame_waits_for_a_nearer_partner_that_can_still_come(early: str) -> None:
     # Visible frames at 0, 40 and 85 ms, IR frames at 0, 40 and 100 ms (20 ms slop, both streams about 40 ms apart).
     # The visible frame at 85 ms is 15 ms before IR 100, but the next visible frame may come as early as 105 ms
     # (half a period of margin), nearer: the pairer must wait for it. Without that wait IR 100 would be fused with
     # visible 85 instead of the visible frame at 112 ms that the camera did deliver, 12 ms away.
-    arrivals = [Frame("vis", i, t * MS, _IMG) for i, t in enumerate((0, 40, 85))]
-    arrivals += [Frame("ir", i, t * MS, _IMG) for i, t in enumerate((0, 40, 100))]
-    arrivals.append(Frame("vis", 3, 112 * MS, _IMG))
+    late = "ir" if early == "vis" else "vis"
+    arrivals = [Frame(early, i, t * MS, _IMG) for i, t in enumerate((0, 40, 85))]
+    arrivals += [Frame(late, i, t * MS, _IMG) for i, t in enumerate((0, 40, 100))]
+    arrivals.append(Frame(early, 3, 112 * MS, _IMG))
     pairer = Pairer(SyncConfig(slop_ms=20))
     pairs = run(pairer, arrivals)
-    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (1, 1), (2, 3)]  # each the other's nearest
+    seqs = [(p.ir.seq, p.vis.seq) if late == "ir" else (p.vis.seq, p.ir.seq) for p in pairs]
+    assert seqs == [(0, 0), (1, 1), (2, 3)]  # (late, early): each the other's nearest
     st = pairer.stats()
-    assert st["vis"]["unpaired"] == 1 and st["skew_ms_max"] == pytest.approx(12.0)
+    assert st[early]["unpaired"] == 1 and st["skew_ms_max"] == pytest.approx(12.0)
     assert_consistent(st)
+
+
+def test_a_frame_lost_before_does_not_make_the_pairer_take_a_farther_partner() -> None:
+    # As above with visible frame 80 lost: visible frames at 0, 40, 120 and 165 ms. The next one may still come as
+    # early as 185 ms, half the smallest recent interval (40 ms) on: without it the 80 ms gap the lost frame left
+    # would be taken for the stream's period, the next frame for due no earlier than 205 ms, and IR 180 fused with
+    # visible 165 (15 ms away) instead of visible 192 (12 ms away).
+    arrivals = [Frame("vis", i, t * MS, _IMG) for i, t in enumerate((0, 40, 120, 165))]
+    arrivals += [Frame("ir", i, t * MS, _IMG) for i, t in enumerate((0, 40, 120, 180))]
+    arrivals.append(Frame("vis", 4, 192 * MS, _IMG))
+    pairs = run(Pairer(SyncConfig(slop_ms=20)), arrivals)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (1, 1), (2, 2), (3, 4)]
 
 
 def test_stalled_stream_bounds_the_other_queue_and_counts_drops() -> None:
@@ -193,6 +208,22 @@ def test_latest_mode_does_not_pair_a_lead_frame_with_a_held_frame_far_newer_than
     assert_consistent(st)
 
 
+@pytest.mark.parametrize("twice", ["vis", "ir"])
+def test_latest_mode_fuses_a_frame_delivered_twice_once(twice: str) -> None:
+    # A camera driver hands a frame over a second time, with its capture time. As in slop mode the repeat is counted
+    # unpaired: without it a repeat of the lead (visible) frame would be fused a second time with the held IR frame,
+    # the output would show the same pair twice and the counters would call both pairs good.
+    pairer = Pairer(SyncConfig(mode="latest", lead="vis"))
+    assert pairer.push(Frame("ir", 0, 0, _IMG)) == []
+    assert len(pairer.push(Frame("vis", 0, MS, _IMG))) == 1
+    assert pairer.push(Frame(twice, 0, 0 if twice == "ir" else MS, _IMG)) == []
+    assert len(pairer.push(Frame("vis", 1, 34 * MS, _IMG))) == 1  # the hold is still the first IR frame
+    pairer.flush()
+    st = pairer.stats()
+    assert st["pairs"] == 2 and st[twice]["unpaired"] == 1 and st[twice]["received"] == st[twice]["paired"] + 1
+    assert_consistent(st)
+
+
 def test_latest_mode_keeps_the_faster_lead_when_one_slow_frame_comes_twice() -> None:
     ir = frames("ir", 9, 27, start_ms=5)  # a 9 fps IR camera ...
     ir.insert(14, Frame("ir", 99, ir[13].t_capture_ns + MS, _IMG))  # ... whose driver hands one frame over twice
@@ -213,6 +244,20 @@ def test_unknown_stream_and_bad_config_raise_naming_the_value() -> None:
         SyncConfig(slop_ms=0)
     with pytest.raises(ValueError, match="queue_size"):
         SyncConfig(queue_size=1)
+
+
+def test_a_mode_or_lead_not_offered_is_refused_and_the_slop_and_queue_limits_are_inclusive() -> None:
+    # a typo (mode: lastest, lead: IR) would otherwise run slop mode, or lead with a stream that never comes: a run
+    # that fuses nothing instead of a one-line config error
+    with pytest.raises(ValueError, match="mode='lastest' is out of range; allowed: slop | latest"):
+        SyncConfig(mode="lastest")
+    with pytest.raises(ValueError, match="lead='IR' is out of range; allowed: auto | ir | vis"):
+        SyncConfig(lead="IR")
+    assert SyncConfig(slop_ms=10_000, queue_size=10_000).queue_size == 10_000
+    with pytest.raises(ValueError, match="slop_ms"):
+        SyncConfig(slop_ms=10_001)
+    with pytest.raises(ValueError, match="queue_size"):
+        SyncConfig(queue_size=10_001)
 
 
 def test_latest_mode_refuses_a_hold_of_zero_or_past_a_minute() -> None:
@@ -252,14 +297,16 @@ def test_a_clock_step_loses_at_most_a_pair_and_is_counted(mode: str, step_ms: fl
     assert st["ir"]["clock_steps"] == st["vis"]["clock_steps"] == (step_ms < 0)  # forward: a gap, as a lost frame
 
 
-def test_a_stale_frame_far_back_is_not_a_clock_step() -> None:
+@pytest.mark.parametrize("copies", [1, 2])  # two: the second, at the same time as the first, does not follow it
+def test_a_stale_frame_far_back_is_not_a_clock_step(copies: int) -> None:
     ir, vis = frames("ir", 30, 20), frames("vis", 30, 20, start_ms=1)
     arrivals = by_time(ir, vis)
-    arrivals.insert(arrivals.index(ir[15]), Frame("ir", 5, ir[5].t_capture_ns, _IMG))  # a duplicate, 10 frames late
+    at = arrivals.index(ir[15])
+    arrivals[at:at] = [Frame("ir", 5, ir[5].t_capture_ns, _IMG)] * copies  # a duplicate, 10 frames late
     pairer = Pairer(SyncConfig())
     pairs = run(pairer, arrivals)
     assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(i, i) for i in range(20)]
-    assert pairer.stats()["ir"]["clock_steps"] == 0 and pairer.stats()["ir"]["unpaired"] == 1
+    assert pairer.stats()["ir"]["clock_steps"] == 0 and pairer.stats()["ir"]["unpaired"] == copies
 
 
 @pytest.mark.parametrize("mode", ["slop", "latest"])
@@ -274,3 +321,79 @@ def test_a_clock_step_under_a_9_fps_thermal_camera_is_told_too(mode: str) -> Non
     st = pairer.stats()
     assert st["ir"]["clock_steps"] == st["vis"]["clock_steps"] == 1
     assert after >= set(range(21, 35)), sorted(after)  # the visible camera is back at 2.3 s, with IR frame 21
+
+
+@pytest.mark.parametrize("mode", ["slop", "latest"])
+def test_frames_exactly_the_limit_apart_pair(mode: str) -> None:
+    # "at most slop_ms / hold_ms apart": the limit itself pairs, either stream first. 33.3 ms is 33299999.999... ns as
+    # a float product: the limit is rounded to the nearest ns, not truncated to one short of a third of 100 ms.
+    pairer = Pairer(SyncConfig(mode=mode, slop_ms=33.3, hold_ms=33.3, lead="vis"))
+    limit = 33_300_000
+    arrivals = [Frame("ir", 0, 0, _IMG), Frame("vis", 0, limit, _IMG),  # the visible frame newer by the limit
+                Frame("vis", 1, 1000 * MS, _IMG), Frame("ir", 1, 1000 * MS + limit, _IMG),  # the IR frame newer
+                Frame("vis", 2, 1000 * MS + 10, _IMG)]  # latest mode: the lead frame that pairs with IR 1
+    pairs = run(pairer, arrivals)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (1, 1 if mode == "slop" else 2)]
+    assert pairer.stats()["skew_ms_max"] == pytest.approx(33.3)
+
+
+def test_the_skew_of_the_pairs_is_their_mean_and_largest_capture_time_difference_in_ms() -> None:
+    # without it, the telemetry's skew_ms_mean and skew_ms_max could be off by a unit, or the last pair's skew
+    ir = [Frame("ir", i, t * MS, _IMG) for i, t in enumerate((0, 100, 200))]
+    vis = [Frame("vis", i, t * MS, _IMG) for i, t in enumerate((2, 106, 204))]
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    assert len(run(pairer, by_time(ir, vis))) == 3
+    st = pairer.stats()
+    assert st["pairs"] == 3 and st["skew_ms_mean"] == pytest.approx(4.0) and st["skew_ms_max"] == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("mode", ["slop", "latest"])
+def test_the_counters_add_up_after_every_frame_not_only_at_the_end(mode: str) -> None:
+    # The live loop reports the counters every interval_s, mid-run: a frame held (latest mode) or one far back that
+    # waits for the next to tell a stepped clock from a stale frame is queued, not missing from the sum.
+    ir, vis = frames("ir", 30, 20), frames("vis", 30, 20, start_ms=1)
+    arrivals = by_time(ir, vis)
+    arrivals.insert(arrivals.index(ir[15]), Frame("ir", 5, ir[5].t_capture_ns, _IMG))  # 10 frames late
+    pairer = Pairer(SyncConfig(mode=mode))
+    for f in arrivals:
+        pairer.push(f)
+        assert_consistent(pairer.stats())
+
+
+def test_a_frame_sorted_back_into_its_own_stream_still_pairs() -> None:
+    # IR frame 1 is delivered after IR frame 2 (a few ms late, not a stepped clock): it is put back in place and
+    # pairs, rather than taken for a frame far back and counted unpaired
+    arrivals = [Frame("ir", 0, 0, _IMG), Frame("vis", 0, MS, _IMG), Frame("ir", 2, 66 * MS, _IMG),
+                Frame("ir", 1, 33 * MS, _IMG), Frame("vis", 1, 34 * MS, _IMG), Frame("vis", 2, 67 * MS, _IMG)]
+    pairer = Pairer(SyncConfig())
+    assert [(p.ir.seq, p.vis.seq) for p in run(pairer, arrivals)] == [(0, 0), (1, 1), (2, 2)]
+    assert pairer.stats()["ir"]["unpaired"] == 0
+
+
+def test_a_frame_delivered_twice_does_not_hold_up_the_pairs_after_it() -> None:
+    # IR frame 4 comes twice with one capture time; the repeat is no frame interval of 0 ns: without that, the
+    # stream's rate would be unknown again and each pair would wait for the next frame instead of leaving at once
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    ir, vis = frames("ir", 30, 12), frames("vis", 30, 12, start_ms=2)
+    arrivals = by_time(ir, vis)
+    arrivals.insert(arrivals.index(ir[4]) + 1, Frame("ir", 4, ir[4].t_capture_ns, _IMG))
+    emitted_on_push = [len(pairer.push(f)) for f in arrivals]
+    assert emitted_on_push[-6:] == [0, 1] * 3  # each visible frame completes its pair, as before the repeat
+
+
+@pytest.mark.parametrize("lag, lost", [(2, ()), (0, (59, 60))], ids=["late", "stalled"])
+def test_the_other_stream_across_a_clock_step_loses_no_pair_it_can_make(lag: int, lost: tuple[int, ...]) -> None:
+    # The clock both cameras stamp with is stepped back 10 s at frame 60, and the IR stream's step is told first.
+    # late: the visible frames reach the loop two frames after the IR ones (a slower transport), so two visible frames
+    # of the old time line come after it: they are counted unpaired, not taken for a new time line of their own (a
+    # second step, dropping the IR frames queued). stalled: the visible frames around the step are lost, and the
+    # first one on the new time pairs though it is newer than the newest IR frame.
+    ir, vis = _stepped("ir", 120, 1990, -10_000), _stepped("vis", 120, 1990, -10_000, start_ms=2)
+    arrivals = [f for i in range(120 + lag)
+                for f in ([ir[i]] if i < 120 else []) + ([vis[i - lag]] if i >= lag and i - lag not in lost else [])]
+    pairer = Pairer(SyncConfig())
+    seqs = {(p.ir.seq, p.vis.seq) for p in run(pairer, arrivals)}
+    assert seqs == {(i, i) for i in range(120) if i not in (59, *lost)}, sorted({(i, i) for i in range(120)} ^ seqs)
+    st = pairer.stats()
+    assert st["ir"]["clock_steps"] == st["vis"]["clock_steps"] == 1
+    assert_consistent(st)
