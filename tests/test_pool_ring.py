@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,12 @@ def test_a_bigger_pool_and_a_new_publisher_take_the_reader_back_through_zeromq()
         sub = Subscriber(endpoint, timeout_s=PATIENCE_S)
         _until_ring(sub, pub, 1)
         small = pub.shm_pool
-        _until_ring(sub, pub, 2, (96, 128, 3))  # bigger frames: a new pool, the old one given up
+        other = PoolReader(small)  # another consumer of the smaller pool
+        try:
+            _until_ring(sub, pub, 2, (96, 128, 3))  # bigger frames: a new pool, the old one given up
+            assert other.ring.closed()  # said to its readers at once, not when the publisher closes
+        finally:
+            other.close()
         assert pub.shm_pool != small and sub._pools.reader.name == pub.shm_pool
     try:
         wait_until(lambda: sub.recv(0.05) is None and not sub.on_ring, "the closed pool noticed")
@@ -260,23 +266,89 @@ def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> No
         ring = reader.ring
         assert ring is not None and ring.count() == 0 and ring.entry(0) is None
         assert pool.notify(b"t", b"h", 3, wake=False) and ring.entry(0) == (3, b"t", b"h")
-        assert not pool.notify(b"t", b"x" * 4096, 4, wake=False)  # too long: ZeroMQ only
+        room = pool_ring.ENTRY_BYTES - 24 - 1  # an entry's bytes after its 24 of fields, less the topic's
+        assert not pool.notify(b"t", b"x" * (room + 1), 4, wake=False)  # a byte too long: ZeroMQ only
         _forge(pool, None, 4, (5000, 0), b"")
         with pytest.raises(RingError, match="do not fit"):
             ring.entry(1)
+        assert pool.notify(b"t", b"x" * room, 5, wake=False) and ring.entry(2) == (5, b"t", b"x" * room)  # just fits
         for _ in range(64):
             pool.notify(b"t", b"h", 5, wake=False)
         assert ring.entry(1) is None  # lapped
         reader.close()
     name = f"{POOL_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"  # this test's own file
-    words = [shm_pool._MAGIC_V1, 1, 64, 64]
-    (SHM_DIR / name).write_bytes(struct.pack("<4q", *words).ljust(128, b"\0"))
+    words = [shm_pool._MAGIC_V1, 1, 64, 64, 2, 64]  # header, then slot 0's generation and size; its frame at 64
+    (SHM_DIR / name).write_bytes(struct.pack("<6q", *words).ljust(64, b"\0") + b"\7" * 64)
     try:
         old = PoolReader(name)
         assert old.ring is None  # a version-1 pool: ZeroMQ descriptors only
+        np.testing.assert_array_equal(old.read(0, 2, 64, copy=True), 7)  # its slot table right after its 4 words
         old.close()
     finally:
         (SHM_DIR / name).unlink()
+
+
+def test_the_ring_is_laid_out_as_documented() -> None:
+    # the layout is the contract with readers that are not this module (another language, another version): read
+    # here from the file's bytes at the documented offsets only
+    assert [pool_ring.ring_size(slots)[0] for slots in (1, 32, 33, 1024)] == [64, 64, 128, 2048]
+    with ShmPool(2, 64) as pool:
+        for seq in range(40):  # entries 0..39 of a ring of 64
+            assert pool.notify(b"t", b"h%d" % seq, seq, wake=False)
+        with open(SHM_DIR / pool.name, "rb") as file:
+            data = file.read()
+            pool.close()  # given up: unlinked, still readable through this file
+            file.seek(0)
+            given_up = file.read()
+    ring, entries, entry_bytes = struct.unpack_from("<3q", data, 8 * 4)
+    assert (entries, entry_bytes) == (64, 2048)
+    assert struct.unpack_from("<IIQ", data, ring) == (40, 0, 40)  # futex word, closed, count
+    futex, closed, count = struct.unpack_from("<IIQ", given_up, ring)
+    assert (closed, count) == (1, 40) and futex != 40  # the word changes when the pool is given up
+    at = ring + 64 + 39 * 2048
+    assert struct.unpack_from("<QQII", data, at) == (2 * 39 + 2, 39, 1, 3) and data[at + 24:at + 28] == b"th39"
+
+
+def _asleep_on(thread: threading.Thread, ring: object) -> bool:
+    """Whether ``thread`` is blocked in a futex wait on ``ring``'s word (the futex system call, the word's address
+    its first argument)."""
+    assert thread.is_alive(), "the wait returned without sleeping"
+    try:
+        fields = Path(f"/proc/self/task/{thread.native_id}/syscall").read_text().split()
+    except FileNotFoundError:  # it ended meanwhile
+        return False
+    return fields[0] == str(pool_ring._SYS_FUTEX) and int(fields[1], 16) == ring._futex_addr
+
+
+def test_readers_waiting_on_the_ring_are_all_woken_by_the_next_entry_and_by_the_pool_given_up() -> None:
+    # a reader left asleep sleeps out its whole timeout: the frame or the pool's end reaches it that much later
+    with ShmPool(2, 64) as pool:
+        reader = PoolReader(pool.name)
+        ring = reader.ring
+        try:
+            for event in (lambda: pool.notify(b"t", b"h", 0, wake=True), pool.close):
+                waiters = [threading.Thread(target=ring.wait, args=(ring.count(), 4 * PATIENCE_S), daemon=True)
+                           for _ in range(2)]
+                for waiter in waiters:
+                    waiter.start()
+                wait_until(lambda: all(_asleep_on(w, ring) for w in waiters), "the readers asleep on the ring")
+                event()
+                wait_until(lambda: not any(waiter.is_alive() for waiter in waiters), "the readers woken")
+            late = threading.Thread(target=ring.wait, args=(ring.count(), 4 * PATIENCE_S), daemon=True)
+            late.start()  # on a pool given up: no wait at all
+            late.join(PATIENCE_S)
+            assert not late.is_alive()
+        finally:
+            reader.close()
+
+
+def test_a_wait_of_part_of_a_second_is_given_to_the_kernel_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a timeout cut to whole seconds made every wait of under one a poll: a ring reader with nothing to read spun
+    calls = []
+    monkeypatch.setattr(pool_ring, "_libc", types.SimpleNamespace(syscall=lambda *args: calls.append(args)))
+    pool_ring._futex(0, pool_ring._FUTEX_WAIT, 5, 2.25)
+    timeout = calls[0][4]._obj  # syscall(SYS_futex, addr, op, value, timeout, ...)
+    assert (timeout.tv_sec, timeout.tv_nsec) == (2, 250_000_000)
 
 
 def test_an_entry_overwritten_while_it_is_copied_is_not_returned(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,6 +86,52 @@ def test_fused_frames_are_in_the_visible_cameras_frame_and_each_preview_in_its_o
     assert header["frame_id"] == fused_id and preview[0]["frame_id"] == "cam_thermal"
 
 
+def test_each_preview_sent_has_the_next_preview_seq_and_only_the_stream_asked_for_is_made(
+        rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a viewer counts gaps and repeats by a preview's seq as by a fused frame's: previews sent under one seq would be
+    # skipped as repeats after the first (sndhwm 100: sent back to back, none is dropped by libzmq's small queue);
+    # and a preview nobody subscribes to costs nothing, not even its downscaling
+    import streamfuse.publish
+
+    downscaled: list[tuple[int, ...]] = []
+    downscale = streamfuse.publish._downscale
+
+    def counted(im: np.ndarray, width: int) -> np.ndarray:
+        downscaled.append(im.shape)
+        return downscale(im, width)
+
+    monkeypatch.setattr(streamfuse.publish, "_downscale", counted)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, preview_width=32, sndhwm=100)) as pub, \
+            zmq.Context.instance().socket(zmq.SUB) as viewer:
+        viewer.setsockopt(zmq.LINGER, 0)
+        viewer.setsockopt(zmq.SUBSCRIBE, preview_topic("fused/rig0", "ir").encode())
+        viewer.connect(pub.endpoint)
+        wait_until(pub.previews_wanted, "the preview subscription reached the publisher")
+        for _ in range(3):
+            pub.send_previews(fused_frame(image))
+        seqs = [decode_message(_recv(viewer))[0]["seq"] for _ in range(3)]
+    assert seqs == [0, 1, 2] and downscaled == [(48, 64)] * 3  # the IR image's, never the visible one's
+
+
+def test_a_preview_subscriber_makes_no_previews_while_they_are_off() -> None:
+    # preview_width 0 turns previews off: a viewer asking for one anyway must not make the loop downscale to 0 columns
+    with Publisher(PublishConfig(endpoint=ANY_PORT, preview_width=0)) as pub, \
+            zmq.Context.instance().socket(zmq.SUB) as viewer:
+        viewer.setsockopt(zmq.LINGER, 0)
+        viewer.setsockopt(zmq.SUBSCRIBE, preview_topic("fused/rig0", "vis").encode())
+        viewer.connect(pub.endpoint)
+        wait_until(lambda: (pub.previews_wanted(), pub._preview_subs)[1], "the subscription reached the publisher")
+        assert not pub.previews_wanted()
+
+
+def test_a_preview_of_a_very_wide_image_keeps_a_row() -> None:
+    # a strip 250 times wider than high scales to less than half a row at 16 columns: rounded to 0 rows, cv2 raised
+    from streamfuse.publish import _downscale
+
+    assert _downscale(np.zeros((4, 1000, 3), np.uint8), 16).shape == (1, 16, 3)
+
+
 def test_a_viewer_whose_link_went_silent_is_dropped_and_its_previews_stop(monkeypatch: pytest.MonkeyPatch) -> None:
     # TCP never tells the publisher of a peer that vanished: the loop made and sent previews for it for ever
     import streamfuse.publish
@@ -223,7 +269,8 @@ def test_port_in_use_is_one_clear_error() -> None:
 
 
 def test_stats_topic_round_trip(raw_sub: zmq.Socket) -> None:
-    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
+    # stats_extra: fields added to every snapshot, a snapshot's own field of that name winning
+    with Publisher(PublishConfig(endpoint=ANY_PORT), stats_extra={"fuser": "max", "fps": 0.0}) as pub:
         raw_sub.connect(pub.endpoint)
         wait_until(lambda: pub.send_stats({"fps": np.float64(29.5), "dropped": {"ir": np.int64(3)}})
                    and raw_sub.poll(50), "the subscriber connected")
@@ -231,6 +278,7 @@ def test_stats_topic_round_trip(raw_sub: zmq.Socket) -> None:
     assert parts[0].bytes == b"stats/rig0"
     stats = decode_stats(parts)
     assert stats["fps"] == 29.5 and stats["dropped"] == {"ir": 3} and isinstance(stats["t_ns"], int)
+    assert stats["fuser"] == "max"
 
 
 @pytest.mark.parametrize(("parts", "reason"), [

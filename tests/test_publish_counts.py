@@ -4,13 +4,16 @@ a catch-all subscriber gets no shared-memory copy."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame
+from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, recv_seq, wait_until
 
+from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.shm_pool import PoolReader, shm_supported
 from streamfuse.wire import shm_topic
@@ -80,3 +83,27 @@ def test_a_catch_all_subscriber_gets_the_payload_and_no_shared_memory_copy() -> 
         finally:
             sock.close()
         assert pub.shm_pool == ""
+
+
+@needs_shm
+def test_a_frame_refused_to_one_subscriber_and_sent_to_another_is_counted_dropped_and_published() -> None:
+    # nodrop: a stalled descriptor reader's full queue refuses each frame's descriptor while a payload reader that
+    # keeps up gets the frame: send_fused says False and counts the drop, and seq moves on (the reader got it)
+    endpoint = f"inproc://refused-to-one-{os.getpid()}-{threading.get_ident()}"  # no network buffers: a sure fill
+    with Publisher(PublishConfig(endpoint=endpoint, nodrop=True, sndhwm=2, shm_slots=8)) as pub, \
+            zmq.Context.instance().socket(zmq.SUB) as stalled:
+        stalled.setsockopt(zmq.LINGER, 0)
+        stalled.setsockopt(zmq.RCVHWM, 2)
+        stalled.setsockopt(zmq.SUBSCRIBE, shm_topic(pub.cfg.topic).encode())  # never read
+        stalled.connect(pub.endpoint)
+        with Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as reader:
+            def send() -> bool:
+                sent = pub.send_fused(fused_frame(IMAGE))
+                recv_seq(reader, pub.published - 1)  # the reader keeps up: it gets every frame
+                return sent
+
+            connect(pub, reader, IMAGE)
+            wait_until(lambda: not send(), "the stalled reader's queue full")
+            published, dropped = pub.published, pub.dropped
+            results = [send() for _ in range(5)]
+    assert results == [False] * 5 and (pub.published - published, pub.dropped - dropped) == (5, 5)

@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, plain_pub, publishing, recv_seq, sync, wait_until, with_header
+from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, fused_frame, plain_pub, publishing, recv_seq, sync, wait_until,
+                         with_header)
 
 from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.client import Subscriber
 from streamfuse.codecs import DecodeError, H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.wire import SCHEMA_2, MalformedMessage, decode_header
-from streamfuse.shm_pool import POOL_PREFIX, PoolError, PoolReader, ShmPool, ring_supported, shm_supported
+from streamfuse.shm_pool import MAX_SLOTS, POOL_PREFIX, PoolError, PoolReader, ShmPool, ring_supported, shm_supported
 
 REPO = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
@@ -69,8 +70,9 @@ def test_pool_generation_guard_and_held_slots() -> None:
         assert pool.write(_uniform(1, (64,))) is None and pool.busy == 1  # every slot held: skipped, counted
         with pytest.raises(PoolError, match="outside pool"):
             reader.read(3, 2, 64, copy=True)  # a forged slot index beyond this pool
-        with pytest.raises(PoolError, match="outside pool"):
-            reader.read(0, 2, 65, copy=True)
+        for nbytes in (0, 65):  # no frame is empty, none larger than a slot
+            with pytest.raises(PoolError, match="outside pool"):
+                reader.read(0, 2, nbytes, copy=True)
         for r in (reader, other, third):
             r.close()
 
@@ -117,10 +119,35 @@ def test_loaned_slot_is_nobodys_frame_until_committed() -> None:
         assert loan_slot != slot and reader.read(loan_slot, gen + 2, 64, copy=True) is None  # still being written
         assert pool.commit(64) == (loan_slot, gen + 2)
         np.testing.assert_array_equal(reader.read(loan_slot, gen + 2, 64, copy=True), 7)
-        abandoned, _ = pool.loan(64)
+        abandoned, view = pool.loan(64)
+        view[:] = 8  # the frame that was in the slot is partly written over, then the loan given up
         pool.cancel()
+        assert abandoned == slot and reader.read(slot, gen, 64, copy=True) is None  # gone, not returned with 8s
         assert reader.read(abandoned, gen + 4, 64, copy=True) is None  # never committed: never a frame
         reader.close()
+
+
+@needs_shm
+def test_a_pool_is_made_only_of_the_slots_it_may_have_each_64_byte_aligned() -> None:
+    with ShmPool(MAX_SLOTS, 1) as pool:
+        assert pool.slot_bytes == 64  # a slot starts where a cache line does
+    for slots, slot_bytes in ((0, 64), (MAX_SLOTS + 1, 64), (1, 0)):
+        with pytest.raises(ValueError, match=f"^slots={slots} must be in 1..{MAX_SLOTS} and slot_bytes={slot_bytes}"):
+            ShmPool(slots, slot_bytes)
+
+
+@needs_shm
+def test_a_pool_that_shared_memory_cannot_hold_is_refused_at_once_and_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # /dev/shm is sparse: without reserving the pool's pages at once, a full /dev/shm killed the publisher later with
+    # SIGBUS, at its first write to a page there was no room for
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    before = set(SHM.glob(f"{POOL_PREFIX}{os.getpid()}_*"))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(PoolError, match="^cannot size shared memory .* No space left on device$"):
+        ShmPool(2, 64)
+    assert set(SHM.glob(f"{POOL_PREFIX}{os.getpid()}_*")) == before
 
 
 @needs_shm
@@ -295,6 +322,29 @@ def test_falls_back_to_the_payload_when_the_pool_cannot_be_mapped(monkeypatch: p
         wait_until(lambda: pub.shm_pool == "" or not pub._want_shm, "the shm unsubscription")
         assert sub.via_shm == 0
     assert "unavailable (cannot open shared memory" in caplog.text and "taking the ZeroMQ stream" in caplog.text
+
+
+@needs_shm
+def test_a_publisher_that_cannot_make_its_pool_says_so_once_and_sends_the_payload(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # the pool is made at the first frame a same-host consumer asks for: when /dev/shm refuses it, shared memory stays
+    # off (one warning), instead of a new try and a new warning at every frame
+    def refuse(slots: int, slot_bytes: int) -> None:
+        raise PoolError("cannot create shared memory /dev/shm/x: No space left on device")
+
+    monkeypatch.setattr("streamfuse.publish.ShmPool", refuse)
+    image = _uniform(4)
+    with caplog.at_level(logging.WARNING, "streamfuse.publish"), \
+            Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        connect(pub, sub, image)
+        for _ in range(5):
+            assert pub.send_fused(fused_frame(image))
+            assert sub.recv()[0]["format"] == "raw"
+        assert pub.shm_pool == "" and sub.via_shm == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "shared memory off: cannot create shared memory /dev/shm/x: No space left on device; same-host consumers get "
+        "the raw stream"]
 
 
 @needs_shm
@@ -511,6 +561,25 @@ def test_compressed_stream_decodes_transparently(encoding: str) -> None:
         assert header["format"] == encoding and header["schema"] == SCHEMA_2 and image.shape == frame.shape
         assert _psnr(frame, image) >= 30.0
         assert json.loads(json.dumps(header)) == header
+
+
+def test_a_consumer_joining_an_h264_stream_gets_a_keyframe_at_once() -> None:
+    # each new subscription asks the encoder for a keyframe (the XPUB passes on every one, a second consumer of the
+    # same topic's too): without it a consumer joining waited up to h264_keyint frames (20 s at 600 and 30 fps)
+    keyint, frame = 600, _demo_frames(1)[0]
+    with Publisher(PublishConfig(endpoint=ANY_PORT, encoding="h264", h264_keyint=keyint)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as first:
+        connect(pub, first, frame)  # the stream is under way: its first keyframe is behind it
+        with Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as late:  # the same topic as the first
+            sent = []
+
+            def got() -> bool:
+                pub.send_fused(fused_frame(frame))
+                sent.append(1)
+                return late.recv(0.05) is not None
+
+            wait_until(got, "a frame for the consumer that joined")
+    assert len(sent) < keyint  # before the periodic keyframe
 
 
 def test_a_requested_keyframe_is_one_frame_and_the_stream_goes_on_with_inter_frames() -> None:
