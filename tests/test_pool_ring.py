@@ -315,7 +315,7 @@ def _asleep_on(thread: threading.Thread, ring: object) -> bool:
     assert thread.is_alive(), "the wait returned without sleeping"
     try:
         fields = Path(f"/proc/self/task/{thread.native_id}/syscall").read_text().split()
-    except FileNotFoundError:  # it ended meanwhile
+    except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile (before the open, or after)
         return False
     return fields[0] == str(pool_ring._SYS_FUTEX) and int(fields[1], 16) == ring._futex_addr
 

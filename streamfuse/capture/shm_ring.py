@@ -108,6 +108,8 @@ def process_alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except FileNotFoundError:  # reaped since, or no /proc (not Linux: the signal test is all there is)
         return not Path("/proc/self/stat").exists()
+    except ProcessLookupError:  # reaped between the open and the read
+        return False
     except OSError:
         return True
     return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")  # the state follows "(command name) "

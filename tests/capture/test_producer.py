@@ -294,7 +294,7 @@ time.sleep(60)
 def _running(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped (before the open, or after)
         return False
 
 

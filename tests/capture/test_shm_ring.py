@@ -3,6 +3,7 @@ segments freed by name."""
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import os
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamfuse.capture import shm_ring
 from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, named_semaphore, process_alive, remove_stale
 from streamfuse.frames import Frame
 
@@ -249,6 +251,17 @@ def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
         proc.wait()
         proc.stdin.close()
     assert not process_alive(proc.pid)
+
+
+def test_a_process_reaped_as_its_stat_is_read_is_not_alive(monkeypatch) -> None:
+    # the read of /proc/PID/stat fails with ESRCH, not ENOENT, when the process is reaped between its open and its
+    # read: it was taken for alive, and its stale segments were left for a later start
+    class Reaped(type(Path())):
+        def read_bytes(self) -> bytes:
+            raise ProcessLookupError(errno.ESRCH, os.strerror(errno.ESRCH))
+
+    monkeypatch.setattr(shm_ring, "Path", Reaped)
+    assert not process_alive(os.getpid())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="segments listed in /dev/shm")

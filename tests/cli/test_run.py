@@ -208,7 +208,7 @@ def _wait_delivered(pid: int, sig: int) -> None:
         for status in Path(f"/proc/{pid}/task").glob("*/status"):
             try:
                 lines = status.read_text().splitlines()
-            except FileNotFoundError:  # a thread that has ended
+            except (FileNotFoundError, ProcessLookupError):  # a thread that has ended (before the open, or after)
                 continue
             if any(int(ln.split()[1], 16) >> (sig - 1) & 1 for ln in lines if ln.startswith(("SigPnd:", "ShdPnd:"))):
                 return True
