@@ -174,7 +174,10 @@ def _end_recording(rec: Recorder, stats: dict[str, dict], failure: str) -> None:
 
 def _log_recording_failure(rec: Recorder | None) -> None:
     """At the end of a run whose recording failed: what was kept of it, and how to finish it."""
-    if rec is not None and rec.error is not None and not partial_path(rec.path).exists():
+    if rec is not None and rec.error is not None and not any(rec.counts.values()):
+        log.error("recording failed: %s was not completed (%s) and no frame reached it; nothing of it is kept, the "
+                  "rerun can record there", rec.path, rec.error)
+    elif rec is not None and rec.error is not None and not partial_path(rec.path).exists():
         log.error("recording failed: %s was not completed (%s), and nothing of it is kept: %s is gone (its folder "
                   "removed or renamed while the run recorded)", rec.path, rec.error, partial_path(rec.path))
     elif rec is not None and rec.finished:

@@ -266,13 +266,13 @@ class Recorder:
         for stream in TOPICS:
             self.dropped[stream] += self.counts[stream] - self._written[stream]
             self.counts[stream] = self._written[stream]
-        log.error("recording stopped: %s; what was written stays in that file, the run goes on without recording",
-                  self.error)
+        kept = "what was written stays in that file" if any(self.counts.values()) else "no frame had reached it"
+        log.error("recording stopped: %s; %s, the run goes on without recording", self.error, kept)
 
     def close(self, capture_dropped: dict[str, int] | None = None) -> None:
         """Write what is queued, finish the file (index, summary) and give it its final name; after a write error
-        (:attr:`error`, set here too when the last frames or the summary fail) keep the ``.partial`` name.
-        ``capture_dropped``: frames per source that capture dropped before they reached the recording (the live
+        (:attr:`error`, set here too when the last frames or the summary fail) keep the ``.partial`` name, unless no
+        frame reached it: that one is deleted, as it holds nothing to recover. ``capture_dropped``: frames per source that capture dropped before they reached the recording (the live
         loop fell behind them), said at the end beside those the disk could not keep up with. A recording given no
         frame is discarded instead (said in one line): an empty file would only block the next run's record.path."""
         if self._file.closed:
@@ -293,6 +293,8 @@ class Recorder:
             self._sync.close()
             self._file.close()
         if self.error is not None:
+            if not any(self.counts.values()):  # kept, it would only block the rerun's record.path
+                self._remove()
             return
         try:
             durable_replace(self._partial, self.path)
@@ -330,6 +332,9 @@ class Recorder:
         """Close and delete the recording, and the folders made for it: a run that failed at its start (a source
         that never delivered a frame) keeps nothing that its corrected rerun would be refused over."""
         self.abort()
+        self._remove()
+
+    def _remove(self) -> None:
         self._partial.unlink(missing_ok=True)
         for folder in self._made:
             with contextlib.suppress(OSError):  # not empty: another run's or a user's files went there meanwhile

@@ -200,6 +200,7 @@ def test_frames_left_out_for_a_slow_disk_stay_counted_when_the_disk_then_fills(t
         release.set()  # frame 0 fails on the full disk, and nothing after it is written
     assert rec.error is not None
     assert rec.counts == {"ir": 0, "vis": 0} and rec.dropped == {"ir": 0, "vis": 3}
+    assert not partial_path(path).exists()  # nothing in it to recover
 
 
 def test_a_run_that_fails_after_recording_keeps_every_frame_in_its_partial_file_for_recover(tmp_path, rng):
@@ -260,19 +261,48 @@ def test_frames_of_the_chunk_a_full_disk_cut_count_as_dropped(tmp_path, rng, mon
     assert len(_recorded_prefix(partial_path(path))) == rec.counts["vis"] > 0
 
 
-def test_a_full_disk_when_finishing_keeps_the_partial_file(tmp_path, rng, monkeypatch, caplog):
+def _full_when_finishing(monkeypatch) -> None:
     from mcap.writer import Writer
 
     def finish(self):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Writer, "finish", finish)
+
+
+def test_a_full_disk_when_finishing_keeps_the_partial_file_with_the_frames_that_reached_it(tmp_path, rng, monkeypatch,
+                                                                                            caplog):
+    _full_when_finishing(monkeypatch)
+    flushed, real = threading.Event(), Recorder._flushed
+    monkeypatch.setattr(Recorder, "_flushed", lambda self: (real(self), flushed.set()))
     path = tmp_path / "rig.mcap"
-    with caplog.at_level(logging.ERROR), Recorder(RecordConfig(path=str(path))) as rec:
+    with caplog.at_level(logging.ERROR), Recorder(RecordConfig(path=str(path), flush_s=0.05)) as rec:
         rec.write(Frame("vis", 0, T0, rng.integers(0, 256, (4, 5, 3), np.uint8)))
+        assert flushed.wait(60)  # its chunk written out: the frame is in the file before the end
     assert rec.error == f"finishing recording {partial_path(path)} failed: No space left on device"
-    assert not path.exists() and partial_path(path).exists()
-    assert caplog.text.count("recording stopped: finishing recording") == 1
+    assert not path.exists() and len(_recorded_prefix(partial_path(path))) == 1 == rec.counts["vis"]
+    assert caplog.messages == [f"recording stopped: {rec.error}; what was written stays in that file, the run goes on "
+                               "without recording"]
+
+
+def test_a_recording_that_failed_before_any_frame_reached_it_keeps_nothing_and_says_so(tmp_path, rng, monkeypatch,
+                                                                                       caplog):
+    """A disk full from the first frame left an empty .partial file, which the end said kept "what was recorded
+    until then" for `recover` (which found nothing), and which refused the rerun's record.path."""
+    from streamfuse.pipeline import _log_recording_failure
+
+    _full_when_finishing(monkeypatch)
+    path = tmp_path / "runs" / "rig.mcap"
+    with caplog.at_level(logging.ERROR), Recorder(RecordConfig(path=str(path))) as rec:
+        rec.write(Frame("vis", 0, T0, rng.integers(0, 256, (4, 5, 3), np.uint8)))  # in the chunk that finish writes
+    _log_recording_failure(rec)
+    assert rec.counts == {"ir": 0, "vis": 0} and rec.dropped == {"ir": 0, "vis": 1}
+    assert not (tmp_path / "runs").exists()  # neither the file nor the folder made for it
+    assert caplog.messages == [
+        f"recording stopped: {rec.error}; no frame had reached it, the run goes on without recording",
+        f"recording failed: {path} was not completed ({rec.error}) and no frame reached it; nothing of it is kept, "
+        "the rerun can record there"]
+    Recorder(RecordConfig(path=str(path))).close()  # the rerun records there
 
 
 def test_a_recording_that_cannot_take_its_name_says_it_is_whole_and_where(tmp_path, rng, monkeypatch, caplog):
