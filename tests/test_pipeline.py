@@ -320,7 +320,7 @@ def test_missing_video_file_is_one_line(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_a_run_failing_before_a_source_delivers_keeps_no_recording_that_blocks_its_rerun(tmp_path):
+def test_a_run_failing_before_a_source_delivers_keeps_no_recording_that_blocks_its_rerun(tmp_path, receiver):
     """A wrong IR path with ``record:`` finished a recording of the visible frames of the failed start (and made its
     folder), and the corrected run was then refused: the record path existed."""
     record = tmp_path / "runs" / "rig.mcap"
@@ -334,10 +334,18 @@ def test_a_run_failing_before_a_source_delivers_keeps_no_recording_that_blocks_i
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"no recording kept in {record}: the run failed before the IR source delivered a frame" in proc.stderr
     assert not (tmp_path / "runs").exists()
-    proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo", *common,
-                           "--duration", "1"], cwd=REPO, capture_output=True, text=True, timeout=55)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert record.is_file() and f"to {record}" in proc.stderr
+    proc = _start(*common)  # stopped once it has fused (and so recorded) a pair: a busy machine may take seconds
+    try:
+        receiver.connect(_bound(proc, []))
+        receiver.setsockopt(zmq.SUBSCRIBE, b"fused/")
+        assert len(_receive(receiver, fused=1, stats=0, deadline_s=60)) == 1
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in out, out
+    assert record.is_file() and f"to {record}" in out
 
 
 @pytest.mark.timeout(60)
