@@ -36,13 +36,18 @@ def free_port() -> int:
 
 def pool_fds(name: str) -> int:
     """This process's file descriptors open on shared-memory segment ``name`` (its own and its mappings', Linux)."""
+    return open_fds(SHM_DIR / name)
+
+
+def open_fds(path: str | os.PathLike) -> int:
+    """This process's file descriptors open on the file ``path`` (Linux)."""
     links = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             links.append(os.readlink(f"/proc/self/fd/{fd}"))
         except OSError:  # closed meanwhile
             pass
-    return links.count(str(SHM_DIR / name))
+    return links.count(str(path))
 
 
 @contextmanager

@@ -4,7 +4,9 @@ stamps rather than by when the bag logged them."""
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
+from contextlib import closing
 from fractions import Fraction
 
 import cv2
@@ -108,6 +110,14 @@ def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag
     assert not (tmp_path / "fused.mkv").exists()
 
 
+def test_a_recording_read_with_one_topic_for_both_streams_is_one_line(tmp_path):
+    """A config naming one camera's topic twice: its frames would be taken for one stream, the other's never come."""
+    bag = tmp_path / "robot.db3"
+    _write_ros2(bag, ros2_messages())
+    with pytest.raises(SourceError, match=rf"^recording .*robot.db3: ir.topic and vis.topic are both {THERMAL}$"):
+        next(read_recording(bag, {"ir": THERMAL, "vis": THERMAL}))
+
+
 def test_a_ros1_bag_turned_into_mcap_replays_every_pair(tmp_path):
     bag = tmp_path / "robot1.mcap"
     write_bag(bag, {THERMAL: ROS1_IMAGE, CAMERA: ROS1_COMPRESSED}, ros1_messages(3), ros1=True)
@@ -183,7 +193,8 @@ def test_a_thermal_cameras_float_temperatures_replay_and_on_the_visible_topic_ar
 @pytest.mark.parametrize("storage", ["mcap", "db3"])
 def test_a_ros2_bag_compressed_by_file_replays_every_pair_and_leaves_no_copy(tmp_path, storage, monkeypatch):
     """``ros2 bag record --compression-mode file --compression-format zstd``: each storage file one zstd stream (here
-    in two frames, as a stream written in parts may be), decompressed into a temporary folder that is removed."""
+    in two frames, as a stream written in parts may be), decompressed into a temporary folder that is removed; a
+    bag found damaged there is named as the file given (not its copy)."""
     import zstandard
 
     folder, temp = tmp_path / "robot_bag", tmp_path / "tmp"
@@ -208,18 +219,30 @@ def test_a_ros2_bag_compressed_by_file_replays_every_pair_and_leaves_no_copy(tmp
     with pytest.raises(ReplayError, match=rf"robot_bag_0.{storage}.zstd is truncated or corrupt after 0 frames \(its "
                                           r"zstd stream is cut short after \d+ bytes\)"):
         run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "cut.mkv")
+    (folder / f"{plain.name}.zstd").write_bytes(zstandard.ZstdCompressor().compress(data[:half]))  # a cut bag, packed
+    with pytest.raises(SourceError, match=rf"recording .*robot_bag_0.{storage}.zstd is truncated or corrupt after "):
+        list(read_recording(folder, {"ir": THERMAL, "vis": CAMERA}))
     assert not list(temp.iterdir())
 
 
 @pytest.mark.parametrize("storage", ["mcap", "db3"])
 def test_a_ros2_bag_compressed_by_message_replays_every_pair(tmp_path, storage):
-    """``--compression-mode message``: each message's bytes a zstd frame of their own."""
+    """``--compression-mode message``: each message's bytes a zstd frame of their own; one that does not decompress
+    is said as such, after the frames before it."""
     import zstandard
 
     bag = tmp_path / f"robot.{storage}"
-    _write_ros2(bag, [(topic, t, zstandard.ZstdCompressor().compress(data)) for topic, t, data in ros2_messages()])
+    packed = [(topic, t, zstandard.ZstdCompressor().compress(data)) for topic, t, data in ros2_messages()]
+    _write_ros2(bag, packed)
     summary = run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
     assert summary.complete and summary.written == N
+    topic, t, data = packed[7]
+    packed[7] = topic, t, data[:len(data) // 2]
+    bag.unlink()
+    _write_ros2(bag, packed)
+    with pytest.raises(SourceError, match=rf"robot.{storage} is truncated or corrupt after 7 frames \(a "
+                                          r"zstd-compressed message does not decompress \("):
+        list(read_recording(bag, {"ir": THERMAL, "vis": CAMERA}))
 
 
 @pytest.mark.parametrize("storage", ["mcap", "db3", "bag"])
@@ -260,6 +283,50 @@ def test_a_db3_bag_is_read_in_the_order_of_its_receive_times_not_of_its_rows(tmp
     assert [f.t_capture_ns for f in got if f.stream == "ir"] == [T0 + i * PERIOD for i in range(N)]
 
 
+def test_messages_a_db3_bag_received_at_one_time_are_read_in_the_order_it_stored_them(tmp_path):
+    """Two cameras triggered together can be received in one nanosecond (a simulation's clock): rosbag2 plays them in
+    the order it inserted them."""
+    messages = ros2_messages()
+    tied = [(topic, T0 + i // 2 * PERIOD, data) for i, (topic, _, data) in enumerate(messages)]  # two a time
+    for name, logged in (("robot.db3", messages), ("tied.db3", tied)):
+        _write_ros2(tmp_path / name, logged)
+    topics = {"ir": THERMAL, "vis": CAMERA}
+    assert ([(f.stream, f.t_capture_ns) for f in read_recording(tmp_path / "tied.db3", topics)] ==
+            [(f.stream, f.t_capture_ns) for f in read_recording(tmp_path / "robot.db3", topics)])
+
+
+def test_a_db3_bag_in_wal_mode_is_read_without_a_file_written_beside_it(tmp_path):
+    """rosbag2's resilient storage preset keeps its sqlite3 file in WAL mode: read as a file that may change, it
+    gets -shm and -wal files beside it (in a robot's folder, or where none can be written: a read-only mount)."""
+    bag = tmp_path / "robot.db3"
+    _write_ros2(bag, ros2_messages())
+    with closing(sqlite3.connect(bag)) as db:
+        assert db.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    assert len(list(read_recording(bag, {"ir": THERMAL, "vis": CAMERA}))) == 2 * N
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["robot.db3"]
+
+
+@pytest.mark.parametrize("metadata", [
+    "rosbag2_bagfile_information:\n  relative_file_paths: [rosbag2_2024_01_15-10_30_00_9.db3,\n",
+    "rosbag2_bagfile_information:\n  relative_file_paths: []\n",
+    f"rosbag2_bagfile_information:\n  topics_with_message_count:\n  - {{message_count: 3}}\n"
+    f"  - {{topic_metadata: {{name: {THERMAL}, type: {IMAGE}}}, message_count: {N}}}\n",
+], ids=["cut short", "an empty list", "topics in part"])
+def test_a_bag_folder_whose_metadata_lists_no_files_reads_them_by_split_index(tmp_path, metadata):
+    """A recorder killed while writing metadata.yaml leaves it cut short (no YAML), with an empty list of files, or
+    none and its topics in part: the storage files in the folder are read by their split index (9 before 10; in
+    rosbag2's default names, after its start time's digits), as without a list, and its topics are not taken from it."""
+    folder, messages = tmp_path / "rosbag2_2024_01_15-10_30_00", ros2_messages()
+    folder.mkdir()
+    for i, part in ((9, messages[:20]), (10, messages[20:])):
+        _write_ros2(folder / f"{folder.name}_{i}.db3", part)
+    (folder / "metadata.yaml").write_text(metadata)
+    assert image_topics(folder) is None
+    got = list(read_recording(folder, {"ir": THERMAL, "vis": CAMERA}))
+    assert [f.seq for f in got if f.stream == "ir"] == list(range(N))
+    assert [f.t_capture_ns for f in got if f.stream == "ir"] == [T0 + i * PERIOD for i in range(N)]
+
+
 def test_a_bag_folder_listing_its_files_under_the_folders_name_reads_them_all(tmp_path):
     """Some rosbag2 versions list ``robot_bag/robot_bag_0.db3`` in metadata.yaml, not ``robot_bag_0.db3``."""
     folder, messages = tmp_path / "robot_bag", ros2_messages()
@@ -276,6 +343,42 @@ def test_a_bag_folders_image_topics_leave_out_its_other_topics(tmp_path):
     folder.mkdir()
     write_metadata(folder, None, {THERMAL: (IMAGE, N), CAMERA: (COMPRESSED, N), "/imu": ("sensor_msgs/msg/Imu", 400)})
     assert image_topics(folder) == {THERMAL: (IMAGE, N), CAMERA: (COMPRESSED, N)}
+
+
+def test_a_recording_whose_chunk_fails_its_crc_stops_in_one_line(tmp_path):
+    """After a power loss a chunk can hold stale or zeroed blocks whose records still parse: its CRC tells, and the
+    frames of the changed pixels do not pass."""
+    from mcap.writer import CompressionType, Writer
+
+    bag = tmp_path / "robot.mcap"
+    thermal = [(log_ns, data) for topic, log_ns, data in ros2_messages() if topic == THERMAL]
+    with open(bag, "wb") as f:
+        writer = Writer(f, compression=CompressionType.NONE)  # the pixels as they are in the file
+        writer.start(profile="ros2", library="a driver")
+        channel = writer.register_channel(THERMAL, "cdr", writer.register_schema(IMAGE, "ros2msg", b""))
+        for log_ns, data in thermal:
+            writer.add_message(channel, log_time=log_ns, publish_time=log_ns, data=data)
+        writer.finish()
+    data = bytearray(bag.read_bytes())
+    data[data.index(thermal[-1][1]) + len(thermal[-1][1]) // 2] ^= 0xFF  # a pixel of the last image
+    bag.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=r"robot.mcap is truncated or corrupt after 0 frames \(crc validation "
+                                          r"failed in Chunk"):
+        list(read_recording(bag, {"ir": THERMAL}))
+
+
+@pytest.mark.parametrize("storage", ["mcap", "db3", "bag"])
+def test_a_bag_recorded_before_any_image_lists_its_image_topics_without_messages(tmp_path, storage):
+    """Its cameras' drivers were still starting: its image topics, each with 0 messages (its summary counts none),
+    and not its other topics."""
+    path = tmp_path / f"robot.{storage}"
+    if storage == "mcap":
+        write_bag(path, {THERMAL: IMAGE}, [])  # the helper's schemas are images only
+    elif storage == "db3":
+        write_db3(path, {THERMAL: IMAGE, "/imu": "sensor_msgs/msg/Imu"}, [])
+    else:
+        write_bag1(path, {THERMAL: ROS1_IMAGE, "/imu": "sensor_msgs/Imu"}, [])
+    assert image_topics(path) == {THERMAL: (ROS1_IMAGE if storage == "bag" else IMAGE, 0)}
 
 
 def test_a_message_that_does_not_decode_is_said_after_the_frames_of_both_topics_before_it(tmp_path):

@@ -15,6 +15,7 @@ from helpers_ros import ROS1_COMPRESSED, ROS1_IMAGE, write_bag1
 from test_replay_bags import CAMERA, N, PERIOD, THERMAL, _cfg, ros1_messages
 
 from streamfuse.capture.mcap_source import image_topics
+from streamfuse.capture.ros1_bag import BagError, bag1_messages
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import decode_frames
 
@@ -63,6 +64,18 @@ def test_a_bag_its_recorder_left_cut_short_replays_to_where_it_was_cut_then_stop
     assert active.read_bytes() == head
 
 
+@pytest.mark.parametrize("into, what", [(2, r"a record's length"), (-1, r"a record's data \(\d+ of \d+ bytes\)")])
+def test_a_bag_its_recorder_left_cut_at_the_edge_of_a_record_is_cut_short(tmp_path, into, what):
+    """A cut a byte before a record's end, or inside the length of the record after it, is one: neither the end of a
+    bag whose records are all whole nor a record to read in part."""
+    data = _bag(tmp_path / "robot.bag", chunk_bytes=16 << 10).read_bytes()
+    active = tmp_path / "robot.bag.active"
+    active.write_bytes(data[:_chunk_ends(data)[3] + into].replace(data[data.index(b"index_pos=") + 10:][:8], bytes(8),
+                                                                 1))  # no index: as left
+    with pytest.raises(BagError, match=f"^cut short in {what}$"):
+        list(bag1_messages(active, (THERMAL, CAMERA)))
+
+
 def test_a_closed_bag_cut_short_is_said_to_be_so_not_to_have_no_topics(tmp_path):
     """A closed bag copied in part (a transfer cut, a full disk): its index, at its end, is missing."""
     data = _bag(tmp_path / "robot.bag", chunk_bytes=16 << 10).read_bytes()
@@ -86,6 +99,29 @@ def test_a_damaged_chunk_or_a_file_that_is_no_bag_stops_in_one_line(tmp_path):
     notes.write_text("not a bag\n")
     with pytest.raises(ReplayError, match=r"notes.bag is truncated or corrupt after 0 frames \(not a ROS 1 bag"):
         run_replay(_cfg(), ir_path=notes, out_path=tmp_path / "fused2.mkv")
+
+
+def test_a_chunk_or_a_message_whose_header_does_not_fit_its_data_is_damaged(tmp_path):
+    """A compression this reads not (rosbag writes none, bz2 and lz4), a message on a connection not named before
+    it, a size that is not its data's, a field of another size than its type's: damaged."""
+    data = _bag(tmp_path / "robot.bag").read_bytes()
+    bag = tmp_path / "other.bag"
+    bag.write_bytes(data.replace(b"compression=none", b"compression=zstd", 1))
+    with pytest.raises(BagError, match=r"^a chunk compressed as 'zstd' \(none, bz2, lz4\)$"):
+        list(bag1_messages(bag, (THERMAL, CAMERA)))
+    conn = data.index(b"conn=") + 5  # the first connection record's: its messages name a connection unknown
+    bag.write_bytes(data[:conn] + struct.pack("<I", 99) + data[conn + 4:])
+    with pytest.raises(BagError, match=r"^a message on connection \d+, which no record before it names$"):
+        list(bag1_messages(bag, (THERMAL, CAMERA)))
+    at = data.index(b"size=") + 5  # the first chunk's
+    size = struct.unpack_from("<I", data, at)[0]
+    bag.write_bytes(data[:at] + struct.pack("<I", size - 8) + data[at + 4:])
+    with pytest.raises(BagError, match=f"^a chunk holds {size} bytes, its header says {size - 8}$"):
+        list(bag1_messages(bag, (THERMAL, CAMERA)))
+    header = _field(b"op", b"\x03\x00") + _field(b"index_pos", bytes(8))  # a bag header whose op is 2 bytes
+    bag.write_bytes(b"#ROSBAG V2.0\n" + struct.pack("<I", len(header)) + header + bytes(4))
+    with pytest.raises(BagError, match=r"^a record without a valid 'op' field$"):
+        list(bag1_messages(bag, (THERMAL, CAMERA)))
 
 
 def _walk(data: bytes, pos: int, end: int) -> list[tuple[int, int, bytes]]:

@@ -8,6 +8,7 @@ states in place of lengths (an AVI's 2^30 frames) is no end.
 from __future__ import annotations
 
 import re
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -145,6 +146,17 @@ def test_nut_without_its_index_is_reported_and_read_to_its_end(tmp_path: Path) -
                                   "stream cut before a keyframe); their frames are missing"])
 
 
+def test_a_nut_whose_last_bytes_only_look_like_a_pointer_to_its_index_is_still_without_one(tmp_path: Path) -> None:
+    """The last 12 bytes of a cut file are frame data: where they read as a pointer into the file, what it points
+    at must be the index's start code."""
+    path = tmp_path / "v.nut"
+    write(path, "nut", piped=True)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2] + (100).to_bytes(8, "big") + bytes(4))  # 100 bytes back: frame data
+    assert missing_end(path, "nut") == Cut("its NUT index is missing (the file was cut short, or written without one)",
+                                           False)
+
+
 def test_a_live_matroska_never_finalised_says_nothing_until_its_last_cluster_is_cut(tmp_path: Path) -> None:
     path = tmp_path / "v.mkv"
     starts = write(path, "matroska", piped=True)  # unknown segment size, no duration, no cues
@@ -188,6 +200,18 @@ def test_an_index_cut_after_the_frames_of_a_file_that_announces_no_end_may_have_
     flv.write_bytes(flv.read_bytes() + b"\x12\x00\x00\x80" + bytes(7) + b"\x02")  # a script tag of 128 bytes
     with pytest.raises(SourceError, match="v.flv: truncated or corrupt video: .*its last FLV tag \\(script data\\)"):
         read_all(flv)
+
+
+def test_flv_cut_inside_the_size_after_a_whole_tag_is_truncated_by_its_file_size(tmp_path: Path) -> None:
+    """A cut between two tags, inside the PreviousTagSize after the first, looks like a file written without its
+    last one, which a complete file can be: the file size its metadata announces says it is cut."""
+    path = tmp_path / "v.flv"
+    write(path, "flv")
+    data = path.read_bytes()
+    last = len(data) - 4 - struct.unpack(">I", data[-4:])[0]  # the last tag's start
+    cut_to(path, last - 2)
+    assert missing_end(path, "flv") == Cut(f"its FLV metadata announces {len(data)} bytes, the file has {last - 2}",
+                                           True)
 
 
 def test_flv_that_ends_inside_a_tag_is_truncated_even_without_a_file_size(tmp_path: Path) -> None:
@@ -273,6 +297,23 @@ def test_an_asf_cut_short_is_truncated_one_written_live_says_nothing(tmp_path: P
         read_all(whole)
 
 
+def test_the_file_size_of_an_asf_written_live_is_not_held_against_it(tmp_path: Path) -> None:
+    """With the broadcast flag set the File Properties' sizes are not valid (the specification): a live writer may
+    leave any number there, no end the file announced."""
+    path = tmp_path / "live.wmv"
+    write_asf(path, piped=True)
+    data = bytearray(path.read_bytes())
+    props = data.find(bytes.fromhex("a1dcab8c47a9cf118ee400c00c205365"))  # the File Properties object
+    assert props > 0 and data[props + 88] & 1  # broadcast
+    data[props + 40:props + 48] = (2 * len(data)).to_bytes(8, "little")  # a file size it never reached
+    path.write_bytes(bytes(data))
+    assert missing_end(path, "asf") is None
+    data[props + 88] &= ~1  # the same size in a file not written live is its end
+    path.write_bytes(bytes(data))
+    assert missing_end(path, "asf") == Cut(f"its ASF header announces {2 * len(data)} bytes, the file has {len(data)}",
+                                           True)
+
+
 def test_a_video_of_one_frame_whose_rate_is_not_said_is_read_to_its_end(tmp_path: Path) -> None:
     """One ASF frame: no rate but the 1/1000 s time base's, so the frame was taken for 1 ms long, the file for cut."""
     path = tmp_path / "one.wmv"
@@ -281,7 +322,9 @@ def test_a_video_of_one_frame_whose_rate_is_not_said_is_read_to_its_end(tmp_path
 
 
 TRAILERS = {"zero bytes": bytes(4), "a sector's padding": bytes(2048), "a text trailer": b"Recorded by XYZ v1.2\n",
-            "random bytes": np.random.default_rng(1).bytes(37), "a JUNK chunk cut short": b"JUNK\0\0\1\0" + bytes(8)}
+            "random bytes": np.random.default_rng(1).bytes(37), "a JUNK chunk cut short": b"JUNK\0\0\1\0" + bytes(8),
+            # a live WebM appended: its EBML header (whole), then a Segment of unknown size, which is no end
+            "another recording's start": bytes.fromhex("1A45DFA3 84 42868101 18538067 01FFFFFFFFFFFFFF") + bytes(9)}
 
 
 @pytest.mark.parametrize("fmt, piped", [("mp4", False), ("mp4", True), ("matroska", True), ("flv", False),
@@ -368,3 +411,41 @@ def test_a_matroska_file_cut_in_a_second_index_element_after_its_frames_is_read_
     assert n == N and len(warnings) == 1
     assert re.search(r"cut in its index or metadata, after the frames: all \d+ frames it announces were read$",
                      warnings[0])
+
+
+def test_a_matroska_file_cut_in_the_seekhead_before_its_clusters_is_cut_before_its_frames(tmp_path: Path) -> None:
+    """FFmpeg writes a SeekHead first as well as (when it outgrows its space) after the Cues: a cut in the first one,
+    before any cluster, is no cut after the frames, which a reader would let pass with a warning."""
+    path = tmp_path / "v.mkv"
+    write(path, "matroska")
+    data = path.read_bytes()
+    seekhead = data.find(bytes.fromhex("114D9B74"))
+    assert 0 < seekhead < data.find(bytes.fromhex("1F43B675"))  # before the first Cluster
+    cut_to(path, seekhead + 8)
+    assert missing_end(path, "matroska,webm") == Cut(f"its Matroska segment announces {len(data)} bytes, the file "
+                                                     f"has {seekhead + 8}", True)
+    # a file that does not start as this reads Matroska is left to FFmpeg: its header's lengths are taken as they are
+    path.write_bytes(b"\0" + data)
+    assert finalised(path, "matroska,webm") and missing_end(path, "matroska,webm") is None
+
+
+def _box(kind: bytes, payload: bytes, *, wide: bool = False, to_end: bool = False) -> bytes:
+    """An MP4 box: its 32-bit size (0: it runs to the end of the file; 1: a 64-bit size follows), type, payload."""
+    if wide:
+        return struct.pack(">I4sQ", 1, kind, 16 + len(payload)) + payload
+    return struct.pack(">I4s", 0 if to_end else 8 + len(payload), kind) + payload
+
+
+def test_mp4_boxes_with_a_64_bit_size_or_running_to_the_end_of_the_file_end_where_they_say(tmp_path: Path) -> None:
+    """An ``mdat`` over 4 GiB states a 64-bit size, and the last box may state none (size 0: to the end of the file):
+    the file ends where it should, and a cut in a 64-bit one is certain; bytes after the last whole box that a
+    padding box (``free``) is not are counted from the last box the file is known to hold."""
+    path, ftyp = tmp_path / "v.mp4", _box(b"ftyp", b"isom" + bytes(4))
+    path.write_bytes(ftyp + _box(b"mdat", bytes(100), wide=True) + _box(b"moov", bytes(40), to_end=True))
+    assert missing_end(path, "mov,mp4,m4a,3gp,3g2,mj2") is None
+    path.write_bytes(ftyp + _box(b"mdat", bytes(100), wide=True)[:-10])
+    assert missing_end(path, "mov,mp4,m4a,3gp,3g2,mj2") == Cut(f"its last MP4 box (mdat) announces {len(ftyp) + 116} "
+                                                               f"bytes, the file has {len(ftyp) + 106}", True)
+    path.write_bytes(ftyp + _box(b"free", bytes(8)) + b"Recorded")
+    assert missing_end(path, "mov,mp4,m4a,3gp,3g2,mj2") == Cut("24 unrecognised bytes follow its last whole MP4 box "
+                                                               "(ftyp)", False)

@@ -92,6 +92,13 @@ def test_a_malformed_or_foreign_protobuf_message_is_one_line(tmp_path):
         foxglove_images.decode(schema, b"\x0f")
     with pytest.raises(ValueError, match=r"its field 4 is not bytes"):
         foxglove_images.decode(schema, b"\x20\x05")
+    # pixels one byte short of the length they state, and a varint longer than protobuf's 10 bytes: not taken as they
+    # are (2 pixels of a 2x1 image, a width of 0)
+    short = "1502000000" "1d01000000" "2205" + b"mono8".hex() + "2d02000000" "32030a14"
+    with pytest.raises(ValueError, match=r"^a protobuf field of 3 bytes where 2 are left$"):
+        foxglove_images.decode(schema, bytes.fromhex(short))
+    with pytest.raises(ValueError, match=r"^a protobuf varint is cut short or too long$"):
+        foxglove_images.decode(schema, b"\x10" + b"\x80" * 10 + b"\x00")
     with pytest.raises(Unsupported, match=r"protobuf messages of foxglove.PointCloud are not images; image schemas: "
                                           r"foxglove.RawImage, foxglove.CompressedImage"):
         foxglove_images.decode("foxglove.PointCloud", data)
@@ -103,3 +110,11 @@ def test_a_field_given_twice_takes_its_last_value_as_protobuf_says():
              "0a0408051007" "1502000000")
     stamp, pixels = foxglove_images.decode("foxglove.RawImage", bytes.fromhex(image))
     assert stamp == 5_000_000_007 and pixels.tolist() == [[10, 20]]
+
+
+def test_a_raw_image_without_a_timestamp_and_with_a_field_unknown_here_decodes():
+    """A timestamp left out is 0 (the log time stands in for it); a field of a later schema version, of any wire type
+    (here field 15, a double: 8 bytes), is skipped as protobuf says."""
+    image = "1502000000" "1d01000000" "2205" + b"mono8".hex() + "2d02000000" "32020a14" "79" + "00" * 8
+    stamp, pixels = foxglove_images.decode("foxglove.RawImage", bytes.fromhex(image))
+    assert stamp == 0 and pixels.tolist() == [[10, 20]]
