@@ -69,3 +69,42 @@ def test_any_one_malloc_variable_the_user_set_leaves_malloc_alone(name, monkeypa
         monkeypatch.delenv(other, raising=False)
     monkeypatch.setenv(name, "1048576")
     assert device._apply_mallopt() is False  # the user's choice wins: mallopt is never called
+
+
+def test_malloc_is_tuned_once_per_process(monkeypatch):
+    # every engine (and training) asks for it: mallopt and its log line once, the answer remembered
+    from streamfuse import device
+
+    calls = []
+    monkeypatch.setattr(device, "_malloc_tuned", None)
+    monkeypatch.setattr(device, "_apply_mallopt", lambda: calls.append(1) or True)
+    assert tune_malloc() is True and tune_malloc() is True
+    assert calls == [1]
+
+
+def test_malloc_tuning_is_not_in_effect_when_mallopt_rejects_one_setting(monkeypatch):
+    from streamfuse import device
+
+    class Libc:  # glibc that takes the thresholds but not the top pad
+        gnu_get_libc_version = None
+
+        @staticmethod
+        def mallopt(param, value):
+            return 0 if param == device._M_TOP_PAD else 1
+
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(device.ctypes, "CDLL", lambda name: Libc())
+    assert device._apply_mallopt() is False
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_the_cpu_set_up_warns_only_when_torch_came_before_the_wait_policy(late, monkeypatch, caplog):
+    from streamfuse import device
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the suite's own thread count is left alone
+    monkeypatch.setattr(device, "LATE_WAIT_POLICY", late)
+    device._warn_late_wait_policy.cache_clear()  # warned once per process: an earlier test's warning is forgotten
+    with caplog.at_level("WARNING", logger="streamfuse.device"):
+        device.prepare_cpu(1)
+    assert ("OMP_WAIT_POLICY=PASSIVE could not take effect" in caplog.text) is late

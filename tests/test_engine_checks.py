@@ -58,3 +58,19 @@ def test_profile_timings_pair_each_stage_with_its_own_events(rng, gpu_engine, mo
     monkeypatch.setattr(FakeEvent, "elapsed_time", lambda start, end: spans[names[id(start)], names[id(end)]])
     engine.result(handle)
     assert handle.timings == {"h2d": 1.0, "compute": 2.0, "d2h": 3.0}
+
+
+class _TwoPlaneNet(TinyNet):
+    """A net of another interface: two output planes where the engine takes one."""
+
+    def forward(self, ir01, vis01, noise, ir_raw01):
+        fused = super().forward(ir01, vis01, noise, ir_raw01)
+        return torch.cat([fused, 1 - fused], 1)
+
+
+def test_a_net_returning_another_shape_is_one_line_not_its_first_plane(rng):
+    # only the batch size checked: the first of several planes was taken as the fused image, without a word
+    engine = Engine(_TwoPlaneNet(), device="cpu", threads=1)
+    with pytest.raises(RuntimeError, match=r"^net _TwoPlaneNet returned shape \(1, 2, 16, 24\); expected "
+                                           r"\(1, 1, 16, 24\)$"):
+        engine.run(*make_batch(rng, 1, 16, 24))

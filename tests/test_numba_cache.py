@@ -104,3 +104,28 @@ def test_the_chosen_folder_is_told_to_numba_through_the_environment_too(tmp_path
     assert numba_cache._choose() is True
     folder = str(tmp_path / f"streamfuse-numba-{os.getuid()}")
     assert os.environ["NUMBA_CACHE_DIR"] == numba_cache.config.CACHE_DIR == folder
+
+
+def test_a_cache_folder_the_user_named_is_left_to_numba(tmp_path, monkeypatch):
+    """NUMBA_CACHE_DIR is the user's choice: not probed, not replaced by the private folder (even where numba could
+    not use it, it says so itself)."""
+    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(numba_cache, "_locatable", lambda: False)
+    monkeypatch.setattr(numba_cache.config, "CACHE_DIR", "/the/users/choice")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/the/users/choice")
+    assert numba_cache._choose() is True
+    assert os.environ["NUMBA_CACHE_DIR"] == numba_cache.config.CACHE_DIR == "/the/users/choice"
+    assert not list(tmp_path.iterdir())
+
+
+def test_kernels_are_told_not_to_cache_where_no_folder_can_be_had(tmp_path, monkeypatch, caplog):
+    # cache=True with no folder to cache in fails every kernel's compile ("no locator available")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(not_a_folder))
+    monkeypatch.setattr(numba_cache, "_locatable", lambda: False)
+    monkeypatch.setattr(numba_cache.config, "CACHE_DIR", "")
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    with caplog.at_level("WARNING", logger="streamfuse.numba_cache"):
+        assert numba_cache._choose() is False
+    assert "numba kernels compiled at every start" in caplog.text and "NUMBA_CACHE_DIR" not in os.environ

@@ -260,6 +260,42 @@ def test_a_cursor_starts_at_the_oldest_entry_still_in_the_ring() -> None:
             reader.close()
 
 
+def test_a_lapped_cursor_goes_on_from_the_oldest_entry_still_in_the_ring() -> None:
+    # a reader stopped while the publisher wrote more entries than the ring holds: the entries still there are read,
+    # from the oldest on (the gap in seq counts the others as missed), none of them skipped
+    topic = b"shm/fused/rig0"
+    with ShmPool(4, 64) as pool:
+        announce = _announcer(pool, topic)
+        reader = PoolReader(pool.name)
+        try:
+            cursor = RingCursor(reader, topic, latest=False)
+            announce(0)
+            assert cursor.next(0.0, None)[0]["seq"] == 0
+            for seq in range(1, reader.ring.entries + 3):  # entries 1 and 2 are overwritten
+                announce(seq)
+            header, passed = cursor.next(0.0, 0)
+            assert (header["seq"], passed) == (3, 0)  # missed, not passed over as latest mode passes frames over
+        finally:
+            reader.close()
+
+
+def test_a_ring_whose_count_goes_back_is_left() -> None:
+    # only a forged pool's count goes back: the cursor gives the ring up (back to ZeroMQ), it does not wait on it
+    topic = b"shm/fused/rig0"
+    with ShmPool(4, 64) as pool:
+        announce = _announcer(pool, topic)
+        for seq in range(3):
+            announce(seq)
+        reader = PoolReader(pool.name)
+        try:
+            cursor = RingCursor(reader, topic, latest=False)
+            assert [cursor.next(0.0, last)[0]["seq"] for last in (None, 0, 1)] == [0, 1, 2]
+            reader.ring.count = lambda: 2  # one entry fewer than the cursor has read
+            assert cursor.next(0.0, 2) is None and cursor.left == "went backwards"
+        finally:
+            reader.close()
+
+
 def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> None:
     with ShmPool(2, 64) as pool:
         reader = PoolReader(pool.name)

@@ -62,3 +62,25 @@ def test_a_descriptor_of_another_pool_is_not_read_from_the_mapped_one() -> None:
             np.testing.assert_array_equal(view.frame(_header(new, stale["shm_slot"], stale["shm_gen"]), True), 9)
         finally:
             view.close()
+
+
+def test_a_copy_holds_no_slot_and_a_mono_frame_has_two_axes() -> None:
+    view = PoolView()
+    with ShmPool(1, 64) as pool:
+        try:
+            view.map(pool.name)
+            copied = view.frame(_header(pool, *pool.write(_frame(1))), copy=True)
+            assert copied.shape == (4, 16)  # mono8 as every other path gives it: (H, W), not (H, W, 1)
+            assert pool.write(_frame(2)) is not None  # the copy let the pool's one slot go at once
+            np.testing.assert_array_equal(copied, 1)  # and is the frame read, not what the slot holds now
+        finally:
+            view.close()
+
+
+def test_close_lets_the_held_slot_go() -> None:
+    view = PoolView()
+    with ShmPool(1, 64) as pool:
+        view.map(pool.name)
+        assert view.frame(_header(pool, *pool.write(_frame(1))), copy=False) is not None
+        view.close()  # a subscriber closed while the publisher runs on
+        assert pool.write(_frame(2)) is not None

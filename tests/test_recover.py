@@ -169,6 +169,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cut, rng, capsys, ca
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_recording_named_in_capitals_is_recovered_to_its_name(tmp_path, cut):
+    # the recorder takes record.path=RIG.MCAP (.mcap in any case), and so does replay: recover writes it too
+    src, _ = cut
+    assert recover(src, tmp_path / "RIG.MCAP").startswith("recovered ")
+    assert list(read_recording(tmp_path / "RIG.MCAP"))
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
 def test_an_unwritable_folder_is_one_line(tmp_path, cut, capsys):
     src, _ = cut

@@ -43,6 +43,24 @@ def test_a_cpu_line_gives_the_batch_latency_in_ms_and_frames_per_second(batch, m
     assert line.endswith("OT cache 3 hits 1 misses")
 
 
+def test_a_case_times_enough_batches_for_the_frames_asked(monkeypatch):
+    # --frames 6 at batch 4: two batches timed (8 frames), not one (4 frames, fewer than asked; none at batch 8)
+    ticks, batches = count(0, 4_000_000), []
+    monkeypatch.setattr(bench_fuse, "time", SimpleNamespace(perf_counter_ns=lambda: next(ticks)))
+    fuser = _Fuser()
+    fuser.fuse_batch = lambda irs, viss, streams: batches.append(len(irs))
+    pairs = [(np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8))]
+    bench_fuse.measure(fuser, pairs, 4, frames=6, warmup=1, expected=None)
+    assert batches == [4, 4, 4]  # the warm-up batch, then the two timed
+
+
+def test_a_batch_feeds_each_rig_its_own_pair():
+    # the same pair for every rig of a batch would make the OT cache's lookups those of one rig
+    pairs = [(np.full((8, 8), i, np.uint8), np.full((8, 8), i, np.uint8)) for i in range(3)]
+    case = bench_fuse.Case(_Fuser(), pairs, batch=2)
+    assert [[int(ir[0, 0]) for ir in case.frames()[0]] for _ in range(3)] == [[0, 1], [1, 2], [2, 0]]
+
+
 def test_a_baseline_line_leaves_the_warm_up_frames_out(monkeypatch, capsys):
     readings, t = [], 0
     for ms in [100] * 2 + [1] * 9 + [3]:  # two slow warm-up frames, then nine of 1 ms and one of 3 ms
@@ -53,3 +71,11 @@ def test_a_baseline_line_leaves_the_warm_up_frames_out(monkeypatch, capsys):
     monkeypatch.setattr(bench_fuse, "build_fuser", lambda cfg: SimpleNamespace(name="max", fuse=lambda ir, vis: ir))
     bench_fuse.bench_baseline(SimpleNamespace(fuser="max"), [(48, 64)], frames=10, warmup=2)
     assert " max 64x48 batch=1: latency median 1.00 ms p99 2.82 ms | 1000.0 frames/s |" in capsys.readouterr().out
+
+
+def test_the_frames_asked_are_timed_by_the_fuser_and_by_the_stages_around_it(monkeypatch, capsys):
+    cases = []  # a case of each: the stages around the fuser are benchmarked after it
+    monkeypatch.setattr(bench_fuse, "bench_baseline", lambda args, sizes, frames, warmup: cases.append(frames))
+    monkeypatch.setattr(bench_fuse, "bench_post", lambda sizes, frames, warmup: cases.append(frames))
+    bench_fuse.main(["--device", "cpu", "--fuser", "max", "--frames", "7"])
+    assert cases == [7, 7] and "7 frames per case" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,11 +18,20 @@ def test_prints_rate_and_stage_shares(capsys):
     assert "fuse " in out and "loop waits on decode+encode" in out
 
 
+def test_a_lossless_output_is_written_in_a_container_that_takes_it(capsys):
+    main(["--fuser", "max", "--frames", "2", "--size", "64x48", "--codec", "ffv1", "--set", "engine.device=cpu"])
+    assert re.search(r"output ffv1\n +max +2 frames in ", capsys.readouterr().out)
+
+
 def test_a_missing_input_is_one_line(tmp_path):
     (tmp_path / "vis.mp4").write_bytes(b"")
     with pytest.raises(SystemExit) as exc:
         main(["--ir", str(tmp_path / "nope.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max"])
     assert str(exc.value.code) == f"bench replay: IR video not found: {tmp_path / 'nope.mp4'}"
+    (tmp_path / "frames").mkdir()  # a folder is no video: refused before any config is read or replay made
+    with pytest.raises(SystemExit) as exc:
+        main(["--ir", str(tmp_path / "frames"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max"])
+    assert str(exc.value.code) == f"bench replay: IR video not found: {tmp_path / 'frames'}"
 
 
 def test_exit_status_1_when_no_fuser_ran(tmp_path, capsys):
@@ -47,6 +57,24 @@ def test_a_fuser_that_fails_beside_one_that_runs_is_on_stderr_and_exit_1(monkeyp
     captured = capsys.readouterr()
     assert captured.err == "bench replay: average not run: no weights\n"
     assert re.search(r"max +4 frames in", captured.out) and "average" not in captured.out
+
+
+def test_the_verdict_names_the_larger_of_decode_plus_encode_and_fuse(tmp_path, monkeypatch, capsys):
+    import streamfuse.replay
+
+    shares = {"max": {"decode": 0.3, "encode": 0.2, "fuse": 0.4}, "average": {"decode": 0.1, "encode": 0.1,
+                                                                             "fuse": 0.7}}
+
+    def replayed(cfg, **kwargs):  # the figures of a replay, without one
+        stages = {k: {"share": v, "median_ms": 1.0} for k, v in shares[cfg.fuse.name].items()}
+        return SimpleNamespace(written=4, wall_s=1.0, fps=4.0, stages=stages)
+
+    monkeypatch.setattr(streamfuse.replay, "run_replay", replayed)
+    for name in ("ir.mp4", "vis.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    assert main(["--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max,average"]) == 0
+    verdicts = re.findall(r"loop waits on decode\+encode (\d+)% vs fuse (\d+)%: (.*)", capsys.readouterr().out)
+    assert verdicts == [("50", "40", "decode/encode IS the bottleneck"), ("20", "70", "fusion is the bottleneck")]
 
 
 @pytest.mark.parametrize("args, message", [

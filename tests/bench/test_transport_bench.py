@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers_zmq import wait_until
 
@@ -38,12 +39,23 @@ def test_codec_figures(mode: str) -> None:
     assert figures["psnr"] >= 30.0
 
 
+def test_the_codecs_psnr_is_of_the_mean_squared_error_in_db(monkeypatch) -> None:
+    class OffByOne:  # a decoder whose every pixel is one grey level off: MSE 1, PSNR 10 log10(255^2) = 48.13 dB
+        def decode(self, packet, height, width, channels):
+            return frame.astype(np.float64) + 1
+
+    frame = bench_transport._demo_frames(64, 48, 1)[0]
+    monkeypatch.setattr(bench_transport, "JpegDecoder", OffByOne)
+    assert bench_transport._codec([frame], "jpeg", 90)["psnr"] == pytest.approx(10 * np.log10(255.0**2))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
     (["--seconds", "nan"], "argument --seconds: must be a finite number > 0, got nan"),
     (["--latency-seconds", "-1"], "argument --latency-seconds: must be a finite number > 0, got -1"),
     (["--rate", "0"], "argument --rate: must be a finite number > 0, got 0"),
     (["--quality", "200"], "argument --quality: must be <= 100, got 200"),
+    (["--quality", "101"], "argument --quality: must be <= 100, got 101"),  # the edge: JPEG's scale ends at 100
     (["--sizes", "0x0"], "argument --sizes: size '0x0': width and height must be in 1..8192"),
 ])
 def test_bad_numbers_are_refused_when_parsing(args, message, monkeypatch, capsys) -> None:
@@ -52,6 +64,13 @@ def test_bad_numbers_are_refused_when_parsing(args, message, monkeypatch, capsys
         bench_transport.main(args)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.strip().splitlines()[-1].endswith(message)
+
+
+def test_each_size_is_benchmarked_as_width_by_height(monkeypatch) -> None:
+    reports = []
+    monkeypatch.setattr(bench_transport, "_size_report", lambda width, height, args: reports.append((width, height)))
+    bench_transport.main(["--sizes", "640x480,64x48"])
+    assert reports == [(640, 480), (64, 48)]
 
 
 def _children(pid: int) -> set[int]:

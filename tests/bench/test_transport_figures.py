@@ -17,6 +17,14 @@ def test_a_runs_summary_gives_frames_per_second_between_arrivals_and_latencies_i
     assert summary["median_ms"] == pytest.approx(50.5) and summary["p99_ms"] == pytest.approx(99.01)
 
 
+@pytest.mark.parametrize("arrived", [0, 1])
+def test_a_run_that_got_one_frame_or_none_through_is_a_row_of_its_own_not_a_crash(arrived):
+    # a rate needs two arrivals: one frame says 0 frames/s and no latency in the table, not a ZeroDivisionError
+    summary = bench_transport._summary([5_000_000] * arrived, [10.0] * arrived)
+    assert (summary["frames"], summary["fps"]) == (arrived, 0.0)
+    assert np.isnan(summary["median_ms"]) and np.isnan(summary["p99_ms"])
+
+
 def test_the_table_gives_each_rows_ratio_to_imagezmq_and_the_codecs_to_raw(monkeypatch, capsys):
     fps = {"imagezmq": 100.0, "raw": 250.0, "shm": 400.0, "loan": 500.0, "loan-zmq": 450.0, "jpeg": 50.0, "h264": 20.0}
 

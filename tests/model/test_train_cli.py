@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import signal
 from pathlib import Path
@@ -112,6 +113,22 @@ def test_a_pair_of_two_sizes_is_named_with_both(tmp_path):
                                "training needs registered pairs of one size")
 
 
+def test_sequences_are_read_in_name_order_with_their_image_suffixes_in_any_case(tmp_path):
+    # the batches depend on the pairs' order: the folders' as listed by the file system would change it from one
+    # machine (or copy of the data) to the next; and a camera's F.PNG is an image as f.png is
+    root = tmp_path / "data"
+    for folder in ("b", "c", "a"):
+        _write_pair(root / "sequences" / folder, "F.PNG", np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.uint8))
+    assert [name for name, _, _ in train.load_pairs(root)] == [f"sequences/{f}/ir/F.PNG" for f in "abc"]
+
+
+def test_a_pair_of_one_height_but_two_widths_is_refused_too(tmp_path):
+    root = tmp_path / "data" / "roadscene"
+    _write_pair(root, "a.png", np.zeros((40, 64), np.uint8), np.zeros((40, 56, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"a.png has different sizes: IR 64x40, visible 56x40"):
+        train.load_pairs(tmp_path / "data")
+
+
 @pytest.mark.parametrize("content, reason", [(b"", "empty file"), (b"\x89PNG\r\n\x1a\n garbage",
                                                                       "corrupt, or not an image")])
 def test_an_unreadable_image_is_named(tmp_path, content, reason):
@@ -163,6 +180,25 @@ def test_an_out_or_init_that_cannot_be_used_is_refused_first(data, tmp_path):
     assert message == f"train: --init {tmp_path / 'none.pt'} is not a weights file (not found)"
     assert not (tmp_path / "o").exists()
 
+
+
+def test_an_out_in_a_folder_this_user_cannot_write_is_refused_first(data, tmp_path, monkeypatch):
+    # the tests may run as root, whom no permission bit stops: the folder's answer is the one a service user gets
+    (tmp_path / "ro").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "ro" and real_access(path, mode))
+    message = _fails(["--data", str(data), "--out", str(tmp_path / "ro" / "run"), *TINY, "--steps", "1"])
+    assert message == f"train: --out {tmp_path / 'ro' / 'run'} cannot be written: {tmp_path / 'ro'} is read-only"
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_a_checkpoint_interval_of_nan_is_refused_by_the_function_too(data, tmp_path):
+    # the command's parser refuses it; called directly, no checkpoint was ever due (every comparison false)
+    setup = train.load_setup(["train.steps=1", "train.batch=1", "train.crop=32", "model.widths=[4, 8]",
+                              "model.denoiser_width=4"])
+    with pytest.raises(ValueError, match=r"^--ckpt-minutes nan is out of range; allowed: >= 0 \(0: every step\)$"):
+        loop.run_training(data, tmp_path / "o", setup, ckpt_minutes=float("nan"))
+    assert not (tmp_path / "o").exists()
 
 def test_a_diverging_run_stops_without_writing_weights(data, tmp_path):
     out = tmp_path / "o"

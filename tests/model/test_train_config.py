@@ -17,6 +17,9 @@ from streamfuse.train.config import load_setup
     (["train.warmup=0"], ">= 1"),
     (["train.teacher_steps=21"], "1..20"),
     (["train.distill=true", "train.decoder_only=true"], "false with distill"),
+    (["train.crop=36"], "a multiple of 8, 8..1024"),  # a multiple of 4 only: the net's stride is 8
+    (["train.minutes=-1"], ">= 0 (0 = no budget)"),
+    (["train.weight_decay=.inf"], ">= 0, finite"),  # AdamW would make every weight NaN at the first step
 ])
 def test_settings_that_cannot_train_are_refused_naming_the_key(overrides, allowed):
     key = overrides[-1].split("=")[0]
@@ -25,5 +28,12 @@ def test_settings_that_cannot_train_are_refused_naming_the_key(overrides, allowe
 
 
 def test_the_edges_that_can_train_are_taken():
-    setup = load_setup(["train.lr=10", "train.ema=0", "train.warmup=1", "train.teacher_steps=20", "train.distill=true"])
-    assert (setup.train.lr, setup.train.ema, setup.train.warmup, setup.train.teacher_steps) == (10, 0, 1, 20)
+    setup = load_setup(["train.lr=10", "train.ema=0", "train.warmup=1", "train.teacher_steps=20", "train.distill=true",
+                        "train.guidance_scale=0"])  # guidance 0: the unguided samplers
+    assert (setup.train.lr, setup.train.ema, setup.train.warmup, setup.train.teacher_steps,
+            setup.train.guidance_scale) == (10, 0, 1, 20, 0)
+
+
+def test_a_section_given_a_value_instead_of_keys_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"^train=3: give one of its keys, train.<key>=value$"):
+        load_setup(["train=3"])

@@ -43,3 +43,27 @@ def test_the_sampler_keeps_the_pairs_pixels_and_makes_float_crops_only_as_drawn(
     ir01, vis01, raw01 = sampler.batch(4)
     assert ir01.dtype == vis01.dtype == raw01.dtype == torch.float32
     np.testing.assert_array_equal(ir01.numpy(), raw01.numpy())  # no OT: IR' is the raw IR
+
+
+def test_crops_are_flipped_left_right_and_upside_down_ir_and_visible_alike():
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every pixel told apart: a crop's orientation shows
+    sampler = PairSampler([("a", image, 255 - image)], AlignConfig(enabled=False), crop=16,
+                          rng=np.random.default_rng(0))
+    flips = {"none": image, "left-right": image[:, ::-1], "upside-down": image[::-1], "both": image[::-1, ::-1]}
+    _, vis01, raw01 = sampler.batch(64)
+    seen = set()
+    for vis, raw in zip((vis01[:, 0] * 255).round().byte().numpy(), (raw01[:, 0] * 255).round().byte().numpy()):
+        seen |= {name for name, flipped in flips.items() if np.array_equal(raw, flipped)}
+        np.testing.assert_array_equal(vis, 255 - raw)  # the pair stays registered
+    assert seen == set(flips)
+
+
+def test_the_data_digest_changes_with_any_pixel_of_either_image():
+    # a resume on changed data is refused by the digest: an IR image re-exported or re-registered changed nothing
+    rng = np.random.default_rng(0)
+    ir, vis = rng.integers(0, 256, (8, 8), np.uint8), rng.integers(0, 256, (8, 8), np.uint8)
+    digests = {data.data_digest([("a", ir, vis)])}
+    for image in (ir, vis):
+        image[3, 4] ^= 1
+        digests.add(data.data_digest([("a", ir, vis)]))
+    assert len(digests) == 3

@@ -56,9 +56,10 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 3
 
     with pytest.raises(SystemExit, match=r"^train: cannot resume with other settings than the run started with "
-                                         r"\(loss.gradient 40.0 -> 7.0, train.batch 2 -> 1\): give the same, or start "
-                                         r"another --out$"):
-        train.main([*common[:4], "--batch", "1", *common[6:], "--loss.gradient", "7", "--steps", "5", "--resume"])
+                                         r"\(loss.gradient 40.0 -> 7.0, train.batch 2 -> 1, train.seed 0 -> 1\): "
+                                         r"give the same, or start another --out$"):  # a seed: other batches, noise
+        train.main([*common[:4], "--batch", "1", *common[6:], "--loss.gradient", "7", "--seed", "1", "--steps", "5",
+                    "--resume"])
     assert yaml.safe_load((out / "train_config.yaml").read_text()) == resolved  # the run's settings, as they were
     with caplog.at_level("INFO", logger="train"):
         train.main([*common, "--steps", "5", "--resume"])
@@ -103,6 +104,41 @@ def test_init_takes_matching_tensors_and_refuses_another_architecture(data, tmp_
     assert "\n" not in str(info.value)
 
 
+def test_init_needs_at_least_half_of_the_files_tensors_to_match(tmp_path):
+    # a few coincident shapes of another architecture are no starting point; half of them is the line
+    from streamfuse.model import HCLFuseNet, ModelConfig, save_weights
+    from streamfuse.train import loop
+
+    net = HCLFuseNet(ModelConfig(widths=(4, 8), denoiser_width=4))
+    save_weights(tmp_path / "start.pt", net)
+    blob = torch.load(str(tmp_path / "start.pt"), weights_only=True)
+    own = [k for k in blob["state_dict"] if not k.startswith(("denoiser.", "student."))][:10]
+    for foreign, verdict in ((10, "taken"), (11, "refused")):
+        blob["state_dict"] = {**{k: blob["state_dict"][k] for k in own},
+                              **{f"other.{i}": torch.zeros(1) for i in range(foreign)}}
+        torch.save(blob, str(tmp_path / f"{verdict}.pt"))
+    loop._load_matching(net, tmp_path / "taken.pt")
+    with pytest.raises(ValueError, match=r"refused.pt: only 10 of its 21 tensors match the model config"):
+        loop._load_matching(net, tmp_path / "refused.pt")
+
+
+def test_init_from_weights_without_a_student_starts_it_as_a_copy_of_the_teacher(tmp_path):
+    # a stage-1 file from before the student: --distill must start from the teacher, not from a random student
+    from streamfuse.model import HCLFuseNet, ModelConfig, save_weights
+    from streamfuse.train import loop
+
+    tiny = ModelConfig(widths=(4, 8), denoiser_width=4)
+    save_weights(tmp_path / "start.pt", HCLFuseNet(tiny))
+    blob = torch.load(str(tmp_path / "start.pt"), weights_only=True)
+    blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if not k.startswith("student.")}
+    torch.save(blob, str(tmp_path / "start.pt"))
+    torch.manual_seed(1)  # another initialisation than the file's
+    net = HCLFuseNet(tiny)
+    loop._load_matching(net, tmp_path / "start.pt")
+    teacher, student = net.denoiser.state_dict(), net.student.state_dict()
+    assert teacher.keys() == student.keys() and all(torch.equal(teacher[k], student[k]) for k in teacher)
+
+
 @pytest.mark.parametrize("stage, learns", [(["--distill", "--teacher_steps", "3"], {"student"}),
                                            (["--decoder_only"], {"decoder"})])
 def test_a_stage_trains_only_its_part(data, tmp_path, stage, learns):
@@ -118,6 +154,9 @@ def test_a_stage_trains_only_its_part(data, tmp_path, stage, learns):
     old, new = before.state_dict(), after.state_dict()
     moved = {k.split(".")[0] for k in old if not torch.equal(old[k], new[k])}
     assert moved == learns
+    # the run's config names what it started from
+    assert yaml.safe_load((tmp_path / "run" / "train_config.yaml").read_text())["train"]["init"] == \
+        str(tmp_path / "start.pt")
 
 
 def test_flags_become_dotted_overrides_of_the_one_parser():
@@ -126,6 +165,8 @@ def test_flags_become_dotted_overrides_of_the_one_parser():
     assert train.load_setup(to_overrides(["--lr", "1e-9", "--minutes", "2.5e1"])).train.lr == 1e-9
     setup = train.load_setup(to_overrides(["--teacher_steps", "3", "--model.widths", "4", "8", "--align.reg", "5e-2"]))
     assert setup.train.teacher_steps == 3 and setup.model.widths == (4, 8) and setup.align.reg == 0.05
+    with pytest.raises(ValueError, match=r"^unexpected argument '--'; settings are"):  # no key, not "train.="
+        to_overrides(["--steps", "3", "--", "--lr", "1"])
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -167,6 +208,7 @@ def test_runs_that_would_write_over_something_or_mean_nothing_are_one_line(data,
              (["--out", str(run), "--resume", "--init", str(run / DEFAULT_WEIGHTS.name)], "whose weights the run"),
              (["--out", str(tmp_path / "none"), "--resume"], "nothing to resume"),
              (["--out", str(tmp_path / "d"), "--distill"], "give it with --init WEIGHTS"),
+             (["--out", str(tmp_path / "d"), "--decoder_only"], "give it with --init WEIGHTS"),
              (["--out", str(tmp_path / "damaged"), "--resume"], "cannot resume from .*damaged")]
     weights = (run / DEFAULT_WEIGHTS.name).read_bytes()
     for args, match in cases:
@@ -251,7 +293,8 @@ def test_a_resume_with_other_data_or_fewer_steps_than_done_is_refused(data, tmp_
     assert yaml.safe_load((out / "train_config.yaml").read_text())["data"]["pairs"] == 3
 
 
-@pytest.mark.parametrize("state", [[1, 2], {"step": "8", "elapsed": 1.0}], ids=["list", "text_step"])
+@pytest.mark.parametrize("state", [[1, 2], {"step": "8", "elapsed": 1.0}, {"step": -1, "elapsed": 1.0}],
+                         ids=["list", "text_step", "negative_step"])
 def test_a_checkpoint_torch_reads_that_holds_no_training_state_is_one_line(state, data, tmp_path):
     # a TypeError traceback (or one from inside the progress bar, for a step read as text)
     out = tmp_path / "run"
@@ -294,4 +337,15 @@ def test_a_resume_on_another_number_of_cpu_threads_goes_on(data, tmp_path):
     resumed = [*TINY[:-1], "3"]
     resumed[resumed.index("--threads") + 1] = "2"
     train.main(["--data", str(data), "--out", str(out), *resumed, "--resume"])
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 3
+
+
+def test_a_run_whose_config_predates_a_setting_resumes(data, tmp_path):
+    # a run started by an earlier version, whose train_config.yaml lacks a setting added since: no KeyError
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY])
+    config = yaml.safe_load((out / "train_config.yaml").read_text())
+    del config["train"]["guidance_scale"]
+    (out / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "3", "--resume"])
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 3
