@@ -4,6 +4,7 @@ its publisher is gone. (Named apart from tests/capture/test_shm_ring.py, the cap
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -15,6 +16,7 @@ import sys
 import threading
 import types
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -218,82 +220,71 @@ def _announcer(pool: ShmPool, topic: bytes):
     return announce
 
 
+TOPIC = b"shm/fused/rig0"
+
+
+@contextlib.contextmanager
+def _ring_read(announced: int = 0) -> Iterator[tuple[Callable[[int], None], PoolReader]]:
+    """A 4-slot pool whose ring holds ``announced`` entries (seq 0 on) of ``TOPIC``, its ``announce``, and a reader of
+    it (closed after)."""
+    with ShmPool(4, 64) as pool:
+        announce = _announcer(pool, TOPIC)
+        for seq in range(announced):
+            announce(seq)
+        reader = PoolReader(pool.name)
+        try:
+            yield announce, reader
+        finally:
+            reader.close()
+
+
 def test_latest_mode_counts_as_passed_over_only_the_frames_after_the_last_one_taken() -> None:
     # The publisher sends a frame's ZeroMQ descriptor before it puts the frame in the ring, so a consumer that took
     # frames through ZeroMQ can find their entries still ahead of it in the ring. Counting every entry latest mode
     # jumped over as discarded then counted frames twice (received and discarded): received + discarded + missed came
     # to more than the publisher sent.
-    topic = b"shm/fused/rig0"
-    with ShmPool(4, 64) as pool:
-        announce = _announcer(pool, topic)
-        reader = PoolReader(pool.name)
-        try:
-            cursor = RingCursor(reader, topic, latest=True)
-            received, discarded, last = 5, 0, 4  # seq 0..4 taken through ZeroMQ
-            for burst in (range(3, 6), range(6, 10)):  # 3 and 4 were taken already; 6, 7 and 8 are passed over
-                for seq in burst:
-                    announce(seq)
-                header, passed = cursor.next(0.0, last)
-                assert header["seq"] == burst[-1]  # latest: the newest entry
-                last, received, discarded = header["seq"], received + 1, discarded + passed
-            assert cursor.next(0.0, last) is None
-        finally:
-            reader.close()
+    with _ring_read() as (announce, reader):
+        cursor = RingCursor(reader, TOPIC, latest=True)
+        received, discarded, last = 5, 0, 4  # seq 0..4 taken through ZeroMQ
+        for burst in (range(3, 6), range(6, 10)):  # 3 and 4 were taken already; 6, 7 and 8 are passed over
+            for seq in burst:
+                announce(seq)
+            header, passed = cursor.next(0.0, last)
+            assert header["seq"] == burst[-1]  # latest: the newest entry
+            last, received, discarded = header["seq"], received + 1, discarded + passed
+        assert cursor.next(0.0, last) is None
     assert (received, discarded) == (7, 3)  # seq 0..9 sent: each counted once, received or discarded
 
 
 def test_a_cursor_starts_at_the_oldest_entry_still_in_the_ring() -> None:
     # The subscriber switches to the ring after frames whose ZeroMQ descriptors it has not taken yet (the publisher
     # announces each frame both ways): their entries are already in the ring, and starting at its end lost them.
-    topic = b"shm/fused/rig0"
-    with ShmPool(4, 64) as pool:
-        announce = _announcer(pool, topic)
-        for seq in range(3):
-            announce(seq)
-        reader = PoolReader(pool.name)
-        try:
-            cursor = RingCursor(reader, topic, latest=False)
-            got = [cursor.next(0.0, last) for last in (None, 0, 1)]
-            assert [(header["seq"], passed) for header, passed in got] == [(0, 0), (1, 0), (2, 0)]
-            assert cursor.next(0.0, 2) is None
-        finally:
-            reader.close()
+    with _ring_read(3) as (_, reader):
+        cursor = RingCursor(reader, TOPIC, latest=False)
+        got = [cursor.next(0.0, last) for last in (None, 0, 1)]
+        assert [(header["seq"], passed) for header, passed in got] == [(0, 0), (1, 0), (2, 0)]
+        assert cursor.next(0.0, 2) is None
 
 
 def test_a_lapped_cursor_goes_on_from_the_oldest_entry_still_in_the_ring() -> None:
     # a reader stopped while the publisher wrote more entries than the ring holds: the entries still there are read,
     # from the oldest on (the gap in seq counts the others as missed), none of them skipped
-    topic = b"shm/fused/rig0"
-    with ShmPool(4, 64) as pool:
-        announce = _announcer(pool, topic)
-        reader = PoolReader(pool.name)
-        try:
-            cursor = RingCursor(reader, topic, latest=False)
-            announce(0)
-            assert cursor.next(0.0, None)[0]["seq"] == 0
-            for seq in range(1, reader.ring.entries + 3):  # entries 1 and 2 are overwritten
-                announce(seq)
-            header, passed = cursor.next(0.0, 0)
-            assert (header["seq"], passed) == (3, 0)  # missed, not passed over as latest mode passes frames over
-        finally:
-            reader.close()
+    with _ring_read(1) as (announce, reader):
+        cursor = RingCursor(reader, TOPIC, latest=False)
+        assert cursor.next(0.0, None)[0]["seq"] == 0
+        for seq in range(1, reader.ring.entries + 3):  # entries 1 and 2 are overwritten
+            announce(seq)
+        header, passed = cursor.next(0.0, 0)
+        assert (header["seq"], passed) == (3, 0)  # missed, not passed over as latest mode passes frames over
 
 
 def test_a_ring_whose_count_goes_back_is_left() -> None:
     # only a forged pool's count goes back: the cursor gives the ring up (back to ZeroMQ), it does not wait on it
-    topic = b"shm/fused/rig0"
-    with ShmPool(4, 64) as pool:
-        announce = _announcer(pool, topic)
-        for seq in range(3):
-            announce(seq)
-        reader = PoolReader(pool.name)
-        try:
-            cursor = RingCursor(reader, topic, latest=False)
-            assert [cursor.next(0.0, last)[0]["seq"] for last in (None, 0, 1)] == [0, 1, 2]
-            reader.ring.count = lambda: 2  # one entry fewer than the cursor has read
-            assert cursor.next(0.0, 2) is None and cursor.left == "went backwards"
-        finally:
-            reader.close()
+    with _ring_read(3) as (_, reader):
+        cursor = RingCursor(reader, TOPIC, latest=False)
+        assert [cursor.next(0.0, last)[0]["seq"] for last in (None, 0, 1)] == [0, 1, 2]
+        reader.ring.count = lambda: 2  # one entry fewer than the cursor has read
+        assert cursor.next(0.0, 2) is None and cursor.left == "went backwards"
 
 
 def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> None:
