@@ -108,6 +108,20 @@ def test_a_restart_deletes_a_file_a_killed_resume_left_aside(tmp_path, pair):
     assert summary.complete and summary.reused == 0 and not list(tmp_path.glob(".fused*"))
 
 
+def test_a_restart_that_stops_too_leaves_no_file_aside_for_the_next_resume(tmp_path, pair):
+    """The file aside goes as the restart's output takes the partial name, not only when the restart completes: left
+    there, the next --resume put its 30 frames back over the restart's output as the longer one."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=31)
+    shutil.copy(partial_path(out), taken_over_path(out))
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(ReplayError) as err:
+        mp.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(5))
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=False)
+    assert err.value.summary.written == 4 and _held(partial_path(out)) == 4
+    assert not taken_over_path(out).exists()
+
+
 class _NonFiniteAt:
     """The max fuser, with a NaN pixel in its output at the given calls (counted from 1)."""
 
@@ -258,3 +272,27 @@ def test_frames_held_stops_at_a_damaged_ffv1_frame(tmp_path, pair):
     assert frames_held(partial_path(out)) == 20
     _flip_a_bit(partial_path(out), 8)
     assert frames_held(partial_path(out)) == 8
+
+
+@pytest.mark.parametrize("changed, key", [({"ir": {"resize": "error"}}, "ir_resize"),
+                                          ({"engine": {"precision": "fp16"}}, "engine")])
+def test_a_resume_with_another_setting_its_fingerprint_holds_is_refused(tmp_path, pair, changed, key):
+    """Each setting the fingerprint holds is checked: a resume under another one keeps the partial output, naming it."""
+    ir, vis = pair
+    out = tmp_path / "fused.mkv"
+    interrupted_replay(make_cfg(replay={"codec": "ffv1"}), ir, vis, out, stop=8)
+    kept = partial_path(out).read_bytes()
+    with pytest.raises(FileExistsError, match=rf"^cannot resume .*fused\.mkv: {key} changed since the interrupted run"):
+        run_replay(make_cfg(replay={"codec": "ffv1"}, **changed), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert partial_path(out).read_bytes() == kept
+
+
+def test_a_resume_on_another_number_of_cpu_threads_goes_on(tmp_path, pair):
+    """A batch worker sets engine.threads to its own CPUs: a pair interrupted on one worker and resumed on a worker of
+    another size (or a batch rerun with other --workers) was refused as "engine changed", and failed."""
+    ir, vis = pair
+    out = tmp_path / "fused.mkv"
+    interrupted_replay(make_cfg(replay={"codec": "ffv1"}, engine={"threads": 2}), ir, vis, out, stop=8)
+    summary = run_replay(make_cfg(replay={"codec": "ffv1"}, engine={"threads": 1}), ir_path=ir, vis_path=vis,
+                         out_path=out, resume=True)
+    assert summary.complete and summary.reused == 7 and summary.written == N

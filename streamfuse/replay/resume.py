@@ -102,7 +102,8 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
     if not isinstance(saved, dict):  # missing, not JSON, or JSON of another shape
         log.warning("cannot resume %s: its sidecar %s is missing or unreadable; starting over", out, sidecar.name)
         return False
-    changed = [k for k in fingerprint if saved.get(k) != json.loads(json.dumps(fingerprint[k]))]
+    now = json.loads(json.dumps(fingerprint))  # as the sidecar holds it (tuples as lists)
+    changed = [k for k in fingerprint if _compared(k, saved.get(k)) != _compared(k, now[k])]
     if changed:  # a slip (a --set left out): the interrupted run's frames stay, for the command it was started with
         raise FileExistsError(f"cannot resume {out}: {', '.join(changed)} changed since the interrupted run; run it "
                               f"with the settings it was started with to continue, or delete {partial} to start over")
@@ -113,6 +114,12 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
         log.warning("cannot resume %s: its partial file does not decode (%s); starting over", out, io_reason(exc))
         return False
     return True
+
+
+def _compared(key: str, value: Any) -> Any:
+    """A fingerprint entry as resume compares it: ``engine.threads`` left out, as a batch worker sets it to its own
+    CPUs (a pair resumed on a worker of another size goes on; the count changes only the float rounding)."""
+    return {k: v for k, v in value.items() if k != "threads"} if key == "engine" and isinstance(value, dict) else value
 
 
 class TakeOver:
