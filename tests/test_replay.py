@@ -276,6 +276,15 @@ def test_interrupt_leaves_no_final_file_and_resume_finishes_without_refusing(tmp
     assert not partial_path(out).exists() and not list(tmp_path.glob(".fused*"))
 
 
+def test_an_interrupted_replay_says_how_to_continue_it(tmp_path, clip):
+    """The one line a user reads ends with what to run next; ``message`` (a batch's reason) leaves that out."""
+    ir, vis, _ = clip
+    out = tmp_path / "fused.mp4"
+    err = interrupted_replay(make_cfg(), ir, vis, out)
+    assert err.message.startswith("replay stopped: interrupted (Ctrl-C); 7 frames kept in ")
+    assert str(err) == f"{err.message}; run again with --resume (same --out {out}) to continue"
+
+
 def test_interrupt_while_the_file_is_remuxed_keeps_the_partial_and_resumes(tmp_path, clip, monkeypatch):
     """Ctrl-C after the last frame, while the final file is written: the same one line and partial file as
     mid-run, no half-written copy left behind, and --resume finishes."""
@@ -518,15 +527,43 @@ def test_an_ir_size_change_with_resize_error_suggests_no_resume(tmp_path):
     assert str(err.value).endswith(f"; 6 frames kept in {partial_path(out)}")
 
 
+class _SleptClock:
+    """The replay's ``time`` whose ``perf_counter_ns`` moves only as far as the replay sleeps: realtime pacing's waits
+    then add up to the recorded span exactly, however busy the machine (and no frame is overtaken)."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+    def sleep(self, seconds: float) -> None:
+        self.ns += round(seconds * 1e9)
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def _slept(monkeypatch) -> _SleptClock:
+    import streamfuse.replay.inputs
+    import streamfuse.replay.loop
+
+    clock = _SleptClock()
+    for module in (streamfuse.replay.inputs, streamfuse.replay.loop):
+        monkeypatch.setattr(module, "time", clock)
+    return clock
+
+
 def test_realtime_pacing_takes_recorded_time_and_counts_drops(tmp_path, monkeypatch):
     ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
     write_video(ir, 15, 30, grey=True)
     write_video(vis, 15, 30)
     cfg = make_cfg(replay={"pacing": "realtime"})
-    t0 = time.perf_counter()
-    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "a.mp4")
-    assert time.perf_counter() - t0 >= 14 / 30
-    assert summary.written + summary.unpaired["vis"] + summary.dropped["vis"] == 15
+    with monkeypatch.context() as paced:
+        clock = _slept(paced)
+        summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "a.mp4")
+    assert clock.ns == pytest.approx(14 / 30 * 1e9, abs=1e6)  # the first frame to the last, at their times
+    assert summary.written == 15 and summary.dropped == {"ir": 0, "vis": 0}
 
     class Slow(_StopAt):
         def fuse(self, ir, vis_y, stream="default"):
@@ -536,6 +573,23 @@ def test_realtime_pacing_takes_recorded_time_and_counts_drops(tmp_path, monkeypa
     monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: Slow(None))
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "b.mp4")
     assert summary.dropped["vis"] > 0 and summary.written < 15
+
+
+def test_realtime_pacing_counts_each_dropped_frame_on_its_own_stream(tmp_path, monkeypatch):
+    """Visible frames at 30 fps are overtaken while a slow fuser works, IR frames at 6 fps are not: the drops are the
+    visible input's, as the summary's ``dropped vis`` must say."""
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 5, 6, grey=True)
+    write_video(vis, 20, 30)
+
+    class Slow(_StopAt):
+        def fuse(self, ir, vis_y, stream="default"):
+            time.sleep(0.1)  # 3 visible frame periods, less than one IR period
+            return super().fuse(ir, vis_y)
+
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: Slow(None))
+    summary = run_replay(make_cfg(replay={"pacing": "realtime"}), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert summary.dropped["vis"] > 0 and summary.dropped["vis"] >= summary.dropped["ir"]
 
 
 def test_recording_replays_to_the_live_pairs_and_fused_frames(tmp_path):
@@ -579,10 +633,11 @@ def test_recording_replays_to_the_live_pairs_and_fused_frames(tmp_path):
         replay_pairs.append((p.ir.seq, p.ir.t_capture_ns, p.vis.seq, p.vis.t_capture_ns))
     assert replay_pairs == live_pairs
     # realtime pacing reads the two streams through the registered "mcap" source instead, at the recorded rate
-    t_start = time.perf_counter()
-    paced = run_replay(make_cfg(replay={"pacing": "realtime"}), ir_path=path, out_path=tmp_path / "paced.mp4")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        clock = _slept(monkeypatch)
+        paced = run_replay(make_cfg(replay={"pacing": "realtime"}), ir_path=path, out_path=tmp_path / "paced.mp4")
     assert paced.complete and paced.frames == {"ir": 17, "vis": 20} and paced.written > 0
-    assert time.perf_counter() - t_start >= (vis[-1][0] - vis[0][0]) / 1e9
+    assert clock.ns == pytest.approx(ir[-1][0] - vis[0][0], abs=1e3)  # from the first frame (visible) to the last (IR)
 
 
 def test_latest_mode_fuses_a_visible_frame_held_for_two_ir_frames_into_two_output_frames(tmp_path):
@@ -595,6 +650,19 @@ def test_latest_mode_fuses_a_visible_frame_held_for_two_ir_frames_into_two_outpu
     _, pts = decoded(out)
     assert summary.complete and summary.written == summary.pairs == len(pts) > summary.frames["vis"]
     assert all(b > a for a, b in zip(pts, pts[1:]))
+
+
+def test_latest_mode_pairs_each_visible_frame_with_the_ir_frame_of_the_same_time(tmp_path):
+    """Inputs on the same time stamps: the IR frame of a time is read before the visible one, as the live loop and
+    ``expected_pairs`` order them; read after it, each visible frame was fused with the IR frame before."""
+    ir, vis, out = tmp_path / "ir.mkv", tmp_path / "vis.mkv", tmp_path / "fused.mkv"
+    write_video(ir, 10, 25, grey=True, codec="ffv1")
+    write_video(vis, 10, 25, codec="ffv1")
+    cfg = make_cfg(sync={"mode": "latest"}, replay={"codec": "ffv1"})
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    assert expected_pairs(cfg, ir, vis) == [(i, i) for i in range(10)]
+    assert summary.pairs == summary.written == 10 and summary.unpaired == {"ir": 0, "vis": 0}
+
 
 def test_find_pairs_from_a_list_file(tmp_path):
     (tmp_path / "list.txt").write_text("# ir vis\na/ir1.mp4 b/vis1.mp4\n/abs/ir2.mp4 /abs/vis2.mp4  # second\n")
@@ -636,6 +704,16 @@ def test_find_pairs_takes_a_visible_subfolder_named_vis_as_well_as_vi(tmp_path):
             (tmp_path / sub / name).write_bytes(b"")
     assert find_pairs(tmp_path) == [(tmp_path / "ir" / n, tmp_path / "vis" / n, "") for n in ("a.mp4", "b.mkv")]
 
+
+def test_find_pairs_in_a_folder_takes_recordings_and_extensions_in_capitals(tmp_path):
+    """A camera's ``.MP4`` files and recordings (``.mcap``) are pairs too; a file with no video extension is not."""
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        for name in ("A.MP4", "run.mcap", "notes.txt"):
+            (tmp_path / sub / name).write_bytes(b"")
+    assert find_pairs(tmp_path) == [(tmp_path / "ir" / n, tmp_path / "vi" / n, "") for n in ("A.MP4", "run.mcap")]
+
+
 def test_replay_config_is_valid_and_replays(tmp_path, clip):
     from streamfuse.config import load_config
 
@@ -643,6 +721,18 @@ def test_replay_config_is_valid_and_replays(tmp_path, clip):
     cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", ["fuse.name=max", "replay.progress=false"])
     assert cfg.ir.kind == "file" and cfg.replay.pacing == "fast"
     assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4").complete
+
+
+@pytest.mark.parametrize("key, ends", [("crf", (0, 51)), ("codec_threads", (0, 256))])
+def test_replay_settings_take_their_whole_range_and_no_more(key, ends):
+    """crf 51 (the smallest file H.264 makes) and 0..256 encoder threads are the documented ends: both taken."""
+    from streamfuse.replay import ReplayConfig
+
+    for value in ends:
+        assert getattr(ReplayConfig(**{key: value}), key) == value
+    for value in (ends[0] - 1, ends[1] + 1):
+        with pytest.raises(ValueError, match=f"^{key}={value} is out of range"):
+            ReplayConfig(**{key: value})
 
 
 @pytest.mark.data
@@ -805,6 +895,22 @@ def test_input_that_starts_later_leaves_the_earlier_frames_unpaired(tmp_path):
     assert summary.complete and summary.written == 30
     assert summary.unpaired == {"ir": 0, "vis": 25} and summary.dropped == {"ir": 0, "vis": 0}
     assert "the IR input starts later: 25 visible frames before its first frame are unpaired" in summary.note
+
+
+def test_a_realtime_recording_whose_ir_ends_first_says_so(tmp_path):
+    """Realtime pacing reads a recording's streams as two sources, so each one's span is known as it goes: the visible
+    frames after the IR input's end are unpaired by the span check, and the note says which input ended first."""
+    path, img = tmp_path / "rig.mcap", np.full((24, 32), 128, np.uint8)
+    with Recorder(RecordConfig(path=str(path)), queue_size=100) as rec:  # none left out
+        for i in range(16):
+            t = 1_000_000_000 + i * 40_000_000
+            if i < 10:
+                rec.write(Frame("ir", i, t, img))
+            rec.write(Frame("vis", i, t + 2_000_000, np.dstack([img] * 3)))
+    summary = run_replay(make_cfg(replay={"pacing": "realtime", "codec": "ffv1"}), ir_path=path,
+                         out_path=tmp_path / "o.mkv")
+    assert summary.complete and summary.outside["vis"]["after"] == 6
+    assert "the IR input ended first (after 10 frames): 6 visible frames after its end are unpaired" in summary.note
 
 
 def test_input_without_frames_says_so(tmp_path):

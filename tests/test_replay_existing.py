@@ -22,6 +22,7 @@ from streamfuse.atomic_write import partial_path
 from streamfuse.cli.run import replay_main
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.replay.outputs import check_existing_output
+from streamfuse.sync import Pairer
 from streamfuse.video import VideoWriter, decode_frames, pick_encoder
 
 
@@ -94,6 +95,11 @@ def test_resume_does_not_take_an_output_of_other_inputs_for_complete(tmp_path, p
                                               f"\\+ {vis}\\); delete it or choose another --out$"):
         run_replay(cfg, ir_path=other / "ir.mkv", vis_path=other / "vis.mkv", out_path=out, resume=True)
     assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True).complete  # its own: nothing to do
+    # the archive moved since the output was made: the paths it records are gone and prove nothing, so no refusal
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    ir, vis = ir.rename(moved / ir.name), vis.rename(moved / vis.name)
+    assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True).complete
 
 
 def test_a_partial_output_needs_resume_or_an_explicit_start_over(tmp_path, pair, monkeypatch):
@@ -118,6 +124,16 @@ def test_a_partial_output_needs_resume_or_an_explicit_start_over(tmp_path, pair,
     made = out.stat().st_mtime_ns  # the retry of a worker lost after it finished: done, not failed, not redone
     assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=False).complete
     assert out.stat().st_mtime_ns == made
+
+
+def test_a_callers_start_over_wins_over_a_config_that_says_resume(tmp_path, pair):
+    """``resume=False`` is the caller's (a batch retrying a lost worker's pair): it starts over even where the config
+    says ``replay.resume: true``, which is only what is done when the caller leaves it (None)."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"resume": True}), tmp_path / "fused.mp4"
+    interrupted_replay(cfg, ir, vis, out)
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=False)
+    assert summary.complete and summary.reused == 0 and summary.fused == 40
 
 
 @pytest.mark.parametrize("resume", [None, False, True])
@@ -157,6 +173,19 @@ def test_a_link_at_a_work_files_name_is_refused_not_written_through(tmp_path, pa
     assert precious.read_bytes() == b"another recording"
 
 
+@pytest.mark.parametrize("planted", [".fused.mkv.partial", ".fused.mkv.partial.json"])
+def test_a_folder_at_a_work_files_name_is_refused_before_any_work(tmp_path, pair, monkeypatch, planted):
+    """A folder there (a user's, or a copy gone wrong) was taken for an interrupted run's partial output, or at the
+    sidecar's name let the run start, to fail once it had fused frames."""
+    ir, vis = pair
+    (tmp_path / planted).mkdir()
+    (tmp_path / planted / "keep.txt").write_text("a user's file\n")
+    _no_fusing(monkeypatch)
+    with pytest.raises(ValueError, match=f"^{tmp_path / planted} is not a file; a replay makes this file itself"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mkv")
+    assert (tmp_path / planted / "keep.txt").read_text() == "a user's file\n"
+
+
 def _stop_on_first_write(monkeypatch) -> None:
     def write(self, image, pts):
         raise KeyboardInterrupt
@@ -171,7 +200,14 @@ def _stop_while_loading(monkeypatch) -> None:
     monkeypatch.setattr(streamfuse.processor, "config_fuser", build)
 
 
-@pytest.mark.parametrize("stop", [_stop_while_loading, _stop_on_first_write])
+def _stop_before_the_first_pair(monkeypatch) -> None:
+    def push(self, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pairer, "push", push)
+
+
+@pytest.mark.parametrize("stop", [_stop_while_loading, _stop_before_the_first_pair, _stop_on_first_write])
 def test_a_resume_stopped_before_its_first_frame_keeps_the_interrupted_runs_frames(tmp_path, pair, stop):
     """Ctrl-C while the model loads, or before the resumed run's first frame is written: the interrupted run's
     partial output and sidecar stay as they were, and a later --resume still takes its frames over."""
@@ -226,24 +262,41 @@ def test_resume_after_a_kill_mid_b_frame_is_no_warning(tmp_path, pair, caplog):
     assert decoded(out)[1] == [40 * i for i in range(40)]  # Matroska's ms
 
 
-def test_resume_still_warns_when_the_partial_output_disagrees_with_the_inputs_mid_file(tmp_path, pair, caplog):
-    """A frame missing long before the partial output's end is no kill's seam: the warning names both times."""
-    ir, vis = pair
-    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+def _interrupted_with_a_gap(cfg, ir: Path, vis: Path, out: Path) -> None:
+    """An interrupted replay's partial output of 30 frames, rewritten without its frame 5: 24 frames after the gap,
+    far more than a kill can cut off."""
     interrupted_replay(cfg, ir, vis, out, stop=31)
     frames = list(decode_frames(partial_path(out)))
     writer = VideoWriter(out, codec="ffv1", crf=0, time_base=Fraction(1, 1000), rate=Fraction(25), width=64,
                          height=48)
     for i, (_, image) in enumerate(frames):
-        if i != 5:  # 24 frames after the gap: far more than a kill can cut off
+        if i != 5:
             writer.write(image, 40 * i)
     writer.abort()
+
+
+def test_resume_still_warns_when_the_partial_output_disagrees_with_the_inputs_mid_file(tmp_path, pair, caplog):
+    """A frame missing long before the partial output's end is no kill's seam: the warning names both times."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    _interrupted_with_a_gap(cfg, ir, vis, out)
     with caplog.at_level(logging.INFO):
         summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and summary.reused == 5 and summary.written == 40
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["resume: the partial output has a frame at 0.240 s where the inputs give 0.200 s; fusing "
                         "from here"]
+
+
+def test_a_resume_stopped_after_a_mid_file_mismatch_keeps_the_output_with_more_usable_frames(tmp_path, pair):
+    """Past the mismatch the interrupted run's frames match no pair: put back for holding more frames, its 29 frames
+    would again give the next resume only the 5 before the gap, and the 7 frames of the stopped resume were lost."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    _interrupted_with_a_gap(cfg, ir, vis, out)
+    err = interrupted_replay(make_cfg(replay={"codec": "ffv1", "resume": True}), ir, vis, out, stop=3)
+    assert err.summary.reused == 5 and err.summary.written == 7
+    assert len(list(decode_frames(partial_path(out)))) == 7 and not list(tmp_path.glob("*.old"))
 
 
 def test_a_partial_output_left_aside_by_a_killed_resume_is_taken_over(tmp_path, pair):
@@ -282,3 +335,29 @@ def test_a_setting_added_since_an_output_was_made_is_not_named_as_changed(tmp_pa
     with caplog.at_level(logging.WARNING):
         assert check_existing_output(out, changed, resume=True)
     assert "made with other settings (sync.slop_ms)" in caplog.text  # what it records, and differs, is named
+
+
+def test_a_complete_output_made_with_other_postprocessing_is_named_when_skipped(tmp_path, caplog):
+    """Post-processing (the temporal denoiser) changes every frame: a skipped output made otherwise is named."""
+    cfg = make_cfg()
+    out = tmp_path / "fused.mkv"
+    w = VideoWriter(out, codec="ffv1", crf=0, time_base=Fraction(1, 1000), rate=Fraction(25), width=32, height=24,
+                    metadata={"comment": json.dumps({"streamfuse_config": cfg.to_dict()})})
+    w.write(np.zeros((24, 32, 3), np.uint8), 0)
+    w.commit()
+    with caplog.at_level(logging.WARNING):
+        assert check_existing_output(out, make_cfg(post={"denoise": 0.5}), resume=True)
+    assert "made with other settings (post.denoise)" in caplog.text
+
+
+@pytest.mark.parametrize("recorded", [[1, 2], "streamfuse", None])
+def test_a_video_whose_comment_holds_no_config_mapping_is_another_programs(tmp_path, recorded):
+    """A comment of the same key but no mapping under it records no config: taken for one, ``--resume`` failed on it
+    with a traceback instead of refusing the file."""
+    out = tmp_path / "fused.mkv"
+    w = VideoWriter(out, codec="ffv1", crf=0, time_base=Fraction(1, 1000), rate=Fraction(25), width=32, height=24,
+                    metadata={"comment": json.dumps({"streamfuse_config": recorded})})
+    w.write(np.zeros((24, 32, 3), np.uint8), 0)
+    w.commit()
+    with pytest.raises(FileExistsError, match=r"exists but is another program's video \(it records no streamfuse"):
+        check_existing_output(out, make_cfg(), resume=True)

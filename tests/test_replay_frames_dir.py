@@ -5,6 +5,7 @@ resumes nothing or is another output's; the frames move in only with the complet
 from __future__ import annotations
 
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from test_replay import _StopAt, interrupted_replay, make_cfg, write_video
 
 import streamfuse.processor
+from streamfuse.atomic_write import partial_path
 from streamfuse.replay import run_replay
 
 pytestmark = pytest.mark.timeout(120)
@@ -137,3 +139,30 @@ def test_a_resume_keeps_the_lossless_pngs_of_the_frames_it_takes_over(tmp_path, 
     assert summary.complete and summary.reused == len(staged) == 7
     for name, image in staged.items():
         np.testing.assert_array_equal(cv2.imread(str(frames / name)), image)
+
+
+def test_a_staging_folder_left_without_its_output_named_is_started_afresh_by_the_resume(tmp_path, pair):
+    """A kill between making ``.partial`` and naming the output in it: a resume that kept that folder never named the
+    output in it either, so the frames it staged before stopping again belonged to no run."""
+    ir, vis = pair
+    frames, out = tmp_path / "frames", tmp_path / "o.mkv"
+    interrupted_replay(_cfg(frames), ir, vis, out, stop=5)
+    shutil.rmtree(frames / ".partial")
+    (frames / ".partial").mkdir()
+    resuming = make_cfg(replay={"codec": "ffv1", "frames_dir": str(frames), "resume": True})
+    err = interrupted_replay(resuming, ir, vis, out, stop=3)
+    assert err.summary.reused == 4 and _pngs(frames / ".partial") == [f"{i:06d}.png" for i in range(6)]
+    assert (frames / ".partial" / "output").read_text() == f"{out.absolute()}\n"
+
+
+def test_a_resume_with_no_video_to_continue_starts_its_staged_frames_over_too(tmp_path, pair):
+    """The interrupted run's video deleted to start over, ``--resume`` left on: its frames start over with the video,
+    and a staged frame no new run writes is not moved in with them."""
+    ir, vis = pair
+    frames, out = tmp_path / "frames", tmp_path / "o.mkv"
+    interrupted_replay(_cfg(frames), ir, vis, out, stop=5)
+    partial_path(out).unlink()
+    (frames / ".partial" / f"{N:06d}.png").write_bytes(b"a frame the new run never writes")
+    resuming = make_cfg(replay={"codec": "ffv1", "frames_dir": str(frames), "resume": True})
+    assert run_replay(resuming, ir_path=ir, vis_path=vis, out_path=out).complete
+    assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(N)]

@@ -5,14 +5,18 @@ before or after it, only beyond the pairing tolerance, and inputs without a pair
 
 from __future__ import annotations
 
+import errno
 from types import SimpleNamespace
 
+import av
 import cv2
 import numpy as np
 import pytest
+from test_replay import write_video
 
 from streamfuse.capture.sources import SourceConfig
-from streamfuse.replay.inputs import no_pairs, outside, resolve
+from streamfuse.frames import Frame
+from streamfuse.replay.inputs import Reader, no_pairs, outside, resolve
 
 MS = 1_000_000
 
@@ -45,3 +49,57 @@ def test_inputs_without_a_pair_say_a_videos_own_times_and_a_recordings_from_its_
                                                    "10.000-20.000 s, visible 100.000-110.500 s)")
     recording = tuple(SimpleNamespace(cfg=SimpleNamespace(kind="mcap")) for _ in range(2))
     assert no_pairs(recording, first, last, sync).endswith("(IR 0.000-10.000 s, visible 90.000-100.500 s)")
+
+
+def test_a_video_input_is_the_path_given_over_the_configs_with_its_own_rate_count_and_threads(tmp_path):
+    """``--ir`` names the input over ``ir.path``; the container's rate and frame count (the progress bar's total) are
+    used, not ``ir.fps``; ``replay.codec_threads`` sets the decoder's threads over ``ir.decode_threads``."""
+    given, configured = tmp_path / "given.mp4", tmp_path / "configured.mp4"
+    write_video(given, 6, 25)
+    write_video(configured, 3, 30)
+    inp = resolve("ir", SourceConfig(path=str(configured), fps=30.0, decode_threads=2), given, decode_threads=3)
+    assert (inp.cfg.path, inp.cfg.kind, inp.rate, inp.expected) == (str(given), "file", 25, 6)
+    assert inp.cfg.decode_threads == 3
+    assert resolve("ir", SourceConfig(path=str(configured), decode_threads=2), None).cfg.decode_threads == 2
+
+
+class _FailingSource:
+    """Two frames, then an error FFmpeg raised that the source did not word (a frame's conversion, say)."""
+
+    def __init__(self):
+        self.frames = [Frame("ir", seq, seq * 40 * MS, np.zeros((4, 4), np.uint8)) for seq in range(2)]
+
+    def read(self):
+        if self.frames:
+            return self.frames.pop(0)
+        raise av.error.InvalidDataError(errno.EINVAL, "Invalid data found when processing input")
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_decoder_error_the_source_did_not_word_ends_the_input_early_not_at_its_end(threaded):
+    """Taken for the input's end, the replay was complete without the rest of the video."""
+    reader = Reader("ir", _FailingSource(), "ir.mp4", [], [], {"ir": 40 * MS}, threaded=threaded)
+    try:
+        assert [f.seq for f in iter(reader.next, None)] == [0, 1]
+    finally:
+        reader.stop()
+    assert reader.error == "ir: ir.mp4: decoding failed: Invalid data found when processing input"
+
+
+def test_inputs_without_a_pair_of_which_one_is_no_video_say_times_from_the_earlier_first_frame():
+    """A video's own times only when both inputs are videos: beside a folder or a recording they count from the
+    earlier input's first frame, as the other input's do."""
+    sync = SimpleNamespace(mode="latest", slop_ms=20.0, hold_ms=50.0)
+    first, last = {"ir": 10_000 * MS, "vis": 100_000 * MS}, {"ir": 20_000 * MS, "vis": 110_500 * MS}
+    mixed = (SimpleNamespace(cfg=SimpleNamespace(kind="file")), SimpleNamespace(cfg=SimpleNamespace(kind="folder")))
+    assert no_pairs(mixed, first, last, sync).endswith("(IR 0.000-10.000 s, visible 90.000-100.500 s)")
+
+
+@pytest.mark.parametrize("mode, named", [("slop", "sync.slop_ms = 20"), ("latest", "sync.hold_ms = 50")])
+def test_inputs_that_overlap_without_a_pair_name_the_tolerance_of_the_sync_mode(mode, named):
+    """Latest mode pairs within ``hold_ms``, not ``slop_ms``: the setting to change is the one the mode uses."""
+    sync = SimpleNamespace(mode=mode, slop_ms=20.0, hold_ms=50.0)
+    first, last = {"ir": 0, "vis": 5 * MS}, {"ir": 1_000 * MS, "vis": 1_005 * MS}
+    videos = tuple(SimpleNamespace(cfg=SimpleNamespace(kind="file")) for _ in range(2))
+    assert no_pairs(videos, first, last, sync).endswith(f"no IR and visible frames there are within {named} ms of "
+                                                        f"each other")

@@ -21,12 +21,28 @@ def test_the_summary_block_gives_each_streams_counts_in_their_places():
                         "| dropped ir 7, vis 9")
 
 
+def test_a_run_whose_every_frame_the_publisher_refused_says_so():
+    """Nothing published and every frame refused (a subscriber stuck from the start): the line that says so stays."""
+    lines = ReplaySummary(ir="ir.mp4", vis="vis.mp4", out="o.mkv", publish_refused=4).format().splitlines()
+    assert "  published 0 | refused by the publisher 4 (a subscriber's queue stayed full)" in lines
+
+
 @pytest.mark.parametrize("after", [1, 12])
 def test_frames_left_unpaired_after_the_other_input_ended_are_noted_down_to_one(after):
     summary = ReplaySummary(ir="ir.mp4", vis="vis.mp4", out="o.mkv", frames={"ir": 40, "vis": 40 + after})
     summary.outside["vis"]["after"] = after
     assert summary.unequal_note() == (f"the IR input ended first (after 40 frames): {after} visible frames after its "
                                       f"end are unpaired")
+
+
+def test_an_input_without_frames_is_not_said_to_start_later():
+    """Every visible frame is "before" an IR input that has none; the summary says the IR input has no frames, and the
+    note must not call it one that starts later."""
+    summary = ReplaySummary(ir="ir.mp4", vis="vis.mp4", out="o.mkv", frames={"ir": 0, "vis": 5})
+    summary.outside["vis"]["before"] = 5
+    assert summary.unequal_note() == ""
+    summary.frames["ir"] = 3
+    assert summary.unequal_note() == "the IR input starts later: 5 visible frames before its first frame are unpaired"
 
 
 def test_the_stage_table_gives_ms_and_the_share_of_wall_time():
