@@ -18,6 +18,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from helpers_clock import SleptClock
 
 import streamfuse.processor
 import streamfuse.video
@@ -527,28 +528,13 @@ def test_an_ir_size_change_with_resize_error_suggests_no_resume(tmp_path):
     assert str(err.value).endswith(f"; 6 frames kept in {partial_path(out)}")
 
 
-class _SleptClock:
-    """The replay's ``time`` whose ``perf_counter_ns`` moves only as far as the replay sleeps: realtime pacing's waits
-    then add up to the recorded span exactly, however busy the machine (and no frame is overtaken)."""
-
-    def __init__(self) -> None:
-        self.ns = 0
-
-    def perf_counter_ns(self) -> int:
-        return self.ns
-
-    def sleep(self, seconds: float) -> None:
-        self.ns += round(seconds * 1e9)
-
-    def __getattr__(self, name: str):
-        return getattr(time, name)
-
-
-def _slept(monkeypatch) -> _SleptClock:
+def _slept(monkeypatch) -> SleptClock:
+    """The replay's clock made one that moves as it sleeps: realtime pacing's waits add up to the recorded span
+    exactly (and no frame is overtaken)."""
     import streamfuse.replay.inputs
     import streamfuse.replay.loop
 
-    clock = _SleptClock()
+    clock = SleptClock()
     for module in (streamfuse.replay.inputs, streamfuse.replay.loop):
         monkeypatch.setattr(module, "time", clock)
     return clock

@@ -8,13 +8,14 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
-import time
+import types
 import uuid
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_clock import SleptClock
 
 from streamfuse.capture import shm_ring
 from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, named_semaphore, process_alive, remove_stale
@@ -79,13 +80,16 @@ def test_latest_policy_never_blocks_and_counts_overwritten_frames() -> None:
         assert ring.read(timeout=0.05) is None
 
 
-def test_block_policy_waits_instead_of_dropping() -> None:
+def test_block_policy_waits_instead_of_dropping(monkeypatch) -> None:
     with ShmRing("ir", slots=2, slot_bytes=16, policy="block") as ring:
         frame = Frame("ir", 0, 0, np.zeros((4, 4), np.uint8))
         assert ring.write(frame) and ring.write(frame)
-        start = time.monotonic()
-        assert not ring.write(frame, timeout=0.2)  # full: waits, then gives up without overwriting
-        assert time.monotonic() - start >= 0.2
+        with monkeypatch.context() as waits:  # the reader's bell never rings; each wait on it moves the clock on
+            clock = SleptClock()
+            waits.setattr(shm_ring, "time", clock)
+            waits.setattr(ring, "_space_bell", types.SimpleNamespace(acquire=lambda timeout: clock.sleep(timeout)))
+            assert not ring.write(frame, timeout=0.2)  # full: waits, then gives up without overwriting
+            assert clock.ns > 200_000_000  # its whole timeout
         assert ring.stats() == {"written": 2, "unread": 2, "dropped": 0}
         ring.read(timeout=1.0)
         assert ring.write(frame, timeout=0.2)  # a slot was freed

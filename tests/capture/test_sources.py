@@ -13,6 +13,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from helpers_clock import SleptClock
 
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.capture.synthetic import SyntheticScene
@@ -204,14 +205,15 @@ def test_file_loop_keeps_times_increasing(tmp_path: Path) -> None:
     assert [f.t_capture_ns // 1_000_000 for f in frames] == [40 * i for i in range(10)]
 
 
-def test_realtime_file_is_paced_at_the_recorded_rate(tmp_path: Path) -> None:
-    import time
+def test_realtime_file_is_paced_at_the_recorded_rate(tmp_path: Path, monkeypatch) -> None:
+    import streamfuse.capture.sources
 
     path = tmp_path / "clip.mkv"
     write_video(path, 6, pts_step=40)
-    start = time.monotonic()
+    clock = SleptClock()  # moves as the source sleeps: the waits add up to the file's span exactly
+    monkeypatch.setattr(streamfuse.capture.sources, "time", clock)
     assert len(read_all("ir", SourceConfig(kind="file", path=str(path), realtime=True))) == 6
-    assert time.monotonic() - start >= 0.19  # 5 gaps of 40 ms
+    assert clock.ns == 5 * 40_000_000  # 5 gaps of 40 ms
 
 
 def test_skip_reads_unpaced_and_the_frames_after_it_are_paced_again(tmp_path: Path, monkeypatch) -> None:
