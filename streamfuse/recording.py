@@ -272,8 +272,9 @@ class Recorder:
     def close(self, capture_dropped: dict[str, int] | None = None) -> None:
         """Write what is queued, finish the file (index, summary) and give it its final name; after a write error
         (:attr:`error`, set here too when the last frames or the summary fail) keep the ``.partial`` name, unless no
-        frame reached it: that one is deleted, as it holds nothing to recover. ``capture_dropped``: frames per source that capture dropped before they reached the recording (the live
-        loop fell behind them), said at the end beside those the disk could not keep up with. A recording given no
+        frame reached it: that one is deleted, as it holds nothing to recover. ``capture_dropped``: frames per source
+        that capture dropped before they reached the recording (the live loop fell behind them), said at the end
+        beside those the disk could not keep up with. A recording given no
         frame is discarded instead (said in one line): an empty file would only block the next run's record.path."""
         if self._file.closed:
             return
