@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import multiprocessing
 import os
+import shutil
 import sys
 
 from streamfuse import log_queue
@@ -95,4 +97,8 @@ def exit_now(code: int) -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
+    # multiprocessing's folder (the forkserver's socket) is removed by its exit handler, which os._exit skips: every
+    # live run left a /tmp/pymp-* folder behind
+    if (mp_temp := multiprocessing.process.current_process()._config.get("tempdir")) is not None:
+        shutil.rmtree(mp_temp, ignore_errors=True)
     os._exit(code)

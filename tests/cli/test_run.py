@@ -252,3 +252,14 @@ def test_a_stop_while_the_run_starts_is_its_clean_stop(tmp_path, command, status
             os.close(writer)
     said = f"streamfuse {'replay' if 'replay' in command else 'run'}: interrupted ({sig.name})"  # the command named
     assert (proc.returncode, out.splitlines()) == (status, [said]), out[-2000:]
+
+
+def test_a_live_run_leaves_no_multiprocessing_folder_behind(tmp_path):
+    # the CLI leaves by os._exit, which skipped multiprocessing's exit handler: each live run left a pymp-* folder
+    # (its producers' forkserver socket) in the temp folder, thousands on a robot that restarts its runs
+    small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 64), ("height", 48))]
+    proc = subprocess.run([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set=fuse.name=max",
+                           "--set=publish.endpoint=tcp://127.0.0.1:*", *small, "--duration", "1"], cwd=REPO,
+                          env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(tmp_path.glob("pymp-*"))
