@@ -124,8 +124,10 @@ class SourceConfig:
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
         check(0 <= self.decode_threads <= 256, "decode_threads", self.decode_threads, "0 (FFmpeg's choice) .. 256")
         check(all("=" in o[1:] for o in self.ffmpeg), "ffmpeg", self.ffmpeg, "NAME=VALUE options: [fflags=nobuffer]")
-        check(self.clock == "arrival" or (self.clock == "sender" and self.kind == "stream"), "clock", self.clock,
-              "arrival | sender (a stream's: its RTCP sender reports)")
+        check(self.clock in ("arrival", "sender"), "clock", self.clock, "arrival | sender")
+        if self.clock == "sender" and self.kind != "stream":
+            raise ValueError(f"clock='sender' needs kind: stream (an RTSP camera's RTCP sender reports); this source "
+                             f"is kind: {self.kind}")
         check(0.0 <= self.delay_ms <= 5000.0, "delay_ms", self.delay_ms, "0 <= delay_ms <= 5000")
         if self.delay_ms and self.replayable:
             what = "a virtual-clock synthetic source" if self.kind == "synthetic" else f"a {self.kind}"

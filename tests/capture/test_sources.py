@@ -94,8 +94,12 @@ def test_an_ffmpeg_option_needs_a_name_before_its_value() -> None:
 
 def test_only_a_stream_takes_the_sender_clock() -> None:
     assert SourceConfig(kind="stream", path="rtsp://cam/1", clock="sender").clock == "sender"
-    with pytest.raises(ValueError, match=r"clock='sender'.*arrival \| sender"):
+    # not "out of range; allowed: arrival | sender", which named the value refused as allowed
+    with pytest.raises(ValueError, match=r"^clock='sender' needs kind: stream \(an RTSP camera's RTCP sender "
+                                         r"reports\); this source is kind: file$"):
         SourceConfig(kind="file", path="v.mp4", clock="sender")
+    with pytest.raises(ValueError, match=r"^clock='camera' is out of range; allowed: arrival \| sender$"):
+        SourceConfig(kind="stream", path="rtsp://cam/1", clock="camera")
 
 
 def test_config_stall_factor_is_off_or_at_least_two_intervals() -> None:
