@@ -68,6 +68,8 @@ def fused_dir_method(spec: str) -> Method:
     name, _, path = spec.partition("=")
     if not path or "/" in name or Path(spec).is_dir():
         name, path = "", spec
+    if not path:  # an unset shell variable: not the working folder
+        raise ValueError("--fused: empty path")
     image_files(Path(path), "fused")  # a missing folder, or a file: one line now
     return Method(name or Path(path).name, fused_dir=Path(path))
 

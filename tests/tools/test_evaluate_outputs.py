@@ -176,6 +176,15 @@ def test_an_empty_output_path_is_refused_not_read_as_the_working_folder(args, sa
     assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(said)
 
 
+def test_an_empty_fused_folder_is_refused_not_read_as_the_working_folder(pairs, tmp_path, monkeypatch):
+    # --fused "$DIR" with DIR unset scored the working folder's images as a method without a name, exit 0
+    ir_dir, vis_dir = pairs
+    monkeypatch.chdir(ir_dir)  # a folder of images
+    with pytest.raises(SystemExit, match=r"^evaluate: --fused: empty path$"):
+        evaluate([str(ir_dir), str(vis_dir), "--fused", "", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_one_folder_given_as_both_ir_and_visible_is_refused(pairs, tmp_path):
     # each image was scored against itself: SSIM 2.000, VIF 2.000, exit 0
     ir_dir, _ = pairs

@@ -56,6 +56,21 @@ def test_list_file_and_bad_list(tmp_path, capsys):
     assert "pair list not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("given, said", [(["", "--out", "o"], "argument LIST_OR_DIR: empty path"),
+                                         (["pairs", "--out", ""], "argument --out: empty path")])
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(given, said, tmp_path, monkeypatch, capsys):
+    # an unset shell variable: --out "$OUT" wrote the fused videos into the working folder, and an empty input read
+    # the working folder's ir/ and vi/
+    for sub in ("pairs/ir", "pairs/vi", "ir", "vi"):
+        (tmp_path / sub).mkdir(parents=True)
+        _video(tmp_path / sub / "a.mp4")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        replay_many.main([*given, *ARGS])
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(said)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir", "pairs", "vi"]  # nothing written
+
+
 def test_ctrl_c_stops_the_batch(tmp_path, monkeypatch):
     import streamfuse.processor
 

@@ -69,7 +69,15 @@ def test_no_clips_is_one_line(temporal, tmp_path, monkeypatch):
 def test_clips_default_to_the_sequences_of_streamfuse_data(tool, tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMFUSE_DATA", str(tmp_path))
     monkeypatch.setattr("sys.argv", ["temporal"])
-    assert tool("temporal").parse_args().seq_root == str(tmp_path / "sequences")
+    assert tool("temporal").parse_args().seq_root == tmp_path / "sequences"
+
+
+def test_an_empty_clips_folder_is_refused_not_read_as_the_working_folder(tool, monkeypatch, capsys):
+    # an unset shell variable ("temporal.py $CLIPS") scored the clips of the working folder
+    monkeypatch.setattr("sys.argv", ["temporal", ""])
+    with pytest.raises(SystemExit) as exc:
+        tool("temporal").parse_args()
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith("argument seq_root: empty path")
 
 
 @pytest.mark.parametrize("name", ["nosuch", "nosuch.yaml"])
