@@ -177,7 +177,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
     finals = list(dict.fromkeys(p.absolute() for p in (out_dir, *save_dirs.values())))  # --save may be --out
     with staged_folders(finals) as staging:
         staged = dict(zip(finals, staging))
-        _refuse_held(save_dirs)
+        _refuse_held(save_dirs, save_dir)
         processors = {m.name: _processor(m) for m in methods if m.fuser is not None}
         result, tiles = _score_pairs(pairs, methods, processors, fused_files,
                                      {n: staged[d.absolute()] for n, d in save_dirs.items()}, montage_rows, reference)
@@ -241,13 +241,20 @@ def _score_pairs(pairs: list[tuple[str, Path, Path]], methods: list[Method], pro
     return result, tiles
 
 
-def _refuse_held(save_dirs: dict[str, Path]) -> None:
+def _refuse_held(save_dirs: dict[str, Path], save_dir: str | Path | None) -> None:
     """``ValueError`` (one line) for a save folder that holds images: an earlier run's would be read back as this
-    one's (``--fused``). Checked under the folders' locks, so that a run ending meanwhile is not missed."""
-    for name, folder in save_dirs.items():
+    one's (``--fused``). The ``--save`` folder and every folder in it are looked at, not only where this run writes:
+    one fuser writes into it and several into a folder each, so a run of the other kind mixed its images with an
+    earlier run's. Checked under the folders' locks, so that a run ending meanwhile is not missed."""
+    if save_dir is None:
+        return
+    root = Path(save_dir)
+    named = {folder: f" ({name})" for name, folder in save_dirs.items()}
+    inside = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for folder in dict.fromkeys([*save_dirs.values(), root, *inside]):
         if folder.is_dir() and (held := [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]):
-            raise ValueError(f"save folder ({name}) {folder} already holds {len(held)} images ({min(held)}, ...); "
-                             "give a new or empty folder, so that they do not mix with this run's")
+            raise ValueError(f"save folder{named.get(folder, '')} {folder} already holds {len(held)} images "
+                             f"({min(held)}, ...); give a new or empty folder, so that they do not mix with this run's")
 
 
 def _check_methods(methods: list[Method], reference: str | None) -> None:

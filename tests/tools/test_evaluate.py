@@ -168,6 +168,24 @@ def test_a_save_folder_holding_images_is_refused_before_any_work(evaluate, pairs
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before and not (tmp_path / "o2").exists()
 
 
+def test_a_save_folder_an_earlier_run_of_another_number_of_fusers_filled_is_refused(evaluate, pairs, tmp_path):
+    """One fuser writes into --save, several into a folder each: each check looked only where the new run writes, so
+    a run of the other kind was taken, and its images mixed with the earlier run's."""
+    ir_dir, vis_dir = pairs
+    one, two = tmp_path / "one", tmp_path / "two"
+    evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "o1"), "--save", str(one)])
+    evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--fuser", "average", "--out", str(tmp_path / "o2"),
+              "--save", str(two)])
+    with pytest.raises(SystemExit, match=rf"^evaluate: save folder {one} already holds 3 images \(p0.png, ...\)"):
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--fuser", "average", "--out", str(tmp_path / "o3"),
+                  "--save", str(one)])
+    with pytest.raises(SystemExit, match=rf"^evaluate: save folder {two / 'average'} already holds 3 images"):
+        evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "o4"), "--save", str(two)])
+    assert sorted(p.name for p in one.iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert sorted(p.name for p in two.iterdir()) == ["average", "max"]
+    assert not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()
+
+
 def test_missing_fused_images_are_counted(evaluate, pairs, tmp_path, caplog):
     ir_dir, vis_dir = pairs
     partial = tmp_path / "partial"
