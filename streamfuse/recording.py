@@ -16,8 +16,8 @@ Recording format: MCAP (indexed, zstd chunks; Foxglove opens it, ROS 2 tooling r
   ``sequence`` = the frame's per-source ``seq``.
 
 Why the ROS 2 layout rather than a JSON schema: JSON would need base64 pixels (a third larger, slow to encode);
-CDR ``sensor_msgs/Image`` is raw bytes after a 40-byte header, and Foxglove and ``ros2 bag`` show it as an image
-with no plug-in. Why MCAP rather than lossless video + sidecar: one indexed file holds both streams, exact ns
+CDR ``sensor_msgs/Image`` is raw bytes after a header of a few dozen bytes, and Foxglove and ``ros2 bag`` show it as
+an image with no plug-in. Why MCAP rather than lossless video + sidecar: one indexed file holds both streams, exact ns
 times and sequence numbers travel with every frame, and messages stay in the order the live loop saw them,
 which is what makes a replay reproduce the live pairs exactly.
 
