@@ -256,8 +256,8 @@ def test_a_sender_clock_that_is_not_ours_or_without_reports_is_told_once_and_sta
         late, lines = _stamps(silent, "sender")
     assert lines == [f"vis: {silent.url}: clock: sender: no RTCP sender report (yet): stamped by arrival"]
     assert all(error >= 0.3e9 - 10**6 for error in late)
-    with pytest.raises(ConfigError, match=r"ir: clock='sender' is out of range; allowed: arrival \| sender \(a "
-                                          r"stream's"):
+    with pytest.raises(ConfigError, match=r"ir: clock='sender' needs kind: stream \(an RTSP camera's RTCP sender "
+                                          r"reports\); this source is kind: file$"):
         config_from_dict({"ir": {"kind": "file", "path": "ir.mp4", "clock": "sender"}})
 
 
