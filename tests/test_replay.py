@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -284,6 +285,23 @@ def test_an_interrupted_replay_says_how_to_continue_it(tmp_path, clip):
     err = interrupted_replay(make_cfg(), ir, vis, out)
     assert err.message.startswith("replay stopped: interrupted (Ctrl-C); 7 frames kept in ")
     assert str(err) == f"{err.message}; run again with --resume (same --out {out}) to continue"
+
+
+def test_a_replay_stopped_before_it_read_a_frame_says_so_in_one_line(tmp_path, clip, monkeypatch, caplog):
+    # a SIGTERM as the inputs opened printed the summary table of a replay that read nothing (zeros throughout) above
+    # the one line, where the README promises that line alone
+    from streamfuse.replay.loop import _Replay
+
+    ir, vis, _ = clip
+
+    def stopped(self, opened):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Replay, "_open_readers", stopped)
+    with caplog.at_level(logging.INFO), pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mp4")
+    assert str(err.value) == "replay stopped: interrupted (Ctrl-C); no output written" and err.value.interrupted
+    assert "read ir" not in caplog.text
 
 
 def test_interrupt_while_the_file_is_remuxed_keeps_the_partial_and_resumes(tmp_path, clip, monkeypatch):

@@ -387,7 +387,8 @@ class _Replay:
             where += f"; {staged} of its frames staged in {self.frames.staging}"
         if self.out.exists():  # the final name still holds an earlier run's output: say it is not this one
             where += f"; {self.out} is an earlier run's output, left as it was"
-        log.info("%s", s.format(), extra=BLOCK)
+        if any(s.frames.values()):  # a table of zeros says nothing the one line does not
+            log.info("%s", s.format(), extra=BLOCK)
         raise ReplayError(f"replay stopped: {s.stopped}; {where}", s,
                           interrupted=s.stopped.startswith("interrupted ("), hint=hint)
 
