@@ -39,6 +39,7 @@ temporal tool reads each clip as a sequence); the capture and replay sources rea
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -152,6 +153,9 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
             image, or the OS's reason); OpenCV's own warnings stay quiet.
     """
     try:
+        mode = os.stat(path).st_mode  # a pipe named as an image would block the read until written to, a device
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # never end it; a folder is the OS's error below
+            raise ValueError(f"cannot read image {path}: not a file (a pipe or a device?)")
         buf = np.frombuffer(Path(path).read_bytes(), np.uint8)
     except FileNotFoundError:
         raise ValueError(f"cannot read image {path}: the file is gone") from None

@@ -9,8 +9,12 @@ bound to ``127.0.0.1`` never answers.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import os
+import socket
+import stat
 from pathlib import Path
 
 import zmq
@@ -92,12 +96,40 @@ def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "",
     if host is not None and is_ipv6(host):
         sock.setsockopt(zmq.IPV6, 1)
     try:
+        _check_ipc_path(endpoint)
         sock.bind(endpoint)
     except BaseException:
         if auth is not None:
             auth.stop()
         raise
     return auth
+
+
+def _check_ipc_path(endpoint: str) -> None:
+    """libzmq deletes whatever is at an ``ipc://`` path before it binds there: a file of the user's was lost, and a
+    running publisher's socket was taken over in silence (on ``tcp://`` a second bind is refused). Both are refused
+    here; a socket that nothing listens on any more (left by a run that was killed) is replaced as before.
+
+    Raises:
+        FileExistsError: something other than a socket is at the path.
+        zmq.ZMQError: EADDRINUSE, a publisher is bound there.
+    """
+    path = endpoint.removeprefix("ipc://")
+    if not endpoint.startswith("ipc://") or path in ("", "*") or path.startswith("@"):  # "@": Linux's abstract names
+        return
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # nothing there (a missing folder: libzmq's bind says so)
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"cannot bind endpoint {endpoint}: {path} exists and is not a socket (binding would "
+                              f"delete it); choose another path")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:  # refused: no one listens there any more
+            return
+    raise zmq.ZMQError(errno.EADDRINUSE)
 
 
 def _allow_only(ctx: zmq.Context, folder: str) -> ThreadAuthenticator:

@@ -180,7 +180,10 @@ class Recorder:
             raise RuntimeError(f"cannot write recording {self.path}: {io_reason(exc)}") from None
         try:
             self._file = open(self._partial, "xb")  # noqa: SIM115 (closed in close())
-        except OSError as exc:
+        except OSError as exc:  # (a name too long, say) the folders just made go too: the rerun starts clean
+            for folder in self._made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise RuntimeError(f"cannot write recording {self.path}: {io_reason(exc)}") from None
         with contextlib.suppress(OSError):  # held while the run writes it: `recover` refuses it (being_recorded)
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

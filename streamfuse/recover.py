@@ -52,8 +52,11 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         raise ValueError(f"{src} is being recorded by a running run (its record.path); it is finished when that run "
                          f"ends: stop the run, not recover it")
     header, complete = _inspect(src)
-    if complete:
+    damage = _damage(src) if complete else None  # closed as a finished one is, yet a chunk inside does not read back
+    if complete and damage is None:
         return f"{src} is a complete recording, not cut: nothing to recover (replay it as it is)"
+    if damage is not None and out is None:
+        raise ValueError(f"{damage}: pass --out FILE.mcap to recover the frames before the damage")
     out = Path(out) if out is not None else _final_name(src)
     if not out.name.lower().endswith(".mcap"):
         raise ValueError(f"cannot recover to {out}: a recording's name must end in .mcap (replay knows it by that)")
@@ -100,6 +103,16 @@ def _inspect(src: Path) -> tuple[Header, bool]:
         raise FileNotFoundError(f"recording not found: {src}") from None
     except OSError as exc:
         raise OSError(f"cannot read {src}: {io_reason(exc)}") from None
+
+
+def _damage(src: Path) -> str | None:
+    """Why a complete recording does not read back whole (a damaged chunk, as a replay of it would stop at), or None."""
+    try:
+        for _ in read_messages(src, (*TOPICS.values(), COUNTS_TOPIC)):
+            pass
+    except SourceError as exc:
+        return str(exc)
+    return None
 
 
 def _final_name(src: Path) -> Path:

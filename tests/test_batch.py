@@ -406,6 +406,14 @@ def test_a_compressed_recordings_output_is_named_without_either_extension(tmp_pa
     assert [job.out.name for job in jobs] == ["robot_0.mp4", "robot_1.mp4", "robot_2.mp4"]
 
 
+def test_a_macs_hidden_metadata_file_beside_a_recording_is_no_recording(tmp_path):
+    # a Mac copying onto a FAT or exFAT drive writes "._NAME" beside each file: taken as a recording, it failed a pair
+    (tmp_path / "bags").mkdir()
+    (tmp_path / "bags" / "robot.mcap").write_bytes(b"")
+    (tmp_path / "bags" / "._robot.mcap").write_bytes(b"\0\5\x16\7")
+    assert [job.out.name for job in find_jobs(tmp_path / "bags", tmp_path / "out")] == ["robot.mp4"]
+
+
 def test_a_bag_folders_output_is_named_as_the_whole_folder_even_with_a_dot_in_its_name(tmp_path):
     (tmp_path / "bags" / "drive.2024-05-01").mkdir(parents=True)  # a bag folder: its name has no extension to drop
     for name in ("metadata.yaml", "drive_0.mcap"):

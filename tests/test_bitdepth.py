@@ -5,7 +5,9 @@ folder and file sources read the same 16-bit image alike."""
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from pathlib import Path
 
 import av
@@ -13,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from helpers_video import write_grey16
+from helpers_zmq import wait_until
 
 from streamfuse.bitdepth import To8Bit, deep_grey, read_8bit, read_image
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
@@ -232,6 +235,29 @@ def test_unreadable_files_are_one_line(tmp_path, capfd, content, why):
         read_image(path)
     assert str(info.value) == f"cannot read image {path}: {why}"
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_named_as_an_image_is_one_line_not_a_wait(tmp_path):
+    """A FIFO in a folder of frames (or of pairs to evaluate): reading it waited for a writer that never came, and the
+    replay or evaluation hung; it is no image file."""
+    path, said = tmp_path / "0007.png", []
+    os.mkfifo(path)
+
+    def read() -> None:
+        try:
+            read_image(path)
+        except ValueError as exc:
+            said.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: not reader.is_alive(), "read_image of a FIFO returns")
+    finally:
+        if reader.is_alive():  # end the blocked read: a writer that opens and closes at once
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert said == [f"cannot read image {path}: not a file (a pipe or a device?)"]
 
 
 def test_evaluation_training_and_the_folder_source_read_a_16_bit_pair_alike(tmp_path, rng):

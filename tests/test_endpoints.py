@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 
@@ -66,3 +67,24 @@ def test_a_bind_that_fails_stops_the_consumers_key_check(tmp_path: Path) -> None
         assert [t.name for t in threading.enumerate() if t not in before] == []
     finally:
         ctx.destroy(linger=0)
+
+
+def test_an_ipc_path_that_holds_a_file_is_refused_and_the_file_kept(tmp_path: Path) -> None:
+    # libzmq deletes what is at an ipc:// path before it binds there: publish.endpoint=ipc://notes.txt lost the file
+    kept = tmp_path / "notes.txt"
+    kept.write_text("the rig's calibration")
+    with zmq.Context.instance().socket(zmq.XPUB) as sock, pytest.raises(FileExistsError, match="is not a socket"):
+        bind(sock, f"ipc://{kept}")
+    assert kept.read_text() == "the rig's calibration"
+
+
+def test_a_second_publisher_on_a_running_ones_ipc_path_is_refused_as_on_tcp(tmp_path: Path) -> None:
+    # it took the path over in silence, and the first run's consumers that connected again reached the second
+    endpoint = f"ipc://{tmp_path}/fused"
+    with Publisher(PublishConfig(endpoint=endpoint)), pytest.raises(RuntimeError, match="is already in use"):
+        Publisher(PublishConfig(endpoint=endpoint))
+    stale = tmp_path / "stale"
+    with socket.socket(socket.AF_UNIX) as left:  # the socket file of a run that was killed: no one listens there
+        left.bind(str(stale))
+    with Publisher(PublishConfig(endpoint=f"ipc://{stale}")) as pub:  # taken over, as before
+        assert pub.endpoint == f"ipc://{stale}"

@@ -671,6 +671,26 @@ def test_a_failure_waits_for_a_source_still_opening_and_for_none_that_has_ended(
     assert waits == [0]
 
 
+def test_a_failure_waits_no_longer_for_a_source_still_opening_once_the_run_is_stopped():
+    # A camera not plugged in yet is waited for: a Ctrl-C or SIGTERM that came while the failed run waited for it was
+    # ignored until the wait's 15 s were over (README: every process stopped within 2 s)
+    from streamfuse.pipeline import _failure
+
+    stop, polls = threading.Event(), []
+
+    def get(timeout):
+        polls.append(timeout)
+        stop.set()  # the stop comes while the run waits for the camera
+        return None
+
+    producers = _QueuedProducers([])
+    producers.get = get
+    producers.stats = lambda: {"ir": {"delivered": 0, "state": "ended"}, "vis": {"delivered": 0, "state": "waiting"}}
+    assert _failure(producers, "ir: cannot open camera '/etc/passwd'", [], stop) == (
+        "ir: cannot open camera '/etc/passwd'")
+    assert polls == [0.05, 0]  # one wait, then the queue's last items without one
+
+
 @pytest.mark.timeout(90)
 def test_the_fuser_is_warmed_up_at_the_visible_size_before_capture_starts(monkeypatch):
     # On a GPU the engine's first call (CUDA graph capture) took 0.9 s: made on the first pair, it dropped the

@@ -362,6 +362,14 @@ def test_a_recording_whose_folder_cannot_be_made_is_one_line(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["runs"] and (tmp_path / "runs").read_bytes() == b"keep me"
 
 
+def test_a_recording_that_cannot_be_created_leaves_no_folder_made_for_it(tmp_path):
+    # the folders were made, then the file's name was refused (longer than the file system takes): they stayed
+    path = tmp_path / "runs" / "rig0" / f"{'a' * 300}.mcap"
+    with pytest.raises(RuntimeError, match=r"^cannot write recording "):
+        Recorder(RecordConfig(path=str(path)))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["rig0", "rig0.bag", "input.mp4"])
 def test_a_recording_needs_a_name_that_reads_back_as_one(name):
     """Replay and the mcap source know a recording by its .mcap suffix: a file named otherwise would be recorded, then

@@ -124,6 +124,25 @@ def test_a_complete_recording_is_reported_and_left_alone(tmp_path, rng, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["rig.mcap"]
 
 
+def test_a_complete_recording_damaged_inside_is_not_called_complete(tmp_path, rng, capsys):
+    """Zeros inside a closed recording (a disk's bad blocks): recover called it complete, to "replay it as it is", and
+    a replay of it stopped at the damage; now it says so, and given --out recovers the frames before the damage."""
+    path, out = tmp_path / "rig.mcap", tmp_path / "saved.mcap"
+    frames = _frames(rng)
+    _record(path, frames, cut=None)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    assert main([str(path)]) == 1
+    assert re.fullmatch(r"streamfuse recover: error: recording .*rig\.mcap is truncated or corrupt after \d+ frames "
+                        r"\(.*\): pass --out FILE\.mcap to recover the frames before the damage\n",
+                        capsys.readouterr().err)
+    assert main([str(path), "--out", str(out)]) == 0
+    got = list(read_recording(out))
+    assert 0 < len(got) < len(frames)
+    assert [(f.stream, f.seq) for f in got] == [(f.stream, f.seq) for f in frames[:len(got)]]
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_its_report_to_a_full_disk_is_the_one_line_every_command_gives(tmp_path, rng):
     # it said "streamfuse recover: error: [Errno 28] No space left on device", unlike the other commands

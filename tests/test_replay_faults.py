@@ -227,5 +227,19 @@ def test_find_pairs_names_ir_files_that_are_no_video(tmp_path, caplog):
     (tmp_path / "ir" / "b.txt").write_text("notes")
     with caplog.at_level(logging.WARNING):
         assert find_pairs(tmp_path) == [(tmp_path / "ir" / "a.mp4", tmp_path / "vi" / "a.mp4", "")]
-    assert (f"{tmp_path / 'ir'}: 2 entries without a video or recording extension (first: b.txt); not replayed"
-            in caplog.text)
+    assert (f"{tmp_path / 'ir'}: 2 entries hidden or without a video or recording extension (first: b.txt); not "
+            f"replayed" in caplog.text)
+
+
+def test_find_pairs_passes_over_hidden_files_such_as_a_macs_metadata(tmp_path, caplog):
+    """A Mac copying onto a FAT or exFAT drive writes "._NAME" beside each file: taken as a pair, it failed the
+    batch."""
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "a.mp4").write_bytes(b"")
+        (tmp_path / sub / "._a.mp4").write_bytes(b"\0\5\x16\7")
+    with caplog.at_level(logging.WARNING):
+        assert find_pairs(tmp_path) == [(tmp_path / "ir" / "a.mp4", tmp_path / "vi" / "a.mp4", "")]
+    assert f"{tmp_path / 'ir'}: 1 entry hidden or without a video or recording extension (first: ._a.mp4)" \
+        in caplog.text
+    assert "no IR video of the same name" not in caplog.text

@@ -5,6 +5,7 @@ summary's nonfinite count."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import av
@@ -212,8 +213,6 @@ def test_a_realtime_paced_run_is_started_over_not_resumed(tmp_path, pair, caplog
 def test_a_resume_after_an_input_was_rewritten_in_place_is_refused(tmp_path, pair):
     """An input re-recorded under the same name and size (a raw or fixed-size capture) is another video: without its
     mtime in the fingerprint a resume spliced the interrupted run's frames of the old video onto the new one's."""
-    import os
-
     ir, vis = pair
     cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
     interrupted_replay(cfg, ir, vis, out, stop=8)
@@ -222,6 +221,25 @@ def test_a_resume_after_an_input_was_rewritten_in_place_is_refused(tmp_path, pai
     os.utime(ir, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, rewritten a second later
     with pytest.raises(FileExistsError, match=r"^cannot resume .*fused\.mkv: ir changed since the interrupted run"):
         run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert partial_path(out).read_bytes() == kept
+
+
+def test_a_resume_after_a_frames_folder_was_rewritten_in_place_is_refused(tmp_path):
+    """Frames exported again into their folder under the same names (an extraction run again) change neither the
+    folder's size nor its time: a resume spliced the interrupted run's frames of the old pictures onto the new ones."""
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        for i in range(20):
+            cv2.imwrite(str(tmp_path / sub / f"{i:04d}.png"), np.full((48, 64), 10, np.uint8))
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, tmp_path / "ir", tmp_path / "vi", out, stop=8)
+    kept, folder = partial_path(out).read_bytes(), (tmp_path / "ir").stat()
+    frame = tmp_path / "ir" / "0010.png"
+    cv2.imwrite(str(frame), np.full((48, 64), 200, np.uint8))
+    os.utime(frame, ns=(frame.stat().st_atime_ns, frame.stat().st_mtime_ns + 10**9))  # a second later
+    assert (tmp_path / "ir").stat().st_mtime_ns == folder.st_mtime_ns  # the folder itself looks unchanged
+    with pytest.raises(FileExistsError, match=r"^cannot resume .*fused\.mkv: ir changed since the interrupted run"):
+        run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vi", out_path=out, resume=True)
     assert partial_path(out).read_bytes() == kept
 
 
@@ -284,6 +302,22 @@ def test_a_resume_with_another_setting_its_fingerprint_holds_is_refused(tmp_path
     kept = partial_path(out).read_bytes()
     with pytest.raises(FileExistsError, match=rf"^cannot resume .*fused\.mkv: {key} changed since the interrupted run"):
         run_replay(make_cfg(replay={"codec": "ffv1"}, **changed), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert partial_path(out).read_bytes() == kept
+
+
+@pytest.mark.parametrize("paced", ["fast", "realtime"])
+def test_a_realtime_resume_of_another_runs_output_is_refused_not_started_over(tmp_path, pair, paced):
+    """A realtime resume starts over, and it did so before it compared the settings: realtime pacing given by mistake
+    for a fast run, or other inputs for a realtime one, deleted the interrupted run's frames instead of keeping them."""
+    ir, vis = pair
+    out, other = tmp_path / "fused.mkv", tmp_path / "other.mkv"
+    shutil.copy(vis, other)
+    interrupted_replay(make_cfg(replay={"codec": "ffv1", "pacing": paced}), ir, vis, out, stop=8)
+    kept = partial_path(out).read_bytes()
+    key, vis_now = ("pacing", vis) if paced == "fast" else ("vis", other)
+    with pytest.raises(FileExistsError, match=rf"^cannot resume .*fused\.mkv: {key} changed since the interrupted run"):
+        run_replay(make_cfg(replay={"codec": "ffv1", "pacing": "realtime"}), ir_path=ir, vis_path=vis_now,
+                   out_path=out, resume=True)
     assert partial_path(out).read_bytes() == kept
 
 

@@ -166,7 +166,9 @@ def _recordings(folder: Path) -> list[Path]:
     for entry in entries:  # unfinished recordings: not replayed, but not passed over in silence either
         if why := _unfinished(entry):
             log.warning("%s: %s; not replayed", entry, why)
-    return [entry for entry in entries if is_bag_folder(entry) or (entry.is_file() and is_storage(entry))]
+    # hidden ones are none: a Mac's "._NAME.mcap" (its metadata, copied onto a drive beside NAME.mcap) failed a pair
+    return [entry for entry in entries
+            if entry.name[0] != "." and (is_bag_folder(entry) or (entry.is_file() and is_storage(entry)))]
 
 
 def _unfinished(path: Path) -> str:

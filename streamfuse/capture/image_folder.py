@@ -4,6 +4,7 @@ where the names are not frame numbers (time stamps, no numbers)."""
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from pathlib import Path
 from statistics import median
 
@@ -19,6 +20,12 @@ def _number_key(path: Path) -> tuple[int, str]:
     """Sort key: the last integer in the file stem (``frame_0012.png`` -> 12), then the name."""
     numbers = re.findall(r"\d+", path.stem)
     return (int(numbers[-1]) if numbers else -1, path.name)
+
+
+def _time_key(path: Path) -> tuple[tuple[Fraction, ...], str]:
+    """Sort key of names that are not frame numbers: every number in the stem, a decimal one whole (time stamps
+    ``1700000000.966667`` before ``1700000001.000000``, which their last digits alone would put last), then the name."""
+    return tuple(Fraction(n) for n in re.findall(r"\d+(?:\.\d+)?", path.stem)), path.name
 
 
 # the usual step between frame numbers of a folder that lost frames (3 in 4 at most); time stamps step by tens (ms at
@@ -38,12 +45,16 @@ class FolderSource(BaseSource):
         folder = Path(self.cfg.path)
         if not self.cfg.path or not folder.is_dir():
             raise SourceError(f"{self.section}: image folder not found: {self.cfg.path!r}")
-        self._files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_number_key)
+        # not hidden ones: a Mac's "._0001.png" beside 0001.png is its metadata, no frame
+        self._files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name[0] != "."),
+                             key=_number_key)
         if not self._files:
             raise SourceError(f"{self.section}: no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
         numbers = [_number_key(p)[0] for p in self._files]
         steps = [b - a for a, b in zip(numbers, numbers[1:])]
         frames = len(set(numbers)) == len(numbers) and min(numbers) >= 0 and (not steps or median(steps) <= _FRAME_STEP)
+        if not frames:  # timed by position: in time order, as their numbers read whole
+            self._files.sort(key=_time_key)
         self._numbers = numbers if frames else list(range(len(self._files)))
         self._span = self._numbers[-1] - self._numbers[0] + 1  # a loop's next lap follows its last frame
 

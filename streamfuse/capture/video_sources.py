@@ -99,18 +99,23 @@ class AvSource(BaseSource):
         tcp_chosen = path.startswith(("rtsp://", "rtsps://")) and "rtsp_transport" not in options
         if tcp_chosen:  # FFmpeg's UDP default loses packets on a busy link
             options["rtsp_transport"] = "tcp"
+        opening = time.monotonic()
         try:
             container = self._stack.enter_context(av.open(path, timeout=timeout, options=options))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
             why = io_reason(exc)
-            if isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
-                why = f"not a readable video ({why})"
-            elif isinstance(exc, av.ExitError) and self.live:
+            # FFmpeg's RTSP demuxer turns the open timeout's exit into "invalid data": a camera that took the
+            # connection and never answered (still booting, hung) is a timeout, waited for as one
+            timed_out = self.live and (isinstance(exc, av.ExitError) or (
+                isinstance(exc, av.InvalidDataError) and time.monotonic() - opening >= self._OPEN_TIMEOUT_S))
+            if timed_out:
                 why = f"no stream data within {self._OPEN_TIMEOUT_S:g} s (open timeout)"
+            elif isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
+                why = f"not a readable video ({why})"
             elif tcp_chosen and getattr(exc, "errno", None) == errno.EPROTONOSUPPORT:  # its SETUP answered 461
                 why += " (the camera refuses RTSP over TCP: give it ffmpeg: [rtsp_transport=udp])"
             raise SourceError(f"{self.section}: cannot open {path}: {why}",
-                              unreachable=self.live and (isinstance(exc, av.ExitError) or unreachable(exc))) from None
+                              unreachable=self.live and (timed_out or unreachable(exc))) from None
         if self.cfg.clock == "sender" and not hasattr(container, "start_time_realtime"):  # PyAV 18 added it
             self._stack.close()
             raise SourceError(f"{self.section}: clock: sender needs PyAV 18 or later (this is {av.__version__}; "

@@ -192,6 +192,9 @@ def console() -> None:
     code = stoppable(main, prog, command)
     if command not in FAST_EXIT:
         leave(code)
-    from streamfuse.cli.run import exit_now
+    try:
+        from streamfuse.cli.run import exit_now
 
-    exit_now(code)
+        exit_now(code)
+    except Exception:  # noqa: BLE001  a stop that cut an import short left a module half made (yaml, multiprocessing)
+        leave(code)

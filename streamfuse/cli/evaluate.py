@@ -25,6 +25,7 @@ from streamfuse.checks import override_keys
 from streamfuse.cli.args import HelpFormatter, Parser, config_error, int_at_least, path_arg
 from streamfuse.config import ConfigError, load_config
 from streamfuse.configs import resolve
+from streamfuse.errors import printable
 from streamfuse.evaluation import FUSER_SECTIONS, config_method, evaluate_dir, fused_dir_method, fuser_method
 from streamfuse.log_queue import install_direct
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return config_error("evaluate", exc)
     except (ValueError, OSError, RuntimeError) as exc:
-        raise SystemExit(f"evaluate: {exc}") from None
+        raise SystemExit(f"evaluate: {printable(exc)}") from None
     print((Path(args.out) / "metrics.md").read_text(), end="")
     n_pairs = len({r["image"] for r in result.rows})
     print(f"{n_pairs} pairs; per-image rows in {Path(args.out) / 'metrics.csv'}, montage in "

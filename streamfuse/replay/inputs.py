@@ -326,19 +326,21 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[ListedPair]:
         vis_dir = next((src / d for d in ("vi", "vis") if (src / d).is_dir()), None)
         if not (src / "ir").is_dir() or vis_dir is None:
             raise ValueError(f"{src} must hold ir/ and vi/ (or vis/) subfolders of same-named videos")
+        # hidden files are none: a Mac's "._NAME.mp4" (its metadata, copied onto a drive beside NAME.mp4) failed a pair
         exts = _VIDEO_EXTS | {".mcap"}
         ir_files = sorted((src / "ir").iterdir())
-        pairs = [ListedPair(p, vis_dir / p.name) for p in ir_files if p.suffix.lower() in exts]
+        pairs = [ListedPair(p, vis_dir / p.name) for p in ir_files if p.suffix.lower() in exts and p.name[0] != "."]
         # a missing visible video fails its pair alone when it runs, as in a list file; a visible video without an
         # IR one, or an IR file that is no video by its name, is not a pair at all, so say so here
         ir_names = {p.name for p, _, _ in pairs}
-        alone = sorted(p.name for p in vis_dir.iterdir() if p.suffix.lower() in exts and p.name not in ir_names)
+        alone = sorted(p.name for p in vis_dir.iterdir()
+                       if p.suffix.lower() in exts and p.name[0] != "." and p.name not in ir_names)
         if alone:
             log.warning("%s: no IR video of the same name for %s; not replayed", vis_dir, ", ".join(alone))
         unknown = [p.name for p in ir_files if p.name not in ir_names]
         if unknown:
-            log.warning("%s: %d %s without a video or recording extension (first: %s); not replayed", src / "ir",
-                        len(unknown), "entry" if len(unknown) == 1 else "entries", unknown[0])
+            log.warning("%s: %d %s hidden or without a video or recording extension (first: %s); not replayed",
+                        src / "ir", len(unknown), "entry" if len(unknown) == 1 else "entries", unknown[0])
         return pairs
     if not src.is_file():
         raise FileNotFoundError(f"pair list not found: {src}")

@@ -40,12 +40,17 @@ def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
     """What must be unchanged for a partial output to be continued: inputs (size, mtime) and fusing settings."""
     def stat(path: str) -> list[int]:
         st = Path(path).stat()
-        return [st.st_size, st.st_mtime_ns] if Path(path).is_file() else [0, st.st_mtime_ns]
+        if Path(path).is_file():
+            return [st.st_size, st.st_mtime_ns]
+        # a folder of frames: ones exported again under the same names change neither its size nor its time
+        files = [entry.stat() for entry in os.scandir(path) if entry.is_file()]
+        return [sum(f.st_size for f in files), max([st.st_mtime_ns, *(f.st_mtime_ns for f in files)])]
 
     conf = cfg.to_dict()
     fusing = {k: conf[k] for k in ("sync", "stabilize", "align", "fuse", "hclfuse", "engine", "baseline", "post")}
     return {"ir": [ir.cfg.path, *stat(ir.cfg.path)], "vis": [vis.cfg.path, *stat(vis.cfg.path)],
-            "ir_resize": ir.cfg.resize, **fusing, "codec": [cfg.replay.codec, cfg.replay.crf, cfg.replay.preset]}
+            "ir_resize": ir.cfg.resize, **fusing, "codec": [cfg.replay.codec, cfg.replay.crf, cfg.replay.preset],
+            "pacing": cfg.replay.pacing}
 
 
 def sidecar_path(out: Path) -> Path:
@@ -91,9 +96,6 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
     if not partial.exists():
         log.warning("nothing to resume for %s (no %s); starting from the beginning", out, partial.name)
         return False
-    if pacing != "fast":
-        log.warning("cannot resume %s: realtime pacing drops frames differently on every run; starting over", out)
-        return False
     try:
         saved = json.loads(sidecar.read_text())
     except (OSError, ValueError):
@@ -103,10 +105,14 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
         log.warning("cannot resume %s: its sidecar %s is missing or unreadable; starting over", out, sidecar.name)
         return False
     now = json.loads(json.dumps(fingerprint))  # as the sidecar holds it (tuples as lists)
+    saved.setdefault("pacing", "fast")  # a sidecar written before its pacing was kept
     changed = [k for k in fingerprint if _compared(k, saved.get(k)) != _compared(k, now[k])]
     if changed:  # a slip (a --set left out): the interrupted run's frames stay, for the command it was started with
         raise FileExistsError(f"cannot resume {out}: {', '.join(changed)} changed since the interrupted run; run it "
                               f"with the settings it was started with to continue, or delete {partial} to start over")
+    if pacing != "fast":  # only now: one started with other inputs or settings keeps its frames, as above
+        log.warning("cannot resume %s: realtime pacing drops frames differently on every run; starting over", out)
+        return False
     try:
         with av.open(str(partial)) as container:
             container.streams.video[0]

@@ -388,6 +388,25 @@ def test_a_folder_not_numbered_as_frames_are_is_timed_by_position(tmp_path, name
     assert [f.t_capture_ns for f in frames] == [0, 100_000_000, 200_000_000]
 
 
+def test_a_macs_hidden_metadata_file_in_a_folder_is_no_frame(tmp_path):
+    # a Mac copying onto a FAT or exFAT drive writes "._NAME" beside each file: read as a frame, it stopped the replay
+    for n in (0, 1, 2):
+        cv2.imwrite(str(tmp_path / f"{n:04d}.png"), np.full((8, 8, 3), n, np.uint8))
+    (tmp_path / "._0001.png").write_bytes(b"\0\5\x16\7" + bytes(100))
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=False))
+    assert [(int(f.image[0, 0]), f.t_capture_ns) for f in frames] == [(n, n * 100_000_000) for n in (0, 1, 2)]
+
+
+@pytest.mark.parametrize("names", [["1700000000.966667.png", "1700000001.000000.png", "1700000001.033333.png"],
+                                   ["1700000000.25.png", "1700000000.5.png", "1700000001.png"]])
+def test_a_folder_named_by_decimal_time_stamps_is_read_in_their_order(tmp_path, names):
+    # by the last number in the name alone, the fraction, a second's first frames came before the last second's
+    for i, name in enumerate(names):
+        cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), i, np.uint8))
+    frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=False))
+    assert [int(f.image[0, 0]) for f in frames] == [0, 1, 2]
+
+
 @pytest.mark.parametrize("names, numbers", [
     # three frames of every four lost (the most a folder of frames may lose): still timed by their numbers
     (["0000.png", "0004.png", "0008.png", "0012.png"], [0, 4, 8, 12]),
@@ -401,6 +420,18 @@ def test_a_folder_of_numbered_frames_is_timed_by_each_frames_own_number(tmp_path
         cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), i, np.uint8))
     frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=False, loop=False))
     assert [f.t_capture_ns for f in frames] == [n * 100_000_000 for n in numbers]
+
+
+def test_a_frame_larger_than_any_camera_is_refused_in_one_line(tmp_path):
+    # a stream's or a file's frames were taken at any size: an 8000x6000 network camera made the rings and the
+    # live loop's queues grow to 20 GB, and held every turn of the loop for seconds
+    cv2.imwrite(str(tmp_path / "0000.png"), np.zeros((48, 64), np.uint8))
+    cv2.imwrite(str(tmp_path / "0001.png"), np.zeros((16, 8200), np.uint8))  # wider than 8192
+    with open_source("ir", SourceConfig(kind="folder", path=str(tmp_path), realtime=False)) as src:
+        assert src.read().image.shape == (48, 64)
+        with pytest.raises(SourceError, match=r"^ir: .*: a 8200x16 frame, larger than a camera's \(at most 8192 a "):
+            src.read()
+
 
 def test_a_looped_folder_goes_on_after_its_last_frame(tmp_path):
     for n in (1, 2, 3):

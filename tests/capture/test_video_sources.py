@@ -250,15 +250,19 @@ def test_skipped_packets_of_a_live_stream_are_counted_in_the_run_telemetry(tmp_p
     assert "capture_skipped.ir=3" in format_stats(snap)  # the summary line shows them with the other drops
 
 
-def test_stream_that_never_sends_names_the_open_timeout(monkeypatch) -> None:
+@pytest.mark.parametrize("scheme, path", [("tcp", ""), ("rtsp", "/stream1")])
+def test_stream_that_never_sends_names_the_open_timeout_and_is_waited_for(monkeypatch, scheme, path) -> None:
+    # FFmpeg's RTSP demuxer reports its open timeout as "Invalid data found": such a camera (still booting: its port
+    # takes the connection, no RTSP answer yet) ended the run as "not a readable video"
     monkeypatch.setattr(video_sources.AvSource, "_OPEN_TIMEOUT_S", 0.5)
     with socket.socket() as silent:  # accepts connections (backlog) and never sends a byte
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
-        url = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        url = f"{scheme}://127.0.0.1:{silent.getsockname()[1]}{path}"
         with pytest.raises(SourceError) as info:
             open_source("ir", SourceConfig(kind="stream", path=url)).open()
     assert str(info.value) == f"ir: cannot open {url}: no stream data within 0.5 s (open timeout)"
+    assert info.value.unreachable  # waited for with back-off, as a camera that refuses the connection is
 
 
 # -- files whose timestamps jump or repeat -----------------------------------------------------------------------

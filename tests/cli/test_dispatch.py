@@ -128,6 +128,27 @@ def test_a_ctrl_c_a_command_lets_through_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "streamfuse bench: interrupted\n"
 
 
+@pytest.mark.parametrize("command", ["run", "replay"])
+def test_a_ctrl_c_that_cut_an_import_short_is_still_one_line_and_130(command, monkeypatch, capsys):
+    """A Ctrl-C in the first tenth of a second of ``run`` stopped an import (yaml, multiprocessing) half way: the exit
+    that followed imported the half-made module again, a traceback and status 1 after the "interrupted" line."""
+    import types
+
+    from streamfuse import cli
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    monkeypatch.setattr(sys, "argv", ["streamfuse", command])
+    monkeypatch.setitem(sys.modules, "streamfuse.cli.run", types.ModuleType("streamfuse.cli.run"))  # half made
+    # handled() puts back the Ctrl-C handler, which console() leaves ignored once its command is over
+    with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
+        cli.console()
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == f"streamfuse {command}: interrupted\n"
+
+
 @pytest.mark.parametrize("command, status", [("run", 0), ("replay", 130), ("recover", 130), ("train", 130),
                                              ("subscribe", 0), ("view", 0), ("foxglove", 0),
                                              ("evaluate", 130), ("bench", 130)])

@@ -82,6 +82,7 @@ def test_config_method_limit_and_resolved_config(evaluate, pairs, tmp_path):
 
 @pytest.mark.parametrize("case, message", [
     ("missing_dir", "IR folder not found"),
+    ("a_name_with_a_newline", r"IR folder not found: {tmp}/no\nwhere\x1b[2J"),
     ("a_file", "IR folder is a file: "),
     ("no_pairs", "no IR/visible pairs"),
     ("unreadable", "cannot read image"),
@@ -92,6 +93,8 @@ def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
     args = ["--fuser", "max", "--out", str(tmp_path / "out")]
     if case == "missing_dir":
         ir_dir = tmp_path / "nowhere"
+    elif case == "a_name_with_a_newline":  # and a terminal's escape sequence: shown as escapes, on its one line
+        ir_dir = tmp_path / "no\nwhere\x1b[2J"
     elif case == "a_file":
         ir_dir = ir_dir / "p0.png"
     elif case == "no_pairs":
@@ -103,7 +106,7 @@ def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
         cv2.imwrite(str(ir_dir / "p0.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), *args])
-    assert str(exc.value.code).startswith("evaluate: ") and message in str(exc.value.code)
+    assert str(exc.value.code).startswith("evaluate: ") and message.format(tmp=tmp_path) in str(exc.value.code)
     assert "\n" not in str(exc.value.code)
 
 
@@ -492,6 +495,16 @@ def test_the_first_image_without_a_partner_is_named(pairs, caplog):
     with caplog.at_level("WARNING", logger="streamfuse.eval_pairs"):
         find_pairs(ir_dir, vis_dir)
     assert f"1 IR images in {ir_dir} and 2 visible images in {vis_dir} have no partner (first: aa)" in caplog.text
+
+
+def test_a_macs_hidden_metadata_files_are_no_images(evaluate, pairs, tmp_path):
+    """A Mac copying onto a FAT or exFAT drive writes "._NAME" beside each file: read as an image, it stopped the
+    run."""
+    ir_dir, vis_dir = pairs
+    for folder in (ir_dir, vis_dir):
+        (folder / "._p0.png").write_bytes(b"\0\5\x16\7" + bytes(100))
+    assert [s for s, _, _ in find_pairs(ir_dir, vis_dir)] == ["p0", "p1", "p2"]
+    assert evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "out")]) == 0
 
 
 def test_a_pair_of_exactly_the_metrics_minimum_side_is_read(pairs):
