@@ -456,6 +456,17 @@ def test_bad_inputs_and_outputs_give_one_line_errors(tmp_path, clip):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_a_live_configs_camera_is_named_when_no_input_is_given(tmp_path, clip):
+    # `replay --config rig` without --ir said "ir input not found: 1": the rig's camera index read as a file name
+    ir, vis, _ = clip
+    cfg = config_from_dict({"ir": {"kind": "camera", "path": "1"}, "vis": {"kind": "stream", "path": "rtsp://cam/v"}})
+    with pytest.raises(ValueError, match=r"^no ir input: the config's ir is a live camera \(1\); pass --ir PATH of a "
+                                         r"recorded input$"):
+        run_replay(cfg, vis_path=vis, out_path=tmp_path / "o.mp4")
+    with pytest.raises(ValueError, match=r"^no vis input: the config's vis is a live stream \(rtsp://cam/v\); pass "):
+        run_replay(cfg, ir_path=ir, out_path=tmp_path / "o.mp4")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
 def test_read_only_output_folder(tmp_path, clip):
     ir, vis, _ = clip

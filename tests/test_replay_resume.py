@@ -202,8 +202,10 @@ def test_a_realtime_paced_run_is_started_over_not_resumed(tmp_path, pair, caplog
     interrupted run kept are no prefix of what the rerun fuses, so a resume starts over instead of splicing them."""
     ir, vis = pair
     cfg, out = make_cfg(replay={"codec": "ffv1", "pacing": "realtime"}), tmp_path / "fused.mkv"
-    interrupted_replay(cfg, ir, vis, out, stop=8)
+    err = interrupted_replay(cfg, ir, vis, out, stop=8)
     assert 0 < _held(partial_path(out)) <= 7  # (a busy machine's realtime replay drops some)
+    assert str(err).endswith(f"; run again with --resume (same --out {out}) to replay it from the start (realtime "
+                             f"pacing drops frames differently on every run, so it is not continued)")  # not "continue"
     with caplog.at_level("WARNING", "streamfuse"):
         summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.reused == 0 and summary.fused == summary.written

@@ -72,6 +72,9 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
     path = input_path(section, override)
     if path is None:
         raise ValueError(f"no {stream} input: pass --{stream} PATH or set {stream}.path in the config")
+    if not path.exists() and not override and section.kind in ("camera", "stream"):  # `replay --config rig`
+        raise ValueError(f"no {stream} input: the config's {stream} is a live {section.kind} ({section.path}); pass "
+                         f"--{stream} PATH of a recorded input")
     if not path.exists():
         raise FileNotFoundError(f"{stream} input not found: {path}")
     if not (path.is_file() or path.is_dir()):  # a FIFO or a device: reading it would wait for a writer for ever

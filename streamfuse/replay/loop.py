@@ -99,7 +99,7 @@ def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, frames: FramesDir | 
         try:
             return _Replay(used, ir, vis, out, prints, take_over, frames, summary).run(fuser_factory)
         except KeyboardInterrupt as exc:  # before the loop began (model loading): a partial output is kept as it is
-            hint = resume_hint(out) if partial_path(out).exists() else ""
+            hint = resume_hint(out, rcfg.pacing) if partial_path(out).exists() else ""
             raise ReplayError(f"replay stopped: {interrupted(exc)}",
                               summary, interrupted=True, hint=hint) from None
 
@@ -373,12 +373,12 @@ class _Replay:
             where = f"{held} frames kept in {self.writer.partial}"
             if held < s.written:
                 where += f" (of {s.written} fused; the rest did not reach the disk)"
-            hint = "" if self.input_fault else resume_hint(self.out)
+            hint = "" if self.input_fault else resume_hint(self.out, self.cfg.replay.pacing)
             if not self.writer.partial.exists():  # its folder was removed or renamed while the replay ran
                 where, hint = f"nothing kept: {self.writer.partial} is gone (its folder removed or renamed)", ""
         elif restored:
             where = f"the interrupted run's frames kept in {partial_path(self.out)}"
-            hint = "" if self.input_fault else resume_hint(self.out)
+            hint = "" if self.input_fault else resume_hint(self.out, self.cfg.replay.pacing)
         else:  # stopped before its first frame: PyAV creates the partial file only with the first frame it encodes
             if self.writer is not None:  # its sidecar; one of an earlier run's partial output stays
                 sidecar_path(self.out).unlink(missing_ok=True)

@@ -80,8 +80,11 @@ def _write_sidecar(out: Path, data: bytes) -> None:
         raise RuntimeError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def resume_hint(out: Path) -> str:
-    """How to continue an interrupted replay of ``out``."""
+def resume_hint(out: Path, pacing: str) -> str:
+    """How to continue an interrupted replay of ``out``; a realtime one is replayed again from its start."""
+    if pacing != "fast":  # a promise to continue would not be kept: see _resumable
+        return (f"run again with --resume (same --out {out}) to replay it from the start (realtime pacing drops "
+                f"frames differently on every run, so it is not continued)")
     return f"run again with --resume (same --out {out}) to continue"
 
 
