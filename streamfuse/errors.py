@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+import socket
+import urllib.parse
 from collections.abc import Iterator
 
-__all__ = ["one_line", "io_reason", "opencv_quiet", "printable", "redact", "unreachable"]
+__all__ = ["one_line", "io_reason", "opencv_quiet", "printable", "redact", "unreachable", "unresolved_host"]
 
 # a URL's password (``scheme://user:password@``, to the token's last ``@``: a password written with a raw ``@``
 # too) and secret query values (``?password=``, ``&token=``)
@@ -67,6 +69,19 @@ def unreachable(exc: BaseException) -> bool:
     codes = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
              errno.EHOSTDOWN, errno.ENETDOWN}
     return isinstance(exc, OSError) and exc.errno in codes
+
+
+def unresolved_host(url: str) -> str:
+    """The host name of ``url`` when it does not resolve, else "": a camera named by DNS or mDNS (``cam.local``) is not
+    there yet while the robot's network or resolver starts, where FFmpeg says only "Input/output error"."""
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        return ""
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return host
+    return ""
 
 
 def io_reason(exc: BaseException) -> str:

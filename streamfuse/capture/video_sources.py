@@ -30,7 +30,7 @@ from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import FileClock, StreamClock
-from streamfuse.errors import io_reason, one_line, unreachable
+from streamfuse.errors import io_reason, one_line, unreachable, unresolved_host
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
@@ -82,6 +82,27 @@ class AvSource(BaseSource):
         self._times = StreamClock() if self.live else FileClock(self._period_ns, rebase_ahead=self.cfg.realtime)
         self._repeated = self._looped = False  # a repeat reported; a loop pass begun (its reports were made)
 
+    def _open_failure(self, exc: BaseException, tcp_chosen: bool, waited_s: float) -> SourceError:
+        """The one line of a container that did not open after ``waited_s``; a live camera not there yet (not
+        answering, no route, its name not resolving) is ``unreachable``: waited for, not the run's end."""
+        import av
+
+        path, why = self.cfg.path, io_reason(exc)
+        # FFmpeg's RTSP demuxer turns the open timeout's exit into "invalid data": a camera that took the
+        # connection and never answered (still booting, hung) is a timeout, waited for as one
+        waited = self.live and (isinstance(exc, av.ExitError) or (
+            isinstance(exc, av.InvalidDataError) and waited_s >= self._OPEN_TIMEOUT_S))
+        if waited:
+            why = f"no stream data within {self._OPEN_TIMEOUT_S:g} s (open timeout)"
+        elif isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
+            why = f"not a readable video ({why})"
+        elif tcp_chosen and getattr(exc, "errno", None) == errno.EPROTONOSUPPORT:  # its SETUP answered 461
+            why += " (the camera refuses RTSP over TCP: give it ffmpeg: [rtsp_transport=udp])"
+        elif self.live and getattr(exc, "errno", None) == errno.EIO and (host := unresolved_host(path)):
+            why, waited = f"its host name {host} does not resolve (yet)", True  # FFmpeg's words: "I/O error"
+        return SourceError(f"{self.section}: cannot open {path}: {why}",
+                           unreachable=self.live and (waited or unreachable(exc)))
+
     def _open_container(self) -> None:
         import av
 
@@ -103,19 +124,7 @@ class AvSource(BaseSource):
         try:
             container = self._stack.enter_context(av.open(path, timeout=timeout, options=options))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            why = io_reason(exc)
-            # FFmpeg's RTSP demuxer turns the open timeout's exit into "invalid data": a camera that took the
-            # connection and never answered (still booting, hung) is a timeout, waited for as one
-            timed_out = self.live and (isinstance(exc, av.ExitError) or (
-                isinstance(exc, av.InvalidDataError) and time.monotonic() - opening >= self._OPEN_TIMEOUT_S))
-            if timed_out:
-                why = f"no stream data within {self._OPEN_TIMEOUT_S:g} s (open timeout)"
-            elif isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
-                why = f"not a readable video ({why})"
-            elif tcp_chosen and getattr(exc, "errno", None) == errno.EPROTONOSUPPORT:  # its SETUP answered 461
-                why += " (the camera refuses RTSP over TCP: give it ffmpeg: [rtsp_transport=udp])"
-            raise SourceError(f"{self.section}: cannot open {path}: {why}",
-                              unreachable=self.live and (timed_out or unreachable(exc))) from None
+            raise self._open_failure(exc, tcp_chosen, time.monotonic() - opening) from None
         if self.cfg.clock == "sender" and not hasattr(container, "start_time_realtime"):  # PyAV 18 added it
             self._stack.close()
             raise SourceError(f"{self.section}: clock: sender needs PyAV 18 or later (this is {av.__version__}; "

@@ -6,6 +6,7 @@ folder image that vanished is one line without OpenCV's own warnings."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import socket
@@ -263,6 +264,30 @@ def test_stream_that_never_sends_names_the_open_timeout_and_is_waited_for(monkey
             open_source("ir", SourceConfig(kind="stream", path=url)).open()
     assert str(info.value) == f"ir: cannot open {url}: no stream data within 0.5 s (open timeout)"
     assert info.value.unreachable  # waited for with back-off, as a camera that refuses the connection is
+
+
+@pytest.mark.parametrize("resolves", [False, True])
+def test_a_camera_whose_host_name_does_not_resolve_yet_is_waited_for(monkeypatch, resolves) -> None:
+    # FFmpeg says only "Input/output error" for a name that does not resolve: a camera named by mDNS (cam.local)
+    # before the robot's resolver was up ended the run; an I/O error from a camera that resolves still ends it
+    import streamfuse.errors
+
+    def getaddrinfo(host, port):
+        if not resolves:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", 0))]
+
+    def fails(path, **kwargs):
+        raise av.error.OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(streamfuse.errors.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(av, "open", fails)
+    url = "rtsp://ir-cam.local/stream1"
+    with pytest.raises(SourceError) as info:
+        open_source("ir", SourceConfig(kind="stream", path=url)).open()
+    why = "Input/output error" if resolves else "its host name ir-cam.local does not resolve (yet)"
+    assert str(info.value) == f"ir: cannot open {url}: {why}"
+    assert info.value.unreachable is not resolves
 
 
 # -- files whose timestamps jump or repeat -----------------------------------------------------------------------
