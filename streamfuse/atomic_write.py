@@ -74,9 +74,10 @@ def write_file(path: Path, data: bytes, *, new: bool = False) -> Path:
     ``path``, and two writers of one name never share a temporary file.
 
     Args:
-        new: never write over a file: the first free name of ``path``, ``NAME-2.png``, ``NAME-3.png``, ... (subscribe
-            --save: a restarted publisher's frames, numbered from 0 again; view --screenshot run twice), each taken in
-            one step (a hard link), so that two processes saving into one folder never take the same name.
+        new: never write over or through anything there (a file, a folder, a FIFO, a link): the first free name
+            of ``path``, ``NAME-2.png``, ``NAME-3.png``, ... (subscribe --save: a restarted publisher's frames,
+            numbered from 0 again; view --screenshot run twice), each taken in one step (a hard link), so that two
+            processes saving into one folder never take the same name.
 
     Returns:
         The path written.
@@ -84,8 +85,10 @@ def write_file(path: Path, data: bytes, *, new: bool = False) -> Path:
     Raises:
         RuntimeError: one line naming ``path`` and the OS's reason (the temporary file removed).
     """
-    direct = Path(path).exists() and not Path(path).is_file()  # a device or pipe (/dev/stdout): never replaced
-    real = Path(path) if direct else Path(path).resolve()  # a symlink keeps pointing at the new file
+    # a device or pipe (/dev/stdout): never replaced; ``new`` only ever takes a name that nothing has (a folder, a
+    # FIFO that would block the writer, a link: the next name), beside ``path``
+    direct = not new and Path(path).exists() and not Path(path).is_file()
+    real = Path(path) if direct or new else Path(path).resolve()  # a symlink keeps pointing at the new file
     partial = None
     try:
         if direct:
@@ -130,7 +133,7 @@ def _link_new(src: Path, dst: Path) -> None:
     except FileExistsError:
         raise
     except OSError:  # a filesystem without hard links: a check, then the rename
-        if dst.exists():
+        if os.path.lexists(dst):  # a link too, even one that points nowhere
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
         os.replace(src, dst)
     _sync_folder(dst.parent)

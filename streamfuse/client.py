@@ -38,6 +38,7 @@ _POLL_S = 0.05  # how often a waiting reader checks for close() and for a connec
 # on shared memory only and silent this long: take the payload again (the publisher restarted, dropped this consumer
 # while it was stopped, or readers hold every pool slot)
 _RESUBSCRIBE_S = 1.0
+_LATE_LOOKS = 4096  # frames found gone that recv() passes over after its deadline (a ring's worth) to find one there
 DEFAULT_MAX_FRAME_BYTES = 7680 * 4320 * 3  # largest image part accepted by default: an 8K UHD bgr8 frame, 99.5 MB
 
 
@@ -141,7 +142,7 @@ class Subscriber:
             raise ValueError(f"recv timeout_s={timeout_s} must be in [0, {threading.TIMEOUT_MAX:.3g}] s")
         if self._closing.is_set():
             raise RuntimeError(f"subscriber {self.endpoint} is closed")
-        deadline, frame = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s), None
+        deadline, frame, looks = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s), None, 0
         while frame is None:
             remaining = max(deadline - time.monotonic(), 0.0)  # one look even when no time is left
             if self.latest:
@@ -153,9 +154,9 @@ class Subscriber:
                     item, self._newest = self._newest, None
             else:
                 item = self._next(min(remaining, _POLL_S))
-            if item is not None:
-                frame = self._take(*item)
-            if frame is None and deadline <= time.monotonic():
+            if item is not None:  # past the deadline too: after it, a frame gone (overwritten) is followed by more
+                frame, looks = self._take(*item), looks + 1
+            if frame is None and deadline <= time.monotonic() and (item is None or looks > _LATE_LOOKS):
                 return None
         self.received += 1
         return frame

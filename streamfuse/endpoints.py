@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 import zmq
@@ -24,6 +25,9 @@ from zmq.auth.thread import ThreadAuthenticator
 __all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "faces_network", "bind_shown", "bind"]
 
 log = logging.getLogger(__name__)
+# a publisher closed in this process a moment ago still listens on its ipc:// path until libzmq's I/O thread has closed
+# its listener (milliseconds): one listened on longer than this is a running publisher's
+_IPC_CLOSING_S = 1.0
 
 
 def tcp_host(endpoint: str) -> str | None:
@@ -108,7 +112,8 @@ def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "",
 def _check_ipc_path(endpoint: str) -> None:
     """libzmq deletes whatever is at an ``ipc://`` path before it binds there: a file of the user's was lost, and a
     running publisher's socket was taken over in silence (on ``tcp://`` a second bind is refused). Both are refused
-    here; a socket that nothing listens on any more (left by a run that was killed) is replaced as before.
+    here; a socket that nothing listens on any more (left by a run that was killed, or by a publisher of this process
+    closed a moment ago, whose listener libzmq closes on its I/O thread) is replaced as before.
 
     Raises:
         FileExistsError: something other than a socket is at the path.
@@ -124,12 +129,19 @@ def _check_ipc_path(endpoint: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise FileExistsError(f"cannot bind endpoint {endpoint}: {path} exists and is not a socket (binding would "
                               f"delete it); choose another path")
+    deadline = time.monotonic() + _IPC_CLOSING_S
+    while _listened_on(path):
+        if time.monotonic() >= deadline:
+            raise zmq.ZMQError(errno.EADDRINUSE)
+        time.sleep(0.02)
+
+
+def _listened_on(path: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
-            probe.connect(path)
-        except OSError:  # refused: no one listens there any more
-            return
-    raise zmq.ZMQError(errno.EADDRINUSE)
+            return probe.connect_ex(path) == 0  # refused: no one listens there any more
+        except OSError:  # a path no socket address can hold (too long): libzmq's bind says so
+            return False
 
 
 def _allow_only(ctx: zmq.Context, folder: str) -> ThreadAuthenticator:

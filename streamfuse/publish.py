@@ -35,7 +35,11 @@ __all__ = ["PublishConfig", "Publisher"]
 
 log = logging.getLogger(__name__)
 _SHM_PREFIX, _RING_PREFIX = SHM_TOPIC_PREFIX.encode(), RING_TOPIC_PREFIX.encode()
-_MAX_SUBSCRIPTION = 4096  # bytes of one message from a subscriber: a (un)subscription, its topic prefix
+# bytes of one message from a subscriber: a (un)subscription (a SUBSCRIBE command: 10 bytes, then its topic prefix;
+# with CURVE in a MESSAGE box, 33 more), or a handshake command (CURVE's INITIATE: 276), unless a topic sent here is
+# longer: libzmq keeps each subscription in a trie of ~50 bytes a byte until its peer leaves, and a SUB sends up to
+# 1000 as it connects: four peers sending 1000 of 4 KiB took 800 MB and held the live loop 2.3 s as they left
+_MAX_SUBSCRIPTION = 512
 # a consumer whose link died without closing (a viewer's laptop gone) is dropped after this long without answering
 # the publisher's pings, and its subscriptions with it: the previews it asked for stop
 _PEER_TIMEOUT_MS = 30_000
@@ -101,7 +105,8 @@ class Publisher:
             self._sock.setsockopt(zmq.SNDTIMEO, cfg.wait_ms)  # 0: every send is non-blocking, like zmq.NOBLOCK
             # a subscription is a topic prefix; one of megabytes (a hostile or broken peer) cost the loop seconds in
             # libzmq's subscription trie, so a peer sending more than this is disconnected instead
-            self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_SUBSCRIPTION)
+            longest = max(len(topic) for topic in (*self._published, self._stats_topic))
+            self._sock.setsockopt(zmq.MAXMSGSIZE, max(_MAX_SUBSCRIPTION, 64 + longest))
             self._sock.setsockopt(zmq.HEARTBEAT_IVL, _PEER_TIMEOUT_MS // 6)
             self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _PEER_TIMEOUT_MS)
             self._auth = bind(self._sock, cfg.endpoint, cfg.curve_secret_file, cfg.curve_clients_dir)

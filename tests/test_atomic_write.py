@@ -167,6 +167,24 @@ def test_a_new_file_on_a_filesystem_without_hard_links_still_replaces_none(tmp_p
     assert out.read_bytes() == b"first" and out.with_name("shot-2.png").read_bytes() == b"second"
 
 
+def test_a_new_file_takes_the_next_name_past_a_folder_a_fifo_or_a_link(tmp_path):
+    # subscribe --save into a folder holding one of these under a frame's name: a folder stopped the run, a FIFO
+    # blocked it for good (opened for writing, with no reader), a link to /dev/null swallowed the frame
+    folder, fifo, link = (tmp_path / f"{name}.png" for name in ("folder", "fifo", "link"))
+    folder.mkdir()
+    os.mkfifo(fifo)
+    link.symlink_to(os.devnull)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that a write into the FIFO fails the test, not hangs it
+    try:
+        for taken in (folder, fifo, link):
+            assert write_file(taken, b"frame", new=True) == taken.with_name(f"{taken.stem}-2.png")
+            assert taken.with_name(f"{taken.stem}-2.png").read_bytes() == b"frame"
+        assert os.read(reader, 16) == b""  # nothing went into the FIFO
+    finally:
+        os.close(reader)
+    assert folder.is_dir() and link.is_symlink() and os.readlink(link) == os.devnull
+
+
 def test_a_temporary_file_of_another_writer_is_never_written_into(tmp_path, monkeypatch):
     """Two writers of one name draw their temporary names at random: one drawn twice is drawn again, not shared."""
     import secrets

@@ -154,6 +154,21 @@ def test_an_h264_stream_restarted_without_its_keyframe_waits_for_the_next_one(ra
 
 
 @needs_ring
+def test_a_zero_wait_after_a_busy_spell_takes_a_frame_the_pool_still_holds() -> None:
+    # a consumer busy while the ring lapped it: each recv(0) took one lapped entry, whose slot was overwritten, and
+    # said "no frame" (63 times in a row), and `subscribe` stopped after a Ctrl-Z longer than --timeout, saying that
+    # no frame had come (is the publisher running?) while the pool held frames all along
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        _recv_shm(sub, pub, ring=True)
+        for value in range(2 * sub._pools.reader.ring.entries):  # not read meanwhile: the ring laps the subscriber
+            pub.send_fused(fused_frame(_uniform(value)))
+        frame = sub.recv(0)
+        assert frame is not None and frame[0]["format"] == "shm"
+        assert frame[0]["seq"] >= pub.published - pub.cfg.shm_slots  # one the pool still holds
+        assert sub.on_ring and sub.malformed == 0
+
+
+@needs_ring
 def test_latest_mode_counts_the_ring_entries_it_passes_over_as_discarded_not_missed() -> None:
     # the frames latest mode jumped over in the ring were counted twice: discarded, and missed (a gap in seq)
     with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=16, sndhwm=100)) as pub, \

@@ -88,3 +88,23 @@ def test_a_second_publisher_on_a_running_ones_ipc_path_is_refused_as_on_tcp(tmp_
         left.bind(str(stale))
     with Publisher(PublishConfig(endpoint=f"ipc://{stale}")) as pub:  # taken over, as before
         assert pub.endpoint == f"ipc://{stale}"
+
+
+def test_a_publisher_closed_a_moment_ago_leaves_its_ipc_path_to_the_next(tmp_path: Path) -> None:
+    # libzmq closes a closed socket's listener on its I/O thread a moment later: a publisher made again at once on the
+    # same path (a restart within one process) was refused as "already in use", one run in two of
+    # test_client_frames.py's restart test
+    path = tmp_path / "fused"
+    closing = socket.socket(socket.AF_UNIX)
+    closing.bind(str(path))
+    closing.listen()
+
+    def close_after_one() -> None:  # answers one more connection, then closes, as that listener does
+        closing.accept()[0].close()
+        closing.close()
+
+    thread = threading.Thread(target=close_after_one, daemon=True)
+    thread.start()
+    with Publisher(PublishConfig(endpoint=f"ipc://{path}")) as pub:
+        assert pub.endpoint == f"ipc://{path}"
+    thread.join(PATIENCE_S)

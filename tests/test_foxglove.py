@@ -510,6 +510,15 @@ def test_a_shared_memory_descriptor_topic_is_refused_before_anything_is_opened()
         Bridge("tcp://127.0.0.1:1", shm_topic("fused/t"))
 
 
+def test_a_stats_topic_that_also_takes_frames_is_refused_before_anything_is_opened():
+    # "": every frame came in on the stats socket, logged as a malformed stats message (a line a frame)
+    pytest.importorskip("foxglove")
+    from streamfuse.view.foxglove_bridge import Bridge
+
+    with pytest.raises(ValueError, match=r"^stats topic '' also takes frames \(of 'fused/t', the previews or the "):
+        Bridge("tcp://127.0.0.1:1", "fused/t", "")
+
+
 def test_a_relay_over_its_cap_answers_503_naming_the_foxglove_bridge():
     from streamfuse.view.relay import Relay
 

@@ -380,6 +380,13 @@ def test_cli_bad_server_key_port_or_host_is_named(command, capsys, monkeypatch):
         assert err.count("\n") == 1 and said in err, err
 
 
+@pytest.mark.parametrize("stats_topic", ["", "f", "fused/", "p"])
+def test_a_stats_topic_that_also_takes_frames_is_refused(stats_topic: str) -> None:
+    # --stats-topic "": every frame came in on the stats socket, logged as a malformed stats message (a line a frame)
+    with pytest.raises(ValueError, match=f"^stats topic '{stats_topic}' also takes frames"):
+        Feed("tcp://127.0.0.1:1", "fused/t", stats_topic).close()
+
+
 NOT_KNOWN = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
 

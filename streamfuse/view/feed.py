@@ -27,7 +27,8 @@ from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.connection_watch import SILENT_S, connect_sub
 from streamfuse.errors import one_line
 from streamfuse.telemetry import TelemetryConfig
-from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, consumer_topic, decode_stats, preview_topic
+from streamfuse.wire import (MAX_HEADER_BYTES, MalformedMessage, consumer_stats_topic, consumer_topic, decode_stats,
+                             preview_topic)
 
 __all__ = ["Feed", "KINDS", "pack", "unpack", "StatsMessages"]
 
@@ -57,8 +58,8 @@ class Feed:
             None = ``connection_watch.NAME_WAIT_S``.
 
     Raises:
-        ValueError: a shared-memory descriptor ``topic``, the endpoint cannot be connected, or its host name still
-            does not resolve after ``name_wait_s`` (one line).
+        ValueError: a shared-memory descriptor ``topic``, a ``stats_topic`` that takes frames too, the endpoint cannot
+            be connected, or its host name still does not resolve after ``name_wait_s`` (one line).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, server_key: str = "",
@@ -80,7 +81,8 @@ class Feed:
         self._frames_stop: threading.Event | None = None
         self._threads: list[threading.Thread] = []
         self._readers: dict[str, threading.Thread] = {}  # the newest frame reader of each kind
-        self.stats_in = StatsMessages(endpoint, stats_topic, self.keys, self._closing, name_wait_s=name_wait_s)
+        self.stats_in = StatsMessages(endpoint, consumer_stats_topic(stats_topic, self.topic), self.keys, self._closing,
+                                      name_wait_s=name_wait_s)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start receiving stats; pages are woken on ``loop``."""

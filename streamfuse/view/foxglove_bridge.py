@@ -33,7 +33,7 @@ from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
-from streamfuse.wire import consumer_topic, preview_topic
+from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, most_connections
 from streamfuse.view.relay import Relay
@@ -85,7 +85,8 @@ class Bridge:
         self._skips: dict[str, int] = {}  # the same per kind of reason: only each kind's first is logged
         self._stop = threading.Event()
         # raises ValueError on a bad endpoint, or a host name that still does not resolve after name_wait_s
-        self.stats_in = StatsMessages(endpoint, stats_topic, self.keys, self._stop, name_wait_s=name_wait_s)
+        self.stats_in = StatsMessages(endpoint, consumer_stats_topic(stats_topic, topic), self.keys, self._stop,
+                                      name_wait_s=name_wait_s)
         self._sources = {"/fused/image": topic}
         if previews:
             self._sources.update({f"/{s}/image": preview_topic(topic, s) for s in ("ir", "vis")})
