@@ -51,8 +51,8 @@ def _set_here(override: str) -> bool:
     return keys[0] == "fuse" or keys in (["replay", "codec"], ["replay", "progress"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print each fuser's replay frames/s and stage shares; one that cannot run is a line on stderr and exit 1."""
+def _parser() -> Parser:
+    """The command line of ``bench replay``."""
     parser = Parser(prog="python -m streamfuse bench replay", description=__doc__,
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--fuser", default="max,hclfuse", help="comma-separated fusers to compare")
@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="replay config: a shipped name or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a config value (repeatable), e.g. engine.device=cpu")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print each fuser's replay frames/s and stage shares; one that cannot run is a line on stderr and exit 1."""
+    parser = _parser()
     args = parser.parse_args(argv)
     install_direct(logging.WARNING)
     if bool(args.ir) != bool(args.vis):
@@ -100,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 s = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
             except (OSError, ValueError, RuntimeError, ImportError) as exc:  # e.g. model weights not built yet
+                if getattr(exc, "interrupted", False):  # Ctrl-C or SIGTERM stops the bench, its temporary output gone
+                    print(f"bench replay: {name} {exc.message.partition(';')[0]}", file=sys.stderr)
+                    return 130
                 print(f"bench replay: {name} not run: {exc}", file=sys.stderr)
                 failed += 1
                 continue

@@ -59,18 +59,11 @@ def read_weights(path: str | Path, *, any_version: bool = False,
     if blob.get("format_version") != FORMAT_VERSION and not any_version:
         raise ValueError(f"{path}: weights format version {blob.get('format_version')} is not supported"
                          f" (expected {FORMAT_VERSION})")
-    known = {f.name for f in fields(ModelConfig)}
-    raw = {"band_sigma": 0.0, **blob.get("model", {})}  # files from before the key kept the block-mean band
-    if set(raw) - known:
-        raise ValueError(f"{path}: unknown model config keys {sorted(set(raw) - known)}")
-    try:
-        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: bad model config: {exc}") from None
+    cfg, extra = _config(path, blob)
     state = blob["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: its state_dict is not a mapping of tensors")
-    expected = HCLFuseNet(cfg).state_dict() if check_model else state
+    expected = _shapes(path, cfg) if check_model else state
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -80,9 +73,37 @@ def read_weights(path: str | Path, *, any_version: bool = False,
     if bad:
         raise ValueError(f"{path}: weights do not match the model config: {bad[0]} has shape"
                          f" {tuple(state[bad[0]].shape)}, the config needs {tuple(expected[bad[0]].shape)}")
+    if ints := [k for k, v in expected.items() if v.is_floating_point() and not state[k].is_floating_point()]:
+        raise ValueError(f"{path}: weights do not match the model: {ints[0]} holds {state[ints[0]].dtype}, not floats")
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise ValueError(f"{path}: weights contain NaN or infinite values")
-    return cfg, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, dict(blob.get("extra", {}))
+    return cfg, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, dict(extra)
+
+
+def _config(path: Path, blob: dict) -> tuple[ModelConfig, dict]:
+    """The file's model config and extra metadata, or ValueError (one line) for a malformed or hostile one."""
+    model, extra = blob.get("model", {}), blob.get("extra") or {}
+    for what, value in (("model config", model), ("extra metadata", extra)):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: its {what} is not a mapping but {type(value).__name__}")
+    known = {f.name for f in fields(ModelConfig)}
+    raw = {"band_sigma": 0.0, **model}  # files from before the key kept the block-mean band
+    if set(raw) - known:
+        raise ValueError(f"{path}: unknown model config keys {sorted(map(str, set(raw) - known))}")
+    try:
+        return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}), extra
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: bad model config: {exc}") from None
+
+
+def _shapes(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The tensors ``cfg`` needs, on the meta device: a file's config of huge widths allocates nothing before its own
+    tensors are compared with them; one of sizes no net can have is ValueError (one line)."""
+    try:
+        with torch.device("meta"):
+            return HCLFuseNet(cfg).state_dict()
+    except (RuntimeError, TypeError, OverflowError) as exc:
+        raise ValueError(f"{path}: bad model config: no net of its sizes can be made ({type(exc).__name__})") from None
 
 
 def load_weights(path: str | Path, **net_kwargs: Any) -> tuple[HCLFuseNet, dict]:

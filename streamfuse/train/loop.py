@@ -186,8 +186,9 @@ def _check_run(data: Path, out: Path, init: Path | None, resume: bool, cfg: Trai
     earlier = [p.name for p in (out / "checkpoint.pt", out / DEFAULT_WEIGHTS.name) if p.exists()]
     if earlier and not resume:
         raise ValueError(f"--out {out} holds an earlier run ({earlier[0]}): --resume it, or choose another folder")
-    if resume and not (out / "checkpoint.pt").exists():
-        raise ValueError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist")
+    if resume and not (ckpt := out / "checkpoint.pt").is_file():  # a pipe would hang torch.load
+        raise ValueError(f"nothing to resume: {ckpt} " + ("is not a file (a folder, a pipe or a device)"
+                                                           if ckpt.exists() else "does not exist"))
     if (cfg.distill or cfg.decoder_only) and init is None and not resume:
         raise ValueError("--distill and --decoder_only train part of a trained model: give it with --init WEIGHTS")
     base = next(p for p in (real_out, *real_out.parents) if p.exists())  # the folder that out is, or is made in
@@ -307,11 +308,17 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
 def _check_unchanged(earlier: Path, resolved: dict) -> None:
     """Refuse (one line) to resume a run with other settings or data than it started with: its batches and losses
     would no longer be those of one run, yet its config file would say they were. CPU threads may change, the data
-    folder's name (the same pairs moved), and so may the budget (``steps``, ``minutes``: a finished run trained further; warned, as the schedule's remainder changes)."""
+    folder's name (the same pairs moved), and so may the budget (``steps``, ``minutes``: a finished run trained further;
+    warned, as the schedule's remainder changes). ``--init`` is not compared (the run's record of it is kept in
+    ``resolved``): it only started the run, whose weights the checkpoint holds."""
     try:
         before = yaml.safe_load(earlier.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot resume: {earlier}, the run's settings, is unreadable ({io_reason(exc)})") from None
+    if not isinstance(before, dict) or not all(isinstance(v, dict) for v in before.values()):
+        raise ValueError(f"cannot resume: {earlier}, the run's settings, is damaged (not a mapping of sections)")
+    if "init" in (before.get("train") or {}):  # what the run started from: the checkpoint holds its weights since,
+        resolved["train"]["init"] = before["train"]["init"]  # so --init may be left out, spelt otherwise, or moved
     now = yaml.safe_load(yaml.safe_dump(resolved))  # as the file holds it: a tuple reads back as a list
     changed = [f"{section}.{key} {before[section][key]!r} -> {value!r}" for section, values in now.items()
                for key, value in values.items() if (section, key) not in (("train", "threads"), ("data", "folder"))

@@ -113,3 +113,19 @@ def test_a_set_the_benchmark_would_pass_over_is_refused(override, capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         f"error: --set {override}: the fuser is --fuser, the codec --codec (progress stays off)")
+
+
+def test_ctrl_c_or_sigterm_stops_the_whole_bench_with_130_and_one_line(monkeypatch, capsys):
+    # the stop was "not run" with a --resume hint into the deleted temporary folder, the next fuser ran, and exit 1
+    import streamfuse.replay
+    from streamfuse.replay.summary import ReplayError
+
+    def stopped(cfg, **kwargs):
+        if cfg.fuse.name == "average":
+            pytest.fail("the next fuser ran after the stop")
+        raise ReplayError("replay stopped: interrupted (SIGTERM); 3 frames kept in /tmp/x/.out_max.mp4.partial",
+                          interrupted=True, hint="run again with --resume (same --out /tmp/x/out_max.mp4) to continue")
+
+    monkeypatch.setattr(streamfuse.replay, "run_replay", stopped)
+    assert main(["--fuser", "max,average", "--frames", "2", "--size", "64x48", "--set", "engine.device=cpu"]) == 130
+    assert capsys.readouterr().err == "bench replay: max replay stopped: interrupted (SIGTERM)\n"

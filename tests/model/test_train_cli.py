@@ -15,10 +15,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from streamfuse import train
 from streamfuse.postprocess import vis_luma
-from streamfuse.model.weights import DEFAULT_WEIGHTS
+from streamfuse.model.net import HCLFuseNet, ModelConfig
+from streamfuse.model.weights import DEFAULT_WEIGHTS, save_weights
 from streamfuse.train import loop
 
 TINY = ["--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes", "100", "--model.widths", "4", "8",
@@ -290,3 +292,40 @@ def test_a_signal_while_starting_is_one_line_and_writes_nothing(data, tmp_path, 
         pytest.fail("the signal escaped as a KeyboardInterrupt")
     assert message == "train: interrupted before the first step; no checkpoint written"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["", "[1, 2]\n", "train: 5\n"])
+def test_a_damaged_settings_file_refuses_the_resume_in_one_line(data, tmp_path, text):
+    # an empty or edited train_config.yaml was an AttributeError or TypeError traceback
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    (out / "train_config.yaml").write_text(text)
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
+    assert message == (f"train: cannot resume: {out / 'train_config.yaml'}, the run's settings, is damaged "
+                       "(not a mapping of sections)")
+
+
+def test_a_run_started_from_init_resumes_once_that_file_is_moved(data, tmp_path):
+    # refused as "other settings" (train.init '...' -> None), and with the moved path too: a distillation could never
+    # be resumed once its teacher's file was gone, though its checkpoint holds every tensor
+    start, out = tmp_path / "start.pt", tmp_path / "run"
+    save_weights(start, HCLFuseNet(ModelConfig(widths=(4, 8), denoiser_width=4)))
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1", "--init", str(start)])
+    moved = start.rename(tmp_path / "moved.pt")
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "3", "--resume", "--init", str(moved)])
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 3
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["train"]["init"] == str(start)
+
+
+@pytest.mark.parametrize("kind", ["folder", "device"])
+def test_a_checkpoint_that_is_no_file_is_nothing_to_resume(data, tmp_path, kind):
+    # read as a damaged checkpoint; a pipe of that name held the run in torch.load for good
+    out = tmp_path / "run"
+    out.mkdir()
+    if kind == "folder":
+        (out / "checkpoint.pt").mkdir()
+    else:
+        (out / "checkpoint.pt").symlink_to(os.devnull)
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
+    assert message == f"train: nothing to resume: {out / 'checkpoint.pt'} is not a file (a folder, a pipe or a device)"

@@ -142,3 +142,39 @@ def test_a_non_finite_value_in_any_tensor_is_refused(tmp_path, tiny, where):
     blob["state_dict"][key].view(-1)[0] = float("inf")
     torch.save(blob, str(path))
     _one_line_value_error(path, "NaN or infinite")
+
+
+@pytest.mark.parametrize("key, value, what", [("model", [4, 8], "model config is not a mapping but list"),
+                                              ("model", None, "model config is not a mapping but NoneType"),
+                                              ("extra", "abc", "extra metadata is not a mapping but str"),
+                                              ("extra", [1, 2], "extra metadata is not a mapping but list")])
+def test_a_config_or_metadata_that_is_no_mapping_is_one_line(tmp_path, tiny, key, value, what):
+    # a TypeError traceback in run, replay, evaluate and train --init ('list' object is not a mapping)
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    blob[key] = value
+    torch.save(blob, str(path))
+    _one_line_value_error(path, what)
+
+
+@pytest.mark.parametrize("widths, match", [((2**20, 2**20), "do not match the model config: encoder"),
+                                           ((2**40, 2**40), "bad model config: no net of its sizes can be made")])
+def test_a_config_of_huge_sizes_allocates_nothing_before_it_is_refused(tmp_path, tiny, widths, match):
+    # a small hostile file made the reader build its config's net first: gigabytes, or an allocator's traceback
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    blob["model"]["widths"] = list(widths)
+    torch.save(blob, str(path))
+    _one_line_value_error(path, match)
+
+
+def test_integer_tensors_where_the_model_has_floats_are_refused(tmp_path, tiny):
+    # they loaded, cast to whole numbers, and fused garbage without a word
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    blob["state_dict"] = {k: v.long() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    torch.save(blob, str(path))
+    _one_line_value_error(path, "holds torch.int64, not floats")
