@@ -175,8 +175,9 @@ class WriterThread:
     """
 
     def __init__(self, name: str, handle: Callable[[Any], None], what: str, maxsize: int, *, threaded: bool = True,
-                 idle: tuple[float, Callable[[], None]] | None = None):
-        self.busy_ns: list[int] = []  # handling time per item
+                 idle: tuple[float, Callable[[], None]] | None = None, timed: bool = True):
+        self.busy_ns: list[int] = []  # handling time per item, if ``timed`` (not a live run's: it would grow for ever)
+        self._timed = timed
         self.error: RuntimeError | None = None
         self._handle, self._what = handle, what
         self._idle_s, self._idle = idle or (None, None)
@@ -202,7 +203,8 @@ class WriterThread:
     def _handle_one(self, item: Any) -> None:
         t0 = time.perf_counter_ns()
         self._guarded(self._handle, item)
-        self.busy_ns.append(time.perf_counter_ns() - t0)
+        if self._timed:
+            self.busy_ns.append(time.perf_counter_ns() - t0)
 
     def _guarded(self, call: Callable[..., None], *args: Any) -> None:
         try:

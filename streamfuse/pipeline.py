@@ -144,9 +144,10 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
                 failure = failure or unfused  # a source's failure came first
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
+        capture = producers.stats()  # as the loop ended: not the frames overwritten while the recording finishes
         if rec is not None:  # before the final report
-            _end_recording(rec, producers.stats(), failure)
-        snap = _report(tel, pub, pairer, producers, fuser, rec, final=True)
+            _end_recording(rec, capture, failure)
+        snap = _report(tel, pub, pairer, producers, fuser, rec, final=True, capture=capture)
     _log_recording_failure(rec)
     if failure:
         raise RunFailed(failure, snap)
@@ -275,8 +276,9 @@ def _failure(producers: Producers, first: str, frames: list[Frame], stop: thread
 
 
 def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers, fuser: Fuser,
-            rec: Recorder | None, *, final: bool) -> dict:
-    """Every ``interval_s`` (and at exit): gather counters, log one line, publish on the stats topic."""
+            rec: Recorder | None, *, final: bool, capture: dict | None = None) -> dict:
+    """Every ``interval_s`` (and at exit): gather counters, log one line, publish on the stats topic; ``capture``:
+    the producers' counters to report instead of their current ones."""
     if not (final or tel.due()):
         return {}
     for key, value in pairer.stats().items():
@@ -285,7 +287,7 @@ def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers
                 tel.set(f"{name}.{key}", count)
         else:
             tel.set(key, value)
-    for source, counters in producers.stats().items():
+    for source, counters in (capture or producers.stats()).items():
         for name in ("dropped", "skipped", "restarts", "stalls"):
             tel.set(f"capture_{name}.{source}", counters[name])
     for name, value in fuser.stats().items():

@@ -196,7 +196,7 @@ class Recorder:
         self._schema, self._counts_channel = schema, None  # the counts' channel: at the first frame that has them
         self._sync = BackgroundSync(self._file.fileno(), f"sync {self.path.name}")
         self._worker = WriterThread(f"record {self.path.name}", self._append, f"writing recording {self._partial}",
-                                    queue_size, idle=(cfg.flush_s, self._flush))
+                                    queue_size, idle=(cfg.flush_s, self._flush), timed=False)
 
     def write(self, frame: Frame) -> None:
         """Queue one raw frame (stream ``ir`` or ``vis``, capture time >= 0 ns) for the file.
@@ -295,7 +295,7 @@ class Recorder:
             self._stopped(RuntimeError(f"finishing recording {self._partial} failed: {io_reason(exc)}"))
         finally:
             self._sync.close()
-            self._file.close()
+            self._close_file()
         if self.error is not None:
             if not any(self.counts.values()):  # kept, it would only block the rerun's record.path
                 self._remove()
@@ -330,7 +330,15 @@ class Recorder:
         except OSError as exc:
             log.warning("the last frames of %s could not be written: %s", self._partial, io_reason(exc))
         self._sync.close()
-        self._file.close()
+        self._close_file()
+
+    def _close_file(self) -> None:
+        """Close the file (closed even when this raises): bytes still buffered behind a write error (a disk full
+        from its first byte) fail again here, which is that error, not a new one to raise out of the run's end."""
+        try:
+            self._file.close()
+        except OSError as exc:
+            self._stopped(RuntimeError(f"writing recording {self._partial} failed: {io_reason(exc)}"))
 
     def discard(self) -> None:
         """Close and delete the recording, and the folders made for it: a run that failed at its start (a source

@@ -65,6 +65,15 @@ def _readable(path: Path) -> int:
     return read
 
 
+def test_a_recording_keeps_no_per_frame_bookkeeping_that_grows_for_as_long_as_the_run(tmp_path, rng):
+    # its writer thread kept each frame's handling time, which nothing reads: a live run that records grew by that list
+    # for as long as it ran (3.4 kB/s of the demo's, a robot recording for a week 1.3 GB)
+    with Recorder(RecordConfig(path=str(tmp_path / "rig.mcap"))) as rec:
+        for frame in _frames(rng, 6):
+            rec.write(frame)
+    assert rec.counts == {"ir": 6, "vis": 6} and rec._worker.busy_ns == []  # every frame written, none timed
+
+
 def test_a_chunk_far_from_full_reaches_the_disk_within_flush_s(tmp_path, rng, monkeypatch):
     """A kill loses at most ``flush_s`` of the recording: with no frame coming for that long, the writer writes the
     chunk out to the OS (which keeps it through a kill of the process), though it is far below ``chunk_mb``."""
@@ -259,6 +268,24 @@ def test_frames_of_the_chunk_a_full_disk_cut_count_as_dropped(tmp_path, rng, mon
             rec.write(Frame("vis", i, T0 + i, rng.integers(0, 256, (60, 80, 3), np.uint8)))
     assert rec.error is not None and rec.counts["vis"] + rec.dropped["vis"] == 40
     assert len(_recorded_prefix(partial_path(path))) == rec.counts["vis"] > 0
+
+
+def test_a_disk_full_from_its_first_byte_ends_the_recording_in_its_line_not_with_an_error_at_close(
+        tmp_path, rng, monkeypatch, caplog):
+    """The bytes still buffered after the write error failed again as the file closed: close raised a bare
+    ``[Errno 28] No space left on device`` out of the run's end, before its final stats (a live run on a full disk)."""
+    import builtins
+
+    from streamfuse import recording
+
+    monkeypatch.setattr(recording, "open", lambda p, mode: io.BufferedWriter(_FillingDisk(builtins.open(p, mode), 0)),
+                        raising=False)
+    path = tmp_path / "rig.mcap"
+    with caplog.at_level(logging.ERROR), Recorder(RecordConfig(path=str(path), flush_s=0.05)) as rec:
+        rec.write(Frame("vis", 0, T0, rng.integers(0, 256, (240, 320, 3), np.uint8)))  # more than a buffer holds
+    assert rec.error is not None and "No space left on device" in rec.error and rec.dropped == {"ir": 0, "vis": 1}
+    assert not path.exists() and not partial_path(path).exists()  # no frame reached it: nothing kept
+    assert len(caplog.messages) == 1 and caplog.messages[0].startswith("recording stopped: ")
 
 
 def _full_when_finishing(monkeypatch) -> None:

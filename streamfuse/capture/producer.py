@@ -41,7 +41,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streamfuse.capture.producer_process import StopFlag, describe_exit, process_context, start_process
+from streamfuse.capture.producer_process import StopFlag, how_it_ended, process_context, start_process
 from streamfuse.capture.shm_ring import SHM_DIR, ShmRing, named_semaphore, remove_stale
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.frames import Frame
@@ -209,11 +209,11 @@ class Producers:
     def _on_exit(self, w: _Worker) -> None:
         self._poll_messages(w)
         reported = w.message is not None and w.stall_line is None  # the source itself said what went wrong
+        ended = how_it_ended(w.proc)  # one its fork server's death left running is killed
         if w.stall_line is not None:
             kind, line = "error", w.stall_line
         else:
-            kind, line = w.message or ("error", f"{w.section}: producer (pid {w.proc.pid}) died: "
-                                                f"{describe_exit(w.proc.exitcode)}")
+            kind, line = w.message or ("error", f"{w.section}: producer (pid {w.proc.pid}) {ended}")
         w.proc.join(0.1)
         self._retire(w)
         at_end, waiting = kind == "eos", kind == "unreachable"  # waiting: a camera not up (yet), worth it

@@ -25,7 +25,7 @@ from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_s
 from streamfuse.errors import one_line, redact
 from streamfuse.signals import HANGUP, STOP_SIGNALS
 
-__all__ = ["StopFlag", "produce", "process_context", "start_servers", "start_process", "describe_exit"]
+__all__ = ["StopFlag", "produce", "process_context", "start_servers", "start_process", "describe_exit", "how_it_ended"]
 
 
 def process_context() -> Any:
@@ -176,3 +176,16 @@ def describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exited with code {code}"
+
+
+def how_it_ended(proc: Any) -> str:
+    """How a producer process that multiprocessing sees ended went, in words. One whose fork server died (kill -9, the
+    OOM killer) reads as exited with 255 while it runs on, orphaned, beside the producer started next (a camera held
+    twice): it is killed here."""
+    if not process_alive(proc.pid):
+        return f"died: {describe_exit(proc.exitcode)}"
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except OSError:  # gone meanwhile, or its number already another user's process
+        return f"died: {describe_exit(proc.exitcode)}"
+    return "lost its fork server (it ran on, orphaned); killed it"

@@ -246,6 +246,28 @@ def test_the_fork_server_keeps_sigterm_and_sighup_blocked_and_the_run_does_not()
     assert out.stdout.split("\n")[0] == f"{sorted([signal.SIGHUP, signal.SIGTERM])} []", out.stderr
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_producer_whose_fork_server_was_killed_is_killed_not_left_running_beside_its_restart(caplog) -> None:
+    # the fork server's death (kill -9, the OOM killer) made each producer read as "died: exited with code 255" while
+    # it ran on, orphaned, until the run's end: beside the producer started in its place (a camera held twice)
+    from multiprocessing import forkserver
+
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, stall_factor=0)
+    prod = start_producers(cfg, cfg, backoff_s=0.1)
+    names = prod.shm_names()
+    try:
+        collect(prod, lambda f, e: {x.stream for x in f} == {"ir", "vis"})
+        orphans = list(prod.pids().values())
+        os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+        _, events = collect(prod, lambda f, e: {x.stream for x in e} == {"ir", "vis"})
+        wait_for(lambda: not any(_running(pid) for pid in orphans), "the orphaned producers to be killed")
+        names += prod.shm_names()
+    finally:
+        assert_stopped(prod, names)
+    assert all("fork server" in event.message and "255" not in event.message for event in events), events
+
+
 def test_stop_ends_every_producer_even_a_frozen_one() -> None:
     cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)
     prod = start_producers(cfg, cfg, slots=2)
