@@ -50,10 +50,16 @@ import numpy as np
 
 from streamfuse.errors import io_reason, opencv_quiet
 
-__all__ = ["IMAGE_SUFFIXES", "To8Bit", "read_image", "read_8bit", "deep_grey"]
+__all__ = ["IMAGE_SUFFIXES", "is_image_name", "To8Bit", "read_image", "read_8bit", "deep_grey"]
 
 # image files the project reads (what OpenCV decodes among the formats of IR and visible datasets and frame dumps)
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def is_image_name(path: Path) -> bool:
+    """Whether ``path`` is named as an image every command reads: an image suffix, and not hidden (the ``._NAME`` a Mac
+    writes beside each file it copies onto a FAT or exFAT drive is its metadata)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 _CLIPPED = 0.01  # more than this share of a frame's pixels outside the held range: it takes its own range at once

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import re
 import socket
+import threading
 import urllib.parse
 from collections.abc import Iterator
 
@@ -74,7 +75,10 @@ def unreachable(exc: BaseException) -> bool:
 def unresolved_host(url: str) -> str:
     """The host name of ``url`` when it does not resolve, else "": a camera named by DNS or mDNS (``cam.local``) is not
     there yet while the robot's network or resolver starts, where FFmpeg says only "Input/output error"."""
-    host = urllib.parse.urlsplit(url).hostname
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:  # no URL a host can be read from ("rtsp://[cam/stream"): FFmpeg's own reason stands
+        return ""
     if not host:
         return ""
     try:
@@ -90,14 +94,27 @@ def io_reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or one_line(exc)
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet: list[int] = []  # one entry per open opencv_quiet block, each the level before the first
+
+
 @contextlib.contextmanager
 def opencv_quiet() -> Iterator[None]:
-    """OpenCV's own warning lines off for the block: a damaged image or video is the caller's one clear line."""
+    """OpenCV's own warning lines off for the block: a damaged image or video is the caller's one clear line. The
+    level is the process's: blocks that overlap on several threads (a replay reading both folders at once) put it
+    back once the last one ends, not to what another block had set (silent for good)."""
     import cv2
 
-    previous = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    with _QUIET_LOCK:
+        if not _quiet:
+            _quiet.append(cv2.utils.logging.getLogLevel())
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        else:
+            _quiet.append(_quiet[0])
     try:
         yield
     finally:
-        cv2.utils.logging.setLogLevel(previous)
+        with _QUIET_LOCK:
+            previous = _quiet.pop()
+            if not _quiet:
+                cv2.utils.logging.setLogLevel(previous)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from streamfuse import metrics
-from streamfuse.bitdepth import IMAGE_SUFFIXES, To8Bit, read_8bit
+from streamfuse.bitdepth import To8Bit, is_image_name, read_8bit
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["find_pairs", "image_files", "read_grey", "read_pair", "check_size", "check_readable"]
@@ -42,8 +42,8 @@ def image_files(folder: Path, what: str, wanted: set[str] | None = None) -> dict
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder {'is a file' if folder.exists() else 'not found'}: {folder}")
     files: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):  # not hidden ones: a Mac's "._NAME.png" beside NAME.png is its metadata
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.name[0] != "." and files.setdefault(p.stem, p) != p:
+    for p in sorted(folder.iterdir()):
+        if is_image_name(p) and files.setdefault(p.stem, p) != p:
             log.warning("%s: %s and %s share a name; %s is used", folder, files[p.stem].name, p.name,
                         files[p.stem].name)
     if wanted and not wanted & files.keys():

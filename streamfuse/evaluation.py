@@ -20,7 +20,7 @@ import numpy as np
 
 from streamfuse import metrics
 from streamfuse.atomic_write import write_file
-from streamfuse.bitdepth import IMAGE_SUFFIXES
+from streamfuse.bitdepth import is_image_name
 from streamfuse.checks import ConfigError, apply_overrides, yaml_value
 from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
 from streamfuse.configs import resolve
@@ -252,7 +252,7 @@ def _refuse_held(save_dirs: dict[str, Path], save_dir: str | Path | None) -> Non
     named = {folder: f" ({name})" for name, folder in save_dirs.items()}
     inside = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     for folder in dict.fromkeys([*save_dirs.values(), root, *inside]):
-        if folder.is_dir() and (held := [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]):
+        if folder.is_dir() and (held := [p.name for p in folder.iterdir() if is_image_name(p)]):
             raise ValueError(f"save folder{named.get(folder, '')} {folder} already holds {len(held)} images "
                              f"({min(held)}, ...); give a new or empty folder, so that they do not mix with this run's")
 

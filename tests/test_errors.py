@@ -46,3 +46,27 @@ def test_opencv_is_quiet_inside_the_block_only():
     with opencv_quiet():
         assert cv2.utils.logging.getLogLevel() == cv2.utils.logging.LOG_LEVEL_SILENT
     assert cv2.utils.logging.getLogLevel() == before != cv2.utils.logging.LOG_LEVEL_SILENT
+
+
+def test_a_url_no_host_can_be_read_from_fails_to_open_in_its_own_line():
+    # urlsplit's ValueError escaped the open's failure: "producer crashed: ValueError: Invalid IPv6 URL", no path
+    from streamfuse.capture.sources import SourceConfig, SourceError, open_source
+
+    path = "rtsp://[192.168.1.10/stream"
+    with pytest.raises(SourceError, match=r"^ir: cannot open rtsp://\[192\.168\.1\.10/stream: "):
+        with open_source("ir", SourceConfig(kind="stream", path=path, width=64, height=48)) as source:
+            source.read()
+
+
+def test_opencv_quiet_blocks_that_overlap_on_threads_put_the_level_back_once_the_last_ends():
+    # a replay reads both folders at once: the first block to end put the level back while the other still read, and
+    # the last put back the silence the first had set, for good (a later test saw OpenCV silent)
+    import cv2
+
+    before, first, second = cv2.utils.logging.getLogLevel(), opencv_quiet(), opencv_quiet()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # ended first, as another thread's can
+    assert cv2.utils.logging.getLogLevel() == cv2.utils.logging.LOG_LEVEL_SILENT  # the second block still reads
+    second.__exit__(None, None, None)
+    assert cv2.utils.logging.getLogLevel() == before != cv2.utils.logging.LOG_LEVEL_SILENT

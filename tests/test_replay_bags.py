@@ -15,6 +15,7 @@ import pytest
 from helpers_ros import (COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, compressed, raw, ros1, write_bag, write_bag1,
                          write_db3, write_metadata)
 
+from streamfuse.capture.bag_folder import storage_files
 from streamfuse.capture.mcap_source import image_topics, read_recording
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.config import config_from_dict
@@ -325,6 +326,15 @@ def test_a_bag_folder_whose_metadata_lists_no_files_reads_them_by_split_index(tm
     got = list(read_recording(folder, {"ir": THERMAL, "vis": CAMERA}))
     assert [f.seq for f in got if f.stream == "ir"] == list(range(N))
     assert [f.t_capture_ns for f in got if f.stream == "ir"] == [T0 + i * PERIOD for i in range(N)]
+
+
+def test_a_macs_hidden_metadata_file_in_a_bag_folder_is_no_storage_file(tmp_path):
+    # hidden files (the "._NAME" a Mac writes beside each file it copies) are no input: a bag whose metadata.yaml
+    # lists no files took "._rig_0.mcap" as its first storage file
+    (tmp_path / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    for name in ("rig_0.mcap", "._rig_0.mcap"):
+        (tmp_path / name).write_bytes(b"\x89MCAP0\r\n")
+    assert storage_files(tmp_path) == [tmp_path / "rig_0.mcap"]
 
 
 def test_a_bag_folder_listing_its_files_under_the_folders_name_reads_them_all(tmp_path):

@@ -4,9 +4,11 @@ summary's nonfinite count."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import av
 import cv2
@@ -226,15 +228,24 @@ def test_a_resume_after_an_input_was_rewritten_in_place_is_refused(tmp_path, pai
     assert partial_path(out).read_bytes() == kept
 
 
-def test_a_resume_after_a_frames_folder_was_rewritten_in_place_is_refused(tmp_path):
-    """Frames exported again into their folder under the same names (an extraction run again) change neither the
-    folder's size nor its time: a resume spliced the interrupted run's frames of the old pictures onto the new ones."""
+def _interrupted_folders(tmp_path: Path, hidden: str = ""):
+    """A replay of two folders of 20 frames (and a hidden file ``hidden`` in each) into ``fused.mkv``, interrupted
+    after 7 frames; returns its config and output."""
     for sub in ("ir", "vi"):
         (tmp_path / sub).mkdir()
+        if hidden:
+            (tmp_path / sub / hidden).write_bytes(b"x")
         for i in range(20):
             cv2.imwrite(str(tmp_path / sub / f"{i:04d}.png"), np.full((48, 64), 10, np.uint8))
     cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
     interrupted_replay(cfg, tmp_path / "ir", tmp_path / "vi", out, stop=8)
+    return cfg, out
+
+
+def test_a_resume_after_a_frames_folder_was_rewritten_in_place_is_refused(tmp_path):
+    """Frames exported again into their folder under the same names (an extraction run again) change neither the
+    folder's size nor its time: a resume spliced the interrupted run's frames of the old pictures onto the new ones."""
+    cfg, out = _interrupted_folders(tmp_path)
     kept, folder = partial_path(out).read_bytes(), (tmp_path / "ir").stat()
     frame = tmp_path / "ir" / "0010.png"
     cv2.imwrite(str(frame), np.full((48, 64), 200, np.uint8))
@@ -243,6 +254,29 @@ def test_a_resume_after_a_frames_folder_was_rewritten_in_place_is_refused(tmp_pa
     with pytest.raises(FileExistsError, match=r"^cannot resume .*fused\.mkv: ir changed since the interrupted run"):
         run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vi", out_path=out, resume=True)
     assert partial_path(out).read_bytes() == kept
+
+
+def test_a_resume_goes_on_when_only_a_hidden_file_changed_in_the_folder(tmp_path):
+    """Hidden files are no frames: a Finder's .DS_Store rewritten beside them (the folder's own time unchanged)
+    refused the resume as "ir changed", though no frame had."""
+    cfg, out = _interrupted_folders(tmp_path, hidden=".DS_Store")
+    meta = tmp_path / "ir" / ".DS_Store"
+    meta.write_bytes(b"xy")  # rewritten in place: the folder's own time is unchanged
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))
+    summary = run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vi", out_path=out, resume=True)
+    assert summary.reused > 0
+
+
+def test_a_frames_folder_run_interrupted_by_an_earlier_release_resumes(tmp_path):
+    """Its sidecar held a folder input as [path, 0, the folder's time]: the release that counts the folder's files
+    called every such input changed ("ir changed since the interrupted run"), and refused the resume."""
+    cfg, out = _interrupted_folders(tmp_path)
+    side = json.loads(sidecar_path(out).read_text())
+    for key, sub in (("ir", "ir"), ("vis", "vi")):  # as the earlier release wrote it
+        side["fingerprint"][key] = [str(tmp_path / sub), 0, (tmp_path / sub).stat().st_mtime_ns]
+    sidecar_path(out).write_text(json.dumps(side))
+    summary = run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vi", out_path=out, resume=True)
+    assert summary.reused > 0
 
 
 def test_frames_held_leaves_out_a_last_h264_packet_cut_by_a_kill(tmp_path):

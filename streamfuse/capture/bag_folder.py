@@ -59,7 +59,8 @@ def storage_files(folder: str | os.PathLike) -> list[Path]:
         if missing:
             raise ValueError(f"bag {folder}: its metadata.yaml lists {', '.join(missing)}, not in the folder")
         return files
-    files = sorted((p for p in folder.iterdir() if p.is_file() and is_storage(p)), key=_split_index)
+    files = sorted((p for p in folder.iterdir() if p.is_file() and is_storage(p) and p.name[0] != "."),  # a Mac's
+                   key=_split_index)  # "._NAME" beside NAME is its metadata
     if not files:
         raise ValueError(f"bag {folder} holds no storage files ({', '.join(STORAGE_SUFFIXES)})")
     return files

@@ -8,7 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 from statistics import median
 
-from streamfuse.bitdepth import IMAGE_SUFFIXES, read_8bit
+from streamfuse.bitdepth import IMAGE_SUFFIXES, is_image_name, read_8bit
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.frames import Frame
 from streamfuse.registry import register
@@ -45,9 +45,7 @@ class FolderSource(BaseSource):
         folder = Path(self.cfg.path)
         if not self.cfg.path or not folder.is_dir():
             raise SourceError(f"{self.section}: image folder not found: {self.cfg.path!r}")
-        # not hidden ones: a Mac's "._0001.png" beside 0001.png is its metadata, no frame
-        self._files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name[0] != "."),
-                             key=_number_key)
+        self._files = sorted((p for p in folder.iterdir() if is_image_name(p)), key=_number_key)
         if not self._files:
             raise SourceError(f"{self.section}: no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
         numbers = [_number_key(p)[0] for p in self._files]

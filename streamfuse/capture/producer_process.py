@@ -163,7 +163,8 @@ def start_process(ctx: Any, section: str, cfg: SourceConfig, ring: ShmRing, stop
     # The child inherits an ignored SIGINT, so Ctrl-C during its start-up cannot print a traceback there.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        proc.start()
+        start_servers()  # a fork server that died (kill -9, the OOM killer) is made again as the first was, not by
+        proc.start()  # multiprocessing's start, which leaves SIGTERM and SIGHUP to end the new one again
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
@@ -182,7 +183,9 @@ def how_it_ended(proc: Any) -> str:
     """How a producer process that multiprocessing sees ended went, in words. One whose fork server died (kill -9, the
     OOM killer) reads as exited with 255 while it runs on, orphaned, beside the producer started next (a camera held
     twice): it is killed here."""
-    if not process_alive(proc.pid):
+    # only 255 says its fork server was lost; any other code was reported by a server that reaped it, whose number
+    # may be another process's by now
+    if proc.exitcode != 255 or not process_alive(proc.pid):
         return f"died: {describe_exit(proc.exitcode)}"
     try:
         os.kill(proc.pid, signal.SIGKILL)

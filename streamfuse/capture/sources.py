@@ -260,8 +260,9 @@ class BaseSource:
 
     def _frame(self, t_ns: int, image: np.ndarray, mono_ns: int = 0) -> Frame:
         height, width = image.shape[:2]
-        if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:  # a camera gone wrong (or hostile) on a
-            # stream: the rings grew to hold it and each frame held up the live loop for seconds (20 GB at 48 MP)
+        if self.cfg.kind in ("camera", "stream") and (max(height, width) > MAX_SIDE or height * width > MAX_PIXELS):
+            # a camera gone wrong (or hostile): the rings grew to hold it and each frame held up the live loop for
+            # seconds (20 GB at 48 MP); a file or folder the user chose (a replay of large stills) is taken
             raise SourceError(f"{self.section}: {self.cfg.path}: a {width}x{height} frame, larger than a camera's "
                               f"(at most {MAX_SIDE} a side and {MAX_PIXELS} pixels): refused")
         if self._delay_ns:  # a live source's: back to when the camera captured the frame

@@ -22,7 +22,7 @@ from typing import Any, Iterator, NamedTuple
 
 import av
 
-from streamfuse.bitdepth import IMAGE_SUFFIXES
+from streamfuse.bitdepth import IMAGE_SUFFIXES, is_image_name
 from streamfuse.capture.bag_folder import STORAGE_SUFFIXES, is_bag_folder, storage_files
 from streamfuse.capture.mcap_source import image_topics, read_recording, topic_of
 from streamfuse.capture.sources import SourceError
@@ -84,7 +84,7 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
                               decode_threads=decode_threads or section.decode_threads)
     rate = Fraction(section.fps).limit_denominator(1001)
     if kind == "folder":
-        n = sum(1 for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        n = sum(1 for p in path.iterdir() if is_image_name(p))
         if n == 0:
             raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate, n)

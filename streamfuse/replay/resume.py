@@ -43,7 +43,8 @@ def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
         if Path(path).is_file():
             return [st.st_size, st.st_mtime_ns]
         # a folder of frames: ones exported again under the same names change neither its size nor its time
-        files = [entry.stat() for entry in os.scandir(path) if entry.is_file()]
+        # not hidden ones, no input's (a Finder's .DS_Store, a Mac's "._NAME", rewritten as the folder is looked at)
+        files = [entry.stat() for entry in os.scandir(path) if entry.is_file() and entry.name[0] != "."]
         return [sum(f.st_size for f in files), max([st.st_mtime_ns, *(f.st_mtime_ns for f in files)])]
 
     conf = cfg.to_dict()
@@ -109,6 +110,9 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
         return False
     now = json.loads(json.dumps(fingerprint))  # as the sidecar holds it (tuples as lists)
     saved.setdefault("pacing", "fast")  # a sidecar written before its pacing was kept
+    for key in ("ir", "vis"):  # one written before a folder's files were counted held its own time alone
+        if _legacy_folder(saved.get(key), now[key]):
+            saved[key] = now[key]
     changed = [k for k in fingerprint if _compared(k, saved.get(k)) != _compared(k, now[k])]
     if changed:  # a slip (a --set left out): the interrupted run's frames stay, for the command it was started with
         raise FileExistsError(f"cannot resume {out}: {', '.join(changed)} changed since the interrupted run; run it "
@@ -123,6 +127,14 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
         log.warning("cannot resume %s: its partial file does not decode (%s); starting over", out, io_reason(exc))
         return False
     return True
+
+
+def _legacy_folder(saved: Any, now: list) -> bool:
+    """Whether ``saved`` is a folder input's entry as a sidecar of an earlier release holds it (size 0, the folder's
+    own time), of the folder ``now`` names, unchanged since."""
+    if not (isinstance(saved, list) and len(saved) == 3 and saved[:2] == [now[0], 0] and Path(now[0]).is_dir()):
+        return False
+    return saved[2] == Path(now[0]).stat().st_mtime_ns
 
 
 def _compared(key: str, value: Any) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
-from streamfuse.bitdepth import IMAGE_SUFFIXES, To8Bit, read_8bit
+from streamfuse.bitdepth import To8Bit, is_image_name, read_8bit
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["SETS", "PairSampler", "load_pairs", "data_digest"]
@@ -80,8 +80,8 @@ def _set_pairs(root: Path, data: Path, deep: list[Path]) -> list[tuple[str, np.n
 
 
 def _image_names(folder: Path) -> set[str]:
-    """File names with an image suffix in ``folder`` (none when it is missing)."""
-    return {p.name for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+    """File names with an image suffix in ``folder`` (none when it is missing), hidden ones (a Mac's ``._NAME``) not."""
+    return {p.name for p in folder.glob("*") if is_image_name(p)}
 
 
 def _read(path: Path, flag: int, deep: list[Path], ir: bool) -> np.ndarray:

@@ -422,15 +422,19 @@ def test_a_folder_of_numbered_frames_is_timed_by_each_frames_own_number(tmp_path
     assert [f.t_capture_ns for f in frames] == [n * 100_000_000 for n in numbers]
 
 
-def test_a_frame_larger_than_any_camera_is_refused_in_one_line(tmp_path):
-    # a stream's or a file's frames were taken at any size: an 8000x6000 network camera made the rings and the
-    # live loop's queues grow to 20 GB, and held every turn of the loop for seconds
-    cv2.imwrite(str(tmp_path / "0000.png"), np.zeros((48, 64), np.uint8))
-    cv2.imwrite(str(tmp_path / "0001.png"), np.zeros((16, 8200), np.uint8))  # wider than 8192
+def test_a_frame_larger_than_any_camera_is_refused_in_one_line_from_a_camera_not_from_a_folder(tmp_path):
+    # a camera's frames were taken at any size: an 8000x6000 network camera made the rings and the live loop's
+    # queues grow to 20 GB, and held every turn of the loop for seconds; a folder of large stills is the user's choice
+    wide = np.zeros((16, 8200, 3), np.uint8)  # wider than 8192
+    writer = cv2.VideoWriter(str(tmp_path / "wide.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (8200, 16))
+    writer.write(wide)
+    writer.release()
+    with open_source("ir", SourceConfig(kind="camera", path=str(tmp_path / "wide.avi"))) as src, \
+            pytest.raises(SourceError, match=r"^ir: .*wide\.avi: a 8200x16 frame, larger than a camera's \(at most "):
+        src.read()
+    cv2.imwrite(str(tmp_path / "0000.png"), wide)
     with open_source("ir", SourceConfig(kind="folder", path=str(tmp_path), realtime=False)) as src:
-        assert src.read().image.shape == (48, 64)
-        with pytest.raises(SourceError, match=r"^ir: .*: a 8200x16 frame, larger than a camera's \(at most 8192 a "):
-            src.read()
+        assert src.read().image.shape == (16, 8200)
 
 
 def test_a_looped_folder_goes_on_after_its_last_frame(tmp_path):

@@ -67,3 +67,15 @@ def test_the_data_digest_changes_with_any_pixel_of_either_image():
         image[3, 4] ^= 1
         digests.add(data.data_digest([("a", ir, vis)]))
     assert len(digests) == 3
+
+
+def test_a_macs_hidden_metadata_files_are_no_training_pairs(tmp_path):
+    # README: hidden files (a Mac's "._NAME" beside each file it copies) are no images to any command; training read
+    # "._0001.png" in ir/ and vi/ as a pair and stopped on it, "cannot read image"
+    import cv2
+
+    for sub in ("ir", "vi"):
+        (tmp_path / "roadscene" / sub).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "roadscene" / sub / "0001.png"), np.full((48, 64), 99, np.uint8))
+        (tmp_path / "roadscene" / sub / "._0001.png").write_bytes(b"\x00\x05\x16\x07 Mac OS X")
+    assert [name for name, _, _ in data.load_pairs(tmp_path)] == ["roadscene/ir/0001.png"]
