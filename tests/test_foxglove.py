@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import socket
@@ -252,9 +253,10 @@ def test_the_bridge_takes_clients_again_after_more_idle_connections_than_it_has_
 
 
 @contextlib.contextmanager
-def _relayed(answer_after_eof: bool) -> Iterator[int]:
+def _relayed(answer_after_eof: bool, hold: tuple[threading.Event, threading.Event] | None = None) -> Iterator[int]:
     """A relay in front of a server that answers each connection's bytes with ``answer``: at once, or only once its
-    client has ended its sending (a half-close); yields the relay's port."""
+    client has ended its sending (a half-close), and then, given ``hold`` (heard, go), only once it has set heard
+    and go is set; yields the relay's port."""
     from streamfuse.view.relay import Relay
 
     upstream = socket.create_server(("127.0.0.1", 0))
@@ -265,6 +267,9 @@ def _relayed(answer_after_eof: bool) -> Iterator[int]:
             if answer_after_eof:
                 while conn.recv(1024):
                     pass
+            if hold is not None:
+                hold[0].set()
+                hold[1].wait(PATIENCE_S)
             conn.sendall(b"answer")
             conn.recv(1024)  # held open until the relay closes it
 
@@ -287,6 +292,21 @@ def test_a_client_that_half_closes_after_its_request_still_gets_the_answer():
     with _relayed(answer_after_eof=True) as port, socket.create_connection(("127.0.0.1", port)) as client:
         client.sendall(b"GET / HTTP/1.1\r\n\r\n")
         client.shutdown(socket.SHUT_WR)
+        client.settimeout(PATIENCE_S)
+        assert client.recv(64) == b"answer"
+
+
+def test_a_half_closed_client_waiting_for_its_answer_survives_a_garbage_collection():
+    # nothing but the loop's weak set held its connection's task once the client had ended its sending: a collection
+    # in the wait destroyed it ("Task was destroyed but it is pending!") and the client got an empty close
+    heard, go = threading.Event(), threading.Event()
+    with _relayed(answer_after_eof=True, hold=(heard, go)) as port, \
+            socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        client.shutdown(socket.SHUT_WR)
+        assert heard.wait(PATIENCE_S)  # the relay has passed the end on: it waits for the answer now
+        gc.collect()
+        go.set()
         client.settimeout(PATIENCE_S)
         assert client.recv(64) == b"answer"
 

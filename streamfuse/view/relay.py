@@ -42,6 +42,10 @@ class Relay(Door):
         self.host, self.port, self.upstream = host, port, upstream
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
+        # a connection's task, held here: once the client's side has ended its sending nothing else reaches it (the
+        # loop keeps its tasks weakly, the upstream side its reader so), and a garbage collection in the wait for
+        # the answer destroyed it with its connection (the client got an empty close)
+        self._connections: set[asyncio.Task[None]] = set()
 
     def start(self) -> int:
         """Bind and start; the port listened on.
@@ -75,15 +79,18 @@ class Relay(Door):
         ready.set_result(server.sockets[0].getsockname()[1])
         loop.run_forever()
         server.close()
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        while tasks := asyncio.all_tasks(loop):  # again: a connection accepted as the server closed starts a task
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         loop.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.enter(writer.transport):
             return
+        task = asyncio.current_task()
+        assert task is not None  # the stream server runs each connection as a task
+        self._connections.add(task)
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.request_s)
@@ -105,6 +112,7 @@ class Relay(Door):
         finally:
             self.leave(writer.transport)
             writer.close()
+            self._connections.discard(task)
 
 
 async def _both_ways(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up_reader: asyncio.StreamReader,
