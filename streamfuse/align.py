@@ -52,7 +52,8 @@ class AlignConfig:
         tol: Sinkhorn stopping threshold on the marginal error.
         drift: re-solve when the Wasserstein-1 distance (grey levels in 0..1) between the current and the cached IR
             or visible histogram exceeds this.
-        refresh: re-solve at least every this many frames of a stream.
+        refresh: re-solve at least every this many frames of a stream; 1 solves every frame afresh, without a warm
+            start from the previous frame's plan, so that no frame depends on the one before (still images).
         background: refresh the plan on a worker thread; the stale LUT serves until the new one is ready (the live
             configs turn it on). Off by default: bit-reproducible replay and evaluation, and less flicker when the IR
             gain jumps, since a late swap to a new table is a bigger step (flicker ratio on sequences with the demo
@@ -238,7 +239,8 @@ class AlignCache:
             self.hits += 1
             return entry.result.lut
         self.misses += 1
-        warmstart = None if entry is None else entry.result.potentials
+        # refresh 1 (still images): a warm start from the previous image's plan would move this one's within the tol
+        warmstart = None if entry is None or self.cfg.refresh == 1 else entry.result.potentials
         if entry is not None and self.cfg.background:
             if self._pool is None:
                 # One worker for all streams: solves are CPU-bound, a second one would only steal the live loop's core.

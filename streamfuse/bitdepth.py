@@ -48,7 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamfuse.errors import io_reason, opencv_quiet
+from streamfuse.errors import io_reason, opencv_quiet, printable
 
 __all__ = ["IMAGE_SUFFIXES", "is_image_name", "To8Bit", "read_image", "read_8bit", "deep_grey"]
 
@@ -68,6 +68,7 @@ _NARROWER = 2  # _RELEASE frames in a row whose ranges are under 1/_NARROWER of 
 _RELEASE = 30
 _PER_DEGREE = 50  # float IR temperatures: counts per degree (module docstring)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 class To8Bit:
@@ -171,6 +172,8 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
         raise ValueError(f"cannot read image {path}: empty file")
     if buf[:8].tobytes() == _PNG_SIGNATURE and not _png_intact(memoryview(buf)):  # libpng would print a line too
         raise ValueError(f"cannot read image {path}: corrupt, or not an image")
+    if buf[:3].tobytes() == _JPEG_SIGNATURE and (damage := _jpeg_damage(buf)):
+        raise ValueError(f"cannot read image {path}: {damage}")
     with opencv_quiet():
         try:
             img = cv2.imdecode(buf, flag | cv2.IMREAD_ANYDEPTH)
@@ -193,6 +196,22 @@ def _png_intact(data: memoryview) -> bool:
             return True
         pos = end
     return False
+
+
+def _jpeg_damage(data: np.ndarray) -> str | None:
+    """libjpeg's reason where a JPEG's coded data is damaged, else None: its decoder conceals the damage (grey or
+    garbled blocks, a line of its own on the process's stderr) and OpenCV returns the picture without an error. Only
+    its reports of corrupt data count, and not the extraneous bytes before a marker that many cameras write after
+    whole pictures; a JPEG libjpeg-turbo cannot make grey (CMYK, 12-bit) is left to OpenCV."""
+    import simplejpeg  # here: a dependency, but only JPEG files need it
+
+    try:
+        simplejpeg.decode_jpeg(data, "GRAY", strict=True)  # strict: libjpeg's warnings raise
+    except ValueError as exc:
+        why = str(exc)
+        if why.startswith(("Corrupt JPEG data", "Premature end of JPEG file")) and "extraneous bytes" not in why:
+            return printable(why)
+    return None
 
 
 def read_8bit(path: str | os.PathLike, depth: Callable[[np.ndarray], np.ndarray],

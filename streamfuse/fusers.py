@@ -97,6 +97,9 @@ class _Baseline:
         self.sharpen, self.contrast = sharpen, contrast
 
     def fuse(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
+        if ir.dtype != np.uint8 or vis_y.dtype != np.uint8 or ir.ndim != 2 or ir.shape != vis_y.shape:
+            raise ValueError(f"{self.name} needs two (H, W) uint8 images of one size, got IR {ir.shape} {ir.dtype} "
+                             f"and visible Y {vis_y.shape} {vis_y.dtype}")
         y = unsharp(self._fuse(ir.astype(np.float32), vis_y.astype(np.float32)), self.sharpen)
         if self.contrast != 1:
             mean = float(y.mean())

@@ -19,6 +19,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 from streamfuse.errors import printable
@@ -141,6 +142,14 @@ def _write(lines: queue.Queue) -> None:
             pass
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+                  line: str | None = None) -> None:
+    """A Python warning (align's Sinkhorn that did not converge, numpy's overflow in a library) as one log line
+    through the set-up's handler: written straight to stderr it was two lines, one of them the package's source, and
+    on the live path a write that a full pipe would block (the queue's writer thread waits instead)."""
+    logging.getLogger("py.warnings").warning("%s:%d: %s: %s", filename, lineno, category.__name__, message)
+
+
 def install(level: int, fmt: str, datefmt: str | None = None) -> None:
     """Send log records to stderr through the queue and its writer thread, as ``logging.basicConfig`` would send
     them directly: only where the root logger has no handler yet (a test's log capture keeps its own)."""
@@ -154,6 +163,7 @@ def install(level: int, fmt: str, datefmt: str | None = None) -> None:
     handler.addFilter(_Throttle())
     root.addHandler(handler)
     root.setLevel(level)
+    warnings.showwarning = _warning_line
     threading.Thread(target=_write, args=(_queue,), name="log writer", daemon=True).start()
 
 
@@ -164,6 +174,8 @@ def install_direct(level: int, fmt: str = logging.BASIC_FORMAT, datefmt: str | N
     handler.setFormatter(_OneLine(fmt, datefmt))
     handler.addFilter(_Throttle())
     logging.basicConfig(level=level, handlers=[handler])
+    if handler in logging.getLogger().handlers:
+        warnings.showwarning = _warning_line
 
 
 def flush(timeout_s: float = 1.0) -> None:

@@ -66,6 +66,17 @@ def test_warm_start_needs_fewer_iterations(rng):
     assert warm.converged and warm.n_iter < align(a2, b, cfg).n_iter
 
 
+def test_refresh_one_solves_every_frame_afresh_so_none_depends_on_the_one_before(rng):
+    """``refresh: 1`` (the eval config's still images): a frame's table is the one a new cache gives it, whatever came
+    before; warm-started from the previous image's plan, it moved within the solver's tolerance, and the fused
+    image with it by a grey level in places, so an image scored with others differed from the same image alone."""
+    cfg = AlignConfig(refresh=1)
+    ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
+    after_another = AlignCache(cfg)
+    after_another.lut(_image(rng, 120, 30), _image(rng, 90, 30))
+    np.testing.assert_array_equal(after_another.lut(ir, vis), AlignCache(cfg).lut(ir, vis))
+
+
 def test_non_convergence_warns_and_flags(rng):
     a, b = histogram(_image(rng, 20, 5)), histogram(_image(rng, 230, 5))
     with pytest.warns(RuntimeWarning, match="did not converge"):

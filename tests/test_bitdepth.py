@@ -217,15 +217,19 @@ _CUT = "corrupt, or not an image"  # said before the decoder, whose libpng print
 
 @pytest.mark.parametrize("content, why", [(None, "the file is gone"), (b"", "empty file"),
                                           (b"\x89PNG\r\n\x1a\n junk", _CUT), ("half", _CUT),
-                                          (b"GIF89a junk", "corrupt, or not an image"), ("flipped", _CUT)])
+                                          (b"GIF89a junk", "corrupt, or not an image"), ("flipped", _CUT),
+                                          ("jpeg", "Corrupt JPEG data: premature end of data segment")])
 def test_unreadable_files_are_one_line(tmp_path, capfd, content, why):
     path = tmp_path / "a.png"
-    if content in ("half", "flipped"):  # a frame cut short by a killed copy, or damaged on disk (a byte of its
-        # pixel data flipped, its end intact): libpng printed a line of its own beside ours
-        data = cv2.imencode(".png", np.arange(64 * 48, dtype=np.uint16).reshape(48, 64).astype(np.uint8))[1]
-        damaged = bytearray(data.tobytes())
+    if content in ("half", "flipped", "jpeg"):  # a frame cut short by a killed copy, or damaged on disk (a byte of its
+        # pixel data flipped, its end intact): libpng printed a line of its own beside ours; a JPEG's decoder also
+        # concealed the damage (the rest of the picture grey) and OpenCV gave the picture without an error
+        image = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64).astype(np.uint8)
+        damaged = bytearray(cv2.imencode(".jpg" if content == "jpeg" else ".png", image)[1].tobytes())
         if content == "half":
             damaged = damaged[: len(damaged) // 2]
+        elif content == "jpeg":
+            damaged[len(damaged) // 2:len(damaged) // 2 + 2] = b"\xff\xd9"  # an end of image amid its coded data
         else:
             damaged[60] ^= 0xFF
         content = bytes(damaged)
@@ -235,6 +239,15 @@ def test_unreadable_files_are_one_line(tmp_path, capfd, content, why):
         read_image(path)
     assert str(info.value) == f"cannot read image {path}: {why}"
     assert capfd.readouterr().err == ""
+
+
+def test_a_jpeg_with_extraneous_bytes_before_a_marker_is_read_whole(tmp_path):
+    # libjpeg calls these "corrupt JPEG data" too, but the picture is whole: many cameras write them
+    image = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64).astype(np.uint8)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    scan = data.index(b"\xff\xda")
+    (tmp_path / "a.jpg").write_bytes(data[:scan] + b"\x12\x34" + data[scan:])
+    np.testing.assert_array_equal(read_image(tmp_path / "a.jpg"), cv2.imdecode(np.frombuffer(data, np.uint8), -1))
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")

@@ -91,6 +91,18 @@ def test_rule_keeps_the_brighter_base_and_the_stronger_detail():
     np.testing.assert_allclose(same, blurred + 1.2 * detail, atol=0.5)  # one source: its base and detail x 1.2
 
 
+@pytest.mark.parametrize("name", ["max", "average", "laplacian", "rule"])
+def test_a_baseline_refuses_what_is_not_two_uint8_images_of_one_size_in_one_line(pair, name):
+    """As hclfuse does: 16-bit IR counts fused as they were came out white, floats on 0..1 black, a colour IR image
+    a numpy broadcasting error."""
+    ir, vis = pair
+    fuser = build_fuser(FuseConfig(name=name))
+    for bad_ir, bad_vis in [(ir.astype(np.uint16) * 200, vis), (ir / 255.0, vis), (np.dstack([ir] * 3), vis),
+                            (ir, vis[:40])]:
+        with pytest.raises(ValueError, match=rf"^{name} needs two \(H, W\) uint8 images of one size, got IR "):
+            fuser.fuse(bad_ir, bad_vis)
+
+
 def test_laplacian_keeps_the_brighter_base_of_two_flat_sources():
     # without it, a base averaged instead of maxed: a hot IR target on a dark scene is dimmed by half in the baseline
     ir, vis = np.full((64, 96), 200, np.uint8), np.full((64, 96), 50, np.uint8)

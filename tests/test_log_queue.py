@@ -229,6 +229,28 @@ def test_both_set_ups_log_at_their_level_and_hold_another_librarys_flood_back(in
         f"counted)", "INFO streamfuse.x: shown"]
 
 
+_WARNING = """
+import logging, warnings
+from streamfuse import log_queue
+log_queue.{install}(logging.INFO, "%(levelname)s %(name)s: %(message)s")
+warnings.warn("align: Sinkhorn did not converge", RuntimeWarning)
+log_queue.flush()
+"""
+
+
+@pytest.mark.parametrize("install", ["install", "install_direct"])
+def test_a_python_warning_is_one_log_line_through_the_set_up(install: str) -> None:
+    """align's Sinkhorn that did not converge, numpy's overflow in a library: one line (not two with a line of the
+    package's source) that a live run queues, not a write straight to a stderr whose full pipe would block it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _WARNING.replace("{install}", install)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stderr.splitlines() == [
+        "WARNING py.warnings: <string>:5: RuntimeWarning: align: Sinkhorn did not converge"]
+
+
 _STDERR_CLOSED = """
 import io, logging, sys
 from streamfuse import log_queue
