@@ -153,7 +153,8 @@ def _range(counts: np.ndarray, below: np.ndarray) -> tuple[int, int]:
 
 
 def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """The image file at ``path`` as OpenCV decodes it with ``flag``, at its own depth (``IMREAD_ANYDEPTH``).
+    """The image file at ``path`` as OpenCV decodes it with ``flag``, at its own depth (``IMREAD_ANYDEPTH``) and upright
+    as its EXIF orientation says (``IMREAD_UNCHANGED`` is taken as ``IMREAD_ANYCOLOR``: no alpha channel).
 
     Raises:
         ValueError: one line, ``cannot read image PATH: WHY`` (the file is gone, is empty, is corrupt or not an
@@ -174,6 +175,9 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
         raise ValueError(f"cannot read image {path}: corrupt, or not an image")
     if buf[:3].tobytes() == _JPEG_SIGNATURE and (damage := _jpeg_damage(buf)):
         raise ValueError(f"cannot read image {path}: {damage}")
+    # UNCHANGED leaves a JPEG's, PNG's or WebP's EXIF orientation out (a portrait photo is stored sideways; a TIFF's and
+    # every other flag's image come upright): its colours as stored instead, without the alpha channel no caller uses
+    flag = cv2.IMREAD_ANYCOLOR if flag == cv2.IMREAD_UNCHANGED else flag
     with opencv_quiet():
         try:
             img = cv2.imdecode(buf, flag | cv2.IMREAD_ANYDEPTH)

@@ -126,6 +126,11 @@ class VideoWriter:
             stream.codec_context.thread_count = threads
         if self.encoder != "libx264" and self.encoder != "ffv1":
             stream.bit_rate = int(width * height * float(rate) * 0.2)  # ~0.2 bit/pixel: visually clean
+        try:  # an encoder refusing the frame size (FFV1 one pixel wide) fails now, not as a write of a first frame
+            stream.codec_context.open()
+        except (OSError, av.FFmpegError) as exc:
+            self._container.close()
+            raise RuntimeError(f"cannot encode {width}x{height} frames with {self.encoder}: {io_reason(exc)}") from None
         self._stream, self.size = stream, (height, width)  # size: (H, W) of every frame
         self._worker = WriterThread(f"encode {self.path.name}", self._encode, f"writing {self.partial}", queue_size,
                                     threaded=threaded)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import av
@@ -401,3 +403,29 @@ def test_converted_counts_the_16_bit_images_of_either_kind(rng):
                                         ("yuv420p10le", False)])
 def test_deep_grey_is_grey_deeper_than_8_bits(name, deep):
     assert deep_grey(av.VideoFormat(name)) is deep
+
+
+def _exif_orientation(value: int) -> bytes:
+    """An EXIF block (a TIFF header and one IFD) holding only the Orientation tag."""
+    entry = struct.pack(">HHIHH", 0x0112, 3, 1, value, 0)  # tag, SHORT, one value, the value padded to 4 bytes
+    return b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + entry + struct.pack(">I", 0)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path: Path, suffix: str) -> None:
+    """A camera's portrait still is stored sideways with orientation 6 (turn 90 degrees clockwise to view): read as
+    stored, a folder's frames were fused sideways while a TIFF's and the homography tool's came upright."""
+    stored = np.zeros((48, 64), np.uint8)
+    stored[:16, :16] = 255  # a bright corner at the top left, at the top right once upright
+    data = cv2.imencode(suffix, stored)[1].tobytes()
+    exif = _exif_orientation(6)
+    if suffix == ".jpg":  # an APP1 segment after the start of image
+        data = data[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 8) + b"Exif\x00\x00" + exif + data[2:]
+    else:  # an eXIf chunk after the header chunk
+        chunk = b"eXIf" + exif
+        data = data[:33] + struct.pack(">I", len(exif)) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
+    path = tmp_path / f"0000{suffix}"
+    path.write_bytes(data)
+    image = read_image(path)
+    assert image.shape[:2] == (64, 48)
+    assert image[:16, -16:].mean() > 200 > 50 > image[-16:, :16].mean()

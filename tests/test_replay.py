@@ -729,6 +729,56 @@ def test_find_pairs_in_a_folder_takes_recordings_and_extensions_in_capitals(tmp_
     assert find_pairs(tmp_path) == [(tmp_path / "ir" / n, tmp_path / "vi" / n, "") for n in ("A.MP4", "run.mcap")]
 
 
+def test_find_pairs_in_a_folder_takes_the_video_containers_a_replay_reads(tmp_path):
+    """A DVD's ``.vob``, an ``.asf``, a camcorder's ``.MTS`` or ``.m2ts`` and a phone's ``.3gp``, which a replay reads,
+    were passed over as files without a video extension."""
+    names = ("a.vob", "b.asf", "c.MTS", "d.m2ts", "e.3gp")
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        for name in names:
+            (tmp_path / sub / name).write_bytes(b"")
+    assert find_pairs(tmp_path) == [(tmp_path / "ir" / n, tmp_path / "vi" / n, "") for n in names]
+
+
+def _ts_near_its_clock_wrap(path: Path, n: int) -> None:
+    """An MPEG-TS whose 33-bit pts wrap 0.4 s after its first frame (a camera's clock 26.5 h on): FFmpeg gives the
+    frames before the wrap negative pts."""
+    first = 2**33 // 3600 - 10  # in frames of 1/25 s, 3600 ticks of 90 kHz each
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = first + i, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def test_a_visible_input_whose_pts_start_below_zero_replays_with_its_times_from_zero(tmp_path):
+    # the partial output (NUT) refuses a negative pts: the run stopped at its first frame, blaming the output's writing
+    ir, vis, out = tmp_path / "ir.ts", tmp_path / "vis.ts", tmp_path / "o.mkv"
+    for path in (ir, vis):
+        _ts_near_its_clock_wrap(path, 12)
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert summary.complete and summary.written == 12
+    time_base, pts = decoded(out)
+    assert time_base == Fraction(1, 1000) and pts == [40 * i for i in range(12)]
+
+
+def test_an_encoder_that_refuses_the_frame_size_says_so_before_any_frame(tmp_path):
+    # FFmpeg's FFV1 encoder refuses a frame one pixel wide: that came as a failed write of the first frame, a stop line
+    # saying the output's folder had been removed, and a sidecar left without its partial output
+    try:
+        writer = VideoWriter(tmp_path / "o.mkv", codec="ffv1", crf=0, time_base=Fraction(1, 25), rate=Fraction(25),
+                             width=1, height=1000)
+    except RuntimeError as exc:
+        assert str(exc).startswith("cannot encode 1x1000 frames with ffv1: ") and list(tmp_path.iterdir()) == []
+        return
+    writer.write(np.zeros((1000, 1), np.uint8), 0)  # an FFmpeg whose FFV1 takes the size: it is written whole
+    writer.commit()
+    assert len(list(decode_frames(tmp_path / "o.mkv"))) == 1
+
+
 def test_replay_config_is_valid_and_replays(tmp_path, clip):
     from streamfuse.config import load_config
 

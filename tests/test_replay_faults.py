@@ -223,7 +223,7 @@ def test_find_pairs_names_ir_files_that_are_no_video(tmp_path, caplog):
     for sub in ("ir", "vi"):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "a.mp4").write_bytes(b"")
-    (tmp_path / "ir" / "c.MTS").write_bytes(b"")
+    (tmp_path / "ir" / "c.wav").write_bytes(b"")
     (tmp_path / "ir" / "b.txt").write_text("notes")
     with caplog.at_level(logging.WARNING):
         assert find_pairs(tmp_path) == [(tmp_path / "ir" / "a.mp4", tmp_path / "vi" / "a.mp4", "")]

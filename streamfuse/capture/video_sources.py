@@ -25,6 +25,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from streamfuse.bitdepth import deep_grey
 from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
@@ -147,7 +149,7 @@ class AvSource(BaseSource):
         self._expected = announced_frames(container, stream)  # 0 when the container does not say (e.g. Matroska)
         self._container, self._stream = container, stream  # for the announced end, at the end of the pass
         # this pass's first and last video packets' dts, and where its last one ends
-        self._first_dts = self._last_dts = self._end_dts = None
+        self._first_dts = self._last_dts = self._end_dts = self._end_pts = None  # _end_pts: where the frames end
         self._decoded = self._pass_jumps = 0  # frames and timestamps that jumped back in this pass
         self._packets = 0  # video packets with data in this pass
         self._frames = self._decode(container, stream)
@@ -167,6 +169,8 @@ class AvSource(BaseSource):
                 # frame rate (1/600 s): the step from the packet before is its length then.
                 step = 0 if self._last_dts is None else packet.dts - self._last_dts
                 self._last_dts, self._end_dts = packet.dts, packet.dts + max(packet.duration, step)
+            if packet.size and packet.pts is not None and packet.duration:  # a variable-rate file's last may be long
+                self._end_pts = max(self._end_pts or packet.pts, packet.pts + packet.duration)
             if not intact:
                 yield from stream.codec_context.decode(None)  # the whole pictures before it, held by frame threads
                 raise self._truncated(f"picture {self._packets} fails its slice checksums (FFV1 CRC)")
@@ -208,9 +212,7 @@ class AvSource(BaseSource):
         import av
 
         try:
-            frame = next(self._frames)
-        except StopIteration:
-            frame = None
+            frame = next(self._frames, None)
         except (av.FFmpegError, OSError) as exc:
             why = io_reason(exc)
             if isinstance(exc, av.ExitError) and self.live:
@@ -239,6 +241,7 @@ class AvSource(BaseSource):
         grey = not colour or (self._is_ir and self.cfg.palette in ("", "black_hot"))  # a colour map takes colour
         deep = self._is_ir and deep_grey(frame.format)  # IR counts: 16 bits here, 8 from _convert
         image = frame.to_ndarray(format="gray16le" if deep else "gray" if grey else "bgr24")
+        image = np.ascontiguousarray(np.rot90(image, round(getattr(frame, "rotation", 0) / 90) % 4))  # display matrix
         if not self.live:
             self._pace(t_ns)
         return self._frame(t_ns, self._convert(image), self._times.mono_ns if self.live else 0)
@@ -320,7 +323,8 @@ class AvSource(BaseSource):
         # a single frame's length is not known (a cut leaving one frame shows in the container's end, see below).
         if self._decoded < 2:
             return False
-        last_ns = self._last_pts_ns + round(steps * max(self._period_ns, self._last_step_ns))
+        end_ns = round(self._end_pts * self.time_base * 1_000_000_000) if self._end_pts is not None else 0
+        last_ns = max(self._last_pts_ns + round(steps * max(self._period_ns, self._last_step_ns)), end_ns)
         return not self._pass_jumps and last_ns < round(end_s * 1e9)
 
     def _check_container_end(self, whole: bool) -> None:

@@ -37,7 +37,8 @@ __all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_pa
 
 log = logging.getLogger(__name__)
 
-_VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".nut", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
+_VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".nut", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".vob",
+               ".asf", ".m2ts", ".mts", ".3gp", ".ogv", ".mxf", ".y4m"}
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Input:
     time_base: Fraction  # unit of output pts when this is the visible input
     rate: Fraction  # nominal frame rate
     expected: int | None = None  # frame count the container states (the progress bar's total)
+    shift: int = 0  # added to a video's pts in the output, which holds none below 0 (an MPEG-TS begun near its wrap)
 
 
 def input_kind(path: Path) -> str:
@@ -102,7 +104,7 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
                 raise ValueError(f"{stream} input {path} has no video stream")
             st = container.streams.video[0]
             return Input(stream, cfg, Fraction(st.time_base), Fraction(st.average_rate or rate),
-                         announced_frames(container, st) or None)
+                         announced_frames(container, st) or None, max(0, -(st.start_time or 0)))
     except (OSError, av.FFmpegError) as exc:
         raise ValueError(f"{stream} input {path} is not a video PyAV can read ({io_reason(exc)})") from None
     except UnicodeDecodeError:  # PyAV decodes the container's tags as UTF-8 when it opens the file

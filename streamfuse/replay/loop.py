@@ -280,9 +280,9 @@ class _Replay:
                 self.clock.lap("publish")
 
     def _pts(self, vis: Frame) -> int:
-        """Output pts of a pair in the visible input's time base (a recording's times through out_clock)."""
+        """Output pts of a pair in the visible input's time base (a recording's via out_clock; plus Input.shift)."""
         t = vis.t_capture_ns if self.vis.cfg.kind == "file" else self.out_clock.stamp(vis.t_capture_ns) - self.t0_vis
-        return round(Fraction(t, 1_000_000_000) / self.vis.time_base)
+        return round(Fraction(t, 1_000_000_000) / self.vis.time_base) + self.vis.shift
 
     def _open_writer(self, vis_img: np.ndarray) -> None:
         h, w = vis_img.shape[:2]

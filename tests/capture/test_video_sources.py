@@ -10,6 +10,7 @@ import errno
 import io
 import logging
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -433,3 +434,54 @@ def test_frames_without_pts_follow_each_other_by_one_frame_period(tmp_path: Path
         period = src.frame_interval_ns
     assert len(times) == 5 and period > 1_000_000
     assert [b - a for a, b in zip(times, times[1:])] == [period] * 4
+
+
+def _portrait_mov(path: Path) -> None:
+    """A phone's portrait video: 64x48 frames stored sideways (bright left half) and a display matrix (its track
+    header's) that turns them 90 degrees clockwise, as players show them: 48x64, bright top half."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        image = np.zeros((48, 64, 3), np.uint8)
+        image[:, :32] = 255
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    data = bytearray(path.read_bytes())
+    matrix = data.find(b"tkhd") + 44  # version 0: after version, flags, times, track id, duration, layer, volume
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    path.write_bytes(data)
+
+
+def test_a_video_with_a_display_matrix_is_read_upright_as_players_show_it(tmp_path: Path) -> None:
+    # read as stored, a portrait visible video fused sideways (or with an upright IR camera's frames squeezed into it)
+    path = tmp_path / "portrait.mov"
+    _portrait_mov(path)
+    frames = read_all(open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False)))
+    assert len(frames) == 3 and frames[0].image.shape[:2] == (64, 48)
+    assert frames[0].image[:32].mean() > 200 > 50 > frames[0].image[32:].mean()
+
+
+@pytest.mark.parametrize("name, codec", [("v.mp4", "mpeg4"), ("v.mkv", "ffv1")])
+def test_a_complete_variable_rate_file_whose_last_frame_lasts_long_is_read_whole(tmp_path: Path, name, codec) -> None:
+    # its container's end is its last frame's end, 0.5 s after that frame's pts: not a sign of frames cut off
+    from fractions import Fraction
+
+    path, tb = tmp_path / name, Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = tb
+        packets = []
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = 40 * i, tb
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        for packet in packets:
+            packet.time_base, packet.duration = tb, 500 if packet.pts == 360 else 40
+            container.mux(packet)
+    frames = read_all(open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False)))
+    assert [f.t_capture_ns for f in frames] == [40 * i * MS for i in range(10)]
