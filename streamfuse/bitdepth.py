@@ -134,10 +134,12 @@ class To8Bit:
 
 
 def _temperature_counts(temps: np.ndarray) -> np.ndarray:
-    """Float temperatures as uint16 counts of 1/:data:`_PER_DEGREE` degree from -273.15; NaN as the coldest reading."""
+    """Float temperatures as uint16 counts of 1/:data:`_PER_DEGREE` degree from -273.15; NaN (no reading) and -inf as
+    the frame's coldest reading, +inf (a saturated one) as its hottest."""
     finite = np.isfinite(temps)
     if not finite.all():
-        temps = np.where(finite, temps, temps[finite].min() if finite.any() else 0.0)
+        coldest, hottest = (temps[finite].min(), temps[finite].max()) if finite.any() else (0.0, 0.0)
+        temps = np.where(finite, temps, np.where(np.isposinf(temps), hottest, coldest))
     return np.clip(np.rint((temps + 273.15) * _PER_DEGREE), 0, 65535).astype(np.uint16)
 
 

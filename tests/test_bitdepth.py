@@ -198,6 +198,9 @@ def test_float_ir_temperatures_take_the_ir_rule_as_counts_of_a_fiftieth_of_a_deg
     celsius[5:8, 5:8] = np.nan
     blind = To8Bit(ir=True)(celsius)
     assert (blind[5:8, 5:8] == 0).all() and (blind[8:] == expected[8:]).all()
+    saturated = celsius.copy()
+    saturated[5:8, 5:8] = np.inf  # a reading over the camera's range: the hottest, not the coldest as NaN
+    assert (To8Bit(ir=True)(saturated)[5:8, 5:8] == 255).all()
     path = tmp_path / "thermal.tiff"
     assert cv2.imwrite(str(path), celsius)
     np.testing.assert_array_equal(read_8bit(path, To8Bit(ir=True)), blind)
