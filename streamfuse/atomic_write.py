@@ -24,8 +24,8 @@ import numpy as np
 
 from streamfuse.errors import io_reason
 
-__all__ = ["partial_path", "durable_replace", "write_file", "write_png", "whole_png", "WriterThread",
-           "BackgroundSync"]
+__all__ = ["partial_path", "durable_replace", "durable_rename_new", "write_file", "write_png", "whole_png",
+           "WriterThread", "BackgroundSync"]
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
@@ -42,6 +42,15 @@ def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     _flush(src)
     os.replace(src, dst)
     _sync_folder(Path(dst).parent)
+
+
+def durable_rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """:func:`durable_replace`, but never over a file (or link) that took the name ``dst`` meanwhile (one checked
+    for when a recording began, hours before its end): ``FileExistsError``, ``src`` left as it is."""
+    _link_new(Path(src), Path(dst))
+    if os.path.exists(src):  # linked: the temporary name goes (renamed on a filesystem without hard links)
+        os.unlink(src)
+        _sync_folder(Path(dst).parent)
 
 
 def _flush(path: str | os.PathLike) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from typing import Literal
 import numpy as np
 from mcap.writer import CompressionType, Writer
 
-from streamfuse.atomic_write import BackgroundSync, WriterThread, durable_replace, partial_path
+from streamfuse.atomic_write import BackgroundSync, WriterThread, durable_rename_new, partial_path
 from streamfuse.checks import check
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame, optical_frame
@@ -100,13 +101,18 @@ class RecordConfig:
 def being_recorded(path: Path) -> bool:
     """Whether a running recorder writes ``path`` (it locks its ``.partial`` file; the kernel drops the lock when the
     run dies, however it dies, so a killed run's file is not)."""
+    try:  # not blocking: a FIFO of that name, with no writer, held the caller (a run, recover) in open() for good
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:  # gone, unreadable: not known to be written
+        return False
     try:
-        with open(path, "rb") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except OSError:  # gone, unreadable, or a filesystem without locks: not known to be written
+    except OSError:  # a filesystem without locks: not known to be written
         return False
+    finally:
+        os.close(fd)
     return False
 
 
@@ -188,7 +194,10 @@ class Recorder:
         with contextlib.suppress(OSError):  # held while the run writes it: `recover` refuses it (being_recorded)
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         compression = CompressionType.ZSTD if cfg.compression == "zstd" else CompressionType.NONE
-        self._writer = Writer(self._file, chunk_size=int(cfg.chunk_mb * 2**20), compression=compression)
+        # the data section's CRC (checked at its end) also covers what no chunk CRC does: a chunk's opcode damaged
+        # into an unknown one made readers skip the whole chunk, its frames gone without a word
+        self._writer = Writer(self._file, chunk_size=int(cfg.chunk_mb * 2**20), compression=compression,
+                              enable_data_crcs=True)
         self._writer.start(profile="ros2", library="streamfuse")
         schema = self._writer.register_schema(_SCHEMA_NAME, "ros2msg", IMAGE_SCHEMA_TEXT.encode())
         self._channels = {s: self._writer.register_channel(topic, "cdr", schema, {"seq": "mcap_sequence"})
@@ -300,10 +309,11 @@ class Recorder:
             if not any(self.counts.values()):  # kept, it would only block the rerun's record.path
                 self._remove()
             return
-        try:
-            durable_replace(self._partial, self.path)
+        try:  # not over a file given its name while the run recorded (checked for only at the start)
+            durable_rename_new(self._partial, self.path)
         except OSError as exc:  # finished, only not renamed: the run's end must still say so, and where it is
-            self.error = io_reason(exc)
+            self.error = (f"{self.path} appeared while the run recorded, and is not written over"
+                          if isinstance(exc, FileExistsError) else io_reason(exc))
             self.finished = True
             return
         log.info("recorded %d IR and %d visible frames to %s", self.counts["ir"], self.counts["vis"], self.path)

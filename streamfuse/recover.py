@@ -24,7 +24,7 @@ from mcap.reader import NonSeekingReader
 from mcap.records import Header
 from mcap.writer import MCAP0_MAGIC, Writer
 
-from streamfuse.atomic_write import durable_replace, partial_path
+from streamfuse.atomic_write import durable_rename_new, partial_path
 from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.cli.args import Parser, path_arg
@@ -48,6 +48,8 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         OSError, ValueError, RuntimeError: one line naming the file; no output is left behind.
     """
     src = Path(src)
+    if src.exists() and not src.is_file():  # a FIFO held its open() for good, waiting for a writer
+        raise ValueError(f"{src} is not a recording file (a folder, pipe or device)")
     if being_recorded(src):  # a live run's recording, not a killed one's: that run finishes it itself
         raise ValueError(f"{src} is being recorded by a running run (its record.path); it is finished when that run "
                          f"ends: stop the run, not recover it")
@@ -74,7 +76,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
             counts, first, last = _copy(src, header, f)
         if not any(counts.values()):
             raise ValueError(_NOTHING.format(src))
-        durable_replace(tmp, out)
+        durable_rename_new(tmp, out)  # not over a file that took its name while this copied
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OSError(f"cannot recover {src} into {out}: {io_reason(exc)}") from None
@@ -95,7 +97,8 @@ def _inspect(src: Path) -> tuple[Header, bool]:
             f.seek(0)
             try:
                 header = NonSeekingReader(f).get_header()
-            except (McapError, EOFError, struct.error):  # an empty file is what a run killed at its start leaves
+            # an empty file is what a run killed at its start leaves; a damaged one can claim any size
+            except (McapError, EOFError, struct.error, OverflowError, MemoryError):
                 raise ValueError(_NOTHING.format(src)) from None
             f.seek(-len(MCAP0_MAGIC), os.SEEK_END)
             return header, f.read() == MCAP0_MAGIC
@@ -125,7 +128,8 @@ def _final_name(src: Path) -> Path:
 def _copy(src: Path, header: Header, f: BinaryIO) -> tuple[dict[str, int], int, int]:
     """Every image message of ``src`` up to its cut into a finished MCAP on ``f``: (frames per stream, first and
     last log time)."""
-    writer = Writer(f, chunk_size=int(RecordConfig.chunk_mb * 2**20))  # the recorder's default chunks (zstd)
+    # the recorder's default chunks (zstd), and its data section CRC
+    writer = Writer(f, chunk_size=int(RecordConfig.chunk_mb * 2**20), enable_data_crcs=True)
     writer.start(profile=header.profile, library=header.library)
     schemas: dict[int, int] = {0: 0}  # input id -> output id; 0: no schema
     channels: dict[int, int] = {}

@@ -22,9 +22,9 @@ from streamfuse.video import VideoWriter, work_paths
 
 @pytest.fixture
 def disk_events(monkeypatch) -> list[tuple[str, ...]]:
-    """What reached the disk (fsync of a file or folder, by its path) and each rename, in order."""
+    """What reached the disk (fsync of a file or folder, by its path) and each rename or hard link, in order."""
     events: list[tuple[str, ...]] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
 
     def fsync(fd: int) -> None:
         real_fsync(fd)
@@ -34,16 +34,24 @@ def disk_events(monkeypatch) -> list[tuple[str, ...]]:
         real_replace(src, dst)
         events.append(("replace", str(src), str(dst)))
 
+    def link(src, dst) -> None:
+        real_link(src, dst)
+        events.append(("link", str(src), str(dst)))
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "link", link)
     return events
 
 
 def _renamed_durably(events: list[tuple[str, ...]], src: Path, dst: Path) -> bool:
-    """``src`` was flushed to the disk just before its rename to ``dst``, and the rename just after."""
-    rename = ("replace", str(src), str(dst))
-    i = events.index(rename) if rename in events else 0
-    return i > 0 and events[i - 1:i + 2] == [("fsync", str(src)), rename, ("fsync", str(dst.parent))]
+    """``src`` was flushed to the disk just before it took the name ``dst`` (a rename, or a hard link where nothing
+    may be written over), and the name just after."""
+    for rename in (("replace", str(src), str(dst)), ("link", str(src), str(dst))):
+        if rename in events:
+            i = events.index(rename)
+            return i > 0 and events[i - 1:i + 2] == [("fsync", str(src)), rename, ("fsync", str(dst.parent))]
+    return False
 
 
 def test_a_table_or_image_reaches_the_disk_before_its_rename(tmp_path, disk_events):

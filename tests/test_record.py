@@ -341,7 +341,7 @@ def test_a_recording_that_cannot_take_its_name_says_it_is_whole_and_where(tmp_pa
     def refused(src, dst):
         raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
 
-    monkeypatch.setattr(streamfuse.recording, "durable_replace", refused)
+    monkeypatch.setattr(streamfuse.recording, "durable_rename_new", refused)
     path = tmp_path / "rig.mcap"
     with Recorder(RecordConfig(path=str(path))) as rec:
         for frame in _frames(rng, 4):
@@ -808,3 +808,73 @@ def test_a_recording_given_no_frame_leaves_no_file(tmp_path, caplog):
         assert not path.exists() and not partial_path(path).exists()
         Recorder(RecordConfig(path=str(path))).abort()  # the next run records there
     assert f"no frame was recorded: no recording written to {tmp_path / 'close' / 'rig.mcap'}" in caplog.text
+
+
+def _chunk_offsets(data: bytes) -> list[int]:
+    """Where each Chunk record (opcode 0x06) of an MCAP file starts, walking its records to the Footer."""
+    pos, found = 8, []
+    while pos + 9 <= len(data) and data[pos] != 0x02:
+        found += [pos] if data[pos] == 0x06 else []
+        pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
+    return found
+
+
+def test_a_chunk_whose_opcode_is_damaged_is_not_skipped_in_silence(tmp_path, rng):
+    # a chunk's opcode byte is in no chunk CRC: damaged into an unknown opcode, readers skipped the whole chunk, and a
+    # replay fused the rest as if the recording were whole; the data section's CRC tells now
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path), chunk_mb=0.0625)) as rec:
+        for f in _frames(rng, 60):
+            rec.write(f)
+    data = bytearray(path.read_bytes())
+    chunks = _chunk_offsets(bytes(data))
+    assert len(chunks) >= 2
+    data[chunks[1]] ^= 0x10  # 0x06 -> 0x16, no record MCAP knows
+    path.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="truncated or corrupt after .* frames .*crc"):
+        list(read_recording(path))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_fifo_at_the_partial_name_is_refused_not_waited_on(tmp_path):
+    # the check for a running run's lock opened it for reading: with no writer, the run waited in open() for good,
+    # deaf to SIGTERM
+    from helpers_zmq import PATIENCE_S
+
+    path = tmp_path / "rig.mcap"
+    os.mkfifo(partial_path(path))
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            Recorder(RecordConfig(path=str(path)))
+        except BaseException as exc:  # noqa: BLE001 (the test's answer)
+            failed.append(exc)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    thread.join(PATIENCE_S)
+    if thread.is_alive():  # a writer frees the open() it waits in
+        os.close(os.open(partial_path(path), os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(PATIENCE_S)
+        pytest.fail("the recorder waited in open() on the FIFO")
+    assert len(failed) == 1
+    assert re.search(r"cannot record to .*rig\.mcap: .*\.rig\.mcap\.partial exists", str(failed[0])), failed
+
+
+def test_a_file_given_the_recordings_name_while_it_records_is_not_written_over(tmp_path, rng, caplog):
+    # the name was checked for only at the start: a file put there meanwhile was replaced by the recording at the end
+    from streamfuse.pipeline import _log_recording_failure
+
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path))) as rec:
+        for frame in _frames(rng, 4):
+            rec.write(frame)
+        path.write_bytes(b"keep me")
+    assert path.read_bytes() == b"keep me"
+    assert (rec.finished, rec.error) == (True, f"{path} appeared while the run recorded, and is not written over")
+    assert len(list(read_recording(partial_path(path)))) == 8  # whole, under its temporary name
+    with caplog.at_level(logging.ERROR):
+        _log_recording_failure(rec)
+    assert caplog.messages == [f"recording failed: {partial_path(path)} was not given its name ({rec.error}); it "
+                               f"holds 4 IR and 4 visible frames, whole: rename it to {path}"]

@@ -313,3 +313,84 @@ def test_a_cut_recording_not_named_as_the_recorder_names_it_needs_out(tmp_path, 
     assert main([str(plain)]) == 1
     assert "cannot name the recovered recording of" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["rig.mcap.partial"]
+
+
+def _chunk_offsets(data: bytes) -> list[int]:
+    """Where each Chunk record (opcode 0x06) of an MCAP file starts, walking its records to the Footer."""
+    pos, found = 8, []
+    while pos + 9 <= len(data) and data[pos] != 0x02:
+        found += [pos] if data[pos] == 0x06 else []
+        pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
+    return found
+
+
+def test_a_chunk_claiming_an_impossible_size_is_damage_in_one_line(tmp_path, rng, capsys):
+    # a flipped top byte of a chunk's uncompressed size: zstd's OverflowError came out of recover as a traceback, and
+    # out of a replay's decoder thread
+    path, out = tmp_path / "rig.mcap", tmp_path / "saved.mcap"
+    frames = _frames(rng)
+    _record(path, frames, cut=None)
+    data = bytearray(path.read_bytes())
+    data[_chunk_offsets(bytes(data))[1] + 9 + 16 + 7] = 0xFF  # after the opcode, length and two times
+    path.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="truncated or corrupt after"):
+        list(read_recording(path))
+    assert main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(r"streamfuse recover: error: recording .* is truncated or corrupt", err)
+    assert main([str(path), "--out", str(out)]) == 0
+    got = list(read_recording(out))
+    assert 0 < len(got) < len(frames) and [(f.stream, f.seq) for f in got] == [(f.stream, f.seq)
+                                                                             for f in frames[:len(got)]]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_fifo_is_refused_not_waited_on(tmp_path, capsys):
+    # recover opened it to read: with no writer, it waited in open() for good
+    import threading
+
+    from helpers_zmq import PATIENCE_S
+
+    fifo = partial_path(tmp_path / "rig.mcap")
+    os.mkfifo(fifo)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(main([str(fifo)])), daemon=True)
+    thread.start()
+    thread.join(PATIENCE_S)
+    if thread.is_alive():  # a writer frees the open() it waits in
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(PATIENCE_S)
+        pytest.fail("recover waited in open() on the FIFO")
+    assert codes == [1]
+    assert capsys.readouterr().err == f"streamfuse recover: error: {fifo} is not a recording file (a folder, pipe " \
+                                      "or device)\n"
+
+
+def test_a_file_given_the_output_name_while_it_copies_is_not_written_over(tmp_path, cut, monkeypatch, capsys):
+    import streamfuse.recover
+
+    src, _ = cut
+    out = tmp_path / "saved.mcap"
+    real_copy = streamfuse.recover._copy
+
+    def copy_then_taken(*args):
+        done = real_copy(*args)
+        out.write_bytes(b"keep me")  # another program's file, given that name meanwhile
+        return done
+
+    monkeypatch.setattr(streamfuse.recover, "_copy", copy_then_taken)
+    assert main([str(src), "--out", str(out)]) == 1
+    assert out.read_bytes() == b"keep me" and not partial_path(out).exists()
+    assert capsys.readouterr().err == f"streamfuse recover: error: cannot recover {src} into {out}: File exists\n"
+
+
+def test_a_recovered_recording_carries_its_data_section_crc(tmp_path, cut):
+    # so that a chunk whose opcode is damaged later is found, not skipped with its frames by every reader
+    src, _ = cut
+    out = tmp_path / "saved.mcap"
+    assert recover(src, out).startswith("recovered ")
+    data = bytearray(out.read_bytes())
+    data[_chunk_offsets(bytes(data))[0]] ^= 0x10  # 0x06 -> 0x16, no record MCAP knows
+    out.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="truncated or corrupt after 0 frames .*crc"):
+        list(read_recording(out))

@@ -99,7 +99,8 @@ def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPIC
             for record in reader.iter_messages(topics=sorted(topics), log_time_order=False):
                 yield record
                 read += 1
-        except (McapError, ZstdError, EOFError, struct.error, ValueError) as exc:
+        # a damaged chunk header's size: past what an index holds (OverflowError) or any memory (MemoryError)
+        except (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError) as exc:
             raise SourceError(_damaged(Path(shown or path), read, exc)) from None
 
 
