@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mcap.writer import Writer
+from test_record import _chunk_offsets
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_messages, read_recording
@@ -313,15 +314,6 @@ def test_a_cut_recording_not_named_as_the_recorder_names_it_needs_out(tmp_path, 
     assert main([str(plain)]) == 1
     assert "cannot name the recovered recording of" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["rig.mcap.partial"]
-
-
-def _chunk_offsets(data: bytes) -> list[int]:
-    """Where each Chunk record (opcode 0x06) of an MCAP file starts, walking its records to the Footer."""
-    pos, found = 8, []
-    while pos + 9 <= len(data) and data[pos] != 0x02:
-        found += [pos] if data[pos] == 0x06 else []
-        pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
-    return found
 
 
 def test_a_chunk_claiming_an_impossible_size_is_damage_in_one_line(tmp_path, rng, capsys):
