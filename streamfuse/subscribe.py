@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.topic.startswith((SHM_TOPIC_PREFIX, RING_TOPIC_PREFIX)):  # the first descriptor unsubscribes the rest
         parser.error(f"--topic {args.topic}: shared-memory descriptors, not frames; give the fused topic (subscribe "
                      f"reads a same-host publisher's shared memory by itself)")
+    if args.every != 1 and not args.save:  # it keeps one saved frame in N: without --save it did nothing
+        parser.error(f"--every {args.every} needs --save DIR (it keeps one received frame in N)")
     if args.show and not _gui_available():
         # both packages provide cv2: installed side by side they break each other, hence the uninstall first
         print(f"{_PROG}: error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall "

@@ -52,7 +52,9 @@ def test_an_ffv1_avi_replay_output_replays_again_completely(tmp_path: Path) -> N
         write(path, "mp4", 0, 0)
     out = tmp_path / "o.avi"
     assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
-    again = run_replay(make_cfg(), ir_path=out, vis_path=out, out_path=tmp_path / "again.mkv")
+    copy = tmp_path / "copy.avi"  # one file given as both inputs is refused
+    copy.write_bytes(out.read_bytes())
+    again = run_replay(make_cfg(), ir_path=out, vis_path=copy, out_path=tmp_path / "again.mkv")
     assert again.complete and again.frames == {"ir": N, "vis": N} and again.written == N
 
 

@@ -12,10 +12,11 @@ import av
 import cv2
 import numpy as np
 import pytest
-from test_replay import write_video
+from test_replay import make_cfg, write_video
 
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.frames import Frame
+from streamfuse.replay import run_replay
 from streamfuse.replay.inputs import Reader, no_pairs, outside, resolve
 
 MS = 1_000_000
@@ -103,3 +104,18 @@ def test_inputs_that_overlap_without_a_pair_name_the_tolerance_of_the_sync_mode(
     videos = tuple(SimpleNamespace(cfg=SimpleNamespace(kind="file")) for _ in range(2))
     assert no_pairs(videos, first, last, sync).endswith(f"no IR and visible frames there are within {named} ms of "
                                                         f"each other")
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_one_video_or_folder_given_as_both_inputs_is_refused_before_any_work(tmp_path, kind):
+    # each frame was fused with itself into a complete-looking output; evaluate refuses one folder given twice
+    src = tmp_path / "ir.mp4"
+    if kind == "folder":
+        (src := tmp_path / "ir").mkdir()
+        for i in range(2):
+            cv2.imwrite(str(src / f"{i:03d}.png"), np.zeros((48, 64), np.uint8))
+    else:
+        write_video(src, 2, 10)
+    with pytest.raises(ValueError, match=rf"the IR and visible inputs are one {kind} .*: give each its own"):
+        run_replay(make_cfg(), ir_path=src, vis_path=tmp_path / "." / src.name, out_path=tmp_path / "o.mkv")
+    assert not list(tmp_path.glob("*o.mkv*"))  # nothing written

@@ -329,6 +329,15 @@ def test_cli_on_the_stats_topic_says_it_reads_frames(capsys: pytest.CaptureFixtu
         "Telemetry: the same line the pipeline logs)")
 
 
+def test_cli_every_without_save_is_refused(capsys: pytest.CaptureFixture) -> None:
+    # accepted and without effect: a user thinned nothing and was not told
+    with pytest.raises(SystemExit) as stopped:
+        main(["tcp://127.0.0.1:1", "--every", "10"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --every 10 needs --save DIR (it keeps one received frame in N)")
+
+
 @pytest.mark.parametrize("topic", ["shm/fused/demo", "ring/shm/fused/demo"])
 def test_cli_on_a_shared_memory_descriptor_topic_is_refused(topic: str, capsys: pytest.CaptureFixture) -> None:
     # the first descriptor mapped the pool and unsubscribed the topic: one frame, then silence

@@ -18,7 +18,7 @@ import sys
 
 from streamfuse import log_queue
 from streamfuse.checks import ConfigError
-from streamfuse.cli.args import Parser, config_error, seconds
+from streamfuse.cli.args import Parser, config_error, path_arg, seconds
 from streamfuse.errors import printable
 from streamfuse.signals import Terminated, ignore_stops, interrupted
 
@@ -36,13 +36,21 @@ def _parser(prog: str, *, replay: bool) -> argparse.ArgumentParser:
     if not replay:
         parser.add_argument("--duration", type=seconds, default=0.0,
                             help="live: stop after this many seconds (0 = until Ctrl-C)")
-    parser.add_argument("--ir", help="replay: IR video, frame folder or recording (overrides the config)")
-    parser.add_argument("--vis", help="replay: visible video or frame folder (overrides the config)")
-    parser.add_argument("--out", required=replay,
+    parser.add_argument("--ir", type=_path_text,
+                        help="replay: IR video, frame folder or recording (overrides the config)")
+    parser.add_argument("--vis", type=_path_text, help="replay: visible video or frame folder (overrides the config)")
+    parser.add_argument("--out", required=replay, type=_path_text,
                         help="replay: fused video to write (overrides replay.out); makes this a replay run")
     parser.add_argument("--resume", action="store_true", help="replay: continue an interrupted replay of --out")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def _path_text(text: str) -> str:
+    """An argparse ``type``: a path as given; an empty one (an unset shell variable) is refused by its option's name,
+    not taken for a missing option (``--out ''`` said 'also give --out')."""
+    path_arg(text)
+    return text
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run", replay: bool = False) -> int:

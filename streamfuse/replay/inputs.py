@@ -32,8 +32,8 @@ from streamfuse.frames import Frame
 from streamfuse.recording import being_recorded
 from streamfuse.video import announced_frames
 
-__all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "resolve", "merged",
-           "on_topic", "outside", "no_pairs", "size_changed", "ListedPair", "find_pairs"]
+__all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "resolve", "check_pair",
+           "merged", "on_topic", "outside", "no_pairs", "size_changed", "ListedPair", "find_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,18 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
     except UnicodeDecodeError:  # PyAV decodes the container's tags as UTF-8 when it opens the file
         raise ValueError(f"{stream} input {path} is not a video PyAV can read (its metadata is not UTF-8 "
                          f"text)") from None
+
+
+def check_pair(ir: Input, vis: Input) -> None:
+    """``ValueError`` (one line) for two inputs that are no pair: a recording beside another input (it holds both
+    streams), or one video or frame folder given as both (each frame would be fused with itself)."""
+    recording, same = "mcap" in (ir.cfg.kind, vis.cfg.kind), os.path.samefile(ir.cfg.path, vis.cfg.path)
+    if recording and not same:  # IR from --vis
+        raise ValueError(f"a recording holds both streams: give the .mcap alone as --ir, or the same file to --ir "
+                         f"and --vis (got {ir.cfg.path} and {vis.cfg.path})")
+    if same and not recording:
+        raise ValueError(f"the IR and visible inputs are one {ir.cfg.kind} ({ir.cfg.path}, {vis.cfg.path}): give "
+                         f"each its own")
 
 
 def on_topic(inp: Input) -> str:

@@ -25,8 +25,8 @@ from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import STREAM_NAMES, Frame, FramePair, FusedFrame, SizeMismatch
 from streamfuse.log_queue import BLOCK
 from streamfuse.output_lock import output_lock
-from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, input_kind, input_path, merged,
-                                      no_pairs, on_topic, outside, resolve, size_changed)
+from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, check_pair, input_kind, input_path,
+                                      merged, no_pairs, on_topic, outside, resolve, size_changed)
 from streamfuse.replay.frames_dir import FramesDir
 from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
 from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, resume_hint, save_sidecar, sidecar_path,
@@ -117,9 +117,7 @@ def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os
                        rcfg.frames_dir)
     ir, vis = (resolve(s, section, path, rcfg.codec_threads)
                for s, section, path in (("ir", cfg.ir, ir_path), ("vis", cfg.vis, vis_path)))
-    if "mcap" in (ir.cfg.kind, vis.cfg.kind) and not os.path.samefile(ir.cfg.path, vis.cfg.path):  # IR from --vis
-        raise ValueError(f"a recording holds both streams: give the .mcap alone as --ir, or the same file to --ir "
-                         f"and --vis (got {ir.cfg.path} and {vis.cfg.path})")
+    check_pair(ir, vis)
     check_output_folder(out, rcfg.codec)
     return out, ir, vis
 

@@ -142,6 +142,15 @@ def test_replay_options_without_an_output_are_refused(capsys, args, given):
         f"streamfuse: config error: {given} for replay: also give --out (or set replay.out in the config)"]
 
 
+@pytest.mark.parametrize("option", ["--ir", "--vis", "--out"])
+def test_an_empty_path_is_refused_by_its_options_name(capsys, option):
+    # --out '' (an unset shell variable) said 'also give --out'
+    args = {"--ir": "a.mp4", "--vis": "b.mp4", "--out": "o.mp4", option: ""}
+    with pytest.raises(SystemExit) as exc:
+        replay_main([word for pair in args.items() for word in pair])
+    assert exc.value.code == 2 and f"argument {option}: empty path" in capsys.readouterr().err
+
+
 def test_replay_runs_the_shipped_replay_config_by_default(monkeypatch):
     import streamfuse.pipeline
 
