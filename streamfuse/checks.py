@@ -214,6 +214,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is str and isinstance(value, (int, float)):
         exact = isinstance(value, int) and not isinstance(value, bool)
         quote = f' (quote it: "{value}")' if exact else " (YAML reads it as a boolean or a number: write it in quotes)"
+    elif isinstance(value, list) and len(value) == 1:  # `replay.out=-`, `- x` and `[x]` are lists of one in YAML
+        quote = " (YAML reads a value starting with - or [ as a list: write it in quotes)"
     elif isinstance(value, list):  # `--threads 1 stray`: a stray word after a flag's value makes a list of them
         quote = f" ({len(value)} values given where it takes one)"
     raise ValueError(f"{key}={shown(value)} has the wrong type; expected {_describe(tp)}{quote}")

@@ -206,6 +206,11 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
     if model.sampler == "student" and model.steps != HCLFuseConfig.steps:  # else a comparison of K compares nothing
         log.warning("%s: hclfuse.steps=%d sets the teacher's steps; the student sampler takes one (add "
                     "hclfuse.sampler=teacher)", source_file, model.steps)
+    unguided = [f"{k}={getattr(model, k)}" for k in ("guidance_scale", "image_guidance")
+                if not model.guidance and getattr(model, k) != getattr(HCLFuseConfig, k)]
+    if unguided:  # the net drops both with the guides (HCLFuseNet.set_sampling): a run would look guided and is not
+        log.warning("%s: hclfuse.guidance=false turns the guides off, and with them hclfuse.%s (add "
+                    "hclfuse.guidance=true)", source_file, ", ".join(unguided))
     return PipelineConfig(**built, source_file=source_file)
 
 

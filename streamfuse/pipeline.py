@@ -10,6 +10,7 @@ instead of waiting. Offline replay lives in ``streamfuse.replay`` and runs the s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -108,7 +109,8 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             before it fused and recorded, the recording finished, the final snapshot logged and published).
     """
     stop = stop or threading.Event()
-    log.info("config %s: %s", cfg.source_file, cfg.to_dict())
+    # as JSON, which is YAML: the line copied into a file is the config again (Python's repr is not: `record: None`)
+    log.info("config %s: %s", cfg.source_file, json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None}))
     processor = FrameProcessor.from_config(cfg)
     fuser = processor.fuser
     log.info("fuser %s %s", fuser.name, fuser.version)

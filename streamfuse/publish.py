@@ -60,6 +60,7 @@ class Publisher:
         frame_ids: the sources' ``frame_id`` settings by stream (``ir``, ``vis``; empty: ``<stream>_optical_frame``).
         capture_clock: what the frames' capture times count (the ``t_capture_clock`` field; see
             :data:`streamfuse.capture.sources.CAPTURE_CLOCKS`).
+        stats: whether stats go out on ``stats_topic`` (an offline replay sends none: its summary is logged).
 
     Raises:
         RuntimeError: the endpoint is already in use or cannot be bound (one line).
@@ -68,7 +69,7 @@ class Publisher:
     """
 
     def __init__(self, cfg: PublishConfig, stats_extra: dict[str, Any] | None = None,
-                 frame_ids: dict[str, str] | None = None, capture_clock: str = "epoch") -> None:
+                 frame_ids: dict[str, str] | None = None, capture_clock: str = "epoch", *, stats: bool = True) -> None:
         self.cfg = cfg
         # the sources' optical frames (``ir.frame_id``, ``vis.frame_id``): the previews' and, unless told, the fused
         ids = {s: optical_frame(s, (frame_ids or {}).get(s, "")) for s in ("ir", "vis")}
@@ -121,7 +122,7 @@ class Publisher:
             raise
         #: the bound endpoint, with the real port when the config asked for ``tcp://HOST:*``.
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.info("publishing %s on %s (stats on %s)", cfg.topic, self.endpoint, cfg.stats_topic)
+        log.info("publishing %s on %s%s", cfg.topic, self.endpoint, f" (stats on {cfg.stats_topic})" if stats else "")
         if not cfg.curve_secret_file and reachable_from_other_machines(self.endpoint):
             log.warning("publishing unencrypted on %s, reachable from other machines: anyone on the network can "
                         "read the frames; set publish.curve_secret_file (README, Encryption) or bind 127.0.0.1",

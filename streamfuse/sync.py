@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 STREAMS = ("ir", "vis")
 OTHER = {"ir": "vis", "vis": "ir"}  # each stream's partner
 CLOCK_STEP_NS = 100 * 10**6  # a capture time this far before its stream's newest is a stepped clock, not jitter
+LEAD_MARGIN = 1.1  # latest mode, lead auto: the other stream leads once its frame interval is this much shorter
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class SyncConfig:
         mode: ``slop`` (approximate-time pairing) or ``latest`` (zero-order hold of the slower stream).
         slop_ms: largest capture-time difference of a pair in ``slop`` mode, ms.
         queue_size: frames kept per input while waiting for a partner; overflow drops the oldest (counted).
-        lead: ``latest`` mode: the stream whose every frame is paired (``auto``: the one with the higher rate).
+        lead: ``latest`` mode: the stream whose every frame is paired (``auto``: the one with the higher rate;
+            the visible one at first, the lead passing only to a clearly faster stream, :data:`LEAD_MARGIN`).
         hold_ms: ``latest`` mode: largest capture-time difference to the held frame, ms (a stale hold is unpaired).
     """
 
@@ -134,6 +136,7 @@ class Pairer:
         self._hold_ns = round(cfg.hold_ms * 1e6)
         self._held: dict[str, Frame | None] = {s: None for s in STREAMS}  # latest mode: newest frame per stream
         self._held_used = {s: False for s in STREAMS}
+        self._auto_lead = "vis"  # latest mode, lead auto: the stream leading now
         self._pairs = 0
         self._skew_sum_ns = 0
         self._skew_max_ns = 0
@@ -298,8 +301,13 @@ class Pairer:
         if self.cfg.lead != "auto":
             return self.cfg.lead
         # The faster stream leads: smaller typical frame interval; visible while unknown (usually the faster camera).
-        p_ir, p_vis = self._in["ir"].typical_period_ns(), self._in["vis"].typical_period_ns()
-        return "ir" if p_ir and p_vis and p_ir < p_vis else "vis"
+        # The lead passes only to a clearly faster stream (LEAD_MARGIN): two cameras at one rate would otherwise swap
+        # it on their stamps' jitter, each swap fusing one frame twice (a repeated output frame) and skipping others.
+        lead, other = self._auto_lead, OTHER[self._auto_lead]
+        p_lead, p_other = self._in[lead].typical_period_ns(), self._in[other].typical_period_ns()
+        if p_lead and p_other and p_other * LEAD_MARGIN < p_lead:
+            self._auto_lead = other
+        return self._auto_lead
 
     def _release_held(self, stream: str) -> None:
         """The held frame of ``stream`` leaves: counted paired if any pair used it, else unpaired."""

@@ -46,7 +46,7 @@ def container_format(path: Path, codec: str | None = None) -> str:
     if fmt is None:
         raise ValueError(f"output {path}: unknown container {path.suffix!r}; use one of {', '.join(_CONTAINERS)}")
     if codec == "ffv1" and fmt in ("mp4", "mov"):
-        raise ValueError(f"output {path}: FFV1 cannot be stored in {path.suffix}; use .mkv or .nut")
+        raise ValueError(f"output {path}: FFV1 cannot be stored in {path.suffix}; use .mkv, .nut or .avi")
     if codec == "h264" and fmt == "avi":
         raise ValueError(f"output {path}: H.264 in .avi loses its frame times (AVI stores none); use .mp4 or .mkv, "
                          f"or codec ffv1")

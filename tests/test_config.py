@@ -113,6 +113,19 @@ def test_the_teachers_steps_set_for_the_student_are_warned_of(tmp_path, caplog):
                                "(add hclfuse.sampler=teacher)"]
 
 
+def test_the_guides_settings_with_guidance_off_are_warned_of(tmp_path, caplog):
+    """hclfuse.guidance=false drops the guides, their scale and the image guide's steps: a run given those with the
+    guides off fuses exactly as without them, and must say so."""
+    path = _write(tmp_path, "hclfuse:\n  guidance: false\n")
+    with caplog.at_level("WARNING", logger="streamfuse.config"):
+        load_config(path, ["hclfuse.guidance_scale=1.0", "hclfuse.image_guidance=0"])  # the defaults: nothing said
+        load_config(path, ["hclfuse.guidance=true", "hclfuse.image_guidance=3"])
+        assert not caplog.records
+        load_config(path, ["hclfuse.guidance_scale=5", "hclfuse.image_guidance=3"])
+    assert caplog.messages == [f"{path}: hclfuse.guidance=false turns the guides off, and with them "
+                               "hclfuse.guidance_scale=5.0, image_guidance=3 (add hclfuse.guidance=true)"]
+
+
 def test_overrides_are_parsed_and_validated(tmp_path):
     path = _write(tmp_path, "hclfuse:\n  steps: 4\n")
     cfg = load_config(path, ["hclfuse.steps=2", "--sync.slop_ms=12.5", "ir.kind=synthetic"])
@@ -121,6 +134,9 @@ def test_overrides_are_parsed_and_validated(tmp_path):
         load_config(path, ["hclfuse.nope=1"])
     with pytest.raises(ConfigError, match="not of the form stage.key=value"):
         load_config(path, ["hclfuse.steps"])
+    with pytest.raises(ConfigError, match=r"replay.out=\[None\] has the wrong type; expected str \(YAML reads a "
+                                          r"value starting with - or \[ as a list: write it in quotes\)$"):
+        load_config(path, ["replay.out=-"])  # a dash (standard output, to many tools): a list of one, not "1 values"
     with pytest.raises(ConfigError, match=r"override 'hclfuse.steps=\[1': the value is not valid YAML") as err:
         load_config(path, ["hclfuse.steps=[1"])
     assert "\n" not in str(err.value)

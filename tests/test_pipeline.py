@@ -896,6 +896,21 @@ def test_a_run_that_paired_nothing_reports_its_fused_frame_counters_as_zero(monk
         ("published", "publish_dropped", "stale"), 0)
 
 
+def test_the_config_a_live_run_logs_reads_back_as_the_same_config(monkeypatch, tmp_path, caplog):
+    # the resolved config logged at the start, copied into a file, runs the same run again (Python's repr did not:
+    # `record: None` was refused, and a backslash came back doubled)
+    from streamfuse import pipeline
+    from streamfuse.config import load_config
+
+    monkeypatch.setattr(pipeline, "start_producers", lambda *a: _EndingProducers([], _NO_CAPTURE_LOSS))
+    cfg = _live_cfg("ir.frame_id=ir\\cam")[0]
+    with caplog.at_level("INFO", logger="streamfuse.pipeline"):
+        pipeline.run_live(cfg, duration_s=60.0)  # the sources deliver nothing and end at once
+    logged = next(m for m in caplog.messages if m.startswith(f"config {cfg.source_file}: "))
+    (tmp_path / "logged.yaml").write_text(logged.removeprefix(f"config {cfg.source_file}: "))
+    assert load_config(tmp_path / "logged.yaml") == cfg
+
+
 def test_the_frames_left_waiting_for_a_partner_at_the_end_are_counted_unpaired(monkeypatch):
     # as a replay of the run's recording counts them: the final snapshot's counters of the two agree, and a frame
     # whose partner never came is not reported as still queued after the run

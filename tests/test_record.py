@@ -621,7 +621,7 @@ def test_codec_threads_one_starts_no_ffmpeg_threads(tmp_path):
 
 
 @pytest.mark.parametrize("name, kw, match", [
-    ("o.mp4", {"codec": "ffv1"}, "FFV1 cannot be stored"),
+    ("o.mp4", {"codec": "ffv1"}, r"FFV1 cannot be stored in .mp4; use .mkv, .nut or .avi$"),  # each one FFV1 takes
     ("o.mov", {"codec": "ffv1"}, "FFV1 cannot be stored"),
     ("o.avi", {"codec": "h264"}, "H.264 in .avi loses its frame times"),
     ("o.xyz", {}, "unknown container"),

@@ -888,6 +888,18 @@ def test_publish_while_replaying(tmp_path, monkeypatch):
     assert all(h["width"] == 64 and h["height"] == 48 for h in headers)
 
 
+def test_a_publishing_replay_names_no_stats_topic_it_never_sends_on(tmp_path, caplog):
+    # a replay sends no stats: its start line said "(stats on stats/replay)", and a dashboard waited on that topic
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 3, 30, grey=True)
+    write_video(vis, 3, 30)
+    cfg = make_cfg(replay={"publish": True}, publish={"endpoint": "tcp://127.0.0.1:*", "stats_topic": "stats/t"})
+    with caplog.at_level("INFO", logger="streamfuse.publish"):
+        assert run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4").written == 3
+    started = [m for m in caplog.messages if m.startswith("publishing fused/rig0 on tcp://127.0.0.1:")]
+    assert len(started) == 1 and "stats" not in started[0], caplog.messages
+
+
 # -------------------------------------------------------------------------------- outputs that are inputs
 
 

@@ -237,6 +237,17 @@ def test_latest_mode_keeps_the_faster_lead_when_one_slow_frame_comes_twice() -> 
     assert_consistent(pairer.stats())
 
 
+@pytest.mark.parametrize("jitter_ms", [0.0, 2.0])
+def test_latest_mode_keeps_one_lead_for_two_cameras_at_one_rate(jitter_ms: float) -> None:
+    # Two 30 fps cameras (the rig config's): their typical intervals differ only by the stamps' jitter (or a
+    # nanosecond of rounding), which must not pass the lead back and forth, each swap fusing a frame twice.
+    ir, vis = frames("ir", 30, 60, jitter_ms=jitter_ms, seed=1), frames("vis", 30, 60, start_ms=3, seed=2)
+    pairer = Pairer(SyncConfig(mode="latest"))
+    pairs = run(pairer, by_time(ir, vis))
+    assert [p.vis.seq for p in pairs] == list(range(60))  # the visible camera leads throughout, every frame once
+    assert_consistent(pairer.stats())
+
+
 def test_unknown_stream_and_bad_config_raise_naming_the_value() -> None:
     with pytest.raises(ValueError, match="thermal"):
         Pairer(SyncConfig()).push(Frame("thermal", 0, 0, _IMG))

@@ -184,7 +184,8 @@ class _Replay:
             from streamfuse.publish import Publisher
 
             frame_ids = {"ir": self.cfg.ir.frame_id, "vis": self.cfg.vis.frame_id}
-            self.publisher = Publisher(self.cfg.publish, frame_ids=frame_ids, capture_clock=self.vis.cfg.capture_clock)
+            self.publisher = Publisher(self.cfg.publish, frame_ids=frame_ids, capture_clock=self.vis.cfg.capture_clock,
+                                       stats=False)  # no stats topic: said as it starts, its summary is logged
 
     def _wait_subscriber(self) -> None:
         """With ``publish.wait_subscriber_s``: give a consumer started with the replay the first frame too."""

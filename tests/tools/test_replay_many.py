@@ -312,7 +312,7 @@ def test_a_codec_the_output_container_cannot_hold_is_refused_before_any_work(tmp
     assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), *ARGS,
                              "--set", "replay.codec=ffv1"]) == 2
     err = capsys.readouterr().err
-    assert "FFV1 cannot be stored in .mp4; use .mkv or .nut" in err and len(err.strip().splitlines()) == 1
+    assert "FFV1 cannot be stored in .mp4; use .mkv, .nut or .avi" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
