@@ -93,6 +93,13 @@ def _about(name: str, source: SourceConfig) -> str:
     return f"{name}.kind {source.kind}" + (" not realtime" if virtual else "")
 
 
+
+def _as_json(cfg: PipelineConfig) -> str:
+    """The config as JSON, which is YAML: the logged line copied into a file is the config again (Python's repr was
+    not: ``record: None``)."""
+    return json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})
+
+
 def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
     """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM/SIGHUP, ``duration_s`` (0 = none) or the sources
     end.
@@ -109,8 +116,7 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             before it fused and recorded, the recording finished, the final snapshot logged and published).
     """
     stop = stop or threading.Event()
-    # as JSON, which is YAML: the line copied into a file is the config again (Python's repr is not: `record: None`)
-    log.info("config %s: %s", cfg.source_file, json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None}))
+    log.info("config %s: %s", cfg.source_file, _as_json(cfg))
     processor = FrameProcessor.from_config(cfg)
     fuser = processor.fuser
     log.info("fuser %s %s", fuser.name, fuser.version)

@@ -39,6 +39,18 @@ __all__ = ["main"]
 _PROG = "streamfuse subscribe"  # as its error lines start, those of `python -m streamfuse` around it too
 
 
+def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 with the parser's one line for options that cannot go together."""
+    if args.topic.startswith("stats/"):  # two-part JSON snapshots: every one would read as a malformed frame
+        parser.error(f"--topic {args.topic}: subscribe reads fused frames; the stats topic carries JSON snapshots "
+                     "(README, Telemetry: the same line the pipeline logs)")
+    if args.topic.startswith((SHM_TOPIC_PREFIX, RING_TOPIC_PREFIX)):  # the first descriptor unsubscribes the rest
+        parser.error(f"--topic {args.topic}: shared-memory descriptors, not frames; give the fused topic (subscribe "
+                     f"reads a same-host publisher's shared memory by itself)")
+    if args.every != 1 and not args.save:  # it keeps one saved frame in N: without --save it did nothing
+        parser.error(f"--every {args.every} needs --save DIR (it keeps one received frame in N)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse subscribe", description=__doc__,
@@ -64,14 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
     args = parser.parse_args(argv)
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
-    if args.topic.startswith("stats/"):  # two-part JSON snapshots: every one would read as a malformed frame
-        parser.error(f"--topic {args.topic}: subscribe reads fused frames; the stats topic carries JSON snapshots "
-                     "(README, Telemetry: the same line the pipeline logs)")
-    if args.topic.startswith((SHM_TOPIC_PREFIX, RING_TOPIC_PREFIX)):  # the first descriptor unsubscribes the rest
-        parser.error(f"--topic {args.topic}: shared-memory descriptors, not frames; give the fused topic (subscribe "
-                     f"reads a same-host publisher's shared memory by itself)")
-    if args.every != 1 and not args.save:  # it keeps one saved frame in N: without --save it did nothing
-        parser.error(f"--every {args.every} needs --save DIR (it keeps one received frame in N)")
+    _check_options(parser, args)
     if args.show and not _gui_available():
         # both packages provide cv2: installed side by side they break each other, hence the uninstall first
         print(f"{_PROG}: error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall "

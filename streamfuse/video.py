@@ -20,8 +20,8 @@ import numpy as np
 from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
 from streamfuse.errors import io_reason
 
-__all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "announced_end_s",
-           "announced_frames", "read_tags", "ffv1_slice_crcs"]
+__all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "upright",
+           "announced_end_s", "announced_frames", "read_tags", "ffv1_slice_crcs"]
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,13 @@ def decode_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, np.ndarra
     except (OSError, av.FFmpegError, IndexError) as exc:
         log.info("stopped reading %s: %s", path, io_reason(exc))
 
+
+
+def upright(frame: av.VideoFrame, image: np.ndarray) -> np.ndarray:
+    """``image`` (``frame``'s pixels) turned as the frame's display matrix says, as players show it: a phone's portrait
+    clip is stored sideways."""
+    turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def announced_end_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream,

@@ -3,6 +3,7 @@ written with PyAV, and such files cut at a packet: the capture source's and the 
 
 from __future__ import annotations
 
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -50,3 +51,22 @@ def write_grey16(path: Path, frames: list[np.ndarray]) -> None:
         for img in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="gray16le")))
         container.mux(stream.encode())
+
+
+def portrait_mov(path: Path) -> None:
+    """A phone's portrait video: 64x48 frames stored sideways (bright left half) and a display matrix (its track
+    header's) that turns them 90 degrees clockwise, as players show them: 48x64, bright top half."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        image = np.zeros((48, 64, 3), np.uint8)
+        image[:, :32] = 255
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    data = bytearray(path.read_bytes())
+    matrix = data.find(b"tkhd") + 44  # version 0: after version, flags, times, track id, duration, layer, volume
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    path.write_bytes(data)

@@ -176,6 +176,23 @@ def test_frames_exactly_half_as_wide_do_not_narrow_the_range(rng):
         np.testing.assert_array_equal(depth(img), _stretch(img, 7000, 9000))
 
 
+def test_frames_exactly_4_times_as_wide_or_exactly_1_percent_outside_keep_the_range(rng):
+    # the rule re-scales at once for "more than 1%" of the pixels outside the held range, or a range "more than 4
+    # times as wide": a frame at either bound is held, its warm patch clipped white
+    def scene() -> np.ndarray:  # 2000 pixels (1% is 20 of them) spanning 7000..9000
+        img = _counts(rng)[:, :50]
+        img[-1, -3:] = 9000
+        return img
+
+    depth = To8Bit(ir=True)
+    depth(scene())  # holds 7000..9000
+    wide, clipped = scene(), scene()
+    wide[10, 10:20] = 15000  # 0.5% of the pixels; the frame's range 7000..15000, exactly 4x the held one
+    clipped[10:12, 10:20] = 9001 + np.arange(20, dtype=np.uint16).reshape(2, 10)  # exactly 1% just outside it
+    for img in (wide, clipped):
+        np.testing.assert_array_equal(depth(img), _stretch(img, 7000, 9000))
+
+
 def test_an_alpha_channel_takes_no_part_in_the_ir_range(rng):
     # without it, a 16-bit BGRA IR image's opaque alpha (65535) is a quarter of the counts: the range runs to 65535
     # and the scene is crushed into a few grey levels
@@ -220,19 +237,33 @@ def test_other_pixel_types_are_one_line(tmp_path):
 _CUT = "corrupt, or not an image"  # said before the decoder, whose libpng printed a line of its own
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# a whole PNG whose header says 100000 x 100000 pixels: OpenCV's size limit raises cv2.error rather than give None
+_HUGE_PNG = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0))
+             + _png_chunk(b"IDAT", zlib.compress(b"\0" * 10)) + _png_chunk(b"IEND", b""))
+
+
 @pytest.mark.parametrize("content, why", [(None, "the file is gone"), (b"", "empty file"),
                                           (b"\x89PNG\r\n\x1a\n junk", _CUT), ("half", _CUT),
                                           (b"GIF89a junk", "corrupt, or not an image"), ("flipped", _CUT),
-                                          ("jpeg", "Corrupt JPEG data: premature end of data segment")])
+                                          ("no end chunk", _CUT), (_HUGE_PNG, _CUT),
+                                          ("jpeg", "Corrupt JPEG data: premature end of data segment"),
+                                          ("jpeg half", "Premature end of JPEG file")])
 def test_unreadable_files_are_one_line(tmp_path, capfd, content, why):
     path = tmp_path / "a.png"
-    if content in ("half", "flipped", "jpeg"):  # a frame cut short by a killed copy, or damaged on disk (a byte of its
-        # pixel data flipped, its end intact): libpng printed a line of its own beside ours; a JPEG's decoder also
-        # concealed the damage (the rest of the picture grey) and OpenCV gave the picture without an error
+    if content in ("half", "flipped", "no end chunk", "jpeg", "jpeg half"):  # a frame cut short by a killed copy, or
+        # damaged on disk (a byte of its pixel data flipped, its end intact): libpng printed a line of its own beside
+        # ours; a JPEG's decoder also concealed the damage (the rest of the picture grey) and OpenCV gave the picture
+        # without an error
         image = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64).astype(np.uint8)
-        damaged = bytearray(cv2.imencode(".jpg" if content == "jpeg" else ".png", image)[1].tobytes())
-        if content == "half":
+        damaged = bytearray(cv2.imencode(".jpg" if content.startswith("jpeg") else ".png", image)[1].tobytes())
+        if content in ("half", "jpeg half"):
             damaged = damaged[: len(damaged) // 2]
+        elif content == "no end chunk":  # cut where a chunk ends, before IEND: each chunk there passes its CRC
+            damaged = damaged[:-12]
         elif content == "jpeg":
             damaged[len(damaged) // 2:len(damaged) // 2 + 2] = b"\xff\xd9"  # an end of image amid its coded data
         else:
@@ -252,6 +283,17 @@ def test_a_jpeg_with_extraneous_bytes_before_a_marker_is_read_whole(tmp_path):
     data = cv2.imencode(".jpg", image)[1].tobytes()
     scan = data.index(b"\xff\xda")
     (tmp_path / "a.jpg").write_bytes(data[:scan] + b"\x12\x34" + data[scan:])
+    np.testing.assert_array_equal(read_image(tmp_path / "a.jpg"), cv2.imdecode(np.frombuffer(data, np.uint8), -1))
+
+
+def test_a_jpeg_whose_libjpeg_warning_is_no_damage_is_read_whole(tmp_path):
+    # a baseline JPEG whose scan header gives a spectral end of 0 (some encoders write it): libjpeg warns "Invalid SOS
+    # parameters for sequential JPEG" and decodes the whole picture; only reports of corrupt data refuse a JPEG
+    image = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64).astype(np.uint8)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    scan = data.index(b"\xff\xda")
+    end = scan + 2 + int.from_bytes(data[scan + 2:scan + 4], "big")  # its Ss, Se and Ah/Al are the last 3 bytes
+    (tmp_path / "a.jpg").write_bytes(data[:end - 2] + b"\x00" + data[end - 1:])
     np.testing.assert_array_equal(read_image(tmp_path / "a.jpg"), cv2.imdecode(np.frombuffer(data, np.uint8), -1))
 
 
@@ -385,6 +427,16 @@ def test_float_temperatures_are_fiftieths_of_a_degree_up_to_1037_kelvins():
     assert len(np.unique(To8Bit(ir=True)(fine))) <= 6
     furnace = np.linspace(900.0, 1000.0, 2240, dtype=np.float32).reshape(40, 56)  # kelvins
     assert np.ptp(To8Bit(ir=True)(furnace)) == 255
+
+
+def test_float_temperatures_below_the_counts_are_the_coldest_and_above_them_the_hottest(rng):
+    """-inf (under the camera's range) is the frame's coldest reading, and a reading over 1037.55 K is clipped to
+    the top count: neither wraps around into the scene's counts, nor takes the hottest's or the coldest's place."""
+    celsius = (_counts(rng, 14000, 17000) / 50 - 273.15).astype(np.float32)
+    celsius[5:8, 5:8] = -np.inf
+    celsius[10:13, 5:8] = 1100.0  # 68658 counts: 3122 (-210 degrees, colder than the scene) once wrapped
+    image = To8Bit(ir=True)(celsius)
+    assert (image[5:8, 5:8] == 0).all() and (image[10:13, 5:8] == 255).all()
 
 
 def test_float64_ir_temperatures_take_the_ir_rule_as_float32_ones_do(rng):

@@ -664,6 +664,16 @@ def test_a_nut_tag_reads_back_as_written(tmp_path, value):
         assert read_tags(c)["comment"] == value
 
 
+def test_a_matroska_outputs_tags_read_back_under_the_names_written(tmp_path):
+    # Matroska stores tag names in capitals (COMMENT): looked up as written, an existing .mkv output's config is not
+    # found, and replay takes its own output for another program's video
+    w = _writer(tmp_path / "o.mkv", metadata={"comment": "the resolved config"})
+    w.write(np.zeros((24, 32, 3), np.uint8), 0)
+    w.commit()
+    with av.open(str(tmp_path / "o.mkv")) as c:
+        assert "COMMENT" in c.metadata and read_tags(c)["comment"] == "the resolved config"
+
+
 def test_ffv1_output_stores_slice_crcs_that_catch_a_flipped_byte(tmp_path, rng):
     # the file source checks an FFV1 file's slice CRCs (FFmpeg only conceals a damaged slice): an output written
     # without them, or a check that looked at one slice only, would pass a damaged picture off as the file's

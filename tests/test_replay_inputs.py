@@ -17,7 +17,7 @@ from test_replay import make_cfg, write_video
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.frames import Frame
 from streamfuse.replay import run_replay
-from streamfuse.replay.inputs import Reader, no_pairs, outside, resolve
+from streamfuse.replay.inputs import Reader, merged, no_pairs, outside, resolve
 
 MS = 1_000_000
 
@@ -28,6 +28,8 @@ def test_a_frame_within_the_tolerance_of_the_other_inputs_ends_is_not_outside_it
     assert outside(80 * MS, other, tolerance) == "" and outside(80 * MS - 1, other, tolerance) == "before"
     assert outside(220 * MS, other, tolerance) == "" and outside(220 * MS + 1, other, tolerance) == "after"
     assert outside(0, SimpleNamespace(first_ns=None, last_ns=None, ended=True), tolerance) == "before"
+    # while the other input goes on, its last frame so far is no end of its span
+    assert outside(300 * MS, SimpleNamespace(first_ns=100 * MS, last_ns=200 * MS, ended=False), tolerance) == ""
 
 
 def test_a_folder_input_counts_its_image_files_only(tmp_path):
@@ -38,6 +40,7 @@ def test_a_folder_input_counts_its_image_files_only(tmp_path):
         resolve("ir", SourceConfig(), folder)
     for i in range(3):
         cv2.imwrite(str(folder / f"{i:03d}.png"), np.zeros((4, 4), np.uint8))
+        (folder / f"._{i:03d}.png").write_bytes(b"\0\5\26\7")  # a Mac's metadata beside each frame: no frames
     inp = resolve("ir", SourceConfig(), folder)
     assert inp.cfg.kind == "folder" and inp.expected == 3  # the progress bar's total: frames, not the notes
 
@@ -85,6 +88,17 @@ def test_a_decoder_error_the_source_did_not_word_ends_the_input_early_not_at_its
     finally:
         reader.stop()
     assert reader.error == "ir: ir.mp4: decoding failed: Invalid data found when processing input"
+
+
+def test_a_recordings_frames_are_each_given_the_next_frame_of_their_own_stream_only():
+    """A recording is one reader of both streams: the frame after an IR frame may be visible; taken for the next IR
+    frame, it would have paced replay drop an IR frame whose next IR frame is not due (newest wins, as live)."""
+    times = [("ir", 0), ("vis", 10), ("vis", 50), ("ir", 60)]
+    frames = iter([Frame(stream, seq, t * MS, np.zeros((4, 4), np.uint8)) for seq, (stream, t) in enumerate(times)])
+    recording = Reader("recording", SimpleNamespace(read=lambda: next(frames, None)), "rig.mcap", [], [],
+                       {"ir": 40 * MS, "vis": 40 * MS}, threaded=False)
+    assert [(f.stream, t, after) for f, t, after in merged([recording])] == [
+        ("ir", 0, None), ("vis", 10 * MS, 50 * MS), ("vis", 50 * MS, None), ("ir", 60 * MS, None)]
 
 
 def test_inputs_without_a_pair_of_which_one_is_no_video_say_times_from_the_earlier_first_frame():

@@ -38,6 +38,7 @@ from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
 from streamfuse.cli.args import HelpFormatter, Parser, int_at_least, path_arg  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
 from streamfuse.staged_folders import staged_folders  # noqa: E402
+from streamfuse.video import upright  # noqa: E402
 
 
 def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarray]:
@@ -59,7 +60,7 @@ def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarr
                 elif decoded in wanted:
                     image = frame.to_ndarray(format="bgr24")
                 if decoded in wanted:
-                    found[decoded] = image
+                    found[decoded] = upright(frame, image)  # as replay reads it
                 decoded += 1
     except av.error.FFmpegError as exc:
         raise ValueError(f"{path}: cannot decode ({exc})") from None

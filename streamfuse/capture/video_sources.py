@@ -25,8 +25,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from streamfuse.bitdepth import deep_grey
 from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
@@ -211,6 +209,8 @@ class AvSource(BaseSource):
     def _read(self) -> Frame | None:
         import av
 
+        from streamfuse.video import upright
+
         try:
             frame = next(self._frames, None)
         except (av.FFmpegError, OSError) as exc:
@@ -240,8 +240,7 @@ class AvSource(BaseSource):
                 self.warn(f"{self.section}: {self.cfg.path}: {note}")
         grey = not colour or (self._is_ir and self.cfg.palette in ("", "black_hot"))  # a colour map takes colour
         deep = self._is_ir and deep_grey(frame.format)  # IR counts: 16 bits here, 8 from _convert
-        image = frame.to_ndarray(format="gray16le" if deep else "gray" if grey else "bgr24")
-        image = np.ascontiguousarray(np.rot90(image, round(getattr(frame, "rotation", 0) / 90) % 4))  # display matrix
+        image = upright(frame, frame.to_ndarray(format="gray16le" if deep else "gray" if grey else "bgr24"))
         if not self.live:
             self._pace(t_ns)
         return self._frame(t_ns, self._convert(image), self._times.mono_ns if self.live else 0)

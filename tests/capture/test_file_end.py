@@ -50,6 +50,34 @@ def test_the_announced_end_of_a_late_video_is_after_its_last_frame(tmp_path: Pat
     assert end == pytest.approx((CASES[case][1] + N) / FPS, abs=1e-6)
 
 
+@pytest.mark.parametrize("fmt, ext", [("matroska", "mkv"), ("nut", "nut")])
+def test_a_matroska_or_nut_video_that_starts_late_is_read_to_its_end(tmp_path: Path, fmt: str, ext: str) -> None:
+    # their container's duration is the end of their timeline, counted from 0: added to the first pts (at 10 s), it
+    # would put the end of a complete file 10 s after its last frame, and the file be taken for truncated
+    path = tmp_path / f"late.{ext}"
+    write(path, fmt, 250, 0, "mpeg4")
+    assert read_all(path) == N
+
+
+def test_a_complete_flv_slower_than_its_nominal_rate_is_read_to_its_end(tmp_path: Path) -> None:
+    # FLV stores no frame durations and its duration ends 200 ms after the last frame (5 frames/s, the stream's rate
+    # 25): the last frame lasts its step from the frame before, not the nominal 40 ms, or the file looks truncated
+    path, tb = tmp_path / "slow.flv", Fraction(1, 1000)
+    with av.open(str(path), "w", format="flv") as container:
+        stream = container.add_stream("libx264", rate=25, options={"bf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = tb
+        packets = []
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = 200 * i, tb
+            packets += stream.encode(frame)
+        for packet in packets + stream.encode(None):
+            packet.duration = 200
+            container.mux(packet)
+    assert read_all(path) == 10
+
+
 @pytest.mark.parametrize("case, kept", [(c, N // 2) for c in CASES] + [(c, N - 1) for c in CASES if "avi" in c])
 def test_the_file_cut_at_a_packet_is_still_truncated(tmp_path: Path, case: str, kept: int) -> None:
     path = tmp_path / f"{case}.{CASES[case][0]}"
@@ -57,6 +85,38 @@ def test_the_file_cut_at_a_packet_is_still_truncated(tmp_path: Path, case: str, 
     cut(path, kept)
     with pytest.raises(SourceError, match=f"truncated or corrupt video: decoding stopped after frame {kept} "):
         read_all(path)
+
+
+def test_a_matroska_file_cut_in_its_index_after_its_frames_is_read_whole_and_says_so(tmp_path: Path) -> None:
+    # the Cues a writer leaves after the clusters: a cut there is certain, but every frame is before it and read
+    path = tmp_path / "v.mkv"
+    write(path, "matroska", 0, 0, "mpeg4")
+    data = path.read_bytes()
+    size = data.rfind(b"\x1c\x53\xbb\x6b") + 8  # 8 bytes into its Cues element
+    path.write_bytes(data[:size])
+    src = open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False))
+    lines: list[str] = []
+    src.warn = lines.append
+    with src:
+        assert sum(1 for _ in iter(src.read, None)) == N
+    assert len(lines) == 1 and lines[0].endswith(f"(Cues) announces {len(data)} bytes, the file has {size}: cut in its "
+                                                 f"index or metadata, after the frames: all {N} frames it announces "
+                                                 f"were read")
+
+
+def test_an_flv_without_its_last_tag_size_says_frames_may_be_missing_not_that_all_were_read(tmp_path: Path) -> None:
+    # its last 4 bytes cut off, or left out by its writer: a cut not certain, nor in an index after the frames, so the
+    # frames up to its duration all read do not make the line say the file is whole
+    path = tmp_path / "v.flv"
+    write(path, "flv", 0, 0)
+    path.write_bytes(path.read_bytes()[:-4])
+    src = open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False))
+    lines: list[str] = []
+    src.warn = lines.append
+    with src:
+        assert sum(1 for _ in iter(src.read, None)) == N
+    assert lines == [f"vis: {path}: its last FLV tag is not followed by its size (PreviousTagSize): frames after frame "
+                     f"{N} may be missing"]
 
 
 def test_a_video_whose_audio_runs_longer_is_read_to_its_end_not_taken_for_truncated(tmp_path: Path) -> None:

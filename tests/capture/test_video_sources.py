@@ -10,7 +10,6 @@ import errno
 import io
 import logging
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from helpers_video import portrait_mov
 
 import streamfuse.capture.video_sources as video_sources
 from streamfuse.capture.producer import ProducerEvent, Producers, start_producers
@@ -267,6 +267,20 @@ def test_stream_that_never_sends_names_the_open_timeout_and_is_waited_for(monkey
     assert info.value.unreachable  # waited for with back-off, as a camera that refuses the connection is
 
 
+def test_a_stream_that_answers_at_once_with_no_video_is_not_waited_for(monkeypatch) -> None:
+    # "Invalid data found" is an open timeout only once the timeout has passed: a URL serving something else (a web
+    # page, another protocol) says so at once, is no camera still booting, and ends the run in its own words
+    def fails(path, **kwargs):
+        raise av.error.InvalidDataError(errno.EINVAL, "Invalid data found when processing input", path)
+
+    monkeypatch.setattr(av, "open", fails)
+    url = "http://192.0.2.7/index.html"
+    with pytest.raises(SourceError) as info:
+        open_source("ir", SourceConfig(kind="stream", path=url)).open()
+    assert str(info.value).startswith(f"ir: cannot open {url}: not a readable video (")
+    assert not info.value.unreachable
+
+
 @pytest.mark.parametrize("resolves", [False, True])
 def test_a_camera_whose_host_name_does_not_resolve_yet_is_waited_for(monkeypatch, resolves) -> None:
     # FFmpeg says only "Input/output error" for a name that does not resolve: a camera named by mDNS (cam.local)
@@ -436,37 +450,20 @@ def test_frames_without_pts_follow_each_other_by_one_frame_period(tmp_path: Path
     assert [b - a for a, b in zip(times, times[1:])] == [period] * 4
 
 
-def _portrait_mov(path: Path) -> None:
-    """A phone's portrait video: 64x48 frames stored sideways (bright left half) and a display matrix (its track
-    header's) that turns them 90 degrees clockwise, as players show them: 48x64, bright top half."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        image = np.zeros((48, 64, 3), np.uint8)
-        image[:, :32] = 255
-        for i in range(3):
-            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    data = bytearray(path.read_bytes())
-    matrix = data.find(b"tkhd") + 44  # version 0: after version, flags, times, track id, duration, layer, volume
-    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
-    path.write_bytes(data)
-
-
 def test_a_video_with_a_display_matrix_is_read_upright_as_players_show_it(tmp_path: Path) -> None:
     # read as stored, a portrait visible video fused sideways (or with an upright IR camera's frames squeezed into it)
     path = tmp_path / "portrait.mov"
-    _portrait_mov(path)
+    portrait_mov(path)
     frames = read_all(open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False)))
     assert len(frames) == 3 and frames[0].image.shape[:2] == (64, 48)
     assert frames[0].image[:32].mean() > 200 > 50 > frames[0].image[32:].mean()
 
 
-@pytest.mark.parametrize("name, codec", [("v.mp4", "mpeg4"), ("v.mkv", "ffv1")])
-def test_a_complete_variable_rate_file_whose_last_frame_lasts_long_is_read_whole(tmp_path: Path, name, codec) -> None:
-    # its container's end is its last frame's end, 0.5 s after that frame's pts: not a sign of frames cut off
+@pytest.mark.parametrize("name, codec, n", [("v.mp4", "mpeg4", 10), ("v.mkv", "ffv1", 10), ("b.mkv", "libx264", 9)])
+def test_a_complete_variable_rate_file_whose_last_frame_lasts_long_is_read_whole(tmp_path: Path, name, codec,
+                                                                                  n) -> None:
+    # its container's end is its last frame's end, 0.5 s after that frame's pts: not a sign of frames cut off (with
+    # B-frames that frame's packet is not the last one: of x264's 9 frames, three shown before it are decoded after)
     from fractions import Fraction
 
     path, tb = tmp_path / name, Fraction(1, 1000)
@@ -475,13 +472,13 @@ def test_a_complete_variable_rate_file_whose_last_frame_lasts_long_is_read_whole
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.time_base = stream.codec_context.time_base = tb
         packets = []
-        for i in range(10):
+        for i in range(n):
             frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="bgr24")
             frame.pts, frame.time_base = 40 * i, tb
             packets += stream.encode(frame)
         packets += stream.encode(None)
         for packet in packets:
-            packet.time_base, packet.duration = tb, 500 if packet.pts == 360 else 40
+            packet.time_base, packet.duration = tb, 500 if packet.pts == 40 * (n - 1) else 40
             container.mux(packet)
     frames = read_all(open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False)))
-    assert [f.t_capture_ns for f in frames] == [40 * i * MS for i in range(10)]
+    assert [f.t_capture_ns for f in frames] == [40 * i * MS for i in range(n)]

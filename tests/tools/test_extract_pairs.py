@@ -8,7 +8,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from helpers_video import write_grey16
+from helpers_video import portrait_mov, write_grey16
 
 
 def _video(path: Path, frames: int, seed: int, size: tuple[int, int] = (32, 24)) -> None:
@@ -147,6 +147,18 @@ def test_a_16_bit_grey_ir_video_is_written_on_the_clips_scale(tool, tmp_path, rn
     tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
     ir = cv2.imread(str(tmp_path / "out" / "ir" / "a_00001.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(ir, np.rint((counts[1] - 7000.0) * 255 / 2000).astype(np.uint8))
+
+
+def test_a_portrait_clip_is_written_upright_as_replay_reads_it(tool, tmp_path):
+    # a phone's clip stored sideways with a display matrix: replay turns it upright, and so must its pairs, or the
+    # evaluation scores another picture than the one replay fuses (and an upright IR clip of its size is refused)
+    path = tmp_path / "v" / "vi" / "a.mov"
+    path.parent.mkdir(parents=True)
+    portrait_mov(path)
+    _video(tmp_path / "v" / "ir" / "a.mkv", 3, 0, size=(48, 64))
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
+    vis = cv2.imread(str(tmp_path / "out" / "vi" / "a_00001.png"), cv2.IMREAD_UNCHANGED)
+    assert vis.shape == (64, 48, 3) and vis[:32].mean() > 200 > 50 > vis[32:].mean()
 
 
 @pytest.mark.parametrize("clip", ["cam", "[cam]"])
