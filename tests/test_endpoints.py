@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from pathlib import Path
@@ -54,6 +55,14 @@ def test_a_consumers_key_file_without_a_public_key_is_named_with_its_folder(tmp_
         ctx.destroy(linger=0)
 
 
+def test_a_public_key_file_given_as_the_secret_key_is_named_in_one_line(tmp_path: Path) -> None:
+    # the .key file beside the .key_secret one is an easy mistake: zmq was handed no key at all
+    public, _ = zmq.auth.create_certificates(tmp_path, "rig0")
+    said = rf"^publish.curve_secret_file {public} holds no secret key \(use the .key_secret file\)$"
+    with zmq.Context.instance().socket(zmq.XPUB) as sock, pytest.raises(ValueError, match=said):
+        bind(sock, ANY_PORT, public)
+
+
 def test_a_bind_that_fails_stops_the_consumers_key_check(tmp_path: Path) -> None:
     # the ZAP handler started for curve_clients_dir went on running (a thread and a socket) after the bind failed
     secret, allowed = _keys(tmp_path)
@@ -76,6 +85,26 @@ def test_an_ipc_path_that_holds_a_file_is_refused_and_the_file_kept(tmp_path: Pa
     with zmq.Context.instance().socket(zmq.XPUB) as sock, pytest.raises(FileExistsError, match="is not a socket"):
         bind(sock, f"ipc://{kept}")
     assert kept.read_text() == "the rig's calibration"
+    link = tmp_path / "link"  # a link, even one whose target is gone, is the user's too: not followed, not deleted
+    link.symlink_to(tmp_path / "gone")
+    with zmq.Context.instance().socket(zmq.XPUB) as sock, pytest.raises(FileExistsError, match="is not a socket"):
+        bind(sock, f"ipc://{link}")
+    assert link.is_symlink()
+
+
+def test_ipc_endpoints_that_name_no_path_here_are_bound_whatever_the_working_folder_holds(tmp_path: Path,
+                                                                                         monkeypatch) -> None:
+    """ipc://* (a path libzmq picks) and ipc://@NAME (Linux's abstract names) are no files of the working folder: a
+    file there named like them is no reason to refuse them. A path that cannot be looked at (a file taken for a
+    folder) is left to libzmq's bind to refuse, in its own words."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("*", f"@streamfuse-test-{os.getpid()}-fused"):
+        (tmp_path / name).write_text("a file of the user's")
+        with zmq.Context.instance().socket(zmq.XPUB) as sock:
+            bind(sock, f"ipc://{name}")
+    (tmp_path / "notes.txt").write_text("not a folder")
+    with zmq.Context.instance().socket(zmq.XPUB) as sock, pytest.raises(zmq.ZMQError):
+        bind(sock, f"ipc://{tmp_path}/notes.txt/fused")
 
 
 def test_a_second_publisher_on_a_running_ones_ipc_path_is_refused_as_on_tcp(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, good_parts, wait_until, with_header
+from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, good_parts, open_fds, wait_until, with_header
 
 from streamfuse.frames import Frame
 from streamfuse.publish import PublishConfig, Publisher
@@ -332,7 +332,8 @@ def test_a_relayed_client_without_its_request_in_time_is_closed_counted_and_its_
     # after as many as the cap, every Foxglove client was answered 503 for good
     from streamfuse.view.relay import Relay
 
-    relay = Relay("127.0.0.1", 0, 1, limit=4, request_s=0.2)  # upstream never reached: no request comes
+    upstream = socket.create_server(("127.0.0.1", 0))  # listening, never serving: no client must reach it
+    relay = Relay("127.0.0.1", 0, upstream.getsockname()[1], limit=4, request_s=0.2)
     try:
         with caplog.at_level("WARNING", "streamfuse.foxglove"):
             port = relay.start()
@@ -340,9 +341,14 @@ def test_a_relayed_client_without_its_request_in_time_is_closed_counted_and_its_
                 with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as client:
                     client.sendall(b"GET / HTTP/1.1\r\n")  # and never the blank line that ends the head
                     assert client.recv(64) == b""  # closed at the deadline, not answered 503
-            assert relay.count == 0
+            # and its task let go: each one kept stayed, with its streams, for as long as the bridge ran
+            assert relay.count == 0 and not relay._connections
+        upstream.setblocking(False)
+        with pytest.raises(BlockingIOError):  # none of them passed on to the server
+            upstream.accept()
     finally:
         relay.close()
+        upstream.close()
     said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.foxglove"]
     closed = [int(line.split()[1]) for line in said if "sent no complete request within 0.2 s" in line]
     assert sum(closed) == 5 and len(said) == len(closed), said
@@ -484,16 +490,74 @@ def test_the_bridge_relays_with_the_connection_cap_it_was_given():
         bridge.close()
 
 
-def test_a_request_head_over_max_head_is_not_relayed():
+def test_a_request_head_over_max_head_is_not_relayed(caplog):
     from streamfuse.view.relay import MAX_HEAD
 
-    with _relayed(answer_after_eof=False) as port, socket.create_connection(("127.0.0.1", port)) as client:
-        client.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n")
-        client.settimeout(PATIENCE_S)
-        got = b""
-        with contextlib.suppress(ConnectionResetError):  # closed with the head unread: a reset
-            got = client.recv(64)
-        assert got == b""
+    with caplog.at_level("DEBUG", "asyncio"):
+        with _relayed(answer_after_eof=False) as port, socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n")
+            client.settimeout(PATIENCE_S)
+            got = b""
+            with contextlib.suppress(ConnectionResetError):  # closed with the head unread: a reset
+                got = client.recv(64)
+            assert got == b""
+    # refused in silence: a peer sending such heads must not fill the log with tracebacks (said by the time the
+    # relay has stopped)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_either_side_s_end_ends_the_relayed_connection_on_the_other():
+    """A connection the SDK's server closed stayed open to its client (the relay still read the client), and each
+    client gone with a reset left the relay's connection to the server open: either held files for as long as the
+    bridge ran, the exhaustion the relay is there to stop."""
+    from streamfuse.view.relay import Relay
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+    upstream.settimeout(PATIENCE_S)
+    relay = Relay("127.0.0.1", 0, upstream.getsockname()[1])
+    try:
+        port = relay.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as client:
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            with upstream.accept()[0] as relayed:
+                relayed.settimeout(PATIENCE_S)
+                assert relayed.recv(64) == b"GET / HTTP/1.1\r\n\r\n"
+                relayed.sendall(b"bye")
+            assert client.recv(64) == b"bye" and client.recv(64) == b""  # the server's close, passed on
+        client = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        with upstream.accept()[0] as relayed:
+            relayed.settimeout(PATIENCE_S)
+            assert relayed.recv(64) == b"GET / HTTP/1.1\r\n\r\n"
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset, not an end of sending that the relay passes on
+            assert relayed.recv(64) == b""
+    finally:
+        relay.close()
+        upstream.close()
+
+
+def test_a_relay_that_cannot_reach_its_server_closes_the_client_in_silence(monkeypatch, caplog):
+    """Out of files (EMFILE, the flood the relay stands against) or any other OSError on the way to the SDK's
+    server: the client is closed and its place freed, with no traceback in the log."""
+    import errno
+
+    from streamfuse.view.relay import Relay
+
+    async def out_of_files(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(asyncio, "open_connection", out_of_files)
+    relay = Relay("127.0.0.1", 0, 1)
+    try:
+        with caplog.at_level("DEBUG", "asyncio"), \
+                socket.create_connection(("127.0.0.1", relay.start()), timeout=PATIENCE_S) as client:
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert client.recv(64) == b""
+            wait_until(lambda: relay.count == 0, "the client's place freed")
+    finally:
+        relay.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
 
 
 def test_a_relay_that_cannot_bind_raises():
@@ -510,13 +574,17 @@ def test_a_relay_that_cannot_bind_raises():
         except OSError as exc:
             failed.append(exc)
 
+    loops = open_fds("anon_inode:[eventpoll]")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        thread = threading.Thread(target=start, args=(Relay("127.0.0.1", busy.getsockname()[1], 1),), daemon=True)
+        relay = Relay("127.0.0.1", busy.getsockname()[1], 1)
+        thread = threading.Thread(target=start, args=(relay,), daemon=True)
         thread.start()
         thread.join(PATIENCE_S)
     assert [exc.errno for exc in failed] == [errno.EADDRINUSE]
+    assert open_fds("anon_inode:[eventpoll]") == loops  # its event loop closed, with its files
+    relay.close()  # as the bridge's close after its failed start does: nothing is left to stop, and no error
 
 
 def test_a_shared_memory_descriptor_topic_is_refused_before_anything_is_opened():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -50,6 +51,9 @@ def test_a_value_holding_a_newline_or_an_escape_cannot_forge_a_log_line() -> Non
     block = logging.getLogger("t").makeRecord("t", logging.INFO, __file__, 1, "%s", ("replay a\n  stage",), None,
                                               extra=BLOCK)
     assert formatter.format(block) == "INFO replay a\n  stage"
+    # a value without control characters is left as it is, not turned into its text: a library's %r shows its repr
+    plain = logging.getLogger("t").makeRecord("t", logging.INFO, __file__, 1, "%r", (Path("ir.mp4"),), None)
+    assert formatter.format(plain) == f"INFO {Path('ir.mp4')!r}"
 
 
 def test_a_replay_summary_escapes_its_paths_and_keeps_its_lines() -> None:
@@ -97,8 +101,9 @@ def test_another_librarys_flood_is_held_to_a_few_lines_and_the_next_one_says_how
     handler.addFilter(_Throttle(lambda: clock[0], lambda delay, call: ends.append((delay, call))))
     peer, own = logging.getLogger("foxglove.test_log_queue"), logging.getLogger("streamfuse.test_log_queue")
     tool = logging.getLogger("__main__")  # a tools/ script's own logger (run as __main__): the project's too
-    kept = [(log.propagate, log.level) for log in (peer, own, tool)]
-    for log in (peer, own, tool):
+    trainer = logging.getLogger("train")  # training's own (streamfuse.train logs as "train"): an epoch a line
+    kept = [(log.propagate, log.level) for log in (peer, own, tool, trainer)]
+    for log in (peer, own, tool, trainer):
         log.propagate, log.level = False, logging.INFO
         log.addHandler(handler)
     try:
@@ -106,11 +111,13 @@ def test_another_librarys_flood_is_held_to_a_few_lines_and_the_next_one_says_how
             peer.error("Received message for unknown channel: %d", i)
             own.warning("skipped frame %d", i)  # the project's own lines are each an event: never held back
             tool.info("pair %d scored", i)
+            trainer.info("epoch %d", i)
         shown = [line for line in lines if line.startswith("ERROR foxglove.")]
         assert len(shown) == _BURST and shown[-1].endswith(
             f"unknown channel: {_BURST - 1} (further lines of foxglove.test_log_queue for up to {_WINDOW_S:g} s are "
             f"held back and counted)")
-        assert len([line for line in lines if line.startswith(("WARNING streamfuse.", "INFO __main__"))]) == 2000
+        own_lines = [line for line in lines if line.startswith(("WARNING streamfuse.", "INFO __main__", "INFO train "))]
+        assert len(own_lines) == 3000
         assert [delay for delay, _ in ends] == [_WINDOW_S]
         clock[0] += _WINDOW_S
         peer.error("Received message for unknown channel: %d", 7)
@@ -130,8 +137,15 @@ def test_another_librarys_flood_is_held_to_a_few_lines_and_the_next_one_says_how
         clock[0] += _WINDOW_S
         peer.info("reconnected")  # nothing held back is left to say
         assert lines[-1] == "INFO foxglove.test_log_queue reconnected"
+
+        for i in range(_BURST):  # the window "reconnected" opened: one line over its burst, then silence
+            peer.error("Received message for unknown channel: %d", i)
+        assert len(ends) == 1  # a single line held back is said at the window's end too
+        ends.pop()[1]()
+        assert lines[-1] == (f"ERROR foxglove.test_log_queue 1 lines of foxglove.test_log_queue held back in the last "
+                             f"{_WINDOW_S:g} s, not shown")
     finally:
-        for log, (propagate, level) in zip((peer, own, tool), kept):
+        for log, (propagate, level) in zip((peer, own, tool, trainer), kept):
             log.removeHandler(handler)
             log.propagate, log.level = propagate, level
 
@@ -282,8 +296,12 @@ def test_install_leaves_a_root_logger_that_has_a_handler_alone(monkeypatch) -> N
     monkeypatch.setattr(log_queue, "_queue", None)
     monkeypatch.setattr(root, "handlers", [logging.NullHandler()])
     monkeypatch.setattr(root, "level", logging.WARNING)
+    own_warnings = warnings.showwarning
+    monkeypatch.setattr(warnings, "showwarning", own_warnings)  # put back whatever the set-ups do to it
     log_queue.install(logging.DEBUG, "%(message)s")
     assert log_queue._queue is None and len(root.handlers) == 1 and root.level == logging.WARNING
+    log_queue.install_direct(logging.DEBUG, "%(message)s")  # its Python warnings too are its own to route
+    assert len(root.handlers) == 1 and root.level == logging.WARNING and warnings.showwarning is own_warnings
 
 
 def test_a_flush_after_one_that_found_the_queue_full_waits_for_the_lines_again(monkeypatch) -> None:

@@ -65,7 +65,7 @@ def test_a_link_at_the_locks_name_is_not_followed(tmp_path):
     assert precious.read_text() == "keep me"
 
 
-def test_a_check_sees_another_runs_lock_but_not_its_own(tmp_path):
+def test_a_check_sees_another_runs_lock_but_not_its_own(tmp_path, monkeypatch):
     out = tmp_path / "fused.mp4"
     check_not_held(out)  # no lock file
     with held_elsewhere(out) as holder:
@@ -74,6 +74,9 @@ def test_a_check_sees_another_runs_lock_but_not_its_own(tmp_path):
     check_not_held(out)  # its lock file is left, no longer held
     with output_lock(out):
         check_not_held(out)
+    monkeypatch.chdir(tmp_path)  # an output named relative to the working folder (-o fused.mp4) is its own too
+    with output_lock("fused.mp4"):
+        check_not_held("fused.mp4")
 
 
 def test_a_lock_that_cannot_be_removed_leaves_the_run_s_own_error_and_no_descriptor(tmp_path, monkeypatch, caplog):
@@ -114,11 +117,13 @@ def test_a_lock_file_its_ending_holder_removed_as_it_was_opened_is_made_again(tm
 
     lock_path(out).write_text("host pid 1\n")  # the first run's lock file
     monkeypatch.setattr(fcntl, "flock", flock)
+    before = len(os.listdir("/proc/self/fd"))
     with output_lock(out):
         assert lock_path(out).read_text().endswith(f" pid {os.getpid()}\n")
         with pytest.raises(FileExistsError, match="is being written by another run"):
             with output_lock(out):
                 pass
+    assert len(os.listdir("/proc/self/fd")) == before  # the removed file's descriptor closed too
 
 
 def test_a_longer_lock_file_left_by_a_killed_run_is_overwritten_whole(tmp_path):
@@ -177,6 +182,51 @@ def test_a_filesystem_without_locks_lets_the_run_go_on_warned(tmp_path, monkeypa
 
 
 def test_a_check_leaves_a_lock_file_it_cannot_open_to_output_lock(tmp_path):
+    import fcntl
+
     out = tmp_path / "fused.mp4"
     lock_path(out).symlink_to(tmp_path / "elsewhere")  # not followed: output_lock refuses it, naming it
     check_not_held(out)
+    (tmp_path / "elsewhere").touch()  # a link to a file that another program holds locked: still not followed
+    other = os.open(tmp_path / "elsewhere", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        check_not_held(out)
+    finally:
+        os.close(other)
+
+
+def test_a_lock_that_fails_for_another_reason_is_one_line_and_keeps_no_descriptor(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def failing(fd, op):
+        raise OSError(errno.EIO, "Input/output error")  # a network filesystem's lock server gone, say
+
+    out = tmp_path / "fused.mp4"
+    monkeypatch.setattr(fcntl, "flock", failing)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match=f"^cannot lock output {out}: .*fused.mp4.lock: Input/output error"):
+        with output_lock(out):
+            pass
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_refusal_names_a_holder_with_a_long_host_name_whole(tmp_path):
+    """A cluster node's host name is long: the refusal names the holder's whole line."""
+    import fcntl
+    import re
+
+    out = tmp_path / "fused.mp4"
+    line = "ip-10-0-0-12.eu-west-1.compute.internal pid 4194304"
+    lock_path(out).write_text(f"{line}\n")
+    holder = os.open(lock_path(out), os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(FileExistsError, match=rf"by another run \({re.escape(line)}, holding"):
+            check_not_held(out)
+        with pytest.raises(FileExistsError, match=rf"by another run \({re.escape(line)}, holding"):
+            with output_lock(out):
+                pass
+    finally:
+        os.close(holder)

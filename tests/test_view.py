@@ -693,6 +693,7 @@ def test_one_other_machine_holds_at_most_a_quarter_of_the_cap(caplog):
     with caplog.at_level("WARNING", "streamfuse.view"):
         assert [door.enter(t) for t in far] == [True, True, False]
         assert far[2].closed and far[2].sent.startswith(b"HTTP/1.1 503 ") and b"from this address" in far[2].sent
+        assert not door.enter(_Peer("192.0.2.7"))  # within the same seconds, no event loop here: said at the close
         assert door.enter(_Peer("192.0.2.8")) and door.enter(_Peer("2001:db8::1"))  # other hosts get in
         local = ("::1", "::ffff:127.0.0.1", "::ffff:127.0.0.1", "::ffff:127.0.0.1")  # 4 > 2: loopback has the cap
         assert all(door.enter(_Peer(host)) for host in local)  # (an IPv4 client of a dual-stack socket included)
@@ -703,7 +704,9 @@ def test_one_other_machine_holds_at_most_a_quarter_of_the_cap(caplog):
     said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.view"]
     assert said == ["answered 1 connection(s) 503 and closed them: their address held 2, a quarter of the cap "
                     "(--max-connections)",
-                    "answered 1 connection(s) 503 and closed them: 8 were open, the cap (--max-connections)"], said
+                    "answered 1 connection(s) 503 and closed them: 8 were open, the cap (--max-connections)",
+                    "answered 1 connection(s) 503 and closed them: their address held 2, a quarter of the cap "
+                    "(--max-connections)"], said
 
 
 def test_refusals_held_back_are_said_once_their_seconds_have_passed(monkeypatch, caplog):
@@ -733,6 +736,9 @@ def test_the_bridge_caps_connections_at_a_third_of_its_files():
 
     from streamfuse.view.gate import _OWN_FILES, most_connections
 
+    with pytest.MonkeyPatch.context() as patch:  # a limit that its own files take whole still leaves one connection:
+        patch.setattr(resource, "getrlimit", lambda _: (_OWN_FILES, _OWN_FILES))  # a cap of 0 refused every client
+        assert most_connections(files_each=3) == 1
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         pytest.skip("no open-file limit here")
@@ -908,6 +914,7 @@ def test_a_closed_connection_s_request_deadline_is_dropped_with_it():
             assert await asyncio.wait_for(reader.read(), PATIENCE_S) == b""  # closed at its deadline
             slow.close()
             await _wait(lambda: gate.count == 0, "the slow client's close seen")
+            assert gate.handlers.connections == []  # aiohttp was told of each close too: it forgot them
         finally:
             await served.cleanup()
 
@@ -918,6 +925,30 @@ def test_a_closed_connection_s_request_deadline_is_dropped_with_it():
     finally:
         feed.close()
     assert gate.timed_out.count == 1 and gate.open == {}
+
+
+def test_the_gate_itself_closes_a_connection_at_its_deadline_and_passes_on_the_write_pauses():
+    """The close at the deadline is the gate's own, whatever aiohttp's version does with a connection that has sent
+    part of a head; aiohttp behind the gate still hears when to stop and resume writing to a page that reads slowly
+    (else its writes never wait and a stalled page's buffer grows without bound)."""
+    from streamfuse.view.gate import _Guarded
+
+    heard: list[str] = []
+    inner = types.SimpleNamespace(connection_made=lambda t: heard.append("made"),
+                                  pause_writing=lambda: heard.append("pause"),
+                                  resume_writing=lambda: heard.append("resume"))
+    gate = Gate(request_s=0.05)
+    peer = _Peer("127.0.0.1")
+
+    async def deadline() -> None:
+        guarded = _Guarded(gate, inner)
+        guarded.connection_made(peer)
+        guarded.pause_writing()
+        guarded.resume_writing()
+        await _wait(lambda: peer.closed, "the gate's close at the deadline")
+
+    asyncio.run(deadline())
+    assert heard == ["made", "pause", "resume"] and gate.timed_out.count == 1
 
 
 def test_another_machine_has_a_place_under_any_cap_and_is_forgotten_once_its_connections_close():
@@ -935,6 +966,7 @@ def test_a_503_answer_says_the_length_of_its_body():
     assert not door.enter(refused)
     head, _, body = refused.sent.partition(b"\r\n\r\n")
     assert int(re.search(rb"\r\nContent-Length: (\d+)(\r\n|$)", head).group(1)) == len(body) > 0
+    assert b"\r\nConnection: close\r\n" in head  # or an HTTP/1.1 client takes the connection for one to reuse
 
 
 def test_a_page_opened_after_the_last_one_closed_gets_no_frame_from_before():

@@ -98,9 +98,11 @@ def test_staged_folders_moves_files_only_at_the_end(tmp_path):
     final = tmp_path / "a" / "b"
     with staged_folders([final]) as (stage,):
         (stage / "x.txt").write_text("x")
+        (stage / "notes").write_text("a file of any name")  # every file, not only those with a suffix
         assert not (final / "x.txt").exists() and stage.parent == final
         assert list(final.parent.iterdir()) == [final]  # nothing beside it: its parent may be another user's
-    assert [p.name for p in final.iterdir()] == ["x.txt"] and sorted(p.name for p in final.parent.iterdir()) == ["b"]
+    assert sorted(p.name for p in final.iterdir()) == ["notes", "x.txt"]
+    assert sorted(p.name for p in final.parent.iterdir()) == ["b"]
     assert isinstance(stage, Path) and not stage.exists()
 
 
