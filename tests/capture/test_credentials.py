@@ -34,7 +34,7 @@ def test_a_cameras_password_from_the_environment_stays_out_of_the_log_and_the_er
             run_live(cfg, duration_s=60.0)  # ends with the IR camera's refusal; the duration only bounds a failure
     shown = url.format("***").replace(TOKEN, "***")
     assert f"ir: cannot open {shown}: Connection refused" in str(err.value)
-    assert f"'path': '{shown}'" in caplog.text  # the config logged at the start
+    assert f'"path": "{shown}"' in caplog.text  # the config logged at the start
     dump_config(cfg, tmp_path / "resolved.yaml")
     assert shown in (tmp_path / "resolved.yaml").read_text()
     for text in (str(err.value), caplog.text, (tmp_path / "resolved.yaml").read_text()):

@@ -78,7 +78,7 @@ def test_a_frame_that_cannot_be_read_is_one_line_and_writes_nothing(tool, tmp_pa
     ir = tmp_path / ("gone.png" if case == "missing" else "ir.png")
     with pytest.raises(SystemExit) as stop:
         tool("homography").main([*POINTS, "--ir", str(ir), "--vis", str(vis), "--overlay", str(tmp_path / "o.png")])
-    why = f"{ir}: the file is gone" if case == "missing" else f"{vis}: corrupt, or not an image"
+    why = f"{ir}: the file is gone" if case == "missing" else f"{vis}: Premature end of JPEG file"
     assert stop.value.code == f"homography: cannot read image {why}" and not (tmp_path / "o.png").exists()
 
 
