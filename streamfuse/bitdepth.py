@@ -69,6 +69,7 @@ _RELEASE = 30
 _PER_DEGREE = 50  # float IR temperatures: counts per degree (module docstring)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
+_MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))  # OpenCV's limit on a decoded image
 
 
 class To8Bit:
@@ -211,6 +212,12 @@ def _jpeg_damage(data: np.ndarray) -> str | None:
     whole pictures; a JPEG libjpeg-turbo cannot make grey (CMYK, 12-bit) is left to OpenCV."""
     import simplejpeg  # here: a dependency, but only JPEG files need it
 
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:  # no header libjpeg-turbo reads: OpenCV's to refuse
+        return None
+    if height * width > _MAX_PIXELS:  # OpenCV refuses it unread; decoded here, a damaged size took GBs and seconds
+        return None
     try:
         simplejpeg.decode_jpeg(data, "GRAY", strict=True)  # strict: libjpeg's warnings raise
     except ValueError as exc:

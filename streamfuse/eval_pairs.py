@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from streamfuse import metrics
@@ -24,15 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def read_grey(path: Path, depth: To8Bit | None = None) -> np.ndarray:
-    """Read an 8- or 16-bit image as ``(H, W)`` uint8 luma: grey as is, BGR/BGRA via BT.601 Y (``vis_luma``).
+    """Read an 8- or 16-bit image as ``(H, W)`` uint8 luma: grey as is, BGR via BT.601 Y (``vis_luma``; an
+    alpha channel is dropped as the file is read).
 
     ``depth`` brings 16 bits to 8 (:mod:`streamfuse.bitdepth`): ``To8Bit(ir=True)`` for an IR still, one instance
     for all the frames of an IR sequence; a visible or fused image when None. ``ValueError`` (one line) otherwise.
     """
     img = read_8bit(path, depth or To8Bit(ir=False))
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    elif img.ndim == 3 and img.shape[2] == 1:
+    if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
     return vis_luma(np.ascontiguousarray(img))
 

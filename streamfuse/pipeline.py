@@ -93,7 +93,6 @@ def _about(name: str, source: SourceConfig) -> str:
     return f"{name}.kind {source.kind}" + (" not realtime" if virtual else "")
 
 
-
 def _as_json(cfg: PipelineConfig) -> str:
     """The config as JSON, which is YAML: the logged line copied into a file is the config again (Python's repr was
     not: ``record: None``)."""

@@ -170,7 +170,7 @@ class Recorder:
         # an existing file is an earlier recording or one of the run's own inputs; a partial one is what is left of
         # a run that did not finish: none is written over
         for existing in (self.path, self._partial):
-            if existing.exists():
+            if os.path.lexists(existing):  # a link pointing nowhere too: the final rename would not write over it
                 left = existing == self._partial  # what a killed run left, or a running run's recording
                 finish = f" (`python -m streamfuse recover {existing}` finishes it)" if left else ""
                 if left and being_recorded(existing):

@@ -62,7 +62,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
     out = Path(out) if out is not None else _final_name(src)
     if not out.name.lower().endswith(".mcap"):
         raise ValueError(f"cannot recover to {out}: a recording's name must end in .mcap (replay knows it by that)")
-    if out.exists():
+    if os.path.lexists(out):  # a link pointing nowhere too: the final rename would not write over it
         raise FileExistsError(f"cannot recover to {out}: it exists; pass another --out or move it away")
     tmp = partial_path(out)
     if tmp.resolve() == src.resolve():  # the default output's temporary name is the cut recording itself

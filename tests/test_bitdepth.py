@@ -277,6 +277,22 @@ def test_unreadable_files_are_one_line(tmp_path, capfd, content, why):
     assert capfd.readouterr().err == ""
 
 
+def test_a_jpeg_claiming_more_pixels_than_opencv_reads_is_refused_unread(tmp_path, monkeypatch):
+    # one damaged byte of its frame size: the damage check decoded all 60000x60000 pixels claimed (3.5 GB, 20 s) to
+    # find the data missing, where OpenCV refuses such a picture at once (its pixel limit)
+    import simplejpeg
+
+    ok, data = cv2.imencode(".jpg", np.full((16, 16, 3), 100, np.uint8))
+    data = bytearray(data.tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2  # height, width
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: pytest.fail("decoded what OpenCV refuses"))
+    with pytest.raises(ValueError, match="corrupt, or not an image"):
+        read_image(path)
+
+
 def test_a_jpeg_with_extraneous_bytes_before_a_marker_is_read_whole(tmp_path):
     # libjpeg calls these "corrupt JPEG data" too, but the picture is whole: many cameras write them
     image = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64).astype(np.uint8)

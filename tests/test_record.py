@@ -820,6 +820,14 @@ def test_a_recording_given_no_frame_leaves_no_file(tmp_path, caplog):
     assert f"no frame was recorded: no recording written to {tmp_path / 'close' / 'rig.mcap'}" in caplog.text
 
 
+def test_a_link_at_the_recordings_name_that_points_nowhere_is_refused_at_the_start(tmp_path):
+    # the final rename never writes over a name taken: a dangling link there failed the run at its end, hours later,
+    # as a file that "appeared while the run recorded"
+    os.symlink(tmp_path / "elsewhere.mcap", tmp_path / "rig.mcap")
+    with pytest.raises(RuntimeError, match="rig.mcap exists"):
+        Recorder(RecordConfig(path=str(tmp_path / "rig.mcap")))
+
+
 def _chunk_offsets(data: bytes) -> list[int]:
     """Where each Chunk record (opcode 0x06) of an MCAP file starts, walking its records to the Footer."""
     pos, found = 8, []
@@ -841,8 +849,41 @@ def test_a_chunk_whose_opcode_is_damaged_is_not_skipped_in_silence(tmp_path, rng
     assert len(chunks) >= 2
     data[chunks[1]] ^= 0x10  # 0x06 -> 0x16, no record MCAP knows
     path.write_bytes(bytes(data))
-    with pytest.raises(SourceError, match="truncated or corrupt after .* frames .*crc"):
+    with pytest.raises(SourceError, match="truncated or corrupt after .* frames .*unknown type 0x16"):
         list(read_recording(path))
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_damaged_chunk_opcode_stops_the_reading_there_not_after_the_frames_behind_it(tmp_path, rng, cut):
+    # the data section's CRC is checked at its end, after every frame behind the damaged chunk (and a cut recording,
+    # what recover copies, has none): those frames were read, the chunk's own skipped, recover's copy read back clean
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path), chunk_mb=0.0625), queue_size=512) as rec:
+        for f in _frames(rng, 90):
+            rec.write(f)
+    data = path.read_bytes()
+    chunks = _chunk_offsets(data)
+    assert len(chunks) >= 3
+    before = tmp_path / "before.mcap"  # cut where the damaged chunk starts: the frames a reading should stop after
+    before.write_bytes(data[:chunks[1]])
+    n_before = int(re.search(r"after (\d+) frames", str(_error(read_recording(before)))).group(1))
+    damaged = bytearray(data[:chunks[-1]] if cut else data)
+    damaged[chunks[1]] ^= 0x10  # 0x06 -> 0x16, no record MCAP knows
+    path.write_bytes(bytes(damaged))
+    read: list[Frame] = []
+    with pytest.raises(SourceError, match=f"after {n_before} frames .*unknown type 0x16"):
+        read.extend(read_recording(path))
+    assert len(read) <= n_before
+
+
+def _error(frames) -> BaseException:
+    """The exception that ends iterating ``frames``."""
+    try:
+        for _ in frames:
+            pass
+    except BaseException as exc:  # noqa: BLE001 (the test's answer)
+        return exc
+    raise AssertionError("read to its end without an error")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")

@@ -376,13 +376,22 @@ def test_a_file_given_the_output_name_while_it_copies_is_not_written_over(tmp_pa
     assert capsys.readouterr().err == f"streamfuse recover: error: cannot recover {src} into {out}: File exists\n"
 
 
+def test_a_link_at_the_output_name_that_points_nowhere_is_refused_before_the_copy(tmp_path, cut):
+    src, _ = cut
+    out = tmp_path / "saved.mcap"
+    os.symlink(tmp_path / "elsewhere.mcap", out)
+    with pytest.raises(FileExistsError, match="it exists"):
+        recover(src, out)
+    assert out.is_symlink() and not partial_path(out).exists()
+
+
 def test_a_recovered_recording_carries_its_data_section_crc(tmp_path, cut):
-    # so that a chunk whose opcode is damaged later is found, not skipped with its frames by every reader
+    # so that damage no chunk CRC covers (a chunk header's times) is found
     src, _ = cut
     out = tmp_path / "saved.mcap"
     assert recover(src, out).startswith("recovered ")
     data = bytearray(out.read_bytes())
-    data[_chunk_offsets(bytes(data))[0]] ^= 0x10  # 0x06 -> 0x16, no record MCAP knows
+    data[_chunk_offsets(bytes(data))[0] + 9] ^= 0x10  # its message_start_time: in no chunk CRC, read without a fault
     out.write_bytes(bytes(data))
-    with pytest.raises(SourceError, match="truncated or corrupt after 0 frames .*crc"):
+    with pytest.raises(SourceError, match="truncated or corrupt after .* frames .*crc"):
         list(read_recording(out))

@@ -25,6 +25,7 @@ import numpy as np
 from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader, SeekingReader
 from mcap.records import Channel, Message, Schema
+from mcap.stream_reader import StreamReader
 from zstandard import ZstdError
 
 from streamfuse.bitdepth import To8Bit
@@ -96,6 +97,7 @@ def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPIC
     with open(path, "rb") as f:
         try:
             reader = NonSeekingReader(f, validate_crcs=True)
+            reader._stream_reader = _KnownRecords(f, validate_crcs=True)  # noqa: SLF001 (its only reader, see there)
             for record in reader.iter_messages(topics=sorted(topics), log_time_order=False):
                 yield record
                 read += 1
@@ -186,6 +188,19 @@ def _records(path: str | os.PathLike, topics: tuple[str, ...],
             read += 1
     except (sqlite3.DatabaseError, BagError) as exc:
         raise SourceError(_damaged(shown, read, exc)) from None
+
+
+class _KnownRecords(StreamReader):
+    """MCAP's stream reader, stopping at a record of a reserved type: the library skips it, as the format lets new
+    versions add types, but no writer makes one, and a chunk's damaged opcode byte (in no chunk CRC) read as one would
+    drop its frames without a word; the data section's CRC tells only at its end, after the frames behind it, and a
+    cut recording has none. User-defined types (0x80 and up) are still skipped."""
+
+    def _read_record(self, opcode: int, length: int) -> object:
+        record = super()._read_record(opcode, length)
+        if record is None and opcode < 0x80:
+            raise McapError(f"a record of unknown type 0x{opcode:02x}: damaged")
+        return record
 
 
 def _damaged(path: Path, frames: int, exc: Exception) -> str:
