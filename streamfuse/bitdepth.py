@@ -219,7 +219,8 @@ def _jpeg_damage(data: np.ndarray) -> str | None:
     if height * width > _MAX_PIXELS:  # OpenCV refuses it unread; decoded here, a damaged size took GBs and seconds
         return None
     try:
-        simplejpeg.decode_jpeg(data, "GRAY", strict=True)  # strict: libjpeg's warnings raise
+        # strict: libjpeg's warnings raise; decoded at 1/8 scale, its coded data all read (a quarter less time)
+        simplejpeg.decode_jpeg(data, "GRAY", strict=True, min_height=1, min_width=1)
     except ValueError as exc:
         why = str(exc)
         if why.startswith(("Corrupt JPEG data", "Premature end of JPEG file")) and "extraneous bytes" not in why:
