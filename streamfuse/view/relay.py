@@ -56,7 +56,11 @@ class Relay(Door):
         ready: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="foxglove relay", daemon=True)
         self._thread.start()
-        self.port = ready.result()
+        try:
+            self.port = ready.result()
+        except OSError:
+            self._thread.join()  # it ends as it says so: a close() now finds nothing to stop, not a closed loop
+            raise
         return self.port
 
     def close(self) -> None:
