@@ -134,7 +134,7 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             _recorder(cfg, frame_ids) as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not (stop.is_set() or failure) and time.monotonic() < deadline:
             # 1. capture: what arrived since the last turn (a brief wait if nothing has), up to a source's failure
-            frames, failure = _drain(producers, stop)
+            frames, failure = _drain(producers, stop, deadline)
             if frames is None:
                 break  # every source has ended for good
             # 2. pair by capture time; a live rig wants the freshest pair, older ones are stale
@@ -244,9 +244,11 @@ def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Process
 _OPENING_WAIT_S = 15.0  # a run that fails waits this long for a source still opening to deliver or fail too
 
 
-def _drain(producers: Producers, stop: threading.Event | None = None) -> tuple[list[Frame] | None, str]:
+def _drain(producers: Producers, stop: threading.Event | None = None,
+           deadline: float = float("inf")) -> tuple[list[Frame] | None, str]:
     """Frames that arrived since the last call (waiting up to 0.1 s for the first), None once all sources ended; and
-    the run's failure in one line once a source failed for good (restart off, or it never opened), else "".
+    the run's failure in one line once a source failed for good (restart off, or it never opened), else "" (see
+    ``_failure``; ``deadline``: the run's end, monotonic s).
 
     A source that is restarting is only logged by the producer set, and the other source keeps going.
     """
@@ -255,20 +257,22 @@ def _drain(producers: Producers, stop: threading.Event | None = None) -> tuple[l
     while item is not None:
         if isinstance(item, ProducerEvent):
             if item.kind == "error" and not item.restarting:
-                return frames, _failure(producers, item.message, frames, stop)
+                return frames, _failure(producers, item.message, frames, stop, deadline)
         else:
             frames.append(item)
         item = producers.get(timeout=0)
     return (None if producers.done and not frames else frames), ""
 
 
-def _failure(producers: Producers, first: str, frames: list[Frame], stop: threading.Event | None = None) -> str:
+def _failure(producers: Producers, first: str, frames: list[Frame], stop: threading.Event | None = None,
+             deadline: float = float("inf")) -> str:
     """The run's failure in one line: ``first``, and another source's if it fails too before its first frame (two
     wrong paths are both named, not one per try); a source still opening is waited for up to ``_OPENING_WAIT_S``,
-    unless ``stop`` is set meanwhile (Ctrl-C, SIGTERM: the run ends within 2 s, not after the wait).
+    unless ``stop`` is set meanwhile (Ctrl-C, SIGTERM: the run ends within 2 s, not after the wait) or the run's
+    ``deadline`` (its ``--duration``) comes first.
     The frames still queued are added to ``frames``: paired, recorded and counted as any other, not lost."""
     errors = [first]
-    deadline = time.monotonic() + _OPENING_WAIT_S
+    deadline = min(deadline, time.monotonic() + _OPENING_WAIT_S)
     while True:
         opening = any(s["delivered"] == 0 and s["state"] != "ended" for s in producers.stats().values())
         waiting = opening and time.monotonic() < deadline and not (stop is not None and stop.is_set())

@@ -691,6 +691,19 @@ def test_a_failure_waits_no_longer_for_a_source_still_opening_once_the_run_is_st
     assert polls == [0.05, 0]  # one wait, then the queue's last items without one
 
 
+def test_a_failure_waits_no_longer_for_a_source_still_opening_than_the_runs_duration():
+    # A 404 on one camera while the other was not up yet held a --duration 8 run for 17 s: the wait's 15 s
+    from streamfuse.pipeline import _failure
+
+    polls = []
+    producers = _QueuedProducers([])
+    producers.get = lambda timeout: polls.append(timeout)
+    producers.stats = lambda: {"ir": {"delivered": 0, "state": "ended"}, "vis": {"delivered": 0, "state": "waiting"}}
+    assert _failure(producers, "ir: cannot open http://cam/x: 404 Not Found", [], None, deadline=0.0) == (
+        "ir: cannot open http://cam/x: 404 Not Found")  # the run's end (monotonic 0.0) has passed: no wait
+    assert polls == [0]
+
+
 @pytest.mark.timeout(90)
 def test_the_fuser_is_warmed_up_at_the_visible_size_before_capture_starts(monkeypatch):
     # On a GPU the engine's first call (CUDA graph capture) took 0.9 s: made on the first pair, it dropped the

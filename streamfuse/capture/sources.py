@@ -61,8 +61,8 @@ class SourceConfig:
     Args:
         kind: ``synthetic | camera | stream | file | folder | mcap``.
         path: camera index or device path; URL; video file; image folder; recording file.
-        fps: frame rate of synthetic, camera and folder sources, frames/s (files use their own timestamps; a looped
-            recording of one frame steps by it).
+        fps: frame rate of synthetic, camera and folder sources, and of a stream without timestamps (Motion JPEG over
+            HTTP), frames/s (files use their own timestamps; a looped recording of one frame steps by it).
         width: synthetic width / camera request, pixels.
         height: synthetic height / camera request, pixels.
         realtime: files, folders, recordings: pace at the recorded rate; False = as fast as possible

@@ -8,7 +8,7 @@ Capture times (``t_capture_ns``):
   a timestamp discontinuity is shifted out, reported in one line: ``timestamps.FileClock``);
 - ``stream``: the stream's pts on the ``time.time_ns()`` clock, never later than the frame's arrival (so a network
   stream pairs with a live camera while keeping the sender's frame spacing, without drifting away from the wall
-  clock: ``timestamps.StreamClock``);
+  clock: ``timestamps.StreamClock``; a format without timestamps, Motion JPEG over HTTP, its arrival time);
 - ``folder``: ``index / fps`` seconds.
 
 16-bit images, grey video deeper than 8 bits (IR) and 16-bit camera frames come to 8 bits by the sequence rule of
@@ -142,7 +142,8 @@ class AvSource(BaseSource):
         if self.cfg.decode_threads:
             stream.thread_count = self.cfg.decode_threads
         self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
-        rate = stream.average_rate or stream.guessed_rate
+        self._arrival = self.live and bool(int(container.format.flags) & 0x80)  # AVFMT_NOTIMESTAMPS: HTTP MJPEG
+        rate = None if self._arrival else stream.average_rate or stream.guessed_rate  # then expected at cfg.fps
         self._period_ns = round(1e9 / float(rate)) if rate else round(1e9 / self.cfg.fps)
         self._expected = announced_frames(container, stream)  # 0 when the container does not say (e.g. Matroska)
         self._container, self._stream = container, stream  # for the announced end, at the end of the pass
@@ -249,7 +250,7 @@ class AvSource(BaseSource):
         """The capture time of the frame with this pts; reports a timestamp discontinuity or the first repeat."""
         if self.live:
             mono_ns, wall_ns = time.monotonic_ns(), time.time_ns()
-            t_ns = self._times.stamp(pts_ns, mono_ns, wall_ns)
+            t_ns = self._times.stamp(mono_ns if self._arrival else pts_ns, mono_ns, wall_ns)  # guessed pts: arrival
             if self._times.restarted:
                 self.warn(f"{self.section}: {self.cfg.path}: timestamps went back {self._where()} (the sender "
                           f"restarted?); times follow the wall clock again")
