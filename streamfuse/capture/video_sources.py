@@ -1,5 +1,5 @@
-"""The sources of recorded and streamed video: PyAV files and network streams (``file``, ``stream``) and folders of
-numbered images (``folder``); device cameras are :mod:`~streamfuse.capture.camera`'s.
+"""The sources of recorded and streamed video: PyAV files and network streams (``file``, ``stream``); image folders
+are :mod:`~streamfuse.capture.image_folder`'s, device cameras :mod:`~streamfuse.capture.camera`'s.
 
 Capture times (``t_capture_ns``):
 
@@ -8,8 +8,7 @@ Capture times (``t_capture_ns``):
   a timestamp discontinuity is shifted out, reported in one line: ``timestamps.FileClock``);
 - ``stream``: the stream's pts on the ``time.time_ns()`` clock, never later than the frame's arrival (so a network
   stream pairs with a live camera while keeping the sender's frame spacing, without drifting away from the wall
-  clock: ``timestamps.StreamClock``; a format without timestamps, Motion JPEG over HTTP, its arrival time);
-- ``folder``: ``index / fps`` seconds.
+  clock: ``timestamps.StreamClock``; a format without timestamps, Motion JPEG over HTTP, its arrival time).
 
 16-bit images, grey video deeper than 8 bits (IR) and 16-bit camera frames come to 8 bits by the sequence rule of
 :mod:`streamfuse.bitdepth` (IR: a range held while the frames fit it, re-taken when they clearly do not).
@@ -83,8 +82,8 @@ class AvSource(BaseSource):
         self._repeated = self._looped = False  # a repeat reported; a loop pass begun (its reports were made)
 
     def _open_failure(self, exc: BaseException, tcp_chosen: bool, waited_s: float) -> SourceError:
-        """The one line of a container that did not open after ``waited_s``; a live camera not there yet (not
-        answering, no route, its name not resolving) is ``unreachable``: waited for, not the run's end."""
+        """The one line of a container that did not open after ``waited_s``; a live camera not there (yet) (not
+        answering, no route, its name not resolving, busy) is ``unreachable``: waited for, not the run's end."""
         import av
 
         path, why = self.cfg.path, io_reason(exc)
@@ -100,8 +99,9 @@ class AvSource(BaseSource):
             why += " (the camera refuses RTSP over TCP: give it ffmpeg: [rtsp_transport=udp])"
         elif self.live and getattr(exc, "errno", None) == errno.EIO and (host := unresolved_host(path)):
             why, waited = f"its host name {host} does not resolve (yet)", True  # FFmpeg's words: "I/O error"
-        return SourceError(f"{self.section}: cannot open {path}: {why}",
-                           unreachable=self.live and (waited or unreachable(exc)))
+        busy = isinstance(exc, (av.HTTPServerError, av.HTTPTooManyRequestsError))  # 5xx, 429: a previous run's
+        return SourceError(f"{self.section}: cannot open {path}: {why}",  # sessions still held, a server booting
+                           unreachable=self.live and (waited or busy or unreachable(exc)))
 
     def _open_container(self) -> None:
         import av

@@ -12,6 +12,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -279,6 +280,29 @@ def test_a_stream_that_answers_at_once_with_no_video_is_not_waited_for(monkeypat
         open_source("ir", SourceConfig(kind="stream", path=url)).open()
     assert str(info.value).startswith(f"ir: cannot open {url}: not a readable video (")
     assert not info.value.unreachable
+
+
+@pytest.mark.parametrize("status, waited", [("503 Service Unavailable", True), ("500 Internal Server Error", True),
+                                            ("429 Too Many Requests", True), ("404 Not Found", False)])
+def test_a_camera_that_answers_busy_is_waited_for_and_a_wrong_path_is_not(status, waited) -> None:
+    # A camera whose sessions a previous run still holds (or still booting its server) answers 503 or 429: that
+    # ended a restarted robot's run at once, where the camera serves again within its session timeout
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/video.mjpg"
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(f"HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n".encode())
+
+        camera = threading.Thread(target=answer, daemon=True)
+        camera.start()
+        with pytest.raises(SourceError) as info:
+            open_source("ir", SourceConfig(kind="stream", path=url)).open()
+        camera.join(10)
+    assert str(info.value).startswith(f"ir: cannot open {url}: ")
+    assert info.value.unreachable is waited
 
 
 @pytest.mark.parametrize("resolves", [False, True])
