@@ -29,7 +29,7 @@ in one line and counted (``stalls`` in :meth:`Producers.stats`), killed and rest
 
 The processes themselves (forked from a preloaded server, SIGINT and SIGTERM ignored, gone with their parent) are
 ``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are killed). A start
-first frees the shared memory of runs that were killed as a whole (``shm_ring.remove_stale``).
+frees the shared memory of runs that were killed as a whole (``shm_ring.remove_stale``).
 """
 
 from __future__ import annotations
@@ -363,14 +363,16 @@ class Producers:
         self._stopped = True
         self._stop.set()
         deadline = time.monotonic() + timeout
-        procs = [w.proc for w in self._workers.values() if w.proc is not None]
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic() - 0.2))  # keep 0.2 s for the kill
-        for p in procs:
-            if p.is_alive():
-                log.warning("producer %s (pid %d) did not stop in time; killing it", p.name, p.pid)
-                p.kill()
-                p.join(0.2)
+        workers = [w for w in self._workers.values() if w.proc is not None]
+        for w in workers:
+            w.proc.join(max(0.0, deadline - time.monotonic() - 0.2))  # keep 0.2 s for the kill
+        for w in workers:
+            if w.proc.is_alive():  # one with no frame yet is inside its source's open (FFmpeg's), which no stop reaches
+                opening = w.beat[0] == 0
+                log.log(logging.INFO if opening else logging.WARNING, "producer %s (pid %d) %s; killing it",
+                        w.proc.name, w.proc.pid, "still opening its source" if opening else "did not stop in time")
+                w.proc.kill()
+                w.proc.join(0.2)
         for w in self._workers.values():
             self._release(w)
 

@@ -309,18 +309,38 @@ def test_a_producer_reaped_by_its_fork_server_is_not_killed_again_under_its_reus
         other.wait()
 
 
-def test_stop_ends_every_producer_even_a_frozen_one() -> None:
+def test_stop_ends_every_producer_even_a_frozen_one(caplog) -> None:
     cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)
     prod = start_producers(cfg, cfg, slots=2)
-    collect(prod, lambda f, e: len(f) >= 1)  # both producers up
+    collect(prod, lambda f, e: {x.stream for x in f} == {"ir", "vis"})  # both producers up, with frames written
     frozen = prod.pids()["vis"]
     os.kill(frozen, signal.SIGSTOP)  # deaf to the stop flag and to SIGTERM: only SIGKILL ends it
     names = prod.shm_names()
-    prod.stop(timeout=2.0)
+    with caplog.at_level(logging.INFO, logger="streamfuse.capture.producer"):
+        prod.stop(timeout=2.0)
+    assert f"producer streamfuse-vis (pid {frozen}) did not stop in time; killing it" in [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]  # it had written frames: not expected
     wait_for(lambda: not _running(frozen), "the frozen producer to die")  # killed; the kernel may take a moment
     assert prod.pids()["ir"] is None
     assert not [n for n in names if (SHM_DIR / n).exists()], "leaked shared memory"
     assert prod.get(timeout=0.1) is None and prod.shm_names() == []  # stopped producers are not dead ones to restart
+
+
+def test_a_stop_while_a_network_source_is_still_opening_is_no_warning(caplog) -> None:
+    # a camera that takes the connection and never answers holds its producer inside FFmpeg's open, which no stop
+    # flag reaches: its kill, expected there, was a warning after the final stats of every stop
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        prod = Producers({"ir": SourceConfig(kind="stream", path=f"tcp://127.0.0.1:{silent.getsockname()[1]}")},
+                         slots=2)
+        try:
+            silent.settimeout(30)
+            conn, _ = silent.accept()  # the producer is inside the open now (its timeout: 10 s)
+            with caplog.at_level(logging.INFO, logger="streamfuse.capture.producer"), conn:
+                prod.stop(timeout=0.5)
+        finally:
+            prod.stop()
+    assert "still opening its source; killing it" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_live_file_end_restarts_from_the_start_with_times_still_increasing(tmp_path: Path) -> None:
