@@ -4,8 +4,14 @@ Live:    python run_stream.py --config demo
 Replay:  python run_stream.py --config replay --ir IR.mp4 --vis VIS.mp4 --out fused.mp4
 """
 
-from streamfuse.cli import stoppable
-from streamfuse.cli.run import exit_now, main
+import sys
+
+try:  # a Ctrl-C as the package loads, before stoppable takes the stop signals: one line and 130, not a traceback
+    from streamfuse.cli import stoppable
+    from streamfuse.cli.run import exit_now, main
+except KeyboardInterrupt:
+    print("run_stream.py: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 if __name__ == "__main__":
     code = stoppable(lambda: main(prog="run_stream.py"), "run_stream.py", "run")  # stops taken before its imports

@@ -69,6 +69,7 @@ _RELEASE = 30
 _PER_DEGREE = 50  # float IR temperatures: counts per degree (module docstring)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
+_TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 _MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))  # OpenCV's limit on a decoded image
 
 
@@ -188,7 +189,19 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
             img = None
     if img is None:
         raise ValueError(f"cannot read image {path}: corrupt, or not an image")
+    if buf[:4].tobytes() in _TIFF_SIGNATURES and (pages := _tiff_pages(path)) > 1:  # imdecode gives the first alone
+        raise ValueError(f"cannot read image {path}: a TIFF of {pages} pages (a sequence?), of which only the first "
+                         f"would be read; save each page as an image of its own")
     return img
+
+
+def _tiff_pages(path: str | os.PathLike) -> int:
+    """The pages of a TIFF file as OpenCV counts them; 1 where it cannot."""
+    with opencv_quiet():
+        try:
+            return int(cv2.imcount(os.fspath(path)))
+        except cv2.error:
+            return 1
 
 
 def _png_intact(data: memoryview) -> bool:

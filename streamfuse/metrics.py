@@ -45,10 +45,13 @@ def to_8bit(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255)
 
 
-def _f64(img: np.ndarray) -> np.ndarray:
+def _f64(img: np.ndarray, what: str = "an") -> np.ndarray:
     img = np.asarray(img, dtype=np.float64)
     if img.ndim != 2:
         raise ValueError(f"metrics need a 2-D grey image, got shape {img.shape}")
+    if not np.isfinite(img).all():  # NaN would turn every metric into NaN, passed into a table's means unseen
+        raise ValueError(f"metrics need finite pixels: {what} image has {np.count_nonzero(~np.isfinite(img))} NaN or "
+                         f"infinite ones (of {img.size})")
     return img
 
 
@@ -94,8 +97,7 @@ def definition(img: np.ndarray) -> float:
 
 def _mi(a: np.ndarray, b: np.ndarray) -> float:
     """Mutual information (nats) of two 8-bit images from their joint 256x256 histogram."""
-    ia = to_8bit(a).astype(np.intp).ravel()
-    ib = to_8bit(b).astype(np.intp).ravel()
+    ia, ib = (to_8bit(x).astype(np.intp).ravel() for x in (a, b))
     joint = np.bincount(ia * 256 + ib, minlength=256 * 256).reshape(256, 256) / ia.size
     pa, pb = joint.sum(1), joint.sum(0)
     nz = joint > 0
@@ -214,9 +216,7 @@ def qabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
     ``sum(Q^AF gA + Q^BF gB) / sum(gA + gB)`` with Sobel strength g and orientation atan(gy/gx), L = 1.
     Two black sources have no edge to preserve, whatever the fused image: 0, not the reference code's 0/0.
     """
-    g_a, a_a = _sobel_qabf(_f64(ir))
-    g_b, a_b = _sobel_qabf(_f64(vis))
-    g_f, a_f = _sobel_qabf(_f64(fused))
+    (g_a, a_a), (g_b, a_b), (g_f, a_f) = (_sobel_qabf(_f64(x)) for x in (ir, vis, fused))
     num = (_qaf(g_a, a_a, g_f, a_f) * g_a + _qaf(g_b, a_b, g_f, a_f) * g_b).sum()
     return float(num / den) if (den := (g_a + g_b).sum()) > 0 else 0.0
 
@@ -238,9 +238,7 @@ def nabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
     stronger than both sources', Q uses Petrovic's sigmoids (kg 19, ka 22) and ``w = g^1.5`` where ``g >= 2``.
     Sources without such an edge (flat, smooth) leave no artifact to weigh, whatever the fused image: 0, not 0/0.
     """
-    g_a, a_a = _sobel_nabf(_f64(ir))
-    g_b, a_b = _sobel_nabf(_f64(vis))
-    g_f, a_f = _sobel_nabf(_f64(fused))
+    (g_a, a_a), (g_b, a_b), (g_f, a_f) = (_sobel_nabf(_f64(x)) for x in (ir, vis, fused))
 
     def q(g_s: np.ndarray, a_s: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -303,8 +301,7 @@ def qsf_rsfe(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
     SF_R takes per pixel and direction the larger absolute source difference. Positive: over-sharpened.
     """
     fused, ir, vis = _f64(fused), _f64(ir), _f64(vis)
-    n = fused.size
-    wd = math.sqrt(2) / 2
+    n, wd = fused.size, math.sqrt(2) / 2
     diffs = (  # (difference operator, weight): row, column, main diagonal, secondary diagonal
         (lambda a: a[:, 1:] - a[:, :-1], 1.0),
         (lambda a: a[1:, :] - a[:-1, :], 1.0),
@@ -337,8 +334,11 @@ def evaluate_pair(fused: np.ndarray, ir: np.ndarray, vis_y: np.ndarray) -> dict[
 
     Returns:
         ``{name: value}`` for every name in :data:`METRICS`.
+
+    Raises:
+        ValueError: the images differ in shape, are too small, or hold NaN or infinite pixels (one line naming which).
     """
-    fused, ir, vis_y = to_8bit(fused), _f64(ir), _f64(vis_y)
+    fused, ir, vis_y = to_8bit(_f64(fused, "the fused")), _f64(ir, "the IR"), _f64(vis_y, "the visible")
     if not fused.shape == ir.shape == vis_y.shape or min(ir.shape) < MIN_SIDE:
         raise ValueError(f"fused {fused.shape}, IR {ir.shape} and visible {vis_y.shape} must have the same shape, at "
                          f"least {MIN_SIDE} pixels a side")

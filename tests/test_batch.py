@@ -382,6 +382,20 @@ def test_a_bad_batch_is_refused_in_one_line_before_any_work(tmp_path):
             find_jobs(tmp_path / "pairs.txt", tmp_path / folder, ext=".nut")
 
 
+def test_an_output_folder_inside_the_input_folder_is_refused_before_any_work(tmp_path):
+    # --out src/ir with another extension: the outputs would go among the IR videos, and the next run would take them
+    # for IR inputs
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    for out, folder in ((src / "ir", src / "ir"), (src / "ir" / "new", src / "ir"), (src / "vi", src / "vi")):
+        with pytest.raises(ValueError, match=f"output folder {out} (is|is inside) the input folder {folder}; choose"):
+            find_jobs(src, out, ext=".mkv")
+    assert [job.out for job in find_jobs(src, src / "fused", ext=".mkv")] == [src / "fused" / "a.mkv"]  # beside: ok
+    (tmp_path / "pairs.txt").write_text(f"{src / 'ir'} {src / 'vi' / 'a.nut'}\n")  # a folder input (of frames)
+    with pytest.raises(ValueError, match="is inside the input folder"):
+        find_jobs(tmp_path / "pairs.txt", src / "ir" / "out", ext=".mkv")
+    assert sorted(p.name for p in src.rglob("*")) == ["a.nut", "a.nut", "ir", "vi"]  # nothing made
+
+
 def test_an_output_that_is_a_hard_link_of_another_pairs_input_is_refused_before_any_work(tmp_path):
     # another name of the same file: replaying the first pair would write over the second pair's input (or take it
     # for an earlier output), found only when that pair ran

@@ -246,6 +246,17 @@ _HUGE_PNG = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 
              + _png_chunk(b"IDAT", zlib.compress(b"\0" * 10)) + _png_chunk(b"IEND", b""))
 
 
+def test_a_multi_page_tiff_is_refused_not_read_as_its_first_page(tmp_path):
+    # OpenCV decodes a TIFF's first page alone: a sequence saved as one file passed as one frame, the rest unsaid
+    pages = [np.full((24, 32), level, np.uint16) for level in (100, 40000)]
+    assert cv2.imwritemulti(str(tmp_path / "seq.tif"), pages)
+    with pytest.raises(ValueError, match=r"^cannot read image .*seq\.tif: a TIFF of 2 pages \(a sequence\?\), of which "
+                                         r"only the first would be read; save each page as an image of its own$"):
+        read_image(tmp_path / "seq.tif")
+    assert cv2.imwrite(str(tmp_path / "one.tif"), pages[1])
+    np.testing.assert_array_equal(read_image(tmp_path / "one.tif"), pages[1])
+
+
 @pytest.mark.parametrize("content, why", [(None, "the file is gone"), (b"", "empty file"),
                                           (b"\x89PNG\r\n\x1a\n junk", _CUT), ("half", _CUT),
                                           (b"GIF89a junk", "corrupt, or not an image"), ("flipped", _CUT),

@@ -213,6 +213,20 @@ def test_evaluate_pair_keys_order_and_shape_check(scene):
         M.evaluate_pair(scene, scene[:-1], scene)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_evaluate_pair_refuses_a_nan_or_infinite_pixel_naming_the_image(scene, bad):
+    # a NaN pixel made every metric NaN (or bincount fail on the fused image), passed into the table's means unseen
+    hole = scene.copy()
+    hole[3, 4] = bad
+    for k, name in enumerate(("fused", "IR", "visible")):
+        images = [scene, scene, scene]
+        images[k] = hole
+        with pytest.raises(ValueError, match=f"finite pixels: the {name} image has 1 NaN or infinite ones"):
+            M.evaluate_pair(*images)
+    with pytest.raises(ValueError, match="finite pixels"):  # every metric on its own too
+        M.entropy(hole)
+
+
 def test_evaluate_pair_refuses_images_too_small_for_vif(scene):
     """VIF's four scales of 'valid' filtering and decimation need 25 pixels a side; below, a ValueError saying so
     rather than OpenCV's assertion on an empty array."""

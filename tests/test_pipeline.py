@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -281,6 +282,35 @@ def test_under_nohup_a_hangup_leaves_the_run_going(receiver):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
     assert proc.returncode == 0 and "final:" in out, out
+
+
+_RUN_STREAM = f"runpy.run_path({str(REPO / 'run_stream.py')!r}, run_name='__main__')"
+
+
+@pytest.mark.parametrize("program, args, said, module", [
+    *(pytest.param(_RUN_STREAM, [], "run_stream.py", m, id=f"run_stream.py-{m}")
+      for m in ("streamfuse", "streamfuse.cli", "streamfuse.cli.run")),
+    # -m imports the package itself before __main__ runs; the command's module loads under stoppable
+    pytest.param("runpy.run_module('streamfuse', run_name='__main__', alter_sys=True)", ["run"], "streamfuse run",
+                 "streamfuse.cli", id="-m streamfuse-streamfuse.cli")])
+def test_a_ctrl_c_while_the_package_loads_is_one_line_and_130(program, args, said, module):
+    # a Ctrl-C within ~30 ms of the start, before stoppable takes the stop signals, was a traceback; here a real SIGINT
+    # lands as run_stream.py or ``python -m streamfuse run`` starts to import ``module``
+    script = textwrap.dedent(f"""
+        import os, runpy, signal, sys
+
+        class CtrlC:
+            def find_spec(self, name, path=None, target=None):
+                if name == {module!r}:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return None
+
+        sys.meta_path.insert(0, CtrlC())
+        sys.argv = ["", *{args!r}, "--config", "demo", "--set", "publish.endpoint=tcp://127.0.0.1:*"]
+        {program}
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (130, f"{said}: interrupted\n")
 
 
 @pytest.mark.timeout(60)

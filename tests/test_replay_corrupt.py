@@ -18,6 +18,7 @@ import pytest
 from test_replay import _StopAt, interrupted_replay, make_cfg, write_video
 
 import streamfuse.processor
+from streamfuse.atomic_write import partial_path
 from streamfuse.capture.sources import SourceConfig, open_source
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
@@ -224,17 +225,18 @@ def test_a_damaged_h264_picture_the_decoder_drops_is_reported(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("content", ["[1]", "null", '{"fingerprint": [1]}', '"x"'])
-def test_a_sidecar_that_is_json_of_another_shape_starts_over_with_the_reason(tmp_path, content, caplog):
-    """It raised AttributeError (a traceback) instead of starting over as an unreadable sidecar does."""
+def test_a_sidecar_that_is_json_of_another_shape_is_refused_with_the_reason(tmp_path, content):
+    """It raised AttributeError (a traceback); then it started over, deleting the frames on disk, as an unreadable
+    sidecar did."""
     ir, vis, out = tmp_path / "ir.mp4", tmp_path / "vis.mp4", tmp_path / "o.mp4"
     write_video(ir, 12, 25, grey=True, size=(32, 24))
     write_video(vis, 12, 25, size=(32, 24))
     interrupted_replay(make_cfg(), ir, vis, out, stop=5)
     sidecar_path(out).write_text(content)
-    with caplog.at_level(logging.WARNING):
-        summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)
-    assert summary.complete and summary.reused == 0 and summary.written == 12
-    assert "sidecar" in caplog.text and "starting over" in caplog.text
+    kept = partial_path(out).read_bytes()
+    with pytest.raises(FileExistsError, match=f"its sidecar {sidecar_path(out)} is unreadable, .* the 4 frames"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert partial_path(out).read_bytes() == kept
 
 
 def test_a_visible_frame_of_another_size_names_the_input_and_gives_no_resume_hint(tmp_path):

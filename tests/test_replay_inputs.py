@@ -6,6 +6,7 @@ before or after it, only beyond the pairing tolerance, and inputs without a pair
 from __future__ import annotations
 
 import errno
+from fractions import Fraction
 from types import SimpleNamespace
 
 import av
@@ -133,3 +134,24 @@ def test_one_video_or_folder_given_as_both_inputs_is_refused_before_any_work(tmp
     with pytest.raises(ValueError, match=rf"the IR and visible inputs are one {kind} .*: give each its own"):
         run_replay(make_cfg(), ir_path=src, vis_path=tmp_path / "." / src.name, out_path=tmp_path / "o.mkv")
     assert not list(tmp_path.glob("*o.mkv*"))  # nothing written
+
+
+def test_a_video_with_non_square_pixels_is_said_with_what_the_output_shows(tmp_path, caplog):
+    # an anamorphic visible video (pixels twice as wide as high) was fused and written pixel for pixel without a word:
+    # the output, with square pixels, showed half as wide as the input did in its players
+    path = tmp_path / "vis.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8))),
+                       *stream.encode(None)]:
+            container.mux(packet)
+    square = tmp_path / "ir.mp4"
+    write_video(square, 2, 25, grey=True)
+    with caplog.at_level("WARNING", "streamfuse"):
+        resolve("ir", SourceConfig(), square)
+        assert not caplog.records
+        resolve("vis", SourceConfig(), path)
+    assert (f"vis input {path} has non-square pixels (sample aspect ratio 2:1): they are fused and written as stored, "
+            f"so the output shows 64x48 where its players show 128x48" in caplog.text)

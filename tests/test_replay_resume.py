@@ -214,6 +214,39 @@ def test_a_realtime_paced_run_is_started_over_not_resumed(tmp_path, pair, caplog
     assert f"cannot resume {out}: realtime pacing drops frames differently on every run; starting over" in caplog.text
 
 
+@pytest.mark.parametrize("cut, why", [(0, "empty"), (37, "unreadable"), (None, "missing")])
+def test_a_resume_with_its_sidecar_cut_or_missing_keeps_the_frames_and_says_why(tmp_path, pair, cut, why):
+    """A crash as the sidecar was written (a rename not yet flushed) left it empty: the resume started over, deleting
+    the frames on disk, with only a warning."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=21)
+    kept = partial_path(out).read_bytes()
+    if cut is None:
+        sidecar_path(out).unlink()
+    else:
+        sidecar_path(out).write_bytes(sidecar_path(out).read_bytes()[:cut])
+    with pytest.raises(FileExistsError, match=rf"^cannot resume {out}: its sidecar {sidecar_path(out)} is {why}\b.* "
+                                              rf"the 20 frames of {partial_path(out)}; delete {partial_path(out)} to "
+                                              rf"start over$"):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert partial_path(out).read_bytes() == kept
+    partial_path(out).unlink()  # as the line says
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 0 and summary.written == N
+
+
+def test_a_resume_with_no_frame_on_disk_and_no_sidecar_starts_over(tmp_path, pair, caplog):
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=21)
+    partial_path(out).write_bytes(partial_path(out).read_bytes()[:100])  # killed before its first frame was whole
+    sidecar_path(out).write_bytes(b"")
+    with caplog.at_level("WARNING", "streamfuse"):
+        summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.written == N and "is missing or unreadable; starting over" in caplog.text
+
+
 def test_a_resume_after_an_input_was_rewritten_in_place_is_refused(tmp_path, pair):
     """An input re-recorded under the same name and size (a raw or fixed-size capture) is another video: without its
     mtime in the fingerprint a resume spliced the interrupted run's frames of the old video onto the new one's."""

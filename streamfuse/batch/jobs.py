@@ -109,8 +109,8 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
 
     Raises:
         FileNotFoundError, ValueError: one line, when the list is bad or empty, ``out_dir`` or ``frames_dir`` is a
-            file, ``ext`` no known container or one that cannot hold ``codec``, an output would overwrite an input
-            (its own pair's or another's) or two pairs share an output.
+            file or inside an input folder (``ir/``, ``vi/``, a bag folder), ``ext`` no known container or one that
+            cannot hold ``codec``, an output would overwrite an input (its own pair's or another's) or two pairs share an output.
     """
     src, out_dir = Path(src).absolute(), Path(out_dir).absolute()  # a cluster's workers run in other folders
     if src.is_dir() and not (src / "ir").is_dir():
@@ -124,6 +124,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         raise ValueError(f"no pairs to replay in {src}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is a file")
+    _check_out_dir_outside_inputs(out_dir, src, pairs)
     if frames_dir and Path(frames_dir).exists() and not Path(frames_dir).is_dir():  # every pair would fail on it
         raise ValueError(f"replay.frames_dir {frames_dir} is a file, not a folder (each pair's frames go to a folder "
                          f"of their own inside it)")
@@ -180,6 +181,19 @@ def _unfinished(path: Path) -> str:
         return ("a ROS 1 bag still being recorded, or cut short: replay it alone once it is complete (`python -m "
                 "streamfuse replay --ir FILE --out OUT`)")
     return ""
+
+
+def _check_out_dir_outside_inputs(out_dir: Path, src: Path, pairs: list[ListedPair]) -> None:
+    """Refuse an output folder that is, or is inside, a pairs folder's ``ir/`` or ``vi/`` (a later run would list its
+    outputs among the inputs) or a folder input (a bag folder, a folder of frames): it would write among inputs.
+    Beside them (``src/fused``) is where users keep outputs: nothing lists it."""
+    out = out_dir.resolve()
+    folders = [src / d for d in ("ir", "vi", "vis") if (src / "ir").is_dir() and (src / d).is_dir()]
+    folders += [path for pair in pairs for path in (pair.ir, pair.vis) if path.is_dir()]
+    for folder in folders:
+        if out == folder.resolve() or folder.resolve() in out.parents:
+            where = "is" if out == folder.resolve() else "is inside"
+            raise ValueError(f"output folder {out_dir} {where} the input folder {folder}; choose an --out outside it")
 
 
 def _check_outputs_are_no_inputs(jobs: list[PairJob]) -> None:

@@ -67,10 +67,16 @@ class HCLFuser:
 
     def fuse_batch(self, irs: list[np.ndarray], vis_ys: list[np.ndarray], streams: list[str]) -> np.ndarray:
         """Fuse same-sized pairs, ``max_batch`` per engine call; returns ``(B, H, W)`` float32 on 0..255."""
-        for ir, vis in zip(irs, vis_ys):
+        if not irs or not len(irs) == len(vis_ys) == len(streams):
+            raise ValueError(f"hclfuse needs a batch of at least one pair, with an IR image, a visible Y and a stream "
+                             f"name each, got {len(irs)}, {len(vis_ys)} and {len(streams)}")
+        for k, (ir, vis) in enumerate(zip(irs, vis_ys)):
             if ir.dtype != np.uint8 or vis.dtype != np.uint8 or ir.ndim != 2 or ir.shape != vis.shape:
                 raise ValueError(f"hclfuse needs two (H, W) uint8 images of one size, got IR {ir.shape} {ir.dtype}"
                                  f" and visible Y {vis.shape} {vis.dtype}")
+            if ir.shape != irs[0].shape:  # one engine call, one noise tensor: fuse other sizes in batches of their own
+                raise ValueError(f"hclfuse fuses a batch of one frame size: pair 0 is {irs[0].shape}, pair {k} "
+                                 f"{ir.shape}")
         luts, noise = self.engine_inputs(irs, vis_ys, streams)
         n = self.engine.max_batch
         return np.concatenate([self.engine.run(np.stack(irs[i:i + n]), np.stack(vis_ys[i:i + n]), luts[i:i + n],

@@ -103,6 +103,11 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
             if not container.streams.video:
                 raise ValueError(f"{stream} input {path} has no video stream")
             st = container.streams.video[0]
+            if (sar := st.sample_aspect_ratio) and sar != 1:  # anamorphic: its players stretch it, ours would not
+                log.warning("%s input %s has non-square pixels (sample aspect ratio %d:%d): they are fused and written "
+                            "as stored, so the output shows %dx%d where its players show %dx%d; scale it to square "
+                            "pixels first (ffmpeg -vf scale=iw*sar:ih,setsar=1)", stream, path, sar.numerator,
+                            sar.denominator, st.width, st.height, round(st.width * sar), st.height)
             return Input(stream, cfg, Fraction(st.time_base), Fraction(st.average_rate or rate),
                          announced_frames(container, st) or None, max(0, -(st.start_time or 0)))
     except (OSError, av.FFmpegError) as exc:

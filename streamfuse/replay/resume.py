@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import av
 import numpy as np
 
-from streamfuse.atomic_write import partial_path
+from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.errors import io_reason
 from streamfuse.replay.inputs import Input
 from streamfuse.video import decode_frames, ffv1_slice_crcs
@@ -75,7 +75,7 @@ def _write_sidecar(out: Path, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")  # replaced in one step: a kill never leaves half a sidecar
     try:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)  # flushed first: after a power loss a bare rename could leave it empty
     except OSError as exc:
         tmp.unlink(missing_ok=True)  # a full disk leaves it empty
         raise RuntimeError(f"cannot write {path}: {exc.strerror}") from None
@@ -93,19 +93,20 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
     """True when the partial output of ``out`` can be continued; else the reason is logged.
 
     Raises:
-        FileExistsError: settings changed since the interrupted run, whose frames would be lost by starting over (one
-            line saying how to go on).
+        FileExistsError: settings changed since the interrupted run, or its sidecar is missing or unreadable, while its
+            frames would be lost by starting over (one line saying how to go on).
     """
     partial, sidecar = partial_path(out), sidecar_path(out)
     if not partial.exists():
         log.warning("nothing to resume for %s (no %s); starting from the beginning", out, partial.name)
         return False
-    try:
-        saved = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        saved = None
-    saved = saved.get("fingerprint") if isinstance(saved, dict) else None
-    if not isinstance(saved, dict):  # missing, not JSON, or JSON of another shape
+    saved = _saved_fingerprint(sidecar)
+    if saved is None and (held := frames_held(partial)):  # nothing vouches for them; starting over would delete them
+        why = ("missing" if not sidecar.exists() else "empty (cut by a crash?)" if not sidecar.stat().st_size
+               else "unreadable")
+        raise FileExistsError(f"cannot resume {out}: its sidecar {sidecar} is {why}, so nothing says which inputs and "
+                              f"settings made the {held} frames of {partial}; delete {partial} to start over")
+    if saved is None:  # a run stopped before its first frame: nothing to lose
         log.warning("cannot resume %s: its sidecar %s is missing or unreadable; starting over", out, sidecar.name)
         return False
     now = json.loads(json.dumps(fingerprint))  # as the sidecar holds it (tuples as lists)
@@ -127,6 +128,16 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
         log.warning("cannot resume %s: its partial file does not decode (%s); starting over", out, io_reason(exc))
         return False
     return True
+
+
+def _saved_fingerprint(sidecar: Path) -> dict[str, Any] | None:
+    """The fingerprint a sidecar holds; None when it is missing, empty, not JSON, or JSON of another shape."""
+    try:
+        saved = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    saved = saved.get("fingerprint") if isinstance(saved, dict) else None
+    return saved if isinstance(saved, dict) else None
 
 
 def _legacy_folder(saved: Any, now: list) -> bool:

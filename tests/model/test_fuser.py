@@ -87,6 +87,20 @@ def test_a_batch_of_different_pairs_fuses_each_with_its_own_table(tmp_path, tiny
     assert np.abs(want[1] - want[0]).mean() > 1  # the two tables differ enough to tell
 
 
+def test_an_empty_or_mixed_size_batch_is_refused_in_one_line(tmp_path, tiny):
+    fuser = _tiny_fuser(tmp_path, tiny, max_batch=2)
+    (ir, vis), _ = _two_pairs()
+    small = ir[:32]
+    with pytest.raises(ValueError, match="at least one pair.* got 0, 0 and 0"):
+        fuser.fuse_batch([], [], [])
+    with pytest.raises(ValueError, match="got 1, 1 and 0"):  # zip would drop the pair without a stream name
+        fuser.fuse_batch([ir], [vis], [])
+    for k in (1, 2):  # in the first engine call, or in a later one
+        irs = [ir] * k + [small]
+        with pytest.raises(ValueError, match=rf"one frame size: pair 0 is \(40, 48\), pair {k} \(32, 48\)"):
+            fuser.fuse_batch(irs, [x.copy() for x in irs], ["s"] * len(irs))
+
+
 def test_streams_of_one_fuser_keep_their_own_ot_plans(tmp_path, tiny):
     fuser = _tiny_fuser(tmp_path, tiny)
     (ir, vis), (ir2, vis2) = _two_pairs()
