@@ -496,6 +496,21 @@ def test_a_pair_listed_twice_is_replayed_once_and_two_of_one_output_name_are_ref
         find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
 
 
+def test_a_pair_listed_again_under_its_own_name_is_replayed_once_and_a_listed_name_twice_is_said(tmp_path, caplog):
+    """A third word that is the IR file's name gives the output the line without one gives: the same pair again, not
+    two pairs sharing an output; two pairs given one name are refused as the list's, not the IR files' names."""
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    line = f"{src}/ir/a.nut {src}/vi/a.nut"
+    (tmp_path / "pairs.txt").write_text(f"{line}\n{line} a\n")
+    with caplog.at_level("WARNING"):
+        [job] = find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
+    assert job.out.name == "a.nut" and "names a pair more than once; each is replayed once" in caplog.text
+    (tmp_path / "pairs.txt").write_text(f"{line} same\n{src}/ir/b.nut {src}/vi/b.nut same\n")
+    with pytest.raises(ValueError, match=r"two pairs would write .*same.nut: an output name .*pairs.txt gives \(a "
+                                         r"third word\) is another pair's output too"):
+        find_jobs(tmp_path / "pairs.txt", tmp_path / "out", ext=".nut")
+
+
 def test_one_pair_listed_under_two_output_names_is_replayed_for_each(tmp_path, caplog):
     """A repeated line is one replay, but the same inputs named twice (a third word) are two outputs, said nowhere as
     repeats."""
@@ -664,7 +679,8 @@ def test_output_folders_the_batch_made_are_removed_when_its_engine_fails_to_star
     for out in (tmp_path / "new" / "fused" / "day", tmp_path / "kept" / "fused"):
         with pytest.raises(ValueError, match="^cannot join the Ray cluster"):
             run_batch(cfg, find_jobs(src, out, ext=".nut"), NoCluster())
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "src"] and not any((tmp_path / "kept").iterdir())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "src"]
+    assert not any((tmp_path / "kept").iterdir())
 
 
 def test_a_pair_failing_with_any_ffmpeg_error_fails_alone(tmp_path, monkeypatch):

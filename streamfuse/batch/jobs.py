@@ -110,7 +110,8 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
     Raises:
         FileNotFoundError, ValueError: one line, when the list is bad or empty, ``out_dir`` or ``frames_dir`` is a
             file or inside an input folder (``ir/``, ``vi/``, a bag folder), ``ext`` no known container or one that
-            cannot hold ``codec``, an output would overwrite an input (its own pair's or another's) or two pairs share an output.
+            cannot hold ``codec``, an output would overwrite an input (its own pair's or another's) or two pairs share
+            an output.
     """
     src, out_dir = Path(src).absolute(), Path(out_dir).absolute()  # a cluster's workers run in other folders
     if src.is_dir() and not (src / "ir").is_dir():
@@ -129,9 +130,10 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         raise ValueError(f"replay.frames_dir {frames_dir} is a file, not a folder (each pair's frames go to a folder "
                          f"of their own inside it)")
     # a list that names a pair twice (spelt alike or not: ir/a.mp4, ir/../ir/a.mp4): one replay of it, said
+    # (named by a third word that is its IR file's name or without one: the same output)
     once: dict[tuple, ListedPair] = {}
     for pair in pairs:
-        once.setdefault((pair.ir.resolve(), pair.vis.resolve(), pair.name), pair)
+        once.setdefault((pair.ir.resolve(), pair.vis.resolve(), "" if pair.name == _stem(pair.ir) else pair.name), pair)
     if len(once) < len(pairs):
         repeats = len(pairs) - len(once)
         log.warning("%s names %s more than once; each is replayed once", src,
@@ -143,6 +145,9 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         check_output_paths(job.out, {"ir": job.ir, "vis": job.vis}, frames_dir)
     shared = [out for out, n in Counter(job.out for job in jobs).items() if n > 1]
     if shared:
+        if any(name and out_dir / f"{name}{ext}" == shared[0] for _, _, name in pairs):  # the list named it so
+            raise ValueError(f"two pairs would write {shared[0]}: an output name {src} gives (a third word) is "
+                             f"another pair's output too; give each pair a name of its own")
         raise ValueError(f"two pairs would write {shared[0]} (IR files of one name, their extensions aside): name "
                          f"their outputs in a pair list (a third word, 'IR VIS NAME')")
     _check_outputs_are_no_inputs(jobs)
