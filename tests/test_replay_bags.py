@@ -133,6 +133,21 @@ def test_a_damaged_db3_bag_stops_the_replay_in_one_line(tmp_path, bag):
         run_replay(_cfg(), ir_path=bag, out_path=tmp_path / "fused.mkv")
 
 
+@pytest.mark.parametrize("column, value, said", [("data", "text", "data is text, not bytes"),
+                                                 ("data", 7, "data is an integer, not bytes"),
+                                                 ("timestamp", "noon", "time is text, not an integer")])
+def test_a_db3_message_whose_column_holds_another_type_stops_the_replay_in_one_line(tmp_path, column, value, said):
+    """sqlite keeps a value of any type in any column: a damaged bag's text reached the CDR reader, a traceback."""
+    bag, out = tmp_path / "robot.db3", tmp_path / "fused.mkv"
+    _write_ros2(bag, ros2_messages())
+    with closing(sqlite3.connect(bag)) as db, db:
+        db.execute(f"UPDATE messages SET {column} = ? WHERE id = 3", (value,))
+    with pytest.raises(ReplayError, match=rf"robot.db3 is truncated or corrupt after \d+ frames \(a message on "
+                                          rf"/\S+ whose {said}\)"):
+        run_replay(_cfg(), ir_path=bag, out_path=out)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("storage", ["mcap", "db3"])
 @pytest.mark.parametrize("listed", [True, False])
 def test_a_split_bag_folder_replays_its_files_in_recorded_order_as_one(tmp_path, storage, listed):

@@ -97,11 +97,15 @@ class _Fields:
 def pixels(height: int, width: int, encoding: str, big: bool, step: int, data: memoryview | bytes) -> np.ndarray:
     """A raw image's pixels (rows ``step`` bytes apart) as grey or BGR, by its ``encoding`` (one of
     :data:`ENCODINGS`)."""
+    if encoding in ENCODINGS and not (height and width):  # no colour conversion takes it: the caller names it
+        return np.zeros((height, width), np.uint8)
     if encoding in _SEMIPLANAR:
         return _semiplanar(height, width, encoding, step, data)
     if encoding not in _RAW:
         raise Unsupported(f"image encoding {encoding!r} is not supported; supported: {', '.join(ENCODINGS)}")
     channels, dtype, code = _RAW[encoding]
+    if channels == 2 and width % 2:  # 4:2:2, each two pixels sharing their chroma
+        raise ValueError(f"a {width}x{height} {encoding} image needs an even width")
     row = width * channels * np.dtype(dtype).itemsize
     if step < row or len(data) < step * (height - 1) + row:
         raise ValueError(f"a {width}x{height} {encoding} image needs rows of {row} bytes; it has step {step} and "

@@ -44,6 +44,15 @@ def db3_messages(path: str | os.PathLike, topics: tuple[str, ...]) -> Iterator[t
     """
     marks = ", ".join("?" * len(topics))
     with closing(_connect(path)) as db:
-        yield from db.execute("SELECT t.type, t.serialization_format, t.name, m.timestamp, m.data FROM messages m "
+        for row in db.execute("SELECT t.type, t.serialization_format, t.name, m.timestamp, m.data FROM messages m "
                               f"JOIN topics t ON m.topic_id = t.id WHERE t.name IN ({marks}) "
-                              "ORDER BY m.timestamp, m.id", topics)
+                              "ORDER BY m.timestamp, m.id", topics):
+            for value, what, kind in ((row[3], "time", int), (row[4], "data", bytes)):  # sqlite keeps any type
+                if not isinstance(value, kind):
+                    raise sqlite3.DatabaseError(f"a message on {row[2]} whose {what} is {_kind(value)}, not "
+                                                f"{'an integer' if kind is int else 'bytes'}")
+            yield row
+
+
+def _kind(value: object) -> str:
+    return "NULL" if value is None else {int: "an integer", float: "a real", str: "text"}.get(type(value), "bytes")

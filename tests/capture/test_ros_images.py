@@ -201,3 +201,18 @@ def test_a_png_with_an_alpha_channel_keeps_its_colours(bgr):
     ok, png = cv2.imencode(".png", np.dstack([bgr, alpha]))  # OpenCV writes BGRA; a PNG holds RGBA
     _, image = decode(COMPRESSED, compressed("bgra8; png compressed", png.tobytes()))
     np.testing.assert_array_equal(image, bgr)
+
+
+@pytest.mark.parametrize("encoding", ["yuv422", "yuv422_yuy2"])
+def test_packed_yuv_of_an_odd_width_is_one_line(encoding):
+    """Each two pixels share their chroma: OpenCV's conversion asserted on an odd width, a traceback."""
+    with pytest.raises(ValueError, match=f"^a 3x2 {encoding} image needs an even width$"):
+        decode(IMAGE, image_message(encoding, 2, 3, 6, bytes(12)))
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgra8", "yuv422", "bayer_rggb8", "nv21"])
+def test_an_image_without_pixels_is_empty_whatever_its_encoding_not_an_opencv_assertion(encoding):
+    """A 4x0 image of an encoding OpenCV converts reached its assertion (a traceback); empty, the recording's reader
+    names it in one line as it does an empty mono8 image."""
+    _, image = decode(IMAGE, image_message(encoding, 0, 4, 16, b""))
+    assert image.size == 0
