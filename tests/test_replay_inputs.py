@@ -46,6 +46,14 @@ def test_a_folder_input_counts_its_image_files_only(tmp_path):
     assert inp.cfg.kind == "folder" and inp.expected == 3  # the progress bar's total: frames, not the notes
 
 
+def test_a_folder_of_bag_files_without_metadata_yaml_is_said_to_be_one(tmp_path):
+    """A ros2 bag's folder whose recorder was killed before writing metadata.yaml: not a frame folder to the user."""
+    (tmp_path / "robot_0.db3").write_bytes(b"SQLite format 3\0")
+    with pytest.raises(ValueError, match=r"holds no image files \(.*\); its robot_0.db3: a ros2 bag without its "
+                                         r"metadata.yaml \(`ros2 bag reindex` writes it\)"):
+        resolve("ir", SourceConfig(), tmp_path)
+
+
 def test_inputs_without_a_pair_say_a_videos_own_times_and_a_recordings_from_its_first_frame():
     sync = SimpleNamespace(mode="nearest", slop_ms=20.0, hold_ms=50.0)
     first, last = {"ir": 10_000 * MS, "vis": 100_000 * MS}, {"ir": 20_000 * MS, "vis": 110_500 * MS}

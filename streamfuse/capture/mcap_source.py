@@ -57,8 +57,10 @@ def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] |
     """Topic -> (schema, messages, None where the summary does not count them) of a recording's image channels, from
     its summary (a ``.db3`` bag's topics table, a ROS 1 bag's index); None for a recording without one (cut short:
     only reading it through tells; a bag compressed by file, which would have to be decompressed)."""
-    if is_bag_folder(path):
-        found = folder_topics(path)
+    if is_bag_folder(path):  # its files' own tables: a stale metadata.yaml (its recorder killed) may lack a topic
+        if (found := _files_topics(path)) is not None:
+            return found
+        found = folder_topics(path)  # files without a table (compressed, cut short): what metadata.yaml says
         return {t: kind_n for t, kind_n in found.items() if kind_n[0] in IMAGE_SCHEMAS} if found is not None else None
     if is_compressed(path):
         return None
@@ -79,6 +81,23 @@ def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] |
     return {ch.topic: (summary.schemas[ch.schema_id].name, counts.get(ch.id, 0) if counts is not None else None)
             for ch in summary.channels.values()
             if ch.schema_id in summary.schemas and summary.schemas[ch.schema_id].name in IMAGE_SCHEMAS}
+
+
+def _files_topics(folder: str | os.PathLike) -> dict[str, tuple[str, int | None]] | None:
+    """The image topics of a bag folder's storage files together; None where one of them has no summary (or the
+    folder holds none)."""
+    try:
+        files = storage_files(folder)
+    except ValueError:
+        return None
+    merged: dict[str, tuple[str, int | None]] = {}
+    for file in files:
+        if (found := image_topics(file)) is None:
+            return None
+        for topic, (kind, n) in found.items():
+            had = merged.get(topic, (kind, 0))[1]
+            merged[topic] = kind, None if n is None or had is None else had + n
+    return merged
 
 
 def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPICS.values()), *,

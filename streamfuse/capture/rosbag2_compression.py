@@ -20,7 +20,9 @@ import zstandard
 __all__ = ["decompressed", "is_compressed", "message"]
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_CHUNK = 1 << 20
+# read a kilobyte at a time: a zstd block expands up to some 32000-fold, so a hostile stream (GiBs of zeros in a
+# few KiB) costs at most ~32 MiB of memory at once, not its whole plain size (1 MiB read: up to 32 GiB)
+_CHUNK = 1 << 10
 _LARGEST_MESSAGE = 1 << 31  # a zstd frame that does not state its size is decompressed up to this (2 GiB)
 
 

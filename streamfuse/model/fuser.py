@@ -149,11 +149,12 @@ def build_hclfuse(model: HCLFuseConfig = HCLFuseConfig(), engine: EngineConfig =
     net, extra = weights.load_weights(path, steps=model.steps, guidance=model.guidance,
                                       guidance_scale=model.guidance_scale, student=model.sampler == "student",
                                       image_steps=model.image_guidance)
-    trained = extra.get("align", {})
     used = {k: getattr(align, k) for k in ("reg", "blend")}
-    if align.enabled and trained and any(abs(trained[k] - used[k]) > 1e-12 for k in used if k in trained):
-        log.warning("%s was trained with align %s, running with %s", path.name,
-                    {k: trained[k] for k in used if k in trained}, used)
+    trained = extra.get("align")  # the file's record: numbers only (a hand-edited one may hold anything)
+    trained = {k: v for k, v in trained.items() if k in used and type(v) in (int, float)} \
+        if isinstance(trained, dict) else {}
+    if align.enabled and any(abs(trained[k] - used[k]) > 1e-12 for k in trained):
+        log.warning("%s was trained with align %s, running with %s", path.name, trained, used)
     graphs = engine.cuda_graphs and not net.image_steps  # a graph would have to capture the guide's autograd
     runner = Engine(net, device=engine.device, precision=engine.precision, cuda_graphs=graphs,
                     max_batch=max_batch, threads=engine.threads)

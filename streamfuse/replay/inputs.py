@@ -88,7 +88,10 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
     if kind == "folder":
         n = sum(1 for p in path.iterdir() if is_image_name(p))
         if n == 0:
-            raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            bags = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(STORAGE_SUFFIXES))
+            raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})" + (
+                f"; its {', '.join(bags)}: a ros2 bag without its metadata.yaml (`ros2 bag reindex` writes it), or "
+                f"give a bag file as the input" if bags else ""))
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate, n)
     if kind == "mcap":
         if being_recorded(path):  # its end is where the writer is now: read, it would look truncated

@@ -198,16 +198,19 @@ def _check_run(data: Path, out: Path, init: Path | None, resume: bool, cfg: Trai
         raise ValueError(f"--out {out} cannot be written: {base} is read-only")
 
 
-def _resume(run: _Run, ckpt: Path) -> None:
-    """Continue ``run`` from ``ckpt``; one line (ValueError) when it is damaged or made by another setup."""
+def _resume(run: _Run, ckpt: Path) -> object:
+    """Continue ``run`` from ``ckpt``; one line (ValueError) when it is damaged or made by another setup. Returns the
+    settings the checkpoint was saved with."""
     try:
-        run.restore(torch.load(str(ckpt), map_location="cpu", weights_only=True))
+        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        run.restore(state)
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError, EOFError,
             pickle.UnpicklingError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if reason.startswith("Weights only load failed"):  # torch's advice to load it unsafely: not for a damaged file
             reason = "it holds other objects than tensors and numbers"
         raise ValueError(f"cannot resume from {ckpt} (damaged, or another architecture or stage): {reason}") from None
+    return state.get("config")
 
 
 def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = False, ckpt_minutes: float = 3.0,
@@ -284,15 +287,14 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     torch.set_num_threads(cfg.threads)
     tune_malloc()
     run = _start(setup, init)
-    if resume:
-        _resume(run, out / "checkpoint.pt")
+    saved = _resume(run, out / "checkpoint.pt") if resume else None
     sampler = PairSampler(pairs, setup.align, cfg.crop, run.rng)
     log.info("%d training pairs from %s", len(pairs), data)
     resolved = setup.to_dict()
     resolved["train"]["init"] = str(init) if init else None
     resolved["data"] = {"folder": str(data), "pairs": len(pairs), "digest": data_digest(pairs)}
     if resume:
-        _check_unchanged(out / "train_config.yaml", resolved)
+        _check_unchanged(out / "train_config.yaml", resolved, saved)
         if run.step > cfg.steps:
             raise ValueError(f"cannot resume with --steps {cfg.steps}: the run has done {run.step} steps already")
         log.info("resumed from %s at step %d", out / "checkpoint.pt", run.step)
@@ -305,12 +307,13 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     return run, sampler, resolved
 
 
-def _check_unchanged(earlier: Path, resolved: dict) -> None:
+def _check_unchanged(earlier: Path, resolved: dict, saved: object = None) -> None:
     """Refuse (one line) to resume a run with other settings or data than it started with: its batches and losses
     would no longer be those of one run, yet its config file would say they were. CPU threads may change, the data
     folder's name (the same pairs moved), and so may the budget (``steps``, ``minutes``: a finished run trained further;
     warned, as the schedule's remainder changes). ``--init`` is not compared (the run's record of it is kept in
-    ``resolved``): it only started the run, whose weights the checkpoint holds."""
+    ``resolved``): it only started the run, whose weights the checkpoint holds. ``saved``, the settings the checkpoint
+    was saved with, must be these too: a checkpoint copied in from another run is refused as well."""
     try:
         before = yaml.safe_load(earlier.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -320,9 +323,7 @@ def _check_unchanged(earlier: Path, resolved: dict) -> None:
     if "init" in (before.get("train") or {}):  # what the run started from: the checkpoint holds its weights since,
         resolved["train"]["init"] = before["train"]["init"]  # so --init may be left out, spelt otherwise, or moved
     now = yaml.safe_load(yaml.safe_dump(resolved))  # as the file holds it: a tuple reads back as a list
-    changed = [f"{section}.{key} {before[section][key]!r} -> {value!r}" for section, values in now.items()
-               for key, value in values.items() if (section, key) not in (("train", "threads"), ("data", "folder"))
-               and key in (before.get(section) or {}) and before[section][key] != value]
+    changed = _changes(before, now)
     if budget := [c for c in changed if c.startswith(("train.steps ", "train.minutes "))]:
         log.warning("resuming with another budget (%s): the learning rate's schedule follows it from here",
                     ", ".join(budget))
@@ -330,6 +331,22 @@ def _check_unchanged(earlier: Path, resolved: dict) -> None:
     if changed:
         raise ValueError(f"cannot resume with other settings than the run started with ({', '.join(changed)}): give "
                          f"the same, or start another --out")
+    try:  # as the file holds it (a tuple read back as a list); a record that yaml cannot hold is no record
+        saved = yaml.safe_load(yaml.safe_dump(saved))
+    except yaml.YAMLError:
+        saved = None
+    if isinstance(saved, dict) and (other := [c for c in _changes(saved, now) if not c.startswith(
+            ("train.steps ", "train.minutes ", "train.init "))]):
+        raise ValueError(f"cannot resume: {earlier.with_name('checkpoint.pt')} was saved by a run with other settings "
+                         f"({', '.join(other)}); it is not this run's checkpoint")
+
+
+def _changes(before: dict, now: dict) -> list[str]:
+    """``section.key old -> new`` for each setting of ``now`` that ``before`` holds otherwise (CPU threads and the
+    data folder's name may change)."""
+    return [f"{section}.{key} {before[section][key]!r} -> {value!r}" for section, values in now.items()
+            for key, value in values.items() if (section, key) not in (("train", "threads"), ("data", "folder"))
+            and isinstance(before.get(section), dict) and key in before[section] and before[section][key] != value]
 
 
 def _loop(run: _Run, sampler: PairSampler, setup: TrainSetup, out: Path, resolved: dict, ckpt_minutes: float,

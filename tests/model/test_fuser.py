@@ -145,3 +145,13 @@ def test_weights_trained_with_another_alignment_warn(tmp_path, tiny, caplog, tra
     with caplog.at_level(logging.WARNING, logger="streamfuse.model.fuser"):
         build_hclfuse(HCLFuseConfig(weights=str(path)), EngineConfig(device="cpu", threads=1), AlignConfig())
     assert ("was trained with align" in caplog.text) == warns
+
+
+@pytest.mark.parametrize("trained", [{"blend": "0.3", "reg": None}, [0.3], "blend", {"blend": [0.3]}],
+                         ids=["text", "list", "string", "nested"])
+def test_weights_whose_recorded_alignment_is_no_numbers_still_load(tmp_path, tiny, caplog, trained):
+    path = tmp_path / "w.pt"  # a hand-edited file: its record cannot be compared, so it is not, and nothing breaks
+    save_weights(path, HCLFuseNet(tiny), extra={"align": trained})
+    with caplog.at_level(logging.WARNING, logger="streamfuse.model.fuser"):
+        fuser = build_hclfuse(HCLFuseConfig(weights=str(path)), EngineConfig(device="cpu", threads=1), AlignConfig())
+    assert fuser is not None and "was trained with align" not in caplog.text

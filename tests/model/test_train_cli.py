@@ -329,3 +329,16 @@ def test_a_checkpoint_that_is_no_file_is_nothing_to_resume(data, tmp_path, kind)
         (out / "checkpoint.pt").symlink_to(os.devnull)
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
     assert message == f"train: nothing to resume: {out / 'checkpoint.pt'} is not a file (a folder, a pipe or a device)"
+
+
+def test_a_checkpoint_copied_in_from_a_run_of_other_settings_is_refused(data, tmp_path):
+    # its own record of its settings was not read: it resumed, and the weights file said the run had one loss weight
+    other, out = tmp_path / "other", tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(other), *TINY, "--steps", "1", "--loss.gradient", "80"])
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    (other / "checkpoint.pt").replace(out / "checkpoint.pt")
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
+    assert message == (f"train: cannot resume: {out / 'checkpoint.pt'} was saved by a run with other settings "
+                       "(loss.gradient 80.0 -> 40.0); it is not this run's checkpoint")
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 1  # nothing trained on, kept
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["loss"]["gradient"] == 40.0
