@@ -64,10 +64,12 @@ class _Run:
     def restore(self, state: dict) -> None:
         """Raises ValueError for a file that torch reads but that holds no checkpoint of this project's."""
         if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0 \
-                or not isinstance(state.get("elapsed"), (int, float)):
+                or not isinstance(state.get("elapsed"), (int, float)) or not 0 <= state["elapsed"] < math.inf:
             raise ValueError("it holds no training checkpoint (no step count)")
         self.net.load_state_dict(state["net"])
         self.ema.load_state_dict(state["ema"])
+        if not all(v.isfinite().all() for m in (self.net, self.ema) for v in m.state_dict().values()):
+            raise ValueError("its weights hold NaN or infinite values")  # a weights file no fuser loads would follow
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
         self.rng.bit_generator.state = state["rng"]
@@ -169,6 +171,9 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
         reason = exc.strerror if isinstance(exc, OSError) else None
         raise OSError(f"cannot write {path}: {reason or 'the write failed (is the disk full?)'}") from None
+    except BaseException:  # Ctrl-C while the run starts: no temporary file left beside the outputs
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _check_run(data: Path, out: Path, init: Path | None, resume: bool, cfg: TrainConfig) -> None:
@@ -180,7 +185,8 @@ def _check_run(data: Path, out: Path, init: Path | None, resume: bool, cfg: Trai
     if real_data == real_out or real_data in real_out.parents:
         raise ValueError(f"--out {out} is in the data folder {data}; write runs elsewhere")
     if init is not None and not init.is_file():
-        raise ValueError(f"--init {init} is not a weights file ({'a folder' if init.exists() else 'not found'})")
+        what = "a folder" if init.is_dir() else "a pipe or a device" if init.exists() else "not found"
+        raise ValueError(f"--init {init} is not a weights file ({what})")
     if init is not None and real_out in init.resolve().parents:
         raise ValueError(f"--init {init} is in --out {out}, whose weights the run writes over; copy it elsewhere")
     earlier = [p.name for p in (out / "checkpoint.pt", out / DEFAULT_WEIGHTS.name) if p.exists()]
@@ -243,7 +249,8 @@ def run_training(data: Path, out: Path, setup: TrainSetup, *, resume: bool = Fal
     with contextlib.suppress(OSError):  # a file in the way, no permission: the run's own checks name it
         out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with output_lock(out) if out.parent.is_dir() else contextlib.nullcontext():
+        # by its real path: `--out .` has no name to put a lock beside, and a link spells the folder another way
+        with output_lock(out.resolve(), label=f"output {out}") if out.parent.is_dir() else contextlib.nullcontext():
             return _train(data, out, setup, resume, ckpt_minutes, init)
     finally:
         for folder in reversed(made):  # a run that wrote nothing leaves no folder behind
@@ -284,20 +291,25 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     cfg = setup.train
     log.info("reading the training pairs under %s", data)  # tens of seconds on the full data
     pairs = load_pairs(data)  # before anything is written: a run without data leaves no output folder behind
-    torch.set_num_threads(cfg.threads)
-    tune_malloc()
-    run = _start(setup, init)
-    saved = _resume(run, out / "checkpoint.pt") if resume else None
-    sampler = PairSampler(pairs, setup.align, cfg.crop, run.rng)
-    log.info("%d training pairs from %s", len(pairs), data)
     resolved = setup.to_dict()
     resolved["train"]["init"] = str(init) if init else None
     resolved["data"] = {"folder": str(data), "pairs": len(pairs), "digest": data_digest(pairs)}
+    settings = out / "train_config.yaml"
+    if early := resume and settings.exists():  # before the checkpoint: another model or stage named, not a failed load
+        _check_unchanged(settings, resolved)
+    torch.set_num_threads(cfg.threads)
+    tune_malloc()
+    run = _start(setup, init)
     if resume:
-        _check_unchanged(out / "train_config.yaml", resolved, saved)
+        saved = _resume(run, out / "checkpoint.pt")
+        if not early:  # no settings file: a damaged checkpoint is named first
+            _check_unchanged(settings, resolved)
+        _check_saved(out / "checkpoint.pt", saved, resolved)
         if run.step > cfg.steps:
             raise ValueError(f"cannot resume with --steps {cfg.steps}: the run has done {run.step} steps already")
         log.info("resumed from %s at step %d", out / "checkpoint.pt", run.step)
+    sampler = PairSampler(pairs, setup.align, cfg.crop, run.rng)
+    log.info("%d training pairs from %s", len(pairs), data)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -307,13 +319,12 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     return run, sampler, resolved
 
 
-def _check_unchanged(earlier: Path, resolved: dict, saved: object = None) -> None:
+def _check_unchanged(earlier: Path, resolved: dict) -> None:
     """Refuse (one line) to resume a run with other settings or data than it started with: its batches and losses
     would no longer be those of one run, yet its config file would say they were. CPU threads may change, the data
     folder's name (the same pairs moved), and so may the budget (``steps``, ``minutes``: a finished run trained further;
     warned, as the schedule's remainder changes). ``--init`` is not compared (the run's record of it is kept in
-    ``resolved``): it only started the run, whose weights the checkpoint holds. ``saved``, the settings the checkpoint
-    was saved with, must be these too: a checkpoint copied in from another run is refused as well."""
+    ``resolved``): it only started the run, whose weights the checkpoint holds."""
     try:
         before = yaml.safe_load(earlier.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -331,14 +342,19 @@ def _check_unchanged(earlier: Path, resolved: dict, saved: object = None) -> Non
     if changed:
         raise ValueError(f"cannot resume with other settings than the run started with ({', '.join(changed)}): give "
                          f"the same, or start another --out")
+
+
+def _check_saved(ckpt: Path, saved: object, resolved: dict) -> None:
+    """Refuse (one line) a checkpoint saved with other settings than ``resolved`` (the budget and ``--init`` aside):
+    one copied in from another run would be continued as this one's, and its weights file would say so."""
     try:  # as the file holds it (a tuple read back as a list); a record that yaml cannot hold is no record
-        saved = yaml.safe_load(yaml.safe_dump(saved))
+        saved, now = (yaml.safe_load(yaml.safe_dump(x)) for x in (saved, resolved))
     except yaml.YAMLError:
-        saved = None
+        return
     if isinstance(saved, dict) and (other := [c for c in _changes(saved, now) if not c.startswith(
             ("train.steps ", "train.minutes ", "train.init "))]):
-        raise ValueError(f"cannot resume: {earlier.with_name('checkpoint.pt')} was saved by a run with other settings "
-                         f"({', '.join(other)}); it is not this run's checkpoint")
+        raise ValueError(f"cannot resume: {ckpt} was saved by a run with other settings ({', '.join(other)}); it is "
+                         f"not this run's checkpoint")
 
 
 def _changes(before: dict, now: dict) -> list[str]:

@@ -21,6 +21,7 @@ from streamfuse import train
 from streamfuse.postprocess import vis_luma
 from streamfuse.model.net import HCLFuseNet, ModelConfig
 from streamfuse.model.weights import DEFAULT_WEIGHTS, save_weights
+from streamfuse.output_lock import output_lock
 from streamfuse.train import loop
 
 TINY = ["--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes", "100", "--model.widths", "4", "8",
@@ -342,3 +343,66 @@ def test_a_checkpoint_copied_in_from_a_run_of_other_settings_is_refused(data, tm
                        "(loss.gradient 80.0 -> 40.0); it is not this run's checkpoint")
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 1  # nothing trained on, kept
     assert yaml.safe_load((out / "train_config.yaml").read_text())["loss"]["gradient"] == 40.0
+
+
+@pytest.mark.parametrize("argv, changed", [(["--model.denoiser_width", "8"], "model.denoiser_width 4 -> 8"),
+                                           (["--decoder_only"], "train.decoder_only False -> True")])
+def test_a_resume_with_another_model_or_stage_names_the_setting(data, tmp_path, argv, changed):
+    # it read the checkpoint first: "damaged, or another architecture or stage: Error(s) in loading state_dict ..."
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume", *argv])
+    assert message == f"train: cannot resume with other settings than the run started with ({changed}): give the " \
+                      "same, or start another --out"
+
+
+@pytest.mark.parametrize("part, value, reason", [("ema", float("nan"), "its weights hold NaN or infinite values"),
+                                                 ("elapsed", float("nan"), "(no step count)")])
+def test_a_checkpoint_with_non_finite_values_is_refused(data, tmp_path, part, value, reason):
+    # NaN EMA weights trained on to a weights file that every fuser refuses, written as complete with exit status 0
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    state = torch.load(str(out / "checkpoint.pt"), weights_only=True)
+    if part == "ema":
+        next(iter(state["ema"].values())).fill_(value)
+    else:
+        state[part] = value
+    torch.save(state, str(out / "checkpoint.pt"))
+    (out / DEFAULT_WEIGHTS.name).unlink()
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
+    assert message.startswith(f"train: cannot resume from {out / 'checkpoint.pt'}") and message.endswith(reason)
+    assert not (out / DEFAULT_WEIGHTS.name).exists()
+
+
+def test_an_init_that_is_a_pipe_is_not_called_a_folder(data, tmp_path):
+    os.mkfifo(tmp_path / "pipe.pt")
+    message = _fails(["--data", str(data), "--out", str(tmp_path / "o"), "--init", str(tmp_path / "pipe.pt"), *TINY])
+    assert message == f"train: --init {tmp_path / 'pipe.pt'} is not a weights file (a pipe or a device)"
+
+
+def test_the_working_folder_as_out_trains_there(data, tmp_path, monkeypatch):
+    # refused with "PosixPath('.') has an empty name": the lock was made beside a path without a name
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    train.main(["--data", str(data), "--out", ".", *TINY, "--steps", "1"])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "hclfuse_v4.pt",
+                                                                    "train_config.yaml"]
+    assert not (tmp_path / ".run.lock").exists()
+
+
+def test_a_stop_while_the_settings_are_written_leaves_no_temporary(data, tmp_path, monkeypatch):
+    # Ctrl-C between the write and the rename of train_config.yaml left OUT/train_config.tmp
+    monkeypatch.setattr(loop, "durable_replace", lambda *_: signal.raise_signal(signal.SIGINT))
+    out = tmp_path / "run"
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    assert message == "train: interrupted before the first step; no checkpoint written"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_second_run_given_a_link_to_the_first_runs_folder_is_refused(data, tmp_path):
+    # the lock was made beside the name given: .link.lock, so both runs trained into one folder
+    (tmp_path / "run").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    with output_lock(tmp_path / "run"):
+        message = _fails(["--data", str(data), "--out", str(tmp_path / "link"), *TINY, "--steps", "1"])
+    assert "is being written by another run" in message and list((tmp_path / "run").iterdir()) == []
