@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -76,12 +77,19 @@ class SyncConfig:
         check(self.lead in ("auto", "ir", "vis"), "lead", self.lead, "auto | ir | vis")
         check(0.0 < self.hold_ms <= 60_000.0, "hold_ms", self.hold_ms, "0 < hold_ms <= 60000")
 
+    @property
+    def tolerance_ns(self) -> int:
+        """The largest capture-time difference of a pair in this mode, ns."""
+        return round((self.hold_ms if self.mode == "latest" else self.slop_ms) * 1e6)
+
 
 class _Input:
     """One input's queue (sorted by capture time), counters and rate estimate."""
 
-    def __init__(self, maxlen: int) -> None:
+    def __init__(self, maxlen: int, keep_left: bool = False) -> None:
         self.queue: deque[Frame] = deque()
+        # capture times of the frames that left the queue unpaired or dropped, when kept (``Pairer(keep_left=True)``)
+        self.left = {"unpaired": array("q"), "dropped": array("q")} if keep_left else None
         self.maxlen = maxlen
         self.newest_ns: int | None = None  # largest capture time received
         self.horizon_ns: int | None = None  # capture time of the last frame that left the queue
@@ -108,6 +116,8 @@ class _Input:
         frame = self.queue.popleft()
         self.horizon_ns = frame.t_capture_ns
         setattr(self, outcome, getattr(self, outcome) + 1)
+        if self.left is not None and outcome in self.left:
+            self.left[outcome].append(frame.t_capture_ns)
         return frame
 
     def restart(self) -> None:
@@ -127,11 +137,13 @@ class Pairer:
 
     Args:
         cfg: the sync section.
+        keep_left: keep the capture times of the frames that leave unpaired or dropped (:meth:`left`): a replay
+            that learns its inputs' time spans only at their end tells those outside the other's span by them.
     """
 
-    def __init__(self, cfg: SyncConfig) -> None:
+    def __init__(self, cfg: SyncConfig, *, keep_left: bool = False) -> None:
         self.cfg = cfg
-        self._in = {s: _Input(cfg.queue_size) for s in STREAMS}
+        self._in = {s: _Input(cfg.queue_size, keep_left) for s in STREAMS}
         self._slop_ns = round(cfg.slop_ms * 1e6)
         self._hold_ns = round(cfg.hold_ms * 1e6)
         self._held: dict[str, Frame | None] = {s: None for s in STREAMS}  # latest mode: newest frame per stream
@@ -166,6 +178,10 @@ class Pairer:
             while inp.queue:
                 inp.pop("unpaired")
         return pairs
+
+    def left(self, stream: str) -> dict[str, array] | None:
+        """The capture times (ns) of ``stream``'s frames that left its queue ``unpaired`` or ``dropped``, if kept."""
+        return self._in[stream].left
 
     def stats(self) -> dict:
         """Per-source counters ``{"ir": {...}, "vis": {...}}`` (received, paired, unpaired, dropped, queued,

@@ -100,6 +100,29 @@ def test_a_robots_bag_replays_every_pair_by_its_header_stamps(tmp_path, bag, pac
     assert len(times) == summary.written and set(times) <= stamps and times == sorted(times)
 
 
+@pytest.mark.parametrize("pacing", ["fast", "realtime"])
+def test_a_bags_frames_outside_the_other_topics_span_are_unpaired_and_said_at_any_pacing(tmp_path, pacing):
+    # read fast, a recording is one reader in recorded order: its topics' spans were unknown while the thermal frames
+    # past the visible topic's end waited in the pairer's queue, overflowing it as "dropped", with no note
+    rng, messages = np.random.default_rng(3), []
+    for i in range(3 * N):
+        counts, jpeg = _frames(i % N)
+        messages.append(_logged(rng, THERMAL, T0 + i * PERIOD, raw("mono16", counts, stamp_ns=T0 + i * PERIOD)))
+        if 4 <= i < 4 + N:  # the visible camera starts 4 frames late and stops 2 N - 4 frames early
+            t = T0 + i * PERIOD + 2 * MS
+            messages.append(_logged(rng, CAMERA, t, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t)))
+    _write_ros2(tmp_path / "bag.mcap", sorted(messages, key=lambda m: m[1]))
+    summary = run_replay(_cfg(pacing=pacing), ir_path=tmp_path / "bag.mcap", out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.frames == {"ir": 3 * N, "vis": N}
+    if pacing == "fast":  # realtime pacing may drop a frame overtaken by the next on a busy machine
+        assert summary.written == N and summary.dropped == {"ir": 0, "vis": 0}
+    assert summary.outside["ir"] == {"before": 4, "after": 2 * N - 4}
+    assert summary.unpaired["ir"] == 3 * N - summary.written - summary.dropped["ir"]
+    assert summary.note == (f"the visible input starts later: 4 IR frames before its first frame are unpaired; the "
+                            f"visible input ended first (after {N} frames): {2 * N - 4} IR frames after its end are "
+                            f"unpaired")
+
+
 def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag):
     cfg = config_from_dict({"fuse": {"name": "max"}, "replay": {"progress": False}})  # our recorder's topics
     expected = (r"ir input .*robot.(mcap|db3|bag) has no images on /ir/image \(ir.topic\); its image topics: "

@@ -368,7 +368,7 @@ class Producers:
             w.proc.join(max(0.0, deadline - time.monotonic() - 0.2))  # keep 0.2 s for the kill
         for w in workers:
             if w.proc.is_alive():  # one with no frame yet is inside its source's open (FFmpeg's), which no stop reaches
-                opening = w.beat[0] == 0
+                opening = not (w.beat[0] or w.last_seq >= w.seq_at_start)  # (its count follows a frame's write)
                 log.log(logging.INFO if opening else logging.WARNING, "producer %s (pid %d) %s; killing it",
                         w.proc.name, w.proc.pid, "still opening its source" if opening else "did not stop in time")
                 w.proc.kill()

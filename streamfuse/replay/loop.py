@@ -151,7 +151,7 @@ class _Replay:
         # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
         used = dataclasses.replace(self.cfg, align=dataclasses.replace(self.cfg.align, background=False))
         processor = FrameProcessor.from_config(used, fuser_factory(used) if fuser_factory else None)
-        pairer = Pairer(self.cfg.sync)
+        pairer = Pairer(self.cfg.sync, keep_left=True)  # a recording's frames outside the other's span told at the end
         self._open_publisher()
         opened: list = []
         bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {self.out.name}",
@@ -177,7 +177,7 @@ class _Replay:
                 src.close()
             if self.publisher is not None:
                 self.publisher.close()
-        return self._finish(pairer.stats(), (time.perf_counter_ns() - wall0_ns) / 1e9)
+        return self._finish(pairer, (time.perf_counter_ns() - wall0_ns) / 1e9)
 
     def _open_publisher(self) -> None:
         if self.cfg.replay.publish:
@@ -214,10 +214,10 @@ class _Replay:
     def _pairs(self, readers: list[Reader], pairer: Any, bar: Any, wall0_ns: int) -> Iterator[FramePair]:
         """0. read (frames merged by capture time; those outside the other input's span counted unpaired;
         realtime pacing), 1. pair (flushed at the end)."""
-        s, sync = self.summary, self.cfg.sync
-        tolerance_ns = round((sync.hold_ms if sync.mode == "latest" else sync.slop_ms) * 1e6)
+        s, tolerance_ns = self.summary, self.cfg.sync.tolerance_ns
         pacing = Pacing(wall0_ns) if self.cfg.replay.pacing == "realtime" else None
-        # a recording read in recorded order is one reader: its streams' spans are known only at its end
+        # a recording read in recorded order is one reader: its streams' spans are known only at its end (the frames
+        # outside them are told among those the pairer leaves unpaired or drops, ``ReplaySummary.take_pairer``)
         by_stream = {r.name: r for r in readers}
         for frame, t_ns, next_ns in merged(readers):
             s.frames[frame.stream] += 1
@@ -315,11 +315,9 @@ class _Replay:
             stopped = no_pairs((self.ir, self.vis), self.first_t, self.last_t, self.cfg.sync)
         return stopped
 
-    def _finish(self, stats: dict, wall_s: float) -> ReplaySummary:
+    def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary
-        for stream in ("ir", "vis"):
-            s.unpaired[stream] = stats[stream]["unpaired"] + sum(s.outside[stream].values())
-            s.dropped[stream] += stats[stream]["dropped"]
+        s.take_pairer(pairer, self.first_t, self.last_t)
         s.note = s.unequal_note()
         if s.note:
             log.warning("%s", s.note)

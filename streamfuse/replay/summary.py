@@ -9,7 +9,7 @@ import numpy as np
 
 from streamfuse.errors import printable
 from streamfuse.frames import STREAM_NAMES
-from streamfuse.sync import OTHER
+from streamfuse.sync import OTHER, Pairer
 
 __all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES"]
 
@@ -65,6 +65,24 @@ class ReplaySummary:
         lines += [f"  {name:<14}{s['median_ms']:>10.2f}{s['p99_ms']:>10.2f}{s['share']:>8.1%}"
                   for name, s in self.stages.items()]
         return "\n".join(lines)
+
+    def take_pairer(self, pairer: Pairer, first_t: dict[str, int], last_t: dict[str, int]) -> None:
+        """The pairer's unpaired and dropped counts; those of its frames (kept, ``Pairer(keep_left=True)``) that lie
+        outside the other stream's span (``first_t`` .. ``last_t``, ns, widened by the pairing tolerance) count as
+        ``outside``: a recording read in recorded order learns its streams' spans only at its end, and the frames
+        past one stream's end waited in the pairer's queue for a partner, overflowing it as drops."""
+        stats, tolerance_ns = pairer.stats(), pairer.cfg.tolerance_ns
+        for stream, other in OTHER.items():
+            counts = {outcome: stats[stream][outcome] for outcome in ("unpaired", "dropped")}
+            for outcome, times in (pairer.left(stream) or {}).items():
+                if other in first_t and times:
+                    t = np.frombuffer(times, np.int64)
+                    sides = {"before": t < first_t[other] - tolerance_ns, "after": t > last_t[other] + tolerance_ns}
+                    for side, beyond in sides.items():
+                        self.outside[stream][side] += int(beyond.sum())
+                        counts[outcome] -= int(beyond.sum())
+            self.unpaired[stream] = counts["unpaired"] + sum(self.outside[stream].values())
+            self.dropped[stream] += counts["dropped"]
 
     def unequal_note(self) -> str:
         """What inputs of different spans did: which one started later or ended first, and the frames left unpaired."""
