@@ -86,6 +86,7 @@ def test_a_damaged_picture_among_the_last_packets_is_reported_not_taken_for_the_
     text = str(err.value)
     assert "\n" not in text and "vis input ended early" in text and str(vis) in text
     assert not err.value.summary.complete and not out.exists()
+    assert err.value.summary.note == ""  # not "the visible input ended first", a warning before the error's line
     if crc:
         assert (f"truncated or corrupt video: decoding stopped after frame {N + index} (t={(N + index - 1) / 25:.3f} "
                 f"s); picture {N + index + 1} fails its slice checksums (FFV1 CRC)") in text

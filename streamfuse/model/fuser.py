@@ -155,6 +155,10 @@ def build_hclfuse(model: HCLFuseConfig = HCLFuseConfig(), engine: EngineConfig =
         if isinstance(trained, dict) else {}
     if align.enabled and any(abs(trained[k] - used[k]) > 1e-12 for k in trained):
         log.warning("%s was trained with align %s, running with %s", path.name, trained, used)
+    stage = extra.get("config", {}).get("train") if isinstance(extra.get("config"), dict) else None
+    if model.sampler == "student" and isinstance(stage, dict) and stage.get("distill") is False:  # said by its run
+        log.warning("%s holds an untrained student (its run had no --distill): use hclfuse.sampler: teacher, or "
+                    "distill it (python -m streamfuse train --distill --init %s --out DIR)", path.name, path)
     graphs = engine.cuda_graphs and not net.image_steps  # a graph would have to capture the guide's autograd
     runner = Engine(net, device=engine.device, precision=engine.precision, cuda_graphs=graphs,
                     max_batch=max_batch, threads=engine.threads)

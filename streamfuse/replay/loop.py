@@ -318,7 +318,7 @@ class _Replay:
     def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary
         s.take_pairer(pairer, self.first_t, self.last_t)
-        s.note = s.unequal_note()
+        s.note = "" if s.stopped else s.unequal_note()  # an input that failed did not end: its error says where
         if s.note:
             log.warning("%s", s.note)
         s.wall_s = wall_s

@@ -155,3 +155,15 @@ def test_weights_whose_recorded_alignment_is_no_numbers_still_load(tmp_path, tin
     with caplog.at_level(logging.WARNING, logger="streamfuse.model.fuser"):
         fuser = build_hclfuse(HCLFuseConfig(weights=str(path)), EngineConfig(device="cpu", threads=1), AlignConfig())
     assert fuser is not None and "was trained with align" not in caplog.text
+
+
+@pytest.mark.parametrize(("distill", "sampler", "warns"), [(False, "student", True), (False, "teacher", False),
+                                                           (True, "student", False), (None, "student", False)])
+def test_weights_of_a_first_training_stage_run_with_the_student_warn(tmp_path, tiny, caplog, distill, sampler, warns):
+    # the first stage's file holds a student never trained: run with the live default (the student), said nowhere
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny), extra={} if distill is None else {"config": {"train": {"distill": distill}}})
+    with caplog.at_level(logging.WARNING, logger="streamfuse.model.fuser"):
+        build_hclfuse(HCLFuseConfig(weights=str(path), sampler=sampler), EngineConfig(device="cpu", threads=1),
+                      AlignConfig())
+    assert ("holds an untrained student (its run had no --distill)" in caplog.text) == warns
