@@ -390,10 +390,19 @@ def test_an_output_folder_inside_the_input_folder_is_refused_before_any_work(tmp
         with pytest.raises(ValueError, match=f"output folder {out} (is|is inside) the input folder {folder}; choose"):
             find_jobs(src, out, ext=".mkv")
     assert [job.out for job in find_jobs(src, src / "fused", ext=".mkv")] == [src / "fused" / "a.mkv"]  # beside: ok
+    (tmp_path / "link").symlink_to(src / "ir")  # ir/ spelt another way
+    with pytest.raises(ValueError, match=f"output folder {tmp_path / 'link'} is the input folder {src / 'ir'}; choose"):
+        find_jobs(src, tmp_path / "link", ext=".mkv")
     (tmp_path / "pairs.txt").write_text(f"{src / 'ir'} {src / 'vi' / 'a.nut'}\n")  # a folder input (of frames)
     with pytest.raises(ValueError, match="is inside the input folder"):
         find_jobs(tmp_path / "pairs.txt", src / "ir" / "out", ext=".mkv")
+    (tmp_path / "pairs.txt").write_text(f"{src / 'ir' / 'a.nut'} {src / 'vi'}\n")  # a visible folder input too
+    with pytest.raises(ValueError, match=f"is inside the input folder {src / 'vi'}; choose"):
+        find_jobs(tmp_path / "pairs.txt", src / "vi" / "out", ext=".mkv")
     assert sorted(p.name for p in src.rglob("*")) == ["a.nut", "a.nut", "ir", "vi"]  # nothing made
+    (src / "vi").rename(src / "vis")  # the visible folder's other spelling, which a pairs folder may have
+    with pytest.raises(ValueError, match=f"output folder {src / 'vis'} is the input folder {src / 'vis'}; choose"):
+        find_jobs(src, src / "vis", ext=".mkv")
 
 
 def test_an_output_that_is_a_hard_link_of_another_pairs_input_is_refused_before_any_work(tmp_path):

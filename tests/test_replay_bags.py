@@ -123,6 +123,23 @@ def test_a_bags_frames_outside_the_other_topics_span_are_unpaired_and_said_at_an
                             f"unpaired")
 
 
+def test_a_bags_frames_after_the_other_topics_end_and_a_clock_step_back_are_said_to_be_after_it(tmp_path):
+    # read fast, the frames the pairer left were placed by their capture times, not by the time line the spans are
+    # measured on: the thermal frames past the visible topic's end, stamped a minute back, were "before its first frame"
+    rng, messages = np.random.default_rng(3), []
+    for i in range(3 * N):
+        counts, jpeg = _frames(i % N)
+        stamp = T0 + i * PERIOD - (60_000 * MS if i >= 2 * N else 0)  # the rig's clock stepped back a minute
+        messages.append(_logged(rng, THERMAL, T0 + i * PERIOD, raw("mono16", counts, stamp_ns=stamp)))
+        if 4 <= i < 4 + N:  # the visible camera starts 4 frames late and stops 2 N - 4 frames early
+            t = T0 + i * PERIOD + 2 * MS
+            messages.append(_logged(rng, CAMERA, t, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t)))
+    _write_ros2(tmp_path / "bag.mcap", sorted(messages, key=lambda m: m[1]))
+    summary = run_replay(_cfg(pacing="fast"), ir_path=tmp_path / "bag.mcap", out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.written == N
+    assert summary.outside["ir"] == {"before": 4, "after": 2 * N - 4}
+
+
 def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag):
     cfg = config_from_dict({"fuse": {"name": "max"}, "replay": {"progress": False}})  # our recorder's topics
     expected = (r"ir input .*robot.(mcap|db3|bag) has no images on /ir/image \(ir.topic\); its image topics: "

@@ -214,21 +214,25 @@ def test_a_realtime_paced_run_is_started_over_not_resumed(tmp_path, pair, caplog
     assert f"cannot resume {out}: realtime pacing drops frames differently on every run; starting over" in caplog.text
 
 
-@pytest.mark.parametrize("cut, why", [(0, "empty"), (37, "unreadable"), (None, "missing")])
-def test_a_resume_with_its_sidecar_cut_or_missing_keeps_the_frames_and_says_why(tmp_path, pair, cut, why):
+@pytest.mark.parametrize("cut, why, stop", [(0, "empty", 21), (37, "unreadable", 21), (None, "missing", 21),
+                                           (None, "missing", 2),  # one frame on disk is kept too
+                                           (b'{"fingerprint": [1]}', "unreadable", 21)])  # JSON of another shape
+def test_a_resume_with_its_sidecar_cut_or_missing_keeps_the_frames_and_says_why(tmp_path, pair, cut, why, stop):
     """A crash as the sidecar was written (a rename not yet flushed) left it empty: the resume started over, deleting
     the frames on disk, with only a warning."""
     ir, vis = pair
     cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
-    interrupted_replay(cfg, ir, vis, out, stop=21)
+    interrupted_replay(cfg, ir, vis, out, stop=stop)
     kept = partial_path(out).read_bytes()
     if cut is None:
         sidecar_path(out).unlink()
+    elif isinstance(cut, bytes):
+        sidecar_path(out).write_bytes(cut)
     else:
         sidecar_path(out).write_bytes(sidecar_path(out).read_bytes()[:cut])
     with pytest.raises(FileExistsError, match=rf"^cannot resume {out}: its sidecar {sidecar_path(out)} is {why}\b.* "
-                                              rf"the 20 frames of {partial_path(out)}; delete {partial_path(out)} to "
-                                              rf"start over$"):
+                                              rf"the {stop - 1} frames of {partial_path(out)}; delete "
+                                              rf"{partial_path(out)} to start over$"):
         run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert partial_path(out).read_bytes() == kept
     partial_path(out).unlink()  # as the line says

@@ -139,6 +139,8 @@ class _Replay:
         self.last_pts: int | None = None
         self.first_t: dict[str, int] = {}  # time line of the first and the last frame read per stream, ns
         self.last_t: dict[str, int] = {}
+        # the time line of the frames read after a clock stepped back (their capture times are not it), ns
+        self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
         self.readers: list[Reader] = []
 
     def run(self, fuser_factory: Callable[[Any], Any] | None = None) -> ReplaySummary:
@@ -216,13 +218,14 @@ class _Replay:
         realtime pacing), 1. pair (flushed at the end)."""
         s, tolerance_ns = self.summary, self.cfg.sync.tolerance_ns
         pacing = Pacing(wall0_ns) if self.cfg.replay.pacing == "realtime" else None
-        # a recording read in recorded order is one reader: its streams' spans are known only at its end (the frames
-        # outside them are told among those the pairer leaves unpaired or drops, ``ReplaySummary.take_pairer``)
+        # a recording read in recorded order is one reader, its streams' spans known at its end (``take_pairer``)
         by_stream = {r.name: r for r in readers}
         for frame, t_ns, next_ns in merged(readers):
             s.frames[frame.stream] += 1
             self.first_t.setdefault(frame.stream, t_ns)
             self.last_t[frame.stream] = t_ns
+            if t_ns != frame.t_capture_ns:
+                self.line_of[frame.stream][frame.t_capture_ns] = t_ns
             if frame.stream == "vis":
                 bar.update(1)
                 self.t0_vis = frame.t_capture_ns if self.t0_vis is None else self.t0_vis
@@ -317,7 +320,7 @@ class _Replay:
 
     def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary
-        s.take_pairer(pairer, self.first_t, self.last_t)
+        s.take_pairer(pairer, self.first_t, self.last_t, self.line_of)
         s.note = "" if s.stopped else s.unequal_note()  # an input that failed did not end: its error says where
         if s.note:
             log.warning("%s", s.note)

@@ -66,17 +66,21 @@ class ReplaySummary:
                   for name, s in self.stages.items()]
         return "\n".join(lines)
 
-    def take_pairer(self, pairer: Pairer, first_t: dict[str, int], last_t: dict[str, int]) -> None:
+    def take_pairer(self, pairer: Pairer, first_t: dict[str, int], last_t: dict[str, int],
+                    line_of: dict[str, dict[int, int]] | None = None) -> None:
         """The pairer's unpaired and dropped counts; those of its frames (kept, ``Pairer(keep_left=True)``) that lie
         outside the other stream's span (``first_t`` .. ``last_t``, ns, widened by the pairing tolerance) count as
         ``outside``: a recording read in recorded order learns its streams' spans only at its end, and the frames
-        past one stream's end waited in the pairer's queue for a partner, overflowing it as drops."""
+        past one stream's end waited in the pairer's queue for a partner, overflowing it as drops. ``line_of``: the
+        time line (as ``first_t`` and ``last_t`` go) of the frames whose capture times are not it (a clock stepped
+        back), per stream, by capture time."""
         stats, tolerance_ns = pairer.stats(), pairer.cfg.tolerance_ns
         for stream, other in OTHER.items():
             counts = {outcome: stats[stream][outcome] for outcome in ("unpaired", "dropped")}
             for outcome, times in (pairer.left(stream) or {}).items():
                 if other in first_t and times:
-                    t = np.frombuffer(times, np.int64)
+                    line = (line_of or {}).get(stream) or {}
+                    t = np.array([line.get(x, x) for x in times], np.int64) if line else np.frombuffer(times, np.int64)
                     sides = {"before": t < first_t[other] - tolerance_ns, "after": t > last_t[other] + tolerance_ns}
                     for side, beyond in sides.items():
                         self.outside[stream][side] += int(beyond.sum())

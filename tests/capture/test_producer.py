@@ -315,6 +315,7 @@ def test_stop_ends_every_producer_even_a_frozen_one(caplog) -> None:
     collect(prod, lambda f, e: {x.stream for x in f} == {"ir", "vis"})  # both producers up, with frames written
     frozen = prod.pids()["vis"]
     os.kill(frozen, signal.SIGSTOP)  # deaf to the stop flag and to SIGTERM: only SIGKILL ends it
+    prod._workers["vis"].beat[0] = 0  # as if frozen between a frame's write and its count: the frame seen tells
     names = prod.shm_names()
     with caplog.at_level(logging.INFO, logger="streamfuse.capture.producer"):
         prod.stop(timeout=2.0)

@@ -357,7 +357,8 @@ def test_a_resume_with_another_model_or_stage_names_the_setting(data, tmp_path, 
 
 
 @pytest.mark.parametrize("part, value, reason", [("ema", float("nan"), "its weights hold NaN or infinite values"),
-                                                 ("elapsed", float("nan"), "(no step count)")])
+                                                 ("elapsed", float("nan"), "(no step count)"),
+                                                 ("elapsed", float("inf"), "(no step count)")])
 def test_a_checkpoint_with_non_finite_values_is_refused(data, tmp_path, part, value, reason):
     # NaN EMA weights trained on to a weights file that every fuser refuses, written as complete with exit status 0
     out = tmp_path / "run"
@@ -372,6 +373,44 @@ def test_a_checkpoint_with_non_finite_values_is_refused(data, tmp_path, part, va
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
     assert message.startswith(f"train: cannot resume from {out / 'checkpoint.pt'}") and message.endswith(reason)
     assert not (out / DEFAULT_WEIGHTS.name).exists()
+
+
+def test_a_resume_whose_settings_file_is_gone_is_refused_after_its_checkpoint_is_read(data, tmp_path):
+    """Without train_config.yaml the checkpoint is read first (a damaged one is named before the settings), but the
+    settings are still compared: a run without its record would be continued as any run's."""
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    (out / "train_config.yaml").unlink()
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
+    assert message.startswith(f"train: cannot resume: {out / 'train_config.yaml'}, the run's settings, is unreadable")
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 1
+
+
+@pytest.mark.parametrize("minutes, config, moved", [("60", None, False), ("0", ["hand", "edited"], False),
+                                                    ("0", {"model": torch.ones(1)}, False), ("0", None, True)])
+def test_a_checkpoint_whose_record_differs_in_budget_or_data_folder_alone_resumes(data, tmp_path, minutes, config,
+                                                                                    moved):
+    """A finished run trained further for longer, or on its pairs moved to another folder, is this run's checkpoint
+    (as with more steps); a record that is no mapping of sections (or one yaml cannot write) records nothing to
+    compare."""
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    if config is not None:
+        state = torch.load(str(out / "checkpoint.pt"), weights_only=True)
+        torch.save({**state, "config": config}, str(out / "checkpoint.pt"))
+    if moved:
+        data = data.rename(tmp_path / "moved")
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--minutes", minutes, "--resume"])
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 2
+
+
+def test_a_finished_run_resumed_with_its_own_step_count_ends_at_once(data, tmp_path):
+    """No step is left, which is no error: the refusal is for a budget below the steps the run has done."""
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1", "--resume"])
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 1
+    assert (out / DEFAULT_WEIGHTS.name).is_file()
 
 
 def test_an_init_that_is_a_pipe_is_not_called_a_folder(data, tmp_path):
