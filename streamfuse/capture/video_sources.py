@@ -92,7 +92,7 @@ class AvSource(BaseSource):
         waited = self.live and (isinstance(exc, av.ExitError) or (
             isinstance(exc, av.InvalidDataError) and waited_s >= self._OPEN_TIMEOUT_S))
         if waited:
-            why = f"no stream data within {self._OPEN_TIMEOUT_S:g} s (open timeout)"
+            why = f"no readable video within {self._OPEN_TIMEOUT_S:g} s (open timeout: nothing sent, or no video)"
         elif isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
             why = f"not a readable video ({why})"
         elif tcp_chosen and getattr(exc, "errno", None) == errno.EPROTONOSUPPORT:  # its SETUP answered 461
