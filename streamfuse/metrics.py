@@ -37,7 +37,7 @@ METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", 
                              "QSF")
 #: Column headers where the bare key would mislead (QSF's convention in HCLFuse is unknown; this is Zheng's rSFe).
 LABELS: dict[str, str] = {"QSF": "QSF (rSFe)", "Over": "Over %"}
-MIN_SIDE = 25  # pixels a side that VIF's four scales of 'valid' filtering and 2x decimation need
+MIN_SIDE = 25  # VIF's 2 finest scales; all 4 of 'valid' filtering and 2x decimation need 41 (else 0, as conv2)
 
 
 def to_8bit(img: np.ndarray) -> np.ndarray:
@@ -234,9 +234,8 @@ def _sobel_nabf(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def nabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
     """Nabf: Kumar's modified fusion-artifact measure (SIViP 2015; ``analysis_nabf.m``), lower is better.
 
-    ``sum(na * ((1 - Q^AF) wA + (1 - Q^BF) wB)) / sum(wA + wB)`` where ``na`` marks pixels whose fused edge is
-    stronger than both sources', Q uses Petrovic's sigmoids (kg 19, ka 22) and ``w = g^1.5`` where ``g >= 2``.
-    Sources without such an edge (flat, smooth) leave no artifact to weigh, whatever the fused image: 0, not 0/0.
+    ``sum(na ((1 - Q^AF) wA + (1 - Q^BF) wB)) / sum(wA + wB)``, ``na``: fused edge stronger than both sources'; Q with
+    Petrovic's sigmoids (kg 19, ka 22); ``w = g^1.5`` where ``g >= 2``, else ``analysis_nabf.m``'s wt_min 0.001, not 0.
     """
     (g_a, a_a), (g_b, a_b), (g_f, a_f) = (_sobel_nabf(_f64(x)) for x in (ir, vis, fused))
 
@@ -248,10 +247,9 @@ def nabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
         q_a = 0.9995 / (1 + np.exp(-22 * (ang - 0.5)))
         return np.sqrt(q_g * q_a)
 
-    w_a, w_b = (np.where(g >= 2, g**1.5, 0.0) for g in (g_a, g_b))
-    artifact = (g_f > g_a) & (g_f > g_b)
-    num = (artifact * ((1 - q(g_a, a_a)) * w_a + (1 - q(g_b, a_b)) * w_b)).sum()
-    return float(num / den) if (den := (w_a + w_b).sum()) > 0 else 0.0
+    w_a, w_b = (np.where(g >= 2, g**1.5, 0.001) for g in (g_a, g_b))  # wt_min 0.001: never 0/0
+    na = (g_f > g_a) & (g_f > g_b)  # artifacts: fused edges stronger than both sources'
+    return float((na * ((1 - q(g_a, a_a)) * w_a + (1 - q(g_b, a_b)) * w_b)).sum() / (w_a + w_b).sum())
 
 
 def overshoot(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray, margin: float = 8.0, window: int = 7) -> float:
@@ -336,12 +334,15 @@ def evaluate_pair(fused: np.ndarray, ir: np.ndarray, vis_y: np.ndarray) -> dict[
         ``{name: value}`` for every name in :data:`METRICS`.
 
     Raises:
-        ValueError: the images differ in shape, are too small, or hold NaN or infinite pixels (one line naming which).
+        ValueError: shapes differ, too small, NaN or infinite pixels, a source outside 0..255 (one line naming which).
     """
     fused, ir, vis_y = to_8bit(_f64(fused, "the fused")), _f64(ir, "the IR"), _f64(vis_y, "the visible")
     if not fused.shape == ir.shape == vis_y.shape or min(ir.shape) < MIN_SIDE:
         raise ValueError(f"fused {fused.shape}, IR {ir.shape} and visible {vis_y.shape} must have the same shape, at "
                          f"least {MIN_SIDE} pixels a side")
+    for what, img in (("IR", ir), ("visible", vis_y)):  # 16-bit counts against the clipped fused image: no score
+        if img.min() < 0 or img.max() > 255:
+            raise ValueError(f"metrics need sources on 0..255: the {what} image spans {img.min():g}..{img.max():g}")
     out = {name: fn(fused) for name, fn in _FUSED_ONLY.items()}
     out.update({name: fn(fused, ir, vis_y) for name, fn in _WITH_SOURCES.items()})
     return {name: out[name] for name in METRICS}

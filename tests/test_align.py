@@ -29,6 +29,18 @@ def test_plan_marginals_match_histograms(rng):
     np.testing.assert_allclose(res.plan.sum(axis=0), b, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["sinkhorn_log", "sinkhorn"])
+def test_plan_is_the_gibbs_kernel_of_the_squared_cost_scaled_by_the_potentials(rng, method):
+    """``P_ij = exp((f_i + g_j - C_ij) / reg)`` with ``C_ij = (i/255 - j/255)^2``: the potentials are on the cost's
+    scale for either solver (a warm start reads them back), and the cost is the squared one the docstring gives."""
+    cfg = AlignConfig(reg=0.05, method=method, tol=1e-9, max_iter=5000)
+    res = align(histogram(_image(rng, 60, 20)), histogram(_image(rng, 150, 40)), cfg)
+    f, g = res.potentials
+    levels = np.arange(256) / 255.0
+    cost = (levels[:, None] - levels[None, :]) ** 2
+    np.testing.assert_allclose(res.plan, np.exp((f[:, None] + g[None, :] - cost) / cfg.reg), rtol=1e-6, atol=1e-15)
+
+
 @pytest.mark.parametrize("reg", [0.2, 0.05, 0.01])
 def test_lut_is_monotone_and_in_range(rng, reg):
     res = align(histogram(_image(rng, 40, 10)), histogram(_image(rng, 200, 30)), AlignConfig(reg=reg))
@@ -87,6 +99,10 @@ def test_non_convergence_warns_and_flags(rng):
 def test_bad_histogram_raises_one_line():
     with pytest.raises(ValueError, match="ir_hist"):
         align(np.zeros(256), np.ones(256), AlignConfig())
+    negative = np.ones(256)
+    negative[7] = -1.0  # positive mass overall, but no histogram
+    with pytest.raises(ValueError, match="vis_hist must be a finite non-negative"):
+        align(np.ones(256), negative, AlignConfig())
     with pytest.raises(ValueError, match="uint8"):
         histogram(np.zeros((4, 4), np.float32))
 
@@ -209,9 +225,35 @@ def test_background_solve_error_raises_once_then_retries(rng, monkeypatch):
     assert cache.lut(_brighter(ir), vis, "a") is not first and cache.misses == 3
 
 
+def test_an_error_just_above_the_tolerance_is_not_converged(rng):
+    """``converged`` is ``err <= tol``: a solve stopped by ``max_iter`` at an error only twice the tolerance warns and
+    says so (the far-off case alone left the threshold unchecked)."""
+    a, b = histogram(_image(rng, 40, 15)), histogram(_image(rng, 170, 30))
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        cut = align(a, b, AlignConfig(max_iter=20, tol=1e-12)).err
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        res = align(a, b, AlignConfig(max_iter=20, tol=cut / 2))
+    assert res.err == cut and not res.converged
+
+
+def test_drift_zero_re_solves_on_any_change_and_hits_only_the_same_histograms(rng):
+    """``drift`` is the largest W1 distance still served from the cache: at 0, an unchanged frame is a hit."""
+    cache = AlignCache(AlignConfig(drift=0.0))
+    ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
+    cache.lut(ir, vis)
+    cache.lut(ir, vis)
+    assert (cache.hits, cache.misses) == (1, 1)
+    cache.lut(_brighter(ir, 1), vis)
+    assert (cache.hits, cache.misses) == (1, 2)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="reg"):
         AlignConfig(reg=0)
     with pytest.raises(ValueError, match="blend"):
         AlignConfig(blend=1.5)
+    with pytest.raises(ValueError, match="refresh"):  # 0 would never serve a cached table, warm-starting every solve
+        AlignConfig(refresh=0)
+    with pytest.raises(ValueError, match="drift"):
+        AlignConfig(drift=1.5)
 

@@ -186,31 +186,36 @@ def test_qsf_weighs_the_diagonals_by_half_the_square_root_of_two():
 
 @pytest.mark.parametrize("level", [0.0, 100.0, 255.0])
 def test_flat_sources_score_finite_values(scene, level):
-    """Sources without edges: Nabf has no artifact to weigh (0) and two black sources leave Qabf no edge to preserve
-    (0), where the reference code divides 0 by 0, whatever the fused image; only QSF, relative to the sources'
-    frequency, is infinite for a textured one."""
+    """Sources without edges: two black sources leave Qabf no edge to preserve (0, where the reference code divides 0
+    by 0), whatever the fused image; Nabf, with analysis_nabf.m's weight 0.001 on weak source edges, is 0 for a flat
+    fused image and counts a textured one's edges as artifacts; only QSF, relative to the sources' frequency, is
+    infinite for a textured one."""
     flat = np.full(scene.shape, level)
     for fused in (flat, scene):
         out = M.evaluate_pair(fused, flat, flat)
         assert all(math.isfinite(v) for k, v in out.items() if k != "QSF"), out
-        assert out["Nabf"] == 0.0 and (level > 0 or out["Qabf"] == 0.0)
+        assert (out["Nabf"] == 0.0) == (fused is flat) and (level > 0 or out["Qabf"] == 0.0)
         assert out["QSF"] == (0.0 if fused is flat else math.inf)
     out = M.evaluate_pair(flat, flat, flat)
     assert out["VIF"] == 2.0 and out["SSIM"] == pytest.approx(2.0)
     assert out["SF"] == out["AG"] == out["Over"] == 0.0
 
 
-def test_nabf_of_smooth_sources_is_zero(scene):
+def test_nabf_of_smooth_sources_counts_the_edges_drawn_on_them(scene):
+    """Source edges weaker than 2 weigh analysis_nabf.m's wt_min (0.001), not 0: on smooth sources the fused image's
+    stronger edges are artifacts (a noise image scored 0, a perfect Nabf, when they weighed nothing)."""
     ramp = np.tile(np.arange(scene.shape[1], dtype=np.float64), (scene.shape[0], 1))  # edge strength 1 < 2
-    assert M.nabf(scene, ramp, ramp[::-1, ::-1]) == 0.0
+    assert M.nabf(ramp, ramp, ramp[::-1, ::-1]) == 0.0  # a source itself draws nothing new
+    assert M.nabf(scene, ramp, ramp[::-1, ::-1]) > 0.5
 
 
 def test_evaluate_pair_keys_order_and_shape_check(scene):
     out = M.evaluate_pair(scene + 0.4, scene, scene)  # scored as the saved 8-bit image: +0.4 rounds away
     assert list(out) == list(M.METRICS)
     assert out["SSIM"] == pytest.approx(2.0) and out["Nabf"] == 0.0
-    with pytest.raises(ValueError, match="same shape"):
-        M.evaluate_pair(scene, scene[:-1], scene)
+    for images in ((scene, scene[:-1], scene), (scene, scene, scene[:, :-1])):  # the visible is checked too
+        with pytest.raises(ValueError, match="same shape"):
+            M.evaluate_pair(*images)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -227,9 +232,20 @@ def test_evaluate_pair_refuses_a_nan_or_infinite_pixel_naming_the_image(scene, b
         M.entropy(hole)
 
 
+def test_evaluate_pair_refuses_sources_outside_the_8_bit_range(scene):
+    """16-bit counts (or negative values) scored against the fused image clipped to 0..255 gave VIF ~0 and Qabf ~0
+    without a word; a fused image out of range is scored as saved (clipped), a source is refused naming it."""
+    assert M.evaluate_pair(scene * 257, scene, scene)["SSIM"] < 2  # the fused image: clipped, as saved
+    for k, (name, bad) in enumerate((("IR", scene * 257), ("visible", scene - 300))):
+        images = [scene, scene, scene]
+        images[k + 1] = bad
+        with pytest.raises(ValueError, match=f"sources on 0..255: the {name} image spans {bad.min():g}..{bad.max():g}"):
+            M.evaluate_pair(*images)
+
+
 def test_evaluate_pair_refuses_images_too_small_for_vif(scene):
-    """VIF's four scales of 'valid' filtering and decimation need 25 pixels a side; below, a ValueError saying so
-    rather than OpenCV's assertion on an empty array."""
+    """VIF's two finest scales of 'valid' filtering and decimation need 25 pixels a side (all four 41); below, a
+    ValueError saying so rather than OpenCV's assertion on an empty array."""
     small = scene[:24, :40]
     with pytest.raises(ValueError, match="at least 25 pixels a side"):
         M.evaluate_pair(small, small, small)
@@ -281,6 +297,8 @@ def test_temporal_ratio_counts_flicker_relative_to_the_input(rng):
     assert M.temporal_ratio([vis[0]] * 3, vis) == 0.0  # a frozen output does not flicker
     with pytest.raises(ValueError, match="equally long"):
         M.temporal_ratio(vis[:1], vis[:1])
+    with pytest.raises(ValueError, match="equally long"):  # not scored over the shorter one's frames
+        M.temporal_ratio(vis, vis[:2])
 
 
 def test_qsf_on_flat_sources_is_defined():
@@ -301,6 +319,8 @@ def test_flow_warp_error_ignores_motion_and_sees_flicker():
     assert flow_warp_error(flicker, moving) > 3.0 * flow_warp_error(moving, moving)
     with pytest.raises(ValueError, match="two equally long"):
         flow_warp_error(moving[:1], moving[:1])
+    with pytest.raises(ValueError, match="two equally long"):  # not scored over the shorter one's frames
+        flow_warp_error(moving, moving[:2])
 
 
 def test_overshoot_counts_rims_beyond_both_sources_local_range():
@@ -336,11 +356,13 @@ def test_mutual_information_of_sources_with_different_grey_level_shares():
 
 
 def test_nabf_weighs_source_edges_of_strength_exactly_two():
-    """Kumar's weight is ``g^1.5`` where ``g >= 2``: sources ramping by 2 a column (Sobel/8 strength 2 inside, 0 on the
-    reflected border columns) weigh their edges, and a fused ramp of 3 a column is an artifact of ratio 2/3 there."""
+    """Kumar's weight is ``g^1.5`` where ``g >= 2`` (else 0.001): sources ramping by 2 a column (Sobel/8 strength 2 on
+    28 inner columns, 0 on the 2 reflected border columns) weigh their edges, and a fused ramp of 3 a column is an
+    artifact of ratio 2/3 there."""
     ramp = np.tile(np.arange(30, dtype=np.float64), (30, 1))
     q_g, q_a = 0.9999 / (1 + math.exp(-19 * (2 / 3 - 0.5))), 0.9995 / (1 + math.exp(-22 * (1 - 0.5)))
-    assert M.nabf(3 * ramp, 2 * ramp, 2 * ramp) == pytest.approx(1 - math.sqrt(q_g * q_a), rel=1e-6)
+    share = 28 * 2**1.5 / (28 * 2**1.5 + 2 * 0.001)  # of the weight, on the inner columns' edges
+    assert M.nabf(3 * ramp, 2 * ramp, 2 * ramp) == pytest.approx((1 - math.sqrt(q_g * q_a)) * share, rel=1e-9)
 
 
 def test_overshoot_counts_only_pixels_more_than_the_margin_beyond_the_sources():
@@ -425,3 +447,91 @@ def test_flow_warp_error_leaves_out_what_an_object_uncovers():
         frame[20:40, 10 + 8 * k:30 + 8 * k] = (square - square.mean()) * 6 + 128
         frames.append(np.clip(frame, 0, 255))
     assert M.flow_warp_error(frames, frames) < 4.0
+
+
+def test_cc_averages_the_correlation_with_each_source(scene):
+    """CC is the mean of the fused image's correlation with IR and with the visible: a fused image equal to IR, beside
+    a visible image that is its negative, correlates +1 and -1, so 0 (one source counted twice gave 1)."""
+    assert M.cc(scene, scene, 255 - scene) == pytest.approx(0.0, abs=1e-12)
+    assert M.cc(scene, 255 - scene, scene) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_vif_sums_the_published_vifp_against_each_source(scene, rng):
+    """VIF filters the fused image once for both sources: each source keeps its own term (the oracle scores them one
+    at a time), with sources unlike each other, as IR and the visible are."""
+    ir = np.vstack([scene, scene[::-1]])  # 128 x 80: big enough for four scales
+    vis = M.to_8bit(np.clip(ir[:, ::-1] * 0.6 + rng.normal(0, 10, ir.shape) + 40, 0, 255))
+    fused = M.to_8bit(0.5 * ir + 0.5 * vis)
+    expected = _vifp_reference(ir, fused) + _vifp_reference(vis, fused)
+    assert M.vif(fused, ir, vis) == pytest.approx(expected, rel=1e-9)
+
+
+def _nabf_reference(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
+    """Kumar's ``analysis_nabf.m`` step by step with scipy's convolve2d, as the oracle: Sobel/8 on the image extended by
+    ``per_extn_im_fn`` (mirrored without the edge pixel), orientation 0 where both responses are 0, ``w = g^1.5``
+    where ``g >= 2``, else its ``wt_min`` 0.001, artifacts where the fused edge is stronger than both sources'."""
+    v_kernel = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]) / 8
+
+    def edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ext = np.pad(img.astype(float), 1, mode="reflect")
+        gv, gh = convolve2d(ext, v_kernel, "valid"), convolve2d(ext, v_kernel.T, "valid")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.hypot(gv, gh), np.where((gv == 0) & (gh == 0), 0.0, np.arctan(gv / gh))
+
+    (g_f, a_f), sources, total, weight = edges(fused), (edges(ir), edges(vis)), 0.0, 0.0
+    na = (g_f > sources[0][0]) & (g_f > sources[1][0])  # an artifact: stronger than both sources' edges
+    for g_s, a_s in sources:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = np.where((g_s == 0) | (g_f == 0), 0.0, np.minimum(g_s, g_f) / np.maximum(g_s, g_f))
+        a = np.abs(np.abs(a_s - a_f) - np.pi / 2) * 2 / np.pi
+        q = np.sqrt(0.9999 / (1 + np.exp(-19 * (g - 0.5))) * 0.9995 / (1 + np.exp(-22 * (a - 0.5))))
+        w = np.where(g_s >= 2, g_s**1.5, 0.001)
+        total, weight = total + (na * (1 - q) * w).sum(), weight + w.sum()
+    return total / weight
+
+
+def test_nabf_matches_the_reference_code(scene, rng):
+    # the hand-worked Nabf tests have one strength ratio and orientation everywhere and sources alike, where the
+    # weights cancel: a wrong weight exponent, one source's weight for both, or orientations more than 90 degrees
+    # apart scored as unlike passed the suite
+    ir, vis = scene, M.to_8bit(np.clip(scene[::-1, :] * 0.8 + rng.normal(0, 6, scene.shape), 0, 255))
+    for fused in (M.to_8bit(np.clip(1.3 * ir - 0.2 * vis + rng.normal(0, 8, scene.shape), 0, 255)),
+                  M.to_8bit(np.clip(ir[:, ::-1] * 1.5 - 40, 0, 255))):
+        expected = _nabf_reference(fused, ir, vis)
+        assert expected > 0.01  # artifacts to weigh: the comparison is not of two zeros
+        assert M.nabf(fused, ir, vis) == pytest.approx(expected, rel=1e-9)
+
+
+def test_overshoot_takes_the_range_of_whichever_source_is_brighter_there():
+    """IR and the visible cross (each brighter on one half): the brighter and the darker source differ by place, and a
+    fused image at either one's level is no halo anywhere."""
+    ir, vis = np.full((30, 40), 60.0), np.full((30, 40), 150.0)
+    ir[:, 20:], vis[:, 20:] = 200.0, 30.0
+    assert M.overshoot(np.maximum(ir, vis), ir, vis) == 0.0
+    assert M.overshoot(np.minimum(ir, vis), ir, vis) == 0.0
+
+
+def test_temporal_ratio_averages_every_pair_of_frames():
+    """The visible changes by 10, then 30 grey levels (mean 20); the fused output by 0, then 20 (mean 10): 0.5."""
+    vis = [np.full((8, 8), v) for v in (10.0, 20.0, 50.0)]
+    fused = [np.full((8, 8), v) for v in (100.0, 100.0, 120.0)]
+    assert M.temporal_ratio(fused, vis) == pytest.approx(0.5)
+
+
+def test_flow_warp_error_is_the_mean_over_pairs_of_frames():
+    """A pan whose fused output flickers between the first two frames only: the sequence's error is the mean of each
+    pair of frames' own, not the last pair's."""
+    rng = np.random.default_rng(5)
+    blurred = cv2.GaussianBlur(rng.uniform(0, 255, (60, 80)), (0, 0), 2)
+    moving = [np.clip(np.roll((blurred - blurred.mean()) * 6 + 128, k, axis=1), 0, 255) for k in range(3)]
+    fused = [moving[0] + rng.normal(0, 8, moving[0].shape), moving[1], moving[2]]
+    per_pair = [M.flow_warp_error(fused[t - 1:t + 1], moving[t - 1:t + 1]) for t in (1, 2)]
+    assert per_pair[0] > 2 * per_pair[1]  # the pairs differ: a mean is not any one of them
+    assert M.flow_warp_error(fused, moving) == pytest.approx(np.mean(per_pair), rel=1e-6)  # float32 sums
+
+
+def test_a_colour_image_is_refused_not_scored():
+    """Metrics are of the Y channel: a (H, W, 3) image is refused in one line, not scored channel by channel."""
+    colour = np.zeros((30, 30, 3))
+    with pytest.raises(ValueError, match=r"metrics need a 2-D grey image, got shape \(30, 30, 3\)"):
+        M.evaluate_pair(colour, colour, colour)

@@ -241,3 +241,39 @@ def test_the_energies_read_only_the_image_channels():
     x = torch.rand(1, 3, 8, 8, generator=gen) * 2 - 1  # the other channels are no image: they must not count
     assert energies(x, cond) == energies(x[:, :1], cond)
     assert energies(x, cond, channels=2) != energies(x[:, :1], cond)
+
+
+def test_a_composed_guide_applies_its_guides_in_the_order_given():
+    """Heat then consistency is not consistency then heat: the composition runs its guides first to last (the default
+    guides' order, heat, structure, consistency, is the method's)."""
+    gen = torch.Generator().manual_seed(13)
+    cond = _cond(torch.rand(1, 1, 12, 12, generator=gen), torch.rand(1, 1, 12, 12, generator=gen))
+    x = torch.rand(1, 1, 12, 12, generator=gen) * 2 - 1
+    heat, con = PhysicsGuide("heat", 0.2, timesteps=(0,)), PhysicsGuide("consistency", 0.5, timesteps=(0,))
+    assert not torch.allclose(con(heat(x, 0, cond), 0, cond), heat(con(x, 0, cond), 0, cond))
+    torch.testing.assert_close(ComposedGuide((heat, con))(x, 0, cond), con(heat(x, 0, cond), 0, cond))
+
+
+def test_decoded_guide_steps_follow_each_other():
+    """``steps=2`` is two single steps, each from where the one before left the latent."""
+    ir = _step_image()
+    cond = structure_inputs(ir, torch.zeros_like(ir))
+    weights = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(14)) * 0.3
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        up = torch.nn.functional.conv2d(z, weights, padding=1)
+        return torch.sigmoid(torch.nn.functional.interpolate(up, scale_factor=4, mode="bilinear"))
+
+    z = torch.rand(1, 2, 4, 4, generator=torch.Generator().manual_seed(15)) * 0.2 - 0.1
+    once = guide_decoded(z, decode, cond, steps=1)
+    assert not torch.allclose(once, z)
+    torch.testing.assert_close(guide_decoded(z, decode, cond, steps=2), guide_decoded(once, decode, cond, steps=1))
+
+
+def test_a_structure_step_keeps_the_latents_dtype():
+    """The CPU kernels compute in float32; a bfloat16 latent (an autocast run) comes back bfloat16, image channels
+    and the others alike."""
+    gen = torch.Generator().manual_seed(16)
+    cond = structure_inputs(torch.rand(1, 1, 8, 8, generator=gen), torch.rand(1, 1, 8, 8, generator=gen))
+    x = (torch.rand(1, 2, 8, 8, generator=gen) * 2 - 1).to(torch.bfloat16)
+    assert PhysicsGuide("structure", 1.0, timesteps=(0,))(x, 0, cond).dtype == torch.bfloat16

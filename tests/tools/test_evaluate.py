@@ -14,6 +14,7 @@ import pytest
 
 from streamfuse import evaluation, metrics
 from streamfuse.cli.evaluate import EVAL_CONFIG, main
+from streamfuse.config import load_config
 from streamfuse.configs import resolve
 from streamfuse.eval_pairs import find_pairs, read_grey, read_pair
 from streamfuse.evaluation import Method, config_method, evaluate_dir, fused_dir_method
@@ -421,22 +422,24 @@ def test_a_pair_too_small_or_of_two_sizes_is_one_line_naming_both_files(evaluate
 
 
 def test_a_flat_pair_does_not_poison_the_means(pairs, tmp_path, caplog):
-    """A pair with flat sources: Nabf is 0 there, not NaN, and QSF, infinite for a textured fused image, is left out
-    of the method's mean with a warning that counts it."""
+    """A pair with flat sources: Nabf is finite there (the textured fused image's edges are artifacts), not NaN, and
+    QSF, infinite for a textured fused image, is left out of the method's mean with a warning that counts it."""
     ir_dir, vis_dir = pairs
-    cv2.imwrite(str(ir_dir / "p0.png"), np.full((45, 70), 90, np.uint8))
-    cv2.imwrite(str(vis_dir / "p0.png"), np.full((45, 70), 40, np.uint8))
+    texture = read_grey(ir_dir / "p0.png") // 2 + 60
+    (vis_dir / "p1.jpg").unlink()
+    cv2.imwrite(str(ir_dir / "p1.png"), np.full((45, 70), 90, np.uint8))  # not the first pair: the one named
+    cv2.imwrite(str(vis_dir / "p1.png"), np.full((45, 70), 40, np.uint8))
     fused = tmp_path / "fused"
     fused.mkdir()
     for stem in ("p0", "p1", "p2"):  # textured everywhere
-        cv2.imwrite(str(fused / f"{stem}.png"), read_grey(ir_dir / "p1.png") // 2 + 60)
+        cv2.imwrite(str(fused / f"{stem}.png"), texture)
     result = evaluate_dir(ir_dir, vis_dir, [Method("half", fused_dir=fused)], tmp_path / "out")
     rows = {r["image"]: r for r in result.rows}
-    assert rows["p0"]["Nabf"] == 0.0 and rows["p0"]["QSF"] == math.inf
+    assert 0.0 < rows["p1"]["Nabf"] <= 1.0 and rows["p1"]["QSF"] == math.inf
     means = result.means["half"]
     assert all(math.isfinite(means[k]) for k in metrics.METRICS), means
-    assert means["QSF"] == pytest.approx((rows["p1"]["QSF"] + rows["p2"]["QSF"]) / 2)
-    assert "half: QSF is not finite on 1 of 3 pairs (first p0), left out of its mean" in caplog.text
+    assert means["QSF"] == pytest.approx((rows["p0"]["QSF"] + rows["p2"]["QSF"]) / 2)
+    assert "half: QSF is not finite on 1 of 3 pairs (first p1), left out of its mean" in caplog.text
 
 
 def test_a_16_bit_ir_pair_is_scored_as_its_stretched_8_bit_copy(evaluate, pairs, tmp_path):
@@ -532,6 +535,26 @@ def test_only_hclfuse_fusers_are_warned_of_ot_tables_carried_over(caplog):
     assert "hclfuse: OT tables carry over from one image to the next" in caplog.text
 
 
+def test_a_fuser_takes_the_base_configs_ot_settings(caplog):
+    """``--fuser hclfuse`` starts from the shipped eval config, as the command passes it: its synchronous solve per
+    still (refresh 1, no background solve) is the fuser's, and no carry-over is warned of."""
+    base = load_config(resolve(EVAL_CONFIG))
+    method = evaluation.fuser_method("hclfuse", base=base)
+    assert method.align == base.align and (base.align.refresh, base.align.background) == (1, False)
+    evaluation._check_methods([method], None)
+    assert "carry over" not in caplog.text
+
+
+def test_the_montage_shows_only_the_pairs_picked_for_it(pairs, tmp_path, monkeypatch):
+    """One montage row of three pairs: the darkest visible image's pair alone, not a row for every pair."""
+    shown = []
+    monkeypatch.setattr(evaluation, "write_montage", lambda path, tiles: shown.extend(tiles))
+    ir_dir, vis_dir = pairs
+    evaluate_dir(ir_dir, vis_dir, [Method("max", fuser=build_fuser(FuseConfig(name="max")))], tmp_path / "out",
+                 montage_rows=1)
+    assert shown == ["p0"]
+
+
 @pytest.mark.parametrize("section", ["stabilize: {strength: 0.5}", "post: {denoise: 0.5}"])
 def test_either_temporal_stage_of_a_config_is_warned_of_alone(tmp_path, caplog, section):
     (cfg := tmp_path / "live.yaml").write_text(f"fuse: {{name: max}}\n{section}\n")
@@ -569,6 +592,19 @@ def test_the_reference_against_itself_has_infinite_psnr_and_squared_errors_are_a
     assert result.means["ref"]["psnr_ref"] == math.inf and result.means["ref"]["delta_grey"] == 0
     assert {r["mse_ref"] for r in result.rows if r["method"] == "off"} == {8.0}
     assert result.means["off"]["psnr_ref"] == pytest.approx(10 * math.log10(255**2 / 8))
+
+
+def test_delta_grey_is_the_mean_absolute_difference_from_the_reference(tmp_path, rng):
+    """Half the pixels 5 grey levels brighter than the reference's, half 5 darker: delta grey 5, not the 0 of the
+    differences' mean."""
+    ir_dir, vis_dir, ref = _two_sizes(tmp_path, rng)
+    off = {stem: (img.astype(np.int16) + np.where(np.arange(img.shape[1]) % 2, 5, -5)).astype(np.uint8)
+           for stem, img in ref.items()}
+    methods = [Method("ref", fused_dir=_fused_folder(tmp_path / "ref", ref)),
+               Method("off", fused_dir=_fused_folder(tmp_path / "off", off))]
+    result = evaluate_dir(ir_dir, vis_dir, methods, tmp_path / "out", reference="ref")
+    assert {r["delta_grey"] for r in result.rows if r["method"] == "off"} == {5.0}
+    assert result.means["off"]["delta_grey"] == 5.0
 
 
 def test_a_metric_finite_on_no_pair_has_a_nan_mean(pairs, tmp_path):
