@@ -162,7 +162,9 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
 
     Raises:
         ValueError: one line, ``cannot read image PATH: WHY`` (the file is gone, is empty, is corrupt or not an
-            image, or the OS's reason); OpenCV's own warnings stay quiet.
+            image, or the OS's reason); OpenCV's own warnings stay quiet (not libjpeg's line for extraneous bytes
+            before a marker in a JPEG read whole: OpenCV leaves libjpeg's messages on stderr, with no way to
+            silence them).
     """
     try:
         mode = os.stat(path).st_mode  # a pipe named as an image would block the read until written to, a device

@@ -23,8 +23,8 @@ _REDELIVERY = threading.Lock()  # held while a stop waits for the main thread's 
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the main thread is as Ctrl-C raises KeyboardInterrupt; its argument is the
-    reason, ``interrupted (SIGTERM)``."""
+    """SIGTERM or SIGHUP (or a Ray batch's stop, in its workers), raised where the main thread is as Ctrl-C raises
+    KeyboardInterrupt; its argument is the reason, ``interrupted (SIGTERM)``."""
 
 
 def raise_terminated(signum: int, frame: FrameType | None) -> None:

@@ -137,7 +137,8 @@ def write_bag1(path, channels: dict[str, str], messages: list[tuple[str, int, by
 
 def write_foxglove(path, messages: list[tuple[str, int, object]]) -> None:
     """An MCAP file as the Foxglove SDK logs it (protobuf ``foxglove.RawImage`` / ``foxglove.CompressedImage``):
-    ``messages`` (topic, log time, a ``foxglove.messages`` image), in a logging context of its own."""
+    ``messages`` (topic, log time, a ``foxglove.messages`` image, or a RawImage's protobuf bytes, logged as they are),
+    in a logging context of its own."""
     import foxglove
     from foxglove.channels import CompressedImageChannel, RawImageChannel
     from foxglove.messages import RawImage
@@ -146,8 +147,13 @@ def write_foxglove(path, messages: list[tuple[str, int, object]]) -> None:
     with foxglove.open_mcap(path, context=context):
         channels: dict = {}
         for topic, log_ns, msg in messages:
-            kind = RawImageChannel if isinstance(msg, RawImage) else CompressedImageChannel
-            channels.setdefault(topic, kind(topic, context=context)).log(msg, log_time=log_ns)
+            if topic not in channels and isinstance(msg, bytes):  # one the SDK's types cannot make (a time before 1970)
+                channels[topic] = foxglove.Channel(topic, schema=RawImage.get_schema(), message_encoding="protobuf",
+                                                   context=context)
+            elif topic not in channels:
+                kind = RawImageChannel if isinstance(msg, RawImage) else CompressedImageChannel
+                channels[topic] = kind(topic, context=context)
+            channels[topic].log(msg, log_time=log_ns)
 
 
 def foxglove_image(pixels: np.ndarray, encoding: str, stamp_ns: int = STAMP_NS, pad: int = 3) -> object:

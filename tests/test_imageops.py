@@ -46,6 +46,16 @@ def test_the_gaussian_reaches_int_3_sigma_plus_half_pixels_on_both_sides(sigma, 
         assert np.flatnonzero(row).tolist() == list(range(30 - radius, 31 + radius))
 
 
+def test_a_zero_sigma_blur_is_the_identity_and_a_negative_or_nan_sigma_is_refused_in_both_twins(image):
+    # the torch twin divided by 2 sigma^2 = 0 (all NaN) while OpenCV blurred with a sigma of its own choosing
+    np.testing.assert_array_equal(arrays.gaussian_blur(image, 0.0), image)
+    torch.testing.assert_close(tensors.gaussian_blur(_t(image), 0.0), _t(image), rtol=0, atol=0)
+    for sigma in (-1.0, float("nan"), float("inf")):
+        for blur, x in ((arrays.gaussian_blur, image), (tensors.gaussian_blur, _t(image))):
+            with pytest.raises(ValueError, match="sigma must be a finite number of pixels >= 0"):
+                blur(x, sigma)
+
+
 def test_sobel_of_a_unit_ramp_is_one_and_signed():
     ramp = torch.arange(16.0).view(1, 1, 1, 16).expand(1, 1, 8, 16)
     gx, gy = tensors.sobel(ramp)

@@ -492,6 +492,22 @@ def test_a_message_that_does_not_decode_is_said_after_the_frames_of_both_topics_
         list(read_recording(bag, {"ir": THERMAL, "vis": CAMERA}))
 
 
+def test_a_message_stamped_before_1970_stops_the_read_in_one_line(tmp_path):
+    """A ROS 2 stamp's seconds are signed (int32); a negative time is no camera's capture time (rclcpp::Time refuses
+    it too), and read as one it was paired with nothing."""
+    messages = ros2_messages()
+    topic, log_ns, _ = messages[7]
+    counts, jpeg = _frames(3)
+    stamp_ns = -4_999_999_993
+    messages[7] = topic, log_ns, (raw("mono16", counts, stamp_ns=stamp_ns) if topic == THERMAL else
+                                  compressed("jpeg", jpeg, stamp_ns=stamp_ns))
+    bag = tmp_path / "robot.mcap"
+    _write_ros2(bag, messages)
+    with pytest.raises(SourceError, match=rf"^recording .*robot.mcap: {topic}: after 7 frames, a message stamped "
+                                          r"-4.999999993 s: before 1970, not a capture time$"):
+        list(read_recording(bag, {"ir": THERMAL, "vis": CAMERA}))
+
+
 def test_a_recording_whose_summary_does_not_count_messages_lists_its_topics_without_a_count(tmp_path):
     """An MCAP writer may leave out the Statistics record: its topics are listed, their counts not said (not 0)."""
     from mcap.writer import Writer

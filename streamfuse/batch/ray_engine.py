@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
 from streamfuse.errors import io_reason, one_line, printable
-from streamfuse.signals import HANGUP, blocked, handled
+from streamfuse.signals import HANGUP, Terminated, blocked, handled
 
 __all__ = ["RayEngine", "bounded"]
 
@@ -61,7 +61,7 @@ def _ray_replay(cfg: Any, job: PairJob, resume: bool, threads: int, progress: An
 
     def cancel(signum: int, frame: Any) -> None:
         cancelled.append(signum)
-        raise KeyboardInterrupt
+        raise Terminated("interrupted (the batch was stopped)")  # whichever signal the driver had, not a Ctrl-C here
 
     # ray.cancel (the driver's Ctrl-C or SIGTERM) raises KeyboardInterrupt through the SIGINT handler
     previous = signal.signal(signal.SIGINT, cancel)

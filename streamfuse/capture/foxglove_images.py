@@ -4,7 +4,8 @@ logs them to MCAP; their pixels decode as the ROS messages' do (:mod:`streamfuse
 Protobuf's wire format: each field is a key (field number << 3 | wire type) and a value: a varint (0), 8 bytes (1), a
 length and bytes (2: strings, bytes, nested messages) or 4 bytes (5); the last of a repeated field wins. The field
 numbers are those of Foxglove's schemas: RawImage timestamp 1, width 2, height 3, encoding 4, step 5, data 6;
-CompressedImage timestamp 1, data 2, format 3; google.protobuf.Timestamp seconds 1, nanos 2.
+CompressedImage timestamp 1, data 2, format 3; google.protobuf.Timestamp seconds 1, nanos 2 (signed: int64, int32,
+a negative one a 10-byte varint in two's complement).
 
 >>> stamp, image = decode("foxglove.RawImage", bytes.fromhex("0a0408051007" "1502000000" "1d01000000"
 ...                                                     "2205" + b"mono8".hex() + "2d02000000" "32020a14"))
@@ -34,6 +35,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         pos, shift = pos + 1, shift + 7
         if byte < 0x80:
             return value, pos
+
+
+def _signed(value: int) -> int:
+    """A varint as protobuf's int64 and int32 read it: two's complement in 64 bits."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >> 63 else value
 
 
 def _take(data: bytes, pos: int, n: int) -> bytes:
@@ -70,19 +77,23 @@ def _get(fields: dict[int, int | bytes], number: int, kind: type, default: int |
     return value
 
 
-def decode(schema: str, data: bytes) -> tuple[int, np.ndarray]:
-    """The timestamp (ns) and the image of one protobuf message of ``schema`` (one of :data:`SCHEMAS`).
+def decode(schema: str, data: bytes, encoding: str = "protobuf") -> tuple[int, np.ndarray]:
+    """The timestamp (ns, negative before 1970) and the image of one protobuf message of ``schema`` (one of
+    :data:`SCHEMAS`).
 
     Raises:
-        Unsupported: another schema, an image encoding not supported (one line).
+        Unsupported: another schema or message encoding, an image encoding not supported (one line).
         ValueError: a message cut short or inconsistent (one line).
     """
+    if encoding != "protobuf":
+        raise Unsupported(f"{schema} encoded as {encoding!r} is not read; Foxglove's images are read in protobuf, "
+                          f"as the Foxglove SDK logs them, or as foxglove_msgs in cdr")
     if schema not in SCHEMAS:
         raise Unsupported(f"protobuf messages of {schema or 'no schema'} are not images; image schemas: "
                           f"{', '.join(SCHEMAS)}")
     fields = _fields(data)
     stamp = _fields(_get(fields, 1, bytes, b""))
-    stamp_ns = _get(stamp, 1, int, 0) * 1_000_000_000 + _get(stamp, 2, int, 0)
+    stamp_ns = _signed(_get(stamp, 1, int, 0)) * 1_000_000_000 + _signed(_get(stamp, 2, int, 0))
     if schema == "foxglove.CompressedImage":
         form = _get(fields, 3, bytes, b"").decode("utf-8", "replace")
         return stamp_ns, decompressed(form, _get(fields, 2, bytes, b""))

@@ -146,8 +146,8 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
         try:
             if encoding == "cdr":  # a ROS 2 bag's, zstd-compressed one by one in rosbag2's message mode
                 data = message(data)
-            if encoding == "protobuf":  # the Foxglove SDK's messages
-                stamp, image = foxglove_images.decode(kind, data)
+            if encoding == "protobuf" or kind in foxglove_images.SCHEMAS:  # the Foxglove SDK's messages
+                stamp, image = foxglove_images.decode(kind, data, encoding)
             else:
                 stamp, image = ros_images.decode(kind, data, encoding)
             if not image.size:  # no stage can take an image without pixels: damaged, as an undecodable one
@@ -156,6 +156,9 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
             raise SourceError(f"recording {path}: {topic}: {exc}") from None
         except ValueError as exc:
             raise SourceError(_damaged(Path(path), sum(counts.values()), exc)) from None
+        if stamp < 0:  # no camera captured before 1970 (ROS 2's own rclcpp::Time refuses such a time too)
+            raise SourceError(f"recording {path}: {topic}: after {sum(counts.values())} frames, a message stamped "
+                              f"{stamp / 1e9:.9f} s: before 1970, not a capture time")
         deep = image if stream == "ir" and image.dtype == np.uint16 and image.ndim == 2 else None  # Frame.counts
         try:  # float pixels on the visible topic, a palette named for 16-bit IR: well formed, not what the stream takes
             if stream == "ir":

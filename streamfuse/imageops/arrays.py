@@ -29,7 +29,9 @@ def box_filter(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of ``sigma`` px."""
+    """Gaussian blur of ``sigma`` px (0: a copy of ``x``)."""
     r = gaussian_radius(sigma)
+    if r == 0:
+        return x.copy()
     border = cv2.BORDER_REFLECT_101 if min(x.shape) > r else cv2.BORDER_REPLICATE
     return cv2.GaussianBlur(x, (2 * r + 1, 2 * r + 1), sigma, borderType=border)

@@ -67,8 +67,10 @@ def box_filter(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``sigma`` px."""
+    """Separable Gaussian blur of ``sigma`` px (0: a copy of ``x``)."""
     r = gaussian_radius(sigma)
+    if r == 0:
+        return x.clone()
     k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device).square() / (2 * sigma * sigma))
     k = k / k.sum()
     c = x.shape[1]

@@ -274,14 +274,18 @@ def _train(data: Path, out: Path, setup: TrainSetup, resume: bool, ckpt_minutes:
             done = _progress(run.step, run.elapsed, setup.train) >= 1.0
             _save(run, out, setup, resolved, weights=done)
             log.info("step %d  %.0f s  %s", run.step, run.elapsed, {k: round(v.item(), 5) for k, v in losses.items()})
+            if done and run.step < setup.train.steps:  # the time budget ended it: a bar stopped part-way looks failed
+                bar.total = run.step
+                bar.set_description_str(f"time budget spent (--minutes {setup.train.minutes:g})", refresh=False)
     except KeyboardInterrupt:  # raised inside a step, not by the handlers above: keep what was learnt so far
         _save(run, out, setup, resolved, weights=False)
         done = False
     finally:
         bar.close()
-    if not done:
+    if not done:  # a finished run trained further keeps its weights file until this run completes: say whose it is
+        kept = "; the one there is still the earlier run's" if (out / DEFAULT_WEIGHTS.name).exists() else ""
         raise InterruptedError(f"stopped at step {run.step}; {out / 'checkpoint.pt'} saved: --resume continues "
-                               f"(the weights file is written when the run completes)")
+                               f"(the weights file is written when the run completes{kept})")
     return out / DEFAULT_WEIGHTS.name
 
 
@@ -336,8 +340,10 @@ def _check_unchanged(earlier: Path, resolved: dict) -> None:
     now = yaml.safe_load(yaml.safe_dump(resolved))  # as the file holds it: a tuple reads back as a list
     changed = _changes(before, now)
     if budget := [c for c in changed if c.startswith(("train.steps ", "train.minutes "))]:
-        log.warning("resuming with another budget (%s): the learning rate's schedule follows it from here",
-                    ", ".join(budget))
+        weights = earlier.parent / DEFAULT_WEIGHTS.name  # a finished run's, until this one completes
+        kept = f"; {weights} stays the earlier run's until this one completes" if weights.exists() else ""
+        log.warning("resuming with another budget (%s): the learning rate's schedule follows it from here%s",
+                    ", ".join(budget), kept)
         changed = [c for c in changed if c not in budget]
     if changed:
         raise ValueError(f"cannot resume with other settings than the run started with ({', '.join(changed)}): give "

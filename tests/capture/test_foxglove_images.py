@@ -4,18 +4,24 @@ malformed message is one line."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import cv2
 import numpy as np
 import pytest
 from helpers_ros import STAMP_NS, foxglove_compressed, foxglove_image, write_foxglove
 from mcap.reader import make_reader
+from mcap.writer import Writer
 from mcap_ros2._dynamic import serialize_dynamic
 from test_replay_bags import CAMERA, MS, N, PERIOD, T0, THERMAL, _cfg, _frames
 
 from streamfuse.capture import foxglove_images, ros_images
+from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.ros_images import Unsupported
+from streamfuse.capture.sources import SourceError
 from streamfuse.config import config_from_dict
-from streamfuse.replay import run_replay
+from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import decode_frames
 
 _TIME = "=" * 80 + "\nMSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n"
@@ -118,3 +124,42 @@ def test_a_raw_image_without_a_timestamp_and_with_a_field_unknown_here_decodes()
     image = "1502000000" "1d01000000" "2205" + b"mono8".hex() + "2d02000000" "32020a14" "79" + "00" * 8
     stamp, pixels = foxglove_images.decode("foxglove.RawImage", bytes.fromhex(image))
     assert stamp == 0 and pixels.tolist() == [[10, 20]]
+
+
+def test_a_negative_protobuf_timestamp_is_read_signed_and_stops_the_replay_in_one_line(tmp_path):
+    """google.protobuf.Timestamp's seconds are int64 and its nanos int32: -5 s is a 10-byte varint, which read unsigned
+    put the frame 584 years ahead, paired with nothing; a time before 1970 is no capture time."""
+    image = "1502000000" "1d01000000" "2205" + b"mono8".hex() + "2d02000000" "32020a14"
+    for stamp, seconds, nanos in ((-4_999_999_993, "fb" + "ff" * 8 + "01", "07"), (-1, "00", "ff" * 9 + "01")):
+        timestamp = "08" + seconds + "10" + nanos
+        message = bytes.fromhex(f"0a{len(timestamp) // 2:02x}" + timestamp + image)
+        assert foxglove_images.decode("foxglove.RawImage", message)[0] == stamp
+    messages = [(THERMAL, T0 + i * PERIOD, foxglove_image(_frames(i)[0], "mono16", stamp_ns=T0 + i * PERIOD).encode())
+                for i in range(3)]
+    messages += [(CAMERA, T0 + i * PERIOD, foxglove_compressed(_frames(i)[1], "jpeg", stamp_ns=T0 + i * PERIOD))
+                 for i in range(3)]
+    topic, log_ns, data = messages[1]  # its timestamp given again, as -5 s: protobuf's last value wins
+    messages[1] = topic, log_ns, data + bytes.fromhex("0a0d08fb" + "ff" * 8 + "011007")
+    recording = tmp_path / "sdk.mcap"
+    write_foxglove(recording, sorted(messages, key=lambda m: m[1]))
+    with pytest.raises(ReplayError, match=rf"recording .*sdk.mcap: {THERMAL}: after \d+ frames, a message stamped "
+                                          r"-4.999999993 s: before 1970, not a capture time"):
+        run_replay(_cfg(), ir_path=recording, out_path=tmp_path / "fused.mkv")
+
+
+def test_a_foxglove_image_in_json_is_said_to_be_unread_not_to_be_no_image(tmp_path):
+    # it was "messages of foxglove.RawImage are not images", of a schema its image topics listed
+    recording = tmp_path / "json.mcap"
+    with open(recording, "wb") as f:
+        writer = Writer(f)
+        writer.start()
+        schema = writer.register_schema("foxglove.RawImage", "jsonschema", b"{}")
+        channel = writer.register_channel(THERMAL, "json", schema)
+        writer.add_message(channel, log_time=T0, publish_time=T0, data=json.dumps(
+            {"timestamp": {"sec": 5, "nsec": 7}, "width": 2, "height": 1, "encoding": "mono8", "step": 2,
+             "data": base64.b64encode(bytes([10, 20])).decode()}).encode())
+        writer.finish()
+    with pytest.raises(SourceError, match=rf"^recording .*json.mcap: {THERMAL}: foxglove.RawImage encoded as 'json' is "
+                                          r"not read; Foxglove's images are read in protobuf, as the Foxglove SDK logs "
+                                          r"them, or as foxglove_msgs in cdr$"):
+        list(read_recording(recording, {"ir": THERMAL}))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers_clock import SleptClock
 
 from streamfuse import train
 from streamfuse.postprocess import vis_luma
@@ -411,6 +412,48 @@ def test_a_finished_run_resumed_with_its_own_step_count_ends_at_once(data, tmp_p
     train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1", "--resume"])
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 1
     assert (out / DEFAULT_WEIGHTS.name).is_file()
+
+
+def test_a_run_its_time_budget_ends_ends_its_bar_complete_and_says_why(data, tmp_path, monkeypatch):
+    """--minutes before --steps: the bar stopped at 2/1000, 0%, as a failed run's would."""
+    clock, real_optimise = SleptClock(), loop._optimise
+
+    def forty_seconds(run, total, cfg):  # each step takes 40 s: the minute's budget is spent after the second
+        clock.sleep(40.0)
+        real_optimise(run, total, cfg)
+
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(loop, "_optimise", forty_seconds)
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        train.main(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--steps", "1000", "--minutes", "1"])
+    last = re.split(r"[\r\n]+", printed.getvalue().strip())[-1]
+    assert re.match(r"time budget spent \(--minutes 1\): 100%\|\S+\| 2/2 ", last), last
+    assert (tmp_path / "run" / DEFAULT_WEIGHTS.name).is_file()
+
+
+def test_a_finished_run_trained_further_and_stopped_says_its_weights_file_is_the_earlier_runs(data, tmp_path,
+                                                                                              monkeypatch, caplog):
+    """The run's settings say 3 steps once it resumes: the weights file of its first step, kept until the run
+    completes, is named as the earlier run's at the start and in the stop line."""
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    weights = (out / DEFAULT_WEIGHTS.name).read_bytes()
+    real_optimise = loop._optimise
+
+    def stopped(run, total, cfg):
+        signal.raise_signal(signal.SIGINT)
+        real_optimise(run, total, cfg)
+
+    monkeypatch.setattr(loop, "_optimise", stopped)
+    setup = train.load_setup(["train.steps=3", "train.batch=2", "train.crop=32", "train.threads=1",
+                              "model.widths=[4, 8]", "model.denoiser_width=4", "train.warmup=1"])
+    with caplog.at_level(logging.WARNING, logger="train"), pytest.raises(InterruptedError) as info:
+        loop.run_training(data, out, setup, resume=True, ckpt_minutes=100)
+    assert str(info.value) == (f"stopped at step 2; {out / 'checkpoint.pt'} saved: --resume continues (the weights "
+                               f"file is written when the run completes; the one there is still the earlier run's)")
+    assert f"{out / DEFAULT_WEIGHTS.name} stays the earlier run's until this one completes" in caplog.text
+    assert (out / DEFAULT_WEIGHTS.name).read_bytes() == weights
 
 
 def test_an_init_that_is_a_pipe_is_not_called_a_folder(data, tmp_path):
