@@ -11,6 +11,7 @@ True
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 import time
@@ -84,9 +85,9 @@ class Subscriber:
                  ring: bool = True) -> None:
         if not 0 < timeout_s <= threading.TIMEOUT_MAX:  # NaN too
             raise ValueError(f"timeout_s={timeout_s} must be in (0, {threading.TIMEOUT_MAX:.3g}] s (receives time out)")
-        for name, value in (("rcvhwm", rcvhwm), ("max_frame_bytes", max_frame_bytes)):
-            if value < 1:
-                raise ValueError(f"{name}={value} must be >= 1")
+        for name, value, most in (("rcvhwm", rcvhwm, 2**31 - 1), ("max_frame_bytes", max_frame_bytes, 2**63 - 1)):
+            if not 1 <= value <= most:  # ZeroMQ's int and int64 options: more raised OverflowError
+                raise ValueError(f"{name}={value} must be in 1..{most}")
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
         self.received = self.malformed = self.missed = self.discarded = self.via_shm = self.via_ring = 0
         self.awaiting_keyframe, self.last_malformed, self.copy, self.max_frame_bytes = 0, "", copy, max_frame_bytes
@@ -112,7 +113,7 @@ class Subscriber:
             self._fds.register(fd, select.POLLIN)
         self._watch.on_events()  # its descriptor fires only for events after an EVENTS that found none
         self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
-        self._failure = ""  # latest mode: why the reader thread stopped, raised at the next recv()
+        self._failure, self._pid = "", os.getpid()  # latest mode: why the reader thread stopped; the sockets' process
         self._cond, self._closing, self._reader = threading.Condition(), threading.Event(), None
         # a Subscriber dropped without close() closes its sockets when collected (not at exit: a reader may run)
         self._close_links = weakref.finalize(self, self._watch.close)
@@ -136,12 +137,13 @@ class Subscriber:
 
         Raises:
             ValueError: ``timeout_s`` negative, NaN or too large to wait for.
-            RuntimeError: closed, or latest mode's reader thread stopped on an unexpected error (one line saying which).
+            RuntimeError: closed, forked since, or latest mode's reader thread stopped on an error (one line: which).
         """
         if timeout_s is not None and not 0 <= timeout_s <= threading.TIMEOUT_MAX:  # NaN too
             raise ValueError(f"recv timeout_s={timeout_s} must be in [0, {threading.TIMEOUT_MAX:.3g}] s")
-        if self._closing.is_set():
-            raise RuntimeError(f"subscriber {self.endpoint} is closed")
+        if self._closing.is_set() or os.getpid() != self._pid:  # a forked child's sockets hung it, timeouts unheeded
+            raise RuntimeError(f"subscriber {self.endpoint} is closed" if self._closing.is_set() else f"subscriber "
+                               f"{self.endpoint} was made in process {self._pid}: a forked child makes its own")
         deadline, frame, looks = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s), None, 0
         while frame is None:
             remaining = max(deadline - time.monotonic(), 0.0)  # one look even when no time is left
@@ -190,10 +192,8 @@ class Subscriber:
         except (RingError, MalformedMessage) as exc:
             self._skip(exc)
             return None
-        if got is None:
-            if self._ring.left:
-                self._leave_ring(self._ring.left)
-            return None
+        if got is None:  # nothing came, or the pool was given up (``left`` says how): back to ZeroMQ then
+            return self._leave_ring(self._ring.left) if self._ring.left else None
         header, passed = got
         self._last_message = time.monotonic()
         if passed:
@@ -297,10 +297,8 @@ class Subscriber:
         except (MalformedMessage, DecodeError) as exc:
             self._skip(exc)
             return None
-        if image is None:
-            self.awaiting_keyframe += 1
-            return None
-        return header, image
+        self.awaiting_keyframe += image is None
+        return None if image is None else (header, image)
 
     def _fits(self, header: dict[str, Any]) -> bool:
         """False (skipped as malformed) for a frame over ``max_frame_bytes``, whichever way it came (a raw part ZeroMQ
@@ -384,8 +382,9 @@ class Subscriber:
         self._closing.set()
         if self._reader is not None:
             self._reader.join()  # the sockets' owner until it ends
-        self._close_links()
-        self._pools.close()
+        if os.getpid() == self._pid:  # a forked child leaves them alone: its parent's sockets, its parent's slot locks
+            self._close_links()
+            self._pools.close()
 
     def __enter__(self) -> Subscriber:
         return self

@@ -54,11 +54,12 @@ _resolved: dict[str, tuple[bool, bool]] = {}
 
 
 class ConnectionWatch:
-    """Monitors ``sock`` (before it connects to ``endpoint``): counts failed handshakes in ``handshake_failures``,
-    notes a drop that libzmq will not retry (``dropped_at``) and restores the connection after it."""
+    """Monitors ``sock`` (before it connects to ``endpoint``; ``encrypted``: with a CURVE key): counts failed
+    handshakes in ``handshake_failures`` (and, unencrypted, a peer that hangs up in the greeting, no ZeroMQ one, in
+    ``hangups``), notes a drop that libzmq will not retry (``dropped_at``) and restores the connection after it."""
 
-    def __init__(self, sock: zmq.Socket, endpoint: str) -> None:
-        self._sock, self._endpoint = sock, endpoint
+    def __init__(self, sock: zmq.Socket, endpoint: str, *, encrypted: bool = True) -> None:
+        self._sock, self._endpoint, self._encrypted, self.hangups = sock, endpoint, encrypted, 0
         self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | _RETRYING | _HANDSHAKE_FAILED)
         self.fd = self._monitor.getsockopt(zmq.FD)  # fires only for events after an EVENTS that found none
         self.handshake_failures = 0
@@ -70,7 +71,14 @@ class ConnectionWatch:
         """Follow the connection's events: count failed handshakes, note a drop that libzmq will not retry."""
         while self._monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             event = recv_monitor_message(self._monitor)["event"]
-            if event & _HANDSHAKE_FAILED:
+            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not self._encrypted:
+                # no CURVE mismatch (a plain socket meeting a CURVE one fails on the protocol): the peer hung up in
+                # the greeting, as an HTTP or SSH server does; it was said to encrypt ("give its key")
+                if not self.hangups:
+                    log.warning("the peer at %s hung up during the ZeroMQ handshake: no ZeroMQ publisher listens "
+                                "there (another service on that port?)", self._endpoint)
+                self.hangups += 1
+            elif event & _HANDSHAKE_FAILED:
                 self.handshake_failures += 1
                 self._handshake_failed = True
                 if self.handshake_failures == 1 and event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # told by its ZAP handler
@@ -165,7 +173,7 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
             sock.curve_publickey, sock.curve_secretkey = key_pair
         for topic in topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
-        watch = ConnectionWatch(sock, endpoint)
+        watch = ConnectionWatch(sock, endpoint, encrypted=bool(server_key))
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
         if watch is None:
@@ -189,7 +197,10 @@ def _check_host(endpoint: str, wait_s: float) -> bool:
         given = "* (every interface) is for binding" if host else "no host given"
         raise ValueError(f"cannot connect to {endpoint}: {given}; name the publisher's host, e.g. "
                          f"tcp://127.0.0.1:{endpoint.rpartition(':')[2]}")
-    name = host.removeprefix("[").removesuffix("]")  # an IPv6 address in brackets
+    name = host[1:-1] if host[:1] + host[-1:] == "[]" else host  # an IPv6 address in brackets
+    if "[" in name or "]" in name:  # one bracket of a pair: libzmq retried it in silence, the lookup stripped it
+        raise ValueError(f"cannot connect to {endpoint}: {host} is not a host name (unbalanced brackets; an IPv6 "
+                         f"address goes in both: tcp://[::1]:{endpoint.rpartition(':')[2]})")
     addresses = _wait_for_name(endpoint, name, wait_s)
     if addresses is None:  # the resolver cannot answer now: libzmq resolves the name itself at each attempt
         return is_ipv6(name)

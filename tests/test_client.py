@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import socket
 import threading
 
@@ -70,6 +71,42 @@ def test_a_closed_subscriber_says_so_and_closes_again_quietly(latest: bool) -> N
     sub.close()
     with pytest.raises(RuntimeError, match=f"^subscriber {re.escape(NOBODY)} is closed$"):
         sub.recv()
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_a_forked_child_is_told_to_make_its_own_and_leaves_its_parents_subscriber_working(
+        latest: bool, rng: np.random.Generator) -> None:
+    # a child forked after subscribing (multiprocessing's fork) hung in libzmq for good on a plain recv(0), timeout
+    # unheeded; in latest mode, with no reader thread there, every recv() returned None as from a silent publisher
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    with publishing(image) as pub, Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest, shm=False) as sub:
+        connect(pub, sub, image)
+        if (pid := os.fork()) == 0:  # the child: only the subscriber's calls, then out without Python's exit
+            try:
+                sub.recv(0)
+                code = 1
+            except RuntimeError as exc:
+                code = 0 if str(exc).endswith("was made in process %d: a forked child makes its own" % os.getppid()) \
+                    else 2
+            sub.close()  # the parent's sockets and slot locks are left alone
+            os._exit(code)
+        status: list[int] = []
+        try:
+            wait_until(lambda: _reaped(pid, status), "the forked child's end")
+        finally:
+            if not status:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status[0]) == 0
+        assert sub.recv() is not None  # the parent's subscriber goes on
+
+
+def _reaped(pid: int, status: list[int]) -> bool:
+    """Whether child ``pid`` has ended (its wait status appended to ``status``)."""
+    done, code = os.waitpid(pid, os.WNOHANG)
+    if done:
+        status.append(code)
+    return bool(done)
 
 
 @pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
@@ -287,6 +324,11 @@ def test_bad_arguments_raise_value_error() -> None:
         Subscriber(NOBODY, server_key="short")
     with pytest.raises(ValueError, match="max_frame_bytes=0"):
         Subscriber(NOBODY, max_frame_bytes=0)
+    # past ZeroMQ's int and int64 options: OverflowError ("value too large to convert to int"), no name of the argument
+    with pytest.raises(ValueError, match=r"^rcvhwm=2147483648 must be in 1\.\.2147483647$"):
+        Subscriber(NOBODY, rcvhwm=2**31)
+    with pytest.raises(ValueError, match=r"^max_frame_bytes=9223372036854775808 must be in 1\.\."):
+        Subscriber(NOBODY, max_frame_bytes=2**63)
 
 
 @pytest.mark.parametrize(("topic", "said"), [
@@ -371,7 +413,11 @@ def test_a_tcp_port_out_of_range_is_refused(port: str) -> None:
     ("127.0.0.1;no-such-host.invalid", r"the host name no-such-host\.invalid does not resolve"),  # after a source
     ("host..invalid", r"host\.\.invalid is not a host name \(label empty( or too long)?\)$"),  # 3.13: "empty"
     ("*", r"\* \(every interface\) is for binding; name the publisher's host, e.g\. tcp://127\.0\.0\.1:47001$"),
-    ("", r"no host given; name the publisher's host, e\.g\. tcp://127\.0\.0\.1:47001$")])
+    ("", r"no host given; name the publisher's host, e\.g\. tcp://127\.0\.0\.1:47001$"),
+    # one bracket lost: the lookup stripped the other and found ::1, then libzmq retried the endpoint in silence
+    ("[::1", r"\[::1 is not a host name \(unbalanced brackets; an IPv6 address goes in both: tcp://\[::1\]:47001\)$"),
+    ("::1]", r"::1\] is not a host name \(unbalanced brackets"),
+    ("[[::1]", r"\[\[::1\] is not a host name \(unbalanced brackets")])
 def test_a_host_that_cannot_be_connected_to_is_refused(host: str, said: str) -> None:
     # libzmq takes each of these and retries in silence: the consumer only ever said "is the publisher running?"
     with pytest.raises(ValueError, match=rf"^cannot connect to tcp://{re.escape(host)}:47001: {said}"):

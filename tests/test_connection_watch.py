@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import zmq
 from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, free_port, has_ipv6_loopback, plain_pub, publishing,
-                         raw_connect, SilentLink)
+                         raw_connect, SilentLink, wait_until)
 
 from streamfuse import connection_watch
 from streamfuse.client import Subscriber
@@ -290,6 +291,27 @@ def test_failed_handshakes_are_all_counted_and_said_once(watched, caplog, event:
         watch.on_events()
     assert watch.handshake_failures == 3
     assert [r.getMessage()[:len(said)] for r in caplog.records] == [said]
+
+
+def test_a_peer_that_hangs_up_in_the_greeting_is_said_to_be_no_publisher_not_to_encrypt(caplog) -> None:
+    # an HTTP or SSH server on the port (here one that closes every connection): its hang-ups were counted as failed
+    # CURVE handshakes, said as "the publisher's public key differs", and `subscribe` told a consumer that had given
+    # no key that "the publisher encrypts, give its key with --server-key"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def hang_up() -> None:
+            while True:
+                try:
+                    listener.accept()[0].close()
+                except OSError:  # closed: the test is over
+                    return
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        with caplog.at_level(logging.WARNING, "streamfuse.connection_watch"), \
+                Subscriber(f"tcp://127.0.0.1:{listener.getsockname()[1]}", timeout_s=0.05) as sub:
+            wait_until(lambda: sub.recv() is None and bool(caplog.records), "the hang-up said")
+            assert sub.handshake_failures == 0
+    said = caplog.records[0].getMessage()
+    assert "hung up during the ZeroMQ handshake: no ZeroMQ publisher listens there" in said, said
 
 
 def test_a_drop_is_restored_once_it_is_old_enough_and_said_to_be_a_refused_part_or_a_failed_handshake(watched):
