@@ -31,6 +31,7 @@ BLOCK = {"block": True}  # extra= of a record that is a multi-line block by desi
 _QUEUE_LINES = 1000
 _BURST, _WINDOW_S = 20, 10.0  # another library's lines let through per logger and window
 _OWN = ("streamfuse", "train", "__main__")  # the project's loggers: the package's, training's, a tool's own
+_MAX_OTHER_LINE = 2000  # characters of another library's line: the Foxglove SDK's quote a peer's message whole
 _queue: queue.Queue | None = None
 _pending: threading.Event | None = None  # the last flush's mark in the queue
 
@@ -107,12 +108,17 @@ class _OneLine(logging.Formatter):
     """Each record's values (paths, names read from files, other programs' errors) with their control characters
     as escapes: a name holding a newline cannot forge a log line of its own. A record logged with ``extra=BLOCK`` is
     one multi-line block by design (a replay's summary) and is left as it is. Says where ``_Throttle`` holds lines
-    back, and how many it held back before this one."""
+    back, and how many it held back before this one. Another library's line is escaped whole and clipped: its message
+    may quote what a peer sent (the Foxglove SDK's do), as it was and however long."""
 
     def format(self, record: logging.LogRecord) -> str:
         if isinstance(record.args, tuple) and not getattr(record, "block", False):
             record = logging.makeLogRecord({**record.__dict__, "args": tuple(map(_escaped, record.args))})
         text = super().format(record)
+        if record.name.partition(".")[0] not in _OWN and not getattr(record, "block", False):
+            text = printable(text)
+            if len(text) > _MAX_OTHER_LINE:
+                text = f"{text[:_MAX_OTHER_LINE]}... ({len(text) - _MAX_OTHER_LINE} characters more)"
         if held := getattr(record, "held_back", 0):
             text += f" ({held} lines of {record.name} before this one not shown)"
         if getattr(record, "burst_full", False):

@@ -639,3 +639,21 @@ def test_a_relay_over_its_cap_answers_503_naming_the_foxglove_bridge():
         relay.close()
     assert answer.startswith(b"HTTP/1.1 503 ")
     assert answer.endswith(b"\r\n\r\nthe Foxglove bridge has 1 connections open, its cap (--max-connections)\n")
+
+
+@pytest.mark.parametrize(("host", "url"), [("::1", "ws://[::1]:"), ("", "ws://localhost:")])
+def test_the_bridge_names_where_to_connect_as_a_url(host, url):
+    # it said ws://::1:PORT and ws://:PORT, which no Foxglove client opens (the viewer's line names a URL)
+    import subprocess
+    import sys
+
+    pytest.importorskip("foxglove")
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "foxglove", "tcp://127.0.0.1:1", "--host", host,
+                             "--port", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while "Ctrl-C stops" not in (line := proc.stderr.readline()):
+            assert line, "the bridge exited"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=PATIENCE_S)
+    assert f"Foxglove: connect to {url}" in line and proc.returncode == 0, line

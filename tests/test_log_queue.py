@@ -56,6 +56,23 @@ def test_a_value_holding_a_newline_or_an_escape_cannot_forge_a_log_line() -> Non
     assert formatter.format(plain) == f"INFO {Path('ir.mp4')!r}"
 
 
+def test_another_librarys_line_quoting_a_peer_is_escaped_and_clipped() -> None:
+    """The Foxglove SDK quotes a client's bad message in its line whole, as it was: a peer's newline began a line that
+    looked like the bridge's own, its escape sequence drew on the terminal, and messages of 8 MB made lines of 8 MB
+    (20 of them every 10 s got past the throttle)."""
+    from streamfuse.log_queue import _OneLine
+
+    formatter = _OneLine("%(levelname)s %(name)s: %(message)s")
+
+    def line(message: str) -> str:
+        return formatter.format(logging.getLogger("foxglove.ws").makeRecord(
+            "foxglove.ws", logging.ERROR, __file__, 1, message, (), None))
+
+    assert line("Invalid message: unknown variant `x\nWARNING streamfuse.foxglove: forged\x1b[31m`") == \
+        r"ERROR foxglove.ws: Invalid message: unknown variant `x\nWARNING streamfuse.foxglove: forged\x1b[31m`"
+    clipped = line("Invalid message: " + "x" * 1_000_000)
+    assert len(clipped) < 2100 and clipped.endswith("x... (998036 characters more)"), clipped[-40:]
+
 def test_a_replay_summary_escapes_its_paths_and_keeps_its_lines() -> None:
     from streamfuse.replay.summary import ReplaySummary
 

@@ -31,7 +31,7 @@ from streamfuse.wire import decode_stats, preview_topic
 from streamfuse.view.browser import Chromium, capture, find_chromium
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
-from streamfuse.view.server import _send, _url_host, serve
+from streamfuse.view.server import _send, url_host, serve
 from streamfuse.view.gate import Door, Gate
 
 aiohttp = pytest.importorskip("aiohttp")
@@ -672,10 +672,12 @@ def test_a_server_for_other_machines_warns_that_it_has_no_password(command, host
 class _Peer:
     """A transport as the door sees one: its client's address, what it was sent, whether it was closed."""
 
-    def __init__(self, host: str) -> None:
-        self.host, self.sent, self.closed = host, b"", False
+    def __init__(self, host: str, own: str = "") -> None:
+        self.host, self.own, self.sent, self.closed = host, own, b"", False
 
     def get_extra_info(self, name: str) -> Any:
+        if name == "sockname":
+            return (self.own, 8080) if self.own else None
         return (self.host, 40000) if name == "peername" else None
 
     def write(self, data: bytes) -> None:
@@ -708,6 +710,15 @@ def test_one_other_machine_holds_at_most_a_quarter_of_the_cap(caplog):
                     "answered 1 connection(s) 503 and closed them: their address held 2, a quarter of the cap "
                     "(--max-connections)"], said
 
+
+def test_this_machine_through_its_own_network_address_has_the_whole_cap():
+    # a browser on the viewer's machine that opened its network name (http://robot.local:8080/, --host 0.0.0.0)
+    # comes from that address, not loopback: it was held to a quarter of the cap as another machine
+    door = Door(limit=8)  # 2 a host
+    assert all(door.enter(_Peer("192.0.2.2", own="192.0.2.2")) for _ in range(8))
+    assert door.enter(_Peer("192.0.2.9", own="192.0.2.2")) is False  # the cap still holds
+    door = Door(limit=8)
+    assert [door.enter(_Peer("192.0.2.9", own="192.0.2.2")) for _ in range(3)] == [True, True, False]  # another host
 
 def test_refusals_held_back_are_said_once_their_seconds_have_passed(monkeypatch, caplog):
     """A count held back (one line every 10 s at most) waited for the next refusal, or for the server's stop: 842
@@ -791,7 +802,7 @@ def test_a_page_gets_the_stats_history_once_then_only_each_new_snapshot():
 
 
 def test_the_page_url_names_the_host_as_a_url_does():
-    assert [_url_host(h) for h in ("127.0.0.1", "::1", "", "viewer.example")] == \
+    assert [url_host(h) for h in ("127.0.0.1", "::1", "", "viewer.example")] == \
         ["127.0.0.1", "[::1]", "localhost", "viewer.example"]
 
 
@@ -820,6 +831,33 @@ def test_the_page_is_never_cached_and_a_kept_alive_connection_idle_past_the_dead
     finally:
         feed.close()
 
+
+def test_a_page_of_another_site_cannot_open_the_frames():
+    """WebSockets have no same-origin rule: any page the user's browser opened (https://evil.example) could connect
+    to the viewer on loopback and read the camera's frames. Its own page, and clients that are no browser, get in."""
+
+    async def origins(feed: Feed) -> list[int]:
+        served = await serve(feed, "127.0.0.1", 0)
+        own = f"http://127.0.0.1:{served.port}"
+        statuses = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                for origin in ("https://evil.example", "null", f"https://127.0.0.1:{served.port}.evil.example", own,
+                               own.upper().replace("HTTP", "http"), None):
+                    try:
+                        async with http.ws_connect(own + "/ws", origin=origin):
+                            statuses.append(101)
+                    except aiohttp.WSServerHandshakeError as exc:
+                        statuses.append(exc.status)
+        finally:
+            await served.cleanup()
+        return statuses
+
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
+    try:
+        assert asyncio.run(origins(feed)) == [403, 403, 403, 101, 101, 101]
+    finally:
+        feed.close()
 
 def test_a_page_is_closed_when_it_sends_more_than_4_kb_and_each_message_it_was_sent_is_counted():
     # a page only sends "next": a bigger message is a peer making the viewer buffer what it sends

@@ -58,7 +58,8 @@ async def _watch(feed: Feed, shot: Path) -> None:
         await served.cleanup()
 
 
-def test_page_shows_frames_and_stats_of_a_running_pipeline_in_chromium(tmp_path):
+def _demo() -> tuple[subprocess.Popen, str]:
+    """The demo pipeline (fuse.name=max, stats every 0.5 s) on a free loopback port: its process and endpoint."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
@@ -66,10 +67,42 @@ def test_page_shows_frames_and_stats_of_a_running_pipeline_in_chromium(tmp_path)
                              f"publish.endpoint={endpoint}", "--set", "fuse.name=max", "--set",
                              "telemetry.interval_s=0.5"], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    return proc, endpoint
+
+
+def test_page_shows_frames_and_stats_of_a_running_pipeline_in_chromium(tmp_path):
+    proc, endpoint = _demo()
     feed = Feed(endpoint, "fused/", "stats/")
     try:
         asyncio.run(_watch(feed, tmp_path / "page.png"))
         assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        feed.close()
+        proc.terminate()
+        assert proc.wait(PATIENCE_S) == 0, proc.stderr.read()
+
+
+async def _watch_it_stop(feed: Feed, proc: subprocess.Popen) -> None:
+    served = await serve(feed, "127.0.0.1", 0)
+    try:
+        async with Chromium(start_timeout_s=PATIENCE_S) as browser:
+            await browser.goto(f"http://127.0.0.1:{served.port}/")
+            await browser.wait_for(f"{PAGE_STATE} && {PAGE_STATE}.shownFps > 0 && {PAGE_STATE}.statsUpdates > 0",
+                                   PATIENCE_S)
+            proc.terminate()  # no frame comes any more
+            # the page said "shown 23.0 fps" and "30 ms since capture" for ever after its last frame
+            text = 'document.getElementById("%s").textContent'
+            await browser.wait_for(f"{PAGE_STATE}.shownFps === 0 && /shown 0\\.0 fps/.test({text % 'rates'}) && "
+                                   f"/ [0-9]{{4,}} ms since capture/.test({text % 'fused-cap'})", PATIENCE_S)
+    finally:
+        await served.cleanup()
+
+
+def test_a_page_whose_frames_stop_shows_none_drawn_and_the_last_frame_s_age_growing():
+    proc, endpoint = _demo()
+    feed = Feed(endpoint, "fused/", "stats/")
+    try:
+        asyncio.run(_watch_it_stop(feed, proc))
     finally:
         feed.close()
         proc.terminate()

@@ -37,6 +37,7 @@ from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, most_connections
 from streamfuse.view.relay import Relay
+from streamfuse.view.server import url_host
 
 __all__ = ["main", "Bridge"]
 
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         if faces_network(args.host):
             log.warning("serving Foxglove on %s, reachable from other machines: no password, frames unencrypted",
                         bind_shown(args.host))
-        log.info("Foxglove: connect to ws://%s:%d (pipeline %s); Ctrl-C stops", args.host, bridge.port, args.endpoint)
+        log.info("Foxglove: connect to ws://%s:%d (pipeline %s); Ctrl-C stops", url_host(args.host), bridge.port,
+                 args.endpoint)  # an IPv6 address in brackets, every address as localhost: a URL to paste
         stop.wait()
         return 0
     except RuntimeError as exc:

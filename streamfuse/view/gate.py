@@ -131,9 +131,10 @@ def _answer(body: str) -> bytes:
 
 
 def _remote_address(transport: asyncio.BaseTransport) -> str | None:
-    """The client's address when it is another machine's; None for this machine's (loopback)."""
-    peer = transport.get_extra_info("peername")
-    if not isinstance(peer, tuple) or not peer:
+    """The client's address when it is another machine's; None for this machine's (loopback, or the address it
+    connected to: a browser on this machine that opened its network name comes from that address)."""
+    peer, own = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    if not isinstance(peer, tuple) or not peer or (isinstance(own, tuple) and own and own[0] == peer[0]):
         return None
     try:
         address = ipaddress.ip_address(peer[0])

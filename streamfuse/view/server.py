@@ -34,7 +34,7 @@ from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
 from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, Gate, most_connections
 
-__all__ = ["main", "make_app", "serve", "Served"]
+__all__ = ["main", "make_app", "serve", "Served", "url_host"]
 
 log = logging.getLogger("streamfuse.view")
 
@@ -72,6 +72,8 @@ def make_app(feed: Feed, gate: Gate):  # noqa: ANN201 - aiohttp.web.Application,
 async def _websocket(request, feed: Feed):  # noqa: ANN001, ANN202 - aiohttp types, imported late
     """One page: its acks (``next``) give the sender one message of credit each."""
     web = _aiohttp().web
+    if _other_site(request):
+        raise web.HTTPForbidden(text="the viewer's frames are for its own page, not another site's\n")
     # no per-message deflate, which browsers ask for: JPEGs do not shrink, and it doubled the CPU a message costs
     ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=30, compress=False)
     try:
@@ -92,6 +94,14 @@ async def _websocket(request, feed: Feed):  # noqa: ANN001, ANN202 - aiohttp typ
             await sender
         feed.release(changed)
     return ws
+
+
+def _other_site(request) -> bool:  # noqa: ANN001 - aiohttp's Request, imported late
+    """Whether a browser opens the WebSocket from another site's page (its ``Origin`` is not the viewer's own address):
+    WebSockets have no same-origin rule, so any page the user visits could read the frames of a viewer on loopback.
+    Clients that are no browser send no ``Origin`` and are let in."""
+    origin = request.headers.get("Origin")
+    return origin is not None and origin.partition("://")[2].rstrip("/").lower() != (request.host or "").lower()
 
 
 async def _send(ws, feed: Feed, changed: asyncio.Event, credit: asyncio.Event) -> None:  # noqa: ANN001
@@ -211,7 +221,7 @@ async def _main(feed: Feed, args: argparse.Namespace) -> int:
     host, port = ("127.0.0.1", 0) if args.screenshot else (args.host, args.port)
     served = await serve(feed, host, port, Gate(args.max_connections))
     try:
-        url = f"http://{_url_host(host)}:{served.port}/"
+        url = f"http://{url_host(host)}:{served.port}/"
         if args.screenshot:
             from streamfuse.view.browser import capture
 
@@ -232,6 +242,6 @@ async def _main(feed: Feed, args: argparse.Namespace) -> int:
         await served.cleanup()
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
     """``host`` as a URL's: an IPv6 address in brackets; every address ('') as this machine's name for itself."""
     return f"[{host}]" if ":" in host else host or "localhost"
