@@ -83,6 +83,7 @@ class _Worker:
     ring: ShmRing | None = None
     conn: Any = None
     beat: Any = None  # the current process's shared (frames written, interval ns, pacing until ns, packets skipped)
+    pace: Any = field(default_factory=lambda: [0, 0])  # shared (perf_counter ns, t ns): a realtime time line's start
     beats_seen: int = 0
     heard_at: float = 0.0  # monotonic time the current process last showed progress
     stalled: bool = False  # the current silence has been reported
@@ -121,10 +122,9 @@ class Producers:
 
     def __init__(self, cfgs: dict[str, SourceConfig], *, slots: int | None = None, backoff_s: float = 0.1,
                  backoff_max_s: float = 8.0) -> None:
-        self._slots = slots or _SLOTS
-        self._backoff = (backoff_s, backoff_max_s)
+        self._slots, self._backoff = slots or _SLOTS, (backoff_s, backoff_max_s)
         self._ctx = process_context()
-        self._workers = {name: _Worker(name, cfg) for name, cfg in cfgs.items()}
+        self._workers = {name: _Worker(name, cfg, pace=self._ctx.RawArray("q", 2)) for name, cfg in cfgs.items()}
         self._check_shared_memory()
         if removed := remove_stale():
             log.info("freed %d shared-memory objects left by killed runs: %s", len(removed), " ".join(removed))
@@ -158,7 +158,7 @@ class Producers:
     def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
         w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1), "latest", ctx=self._ctx, data_bell=self._bell)
         w.beat = self._ctx.RawArray("q", 4)
-        w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat)
+        w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat, w.pace)
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
         w.beats_seen, w.heard_at, w.stalled, w.stall_line = 0, w.started_at, False, None
 
@@ -199,10 +199,10 @@ class Producers:
         seq = w.last_seq + 1
         if not w.cfg.replayable:
             return seq, 0, 0
-        if at_end:  # a new pass starts one frame period after the last frame
+        if at_end:  # a new pass starts one frame period after the last frame, paced on a time line of its own
             period = w.last_t - w.prev_t if w.prev_t is not None else round(1e9 / w.cfg.fps)
             raw_first = w.pass_first_t - w.pass_offset
-            w.pass_offset, w.pass_first_seq, w.pass_first_t = w.last_t + period - raw_first, seq, None
+            w.pass_offset, w.pass_first_seq, w.pass_first_t, w.pace[0] = w.last_t + period - raw_first, seq, None, 0
             return seq, 0, w.pass_offset
         return seq, seq - w.pass_first_seq, w.pass_offset
 

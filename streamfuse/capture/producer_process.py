@@ -111,11 +111,12 @@ def _skip(source: Source, n: int) -> None:
 
 
 def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: StopFlag,
-             resume: tuple[int, int, int], beat: Any) -> None:
+             resume: tuple[int, int, int], beat: Any, pace: Any = None) -> None:
     """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
 
     ``beat`` (shared int64 x 4): frames written, the source's frame interval in ns (set at the first frame), the end
     of the source's current pacing sleep (monotonic ns), and the packets it skipped as undecodable (``skipped``).
+    ``pace`` (shared int64 x 2, kept across a source's processes): where a realtime source's time line started.
     """
     for sig in STOP_SIGNALS:  # the parent's to handle: it stops this process
         signal.signal(sig, signal.SIG_IGN)
@@ -125,6 +126,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
         source = open_source(section, cfg)
         source.stop_event = _PacingStop(stop, beat)
         source.warn = lambda line: conn.send(("warn", redact(line)))  # what it corrects and goes on with: logged
+        source.pace_origin, source.pace_shift_ns = pace, t_offset_ns  # a restart keeps the realtime time line
         with source:
             _skip(source, skip)  # resume a replayable source after the last frame delivered
             n = 0
@@ -154,11 +156,11 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
 
 
 def start_process(ctx: Any, section: str, cfg: SourceConfig, ring: ShmRing, stop: StopFlag,
-                  resume: tuple[int, int, int], beat: Any) -> tuple[Any, Any]:
+                  resume: tuple[int, int, int], beat: Any, pace: Any = None) -> tuple[Any, Any]:
     """Start the producer process of one source; returns it and the read end of its message pipe."""
     conn, child_conn = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=produce, name=f"streamfuse-{section}", daemon=True,
-                       args=(section, cfg, ring, child_conn, stop, resume, beat))
+                       args=(section, cfg, ring, child_conn, stop, resume, beat, pace))
     main = threading.current_thread() is threading.main_thread()
     # The child inherits an ignored SIGINT, so Ctrl-C during its start-up cannot print a traceback there.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None

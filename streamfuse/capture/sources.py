@@ -198,6 +198,8 @@ class BaseSource:
 
     live = False
     warn: Callable[[str], None] = staticmethod(_log_warning)  # one line on what the source corrects and goes on with
+    pace_origin: Any = None  # shared [perf_counter ns, t ns] where realtime pacing began, set by its first process
+    pace_shift_ns = 0  # what the producer adds to this process's frame times (a resumed pass's offset)
 
     def __init__(self, section: str, cfg: SourceConfig) -> None:
         self.section, self.cfg = section, cfg
@@ -310,8 +312,14 @@ class BaseSource:
         if not self.cfg.realtime or self._skipping:
             return
         if self._pace_anchor is None:
-            line = FileClock(self._period_ns)
-            self._pace_anchor = (time.perf_counter_ns(), line.stamp(t_ns), line)
-            return
+            line, origin = FileClock(self._period_ns), self.pace_origin
+            if origin is None or not origin[0]:  # the first process: its first frame starts the time line
+                self._pace_anchor = (time.perf_counter_ns(), line.stamp(t_ns), line)
+                if origin is not None:  # on the frames' time line (the producer adds pace_shift_ns to each)
+                    origin[1], origin[0] = self._pace_anchor[1] + self.pace_shift_ns, self._pace_anchor[0]
+                return
+            # a restarted producer goes on on its predecessor's time line: started anew, its frames came later than
+            # the other source's of the same time (by the restart's delay and the frames skipped), and never paired
+            self._pace_anchor = (origin[0], origin[1] - self.pace_shift_ns, line)
         wall0, t0, line = self._pace_anchor
         self._sleep((wall0 + (line.stamp(t_ns) - t0) - time.perf_counter_ns()) / 1e9)

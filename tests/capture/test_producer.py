@@ -22,7 +22,7 @@ import pytest
 
 from streamfuse.capture.producer import ProducerEvent, Producers, start_producers
 from streamfuse.capture.shm_ring import SHM_DIR, remove_stale
-from streamfuse.capture.sources import SourceConfig
+from streamfuse.capture.sources import BaseSource, SourceConfig
 from streamfuse.frames import Frame
 
 pytestmark = pytest.mark.timeout(90)
@@ -586,6 +586,50 @@ def test_a_resumed_producer_skips_what_was_delivered_continues_the_numbers_and_b
     assert [(f.seq, f.t_capture_ns) for f in out.frames] == [(10, 7_000), (11, 8_000), (12, 9_000)]
     assert beat[:2] == [3, round(1e9 / 30)] and out.sent == []
 
+
+class _PacedClip(BaseSource):
+    """A realtime 30 fps clip of ``(48, 64)`` frames from time 0 on a clock the test sets; pacing sleeps are noted in
+    ``slept`` (seconds), not slept."""
+
+    def __init__(self, clock: list[int], slept: list[float]) -> None:
+        super().__init__("ir", SourceConfig(kind="file", path="clip.mkv", fps=30.0))
+        self.clock, self.slept, self.n = clock, slept, 0
+
+    def _open(self) -> None:
+        pass
+
+    def _read(self) -> Frame:
+        t_ns, self.n = self.n * round(1e9 / 30), self.n + 1
+        self._pace(t_ns)
+        return Frame("ir", self.n - 1, t_ns, np.zeros((48, 64), np.uint8))
+
+    def _sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.clock[0] += max(0, round(seconds * 1e9))
+
+
+def test_a_restarted_realtime_producer_keeps_its_predecessors_time_line(monkeypatch) -> None:
+    # A looping file source restarted after a crash or a stall was paced from its own first frame: the restart's
+    # delay and the frames it skipped put it behind the other source for good (1.7 s after one kill), so nothing
+    # paired again and the live run published nothing for the rest of its life
+    from streamfuse.capture import producer_process, sources
+
+    clock, slept, pace = [10**12], [], [0, 0]  # perf_counter ns; the shared time line a Producers worker holds
+    monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
+    monkeypatch.setattr(sources.time, "perf_counter_ns", lambda: clock[0])
+    monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _PacedClip(clock, slept))
+    cfg = SourceConfig(kind="file", path="clip.mkv", fps=30.0)
+    out = _Written(31)  # one second of frames, paced
+    producer_process.produce("ir", cfg, out, out, out, (0, 0, 0), [0, 0, 0, 0], pace)
+    assert pace == [10**12, 0] and clock[0] == 10**12 + 30 * round(1e9 / 30)
+    clock[0] += 2 * 10**9  # killed, restarted 2 s later: it resumes after the 31 frames delivered
+    slept.clear()
+    out = _Written(100)
+    producer_process.produce("ir", cfg, out, out, out, (31, 31, 0), [0, 0, 0, 0], pace)
+    assert [f.seq for f in out.frames] == list(range(31, 131))
+    # the frames of the two seconds lost go at once (no sleep), then it paces on in step: its last frame (4.33 s into
+    # the clip) goes when it would have without the crash, not 2 s and a restart's frame later
+    assert sum(s > 0 for s in slept) == 130 - 90 and clock[0] == pytest.approx(10**12 + 130 * 10**9 / 30, abs=1e3)
 
 class _Died:
     """A producer process that has exited (SIGKILL)."""
