@@ -88,6 +88,11 @@ class To8Bit:
         self._lut: np.ndarray | None = None  # IR: the uint16 -> uint8 table of the held range
         self._narrow = 0  # IR: frames in a row, up to the last one, whose range is under 1/_NARROWER of the held one
 
+    @property
+    def state(self) -> tuple[tuple[int, int] | None, int]:
+        """What the conversion of the next image depends on: the same images from the same state convert alike."""
+        return self._held, self._narrow
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``image`` (any shape) as uint8; an 8-bit image is returned as it is.
 

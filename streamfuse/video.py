@@ -21,7 +21,8 @@ from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
 from streamfuse.errors import io_reason
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "upright",
-           "announced_end_s", "announced_frames", "read_tags", "ffv1_slice_crcs"]
+           "announced_end_s", "announced_frames", "read_tags", "ffv1_slice_crcs",
+           "ffv1_checked"]
 
 log = logging.getLogger(__name__)
 
@@ -355,3 +356,24 @@ def ffv1_slice_crcs(packet: bytes) -> bool | None:
         intact &= zlib.crc32(packet[end - size:end].translate(_BIT_REVERSED), 0xFFFFFFFF) == 0xFFFFFFFF
         end -= size
     return intact
+
+
+def ffv1_checked(packets: Iterator[av.Packet]) -> Iterator[tuple[av.Packet, bool]]:
+    """Each FFV1 packet with whether its picture's slice CRCs pass. Whether the file stores CRCs (FFmpeg's
+    ``slicecrc``, which this project's FFV1 outputs always set) is told by the first picture whose slices end in
+    CRC footers: the first picture's verdict waits for the second's, since damaged slice sizes make a picture
+    read as one without CRCs (FFmpeg then conceals it)."""
+    held, stores_crcs = None, None  # the first picture, while the file's CRCs are not known; whether it has them
+    for packet in packets:
+        crcs = ffv1_slice_crcs(bytes(packet)) if packet.size else True
+        if stores_crcs is None and packet.size:
+            if crcs is None and held is None:
+                held = packet
+                continue
+            stores_crcs = crcs is not None
+        if held is not None:
+            yield held, not stores_crcs
+            held = None
+        yield packet, crcs is True or not stores_crcs
+    if held is not None:  # a file of one picture: read as FFmpeg reads it
+        yield held, True

@@ -60,6 +60,7 @@ class FolderSource(BaseSource):
         lap, index = divmod(self._seq, len(self._files))
         if lap and not self.cfg.loop:
             return None
+        self._lap = lap + 1  # passes begun (``skip`` steps over whole ones by ``_seq``)
         try:
             image = read_8bit(self._files[index], self._8bit)  # a bad pixel type names the file
         except ValueError as exc:

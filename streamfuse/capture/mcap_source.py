@@ -251,29 +251,34 @@ class McapSource(BaseSource):
         if not (Path(self.cfg.path).is_file() or is_bag_folder(self.cfg.path)):
             raise SourceError(f"{self.section}: recording not found: {self.cfg.path}")
         self._pace_anchor = None  # a reopen replays from the first recorded time: pace from there afresh
+        self._shift_ns = self._seq_offset = 0  # what this pass adds to the recorded times and seqs
         self._it = self._frames()
 
     def _frames(self) -> Iterator[Frame]:
-        shift_ns, seq_offset, warn = 0, 0, self.warn
+        warn = self.warn
         while True:
-            last = first_ns = prev_ns = None
+            first_ns = last_ns = prev_ns = last_seq = None  # this pass's recorded times and last seq
             for frame in read_recording(self.cfg.path, {self.section: topic_of(self.section, self.cfg)},
                                         self.cfg.palette, warn):
-                first_ns = frame.t_capture_ns if first_ns is None else first_ns
-                prev_ns = last.t_capture_ns - shift_ns if last is not None else frame.t_capture_ns
-                frame.t_capture_ns += shift_ns
-                frame.seq += seq_offset  # the recorded seq, not BaseSource's counter
+                if first_ns is None:
+                    first_ns, self._lap = frame.t_capture_ns, self._lap + 1
+                prev_ns = frame.t_capture_ns if last_ns is None else last_ns
+                last_ns, last_seq = frame.t_capture_ns, frame.seq
+                frame.t_capture_ns += self._shift_ns
+                frame.seq += self._seq_offset  # the recorded seq, not BaseSource's counter
                 self._pace(frame.t_capture_ns)
-                last = frame
                 yield frame
-            if not self.cfg.loop or last is None:
+            if not self.cfg.loop or last_ns is None:
                 return
             warn = _said  # a looped recording's first frame again: its note was given on the first pass
             # the next pass starts one frame interval after this one ended: its last, or 1 / fps where it has none
             # (one frame, or two last ones at one time: a step of 1 ns looped them as fast as they could be read)
-            last_ns = last.t_capture_ns - shift_ns
-            shift_ns += last_ns - first_ns + (last_ns - prev_ns if last_ns > prev_ns else self.frame_interval_ns)
-            seq_offset = last.seq + 1
+            self._shift_ns += last_ns - first_ns + (last_ns - prev_ns if last_ns > prev_ns else self.frame_interval_ns)
+            self._seq_offset += last_seq + 1
+
+    def _skip_passes(self, passes: int, seq_step: int, t_step_ns: int) -> None:
+        self._shift_ns += passes * t_step_ns  # each pass read afresh (its 8-bit conversion too): times and seqs move
+        self._seq_offset += passes * seq_step
 
     def _read(self) -> Frame | None:
         return next(self._it, None)

@@ -211,6 +211,7 @@ class BaseSource:
         self._seq, self._opened = 0, False
         self._pace_anchor: tuple[int, int, FileClock] | None = None  # perf_counter_ns, time, time line (_pace)
         self._skipping = False
+        self._lap = 0  # passes begun: a looping kind counts one at each pass's first frame (``skip`` steps over them)
         self._period_ns = round(1e9 / cfg.fps)  # a kind with its own rate (a video) sets it when it opens
         self._delay_ns = round(cfg.delay_ms * 1e6)
 
@@ -234,15 +235,36 @@ class BaseSource:
         return self._period_ns
 
     def skip(self, n: int) -> int:
-        """Read and discard up to ``n`` frames without pacing (to resume a replayable source); returns how many."""
+        """Read and discard up to ``n`` frames without pacing (to resume a replayable source); returns how many.
+
+        A looping source is read for about one or two passes at most, however many it has looped: once a pass begins
+        in the state the pass before began in (the same 8-bit conversion state), every later pass repeats it, shifted
+        by one pass's seq and time steps, so the whole passes left are stepped over unread (``_skip_passes``)."""
         self._skipping = True
         try:
-            for done in range(n):
-                if self.read() is None:
+            done, begun = 0, None  # begun: (frames done, seq, time, state) at the first frame of the last pass begun
+            while done < n:
+                lap = self._lap
+                if (frame := self.read()) is None:
                     return done
+                done += 1
+                if self._lap == lap:
+                    continue
+                mark = (done, frame.seq, frame.t_capture_ns, self._depth.state)
+                if begun is not None and begun[3] == mark[3]:  # the passes from here on repeat the one before
+                    length = done - begun[0]
+                    passes = (n - done) // length
+                    self._skip_passes(passes, frame.seq - begun[1], frame.t_capture_ns - begun[2])
+                    self._lap, done = self._lap + passes, done + passes * length
+                begun = mark
             return n
         finally:
             self._skipping = False
+
+    def _skip_passes(self, passes: int, seq_step: int, t_step_ns: int) -> None:
+        """Go on ``passes`` whole passes later, the next frame's seq ``seq_step`` and time ``t_step_ns`` on per pass
+        (a kind whose times follow ``_seq``, as a folder's, needs nothing more)."""
+        self._seq += passes * seq_step
 
     def __enter__(self) -> BaseSource:
         self.open()

@@ -63,6 +63,13 @@ class FileClock:
         """A loop starts the video again: its next frame comes one period after the last one (not a discontinuity)."""
         self._new_pass = True
 
+    def shift(self, ns: int) -> None:
+        """Move the times of every later frame by ``ns``: a loop's whole passes stepped over (times repeat from pass
+        to pass, shifted, as each pass starts one period after the last one's end)."""
+        self._offset_ns += ns
+        if self._last_t_ns is not None:
+            self._last_t_ns += ns
+
     def stamp(self, pts_ns: int) -> int:
         """The capture time of the frame with this pts, ns."""
         last_pts, last_t = self._last_pts_ns, self._last_t_ns

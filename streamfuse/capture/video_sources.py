@@ -138,7 +138,6 @@ class AvSource(BaseSource):
             stream.codec_context.options = {"err_detect": "explode"}  # into a frame passed off as the file's
         # FFmpeg conceals a damaged FFV1 slice (the previous frame's pixels) and only logs it: checked here instead
         self._checksums = not self.live and stream.codec_context is not None and stream.codec_context.name == "ffv1"
-        self._stores_crcs: bool | None = None  # an FFV1 file's slices end in CRC footers (_ffv1_checked)
         if self.cfg.decode_threads:
             stream.thread_count = self.cfg.decode_threads
         self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
@@ -157,10 +156,12 @@ class AvSource(BaseSource):
         """The stream's frames (``container.decode``, packet by packet, so a live stream can skip a bad packet)."""
         import av
 
+        from streamfuse.video import ffv1_checked
+
         if stream.codec_context is None:  # a codec this FFmpeg cannot decode: PyAV 17 would crash decoding it
             raise OSError("FFmpeg has no decoder for its codec")
         packets = container.demux(stream)
-        for packet, intact in self._ffv1_checked(packets) if self._checksums else ((p, True) for p in packets):
+        for packet, intact in ffv1_checked(packets) if self._checksums else ((p, True) for p in packets):
             self._packets += packet.size > 0
             if packet.size and packet.dts is not None:
                 self._first_dts = packet.dts if self._first_dts is None else self._first_dts
@@ -185,28 +186,6 @@ class AvSource(BaseSource):
                     self.warn(f"{self.section}: {self.cfg.path}: skipped {self.skipped} undecodable packet(s) so far "
                               f"(lost or corrupt data: {one_line(exc)}); decoding goes on")
 
-    def _ffv1_checked(self, packets: Iterator) -> Iterator:
-        """Each FFV1 packet with whether its picture's slice CRCs pass. Whether the file stores CRCs (FFmpeg's
-        ``slicecrc``, which this project's FFV1 outputs always set) is told by the first picture whose slices end in
-        CRC footers: the first picture's verdict waits for the second's, since damaged slice sizes make a picture
-        read as one without CRCs (FFmpeg then conceals it)."""
-        from streamfuse.video import ffv1_slice_crcs
-
-        held = None  # the first picture, while the file's CRCs are not known
-        for packet in packets:
-            crcs = ffv1_slice_crcs(bytes(packet)) if packet.size else True
-            if self._stores_crcs is None and packet.size:
-                if crcs is None and held is None:
-                    held = packet
-                    continue
-                self._stores_crcs = crcs is not None
-            if held is not None:
-                yield held, not self._stores_crcs
-                held = None
-            yield packet, crcs is True or not self._stores_crcs
-        if held is not None:  # a file of one picture: read as FFmpeg reads it
-            yield held, True
-
     def _read(self) -> Frame | None:
         import av
 
@@ -230,7 +209,7 @@ class AvSource(BaseSource):
             pts_ns = 0 if self._last_pts_ns is None else self._last_pts_ns + self._period_ns
         t_ns = self._stamp(pts_ns)
         if self._first_t_ns is None:
-            self._first_t_ns = t_ns
+            self._first_t_ns, self._lap = t_ns, self._lap + 1
         elif pts_ns > self._last_pts_ns:
             self._last_step_ns = pts_ns - self._last_pts_ns
         self._last_pts_ns, self._last_t_ns = pts_ns, t_ns
@@ -290,6 +269,12 @@ class AvSource(BaseSource):
         self._stack.close()
         self._open_container()
         return self._read()
+
+    def _skip_passes(self, passes: int, seq_step: int, t_step_ns: int) -> None:
+        super()._skip_passes(passes, seq_step, t_step_ns)
+        shift = passes * t_step_ns  # a pass's times repeat, shifted (timestamps.FileClock)
+        self._times.shift(shift)
+        self._first_t_ns, self._last_t_ns = self._first_t_ns + shift, self._last_t_ns + shift
 
     def _check_end(self) -> None:
         """A file read to its last frame that ends before its container's announced end, or whose decoder gave

@@ -493,3 +493,46 @@ def test_a_realtime_source_does_not_sleep_through_a_jump_in_its_recorded_times(t
     frames = read_all("ir", SourceConfig(kind="folder", path=str(tmp_path), fps=10, realtime=True, loop=False))
     assert frames[-1].t_capture_ns == 100_000_000_000  # the frame keeps its own time; only the pacing skips the jump
     assert len(asked) == 4 and max(asked) <= 0.4
+
+
+def _looped_source(kind: str, folder: Path, frames: int) -> SourceConfig:
+    """A looped source of ``frames`` frames of distinct pixels (a 16-bit IR folder's ranges vary: its 8-bit
+    conversion state changes from pass to pass at first)."""
+    if kind == "file":
+        write_video(folder / "clip.mkv", frames, pts_step=40)
+        return SourceConfig(kind="file", path=str(folder / "clip.mkv"), realtime=False, loop=True)
+    if kind == "mcap":
+        from streamfuse.frames import Frame
+        from streamfuse.recording import RecordConfig, Recorder
+
+        with Recorder(RecordConfig(path=str(folder / "rig.mcap"))) as rec:
+            for i in range(frames):
+                rec.write(Frame("ir", i, 10**18 + i * 40_000_000, np.full((8, 8), 20 * i, np.uint8)))
+        return SourceConfig(kind="mcap", path=str(folder / "rig.mcap"), realtime=False, loop=True)
+    for i in range(frames):
+        image = np.arange(64, dtype=np.uint16).reshape(8, 8) * (100 + 900 * i) if kind == "folder16" else \
+            np.full((8, 8, 3), 20 * i, np.uint8)
+        cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    return SourceConfig(kind="folder", path=str(folder), fps=10, realtime=False, loop=True)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "folder16", "mcap"])
+@pytest.mark.parametrize("n", [3, 5 * 12, 5 * 12 + 2])
+def test_a_looped_source_skips_whole_passes_unread_and_goes_on_as_if_it_had_read_them(tmp_path, monkeypatch, kind, n):
+    """A restarted producer skips every frame delivered since its pass began: a loop inside one process is one pass
+    to it, so that grew with the run (100,000 frames decoded after an hour at 30 frames/s). The frame after the skip
+    is the one reading gives (seq, time, pixels), and at most about two passes are read, whatever the passes skipped."""
+    cfg, per_pass = _looped_source(kind, tmp_path, 5), 5
+    with open_source("ir", cfg) as src:
+        expected = [src.read() for _ in range(n + 1)][-1]
+    src = open_source("ir", cfg)
+    reads = []
+    kind_read = type(src)._read
+    monkeypatch.setattr(type(src), "_read", lambda self: reads.append(1) or kind_read(self))
+    with src:
+        assert src.skip(n) == n
+        skipped = len(reads)
+        got = src.read()
+    assert (got.seq, got.t_capture_ns) == (expected.seq, expected.t_capture_ns)
+    np.testing.assert_array_equal(got.image, expected.image)
+    assert skipped <= 3 * per_pass  # a pass read, maybe a second (a conversion state settling), then what is left
