@@ -99,6 +99,31 @@ def test_frames_overwritten_in_the_pool_before_they_are_read_count_as_missed() -
 
 
 @needs_shm
+def test_a_frame_from_the_pool_is_the_caller_s_copy_and_the_payload_is_unsubscribed() -> None:
+    # The publisher sees the subscriptions (an XPUB here): once the pool is mapped, the payload topic must be
+    # unsubscribed, or the publisher goes on sending every frame's pixels over ZeroMQ as well, only to be dropped. And
+    # with copy left at None a pool frame is copied out (a view would change under the caller once the slot is reused).
+    image = np.arange(72, dtype=np.uint8).reshape(4, 6, 3)
+    xpub = zmq.Context.instance().socket(zmq.XPUB)
+    try:
+        xpub.bind(ANY_PORT)
+        endpoint = xpub.getsockopt(zmq.LAST_ENDPOINT).decode()
+        with ShmPool(4, image.size) as pool, Subscriber(endpoint, timeout_s=PATIENCE_S, ring=False) as sub:
+            subscriptions: set[bytes] = set()
+            wait_until(lambda: (not xpub.poll(10) or subscriptions.add(xpub.recv()))
+                       and {b"\x01fused/", b"\x01shm/fused/"} <= subscriptions, "the subscriptions")
+            slot, gen = pool.write(image)
+            xpub.send_multipart([b"shm/fused/x", HeaderEncoder("f").encode(
+                fused_frame(image), image, seq=0, fmt="shm", shm_pool=pool.name, shm_slot=slot, shm_gen=gen), b""])
+            header, got = sub.recv()
+            assert header["format"] == "shm" and sub.via_shm == 1
+            assert got.flags.writeable and np.array_equal(got, image)  # the pool is mapped read-only
+            assert xpub.poll(PATIENCE_S * 1000) and xpub.recv() == b"\x00fused/"
+    finally:
+        xpub.close(linger=0)
+
+
+@needs_shm
 def test_a_frame_that_comes_both_as_payload_and_as_descriptor_is_returned_once(raw_pub: tuple[zmq.Socket, str]) -> None:
     # while a same-host subscriber switches to shared memory, the publisher sends a frame both ways: the second copy
     # (the other route's) must be dropped, not returned again

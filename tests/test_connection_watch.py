@@ -26,6 +26,7 @@ from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, free_port, has_ipv6_loop
 from streamfuse import connection_watch
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.shm_pool import shm_supported
 from streamfuse.subscribe import main as subscribe_main
 from streamfuse.view.feed import Feed
 
@@ -189,6 +190,10 @@ def test_a_name_with_loopback_addresses_only_is_this_host(resolver) -> None:
         sock, watch = connection_watch.connect_sub(f"tcp://pub.test:{port}", [b""], rcvhwm=2, max_part_bytes=1024)
         watch.close()
         assert connection_watch.on_this_host(f"tcp://pub.test:{port}") == here, answer
+    resolver("pub.test", failures=0, answer=[debian])
+    connection_watch._resolved.clear()
+    with Subscriber(f"tcp://pub.test:{port}", timeout_s=PATIENCE_S) as sub:  # this host's once its own lookup says so
+        assert sub._shm == shm_supported()
     connection_watch._resolved.clear()  # judged without a lookup: literal addresses, localhost, other transports
     assert connection_watch.on_this_host("tcp://[::1]:5555") and connection_watch.on_this_host("ipc:///tmp/s")
     assert connection_watch.on_this_host("tcp://localhost:5555")
@@ -371,6 +376,17 @@ def test_a_silent_connection_is_made_again_once_a_silence_and_said_once(watched,
     assert [r.levelno for r in caplog.records] == [logging.INFO, logging.DEBUG]
     assert caplog.records[0].getMessage() == ("nothing from tcp://pub.test:5555 for 5 s: making the connection "
                                              "again")
+
+
+def test_connect_sub_gives_its_socket_the_limits_it_is_given() -> None:
+    # rcvhwm bounds what queues on this side (latest mode's freshness, a consumer's memory), max_part_bytes what one
+    # part a peer sends may take; linger 0: closing never waits for a publisher that is gone
+    sock, watch = connection_watch.connect_sub("tcp://127.0.0.1:1", [b"fused/"], rcvhwm=3, max_part_bytes=4096)
+    try:
+        assert [sock.getsockopt(opt) for opt in (zmq.RCVHWM, zmq.MAXMSGSIZE, zmq.LINGER)] == [3, 4096, 0]
+    finally:
+        watch.close()
+    assert sock.closed
 
 
 def test_a_short_name_wait_still_ends_with_a_lookup_at_its_deadline(resolver, monkeypatch) -> None:

@@ -207,6 +207,24 @@ def test_a_ring_entry_whose_header_names_another_seq_is_malformed() -> None:
         assert "seq " + str(seq + 1) + " (entry seq " + str(seq) + ")" in sub.last_malformed
 
 
+def test_a_ring_entry_refused_for_its_size_is_not_counted_as_read_from_the_ring() -> None:
+    # via_ring counts the frames whose descriptor came from the ring: one refused (over max_frame_bytes) is malformed
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, max_frame_bytes=48 * 64 * 3) as sub:
+        _until_ring(sub, pub)
+        pool, seq, big = pub._pool, pub.published, _uniform(99, (96, 64, 3))
+        header = pub._headers.encode(fused_frame(big), big, seq=seq, fmt="shm", shm_pool=pool.name, shm_slot=0,
+                                     shm_gen=2)  # claims twice the size allowed: refused before its slot is read
+        assert pool.notify(b"shm/fused/rig0", header, seq, wake=True)
+        via_ring, malformed = sub.via_ring, sub.malformed
+        pub.send_fused(fused_frame(_uniform(8)))  # seq again: the cursor passes over it (taken)
+        pub.send_fused(fused_frame(_uniform(8)))
+        got, image = sub.recv()
+        assert got["seq"] == seq + 1 and sub.on_ring
+        np.testing.assert_array_equal(image, 8)
+        assert (sub.via_ring - via_ring, sub.malformed - malformed) == (1, 1), sub.last_malformed
+
+
 def _announcer(pool: ShmPool, topic: bytes):
     """``announce(seq)``: a 64-byte mono8 frame written to ``pool`` and its descriptor put in the ring."""
     encoder, image = HeaderEncoder("f"), np.zeros((4, 16), np.uint8)

@@ -462,6 +462,19 @@ def test_the_rate_is_frames_per_second_between_the_first_and_last_arrival(monkey
     assert ["  0.0 fps" in lines[0], " 10.0 fps" in lines[2]] == [True, True], lines  # 2 intervals of 0.1 s
 
 
+def test_each_line_and_the_summary_give_the_subscriber_s_own_counts(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    # each number where a reader looks for it: the publisher's seq (not a camera's), the gaps (missed) apart from
+    # latest mode's replaced frames (discarded), and the frames read from shared memory (not only from its ring)
+    frame = (_scripted_header(7) | {"seq_vis": 3, "seq_ir": 4}, np.zeros((4, 6, 3), np.uint8))
+    sub = ScriptedSubscriber([frame], malformed=2)
+    sub.missed, sub.discarded, sub.via_shm = 5, 11, 1
+    assert _scripted_run(sub, monkeypatch, count=1) == 0
+    line, summary = capsys.readouterr().out.splitlines()
+    assert line.startswith("seq      7 6x4 bgr8 raw age ") and line.endswith(" missed 5 malformed 2"), line
+    assert summary.endswith("; missed 5, malformed 2, discarded 11, from shared memory 1"), summary
+
+
 def test_a_silence_after_frames_counts_only_the_malformed_messages_meanwhile(monkeypatch: pytest.MonkeyPatch,
                                                                            capsys: pytest.CaptureFixture) -> None:
     # five malformed before the first frame, one after it: "6 messages arrived, all malformed" was no longer true

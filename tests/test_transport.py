@@ -422,6 +422,9 @@ def _shm_parts(**changes: object) -> list[bytes]:
     (_shm_parts(step=99), "equal unless raw"),
     (with_header(schema=SCHEMA_2, format="shm", shm_pool=f"{POOL_PREFIX}1_0123abcd", shm_slot=0, shm_gen=2),
      "shm message with a 72-byte payload"),
+    (_shm_parts()[:2] + [b"\x00"], "shm message with a 1-byte payload"),  # not even one byte beside a descriptor
+    # a compressed frame decodes to rows of width * channels: a step that says otherwise misjudges its size
+    (with_header(schema=SCHEMA_2, format="jpeg", step=19), "equal unless raw"),
     (with_header(schema=SCHEMA_2, format="h264", keyframe=2), "header field keyframe=2 is out of range 0..1"),
     (with_header(schema=SCHEMA_2, format="h264"), "header field keyframe=None is missing"),
     (with_header(schema=SCHEMA_2, format="png"), "header field format='png' is missing or not one of"),

@@ -8,11 +8,11 @@ import re
 
 import numpy as np
 import pytest
-from helpers_zmq import fused_frame, good_parts
+from helpers_zmq import fused_frame, good_parts, with_header
 
 from streamfuse.frames import FusedFrame
 from streamfuse.wire import (FORMAT_FIELDS, HEADER_FIELDS, MAX_HEADER_BYTES, SCHEMA, SCHEMA_2, HeaderEncoder,
-                             MalformedMessage, decode_header, decode_stats)
+                             MalformedMessage, decode_header, decode_message, decode_stats)
 
 _FIELDS = {"raw": {}, "jpeg": {}, "h264": {"keyframe": 1},
            "shm": {"shm_pool": "streamfuse_pub_12_0123abcd", "shm_slot": 3, "shm_gen": 8}}
@@ -57,6 +57,26 @@ def test_a_new_geometry_gets_its_own_header_and_a_bad_image_none() -> None:
     for bad in (np.zeros((4, 6, 3), np.float32), np.zeros((4, 6, 4), np.uint8)):
         with pytest.raises(ValueError, match="fused image must be"):
             encoder.encode(fused_frame(bad), bad, seq=0)
+
+
+def test_a_new_fuser_version_gets_its_own_header() -> None:
+    # weights swapped under the same fuser name: a header template kept from the old version would misname every frame
+    encoder, image = HeaderEncoder("f"), np.zeros((4, 6, 3), np.uint8)
+    for version in ("1.0", "2.0", "1.0"):
+        sent = fused_frame(image)
+        sent = FusedFrame(sent.pair, image, sent.fuser, version, sent.t_fused_ns, sent.timings_ms)
+        assert json.loads(encoder.encode(sent, image, seq=0))["fuser_version"] == version
+
+
+@pytest.mark.parametrize("channels", [3, 1], ids=["bgr8", "mono8"])
+def test_a_raw_frame_decodes_to_its_pixels_without_the_row_padding(channels: int) -> None:
+    sent = np.arange(4 * 5 * channels, dtype=np.uint8).reshape(4, 5, channels).squeeze()
+    padded = np.zeros((4, 5 * channels + 3), np.uint8)  # step: 3 bytes more than a row, as a raw publisher may send
+    padded[:, : 5 * channels] = sent.reshape(4, -1)
+    header = json.loads(good_parts(sent)[1]) | {"encoding": "bgr8" if channels == 3 else "mono8",
+                                                 "step": padded.shape[1]}
+    got, image = decode_message([b"fused/x", json.dumps(header).encode(), padded.tobytes()])
+    assert got["step"] == 5 * channels + 3 and image.shape == sent.shape and np.array_equal(image, sent)
 
 
 def _stats(body: str) -> list[bytes]:
@@ -164,3 +184,15 @@ def test_a_shared_memory_descriptor_with_an_odd_generation_is_refused() -> None:
     odd = {**good, "shm_gen": 9}
     with pytest.raises(MalformedMessage, match="shm_gen 9 is odd"):
         decode_header([b"shm/fused/x", encoder.encode(fused_frame(image), image, seq=0, fmt="shm", **odd), b""])
+
+
+@pytest.mark.parametrize(("parts", "reason"), [
+    (with_header()[:2], "expected 3 parts [topic, header, image], got 2"),
+    ([*with_header(), b""], "expected 3 parts [topic, header, image], got 4"),  # a part a consumer would never read
+    (with_header(format="jpeg"), f"format 'jpeg' under schema {SCHEMA} (only raw)"),  # what a /1 consumer misreads
+    (with_header(height=0)[:2] + [b""], "header field height=0 is out of range 1..65535"),  # no image to make of it
+    (with_header(is_bigendian=True), "header field is_bigendian=True is missing or not int"),  # JSON true is no int
+], ids=["2_parts", "4_parts", "schema_1_jpeg", "height_0", "bool_for_int"])
+def test_a_frame_message_a_consumer_would_misread_is_malformed(parts: list[bytes], reason: str) -> None:
+    with pytest.raises(MalformedMessage, match=f"^{re.escape(reason)}"):
+        decode_header(parts)
