@@ -4,6 +4,7 @@ structure guide through a decoder."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import pytest
 import torch
@@ -145,15 +146,21 @@ def test_the_heat_energy_counts_both_directions():
         == pytest.approx(0.5 * 0.01)
 
 
-def test_a_decoded_guide_step_is_the_gradient_of_the_image_energy_and_stays_in_range():
-    ir = _step_image()
-    cond = structure_inputs(ir, torch.zeros_like(ir))
-    weights = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(4)) * 0.3
+def _tiny_decoder(seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A differentiable stand-in for the decoder: a 2-channel latent at H/4 to an image in [0, 1] at H."""
+    weights = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(seed)) * 0.3
 
     def decode(z: torch.Tensor) -> torch.Tensor:
         up = torch.nn.functional.conv2d(z, weights, padding=1)
         return torch.sigmoid(torch.nn.functional.interpolate(up, scale_factor=4, mode="bilinear"))
 
+    return decode
+
+
+def test_a_decoded_guide_step_is_the_gradient_of_the_image_energy_and_stays_in_range():
+    ir = _step_image()
+    cond = structure_inputs(ir, torch.zeros_like(ir))
+    decode = _tiny_decoder(4)
     z = torch.rand(1, 2, 4, 4, generator=torch.Generator().manual_seed(5)) * 0.2 - 0.1
     zg = z.clone().requires_grad_(True)
     x = 2 * decode(zg) - 1  # the energy is measured on the image in the guides' range
@@ -258,12 +265,7 @@ def test_decoded_guide_steps_follow_each_other():
     """``steps=2`` is two single steps, each from where the one before left the latent."""
     ir = _step_image()
     cond = structure_inputs(ir, torch.zeros_like(ir))
-    weights = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(14)) * 0.3
-
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        up = torch.nn.functional.conv2d(z, weights, padding=1)
-        return torch.sigmoid(torch.nn.functional.interpolate(up, scale_factor=4, mode="bilinear"))
-
+    decode = _tiny_decoder(14)
     z = torch.rand(1, 2, 4, 4, generator=torch.Generator().manual_seed(15)) * 0.2 - 0.1
     once = guide_decoded(z, decode, cond, steps=1)
     assert not torch.allclose(once, z)
