@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, good_parts, open_fds, wait_until, with_header
+from helpers_zmq import (ANY_PORT, PATIENCE_S, fused_frame, good_parts, has_ipv6_loopback, open_fds, wait_until,
+                         with_header)
 
 from streamfuse.frames import Frame
 from streamfuse.publish import PublishConfig, Publisher
@@ -253,10 +254,11 @@ def test_the_bridge_takes_clients_again_after_more_idle_connections_than_it_has_
 
 
 @contextlib.contextmanager
-def _relayed(answer_after_eof: bool, hold: tuple[threading.Event, threading.Event] | None = None) -> Iterator[int]:
-    """A relay in front of a server that answers each connection's bytes with ``answer``: at once, or only once its
-    client has ended its sending (a half-close), and then, given ``hold`` (heard, go), only once it has set heard
-    and go is set; yields the relay's port."""
+def _relayed(answer_after_eof: bool, hold: tuple[threading.Event, threading.Event] | None = None,
+             host: str = "127.0.0.1") -> Iterator[int]:
+    """A relay on ``host`` in front of a server that answers each connection's bytes with ``answer``: at once, or only
+    once its client has ended its sending (a half-close), and then, given ``hold`` (heard, go), only once it has set
+    heard and go is set; yields the relay's port."""
     from streamfuse.view.relay import Relay
 
     upstream = socket.create_server(("127.0.0.1", 0))
@@ -279,7 +281,7 @@ def _relayed(answer_after_eof: bool, hold: tuple[threading.Event, threading.Even
                 threading.Thread(target=answer, args=(upstream.accept()[0],), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
-    relay = Relay("127.0.0.1", 0, upstream.getsockname()[1], limit=4)
+    relay = Relay(host, 0, upstream.getsockname()[1], limit=4)
     try:
         yield relay.start()
     finally:
@@ -294,6 +296,16 @@ def test_a_client_that_half_closes_after_its_request_still_gets_the_answer():
         client.shutdown(socket.SHUT_WR)
         client.settimeout(PATIENCE_S)
         assert client.recv(64) == b"answer"
+
+
+def test_the_relay_on_every_address_serves_each_family_on_the_port_it_says():
+    # with host '' and port 0 the IPv4 and the IPv6 listener each took a free port of their own, and start() said the
+    # first one's: a client of the other family was refused
+    with _relayed(answer_after_eof=False, host="") as port:
+        for address in ["127.0.0.1", *["::1"] * has_ipv6_loopback()]:
+            with socket.create_connection((address, port), timeout=PATIENCE_S) as client:
+                client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                assert client.recv(64) == b"answer", address
 
 
 def test_a_half_closed_client_waiting_for_its_answer_survives_a_garbage_collection():

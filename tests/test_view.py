@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import json
 import re
 import socket
@@ -21,7 +22,8 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import ANY_PORT, PATIENCE_S, SilentLink, connect, fused_frame, plain_pub, wait_until
+from helpers_zmq import (ANY_PORT, PATIENCE_S, SilentLink, connect, fused_frame, has_ipv6_loopback, plain_pub,
+                         wait_until)
 
 from streamfuse import connection_watch
 from streamfuse.cli import main as cli
@@ -32,7 +34,7 @@ from streamfuse.view.browser import Chromium, capture, find_chromium
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
 from streamfuse.view.server import _send, url_host, serve
-from streamfuse.view.gate import Door, Gate
+from streamfuse.view.gate import Door, Gate, listen
 
 aiohttp = pytest.importorskip("aiohttp")
 REPO = Path(__file__).resolve().parents[1]
@@ -662,6 +664,9 @@ def test_a_server_for_other_machines_warns_that_it_has_no_password(command, host
         while not any("Ctrl-C stops" in line for line in lines):
             lines.append(proc.stderr.readline())
             assert lines[-1], lines  # stderr ended: it exited
+        port = int(re.search(r"://\S+:(\d+)", lines[-1]).group(1))
+        for address in ["127.0.0.1", *["::1"] * (host == "" and has_ipv6_loopback())]:  # each family on the port said
+            socket.create_connection((address, port), timeout=PATIENCE_S).close()
     finally:
         proc.terminate()
         proc.wait(PATIENCE_S)
@@ -804,6 +809,60 @@ def test_a_page_gets_the_stats_history_once_then_only_each_new_snapshot():
 def test_the_page_url_names_the_host_as_a_url_does():
     assert [url_host(h) for h in ("127.0.0.1", "::1", "", "viewer.example")] == \
         ["127.0.0.1", "[::1]", "localhost", "viewer.example"]
+
+
+def test_every_address_is_served_on_the_one_port_said():
+    # with host '' and port 0, IPv4 and IPv6 each listened on a free port of their own and the port said was one of
+    # them: a client of the other family found nothing there
+    async def pages(feed: Feed) -> None:
+        served = await serve(feed, "", 0)
+        try:
+            assert {sock.getsockname()[1] for sock in served.server.sockets} == {served.port}
+            async with aiohttp.ClientSession() as http:
+                for host in ["127.0.0.1", *["[::1]"] * has_ipv6_loopback()]:
+                    async with http.get(f"http://{host}:{served.port}/") as resp:
+                        assert resp.status == 200, host
+        finally:
+            await served.cleanup()
+
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
+    try:
+        asyncio.run(pages(feed))
+    finally:
+        feed.close()
+
+
+def test_listen_takes_another_pair_of_ports_where_the_first_one_s_is_taken_on_another_address():
+    class Bound:  # a server of start_serving=False on these ports, one an address
+        def __init__(self, *ports: int) -> None:
+            self.sockets = [types.SimpleNamespace(getsockname=lambda p=p: ("::", p)) for p in ports]
+            self.closed = self.serving = False
+
+        def close(self) -> None:
+            self.closed = True
+
+        async def start_serving(self) -> None:
+            self.serving = True
+
+    asked, made = [], []
+
+    async def start(port: int, start_serving: bool) -> Bound:
+        assert not start_serving
+        asked.append(port)
+        if len(asked) == 2:
+            raise OSError(errno.EADDRINUSE, "taken on the other address")
+        made.append(Bound(port, port) if port else Bound(50420 + len(asked), 50430 + len(asked)))
+        return made[-1]
+
+    server = asyncio.run(listen(start, 0))
+    assert asked == [0, 50421, 0, 50423] and server is made[-1] and server.serving
+    assert all(bound.closed and not bound.serving for bound in made[:-1])
+
+    async def busy(port: int, start_serving: bool) -> Bound:
+        raise OSError(errno.EADDRINUSE, "taken")
+
+    with pytest.raises(OSError, match="taken"):  # a port asked for is that port or an error, as before
+        asyncio.run(listen(busy, 50425))
 
 
 def test_the_page_is_never_cached_and_a_kept_alive_connection_idle_past_the_deadline_is_closed():

@@ -10,14 +10,14 @@ Settings come from --config (default eval, shipped: a synchronous OT solve for e
 
 Writes metrics.csv, metrics.md (means per row, the median ms per frame and delta grey, the mean |output - default
 output| over all pixels and pairs) and montage.png to --out; with --json also one JSON object
-{"n": pairs, "default": {metric: mean}, "rows": {name: {metric: mean, "delta_grey": ..., "psnr_ref": dB against the
-default, "ms": ...}},
+{"n": pairs, "default": {metric: mean}, "rows": {name: {"n": its pairs, metric: mean, "delta_grey": ..., "psnr_ref": dB
+against the default, "ms": ...}},
 "guidance_energies": {"with"|"without"|"image_guidance=1"|"image_guidance=5": {heat, structure, consistency,
 image_structure}}} with the metrics VIF, Qabf, AG, SF, Nabf, Over (halos and rims, streamfuse.metrics.overshoot)
 and SSIM; the energies are the physics guides' (streamfuse.diffusion.guidance) on the sampled latent, and the
 structure energy of the fused image. Pairs come from --ir/--vis (any two folders, matched by file name) or from the
 data set --dataset under --data; published outputs under <data>/reference/<method>/msrs_test are scored too for
-msrs/test.
+msrs/test, each on the pairs whose image it has: a row's "n" (and its n in the table) is then below the top "n".
 """
 
 from __future__ import annotations
@@ -142,15 +142,16 @@ def guidance_energies(cfg: PipelineConfig, pairs: list[tuple[str, Path, Path]]) 
 
 
 def summary(result: EvalResult) -> dict:
-    """The JSON object: pairs scored, the default's metrics, and every other row's metrics and delta grey."""
+    """The JSON object: pairs scored, the default's metrics, and every other row's pairs, metrics and delta grey (a
+    published folder's row is scored on the pairs it has an image for: fewer than the default's where it lacks some)."""
 
     def pick(means: dict[str, float], keys: tuple[str, ...]) -> dict[str, float | None]:
         return {k: means[k] if math.isfinite(means[k]) else None for k in keys}
 
     default = result.means[DEFAULT]
     return {"n": int(default["n"]), "default": pick(default, JSON_METRICS),
-            "rows": {name: pick(m, (*JSON_METRICS, "delta_grey", "psnr_ref", "ms")) for name, m in result.means.items()
-                     if name != DEFAULT}}
+            "rows": {name: {"n": int(m["n"]), **pick(m, (*JSON_METRICS, "delta_grey", "psnr_ref", "ms"))}
+                     for name, m in result.means.items() if name != DEFAULT}}
 
 
 def step_list(text: str) -> list[int]:

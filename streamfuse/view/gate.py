@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import ipaddress
 import logging
 import resource
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
-__all__ = ["Door", "Gate", "BACKLOG", "MAX_CONNECTIONS", "REQUEST_S", "most_connections"]
+__all__ = ["Door", "Gate", "BACKLOG", "MAX_CONNECTIONS", "REQUEST_S", "listen", "most_connections"]
 
 log = logging.getLogger("streamfuse.view")
 
@@ -31,6 +32,7 @@ SAY_EVERY_S = 10.0
 # holds its file for a few turns of the loop before its close: a small backlog keeps a flood's files in check.
 BACKLOG = 16
 _OWN_FILES = 64 + 8 * BACKLOG  # files besides the open connections: about 30 of its own, a flood's accepts in flight
+_LISTEN_TRIES = 8  # binds of listen(): another program taking the port between two of them is rare
 
 
 def most_connections(files_each: int = 1) -> int:
@@ -39,6 +41,34 @@ def most_connections(files_each: int = 1) -> int:
     behind it, and that server's)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return 1 << 20 if soft == resource.RLIM_INFINITY else max(1, (soft - _OWN_FILES) // files_each)
+
+
+async def listen(start: Callable[..., Awaitable[asyncio.Server]], port: int) -> asyncio.Server:
+    """The server of ``start(port=..., start_serving=...)`` (``loop.create_server`` or ``asyncio.start_server`` with
+    its host given), one port for every address it listens on.
+
+    With port 0, asyncio binds each of the host's addresses (IPv4 and IPv6 of '' or of a name such as localhost) to a
+    free port of its own, and a client of the other family found nothing on the port said. Here every address is
+    bound again on the first one's port (another pair of ports where one of them is taken meanwhile).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    chosen = port
+    for _ in range(_LISTEN_TRIES):
+        try:
+            server = await start(port=chosen, start_serving=False)  # bound, not yet listening: nothing to lose below
+        except OSError as exc:
+            if chosen == port or exc.errno != errno.EADDRINUSE:
+                raise
+            chosen = 0  # the first address's port is another's on the second: a new pair
+            continue
+        if len({sock.getsockname()[1] for sock in server.sockets}) == 1:
+            await server.start_serving()
+            return server
+        chosen = server.sockets[0].getsockname()[1]
+        server.close()
+    raise OSError(errno.EADDRINUSE, f"no port was free on every address in {_LISTEN_TRIES} tries")
 
 
 class _Tally:

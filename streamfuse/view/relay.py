@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 
-from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, REQUEST_S, Door
+from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, REQUEST_S, Door, listen
 
 __all__ = ["Relay"]
 
@@ -74,8 +75,8 @@ class Relay(Door):
         loop = self._loop
         asyncio.set_event_loop(loop)
         try:
-            server = loop.run_until_complete(asyncio.start_server(self._client, self.host, self.port,
-                                                                  backlog=BACKLOG, limit=MAX_HEAD))
+            start = functools.partial(asyncio.start_server, self._client, self.host, backlog=BACKLOG, limit=MAX_HEAD)
+            server = loop.run_until_complete(listen(start, self.port))
         except OSError as exc:
             loop.close()
             ready.set_exception(exc)

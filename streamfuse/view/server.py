@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import sys
@@ -32,7 +33,7 @@ from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
-from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, Gate, most_connections
+from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, Gate, listen, most_connections
 
 __all__ = ["main", "make_app", "serve", "Served", "url_host"]
 
@@ -159,7 +160,7 @@ async def serve(feed: Feed, host: str, port: int, gate: Gate | None = None) -> S
     await runner.setup()
     gate.handlers = runner.server
     try:
-        server = await loop.create_server(gate, host, port, backlog=BACKLOG)
+        server = await listen(functools.partial(loop.create_server, gate, host, backlog=BACKLOG), port)
     except OSError:
         await runner.cleanup()
         raise

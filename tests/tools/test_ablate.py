@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -40,8 +41,8 @@ def test_json_summary(tool, folders, tmp_path, random_weights, capsys):
     assert summary["n"] == 3 and set(summary["default"]) == set(METRICS)
     assert set(ROWS) <= set(summary["rows"]) and "default" not in summary["rows"]
     for name, row in summary["rows"].items():
-        assert set(row) == {*METRICS, "delta_grey", "psnr_ref", "ms"}, name
-        assert all(math.isfinite(v) for v in row.values()), name
+        assert set(row) == {"n", *METRICS, "delta_grey", "psnr_ref", "ms"}, name
+        assert all(math.isfinite(v) for v in row.values()) and row["n"] == 3, name  # latent_swap's last pair too
     rows = summary["rows"]
     assert rows["rule"]["delta_grey"] > 0 and rows["latent_zero"]["delta_grey"] > 0
     assert rows["max:contrast=1.25"]["delta_grey"] != rows["max"]["delta_grey"]
@@ -284,3 +285,23 @@ def test_reference_outputs_are_scored_only_for_the_dataset_and_limit_reaches_the
                              "--weights", str(random_weights), "--steps", "1", "--no-baselines", "--limit", "2",
                              "--out", str(tmp_path / "out")])
     assert "seafusion" not in seen["rows"] and seen["limit"] == 2
+
+
+def test_a_published_folder_lacking_images_says_its_own_pair_count(tool, folders, tmp_path, random_weights, capsys):
+    # a reference row is scored on the pairs it has an image for; its JSON row gave no count, so its means read as
+    # being over the top-level n pairs
+    ir_dir, vis_dir = folders
+    data = tmp_path / "shared"
+    shutil.copytree(ir_dir, data / "msrs" / "test" / "ir")
+    shutil.copytree(vis_dir, data / "msrs" / "test" / "vi")
+    published = data / "reference" / "seafusion" / "msrs_test"
+    published.mkdir(parents=True)
+    for stem in ("f0", "f1"):  # none for f2
+        shutil.copy(vis_dir / f"{stem}.png", published)
+    summary_file = tmp_path / "ablation.json"
+    tool("ablate").main(["--data", str(data), "--weights", str(random_weights), "--steps", "1", "--no-baselines",
+                         "--json", str(summary_file), "--out", str(tmp_path / "out")])
+    summary = json.loads(summary_file.read_text())
+    assert summary["n"] == 3 and summary["rows"]["seafusion"]["n"] == 2
+    assert {row["n"] for name, row in summary["rows"].items() if name != "seafusion"} == {3}
+    assert "| seafusion | 2 |" in capsys.readouterr().out
