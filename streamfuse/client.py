@@ -215,11 +215,12 @@ class Subscriber:
         """Back to the ZeroMQ descriptors (and payload) until a descriptor names a pool again."""
         log.log(level, "shared-memory ring of %s %s: taking ZeroMQ descriptors", self.endpoint, why)
         self._ring = None
-        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # descriptors that were on their way when we left
-            self._sock.recv(zmq.NOBLOCK)
         self._sock.setsockopt(zmq.SUBSCRIBE, self._shm_topic)
         self._sock.setsockopt(zmq.UNSUBSCRIBE, self._ring_topic)
         self._subscribe_payload(True)
+        # a new connection: the old one may still hold copies sent before the ring was taken, queued here or on their
+        # way (more than a look at the socket finds), which would come out as old frames, their seq going back
+        self._watch.reconnect()
         self._last_message = time.monotonic()
 
     def _wait(self, timeout_s: float) -> bool:

@@ -101,7 +101,7 @@ class ConnectionWatch:
         a failed handshake."""
         refused = not self._handshake_failed
         self.dropped_at, self._handshake_failed = None, False
-        self._reconnect()
+        self.reconnect()
         return refused
 
     def remake_if_silent(self, last_message: float, silent_s: float = SILENT_S) -> bool:
@@ -114,10 +114,11 @@ class ConnectionWatch:
         level = logging.INFO if self._remade_at < last_message else logging.DEBUG  # once a silence, not every time
         log.log(level, "nothing from %s for %g s: making the connection again", self._endpoint, silent_s)
         self._remade_at = now
-        self._reconnect()
+        self.reconnect()
         return True
 
-    def _reconnect(self) -> None:
+    def reconnect(self) -> None:
+        """Make the connection again now; what the old one still held (queued or on its way) is dropped with it."""
         try:
             self._sock.disconnect(self._endpoint)
         except zmq.ZMQError:  # libzmq had already forgotten the endpoint

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
-from helpers_zmq import ANY_PORT, PATIENCE_S, fused_frame, publishing, wait_until
+from helpers_zmq import ANY_PORT, PATIENCE_S, VGA, fused_frame, publishing, wait_until
 
 from streamfuse import pool_ring, shm_pool
 from streamfuse.capture.shm_ring import SHM_DIR
@@ -478,3 +478,80 @@ def test_a_ring_reader_the_publisher_dropped_while_it_was_stopped_reads_on(lates
         finally:
             child.kill()
             child.wait(PATIENCE_S)
+
+
+def test_frames_queued_on_the_socket_while_on_the_ring_are_not_taken_after(caplog: pytest.LogCaptureFixture) -> None:
+    # A subscriber slow to take its first frames took the ring at the first descriptor, with the ZeroMQ copies of the
+    # others still queued (its socket, then the connection); leaving the ring later, it took one of those as a frame:
+    # an old frame, its seq going back (logged as a restart) and the frames after it counted missed.
+    with caplog.at_level(logging.INFO, "streamfuse.seq_count"), \
+            Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=8, sndhwm=40)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        wait_until(lambda: pub.wait_for_subscriber(0) and pub._want_descriptors, "the subscriptions")
+        for i in range(12):  # both ways each, payload and descriptor, all sent before the first is taken
+            pub.send_fused(fused_frame(_uniform(i, VGA)))
+        seqs = [sub.recv()[0]["seq"]]
+        assert sub.on_ring
+        for i in range(12, 30):  # on the ring: the copies queued meanwhile are stale
+            pub.send_fused(fused_frame(_uniform(i, VGA)))
+            while seqs[-1] < i:
+                seqs.append(sub.recv()[0]["seq"])
+        pub.send_fused(fused_frame(_uniform(1, (960, 640, 3))))  # a bigger pool: the ring given up, back to ZeroMQ
+        wait_until(lambda: sub.recv(0.05) is None and not sub.on_ring, "the ring left")
+        before = len(seqs)
+
+        def taken() -> bool:  # through ZeroMQ, then the new pool's ring
+            pub.send_fused(fused_frame(_uniform(2, VGA)))
+            if (frame := sub.recv(0.05)) is not None:
+                seqs.append(frame[0]["seq"])
+            return len(seqs) > before + 10 and sub.on_ring
+
+        wait_until(taken, "frames after the ring was left")
+        assert seqs == sorted(set(seqs)) and "restarted" not in caplog.text and sub.malformed == 0, seqs
+
+
+def test_a_reader_that_gives_the_pool_up_drops_its_ring_subscription(monkeypatch: pytest.MonkeyPatch) -> None:
+    # back on ZeroMQ for good (a bigger pool it cannot map), it must not leave the publisher filling the pool's ring
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        _until_ring(sub, pub)
+        wait_until(lambda: pub.send_fused(fused_frame(_uniform(0))) and pub._want_ring, "its ring subscription")
+
+        def refused(name: str) -> PoolReader:
+            raise shm_pool.PoolError(f"cannot open shared memory {name}: Permission denied")
+
+        monkeypatch.setattr("streamfuse.pool_view.PoolReader", refused)
+        big = _uniform(2, (96, 64, 3))  # a bigger pool: the ring given up, and the new pool cannot be mapped
+
+        def on_zeromq() -> bool:
+            pub.send_fused(fused_frame(big))
+            frame = sub.recv(0.05)
+            return frame is not None and frame[0]["format"] == "raw" and not sub.on_ring
+
+        wait_until(on_zeromq, "the raw frames over ZeroMQ")
+        wait_until(lambda: pub.send_fused(fused_frame(big)) and not pub._want_shm, "the pool left unfilled")
+        assert not pub._want_ring
+        count = pub._pool._ring.count
+        pub.send_fused(fused_frame(big))
+        assert pub._pool._ring.count == count
+
+
+def test_a_connection_dropped_while_on_the_ring_is_restored_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a part ZeroMQ refuses drops the connection and libzmq does not retry: the publisher, seeing no subscription,
+    # stops filling the ring; the subscriber must notice and restore it while it reads the ring, not only once a
+    # silent ring sends it back to ZeroMQ (never here)
+    monkeypatch.setattr("streamfuse.client._RESUBSCRIBE_S", 1e6)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, max_frame_bytes=48 * 64 * 3) as sub:
+        _until_ring(sub, pub)
+        wait_until(lambda: pub.send_fused(fused_frame(_uniform(0))) and pub._want_ring, "its ring subscription")
+        pub._sock.send_multipart([b"ring/shm/fused/rig0", bytes(70_000)])  # over the 64 KiB part limit
+        wait_until(lambda: pub.send_fused(fused_frame(_uniform(1))) and not pub._want_ring, "the connection dropped")
+
+        def restored() -> bool:
+            pub.send_fused(fused_frame(_uniform(3)))
+            frame = sub.recv(0.05)
+            return frame is not None and frame[1][0, 0, 0] == 3 and sub.malformed == 1
+
+        wait_until(restored, "frames through the ring after the restore")
+        assert sub.on_ring and "reconnected" in sub.last_malformed
