@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,15 @@ class _Pipeline(threading.Thread):
                 self.pub.send_stats({"rate_fps": 25.0, "stages": {"fuse": {"median_ms": 1.0, "p99_ms": 2.0}},
                                      "counters": {"published": self.pub.published}})
             time.sleep(0.005)
+
+
+def _on_a_silent_feed(run: Callable[[Feed], Awaitable[Any]]) -> Any:
+    """``run(feed)`` on a feed whose pipeline is not there (nothing listens at its endpoint), closed after."""
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")
+    try:
+        return asyncio.run(run(feed))
+    finally:
+        feed.close()
 
 
 async def _next(ws) -> tuple[dict, list[bytes]]:  # noqa: ANN001
@@ -328,12 +337,7 @@ def test_screenshot_without_a_pipeline_says_no_frames_arrived(tmp_path):
             await served.cleanup()
         return str(info.value)
 
-    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
-    try:
-        assert asyncio.run(shoot(feed)) == ("no frames arrived from tcp://127.0.0.1:1 within 1 s: is the pipeline "
-                                            "running?")
-    finally:
-        feed.close()
+    assert _on_a_silent_feed(shoot) == "no frames arrived from tcp://127.0.0.1:1 within 1 s: is the pipeline running?"
     assert not (tmp_path / "shot.png").exists()
 
 
@@ -583,12 +587,8 @@ def test_a_malformed_request_or_a_reset_handshake_is_one_log_line_or_none(caplog
         finally:
             await served.cleanup()
 
-    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
-    try:
-        with caplog.at_level("DEBUG"):
-            asyncio.run(peers(feed))
-    finally:
-        feed.close()
+    with caplog.at_level("DEBUG"):
+        _on_a_silent_feed(peers)
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
     bad = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
     assert len(bad) == 1 and "\n" not in bad[0] and "8190" in bad[0], bad
@@ -621,12 +621,8 @@ def test_connections_over_the_cap_get_503_and_one_without_its_request_in_time_is
         finally:
             await served.cleanup()
 
-    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
-    try:
-        with caplog.at_level("WARNING", "streamfuse.view"):
-            asyncio.run(peers(feed, Gate(limit=3, request_s=2.0)))  # 2 s: the refusal comes before either deadline
-    finally:
-        feed.close()
+    with caplog.at_level("WARNING", "streamfuse.view"):  # 2 s: the refusal comes before either deadline
+        _on_a_silent_feed(lambda feed: peers(feed, Gate(limit=3, request_s=2.0)))
     said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.view"]
     assert said[0].startswith("answered 1 connection(s) 503 and closed them: 3 were open, the cap"), said
     closed = [int(line.split()[1]) for line in said if "sent no complete request within 2 s" in line]
@@ -825,11 +821,7 @@ def test_every_address_is_served_on_the_one_port_said():
         finally:
             await served.cleanup()
 
-    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
-    try:
-        asyncio.run(pages(feed))
-    finally:
-        feed.close()
+    _on_a_silent_feed(pages)
 
 
 def test_listen_takes_another_pair_of_ports_where_the_first_one_s_is_taken_on_another_address():
@@ -884,11 +876,7 @@ def test_the_page_is_never_cached_and_a_kept_alive_connection_idle_past_the_dead
         finally:
             await served.cleanup()
 
-    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
-    try:
-        asyncio.run(peer(feed))
-    finally:
-        feed.close()
+    _on_a_silent_feed(peer)
 
 
 def test_a_page_of_another_site_cannot_open_the_frames():
