@@ -76,6 +76,8 @@ def test_a_closed_subscriber_says_so_and_closes_again_quietly(latest: bool) -> N
         sub.recv()
 
 
+# the fork is the user's, as in a robot stack that forks workers: Python 3.12+ warns of it in a process with threads
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 @pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
 def test_a_forked_child_is_told_to_make_its_own_and_leaves_its_parents_subscriber_working(
         latest: bool, rng: np.random.Generator) -> None:
