@@ -296,7 +296,6 @@ def decode_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, np.ndarra
         log.info("stopped reading %s: %s", path, io_reason(exc))
 
 
-
 def upright(frame: av.VideoFrame, image: np.ndarray) -> np.ndarray:
     """``image`` (``frame``'s pixels) turned as the frame's display matrix says, as players show it: a phone's portrait
     clip is stored sideways."""

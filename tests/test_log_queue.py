@@ -233,7 +233,6 @@ def test_a_flush_gives_up_on_a_stuck_writer_and_the_next_one_returns_at_once(mon
     assert stuck.qsize() == 2
 
 
-
 _SET_UP = """
 import logging
 from streamfuse import log_queue

@@ -185,7 +185,6 @@ def test_an_out_or_init_that_cannot_be_used_is_refused_first(data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-
 def test_an_out_in_a_folder_this_user_cannot_write_is_refused_first(data, tmp_path, monkeypatch):
     # the tests may run as root, whom no permission bit stops: the folder's answer is the one a service user gets
     (tmp_path / "ro").mkdir()
