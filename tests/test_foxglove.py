@@ -653,6 +653,20 @@ def test_a_relay_over_its_cap_answers_503_naming_the_foxglove_bridge():
     assert answer.endswith(b"\r\n\r\nthe Foxglove bridge has 1 connections open, its cap (--max-connections)\n")
 
 
+def test_a_relayed_request_reaching_loopback_that_names_another_host_is_refused():
+    """DNS rebinding (see the viewer's test): a web page whose site's name was pointed at 127.0.0.1 reached the SDK's
+    server as the page's own site. Refused 403 before anything reaches the server; this machine's names get in."""
+    from streamfuse.view.relay import Relay
+
+    with _relayed(answer_after_eof=False) as port:
+        for host, answer in ((f"evil.example:{port}", b"HTTP/1.1 403 "), (f"localhost:{port}", b"answer")):
+            with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as client:
+                client.sendall(f"GET / HTTP/1.1\r\nhOsT: {host}\r\n\r\n".encode())
+                assert client.recv(1024).startswith(answer), host
+    assert "robot.lan" in Relay("Robot.lan", 0, 1).names
+    assert "proxy.example" in Relay("", 0, 1, names=["proxy.example"]).names
+
+
 @pytest.mark.parametrize(("host", "url"), [("::1", "ws://[::1]:"), ("", "ws://localhost:")])
 def test_the_bridge_names_where_to_connect_as_a_url(host, url):
     # it said ws://::1:PORT and ws://:PORT, which no Foxglove client opens (the viewer's line names a URL)

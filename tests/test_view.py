@@ -7,6 +7,7 @@ import base64
 import contextlib
 import errno
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -572,14 +573,15 @@ def test_a_malformed_request_or_a_reset_handshake_is_one_log_line_or_none(caplog
         port = served.port
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+            writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
             assert (await reader.readline()).startswith(b"HTTP/1.0 400")
             writer.close()
             for _ in range(3):
                 with socket.create_connection(("127.0.0.1", port)) as reset:
                     key = base64.b64encode(os.urandom(16)).decode()
-                    reset.sendall(f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+                    reset.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                  f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
                     reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             async with aiohttp.ClientSession() as http:  # the viewer goes on serving pages
                 async with http.get(f"http://127.0.0.1:{port}/") as resp:
@@ -606,7 +608,7 @@ def test_connections_over_the_cap_get_503_and_one_without_its_request_in_time_is
                 assert page.compress == 0  # no per-message deflate (browsers ask for it): JPEGs do not shrink
                 slow = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(2)]
                 for _, writer in slow:
-                    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line that ends it
+                    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n")  # and never the blank line that ends it
                 await _wait(lambda: len(gate.open) == 3, "the page and both slow clients connected")
                 reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
                 answer = await asyncio.wait_for(reader.read(), PATIENCE_S)
@@ -866,7 +868,7 @@ def test_the_page_is_never_cached_and_a_kept_alive_connection_idle_past_the_dead
         served = await serve(feed, "127.0.0.1", 0, Gate(request_s=0.2))
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE_S)
             assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nCache-Control: no-store\r\n" in head, head
             length = int(re.search(rb"\r\nContent-Length: (\d+)\r\n", head).group(1))
@@ -905,6 +907,52 @@ def test_a_page_of_another_site_cannot_open_the_frames():
         assert asyncio.run(origins(feed)) == [403, 403, 403, 101, 101, 101]
     finally:
         feed.close()
+
+def test_a_request_reaching_loopback_that_names_another_host_is_refused(caplog):
+    """DNS rebinding: a site (evil.example) whose name its owner points at 127.0.0.1 is, to the browser, the site of
+    the viewer's page loaded from there (its Origin and Host agree), so the Origin check let it read the frames. A
+    request reaching loopback names an address, localhost, this machine's name or one allowed (any case, root dot)."""
+    hosts = ("evil.example:{port}", "evil.example", "localhost.evil.example", "127.0.0.1.evil.example",
+             "127.0.0.1:{port}", "localhost:{port}", "LOCALHOST.", "app.localhost", "[::1]:{port}",
+             "viewer.example:443", socket.gethostname(), None)
+
+    async def statuses(feed: Feed) -> list[int]:
+        served = await serve(feed, "127.0.0.1", 0, Gate(names=["Viewer.Example."]))
+        got = []
+        try:
+            for host in hosts:
+                reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+                named = f"HTTP/1.1\r\nHost: {host.format(port=served.port)}" if host else "HTTP/1.0"
+                writer.write(f"GET / {named}\r\nConnection: close\r\n\r\n".encode())
+                got.append(int((await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE_S)).split()[1]))
+                writer.close()
+        finally:
+            await served.cleanup()
+        return got
+
+    with caplog.at_level(logging.INFO, "streamfuse.view"):
+        assert _on_a_silent_feed(statuses) == [403] * 4 + [200] * 8
+    assert any("answered 1 request(s) 403 that reached loopback naming another host" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_the_view_cli_lets_in_the_host_it_serves_and_each_allowed_name(monkeypatch):
+    import streamfuse.view.server as server_module
+
+    made = []
+
+    async def serve_nothing(feed: Feed, host: str, port: int, gate: Gate) -> None:
+        made.append(gate.names)
+        raise OSError(errno.EADDRINUSE, "taken")
+
+    monkeypatch.setattr(server_module, "Feed", lambda *args, **kwargs: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(server_module, "serve", serve_nothing)
+    assert view_main(["--host", "Robot.lan", "--allow-host", "a.example", "--allow-host", "B.example."]) == 1
+    assert {"robot.lan", "a.example", "b.example"} <= made[0]
+    for bad in ("", "http://a.example", "a.example:80"):  # an empty name would let in requests naming no host
+        with pytest.raises(SystemExit):
+            view_main(["--allow-host", bad])
+
 
 def test_a_page_is_closed_when_it_sends_more_than_4_kb_and_each_message_it_was_sent_is_counted():
     # a page only sends "next": a bigger message is a peer making the viewer buffer what it sends

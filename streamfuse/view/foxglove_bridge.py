@@ -35,7 +35,7 @@ from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled
 from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
-from streamfuse.view.gate import MAX_CONNECTIONS, most_connections
+from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, most_connections
 from streamfuse.view.relay import Relay
 from streamfuse.view.server import url_host
 
@@ -72,12 +72,13 @@ class Bridge:
         name_wait_s: how long the pipeline's host name is looked up again while it does not resolve, seconds; None =
             ``connection_watch.NAME_WAIT_S``.
         max_connections: connections open at once (see :mod:`streamfuse.view.relay`).
+        allow_hosts: host names a connection reaching loopback may name besides addresses and localhost (a proxy's).
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, host: str = "127.0.0.1",
                  port: int = 8765, raw: bool = False, previews: bool = False, quality: int = 80,
                  server_key: str = "", client_key_file: str = "", name_wait_s: float | None = None,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, allow_hosts: tuple[str, ...] = ()) -> None:
         self.fox = _foxglove()
         topic = consumer_topic(topic)  # a shared-memory descriptor topic is refused here, not in start()
         self.endpoint, self.raw, self.quality, self.keys = endpoint, raw, quality, (server_key, client_key_file)
@@ -91,7 +92,7 @@ class Bridge:
         self._sources = {"/fused/image": topic}
         if previews:
             self._sources.update({f"/{s}/image": preview_topic(topic, s) for s in ("ir", "vis")})
-        self._host, self._port, self._max_connections = host, port, max_connections
+        self._host, self._port, self._max_connections, self._names = host, port, max_connections, allow_hosts
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -103,7 +104,7 @@ class Bridge:
         try:  # on loopback, behind the relay (its cap and deadline): the SDK's own listener dies with no files left
             self.server = self.fox.start_server(name="streamfuse", host="127.0.0.1", port=0,
                                                 message_backlog_size=_BACKLOG)
-            self.relay = Relay(self._host, self._port, self.server.port, self._max_connections)
+            self.relay = Relay(self._host, self._port, self.server.port, self._max_connections, names=self._names)
             self.port = self.relay.start()
         except Exception as exc:  # noqa: BLE001 - the SDK raises its own error types; the relay's bind an OSError
             self.stats_in.close()
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-connections", type=int_at_least(1, most), default=min(MAX_CONNECTIONS, most),
                         help="connections open at once; one more is answered 503 and closed (at most a third of the "
                         "open-file limit, ulimit -n, less 192: each holds three files)")
+    allow_host_option(parser)
     key_options(parser)
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,
                             previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key),
                             client_key_file=args.client_key, name_wait_s=args.name_wait,
-                            max_connections=args.max_connections)
+                            max_connections=args.max_connections, allow_hosts=tuple(args.allow_host))
     except ValueError as exc:
         print(f"streamfuse foxglove: error: {printable(exc)}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ server sets to the same). Both are counted, and said at most once every ``SAY_EV
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import contextlib
@@ -18,10 +19,12 @@ import errno
 import ipaddress
 import logging
 import resource
+import socket
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
-__all__ = ["Door", "Gate", "BACKLOG", "MAX_CONNECTIONS", "REQUEST_S", "listen", "most_connections"]
+__all__ = ["Door", "Gate", "BACKLOG", "MAX_CONNECTIONS", "REQUEST_S", "allow_host_option", "listen",
+           "most_connections"]
 
 log = logging.getLogger("streamfuse.view")
 
@@ -109,11 +112,14 @@ class Door:
         limit: connections open at once; one more is answered 503 and closed.
         request_s: seconds a new connection has to send its first request.
         who: the server, as the 503 answer names it; logger: where the counts are said.
+        names: host names a request that reaches loopback may name besides addresses, ``localhost`` and this
+            machine's name (see :meth:`misnamed`).
     """
 
     def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S, *, who: str = "the viewer",
-                 logger: logging.Logger = log) -> None:
+                 logger: logging.Logger = log, names: Iterable[str] = ()) -> None:
         self.limit, self.request_s, self.per_address = limit, request_s, max(1, limit // 4)
+        self.names = frozenset(_bare(name) for name in (*names, socket.gethostname()))
         self.count = 0  # connections admitted and not yet closed
         self.peers: collections.Counter[str] = collections.Counter()  # of them, from other machines, by address
         self.refused = _Tally(logger, f"answered %d connection(s) 503 and closed them: {limit} were open, the cap "
@@ -125,6 +131,10 @@ class Door:
         self.busy = _answer(f"{who} has {limit} connections open, its cap (--max-connections)\n")
         self.busy_here = _answer(f"{who} has {self.per_address} connections open from this address, a quarter of "
                                  f"its cap (--max-connections)\n")
+        self.rebound = _Tally(logger, "answered %d request(s) 403 that reached loopback naming another host (a web "
+                                      "page's name pointed at this machine; a proxy's public name: --allow-host)")
+        self.other_host = _answer(f"{who} answers only to this machine's names here (see --allow-host)\n",
+                                  "403 Forbidden")
 
     def enter(self, transport: asyncio.BaseTransport) -> bool:
         """Count a new connection in: False (answered 503, closed, counted) when the cap or its address's share is
@@ -141,6 +151,19 @@ class Door:
             self.peers[peer] += 1
         return True
 
+    def misnamed(self, hosts: Iterable[str], transport: asyncio.BaseTransport | None) -> bool:
+        """Whether a request that reached a loopback address names (its ``Host``) neither an address, ``localhost``
+        nor one of :attr:`names`: a web page whose site's name was pointed at 127.0.0.1 (DNS rebinding) would read
+        the frames as its own, which the ``Origin`` check cannot tell. Counted."""
+        own = transport.get_extra_info("sockname") if transport is not None else None
+        address = _address(own[0]) if isinstance(own, tuple) and own else None
+        if address is None or not address.is_loopback:
+            return False
+        if all(_local(_bare(_host_of(host)), self.names) for host in hosts):
+            return False
+        self.rebound.add()
+        return True
+
     def leave(self, transport: asyncio.BaseTransport) -> None:
         """A connection that :meth:`enter` took has closed: its place is free."""
         self.count -= 1
@@ -151,13 +174,44 @@ class Door:
 
     def close(self) -> None:
         """Say what is still uncounted in the log."""
-        for tally in (self.refused, self.crowded, self.timed_out):
+        for tally in (self.refused, self.crowded, self.timed_out, self.rebound):
             tally.say()
 
 
-def _answer(body: str) -> bytes:
-    return (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+def allow_host_option(parser: Any) -> None:
+    """The ``--allow-host`` option of the viewer and the Foxglove bridge (an argparse parser)."""
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME", type=_name_arg,
+                        help="a host name a request reaching loopback may name besides addresses, localhost and this "
+                        "machine's name (a reverse proxy's public name; repeat for more): others are answered 403, "
+                        "as a web page whose name was pointed at this machine (DNS rebinding)")
+
+
+def _name_arg(text: str) -> str:
+    if not (name := _bare(text)) or any(char in name for char in ":/[]@ \t"):
+        raise argparse.ArgumentTypeError(f"a host name, without scheme or port, got {text!r}")
+    return name
+
+
+def _answer(body: str, status: str = "503 Service Unavailable") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nConnection: close\r\n"
             f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def _host_of(header: str) -> str:
+    """The host of a ``Host`` header's value (``name:port``, ``[v6]:port``, ``name``)."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    name, colon, port = header.rpartition(":")
+    return name if colon and port.isdigit() else header
+
+
+def _bare(name: str) -> str:
+    return name.strip().lower().removesuffix(".")  # a name's case and its root's dot name the same host
+
+
+def _local(name: str, names: frozenset[str]) -> bool:
+    """An address, ``localhost`` or a name under it (RFC 6761: never looked up elsewhere), or one of ``names``."""
+    return _address(name) is not None or name == "localhost" or name.endswith(".localhost") or name in names
 
 
 def _remote_address(transport: asyncio.BaseTransport) -> str | None:
@@ -166,12 +220,17 @@ def _remote_address(transport: asyncio.BaseTransport) -> str | None:
     peer, own = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
     if not isinstance(peer, tuple) or not peer or (isinstance(own, tuple) and own and own[0] == peer[0]):
         return None
+    address = _address(peer[0])
+    return None if address is None or address.is_loopback else str(address)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an address (an IPv4 client of a dual-stack socket, ``--host ''``, as IPv4's); None if none."""
     try:
-        address = ipaddress.ip_address(peer[0])
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
-    address = getattr(address, "ipv4_mapped", None) or address  # an IPv4 client of a dual-stack socket (--host '')
-    return None if address.is_loopback else str(address)
+    return getattr(address, "ipv4_mapped", None) or address
 
 
 class Gate(Door):
@@ -179,8 +238,8 @@ class Gate(Door):
     once the runner is set up). The app calls :meth:`requested` as each request starts (a middleware). Args: as
     :class:`Door`'s."""
 
-    def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S) -> None:
-        super().__init__(limit, request_s)
+    def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S, names: Iterable[str] = ()) -> None:
+        super().__init__(limit, request_s, names=names)
         self.handlers: Callable[[], asyncio.Protocol] | None = None
         self.open: dict[asyncio.BaseTransport, asyncio.TimerHandle | None] = {}  # with its first request's deadline
 

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import threading
+from typing import Iterable
 
 from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, REQUEST_S, Door, listen
 
@@ -34,12 +35,12 @@ class Relay(Door):
 
     Args:
         upstream: the SDK server's port on loopback.
-        limit, request_s: as :class:`~streamfuse.view.gate.Door`'s.
+        limit, request_s, names: as :class:`~streamfuse.view.gate.Door`'s (``host`` is one of the names).
     """
 
     def __init__(self, host: str, port: int, upstream: int, limit: int = MAX_CONNECTIONS,
-                 request_s: float = REQUEST_S) -> None:
-        super().__init__(limit, request_s, who="the Foxglove bridge", logger=log)
+                 request_s: float = REQUEST_S, names: Iterable[str] = ()) -> None:
+        super().__init__(limit, request_s, who="the Foxglove bridge", logger=log, names=(host, *names))
         self.host, self.port, self.upstream = host, port, upstream
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
@@ -104,6 +105,10 @@ class Relay(Door):
                 return
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 return  # gone, or a head over MAX_HEAD: no WebSocket client
+            hosts = [line[5:].decode("latin-1") for line in head.split(b"\r\n")[1:] if line[:5].lower() == b"host:"]
+            if self.misnamed(hosts, writer.transport):
+                writer.write(self.other_host)
+                return
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
             try:
                 up_writer.write(head)

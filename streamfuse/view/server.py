@@ -33,7 +33,7 @@ from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled
 from streamfuse.view.feed import Feed
-from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, Gate, listen, most_connections
+from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, Gate, allow_host_option, listen, most_connections
 
 __all__ = ["main", "make_app", "serve", "Served", "url_host"]
 
@@ -54,6 +54,8 @@ def make_app(feed: Feed, gate: Gate):  # noqa: ANN201 - aiohttp.web.Application,
     @web.middleware
     async def requested(request: web.Request, handler: Any) -> web.StreamResponse:
         gate.requested(request.transport)
+        if gate.misnamed(request.headers.getall("Host", ()), request.transport):
+            raise web.HTTPForbidden(text="the viewer answers only to this machine's names here (see --allow-host)\n")
         return await handler(request)
 
     app = web.Application(middlewares=[requested])
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-connections", type=int_at_least(1, most), default=min(MAX_CONNECTIONS, most),
                         help="connections open at once (a page holds two); one more is answered 503 and closed (at "
                         "most the open-file limit, ulimit -n, less 192)")
+    allow_host_option(parser)
     key_options(parser)
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
                         help="give up after SECONDS without the pipeline's host name resolving (one started before "
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _main(feed: Feed, args: argparse.Namespace) -> int:
     host, port = ("127.0.0.1", 0) if args.screenshot else (args.host, args.port)
-    served = await serve(feed, host, port, Gate(args.max_connections))
+    served = await serve(feed, host, port, Gate(args.max_connections, names=(host, *args.allow_host)))
     try:
         url = f"http://{url_host(host)}:{served.port}/"
         if args.screenshot:
