@@ -171,6 +171,15 @@ class SyntheticSource(BaseSource):
         self.live = self.cfg.realtime
         self._scene = SyntheticScene(self.cfg.width, self.cfg.height, self.cfg.seed)
 
+    def skip(self, n: int) -> int:
+        """Step ``n`` frames on unrendered on the virtual clock (a frame there is a function of its seq alone: a
+        restarted producer rendered every frame delivered since the run began first); live, as any source."""
+        if self.cfg.realtime:
+            return super().skip(n)
+        self.open()
+        self._seq += n
+        return n
+
     def _read(self) -> Frame:
         t_ns, mono_ns = self._seq * self._period_ns, 0  # the virtual clock, unless live
         if self.cfg.realtime:

@@ -516,6 +516,21 @@ def _looped_source(kind: str, folder: Path, frames: int) -> SourceConfig:
     return SourceConfig(kind="folder", path=str(folder), fps=10, realtime=False, loop=True)
 
 
+def test_a_virtual_clock_synthetic_source_skips_unrendered_and_goes_on_as_if_it_had_rendered(monkeypatch):
+    """Its frames are a function of their seq: a restarted producer rendered every frame delivered since the run began
+    before its first new one (an hour at 30 frames/s: 108,000)."""
+    cfg = SourceConfig(kind="synthetic", width=32, height=24, realtime=False, seed=5)
+    with open_source("vis", cfg) as src:
+        expected = [src.read() for _ in range(41)][-1]
+    monkeypatch.setattr(SyntheticScene, "render_vis", lambda *args: pytest.fail("rendered while skipping"))
+    with open_source("vis", cfg) as src:
+        assert src.skip(40) == 40
+        monkeypatch.undo()
+        got = src.read()
+    assert (got.seq, got.t_capture_ns) == (expected.seq, expected.t_capture_ns)
+    np.testing.assert_array_equal(got.image, expected.image)
+
+
 @pytest.mark.parametrize("kind", ["file", "folder", "folder16", "mcap"])
 @pytest.mark.parametrize("n", [3, 5 * 12, 5 * 12 + 2])
 def test_a_looped_source_skips_whole_passes_unread_and_goes_on_as_if_it_had_read_them(tmp_path, monkeypatch, kind, n):
