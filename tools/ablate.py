@@ -195,21 +195,27 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--set {override}: the rows take overrides of {', '.join(ROW_SECTIONS)} (the weights once)")
     if args.json is not None and is_eval_file(args.json, args.out):
         p.error(f"--json {args.json} is a file that --out gets (its table, CSV, montage or configs); name another")
+    out_folders = (args.out.resolve(), *args.out.resolve().parents)  # one that exists: check_outputs says so below
+    if args.json is not None and not args.json.exists() and args.json.resolve() in out_folders:
+        p.error(f"--json {args.json} is the --out folder {args.out} or a folder above it; name a file")
     data = args.data / args.dataset
     dir_ir, dir_vis = (args.ir, args.vis) if args.ir else (data / "ir", data / "vi")
-    try:
-        check_outputs({"IR": dir_ir, "visible": dir_vis}, {"--out": args.out}, {"--json": args.json})
+    published = [d / "msrs_test" for d in sorted((args.data / "reference").glob("*"))
+                 if args.ir is None and args.dataset == "msrs/test" and (d / "msrs_test").is_dir()]
+    try:  # the published folders are inputs too: --json was written over one of their images
+        check_outputs({"IR": dir_ir, "visible": dir_vis, **{f"published ({d.parent.name})": d for d in published}},
+                      {"--out": args.out}, {"--json": args.json})
         weights = [f"hclfuse.weights={args.weights}"] * bool(args.weights)
         cfg = load_config(resolve(args.config), args.overrides + weights)
         pairs = find_pairs(dir_ir, dir_vis, args.limit)
         rows = methods(cfg, args.steps, pairs, not args.no_baselines)
-        refs = args.data / "reference"
-        rows += [Method(d.name, fused_dir=d / "msrs_test") for d in sorted(refs.glob("*"))
-                 if args.ir is None and args.dataset == "msrs/test" and (d / "msrs_test").is_dir()]
+        rows += [Method(d.parent.name, fused_dir=d) for d in published]
+        # before the table is put in place: a run stopped meanwhile left --out this run's and --json an earlier one's
+        energies = guidance_energies(cfg, pairs) if args.json is not None else {}
         result = evaluate_dir(dir_ir, dir_vis, rows, args.out, limit=args.limit, reference=DEFAULT)
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            report = {**summary(result), "guidance_energies": guidance_energies(cfg, pairs)}
+            report = {**summary(result), "guidance_energies": energies}
             write_file(args.json, (json.dumps(report, indent=1) + "\n").encode())
     except ConfigError as exc:
         raise SystemExit(config_error("ablate", exc)) from None

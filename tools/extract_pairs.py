@@ -85,7 +85,10 @@ def _partner(ir_path: Path, vis_dir: Path) -> Path:
 def _clips(videos: Path) -> list[tuple[Path, Path]]:
     """The (IR, visible) video pairs under ``videos``, by IR name; ValueError (one line) on a missing partner, or two
     IR videos of one stem (their pairs would be written over each other)."""
-    clips = sorted(p for p in (videos / "ir").glob("*") if p.is_file())
+    if (videos / "ir").resolve() == (videos / "vi").resolve():
+        raise ValueError(f"{videos}: ir/ and vi/ are one folder (each IR video would be its own visible one)")
+    # hidden files are none: a Mac's "._NAME.mp4" (its metadata, copied onto a drive beside NAME.mp4)
+    clips = sorted(p for p in (videos / "ir").glob("*") if p.is_file() and not p.name.startswith("."))
     if not clips:
         raise ValueError(f"no videos under {videos / 'ir'}")
     stems = [p.stem for p in clips]

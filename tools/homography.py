@@ -45,6 +45,8 @@ def point_pair(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     try:
         ir, vis = text.split("=")
         (x, y), (u, v) = (tuple(float(c) for c in side.split(",")) for side in (ir, vis))
+        if not np.isfinite([x, y, u, v]).all():  # nan, inf: "three of them on one line" said the fit
+            raise ValueError
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not IR_X,IR_Y=VIS_X,VIS_Y (e.g. 102,88=215,170)") from None
     return (x, y), (u, v)

@@ -34,6 +34,7 @@ quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (n
 import numpy as np  # noqa: E402
 
 from streamfuse.bitdepth import To8Bit  # noqa: E402
+from streamfuse.capture.image_folder import play_order  # noqa: E402
 from streamfuse.checks import ConfigError  # noqa: E402
 from streamfuse.cli.args import Parser, config_error, config_value, data_dir, int_at_least, path_arg  # noqa: E402
 from streamfuse.eval_pairs import find_pairs, image_files, read_grey  # noqa: E402
@@ -63,6 +64,13 @@ def fused_frames(folder: Path, name: str, stems: list[str], shape: tuple[int, in
             raise ValueError(f"{files[s]}: fused frame is {frame.shape[1]}x{frame.shape[0]}, the clip's is "
                              f"{shape[1]}x{shape[0]}")
     return frames
+
+
+def in_play_order(pairs: list[tuple[str, Path, Path]]) -> list[tuple[str, Path, Path]]:
+    """A clip's pairs in the order a folder source plays its IR frames (``9.png`` before ``10.png``): by name as text,
+    frame 10 came between 1 and 2 where the names have no leading zeros."""
+    by_ir = {ir: pair for pair in pairs for ir in [pair[1]]}
+    return [by_ir[ir] for ir in play_order(by_ir)[0]]
 
 
 def clip_frames(pairs: list[tuple[str, Path, Path]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -136,7 +144,7 @@ def load(args: argparse.Namespace) -> tuple[dict, dict, list, PostConfig, Stabil
     names = [m.name for m in others + methods]
     if twice := sorted({n for n in names if names.count(n) > 1}):  # their rows would be one (--fused) or two alike
         raise ValueError(f"two methods named {twice[0]}: name them apart (NAME=DIR for --fused, a config file's name)")
-    listed = {clip.name: find_pairs(clip / "ir", clip / "vi") for clip in clips}  # (stem, ir path, vi path)
+    listed = {clip.name: in_play_order(find_pairs(clip / "ir", clip / "vi")) for clip in clips}  # (stem, IR, vi)
     frames = {name: clip_frames(pairs) for name, pairs in listed.items()}
     outputs = {m.name: {name: fused_frames(m.fused_dir / name, m.name, [s for s, _, _ in listed[name]],
                                            pairs[0][1].shape) for name, pairs in frames.items()} for m in others}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
+from collections.abc import Iterable
 from pathlib import Path
 from statistics import median
 
@@ -13,7 +14,7 @@ from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
-__all__ = ["FolderSource"]
+__all__ = ["FolderSource", "play_order"]
 
 
 def _number_key(path: Path) -> tuple[int, str]:
@@ -33,6 +34,19 @@ def _time_key(path: Path) -> tuple[tuple[Fraction, ...], str]:
 _FRAME_STEP = 4
 
 
+def play_order(files: Iterable[Path]) -> tuple[list[Path], list[int] | None]:
+    """``files`` in the order a folder source plays them, with their frame numbers where they are numbered as frames
+    (the usual step between two numbers at most ``_FRAME_STEP``); None where they are timed by position (no numbers,
+    repeated ones, time stamps), in time order as their numbers read whole."""
+    files = sorted(files, key=_number_key)
+    numbers = [_number_key(p)[0] for p in files]
+    steps = [b - a for a, b in zip(numbers, numbers[1:])]
+    frames = len(set(numbers)) == len(numbers) and min(numbers, default=-1) >= 0
+    if frames and (not steps or median(steps) <= _FRAME_STEP):
+        return files, numbers
+    return sorted(files, key=_time_key), None
+
+
 @register("source", "folder")
 class FolderSource(BaseSource):
     """Numbered image files sorted numerically. Numbered as frames are (the usual step between two numbers at most
@@ -45,15 +59,10 @@ class FolderSource(BaseSource):
         folder = Path(self.cfg.path)
         if not self.cfg.path or not folder.is_dir():
             raise SourceError(f"{self.section}: image folder not found: {self.cfg.path!r}")
-        self._files = sorted((p for p in folder.iterdir() if is_image_name(p)), key=_number_key)
+        self._files, numbers = play_order(p for p in folder.iterdir() if is_image_name(p))
         if not self._files:
             raise SourceError(f"{self.section}: no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-        numbers = [_number_key(p)[0] for p in self._files]
-        steps = [b - a for a, b in zip(numbers, numbers[1:])]
-        frames = len(set(numbers)) == len(numbers) and min(numbers) >= 0 and (not steps or median(steps) <= _FRAME_STEP)
-        if not frames:  # timed by position: in time order, as their numbers read whole
-            self._files.sort(key=_time_key)
-        self._numbers = numbers if frames else list(range(len(self._files)))
+        self._numbers = numbers if numbers is not None else list(range(len(self._files)))
         self._span = self._numbers[-1] - self._numbers[0] + 1  # a loop's next lap follows its last frame
 
     def _read(self) -> Frame | None:

@@ -305,3 +305,55 @@ def test_a_published_folder_lacking_images_says_its_own_pair_count(tool, folders
     assert summary["n"] == 3 and summary["rows"]["seafusion"]["n"] == 2
     assert {row["n"] for name, row in summary["rows"].items() if name != "seafusion"} == {3}
     assert "| seafusion | 2 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("out", ["s", "s/sub"])
+def test_json_that_is_the_out_folder_or_above_it_is_refused_before_any_work(out, tool, folders, tmp_path,
+                                                                             monkeypatch, capsys):
+    # the whole ablation ran, then its JSON could not be written over the folder its table went to
+    ir_dir, vis_dir = folders
+    monkeypatch.setattr(tool("ablate"), "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
+    with pytest.raises(SystemExit) as exc:
+        tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--json", str(tmp_path / "s"), "--out",
+                             str(tmp_path / out)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f": error: --json {tmp_path / 's'} is the --out folder {tmp_path / out} or a folder above it; name a file")
+
+
+def test_a_run_stopped_before_its_json_leaves_out_and_json_of_one_run(tool, folders, tmp_path, random_weights,
+                                                                       monkeypatch):
+    # the table went into --out before the energies were computed: a Ctrl-C then left it beside an earlier JSON
+    ir_dir, vis_dir = folders
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.md").write_text("earlier\n")
+
+    def table(dir_ir, dir_vis, rows, out, **kwargs):
+        from streamfuse.evaluation import EvalResult
+        (Path(out) / "metrics.md").write_text("this run's\n")
+        return EvalResult(means={"default": {"n": 3, **dict.fromkeys(METRICS, 1.0)}})
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tool("ablate"), "evaluate_dir", table)
+    monkeypatch.setattr(tool("ablate"), "guidance_energies", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--weights", str(random_weights), "--steps",
+                             "1", "--no-baselines", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "s.json")])
+    assert exc.value.code == 130 and (tmp_path / "out" / "metrics.md").read_text() == "earlier\n"
+
+
+def test_json_among_the_published_images_it_scores_is_refused(tool, folders, tmp_path, monkeypatch):
+    # the JSON was written over the published image it had just scored
+    ir_dir, vis_dir = folders
+    data = tmp_path / "shared"
+    shutil.copytree(ir_dir, data / "msrs" / "test" / "ir")
+    shutil.copytree(vis_dir, data / "msrs" / "test" / "vi")
+    image = data / "reference" / "seafusion" / "msrs_test" / "f0.png"
+    image.parent.mkdir(parents=True)
+    shutil.copy(vis_dir / "f0.png", image)
+    monkeypatch.setattr(tool("ablate"), "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
+    with pytest.raises(SystemExit, match=r"^ablate: --json .* is or lies in the published \(seafusion\) folder "):
+        tool("ablate").main(["--data", str(data), "--json", str(image), "--out", str(tmp_path / "out")])
+    assert image.read_bytes() == (vis_dir / "f0.png").read_bytes()

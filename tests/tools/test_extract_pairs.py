@@ -230,3 +230,21 @@ def test_frames_only_one_video_of_a_clip_reaches_are_not_pairs(tool, tmp_path):
     tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0", "--every", "3"])
     for sub in ("ir", "vi"):
         assert sorted(p.name for p in (tmp_path / "out" / sub).iterdir()) == ["a_00000.png", "a_00003.png"]
+
+
+def test_hidden_files_beside_the_videos_are_no_clips(tool, tmp_path):
+    # a Mac's "._a.mkv" (its metadata, copied onto a drive beside a.mkv) failed the run as a video that cannot decode
+    for sub in ("ir", "vi"):
+        _video(tmp_path / "v" / sub / "a.mkv", 2, 0)
+        (tmp_path / "v" / sub / "._a.mkv").write_bytes(b"Mac metadata")
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
+    assert [p.name for p in (tmp_path / "out" / "ir").iterdir()] == ["a_00001.png"]
+
+
+def test_a_visible_folder_that_is_the_ir_folder_is_refused(tool, tmp_path):
+    # each IR video was paired with itself, and its frames written as IR/visible pairs
+    _video(tmp_path / "v" / "ir" / "a.mkv", 2, 0)
+    (tmp_path / "v" / "vi").symlink_to("ir")
+    with pytest.raises(SystemExit, match=r"^extract_pairs: .*: ir/ and vi/ are one folder") as info:
+        tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()

@@ -44,10 +44,11 @@ def test_too_few_or_degenerate_points_are_one_line(tool, points, message):
         tool("homography").main(points)
 
 
-def test_a_point_not_written_as_a_pair_is_an_argument_error(tool, capsys):
+@pytest.mark.parametrize("point", ["1;1=2,2", "nan,1=2,2", "1,1=inf,2"])  # not a number: "three on one line" was said
+def test_a_point_not_written_as_a_pair_is_an_argument_error(tool, capsys, point):
     with pytest.raises(SystemExit) as stop:
-        tool("homography").main(["1,1=2,2", "1;1=2,2", "3,3=4,4", "5,5=6,6"])
-    assert stop.value.code == 2 and "'1;1=2,2' is not IR_X,IR_Y=VIS_X,VIS_Y" in capsys.readouterr().err
+        tool("homography").main(["1,1=2,2", point, "3,3=4,4", "5,5=6,6"])
+    assert stop.value.code == 2 and f"'{point}' is not IR_X,IR_Y=VIS_X,VIS_Y" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("which", ["ir", "vis"])

@@ -349,3 +349,14 @@ def test_folders_without_ir_beside_the_clips_are_not_clips(temporal, tmp_path, r
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
     temporal()
     assert "| method | stabilize / denoise | a | mean |" in capsys.readouterr().out
+
+
+def test_frames_numbered_without_leading_zeros_run_in_their_numbers_order(tool, tmp_path, monkeypatch):
+    # sorted as text, frame 10 came between 1 and 2: the flicker ratio and flow warp of the clip in another order
+    for sub in ("ir", "vi"):
+        (tmp_path / "a" / sub).mkdir(parents=True)
+        for i in range(12):
+            cv2.imwrite(str(tmp_path / "a" / sub / f"{i}.png"), np.full((8, 8), 10 * i, np.uint8))
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "average"])
+    frames, *_ = tool("temporal").load(tool("temporal").parse_args())
+    assert [int(vi[0, 0]) for _, vi in frames["a"]] == [10 * i for i in range(12)]
