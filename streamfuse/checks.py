@@ -158,9 +158,10 @@ def did_you_mean(key: Any, names: Iterable[str], homes: Mapping[str, Collection[
     the wrong one, else ``" (did you mean fps?)"`` for a key one or two letters off a known name; "" when none. The
     key found as it is wins: ``ir.weights`` is hclfuse's, not a misspelt ``height``."""
     text = str(key).strip()
-    near = difflib.get_close_matches(text.lower(), list(names), n=1, cutoff=0.75)
+    names = list(names)
+    near = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.75)
     elsewhere = [f"{section}.{text}" for section, keys in (homes or {}).items() if text in keys]
-    said = elsewhere or near[:1]
+    said = [text] if text in names else elsewhere or near[:1]  # its own, but for a space (a pasted no-break space)
     return f" (did you mean {' or '.join(said)}?)" if said else ""
 
 

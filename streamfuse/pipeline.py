@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.capture.producer_process import start_servers
-from streamfuse.capture.sources import CAPTURE_CLOCKS, SourceConfig
+from streamfuse.capture.sources import CAPTURE_CLOCKS, SourceConfig, SourceError
 from streamfuse.checks import ConfigError, shown
 from streamfuse.config import PipelineConfig
 from streamfuse.frames import STREAM_NAMES, Frame, FramePair, FusedFrame
@@ -45,6 +46,7 @@ class RunFailed(RuntimeError):
 
 
 _NEEDS_PATH = ("stream", "file", "folder", "mcap")  # a camera's empty path is its first device
+_ON_DISK = {"file": "video file", "folder": "image folder", "mcap": "recording"}  # as their sources name them
 
 
 def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = None, vis_path: str | None = None,
@@ -66,6 +68,10 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
         given = "--resume is" if resume and not (ir_path or vis_path) else "--ir/--vis are"
         raise ConfigError(f"{given} for replay: also give --out (or set replay.out in the config)")
     _refuse_unrunnable(cfg)  # before the publisher binds: a config's fault, said so
+    # before any process starts: a --duration that ended before a producer had opened its input was exit 0, unsaid
+    if missing := [f"{name}: {_ON_DISK[s.kind]} not found: {s.path}" for name, s in (("ir", cfg.ir), ("vis", cfg.vis))
+                   if s.kind in _ON_DISK and not os.path.exists(s.path)]:
+        raise SourceError("; ".join(missing))
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from streamfuse.checks import check, tcp_port_ok
 from streamfuse.shm_pool import MAX_SLOTS
-from streamfuse.wire import FORMATS, SHM_TOPIC_PREFIX
+from streamfuse.wire import FORMATS, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX
 
 __all__ = ["PublishConfig"]
 
@@ -82,8 +82,9 @@ class PublishConfig:
         check(1 <= self.h264_keyint <= 600, "h264_keyint", self.h264_keyint, "1..600")
         check(0 <= self.h264_crf <= 51, "h264_crf", self.h264_crf, "0..51")
         check(0 <= self.shm_slots <= MAX_SLOTS, "shm_slots", self.shm_slots, f"0 (off) .. {MAX_SLOTS}")
-        check(not self.topic.startswith(SHM_TOPIC_PREFIX), "topic", self.topic, f"a topic not starting with "
-              f"{SHM_TOPIC_PREFIX} (reserved for shared-memory descriptors)")
+        check(not self.topic.startswith((SHM_TOPIC_PREFIX, RING_TOPIC_PREFIX)), "topic", self.topic, f"a topic not "
+              f"starting with {SHM_TOPIC_PREFIX} or {RING_TOPIC_PREFIX} (reserved for shared-memory descriptors and "
+              f"their ring: no consumer takes it)")
         check(0 <= self.wait_subscriber_s <= 3600, "wait_subscriber_s", self.wait_subscriber_s, "0 (off) .. 3600 s")
         check(self.preview_width == 0 or 16 <= self.preview_width <= 4096, "preview_width", self.preview_width,
               "0 (off) or 16..4096 pixels")

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from streamfuse.checks import check
-from streamfuse.frames import FramePair
+from streamfuse.frames import FramePair, SizeMismatch
 
 __all__ = ["RegisterConfig", "Registration"]
 
@@ -58,11 +58,25 @@ class Registration:
     def __init__(self, cfg: RegisterConfig = RegisterConfig(), resize: str = "resize") -> None:
         self.matrix = np.reshape(cfg.homography, (3, 3)).astype(np.float64) if cfg.homography else None
         self.resize = resize
+        self._seen: tuple = ()  # the IR and visible frame sizes found to share a view (see _check_view)
 
     def __call__(self, pair: FramePair) -> np.ndarray:
         if self.matrix is None:
             return pair.ir_at_vis_size(self.resize)
         ir, (h, w) = pair.ir.image, pair.vis.image.shape[:2]
+        if self._seen != (ir.shape[:2], (h, w)):
+            self._check_view(ir.shape[:2], (h, w))
         fill = float(np.median(ir[::4, ::4]))  # every 16th pixel: the level, at a sixteenth of the cost per frame
         return cv2.warpPerspective(ir, self.matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                    borderValue=fill)
+
+    def _check_view(self, ir_size: tuple[int, ...], vis_size: tuple[int, int]) -> None:
+        """SizeMismatch (one line) when the homography puts no pixel of an IR frame of ``ir_size`` on the visible
+        frame: the fusion would get only the fill, and the run would look fused without any IR in it."""
+        (ih, iw), (h, w) = ir_size, vis_size
+        view = cv2.warpPerspective(np.ones((ih, iw), np.uint8), self.matrix, (w, h), flags=cv2.INTER_NEAREST)
+        if not view.any():
+            raise SizeMismatch(f"register.homography puts no pixel of the {iw}x{ih} IR frame on the {w}x{h} visible "
+                               f"frame (a matrix for other frame sizes, or visible -> IR?); check it with "
+                               f"tools/homography.py --overlay")
+        self._seen = (ir_size, vis_size)

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamfuse.capture.shm_hold import in_use
 from streamfuse.capture.shm_ring import SHM_DIR, process_alive, remove_stale
 from streamfuse.pool_ring import ENTRY_BYTES, RingReader, RingWriter, cpu_supported, ring_size
 
@@ -172,6 +173,7 @@ class ShmPool:
             raise PoolError(f"cannot create shared memory {path}: {exc.strerror}") from None
         self._finalizer = weakref.finalize(self, _unlink, path)  # also at interpreter exit without close()
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # in use, also to runs in other PID namespaces (shm_hold, remove_stale)
             os.ftruncate(fd, size)
             os.posix_fallocate(fd, 0, size)  # fail now, not with SIGBUS on a full /dev/shm later
             self._m = _Mapping(fd, size, writable=True)
@@ -355,8 +357,9 @@ class PoolReader:
         return view
 
     def writer_alive(self) -> bool:
-        """False once the publisher process that made the pool (its id is in the name) is gone."""
-        return process_alive(self.pid)
+        """False once the publisher process that made the pool (its id is in the name) is gone: its id, or its lock
+        on the pool for a reader in another PID namespace (a container), where that id means another process or none."""
+        return process_alive(self.pid) or in_use(SHM_DIR / self.name)
 
     def release(self) -> None:
         """Let the writer have the slot of the last frame returned again."""

@@ -157,7 +157,9 @@ def test_endpoints_of_every_form_still_load(endpoint):
                                        ({"sync": {"fps": 5}}, "sync.fps (did you mean ir.fps or vis.fps?); "),
                                        ({"ir": {"slop_ms": 5}}, "ir.slop_ms (did you mean sync.slop_ms?); "),
                                        ({"ir": {"weights": "a.pt"}}, "ir.weights (did you mean hclfuse.weights?); "),
-                                       ({"fps": 5}, "unknown config key fps (did you mean ir.fps or vis.fps?); ")])
+                                       ({"fps": 5}, "unknown config key fps (did you mean ir.fps or vis.fps?); "),
+                                       # a pasted no-break space: the section's own key, not ir's or vis's
+                                       ({"publish": {"topic\xa0": "x"}}, "'topic\\xa0' (did you mean topic?); ")])
 def test_a_misspelt_key_gets_the_nearest_name(raw, said):
     with pytest.raises(ConfigError) as exc:
         config_from_dict(raw)

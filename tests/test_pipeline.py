@@ -397,6 +397,22 @@ def test_a_run_whose_endpoint_is_taken_leaves_no_recording_file(tmp_path):
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.parametrize(("kind", "what"), [("file", "video file"), ("folder", "image folder"), ("mcap", "recording")])
+def test_missing_inputs_are_refused_before_any_process_starts(tmp_path, monkeypatch, kind, what):
+    # a --duration that ended before the producers had opened their inputs (a busy machine) was exit 0, unsaid
+    from streamfuse import pipeline
+    from streamfuse.capture.sources import SourceError
+    from streamfuse.config import load_config
+    from streamfuse.configs import resolve
+
+    monkeypatch.setattr(pipeline, "run_live", lambda *args, **kwargs: pytest.fail("the run started"))
+    cfg = load_config(resolve("demo"), [f"{s}.{k}={v}" for s in ("ir", "vis")
+                                        for k, v in (("kind", kind), ("path", tmp_path / s), ("realtime", "false"))])
+    with pytest.raises(SourceError) as exc:
+        pipeline.run(cfg, duration_s=0.5)
+    assert str(exc.value) == f"ir: {what} not found: {tmp_path / 'ir'}; vis: {what} not found: {tmp_path / 'vis'}"
+
+
 def test_two_missing_video_files_are_both_named_in_one_line(tmp_path):
     paths = {s: tmp_path / f"{s}.mp4" for s in ("ir", "vis")}
     sources = [a for s, p in paths.items() for a in ("--set", f"{s}.kind=file", "--set", f"{s}.path={p}")]

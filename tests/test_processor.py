@@ -251,6 +251,17 @@ def test_beyond_the_warped_view_is_the_median_level_not_the_edge_repeated():
     assert (out[:, :8] == 120).all() and (out[:, 8:10] == 250).all()
 
 
+@pytest.mark.parametrize("homography", [(1, 0, 10_000, 0, 1, 0, 0, 0, 1),  # far to the right of the visible frame
+                                        (2, 0, 0, 0, 2, -500, 0, 0, 1)])  # for 10x larger frames: above it
+def test_a_homography_that_puts_no_ir_pixel_on_the_visible_frame_is_refused_in_one_line(homography):
+    # one fitted to other frame sizes, or visible -> IR: the IR frame's median filled every pixel, a fused stream
+    # with no IR in it, without a word
+    register = Registration(RegisterConfig(homography=homography), "error")
+    with pytest.raises(ValueError, match=r"^register.homography puts no pixel of the 32x24 IR frame on the 64x48 "):
+        register(FramePair(Frame("ir", 0, 0, np.full((24, 32), 200, np.uint8)),
+                           Frame("vis", 0, 0, np.zeros((48, 64, 3), np.uint8))))
+
+
 @pytest.mark.parametrize("homography, allowed", [
     ((1, 0, 0, 0, 1, 0, 0, 0), "9 finite numbers"),  # one number short
     ((1, 0, 0, 0, 1, 0, 0, 0, float("nan")), "9 finite numbers"),

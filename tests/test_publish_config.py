@@ -39,6 +39,7 @@ def test_a_value_just_outside_its_range_is_refused_naming_its_key(key: str, valu
     ({"topic": "stats/rig0/frames", "stats_topic": "stats/rig0"}, "stats_topic"),  # topic under stats_topic
     ({"topic": "shm/fused/rig0"}, "topic"),  # the shared-memory descriptors' prefix
     ({"topic": "shm/"}, "topic"),
+    ({"topic": "ring/rig0"}, "topic"),  # the ring readers' prefix: every consumer refuses a topic under it
 ])
 def test_topics_that_would_take_each_others_messages_are_refused(changes: dict, key: str) -> None:
     # a subscriber of one topic also gets every message whose topic it prefixes (ZeroMQ matches prefixes)

@@ -779,6 +779,18 @@ def test_an_encoder_that_refuses_the_frame_size_says_so_before_any_frame(tmp_pat
     assert len(list(decode_frames(tmp_path / "o.mkv"))) == 1
 
 
+def test_a_replay_started_with_its_stderr_closed_writes_its_output(tmp_path, clip):
+    # 2>&- (a cron job's, a service's): sys.stderr None, on which the progress bar raised an AttributeError before the
+    # first frame, a traceback nobody saw: status 1 and no output
+    ir, vis, _ = clip
+    out = tmp_path / "fused.mkv"
+    proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" 2>&-', sys.executable, "-m", "streamfuse", "replay", "--ir",
+                           str(ir), "--vis", str(vis), "--out", str(out), "--set=fuse.name=max",
+                           "--set=replay.codec=ffv1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert decoded(out)[1] and not partial_path(out).exists()
+
+
 def test_replay_config_is_valid_and_replays(tmp_path, clip):
     from streamfuse.config import load_config
 

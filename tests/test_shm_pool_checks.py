@@ -51,3 +51,30 @@ def test_a_pool_whose_ring_is_not_where_its_slots_say_is_refused(word: int) -> N
             PoolReader(name)
     finally:
         (SHM / name).unlink()
+
+
+def test_a_running_publishers_pool_is_not_stale_to_a_run_in_another_pid_namespace(monkeypatch) -> None:
+    # a container sharing /dev/shm, to which this pid means no process, freed the pool its same-host consumers read
+    from streamfuse.capture import shm_ring
+    from streamfuse.shm_pool import remove_stale_pools
+
+    alive = shm_ring.process_alive
+    monkeypatch.setattr(shm_ring, "process_alive", lambda pid: pid != os.getpid() and alive(pid))  # as seen there
+    with ShmPool(2, 64) as pool:
+        assert pool.name not in remove_stale_pools()
+        assert (SHM / pool.name).exists()
+
+
+def test_a_reader_in_another_pid_namespace_sees_the_publisher_alive_until_it_is_gone(monkeypatch) -> None:
+    # a consumer in a container sharing /dev/shm, where the pool's pid is no process, left the ring of a running
+    # publisher at every wait ("left by its publisher") and never read it
+    monkeypatch.setattr("streamfuse.shm_pool.process_alive", lambda pid: False)  # as seen there
+    pool = ShmPool(2, 64)
+    reader = PoolReader(pool.name)
+    try:
+        assert reader.writer_alive()
+        pool.close()
+        assert not reader.writer_alive()
+    finally:
+        reader.close()
+        pool.close()

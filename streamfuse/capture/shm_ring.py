@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from streamfuse.capture.shm_hold import hold, hold_semaphore, in_use, release
 from streamfuse.frames import Frame
 
 __all__ = ["ShmRing", "SHM_PREFIX", "named_semaphore", "process_alive", "remove_stale"]
@@ -88,8 +89,9 @@ class _NamedSemaphore(synchronize.Semaphore):
 
 
 def named_semaphore(ctx: Any, value: int = 0) -> synchronize.Semaphore:
-    """A process-shared semaphore of ``ctx`` whose name :func:`remove_stale` can attribute to its creator."""
-    return _NamedSemaphore(value, ctx=ctx)
+    """A process-shared semaphore of ``ctx`` whose name :func:`remove_stale` can attribute to its creator, held
+    (``shm_hold``) while it lives."""
+    return hold_semaphore(_NamedSemaphore(value, ctx=ctx))
 
 
 def process_alive(pid: int) -> bool:
@@ -127,7 +129,7 @@ def remove_stale(prefix: str = SHM_PREFIX, directory: Path = SHM_DIR) -> list[st
     removed = []
     for path in directory.iterdir():
         match = pattern.match(path.name)
-        if match and not process_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))) and not in_use(path):  # in use: another PID namespace's
             # another start got there first; another user's, in a folder where only its owner may unlink (/dev/shm is
             # sticky): theirs to free, never a reason to stop this run
             with contextlib.suppress(FileNotFoundError, PermissionError):
@@ -157,7 +159,7 @@ class ShmRing:
             raise ValueError(f"slots={slots}, slot_bytes={slot_bytes}: both must be >= 1")
         ctx = ctx or mp.get_context("spawn")
         self.stream, self.slots, self.policy = stream, slots, policy
-        self._lock = _NamedLock(ctx=ctx)
+        self._lock = hold_semaphore(_NamedLock(ctx=ctx))
         self._data_bell = data_bell if data_bell is not None else named_semaphore(ctx)
         self._space_bell = named_semaphore(ctx)
         self._base = _owned_name()
@@ -189,11 +191,17 @@ class ShmRing:
     def _create(self, gen: int, slot_bytes: int) -> shared_memory.SharedMemory:
         slot_bytes = _round_up(slot_bytes)
         meta = _round_up(8 * (_H_LEN + _M_LEN * self.slots))
-        shm = shared_memory.SharedMemory(name=self._name(gen), create=True, size=meta + self.slots * slot_bytes)
+        size = meta + self.slots * slot_bytes
+        try:
+            shm = shared_memory.SharedMemory(name=self._name(gen), create=True, size=size)
+        except OSError as exc:  # ENOMEM under a memory limit (ulimit -v): the bare errno named nothing
+            raise OSError(exc.errno, f"cannot map the {self.stream} capture ring ({size} bytes): "
+                                     f"{exc.strerror}") from None
         hdr = np.ndarray((_H_LEN,), np.int64, shm.buf)
         hdr[:] = 0
         hdr[_H_MAGIC], hdr[_H_SLOTS], hdr[_H_SLOT_BYTES] = _MAGIC, self.slots, slot_bytes
         del hdr  # release the buffer export so the segment can be closed later
+        hold(shm.name)  # in use while this process lives, also to runs in other PID namespaces (remove_stale)
         return shm
 
     def _map(self, shm: shared_memory.SharedMemory) -> None:
@@ -213,6 +221,7 @@ class ShmRing:
         shm, self._shm = self._shm, None
         shm.close()
         if unlink:
+            release(shm.name)
             shm.unlink()
 
     def _grow(self, nbytes: int) -> None:
@@ -228,6 +237,8 @@ class ShmRing:
         self._retired_written += int(self._hdr[_H_HEAD])
         self._retired_drops += int(self._hdr[_H_DROPPED])
         successor = shared_memory.SharedMemory(name=self._name(int(self._hdr[_H_NEXT_GEN])))
+        if self._owner:  # the owner unlinks it: held as its own (the writer that made it may restart)
+            hold(successor.name)
         self._gen = int(self._hdr[_H_NEXT_GEN])
         self._unmap(unlink=self._owner)
         self._map(successor)
@@ -374,6 +385,7 @@ class ShmRing:
         except FileNotFoundError:
             return False
         orphan.close()
+        release(orphan.name)
         orphan.unlink()
         return True
 

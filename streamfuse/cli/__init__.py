@@ -140,10 +140,30 @@ def guarded(main: Callable[[], int | None], prog: str) -> int:
         return 1
 
 
+def _null_closed_streams() -> None:
+    """Give a standard output or error that the process started without (``>&-``, ``2>&-``; Python makes it None) to
+    /dev/null: left None, argparse's help, the log writer, a replay's progress bar and the exit's flush each failed
+    on it (a traceback, a finished live run's status 1, a replay that never started)."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_WRONLY)  # the lowest free descriptor: ``fd`` itself, unless 0 is closed too
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, "w", buffering=1, errors="backslashreplace", closefd=False))
+
+
 def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
     """``guarded(main, prog)``'s status, with ``command``'s stop signals (``STOPPED_BY``) taken from here on: one
     that comes before ``main`` has handlers of its own (its imports, its model's load) is one line and the status
     that command gives that stop; a Ctrl-C that ``main`` lets through is one line and 130."""
+    _null_closed_streams()
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # torch's MKL then aborts the process ("Cannot load libtorch_cpu.so"), a relative path
+        # is an [Errno 2] naming nothing
+        print(f"{prog}: error: its working folder was deleted; start it from one that exists", file=sys.stderr)
+        return 1
     signals, stopped = STOPPED_BY.get(command, ((), 0))
     try:
         with handled(raise_terminated, signals):

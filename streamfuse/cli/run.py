@@ -85,6 +85,14 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
             return 130
         print(f"streamfuse: error: {printable(exc)}", file=sys.stderr)
         return 1
+    except (ImportError, MemoryError) as exc:  # under a memory limit (ulimit -v, systemd's LimitAS=): a library that
+        # cannot be mapped ("failed to map segment from shared object"), an allocation refused
+        logging.getLogger("streamfuse").debug("failure", exc_info=True)
+        log_queue.flush()
+        what = "out of memory" if isinstance(exc, MemoryError) else "cannot load a library"
+        print(f"streamfuse: error: {what}: {printable(exc) or 'no memory left'} (is the process's memory limit, "
+              "ulimit -v, too low?)", file=sys.stderr)
+        return 1
 
 
 def replay_main(argv: list[str] | None = None) -> int:

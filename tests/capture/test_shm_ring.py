@@ -68,6 +68,17 @@ def test_frames_cross_processes_byte_exact_with_seq_and_time(shape: tuple[int, .
     assert_unlinked(name)
 
 
+def test_a_ring_that_cannot_be_mapped_is_named_in_its_error(monkeypatch) -> None:
+    # under ulimit -v a 4K camera's ring fails to map: the run ended on "[Errno 12] Cannot allocate memory" alone
+    def refused(*args, **kwargs):
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    monkeypatch.setattr(shared_memory, "SharedMemory", refused)
+    with pytest.raises(OSError, match=r"^\[Errno 12\] cannot map the vis capture ring \(\d+ bytes\): Cannot allocate "
+                                      "memory$"):
+        ShmRing("vis", slots=2, slot_bytes=12)
+
+
 def test_latest_policy_never_blocks_and_counts_overwritten_frames() -> None:
     with ShmRing("ir", slots=2, slot_bytes=48 * 64) as ring:
         # no reader at all, yet every write succeeds with no time at all to wait for space
@@ -278,3 +289,15 @@ def test_an_owner_that_writes_and_grows_unlinks_every_generation_on_close() -> N
     assert ring.name == f"{base}_g2"
     ring.close()
     assert not list(SHM_DIR.glob(f"{base}*"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists /dev/shm")
+def test_a_running_rigs_objects_are_not_stale_to_a_run_in_another_pid_namespace(monkeypatch) -> None:
+    """A container that shares /dev/shm sees no process of this pid (or another one): its start freed every object
+    of the rig running beside it, whose consumers lost its shared memory and whose stop ended in tracebacks."""
+    alive = shm_ring.process_alive
+    monkeypatch.setattr(shm_ring, "process_alive", lambda pid: pid != os.getpid() and alive(pid))  # as seen there
+    with ShmRing("ir", slots=1, slot_bytes=64) as ring:
+        names = [ring.name, *(f"sem.{s._semlock.name.lstrip('/')}" for s in (ring._lock, ring._space_bell))]
+        assert not set(names) & set(remove_stale())
+        assert all((SHM_DIR / name).exists() for name in names)

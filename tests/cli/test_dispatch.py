@@ -297,3 +297,25 @@ def test_a_tools_quiet_interrupt_shortens_only_a_ctrl_c(monkeypatch, capsys):
     sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
     sys.excepthook(ValueError, ValueError("a bug"), None)  # its traceback is Python's own
     assert capsys.readouterr().err == "temporal.py: interrupted\n" and seen == [ValueError]
+
+
+@pytest.mark.parametrize("argv", [["-m", "streamfuse", "replay", "-h"], [str(REPO / "run_stream.py"), "-h"]],
+                         ids=["replay", "run_stream.py"])
+def test_help_with_standard_output_closed_is_no_traceback(argv, tmp_path):
+    # a service started with its stdout closed (>&-) has sys.stdout None: argparse's help there was an AttributeError
+    # traceback and status 1
+    proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', sys.executable, *argv], cwd=tmp_path,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_a_command_started_in_a_deleted_folder_says_so_in_one_line(tmp_path):
+    # a working folder deleted under its launcher: torch's MKL aborted a run there ("Intel oneMKL FATAL ERROR: Cannot
+    # load libtorch_cpu.so", status 2), and a replay of relative paths said "[Errno 2] No such file or directory"
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.run(["sh", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(gone), sys.executable,
+                           str(REPO / "run_stream.py"), "--config", "replay", "--ir", "ir.mp4", "--vis", "vis.mp4",
+                           "--out", "fused.mkv"], capture_output=True, text=True, timeout=120)
+    said = "run_stream.py: error: its working folder was deleted; start it from one that exists\n"
+    assert (proc.returncode, proc.stderr) == (1, said)

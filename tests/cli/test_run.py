@@ -184,6 +184,23 @@ def test_a_sigterm_as_a_replay_of_the_configs_out_starts_is_a_stopped_replay(mon
     assert capsys.readouterr().err.splitlines()[-1] == "streamfuse run: interrupted (SIGTERM)"
 
 
+@pytest.mark.parametrize("exc, said", [
+    (ImportError("libtorch_cpu.so: failed to map segment from shared object"),
+     "cannot load a library: libtorch_cpu.so: failed to map segment from shared object"),
+    (MemoryError(), "out of memory: no memory left")], ids=["library", "allocation"])
+def test_a_memory_limit_too_low_is_one_line(monkeypatch, capsys, exc, said):
+    # under ulimit -v (systemd's LimitAS=) torch's or scipy's libraries cannot be mapped: a 60-line traceback
+    import streamfuse.pipeline
+
+    def short(cfg, **kw):
+        raise exc
+
+    monkeypatch.setattr(streamfuse.pipeline, "run", short)
+    assert main(["--config", "demo"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"streamfuse: error: {said} (is the process's memory limit, ulimit -v, too low?)"]
+
+
 def test_config_errors_come_before_the_pipelines_imports(tmp_path):
     code = ("import sys; from streamfuse.cli.run import main; code = main(['--config', 'demo', '--set', "
             "'fuse.stepz=1']); print(code, sorted(m for m in ('torch', 'ot', 'streamfuse.pipeline') "
@@ -272,3 +289,14 @@ def test_a_live_run_leaves_no_multiprocessing_folder_behind(tmp_path):
                           env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert not list(tmp_path.glob("pymp-*"))
+
+
+def test_a_live_run_started_with_its_stderr_closed_ends_as_it_would_with_it(tmp_path):
+    # a service started with 2>&- (sys.stderr None): the log writer died on its first line, and the exit's flush
+    # raised, so a run_stream.py that went well ended with status 1 after Python's whole teardown
+    small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 64), ("height", 48))]
+    proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" 2>&-', sys.executable, str(REPO / "run_stream.py"), "--config",
+                           "demo", "--set=fuse.name=max", "--set=publish.endpoint=tcp://127.0.0.1:*", *small,
+                           "--duration", "1"], cwd=REPO, env={**os.environ, "TMPDIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
