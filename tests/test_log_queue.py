@@ -60,7 +60,7 @@ def test_another_librarys_line_quoting_a_peer_is_escaped_and_clipped() -> None:
     """The Foxglove SDK quotes a client's bad message in its line whole, as it was: a peer's newline began a line that
     looked like the bridge's own, its escape sequence drew on the terminal, and messages of 8 MB made lines of 8 MB
     (20 of them every 10 s got past the throttle)."""
-    from streamfuse.log_queue import _OneLine
+    from streamfuse.log_queue import _MAX_OTHER_LINE, _OneLine
 
     formatter = _OneLine("%(levelname)s %(name)s: %(message)s")
 
@@ -72,6 +72,9 @@ def test_another_librarys_line_quoting_a_peer_is_escaped_and_clipped() -> None:
         r"ERROR foxglove.ws: Invalid message: unknown variant `x\nWARNING streamfuse.foxglove: forged\x1b[31m`"
     clipped = line("Invalid message: " + "x" * 1_000_000)
     assert len(clipped) < 2100 and clipped.endswith("x... (998036 characters more)"), clipped[-40:]
+    assert clipped.index("...") == _MAX_OTHER_LINE  # the line's first 2000 characters are kept, not one fewer
+    whole = "x" * (_MAX_OTHER_LINE - len("ERROR foxglove.ws: "))  # a line of just 2000 characters is kept whole
+    assert line(whole) == f"ERROR foxglove.ws: {whole}"
 
 def test_a_replay_summary_escapes_its_paths_and_keeps_its_lines() -> None:
     from streamfuse.replay.summary import ReplaySummary
@@ -183,7 +186,7 @@ def test_a_drop_count_is_kept_while_the_queue_stays_full_and_said_only_once(drop
 
 def test_the_end_of_a_window_that_was_followed_by_another_says_nothing() -> None:
     """A window's end that comes late, after the next window began and held lines back of its own, leaves those for
-    the next window's end (or its next line) to say."""
+    the next window's end (or its next line) to say, at their own level (not that of the lines held back before)."""
     from streamfuse.log_queue import _BURST, _WINDOW_S, _OneLine, _Throttle
 
     clock = [0.0]
@@ -191,7 +194,7 @@ def test_the_end_of_a_window_that_was_followed_by_another_says_nothing() -> None
     ends: list[tuple[float, Callable[[], None]]] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
-    handler.setFormatter(_OneLine("%(message)s"))
+    handler.setFormatter(_OneLine("%(levelname)s %(message)s"))
     handler.addFilter(_Throttle(lambda: clock[0], lambda delay, call: ends.append((delay, call))))
     peer = logging.getLogger("foxglove.test_log_queue_late")
     peer.propagate, peer.level = False, logging.INFO
@@ -201,14 +204,15 @@ def test_the_end_of_a_window_that_was_followed_by_another_says_nothing() -> None
             peer.error("flood %d", i)
         clock[0] += _WINDOW_S
         for i in range(_BURST + 2):  # the next window: its first line says the 3, then 2 held back
-            peer.error("flood %d", i)
+            peer.warning("flood %d", i)
         assert lines[_BURST].endswith("(3 lines of foxglove.test_log_queue_late before this one not shown)")
         first_end, second_end = ends[0][1], ends[1][1]
         shown = len(lines)
         first_end()  # late: the second window's 2 are not the first window's to say
         assert len(lines) == shown
         second_end()
-        assert lines[-1] == f"2 lines of foxglove.test_log_queue_late held back in the last {_WINDOW_S:g} s, not shown"
+        assert lines[-1] == (f"WARNING 2 lines of foxglove.test_log_queue_late held back in the last {_WINDOW_S:g} s, "
+                             f"not shown")
     finally:
         peer.removeHandler(handler)
         peer.propagate, peer.level = True, logging.NOTSET
@@ -332,5 +336,31 @@ def test_a_flush_after_one_that_found_the_queue_full_waits_for_the_lines_again(m
     lines.put("a line")
     log_queue.flush(0.01)  # no room for its mark: it gives up
     assert lines.get_nowait() == "a line"  # the writer catches up
+    log_queue.flush(0.01)
+    mark = lines.get_nowait()
+    assert isinstance(mark, threading.Event)
+    mark.set()  # written: the flush after it queues a mark of its own and waits for that one
+    log_queue.flush(0.01)
+    assert isinstance(lines.get_nowait(), threading.Event)
+
+
+class _CatchingUp(queue.Queue):
+    """A full queue whose writer takes a line while a put waits for room (a reader that was paused a moment)."""
+
+    def put(self, item, block=True, timeout=None) -> None:
+        if block and self.full():
+            self.get_nowait()
+        super().put(item, block, timeout)
+
+
+def test_a_flush_waits_for_room_in_a_full_queue_for_its_mark(monkeypatch) -> None:
+    """At exit the queue may be full of lines still being written: the flush waits for room up to its timeout, not
+    giving up at once (and letting the process exit before those lines are written)."""
+    from streamfuse import log_queue
+
+    lines = _CatchingUp(maxsize=1)
+    monkeypatch.setattr(log_queue, "_queue", lines)
+    monkeypatch.setattr(log_queue, "_pending", None)
+    lines.put_nowait("a line")
     log_queue.flush(0.01)
     assert isinstance(lines.get_nowait(), threading.Event)

@@ -77,6 +77,22 @@ def test_a_copy_holds_no_slot_and_a_mono_frame_has_two_axes() -> None:
             view.close()
 
 
+def test_the_next_descriptor_of_the_mapped_pool_keeps_its_mapping_and_held_slot() -> None:
+    # every descriptor names its pool: mapping it again for each one closed the mapping, and with it let go of the
+    # slot of the frame a caller was still reading without a copy
+    view = PoolView()
+    with ShmPool(1, 64) as pool:
+        try:
+            view.map(pool.name)
+            reader = view.reader
+            held = view.frame(_header(pool, *pool.write(_frame(1))), copy=False)
+            view.map(pool.name)
+            assert view.reader is reader and pool.write(_frame(2)) is None  # the one slot still held
+            np.testing.assert_array_equal(held, 1)
+        finally:
+            view.close()
+
+
 def test_close_lets_the_held_slot_go() -> None:
     view = PoolView()
     with ShmPool(1, 64) as pool:

@@ -76,11 +76,13 @@ def test_from_config_takes_the_stream_and_the_settings():
     processor = FrameProcessor.from_config(cfg)
     assert processor.stream == "fused/x" and processor.fuser.name == "max" and processor.register.resize == "error"
     assert processor.stabilize.rate == pytest.approx(0.5) and processor.post.encoding == "mono8"
-    assert FrameProcessor.from_config(cfg, _Recording(), stream="default").stream == "default"
+    recording = _Recording()
+    given = FrameProcessor.from_config(cfg, recording, stream="default")
+    assert given.stream == "default" and given.fuser is recording  # a fuser given (built once, shared) is the one used
     out = processor(still_pair(np.zeros((8, 8), np.uint8), np.full((8, 8, 3), 90, np.uint8)))
     assert isinstance(out, Processed) and out.image.shape == (8, 8) and out.image.dtype == np.uint8
-    with pytest.raises(ValueError, match="set resize: resize"):
-        processor(still_pair(np.zeros((4, 4), np.uint8), np.zeros((8, 8, 3), np.uint8)))
+    with pytest.raises(ValueError, match=r"IR frame 0 is 6x4 but visible frame 0 is 8x10; set resize: resize"):
+        processor(still_pair(np.zeros((4, 6), np.uint8), np.zeros((10, 8, 3), np.uint8)))  # width x height, each
 
 
 def test_timings_are_milliseconds_of_the_fuse_and_the_postprocess_stages(monkeypatch):

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from streamfuse.signals import (HANGUP, TERMINATE, Terminated, blocked, deferred, handled, interrupted,
+from streamfuse.signals import (HANGUP, STOP_SIGNALS, Terminated, blocked, deferred, handled, ignore_stops, interrupted,
                                raise_terminated)
 
 PATIENCE_S = 30.0  # how long the test waits for the stop that must come (a loaded machine can be slow)
@@ -28,15 +28,18 @@ def test_a_sigterm_during_an_import_stops_the_run_once_the_import_is_over(tmp_pa
     assert sys.modules[name].finished
 
 
-def test_a_stop_ignores_the_stops_that_come_after_it_until_the_block_ends():
-    # a second SIGTERM (a service manager sends it again) raised inside the first one's cleanup and cut it short
-    previous = {sig: signal.getsignal(sig) for sig in TERMINATE}
-    with handled(raise_terminated, TERMINATE):
-        with pytest.raises(Terminated, match=r"^interrupted \(SIGTERM\)$"):
-            signal.raise_signal(signal.SIGTERM)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, *HANGUP])
+def test_a_stop_ignores_the_stops_that_come_after_it_until_the_block_ends(stop):
+    # a second SIGTERM (a service manager sends it again) raised inside the first one's cleanup and cut it short; a
+    # terminal's hangup stops the run as SIGTERM does, and is named
+    stops = (signal.SIGTERM, *HANGUP)
+    previous = {sig: signal.getsignal(sig) for sig in stops}
+    with handled(raise_terminated, stops):
+        with pytest.raises(Terminated, match=rf"^interrupted \({stop.name}\)$"):
+            signal.raise_signal(stop)
             threading.Event().wait(PATIENCE_S)  # the stop ends this wait
-        assert {sig: signal.getsignal(sig) for sig in TERMINATE} == {sig: signal.SIG_IGN for sig in TERMINATE}
-    assert {sig: signal.getsignal(sig) for sig in TERMINATE} == previous
+        assert {sig: signal.getsignal(sig) for sig in stops} == {sig: signal.SIG_IGN for sig in stops}
+    assert {sig: signal.getsignal(sig) for sig in stops} == previous
 
 
 @pytest.mark.skipif(not HANGUP, reason="no SIGHUP on this platform")
@@ -49,6 +52,36 @@ def test_a_hangup_ignored_from_the_start_stays_ignored():
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
+def test_only_a_hangup_ignored_from_the_start_stays_ignored():
+    # nohup's choice is the hangup's alone: a Ctrl-C or SIGTERM ignored before the block (a shell's background job, a
+    # stop's cleanup) is the block's to handle
+    with handled(signal.SIG_IGN, (signal.SIGINT, signal.SIGTERM)):
+        with handled(raise_terminated):
+            assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGTERM) is raise_terminated
+
+
+def test_a_finished_process_ignores_ctrl_c_as_well_as_sigterm_and_a_hangup():
+    # one more Ctrl-C while it exits would end it by the signal, or print a traceback, instead of its status
+    with handled(raise_terminated, STOP_SIGNALS):  # the handlers before the test come back after it
+        ignore_stops()
+        assert {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, *HANGUP)} == {
+            sig: signal.SIG_IGN for sig in (signal.SIGINT, signal.SIGTERM, *HANGUP)}
+
+
+def test_a_block_outside_the_main_thread_runs_under_the_main_threads_handlers():
+    # Python sets handlers in the main thread only: signal.signal raised ValueError in a worker (a Ray actor's thread)
+    before, ran = signal.getsignal(signal.SIGTERM), []
+
+    def work() -> None:
+        with handled(signal.SIG_IGN), deferred() as got, blocked((signal.SIGTERM,)):
+            ran.append(got)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(PATIENCE_S)
+    assert ran == [[]] and signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_deferral_holds_only_the_signals_it_is_given():
     ctrl_c = signal.getsignal(signal.SIGINT)
     with deferred((signal.SIGTERM,)) as got:
@@ -56,6 +89,10 @@ def test_a_deferral_holds_only_the_signals_it_is_given():
         signal.raise_signal(signal.SIGTERM)  # its handler has run when it returns (it checks for signals)
         assert got == [signal.SIGTERM]
     assert got == [signal.SIGTERM]
+    with deferred() as got:  # each noted as the signal it was: the status the caller exits with says which
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        assert got == [signal.SIGINT, signal.SIGTERM]
 
 
 @pytest.mark.parametrize(("exc", "said"), [(Terminated("interrupted (SIGTERM)"), "interrupted (SIGTERM)"),
@@ -70,6 +107,20 @@ def test_a_signal_blocked_for_a_block_is_acted_on_as_it_ends():
     got = []
     with handled(lambda signum, _: got.append(signum), (signal.SIGTERM,)):
         with blocked((signal.SIGTERM,)):
+            signal.raise_signal(signal.SIGTERM)
+            assert got == [] and signal.SIGTERM in signal.sigpending()
+        assert got == [signal.SIGTERM]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks on this platform")
+def test_a_block_inside_another_leaves_the_signal_blocked_for_the_outer_one():
+    # the inner block's end put back the mask from before it, not one without its signals: a process started with them
+    # blocked (a signal mask outlives fork and exec) keeps them blocked for its parent
+    got = []
+    with handled(lambda signum, _: got.append(signum), (signal.SIGTERM,)):
+        with blocked((signal.SIGTERM,)):
+            with blocked((signal.SIGTERM,)):
+                pass
             signal.raise_signal(signal.SIGTERM)
             assert got == [] and signal.SIGTERM in signal.sigpending()
         assert got == [signal.SIGTERM]

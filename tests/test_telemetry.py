@@ -9,7 +9,8 @@ def test_snapshot_percentiles_and_counters():
     for ms in range(1, 201):  # the window keeps the last 100 samples: 101..200
         tel.record("fuse", float(ms))
     tel.count("published", 5)
-    tel.set("dropped.ir", 3)
+    tel.set("dropped.ir", 2)
+    tel.set("dropped.ir", 3)  # a total another component owns: its latest value, not a sum
     snap = tel.snapshot()
     fuse = snap["stages"]["fuse"]
     assert fuse["n"] == 100 and fuse["min_ms"] == 101.0
@@ -18,6 +19,8 @@ def test_snapshot_percentiles_and_counters():
     assert snap["counters"] == {"published": 5, "dropped.ir": 3}
     assert snap["interval_s"] == 5.0  # how often stats come: a consumer's stats link is silent after two of these
     assert "fuse=150.5/" in format_stats(snap) and "dropped.ir=3" in format_stats(snap)
+    tel.count("published")  # counting on leaves a snapshot already taken (handed to the stats publisher) as it was
+    assert snap["counters"] == {"published": 5, "dropped.ir": 3}
 
 
 def test_ranges():
@@ -82,9 +85,10 @@ def test_a_snapshot_counts_the_samples_a_stage_has_and_the_time_since_start(monk
     clock = iter([0.0, 5.0, 7.5])  # start, a periodic snapshot, the final one
     monkeypatch.setattr("streamfuse.telemetry.time.perf_counter", lambda: next(clock))
     tel = Telemetry(TelemetryConfig(window=1000))
-    for ms in (1.0, 2.0, 3.0):  # fewer than the window holds
+    for ms in (2.0, 1.0, 3.0):  # fewer than the window holds; the fastest is not the first
         tel.record("fuse", ms)
-    assert tel.snapshot()["stages"]["fuse"]["n"] == 3
+    fuse = tel.snapshot()["stages"]["fuse"]
+    assert fuse["n"] == 3 and fuse["min_ms"] == 1.0
     assert tel.snapshot()["uptime_s"] == 7.5  # since start, not since the snapshot before
 
 
@@ -106,3 +110,15 @@ def test_a_snapshot_right_after_a_later_one_measures_from_the_snapshot_just_befo
     tel.snapshot()
     tel.count("published", 1)
     assert tel.snapshot()["rate_fps"] == pytest.approx(51 / 5.004, abs=0.01)
+
+
+@pytest.mark.parametrize(("after_s", "rate"), [(2.4, 101 / 7.4), (2.5, 1 / 2.5)])
+def test_a_snapshot_measures_from_the_one_before_only_less_than_half_an_interval_after_the_last(monkeypatch, after_s,
+                                                                                              rate):
+    clock = iter([0.0, 5.0, 5.0 + after_s])  # start, a periodic snapshot, one 2.4 s (or 2.5 s) after it
+    monkeypatch.setattr("streamfuse.telemetry.time.perf_counter", lambda: next(clock))
+    tel = Telemetry(TelemetryConfig(interval_s=5.0))
+    tel.count("published", 100)
+    tel.snapshot()
+    tel.count("published", 1)
+    assert tel.snapshot()["rate_fps"] == pytest.approx(rate, abs=0.01)

@@ -42,6 +42,9 @@ def test_fuser_on_cpu(tmp_path, tiny):
     np.testing.assert_allclose(batch[0], out, atol=1e-4)
     with pytest.raises(ValueError, match="uint8"):
         fuser.fuse(ir.astype(np.float32), vis)
+    # the visible Y too, said by the fuser (not left to the alignment, which the "no OT" ablation does not run)
+    with pytest.raises(ValueError, match=r"hclfuse needs two \(H, W\) uint8 images.*visible Y \(37, 50\) uint16"):
+        fuser.fuse(ir, vis.astype(np.uint16))
 
 
 def test_warm_up_runs_the_engine_once_outside_every_stream(tmp_path, tiny, monkeypatch):
@@ -130,21 +133,26 @@ def test_the_model_section_reaches_the_net_and_the_engine(tmp_path, tiny, monkey
     assert [g.lambda0 for g in net.guide.guides] == pytest.approx([2.5 * lam for lam in LAMBDAS])
     assert (net.steps, net.use_student, net.image_steps, net.image_lambda) == (3, False, 2, 2.5 * IMAGE_LAMBDA)
     assert made[-1]["cuda_graphs"] is False  # a graph cannot capture the decoded-image guide's autograd
-    build_hclfuse(HCLFuseConfig(weights=str(path)), EngineConfig(device="cpu", threads=1), AlignConfig())
+    student = build_hclfuse(HCLFuseConfig(weights=str(path), steps=3), EngineConfig(device="cpu", threads=1),
+                            AlignConfig()).net
     assert made[-1]["cuda_graphs"] is True
+    assert (student.use_student, student.steps) == (True, tiny.student_steps)  # the teacher's K is not the student's
 
 
 OTHER_ALIGN = [({"reg": 0.01, "blend": 0.3}, True), ({"reg": 0.05, "blend": 0.15}, True),
                ({"reg": 0.01, "blend": 0.15}, False), ({}, False)]  # the defaults are reg 0.01, blend 0.15
 
 
+@pytest.mark.parametrize("enabled", [True, False], ids=["aligned", "no-ot"])
 @pytest.mark.parametrize(("trained", "warns"), OTHER_ALIGN, ids=["blend", "reg", "same", "none"])
-def test_weights_trained_with_another_alignment_warn(tmp_path, tiny, caplog, trained, warns):
+def test_weights_trained_with_another_alignment_warn(tmp_path, tiny, caplog, trained, warns, enabled):
+    # with the alignment off (the "no OT" ablation) its settings are not used: nothing to warn of
     path = tmp_path / "w.pt"
     save_weights(path, HCLFuseNet(tiny), extra={"align": trained})
     with caplog.at_level(logging.WARNING, logger="streamfuse.model.fuser"):
-        build_hclfuse(HCLFuseConfig(weights=str(path)), EngineConfig(device="cpu", threads=1), AlignConfig())
-    assert ("was trained with align" in caplog.text) == warns
+        build_hclfuse(HCLFuseConfig(weights=str(path)), EngineConfig(device="cpu", threads=1),
+                      AlignConfig(enabled=enabled))
+    assert ("was trained with align" in caplog.text) == (warns and enabled)
 
 
 @pytest.mark.parametrize("trained", [{"blend": "0.3", "reg": None}, [0.3], "blend", {"blend": [0.3]}],

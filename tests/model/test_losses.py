@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streamfuse.imageops.tensors import gradient_magnitude
+from streamfuse.imageops.tensors import gradient_magnitude, sobel
 from streamfuse.model.losses import LossConfig, fusion_target, hclfuse_losses, local_range
 from streamfuse.model.net import HCLFuseNet, ModelConfig
 
@@ -38,6 +38,8 @@ def test_losses_finite_with_flat_inputs_and_eps_term_uses_true_noise():
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
     perfect = {**out, "eps_pred": eps}
     assert hclfuse_losses(perfect, flat, flat, flat, eps, LossConfig(), 1)["noise"].item() == 0.0
+    off = {**out, "eps_pred": eps + 2.0}  # SmoothL1: |d| - 0.5 beyond 1 (the squared error would say 4)
+    assert hclfuse_losses(off, flat, flat, flat, eps, LossConfig(), 1)["noise"].item() == pytest.approx(1.5)
     assert out["fused"].shape == (4, 1, 32, 32)  # the posterior sample and the one-step prediction, both decoded
 
 
@@ -98,6 +100,10 @@ def test_each_fusion_term_reads_the_sources_its_definition_names():
     twice = lambda x: x.repeat(2, 1, 1, 1)  # noqa: E731 - the posterior sample's images, then the one-step's
     torch.testing.assert_close(terms["intensity"], F.l1_loss(fused, twice(torch.maximum(ir01, vis01))))
     torch.testing.assert_close(terms["rule"], F.l1_loss(fused, twice(fusion_target(ir_raw, vis01, cfg))))
+    # the stronger of the raw IR's and the visible's gradients, picked by the raw IR's magnitude (not the aligned IR's)
+    ir_stronger = gradient_magnitude(ir_raw) >= gradient_magnitude(vis01)
+    g_target = torch.where(ir_stronger, torch.cat(sobel(ir_raw), dim=1), torch.cat(sobel(vis01), dim=1))
+    torch.testing.assert_close(terms["gradient"], F.l1_loss(torch.cat(sobel(fused), dim=1), twice(g_target)))
     lo, hi = (twice(x) for x in local_range(torch.cat([ir_raw, ir01, vis01], dim=1), cfg.range_window))
     torch.testing.assert_close(terms["range"], (F.relu(fused - hi) + F.relu(lo - fused)).mean())
     assert terms["range"] > 0  # the three sources' range, not two: a random image leaves it somewhere
@@ -113,6 +119,15 @@ def test_the_latent_image_term_moves_the_encoder_not_the_decoded_image():
     terms = hclfuse_losses(out, ir01, vis01, ir_raw, torch.zeros_like(out["eps_pred"]), LossConfig(), 1)
     to_mu, to_fused = torch.autograd.grad(terms["latent_image"], [out["mu"], out["fused"]], allow_unused=True)
     assert to_fused is None and to_mu.abs().sum() > 0
+
+
+def test_the_latent_image_target_stays_in_the_latents_range():
+    # the decoder is not clamped in training: a decoded image above 1 asked mu, a tanh, for values beyond 1
+    out, ir01, vis01, ir_raw = _random_batch()
+    out["fused"] = torch.full_like(out["fused"], 1.3)
+    out["mu"][:, :1] = 1.0
+    terms = hclfuse_losses(out, ir01, vis01, ir_raw, torch.zeros_like(out["eps_pred"]), LossConfig(), 1)
+    assert terms["latent_image"].item() == 0.0
 
 
 def test_the_target_separates_base_and_detail_at_base_sigma():

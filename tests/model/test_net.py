@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from streamfuse.diffusion.guidance import IMAGE_LAMBDA
+from streamfuse.diffusion.schedules import alphas_cumprod, linear_betas
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.vbe import lowpass
 
@@ -148,3 +151,22 @@ def test_a_guidance_scale_scales_every_guide_and_zero_turns_them_all_off(tiny, p
     assert net.image_lambda == pytest.approx(2 * IMAGE_LAMBDA)
     torch.testing.assert_close(out[0.0, True], out[1.0, False])  # the decoded-image guide's steps too
     assert not torch.equal(out[2.0, True], out[1.0, True])
+
+
+def test_the_schedule_and_its_timesteps_are_the_configs(tiny, pair):
+    # a config's own T and betas: with the defaults' in their place, T = 100 sampled at t = 999, past its schedule
+    cfg = replace(tiny, num_train_timesteps=100, beta_end=0.03)
+    net = HCLFuseNet(cfg, steps=4).eval()
+    abar = alphas_cumprod(linear_betas(100, 1e-4, 0.03))
+    assert net.timesteps == [99, 74, 49, 24]
+    torch.testing.assert_close(net.alphas_cumprod, abar, atol=0, rtol=0)
+    torch.testing.assert_close(net.denoiser.alphas_cumprod, abar, atol=0, rtol=0)
+    ir, vis = pair()
+    with torch.inference_mode():
+        assert torch.isfinite(net(ir, vis, torch.randn(1, 2, 4, 6), ir)).all()
+
+
+def test_a_student_of_more_than_four_steps_is_refused(tiny):
+    assert replace(tiny, student_steps=4).student_steps == 4
+    with pytest.raises(ValueError, match=r"^student_steps=5 is out of range; allowed: 1\.\.4$"):
+        replace(tiny, student_steps=5)

@@ -20,6 +20,8 @@ from streamfuse.train.config import load_setup
     (["train.crop=36"], "a multiple of 8, 8..1024"),  # a multiple of 4 only: the net's stride is 8
     (["train.minutes=-1"], ">= 0 (0 = no budget)"),
     (["train.weight_decay=.inf"], ">= 0, finite"),  # AdamW would make every weight NaN at the first step
+    (["loss.range_window=8"], "odd, >= 1"),  # an even window makes a local range a pixel larger than the image
+    (["loss.detail_gain=0"], "> 0, finite"),  # a hand rule without the detail it is there for
 ])
 def test_settings_that_cannot_train_are_refused_naming_the_key(overrides, allowed):
     key = overrides[-1].split("=")[0]

@@ -71,6 +71,54 @@ def test_config_weights_mismatch_is_one_line(tmp_path, tiny):
     _one_line_value_error(path, "NaN")
 
 
+@pytest.mark.parametrize("change, said", [("drop", r"missing \['student\.out\.bias'\], unexpected \[\]"),
+                                          ("add", r"missing \[\], unexpected \['student\.extra'\]")])
+def test_a_tensor_missing_or_one_too_many_is_named_in_one_line(tmp_path, tiny, change, said):
+    # a KeyError traceback for a missing one; load_state_dict's multi-line RuntimeError for an unexpected one
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    if change == "drop":
+        del blob["state_dict"]["student.out.bias"]
+    else:
+        blob["state_dict"]["student.extra"] = torch.zeros(2)
+    torch.save(blob, str(path))
+    _one_line_value_error(path, said)
+
+
+@pytest.mark.parametrize("key, value, said", [("student_steps", 9, "bad model config: student_steps=9 is out of range"),
+                                              ("colour", 1, r"unknown model config keys \['colour'\]")])
+def test_a_bad_or_unknown_model_config_value_is_one_line_naming_the_file(tmp_path, tiny, key, value, said):
+    # the config's own check said what was wrong but not in which file
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    blob["model"][key] = value
+    torch.save(blob, str(path))
+    _one_line_value_error(path, said)
+
+
+def test_a_state_dict_holding_something_else_than_a_tensor_is_one_line(tmp_path, tiny):
+    # a hand-edited file (a list where a tensor was) gave an AttributeError traceback ('list' has no 'shape')
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    blob["state_dict"]["student.out.bias"] = [0.0, 0.0]
+    torch.save(blob, str(path))
+    _one_line_value_error(path, "its state_dict is not a mapping of tensors")
+
+
+def test_a_tensor_of_the_right_size_but_another_shape_is_refused_in_one_line(tmp_path, tiny):
+    # as many values as the config needs, laid out otherwise (a transposed kernel): load_state_dict's multi-line
+    # RuntimeError, or with check_model off a tensor read in the wrong layout
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    blob["state_dict"]["encoder.down.weight"] = blob["state_dict"]["encoder.down.weight"].transpose(0, 1).contiguous()
+    torch.save(blob, str(path))
+    _one_line_value_error(path, re.escape("encoder.down.weight has shape (4, 8, 3, 3), the config needs (8, 4, 3, 3)"))
+
+
 def test_shipped_weights_load_and_produce_finite_output(pair):
     net, extra = load_weights(DEFAULT_WEIGHTS, steps=2)
     ir, vis = pair(48, 64)
@@ -139,7 +187,7 @@ def test_a_non_finite_value_in_any_tensor_is_refused(tmp_path, tiny, where):
     save_weights(path, HCLFuseNet(tiny))
     blob = torch.load(str(path), weights_only=True)
     key = [k for k, v in blob["state_dict"].items() if v.is_floating_point()][where]
-    blob["state_dict"][key].view(-1)[0] = float("inf")
+    blob["state_dict"][key].view(-1)[where] = float("inf")  # the first value of the first tensor, the last of the last
     torch.save(blob, str(path))
     _one_line_value_error(path, "NaN or infinite")
 
@@ -178,3 +226,18 @@ def test_integer_tensors_where_the_model_has_floats_are_refused(tmp_path, tiny):
     blob["state_dict"] = {k: v.long() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
     torch.save(blob, str(path))
     _one_line_value_error(path, "holds torch.int64, not floats")
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, None])
+def test_a_newer_or_unstated_format_version_is_refused_too(tmp_path, tiny, version):
+    # only the version this reader knows loads for inference: a newer file's tensors may mean something else under the
+    # same names, and a file that states no version at all is no file this package wrote
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    blob = torch.load(str(path), weights_only=True)
+    if version is None:
+        del blob["format_version"]
+    else:
+        blob["format_version"] = version
+    torch.save(blob, str(path))
+    _one_line_value_error(path, f"format version {version} is not supported")
