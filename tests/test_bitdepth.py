@@ -304,12 +304,15 @@ def test_a_jpeg_claiming_more_pixels_than_opencv_reads_is_refused_unread(tmp_pat
         read_image(path)
 
 
-def test_a_jpeg_with_extraneous_bytes_before_a_marker_is_read_whole(tmp_path):
-    # libjpeg calls these "corrupt JPEG data" too, but the picture is whole: many cameras write them
+@pytest.mark.parametrize("marker", [b"\xff\xda", b"\xff\xd9"], ids=["before the scan", "after the picture"])
+def test_a_jpeg_with_extraneous_bytes_before_a_marker_is_read_whole(tmp_path, marker):
+    # libjpeg calls these "corrupt JPEG data" too, but the picture is whole: many cameras write them. Before the scan
+    # the header read already fails (the file is left to OpenCV); between the picture and its end marker only the
+    # damage check's decode reports them (libjpeg reads ahead a few: 100 bytes, so that some are left to report)
     image = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64).astype(np.uint8)
     data = cv2.imencode(".jpg", image)[1].tobytes()
-    scan = data.index(b"\xff\xda")
-    (tmp_path / "a.jpg").write_bytes(data[:scan] + b"\x12\x34" + data[scan:])
+    at = data.rindex(marker)
+    (tmp_path / "a.jpg").write_bytes(data[:at] + b"\x12\x34" * 50 + data[at:])
     np.testing.assert_array_equal(read_image(tmp_path / "a.jpg"), cv2.imdecode(np.frombuffer(data, np.uint8), -1))
 
 
@@ -511,3 +514,27 @@ def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path: Path, su
     image = read_image(path)
     assert image.shape[:2] == (64, 48)
     assert image[:16, -16:].mean() > 200 > 50 > image[-16:, :16].mean()
+
+
+def test_a_flat_frame_in_a_row_of_narrow_frames_neither_counts_nor_breaks_it(rng):
+    # "a flat frame (one count) takes no range and is passed over": a lens cap or a shutter frame of one count amid
+    # the 30 frames after a hot object left must not start the row again (the contrast would come back late)
+    depth = To8Bit(ir=True)
+    scene = _noisy(rng, _counts(rng), 30)
+    hot = _with(scene[0], (slice(10, 20), slice(10, 20)), (9500, 12000))
+    depth(hot)
+    flat = np.full((40, 56), 8000, np.uint16)
+    for img in [*scene[:15], flat, *scene[15:29]]:
+        np.testing.assert_array_equal(depth(img), _stretch(img, *_robust(hot)))
+    np.testing.assert_array_equal(depth(scene[29]), _stretch(scene[29], *_robust(scene[29])))  # the 30th
+
+
+def test_a_cold_object_entering_below_the_range_widens_it_at_once(rng):
+    # the pixels clipped below the held range count as those above it do: a cold sky or a window filling 5% of the
+    # view takes the frame's range at once, not clipped black for good
+    scene = _counts(rng)
+    depth = To8Bit(ir=True)
+    depth(scene)  # holds 7000..9000
+    cold = _with(scene, (slice(0, 2), slice(0, 56)), (5000, 6000))  # 5% of the pixels, the range 2x the held one
+    np.testing.assert_array_equal(depth(cold), _stretch(cold, *_robust(cold)))
+    assert _robust(cold)[0] < 6000

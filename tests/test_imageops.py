@@ -47,9 +47,14 @@ def test_the_gaussian_reaches_int_3_sigma_plus_half_pixels_on_both_sides(sigma, 
 
 
 def test_a_zero_sigma_blur_is_the_identity_and_a_negative_or_nan_sigma_is_refused_in_both_twins(image):
-    # the torch twin divided by 2 sigma^2 = 0 (all NaN) while OpenCV blurred with a sigma of its own choosing
-    np.testing.assert_array_equal(arrays.gaussian_blur(image, 0.0), image)
-    torch.testing.assert_close(tensors.gaussian_blur(_t(image), 0.0), _t(image), rtol=0, atol=0)
+    # the torch twin divided by 2 sigma^2 = 0 (all NaN) while OpenCV blurred with a sigma of its own choosing; the
+    # identity is a copy, as every other sigma's blur is a new array: a caller writing into it must not change x
+    same, tensor = arrays.gaussian_blur(image, 0.0), _t(image)
+    np.testing.assert_array_equal(same, image)
+    assert not np.shares_memory(same, image)
+    same = tensors.gaussian_blur(tensor, 0.0)
+    torch.testing.assert_close(same, tensor, rtol=0, atol=0)
+    assert same.data_ptr() != tensor.data_ptr()
     for sigma in (-1.0, float("nan"), float("inf")):
         for blur, x in ((arrays.gaussian_blur, image), (tensors.gaussian_blur, _t(image))):
             with pytest.raises(ValueError, match="sigma must be a finite number of pixels >= 0"):
@@ -87,9 +92,10 @@ def test_laplacian_box_and_blur_on_known_images():
 def test_operators_used_in_inference_serve_autograd_too():
     with torch.inference_mode():
         tensors.sobel(torch.rand(1, 1, 5, 5, dtype=torch.float64))
-    x = torch.rand(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
-    tensors.gradient_magnitude(x).sum().backward()
-    assert torch.isfinite(x.grad).all()
+    for x in (torch.rand(1, 1, 5, 5, dtype=torch.float64), torch.full((1, 1, 5, 5), 0.5, dtype=torch.float64)):
+        x.requires_grad_(True)  # a flat image too: eps under the square root keeps its gradient finite there
+        tensors.gradient_magnitude(x).sum().backward()
+        assert torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("kernel", ["sobel_x", "sobel_y", "lap"])

@@ -38,6 +38,9 @@ def test_vis_luma_is_opencv_bt601(rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(vis_luma(vis), cv2.cvtColor(vis, cv2.COLOR_BGR2YCrCb)[..., 0])
     grey = vis[..., 1].copy()
     np.testing.assert_array_equal(vis_luma(grey), grey)
+    for bad in (np.zeros((30, 40, 4), np.uint8), vis.astype(np.float32)):  # BGRA, float: one line, not OpenCV's
+        with pytest.raises(ValueError, match=r"^visible image must be \(H, W, 3\) BGR or \(H, W\) grey uint8"):
+            vis_luma(bad)
 
 
 @pytest.mark.parametrize("encoding", ["bgr8", "mono8"])
@@ -67,11 +70,15 @@ def test_unchanged_luma_gives_back_the_visible_image(rng: np.random.Generator) -
     assert np.abs(out.astype(int) - vis).max() <= 1  # Y is quantised to 8 bits, nothing else is lost
 
 
-def test_float64_and_strided_input(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_float64_and_strided_input(rng: np.random.Generator, dtype: type) -> None:
+    # a float32 view with steps (a fuser's output cropped or subsampled) is not C-contiguous, which the kernels'
+    # signatures need: it is copied as a float64 one is converted, not refused with numba's multi-line TypeError
     fused, vis = _inputs(rng, grey=False, h=96, w=128)
-    fused64, vis_view = fused[::2, ::2].astype(np.float64), vis[::2, ::2]
-    np.testing.assert_array_equal(restore_colour(fused64, vis_view),
-                                  restore_colour(np.ascontiguousarray(fused64, np.float32), vis_view.copy()))
+    view, vis_view = fused.astype(dtype)[::2, ::2], vis[::2, ::2]
+    for cfg in (PostConfig("bgr8"), PostConfig("mono8")):
+        np.testing.assert_array_equal(restore_colour(view, vis_view, cfg),
+                                      restore_colour(np.ascontiguousarray(view, np.float32), vis_view.copy(), cfg))
 
 
 @pytest.mark.parametrize(("fused_shape", "vis_shape", "dtype"), [
@@ -244,6 +251,15 @@ def test_a_fuser_that_reuses_its_output_buffer_filters_as_fresh_arrays_do(rng: n
     for f in frames:
         buffer[...] = f
         np.testing.assert_array_equal(reused(buffer), fresh(f.copy()))
+
+
+def test_a_strided_frame_filters_as_its_contiguous_copy_does(rng: np.random.Generator) -> None:
+    # a float32 view with steps must be copied for the kernel's signature, not refused by numba in many lines
+    frames = [f[::2, ::2] for f in _noisy_sequence(rng, 3)]
+    strided, fresh = TemporalDenoiser(PostConfig(denoise=0.85)), TemporalDenoiser(PostConfig(denoise=0.85))
+    for f in frames:
+        assert not f.flags.c_contiguous
+        np.testing.assert_array_equal(strided(f), fresh(f.copy()))
 
 
 def test_the_filter_off_returns_the_input_itself(rng: np.random.Generator) -> None:

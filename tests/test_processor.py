@@ -264,6 +264,31 @@ def test_a_homography_that_puts_no_ir_pixel_on_the_visible_frame_is_refused_in_o
                            Frame("vis", 0, 0, np.zeros((48, 64, 3), np.uint8))))
 
 
+def _hot_edge_pair(ir_cols: slice, vis_shape: tuple[int, int]) -> FramePair:
+    """An IR frame (24 x 32) at 120 with its columns ``ir_cols`` hot (250), and a black visible frame."""
+    ir = np.full((24, 32), 120, np.uint8)
+    ir[:, ir_cols] = 250
+    return FramePair(Frame("ir", 0, 0, ir), Frame("vis", 0, 0, np.zeros((*vis_shape, 3), np.uint8)))
+
+
+@pytest.mark.parametrize("shift, ir_cols, vis_cols", [(-28, slice(28, 32), slice(0, 4)),  # the IR frame's last columns
+                                                      (50, slice(0, 4), slice(50, 54))])  # the visible frame's right
+def test_a_homography_that_puts_a_strip_of_the_ir_frame_on_the_visible_frame_is_taken(shift, ir_cols, vis_cols):
+    # the check for a view off the frame warps the IR frame's own (W x H) box onto the visible frame's (W x H): a box
+    # of swapped sides, 24 wide or 48 wide, would miss these strips and refuse a homography that has a view
+    register = Registration(RegisterConfig(homography=(1, 0, shift, 0, 1, 0, 0, 0, 1)), "error")
+    out = register(_hot_edge_pair(ir_cols, (48, 64)))
+    assert (out[:24, vis_cols] == 250).all()
+
+
+def test_the_view_is_checked_again_when_the_frame_sizes_change():
+    # a homography with a view on 64 x 48 visible frames has none on 32 x 24 ones: checked only for the first sizes,
+    # the smaller frames were filled with the median alone, with no IR in them and no word
+    register = Registration(RegisterConfig(homography=(1, 0, 40, 0, 1, 0, 0, 0, 1)), "error")  # 40 px right
+    assert (register(_hot_edge_pair(slice(0, 4), (48, 64)))[:24, 40:44] == 250).all()
+    with pytest.raises(ValueError, match=r"^register.homography puts no pixel of the 32x24 IR frame on the 32x24 "):
+        register(_hot_edge_pair(slice(0, 4), (24, 32)))
+
 @pytest.mark.parametrize("homography, allowed", [
     ((1, 0, 0, 0, 1, 0, 0, 0), "9 finite numbers"),  # one number short
     ((1, 0, 0, 0, 1, 0, 0, 0, float("nan")), "9 finite numbers"),

@@ -65,5 +65,18 @@ def test_levels_mapped_beyond_white_are_clipped_not_wrapped(rng):
     stab(_scene(rng))
     dim = np.clip(rng.normal(60, 1, (48, 64)), 0, 255).astype(np.uint8)
     dim[:2, :2] = 200
+    dim[-2:, -2:] = 0  # and a cold object, mapped below black: clipped to black, not lifted off it
     out = stab(dim)
     assert (out[:2, :2] == 255).all() and out.max() == 255
+    assert (out[-2:, -2:] == 0).all() and out.min() == 0
+
+
+def test_a_gain_step_of_a_few_percent_is_undone_too(rng):
+    # an AGC's usual step is a few percent, not the 50% of the flash above: a tolerance meant for float rounding
+    # must not let it through as "no change"
+    base = _scene(rng)
+    step = np.clip((base.astype(np.float32) - base.mean()) * 1.04 + base.mean() + 0.5, 0, 255).astype(np.uint8)
+    stab = LevelStabilizer(StabilizeConfig(0.9))
+    stab(base)
+    out = stab(step)
+    assert abs(out.std() - base.std()) < 0.3 * abs(step.std() - base.std())

@@ -477,6 +477,28 @@ def test_a_lower_jpeg_quality_makes_smaller_frames() -> None:
         assert len(low) < len(high) and _psnr(image, JpegDecoder().decode(low, 240, 320, image.ndim)) >= 25.0
 
 
+def _colour_bars() -> np.ndarray:
+    """Blue, green and red bars (BGR), 16 px wide, of odd sides (31 x 47)."""
+    bars = np.zeros((31, 47, 3), np.uint8)
+    for c in range(3):
+        bars[:, 16 * c:16 * (c + 1), c] = 255
+    return bars
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "h264"])
+def test_a_compressed_frame_keeps_its_colours_in_bgr_order_up_to_its_last_row_and_column(codec: str) -> None:
+    """The demo's frames are near grey (the max of IR and visible): a round trip in RGB order passed their PSNR bounds
+    while every red came back blue. H.264 pads an odd side to an even one, whose 4:2:0 chroma the last row and
+    column share with the padding: padded black, the red bar's edge came back dark pink."""
+    bars = _colour_bars()
+    if codec == "jpeg":
+        image = JpegDecoder().decode(JpegEncoder(90).encode(bars), 31, 47, 3)
+    else:
+        image = H264Decoder().decode(*H264Encoder(keyint=5, crf=10).encode(bars), 31, 47, 3)
+    error = np.abs(image.astype(int) - bars)
+    assert error.mean() < 10 and error[-1].mean() < 10 and error[:, -1].mean() < 10
+
+
 def test_h264_round_trip_quality_and_late_joiner_waits_for_a_keyframe() -> None:
     frames = _demo_frames(12)
     encoder = H264Encoder(keyint=5, crf=23)

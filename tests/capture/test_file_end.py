@@ -50,6 +50,26 @@ def test_the_announced_end_of_a_late_video_is_after_its_last_frame(tmp_path: Pat
     assert end == pytest.approx((CASES[case][1] + N) / FPS, abs=1e-6)
 
 
+
+@pytest.mark.parametrize("case", ["avi_late", "avi_late_gap"])
+def test_the_announced_end_of_a_cut_avi_is_where_its_frame_slots_end(tmp_path: Path, case: str) -> None:
+    """A cut AVI's header still counts all its frame slots, where FFmpeg's duration only estimates the part left (some
+    11 s of 12 here): the end compared with the frames read must be the slots' (the RIFF check sees the cut too)."""
+    path = tmp_path / f"{case}.avi"
+    write(path, *CASES[case])
+    cut(path, N - 1)
+    with av.open(str(path)) as container:
+        end = announced_end_s(container, container.streams.video[0])
+    assert end == pytest.approx((CASES[case][1] + N) / FPS, abs=1e-6)
+
+
+def test_the_announced_end_of_an_mp4_that_starts_late_is_its_start_plus_its_duration(tmp_path: Path) -> None:
+    # an MP4 stream's duration is a span from its first frame (at 10 s here), not the end of its timeline
+    path = tmp_path / "late.mp4"
+    write(path, "mp4", 250, 0)
+    with av.open(str(path)) as container:
+        assert announced_end_s(container, container.streams.video[0]) == pytest.approx((250 + N) / FPS, abs=1e-6)
+
 @pytest.mark.parametrize("fmt, ext", [("matroska", "mkv"), ("nut", "nut")])
 def test_a_matroska_or_nut_video_that_starts_late_is_read_to_its_end(tmp_path: Path, fmt: str, ext: str) -> None:
     # their container's duration is the end of their timeline, counted from 0: added to the first pts (at 10 s), it
