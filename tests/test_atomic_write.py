@@ -173,6 +173,30 @@ def test_a_new_file_on_a_filesystem_without_hard_links_still_replaces_none(tmp_p
     assert disk_events[-1] == ("fsync", str(out.parent))  # the rename reached the disk
     assert write_file(out, b"second", new=True) == out.with_name("shot-2.png")
     assert out.read_bytes() == b"first" and out.with_name("shot-2.png").read_bytes() == b"second"
+    dangling = out.with_name("gone.png")  # a link whose target is gone is taken too: not written over
+    dangling.symlink_to(tmp_path / "nowhere.png")
+    assert write_file(dangling, b"third", new=True) == out.with_name("gone-2.png")
+    assert dangling.is_symlink() and os.readlink(dangling) == str(tmp_path / "nowhere.png")
+
+
+def test_a_finished_recording_takes_its_name_on_a_filesystem_without_hard_links(tmp_path, disk_events, monkeypatch):
+    """A recording's end renames it without writing over a file that took its name meanwhile; where there are no
+    hard links, that rename leaves no temporary name to remove (removing it failed the recording's end)."""
+    from streamfuse.atomic_write import durable_rename_new
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path.resolve() / "rig.mcap"
+    partial_path(out).write_bytes(b"the frames")
+    durable_rename_new(partial_path(out), out)
+    assert out.read_bytes() == b"the frames" and not partial_path(out).exists()
+    assert _renamed_durably(disk_events, partial_path(out), out)
+    partial_path(out).write_bytes(b"another run's frames")  # the name is taken now: refused, its frames kept
+    with pytest.raises(FileExistsError):
+        durable_rename_new(partial_path(out), out)
+    assert out.read_bytes() == b"the frames" and partial_path(out).read_bytes() == b"another run's frames"
 
 
 def test_a_new_file_takes_the_next_name_past_a_folder_a_fifo_or_a_link(tmp_path):
@@ -221,6 +245,31 @@ def test_a_writer_thread_times_each_item_and_offers_without_waiting(tmp_path):
     release.set()
     writer.join()
     assert len(writer.busy_ns) == 2  # one handling time per item
+    untimed = WriterThread("test writer", handle, "writing frames", maxsize=1, threaded=False, timed=False)
+    untimed.put(1)
+    assert untimed.busy_ns == []  # a live run's: a list that would grow for as long as it runs
+
+
+def test_a_writer_thread_s_idle_call_stops_with_its_first_failure():
+    """The idle call (a recording's periodic flush) is handling too: after the first failure it runs no more."""
+    from helpers_zmq import wait_until
+
+    idled, waits = [], []
+
+    def handle(item: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writer = WriterThread("test writer", handle, "writing frames", maxsize=4, idle=(0.001, lambda: idled.append(1)))
+    get = writer._queue.get
+    writer._queue.get = lambda *args, **kwargs: waits.append(1) or get(*args, **kwargs)  # counts its idle periods
+    wait_until(lambda: idled, "an idle call")
+    writer.put(0)
+    wait_until(lambda: writer.error is not None, "the failure")
+    calls, periods = len(idled), len(waits)  # the thread set the error: every idle call before it is counted
+    wait_until(lambda: len(waits) > periods + 3, "idle periods after the failure")
+    assert len(idled) == calls
+    with pytest.raises(RuntimeError, match="^writing frames failed: No space left on device"):
+        writer.join()
 
 
 @pytest.mark.parametrize("threaded", [True, False], ids=["threaded", "in_caller"])

@@ -64,6 +64,16 @@ def test_an_empty_record_section_is_said_and_an_override_fills_it(tmp_path, capl
     assert load_config(path, [f"record.path={tmp_path / 'r.mcap'}"]).record.path == str(tmp_path / "r.mcap")
 
 
+def test_an_empty_stage_section_is_refused_naming_it_and_an_override_fills_it(tmp_path):
+    # `sync:` with every key commented out: unlike record, a stage every run has; taken as no section, the run
+    # failed later without naming the key
+    path = _write(tmp_path, "ir:\n  fps: 25\nsync:\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value) == f"{path}: section sync is empty"
+    assert load_config(path, ["sync.slop_ms=12.5"]).sync.slop_ms == 12.5
+
+
 def test_a_dumped_config_without_recording_reads_back_without_a_warning(tmp_path, caplog):
     dump_config(load_config(_write(tmp_path, "{}\n")), tmp_path / "resolved.yaml")
     assert "record" not in (tmp_path / "resolved.yaml").read_text()
@@ -92,12 +102,24 @@ def test_text_read_as_a_boolean_or_float_is_not_quoted_back_as_another(value, tm
     assert str(exc.value).endswith("expected str (YAML reads it as a boolean or a number: write it in quotes)")
 
 
+def test_an_override_below_a_value_that_is_no_section_is_one_line_naming_it(tmp_path):
+    # `--set ir.fps.max=30` where ir.fps is a number, or any key under `ir: 3`: an AttributeError or TypeError
+    # traceback, naming neither the override nor the key
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, "ir:\n  fps: 25\n"), ["ir.fps.max=30"])
+    assert str(exc.value) == "override ir.fps.max: fps is not a section"
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, "ir: 3\n"), ["ir.fps=30"])
+    assert str(exc.value) == "override ir.fps: ir is not a section"
+
+
 def test_an_override_key_is_trimmed(tmp_path):
     assert load_config(_write(tmp_path, "{}\n"), ["ir.fps =12", " vis. fps=9"]).ir.fps == 12
 
 
 @pytest.mark.parametrize("key, seen", [("fps\u00a0", "'fps\\xa0'"), ("f\nps", "'f\\nps'"),
-                                       ("\x1b[31mred", "'\\x1b[31mred'"), ("k" * 500, "'kkkk")])
+                                       ("\x1b[31mred", "'\\x1b[31mred'"), ("k" * 500, "'kkkk"),
+                                       ("f\u0440s", "'f\u0440s'")])  # a Cyrillic look-alike of p: quoted
 def test_an_unknown_key_is_shown_quoted_and_cut_short(key, seen, tmp_path):
     with pytest.raises(ConfigError) as exc:
         config_from_dict({"ir": {key: 1}})
@@ -137,7 +159,7 @@ def test_a_file_of_comments_only_or_an_empty_name_is_said_so(tmp_path):
 
 
 @pytest.mark.parametrize("endpoint", ["tcp://:6401", "tcp://[::1:6402", "tcp://no such host:6403", "ipc://",
-                                      "tcp://[]:6404"])
+                                      "tcp://[]:6404", "ipc://  ", "inproc:// "])
 def test_an_endpoint_without_a_usable_address_is_refused_at_load(endpoint):
     # they passed the check and failed at bind with libzmq's "No such device"
     with pytest.raises(ConfigError) as exc:
@@ -157,6 +179,7 @@ def test_endpoints_of_every_form_still_load(endpoint):
                                        ({"sync": {"fps": 5}}, "sync.fps (did you mean ir.fps or vis.fps?); "),
                                        ({"ir": {"slop_ms": 5}}, "ir.slop_ms (did you mean sync.slop_ms?); "),
                                        ({"ir": {"weights": "a.pt"}}, "ir.weights (did you mean hclfuse.weights?); "),
+                                       ({"ir": {"FPS": 25}}, "unknown config key ir.FPS (did you mean fps?); "),
                                        ({"fps": 5}, "unknown config key fps (did you mean ir.fps or vis.fps?); "),
                                        # a pasted no-break space: the section's own key, not ir's or vis's
                                        ({"publish": {"topic\xa0": "x"}}, "'topic\\xa0' (did you mean topic?); ")])

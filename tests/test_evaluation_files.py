@@ -86,9 +86,16 @@ def test_a_link_planted_at_a_temporary_name_is_not_followed(tmp_path):
 
 
 def test_a_device_is_written_to_not_replaced():
-    """``--json /dev/stdout`` (or /dev/null) must not turn the device into a regular file."""
-    write_file(Path(os.devnull), b"{}\n")
-    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    """``--json /dev/stdout`` (or /dev/null) must not turn the device into a regular file. The device is a terminal
+    this test owns: a write_file that replaced it would have replaced the machine's /dev/null, run as root."""
+    master, follower = os.openpty()
+    try:
+        device = Path(os.ttyname(follower))
+        write_file(device, b"{}\n")
+        assert stat.S_ISCHR(os.stat(device).st_mode) and os.read(master, 64) == b"{}\r\n"  # the terminal's newline
+    finally:
+        os.close(master)
+        os.close(follower)
 
 
 def test_a_device_output_is_checked_itself_not_its_folder(monkeypatch):

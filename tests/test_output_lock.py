@@ -230,3 +230,18 @@ def test_a_refusal_names_a_holder_with_a_long_host_name_whole(tmp_path):
                 pass
     finally:
         os.close(holder)
+
+
+def test_a_check_takes_another_runs_check_of_the_same_output_for_no_holder(tmp_path):
+    """Two replays of one output started together both check it before either locks it: a check holds the lock
+    file shared, so neither takes the other's check for a run writing the output."""
+    import fcntl
+
+    out = tmp_path / "fused.mp4"
+    lock_path(out).write_text("host pid 1\n")  # left by an earlier run that ended
+    checking = os.open(lock_path(out), os.O_RDONLY)
+    fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the other run's check, under way
+    try:
+        check_not_held(out)
+    finally:
+        os.close(checking)

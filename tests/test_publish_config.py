@@ -47,6 +47,13 @@ def test_topics_that_would_take_each_others_messages_are_refused(changes: dict, 
         PublishConfig(**changes)
 
 
+def test_an_encoding_is_one_a_consumer_decodes_and_not_the_pools_descriptors() -> None:
+    # "shm" is the wire's own format of the shared-memory descriptors, which only the pool's readers take
+    assert [PublishConfig(encoding=e).encoding for e in ("raw", "jpeg", "h264")] == ["raw", "jpeg", "h264"]
+    with pytest.raises(ValueError, match=r"^encoding='shm' is out of range; allowed: raw \| jpeg \| h264$"):
+        PublishConfig(encoding="shm")
+
+
 def test_the_defaults_are_the_documented_ones() -> None:
     # README: "each subscriber has a queue of publish.sndhwm (default 2)", loopback endpoint; Formats: raw,
     # jpeg_quality 90, h264_keyint 30, h264_crf 23, shm_slots 8

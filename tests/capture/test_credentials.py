@@ -71,6 +71,26 @@ def test_a_variable_is_percent_encoded_in_a_urls_password_only(monkeypatch):
     assert cfg.ir.path == "rtsp://admin:p%40ss%3Aw%2Frd@cam/live/main"
 
 
+def test_a_password_after_a_user_name_holding_an_at_sign_is_still_encoded(monkeypatch):
+    """A user name that is an e-mail address (``me@corp.example``): the user info ends at the URL's last ``@``
+    before the host, as FFmpeg reads it, so the password after the first ``@`` is still encoded."""
+    monkeypatch.setenv("STREAMFUSE_TEST_PASSWORD", "p@ss/w")
+    cfg = config_from_dict({"ir": {"kind": "stream",
+                                   "path": "rtsp://me@corp.example:${STREAMFUSE_TEST_PASSWORD}@cam/live"}})
+    assert cfg.ir.path == "rtsp://me@corp.example:p%40ss%2Fw@cam/live"
+
+
+def test_a_password_in_an_ffmpeg_option_stays_out_of_the_written_config(tmp_path):
+    """An FFmpeg option may hold a URL with a password too (a proxy's): FFmpeg gets it, the config written beside
+    the outputs (and the recording's copy of it, :meth:`PipelineConfig.to_dict`) masks it as a camera URL's."""
+    option = f"http_proxy=http://me:{SECRET}@proxy.local:3128"
+    cfg = config_from_dict({"ir": {"kind": "stream", "path": "rtsp://cam/live", "ffmpeg": [option]}})
+    assert cfg.ir.ffmpeg == (option,)
+    assert cfg.to_dict()["ir"]["ffmpeg"] == ["http_proxy=http://me:***@proxy.local:3128"]
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    assert SECRET not in (tmp_path / "resolved.yaml").read_text()
+
+
 def test_a_network_cameras_url_given_as_a_device_camera_is_one_line_naming_the_stream_kind():
     with pytest.raises(ConfigError, match=r"ir: path='rtsp://admin:\*\*\*@10.0.0.7/live' is a network camera's URL: "
                                           r"give it with kind: stream") as caught:

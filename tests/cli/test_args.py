@@ -60,3 +60,10 @@ def test_a_config_value_is_checked_by_its_section_and_0_is_off_unless_said_other
         config_value(_Section, "steps")("-1")
     with pytest.raises(argparse.ArgumentTypeError, match=r"^steps=0 must be >= 1$"):
         config_value(_Section, "steps", zero_is_off=False)("0")
+
+
+def test_a_config_value_that_is_no_number_says_which_it_takes() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^'four' is not an integer$"):
+        config_value(_Section, "steps")("four")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^'soon' is not a number$"):  # a float option's
+        config_value(_Section, "steps", float)("soon")

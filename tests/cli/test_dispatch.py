@@ -299,12 +299,14 @@ def test_a_tools_quiet_interrupt_shortens_only_a_ctrl_c(monkeypatch, capsys):
     assert capsys.readouterr().err == "temporal.py: interrupted\n" and seen == [ValueError]
 
 
-@pytest.mark.parametrize("argv", [["-m", "streamfuse", "replay", "-h"], [str(REPO / "run_stream.py"), "-h"]],
-                         ids=["replay", "run_stream.py"])
-def test_help_with_standard_output_closed_is_no_traceback(argv, tmp_path):
+@pytest.mark.parametrize("argv, closed", [(["-m", "streamfuse", "replay", "-h"], ">&-"),
+                                          ([str(REPO / "run_stream.py"), "-h"], ">&-"),
+                                          (["-m", "streamfuse", "replay", "-h"], "<&- >&-")],
+                         ids=["replay", "run_stream.py", "stdin_too"])
+def test_help_with_standard_output_closed_is_no_traceback(argv, closed, tmp_path):
     # a service started with its stdout closed (>&-) has sys.stdout None: argparse's help there was an AttributeError
-    # traceback and status 1
-    proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', sys.executable, *argv], cwd=tmp_path,
+    # traceback and status 1; with its stdin closed too, /dev/null opens as descriptor 0, not as stdout's 1
+    proc = subprocess.run(["sh", "-c", f'exec "$0" "$@" {closed}', sys.executable, *argv], cwd=tmp_path,
                           stderr=subprocess.PIPE, text=True, timeout=120)
     assert (proc.returncode, proc.stderr) == (0, "")
 

@@ -60,6 +60,10 @@ def test_a_path_holding_a_newline_or_an_escape_stays_on_the_error_line(tmp_path,
     monkeypatch.chdir(tmp_path)
     assert replay_main(["--config", "replay", "--ir", "a\nb\x1b[2J.mp4", "--vis", "v.mp4", "--out", "o.mp4"]) == 1
     assert capsys.readouterr().err.splitlines() == ["streamfuse: error: ir input not found: a\\nb\\x1b[2J.mp4"]
+    assert main(["--config", "a\nb\x1b[2J.yaml"]) == 2  # a config error's line too
+    assert capsys.readouterr().err.splitlines() == [
+        "streamfuse: config error: a\\nb\\x1b[2J.yaml: no such config file here, nor a shipped config of that name; "
+        "shipped: demo, eval, replay, rig (or give the path of a YAML file)"]
 
 
 def test_duration_with_a_replay_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
@@ -126,6 +130,13 @@ def test_a_replay_says_it_does_not_record(monkeypatch, caplog):
     assert main(["--config", "replay", "--set", "record.path=rig.mcap", "--ir", "a.mp4", "--vis", "b.mp4",
                  "--out", "o.mp4"]) == 0
     assert "record.path=rig.mcap is for live runs: a replay writes only its output (--out)" in caplog.text
+
+
+def test_run_needs_a_config(capsys):
+    # a live run has no default config: `run` alone is a usage error, not a traceback or some config's run
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2 and "the following arguments are required: --config" in capsys.readouterr().err
 
 
 def test_replay_needs_out(capsys):

@@ -56,7 +56,8 @@ def test_fusers_and_fused_folder_side_by_side(evaluate, pairs, tmp_path, capsys)
     assert table[0].startswith("| method | n | EN |") and "QSF (rSFe)" in table[0] and table[0].endswith("ms/frame |")
     assert [line.split("|")[1].strip() for line in table[2:]] == ["again", "max", "max:sharpen=1"]
     assert table[2].endswith("| - |") and table[3].split("|")[2].strip() == "3"
-    assert "| again | 3 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| again | 3 |" in printed and f"\n3 pairs; per-image rows in {out2 / 'metrics.csv'}" in printed  # not 9
 
     montage = cv2.imread(str(out2 / "montage.png"))
     tile_w = round(70 * 240 / 45)
@@ -79,6 +80,12 @@ def test_config_method_limit_and_resolved_config(evaluate, pairs, tmp_path):
     cfg.write_text("fuse:\n  name: laplacian\nbaseline:\n  contrast: 1.25\n")
     evaluate([str(ir_dir), str(vis_dir), "--config", str(cfg), "--fuser", "max", "--out", str(out)])
     assert [r["method"] for r in read_csv(out / "metrics.csv")[:2]] == ["laplacian (baseline.yaml)", "max+contrast1.25"]
+    other = tmp_path / "other.yaml"  # with several configs, the first gives the --fuser methods theirs
+    other.write_text("fuse:\n  name: laplacian\nbaseline:\n  contrast: 1.5\n")
+    evaluate([str(ir_dir), str(vis_dir), "--config", str(cfg), "--config", str(other), "--fuser", "max", "--out",
+              str(out)])
+    assert [r["method"] for r in read_csv(out / "metrics.csv")[:3]] == [
+        "laplacian (baseline.yaml)", "laplacian (other.yaml)", "max+contrast1.25"]
 
 
 @pytest.mark.parametrize("case, message", [
