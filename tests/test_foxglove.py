@@ -185,14 +185,14 @@ def test_skipped_frames_are_logged_once_per_kind_then_counted(caplog):
                          "skipped 3 frames in all for their size (the first one logged)"]
 
 
-@pytest.mark.parametrize("side, sent", [(65500, 1), (65501, 0)])
-def test_a_frame_too_wide_for_jpeg_is_skipped_in_one_line_without_opencv_errors(capfd, side, sent):
-    # JPEG holds sides up to 65500. One over was refused after OpenCV tried it: its own error lines on stderr for every
-    # such frame, beside the bridge's one.
+@pytest.mark.parametrize("shape, sent", [((1, 65500, 3), 1), ((1, 65501, 3), 0), ((65501, 1, 3), 0)])
+def test_a_frame_too_wide_for_jpeg_is_skipped_in_one_line_without_opencv_errors(capfd, shape, sent):
+    # JPEG holds sides up to 65500 (the height too). One over was refused after OpenCV tried it: its own error lines on
+    # stderr for every such frame, beside the bridge's one.
     pytest.importorskip("foxglove")
     from streamfuse.view.foxglove_bridge import Bridge
 
-    wide = decode_message(good_parts(np.zeros((1, side, 3), np.uint8)))
+    wide = decode_message(good_parts(np.zeros(shape, np.uint8)))
     bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its relay loop runs here
     channel = _Channel()
     try:
@@ -369,9 +369,9 @@ def test_a_relayed_client_without_its_request_in_time_is_closed_counted_and_its_
 def test_capture_times_at_the_ends_of_foxglove_timestamps_range():
     """foxglove.Timestamp holds 0 (1970) up to 2**32 s less a nanosecond: both ends are logged, 2**32 s is skipped."""
     pytest.importorskip("foxglove")
-    from streamfuse.view.foxglove_bridge import _MAX_STAMP_NS, Bridge
+    from streamfuse.view.foxglove_bridge import Bridge
 
-    times = (0, _MAX_STAMP_NS - 1, _MAX_STAMP_NS)
+    times = (0, 2**32 * 10**9 - 1, 2**32 * 10**9)
     bridge = Bridge("tcp://127.0.0.1:1", port=0)  # never started: its relay loop runs here
     channel = _Channel()
     try:
@@ -436,7 +436,7 @@ def test_a_frame_message_carries_its_capture_time_its_row_stride_and_the_jpeg_qu
 
     from streamfuse.view.foxglove_bridge import Bridge
 
-    image = np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8)
+    image = np.random.default_rng(0).integers(0, 256, (48, 32, 3), np.uint8)[::2]  # a view: rows 192 bytes apart
     bridge = Bridge("tcp://127.0.0.1:1", port=0, raw=raw, quality=20)  # never started: its messages are made here
     bridge.stats_in.close()
     bridge.fox = types.SimpleNamespace(messages=_Messages)
@@ -444,7 +444,8 @@ def test_a_frame_message_carries_its_capture_time_its_row_stride_and_the_jpeg_qu
     message = bridge._message(header, image, T0)
     assert message["timestamp"] == {"sec": T0 // 10**9, "nsec": T0 % 10**9}
     if raw:
-        assert message["step"] == 96 and message["data"] == image.tobytes()
+        assert (message["width"], message["height"], message["step"]) == (32, 24, 96)
+        assert message["data"] == image.tobytes()
     else:
         assert message["data"] == cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 20])[1].tobytes()
 
@@ -494,12 +495,54 @@ def test_the_bridge_relays_with_the_connection_cap_it_was_given():
     pytest.importorskip("foxglove")
     from streamfuse.view.foxglove_bridge import Bridge
 
-    bridge = Bridge("tcp://127.0.0.1:1", port=0, max_connections=3)
+    bridge = Bridge("tcp://127.0.0.1:1", port=0, max_connections=3, allow_hosts=("Proxy.example",))
     try:
         bridge.start()
-        assert bridge.relay.limit == 3 and bridge.relay.per_address == 1
+        assert bridge.relay.limit == 3 and bridge.relay.per_address == 1 and "proxy.example" in bridge.relay.names
     finally:
         bridge.close()
+
+
+def test_the_foxglove_cli_gives_the_bridge_its_cap_and_the_names_allowed(monkeypatch):
+    import streamfuse.view.foxglove_bridge as bridge_module
+
+    made = {}
+
+    def bridge(*args: object, **kwargs: object) -> None:
+        made.update(kwargs)
+        raise ValueError("no bridge here")
+
+    monkeypatch.setattr(bridge_module, "Bridge", bridge)
+    assert bridge_module.main(["--max-connections", "3", "--allow-host", "a.example", "--allow-host", "B.example"]) == 2
+    assert made["max_connections"] == 3 and made["allow_hosts"] == ("a.example", "b.example")
+
+
+def test_the_sdk_listens_on_loopback_only_with_small_queues_and_the_frames_are_read_newest_only(monkeypatch):
+    """Only the relay faces the network (the SDK's own listener has no cap and dies with no files left), and stops
+    with the bridge; a slow Foxglove client loses frames from its small queue, and the bridge reads only the newest
+    frame, never a backlog; --raw images go out on RawImage channels."""
+    foxglove = pytest.importorskip("foxglove")
+    import foxglove.channels
+
+    import streamfuse.view.foxglove_bridge as bridge_module
+
+    servers, subscriptions, raw = [], [], []
+    monkeypatch.setattr(foxglove, "start_server", lambda real=foxglove.start_server, **kwargs:
+                        servers.append(kwargs) or real(**kwargs))
+    monkeypatch.setattr(bridge_module, "Subscriber", lambda *args, real=bridge_module.Subscriber, **kwargs:
+                        subscriptions.append(kwargs) or real(*args, **kwargs))
+    monkeypatch.setattr(foxglove.channels, "RawImageChannel", lambda topic, real=foxglove.channels.RawImageChannel:
+                        raw.append(topic) or real(topic))
+    bridge = bridge_module.Bridge("tcp://127.0.0.1:1", host="localhost", port=0, previews=True, raw=True)
+    try:
+        bridge.start()
+    finally:
+        bridge.close()
+    assert [(s["host"], s["message_backlog_size"]) for s in servers] == [("127.0.0.1", bridge_module._BACKLOG)]
+    assert bridge_module._BACKLOG <= 4 and [s["latest"] for s in subscriptions] == [True] * 3
+    assert sorted(raw) == ["/fused/image", "/ir/image", "/vis/image"]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", bridge.server.port), timeout=PATIENCE_S).close()
 
 
 def test_a_request_head_over_max_head_is_not_relayed(caplog):
@@ -547,6 +590,30 @@ def test_either_side_s_end_ends_the_relayed_connection_on_the_other():
     finally:
         relay.close()
         upstream.close()
+
+
+def test_a_relayed_side_reads_on_only_once_its_reader_has_taken_what_it_was_sent():
+    # a slow Foxglove client holds its own connection back: without the wait the relay would read everything the
+    # server sends into its memory, as fast as the server sends it
+    from streamfuse.view.relay import _pipe
+
+    done: list[object] = []
+
+    class Slow:
+        def write(self, data: bytes) -> None:
+            done.append(data)
+
+        async def drain(self) -> None:
+            done.append("drained")
+
+    async def pipe() -> None:
+        src = asyncio.StreamReader()
+        src.feed_data(b"frame")
+        src.feed_eof()
+        await _pipe(src, Slow())
+
+    asyncio.run(pipe())
+    assert done == [b"frame", "drained"]
 
 
 def test_a_relay_that_cannot_reach_its_server_closes_the_client_in_silence(monkeypatch, caplog):
@@ -659,7 +726,8 @@ def test_a_relayed_request_reaching_loopback_that_names_another_host_is_refused(
     from streamfuse.view.relay import Relay
 
     with _relayed(answer_after_eof=False) as port:
-        for host, answer in ((f"evil.example:{port}", b"HTTP/1.1 403 "), (f"localhost:{port}", b"answer")):
+        for host, answer in ((f"evil.example:{port}", b"HTTP/1.1 403 "), (f"localhost:{port}", b"answer"),
+                             (f"localhost:{port}\r\nHost: evil.example", b"HTTP/1.1 403 ")):  # and any Host after
             with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as client:
                 client.sendall(f"GET / HTTP/1.1\r\nhOsT: {host}\r\n\r\n".encode())
                 assert client.recv(1024).startswith(answer), host

@@ -387,6 +387,31 @@ def test_cli_bad_server_key_port_or_host_is_named(command, capsys, monkeypatch):
         assert err.count("\n") == 1 and said in err, err
 
 
+@pytest.mark.parametrize("command", ["view", "foxglove"])
+def test_cli_errors_write_control_characters_as_escapes(command, capsys):
+    # an endpoint holding a newline or a terminal's escape sequence (a script's variable) must not split the error
+    # over two lines, nor draw on the user's terminal
+    if command == "foxglove":
+        pytest.importorskip("foxglove")
+    assert cli([command, "bogus://x\n\x1b[2J", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "bogus://x\\n\\x1b[2J" in err, err
+
+
+def test_a_foxglove_server_that_cannot_start_says_why_in_one_line(monkeypatch, capsys):
+    pytest.importorskip("foxglove")
+    import streamfuse.view.foxglove_bridge as bridge_module
+
+    def start(self: Any) -> None:  # as a bind that fails does: the stats socket closed, the host as typed
+        self.stats_in.close()
+        raise RuntimeError("cannot start the Foxglove server on a\x1b[2Jb:0: no such host")
+
+    monkeypatch.setattr(bridge_module.Bridge, "start", start)
+    assert cli(["foxglove", "tcp://127.0.0.1:1", "--port", "0"]) == 1
+    said = capsys.readouterr().err
+    assert said == "streamfuse foxglove: error: cannot start the Foxglove server on a\\x1b[2Jb:0: no such host\n", said
+
+
 @pytest.mark.parametrize("stats_topic", ["", "f", "fused/", "p"])
 def test_a_stats_topic_that_also_takes_frames_is_refused(stats_topic: str) -> None:
     # --stats-topic "": every frame came in on the stats socket, logged as a malformed stats message (a line a frame)
@@ -519,12 +544,12 @@ def test_a_page_opened_after_the_last_one_closed_is_not_sent_empty_messages_with
     assert not feed.newer(seen)  # so the sender waits for the next frame instead of sending again
 
 
-@pytest.mark.parametrize("side, sent", [(65500, 1), (65501, 0)])
-def test_a_frame_too_wide_for_jpeg_is_skipped_without_opencv_errors(capfd, side, sent):
-    # JPEG holds sides up to 65500. One over was refused after OpenCV tried it: its own error lines on stderr for every
-    # such frame, beside the viewer's one.
+@pytest.mark.parametrize("shape, sent", [((1, 65500), 1), ((1, 65501), 0), ((65501, 1), 0)])
+def test_a_frame_too_wide_for_jpeg_is_skipped_without_opencv_errors(capfd, shape, sent):
+    # JPEG holds sides up to 65500 (the height too). One over was refused after OpenCV tried it: its own error lines on
+    # stderr for every such frame, beside the viewer's one.
     feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its messages are made here
-    feed._latest = {"fused": (1, {"seq": 1}, np.zeros((1, side), np.uint8))}
+    feed._latest = {"fused": (1, {"seq": 1}, np.zeros(shape, np.uint8))}
     try:
         meta, jpegs = unpack(asyncio.run(feed.message({})))
     finally:
@@ -555,7 +580,11 @@ def test_a_screenshot_never_writes_over_a_file(tmp_path: Path) -> None:
 
 def test_a_chromium_named_by_the_environment_that_is_not_there_is_said_so(monkeypatch, tmp_path):
     # it was told "no Chromium found ... or set STREAMFUSE_CHROMIUM", the variable it had set
+    (tmp_path / "chromium").write_text("#!/bin/sh\n")
+    (tmp_path / "chromium").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))  # one on the PATH is not taken instead of the one named
     monkeypatch.setenv("STREAMFUSE_CHROMIUM", str(tmp_path / "none"))
+    assert find_chromium() is None
     with pytest.raises(RuntimeError, match=f"^STREAMFUSE_CHROMIUM={re.escape(str(tmp_path / 'none'))}: no such "
                                            f"executable$"):
         asyncio.run(Chromium().__aenter__())
@@ -736,11 +765,14 @@ def test_refusals_held_back_are_said_once_their_seconds_have_passed(monkeypatch,
         for _ in range(500):
             door.enter(_Peer("127.0.0.1"))
         await _wait(lambda: len(caplog.records) == 2, "the held-back count said")
+        for _ in range(3):  # a later burst: held back and said in its turn too, not only at the server's stop
+            door.enter(_Peer("127.0.0.1"))
+        await _wait(lambda: sum(int(r.getMessage().split()[1]) for r in caplog.records) == 503, "the later burst said")
 
     with caplog.at_level("WARNING", "streamfuse.view"):
         asyncio.run(burst())
     said = [r.getMessage().split(" connection(s)")[0] for r in caplog.records]
-    assert said == ["answered 1", "answered 499"], said
+    assert said[:2] == ["answered 1", "answered 499"], said
 
 
 def test_the_bridge_caps_connections_at_a_third_of_its_files():
@@ -807,6 +839,20 @@ def test_a_page_gets_the_stats_history_once_then_only_each_new_snapshot():
 def test_the_page_url_names_the_host_as_a_url_does():
     assert [url_host(h) for h in ("127.0.0.1", "::1", "", "viewer.example")] == \
         ["127.0.0.1", "[::1]", "localhost", "viewer.example"]
+
+
+def test_a_host_that_cannot_be_served_on_is_named_with_its_control_characters_as_escapes(monkeypatch, capsys):
+    # the viewer wrote --host as it came: a newline in it (a script's variable) split the error over two lines, a
+    # terminal's escape sequence drew on the user's terminal (the bridge's error has them as escapes)
+    import streamfuse.view.server as server_module
+
+    async def serve(*args: Any) -> None:
+        raise NOT_KNOWN  # as the host's lookup fails, with no lookup here
+
+    monkeypatch.setattr(server_module, "serve", serve)
+    assert view_main(["tcp://127.0.0.1:1", "--host", "no\x1b[2Jhost\nx", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and " on no\\x1b[2Jhost\\nx:0: " in err, err
 
 
 def test_every_address_is_served_on_the_one_port_said():
@@ -891,8 +937,8 @@ def test_a_page_of_another_site_cannot_open_the_frames():
         statuses = []
         try:
             async with aiohttp.ClientSession() as http:
-                for origin in ("https://evil.example", "null", f"https://127.0.0.1:{served.port}.evil.example", own,
-                               own.upper().replace("HTTP", "http"), None):
+                for origin in ("https://evil.example", "null", f"https://127.0.0.1:{served.port}.evil.example", "",
+                               own, own.upper().replace("HTTP", "http"), own + "/", None):
                     try:
                         async with http.ws_connect(own + "/ws", origin=origin):
                             statuses.append(101)
@@ -904,7 +950,7 @@ def test_a_page_of_another_site_cannot_open_the_frames():
 
     feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
     try:
-        assert asyncio.run(origins(feed)) == [403, 403, 403, 101, 101, 101]
+        assert asyncio.run(origins(feed)) == [403, 403, 403, 403, 101, 101, 101, 101]
     finally:
         feed.close()
 
@@ -936,19 +982,39 @@ def test_a_request_reaching_loopback_that_names_another_host_is_refused(caplog):
                for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
+def test_only_a_request_reaching_loopback_is_held_to_this_machine_s_names(caplog):
+    """A viewer on another machine's address (--host 0.0.0.0) is opened by whatever name leads there (robot.lan);
+    loopback, where a rebound name lands, is reached by an IPv4 client of a dual-stack socket (--host '') too; a
+    request naming two hosts gets in only if both are this machine's; the refusals held back are said at the stop."""
+    door = Door()
+    loopback, dual = _Peer("127.0.0.1", own="127.0.0.1"), _Peer("::ffff:127.0.0.1", own="::ffff:127.0.0.1")
+    with caplog.at_level("WARNING", "streamfuse.view"):
+        assert not door.misnamed(["robot.lan:8080"], _Peer("192.0.2.9", own="192.0.2.2"))
+        assert not door.misnamed(["localhost:8080"], dual) and door.misnamed(["evil.example:8080"], dual)
+        assert door.misnamed(["localhost:8080", "evil.example:8080"], loopback)
+        assert door.misnamed(["evillocalhost:8080"], loopback)  # not a name under localhost
+        door.close()  # no event loop here: the two held back are said now
+    said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.view"]
+    assert [line.split()[1] for line in said] == ["1", "2"] and "naming another host" in said[1], said
+
+
 def test_the_view_cli_lets_in_the_host_it_serves_and_each_allowed_name(monkeypatch):
     import streamfuse.view.server as server_module
+    from streamfuse.view.gate import MAX_CONNECTIONS, most_connections
 
     made = []
 
     async def serve_nothing(feed: Feed, host: str, port: int, gate: Gate) -> None:
-        made.append(gate.names)
+        made.append((host, port, gate.limit, gate.names))
         raise OSError(errno.EADDRINUSE, "taken")
 
     monkeypatch.setattr(server_module, "Feed", lambda *args, **kwargs: types.SimpleNamespace(close=lambda: None))
     monkeypatch.setattr(server_module, "serve", serve_nothing)
-    assert view_main(["--host", "Robot.lan", "--allow-host", "a.example", "--allow-host", "B.example."]) == 1
-    assert {"robot.lan", "a.example", "b.example"} <= made[0]
+    assert view_main(["--host", "Robot.lan", "--allow-host", "a.example", "--allow-host", "B.example.", "--port", "0",
+                      "--max-connections", "5"]) == 1
+    assert made[0][:3] == ("Robot.lan", 0, 5) and {"robot.lan", "a.example", "b.example"} <= made[0][3]
+    assert view_main([]) == 1  # on loopback, port 8080, at most 64 connections (or what the open-file limit leaves)
+    assert made[1][:3] == ("127.0.0.1", 8080, min(MAX_CONNECTIONS, most_connections()))
     for bad in ("", "http://a.example", "a.example:80"):  # an empty name would let in requests naming no host
         with pytest.raises(SystemExit):
             view_main(["--allow-host", bad])
@@ -1030,6 +1096,35 @@ def test_view_cli_quality_reaches_the_feed(monkeypatch):
     monkeypatch.setattr(server_module, "Feed", feed)
     assert view_main(["tcp://127.0.0.1:1", "--quality", "33"]) == 2
     assert made["quality"] == 33
+
+
+def test_view_cli_screenshot_opens_its_own_page_on_loopback_and_exits_0(monkeypatch, tmp_path, capsys):
+    # --screenshot serves a page of its own for the browser it starts: on loopback and a free port, whatever --host
+    # and --port say (those of a viewer already running, say)
+    import streamfuse.view.browser as browser_module
+
+    opened = []
+
+    async def capture(url: str, path: Path, watch_s: float, **kwargs: Any) -> tuple[Path, str]:
+        opened.append(url)
+        return path, "what the page measured"
+
+    monkeypatch.setattr(browser_module, "capture", capture)
+    assert view_main(["tcp://127.0.0.1:1", "--host", "0.0.0.0", "--port", "1", "--screenshot",
+                      str(tmp_path / "shot.png")]) == 0
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", opened[0]) and not opened[0].endswith(":1/"), opened
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'shot.png'}: what the page measured\n"
+
+
+def test_view_cli_screenshot_that_fails_says_why_in_one_line(monkeypatch, capsys):
+    import streamfuse.view.browser as browser_module
+
+    async def capture(url: str, path: Path, watch_s: float, **kwargs: Any) -> tuple[Path, str]:
+        raise RuntimeError("Chromium: Page.navigate: net::ERR\nfailed")  # the browser's own words
+
+    monkeypatch.setattr(browser_module, "capture", capture)
+    assert view_main(["tcp://127.0.0.1:1", "--screenshot", "shot.png"]) == 1
+    assert capsys.readouterr().err == "streamfuse view: error: Chromium: Page.navigate: net::ERR\\nfailed\n"
 
 
 def test_a_closed_connection_s_request_deadline_is_dropped_with_it():
@@ -1129,6 +1224,25 @@ def test_the_previews_stop_once_every_page_has_closed():
             feed.stats_in.close()
 
 
+def test_a_page_that_closes_leaves_the_frames_of_the_pages_still_open():
+    # the frame subscriptions are every open page's: the first page to close must not freeze the others
+    with Publisher(CFG) as pub:
+        pipeline = _Pipeline(pub)
+        feed = Feed(pub.endpoint, "fused/t", "stats/t")  # never started: no page to wake, the counts tell
+        pipeline.start()
+        try:
+            staying, leaving = feed.acquire(), feed.acquire()
+            for page in (leaving, staying):
+                arrived = dict(feed.versions)
+                wait_until(lambda: all(feed.versions[k] > arrived[k] for k in ("ir", "vis", "fused")),
+                           "frames of every kind for the pages open")
+                feed.release(page)
+        finally:
+            pipeline.stop.set()
+            pipeline.join()
+            feed.close()
+
+
 def test_a_frame_subscription_that_fails_waits_before_trying_again(monkeypatch):
     import streamfuse.view.feed as feed_module
 
@@ -1139,16 +1253,63 @@ def test_a_frame_subscription_that_fails_waits_before_trying_again(monkeypatch):
         raise ValueError(f"cannot connect to {endpoint}: host name not known (yet)")
 
     monkeypatch.setattr(feed_module, "Subscriber", failing)
-    monkeypatch.setattr(feed_module, "_RETRY_S", PATIENCE_S)  # longer than the test: the page's close ends the wait
+    monkeypatch.setattr(feed_module, "_RETRY_S", 2 * PATIENCE_S)  # longer than the test: the page's close ends it
     feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")
     try:
         changed = feed.acquire()
         wait_until(lambda: len(tries) >= 3, "each kind tried")
         feed.release(changed)
+        wait_until(lambda: not any(thread.is_alive() for thread in feed._threads), "the readers ended by the close")
     finally:
         feed.close()
         feed.stats_in.close()
     assert sorted(tries) == ["fused/t", "preview/ir/fused/t", "preview/vis/fused/t"]
+
+
+def test_each_panel_subscribes_to_its_own_camera_s_frames(monkeypatch):
+    # the IR and the visible preview look alike to a page (both 80 wide, both sent as JPEGs): swapped topics would
+    # show each camera under the other's name, and nothing else would tell
+    import streamfuse.view.feed as feed_module
+
+    monkeypatch.setattr(feed_module, "Subscriber", lambda endpoint, topic, **kwargs: topic)
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its subscriptions are made here
+    try:
+        topics = {kind: feed._subscribe(kind, threading.Event()) for kind in feed_module.KINDS}
+    finally:
+        feed.stats_in.close()
+    assert topics == {"ir": "preview/ir/fused/t", "vis": "preview/vis/fused/t", "fused": "fused/t"}
+
+
+def test_a_new_page_s_subscription_waits_for_the_closed_pages_reader_to_end(monkeypatch):
+    """Pages opened and closed in turn each left a set of sockets open for a while (a reader notices its stop within
+    its poll): the next page's reader subscribes only once the one before it has ended."""
+    import streamfuse.view.feed as feed_module
+
+    order: list[str] = []
+    stop = threading.Event()
+    monkeypatch.setattr(feed_module, "Subscriber",
+                        lambda *args, **kwargs: order.append("subscribed") or _OneFrame(None, stop))
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its reader runs here
+    try:
+        feed._read_frames("fused", stop, types.SimpleNamespace(join=lambda: order.append("the reader before ended")))
+    finally:
+        feed.stats_in.close()
+    assert order == ["the reader before ended", "subscribed"]
+
+
+def test_every_open_page_is_woken_by_what_arrives():
+    # each page's sender waits on a wake-up event of its own: one left unset keeps its page on its last frame
+    async def pages(feed: Feed) -> None:
+        feed.start(asyncio.get_running_loop())
+        woken = [feed.acquire() for _ in range(3)]
+        try:
+            feed._arrived("stats")  # as the stats thread does
+            await asyncio.wait_for(asyncio.gather(*(changed.wait() for changed in woken)), PATIENCE_S)
+        finally:
+            for changed in woken:
+                feed.release(changed)
+
+    _on_a_silent_feed(pages)
 
 
 def test_frames_a_page_cannot_be_sent_are_logged_once_then_summed_up_at_close(caplog):
@@ -1229,6 +1390,8 @@ def test_waiting_for_an_expression_the_page_never_reaches_fails_saying_which():
     page = _Calls({"Runtime.evaluate": {"result": {"type": "undefined"}}})
     with pytest.raises(RuntimeError, match=r"^the page did not reach `window\.x` within 0\.05 s$"):
         asyncio.run(asyncio.wait_for(page.wait_for("window.x", 0.05), PATIENCE_S))
+    with pytest.raises(RuntimeError, match=r"^no frames arrived$"):  # or what the caller says went wrong
+        asyncio.run(asyncio.wait_for(page.wait_for("window.x", 0.05, "no frames arrived"), PATIENCE_S))
 
 
 class _DevTools:
@@ -1339,6 +1502,35 @@ def test_a_screenshot_reports_the_frames_shown_while_it_watched(monkeypatch, tmp
                       "IR/vis/fused 40/41/60, 4 stats updates")
 
 
+class _Drawing(_Viewer):
+    """A page that has drawn 50 more fused frames at each look, and 1000 more while the stats it waits for come."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.state = {"frames": {"ir": 1, "vis": 1, "fused": 1}, "firstFrameMs": 80.0, "statsUpdates": 0}
+
+    async def wait_for(self, expression: str, timeout_s: float, failure: str = "") -> bool:
+        if "statsUpdates" in expression:
+            self.state["frames"]["fused"] += 1000
+            self.state["statsUpdates"] = 2
+        return True
+
+    async def evaluate(self, expression: str) -> dict:
+        seen = json.loads(json.dumps(self.state))
+        self.state["frames"]["fused"] += 50
+        return seen
+
+
+def test_a_screenshot_s_rate_counts_no_frame_drawn_while_it_waited_for_the_stats(monkeypatch, tmp_path):
+    """The stats were waited for after the watch, and the frames drawn meanwhile (up to two stats intervals, 5 s
+    each by default) were counted as shown within the watch: a rate up to three times the page's."""
+    import streamfuse.view.browser as browser_module
+
+    monkeypatch.setattr(browser_module, "Chromium", _Drawing)
+    _, report = asyncio.run(capture("http://127.0.0.1:1/", tmp_path / "shot.png", 0.01))
+    assert "first fused frame 80 ms after the page opened, 5000.0 frames/s shown over 0.01 s" in report, report
+
+
 class _OneFrame:
     """A frame subscription as a feed's reader sees it: ``recv`` gives ``frame`` once, then sets ``stop`` (the pages
     closed); ``closing``: ``stop`` is set as the frame arrives."""
@@ -1376,3 +1568,40 @@ def test_a_frame_read_is_sent_once_unless_it_came_as_the_last_page_closed(closin
     finally:
         feed.stats_in.close()
     assert [f["header"]["seq"] for f in meta["frames"]] == ([] if closing else [1]) and not feed.newer(seen)
+
+
+class _ReleasedFirst:
+    """The feed's lock, which the last page's release takes first once ``armed``: the page closes while the reader
+    that has just read a frame waits for the lock to store it."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self.lock, self.release, self.armed = threading.Lock(), release, True
+
+    def __enter__(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.release()  # takes this lock too, unarmed now
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_a_frame_read_as_the_last_page_closes_is_dropped_whenever_the_close_comes(monkeypatch):
+    """The reader looked at the pages' stop flag and then took the lock to store the frame: a release in between
+    cleared the frames first, and the frame stored after it was the next page's first message, however old."""
+    import streamfuse.view.feed as feed_module
+
+    stop = threading.Event()
+    monkeypatch.setattr(feed_module, "Subscriber", lambda *args, **kwargs: _OneFrame(({"seq": 1}, _image()), stop))
+    feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # never started: its reader runs here
+    changed = asyncio.Event()
+    feed._waiters.add(changed)  # one page open, its frame subscriptions stopped by ``stop``
+    feed._frames_stop = stop
+    feed._lock = _ReleasedFirst(lambda: feed.release(changed))
+    try:
+        feed._read_frames("fused", stop, None)
+        meta, _ = unpack(asyncio.run(feed.message({})))
+    finally:
+        feed.stats_in.close()
+    assert stop.is_set() and meta["frames"] == []

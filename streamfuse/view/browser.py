@@ -175,10 +175,11 @@ async def capture(url: str, path: Path, watch_s: float, timeout_s: float = 30.0,
         await browser.goto(url)
         await browser.wait_for(f"{PAGE_STATE} && {PAGE_STATE}.frames.fused > 0", timeout_s,
                                f"no frames arrived from {source} within {timeout_s:g} s: is the pipeline running?")
-        start = await browser.evaluate(PAGE_STATE)
-        await asyncio.sleep(watch_s)
+        # before the watch: the frames drawn while the stats come (up to two of their intervals) are not the watch's
         await browser.wait_for(f"{PAGE_STATE}.statsUpdates >= 2", timeout_s,
                                f"fewer than 2 stats messages arrived from {source} within {timeout_s:g} s")
+        start = await browser.evaluate(PAGE_STATE)
+        await asyncio.sleep(watch_s)
         end = await browser.evaluate(PAGE_STATE)
         written = await browser.screenshot(path)
     shown = (end["frames"]["fused"] - start["frames"]["fused"]) / watch_s

@@ -205,10 +205,11 @@ class Feed:
         with sub:
             while not (stop.is_set() or self._closing.is_set()):
                 frame = sub.recv()
-                if frame is not None and not stop.is_set():
-                    with self._lock:
-                        self._latest[kind] = (self.versions[kind] + 1, *frame)
-                        self._arrived(kind)
+                if frame is not None:
+                    with self._lock:  # stop looked at under the lock: a release between a look and the store
+                        if not stop.is_set():  # cleared the frames first, this one then the next page's first
+                            self._latest[kind] = (self.versions[kind] + 1, *frame)
+                            self._arrived(kind)
 
     def _subscribe(self, kind: str, stop: threading.Event) -> Subscriber | None:
         """The subscription of ``kind``, tried again every ``_RETRY_S`` while it fails (a host name that does not

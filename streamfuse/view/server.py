@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(_main(feed, args))
     except OSError as exc:
-        print(f"streamfuse view: error: cannot serve the page on {args.host}:{args.port}: {io_reason(exc)}",
-              file=sys.stderr)
+        print(f"streamfuse view: error: cannot serve the page on {printable(args.host)}:{args.port}: "
+              f"{io_reason(exc)}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # the browser of --screenshot
         print(f"streamfuse view: error: {printable(exc)}", file=sys.stderr)
