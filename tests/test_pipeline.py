@@ -352,8 +352,10 @@ def test_missing_video_file_is_one_line(tmp_path):
 @pytest.mark.timeout(120)
 def test_a_run_failing_before_a_source_delivers_keeps_no_recording_that_blocks_its_rerun(tmp_path, receiver):
     """A wrong IR path with ``record:`` finished a recording of the visible frames of the failed start (and made its
-    folder), and the corrected run was then refused: the record path existed."""
+    folder), and the corrected run was then refused: the record path existed. (A missing path is refused before the
+    run starts: here a file that is no video, found out as its producer opens it.)"""
     record = tmp_path / "runs" / "rig.mcap"
+    (tmp_path / "nope.mp4").write_bytes(b"no video in here")
     common = ["--set", "fuse.name=max", "--set", "publish.endpoint=tcp://127.0.0.1:*",
               "--set", f"record.path={record}", "--set", "ir.width=64", "--set", "ir.height=48",
               "--set", "vis.width=64", "--set", "vis.height=48"]

@@ -33,13 +33,18 @@ def test_a_stop_ignores_the_stops_that_come_after_it_until_the_block_ends(stop):
     # a second SIGTERM (a service manager sends it again) raised inside the first one's cleanup and cut it short; a
     # terminal's hangup stops the run as SIGTERM does, and is named
     stops = (signal.SIGTERM, *HANGUP)
-    previous = {sig: signal.getsignal(sig) for sig in stops}
-    with handled(raise_terminated, stops):
-        with pytest.raises(Terminated, match=rf"^interrupted \({stop.name}\)$"):
-            signal.raise_signal(stop)
-            threading.Event().wait(PATIENCE_S)  # the stop ends this wait
-        assert {sig: signal.getsignal(sig) for sig in stops} == {sig: signal.SIG_IGN for sig in stops}
-    assert {sig: signal.getsignal(sig) for sig in stops} == previous
+    nohup = {sig: signal.signal(sig, signal.SIG_DFL) for sig in HANGUP}  # a suite run under nohup: kept ignored there
+    try:
+        previous = {sig: signal.getsignal(sig) for sig in stops}
+        with handled(raise_terminated, stops):
+            with pytest.raises(Terminated, match=rf"^interrupted \({stop.name}\)$"):
+                signal.raise_signal(stop)
+                threading.Event().wait(PATIENCE_S)  # the stop ends this wait
+            assert {sig: signal.getsignal(sig) for sig in stops} == {sig: signal.SIG_IGN for sig in stops}
+        assert {sig: signal.getsignal(sig) for sig in stops} == previous
+    finally:
+        for sig, handler in nohup.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.skipif(not HANGUP, reason="no SIGHUP on this platform")
