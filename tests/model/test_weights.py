@@ -27,6 +27,18 @@ def test_save_load_round_trip(tmp_path, tiny, pair):
         torch.testing.assert_close(net(ir, vis, noise, ir), loaded(ir, vis, noise, ir))
 
 
+def _blob(tmp_path, tiny) -> tuple[Path, dict]:
+    """A tiny net's weights file and what it holds, to edit and save again (:func:`_refused_as_saved`)."""
+    path = tmp_path / "w.pt"
+    save_weights(path, HCLFuseNet(tiny))
+    return path, torch.load(str(path), weights_only=True)
+
+
+def _refused_as_saved(path, blob, match):
+    torch.save(blob, str(path))
+    _one_line_value_error(path, match)
+
+
 def _one_line_value_error(path, match):
     with pytest.raises(ValueError, match=match) as info:
         load_weights(path)
@@ -48,75 +60,56 @@ def test_bad_files_give_one_clear_line(tmp_path):
 
 
 def test_older_format_is_refused_for_inference_but_can_start_a_fine_tune(tmp_path, tiny):
-    path = tmp_path / "old.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     blob["format_version"] = 1
-    torch.save(blob, str(path))
-    _one_line_value_error(path, "format version 1 is not supported")
+    _refused_as_saved(path, blob, "format version 1 is not supported")
     cfg, state, _ = read_weights(path, any_version=True)
     assert cfg == tiny and set(state) == set(HCLFuseNet(tiny).state_dict())
 
 
 def test_config_weights_mismatch_is_one_line(tmp_path, tiny):
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     blob["model"]["widths"] = [8, 8]
-    torch.save(blob, str(path))
-    _one_line_value_error(path, "do not match the model config")
+    _refused_as_saved(path, blob, "do not match the model config")
     blob["model"]["widths"] = [4, 8]
     blob["state_dict"]["denoiser.out.bias"][:] = float("nan")
-    torch.save(blob, str(path))
-    _one_line_value_error(path, "NaN")
+    _refused_as_saved(path, blob, "NaN")
 
 
 @pytest.mark.parametrize("change, said", [("drop", r"missing \['student\.out\.bias'\], unexpected \[\]"),
                                           ("add", r"missing \[\], unexpected \['student\.extra'\]")])
 def test_a_tensor_missing_or_one_too_many_is_named_in_one_line(tmp_path, tiny, change, said):
     # a KeyError traceback for a missing one; load_state_dict's multi-line RuntimeError for an unexpected one
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     if change == "drop":
         del blob["state_dict"]["student.out.bias"]
     else:
         blob["state_dict"]["student.extra"] = torch.zeros(2)
-    torch.save(blob, str(path))
-    _one_line_value_error(path, said)
+    _refused_as_saved(path, blob, said)
 
 
 @pytest.mark.parametrize("key, value, said", [("student_steps", 9, "bad model config: student_steps=9 is out of range"),
                                               ("colour", 1, r"unknown model config keys \['colour'\]")])
 def test_a_bad_or_unknown_model_config_value_is_one_line_naming_the_file(tmp_path, tiny, key, value, said):
     # the config's own check said what was wrong but not in which file
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     blob["model"][key] = value
-    torch.save(blob, str(path))
-    _one_line_value_error(path, said)
+    _refused_as_saved(path, blob, said)
 
 
 def test_a_state_dict_holding_something_else_than_a_tensor_is_one_line(tmp_path, tiny):
     # a hand-edited file (a list where a tensor was) gave an AttributeError traceback ('list' has no 'shape')
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     blob["state_dict"]["student.out.bias"] = [0.0, 0.0]
-    torch.save(blob, str(path))
-    _one_line_value_error(path, "its state_dict is not a mapping of tensors")
+    _refused_as_saved(path, blob, "its state_dict is not a mapping of tensors")
 
 
 def test_a_tensor_of_the_right_size_but_another_shape_is_refused_in_one_line(tmp_path, tiny):
     # as many values as the config needs, laid out otherwise (a transposed kernel): load_state_dict's multi-line
     # RuntimeError, or with check_model off a tensor read in the wrong layout
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     blob["state_dict"]["encoder.down.weight"] = blob["state_dict"]["encoder.down.weight"].transpose(0, 1).contiguous()
-    torch.save(blob, str(path))
-    _one_line_value_error(path, re.escape("encoder.down.weight has shape (4, 8, 3, 3), the config needs (8, 4, 3, 3)"))
+    _refused_as_saved(path, blob, re.escape("encoder.down.weight has shape (4, 8, 3, 3), the config needs (8, 4, 3, 3)"))
 
 
 def test_shipped_weights_load_and_produce_finite_output(pair):
@@ -183,13 +176,10 @@ def test_a_float16_file_loads_as_float32_with_the_gates_folded(tmp_path, tiny):
 
 @pytest.mark.parametrize("where", [0, -1])
 def test_a_non_finite_value_in_any_tensor_is_refused(tmp_path, tiny, where):
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     key = [k for k, v in blob["state_dict"].items() if v.is_floating_point()][where]
     blob["state_dict"][key].view(-1)[where] = float("inf")  # the first value of the first tensor, the last of the last
-    torch.save(blob, str(path))
-    _one_line_value_error(path, "NaN or infinite")
+    _refused_as_saved(path, blob, "NaN or infinite")
 
 
 @pytest.mark.parametrize("key, value, what", [("model", [4, 8], "model config is not a mapping but list"),
@@ -198,46 +188,34 @@ def test_a_non_finite_value_in_any_tensor_is_refused(tmp_path, tiny, where):
                                               ("extra", [1, 2], "extra metadata is not a mapping but list")])
 def test_a_config_or_metadata_that_is_no_mapping_is_one_line(tmp_path, tiny, key, value, what):
     # a TypeError traceback in run, replay, evaluate and train --init ('list' object is not a mapping)
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     blob[key] = value
-    torch.save(blob, str(path))
-    _one_line_value_error(path, what)
+    _refused_as_saved(path, blob, what)
 
 
 @pytest.mark.parametrize("widths, match", [((2**20, 2**20), "do not match the model config: encoder"),
                                            ((2**40, 2**40), "bad model config: no net of its sizes can be made")])
 def test_a_config_of_huge_sizes_allocates_nothing_before_it_is_refused(tmp_path, tiny, widths, match):
     # a small hostile file made the reader build its config's net first: gigabytes, or an allocator's traceback
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     blob["model"]["widths"] = list(widths)
-    torch.save(blob, str(path))
-    _one_line_value_error(path, match)
+    _refused_as_saved(path, blob, match)
 
 
 def test_integer_tensors_where_the_model_has_floats_are_refused(tmp_path, tiny):
     # they loaded, cast to whole numbers, and fused garbage without a word
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     blob["state_dict"] = {k: v.long() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
-    torch.save(blob, str(path))
-    _one_line_value_error(path, "holds torch.int64, not floats")
+    _refused_as_saved(path, blob, "holds torch.int64, not floats")
 
 
 @pytest.mark.parametrize("version", [FORMAT_VERSION + 1, None])
 def test_a_newer_or_unstated_format_version_is_refused_too(tmp_path, tiny, version):
     # only the version this reader knows loads for inference: a newer file's tensors may mean something else under the
     # same names, and a file that states no version at all is no file this package wrote
-    path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny))
-    blob = torch.load(str(path), weights_only=True)
+    path, blob = _blob(tmp_path, tiny)
     if version is None:
         del blob["format_version"]
     else:
         blob["format_version"] = version
-    torch.save(blob, str(path))
-    _one_line_value_error(path, f"format version {version} is not supported")
+    _refused_as_saved(path, blob, f"format version {version} is not supported")
