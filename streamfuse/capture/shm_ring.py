@@ -220,8 +220,8 @@ class ShmRing:
         self._hdr = self._meta = self._data = None  # views must go before the mapping can close
         shm, self._shm = self._shm, None
         shm.close()
+        release(shm.name)  # a writer's too, moving on: its lock's descriptor kept the memory after the unlink
         if unlink:
-            release(shm.name)
             shm.unlink()
 
     def _grow(self, nbytes: int) -> None:

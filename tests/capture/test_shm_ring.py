@@ -3,6 +3,7 @@ segments freed by name."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import multiprocessing as mp
 import os
@@ -139,6 +140,30 @@ def test_bigger_frame_moves_to_a_larger_segment_and_all_generations_are_unlinked
     second = ring.name
     ring.close()
     assert_unlinked(second)
+
+
+def _grown_twice_holding(ring: ShmRing) -> None:
+    """Child process: grow twice; exit 1 while a descriptor still holds the generation it grew out of."""
+    for seq, rows in enumerate((10, 40, 80)):
+        ring.write(Frame("vis", seq, t_of(seq), image(seq, (rows, 10, 3))))
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            links.append(os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)"))
+    sys.exit(int(str(SHM_DIR / ring._name(1)) in links))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+@pytest.mark.timeout(60)
+def test_a_writer_lets_go_of_the_generations_it_grew_out_of() -> None:
+    # its lock on each segment it made (held while in use) kept the descriptor, and so the memory, of every smaller
+    # generation after the reader had unlinked it, for as long as the producer ran
+    ctx = mp.get_context("spawn")
+    with ShmRing("vis", slots=2, slot_bytes=10 * 10 * 3, ctx=ctx) as ring:
+        child = ctx.Process(target=_grown_twice_holding, args=(ring,))
+        child.start()
+        child.join(50)
+        assert child.exitcode == 0
 
 
 @pytest.mark.timeout(60)
