@@ -1241,6 +1241,8 @@ def test_a_page_that_closes_leaves_the_frames_of_the_pages_still_open():
             pipeline.stop.set()
             pipeline.join()
             feed.close()
+            feed.stats_in.close()  # never started: no reader of its own closes it (left open, its socket's monitor
+            # could answer for a later socket given the same descriptor number)
 
 
 def test_a_frame_subscription_that_fails_waits_before_trying_again(monkeypatch):
