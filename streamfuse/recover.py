@@ -30,7 +30,7 @@ from streamfuse.capture.sources import SourceError
 from streamfuse.cli.args import Parser, path_arg
 from streamfuse.errors import io_reason, printable
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
-from streamfuse.signals import HANGUP, handled
+from streamfuse.signals import HANGUP, handled, raise_interrupt
 
 __all__ = ["recover", "main"]
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         "name beside it, e.g. runs/rig0.mcap); never written over")
     args = parser.parse_args(argv)
     try:  # SIGTERM and SIGHUP stop it as Ctrl-C does: the temporary file removed, one line
-        with handled(signal.default_int_handler, (signal.SIGTERM, *HANGUP)):
+        with handled(raise_interrupt, (signal.SIGTERM, *HANGUP)):
             said = recover(args.partial, args.out)
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"streamfuse recover: error: {printable(exc)}", file=sys.stderr)

@@ -8,18 +8,20 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "raise_terminated", "interrupted",
-           "deferred", "ignore_stops", "blocked"]
+__all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "raise_terminated", "raise_interrupt",
+           "interrupted", "deferred", "ignore_stops", "blocked"]
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 TERMINATE = (signal.SIGTERM, *HANGUP)  # a service manager's stop; a terminal's hangup (an SSH session that drops)
-_REDELIVERY = threading.Lock()  # held while a stop waits for the main thread's imports to end
+_REDELIVERY = threading.Lock()  # held while a stop waits for the main thread's import or finalizer to end
+_FINALIZE = weakref.finalize.__call__.__code__
 
 
 class Terminated(KeyboardInterrupt):
@@ -28,34 +30,52 @@ class Terminated(KeyboardInterrupt):
 
 
 def raise_terminated(signum: int, frame: FrameType | None) -> None:
-    """A handler of ``TERMINATE`` that stops the run as Ctrl-C does (a replay's, a command's start-up).
-
-    One that comes during an import (torch's, as the model loads) is raised once the import is over: raised inside
-    it, the exception can unwind through a C++ extension's initialisation, which then aborts the process (SIGABRT).
-    """
-    if _importing(frame):
-        if _REDELIVERY.acquire(blocking=False):  # one wait at a time: a second signal meanwhile is the same stop
-            threading.Thread(target=_after_imports, args=(signum,), name="streamfuse-stop", daemon=True).start()
+    """A handler of ``TERMINATE`` that stops the run as Ctrl-C does (a replay's, a command's start-up), once the main
+    thread is out of any import or finalizer it is in (:func:`_held_off`)."""
+    if _held_off(signum, frame):
         return
     for sig in TERMINATE:  # already stopping: a second one must not cut the cleanup
         signal.signal(sig, signal.SIG_IGN)
     raise Terminated(f"interrupted ({signal.Signals(signum).name})")
 
 
-def _importing(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside an import: a module's own code, called by importlib."""
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    """Python's own Ctrl-C handler (a KeyboardInterrupt where the main thread is), for any stop signal, once the main
+    thread is out of any import or finalizer it is in (:func:`_held_off`)."""
+    if not _held_off(signum, frame):
+        raise KeyboardInterrupt
+
+
+def _held_off(signum: int, frame: FrameType | None) -> bool:
+    """Whether ``signum`` must wait, and is sent again once the main thread is out of what ``frame`` runs in.
+
+    Raised inside an import (torch's, as the model loads), the exception can unwind through a C++ extension's
+    initialisation, which then aborts the process (SIGABRT); raised inside a finalizer (``__del__``, a
+    ``weakref.finalize``: pyzmq's context as a collection frees it), Python reports it as ignored and the stop is
+    lost.
+    """
+    if not _sheltered(frame):
+        return False
+    if _REDELIVERY.acquire(blocking=False):  # one wait at a time: a second signal meanwhile is the same stop
+        threading.Thread(target=_after_shelter, args=(signum,), name="streamfuse-stop", daemon=True).start()
+    return True
+
+
+def _sheltered(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import (a module's own code, called by importlib) or a finalizer."""
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
+        code = frame.f_code
+        if code.co_filename.startswith("<frozen importlib") or code.co_name == "__del__" or code is _FINALIZE:
             return True
         frame = frame.f_back
     return False
 
 
-def _after_imports(signum: int) -> None:
-    """``signum`` again to the main thread once no import runs there (polled: an import has no hook at its end); a
-    signal, not a flag, so that it also ends a wait the main thread may be in by then."""
+def _after_shelter(signum: int) -> None:
+    """``signum`` again to the main thread once it runs no import or finalizer (polled: neither has a hook at its
+    end); a signal, not a flag, so that it also ends a wait the main thread may be in by then."""
     main = threading.main_thread().ident
-    while _importing(sys._current_frames().get(main)):
+    while _sheltered(sys._current_frames().get(main)):
         time.sleep(0.01)
     _REDELIVERY.release()  # first: the handler may run, and meet another import, before pthread_kill returns
     signal.pthread_kill(main, signum)

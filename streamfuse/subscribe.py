@@ -31,7 +31,7 @@ from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.connection_watch import load_server_key
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
-from streamfuse.signals import handled
+from streamfuse.signals import handled, raise_interrupt
 from streamfuse.wire import RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX
 
 __all__ = ["main"]
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:  # SIGTERM (systemd, a ROS launch) stops it as Ctrl-C does, with the summary
         server_key = load_server_key(args.server_key)
-        with handled(signal.default_int_handler, (signal.SIGTERM,)), \
+        with handled(raise_interrupt, (signal.SIGTERM,)), \
                 Subscriber(args.endpoint, args.topic, timeout_s=args.timeout, latest=args.latest, server_key=server_key,
                            client_key_file=args.client_key,
                            max_frame_bytes=max(1, round(args.max_frame_mb * 1e6)),

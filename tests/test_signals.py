@@ -1,16 +1,18 @@
-"""streamfuse.signals: a SIGTERM that comes during an import stops the run once the import is over; a stop ignores the
-next ones, a nohup'd hangup stays ignored, a deferral holds only its signals, and why a run stopped."""
+"""streamfuse.signals: a SIGTERM that comes during an import, or a stop during a finalizer, stops the run once it is
+over; a stop ignores the next ones, a nohup'd hangup stays ignored, a deferral holds only its signals, and why a run stopped."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+import weakref
+from collections.abc import Callable
 
 import pytest
 
 from streamfuse.signals import (HANGUP, STOP_SIGNALS, Terminated, blocked, deferred, handled, ignore_stops, interrupted,
-                               raise_terminated)
+                               raise_interrupt, raise_terminated)
 
 PATIENCE_S = 30.0  # how long the test waits for the stop that must come (a loaded machine can be slow)
 
@@ -26,6 +28,41 @@ def test_a_sigterm_during_an_import_stops_the_run_once_the_import_is_over(tmp_pa
         __import__(name)
         threading.Event().wait(PATIENCE_S)  # the stop ends this wait
     assert sys.modules[name].finished
+
+
+class _Finalized:
+    """Calls ``finalize`` from its ``__del__``."""
+
+    def __init__(self, finalize: Callable[[], None]) -> None:
+        self.finalize = finalize
+
+    def __del__(self) -> None:
+        self.finalize()
+
+
+class _Target:
+    """Something a ``weakref.finalize`` can watch."""
+
+
+@pytest.mark.parametrize("handler, stop, raised", [(raise_terminated, signal.SIGTERM, Terminated),
+                                                   (raise_interrupt, signal.SIGINT, KeyboardInterrupt)])
+@pytest.mark.parametrize("finalizer", ["__del__", "weakref.finalize"])
+def test_a_stop_during_a_finalizer_stops_the_run_once_the_finalizer_is_over(handler, stop, raised, finalizer):
+    """Raised inside a finalizer (pyzmq's context's, as a garbage collection frees it), the stop was reported as
+    ignored and lost: a benchmark stopped by Ctrl-C ran on. The finalizer finishes and the stop comes after it."""
+    done = []
+
+    def finalize() -> None:
+        signal.raise_signal(stop)
+        done.append(True)
+
+    with handled(handler, (stop,)), pytest.raises(raised):
+        if finalizer == "__del__":
+            _Finalized(finalize)  # unreferenced at once: finalized here
+        else:
+            weakref.finalize(_Target(), finalize)
+        threading.Event().wait(PATIENCE_S)  # the stop ends this wait
+    assert done
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, *HANGUP])

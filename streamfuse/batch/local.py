@@ -19,7 +19,7 @@ from streamfuse.errors import io_reason
 from streamfuse.replay.frames_dir import STAGING
 from streamfuse.replay.outputs import check_existing_output, check_no_partial, is_complete
 from streamfuse.replay.resume import frames_held
-from streamfuse.signals import TERMINATE, handled
+from streamfuse.signals import TERMINATE, handled, raise_interrupt
 
 __all__ = ["Engine", "LocalEngine", "run_batch"]
 
@@ -92,7 +92,7 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     work_cfg = absolute_paths(dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False)))
     interrupted = False
     # SIGTERM and SIGHUP stop the batch as Ctrl-C does (a replay and the Ray driver set their own meanwhile)
-    with _output_folders({job.out.parent for job in todo}), handled(signal.default_int_handler, TERMINATE), \
+    with _output_folders({job.out.parent for job in todo}), handled(raise_interrupt, TERMINATE), \
             tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
                  disable=quiet) as pairs, \
             tqdm(unit="frame", desc="frames", position=1, disable=quiet) as frames:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamfuse.errors import io_reason, printable
-from streamfuse.signals import TERMINATE, Terminated, handled, ignore_stops, raise_terminated
+from streamfuse.signals import TERMINATE, Terminated, handled, ignore_stops, raise_interrupt, raise_terminated
 
 __all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool",
            "leave", "quiet_interrupt"]
@@ -165,8 +165,10 @@ def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
         print(f"{prog}: error: its working folder was deleted; start it from one that exists", file=sys.stderr)
         return 1
     signals, stopped = STOPPED_BY.get(command, ((), 0))
+    # Python's Ctrl-C, but one that lands in a finalizer is not lost; one ignored from the start (`cmd &`) stays so
+    ctrl_c = (signal.SIGINT,) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else ()
     try:
-        with handled(raise_terminated, signals):
+        with handled(raise_interrupt, ctrl_c), handled(raise_terminated, signals):
             return guarded(main, prog)
     except Terminated as exc:  # before the command's own handlers (its start-up): nothing to keep or sum up
         print(f"{prog}: {exc}", file=sys.stderr)

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import pickle
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from streamfuse.model.losses import hclfuse_losses
 from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
 from streamfuse.output_lock import output_lock
-from streamfuse.signals import handled
+from streamfuse.signals import handled, raise_interrupt
 from streamfuse.train.config import TrainConfig, TrainSetup
 from streamfuse.train.data import PairSampler, data_digest, load_pairs
 from streamfuse.train.distill import distill_losses
@@ -262,7 +261,7 @@ def _train(data: Path, out: Path, setup: TrainSetup, resume: bool, ckpt_minutes:
     """:func:`run_training` holding its output's lock."""
     _check_run(data, out, init, resume, setup.train)
     try:
-        with handled(signal.default_int_handler):
+        with handled(raise_interrupt):
             run, sampler, resolved = _prepare(data, out, setup, resume, init)
     except KeyboardInterrupt:
         raise InterruptedError("interrupted before the first step; no checkpoint written") from None

@@ -32,7 +32,7 @@ from streamfuse.endpoints import bind_shown, faces_network
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.codecs import JPEG_MAX_SIDE
-from streamfuse.signals import handled
+from streamfuse.signals import handled, raise_interrupt
 from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, most_connections
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     try:
-        with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
+        with handled(raise_interrupt, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
             bridge = Bridge(args.endpoint, args.topic, args.stats_topic, host=args.host, port=args.port, raw=args.raw,
                             previews=args.previews, quality=args.quality, server_key=load_server_key(args.server_key),
                             client_key_file=args.client_key, name_wait_s=args.name_wait,

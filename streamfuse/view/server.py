@@ -31,7 +31,7 @@ from streamfuse.endpoints import bind_shown, faces_network
 from streamfuse.cli.args import Parser, int_at_least, key_options, path_arg, positive, seconds
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
-from streamfuse.signals import handled
+from streamfuse.signals import handled, raise_interrupt
 from streamfuse.view.feed import Feed
 from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, Gate, allow_host_option, listen, most_connections
 
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     _aiohttp()
     try:
-        with handled(signal.default_int_handler, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
+        with handled(raise_interrupt, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
             feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=load_server_key(args.server_key),
                         client_key_file=args.client_key, quality=args.quality, name_wait_s=args.name_wait)
     except ValueError as exc:
