@@ -37,6 +37,7 @@ def test_an_unknown_argument_is_one_line_and_runs_nothing(args, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.timeout(300)  # two evaluate runs, each loading torch and the model: over 120 s on a loaded machine
 def test_a_failed_evaluate_is_said_and_no_earlier_table_is_shown(tmp_path):
     # its `cat metrics.md` printed an earlier check's table, or failed and ended the script (set -e) unexplained
     data = tmp_path / "data"
