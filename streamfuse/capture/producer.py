@@ -35,15 +35,16 @@ frees the shared memory of runs that were killed as a whole (``shm_ring.remove_s
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streamfuse.capture.producer_process import StopFlag, how_it_ended, process_context, start_process
-from streamfuse.capture.shm_ring import SHM_DIR, ShmRing, named_semaphore, remove_stale
+from streamfuse.capture.producer_process import (StopFlag, check_rings_fit, how_it_ended, process_context,
+                                                  start_process)
+from streamfuse.capture.shm_ring import ShmRing, named_semaphore, remove_stale
 from streamfuse.capture.sources import SourceConfig
+from streamfuse.capture.time_line import new_pass, pace_lines
 from streamfuse.frames import Frame
 
 __all__ = ["ProducerEvent", "Producers", "start_producers"]
@@ -83,7 +84,7 @@ class _Worker:
     ring: ShmRing | None = None
     conn: Any = None
     beat: Any = None  # the current process's shared (frames written, interval ns, pacing until ns, packets skipped)
-    pace: Any = field(default_factory=lambda: [0, 0])  # shared (perf_counter ns, t ns): a realtime time line's start
+    pace: Any = field(default_factory=lambda: [0, 0])  # shared (perf_counter ns, t ns): its realtime time line's start
     beats_seen: int = 0
     heard_at: float = 0.0  # monotonic time the current process last showed progress
     stalled: bool = False  # the current silence has been reported
@@ -124,8 +125,9 @@ class Producers:
                  backoff_max_s: float = 8.0) -> None:
         self._slots, self._backoff = slots or _SLOTS, (backoff_s, backoff_max_s)
         self._ctx = process_context()
-        self._workers = {name: _Worker(name, cfg, pace=self._ctx.RawArray("q", 2)) for name, cfg in cfgs.items()}
-        self._check_shared_memory()
+        paces = pace_lines(self._ctx, cfgs)  # where realtime pacing began, kept across restarts (time_line)
+        self._workers = {name: _Worker(name, cfg, pace=paces[name]) for name, cfg in cfgs.items()}
+        check_rings_fit(cfgs, self._slots)
         if removed := remove_stale():
             log.info("freed %d shared-memory objects left by killed runs: %s", len(removed), " ".join(removed))
         self._stop = StopFlag(self._ctx)
@@ -140,20 +142,6 @@ class Producers:
             raise
 
     # -- process management ----------------------------------------------------------------------------------------
-
-    def _check_shared_memory(self) -> None:
-        """Refuse rings that do not fit the free shared memory: such a segment is created without complaint and the
-        first write past the end kills the producer with SIGBUS."""
-        if not SHM_DIR.is_dir():
-            return
-        fs = os.statvfs(SHM_DIR)
-        free = fs.f_bavail * fs.f_frsize
-        need = {name: w.cfg.ring_bytes(self._slots) for name, w in self._workers.items()}
-        if sum(need.values()) > free:
-            sizes = ", ".join(f"{n} {w.cfg.width}x{w.cfg.height}" for n, w in self._workers.items())
-            raise ValueError(f"capture rings need {sum(need.values()) / 2**20:.0f} MiB of shared memory ({sizes}, "
-                             f"{self._slots} slots each) but {SHM_DIR} has {free / 2**20:.0f} MiB free: lower "
-                             f"width/height, or give {SHM_DIR} more room (docker: --shm-size)")
 
     def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
         w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1), "latest", ctx=self._ctx, data_bell=self._bell)
@@ -199,10 +187,11 @@ class Producers:
         seq = w.last_seq + 1
         if not w.cfg.replayable:
             return seq, 0, 0
-        if at_end:  # a new pass starts one frame period after the last frame, paced on a time line of its own
+        if at_end:  # a new pass starts one frame period after the last frame (paced: ``time_line.new_pass``)
             period = w.last_t - w.prev_t if w.prev_t is not None else round(1e9 / w.cfg.fps)
             raw_first = w.pass_first_t - w.pass_offset
-            w.pass_offset, w.pass_first_seq, w.pass_first_t, w.pace[0] = w.last_t + period - raw_first, seq, None, 0
+            w.pass_offset, w.pass_first_seq, w.pass_first_t = w.last_t + period - raw_first, seq, None
+            new_pass(w.pace, [other.pace for other in self._workers.values() if other is not w])
             return seq, 0, w.pass_offset
         return seq, seq - w.pass_first_seq, w.pass_offset
 

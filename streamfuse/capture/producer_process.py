@@ -1,5 +1,5 @@
 """What runs in a producer process: the body that reads one Source into its ShmRing, the stop flag it watches, and
-how the process is started (see ``producer`` for the supervising side).
+how the process is started, its ring first checked to fit (see ``producer`` for the supervising side).
 
 Children are forked from a server process that has already imported this module (``forkserver``, where the
 platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT, SIGTERM and SIGHUP (the
@@ -20,12 +20,13 @@ import time
 from multiprocessing import forkserver, resource_tracker
 from typing import Any
 
-from streamfuse.capture.shm_ring import ShmRing, process_alive
+from streamfuse.capture.shm_ring import SHM_DIR, ShmRing, process_alive
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
 from streamfuse.errors import one_line, redact
 from streamfuse.signals import HANGUP, STOP_SIGNALS
 
-__all__ = ["StopFlag", "produce", "process_context", "start_servers", "start_process", "describe_exit", "how_it_ended"]
+__all__ = ["StopFlag", "check_rings_fit", "produce", "process_context", "start_servers", "start_process",
+           "describe_exit", "how_it_ended"]
 
 
 def process_context() -> Any:
@@ -50,6 +51,21 @@ def start_servers() -> None:
             forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def check_rings_fit(cfgs: dict[str, SourceConfig], slots: int) -> None:
+    """Refuse capture rings of ``slots`` frames a source that do not fit the free shared memory: such a segment is
+    created without complaint and the first write past the end kills the producer with SIGBUS."""
+    if not SHM_DIR.is_dir():
+        return
+    fs = os.statvfs(SHM_DIR)
+    free = fs.f_bavail * fs.f_frsize
+    need = {name: cfg.ring_bytes(slots) for name, cfg in cfgs.items()}
+    if sum(need.values()) > free:
+        sizes = ", ".join(f"{n} {cfg.width}x{cfg.height}" for n, cfg in cfgs.items())
+        raise ValueError(f"capture rings need {sum(need.values()) / 2**20:.0f} MiB of shared memory ({sizes}, "
+                         f"{slots} slots each) but {SHM_DIR} has {free / 2**20:.0f} MiB free: lower width/height, "
+                         f"or give {SHM_DIR} more room (docker: --shm-size)")
 
 
 class StopFlag:

@@ -23,6 +23,7 @@ import numpy as np
 
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import palette
+from streamfuse.capture.time_line import claimed
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check, shown
 from streamfuse.errors import redact
@@ -198,7 +199,7 @@ class BaseSource:
 
     live = False
     warn: Callable[[str], None] = staticmethod(_log_warning)  # one line on what the source corrects and goes on with
-    pace_origin: Any = None  # shared [perf_counter ns, t ns] where realtime pacing began, set by its first process
+    pace_origin: Any = None  # shared [perf_counter ns, t ns] where realtime pacing began (capture.time_line)
     pace_shift_ns = 0  # what the producer adds to this process's frame times (a resumed pass's offset)
 
     def __init__(self, section: str, cfg: SourceConfig) -> None:
@@ -328,20 +329,28 @@ class BaseSource:
         if seconds > 0:
             (self.stop_event.wait if self.stop_event is not None else time.sleep)(seconds)
 
+    def _anchor(self, t_ns: int) -> bool:
+        """Where pacing the frame at ``t_ns`` begins: the time line (``pace_origin``, :mod:`~.time_line`) this frame
+        starts (True: due now), or the one a restarted producer's predecessor or the other source began."""
+        line, origin = FileClock(self._period_ns), self.pace_origin
+        if origin is None or not origin[0]:  # the first frame on it
+            self._pace_anchor = (time.perf_counter_ns(), line.stamp(t_ns), line)
+            if origin is not None:  # on the frames' time line (the producer adds pace_shift_ns to each)
+                origin[1], origin[0] = self._pace_anchor[1] + self.pace_shift_ns, self._pace_anchor[0]
+            return True
+        # started anew, a restarted producer's frames came later than the other source's of the same time (by the
+        # restart's delay and the frames skipped), and never paired
+        self._pace_anchor = (origin[0], origin[1] - self.pace_shift_ns, line)
+        return False
+
     def _pace(self, t_ns: int) -> None:
         """Realtime pacing: return when the wall clock has advanced as far as t_ns since the first frame, on a time
         line with a stepped clock's steps shifted out (a recording made across one neither races nor sleeps)."""
         if not self.cfg.realtime or self._skipping:
             return
         if self._pace_anchor is None:
-            line, origin = FileClock(self._period_ns), self.pace_origin
-            if origin is None or not origin[0]:  # the first process: its first frame starts the time line
-                self._pace_anchor = (time.perf_counter_ns(), line.stamp(t_ns), line)
-                if origin is not None:  # on the frames' time line (the producer adds pace_shift_ns to each)
-                    origin[1], origin[0] = self._pace_anchor[1] + self.pace_shift_ns, self._pace_anchor[0]
-                return
-            # a restarted producer goes on on its predecessor's time line: started anew, its frames came later than
-            # the other source's of the same time (by the restart's delay and the frames skipped), and never paired
-            self._pace_anchor = (origin[0], origin[1] - self.pace_shift_ns, line)
+            with claimed(self.pace_origin):
+                if self._anchor(t_ns):
+                    return
         wall0, t0, line = self._pace_anchor
         self._sleep((wall0 + (line.stamp(t_ns) - t0) - time.perf_counter_ns()) / 1e9)

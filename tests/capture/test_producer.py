@@ -59,13 +59,14 @@ def assert_stopped(prod: Producers, shm_names: list[str]) -> None:
         assert not [n for n in shm_names if (Path("/dev/shm") / n).exists()], "leaked shared memory"
 
 
-def write_video(path: Path, n: int, fps: int) -> None:
+def write_video(path: Path, n: int, fps: int, first: int = 0) -> None:
+    """``n`` frames from pts ``first`` on, each of grey level its pts (mod 256)."""
     tb = Fraction(1, fps)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("ffv1", rate=fps)
         stream.width, stream.height, stream.pix_fmt, stream.time_base = 64, 48, "bgr0", tb
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i, np.uint8), format="bgr24")
+        for i in range(first, first + n):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 256, np.uint8), format="bgr24")
             frame.pts, frame.time_base = i, tb
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -433,7 +434,7 @@ def test_rings_that_do_not_fit_the_free_shared_memory_are_refused_in_one_line(mo
     class Tiny:  # a 64 MiB /dev/shm (docker's default) with 10 MiB free
         f_bavail, f_frsize = 10 * 256, 4096
 
-    monkeypatch.setattr("streamfuse.capture.producer.os.statvfs", lambda path: Tiny)
+    monkeypatch.setattr("streamfuse.capture.producer_process.os.statvfs", lambda path: Tiny)
     # 3 bytes a pixel a ring, IR's too: its 8-bit frame and a thermal camera's 16-bit counts; each ring (8 MiB) fits,
     # the two do not
     cfg = SourceConfig(kind="synthetic", width=1280, height=720)
@@ -631,6 +632,28 @@ def test_a_restarted_realtime_producer_keeps_its_predecessors_time_line(monkeypa
     # the clip) goes when it would have without the crash, not 2 s and a restart's frame later
     assert sum(s > 0 for s in slept) == 130 - 90 and clock[0] == pytest.approx(10**12 + 130 * 10**9 / 30, abs=1e3)
 
+def test_two_paced_files_go_by_one_time_line_so_the_one_starting_later_pairs(tmp_path: Path) -> None:
+    # Each paced source began its own time line at its first frame: an IR video starting 0.75 s into the visible
+    # one's times (its camera started later) came 0.75 s before the visible frames of its time, overflowed the
+    # pairing queue, and a live run paired nothing (a replay of the same files paired every IR frame)
+    from streamfuse.sync import Pairer, SyncConfig
+
+    write_video(tmp_path / "ir.mkv", 30, fps=20, first=15)
+    write_video(tmp_path / "vis.mkv", 45, fps=20)
+    cfg = SourceConfig(kind="file", realtime=True, restart=False, stall_factor=0)
+    prod = start_producers(replace(cfg, path=str(tmp_path / "ir.mkv")), replace(cfg, path=str(tmp_path / "vis.mkv")),
+                           slots=64)  # slots enough that the rings overwrite nothing on a loaded machine
+    names = prod.shm_names()
+    try:
+        frames, _ = collect(prod, lambda f, e: False)
+    finally:
+        assert_stopped(prod, names)
+    pairer = Pairer(SyncConfig(slop_ms=10.0, queue_size=8))
+    pairs = [pair for frame in frames for pair in pairer.push(frame)] + pairer.flush()
+    assert [(int(p.ir.image[0, 0]), int(p.vis.image[0, 0, 0])) for p in pairs] == [(i, i) for i in range(15, 45)]
+    assert pairer.stats()["ir"]["dropped"] == 0
+
+
 class _Died:
     """A producer process that has exited (SIGKILL)."""
 
@@ -673,6 +696,7 @@ def test_a_replayable_source_restarted_in_a_later_pass_resumes_within_that_pass(
     image, ms = np.zeros((4, 4), np.uint8), 1_000_000
     for times, resume in (((0,), (1, 0, 40 * ms)), ((0, 40 * ms, 80 * ms), (3, 0, 120 * ms))):
         w = _Worker("ir", SourceConfig(kind="file", path="clip.mkv", fps=25))
+        prod._workers = {"ir": w}
         for seq, t in enumerate(times):
             prod._see(w, Frame("ir", seq, t, image))
         w.proc, w.started_at, w.message = _Died(), time.monotonic(), ("eos", "ir: end of stream (file clip.mkv)")
@@ -683,6 +707,26 @@ def test_a_replayable_source_restarted_in_a_later_pass_resumes_within_that_pass(
     w.proc, w.state, w.message, w.seq_at_start = _Died(), "running", None, 3
     prod._on_exit(w)
     assert w.resume == (5, 2, 120 * ms)
+
+
+def test_a_paced_file_played_again_goes_on_on_the_time_line_it_shares_with_the_other_source() -> None:
+    # Paced afresh from its next pass's first frame, a file restarted at its end ran behind the other source by the
+    # restart's delay (0.1 s doubling up to 8 s) for good; alone on its time line it is paced afresh as before
+    from collections import deque
+
+    from streamfuse.capture.producer import _Worker
+
+    prod = Producers.__new__(Producers)
+    prod._backoff, prod._events = (0.1, 8.0), deque()
+    cfg = SourceConfig(kind="file", path="clip.mkv", fps=25)
+    image, shared, own = np.zeros((4, 4), np.uint8), [10**12, 0], [10**12, 0]
+    for ir_line, kept in ((shared, [10**12, 0]), (own, [0, 0])):
+        prod._workers = {"ir": _Worker("ir", cfg, pace=ir_line), "vis": _Worker("vis", cfg, pace=shared)}
+        w = prod._workers["ir"]
+        prod._see(w, Frame("ir", 0, 0, image))
+        w.proc, w.started_at, w.message = _Died(), time.monotonic(), ("eos", "ir: end of stream (file clip.mkv)")
+        prod._on_exit(w)
+        assert w.state == "waiting" and ir_line == kept
 
 
 class _DroppingRing:

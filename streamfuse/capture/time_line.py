@@ -1,0 +1,46 @@
+"""The time line a realtime-paced source goes by (files, folders, recordings): where its pacing began, as the
+process-shared pair ``[perf_counter ns, frame time ns]`` that its first frame paced sets (``BaseSource._pace``). A
+source's later processes (a restart) go on on it; and where both sources are paced on their own times they share
+one: pairing compares their frames' times, so the frames of one time must come together, not each source's from its
+own first frame on (an IR video starting 0.75 s into the visible one's times came 0.75 s early, overflowed the pairing
+queue, and nothing paired) or from whenever its process got its input open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["pace_lines", "new_pass", "claimed"]
+
+_LOCK_WAIT_S = 1.0  # a process killed while it held the lock must not hold up the other source's for good
+
+
+def pace_lines(ctx: Any, cfgs: dict[str, Any]) -> dict[str, Any]:
+    """Each source's time line (a shared array of ``ctx``, ``[0, 0]`` until set) by its ``SourceConfig``: one for all
+    where every source is paced on its own times, else one each."""
+    if len(cfgs) > 1 and all(cfg.replayable and cfg.realtime for cfg in cfgs.values()):
+        return dict.fromkeys(cfgs, ctx.Array("q", 2))
+    return {name: ctx.Array("q", 2) for name in cfgs}
+
+
+def new_pass(line: Any, others: list[Any]) -> None:
+    """A source on time line ``line`` starts a new pass (its input ended and is played again): alone on it, it is
+    paced afresh from its next frame; on the other sources' time line too (``others``: theirs), it goes on on it (the
+    frames of the restart's delay come at once), or it would run behind them by that delay."""
+    if not any(other is line for other in others):
+        line[0] = 0
+
+
+@contextlib.contextmanager
+def claimed(line: Any) -> Iterator[None]:
+    """Hold ``line``'s lock (where it has one) while its first frame reads and sets it: two sources' first frames
+    may come at once."""
+    lock = line.get_lock() if hasattr(line, "get_lock") else None
+    held = lock is not None and lock.acquire(timeout=_LOCK_WAIT_S)
+    try:
+        yield
+    finally:
+        if held:
+            lock.release()
