@@ -156,7 +156,7 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
                 unfused = _fuse(processor, pub, tel, pairs[-1])
                 failure = failure or unfused  # a source's failure came first
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
-        pairer.flush()  # tail frames count as unpaired, as in a replay of the same recording
+        failure = _flush(pairer, processor, pub, tel, failure)
         capture = producers.stats()  # as the loop ended: not the frames overwritten while the recording finishes
         if rec is not None:  # before the final report
             _end_recording(rec, capture, failure)
@@ -218,6 +218,18 @@ def _fuse(processor: FrameProcessor, pub: Publisher, tel: Telemetry, pair: Frame
         tel.set("nonfinite", processor.denoise.nonfinite)
     _publish(pub, tel, pair, processed, processor.fuser, t0)  # never blocks on a subscriber
     return ""
+
+
+def _flush(pairer: Pairer, processor: FrameProcessor, pub: Publisher, tel: Telemetry, failure: str) -> str:
+    """The run's end: the frames still queued that the end pairs (one waiting for a nearer partner) are fused, the
+    freshest as at every turn, as a replay of the same input fuses them (unless the run failed); the others count as
+    unpaired. Returns the run's failure."""
+    tail = pairer.flush()
+    if not tail or failure:
+        tel.count("stale", len(tail))
+        return failure
+    tel.count("stale", len(tail) - 1)
+    return _fuse(processor, pub, tel, tail[-1])
 
 
 def _fuser_info(cfg: PipelineConfig, fuser: Fuser) -> dict:

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -565,6 +566,38 @@ def test_capture_latency_only_for_wall_clock_sources(realtime, tmp_path):
     # virtual-clock frames carry recording times, not this machine's: no latency against time.time_ns()
     wall = {"capture.ir", "capture.vis", "end_to_end"}
     assert (wall <= stages) if realtime else not (wall & stages)
+
+
+def _video_at(path: Path, pts_ms: list[int]) -> None:
+    """A 64x48 FFV1 video of frames at these times (ms), frame ``i`` of grey level ``i``."""
+    import av
+
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt, stream.time_base = 64, 48, "bgr0", tb
+        stream.codec_context.time_base = tb  # the encoder keeps the pts, not rounded to 1 / 30 s
+        for i, pts in enumerate(pts_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = pts, tb
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+@pytest.mark.timeout(150)
+def test_a_live_run_from_files_fuses_the_pair_their_end_makes(tmp_path):
+    # The last IR frame (0.9 s) waits for a visible frame nearer than the one 10 ms before it; the files' end makes
+    # that pair, which the run counted and never fused, as a replay of the files does: pairs=10, published=9, stale=0
+    from streamfuse.pipeline import run_live
+
+    _video_at(tmp_path / "ir.mkv", [100 * k for k in range(10)])
+    _video_at(tmp_path / "vis.mkv", [33 * k for k in range(27)] + [890])
+    sources = [f"{s}.{key}={value}" for s in ("ir", "vis")
+               for key, value in (("kind", "file"), ("path", tmp_path / f"{s}.mkv"), ("restart", "false"),
+                                   ("stall_factor", "0"))]  # a loaded machine's pause is no failure here
+    cfg, _ = _live_cfg(*sources, "sync.slop_ms=20", endpoint=f"ipc://{tmp_path}/fused")
+    counters = run_live(cfg, duration_s=120.0)["counters"]  # the duration only bounds a failure
+    assert counters["pairs"] == 10 and counters["published"] + counters["stale"] == 10
 
 
 @pytest.mark.timeout(150)
