@@ -5,7 +5,8 @@ Two modes, as ROS ``message_filters`` users expect:
 - ``slop``: approximate-time pairing. An IR frame and a visible frame pair when each is the other's nearest
   frame in time and they are at most ``slop_ms`` apart; a frame that can no longer find such a partner is
   counted ``unpaired``. Each input has a bounded queue: when one stream stalls, the other's oldest frames are
-  dropped (counted ``dropped``) instead of the queue growing.
+  dropped (counted ``dropped``) instead of the queue growing, once a frame there waiting for a nearer partner than
+  the one it has (which the stall keeps from coming) has paired with that one.
 - ``latest``: zero-order hold. Each frame of the leading (faster) stream pairs with the newest frame of the
   other stream, if that one is at most ``hold_ms`` older or newer.
 
@@ -260,9 +261,15 @@ class Pairer:
         while i > 0 and inp.queue[i - 1].t_capture_ns > frame.t_capture_ns:
             i -= 1
         inp.queue.insert(i, frame)
-        if len(inp.queue) > inp.maxlen:
-            inp.pop("dropped")  # the other stream is stalled or far behind: bound the queue
-        return self._match(ended=False)
+        pairs = self._match(ended=False)
+        if len(inp.queue) > inp.maxlen:  # the other stream is stalled or far behind: bound the queue
+            # a frame waiting for a partner nearer than the one it has pairs with that one now: the later frame it
+            # waits for has not come (an IR camera pausing for its shutter), and dropping the frame lost the pair
+            pairs += self._match(ended=True)
+            if len(inp.queue) > inp.maxlen:
+                inp.pop("dropped")
+                pairs += self._match(ended=False)
+        return pairs
 
     def _future_cannot_beat(self, inp: _Input, t_ns: int, gap_ns: int) -> bool:
         """True when no frame still to come on ``inp`` can be closer than ``gap_ns`` to time ``t_ns``.

@@ -171,6 +171,22 @@ def test_stalled_stream_bounds_the_other_queue_and_counts_drops() -> None:
     assert_consistent(pairer.stats())
 
 
+@pytest.mark.parametrize("queue_size", [2, 8])
+def test_a_frame_waiting_for_a_nearer_partner_pairs_when_the_other_stream_pauses_and_its_queue_fills(
+        queue_size: int) -> None:
+    # A 30 fps IR camera pauses 2 s (its shutter) after its frame at 0 ms, whose nearest visible frame comes 12 ms
+    # later: a later IR frame could still have been nearer to that one, so both waited; the visible frames of the
+    # pause filled the queue and the one waited for was dropped, the IR frame left unpaired: a pair lost
+    ir = frames("ir", 30, 4, start_ms=-100) + frames("ir", 30, 2, start_ms=2000)
+    vis = frames("vis", 60, 140, start_ms=-88, skip=frozenset({5}))  # 60 fps; the frame at -5 ms lost
+    pairer = Pairer(SyncConfig(slop_ms=20, queue_size=queue_size))
+    pairs = run(pairer, by_time(ir, vis))
+    assert [(round(p.ir.t_capture_ns / MS), round(p.vis.t_capture_ns / MS)) for p in pairs] == [
+        (-100, -88), (-67, -71), (-33, -38), (0, 12), (2000, 1995), (2033, 2029)]
+    assert pairer.stats()["ir"]["unpaired"] == 0
+    assert_consistent(pairer.stats())
+
+
 def test_latest_mode_pairs_each_fast_frame_with_newest_slow_frame() -> None:
     ir = frames("ir", 10, 10)  # slow IR camera
     vis = frames("vis", 30, 30, start_ms=1)
