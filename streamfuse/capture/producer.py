@@ -84,7 +84,7 @@ class _Worker:
     ring: ShmRing | None = None
     conn: Any = None
     beat: Any = None  # the current process's shared (frames written, interval ns, pacing until ns, packets skipped)
-    pace: Any = field(default_factory=lambda: [0, 0])  # shared (perf_counter ns, t ns): its realtime time line's start
+    pace: Any = field(default_factory=lambda: [0, 0, 0, 0])  # shared: its realtime time line (``time_line``)
     beats_seen: int = 0
     heard_at: float = 0.0  # monotonic time the current process last showed progress
     stalled: bool = False  # the current silence has been reported

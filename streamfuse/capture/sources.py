@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -188,6 +189,9 @@ def open_source(section: str, cfg: SourceConfig) -> Source:
     return build("source", cfg.kind, section=section, cfg=cfg)
 
 
+_FAR_S = 5.0  # a paced source whose first frame is due this far (s) from now on the other source's time line goes alone
+
+
 def _log_warning(line: str) -> None:
     log.warning("%s", redact(line))
 
@@ -332,16 +336,24 @@ class BaseSource:
     def _anchor(self, t_ns: int) -> bool:
         """Where pacing the frame at ``t_ns`` begins: the time line (``pace_origin``, :mod:`~.time_line`) this frame
         starts (True: due now), or the one a restarted producer's predecessor or the other source began."""
-        line, origin = FileClock(self._period_ns), self.pace_origin
-        if origin is None or not origin[0]:  # the first frame on it
-            self._pace_anchor = (time.perf_counter_ns(), line.stamp(t_ns), line)
-            if origin is not None:  # on the frames' time line (the producer adds pace_shift_ns to each)
-                origin[1], origin[0] = self._pace_anchor[1] + self.pace_shift_ns, self._pace_anchor[0]
-            return True
-        # started anew, a restarted producer's frames came later than the other source's of the same time (by the
-        # restart's delay and the frames skipped), and never paired
-        self._pace_anchor = (origin[0], origin[1] - self.pace_shift_ns, line)
-        return False
+        line, origin, now = FileClock(self._period_ns), self.pace_origin, time.perf_counter_ns()
+        first, owner = line.stamp(t_ns), zlib.crc32(self.section.encode()) | 1
+        if origin is not None and origin[0]:
+            # started anew, a restarted producer's frames came later than the other source's of the same time (by the
+            # restart's delay and the frames skipped), and never paired
+            due_s = (origin[0] + first - origin[1] + self.pace_shift_ns - now) / 1e9
+            if origin[2] == owner or abs(due_s) <= _FAR_S:
+                self._pace_anchor = (origin[0], origin[1] - self.pace_shift_ns, line)
+                return False
+            if not origin[3]:  # timed on another clock: it would wait in silence (as if its camera were dead) or race
+                origin[3] = 1
+                self.warn(f"{self.section}: {self.cfg.path}: its first frame's time is {abs(due_s):.1f} s "
+                          f"{'after' if due_s > 0 else 'before'} the other source's, so it is paced on its own (frames "
+                          "pair by their times: these may never pair); are the two inputs timed on one clock?")
+        self._pace_anchor = (now, first, line)
+        if origin is not None and not origin[0]:  # on the frames' time line (the producer adds pace_shift_ns to each)
+            origin[1], origin[2], origin[0] = first + self.pace_shift_ns, owner, now
+        return True
 
     def _pace(self, t_ns: int) -> None:
         """Realtime pacing: return when the wall clock has advanced as far as t_ns since the first frame, on a time

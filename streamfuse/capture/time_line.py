@@ -1,9 +1,11 @@
 """The time line a realtime-paced source goes by (files, folders, recordings): where its pacing began, as the
-process-shared pair ``[perf_counter ns, frame time ns]`` that its first frame paced sets (``BaseSource._pace``). A
+process-shared ``[perf_counter ns, frame time ns, source, told]`` that its first frame paced sets
+(``BaseSource._pace``: ``source`` which one began it, ``told`` whether a source on another clock was said). A
 source's later processes (a restart) go on on it; and where both sources are paced on their own times they share
 one: pairing compares their frames' times, so the frames of one time must come together, not each source's from its
 own first frame on (an IR video starting 0.75 s into the visible one's times came 0.75 s early, overflowed the pairing
-queue, and nothing paired) or from whenever its process got its input open.
+queue, and nothing paired) or from whenever its process got its input open. A source whose first frame is far from
+the other's time (timed on another clock) is paced on its own, and said.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ _LOCK_WAIT_S = 1.0  # a process killed while it held the lock must not hold up t
 
 
 def pace_lines(ctx: Any, cfgs: dict[str, Any]) -> dict[str, Any]:
-    """Each source's time line (a shared array of ``ctx``, ``[0, 0]`` until set) by its ``SourceConfig``: one for all
+    """Each source's time line (a shared array of ``ctx``, zeros until set) by its ``SourceConfig``: one for all
     where every source is paced on its own times, else one each."""
     if len(cfgs) > 1 and all(cfg.replayable and cfg.realtime for cfg in cfgs.values()):
-        return dict.fromkeys(cfgs, ctx.Array("q", 2))
-    return {name: ctx.Array("q", 2) for name in cfgs}
+        return dict.fromkeys(cfgs, ctx.Array("q", 4))
+    return {name: ctx.Array("q", 4) for name in cfgs}
 
 
 def new_pass(line: Any, others: list[Any]) -> None:

@@ -592,17 +592,17 @@ class _PacedClip(BaseSource):
     """A realtime 30 fps clip of ``(48, 64)`` frames from time 0 on a clock the test sets; pacing sleeps are noted in
     ``slept`` (seconds), not slept."""
 
-    def __init__(self, clock: list[int], slept: list[float]) -> None:
-        super().__init__("ir", SourceConfig(kind="file", path="clip.mkv", fps=30.0))
-        self.clock, self.slept, self.n = clock, slept, 0
+    def __init__(self, clock: list[int], slept: list[float], section: str = "ir", first_ns: int = 0) -> None:
+        super().__init__(section, SourceConfig(kind="file", path="clip.mkv", fps=30.0))
+        self.clock, self.slept, self.n, self.first_ns = clock, slept, 0, first_ns
 
     def _open(self) -> None:
         pass
 
     def _read(self) -> Frame:
-        t_ns, self.n = self.n * round(1e9 / 30), self.n + 1
+        t_ns, self.n = self.first_ns + self.n * round(1e9 / 30), self.n + 1
         self._pace(t_ns)
-        return Frame("ir", self.n - 1, t_ns, np.zeros((48, 64), np.uint8))
+        return Frame(self.section, self.n - 1, t_ns, np.zeros((48, 64), np.uint8))
 
     def _sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
@@ -615,14 +615,14 @@ def test_a_restarted_realtime_producer_keeps_its_predecessors_time_line(monkeypa
     # paired again and the live run published nothing for the rest of its life
     from streamfuse.capture import producer_process, sources
 
-    clock, slept, pace = [10**12], [], [0, 0]  # perf_counter ns; the shared time line a Producers worker holds
+    clock, slept, pace = [10**12], [], [0, 0, 0, 0]  # perf_counter ns; the shared time line a Producers worker holds
     monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
     monkeypatch.setattr(sources.time, "perf_counter_ns", lambda: clock[0])
     monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _PacedClip(clock, slept))
     cfg = SourceConfig(kind="file", path="clip.mkv", fps=30.0)
     out = _Written(31)  # one second of frames, paced
     producer_process.produce("ir", cfg, out, out, out, (0, 0, 0), [0, 0, 0, 0], pace)
-    assert pace == [10**12, 0] and clock[0] == 10**12 + 30 * round(1e9 / 30)
+    assert pace[:2] == [10**12, 0] and clock[0] == 10**12 + 30 * round(1e9 / 30)
     clock[0] += 2 * 10**9  # killed, restarted 2 s later: it resumes after the 31 frames delivered
     slept.clear()
     out = _Written(100)
@@ -631,6 +631,26 @@ def test_a_restarted_realtime_producer_keeps_its_predecessors_time_line(monkeypa
     # the frames of the two seconds lost go at once (no sleep), then it paces on in step: its last frame (4.33 s into
     # the clip) goes when it would have without the crash, not 2 s and a restart's frame later
     assert sum(s > 0 for s in slept) == 130 - 90 and clock[0] == pytest.approx(10**12 + 130 * 10**9 / 30, abs=1e3)
+
+
+@pytest.mark.parametrize("apart_s", [300.0, -300.0])
+def test_a_paced_input_timed_on_another_clock_than_the_other_is_paced_on_its_own_and_said(monkeypatch, apart_s) -> None:
+    # Folders numbered from 0 and from 9000 (300 s apart at 30 frames/s) on one time line: the later one slept 300 s
+    # without a word, as if its camera were dead, or the earlier one raced through its frames, pass after pass
+    from streamfuse.capture import sources
+
+    clock, slept, said, line = [10**12], [], [], [0, 0, 0, 0]
+    monkeypatch.setattr(sources.time, "perf_counter_ns", lambda: clock[0])
+    clips = [_PacedClip(clock, [], "vis"), _PacedClip(clock, slept, "ir", round(apart_s * 1e9)),
+             _PacedClip(clock, [], "ir", round(apart_s * 1e9))]  # the last: that source's producer restarted
+    for clip in clips:
+        clip.pace_origin, clip.warn = line, said.append
+    for clip in clips:
+        clip.read()
+        clip.read()
+    assert slept == [pytest.approx(1 / 30)]  # its second frame one frame interval after its first
+    assert len(said) == 1 and f"300.0 s {'after' if apart_s > 0 else 'before'} the other source's" in said[0]
+
 
 def test_two_paced_files_go_by_one_time_line_so_the_one_starting_later_pairs(tmp_path: Path) -> None:
     # Each paced source began its own time line at its first frame: an IR video starting 0.75 s into the visible
