@@ -4,6 +4,7 @@ stamps rather than by when the bag logged them."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import tempfile
 from contextlib import closing
@@ -121,6 +122,32 @@ def test_a_bags_frames_outside_the_other_topics_span_are_unpaired_and_said_at_an
     assert summary.note == (f"the visible input starts later: 4 IR frames before its first frame are unpaired; the "
                             f"visible input ended first (after {N} frames): {2 * N - 4} IR frames after its end are "
                             f"unpaired")
+
+
+def test_a_bag_whose_thermal_frames_come_late_says_the_queue_size_that_pairs_them(tmp_path):
+    # read fast, in the bag's order, thermal frames logged half a second after capture came behind 15 visible frames
+    # each: the pairer's queue of 8 dropped every visible frame after the first few, and the replay said "complete"
+    # with 8 of 3 N pairs fused and no word on why
+    rng, messages = np.random.default_rng(3), []
+    for i in range(3 * N):
+        counts, jpeg = _frames(i % N)
+        t = T0 + i * PERIOD
+        messages.append((THERMAL, t + 500 * MS, raw("mono16", counts, stamp_ns=t)))
+        messages.append(_logged(rng, CAMERA, t, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t + 2 * MS)))
+    _write_ros2(tmp_path / "bag.mcap", sorted(messages, key=lambda m: m[1]))
+    summary = run_replay(_cfg(), ir_path=tmp_path / "bag.mcap", out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.dropped["vis"] > 0 and summary.written < 3 * N
+    needed = re.fullmatch(rf"{summary.dropped['vis']} visible frames were dropped waiting for IR frames recorded "
+                          r"later than the pairer's queue holds them \(sync.queue_size 8; a fast replay reads a "
+                          r"recording in its recorded order\): replay with --set sync.queue_size=(\d+) to pair them",
+                          summary.note)
+    assert needed
+    for queue_size in (int(needed[1]), int(needed[1]) - 1):  # the size said is the least that pairs them all
+        cfg = config_from_dict({"ir": {"kind": "mcap", "topic": THERMAL}, "vis": {"kind": "mcap", "topic": CAMERA},
+                                "sync": {"queue_size": queue_size}, "fuse": {"name": "max"},
+                                "replay": {"progress": False, "codec": "ffv1"}})
+        summary = run_replay(cfg, ir_path=tmp_path / "bag.mcap", out_path=tmp_path / f"fused{queue_size}.mkv")
+        assert (summary.written == 3 * N and not summary.note) is (queue_size == int(needed[1]))
 
 
 def test_a_bags_frames_after_the_other_topics_end_and_a_clock_step_back_are_said_to_be_after_it(tmp_path):

@@ -28,7 +28,9 @@ from streamfuse.output_lock import output_lock
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, check_pair, input_kind, input_path,
                                       merged, no_pairs, on_topic, outside, resolve, size_changed)
 from streamfuse.replay.frames_dir import FramesDir
+from streamfuse.replay.order_lag import OrderLag
 from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
+from streamfuse.replay.publishing import open_publisher, wait_subscriber
 from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, resume_hint, save_sidecar, sidecar_path,
                                      taken_over_path)
 from streamfuse.replay.summary import ReplayError, ReplaySummary, StageClock
@@ -142,6 +144,7 @@ class _Replay:
         # the time line of the frames read after a clock stepped back (their capture times are not it), ns
         self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
         self.readers: list[Reader] = []
+        self.lag: OrderLag | None = None  # a recording read in its recorded order: how late each topic came
 
     def run(self, fuser_factory: Callable[[Any], Any] | None = None) -> ReplaySummary:
         from tqdm import tqdm
@@ -154,13 +157,13 @@ class _Replay:
         used = dataclasses.replace(self.cfg, align=dataclasses.replace(self.cfg.align, background=False))
         processor = FrameProcessor.from_config(used, fuser_factory(used) if fuser_factory else None)
         pairer = Pairer(self.cfg.sync, keep_left=True)  # a recording's frames outside the other's span told at the end
-        self._open_publisher()
+        self.publisher = open_publisher(self.cfg, self.vis.cfg.capture_clock)
         opened: list = []
         bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {self.out.name}",
                    disable=None if rcfg.progress else True)
         wall0_ns = time.perf_counter_ns()
         try:
-            self._wait_subscriber()
+            wait_subscriber(self.publisher, self.cfg)
             readers = self._open_readers(opened)
             for pair in self._pairs(readers, pairer, bar, wall0_ns):
                 self._emit(pair, processor)
@@ -181,26 +184,12 @@ class _Replay:
                 self.publisher.close()
         return self._finish(pairer, (time.perf_counter_ns() - wall0_ns) / 1e9)
 
-    def _open_publisher(self) -> None:
-        if self.cfg.replay.publish:
-            from streamfuse.publish import Publisher
-
-            frame_ids = {"ir": self.cfg.ir.frame_id, "vis": self.cfg.vis.frame_id}
-            self.publisher = Publisher(self.cfg.publish, frame_ids=frame_ids, capture_clock=self.vis.cfg.capture_clock,
-                                       stats=False)  # no stats topic: said as it starts, its summary is logged
-
-    def _wait_subscriber(self) -> None:
-        """With ``publish.wait_subscriber_s``: give a consumer started with the replay the first frame too."""
-        wait = self.cfg.publish.wait_subscriber_s
-        if self.publisher is not None and wait and not self.publisher.wait_for_subscriber(wait):
-            log.warning("no subscriber of %s within %g s (publish.wait_subscriber_s); publishing anyway",
-                        self.cfg.publish.topic, wait)
-
     def _open_readers(self, opened: list) -> list[Reader]:
         """Open the inputs (appended to ``opened`` for closing) and start their decoder threads."""
         wait_ns, busy_ns = self.clock.ns["decode"], self.clock.ns["decode_thread"]
         if self.ir.cfg.kind == "mcap" and self.cfg.replay.pacing == "fast":
             sources = {"recording": RecordedOrder(self.ir, self.vis)}
+            self.lag = OrderLag(self.cfg.sync.tolerance_ns)
             opened.append(sources["recording"])
         else:
             sources = {}
@@ -222,6 +211,8 @@ class _Replay:
         by_stream = {r.name: r for r in readers}
         for frame, t_ns, next_ns in merged(readers):
             s.frames[frame.stream] += 1
+            if self.lag is not None:
+                self.lag.read(frame.stream, t_ns)
             self.first_t.setdefault(frame.stream, t_ns)
             self.last_t[frame.stream] = t_ns
             if t_ns != frame.t_capture_ns:
@@ -321,7 +312,9 @@ class _Replay:
     def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary
         s.take_pairer(pairer, self.first_t, self.last_t, self.line_of)
-        s.note = "" if s.stopped else s.unequal_note()  # an input that failed did not end: its error says where
+        lag = self.lag.note(s.dropped, self.cfg.sync.queue_size) if self.lag is not None else ""
+        # an input that failed did not end: its error says where
+        s.note = "" if s.stopped else "; ".join(note for note in (s.unequal_note(), lag) if note)
         if s.note:
             log.warning("%s", s.note)
         s.wall_s = wall_s

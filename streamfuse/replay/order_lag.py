@@ -1,0 +1,60 @@
+"""How late one topic's messages come in a recording's recorded order, which a fast replay reads it in.
+
+A bag logs a message when it arrives: a thermal camera's frames reach it later after capture than a visible
+camera's, so in the bag each thermal frame comes after the visible frames captured up to its delay later. The
+pairer's queue (``sync.queue_size``) must hold those visible frames while the thermal one is on its way; a fast
+replay reads one message after the other, so a smaller queue drops them (every pair after the first few, at a
+constant delay), with no back-pressure to help. :class:`OrderLag` measures the queue that would have held them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from streamfuse.frames import STREAM_NAMES
+from streamfuse.sync import OTHER
+
+__all__ = ["OrderLag"]
+
+_KEPT = 1 << 16  # times kept per stream: bounds the memory where one stream's frames stop coming
+
+
+class OrderLag:
+    """The most frames of each stream read before a frame of the other stream that it or the other stream's next
+    frame could pair with, or came after them: how many its queue had to hold.
+
+    Args:
+        slop_ns: the pairing tolerance; a frame within it of a later one's time may be its partner.
+    """
+
+    def __init__(self, slop_ns: int) -> None:
+        self._slop_ns = slop_ns
+        self._times: dict[str, deque[int]] = {s: deque(maxlen=_KEPT) for s in OTHER}
+        # each stream's latest time: its deque is trimmed as the other stream's frames come
+        self._last: dict[str, int | None] = {s: None for s in OTHER}
+        self.needed = {s: 0 for s in OTHER}
+
+    def read(self, stream: str, t_ns: int) -> None:
+        """One frame of ``stream`` at ``t_ns`` (ns, its time line), in recorded order."""
+        own, waiting, last = self._times[stream], self._times[OTHER[stream]], self._last[stream]
+        if last is not None and t_ns < last:  # a clock stepped back: the times before it tell nothing of the new ones
+            own.clear()
+            waiting.clear()
+            last = None
+        # the previous frame of this stream may have waited for this one to pair (to learn its rate, at the start):
+        # the other stream's frames from its time on had to stay queued; those before it never pair
+        since = t_ns if last is None else last
+        while waiting and waiting[0] < since - self._slop_ns:
+            waiting.popleft()
+        self.needed[OTHER[stream]] = max(self.needed[OTHER[stream]], len(waiting))
+        own.append(t_ns)
+        self._last[stream] = t_ns
+
+    def note(self, dropped: dict[str, int], queue_size: int) -> str:
+        """Why the pairer dropped ``dropped`` frames per stream, and the ``sync.queue_size`` that pairs them; ''
+        when its queue held what this recording needs."""
+        notes = [f"{dropped[s]} {STREAM_NAMES[s]} frames were dropped waiting for {STREAM_NAMES[OTHER[s]]} frames "
+                 f"recorded later than the pairer's queue holds them (sync.queue_size {queue_size}; a fast replay "
+                 f"reads a recording in its recorded order): replay with --set sync.queue_size={self.needed[s]} to "
+                 f"pair them" for s in OTHER if dropped[s] and self.needed[s] > queue_size]
+        return "; ".join(notes)
