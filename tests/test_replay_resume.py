@@ -260,9 +260,26 @@ def test_a_resume_after_an_input_was_rewritten_in_place_is_refused(tmp_path, pai
     kept = partial_path(out).read_bytes()
     st = ir.stat()
     os.utime(ir, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, rewritten a second later
-    with pytest.raises(FileExistsError, match=r"^cannot resume .*fused\.mkv: ir changed since the interrupted run"):
+    # the line says what the interrupted run read: the same file, written since
+    with pytest.raises(FileExistsError, match=rf"^cannot resume .*fused\.mkv: ir changed since the interrupted run "
+                                              rf"\(it read ir {ir}: {st.st_size} bytes, modified .* UTC\); run it "
+                                              rf"with the inputs it was started with to continue"):
         run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert partial_path(out).read_bytes() == kept
+
+
+def test_a_resume_naming_the_inputs_otherwise_or_from_another_folder_goes_on(tmp_path, pair, monkeypatch):
+    """The fingerprint held the input paths as given: resumed from another folder, or with ``./ir.mkv`` or the
+    absolute path for ``ir.mkv``, a replay of the very same files was refused as "ir changed ... run it with the
+    settings it was started with", which it had been."""
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    monkeypatch.chdir(tmp_path)
+    interrupted_replay(cfg, Path("ir.mkv"), Path("vis.mkv"), Path("fused.mkv"), stop=8)
+    held = _held(partial_path(out))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    summary = run_replay(cfg, ir_path=pair[0], vis_path="../vis.mkv", out_path=out, resume=True)
+    assert summary.complete and summary.reused == held > 0 and summary.written == N
 
 
 def _interrupted_folders(tmp_path: Path, hidden: str = ""):

@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,7 +50,9 @@ def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
 
     conf = cfg.to_dict()
     fusing = {k: conf[k] for k in ("sync", "stabilize", "align", "fuse", "hclfuse", "engine", "baseline", "post")}
-    return {"ir": [ir.cfg.path, *stat(ir.cfg.path)], "vis": [vis.cfg.path, *stat(vis.cfg.path)],
+    # absolute: a resume from another folder, or naming the inputs otherwise, is still of the same files
+    return {"ir": [os.path.abspath(ir.cfg.path), *stat(ir.cfg.path)],
+            "vis": [os.path.abspath(vis.cfg.path), *stat(vis.cfg.path)],
             "ir_resize": ir.cfg.resize, **fusing, "codec": [cfg.replay.codec, cfg.replay.crf, cfg.replay.preset],
             "pacing": cfg.replay.pacing}
 
@@ -116,8 +119,11 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
             saved[key] = now[key]
     changed = [k for k in fingerprint if _compared(k, saved.get(k)) != _compared(k, now[k])]
     if changed:  # a slip (a --set left out): the interrupted run's frames stay, for the command it was started with
-        raise FileExistsError(f"cannot resume {out}: {', '.join(changed)} changed since the interrupted run; run it "
-                              f"with the settings it was started with to continue, or delete {partial} to start over")
+        inputs = {"ir", "vis"} & set(changed)
+        what = " and ".join(w for w, hit in (("inputs", inputs), ("settings", set(changed) - inputs)) if hit)
+        raise FileExistsError(f"cannot resume {out}: {', '.join(changed)} changed since the interrupted run"
+                              f"{_inputs_read(changed, saved)}; run it with the {what} it was started with to "
+                              f"continue, or delete {partial} to start over")
     if pacing != "fast":  # only now: one started with other inputs or settings keeps its frames, as above
         log.warning("cannot resume %s: realtime pacing drops frames differently on every run; starting over", out)
         return False
@@ -140,17 +146,31 @@ def _saved_fingerprint(sidecar: Path) -> dict[str, Any] | None:
     return saved if isinstance(saved, dict) else None
 
 
+def _inputs_read(changed: list[str], saved: dict[str, Any]) -> str:
+    """What the interrupted run read of the changed inputs among ``changed`` (another file, or one written since),
+    as ``" (it read ir PATH: SIZE bytes, modified TIME)"``; '' when no input changed."""
+    read = [f"{key} {was[0]}: {was[1]} bytes, modified "
+            f"{datetime.fromtimestamp(was[2] / 1e9, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+            for key in changed if key in ("ir", "vis") and isinstance(was := saved.get(key), list) and len(was) == 3
+            and isinstance(was[2], int)]
+    return f" (it read {'; '.join(read)})" if read else ""
+
+
 def _legacy_folder(saved: Any, now: list) -> bool:
     """Whether ``saved`` is a folder input's entry as a sidecar of an earlier release holds it (size 0, the folder's
     own time), of the folder ``now`` names, unchanged since."""
-    if not (isinstance(saved, list) and len(saved) == 3 and saved[:2] == [now[0], 0] and Path(now[0]).is_dir()):
+    if not (isinstance(saved, list) and len(saved) == 3 and saved[1] == 0 and isinstance(saved[0], str)
+            and os.path.realpath(saved[0]) == os.path.realpath(now[0]) and Path(now[0]).is_dir()):
         return False
     return saved[2] == Path(now[0]).stat().st_mtime_ns
 
 
 def _compared(key: str, value: Any) -> Any:
     """A fingerprint entry as resume compares it: ``engine.threads`` left out, as a batch worker sets it to its own
-    CPUs (a pair resumed on a worker of another size goes on; the count changes only the float rounding)."""
+    CPUs (a pair resumed on a worker of another size goes on; the count changes only the float rounding); an input by
+    the file its path names (a sidecar of an earlier release holds it as it was given)."""
+    if key in ("ir", "vis") and isinstance(value, list) and value and isinstance(value[0], str):
+        return [os.path.realpath(value[0]), *value[1:]]
     return {k: v for k, v in value.items() if k != "threads"} if key == "engine" and isinstance(value, dict) else value
 
 
