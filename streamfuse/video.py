@@ -208,17 +208,37 @@ class VideoWriter:
 
     def _remux(self, dst: Path) -> None:
         """Copy the partial file's packets into ``dst`` in the final container, with the tags."""
+        slot = self._frame_slot()
         with av.open(str(self.partial)) as src, \
                 av.open(str(dst), mode="w", format=self._format, options=self._options) as out:
             stream = out.add_stream_from_template(src.streams.video[0])
-            stream.time_base, stream.codec_context.framerate = self.time_base, self._rate
+            stream.time_base, stream.codec_context.framerate = slot or self.time_base, self._rate
             out.metadata.update(_split_tags(self._metadata) if self._format == "nut" else self._metadata)
             for packet in src.demux(src.streams.video[0]):
                 if packet.size:  # the demuxer ends with an empty flush packet
+                    if slot:  # FFV1 (AVI's only codec here) has no reordering: dts is pts
+                        packet.pts = packet.dts = round(packet.pts * packet.time_base / slot)
+                        packet.time_base, packet.duration = slot, 1
                     # NUT keeps no packet durations; without them the final file's duration and rate come out wrong
                     packet.duration = packet.duration or round(1 / (self._rate * packet.time_base))
                     packet.stream = stream
                     out.mux(packet)
+
+    def _frame_slot(self) -> Fraction | None:
+        """AVI's time base, one frame's time (``1 / rate``), where every frame lies within 1 ms of a slot of its own
+        (a constant rate); else None (the pts' own time base, a variable rate's times kept). Players take AVI's time
+        base for the frame rate and count its slots as frames: with the pts' own (1/1000 from Matroska) a 30 fps
+        video said 1000 fps and 100,000 frames, 3,000 of them real."""
+        if self._format != "avi":
+            return None
+        slot = 1 / Fraction(self._rate)
+        with av.open(str(self.partial)) as src:
+            times = [p.pts * p.time_base for p in src.demux(src.streams.video[0]) if p.size]
+        slots = [round(t / slot) for t in times]
+        if all(a < b for a, b in zip(slots, slots[1:])) and all(abs(t - n * slot) <= Fraction(1, 1000)
+                                                                 for t, n in zip(times, slots)):
+            return slot
+        return None
 
     def abort(self) -> None:
         """Encode what is queued, flush and close, keeping the temporary name (``--resume`` reads it); never raises."""

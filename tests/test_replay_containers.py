@@ -3,15 +3,17 @@ AVI that starts late replays every frame; the same file cut at a packet is still
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
-from helpers_video import CASES, N, cut, write
+from helpers_video import CASES, FPS, N, cut, write
 from test_replay import make_cfg
 
 from streamfuse.replay import ReplayError, run_replay
-from streamfuse.video import decode_frames
+from streamfuse.video import VideoWriter, decode_frames
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV build has no libx264")]
@@ -56,6 +58,36 @@ def test_an_ffv1_avi_replay_output_replays_again_completely(tmp_path: Path) -> N
     copy.write_bytes(out.read_bytes())
     again = run_replay(make_cfg(), ir_path=out, vis_path=copy, out_path=tmp_path / "again.mkv")
     assert again.complete and again.frames == {"ir": N, "vis": N} and again.written == N
+
+
+def test_an_ffv1_avi_output_states_the_frame_rate_and_count_players_read(tmp_path: Path) -> None:
+    # its time base was the inputs' (1/12800 from MP4, 1/1000 from Matroska), which AVI's header gives as the rate:
+    # OpenCV and players read 600 or 1000 frames/s, and as many frames as slots, 18,018 for 900 frames at 29.97 fps
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    for path in (ir, vis):
+        write(path, "mp4", 0, 0)
+    out = tmp_path / "o.avi"
+    assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == FPS and stream.frames == N and 1 / stream.time_base == FPS
+    assert [t for t, _ in decode_frames(out)] == [t for t, _ in decode_frames(vis)]
+
+
+# ms, nominally 25 fps: two frames sharing a 40 ms slot (AVI's muxer refuses them), or each in a slot of its own but
+# off it by up to 5 ms (a variable rate, whose times a slot would move)
+@pytest.mark.parametrize("pts", [[0, 40, 50, 90, 130, 135, 170], [0, 40, 75, 120, 165, 200]], ids=["shared", "off"])
+def test_an_ffv1_avi_output_of_a_variable_rate_keeps_its_times(tmp_path: Path, pts: list[int]) -> None:
+    ir, vis = tmp_path / "ir.nut", tmp_path / "vis.nut"
+    for path in (ir, vis):
+        w = VideoWriter(path, codec="ffv1", crf=0, time_base=Fraction(1, 1000), rate=Fraction(FPS), width=64,
+                        height=48)
+        for i, p in enumerate(pts):
+            w.write(np.full((48, 64, 3), 30 * i, np.uint8), p)
+        w.commit()
+    out = tmp_path / "o.avi"
+    assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
+    assert [t for t, _ in decode_frames(out)] == [Fraction(p, 1000) for p in pts]
 
 
 def test_h264_into_avi_is_refused_before_any_work(tmp_path: Path) -> None:
