@@ -133,7 +133,8 @@ def align(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig, *,
         ir_hist: ``(256,)`` IR histogram (any positive scale; normalised here).
         vis_hist: ``(256,)`` visible-Y histogram.
         cfg: regularisation, blend and solver settings.
-        warmstart: dual potentials ``(f, g)`` of a previous solve (``AlignResult.potentials``).
+        warmstart: dual potentials ``(f, g)`` of a previous solve (``AlignResult.potentials``); dropped for a solve
+            from scratch where the solver stops on a numerical error from them.
 
     Returns:
         The plan, the lookup table and solver diagnostics. Non-convergence warns and sets ``converged=False``.
@@ -141,20 +142,18 @@ def align(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig, *,
     References:
         M. Cuturi, "Sinkhorn distances", NeurIPS 2013; HCLFuse (arXiv 2510.26268) for the blend.
     """
-    # here, not at the top: POT imports torch (seconds), scipy.special takes 0.2 s, and loading a config imports this
-    import ot
+    # here, not at the top: scipy.special takes 0.2 s, and loading a config imports this module
     from scipy.special import logsumexp
 
     a = _normalise(ir_hist, "ir_hist")
     b = _normalise(vis_hist, "vis_hist")
-    ws = None if warmstart is None else (warmstart[0] / cfg.reg, warmstart[1] / cfg.reg)  # POT takes log-scalings
-    # warn=False rather than catch_warnings: that swaps process-global filters, racy on AlignCache's worker thread.
-    # Our warning below says what and where.
-    plan, log = ot.sinkhorn(a, b, _COST, cfg.reg, method=cfg.method, numItermax=cfg.max_iter, stopThr=cfg.tol,
-                            log=True, warmstart=ws, warn=False)
-    f, g = _potentials(log, cfg.reg)
-    err = float(log["err"][-1]) if len(log["err"]) else float("nan")
-    n_iter = int(log.get("niter", len(log["err"])))
+    plan, (f, g), err, n_iter = _sinkhorn(a, b, cfg, warmstart)
+    # A solve that stopped before max_iter unconverged met a numerical error: plain sinkhorn at a small reg overflows
+    # from the potentials of a very different frame (a saturated one), and its infinite potentials, the next warm
+    # start, stopped every later solve at once on that frame's table. Such a warm start is dropped: from scratch.
+    stopped = not (err <= cfg.tol or n_iter >= cfg.max_iter - 1) or not (np.isfinite(f).all() and np.isfinite(g).all())
+    if warmstart is not None and stopped:
+        plan, (f, g), err, n_iter = _sinkhorn(a, b, cfg, None)
     converged = bool(err <= cfg.tol)
     if not converged:
         warnings.warn(f"align: Sinkhorn did not converge (err={err:.2e} > tol={cfg.tol:g} after {n_iter} iterations,"
@@ -164,6 +163,20 @@ def align(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig, *,
     lut = cfg.blend * transported + (1.0 - cfg.blend) * LEVELS
     return AlignResult(plan=plan, lut=np.clip(lut, 0.0, 1.0).astype(np.float32), potentials=(f, g), n_iter=n_iter,
                        err=err, converged=converged)
+
+
+def _sinkhorn(a: np.ndarray, b: np.ndarray, cfg: AlignConfig, warmstart: tuple[np.ndarray, np.ndarray] | None
+              ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], float, int]:
+    """POT's solve of normalised histograms: the plan, the potentials ``(f, g)``, the final error and the iterations."""
+    import ot  # here, not at the top: POT imports torch (seconds)
+
+    ws = None if warmstart is None else (warmstart[0] / cfg.reg, warmstart[1] / cfg.reg)  # POT takes log-scalings
+    # warn=False rather than catch_warnings: that swaps process-global filters, racy on AlignCache's worker thread.
+    # align's warning says what and where.
+    plan, log = ot.sinkhorn(a, b, _COST, cfg.reg, method=cfg.method, numItermax=cfg.max_iter, stopThr=cfg.tol,
+                            log=True, warmstart=ws, warn=False)
+    err = float(log["err"][-1]) if len(log["err"]) else float("nan")
+    return plan, _potentials(log, cfg.reg), err, int(log.get("niter", len(log["err"])))
 
 
 def _normalise(h: np.ndarray, name: str) -> np.ndarray:

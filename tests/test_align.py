@@ -89,6 +89,20 @@ def test_refresh_one_solves_every_frame_afresh_so_none_depends_on_the_one_before
     np.testing.assert_array_equal(after_another.lut(ir, vis), AlignCache(cfg).lut(ir, vis))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")  # POT's and numpy's overflow lines
+def test_a_saturated_frame_does_not_stall_the_plan_of_plain_sinkhorn_at_a_small_reg(rng):
+    """``method: sinkhorn`` at a small ``reg`` overflows from the potentials of a saturated frame; they were the next
+    frame's warm start, whose solve then stopped at once with infinite potentials, and so on: every later frame kept
+    a table up to 30 grey levels off its own (a lens cap or a floodlight, and the rest of the run was off)."""
+    cfg = AlignConfig(method="sinkhorn", reg=0.0015)
+    ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
+    want = AlignCache(cfg).lut(ir, vis)
+    cache = AlignCache(cfg)
+    for ir_k, vis_k in ((np.full_like(ir, 255), vis), (ir, np.full_like(vis, 255)), (np.zeros_like(ir), vis)):
+        cache.lut(ir_k, vis_k)  # a saturated or black frame: a scene change, a new solve
+        np.testing.assert_allclose(cache.lut(ir, vis), want, atol=1e-5)  # and back: the frame's own table
+
+
 def test_non_convergence_warns_and_flags(rng):
     a, b = histogram(_image(rng, 20, 5)), histogram(_image(rng, 230, 5))
     with pytest.warns(RuntimeWarning, match="did not converge"):
