@@ -196,9 +196,12 @@ def _potentials(log: dict, reg: float) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class _Entry:
+    """A stream's cached solve: what its next frames need, not the plan (0.5 MB)."""
+
     ir_hist: np.ndarray
     vis_hist: np.ndarray
-    result: AlignResult
+    lut: np.ndarray
+    potentials: tuple[np.ndarray, np.ndarray]  # the next solve's warm start
     age: int = 0
     pending: Future[tuple[_Entry, float]] | None = None  # the background re-solve replacing this entry
 
@@ -208,7 +211,7 @@ def _solve(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig,
     """A fresh entry for these histograms and the solve time in ms."""
     t0 = time.perf_counter()
     result = align(ir_hist, vis_hist, cfg, warmstart=warmstart)
-    return _Entry(ir_hist, vis_hist, result), (time.perf_counter() - t0) * 1e3
+    return _Entry(ir_hist, vis_hist, result.lut, result.potentials), (time.perf_counter() - t0) * 1e3
 
 
 class AlignCache:
@@ -243,26 +246,26 @@ class AlignCache:
         if entry is not None and entry.pending is not None:
             if not entry.pending.done():
                 self.stale += 1
-                return entry.result.lut
+                return entry.lut
             future, entry.pending = entry.pending, None  # cleared first: a solve that raised is retried, not re-raised
             entry = self._install(stream, future.result())  # then judged against this frame like any cached entry
         if entry is not None and entry.age < self.cfg.refresh and max(
                 wasserstein1(ir_hist, entry.ir_hist), wasserstein1(vis_hist, entry.vis_hist)) <= self.cfg.drift:
             entry.age += 1
             self.hits += 1
-            return entry.result.lut
+            return entry.lut
         self.misses += 1
         # refresh 1 (still images): a warm start from the previous image's plan would move this one's within the tol
-        warmstart = None if entry is None or self.cfg.refresh == 1 else entry.result.potentials
+        warmstart = None if entry is None or self.cfg.refresh == 1 else entry.potentials
         if entry is not None and self.cfg.background:
             if self._pool is None:
                 # One worker for all streams: solves are CPU-bound, a second one would only steal the live loop's core.
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="align")
             entry.pending = self._pool.submit(_solve, ir_hist, vis_hist, self.cfg, warmstart)
-            return entry.result.lut
+            return entry.lut
         entry = self._install(stream, _solve(ir_hist, vis_hist, self.cfg, warmstart))
         entry.age = 1  # this frame
-        return entry.result.lut
+        return entry.lut
 
     def pending(self, stream: str = "default") -> Future[tuple[_Entry, float]] | None:
         """The background solve under way for ``stream``, if any (it is swapped in by the next :meth:`lut` call)."""

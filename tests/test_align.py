@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -166,6 +167,24 @@ def test_cache_re_solves_when_only_the_visible_scene_changes(rng):
     assert (cache.hits, cache.misses, cache.solves) == (0, 2, 2)
     assert np.abs(second - first).max() > 0.01  # the new table follows the brighter scene
     assert second[ir].mean() > first[ir].mean()
+
+
+def test_a_stream_s_cached_table_holds_no_transport_plan(rng):
+    """The cache keeps what the next frames need (the table, the potentials and the histograms: a few kB a stream), not
+    the solve's 256 x 256 plan: ablate's guide energies name a stream after each pair, and each one held 0.5 MB for
+    the fuser's life (a folder of 10,000 pairs, 5 GB)."""
+    cache = AlignCache(AlignConfig())
+    ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
+    cache.lut(ir, vis, "warm")  # POT's first call allocates what it keeps
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(20):
+            cache.lut(ir, vis, f"pair{k}")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 20 * 32 * 1024, held
 
 
 def test_background_refresh_serves_stale_lut_until_solved(rng, monkeypatch):
