@@ -55,7 +55,8 @@ class AlignConfig:
         refresh: re-solve at least every this many frames of a stream; 1 solves every frame afresh, without a warm
             start from the previous frame's plan, so that no frame depends on the one before (still images).
         background: refresh the plan on a worker thread; the stale LUT serves until the new one is ready (the live
-            configs turn it on). Off by default: bit-reproducible replay and evaluation, and less flicker when the IR
+            configs turn it on), and after, where the frame it was solved for has passed and the stale one fits again
+            (a flash, a shutter frame). Off by default: bit-reproducible replay and evaluation, and less flicker when the IR
             gain jumps, since a late swap to a new table is a bigger step (flicker ratio on sequences with the demo
             config 1.057 vs 1.029, tools/temporal.py).
             A stream's first frame always solves synchronously.
@@ -248,9 +249,13 @@ class AlignCache:
                 self.stale += 1
                 return entry.lut
             future, entry.pending = entry.pending, None  # cleared first: a solve that raised is retried, not re-raised
-            entry = self._install(stream, future.result())  # then judged against this frame like any cached entry
-        if entry is not None and entry.age < self.cfg.refresh and max(
-                wasserstein1(ir_hist, entry.ir_hist), wasserstein1(vis_hist, entry.vis_hist)) <= self.cfg.drift:
+            solved = self._install(stream, future.result())  # then judged against this frame like any cached entry
+            # A solve of a frame that has passed (a flash, a shutter frame) whose table does not fit this one, while the
+            # table it replaces does: that one stays, rather than the passing frame's serving until another solve.
+            if self._fits(solved, ir_hist, vis_hist) or not self._fits(entry, ir_hist, vis_hist):
+                entry = solved
+            self._entries[stream] = entry
+        if entry is not None and self._fits(entry, ir_hist, vis_hist):
             entry.age += 1
             self.hits += 1
             return entry.lut
@@ -266,6 +271,11 @@ class AlignCache:
         entry = self._install(stream, _solve(ir_hist, vis_hist, self.cfg, warmstart))
         entry.age = 1  # this frame
         return entry.lut
+
+    def _fits(self, entry: _Entry, ir_hist: np.ndarray, vis_hist: np.ndarray) -> bool:
+        """The entry's table still serves a frame of these histograms: young enough, and neither has drifted."""
+        return entry.age < self.cfg.refresh and max(
+            wasserstein1(ir_hist, entry.ir_hist), wasserstein1(vis_hist, entry.vis_hist)) <= self.cfg.drift
 
     def pending(self, stream: str = "default") -> Future[tuple[_Entry, float]] | None:
         """The background solve under way for ``stream``, if any (it is swapped in by the next :meth:`lut` call)."""
