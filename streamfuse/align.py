@@ -53,7 +53,8 @@ class AlignConfig:
         drift: re-solve when the Wasserstein-1 distance (grey levels in 0..1) between the current and the cached IR
             or visible histogram exceeds this.
         refresh: re-solve at least every this many frames of a stream; 1 solves every frame afresh, without a warm
-            start from the previous frame's plan, so that no frame depends on the one before (still images).
+            start from the previous frame's plan, so that no frame depends on the one before (still images; with
+            ``background`` a frame is served an earlier frame's table all the same).
         background: refresh the plan on a worker thread; the stale LUT serves until the new one is ready (the live
             configs turn it on), and after, where the frame it was solved for has passed and the stale one fits again
             (a flash, a shutter frame). Off by default: bit-reproducible replay and evaluation, and less flicker when the IR
