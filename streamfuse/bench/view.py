@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from streamfuse.cli.args import Parser, int_at_least, path_arg, positive
@@ -29,6 +30,7 @@ __all__ = ["main"]
 
 WARM_UP_S = 3.0  # pages connect and the previews start before a round is timed
 START_S = 60.0  # the demo and a viewer start within this (torch's import on a busy machine)
+STOP_S = 10.0  # and stop within this once asked (the demo's capture processes, its shared memory)
 
 
 def _cpu_s(pid: int) -> float:
@@ -50,17 +52,31 @@ def _start(argv: list[str], log: Path, ready: str, src: Path | None = None) -> t
     with log.open("w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=src)
     deadline = time.monotonic() + START_S
-    while (found := re.search(ready, log.read_text())) is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            last = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
-            raise SystemExit(f"bench view: {' '.join(argv[2:4])} did not start: {last}")
-        time.sleep(0.1)
+    try:
+        while (found := re.search(ready, log.read_text())) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                last = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
+                raise SystemExit(f"bench view: {' '.join(argv[2:4])} did not start: {last}")
+            time.sleep(0.1)
+    except BaseException:  # a SIGTERM or Ctrl-C while it starts too: it is not the caller's to stop yet
+        _stop(proc)
+        raise
     return proc, found.group(1)
 
 
-async def _pages(port: int, n: int, seconds: float) -> tuple[int, list[float]]:
-    """``n`` pages reading and acknowledging; pages connected and each one's messages/s over ``seconds``."""
+def _stop(proc: subprocess.Popen) -> None:
+    """Ask a child to stop (the demo then removes its shared memory), and kill it if it has not within ``STOP_S``."""
+    proc.terminate()
+    try:
+        proc.wait(STOP_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def _pages(port: int, n: int, seconds: float, cpu_s: Callable[[], float]) -> tuple[int, list[float], float]:
+    """``n`` pages reading and acknowledging; pages connected, each one's messages/s and the cores of ``cpu_s``'s
+    CPU seconds, over the ``seconds`` that follow the warm-up."""
     import aiohttp
 
     counts = [0] * n
@@ -77,19 +93,20 @@ async def _pages(port: int, n: int, seconds: float) -> tuple[int, list[float]]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         tasks = [asyncio.create_task(page(http, i)) for i in range(n)]
         await asyncio.sleep(WARM_UP_S)
-        start, t0 = list(counts), time.monotonic()
+        start, cpu0, t0 = list(counts), cpu_s(), time.monotonic()
         await asyncio.sleep(seconds)
-        rates = [(b - a) / (time.monotonic() - t0) for a, b in zip(start, counts)]
+        elapsed = time.monotonic() - t0
+        cores = (cpu_s() - cpu0) / elapsed
+        rates = [(b - a) / elapsed for a, b in zip(start, counts)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return connected, rates
+    return connected, rates, cores
 
 
 def _round(name: str, proc: subprocess.Popen, port: int, args: argparse.Namespace) -> None:
-    load, cpu0, t0 = os.getloadavg()[0], _cpu_s(proc.pid), time.monotonic()
-    connected, rates = asyncio.run(_pages(port, args.pages, args.seconds))
-    cores = (_cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0 - WARM_UP_S)  # the warm-up's share is small: pages
+    load = os.getloadavg()[0]
+    connected, rates, cores = asyncio.run(_pages(port, args.pages, args.seconds, lambda: _cpu_s(proc.pid)))
     print(f"{name:<10}{connected:>6}{statistics.median(rates):>10.1f}{min(rates):>8.1f}{sum(rates):>9.0f}"
           f"{cores:>8.2f}{load:>7.2f}", flush=True)
 
@@ -128,6 +145,5 @@ def main(argv: list[str] | None = None) -> int:
                     _round(name, proc, port, args)
         finally:
             for proc in procs:
-                proc.terminate()
-                proc.wait()
+                _stop(proc)
     return 0

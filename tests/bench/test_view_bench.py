@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import os
+import signal
+import socket
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from streamfuse.bench import view as bench_view
+from streamfuse.signals import Terminated
 
 pytest.importorskip("aiohttp")
 
@@ -66,7 +77,7 @@ class _Child:
     def terminate(self) -> None:
         self.stopped = True
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         return 0
 
 
@@ -103,20 +114,78 @@ def test_a_viewer_is_given_room_for_more_pages_than_its_default_cap(monkeypatch,
         assert viewer[viewer.index("0") + 1:] == cap  # after --port 0
 
 
-def test_a_round_reports_the_viewers_cores_over_its_timed_seconds_alone(monkeypatch, capsys) -> None:
-    import argparse
-    import itertools
-    from types import SimpleNamespace
+def test_a_round_prints_pages_their_messages_per_second_the_viewers_cores_and_the_load(monkeypatch, capsys) -> None:
+    async def pages(port, n, seconds, cpu_s):
+        return 2, [5.0, 7.0], 3.0
 
-    async def pages(port, n, seconds):
-        return 2, [5.0, 7.0]
-
-    cpu = iter([10.0, 16.0])  # the viewer's CPU seconds before and after the round
-    clock = iter([100.0, 100.0 + bench_view.WARM_UP_S + 2.0])  # 2 s timed after the warm-up
     monkeypatch.setattr(bench_view, "_pages", pages)
-    monkeypatch.setattr(bench_view, "_cpu_s", lambda pid: next(cpu))
-    monkeypatch.setattr(bench_view, "time", SimpleNamespace(monotonic=lambda: next(clock)))
     monkeypatch.setattr(bench_view.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
     bench_view._round("this", SimpleNamespace(pid=0), 8000, argparse.Namespace(pages=2, seconds=2.0))
     assert capsys.readouterr().out.split() == ["this", "2", "6.0", "5.0", "12", "3.00", "1.50"]
-    assert list(itertools.chain(cpu, clock)) == []
+
+
+@contextlib.contextmanager
+def _feed() -> Iterator[int]:
+    """A WebSocket server on a free port, in a thread of its own, that sends a message on connect and after each
+    'next', as the viewer does; yields the port."""
+    from aiohttp import web
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        await sock.send_bytes(b"frame")
+        async for _ in sock:
+            await asyncio.sleep(0.01)
+            await sock.send_bytes(b"frame")
+        return sock
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    runner = web.AppRunner(app)
+    listener = socket.create_server(("127.0.0.1", 0))
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.SockSite(runner, listener).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
+
+
+def test_a_rounds_cores_are_the_viewers_cpu_over_its_timed_seconds_alone(monkeypatch, capsys) -> None:
+    # the CPU of the warm-up (the pages connecting and reading) was divided by the timed seconds alone: a viewer busy
+    # half a core all along was said to use 0.5 x (3 s + 1 s) / 1 s = 2 cores in a round of 1 s
+    monkeypatch.setattr(bench_view, "WARM_UP_S", 1.0)
+    monkeypatch.setattr(bench_view, "_cpu_s", lambda pid: 0.5 * time.monotonic())  # half a core, all along
+    with _feed() as port:
+        bench_view._round("this", SimpleNamespace(pid=0), port, argparse.Namespace(pages=2, seconds=0.5))
+    name, pages, _per_page, lowest, _total, cores, _load = capsys.readouterr().out.split()
+    assert (name, pages) == ("this", "2") and float(lowest) > 0
+    assert float(cores) == pytest.approx(0.5, abs=0.25)  # 1.50 before: (1 s + 0.5 s) / 0.5 s of half a core
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, Terminated])
+def test_a_stop_while_a_child_starts_stops_the_child(stop, tmp_path, monkeypatch) -> None:
+    # a SIGTERM to the benchmark while the demo loaded left the demo publishing on, reparented to init
+    log = tmp_path / "child.log"
+    code = "import os, sys, time; sys.stderr.write(f'{os.getpid()}\\n'); sys.stderr.flush(); time.sleep(120)"
+
+    def sleep(seconds: float) -> None:
+        if log.read_text():  # the child runs: the stop comes now
+            raise stop("interrupted (SIGTERM)")
+        time.sleep(seconds)
+
+    monkeypatch.setattr(bench_view, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    with pytest.raises(stop):
+        bench_view._start([sys.executable, "-c", code], log, r"never said")
+    pid = int(log.read_text())
+    try:
+        assert not Path(f"/proc/{pid}").exists(), "the child runs on"
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
