@@ -162,7 +162,8 @@ def _paced(send: Callable[[int], int], seconds: float, rate: float) -> int:
     sent = 0
     while (now := time.perf_counter()) - start < seconds:
         if rate and now < start + sent / rate:
-            time.sleep(start + sent / rate - now)  # one sleep per frame: the loop itself costs next to no CPU
+            # one sleep per frame: the loop itself costs next to no CPU; none past the end (a frame due after it)
+            time.sleep(min(start + sent / rate, start + seconds) - now)
             continue
         sent += send(sent)
     return sent
@@ -245,11 +246,14 @@ def _stall(image: np.ndarray, seconds: float, rate: float, peer: str, shm: bool,
         while rx is not None and not rx.ready.wait(0.01):
             _publish(pub, image, 0, loan)
         dropped0, calls = pub.dropped, []
-        for i in range(round(seconds * rate)):
+
+        def send(seq: int) -> int:  # every call counts, dropped or not: the schedule is the calls'
             t0 = time.perf_counter()
-            _publish(pub, image, i, loan)
+            _publish(pub, image, seq, loan)
             calls.append(time.perf_counter() - t0)
-            time.sleep(max(0.0, 1.0 / rate - calls[-1]))
+            return 1
+
+        _paced(send, seconds, rate)
         got = rx.result() if rx is not None else {}
     ms = np.asarray(calls) * 1e3
     return {**got, "calls": len(calls), "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),

@@ -7,6 +7,7 @@ import argparse
 
 import numpy as np
 import pytest
+from helpers_clock import SleptClock
 
 from streamfuse.bench import transport as bench_transport
 
@@ -57,3 +58,22 @@ def test_the_stall_report_gives_the_stalled_readers_cost_relative_to_a_reading_o
     bench_transport._stall_report(np.zeros((4, 4, 3), np.uint8), argparse.Namespace(rate=100.0, paced_seconds=1.0))
     stalled = [ln for ln in capsys.readouterr().out.splitlines() if "stalled subscriber" in ln]
     assert len(stalled) == 3 and all("  2.50x reading; the stalled one got 7 of 9 when" in ln for ln in stalled)
+
+
+def test_a_paced_run_ends_at_its_seconds_when_the_next_frame_is_due_after_them(monkeypatch):
+    # --rate 0.001: each 5 s latency run slept 1000 s after its first frame
+    clock = SleptClock()
+    monkeypatch.setattr(bench_transport, "time", clock)
+    assert bench_transport._paced(lambda seq: 1, 5.0, 0.001) == 1
+    assert clock.ns == 5_000_000_000
+
+
+@pytest.mark.parametrize("rate, calls", [(0.4, 1), (1e6, 50)])
+def test_a_stall_run_calls_at_its_rate_for_its_seconds_alone(rate, calls, monkeypatch):
+    # --rate 0.4 --paced-seconds 1 made no call (round(0.4) of them) and ended the benchmark in a numpy traceback; a
+    # rate the publisher cannot keep made round(seconds x rate) calls however long they took (2e6 at --rate 1e6)
+    clock = SleptClock()
+    monkeypatch.setattr(bench_transport, "time", clock)
+    monkeypatch.setattr(bench_transport, "_publish", lambda pub, frame, seq, loan: clock.sleep(1e-3))  # 1 ms a call
+    run = bench_transport._stall(np.zeros((4, 4, 3), np.uint8), 0.05, rate, "none", False, False)
+    assert run["calls"] == calls and run["median_ms"] == pytest.approx(1.0)
