@@ -125,15 +125,28 @@ class RayEngine:
         yielded. A worker killed in any other way has its pair run again (``retries``)."""
         import ray
 
-        started, stop = not ray.is_initialized(), threading.Event()
-        try:
-            if started:
-                self._start(ray, stop)
-                self._check_fits(ray)
+        stop = threading.Event()
+        with self.session(stop):
             with _stop_on_signals(stop):
                 running = yield from self._schedule(ray, worker_cfg(cfg, self.threads), jobs, resume, frames, stop)
             # Ctrl-C and SIGTERM act again while the running pairs wind down: a second one stops waiting for them
             yield from _wind_down(ray, running)
+
+    @contextlib.contextmanager
+    def session(self, stop: threading.Event | None = None) -> Iterator[None]:
+        """Ray for the batches run inside (a benchmark's warm-up and timed runs on the same workers): started as
+        ``run`` starts it unless one is up already, then shut down, both whole. A Ctrl-C or SIGTERM while it starts
+        sets ``stop``; without one, it raises KeyboardInterrupt once Ray is up."""
+        import ray
+
+        started, stopped = not ray.is_initialized(), stop or threading.Event()
+        try:
+            if started:
+                self._start(ray, stopped)
+                self._check_fits(ray)
+            if stop is None and stopped.is_set():
+                raise KeyboardInterrupt
+            yield
         finally:
             if started:
                 with _stop_on_signals(threading.Event()):  # whole: stopped half-way, it leaves Ray's processes running

@@ -3,10 +3,10 @@ in one run, and one worker's frames/s against a single replay of the same pair w
 
 It writes PAIRS copies of a synthetic H.264 pair (the replay benchmark's), replays them with the local engine, then
 on a local Ray with 1 and with N workers (one CPU each: one torch/OpenMP thread, one OpenCV thread, and one thread
-for each FFmpeg decoder and for x264, ``replay.codec_threads=1``), after a warm-up pair per worker so that process
-start and imports are not timed. The single replay gets the same settings, so all runs compare like with like.
-The load average is printed before and after each run: on a shared machine a ratio is only as good as the load
-was steady. Needs Ray (``pip install 'streamfuse[ray]'``).
+for each FFmpeg decoder and for x264, ``replay.codec_threads=1``), each after a warm-up pair (one per worker) so
+that process start, imports and the kernels' compilation are not timed. The single replay gets the same settings,
+so all runs compare like with like. The load average is printed before and after each run: on a shared machine a
+ratio is only as good as the load was steady. Needs Ray (``pip install 'streamfuse[ray]'``).
 Run: ``python -m streamfuse bench batch --pairs 6 --workers 2``.
 """
 
@@ -59,19 +59,25 @@ def _batch(cfg, src: Path, out: Path, engine) -> dict:
             "pair_fps": [r.fps for r in summary.results], "load": f"{before} -> {_load()}"}
 
 
-def _ray(cfg, src: Path, warm: Path, out: Path, workers: int) -> dict:
-    """A timed batch on a local Ray of ``workers`` single-CPU workers, after a warm-up pair per worker."""
-    import ray
+def _local(cfg, src: Path, warm: Path, out: Path) -> dict:
+    """A timed batch on the local engine, after a warm-up pair: this process's first replay imports the stages and
+    compiles their kernels (the first of 60-frame pairs ran at half the frames/s of the next)."""
+    from streamfuse.batch import LocalEngine, find_jobs, run_batch
 
+    engine = LocalEngine()
+    run_batch(cfg, find_jobs(warm, out / "warm")[:1], engine)
+    return _batch(cfg, src, out / "timed", engine)
+
+
+def _ray(cfg, src: Path, warm: Path, out: Path, workers: int) -> dict:
+    """A timed batch on a local Ray of ``workers`` single-CPU workers (whatever ``$RAY_ADDRESS`` says), after a
+    warm-up pair per worker."""
     from streamfuse.batch import RayEngine, find_jobs, run_batch
 
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    try:
-        engine = RayEngine(workers=workers, threads=1)
+    engine = RayEngine(workers=workers, threads=1, address="")
+    with engine.session():
         run_batch(cfg, find_jobs(warm, out / "warm"), engine)
         return _batch(cfg, src, out / "timed", engine)
-    finally:
-        ray.shutdown()
 
 
 def _single_replay(args: argparse.Namespace, overrides: list[str], ir: Path, vis: Path, out: Path) -> float:
@@ -103,7 +109,6 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(ONE_THREAD)  # this process (local engine) and the Ray it starts
     import cv2
 
-    from streamfuse.batch import LocalEngine
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
 
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         warm = _pairs(tmp / "warm", args.workers, 10, width, height, prefix="w")
         print(f"{args.pairs} pairs of {args.frames} frames at {width}x{height}, {' '.join(overrides)}; "
               f"{os.cpu_count()} cores; load average (1 min) {_load()}")
-        rows = {"local engine, 1 worker": _batch(cfg, src, tmp / "local", LocalEngine())}
+        rows = {"local engine, 1 worker": _local(cfg, src, warm, tmp / "local")}
         for n in (1, args.workers):
             rows[f"ray, {n} worker{'s' * (n > 1)}"] = _ray(cfg, src, warm, tmp / f"ray{n}", n)
         single_fps = _single_replay(args, overrides, src / "ir" / "p0.mp4", src / "vi" / "p0.mp4", tmp / "p0.mp4")

@@ -3,9 +3,15 @@ starts (the benchmark itself needs Ray and minutes; it is not run here)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+from pathlib import Path
+
 import pytest
 
 from streamfuse.bench import batch as bench_batch
+from streamfuse.signals import handled, raise_terminated
 
 
 @pytest.mark.parametrize("args, message", [
@@ -64,27 +70,59 @@ def test_a_batch_run_reports_frames_per_wall_second_and_stops_at_a_failed_pair(m
     assert exc.value.code == "bench batch: c.mp4: no video stream"
 
 
-def test_ray_starts_with_one_cpu_per_worker_warms_up_and_always_shuts_down(monkeypatch, tmp_path):
+def _fake_ray(monkeypatch, calls: list, init=lambda: None):
+    """A ``ray`` module of the calls the engine makes to start and stop a local Ray, recorded in ``calls``; ``init``
+    runs inside ``ray.init``."""
     import sys
     import types
 
-    calls = []
     ray = types.ModuleType("ray")
-    ray.init = lambda **kwargs: calls.append(("init", kwargs["num_cpus"]))
+    ray.is_initialized = lambda: any(c[0] == "init" for c in calls)
+    ray._private = types.SimpleNamespace(utils=types.SimpleNamespace(
+        set_sigterm_handler=lambda handler: signal.signal(signal.SIGTERM, handler)))
+
+    def start(**kwargs):
+        init()
+        calls.append(("init", kwargs.get("address"), kwargs.get("num_cpus")))
+
+    ray.init = start
+    ray.nodes = lambda: [{"Alive": True, "Resources": {"CPU": 3.0}}]
     ray.shutdown = lambda: calls.append(("shutdown",))
     monkeypatch.setitem(sys.modules, "ray", ray)
-    monkeypatch.setattr("streamfuse.batch.RayEngine", lambda **kwargs: calls.append(("engine", kwargs)) or "engine")
+    return ray
+
+
+def test_ray_starts_local_with_one_cpu_per_worker_warms_up_and_always_shuts_down(monkeypatch, tmp_path):
+    # with $RAY_ADDRESS set (a job of a cluster) ray.init joined that cluster, where num_cpus is refused: a traceback
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:50710")
+    calls = []
+    _fake_ray(monkeypatch, calls)
     monkeypatch.setattr("streamfuse.batch.find_jobs", lambda src, out: [(src, out)])
 
     def run_batch(cfg, jobs, engine):
-        calls.append(("batch", jobs[0]))
+        calls.append(("batch", jobs[0], engine.workers, engine.threads))
         raise SystemExit("a pair failed")
 
     monkeypatch.setattr("streamfuse.batch.run_batch", run_batch)
     with pytest.raises(SystemExit):
         bench_batch._ray(None, tmp_path / "src", tmp_path / "warm", tmp_path / "out", 3)
-    assert calls == [("init", 3), ("engine", {"workers": 3, "threads": 1}),
-                     ("batch", (tmp_path / "warm", tmp_path / "out" / "warm")), ("shutdown",)]
+    assert calls == [("init", "local", 3), ("batch", (tmp_path / "warm", tmp_path / "out" / "warm"), 3, 1),
+                     ("shutdown",)]
+
+
+def test_a_sigterm_while_ray_starts_stops_the_bench_once_ray_is_up_and_shut_down(monkeypatch, tmp_path):
+    # Ray's own SIGTERM handler, set as it starts, ended the bench with status 15 and no line, Ray cut half-way
+    calls = []
+
+    def init():
+        sys.modules["ray"]._private.utils.set_sigterm_handler(lambda signum, frame: sys.exit(15))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    _fake_ray(monkeypatch, calls, init)
+    monkeypatch.setattr("streamfuse.batch.run_batch", lambda *a: pytest.fail("a batch ran after the stop"))
+    with handled(raise_terminated, (signal.SIGTERM,)), pytest.raises(KeyboardInterrupt):
+        bench_batch._ray(None, tmp_path / "src", tmp_path / "warm", tmp_path / "out", 2)
+    assert calls == [("init", "local", 2), ("shutdown",)]
 
 
 @pytest.mark.parametrize(("rc", "stderr", "fps"), [(0, "replayed: wall 2.0 s, 15.5 frames/s\n", 15.5),
@@ -112,12 +150,34 @@ def test_the_single_replay_runs_on_one_thread_and_its_failure_is_one_line(rc, st
     assert (seen["env"]["OMP_NUM_THREADS"], seen["env"]["OPENCV_FOR_THREADS_NUM"]) == ("1", "1")
 
 
+def test_the_local_engine_is_timed_after_a_warm_up_pair(monkeypatch, tmp_path):
+    # timed cold, the first pair ran at half the frames/s of the next (imports, the kernels' compilation), so the
+    # local engine's row stood below the warmed-up Ray worker's
+    pytest.importorskip("ray")
+    from streamfuse.batch import PairResult
+
+    batches = []
+
+    def run_batch(cfg, jobs, engine):
+        batches.append([job.ir.parent.parent.name for job in jobs])
+        return _summary(*[PairResult(str(job.out), "done", frames_out=5, fps=10.0) for job in jobs])
+
+    monkeypatch.setattr("streamfuse.batch.run_batch", run_batch)
+    monkeypatch.setattr(bench_batch, "_ray", lambda *a: {"frames": 1, "wall": 1.0, "fps": 1.0, "pair_fps": [1.0],
+                                                         "load": ""})
+    monkeypatch.setattr(bench_batch, "_single_replay", lambda *a: 1.0)
+    monkeypatch.setattr(bench_batch, "synthetic_pair", lambda folder, *a: (folder / "ir.mp4", folder / "vis.mp4"))
+    monkeypatch.setattr(bench_batch.os, "link", lambda src, dst: Path(dst).touch())
+    bench_batch.main(["--pairs", "3", "--workers", "2", "--frames", "5"])
+    assert batches == [["warm"], ["src"] * 3]
+
+
 def test_the_table_compares_n_workers_with_one_and_a_worker_with_a_single_replay(monkeypatch, capsys):
     pytest.importorskip("ray")
     seen = {}
     row = {"frames": 60, "wall": 2.0, "fps": 30.0, "pair_fps": [10.0, 12.0, 20.0], "load": "0.10 -> 0.20"}
     monkeypatch.setattr(bench_batch, "_pairs", lambda folder, *a, **k: folder)
-    monkeypatch.setattr(bench_batch, "_batch", lambda *a: row)
+    monkeypatch.setattr(bench_batch, "_local", lambda *a: row)
     monkeypatch.setattr(bench_batch, "_ray", lambda cfg, src, warm, out, n: {**row, "fps": 30.0 * n,
                                                                            "pair_fps": [6.0 * n]})
     monkeypatch.setattr(bench_batch, "_single_replay", lambda args, overrides, *paths: seen.update(
