@@ -31,12 +31,12 @@ import argparse
 import multiprocessing as mp
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import zmq
 
 from streamfuse.bench import parse_sizes
 from streamfuse.capture.synthetic import SyntheticScene
@@ -59,12 +59,9 @@ SLOTS = 8  # the pool of the shared-memory runs (PublishConfig's default)
 # one slot to spare.
 WINDOW = SLOTS - 2
 BACKOFF_S = 50e-6  # a sender WINDOW ahead sleeps (imagezmq's blocks for its reply), leaving the reader the CPU
-
-
-def _free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+# Every socket binds a port the OS picks as it binds: one picked first and bound later (by the receiver's process,
+# seconds on) could be taken meanwhile, by another benchmark's picks too
+ANY_PORT = "tcp://127.0.0.1:*"
 
 
 def _fused(image: np.ndarray, seq: int) -> FusedFrame:
@@ -107,9 +104,10 @@ def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int =
 
 
 def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
-    """imagezmq ImageHub: receive, reply, until the sender says stop."""
+    """imagezmq ImageHub: receive, reply, until the sender says stop; its bound endpoint is the first result."""
     latencies, arrivals = [], []
     hub = imagezmq.ImageHub(open_port=endpoint)
+    results.put(hub.zmq_socket.getsockopt_string(zmq.LAST_ENDPOINT))
     ready.set()
     while True:
         msg, _ = hub.recv_image()
@@ -145,6 +143,15 @@ class _Receiver:
                                 daemon=True)
         with handled(signal.SIG_IGN, (signal.SIGINT,)):  # inherited: a Ctrl-C is this process's to act on
             self.proc.start()
+
+    def started(self) -> bool:
+        """Whether the receiver is ready, after a short wait; one that ended before is one line (SystemExit)."""
+        if self.ready.wait(0.01):
+            return True
+        if not self.proc.is_alive():
+            raise SystemExit(f"bench transport: its receiver ended before it was ready (exit status "
+                             f"{self.proc.exitcode})")
+        return False
 
     def result(self) -> dict[str, float]:
         self.done.set()
@@ -184,10 +191,9 @@ def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> d
     """Publish ``frames`` round and round for ``seconds`` at ``rate`` frames/s to a subscriber process (rate 0: as
     fast as it takes them) in ``mode`` (raw, shm, loan, loan-zmq, jpeg, h264); adds the publisher's CPU ms per
     frame."""
-    endpoint = _free_endpoint()
     encoding = mode if mode in ("jpeg", "h264") else "raw"
     shm, loan = mode in ("shm", "loan", "loan-zmq"), mode in ("loan", "loan-zmq")
-    cfg = dict(endpoint=endpoint, encoding=encoding, shm_slots=SLOTS if shm else 0)
+    cfg = dict(endpoint=ANY_PORT, encoding=encoding, shm_slots=SLOTS if shm else 0)
     # Capacity: back-pressure instead of drops. The pool never makes its writer wait (wait_ms turns it off), and
     # ZeroMQ's queue does not bound it either (the kernel's socket buffers hold thousands of slot messages), so over
     # shared memory the sender keeps within WINDOW frames of the one the reader has in hand: nothing is overwritten
@@ -195,8 +201,8 @@ def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> d
     wait_ms = 0 if rate or shm else 1000
     taken = mp.get_context("spawn").Value("q", 0, lock=False) if shm and not rate else None
     with Publisher(PublishConfig(**cfg, nodrop=not rate, wait_ms=wait_ms)) as pub:
-        rx = _Receiver(_sub_receiver, endpoint, 2, shm, taken, mode != "loan-zmq")
-        while not rx.ready.wait(0.01):
+        rx = _Receiver(_sub_receiver, pub.endpoint, 2, shm, taken, mode != "loan-zmq")
+        while not rx.started():
             _publish(pub, frames[0], 0, loan)
 
         def send(seq: int) -> int:
@@ -214,10 +220,10 @@ def _ours(frames: list[np.ndarray], seconds: float, rate: float, mode: str) -> d
 
 def _imagezmq(frames: list[np.ndarray], seconds: float, rate: float) -> dict[str, float]:
     """imagezmq REQ/REP for ``seconds`` at ``rate`` frames/s (0 = as fast as the round trip allows)."""
-    endpoint = _free_endpoint()
-    rx = _Receiver(_hub_receiver, endpoint)
-    rx.ready.wait(30)
-    sender = imagezmq.ImageSender(connect_to=endpoint)
+    rx = _Receiver(_hub_receiver, ANY_PORT)
+    while not rx.started():
+        pass
+    sender = imagezmq.ImageSender(connect_to=rx.results.get())
     sender.send_image(str(time.time_ns()), frames[0])  # connect and warm up
 
     def send(seq: int) -> int:
@@ -237,13 +243,12 @@ def _imagezmq(frames: list[np.ndarray], seconds: float, rate: float) -> dict[str
 def _stall(image: np.ndarray, seconds: float, rate: float, peer: str, shm: bool, loan: bool) -> dict[str, float]:
     """Publish call times (ms: loan and send_fused) at ``rate`` with ``peer`` ``none``, one ``reading`` subscriber or
     one ``stalled`` (over shared memory with ``shm``, from a loaned slot with ``loan``)."""
-    endpoint = _free_endpoint()
-    with Publisher(PublishConfig(endpoint=endpoint, shm_slots=SLOTS if shm else 0)) as pub:
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=SLOTS if shm else 0)) as pub:
         rx = None
         if peer != "none":
-            rx = (_Receiver(_stalled_receiver, endpoint, shm) if peer == "stalled"
-                  else _Receiver(_sub_receiver, endpoint, 2, shm))
-        while rx is not None and not rx.ready.wait(0.01):
+            rx = (_Receiver(_stalled_receiver, pub.endpoint, shm) if peer == "stalled"
+                  else _Receiver(_sub_receiver, pub.endpoint, 2, shm))
+        while rx is not None and not rx.started():
             _publish(pub, image, 0, loan)
         dropped0, calls = pub.dropped, []
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,6 +32,43 @@ def test_shared_memory_row_reads_the_pool(rate: float) -> None:
 def test_zmq_headers_row_takes_no_ring() -> None:
     result = bench_transport._ours(bench_transport._demo_frames(64, 48, 3), 0.2, 0.0, "loan-zmq")
     assert result["frames"] > 0 and result["via_shm"] >= result["frames"] and result["via_ring"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_port_another_program_takes_is_never_the_benchmarks(monkeypatch) -> None:
+    # each port was picked (bound and closed) first and bound later, by the receiver's process seconds on: another
+    # program, or another benchmark's pick, could take it meanwhile: the publisher's bind failed, and imagezmq's
+    # sender waited for ever on a hub that never bound
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        class Picked:  # what the OS picked for the benchmark, which that program now listens on
+            def __init__(self, *args):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def bind(self, address):
+                pass
+
+            def getsockname(self):
+                return other.getsockname()
+
+        monkeypatch.setattr(bench_transport, "socket", SimpleNamespace(socket=Picked), raising=False)
+        frames = [np.zeros((48, 64, 3), np.uint8)]
+        assert bench_transport._stall(frames[0], 0.05, 100.0, "none", False, False)["calls"] > 0
+        assert bench_transport._imagezmq(frames, 0.05, 100.0)["sent"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_receiver_that_ends_before_it_is_ready_is_one_line(monkeypatch) -> None:
+    # the sender went on offering its first frame to a receiver that was gone, for ever
+    monkeypatch.setattr(bench_transport, "_sub_receiver", print)  # ends at once, never ready
+    with pytest.raises(SystemExit) as exc:
+        bench_transport._ours(bench_transport._demo_frames(64, 48, 1), 0.1, 0.0, "raw")
+    assert exc.value.code == "bench transport: its receiver ended before it was ready (exit status 0)"
 
 
 @pytest.mark.parametrize("mode", ["jpeg", "h264"])
