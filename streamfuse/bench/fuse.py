@@ -16,7 +16,6 @@ import argparse
 import itertools
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections import deque
@@ -28,7 +27,7 @@ import numpy as np
 import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
 
 from streamfuse.bench import parse_sizes
-from streamfuse.cli.args import Parser, config_value, int_at_least
+from streamfuse.cli.args import Parser, config_value, given, int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine, Handle
 from streamfuse.fusers import FuseConfig
@@ -70,19 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default="", help="HCLFuse weights file; '' = shipped; 'random' = untrained")
     p.add_argument("--tiny", action="store_true", help="smoke run: 64x48 frames, 3 per case, 1 warm-up")
     args = p.parse_args(argv)
-    given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    set_here = given(p, argv, {*_MODEL_OPTIONS, "sizes"})
     if args.steps and args.sampler == "student":
         p.error("--steps are the teacher's DDIM steps: add --sampler teacher (the student takes one)")
-    if args.fuser != "hclfuse" and (model := given & _MODEL_OPTIONS):
-        p.error(f"{sorted(model)[0]} is an option of --fuser hclfuse; --fuser {args.fuser} runs on the CPU, one frame "
-                f"at a time")
-    if args.tiny and "--sizes" in given:
+    if args.fuser != "hclfuse" and (model := set_here & _MODEL_OPTIONS):
+        p.error(f"--{sorted(model)[0].replace('_', '-')} is an option of --fuser hclfuse; --fuser {args.fuser} runs "
+                f"on the CPU, one frame at a time")
+    if args.tiny and "sizes" in set_here:
         p.error("--tiny runs 64x48 frames: give --tiny or --sizes")
     return args
 
 
-_MODEL_OPTIONS = {"--sampler", "--steps", "--image-guidance", "--batch", "--graphs", "--precision",
-                  "--weights"}  # what a baseline fuser has not
+_MODEL_OPTIONS = {"sampler", "steps", "image_guidance", "batch", "graphs", "precision", "weights"}  # a baseline's not
 
 
 def batch_sizes(text: str) -> list[int]:

@@ -7,7 +7,7 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from streamfuse.checks import ConfigError
 from streamfuse.errors import printable
 
 __all__ = ["path_arg", "int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
-           "config_error", "HelpFormatter", "Parser"]
+           "config_error", "given", "HelpFormatter", "Parser"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -114,6 +114,14 @@ def positive(maximum: float = math.inf) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def given(parser: argparse.ArgumentParser, argv: list[str] | None, dests: Iterable[str]) -> set[str]:
+    """Which of ``dests`` (options that store a value) the command line ``argv`` (None: ``sys.argv[1:]``) sets,
+    whatever its spelling: abbreviated (``--bat`` for ``--batch``) or with ``=VALUE``. Parses ``argv`` again."""
+    unset = object()  # argparse leaves a value it finds in the namespace where the option is not given
+    parsed = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(dests, unset)))
+    return {dest for dest in dests if getattr(parsed, dest) is not unset}
 
 
 def key_options(parser: argparse.ArgumentParser) -> None:

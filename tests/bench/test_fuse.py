@@ -79,6 +79,12 @@ def test_cuda_without_gpu_is_one_line():
     (["--fuser", "rule", "--weights=w.pt"], "--weights is an option of --fuser hclfuse; --fuser rule runs on the CPU, "
                                             "one frame at a time"),
     (["--tiny", "--sizes", "320x240"], "--tiny runs 64x48 frames: give --tiny or --sizes"),
+    # abbreviated, they were let through and passed over: batch 1 ran, at 64x48
+    (["--fuser", "max", "--bat", "8"], "--batch is an option of --fuser hclfuse; --fuser max runs on the CPU, one "
+                                       "frame at a time"),
+    (["--fuser", "rule", "--image-g=2"], "--image-guidance is an option of --fuser hclfuse; --fuser rule runs on the "
+                                         "CPU, one frame at a time"),
+    (["--tiny", "--size", "1280x1024"], "--tiny runs 64x48 frames: give --tiny or --sizes"),
 ])
 def test_bad_sizes_and_frames_are_refused_when_parsing(args, message, capsys):
     from streamfuse.bench.fuse import parse_args
