@@ -17,7 +17,7 @@ from pathlib import Path
 
 from streamfuse.bench import parse_size
 from streamfuse.checks import override_keys
-from streamfuse.cli.args import Parser, config_error, int_at_least
+from streamfuse.cli.args import Parser, config_error, given, int_at_least
 from streamfuse.log_queue import install_direct
 
 __all__ = ["main", "synthetic_pair"]
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     install_direct(logging.WARNING)
     if bool(args.ir) != bool(args.vis):
         parser.error("give both --ir and --vis, or neither (a synthetic pair)")
+    if args.ir and (synthetic := given(parser, argv, ("frames", "size"))):
+        parser.error(f"--{min(synthetic)} is the synthetic clip's: --ir and --vis are replayed whole")
     if taken := next((o for o in args.overrides if _set_here(o)), None):  # a --set of them would be passed over
         parser.error(f"--set {taken}: the fuser is --fuser, the codec --codec (progress stays off)")
     for what, path in (("IR", args.ir), ("visible", args.vis)):

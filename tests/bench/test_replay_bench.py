@@ -82,6 +82,11 @@ def test_the_verdict_names_the_larger_of_decode_plus_encode_and_fuse(tmp_path, m
     (["--size", "abc"], "argument --size: size 'abc' is not WIDTHxHEIGHT"),
     (["--size", "0x48"], "argument --size: size '0x48': width and height must be in 1..8192"),
     (["--ir", "ir.mp4"], "give both --ir and --vis, or neither (a synthetic pair)"),
+    # passed over: the whole videos were replayed, at their size
+    (["--ir", "ir.mp4", "--vis", "vi.mp4", "--frames", "30"], "--frames is the synthetic clip's: --ir and --vis are "
+                                                              "replayed whole"),
+    (["--ir", "ir.mp4", "--vis", "vi.mp4", "--si=64x48"], "--size is the synthetic clip's: --ir and --vis are "
+                                                          "replayed whole"),
 ])
 def test_bad_numbers_are_refused_when_parsing(args, message, capsys):
     with pytest.raises(SystemExit) as exc:
