@@ -109,6 +109,8 @@ def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
     hub = imagezmq.ImageHub(open_port=endpoint)
     results.put(hub.zmq_socket.getsockopt_string(zmq.LAST_ENDPOINT))
     ready.set()
+    hub.recv_image()  # the sender's warm-up frame, slowed by its connection's set-up: untimed, as a subscriber's first
+    hub.send_reply(b"OK")
     while True:
         msg, _ = hub.recv_image()
         hub.send_reply(b"OK")
@@ -235,7 +237,6 @@ def _imagezmq(frames: list[np.ndarray], seconds: float, rate: float) -> dict[str
     cpu_ms = (time.process_time() - cpu0) * 1e3 / max(1, sent)
     sender.send_image(STOP, frames[0])
     out = rx.result()
-    out["frames"] -= 1  # the warm-up frame
     sender.close()
     return {**out, "sent": sent, "cpu_ms": cpu_ms}
 
