@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=["fuse.name=max"],
                         metavar="STAGE.KEY=VALUE", help="override a config value (repeatable)")
     args = parser.parse_args(argv)
+    if args.workers > args.pairs:  # the extra workers would have no pair: the row would name workers that never ran
+        parser.error(f"--workers {args.workers} with --pairs {args.pairs}: at most {args.pairs} workers have a pair at "
+                     f"once")
     if importlib.util.find_spec("ray") is None:
         raise SystemExit("bench batch: needs Ray: pip install 'streamfuse[ray]'")
     os.environ.update(ONE_THREAD)  # this process (local engine) and the Ray it starts

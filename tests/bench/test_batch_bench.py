@@ -19,6 +19,8 @@ from streamfuse.signals import handled, raise_terminated
     (["--workers", "1"], "argument --workers: must be >= 2, got 1"),  # 1 worker against 1 compares nothing
     (["--frames", "-3"], "argument --frames: must be >= 1, got -3"),
     (["--size", "640"], "argument --size: size '640' is not WIDTHxHEIGHT"),
+    # 3 workers on 2 pairs: the row said 3 workers, 2 ran (and 3 warm-up pairs were written and replayed)
+    (["--pairs", "2", "--workers", "3"], "--workers 3 with --pairs 2: at most 2 workers have a pair at once"),
 ])
 def test_bad_numbers_are_refused_when_parsing(args, message, monkeypatch, capsys):
     monkeypatch.setattr(bench_batch, "_pairs", lambda *a, **k: pytest.fail("started with a bad number"))
