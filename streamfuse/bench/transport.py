@@ -45,7 +45,7 @@ from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import PublishConfig, Publisher
-from streamfuse.signals import handled
+from streamfuse.signals import blocked
 
 try:
     import imagezmq
@@ -143,7 +143,9 @@ class _Receiver:
         self.ready, self.done, self.results = ctx.Event(), ctx.Event(), ctx.Queue()
         self.proc = ctx.Process(target=target, args=(endpoint, self.ready, self.done, self.results, *args),
                                 daemon=True)
-        with handled(signal.SIG_IGN, (signal.SIGINT,)):  # inherited: a Ctrl-C is this process's to act on
+        # blocked, not ignored: a Ctrl-C meanwhile is this process's to act on once it started, and the receiver keeps
+        # it blocked for good (a terminal's Ctrl-C reaches it too)
+        with blocked((signal.SIGINT,)):
             self.proc.start()
 
     def started(self) -> bool:

@@ -71,6 +71,28 @@ def test_a_receiver_that_ends_before_it_is_ready_is_one_line(monkeypatch) -> Non
     assert exc.value.code == "bench transport: its receiver ended before it was ready (exit status 0)"
 
 
+def test_a_ctrl_c_while_a_receiver_starts_stops_the_benchmark(monkeypatch) -> None:
+    # Ctrl-C was ignored while the receiver's process started (so that it would inherit that): one then, for as long
+    # as a loaded machine took to start it, was lost, and the benchmark ran on to its end
+    from multiprocessing.context import SpawnProcess
+
+    start, started = SpawnProcess.start, []
+
+    def interrupted_start(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        start(self)
+        started.append(self)
+
+    monkeypatch.setattr(SpawnProcess, "start", interrupted_start)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bench_transport._Receiver(print, "tcp://127.0.0.1:1")
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.join()
+
+
 @pytest.mark.parametrize("mode", ["jpeg", "h264"])
 def test_codec_figures(mode: str) -> None:
     figures = bench_transport._codec(bench_transport._demo_frames(64, 48, 3), mode, 90)
