@@ -4,6 +4,7 @@ replay, a batch and training stop on Ctrl-C and SIGTERM (a live run and training
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.util
 import signal
 import sys
 import threading
@@ -21,7 +22,8 @@ HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 TERMINATE = (signal.SIGTERM, *HANGUP)  # a service manager's stop; a terminal's hangup (an SSH session that drops)
 _REDELIVERY = threading.Lock()  # held while a stop waits for the main thread's import or finalizer to end
-_FINALIZE = weakref.finalize.__call__.__code__
+# finalizers run as a collection frees their object (besides ``__del__``): a stop raised inside one is lost
+_FINALIZERS = {weakref.finalize.__call__.__code__, multiprocessing.util.Finalize.__call__.__code__}
 
 
 class Terminated(KeyboardInterrupt):
@@ -51,8 +53,8 @@ def _held_off(signum: int, frame: FrameType | None) -> bool:
 
     Raised inside an import (torch's, as the model loads), the exception can unwind through a C++ extension's
     initialisation, which then aborts the process (SIGABRT); raised inside a finalizer (``__del__``, a
-    ``weakref.finalize``: pyzmq's context as a collection frees it), Python reports it as ignored and the stop is
-    lost.
+    ``weakref.finalize`` or multiprocessing's ``Finalize``: pyzmq's context, a semaphore, as a collection frees
+    them), Python reports it as ignored and the stop is lost.
     """
     if not _sheltered(frame):
         return False
@@ -65,7 +67,7 @@ def _sheltered(frame: FrameType | None) -> bool:
     """Whether ``frame`` runs inside an import (a module's own code, called by importlib) or a finalizer."""
     while frame is not None:
         code = frame.f_code
-        if code.co_filename.startswith("<frozen importlib") or code.co_name == "__del__" or code is _FINALIZE:
+        if code.co_filename.startswith("<frozen importlib") or code.co_name == "__del__" or code in _FINALIZERS:
             return True
         frame = frame.f_back
     return False

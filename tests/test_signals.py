@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import multiprocessing.util
 import threading
 import weakref
 from collections.abc import Callable
@@ -46,7 +47,7 @@ class _Target:
 
 @pytest.mark.parametrize("handler, stop, raised", [(raise_terminated, signal.SIGTERM, Terminated),
                                                    (raise_interrupt, signal.SIGINT, KeyboardInterrupt)])
-@pytest.mark.parametrize("finalizer", ["__del__", "weakref.finalize"])
+@pytest.mark.parametrize("finalizer", ["__del__", "weakref.finalize", "multiprocessing.util.Finalize"])
 def test_a_stop_during_a_finalizer_stops_the_run_once_the_finalizer_is_over(handler, stop, raised, finalizer):
     """Raised inside a finalizer (pyzmq's context's, as a garbage collection frees it), the stop was reported as
     ignored and lost: a benchmark stopped by Ctrl-C ran on. The finalizer finishes and the stop comes after it."""
@@ -59,8 +60,10 @@ def test_a_stop_during_a_finalizer_stops_the_run_once_the_finalizer_is_over(hand
     with handled(handler, (stop,)), pytest.raises(raised):
         if finalizer == "__del__":
             _Finalized(finalize)  # unreferenced at once: finalized here
-        else:
+        elif finalizer == "weakref.finalize":
             weakref.finalize(_Target(), finalize)
+        else:
+            multiprocessing.util.Finalize(_Target(), finalize)
         threading.Event().wait(PATIENCE_S)  # the stop ends this wait
     assert done
 
