@@ -215,7 +215,7 @@ class AvSource(BaseSource):
         self._last_pts_ns, self._last_t_ns = pts_ns, t_ns
         self._decoded += 1
         colour = not frame.format.name.startswith("gray")
-        if self._is_ir and colour and not self.cfg.palette and self._decoded == 1:  # decoded grey below: said here
+        if self._is_ir and colour and not self.cfg.palette and self._seq == 0:  # decoded grey below: said here, once
             if note := palette.first_note(frame.to_ndarray(format="bgr24"), ""):
                 self.warn(f"{self.section}: {self.cfg.path}: {note}")
         grey = not colour or (self._is_ir and self.cfg.palette in ("", "black_hot"))  # a colour map takes colour

@@ -91,6 +91,15 @@ def test_a_false_colour_video_is_decoded_in_colour_for_its_palette_and_told_with
     assert len(grey) == 3 and len(lines) == 1 and "name the palette in ir.palette" in lines[0]
 
 
+def test_a_looped_false_colour_video_without_a_palette_is_told_once_not_at_every_pass(tmp_path):
+    path = _video(tmp_path / "thermal.mkv", [cv2.applyColorMap(_scene(), cv2.COLORMAP_INFERNO)] * 2)
+    lines = []
+    with open_source("ir", SourceConfig(kind="file", path=path, realtime=False, loop=True)) as src:
+        src.warn = lines.append
+        assert [src.read().seq for _ in range(6)] == list(range(6))  # three passes
+    assert len(lines) == 1 and "name the palette in ir.palette" in lines[0]
+
+
 def test_black_hot_is_inverted_grey_or_colour(tmp_path):
     truth = _scene()
     # the colour frame first: a first frame is judged against the palette named, and black_hot has no colours
