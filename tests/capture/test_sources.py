@@ -202,6 +202,15 @@ def test_file_source_times_come_from_pts_and_ir_is_grey(tmp_path: Path) -> None:
     assert 0 < ir[5].image[0, 0] < 40  # red turned into grey luma
 
 
+def test_the_frames_of_a_video_whose_rows_ffmpeg_pads_are_one_block_of_pixels(tmp_path: Path) -> None:
+    """50 pixels a row: FFmpeg pads each row to its alignment, and the frames are handed on without the padding
+    (the rings and the shared-memory pool copy an image as one block)."""
+    write_video(tmp_path / "clip.mkv", 2, size=(50, 48))
+    for section, shape in (("ir", (48, 50)), ("vis", (48, 50, 3))):
+        image = read_all(section, SourceConfig(kind="file", path=str(tmp_path / "clip.mkv"), realtime=False))[1].image
+        assert image.shape == shape and image.flags.c_contiguous
+
+
 def test_file_loop_keeps_times_increasing(tmp_path: Path) -> None:
     path = tmp_path / "clip.mkv"
     write_video(path, 4, pts_step=40)
@@ -280,6 +289,18 @@ def test_a_file_source_lets_go_of_its_file_when_closed_and_when_it_has_no_video(
         with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
             held.add(os.readlink(fd))
     assert not held & {str(video), str(sound)}
+
+
+def test_closing_a_source_whose_open_failed_or_that_is_closed_already_is_quiet(tmp_path: Path) -> None:
+    """``close`` is idempotent and safe after a failed open (a replay closes every input it started)."""
+    src = open_source("ir", SourceConfig(kind="file", path=str(tmp_path / "missing.mkv")))
+    with pytest.raises(SourceError, match="video file not found"):
+        src.open()
+    src.close()
+    write_video(tmp_path / "clip.mkv", 2)
+    with open_source("ir", SourceConfig(kind="file", path=str(tmp_path / "clip.mkv"), realtime=False)) as src:
+        assert src.read().seq == 0
+    src.close()
 
 
 @pytest.mark.parametrize("kind", ["file", "stream"])
@@ -367,6 +388,20 @@ def test_a_camera_device_is_asked_for_its_size_and_rate_stamped_at_grab_and_rele
     assert cap.released
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/dev/null: a character device, as a camera's is")
+def test_a_cameras_bgra_frame_is_bgr_and_one_of_more_pixels_than_8k_is_refused_though_no_side_is_too_long(
+        monkeypatch) -> None:
+    bgra = np.dstack([np.full((48, 64, 3), (1, 2, 3), np.uint8), np.full((48, 64), 255, np.uint8)])
+    too_many = np.zeros((4400, 8192, 3), np.uint8)  # 36 MP: each side within 8192, more pixels than 8192 x 4320
+    cap = _FakeCapture([bgra, too_many])
+    monkeypatch.setattr(cv2, "VideoCapture", lambda target: cap)
+    with open_source("vis", SourceConfig(kind="camera", path="/dev/null")) as src:
+        image = src.read().image
+        assert image.shape == (48, 64, 3) and image[0, 0].tolist() == [1, 2, 3]
+        with pytest.raises(SourceError, match=r"^vis: /dev/null: a 8192x4400 frame, larger than a camera's"):
+            src.read()
+
+
 def test_folder_is_sorted_numerically_with_times_from_fps(tmp_path: Path) -> None:
     for i in (1, 2, 10, 11, 3):  # a suffix in capitals is an image too
         cv2.imwrite(str(tmp_path / f"frame_{i}.{'PNG' if i == 10 else 'png'}"), np.full((8, 8, 3), i, np.uint8))
@@ -447,6 +482,18 @@ def test_a_looped_folder_goes_on_after_its_last_frame(tmp_path):
     for path in (tmp_path / "nope", tmp_path / "0001.png"):  # a file is no folder either
         with pytest.raises(SourceError, match="image folder not found"):
             open_source("ir", SourceConfig(kind="folder", path=str(path))).open()
+
+
+def test_a_folder_source_without_a_path_or_without_images_is_one_line(tmp_path, monkeypatch):
+    """An empty path is no folder (not the working folder's images); a folder of no images says so, not IndexError."""
+    cv2.imwrite(str(tmp_path / "0000.png"), np.full((8, 8, 3), 1, np.uint8))
+    monkeypatch.chdir(tmp_path)  # a folder of images, where an empty path would read them
+    with pytest.raises(SourceError, match=r"^ir: image folder not found: ''$"):
+        open_source("ir", SourceConfig(kind="folder", path="")).open()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no frame")
+    with pytest.raises(SourceError, match=r"^vis: no image files \(.*\.png.*\) in .*empty$"):
+        open_source("vis", SourceConfig(kind="folder", path=str(tmp_path / "empty"))).open()
 
 
 def test_a_looped_folder_that_lost_frames_starts_its_next_lap_after_its_last_frame_number(tmp_path):
@@ -551,3 +598,5 @@ def test_a_looped_source_skips_whole_passes_unread_and_goes_on_as_if_it_had_read
     assert (got.seq, got.t_capture_ns) == (expected.seq, expected.t_capture_ns)
     np.testing.assert_array_equal(got.image, expected.image)
     assert skipped <= 3 * per_pass  # a pass read, maybe a second (a conversion state settling), then what is left
+    if kind == "folder":  # 8-bit frames, no state to settle: the second pass's first frame starts the step over
+        assert skipped <= 2 * per_pass
