@@ -158,6 +158,17 @@ def test_synthetic_is_deterministic_per_seed_and_time() -> None:
     assert not np.array_equal(a.render_ir(10**9), c.render_ir(10**9))
 
 
+def test_synthetic_sensor_noise_changes_from_one_frame_to_the_next() -> None:
+    """A still background is not frozen: each frame at 30 frames/s has sensor noise of its own (of four)."""
+    scene, next_ns = SyntheticScene(64, 48, 3), 33_333_334
+    still = np.ones((48, 64), bool)  # away from every body at both times
+    for t_ns in (0, next_ns):
+        for x, y, w, h in scene.objects(t_ns):
+            still[max(y, 0):max(y + h, 0), max(x, 0):max(x + w, 0)] = False
+    for render in (scene.render_ir, scene.render_vis):
+        assert still.any() and (render(0)[still] != render(next_ns)[still]).any()
+
+
 def test_live_synthetic_frames_are_captured_on_the_ticks_of_the_epoch_clock(monkeypatch) -> None:
     """Separate IR and visible processes at one fps capture at the same instants: each frame waits for the next tick
     of the epoch clock and is stamped when it comes (here a fake clock that the source's sleeps advance)."""

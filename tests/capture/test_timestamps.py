@@ -152,3 +152,15 @@ def test_a_wall_clock_read_a_few_ms_apart_from_the_monotonic_one_is_no_step() ->
     frames = _arrivals(100, 40 * MS, 40 * MS, jitter_ms=0.0)
     t = [clock.stamp(p, a, a + 7 * MS + int(rng.uniform(0, 5) * MS)) for p, a in frames]
     assert np.diff(t).tolist() == [40 * MS] * 99
+
+
+def test_file_clock_places_a_frame_back_by_up_to_one_period_just_after_the_previous_one() -> None:
+    """Back by less than a period, or by exactly one, is no discontinuity: the frame comes 1 ns after the previous
+    one and the frames after it keep their own times (only more than a period back moves the offset)."""
+    clock = FileClock(period_ns=40 * MS)
+    t, fixes = [], []
+    for p in (0, 40, 80, 60, 120, 80, 160):
+        t.append(clock.stamp(p * MS))
+        fixes.append(clock.fix)
+    assert t == [0, 40 * MS, 80 * MS, 80 * MS + 1, 120 * MS, 120 * MS + 1, 160 * MS]
+    assert fixes == ["", "", "", "nudged", "", "nudged", ""]
