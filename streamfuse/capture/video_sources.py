@@ -122,7 +122,9 @@ class AvSource(BaseSource):
             options["rtsp_transport"] = "tcp"
         opening = time.monotonic()
         try:
-            container = self._stack.enter_context(av.open(path, timeout=timeout, options=options))
+            # metadata that is not UTF-8 (an AVI's Latin-1 INFO title) is replaced: FFmpeg plays the file
+            container = self._stack.enter_context(av.open(path, timeout=timeout, options=options,
+                                                          metadata_errors="replace"))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
             raise self._open_failure(exc, tcp_chosen, time.monotonic() - opening) from None
         if self.cfg.clock == "sender" and not hasattr(container, "start_time_realtime"):  # PyAV 18 added it

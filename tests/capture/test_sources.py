@@ -222,6 +222,21 @@ def test_the_frames_of_a_video_whose_rows_ffmpeg_pads_are_one_block_of_pixels(tm
         assert image.shape == shape and image.flags.c_contiguous
 
 
+def test_a_video_whose_title_is_not_utf8_is_read(tmp_path: Path) -> None:
+    """Windows tools and older cameras write an AVI's INFO title in Latin-1: FFmpeg plays it, and so does a file
+    source (PyAV up to 18 decodes the tags as strict UTF-8: it said 'not a readable video ('utf-8' codec ...)')."""
+    path = tmp_path / "clip.avi"
+    with av.open(str(path), "w") as out:
+        out.metadata["title"] = "Camera 1"
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(3):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="bgr24")))
+        out.mux(stream.encode())
+    path.write_bytes(path.read_bytes().replace(b"Camera 1", "Caméra 1".encode("latin-1")))
+    assert len(read_all("vis", SourceConfig(kind="file", path=str(path), realtime=False))) == 3
+
+
 def test_file_loop_keeps_times_increasing(tmp_path: Path) -> None:
     path = tmp_path / "clip.mkv"
     write_video(path, 4, pts_step=40)
