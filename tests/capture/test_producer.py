@@ -609,7 +609,8 @@ class _PacedClip(BaseSource):
         self.clock[0] += max(0, round(seconds * 1e9))
 
 
-def test_a_restarted_realtime_producer_keeps_its_predecessors_time_line(monkeypatch) -> None:
+@pytest.mark.parametrize("shift_ns", [0, 7 * 10**9])  # 7 s: a later pass of a file replayed in a loop
+def test_a_restarted_realtime_producer_keeps_its_predecessors_time_line(monkeypatch, shift_ns) -> None:
     # A looping file source restarted after a crash or a stall was paced from its own first frame: the restart's
     # delay and the frames it skipped put it behind the other source for good (1.7 s after one kill), so nothing
     # paired again and the live run published nothing for the rest of its life
@@ -621,12 +622,12 @@ def test_a_restarted_realtime_producer_keeps_its_predecessors_time_line(monkeypa
     monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _PacedClip(clock, slept))
     cfg = SourceConfig(kind="file", path="clip.mkv", fps=30.0)
     out = _Written(31)  # one second of frames, paced
-    producer_process.produce("ir", cfg, out, out, out, (0, 0, 0), [0, 0, 0, 0], pace)
-    assert pace[:2] == [10**12, 0] and clock[0] == 10**12 + 30 * round(1e9 / 30)
+    producer_process.produce("ir", cfg, out, out, out, (0, 0, shift_ns), [0, 0, 0, 0], pace)
+    assert pace[:2] == [10**12, shift_ns] and clock[0] == 10**12 + 30 * round(1e9 / 30)
     clock[0] += 2 * 10**9  # killed, restarted 2 s later: it resumes after the 31 frames delivered
     slept.clear()
     out = _Written(100)
-    producer_process.produce("ir", cfg, out, out, out, (31, 31, 0), [0, 0, 0, 0], pace)
+    producer_process.produce("ir", cfg, out, out, out, (31, 31, shift_ns), [0, 0, 0, 0], pace)
     assert [f.seq for f in out.frames] == list(range(31, 131))
     # the frames of the two seconds lost go at once (no sleep), then it paces on in step: its last frame (4.33 s into
     # the clip) goes when it would have without the crash, not 2 s and a restart's frame later
