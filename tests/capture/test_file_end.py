@@ -124,6 +124,19 @@ def test_a_matroska_file_cut_in_its_index_after_its_frames_is_read_whole_and_say
                                                  f"were read")
 
 
+def test_a_looped_file_cut_in_its_index_says_so_once_not_at_every_pass(tmp_path: Path) -> None:
+    path = tmp_path / "v.mkv"
+    write(path, "matroska", 0, 0, "mpeg4")
+    data = path.read_bytes()
+    path.write_bytes(data[:data.rfind(b"\x1c\x53\xbb\x6b") + 8])  # 8 bytes into its Cues element
+    src = open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False, loop=True))
+    lines: list[str] = []
+    src.warn = lines.append
+    with src:
+        assert [src.read().seq for _ in range(3 * N)] == list(range(3 * N))
+    assert len(lines) == 1 and "cut in its index or metadata, after the frames" in lines[0]
+
+
 def test_an_flv_without_its_last_tag_size_says_frames_may_be_missing_not_that_all_were_read(tmp_path: Path) -> None:
     # its last 4 bytes cut off, or left out by its writer: a cut not certain, nor in an index after the frames, so the
     # frames up to its duration all read do not make the line say the file is whole

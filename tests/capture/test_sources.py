@@ -244,6 +244,15 @@ def test_file_loop_keeps_times_increasing(tmp_path: Path) -> None:
     assert [f.t_capture_ns // 1_000_000 for f in frames] == [40 * i for i in range(10)]
 
 
+def test_a_looped_video_of_one_frame_steps_by_its_frame_period(tmp_path: Path) -> None:
+    """Each pass starts one period after the last: a still's pass is no repeated timestamp placed 1 ns on (paced in
+    real time, it would go out without pause)."""
+    write_video(tmp_path / "still.mkv", 1)
+    frames = read_all("vis", SourceConfig(kind="file", path=str(tmp_path / "still.mkv"), realtime=False, loop=True),
+                      limit=4)
+    assert [f.t_capture_ns for f in frames] == [0, 40_000_000, 80_000_000, 120_000_000]
+
+
 def test_realtime_file_is_paced_at_the_recorded_rate(tmp_path: Path, monkeypatch) -> None:
     import streamfuse.capture.sources
 
