@@ -359,6 +359,18 @@ def test_what_a_complete_file_may_end_with_is_no_cut(tmp_path: Path) -> None:
 
 
 
+def test_a_container_whose_end_says_nothing_is_read_to_its_end_without_a_word(tmp_path: Path) -> None:
+    """YUV4MPEG (``.y4m``), of no container this checks: nothing to hold its end to, nothing said."""
+    path = tmp_path / "v.y4m"
+    with av.open(str(path), "w", format="yuv4mpegpipe") as container:
+        stream = container.add_stream("rawvideo", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(N):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="bgr24")))
+        container.mux(stream.encode(None))
+    assert missing_end(path, "yuv4mpegpipe") is None and read_all(path) == (N, [])
+
+
 def test_a_matroska_file_never_finalised_is_not_held_to_a_length_estimated_from_bit_rates(tmp_path: Path) -> None:
     """Written to a pipe with MP3 audio, it has no Duration: FFmpeg estimates one from the bit rates (seconds off),
     which is no end the container announced."""
