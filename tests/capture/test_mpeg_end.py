@@ -40,3 +40,10 @@ def test_a_start_code_in_audio_data_is_not_where_the_walk_starts():
     payload = (b"\x11" * 994 + b"\0\0\1\xc0\x00\x07") * 60  # looks like a 13-byte audio packet every 1000 bytes
     data = b"".join(_pack() + _packet(0xC0, payload) for _ in range(4))
     assert len(data) > 1 << 17 and _check(data) is None
+
+
+def test_a_packet_header_cut_before_its_length_is_reported_not_taken_for_a_certain_cut():
+    """Five bytes of a start code after the last whole packet: its length is not there to say it runs past the end,
+    so they are bytes that follow the last whole unit (a cut, or something appended), not a certain cut."""
+    cut = _check(_pack() + _packet(0xE0, b"\x11" * 40) + b"\0\0\1\xe0\x07")
+    assert cut is not None and not cut.certain and cut.what.startswith("5 unrecognised bytes")

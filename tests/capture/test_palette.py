@@ -193,7 +193,7 @@ def _camera_frame(levels: np.ndarray) -> np.ndarray:
 
 
 def test_a_csv_of_the_cameras_colours_brings_its_frames_back_to_temperature_order(tmp_path):
-    palette = tmp_path / "iron.csv"
+    palette = tmp_path / "IRON.CSV"  # a suffix in capitals, as Windows tools write it
     palette.write_text("r,g,b\n" + "".join(f"{r:.0f},{g:.0f},{b:.0f}\n" for r, g, b in _iron()))
     truth = _scene()
     frames, lines = _read_ir(_folder(tmp_path, [_camera_frame(truth)]), str(palette))
