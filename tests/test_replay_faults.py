@@ -98,7 +98,8 @@ def test_an_input_that_gives_no_frame_is_not_said_to_start_later(tmp_path):
     assert err.value.summary.unpaired["ir"] == 10 and "starts later" not in err.value.summary.note
 
 
-def test_metadata_that_is_not_utf8_replays_or_is_one_line_naming_the_input(tmp_path):
+def test_metadata_that_is_not_utf8_replays(tmp_path):
+    # PyAV up to 18 decodes the tags as strict UTF-8 when it opens the file: the replay refused a video FFmpeg plays
     ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mkv"
     write_video(ir, 3, 25, grey=True, size=(32, 24))
     w = VideoWriter(vis, codec="ffv1", crf=0, time_base=Fraction(1, 25), rate=Fraction(25), width=32, height=24,
@@ -107,14 +108,7 @@ def test_metadata_that_is_not_utf8_replays_or_is_one_line_naming_the_input(tmp_p
         w.write(np.full((24, 32, 3), i, np.uint8), i)
     w.commit()
     vis.write_bytes(vis.read_bytes().replace(b"QQQQQQQQ", b"\xff\xfeQQQQQQ"))
-    try:
-        av.open(str(vis)).close()
-    except UnicodeDecodeError:  # PyAV up to 18 decodes the tags as strict UTF-8 when it opens the file
-        with pytest.raises(ValueError, match=r"vis input .*vis.mkv is not a video PyAV can read \(its metadata is "
-                                             r"not UTF-8 text\)"):
-            run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv")
-    else:  # PyAV 19 escapes what is not UTF-8 (surrogateescape): the video replays, every frame
-        assert run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv").fused == 3
+    assert run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv").fused == 3
 
 
 # -------------------------------------------------------------------------------- PyAV errors

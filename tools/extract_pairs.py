@@ -51,7 +51,7 @@ def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarr
     """
     found, decoded, depth = {}, 0, To8Bit(ir=True)
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="replace") as container:  # a Latin-1 title: read, as replay reads it
             stream = container.streams.video[0]
             announced = stream.frames  # read while open: PyAV 19 refuses a closed container's streams
             for frame in container.decode(stream):

@@ -102,7 +102,8 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
         _check_topic(stream, cfg, path)
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate)
     try:
-        with av.open(str(path)) as container:
+        # metadata that is not UTF-8 (an AVI's Latin-1 INFO title) is replaced, as the file source reads it
+        with av.open(str(path), metadata_errors="replace") as container:
             if not container.streams.video:
                 raise ValueError(f"{stream} input {path} has no video stream")
             st = container.streams.video[0]
@@ -115,9 +116,6 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
                          announced_frames(container, st) or None, max(0, -(st.start_time or 0)))
     except (OSError, av.FFmpegError) as exc:
         raise ValueError(f"{stream} input {path} is not a video PyAV can read ({io_reason(exc)})") from None
-    except UnicodeDecodeError:  # PyAV decodes the container's tags as UTF-8 when it opens the file
-        raise ValueError(f"{stream} input {path} is not a video PyAV can read (its metadata is not UTF-8 "
-                         f"text)") from None
 
 
 def check_pair(ir: Input, vis: Input) -> None:

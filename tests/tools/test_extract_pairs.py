@@ -248,3 +248,20 @@ def test_a_visible_folder_that_is_the_ir_folder_is_refused(tool, tmp_path):
     with pytest.raises(SystemExit, match=r"^extract_pairs: .*: ir/ and vi/ are one folder") as info:
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_a_video_whose_title_is_not_utf8_is_read(tool, tmp_path):
+    # an AVI's INFO title in Latin-1 (Windows tools, older cameras), which FFmpeg plays: PyAV up to 18 refused it
+    for sub in ("ir", "vi"):
+        path = tmp_path / "v" / sub / "a.avi"
+        path.parent.mkdir(parents=True)
+        with av.open(str(path), "w") as container:
+            container.metadata["title"] = "Camera 1"
+            stream = container.add_stream("ffv1", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 32, 24, "bgr0"
+            for i in range(3):
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((24, 32, 3), i, np.uint8), "bgr24")))
+            container.mux(stream.encode())
+        path.write_bytes(path.read_bytes().replace(b"Camera 1", "Caméra 1".encode("latin-1")))
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0", "--every", "1"])
+    assert sorted(p.name for p in (tmp_path / "out" / "vi").iterdir()) == [f"a_0000{i}.png" for i in range(3)]
