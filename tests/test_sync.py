@@ -424,3 +424,14 @@ def test_the_other_stream_across_a_clock_step_loses_no_pair_it_can_make(lag: int
     st = pairer.stats()
     assert st["ir"]["clock_steps"] == st["vis"]["clock_steps"] == 1
     assert_consistent(st)
+
+
+def test_the_pair_waiting_for_its_next_frame_when_the_clock_steps_is_still_fused() -> None:
+    # Each visible frame comes 14 ms after its IR frame, so every pair waits for the next IR frame (a nearer one
+    # could still come). IR frame 59's is still waiting when the clock steps back 10 s: the step makes it at once,
+    # instead of counting both frames unpaired.
+    ir, vis = _stepped("ir", 120, 1990, -10_000), _stepped("vis", 120, 1990, -10_000, start_ms=14)
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    seqs = [(p.ir.seq, p.vis.seq) for p in run(pairer, _arrival_order(ir, vis))]
+    assert seqs == [(i, i) for i in range(120)]
+    assert pairer.stats()["ir"]["unpaired"] == pairer.stats()["vis"]["unpaired"] == 0
