@@ -424,6 +424,38 @@ def test_an_entry_overwritten_while_it_is_copied_is_not_returned(monkeypatch: py
         reader.close()
 
 
+def test_an_entry_the_writer_stopped_rewriting_halfway_is_not_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A publisher killed while it rewrites the place of entry 0 (the ring has gone round once) leaves the new fields
+    # and bytes there under the old entry's state unless it marked the entry as being written first: a lapped reader
+    # then took the next round's descriptor for entry 0, or a mix of both.
+    with ShmPool(2, 64) as pool:
+        reader = PoolReader(pool.name)
+        ring = reader.ring
+        for seq in range(ring.entries):
+            assert pool.notify(b"t", b"old", seq, wake=False)
+        real = pool_ring._COUNT
+
+        class _Killed(Exception):
+            pass
+
+        class _KilledBeforeTheEntryIsComplete:
+            """The writer's stores go through until the one that says the new entry is complete."""
+            unpack_from = staticmethod(real.unpack_from)
+
+            @staticmethod
+            def pack_into(buffer: object, offset: int, value: int) -> None:
+                if value == 2 * ring.entries + 2:
+                    raise _Killed
+                real.pack_into(buffer, offset, value)
+
+        monkeypatch.setattr(pool_ring, "_COUNT", _KilledBeforeTheEntryIsComplete)
+        with pytest.raises(_Killed):
+            pool.notify(b"t", b"new", ring.entries, wake=False)
+        monkeypatch.undo()
+        assert ring.entry(0) is None and ring.entry(ring.entries) is None
+        reader.close()
+
+
 def _ring_reader(pub: Publisher, **kwargs: object) -> Subscriber:
     """A Subscriber of ``pub`` (which publishes from a thread) once its frames come through the ring."""
     sub = Subscriber(pub.endpoint, timeout_s=PATIENCE_S, **kwargs)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from streamfuse.shm_pool import POOL_PREFIX, PoolError, PoolReader, ShmPool, shm_supported
+from streamfuse.shm_pool import POOL_PREFIX, NotAPool, PoolError, PoolReader, ShmPool, shm_supported
 
 pytestmark = pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
 SHM = Path("/dev/shm")
@@ -51,6 +52,57 @@ def test_a_pool_whose_ring_is_not_where_its_slots_say_is_refused(word: int) -> N
             PoolReader(name)
     finally:
         (SHM / name).unlink()
+
+
+def test_a_pool_whose_slots_start_inside_its_ring_is_refused() -> None:
+    # a forged header that moves the slots 64 bytes back, into the ring, and a file cut to match: the reader would
+    # hand out ring bytes as frame pixels
+    name = f"{POOL_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"  # this test's own file
+    with ShmPool(2, 64) as pool:
+        data = bytearray((SHM / pool.name).read_bytes())
+    struct.pack_into("<q", data, 8 * 3, struct.unpack_from("<q", data, 8 * 3)[0] - 64)
+    (SHM / name).write_bytes(data[:-64])
+    try:
+        with pytest.raises(PoolError, match="not a streamfuse pool"):
+            PoolReader(name)
+    finally:
+        (SHM / name).unlink()
+
+
+def test_a_pool_is_its_owners_only() -> None:
+    # another user's process on the host could otherwise map it and read every frame
+    with ShmPool(2, 64) as pool:
+        assert stat.S_IMODE((SHM / pool.name).stat().st_mode) == 0o600
+
+
+def test_a_frame_a_byte_longer_than_a_slot_is_refused() -> None:
+    with ShmPool(1, 64) as pool:
+        with pytest.raises(ValueError, match="^frame of 65 bytes does not fit the pool's 64-byte slots$"):
+            pool.loan(65)
+        assert pool.loan(64)[1].size == 64
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_fifo_or_a_folder_under_a_pools_name_is_refused_at_once(kind: str) -> None:
+    # a forged message naming it: opening a FIFO waited forever for a writer, a folder failed to map with an OSError
+    # the subscriber did not expect
+    path = SHM / f"{POOL_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"  # this test's own
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        path.mkdir()
+        for child in "ab":  # a folder big enough to pass for a pool's header
+            (path / child).touch()
+    try:
+        with pytest.raises(NotAPool, match="is not a streamfuse pool \\(not a regular file\\)$"):
+            PoolReader(path.name)
+    finally:
+        if kind == "fifo":
+            path.unlink()
+        else:
+            for child in "ab":
+                (path / child).unlink()
+            path.rmdir()
 
 
 def test_a_running_publishers_pool_is_not_stale_to_a_run_in_another_pid_namespace(monkeypatch) -> None:

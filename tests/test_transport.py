@@ -17,6 +17,7 @@ import zmq
 from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, fused_frame, plain_pub, publishing, recv_seq, sync, wait_until,
                          with_header)
 
+from streamfuse import client, shm_pool
 from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.client import Subscriber
 from streamfuse.codecs import DecodeError, H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
@@ -292,6 +293,23 @@ def test_no_torn_frame_under_a_slow_reader(copy: bool, loan: bool, ring: bool) -
             writer.join(timeout=PATIENCE_S)
     assert sub.missed > 0 and sub.via_shm >= 50 and sub.malformed == 0
     assert (sub.via_ring >= 50) if ring and ring_supported() else sub.via_ring == 0
+
+
+@needs_shm
+def test_where_the_ring_is_not_filled_frames_come_through_shared_memory_with_zeromq_descriptors(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # as on an ARM host (no ring: see pool_ring's memory-order note), the publisher's pool has no ring to put
+    # descriptors in: each frame still goes through the pool, announced over ZeroMQ only
+    for module in (shm_pool, client):
+        monkeypatch.setattr(module, "ring_supported", lambda: False)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=2)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        header, image = _recv_shm(sub, pub, _uniform(7))
+        np.testing.assert_array_equal(image, 7)
+        pub.send_fused(fused_frame(_uniform(8)))
+        header, image = sub.recv()
+        assert header["format"] == "shm" and sub.via_ring == 0 and sub.malformed == 0
+        np.testing.assert_array_equal(image, 8)
 
 
 @needs_shm
