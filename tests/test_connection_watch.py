@@ -298,6 +298,21 @@ def test_failed_handshakes_are_all_counted_and_said_once(watched, caplog, event:
     assert [r.getMessage()[:len(said)] for r in caplog.records] == [said]
 
 
+def test_a_peer_that_hangs_up_at_every_attempt_is_counted_each_time_and_said_once(caplog) -> None:
+    # libzmq tries again every 100 ms: without the count, each hang-up logged the same warning again
+    sock = WatchedSocket()
+    watch = connection_watch.ConnectionWatch(sock, "tcp://pub.test:5555", encrypted=False)
+    try:
+        with caplog.at_level(logging.WARNING, "streamfuse.connection_watch"):
+            hang_up = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            sock.event(hang_up, zmq.EVENT_CONNECT_RETRIED, hang_up, zmq.EVENT_CONNECT_RETRIED, hang_up)
+            watch.on_events()
+    finally:
+        watch.close()
+    assert (watch.hangups, watch.handshake_failures) == (3, 0)
+    assert [r.getMessage()[:27] for r in caplog.records] == ["the peer at tcp://pub.test:"]
+
+
 def test_a_peer_that_hangs_up_in_the_greeting_is_said_to_be_no_publisher_not_to_encrypt(caplog) -> None:
     # an HTTP or SSH server on the port (here one that closes every connection): its hang-ups were counted as failed
     # CURVE handshakes, said as "the publisher's public key differs", and `subscribe` told a consumer that had given

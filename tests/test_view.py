@@ -412,9 +412,10 @@ def test_a_foxglove_server_that_cannot_start_says_why_in_one_line(monkeypatch, c
     assert said == "streamfuse foxglove: error: cannot start the Foxglove server on a\\x1b[2Jb:0: no such host\n", said
 
 
-@pytest.mark.parametrize("stats_topic", ["", "f", "fused/", "p"])
+@pytest.mark.parametrize("stats_topic", ["", "f", "fused/", "p", "s", "shm/"])
 def test_a_stats_topic_that_also_takes_frames_is_refused(stats_topic: str) -> None:
-    # --stats-topic "": every frame came in on the stats socket, logged as a malformed stats message (a line a frame)
+    # --stats-topic "": every frame came in on the stats socket, logged as a malformed stats message (a line a frame);
+    # "s" (short for stats/) or "shm/": so did every shared-memory descriptor
     with pytest.raises(ValueError, match=f"^stats topic '{stats_topic}' also takes frames"):
         Feed("tcp://127.0.0.1:1", "fused/t", stats_topic).close()
 

@@ -12,7 +12,7 @@ from helpers_zmq import fused_frame, good_parts, with_header
 
 from streamfuse.frames import FusedFrame
 from streamfuse.wire import (FORMAT_FIELDS, HEADER_FIELDS, MAX_HEADER_BYTES, SCHEMA, SCHEMA_2, HeaderEncoder,
-                             MalformedMessage, decode_header, decode_message, decode_stats)
+                             MalformedMessage, decode_header, decode_message, decode_stats, encode_json)
 
 _FIELDS = {"raw": {}, "jpeg": {}, "h264": {"keyframe": 1},
            "shm": {"shm_pool": "streamfuse_pub_12_0123abcd", "shm_slot": 3, "shm_gen": 8}}
@@ -89,6 +89,12 @@ def test_a_telemetry_snapshot_decodes() -> None:
                                 '"stages": {"fuse": {"median_ms": 1.0, "p99_ms": 2.0, "min_ms": 0.5, "n": 30}}, '
                                 '"counters": {"published": 60, "dropped.ir": 0}, "fuser": {"name": "max"}'))
     assert stats["stages"]["fuse"]["p99_ms"] == 2.0 and stats["counters"]["published"] == 60
+
+
+def test_numpy_numbers_and_arrays_in_stats_go_out_as_json_numbers_and_lists() -> None:
+    # what Publisher.send_stats promises for a snapshot a user fills from numpy (a histogram, a mean)
+    body = {"hist": np.arange(3, dtype=np.int64), "grid": np.eye(2, dtype=np.uint8), "mean": np.float32(0.5)}
+    assert json.loads(encode_json(body)) == {"hist": [0, 1, 2], "grid": [[1, 0], [0, 1]], "mean": 0.5}
 
 
 @pytest.mark.parametrize(("body", "reason"), [
