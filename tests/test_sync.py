@@ -435,3 +435,13 @@ def test_the_pair_waiting_for_its_next_frame_when_the_clock_steps_is_still_fused
     seqs = [(p.ir.seq, p.vis.seq) for p in run(pairer, _arrival_order(ir, vis))]
     assert seqs == [(i, i) for i in range(120)]
     assert pairer.stats()["ir"]["unpaired"] == pairer.stats()["vis"]["unpaired"] == 0
+
+
+@pytest.mark.parametrize("late", ["ir", "vis"])
+def test_a_frame_sorted_back_behind_a_later_one_pairs_at_once_before_the_rate_is_known(late: str) -> None:
+    # frame 0 of one stream comes after its frame 1: frame 0 is then the nearest its stream will ever have for the
+    # other stream's frame 0 (every frame to come is later than frame 1), so the pair leaves at once, not a frame later
+    other = "vis" if late == "ir" else "ir"
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    arrivals = [Frame(other, 0, 19 * MS, _IMG), Frame(late, 1, 35 * MS, _IMG), Frame(late, 0, 14 * MS, _IMG)]
+    assert [[(p.ir.seq, p.vis.seq) for p in pairer.push(f)] for f in arrivals] == [[], [], [(0, 0)]]
