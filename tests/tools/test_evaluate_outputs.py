@@ -243,3 +243,31 @@ def test_staged_folders_stage_hidden_and_a_failure_keeps_a_made_folder_that_anot
             (tmp_path / "a" / "theirs.txt").write_text("not this run's")
             raise ValueError("the run's own error")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "theirs.txt"]
+
+
+def test_staged_folders_leave_an_output_folder_made_before_the_run_on_a_failure(tmp_path):
+    """Only the folders this run made go when it fails: an empty one its user made for the outputs stays."""
+    from streamfuse.staged_folders import staged_folders
+
+    final = tmp_path / "mine" / "new"
+    final.parent.mkdir()
+    with pytest.raises(ValueError, match="^failed$"):
+        with staged_folders([final]):
+            raise ValueError("failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and not list(final.parent.iterdir())
+
+
+def test_staged_folders_say_the_os_reason_for_a_folder_that_cannot_be_made(tmp_path, monkeypatch):
+    """A folder the OS refuses to make (a full disk) is said with the OS's reason, not as a filesystem that takes no
+    new files (what ENOENT in a folder that exists means)."""
+    import errno
+
+    from streamfuse.staged_folders import staged_folders
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    with pytest.raises(OSError, match=f"^cannot make output folder {tmp_path / 'out'}: No space left on device$"):
+        with staged_folders([tmp_path / "out"]):
+            pass
