@@ -166,3 +166,34 @@ def test_a_resume_with_no_video_to_continue_starts_its_staged_frames_over_too(tm
     resuming = make_cfg(replay={"codec": "ffv1", "frames_dir": str(frames), "resume": True})
     assert run_replay(resuming, ir_path=ir, vis_path=vis, out_path=out).complete
     assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(N)]
+
+
+def test_a_frames_dir_that_is_a_file_or_lies_under_one_is_refused_before_any_work(tmp_path, pair):
+    """A file where the folder goes, or where one of its parents goes, is one line naming it; no video is begun."""
+    ir, vis = pair
+    taken = tmp_path / "taken"
+    taken.write_text("a user's file")
+    with pytest.raises(ValueError, match=f"^replay.frames_dir {re.escape(str(taken))} is a file, not a folder$"):
+        run_replay(_cfg(taken), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv")
+    under = taken / "frames"
+    with pytest.raises(ValueError, match=f"^replay.frames_dir {re.escape(str(under))} cannot be written: "
+                                         f"{re.escape(str(taken))} is a file$"):
+        run_replay(_cfg(under), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv")
+    assert taken.read_text() == "a user's file" and not list(tmp_path.glob("*o.mkv*"))
+
+
+def test_ctrl_c_while_a_resume_checks_its_partial_output_leaves_no_folder_it_made(tmp_path, pair, monkeypatch):
+    """Ctrl-C before the replay's loop (a long partial output being read for its resume) removes the frames folders
+    it made, as a stop in the loop does."""
+    from streamfuse.replay import loop
+
+    ir, vis = pair
+
+    def pressed(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.TakeOver, "open", pressed)
+    with pytest.raises(KeyboardInterrupt):
+        run_replay(_cfg(tmp_path / "new" / "frames"), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv",
+                   resume=True)
+    assert not (tmp_path / "new").exists()
