@@ -962,6 +962,16 @@ def test_frames_folder_that_is_the_output_or_its_work_file_is_refused_before_any
     assert not (tmp_path / taken).exists()
 
 
+def test_frames_folder_named_through_a_link_to_the_outputs_folder_is_its_work_file_too(tmp_path, clip):
+    """The output's partial file spelled through a symlinked folder, before either exists, is still refused."""
+    ir, vis, _ = clip
+    (tmp_path / "link").symlink_to(tmp_path)
+    cfg = make_cfg(replay={"frames_dir": str(tmp_path / "link" / ".o.mp4.partial")})
+    with pytest.raises(ValueError, match="^replay.frames_dir .*link/.o.mp4.partial is the output's own file "):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+    assert not (tmp_path / ".o.mp4.partial").exists()
+
+
 # -------------------------------------------------------------------------------- inputs of different lengths
 
 
