@@ -197,3 +197,19 @@ def test_ctrl_c_while_a_resume_checks_its_partial_output_leaves_no_folder_it_mad
         run_replay(_cfg(tmp_path / "new" / "frames"), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv",
                    resume=True)
     assert not (tmp_path / "new").exists()
+
+
+def test_staged_frames_given_as_an_input_of_a_replay_into_their_own_frames_folder_are_refused_and_kept(tmp_path,
+                                                                                                   pair):
+    """A stopped run's staged PNGs replayed as the visible input, with the folder holding them as the frames folder
+    (whose staging a replay deletes when it starts afresh): an input inside the frames folder is refused before any
+    work, the staged frames left whole."""
+    ir, vis = pair
+    frames = tmp_path / "frames"
+    interrupted_replay(_cfg(frames), ir, vis, tmp_path / "o.mkv", stop=8)
+    staged = _pngs(frames / ".partial")
+    with pytest.raises(ValueError, match=f"^replay.frames_dir {re.escape(str(frames))} would overwrite the visible "
+                                         f"input {re.escape(str(frames / '.partial'))}; choose another folder$"):
+        run_replay(_cfg(frames), ir_path=ir, vis_path=frames / ".partial",
+                   out_path=tmp_path / "p.mkv")
+    assert _pngs(frames / ".partial") == staged and len(staged) == 7
