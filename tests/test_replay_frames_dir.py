@@ -213,3 +213,14 @@ def test_staged_frames_given_as_an_input_of_a_replay_into_their_own_frames_folde
         run_replay(_cfg(frames), ir_path=ir, vis_path=frames / ".partial",
                    out_path=tmp_path / "p.mkv")
     assert _pngs(frames / ".partial") == staged and len(staged) == 7
+
+
+def test_the_resume_of_a_run_named_by_a_relative_out_continues_its_staged_frames_given_the_absolute_one(
+        tmp_path, pair, monkeypatch):
+    """The staged frames record their video by its absolute path: a resume spelling --out otherwise (from another
+    folder, or absolute) is the same output, not another one's interrupted replay."""
+    ir, vis = pair
+    monkeypatch.chdir(tmp_path)
+    interrupted_replay(_cfg("frames"), ir, vis, "o.mkv", stop=8)
+    summary = run_replay(_cfg(tmp_path / "frames"), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv", resume=True)
+    assert summary.complete and summary.reused == 7 and len(_pngs(tmp_path / "frames")) == N
