@@ -420,3 +420,17 @@ def test_a_resume_on_another_number_of_cpu_threads_goes_on(tmp_path, pair):
     summary = run_replay(make_cfg(replay={"codec": "ffv1"}, engine={"threads": 1}), ir_path=ir, vis_path=vis,
                          out_path=out, resume=True)
     assert summary.complete and summary.reused == 7 and summary.written == N
+
+
+def test_a_sidecar_left_without_its_partial_output_does_not_block_a_resume_with_other_settings(tmp_path, pair, caplog):
+    """A run killed after its sidecar was written and before its first frame reached the disk leaves the sidecar
+    alone: ``--resume`` with other settings has no frame to lose, so it starts over (said), and leaves no sidecar."""
+    ir, vis = pair
+    out = tmp_path / "fused.mkv"
+    interrupted_replay(make_cfg(replay={"codec": "ffv1"}), ir, vis, out)
+    partial_path(out).unlink()  # as a kill before the encoder's first packet leaves it
+    caplog.set_level(logging.WARNING)
+    summary = run_replay(make_cfg(replay={"codec": "ffv1"}, sync={"slop_ms": 15.0}), ir_path=ir, vis_path=vis,
+                         out_path=out, resume=True)
+    assert summary.complete and summary.reused == 0 and summary.written == N
+    assert f"nothing to resume for {out}" in caplog.text and not sidecar_path(out).exists()
