@@ -222,7 +222,8 @@ def test_folders_with_a_gap_of_seconds_make_a_finished_mp4(tmp_path):
 
 
 def test_a_frame_of_another_size_mid_stream_stops_the_replay(tmp_path):
-    """The encoder would rescale it silently: the replay stops at it, with the frames before it kept."""
+    """The encoder would rescale it silently: the replay stops at it, saying which input and frame, with the frames
+    before it kept and no --resume (a resumed run would meet the same frame)."""
     import cv2
 
     for name, channels in (("ir", ()), ("vis", (3,))):
@@ -235,6 +236,8 @@ def test_a_frame_of_another_size_mid_stream_stops_the_replay(tmp_path):
         run_replay(make_cfg(vis={"fps": 20.0}, ir={"fps": 20.0}), ir_path=tmp_path / "ir", vis_path=tmp_path / "vis",
                    out_path=out)
     assert not out.exists() and err.value.summary.written == 3
+    assert f"(the visible input {tmp_path / 'vis'} changes size at its frame 3, counted from 0)" in str(err.value)
+    assert "--resume" not in str(err.value)
 
 
 class _StopAt:
