@@ -395,3 +395,13 @@ def test_a_recovered_recording_carries_its_data_section_crc(tmp_path, cut):
     out.write_bytes(bytes(data))
     with pytest.raises(SourceError, match="truncated or corrupt after .* frames .*crc"):
         list(read_recording(out))
+
+
+def test_a_cut_recording_of_visible_frames_alone_is_recovered(tmp_path, rng):
+    """A run whose IR camera gave nothing (or a visible-only rig) recorded visible frames alone: they are recovered,
+    not called nothing to recover."""
+    frames = [f for f in _frames(rng) if f.stream == "vis"]
+    _record(tmp_path / "rig.mcap", frames, cut=0.6)
+    said = recover(partial_path(tmp_path / "rig.mcap"))
+    got = sum(1 for _ in read_messages(tmp_path / "rig.mcap"))
+    assert said.startswith(f"recovered 0 IR and {got} visible frames ") and 0 < got < len(frames)
