@@ -323,11 +323,17 @@ def test_a_resume_goes_on_when_only_a_hidden_file_changed_in_the_folder(tmp_path
 
 def test_a_frames_folder_run_interrupted_by_an_earlier_release_resumes(tmp_path):
     """Its sidecar held a folder input as [path, 0, the folder's time]: the release that counts the folder's files
-    called every such input changed ("ir changed since the interrupted run"), and refused the resume."""
+    called every such input changed ("ir changed since the interrupted run"), and refused the resume. A folder whose
+    time is not the one such a sidecar holds has changed since, and is refused."""
     cfg, out = _interrupted_folders(tmp_path)
     side = json.loads(sidecar_path(out).read_text())
     for key, sub in (("ir", "ir"), ("vis", "vi")):  # as the earlier release wrote it
-        side["fingerprint"][key] = [str(tmp_path / sub), 0, (tmp_path / sub).stat().st_mtime_ns]
+        side["fingerprint"][key] = [str(tmp_path / sub), 0, (tmp_path / sub).stat().st_mtime_ns - 10**9]
+    sidecar_path(out).write_text(json.dumps(side))
+    with pytest.raises(FileExistsError, match=r"^cannot resume .*fused\.mkv: ir, vis changed since the interrupted"):
+        run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vi", out_path=out, resume=True)
+    for key, sub in (("ir", "ir"), ("vis", "vi")):
+        side["fingerprint"][key][2] = (tmp_path / sub).stat().st_mtime_ns
     sidecar_path(out).write_text(json.dumps(side))
     summary = run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vi", out_path=out, resume=True)
     assert summary.reused > 0
