@@ -929,3 +929,10 @@ def test_a_file_given_the_recordings_name_while_it_records_is_not_written_over(t
         _log_recording_failure(rec)
     assert caplog.messages == [f"recording failed: {partial_path(path)} was not given its name ({rec.error}); it "
                                f"holds 4 IR and 4 visible frames, whole: rename it to {path}"]
+
+
+@pytest.mark.parametrize("path", ["runs/rig0mcap", "runs/rig0.mp4", ""])
+def test_a_record_path_not_ending_in_dot_mcap_is_refused(path):
+    """Replay and the mcap source know a recording by its .mcap suffix: another name could not be replayed."""
+    with pytest.raises(ValueError, match=f"^path='{path}' is out of range; allowed: a .mcap file path "):
+        RecordConfig(path=path)

@@ -161,6 +161,7 @@ def test_its_report_to_a_full_disk_is_the_one_line_every_command_gives(tmp_path,
     ("missing", "recording not found: .*nope.mcap.partial"),
     ("not mcap", r"notes.txt is not an MCAP recording"),
     ("cut in its first chunk", r"nothing to recover: .*\.early\.mcap\.partial holds no complete frame"),
+    ("killed at its start", r"nothing to recover: .*\.empty\.mcap\.partial holds no complete frame"),
     ("output exists", r"cannot recover to .*rig\.mcap: it exists; pass another --out or move it away"),
     ("missing folder", r"cannot write .*gone/o\.mcap: .*gone/\.o\.mcap\.partial: No such file or directory"),
     ("folder is a file", r"cannot write .*notes\.txt/o\.mcap: .*: Not a directory"),
@@ -172,6 +173,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cut, rng, capsys, ca
     args = {"missing": [str(tmp_path / ".nope.mcap.partial")],
             "not mcap": [str(tmp_path / "notes.txt")],
             "cut in its first chunk": [str(tmp_path / ".early.mcap.partial")],
+            "killed at its start": [str(tmp_path / ".empty.mcap.partial")],
             "output exists": [str(src)],
             "missing folder": [str(src), "--out", str(tmp_path / "gone" / "o.mcap")],
             "folder is a file": [str(src), "--out", str(tmp_path / "notes.txt" / "o.mcap")],
@@ -180,6 +182,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cut, rng, capsys, ca
     (tmp_path / "notes.txt").write_text("not a recording\n")
     (tmp_path / "rig.mcap").write_bytes(b"keep me")
     (tmp_path / "cut.bin").write_bytes(src.read_bytes())
+    (tmp_path / ".empty.mcap.partial").touch()  # what a run killed before it wrote a byte leaves
     _record(tmp_path / "early.mcap", _frames(rng, 30), cut=0.02)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert main(args) == 1
