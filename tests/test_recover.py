@@ -408,3 +408,14 @@ def test_a_cut_recording_of_visible_frames_alone_is_recovered(tmp_path, rng):
     said = recover(partial_path(tmp_path / "rig.mcap"))
     got = sum(1 for _ in read_messages(tmp_path / "rig.mcap"))
     assert said.startswith(f"recovered 0 IR and {got} visible frames ") and 0 < got < len(frames)
+
+
+def test_a_cut_recording_with_the_irs_counts_says_its_ir_frames_not_its_messages(tmp_path, rng):
+    """A thermal camera's counts travel beside each IR frame (/ir/counts): recovered with them, they are no more IR
+    frames."""
+    frames = [Frame(f.stream, f.seq, f.t_capture_ns, f.image, counts=f.image.astype(np.uint16) << 6)
+              if f.stream == "ir" else f for f in _frames(rng)]
+    _record(tmp_path / "rig.mcap", frames, cut=0.6)
+    said = recover(partial_path(tmp_path / "rig.mcap"))
+    ir = sum(1 for _, channel, _ in read_messages(tmp_path / "rig.mcap") if channel.topic == "/ir/image")
+    assert said.startswith(f"recovered {ir} IR and ") and ir > 0
