@@ -59,6 +59,24 @@ def test_a_complete_output_is_refused_before_any_work_and_left_as_it_is(tmp_path
     assert out.read_bytes() == before and not list(tmp_path.glob(".fused*"))
 
 
+def test_an_output_that_is_a_sound_file_is_refused_as_holding_no_video(tmp_path, pair, monkeypatch):
+    """A file PyAV opens but that holds no video (a recording's sound saved at the output's name) says so."""
+    import wave
+
+    ir, vis = pair
+    out = tmp_path / "fused.mkv"
+    with wave.open(str(out), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(8000)
+        f.writeframes(bytes(1600))
+    kept = out.read_bytes()
+    _no_fusing(monkeypatch)
+    with pytest.raises(FileExistsError, match=f"^output {out} exists but holds no video stream; delete it or choose"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert out.read_bytes() == kept and not list(tmp_path.glob(".fused*"))
+
+
 @pytest.mark.parametrize("resume", [False, True])
 def test_an_output_that_is_no_video_is_refused_and_left_as_it_is(tmp_path, pair, monkeypatch, resume):
     ir, vis = pair
