@@ -295,4 +295,3 @@ class AlignCache:
         """Cache counters: hits, misses (solves started), stale frames, total and mean solve time in ms."""
         return {"ot_hits": self.hits, "ot_misses": self.misses, "ot_stale": self.stale,  # counts stay ints
                 "ot_solve_ms": self.solve_ms, "ot_solve_ms_mean": self.solve_ms / max(self.solves, 1)}
-

@@ -185,5 +185,3 @@ def _check_fused(fused_y: np.ndarray, vis: np.ndarray) -> np.ndarray:
         raise ValueError(f"fused Y must be (H, W), got shape {fused_y.shape}")
     _check_vis(vis, fused_y.shape)
     return np.ascontiguousarray(fused_y, dtype=np.float32)
-
-

@@ -97,7 +97,6 @@ class RecordConfig:
         check(0.01 <= self.flush_s <= 3600, "flush_s", self.flush_s, "0.01..3600 s")
 
 
-
 def being_recorded(path: Path) -> bool:
     """Whether a running recorder writes ``path`` (it locks its ``.partial`` file; the kernel drops the lock when the
     run dies, however it dies, so a killed run's file is not)."""

@@ -57,7 +57,6 @@ class SeqCounter:
             return 0
         return 0 if last is None else seq - last - 1
 
-
     def skip(self, frames: int) -> None:
         """``frames`` after the last taken were passed over on purpose (latest mode: older ring entries), not missed."""
         self.last = (self.last or 0) + frames

@@ -309,4 +309,3 @@ def test_config_validation():
         AlignConfig(refresh=0)
     with pytest.raises(ValueError, match="drift"):
         AlignConfig(drift=1.5)
-

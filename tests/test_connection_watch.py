@@ -376,6 +376,7 @@ def test_a_connection_libzmq_has_already_forgotten_is_still_made_again(watched):
     clock.now += 0.5
     assert watch.restore() is True and sock.calls == [("connect", "tcp://pub.test:5555")]
 
+
 def test_a_silent_connection_is_made_again_once_a_silence_and_said_once(watched, caplog):
     sock, watch, clock = watched
     last = clock.now
@@ -411,6 +412,7 @@ def test_a_short_name_wait_still_ends_with_a_lookup_at_its_deadline(resolver, mo
     with pytest.raises(ValueError, match=r"does not resolve \(Name or service not known; waited 0.2 s\)$"):
         connection_watch.connect_sub("tcp://pub.invalid:47001", [b""], rcvhwm=2, max_part_bytes=1024, name_wait_s=0.2)
     assert clock.pauses == [pytest.approx(0.2)] and fake.calls == 2
+
 
 def test_an_ipv6_address_the_resolver_cannot_answer_for_now_still_gets_ipv6(monkeypatch, caplog) -> None:
     # "try again" comes from a resolver that cannot reach its name servers: no wait, libzmq resolves at each attempt

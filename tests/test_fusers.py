@@ -112,6 +112,7 @@ def test_laplacian_keeps_the_brighter_base_of_two_flat_sources():
 def test_laplacian_is_the_documented_five_level_pyramid_rule(pair):
     # without it, a pyramid of another depth (or another selection rule) is published as the Laplacian baseline
     ir, vis = (x.astype(np.float32) for x in pair)
+
     def pyramid(img):
         gauss = [img]
         for _ in range(4):

@@ -76,6 +76,7 @@ def test_another_librarys_line_quoting_a_peer_is_escaped_and_clipped() -> None:
     whole = "x" * (_MAX_OTHER_LINE - len("ERROR foxglove.ws: "))  # a line of just 2000 characters is kept whole
     assert line(whole) == f"ERROR foxglove.ws: {whole}"
 
+
 def test_a_replay_summary_escapes_its_paths_and_keeps_its_lines() -> None:
     from streamfuse.replay.summary import ReplaySummary
 

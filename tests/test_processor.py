@@ -289,6 +289,7 @@ def test_the_view_is_checked_again_when_the_frame_sizes_change():
     with pytest.raises(ValueError, match=r"^register.homography puts no pixel of the 32x24 IR frame on the 32x24 "):
         register(_hot_edge_pair(slice(0, 4), (24, 32)))
 
+
 @pytest.mark.parametrize("homography, allowed", [
     ((1, 0, 0, 0, 1, 0, 0, 0), "9 finite numbers"),  # one number short
     ((1, 0, 0, 0, 1, 0, 0, 0, float("nan")), "9 finite numbers"),

@@ -460,7 +460,6 @@ def test_a_lossless_publisher_closed_after_its_last_frame_still_sends_the_queued
     assert seqs == list(range(first, first + 30))
 
 
-
 _LEAVE_AFTER_CLOSE = """
 import sys
 sys.path.insert(0, "tests")

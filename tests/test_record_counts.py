@@ -76,7 +76,6 @@ def test_a_recording_keeps_the_counts_and_replays_from_them_when_asked(tmp_path)
     assert sum(1 for _ in read_messages(recovered, (COUNTS_TOPIC,))) == 4
 
 
-
 def test_the_counts_messages_carry_their_frames_capture_time_and_sequence(tmp_path):
     # Foxglove and `ros2 bag play` order and time messages by log_time: counts logged at another time than their
     # frame would play apart from it, and a replay by log time would pair them with other frames
@@ -99,6 +98,7 @@ def test_the_counts_messages_carry_their_frames_capture_time_and_sequence(tmp_pa
     assert topics == [COUNTS_TOPIC, "/ir/image", "/vis/image"]  # one counts channel, not one per frame
     # the counts are the IR camera's: its optical frame, as its images
     assert {msg.data[16:33] for _, channel, msg in messages if channel.topic == COUNTS_TOPIC} == {b"ir_optical_frame\0"}
+
 
 @pytest.mark.timeout(120)
 def test_a_live_run_records_a_thermal_cameras_counts_exactly(tmp_path):

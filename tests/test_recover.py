@@ -198,6 +198,7 @@ def test_a_recording_named_in_capitals_is_recovered_to_its_name(tmp_path, cut):
     assert recover(src, tmp_path / "RIG.MCAP").startswith("recovered ")
     assert list(read_recording(tmp_path / "RIG.MCAP"))
 
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
 def test_an_unwritable_folder_is_one_line(tmp_path, cut, capsys):
     src, _ = cut
@@ -244,6 +245,7 @@ def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_
 
     monkeypatch.setattr(Writer, "add_message", add_message)
     monkeypatch.setattr(sys, "argv", ["streamfuse", "recover", str(src)])
+
     def unhandled(*_):  # the command sets its own handler for the copy: this one fires only if it did not
         raise AssertionError(f"{stop} reached the caller's handler")
 

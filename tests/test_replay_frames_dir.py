@@ -127,7 +127,6 @@ def test_starting_over_drops_the_staged_frames_of_the_same_output(tmp_path, pair
     assert cv2.imread(str(frames / "000010.png")) is not None
 
 
-
 def test_a_resume_keeps_the_lossless_pngs_of_the_frames_it_takes_over(tmp_path, pair):
     """The frames a resume takes over come back decoded from a lossy video: their PNGs stay the first run's."""
     ir, vis = pair

@@ -753,6 +753,7 @@ def test_this_machine_through_its_own_network_address_has_the_whole_cap():
     door = Door(limit=8)
     assert [door.enter(_Peer("192.0.2.9", own="192.0.2.2")) for _ in range(3)] == [True, True, False]  # another host
 
+
 def test_refusals_held_back_are_said_once_their_seconds_have_passed(monkeypatch, caplog):
     """A count held back (one line every 10 s at most) waited for the next refusal, or for the server's stop: 842
     connections refused in a burst were logged as 1 until minutes later."""
@@ -954,6 +955,7 @@ def test_a_page_of_another_site_cannot_open_the_frames():
         assert asyncio.run(origins(feed)) == [403, 403, 403, 403, 101, 101, 101, 101]
     finally:
         feed.close()
+
 
 def test_a_request_reaching_loopback_that_names_another_host_is_refused(caplog):
     """DNS rebinding: a site (evil.example) whose name its owner points at 127.0.0.1 is, to the browser, the site of

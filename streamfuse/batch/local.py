@@ -185,4 +185,3 @@ def _unfinished(job: PairJob, cfg: Any) -> PairResult:
     if partial.exists():
         return PairResult(str(job.out), "interrupted", reason=f"stopped; partial output kept in {partial}")
     return PairResult(str(job.out), "not started")
-

@@ -334,4 +334,3 @@ def main(argv: list[str] | None = None) -> None:
         bench_post(sizes, frames, warmup)
     except (ValueError, OSError) as exc:  # --weights not found or not a weights file
         raise SystemExit(f"bench fuse: {exc}") from None
-

@@ -122,4 +122,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<10} {s.written} frames in {s.wall_s:.2f} s = {s.fps:.1f} frames/s {_WHOLE}\n    {shares}\n"
                   f"    loop waits on decode+encode {io:.0%} vs fuse {fuse:.0%}: {verdict}")
     return 1 if failed else 0
-

@@ -379,4 +379,3 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loopback, {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for width, height in sizes:
         _size_report(width, height, args)
-

@@ -77,4 +77,3 @@ class FolderSource(BaseSource):
         t_ns = round((self._numbers[index] + lap * self._span) * 1e9 / self.cfg.fps)
         self._pace(t_ns)
         return self._frame(t_ns, self._convert(image))
-

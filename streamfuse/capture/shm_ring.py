@@ -394,4 +394,3 @@ class ShmRing:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -176,4 +176,3 @@ class HCLFuseNet(nn.Module):
     def fold_gates(self) -> None:
         """Fold the VBE gates into the convolutions (inference only)."""
         self.encoder.fold_gates()
-

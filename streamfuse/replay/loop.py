@@ -42,6 +42,7 @@ __all__ = ["run_replay"]
 
 log = logging.getLogger(__name__)
 
+
 def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: str | os.PathLike | None = None,
                out_path: str | os.PathLike | None = None, resume: bool | None = None,
                fuser_factory: Callable[[Any], Any] | None = None) -> ReplaySummary:

@@ -34,6 +34,7 @@ __all__ = ["main", "to_overrides"]
 
 log = logging.getLogger("train")
 
+
 def _value(tokens: list[str]) -> str:
     """The YAML text of a flag's values: none is ``true``, several are a list."""
     if not tokens:

@@ -39,6 +39,7 @@ __all__ = ["main", "make_app", "serve", "Served", "url_host"]
 
 log = logging.getLogger("streamfuse.view")
 
+
 def _aiohttp() -> types.ModuleType:  # the module, imported late so that a missing extra is one line
     try:
         import aiohttp.web

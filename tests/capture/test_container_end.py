@@ -358,7 +358,6 @@ def test_what_a_complete_file_may_end_with_is_no_cut(tmp_path: Path) -> None:
     assert missing_end(ts, "mpegts") == Cut("100 unrecognised bytes follow its last whole MPEG-TS packet", False)
 
 
-
 def test_a_container_whose_end_says_nothing_is_read_to_its_end_without_a_word(tmp_path: Path) -> None:
     """YUV4MPEG (``.y4m``), of no container this checks: nothing to hold its end to, nothing said."""
     path = tmp_path / "v.y4m"

@@ -50,7 +50,6 @@ def test_the_announced_end_of_a_late_video_is_after_its_last_frame(tmp_path: Pat
     assert end == pytest.approx((CASES[case][1] + N) / FPS, abs=1e-6)
 
 
-
 @pytest.mark.parametrize("case", ["avi_late", "avi_late_gap"])
 def test_the_announced_end_of_a_cut_avi_is_where_its_frame_slots_end(tmp_path: Path, case: str) -> None:
     """A cut AVI's header still counts all its frame slots, where FFmpeg's duration only estimates the part left (some
@@ -69,6 +68,7 @@ def test_the_announced_end_of_an_mp4_that_starts_late_is_its_start_plus_its_dura
     write(path, "mp4", 250, 0)
     with av.open(str(path)) as container:
         assert announced_end_s(container, container.streams.video[0]) == pytest.approx((250 + N) / FPS, abs=1e-6)
+
 
 @pytest.mark.parametrize("fmt, ext", [("matroska", "mkv"), ("nut", "nut")])
 def test_a_matroska_or_nut_video_that_starts_late_is_read_to_its_end(tmp_path: Path, fmt: str, ext: str) -> None:

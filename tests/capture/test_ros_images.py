@@ -13,6 +13,7 @@ from helpers_ros import (COMPRESSED, IMAGE, ROS1_COMPRESSED, ROS1_IMAGE, STAMP_N
 
 from streamfuse.capture.ros_images import ENCODINGS, Unsupported, decode
 
+
 @pytest.fixture
 def bgr() -> np.ndarray:
     return np.random.default_rng(4).integers(0, 256, (4, 6, 3), np.uint8)

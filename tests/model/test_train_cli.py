@@ -203,6 +203,7 @@ def test_a_checkpoint_interval_of_nan_is_refused_by_the_function_too(data, tmp_p
         loop.run_training(data, tmp_path / "o", setup, ckpt_minutes=float("nan"))
     assert not (tmp_path / "o").exists()
 
+
 def test_a_diverging_run_stops_without_writing_weights(data, tmp_path):
     out = tmp_path / "o"
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "3", "--loss.gradient", "1e300"])

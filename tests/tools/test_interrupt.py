@@ -67,4 +67,3 @@ def test_a_ctrl_c_while_a_tool_works_is_one_line(name, monkeypatch, capsys):
         runpy.run_path(str(REPO / "tools" / name), run_name="__main__")
     assert exc.value.code == 130
     assert capsys.readouterr().err == f"{name}: interrupted\n"
-

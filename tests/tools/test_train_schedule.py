@@ -61,7 +61,6 @@ def test_the_ema_follows_the_weights_closely_in_the_first_steps():
         torch.testing.assert_close(pe, decay * old + (1 - decay) * p.detach())
 
 
-
 def test_a_step_clips_the_gradients_to_norm_1():
     # a loss spike (a batch of saturated crops) must not throw the weights far off: the step takes at most norm 1
     torch.manual_seed(0)
@@ -70,6 +69,7 @@ def test_a_step_clips_the_gradients_to_norm_1():
     run = loop._Run(net, ema, torch.optim.AdamW(params), params, torch.Generator(), np.random.default_rng(0))
     loop._optimise(run, 1000 * net(torch.ones(1, 3)).sum(), TrainConfig())
     assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item() == pytest.approx(1.0)
+
 
 def test_a_resume_goes_on_with_the_time_and_steps_already_spent(data, tmp_path):
     out = tmp_path / "run"
