@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import tracemalloc
 import warnings
@@ -309,3 +310,12 @@ def test_config_validation():
         AlignConfig(refresh=0)
     with pytest.raises(ValueError, match="drift"):
         AlignConfig(drift=1.5)
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), [
+    ("max_iter", 0, ">= 1"),  # POT's sinkhorn_log stopped on an unbound variable at the first frame
+    ("tol", 0.0, "0 < tol <= 1"),  # never met: every solve ran max_iter iterations and warned that it did not converge
+])
+def test_a_solver_setting_no_solve_can_meet_is_refused_naming_it(key, value, allowed):
+    with pytest.raises(ValueError, match=rf"^{key}={value} is out of range; allowed: {re.escape(allowed)}$"):
+        AlignConfig(**{key: value})

@@ -173,6 +173,9 @@ def test_a_data_folder_without_pairs_says_where_pairs_are_read(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"the data folder .*missing does not exist \(give another with "
                                                 r"--data DIR or the STREAMFUSE_DATA environment variable\)"):
         train.load_pairs(tmp_path / "missing")
+    (tmp_path / "afile").write_bytes(b"")  # a file given for the folder: said so, not that it holds no pairs
+    with pytest.raises(FileNotFoundError, match=r"the data folder .*afile is not a folder \(give another"):
+        train.load_pairs(tmp_path / "afile")
 
 
 def test_an_out_or_init_that_cannot_be_used_is_refused_first(data, tmp_path):

@@ -79,3 +79,12 @@ def test_a_macs_hidden_metadata_files_are_no_training_pairs(tmp_path):
         cv2.imwrite(str(tmp_path / "roadscene" / sub / "0001.png"), np.full((48, 64), 99, np.uint8))
         (tmp_path / "roadscene" / sub / "._0001.png").write_bytes(b"\x00\x05\x16\x07 Mac OS X")
     assert [name for name, _, _ in data.load_pairs(tmp_path)] == ["roadscene/ir/0001.png"]
+
+
+def test_the_data_digest_changes_with_a_pairs_name_or_shape_too():
+    # the same pixels under another name (a set re-exported, in another order of batches) or reshaped are other data
+    rng = np.random.default_rng(0)
+    ir, vis = rng.integers(0, 256, (8, 8), np.uint8), rng.integers(0, 256, (8, 8), np.uint8)
+    digests = {data.data_digest([("a", ir, vis)]), data.data_digest([("b", ir, vis)]),
+               data.data_digest([("a", ir.reshape(4, 16), vis.reshape(4, 16))])}
+    assert len(digests) == 3
