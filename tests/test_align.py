@@ -319,3 +319,11 @@ def test_config_validation():
 def test_a_solver_setting_no_solve_can_meet_is_refused_naming_it(key, value, allowed):
     with pytest.raises(ValueError, match=rf"^{key}={value} is out of range; allowed: {re.escape(allowed)}$"):
         AlignConfig(**{key: value})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_histogram_with_a_non_finite_bin_is_refused_not_turned_into_a_table_of_nan(bad):
+    hist = np.ones(256)
+    hist[9] = bad  # positive mass, no negative bin: only the finiteness check stops it
+    with pytest.raises(ValueError, match="ir_hist must be a finite non-negative"):
+        align(hist, np.ones(256), AlignConfig())

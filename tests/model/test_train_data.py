@@ -88,3 +88,19 @@ def test_the_data_digest_changes_with_a_pairs_name_or_shape_too():
     digests = {data.data_digest([("a", ir, vis)]), data.data_digest([("b", ir, vis)]),
                data.data_digest([("a", ir.reshape(4, 16), vis.reshape(4, 16))])}
     assert len(digests) == 3
+
+
+def test_an_image_whose_upscale_lands_just_below_the_crop_is_rounded_up_to_fit():
+    # 47 * (48 / 47) is 47.999...: cut to 47 rows, no 48-row crop fits and drawing one fails
+    rng = np.random.default_rng(0)
+    pair = ("a", rng.integers(0, 256, (47, 60), np.uint8), rng.integers(0, 256, (47, 60), np.uint8))
+    ir01, _, _ = PairSampler([pair], AlignConfig(enabled=False), crop=48, rng=np.random.default_rng(1)).batch(4)
+    assert ir01.shape == (4, 1, 48, 48)
+
+
+def test_an_upscaled_pair_keeps_its_aspect_so_a_crop_shows_part_of_its_width():
+    ramp = np.repeat(np.linspace(0, 255, 64).round().astype(np.uint8)[None], 24, axis=0)  # (24, 64): 2x to (48, 128)
+    sampler = PairSampler([("a", ramp, ramp)], AlignConfig(enabled=False), crop=48, rng=np.random.default_rng(0))
+    _, _, raw01 = sampler.batch(8)
+    spans = (raw01[:, 0].amax(dim=(1, 2)) - raw01[:, 0].amin(dim=(1, 2))).numpy()
+    assert (spans < 0.5).all()  # 48 of 128 columns: about 0.37 of the ramp (a squeezed image shows all of it)
