@@ -403,6 +403,10 @@ def test_an_output_folder_inside_the_input_folder_is_refused_before_any_work(tmp
     (src / "vi").rename(src / "vis")  # the visible folder's other spelling, which a pairs folder may have
     with pytest.raises(ValueError, match=f"output folder {src / 'vis'} is the input folder {src / 'vis'}; choose"):
         find_jobs(src, src / "vis", ext=".mkv")
+    # a vi/ made beside vis/ is the visible folder of the next run: it fused IR with this run's outputs
+    with pytest.raises(ValueError, match=f"output folder {src / 'vi'} is the input folder {src / 'vi'}; choose"):
+        find_jobs(src, src / "vi", ext=".mkv")
+    assert not (src / "vi").exists()
 
 
 def test_an_output_that_is_a_hard_link_of_another_pairs_input_is_refused_before_any_work(tmp_path):
@@ -434,6 +438,13 @@ def test_a_macs_hidden_metadata_file_beside_a_recording_is_no_recording(tmp_path
     (tmp_path / "bags").mkdir()
     (tmp_path / "bags" / "robot.mcap").write_bytes(b"")
     (tmp_path / "bags" / "._robot.mcap").write_bytes(b"\0\5\x16\7")
+    assert [job.out.name for job in find_jobs(tmp_path / "bags", tmp_path / "out")] == ["robot.mp4"]
+
+
+def test_a_folder_named_as_a_recording_without_a_bags_metadata_is_no_recording(tmp_path):
+    # an "old.mcap" folder of a user's own (no metadata.yaml: no bag folder) beside the recordings is no pair to fail
+    (tmp_path / "bags" / "old.mcap").mkdir(parents=True)
+    (tmp_path / "bags" / "robot.mcap").write_bytes(b"")
     assert [job.out.name for job in find_jobs(tmp_path / "bags", tmp_path / "out")] == ["robot.mp4"]
 
 

@@ -189,11 +189,12 @@ def _unfinished(path: Path) -> str:
 
 
 def _check_out_dir_outside_inputs(out_dir: Path, src: Path, pairs: list[ListedPair]) -> None:
-    """Refuse an output folder that is, or is inside, a pairs folder's ``ir/`` or ``vi/`` (a later run would list its
-    outputs among the inputs) or a folder input (a bag folder, a folder of frames): it would write among inputs.
-    Beside them (``src/fused``) is where users keep outputs: nothing lists it."""
+    """Refuse an output folder that is, or is inside, a pairs folder's ``ir/``, ``vi/`` or ``vis/``, there or not (a
+    later run would list its outputs among the inputs) or a folder input (a bag folder, a folder of frames): it would
+    write among inputs. Beside them (``src/fused``) is where users keep outputs: nothing lists it."""
     out = out_dir.resolve()
-    folders = [src / d for d in ("ir", "vi", "vis") if (src / "ir").is_dir() and (src / d).is_dir()]
+    # vi/ and vis/ missing too: a later run reads a new vi/ as the visible folder, before the vis/ there was
+    folders = [src / d for d in ("ir", "vi", "vis") if (src / "ir").is_dir()]
     folders += [path for pair in pairs for path in (pair.ir, pair.vis) if path.is_dir()]
     for folder in folders:
         if out == folder.resolve() or folder.resolve() in out.parents:
