@@ -104,3 +104,12 @@ def test_an_upscaled_pair_keeps_its_aspect_so_a_crop_shows_part_of_its_width():
     _, _, raw01 = sampler.batch(8)
     spans = (raw01[:, 0].amax(dim=(1, 2)) - raw01[:, 0].amin(dim=(1, 2))).numpy()
     assert (spans < 0.5).all()  # 48 of 128 columns: about 0.37 of the ramp (a squeezed image shows all of it)
+
+
+def test_crops_are_drawn_at_every_offset_the_last_row_and_column_too():
+    rows, cols = np.mgrid[0:50, 0:51].astype(np.uint8)  # IR: its row index, visible: its column index
+    sampler = PairSampler([("a", rows, cols)], AlignConfig(enabled=False), crop=48, rng=np.random.default_rng(0))
+    _, vis01, raw01 = sampler.batch(64)
+    tops = {round(float(crop.min()) * 255) for crop in raw01}  # flips move pixels, not the crop's smallest index
+    lefts = {round(float(crop.min()) * 255) for crop in vis01}
+    assert (tops, lefts) == ({0, 1, 2}, {0, 1, 2, 3})
