@@ -327,3 +327,21 @@ def test_a_histogram_with_a_non_finite_bin_is_refused_not_turned_into_a_table_of
     hist[9] = bad  # positive mass, no negative bin: only the finiteness check stops it
     with pytest.raises(ValueError, match="ir_hist must be a finite non-negative"):
         align(hist, np.ones(256), AlignConfig())
+
+
+def test_the_cache_re_solves_a_drifted_frame_from_the_previous_plan_in_fewer_iterations(rng, monkeypatch):
+    iterations = []
+
+    def counted(*args, **kwargs):
+        result = align(*args, **kwargs)
+        iterations.append(result.n_iter)
+        return result
+
+    monkeypatch.setattr(align_module, "align", counted)
+    cfg = AlignConfig(tol=1e-7, max_iter=5000)
+    ir, vis, drifted = _image(rng, 60, 20), _image(rng, 150, 40), _image(rng, 64, 20)
+    cache = AlignCache(cfg)
+    cache.lut(ir, vis)
+    cache.lut(drifted, vis)
+    AlignCache(cfg).lut(drifted, vis)  # the same frame solved cold
+    assert cache.misses == 2 and iterations[1] < iterations[2]
