@@ -20,6 +20,11 @@ from streamfuse.train.config import load_setup
     (["train.crop=36"], "a multiple of 8, 8..1024"),  # a multiple of 4 only: the net's stride is 8
     (["train.minutes=-1"], ">= 0 (0 = no budget)"),
     (["train.weight_decay=.inf"], ">= 0, finite"),  # AdamW would make every weight NaN at the first step
+    (["train.steps=0"], "1 .. 10^9"),  # a schedule of no step: weights written untrained
+    (["train.batch=0"], ">= 1"),
+    (["train.threads=0"], ">= 1"),  # torch refuses 0 threads at the run's start, in a traceback
+    (["train.crop=1032"], "a multiple of 8, 8..1024"),
+    (["train.seed=9223372036854775808"], "0 .. 2^63 - 1"),  # 2^63: beyond a signed 64-bit seed
     (["loss.range_window=8"], "odd, >= 1"),  # an even window makes a local range a pixel larger than the image
     (["loss.detail_gain=0"], "> 0, finite"),  # a hand rule without the detail it is there for
 ])
@@ -30,12 +35,18 @@ def test_settings_that_cannot_train_are_refused_naming_the_key(overrides, allowe
 
 
 def test_the_edges_that_can_train_are_taken():
+    # guidance 0: the unguided samplers
     setup = load_setup(["train.lr=10", "train.ema=0", "train.warmup=1", "train.teacher_steps=20", "train.distill=true",
-                        "train.guidance_scale=0"])  # guidance 0: the unguided samplers
+                        "train.guidance_scale=0", "train.crop=8", "train.seed=9223372036854775807"])
     assert (setup.train.lr, setup.train.ema, setup.train.warmup, setup.train.teacher_steps,
-            setup.train.guidance_scale) == (10, 0, 1, 20, 0)
+            setup.train.guidance_scale, setup.train.crop, setup.train.seed) == (10, 0, 1, 20, 0, 8, 2**63 - 1)
 
 
 def test_a_section_given_a_value_instead_of_keys_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"^train=3: give one of its keys, train.<key>=value$"):
         load_setup(["train=3"])
+
+
+def test_an_unknown_section_is_refused_naming_the_sections():
+    with pytest.raises(ValueError, match=r"^unknown config section trian; allowed sections: train, model, loss, align$"):
+        load_setup(["trian.steps=10"])  # a typo of train: the run would go on with the default steps
