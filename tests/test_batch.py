@@ -20,7 +20,8 @@ import pytest
 from test_output_lock import HOLD
 
 from streamfuse.atomic_write import partial_path
-from streamfuse.batch import BatchSummary, LocalEngine, PairResult, RayEngine, bounded, find_jobs, run_batch, worker_cfg
+from streamfuse.batch import (BatchInterrupted, BatchSummary, LocalEngine, PairResult, RayEngine, bounded, find_jobs,
+                              run_batch, worker_cfg)
 from streamfuse.config import load_config
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import VideoWriter, decode_frames
@@ -197,6 +198,21 @@ def test_a_batch_of_complete_outputs_starts_no_engine(tmp_path):
             yield
 
     assert [r.status for r in run_batch(cfg, jobs, NoRun()).results] == ["skipped"]
+
+
+def test_a_ctrl_c_as_the_engine_winds_down_after_its_last_pair_still_says_the_batch_was_stopped(tmp_path):
+    # every pair had ended, but the user's Ctrl-C came: the batch ends as stopped (130), not as a plain success (0)
+    src = _pairs(tmp_path / "src", ["a.nut"], 4)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+
+    class StoppedAfterTheLast:
+        def run(self, cfg, jobs, *, resume, frames):
+            yield from (PairResult(str(job.out), "done") for job in jobs)
+            raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted) as stopped:
+        run_batch(cfg, find_jobs(src, tmp_path / "out", ext=".nut"), StoppedAfterTheLast())
+    assert [r.status for r in stopped.value.summary.results] == ["done"]
 
 
 def test_workers_run_without_progress_bars_of_their_own(tmp_path):
