@@ -951,6 +951,8 @@ def test_ray_engine_settings_are_checked():
         RayEngine(workers=0)
     with pytest.raises(ValueError, match="gpus must be a finite number >= 0, got nan"):  # NaN passed `< 0`
         RayEngine(gpus=float("nan"))
+    with pytest.raises(ValueError, match="gpus must be a finite number >= 0, got inf"):  # Ray's init refuses it later
+        RayEngine(gpus=float("inf"))
 
 
 def test_a_lost_frames_counter_costs_no_pair():

@@ -40,6 +40,16 @@ def raw_sub() -> Iterator[zmq.Socket]:
     sock.close(linger=0)
 
 
+@pytest.mark.parametrize("image", [np.zeros((48, 64, 4), np.uint8), np.zeros((48, 64, 3), np.float32)],
+                         ids=["bgra", "float"])
+def test_a_fused_image_of_no_published_encoding_is_refused_not_sent(image: np.ndarray) -> None:
+    # sent, every consumer would count it malformed (its header says bgr8 or mono8) and drop it
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
+        with pytest.raises(ValueError, match=r"fused image must be \(H, W, 3\) BGR or \(H, W\) grey uint8"):
+            pub.send_fused(fused_frame(image))
+        assert pub.published == 0
+
+
 @pytest.mark.parametrize("shape", [(48, 64, 3), (48, 64)], ids=["bgr8", "mono8"])
 def test_round_trip_every_header_field(rng: np.random.Generator, shape: tuple[int, ...]) -> None:
     image = rng.integers(0, 256, shape, dtype=np.uint8)
