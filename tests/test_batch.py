@@ -883,6 +883,16 @@ def test_ray_and_local_engines_give_byte_identical_outputs(tmp_path, ray_local):
     assert all(r.worker.split(":")[1] != str(os.getpid()) for r in done)  # ran in the workers
 
 
+def test_the_ray_frames_bar_counts_each_fused_frame_once(tmp_path, ray_local):
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut", "c.nut"], 6)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    (tmp_path / "out").mkdir()
+    reported: list[int] = []
+    results = list(RayEngine(workers=2).run(cfg, find_jobs(src, tmp_path / "out", ext=".nut"), resume=False,
+                                            frames=reported.append))
+    assert [r.status for r in results] == ["done"] * 3 and sum(reported) == 3 * 6
+
+
 def _holds_a_frame(path: Path) -> bool:
     """Whether the partial output ``path``, still being written, holds a video packet yet."""
     try:
