@@ -350,7 +350,8 @@ def test_a_checkpoint_copied_in_from_a_run_of_other_settings_is_refused(data, tm
 
 
 @pytest.mark.parametrize("argv, changed", [(["--model.denoiser_width", "8"], "model.denoiser_width 4 -> 8"),
-                                           (["--decoder_only"], "train.decoder_only False -> True")])
+                                           (["--decoder_only"], "train.decoder_only False -> True"),
+                                           (["--align.blend", "0.3"], "align.blend 0.15 -> 0.3")])  # the data's OT
 def test_a_resume_with_another_model_or_stage_names_the_setting(data, tmp_path, argv, changed):
     # it read the checkpoint first: "damaged, or another architecture or stage: Error(s) in loading state_dict ..."
     out = tmp_path / "run"
