@@ -70,3 +70,14 @@ def portrait_mov(path: Path) -> None:
     matrix = data.find(b"tkhd") + 44  # version 0: after version, flags, times, track id, duration, layer, volume
     data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
     path.write_bytes(data)
+
+
+def write_sound(path: Path) -> None:
+    """A WAV file of 0.2 s of silence: a file PyAV opens that holds no video stream."""
+    import wave
+
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(8000)
+        f.writeframes(bytes(1600))

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 from helpers_clock import SleptClock
+from helpers_video import write_sound
 
 import streamfuse.processor
 import streamfuse.video
@@ -431,14 +432,8 @@ def test_truncated_mp4_without_index_is_refused_before_work(tmp_path):
 
 def test_an_input_without_a_video_stream_is_refused_before_work(tmp_path, clip):
     """A sound file given as the IR input (a camera's audio track exported by mistake): one line, no traceback."""
-    import wave
-
     sound = tmp_path / "ir.wav"
-    with wave.open(str(sound), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(8000)
-        f.writeframes(bytes(1600))
+    write_sound(sound)
     with pytest.raises(ValueError, match=f"^ir input {re.escape(str(sound))} has no video stream$"):
         run_replay(make_cfg(), ir_path=sound, vis_path=clip[1], out_path=tmp_path / "o.mp4")
     assert not list(tmp_path.glob("*o.mp4*"))

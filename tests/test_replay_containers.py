@@ -47,13 +47,18 @@ def test_the_visible_input_cut_after_half_its_packets_is_reported_truncated(tmp_
     assert err.value.summary.frames["vis"] == N // 2
 
 
-def test_an_ffv1_avi_replay_output_replays_again_completely(tmp_path: Path) -> None:
-    # from MP4 inputs (time base 1/12800) the AVI's nominal rate is a tick rate (600/s), not the frame rate
+def _avi_of_mp4s(tmp_path: Path) -> tuple[Path, Path]:
+    """The visible MP4 input (time base 1/12800) and the FFV1 AVI replayed from it and an IR MP4."""
     ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
     for path in (ir, vis):
         write(path, "mp4", 0, 0)
     out = tmp_path / "o.avi"
     assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
+    return vis, out
+
+
+def test_an_ffv1_avi_replay_output_replays_again_completely(tmp_path: Path) -> None:
+    _, out = _avi_of_mp4s(tmp_path)
     copy = tmp_path / "copy.avi"  # one file given as both inputs is refused
     copy.write_bytes(out.read_bytes())
     again = run_replay(make_cfg(), ir_path=out, vis_path=copy, out_path=tmp_path / "again.mkv")
@@ -63,11 +68,7 @@ def test_an_ffv1_avi_replay_output_replays_again_completely(tmp_path: Path) -> N
 def test_an_ffv1_avi_output_states_the_frame_rate_and_count_players_read(tmp_path: Path) -> None:
     # its time base was the inputs' (1/12800 from MP4, 1/1000 from Matroska), which AVI's header gives as the rate:
     # OpenCV and players read 600 or 1000 frames/s, and as many frames as slots, 18,018 for 900 frames at 29.97 fps
-    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
-    for path in (ir, vis):
-        write(path, "mp4", 0, 0)
-    out = tmp_path / "o.avi"
-    assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
+    vis, out = _avi_of_mp4s(tmp_path)
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
         assert stream.average_rate == FPS and stream.frames == N and 1 / stream.time_base == FPS

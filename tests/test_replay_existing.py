@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from helpers_video import write_sound
 from test_output_lock import HOLD
 from test_replay import _StopAt, decoded, interrupted_replay, make_cfg, write_video
 
@@ -61,15 +62,9 @@ def test_a_complete_output_is_refused_before_any_work_and_left_as_it_is(tmp_path
 
 def test_an_output_that_is_a_sound_file_is_refused_as_holding_no_video(tmp_path, pair, monkeypatch):
     """A file PyAV opens but that holds no video (a recording's sound saved at the output's name) says so."""
-    import wave
-
     ir, vis = pair
     out = tmp_path / "fused.mkv"
-    with wave.open(str(out), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(8000)
-        f.writeframes(bytes(1600))
+    write_sound(out)
     kept = out.read_bytes()
     _no_fusing(monkeypatch)
     with pytest.raises(FileExistsError, match=f"^output {out} exists but holds no video stream; delete it or choose"):
