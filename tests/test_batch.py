@@ -147,6 +147,15 @@ def test_a_workers_model_is_loaded_again_for_other_engine_settings(tmp_path, mon
     assert len(loads) == 2
 
 
+def test_the_frames_out_are_those_of_the_outputs_done_and_the_rate_counts_every_frame_fused():
+    # the total counted the frames a failed pair had fused into its partial output: 1,314 frames out were said where
+    # the finished outputs held 1,062
+    summary = BatchSummary([PairResult("a.mkv", "done", frames_out=100), PairResult("b.mkv", "failed", frames_out=30),
+                            PairResult("c.mkv", "skipped", frames_out=50)], wall_s=2.0)
+    assert summary.format().splitlines()[-1] == ("3 pairs: 1 done, 1 skipped (complete), 1 failed; 100 frames out (30 "
+                                                 "more fused by pairs that did not finish) in 2.0 s (65.0 frames/s)")
+
+
 def test_a_bad_pair_fails_alone_and_complete_outputs_are_skipped(tmp_path):
     src = _pairs(tmp_path / "src", ["a.nut", "c.nut"], 4)
     shutil.copy(src / "ir" / "a.nut", src / "ir" / "b.nut")

@@ -77,11 +77,14 @@ class BatchSummary:
         lines = [f"{'pair':<{width}}  {'status':<11}{'ir in':>7}{'vis in':>7}{'out':>7}{'fps':>8}  worker"]
         lines += [f"{Path(r.out).name:<{width}}  {r.status:<11}{r.frames_in['ir']:>7}{r.frames_in['vis']:>7}"
                   f"{r.frames_out:>7}{r.fps:>8.1f}  {r.worker}" for r in ran]
-        frames = sum(r.frames_out for r in ran)
+        # out: in the outputs done; the frames a failed or stopped pair fused (in its partial output) count in the rate
+        frames = sum(r.frames_out for r in ran if r.status == "done")
+        unfinished = sum(r.frames_out for r in ran if r.status != "done")
         stopped = "".join(f", {self.count(s)} {s}" for s in ("interrupted", "not started") if self.count(s))
         lines.append(f"{len(self.results)} pairs: {self.count('done')} done, {self.count('skipped')} skipped "
-                     f"(complete), {len(self.failed)} failed{stopped}; {frames} frames out in {self.wall_s:.1f} s "
-                     f"({frames / max(self.wall_s, 1e-9):.1f} frames/s)")
+                     f"(complete), {len(self.failed)} failed{stopped}; {frames} frames out"
+                     + (f" ({unfinished} more fused by pairs that did not finish)" if unfinished else "")
+                     + f" in {self.wall_s:.1f} s ({(frames + unfinished) / max(self.wall_s, 1e-9):.1f} frames/s)")
         return "\n".join(lines)
 
 
