@@ -186,6 +186,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     elif origin is Literal:
         if value in typing.get_args(tp):
             return value
+        if isinstance(value, str) and all(isinstance(arg, str) for arg in typing.get_args(tp)):  # a word, misspelt
+            near = difflib.get_close_matches(value, typing.get_args(tp), n=1, cutoff=0.75)
+            raise ValueError(f"{key}={shown(value)} is not one of {_describe(tp)}"
+                             + (f" (did you mean {near[0]!r}?)" if near else ""))
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
             (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}

@@ -50,7 +50,9 @@ def _write(tmp_path, text):
         ("stabilize:\n  strength: 1.0\n", "stabilize: strength=1.0 is out of range; allowed: 0 (off) .. 0.95"),
         ("engine:\n  device: gpu\n", "engine: device='gpu' is out of range"),
         ("baseline:\n  contrast: 0\n", "baseline: contrast=0.0 is out of range"),
-        ("sync:\n  mode: nearest\n", "sync.mode='nearest' has the wrong type; expected 'slop' | 'latest'"),
+        ("sync:\n  mode: nearest\n", "sync.mode='nearest' is not one of 'slop' | 'latest'"),
+        ("align:\n  method: sinkhorn_lg\n",  # it was "has the wrong type": the type was right, the word misspelt
+         "align.method='sinkhorn_lg' is not one of 'sinkhorn_log' | 'sinkhorn' (did you mean 'sinkhorn_log'?)"),
         ("publish:\n  endpoint: 5555\n", 'publish.endpoint=5555 has the wrong type; expected str (quote it: "5555")'),
         ("publish:\n  endpoint: tcp://127.0.0.1:99999\n",  # libzmq would bind port 34463
          "publish: endpoint='tcp://127.0.0.1:99999' is out of range; allowed: tcp://HOST:PORT (PORT 1..65535"),
