@@ -88,10 +88,10 @@ class _NamedSemaphore(synchronize.Semaphore):
     _make_name = staticmethod(_semaphore_name)
 
 
-def named_semaphore(ctx: Any, value: int = 0) -> synchronize.Semaphore:
-    """A process-shared semaphore of ``ctx`` whose name :func:`remove_stale` can attribute to its creator, held
-    (``shm_hold``) while it lives."""
-    return hold_semaphore(_NamedSemaphore(value, ctx=ctx))
+def named_semaphore(ctx: Any, value: int = 0, *, lock: bool = False) -> synchronize.Semaphore:
+    """A process-shared semaphore of ``ctx`` (a Lock with ``lock``) whose name :func:`remove_stale` can attribute to
+    its creator, held (``shm_hold``) while it lives."""
+    return hold_semaphore(_NamedLock(ctx=ctx) if lock else _NamedSemaphore(value, ctx=ctx))
 
 
 def process_alive(pid: int) -> bool:
@@ -159,7 +159,7 @@ class ShmRing:
             raise ValueError(f"slots={slots}, slot_bytes={slot_bytes}: both must be >= 1")
         ctx = ctx or mp.get_context("spawn")
         self.stream, self.slots, self.policy = stream, slots, policy
-        self._lock = hold_semaphore(_NamedLock(ctx=ctx))
+        self._lock = named_semaphore(ctx, lock=True)
         self._data_bell = data_bell if data_bell is not None else named_semaphore(ctx)
         self._space_bell = named_semaphore(ctx)
         self._base = _owned_name()

@@ -14,17 +14,36 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["pace_lines", "new_pass", "claimed"]
+from streamfuse.capture.shm_ring import named_semaphore
+
+__all__ = ["TimeLine", "pace_lines", "new_pass", "claimed"]
 
 _LOCK_WAIT_S = 1.0  # a process killed while it held the lock must not hold up the other source's for good
 
 
-def pace_lines(ctx: Any, cfgs: dict[str, Any]) -> dict[str, Any]:
-    """Each source's time line (a shared array of ``ctx``, zeros until set) by its ``SourceConfig``: one for all
-    where every source is paced on its own times, else one each."""
+class TimeLine:
+    """The four shared numbers, zeros until set, and the lock :func:`claimed` takes: named as our shared memory is,
+    so that a start after a killed run frees it (multiprocessing's own ``mp-<random>`` one never was)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._values, self._lock = ctx.RawArray("q", 4), named_semaphore(ctx, lock=True)
+
+    def __getitem__(self, i: int) -> int:
+        return self._values[i]
+
+    def __setitem__(self, i: int, value: int) -> None:
+        self._values[i] = value
+
+    def get_lock(self) -> Any:
+        return self._lock
+
+
+def pace_lines(ctx: Any, cfgs: dict[str, Any]) -> dict[str, TimeLine]:
+    """Each source's time line (processes of ``ctx``) by its ``SourceConfig``: one for all where every source is
+    paced on its own times, else one each."""
     if len(cfgs) > 1 and all(cfg.replayable and cfg.realtime for cfg in cfgs.values()):
-        return dict.fromkeys(cfgs, ctx.Array("q", 4))
-    return {name: ctx.Array("q", 4) for name in cfgs}
+        return dict.fromkeys(cfgs, TimeLine(ctx))
+    return {name: TimeLine(ctx) for name in cfgs}
 
 
 def new_pass(line: Any, others: list[Any]) -> None:

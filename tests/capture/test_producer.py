@@ -653,6 +653,19 @@ def test_a_paced_input_timed_on_another_clock_than_the_other_is_paced_on_its_own
     assert len(said) == 1 and f"300.0 s {'after' if apart_s > 0 else 'before'} the other source's" in said[0]
 
 
+@pytest.mark.parametrize("kind", ["synthetic", "file"])  # a time line each, or one for both
+def test_the_time_lines_locks_are_named_so_a_start_after_a_killed_run_frees_them(kind) -> None:
+    # multiprocessing names a shared array's own lock mp-<random>: every run killed at once (kill -9 of its group)
+    # left them in /dev/shm for good, as no start can tell them from another program's
+    from streamfuse.capture.producer_process import process_context
+    from streamfuse.capture.shm_ring import SHM_PREFIX
+    from streamfuse.capture.time_line import pace_lines
+
+    cfg = SourceConfig(kind=kind, path="clip.mkv", width=64, height=48, realtime=True)
+    for line in pace_lines(process_context(), {"ir": cfg, "vis": cfg}).values():
+        assert line.get_lock()._semlock.name.startswith(f"/{SHM_PREFIX}{os.getpid()}_")  # sem.streamfuse_PID_*
+
+
 def test_two_paced_files_go_by_one_time_line_so_the_one_starting_later_pairs(tmp_path: Path) -> None:
     # Each paced source began its own time line at its first frame: an IR video starting 0.75 s into the visible
     # one's times (its camera started later) came 0.75 s before the visible frames of its time, overflowed the
