@@ -164,8 +164,8 @@ def test_a_rounds_cores_are_the_viewers_cpu_over_its_timed_seconds_alone(monkeyp
     monkeypatch.setattr(bench_view, "_cpu_s", lambda pid: 0.5 * time.monotonic())  # half a core, all along
     with _feed() as port:
         bench_view._round("this", SimpleNamespace(pid=0), port, argparse.Namespace(pages=2, seconds=0.5))
-    name, pages, _per_page, lowest, _total, cores, _load = capsys.readouterr().out.split()
-    assert (name, pages) == ("this", "2") and float(lowest) > 0
+    name, pages, _per_page, _lowest, _total, cores, _load = capsys.readouterr().out.split()
+    assert (name, pages) == ("this", "2")  # pages' messages not asked for: a loaded machine may delay the first
     assert float(cores) == pytest.approx(0.5, abs=0.25)  # 1.50 before: (1 s + 0.5 s) / 0.5 s of half a core
 
 
