@@ -22,7 +22,7 @@ from streamfuse.errors import io_reason
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "upright",
            "announced_end_s", "announced_frames", "read_tags", "ffv1_slice_crcs",
-           "ffv1_checked"]
+           "ffv1_checked", "LENIENT_TAGS"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ _H264_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 _DURATION_IS_END = {"matroska", "webm", "nut", "flv"}  # FFmpeg demuxers whose duration counts from 0 (see below)
 _BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))  # byte -> its bits in reverse order
 _NUT_TAG_BYTES = 1000  # FFmpeg's NUT demuxer drops a tag value of 1 KiB or more (the resolved config is ~2 KB)
+# av.open's options for a file of others: tags that are not UTF-8 (an AVI's Latin-1 INFO title, which FFmpeg plays)
+# replaced, where PyAV up to 18 decodes them strictly (19 escapes them itself and takes no such option)
+LENIENT_TAGS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
 
 
 def work_paths(path: str | os.PathLike) -> list[Path]:

@@ -38,7 +38,7 @@ from streamfuse.bitdepth import To8Bit, deep_grey  # noqa: E402
 from streamfuse.cli.args import HelpFormatter, Parser, int_at_least, path_arg  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
 from streamfuse.staged_folders import staged_folders  # noqa: E402
-from streamfuse.video import upright  # noqa: E402
+from streamfuse.video import LENIENT_TAGS, upright  # noqa: E402
 
 
 def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarray]:
@@ -51,7 +51,7 @@ def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarr
     """
     found, decoded, depth = {}, 0, To8Bit(ir=True)
     try:
-        with av.open(str(path), metadata_errors="replace") as container:  # a Latin-1 title: read, as replay reads it
+        with av.open(str(path), **LENIENT_TAGS) as container:  # a Latin-1 title: read, as replay reads it
             stream = container.streams.video[0]
             announced = stream.frames  # read while open: PyAV 19 refuses a closed container's streams
             for frame in container.decode(stream):

@@ -106,7 +106,7 @@ class AvSource(BaseSource):
     def _open_container(self) -> None:
         import av
 
-        from streamfuse.video import announced_frames  # PyAV's import: only video sources pay it
+        from streamfuse.video import LENIENT_TAGS, announced_frames  # PyAV's import: only video sources pay it
 
         path = self.cfg.path
         if not path:
@@ -122,9 +122,7 @@ class AvSource(BaseSource):
             options["rtsp_transport"] = "tcp"
         opening = time.monotonic()
         try:
-            # metadata that is not UTF-8 (an AVI's Latin-1 INFO title) is replaced: FFmpeg plays the file
-            container = self._stack.enter_context(av.open(path, timeout=timeout, options=options,
-                                                          metadata_errors="replace"))
+            container = self._stack.enter_context(av.open(path, timeout=timeout, options=options, **LENIENT_TAGS))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
             raise self._open_failure(exc, tcp_chosen, time.monotonic() - opening) from None
         if self.cfg.clock == "sender" and not hasattr(container, "start_time_realtime"):  # PyAV 18 added it

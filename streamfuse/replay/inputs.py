@@ -30,7 +30,7 @@ from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 from streamfuse.recording import being_recorded
-from streamfuse.video import announced_frames
+from streamfuse.video import LENIENT_TAGS, announced_frames
 
 __all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "resolve", "check_pair",
            "merged", "on_topic", "outside", "no_pairs", "size_changed", "ListedPair", "find_pairs"]
@@ -102,8 +102,7 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
         _check_topic(stream, cfg, path)
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate)
     try:
-        # metadata that is not UTF-8 (an AVI's Latin-1 INFO title) is replaced, as the file source reads it
-        with av.open(str(path), metadata_errors="replace") as container:
+        with av.open(str(path), **LENIENT_TAGS) as container:  # a Latin-1 title read, as the file source reads it
             if not container.streams.video:
                 raise ValueError(f"{stream} input {path} has no video stream")
             st = container.streams.video[0]
