@@ -203,7 +203,7 @@ class BaseSource:
 
     live = False
     warn: Callable[[str], None] = staticmethod(_log_warning)  # one line on what the source corrects and goes on with
-    pace_origin: Any = None  # shared [perf_counter ns, t ns] where realtime pacing began (capture.time_line)
+    pace_origin: Any = None  # where realtime pacing began, shared (capture.time_line.TimeLine)
     pace_shift_ns = 0  # what the producer adds to this process's frame times (a resumed pass's offset)
 
     def __init__(self, section: str, cfg: SourceConfig) -> None:
