@@ -28,6 +28,7 @@ Needs imagezmq (``pip install imagezmq``, a benchmark-only dependency). Example:
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -275,7 +276,8 @@ def _demo_frames(width: int, height: int, n: int) -> list[np.ndarray]:
 
 
 def _codec(frames: list[np.ndarray], mode: str, quality: int) -> dict[str, float]:
-    """Bytes per frame, encode and decode ms (medians) and mean PSNR (dB) against the raw frames, in this process."""
+    """Bytes per frame, encode and decode ms (medians) and the PSNR (dB) of all frames' squared error against the raw
+    frames, in this process: inf where every frame came back exact (a mean of per-frame PSNRs would be inf for one)."""
     h, w = frames[0].shape[:2]
     if mode == "jpeg":
         enc, dec = JpegEncoder(quality), JpegDecoder()
@@ -283,7 +285,7 @@ def _codec(frames: list[np.ndarray], mode: str, quality: int) -> dict[str, float
     else:
         enc, dec = H264Encoder(30, 23), H264Decoder()
         encode, decode = enc.encode, (lambda p, k: dec.decode(p, k, h, w, 3))
-    sizes, enc_ms, dec_ms, psnr = [], [], [], []
+    sizes, enc_ms, dec_ms, sq_err = [], [], [], []
     for frame in frames:
         t0 = time.perf_counter()
         packet, key = encode(frame)
@@ -293,9 +295,10 @@ def _codec(frames: list[np.ndarray], mode: str, quality: int) -> dict[str, float
         sizes.append(len(packet))
         enc_ms.append((t1 - t0) * 1e3)
         dec_ms.append((t2 - t1) * 1e3)
-        psnr.append(10 * np.log10(255.0**2 / np.mean((frame.astype(np.float64) - out) ** 2)))
+        sq_err.append(np.mean((frame.astype(np.float64) - out) ** 2))
+    mse = float(np.mean(sq_err))
     return {"bytes": float(np.mean(sizes)), "enc_ms": float(np.median(enc_ms)), "dec_ms": float(np.median(dec_ms)),
-            "psnr": float(np.mean(psnr))}
+            "psnr": 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf}
 
 
 MODES = {"imagezmq": "imagezmq REQ/REP", "raw": "streamfuse raw PUB/SUB", "shm": "streamfuse shm, 1 copy",
@@ -332,7 +335,8 @@ def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
               f"{sum(int(r.get('missed', 0)) for r in runs[mode]):6d}  {each}")
     for mode, c in codecs.items():
         print(f"  {mode}: {c['bytes']:.0f} bytes/frame ({nbytes / c['bytes']:.1f}x fewer than raw), encode "
-              f"{c['enc_ms']:.2f} ms, decode {c['dec_ms']:.2f} ms (medians, one core), PSNR {c['psnr']:.1f} dB"
+              f"{c['enc_ms']:.2f} ms, decode {c['dec_ms']:.2f} ms (medians, one core), "
+              + (f"PSNR {c['psnr']:.1f} dB" if math.isfinite(c["psnr"]) else "lossless")
               + (f" (quality {args.quality})" if mode == "jpeg" else " (crf 23, keyframe every 30)"))
     _stall_report(frames[0], args)
 

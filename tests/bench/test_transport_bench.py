@@ -113,6 +113,14 @@ def test_the_codecs_psnr_is_of_the_mean_squared_error_in_db(monkeypatch) -> None
     assert bench_transport._codec([frame], "jpeg", 90)["psnr"] == pytest.approx(10 * np.log10(255.0**2))
 
 
+@pytest.mark.filterwarnings("error")
+def test_frames_that_come_back_exact_are_lossless_without_a_warning_and_one_lossy_frame_is_finite() -> None:
+    flat = np.full((16, 16, 3), 128, np.uint8)  # a flat grey block survives JPEG at quality 100 exactly
+    assert bench_transport._codec([flat, flat], "jpeg", 100)["psnr"] == np.inf
+    noisy = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert np.isfinite(bench_transport._codec([flat, noisy], "jpeg", 100)["psnr"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
     (["--seconds", "nan"], "argument --seconds: must be a finite number > 0, got nan"),
