@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_replay import make_cfg, write_video
+from test_replay import _replay_halves, make_cfg, write_video
 
 import streamfuse.publish
 from streamfuse.frames import Frame
@@ -59,9 +59,31 @@ def test_the_pairers_leftovers_are_outside_the_other_span_only_beyond_the_pairin
     pairs = [p for f in sorted(ir + vis, key=lambda f: f.t_capture_ns) for p in pairer.push(f)] + pairer.flush()
     assert len(pairs) == 2
     summary = ReplaySummary(ir="ir.mcap", vis="ir.mcap", out="o.mkv", frames={"ir": 8, "vis": 2})
-    summary.take_pairer(pairer, {"ir": 50 * ms, "vis": 100 * ms}, {"ir": 260 * ms, "vis": 200 * ms})
+    summary.take_pairer(pairer, {s: [f.t_capture_ns for f in frames] for s, frames in (("ir", ir), ("vis", vis))})
     assert summary.outside == {"ir": {"before": 1, "after": 1}, "vis": {"before": 0, "after": 0}}
     assert summary.unpaired == {"ir": 6, "vis": 0} and summary.dropped == {"ir": 0, "vis": 0}
+
+
+def test_visible_frames_while_the_ir_camera_paused_are_unpaired_not_dropped(tmp_path):
+    """A fast replay reads the visible frames of an IR pause into the pairer's queue, which overflows: they had no IR
+    frame within the tolerance and could never pair, and were counted dropped (frames lost, it read)."""
+    kept = {"ir": [*range(10), *range(40, 50)], "vis": list(range(50))}
+    summary, halves = _replay_halves(tmp_path, kept, 5)
+    assert halves == [(i, i) for i in kept["ir"]]
+    assert summary.unpaired == {"ir": 0, "vis": 30} and summary.dropped == {"ir": 0, "vis": 0}
+
+
+def test_a_dropped_frame_with_a_partner_in_the_tolerance_stays_dropped():
+    """Read in recorded order with IR logged late, visible frames that had an IR frame of their time were dropped
+    from a full queue: a longer one would have paired them, so they stay ``dropped`` (the note's queue advice)."""
+    ms, img = 1_000_000, np.zeros((2, 2), np.uint8)
+    pairer = Pairer(SyncConfig(slop_ms=10, queue_size=2), keep_left=True)
+    vis = [Frame("vis", i, i * 33 * ms, img) for i in range(6)]
+    ir = [Frame("ir", i, i * 33 * ms, img) for i in range(6)]
+    pairs = [p for f in vis + ir for p in pairer.push(f)] + pairer.flush()
+    summary = ReplaySummary(ir="r.mcap", vis="r.mcap", out="o.mkv", frames={"ir": 6, "vis": 6})
+    summary.take_pairer(pairer, {"ir": [f.t_capture_ns for f in ir], "vis": [f.t_capture_ns for f in vis]})
+    assert len(pairs) == 2 and summary.dropped == {"ir": 0, "vis": 4} and summary.unpaired == {"ir": 4, "vis": 0}
 
 
 def test_the_stage_table_gives_ms_and_the_share_of_wall_time():

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from array import array
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
@@ -140,8 +141,7 @@ class _Replay:
         self.periods = {inp.stream: round(1e9 / inp.rate) for inp in (ir, vis)}  # frame intervals, ns
         self.out_clock = FileClock(self.periods["vis"], rebase_ahead=False)  # a recording's output times, step-free
         self.last_pts: int | None = None
-        self.first_t: dict[str, int] = {}  # time line of the first and the last frame read per stream, ns
-        self.last_t: dict[str, int] = {}
+        self.times = {"ir": array("q"), "vis": array("q")}  # the time line of each frame read per stream, ns
         # the time line of the frames read after a clock stepped back (their capture times are not it), ns
         self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
         self.readers: list[Reader] = []
@@ -214,8 +214,7 @@ class _Replay:
             s.frames[frame.stream] += 1
             if self.lag is not None:
                 self.lag.read(frame.stream, t_ns)
-            self.first_t.setdefault(frame.stream, t_ns)
-            self.last_t[frame.stream] = t_ns
+            self.times[frame.stream].append(t_ns)
             if t_ns != frame.t_capture_ns:
                 self.line_of[frame.stream][frame.t_capture_ns] = t_ns
             if frame.stream == "vis":
@@ -307,12 +306,13 @@ class _Replay:
         if not stopped and empty:
             stopped = f"the {STREAM_NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames{on_topic(empty[0])}"
         if not stopped and s.written == 0:
-            stopped = no_pairs((self.ir, self.vis), self.first_t, self.last_t, self.cfg.sync)
+            first, last = ({k: t[i] for k, t in self.times.items()} for i in (0, -1))  # both have frames here
+            stopped = no_pairs((self.ir, self.vis), first, last, self.cfg.sync)
         return stopped
 
     def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary
-        s.take_pairer(pairer, self.first_t, self.last_t, self.line_of)
+        s.take_pairer(pairer, self.times, self.line_of)
         lag = self.lag.note(s.dropped, self.cfg.sync.queue_size) if self.lag is not None else ""
         # an input that failed did not end: its error says where
         s.note = "" if s.stopped else "; ".join(note for note in (s.unequal_note(), lag) if note)

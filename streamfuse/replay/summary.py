@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,25 +67,32 @@ class ReplaySummary:
                   for name, s in self.stages.items()]
         return "\n".join(lines)
 
-    def take_pairer(self, pairer: Pairer, first_t: dict[str, int], last_t: dict[str, int],
+    def take_pairer(self, pairer: Pairer, times: dict[str, Sequence[int]],
                     line_of: dict[str, dict[int, int]] | None = None) -> None:
-        """The pairer's unpaired and dropped counts; those of its frames (kept, ``Pairer(keep_left=True)``) that lie
-        outside the other stream's span (``first_t`` .. ``last_t``, ns, widened by the pairing tolerance) count as
-        ``outside``: a recording read in recorded order learns its streams' spans only at its end, and the frames
-        past one stream's end waited in the pairer's queue for a partner, overflowing it as drops. ``line_of``: the
-        time line (as ``first_t`` and ``last_t`` go) of the frames whose capture times are not it (a clock stepped
-        back), per stream, by capture time."""
+        """The pairer's unpaired and dropped counts, told apart by the time line of every frame read (``times``:
+        ns per stream, in the order read) for the frames it kept (``Pairer(keep_left=True)``). Those outside the other
+        stream's span (its first .. last frame read, widened by the pairing tolerance) count as ``outside``: a
+        recording read in recorded order learns its streams' spans only at its end, and the frames past one stream's
+        end waited in the pairer's queue for a partner, overflowing it as drops. A frame dropped with no frame of the
+        other stream within the tolerance (that camera paused) could never pair: unpaired, so ``dropped`` counts only
+        frames a longer queue might have paired. ``line_of``: the time line of the frames whose capture times are not
+        it (a clock stepped back), per stream, by capture time."""
         stats, tolerance_ns = pairer.stats(), pairer.cfg.tolerance_ns
         for stream, other in OTHER.items():
             counts = {outcome: stats[stream][outcome] for outcome in ("unpaired", "dropped")}
-            for outcome, times in (pairer.left(stream) or {}).items():
-                if other in first_t and times:
+            others = np.asarray(times.get(other, ()), np.int64)
+            for outcome, left in (pairer.left(stream) or {}).items():
+                if others.size and left:
                     line = (line_of or {}).get(stream) or {}
-                    t = np.array([line.get(x, x) for x in times], np.int64) if line else np.frombuffer(times, np.int64)
-                    sides = {"before": t < first_t[other] - tolerance_ns, "after": t > last_t[other] + tolerance_ns}
+                    t = np.array([line.get(x, x) for x in left], np.int64) if line else np.frombuffer(left, np.int64)
+                    sides = {"before": t < others[0] - tolerance_ns, "after": t > others[-1] + tolerance_ns}
                     for side, beyond in sides.items():
                         self.outside[stream][side] += int(beyond.sum())
                         counts[outcome] -= int(beyond.sum())
+                    if outcome == "dropped":
+                        lone = int((_nearest_gap(np.sort(others), t[~(sides["before"] | sides["after"])])
+                                    > tolerance_ns).sum())
+                        counts["dropped"], counts["unpaired"] = counts["dropped"] - lone, counts["unpaired"] + lone
             self.unpaired[stream] = counts["unpaired"] + sum(self.outside[stream].values())
             self.dropped[stream] += counts["dropped"]
 
@@ -100,6 +108,13 @@ class ReplaySummary:
                 notes.append(f"the {STREAM_NAMES[other]} input ended first (after {self.frames[other]} frames): "
                              f"{after} {STREAM_NAMES[stream]} frames after its end are unpaired")
         return "; ".join(notes)
+
+
+def _nearest_gap(sorted_ns: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
+    """How far each of ``t_ns`` is from its nearest time in ``sorted_ns`` (not empty), ns."""
+    i = np.searchsorted(sorted_ns, t_ns)
+    below, above = sorted_ns[np.maximum(i - 1, 0)], sorted_ns[np.minimum(i, sorted_ns.size - 1)]
+    return np.minimum(np.abs(t_ns - below), np.abs(above - t_ns))
 
 
 class ReplayError(RuntimeError):
