@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from streamfuse.config import config_from_dict
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.recover import main, recover
-from streamfuse.replay import run_replay
+from streamfuse.replay import ReplayError, run_replay
 from streamfuse.signals import HANGUP, handled
 from streamfuse.sync import Pairer
 
@@ -114,6 +115,19 @@ def test_a_cut_recording_recovers_its_frames_as_written_and_replays_to_the_end(t
     summary = run_replay(cfg, ir_path=out, out_path=tmp_path / "fused.mkv", resume=False)
     assert summary.complete and summary.written == len(pairs) > 0
     assert (tmp_path / "fused.mkv").exists() and not partial_path(tmp_path / "fused.mkv").exists()
+
+
+def test_a_replay_of_a_cut_recording_says_how_to_recover_it(tmp_path, cut, capsys):
+    """Replayed as it is, a cut recording stops at its cut; its line gives the command that saves its frames, and
+    that command, run as given, makes the recording that replays to its end."""
+    src, _ = cut
+    cfg = config_from_dict({"ir": {"kind": "mcap"}, "vis": {"kind": "mcap"}, "fuse": {"name": "max"},
+                            "replay": {"progress": False}})
+    with pytest.raises(ReplayError) as info:
+        run_replay(cfg, ir_path=src, out_path=tmp_path / "fused.mkv", resume=False)
+    command = re.search(r"`python -m streamfuse recover (.+?)` saves its frames", str(info.value))
+    assert command is not None, str(info.value)
+    assert main(shlex.split(command.group(1))) == 0 and (tmp_path / "rig.mcap").is_file()
 
 
 def test_a_complete_recording_is_reported_and_left_alone(tmp_path, rng, capsys):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sqlite3
 import struct
 from pathlib import Path
@@ -226,7 +227,10 @@ class _KnownRecords(StreamReader):
 
 
 def _damaged(path: Path, frames: int, exc: Exception) -> str:
-    return f"recording {path} is truncated or corrupt after {frames} frames ({str(exc) or type(exc).__name__})"
+    line = f"recording {path} is truncated or corrupt after {frames} frames ({str(exc) or type(exc).__name__})"
+    if path.name.startswith(".") and path.name.endswith(".partial"):  # the recorder's name for it while a run writes
+        line += f"; a run cut before its end leaves such a file: `python -m streamfuse recover {shlex.quote(str(path))}` saves its frames"
+    return line
 
 
 def _said(line: str) -> None:
