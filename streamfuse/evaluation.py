@@ -288,13 +288,14 @@ def _processor(m: Method) -> FrameProcessor:
 
 def _score(name: str, processor: FrameProcessor | None, stem: str, ir: np.ndarray, vis_y: np.ndarray,
            save_dir: Path | None, fused_files: dict[str, Path]) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """Method ``name``'s 8-bit output for one pair and its row of metrics (the processor's fused Y for a fuser, the
+    """Method ``name``'s 8-bit output for one pair and its row of metrics (the processor's image for a fuser, the
     image of its folder otherwise); None when its folder lacks the image."""
     ms = float("nan")
     if processor is not None:
         processed = processor(still_pair(ir, vis_y))
         ms = processed.timings["fuse"]
-        fused = metrics.to_8bit(processed.filtered_y).astype(np.uint8)  # scored, saved and shown as the saved PNG
+        # the image a replay or live run makes of this pair (the post stage's rounding, half up): scored, saved, shown
+        fused = np.ascontiguousarray(processed.image if processed.image.ndim == 2 else processed.image[..., 0])
         if save_dir is not None:
             write_file(save_dir / f"{stem}.png", cv2.imencode(".png", fused)[1].tobytes())
     elif stem in fused_files:

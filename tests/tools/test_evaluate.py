@@ -19,7 +19,8 @@ from streamfuse.configs import resolve
 from streamfuse.eval_pairs import find_pairs, read_grey, read_pair
 from streamfuse.evaluation import Method, config_method, evaluate_dir, fused_dir_method
 from streamfuse.fusers import FuseConfig
-from streamfuse.processor import build_fuser
+from streamfuse.postprocess import PostConfig
+from streamfuse.processor import FrameProcessor, build_fuser, still_pair
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +262,7 @@ def test_delta_grey_against_a_reference_method(pairs, tmp_path):
     for stem in ("p0", "p1", "p2"):
         ir = read_grey(ir_dir / f"{stem}.png").astype(np.float64)
         vis = read_grey(next(vis_dir.glob(f"{stem}.*"))).astype(np.float64)
-        expected.append(np.abs(metrics.to_8bit((ir + vis) / 2) - np.maximum(ir, vis)).mean())
+        expected.append(np.abs(np.floor((ir + vis) / 2 + 0.5) - np.maximum(ir, vis)).mean())  # .5 rounds up, as published
     assert result.means["average"]["delta_grey"] == pytest.approx(np.mean(expected))  # equal sizes: a plain mean
     assert read_csv(tmp_path / "out" / "metrics.csv")[0]["delta_grey"] == "0"
     assert (tmp_path / "out" / "metrics.md").read_text().splitlines()[0].endswith("| ms/frame | delta grey |")
@@ -644,3 +645,18 @@ def test_each_fuser_saves_into_a_folder_of_a_file_name_safe_version_of_its_name(
     fusers = [Method(n, fuser=build_fuser(FuseConfig(name="max"))) for n in ("max", "max:sharpen=1", "a b/c")]
     assert evaluation._save_dirs(fusers, tmp_path) == {"max": tmp_path / "max", "max:sharpen=1": tmp_path /
                                                        "max_sharpen_1", "a b/c": tmp_path / "a_b_c"}
+
+
+def test_a_saved_and_scored_still_is_the_image_a_replay_writes_of_it(evaluate, pairs, tmp_path):
+    """``average`` puts half the pixels on .5: the saved PNG rounds them as the post stage does for replay and live
+    runs (half up), not half to even, and the metrics score that image."""
+    ir_dir, vis_dir = pairs
+    out, saved = tmp_path / "out", tmp_path / "saved"
+    evaluate([str(ir_dir), str(vis_dir), "--fuser", "average", "--out", str(out), "--save", str(saved)])
+    processor = FrameProcessor(build_fuser(FuseConfig("average")), post=PostConfig(encoding="mono8"))
+    scored = {r["image"]: r for r in read_csv(out / "metrics.csv")}
+    for stem, ir_path, vis_path in find_pairs(ir_dir, vis_dir):
+        ir, vis_y = read_pair(stem, ir_path, vis_path)
+        written = processor(still_pair(ir, vis_y)).image
+        np.testing.assert_array_equal(cv2.imread(str(saved / f"{stem}.png"), cv2.IMREAD_UNCHANGED), written)
+        assert float(scored[stem]["EN"]) == pytest.approx(metrics.entropy(written), rel=1e-5)
