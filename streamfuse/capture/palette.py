@@ -28,6 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamfuse.postprocess import vis_luma
+
 __all__ = ["PALETTES", "check_palette", "to_temperature", "ir_grey", "check_depth", "first_note", "mismatch",
            "is_colour"]
 
@@ -170,8 +172,7 @@ def to_temperature(image: np.ndarray, palette: str) -> np.ndarray:
         ValueError: a colour map named for a grey frame (one line: the frame is not colour-mapped).
     """
     if palette == "black_hot":
-        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-        return 255 - grey
+        return 255 - vis_luma(image)
     if image.ndim != 3:
         raise ValueError(f"frames are grey, not in the {palette} palette (ir.palette); black_hot inverts grey frames")
     return _lookup(palette, _cells(image))
@@ -198,7 +199,7 @@ def ir_grey(image: np.ndarray, palette: str) -> np.ndarray:
     :func:`to_temperature`), else by luminance (a grey frame stays as it is)."""
     if palette:
         return to_temperature(image, palette)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    return vis_luma(image)  # the luma evaluate reads a colour IR still by, so a still fuses alike on every path
 
 
 def first_note(image: np.ndarray, palette: str) -> str | None:

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from helpers_ros import IMAGE, raw, write_bag
 
+from streamfuse.bitdepth import To8Bit
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.palette import PALETTES, check_depth, ir_grey, to_temperature
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.checks import ConfigError
 from streamfuse.config import config_from_dict
+from streamfuse.eval_pairs import read_grey
 
 COLOUR_MAPS = [p for p in PALETTES if p != "black_hot"]
 
@@ -264,3 +266,12 @@ def test_a_cyclic_bar_an_unreadable_image_and_a_missing_file_are_one_line(tmp_pa
         with pytest.raises(ConfigError, match=words) as caught:
             config_from_dict({"ir": {"palette": str(tmp_path / name)}})
         assert "\n" not in str(caught.value)
+
+
+def test_a_false_colour_ir_still_goes_grey_alike_in_a_replay_and_in_evaluate(tmp_path):
+    """Without a palette a colour IR image goes grey by one luma on every path: the folder source of a replay or live
+    run and evaluate's reader (BGR2GRAY and YCrCb's Y differ by a level on a share of a colour image's pixels)."""
+    frame = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(16, 16), cv2.COLORMAP_JET)
+    path = _folder(tmp_path, [frame])
+    frames, _ = _read_ir(path)
+    np.testing.assert_array_equal(frames[0], read_grey(tmp_path / "thermal" / "000.png", To8Bit(ir=True)))
