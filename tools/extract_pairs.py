@@ -30,7 +30,6 @@ from streamfuse.cli import leave, quiet_interrupt, stoppable  # noqa: E402
 quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
 import av  # noqa: E402
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_png  # noqa: E402
@@ -42,8 +41,8 @@ from streamfuse.video import LENIENT_TAGS, upright  # noqa: E402
 
 
 def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarray]:
-    """The decoded frames (BGR uint8) of ``path`` whose 0-based index is in ``wanted``; with ``ir``, a grey video
-    deeper than 8 bits gives grey frames on the clip's scale, as replay reads them (:mod:`streamfuse.bitdepth`).
+    """The decoded frames (BGR uint8) of ``path`` whose 0-based index is in ``wanted``; with ``ir``, grey frames as
+    replay reads them (a video deeper than 8 bits on the clip's scale, :mod:`streamfuse.bitdepth`).
 
     Decodes to the end, so that a truncated file (a cut faststart MP4 still announces every frame) is not taken for a
     short one. Raises ValueError (one line naming the file) when a packet fails to decode or fewer frames decode than
@@ -57,8 +56,8 @@ def frames_at(path: Path, wanted: range, ir: bool = False) -> dict[int, np.ndarr
             for frame in container.decode(stream):
                 if ir and deep_grey(frame.format):  # every frame: the scale is the first frame's that has one
                     image = depth(frame.to_ndarray(format="gray16le"))
-                elif decoded in wanted:
-                    image = frame.to_ndarray(format="bgr24")
+                elif decoded in wanted:  # IR decoded grey, as replay decodes it (through BGR it came 1-2 levels off)
+                    image = frame.to_ndarray(format="gray" if ir else "bgr24")
                 if decoded in wanted:
                     found[decoded] = upright(frame, image)  # as replay reads it
                 decoded += 1
@@ -109,8 +108,7 @@ def _write_clip(ir_path: Path, vis_path: Path, wanted: range, ir_dir: Path, vi_d
         raise ValueError(f"{ir_path.stem}: the IR video is {iw}x{ih} and the visible {vw}x{vh}; the pairs must be "
                          "registered frames of one size")
     for i in both:
-        write_png(ir_dir / f"{ir_path.stem}_{i:05d}.png",
-                  ir[i] if ir[i].ndim == 2 else cv2.cvtColor(ir[i], cv2.COLOR_BGR2GRAY))
+        write_png(ir_dir / f"{ir_path.stem}_{i:05d}.png", ir[i])
         write_png(vi_dir / f"{ir_path.stem}_{i:05d}.png", vis[i])
     return len(both)
 

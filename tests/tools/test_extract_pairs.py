@@ -265,3 +265,26 @@ def test_a_video_whose_title_is_not_utf8_is_read(tool, tmp_path):
         path.write_bytes(path.read_bytes().replace(b"Camera 1", "Caméra 1".encode("latin-1")))
     tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0", "--every", "1"])
     assert sorted(p.name for p in (tmp_path / "out" / "vi").iterdir()) == [f"a_0000{i}.png" for i in range(3)]
+
+
+def test_the_ir_of_a_compressed_clip_is_the_grey_replay_reads(tool, tmp_path):
+    """A yuv420p IR clip was decoded through BGR and turned grey by its luma, 1-2 levels off the grey replay reads
+    (so the held-out pairs were not the frames a replay of the clip fuses)."""
+    from streamfuse.capture.sources import SourceConfig, open_source
+
+    rng = np.random.default_rng(3)
+    for sub in ("ir", "vi"):
+        (tmp_path / "v" / sub).mkdir(parents=True)
+        with av.open(str(tmp_path / "v" / sub / "a.mp4"), "w") as container:
+            stream = container.add_stream("libx264", rate=10, options={"crf": "18"})
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            for _ in range(3):
+                img = cv2.GaussianBlur(rng.integers(0, 256, (48, 64), np.uint8), (0, 0), 2)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.dstack([img] * 3), format="bgr24")))
+            container.mux(stream.encode())
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0", "--every", "1"])
+    with open_source("ir", SourceConfig(kind="file", path=str(tmp_path / "v" / "ir" / "a.mp4"), realtime=False)) as src:
+        replayed = [src.read().image for _ in range(3)]
+    for i, frame in enumerate(replayed):
+        extracted = cv2.imread(str(tmp_path / "out" / "ir" / f"a_{i:05d}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(extracted, frame)
