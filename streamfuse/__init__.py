@@ -17,6 +17,9 @@ if _MISSING:
                      " use .venv/bin/python (or install the package: pip install -e .)")
 
 from streamfuse.openmp import LATE_WAIT_POLICY  # noqa: E402  (first: before any module imports torch)
+from streamfuse.torch_cache import set_cache_dir  # noqa: E402
+
+set_cache_dir()
 
 __all__ = ["ConfigError", "PipelineConfig", "load_config", "Frame", "FramePair", "FusedFrame", "LATE_WAIT_POLICY"]
 __version__ = "0.1.0"

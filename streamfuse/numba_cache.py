@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
-import tempfile
 from pathlib import Path
 
 from numba.core import config
 from numba.core.caching import FunctionCache
+
+from streamfuse.private_folder import own_folder
 
 __all__ = ["CACHE"]
 
@@ -36,26 +36,10 @@ def _locatable() -> bool:
     return True
 
 
-def _own_folder() -> Path | str:
-    """``TMPDIR/streamfuse-numba-UID``, made private; where it cannot be, or is not this user's alone (numba loads
-    pickled machine code from it: a folder another user could write into would run their code), why not."""
-    path = Path(tempfile.gettempdir()) / f"streamfuse-numba-{os.getuid()}"
-    try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        info = path.lstat()
-    except OSError as exc:
-        return f"{path} cannot be made: {exc.strerror}"
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        return f"{path} is not a folder of this user's"
-    if info.st_mode & 0o022:
-        return f"{path} is writable by other users"
-    return path if os.access(path, os.W_OK) else f"{path} is read-only"
-
-
 def _choose() -> bool:
     if config.CACHE_DIR or _locatable():
         return True
-    folder = _own_folder()
+    folder = own_folder("numba")
     if isinstance(folder, Path):
         # the environment too: numba re-reads its config from it when that changes
         os.environ["NUMBA_CACHE_DIR"] = config.CACHE_DIR = str(folder)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streamfuse import numba_cache
+from streamfuse import numba_cache, private_folder
+from streamfuse.private_folder import own_folder
 
 REPO = Path(__file__).resolve().parents[1]
 # both kernel modules, each kernel called once
@@ -55,49 +56,49 @@ def test_kernels_compile_uncached_where_no_folder_can_be_written(tmp_path):
 @pytest.mark.parametrize("mode", [0o777, 0o770])
 def test_a_folder_others_can_write_into_is_not_used(tmp_path, monkeypatch, mode):
     """numba loads pickled machine code from the cache: a folder another user could write into would run theirs."""
-    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(private_folder.tempfile, "gettempdir", lambda: str(tmp_path))
     planted = tmp_path / f"streamfuse-numba-{os.getuid()}"
     planted.mkdir()
     planted.chmod(mode)
-    assert numba_cache._own_folder() == f"{planted} is writable by other users"  # what the warning says
+    assert own_folder("numba") == f"{planted} is writable by other users"  # what the warning says
     planted.chmod(0o700)
-    assert numba_cache._own_folder() == planted
+    assert own_folder("numba") == planted
 
 
 def test_the_warning_says_why_the_private_folder_cannot_be_used(tmp_path, monkeypatch):
     # it said "... /tmp is read-only" of a writable folder whose cache folder was only not private
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(not_a_folder))
-    assert numba_cache._own_folder() == f"{not_a_folder}/streamfuse-numba-{os.getuid()} cannot be made: Not a directory"
+    monkeypatch.setattr(private_folder.tempfile, "gettempdir", lambda: str(not_a_folder))
+    assert own_folder("numba") == f"{not_a_folder}/streamfuse-numba-{os.getuid()} cannot be made: Not a directory"
 
 
 def test_a_link_or_another_users_folder_in_its_place_is_not_used(tmp_path, monkeypatch):
-    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(private_folder.tempfile, "gettempdir", lambda: str(tmp_path))
     private = tmp_path / "elsewhere"
     private.mkdir(mode=0o700)
     link = tmp_path / f"streamfuse-numba-{os.getuid()}"
     link.symlink_to(private)  # whoever made the link chose where the pickled code is loaded from
-    assert numba_cache._own_folder() == f"{link} is not a folder of this user's"
+    assert own_folder("numba") == f"{link} is not a folder of this user's"
     link.unlink()
     uid = os.getuid() + 1  # the folder of that name is ours, not the user's whose name it bears
-    monkeypatch.setattr(numba_cache.os, "getuid", lambda: uid)
+    monkeypatch.setattr(private_folder.os, "getuid", lambda: uid)
     (tmp_path / f"streamfuse-numba-{uid}").mkdir(mode=0o700)
-    assert numba_cache._own_folder() == f"{tmp_path / f'streamfuse-numba-{uid}'} is not a folder of this user's"
+    assert own_folder("numba") == f"{tmp_path / f'streamfuse-numba-{uid}'} is not a folder of this user's"
 
 
 def test_a_private_folder_that_is_read_only_is_not_used(tmp_path, monkeypatch):
-    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(private_folder.tempfile, "gettempdir", lambda: str(tmp_path))
     folder = tmp_path / f"streamfuse-numba-{os.getuid()}"
     folder.mkdir(mode=0o700)
     access = os.access  # a read-only mount: not writable even by root, whatever the mode says
-    monkeypatch.setattr(numba_cache.os, "access", lambda p, mode: not mode & os.W_OK and access(p, mode))
-    assert numba_cache._own_folder() == f"{folder} is read-only"
+    monkeypatch.setattr(private_folder.os, "access", lambda p, mode: not mode & os.W_OK and access(p, mode))
+    assert own_folder("numba") == f"{folder} is read-only"
 
 
 def test_the_chosen_folder_is_told_to_numba_through_the_environment_too(tmp_path, monkeypatch):
     """numba re-reads its config from the environment when that changes: the folder must be there as well."""
-    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(private_folder.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(numba_cache, "_locatable", lambda: False)
     monkeypatch.setattr(numba_cache.config, "CACHE_DIR", "")
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
@@ -109,7 +110,7 @@ def test_the_chosen_folder_is_told_to_numba_through_the_environment_too(tmp_path
 def test_a_cache_folder_the_user_named_is_left_to_numba(tmp_path, monkeypatch):
     """NUMBA_CACHE_DIR is the user's choice: not probed, not replaced by the private folder (even where numba could
     not use it, it says so itself)."""
-    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(private_folder.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(numba_cache, "_locatable", lambda: False)
     monkeypatch.setattr(numba_cache.config, "CACHE_DIR", "/the/users/choice")
     monkeypatch.setenv("NUMBA_CACHE_DIR", "/the/users/choice")
@@ -122,7 +123,7 @@ def test_kernels_are_told_not_to_cache_where_no_folder_can_be_had(tmp_path, monk
     # cache=True with no folder to cache in fails every kernel's compile ("no locator available")
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(not_a_folder))
+    monkeypatch.setattr(private_folder.tempfile, "gettempdir", lambda: str(not_a_folder))
     monkeypatch.setattr(numba_cache, "_locatable", lambda: False)
     monkeypatch.setattr(numba_cache.config, "CACHE_DIR", "")
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)

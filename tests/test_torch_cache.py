@@ -1,0 +1,70 @@
+"""torch's compiler cache folder, which torch makes as the model is built, is one of this user's alone: a file,
+link or shared folder that another user left at torch's default name neither stops the run nor receives its code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+USER = "streamfuse-test-user"
+# what building the model does (a tensor op under a device context imports torch's compiler); then where it caches
+_LOAD = """
+import os, streamfuse, torch
+with torch.device("cpu"):
+    1.0 - torch.ones(2, dtype=torch.float64)
+import torch._dynamo
+print(os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
+"""
+
+
+def _load(tmp: Path, **env: str) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}, "TMPDIR": str(tmp),
+           "USER": USER, "LOGNAME": USER, **env}
+    return subprocess.run([sys.executable, "-c", _LOAD], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _plant(default: Path, kind: str, tmp: Path) -> None:
+    if kind == "file":
+        default.write_text("")
+    elif kind == "link":
+        (tmp / "elsewhere").mkdir()
+        default.symlink_to(tmp / "elsewhere")
+    else:
+        default.mkdir()
+        default.chmod(0o777)
+
+
+@pytest.mark.parametrize("kind", ["file", "link", "folder others can write into"])
+def test_a_planted_default_folder_is_not_used(tmp_path, kind):
+    default = tmp_path / f"torchinductor_{USER}"
+    _plant(default, kind, tmp_path)
+    done = _load(tmp_path)
+    assert done.returncode == 0, done.stderr  # a file there: "FileExistsError: [Errno 17] File exists"
+    private = tmp_path / f"streamfuse-torch-{os.getuid()}"
+    assert done.stdout.strip() == str(private)
+    assert private.stat().st_mode & 0o777 == 0o700
+    assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_run_of_its_own_is_used_where_the_private_folder_is_taken_too(tmp_path):
+    _plant(tmp_path / f"torchinductor_{USER}", "file", tmp_path)
+    (tmp_path / f"streamfuse-torch-{os.getuid()}").write_text("")
+    done = _load(tmp_path)
+    assert done.returncode == 0, done.stderr
+    used = Path(done.stdout.strip())
+    assert used.parent == tmp_path and used.name.startswith("streamfuse-torch-")
+    assert not used.exists()  # removed as the run ended
+
+
+def test_torchs_own_folder_and_the_users_choice_are_kept(tmp_path):
+    done = _load(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / f"torchinductor_{USER}")  # torch's choice, made by torch
+    chosen = tmp_path / "chosen"
+    assert _load(tmp_path, TORCHINDUCTOR_CACHE_DIR=str(chosen)).stdout.strip() == str(chosen)
