@@ -26,7 +26,7 @@ from streamfuse.frames import STREAM_NAMES, Frame, FramePair, FusedFrame
 from streamfuse.fusers import Fuser
 from streamfuse.processor import FrameProcessor, Processed
 from streamfuse.publish import Publisher
-from streamfuse.recording import Recorder
+from streamfuse.recording import Recorder, check_record_path
 from streamfuse.signals import handled
 from streamfuse.sync import Pairer
 from streamfuse.telemetry import Telemetry, format_stats
@@ -72,6 +72,8 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
     if missing := [f"{name}: {_ON_DISK[s.kind]} not found: {s.path}" for name, s in (("ir", cfg.ir), ("vis", cfg.vis))
                    if s.kind in _ON_DISK and not os.path.exists(s.path)]:
         raise SourceError("; ".join(missing))
+    if cfg.record is not None:  # found now, not after the model's load (seconds) and the publisher's start
+        check_record_path(cfg.record.path)
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
 

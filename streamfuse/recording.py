@@ -28,10 +28,12 @@ so a crash never leaves a truncated file that looks finished (``streamfuse.atomi
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import struct
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,8 @@ from streamfuse.checks import check
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame, optical_frame
 
-__all__ = ["RecordConfig", "Recorder", "being_recorded", "encode_image", "TOPICS", "COUNTS_TOPIC", "IMAGE_SCHEMA_TEXT"]
+__all__ = ["RecordConfig", "Recorder", "being_recorded", "check_record_path", "encode_image", "TOPICS", "COUNTS_TOPIC",
+           "IMAGE_SCHEMA_TEXT"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,29 @@ def being_recorded(path: Path) -> bool:
     return False
 
 
+def check_record_path(path: str | os.PathLike) -> None:
+    """Refuse (``RuntimeError``, one line) a recording ``path`` that is there already, or its partial file, or whose
+    folder (the nearest that exists: the others are made) takes no new file of this user's: a live run checks it
+    before its model loads and its publisher binds, and the recorder again as it opens."""
+    path = Path(path)
+    # an existing file is an earlier recording or one of the run's own inputs; a partial one is what is left of a run
+    # that did not finish: none is written over
+    for existing in (path, partial_path(path)):
+        if os.path.lexists(existing):  # a link pointing nowhere too: the final rename would not write over it
+            left = existing != path  # what a killed run left, or a running run's recording
+            finish = f" (`python -m streamfuse recover {existing}` finishes it)" if left else ""
+            if left and being_recorded(existing):
+                finish = " (another run is recording to it)"
+            raise RuntimeError(f"cannot record to {path}: {existing} exists{finish}; choose another record.path or "
+                               f"move it away")
+    folder = next(p for p in path.absolute().parents if os.path.lexists(p))
+    try:  # a real write: os.access says yes to root on a read-only mount
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        why = "is not a folder" if exc.errno == errno.ENOTDIR else f"is not writable ({io_reason(exc)})"
+        raise RuntimeError(f"cannot write recording {path}: {folder} {why}") from None
+
+
 def encode_image(frame: Frame, frame_id: str, image: np.ndarray | None = None) -> bytes:
     """CDR bytes of a ``sensor_msgs/msg/Image`` holding ``image`` (default ``frame.image``): mono8, bgr8, or
     mono16 (the IR's counts)."""
@@ -166,16 +192,7 @@ class Recorder:
         self._unflushed = {s: 0 for s in TOPICS}
         self._flush_s = cfg.flush_s
         self._chunk_t0: float | None = None  # when the chunk being filled got its first frame (monotonic s)
-        # an existing file is an earlier recording or one of the run's own inputs; a partial one is what is left of
-        # a run that did not finish: none is written over
-        for existing in (self.path, self._partial):
-            if os.path.lexists(existing):  # a link pointing nowhere too: the final rename would not write over it
-                left = existing == self._partial  # what a killed run left, or a running run's recording
-                finish = f" (`python -m streamfuse recover {existing}` finishes it)" if left else ""
-                if left and being_recorded(existing):
-                    finish = " (another run is recording to it)"
-                raise RuntimeError(f"cannot record to {self.path}: {existing} exists{finish}; choose another "
-                                   f"record.path or move it away")
+        check_record_path(self.path)  # again: the run's start checked it, a while before
         self._made = [p for p in self.path.parents if not p.exists()]  # removed again by discard(), if left empty
         try:  # a new folder (runs/rig0.mcap) is made, as train --out and replay_many --out make theirs
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -381,11 +381,11 @@ def test_a_recording_makes_its_folder(tmp_path, rng):
 
 def test_a_recording_whose_folder_cannot_be_made_is_one_line(tmp_path):
     (tmp_path / "runs").write_bytes(b"keep me")
-    for sub, reason in (("", f"{tmp_path / 'runs'} is not a folder"), ("rig0/", "Not a directory")):
+    for sub in ("", "rig0/"):
         path = tmp_path / "runs" / sub / "rig0.mcap"
         with pytest.raises(RuntimeError) as exc:
             Recorder(RecordConfig(path=str(path)))
-        assert str(exc.value) == f"cannot write recording {path}: {reason}"
+        assert str(exc.value) == f"cannot write recording {path}: {tmp_path / 'runs'} is not a folder"
     assert [p.name for p in tmp_path.iterdir()] == ["runs"] and (tmp_path / "runs").read_bytes() == b"keep me"
 
 

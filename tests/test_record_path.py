@@ -1,0 +1,55 @@
+"""A live run whose recording cannot be made says so in one line before its model loads and its publisher binds:
+a recording that is there already, or a folder this user cannot write."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers_users import as_other_user, needs_root, shared_folder
+
+from streamfuse import pipeline
+from streamfuse.atomic_write import partial_path
+from streamfuse.config import load_config
+from streamfuse.configs import resolve
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """A run that gets as far as loading its model fails the test (the check comes first)."""
+
+    def loaded(*_args, **_kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(pipeline.FrameProcessor, "from_config", loaded)
+
+
+def _run(path: Path) -> None:
+    cfg = load_config(resolve("demo"), [f"record.path={path}", "publish.endpoint=inproc://record-path"])
+    pipeline.run(cfg, duration_s=1.0)
+
+
+@pytest.mark.parametrize("left", ["earlier recording", "partial file"])
+def test_an_existing_recording_is_refused_before_the_model_loads(tmp_path, no_model, left):
+    path = tmp_path / "rig.mcap"
+    existing = path if left == "earlier recording" else partial_path(path)
+    existing.write_bytes(b"keep me")
+    with pytest.raises(RuntimeError, match=f"^cannot record to {path}: {existing} exists"):
+        _run(path)
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_a_folder_that_is_a_file_is_refused_before_the_model_loads(tmp_path, no_model):
+    (tmp_path / "runs").write_bytes(b"keep me")
+    with pytest.raises(RuntimeError, match=f"^cannot write recording .*: {tmp_path / 'runs'} is not a folder$"):
+        _run(tmp_path / "runs" / "rig0" / "rig.mcap")
+
+
+@needs_root
+def test_a_folder_this_user_cannot_write_is_refused_before_the_model_loads(no_model):
+    with shared_folder(0o755) as folder:  # root's: another user reads it, cannot write in it
+        path = folder / "runs" / "rig.mcap"
+        said = as_other_user(lambda: _run(path))
+        assert said == f"RuntimeError: cannot write recording {path}: {folder} is not writable (Permission denied)"
+        assert os.listdir(folder) == []
