@@ -18,6 +18,7 @@ from streamfuse.errors import io_reason
 from streamfuse.frames import STREAM_NAMES
 from streamfuse.output_lock import check_not_held, lock_path
 from streamfuse.replay.resume import sidecar_path, taken_over_path
+from streamfuse.sticky import stuck_owner
 from streamfuse.video import container_format, read_tags, work_paths
 
 __all__ = ["check_output_paths", "check_output_folder", "check_existing_output", "check_no_partial", "is_complete",
@@ -59,8 +60,7 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
     out = Path(out)
     if not out.name:
         _refuse_folder(out)
-    written = [*work_paths(out), sidecar_path(out), sidecar_path(out).with_suffix(".tmp"), taken_over_path(out),
-               lock_path(out)]
+    written = [out, *_work_files(out), lock_path(out)]
     for own in written[1:]:  # made by replays alone: one that is a link would send their writes to the file it names
         if own.is_symlink() or (own.exists() and not own.is_file()):
             raise ValueError(f"{own} is {'a link' if own.is_symlink() else 'not a file'}; a replay makes this file "
@@ -81,13 +81,19 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
                              f"choose another folder")
 
 
+def _work_files(out: Path) -> list[Path]:
+    """The files a replay writes ``out`` through and renames or deletes: partial, remux, sidecar (and its temporary
+    file), the interrupted run's partial file taken over by ``--resume``."""
+    return [*work_paths(out)[1:], sidecar_path(out), sidecar_path(out).with_suffix(".tmp"), taken_over_path(out)]
+
+
 def _refuse_folder(out: Path) -> NoReturn:
     raise IsADirectoryError(f"output {out} is a folder; choose a file name for --out (such as {out / 'fused.mp4'})")
 
 
 def check_output_folder(out: Path, codec: str) -> None:
-    """Refuse an output whose container is unknown or cannot hold ``codec``, that names a folder, or whose folder is
-    missing or not writable (one line)."""
+    """Refuse an output whose container is unknown or cannot hold ``codec``, that names a folder, whose folder is
+    missing or not writable, or that another user's file in its shared folder stands in the way of (one line)."""
     if out.is_dir():  # found only at the end otherwise, when the finished video cannot take its name
         _refuse_folder(out)
     container_format(out, codec)  # after: a folder's name has no container's extension, and that is not its fault
@@ -99,6 +105,10 @@ def check_output_folder(out: Path, codec: str) -> None:
     except OSError as exc:  # ENOENT in a folder that exists: a filesystem that makes no files (/proc)
         why = "it takes no new files" if exc.errno == errno.ENOENT else exc.strerror
         raise PermissionError(f"output folder is not writable: {out.parent} ({why})") from None
+    for path in _work_files(out):  # found now, not when --resume moves it aside or the run ends
+        if (owner := stuck_owner(path)) is not None:
+            raise PermissionError(f"{path} belongs to {owner}, in a shared folder where only they may move or delete "
+                                  f"it (a replay must): ask them to, or choose another --out")
 
 
 def is_complete(out: Path) -> bool:
