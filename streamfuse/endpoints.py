@@ -22,6 +22,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from streamfuse.sticky import stuck_owner
+
 __all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "faces_network", "bind_shown", "bind"]
 
 log = logging.getLogger(__name__)
@@ -119,8 +121,8 @@ def _check_ipc_path(endpoint: str) -> None:
         FileExistsError: something other than a socket is at the path.
         zmq.ZMQError: EADDRINUSE, a publisher is bound there.
     """
-    path = endpoint.removeprefix("ipc://")
-    if not endpoint.startswith("ipc://") or path in ("", "*") or path.startswith("@"):  # "@": Linux's abstract names
+    path = _ipc_path(endpoint)
+    if not path:
         return
     try:
         mode = os.lstat(path).st_mode
@@ -129,6 +131,10 @@ def _check_ipc_path(endpoint: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise FileExistsError(f"cannot bind endpoint {endpoint}: {path} exists and is not a socket (binding would "
                               f"delete it); choose another path")
+    if (owner := stuck_owner(path)) is not None:  # libzmq's bind could not replace it: "already in use", said
+        raise FileExistsError(f"cannot bind endpoint {endpoint}: {path} is a socket of {owner}'s (their publisher's, "
+                              f"running or ended), in a shared folder where only they may remove it; choose another "
+                              f"path")
     deadline = time.monotonic() + _IPC_CLOSING_S
     while _listened_on(path):
         if time.monotonic() >= deadline:
@@ -136,12 +142,25 @@ def _check_ipc_path(endpoint: str) -> None:
         time.sleep(0.02)
 
 
-def _listened_on(path: str) -> bool:
+def _ipc_path(endpoint: str) -> str:
+    """The file of an ``ipc://`` endpoint; '' for other transports, a wildcard and Linux's abstract names (``@``)."""
+    path = endpoint.removeprefix("ipc://")
+    return "" if not endpoint.startswith("ipc://") or path in ("", "*") or path.startswith("@") else path
+
+
+def _probe(path: str) -> int:
+    """The error a connection to the socket at ``path`` meets (0: someone listens; ECONNREFUSED: no one does any
+    more; EACCES: the socket is not this user's to write, whoever listens)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
-            return probe.connect_ex(path) == 0  # refused: no one listens there any more
-        except OSError:  # a path no socket address can hold (too long): libzmq's bind says so
-            return False
+            return probe.connect_ex(path)
+        except OSError:  # a path no socket address can hold (too long): libzmq says so
+            return errno.ENAMETOOLONG
+
+
+def _listened_on(path: str) -> bool:
+    # a socket this user may not connect to may be another user's running publisher: never taken for a dead one
+    return _probe(path) in (0, errno.EACCES, errno.EPERM)
 
 
 def _allow_only(ctx: zmq.Context, folder: str) -> ThreadAuthenticator:

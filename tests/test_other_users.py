@@ -1,14 +1,18 @@
 """What one user meets of another's on a shared host: files left in a shared folder with the sticky bit (``/tmp``),
-which only their owner may move or delete, are named in one line before any work, never midway through it."""
+which only their owner may move or delete, are named in one line before any work, never midway through it; another
+user's ``ipc://`` socket is never taken over."""
 
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
+import zmq
 from helpers_users import OTHER, OWNER, as_other_user, needs_root, shared_folder
 
 from streamfuse.atomic_write import partial_path
+from streamfuse.endpoints import bind
 from streamfuse.replay.outputs import check_output_folder
 from streamfuse.replay.resume import sidecar_path
 
@@ -28,4 +32,45 @@ def test_another_users_interrupted_replay_in_a_shared_folder_is_named_before_any
         assert theirs.read_bytes() == b"their frames"
         os.chown(theirs, OTHER, OTHER)  # the user's own file: theirs to replace
         assert as_other_user(lambda: check_output_folder(out, "h264")) == ""
+
+
+def _socket(path, listening: bool) -> socket.socket:
+    """A Unix socket at ``path`` standing for a third user's publisher: running (listening) or ended (not)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    if listening:
+        sock.listen()
+    os.chmod(path, 0o755)  # as libzmq makes it under the usual umask: only its owner may connect
+    os.chown(path, OWNER, OWNER)
+    return sock
+
+
+def _bind(endpoint: str) -> None:
+    ctx = zmq.Context()
+    try:
+        with ctx.socket(zmq.XPUB) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            bind(sock, endpoint)
+    finally:
+        ctx.term()
+
+
+@needs_root
+def test_another_users_socket_left_in_a_shared_folder_is_named_when_binding_there():
+    # "endpoint ... is already in use (another publisher running? ...)" where none ran: libzmq could not remove it
+    with shared_folder() as folder, _socket(folder / "pub", listening=False):
+        said = as_other_user(lambda: _bind(f"ipc://{folder / 'pub'}"))
+        assert said == (f"FileExistsError: cannot bind endpoint ipc://{folder / 'pub'}: {folder / 'pub'} is a socket "
+                        f"of uid {OWNER}'s (their publisher's, running or ended), in a shared folder where only they "
+                        f"may remove it; choose another path")
+
+
+@needs_root
+def test_another_users_running_publisher_is_never_taken_over():
+    # a socket this user may not connect to looked like a dead one: libzmq deleted it and took its place
+    with shared_folder(0o777) as folder, _socket(folder / "pub", listening=True):
+        inode = (folder / "pub").stat().st_ino
+        said = as_other_user(lambda: _bind(f"ipc://{folder / 'pub'}"))
+        assert said.startswith("ZMQError: Address already in use")
+        assert (folder / "pub").stat().st_ino == inode
 
