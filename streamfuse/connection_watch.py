@@ -25,7 +25,7 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.checks import tcp_port_ok
-from streamfuse.endpoints import is_ipv6, reachable_from_other_machines, tcp_host
+from streamfuse.endpoints import ipc_refusal, is_ipv6, reachable_from_other_machines, tcp_host
 from streamfuse.errors import io_reason, one_line
 
 __all__ = ["ConnectionWatch", "connect_sub", "on_this_host", "load_server_key", "NAME_WAIT_S", "SILENT_S"]
@@ -150,8 +150,8 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
             2 s) before giving up, seconds; None = ``NAME_WAIT_S``.
 
     Raises:
-        ValueError: a bad server key, client key file or endpoint, or a host name that still does not resolve after
-            ``name_wait_s`` (one line).
+        ValueError: a bad server key, client key file or endpoint, a host name that still does not resolve after
+            ``name_wait_s``, or another user's ``ipc://`` socket this user may not connect to (one line).
     """
     if not tcp_port_ok(endpoint):
         raise ValueError(f"cannot connect to {endpoint}: its TCP port must be 1..65535")
@@ -162,6 +162,8 @@ def connect_sub(endpoint: str, topics: Iterable[bytes], *, rcvhwm: int, max_part
         raise ValueError(f"a client key ({client_key_file}) is for a publisher that encrypts: give its server key too")
     key_pair = _load_client_key(client_key_file) if client_key_file else zmq.curve_keypair()
     ipv6 = _check_host(endpoint, NAME_WAIT_S if name_wait_s is None else name_wait_s)
+    if refusal := ipc_refusal(endpoint):
+        raise ValueError(f"cannot connect to {endpoint}: {refusal}")
     sock = zmq.Context.instance().socket(zmq.SUB)
     watch = None
     try:

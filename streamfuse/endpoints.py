@@ -22,9 +22,9 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from streamfuse.sticky import stuck_owner
+from streamfuse.sticky import stuck_owner, user_name
 
-__all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "faces_network", "bind_shown", "bind"]
+__all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "faces_network", "bind_shown", "bind", "ipc_refusal"]
 
 log = logging.getLogger(__name__)
 # a publisher closed in this process a moment ago still listens on its ipc:// path until libzmq's I/O thread has closed
@@ -161,6 +161,20 @@ def _probe(path: str) -> int:
 def _listened_on(path: str) -> bool:
     # a socket this user may not connect to may be another user's running publisher: never taken for a dead one
     return _probe(path) in (0, errno.EACCES, errno.EPERM)
+
+
+def ipc_refusal(endpoint: str) -> str:
+    """Why this user cannot connect to an ``ipc://`` endpoint's socket: another user's that it may not write (libzmq
+    retries such a connection in silence forever); '' where it may, or where nothing is there yet."""
+    path = _ipc_path(endpoint)
+    if not path or _probe(path) not in (errno.EACCES, errno.EPERM):
+        return ""
+    try:
+        info = os.stat(path)
+    except OSError:  # a folder on the way this user may not enter
+        return f"permission denied on the way to {path}"
+    return (f"permission denied: the socket belongs to {user_name(info.st_uid)} (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); another user connects only where its publisher made it writable")
 
 
 def _allow_only(ctx: zmq.Context, folder: str) -> ThreadAuthenticator:

@@ -1,6 +1,6 @@
 """What one user meets of another's on a shared host: files left in a shared folder with the sticky bit (``/tmp``),
 which only their owner may move or delete, are named in one line before any work, never midway through it; another
-user's ``ipc://`` socket is never taken over."""
+user's ``ipc://`` socket is neither taken over nor waited on in silence."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import zmq
 from helpers_users import OTHER, OWNER, as_other_user, needs_root, shared_folder
 
 from streamfuse.atomic_write import partial_path
+from streamfuse.connection_watch import connect_sub
 from streamfuse.endpoints import bind
 from streamfuse.replay.outputs import check_output_folder
 from streamfuse.replay.resume import sidecar_path
@@ -74,3 +75,15 @@ def test_another_users_running_publisher_is_never_taken_over():
         assert said.startswith("ZMQError: Address already in use")
         assert (folder / "pub").stat().st_ino == inode
 
+
+@needs_root
+def test_subscribing_to_another_users_socket_says_why_it_cannot_connect():
+    # libzmq retried in silence: "no frame ... for 60 s after 0 frames: is the publisher running?"
+    with shared_folder() as folder, _socket(folder / "pub", listening=True):
+        said = as_other_user(lambda: connect_sub(f"ipc://{folder / 'pub'}", [b"fused/"], rcvhwm=2,
+                                                 max_part_bytes=1 << 20))
+        assert said == (f"ValueError: cannot connect to ipc://{folder / 'pub'}: permission denied: the socket "
+                        f"belongs to uid {OWNER} (mode 0755); another user connects only where its publisher made "
+                        f"it writable")
+        assert as_other_user(lambda: connect_sub(f"ipc://{folder / 'none'}", [b"fused/"], rcvhwm=2,
+                                                 max_part_bytes=1 << 20)) == ""  # a publisher yet to start
