@@ -17,6 +17,7 @@ import collections
 import logging
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -83,13 +84,9 @@ def main(argv: list[str] | None = None) -> int:
               "-y opencv-python-headless && pip install opencv-python; the pipeline itself needs only the headless "
               "build)", file=sys.stderr)
         return 2
-    if args.save:
-        try:
-            args.save.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print(f"{_PROG}: error: cannot make the --save folder {printable(args.save)}: {io_reason(exc)}",
-                  file=sys.stderr)
-            return 2
+    if args.save and (why := _unsaveable(args.save)):
+        print(f"{_PROG}: error: {why}", file=sys.stderr)
+        return 2
     try:  # SIGTERM (systemd, a ROS launch) stops it as Ctrl-C does, with the summary
         server_key = load_server_key(args.server_key)
         with handled(raise_interrupt, (signal.SIGTERM,)), \
@@ -109,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 SUMMARY_WINDOW = 10_000  # frames whose latencies the final summary covers (memory stays flat on long runs)
+def _unsaveable(folder: Path) -> str:
+    """Why frames cannot be saved in ``folder`` (made where missing), found before the first frame comes; ''."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot make the --save folder {printable(folder)}: {io_reason(exc)}"
+    try:  # one there already that this user cannot write
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        return f"cannot write into the --save folder {printable(folder)}: {io_reason(exc)}"
+    return ""
+
+
 _FIRST_TIMEOUT_S = 60.0  # --first-timeout unless given (or --timeout is longer)
 
 

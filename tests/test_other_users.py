@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import pytest
 import zmq
@@ -16,6 +17,7 @@ from streamfuse.connection_watch import connect_sub
 from streamfuse.endpoints import bind
 from streamfuse.replay.outputs import check_output_folder
 from streamfuse.replay.resume import sidecar_path
+from streamfuse.subscribe import main as subscribe
 
 
 @needs_root
@@ -87,3 +89,14 @@ def test_subscribing_to_another_users_socket_says_why_it_cannot_connect():
                         f"it writable")
         assert as_other_user(lambda: connect_sub(f"ipc://{folder / 'none'}", [b"fused/"], rcvhwm=2,
                                                  max_part_bytes=1 << 20)) == ""  # a publisher yet to start
+
+
+@needs_root
+def test_a_save_folder_this_user_cannot_write_is_refused_before_any_frame(capfd):
+    # refused only at the first frame: "cannot write .../fused_00000287.png: Permission denied", once one came
+    with shared_folder(0o755) as folder:
+        said = as_other_user(lambda: sys.exit(subscribe(["tcp://127.0.0.1:1", "--save", str(folder),
+                                                         "--timeout", "0.1", "--first-timeout", "0.1"])))
+        assert said == "SystemExit: 2"
+        assert capfd.readouterr().err.splitlines() == [f"streamfuse subscribe: error: cannot write into the --save "
+                                                       f"folder {folder}: Permission denied"]
