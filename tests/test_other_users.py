@@ -15,6 +15,8 @@ from helpers_users import OTHER, OWNER, as_other_user, needs_root, shared_folder
 from streamfuse.atomic_write import partial_path
 from streamfuse.connection_watch import connect_sub
 from streamfuse.endpoints import bind
+from streamfuse.output_lock import _HELD as held
+from streamfuse.output_lock import output_lock
 from streamfuse.replay.outputs import check_output_folder
 from streamfuse.replay.resume import sidecar_path
 from streamfuse.subscribe import main as subscribe
@@ -100,3 +102,17 @@ def test_a_save_folder_this_user_cannot_write_is_refused_before_any_frame(capfd)
         assert said == "SystemExit: 2"
         assert capfd.readouterr().err.splitlines() == [f"streamfuse subscribe: error: cannot write into the --save "
                                                        f"folder {folder}: Permission denied"]
+
+
+@needs_root
+def test_another_users_replay_writing_the_same_output_is_named_as_such():
+    # "... .h.mp4.partial belongs to uid 65533 ...: ask them to" of a file their running replay was writing
+    with shared_folder() as folder, output_lock(folder / "h.mp4"):
+        partial_path(folder / "h.mp4").write_bytes(b"")
+        os.chown(partial_path(folder / "h.mp4"), OWNER, OWNER)
+        def check() -> None:
+            held.clear()  # the lock this process holds stands for another process's: forked, the child knew it
+            check_output_folder(folder / "h.mp4", "h264")
+
+        said = as_other_user(check)
+        assert said.startswith(f"FileExistsError: output {folder / 'h.mp4'} is being written by another run (")

@@ -105,6 +105,7 @@ def check_output_folder(out: Path, codec: str) -> None:
     except OSError as exc:  # ENOENT in a folder that exists: a filesystem that makes no files (/proc)
         why = "it takes no new files" if exc.errno == errno.ENOENT else exc.strerror
         raise PermissionError(f"output folder is not writable: {out.parent} ({why})") from None
+    check_not_held(out)  # another user's running replay: said so, rather than that its files are in the way
     for path in _work_files(out):  # found now, not when --resume moves it aside or the run ends
         if (owner := stuck_owner(path)) is not None:
             raise PermissionError(f"{path} belongs to {owner}, in a shared folder where only they may move or delete "
