@@ -4,6 +4,7 @@ user's ``ipc://`` socket is neither taken over nor waited on in silence."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -18,7 +19,7 @@ from streamfuse.endpoints import bind
 from streamfuse.output_lock import _HELD as held
 from streamfuse.output_lock import output_lock
 from streamfuse.replay.outputs import check_output_folder
-from streamfuse.replay.resume import sidecar_path
+from streamfuse.replay.resume import save_sidecar, sidecar_path
 from streamfuse.subscribe import main as subscribe
 
 
@@ -116,3 +117,16 @@ def test_another_users_replay_writing_the_same_output_is_named_as_such():
 
         said = as_other_user(check)
         assert said.startswith(f"FileExistsError: output {folder / 'h.mp4'} is being written by another run (")
+
+
+@needs_root
+def test_a_sidecar_temporary_file_another_user_left_in_this_users_folder_is_replaced():
+    # root's replay killed there left it: the user's replay stopped on "cannot write .OUT.partial.json"
+    with shared_folder(0o755) as folder:
+        os.chown(folder, OTHER, OTHER)  # the user's own folder
+        out = folder / "k.mp4"
+        left = sidecar_path(out).with_suffix(".tmp")
+        left.write_bytes(b"")
+        os.chown(left, OWNER, OWNER)
+        assert as_other_user(lambda: save_sidecar(out, {"ir": 1}, "running", 0, None)) == ""
+        assert json.loads(sidecar_path(out).read_text())["fingerprint"] == {"ir": 1} and not left.exists()

@@ -77,6 +77,7 @@ def _write_sidecar(out: Path, data: bytes) -> None:
     path = sidecar_path(out)
     tmp = path.with_suffix(".tmp")  # replaced in one step: a kill never leaves half a sidecar
     try:
+        tmp.unlink(missing_ok=True)  # a new file: one left by another user's run (root's) could not be written into
         tmp.write_bytes(data)
         durable_replace(tmp, path)  # flushed first: after a power loss a bare rename could leave it empty
     except OSError as exc:
