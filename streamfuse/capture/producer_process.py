@@ -20,7 +20,8 @@ import time
 from multiprocessing import forkserver, resource_tracker
 from typing import Any
 
-from streamfuse.capture.shm_ring import SHM_DIR, ShmRing, process_alive
+from streamfuse.capture.shm_ring import ShmRing, process_alive
+from streamfuse.capture.shm_space import SHM_DIR, ShmFull, free_bytes
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
 from streamfuse.errors import one_line, redact
 from streamfuse.signals import HANGUP, STOP_SIGNALS
@@ -56,10 +57,8 @@ def start_servers() -> None:
 def check_rings_fit(cfgs: dict[str, SourceConfig], slots: int) -> None:
     """Refuse capture rings of ``slots`` frames a source that do not fit the free shared memory: such a segment is
     created without complaint and the first write past the end kills the producer with SIGBUS."""
-    if not SHM_DIR.is_dir():
+    if (free := free_bytes()) is None:
         return
-    fs = os.statvfs(SHM_DIR)
-    free = fs.f_bavail * fs.f_frsize
     need = {name: cfg.ring_bytes(slots) for name, cfg in cfgs.items()}
     if sum(need.values()) > free:
         sizes = ", ".join(f"{n} {cfg.width}x{cfg.height}" for n, cfg in cfgs.items())
@@ -161,6 +160,9 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
                 n += 1
     except SourceError as exc:
         conn.send(("unreachable" if exc.unreachable else "error", str(exc)))
+        sys.exit(1)
+    except ShmFull as exc:  # frames that outgrew the ring, and no room for a bigger one: said as the source's end
+        conn.send(("error", str(exc)))
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001  process boundary: any crash becomes one reported line
         conn.send(("error", f"{section}: producer crashed: {one_line(exc, typed=True)}"))

@@ -47,12 +47,12 @@ from typing import Any, Literal
 import numpy as np
 
 from streamfuse.capture.shm_hold import hold, hold_semaphore, in_use, release
+from streamfuse.capture.shm_space import SHM_DIR, reserve
 from streamfuse.frames import Frame
 
 __all__ = ["ShmRing", "SHM_PREFIX", "named_semaphore", "process_alive", "remove_stale"]
 
 SHM_PREFIX = "streamfuse_"  # every segment name starts with this (/dev/shm/streamfuse_* on Linux)
-SHM_DIR = Path("/dev/shm")  # where Linux keeps POSIX shared memory and named semaphores (``sem.<name>``)
 _MAGIC = 0x5346_5249_4E47_0001  # "SFRING" v1
 _ALIGN = 64  # cache line
 # Header fields (int64).
@@ -197,6 +197,7 @@ class ShmRing:
         except OSError as exc:  # ENOMEM under a memory limit (ulimit -v): the bare errno named nothing
             raise OSError(exc.errno, f"cannot map the {self.stream} capture ring ({size} bytes): "
                                      f"{exc.strerror}") from None
+        reserve(shm, f"{self.stream}: a capture ring of {self.slots} frames of {slot_bytes} bytes")
         hdr = np.ndarray((_H_LEN,), np.int64, shm.buf)
         hdr[:] = 0
         hdr[_H_MAGIC], hdr[_H_SLOTS], hdr[_H_SLOT_BYTES] = _MAGIC, self.slots, slot_bytes

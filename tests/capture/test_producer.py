@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -586,6 +587,36 @@ def test_a_resumed_producer_skips_what_was_delivered_continues_the_numbers_and_b
     producer_process.produce("ir", cfg, out, out, out, (10, 2, 5_000), beat)  # resume at seq 10, 2 frames in
     assert [(f.seq, f.t_capture_ns) for f in out.frames] == [(10, 7_000), (11, 8_000), (12, 9_000)]
     assert beat[:2] == [3, round(1e9 / 30)] and out.sent == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="segments in /dev/shm")
+def test_frames_that_outgrow_a_ring_shared_memory_has_no_room_for_end_the_source_in_one_line(monkeypatch) -> None:
+    # A file's frames larger than its source's width x height grow the ring: with /dev/shm short of room, the producer
+    # died by SIGBUS at its first copy into the bigger ring, again at each restart, and the run ended on "killed by
+    # SIGBUS"
+    from streamfuse.capture import producer_process
+    from streamfuse.capture.shm_ring import ShmRing
+
+    real = os.posix_fallocate
+
+    def fallocate(fd: int, offset: int, size: int) -> None:  # a /dev/shm with 4 KiB free
+        if offset + size > 4096:
+            raise OSError(28, "No space left on device")
+        real(fd, offset, size)
+
+    monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
+    monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _Counting())
+    ring = ShmRing("ir", slots=3, slot_bytes=16)  # the (48, 64) frames do not fit its slots
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    beat, out = [0, 0, 0, 0], _Written(0)
+    stop = types.SimpleNamespace(is_set=lambda: beat[0] >= 5)
+    cfg = SourceConfig(kind="synthetic", width=16, height=16, fps=30.0)
+    with pytest.raises(SystemExit, match="1"):
+        producer_process.produce("ir", cfg, ring, out, stop, (0, 0, 0), beat)
+    assert beat[0] == 0 and len(out.sent) == 1 and out.sent[0][0] == "error"
+    assert re.fullmatch(r"ir: a capture ring of 3 frames of 3072 bytes needs [\d.]+ MiB of shared memory but /dev/shm "
+                        r"has [\d.]+ MiB free \(No space left on device\): .*", out.sent[0][1])
+    assert not list(SHM_DIR.glob(f"{ring.name}*"))  # closed and unlinked as the source ended
 
 
 class _PacedClip(BaseSource):

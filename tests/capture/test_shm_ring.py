@@ -20,6 +20,7 @@ from helpers_clock import SleptClock
 
 from streamfuse.capture import shm_ring
 from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, named_semaphore, process_alive, remove_stale
+from streamfuse.capture.shm_space import ShmFull
 from streamfuse.frames import Frame
 
 SHM_DIR = Path("/dev/shm")
@@ -78,6 +79,36 @@ def test_a_ring_that_cannot_be_mapped_is_named_in_its_error(monkeypatch) -> None
     with pytest.raises(OSError, match=r"^\[Errno 12\] cannot map the vis capture ring \(\d+ bytes\): Cannot allocate "
                                       "memory$"):
         ShmRing("vis", slots=2, slot_bytes=12)
+
+
+def _no_room_beyond(limit: int):
+    """``os.posix_fallocate`` of a /dev/shm with ``limit`` bytes free."""
+    real = os.posix_fallocate
+
+    def fallocate(fd: int, offset: int, size: int) -> None:
+        if offset + size > limit:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, offset, size)
+
+    return fallocate
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="segments in /dev/shm")
+def test_a_ring_that_shared_memory_has_no_room_to_grow_into_is_refused_in_one_line_and_removed(monkeypatch) -> None:
+    # /dev/shm is sparse: a successor bigger than the room left was made all the same, and the writer's first copy
+    # into it killed the producer with SIGBUS, at every restart
+    ring = ShmRing("ir", slots=3, slot_bytes=64 * 48)
+    monkeypatch.setattr(os, "posix_fallocate", _no_room_beyond(2**20))
+    try:
+        with pytest.raises(ShmFull, match=r"^ir: a capture ring of 3 frames of 921600 bytes needs 2\.6 MiB "
+                                                   r"of shared memory but /dev/shm has .* MiB free \(No space left on "
+                                                   r"device\): lower width/height, or give /dev/shm more room"):
+            ring.write(Frame("ir", 0, t_of(0), image(0, (480, 640, 3))))
+        assert not (SHM_DIR / f"{ring.name}_g1").exists()
+        assert ring.write(Frame("ir", 1, t_of(1), image(1, (48, 64))))  # frames that fit go on in the ring it has
+    finally:
+        ring.close()
+    assert not list(SHM_DIR.glob(f"{ring.name}*"))
 
 
 def test_latest_policy_never_blocks_and_counts_overwritten_frames() -> None:
