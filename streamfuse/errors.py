@@ -10,7 +10,13 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 
-__all__ = ["one_line", "io_reason", "opencv_quiet", "printable", "redact", "unreachable", "unresolved_host"]
+try:  # imported now: with no file left to open, its import fails where its limit is to be named
+    import resource
+except ImportError:  # not Unix
+    resource = None
+
+__all__ = ["one_line", "limit_reached", "io_reason", "opencv_quiet", "printable", "redact", "unreachable",
+           "unresolved_host"]
 
 # a URL's password (``scheme://user:password@``, to the token's last ``@``: a password written with a raw ``@``
 # too) and secret query values (``?password=``, ``&token=``)
@@ -58,10 +64,24 @@ def one_line(exc: BaseException, *, typed: bool = False) -> str:
             the first line of its message is kept, since tracebacks and tables follow it.
     """
     text = str(exc).split("\n", 1)[0] if typed else str(exc)
-    why = " ".join(redact(text).split())
+    why = " ".join(redact(text).split()) + limit_reached(exc)
     if typed:
         return f"{type(exc).__name__}: {why}" if why else type(exc).__name__
     return why or type(exc).__name__
+
+
+def limit_reached(exc: BaseException) -> str:
+    """The limit that ``exc`` ran into, said after its reason (" (...)"), or "" for another error: "Too many open
+    files" named neither the limit nor what to change, and the file it failed on was anything the run opened next (a
+    pipe, a module, a shared-memory segment: dozens of subscribers, each a socket, had taken the rest)."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.EMFILE, errno.ENFILE):
+        return ""
+    if exc.errno == errno.ENFILE:
+        return " (the system's open-file table is full: fs.file-max)"
+    if resource is None:  # not Unix: no ulimit to name
+        return " (the process's open-file limit is reached)"
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return f" (the process's open-file limit, ulimit -n, is {soft}: raise it)"
 
 
 def unreachable(exc: BaseException) -> bool:

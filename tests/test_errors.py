@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import resource
+import subprocess
+import sys
 
 import cv2
 import pytest
@@ -19,6 +22,33 @@ def test_a_one_line_reason_masks_a_urls_password_and_secret_query_values():
     exc = OSError("cannot open rtsp://admin:s3cret@10.0.0.7/live?auth=abc:\n  Connection refused")
     assert one_line(exc) == "cannot open rtsp://admin:***@10.0.0.7/live?auth=***: Connection refused"
     assert one_line(exc, typed=True) == "OSError: cannot open rtsp://admin:***@10.0.0.7/live?auth=***:"
+
+
+def test_a_reason_that_is_a_limit_reached_names_the_limit():
+    # a replay's or a source's line said "[Errno 24] Too many open files: '/streamfuse_..._g1'" and nothing of the limit
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    exc = OSError(errno.EMFILE, "Too many open files", "/streamfuse_1_ab_g1")
+    assert one_line(exc) == (f"[Errno 24] Too many open files: '/streamfuse_1_ab_g1' (the process's open-file limit, "
+                             f"ulimit -n, is {soft}: raise it)")
+    assert one_line(OSError(errno.ENFILE, "Too many open files in system"), typed=True) == (
+        "OSError: [Errno 23] Too many open files in system (the system's open-file table is full: fs.file-max)")
+    assert one_line(OSError(errno.ENOENT, "No such file or directory")) == "[Errno 2] No such file or directory"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a file-descriptor limit set for the child")
+def test_a_limit_reached_is_named_with_no_file_left_to_open():
+    # the limit was read by an import made as the line was written: with every file taken, that import failed too
+    code = ("import os, sys; from streamfuse.errors import one_line\n"
+            "held = []\n"
+            "while True:\n"
+            "    try:\n"
+            "        held.append(os.open(os.devnull, os.O_RDONLY))\n"
+            "    except OSError as exc:\n"
+            "        print(one_line(exc)); break\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+    assert proc.stdout == ("[Errno 24] Too many open files: '/dev/null' (the process's open-file limit, ulimit -n, is "
+                           "64: raise it)\n"), proc.stderr
 
 
 def test_an_exception_without_a_message_reads_as_its_type():

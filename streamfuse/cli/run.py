@@ -19,7 +19,7 @@ import sys
 from streamfuse import log_queue
 from streamfuse.checks import ConfigError
 from streamfuse.cli.args import Parser, config_error, path_arg, seconds
-from streamfuse.errors import printable
+from streamfuse.errors import limit_reached, printable
 from streamfuse.signals import Terminated, ignore_stops, interrupted
 
 __all__ = ["main", "replay_main", "exit_now"]
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
         if getattr(exc, "interrupted", False):  # a replay the user stopped (Ctrl-C, SIGTERM): no error, exit 130
             print(f"streamfuse: {printable(exc)}", file=sys.stderr)
             return 130
-        print(f"streamfuse: error: {printable(exc)}", file=sys.stderr)
+        print(f"streamfuse: error: {printable(exc)}{limit_reached(exc)}", file=sys.stderr)
         return 1
     except (ImportError, MemoryError) as exc:  # under a memory limit (ulimit -v, systemd's LimitAS=): a library that
         # cannot be mapped ("failed to map segment from shared object"), an allocation refused

@@ -212,6 +212,24 @@ def test_a_memory_limit_too_low_is_one_line(monkeypatch, capsys, exc, said):
         f"streamfuse: error: {said} (is the process's memory limit, ulimit -v, too low?)"]
 
 
+def test_an_open_file_limit_reached_is_named_in_the_line(monkeypatch, capsys):
+    # a live run under a low ulimit -n (or one whose subscribers' sockets took the rest) ended on "[Errno 24] Too many
+    # open files" and whatever it failed to open next: a pipe, a module, a shared-memory segment
+    import resource
+
+    import streamfuse.pipeline
+
+    def out_of_files(cfg, **kw):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(streamfuse.pipeline, "run", out_of_files)
+    assert main(["--config", "demo"]) == 1
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert capsys.readouterr().err.splitlines() == [
+        f"streamfuse: error: [Errno 24] Too many open files (the process's open-file limit, ulimit -n, is {soft}: "
+        "raise it)"]
+
+
 def test_config_errors_come_before_the_pipelines_imports(tmp_path):
     code = ("import sys; from streamfuse.cli.run import main; code = main(['--config', 'demo', '--set', "
             "'fuse.stepz=1']); print(code, sorted(m for m in ('torch', 'ot', 'streamfuse.pipeline') "
