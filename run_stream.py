@@ -4,7 +4,13 @@ Live:    python run_stream.py --config demo
 Replay:  python run_stream.py --config replay --ir IR.mp4 --vis VIS.mp4 --out fused.mp4
 """
 
+import signal
 import sys
+
+# A stop (SIGTERM, a hangup) while the package loads is held until the run's own handlers take it: a starved CPU
+# stretches the load to seconds, and the signal's default killed the run there without a word (status 143)
+if hasattr(signal, "pthread_sigmask"):
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
 
 try:  # a Ctrl-C as the package loads, before stoppable takes the stop signals: one line and 130, not a traceback
     from streamfuse.cli import stoppable

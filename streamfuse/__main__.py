@@ -1,6 +1,11 @@
 """``python -m streamfuse COMMAND [ARGS...]``: the same as the ``streamfuse`` console script (see streamfuse.cli)."""
 
+import signal
 import sys
+
+# A stop while the commands load is held until console() takes it (see run_stream.py)
+if hasattr(signal, "pthread_sigmask"):
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
 
 try:  # a Ctrl-C as the package loads, before console() takes the stop signals: one line and 130, not a traceback
     from streamfuse.cli import console

@@ -169,6 +169,8 @@ def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
     ctrl_c = (signal.SIGINT,) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else ()
     try:
         with handled(raise_interrupt, ctrl_c), handled(raise_terminated, signals):
+            if hasattr(signal, "pthread_sigmask"):  # a stop the entry point held while it loaded comes now
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATE)
             return guarded(main, prog)
     except Terminated as exc:  # before the command's own handlers (its start-up): nothing to keep or sum up
         print(f"{prog}: {exc}", file=sys.stderr)

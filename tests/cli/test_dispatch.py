@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,44 @@ def test_a_sigterm_while_a_command_loads_is_its_clean_stop(command, status, monk
         cli.console()
     assert exc.value.code == status
     assert capsys.readouterr().err == f"streamfuse {command}: interrupted (SIGTERM)\n"
+
+
+_HELD_IMPORT = """
+import pathlib, sys, time
+here = pathlib.Path(__file__).parent
+(here / "loading").touch()
+while not (here / "go").exists():  # the package's load, held here while the test sends its signal
+    time.sleep(0.01)
+sys.path.remove(str(here))
+del sys.modules["yaml"]
+import yaml
+sys.modules["yaml"] = yaml
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_while_run_stream_loads_the_package_is_its_clean_stop(sig, tmp_path):
+    # run_stream.py imported the package (yaml, multiprocessing: a fraction of a second, seconds on a starved CPU)
+    # before it took its stop signals: a service manager's SIGTERM then killed the run without a word, status 143
+    (tmp_path / "yaml.py").write_text(_HELD_IMPORT)  # the first import of yaml, by the package, waits for "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(REPO)]))}
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_stream.py"), "--config", "demo"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # as from a terminal
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "loading").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "run_stream.py never loaded the package"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        (tmp_path / "go").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (proc.returncode, err) == (0, f"run_stream.py: interrupted ({sig.name})\n")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
