@@ -1001,6 +1001,35 @@ def test_only_a_request_reaching_loopback_is_held_to_this_machine_s_names(caplog
     assert [line.split()[1] for line in said] == ["1", "2"] and "naming another host" in said[1], said
 
 
+def test_an_open_file_limit_that_leaves_no_room_for_a_page_is_refused_naming_it(monkeypatch, capsys, caplog):
+    # under ulimit -n 64 (any limit below 194) the viewer started with a cap of one connection without a word, and
+    # answered every page's WebSocket 503, its log blaming --max-connections
+    import resource
+
+    import streamfuse.view.server as server_module
+
+    async def serve_nothing(*args) -> None:
+        raise OSError(errno.EADDRINUSE, "taken")
+
+    monkeypatch.setattr(server_module, "Feed", lambda *args, **kwargs: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(server_module, "serve", serve_nothing)
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (64, 64))
+    room = ("(the open-file limit, ulimit -n, is 64: room for 1 connection(s) besides the server's own 192 files; 256 "
+            "gives 64)")
+    for argv, said in (([], f"no room for a page, which holds two connections: --max-connections is 1 {room}"),
+                       (["--max-connections", "10"], f"argument --max-connections: must be in 1..1, got 10 {room}")):
+        with pytest.raises(SystemExit) as exc:
+            view_main(argv)
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"python -m streamfuse view: error: {said}"
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (230, 230))  # room for 19 pages: started, and said
+    with caplog.at_level(logging.WARNING, "streamfuse.view"):
+        assert view_main([]) == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "streamfuse.view"] == [
+        "at most 38 connections open at once, 19 pages (the open-file limit, ulimit -n, is 230: room for 38 "
+        "connection(s) besides the server's own 192 files; 256 gives 64)"]
+
+
 def test_the_view_cli_lets_in_the_host_it_serves_and_each_allowed_name(monkeypatch):
     import streamfuse.view.server as server_module
     from streamfuse.view.gate import MAX_CONNECTIONS, most_connections

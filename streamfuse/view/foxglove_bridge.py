@@ -35,7 +35,7 @@ from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled, raise_interrupt
 from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
-from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, most_connections
+from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections_option
 from streamfuse.view.relay import Relay
 from streamfuse.view.server import url_host
 
@@ -198,10 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true", help="send foxglove.RawImage instead of JPEG")
     parser.add_argument("--previews", action="store_true", help="also relay the IR and visible previews")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80, help="JPEG quality (1..100)")
-    most = most_connections(files_each=3)  # behind the relay: the client's, the relay's and the SDK's socket
-    parser.add_argument("--max-connections", type=int_at_least(1, most), default=min(MAX_CONNECTIONS, most),
-                        help="connections open at once; one more is answered 503 and closed (at most a third of the "
-                        "open-file limit, ulimit -n, less 192: each holds three files)")
+    # behind the relay: the client's, the relay's and the SDK's socket
+    connections_option(parser, "connections open at once; one more is answered 503 and closed (at most a third of "
+                       "the open-file limit, ulimit -n, less 192: each holds three files)", files_each=3)
     allow_host_option(parser)
     key_options(parser)
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",

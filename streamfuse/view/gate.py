@@ -23,8 +23,10 @@ import socket
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
-__all__ = ["Door", "Gate", "BACKLOG", "MAX_CONNECTIONS", "REQUEST_S", "allow_host_option", "listen",
-           "most_connections"]
+from streamfuse.cli.args import int_at_least
+
+__all__ = ["Door", "Gate", "BACKLOG", "MAX_CONNECTIONS", "REQUEST_S", "allow_host_option", "connections_option",
+           "listen", "most_connections", "room_left"]
 
 log = logging.getLogger("streamfuse.view")
 
@@ -44,6 +46,32 @@ def most_connections(files_each: int = 1) -> int:
     behind it, and that server's)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return 1 << 20 if soft == resource.RLIM_INFINITY else max(1, (soft - _OWN_FILES) // files_each)
+
+
+def room_left(files_each: int = 1) -> str:
+    """Said after a cap that the open-file limit lowers below :data:`MAX_CONNECTIONS`: the limit, the room it leaves
+    and the limit that would not lower it; "" where it lowers none."""
+    most = most_connections(files_each)
+    if most >= MAX_CONNECTIONS:
+        return ""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (f" (the open-file limit, ulimit -n, is {soft}: room for {most} connection(s) besides the server's own "
+            f"{_OWN_FILES} files; {_OWN_FILES + MAX_CONNECTIONS * files_each} gives {MAX_CONNECTIONS})")
+
+
+def connections_option(parser: argparse.ArgumentParser, help: str, files_each: int = 1) -> None:
+    """Add ``--max-connections``: :data:`MAX_CONNECTIONS`, or fewer where the open-file limit leaves room for fewer
+    (:func:`most_connections`); a value over that room is refused naming the limit ("must be in 1..1" named none)."""
+    most = most_connections(files_each)
+    within = int_at_least(1, most)
+
+    def parse(text: str) -> int:
+        try:
+            return within(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}{room_left(files_each)}") from None
+
+    parser.add_argument("--max-connections", type=parse, default=min(MAX_CONNECTIONS, most), help=help)
 
 
 async def listen(start: Callable[..., Awaitable[asyncio.Server]], port: int) -> asyncio.Server:

@@ -33,7 +33,8 @@ from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled, raise_interrupt
 from streamfuse.view.feed import Feed
-from streamfuse.view.gate import BACKLOG, MAX_CONNECTIONS, Gate, allow_host_option, listen, most_connections
+from streamfuse.view.gate import (BACKLOG, MAX_CONNECTIONS, Gate, allow_host_option, connections_option, listen,
+                                  room_left)
 
 __all__ = ["main", "make_app", "serve", "Served", "url_host"]
 
@@ -184,10 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80,
                         help="JPEG quality of the frames on the page (1..100)")
-    most = most_connections()
-    parser.add_argument("--max-connections", type=int_at_least(1, most), default=min(MAX_CONNECTIONS, most),
-                        help="connections open at once (a page holds two); one more is answered 503 and closed (at "
-                        "most the open-file limit, ulimit -n, less 192)")
+    connections_option(parser, "connections open at once (a page holds two); one more is answered 503 and closed (at "
+                       "most the open-file limit, ulimit -n, less 192)")
     allow_host_option(parser)
     key_options(parser)
     parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
@@ -198,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
                         "what the page measured, exit")
     parser.add_argument("--wait", type=positive(), default=5.0, help="with --screenshot: seconds to watch the page")
     args = parser.parse_args(argv)
+    if args.max_connections < 2:  # the page's own and its WebSocket's: with one, every page was answered 503
+        parser.error(f"no room for a page, which holds two connections: --max-connections is {args.max_connections}"
+                     f"{room_left()}")
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
+    if args.max_connections < MAX_CONNECTIONS and (lowered := room_left()):
+        log.warning("at most %d connections open at once, %d pages%s", args.max_connections,
+                    args.max_connections // 2, lowered)
     _aiohttp()
     try:
         with handled(raise_interrupt, (signal.SIGTERM,)):  # stops the wait for the pipeline's host name
