@@ -11,6 +11,7 @@ ignore already).
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import os
 import signal
@@ -48,7 +49,7 @@ def start_servers() -> None:
         resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, held)  # the tracker's start unblocks SIGTERM when it is done
         if "forkserver" in mp.get_all_start_methods():
-            forkserver.set_forkserver_preload([__name__])
+            forkserver.set_forkserver_preload([__name__, "streamfuse.capture.fork_server_quiet"])
             forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -185,6 +186,11 @@ def start_process(ctx: Any, section: str, cfg: SourceConfig, ring: ShmRing, stop
     try:
         start_servers()  # a fork server that died (kill -9, the OOM killer) is made again as the first was, not by
         proc.start()  # multiprocessing's start, which leaves SIGTERM and SIGHUP to end the new one again
+    except EOFError:  # the fork server died without the new process's number: its fork refused (EAGAIN), or killed
+        conn.close()
+        child_conn.close()
+        raise OSError(errno.EAGAIN, f"cannot start the {section} producer process: its fork server could not make it "
+                                    "(is the process limit, ulimit -u, reached?)") from None
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)

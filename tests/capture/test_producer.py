@@ -445,6 +445,46 @@ def test_rings_that_do_not_fit_the_free_shared_memory_are_refused_in_one_line(mo
     assert "\n" not in str(info.value)
 
 
+_FORK_REFUSED = """
+import os
+
+
+def refused():
+    raise BlockingIOError(11, "Resource temporarily unavailable")
+
+
+os.fork = refused
+"""
+_START = """
+from multiprocessing import forkserver
+
+real = forkserver.set_forkserver_preload
+forkserver.set_forkserver_preload = lambda modules: real([*modules, "fork_refused"])  # the server's forks fail
+from streamfuse.capture.producer import start_producers
+from streamfuse.capture.sources import SourceConfig
+
+cfg = SourceConfig(kind="synthetic", width=64, height=48)
+try:
+    start_producers(cfg, cfg)
+except OSError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.skipif("forkserver" not in __import__("multiprocessing").get_all_start_methods(), reason="fork server")
+def test_producers_the_process_limit_leaves_no_room_for_are_one_line_each_side(tmp_path: Path) -> None:
+    # Under ulimit -u the fork server's fork fails: it died with its traceback, and the run with another, an EOFError
+    (tmp_path / "fork_refused.py").write_text(_FORK_REFUSED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = subprocess.Popen([sys.executable, "-c", _START], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=60)
+    assert out == ("[Errno 11] cannot start the ir producer process: its fork server could not make it (is the process "
+                   "limit, ulimit -u, reached?)\n"), err
+    assert err == "streamfuse fork server: BlockingIOError: [Errno 11] Resource temporarily unavailable\n"
+    assert not list(SHM_DIR.glob(f"*streamfuse_{proc.pid}_*"))  # its rings and semaphores removed
+
+
 def test_a_start_that_fails_for_its_second_source_leaves_the_first_one_stopped(monkeypatch) -> None:
     """A start that fails part-way (no memory, no file descriptors left) raises with no producer left running and no
     ring left in shared memory."""
