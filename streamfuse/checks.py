@@ -269,9 +269,19 @@ def override_keys(item: str) -> list[str]:
     return [k.strip() for k in item.partition("=")[0].lstrip("-").split(".")]
 
 
+# a byte of an argument that is not UTF-8 (a file name's, or any non-ASCII one under LC_ALL=C) comes as a lone
+# surrogate, which YAML refuses: it is read as a character YAML takes (one of the last 128 code points) and given back
+_RAW_BYTES = re.compile("[\udc80-\udcff]")
+_STAND_IN = 0x10FF80 - 0xDC80
+
+
 def yaml_value(text: str, where: str) -> Any:
-    """One value given on the command line (``--set``, ``--fuser NAME:key=value``), read as a config's YAML is;
-    ``ValueError`` (one line, starting with ``where``) when it is no value that reader takes."""
+    """One value given on the command line (``--set``, ``--fuser NAME:key=value``), read as a config's YAML is (a
+    path's bytes that are not UTF-8 kept as Python gives them); ``ValueError`` (one line, starting with ``where``)
+    when it is no value that reader takes."""
+    if _RAW_BYTES.search(text):
+        value = yaml_value(_RAW_BYTES.sub(lambda m: chr(ord(m.group()) + _STAND_IN), text), where)
+        return _raw_bytes_back(value)
     try:
         return load_yaml(text)
     except ValueNotTaken as exc:
@@ -280,6 +290,16 @@ def yaml_value(text: str, where: str) -> Any:
         raise ValueError(f"{where}: the value is not valid YAML ({yaml_reason(exc)})") from None
     except RecursionError as exc:  # nested thousands of levels
         raise ValueError(f"{where}: not a value this reader takes ({str(exc).splitlines()[0][:80]})") from None
+
+
+def _raw_bytes_back(value: Any) -> Any:
+    if isinstance(value, str):
+        return re.sub("[\U0010ff80-\U0010ffff]", lambda m: chr(ord(m.group()) - _STAND_IN), value)
+    if isinstance(value, list):
+        return [_raw_bytes_back(v) for v in value]
+    if isinstance(value, dict):
+        return {_raw_bytes_back(k): _raw_bytes_back(v) for k, v in value.items()}
+    return value
 
 
 def yaml_reason(exc: yaml.YAMLError) -> str:

@@ -209,3 +209,12 @@ def test_an_override_inside_a_section_named_whole_is_named():
     replay = Path(__file__).parent.parent / "streamfuse/configs/replay.yaml"
     cfg = load_config(replay, ["record.path=x.mcap", "ir.fps=5"])
     assert cfg.origin("record").endswith("replay.yaml with --set record.path=x.mcap")
+
+
+def test_an_override_holding_bytes_that_are_not_utf8_is_read_around_them(tmp_path):
+    # a file name's bytes that are not UTF-8 (any non-ASCII one under LC_ALL=C) come as lone surrogates: YAML refused
+    # them ("unacceptable character #xdcff"), so no such folder or file could be named on the command line
+    cfg = load_config(_write(tmp_path, "{}\n"), ["replay.frames_dir=bad\udcff\udcfe/frames",
+                                                 "ir.ffmpeg=[fflags=nobuffer, title=caf\udce9]"])
+    assert cfg.replay.frames_dir == "bad\udcff\udcfe/frames"
+    assert cfg.ir.ffmpeg == ("fflags=nobuffer", "title=caf\udce9")
