@@ -223,3 +223,14 @@ def test_the_resume_of_a_run_named_by_a_relative_out_continues_its_staged_frames
     interrupted_replay(_cfg("frames"), ir, vis, "o.mkv", stop=8)
     summary = run_replay(_cfg(tmp_path / "frames"), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv", resume=True)
     assert summary.complete and summary.reused == 7 and len(_pngs(tmp_path / "frames")) == N
+
+
+def test_an_output_named_by_bytes_that_are_not_utf8_stages_its_frames_and_resumes(tmp_path, pair):
+    # the staging folder names its output in a file, written as text: such a name stopped the replay at its first
+    # frame ("'utf-8' codec can't encode characters ...: surrogates not allowed"; any non-ASCII name under LC_ALL=C)
+    ir, vis = pair
+    frames, out = tmp_path / "fr\udcff" / "frames", tmp_path / "o\udcff\udcfe.mkv"
+    err = interrupted_replay(_cfg(frames), ir, vis, out, stop=4)
+    assert "; 3 of its frames staged in" in str(err)
+    summary = run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 3 and _pngs(frames) == [f"{i:06d}.png" for i in range(N)]

@@ -67,7 +67,7 @@ class FramesDir:
     def owner(self) -> str:
         """The fused video whose frames are staged here ('' when none are)."""
         try:
-            return (self.staging / _OWNER).read_text().strip()
+            return os.fsdecode((self.staging / _OWNER).read_bytes()).strip()  # a name's bytes as they are
         except (FileNotFoundError, NotADirectoryError):
             return ""
 
@@ -96,7 +96,7 @@ class FramesDir:
         """Stage frame ``index``; a resumed run keeps the lossless PNG already there (unless cut short)."""
         if not self.staging.exists():  # made with the first frame: a run stopped before it leaves none
             self.staging.mkdir()
-            (self.staging / _OWNER).write_text(self._out + "\n")
+            (self.staging / _OWNER).write_bytes(os.fsencode(self._out) + b"\n")
         png = self.staging / f"{index:06d}.png"
         if not (resumed and whole_png(png)):
             write_png(png, image)  # through a temporary name: a kill leaves no PNG cut short
