@@ -15,6 +15,7 @@ import av
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.errors import io_reason
+from streamfuse.file_names import local_name
 from streamfuse.frames import STREAM_NAMES
 from streamfuse.output_lock import check_not_held, lock_path
 from streamfuse.replay.resume import sidecar_path, taken_over_path
@@ -155,7 +156,7 @@ def _changed_settings(made: dict[str, Any], cfg: Any) -> list[str]:
 def _other_inputs(made: dict[str, Any], inputs: tuple[Path, Path]) -> str:
     """The inputs an output records being made from, when they are other files than ``inputs`` (IR, visible) and
     still there (an archive moved since proves nothing); else ''."""
-    paths = [Path(str(made.get(s, {}).get("path", ""))) for s in ("ir", "vis")]
+    paths = [Path(local_name(str(made.get(s, {}).get("path", "")))) for s in ("ir", "vis")]
     other = any(str(p) not in ("", ".") and p.exists() and not _same_file(p, Path(now))
                 for p, now in zip(paths, inputs, strict=True))
     return f"{paths[0]} + {paths[1]}" if other else ""

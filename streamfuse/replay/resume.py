@@ -26,6 +26,7 @@ import numpy as np
 
 from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.errors import io_reason
+from streamfuse.file_names import local_name
 from streamfuse.replay.inputs import Input
 from streamfuse.video import decode_frames, ffv1_slice_crcs
 
@@ -161,7 +162,7 @@ def _legacy_folder(saved: Any, now: list) -> bool:
     """Whether ``saved`` is a folder input's entry as a sidecar of an earlier release holds it (size 0, the folder's
     own time), of the folder ``now`` names, unchanged since."""
     if not (isinstance(saved, list) and len(saved) == 3 and saved[1] == 0 and isinstance(saved[0], str)
-            and os.path.realpath(saved[0]) == os.path.realpath(now[0]) and Path(now[0]).is_dir()):
+            and os.path.realpath(local_name(saved[0])) == os.path.realpath(now[0]) and Path(now[0]).is_dir()):
         return False
     return saved[2] == Path(now[0]).stat().st_mtime_ns
 
@@ -171,7 +172,7 @@ def _compared(key: str, value: Any) -> Any:
     CPUs (a pair resumed on a worker of another size goes on; the count changes only the float rounding); an input by
     the file its path names (a sidecar of an earlier release holds it as it was given)."""
     if key in ("ir", "vis") and isinstance(value, list) and value and isinstance(value[0], str):
-        return [os.path.realpath(value[0]), *value[1:]]
+        return [os.path.realpath(local_name(value[0])), *value[1:]]
     return {k: v for k, v in value.items() if k != "threads"} if key == "engine" and isinstance(value, dict) else value
 
 

@@ -1,0 +1,69 @@
+"""File and folder names that are no plain ASCII (not UTF-8 at all, or read as ASCII under ``LC_ALL=C`` with
+``PYTHONUTF8=0``): what a run stores of them (a resume's sidecar, the config a fused video records) names the same
+files when read back under another locale."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from test_replay import interrupted_replay, make_cfg, write_video
+
+from streamfuse.replay import run_replay
+
+pytestmark = pytest.mark.timeout(180)
+
+_ASCII_LOCALE = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+_RESUME = """
+import json, sys
+from streamfuse.config import config_from_dict
+from streamfuse.replay import run_replay
+cfg = config_from_dict(json.loads(sys.argv[1]))
+try:
+    print(run_replay(cfg, ir_path=sys.argv[2], vis_path=sys.argv[3], out_path=sys.argv[4], resume=True).reused)
+except (OSError, ValueError) as exc:  # the refusal's one line
+    print(exc)
+"""
+
+
+def _resume_in_c_locale(cfg, ir, vis, out) -> str:
+    """What ``--resume`` of ``out`` says in a process that reads file names as ASCII."""
+    sections = json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None})
+    proc = subprocess.run([sys.executable, "-c", _RESUME, sections, ir, vis, out], env=_ASCII_LOCALE,
+                          capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    """Two pairs of small videos, in a folder named in Chinese and a folder named by bytes that are not UTF-8."""
+    made = []
+    for name in ("空 🎥", "bad\udcff"):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_video(folder / "ir.mkv", 12, 25, grey=True, codec="ffv1")
+        write_video(folder / "vis.mkv", 12, 25, codec="ffv1")
+        made.append((folder / "ir.mkv", folder / "vis.mkv"))
+    return made
+
+
+def test_a_replay_stopped_under_a_utf8_locale_resumes_under_the_c_locale(tmp_path, pairs):
+    # the sidecar's input paths, read back as text, could not be encoded where Python reads names as ASCII: the resume
+    # stopped on "'ascii' codec can't encode characters"
+    (ir, vis), out, cfg = pairs[0], tmp_path / "空 🎥" / "fused.mkv", make_cfg(replay={"codec": "ffv1"})
+    interrupted_replay(cfg, ir, vis, out, stop=5)
+    assert _resume_in_c_locale(cfg, ir, vis, out) == "4" and out.exists()
+
+
+def test_a_complete_output_of_other_inputs_is_refused_under_the_c_locale(tmp_path, pairs):
+    # the inputs it records were looked for by a name that could not be encoded there, so found missing: the other
+    # pair's output passed for this one's
+    (ir, vis), (other_ir, other_vis) = pairs
+    out, cfg = tmp_path / "fused.mkv", make_cfg(replay={"codec": "ffv1"})
+    run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    said = _resume_in_c_locale(cfg, other_ir, other_vis, out)
+    assert said.startswith("output ") and "is complete but was made from other inputs" in said
