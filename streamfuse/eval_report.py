@@ -49,6 +49,9 @@ def tile(img: np.ndarray, label: str) -> np.ndarray:
     h, w = img.shape
     tile = cv2.resize(img, (max(1, round(w * TILE_HEIGHT / h)), TILE_HEIGHT), interpolation=cv2.INTER_AREA)
     tile = cv2.cvtColor(tile, cv2.COLOR_GRAY2BGR)
+    # OpenCV's binding crashes the process on a lone surrogate (a name's byte that is not UTF-8) and draws any other
+    # character beyond ASCII as "?": such bytes are drawn so too
+    label = label.encode("utf-8", "replace").decode()
     cv2.putText(tile, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(tile, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 255, 255), 1, cv2.LINE_AA)
     return tile

@@ -67,3 +67,11 @@ def test_a_complete_output_of_other_inputs_is_refused_under_the_c_locale(tmp_pat
     run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
     said = _resume_in_c_locale(cfg, other_ir, other_vis, out)
     assert said.startswith("output ") and "is complete but was made from other inputs" in said
+
+
+def test_a_montage_tile_labelled_with_bytes_that_are_not_utf8_is_drawn():
+    # OpenCV's putText crashed the process on the name (a segmentation fault: evaluate died, exit status 139)
+    code = ("import numpy as np; from streamfuse.eval_report import tile; "
+            "print(tile(np.zeros((48, 64), np.uint8), 'IR bad\\udcff\\udcfe').shape)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "(240, 320, 3)"), proc.stderr
