@@ -14,6 +14,7 @@ import numpy as np
 
 from streamfuse import metrics
 from streamfuse.atomic_write import write_file
+from streamfuse.file_names import name_bytes
 
 __all__ = ["check_outputs", "markdown_table", "tile", "write_csv", "write_montage"]
 
@@ -74,7 +75,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-    write_file(path, text.getvalue().encode())
+    write_file(path, name_bytes(text.getvalue()))
 
 
 def markdown_table(means: dict[str, dict[str, float]]) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 
 from streamfuse import metrics
 from streamfuse.atomic_write import write_file
+from streamfuse.file_names import name_bytes
 from streamfuse.bitdepth import is_image_name
 from streamfuse.checks import ConfigError, apply_overrides, yaml_value
 from streamfuse.config import PipelineConfig, config_from_dict, dump_config, load_config
@@ -187,7 +188,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
                 dump_config(m.config, out / f"{Path(m.config.source_file).stem}.resolved.yaml")
         csv_file, md_file, montage_file = (out / name for name in EVAL_FILES)
         write_csv(csv_file, result.rows)
-        write_file(md_file, f"{markdown_table(result.means)}\n".encode())
+        write_file(md_file, name_bytes(f"{markdown_table(result.means)}\n"))
         write_montage(montage_file, tiles)
         _replace_earlier(out_dir, {p.name for p in out.iterdir()})
     return result

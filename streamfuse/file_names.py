@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["local_name"]
+__all__ = ["local_name", "name_bytes"]
 
 
 def local_name(text: str) -> str:
@@ -20,3 +20,12 @@ def local_name(text: str) -> str:
         return os.fsdecode(text.encode("utf-8", "surrogateescape"))
     except UnicodeEncodeError:  # a lone surrogate no name's byte stands for
         return text
+
+
+def name_bytes(text: str) -> bytes:
+    """``text`` (a table or list naming files) as a file holds it: UTF-8, a name's bytes that are not UTF-8 as they are.
+
+    >>> name_bytes("caf\\udce9 空")
+    b'caf\\xe9 \\xe7\\xa9\\xba'
+    """
+    return text.encode("utf-8", "surrogateescape")

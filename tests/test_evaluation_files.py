@@ -156,3 +156,9 @@ def test_the_markdown_table_gives_metrics_to_three_decimals_and_ms_to_one():
     row = {**{k: 0.123456 for k in metrics.METRICS}, "ms": 2.345, "n": 3}
     cells = [c.strip() for c in markdown_table({"max": row}).splitlines()[2].strip("|").split("|")]
     assert cells == ["max", "3", *["0.123"] * len(metrics.METRICS), "2.3"]
+
+
+def test_the_csv_keeps_a_name_s_bytes_that_are_not_utf8(tmp_path):
+    # writing it stopped evaluate on "'utf-8' codec can't encode characters ...: surrogates not allowed"
+    write_csv(tmp_path / "m.csv", [{"method": "max", "image": "bad\udcff\udcfe 空"}])
+    assert (tmp_path / "m.csv").read_bytes().splitlines()[1].startswith(b"max,bad\xff\xfe " + "空".encode() + b",")

@@ -26,6 +26,7 @@ from streamfuse.cli.args import HelpFormatter, Parser, config_error, int_at_leas
 from streamfuse.config import ConfigError, load_config
 from streamfuse.configs import resolve
 from streamfuse.errors import printable
+from streamfuse.eval_report import markdown_table
 from streamfuse.evaluation import FUSER_SECTIONS, config_method, evaluate_dir, fused_dir_method, fuser_method
 from streamfuse.log_queue import install_direct
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return config_error("evaluate", exc)
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"evaluate: {printable(exc)}") from None
-    print((Path(args.out) / "metrics.md").read_text(), end="")
+    print(markdown_table(result.means))  # as metrics.md holds it
     n_pairs = len({r["image"] for r in result.rows})
     print(f"{n_pairs} pairs; per-image rows in {Path(args.out) / 'metrics.csv'}, montage in "
           f"{Path(args.out) / 'montage.png'}")
