@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 from test_replay import interrupted_replay, make_cfg, write_video
 
@@ -75,3 +77,17 @@ def test_a_montage_tile_labelled_with_bytes_that_are_not_utf8_is_drawn():
             "print(tile(np.zeros((48, 64), np.uint8), 'IR bad\\udcff\\udcfe').shape)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout.strip()) == (0, "(240, 320, 3)"), proc.stderr
+
+
+def test_a_command_prints_a_name_s_bytes_that_are_not_utf8_under_a_utf8_locale(tmp_path):
+    # a UTF-8 locale's standard output is strict (PYTHONIOENCODING=utf-8 makes it so under any locale): evaluate ended
+    # its finished run with a traceback (UnicodeEncodeError) printing where its outputs are
+    folder = tmp_path / "bad\udcff"
+    for side in ("ir", "vi"):
+        (folder / side).mkdir(parents=True)
+        cv2.imencode(".png", np.full((40, 56), 90 if side == "ir" else 160, np.uint8))[1].tofile(folder / side / "a.png")
+    proc = subprocess.run([sys.executable, "-m", "streamfuse", "evaluate", folder / "ir", folder / "vi", "--fuser",
+                           "max", "--out", folder / "out"], env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+                          capture_output=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert os.fsencode(folder / "out" / "metrics.csv") in proc.stdout

@@ -153,11 +153,19 @@ def _null_closed_streams() -> None:
             setattr(sys, name, open(fd, "w", buffering=1, errors="backslashreplace", closefd=False))
 
 
+def _names_printed_as_bytes() -> None:
+    """A file name's bytes that are not UTF-8 printed as they are, as ``ls`` prints them and as Python does under the C
+    locale: a UTF-8 locale's standard output refuses them (a traceback, after the command's work was done)."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
 def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
     """``guarded(main, prog)``'s status, with ``command``'s stop signals (``STOPPED_BY``) taken from here on: one
     that comes before ``main`` has handlers of its own (its imports, its model's load) is one line and the status
     that command gives that stop; a Ctrl-C that ``main`` lets through is one line and 130."""
     _null_closed_streams()
+    _names_printed_as_bytes()
     try:
         os.getcwd()
     except FileNotFoundError:  # torch's MKL then aborts the process ("Cannot load libtorch_cpu.so"), a relative path
