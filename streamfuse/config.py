@@ -26,6 +26,7 @@ from streamfuse.capture.sources import SourceConfig
 from streamfuse.checks import (ConfigError, ValueNotTaken, apply_overrides, did_you_mean, dump_yaml, key_shown,
                                load_yaml, override_keys, parse_section, shown, yaml_reason)
 from streamfuse.errors import redact
+from streamfuse.file_names import local_name
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import PostConfig
@@ -146,12 +147,12 @@ def _expand(value: str, key: str) -> str:
 
 
 def _path_value(value: Any, key: str) -> Any:
-    """A path key's value: ``~`` and ``${NAME}`` expanded; a source's whole number is a device index (``path: 0``, as
+    """A path key's value: ``~`` and ``${NAME}`` expanded, read as this process names files; a source's whole number is a device index (``path: 0``, as
     users write a camera's index in YAML and in ``--set``), so it is read as the text it is (any other key's is a type
     error: ``frames_dir: 0`` meant off, not a folder named 0)."""
     if key in _SOURCE_PATHS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
-    return _expand(value, key) if isinstance(value, str) else value
+    return local_name(_expand(value, key)) if isinstance(value, str) else value  # the file, under any locale
 
 
 def absolute_paths(cfg: PipelineConfig) -> PipelineConfig:

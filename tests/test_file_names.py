@@ -85,9 +85,23 @@ def test_a_command_prints_a_name_s_bytes_that_are_not_utf8_under_a_utf8_locale(t
     folder = tmp_path / "bad\udcff"
     for side in ("ir", "vi"):
         (folder / side).mkdir(parents=True)
-        cv2.imencode(".png", np.full((40, 56), 90 if side == "ir" else 160, np.uint8))[1].tofile(folder / side / "a.png")
+        image = np.full((40, 56), 90 if side == "ir" else 160, np.uint8)
+        cv2.imencode(".png", image)[1].tofile(folder / side / "a.png")
     proc = subprocess.run([sys.executable, "-m", "streamfuse", "evaluate", folder / "ir", folder / "vi", "--fuser",
                            "max", "--out", folder / "out"], env={**os.environ, "PYTHONIOENCODING": "utf-8"},
                           capture_output=True, timeout=150)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert os.fsencode(folder / "out" / "metrics.csv") in proc.stdout
+
+
+def test_a_config_file_naming_a_file_beyond_ascii_finds_it_under_the_c_locale(tmp_path):
+    # the name, read from the UTF-8 file as text, could not be encoded where Python reads names as ASCII: the replay
+    # stopped on "'ascii' codec can't encode characters"
+    (tmp_path / "空 🎥.mkv").write_bytes(b"")
+    (tmp_path / "c.yaml").write_text("ir: {kind: file, path: 空 🎥.mkv}\nreplay: {frames_dir: 空/f}\n", encoding="utf-8")
+    code = ("import os, sys; from streamfuse.config import load_config; cfg = load_config(sys.argv[1]); "
+            "print(os.path.isfile(cfg.ir.path), "
+            "os.path.dirname(cfg.replay.frames_dir) == os.fsdecode(b'\\xe7\\xa9\\xba'))")
+    proc = subprocess.run([sys.executable, "-c", code, "c.yaml"], cwd=tmp_path, env=_ASCII_LOCALE,
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.split()) == (0, ["True", "True"]), proc.stderr
