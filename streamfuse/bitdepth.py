@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 
 from streamfuse.errors import io_reason, opencv_quiet, printable
+from streamfuse.file_names import opencv_name
 
 __all__ = ["IMAGE_SUFFIXES", "is_image_name", "To8Bit", "read_image", "read_8bit", "deep_grey"]
 
@@ -204,9 +205,9 @@ def read_image(path: str | os.PathLike, flag: int = cv2.IMREAD_UNCHANGED) -> np.
 
 def _tiff_pages(path: str | os.PathLike) -> int:
     """The pages of a TIFF file as OpenCV counts them; 1 where it cannot."""
-    with opencv_quiet():
+    with opencv_quiet(), opencv_name(path) as name:
         try:
-            return int(cv2.imcount(os.fspath(path)))
+            return int(cv2.imcount(name))
         except cv2.error:
             return 1
 

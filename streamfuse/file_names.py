@@ -4,9 +4,11 @@ locale: written by a run whose Python read names as UTF-8, or by one that read t
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
-__all__ = ["local_name", "name_bytes"]
+__all__ = ["local_name", "name_bytes", "opencv_name"]
 
 
 def local_name(text: str) -> str:
@@ -29,3 +31,22 @@ def name_bytes(text: str) -> bytes:
     b'caf\\xe9 \\xe7\\xa9\\xba'
     """
     return text.encode("utf-8", "surrogateescape")
+
+
+@contextlib.contextmanager
+def opencv_name(path: str | os.PathLike) -> Iterator[str]:
+    """``path`` as OpenCV's binding takes a file name, for the block: the text whose UTF-8 is the name's bytes, or,
+    for a name that is no UTF-8, the file opened here (``/proc/self/fd/N``). OpenCV encodes the text it is given as
+    UTF-8 and crashes the process on a surrogate escape (a segmentation fault); as the locale names files under
+    ``LC_ALL=C``, any name beyond ASCII is such escapes."""
+    raw = os.fsencode(path)
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        fd = os.open(raw, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name

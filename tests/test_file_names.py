@@ -105,3 +105,44 @@ def test_a_config_file_naming_a_file_beyond_ascii_finds_it_under_the_c_locale(tm
     proc = subprocess.run([sys.executable, "-c", code, "c.yaml"], cwd=tmp_path, env=_ASCII_LOCALE,
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout.split()) == (0, ["True", "True"]), proc.stderr
+
+
+_OPENCV_READS = """
+import sys
+import cv2, numpy as np
+from streamfuse.bitdepth import read_image
+from streamfuse.capture.palette import check_palette
+folder = sys.argv[1]
+cv2.imencode(".tiff", np.zeros((8, 8), np.uint8))[1].tofile(folder + "/frame.tiff")
+bar = np.repeat(np.linspace(0, 255, 64).astype(np.uint8)[None, :], 8, 0)
+cv2.imencode(".png", cv2.applyColorMap(bar, cv2.COLORMAP_JET))[1].tofile(folder + "/bar.png")
+check_palette(folder + "/bar.png")
+print(read_image(folder + "/frame.tiff").shape)
+"""
+
+
+@pytest.mark.parametrize("env", [os.environ, _ASCII_LOCALE], ids=["locale", "ascii"])
+def test_a_tiff_or_palette_bar_named_by_bytes_that_are_not_utf8_is_read(tmp_path, env):
+    # OpenCV's binding crashed the process on such a name (a segmentation fault: a replay of a folder of TIFFs, or a
+    # palette file, died with exit status 139); under LC_ALL=C with PYTHONUTF8=0 every name beyond ASCII is one
+    for name in ("bad\udcff", "空"):
+        (tmp_path / name).mkdir()
+        proc = subprocess.run([sys.executable, "-c", _OPENCV_READS, tmp_path / name], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert (proc.returncode, proc.stdout.strip()) == (0, "(8, 8)"), proc.stderr
+
+
+_CAMERA_READS = """
+import sys
+from streamfuse.capture.sources import SourceConfig, open_source
+with open_source("vis", SourceConfig(kind="camera", path=sys.argv[1], width=64, height=48)) as source:
+    print(source.read().image.shape)
+"""
+
+
+def test_a_camera_path_named_by_bytes_that_are_not_utf8_opens(tmp_path):
+    # OpenCV's VideoCapture crashed the process on such a name (a segmentation fault)
+    video = tmp_path / "cam\udcff.mkv"
+    write_video(video, 3, 25)
+    proc = subprocess.run([sys.executable, "-c", _CAMERA_READS, video], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "(48, 64, 3)"), proc.stderr

@@ -3,6 +3,7 @@ right after the grab (network cameras are ``stream`` sources: :mod:`~streamfuse.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -13,6 +14,7 @@ import cv2
 
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.errors import opencv_quiet
+from streamfuse.file_names import opencv_name
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
@@ -39,8 +41,8 @@ class CameraSource(BaseSource):
         kind = _file_kind(device)
         if kind:  # OpenCV would wait on a FIFO for a writer, silently, until the first-frame allowance ran out
             raise SourceError(f"{self.section}: camera {path!r} is {kind}, not a camera device or a video file")
-        with opencv_quiet():
-            cap = cv2.VideoCapture(target)
+        with opencv_quiet(), contextlib.nullcontext(target) if isinstance(target, int) else opencv_name(target) as name:
+            cap = cv2.VideoCapture(name)
         if not cap.isOpened():
             raise SourceError(f"{self.section}: cannot open camera {path!r}")
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamfuse.file_names import opencv_name
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["PALETTES", "check_palette", "to_temperature", "ir_grey", "check_depth", "first_note", "mismatch",
@@ -112,7 +113,8 @@ def _rows(path: str) -> np.ndarray:
 
 def _bar(path: str) -> np.ndarray:
     """``(n, 3)`` BGR along an image of a palette's colour bar, coldest first."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    with opencv_name(path) as name:
+        image = cv2.imread(name, cv2.IMREAD_COLOR)
     if image is None or max(image.shape[:2]) < 2:
         raise ValueError(f"palette file {path}: not an image OpenCV reads, nor a {' or '.join(_TEXT)} of R G B rows")
     along = image[::-1] if image.shape[0] > image.shape[1] else image.transpose(1, 0, 2)
