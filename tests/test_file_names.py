@@ -146,3 +146,24 @@ def test_a_camera_path_named_by_bytes_that_are_not_utf8_opens(tmp_path):
     write_video(video, 3, 25)
     proc = subprocess.run([sys.executable, "-c", _CAMERA_READS, video], capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout.strip()) == (0, "(48, 64, 3)"), proc.stderr
+
+
+_LISTED = """
+import os, sys
+from streamfuse.replay import find_pairs
+print(*(os.path.isfile(p) for pair in find_pairs(sys.argv[1]) for p in pair[:2]))
+"""
+
+
+@pytest.mark.parametrize("env", [os.environ, _ASCII_LOCALE], ids=["locale", "ascii"])
+def test_a_pair_list_naming_files_beyond_ascii_or_utf8_finds_them(tmp_path, env):
+    # a name's bytes that are not UTF-8 (a list written by `ls > list` among Latin-1 names) refused the list as "not a
+    # pair list"; under LC_ALL=C with PYTHONUTF8=0 a UTF-8 name stopped on "'ascii' codec can't encode characters"
+    for name in (b"caf\xe9", "空 🎥".encode()):
+        for side in (b"ir", b"vi"):
+            (tmp_path / os.fsdecode(side + b"_" + name + b".mp4")).write_bytes(b"")
+    (tmp_path / "list.txt").write_bytes(b"'ir_caf\xe9.mp4' 'vi_caf\xe9.mp4'\r\n'ir_" + "空 🎥".encode() + b".mp4' 'vi_"
+                                        + "空 🎥".encode() + b".mp4' named\r\n")
+    proc = subprocess.run([sys.executable, "-c", _LISTED, tmp_path / "list.txt"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.split()) == (0, ["True"] * 4), proc.stderr

@@ -8,6 +8,7 @@ batch.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import logging
 import os
@@ -28,6 +29,7 @@ from streamfuse.capture.mcap_source import image_topics, read_recording, topic_o
 from streamfuse.capture.sources import SourceError
 from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.errors import io_reason
+from streamfuse.file_names import local_name
 from streamfuse.frames import Frame
 from streamfuse.recording import being_recorded
 from streamfuse.video import LENIENT_TAGS, announced_frames
@@ -366,10 +368,11 @@ def find_pairs(list_or_dir: str | os.PathLike) -> list[ListedPair]:
         return pairs
     if not src.is_file():
         raise FileNotFoundError(f"pair list not found: {src}")
-    try:
-        text = src.read_text(encoding="utf-8-sig")  # an editor's byte order mark is not part of the first path
-    except UnicodeDecodeError:  # a video or a recording given where its list belongs
-        raise ValueError(f"{src} is not a pair list (a text file of 'IR VIS' lines) nor a folder of pairs") from None
+    raw = src.read_bytes().removeprefix(codecs.BOM_UTF8)  # an editor's byte order mark is not part of the first path
+    text = raw.decode("utf-8", "surrogateescape")  # a name's bytes that are not UTF-8 (`ls > list`) kept as they are
+    if "\0" in text and text != raw.decode("utf-8", "replace"):  # NULs among bytes that are no UTF-8: a video or a
+        # recording given where its list belongs
+        raise ValueError(f"{src} is not a pair list (a text file of 'IR VIS' lines) nor a folder of pairs")
     return [pair for n, line in enumerate(text.splitlines(), 1) if (pair := _listed(src, n, line))]
 
 
@@ -387,6 +390,7 @@ def _listed(src: Path, n: int, line: str) -> ListedPair | None:
     if len(parts) not in (2, 3):
         raise ValueError(f"{src}:{n}: expected 'IR_PATH VIS_PATH [OUTPUT_NAME]' (quote a path with spaces), got "
                          f"{line.strip()!r}")
+    parts = [local_name(part) for part in parts]  # the files, under any locale
     name = parts[2] if len(parts) == 3 else ""
     if name and ("/" in name or name.startswith(".")):  # inside the output folder, and none of its work files
         raise ValueError(f"{src}:{n}: output name {name!r} must be a file name (no '/', not starting with '.')")
