@@ -15,6 +15,7 @@ import pytest
 from test_replay import interrupted_replay, make_cfg, write_video
 
 from streamfuse.replay import run_replay
+from streamfuse.replay.outputs import check_output_paths
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,6 +24,7 @@ _RESUME = """
 import json, sys
 from streamfuse.config import config_from_dict
 from streamfuse.replay import run_replay
+from streamfuse.replay.outputs import check_output_paths
 cfg = config_from_dict(json.loads(sys.argv[1]))
 try:
     print(run_replay(cfg, ir_path=sys.argv[2], vis_path=sys.argv[3], out_path=sys.argv[4], resume=True).reused)
@@ -167,3 +169,12 @@ def test_a_pair_list_naming_files_beyond_ascii_or_utf8_finds_them(tmp_path, env)
     proc = subprocess.run([sys.executable, "-c", _LISTED, tmp_path / "list.txt"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert (proc.returncode, proc.stdout.split()) == (0, ["True"] * 4), proc.stderr
+
+
+def test_an_output_name_with_no_room_for_its_work_files_is_refused_saying_how_long_it_may_be(tmp_path):
+    # a 255-byte name, which the file system takes, failed on a file the user never named: "[Errno 36] File name too
+    # long: '.LLL...L.mkv.partial'"
+    with pytest.raises(ValueError, match=r": its name is 255 bytes long and a replay writes \.NAME\.partial\.json "
+                                         r"beside it, 14 bytes longer, .*; choose a name of at most 241 bytes$"):
+        check_output_paths(tmp_path / ("空" * 83 + "LL.mkv"), {})
+    check_output_paths(tmp_path / ("L" * 237 + ".mkv"), {})

@@ -62,6 +62,7 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
     if not out.name:
         _refuse_folder(out)
     written = [out, *_work_files(out), lock_path(out)]
+    _check_name_room(out, written)
     for own in written[1:]:  # made by replays alone: one that is a link would send their writes to the file it names
         if own.is_symlink() or (own.exists() and not own.is_file()):
             raise ValueError(f"{own} is {'a link' if own.is_symlink() else 'not a file'}; a replay makes this file "
@@ -86,6 +87,21 @@ def _work_files(out: Path) -> list[Path]:
     """The files a replay writes ``out`` through and renames or deletes: partial, remux, sidecar (and its temporary
     file), the interrupted run's partial file taken over by ``--resume``."""
     return [*work_paths(out)[1:], sidecar_path(out), sidecar_path(out).with_suffix(".tmp"), taken_over_path(out)]
+
+
+def _check_name_room(out: Path, written: list[Path]) -> None:
+    """Refuse an output whose name leaves no room for its longest work file's (``.NAME.partial.json``): a name the
+    file system takes would otherwise fail on a file the user never named ("File name too long")."""
+    try:
+        room = os.pathconf(out.parent if out.parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        room = 255  # Linux's, and most file systems'
+    longest = max(written, key=lambda w: len(os.fsencode(w.name)))
+    extra = len(os.fsencode(longest.name)) - len(os.fsencode(out.name))
+    if len(os.fsencode(out.name)) + extra > room:
+        raise ValueError(f"output {out}: its name is {len(os.fsencode(out.name))} bytes long and a replay writes "
+                         f"{longest.name.replace(out.name, 'NAME')} beside it, {extra} bytes longer, where a name takes "
+                         f"at most {room}; choose a name of at most {room - extra} bytes")
 
 
 def _refuse_folder(out: Path) -> NoReturn:
