@@ -155,6 +155,21 @@ def _path_value(value: Any, key: str) -> Any:
     return local_name(_expand(value, key)) if isinstance(value, str) else value  # the file, under any locale
 
 
+def _text_value(value: Any, key: str) -> Any:
+    """Any other key's value, its text as the UTF-8 it is: a value given on the command line under ``LC_ALL=C``
+    comes as its bytes' escapes (``--set publish.topic=fused/空``). ValueError for bytes that are no UTF-8, which only a
+    file's name may hold (a topic, a frame id, an FFmpeg option is sent on as UTF-8)."""
+    if isinstance(value, list):  # of text (FFmpeg options); one deeper is refused by its type, never walked (an alias
+        # bomb's billion items)
+        return [_text_value(v, key) if isinstance(v, str) else v for v in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise ValueError(f"{key}={shown(value)} holds bytes that are not UTF-8 text (only a path's may)") from None
+
+
 def absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
     """``cfg`` with its relative file paths made absolute (against this process's folder): for workers that run in
     other folders, a cluster's."""
@@ -197,7 +212,8 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
             if not isinstance(raw, dict):
                 keys = ", ".join(f.name for f in dataclasses.fields(cls))
                 raise ValueError(f"{name}={shown(raw)} must be a mapping; allowed keys: {keys}")
-            raw = {k: _path_value(v, f"{name}.{k}") if k in PATH_KEYS.get(name, ()) else v for k, v in raw.items()}
+            raw = {k: (_path_value if k in PATH_KEYS.get(name, ()) else _text_value)(v, f"{name}.{k}")
+                   for k, v in raw.items()}
             built[name] = parse_section(cls, raw, name, {k: v for k, v in _KEYS.items() if k != name})
         if built["vis"].palette:  # a visible camera's colours are its image, not a code for temperature
             raise ValueError(f"vis.palette={built['vis'].palette!r}: a palette is the IR camera's (ir.palette)")

@@ -215,6 +215,15 @@ def test_an_override_holding_bytes_that_are_not_utf8_is_read_around_them(tmp_pat
     # a file name's bytes that are not UTF-8 (any non-ASCII one under LC_ALL=C) come as lone surrogates: YAML refused
     # them ("unacceptable character #xdcff"), so no such folder or file could be named on the command line
     cfg = load_config(_write(tmp_path, "{}\n"), ["replay.frames_dir=bad\udcff\udcfe/frames",
-                                                 "ir.ffmpeg=[fflags=nobuffer, title=caf\udce9]"])
+                                                 "ir.ffmpeg=[fflags=nobuffer, title=\udce7\udca9\udcba]"])
     assert cfg.replay.frames_dir == "bad\udcff\udcfe/frames"
-    assert cfg.ir.ffmpeg == ("fflags=nobuffer", "title=caf\udce9")
+    assert cfg.ir.ffmpeg == ("fflags=nobuffer", "title=空")
+
+
+def test_text_given_as_its_bytes_is_read_as_utf8_and_only_a_path_may_hold_other_bytes(tmp_path):
+    # under LC_ALL=C with PYTHONUTF8=0 `--set publish.topic=fused/空` comes as the bytes' escapes: they were sent on as
+    # they were, and a topic or frame id of bytes that are no UTF-8 failed only as the publisher or recorder began
+    cfg = load_config(_write(tmp_path, "{}\n"), ["publish.topic=fused/\udce7\udca9\udcba"])
+    assert cfg.publish.topic == "fused/空"
+    with pytest.raises(ConfigError, match=r"vis\.frame_id='cam\\udcff' holds bytes that are not UTF-8 text"):
+        load_config(_write(tmp_path, "{}\n"), ["vis.frame_id=cam\udcff"])
