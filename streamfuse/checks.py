@@ -269,19 +269,28 @@ def override_keys(item: str) -> list[str]:
     return [k.strip() for k in item.partition("=")[0].lstrip("-").split(".")]
 
 
-# a byte of an argument that is not UTF-8 (a file name's, or any non-ASCII one under LC_ALL=C) comes as a lone
-# surrogate, which YAML refuses: it is read as a character YAML takes (one of the last 128 code points) and given back
-_RAW_BYTES = re.compile("[\udc80-\udcff]")
-_STAND_IN = 0x10FF80 - 0xDC80
+# Characters YAML refuses in any text: C0 and C1 controls bar tab, line breaks and NEL (a file name may hold an escape),
+# and lone surrogates, which stand for an argument's bytes that are not UTF-8 (a file name's, or any non-ASCII one under
+# LC_ALL=C). A value holding them is read with each swapped for a private-use character of plane 16, then given back.
+_REFUSED = ((0x00, 0x08), (0x0B, 0x0C), (0x0E, 0x1F), (0x7F, 0x84), (0x86, 0x9F), (0xDC80, 0xDCFF))
+_STAND_IN = 0x100000
+
+
+def _chars(shift: int) -> re.Pattern:
+    return re.compile("[" + "".join(f"{re.escape(chr(a + shift))}-{re.escape(chr(b + shift))}" for a, b in _REFUSED)
+                      + "]")
+
+
+_REFUSED_CHARS, _STAND_INS = _chars(0), _chars(_STAND_IN)
 
 
 def yaml_value(text: str, where: str) -> Any:
     """One value given on the command line (``--set``, ``--fuser NAME:key=value``), read as a config's YAML is (a
-    path's bytes that are not UTF-8 kept as Python gives them); ``ValueError`` (one line, starting with ``where``)
-    when it is no value that reader takes."""
-    if _RAW_BYTES.search(text):
-        value = yaml_value(_RAW_BYTES.sub(lambda m: chr(ord(m.group()) + _STAND_IN), text), where)
-        return _raw_bytes_back(value)
+    path's control characters and bytes that are not UTF-8 kept as Python gives them); ``ValueError`` (one line,
+    starting with ``where``) when it is no value that reader takes."""
+    if _REFUSED_CHARS.search(text):
+        value = yaml_value(_REFUSED_CHARS.sub(lambda m: chr(ord(m.group()) + _STAND_IN), text), where)
+        return _given_back(value, {})
     try:
         return load_yaml(text)
     except ValueNotTaken as exc:
@@ -292,14 +301,16 @@ def yaml_value(text: str, where: str) -> Any:
         raise ValueError(f"{where}: not a value this reader takes ({str(exc).splitlines()[0][:80]})") from None
 
 
-def _raw_bytes_back(value: Any) -> Any:
+def _given_back(value: Any, done: dict[int, Any]) -> Any:
+    """``value`` with the stand-ins' characters back; a list or mapping that aliases share is done once (an alias bomb's
+    billion items are a few hundred lists)."""
     if isinstance(value, str):
-        return re.sub("[\U0010ff80-\U0010ffff]", lambda m: chr(ord(m.group()) - _STAND_IN), value)
-    if isinstance(value, list):
-        return [_raw_bytes_back(v) for v in value]
-    if isinstance(value, dict):
-        return {_raw_bytes_back(k): _raw_bytes_back(v) for k, v in value.items()}
-    return value
+        return _STAND_INS.sub(lambda m: chr(ord(m.group()) - _STAND_IN), value)
+    if isinstance(value, (list, dict)) and id(value) not in done:
+        done[id(value)] = value  # a list holding itself (``&a [*a]``) keeps its own
+        done[id(value)] = ([_given_back(v, done) for v in value] if isinstance(value, list)
+                           else {_given_back(k, done): _given_back(v, done) for k, v in value.items()})
+    return done.get(id(value), value)
 
 
 def yaml_reason(exc: yaml.YAMLError) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from streamfuse.checks import yaml_value
 from streamfuse.config import ConfigError, config_from_dict, dump_config, load_config
 from streamfuse.evaluation import fuser_method
 
@@ -227,3 +228,16 @@ def test_text_given_as_its_bytes_is_read_as_utf8_and_only_a_path_may_hold_other_
     assert cfg.publish.topic == "fused/空"
     with pytest.raises(ConfigError, match=r"vis\.frame_id='cam\\udcff' holds bytes that are not UTF-8 text"):
         load_config(_write(tmp_path, "{}\n"), ["vis.frame_id=cam\udcff"])
+
+
+def test_an_override_naming_a_file_with_control_characters_keeps_them(tmp_path):
+    # a name holding an escape or DEL was refused ("unacceptable character #x001b: special characters are not allowed")
+    cfg = load_config(_write(tmp_path, "{}\n"), ["replay.frames_dir=red\x1b[31m\x7f\udcff/frames"])
+    assert cfg.replay.frames_dir == "red\x1b[31m\x7f\udcff/frames"
+
+
+def test_an_alias_bomb_holding_a_control_character_is_read_without_walking_its_billion_items():
+    bomb = "[\x1b, x, x, x, x, x, x, x, x]"
+    for name in "abcdefghi":
+        bomb = f"[&{name} {bomb}, " + ", ".join([f"*{name}"] * 8) + "]"
+    assert yaml_value(bomb, "--set ir.fps")[0][0][0][0][0][0][0][0][0][0] == "\x1b"
