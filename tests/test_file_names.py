@@ -12,6 +12,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from tqdm import tqdm
 from test_replay import interrupted_replay, make_cfg, write_video
 
 from streamfuse.replay import run_replay
@@ -178,3 +179,18 @@ def test_an_output_name_with_no_room_for_its_work_files_is_refused_saying_how_lo
                                          r"beside it, 14 bytes longer, .*; choose a name of at most 241 bytes$"):
         check_output_paths(tmp_path / ("空" * 83 + "LL.mkv"), {})
     check_output_paths(tmp_path / ("L" * 237 + ".mkv"), {})
+
+
+def test_the_progress_bar_shows_an_output_name_s_control_characters_as_escapes(tmp_path, pairs, monkeypatch):
+    # the bar wrote the name as it was: an escape sequence in it drew on the terminal, a line break broke the bar
+    shown = []
+
+    def bar(*args, **kwargs):
+        shown.append(kwargs["desc"])
+        return tqdm(*args, **{**kwargs, "disable": True})
+
+    monkeypatch.setattr("tqdm.tqdm", bar)  # the replay imports it as it starts
+    ir, vis = pairs[0]
+    run_replay(make_cfg(replay={"codec": "ffv1", "progress": True}), ir_path=ir, vis_path=vis,
+               out_path=tmp_path / "red\x1b[31m\nline.mkv")
+    assert shown == ["replay red\\x1b[31m\\nline.mkv"]

@@ -22,7 +22,7 @@ import numpy as np
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.sources import open_source
 from streamfuse.capture.timestamps import FileClock
-from streamfuse.errors import io_reason, one_line
+from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.frames import STREAM_NAMES, Frame, FramePair, FusedFrame, SizeMismatch
 from streamfuse.log_queue import BLOCK
 from streamfuse.output_lock import output_lock
@@ -160,7 +160,7 @@ class _Replay:
         pairer = Pairer(self.cfg.sync, keep_left=True)  # a recording's frames outside the other's span told at the end
         self.publisher = open_publisher(self.cfg, self.vis.cfg.capture_clock)
         opened: list = []
-        bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {self.out.name}",
+        bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {printable(self.out.name)}",
                    disable=None if rcfg.progress else True)
         wall0_ns = time.perf_counter_ns()
         try:
