@@ -84,7 +84,8 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         tmp.unlink(missing_ok=True)
         raise
     return (f"recovered {counts['ir']} IR and {counts['vis']} visible frames ({(last - first) / 1e9:.3f} s of "
-            f"capture time, {first} to {last} ns) from {src} into {out}; what was recorded after the cut is lost")
+            f"capture time, {first} to {last} ns) from {printable(src)} into {printable(out)}; what was recorded after "
+            "the cut is lost")
 
 
 def _inspect(src: Path) -> tuple[Header, bool]:

@@ -1459,3 +1459,9 @@ def test_a_ray_worker_whose_pair_a_sigterm_interrupted_exits_and_the_drivers_can
     with handled(lambda signum, frame: raised.append(signum), (signal.SIGTERM,)):
         result = ray_engine._ray_replay(None, None, False, 1, SimpleNamespace(add=SimpleNamespace(remote=print)))
     assert result.status == "interrupted" and raised == ([signal.SIGTERM] if exits else [])
+
+
+def test_the_table_shows_a_pair_s_control_characters_as_escapes():
+    # the name went out as it was: an escape sequence drew on the terminal, a line break split its row
+    table = BatchSummary([PairResult("/o/red\x1b[31m\nx.mkv", "done", frames_out=4)], wall_s=1.0).format()
+    assert table.splitlines()[1].startswith("red\\x1b[31m\\nx.mkv  done")

@@ -435,3 +435,11 @@ def test_a_cut_recording_with_the_irs_counts_says_its_ir_frames_not_its_messages
     said = recover(partial_path(tmp_path / "rig.mcap"))
     ir = sum(1 for _, channel, _ in read_messages(tmp_path / "rig.mcap") if channel.topic == "/ir/image")
     assert said.startswith(f"recovered {ir} IR and ") and ir > 0
+
+
+def test_its_line_shows_a_name_s_control_characters_as_escapes(tmp_path, rng):
+    # it printed the names as they were: an escape sequence in one drew on the terminal, a line break split the line
+    path = tmp_path / "rig\x1b[31m.mcap"
+    _record(path, _frames(rng, 10), cut=0.9)
+    said = recover(partial_path(path), tmp_path / "fixed\n.mcap")
+    assert ".rig\\x1b[31m.mcap.partial into " in said and "fixed\\n.mcap;" in said and "\n" not in said

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from streamfuse.capture.bag_folder import is_bag_folder, is_storage
 from streamfuse.capture.rosbag2_compression import is_compressed
+from streamfuse.errors import printable
 from streamfuse.replay import ListedPair, check_output_paths, find_pairs
 from streamfuse.video import container_format
 
@@ -73,10 +74,11 @@ class BatchSummary:
     def format(self) -> str:
         """The summary table: a row per pair run (skipped pairs are only counted), then the totals."""
         ran = [r for r in self.results if r.status != "skipped"]
-        width = max([len(Path(r.out).name) for r in ran] + [4])
+        names = [printable(Path(r.out).name) for r in ran]  # a name's escape sequence would draw on the terminal
+        width = max([len(n) for n in names] + [4])
         lines = [f"{'pair':<{width}}  {'status':<11}{'ir in':>7}{'vis in':>7}{'out':>7}{'fps':>8}  worker"]
-        lines += [f"{Path(r.out).name:<{width}}  {r.status:<11}{r.frames_in['ir']:>7}{r.frames_in['vis']:>7}"
-                  f"{r.frames_out:>7}{r.fps:>8.1f}  {r.worker}" for r in ran]
+        lines += [f"{name:<{width}}  {r.status:<11}{r.frames_in['ir']:>7}{r.frames_in['vis']:>7}"
+                  f"{r.frames_out:>7}{r.fps:>8.1f}  {r.worker}" for name, r in zip(names, ran)]
         # out: in the outputs done; the frames a failed or stopped pair fused (in its partial output) count in the rate
         frames = sum(r.frames_out for r in ran if r.status == "done")
         unfinished = sum(r.frames_out for r in ran if r.status != "done")

@@ -81,6 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"evaluate: {printable(exc)}") from None
     print(markdown_table(result.means))  # as metrics.md holds it
     n_pairs = len({r["image"] for r in result.rows})
-    print(f"{n_pairs} pairs; per-image rows in {Path(args.out) / 'metrics.csv'}, montage in "
-          f"{Path(args.out) / 'montage.png'}")
+    print(f"{n_pairs} pairs; per-image rows in {printable(Path(args.out) / 'metrics.csv')}, montage in "
+          f"{printable(Path(args.out) / 'montage.png')}")
     return 0

@@ -271,3 +271,11 @@ def test_staged_folders_say_the_os_reason_for_a_folder_that_cannot_be_made(tmp_p
     with pytest.raises(OSError, match=f"^cannot make output folder {tmp_path / 'out'}: No space left on device$"):
         with staged_folders([tmp_path / "out"]):
             pass
+
+
+def test_its_closing_line_shows_an_output_folder_s_control_characters_as_escapes(pairs, tmp_path, capsys):
+    # the folder was printed as it was: an escape sequence in its name drew on the terminal
+    ir_dir, vis_dir = pairs
+    assert evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "o\x1b[31m")]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "\x1b" not in last and f"per-image rows in {tmp_path}/o\\x1b[31m/metrics.csv, montage in" in last
