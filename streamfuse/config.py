@@ -26,7 +26,7 @@ from streamfuse.capture.sources import SourceConfig
 from streamfuse.checks import (ConfigError, ValueNotTaken, apply_overrides, did_you_mean, dump_yaml, key_shown,
                                load_yaml, override_keys, parse_section, shown, yaml_reason)
 from streamfuse.errors import redact
-from streamfuse.file_names import local_name
+from streamfuse.file_names import local_name, utf8_text
 from streamfuse.fusers import BaselineConfig, FuseConfig
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.postprocess import PostConfig
@@ -165,8 +165,8 @@ def _text_value(value: Any, key: str) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
+        return utf8_text(value)
+    except UnicodeError:
         raise ValueError(f"{key}={shown(value)} holds bytes that are not UTF-8 text (only a path's may)") from None
 
 

@@ -8,7 +8,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-__all__ = ["local_name", "name_bytes", "opencv_name"]
+__all__ = ["local_name", "name_bytes", "opencv_name", "utf8_text"]
 
 
 def local_name(text: str) -> str:
@@ -31,6 +31,17 @@ def name_bytes(text: str) -> bytes:
     b'caf\\xe9 \\xe7\\xa9\\xba'
     """
     return text.encode("utf-8", "surrogateescape")
+
+
+def utf8_text(text: str) -> str:
+    """Text that is no file's name (a topic, a frame id) as the UTF-8 it is: given on the command line under
+    ``LC_ALL=C`` with ``PYTHONUTF8=0``, its bytes beyond ASCII come as escapes. ``UnicodeError`` for bytes that are no
+    UTF-8, which only a name may hold.
+
+    >>> utf8_text("fused/\\udce7\\udca9\\udcba")
+    'fused/空'
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8")
 
 
 @contextlib.contextmanager

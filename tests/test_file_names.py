@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from tqdm import tqdm
+from helpers_zmq import free_port
 from test_replay import interrupted_replay, make_cfg, write_video
 
 from streamfuse.replay import run_replay
@@ -194,3 +195,14 @@ def test_the_progress_bar_shows_an_output_name_s_control_characters_as_escapes(t
     run_replay(make_cfg(replay={"codec": "ffv1", "progress": True}), ir_path=ir, vis_path=vis,
                out_path=tmp_path / "red\x1b[31m\nline.mkv")
     assert shown == ["replay red\\x1b[31m\\nline.mkv"]
+
+
+@pytest.mark.parametrize("topic, said", [("fused/空", "(topic 'fused/\\u7a7a')"),  # its stderr writes escapes
+                                         (os.fsdecode(b"fused/\xff"), "argument --topic: 'fused/\\udcff' holds bytes")])
+def test_a_topic_beyond_ascii_is_subscribed_as_utf8_under_the_c_locale(topic, said):
+    # under LC_ALL=C with PYTHONUTF8=0 the topic came as byte escapes: "error: 'utf-8' codec can't encode characters"
+    # (the Foxglove bridge: a traceback)
+    proc = subprocess.run([sys.executable, "-m", "streamfuse", "subscribe", f"tcp://127.0.0.1:{free_port()}", "--topic",
+                           topic, "--first-timeout", "0.5", "--timeout", "0.5"], env=_ASCII_LOCALE,
+                          capture_output=True, timeout=120)
+    assert proc.returncode in (1, 2) and said.encode() in proc.stdout + proc.stderr, proc.stderr

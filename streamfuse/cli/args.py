@@ -13,8 +13,9 @@ from typing import Any
 
 from streamfuse.checks import ConfigError
 from streamfuse.errors import printable
+from streamfuse.file_names import utf8_text
 
-__all__ = ["path_arg", "int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
+__all__ = ["path_arg", "text_arg", "int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
            "config_error", "given", "HelpFormatter", "Parser"]
 
 
@@ -40,6 +41,15 @@ def path_arg(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("empty path")
     return Path(text)
+
+
+def text_arg(text: str) -> str:
+    """An argparse ``type``: text sent on to a peer (a topic), as the UTF-8 it is under any locale; bytes that are no
+    UTF-8 are refused (ZeroMQ topics and Foxglove channels are UTF-8)."""
+    try:
+        return utf8_text(text)
+    except UnicodeError:
+        raise argparse.ArgumentTypeError(f"{printable(ascii(text))} holds bytes that are not UTF-8 text") from None
 
 
 def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:

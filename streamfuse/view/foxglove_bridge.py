@@ -26,7 +26,7 @@ import numpy as np
 
 from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
-from streamfuse.cli.args import Parser, int_at_least, key_options, seconds
+from streamfuse.cli.args import Parser, int_at_least, key_options, seconds, text_arg
 from streamfuse.client import Subscriber
 from streamfuse.endpoints import bind_shown, faces_network
 from streamfuse.errors import io_reason, printable
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                         "machine only; it has no password and the frames are not encrypted)")
     parser.add_argument("--port", type=int_at_least(0, 65535), default=8765,
                         help="port of the Foxglove WebSocket server")
-    parser.add_argument("--topic", default="fused/", help="fused topic (prefix), e.g. fused/rig0")
-    parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
+    parser.add_argument("--topic", default="fused/", type=text_arg, help="fused topic (prefix), e.g. fused/rig0")
+    parser.add_argument("--stats-topic", default="stats/", type=text_arg, help="stats topic (prefix)")
     parser.add_argument("--raw", action="store_true", help="send foxglove.RawImage instead of JPEG")
     parser.add_argument("--previews", action="store_true", help="also relay the IR and visible previews")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80, help="JPEG quality (1..100)")

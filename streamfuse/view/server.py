@@ -28,7 +28,7 @@ from typing import Any
 from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
 from streamfuse.endpoints import bind_shown, faces_network
-from streamfuse.cli.args import Parser, int_at_least, key_options, path_arg, positive, seconds
+from streamfuse.cli.args import Parser, int_at_least, key_options, path_arg, positive, seconds, text_arg
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled, raise_interrupt
@@ -180,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                         "machine only; the page has no password and the frames are not encrypted)")
     parser.add_argument("--port", type=int_at_least(0, 65535), default=8080,
                         help="port of the page (0 = any free port)")
-    parser.add_argument("--topic", default="fused/", help="fused topic (prefix) to show; name one rig "
+    parser.add_argument("--topic", default="fused/", type=text_arg, help="fused topic (prefix) to show; name one rig "
                         "(fused/rig0) when several publish on the endpoint")
-    parser.add_argument("--stats-topic", default="stats/", help="stats topic (prefix)")
+    parser.add_argument("--stats-topic", default="stats/", type=text_arg, help="stats topic (prefix)")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80,
                         help="JPEG quality of the frames on the page (1..100)")
     connections_option(parser, "connections open at once (a page holds two); one more is answered 503 and closed (at "
