@@ -495,6 +495,15 @@ def test_a_lower_jpeg_quality_makes_smaller_frames() -> None:
         assert len(low) < len(high) and _psnr(image, JpegDecoder().decode(low, 240, 320, image.ndim)) >= 25.0
 
 
+@pytest.mark.parametrize("quality", [30, 90])
+def test_a_grey_jpeg_keeps_the_detail_of_a_colour_one_at_the_same_quality(quality: int) -> None:
+    """A mono8 stream is coded at the quality set, as the luma of a bgr8 stream of the same picture is."""
+    grey = _demo_frames(1)[0][..., 1].copy()
+    as_colour = np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    alone = JpegDecoder().decode(JpegEncoder(quality).encode(grey), 240, 320, 1)
+    np.testing.assert_array_equal(alone, JpegDecoder().decode(JpegEncoder(quality).encode(as_colour), 240, 320, 1))
+
+
 def _colour_bars() -> np.ndarray:
     """Blue, green and red bars (BGR), 16 px wide, of odd sides (31 x 47)."""
     bars = np.zeros((31, 47, 3), np.uint8)
