@@ -176,21 +176,36 @@ def test_frames_exactly_half_as_wide_do_not_narrow_the_range(rng):
         np.testing.assert_array_equal(depth(img), _stretch(img, 7000, 9000))
 
 
+def _scene_of_2000(rng: np.random.Generator) -> np.ndarray:
+    """2000 pixels (1% is 20 of them) spanning 7000..9000."""
+    img = _counts(rng)[:, :50]
+    img[-1, -3:] = 9000
+    return img
+
+
 def test_frames_exactly_4_times_as_wide_or_exactly_1_percent_outside_keep_the_range(rng):
     # the rule re-scales at once for "more than 1%" of the pixels outside the held range, or a range "more than 4
     # times as wide": a frame at either bound is held, its warm patch clipped white
-    def scene() -> np.ndarray:  # 2000 pixels (1% is 20 of them) spanning 7000..9000
-        img = _counts(rng)[:, :50]
-        img[-1, -3:] = 9000
-        return img
-
     depth = To8Bit(ir=True)
-    depth(scene())  # holds 7000..9000
-    wide, clipped = scene(), scene()
+    depth(_scene_of_2000(rng))  # holds 7000..9000
+    wide, clipped = _scene_of_2000(rng), _scene_of_2000(rng)
     wide[10, 10:20] = 15000  # 0.5% of the pixels; the frame's range 7000..15000, exactly 4x the held one
     clipped[10:12, 10:20] = 9001 + np.arange(20, dtype=np.uint16).reshape(2, 10)  # exactly 1% just outside it
     for img in (wide, clipped):
         np.testing.assert_array_equal(depth(img), _stretch(img, 7000, 9000))
+
+
+def test_a_frame_just_over_1_percent_outside_the_range_takes_its_own_at_once(rng):
+    # the other side of the bound: 21 of 2000 pixels just above the held range, a warm patch that would otherwise be
+    # clipped white, re-scale the sequence on that frame
+    depth = To8Bit(ir=True)
+    depth(_scene_of_2000(rng))  # holds 7000..9000
+    clipped = _scene_of_2000(rng)
+    clipped[10:12, 10:20] = 9001 + np.arange(20, dtype=np.uint16).reshape(2, 10)
+    clipped[12, 10] = 9021
+    lo, hi = _robust(clipped)
+    assert hi > 9000
+    np.testing.assert_array_equal(depth(clipped), _stretch(clipped, lo, hi))
 
 
 def test_an_alpha_channel_takes_no_part_in_the_ir_range(rng):
