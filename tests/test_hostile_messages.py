@@ -348,6 +348,16 @@ def test_an_h264_keyframe_bigger_than_its_header_says_is_refused_undecoded() -> 
     assert H264Decoder().decode(H264Encoder(keyint=3, crf=23).encode(odd)[0], True, 17, 33, 1).shape == (17, 33)
 
 
+def test_an_empty_h264_packet_is_refused_and_the_decoder_waits_for_a_keyframe() -> None:
+    # FFmpeg takes it without an error and gives no picture
+    encoder, decoder = H264Encoder(keyint=3, crf=23), H264Decoder()
+    image = np.full((16, 16, 3), 90, np.uint8)
+    decoder.decode(*encoder.encode(image), 16, 16, 3)
+    with pytest.raises(DecodeError, match="^bad H.264 payload: H.264 packet decoded to 0 frames, expected 1$"):
+        decoder.decode(b"", False, 16, 16, 3)
+    assert decoder.decode(*encoder.encode(image), 16, 16, 3) is None  # an inter frame
+
+
 @pytest.mark.parametrize("frame_id", [b'"vis\\ud800"', b'"vis\xed\xa0\x80"'], ids=["escape", "utf8-bytes"])
 def test_a_header_text_that_is_not_unicode_is_malformed(frame_id: bytes) -> None:
     # json.loads lets lone surrogates through; Foxglove's frame_id could not encode one and its relay thread died.
