@@ -70,6 +70,14 @@ def test_unchanged_luma_gives_back_the_visible_image(rng: np.random.Generator) -
     assert np.abs(out.astype(int) - vis).max() <= 1  # Y is quantised to 8 bits, nothing else is lost
 
 
+def test_a_grey_visible_pixel_gives_a_grey_pixel_of_the_fused_luma() -> None:
+    # no colour cast where the visible camera sees none: every channel is the fused Y, rounded
+    vis = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    fused = (255 - np.arange(256).reshape(16, 16) + np.tile([0.4, 0.6], 128).reshape(16, 16)).astype(np.float32)
+    want = np.minimum(np.floor(fused + 0.5), 255).astype(np.uint8)
+    np.testing.assert_array_equal(restore_colour(fused, vis), np.repeat(want[..., None], 3, axis=2))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_float64_and_strided_input(rng: np.random.Generator, dtype: type) -> None:
     # a float32 view with steps (a fuser's output cropped or subsampled) is not C-contiguous, which the kernels'
