@@ -489,6 +489,14 @@ def test_float64_ir_temperatures_take_the_ir_rule_as_float32_ones_do(rng):
     np.testing.assert_array_equal(To8Bit(ir=True)(counts / 50 - 273.15), To8Bit(ir=True)(counts))
 
 
+def test_an_ir_frame_without_any_reading_is_black_not_an_error(rng):
+    # a radiometric camera's frames before its first reading are all NaN: the run goes on to the frames after them
+    depth = To8Bit(ir=True)
+    assert not depth(np.full((40, 56), np.nan, np.float32)).any()
+    celsius = (_counts(rng, 14000, 17000) / 50 - 273.15).astype(np.float32)
+    assert np.ptp(depth(celsius)) == 255
+
+
 def test_converted_counts_the_16_bit_images_of_either_kind(rng):
     # training notes the 16-bit files it read by this count, visible ones too
     vis, ir = To8Bit(ir=False), To8Bit(ir=True)
