@@ -43,6 +43,12 @@ def test_vis_luma_is_opencv_bt601(rng: np.random.Generator) -> None:
             vis_luma(bad)
 
 
+def test_the_visible_luma_holds_no_other_plane_behind_it(rng: np.random.Generator) -> None:
+    # training keeps one per pair: a view into the YCrCb conversion would keep its three planes alive, 3x the memory
+    luma = vis_luma(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    assert luma.flags.c_contiguous and luma.base is None and luma.nbytes == 30 * 40
+
+
 @pytest.mark.parametrize("encoding", ["bgr8", "mono8"])
 @pytest.mark.parametrize("grey", [False, True], ids=["colour", "grey"])
 def test_numba_matches_numpy(rng: np.random.Generator, encoding: str, grey: bool) -> None:
