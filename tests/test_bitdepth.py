@@ -303,6 +303,13 @@ def test_unreadable_files_are_one_line(tmp_path, capfd, content, why):
     assert capfd.readouterr().err == ""
 
 
+def test_a_folder_named_as_an_image_is_said_to_be_one(tmp_path):
+    # not "a pipe or a device": the OS's own reason
+    (tmp_path / "a.png").mkdir()
+    with pytest.raises(ValueError, match=r"^cannot read image .*a\.png: Is a directory$"):
+        read_image(tmp_path / "a.png")
+
+
 def test_a_jpeg_claiming_more_pixels_than_opencv_reads_is_refused_unread(tmp_path, monkeypatch):
     # one damaged byte of its frame size: the damage check decoded all 60000x60000 pixels claimed (3.5 GB, 20 s) to
     # find the data missing, where OpenCV refuses such a picture at once (its pixel limit)
