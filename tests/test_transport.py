@@ -262,34 +262,43 @@ def test_loaned_frames_queued_for_a_payload_consumer_survive_the_reuse_of_their_
                                                    (False, True, False)],
                          ids=["view", "copy", "loaned", "loaned, zmq descriptors"])
 def test_no_torn_frame_under_a_slow_reader(copy: bool, loan: bool, ring: bool) -> None:
-    """The writer runs flat out over a 2-slot pool (copying each frame in, or making it in a loaned slot) while the
-    reader is slower on purpose, so slots are overwritten under it (and, reading the pool's ring, the ring laps it):
-    each frame returned is the one its header names, whole; the others are counted as missed."""
-    stop = threading.Event()
+    """The writer runs flat out over a 2-slot pool in bursts of four frames (copying each frame in, or making it in a
+    loaned slot) while the reader is slower on purpose, so slots are overwritten under it (and, reading the pool's
+    ring, the ring laps it): each frame returned is the one its header names, whole; the others are counted as
+    missed. A burst begins once the reader got a frame whole: a writer never held back kept the reader's queue of
+    descriptors a full queue behind on a loaded machine, every slot long overwritten, and nothing came whole."""
+    stop, whole = threading.Event(), threading.Event()
     with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=2, sndhwm=1000)) as pub, \
             Subscriber(pub.endpoint, timeout_s=PATIENCE_S, copy=copy, rcvhwm=1000, ring=ring) as sub:
         _recv_shm(sub, pub, _uniform(0))
 
         def write() -> None:
             while not stop.is_set():
-                image = pub.loan((48, 64, 3)) if loan else np.empty((48, 64, 3), np.uint8)
-                image[:] = pub.published % 251
-                pub.send_fused(fused_frame(image, 0))
+                for _ in range(4):
+                    image = pub.loan((48, 64, 3)) if loan else np.empty((48, 64, 3), np.uint8)
+                    image[:] = pub.published % 251
+                    pub.send_fused(fused_frame(image, 0))
+                whole.wait(PATIENCE_S)
+                whole.clear()
 
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
         try:
             checked = 0
             while checked < 50 or sub.missed == 0:
-                header, image = sub.recv()
+                got = sub.recv()
+                assert got is not None, f"no frame came whole in {PATIENCE_S:g} s ({checked} so far)"
+                header, image = got
                 if header["format"] == "shm":
                     expected = header["seq"] % 251
                     assert np.all(image == expected), f"torn frame: seq {header['seq']} holds other values"
                     checked += 1
+                    whole.set()
                 stop.wait(0.002)  # slower than the writer, so slots are overwritten under the reader
                 assert checked < 100_000, "the writer never overtook the reader"
         finally:
             stop.set()
+            whole.set()
             writer.join(timeout=PATIENCE_S)
     assert sub.missed > 0 and sub.via_shm >= 50 and sub.malformed == 0
     assert (sub.via_ring >= 50) if ring and ring_supported() else sub.via_ring == 0
