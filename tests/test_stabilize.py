@@ -80,3 +80,14 @@ def test_a_gain_step_of_a_few_percent_is_undone_too(rng):
     stab(base)
     out = stab(step)
     assert abs(out.std() - base.std()) < 0.3 * abs(step.std() - base.std())
+
+
+def test_a_one_frame_offset_jump_of_unchanged_contrast_is_held_back_too(rng):
+    # a shutter or NUC event can shift every level alike: the contrast, hence the gain, is exactly the same, and only
+    # the mean tells the jump
+    base = _scene(rng)
+    shifted = base + np.uint8(30)
+    stab = LevelStabilizer(StabilizeConfig(0.9))
+    stab(base)
+    out = stab(shifted)
+    assert abs(out.mean() - base.mean()) < 0.15 * 30
