@@ -979,6 +979,27 @@ def test_a_cameras_requested_size_is_warmed_up_and_a_files_unknown_one_is_not(mo
     assert calls == warmed
 
 
+def test_a_run_a_source_failed_counts_the_pairs_its_end_made_as_stale_so_the_counters_add_up(monkeypatch):
+    # The failure ends the run: the freshest pair of its last turn is fused, and the pair that only the end makes is
+    # not (as a replay of the same input stops there); every pair the run made is either published or stale.
+    from streamfuse import pipeline
+    from streamfuse.capture import ProducerEvent
+    from streamfuse.frames import Frame
+
+    ir, vis = np.full((48, 64), 200, np.uint8), np.full((48, 64, 3), 40, np.uint8)
+    frames = [Frame(stream, seq, seq * 40_000_000, image) for seq in range(3) for stream, image in (("ir", ir),
+                                                                                                     ("vis", vis))]
+    frames[-1] = Frame("vis", 2, 70_000_000, vis)  # 10 ms before the last IR frame, which waits for a nearer one
+    failed = ProducerEvent("vis", "error", "vis: v.mkv: truncated or corrupt video", False)
+    monkeypatch.setattr(pipeline, "start_producers", lambda *a: _EndingProducers([*frames, failed], _NO_CAPTURE_LOSS))
+    cfg, _ = _live_cfg("ir.width=64", "ir.height=48", "vis.width=64", "vis.height=48")
+    with pytest.raises(pipeline.RunFailed, match="truncated or corrupt") as ended:
+        pipeline.run_live(cfg, duration_s=60.0)  # the duration only bounds a failure
+    counters = ended.value.snapshot["counters"]
+    assert counters["pairs"] == 3 and counters["published"] == 1
+    assert counters["published"] + counters["publish_dropped"] + counters["stale"] == counters["pairs"]
+
+
 def test_a_run_that_paired_nothing_reports_its_fused_frame_counters_as_zero(monkeypatch):
     # a dashboard plots published, publish_dropped and stale from every snapshot: absent, a run that never paired
     # (a camera pointed at nothing) showed no line rather than zeros
