@@ -52,6 +52,16 @@ def test_cuda_names_resolve_against_the_gpus_torch_sees(monkeypatch):
         resolve_device("cuda:1")
 
 
+def test_cuda_without_an_index_is_the_gpu_torch_has_made_current(monkeypatch):
+    # as torch's own "cuda": a host program that chose the second GPU (torch.cuda.set_device(1)) fuses there, not on
+    # the first one, which another program may fill
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
 def test_available_cores_are_those_of_the_affinity_mask(monkeypatch):
     # a container or taskset pinning the process to 2 of the machine's cores: 2 torch threads, not one per core
     if not hasattr(os, "sched_getaffinity"):
