@@ -253,6 +253,17 @@ def test_beyond_the_warped_view_is_the_median_level_not_the_edge_repeated():
     assert (out[:, :8] == 120).all() and (out[:, 8:10] == 250).all()
 
 
+def test_the_fill_beyond_the_view_is_the_scene_s_level_not_its_coldest_or_hottest_object():
+    # a cold sky patch and a hot engine in the IR frame: the strip beyond the view takes the frame's typical level,
+    # not the level of either object
+    ir = np.full((24, 32), 120, np.uint8)
+    ir[:6, 12:] = 5
+    ir[-6:, 12:] = 250
+    shift = Registration(RegisterConfig(homography=(1, 0, 8, 0, 1, 0, 0, 0, 1)))  # 8 px right
+    out = shift(FramePair(Frame("ir", 0, 0, ir), Frame("vis", 0, 0, np.zeros((24, 32, 3), np.uint8))))
+    assert (out[:, :8] == 120).all()
+
+
 @pytest.mark.parametrize("homography", [(1, 0, 10_000, 0, 1, 0, 0, 0, 1),  # far to the right of the visible frame
                                         (2, 0, 0, 0, 2, -500, 0, 0, 1)])  # for 10x larger frames: above it
 def test_a_homography_that_puts_no_ir_pixel_on_the_visible_frame_is_refused_in_one_line(homography):
@@ -292,6 +303,7 @@ def test_the_view_is_checked_again_when_the_frame_sizes_change():
 
 @pytest.mark.parametrize("homography, allowed", [
     ((1, 0, 0, 0, 1, 0, 0, 0), "9 finite numbers"),  # one number short
+    ((1, 0, 5, 0, 1, 3), "9 finite numbers"),  # an affine 2x3 matrix, as OpenCV's estimateAffine2D gives
     ((1, 0, 0, 0, 1, 0, 0, 0, float("nan")), "9 finite numbers"),
     ((1, 2, 0, 2, 4, 0, 0, 0, 1), "an invertible matrix"),  # the second row twice the first: onto a line
 ])
