@@ -387,6 +387,16 @@ def test_gpu_pipeline_keeps_every_result_in_order(net, rng, gpu_engine, graphs):
     assert set(handles[0].timings) == {"h2d", "compute", "d2h"} and min(handles[0].timings.values()) >= 0
 
 
+def test_gpu_submitting_up_to_depth_batches_waits_for_none_of_them(rng, gpu_engine):
+    # the upload of one batch, the compute of the one before and the download of the one before that overlap: a
+    # submit that waited for the previous batch's result would run them one after another
+    engine = gpu_engine(TinyNet())
+    handles = [engine.submit(*make_batch(rng, 1, 24, 32)) for _ in range(DEPTH)]
+    assert [h.out is None for h in handles] == [True] * DEPTH
+    engine.submit(*make_batch(rng, 1, 24, 32))  # a batch more than the ring holds: the oldest is collected for it
+    assert [h.out is None for h in handles] == [False] + [True] * (DEPTH - 1)
+
+
 def test_gpu_graphs_kept_for_recent_shapes(rng, gpu_engine, monkeypatch):
     engine = gpu_engine(TinyNet(), cuda_graphs=True)
     captures = []
