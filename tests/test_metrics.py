@@ -535,3 +535,33 @@ def test_a_colour_image_is_refused_not_scored():
     colour = np.zeros((30, 30, 3))
     with pytest.raises(ValueError, match=r"metrics need a 2-D grey image, got shape \(30, 30, 3\)"):
         M.evaluate_pair(colour, colour, colour)
+
+
+def test_entropy_counts_the_grey_levels_of_the_rounded_image():
+    """EN is of ``round(img)``: 99.6 and 100.4 are one grey level (0 bits), 99.4 and 99.6 two (1 bit), not truncated."""
+    assert M.entropy(np.array([[99.6, 100.4] * 8])) == 0.0
+    assert M.entropy(np.array([[99.4, 99.6] * 8])) == pytest.approx(1.0)
+
+
+def test_evaluate_pair_refuses_a_source_half_a_grey_level_outside_0_255(scene):
+    """0..255 is the range itself: a source reaching 255.5 or -0.5 is refused, one at 0 and 255 is scored."""
+    assert scene.min() == 0 and scene.max() == 255
+    M.evaluate_pair(scene, scene, scene)
+    for bad in (scene + 0.5, scene - 0.5):
+        with pytest.raises(ValueError, match="sources on 0..255: the IR image spans"):
+            M.evaluate_pair(scene, bad, scene)
+
+
+def test_ssim_pair_takes_an_image_as_small_as_its_window(rng):
+    """7 x 7 images, one window: skimage's value; 6 x 6 is refused in one line."""
+    x, y = rng.uniform(0, 255, (7, 7)), rng.uniform(0, 255, (7, 7))
+    assert M.ssim_pair(x, y) == pytest.approx(structural_similarity(x, y, data_range=2.0), abs=1e-9)
+    with pytest.raises(ValueError, match=r"SSIM needs images of at least 7x7, got \(6, 6\)"):
+        M.ssim_pair(x[:6, :6], y[:6, :6])
+
+
+def test_overshoot_counts_a_fused_value_beyond_255_as_it_is():
+    """An unclipped fuser output is measured at its own level, not wrapped or truncated to 8 bits: 300 over sources of
+    255 and 30 is a rim, as is 208.5 over sources of 200 and 100 (half a grey level more than the margin)."""
+    assert M.overshoot(np.full((20, 20), 300.0), np.full((20, 20), 255.0), np.full((20, 20), 30.0)) == 100.0
+    assert M.overshoot(np.full((20, 20), 208.5), np.full((20, 20), 200.0), np.full((20, 20), 100.0)) == 100.0
