@@ -98,7 +98,7 @@ def test_a_baseline_refuses_what_is_not_two_uint8_images_of_one_size_in_one_line
     ir, vis = pair
     fuser = build_fuser(FuseConfig(name=name))
     for bad_ir, bad_vis in [(ir.astype(np.uint16) * 200, vis), (ir / 255.0, vis), (np.dstack([ir] * 3), vis),
-                            (ir, vis[:40])]:
+                            (ir, vis[:40]), (ir, vis / 255.0), (ir, vis.astype(np.uint16) * 200)]:
         with pytest.raises(ValueError, match=rf"^{name} needs two \(H, W\) uint8 images of one size, got IR "):
             fuser.fuse(bad_ir, bad_vis)
 
