@@ -162,3 +162,12 @@ def test_the_csv_keeps_a_name_s_bytes_that_are_not_utf8(tmp_path):
     # writing it stopped evaluate on "'utf-8' codec can't encode characters ...: surrogates not allowed"
     write_csv(tmp_path / "m.csv", [{"method": "max", "image": "bad\udcff\udcfe 空"}])
     assert (tmp_path / "m.csv").read_bytes().splitlines()[1].startswith(b"max,bad\xff\xfe " + "空".encode() + b",")
+
+
+def test_the_markdown_table_has_the_metrics_columns_in_the_published_order():
+    """The columns a reader compares with other tables, in order and under their labels, with or without a reference."""
+    row = {**{k: 0.5 for k in metrics.METRICS}, "ms": 2.0, "n": 3}
+    head = ("| method | n | EN | SD | SF | AG | MI | SCD | VIF | Qabf | Nabf | Over % | SSIM | CC | DF | QSF (rSFe) "
+            "| ms/frame |")
+    assert markdown_table({"max": row}).splitlines()[0] == head
+    assert markdown_table({"max": {**row, "delta_grey": 1.0}}).splitlines()[0] == head + " delta grey |"

@@ -378,6 +378,13 @@ def test_negative_limit_is_refused(evaluate, pairs, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_rows_sets_how_many_pairs_the_montage_shows(evaluate, pairs, tmp_path):
+    """--rows 2 of three pairs: two rows of tiles (the darkest and the brightest visible image's pairs)."""
+    ir_dir, vis_dir = pairs
+    evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--rows", "2", "--out", str(tmp_path / "out")])
+    assert cv2.imread(str(tmp_path / "out" / "montage.png")).shape[0] == 2 * (240 + 2)
+
+
 @pytest.mark.parametrize("rows", ["0", "-1"])
 def test_montage_rows_below_one_are_refused(evaluate, pairs, tmp_path, capsys, rows):
     ir_dir, vis_dir = pairs
@@ -473,6 +480,18 @@ def test_a_16_bit_ir_pair_is_scored_as_its_stretched_8_bit_copy(evaluate, pairs,
     assert scores[0] == scores[1]
 
 
+def test_a_16_bit_visible_or_fused_image_is_scored_by_its_top_8_bits(pairs, tmp_path, rng):
+    """Visible and fused images are display-referred: a 16-bit one is its 8-bit copy times 256 plus lower bits, read
+    back as that copy (not stretched from its own range as IR counts are)."""
+    ir_dir, vis_dir = pairs
+    vis = read_grey(vis_dir / "p0.png")  # spans only part of 0..255: a stretch would move it
+    deep = vis.astype(np.uint16) * 256 + rng.integers(0, 256, vis.shape, dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "p0.png"), deep)
+    _, vis_y = read_pair("p0", ir_dir / "p0.png", tmp_path / "p0.png")
+    np.testing.assert_array_equal(vis_y, vis)
+    np.testing.assert_array_equal(read_grey(tmp_path / "p0.png"), vis)  # a fused image, as --fused reads it
+
+
 def test_the_first_config_takes_the_fusing_overrides_as_run_does(evaluate, pairs, tmp_path, random_weights, monkeypatch):
     # its ${VAR} that a --set replaced was still read: "environment variable ... is not set", where run went ahead
     ir_dir, vis_dir = pairs
@@ -561,6 +580,17 @@ def test_the_montage_shows_only_the_pairs_picked_for_it(pairs, tmp_path, monkeyp
     evaluate_dir(ir_dir, vis_dir, [Method("max", fuser=build_fuser(FuseConfig(name="max")))], tmp_path / "out",
                  montage_rows=1)
     assert shown == ["p0"]
+
+
+def test_a_config_method_runs_its_temporal_filter_as_the_pipeline_would(pairs, tmp_path):
+    """A config whose post.denoise keeps most of the previous output is scored as its pipeline makes it (warned of):
+    the second pair's output carries the first's, unlike max of the second pair alone."""
+    ir_dir, vis_dir = pairs
+    (cfg := tmp_path / "blend.yaml").write_text("fuse: {name: max}\npost: {denoise: 0.9, denoise_threshold: 255}\n")
+    evaluate_dir(ir_dir, vis_dir, [config_method(cfg)], tmp_path / "out", save_dir=tmp_path / "saved")
+    ir, vis_y = read_pair("p1", ir_dir / "p1.png", vis_dir / "p1.jpg")
+    alone = np.maximum(ir, vis_y).astype(np.float64)
+    assert np.abs(read_grey(tmp_path / "saved" / "p1.png") - alone).mean() > 5
 
 
 @pytest.mark.parametrize("section", ["stabilize: {strength: 0.5}", "post: {denoise: 0.5}"])

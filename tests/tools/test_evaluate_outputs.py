@@ -204,7 +204,7 @@ def test_an_output_folder_that_cannot_be_made_is_named_in_one_line(pairs):
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", "/proc/streamfuse-test"])
 
 
-@pytest.mark.parametrize("damaged", ["ir", "vis", "fused", "fused_size"])
+@pytest.mark.parametrize("damaged", ["ir", "vis", "fused", "fused_size", "fused_width"])
 def test_a_damaged_last_pair_is_refused_before_any_pair_is_scored(damaged, pairs, tmp_path, monkeypatch):
     # it was found at its turn, after every pair before it had been fused and scored
     ir_dir, vis_dir = pairs
@@ -215,7 +215,8 @@ def test_a_damaged_last_pair_is_refused_before_any_pair_is_scored(damaged, pairs
     damage = {"ir": (ir_dir / "p2.png", b"\x89PNG\r\n\x1a\n" + b"junk" * 100),
               "vis": (vis_dir / "p2.png", b"not an image"),
               "fused": (fused_dir / "p2.png", b"not an image"),
-              "fused_size": (fused_dir / "p2.png", cv2.imencode(".png", cv2.imread(str(ir_dir / "p0.png"))[1:])[1])}
+              "fused_size": (fused_dir / "p2.png", cv2.imencode(".png", cv2.imread(str(ir_dir / "p0.png"))[1:])[1]),
+              "fused_width": (fused_dir / "p2.png", cv2.imencode(".png", cv2.imread(str(ir_dir / "p0.png"))[:, 1:])[1])}
     path, data = damage[damaged]
     path.write_bytes(bytes(data))
     monkeypatch.setattr(evaluation, "_score", lambda *a: pytest.fail("scored before refusing"))
@@ -225,7 +226,8 @@ def test_a_damaged_last_pair_is_refused_before_any_pair_is_scored(damaged, pairs
     why = {"ir": f"cannot read image {path}: corrupt, or not an image",
            "vis": f"cannot read image {path}: corrupt, or not an image",
            "fused": f"cannot read image {path}: corrupt, or not an image",
-           "fused_size": "other/p2: fused size (44, 70) differs from the sources' (45, 70)"}[damaged]
+           "fused_size": "other/p2: fused size (44, 70) differs from the sources' (45, 70)",
+           "fused_width": "other/p2: fused size (45, 69) differs from the sources' (45, 70)"}[damaged]
     assert str(exc.value.code) == f"evaluate: {why}"
     assert not (tmp_path / "out").exists()
 
