@@ -218,6 +218,16 @@ def test_rows_keep_the_configs_ot_switch_and_fuser(tool, folders, random_weights
         "max:contrast=1.25", "max:contrast=1.3"]
 
 
+def test_only_the_no_ot_row_turns_ot_off(tool, folders, random_weights):
+    """With OT on in the config, every hclfuse row keeps it but no_ot, the row that ablates it."""
+    from streamfuse.eval_pairs import find_pairs
+
+    rows = tool("ablate").methods(_eval_config(random_weights, "align.enabled=true"), [1], find_pairs(*folders),
+                                  baselines=False)
+    switched = {m.name: m.align.enabled for m in rows if m.align is not None}
+    assert switched == {**{name: True for name in switched}, "no_ot": False} and switched["default"]
+
+
 def test_latent_swap_between_pairs_of_two_sizes_resizes_the_latent(tool, tmp_path, rng, random_weights):
     from streamfuse.eval_pairs import find_pairs, read_grey
     from streamfuse.processor import config_fuser
