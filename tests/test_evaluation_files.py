@@ -171,3 +171,12 @@ def test_the_markdown_table_has_the_metrics_columns_in_the_published_order():
             "| ms/frame |")
     assert markdown_table({"max": row}).splitlines()[0] == head
     assert markdown_table({"max": {**row, "delta_grey": 1.0}}).splitlines()[0] == head + " delta grey |"
+
+
+def test_the_csv_of_one_row_against_a_reference_keeps_its_delta_columns(tmp_path):
+    """One method scored against itself on one pair: its delta grey and squared difference are columns too."""
+    row = {"method": "max", "image": "p0", **{k: 0.5 for k in metrics.METRICS}, "ms": 2.0, "delta_grey": 0.0,
+           "mse_ref": 0.0}
+    write_csv(tmp_path / "metrics.csv", [row])
+    header, line = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert header.split(",")[-3:] == ["ms", "delta_grey", "mse_ref"] and line.split(",")[-2:] == ["0", "0"]
