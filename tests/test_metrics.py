@@ -565,3 +565,12 @@ def test_overshoot_counts_a_fused_value_beyond_255_as_it_is():
     255 and 30 is a rim, as is 208.5 over sources of 200 and 100 (half a grey level more than the margin)."""
     assert M.overshoot(np.full((20, 20), 300.0), np.full((20, 20), 255.0), np.full((20, 20), 30.0)) == 100.0
     assert M.overshoot(np.full((20, 20), 208.5), np.full((20, 20), 200.0), np.full((20, 20), 100.0)) == 100.0
+
+
+def test_nabf_of_edges_drawn_on_flat_sources_takes_their_orientation_as_zero():
+    """analysis_nabf.m gives a pixel without gradient orientation 0: on flat sources, a fused ramp's edges (Sobel/8
+    strength 1, orientation 90 degrees, on the 28 inner of 30 columns) are artifacts of strength ratio 0 and
+    orientation term ``||0 - 90| - 90| = 0``, each source weighing wt_min."""
+    flat, ramp = np.full((30, 30), 100.0), np.tile(np.arange(30, dtype=np.float64), (30, 1))
+    q_g, q_a = 0.9999 / (1 + math.exp(-19 * (0 - 0.5))), 0.9995 / (1 + math.exp(-22 * (0 - 0.5)))
+    assert M.nabf(ramp, flat, flat) == pytest.approx(28 / 30 * (1 - math.sqrt(q_g * q_a)), rel=1e-9)
