@@ -180,3 +180,8 @@ def test_the_csv_of_one_row_against_a_reference_keeps_its_delta_columns(tmp_path
     write_csv(tmp_path / "metrics.csv", [row])
     header, line = (tmp_path / "metrics.csv").read_text().splitlines()
     assert header.split(",")[-3:] == ["ms", "delta_grey", "mse_ref"] and line.split(",")[-2:] == ["0", "0"]
+
+
+def test_the_markdown_table_gives_delta_grey_to_three_decimals():
+    row = {**{k: 0.5 for k in metrics.METRICS}, "ms": 2.0, "n": 3, "delta_grey": 0.123456}
+    assert markdown_table({"max": row}).splitlines()[2].endswith("| 2.0 | 0.123 |")

@@ -149,6 +149,13 @@ def test_a_fused_folder_whose_path_holds_an_equals_sign_is_a_folder(pairs, tmp_p
         assert (method.name, method.fused_dir) == (name, fused)
 
 
+def test_a_fused_folder_named_with_an_equals_sign_in_the_working_folder_is_a_folder(tmp_path, monkeypatch):
+    (tmp_path / "gain=1.25").mkdir()  # no "/" in the path: only being a folder says it is not NAME=DIR
+    monkeypatch.chdir(tmp_path)
+    method = fused_dir_method("gain=1.25")
+    assert (method.name, method.fused_dir) == ("gain=1.25", Path("gain=1.25"))
+
+
 def test_two_configs_of_one_file_name_are_refused(evaluate, pairs, tmp_path):
     ir_dir, vis_dir = pairs
     (tmp_path / "b").mkdir()
