@@ -59,6 +59,26 @@ def test_bad_files_give_one_clear_line(tmp_path):
     _one_line_value_error(other, "not an HCLFuse weights file")
 
 
+class _Payload:
+    """What a hostile file pickles: unpickling it would call ``Path.touch`` on ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_file_that_would_run_code_when_read_is_refused_without_running_it(tmp_path, tiny):
+    # a weights file is a pickle: read without torch's weights-only unpickler, any file a user is handed runs its code
+    path, blob = _blob(tmp_path, tiny)
+    marker = tmp_path / "ran"
+    blob["extra"] = {"note": _Payload(marker)}
+    torch.save(blob, str(path))
+    _one_line_value_error(path, "not a readable torch weights file")
+    assert not marker.exists()
+
+
 def test_older_format_is_refused_for_inference_but_can_start_a_fine_tune(tmp_path, tiny):
     path, blob = _blob(tmp_path, tiny)
     blob["format_version"] = 1
