@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from streamfuse.align import AlignConfig
-from streamfuse.diffusion.guidance import IMAGE_LAMBDA, LAMBDAS
+from streamfuse.diffusion.guidance import IMAGE_LAMBDA, LAMBDAS, structure_energy, structure_inputs
 from streamfuse.engine import Engine
 from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.model import fuser as fuser_module
@@ -98,6 +98,9 @@ def test_an_empty_or_mixed_size_batch_is_refused_in_one_line(tmp_path, tiny):
         fuser.fuse_batch([], [], [])
     with pytest.raises(ValueError, match="got 1, 1 and 0"):  # zip would drop the pair without a stream name
         fuser.fuse_batch([ir], [vis], [])
+    with pytest.raises(ValueError, match=r"^hclfuse needs two \(H, W\) uint8 images of one size, got IR \(40, 48\) "
+                                         r"uint8 and visible Y \(32, 48\) uint8$"):  # a pair of two sizes
+        fuser.fuse(ir, small)
     for k in (1, 2):  # in the first engine call, or in a later one
         irs = [ir] * k + [small]
         with pytest.raises(ValueError, match=rf"one frame size: pair 0 is \(40, 48\), pair {k} \(32, 48\)"):
@@ -175,3 +178,25 @@ def test_weights_of_a_first_training_stage_run_with_the_student_warn(tmp_path, t
         build_hclfuse(HCLFuseConfig(weights=str(path), sampler=sampler), EngineConfig(device="cpu", threads=1),
                       AlignConfig())
     assert ("holds an untrained student (its run had no --distill)" in caplog.text) == warns
+
+
+def test_a_pairs_own_latent_decodes_to_its_fused_frame_at_the_frames_size(tmp_path, tiny):
+    # the ablations decode a pair with another latent: a frame that is no multiple of the stride is padded for the net,
+    # and what they compare with the fused frame must be cut back to the frame's own size
+    fuser = _tiny_fuser(tmp_path, tiny)
+    rng = np.random.default_rng(2)
+    ir, vis = (rng.integers(0, 256, (37, 50), dtype=np.uint8) for _ in range(2))
+    out = fuser.decode_with(ir, vis, fuser.latent(ir, vis))
+    assert out.shape == (37, 50)
+    np.testing.assert_allclose(out, fuser.fuse(ir, vis), atol=1e-3)
+
+
+def test_the_reported_image_energy_is_that_of_the_fused_frame_in_the_guides_range(tmp_path, tiny):
+    # image_structure is what the decoded-image guide lowers: the energy of 2 F - 1 against the raw IR and the visible
+    fuser = _tiny_fuser(tmp_path, tiny)
+    rng = np.random.default_rng(3)
+    ir, vis = (rng.integers(0, 256, (40, 48), dtype=np.uint8) for _ in range(2))
+    fused = torch.from_numpy(fuser.fuse(ir, vis))[None, None] / 255.0
+    raw, vis01 = (torch.from_numpy(x)[None, None].float() / 255.0 for x in (ir, vis))
+    want = structure_energy(2.0 * fused - 1.0, structure_inputs(raw, vis01))
+    assert fuser.energies(ir, vis)["image_structure"] == pytest.approx(want, rel=1e-3)
