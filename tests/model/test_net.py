@@ -170,3 +170,17 @@ def test_a_student_of_more_than_four_steps_is_refused(tiny):
     assert replace(tiny, student_steps=4).student_steps == 4
     with pytest.raises(ValueError, match=r"^student_steps=5 is out of range; allowed: 1\.\.4$"):
         replace(tiny, student_steps=5)
+
+
+@pytest.mark.parametrize("image_channels", [1, 2])
+def test_the_guides_act_on_the_image_like_latent_channels_the_config_names(tiny, pair, image_channels):
+    # one step: the sampled latent is the step's x0, which the guides correct on the image channels only
+    net = HCLFuseNet(replace(tiny, image_channels=image_channels), steps=1).eval()
+    ir, vis = pair()
+    noise = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        mu = net.encoder(torch.cat([ir, vis], dim=1))[0]
+        guided = net.sample_latent(mu, ir, vis, noise)
+        net.set_sampling(1, guidance=False)
+        moved = (guided - net.sample_latent(mu, ir, vis, noise)).abs().amax(dim=(0, 2, 3))
+    assert (moved[:image_channels] > 1e-3).all() and (moved[image_channels:] == 0).all()
