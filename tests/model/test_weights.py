@@ -112,7 +112,9 @@ def test_a_tensor_missing_or_one_too_many_is_named_in_one_line(tmp_path, tiny, c
                                               ("colour", 1, r"unknown model config keys \['colour'\]"),
                                               # a schedule shorter than the teacher's 20 steps: refused at load, not
                                               # at the first frame of a run that asks for more steps than it has
-                                              ("num_train_timesteps", 10, "bad model config: num_train_timesteps=10")])
+                                              ("num_train_timesteps", 10, "bad model config: num_train_timesteps=10"),
+                                              ("image_channels", 3, "bad model config: image_channels=3 is out"),
+                                              ("band_sigma", -1.0, "bad model config: band_sigma=-1.0 is out")])
 def test_a_bad_or_unknown_model_config_value_is_one_line_naming_the_file(tmp_path, tiny, key, value, said):
     # the config's own check said what was wrong but not in which file
     path, blob = _blob(tmp_path, tiny)
