@@ -114,6 +114,10 @@ def test_streams_of_one_fuser_keep_their_own_ot_plans(tmp_path, tiny):
         fuser.fuse(ir, vis, "cam0")
         fuser.fuse(ir2, vis2, "cam1")
     assert (fuser.stats()["ot_misses"], fuser.stats()["ot_hits"]) == (2, 2)
+    batched = _tiny_fuser(tmp_path, tiny, max_batch=2)  # the same in batches: each pair with its own stream's plan
+    for _ in range(2):
+        batched.fuse_batch([ir, ir2], [vis, vis2], ["cam0", "cam1"])
+    assert (batched.stats()["ot_misses"], batched.stats()["ot_hits"]) == (2, 2)
 
 
 def test_the_fixed_noise_is_kept_per_frame_size(tmp_path, tiny):

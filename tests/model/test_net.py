@@ -76,10 +76,11 @@ def test_image_guidance_moves_the_output_and_follows_the_guidance_switch(tiny, p
     net = HCLFuseNet(tiny, steps=2).eval()
     out = {}
     with torch.inference_mode():  # as the engine runs it
-        for guidance, image_steps in ((True, 0), (True, 2), (False, 0), (False, 2)):
+        for guidance, image_steps in ((True, 0), (True, 1), (True, 2), (False, 0), (False, 2)):
             net.set_sampling(2, guidance, image_steps=image_steps)
             out[guidance, image_steps] = net(ir, vis, noise, ir)
-    assert not torch.equal(out[True, 2], out[True, 0])  # the decoded-image guide acts
+    assert not torch.equal(out[True, 1], out[True, 0])  # the decoded-image guide acts, from one step on
+    assert not torch.equal(out[True, 2], out[True, 1])
     assert torch.equal(out[False, 2], out[False, 0])  # and is one of the guides that guidance=False turns off
 
 
