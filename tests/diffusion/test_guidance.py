@@ -200,6 +200,18 @@ def test_sources_are_averaged_down_to_the_latent_size():
     torch.testing.assert_close(cond["vis"], torch.full((1, 1, 4, 4), -1.0))
 
 
+def test_sources_reach_the_guides_as_the_means_of_each_latent_pixels_eight_pixel_block():
+    """The latent is H/8: a source sampled near each block's centre (bilinear) drops a warm spot or an edge that does
+    not cover it, and the consistency guide then pulls that latent pixel toward a cold one."""
+    ir = torch.zeros(1, 1, 16, 24)
+    ir[..., 1:3, 9:11] = 1.0  # a 2x2 hot spot in the latent pixel (0, 1), away from its block's centre
+    vis = torch.rand(1, 1, 16, 24, generator=torch.Generator().manual_seed(17))
+    cond = guide_inputs(ir, vis, (2, 3))
+    torch.testing.assert_close(cond["ir"][0, 0, 0, 1], torch.tensor(4 / 64 * 2 - 1))
+    torch.testing.assert_close(cond["ir"], torch.nn.functional.avg_pool2d(ir, 8) * 2 - 1)
+    torch.testing.assert_close(cond["vis"], torch.nn.functional.avg_pool2d(vis, 8) * 2 - 1)
+
+
 @pytest.mark.parametrize(("mask", "weight"), [("m_heat", 0.6), ("m_vis", 0.4)])
 def test_consistency_weighs_ir_0_6_and_the_visible_0_4(mask, weight):
     ones, zeros = torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
@@ -240,6 +252,8 @@ def test_a_guide_step_keeps_the_image_channels_in_the_latent_range():
 def test_default_guides_decay_at_the_rate_they_are_given():
     guides = default_guides((999, 499), gamma=2.0).guides
     assert [g.weight(999) for g in guides] == pytest.approx([lam * math.exp(-2.0 / 2) for lam in LAMBDAS])
+    four = default_guides((999, 749, 499, 249)).guides  # by default at the method's gamma = 5
+    assert [g.weight(999) for g in four] == pytest.approx([lam * math.exp(-5.0 * 3 / 4) for lam in LAMBDAS])
 
 
 def test_the_energies_read_only_the_image_channels():

@@ -101,6 +101,19 @@ def test_sampling_hands_the_guide_each_timestep_and_the_model_its_condition():
     assert not torch.equal(guided, sample_ddim(model, noise, [999, 499], SCHEDULE, cond={"shift": 7}))
 
 
+def test_the_guide_acts_on_every_step_that_runs_down_to_timestep_0():
+    seen = []
+
+    def guide(x0, t, cond):
+        seen.append(t)
+        return torch.full_like(x0, 0.5)
+
+    noise = torch.randn(1, 1, 3, 3, generator=torch.Generator().manual_seed(7))
+    out = sample_ddim(lambda x, t, **_: 0.5 * x, noise, [999, 499, 0], SCHEDULE, guide=guide)
+    assert seen == [999, 499, 0]
+    torch.testing.assert_close(out, torch.full_like(out, 0.5))  # the step after t = 0 lands on the guided x0
+
+
 def test_the_callback_gets_each_steps_latent_timestep_and_predicted_x0():
     g = torch.Generator().manual_seed(5)
     target = torch.rand(1, 2, 4, 4, generator=g) * 2 - 1

@@ -25,6 +25,9 @@ def test_encoder_shapes_latent_range_and_sigma_floor():
     assert [s.shape for s in skips] == [(2, 8, 8, 12)]
     assert mu.abs().max() <= 1.0 and torch.isfinite(logvar).all()
     torch.testing.assert_close((0.5 * logvar).exp().min(), torch.tensor(SIGMA_MIN))
+    with torch.no_grad():
+        enc.head.bias[4:].fill_(50.0)  # and one that wants to be all noise: the posterior sample stays bounded
+    assert enc(torch.cat([ir, vis], 1))[1].max() == 4.0  # sigma at most e^2, about 7.4 latent ranges
 
 
 def test_decoder_starts_as_image_channel_plus_detail_leaning_to_the_stronger_source():
