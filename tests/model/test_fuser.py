@@ -172,12 +172,14 @@ def test_weights_whose_recorded_alignment_is_no_numbers_still_load(tmp_path, tin
     assert fuser is not None and "was trained with align" not in caplog.text
 
 
-@pytest.mark.parametrize(("distill", "sampler", "warns"), [(False, "student", True), (False, "teacher", False),
-                                                           (True, "student", False), (None, "student", False)])
-def test_weights_of_a_first_training_stage_run_with_the_student_warn(tmp_path, tiny, caplog, distill, sampler, warns):
+@pytest.mark.parametrize(("train", "sampler", "warns"), [({"distill": False}, "student", True),
+                                                         ({"distill": False}, "teacher", False),
+                                                         ({"distill": True}, "student", False), (None, "student", False),
+                                                         ({}, "student", False)])  # a record that does not say
+def test_weights_of_a_first_training_stage_run_with_the_student_warn(tmp_path, tiny, caplog, train, sampler, warns):
     # the first stage's file holds a student never trained: run with the live default (the student), said nowhere
     path = tmp_path / "w.pt"
-    save_weights(path, HCLFuseNet(tiny), extra={} if distill is None else {"config": {"train": {"distill": distill}}})
+    save_weights(path, HCLFuseNet(tiny), extra={} if train is None else {"config": {"train": train}})
     with caplog.at_level(logging.WARNING, logger="streamfuse.model.fuser"):
         build_hclfuse(HCLFuseConfig(weights=str(path), sampler=sampler), EngineConfig(device="cpu", threads=1),
                       AlignConfig())
