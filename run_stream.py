@@ -9,7 +9,7 @@ import sys
 
 # A stop (SIGTERM, a hangup) while the package loads is held until the run's own handlers take it: a starved CPU
 # stretches the load to seconds, and the signal's default killed the run there without a word (status 143)
-if hasattr(signal, "pthread_sigmask"):
+if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):  # run, not imported (held for good)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
 
 try:  # a Ctrl-C as the package loads, before stoppable takes the stop signals: one line and 130, not a traceback

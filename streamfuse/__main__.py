@@ -4,7 +4,7 @@ import signal
 import sys
 
 # A stop while the commands load is held until console() takes it (see run_stream.py)
-if hasattr(signal, "pthread_sigmask"):
+if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):  # run, not imported (held for good)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
 
 try:  # a Ctrl-C as the package loads, before console() takes the stop signals: one line and 130, not a traceback
