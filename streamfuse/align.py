@@ -57,9 +57,9 @@ class AlignConfig:
             ``background`` a frame is served an earlier frame's table all the same).
         background: refresh the plan on a worker thread; the stale LUT serves until the new one is ready (the live
             configs turn it on), and after, where the frame it was solved for has passed and the stale one fits again
-            (a flash, a shutter frame). Off by default: bit-reproducible replay and evaluation, and less flicker when the IR
-            gain jumps, since a late swap to a new table is a bigger step (flicker ratio on sequences with the demo
-            config 1.057 vs 1.029, tools/temporal.py).
+            (a flash, a shutter frame). Off by default: bit-reproducible replay and evaluation, and less flicker when
+            the IR gain jumps, since a late swap to a new table is a bigger step (flicker ratio on sequences with the
+            demo config 1.057 vs 1.029, tools/temporal.py).
             A stream's first frame always solves synchronously.
     """
 

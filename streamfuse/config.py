@@ -147,9 +147,9 @@ def _expand(value: str, key: str) -> str:
 
 
 def _path_value(value: Any, key: str) -> Any:
-    """A path key's value: ``~`` and ``${NAME}`` expanded, read as this process names files; a source's whole number is a device index (``path: 0``, as
-    users write a camera's index in YAML and in ``--set``), so it is read as the text it is (any other key's is a type
-    error: ``frames_dir: 0`` meant off, not a folder named 0)."""
+    """A path key's value: ``~`` and ``${NAME}`` expanded, read as this process names files; a source's whole number
+    is a device index (``path: 0``, as users write a camera's index in YAML and in ``--set``), so it is read as the
+    text it is (any other key's is a type error: ``frames_dir: 0`` meant off, not a folder named 0)."""
     if key in _SOURCE_PATHS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
     return local_name(_expand(value, key)) if isinstance(value, str) else value  # the file, under any locale

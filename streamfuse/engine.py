@@ -41,7 +41,7 @@ __all__ = ["DEPTH", "MAX_SHAPES", "Engine", "Handle"]
 
 log = logging.getLogger(__name__)
 
-_AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # inference.PRECISIONS -> torch autocast dtype
+_AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # inference.PRECISIONS -> autocast dtype
 DEPTH = 3  # batches in flight per shape on the GPU: upload n+1, compute n, download n-1
 MAX_SHAPES = 4  # frame shapes whose graphs and buffers are kept (a rig switching among a few sizes rebuilds nothing)
 _WARMUP = 3  # eager runs before capture: cuDNN autotuning and lazy initialisation must not happen while capturing

@@ -32,8 +32,8 @@ from streamfuse.inference import EngineConfig, HCLFuseConfig
 from streamfuse.processor import FrameProcessor, config_fuser, still_pair
 from streamfuse.staged_folders import staged_folders
 
-__all__ = ["FUSER_SECTIONS", "Method", "fused_dir_method", "fuser_method", "config_method", "evaluate_dir", "EvalResult",
-           "is_eval_file"]
+__all__ = ["FUSER_SECTIONS", "Method", "fused_dir_method", "fuser_method", "config_method", "evaluate_dir",
+           "EvalResult", "is_eval_file"]
 
 log = logging.getLogger(__name__)
 EVAL_FILES = ("metrics.csv", "metrics.md", "montage.png")  # what evaluate_dir writes to its out_dir, with the configs

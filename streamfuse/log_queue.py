@@ -94,8 +94,8 @@ class _Throttle(logging.Filter):
             if window[0] != start or not window[2]:
                 return
             held, level, window[2:] = window[2], window[3], [0, logging.NOTSET]
-        logging.getLogger(name).log(level, "%d lines of %s held back in the last %g s, not shown", held, name, _WINDOW_S,
-                                    extra={"unsaid": held})
+        logging.getLogger(name).log(level, "%d lines of %s held back in the last %g s, not shown", held, name,
+                                    _WINDOW_S, extra={"unsaid": held})
 
 
 def _later(delay_s: float, call: Callable[[], None]) -> None:

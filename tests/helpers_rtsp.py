@@ -203,7 +203,8 @@ class RtspCamera:
         return fields.get("response") == hashlib.md5(f"{ha1}:5eed0123:{ha2}".encode()).hexdigest()
 
     def _packets(self, conn: socket.socket, lock: threading.Lock, packets: list[bytes], channel: int) -> None:
-        """RTP (channel 0) or RTCP (1) packets over the RTSP connection, or to the client's UDP port (RTCP: the next)."""
+        """RTP (channel 0) or RTCP (1) packets over the RTSP connection, or to the client's UDP port (RTCP: the
+        next)."""
         if self._transport == "udp":
             for p in packets:
                 self._udp.sendto(p, ("127.0.0.1", self._client_port + channel))

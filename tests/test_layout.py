@@ -1,5 +1,5 @@
 """The package's layout: every module imports on its own, the internal imports form no cycle, and modules and functions
-stay small enough to read (a ``# size:`` comment inside says why where one may not)."""
+stay small enough to read (a ``# size:`` comment inside says why where one may not), and lines short."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "streamfuse"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
+MAX_LINE = 120  # characters, as pyproject.toml's ruff line-length
 SIZE_MARK = "# size:"
 
 
@@ -145,3 +146,13 @@ def _oversized() -> list[str]:
 def test_modules_and_functions_are_small():
     oversized = _oversized()
     assert not oversized, "over the size limits without a `# size:` reason:\n" + "\n".join(oversized)
+
+
+def test_lines_are_at_most_120_characters():
+    """The line length the project's style and its ruff setting give, in the package, its tools and tests."""
+    files = sorted([*PACKAGE.rglob("*.py"), *(REPO / "tools").glob("*.py"), *(REPO / "tests").rglob("*.py"),
+                    REPO / "run_stream.py"])
+    long = [f"{path.relative_to(REPO)}:{n}: {len(line)} characters"
+            for path in files for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if len(line) > MAX_LINE]
+    assert not long, "lines over 120 characters:\n" + "\n".join(long)

@@ -177,8 +177,9 @@ def test_zero_copy_payload_is_the_exact_bytes(rng: np.random.Generator, raw_sub:
 
 
 def test_stalled_subscriber_does_not_slow_the_publisher(rng: np.random.Generator) -> None:
-    # ZeroMQ's queues (shared memory: test_transport.py). Every send is non-blocking (SNDTIMEO 0), so a send that waited for the stalled subscriber would raise or hang
-    # (the test's timeout): the counts below show the frames went past it instead.
+    # ZeroMQ's queues (shared memory: test_transport.py). Every send is non-blocking (SNDTIMEO 0), so a send that
+    # waited for the stalled subscriber would raise or hang (the test's timeout): the counts below show the frames went
+    # past it instead.
     image = rng.integers(0, 256, VGA, dtype=np.uint8)
     with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub, \
             Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as stalled, \

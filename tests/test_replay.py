@@ -1030,8 +1030,8 @@ def test_input_without_frames_says_so(tmp_path):
     with Recorder(RecordConfig(path=str(path))) as rec:
         for i in range(5):
             rec.write(Frame("ir", i, 1_000_000_000 + i * 40_000_000, np.zeros((24, 32), np.uint8)))
-    with pytest.raises(ReplayError, match=r"the visible input .*ir_only.mcap has no frames on /vis/image \(vis.topic\); "
-                                          r"no output written"):
+    with pytest.raises(ReplayError, match=r"the visible input .*ir_only.mcap has no frames on /vis/image "
+                                          r"\(vis.topic\); no output written"):
         run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=path, out_path=tmp_path / "o.mkv")
 
 

@@ -1,5 +1,6 @@
 """streamfuse.signals: a SIGTERM that comes during an import, or a stop during a finalizer, stops the run once it is
-over; a stop ignores the next ones, a nohup'd hangup stays ignored, a deferral holds only its signals, and why a run stopped."""
+over; a stop ignores the next ones, a nohup'd hangup stays ignored, a deferral holds only its signals, and why a run
+stopped."""
 
 from __future__ import annotations
 

@@ -169,7 +169,8 @@ def test_cli_save_where_no_folder_can_be_is_one_line(target: str, tmp_path: Path
         path.write_bytes(b"")
     assert main(["tcp://127.0.0.1:1", "--save", str(path)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(f"streamfuse subscribe: error: cannot make the --save folder {path}: "), err
+    assert len(err) == 1, err
+    assert err[0].startswith(f"streamfuse subscribe: error: cannot make the --save folder {path}: "), err
 
 
 def test_cli_server_key_file_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -210,7 +211,8 @@ def test_cli_reader_thread_failure_is_one_line(rng: np.random.Generator, monkeyp
     with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub:
         assert main([pub.endpoint, "--latest", "--count", "1"]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"streamfuse subscribe: error: subscriber {pub.endpoint}: the reader thread stopped: OSError: disk on fire"]
+    assert err == [f"streamfuse subscribe: error: subscriber {pub.endpoint}: the reader thread stopped: OSError: disk "
+                   f"on fire"]
 
 
 @pytest.mark.parametrize("key", ["wrong", "none"])
@@ -305,8 +307,9 @@ def test_cli_host_name_that_does_not_resolve_is_one_line(capsys: pytest.CaptureF
     # libzmq retries such a name in silence: this said "no frame ... is the publisher running?" after --timeout
     assert main(["tcp://no-such-host.invalid:47001", "--timeout", "0.05"]) == 2  # looked up until --timeout
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("streamfuse subscribe: error: cannot connect to tcp://no-such-host.invalid:47001: "
-                                               "the host name no-such-host.invalid does not resolve ("), err
+    assert len(err) == 1 and err[0].startswith("streamfuse subscribe: error: cannot connect to "
+                                               "tcp://no-such-host.invalid:47001: the host name no-such-host.invalid "
+                                               "does not resolve ("), err
 
 
 @pytest.mark.skipif(not re.search(r"GUI:\s+NONE", cv2.getBuildInformation()),
@@ -316,7 +319,8 @@ def test_cli_show_on_headless_opencv_says_so(capsys: pytest.CaptureFixture) -> N
     # the two OpenCV packages share the cv2 module: installing the GUI one beside the headless one breaks both
     assert capsys.readouterr().err == (
         "streamfuse subscribe: error: --show needs an OpenCV build with GUI support; this one is headless (pip "
-        "uninstall -y opencv-python-headless && pip install opencv-python; the pipeline itself needs only the headless build)\n")
+        "uninstall -y opencv-python-headless && pip install opencv-python; the pipeline itself needs only the headless "
+        "build)\n")
 
 
 def test_cli_on_the_stats_topic_says_it_reads_frames(capsys: pytest.CaptureFixture) -> None:

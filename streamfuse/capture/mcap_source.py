@@ -229,7 +229,8 @@ class _KnownRecords(StreamReader):
 def _damaged(path: Path, frames: int, exc: Exception) -> str:
     line = f"recording {path} is truncated or corrupt after {frames} frames ({str(exc) or type(exc).__name__})"
     if path.name.startswith(".") and path.name.endswith(".partial"):  # the recorder's name for it while a run writes
-        line += f"; a run cut before its end leaves such a file: `python -m streamfuse recover {shlex.quote(str(path))}` saves its frames"
+        line += (f"; a run cut before its end leaves such a file: `python -m streamfuse recover "
+                 f"{shlex.quote(str(path))}` saves its frames")
     return line
 
 

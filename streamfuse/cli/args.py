@@ -15,8 +15,8 @@ from streamfuse.checks import ConfigError
 from streamfuse.errors import printable
 from streamfuse.file_names import utf8_text
 
-__all__ = ["path_arg", "text_arg", "int_at_least", "config_value", "seconds", "time_span", "positive", "key_options", "data_dir",
-           "config_error", "given", "HelpFormatter", "Parser"]
+__all__ = ["path_arg", "text_arg", "int_at_least", "config_value", "seconds", "time_span", "positive", "key_options",
+           "data_dir", "config_error", "given", "HelpFormatter", "Parser"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -79,7 +79,8 @@ def config_value(section: type, key: str, parse: Callable[[str], Any] = int, *,
         try:
             value = parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if parse is int else 'a number'}") from None
+            kind = "an integer" if parse is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
         try:
             section(**{key: value}) if value or not zero_is_off else None
         except ValueError as exc:

@@ -124,8 +124,9 @@ class Decoder(nn.Module):
       physics guides act) plus a learned correction from all latent channels, on the latent's H/8 grid, blurred there
       and upsampled once by 8 (:func:`grid_up`). Low and middle frequencies of the fused image are therefore decided by
       the sampled latent, nothing else.
-    - ``g_ir, g_vis`` in (0, 2), at H/4 upsampled bilinearly, are per-pixel detail gains from the latent and two *narrow* paths: a 1x1 projection
-      of the encoder's gated H/4 skip to two channels, and one of the log energy of each source's fine detail over
+    - ``g_ir, g_vis`` in (0, 2), at H/4 upsampled bilinearly, are per-pixel detail gains from the latent and two
+      *narrow* paths: a 1x1 projection of the encoder's gated H/4 skip to two channels, and one of the log energy of
+      each source's fine detail over
       4x4 blocks (which source has the stronger detail there). The sources' fine detail enters only there.
 
     Args:

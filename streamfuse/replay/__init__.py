@@ -34,5 +34,5 @@ from streamfuse.replay.loop import run_replay
 from streamfuse.replay.outputs import check_output_paths
 from streamfuse.replay.summary import STAGES, ReplayError, ReplaySummary
 
-__all__ = ["ReplayConfig", "ReplayError", "ReplaySummary", "run_replay", "ListedPair", "find_pairs", "check_output_paths",
-           "STAGES"]
+__all__ = ["ReplayConfig", "ReplayError", "ReplaySummary", "run_replay", "ListedPair", "find_pairs",
+           "check_output_paths", "STAGES"]

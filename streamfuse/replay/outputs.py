@@ -100,8 +100,8 @@ def _check_name_room(out: Path, written: list[Path]) -> None:
     extra = len(os.fsencode(longest.name)) - len(os.fsencode(out.name))
     if len(os.fsencode(out.name)) + extra > room:
         raise ValueError(f"output {out}: its name is {len(os.fsencode(out.name))} bytes long and a replay writes "
-                         f"{longest.name.replace(out.name, 'NAME')} beside it, {extra} bytes longer, where a name takes "
-                         f"at most {room}; choose a name of at most {room - extra} bytes")
+                         f"{longest.name.replace(out.name, 'NAME')} beside it, {extra} bytes longer, where a name "
+                         f"takes at most {room}; choose a name of at most {room - extra} bytes")
 
 
 def _refuse_folder(out: Path) -> NoReturn:

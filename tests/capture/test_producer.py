@@ -270,7 +270,8 @@ if __name__ == "__main__":
             seen |= {item.stream} if item is not None and not isinstance(item, ProducerEvent) else set()
         orphans, first = list(prod.pids().values()), forkserver._forkserver._forkserver_pid
         os.kill(first, signal.SIGKILL)
-        while (len(ended) < 2 or forkserver._forkserver._forkserver_pid in (None, first)) and time.monotonic() < deadline:
+        while (len(ended) < 2 or forkserver._forkserver._forkserver_pid in (None, first)) \
+                and time.monotonic() < deadline:
             item = prod.get(timeout=0.1)  # the ends are seen, and the restarts start a fork server again
             ended += [item.message] if isinstance(item, ProducerEvent) else []
         while any(process_alive(pid) for pid in orphans) and time.monotonic() < deadline:

@@ -267,7 +267,8 @@ def _nearest_levels(clock: str) -> list[tuple[float, float]]:
     epoch = time.time_ns()
     with RtspCamera(then="loop", latency_s=0.3, epoch_ns=epoch) as ir_camera, \
             RtspCamera(then="loop", latency_s=0.05, epoch_ns=epoch) as vis_camera:
-        ir, vis = (SourceConfig(kind="stream", path=c.url, clock=clock, stall_factor=0) for c in (ir_camera, vis_camera))
+        ir, vis = (SourceConfig(kind="stream", path=c.url, clock=clock, stall_factor=0)
+                   for c in (ir_camera, vis_camera))
         prod = start_producers(ir, vis, slots=64)  # rings that keep every frame: the pairs are what is looked at
         names = prod.shm_names()
         try:

@@ -125,7 +125,8 @@ def test_every_usage_line_names_python_m_streamfuse(command, capsys):
     [sys.executable, str(REPO / "tools" / "evaluate.py"), "-h"],
     [sys.executable, str(REPO / "tools" / "bench_fuse.py"), "-h"],
     [sys.executable, str(REPO / "tools" / "bench_replay.py"), "-h"],
-], ids=["streamfuse", "python -m streamfuse", "run_stream.py", "tools/evaluate.py", "tools/bench_fuse.py", "tools/bench_replay.py"])
+], ids=["streamfuse", "python -m streamfuse", "run_stream.py", "tools/evaluate.py", "tools/bench_fuse.py",
+        "tools/bench_replay.py"])
 def test_documented_entry_points_run_from_anywhere(argv, tmp_path):
     # from another folder, so only the installed package (no checkout on sys.path) can answer
     proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -174,7 +174,8 @@ def test_weights_whose_recorded_alignment_is_no_numbers_still_load(tmp_path, tin
 
 @pytest.mark.parametrize(("train", "sampler", "warns"), [({"distill": False}, "student", True),
                                                          ({"distill": False}, "teacher", False),
-                                                         ({"distill": True}, "student", False), (None, "student", False),
+                                                         ({"distill": True}, "student", False),
+                                                         (None, "student", False),
                                                          ({}, "student", False)])  # a record that does not say
 def test_weights_of_a_first_training_stage_run_with_the_student_warn(tmp_path, tiny, caplog, train, sampler, warns):
     # the first stage's file holds a student never trained: run with the live default (the student), said nowhere

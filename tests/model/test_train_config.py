@@ -48,5 +48,6 @@ def test_a_section_given_a_value_instead_of_keys_is_refused_naming_it():
 
 
 def test_an_unknown_section_is_refused_naming_the_sections():
-    with pytest.raises(ValueError, match=r"^unknown config section trian; allowed sections: train, model, loss, align$"):
+    with pytest.raises(ValueError,
+                       match=r"^unknown config section trian; allowed sections: train, model, loss, align$"):
         load_setup(["trian.steps=10"])  # a typo of train: the run would go on with the default steps

@@ -134,7 +134,8 @@ def test_a_tensor_of_the_right_size_but_another_shape_is_refused_in_one_line(tmp
     # RuntimeError, or with check_model off a tensor read in the wrong layout
     path, blob = _blob(tmp_path, tiny)
     blob["state_dict"]["encoder.down.weight"] = blob["state_dict"]["encoder.down.weight"].transpose(0, 1).contiguous()
-    _refused_as_saved(path, blob, re.escape("encoder.down.weight has shape (4, 8, 3, 3), the config needs (8, 4, 3, 3)"))
+    _refused_as_saved(path, blob,
+                      re.escape("encoder.down.weight has shape (4, 8, 3, 3), the config needs (8, 4, 3, 3)"))
 
 
 def test_shipped_weights_load_and_produce_finite_output(pair):

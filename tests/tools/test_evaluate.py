@@ -269,7 +269,8 @@ def test_delta_grey_against_a_reference_method(pairs, tmp_path):
     for stem in ("p0", "p1", "p2"):
         ir = read_grey(ir_dir / f"{stem}.png").astype(np.float64)
         vis = read_grey(next(vis_dir.glob(f"{stem}.*"))).astype(np.float64)
-        expected.append(np.abs(np.floor((ir + vis) / 2 + 0.5) - np.maximum(ir, vis)).mean())  # .5 rounds up, as published
+        # .5 rounds up, as published
+        expected.append(np.abs(np.floor((ir + vis) / 2 + 0.5) - np.maximum(ir, vis)).mean())
     assert result.means["average"]["delta_grey"] == pytest.approx(np.mean(expected))  # equal sizes: a plain mean
     assert read_csv(tmp_path / "out" / "metrics.csv")[0]["delta_grey"] == "0"
     assert (tmp_path / "out" / "metrics.md").read_text().splitlines()[0].endswith("| ms/frame | delta grey |")
@@ -499,7 +500,8 @@ def test_a_16_bit_visible_or_fused_image_is_scored_by_its_top_8_bits(pairs, tmp_
     np.testing.assert_array_equal(read_grey(tmp_path / "p0.png"), vis)  # a fused image, as --fused reads it
 
 
-def test_the_first_config_takes_the_fusing_overrides_as_run_does(evaluate, pairs, tmp_path, random_weights, monkeypatch):
+def test_the_first_config_takes_the_fusing_overrides_as_run_does(evaluate, pairs, tmp_path, random_weights,
+                                                                  monkeypatch):
     # its ${VAR} that a --set replaced was still read: "environment variable ... is not set", where run went ahead
     ir_dir, vis_dir = pairs
     monkeypatch.delenv("STREAMFUSE_TEST_WEIGHTS", raising=False)

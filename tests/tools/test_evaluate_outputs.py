@@ -58,7 +58,8 @@ def test_a_second_run_into_a_folder_being_written_is_refused(busy, pairs, tmp_pa
     (tmp_path / busy).mkdir(parents=True)
     fusers = ["--fuser", "max"] + ["--fuser", "average"] * (busy == "saved/max")  # several: saved/<method>/
     with output_lock(tmp_path / busy, inside=True), pytest.raises(SystemExit) as exc:
-        evaluate([str(ir_dir), str(vis_dir), *fusers, "--out", str(tmp_path / "out"), "--save", str(tmp_path / "saved")])
+        evaluate([str(ir_dir), str(vis_dir), *fusers, "--out", str(tmp_path / "out"), "--save",
+                  str(tmp_path / "saved")])
     assert str(exc.value.code).startswith(f"evaluate: output {tmp_path / busy} is being written by another run (")
     assert not (tmp_path / "out").exists() or busy == "out"
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.parent.name not in ("ir", "vi")]
