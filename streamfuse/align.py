@@ -153,13 +153,13 @@ def align(ir_hist: np.ndarray, vis_hist: np.ndarray, cfg: AlignConfig, *,
     # A solve that stopped before max_iter unconverged met a numerical error: plain sinkhorn at a small reg overflows
     # from the potentials of a very different frame (a saturated one), and its infinite potentials, the next warm
     # start, stopped every later solve at once on that frame's table. Such a warm start is dropped: from scratch.
-    stopped = not (err <= cfg.tol or n_iter >= cfg.max_iter - 1) or not (np.isfinite(f).all() and np.isfinite(g).all())
+    stopped = not (err <= cfg.tol or n_iter >= cfg.max_iter) or not (np.isfinite(f).all() and np.isfinite(g).all())
     if warmstart is not None and stopped:
         plan, (f, g), err, n_iter = _sinkhorn(a, b, cfg, None)
     converged = bool(err <= cfg.tol)
     if not converged:
-        warnings.warn(f"align: Sinkhorn did not converge (err={err:.2e} > tol={cfg.tol:g} after {n_iter} iterations,"
-                      f" reg={cfg.reg:g})", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"align: Sinkhorn did not converge (err={err:.2e} > tol={cfg.tol:g} after {n_iter} "
+                      f"iteration{'s' * (n_iter != 1)}, reg={cfg.reg:g})", RuntimeWarning, stacklevel=2)
     logk = (g[None, :] - _COST) / cfg.reg  # (256, 256) log Gibbs-kernel rows scaled by the column potential
     transported = np.exp(logsumexp(logk, axis=1, b=LEVELS[None, :]) - logsumexp(logk, axis=1))
     lut = cfg.blend * transported + (1.0 - cfg.blend) * LEVELS
@@ -178,7 +178,7 @@ def _sinkhorn(a: np.ndarray, b: np.ndarray, cfg: AlignConfig, warmstart: tuple[n
     plan, log = ot.sinkhorn(a, b, _COST, cfg.reg, method=cfg.method, numItermax=cfg.max_iter, stopThr=cfg.tol,
                             log=True, warmstart=ws, warn=False)
     err = float(log["err"][-1]) if len(log["err"]) else float("nan")
-    return plan, _potentials(log, cfg.reg), err, int(log.get("niter", len(log["err"])))
+    return plan, _potentials(log, cfg.reg), err, int(log["niter"]) + 1  # POT's niter: the last loop index
 
 
 def _normalise(h: np.ndarray, name: str) -> np.ndarray:

@@ -345,3 +345,14 @@ def test_the_cache_re_solves_a_drifted_frame_from_the_previous_plan_in_fewer_ite
     cache.lut(drifted, vis)
     AlignCache(cfg).lut(drifted, vis)  # the same frame solved cold
     assert cache.misses == 2 and iterations[1] < iterations[2]
+
+
+@pytest.mark.parametrize("method", ["sinkhorn_log", "sinkhorn"])
+@pytest.mark.parametrize("max_iter", [1, 5])
+def test_a_capped_solve_reports_the_iterations_it_ran(method, max_iter):
+    # POT's niter is its loop's last index: max_iter 1 warned "after 0 iterations", and every count was one short
+    levels = np.arange(256)
+    a, b = np.exp(-((levels - 60) / 20) ** 2), np.exp(-((levels - 150) / 40) ** 2)
+    with pytest.warns(RuntimeWarning, match=rf"after {max_iter} iterations?, "):
+        result = align(a, b, AlignConfig(method=method, max_iter=max_iter, tol=1e-12))
+    assert result.n_iter == max_iter and not result.converged
