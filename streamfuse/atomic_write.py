@@ -14,6 +14,7 @@ import itertools
 import os
 import queue
 import secrets
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,8 +25,8 @@ import numpy as np
 
 from streamfuse.errors import io_reason
 
-__all__ = ["partial_path", "durable_replace", "durable_rename_new", "write_file", "write_png", "whole_png",
-           "WriterThread", "BackgroundSync"]
+__all__ = ["partial_path", "write_refusal", "durable_replace", "durable_rename_new", "write_file", "write_png",
+           "whole_png", "WriterThread", "BackgroundSync"]
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
@@ -34,6 +35,16 @@ def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under: ``dir/out.mp4`` -> ``dir/.out.mp4.partial``."""
     path = Path(path)
     return path.with_name(f".{path.name}.partial")
+
+
+def write_refusal(folder: str | os.PathLike) -> OSError | None:
+    """The error a new file in ``folder`` meets, else None: a real write, since ``os.access`` says yes to root on a
+    read-only mount and in special folders."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        return exc
+    return None
 
 
 def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:

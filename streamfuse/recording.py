@@ -33,7 +33,6 @@ import fcntl
 import logging
 import os
 import struct
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Literal
 import numpy as np
 from mcap.writer import CompressionType, Writer
 
-from streamfuse.atomic_write import BackgroundSync, WriterThread, durable_rename_new, partial_path
+from streamfuse.atomic_write import BackgroundSync, WriterThread, durable_rename_new, partial_path, write_refusal
 from streamfuse.checks import check
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame, optical_frame
@@ -134,9 +133,7 @@ def check_record_path(path: str | os.PathLike) -> None:
             raise RuntimeError(f"cannot record to {path}: {existing} exists{finish}; choose another record.path or "
                                f"move it away")
     folder = next(p for p in path.absolute().parents if os.path.lexists(p))
-    try:  # a real write: os.access says yes to root on a read-only mount
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as exc:
+    if (exc := write_refusal(folder)) is not None:
         why = "is not a folder" if exc.errno == errno.ENOTDIR else f"is not writable ({io_reason(exc)})"
         raise RuntimeError(f"cannot write recording {path}: {folder} {why}") from None
 

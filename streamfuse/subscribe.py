@@ -17,7 +17,6 @@ import collections
 import logging
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamfuse.atomic_write import write_png
+from streamfuse.atomic_write import write_png, write_refusal
 from streamfuse.cli.args import Parser, int_at_least, key_options, path_arg, positive, text_arg
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.connection_watch import load_server_key
@@ -106,15 +105,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 SUMMARY_WINDOW = 10_000  # frames whose latencies the final summary covers (memory stays flat on long runs)
+
+
 def _unsaveable(folder: Path) -> str:
     """Why frames cannot be saved in ``folder`` (made where missing), found before the first frame comes; ''."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return f"cannot make the --save folder {printable(folder)}: {io_reason(exc)}"
-    try:  # one there already that this user cannot write
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as exc:
+    if (exc := write_refusal(folder)) is not None:  # one there already that this user cannot write
         return f"cannot write into the --save folder {printable(folder)}: {io_reason(exc)}"
     return ""
 

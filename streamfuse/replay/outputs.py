@@ -7,13 +7,12 @@ import errno
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
 import av
 
-from streamfuse.atomic_write import partial_path
+from streamfuse.atomic_write import partial_path, write_refusal
 from streamfuse.errors import io_reason
 from streamfuse.file_names import local_name
 from streamfuse.frames import STREAM_NAMES
@@ -117,9 +116,7 @@ def check_output_folder(out: Path, codec: str) -> None:
     if not out.parent.is_dir():
         why = "is a file" if out.parent.exists() else "does not exist"
         raise FileNotFoundError(f"output folder {why}: {out.parent}")
-    try:  # a real write: os.access says yes to root on read-only mounts and special folders
-        tempfile.TemporaryFile(dir=out.parent).close()
-    except OSError as exc:  # ENOENT in a folder that exists: a filesystem that makes no files (/proc)
+    if (exc := write_refusal(out.parent)) is not None:  # ENOENT in a folder that exists: it makes no files (/proc)
         why = "it takes no new files" if exc.errno == errno.ENOENT else exc.strerror
         raise PermissionError(f"output folder is not writable: {out.parent} ({why})") from None
     check_not_held(out)  # another user's running replay: said so, rather than that its files are in the way
