@@ -5,21 +5,24 @@ write; where it can write neither (an install owned by root, run by a service us
 read-only root), a kernel with ``cache=True`` fails to compile at all ("cannot cache function ...: no locator
 available"). :data:`CACHE` is what the kernels pass as ``cache``: numba's own choice where it has one, else a folder
 of this user's own under the temporary directory, else no cache (each start compiles again, a few seconds).
-``NUMBA_CACHE_DIR``, when set, is numba's and left alone.
+``NUMBA_CACHE_DIR``, when set, is numba's and left alone. A cache that takes no more bytes (a full disk, a quota, a
+file size limit) costs the cache, not the run: :func:`kernels` compiles the module again without it.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
+from types import ModuleType
 
 from numba.core import config
 from numba.core.caching import FunctionCache
 
 from streamfuse.private_folder import own_folder
 
-__all__ = ["CACHE"]
+__all__ = ["CACHE", "kernels"]
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +54,19 @@ def _choose() -> bool:
 
 
 CACHE = _choose()
+
+
+def kernels(name: str) -> ModuleType:
+    """The kernel module ``name``, imported (its kernels compiled or loaded). numba raises the error of a cache file it
+    cannot write from the compile itself, which ended the run with a traceback on a full disk: the module is then
+    imported again with :data:`CACHE` off (its kernels read it as they are defined)."""
+    global CACHE
+    try:
+        return importlib.import_module(name)
+    except OSError as exc:
+        if not CACHE:
+            raise
+        log.warning("numba kernels not cached: %s; compiled at every start until their cache can be written",
+                    exc.strerror or exc)
+        CACHE = False
+        return importlib.import_module(name)

@@ -165,9 +165,9 @@ def restore_colour_numpy(fused_y: np.ndarray, vis: np.ndarray, cfg: PostConfig =
 
 def _kernels() -> ModuleType:
     """:mod:`streamfuse.post_kernels`, imported on first use (numba takes about half a second to load)."""
-    from streamfuse import post_kernels
+    from streamfuse.numba_cache import kernels
 
-    return post_kernels
+    return kernels("streamfuse.post_kernels")
 
 
 def _round_u8(x: np.ndarray) -> np.ndarray:

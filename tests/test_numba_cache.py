@@ -130,3 +130,25 @@ def test_kernels_are_told_not_to_cache_where_no_folder_can_be_had(tmp_path, monk
     with caplog.at_level("WARNING", logger="streamfuse.numba_cache"):
         assert numba_cache._choose() is False
     assert "numba kernels compiled at every start" in caplog.text and "NUMBA_CACHE_DIR" not in os.environ
+
+
+def test_a_cache_the_disk_cannot_hold_costs_the_cache_not_the_run(tmp_path):
+    # a full disk (here a file size limit) as a kernel compiled: numba raised its cache file's write error from the
+    # compile, and a replay or live run ended on a traceback at its first frame
+    script = ("import resource, signal\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+              "import numpy as np\n"
+              "from streamfuse.diffusion.guidance import cpu_kernels\n"
+              "from streamfuse.postprocess import _kernels\n"
+              "y, out = np.full((4, 6), 300.0, np.float32), np.zeros((4, 6), np.uint8)\n"
+              "_kernels().luma_kernel(y, out)\n"
+              "a = np.ones((4, 6), np.float32)\n"
+              "cpu_kernels().g_max_kernel(a, a, np.zeros_like(a))\n"
+              "assert out.max() == 255\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}  # empty: every kernel compiles and is saved
+    env.pop("NUMBA_DISABLE_JIT", None)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "numba kernels not cached: File too large; compiled at every start" in done.stderr

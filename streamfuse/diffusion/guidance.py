@@ -132,9 +132,9 @@ def _on_planes(kernel: Callable, x: torch.Tensor, *others: torch.Tensor, scratch
 def cpu_kernels() -> ModuleType:
     """:mod:`streamfuse.diffusion.structure_kernels`, imported on first use (numba takes about half a second to load,
     and the kernels compile once per install)."""
-    from streamfuse.diffusion import structure_kernels
+    from streamfuse.numba_cache import kernels
 
-    return structure_kernels
+    return kernels("streamfuse.diffusion.structure_kernels")
 
 
 def energies(x: torch.Tensor, cond: dict, channels: int = 1) -> dict[str, float]:
