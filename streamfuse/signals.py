@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "raise_terminated", "raise_interrupt",
-           "interrupted", "deferred", "ignore_stops", "blocked"]
+__all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "stopped_by", "raise_terminated",
+           "raise_interrupt", "interrupted", "deferred", "ignore_stops", "blocked"]
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
@@ -38,7 +38,13 @@ def raise_terminated(signum: int, frame: FrameType | None) -> None:
         return
     for sig in TERMINATE:  # already stopping: a second one must not cut the cleanup
         signal.signal(sig, signal.SIG_IGN)
-    raise Terminated(f"interrupted ({signal.Signals(signum).name})")
+    raise stopped_by(signum)
+
+
+def stopped_by(signum: int) -> KeyboardInterrupt:
+    """What stop signal ``signum`` raises where the main thread is: a :class:`Terminated` naming it, or Ctrl-C's
+    KeyboardInterrupt (for a stop held until it was safe to act on, then acted on as its handler would have)."""
+    return Terminated(f"interrupted ({signal.Signals(signum).name})") if signum in TERMINATE else KeyboardInterrupt()
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:

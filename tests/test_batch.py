@@ -1087,6 +1087,24 @@ def test_a_ctrl_c_while_ray_starts_lets_it_start_and_stops_the_batch_then():
         RayEngine(workers=1, address="auto")._start(SimpleNamespace(init=init_twice), threading.Event())
 
 
+@pytest.mark.parametrize("signum, said", [(signal.SIGTERM, "interrupted (SIGTERM)"), (signal.SIGINT, "")])
+def test_a_stop_while_a_benchmarks_ray_starts_is_named_once_it_is_up(monkeypatch, signum, said):
+    # bench batch, sent SIGTERM as its Ray started, ended "bench_batch.py: interrupted", as for a Ctrl-C
+    import ray
+
+    from streamfuse.batch.ray_engine import RayEngine
+    from streamfuse.signals import Terminated
+
+    monkeypatch.setattr(RayEngine, "_init", lambda self, ray: signal.raise_signal(signum))
+    monkeypatch.setattr(RayEngine, "_check_fits", lambda self, ray: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with RayEngine(workers=1).session():
+            pytest.fail("the batch went on after the stop")
+    assert isinstance(stopped.value, Terminated) == bool(said) and str(stopped.value) == said
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not Path("/proc/self/status").exists(), reason="Linux signals")
 def test_a_local_rays_processes_leave_a_terminal_hangup_to_the_driver():
     """A hangup reached Ray's workers too (the terminal's process group) and killed them mid-pair: the pairs' counts

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
 from streamfuse.errors import io_reason, one_line, printable
-from streamfuse.signals import HANGUP, Terminated, blocked, handled
+from streamfuse.signals import HANGUP, Terminated, blocked, handled, stopped_by
 
 __all__ = ["RayEngine", "bounded"]
 
@@ -125,7 +125,7 @@ class RayEngine:
         yielded. A worker killed in any other way has its pair run again (``retries``)."""
         import ray
 
-        stop = threading.Event()
+        stop = _StopEvent()
         with self.session(stop):
             with _stop_on_signals(stop):
                 running = yield from self._schedule(ray, worker_cfg(cfg, self.threads), jobs, resume, frames, stop)
@@ -133,26 +133,26 @@ class RayEngine:
             yield from _wind_down(ray, running)
 
     @contextlib.contextmanager
-    def session(self, stop: threading.Event | None = None) -> Iterator[None]:
+    def session(self, stop: _StopEvent | None = None) -> Iterator[None]:
         """Ray for the batches run inside (a benchmark's warm-up and timed runs on the same workers): started as
         ``run`` starts it unless one is up already, then shut down, both whole. A Ctrl-C or SIGTERM while it starts
-        sets ``stop``; without one, it raises KeyboardInterrupt once Ray is up."""
+        sets ``stop``; without one, it raises what that signal raises (see :func:`stopped_by`) once Ray is up."""
         import ray
 
-        started, stopped = not ray.is_initialized(), stop or threading.Event()
+        started, stopped = not ray.is_initialized(), stop or _StopEvent()
         try:
             if started:
                 self._start(ray, stopped)
                 self._check_fits(ray)
             if stop is None and stopped.is_set():
-                raise KeyboardInterrupt
+                raise stopped_by(stopped.signum)
             yield
         finally:
             if started:
-                with _stop_on_signals(threading.Event()):  # whole: stopped half-way, it leaves Ray's processes running
+                with _stop_on_signals(_StopEvent()):  # whole: stopped half-way, it leaves Ray's processes running
                     ray.shutdown()
 
-    def _start(self, ray: Any, stop: threading.Event) -> None:
+    def _start(self, ray: Any, stop: _StopEvent) -> None:
         """ray.init, never cut half-way by Ctrl-C or SIGTERM when it starts a local Ray: they set ``stop`` and the
         batch stops once Ray has started, so that ray.shutdown knows every process to stop. A local Ray cut half-way
         left its raylet's agents running for minutes, or this process crashing at exit (its core worker half made).
@@ -169,7 +169,7 @@ class RayEngine:
                 self._init(ray)
         except SystemExit as exc:
             if exc.code == signal.SIGTERM:  # the exit of a SIGTERM handler that a Ray set after all
-                raise KeyboardInterrupt from None
+                raise stopped_by(signal.SIGTERM) from None
             raise
 
     def _init(self, ray: Any) -> None:
@@ -239,12 +239,19 @@ class RayEngine:
         return {}
 
 
+class _StopEvent(threading.Event):
+    """Set by the first Ctrl-C or SIGTERM (see :func:`_stop_on_signals`), which it keeps: the line that ends the run
+    names it."""
+
+    signum: int = signal.SIGINT
+
+
 class _Stopped(Exception):
     """The driver was asked to stop (Ctrl-C or SIGTERM)."""
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event, *, say: str = "", twice: bool = False) -> Iterator[None]:
+def _stop_on_signals(stop: _StopEvent, *, say: str = "", twice: bool = False) -> Iterator[None]:
     """Ctrl-C and SIGTERM set ``stop`` instead of raising (logging ``say``, when given), so the driver stops where it
     waits, never half-way through a Ray call; with ``twice``, a second one raises KeyboardInterrupt (for a wait that
     may not end by itself). Main thread only (elsewhere they are the main thread's business)."""
@@ -253,6 +260,8 @@ def _stop_on_signals(stop: threading.Event, *, say: str = "", twice: bool = Fals
             raise KeyboardInterrupt
         if say:
             log.warning(say)
+        if not stop.is_set():
+            stop.signum = signum
         stop.set()
 
     with handled(note):
