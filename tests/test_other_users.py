@@ -7,20 +7,34 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 
 import pytest
-import zmq
 from helpers_users import OTHER, OWNER, as_other_user, needs_root, shared_folder
 
 from streamfuse.atomic_write import partial_path
-from streamfuse.connection_watch import connect_sub
-from streamfuse.endpoints import bind
-from streamfuse.output_lock import _HELD as held
 from streamfuse.output_lock import output_lock
+from streamfuse.replay.resume import sidecar_path
+
+CHECK = """
+from pathlib import Path
 from streamfuse.replay.outputs import check_output_folder
-from streamfuse.replay.resume import save_sidecar, sidecar_path
-from streamfuse.subscribe import main as subscribe
+check_output_folder(Path(out), "h264")
+"""
+BIND = """
+import zmq
+from streamfuse.endpoints import bind
+ctx = zmq.Context()
+try:
+    with ctx.socket(zmq.XPUB) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        bind(sock, endpoint)
+finally:
+    ctx.term()
+"""
+CONNECT = """
+from streamfuse.connection_watch import connect_sub
+connect_sub(endpoint, [b"fused/"], rcvhwm=2, max_part_bytes=1 << 20)
+"""
 
 
 @needs_root
@@ -32,12 +46,12 @@ def test_another_users_interrupted_replay_in_a_shared_folder_is_named_before_any
         theirs = partial_path(out) if left == "partial" else sidecar_path(out)
         theirs.write_bytes(b"their frames")
         os.chown(theirs, OWNER, OWNER)
-        said = as_other_user(lambda: check_output_folder(out, "h264"))
+        said = as_other_user(CHECK, out=out)
         assert said == (f"PermissionError: {theirs} belongs to uid {OWNER}, in a shared folder where only they may "
                         f"move or delete it (a replay must): ask them to, or choose another --out")
         assert theirs.read_bytes() == b"their frames"
         os.chown(theirs, OTHER, OTHER)  # the user's own file: theirs to replace
-        assert as_other_user(lambda: check_output_folder(out, "h264")) == ""
+        assert as_other_user(CHECK, out=out) == ""
 
 
 def _socket(path, listening: bool) -> socket.socket:
@@ -51,21 +65,11 @@ def _socket(path, listening: bool) -> socket.socket:
     return sock
 
 
-def _bind(endpoint: str) -> None:
-    ctx = zmq.Context()
-    try:
-        with ctx.socket(zmq.XPUB) as sock:
-            sock.setsockopt(zmq.LINGER, 0)
-            bind(sock, endpoint)
-    finally:
-        ctx.term()
-
-
 @needs_root
 def test_another_users_socket_left_in_a_shared_folder_is_named_when_binding_there():
     # "endpoint ... is already in use (another publisher running? ...)" where none ran: libzmq could not remove it
     with shared_folder() as folder, _socket(folder / "pub", listening=False):
-        said = as_other_user(lambda: _bind(f"ipc://{folder / 'pub'}"))
+        said = as_other_user(BIND, endpoint=f"ipc://{folder / 'pub'}")
         assert said == (f"FileExistsError: cannot bind endpoint ipc://{folder / 'pub'}: {folder / 'pub'} is a socket "
                         f"of uid {OWNER}'s (their publisher's, running or ended), in a shared folder where only they "
                         f"may remove it; choose another path")
@@ -76,7 +80,7 @@ def test_another_users_running_publisher_is_never_taken_over():
     # a socket this user may not connect to looked like a dead one: libzmq deleted it and took its place
     with shared_folder(0o777) as folder, _socket(folder / "pub", listening=True):
         inode = (folder / "pub").stat().st_ino
-        said = as_other_user(lambda: _bind(f"ipc://{folder / 'pub'}"))
+        said = as_other_user(BIND, endpoint=f"ipc://{folder / 'pub'}")
         assert said.startswith("ZMQError: Address already in use")
         assert (folder / "pub").stat().st_ino == inode
 
@@ -85,21 +89,19 @@ def test_another_users_running_publisher_is_never_taken_over():
 def test_subscribing_to_another_users_socket_says_why_it_cannot_connect():
     # libzmq retried in silence: "no frame ... for 60 s after 0 frames: is the publisher running?"
     with shared_folder() as folder, _socket(folder / "pub", listening=True):
-        said = as_other_user(lambda: connect_sub(f"ipc://{folder / 'pub'}", [b"fused/"], rcvhwm=2,
-                                                 max_part_bytes=1 << 20))
+        said = as_other_user(CONNECT, endpoint=f"ipc://{folder / 'pub'}")
         assert said == (f"ValueError: cannot connect to ipc://{folder / 'pub'}: permission denied: the socket "
                         f"belongs to uid {OWNER} (mode 0755); another user connects only where its publisher made "
                         f"it writable")
-        assert as_other_user(lambda: connect_sub(f"ipc://{folder / 'none'}", [b"fused/"], rcvhwm=2,
-                                                 max_part_bytes=1 << 20)) == ""  # a publisher yet to start
+        assert as_other_user(CONNECT, endpoint=f"ipc://{folder / 'none'}") == ""  # a publisher yet to start
 
 
 @needs_root
 def test_a_save_folder_this_user_cannot_write_is_refused_before_any_frame(capfd):
     # refused only at the first frame: "cannot write .../fused_00000287.png: Permission denied", once one came
     with shared_folder(0o755) as folder:
-        said = as_other_user(lambda: sys.exit(subscribe(["tcp://127.0.0.1:1", "--save", str(folder),
-                                                         "--timeout", "0.1", "--first-timeout", "0.1"])))
+        said = as_other_user("import sys\nfrom streamfuse.subscribe import main\nsys.exit(main(argv))",
+                             argv=["tcp://127.0.0.1:1", "--save", folder, "--timeout", "0.1", "--first-timeout", "0.1"])
         assert said == "SystemExit: 2"
         assert capfd.readouterr().err.splitlines() == [f"streamfuse subscribe: error: cannot write into the --save "
                                                        f"folder {folder}: Permission denied"]
@@ -111,11 +113,7 @@ def test_another_users_replay_writing_the_same_output_is_named_as_such():
     with shared_folder() as folder, output_lock(folder / "h.mp4"):
         partial_path(folder / "h.mp4").write_bytes(b"")
         os.chown(partial_path(folder / "h.mp4"), OWNER, OWNER)
-        def check() -> None:
-            held.clear()  # the lock this process holds stands for another process's: forked, the child knew it
-            check_output_folder(folder / "h.mp4", "h264")
-
-        said = as_other_user(check)
+        said = as_other_user(CHECK, out=folder / "h.mp4")  # the lock this process holds stands for their replay's
         assert said.startswith(f"FileExistsError: output {folder / 'h.mp4'} is being written by another run (")
 
 
@@ -128,5 +126,7 @@ def test_a_sidecar_temporary_file_another_user_left_in_this_users_folder_is_repl
         left = sidecar_path(out).with_suffix(".tmp")
         left.write_bytes(b"")
         os.chown(left, OWNER, OWNER)
-        assert as_other_user(lambda: save_sidecar(out, {"ir": 1}, "running", 0, None)) == ""
+        said = as_other_user("from pathlib import Path\nfrom streamfuse.replay.resume import save_sidecar\n"
+                             "save_sidecar(Path(out), {'ir': 1}, 'running', 0, None)", out=out)
+        assert said == ""
         assert json.loads(sidecar_path(out).read_text())["fingerprint"] == {"ir": 1} and not left.exists()

@@ -25,6 +25,19 @@ def no_model(monkeypatch):
     monkeypatch.setattr(pipeline.FrameProcessor, "from_config", loaded)
 
 
+# _run in a fresh interpreter, whose model must not load either (as ``no_model`` says)
+RUN_UNLOADED = """
+from streamfuse import pipeline
+from streamfuse.config import load_config
+from streamfuse.configs import resolve
+def loaded(*_args, **_kwargs):
+    raise AssertionError("the model was loaded")
+pipeline.FrameProcessor.from_config = loaded
+cfg = load_config(resolve("demo"), [f"record.path={path}", "publish.endpoint=inproc://record-path"])
+pipeline.run(cfg, duration_s=1.0)
+"""
+
+
 def _run(path: Path) -> None:
     cfg = load_config(resolve("demo"), [f"record.path={path}", "publish.endpoint=inproc://record-path"])
     pipeline.run(cfg, duration_s=1.0)
@@ -47,9 +60,9 @@ def test_a_folder_that_is_a_file_is_refused_before_the_model_loads(tmp_path, no_
 
 
 @needs_root
-def test_a_folder_this_user_cannot_write_is_refused_before_the_model_loads(no_model):
+def test_a_folder_this_user_cannot_write_is_refused_before_the_model_loads():
     with shared_folder(0o755) as folder:  # root's: another user reads it, cannot write in it
         path = folder / "runs" / "rig.mcap"
-        said = as_other_user(lambda: _run(path))
+        said = as_other_user(RUN_UNLOADED, path=path)
         assert said == f"RuntimeError: cannot write recording {path}: {folder} is not writable (Permission denied)"
         assert os.listdir(folder) == []
