@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from streamfuse.errors import io_reason
+from streamfuse.sticky import user_name
 
 __all__ = ["lock_path", "output_lock", "check_not_held"]
 
@@ -44,7 +45,7 @@ def output_lock(out: str | os.PathLike, inside: bool = False, label: str = "") -
         try:  # never through a link: a planted one would make this run write into the file it names
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise OSError(f"cannot lock output {out}: {path}: {io_reason(exc)}") from None
+            raise _cannot_open(out, path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -102,6 +103,19 @@ def _holder(fd: int) -> str:
 def _busy(what: str, holder: str, path: Path) -> FileExistsError:
     return FileExistsError(f"{what} is being written by another run ({holder}, holding {path.name}); "
                            "wait for it to end, or give another output")
+
+
+def _cannot_open(out: str | os.PathLike, path: Path, exc: OSError) -> OSError:
+    """Why ``out``'s lock file could not be opened: named with its owner where it is another user's, which a run of
+    theirs left (it locks nothing once that run ends, but this user may not write it, and only they may remove it)."""
+    try:
+        uid = path.lstat().st_uid if exc.errno in (errno.EACCES, errno.EPERM) else os.geteuid()
+    except OSError:
+        uid = os.geteuid()
+    if uid == os.geteuid():
+        return OSError(f"cannot lock output {out}: {path}: {io_reason(exc)}")
+    return PermissionError(f"cannot lock output {out}: {path} belongs to {user_name(uid)}, left by a run of theirs, "
+                           "and this user may not write it: ask them to remove it, or give another output")
 
 
 def _same_inode(fd: int, path: Path) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from helpers_users import OTHER, OWNER, as_other_user, needs_root, shared_folder
 
 from streamfuse.atomic_write import partial_path
-from streamfuse.output_lock import output_lock
+from streamfuse.output_lock import lock_path, output_lock
 from streamfuse.replay.resume import sidecar_path
 
 CHECK = """
@@ -30,6 +30,12 @@ try:
         bind(sock, endpoint)
 finally:
     ctx.term()
+"""
+TAKE = """
+from pathlib import Path
+from streamfuse.output_lock import output_lock
+with output_lock(Path(out)):
+    pass
 """
 CONNECT = """
 from streamfuse.connection_watch import connect_sub
@@ -130,3 +136,18 @@ def test_a_sidecar_temporary_file_another_user_left_in_this_users_folder_is_repl
                              "save_sidecar(Path(out), {'ir': 1}, 'running', 0, None)", out=out)
         assert said == ""
         assert json.loads(sidecar_path(out).read_text())["fingerprint"] == {"ir": 1} and not left.exists()
+
+
+@needs_root
+@pytest.mark.parametrize("mode", [0o1777, 0o777])
+def test_another_users_output_lock_left_in_a_shared_folder_is_named(mode):
+    # "cannot lock output .../l.mp4: .../.l.mp4.lock: Permission denied", naming no one
+    with shared_folder(mode) as folder:
+        out, lock = folder / "l.mp4", lock_path(folder / "l.mp4")
+        lock.write_bytes(b"")
+        os.chown(lock, OWNER, OWNER)
+        assert as_other_user(TAKE, out=out) == (f"PermissionError: cannot lock output {out}: {lock} belongs to uid "
+                                                f"{OWNER}, left by a run of theirs, and this user may not write it: "
+                                                f"ask them to remove it, or give another output")
+        os.chown(lock, OTHER, OTHER)  # the user's own, left by a run of theirs: taken
+        assert as_other_user(TAKE, out=out) == ""
