@@ -26,6 +26,7 @@ _SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd|token|key|secret|a
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TORCH_NO_MEMORY = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
 
 
 def printable(message: object) -> str:
@@ -73,7 +74,10 @@ def one_line(exc: BaseException, *, typed: bool = False) -> str:
 def limit_reached(exc: BaseException) -> str:
     """The limit that ``exc`` ran into, said after its reason (" (...)"), or "" for another error: "Too many open
     files" named neither the limit nor what to change, and the file it failed on was anything the run opened next (a
-    pipe, a module, a shared-memory segment: dozens of subscribers, each a socket, had taken the rest)."""
+    pipe, a module, a shared-memory segment: dozens of subscribers, each a socket, had taken the rest); nor did an
+    allocation refused under an address-space or data limit (``ulimit -v``, ``-d``; systemd's ``LimitAS=``)."""
+    if _out_of_memory(exc):
+        return _memory_limit()
     if not isinstance(exc, OSError) or exc.errno not in (errno.EMFILE, errno.ENFILE):
         return ""
     if exc.errno == errno.ENFILE:
@@ -82,6 +86,27 @@ def limit_reached(exc: BaseException) -> str:
         return " (the process's open-file limit is reached)"
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return f" (the process's open-file limit, ulimit -n, is {soft}: raise it)"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation refused: Python's or NumPy's, the OS's, or torch's CPU allocator's (a plain
+    RuntimeError: a message that quotes it, as a stopped replay's does, has been told its limit already)."""
+    if isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
+    return type(exc) is RuntimeError and _TORCH_NO_MEMORY.search(str(exc)) is not None
+
+
+def _memory_limit() -> str:
+    """The lower of the address-space and data limits where one is set, said as :func:`limit_reached` says it."""
+    if resource is None:
+        return ""
+    limits = [(resource.getrlimit(which)[0], name) for which, name in (
+        (resource.RLIMIT_AS, "address-space limit, ulimit -v"), (resource.RLIMIT_DATA, "data limit, ulimit -d"))]
+    limits = [(soft, name) for soft, name in limits if soft != resource.RLIM_INFINITY]
+    if not limits:
+        return ""
+    soft, name = min(limits)
+    return f" (out of memory: the process's {name}, is {soft / 2 ** 30:.1f} GiB: raise it)"
 
 
 def unreachable(exc: BaseException) -> bool:

@@ -100,3 +100,25 @@ def test_opencv_quiet_blocks_that_overlap_on_threads_put_the_level_back_once_the
     assert cv2.utils.logging.getLogLevel() == cv2.utils.logging.LOG_LEVEL_SILENT  # the second block still reads
     second.__exit__(None, None, None)
     assert cv2.utils.logging.getLogLevel() == before != cv2.utils.logging.LOG_LEVEL_SILENT
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a memory limit set for the child")
+@pytest.mark.parametrize("limit, name", [("RLIMIT_AS", "address-space limit, ulimit -v"),
+                                         ("RLIMIT_DATA", "data limit, ulimit -d")])
+def test_an_allocation_refused_under_a_memory_limit_names_the_limit(limit, name):
+    # a replay of large frames under ulimit -v stopped on torch's "DefaultCPUAllocator: can't allocate memory: you
+    # tried to allocate 48000000 bytes. Error code 12 (Cannot allocate memory)" and nothing of the limit
+    code = ("import resource, sys\n"
+            "resource.setrlimit(getattr(resource, sys.argv[1]), (8 << 30, resource.RLIM_INFINITY))\n"
+            "import numpy, torch\n"
+            "from streamfuse.errors import one_line\n"
+            "for allocate in (lambda: torch.empty(16 << 30, dtype=torch.uint8), lambda: numpy.empty(16 << 30, 'u1')):\n"
+            "    try:\n"
+            "        allocate()\n"
+            "    except (RuntimeError, MemoryError) as exc:\n"
+            "        print(one_line(exc))\n")
+    proc = subprocess.run([sys.executable, "-c", code, limit], capture_output=True, text=True, timeout=300)
+    said = proc.stdout.splitlines()
+    assert len(said) == 2, proc.stderr
+    assert "can't allocate memory" in said[0] and "Unable to allocate 16.0 GiB" in said[1]
+    assert all(line.endswith(f" (out of memory: the process's {name}, is 8.0 GiB: raise it)") for line in said), said
