@@ -82,9 +82,12 @@ class Telemetry:
 
 
 def format_stats(snap: dict) -> str:
-    """One human-readable line of a snapshot for the log."""
+    """One human-readable line of a snapshot for the log: before any source's first frame (a source still opening: a
+    large synthetic scene takes seconds to build) it says so, where a rate of 0 would read as a stalled run."""
     stages = " ".join(f"{k}={v['median_ms']:.1f}/{v['p99_ms']:.1f}ms" for k, v in snap["stages"].items())
     counters = " ".join(f"{k}={round(v, 2) if isinstance(v, float) else v}"
                         for k, v in sorted(snap["counters"].items()) if v)
+    if not any(v for k, v in snap["counters"].items() if k == "published" or k.startswith("received.")):
+        return f"no frame yet: the sources are opening ({snap['uptime_s']:.0f} s since start) | {counters}"
     rates = f"rate={snap['rate_fps']:.1f}fps (since start {snap['mean_rate_fps']:.1f})"
     return f"{rates} (median/p99) {stages} | {counters}"

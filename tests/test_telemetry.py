@@ -122,3 +122,15 @@ def test_a_snapshot_measures_from_the_one_before_only_less_than_half_an_interval
     tel.snapshot()
     tel.count("published", 1)
     assert tel.snapshot()["rate_fps"] == pytest.approx(rate, abs=0.01)
+
+
+def test_the_log_line_before_any_frame_says_so_rather_than_a_rate_of_zero():
+    # a 3840x2160 synthetic rig's sources took seconds to open, logging "rate=0.0fps (since start 0.0)" meanwhile
+    tel = Telemetry(TelemetryConfig())
+    tel.set("capture_restarts.ir", 1)
+    tel.set("received.ir", 0)
+    line = format_stats(tel.snapshot())
+    assert line.startswith("no frame yet: the sources are opening (0 s since start)") and "rate=" not in line
+    assert line.endswith(" | capture_restarts.ir=1")
+    tel.set("received.ir", 1)  # a first frame, none fused yet: a rate of 0 is the truth now
+    assert format_stats(tel.snapshot()).startswith("rate=0.0fps (since start 0.0)")
