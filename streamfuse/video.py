@@ -114,8 +114,8 @@ class VideoWriter:
             raise PermissionError(f"output folder is not writable: {self.path.parent}")
         self.encoder = pick_encoder(codec)
         self._format, self._options = fmt, _muxer_options(fmt, time_base)
-        self._metadata, self._rate = metadata or {}, rate
-        self.count, self._last_pts, self._finished, self._sealed = 0, None, False, False
+        self.metadata, self._rate = metadata or {}, rate
+        self.count, self._last_pts, self._finished, self._sealed, self.encoded = 0, None, False, False, False
         try:
             self._container = av.open(str(self.partial), mode="w", format="nut",
                                       options={**_muxer_options("nut", time_base), "flush_packets": "1"})
@@ -139,6 +139,18 @@ class VideoWriter:
         self._worker = WriterThread(f"encode {self.path.name}", self._encode, f"writing {self.partial}", queue_size,
                                     threaded=threaded)
         self.busy_ns = self._worker.busy_ns  # encoder thread time per frame
+
+    @classmethod
+    def encoded_whole(cls, path: str | os.PathLike, *, codec: str, time_base: Fraction, rate: Fraction,
+                      metadata: dict[str, str]) -> VideoWriter:
+        """A writer of ``path`` whose partial file an earlier writer encoded and closed whole, its remux cut short (a
+        full disk): :meth:`commit` remuxes that file as it is, no frame encoded again."""
+        writer = cls.__new__(cls)
+        writer.path, writer.partial, writer.time_base = Path(path), partial_path(path), time_base
+        writer._format = container_format(writer.path, codec)
+        writer._options, writer.metadata, writer._rate = _muxer_options(writer._format, time_base), metadata, rate
+        writer.encoded, writer._sealed = True, False
+        return writer
 
     def _codec_options(self, crf: int, preset: str) -> dict[str, str]:
         if self.encoder == "libx264":
@@ -189,7 +201,9 @@ class VideoWriter:
     def seal(self) -> None:
         """Encode what is queued, flush, close and remux into the final container under a temporary name (the long
         part of :meth:`commit`); on an error or Ctrl-C the half-written copy goes and the partial file stays."""
-        self._finish()
+        if not self.encoded:
+            self._finish()
+            self.encoded = True  # every frame: a writer sealed is one the caller gives no more
         remuxed = work_paths(self.path)[2]
         try:
             self._remux(remuxed)
@@ -216,7 +230,7 @@ class VideoWriter:
                 av.open(str(dst), mode="w", format=self._format, options=self._options) as out:
             stream = out.add_stream_from_template(src.streams.video[0])
             stream.time_base, stream.codec_context.framerate = slot or self.time_base, self._rate
-            out.metadata.update(_split_tags(self._metadata) if self._format == "nut" else self._metadata)
+            out.metadata.update(_split_tags(self.metadata) if self._format == "nut" else self.metadata)
             for packet in src.demux(src.streams.video[0]):
                 if packet.size:  # the demuxer ends with an empty flush packet
                     if slot:  # FFV1 (AVI's only codec here) has no reordering: dts is pts

@@ -329,6 +329,34 @@ def test_interrupt_while_the_file_is_remuxed_keeps_the_partial_and_resumes(tmp_p
     assert summary.complete and summary.fused == 0 and len(decoded(out)[1]) == summary.written
 
 
+def test_a_resume_after_a_full_disk_cut_the_final_remux_remuxes_the_frames_already_encoded(tmp_path, clip,
+                                                                                            monkeypatch):
+    # every frame was decoded from the partial file and encoded again (H.264 twice over), needing more room still
+    ir, vis, _ = clip
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    real_remux, real_encode, encoded = VideoWriter._remux, VideoWriter._encode, []
+
+    def full_disk(self, dst):
+        dst.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(VideoWriter, "_remux", full_disk)
+    with pytest.raises(ReplayError, match=r"No space left on device; (\d+) frames kept in .*; run again with --resume"):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    monkeypatch.setattr(VideoWriter, "_encode", lambda self, item: encoded.append(item) or real_encode(self, item))
+    with pytest.raises(ReplayError, match=r"No space left on device; \d+ frames kept in .*; run again with --resume"):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)  # the disk still full: as it was
+    kept = list(decode_frames(partial_path(out)))
+    monkeypatch.setattr(VideoWriter, "_remux", real_remux)
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and not encoded and not list(tmp_path.glob(".fused*"))
+    final = list(decode_frames(out))
+    assert summary.written == len(final) == len(kept) > 0
+    assert all(a[0] == b[0] and np.array_equal(a[1], b[1]) for a, b in zip(kept, final))  # the very frames kept
+    with av.open(str(out)) as c:
+        assert json.loads(c.metadata["comment"])["streamfuse_config"]["replay"]["out"] == str(out)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("when", ["after the rename", "after the partial file's removal"])
 def test_a_stop_once_the_output_has_its_name_leaves_it_complete(tmp_path, clip, monkeypatch, sig, when):

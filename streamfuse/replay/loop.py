@@ -94,6 +94,9 @@ def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, frames: FramesDir | 
         return summary
     prints = fingerprint(cfg, ir, vis)
     take_over = TakeOver.open(out, prints, rcfg.pacing, vis.time_base) if resume else None
+    if take_over is not None and frames is None and (written := take_over.finish_whole(rcfg.codec, vis.rate)):
+        summary.complete, summary.written = True, written
+        return summary
     if frames is not None:
         frames.start(continuing=take_over is not None)
     # the values used (inputs, output, resume), as the output's metadata records them
@@ -294,7 +297,8 @@ class _Replay:
         self._save_sidecar("running")
 
     def _save_sidecar(self, state: str) -> None:
-        save_sidecar(self.out, self.fingerprint, state, self.writer.count, self.last_pts)
+        save_sidecar(self.out, self.fingerprint, state, self.writer.count, self.last_pts,
+                     encoded=self.writer.metadata if self.writer.encoded else None)
 
     def _stop_reason(self, readers: list[Reader]) -> str:
         """Why a loop that ran to the end of its inputs is still not complete, or ''."""

@@ -28,7 +28,8 @@ from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.errors import io_reason
 from streamfuse.file_names import local_name
 from streamfuse.replay.inputs import Input
-from streamfuse.video import decode_frames, ffv1_slice_crcs
+from streamfuse.replay.summary import ReplayError
+from streamfuse.video import VideoWriter, decode_frames, ffv1_slice_crcs
 
 __all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver", "resume_hint",
            "frames_held"]
@@ -68,10 +69,12 @@ def taken_over_path(out: Path) -> Path:
     return partial_path(out).with_name(partial_path(out).name + ".old")
 
 
-def save_sidecar(out: Path, fingerprint: dict[str, Any], state: str, written: int, last_pts: int | None) -> None:
-    """What ``resume`` needs to trust the partial output: the fingerprint, and how far the run got."""
+def save_sidecar(out: Path, fingerprint: dict[str, Any], state: str, written: int, last_pts: int | None,
+                 encoded: dict[str, str] | None = None) -> None:
+    """What ``resume`` needs to trust the partial output: the fingerprint, and how far the run got; ``encoded``, the
+    output's tags where the partial file holds every frame, encoded and closed whole (only its remux failed)."""
     _write_sidecar(out, json.dumps({"fingerprint": fingerprint, "state": state, "written": written,
-                                    "last_pts": last_pts}).encode())
+                                    "last_pts": last_pts, **({"encoded": encoded} if encoded else {})}).encode())
 
 
 def _write_sidecar(out: Path, data: bytes) -> None:
@@ -209,6 +212,23 @@ class TakeOver:
         log.info("resuming %s: re-encoding the frames of the interrupted run, then fusing the rest", self._out)
         self._frames = decode_frames(self._old)
         self._intact = _intact_packets(self._old)
+
+    def finish_whole(self, codec: str, rate: Fraction) -> int:
+        """Where the interrupted run encoded every frame whole and only its output's remux failed (a full disk):
+        write the output from its partial file, no frame encoded again, and return the frames it holds; else 0."""
+        saved = json.loads(sidecar_path(self._out).read_bytes())
+        if not saved.get("encoded") or frames_held(partial_path(self._out)) != saved.get("written"):
+            return 0
+        log.info("resuming %s: the interrupted run encoded all %d frames; writing the output from them", self._out,
+                 saved["written"])
+        try:
+            VideoWriter.encoded_whole(self._out, codec=codec, time_base=self._time_base, rate=rate,
+                                      metadata=saved["encoded"]).commit()
+        except RuntimeError as exc:
+            raise ReplayError(f"replay stopped: {exc}; {saved['written']} frames kept in {partial_path(self._out)}",
+                              hint=resume_hint(self._out, "fast")) from None
+        sidecar_path(self._out).unlink(missing_ok=True)
+        return saved["written"]
 
     def frame_at(self, pts: int) -> np.ndarray | None:
         """The partial output's frame for this pts, else None (from then on every pair is fused)."""
