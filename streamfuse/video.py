@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -21,15 +20,13 @@ from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
 from streamfuse.errors import io_reason
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "upright",
-           "announced_end_s", "announced_frames", "read_tags", "ffv1_slice_crcs",
-           "ffv1_checked", "LENIENT_TAGS"]
+           "announced_end_s", "announced_frames", "read_tags", "LENIENT_TAGS"]
 
 log = logging.getLogger(__name__)
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".nut": "nut", ".avi": "avi"}
 _H264_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 _DURATION_IS_END = {"matroska", "webm", "nut", "flv"}  # FFmpeg demuxers whose duration counts from 0 (see below)
-_BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))  # byte -> its bits in reverse order
 _NUT_TAG_BYTES = 1000  # FFmpeg's NUT demuxer drops a tag value of 1 KiB or more (the resolved config is ~2 KB)
 # av.open's options for a file of others: tags that are not UTF-8 (an AVI's Latin-1 INFO title, which FFmpeg plays)
 # replaced, where PyAV up to 18 decodes them strictly (19 escapes them itself and takes no such option)
@@ -135,7 +132,7 @@ class VideoWriter:
         except (OSError, av.FFmpegError) as exc:
             self._container.close()
             raise RuntimeError(f"cannot encode {width}x{height} frames with {self.encoder}: {io_reason(exc)}") from None
-        self._stream, self.size = stream, (height, width)  # size: (H, W) of every frame
+        self._stream, self.size = stream, (height, width)  # (H, W) of every frame
         self._worker = WriterThread(f"encode {self.path.name}", self._encode, f"writing {self.partial}", queue_size,
                                     threaded=threaded)
         self.busy_ns = self._worker.busy_ns  # encoder thread time per frame
@@ -373,43 +370,3 @@ def announced_frames(container: av.container.InputContainer, stream: av.video.st
     it does not say, and for AVI, whose count takes in the empty chunks of skipped frames (:func:`announced_end_s`
     turns it into where the video ends)."""
     return 0 if "avi" in container.format.name.split(",") else stream.frames
-
-
-def ffv1_slice_crcs(packet: bytes) -> bool | None:
-    """Whether every slice of an FFV1 (version 3) frame passes its CRC, the check FFmpeg's decoder makes: each slice
-    ends in a 24-bit size, an error byte and a 32-bit parity that makes the slice's CRC-32 (MSB first, polynomial
-    0x04C11DB7, no inversion) zero (RFC 9043, 4.8). None when the slices do not end in such footers at all (a frame
-    written without ``slicecrc``, or one whose slice sizes are damaged)."""
-    end, intact = len(packet), True
-    while end > 0:
-        if end < 8:
-            return None
-        size = int.from_bytes(packet[end - 8:end - 5], "big") + 8  # the slice with its footer
-        if size > end:
-            return None
-        # zlib's CRC-32 is that CRC bit-reflected and inverted: fed bit-reversed bytes from an inverted start, it ends
-        # at 0xFFFFFFFF exactly when the MSB-first CRC is 0
-        intact &= zlib.crc32(packet[end - size:end].translate(_BIT_REVERSED), 0xFFFFFFFF) == 0xFFFFFFFF
-        end -= size
-    return intact
-
-
-def ffv1_checked(packets: Iterator[av.Packet]) -> Iterator[tuple[av.Packet, bool]]:
-    """Each FFV1 packet with whether its picture's slice CRCs pass. Whether the file stores CRCs (FFmpeg's
-    ``slicecrc``, which this project's FFV1 outputs always set) is told by the first picture whose slices end in
-    CRC footers: the first picture's verdict waits for the second's, since damaged slice sizes make a picture
-    read as one without CRCs (FFmpeg then conceals it)."""
-    held, stores_crcs = None, None  # the first picture, while the file's CRCs are not known; whether it has them
-    for packet in packets:
-        crcs = ffv1_slice_crcs(bytes(packet)) if packet.size else True
-        if stores_crcs is None and packet.size:
-            if crcs is None and held is None:
-                held = packet
-                continue
-            stores_crcs = crcs is not None
-        if held is not None:
-            yield held, not stores_crcs
-            held = None
-        yield packet, crcs is True or not stores_crcs
-    if held is not None:  # a file of one picture: read as FFmpeg reads it
-        yield held, True

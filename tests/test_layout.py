@@ -13,7 +13,7 @@ PACKAGE = REPO / "streamfuse"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 MAX_LINE = 120  # characters, as pyproject.toml's ruff line-length
-SIZE_MARK = "# size:"
+SIZE_MARK = "# size:"  # a comment line of its own, so a code comment reading "size: (H, W)" is not one
 
 
 def _modules() -> dict[str, Path]:
@@ -128,17 +128,21 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
 
 
+def _size_reason(line: str) -> bool:
+    return line.lstrip().startswith(SIZE_MARK)
+
+
 def _oversized() -> list[str]:
     """Modules over MAX_MODULE_LINES and functions over MAX_FUNCTION_LINES with no ``# size:`` comment inside."""
     found = []
     for name, path in MODULES.items():
         lines = path.read_text().splitlines()
-        if len(lines) > MAX_MODULE_LINES and not any(SIZE_MARK in line for line in lines):
+        if len(lines) > MAX_MODULE_LINES and not any(_size_reason(line) for line in lines):
             found.append(f"{path.relative_to(REPO)}: {len(lines)} lines")
         for node in ast.walk(ast.parse("\n".join(lines))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 body = lines[node.lineno - 1:node.end_lineno]
-                if len(body) > MAX_FUNCTION_LINES and not any(SIZE_MARK in line for line in body):
+                if len(body) > MAX_FUNCTION_LINES and not any(_size_reason(line) for line in body):
                     found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}(): {len(body)} lines")
     return found
 

@@ -25,7 +25,8 @@ from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder, encode_image
-from streamfuse.video import VideoWriter, container_format, decode_frames, ffv1_slice_crcs, read_tags, work_paths
+from streamfuse.ffv1_crc import ffv1_slice_crcs
+from streamfuse.video import VideoWriter, container_format, decode_frames, read_tags, work_paths
 
 T0 = 1_700_000_000_123_456_789  # an epoch capture time, ns
 

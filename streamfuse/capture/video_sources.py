@@ -156,7 +156,7 @@ class AvSource(BaseSource):
         """The stream's frames (``container.decode``, packet by packet, so a live stream can skip a bad packet)."""
         import av
 
-        from streamfuse.video import ffv1_checked
+        from streamfuse.ffv1_crc import ffv1_checked
 
         if stream.codec_context is None:  # a codec this FFmpeg cannot decode: PyAV 17 would crash decoding it
             raise OSError("FFmpeg has no decoder for its codec")

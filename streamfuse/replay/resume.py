@@ -26,10 +26,11 @@ import numpy as np
 
 from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.errors import io_reason
+from streamfuse.ffv1_crc import ffv1_slice_crcs
 from streamfuse.file_names import local_name
 from streamfuse.replay.inputs import Input
 from streamfuse.replay.summary import ReplayError
-from streamfuse.video import VideoWriter, decode_frames, ffv1_slice_crcs
+from streamfuse.video import VideoWriter, decode_frames
 
 __all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver", "resume_hint",
            "frames_held"]
