@@ -88,6 +88,6 @@ def format_stats(snap: dict) -> str:
     counters = " ".join(f"{k}={round(v, 2) if isinstance(v, float) else v}"
                         for k, v in sorted(snap["counters"].items()) if v)
     if not any(v for k, v in snap["counters"].items() if k == "published" or k.startswith("received.")):
-        return f"no frame yet: the sources are opening ({snap['uptime_s']:.0f} s since start) | {counters}"
+        return f"no frame yet ({snap['uptime_s']:.0f} s since start: a source still opening, or stalled) | {counters}"
     rates = f"rate={snap['rate_fps']:.1f}fps (since start {snap['mean_rate_fps']:.1f})"
     return f"{rates} (median/p99) {stages} | {counters}"

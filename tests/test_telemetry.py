@@ -130,7 +130,7 @@ def test_the_log_line_before_any_frame_says_so_rather_than_a_rate_of_zero():
     tel.set("capture_restarts.ir", 1)
     tel.set("received.ir", 0)
     line = format_stats(tel.snapshot())
-    assert line.startswith("no frame yet: the sources are opening (0 s since start)") and "rate=" not in line
+    assert line.startswith("no frame yet (0 s since start: a source still opening, or stalled)") and "rate=" not in line
     assert line.endswith(" | capture_restarts.ir=1")
     tel.set("received.ir", 1)  # a first frame, none fused yet: a rate of 0 is the truth now
     assert format_stats(tel.snapshot()).startswith("rate=0.0fps (since start 0.0)")
