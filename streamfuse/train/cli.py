@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
                     allow_abbrev=False,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=path_arg, default=data_dir(),
-                        help="data folder (default: STREAMFUSE_DATA, else ../shared/data)")
+                        help="data folder: its training sets, or its own ir/ and vi/ (default: STREAMFUSE_DATA, "
+                             "else ../shared/data)")
     parser.add_argument("--out", type=path_arg, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--ckpt-minutes", type=time_span("minutes"), default=3.0,

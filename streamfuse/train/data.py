@@ -1,6 +1,7 @@
 """Training data: registered IR/visible pairs from the training sets, OT-aligned, and random crops of them.
 
-Reads every pair under the data folder's training sets (``SETS``), never msrs/test, which is kept for evaluation.
+Reads every pair under the data folder's training sets (``SETS``), never msrs/test, which is kept for evaluation; a
+folder of one's own pairs (``ir/`` and ``vi/`` in it, as ``evaluate`` takes them) is read as one set.
 Each IR image is aligned to its visible image with the same OT lookup table as at inference (:mod:`streamfuse.align`,
 computed on the whole frame), then random crops and flips feed the net.
 """
@@ -28,7 +29,8 @@ SETS = ("msrs/train", "roadscene", "llvip/train", "llvip/test", "sequences/*")  
 
 
 def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """All (name, IR grey uint8, visible Y uint8) pairs of the training sets under ``data``.
+    """All (name, IR grey uint8, visible Y uint8) pairs of the training sets under ``data``, or of ``data`` itself
+    when it holds ``ir/`` and ``vi/``.
 
     Raises:
         FileNotFoundError: ``data`` is not a folder, or holds no pair.
@@ -40,15 +42,15 @@ def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
                                 "--data DIR or the STREAMFUSE_DATA environment variable)")
     pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
     deep: list[Path] = []  # 16-bit images, reported once
-    for pattern in SETS:
-        for root in sorted(data.glob(pattern)):
-            pairs += _set_pairs(root, data, deep)
+    own = (data / "ir").is_dir() and (data / "vi").is_dir()
+    for root in [data] if own else [root for pattern in SETS for root in sorted(data.glob(pattern))]:
+        pairs += _set_pairs(root, data, deep)
     if deep:
         log.warning("%d 16-bit images (first %s): brought to 8 bits as every reader does (IR stretched by its own "
                     "range, visible by its top 8 bits: streamfuse.bitdepth)", len(deep), deep[0])
     if not pairs:
-        raise FileNotFoundError(f"no training pairs under {data}: training reads <set>/ir/<name> with "
-                                f"<set>/vi/<name>, for the sets {', '.join(SETS)}")
+        raise FileNotFoundError(f"no training pairs under {data}: training reads ir/<name> with vi/<name> there, "
+                                f"or <set>/ir/<name> with <set>/vi/<name> for the sets {', '.join(SETS)}")
     return pairs
 
 

@@ -164,12 +164,18 @@ def test_16_bit_images_are_reported_and_read_as_evaluation_reads_them(tmp_path, 
     assert "2 16-bit images" in caplog.text and "IR stretched by its own range" in caplog.text
 
 
+def test_a_folder_of_own_pairs_is_one_set(tmp_path):
+    own = tmp_path / "own"  # ir/ and vi/ at the top, as evaluate takes them
+    _write_pair(own, "a.png", np.zeros((40, 56), np.uint8), np.zeros((40, 56, 3), np.uint8))
+    _write_pair(own / "msrs" / "test", "b.png", np.zeros((40, 56), np.uint8), np.zeros((40, 56, 3), np.uint8))
+    assert [name for name, _, _ in train.load_pairs(own)] == ["ir/a.png"]
+
+
 def test_a_data_folder_without_pairs_says_where_pairs_are_read(tmp_path):
-    flat = tmp_path / "flat"  # ir/ and vi/ at the top: not one of the training sets
-    _write_pair(flat, "a.png", np.zeros((40, 56), np.uint8), np.zeros((40, 56, 3), np.uint8))
-    with pytest.raises(FileNotFoundError, match=r"under .*flat: training reads <set>/ir/<name> with "
-                                                r"<set>/vi/<name>, for the sets msrs/train, roadscene"):
-        train.load_pairs(flat)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"under .*empty: training reads ir/<name> with vi/<name> there, "
+                                                r"or <set>/ir/<name> with <set>/vi/<name> for the sets msrs/train"):
+        train.load_pairs(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match=r"the data folder .*missing does not exist \(give another with "
                                                 r"--data DIR or the STREAMFUSE_DATA environment variable\)"):
         train.load_pairs(tmp_path / "missing")
