@@ -58,6 +58,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check(len(self.widths) == 2 and min(self.widths) >= 1, "widths", self.widths, "2 positive ints")
+        check(self.latent_channels >= 1, "latent_channels", self.latent_channels, ">= 1")
         check(1 <= self.image_channels <= self.latent_channels, "image_channels", self.image_channels,
               "1..latent_channels")
         check(self.denoiser_width >= 1, "denoiser_width", self.denoiser_width, ">= 1")
@@ -65,7 +66,8 @@ class ModelConfig:
         check(20 <= self.num_train_timesteps <= 100_000, "num_train_timesteps", self.num_train_timesteps,
               "20 (the teacher's most steps) .. 100000")
         check(1 <= self.student_steps <= 4, "student_steps", self.student_steps, "1..4")
-        check(0 < self.beta_start < self.beta_end < 1, "beta_end", self.beta_end, "0 < beta_start < beta_end < 1")
+        check(0 < self.beta_start < 1, "beta_start", self.beta_start, "0 < beta_start < 1")
+        check(self.beta_start < self.beta_end < 1, "beta_end", self.beta_end, "beta_start < beta_end < 1")
 
 
 class HCLFuseNet(nn.Module):
