@@ -10,7 +10,8 @@ Settings are ``--key value`` for the optimisation (``train`` section: ``--steps 
 ``--section.key value`` for the others (``--model.widths 16 24``, ``--loss.gradient 40``, ``--align.reg 0.05``);
 ``--key=value`` works too, a value is read as YAML and a bare boolean flag means true (``--distill``). Checkpoints
 (model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; Ctrl-C, SIGTERM
-or SIGHUP lets the step in flight finish, writes one and stops; --resume continues from there as if never stopped.
+or SIGHUP lets the step in flight finish, writes one and stops; --resume continues from there as if never stopped
+(with the run's --steps and --minutes where they are left out).
 When the run completes, OUT/hclfuse_v4.pt holds the EMA weights; OUT/train_config.yaml holds the resolved configuration.
 """
 
@@ -23,6 +24,8 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import NoReturn
+
+import yaml
 
 from streamfuse.cli.args import Parser, data_dir, path_arg, time_span
 from streamfuse.errors import printable
@@ -78,6 +81,17 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
+def _saved_budget(out: Path) -> list[str]:
+    """The budget (steps, minutes) that ``out``'s run was saved with, as overrides for the command line's to follow:
+    a resume left without ``--steps`` continues the run's schedule, not the default's (a 3000-step run went on to
+    20000). None where the file cannot tell (the resume's own checks name what is wrong)."""
+    try:
+        saved = yaml.safe_load((out / "train_config.yaml").read_text())["train"]
+        return [f"train.{key}={saved[key]}" for key in ("steps", "minutes") if type(saved.get(key)) in (int, float)]
+    except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return []
+
+
 def _stopped(line: str) -> NoReturn:
     """The user stopped the run: the line, and exit status 130 as every command gives (128 + SIGINT)."""
     print(line, file=sys.stderr)
@@ -100,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     args, rest = parser.parse_known_args(argv)
     install_direct(logging.INFO, "%(asctime)s %(name)s %(message)s")
     try:
-        setup = load_setup(to_overrides(rest))
+        setup = load_setup((_saved_budget(args.out) if args.resume else []) + to_overrides(rest))
     except ValueError as exc:  # a bad key or value: a config error, exit status 2 as for every command
         print(f"train: {printable(exc)}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -424,6 +424,26 @@ def test_a_finished_run_resumed_with_its_own_step_count_ends_at_once(data, tmp_p
     assert (out / DEFAULT_WEIGHTS.name).is_file()
 
 
+def test_a_resume_without_a_budget_keeps_the_runs_own(data, tmp_path, monkeypatch, caplog):
+    """A 2-step run stopped at each step and resumed without --steps completes at step 2, unwarned: the default's
+    20000 steps were taken as a new budget (the run stopped at step 2 of 20000)."""
+    out = tmp_path / "run"
+    real_optimise = loop._optimise
+
+    def stopped(run, total, cfg):
+        signal.raise_signal(signal.SIGINT)
+        real_optimise(run, total, cfg)
+
+    monkeypatch.setattr(loop, "_optimise", stopped)
+    _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--minutes", "60"])
+    with caplog.at_level(logging.WARNING, logger="train"):
+        train.main(["--data", str(data), "--out", str(out), *TINY, "--resume"])
+    assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 2 and "budget" not in caplog.text
+    assert (out / DEFAULT_WEIGHTS.name).is_file()
+    saved = yaml.safe_load((out / "train_config.yaml").read_text())["train"]
+    assert (saved["steps"], saved["minutes"]) == (2, 60)
+
+
 def test_a_run_its_time_budget_ends_ends_its_bar_complete_and_says_why(data, tmp_path, monkeypatch):
     """--minutes before --steps: the bar stopped at 2/1000, 0%, as a failed run's would."""
     clock, real_optimise = SleptClock(), loop._optimise
