@@ -311,6 +311,8 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
         if run.step > cfg.steps:
             raise ValueError(f"cannot resume with --steps {cfg.steps}: the run has done {run.step} steps already")
         log.info("resumed from %s at step %d", out / "checkpoint.pt", run.step)
+    if setup.align.enabled:  # one OT solve a pair: minutes of silence on the full data otherwise
+        log.info("aligning the IR of the %d pairs to their visible images (OT)", len(pairs))
     sampler = PairSampler(pairs, setup.align, cfg.crop, run.rng)
     log.info("%d training pairs from %s", len(pairs), data)
     try:

@@ -444,6 +444,15 @@ def test_a_resume_without_a_budget_keeps_the_runs_own(data, tmp_path, monkeypatc
     assert (saved["steps"], saved["minutes"]) == (2, 60)
 
 
+def test_the_alignment_of_the_pairs_is_said_before_it_runs(data, tmp_path, caplog):
+    """One OT solve a pair took two silent minutes on the full data, between the read and the pairs' count."""
+    with caplog.at_level(logging.INFO, logger="train"):
+        train.main(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--steps", "1"])
+    said = [record.getMessage() for record in caplog.records]
+    counted = next(i for i, line in enumerate(said) if line.startswith("2 training pairs from"))
+    assert "aligning the IR of the 2 pairs to their visible images (OT)" in said[:counted]
+
+
 def test_a_run_its_time_budget_ends_ends_its_bar_complete_and_says_why(data, tmp_path, monkeypatch):
     """--minutes before --steps: the bar stopped at 2/1000, 0%, as a failed run's would."""
     clock, real_optimise = SleptClock(), loop._optimise
