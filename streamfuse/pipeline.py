@@ -124,21 +124,16 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     """
     stop = stop or threading.Event()
     log.info("config %s: %s", cfg.source_file, _as_json(cfg))
-    processor = FrameProcessor.from_config(cfg)
-    fuser = processor.fuser
-    log.info("fuser %s %s", fuser.name, fuser.version)
-    if cfg.vis.kind in ("synthetic", "camera"):  # sources whose frame size is the configured one (a camera's request)
-        fuser.warm_up(cfg.vis.height, cfg.vis.width)
+    frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
     tel = Telemetry(cfg.telemetry)
     for name in ("published", "publish_dropped", "stale"):  # in every snapshot, 0 until something happens
         tel.set(name, 0)
     pairer = Pairer(cfg.sync)
+    pub, processor = _started(cfg, frame_ids)
+    fuser = processor.fuser
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
-    frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
     failure = ""
-    start_servers()  # before the publisher's shared memory: they must outlive a hangup, which stops the run
-    stats_extra = {"fuser": _fuser_info(cfg, fuser)}
-    with handled(lambda *_: stop.set()), Publisher(cfg.publish, stats_extra, frame_ids, cfg.vis.capture_clock) as pub, \
+    with handled(lambda *_: stop.set()), pub, \
             _recorder(cfg, frame_ids) as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not (stop.is_set() or failure) and time.monotonic() < deadline:
             # 1. capture: what arrived since the last turn (a brief wait if nothing has), up to a source's failure
@@ -167,6 +162,25 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     if failure:
         raise RunFailed(failure, snap)
     return snap
+
+
+def _started(cfg: PipelineConfig, frame_ids: dict[str, str]) -> tuple[Publisher, FrameProcessor]:
+    """The run's publisher, bound first (an endpoint another run holds is refused at once, not after the model's load
+    with the producers started), then its frame processor, the model loaded and announced in the stats, and the
+    producers' servers."""
+    pub = Publisher(cfg.publish, None, frame_ids, cfg.vis.capture_clock)
+    try:
+        processor = FrameProcessor.from_config(cfg)
+        fuser = processor.fuser
+        log.info("fuser %s %s", fuser.name, fuser.version)
+        if cfg.vis.kind in ("synthetic", "camera"):  # sources whose frame size is the configured one (a camera's)
+            fuser.warm_up(cfg.vis.height, cfg.vis.width)
+        pub.stats_extra["fuser"] = _fuser_info(cfg, fuser)
+        start_servers()  # before the publisher's shared memory: they must outlive a hangup, which stops the run
+    except BaseException:
+        pub.close()
+        raise
+    return pub, processor
 
 
 def _recorder(cfg: PipelineConfig, frame_ids: dict[str, str]) -> contextlib.AbstractContextManager:

@@ -75,7 +75,8 @@ class Publisher:
         ids = {s: optical_frame(s, (frame_ids or {}).get(s, "")) for s in ("ir", "vis")}
         self.published = self.dropped = 0
         self._topic, self._stats_topic = cfg.topic.encode(), cfg.stats_topic.encode()
-        self._stats_extra = stats_extra or {}
+        #: fields added to every stats message (a live run adds its fuser's once the model has loaded)
+        self.stats_extra = dict(stats_extra or {})
         self._previews = {s: preview_topic(cfg.topic, s).encode() for s in ("ir", "vis")}
         self._preview_subs: set[bytes] = set()  # live subscriptions to preview topics
         self._preview_seq = 0
@@ -301,7 +302,7 @@ class Publisher:
 
     def send_stats(self, stats: dict[str, Any]) -> bool:
         """Send a telemetry snapshot as ``[stats_topic, JSON]`` (numpy scalars and arrays become JSON numbers)."""
-        body = {"schema": STATS_SCHEMA, "t_ns": time.time_ns(), **self._stats_extra, **stats}
+        body = {"schema": STATS_SCHEMA, "t_ns": time.time_ns(), **self.stats_extra, **stats}
         try:
             self._sock.send_multipart([self._stats_topic, encode_json(body)], zmq.NOBLOCK)
         except zmq.Again:

@@ -327,6 +327,26 @@ def test_port_in_use_is_one_line_and_nonzero():
     assert "Traceback" not in out
 
 
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_an_endpoint_a_running_publisher_holds_is_refused_before_the_model_loads_or_a_process_starts(
+        tmp_path, monkeypatch, transport):
+    # a second run on the first's endpoint said so only after its model had loaded (8-30 s on a busy machine), the
+    # producers' servers started meanwhile
+    from streamfuse import pipeline
+    from streamfuse.config import load_config
+    from streamfuse.configs import resolve
+    from streamfuse.processor import FrameProcessor
+    from streamfuse.publish import Publisher, PublishConfig
+
+    monkeypatch.setattr(FrameProcessor, "from_config", lambda *args, **kwargs: pytest.fail("the model loaded"))
+    monkeypatch.setattr(pipeline, "start_servers", lambda: pytest.fail("a process started"))
+    asked = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/fused"
+    with Publisher(PublishConfig(endpoint=asked)) as first:
+        cfg = load_config(resolve("demo"), [f"publish.endpoint={first.endpoint}", "fuse.name=max"])
+        with pytest.raises(RuntimeError, match=re.escape(f"endpoint {first.endpoint} is already in use")):
+            pipeline.run_live(cfg, duration_s=1)
+
+
 @pytest.mark.timeout(30)
 def test_unknown_config_key_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",

@@ -953,6 +953,21 @@ def test_a_publishing_replay_names_no_stats_topic_it_never_sends_on(tmp_path, ca
     assert len(started) == 1 and "stats" not in started[0], caplog.messages
 
 
+def test_a_publishing_replay_on_a_taken_endpoint_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    # it was said only once the model had loaded (seconds on a busy machine)
+    from streamfuse.processor import FrameProcessor
+    from streamfuse.publish import Publisher, PublishConfig
+
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 3, 30, grey=True)
+    write_video(vis, 3, 30)
+    monkeypatch.setattr(FrameProcessor, "from_config", lambda *args, **kwargs: pytest.fail("the model loaded"))
+    with Publisher(PublishConfig(endpoint="tcp://127.0.0.1:*")) as first:
+        cfg = make_cfg(replay={"publish": True}, publish={"endpoint": first.endpoint})
+        with pytest.raises(RuntimeError, match=re.escape(f"endpoint {first.endpoint} is already in use")):
+            run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
+
+
 # -------------------------------------------------------------------------------- outputs that are inputs
 
 

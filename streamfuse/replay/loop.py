@@ -31,7 +31,7 @@ from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, chec
 from streamfuse.replay.frames_dir import FramesDir
 from streamfuse.replay.order_lag import OrderLag
 from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
-from streamfuse.replay.publishing import open_publisher, wait_subscriber
+from streamfuse.replay.publishing import closed_on_failure, open_publisher, wait_subscriber
 from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, resume_hint, save_sidecar, sidecar_path,
                                      taken_over_path)
 from streamfuse.replay.summary import ReplayError, ReplaySummary, StageClock
@@ -159,9 +159,10 @@ class _Replay:
         rcfg, s = self.cfg.replay, self.summary
         # Synchronous OT refresh: a background one would make which LUT a frame gets depend on timing.
         used = dataclasses.replace(self.cfg, align=dataclasses.replace(self.cfg.align, background=False))
-        processor = FrameProcessor.from_config(used, fuser_factory(used) if fuser_factory else None)
+        self.publisher = open_publisher(self.cfg, self.vis.cfg.capture_clock)  # a taken endpoint: said at once
+        with closed_on_failure(self.publisher):  # the model's load (seconds) comes after the publisher's bind
+            processor = FrameProcessor.from_config(used, fuser_factory(used) if fuser_factory else None)
         pairer = Pairer(self.cfg.sync, keep_left=True)  # a recording's frames outside the other's span told at the end
-        self.publisher = open_publisher(self.cfg, self.vis.cfg.capture_clock)
         opened: list = []
         bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {printable(self.out.name)}",
                    disable=None if rcfg.progress else True)

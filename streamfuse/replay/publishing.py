@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["open_publisher", "wait_subscriber"]
+__all__ = ["open_publisher", "closed_on_failure", "wait_subscriber"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +21,17 @@ def open_publisher(cfg: Any, capture_clock: str) -> Any:
 
     frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
     return Publisher(cfg.publish, frame_ids=frame_ids, capture_clock=capture_clock, stats=False)
+
+
+@contextlib.contextmanager
+def closed_on_failure(publisher: Any) -> Iterator[None]:
+    """A block whose failure (a Ctrl-C too) closes ``publisher`` (None: there is none) before it goes on."""
+    try:
+        yield
+    except BaseException:
+        if publisher is not None:
+            publisher.close()
+        raise
 
 
 def wait_subscriber(publisher: Any, cfg: Any) -> None:
