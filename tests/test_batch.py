@@ -415,6 +415,9 @@ def test_an_output_folder_inside_the_input_folder_is_refused_before_any_work(tmp
         with pytest.raises(ValueError, match=f"output folder {out} (is|is inside) the input folder {folder}; choose"):
             find_jobs(src, out, ext=".mkv")
     assert [job.out for job in find_jobs(src, src / "fused", ext=".mkv")] == [src / "fused" / "a.mkv"]  # beside: ok
+    with pytest.raises(ValueError, match=f"^replay.frames_dir {src / 'ir' / 'frames'} is inside the input folder "
+                                         f"{src / 'ir'}; choose a folder outside it$"):  # its PNGs too
+        find_jobs(src, src / "fused", ext=".mkv", frames_dir=src / "ir" / "frames")
     (tmp_path / "link").symlink_to(src / "ir")  # ir/ spelt another way
     with pytest.raises(ValueError, match=f"output folder {tmp_path / 'link'} is the input folder {src / 'ir'}; choose"):
         find_jobs(src, tmp_path / "link", ext=".mkv")

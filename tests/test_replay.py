@@ -1008,6 +1008,27 @@ def test_frames_folder_that_is_an_input_folder_is_refused(tmp_path):
         run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=tmp_path / "o.mp4")
 
 
+@pytest.mark.parametrize("stream, inside", [("ir", "o.mp4"), ("vis", "sub/o.mp4"), ("ir", "frames")])
+def test_an_output_inside_a_folder_input_is_refused_before_any_work(tmp_path, stream, inside):
+    # it was written among the frames, and a later --resume found that input changed
+    import cv2
+
+    for name in ("ir", "vis"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / name / f"{i:06d}.png"), np.full((48, 64), 30 * i, np.uint8))
+    (tmp_path / stream / "sub").mkdir()
+    listing = sorted(tmp_path.rglob("*"))
+    out, cfg = tmp_path / stream / inside, make_cfg()
+    if inside == "frames":  # the frames a replay writes besides its output
+        out, cfg = tmp_path / "o.mp4", make_cfg(replay={"frames_dir": str(tmp_path / stream / inside)})
+    what = "replay.frames_dir" if inside == "frames" else "output"
+    with pytest.raises(ValueError, match=f"^{what} {re.escape(str(tmp_path / stream / inside))} is inside the input "
+                                         f"folder {re.escape(str(tmp_path / stream))}; choose .* outside it$"):
+        run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=out)
+    assert sorted(tmp_path.rglob("*")) == listing
+
+
 @pytest.mark.parametrize("taken", ["o.mp4", ".o.mp4.partial"])
 def test_frames_folder_that_is_the_output_or_its_work_file_is_refused_before_any_work(tmp_path, clip, taken):
     # the whole replay ran, then stopped: the output could not take its name, said to be "an earlier run's output"

@@ -14,6 +14,7 @@ from streamfuse.capture.bag_folder import is_bag_folder, is_storage
 from streamfuse.capture.rosbag2_compression import is_compressed
 from streamfuse.errors import printable
 from streamfuse.replay import ListedPair, check_output_paths, find_pairs
+from streamfuse.replay.outputs import check_outside_folders
 from streamfuse.video import container_format
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         raise ValueError(f"no pairs to replay in {src}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is a file")
-    _check_out_dir_outside_inputs(out_dir, src, pairs)
+    _check_out_dir_outside_inputs(out_dir, src, pairs, frames_dir)
     if frames_dir and Path(frames_dir).exists() and not Path(frames_dir).is_dir():  # every pair would fail on it
         raise ValueError(f"replay.frames_dir {frames_dir} is a file, not a folder (each pair's frames go to a folder "
                          f"of their own inside it)")
@@ -193,18 +194,18 @@ def _unfinished(path: Path) -> str:
     return ""
 
 
-def _check_out_dir_outside_inputs(out_dir: Path, src: Path, pairs: list[ListedPair]) -> None:
-    """Refuse an output folder that is, or is inside, a pairs folder's ``ir/``, ``vi/`` or ``vis/``, there or not (a
-    later run would list its outputs among the inputs) or a folder input (a bag folder, a folder of frames): it would
-    write among inputs. Beside them (``src/fused``) is where users keep outputs: nothing lists it."""
-    out = out_dir.resolve()
+def _check_out_dir_outside_inputs(out_dir: Path, src: Path, pairs: list[ListedPair],
+                                  frames_dir: str | os.PathLike) -> None:
+    """Refuse an output folder (or ``frames_dir``) that is, or is inside, a pairs folder's ``ir/``, ``vi/`` or
+    ``vis/``, there or not (a later run would list its outputs among the inputs) or a folder input (a bag folder, a
+    folder of frames): it would write among inputs. Beside them (``src/fused``) is where users keep outputs: nothing
+    lists it."""
     # vi/ and vis/ missing too: a later run reads a new vi/ as the visible folder, before the vis/ there was
     folders = [src / d for d in ("ir", "vi", "vis") if (src / "ir").is_dir()]
     folders += [path for pair in pairs for path in (pair.ir, pair.vis) if path.is_dir()]
-    for folder in folders:
-        if out == folder.resolve() or folder.resolve() in out.parents:
-            where = "is" if out == folder.resolve() else "is inside"
-            raise ValueError(f"output folder {out_dir} {where} the input folder {folder}; choose an --out outside it")
+    check_outside_folders(out_dir, folders, "output folder", "an --out")
+    if frames_dir:
+        check_outside_folders(Path(frames_dir), folders, "replay.frames_dir", "a folder")
 
 
 def _check_outputs_are_no_inputs(jobs: list[PairJob]) -> None:

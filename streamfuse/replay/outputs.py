@@ -21,8 +21,8 @@ from streamfuse.replay.resume import sidecar_path, taken_over_path
 from streamfuse.sticky import stuck_owner
 from streamfuse.video import container_format, read_tags, work_paths
 
-__all__ = ["check_output_paths", "check_output_folder", "check_existing_output", "check_no_partial", "is_complete",
-           "made_with"]
+__all__ = ["check_output_paths", "check_outside_folders", "check_output_folder", "check_existing_output",
+           "check_no_partial", "is_complete", "made_with"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
 
     The output and every file it is written through (partial, remux, sidecar, lock) are compared with each input by
     resolved path and by inode, so another spelling, a symlink or a hard link of an input is caught too; an input
-    inside ``frames_dir`` would be overwritten by the frame PNGs. Those files must not be links or folders either.
+    inside ``frames_dir`` would be overwritten by the frame PNGs, and the output or ``frames_dir`` inside a folder input
+    (frames, a bag folder) would change it. Those files must not be links or folders either.
 
     Args:
         out: the fused video path.
@@ -80,6 +81,21 @@ def check_output_paths(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
         if frames_dir and any(_same_file(Path(frames_dir), p) for p in (path, *path.resolve().parents)):
             raise ValueError(f"replay.frames_dir {frames_dir} would overwrite the {STREAM_NAMES[stream]} input {path}; "
                              f"choose another folder")
+    folders = [Path(path) for path in inputs.values() if path and Path(path).is_dir()]  # frames, a bag folder
+    check_outside_folders(out, folders, "output", "an --out")
+    if frames_dir:
+        check_outside_folders(Path(frames_dir), folders, "replay.frames_dir", "a folder")
+
+
+def check_outside_folders(path: Path, folders: list[Path], what: str, instead: str) -> None:
+    """Refuse ``path`` (``what`` names it) that is, or is inside, one of the input ``folders``: it would write among
+    the inputs, and a later run (``--resume``, the batch again) would find them changed; ``instead``: the option or
+    key to choose anew."""
+    resolved = path.resolve()
+    for folder in folders:
+        if resolved == folder.resolve() or folder.resolve() in resolved.parents:
+            where = "is" if resolved == folder.resolve() else "is inside"
+            raise ValueError(f"{what} {path} {where} the input folder {folder}; choose {instead} outside it")
 
 
 def _work_files(out: Path) -> list[Path]:
