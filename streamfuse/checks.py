@@ -269,10 +269,11 @@ def override_keys(item: str) -> list[str]:
     return [k.strip() for k in item.partition("=")[0].lstrip("-").split(".")]
 
 
-# Characters YAML refuses in any text: C0 and C1 controls bar tab, line breaks and NEL (a file name may hold an escape),
-# and lone surrogates, which stand for an argument's bytes that are not UTF-8 (a file name's, or any non-ASCII one under
-# LC_ALL=C). A value holding them is read with each swapped for a private-use character of plane 16, then given back.
-_REFUSED = ((0x00, 0x08), (0x0B, 0x0C), (0x0E, 0x1F), (0x7F, 0x84), (0x86, 0x9F), (0xDC80, 0xDCFF))
+# Characters YAML refuses in any text: C0 and C1 controls bar tab (a file name may hold an escape), and lone
+# surrogates, which stand for an argument's bytes that are not UTF-8 (a file name's, or any non-ASCII one under
+# LC_ALL=C); and the line breaks it folds into spaces (a path holding one changed in silence). A value holding them is
+# read with each swapped for a private-use character of plane 16, then given back.
+_REFUSED = ((0x00, 0x08), (0x0A, 0x1F), (0x7F, 0x9F), (0x2028, 0x2029), (0xDC80, 0xDCFF))
 _STAND_IN = 0x100000
 
 
@@ -282,6 +283,8 @@ def _chars(shift: int) -> re.Pattern:
 
 
 _REFUSED_CHARS, _STAND_INS = _chars(0), _chars(_STAND_IN)
+_LINE_BREAKS = re.compile("[\n\r\x85\u2028\u2029]")
+_STAND_IN_SHOWN = re.compile(r"\\U0010([0-9a-f]{4})")  # as PyYAML's errors show a stand-in
 
 
 def yaml_value(text: str, where: str) -> Any:
@@ -289,8 +292,15 @@ def yaml_value(text: str, where: str) -> Any:
     path's control characters and bytes that are not UTF-8 kept as Python gives them); ``ValueError`` (one line,
     starting with ``where``) when it is no value that reader takes."""
     if _REFUSED_CHARS.search(text):
-        value = yaml_value(_REFUSED_CHARS.sub(lambda m: chr(ord(m.group()) + _STAND_IN), text), where)
-        return _given_back(value, {})
+        try:
+            value = _given_back(yaml_value(_REFUSED_CHARS.sub(lambda m: chr(ord(m.group()) + _STAND_IN), text),
+                                           where), {})
+        except ValueError as exc:  # its reason names the stand-in of a character given: that character instead
+            raise ValueError(_STAND_IN_SHOWN.sub(lambda m: ascii(chr(int(m[1], 16)))[1:-1], str(exc))) from None
+        if not isinstance(value, str) and _LINE_BREAKS.search(text):  # ``[a,<newline>b]``: an item of 'b' or '\nb'?
+            raise ValueError(f"{where}: a line break is kept as given in a text value alone (a path, a name); give a "
+                             f"list or mapping on one line")
+        return value
     try:
         return load_yaml(text)
     except ValueNotTaken as exc:

@@ -236,6 +236,25 @@ def test_an_override_naming_a_file_with_control_characters_keeps_them(tmp_path):
     assert cfg.replay.frames_dir == "red\x1b[31m\x7f\udcff/frames"
 
 
+@pytest.mark.parametrize("brk", ["\n", "\n\n", "\r\n", "\x85", "\u2028"])
+def test_an_override_naming_a_file_with_a_line_break_keeps_it_exactly(tmp_path, brk):
+    # YAML folded it: record.path=runs/a<newline>b.mcap recorded to 'runs/a b.mcap', a path the user never gave
+    path = f"runs/a{brk}  b{brk}.mcap"
+    cfg = load_config(_write(tmp_path, "{}\n"), [f"record.path={path}", f"replay.frames_dir=\"{path}\""])
+    assert (cfg.record.path, cfg.replay.frames_dir) == (path, path)
+
+
+def test_an_override_with_a_line_break_inside_a_list_or_block_yaml_is_one_line_refusal(tmp_path):
+    # ir.ffmpeg=[a,<newline>b] would be ['a', 'b'] to YAML and ['a', '\nb'] kept as given: neither is taken silently
+    with pytest.raises(ConfigError, match=r"a line break is kept as given in a text value alone .*; give a list or "
+                                          r"mapping on one line$"):
+        load_config(_write(tmp_path, "{}\n"), ["ir.ffmpeg=[fflags=nobuffer,\n probesize=32]"])
+    with pytest.raises(ConfigError, match=r"not valid YAML \(expected chomping or indentation indicators, but found "
+                                          r"'\\n', line 1, column 2\)$") as err:  # the character, not its stand-in
+        load_config(_write(tmp_path, "{}\n"), ["record.path=|\n  x.mcap"])
+    assert "\n" not in str(err.value)
+
+
 def test_an_alias_bomb_holding_a_control_character_is_read_without_walking_its_billion_items():
     bomb = "[\x1b, x, x, x, x, x, x, x, x]"
     for name in "abcdefghi":
