@@ -2,7 +2,8 @@
 is scored.
 
 Pairs are matched by file stem (``ir/00004N.png`` with ``vi/00004N.png``, ``ir/190001.jpg`` with ``vi/190001.jpg``).
-Images may have any size; visible images may be colour (BGR, Y taken) or grey; 3-channel IR (LLVIP) becomes grey.
+Images may have any size; visible images may be colour (BGR, Y taken) or grey; 3-channel IR (LLVIP) becomes grey,
+with a warning where its channels differ (a false-colour palette).
 16-bit images are brought to 8 bits by :mod:`streamfuse.bitdepth` (each IR image by its own range).
 """
 
@@ -15,23 +16,28 @@ import numpy as np
 
 from streamfuse import metrics
 from streamfuse.bitdepth import To8Bit, is_image_name, read_8bit
+from streamfuse.capture.palette import first_note
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["find_pairs", "image_files", "read_grey", "read_pair", "check_size", "check_readable"]
 
 log = logging.getLogger(__name__)
+_GREY_FIRST = "give them in grey, in temperature order (evaluate takes no palette)"
 
 
-def read_grey(path: Path, depth: To8Bit | None = None) -> np.ndarray:
+def read_grey(path: Path, depth: To8Bit | None = None, notes: list[tuple[Path, str]] | None = None) -> np.ndarray:
     """Read an 8- or 16-bit image as ``(H, W)`` uint8 luma: grey as is, BGR via BT.601 Y (``vis_luma``; an
     alpha channel is dropped as the file is read).
 
     ``depth`` brings 16 bits to 8 (:mod:`streamfuse.bitdepth`): ``To8Bit(ir=True)`` for an IR still, one instance
     for all the frames of an IR sequence; a visible or fused image when None. ``ValueError`` (one line) otherwise.
+    ``notes``: given for an IR image, the line live capture warns with on colour IR is added to it, with the file.
     """
     img = read_8bit(path, depth or To8Bit(ir=False))
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
+    if notes is not None and (note := first_note(img, "", _GREY_FIRST)):
+        notes.append((path, note))
     return vis_luma(np.ascontiguousarray(img))
 
 
@@ -65,9 +71,11 @@ def find_pairs(dir_ir: str | Path, dir_vis: str | Path, limit: int = 0) -> list[
     return [(s, ir[s], vis[s]) for s in stems[:limit or None]]
 
 
-def read_pair(stem: str, ir_path: Path, vis_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A pair's ``(IR, visible Y)``; ``ValueError`` naming the pair and both sizes when they differ."""
-    ir, vis_y = read_grey(ir_path, To8Bit(ir=True)), read_grey(vis_path)
+def read_pair(stem: str, ir_path: Path, vis_path: Path,
+              notes: list[tuple[Path, str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A pair's ``(IR, visible Y)``; ``ValueError`` naming the pair and both sizes when they differ; ``notes``: see
+    :func:`read_grey`."""
+    ir, vis_y = read_grey(ir_path, To8Bit(ir=True), notes), read_grey(vis_path)
     (h, w), (vh, vw) = ir.shape, vis_y.shape
     if ir.shape != vis_y.shape or min(h, w) < metrics.MIN_SIDE:
         why = "differ in size (register them first)" if ir.shape != vis_y.shape else \
@@ -86,8 +94,12 @@ def check_readable(pairs: list[tuple[str, Path, Path]], fused_files: dict[str, d
     """Read every pair and every method's fused image once before any is scored: one found damaged, or of another
     size, at its turn would discard the work of every pair before it. ``ValueError`` (one line) for the first."""
     log.info("reading the %d pairs%s before scoring them", len(pairs), " and their fused images" * bool(fused_files))
+    notes: list[tuple[Path, str]] = []
     for stem, ir_path, vis_path in pairs:
-        ir, _ = read_pair(stem, ir_path, vis_path)
+        ir, _ = read_pair(stem, ir_path, vis_path, notes)
         for name, files in fused_files.items():
             if stem in files:
                 check_size(name, stem, read_grey(files[stem]), ir)
+    if notes:  # once, as live capture says it once a stream
+        more = f" and {len(notes) - 1} more of the {len(pairs)}" * (len(notes) > 1)
+        log.warning("IR %s%s: %s", notes[0][0], more, notes[0][1])

@@ -204,12 +204,12 @@ def ir_grey(image: np.ndarray, palette: str) -> np.ndarray:
     return vis_luma(image)  # the luma evaluate reads a colour IR still by, so a still fuses alike on every path
 
 
-def first_note(image: np.ndarray, palette: str) -> str | None:
-    """One line on a thermal stream's colours, judged on its first 8-bit frame: colour frames without a palette, or
-    frames that are not in the palette named; None where they look right."""
+def first_note(image: np.ndarray, palette: str, fix: str = "name the palette in ir.palette") -> str | None:
+    """One line on a thermal stream's colours, judged on its first 8-bit frame: colour frames without a palette (with
+    ``fix``, what the user can do), or frames that are not in the palette named; None where they look right."""
     if not palette and image.ndim == 3 and is_colour(image):
-        return ("colour frames (a false-colour palette?) are turned to grey by luminance, which does not keep "
-                "temperature order; name the palette in ir.palette")
+        return f"colour frames (a false-colour palette?) are turned to grey by luminance, which does not keep " \
+               f"temperature order; {fix}"
     if palette not in ("", "black_hot") and image.ndim == 3 and (far := mismatch(image, palette)) > _MISMATCH:
         return f"frames do not look like the {palette} palette (median colour distance {far:.0f}): check ir.palette"
     return None

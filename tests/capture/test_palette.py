@@ -275,3 +275,20 @@ def test_a_false_colour_ir_still_goes_grey_alike_in_a_replay_and_in_evaluate(tmp
     path = _folder(tmp_path, [frame])
     frames, _ = _read_ir(path)
     np.testing.assert_array_equal(frames[0], read_grey(tmp_path / "thermal" / "000.png", To8Bit(ir=True)))
+
+
+def test_evaluate_tells_of_colour_ir_images_in_the_words_capture_does(tmp_path, caplog):
+    # evaluate turned a false-colour IR still grey without a word, where a replay or live run of it warns
+    from streamfuse.eval_pairs import check_readable, find_pairs
+
+    jet = cv2.applyColorMap(_scene(), cv2.COLORMAP_JET)
+    for name, images in (("ir", [jet, jet, _scene()]), ("vi", [_scene()] * 3)):
+        (tmp_path / name).mkdir()
+        for i, image in enumerate(images):
+            cv2.imwrite(str(tmp_path / name / f"{i:03d}.png"), image)
+    _, captured = _read_ir(str(tmp_path / "ir"))
+    with caplog.at_level("WARNING", logger="streamfuse.eval_pairs"):
+        check_readable(find_pairs(tmp_path / "ir", tmp_path / "vi"), {})
+    told = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(told) == 1 and told[0].startswith(f"IR {tmp_path / 'ir' / '000.png'} and 1 more of the 3: "), told
+    assert told[0].split(": ", 1)[1].split("; ")[0] == captured[0].split(": ", 2)[2].split("; ")[0]
