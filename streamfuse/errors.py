@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 import socket
 import threading
@@ -15,8 +16,8 @@ try:  # imported now: with no file left to open, its import fails where its limi
 except ImportError:  # not Unix
     resource = None
 
-__all__ = ["one_line", "limit_reached", "io_reason", "opencv_quiet", "printable", "redact", "unreachable",
-           "unresolved_host"]
+__all__ = ["one_line", "limit_reached", "io_reason", "not_found", "opencv_quiet", "printable", "redact",
+           "unreachable", "unresolved_host"]
 
 # a URL's password (``scheme://user:password@``, to the token's last ``@``: a password written with a raw ``@``
 # too) and secret query values (``?password=``, ``&token=``)
@@ -137,6 +138,16 @@ def io_reason(exc: BaseException) -> str:
     """The OS or FFmpeg reason of an I/O error, without PyAV's call details and its repeat of the file name or URL
     (the caller names it); other errors as :func:`one_line` gives them."""
     return getattr(exc, "strerror", None) or one_line(exc)
+
+
+def not_found(path: str | os.PathLike) -> str:
+    """'not found' for a path that ``exists()`` is False for, with the OS's reason where it is not a missing name (a
+    symlink loop: 'Too many levels of symbolic links'; a folder on the way that may not be entered)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return "not found" if exc.errno == errno.ENOENT else f"not found ({io_reason(exc)})"
+    return "not found"
 
 
 _QUIET_LOCK = threading.Lock()

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from streamfuse import metrics
-from streamfuse.bitdepth import To8Bit, is_image_name, read_8bit
+from streamfuse.bitdepth import To8Bit, read_8bit
+from streamfuse.capture.image_folder import frame_files
 from streamfuse.capture.palette import first_note
+from streamfuse.errors import not_found
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["find_pairs", "image_files", "read_grey", "read_pair", "check_size", "check_readable"]
@@ -44,10 +46,10 @@ def read_grey(path: Path, depth: To8Bit | None = None, notes: list[tuple[Path, s
 def image_files(folder: Path, what: str, wanted: set[str] | None = None) -> dict[str, Path]:
     """Images in ``folder`` by stem; ``what`` names it in the error when it is missing or holds none of ``wanted``."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {'is a file' if folder.exists() else 'not found'}: {folder}")
+        raise FileNotFoundError(f"{what} folder {'is a file' if folder.exists() else not_found(folder)}: {folder}")
     files: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if is_image_name(p) and files.setdefault(p.stem, p) != p:
+    for p in sorted(frame_files(folder, f"{what} folder")):
+        if files.setdefault(p.stem, p) != p:
             log.warning("%s: %s and %s share a name; %s is used", folder, files[p.stem].name, p.name,
                         files[p.stem].name)
     if wanted and not wanted & files.keys():

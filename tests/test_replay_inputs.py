@@ -46,6 +46,27 @@ def test_a_folder_input_counts_its_image_files_only(tmp_path):
     assert inp.cfg.kind == "folder" and inp.expected == 3  # the progress bar's total: frames, not the notes
 
 
+def test_a_symlink_loop_met_in_an_input_folder_or_as_the_input_names_the_input_before_any_work(tmp_path):
+    # "[Errno 40] Too many levels of symbolic links: '.../ir/003.png'" after the checks, and "Symlink loop from
+    # '.../ir'" for the input itself: neither said which input, nor that it was one
+    for name in ("ir", "vis"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / name / f"{i:03d}.png"), np.full((48, 64), 30 * i, np.uint8))
+    (tmp_path / "ir" / "notes.txt").symlink_to("notes.txt")  # no frame: none of the replay's business
+    out = tmp_path / "o.mp4"
+    assert run_replay(make_cfg(), ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=out).complete
+    (tmp_path / "ir" / "003.png").symlink_to("003.png")
+    with pytest.raises(ValueError, match=rf"^ir input folder {tmp_path / 'ir'}: 003.png cannot be read \(Too many "
+                                         rf"levels of symbolic links\)$"):
+        run_replay(make_cfg(), ir_path=tmp_path / "ir", vis_path=tmp_path / "vis", out_path=tmp_path / "p.mp4")
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(FileNotFoundError, match=rf"^vis input not found \(Too many levels of symbolic links\): "
+                                                rf"{tmp_path / 'loop'}$"):
+        run_replay(make_cfg(), ir_path=out, vis_path=tmp_path / "loop", out_path=tmp_path / "p.mp4")
+    assert not any(tmp_path.glob("*p.mp4*"))
+
+
 def test_a_folder_of_bag_files_without_metadata_yaml_is_said_to_be_one(tmp_path):
     """A ros2 bag's folder whose recorder was killed before writing metadata.yaml: not a frame folder to the user."""
     (tmp_path / "robot_0.db3").write_bytes(b"SQLite format 3\0")

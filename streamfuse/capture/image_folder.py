@@ -11,10 +11,23 @@ from statistics import median
 
 from streamfuse.bitdepth import IMAGE_SUFFIXES, is_image_name, read_8bit
 from streamfuse.capture.sources import BaseSource, SourceError
+from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
-__all__ = ["FolderSource", "play_order"]
+__all__ = ["FolderSource", "play_order", "frame_files"]
+
+
+def frame_files(folder: Path, what: str) -> list[Path]:
+    """The image files of ``folder``; ``ValueError`` (one line, ``what`` naming the folder) for one that cannot be
+    looked at (a link to nothing, a symlink loop), found now rather than when its frame's turn fails the run."""
+    files = [p for p in folder.iterdir() if is_image_name(p)]
+    for path in files:
+        try:
+            path.stat()
+        except OSError as exc:
+            raise ValueError(f"{what} {folder}: {path.name} cannot be read ({io_reason(exc)})") from None
+    return files
 
 
 def _number_key(path: Path) -> tuple[int, str]:
@@ -59,7 +72,10 @@ class FolderSource(BaseSource):
         folder = Path(self.cfg.path)
         if not self.cfg.path or not folder.is_dir():
             raise SourceError(f"{self.section}: image folder not found: {self.cfg.path!r}")
-        self._files, numbers = play_order(p for p in folder.iterdir() if is_image_name(p))
+        try:
+            self._files, numbers = play_order(frame_files(folder, "image folder"))
+        except ValueError as exc:
+            raise SourceError(f"{self.section}: {exc}") from None
         if not self._files:
             raise SourceError(f"{self.section}: no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
         self._numbers = numbers if numbers is not None else list(range(len(self._files)))

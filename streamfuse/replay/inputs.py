@@ -23,12 +23,13 @@ from typing import Any, Iterator, NamedTuple
 
 import av
 
-from streamfuse.bitdepth import IMAGE_SUFFIXES, is_image_name
+from streamfuse.bitdepth import IMAGE_SUFFIXES
 from streamfuse.capture.bag_folder import STORAGE_SUFFIXES, is_bag_folder, storage_files
+from streamfuse.capture.image_folder import frame_files
 from streamfuse.capture.mcap_source import image_topics, read_recording, topic_of
 from streamfuse.capture.sources import SourceError
 from streamfuse.capture.timestamps import JUMP_NS, FileClock
-from streamfuse.errors import io_reason
+from streamfuse.errors import io_reason, not_found
 from streamfuse.file_names import local_name
 from streamfuse.frames import Frame
 from streamfuse.recording import being_recorded
@@ -80,7 +81,7 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
         raise ValueError(f"no {stream} input: the config's {stream} is a live {section.kind} ({section.path}); pass "
                          f"--{stream} PATH of a recorded input")
     if not path.exists():
-        raise FileNotFoundError(f"{stream} input not found: {path}")
+        raise FileNotFoundError(f"{stream} input {not_found(path)}: {path}")
     if not (path.is_file() or path.is_dir()):  # a FIFO or a device: reading it would wait for a writer for ever
         raise ValueError(f"{stream} input {path} is not a file or a folder of frames (a pipe or a device?)")
     kind = input_kind(path)
@@ -88,7 +89,7 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
                               decode_threads=decode_threads or section.decode_threads)
     rate = Fraction(section.fps).limit_denominator(1001)
     if kind == "folder":
-        n = sum(1 for p in path.iterdir() if is_image_name(p))
+        n = len(frame_files(path, f"{stream} input folder"))
         if n == 0:
             bags = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(STORAGE_SUFFIXES))
             raise ValueError(f"{stream} input folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})" + (

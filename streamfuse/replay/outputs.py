@@ -32,7 +32,7 @@ _IMAGE_SECTIONS = ("sync", "stabilize", "align", "fuse", "hclfuse", "baseline", 
 
 def _same_file(a: Path, b: Path) -> bool:
     """True when two paths name one file: equal once links are resolved, or one inode (hard links)."""
-    if a.resolve() == b.resolve():
+    if os.path.realpath(a) == os.path.realpath(b):  # Path.resolve raises on a symlink loop
         return True
     try:
         return os.path.samefile(a, b)
@@ -91,7 +91,7 @@ def check_outside_folders(path: Path, folders: list[Path], what: str, instead: s
     """Refuse ``path`` (``what`` names it) that is, or is inside, one of the input ``folders``: it would write among
     the inputs, and a later run (``--resume``, the batch again) would find them changed; ``instead``: the option or
     key to choose anew."""
-    resolved = path.resolve()
+    resolved = Path(os.path.realpath(path))
     for folder in folders:
         if resolved == folder.resolve() or folder.resolve() in resolved.parents:
             where = "is" if resolved == folder.resolve() else "is inside"

@@ -48,7 +48,7 @@ def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
             return [st.st_size, st.st_mtime_ns]
         # a folder of frames: ones exported again under the same names change neither its size nor its time
         # not hidden ones, no input's (a Finder's .DS_Store, a Mac's "._NAME", rewritten as the folder is looked at)
-        files = [entry.stat() for entry in os.scandir(path) if entry.is_file() and entry.name[0] != "."]
+        files = [entry.stat() for entry in os.scandir(path) if os.path.isfile(entry) and entry.name[0] != "."]
         return [sum(f.st_size for f in files), max([st.st_mtime_ns, *(f.st_mtime_ns for f in files)])]
 
     conf = cfg.to_dict()

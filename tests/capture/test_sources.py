@@ -531,6 +531,15 @@ def test_a_folder_source_without_a_path_or_without_images_is_one_line(tmp_path, 
         open_source("vis", SourceConfig(kind="folder", path=str(tmp_path / "empty"))).open()
 
 
+def test_a_folder_source_holding_a_symlink_loop_is_refused_as_it_opens_naming_the_source(tmp_path):
+    # it failed at that frame's turn, after the frames before it, with the OS's line alone
+    cv2.imwrite(str(tmp_path / "0000.png"), np.full((8, 8, 3), 1, np.uint8))
+    (tmp_path / "0001.png").symlink_to("0001.png")
+    with pytest.raises(SourceError, match=rf"^ir: image folder {tmp_path}: 0001.png cannot be read \(Too many levels "
+                                          rf"of symbolic links\)$"):
+        open_source("ir", SourceConfig(kind="folder", path=str(tmp_path), realtime=False)).open()
+
+
 def test_a_looped_folder_that_lost_frames_starts_its_next_lap_after_its_last_frame_number(tmp_path):
     """Frames 0, 1 and 3 of 4 (frame 2 lost): the second lap starts at 4, not at 3, the last frame's own time."""
     for n in (0, 1, 3):

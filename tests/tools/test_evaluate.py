@@ -174,6 +174,20 @@ def test_images_without_a_partner_or_sharing_a_name_are_named(pairs, caplog):
     assert f"0 IR images in {ir_dir} and 1 visible images in {vis_dir} have no partner (first: orphan)" in caplog.text
 
 
+def test_a_symlink_loop_in_or_as_an_input_folder_names_the_folder(pairs, tmp_path):
+    # "cannot read image .../p3.png: Too many levels of symbolic links" did not say which input; a looped folder was
+    # "not found"
+    ir_dir, vis_dir = pairs
+    (ir_dir / "p3.png").symlink_to("p3.png")
+    with pytest.raises(ValueError, match=rf"^IR folder {ir_dir}: p3.png cannot be read \(Too many levels of symbolic "
+                                         rf"links\)$"):
+        find_pairs(ir_dir, vis_dir)
+    (ir_dir / "p3.png").unlink()
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(FileNotFoundError, match=r"^visible folder not found \(Too many levels of symbolic links\): "):
+        find_pairs(ir_dir, tmp_path / "loop")
+
+
 def test_a_save_folder_holding_images_is_refused_before_any_work(evaluate, pairs, tmp_path):
     """A run into an earlier run's --save folder left a mix of two methods' images, scored later as one method's."""
     ir_dir, vis_dir = pairs
