@@ -1159,6 +1159,35 @@ def test_view_cli_screenshot_that_fails_says_why_in_one_line(monkeypatch, capsys
     assert capsys.readouterr().err == "streamfuse view: error: Chromium: Page.navigate: net::ERR\\nfailed\n"
 
 
+def test_view_cli_screenshot_names_its_file_escaped(monkeypatch, tmp_path, capsys):
+    # a name's control characters went to the terminal raw
+    import streamfuse.view.browser as browser_module
+
+    async def capture(url: str, path: Path, watch_s: float, **kwargs: Any) -> tuple[Path, str]:
+        return path, "what the page measured"
+
+    monkeypatch.setattr(browser_module, "capture", capture)
+    assert view_main(["tcp://127.0.0.1:1", "--screenshot", str(tmp_path / "a\x1b[31mb.png")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path}/a\\x1b[31mb.png: what the page measured\n"
+
+
+@pytest.mark.parametrize("where, why", [("missing/shot.png", "No such file or directory"),
+                                        ("notes.txt/shot.png", "Not a directory"), ("", "is a folder")])
+def test_view_cli_screenshot_it_cannot_write_is_refused_before_the_page_is_watched(monkeypatch, tmp_path, capsys,
+                                                                                     where, why):
+    # it was said only after the browser had watched the page (seconds), or the pipeline's host name had been waited for
+    import streamfuse.view.browser as browser_module
+    from streamfuse.view import server as server_module
+
+    monkeypatch.setattr(browser_module, "capture", lambda *args, **kwargs: pytest.fail("the page was watched"))
+    monkeypatch.setattr(server_module, "Feed", lambda *args, **kwargs: pytest.fail("the feed began"))
+    (tmp_path / "notes.txt").write_text("not a folder")
+    assert view_main(["tcp://127.0.0.1:1", "--screenshot", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamfuse view: error: ") and why in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_a_closed_connection_s_request_deadline_is_dropped_with_it():
     """A connection closed before its first request kept its deadline: at it the gate counted it as timed out and took
     it back into its open connections, for good."""

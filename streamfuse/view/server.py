@@ -23,9 +23,11 @@ import signal
 import sys
 import types
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from streamfuse import connection_watch
+from streamfuse.atomic_write import write_refusal
 from streamfuse.connection_watch import load_server_key
 from streamfuse.endpoints import bind_shown, faces_network
 from streamfuse.cli.args import Parser, int_at_least, key_options, path_arg, positive, seconds, text_arg
@@ -201,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no room for a page, which holds two connections: --max-connections is {args.max_connections}"
                      f"{room_left()}")
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
+    if args.screenshot and (why := _unwritable(args.screenshot)):  # said now, not after the page's watch
+        print(f"streamfuse view: error: {why}", file=sys.stderr)
+        return 2
     if args.max_connections < MAX_CONNECTIONS and (lowered := room_left()):
         log.warning("at most %d connections open at once, %d pages%s", args.max_connections,
                     args.max_connections // 2, lowered)
@@ -236,7 +241,7 @@ async def _main(feed: Feed, args: argparse.Namespace) -> int:
             from streamfuse.view.browser import capture
 
             written, report = await capture(url, args.screenshot, args.wait, source=feed.endpoint)
-            print(f"wrote {written}: {report}")
+            print(f"wrote {printable(written)}: {report}")
             return 0
         if faces_network(args.host):
             log.warning("serving the page on %s, reachable from other machines: no password, frames unencrypted",
@@ -250,6 +255,15 @@ async def _main(feed: Feed, args: argparse.Namespace) -> int:
         return 0
     finally:
         await served.cleanup()
+
+
+def _unwritable(path: Path) -> str:
+    """Why no screenshot can be written at ``path`` (a folder's name, a folder missing or not writable); ''."""
+    if path.is_dir():
+        return f"--screenshot {printable(path)} is a folder; give a file name (such as {printable(path / 'view.png')})"
+    if (exc := write_refusal(path.parent)) is not None:
+        return f"cannot write the --screenshot {printable(path)} into {printable(path.parent)}: {io_reason(exc)}"
+    return ""
 
 
 def url_host(host: str) -> str:
