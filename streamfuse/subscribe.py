@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from streamfuse.atomic_write import write_png, write_refusal
-from streamfuse.cli.args import Parser, int_at_least, key_options, path_arg, positive, text_arg
+from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, key_options, path_arg, positive, text_arg
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.connection_watch import load_server_key
 from streamfuse.errors import io_reason, printable
@@ -54,7 +54,7 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse subscribe", description=__doc__,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=DefaultsFormatter)
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--topic", default="fused/", type=text_arg, help="topic prefix to receive")
     parser.add_argument("--count", type=int_at_least(0), default=0, help="stop after N frames (0 = until Ctrl-C)")

@@ -45,7 +45,8 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import write_file  # noqa: E402
 from streamfuse.checks import override_keys  # noqa: E402
-from streamfuse.cli.args import Parser, config_error, config_value, data_dir, int_at_least, path_arg  # noqa: E402
+from streamfuse.cli.args import (DefaultsFormatter, Parser, config_error, config_value, data_dir,  # noqa: E402
+                                 int_at_least, path_arg)
 from streamfuse.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.eval_report import check_outputs  # noqa: E402
@@ -167,7 +168,7 @@ ROW_SECTIONS = ("align", "hclfuse", "engine")  # what the rows are built from (t
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=DefaultsFormatter)
     p.add_argument("--ir", type=path_arg, help="folder of IR images (with --vis; replaces --data/--dataset)")
     p.add_argument("--vis", type=path_arg, help="folder of visible images, same file names as --ir")
     p.add_argument("--data", type=path_arg, default=data_dir(REPO.parent),

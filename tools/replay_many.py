@@ -28,13 +28,13 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 
 from streamfuse.cli import leave, stoppable  # noqa: E402
-from streamfuse.cli.args import Parser, int_at_least, path_arg, time_span  # noqa: E402
+from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, path_arg, time_span  # noqa: E402
 from streamfuse.errors import printable  # noqa: E402
 from streamfuse.log_queue import install_direct  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=DefaultsFormatter)
     parser.add_argument("pairs", metavar="LIST_OR_DIR", type=path_arg,
                         help="pair list file, folder with ir/ and vi/, or of .mcap/.db3")
     parser.add_argument("--out", required=True, type=path_arg, help="output folder")

@@ -12,7 +12,6 @@ Example: ``python tools/target_sweep.py --gains 1.0,1.1,1.2,1.3,1.5 --base align
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (n
 import numpy as np  # noqa: E402
 
 from streamfuse.align import AlignConfig, align, histogram  # noqa: E402
-from streamfuse.cli.args import Parser, data_dir, path_arg, positive  # noqa: E402
+from streamfuse.cli.args import DefaultsFormatter, Parser, data_dir, path_arg, positive  # noqa: E402
 from streamfuse.config import load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.evaluation import Method, evaluate_dir  # noqa: E402
@@ -70,7 +69,7 @@ class TargetFuser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=DefaultsFormatter)
     p.add_argument("--data", type=path_arg, default=data_dir(REPO.parent),
                    help="shared data folder (STREAMFUSE_DATA, else beside the repository)")
     p.add_argument("--dataset", default="msrs/test", metavar="NAME", help="data set under --data (NAME/ir, NAME/vi)")

@@ -36,7 +36,8 @@ import numpy as np  # noqa: E402
 from streamfuse.bitdepth import To8Bit  # noqa: E402
 from streamfuse.capture.image_folder import play_order  # noqa: E402
 from streamfuse.checks import ConfigError  # noqa: E402
-from streamfuse.cli.args import Parser, config_error, config_value, data_dir, int_at_least, path_arg  # noqa: E402
+from streamfuse.cli.args import (DefaultsFormatter, Parser, config_error, config_value, data_dir,  # noqa: E402
+                                 int_at_least, path_arg)
 from streamfuse.eval_pairs import find_pairs, image_files, read_grey  # noqa: E402
 from streamfuse.evaluation import Method, config_method, fused_dir_method, fuser_method  # noqa: E402
 from streamfuse.metrics import average_gradient, flow_warp_error, temporal_ratio  # noqa: E402
@@ -104,7 +105,7 @@ def row(name: str, levels: str, ratios: list[float], warp: list[float], sharpnes
 
 
 def parse_args() -> argparse.Namespace:
-    parser = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=DefaultsFormatter)
     parser.add_argument("seq_root", nargs="?", type=path_arg, default=data_dir(REPO.parent) / "sequences",
                         help="folder of clips, each with ir/ and vi/ numbered frames; default: sequences/ of the "
                              "shared data folder (STREAMFUSE_DATA, else beside the repository)")

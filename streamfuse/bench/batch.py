@@ -24,7 +24,7 @@ from pathlib import Path
 
 from streamfuse.bench import parse_size
 from streamfuse.bench.replay import synthetic_pair  # the same synthetic pair as the replay benchmark
-from streamfuse.cli.args import Parser, config_error, int_at_least
+from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, int_at_least
 
 __all__ = ["main"]
 
@@ -95,7 +95,7 @@ def _single_replay(args: argparse.Namespace, overrides: list[str], ir: Path, vis
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print its table."""
     parser = Parser(prog="python -m streamfuse bench batch", description=__doc__,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=DefaultsFormatter)
     parser.add_argument("--pairs", type=int_at_least(1), default=6, help="pairs in the batch")
     parser.add_argument("--workers", type=int_at_least(2), default=2, help="Ray workers compared with 1")
     parser.add_argument("--frames", type=int_at_least(1), default=150, help="frames per pair")

@@ -27,7 +27,7 @@ import numpy as np
 import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
 
 from streamfuse.bench import parse_sizes
-from streamfuse.cli.args import Parser, config_value, given, int_at_least
+from streamfuse.cli.args import DefaultsFormatter, Parser, config_value, given, int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine, Handle
 from streamfuse.fusers import FuseConfig
@@ -46,7 +46,7 @@ POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the O
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m streamfuse bench fuse", description=__doc__,
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=DefaultsFormatter)
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     p.add_argument("--frames", type=int_at_least(1), default=None,
@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--graphs", type=on_off, default=None, help="CUDA graphs on,off (GPU only); default on,off on a GPU")
     p.add_argument("--precision", type=precision_list, default=None,
                    help="fp32,fp16,bf16; default fp32,fp16 on a GPU, fp32 on CPU")
-    p.add_argument("--fuser", default="hclfuse", choices=("hclfuse", *available("fuser")))
+    p.add_argument("--fuser", default="hclfuse", choices=("hclfuse", *available("fuser")),
+                   help="the fuser to time: hclfuse or a baseline (on the CPU)")
     p.add_argument("--threads", type=config_value(EngineConfig, "threads"), default=0,
                    help="torch CPU threads; 0 = all cores")
     p.add_argument("--weights", default="", help="HCLFuse weights file; '' = shipped; 'random' = untrained")

@@ -8,7 +8,6 @@ Example: ``python -m streamfuse bench replay --fuser max,hclfuse``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from streamfuse.bench import parse_size
 from streamfuse.checks import override_keys
-from streamfuse.cli.args import Parser, config_error, given, int_at_least
+from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, given, int_at_least
 from streamfuse.log_queue import install_direct
 
 __all__ = ["main", "synthetic_pair"]
@@ -54,7 +53,7 @@ def _set_here(override: str) -> bool:
 def _parser() -> Parser:
     """The command line of ``bench replay``."""
     parser = Parser(prog="python -m streamfuse bench replay", description=__doc__,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=DefaultsFormatter)
     parser.add_argument("--fuser", default="max,hclfuse", help="comma-separated fusers to compare")
     parser.add_argument("--frames", type=int_at_least(1), default=150, help="synthetic clip length")
     parser.add_argument("--size", type=parse_size, default="640x480", help="synthetic frame size WxH")

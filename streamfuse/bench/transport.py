@@ -41,7 +41,7 @@ import zmq
 
 from streamfuse.bench import parse_sizes
 from streamfuse.capture.synthetic import SyntheticScene
-from streamfuse.cli.args import Parser, int_at_least, positive
+from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, positive
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.frames import Frame, FramePair, FusedFrame
@@ -367,7 +367,7 @@ def quality(text: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Run every phase at each size and print the figures side by side."""
     parser = Parser(prog="python -m streamfuse bench transport", description=__doc__,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=DefaultsFormatter)
     parser.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     parser.add_argument("--seconds", type=positive(), default=1.0, help="length of each capacity run")
     parser.add_argument("--rounds", type=int_at_least(1), default=3, help="capacity runs per transport")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from streamfuse.cli.args import Parser, int_at_least, path_arg, positive
+from streamfuse.cli.args import HelpFormatter, Parser, int_at_least, path_arg, positive
 from streamfuse.view.gate import MAX_CONNECTIONS
 
 __all__ = ["main"]
@@ -114,7 +114,7 @@ def _round(name: str, proc: subprocess.Popen, port: int, args: argparse.Namespac
 def main(argv: list[str] | None = None) -> int:
     """Run the viewer benchmark; returns the exit status."""
     parser = Parser(prog="python -m streamfuse bench view", description=__doc__,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+                    formatter_class=HelpFormatter)
     parser.add_argument("--pages", type=int_at_least(1, 1000), default=50, help="WebSocket pages per viewer")
     parser.add_argument("--seconds", type=positive(600), default=10.0, help="timed seconds per round")
     parser.add_argument("--rounds", type=int_at_least(1, 20), default=2, help="rounds per viewer, alternating")

@@ -16,7 +16,7 @@ from streamfuse.errors import printable
 from streamfuse.file_names import utf8_text
 
 __all__ = ["path_arg", "text_arg", "int_at_least", "config_value", "seconds", "time_span", "positive", "key_options",
-           "data_dir", "config_error", "given", "HelpFormatter", "Parser"]
+           "data_dir", "config_error", "given", "DefaultsFormatter", "HelpFormatter", "Parser"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,7 +31,17 @@ class Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, bar an option's "none given" (None, ""): its help says what that does, and argparse's
+    "(default: None)" after "default 60" read as a second, other default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
+class HelpFormatter(DefaultsFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the help, and the docstring's examples kept as written."""
 
 

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=path_arg, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--ckpt-minutes", type=time_span("minutes"), default=3.0,
-                        help="checkpoint interval (3; 0: every step)")
+                        help="checkpoint interval in minutes (default 3; 0: every step)")
     parser.add_argument("--init", type=path_arg, help="weights file whose tensors start the run (fine-tuning)")
     args, rest = parser.parse_known_args(argv)
     install_direct(logging.INFO, "%(asctime)s %(name)s %(message)s")

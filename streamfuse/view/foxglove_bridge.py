@@ -13,7 +13,6 @@ it).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 
 from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
-from streamfuse.cli.args import Parser, int_at_least, key_options, seconds, text_arg
+from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, key_options, seconds, text_arg
 from streamfuse.client import Subscriber
 from streamfuse.endpoints import bind_shown, faces_network
 from streamfuse.errors import io_reason, printable
@@ -187,7 +186,7 @@ class Bridge:
 def main(argv: list[str] | None = None) -> int:
     """Run the bridge CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse foxglove", description=__doc__,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=DefaultsFormatter)
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address of the Foxglove WebSocket server (loopback: this "
                         "machine only; it has no password and the frames are not encrypted)")

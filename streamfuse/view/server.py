@@ -30,7 +30,8 @@ from streamfuse import connection_watch
 from streamfuse.atomic_write import write_refusal
 from streamfuse.connection_watch import load_server_key
 from streamfuse.endpoints import bind_shown, faces_network
-from streamfuse.cli.args import Parser, int_at_least, key_options, path_arg, positive, seconds, text_arg
+from streamfuse.cli.args import (DefaultsFormatter, Parser, int_at_least, key_options, path_arg, positive, seconds,
+                                 text_arg)
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled, raise_interrupt
@@ -176,7 +177,7 @@ async def serve(feed: Feed, host: str, port: int, gate: Gate | None = None) -> S
 def main(argv: list[str] | None = None) -> int:
     """Run the viewer CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse view", description=__doc__,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=DefaultsFormatter)
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address the page is served on (loopback: this "
                         "machine only; the page has no password and the frames are not encrypted)")

@@ -67,3 +67,61 @@ def test_a_config_value_that_is_no_number_says_which_it_takes() -> None:
         config_value(_Section, "steps")("four")
     with pytest.raises(argparse.ArgumentTypeError, match=r"^'soon' is not a number$"):  # a float option's
         config_value(_Section, "steps", float)("soon")
+
+
+class _Parsed(SystemExit):
+    """Raised in place of parsing: carries the command's parser out of its main."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        super().__init__(0)
+        self.parser = parser
+
+
+REPO = Path(__file__).resolve().parents[2]
+_COMMANDS = [*([name] for name in ("run", "replay", "recover", "subscribe", "view", "foxglove", "evaluate", "train")),
+             *(["bench", name] for name in ("fuse", "transport", "replay", "batch", "view"))]
+# the tools that are no thin wrapper of a command (those have the command's parser)
+_TOOLS = sorted(path.name for path in (REPO / "tools").glob("*.py") if 'tool("streamfuse.' not in path.read_text())
+
+
+def _parser(monkeypatch: pytest.MonkeyPatch, command: list[str]) -> argparse.ArgumentParser:
+    import runpy
+    import sys
+
+    from streamfuse.cli import main
+
+    def parsed(self: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        raise _Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parsed)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parsed)
+    try:
+        if command[0].endswith(".py"):
+            monkeypatch.setattr(sys, "argv", [command[0], "-h"])
+            runpy.run_path(str(REPO / "tools" / command[0]), run_name="__main__")
+        else:
+            main([*command, "-h"])
+    except _Parsed as got:
+        return got.parser
+    except SystemExit as exc:
+        if "not installed" not in str(exc.code):
+            raise
+        pytest.skip(str(exc.code))  # an optional extra the command needs
+    raise AssertionError(f"{command} parsed no arguments")
+
+
+@pytest.mark.parametrize("command", [*_COMMANDS, *([tool] for tool in _TOOLS)],
+                         ids=lambda command: " ".join(command))
+def test_every_option_s_help_states_its_default_once(command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # `bench fuse -h` said "default 1000 on a GPU, 50 on CPU (default: None)", `subscribe -h` "default 60 ...
+    # (default: None)"; `bench view -h` named none of its defaults, and `bench fuse --fuser` had no help at all
+    parser = _parser(monkeypatch, command)
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            continue
+        shown = formatter._expand_help(action) if action.help else ""
+        name = "/".join(action.option_strings) or action.dest
+        assert "(default: None)" not in shown and "(default: )" not in shown, f"{name}: {shown}"
+        if action.default not in (None, False, "", [], argparse.SUPPRESS):
+            assert "default" in shown or str(action.default) in shown, f"{name} hides its default: {shown!r}"
