@@ -17,6 +17,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from streamfuse import metrics
 from streamfuse.atomic_write import write_file
@@ -218,7 +219,8 @@ def _score_pairs(pairs: list[tuple[str, Path, Path]], methods: list[Method], pro
     tiles: dict[str, list[np.ndarray]] = {}
     result = EvalResult(missing={m.name: 0 for m in methods})
     pixels: dict[str, int] = {}
-    for stem, ir_path, vis_path in pairs:
+    # a bar on a terminal only (disable=None): scoring many pairs with several fusers takes minutes
+    for stem, ir_path, vis_path in tqdm(pairs, desc="evaluate", unit="pair", disable=None):
         ir, vis_y = read_pair(stem, ir_path, vis_path)
         pixels[stem] = ir.size
         outputs = {}

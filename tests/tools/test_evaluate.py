@@ -4,8 +4,10 @@ colour/grey visible, 3-channel IR, mixed file types), and its one-line errors. R
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -713,3 +715,24 @@ def test_a_saved_and_scored_still_is_the_image_a_replay_writes_of_it(evaluate, p
         written = processor(still_pair(ir, vis_y)).image
         np.testing.assert_array_equal(cv2.imread(str(saved / f"{stem}.png"), cv2.IMREAD_UNCHANGED), written)
         assert float(scored[stem]["EN"]) == pytest.approx(metrics.entropy(written), rel=1e-5)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_scoring_shows_its_progress_on_a_terminal(evaluate, pairs, tmp_path, monkeypatch):
+    # 32 pairs of several fusers (the README's quality runs, tools/ablate.py's dozen rows) scored for minutes
+    # without a line of output, where a replay shows a bar
+    ir_dir, vis_dir = pairs
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--fuser", "average", "--out", str(tmp_path / "out")])
+    assert "3/3" in terminal.getvalue() and "pair" in terminal.getvalue()
+
+
+def test_scoring_shows_no_bar_where_stderr_is_no_terminal(evaluate, pairs, tmp_path, capsys):
+    ir_dir, vis_dir = pairs
+    evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "out")])
+    assert "3/3" not in capsys.readouterr().err  # a log file keeps no bar's redraws
