@@ -4,6 +4,7 @@ stay small enough to read (a ``# size:`` comment inside says why where one may n
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,14 @@ def test_lines_are_at_most_120_characters():
             for path in files for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
             if len(line) > MAX_LINE]
     assert not long, "lines over 120 characters:\n" + "\n".join(long)
+
+
+def test_the_readme_layout_names_every_module():
+    # a reader looking for the code of a stage in the README's layout found no word of capture/time_line.py,
+    # replay/order_lag.py, replay/publishing.py, private_folder.py, sticky.py or torch_cache.py
+    text = (REPO / "README.md").read_text()
+    layout = text[text.index("\n## Layout"):text.index("\n## Data")]
+    unnamed = [str(path.relative_to(REPO)) for path in sorted((REPO / "streamfuse").rglob("*.py"))
+               if path.stem not in ("__init__", "__main__")
+               and path.name not in layout and not re.search(rf"\b{re.escape(path.stem)}\b", layout)]
+    assert unnamed == []
