@@ -117,3 +117,17 @@ def test_make_demo_passes_its_options_to_the_run():
                            text=True, check=True).stdout.splitlines()  # under `make test` too (a sub-make)
     [run] = [line for line in shown if "run_stream.py" in line]
     assert run.endswith("run_stream.py --config demo --duration 5 --set publish.endpoint=tcp://127.0.0.1:6")
+
+
+def test_the_wheel_holds_every_data_file_of_the_package():
+    # configs, weights, the model card and the viewer's page reach a `pip install` user only through package-data
+    import fnmatch
+
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: no list of the tracked files")
+    listed = subprocess.run(["git", "ls-files", "streamfuse"], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.split()
+    data = [name.partition("/")[2] for name in listed if not name.endswith(".py")]
+    section = (REPO / "pyproject.toml").read_text().partition("[tool.setuptools.package-data]")[2]
+    globs = re.findall(r'"([^"]+)"', re.search(r"^streamfuse = \[(.*?)\]$", section, re.M).group(1))
+    assert [name for name in data if not any(fnmatch.fnmatch(name, g) for g in globs)] == []
