@@ -57,22 +57,24 @@ def main(argv: list[str] | None = None) -> int:
                     formatter_class=DefaultsFormatter)
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--topic", default="fused/", type=text_arg, help="topic prefix to receive")
-    parser.add_argument("--count", type=int_at_least(0), default=0, help="stop after N frames (0 = until Ctrl-C)")
-    parser.add_argument("--save", type=path_arg, help="write frames as lossless DIR/fused_<seq>.png (hundreds of MB a "
-                        "minute: --every keeps one in N)")
-    parser.add_argument("--every", type=int_at_least(1), default=1, help="with --save: save one received frame in N")
+    parser.add_argument("--count", type=int_at_least(0), default=0, metavar="N",
+                        help="stop after N frames (0 = until Ctrl-C)")
+    parser.add_argument("--save", type=path_arg, metavar="DIR", help="write frames as lossless DIR/fused_<seq>.png "
+                        "(hundreds of MB a minute: --every keeps one in N)")
+    parser.add_argument("--every", type=int_at_least(1), default=1, metavar="N",
+                        help="with --save: save one received frame in N")
     parser.add_argument("--show", action="store_true", help="show frames in a window (needs a GUI OpenCV build)")
     parser.add_argument("--latest", action="store_true", help="drain the queue and keep only the newest frame")
     parser.add_argument("--no-shm", action="store_true", help="never read a same-host publisher's shared memory "
                         "(take the ZeroMQ payload)")
-    parser.add_argument("--timeout", type=positive(threading.TIMEOUT_MAX), default=10.0,
+    parser.add_argument("--timeout", type=positive(threading.TIMEOUT_MAX), default=10.0, metavar="S",
                         help="give up after S seconds without a frame (or without the publisher's host name resolving)")
     parser.add_argument("--first-timeout", type=positive(threading.TIMEOUT_MAX), default=None, metavar="S",
                         help="give up after S seconds without the first frame (a run started at the same time loads "
                              "its model and compiles its kernels first: 6-16 s on its first start); default 60, or "
                              "--timeout where that is longer")
     key_options(parser)
-    parser.add_argument("--max-frame-mb", type=positive(1e6), default=DEFAULT_MAX_FRAME_BYTES / 1e6,
+    parser.add_argument("--max-frame-mb", type=positive(1e6), default=DEFAULT_MAX_FRAME_BYTES / 1e6, metavar="MB",
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
     args = parser.parse_args(argv)
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")

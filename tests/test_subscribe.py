@@ -514,3 +514,18 @@ def test_max_frame_mb_reaches_the_subscriber_in_bytes(mb: str, limit: int, monke
     monkeypatch.setattr("streamfuse.subscribe.Subscriber", subscriber)
     assert main(["tcp://127.0.0.1:1", "--max-frame-mb", mb]) == 2
     assert seen["max_frame_bytes"] == limit
+
+
+def test_the_readme_synopsis_is_the_usage_line(capsys: pytest.CaptureFixture) -> None:
+    # the README wrote [--count N] [--save DIR] [--max-frame-mb MB] where -h said --count COUNT, --save SAVE,
+    # --max-frame-mb MAX_FRAME_MB
+    text = (REPO / "README.md").read_text()
+    synopsis = re.search(r"^python -m streamfuse subscribe tcp://\S+ (.*?)^```", text, re.M | re.S).group(1)
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    usage = " ".join(capsys.readouterr().out.partition("\n\n")[0].split())
+    written = re.findall(r"\[(--[a-z-]+)(?: ([^\s\]\[]+))?", synopsis)
+    shown = dict(re.findall(r"\[(--[a-z-]+)(?: ([^\s\]]+))?\]", usage))
+    assert sorted(option for option, _ in written) == sorted(option for option in shown if option != "-h")
+    assert [(option, word) for option, word in written if word != shown[option] and option != "--topic"] == []
+    assert "[--topic fused/]" in synopsis  # the README shows the default there

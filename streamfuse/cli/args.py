@@ -148,7 +148,8 @@ def given(parser: argparse.ArgumentParser, argv: list[str] | None, dests: Iterab
 def key_options(parser: argparse.ArgumentParser) -> None:
     """A consumer's ``--server-key`` and ``--client-key`` (a publisher's ``curve_secret_file`` and
     ``curve_clients_dir``)."""
-    parser.add_argument("--server-key", default="", help="publisher's CURVE public key (Z85) or its .key file")
+    parser.add_argument("--server-key", default="", metavar="KEY|FILE",
+                        help="publisher's CURVE public key (Z85) or its .key file")
     parser.add_argument("--client-key", default="", metavar="FILE",
                         help="this consumer's .key_secret file, for a publisher that lets in only the keys in its "
                              "publish.curve_clients_dir")
