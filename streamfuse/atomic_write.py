@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from streamfuse.errors import io_reason
+from streamfuse.stage_samples import StageSamples
 
 __all__ = ["partial_path", "write_refusal", "durable_replace", "durable_rename_new", "write_file", "write_png",
            "whole_png", "WriterThread", "BackgroundSync"]
@@ -196,7 +197,7 @@ class WriterThread:
 
     def __init__(self, name: str, handle: Callable[[Any], None], what: str, maxsize: int, *, threaded: bool = True,
                  idle: tuple[float, Callable[[], None]] | None = None, timed: bool = True):
-        self.busy_ns: list[int] = []  # handling time per item, if ``timed`` (not a live run's: it would grow for ever)
+        self.busy_ns = StageSamples()  # handling time per item, if ``timed`` (a live run's are not: nobody reads them)
         self._timed = timed
         self.error: RuntimeError | None = None
         self._handle, self._what = handle, what

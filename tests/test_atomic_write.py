@@ -247,7 +247,15 @@ def test_a_writer_thread_times_each_item_and_offers_without_waiting(tmp_path):
     assert len(writer.busy_ns) == 2  # one handling time per item
     untimed = WriterThread("test writer", handle, "writing frames", maxsize=1, threaded=False, timed=False)
     untimed.put(1)
-    assert untimed.busy_ns == []  # a live run's: a list that would grow for as long as it runs
+    assert len(untimed.busy_ns) == 0  # a live run's: nobody reads them
+
+
+def test_a_writer_thread_keeps_a_bounded_sample_of_its_times(monkeypatch):
+    monkeypatch.setattr("streamfuse.stage_samples.KEPT", 50)
+    writer = WriterThread("test writer", lambda item: None, "writing frames", maxsize=1, threaded=False)
+    for item in range(300):  # a replay's encoder, timed at every frame of a long recording
+        writer.put(item)
+    assert len(writer.busy_ns) == 300 and len(writer.busy_ns.kept()) == 50
 
 
 def test_a_writer_thread_s_idle_call_stops_with_its_first_failure():

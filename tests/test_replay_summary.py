@@ -97,6 +97,17 @@ def test_the_stage_table_gives_ms_and_the_share_of_wall_time():
     assert set(table) == {"fuse"}  # stages without samples are left out
 
 
+def test_a_long_replay_keeps_a_bounded_sample_of_each_stage_s_times():
+    clock = StageClock(kept=100)
+    for ms in range(1, 1001):  # a replay of 1000 frames, 100 durations kept a stage
+        clock.add({"fuse": float(ms)})
+        clock.lap("encode")
+    assert len(clock.ns["fuse"].kept()) == 100 and len(clock.ns["encode"].kept()) == 100
+    fuse = clock.table(wall_s=1000.0)["fuse"]
+    assert fuse["total_s"] == pytest.approx(500.5)  # every frame counts in the total
+    assert 300.0 < fuse["median_ms"] < 700.0 and fuse["p99_ms"] > 900.0  # a uniform sample of the whole run
+
+
 class _RefusingPublisher:
     """A publisher whose subscriber's queue is full for every third frame (``nodrop``: refused, not sent)."""
 

@@ -33,6 +33,7 @@ from streamfuse.errors import io_reason, not_found
 from streamfuse.file_names import local_name
 from streamfuse.frames import Frame
 from streamfuse.recording import being_recorded
+from streamfuse.stage_samples import StageSamples
 from streamfuse.video import LENIENT_TAGS, announced_frames
 
 __all__ = ["Input", "Reader", "RecordedOrder", "Pacing", "input_kind", "input_path", "resolve", "check_pair",
@@ -169,7 +170,7 @@ class Reader:
     go on from one frame interval after the frame before (:class:`~streamfuse.capture.timestamps.FileClock`).
     """
 
-    def __init__(self, name: str, source: Any, path: str, wait_ns: list[int], busy_ns: list[int],
+    def __init__(self, name: str, source: Any, path: str, wait_ns: StageSamples, busy_ns: StageSamples,
                  periods_ns: dict[str, int], depth: int = 4, *, threaded: bool = True):
         self.name, self.source, self.path, self.wait_ns, self.busy_ns = name, source, path, wait_ns, busy_ns
         self.error = ""

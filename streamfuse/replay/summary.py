@@ -10,6 +10,7 @@ import numpy as np
 
 from streamfuse.errors import printable
 from streamfuse.frames import STREAM_NAMES
+from streamfuse.stage_samples import StageSamples
 from streamfuse.sync import OTHER, Pairer
 
 __all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES"]
@@ -130,10 +131,10 @@ class ReplayError(RuntimeError):
 
 
 class StageClock:
-    """Per-stage durations (ns) for the summary."""
+    """Per-stage durations (ns) for the summary, at most ``kept`` a stage (see :class:`StageSamples`)."""
 
-    def __init__(self) -> None:
-        self.ns: dict[str, list[int]] = {s: [] for s in STAGES}
+    def __init__(self, kept: int | None = None) -> None:
+        self.ns: dict[str, StageSamples] = {s: StageSamples(kept) for s in STAGES}
         self._t = 0
 
     def start(self) -> None:
@@ -149,15 +150,15 @@ class StageClock:
     def lap(self, stage: str) -> float:
         """Record the time since the last start/lap under ``stage``; returns it in ms."""
         now = time.perf_counter_ns()
-        self.ns[stage].append(now - self._t)
-        self._t = now
-        return self.ns[stage][-1] / 1e6
+        took, self._t = now - self._t, now
+        self.ns[stage].append(took)
+        return took / 1e6
 
     def table(self, wall_s: float) -> dict[str, dict[str, float]]:
         out = {}
         for stage, samples in self.ns.items():
             if samples:
-                ms = np.asarray(samples, np.float64) / 1e6
+                ms, total_s = samples.kept() / 1e6, samples.total / 1e9
                 out[stage] = {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
-                              "total_s": float(ms.sum() / 1e3), "share": float(ms.sum() / 1e3 / max(wall_s, 1e-9))}
+                              "total_s": total_s, "share": total_s / max(wall_s, 1e-9)}
         return out
