@@ -104,3 +104,14 @@ def test_how_far_ahead_a_seq_may_be_is_timed_from_the_last_frame_and_the_last_le
     now[0] = 106.0
     with pytest.raises(MalformedMessage):  # 5 s' worth past the leap, 1 s after it: refused as well
         seqs.take(leap + 5 * MAX_FPS, "payload")
+
+
+def test_a_fast_publisher_s_real_gap_is_counted_as_missed(monkeypatch) -> None:
+    # small frames published at 40 000 a second while the consumer stalled for 2.5 s: 100 000 frames lost on the way,
+    # a gap to count, not a forged seq to refuse
+    now = [0.0]
+    monkeypatch.setattr(seq_count, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    seqs = SeqCounter("tcp://x")
+    seqs.take(7, "payload")
+    now[0] = 2.5
+    assert (seqs.take(7 + 100_001, "payload"), seqs.restarted) == (100_000, False)
