@@ -202,6 +202,24 @@ def test_cli_save_every_n(rng: np.random.Generator, tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("fused_*.png"))) == 3  # frames 1, 3 and 5
 
 
+def test_cli_a_frame_that_cannot_be_saved_ends_the_run_with_one_line(rng: np.random.Generator, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    # a disk that fills mid-run: the run stops there and says so, as for a --save folder refused at the start
+    import streamfuse.subscribe
+
+    def disk_full(path: Path, image: np.ndarray, *, new: bool) -> Path:
+        raise RuntimeError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(streamfuse.subscribe, "write_png", disk_full)
+    with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) as pub:
+        assert main([pub.endpoint, "--count", "5", "--save", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert re.fullmatch(r"streamfuse subscribe: error: cannot write .*fused_\d{8}\.png: No space left on device",
+                        err.splitlines()[-1]), err
+    assert out.splitlines()[-1].startswith("received 1 frames")
+
+
 def test_cli_reader_thread_failure_is_one_line(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture) -> None:
     def broken(parts: object) -> None:
@@ -333,13 +351,14 @@ def test_cli_on_the_stats_topic_says_it_reads_frames(capsys: pytest.CaptureFixtu
         "Telemetry: the same line the pipeline logs)")
 
 
-def test_cli_every_without_save_is_refused(capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("every", ["2", "10"])
+def test_cli_every_without_save_is_refused(every: str, capsys: pytest.CaptureFixture) -> None:
     # accepted and without effect: a user thinned nothing and was not told
     with pytest.raises(SystemExit) as stopped:
-        main(["tcp://127.0.0.1:1", "--every", "10"])
+        main(["tcp://127.0.0.1:1", "--every", every])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(
-        "error: --every 10 needs --save DIR (it keeps one received frame in N)")
+        f"error: --every {every} needs --save DIR (it keeps one received frame in N)")
 
 
 @pytest.mark.parametrize("topic", ["shm/fused/demo", "ring/shm/fused/demo"])
@@ -422,7 +441,8 @@ def _scripted_header(seq: int, clock: str = "epoch", vis_ns: int = NOW_NS - 40_0
             "t_capture_vis_ns": vis_ns, "t_capture_ir_ns": ir_ns, "t_publish_ns": NOW_NS - 2_500_000}
 
 
-def _scripted_run(sub: ScriptedSubscriber, monkeypatch: pytest.MonkeyPatch, count: int = 0) -> int:
+def _scripted_run(sub: ScriptedSubscriber, monkeypatch: pytest.MonkeyPatch, count: int = 0, timeout: float = 1.0,
+                  first_timeout: float = 1.0) -> int:
     """``_loop`` over ``sub`` with the wall clock at NOW_NS and a monotonic clock that moves 0.1 s a reading."""
     import argparse
     import itertools
@@ -434,8 +454,8 @@ def _scripted_run(sub: ScriptedSubscriber, monkeypatch: pytest.MonkeyPatch, coun
     ticks = itertools.count()
     monkeypatch.setattr(streamfuse.subscribe, "time", SimpleNamespace(time_ns=lambda: NOW_NS,
                                                                       monotonic=lambda: next(ticks) / 10))
-    args = argparse.Namespace(endpoint="tcp://127.0.0.1:1", topic="fused/", count=count, timeout=1.0,
-                              first_timeout=1.0, server_key="", save=None, every=1, show=False)
+    args = argparse.Namespace(endpoint="tcp://127.0.0.1:1", topic="fused/", count=count, timeout=timeout,
+                              first_timeout=first_timeout, server_key="", save=None, every=1, show=False)
     return _loop(sub, args)
 
 
@@ -448,13 +468,30 @@ def test_latencies_are_in_ms_from_the_visible_capture_and_the_publish_time(monke
 
 
 @pytest.mark.parametrize(("vis_ns", "age"), [(NOW_NS - 40_000_000, "age    40.0 ms"),
-                                             (3 * 10**9, "age n/a (the source's own clock)")])
+                                             (3 * 10**9, "age n/a (the source's own clock)"),
+                                             (30 * 86_400 * 10**9, "age n/a (the source's own clock)")])  # since boot
 def test_an_older_publisher_that_names_no_clock_gets_an_age_only_for_wall_clock_times(
         vis_ns: int, age: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     # a publisher before t_capture_clock sends ""; a video file's times from 0 read as 53 years of age
     frame = (_scripted_header(0, clock="", vis_ns=vis_ns, ir_ns=vis_ns), np.zeros((4, 6, 3), np.uint8))
     assert _scripted_run(ScriptedSubscriber([frame]), monkeypatch, count=1) == 0
     assert age in capsys.readouterr().out.splitlines()[0]
+
+
+def test_once_frames_came_a_silence_ends_the_run_after_timeout_not_first_timeout(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # --first-timeout covers a publisher still starting; a stream that stops later must end the run after --timeout
+    waits = []
+
+    class Waits(ScriptedSubscriber):
+        def recv(self, timeout_s: float) -> tuple[dict, np.ndarray] | None:
+            waits.append(timeout_s)
+            return super().recv(timeout_s)
+
+    frame = (_scripted_header(0), np.zeros((4, 6, 3), np.uint8))
+    assert _scripted_run(Waits([frame]), monkeypatch, timeout=0.5, first_timeout=30.0) == 1
+    assert waits == [30.0, 0.5]
+    assert "for 0.5 s after 1 frames" in capsys.readouterr().err
 
 
 def test_the_rate_is_frames_per_second_between_the_first_and_last_arrival(monkeypatch: pytest.MonkeyPatch,
