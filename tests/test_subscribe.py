@@ -56,6 +56,27 @@ def test_cli_sigterm_stops_with_the_summary(rng: np.random.Generator) -> None:
     assert out.splitlines()[-1].startswith("received ") and "Traceback" not in err
 
 
+def test_cli_lines_reach_a_pipe_as_the_frames_come() -> None:
+    # a launcher's log or `| tee` is a pipe, not a terminal: a frame's line must reach it then, not at the exit
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}  # as a user runs it
+    with zmq.Context.instance().socket(zmq.XPUB) as pub:
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        proc = subprocess.Popen([sys.executable, "-m", "streamfuse.subscribe", f"tcp://127.0.0.1:{port}", "--timeout",
+                                 "60"], env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert pub.poll(PATIENCE_S * 1000), proc.stderr.read()[-2000:]  # its subscription: it is connected
+            for seq in range(3):  # far less than a pipe's buffer of lines, then silence
+                pub.send_multipart(with_header(seq=seq))
+            lines = [proc.stdout.readline() for _ in range(3)]
+            proc.terminate()  # still waiting for the next frame: stopped as a launcher stops it
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert [line[:4] for line in lines] == ["seq "] * 3, err[-2000:]
+    assert proc.returncode == 0 and out.splitlines()[-1].startswith("received 3 frames"), err[-2000:]
+
+
 def test_cli_whose_reader_goes_away_ends_quietly_like_other_tools(rng: np.random.Generator) -> None:
     """``streamfuse subscribe ... | head -1``: once the reader of its output is gone, it ends with 141 (as SIGPIPE
     ends other tools) and no traceback."""
