@@ -10,7 +10,7 @@ import sys
 import cv2
 import pytest
 
-from streamfuse.errors import io_reason, one_line, opencv_quiet, printable, unreachable
+from streamfuse.errors import io_reason, one_line, opencv_quiet, printable, unreachable, unresolved_host
 
 
 def test_a_delete_character_is_written_as_an_escape_like_the_other_controls():
@@ -46,7 +46,7 @@ def test_a_limit_reached_is_named_with_no_file_left_to_open():
             "    except OSError as exc:\n"
             "        print(one_line(exc)); break\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 128)))
     assert proc.stdout == ("[Errno 24] Too many open files: '/dev/null' (the process's open-file limit, ulimit -n, is "
                            "64: raise it)\n"), proc.stderr
 
@@ -56,7 +56,9 @@ def test_an_exception_without_a_message_reads_as_its_type():
 
 
 @pytest.mark.parametrize("code, expected", [(errno.ECONNREFUSED, True), (errno.ENETDOWN, True),
-                                            (errno.EHOSTDOWN, True), (errno.ENOENT, False), (errno.EACCES, False)])
+                                            (errno.EHOSTDOWN, True), (errno.ECONNRESET, True), (errno.ETIMEDOUT, True),
+                                            (errno.EHOSTUNREACH, True), (errno.ENETUNREACH, True),
+                                            (errno.ENOENT, False), (errno.EACCES, False)])
 def test_unreachable_is_a_peer_not_there_yet_not_a_wrong_path_or_password(code, expected):
     assert unreachable(OSError(code, "why")) is expected
 
@@ -76,6 +78,11 @@ def test_opencv_is_quiet_inside_the_block_only():
     with opencv_quiet():
         assert cv2.utils.logging.getLogLevel() == cv2.utils.logging.LOG_LEVEL_SILENT
     assert cv2.utils.logging.getLogLevel() == before != cv2.utils.logging.LOG_LEVEL_SILENT
+
+
+def test_a_host_name_with_an_empty_label_is_said_not_to_resolve():
+    # the resolver's IDNA encoding refuses "cam..local" with a UnicodeError, not a lookup failure
+    assert unresolved_host("rtsp://admin:pw@cam..local/live") == "cam..local"
 
 
 def test_a_url_no_host_can_be_read_from_fails_to_open_in_its_own_line():
