@@ -56,7 +56,7 @@ def test_cli_sigterm_stops_with_the_summary(rng: np.random.Generator) -> None:
     assert out.splitlines()[-1].startswith("received ") and "Traceback" not in err
 
 
-def test_cli_lines_reach_a_pipe_as_the_frames_come() -> None:
+def test_cli_lines_reach_a_pipe_as_the_frames_come_and_a_restart_is_said() -> None:
     # a launcher's log or `| tee` is a pipe, not a terminal: a frame's line must reach it then, not at the exit
     env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}  # as a user runs it
     with zmq.Context.instance().socket(zmq.XPUB) as pub:
@@ -66,7 +66,7 @@ def test_cli_lines_reach_a_pipe_as_the_frames_come() -> None:
                                 stderr=subprocess.PIPE, text=True)
         try:
             assert pub.poll(PATIENCE_S * 1000), proc.stderr.read()[-2000:]  # its subscription: it is connected
-            for seq in range(3):  # far less than a pipe's buffer of lines, then silence
+            for seq in (5, 6, 0):  # far less than a pipe's buffer of lines, then silence; 0: a restarted publisher
                 pub.send_multipart(with_header(seq=seq))
             lines = [proc.stdout.readline() for _ in range(3)]
             proc.terminate()  # still waiting for the next frame: stopped as a launcher stops it
@@ -75,6 +75,7 @@ def test_cli_lines_reach_a_pipe_as_the_frames_come() -> None:
             proc.kill()
     assert [line[:4] for line in lines] == ["seq "] * 3, err[-2000:]
     assert proc.returncode == 0 and out.splitlines()[-1].startswith("received 3 frames"), err[-2000:]
+    assert f"INFO streamfuse.seq_count: publisher at tcp://127.0.0.1:{port} restarted (seq 0 after 6)" in err, err
 
 
 def test_cli_whose_reader_goes_away_ends_quietly_like_other_tools(rng: np.random.Generator) -> None:
