@@ -127,6 +127,13 @@ def test_hung_producer_is_reported_counted_and_restarted_while_the_other_goes_on
     assert sum(f.stream == "vis" for f in during) >= 5
 
 
+def _restarted(prod: Producers, name: str, victim: int) -> bool:
+    """Whether ``name``'s producer runs again in a process other than ``victim``; drives the supervisor, which restarts
+    a producer only inside :meth:`Producers.get` (the event may have come before the restart's delay was over)."""
+    prod.get(timeout=0.05)
+    return prod.pids()[name] not in (None, victim)
+
+
 def _silent_server() -> socket.socket:
     """A loopback TCP port that accepts connections and never sends a byte: a stream source hangs opening it."""
     server = socket.socket()
@@ -146,7 +153,7 @@ def test_producer_killed_before_its_first_frame_is_restarted(caplog) -> None:
             victim = prod.pids()["ir"]
             os.kill(victim, signal.SIGKILL)  # still opening its stream: not a single frame yet
             frames, events = collect(prod, lambda f, e: e and sum(x.stream == "vis" for x in f) >= 5)
-            wait_for(lambda: prod.pids()["ir"] not in (None, victim), "a new IR producer")
+            wait_for(lambda: _restarted(prod, "ir", victim), "a new IR producer")
             names += prod.shm_names()
         finally:
             assert_stopped(prod, names)
