@@ -16,6 +16,7 @@ from tqdm import tqdm
 from helpers_zmq import free_port
 from test_replay import interrupted_replay, make_cfg, write_video
 
+from streamfuse.bitdepth import read_image
 from streamfuse.replay import run_replay
 from streamfuse.replay.outputs import check_output_paths
 
@@ -206,3 +207,13 @@ def test_a_topic_beyond_ascii_is_subscribed_as_utf8_under_the_c_locale(topic, sa
                            topic, "--first-timeout", "0.5", "--timeout", "0.5"], env=_ASCII_LOCALE,
                           capture_output=True, timeout=120)
     assert proc.returncode in (1, 2) and said.encode() in proc.stdout + proc.stderr, proc.stderr
+
+
+def test_reading_a_frame_named_by_bytes_that_are_not_utf8_leaves_no_file_open(tmp_path):
+    # such a name is read through a file opened for it; a replay of a folder of such frames reads one a frame, and each
+    # left open would run the process out of file descriptors
+    frame = tmp_path / "bad\udcff.tiff"
+    cv2.imencode(".tiff", np.zeros((8, 8), np.uint8))[1].tofile(frame)
+    before = sorted(os.listdir("/proc/self/fd"))
+    assert [read_image(frame).shape for _ in range(3)] == [(8, 8)] * 3
+    assert sorted(os.listdir("/proc/self/fd")) == before
