@@ -54,6 +54,15 @@ def test_an_encoding_is_one_a_consumer_decodes_and_not_the_pools_descriptors() -
         PublishConfig(encoding="shm")
 
 
+def test_a_wait_for_room_takes_1_to_60000_ms_and_only_with_nodrop() -> None:
+    # without nodrop a full queue drops at once: a wait asked for there would never happen
+    assert [PublishConfig(nodrop=True, wait_ms=ms).wait_ms for ms in (1, 60_000)] == [1, 60_000]
+    for changes in ({"nodrop": True, "wait_ms": 60_001}, {"nodrop": True, "wait_ms": -1}, {"wait_ms": 1}):
+        with pytest.raises(ValueError, match=f"^wait_ms={changes['wait_ms']} is out of range; allowed: 0, or 1..60000 "
+                                             "with nodrop: true"):
+            PublishConfig(**changes)
+
+
 def test_the_defaults_are_the_documented_ones() -> None:
     # README: "each subscriber has a queue of publish.sndhwm (default 2)", loopback endpoint; Formats: raw,
     # jpeg_quality 90, h264_keyint 30, h264_crf 23, shm_slots 8
