@@ -13,6 +13,7 @@ from helpers_users import OTHER, OWNER, as_other_user, needs_root, shared_folder
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.output_lock import lock_path, output_lock
+from streamfuse.replay.outputs import check_output_folder
 from streamfuse.replay.resume import sidecar_path
 
 CHECK = """
@@ -59,6 +60,19 @@ def test_another_users_interrupted_replay_in_a_shared_folder_is_named_before_any
         os.chown(theirs, OTHER, OTHER)  # the user's own file: theirs to replace
         assert as_other_user(CHECK, out=out) == ""
 
+
+@needs_root
+def test_a_file_left_in_a_shared_folder_stops_neither_the_folders_owner_nor_root():
+    # the sticky bit lets the folder's owner and root move another user's file there too: refusing them would stop a
+    # replay that would have run
+    with shared_folder() as folder:
+        out = folder / "f.mp4"
+        partial_path(out).write_bytes(b"their frames")
+        os.chown(partial_path(out), OWNER, OWNER)
+        os.chown(folder, OWNER, OWNER)
+        check_output_folder(out, "h264")  # root
+        os.chown(folder, OTHER, OTHER)
+        assert as_other_user(CHECK, out=out) == ""
 
 def _socket(path, listening: bool) -> socket.socket:
     """A Unix socket at ``path`` standing for a third user's publisher: running (listening) or ended (not)."""
