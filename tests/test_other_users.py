@@ -74,6 +74,19 @@ def test_a_file_left_in_a_shared_folder_stops_neither_the_folders_owner_nor_root
         os.chown(folder, OTHER, OTHER)
         assert as_other_user(CHECK, out=out) == ""
 
+
+@needs_root
+def test_another_users_link_in_a_shared_folder_is_named_whatever_it_points_at():
+    # the sticky bit protects the link itself: its target being this user's file makes it no more theirs to move
+    with shared_folder() as folder:
+        out = folder / "f.mp4"
+        (folder / "mine").write_bytes(b"")
+        os.chown(folder / "mine", OTHER, OTHER)
+        partial_path(out).symlink_to(folder / "mine")
+        os.lchown(partial_path(out), OWNER, OWNER)
+        said = as_other_user(CHECK, out=out)
+        assert said.startswith(f"PermissionError: {partial_path(out)} belongs to uid {OWNER}, in a shared folder")
+
 def _socket(path, listening: bool) -> socket.socket:
     """A Unix socket at ``path`` standing for a third user's publisher: running (listening) or ended (not)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
