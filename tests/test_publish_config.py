@@ -63,6 +63,14 @@ def test_a_wait_for_room_takes_1_to_60000_ms_and_only_with_nodrop() -> None:
             PublishConfig(**changes)
 
 
+def test_a_consumers_key_folder_is_refused_without_the_publishers_secret_key() -> None:
+    # the keys in curve_clients_dir are CURVE clients' keys: without curve_secret_file the publisher would run plain
+    # TCP and let every consumer in
+    with pytest.raises(ValueError, match="^curve_clients_dir='keys' is out of range; allowed: empty, or a folder"):
+        PublishConfig(curve_clients_dir="keys")
+    assert PublishConfig(curve_clients_dir="keys", curve_secret_file="server.key_secret").curve_clients_dir == "keys"
+
+
 def test_the_defaults_are_the_documented_ones() -> None:
     # README: "each subscriber has a queue of publish.sndhwm (default 2)", loopback endpoint; Formats: raw,
     # jpeg_quality 90, h264_keyint 30, h264_crf 23, shm_slots 8
