@@ -339,6 +339,16 @@ def test_the_hclfuse_and_engine_sections_defaults_and_seed_range():
     assert (engine.device, engine.precision, engine.threads, engine.cuda_graphs) == ("auto", "fp32", 0, True)
 
 
+
+def test_the_replay_sections_defaults_are_the_documented_ones():
+    # README: crf "default 18" (visually lossless), preset "default veryfast"; every frame, as fast as possible, on
+    # H.264, FFmpeg's threads, decoding and encoding overlapped, a progress bar
+    replay = config_from_dict({}).replay
+    assert (replay.crf, replay.preset, replay.codec, replay.pacing) == (18, "veryfast", "h264", "fast")
+    assert (replay.codec_threads, replay.overlap, replay.progress) == (0, True, True)
+    assert (replay.out, replay.frames_dir, replay.publish, replay.resume) == ("", "", False, False)
+
+
 @pytest.mark.parametrize("given", [
     {"steps": 1}, {"steps": 20}, {"guidance_scale": 0.0}, {"guidance_scale": 10.0}, {"image_guidance": 20},
     {"sampler": "teacher"}, {"seed": 0}, {"threads": 1024}, {"device": "cuda"}, {"device": "cuda:999"},
