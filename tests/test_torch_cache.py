@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_users import OTHER, needs_root
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "streamfuse-test-user"
@@ -37,10 +38,14 @@ def _plant(default: Path, kind: str, tmp: Path) -> None:
         default.symlink_to(tmp / "elsewhere")
     else:
         default.mkdir()
-        default.chmod(0o777)
+        modes = {"folder others can write into": 0o777, "folder its group can write into": 0o770}
+        default.chmod(modes.get(kind, 0o700))
+        if kind == "another user's folder":
+            os.chown(default, OTHER, OTHER)
 
 
-@pytest.mark.parametrize("kind", ["file", "link", "folder others can write into"])
+@pytest.mark.parametrize("kind", ["file", "link", "folder others can write into", "folder its group can write into",
+                                  pytest.param("another user's folder", marks=needs_root)])
 def test_a_planted_default_folder_is_not_used(tmp_path, kind):
     default = tmp_path / f"torchinductor_{USER}"
     _plant(default, kind, tmp_path)
