@@ -201,6 +201,17 @@ def test_keys_of_the_earlier_layout_name_their_new_place(tmp_path, old, new):
     assert getattr(getattr(config_from_dict({new_section: {new_key: value}}), new_section), new_key) == value
 
 
+def test_a_fault_of_its_own_an_override_makes_in_a_faulty_file_is_the_overrides(tmp_path):
+    # the file's fault (jpeg_quality) is still there, but the first one the run meets is what --set gave
+    path = _write(tmp_path, "publish: {jpeg_quality: 0}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["publish.sndhwm=0"])
+    assert str(err.value) == f"override of {path}: publish: sndhwm=0 is out of range; allowed: 1..1000"
+    with pytest.raises(ConfigError) as err:  # the file's own fault, the override left as it was: the file's
+        load_config(path, ["publish.sndhwm=5"])
+    assert str(err.value) == f"{path}: publish: jpeg_quality=0 is out of range; allowed: 1..100"
+
+
 def test_a_file_that_is_not_a_config_is_one_line(tmp_path, monkeypatch):
     cases = {"empty.yaml": b"", "blank.yaml": b"  \n", "binary.yaml": bytes([0xD6, 0x00, 0xFF]) * 10,
              "twice.yaml": b"fuse:\n  name: max\nfuse:\n  name: rule\n",
