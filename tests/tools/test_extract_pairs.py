@@ -36,6 +36,20 @@ def test_writes_the_chosen_frames_as_pairs_up_to_the_end(tool, tmp_path):
     assert ir.ndim == 2 and int(ir[0, 0]) == 50 and vis.shape == (24, 32, 3) and int(vis[0, 0, 0]) == 51
 
 
+def test_visible_pairs_keep_their_colours(tool, tmp_path):
+    _video(tmp_path / "v" / "ir" / "a.mkv", 1, 0)
+    (tmp_path / "v" / "vi").mkdir()
+    with av.open(str(tmp_path / "v" / "vi" / "a.mkv"), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        (stream.width, stream.height), stream.pix_fmt = (32, 24), "bgr0"
+        red = np.zeros((24, 32, 3), np.uint8)
+        red[..., 2] = 200  # red in OpenCV's channel order
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(red, format="bgr24")))
+        container.mux(stream.encode())
+    tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0"])
+    assert tuple(cv2.imread(str(tmp_path / "out" / "vi" / "a_00000.png"))[5, 5]) == (0, 0, 200)
+
+
 def test_a_count_past_any_video_takes_every_frame_there_is(tool, tmp_path):
     # --count 10**22 built a set of 10**22 frame numbers first: it never got to the videos
     _video(tmp_path / "v" / "ir" / "a.mkv", 4, 0)

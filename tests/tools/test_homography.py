@@ -100,6 +100,14 @@ def test_an_overlay_not_named_png_is_refused(tool, tmp_path, capsys):
     assert stop.value.code == 2 and "written as a PNG; give a name ending in .png" in capsys.readouterr().err
 
 
+def test_an_overlay_named_in_capitals_is_written(tool, tmp_path):
+    cv2.imwrite(str(tmp_path / "ir.png"), np.full((12, 16), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "vis.png"), np.full((12, 16, 3), 90, np.uint8))
+    tool("homography").main([*POINTS, "--ir", str(tmp_path / "ir.png"), "--vis", str(tmp_path / "vis.png"),
+                             "--overlay", str(tmp_path / "O.PNG")])
+    assert cv2.imread(str(tmp_path / "O.PNG")).shape == (12, 16, 3)
+
+
 def test_points_off_one_plane_are_fitted_and_warned_of(tool, capsys):
     ir = [(10, 12), (300, 8), (310, 230), (15, 235), (160, 120), (80, 200)]
     vis = [(2 * x + 5, 2 * y + 3) for x, y in ir]
