@@ -41,6 +41,21 @@ def test_exit_status_1_when_no_fuser_ran(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("bench replay: max not run: ")
 
 
+def test_every_replay_runs_without_its_progress_bar(monkeypatch, capsys):
+    # a bar on a terminal would write over the figures of the fusers before it
+    import streamfuse.replay
+
+    seen = []
+
+    def spy(cfg, **kwargs):
+        seen.append(cfg.replay.progress)
+        raise RuntimeError("not run")
+
+    monkeypatch.setattr(streamfuse.replay, "run_replay", spy)
+    assert main(["--fuser", "max,average", "--frames", "2", "--size", "64x48"]) == 1
+    assert seen == [False, False]
+
+
 def test_a_fuser_that_fails_beside_one_that_runs_is_on_stderr_and_exit_1(monkeypatch, capsys):
     # it was a line on stdout among the figures, and exit 0 (a script comparing fusers took the run for complete)
     import streamfuse.replay
@@ -82,6 +97,7 @@ def test_the_verdict_names_the_larger_of_decode_plus_encode_and_fuse(tmp_path, m
     (["--size", "abc"], "argument --size: size 'abc' is not WIDTHxHEIGHT"),
     (["--size", "0x48"], "argument --size: size '0x48': width and height must be in 1..8192"),
     (["--ir", "ir.mp4"], "give both --ir and --vis, or neither (a synthetic pair)"),
+    (["--vis", "vis.mp4"], "give both --ir and --vis, or neither (a synthetic pair)"),
     # passed over: the whole videos were replayed, at their size
     (["--ir", "ir.mp4", "--vis", "vi.mp4", "--frames", "30"], "--frames is the synthetic clip's: --ir and --vis are "
                                                               "replayed whole"),
