@@ -30,6 +30,17 @@ def test_bad_numbers_are_refused_when_parsing(args, message, monkeypatch, capsys
     assert exc.value.code == 2 and err.strip().splitlines()[-1].endswith(message)
 
 
+def test_as_many_workers_as_pairs_run(monkeypatch):
+    pytest.importorskip("ray")
+
+    def started(*args, **kwargs):
+        raise RuntimeError("started")
+
+    monkeypatch.setattr(bench_batch, "_pairs", started)
+    with pytest.raises(RuntimeError, match="started"):
+        bench_batch.main(["--pairs", "2", "--workers", "2"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "bad"], "bench batch: config error: override 'bad' is not of the form stage.key=value"),
     (["--config", "nowhere.yaml"], "bench batch: config error: nowhere.yaml: no such config file here, nor a shipped"),
@@ -181,7 +192,7 @@ def test_the_table_compares_n_workers_with_one_and_a_worker_with_a_single_replay
     monkeypatch.setattr(bench_batch, "_pairs", lambda folder, *a, **k: folder)
     monkeypatch.setattr(bench_batch, "_local", lambda *a: row)
     monkeypatch.setattr(bench_batch, "_ray", lambda cfg, src, warm, out, n: {**row, "fps": 30.0 * n,
-                                                                           "pair_fps": [6.0 * n]})
+                                                                           "pair_fps": [2.0 * n, 6.0 * n, 7.0 * n]})
     monkeypatch.setattr(bench_batch, "_single_replay", lambda args, overrides, *paths: seen.update(
         overrides=overrides) or 4.0)
     bench_batch.main(["--workers", "3", "--set", "engine.threads=2"])

@@ -21,6 +21,11 @@ def test_a_runs_summary_gives_frames_per_second_between_arrivals_and_latencies_i
     assert summary["median_ms"] == pytest.approx(50.5) and summary["p99_ms"] == pytest.approx(99.01)
 
 
+def test_a_few_slow_frames_move_the_p99_not_the_median_latency():
+    summary = bench_transport._summary([1_000_000] * 99 + [1_000_000_000], [i / 10 for i in range(100)])
+    assert summary["median_ms"] == pytest.approx(1.0) and summary["p99_ms"] > 10.0
+
+
 @pytest.mark.parametrize("arrived", [0, 1])
 def test_a_run_that_got_one_frame_or_none_through_is_a_row_of_its_own_not_a_crash(arrived):
     # a rate needs two arrivals: one frame says 0 frames/s and no latency in the table, not a ZeroDivisionError
