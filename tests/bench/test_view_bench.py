@@ -108,7 +108,8 @@ def test_rounds_alternate_between_the_viewers_and_every_child_is_stopped(tmp_pat
 def test_a_viewer_is_given_room_for_more_pages_than_its_default_cap(monkeypatch, capsys) -> None:
     from streamfuse.view.gate import MAX_CONNECTIONS
 
-    for pages, cap in ((MAX_CONNECTIONS - 1, []), (100, ["--max-connections", "108"])):
+    for pages, cap in ((MAX_CONNECTIONS - 1, []), (MAX_CONNECTIONS, ["--max-connections", str(MAX_CONNECTIONS + 8)]),
+                       (100, ["--max-connections", "108"])):
         started, _ = _scripted_main(monkeypatch, ["--pages", str(pages), "--rounds", "1"])
         viewer = started[1][0]
         assert viewer[viewer.index("0") + 1:] == cap  # after --port 0
@@ -116,12 +117,12 @@ def test_a_viewer_is_given_room_for_more_pages_than_its_default_cap(monkeypatch,
 
 def test_a_round_prints_pages_their_messages_per_second_the_viewers_cores_and_the_load(monkeypatch, capsys) -> None:
     async def pages(port, n, seconds, cpu_s):
-        return 2, [5.0, 7.0], 3.0
+        return 3, [5.0, 7.0, 12.0], 3.0
 
     monkeypatch.setattr(bench_view, "_pages", pages)
     monkeypatch.setattr(bench_view.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
     bench_view._round("this", SimpleNamespace(pid=0), 8000, argparse.Namespace(pages=2, seconds=2.0))
-    assert capsys.readouterr().out.split() == ["this", "2", "6.0", "5.0", "12", "3.00", "1.50"]
+    assert capsys.readouterr().out.split() == ["this", "3", "7.0", "5.0", "24", "3.00", "1.50"]  # the median page
 
 
 @contextlib.contextmanager
