@@ -73,6 +73,17 @@ def test_a_range_error_has_one_prefix_and_names_its_key(tmp_path, argv, message)
     assert _fails(["--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv]) == message
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--steps=3", "4"], "train: unexpected argument '4'; settings are --key value or --section.key value"),
+    (["--", "3"], "train: unexpected argument '--'; settings are --key value or --section.key value"),
+    # a shortened option is no option: --resu did not resume, nor --ckpt set the interval
+    (["--resu"], "train: unknown config key train.resu; allowed keys: steps, minutes,"),
+    (["--ckpt", "5"], "train: unknown config key train.ckpt; allowed keys: steps, minutes,"),
+])
+def test_a_stray_or_shortened_argument_is_refused(tmp_path, argv, message):
+    assert _fails(["--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv]).startswith(message)
+
+
 @pytest.mark.parametrize("value, words", [("nan", "nan must be a finite number of minutes >= 0"),
                                           ("-1", "-1 must be a finite number of minutes >= 0"),
                                           ("soon", "'soon' is not a number of minutes")])
