@@ -95,6 +95,13 @@ def test_bad_sizes_and_frames_are_refused_when_parsing(args, message, capsys):
     assert exc.value.code == 2 and err.strip().splitlines()[-1].endswith(message) and "Traceback" not in err
 
 
+@pytest.mark.parametrize("given, graphs", [("on", [True]), ("off", [False]), ("on,off", [True, False])])
+def test_graphs_on_and_off_are_read_as_said(given, graphs):
+    from streamfuse.bench.fuse import parse_args
+
+    assert parse_args(["--graphs", given]).graphs == graphs
+
+
 def test_missing_weights_are_one_line():
     from streamfuse.bench.fuse import main
 

@@ -79,3 +79,24 @@ def test_the_frames_asked_are_timed_by_the_fuser_and_by_the_stages_around_it(mon
     monkeypatch.setattr(bench_fuse, "bench_post", lambda sizes, frames, warmup: cases.append(frames))
     bench_fuse.main(["--device", "cpu", "--fuser", "max", "--frames", "7"])
     assert cases == [7, 7] and "7 frames per case" in capsys.readouterr().out
+
+
+def test_the_stages_around_the_fuser_are_timed_after_the_warm_up_each_under_its_name(monkeypatch, capsys):
+    made = []
+
+    class Processor:  # the fuser's side 1 ms, the post stage 5 ms; the warm-up frame took 100 ms in both
+        def __init__(self, fuser, stabilize, post):
+            made.append((stabilize.strength, post.denoise))
+            self.calls = 0
+
+        def __call__(self, pair):
+            self.calls += 1
+            slow = 100.0 if self.calls == 1 else 0.0
+            return SimpleNamespace(timings={"fuse": 1.0 + slow, "postprocess": 5.0 + slow})
+
+    monkeypatch.setattr(bench_fuse, "FrameProcessor", Processor)
+    bench_fuse.bench_post([(48, 64)], 20, 1)
+    line = capsys.readouterr().out
+    assert "IR stabilizer 0.8) median 1.00 ms p99 1.00 ms" in line
+    assert "(denoise 0.85 + bgr8 colour) median 5.00 ms p99 5.00 ms" in line
+    assert made == [(0.8, 0.85)]
