@@ -538,3 +538,15 @@ def test_a_second_run_given_a_link_to_the_first_runs_folder_is_refused(data, tmp
     with output_lock(tmp_path / "run"):
         message = _fails(["--data", str(data), "--out", str(tmp_path / "link"), *TINY, "--steps", "1"])
     assert "is being written by another run" in message and list((tmp_path / "run").iterdir()) == []
+
+
+def test_the_weights_file_holds_the_ema_and_the_first_steps_warm_up(data, tmp_path):
+    from streamfuse.model.weights import read_weights
+
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--warmup", "4", "--lr", "0.01"])
+    ckpt = torch.load(str(out / "checkpoint.pt"), map_location="cpu", weights_only=True)
+    assert ckpt["opt"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 2 / 4)  # the second step's, of 4 warm-up
+    _, saved, _ = read_weights(out / DEFAULT_WEIGHTS.name, any_version=True, check_model=False)
+    assert all(torch.equal(saved[k], v) for k, v in ckpt["ema"].items() if k in saved)
+    assert not all(torch.equal(saved[k], v) for k, v in ckpt["net"].items() if k in saved)  # the EMA trails the net
