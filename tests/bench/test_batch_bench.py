@@ -197,6 +197,7 @@ def test_the_table_compares_n_workers_with_one_and_a_worker_with_a_single_replay
         overrides=overrides) or 4.0)
     bench_batch.main(["--workers", "3", "--set", "engine.threads=2"])
     out = capsys.readouterr().out.splitlines()
+    assert "local engine, 1 worker        60     2.00      30.0  0.10 -> 0.20" in out
     assert out[-2:] == ["ray 3 workers vs 1: 3.00x", "one ray worker: 6.0 frames/s (median of its pairs); a single "
                         "replay of the same pair with one thread: 4.0 frames/s; ratio 1.50"]
     # the user's --set comes last, so it wins over the benchmark's own one-thread settings
