@@ -23,9 +23,10 @@ The rings are ``latest`` rings (newest wins, overwritten frames counted as drops
 available, oldest first: this is the live path. Offline replay reads its inputs in its own process, every frame
 and in order (``streamfuse.replay.inputs``).
 
-Stalls: a producer that stays silent (no frame written, its ring empty, no realtime pacing sleep under way) for
-longer than its frame interval times ``stall_factor`` (or, before its first frame, :data:`FIRST_FRAME_S`) is reported
-in one line and counted (``stalls`` in :meth:`Producers.stats`), killed and restarted like a dead one.
+Stalls: a producer that stays silent (no frame written, its ring empty, no realtime pacing sleep under way, no step
+of a long open such as a large synthetic scene's build; an FFmpeg open that hangs makes none) for longer than its
+frame interval times ``stall_factor`` (or, before its first frame, :data:`FIRST_FRAME_S`) is reported in one line and
+counted (``stalls`` in :meth:`Producers.stats`), killed and restarted like a dead one.
 
 The processes themselves (forked from a preloaded server, SIGINT and SIGTERM ignored, gone with their parent) are
 ``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are killed). A start
@@ -83,7 +84,8 @@ class _Worker:
     proc: Any = None
     ring: ShmRing | None = None
     conn: Any = None
-    beat: Any = None  # the current process's shared (frames written, interval ns, pacing until ns, packets skipped)
+    beat: Any = None  # the current process's shared (frames written, interval ns, pacing until ns, packets skipped,
+    # steps of its source's open)
     pace: Any = field(default_factory=lambda: [0, 0, 0, 0])  # shared: its realtime time line (``time_line``)
     beats_seen: int = 0
     heard_at: float = 0.0  # monotonic time the current process last showed progress
@@ -145,7 +147,7 @@ class Producers:
 
     def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
         w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1), "latest", ctx=self._ctx, data_bell=self._bell)
-        w.beat = self._ctx.RawArray("q", 4)
+        w.beat = self._ctx.RawArray("q", 5)
         w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat, w.pace)
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
         w.beats_seen, w.heard_at, w.stalled, w.stall_line = 0, w.started_at, False, None
@@ -245,12 +247,14 @@ class Producers:
 
     def _check_stall(self, w: _Worker) -> None:
         """Report a producer silent for longer than its frame interval x ``stall_factor`` (before its first frame:
-        :data:`FIRST_FRAME_S`) and kill it so that it restarts. Unread frames in its ring, and a source's realtime
-        pacing (a recording with a gap in its timestamps), are not silence."""
+        :data:`FIRST_FRAME_S`) and kill it so that it restarts. Unread frames in its ring, a source's realtime
+        pacing (a recording with a gap in its timestamps), and the steps of an open that takes long (``progress``) are
+        not silence."""
         now = time.monotonic()
         paced = w.beat[2] > time.monotonic_ns()  # waiting for its next frame's time on purpose is not silence
-        if w.beat[0] != w.beats_seen or self._head_time(w) is not None or paced:
-            w.beats_seen, w.heard_at, w.stalled = w.beat[0], now, False
+        beats = w.beat[0] + w.beat[4]  # a frame written, or a step of an open that builds for long (not hung in it)
+        if beats != w.beats_seen or self._head_time(w) is not None or paced:
+            w.beats_seen, w.heard_at, w.stalled = beats, now, False
             return
         if w.stalled or not w.cfg.stall_factor:
             return

@@ -116,6 +116,10 @@ class _PacingStop:
         return self._stop.wait(timeout)
 
 
+def _count(beat: Any, slot: int) -> None:
+    beat[slot] += 1
+
+
 def _skip(source: Source, n: int) -> None:
     """Discard ``n`` frames; through the source's own ``skip`` when it has one (no realtime pacing there)."""
     if n and hasattr(source, "skip"):
@@ -130,8 +134,9 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
              resume: tuple[int, int, int], beat: Any, pace: Any = None) -> None:
     """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
 
-    ``beat`` (shared int64 x 4): frames written, the source's frame interval in ns (set at the first frame), the end
-    of the source's current pacing sleep (monotonic ns), and the packets it skipped as undecodable (``skipped``).
+    ``beat`` (shared int64 x 5): frames written, the source's frame interval in ns (set at the first frame), the end
+    of the source's current pacing sleep (monotonic ns), the packets it skipped as undecodable (``skipped``), and the
+    steps its open has made (a synthetic scene's build, seconds for a large one: not the silence of a hung open).
     ``pace`` (shared int64 x 2, kept across a source's processes): where a realtime source's time line started.
     """
     for sig in STOP_SIGNALS:  # the parent's to handle: it stops this process
@@ -143,6 +148,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
         source.stop_event = _PacingStop(stop, beat)
         source.warn = lambda line: conn.send(("warn", redact(line)))  # what it corrects and goes on with: logged
         source.pace_origin, source.pace_shift_ns = pace, t_offset_ns  # a restart keeps the realtime time line
+        source.progress = lambda: _count(beat, 4)
         with source:
             _skip(source, skip)  # resume a replayable source after the last frame delivered
             n = 0

@@ -163,7 +163,8 @@ class Source(Protocol):
     """What every source kind provides. ``live`` sources stamp wall-clock times and cannot be re-read; the others
     (files, folders, virtual-clock synthetic) give the same frames again when reopened. Optional: ``skip(n)``
     (discard n frames unpaced, as :class:`BaseSource` has), ``stop_event``, ``warn`` (takes one line on what was
-    corrected), ``frame_interval_ns`` (the expected time between frames once open; default ``1 / cfg.fps``)."""
+    corrected), ``frame_interval_ns`` (the expected time between frames once open; default ``1 / cfg.fps``),
+    ``progress`` (called by an open that takes long in steps of its own, as a synthetic scene's build)."""
 
     section: str
     frame_id: str
@@ -205,6 +206,7 @@ class BaseSource:
     warn: Callable[[str], None] = staticmethod(_log_warning)  # one line on what the source corrects and goes on with
     pace_origin: Any = None  # where realtime pacing began, shared (capture.time_line.TimeLine)
     pace_shift_ns = 0  # what the producer adds to this process's frame times (a resumed pass's offset)
+    progress: Callable[[], None] = staticmethod(lambda: None)  # a step of a long open done: the producer's sign of life
 
     def __init__(self, section: str, cfg: SourceConfig) -> None:
         self.section, self.cfg = section, cfg

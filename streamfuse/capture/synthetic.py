@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -52,11 +52,12 @@ class SyntheticScene:
         width: image width, px.
         height: image height, px.
         seed: scene seed; the same seed gives the same scene in every process.
+        progress: called after each step of the build (a large scene's takes seconds): a sign of life.
     """
 
     _NOISE_FRAMES = 4
 
-    def __init__(self, width: int, height: int, seed: int) -> None:
+    def __init__(self, width: int, height: int, seed: int, progress: Callable[[], None] = lambda: None) -> None:
         rng = np.random.default_rng(seed)
         self.width, self.height = width, height
         s = height / 480.0  # sprite scale
@@ -82,12 +83,18 @@ class SyntheticScene:
             top = int(rng.uniform(0.15, 0.4) * height)
             ir[top:int(0.5 * height), x:x + w] += rng.uniform(10, 30)
         self._ir_bg = np.clip(ir, 0, 255).astype(np.uint8)
-        # Sensor noise, stored as saturating +/- parts: cheap to apply with cv2.add/subtract.
-        vis_noise = rng.normal(0, 7, (self._NOISE_FRAMES, height, width, 3))
-        ir_noise = rng.normal(0, 2, (self._NOISE_FRAMES, height, width))
-        self._vis_noise = [_split_noise(n) for n in vis_noise]
-        self._ir_noise = [_split_noise(n) for n in ir_noise]
+        # Sensor noise, stored as saturating +/- parts: cheap to apply with cv2.add/subtract. Drawn a frame at a time,
+        # the same draws in the same order as one array of all frames, without holding that array's float64s.
+        self._vis_noise = [self._noise_frame(rng, 7, (height, width, 3), progress) for _ in range(self._NOISE_FRAMES)]
+        self._ir_noise = [self._noise_frame(rng, 2, (height, width), progress) for _ in range(self._NOISE_FRAMES)]
         self._blobs = [self._person(rng, s) for _ in range(4)] + [self._car(rng, s) for _ in range(2)]
+
+    @staticmethod
+    def _noise_frame(rng: np.random.Generator, sigma: float, shape: tuple[int, ...],
+                     progress: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+        parts = _split_noise(rng.normal(0, sigma, shape))
+        progress()
+        return parts
 
     def _person(self, rng: np.random.Generator, s: float) -> _Blob:
         w, h = max(4, round(22 * s)), max(8, round(64 * s))
@@ -169,7 +176,7 @@ class SyntheticSource(BaseSource):
 
     def _open(self) -> None:
         self.live = self.cfg.realtime
-        self._scene = SyntheticScene(self.cfg.width, self.cfg.height, self.cfg.seed)
+        self._scene = SyntheticScene(self.cfg.width, self.cfg.height, self.cfg.seed, self.progress)
 
     def skip(self, n: int) -> int:
         """Step ``n`` frames on unrendered on the virtual clock (a frame there is a function of its seq alone: a
