@@ -134,7 +134,7 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
              resume: tuple[int, int, int], beat: Any, pace: Any = None) -> None:
     """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
 
-    ``beat`` (shared int64 x 5): frames written, the source's frame interval in ns (set at the first frame), the end
+    ``beat`` (shared int64 x 5): frames written, the source's frame interval in ns (set at each frame), the end
     of the source's current pacing sleep (monotonic ns), the packets it skipped as undecodable (``skipped``), and the
     steps its open has made (a synthetic scene's build, seconds for a large one: not the silence of a hung open).
     ``pace`` (shared int64 x 2, kept across a source's processes): where a realtime source's time line started.
@@ -159,8 +159,9 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
                     conn.send(("eos", f"{section}: end of stream ({redact(f'{cfg.kind} {cfg.path}'.strip())})"))
                     return
                 frame.seq, frame.t_capture_ns = seq_start + n, frame.t_capture_ns + t_offset_ns
-                if n == 0:  # before the write: the parent may see the frame before anything after it
-                    beat[1] = getattr(source, "frame_interval_ns", round(1e9 / cfg.fps))
+                # before the write: the parent may see the frame before anything after it; at every frame, as a file
+                # whose times stand still goes at its declared rate from the frame that shows it
+                beat[1] = getattr(source, "frame_interval_ns", round(1e9 / cfg.fps))
                 if not ring.write(frame, stop):
                     return
                 beat[0] += 1

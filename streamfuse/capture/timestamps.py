@@ -5,8 +5,9 @@ Files (:class:`FileClock`): ``t = pts + offset``. A discontinuity (pts back by m
 concatenated MPEG-TS recordings or a camera that restarted, or forward by more than :data:`JUMP_NS`, FFmpeg's
 ``dts_delta_threshold``, unless the caller keeps such gaps) moves the offset so that the frame comes one period
 after the previous one; a frame whose pts repeats or goes back by less than a period is placed 1 ns after the previous
-one, and the frames after it keep their own times. Either way times stay strictly increasing, so pairing and realtime
-pacing never see time run backwards.
+one, and the frames after it keep their own times. A pts repeated more than :data:`STILL_REPEATS` times in a row says
+the frame times do not advance (a broken file): such frames go one period apart (``"frozen"``), at the rate the file
+declares. Either way times stay strictly increasing, so pairing and realtime pacing never see time run backwards.
 
 Live streams (:class:`StreamClock`): ``t = pts + offset``, where the offset is the smallest ``arrival - pts`` over the
 last :data:`WINDOW_NS` of frames. A stamp is therefore never later than its frame's arrival: frames FFmpeg buffered
@@ -20,6 +21,9 @@ by NTP or by hand moves the stamps at once, as it moves a camera's, instead of f
 >>> clock = FileClock(period_ns=40)
 >>> [clock.stamp(p) for p in (0, 40, 80, 80, 10, 50)]  # a repeat, then back by more than a period
 [0, 40, 80, 81, 121, 161]
+>>> still = FileClock(period_ns=40)
+>>> [still.stamp(0) for _ in range(8)]  # times that do not advance
+[0, 1, 2, 3, 4, 5, 45, 85]
 >>> live = StreamClock()
 >>> [live.stamp(pts, arrival, arrival) for pts, arrival in ((0, 1000), (40, 1001), (80, 1050))]  # two came at once
 [1000, 1001, 1041]
@@ -29,9 +33,10 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["FileClock", "StreamClock", "JUMP_NS", "WINDOW_NS"]
+__all__ = ["FileClock", "StreamClock", "JUMP_NS", "STILL_REPEATS", "WINDOW_NS"]
 
 JUMP_NS = 10 * 10**9  # a forward pts step beyond this is a discontinuity, not a gap (FFmpeg's dts_delta_threshold)
+STILL_REPEATS = 5  # a pts repeated by more frames in a row than a duplicated picture's few: the times stand still
 WINDOW_NS = 2 * 10**9  # a live stream's offset is the smallest arrival - pts over this much recent arrival time
 # wall minus monotonic clock moves by more than this only when the wall clock is stepped: NTP slews smaller offsets
 # (ntpd steps from 128 ms on), and a thread preempted between the two clocks' reads seldom waits this long
@@ -42,18 +47,21 @@ class FileClock:
     """A video file's times: pts plus an offset that absorbs discontinuities (see the module docstring).
 
     After each :meth:`stamp`, ``fix`` says what was corrected (``""``, ``"rebased"``: a discontinuity, ``"nudged"``:
-    a repeated pts) and ``step_ns`` is the raw pts step from the previous frame.
+    a repeated pts, ``"frozen"``: one of times that stand still, placed ``still_ns`` on) and ``step_ns`` is the raw
+    pts step from the previous frame.
 
     Args:
         period_ns: the video's frame interval, ns: the step after a discontinuity or a new loop pass.
         rebase_ahead: shift out a forward jump beyond :data:`JUMP_NS` (a source paced in real time would sleep
             through it); False keeps it, so the times stay the file's pts (a replay writes them back as pts).
+        still_ns: the step between frames whose times stand still (``"frozen"``); default ``period_ns``.
     """
 
-    def __init__(self, period_ns: int, *, rebase_ahead: bool = True) -> None:
-        self.period_ns = period_ns
+    def __init__(self, period_ns: int, *, rebase_ahead: bool = True, still_ns: int | None = None) -> None:
+        self.period_ns, self.still_ns = period_ns, still_ns or period_ns
         self.rebase_ahead = rebase_ahead
         self.fix, self.step_ns = "", 0
+        self._repeats = 0  # frames in a row whose pts is the previous one's
         self._offset_ns = 0
         self._last_pts_ns: int | None = None
         self._last_t_ns: int | None = None
@@ -75,14 +83,18 @@ class FileClock:
         last_pts, last_t = self._last_pts_ns, self._last_t_ns
         self.step_ns = 0 if last_pts is None else pts_ns - last_pts
         self.fix, self._last_pts_ns = "", pts_ns
+        self._repeats = self._repeats + 1 if last_pts is not None and self.step_ns == 0 else 0
         ahead = self.rebase_ahead and self.step_ns > JUMP_NS
         if last_t is not None and (self._new_pass or self.step_ns < -self.period_ns or ahead):
             self._offset_ns = last_t + self.period_ns - pts_ns
             self.fix = "" if self._new_pass else "rebased"
             self._new_pass = False
         elif last_t is not None and pts_ns + self._offset_ns <= last_t:
-            self.fix = "nudged"  # just after the previous frame; the frames after it keep their own times
-            self._last_t_ns = last_t + 1
+            # just after the previous frame, the frames after it keeping their own times; a period on where the
+            # times stand still (else a whole file would go at once, unpaced)
+            still = self._repeats > STILL_REPEATS
+            self.fix = "frozen" if still else "nudged"
+            self._last_t_ns = last_t + (self.still_ns if still else 1)
             return self._last_t_ns
         self._last_t_ns = pts_ns + self._offset_ns
         return self._last_t_ns

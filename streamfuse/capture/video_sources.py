@@ -78,8 +78,9 @@ class AvSource(BaseSource):
         self._sender_note = ""  # clock: sender: the last note said
         self._open_container()
         # A forward jump is shifted out only where pacing would sleep through it: unpaced (replay) times stay the pts.
-        self._times = StreamClock() if self.live else FileClock(self._period_ns, rebase_ahead=self.cfg.realtime)
-        self._repeated = self._looped = False  # a repeat reported; a loop pass begun (its reports were made)
+        self._times = StreamClock() if self.live else FileClock(self._period_ns, rebase_ahead=self.cfg.realtime,
+                                                                 still_ns=self._still_ns)
+        self._repeated = self._looped = self._still = False  # a repeat, times standing still reported; a loop begun
 
     def _open_failure(self, exc: BaseException, tcp_chosen: bool, waited_s: float) -> SourceError:
         """The one line of a container that did not open after ``waited_s``; a live camera not there (yet) (not
@@ -144,6 +145,9 @@ class AvSource(BaseSource):
         self._arrival = self.live and bool(int(container.format.flags) & 0x80)  # AVFMT_NOTIMESTAMPS: HTTP MJPEG
         rate = None if self._arrival else stream.average_rate or stream.guessed_rate  # then expected at cfg.fps
         self._period_ns = round(1e9 / float(rate)) if rate else round(1e9 / self.cfg.fps)
+        # the average rate comes from the times: where they stand still, the frames go at the declared one
+        declared = (stream.codec_context and stream.codec_context.framerate) or stream.guessed_rate
+        self._still_ns = round(1e9 / float(declared)) if declared else round(1e9 / self.cfg.fps)
         self._expected = announced_frames(container, stream)  # 0 when the container does not say (e.g. Matroska)
         self._container, self._stream = container, stream  # for the announced end, at the end of the pass
         # this pass's first and last video packets' dts, and where its last one ends
@@ -240,7 +244,11 @@ class AvSource(BaseSource):
         t_ns = self._times.stamp(pts_ns)
         fix, step_s = self._times.fix, self._times.step_ns / 1e9
         self._pass_jumps += fix == "rebased" and step_s < 0
-        if self._looped or (fix == "nudged" and self._repeated):
+        if fix == "frozen" and not self._still:
+            self._still, self._period_ns = True, self._still_ns  # the producer's stall watch expects frames at it
+            self.warn(f"{self.section}: {self.cfg.path}: its frame times do not advance {self._where()}; the frames "
+                      f"go at its declared rate, {1e9 / self._still_ns:g} fps")
+        if self._looped or fix == "frozen" or (fix == "nudged" and self._repeated):
             return t_ns  # said once: a loop's next passes meet the same timestamps again
         if fix == "rebased":
             self.warn(f"{self.section}: {self.cfg.path}: timestamps jump {'back' if step_s < 0 else 'ahead'} "

@@ -637,6 +637,24 @@ def test_a_resumed_producer_skips_what_was_delivered_continues_the_numbers_and_b
     assert beat[:2] == [3, round(1e9 / 30)] and out.sent == []
 
 
+class _Slowing(_Counting):
+    """A source whose frame interval is known only from its third frame on (a file whose times stand still)."""
+
+    @property
+    def frame_interval_ns(self) -> int:
+        return 1_000 if self.n < 3 else 33_000_000
+
+
+def test_the_stall_watch_gets_a_frame_interval_the_source_learns_after_its_first_frame(monkeypatch) -> None:
+    from streamfuse.capture import producer_process
+
+    monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
+    monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _Slowing())
+    out, beat = _Written(5), [0, 0, 0, 0, 0]
+    producer_process.produce("ir", SourceConfig(kind="file", path="x.mp4"), out, out, out, (0, 0, 0), beat)
+    assert beat[:2] == [5, 33_000_000]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="segments in /dev/shm")
 def test_frames_that_outgrow_a_ring_shared_memory_has_no_room_for_end_the_source_in_one_line(monkeypatch) -> None:
     # A file's frames larger than its source's width x height grow the ring: with /dev/shm short of room, the producer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamfuse.capture.timestamps import JUMP_NS, FileClock, StreamClock
+from streamfuse.capture.timestamps import JUMP_NS, STILL_REPEATS, FileClock, StreamClock
 
 MS = 1_000_000
 
@@ -142,6 +142,15 @@ def test_file_clock_places_each_of_several_repeated_pts_just_after_the_previous_
     clock = FileClock(period_ns=40 * MS)
     t = [clock.stamp(p * MS) for p in (0, 40, 40, 40, 80)]
     assert t == [0, 40 * MS, 40 * MS + 1, 40 * MS + 2, 80 * MS]
+
+
+def test_file_clock_spaces_frames_whose_times_stand_still_by_the_declared_period() -> None:
+    # a file whose frames all carry one pts went out at once, unpaced, and was played again and again
+    clock = FileClock(period_ns=MS // 2, still_ns=40 * MS)  # an average rate taken from those very times: ~0
+    t = [clock.stamp(0) for _ in range(STILL_REPEATS + 4)]
+    assert t[:STILL_REPEATS + 1] == list(range(STILL_REPEATS + 1))  # a few repeats: 1 ns apart, as any repeat
+    assert [b - a for a, b in zip(t[STILL_REPEATS:], t[STILL_REPEATS + 1:])] == [40 * MS] * 3
+    assert clock.fix == "frozen" and clock.stamp(1000 * MS) == 1000 * MS  # times that advance again are kept
 
 
 def test_a_wall_clock_read_a_few_ms_apart_from_the_monotonic_one_is_no_step() -> None:

@@ -55,7 +55,7 @@ def ts_segment(first_pts_s: float, n: int, fps: int = 25) -> bytes:
         stream = container.add_stream("mpeg2video", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         for i in range(n):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), format="bgr24")
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 6 * i, np.uint8), format="bgr24")
             frame.pts = round(first_pts_s * fps) + i
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -333,6 +333,16 @@ def test_a_camera_whose_host_name_does_not_resolve_yet_is_waited_for(monkeypatch
 # -- files whose timestamps jump or repeat -----------------------------------------------------------------------
 
 
+def paced_times(path: Path, monkeypatch) -> tuple[list[int], list[float], list[str]]:
+    """A file played paced (sleeps recorded, not taken) as a live file source: its frame times, sleeps and lines."""
+    asked: list[float] = []
+    monkeypatch.setattr(BaseSource, "_sleep", lambda self, seconds: asked.append(seconds))
+    src = open_source("ir", SourceConfig(kind="file", path=str(path), realtime=True))
+    lines: list[str] = []
+    src.warn = lines.append
+    return [f.t_capture_ns for f in read_all(src)], asked, lines
+
+
 @pytest.mark.parametrize("case, second_start_s, step_ns", [
     ("back", 7.0, 40 * MS),  # concatenated recordings: back 3.96 s, shifted to one frame after the last
     ("ahead", 3611.0, 40 * MS),  # an hour ahead: a discontinuity, not an hour of pacing
@@ -342,12 +352,7 @@ def test_file_whose_timestamps_jump_or_repeat_keeps_times_increasing_and_says_so
         tmp_path: Path, monkeypatch, case: str, second_start_s: float, step_ns: int) -> None:
     path = tmp_path / f"{case}.ts"
     path.write_bytes(ts_segment(10.0, 25) + ts_segment(second_start_s, 25))
-    asked = []
-    monkeypatch.setattr(BaseSource, "_sleep", lambda self, seconds: asked.append(seconds))
-    src = open_source("ir", SourceConfig(kind="file", path=str(path), realtime=True))
-    lines: list[str] = []
-    src.warn = lines.append
-    t = [f.t_capture_ns for f in read_all(src)]
+    t, asked, lines = paced_times(path, monkeypatch)
     assert len(t) == 50  # every frame, no "truncated" error at the end
     assert all(b > a for a, b in zip(t, t[1:]))
     assert t[24] - t[0] == 24 * 40 * MS and t[25] - t[24] == step_ns  # each segment keeps its own spacing
@@ -367,6 +372,33 @@ def test_a_looped_file_says_its_timestamp_jump_once_not_on_every_pass(tmp_path: 
         t = [src.read().t_capture_ns for _ in range(24)]  # three passes
     assert all(b > a for a, b in zip(t, t[1:]))
     assert len(lines) == 1 and "jump back" in lines[0]
+
+
+def write_still_times(path: Path, n: int) -> None:
+    """An MPEG-4 video whose packets all carry pts = dts = 0, as some cheap recorders write them (declared 30 fps)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        frames = [av.VideoFrame.from_ndarray(np.full((48, 64, 3), 6 * i, np.uint8), format="bgr24") for i in range(n)]
+        for packet in [p for f in frames for p in stream.encode(f.reformat(format="yuv420p"))] + stream.encode():
+            packet.pts = packet.dts = 0
+            out.mux(packet)
+
+
+def test_a_file_whose_frame_times_stand_still_goes_at_its_declared_rate_and_says_so_once(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    # its average rate (taken from the times) made the stall watch expect a frame every 0.5 ms, and its frames went
+    # out at once: the producer was killed or restarted over and over
+    from streamfuse.capture.timestamps import STILL_REPEATS
+
+    path = tmp_path / "still.mp4"
+    write_still_times(path, 40)
+    t, asked, lines = paced_times(path, monkeypatch)
+    assert len(t) == 40
+    assert {b - a for a, b in zip(t[STILL_REPEATS:], t[STILL_REPEATS + 1:])} == {round(1e9 / 30)}
+    assert sum(asked) > 1.0  # paced (sleeps asked for, not taken): about a second for 40 frames at 30 fps
+    still = [line for line in lines if "do not advance" in line]
+    assert len(still) == 1 and str(path) in still[0] and "30 fps" in still[0]
 
 
 def _ir_until_its_end(prod: Producers) -> tuple[list[Frame], list[ProducerEvent]]:
