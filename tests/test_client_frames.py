@@ -4,6 +4,8 @@ wait, a publisher restarted without shared memory or mid-H.264-stream, close() g
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from helpers_zmq import (ANY_PORT, PATIENCE_S, fused_frame, good_parts, pool_fds
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Encoder
 from streamfuse.publish import PublishConfig, Publisher
-from streamfuse.shm_pool import ShmPool, ring_supported, shm_supported
+from streamfuse.shm_pool import POOL_PREFIX, ShmPool, ring_supported, shm_supported
 from streamfuse.wire import SCHEMA_2, HeaderEncoder
 
 NOBODY = "tcp://127.0.0.1:1"  # nothing listens there
@@ -221,3 +223,96 @@ def test_a_publisher_restarted_without_shared_memory_is_heard_again(tmp_path: Pa
         with publishing(_uniform(1), endpoint=endpoint, shm_slots=0):
             wait_until(lambda: (frame := sub.recv(0.05)) is not None and frame[0]["format"] == "raw",
                        "a raw frame from the restarted publisher")
+
+
+def _descriptor(pool: str, slot: int, gen: int, seq: int, **changes: object) -> list[bytes]:
+    """A hand-built shared-memory descriptor of a 4x6 bgr8 frame in ``pool``."""
+    topic, header, _ = with_header(schema=SCHEMA_2, format="shm", shm_pool=pool, shm_slot=slot, shm_gen=gen, seq=seq,
+                                   **changes)
+    return [b"shm/" + topic, header, b""]
+
+
+@needs_shm
+def test_a_forged_descriptor_into_a_real_pool_is_counted_refused_in_one_line_and_the_stream_goes_on(
+        raw_pub: tuple[zmq.Socket, str], caplog: pytest.LogCaptureFixture) -> None:
+    # a descriptor naming a real pool with a slot or a size outside it was logged and dropped, but never counted
+    sock, endpoint = raw_pub
+    image = np.arange(72, dtype=np.uint8).reshape(4, 6, 3)
+    with ShmPool(2, image.size) as pool, Subscriber(endpoint, timeout_s=PATIENCE_S, ring=False) as sub:
+        seq = raw_connect(sock, sub)
+        slot, gen = pool.write(image)
+        sock.send_multipart(_descriptor(pool.name, 7, gen, seq + 1))  # a slot the pool lacks
+        sock.send_multipart(_descriptor(pool.name, slot, gen, seq + 2, height=400))  # more bytes than a slot holds
+        sock.send_multipart(_descriptor(pool.name, slot, gen, seq + 3))
+        header, got = recv_seq(sub, seq + 3)
+        assert header["format"] == "shm" and np.array_equal(got, image)
+    refusals = [r.getMessage() for r in caplog.records if "outside pool" in r.getMessage()]
+    assert sub.malformed == 2 and len(refusals) == 2 and all("\n" not in line for line in refusals)
+    assert sub.last_malformed == f"slot {slot} / 7200 bytes outside pool {pool.name} (2 slots of 128 bytes)"
+
+
+@needs_shm
+def test_a_pool_that_cannot_be_mapped_is_given_up_once_and_the_frames_come_as_payload(
+        raw_pub: tuple[zmq.Socket, str], caplog: pytest.LogCaptureFixture) -> None:
+    # after falling back the descriptors stayed subscribed: each frame's tried the pool again, with a warning each
+    sock, endpoint = raw_pub
+    elsewhere = f"{POOL_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"  # another host's pool: no such file here
+    quiet = []
+
+    def warnings() -> int:
+        return sum("shared memory of" in r.getMessage() for r in caplog.records)
+
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, ring=False) as sub:
+        sent = iter(range(raw_connect(sock, sub) + 1, 1_000_000))
+
+        def frame_without_warning() -> bool:
+            before, seq = warnings(), next(sent)
+            sock.send_multipart(_descriptor(elsewhere, 0, 2, seq))
+            sock.send_multipart(with_header(seq=seq))
+            assert recv_seq(sub, seq)[0]["format"] == "raw"
+            quiet.append(warnings() == before)
+            return quiet[-20:] == [True] * 20  # the descriptors sent before the fallback reached the publisher
+
+        wait_until(frame_without_warning, "20 frames in a row as payload, not a warning each")
+    assert warnings() >= 1 and sub.malformed == 0
+
+
+@needs_shm
+def test_a_frame_that_comes_as_payload_lets_go_of_the_slot_the_last_pool_frame_held(
+        raw_pub: tuple[zmq.Socket, str]) -> None:
+    # copy=False holds the slot of the frame returned until the next one is read; a next one that came over ZeroMQ
+    # kept it held for good, so the publisher of a one-slot pool could write no frame again (shm_busy rising)
+    sock, endpoint = raw_pub
+    image = np.arange(72, dtype=np.uint8).reshape(4, 6, 3)
+    with ShmPool(1, image.size) as pool, \
+            Subscriber(endpoint, timeout_s=PATIENCE_S, ring=False, copy=False) as sub:
+        seq = raw_connect(sock, sub)
+        slot, gen = pool.write(image)
+        sock.send_multipart(_descriptor(pool.name, slot, gen, seq + 1))
+        assert recv_seq(sub, seq + 1)[0]["format"] == "shm"
+        assert pool.write(image) is None and pool.busy == 1  # the frame returned is a view of the slot
+        sent = iter(range(seq + 2, 1_000_000))  # the payload comes again after a silence on shared memory
+        wait_until(lambda: sock.send_multipart(with_header(seq=next(sent))) or sub.recv(0.05) is not None,
+                   "a frame over ZeroMQ")
+        assert pool.write(image) is not None and pool.busy == 1
+
+
+def test_the_default_limit_takes_an_8k_frame_and_refuses_one_row_more(raw_pub: tuple[zmq.Socket, str]) -> None:
+    # README: by default a frame of up to 99.5 MB (8K UHD, bgr8) is taken, and a larger one refused as it arrives
+    sock, endpoint = raw_pub
+
+    def frame(rows: int, seq: int) -> list:
+        topic, header, _ = with_header(height=rows, width=7680, step=7680 * 3, seq=seq)
+        return [topic, header, np.zeros(rows * 7680 * 3, np.uint8)]  # pages never written: not allocated
+
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, shm=False) as sub:
+        seq = raw_connect(sock, sub)
+        sock.send_multipart(frame(4320, seq + 1), copy=False)
+        header, image = recv_seq(sub, seq + 1)
+        assert image.shape == (4320, 7680, 3) and sub.malformed == 0
+        del image
+        sock.send_multipart(frame(4321, seq + 2), copy=False)
+        sent = iter(range(seq + 3, 1_000_000))
+        wait_until(lambda: sock.send_multipart(with_header(seq=next(sent))) or sub.recv(0.05) is not None,
+                   "a frame after the refused one")
+    assert sub.malformed == 1 and "ZeroMQ refused it" in sub.last_malformed
