@@ -260,3 +260,12 @@ def test_an_alias_bomb_holding_a_control_character_is_read_without_walking_its_b
     for name in "abcdefghi":
         bomb = f"[&{name} {bomb}, " + ", ".join([f"*{name}"] * 8) + "]"
     assert yaml_value(bomb, "--set ir.fps")[0][0][0][0][0][0][0][0][0][0] == "\x1b"
+
+
+@pytest.mark.parametrize("char", ["\x01", "\x08", "\x0b", "\x1b", "\x1e", "\x1f", "\x7f", "\x9f"],
+                         ids=lambda c: f"{ord(c):#04x}")
+def test_an_override_naming_a_file_with_any_control_character_keeps_it_exactly(tmp_path, char):
+    # each control character YAML refuses is read around, the unit separator 0x1f, the range's last, as well
+    path = f"runs/a{char}b.mcap"
+    cfg = load_config(_write(tmp_path, "{}\n"), [f"record.path={path}", f"replay.frames_dir=\"{path}\""])
+    assert (cfg.record.path, cfg.replay.frames_dir) == (path, path)
