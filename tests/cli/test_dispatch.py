@@ -379,3 +379,21 @@ def test_a_command_started_in_a_deleted_folder_says_so_in_one_line(tmp_path):
                            "--out", "fused.mkv"], capture_output=True, text=True, timeout=120)
     said = "run_stream.py: error: its working folder was deleted; start it from one that exists\n"
     assert (proc.returncode, proc.stderr) == (1, said)
+
+
+@pytest.mark.parametrize("argv", [["-m", "streamfuse", "replay", "-h"], [str(REPO / "run_stream.py"), "-h"]],
+                         ids=["replay", "run_stream.py"])
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_help_whose_reader_is_gone_ends_quietly_with_141(argv, unbuffered, tmp_path):
+    # `--help | head -1` once head has gone: 141 with nothing said, as SIGPIPE ends other tools
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, *argv], cwd=tmp_path, env=env, stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
