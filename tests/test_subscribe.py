@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -93,6 +94,28 @@ def test_cli_whose_reader_goes_away_ends_quietly_like_other_tools(rng: np.random
         finally:
             proc.kill()
     assert proc.returncode == 141 and not err, err[-2000:]
+
+
+def test_cli_started_with_ctrl_c_ignored_keeps_it_ignored_and_stops_on_sigterm(rng: np.random.Generator) -> None:
+    """``streamfuse subscribe ... &`` from a script: the shell starts it with SIGINT ignored, and a Ctrl-C meant for
+    the script in the foreground must not stop it; a SIGTERM still does, with its summary."""
+    with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rate_hz=50) as pub:
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "streamfuse", "subscribe", pub.endpoint, "--no-shm"],
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        try:
+            assert proc.stdout.readline().startswith("seq "), proc.stderr.read()[-2000:]
+            proc.send_signal(signal.SIGINT)
+            after = pub.published  # a frame published after the Ctrl-C shows the command went on past it
+            while (line := proc.stdout.readline()).startswith("seq ") and int(line.split()[1]) <= after:
+                pass
+            assert line.startswith("seq "), f"stopped by the Ctrl-C: {line!r} {proc.stderr.read()[-2000:]}"
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0 and "received " in (line + out), err[-2000:]
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
