@@ -291,6 +291,22 @@ def test_an_interrupted_replay_says_how_to_continue_it(tmp_path, clip):
     assert str(err) == f"{err.message}; run again with --resume (same --out {out}) to continue"
 
 
+def test_a_ctrl_c_during_a_replay_command_ends_it_with_130_and_one_line_no_error(tmp_path, clip, monkeypatch, capsys):
+    """``streamfuse replay`` stopped by Ctrl-C: the user's stop, not a failure (130, as the README says), and its one
+    line says how to go on."""
+    from streamfuse.cli.run import replay_main
+
+    ir, vis, _ = clip
+    out = tmp_path / "fused.mp4"
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", lambda *a: _StopAt(8))
+    assert replay_main(["--config", "replay", "--set", "fuse.name=max", "--set", "replay.progress=false", "--ir",
+                        str(ir), "--vis", str(vis), "--out", str(out)]) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("streamfuse")]
+    assert len(lines) == 1 and "error" not in lines[0], lines
+    assert lines[0].startswith("streamfuse: replay stopped: interrupted (Ctrl-C); 7 frames kept in ")
+    assert lines[0].endswith(f"run again with --resume (same --out {out}) to continue")
+
+
 def test_a_replay_stopped_before_it_read_a_frame_says_so_in_one_line(tmp_path, clip, monkeypatch, caplog):
     # a SIGTERM as the inputs opened printed the summary table of a replay that read nothing (zeros throughout) above
     # the one line, where the README promises that line alone
