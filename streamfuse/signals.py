@@ -21,6 +21,7 @@ __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "stop
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 TERMINATE = (signal.SIGTERM, *HANGUP)  # a service manager's stop; a terminal's hangup (an SSH session that drops)
+_KEPT_IGNORED = (signal.SIGINT, *HANGUP)  # stops that an ignoring parent keeps from this process
 _REDELIVERY = threading.Lock()  # held while a stop waits for the main thread's import or finalizer to end
 # finalizers run as a collection frees their object (besides ``__del__``): a stop raised inside one is lost
 _FINALIZERS = {weakref.finalize.__call__.__code__, multiprocessing.util.Finalize.__call__.__code__}
@@ -139,8 +140,9 @@ def handled(handler: Callable[[int, Any], Any] | int, signals: tuple[int, ...] =
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    # a hangup ignored from the start (nohup) is the user's choice: the process outlives its terminal
-    signals = tuple(sig for sig in signals if sig not in HANGUP or signal.getsignal(sig) != signal.SIG_IGN)
+    # a hangup or Ctrl-C ignored from the start (nohup; a script's `cmd &`) is the user's choice: the process outlives
+    # its terminal, or the Ctrl-C that stops the script's foreground command
+    signals = tuple(sig for sig in signals if sig not in _KEPT_IGNORED or signal.getsignal(sig) != signal.SIG_IGN)
     previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield

@@ -1,6 +1,6 @@
 """streamfuse.signals: a SIGTERM that comes during an import, or a stop during a finalizer, stops the run once it is
-over; a stop ignores the next ones, a nohup'd hangup stays ignored, a deferral holds only its signals, and why a run
-stopped."""
+over; a stop ignores the next ones, a nohup'd hangup and a background job's Ctrl-C stay ignored, a deferral holds
+only its signals, and why a run stopped."""
 
 from __future__ import annotations
 
@@ -98,12 +98,14 @@ def test_a_hangup_ignored_from_the_start_stays_ignored():
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
-def test_only_a_hangup_ignored_from_the_start_stays_ignored():
-    # nohup's choice is the hangup's alone: a Ctrl-C or SIGTERM ignored before the block (a shell's background job, a
-    # stop's cleanup) is the block's to handle
+def test_a_ctrl_c_ignored_from_the_start_stays_ignored_and_a_sigterm_ignored_before_is_the_block_s():
+    # a script's `cmd &`: the shell ignores Ctrl-C for it, and a live run's handler made the script's Ctrl-C stop it;
+    # a SIGTERM ignored before the block (a stop's cleanup) is the block's to handle
     with handled(signal.SIG_IGN, (signal.SIGINT, signal.SIGTERM)):
         with handled(raise_terminated):
-            assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGTERM) is raise_terminated
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is raise_terminated
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def test_a_finished_process_ignores_ctrl_c_as_well_as_sigterm_and_a_hangup():

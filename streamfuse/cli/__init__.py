@@ -173,10 +173,8 @@ def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
         print(f"{prog}: error: its working folder was deleted; start it from one that exists", file=sys.stderr)
         return 1
     signals, stopped = STOPPED_BY.get(command, ((), 0))
-    # Python's Ctrl-C, but one that lands in a finalizer is not lost; one ignored from the start (`cmd &`) stays so
-    ctrl_c = (signal.SIGINT,) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else ()
-    try:
-        with handled(raise_interrupt, ctrl_c), handled(raise_terminated, signals):
+    try:  # Python's Ctrl-C, but one that lands in a finalizer is not lost (one ignored from the start stays so)
+        with handled(raise_interrupt, (signal.SIGINT,)), handled(raise_terminated, signals):
             if hasattr(signal, "pthread_sigmask"):  # a stop the entry point held while it loaded comes now
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATE)
             return guarded(main, prog)
