@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "stopped_by", "raise_terminated",
+__all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "stopped_by", "raise_terminated", "takeable",
            "raise_interrupt", "interrupted", "deferred", "ignore_stops", "blocked"]
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
@@ -126,6 +126,12 @@ def interrupted(exc: KeyboardInterrupt) -> str:
     return str(exc) if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
 
 
+def takeable(signals: tuple[int, ...]) -> tuple[int, ...]:
+    """``signals`` less a hangup or Ctrl-C ignored from the start (nohup; a script's `cmd &`): the user's choice, that
+    the process outlive its terminal, or the Ctrl-C that stops the script's foreground command."""
+    return tuple(sig for sig in signals if sig not in _KEPT_IGNORED or signal.getsignal(sig) != signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def handled(handler: Callable[[int, Any], Any] | int, signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
     """``handler`` for ``signals`` (default Ctrl-C, SIGTERM and SIGHUP) inside the block, the previous handlers after
@@ -140,10 +146,7 @@ def handled(handler: Callable[[int, Any], Any] | int, signals: tuple[int, ...] =
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    # a hangup or Ctrl-C ignored from the start (nohup; a script's `cmd &`) is the user's choice: the process outlives
-    # its terminal, or the Ctrl-C that stops the script's foreground command
-    signals = tuple(sig for sig in signals if sig not in _KEPT_IGNORED or signal.getsignal(sig) != signal.SIG_IGN)
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    previous = {sig: signal.signal(sig, handler) for sig in takeable(signals)}
     try:
         yield
     finally:

@@ -9,6 +9,7 @@ import errno
 import json
 import logging
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -700,6 +701,47 @@ def test_a_server_for_other_machines_warns_that_it_has_no_password(command, host
         proc.wait(PATIENCE_S)
     assert said in lines[-2] and "no password, frames unencrypted" in lines[-2], lines
     assert proc.returncode == 0 and "://:" not in lines[-1], lines  # the URL names a host
+
+
+def _answers_http(port: int) -> bool:
+    """Whether a server on the loopback ``port`` answers a Foxglove client's WebSocket handshake (whatever it says: the
+    viewer's page, the bridge's switch of protocols)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                         b"Sec-WebSocket-Protocol: foxglove.sdk.v1\r\n\r\n")
+            return sock.recv(16).startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.parametrize("command", ["view", "foxglove"])
+def test_a_server_started_with_ctrl_c_ignored_goes_on_past_one_and_stops_on_sigterm(command):
+    # a script's `streamfuse view ... &`: the shell ignores Ctrl-C for it, and the server's own handler made the Ctrl-C
+    # that stops the script's foreground command stop it too
+    if command == "foxglove":
+        pytest.importorskip("foxglove")
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", command, "tcp://127.0.0.1:1", "--port", "0"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        while "Ctrl-C stops" not in (line := proc.stderr.readline()):
+            assert line, "the server exited"
+        port = int(re.search(r"://\S+:(\d+)", line).group(1))
+        assert _answers_http(port), "the server does not answer"  # its handlers are in place before it serves
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        ignored = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+        assert ignored >> (signal.SIGINT - 1) & 1, "a Ctrl-C would stop it"  # what the kernel will do with one
+        proc.send_signal(signal.SIGINT)
+        # a stopped server closes its port at once: one request after another finds it still serving
+        assert _answers_http(port) and _answers_http(port), "the Ctrl-C stopped the server"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(PATIENCE_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
 
 
 class _Peer:

@@ -31,7 +31,7 @@ from streamfuse.endpoints import bind_shown, faces_network
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.codecs import JPEG_MAX_SIDE
-from streamfuse.signals import handled, raise_interrupt
+from streamfuse.signals import handled, raise_interrupt, takeable
 from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections_option
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in takeable((signal.SIGINT, signal.SIGTERM)):
         signal.signal(sig, lambda *_: stop.set())
     try:
         bridge.start()

@@ -34,7 +34,7 @@ from streamfuse.cli.args import (DefaultsFormatter, Parser, int_at_least, key_op
                                  text_arg)
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
-from streamfuse.signals import handled, raise_interrupt
+from streamfuse.signals import handled, raise_interrupt, takeable
 from streamfuse.view.feed import Feed
 from streamfuse.view.gate import (BACKLOG, MAX_CONNECTIONS, Gate, allow_host_option, connections_option, listen,
                                   room_left)
@@ -250,7 +250,7 @@ async def _main(feed: Feed, args: argparse.Namespace) -> int:
         log.info("viewer on %s (pipeline %s); Ctrl-C stops", url, feed.endpoint)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in takeable((signal.SIGINT, signal.SIGTERM)):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         return 0
