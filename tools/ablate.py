@@ -37,7 +37,7 @@ from typing import Any
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
-from streamfuse.cli import leave, quiet_interrupt, stoppable  # noqa: E402
+from streamfuse.cli import leave, quiet_interrupt, say_stopped, stoppable  # noqa: E402
 
 quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(config_error("ablate", exc)) from None
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"ablate: {exc}") from None
-    except KeyboardInterrupt:  # nothing half-written is left: every output is renamed into place only when complete
-        print("ablate: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # nothing half-written is left: every output is renamed into place when complete
+        say_stopped("ablate", exc)
         raise SystemExit(130) from None
     print((args.out / "metrics.md").read_text(), end="")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
-from streamfuse.cli import leave, quiet_interrupt, stoppable  # noqa: E402
+from streamfuse.cli import leave, quiet_interrupt, say_stopped, stoppable  # noqa: E402
 
 quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         n = extract(args.videos, args.out, args.start, args.every, args.count)
     except (ValueError, OSError, RuntimeError, av.error.FFmpegError) as exc:
         sys.exit(f"extract_pairs: {exc}")
-    except KeyboardInterrupt:  # the pairs go to a temporary folder, removed on the way out: none is left
-        print("extract_pairs: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # the pairs go to a temporary folder, removed on the way out: none is left
+        say_stopped("extract_pairs", exc)
         raise SystemExit(130) from None
     print(f"{n} pairs written to {args.out}")
 

@@ -27,7 +27,7 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 
-from streamfuse.cli import leave, stoppable  # noqa: E402
+from streamfuse.cli import leave, say_stopped, stoppable  # noqa: E402
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, path_arg, time_span  # noqa: E402
 from streamfuse.errors import printable  # noqa: E402
 from streamfuse.log_queue import install_direct  # noqa: E402
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _run(args)
-    except KeyboardInterrupt:  # before the batch began (config, pair list): nothing written
-        print("replay_many: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # before the batch began (config, pair list): nothing written
+        say_stopped("replay_many", exc)
         return 130
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
-from streamfuse.cli import leave, quiet_interrupt, stoppable  # noqa: E402
+from streamfuse.cli import leave, quiet_interrupt, say_stopped, stoppable  # noqa: E402
 
 quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         evaluate_dir(pairs / "ir", pairs / "vi", rows, args.out)
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"target_sweep: {exc}") from None
-    except KeyboardInterrupt:
-        print("target_sweep: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        say_stopped("target_sweep", exc)
         raise SystemExit(130) from None
     print((args.out / "metrics.md").read_text(), end="")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
-from streamfuse.cli import leave, quiet_interrupt, stoppable  # noqa: E402
+from streamfuse.cli import leave, quiet_interrupt, say_stopped, stoppable  # noqa: E402
 
 quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
@@ -210,8 +210,8 @@ def main() -> None:
         raise SystemExit(config_error("temporal", exc)) from None
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"temporal: {exc}")
-    except KeyboardInterrupt:  # the tables go to stdout as they are made: nothing is left half-written
-        print("temporal: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # the tables go to stdout as they are made: nothing is left half-written
+        say_stopped("temporal", exc)
         raise SystemExit(130) from None
 
 

@@ -31,7 +31,7 @@ from streamfuse.errors import io_reason, printable
 from streamfuse.signals import TERMINATE, Terminated, handled, ignore_stops, raise_interrupt, raise_terminated
 
 __all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool",
-           "leave", "quiet_interrupt"]
+           "leave", "quiet_interrupt", "say_stopped"]
 
 # command -> "module:function" taking argv and returning an exit status (None counts as 0)
 COMMANDS = {
@@ -178,12 +178,15 @@ def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
             if hasattr(signal, "pthread_sigmask"):  # a stop the entry point held while it loaded comes now
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATE)
             return guarded(main, prog)
-    except Terminated as exc:  # before the command's own handlers (its start-up): nothing to keep or sum up
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return stopped
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # before the command's own handlers (its start-up): nothing to keep or sum up
+        say_stopped(prog, exc)
+        return stopped if isinstance(exc, Terminated) else 130
+
+
+def say_stopped(prog: str, exc: KeyboardInterrupt) -> None:
+    """The one line of a stop with nothing to keep or sum up: ``interrupted (SIGTERM)`` naming a SIGTERM's or a
+    hangup's signal, a Ctrl-C's bare ``interrupted``."""
+    print(f"{prog}: {exc if isinstance(exc, Terminated) else 'interrupted'}", file=sys.stderr)
 
 
 def tool(spec: str, file: str, command: str = "") -> NoReturn:

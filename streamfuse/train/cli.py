@@ -27,6 +27,7 @@ from typing import NoReturn
 
 import yaml
 
+from streamfuse.cli import say_stopped
 from streamfuse.cli.args import Parser, data_dir, path_arg, time_span
 from streamfuse.errors import printable
 from streamfuse.log_queue import install_direct
@@ -92,9 +93,13 @@ def _saved_budget(out: Path) -> list[str]:
         return []
 
 
-def _stopped(line: str) -> NoReturn:
-    """The user stopped the run: the line, and exit status 130 as every command gives (128 + SIGINT)."""
-    print(line, file=sys.stderr)
+def _stopped(why: str | KeyboardInterrupt) -> NoReturn:
+    """The user stopped the run: its line (a stop with nothing saved names its signal, as every command's), and exit
+    status 130 as every command gives (128 + SIGINT)."""
+    if isinstance(why, KeyboardInterrupt):
+        say_stopped("train", why)
+    else:
+        print(why, file=sys.stderr)
     raise SystemExit(130)
 
 
@@ -118,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:  # a bad key or value: a config error, exit status 2 as for every command
         print(f"train: {printable(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        _stopped("train: interrupted")
+    except KeyboardInterrupt as exc:
+        _stopped(exc)
     try:
         path = run_training(args.data, args.out, setup, resume=args.resume, ckpt_minutes=args.ckpt_minutes,
                             init=args.init)
@@ -127,6 +132,6 @@ def main(argv: list[str] | None = None) -> None:
         _stopped(f"train: {exc}")
     except (OSError, ValueError) as exc:
         raise SystemExit(f"train: {exc}") from None
-    except KeyboardInterrupt:  # outside run_training's handlers (while parsing, or once it is done): nothing to save
-        _stopped("train: interrupted")
+    except KeyboardInterrupt as exc:  # outside run_training's handlers (parsing, or once it is done): nothing to save
+        _stopped(exc)
     log.info("EMA weights: %s", path)

@@ -20,6 +20,7 @@ from helpers_clock import SleptClock
 
 from streamfuse import train
 from streamfuse.postprocess import vis_luma
+from streamfuse.signals import stopped_by
 from streamfuse.model.net import HCLFuseNet, ModelConfig
 from streamfuse.model.weights import DEFAULT_WEIGHTS, save_weights
 from streamfuse.output_lock import output_lock
@@ -550,3 +551,14 @@ def test_the_weights_file_holds_the_ema_and_the_first_steps_warm_up(data, tmp_pa
     _, saved, _ = read_weights(out / DEFAULT_WEIGHTS.name, any_version=True, check_model=False)
     assert all(torch.equal(saved[k], v) for k, v in ckpt["ema"].items() if k in saved)
     assert not all(torch.equal(saved[k], v) for k, v in ckpt["net"].items() if k in saved)  # the EMA trails the net
+
+
+@pytest.mark.parametrize("stop, said", [(KeyboardInterrupt, "interrupted"),
+                                        (stopped_by(signal.SIGTERM), "interrupted (SIGTERM)")])
+def test_a_stop_while_the_settings_load_names_its_signal(stop, said, data, tmp_path, monkeypatch):
+    # a SIGTERM there said a bare "train: interrupted", as for a Ctrl-C
+    def loading(*_args):
+        raise stop
+
+    monkeypatch.setattr(train.cli, "load_setup", loading)
+    assert _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--steps", "1"]) == f"train: {said}"

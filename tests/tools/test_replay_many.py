@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import signal
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from streamfuse.signals import stopped_by
 from streamfuse.video import VideoWriter, decode_frames
 
 REPO = Path(__file__).resolve().parents[2]
@@ -316,12 +318,14 @@ def test_a_codec_the_output_container_cannot_hold_is_refused_before_any_work(tmp
     assert not (tmp_path / "o").exists()
 
 
-def test_ctrl_c_while_the_config_loads_is_one_line_and_130(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("stop, said", [(KeyboardInterrupt, "interrupted"),
+                                        (stopped_by(signal.SIGTERM), "interrupted (SIGTERM)")])
+def test_a_stop_while_the_config_loads_is_one_line_naming_it_and_130(stop, said, tmp_path, capsys, monkeypatch):
     import streamfuse.config
 
     def loading(*_args, **_kwargs):
-        raise KeyboardInterrupt
+        raise stop
 
     monkeypatch.setattr(streamfuse.config, "load_config", loading)
     assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "o"), *ARGS]) == 130
-    assert capsys.readouterr().err == "replay_many: interrupted\n"
+    assert capsys.readouterr().err == f"replay_many: {said}\n"
