@@ -1063,7 +1063,7 @@ def test_an_open_file_limit_that_leaves_no_room_for_a_page_is_refused_naming_it(
         with pytest.raises(SystemExit) as exc:
             view_main(argv)
         assert exc.value.code == 2
-        assert capsys.readouterr().err.splitlines()[-1] == f"python -m streamfuse view: error: {said}"
+        assert capsys.readouterr().err.splitlines()[-1] == f"streamfuse view: error: {said}"
     monkeypatch.setattr(resource, "getrlimit", lambda _: (230, 230))  # room for 19 pages: started, and said
     with caplog.at_level(logging.WARNING, "streamfuse.view"):
         assert view_main([]) == 1

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from streamfuse.checks import ConfigError
 from streamfuse.errors import printable
@@ -22,7 +22,13 @@ __all__ = ["path_arg", "text_arg", "int_at_least", "config_value", "seconds", "t
 class Parser(argparse.ArgumentParser):
     """argparse's parser, whose help and usage text to a stdout that fails (a full disk) raises as every other
     write does: argparse drops that error, so the command exited 0 having printed nothing (Python's own buffering
-    hid it, ``PYTHONUNBUFFERED=1`` did not). Its messages to stderr stay as argparse writes them."""
+    hid it, ``PYTHONUNBUFFERED=1`` did not). Its messages to stderr stay as argparse writes them, bar the error line's
+    start: the program's name as the command's own error lines give it (``streamfuse view: error:``), its usage
+    line's ``python -m`` left out."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog.removeprefix('python -m ')}: error: {message}\n")
 
     def _print_message(self, message: str, file: Any = None) -> None:
         if message and file is sys.stdout:

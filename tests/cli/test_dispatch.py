@@ -118,6 +118,20 @@ def test_every_usage_line_names_python_m_streamfuse(command, capsys):
     assert code == 0 and usage.startswith(f"usage: {' '.join(['python -m streamfuse', *command])} "), usage
 
 
+@pytest.mark.parametrize("command", [[name] for name in COMMANDS if name != "bench"] + [["bench", name]
+                                                                                     for name in BENCHES],
+                         ids=" ".join)
+def test_every_usage_error_starts_as_the_commands_own_error_lines(command, capsys):
+    # argparse started them "python -m streamfuse subscribe: error:", the command's own "streamfuse subscribe: error:"
+    wrong = ["--out", ""] if command == ["train"] else ["--no-such-option"]  # train takes unknown options as settings
+    with pytest.raises(SystemExit) as exc:
+        main([*command, *wrong])
+    if "which is not installed" in str(exc.value.code):
+        pytest.skip(str(exc.value.code))  # an optional extra the command needs
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert exc.value.code == 2 and said.startswith(f"streamfuse {' '.join(command)}: error: "), said
+
+
 @pytest.mark.parametrize("argv", [
     [str(Path(sys.executable).with_name("streamfuse")), "run", "-h"],  # the console script pip installs
     [sys.executable, "-m", "streamfuse", "run", "-h"],
