@@ -97,6 +97,18 @@ def test_the_stage_table_gives_ms_and_the_share_of_wall_time():
     assert set(table) == {"fuse"}  # stages without samples are left out
 
 
+def test_a_stage_timed_on_two_threads_at_once_gives_its_share_per_thread():
+    # both decoders' busy time made one share: 150% of the wall time, read as one thread busier than it can be
+    clock = StageClock()
+    clock.threads["decode_thread"] = 2
+    for _ in range(2):  # each decoder busy 1.5 of the 2 s
+        clock.add({"decode_thread": 1500.0})
+    table = clock.table(wall_s=2.0)
+    assert table["decode_thread"]["share"] == pytest.approx(0.75)
+    summary = ReplaySummary(ir="ir.mp4", vis="vis.mp4", out="o.mp4", stages=table)
+    assert summary.format().splitlines()[-1].endswith("75.0% each of 2 threads")
+
+
 def test_a_long_replay_keeps_a_bounded_sample_of_each_stage_s_times():
     clock = StageClock(kept=100)
     for ms in range(1, 1001):  # a replay of 1000 frames, 100 durations kept a stage

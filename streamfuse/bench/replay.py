@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
     from streamfuse.replay import run_replay
+    from streamfuse.replay.summary import each_thread
 
     fixed = [f"replay.codec={args.codec}", "replay.progress=false"]
     try:  # every config first: a bad --config, --set or --fuser is one line before any work
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench replay: {name} not run: {exc}", file=sys.stderr)
                 failed += 1
                 continue
-            shares = "  ".join(f"{k} {v['share']:.0%} ({v['median_ms']:.1f} ms)" for k, v in s.stages.items())
+            shares = "  ".join(f"{k} {v['share']:.0%}{each_thread(v)} ({v['median_ms']:.1f} ms)"
+                               for k, v in s.stages.items())
             # decode and encode run on their own threads: they limit the replay only as long as the loop waits on them
             io = sum(s.stages.get(k, {}).get("share", 0.0) for k in ("decode", "encode"))
             fuse = s.stages.get("fuse", {}).get("share", 0.0)

@@ -205,6 +205,7 @@ class _Replay:
         paths = {"ir": self.ir.cfg.path, "vis": self.vis.cfg.path, "recording": self.vis.cfg.path}
         self.readers = [Reader(name, src, paths[name], wait_ns, busy_ns, self.periods,
                                threaded=self.cfg.replay.overlap) for name, src in sources.items()]
+        self.clock.threads["decode_thread"] = len(self.readers) if self.cfg.replay.overlap else 1  # else in turns
         return self.readers
 
     def _pairs(self, readers: list[Reader], pairer: Any, bar: Any, wall0_ns: int) -> Iterator[FramePair]:

@@ -13,11 +13,12 @@ from streamfuse.frames import STREAM_NAMES
 from streamfuse.stage_samples import StageSamples
 from streamfuse.sync import OTHER, Pairer
 
-__all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES"]
+__all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES", "each_thread"]
 
 # Decoding and encoding run on worker threads: "decode" and "encode" are the loop's waits on them (what limits
 # throughput); "decode_thread" and "encode_thread" are those threads' own time per frame, which overlaps the loop
-# (so shares can add up to more than 100%).
+# (so shares can add up to more than 100%); a stage timed on several threads at once (the two decoders) gives its
+# share per thread, each at most 100% of a core.
 STAGES = ("decode", "pair", "fuse", "postprocess", "encode", "publish", "decode_thread", "encode_thread")
 
 
@@ -64,7 +65,7 @@ class ReplaySummary:
             f"  wall {self.wall_s:.2f} s, {self.fps:.1f} frames/s, encoder {self.encoder or '-'}",
             f"  {'stage':<14}{'median ms':>10}{'p99 ms':>10}{'share':>8}",
         ]
-        lines += [f"  {name:<14}{s['median_ms']:>10.2f}{s['p99_ms']:>10.2f}{s['share']:>8.1%}"
+        lines += [f"  {name:<14}{s['median_ms']:>10.2f}{s['p99_ms']:>10.2f}{s['share']:>8.1%}{each_thread(s)}"
                   for name, s in self.stages.items()]
         return "\n".join(lines)
 
@@ -135,6 +136,7 @@ class StageClock:
 
     def __init__(self, kept: int | None = None) -> None:
         self.ns: dict[str, StageSamples] = {s: StageSamples(kept) for s in STAGES}
+        self.threads: dict[str, int] = {}  # stages timed on that many threads at once: their share is per thread
         self._t = 0
 
     def start(self) -> None:
@@ -158,7 +160,13 @@ class StageClock:
         out = {}
         for stage, samples in self.ns.items():
             if samples:
-                ms, total_s = samples.kept() / 1e6, samples.total / 1e9
+                ms, total_s, threads = samples.kept() / 1e6, samples.total / 1e9, self.threads.get(stage, 1)
                 out[stage] = {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
-                              "total_s": total_s, "share": total_s / max(wall_s, 1e-9)}
+                              "total_s": total_s, "share": total_s / max(wall_s, 1e-9) / threads,
+                              **({"threads": threads} if threads > 1 else {})}
         return out
+
+
+def each_thread(stage: dict[str, float]) -> str:
+    """What a stage's share is of, where it is timed on several threads (:attr:`StageClock.threads`); ''."""
+    return f" each of {stage['threads']} threads" if "threads" in stage else ""

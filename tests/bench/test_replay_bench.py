@@ -16,6 +16,8 @@ def test_prints_rate_and_stage_shares(capsys):
     assert re.search(r"max +6 frames in [0-9.]+ s = [0-9.]+ frames/s \(the whole replay once the model is loaded",
                      out), out
     assert "fuse " in out and "loop waits on decode+encode" in out
+    # the two decoders' time was summed into one share: "decode_thread 168%", more than a thread can be busy
+    assert re.search(r"  decode_thread [0-9]+% each of 2 threads \(", out), out
 
 
 def test_a_lossless_output_is_written_in_a_container_that_takes_it(capsys):
