@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from streamfuse.model.net import HCLFuseNet
 from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
 from streamfuse.output_lock import output_lock
 from streamfuse.signals import handled, raise_interrupt
+from streamfuse.train.checkpoint_file import read_checkpoint
 from streamfuse.train.config import TrainConfig, TrainSetup
 from streamfuse.train.data import PairSampler, data_digest, load_pairs
 from streamfuse.train.distill import distill_losses
@@ -206,14 +206,11 @@ def _check_run(data: Path, out: Path, init: Path | None, resume: bool, cfg: Trai
 def _resume(run: _Run, ckpt: Path) -> object:
     """Continue ``run`` from ``ckpt``; one line (ValueError) when it is damaged or made by another setup. Returns the
     settings the checkpoint was saved with."""
+    state = read_checkpoint(ckpt)
     try:
-        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
         run.restore(state)
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError, EOFError,
-            pickle.UnpicklingError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if reason.startswith("Weights only load failed"):  # torch's advice to load it unsafely: not for a damaged file
-            reason = "it holds other objects than tensors and numbers"
         raise ValueError(f"cannot resume from {ckpt} (damaged, or another architecture or stage): {reason}") from None
     return state.get("config")
 

@@ -562,3 +562,26 @@ def test_a_stop_while_the_settings_load_names_its_signal(stop, said, data, tmp_p
 
     monkeypatch.setattr(train.cli, "load_setup", loading)
     assert _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--steps", "1"]) == f"train: {said}"
+
+
+@pytest.mark.parametrize("cut, said", [(lambda n: n - 10, "it is truncated: its {n} bytes end before the end of the "
+                                                          "checkpoint, as a write cut short leaves it"),
+                                       (lambda n: n // 2, "it is truncated: its {n} bytes end before the end of the "
+                                                          "checkpoint, as a write cut short leaves it"),
+                                       (lambda n: 0, "it is empty (0 bytes)")], ids=["end", "half", "empty"])
+def test_a_truncated_checkpoint_is_refused_saying_so(cut, said, data, tmp_path):
+    # refused as "damaged ...: [Errno 22] Invalid argument", torch's reason, which says nothing of the file
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    whole = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(whole[:cut(len(whole))])
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
+    assert message == f"train: cannot resume from {out / 'checkpoint.pt'}: " + said.format(n=cut(len(whole)))
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_saying_so(data, tmp_path):
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    (out / "checkpoint.pt").write_text("steps: 1\n")
+    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
+    assert message == f"train: cannot resume from {out / 'checkpoint.pt'}: not a checkpoint (not a file torch writes)"
