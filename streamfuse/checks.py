@@ -172,6 +172,9 @@ def key_shown(key: Any) -> str:
     return key if plain else shown(key)
 
 
+_NOT_FINITE = re.compile(r"[+-]?(inf|infinity|nan)", re.IGNORECASE)  # as Python's float() reads them
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Return value as type tp or raise ValueError naming key and the expected type."""
     origin = typing.get_origin(tp)
@@ -201,6 +204,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None:
             return None
     elif tp is float:
+        if isinstance(value, str) and _NOT_FINITE.fullmatch(value):  # YAML takes only .inf and .nan as numbers
+            return float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
                 return float(value)

@@ -54,3 +54,15 @@ def test_an_unknown_section_is_refused_naming_the_sections():
     with pytest.raises(ValueError,
                        match=r"^unknown config section trian; allowed sections: train, model, loss, align$"):
         load_setup(["trian.steps=10"])  # a typo of train: the run would go on with the default steps
+
+
+@pytest.mark.parametrize("text", ["inf", "Infinity", "+inf", ".inf"])
+def test_an_infinite_budget_is_taken_as_python_or_yaml_writes_it(text):
+    # `--minutes inf` was "the wrong type; expected float" while YAML's `.inf` was taken
+    assert load_setup([f"train.minutes={text}"]).train.minutes == float("inf")
+
+
+@pytest.mark.parametrize("text", ["-inf", "nan", "NaN"])
+def test_a_budget_python_writes_that_means_nothing_is_out_of_range_not_the_wrong_type(text):
+    with pytest.raises(ValueError, match=r"^train\.minutes=.* is out of range; allowed: >= 0 \(0 = no budget\)$"):
+        load_setup([f"train.minutes={text}"])
