@@ -12,7 +12,8 @@ Settings are ``--key value`` for the optimisation (``train`` section: ``--steps 
 (model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; Ctrl-C, SIGTERM
 or SIGHUP lets the step in flight finish, writes one and stops; --resume continues from there as if never stopped
 (with the run's --steps and --minutes where they are left out).
-When the run completes, OUT/hclfuse_v4.pt holds the EMA weights; OUT/train_config.yaml holds the resolved configuration.
+When the run completes, OUT/hclfuse_v4.pt holds the EMA weights; OUT/train_config.yaml holds the resolved configuration
+(a finished run trained further keeps its own in OUT/train_config.extending.yaml until it completes).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from streamfuse.errors import printable
 from streamfuse.log_queue import install_direct
 from streamfuse.train.config import SECTIONS, load_setup
 from streamfuse.train.loop import run_training
+from streamfuse.train.settings_file import settings_file
 
 __all__ = ["main", "to_overrides"]
 
@@ -87,7 +89,7 @@ def _saved_budget(out: Path) -> list[str]:
     a resume left without ``--steps`` continues the run's schedule, not the default's (a 3000-step run went on to
     20000). None where the file cannot tell (the resume's own checks name what is wrong)."""
     try:
-        saved = yaml.safe_load((out / "train_config.yaml").read_text())["train"]
+        saved = yaml.safe_load(settings_file(out).read_text())["train"]
         return [f"train.{key}={saved[key]}" for key in ("steps", "minutes") if type(saved.get(key)) in (int, float)]
     except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError):
         return []

@@ -36,6 +36,7 @@ from streamfuse.train.checkpoint_file import read_checkpoint
 from streamfuse.train.config import TrainConfig, TrainSetup
 from streamfuse.train.data import PairSampler, data_digest, load_pairs
 from streamfuse.train.distill import distill_losses
+from streamfuse.train.settings_file import new_settings_file, settings_file, settle
 
 __all__ = ["run_training"]
 
@@ -158,6 +159,7 @@ def _save(run: _Run, out: Path, setup: TrainSetup, resolved: dict, *, weights: b
         extra = {"align": asdict(setup.align), "step": run.step, "train_seconds": round(run.elapsed, 1),
                  "config": resolved}
         _atomic(out / DEFAULT_WEIGHTS.name, lambda tmp: save_weights(tmp, run.ema, extra=extra))
+        settle(out)
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -294,7 +296,7 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     resolved = setup.to_dict()
     resolved["train"]["init"] = str(init) if init else None
     resolved["data"] = {"folder": str(data), "pairs": len(pairs), "digest": data_digest(pairs)}
-    settings = out / "train_config.yaml"
+    settings = settings_file(out)
     if early := resume and settings.exists():  # before the checkpoint: another model or stage named, not a failed load
         _check_unchanged(settings, resolved)
     torch.set_num_threads(cfg.threads)
@@ -316,7 +318,7 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OSError(f"cannot make --out {out}: {io_reason(exc)}") from None
-    _atomic(out / "train_config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False)))
+    _atomic(new_settings_file(out), lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False)))
     run.net.train()
     return run, sampler, resolved
 

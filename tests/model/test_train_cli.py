@@ -22,7 +22,7 @@ from streamfuse import train
 from streamfuse.postprocess import vis_luma
 from streamfuse.signals import stopped_by
 from streamfuse.model.net import HCLFuseNet, ModelConfig
-from streamfuse.model.weights import DEFAULT_WEIGHTS, save_weights
+from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
 from streamfuse.output_lock import output_lock
 from streamfuse.train import loop
 
@@ -585,3 +585,34 @@ def test_a_file_that_is_no_checkpoint_is_refused_saying_so(data, tmp_path):
     (out / "checkpoint.pt").write_text("steps: 1\n")
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
     assert message == f"train: cannot resume from {out / 'checkpoint.pt'}: not a checkpoint (not a file torch writes)"
+
+
+def test_a_killed_extension_of_a_finished_run_leaves_the_settings_beside_the_weights_true_of_them(data, tmp_path,
+                                                                                                   monkeypatch):
+    # train_config.yaml beside the earlier run's weights file said 3 steps, the extension's, once it was killed
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    weights = (out / DEFAULT_WEIGHTS.name).read_bytes()
+
+    class Killed(BaseException):  # as kill -9 ends it: nothing saved on the way out
+        pass
+
+    def killed(*_args):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_optimise", killed)
+        with pytest.raises(Killed):
+            train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "3", "--resume"])
+    settings = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert (out / DEFAULT_WEIGHTS.name).read_bytes() == weights
+    assert settings == _weights_settings(out) and settings["train"]["steps"] == 1
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--resume"])  # the extension's 3 steps, its own
+    settings = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert settings == _weights_settings(out) and settings["train"]["steps"] == 3
+    assert not (out / "train_config.extending.yaml").exists()
+
+
+def _weights_settings(out: Path) -> dict:
+    """The settings that ``out``'s weights file records of its run, as YAML holds them (a tuple read back as a list)."""
+    return yaml.safe_load(yaml.safe_dump(read_weights(out / DEFAULT_WEIGHTS.name)[2]["config"]))
