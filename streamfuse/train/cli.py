@@ -39,6 +39,7 @@ from streamfuse.train.settings_file import settings_file
 __all__ = ["main", "to_overrides"]
 
 log = logging.getLogger("train")
+_PROG = "streamfuse train"  # as its usage errors and every command's own lines start
 
 
 def _value(tokens: list[str]) -> str:
@@ -99,7 +100,7 @@ def _stopped(why: str | KeyboardInterrupt) -> NoReturn:
     """The user stopped the run: its line (a stop with nothing saved names its signal, as every command's), and exit
     status 130 as every command gives (128 + SIGINT)."""
     if isinstance(why, KeyboardInterrupt):
-        say_stopped("train", why)
+        say_stopped(_PROG, why)
     else:
         print(why, file=sys.stderr)
     raise SystemExit(130)
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         setup = load_setup((_saved_budget(args.out) if args.resume else []) + to_overrides(rest))
     except ValueError as exc:  # a bad key or value: a config error, exit status 2 as for every command
-        print(f"train: {printable(exc)}", file=sys.stderr)
+        print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
         _stopped(exc)
@@ -131,9 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         path = run_training(args.data, args.out, setup, resume=args.resume, ckpt_minutes=args.ckpt_minutes,
                             init=args.init)
     except InterruptedError as exc:  # stopped by Ctrl-C, SIGTERM or SIGHUP: what was learnt is saved
-        _stopped(f"train: {exc}")
+        _stopped(f"{_PROG}: {exc}")
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"train: {exc}") from None
+        raise SystemExit(f"{_PROG}: error: {exc}") from None
     except KeyboardInterrupt as exc:  # outside run_training's handlers (parsing, or once it is done): nothing to save
         _stopped(exc)
     log.info("EMA weights: %s", path)

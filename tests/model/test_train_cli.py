@@ -26,6 +26,8 @@ from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
 from streamfuse.output_lock import output_lock
 from streamfuse.train import loop
 
+TRAIN_ERROR = "streamfuse train: error: "  # how the command's error lines start
+
 TINY = ["--batch", "2", "--crop", "32", "--threads", "1", "--ckpt-minutes", "100", "--model.widths", "4", "8",
         "--model.denoiser_width", "4", "--warmup", "1"]
 
@@ -63,23 +65,23 @@ def _fails(argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--crop", "30"], "train: train.crop=30 is out of range; allowed: a multiple of 8, 8..1024"),
-    (["--crop", "4096"], "train: train.crop=4096 is out of range; allowed: a multiple of 8, 8..1024"),
-    (["--loss.kl", "-1"], "train: loss.kl=-1.0 is out of range; allowed: >= 0, finite"),
-    (["--loss.gradient", ".inf"], "train: loss.gradient=inf is out of range; allowed: >= 0, finite"),
-    (["--align.reg", "0"], "train: align.reg=0.0 is out of range; allowed: 0 < reg <= 10"),
-    (["--weight_decay", "-1"], "train: train.weight_decay=-1.0 is out of range; allowed: >= 0, finite"),
+    (["--crop", "30"], "streamfuse train: error: train.crop=30 is out of range; allowed: a multiple of 8, 8..1024"),
+    (["--crop", "4096"], "streamfuse train: error: train.crop=4096 is out of range; allowed: a multiple of 8, 8..1024"),
+    (["--loss.kl", "-1"], "streamfuse train: error: loss.kl=-1.0 is out of range; allowed: >= 0, finite"),
+    (["--loss.gradient", ".inf"], "streamfuse train: error: loss.gradient=inf is out of range; allowed: >= 0, finite"),
+    (["--align.reg", "0"], "streamfuse train: error: align.reg=0.0 is out of range; allowed: 0 < reg <= 10"),
+    (["--weight_decay", "-1"], f"{TRAIN_ERROR}train.weight_decay=-1.0 is out of range; allowed: >= 0, finite"),
 ])
 def test_a_range_error_has_one_prefix_and_names_its_key(tmp_path, argv, message):
     assert _fails(["--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv]) == message
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--steps=3", "4"], "train: unexpected argument '4'; settings are --key value or --section.key value"),
-    (["--", "3"], "train: unexpected argument '--'; settings are --key value or --section.key value"),
+    (["--steps=3", "4"], f"{TRAIN_ERROR}unexpected argument '4'; settings are --key value or --section.key value"),
+    (["--", "3"], "streamfuse train: error: unexpected argument '--'; settings are --key value or --section.key value"),
     # a shortened option is no option: --resu did not resume, nor --ckpt set the interval
-    (["--resu"], "train: unknown config key train.resu; allowed keys: steps, minutes,"),
-    (["--ckpt", "5"], "train: unknown config key train.ckpt; allowed keys: steps, minutes,"),
+    (["--resu"], "streamfuse train: error: unknown config key train.resu; allowed keys: steps, minutes,"),
+    (["--ckpt", "5"], "streamfuse train: error: unknown config key train.ckpt; allowed keys: steps, minutes,"),
 ])
 def test_a_stray_or_shortened_argument_is_refused(tmp_path, argv, message):
     assert _fails(["--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv]).startswith(message)
@@ -98,13 +100,13 @@ def test_a_checkpoint_interval_that_is_no_time_is_refused_when_parsed(tmp_path, 
 @pytest.mark.parametrize("argv, match", [
     (["--lr", ".inf"], r"train\.lr=inf is out of range"),
     # each passed its check and failed as a traceback, after the run's config was written to --out
-    (["--lr", "1e308"], r"^train: train\.lr=1e\+308 is out of range; allowed: 0 < lr <= 10$"),
-    (["--model.num_train_timesteps", "-5"], r"^train: model\.num_train_timesteps=-5 is out of range"),
-    (["--model.num_train_timesteps", "0"], r"^train: model\.num_train_timesteps=0 is out of range"),
-    (["--model.band_sigma", ".inf"], r"^train: model\.band_sigma=inf is out of range"),
-    (["--loss.base_sigma", "1e308"], r"^train: loss\.base_sigma=1e\+308 is out of range"),
-    (["--steps", "1" + "0" * 400], r"^train: train\.steps=1000.*000 is out of range; allowed: 1 \.\. 10\^9$"),
-    (["--seed", "-1"], r"^train: train\.seed=-1 is out of range"),  # "expected non-negative integer", no key
+    (["--lr", "1e308"], r"^streamfuse train: error: train\.lr=1e\+308 is out of range; allowed: 0 < lr <= 10$"),
+    (["--model.num_train_timesteps", "-5"], r"^streamfuse train: error: model\.num_train_timesteps=-5 is out of range"),
+    (["--model.num_train_timesteps", "0"], r"^streamfuse train: error: model\.num_train_timesteps=0 is out of range"),
+    (["--model.band_sigma", ".inf"], r"^streamfuse train: error: model\.band_sigma=inf is out of range"),
+    (["--loss.base_sigma", "1e308"], r"^streamfuse train: error: loss\.base_sigma=1e\+308 is out of range"),
+    (["--steps", "1" + "0" * 400], rf"^{TRAIN_ERROR}train\.steps=1000.*000 is out of range; allowed: 1 \.\. 10\^9$"),
+    (["--seed", "-1"], rf"^{TRAIN_ERROR}train\.seed=-1 is out of range"),  # "expected non-negative integer", no key
 ])
 def test_numbers_that_cannot_train_are_refused_before_anything_is_written(data, tmp_path, argv, match):
     out = tmp_path / "o"
@@ -199,10 +201,10 @@ def test_a_data_folder_without_pairs_says_where_pairs_are_read(tmp_path):
 def test_an_out_or_init_that_cannot_be_used_is_refused_first(data, tmp_path):
     (tmp_path / "afile").write_bytes(b"")
     message = _fails(["--data", str(data), "--out", str(tmp_path / "afile" / "run"), *TINY])
-    assert message == f"train: --out {tmp_path / 'afile' / 'run'} cannot be made: {tmp_path / 'afile'} is a file, " \
-                      "not a folder"
+    assert message == f"{TRAIN_ERROR}--out {tmp_path / 'afile' / 'run'} cannot be made: {tmp_path / 'afile'} is a " \
+                      "file, not a folder"
     message = _fails(["--data", str(data), "--out", str(tmp_path / "o"), "--init", str(tmp_path / "none.pt"), *TINY])
-    assert message == f"train: --init {tmp_path / 'none.pt'} is not a weights file (not found)"
+    assert message == f"streamfuse train: error: --init {tmp_path / 'none.pt'} is not a weights file (not found)"
     assert not (tmp_path / "o").exists()
 
 
@@ -212,7 +214,7 @@ def test_an_out_in_a_folder_this_user_cannot_write_is_refused_first(data, tmp_pa
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "ro" and real_access(path, mode))
     message = _fails(["--data", str(data), "--out", str(tmp_path / "ro" / "run"), *TINY, "--steps", "1"])
-    assert message == f"train: --out {tmp_path / 'ro' / 'run'} cannot be written: {tmp_path / 'ro'} is read-only"
+    assert message == f"{TRAIN_ERROR}--out {tmp_path / 'ro' / 'run'} cannot be written: {tmp_path / 'ro'} is read-only"
     assert list((tmp_path / "ro").iterdir()) == []
 
 
@@ -228,7 +230,7 @@ def test_a_checkpoint_interval_of_nan_is_refused_by_the_function_too(data, tmp_p
 def test_a_diverging_run_stops_without_writing_weights(data, tmp_path):
     out = tmp_path / "o"
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "3", "--loss.gradient", "1e300"])
-    assert message.startswith("train: training diverged: the loss is ") and "at step 1" in message
+    assert message.startswith("streamfuse train: error: training diverged: the loss is ") and "at step 1" in message
     assert not (out / DEFAULT_WEIGHTS.name).exists()
 
 
@@ -245,7 +247,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint_and_no_temporary(data, tmp
     monkeypatch.setattr(torch, "save", disk_full)
     out = tmp_path / "o"
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--ckpt-minutes", "0", "--steps", "4"])
-    assert message == f"train: cannot write {out / 'checkpoint.pt'}: the write failed (is the disk full?)"
+    assert message == f"{TRAIN_ERROR}cannot write {out / 'checkpoint.pt'}: the write failed (is the disk full?)"
     monkeypatch.setattr(torch, "save", real_save)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "train_config.yaml"]
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 1
@@ -291,7 +293,7 @@ def test_a_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(data, tmp_pat
     monkeypatch.setattr(loop, "_optimise", signalled)
     out = tmp_path / "run"
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "6"])
-    assert message.startswith(f"train: stopped at step 3; {out / 'checkpoint.pt'} saved: --resume continues")
+    assert message.startswith(f"streamfuse train: stopped at step 3; {out / 'checkpoint.pt'} saved: --resume continues")
     assert not (out / DEFAULT_WEIGHTS.name).exists()  # 3 of 6 steps: no weights file that looks finished
     monkeypatch.setattr(loop, "_optimise", real_optimise)
     train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "6", "--resume"])
@@ -313,7 +315,7 @@ def test_a_signal_while_starting_is_one_line_and_writes_nothing(data, tmp_path, 
         message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2"])
     except KeyboardInterrupt:
         pytest.fail("the signal escaped as a KeyboardInterrupt")
-    assert message == "train: interrupted before the first step; no checkpoint written"
+    assert message == "streamfuse train: interrupted before the first step; no checkpoint written"
     assert not out.exists()
 
 
@@ -324,7 +326,7 @@ def test_a_damaged_settings_file_refuses_the_resume_in_one_line(data, tmp_path, 
     train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
     (out / "train_config.yaml").write_text(text)
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
-    assert message == (f"train: cannot resume: {out / 'train_config.yaml'}, the run's settings, is damaged "
+    assert message == (f"{TRAIN_ERROR}cannot resume: {out / 'train_config.yaml'}, the run's settings, is damaged "
                        "(not a mapping of sections)")
 
 
@@ -351,7 +353,8 @@ def test_a_checkpoint_that_is_no_file_is_nothing_to_resume(data, tmp_path, kind)
     else:
         (out / "checkpoint.pt").symlink_to(os.devnull)
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
-    assert message == f"train: nothing to resume: {out / 'checkpoint.pt'} is not a file (a folder, a pipe or a device)"
+    assert message == f"{TRAIN_ERROR}nothing to resume: {out / 'checkpoint.pt'} is not a file (a folder, a pipe or a " \
+                      "device)"
 
 
 def test_a_checkpoint_copied_in_from_a_run_of_other_settings_is_refused(data, tmp_path):
@@ -361,7 +364,7 @@ def test_a_checkpoint_copied_in_from_a_run_of_other_settings_is_refused(data, tm
     train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
     (other / "checkpoint.pt").replace(out / "checkpoint.pt")
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
-    assert message == (f"train: cannot resume: {out / 'checkpoint.pt'} was saved by a run with other settings "
+    assert message == (f"{TRAIN_ERROR}cannot resume: {out / 'checkpoint.pt'} was saved by a run with other settings "
                        "(loss.gradient 80.0 -> 40.0); it is not this run's checkpoint")
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 1  # nothing trained on, kept
     assert yaml.safe_load((out / "train_config.yaml").read_text())["loss"]["gradient"] == 40.0
@@ -375,8 +378,8 @@ def test_a_resume_with_another_model_or_stage_names_the_setting(data, tmp_path, 
     out = tmp_path / "run"
     train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume", *argv])
-    assert message == f"train: cannot resume with other settings than the run started with ({changed}): give the " \
-                      "same, or start another --out"
+    assert message == f"{TRAIN_ERROR}cannot resume with other settings than the run started with ({changed}): give " \
+                      "the same, or start another --out"
 
 
 @pytest.mark.parametrize("part, value, reason", [("ema", float("nan"), "its weights hold NaN or infinite values"),
@@ -394,7 +397,7 @@ def test_a_checkpoint_with_non_finite_values_is_refused(data, tmp_path, part, va
     torch.save(state, str(out / "checkpoint.pt"))
     (out / DEFAULT_WEIGHTS.name).unlink()
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
-    assert message.startswith(f"train: cannot resume from {out / 'checkpoint.pt'}") and message.endswith(reason)
+    assert message.startswith(f"{TRAIN_ERROR}cannot resume from {out / 'checkpoint.pt'}") and message.endswith(reason)
     assert not (out / DEFAULT_WEIGHTS.name).exists()
 
 
@@ -405,7 +408,8 @@ def test_a_resume_whose_settings_file_is_gone_is_refused_after_its_checkpoint_is
     train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
     (out / "train_config.yaml").unlink()
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
-    assert message.startswith(f"train: cannot resume: {out / 'train_config.yaml'}, the run's settings, is unreadable")
+    assert message.startswith(f"{TRAIN_ERROR}cannot resume: {out / 'train_config.yaml'}, the run's settings, is "
+                              "unreadable")
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 1
 
 
@@ -510,7 +514,7 @@ def test_a_finished_run_trained_further_and_stopped_says_its_weights_file_is_the
 def test_an_init_that_is_a_pipe_is_not_called_a_folder(data, tmp_path):
     os.mkfifo(tmp_path / "pipe.pt")
     message = _fails(["--data", str(data), "--out", str(tmp_path / "o"), "--init", str(tmp_path / "pipe.pt"), *TINY])
-    assert message == f"train: --init {tmp_path / 'pipe.pt'} is not a weights file (a pipe or a device)"
+    assert message == f"{TRAIN_ERROR}--init {tmp_path / 'pipe.pt'} is not a weights file (a pipe or a device)"
 
 
 def test_the_working_folder_as_out_trains_there(data, tmp_path, monkeypatch):
@@ -528,7 +532,7 @@ def test_a_stop_while_the_settings_are_written_leaves_no_temporary(data, tmp_pat
     monkeypatch.setattr(loop, "durable_replace", lambda *_: signal.raise_signal(signal.SIGINT))
     out = tmp_path / "run"
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
-    assert message == "train: interrupted before the first step; no checkpoint written"
+    assert message == "streamfuse train: interrupted before the first step; no checkpoint written"
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -561,7 +565,8 @@ def test_a_stop_while_the_settings_load_names_its_signal(stop, said, data, tmp_p
         raise stop
 
     monkeypatch.setattr(train.cli, "load_setup", loading)
-    assert _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--steps", "1"]) == f"train: {said}"
+    message = _fails(["--data", str(data), "--out", str(tmp_path / "run"), *TINY, "--steps", "1"])
+    assert message == f"streamfuse train: {said}"
 
 
 @pytest.mark.parametrize("cut, said", [(lambda n: n - 10, "it is truncated: its {n} bytes end before the end of the "
@@ -576,7 +581,7 @@ def test_a_truncated_checkpoint_is_refused_saying_so(cut, said, data, tmp_path):
     whole = (out / "checkpoint.pt").read_bytes()
     (out / "checkpoint.pt").write_bytes(whole[:cut(len(whole))])
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
-    assert message == f"train: cannot resume from {out / 'checkpoint.pt'}: " + said.format(n=cut(len(whole)))
+    assert message == f"{TRAIN_ERROR}cannot resume from {out / 'checkpoint.pt'}: " + said.format(n=cut(len(whole)))
 
 
 def test_a_file_that_is_no_checkpoint_is_refused_saying_so(data, tmp_path):
@@ -584,7 +589,8 @@ def test_a_file_that_is_no_checkpoint_is_refused_saying_so(data, tmp_path):
     train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
     (out / "checkpoint.pt").write_text("steps: 1\n")
     message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "2", "--resume"])
-    assert message == f"train: cannot resume from {out / 'checkpoint.pt'}: not a checkpoint (not a file torch writes)"
+    assert message == f"{TRAIN_ERROR}cannot resume from {out / 'checkpoint.pt'}: not a checkpoint (not a file torch " \
+                      "writes)"
 
 
 def test_a_killed_extension_of_a_finished_run_leaves_the_settings_beside_the_weights_true_of_them(data, tmp_path,

@@ -18,6 +18,8 @@ from streamfuse import train
 from streamfuse.model.weights import DEFAULT_WEIGHTS
 from streamfuse.train.cli import to_overrides
 
+TRAIN_ERROR = "streamfuse train: error: "  # how the command's error lines start
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -55,7 +57,7 @@ def test_train_few_steps_then_resume(data, tmp_path, caplog):
     assert resolved["train"]["steps"] == 3 and resolved["model"]["widths"] == [4, 8]
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 3
 
-    with pytest.raises(SystemExit, match=r"^train: cannot resume with other settings than the run started with "
+    with pytest.raises(SystemExit, match=rf"^{TRAIN_ERROR}cannot resume with other settings than the run started with "
                                          r"\(loss.gradient 40.0 -> 7.0, train.batch 2 -> 1, train.seed 0 -> 1\): "
                                          r"give the same, or start another --out$"):  # a seed: other batches, noise
         train.main([*common[:4], "--batch", "1", *common[6:], "--loss.gradient", "7", "--seed", "1", "--steps", "5",
@@ -181,7 +183,7 @@ def test_bad_settings_are_one_line(tmp_path, capsys, argv, match):
         train.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
     assert info.value.code == 2  # a config error's status, as for every command
-    assert err.startswith("train: ") and match in err and err.count("\n") == 1
+    assert err.startswith("streamfuse train: error: ") and match in err and err.count("\n") == 1
 
 
 def test_entry_point_runs_without_path_edits(tmp_path):
@@ -225,7 +227,8 @@ def test_a_second_run_given_the_same_out_is_refused_while_the_first_runs(data, t
 
     run = tmp_path / "run"
     with output_lock(run):  # what the first run holds while it trains
-        with pytest.raises(SystemExit, match=r"^train: output .*run is being written by another run .*wait for it"):
+        with pytest.raises(SystemExit,
+                           match=rf"^{TRAIN_ERROR}output .*run is being written by another run .*wait for it"):
             train.main(["--data", str(data), "--out", str(run), *TINY])
     assert not run.exists()
     train.main(["--data", str(data), "--out", str(run), *TINY])  # once it ended
@@ -263,7 +266,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(data, tmp_path, monkeyp
     with pytest.raises(SystemExit) as stopped:
         train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "5"])
     assert stopped.value.code == 130  # as every command stopped by the user
-    assert re.match(r"train: stopped at step 2; .*checkpoint.pt saved: --resume continues",
+    assert re.match(r"streamfuse train: stopped at step 2; .*checkpoint.pt saved: --resume continues",
                     capsys.readouterr().err.splitlines()[-1])  # after the progress bar
     assert torch.load(str(out / "checkpoint.pt"), weights_only=True)["step"] == 2
     monkeypatch.setattr(loop, "_optimise", real_optimise)
@@ -282,10 +285,10 @@ def test_a_resume_with_other_data_or_fewer_steps_than_done_is_refused(data, tmp_
     changed = shutil.copytree(data, tmp_path / "changed")
     cv2.imwrite(str(changed / "msrs/train/vi/000.png"), np.zeros((40, 56, 3), np.uint8))
     with caplog.at_level("INFO", logger="train"):
-        with pytest.raises(SystemExit, match=r"^train: cannot resume with other settings than the run started with "
-                                             r"\(data\.digest '\w+' -> '\w+'\)"):
+        with pytest.raises(SystemExit, match=rf"^{TRAIN_ERROR}cannot resume with other settings than the run started "
+                                             r"with \(data\.digest '\w+' -> '\w+'\)"):
             train.main(["--data", str(changed), "--out", str(out), *TINY[:-1], "4", "--resume"])
-        with pytest.raises(SystemExit, match=r"^train: cannot resume with --steps 1: the run has done 2 steps"):
+        with pytest.raises(SystemExit, match=rf"^{TRAIN_ERROR}cannot resume with --steps 1: the run has done 2 steps"):
             train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "1", "--resume"])
         assert "resumed" not in caplog.text
         train.main(["--data", str(moved), "--out", str(out), *TINY[:-1], "4", "--resume"])
@@ -300,7 +303,7 @@ def test_a_checkpoint_torch_reads_that_holds_no_training_state_is_one_line(state
     out = tmp_path / "run"
     train.main(["--data", str(data), "--out", str(out), *TINY])
     torch.save(state, str(out / "checkpoint.pt"))
-    with pytest.raises(SystemExit, match=r"^train: cannot resume from .*checkpoint.pt \(damaged, or another "
+    with pytest.raises(SystemExit, match=rf"^{TRAIN_ERROR}cannot resume from .*checkpoint.pt \(damaged, or another "
                                          r"architecture or stage\): it holds no training checkpoint") as info:
         train.main(["--data", str(data), "--out", str(out), *TINY[:-1], "4", "--resume"])
     assert "\n" not in str(info.value)
