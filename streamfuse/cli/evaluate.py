@@ -33,6 +33,7 @@ from streamfuse.log_queue import install_direct
 __all__ = ["EVAL_CONFIG", "parse_args", "main"]
 
 EVAL_CONFIG = "eval"  # the shipped still-image config
+_PROG = "streamfuse evaluate"  # as its usage errors and every command's own lines start
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_dir(args.dir_ir, args.dir_vis, methods, args.out, save_dir=args.save, limit=args.limit,
                               montage_rows=args.rows)
     except ConfigError as exc:
-        return config_error("evaluate", exc)
+        return config_error(_PROG, exc)
     except (ValueError, OSError, RuntimeError) as exc:
-        raise SystemExit(f"evaluate: {printable(exc)}") from None
+        raise SystemExit(f"{_PROG}: error: {printable(exc)}") from None
     print(markdown_table(result.means))  # as metrics.md holds it
     n_pairs = len({r["image"] for r in result.rows})
     print(f"{n_pairs} pairs; per-image rows in {printable(Path(args.out) / 'metrics.csv')}, montage in "

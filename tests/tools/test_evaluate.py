@@ -24,6 +24,8 @@ from streamfuse.fusers import FuseConfig
 from streamfuse.postprocess import PostConfig
 from streamfuse.processor import FrameProcessor, build_fuser, still_pair
 
+EVALUATE_ERROR = "streamfuse evaluate: error: "  # how the command's error lines start
+
 
 @pytest.fixture(scope="module")
 def evaluate():
@@ -117,7 +119,7 @@ def test_errors_are_one_line(evaluate, pairs, tmp_path, case, message):
         cv2.imwrite(str(ir_dir / "p0.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), *args])
-    assert str(exc.value.code).startswith("evaluate: ") and message.format(tmp=tmp_path) in str(exc.value.code)
+    assert str(exc.value.code).startswith(f"{EVALUATE_ERROR}") and message.format(tmp=tmp_path) in str(exc.value.code)
     assert "\n" not in str(exc.value.code)
 
 
@@ -140,7 +142,7 @@ def test_config_errors_are_one_line_and_exit_2_as_in_run(evaluate, pairs, tmp_pa
     args = [a.format(tmp=tmp_path) for a in args]
     assert evaluate([str(ir_dir), str(vis_dir), *args, "--out", str(tmp_path / "out")]) == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("evaluate: config error: ") and message.format(tmp=tmp_path) in line
+    assert line.startswith("streamfuse evaluate: config error: ") and message.format(tmp=tmp_path) in line
 
 
 def test_a_fused_folder_whose_path_holds_an_equals_sign_is_a_folder(pairs, tmp_path):
@@ -162,7 +164,7 @@ def test_two_configs_of_one_file_name_are_refused(evaluate, pairs, tmp_path):
     ir_dir, vis_dir = pairs
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "eval.yaml").write_text(Path(resolve(EVAL_CONFIG)).read_text().replace("hclfuse\n", "max\n"))
-    with pytest.raises(SystemExit, match="^evaluate: two --config files named eval.yaml: rename one"):
+    with pytest.raises(SystemExit, match="^streamfuse evaluate: error: two --config files named eval.yaml: rename one"):
         evaluate([str(ir_dir), str(vis_dir), "--config", "eval", "--config", str(tmp_path / "b" / "eval.yaml"),
                   "--out", str(tmp_path / "out")])
 
@@ -196,7 +198,7 @@ def test_a_save_folder_holding_images_is_refused_before_any_work(evaluate, pairs
     saved = tmp_path / "saved"
     evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "o1"), "--save", str(saved)])
     before = {p.name: p.read_bytes() for p in saved.iterdir()}
-    with pytest.raises(SystemExit, match=rf"^evaluate: save folder \(average\) {saved} already holds 3 images "
+    with pytest.raises(SystemExit, match=rf"^{EVALUATE_ERROR}save folder \(average\) {saved} already holds 3 images "
                                          r"\(p0.png, ...\); give a new or empty folder"):
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "average", "--limit", "1", "--out", str(tmp_path / "o2"),
                   "--save", str(saved)])
@@ -211,10 +213,10 @@ def test_a_save_folder_an_earlier_run_of_another_number_of_fusers_filled_is_refu
     evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "o1"), "--save", str(one)])
     evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--fuser", "average", "--out", str(tmp_path / "o2"),
               "--save", str(two)])
-    with pytest.raises(SystemExit, match=rf"^evaluate: save folder {one} already holds 3 images \(p0.png, ...\)"):
+    with pytest.raises(SystemExit, match=rf"^{EVALUATE_ERROR}save folder {one} already holds 3 images \(p0.png, ...\)"):
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--fuser", "average", "--out", str(tmp_path / "o3"),
                   "--save", str(one)])
-    with pytest.raises(SystemExit, match=rf"^evaluate: save folder {two / 'average'} already holds 3 images"):
+    with pytest.raises(SystemExit, match=rf"^{EVALUATE_ERROR}save folder {two / 'average'} already holds 3 images"):
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "o4"), "--save", str(two)])
     assert sorted(p.name for p in one.iterdir()) == ["p0.png", "p1.png", "p2.png"]
     assert sorted(p.name for p in two.iterdir()) == ["average", "max"]
@@ -238,7 +240,7 @@ def test_missing_fused_images_are_counted(evaluate, pairs, tmp_path, caplog):
     cv2.imwrite(str(partial / "other.png"), cv2.imread(str(vis_dir / "p1.jpg")))
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), "--fused", str(partial), "--out", str(out)])
-    assert exc.value.code == (f"evaluate: fused (partial): none of the 3 pairs has its image in {partial} "
+    assert exc.value.code == (f"{EVALUATE_ERROR}fused (partial): none of the 3 pairs has its image in {partial} "
                               "(named as its IR)")
 
 
@@ -380,7 +382,7 @@ def test_outputs_never_go_into_an_input_folder(evaluate, pairs, tmp_path, case):
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), *args])
     message = str(exc.value.code)
-    assert message.startswith("evaluate: ") and "\n" not in message and "is or lies in the" in message
+    assert message.startswith("streamfuse evaluate: error: ") and "\n" not in message and "is or lies in the" in message
     assert {p: p.read_bytes() for d in (ir_dir, vis_dir, fused) for p in d.iterdir()} == before
     assert not (tmp_path / "out").exists()
 
@@ -390,7 +392,7 @@ def test_out_that_is_a_file_is_one_line(evaluate, pairs, tmp_path):
     (afile := tmp_path / "afile").write_text("kept")
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(afile)])
-    assert str(exc.value.code) == f"evaluate: output folder {afile} exists and is not a folder"
+    assert str(exc.value.code) == f"streamfuse evaluate: error: output folder {afile} exists and is not a folder"
     assert afile.read_text() == "kept"
 
 
@@ -429,7 +431,7 @@ def test_an_unwritable_output_is_refused_before_any_work(evaluate, pairs, tmp_pa
     out = read_only / "scores"
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(out)])
-    assert str(exc.value.code) == f"evaluate: output folder {out} cannot be written: {read_only} is not writable"
+    assert str(exc.value.code) == f"{EVALUATE_ERROR}output folder {out} cannot be written: {read_only} is not writable"
     assert not out.exists()
 
 
@@ -438,7 +440,7 @@ def test_a_damaged_image_is_one_line_without_opencv_warnings(evaluate, pairs, tm
     (ir_dir / "p0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 100)  # a PNG signature, then garbage
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "out")])
-    assert str(exc.value.code) == f"evaluate: cannot read image {ir_dir / 'p0.png'}: corrupt, or not an image"
+    assert str(exc.value.code) == f"{EVALUATE_ERROR}cannot read image {ir_dir / 'p0.png'}: corrupt, or not an image"
     err = capfd.readouterr().err
     assert "WARN" not in err and "ERROR" not in err, err
 
@@ -456,8 +458,8 @@ def test_a_pair_too_small_or_of_two_sizes_is_one_line_naming_both_files(evaluate
     with pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(tmp_path / "out")])
     (h, w), (vh, vw) = ir_size, vis_size
-    assert str(exc.value.code) == (f"evaluate: p0: IR {ir_dir / 'p0.png'} ({w}x{h}) and visible {vis_dir / 'p0.png'} "
-                                   f"({vw}x{vh}) {why}")
+    assert str(exc.value.code) == (f"{EVALUATE_ERROR}p0: IR {ir_dir / 'p0.png'} ({w}x{h}) and visible "
+                                   f"{vis_dir / 'p0.png'} ({vw}x{vh}) {why}")
 
 
 def test_a_flat_pair_does_not_poison_the_means(pairs, tmp_path, caplog):

@@ -12,6 +12,8 @@ from streamfuse import evaluation
 from streamfuse.cli.evaluate import main as evaluate
 from streamfuse.output_lock import output_lock
 
+EVALUATE_ERROR = "streamfuse evaluate: error: "  # how the command's error lines start
+
 
 def _stop_at_second_pair(monkeypatch, error: BaseException) -> None:
     score, calls = evaluation._score, []
@@ -47,7 +49,7 @@ def test_an_existing_out_keeps_its_other_files_when_a_run_fails(pairs, tmp_path,
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     _stop_at_second_pair(monkeypatch, ValueError("p1: damaged"))
-    with pytest.raises(SystemExit, match="^evaluate: p1: damaged$"):
+    with pytest.raises(SystemExit, match="^streamfuse evaluate: error: p1: damaged$"):
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", str(out)])
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -60,7 +62,7 @@ def test_a_second_run_into_a_folder_being_written_is_refused(busy, pairs, tmp_pa
     with output_lock(tmp_path / busy, inside=True), pytest.raises(SystemExit) as exc:
         evaluate([str(ir_dir), str(vis_dir), *fusers, "--out", str(tmp_path / "out"), "--save",
                   str(tmp_path / "saved")])
-    assert str(exc.value.code).startswith(f"evaluate: output {tmp_path / busy} is being written by another run (")
+    assert str(exc.value.code).startswith(f"{EVALUATE_ERROR}output {tmp_path / busy} is being written by another run (")
     assert not (tmp_path / "out").exists() or busy == "out"
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.parent.name not in ("ir", "vi")]
 
@@ -183,7 +185,7 @@ def test_an_empty_fused_folder_is_refused_not_read_as_the_working_folder(pairs, 
     # --fused "$DIR" with DIR unset scored the working folder's images as a method without a name, exit 0
     ir_dir, vis_dir = pairs
     monkeypatch.chdir(ir_dir)  # a folder of images
-    with pytest.raises(SystemExit, match=r"^evaluate: --fused: empty path$"):
+    with pytest.raises(SystemExit, match=r"^streamfuse evaluate: error: --fused: empty path$"):
         evaluate([str(ir_dir), str(vis_dir), "--fused", "", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
@@ -191,17 +193,17 @@ def test_an_empty_fused_folder_is_refused_not_read_as_the_working_folder(pairs, 
 def test_one_folder_given_as_both_ir_and_visible_is_refused(pairs, tmp_path):
     # each image was scored against itself: SSIM 2.000, VIF 2.000, exit 0
     ir_dir, _ = pairs
-    with pytest.raises(SystemExit, match=r"^evaluate: the IR and visible folders are one folder"):
+    with pytest.raises(SystemExit, match=r"^streamfuse evaluate: error: the IR and visible folders are one folder"):
         evaluate([str(ir_dir), str(ir_dir / ".." / ir_dir.name), "--fuser", "max", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_an_output_folder_that_cannot_be_made_is_named_in_one_line(pairs):
-    # it was "evaluate: [Errno 2] No such file or directory: '/proc/...'", of a folder that is there
+    # it was "streamfuse evaluate: error: [Errno 2] No such file or directory: '/proc/...'", of a folder that is there
     ir_dir, vis_dir = pairs
-    with pytest.raises(SystemExit, match=r"^evaluate: cannot make output folder /proc/streamfuse-test: it takes no "
-                                         r"new files$"):
+    with pytest.raises(SystemExit, match=rf"^{EVALUATE_ERROR}cannot make output folder /proc/streamfuse-test: it "
+                                         r"takes no new files$"):
         evaluate([str(ir_dir), str(vis_dir), "--fuser", "max", "--out", "/proc/streamfuse-test"])
 
 
@@ -229,7 +231,7 @@ def test_a_damaged_last_pair_is_refused_before_any_pair_is_scored(damaged, pairs
            "fused": f"cannot read image {path}: corrupt, or not an image",
            "fused_size": "other/p2: fused size (44, 70) differs from the sources' (45, 70)",
            "fused_width": "other/p2: fused size (45, 69) differs from the sources' (45, 70)"}[damaged]
-    assert str(exc.value.code) == f"evaluate: {why}"
+    assert str(exc.value.code) == f"streamfuse evaluate: error: {why}"
     assert not (tmp_path / "out").exists()
 
 

@@ -51,5 +51,6 @@ def test_a_failed_evaluate_is_said_and_no_earlier_table_is_shown(tmp_path):
     proc = _run(["--dry-run"], tmp_path, STEPS="6", DATA=str(data))
     assert proc.returncode == 1, proc.stderr
     assert "an earlier table" not in proc.stdout and not stale.exists()
-    assert proc.stdout.count("gpu_check: evaluate on cpu failed (exit 1): evaluate: cannot read image ") == 2
+    said = "gpu_check: evaluate on cpu failed (exit 1): streamfuse evaluate: error: cannot read image "
+    assert proc.stdout.count(said) == 2
     assert "fused images, this device vs the CPU" not in proc.stdout
