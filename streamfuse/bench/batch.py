@@ -26,6 +26,7 @@ from streamfuse.bench import parse_size
 from streamfuse.bench.replay import synthetic_pair  # the same synthetic pair as the replay benchmark
 from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, int_at_least
 
+_PROG = "streamfuse bench batch"  # as its usage errors and every command's own lines start
 __all__ = ["main"]
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
@@ -53,7 +54,7 @@ def _batch(cfg, src: Path, out: Path, engine) -> dict:
     before = _load()
     summary = run_batch(cfg, find_jobs(src, out), engine)
     if summary.failed:
-        raise SystemExit(f"bench batch: {summary.failed[0].out}: {summary.failed[0].reason}")
+        raise SystemExit(f"{_PROG}: error: {summary.failed[0].out}: {summary.failed[0].reason}")
     frames = sum(r.frames_out for r in summary.results)
     return {"frames": frames, "wall": summary.wall_s, "fps": frames / summary.wall_s,
             "pair_fps": [r.fps for r in summary.results], "load": f"{before} -> {_load()}"}
@@ -88,7 +89,8 @@ def _single_replay(args: argparse.Namespace, overrides: list[str], ir: Path, vis
     proc = subprocess.run(cmd, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True)
     found = re.search(r"wall [\d.]+ s, ([\d.]+) frames/s", proc.stderr)
     if proc.returncode != 0 or found is None:
-        raise SystemExit(f"bench batch: the single replay failed (rc {proc.returncode}): {proc.stderr.strip()[-500:]}")
+        raise SystemExit(f"{_PROG}: error: the single replay failed (rc {proc.returncode}): "
+                         f"{proc.stderr.strip()[-500:]}")
     return float(found.group(1))
 
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--workers {args.workers} with --pairs {args.pairs}: at most {args.pairs} workers have a pair at "
                      f"once")
     if importlib.util.find_spec("ray") is None:
-        raise SystemExit("bench batch: needs Ray: pip install 'streamfuse[ray]'")
+        raise SystemExit(f"{_PROG}: error: needs Ray: pip install 'streamfuse[ray]'")
     os.environ.update(ONE_THREAD)  # this process (local engine) and the Ray it starts
     import cv2
 
@@ -121,9 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(resolve(args.config), overrides)
     except ConfigError as exc:
-        raise SystemExit(config_error("bench batch", exc)) from None
+        raise SystemExit(config_error(_PROG, exc)) from None
     except (ValueError, OSError) as exc:
-        raise SystemExit(f"bench batch: {exc}") from None
+        raise SystemExit(f"{_PROG}: error: {exc}") from None
     width, height = args.size
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         tmp = Path(tmp)

@@ -39,6 +39,7 @@ from streamfuse.postprocess import PostConfig
 from streamfuse.processor import FrameProcessor, build_fuser, still_pair
 from streamfuse.stabilize import StabilizeConfig
 
+_PROG = "streamfuse bench fuse"  # as its usage errors and every command's own lines start
 __all__ = ["main"]
 
 POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the OT cache sees real lookups)
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
-        raise SystemExit(f"bench fuse: {exc}") from None
+        raise SystemExit(f"{_PROG}: error: {exc}") from None
     gpu = device.type == "cuda"
     sizes = [(48, 64)] if args.tiny else args.sizes
     frames = 3 if args.tiny else args.frames or (1000 if gpu else 50)
@@ -334,4 +335,4 @@ def main(argv: list[str] | None = None) -> None:
             bench_baseline(args, sizes, frames, warmup)
         bench_post(sizes, frames, warmup)
     except (ValueError, OSError) as exc:  # --weights not found or not a weights file
-        raise SystemExit(f"bench fuse: {exc}") from None
+        raise SystemExit(f"{_PROG}: error: {exc}") from None

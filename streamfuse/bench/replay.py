@@ -19,6 +19,7 @@ from streamfuse.checks import override_keys
 from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, given, int_at_least
 from streamfuse.log_queue import install_direct
 
+_PROG = "streamfuse bench replay"  # as its usage errors and every command's own lines start
 __all__ = ["main", "synthetic_pair"]
 
 _WHOLE = ("(the whole replay once the model is loaded: opening, the first OT solve and the encoder's start weigh on a "
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--set {taken}: the fuser is --fuser, the codec --codec (progress stays off)")
     for what, path in (("IR", args.ir), ("visible", args.vis)):
         if path and not Path(path).is_file():
-            raise SystemExit(f"bench replay: {what} video not found: {path}")
+            raise SystemExit(f"{_PROG}: error: {what} video not found: {path}")
 
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
@@ -92,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         configs = {name: load_config(resolve(args.config), [*args.overrides, f"fuse.name={name}", *fixed])
                    for name in args.fuser.split(",")}
     except ConfigError as exc:
-        raise SystemExit(config_error("bench replay", exc)) from None
+        raise SystemExit(config_error(_PROG, exc)) from None
     except (ValueError, OSError) as exc:
-        raise SystemExit(f"bench replay: {exc}") from None
+        raise SystemExit(f"{_PROG}: error: {exc}") from None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.ir and args.vis:
@@ -109,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                 s = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
             except (OSError, ValueError, RuntimeError, ImportError) as exc:  # e.g. model weights not built yet
                 if getattr(exc, "interrupted", False):  # Ctrl-C or SIGTERM stops the bench, its temporary output gone
-                    print(f"bench replay: {name} {exc.message.partition(';')[0]}", file=sys.stderr)
+                    print(f"{_PROG}: {name} {exc.message.partition(';')[0]}", file=sys.stderr)
                     return 130
-                print(f"bench replay: {name} not run: {exc}", file=sys.stderr)
+                print(f"{_PROG}: error: {name} not run: {exc}", file=sys.stderr)
                 failed += 1
                 continue
             shares = "  ".join(f"{k} {v['share']:.0%}{each_thread(v)} ({v['median_ms']:.1f} ms)"

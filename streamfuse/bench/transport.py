@@ -53,6 +53,7 @@ try:
 except ImportError:  # a benchmark-only dependency; main() says how to get it
     imagezmq = None
 
+_PROG = "streamfuse bench transport"  # as its usage errors and every command's own lines start
 STOP = "stop"
 SLOTS = 8  # the pool of the shared-memory runs (PublishConfig's default)
 # Capacity over shared memory: frames the sender may be ahead of the frame the reader has in hand. The reader's slot,
@@ -154,7 +155,7 @@ class _Receiver:
         if self.ready.wait(0.01):
             return True
         if not self.proc.is_alive():
-            raise SystemExit(f"bench transport: its receiver ended before it was ready (exit status "
+            raise SystemExit(f"{_PROG}: error: its receiver ended before it was ready (exit status "
                              f"{self.proc.exitcode})")
         return False
 
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality", type=quality, default=90, help="JPEG quality, 1..100")
     args = parser.parse_args(argv)
     if imagezmq is None:
-        raise SystemExit("bench transport needs imagezmq: pip install imagezmq (or pip install -e .[bench])")
+        raise SystemExit(f"{_PROG}: error: needs imagezmq: pip install imagezmq (or pip install -e .[bench])")
     sizes = [(w, h) for h, w in args.sizes]
     print(f"loopback, {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for width, height in sizes:

@@ -26,6 +26,7 @@ from pathlib import Path
 from streamfuse.cli.args import HelpFormatter, Parser, int_at_least, path_arg, positive
 from streamfuse.view.gate import MAX_CONNECTIONS
 
+_PROG = "streamfuse bench view"  # as its usage errors and every command's own lines start
 __all__ = ["main"]
 
 WARM_UP_S = 3.0  # pages connect and the previews start before a round is timed
@@ -56,7 +57,7 @@ def _start(argv: list[str], log: Path, ready: str, src: Path | None = None) -> t
         while (found := re.search(ready, log.read_text())) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 last = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
-                raise SystemExit(f"bench view: {' '.join(argv[2:4])} did not start: {last}")
+                raise SystemExit(f"{_PROG}: error: {' '.join(argv[2:4])} did not start: {last}")
             time.sleep(0.1)
     except BaseException:  # a SIGTERM or Ctrl-C while it starts too: it is not the caller's to stop yet
         _stop(proc)

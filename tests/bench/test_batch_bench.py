@@ -13,6 +13,8 @@ import pytest
 from streamfuse.bench import batch as bench_batch
 from streamfuse.signals import handled, raise_terminated
 
+BATCH_ERROR = "streamfuse bench batch: error: "  # how the command's error lines start
+
 
 @pytest.mark.parametrize("args, message", [
     (["--pairs", "0"], "argument --pairs: must be >= 1, got 0"),
@@ -42,9 +44,10 @@ def test_as_many_workers_as_pairs_run(monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--set", "bad"], "bench batch: config error: override 'bad' is not of the form stage.key=value"),
-    (["--config", "nowhere.yaml"], "bench batch: config error: nowhere.yaml: no such config file here, nor a shipped"),
-    (["--config", "nowhere"], "bench batch: config error: nowhere: no such config file here, nor a shipped"),
+    (["--set", "bad"], "streamfuse bench batch: config error: override 'bad' is not of the form stage.key=value"),
+    (["--config", "nowhere.yaml"],
+     "streamfuse bench batch: config error: nowhere.yaml: no such config file here, nor a shipped"),
+    (["--config", "nowhere"], "streamfuse bench batch: config error: nowhere: no such config file here, nor a shipped"),
 ])
 def test_a_bad_config_is_one_line_before_any_work(args, message, monkeypatch, capsys):
     pytest.importorskip("ray")
@@ -80,7 +83,7 @@ def test_a_batch_run_reports_frames_per_wall_second_and_stops_at_a_failed_pair(m
     monkeypatch.setattr("streamfuse.batch.run_batch", lambda cfg, jobs, engine: _summary(*done, failed))
     with pytest.raises(SystemExit) as exc:
         bench_batch._batch(None, tmp_path, tmp_path / "out", None)
-    assert exc.value.code == "bench batch: c.mp4: no video stream"
+    assert exc.value.code == "streamfuse bench batch: error: c.mp4: no video stream"
 
 
 def _fake_ray(monkeypatch, calls: list, init=lambda: None):
@@ -154,7 +157,7 @@ def test_the_single_replay_runs_on_one_thread_and_its_failure_is_one_line(rc, st
     monkeypatch.setattr(bench_batch.subprocess, "run", run)
     args = argparse.Namespace(config="replay")
     if fps is None:
-        with pytest.raises(SystemExit, match=rf"^bench batch: the single replay failed \(rc {rc}\): "):
+        with pytest.raises(SystemExit, match=rf"^{BATCH_ERROR}the single replay failed \(rc {rc}\): "):
             bench_batch._single_replay(args, ["a.b=1"], tmp_path / "ir.mp4", tmp_path / "vi.mp4", tmp_path / "o.mp4")
         return
     assert bench_batch._single_replay(args, ["a.b=1", "c.d=2"], tmp_path / "ir.mp4", tmp_path / "vi.mp4",

@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+FUSE_ERROR = "streamfuse bench fuse: error: "  # how the command's error lines start
+
 FIGURES = re.compile(r"latency median (\d+\.\d+) ms p99 (\d+\.\d+) ms.*\| (\d+\.\d+) frames/s")
 
 
@@ -55,7 +57,7 @@ def test_cuda_without_gpu_is_one_line():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        next(ln for ln in proc.stderr.splitlines() if ln.startswith("bench fuse: device 'cuda' requested"))]
+        next(ln for ln in proc.stderr.splitlines() if ln.startswith(f"{FUSE_ERROR}device 'cuda' requested"))]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -107,4 +109,4 @@ def test_missing_weights_are_one_line():
 
     with pytest.raises(SystemExit) as exc:
         main(["--device", "cpu", "--tiny", "--threads", "1", "--weights", "nowhere.pt"])
-    assert str(exc.value.code) == "bench fuse: HCLFuse weights not found: nowhere.pt"
+    assert str(exc.value.code) == "streamfuse bench fuse: error: HCLFuse weights not found: nowhere.pt"

@@ -29,18 +29,18 @@ def test_a_missing_input_is_one_line(tmp_path):
     (tmp_path / "vis.mp4").write_bytes(b"")
     with pytest.raises(SystemExit) as exc:
         main(["--ir", str(tmp_path / "nope.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max"])
-    assert str(exc.value.code) == f"bench replay: IR video not found: {tmp_path / 'nope.mp4'}"
+    assert str(exc.value.code) == f"streamfuse bench replay: error: IR video not found: {tmp_path / 'nope.mp4'}"
     (tmp_path / "frames").mkdir()  # a folder is no video: refused before any config is read or replay made
     with pytest.raises(SystemExit) as exc:
         main(["--ir", str(tmp_path / "frames"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max"])
-    assert str(exc.value.code) == f"bench replay: IR video not found: {tmp_path / 'frames'}"
+    assert str(exc.value.code) == f"streamfuse bench replay: error: IR video not found: {tmp_path / 'frames'}"
 
 
 def test_exit_status_1_when_no_fuser_ran(tmp_path, capsys):
     for name in ("ir.mp4", "vis.mp4"):
         (tmp_path / name).write_bytes(b"not a video")
     assert main(["--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--fuser", "max"]) == 1
-    assert capsys.readouterr().err.startswith("bench replay: max not run: ")
+    assert capsys.readouterr().err.startswith("streamfuse bench replay: error: max not run: ")
 
 
 def test_every_replay_runs_without_its_progress_bar(monkeypatch, capsys):
@@ -72,7 +72,7 @@ def test_a_fuser_that_fails_beside_one_that_runs_is_on_stderr_and_exit_1(monkeyp
     monkeypatch.setattr(streamfuse.replay, "run_replay", failing)
     assert main(["--fuser", "max,average", "--frames", "4", "--size", "64x48", "--set", "engine.device=cpu"]) == 1
     captured = capsys.readouterr()
-    assert captured.err == "bench replay: average not run: no weights\n"
+    assert captured.err == "streamfuse bench replay: error: average not run: no weights\n"
     assert re.search(r"max +4 frames in", captured.out) and "average" not in captured.out
 
 
@@ -124,7 +124,7 @@ def test_a_bad_config_is_one_line_before_any_replay(args, message, monkeypatch, 
     with pytest.raises(SystemExit) as exc:
         main(["--fuser", "max", "--frames", "2", "--size", "64x48", *args])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.startswith("bench replay: config error: ") and message in err, err
+    assert exc.value.code == 2 and err.startswith("streamfuse bench replay: config error: ") and message in err, err
     assert err.count("\n") == 1
 
 
@@ -151,4 +151,4 @@ def test_ctrl_c_or_sigterm_stops_the_whole_bench_with_130_and_one_line(monkeypat
 
     monkeypatch.setattr(streamfuse.replay, "run_replay", stopped)
     assert main(["--fuser", "max,average", "--frames", "2", "--size", "64x48", "--set", "engine.device=cpu"]) == 130
-    assert capsys.readouterr().err == "bench replay: max replay stopped: interrupted (SIGTERM)\n"
+    assert capsys.readouterr().err == "streamfuse bench replay: max replay stopped: interrupted (SIGTERM)\n"

@@ -70,7 +70,7 @@ def test_a_receiver_that_ends_before_it_is_ready_is_one_line(monkeypatch) -> Non
     monkeypatch.setattr(bench_transport, "_sub_receiver", print)  # ends at once, never ready
     with pytest.raises(SystemExit) as exc:
         bench_transport._ours(bench_transport._demo_frames(64, 48, 1), 0.1, 0.0, "raw")
-    assert exc.value.code == "bench transport: its receiver ended before it was ready (exit status 0)"
+    assert exc.value.code == "streamfuse bench transport: error: its receiver ended before it was ready (exit status 0)"
 
 
 def test_a_ctrl_c_while_a_receiver_starts_stops_the_benchmark(monkeypatch) -> None:

@@ -54,7 +54,7 @@ def test_a_child_that_ends_before_it_is_ready_is_one_line_with_its_last_words(tm
     code = "import sys; sys.stderr.write('loading\\nno camera here\\n')"
     with pytest.raises(SystemExit) as exc:
         bench_view._start([sys.executable, "-c", code, "extra"], tmp_path / "child.log", r"ready on (\d+)")
-    assert exc.value.code == f"bench view: {code} extra did not start: no camera here"
+    assert exc.value.code == f"streamfuse bench view: error: {code} extra did not start: no camera here"
 
 
 def test_a_viewer_of_another_checkout_runs_there_with_that_checkout_first_on_its_path(tmp_path, monkeypatch) -> None:
