@@ -381,7 +381,7 @@ def test_replay_many_says_in_one_line_that_every_output_is_already_complete(tmp_
     assert "2 pairs: 2 done" in capsys.readouterr().out
     assert tool("replay_many").main(args) == 0
     said = capsys.readouterr().out
-    assert said == f"replay_many: all 2 pairs already complete in {tmp_path / 'out'}; nothing to do\n"
+    assert said == f"replay_many.py: all 2 pairs already complete in {tmp_path / 'out'}; nothing to do\n"
 
 
 def test_a_bad_batch_is_refused_in_one_line_before_any_work(tmp_path):

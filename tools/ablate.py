@@ -38,8 +38,10 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 from streamfuse.cli import leave, quiet_interrupt, say_stopped, stoppable  # noqa: E402
+from streamfuse.errors import printable  # noqa: E402
 
-quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
+PROG = Path(__file__).name  # how every line of the tool begins, as its usage errors do
+quiet_interrupt(PROG)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
 import numpy as np  # noqa: E402
 
@@ -219,14 +221,14 @@ def main(argv: list[str] | None = None) -> None:
             report = {**summary(result), "guidance_energies": energies}
             write_file(args.json, (json.dumps(report, indent=1) + "\n").encode())
     except ConfigError as exc:
-        raise SystemExit(config_error("ablate", exc)) from None
+        raise SystemExit(config_error(PROG, exc)) from None
     except (ValueError, OSError, RuntimeError) as exc:
-        raise SystemExit(f"ablate: {exc}") from None
+        raise SystemExit(f"{PROG}: error: {printable(exc)}") from None
     except KeyboardInterrupt as exc:  # nothing half-written is left: every output is renamed into place when complete
-        say_stopped("ablate", exc)
+        say_stopped(PROG, exc)
         raise SystemExit(130) from None
     print((args.out / "metrics.md").read_text(), end="")
 
 
 if __name__ == "__main__":
-    leave(stoppable(main, Path(__file__).name, "tools"))
+    leave(stoppable(main, PROG, "tools"))

@@ -26,8 +26,10 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 from streamfuse.cli import leave, quiet_interrupt, say_stopped, stoppable  # noqa: E402
+from streamfuse.errors import printable  # noqa: E402
 
-quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
+PROG = Path(__file__).name  # how every line of the tool begins, as its usage errors do
+quiet_interrupt(PROG)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
@@ -142,12 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         n = extract(args.videos, args.out, args.start, args.every, args.count)
     except (ValueError, OSError, RuntimeError, av.error.FFmpegError) as exc:
-        sys.exit(f"extract_pairs: {exc}")
+        sys.exit(f"{PROG}: error: {printable(exc)}")
     except KeyboardInterrupt as exc:  # the pairs go to a temporary folder, removed on the way out: none is left
-        say_stopped("extract_pairs", exc)
+        say_stopped(PROG, exc)
         raise SystemExit(130) from None
     print(f"{n} pairs written to {args.out}")
 
 
 if __name__ == "__main__":
-    leave(stoppable(main, Path(__file__).name, "tools"))
+    leave(stoppable(main, PROG, "tools"))

@@ -25,8 +25,10 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 from streamfuse.cli import leave, quiet_interrupt, stoppable  # noqa: E402
+from streamfuse.errors import printable  # noqa: E402
 
-quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
+PROG = Path(__file__).name  # how every line of the tool begins, as its usage errors do
+quiet_interrupt(PROG)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -99,13 +101,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.overlay:
             write_png(args.overlay, overlay(cfg, args.ir, args.vis))
     except (ValueError, RuntimeError) as exc:
-        sys.exit(f"homography: {exc}")
+        sys.exit(f"{PROG}: error: {printable(exc)}")
     numbers = ", ".join(f"{v:.9g}" for v in matrix.ravel())
     print(f"register:\n  homography: [{numbers}]  # {len(args.points)} points, RMS error {rms:.2f} visible px")
     if rms > _POOR_FIT_PX:
-        print(f"homography: the points fit one plane only to {rms:.1f} px: check them, or the scene is too near for "
+        print(f"{PROG}: the points fit one plane only to {rms:.1f} px: check them, or the scene is too near for "
               f"one matrix", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    leave(stoppable(main, Path(__file__).name, "tools"))
+    leave(stoppable(main, PROG, "tools"))

@@ -32,6 +32,8 @@ from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, path_ar
 from streamfuse.errors import printable  # noqa: E402
 from streamfuse.log_queue import install_direct  # noqa: E402
 
+PROG = Path(__file__).name  # how every line of the tool begins, as its usage errors do
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(description=__doc__, formatter_class=DefaultsFormatter)
@@ -59,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
                    datefmt="%H:%M:%S")
 
     if args.engine == "ray" and importlib.util.find_spec("ray") is None:
-        print("replay_many: error: --engine ray needs Ray: pip install 'streamfuse[ray]'", file=sys.stderr)
+        print(f"{PROG}: error: --engine ray needs Ray: pip install 'streamfuse[ray]'", file=sys.stderr)
         return 2
     try:
         return _run(args)
     except KeyboardInterrupt as exc:  # before the batch began (config, pair list): nothing written
-        say_stopped("replay_many", exc)
+        say_stopped(PROG, exc)
         return 130
 
 
@@ -84,20 +86,20 @@ def _run(args: argparse.Namespace) -> int:
             **({} if args.address is None else {"address": args.address}))
         summary = run_batch(cfg, jobs, engine, resume=args.resume)
     except ConfigError as exc:
-        return config_error("replay_many", exc)
+        return config_error(PROG, exc)
     except (OSError, ValueError) as exc:
-        print(f"replay_many: error: {printable(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(exc)}", file=sys.stderr)
         return 2
     except BatchInterrupted as exc:
         summary = exc.summary
     if summary.count("skipped") == len(summary.results):  # the table would list no pair
-        print(f"replay_many: all {len(summary.results)} pairs already complete in {args.out}; nothing to do")
+        print(f"{PROG}: all {len(summary.results)} pairs already complete in {args.out}; nothing to do")
         return 0
     print(summary.format())
     for result in summary.failed:
-        print(f"replay_many: FAILED {printable(result.out)}: {printable(result.reason)}", file=sys.stderr)
+        print(f"{PROG}: FAILED {printable(result.out)}: {printable(result.reason)}", file=sys.stderr)
     if summary.stopped:
-        print(f"replay_many: stopped before the end: {summary.count('interrupted')} interrupted (partial outputs "
+        print(f"{PROG}: stopped before the end: {summary.count('interrupted')} interrupted (partial outputs "
               f"kept), {summary.count('not started')} not started; run the same command again with --resume to finish",
               file=sys.stderr)
         return 130
@@ -105,4 +107,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    leave(stoppable(main, Path(__file__).name, "replay"))  # a stop before the batch's own handlers: 130
+    leave(stoppable(main, PROG, "replay"))  # a stop before the batch's own handlers: 130

@@ -28,8 +28,10 @@ if getattr(importlib.util.find_spec("streamfuse"), "origin", None) is None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 import streamfuse  # noqa: E402,F401  (first: a missing dependency then says which environment to use)
 from streamfuse.cli import leave, quiet_interrupt, say_stopped, stoppable  # noqa: E402
+from streamfuse.errors import printable  # noqa: E402
 
-quiet_interrupt(Path(__file__).name)  # a Ctrl-C while the imports below load (numpy, torch) is one line
+PROG = Path(__file__).name  # how every line of the tool begins, as its usage errors do
+quiet_interrupt(PROG)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
 import numpy as np  # noqa: E402
 
@@ -207,13 +209,13 @@ def main() -> None:
     try:
         report(*load(args), args.static)
     except ConfigError as exc:
-        raise SystemExit(config_error("temporal", exc)) from None
+        raise SystemExit(config_error(PROG, exc)) from None
     except (ValueError, FileNotFoundError) as exc:
-        sys.exit(f"temporal: {exc}")
+        sys.exit(f"{PROG}: error: {printable(exc)}")
     except KeyboardInterrupt as exc:  # the tables go to stdout as they are made: nothing is left half-written
-        say_stopped("temporal", exc)
+        say_stopped(PROG, exc)
         raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
-    leave(stoppable(main, Path(__file__).name, "tools"))
+    leave(stoppable(main, PROG, "tools"))

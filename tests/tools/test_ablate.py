@@ -92,7 +92,7 @@ def test_bad_outputs_and_sizes_are_one_line(tool, folders, tmp_path, random_weig
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--weights", str(random_weights), "--limit",
                              "3", "--steps", "1", "--no-baselines", "--out", str(out), *extra])
     code = str(exc.value.code)
-    assert code.startswith("ablate: ") and "\n" not in code
+    assert code.startswith("ablate.py: error: ") and "\n" not in code
     assert message.format(tmp=tmp_path, ir=ir_dir, vis=vis_dir) in code
     assert {p: p.read_bytes() for d in folders for p in d.iterdir()} == inputs
     assert (tmp_path / "afile").read_text() == "kept"
@@ -130,7 +130,7 @@ def test_config_errors_are_one_line_and_exit_2_as_in_run(tool, folders, tmp_path
     with pytest.raises(SystemExit) as exc:
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), *args, "--out", str(tmp_path / "out")])
     [line] = capsys.readouterr().err.splitlines()
-    assert exc.value.code == 2 and line.startswith("ablate: config error: ") and message in line
+    assert exc.value.code == 2 and line.startswith("ablate.py: config error: ") and message in line
 
 
 def test_dataset_picks_the_pairs_under_data_which_defaults_to_streamfuse_data(tool, tmp_path, monkeypatch):
@@ -139,7 +139,7 @@ def test_dataset_picks_the_pairs_under_data_which_defaults_to_streamfuse_data(to
         with pytest.raises(SystemExit) as exc:
             tool("ablate").main([*data, "--dataset", "some/set", "--out", str(tmp_path / "out")])
         root = Path(data[1]) if data else tmp_path / "shared"
-        assert str(exc.value.code) == f"ablate: IR folder not found: {root / 'some' / 'set' / 'ir'}"
+        assert str(exc.value.code) == f"ablate.py: error: IR folder not found: {root / 'some' / 'set' / 'ir'}"
 
 
 def test_latent_swap_needs_two_pairs(tool, folders, random_weights, caplog):
@@ -163,7 +163,7 @@ def test_json_that_is_a_folder_is_refused_before_any_work(tool, folders, tmp_pat
     with pytest.raises(SystemExit) as exc:
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--json", str(tmp_path), "--out",
                              str(tmp_path / "out")])
-    assert str(exc.value.code) == f"ablate: --json {tmp_path} exists and is not a file"
+    assert str(exc.value.code) == f"ablate.py: error: --json {tmp_path} exists and is not a file"
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tool, folders, tmp_path, random_weights, monkeypatch, capsys):
@@ -177,7 +177,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, folders, tmp_path, random_weights
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--weights", str(random_weights), "--steps",
                              "1", "--no-baselines", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "s.json")])
     assert exc.type is SystemExit and exc.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["ablate: interrupted"]
+    assert capsys.readouterr().err.strip().splitlines() == ["ablate.py: interrupted"]
     assert not (tmp_path / "s.json").exists()
 
 
@@ -290,7 +290,7 @@ def test_reference_outputs_are_scored_only_for_the_dataset_and_limit_reaches_the
         raise ValueError("scored")
 
     monkeypatch.setattr(tool("ablate"), "evaluate_dir", evaluate_dir)
-    with pytest.raises(SystemExit, match="^ablate: scored$"):
+    with pytest.raises(SystemExit, match="^ablate.py: error: scored$"):
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--data", str(tmp_path / "shared"),
                              "--weights", str(random_weights), "--steps", "1", "--no-baselines", "--limit", "2",
                              "--out", str(tmp_path / "out")])
@@ -364,6 +364,7 @@ def test_json_among_the_published_images_it_scores_is_refused(tool, folders, tmp
     image.parent.mkdir(parents=True)
     shutil.copy(vis_dir / "f0.png", image)
     monkeypatch.setattr(tool("ablate"), "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
-    with pytest.raises(SystemExit, match=r"^ablate: --json .* is or lies in the published \(seafusion\) folder "):
+    published = r"^ablate.py: error: --json .* is or lies in the published \(seafusion\) folder "
+    with pytest.raises(SystemExit, match=published):
         tool("ablate").main(["--data", str(data), "--json", str(image), "--out", str(tmp_path / "out")])
     assert image.read_bytes() == (vis_dir / "f0.png").read_bytes()

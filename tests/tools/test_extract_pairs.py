@@ -145,7 +145,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_pairs(tool, tmp_path, monkeyp
     with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0", "--every", "1"])
     assert exc.type is SystemExit and exc.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["extract_pairs: interrupted"]
+    assert capsys.readouterr().err.strip().splitlines() == ["extract_pairs.py: interrupted"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
 
 
@@ -190,7 +190,7 @@ def test_the_visible_video_is_the_one_of_the_same_stem(clip, tool, tmp_path):
 def test_a_clip_without_its_own_visible_video_is_one_line(tool, tmp_path):
     _video(tmp_path / "v" / "ir" / "cam.mkv", 2, 0)
     _video(tmp_path / "v" / "vi" / "cam.old.mkv", 2, 0)
-    with pytest.raises(SystemExit, match=r"^extract_pairs: no visible video for cam.mkv under "):
+    with pytest.raises(SystemExit, match=r"^extract_pairs.py: error: no visible video for cam.mkv under "):
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
@@ -225,7 +225,8 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_works(tool
     (tmp_path / "out" / "vi").mkdir(parents=True)
     with output_lock(tmp_path / "out" / "vi", inside=True), pytest.raises(SystemExit) as info:
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0"])
-    assert str(info.value).startswith(f"extract_pairs: output {tmp_path / 'out' / 'vi'} is being written by another ")
+    assert str(info.value).startswith(f"extract_pairs.py: error: output {tmp_path / 'out' / 'vi'} is being written by "
+                                      "another ")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["vi"] and not any((tmp_path / "out" / "vi").iterdir())
 
 
@@ -259,7 +260,7 @@ def test_a_visible_folder_that_is_the_ir_folder_is_refused(tool, tmp_path):
     # each IR video was paired with itself, and its frames written as IR/visible pairs
     _video(tmp_path / "v" / "ir" / "a.mkv", 2, 0)
     (tmp_path / "v" / "vi").symlink_to("ir")
-    with pytest.raises(SystemExit, match=r"^extract_pairs: .*: ir/ and vi/ are one folder") as info:
+    with pytest.raises(SystemExit, match=r"^extract_pairs.py: error: .*: ir/ and vi/ are one folder") as info:
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "1"])
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
 

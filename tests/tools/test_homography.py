@@ -80,7 +80,7 @@ def test_a_frame_that_cannot_be_read_is_one_line_and_writes_nothing(tool, tmp_pa
     with pytest.raises(SystemExit) as stop:
         tool("homography").main([*POINTS, "--ir", str(ir), "--vis", str(vis), "--overlay", str(tmp_path / "o.png")])
     why = f"{ir}: the file is gone" if case == "missing" else f"{vis}: Premature end of JPEG file"
-    assert stop.value.code == f"homography: cannot read image {why}" and not (tmp_path / "o.png").exists()
+    assert stop.value.code == f"homography.py: error: cannot read image {why}" and not (tmp_path / "o.png").exists()
 
 
 def test_a_16_bit_ir_frame_is_stretched_for_its_edges(tool, tmp_path):
@@ -118,8 +118,8 @@ def test_points_off_one_plane_are_fitted_and_warned_of(tool, capsys):
     mapped = cv2.perspectiveTransform(np.array([ir], np.float64), matrix)[0]
     rms = np.sqrt(((mapped - np.array(vis, np.float64)) ** 2).sum(1).mean())  # of the distances, in visible px
     assert rms > 3 and f"6 points, RMS error {rms:.2f} visible px" in out
-    assert err == f"homography: the points fit one plane only to {rms:.1f} px: check them, or the scene is too near " \
-                  "for one matrix\n"
+    assert err == f"homography.py: the points fit one plane only to {rms:.1f} px: check them, or the scene is too " \
+                  "near for one matrix\n"
     tool("homography").main([f"{x},{y}={2 * x + 5},{2 * y + 3}" for x, y in ir])
     assert capsys.readouterr().err == ""
 

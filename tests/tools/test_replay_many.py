@@ -144,7 +144,7 @@ def test_a_video_given_as_the_pair_list_and_a_cut_recording_are_each_one_line(tm
     _video(tmp_path / "a.mp4")  # a video where its list belongs: not text
     assert replay_many.main([str(tmp_path / "a.mp4"), "--out", str(tmp_path / "o"), *ARGS]) == 2
     err = capsys.readouterr().err
-    assert err == (f"replay_many: error: {tmp_path / 'a.mp4'} is not a pair list (a text file of 'IR VIS' lines) "
+    assert err == (f"replay_many.py: error: {tmp_path / 'a.mp4'} is not a pair list (a text file of 'IR VIS' lines) "
                    "nor a folder of pairs\n")
     from streamfuse.batch import find_jobs
 
@@ -169,7 +169,7 @@ def test_ray_engine_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(replay_many.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else
                         real(name, *a))
     assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "ray", *ARGS]) == 2
-    assert capsys.readouterr().err.strip() == ("replay_many: error: --engine ray needs Ray: "
+    assert capsys.readouterr().err.strip() == ("replay_many.py: error: --engine ray needs Ray: "
                                                "pip install 'streamfuse[ray]'")
 
 
@@ -186,7 +186,8 @@ def test_unreachable_ray_cluster_is_one_line(tmp_path, capsys):
             f"127.0.0.1:{port}", *ARGS]
     assert replay_many.main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"replay_many: error: cannot reach the Ray cluster at 127.0.0.1:{port}") and "\n" not in err
+    assert err.startswith(f"replay_many.py: error: cannot reach the Ray cluster at 127.0.0.1:{port}")
+    assert "\n" not in err
     from streamfuse.batch.ray_engine import _check_reachable
 
     with pytest.raises(ValueError, match=rf"^cannot reach the Ray cluster at \[::1\]:{port}: ") as refused:
@@ -222,7 +223,7 @@ def test_a_web_server_given_as_the_ray_cluster_is_one_line(tmp_path, capsys):
         server.shutdown()
         server.server_close()
     assert capsys.readouterr().err == (
-        f"replay_many: error: no Ray cluster at {address}: a web server answers there ('HTTP/1.0 200 OK'); give the "
+        f"replay_many.py: error: no Ray cluster at {address}: a web server answers there ('HTTP/1.0 200 OK'); give the "
         f"GCS's address (`ray start --head --port`, 6379 by default; 8265 is the dashboard's)\n")
 
 
@@ -233,7 +234,7 @@ def test_a_web_server_given_as_the_ray_cluster_is_one_line(tmp_path, capsys):
 def test_a_bad_config_is_a_config_error_as_in_run(tmp_path, capsys, args, message):
     assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("replay_many: config error: ") and message in err and err.count("\n") == 1, err
+    assert err.startswith("replay_many.py: config error: ") and message in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("args, said", [
@@ -328,4 +329,4 @@ def test_a_stop_while_the_config_loads_is_one_line_naming_it_and_130(stop, said,
 
     monkeypatch.setattr(streamfuse.config, "load_config", loading)
     assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "o"), *ARGS]) == 130
-    assert capsys.readouterr().err == f"replay_many: {said}\n"
+    assert capsys.readouterr().err == f"replay_many.py: {said}\n"

@@ -25,7 +25,7 @@ def test_rows_per_gain_and_sharper_with_more_gain(tool, tmp_path, rng):
 
 
 def test_missing_dataset_is_one_line(tool, tmp_path):
-    with pytest.raises(SystemExit, match="target_sweep:"):
+    with pytest.raises(SystemExit, match="^target_sweep.py: error: "):
         tool("target_sweep").main(["--data", str(tmp_path), "--dataset", "nothing", "--out", str(tmp_path / "o")])
 
 
@@ -41,7 +41,7 @@ def test_data_defaults_to_streamfuse_data(tool, tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMFUSE_DATA", str(tmp_path))
     with pytest.raises(SystemExit) as exc:
         tool("target_sweep").main(["--dataset", "nothing", "--out", str(tmp_path / "o")])
-    assert str(exc.value.code) == f"target_sweep: IR folder not found: {tmp_path / 'nothing' / 'ir'}"
+    assert str(exc.value.code) == f"target_sweep.py: error: IR folder not found: {tmp_path / 'nothing' / 'ir'}"
 
 
 def test_aligned_base_changes_the_base_not_the_detail(tool, rng):
@@ -66,7 +66,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, tmp_path, monkeypatch, capsys):
     with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
         tool("target_sweep").main(["--data", str(tmp_path), "--dataset", "set", "--out", str(tmp_path / "o")])
     assert exc.type is SystemExit and exc.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["target_sweep: interrupted"]
+    assert capsys.readouterr().err.strip().splitlines() == ["target_sweep.py: interrupted"]
 
 
 def test_the_aligned_base_follows_ir_prime(tool, rng):

@@ -88,7 +88,7 @@ def test_an_unknown_config_is_a_config_error_as_in_run(temporal, tmp_path, rng, 
     with pytest.raises(SystemExit) as exc:
         temporal()
     assert exc.value.code == 2 and capsys.readouterr().err.splitlines() == [
-        f"temporal: config error: {name}: no such config file here, nor a shipped config of that name; shipped: "
+        f"temporal.py: config error: {name}: no such config file here, nor a shipped config of that name; shipped: "
         "demo, eval, replay, rig (or give the path of a YAML file)"]
 
 
@@ -128,8 +128,8 @@ def test_two_methods_of_one_name_are_refused(methods, temporal, tmp_path, rng, m
                                      *(m.format(out=tmp_path / "out") for m in methods)])
     with pytest.raises(SystemExit) as exc:
         temporal()
-    assert exc.value.code == f"temporal: two methods named {name}: name them apart (NAME=DIR for --fused, a config " \
-                             "file's name)"
+    assert exc.value.code == f"temporal.py: error: two methods named {name}: name them apart (NAME=DIR for --fused, " \
+                             "a config file's name)"
 
 
 def test_missing_fused_frame_is_one_line(temporal, tmp_path, rng, monkeypatch):
@@ -163,7 +163,8 @@ def test_a_frame_of_another_size_is_one_line(temporal, tmp_path, rng, monkeypatc
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
     with pytest.raises(SystemExit) as exc:
         temporal()
-    assert str(exc.value.code) == f"temporal: {tmp_path / 'a' / side / frame}: frame is 28x20, the clip's is 56x40"
+    assert str(exc.value.code) == (f"temporal.py: error: {tmp_path / 'a' / side / frame}: frame is 28x20, the clip's "
+                                   "is 56x40")
 
 
 @pytest.mark.parametrize("value", ["1", "0", "-2"])
@@ -188,7 +189,7 @@ def test_a_clip_with_nothing_to_measure_against_is_one_line(temporal, tmp_path, 
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
     with pytest.raises(SystemExit) as exc:
         temporal()
-    assert str(exc.value.code) == "temporal: " + message.format(clip=tmp_path / "a")
+    assert str(exc.value.code) == "temporal.py: error: " + message.format(clip=tmp_path / "a")
 
 
 @pytest.mark.parametrize("option, value, words", [
@@ -218,7 +219,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, temporal, tmp_path, rng, monkeypa
     with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
         temporal()
     assert exc.type is SystemExit and exc.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["temporal: interrupted"]
+    assert capsys.readouterr().err.strip().splitlines() == ["temporal.py: interrupted"]
 
 
 def test_a_16_bit_ir_clip_keeps_one_scale(tool, tmp_path, rng):
