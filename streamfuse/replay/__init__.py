@@ -25,7 +25,8 @@ objects. The loop is written in data-flow order: decode -> pair -> fuse -> postp
 
 Modules: ``config`` (ReplayConfig), ``inputs`` (paths -> sources, decoder threads, merge by time, realtime pacing,
 batch pair lists), ``outputs`` (output path checks; complete or partial), ``resume`` (sidecar, fingerprint, take-over
-of a partial output), ``summary`` (ReplaySummary, ReplayError, stage clock) and ``loop`` (:func:`run_replay`).
+of a partial output), ``summary`` (ReplaySummary, ReplayError, stage clock), ``frame_times`` (the frames' time lines
+and output pts) and ``loop`` (:func:`run_replay`).
 """
 
 from streamfuse.replay.config import ReplayConfig

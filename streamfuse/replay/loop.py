@@ -11,8 +11,6 @@ import json
 import logging
 import os
 import time
-from array import array
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
 
@@ -21,13 +19,13 @@ import numpy as np
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.sources import open_source
-from streamfuse.capture.timestamps import FileClock
 from streamfuse.errors import io_reason, one_line, printable
-from streamfuse.frames import STREAM_NAMES, Frame, FramePair, FusedFrame, SizeMismatch
+from streamfuse.frames import STREAM_NAMES, FramePair, FusedFrame, SizeMismatch
 from streamfuse.log_queue import BLOCK
 from streamfuse.output_lock import output_lock
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, check_pair, input_kind, input_path,
                                       merged, no_pairs, on_topic, outside, resolve, size_changed)
+from streamfuse.replay.frame_times import FrameTimes
 from streamfuse.replay.frames_dir import FramesDir
 from streamfuse.replay.order_lag import OrderLag
 from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
@@ -140,13 +138,8 @@ class _Replay:
         self.writer: VideoWriter | None = None
         self.publisher: Any = None
         self.input_fault = False  # stopped by a truncated, corrupt or empty input (no --resume hint then)
-        self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
         self.periods = {inp.stream: round(1e9 / inp.rate) for inp in (ir, vis)}  # frame intervals, ns
-        self.out_clock = FileClock(self.periods["vis"], rebase_ahead=False)  # a recording's output times, step-free
-        self.last_pts: int | None = None
-        self.times = {"ir": array("q"), "vis": array("q")}  # the time line of each frame read per stream, ns
-        # the time line of the frames read after a clock stepped back (their capture times are not it), ns
-        self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
+        self.times = FrameTimes(vis, self.periods["vis"])
         self.readers: list[Reader] = []
         self.lag: OrderLag | None = None  # a recording read in its recorded order: how late each topic came
 
@@ -219,12 +212,9 @@ class _Replay:
             s.frames[frame.stream] += 1
             if self.lag is not None:
                 self.lag.read(frame.stream, t_ns)
-            self.times[frame.stream].append(t_ns)
-            if t_ns != frame.t_capture_ns:
-                self.line_of[frame.stream][frame.t_capture_ns] = t_ns
+            self.times.read(frame, t_ns)
             if frame.stream == "vis":
                 bar.update(1)
-                self.t0_vis = frame.t_capture_ns if self.t0_vis is None else self.t0_vis
             other = by_stream.get(OTHER[frame.stream])
             side = outside(t_ns, other, tolerance_ns) if other is not None else ""
             if side:
@@ -253,9 +243,7 @@ class _Replay:
         elif pair.vis.image.shape[:2] != self.writer.size:  # a bad input: a resumed run would meet it again
             self.input_fault = True
             raise ValueError(size_changed(self.vis, pair.vis, self.writer.size, s.written))
-        pts = self._pts(pair.vis)
-        if self.last_pts is not None and pts <= self.last_pts:
-            pts = self.last_pts + 1  # latest mode can pair one visible frame twice: keep pts increasing
+        pts = self.times.pts(pair.vis)
         taken = self.take_over.frame_at(pts) if self.take_over is not None else None
         if taken is None:  # the live loop's processor, so a deterministic fuser gives the live run's frames
             processed = processor(pair)
@@ -265,7 +253,7 @@ class _Replay:
             image, timings = taken, None
             s.reused += 1
         self.writer.write(image, pts)
-        self.last_pts = pts
+        self.times.last_pts = pts
         if self.frames is not None:
             self.frames.write(s.written, image, resumed=taken is not None)
         s.written += 1
@@ -277,16 +265,11 @@ class _Replay:
                 s.published, s.publish_refused = s.published + sent, s.publish_refused + (not sent)
                 self.clock.lap("publish")
 
-    def _pts(self, vis: Frame) -> int:
-        """Output pts of a pair in the visible input's time base (a recording's via out_clock; plus Input.shift)."""
-        t = vis.t_capture_ns if self.vis.cfg.kind == "file" else self.out_clock.stamp(vis.t_capture_ns) - self.t0_vis
-        return round(Fraction(t, 1_000_000_000) / self.vis.time_base) + self.vis.shift
-
     def _open_writer(self, vis_img: np.ndarray) -> None:
         h, w = vis_img.shape[:2]
         tags = {"comment": json.dumps({"streamfuse_config": self.cfg.to_dict()})}
         if self.vis.cfg.kind != "file":
-            tags["streamfuse_t0_ns"] = str(self.t0_vis)
+            tags["streamfuse_t0_ns"] = str(self.times.t0_vis)
         rcfg = self.cfg.replay
         if self.take_over is not None:
             self.take_over.start()  # moved aside only now, as the new output takes its name
@@ -299,7 +282,7 @@ class _Replay:
         self._save_sidecar("running")
 
     def _save_sidecar(self, state: str) -> None:
-        save_sidecar(self.out, self.fingerprint, state, self.writer.count, self.last_pts,
+        save_sidecar(self.out, self.fingerprint, state, self.writer.count, self.times.last_pts,
                      encoded=self.writer.metadata if self.writer.encoded else None)
 
     def _stop_reason(self, readers: list[Reader]) -> str:
@@ -312,13 +295,12 @@ class _Replay:
         if not stopped and empty:
             stopped = f"the {STREAM_NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames{on_topic(empty[0])}"
         if not stopped and s.written == 0:
-            first, last = ({k: t[i] for k, t in self.times.items()} for i in (0, -1))  # both have frames here
-            stopped = no_pairs((self.ir, self.vis), first, last, self.cfg.sync)
+            stopped = no_pairs((self.ir, self.vis), *self.times.ends(), self.cfg.sync)  # both have frames here
         return stopped
 
     def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary
-        s.take_pairer(pairer, self.times, self.line_of)
+        s.take_pairer(pairer, self.times.times, self.times.line_of)
         lag = self.lag.note(s.dropped, self.cfg.sync.queue_size) if self.lag is not None else ""
         # an input that failed did not end: its error says where
         s.note = "" if s.stopped else "; ".join(note for note in (s.unequal_note(), lag) if note)

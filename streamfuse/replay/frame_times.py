@@ -1,0 +1,52 @@
+"""The times of a replay's frames: each stream's time line as read, and the output pts of the visible frames."""
+
+from __future__ import annotations
+
+from array import array
+from fractions import Fraction
+
+from streamfuse.capture.timestamps import FileClock
+from streamfuse.frames import Frame
+from streamfuse.replay.inputs import Input
+
+__all__ = ["FrameTimes"]
+
+
+class FrameTimes:
+    """What the replay keeps of its frames' times.
+
+    Args:
+        vis: the visible input, whose time base and shift the output pts are in.
+        period_ns: the visible input's frame interval, ns.
+    """
+
+    def __init__(self, vis: Input, period_ns: int) -> None:
+        self.vis = vis
+        self.times = {"ir": array("q"), "vis": array("q")}  # the time line of each frame read per stream, ns
+        # the time line of the frames read after a clock stepped back (their capture times are not it), ns
+        self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
+        self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
+        self.out_clock = FileClock(period_ns, rebase_ahead=False)  # a recording's output times, step-free
+        self.last_pts: int | None = None  # of the frame written last
+
+    def read(self, frame: Frame, t_ns: int) -> None:
+        """A frame read, at ``t_ns`` on its stream's time line."""
+        self.times[frame.stream].append(t_ns)
+        if t_ns != frame.t_capture_ns:
+            self.line_of[frame.stream][frame.t_capture_ns] = t_ns
+        if frame.stream == "vis" and self.t0_vis is None:
+            self.t0_vis = frame.t_capture_ns
+
+    def ends(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The time line of each stream's first and last frame read, ns (both streams have frames)."""
+        first, last = ({k: t[i] for k, t in self.times.items()} for i in (0, -1))
+        return first, last
+
+    def pts(self, vis: Frame) -> int:
+        """Output pts of a pair in the visible input's time base (a recording's via out_clock; plus Input.shift),
+        after :attr:`last_pts`."""
+        t = vis.t_capture_ns if self.vis.cfg.kind == "file" else self.out_clock.stamp(vis.t_capture_ns) - self.t0_vis
+        pts = round(Fraction(t, 1_000_000_000) / self.vis.time_base) + self.vis.shift
+        if self.last_pts is not None and pts <= self.last_pts:
+            pts = self.last_pts + 1  # latest mode can pair one visible frame twice: keep pts increasing
+        return pts
