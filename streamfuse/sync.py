@@ -37,7 +37,7 @@ import time
 from array import array
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from streamfuse.checks import check
 from streamfuse.frames import Frame, FramePair
@@ -87,10 +87,11 @@ class SyncConfig:
 class _Input:
     """One input's queue (sorted by capture time), counters and rate estimate."""
 
-    def __init__(self, maxlen: int, keep_left: bool = False) -> None:
+    def __init__(self, maxlen: int, keep_left: bool = False, left_time: Callable[[Frame], int] | None = None) -> None:
         self.queue: deque[Frame] = deque()
-        # capture times of the frames that left the queue unpaired or dropped, when kept (``Pairer(keep_left=True)``)
+        # times of the frames that left the queue unpaired or dropped, when kept (``Pairer(keep_left=True)``)
         self.left = {"unpaired": array("q"), "dropped": array("q")} if keep_left else None
+        self.left_time = left_time
         self.maxlen = maxlen
         self.newest_ns: int | None = None  # largest capture time received
         self.horizon_ns: int | None = None  # capture time of the last frame that left the queue
@@ -118,7 +119,7 @@ class _Input:
         self.horizon_ns = frame.t_capture_ns
         setattr(self, outcome, getattr(self, outcome) + 1)
         if self.left is not None and outcome in self.left:
-            self.left[outcome].append(frame.t_capture_ns)
+            self.left[outcome].append(frame.t_capture_ns if self.left_time is None else self.left_time(frame))
         return frame
 
     def restart(self) -> None:
@@ -140,11 +141,14 @@ class Pairer:
         cfg: the sync section.
         keep_left: keep the capture times of the frames that leave unpaired or dropped (:meth:`left`): a replay
             that learns its inputs' time spans only at their end tells those outside the other's span by them.
+        left_time: the time such a frame is kept by instead (a replay's time line, which a clock step back leaves
+            apart from the capture times), asked as it leaves.
     """
 
-    def __init__(self, cfg: SyncConfig, *, keep_left: bool = False) -> None:
+    def __init__(self, cfg: SyncConfig, *, keep_left: bool = False,
+                 left_time: Callable[[Frame], int] | None = None) -> None:
         self.cfg = cfg
-        self._in = {s: _Input(cfg.queue_size, keep_left) for s in STREAMS}
+        self._in = {s: _Input(cfg.queue_size, keep_left, left_time) for s in STREAMS}
         self._slop_ns = round(cfg.slop_ms * 1e6)
         self._hold_ns = round(cfg.hold_ms * 1e6)
         self._held: dict[str, Frame | None] = {s: None for s in STREAMS}  # latest mode: newest frame per stream
@@ -181,8 +185,15 @@ class Pairer:
         return pairs
 
     def left(self, stream: str) -> dict[str, array] | None:
-        """The capture times (ns) of ``stream``'s frames that left its queue ``unpaired`` or ``dropped``, if kept."""
+        """The times (ns, see ``left_time``) of ``stream``'s frames that left its queue ``unpaired`` or ``dropped``,
+        if kept."""
         return self._in[stream].left
+
+    def held(self, stream: str) -> set[int]:
+        """The capture times of ``stream``'s frames still held: queued, waiting to tell a clock step, or (latest mode)
+        the newest one."""
+        inp, newest = self._in[stream], self._held[stream]
+        return {f.t_capture_ns for f in (*inp.queue, inp.suspect, newest) if f is not None}
 
     def stats(self) -> dict:
         """Per-source counters ``{"ir": {...}, "vis": {...}}`` (received, paired, unpaired, dropped, queued,

@@ -152,21 +152,49 @@ def test_a_bag_whose_thermal_frames_come_late_says_the_queue_size_that_pairs_the
         assert (summary.written == 3 * N and not summary.note) is (queue_size == int(needed[1]))
 
 
+def _stepped_back(path, after: int) -> None:
+    """A bag whose thermal frames from frame 2 N on, ``after`` of them, are stamped a minute back (the rig's clock
+    stepped back); the visible camera starts 4 frames late and stops after N frames."""
+    rng, messages = np.random.default_rng(3), []
+    for i in range(2 * N + after):
+        counts, jpeg = _frames(i % N)
+        stamp = T0 + i * PERIOD - (60_000 * MS if i >= 2 * N else 0)
+        messages.append(_logged(rng, THERMAL, T0 + i * PERIOD, raw("mono16", counts, stamp_ns=stamp)))
+        if 4 <= i < 4 + N:
+            t = T0 + i * PERIOD + 2 * MS
+            messages.append(_logged(rng, CAMERA, t, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t)))
+    _write_ros2(path, sorted(messages, key=lambda m: m[1]))
+
+
 def test_a_bags_frames_after_the_other_topics_end_and_a_clock_step_back_are_said_to_be_after_it(tmp_path):
     # read fast, the frames the pairer left were placed by their capture times, not by the time line the spans are
     # measured on: the thermal frames past the visible topic's end, stamped a minute back, were "before its first frame"
-    rng, messages = np.random.default_rng(3), []
-    for i in range(3 * N):
-        counts, jpeg = _frames(i % N)
-        stamp = T0 + i * PERIOD - (60_000 * MS if i >= 2 * N else 0)  # the rig's clock stepped back a minute
-        messages.append(_logged(rng, THERMAL, T0 + i * PERIOD, raw("mono16", counts, stamp_ns=stamp)))
-        if 4 <= i < 4 + N:  # the visible camera starts 4 frames late and stops 2 N - 4 frames early
-            t = T0 + i * PERIOD + 2 * MS
-            messages.append(_logged(rng, CAMERA, t, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t)))
-    _write_ros2(tmp_path / "bag.mcap", sorted(messages, key=lambda m: m[1]))
+    _stepped_back(tmp_path / "bag.mcap", N)
     summary = run_replay(_cfg(pacing="fast"), ir_path=tmp_path / "bag.mcap", out_path=tmp_path / "fused.mkv")
     assert summary.complete and summary.written == N
     assert summary.outside["ir"] == {"before": 4, "after": 2 * N - 4}
+
+
+def test_what_a_replay_keeps_of_the_frames_after_a_clock_step_back_does_not_grow_with_them(tmp_path, monkeypatch):
+    # the time line of every frame read after the step was kept until the end report: about 100 bytes a frame
+    import streamfuse.replay.loop as loop
+
+    kept, finish = [], loop._Replay._finish
+
+    def counted(self, *args):
+        kept.append(sum(len(line) for line in self.times.line_of.values()))
+        return finish(self, *args)
+
+    monkeypatch.setattr(loop._Replay, "_finish", counted)
+    for after in (N, 10 * N):
+        _stepped_back(tmp_path / f"bag{after}.mcap", after)
+        summary = run_replay(_cfg(pacing="fast"), ir_path=tmp_path / f"bag{after}.mcap",
+                             out_path=tmp_path / f"fused{after}.mkv")
+        assert summary.complete and summary.written == N and summary.frames == {"ir": 2 * N + after, "vis": N}
+        assert summary.outside["ir"] == {"before": 4, "after": N + after - 4} and summary.outside["vis"] == {
+            "before": 0, "after": 0}
+        assert summary.unpaired == {"ir": N + after, "vis": 0} and summary.dropped == {"ir": 0, "vis": 0}
+    assert kept[0] == kept[1]
 
 
 def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag):

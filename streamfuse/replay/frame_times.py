@@ -8,6 +8,7 @@ from fractions import Fraction
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.frames import Frame
 from streamfuse.replay.inputs import Input
+from streamfuse.sync import Pairer
 
 __all__ = ["FrameTimes"]
 
@@ -23,7 +24,7 @@ class FrameTimes:
     def __init__(self, vis: Input, period_ns: int) -> None:
         self.vis = vis
         self.times = {"ir": array("q"), "vis": array("q")}  # the time line of each frame read per stream, ns
-        # the time line of the frames read after a clock stepped back (their capture times are not it), ns
+        # the time line of the frames held for pairing whose capture times are not it (a clock stepped back), ns
         self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
         self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
         self.out_clock = FileClock(period_ns, rebase_ahead=False)  # a recording's output times, step-free
@@ -36,6 +37,19 @@ class FrameTimes:
             self.line_of[frame.stream][frame.t_capture_ns] = t_ns
         if frame.stream == "vis" and self.t0_vis is None:
             self.t0_vis = frame.t_capture_ns
+
+    def line(self, frame: Frame) -> int:
+        """The time line of a frame held for pairing (``Pairer(left_time=...)``), ns."""
+        return self.line_of[frame.stream].get(frame.t_capture_ns, frame.t_capture_ns)
+
+    def forget(self, pairer: Pairer) -> None:
+        """Drop the time line of the frames ``pairer`` no longer holds: those it left were kept by it as they left,
+        so what stays does not grow with the frames read after a clock step."""
+        for stream, line in self.line_of.items():
+            if line:
+                held = pairer.held(stream)
+                for t in [t for t in line if t not in held]:
+                    del line[t]
 
     def ends(self) -> tuple[dict[str, int], dict[str, int]]:
         """The time line of each stream's first and last frame read, ns (both streams have frames)."""

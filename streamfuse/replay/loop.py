@@ -155,7 +155,8 @@ class _Replay:
         self.publisher = open_publisher(self.cfg, self.vis.cfg.capture_clock)  # a taken endpoint: said at once
         with closed_on_failure(self.publisher):  # the model's load (seconds) comes after the publisher's bind
             processor = FrameProcessor.from_config(used, fuser_factory(used) if fuser_factory else None)
-        pairer = Pairer(self.cfg.sync, keep_left=True)  # a recording's frames outside the other's span told at the end
+        # a recording's frames outside the other's span told at the end, by their time line
+        pairer = Pairer(self.cfg.sync, keep_left=True, left_time=self.times.line)
         opened: list = []
         bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {printable(self.out.name)}",
                    disable=None if rcfg.progress else True)
@@ -225,10 +226,12 @@ class _Replay:
                 continue
             self.clock.start()
             done = pairer.push(frame)
+            self.times.forget(pairer)
             self.clock.lap("pair")
             yield from done
         self.clock.start()
         done = pairer.flush()
+        self.times.forget(pairer)
         self.clock.lap("pair")
         yield from done
 
@@ -300,7 +303,7 @@ class _Replay:
 
     def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary
-        s.take_pairer(pairer, self.times.times, self.times.line_of)
+        s.take_pairer(pairer, self.times.times)
         lag = self.lag.note(s.dropped, self.cfg.sync.queue_size) if self.lag is not None else ""
         # an input that failed did not end: its error says where
         s.note = "" if s.stopped else "; ".join(note for note in (s.unequal_note(), lag) if note)

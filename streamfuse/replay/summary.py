@@ -69,24 +69,22 @@ class ReplaySummary:
                   for name, s in self.stages.items()]
         return "\n".join(lines)
 
-    def take_pairer(self, pairer: Pairer, times: dict[str, Sequence[int]],
-                    line_of: dict[str, dict[int, int]] | None = None) -> None:
+    def take_pairer(self, pairer: Pairer, times: dict[str, Sequence[int]]) -> None:
         """The pairer's unpaired and dropped counts, told apart by the time line of every frame read (``times``:
         ns per stream, in the order read) for the frames it kept (``Pairer(keep_left=True)``). Those outside the other
         stream's span (its first .. last frame read, widened by the pairing tolerance) count as ``outside``: a
         recording read in recorded order learns its streams' spans only at its end, and the frames past one stream's
         end waited in the pairer's queue for a partner, overflowing it as drops. A frame dropped with no frame of the
         other stream within the tolerance (that camera paused) could never pair: unpaired, so ``dropped`` counts only
-        frames a longer queue might have paired. ``line_of``: the time line of the frames whose capture times are not
-        it (a clock stepped back), per stream, by capture time."""
+        frames a longer queue might have paired. The pairer keeps its frames' times on the same time line where a clock
+        stepped back (``Pairer(left_time=...)``)."""
         stats, tolerance_ns = pairer.stats(), pairer.cfg.tolerance_ns
         for stream, other in OTHER.items():
             counts = {outcome: stats[stream][outcome] for outcome in ("unpaired", "dropped")}
             others = np.asarray(times.get(other, ()), np.int64)
             for outcome, left in (pairer.left(stream) or {}).items():
                 if others.size and left:
-                    line = (line_of or {}).get(stream) or {}
-                    t = np.array([line.get(x, x) for x in left], np.int64) if line else np.frombuffer(left, np.int64)
+                    t = np.frombuffer(left, np.int64)
                     sides = {"before": t < others[0] - tolerance_ns, "after": t > others[-1] + tolerance_ns}
                     for side, beyond in sides.items():
                         self.outside[stream][side] += int(beyond.sum())
