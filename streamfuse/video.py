@@ -228,15 +228,21 @@ class VideoWriter:
             stream = out.add_stream_from_template(src.streams.video[0])
             stream.time_base, stream.codec_context.framerate = slot or self.time_base, self._rate
             out.metadata.update(_split_tags(self.metadata) if self._format == "nut" else self.metadata)
+            muxed = 0
             for packet in src.demux(src.streams.video[0]):
                 if packet.size:  # the demuxer ends with an empty flush packet
                     if slot:  # FFV1 (AVI's only codec here) has no reordering: dts is pts
                         packet.pts = packet.dts = round(packet.pts * packet.time_base / slot)
                         packet.time_base, packet.duration = slot, 1
+                        if packet.pts > 0 and not muxed:
+                            # AVI's muxer fills the slots before a frame with empty chunks only once one is written:
+                            # without one in the first slot the first frame would be at 0 s
+                            out.mux(_empty(stream, slot))
                     # NUT keeps no packet durations; without them the final file's duration and rate come out wrong
                     packet.duration = packet.duration or round(1 / (self._rate * packet.time_base))
                     packet.stream = stream
                     out.mux(packet)
+                    muxed += 1
 
     def _frame_slot(self) -> Fraction | None:
         """AVI's time base, one frame's time (``1 / rate``), where every frame lies within 1 ms of a slot of its own
@@ -266,6 +272,14 @@ class VideoWriter:
             self._container.close()
         except (OSError, av.FFmpegError):
             pass  # already closed, or the disk is still full: the partial file is what it is
+
+
+def _empty(stream: av.video.stream.VideoStream, slot: Fraction) -> av.Packet:
+    """An empty packet of ``stream`` in its first slot: a frame slot holding no picture."""
+    packet = av.Packet()
+    packet.pts = packet.dts = 0
+    packet.time_base, packet.duration, packet.stream = slot, 1, stream
+    return packet
 
 
 def _split_tags(tags: dict[str, str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 from helpers_video import CASES, FPS, N, cut, write
-from test_replay import make_cfg
+from test_replay import make_cfg, write_video
 
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import VideoWriter, decode_frames
@@ -89,6 +89,17 @@ def test_an_ffv1_avi_output_of_a_variable_rate_keeps_its_times(tmp_path: Path, p
     out = tmp_path / "o.avi"
     assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
     assert [t for t, _ in decode_frames(out)] == [Fraction(p, 1000) for p in pts]
+
+
+def test_an_ffv1_avi_output_whose_first_pair_comes_late_starts_at_that_pairs_time(tmp_path: Path) -> None:
+    # AVI's muxer fills the slots between frames with empty ones, not those before the first: the first fused frame
+    # was at 0 s, the next ones at their visible frames' times
+    ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mkv"
+    write_video(ir, 12, 25, grey=True, start_s=0.2)  # the first pair is the fifth visible frame's
+    write_video(vis, 12, 25)
+    out = tmp_path / "o.avi"
+    assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
+    assert [t for t, _ in decode_frames(out)] == [t for t, _ in decode_frames(vis)][5:]
 
 
 def test_h264_into_avi_is_refused_before_any_work(tmp_path: Path) -> None:
