@@ -345,21 +345,29 @@ def test_interrupt_while_the_file_is_remuxed_keeps_the_partial_and_resumes(tmp_p
     assert summary.complete and summary.fused == 0 and len(decoded(out)[1]) == summary.written
 
 
+def full_disk_remux(self: VideoWriter, dst: Path) -> None:
+    """``VideoWriter._remux`` as a full disk stops it, the final file begun."""
+    dst.write_bytes(b"half")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def counted_encodes(monkeypatch) -> list:
+    """The frames every VideoWriter encodes from now on."""
+    real_encode, encoded = VideoWriter._encode, []
+    monkeypatch.setattr(VideoWriter, "_encode", lambda self, item: encoded.append(item) or real_encode(self, item))
+    return encoded
+
+
 def test_a_resume_after_a_full_disk_cut_the_final_remux_remuxes_the_frames_already_encoded(tmp_path, clip,
                                                                                             monkeypatch):
     # every frame was decoded from the partial file and encoded again (H.264 twice over), needing more room still
     ir, vis, _ = clip
     cfg, out = make_cfg(), tmp_path / "fused.mp4"
-    real_remux, real_encode, encoded = VideoWriter._remux, VideoWriter._encode, []
-
-    def full_disk(self, dst):
-        dst.write_bytes(b"half")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(VideoWriter, "_remux", full_disk)
+    real_remux = VideoWriter._remux
+    monkeypatch.setattr(VideoWriter, "_remux", full_disk_remux)
     with pytest.raises(ReplayError, match=r"No space left on device; (\d+) frames kept in .*; run again with --resume"):
         run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
-    monkeypatch.setattr(VideoWriter, "_encode", lambda self, item: encoded.append(item) or real_encode(self, item))
+    encoded = counted_encodes(monkeypatch)
     with pytest.raises(ReplayError, match=r"No space left on device; \d+ frames kept in .*; run again with --resume"):
         run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)  # the disk still full: as it was
     kept = list(decode_frames(partial_path(out)))

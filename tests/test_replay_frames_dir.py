@@ -10,11 +10,12 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from test_replay import _StopAt, interrupted_replay, make_cfg, write_video
+from test_replay import _StopAt, counted_encodes, full_disk_remux, interrupted_replay, make_cfg, write_video
 
 import streamfuse.processor
 from streamfuse.atomic_write import partial_path
-from streamfuse.replay import run_replay
+from streamfuse.replay import ReplayError, run_replay
+from streamfuse.video import VideoWriter, decode_frames
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -234,3 +235,26 @@ def test_an_output_named_by_bytes_that_are_not_utf8_stages_its_frames_and_resume
     assert "; 3 of its frames staged in" in str(err)
     summary = run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and summary.reused == 3 and _pngs(frames) == [f"{i:06d}.png" for i in range(N)]
+
+
+def test_a_resume_after_a_full_disk_cut_the_final_remux_remuxes_the_frames_and_moves_in_the_pngs(tmp_path, pair,
+                                                                                                monkeypatch):
+    # with a frames folder, every frame was decoded from the partial file and encoded again, as a plain --out's was
+    ir, vis = pair
+    frames, out = tmp_path / "frames", tmp_path / "o.mkv"
+    real_remux = VideoWriter._remux
+    monkeypatch.setattr(VideoWriter, "_remux", full_disk_remux)
+    with pytest.raises(ReplayError, match=rf"No space left on device; {N} frames kept in .*; {N} of its frames staged"):
+        run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out)
+    encoded = counted_encodes(monkeypatch)
+    with pytest.raises(ReplayError, match=rf"No space left on device; {N} frames kept in "):
+        run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out, resume=True)  # the disk still full
+    assert _pngs(frames) == [] and len(_pngs(frames / ".partial")) == N
+    kept = list(decode_frames(partial_path(out)))
+    monkeypatch.setattr(VideoWriter, "_remux", real_remux)
+    summary = run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.written == N and not encoded
+    assert all(a[0] == b[0] and np.array_equal(a[1], b[1]) for a, b in zip(kept, decode_frames(out), strict=True))
+    assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(N)]
+    for i, (_, image) in enumerate(kept):
+        np.testing.assert_array_equal(cv2.imread(str(frames / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED), image)

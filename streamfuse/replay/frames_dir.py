@@ -101,6 +101,10 @@ class FramesDir:
         if not (resumed and whole_png(png)):
             write_png(png, image)  # through a temporary name: a kill leaves no PNG cut short
 
+    def holds(self, count: int) -> bool:
+        """Whether frames 0 .. ``count - 1`` are all staged whole (a run that wrote every frame)."""
+        return self.ours() and all(whole_png(self.staging / f"{i:06d}.png") for i in range(count))
+
     def publish(self) -> None:
         """Move the staged frames into the folder (the replay is complete) and remove the staging folder."""
         for png in sorted(self.staging.glob(_FRAME)):

@@ -92,11 +92,13 @@ def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, frames: FramesDir | 
         return summary
     prints = fingerprint(cfg, ir, vis)
     take_over = TakeOver.open(out, prints, rcfg.pacing, vis.time_base) if resume else None
-    if take_over is not None and frames is None and (written := take_over.finish_whole(rcfg.codec, vis.rate)):
-        summary.complete, summary.written = True, written
-        return summary
     if frames is not None:
         frames.start(continuing=take_over is not None)
+    if take_over is not None and (written := take_over.finish_whole(rcfg.codec, vis.rate, frames)):
+        if frames is not None:
+            frames.publish()
+        summary.complete, summary.written = True, written
+        return summary
     # the values used (inputs, output, resume), as the output's metadata records them
     used = dataclasses.replace(cfg, ir=ir.cfg, vis=vis.cfg, replay=dataclasses.replace(rcfg, out=str(out),
                                                                                       resume=resume))

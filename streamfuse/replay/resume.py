@@ -28,6 +28,7 @@ from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.errors import io_reason
 from streamfuse.ffv1_crc import ffv1_slice_crcs
 from streamfuse.file_names import local_name
+from streamfuse.replay.frames_dir import FramesDir
 from streamfuse.replay.inputs import Input
 from streamfuse.replay.summary import ReplayError
 from streamfuse.video import VideoWriter, decode_frames
@@ -214,11 +215,13 @@ class TakeOver:
         self._frames = decode_frames(self._old)
         self._intact = _intact_packets(self._old)
 
-    def finish_whole(self, codec: str, rate: Fraction) -> int:
+    def finish_whole(self, codec: str, rate: Fraction, frames: FramesDir | None = None) -> int:
         """Where the interrupted run encoded every frame whole and only its output's remux failed (a full disk):
-        write the output from its partial file, no frame encoded again, and return the frames it holds; else 0."""
+        write the output from its partial file, no frame encoded again, and return the frames it holds; else 0.
+        With a frames folder, only where every frame is staged in it (:meth:`FramesDir.publish` moves them in)."""
         saved = json.loads(sidecar_path(self._out).read_bytes())
-        if not saved.get("encoded") or frames_held(partial_path(self._out)) != saved.get("written"):
+        if not saved.get("encoded") or frames_held(partial_path(self._out)) != saved.get("written") or (
+                frames is not None and not frames.holds(saved["written"])):
             return 0
         log.info("resuming %s: the interrupted run encoded all %d frames; writing the output from them", self._out,
                  saved["written"])
