@@ -53,6 +53,17 @@ def write_grey16(path: Path, frames: list[np.ndarray]) -> None:
         container.mux(stream.encode())
 
 
+def write_still_times(path: Path, n: int) -> None:
+    """An MPEG-4 video whose packets all carry pts = dts = 0, as some cheap recorders write them (declared 30 fps)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        frames = [av.VideoFrame.from_ndarray(np.full((48, 64, 3), 6 * i, np.uint8), format="bgr24") for i in range(n)]
+        for packet in [p for f in frames for p in stream.encode(f.reformat(format="yuv420p"))] + stream.encode():
+            packet.pts = packet.dts = 0
+            out.mux(packet)
+
+
 def portrait_mov(path: Path) -> None:
     """A phone's portrait video: 64x48 frames stored sideways (bright left half) and a display matrix (its track
     header's) that turns them 90 degrees clockwise, as players show them: 48x64, bright top half."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers_video import CASES, FPS, N, cut, write
+from helpers_video import CASES, FPS, N, cut, write, write_still_times
 from test_replay import make_cfg, write_video
 
 from streamfuse.replay import ReplayError, run_replay
@@ -100,6 +100,17 @@ def test_an_ffv1_avi_output_whose_first_pair_comes_late_starts_at_that_pairs_tim
     out = tmp_path / "o.avi"
     assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
     assert [t for t, _ in decode_frames(out)] == [t for t, _ in decode_frames(vis)][5:]
+
+
+def test_a_visible_video_whose_frame_times_stand_still_pairs_every_frame_at_its_declared_rate(tmp_path: Path) -> None:
+    # the times were found to stand still only at its sixth frame: the five before went 1 ns apart and stayed unpaired
+    ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mp4"
+    write_video(ir, 20, 30, grey=True)
+    write_still_times(vis, 20)
+    out = tmp_path / "o.nut"
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert summary.complete and summary.written == 20 and summary.unpaired == {"ir": 0, "vis": 0}
+    assert [t for t, _ in decode_frames(out)] == [Fraction(i, 30) for i in range(20)]  # the declared 30 fps
 
 
 def test_h264_into_avi_is_refused_before_any_work(tmp_path: Path) -> None:

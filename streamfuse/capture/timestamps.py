@@ -7,7 +7,8 @@ concatenated MPEG-TS recordings or a camera that restarted, or forward by more t
 after the previous one; a frame whose pts repeats or goes back by less than a period is placed 1 ns after the previous
 one, and the frames after it keep their own times. A pts repeated more than :data:`STILL_REPEATS` times in a row says
 the frame times do not advance (a broken file): such frames go one period apart (``"frozen"``), at the rate the file
-declares. Either way times stay strictly increasing, so pairing and realtime pacing never see time run backwards.
+declares, from the first repeat on where the caller looked at the frames after it (a file source does). Either way
+times stay strictly increasing, so pairing and realtime pacing never see time run backwards.
 
 Live streams (:class:`StreamClock`): ``t = pts + offset``, where the offset is the smallest ``arrival - pts`` over the
 last :data:`WINDOW_NS` of frames. A stamp is therefore never later than its frame's arrival: frames FFmpeg buffered
@@ -24,6 +25,9 @@ by NTP or by hand moves the stamps at once, as it moves a camera's, instead of f
 >>> still = FileClock(period_ns=40)
 >>> [still.stamp(0) for _ in range(8)]  # times that do not advance
 [0, 1, 2, 3, 4, 5, 45, 85]
+>>> still = FileClock(period_ns=40)
+>>> [still.stamp(0, repeats_ahead=min(7 - i, 5)) for i in range(8)]  # the same, known from the first repeat
+[0, 40, 80, 120, 160, 200, 240, 280]
 >>> live = StreamClock()
 >>> [live.stamp(pts, arrival, arrival) for pts, arrival in ((0, 1000), (40, 1001), (80, 1050))]  # two came at once
 [1000, 1001, 1041]
@@ -78,8 +82,9 @@ class FileClock:
         if self._last_t_ns is not None:
             self._last_t_ns += ns
 
-    def stamp(self, pts_ns: int) -> int:
-        """The capture time of the frame with this pts, ns."""
+    def stamp(self, pts_ns: int, repeats_ahead: int = 0) -> int:
+        """The capture time of the frame with this pts, ns; ``repeats_ahead``: how many frames right after it repeat
+        its pts (as far as the caller looked), so that times standing still are spaced from their first repeat on."""
         last_pts, last_t = self._last_pts_ns, self._last_t_ns
         self.step_ns = 0 if last_pts is None else pts_ns - last_pts
         self.fix, self._last_pts_ns = "", pts_ns
@@ -92,7 +97,7 @@ class FileClock:
         elif last_t is not None and pts_ns + self._offset_ns <= last_t:
             # just after the previous frame, the frames after it keeping their own times; a period on where the
             # times stand still (else a whole file would go at once, unpaced)
-            still = self._repeats > STILL_REPEATS
+            still = self._repeats + repeats_ahead > STILL_REPEATS
             self.fix = "frozen" if still else "nudged"
             self._last_t_ns = last_t + (self.still_ns if still else 1)
             return self._last_t_ns

@@ -28,7 +28,8 @@ from streamfuse.bitdepth import deep_grey
 from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.sources import BaseSource, SourceError
-from streamfuse.capture.timestamps import FileClock, StreamClock
+from streamfuse.capture.look_ahead import LookAhead
+from streamfuse.capture.timestamps import STILL_REPEATS, FileClock, StreamClock
 from streamfuse.errors import io_reason, one_line, unreachable, unresolved_host
 from streamfuse.frames import Frame
 from streamfuse.registry import register
@@ -154,7 +155,7 @@ class AvSource(BaseSource):
         self._first_dts = self._last_dts = self._end_dts = self._end_pts = None  # _end_pts: where the frames end
         self._decoded = self._pass_jumps = 0  # frames and timestamps that jumped back in this pass
         self._packets = 0  # video packets with data in this pass
-        self._frames = self._decode(container, stream)
+        self._frames = LookAhead(self._decode(container, stream))
 
     def _decode(self, container, stream) -> Iterator:
         """The stream's frames (``container.decode``, packet by packet, so a live stream can skip a bad packet)."""
@@ -206,12 +207,13 @@ class AvSource(BaseSource):
             raise SourceError(f"{self.section}: {self.cfg.path}: decoding stopped {self._where()}: {why}") from None
         if frame is None:
             return self._end_of_pass()
-        # pts -> ns once, here at the edge; a frame without pts follows the previous one by one period.
-        if frame.pts is not None:
-            pts_ns = round(frame.pts * (frame.time_base or self.time_base) * 1_000_000_000)
-        else:
+        pts_ns = self._pts_ns(frame)
+        if pts_ns is None:  # a frame without pts follows the previous one by one period
             pts_ns = 0 if self._last_pts_ns is None else self._last_pts_ns + self._period_ns
-        t_ns = self._stamp(pts_ns)
+        # a repeated pts: the frames coming with it too say whether the times stand still from this frame on
+        ahead = 0 if self.live or pts_ns != self._last_pts_ns else self._frames.count(
+            lambda f: self._pts_ns(f) == pts_ns, STILL_REPEATS)
+        t_ns = self._stamp(pts_ns, ahead)
         if self._first_t_ns is None:
             self._first_t_ns, self._lap = t_ns, self._lap + 1
         elif pts_ns > self._last_pts_ns:
@@ -229,8 +231,13 @@ class AvSource(BaseSource):
             self._pace(t_ns)
         return self._frame(t_ns, self._convert(image), self._times.mono_ns if self.live else 0)
 
-    def _stamp(self, pts_ns: int) -> int:
-        """The capture time of the frame with this pts; reports a timestamp discontinuity or the first repeat."""
+    def _pts_ns(self, frame: Any) -> int | None:
+        """A decoded frame's pts in ns (converted once, here at the edge), or None."""
+        return None if frame.pts is None else round(frame.pts * (frame.time_base or self.time_base) * 1_000_000_000)
+
+    def _stamp(self, pts_ns: int, repeats_ahead: int = 0) -> int:
+        """The capture time of the frame with this pts, followed by ``repeats_ahead`` frames repeating it (as far as
+        looked); reports a timestamp discontinuity or the first repeat."""
         if self.live:
             mono_ns, wall_ns = time.monotonic_ns(), time.time_ns()
             t_ns = self._times.stamp(mono_ns if self._arrival else pts_ns, mono_ns, wall_ns)  # guessed pts: arrival
@@ -241,7 +248,7 @@ class AvSource(BaseSource):
                 t_ns = max(sent, (self._last_t_ns or 0) + 1)  # increasing, also across a change of clock
                 self._times.mono_ns = t_ns - (wall_ns - mono_ns)
             return t_ns
-        t_ns = self._times.stamp(pts_ns)
+        t_ns = self._times.stamp(pts_ns, repeats_ahead)
         fix, step_s = self._times.fix, self._times.step_ns / 1e9
         self._pass_jumps += fix == "rebased" and step_s < 0
         if fix == "frozen" and not self._still:
