@@ -200,7 +200,8 @@ class WriterThread:
         self.busy_ns = StageSamples()  # handling time per item, if ``timed`` (a live run's are not: nobody reads them)
         self._timed = timed
         self.error: RuntimeError | None = None
-        self._handle, self._what = handle, what
+        self._handle = handle
+        self.what = what  # the work, as its error line names it (a recording's file, renamed as it goes to a new one)
         self._idle_s, self._idle = idle or (None, None)
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None  # None: put() handles each item in the caller's thread
@@ -231,7 +232,7 @@ class WriterThread:
         try:
             call(*args)
         except Exception as exc:  # noqa: BLE001 -- any failure must reach the caller, not end the thread
-            self.error = RuntimeError(f"{self._what} failed: {io_reason(exc)}")
+            self.error = RuntimeError(f"{self.what} failed: {io_reason(exc)}")
 
     def put(self, item: Any) -> None:
         """Queue one item (blocks while the queue is full), or handle it now when not threaded; raises the first

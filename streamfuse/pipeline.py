@@ -73,7 +73,7 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
                    if s.kind in _ON_DISK and not os.path.exists(s.path)]:
         raise SourceError("; ".join(missing))
     if cfg.record is not None:  # found now, not after the model's load (seconds) and the publisher's start
-        check_record_path(cfg.record.path)
+        check_record_path(cfg.record.path, cfg.record.split)
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
 
@@ -206,17 +206,20 @@ def _log_recording_failure(rec: Recorder | None) -> None:
     """At the end of a run whose recording failed: what was kept of it, and how to finish it."""
     if rec is not None and rec.error is not None and not any(rec.counts.values()):
         log.error("recording failed: %s was not completed (%s) and no frame reached it; nothing of it is kept, the "
-                  "rerun can record there", rec.path, rec.error)
-    elif rec is not None and rec.error is not None and not partial_path(rec.path).exists():
+                  "rerun can record there", rec.file, rec.error)
+    elif rec is not None and rec.error is not None and rec.file != rec.path and rec.file.exists():
+        log.error("recording failed: no part after %s was begun (%s); it and the parts before it are complete",
+                  rec.file, rec.error)
+    elif rec is not None and rec.error is not None and not partial_path(rec.file).exists():
         log.error("recording failed: %s was not completed (%s), and nothing of it is kept: %s is gone (its folder "
-                  "removed or renamed while the run recorded)", rec.path, rec.error, partial_path(rec.path))
+                  "removed or renamed while the run recorded)", rec.file, rec.error, partial_path(rec.file))
     elif rec is not None and rec.finished:
         log.error("recording failed: %s was not given its name (%s); it holds %d IR and %d visible frames, whole: "
-                  "rename it to %s", partial_path(rec.path), rec.error, rec.counts["ir"], rec.counts["vis"], rec.path)
+                  "rename it to %s", partial_path(rec.file), rec.error, rec.counts["ir"], rec.counts["vis"], rec.file)
     elif rec is not None and rec.error is not None:
         log.error("recording failed: %s was not completed (%s); what was recorded until then is kept in %s "
-                  "(`python -m streamfuse recover` makes a finished recording of it)", rec.path, rec.error,
-                  partial_path(rec.path))
+                  "(`python -m streamfuse recover` makes a finished recording of it)", rec.file, rec.error,
+                  partial_path(rec.file))
 
 
 def _fuse(processor: FrameProcessor, pub: Publisher, tel: Telemetry, pair: FramePair) -> str:

@@ -22,14 +22,14 @@ times and sequence numbers travel with every frame, and messages stay in the ord
 which is what makes a replay reproduce the live pairs exactly.
 
 The recording is written under a hidden temporary name (``.NAME.mcap.partial``) and renamed only when complete,
-so a crash never leaves a truncated file that looks finished (``streamfuse.atomic_write``).
+so a crash never leaves a truncated file that looks finished (``streamfuse.atomic_write``). With ``split_s`` or
+``split_mb`` it is written in parts, each such a file (``streamfuse.record_parts``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import struct
@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from mcap.writer import CompressionType, Writer
 
-from streamfuse.atomic_write import BackgroundSync, WriterThread, durable_rename_new, partial_path, write_refusal
+from streamfuse.atomic_write import WriterThread, durable_rename_new, partial_path, write_refusal
 from streamfuse.checks import check
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame, optical_frame
+from streamfuse.record_parts import PartWriter, Parts, being_recorded, part_path, taken_part
 
 __all__ = ["RecordConfig", "Recorder", "being_recorded", "check_record_path", "encode_image", "TOPICS", "COUNTS_TOPIC",
            "IMAGE_SCHEMA_TEXT"]
@@ -84,12 +84,18 @@ class RecordConfig:
         chunk_mb: uncompressed chunk size in MiB (a crash loses at most the chunk being filled).
         flush_s: seconds a chunk is filled at most: it is written out by then, even while frames are few, small or
             stalled, so a kill loses at most this much of the recording (or ``chunk_mb``, whichever comes first).
+        split_s: seconds of capture time a part of the recording spans at most (0 = not split): the recording is
+            written as complete files ``NAME_0000.mcap``, ``NAME_0001.mcap``, ... (``streamfuse.record_parts``).
+        split_mb: MiB on disk a part reaches at most, give or take the chunk that takes it past them (0 = not split);
+            with ``split_s`` too, a part ends at whichever comes first.
     """
 
     path: str = ""
     compression: Literal["zstd", "none"] = "zstd"
     chunk_mb: float = 4.0
     flush_s: float = 1.0
+    split_s: float = 0.0
+    split_mb: float = 0.0
 
     def __post_init__(self) -> None:
         # replay and the mcap source know a recording by its suffix: another name could not be read back as one
@@ -97,31 +103,25 @@ class RecordConfig:
               "a .mcap file path such as runs/rig0.mcap (a record section needs one)")
         check(0.0625 <= self.chunk_mb <= 256, "chunk_mb", self.chunk_mb, "0.0625..256 MiB")
         check(0.01 <= self.flush_s <= 3600, "flush_s", self.flush_s, "0.01..3600 s")
+        check(self.split_s == 0 or 1 <= self.split_s <= 30 * 86400, "split_s", self.split_s,
+              "0 (one file) or 1..2592000 s")
+        check(self.split_mb == 0 or 1 <= self.split_mb <= 2**20, "split_mb", self.split_mb,
+              "0 (one file) or 1..1048576 MiB")
+
+    @property
+    def split(self) -> bool:
+        """Whether the recording is written in parts."""
+        return bool(self.split_s or self.split_mb)
 
 
-def being_recorded(path: Path) -> bool:
-    """Whether a running recorder writes ``path`` (it locks its ``.partial`` file; the kernel drops the lock when the
-    run dies, however it dies, so a killed run's file is not)."""
-    try:  # not blocking: a FIFO of that name, with no writer, held the caller (a run, recover) in open() for good
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:  # gone, unreadable: not known to be written
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # a filesystem without locks: not known to be written
-        return False
-    finally:
-        os.close(fd)
-    return False
-
-
-def check_record_path(path: str | os.PathLike) -> None:
-    """Refuse (``RuntimeError``, one line) a recording ``path`` that is there already, or its partial file, or whose
-    folder (the nearest that exists: the others are made) takes no new file of this user's: a live run checks it
-    before its model loads and its publisher binds, and the recorder again as it opens."""
+def check_record_path(path: str | os.PathLike, split: bool = False) -> None:
+    """Refuse (``RuntimeError``, one line) a recording ``path`` that is there already, or its partial file, or (with
+    ``split``) a part of it, or whose folder (the nearest that exists: the others are made) takes no new file of this
+    user's: a live run checks it before its model loads and its publisher binds, and the recorder again as it opens."""
     path = Path(path)
+    if split and (part := taken_part(path)) is not None:  # the parts of an earlier split recording to that path
+        raise RuntimeError(f"cannot record to {path} in parts: {part} exists; choose another record.path or move it "
+                           f"away")
     # an existing file is an earlier recording or one of the run's own inputs; a partial one is what is left of a run
     # that did not finish: none is written over
     for existing in (path, partial_path(path)):
@@ -166,7 +166,8 @@ class Recorder:
 
     Call :meth:`write` for each frame as the live loop receives it, before pairing: a replay pushes the frames
     to the same Pairer in the same order, so it forms the same pairs. Use as a context manager, or call
-    :meth:`close`; the file gets its final name only on a clean close. A write error (a full disk) stops the
+    :meth:`close`; the file gets its final name only on a clean close (a part of a split recording, when the next
+    begins: :attr:`file` is the one being written). A write error (a full disk) stops the
     recording, never the live run: it is logged once and kept in :attr:`error`, the file keeps its ``.partial``
     name, and the frames not recorded are counted in ``dropped``.
 
@@ -178,7 +179,7 @@ class Recorder:
 
     def __init__(self, cfg: RecordConfig, frame_ids: dict[str, str] | None = None, queue_size: int = 64):
         self.path = Path(cfg.path)
-        self._partial = partial_path(self.path)
+        self._cfg = cfg
         self._frame_ids = {s: optical_frame(s, (frame_ids or {}).get(s, "")) for s in TOPICS}
         self.counts = {s: 0 for s in TOPICS}
         self.dropped = {s: 0 for s in TOPICS}  # frames the disk could not keep up with, or after a write error
@@ -187,9 +188,9 @@ class Recorder:
         # frames in chunks on disk, and in the chunk being filled (by the writer thread): a write error loses the latter
         self._written = {s: 0 for s in TOPICS}
         self._unflushed = {s: 0 for s in TOPICS}
-        self._flush_s = cfg.flush_s
         self._chunk_t0: float | None = None  # when the chunk being filled got its first frame (monotonic s)
-        check_record_path(self.path)  # again: the run's start checked it, a while before
+        self._closed = False
+        check_record_path(self.path, cfg.split)  # again: the run's start checked it, a while before
         self._made = [p for p in self.path.parents if not p.exists()]  # removed again by discard(), if left empty
         try:  # a new folder (runs/rig0.mcap) is made, as train --out and replay_many --out make theirs
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,27 +199,29 @@ class Recorder:
         except OSError as exc:
             raise RuntimeError(f"cannot write recording {self.path}: {io_reason(exc)}") from None
         try:
-            self._file = open(self._partial, "xb")  # noqa: SIM115 (closed in close())
+            self._parts = Parts(self.path, cfg, (_SCHEMA_NAME, "ros2msg", IMAGE_SCHEMA_TEXT.encode()),
+                                tuple(TOPICS.values()))
         except OSError as exc:  # (a name too long, say) the folders just made go too: the rerun starts clean
             for folder in self._made:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             raise RuntimeError(f"cannot write recording {self.path}: {io_reason(exc)}") from None
-        with contextlib.suppress(OSError):  # held while the run writes it: `recover` refuses it (being_recorded)
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        compression = CompressionType.ZSTD if cfg.compression == "zstd" else CompressionType.NONE
-        # the data section's CRC (checked at its end) also covers what no chunk CRC does: a chunk's opcode damaged
-        # into an unknown one made readers skip the whole chunk, its frames gone without a word
-        self._writer = Writer(self._file, chunk_size=int(cfg.chunk_mb * 2**20), compression=compression,
-                              enable_data_crcs=True)
-        self._writer.start(profile="ros2", library="streamfuse")
-        schema = self._writer.register_schema(_SCHEMA_NAME, "ros2msg", IMAGE_SCHEMA_TEXT.encode())
-        self._channels = {s: self._writer.register_channel(topic, "cdr", schema, {"seq": "mcap_sequence"})
-                          for s, topic in TOPICS.items()}
-        self._schema, self._counts_channel = schema, None  # the counts' channel: at the first frame that has them
-        self._sync = BackgroundSync(self._file.fileno(), f"sync {self.path.name}")
-        self._worker = WriterThread(f"record {self.path.name}", self._append, f"writing recording {self._partial}",
+        self._worker = WriterThread(f"record {self.path.name}", self._append, f"writing recording {self._part.partial}",
                                     queue_size, idle=(cfg.flush_s, self._flush), timed=False)
+
+    @property
+    def _part(self) -> PartWriter:
+        return self._parts.part
+
+    @property
+    def file(self) -> Path:
+        """The file being written, by its final name: ``path``, or the part the recording is at."""
+        return self._part.path
+
+    @property
+    def parts(self) -> int:
+        """Files the recording is written in: more than one with ``split_s`` or ``split_mb``."""
+        return self._parts.count
 
     def write(self, frame: Frame) -> None:
         """Queue one raw frame (stream ``ir`` or ``vis``, capture time >= 0 ns) for the file.
@@ -228,7 +231,7 @@ class Recorder:
         stall the live loop, and the cameras' rings would lose frames instead. After a write error (see
         :attr:`error`) every frame is left out and counted the same way; nothing is raised.
         """
-        if frame.stream not in self._channels:
+        if frame.stream not in TOPICS:
             raise ValueError(f"cannot record stream {frame.stream!r}; recordable streams: {', '.join(TOPICS)}")
         if frame.t_capture_ns < 0:
             raise ValueError(f"cannot record {frame.stream} frame {frame.seq}: negative capture time "
@@ -245,23 +248,23 @@ class Recorder:
             self.dropped[frame.stream] += 1
 
     def _append(self, frame: Frame) -> None:
-        end = self._file.tell()
+        t_ns = frame.t_capture_ns
+        if self._parts.due(t_ns):  # before this frame: no part ends without a frame, nor the next begins without one
+            self._parts.finish()
+            self._flushed()  # its frames are on disk, under its final name
+            self._worker.what = f"beginning recording part {self._parts.next_path}"
+            self._parts.begin(t_ns)
+            self._worker.what = f"writing recording {self._part.partial}"
+        end = self._part.file.tell()
         self._unflushed[frame.stream] += 1
-        self._writer.add_message(self._channels[frame.stream], log_time=frame.t_capture_ns, publish_time=
-                                 frame.t_capture_ns, data=encode_image(frame, self._frame_ids[frame.stream]),
-                                 sequence=frame.seq)
+        self._part.add(TOPICS[frame.stream], t_ns, encode_image(frame, self._frame_ids[frame.stream]), frame.seq)
         if frame.counts is not None:
-            if self._counts_channel is None:
-                self._counts_channel = self._writer.register_channel(COUNTS_TOPIC, "cdr", self._schema,
-                                                                     {"seq": "mcap_sequence"})
-            self._writer.add_message(self._counts_channel, log_time=frame.t_capture_ns, publish_time=
-                                     frame.t_capture_ns, data=encode_image(frame, self._frame_ids["ir"], frame.counts),
-                                     sequence=frame.seq)
+            self._part.add(COUNTS_TOPIC, t_ns, encode_image(frame, self._frame_ids["ir"], frame.counts), frame.seq)
         now = time.monotonic()
         self._chunk_t0 = now if self._chunk_t0 is None else self._chunk_t0
         # the writer wrote out its chunk (this frame in it), or the chunk has waited flush_s: all of it to the OS,
         # which keeps it through a kill of this process
-        if self._file.tell() != end or now - self._chunk_t0 >= self._flush_s:
+        if self._part.file.tell() != end or now - self._chunk_t0 >= self._cfg.flush_s:
             self._flush()
 
     def _flush(self) -> None:
@@ -269,8 +272,7 @@ class Recorder:
         (the idle call too: no frame came for flush_s, so the chunk's first frame has waited that long)."""
         if self._chunk_t0 is None:
             return
-        self._writer.flush()
-        self._sync.request()  # not only to the OS: a power loss (a robot's battery) keeps it too
+        self._part.flush()
         self._flushed()
 
     def _flushed(self) -> None:
@@ -292,6 +294,7 @@ class Recorder:
             self.dropped[stream] += self.counts[stream] - self._written[stream]
             self.counts[stream] = self._written[stream]
         kept = "what was written stays in that file" if any(self.counts.values()) else "no frame had reached it"
+        kept = "what was written stays in its parts" if self._cfg.split and any(self.counts.values()) else kept
         log.error("recording stopped: %s; %s, the run goes on without recording", self.error, kept)
 
     def close(self, capture_dropped: dict[str, int] | None = None) -> None:
@@ -301,35 +304,38 @@ class Recorder:
         that capture dropped before they reached the recording (the live loop fell behind them), said at the end
         beside those the disk could not keep up with. A recording given no
         frame is discarded instead (said in one line): an empty file would only block the next run's record.path."""
-        if self._file.closed:
+        if self._closed:
             return
         if not any(self.counts.values()) and self.error is None:
             self.discard()
             log.warning("no frame was recorded: no recording written to %s", self.path)
             return
+        self._closed = True
         try:
             self._worker.join()
-            self._writer.finish()
+            self._part.writer.finish()
             self._flushed()
         except RuntimeError as exc:  # the writer thread's failure
             self._stopped(exc)
         except OSError as exc:
-            self._stopped(RuntimeError(f"finishing recording {self._partial} failed: {io_reason(exc)}"))
+            self._stopped(RuntimeError(f"finishing recording {self._part.partial} failed: {io_reason(exc)}"))
         finally:
-            self._sync.close()
+            self._part.sync.close()
             self._close_file()
         if self.error is not None:
             if not any(self.counts.values()):  # kept, it would only block the rerun's record.path
                 self._remove()
             return
         try:  # not over a file given its name while the run recorded (checked for only at the start)
-            durable_rename_new(self._partial, self.path)
+            durable_rename_new(self._part.partial, self._part.path)
         except OSError as exc:  # finished, only not renamed: the run's end must still say so, and where it is
-            self.error = (f"{self.path} appeared while the run recorded, and is not written over"
+            self.error = (f"{self._part.path} appeared while the run recorded, and is not written over"
                           if isinstance(exc, FileExistsError) else io_reason(exc))
             self.finished = True
             return
-        log.info("recorded %d IR and %d visible frames to %s", self.counts["ir"], self.counts["vis"], self.path)
+        where = (f"{self.parts} parts, {part_path(self.path, 0).name} to {self._part.path.name} (a replay reads them "
+                 f"all from the first)" if self._cfg.split else self.path)
+        log.info("recorded %d IR and %d visible frames to %s", self.counts["ir"], self.counts["vis"], where)
         if any(self.dropped.values()):
             log.warning("%s lacks %d IR and %d visible frames that the disk could not keep up with; a replay of it "
                         "pairs what is there", self.path, self.dropped["ir"], self.dropped["vis"])
@@ -342,8 +348,9 @@ class Recorder:
     def abort(self) -> None:
         """Write what is queued and the chunk being filled, and close without the final name: the ``.NAME.partial``
         file stays readable, for ``recover``."""
-        if self._file.closed:
+        if self._closed:
             return
+        self._closed = True
         try:
             self._worker.join()
             self._flush()  # the worker has stopped: its open chunk (up to flush_s of frames) was lost with the file
@@ -351,17 +358,17 @@ class Recorder:
             if self.error is None:  # not said yet
                 log.warning("%s", exc)
         except OSError as exc:
-            log.warning("the last frames of %s could not be written: %s", self._partial, io_reason(exc))
-        self._sync.close()
+            log.warning("the last frames of %s could not be written: %s", self._part.partial, io_reason(exc))
+        self._part.sync.close()
         self._close_file()
 
     def _close_file(self) -> None:
         """Close the file (closed even when this raises): bytes still buffered behind a write error (a disk full
         from its first byte) fail again here, which is that error, not a new one to raise out of the run's end."""
         try:
-            self._file.close()
+            self._part.file.close()
         except OSError as exc:
-            self._stopped(RuntimeError(f"writing recording {self._partial} failed: {io_reason(exc)}"))
+            self._stopped(RuntimeError(f"writing recording {self._part.partial} failed: {io_reason(exc)}"))
 
     def discard(self) -> None:
         """Close and delete the recording, and the folders made for it: a run that failed at its start (a source
@@ -370,7 +377,9 @@ class Recorder:
         self._remove()
 
     def _remove(self) -> None:
-        self._partial.unlink(missing_ok=True)
+        self._part.partial.unlink(missing_ok=True)
+        for index in range(self.parts - 1):  # a split recording's finished parts: the rerun would be refused over them
+            part_path(self.path, index).unlink(missing_ok=True)
         for folder in self._made:
             with contextlib.suppress(OSError):  # not empty: another run's or a user's files went there meanwhile
                 folder.rmdir()

@@ -1131,7 +1131,7 @@ def test_a_recording_finished_but_not_given_its_name_is_said_whole_and_where(tmp
 
     path = tmp_path / "rig.mcap"
     partial_path(path).touch()
-    rec = SimpleNamespace(path=path, error="Permission denied", finished=True, counts={"ir": 4, "vis": 5})
+    rec = SimpleNamespace(path=path, file=path, error="Permission denied", finished=True, counts={"ir": 4, "vis": 5})
     with caplog.at_level("ERROR", logger="streamfuse.pipeline"):
         _log_recording_failure(rec)
     assert caplog.messages == [f"recording failed: {partial_path(path)} was not given its name (Permission denied); "

@@ -259,9 +259,9 @@ def test_frames_of_the_chunk_a_full_disk_cut_count_as_dropped(tmp_path, rng, mon
     (the recorded count is what reads back)."""
     import builtins
 
-    from streamfuse import recording
+    from streamfuse import record_parts
 
-    monkeypatch.setattr(recording, "open", lambda p, mode: io.BufferedWriter(_FillingDisk(builtins.open(p, mode),
+    monkeypatch.setattr(record_parts, "open", lambda p, mode: io.BufferedWriter(_FillingDisk(builtins.open(p, mode),
                                                                                           200_000)), raising=False)
     path = tmp_path / "rig.mcap"
     with Recorder(RecordConfig(path=str(path), chunk_mb=0.0625, compression="none")) as rec:
@@ -277,10 +277,10 @@ def test_a_disk_full_from_its_first_byte_ends_the_recording_in_its_line_not_with
     ``[Errno 28] No space left on device`` out of the run's end, before its final stats (a live run on a full disk)."""
     import builtins
 
-    from streamfuse import recording
+    from streamfuse import record_parts
 
-    monkeypatch.setattr(recording, "open", lambda p, mode: io.BufferedWriter(_FillingDisk(builtins.open(p, mode), 0)),
-                        raising=False)
+    monkeypatch.setattr(record_parts, "open",
+                        lambda p, mode: io.BufferedWriter(_FillingDisk(builtins.open(p, mode), 0)), raising=False)
     path = tmp_path / "rig.mcap"
     with caplog.at_level(logging.ERROR), Recorder(RecordConfig(path=str(path), flush_s=0.05)) as rec:
         rec.write(Frame("vis", 0, T0, rng.integers(0, 256, (240, 320, 3), np.uint8)))  # more than a buffer holds

@@ -66,3 +66,14 @@ def test_a_folder_this_user_cannot_write_is_refused_before_the_model_loads():
         said = as_other_user(RUN_UNLOADED, path=path)
         assert said == f"RuntimeError: cannot write recording {path}: {folder} is not writable (Permission denied)"
         assert os.listdir(folder) == []
+
+
+def test_a_part_of_an_earlier_split_recording_is_refused_before_the_model_loads(tmp_path, no_model):
+    path = tmp_path / "rig.mcap"
+    (tmp_path / ".rig_0002.mcap.partial").write_bytes(b"keep me")
+    cfg = load_config(resolve("demo"), [f"record.path={path}", "record.split_s=60",
+                                        "publish.endpoint=inproc://record-path"])
+    with pytest.raises(RuntimeError, match=f"^cannot record to {path} in parts: {tmp_path / '.rig_0002.mcap.partial'} "
+                                           f"exists; choose another record.path or move it away$"):
+        pipeline.run(cfg, duration_s=1.0)
+    assert (tmp_path / ".rig_0002.mcap.partial").read_bytes() == b"keep me"

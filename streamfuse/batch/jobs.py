@@ -13,6 +13,7 @@ from typing import Any, Literal
 from streamfuse.capture.bag_folder import is_bag_folder, is_storage
 from streamfuse.capture.rosbag2_compression import is_compressed
 from streamfuse.errors import printable
+from streamfuse.record_parts import later_part
 from streamfuse.replay import ListedPair, check_output_paths, find_pairs
 from streamfuse.replay.outputs import check_outside_folders
 from streamfuse.video import container_format
@@ -178,9 +179,10 @@ def _recordings(folder: Path) -> list[Path]:
     for entry in entries:  # unfinished recordings: not replayed, but not passed over in silence either
         if why := _unfinished(entry):
             log.warning("%s: %s; not replayed", entry, why)
-    # hidden ones are none: a Mac's "._NAME.mcap" (its metadata, copied onto a drive beside NAME.mcap) failed a pair
-    return [entry for entry in entries
-            if entry.name[0] != "." and (is_bag_folder(entry) or (entry.is_file() and is_storage(entry)))]
+    # hidden ones are none: a Mac's "._NAME.mcap" (its metadata, copied onto a drive beside NAME.mcap) failed a pair;
+    # a split recording is replayed once, from its first part
+    return [entry for entry in entries if entry.name[0] != "." and not later_part(entry)
+            and (is_bag_folder(entry) or (entry.is_file() and is_storage(entry)))]
 
 
 def _unfinished(path: Path) -> str:

@@ -14,6 +14,7 @@ the driver left the stamp at 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -40,13 +41,15 @@ from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.capture.sqlite_bag import db3_messages, db3_topics, is_db3
 from streamfuse.errors import io_reason
 from streamfuse.frames import Frame
+from streamfuse.record_parts import set_parts
 from streamfuse.recording import TOPICS
 from streamfuse.registry import register
 
-__all__ = ["McapSource", "read_messages", "read_recording", "image_topics", "topic_of"]
+__all__ = ["McapSource", "read_messages", "read_recording", "image_topics", "recording_files", "topic_of"]
 
 log = logging.getLogger(__name__)
 IMAGE_SCHEMAS = frozenset((*ros_images.SCHEMAS, *foxglove_images.SCHEMAS))
+Topics = dict[str, tuple[str, int | None]]  # image topic -> (schema, messages or None)
 
 
 def topic_of(stream: str, cfg: SourceConfig) -> str:
@@ -59,18 +62,32 @@ def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] |
     its summary (a ``.db3`` bag's topics table, a ROS 1 bag's index); None for a recording without one (cut short:
     only reading it through tells; a bag compressed by file, which would have to be decompressed)."""
     if is_bag_folder(path):  # its files' own tables: a stale metadata.yaml (its recorder killed) may lack a topic
-        if (found := _files_topics(path)) is not None:
+        found = None
+        with contextlib.suppress(ValueError):  # no storage file, or a listed one missing: said by the read
+            found = _files_topics(storage_files(path))
+        if found is not None:
             return found
         found = folder_topics(path)  # files without a table (compressed, cut short): what metadata.yaml says
         return {t: kind_n for t, kind_n in found.items() if kind_n[0] in IMAGE_SCHEMAS} if found is not None else None
     if is_compressed(path):
         return None
+    try:
+        parts = set_parts(path)
+    except ValueError:  # said by the read
+        return None
+    if parts is not None:
+        return _files_topics(parts, _mcap_topics)
     if is_db3(path) or is_bag1(path):
         try:
             topics = db3_topics(path) if is_db3(path) else bag1_topics(path)
         except (sqlite3.DatabaseError, BagError, OSError):
             return None
         return {t: found for t, found in topics.items() if found[0] in IMAGE_SCHEMAS} if topics is not None else None
+    return _mcap_topics(path)
+
+
+def _mcap_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] | None:
+    """:func:`image_topics` of one MCAP file."""
     try:
         with open(path, "rb") as f:
             summary = SeekingReader(f, validate_crcs=False).get_summary()
@@ -84,16 +101,24 @@ def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] |
             if ch.schema_id in summary.schemas and summary.schemas[ch.schema_id].name in IMAGE_SCHEMAS}
 
 
-def _files_topics(folder: str | os.PathLike) -> dict[str, tuple[str, int | None]] | None:
-    """The image topics of a bag folder's storage files together; None where one of them has no summary (or the
-    folder holds none)."""
-    try:
-        files = storage_files(folder)
-    except ValueError:
-        return None
+def recording_files(path: str | os.PathLike) -> list[Path]:
+    """The files a recording is read from, in order: a bag folder's storage files, a split recording's parts (given as
+    its first), else the file itself.
+
+    Raises:
+        ValueError: one line naming a file that cannot be read with the others.
+    """
+    if is_bag_folder(path):
+        return storage_files(path)
+    return set_parts(path) or [Path(path)]
+
+
+def _files_topics(files: list[Path], topics_of: Callable[[Path], Topics | None] = image_topics) -> Topics | None:
+    """The image topics of a bag folder's storage files (or a split recording's parts) together; None where one of
+    them has no summary."""
     merged: dict[str, tuple[str, int | None]] = {}
     for file in files:
-        if (found := image_topics(file)) is None:
+        if (found := topics_of(file)) is None:
             return None
         for topic, (kind, n) in found.items():
             had = merged.get(topic, (kind, 0))[1]
@@ -189,6 +214,14 @@ def _records(path: str | os.PathLike, topics: tuple[str, ...],
         for file in files:
             yield from _records(file, topics)
         return
+    try:
+        parts = set_parts(path)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    if parts is not None:  # a recording split into parts, named by its first: each in turn
+        for part in parts:
+            yield from _mcap_records(part, topics, part)
+        return
     if is_compressed(path):
         try:
             with decompressed(path) as plain:
@@ -200,9 +233,7 @@ def _records(path: str | os.PathLike, topics: tuple[str, ...],
                               f"({io_reason(exc)})") from None
         return
     if not (is_db3(path) or is_bag1(path)):
-        for schema, channel, msg in read_messages(path, topics, shown=shown):
-            yield (schema.name if schema else "", channel.message_encoding, channel.topic, msg.log_time,
-                   msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else None, msg.data)
+        yield from _mcap_records(path, topics, shown)
         return
     read = 0
     try:
@@ -211,6 +242,14 @@ def _records(path: str | os.PathLike, topics: tuple[str, ...],
             read += 1
     except (sqlite3.DatabaseError, BagError) as exc:
         raise SourceError(_damaged(shown, read, exc)) from None
+
+
+def _mcap_records(path: str | os.PathLike, topics: tuple[str, ...],
+                  shown: Path) -> Iterator[tuple[str, str, str, int, int | None, bytes]]:
+    """:func:`_records` of one MCAP file."""
+    for schema, channel, msg in read_messages(path, topics, shown=shown):
+        yield (schema.name if schema else "", channel.message_encoding, channel.topic, msg.log_time,
+               msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else None, msg.data)
 
 
 class _KnownRecords(StreamReader):

@@ -24,9 +24,9 @@ from typing import Any, Iterator, NamedTuple
 import av
 
 from streamfuse.bitdepth import IMAGE_SUFFIXES
-from streamfuse.capture.bag_folder import STORAGE_SUFFIXES, is_bag_folder, storage_files
+from streamfuse.capture.bag_folder import STORAGE_SUFFIXES, is_bag_folder
 from streamfuse.capture.image_folder import frame_files
-from streamfuse.capture.mcap_source import image_topics, read_recording, topic_of
+from streamfuse.capture.mcap_source import image_topics, read_recording, recording_files, topic_of
 from streamfuse.capture.sources import SourceError
 from streamfuse.capture.timestamps import JUMP_NS, FileClock
 from streamfuse.errors import io_reason, not_found
@@ -101,8 +101,7 @@ def resolve(stream: str, section: Any, override: str | os.PathLike | None, decod
         if being_recorded(path):  # its end is where the writer is now: read, it would look truncated
             raise ValueError(f"{stream} input {path} is being recorded by a running run (its record.path); replay it "
                              f"once that run has ended and named it")
-        if is_bag_folder(path):
-            storage_files(path)  # each file there: one line now rather than after some of them
+        recording_files(path)  # each file or part there: one line now rather than after some of them
         _check_topic(stream, cfg, path)
         return Input(stream, cfg, Fraction(1, 1_000_000_000), rate)
     try:

@@ -1,0 +1,216 @@
+"""The parts of a split recording (``record.split_s``, ``record.split_mb``): their names, the file each is written
+in, and the set read back as one.
+
+A recording to ``runs/rig0.mcap`` split into parts is ``runs/rig0_0000.mcap``, ``runs/rig0_0001.mcap``, ...: each
+a complete, indexed MCAP file that any MCAP reader opens, finished (and given its name) when the next one begins, so
+the parts of a recording still running can be copied off as they come. The first part stands for the whole set:
+replay and the ``mcap`` source given ``rig0_0000.mcap`` read every part in turn, as one recording; a later part
+given is read alone. A part missing between two others, or one left cut short (``.rig0_0003.mcap.partial``, which
+``recover`` finishes), stops the read in one line naming it rather than losing its frames unsaid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from mcap.writer import CompressionType, Writer
+
+from streamfuse.atomic_write import BackgroundSync, durable_rename_new, partial_path
+
+__all__ = ["PartWriter", "Parts", "being_recorded", "later_part", "part_path", "set_parts", "taken_part"]
+
+log = logging.getLogger(__name__)
+
+_SUFFIX = ".mcap"
+_PART = re.compile(r"(?P<base>.+)_(?P<index>\d{4,})\.mcap", re.IGNORECASE)
+
+
+def being_recorded(path: Path) -> bool:
+    """Whether a running recorder writes ``path`` (it locks its ``.partial`` file; the kernel drops the lock when the
+    run dies, however it dies, so a killed run's file is not)."""
+    try:  # not blocking: a FIFO of that name, with no writer, held the caller (a run, recover) in open() for good
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:  # gone, unreadable: not known to be written
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a filesystem without locks: not known to be written
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+def part_path(path: str | os.PathLike, index: int) -> Path:
+    """Part ``index`` of a recording to ``path``: ``runs/rig0.mcap`` -> ``runs/rig0_0000.mcap`` (four digits, more
+    past 9999: the readers order parts by their number)."""
+    path = Path(path)
+    stem, suffix = path.name[:-len(_SUFFIX)], path.name[-len(_SUFFIX):]
+    return path.with_name(f"{stem}_{index:04d}{suffix}")
+
+
+def _found(folder: Path, base: str, suffix: str) -> dict[int, Path]:
+    """Index -> the part of set ``base`` in ``folder``: its finished file, else its ``.partial`` one."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return {}
+    found: dict[int, Path] = {}
+    for name in names:
+        cut = name.startswith(".") and name.endswith(".partial")
+        match = _PART.fullmatch(name[1:-len(".partial")] if cut else name)
+        if match and match["base"] == base and name.endswith(suffix + ".partial" * cut):
+            index = int(match["index"])
+            if not cut or index not in found:
+                found[index] = folder / name
+    return found
+
+
+def taken_part(path: str | os.PathLike) -> Path | None:
+    """A part of a split recording to ``path`` (or its ``.partial`` file) that is there already, else None."""
+    path = Path(path)
+    found = _found(path.parent, path.name[:-len(_SUFFIX)], path.name[-len(_SUFFIX):])
+    return found[min(found)] if found else None
+
+
+def later_part(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a part after the first of a split recording whose first part is there (a folder of
+    recordings replays the set once, from its first part)."""
+    path = Path(path)
+    match = _PART.fullmatch(path.name)
+    return bool(match and int(match["index"]) > 0 and part_path(path.with_name(match["base"] + _SUFFIX), 0).is_file())
+
+
+def set_parts(path: str | os.PathLike) -> list[Path] | None:
+    """The parts of the split recording whose first part is ``path``, in order; None where ``path`` is no first part
+    or has no later part beside it (one file, read as any other).
+
+    Raises:
+        ValueError: one line naming the part that cannot be read with the others: missing between two of them, being
+            recorded by a running run, or cut short by a killed one.
+    """
+    path = Path(path)
+    match = _PART.fullmatch(path.name)
+    if match is None or int(match["index"]) != 0:
+        return None
+    found = _found(path.parent, match["base"], path.name[-len(_SUFFIX):])
+    if len(found) < 2 or 0 not in found or found[0] != path:
+        return None
+    last = max(found)
+    for index in range(last + 1):
+        part = found.get(index)
+        if part is None:
+            raise ValueError(f"recording {path}: its part {part_path(path.parent / (match['base'] + _SUFFIX), index)} "
+                             f"is missing (the set has parts up to {found[last].name}): its frames would be lost")
+        if part.name.startswith("."):
+            if being_recorded(part):
+                raise ValueError(f"recording {path}: its part {part} is being recorded by a running run; replay the "
+                                 f"set once that run has ended")
+            raise ValueError(f"recording {path}: its part {part} was cut short by a killed run: `python -m streamfuse "
+                             f"recover {part}` finishes it (delete one it finds no frame in), then replay the set")
+    return [found[index] for index in range(last + 1)]
+
+
+class PartWriter:
+    """One MCAP file of a recording being written: under its ``.partial`` name (locked while written, so ``recover``
+    and replay refuse it), given its final name by :meth:`finish`. Channels: ``topics``, registered at the start,
+    and any other topic at its first message, all of one schema.
+
+    Raises:
+        OSError: the ``.partial`` file cannot be made (one is there already: never written over).
+    """
+
+    def __init__(self, path: Path, compression: str, chunk_mb: float, schema: tuple[str, str, bytes],
+                 topics: tuple[str, ...]):
+        self.path, self.partial = path, partial_path(path)
+        if os.path.lexists(path):  # a later part's name, taken while the run recorded the ones before
+            raise FileExistsError(f"{path} is there already, and is not written over")
+        self.file = open(self.partial, "xb")  # noqa: SIM115 (closed in close())
+        with contextlib.suppress(OSError):  # held while the run writes it: `recover` refuses it (being_recorded)
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # the data section's CRC (checked at its end) also covers what no chunk CRC does: a chunk's opcode damaged
+        # into an unknown one made readers skip the whole chunk, its frames gone without a word
+        self.writer = Writer(self.file, chunk_size=int(chunk_mb * 2**20), enable_data_crcs=True,
+                             compression=CompressionType.ZSTD if compression == "zstd" else CompressionType.NONE)
+        self.writer.start(profile="ros2", library="streamfuse")
+        self._schema = self.writer.register_schema(*schema)
+        self._channels: dict[str, int] = {}
+        for topic in topics:
+            self._channel(topic)
+        self.sync = BackgroundSync(self.file.fileno(), f"sync {path.name}")
+
+    def _channel(self, topic: str) -> int:
+        if topic not in self._channels:
+            self._channels[topic] = self.writer.register_channel(topic, "cdr", self._schema, {"seq": "mcap_sequence"})
+        return self._channels[topic]
+
+    def add(self, topic: str, t_ns: int, data: bytes, seq: int) -> None:
+        self.writer.add_message(self._channel(topic), log_time=t_ns, publish_time=t_ns, data=data, sequence=seq)
+
+    def flush(self) -> None:
+        """The chunk being filled to the OS, and to the disk by the sync thread."""
+        self.writer.flush()
+        self.sync.request()  # not only to the OS: a power loss (a robot's battery) keeps it too
+
+    def finish(self) -> None:
+        """Write the index and summary, close, and give the file its final name (never over a file that took it
+        meanwhile: ``FileExistsError``, the ``.partial`` file kept)."""
+        self.writer.finish()
+        self.sync.close()
+        self.file.close()
+        durable_rename_new(self.partial, self.path)
+
+
+class Parts:
+    """The files a recording (``record`` config ``cfg``) is written in, one after the other (one, unsplit): the part
+    being written (:attr:`part`), and when it has reached ``split_s`` or ``split_mb``. Each new part starts a new MCAP
+    writer, and with it a new chunk index: a recording left running for days holds that of one part.
+
+    Raises:
+        OSError: the first part's ``.partial`` file cannot be made.
+    """
+
+    def __init__(self, path: Path, cfg: Any, schema: tuple[str, str, bytes], topics: tuple[str, ...]):
+        self._path, self._cfg, self._schema, self._topics = path, cfg, schema, topics
+        self._span_ns, self._size = round(cfg.split_s * 1e9), round(cfg.split_mb * 2**20)
+        self.part = self._open(0)
+        self.count = 1
+        self._t0_ns: int | None = None  # capture time of the part's first frame
+
+    def _open(self, index: int) -> PartWriter:
+        path = part_path(self._path, index) if self._cfg.split else self._path
+        return PartWriter(path, self._cfg.compression, self._cfg.chunk_mb, self._schema, self._topics)
+
+    @property
+    def next_path(self) -> Path:
+        return part_path(self._path, self.count)
+
+    def due(self, t_ns: int) -> bool:
+        """Whether a frame captured at ``t_ns`` begins the next part (then :meth:`finish`, and :meth:`begin`)."""
+        if self._t0_ns is None:
+            self._t0_ns = t_ns
+            return False
+        return 0 < self._span_ns <= t_ns - self._t0_ns or 0 < self._size <= self.part.file.tell()
+
+    def finish(self) -> None:
+        """Finish the part being written: complete, indexed, under its final name."""
+        self.part.finish()
+        log.info("recording part %s finished", self.part.path)
+
+    def begin(self, t_ns: int) -> None:
+        """Open the next part, for a frame captured at ``t_ns``.
+
+        Raises:
+            OSError: its file (or its final name) is there already, or cannot be made.
+        """
+        self.part = self._open(self.count)
+        self.count += 1
+        self._t0_ns = t_ns
