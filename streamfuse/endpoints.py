@@ -24,7 +24,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from streamfuse.sticky import stuck_owner, user_name
 
-__all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "faces_network", "bind_shown", "bind", "ipc_refusal"]
+__all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "faces_network", "bind_shown", "url_host", "bind",
+           "ipc_refusal"]
 
 log = logging.getLogger(__name__)
 # a publisher closed in this process a moment ago still listens on its ipc:// path until libzmq's I/O thread has closed
@@ -75,6 +76,11 @@ def faces_network(host: str) -> bool:
 def bind_shown(host: str) -> str:
     """A host to bind as a message names it: ``''`` binds every address."""
     return host or "every address ('')"
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL's: an IPv6 address in brackets; every address ('') as this machine's name for itself."""
+    return f"[{host}]" if ":" in host else host or "localhost"
 
 
 def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "",

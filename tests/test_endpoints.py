@@ -14,7 +14,7 @@ import zmq.auth
 from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, has_ipv6_loopback
 
 from streamfuse.client import Subscriber
-from streamfuse.endpoints import bind
+from streamfuse.endpoints import bind, url_host
 from streamfuse.publish import PublishConfig, Publisher
 
 
@@ -137,3 +137,8 @@ def test_a_publisher_closed_a_moment_ago_leaves_its_ipc_path_to_the_next(tmp_pat
     with Publisher(PublishConfig(endpoint=f"ipc://{path}")) as pub:
         assert pub.endpoint == f"ipc://{path}"
     thread.join(PATIENCE_S)
+
+
+def test_the_page_url_names_the_host_as_a_url_does():
+    assert [url_host(h) for h in ("127.0.0.1", "::1", "", "viewer.example")] == \
+        ["127.0.0.1", "[::1]", "localhost", "viewer.example"]

@@ -35,7 +35,7 @@ from streamfuse.wire import decode_stats, preview_topic
 from streamfuse.view.browser import Chromium, capture, find_chromium
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
-from streamfuse.view.server import _send, url_host, serve
+from streamfuse.view.server import _send, serve
 from streamfuse.view.gate import Door, Gate, listen
 
 aiohttp = pytest.importorskip("aiohttp")
@@ -878,11 +878,6 @@ def test_a_page_gets_the_stats_history_once_then_only_each_new_snapshot():
         feed.stats_in.close()
     assert [len(m["history"]) for m in sent[:1]] == [3] and sent[0]["stats"] == {"t_ns": 2}
     assert sent[1] == {"frames": [], "stats": {"t_ns": 3}} and sent[2] == {"frames": []}
-
-
-def test_the_page_url_names_the_host_as_a_url_does():
-    assert [url_host(h) for h in ("127.0.0.1", "::1", "", "viewer.example")] == \
-        ["127.0.0.1", "[::1]", "localhost", "viewer.example"]
 
 
 def test_a_host_that_cannot_be_served_on_is_named_with_its_control_characters_as_escapes(monkeypatch, capsys):

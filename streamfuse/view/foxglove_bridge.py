@@ -27,7 +27,7 @@ from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, key_options, seconds, text_arg
 from streamfuse.client import Subscriber
-from streamfuse.endpoints import bind_shown, faces_network
+from streamfuse.endpoints import bind_shown, faces_network, url_host
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.codecs import JPEG_MAX_SIDE
@@ -36,7 +36,6 @@ from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections_option
 from streamfuse.view.relay import Relay
-from streamfuse.view.server import url_host
 
 __all__ = ["main", "Bridge"]
 

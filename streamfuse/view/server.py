@@ -29,7 +29,7 @@ from typing import Any
 from streamfuse import connection_watch
 from streamfuse.atomic_write import write_refusal
 from streamfuse.connection_watch import load_server_key
-from streamfuse.endpoints import bind_shown, faces_network
+from streamfuse.endpoints import bind_shown, faces_network, url_host
 from streamfuse.cli.args import (DefaultsFormatter, Parser, int_at_least, key_options, path_arg, positive, seconds,
                                  text_arg)
 from streamfuse.errors import io_reason, one_line, printable
@@ -39,7 +39,7 @@ from streamfuse.view.feed import Feed
 from streamfuse.view.gate import (BACKLOG, MAX_CONNECTIONS, Gate, allow_host_option, connections_option, listen,
                                   room_left)
 
-__all__ = ["main", "make_app", "serve", "Served", "url_host"]
+__all__ = ["main", "make_app", "serve", "Served"]
 
 log = logging.getLogger("streamfuse.view")
 
@@ -265,8 +265,3 @@ def _unwritable(path: Path) -> str:
     if (exc := write_refusal(path.parent)) is not None:
         return f"cannot write the --screenshot {printable(path)} into {printable(path.parent)}: {io_reason(exc)}"
     return ""
-
-
-def url_host(host: str) -> str:
-    """``host`` as a URL's: an IPv6 address in brackets; every address ('') as this machine's name for itself."""
-    return f"[{host}]" if ":" in host else host or "localhost"
