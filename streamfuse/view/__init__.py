@@ -3,7 +3,8 @@
 
 ``feed`` holds the newest frames and stats for the page, ``server`` serves it (aiohttp) behind ``gate`` (a cap on
 connections, a deadline for a request), ``browser`` drives a headless Chromium over the DevTools protocol
-(screenshots, the browser test), ``foxglove_bridge`` relays to Foxglove.
+(screenshots, the browser test), ``foxglove_bridge`` relays to Foxglove; ``options`` holds the command-line options
+both share.
 Nothing is re-exported here: aiohttp and foxglove are optional, imported only by the modules that use them.
 """
 

@@ -23,9 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamfuse import connection_watch
 from streamfuse.connection_watch import load_server_key
-from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, key_options, seconds, text_arg
+from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least
 from streamfuse.client import Subscriber
 from streamfuse.endpoints import bind_shown, faces_network, url_host
 from streamfuse.errors import io_reason, printable
@@ -35,6 +34,7 @@ from streamfuse.signals import handled, raise_interrupt, takeable
 from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
 from streamfuse.view.feed import StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections_option
+from streamfuse.view.options import connect_options, stream_options
 from streamfuse.view.relay import Relay
 
 __all__ = ["main", "Bridge"]
@@ -186,13 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the bridge CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse foxglove", description=__doc__,
                     formatter_class=DefaultsFormatter)
-    parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address of the Foxglove WebSocket server (loopback: this "
                         "machine only; it has no password and the frames are not encrypted)")
     parser.add_argument("--port", type=int_at_least(0, 65535), default=8765,
                         help="port of the Foxglove WebSocket server")
-    parser.add_argument("--topic", default="fused/", type=text_arg, help="fused topic (prefix), e.g. fused/rig0")
-    parser.add_argument("--stats-topic", default="stats/", type=text_arg, help="stats topic (prefix)")
+    stream_options(parser, "fused topic (prefix), e.g. fused/rig0")
     parser.add_argument("--raw", action="store_true", help="send foxglove.RawImage instead of JPEG")
     parser.add_argument("--previews", action="store_true", help="also relay the IR and visible previews")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80, help="JPEG quality (1..100)")
@@ -200,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     connections_option(parser, "connections open at once; one more is answered 503 and closed (at most a third of "
                        "the open-file limit, ulimit -n, less 192: each holds three files)", files_each=3)
     allow_host_option(parser)
-    key_options(parser)
-    parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
-                        help="give up after SECONDS without the pipeline's host name resolving (one started before "
-                        "its pipeline's name exists waits for it; 0 = at once)")
+    connect_options(parser)
     args = parser.parse_args(argv)
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     try:

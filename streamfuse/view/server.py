@@ -26,18 +26,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from streamfuse import connection_watch
 from streamfuse.atomic_write import write_refusal
 from streamfuse.connection_watch import load_server_key
 from streamfuse.endpoints import bind_shown, faces_network, url_host
-from streamfuse.cli.args import (DefaultsFormatter, Parser, int_at_least, key_options, path_arg, positive, seconds,
-                                 text_arg)
+from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, path_arg, positive
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled, raise_interrupt, takeable
 from streamfuse.view.feed import Feed
 from streamfuse.view.gate import (BACKLOG, MAX_CONNECTIONS, Gate, allow_host_option, connections_option, listen,
                                   room_left)
+from streamfuse.view.options import connect_options, stream_options
 
 __all__ = ["main", "make_app", "serve", "Served"]
 
@@ -178,23 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run the viewer CLI; returns the exit status."""
     parser = Parser(prog="python -m streamfuse view", description=__doc__,
                     formatter_class=DefaultsFormatter)
-    parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address the page is served on (loopback: this "
                         "machine only; the page has no password and the frames are not encrypted)")
     parser.add_argument("--port", type=int_at_least(0, 65535), default=8080,
                         help="port of the page (0 = any free port)")
-    parser.add_argument("--topic", default="fused/", type=text_arg, help="fused topic (prefix) to show; name one rig "
-                        "(fused/rig0) when several publish on the endpoint")
-    parser.add_argument("--stats-topic", default="stats/", type=text_arg, help="stats topic (prefix)")
+    stream_options(parser, "fused topic (prefix) to show; name one rig (fused/rig0) when several publish on the "
+                   "endpoint")
     parser.add_argument("--quality", type=int_at_least(1, 100), default=80,
                         help="JPEG quality of the frames on the page (1..100)")
     connections_option(parser, "connections open at once (a page holds two); one more is answered 503 and closed (at "
                        "most the open-file limit, ulimit -n, less 192)")
     allow_host_option(parser)
-    key_options(parser)
-    parser.add_argument("--name-wait", type=seconds, default=connection_watch.NAME_WAIT_S, metavar="SECONDS",
-                        help="give up after SECONDS without the pipeline's host name resolving (one started before "
-                        "its pipeline's name exists waits for it; 0 = at once)")
+    connect_options(parser)
     parser.add_argument("--screenshot", type=path_arg, help="open the page in headless Chromium, write a PNG "
                         "screenshot here (NAME-2.png, ... when it exists) once frames and stats have arrived, print "
                         "what the page measured, exit")
