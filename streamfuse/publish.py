@@ -100,6 +100,17 @@ class Publisher:
         self._ctx = zmq.Context() if own else None
         self._auth = None
         self._sock = (self._ctx or zmq.Context.instance()).socket(zmq.XPUB)
+        self._bind(cfg)
+        #: the bound endpoint, with the real port when the config asked for ``tcp://HOST:*``.
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("publishing %s on %s%s", cfg.topic, self.endpoint, f" (stats on {cfg.stats_topic})" if stats else "")
+        if not cfg.curve_secret_file and reachable_from_other_machines(self.endpoint):
+            log.warning("publishing unencrypted on %s, reachable from other machines: anyone on the network can "
+                        "read the frames; set publish.curve_secret_file (README, Encryption) or bind 127.0.0.1",
+                        self.endpoint)
+
+    def _bind(self, cfg: PublishConfig) -> None:
+        """Set the socket's options and bind it to ``cfg.endpoint``; the publisher is closed when that fails."""
         try:
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber: an H.264 keyframe for it at once
             self._sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
@@ -121,13 +132,6 @@ class Publisher:
         except BaseException:
             self.close()
             raise
-        #: the bound endpoint, with the real port when the config asked for ``tcp://HOST:*``.
-        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.info("publishing %s on %s%s", cfg.topic, self.endpoint, f" (stats on {cfg.stats_topic})" if stats else "")
-        if not cfg.curve_secret_file and reachable_from_other_machines(self.endpoint):
-            log.warning("publishing unencrypted on %s, reachable from other machines: anyone on the network can "
-                        "read the frames; set publish.curve_secret_file (README, Encryption) or bind 127.0.0.1",
-                        self.endpoint)
 
     @property
     def shm_busy(self) -> int:
