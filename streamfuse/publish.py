@@ -60,7 +60,8 @@ class Publisher:
         frame_ids: the sources' ``frame_id`` settings by stream (``ir``, ``vis``; empty: ``<stream>_optical_frame``).
         capture_clock: what the frames' capture times count (the ``t_capture_clock`` field; see
             :data:`streamfuse.capture.sources.CAPTURE_CLOCKS`).
-        stats: whether stats go out on ``stats_topic`` (an offline replay sends none: its summary is logged).
+        stats: whether the log line naming the endpoint names ``stats_topic`` too (an offline replay sends no stats:
+            its summary is logged).
 
     Raises:
         RuntimeError: the endpoint is already in use or cannot be bound (one line).
