@@ -38,6 +38,7 @@ __all__ = ["FUSER_SECTIONS", "Method", "fused_dir_method", "fuser_method", "conf
 
 log = logging.getLogger(__name__)
 EVAL_FILES = ("metrics.csv", "metrics.md", "montage.png")  # what evaluate_dir writes to its out_dir, with the configs
+RESOLVED_SUFFIX = ".resolved.yaml"  # a config method's resolved config among them: <config stem> + this
 
 FUSER_SECTIONS = ("fuse", "hclfuse", "engine", "baseline", "align")  # what a --fuser method is configured by
 _INLINE = {name: [f.name for f in dataclasses.fields(cls)]  # NAME:key=value keys, by section
@@ -186,7 +187,7 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
         out = staged[out_dir.absolute()]
         for m in methods:
             if m.config is not None:
-                dump_config(m.config, out / f"{Path(m.config.source_file).stem}.resolved.yaml")
+                dump_config(m.config, out / _config_file(m))
         csv_file, md_file, montage_file = (out / name for name in EVAL_FILES)
         write_csv(csv_file, result.rows)
         write_file(md_file, name_bytes(f"{markdown_table(result.means)}\n"))
@@ -208,7 +209,12 @@ def _replace_earlier(out_dir: Path, written: set[str]) -> None:
 def is_eval_file(path: Path, out_dir: Path) -> bool:
     """True when ``path`` names a file :func:`evaluate_dir` writes to ``out_dir`` (symlinks resolved)."""
     return path.resolve().parent == out_dir.resolve() and (path.name in EVAL_FILES
-                                                           or path.name.endswith(".resolved.yaml"))
+                                                           or path.name.endswith(RESOLVED_SUFFIX))
+
+
+def _config_file(method: Method) -> str:
+    """The file name of a config method's resolved config among the outputs."""
+    return Path(method.config.source_file).stem + RESOLVED_SUFFIX
 
 
 def _score_pairs(pairs: list[tuple[str, Path, Path]], methods: list[Method], processors: dict[str, FrameProcessor],
@@ -267,10 +273,10 @@ def _check_methods(methods: list[Method], reference: str | None) -> None:
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
-    configs = [Path(m.config.source_file).stem for m in methods if m.config is not None]
+    configs = [_config_file(m) for m in methods if m.config is not None]
     if twice := {c for c in configs if configs.count(c) > 1}:  # their resolved configs would share one file
-        raise ValueError(f"two --config files named {sorted(twice)[0]}.yaml: rename one (each method's resolved "
-                         f"config is written as <config name>.resolved.yaml)")
+        raise ValueError(f"two --config files named {sorted(twice)[0].removesuffix(RESOLVED_SUFFIX)}.yaml: rename one "
+                         f"(each method's resolved config is written as <config name>{RESOLVED_SUFFIX})")
     if reference is not None and reference not in names:
         raise ValueError(f"reference {reference!r} is not one of the methods {names}")
     for m in methods:
