@@ -148,6 +148,9 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
                  reference: str | None = None) -> EvalResult:
     """Score every method on the pairs of two folders and write ``metrics.csv``, ``metrics.md``, ``montage.png``.
 
+    The outputs are moved into their folders only when every pair is scored (:mod:`streamfuse.staged_folders`): a
+    failed or interrupted run leaves none, and a second run given one of the folders meanwhile is refused.
+
     Args:
         dir_ir: folder of IR images.
         dir_vis: folder of visible images (colour or grey), same file stems.
@@ -156,9 +159,6 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             ``<config stem>.resolved.yaml``; refused, as ``save_dir``, if it is in an input (:func:`check_outputs`).
         save_dir: if set, each fuser's output Y is written as ``<stem>.png`` there (in ``<method>/`` subfolders
             when several fusers run); refused when it holds images already.
-
-    The outputs are moved into their folders only when every pair is scored (:mod:`streamfuse.staged_folders`): a
-    failed or interrupted run leaves none, and a second run given one of the folders meanwhile is refused.
         limit: score only the first ``limit`` pairs (sorted by name); 0 = all.
         montage_rows: pairs shown in the montage, spread from the darkest to the brightest visible image.
         reference: name of one of ``methods``; every row then also gets ``psnr_ref`` (dB, over all pixels) and
