@@ -139,9 +139,10 @@ class AverageFuser(_Baseline):
 class LaplacianFuser(_Baseline):
     """Laplacian pyramid: max-abs detail on 4 detail levels, max of the coarsest base (5 pyramid levels in all)."""
 
-    def __init__(self, sharpen: float = 0.0, contrast: float = 1.0, levels: int = 5):
+    levels = 5
+
+    def __init__(self, sharpen: float = 0.0, contrast: float = 1.0):
         super().__init__("laplacian", sharpen, contrast)
-        self.levels = levels
 
     def _pyramid(self, img: np.ndarray) -> list[np.ndarray]:
         gauss = [img]
@@ -171,14 +172,15 @@ class RuleFuser(_Baseline):
 
     It is :func:`streamfuse.model.losses.fusion_target` on the raw IR with the numpy operators of
     :mod:`streamfuse.imageops` (the same kernels and borders), so that the model can be compared with the rule it was
-    trained towards. ``gain`` stays at that target's 1.2 (no config knob); ``sharpen`` and ``contrast`` act on its
-    output as on the other baselines.
+    trained towards: ``gain``, ``base_sigma`` and ``energy_sigma`` are that target's (``LossConfig``'s
+    ``detail_gain``, ``base_sigma``, ``energy_sigma``; no config knob); ``sharpen`` and ``contrast`` act on its output
+    as on the other baselines.
     """
 
-    def __init__(self, sharpen: float = 0.0, contrast: float = 1.0, gain: float = 1.2, base_sigma: float = 8.0,
-                 energy_sigma: float = 3.0):
+    gain, base_sigma, energy_sigma = 1.2, 8.0, 3.0
+
+    def __init__(self, sharpen: float = 0.0, contrast: float = 1.0):
         super().__init__("rule", sharpen, contrast)
-        self.gain, self.base_sigma, self.energy_sigma = gain, base_sigma, energy_sigma
 
     def _fuse(self, ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
         ir, vis = ir / 255.0, vis / 255.0  # the target's 0..1 scale, where its energy floor of 1e-8 is defined
