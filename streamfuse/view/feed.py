@@ -40,7 +40,8 @@ _RETRY_S = 1.0  # how often a frame subscription that failed is tried again
 _MAX_STATS_BYTES = 16 * MAX_HEADER_BYTES  # a stats message is a few kB
 _STATS_RCVHWM = 8  # stats come every telemetry.interval_s and are read at once: a few queued bound the memory
 _MAX_PLOT_STAGES = 32  # a pipeline has 7 stages; more would be a peer making every plot point megabytes
-_MAX_STAGE_NAME = 64  # names are like "fuse", "capture.ir"; longer ones would make 300 points of history megabytes
+_HISTORY = 300  # stats snapshots kept for the plots of a page that opens later
+_MAX_STAGE_NAME = 64  # names are like "fuse", "capture.ir"; longer ones would make the plots' history megabytes
 
 
 class Feed:
@@ -53,7 +54,6 @@ class Feed:
         server_key: the publisher's CURVE public key (Z85) when it encrypts.
         client_key_file: this consumer's ``.key_secret`` file, for a publisher with ``publish.curve_clients_dir``.
         quality: JPEG quality of the frames sent to the page (1..100).
-        history: stats snapshots kept for the plots of a page that opens later.
         name_wait_s: how long a host name that does not resolve (yet) is looked up again before giving up, seconds;
             None = ``connection_watch.NAME_WAIT_S``.
 
@@ -63,15 +63,14 @@ class Feed:
     """
 
     def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, server_key: str = "",
-                 client_key_file: str = "", quality: int = 80, history: int = 300,
-                 name_wait_s: float | None = None) -> None:
+                 client_key_file: str = "", quality: int = 80, name_wait_s: float | None = None) -> None:
         self.endpoint, self.keys, self.quality = endpoint, (server_key, client_key_file), quality
         self.topic = consumer_topic(topic)  # refused here, not when a page opens
         self.versions = dict.fromkeys((*KINDS, "stats"), 0)  # messages received per kind
         self.sent = 0  # messages handed to the pages' sockets
         self.unshown = 0  # frames JPEG cannot hold (a side over 65500, which the wire allows) or failed to encode
         self.stats: dict[str, Any] = {}
-        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY)
         self._latest: dict[str, tuple[int, dict[str, Any], np.ndarray]] = {}
         self._jpeg: dict[str, tuple[int, asyncio.Future[bytes | None]]] = {}  # the newest frame's, per kind
         self._lock = threading.Lock()
