@@ -145,7 +145,10 @@ def _describe(tp: Any) -> str:
 
 
 _SHOWN = reprlib.Repr()
-_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 2, 4, 4, 80, 80, 40
+_SHOWN.maxlevel = 2
+_SHOWN.maxlist = _SHOWN.maxdict = 4
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlong = 40
 
 
 def shown(value: Any) -> str:
@@ -216,8 +219,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
+    raise _wrong_type(tp, value, key)
+
+
+def _wrong_type(tp: Any, value: Any, key: str) -> ValueError:
+    """The error for ``value``, which is not a ``tp``, at ``key``: with how to write it where YAML misread it."""
     if value is None:  # YAML reads `key:` and `--set key=` as null
-        raise ValueError(f"{key} has no value; expected {_describe(tp)}")
+        return ValueError(f"{key} has no value; expected {_describe(tp)}")
     # YAML reads a bare 0 (a camera index), `no` or `1.10` as a number or a boolean: say how to write it as text (a
     # boolean or a float read back, `False` or `1.1`, is not what was typed: then no text is suggested)
     quote = ""
@@ -228,7 +236,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         quote = " (YAML reads a value starting with - or [ as a list: write it in quotes)"
     elif isinstance(value, list):  # `--threads 1 stray`: a stray word after a flag's value makes a list of them
         quote = f" ({len(value)} values given where it takes one)"
-    raise ValueError(f"{key}={shown(value)} has the wrong type; expected {_describe(tp)}{quote}")
+    return ValueError(f"{key}={shown(value)} has the wrong type; expected {_describe(tp)}{quote}")
 
 
 def parse_section(cls: type, data: dict[str, Any], prefix: str,
