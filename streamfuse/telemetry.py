@@ -35,7 +35,7 @@ class Telemetry:
     def __init__(self, cfg: TelemetryConfig):
         self.cfg = cfg
         self._lat: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=cfg.window))
-        self._counts: dict[str, int] = defaultdict(int)
+        self._counts: dict[str, float] = defaultdict(int)
         self._t_start = time.perf_counter()
         self._t_last = self._t_prev = self._t_start  # the last two snapshots
         self._outputs_last = self._outputs_prev = 0
@@ -48,8 +48,9 @@ class Telemetry:
         """Add ``n`` to counter ``name``."""
         self._counts[name] += n
 
-    def set(self, name: str, value: int) -> None:
-        """Set counter ``name`` (for totals owned by another component, e.g. a pairer's drop count)."""
+    def set(self, name: str, value: float) -> None:
+        """Set counter ``name`` (for values owned by another component: a pairer's drop count, its mean skew in
+        ms)."""
         self._counts[name] = value
 
     def due(self) -> bool:
