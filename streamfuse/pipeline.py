@@ -330,7 +330,7 @@ def _report(tel: Telemetry, pub: Publisher, pairer: Pairer, producers: Producers
     if not (final or tel.due()):
         return {}
     for key, value in pairer.stats().items():
-        if isinstance(value, dict):  # per source: received, paired, unpaired, dropped, queued
+        if isinstance(value, dict):  # a source's counters (Pairer.stats), each logged as COUNTER.SOURCE
             for name, count in value.items():
                 tel.set(f"{name}.{key}", count)
         else:
