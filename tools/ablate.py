@@ -169,6 +169,22 @@ def step_list(text: str) -> list[int]:
 ROW_SECTIONS = ("align", "hclfuse", "engine")  # what the rows are built from (the fuser and the baselines: each row's)
 
 
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors that argparse cannot see: --ir without --vis, an override the rows do not take, a --json that
+    --out would write over or that names a folder."""
+    if (args.ir is None) != (args.vis is None):
+        parser.error("give both --ir and --vis, or neither (then --data/--dataset)")
+    for override in args.overrides:
+        keys = override_keys(override)
+        if keys[0] not in ROW_SECTIONS or (args.weights and keys == ["hclfuse", "weights"]):
+            parser.error(f"--set {override}: the rows take overrides of {', '.join(ROW_SECTIONS)} (the weights once)")
+    if args.json is not None and is_eval_file(args.json, args.out):
+        parser.error(f"--json {args.json} is a file that --out gets (its table, CSV, montage or configs); name another")
+    out_folders = (args.out.resolve(), *args.out.resolve().parents)  # one that exists: check_outputs says so below
+    if args.json is not None and not args.json.exists() and args.json.resolve() in out_folders:
+        parser.error(f"--json {args.json} is the --out folder {args.out} or a folder above it; name a file")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__, formatter_class=DefaultsFormatter)
     p.add_argument("--ir", type=path_arg, help="folder of IR images (with --vis; replaces --data/--dataset)")
@@ -190,17 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=path_arg, default=None, metavar="FILE", help="also write the summary as JSON here")
     args = p.parse_args(argv)
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
-    if (args.ir is None) != (args.vis is None):
-        p.error("give both --ir and --vis, or neither (then --data/--dataset)")
-    for override in args.overrides:
-        keys = override_keys(override)
-        if keys[0] not in ROW_SECTIONS or (args.weights and keys == ["hclfuse", "weights"]):
-            p.error(f"--set {override}: the rows take overrides of {', '.join(ROW_SECTIONS)} (the weights once)")
-    if args.json is not None and is_eval_file(args.json, args.out):
-        p.error(f"--json {args.json} is a file that --out gets (its table, CSV, montage or configs); name another")
-    out_folders = (args.out.resolve(), *args.out.resolve().parents)  # one that exists: check_outputs says so below
-    if args.json is not None and not args.json.exists() and args.json.resolve() in out_folders:
-        p.error(f"--json {args.json} is the --out folder {args.out} or a folder above it; name a file")
+    _check_args(p, args)
     data = args.data / args.dataset
     dir_ir, dir_vis = (args.ir, args.vis) if args.ir else (data / "ir", data / "vi")
     published = [d / "msrs_test" for d in sorted((args.data / "reference").glob("*"))
