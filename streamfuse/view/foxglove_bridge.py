@@ -32,7 +32,7 @@ from streamfuse.log_queue import install_direct
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled, raise_interrupt, takeable
 from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
-from streamfuse.view.feed import StatsMessages
+from streamfuse.view.stats_in import StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections_option
 from streamfuse.view.options import connect_options, stream_options
 from streamfuse.view.relay import Relay
