@@ -24,7 +24,7 @@ import sys
 import types
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamfuse.atomic_write import write_refusal
 from streamfuse.connection_watch import load_server_key
@@ -37,6 +37,9 @@ from streamfuse.view.feed import Feed
 from streamfuse.view.gate import (BACKLOG, MAX_CONNECTIONS, Gate, allow_host_option, connections_option, listen,
                                   room_left)
 from streamfuse.view.options import connect_options, stream_options
+
+if TYPE_CHECKING:  # aiohttp is optional: imported at run time only by _aiohttp, which says how to install it
+    from aiohttp import web
 
 __all__ = ["main", "make_app", "serve", "Served"]
 
@@ -51,7 +54,7 @@ def _aiohttp() -> types.ModuleType:  # the module, imported late so that a missi
     return aiohttp
 
 
-def make_app(feed: Feed, gate: Gate):  # noqa: ANN201 - aiohttp.web.Application, imported late
+def make_app(feed: Feed, gate: Gate) -> web.Application:
     """The web app: ``/`` is the page, ``/ws`` its WebSocket; each request takes its connection's deadline off."""
     web = _aiohttp().web
 
@@ -76,7 +79,7 @@ def make_app(feed: Feed, gate: Gate):  # noqa: ANN201 - aiohttp.web.Application,
     return app
 
 
-async def _websocket(request, feed: Feed):  # noqa: ANN001, ANN202 - aiohttp types, imported late
+async def _websocket(request: web.Request, feed: Feed) -> web.WebSocketResponse:
     """One page: its acks (``next``) give the sender one message of credit each."""
     web = _aiohttp().web
     if _other_site(request):
@@ -103,7 +106,7 @@ async def _websocket(request, feed: Feed):  # noqa: ANN001, ANN202 - aiohttp typ
     return ws
 
 
-def _other_site(request) -> bool:  # noqa: ANN001 - aiohttp's Request, imported late
+def _other_site(request: web.Request) -> bool:
     """Whether a browser opens the WebSocket from another site's page (its ``Origin`` is not the viewer's own address):
     WebSockets have no same-origin rule, so any page the user visits could read the frames of a viewer on loopback.
     Clients that are no browser send no ``Origin`` and are let in."""
@@ -111,7 +114,7 @@ def _other_site(request) -> bool:  # noqa: ANN001 - aiohttp's Request, imported 
     return origin is not None and origin.partition("://")[2].rstrip("/").lower() != (request.host or "").lower()
 
 
-async def _send(ws, feed: Feed, changed: asyncio.Event, credit: asyncio.Event) -> None:  # noqa: ANN001
+async def _send(ws: web.WebSocketResponse, feed: Feed, changed: asyncio.Event, credit: asyncio.Event) -> None:
     """Send what is newest whenever the page has drawn the last message and something new has arrived."""
     seen: dict[str, int] = {}
     while not ws.closed:
