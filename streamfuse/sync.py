@@ -101,13 +101,16 @@ class _Input:
         self.received = self.paired = self.unpaired = self.dropped = self.clock_steps = 0
 
     def period_ns(self) -> int:
-        """Smallest recent frame interval (0 while unknown): a conservative bound on when the next frame comes."""
-        return min(self.intervals) if self.intervals else 0
+        """Smallest recent frame interval (0 while unknown): a conservative bound on when the next frame comes; from
+        two intervals on, as one may span a lost frame (taken for the period, the next frame seemed due a period late,
+        and a farther partner was taken meanwhile)."""
+        return min(self.intervals) if len(self.intervals) >= 2 else 0
 
     def typical_period_ns(self) -> int:
-        """Median recent frame interval (0 while unknown): the stream's rate, unmoved by one frame delivered twice or
-        a short burst."""
-        return sorted(self.intervals)[len(self.intervals) // 2] if self.intervals else 0
+        """Median recent frame interval (0 while unknown): the stream's rate, unmoved by one frame delivered twice,
+        one lost or a short burst; from three intervals on (one lost in the first two read as half the rate, and
+        passed latest mode's lead to the other stream for good)."""
+        return sorted(self.intervals)[len(self.intervals) // 2] if len(self.intervals) >= 3 else 0
 
     def note(self, t_ns: int) -> None:
         if self.newest_ns is not None and t_ns > self.newest_ns:

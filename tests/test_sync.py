@@ -359,7 +359,8 @@ def test_frames_exactly_the_limit_apart_pair(mode: str) -> None:
     arrivals = [Frame("ir", 0, 0, _IMG), Frame("vis", 0, limit, _IMG),  # the visible frame newer by the limit
                 Frame("vis", 1, 1000 * MS, _IMG), Frame("ir", 1, 1000 * MS + limit, _IMG),  # the IR frame newer
                 Frame("vis", 2, 1000 * MS + 10, _IMG)]  # latest mode: the lead frame that pairs with IR 1
-    pairs = run(pairer, arrivals)
+    # slop mode pairs each frame with its nearest: visible 2, 10 ns nearer to IR 1, would take it from visible 1
+    pairs = run(pairer, arrivals[:-1] if mode == "slop" else arrivals)
     assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (1, 1 if mode == "slop" else 2)]
     assert pairer.stats()["skew_ms_max"] == pytest.approx(33.3)
 
@@ -445,3 +446,26 @@ def test_a_frame_sorted_back_behind_a_later_one_pairs_at_once_before_the_rate_is
     pairer = Pairer(SyncConfig(slop_ms=20))
     arrivals = [Frame(other, 0, 19 * MS, _IMG), Frame(late, 1, 35 * MS, _IMG), Frame(late, 0, 14 * MS, _IMG)]
     assert [[(p.ir.seq, p.vis.seq) for p in pairer.push(f)] for f in arrivals] == [[], [], [(0, 0)]]
+
+
+def test_a_frame_lost_in_the_first_interval_does_not_make_the_pairer_take_a_farther_partner() -> None:
+    # Visible frame 40 lost at the start (a folder missing frame_0001, a camera's first frame dropped): visible frames
+    # at 0, 80 and 112 ms, IR frames at 0, 40, 100 and 140 ms. The one interval seen, 80 ms, is two periods: taken for
+    # the stream's period, the next visible frame was due no earlier than 120 ms, and IR 100 was fused with visible 80
+    # (20 ms away) instead of visible 112 (12 ms away).
+    arrivals = by_time([Frame("vis", i, t * MS, _IMG) for i, t in enumerate((0, 80, 112))],
+                       [Frame("ir", i, t * MS, _IMG) for i, t in enumerate((0, 40, 100, 140))])
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    pairs = run(pairer, arrivals, flush=False)  # decided as the frames came, as a live run decides them
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (2, 2)]
+    assert_consistent(pairer.stats())
+
+
+def test_latest_mode_keeps_its_lead_when_the_first_interval_lost_a_frame() -> None:
+    # Two 30 fps cameras, the visible one's second frame lost: its first interval (67 ms) read as a 15 fps camera
+    # and passed the lead to the IR one for good (both at 33 ms from then on, neither clearly faster).
+    ir, vis = frames("ir", 30, 60), frames("vis", 30, 60, start_ms=3, skip=frozenset({1}))
+    pairer = Pairer(SyncConfig(mode="latest"))
+    pairs = run(pairer, by_time(ir, vis))
+    assert [p.vis.seq for p in pairs] == [0] + list(range(2, 60))  # the visible camera leads, every frame once
+    assert_consistent(pairer.stats())
