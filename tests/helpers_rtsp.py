@@ -247,3 +247,32 @@ class RtspCamera:
             conn.close()
         else:  # hang: connected, silent, until the test ends
             self._closed.wait()
+
+
+class HangingUp:
+    """A server at ``self.port`` that takes each connection and closes it at once, without a byte (a camera
+    restarting, or one whose sessions are all taken); ``taken`` counts the connections."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port, self.taken = self._server.getsockname()[1], 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> HangingUp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):  # wakes the accept (closing alone does not)
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        self._thread.join(10)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            conn.close()
+            self.taken += 1

@@ -30,7 +30,7 @@ from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.look_ahead import LookAhead
 from streamfuse.capture.timestamps import STILL_REPEATS, FileClock, StreamClock
-from streamfuse.errors import io_reason, one_line, unreachable, unresolved_host
+from streamfuse.errors import hung_up, io_reason, one_line, unreachable, unresolved_host
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
@@ -85,7 +85,8 @@ class AvSource(BaseSource):
 
     def _open_failure(self, exc: BaseException, tcp_chosen: bool, waited_s: float) -> SourceError:
         """The one line of a container that did not open after ``waited_s``; a live camera not there (yet) (not
-        answering, no route, its name not resolving, busy) is ``unreachable``: waited for, not the run's end."""
+        answering, no route, its name not resolving, busy, hanging up at once) is ``unreachable``: waited for, not
+        the run's end."""
         import av
 
         path, why = self.cfg.path, io_reason(exc)
@@ -93,8 +94,12 @@ class AvSource(BaseSource):
         # connection and never answered (still booting, hung) is a timeout, waited for as one
         waited = self.live and (isinstance(exc, av.ExitError) or (
             isinstance(exc, av.InvalidDataError) and waited_s >= self._OPEN_TIMEOUT_S))
+        # FFmpeg's words for a server that closed the connection (reset: with FFmpeg's request unread)
+        closed = isinstance(exc, (av.InvalidDataError, EOFError)) or getattr(exc, "errno", None) == errno.ECONNRESET
         if waited:
             why = f"no readable video within {self._OPEN_TIMEOUT_S:g} s (open timeout: nothing sent, or no video)"
+        elif self.live and closed and hung_up(path):
+            why, waited = "it took the connection and closed it at once (restarting, or its sessions all taken?)", True
         elif isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
             why = f"not a readable video ({why})"
         elif tcp_chosen and getattr(exc, "errno", None) == errno.EPROTONOSUPPORT:  # its SETUP answered 461

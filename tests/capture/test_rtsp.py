@@ -14,7 +14,7 @@ import time
 
 import av
 import pytest
-from helpers_rtsp import FPS, HEIGHT, WIDTH, RtspCamera, grey
+from helpers_rtsp import FPS, HEIGHT, WIDTH, HangingUp, RtspCamera, grey
 from helpers_zmq import free_port
 from test_producer import assert_stopped, collect
 
@@ -184,6 +184,31 @@ def test_a_camera_not_up_at_the_start_is_waited_for_and_one_that_refuses_the_pas
         finally:
             assert_stopped(prod, names)
     assert len(events) == 1 and not events[0].restarting and "401 Unauthorized" in events[0].message
+
+
+@pytest.mark.timeout(120)
+def test_a_camera_that_hangs_up_at_once_is_tried_again_until_it_plays(caplog):
+    # a camera restarting (or whose sessions a previous run still holds) that takes the connection and closes it at
+    # once ended the run in one line ("not a readable video (Invalid data found ...)") instead of being waited for
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    vis = SourceConfig(kind="synthetic", width=WIDTH, height=HEIGHT, stall_factor=0)
+    restarting = HangingUp()
+    url = f"rtsp://127.0.0.1:{restarting.port}/stream1"
+    prod = start_producers(SourceConfig(kind="stream", path=url, stall_factor=0), vis, backoff_s=0.1)
+    names = prod.shm_names()
+    try:
+        with restarting:
+            _, events = collect(prod, lambda f, e: len(e) >= 2, timeout=60)  # tried again, not given up
+        with RtspCamera(server=socket.create_server(("127.0.0.1", restarting.port)), then="loop") as camera:
+            frames, _ = collect(prod, lambda f, e: any(x.stream == "ir" for x in f), timeout=60)
+        names += prod.shm_names()
+    finally:
+        assert_stopped(prod, names)
+    said = f"ir: cannot open {url}: it took the connection and closed it at once (restarting, or its sessions all " \
+        "taken?)"
+    assert restarting.taken >= 2 and all(e.stream == "ir" and e.restarting and e.message == said for e in events)
+    assert f"{said}; restarting in 0.1 s" in [r.getMessage() for r in caplog.records]
+    assert camera.plays == 1 and any(f.stream == "ir" for f in frames)
 
 
 @pytest.mark.timeout(90)

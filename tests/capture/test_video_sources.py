@@ -21,6 +21,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from helpers_rtsp import HangingUp
 from helpers_video import portrait_mov, write_still_times
 
 import streamfuse.capture.video_sources as video_sources
@@ -281,6 +282,19 @@ def test_a_stream_that_answers_at_once_with_no_video_is_not_waited_for(monkeypat
         open_source("ir", SourceConfig(kind="stream", path=url)).open()
     assert str(info.value).startswith(f"ir: cannot open {url}: not a readable video (")
     assert not info.value.unreachable
+
+
+@pytest.mark.parametrize("scheme, path", [("rtsp", "/stream1"), ("http", "/video.mjpg"), ("tcp", "")])
+def test_a_camera_that_takes_the_connection_and_closes_it_at_once_is_waited_for(scheme, path) -> None:
+    # FFmpeg says "Invalid data found" (RTSP) or "End of file" (HTTP): a camera restarting, or whose sessions are all
+    # taken, ended the run as a source that is no video, where it is a camera not there (yet), as one answering 503
+    with HangingUp() as camera:
+        url = f"{scheme}://127.0.0.1:{camera.port}{path}"
+        with pytest.raises(SourceError) as info:
+            open_source("ir", SourceConfig(kind="stream", path=url)).open()
+    assert str(info.value) == f"ir: cannot open {url}: it took the connection and closed it at once (restarting, or " \
+        "its sessions all taken?)"
+    assert info.value.unreachable
 
 
 @pytest.mark.parametrize("status, waited", [("503 Service Unavailable", True), ("500 Internal Server Error", True),
