@@ -17,7 +17,6 @@ Capture times (``t_capture_ns``):
 from __future__ import annotations
 
 import contextlib
-import errno
 import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -27,10 +26,12 @@ from typing import Any
 from streamfuse.bitdepth import deep_grey
 from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
+from streamfuse.capture.copied_over import CopiedOver, file_mark
+from streamfuse.capture.open_failure import open_failure
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.look_ahead import LookAhead
 from streamfuse.capture.timestamps import STILL_REPEATS, FileClock, StreamClock
-from streamfuse.errors import hung_up, io_reason, one_line, unreachable, unresolved_host
+from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame
 from streamfuse.registry import register
 
@@ -47,13 +48,14 @@ _SENDER_BEHIND_NS, _SENDER_AHEAD_NS = 5 * 10**9, 500 * 10**6
 # -- PyAV file / stream ------------------------------------------------------------------------------------------
 
 
-class AvSource(BaseSource):
+class AvSource(CopiedOver, BaseSource):
     """A video file or network stream decoded with PyAV; see the module docstring for its capture times.
 
     A live stream is never paced (it arrives in real time; pacing would keep the frames FFmpeg buffered while it
     probed the stream as a constant delay), decodes with slice threads only (frame threads hold frames back, one per
     thread) and skips packets its decoder rejects (lost or corrupt data), reporting them, instead of reconnecting
-    (before its first frame only a few: a stream that never decodes fails as a file does).
+    (before its first frame only a few: a stream that never decodes fails as a file does). A looped file copied over
+    while it plays goes on with the new file (:mod:`~streamfuse.capture.copied_over`).
 
     Attributes:
         time_base: the video stream's ``time_base`` (``Fraction``), so a writer can turn a file's ``t_capture_ns``
@@ -83,33 +85,6 @@ class AvSource(BaseSource):
                                                                  still_ns=self._still_ns)
         self._repeated = self._looped = self._still = False  # a repeat, times standing still reported; a loop begun
 
-    def _open_failure(self, exc: BaseException, tcp_chosen: bool, waited_s: float) -> SourceError:
-        """The one line of a container that did not open after ``waited_s``; a live camera not there (yet) (not
-        answering, no route, its name not resolving, busy, hanging up at once) is ``unreachable``: waited for, not
-        the run's end."""
-        import av
-
-        path, why = self.cfg.path, io_reason(exc)
-        # FFmpeg's RTSP demuxer turns the open timeout's exit into "invalid data": a camera that took the
-        # connection and never answered (still booting, hung) is a timeout, waited for as one
-        waited = self.live and (isinstance(exc, av.ExitError) or (
-            isinstance(exc, av.InvalidDataError) and waited_s >= self._OPEN_TIMEOUT_S))
-        # FFmpeg's words for a server that closed the connection (reset: with FFmpeg's request unread)
-        closed = isinstance(exc, (av.InvalidDataError, EOFError)) or getattr(exc, "errno", None) == errno.ECONNRESET
-        if waited:
-            why = f"no readable video within {self._OPEN_TIMEOUT_S:g} s (open timeout: nothing sent, or no video)"
-        elif self.live and closed and hung_up(path):
-            why, waited = "it took the connection and closed it at once (restarting, or its sessions all taken?)", True
-        elif isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
-            why = f"not a readable video ({why})"
-        elif tcp_chosen and getattr(exc, "errno", None) == errno.EPROTONOSUPPORT:  # its SETUP answered 461
-            why += " (the camera refuses RTSP over TCP: give it ffmpeg: [rtsp_transport=udp])"
-        elif self.live and getattr(exc, "errno", None) == errno.EIO and (host := unresolved_host(path)):
-            why, waited = f"its host name {host} does not resolve (yet)", True  # FFmpeg's words: "I/O error"
-        busy = isinstance(exc, (av.HTTPServerError, av.HTTPTooManyRequestsError))  # 5xx, 429: a previous run's
-        return SourceError(f"{self.section}: cannot open {path}: {why}",  # sessions still held, a server booting
-                           unreachable=self.live and (waited or busy or unreachable(exc)))
-
     def _open_container(self) -> None:
         import av
 
@@ -121,6 +96,7 @@ class AvSource(BaseSource):
         if self.cfg.kind == "file" and not Path(path).is_file():
             what = "not found" if not Path(path).exists() else "not a regular file (a pipe or a device?)"
             raise SourceError(f"{self.section}: video file {what}: {path}")
+        self._mark = None if self.live else file_mark(path)  # before it opens: a copy begun since shows
         self._stack = contextlib.ExitStack()
         timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
         options = dict(o.split("=", 1) for o in self.cfg.ffmpeg)
@@ -131,7 +107,8 @@ class AvSource(BaseSource):
         try:
             container = self._stack.enter_context(av.open(path, timeout=timeout, options=options, **LENIENT_TAGS))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            raise self._open_failure(exc, tcp_chosen, time.monotonic() - opening) from None
+            raise open_failure(self.section, path, exc, live=self.live, tcp_chosen=tcp_chosen,
+                               waited_s=time.monotonic() - opening, timeout_s=self._OPEN_TIMEOUT_S) from None
         if self.cfg.clock == "sender" and not hasattr(container, "start_time_realtime"):  # PyAV 18 added it
             self._stack.close()
             raise SourceError(f"{self.section}: clock: sender needs PyAV 18 or later (this is {av.__version__}; "
@@ -196,7 +173,7 @@ class AvSource(BaseSource):
                     self.warn(f"{self.section}: {self.cfg.path}: skipped {self.skipped} undecodable packet(s) so far "
                               f"(lost or corrupt data: {one_line(exc)}); decoding goes on")
 
-    def _read(self) -> Frame | None:
+    def _next_frame(self) -> Frame | None:
         import av
 
         from streamfuse.video import upright
@@ -282,7 +259,10 @@ class AvSource(BaseSource):
         self._check_end()
         if not self.cfg.loop or self._decoded == 0:
             return None
-        # Loop: the next pass starts one frame period after this one ended, so times keep increasing.
+        return self._new_pass()
+
+    def _new_pass(self) -> Frame | None:
+        # the next pass starts one frame period after this one ended, so times keep increasing
         self._times.new_pass()
         self._looped = True
         self._first_t_ns = self._last_t_ns = self._last_pts_ns = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import io
+import shutil
 import logging
 import socket
 import subprocess
@@ -540,3 +541,56 @@ def test_a_complete_variable_rate_file_whose_last_frame_lasts_long_is_read_whole
             container.mux(packet)
     frames = read_all(open_source("vis", SourceConfig(kind="file", path=str(path), realtime=False)))
     assert [f.t_capture_ns for f in frames] == [40 * i * MS for i in range(n)]
+
+
+def write_noise(path: Path, n: int, seed: int, fps: int = 25) -> list[np.ndarray]:
+    """n lossless 64x48 frames of noise (too large for FFmpeg to hold the file in its read buffer); returns them."""
+    images = list(np.random.default_rng(seed).integers(0, 256, (n, 48, 64, 3), np.uint8))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        for i, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return images
+
+
+def test_a_looped_file_copied_over_while_it_plays_goes_on_with_the_new_file(tmp_path: Path) -> None:
+    # `cp new.mkv clip.mkv` while a looped clip.mkv plays rewrites the open file in place: the container read the
+    # new bytes through the old index and the run ended ("decoding stopped ... Invalid data", as a truncated file)
+    clip, new = tmp_path / "clip.mkv", tmp_path / "new.mkv"
+    write_noise(clip, 60, seed=1)
+    fresh = write_noise(new, 40, seed=2)
+    src = open_source("vis", SourceConfig(kind="file", path=str(clip), realtime=False, loop=True))
+    said: list[str] = []
+    src.warn = said.append
+    with src:
+        before = [src.read() for _ in range(10)]
+        shutil.copyfile(new, clip)  # as cp does: the same file, truncated and written again
+        after = [src.read() for _ in range(45)]
+    assert said == [f"vis: {clip}: the file changed while it played (copied over?) after frame 10 (t=0.360 s): its "
+                    f"last 50 frames are lost; its next pass plays the new file"]
+    assert src.skipped == 50  # counted into the run's telemetry (capture_skipped) with the other losses
+    assert all(np.array_equal(f.image, fresh[i % 40]) for i, f in enumerate(after))  # the new file, from its start
+    times = [f.t_capture_ns for f in before + after]
+    assert times[10] == 60 * 40 * MS and all(b - a == 40 * MS for a, b in zip(times[10:], times[11:]))  # its next pass
+    assert [f.seq for f in before + after] == list(range(55))
+
+
+def test_a_looped_file_copied_over_with_a_corrupt_one_still_ends_in_one_line(tmp_path: Path) -> None:
+    clip, new = tmp_path / "clip.mkv", tmp_path / "new.mkv"
+    write_noise(clip, 60, seed=1)
+    write_noise(new, 40, seed=2)
+    new.write_bytes(new.read_bytes()[:len(new.read_bytes()) // 2])  # cut inside its frames
+    src = open_source("vis", SourceConfig(kind="file", path=str(clip), realtime=False, loop=True))
+    src.warn = lambda line: None
+    with src, pytest.raises(SourceError) as info:
+        src.read()
+        shutil.copyfile(new, clip)
+        for _ in range(100):
+            src.read()
+    assert str(info.value).startswith(f"vis: {clip}: truncated or corrupt video: decoding stopped after frame ")
