@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from streamfuse.align import AlignConfig
+from streamfuse.capture.ffmpeg_options import unknown_options
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.checks import (ConfigError, ValueNotTaken, apply_overrides, did_you_mean, dump_yaml, key_shown,
                                load_yaml, override_keys, parse_section, shown, yaml_reason)
@@ -228,6 +229,11 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
     if unguided:  # the net drops both with the guides (HCLFuseNet.set_sampling): a run would look guided and is not
         log.warning("%s: hclfuse.guidance=false turns the guides off, and with them hclfuse.%s (add "
                     "hclfuse.guidance=true)", source_file, ", ".join(unguided))
+    for name in ("ir", "vis"):  # FFmpeg leaves an option it has no name for unused, and PyAV does not say it
+        source = built[name]
+        if source.ffmpeg and source.kind in ("file", "stream") and (unknown := unknown_options(source.ffmpeg)):
+            log.warning("%s: %s.ffmpeg: FFmpeg has no option named %s (misspelt, or another version's?): left unused",
+                        source_file, name, ", ".join(unknown))
     return PipelineConfig(**built, source_file=source_file)
 
 

@@ -128,6 +128,19 @@ def test_the_guides_settings_with_guidance_off_are_warned_of(tmp_path, caplog):
                                "hclfuse.guidance_scale=5.0, image_guidance=3 (add hclfuse.guidance=true)"]
 
 
+def test_ffmpeg_options_ffmpeg_has_no_name_for_are_warned_of(tmp_path, caplog):
+    """FFmpeg leaves an option it has no name for unused without a word (PyAV frees what is left): a misspelt
+    rtsp_transport left a camera on UDP, a misspelt fflags=nobuffer its buffering on, unsaid."""
+    path = _write(tmp_path, "vis:\n  kind: stream\n  path: rtsp://cam/stream1\n")
+    with caplog.at_level("WARNING", logger="streamfuse.config"):
+        load_config(path, ["vis.ffmpeg=[rtsp_transport=udp, fflags=nobuffer, rw_timeout=5000000, threads=2]"])
+        load_config(path, ["ir.ffmpeg=[rtsp_transprot=tcp]"])  # a synthetic source's: FFmpeg never sees them
+        assert not caplog.records
+        load_config(path, ["vis.ffmpeg=[rtsp_transprot=tcp, fflags=nobuffer, stimeout=5000000]"])
+    assert caplog.messages == [f"{path}: vis.ffmpeg: FFmpeg has no option named rtsp_transprot, stimeout (misspelt, "
+                               "or another version's?): left unused"]
+
+
 def test_overrides_are_parsed_and_validated(tmp_path):
     path = _write(tmp_path, "hclfuse:\n  steps: 4\n")
     cfg = load_config(path, ["hclfuse.steps=2", "--sync.slop_ms=12.5", "ir.kind=synthetic"])
