@@ -27,9 +27,9 @@ from streamfuse.bitdepth import deep_grey
 from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.copied_over import CopiedOver, file_mark
+from streamfuse.capture.look_ahead import LookAhead
 from streamfuse.capture.open_failure import open_failure
 from streamfuse.capture.sources import BaseSource, SourceError
-from streamfuse.capture.look_ahead import LookAhead
 from streamfuse.capture.timestamps import STILL_REPEATS, FileClock, StreamClock
 from streamfuse.errors import io_reason, one_line
 from streamfuse.frames import Frame
