@@ -157,9 +157,12 @@ def test_producer_killed_before_its_first_frame_is_restarted(caplog) -> None:
             names += prod.shm_names()
         finally:
             assert_stopped(prod, names)
-    (event,) = events
-    assert event.stream == "ir" and event.restarting and "SIGKILL" in event.message
-    assert not prod.done and prod.stats()["ir"]["restarts"] == 1
+    first, *later = events
+    assert first.stream == "ir" and first.restarting and "SIGKILL" in first.message
+    # on a loaded machine the new producer can meet its 10 s open timeout (the server never answers) before the
+    # visible frames are in: a restart of its own, never a second kill
+    assert all(e.stream == "ir" and e.restarting and "SIGKILL" not in e.message for e in later)
+    assert not prod.done and prod.stats()["ir"]["restarts"] >= len(events)
 
 
 def test_restart_after_sigkill_resumes_a_replayable_source_without_repeats() -> None:
