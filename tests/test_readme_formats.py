@@ -3,26 +3,38 @@ README alone, in plain OpenCV and PyAV, gets from ``jpeg`` and ``h264`` frames."
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_zmq import publishing
+import zmq
+from helpers_zmq import ANY_PORT, good_parts, publishing
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "### Reading frames without streamfuse"
 ODD = (61, 97)  # odd sides: 4:2:0 H.264 codes them one pixel longer
 
 
-def _compressed_snippet() -> str | None:
-    """The README's python block for jpeg and h264 frames, or None when it has none."""
+def _blocks() -> list[str]:
+    """The python blocks of the README's section on reading frames without streamfuse."""
     text = (REPO / "README.md").read_text()
     section = text.split(MARKER, 1)[1].split("\n### ", 1)[0] if MARKER in text else ""
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    return next((b for b in blocks if '"h264"' in b), None)
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def _readme_snippet() -> str | None:
+    """The section's first block: raw frames."""
+    return next(iter(_blocks()), None)
+
+
+def _compressed_snippet() -> str | None:
+    """The section's block for jpeg and h264 frames, or None when it has none."""
+    return next((b for b in _blocks() if '"h264"' in b), None)
 
 
 def _smooth(channels: int) -> np.ndarray:
@@ -56,3 +68,28 @@ def test_readme_compressed_consumer_gets_the_published_picture(encoding: str, ch
     got = np.load(saved)
     assert got.shape == shape
     assert np.abs(got.astype(int) - image).mean() < 3
+
+
+def test_readme_raw_consumer_counts_the_frames_it_missed() -> None:
+    # the README's consumer printed frames but no count of those missed, nor said that a lower seq is a restart
+    snippet = _readme_snippet()
+    assert snippet is not None, f"README.md's '{MARKER}' section has no python block"
+    image = np.zeros((4, 6, 3), np.uint8)
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as sock:
+        sock.bind(ANY_PORT)
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        proc = subprocess.Popen([sys.executable, "-c", snippet, endpoint], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        sent = 0
+        while proc.poll() is None:  # every other frame left out, and a restart every 10
+            topic, header, payload = good_parts(image)
+            fields = {**json.loads(header), "seq": 2 * (sent % 10)}
+            sock.send_multipart([b"fused/rig0", json.dumps(fields).encode(), payload])
+            sent += 1
+            time.sleep(0.005)  # paces a publisher, no wait for an event
+        out, err = proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    seqs = [int(line.split()[1]) for line in out.splitlines()]
+    expected = sum(b - a - 1 for a, b in zip(seqs, seqs[1:]) if b > a)
+    assert len(seqs) == 20 and any(b < a for a, b in zip(seqs, seqs[1:]))  # a restart came among them
+    assert out.splitlines()[-1].endswith(f", {expected} missed")
