@@ -367,7 +367,7 @@ def test_missing_video_file_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
     line = f"ir: video file not found: {tmp_path / 'nope.mp4'}"
     assert proc.stderr.count(line) == 1, proc.stderr  # said by the CLI alone, not also in the producers' log
-    assert f"streamfuse: error: {line}" in proc.stderr
+    assert f"run_stream.py: error: {line}" in proc.stderr
 
 
 @pytest.mark.timeout(120)
@@ -443,7 +443,7 @@ def test_two_missing_video_files_are_both_named_in_one_line(tmp_path):
                            "--set", "fuse.name=max", "--set", "publish.endpoint=tcp://127.0.0.1:*",
                            "--duration", "20"], cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("streamfuse: error: ")]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("run_stream.py: error: ")]
     assert all(f"{s}: video file not found: {p}" in line for s, p in paths.items()), proc.stderr
 
 
@@ -474,7 +474,7 @@ def test_a_source_failing_for_good_ends_the_run_with_the_final_stats_then_its_re
     out, _ = proc.communicate(timeout=80)
     assert proc.returncode == 1 and "Traceback" not in out, out
     *before, last = out.rstrip().splitlines()
-    assert last.startswith(f"streamfuse: error: ir: {tmp_path / 'ir.avi'}: truncated or corrupt video: decoding "
+    assert last.startswith(f"run_stream.py: error: ir: {tmp_path / 'ir.avi'}: truncated or corrupt video: decoding "
                            f"stopped after frame 25 "), out
     finals = [line for line in before if "final: " in line]
     assert len(finals) == 1, out

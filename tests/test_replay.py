@@ -303,7 +303,7 @@ def test_a_ctrl_c_during_a_replay_command_ends_it_with_130_and_one_line_no_error
                         str(ir), "--vis", str(vis), "--out", str(out)]) == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("streamfuse")]
     assert len(lines) == 1 and "error" not in lines[0], lines
-    assert lines[0].startswith("streamfuse: replay stopped: interrupted (Ctrl-C); 7 frames kept in ")
+    assert lines[0].startswith("streamfuse replay: replay stopped: interrupted (Ctrl-C); 7 frames kept in ")
     assert lines[0].endswith(f"run again with --resume (same --out {out}) to continue")
 
 
@@ -1190,7 +1190,7 @@ def test_replay_killed_mid_run_resumes_to_the_uninterrupted_frames(tmp_path, sig
     stderr = (tmp_path / "stderr.txt").read_text()
     if sig != signal.SIGKILL:  # stopped cleanly: one line that says how to go on, every fused frame kept
         assert rc == 130  # the user's stop, not an error
-        lines = [line for line in stderr.splitlines() if line.startswith("streamfuse:")]
+        lines = [line for line in stderr.splitlines() if line.startswith("streamfuse run:")]
         assert len(lines) == 1 and f"interrupted ({sig.name}); 19 frames kept" in lines[0] and "--resume" in lines[0]
         assert "error" not in lines[0]
         assert _held_frames(partial_path(out)) == 19

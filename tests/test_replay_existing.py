@@ -55,7 +55,8 @@ def test_a_complete_output_is_refused_before_any_work_and_left_as_it_is(tmp_path
     # the command: one line, a non-zero exit
     assert replay_main(["--ir", str(ir), "--vis", str(vis), "--out", str(out), "--set", "fuse.name=max"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith(f"streamfuse: error: output {out} is already complete") and "Traceback" not in lines
+    assert lines[-1].startswith(f"streamfuse replay: error: output {out} is already complete")
+    assert "Traceback" not in lines
     assert run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True).complete  # nothing to resume
     assert out.read_bytes() == before and not list(tmp_path.glob(".fused*"))
 
@@ -164,7 +165,7 @@ def test_an_output_another_run_is_writing_is_refused_and_left_to_it(tmp_path, pa
                                                f"{holder.pid}, holding .fused.mkv.lock\\); wait for it to end"):
             run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=resume)
         assert replay_main(["--ir", str(ir), "--vis", str(vis), "--out", str(out), "--set", "fuse.name=max"]) == 1
-        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"streamfuse: error: output {out} is "
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"streamfuse replay: error: output {out} is "
                                                                            "being written by another run")
     finally:
         holder.kill()

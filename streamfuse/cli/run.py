@@ -56,6 +56,7 @@ def _path_text(text: str) -> str:
 def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run", replay: bool = False) -> int:
     """Run a pipeline from the command line; returns the exit status (a bad config or input: one line, 1 or 2)."""
     args = _parser(prog, replay=replay).parse_args(argv)
+    said = prog.removeprefix("python -m ")  # how every line of its own begins, as its usage errors do
     log_queue.install(logging.DEBUG if args.verbose else logging.INFO,
                       "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     out = args.out  # what makes this a replay: --out, or its config's replay.out once that is read
@@ -71,26 +72,26 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
                    out_path=args.out, resume=args.resume or None)
     except ConfigError as exc:
         log_queue.flush()
-        return config_error("streamfuse", exc)
+        return config_error(said, exc)
     except KeyboardInterrupt as exc:  # before the run's own handlers (imports, loading the model): nothing to keep
         log_queue.flush()
-        print(f"streamfuse {'replay' if replay else 'run'}: {interrupted(exc)}", file=sys.stderr)  # as stoppable's
+        print(f"{said}: {interrupted(exc)}", file=sys.stderr)  # as stoppable's
         return 0 if isinstance(exc, Terminated) and not out else 130  # as later: SIGTERM, SIGHUP end a live run
     except (OSError, RuntimeError, ValueError) as exc:
         # Every stage raises these with one line that says what and where; a stack trace would bury it.
         logging.getLogger("streamfuse").debug("failure", exc_info=True)
         log_queue.flush()  # the reason comes last, after the final stats
         if getattr(exc, "interrupted", False):  # a replay the user stopped (Ctrl-C, SIGTERM): no error, exit 130
-            print(f"streamfuse: {printable(exc)}", file=sys.stderr)
+            print(f"{said}: {printable(exc)}", file=sys.stderr)
             return 130
-        print(f"streamfuse: error: {printable(exc)}{limit_reached(exc)}", file=sys.stderr)
+        print(f"{said}: error: {printable(exc)}{limit_reached(exc)}", file=sys.stderr)
         return 1
     except (ImportError, MemoryError) as exc:  # under a memory limit (ulimit -v, systemd's LimitAS=): a library that
         # cannot be mapped ("failed to map segment from shared object"), an allocation refused
         logging.getLogger("streamfuse").debug("failure", exc_info=True)
         log_queue.flush()
         what = "out of memory" if isinstance(exc, MemoryError) else "cannot load a library"
-        print(f"streamfuse: error: {what}: {printable(exc) or 'no memory left'} (is the process's memory limit, "
+        print(f"{said}: error: {what}: {printable(exc) or 'no memory left'} (is the process's memory limit, "
               "ulimit -v, too low?)", file=sys.stderr)
         return 1
 

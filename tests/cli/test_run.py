@@ -46,33 +46,34 @@ def test_shipped_names_resolve_and_paths_stay_paths(tmp_path, monkeypatch):
 def test_an_unknown_config_name_is_a_config_error(tmp_path, monkeypatch, capsys, command, name):
     monkeypatch.chdir(tmp_path)
     assert command(["--config", name, "--ir", "a.mp4", "--vis", "b.mp4", "--out", "o.mp4"]) == 2
+    said = "replay" if command is replay_main else "run"
     assert capsys.readouterr().err.splitlines() == [
-        f"streamfuse: config error: {name}: no such config file here, nor a shipped config of that name; shipped: "
-        "demo, eval, replay, rig (or give the path of a YAML file)"]
+        f"streamfuse {said}: config error: {name}: no such config file here, nor a shipped config of that name; "
+        "shipped: demo, eval, replay, rig (or give the path of a YAML file)"]
 
 
 def test_a_bad_key_is_one_line(capsys):
     assert main(["--config", "demo", "--set", "fuse.stepz=1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("streamfuse: config error: ") and "demo.yaml" in err
+    assert "\n" not in err and err.startswith("streamfuse run: config error: ") and "demo.yaml" in err
 
 
 def test_a_path_holding_a_newline_or_an_escape_stays_on_the_error_line(tmp_path, monkeypatch, capsys):
     """A path's control characters were printed raw: the error broke across lines (or drew on the terminal)."""
     monkeypatch.chdir(tmp_path)
     assert replay_main(["--config", "replay", "--ir", "a\nb\x1b[2J.mp4", "--vis", "v.mp4", "--out", "o.mp4"]) == 1
-    assert capsys.readouterr().err.splitlines() == ["streamfuse: error: ir input not found: a\\nb\\x1b[2J.mp4"]
+    assert capsys.readouterr().err.splitlines() == ["streamfuse replay: error: ir input not found: a\\nb\\x1b[2J.mp4"]
     assert main(["--config", "a\nb\x1b[2J.yaml"]) == 2  # a config error's line too
     assert capsys.readouterr().err.splitlines() == [
-        "streamfuse: config error: a\\nb\\x1b[2J.yaml: no such config file here, nor a shipped config of that name; "
-        "shipped: demo, eval, replay, rig (or give the path of a YAML file)"]
+        "streamfuse run: config error: a\\nb\\x1b[2J.yaml: no such config file here, nor a shipped config of that "
+        "name; shipped: demo, eval, replay, rig (or give the path of a YAML file)"]
 
 
 def test_duration_with_a_replay_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--config", "replay", "--ir", "a.mp4", "--vis", "v.mp4", "--out", "o.mp4", "--duration", "5"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "streamfuse: config error: --duration is for live runs: a replay (--out) fuses its inputs to their end"]
+        "streamfuse run: config error: --duration is for live runs: a replay (--out) fuses its inputs to their end"]
     assert not list(tmp_path.iterdir())
 
 
@@ -86,7 +87,7 @@ def test_a_live_run_of_a_source_without_a_path_is_a_config_error_before_it_binds
         endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
         assert main(["--config", "replay", "--set", f"publish.endpoint={endpoint}", "--duration", "1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("streamfuse: config error: ") and err.endswith(
+    assert err.startswith("streamfuse run: config error: ") and err.endswith(
         "replay.yaml: ir.path is empty: a file source needs one (--set ir.path=...; a replay takes it from --ir with "
         "--out)"), err
 
@@ -99,7 +100,7 @@ def test_a_palette_for_the_synthetic_source_is_a_config_error_before_it_binds(ca
         endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
         assert main(["--config", "demo", "--set", "ir.palette=jet", "--set", f"publish.endpoint={endpoint}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("streamfuse: config error: ") and err.endswith(
+    assert err.startswith("streamfuse run: config error: ") and err.endswith(
         "demo.yaml with --set ir.palette=jet: ir.palette='jet' is a thermal camera's, and the synthetic source "
         "renders grey IR (leave it empty)")
 
@@ -121,7 +122,7 @@ def test_sources_whose_times_never_pair_are_a_config_error_before_it_binds(sets,
         args = [a for s in sets for a in ("--set", s)]
         assert main(["--config", "demo", *args, "--set", f"publish.endpoint={endpoint}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("streamfuse: config error: ") and said in err and "\n" not in err
+    assert err.startswith("streamfuse run: config error: ") and said in err and "\n" not in err
     assert err.endswith(": they would never pair (give two live sources, two files or folders, or two recordings)")
 
 
@@ -152,7 +153,7 @@ def test_replay_needs_out(capsys):
 def test_replay_options_without_an_output_are_refused(capsys, args, given):
     assert main(["--config", "demo", *args]) == 2  # not a live run that ignores them
     assert capsys.readouterr().err.splitlines() == [
-        f"streamfuse: config error: {given} for replay: also give --out (or set replay.out in the config)"]
+        f"streamfuse run: config error: {given} for replay: also give --out (or set replay.out in the config)"]
 
 
 @pytest.mark.parametrize("option", ["--ir", "--vis", "--out"])
@@ -211,7 +212,7 @@ def test_a_memory_limit_too_low_is_one_line(monkeypatch, capsys, exc, said):
     monkeypatch.setattr(streamfuse.pipeline, "run", short)
     assert main(["--config", "demo"]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"streamfuse: error: {said} (is the process's memory limit, ulimit -v, too low?)"]
+        f"streamfuse run: error: {said} (is the process's memory limit, ulimit -v, too low?)"]
 
 
 def test_an_open_file_limit_reached_is_named_in_the_line(monkeypatch, capsys):
@@ -228,8 +229,22 @@ def test_an_open_file_limit_reached_is_named_in_the_line(monkeypatch, capsys):
     assert main(["--config", "demo"]) == 1
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert capsys.readouterr().err.splitlines() == [
-        f"streamfuse: error: [Errno 24] Too many open files (the process's open-file limit, ulimit -n, is {soft}: "
+        f"streamfuse run: error: [Errno 24] Too many open files (the process's open-file limit, ulimit -n, is {soft}: "
         "raise it)"]
+
+
+@pytest.mark.parametrize("program, said", [
+    ([str(REPO / "run_stream.py")], "run_stream.py"), (["-m", "streamfuse", "run"], "streamfuse run"),
+    (["-m", "streamfuse", "replay", "--out", "o.mp4"], "streamfuse replay")], ids=["run_stream", "run", "replay"])
+def test_each_entry_points_errors_begin_with_its_command(program, said, tmp_path):
+    # a live run's config and input errors began 'streamfuse:', where every other command's name the command
+    (tmp_path / "bad.yaml").write_text("fuse:\n  stepz: 1\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for config, line in (("bad.yaml", "config error: bad.yaml: unknown config key fuse.stepz"),
+                         ("replay", "error: ir input not found: a.mp4")):
+        proc = subprocess.run([sys.executable, *program, "--config", config, "--ir", "a.mp4", "--vis", "b.mp4",
+                               "--out", "o.mp4"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.stderr.splitlines()[-1].startswith(f"{said}: {line}"), proc.stderr
 
 
 def test_config_errors_come_before_the_pipelines_imports(tmp_path):
@@ -307,7 +322,8 @@ def test_a_stop_while_the_run_starts_is_its_clean_stop(tmp_path, command, status
         proc.kill()
         if writer is not None:
             os.close(writer)
-    said = f"streamfuse {'replay' if 'replay' in command else 'run'}: interrupted ({sig.name})"  # the command named
+    named = "run_stream.py" if command[0].endswith(".py") else " ".join(command[1:3])
+    said = f"{named}: interrupted ({sig.name})"  # the command named, as its other lines do
     assert (proc.returncode, out.splitlines()) == (status, [said]), out[-2000:]
 
 
