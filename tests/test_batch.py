@@ -1063,6 +1063,7 @@ def test_ray_driver_stopped_mid_pair_keeps_partials_that_resume_finishes(tmp_pat
     # told by the replay itself, in words of what happened: the batch was stopped (Ray cancels with SIGINT, whichever
     # signal the driver had; a SIGTERM read "interrupted (Ctrl-C)")
     assert all(r.reason.startswith("replay stopped: interrupted (the batch was stopped)") for r in interrupted)
+    assert stopped.value.stop == ("interrupted (SIGTERM)" if sig == signal.SIGTERM else "interrupted (Ctrl-C)")
     again = run_batch(cfg, jobs, RayEngine(workers=2), resume=True)
     assert {r.status for r in again.results} <= {"done", "skipped"}
     expected = _times(src / "vi" / "a.nut")

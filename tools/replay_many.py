@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # where the package is not installed, this checkout's: its import names the dependencies this Python lacks, in the
 # one line of `python -m streamfuse`. No origin: only a folder that an uninstall left (numba's cache files in it)
@@ -31,6 +32,9 @@ from streamfuse.cli import leave, say_stopped, stoppable  # noqa: E402
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, path_arg, time_span  # noqa: E402
 from streamfuse.errors import printable  # noqa: E402
 from streamfuse.log_queue import install_direct  # noqa: E402
+
+if TYPE_CHECKING:
+    from streamfuse.batch import BatchSummary
 
 PROG = Path(__file__).name  # how every line of the tool begins, as its usage errors do
 
@@ -84,14 +88,14 @@ def _run(args: argparse.Namespace) -> int:
         engine = LocalEngine(threads=args.threads) if args.engine == "local" else RayEngine(
             workers=args.workers, threads=args.threads, gpus=args.gpus, retries=args.retries,
             **({} if args.address is None else {"address": args.address}))
-        summary = run_batch(cfg, jobs, engine, resume=args.resume)
+        summary, stop = run_batch(cfg, jobs, engine, resume=args.resume), ""
     except ConfigError as exc:
         return config_error(PROG, exc)
     except (OSError, ValueError) as exc:
         print(f"{PROG}: error: {printable(exc)}", file=sys.stderr)
         return 2
     except BatchInterrupted as exc:
-        summary = exc.summary
+        summary, stop = exc.summary, exc.stop
     if summary.count("skipped") == len(summary.results):  # the table would list no pair
         print(f"{PROG}: all {len(summary.results)} pairs already complete in {args.out}; nothing to do")
         return 0
@@ -99,11 +103,19 @@ def _run(args: argparse.Namespace) -> int:
     for result in summary.failed:
         print(f"{PROG}: FAILED {printable(result.out)}: {printable(result.reason)}", file=sys.stderr)
     if summary.stopped:
-        print(f"{PROG}: stopped before the end: {summary.count('interrupted')} interrupted (partial outputs "
-              f"kept), {summary.count('not started')} not started; run the same command again with --resume to finish",
-              file=sys.stderr)
+        print(f"{PROG}: {stop} before the end: {_finished(summary)}, {summary.count('interrupted')} interrupted "
+              f"(partial outputs kept), {summary.count('not started')} not started; run the same command again with "
+              f"--resume to finish", file=sys.stderr)
         return 130
     return 1 if summary.failed else 0
+
+
+def _finished(summary: BatchSummary) -> str:
+    """What a stopped batch finished: the pairs done, and those already complete or failed where there are any."""
+    said = [f"{summary.count('done')} done"]
+    said += [f"{n} {what}" for n, what in ((summary.count("skipped"), "already complete"),
+                                           (len(summary.failed), "failed")) if n]
+    return ", ".join(said)
 
 
 if __name__ == "__main__":

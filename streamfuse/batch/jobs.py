@@ -51,6 +51,7 @@ class PairResult:
     worker: str = ""  # host:pid that ran the pair
     wait_policy: str = ""  # the worker's OMP_WAIT_POLICY; "late" when torch was imported before streamfuse
     late_stop: int = 0  # a stop signal that came as the output took its name (ReplaySummary.late_stop)
+    stop: str = ""  # what interrupted it, ``interrupted (SIGTERM)``, as its replay says it
 
 
 @dataclass
@@ -93,11 +94,12 @@ class BatchSummary:
 
 
 class BatchInterrupted(KeyboardInterrupt):
-    """The user stopped the batch (Ctrl-C, SIGTERM); ``summary`` says what became of every pair."""
+    """The user stopped the batch (Ctrl-C, SIGTERM); ``summary`` says what became of every pair, ``stop`` which
+    signal stopped it (``interrupted (SIGTERM)``, ``interrupted (Ctrl-C)``)."""
 
-    def __init__(self, summary: BatchSummary):
-        super().__init__("batch interrupted")
-        self.summary = summary
+    def __init__(self, summary: BatchSummary, stop: str = "interrupted"):
+        super().__init__(f"batch {stop}")
+        self.summary, self.stop = summary, stop
 
 
 def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = ".mp4", codec: str = "h264",

@@ -19,7 +19,7 @@ from streamfuse.errors import io_reason
 from streamfuse.replay.frames_dir import STAGING
 from streamfuse.replay.outputs import check_existing_output, check_no_partial, is_complete
 from streamfuse.replay.resume import frames_held
-from streamfuse.signals import TERMINATE, handled, raise_interrupt
+from streamfuse.signals import TERMINATE, handled, interrupted, raise_terminated
 
 __all__ = ["Engine", "LocalEngine", "run_batch"]
 
@@ -90,9 +90,9 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     quiet = None if cfg.replay.progress else True  # None: tqdm shows the bars on a terminal only
     # paths as this folder names them: a cluster's workers run in other folders
     work_cfg = absolute_paths(dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False)))
-    interrupted = False
+    stop = ""  # the stop that ended the batch early, as its last line names it
     # SIGTERM and SIGHUP stop the batch as Ctrl-C does (a replay and the Ray driver set their own meanwhile)
-    with _output_folders({job.out.parent for job in todo}), handled(raise_interrupt, TERMINATE), \
+    with _output_folders({job.out.parent for job in todo}), handled(raise_terminated, TERMINATE), \
             tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
                  disable=quiet) as pairs, \
             tqdm(unit="frame", desc="frames", position=1, disable=quiet) as frames:
@@ -103,16 +103,17 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
                         results.append(result)
                         pairs.update(1)
                         _log(result)
-        except KeyboardInterrupt:  # between two pairs, or while the engine starts or winds down
-            interrupted = True
+        except KeyboardInterrupt as exc:  # between two pairs, or while the engine starts or winds down
+            stop = interrupted(exc)
+    stop = stop or next((r.stop for r in results if r.stop), "")  # else a stop inside a pair: its replay names it
     # a pair stopped before its first frame was written (while the model loaded, say) has nothing to resume
     results = [PairResult(r.out, "not started") if r.status == "interrupted" and not partial_path(r.out).exists()
                else r for r in results]
     finished = {r.out for r in results}
     results += [_unfinished(job, cfg) for job in todo if str(job.out) not in finished]
     summary = BatchSummary(results, time.perf_counter() - t0)
-    if interrupted or summary.stopped:
-        raise BatchInterrupted(summary)
+    if stop or summary.stopped:
+        raise BatchInterrupted(summary, stop or "interrupted")
     return summary
 
 

@@ -121,8 +121,9 @@ class RayEngine:
     def run(self, cfg: Any, jobs: Iterable[PairJob], *, resume: bool,
             frames: Callable[[int], None]) -> Iterator[PairResult]:
         """Yield each pair's result as it ends. Ctrl-C or SIGTERM to this process (the driver) stops the batch: the
-        running pairs are cancelled (their replays keep resumable partial outputs) and the results they return are
-        yielded. A worker killed in any other way has its pair run again (``retries``)."""
+        running pairs are cancelled (their replays keep resumable partial outputs), the results they return are
+        yielded, and then what that signal raises (:func:`stopped_by`). A worker killed in any other way has its pair
+        run again (``retries``)."""
         import ray
 
         stop = _StopEvent()
@@ -131,6 +132,8 @@ class RayEngine:
                 running = yield from self._schedule(ray, worker_cfg(cfg, self.threads), jobs, resume, frames, stop)
             # Ctrl-C and SIGTERM act again while the running pairs wind down: a second one stops waiting for them
             yield from _wind_down(ray, running)
+        if stop.is_set():  # the batch's last line names the signal, which its workers never saw
+            raise stopped_by(stop.signum)
 
     @contextlib.contextmanager
     def session(self, stop: _StopEvent | None = None) -> Iterator[None]:

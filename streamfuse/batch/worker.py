@@ -95,6 +95,7 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         summary = exc.summary
         # the batch says how to continue (--resume of the whole batch), not the single replay's --out
         result.status, result.reason = "interrupted" if exc.interrupted else "failed", exc.message
+        result.stop = summary.stopped if exc.interrupted and summary is not None else ""
     except (OSError, RuntimeError, ValueError, av.FFmpegError) as exc:  # av's: some derive from none of the three
         summary = None
         result.status, result.reason = "failed", one_line(exc)

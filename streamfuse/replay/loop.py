@@ -107,8 +107,8 @@ def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, frames: FramesDir | 
             return _Replay(used, ir, vis, out, prints, take_over, frames, summary).run(fuser_factory)
         except KeyboardInterrupt as exc:  # before the loop began (model loading): a partial output is kept as it is
             hint = resume_hint(out, rcfg.pacing) if partial_path(out).exists() else ""
-            raise ReplayError(f"replay stopped: {interrupted(exc)}",
-                              summary, interrupted=True, hint=hint) from None
+            summary.stopped = interrupted(exc)  # which stop: a batch's last line names it
+            raise ReplayError(f"replay stopped: {summary.stopped}", summary, interrupted=True, hint=hint) from None
 
 
 def _check_paths(cfg: Any, ir_path: str | os.PathLike | None, vis_path: str | os.PathLike | None,

@@ -288,7 +288,8 @@ def test_a_stopped_pair_is_finished_by_resume_and_only_by_it(tmp_path, capsys, m
     monkeypatch.setattr(streamfuse.processor, "config_fuser", stopping)
     out = tmp_path / "out"
     assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 130
-    assert "stopped before the end: 1 interrupted (partial outputs kept), 0 not started;" in capsys.readouterr().err
+    assert ("replay_many.py: interrupted (Ctrl-C) before the end: 0 done, 1 interrupted (partial outputs kept), "
+            "0 not started;") in capsys.readouterr().err
     monkeypatch.setattr(streamfuse.processor, "config_fuser", real)
     assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 1  # its partial output is kept, not redone
     assert "run again with --resume" in capsys.readouterr().err
@@ -330,3 +331,46 @@ def test_a_stop_while_the_config_loads_is_one_line_naming_it_and_130(stop, said,
     monkeypatch.setattr(streamfuse.config, "load_config", loading)
     assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "o"), *ARGS]) == 130
     assert capsys.readouterr().err == f"replay_many.py: {said}\n"
+
+
+@pytest.mark.parametrize("sig, said", [(signal.SIGINT, "interrupted (Ctrl-C)"),
+                                       (signal.SIGTERM, "interrupted (SIGTERM)")], ids=["Ctrl-C", "SIGTERM"])
+@pytest.mark.parametrize("where, left", [("in", "1 interrupted (partial outputs kept), 1 not started"),
+                                         ("between", "0 interrupted (partial outputs kept), 2 not started")],
+                         ids=["in_a_pair", "between_pairs"])
+def test_a_stopped_batchs_last_line_names_the_signal_and_what_finished(sig, said, where, left, tmp_path, capsys,
+                                                                       monkeypatch):
+    # its last line said "stopped before the end" for Ctrl-C and SIGTERM alike, and nothing of the pairs done
+    import streamfuse.batch.local
+    import streamfuse.processor
+
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        for name in ("a.mp4", "b.mp4", "c.mp4"):
+            _video(tmp_path / sub / name, 6)
+    real_fuser, real_log, fused = streamfuse.processor.config_fuser, streamfuse.batch.local._log, []
+
+    def stopping(*args):  # in the second pair, at its fourth frame
+        fuser = real_fuser(*args)
+
+        class Stops:
+            name, version = fuser.name, fuser.version
+
+            def fuse(self, *a, **k):
+                fused.append(1)
+                if where == "in" and len(fused) == 10:
+                    signal.raise_signal(sig)
+                return fuser.fuse(*a, **k)
+
+        return Stops()
+
+    def logged(result):  # between the first pair and the second
+        real_log(result)
+        if where == "between":
+            signal.raise_signal(sig)
+
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", stopping)
+    monkeypatch.setattr(streamfuse.batch.local, "_log", logged)
+    assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "out"), *ARGS]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"replay_many.py: {said} before the end: 1 done, {left}; run the same command again with --resume to finish")
