@@ -17,14 +17,14 @@ import numpy as np
 from streamfuse import metrics
 from streamfuse.bitdepth import To8Bit, read_8bit
 from streamfuse.capture.image_folder import frame_files
-from streamfuse.capture.palette import first_note
+from streamfuse.capture.palette import first_note, grey_first, warn_once
 from streamfuse.errors import not_found
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["find_pairs", "image_files", "read_grey", "read_pair", "check_size", "check_readable"]
 
 log = logging.getLogger(__name__)
-_GREY_FIRST = "give them in grey, in temperature order (evaluate takes no palette)"
+_GREY_FIRST = grey_first("evaluate")
 
 
 def read_grey(path: Path, depth: To8Bit | None = None, notes: list[tuple[Path, str]] | None = None) -> np.ndarray:
@@ -102,6 +102,4 @@ def check_readable(pairs: list[tuple[str, Path, Path]], fused_files: dict[str, d
         for name, files in fused_files.items():
             if stem in files:
                 check_size(name, stem, read_grey(files[stem]), ir)
-    if notes:  # once, as live capture says it once a stream
-        more = f" and {len(notes) - 1} more of the {len(pairs)}" * (len(notes) > 1)
-        log.warning("IR %s%s: %s", notes[0][0], more, notes[0][1])
+    warn_once(log, notes, len(pairs))

@@ -21,6 +21,7 @@ True
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +33,7 @@ from streamfuse.file_names import opencv_name
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["PALETTES", "check_palette", "to_temperature", "ir_grey", "check_depth", "first_note", "mismatch",
-           "is_colour"]
+           "is_colour", "grey_first", "warn_once"]
 
 _COLORMAPS = {name.removeprefix("COLORMAP_").lower(): getattr(cv2, name) for name in dir(cv2)
               if name.startswith("COLORMAP_") and name not in ("COLORMAP_HSV", "COLORMAP_TWILIGHT",
@@ -213,3 +214,16 @@ def first_note(image: np.ndarray, palette: str, fix: str = "name the palette in 
     if palette not in ("", "black_hot") and image.ndim == 3 and (far := mismatch(image, palette)) > _MISMATCH:
         return f"frames do not look like the {palette} palette (median colour distance {far:.0f}): check ir.palette"
     return None
+
+
+def grey_first(command: str) -> str:
+    """:func:`first_note`'s ``fix`` for a command that reads IR stills and takes no palette (evaluate, training)."""
+    return f"give them in grey, in temperature order ({command} takes no palette)"
+
+
+def warn_once(log: logging.Logger, notes: list[tuple[Path, str]], total: int) -> None:
+    """One warning for the IR stills of a run that :func:`first_note` had a line for: the first named, the others
+    counted of the ``total`` read, as live capture says it once a stream."""
+    if notes:
+        more = f" and {len(notes) - 1} more of the {total}" * (len(notes) > 1)
+        log.warning("IR %s%s: %s", notes[0][0], more, notes[0][1])

@@ -19,6 +19,7 @@ import torch
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
 from streamfuse.bitdepth import To8Bit, is_image_name, read_8bit
+from streamfuse.capture.palette import first_note, grey_first, warn_once
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["SETS", "PairSampler", "load_pairs", "data_digest"]
@@ -42,9 +43,11 @@ def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
                                 "--data DIR or the STREAMFUSE_DATA environment variable)")
     pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
     deep: list[Path] = []  # 16-bit images, reported once
+    colour: list[tuple[Path, str]] = []  # colour IR images, reported once
     own = (data / "ir").is_dir() and (data / "vi").is_dir()
     for root in [data] if own else [root for pattern in SETS for root in sorted(data.glob(pattern))]:
-        pairs += _set_pairs(root, data, deep)
+        pairs += _set_pairs(root, data, deep, colour)
+    warn_once(log, colour, len(pairs))
     if deep:
         log.warning("%d 16-bit images (first %s): brought to 8 bits as every reader does (IR stretched by its own "
                     "range, visible by its top 8 bits: streamfuse.bitdepth)", len(deep), deep[0])
@@ -64,15 +67,17 @@ def data_digest(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _set_pairs(root: Path, data: Path, deep: list[Path]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The pairs of one set, by file name; names in only one of ir/ and vi/ are skipped with a warning."""
+def _set_pairs(root: Path, data: Path, deep: list[Path],
+               colour: list[tuple[Path, str]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The pairs of one set, by file name; names in only one of ir/ and vi/ are skipped with a warning; ``deep`` and
+    ``colour`` gather the 16-bit images and the colour IR images."""
     ir_names, vis_names = _image_names(root / "ir"), _image_names(root / "vi")
     if alone := sorted(ir_names ^ vis_names):
         log.warning("%s: skipped the names in only one of ir/ and vi/: %d (first %s)", root, len(alone), alone[0])
     pairs = []
     for name in sorted(ir_names & vis_names):  # the order of the sorted ir/ listing: the batches depend on it
         ir_path, vis_path = root / "ir" / name, root / "vi" / name
-        ir = _read(ir_path, cv2.IMREAD_GRAYSCALE, deep, ir=True)  # LLVIP IR is 3-channel: read as grey
+        ir = _read_ir(ir_path, deep, colour)
         vis = _read(vis_path, cv2.IMREAD_COLOR, deep, ir=False)
         if ir.shape != vis.shape[:2]:
             raise ValueError(f"pair {root}/{{ir,vi}}/{name} has different sizes: IR {ir.shape[1]}x{ir.shape[0]}, "
@@ -94,6 +99,18 @@ def _read(path: Path, flag: int, deep: list[Path], ir: bool) -> np.ndarray:
     if depth.converted:
         deep.append(path)
     return img
+
+
+def _read_ir(path: Path, deep: list[Path], colour: list[tuple[Path, str]]) -> np.ndarray:
+    """An IR image as grey; one in colour (a false-colour palette, where LLVIP's three channels are alike) is noted in
+    ``colour`` with the line that live capture and evaluate give, and read as grey as it always was (a run's pairs,
+    and so a resume's data check, stay as they were)."""
+    img = _read(path, cv2.IMREAD_UNCHANGED, deep, ir=True)
+    if img.ndim == 2:
+        return img
+    if note := first_note(img, "", grey_first("training")):
+        colour.append((path, note))
+    return _read(path, cv2.IMREAD_GRAYSCALE, [], ir=True)
 
 
 class PairSampler:
