@@ -11,7 +11,8 @@ Settings are ``--key value`` for the optimisation (``train`` section: ``--steps 
 ``--key=value`` works too, a value is read as YAML and a bare boolean flag means true (``--distill``). Checkpoints
 (model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; Ctrl-C, SIGTERM
 or SIGHUP lets the step in flight finish, writes one and stops; --resume continues from there as if never stopped
-(with the run's --steps and --minutes where they are left out).
+(with the run's own settings and --data where they are left out; one given otherwise than the run's is refused, bar
+--steps, --minutes and --threads).
 When the run completes, OUT/hclfuse_v4.pt holds the EMA weights; OUT/train_config.yaml holds the resolved configuration
 (a finished run trained further keeps its own in OUT/train_config.extending.yaml until it completes).
 """
@@ -32,7 +33,7 @@ from streamfuse.cli import say_stopped
 from streamfuse.cli.args import Parser, data_dir, path_arg, time_span
 from streamfuse.errors import printable
 from streamfuse.log_queue import install_direct
-from streamfuse.train.config import SECTIONS, load_setup
+from streamfuse.train.config import SECTIONS, TrainSetup, load_setup
 from streamfuse.train.loop import run_training
 from streamfuse.train.settings_file import settings_file
 
@@ -85,15 +86,31 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
-def _saved_budget(out: Path) -> list[str]:
-    """The budget (steps, minutes) that ``out``'s run was saved with, as overrides for the command line's to follow:
-    a resume left without ``--steps`` continues the run's schedule, not the default's (a 3000-step run went on to
-    20000). None where the file cannot tell (the resume's own checks name what is wrong)."""
+def _saved_settings(out: Path) -> tuple[dict, Path | None]:
+    """The settings that ``out``'s run was saved with (its settings file) and its data folder, for a resume to go on
+    from: a setting the command line leaves out is the run's own, not the default (a 3000-step run went on to 20000;
+    one of --batch 2 was refused for batch 8); one it gives otherwise is refused as ever. Empty where the file cannot
+    tell (the resume's own checks name what is wrong); keys that this version has not are left out."""
     try:
-        saved = yaml.safe_load(settings_file(out).read_text())["train"]
-        return [f"train.{key}={saved[key]}" for key in ("steps", "minutes") if type(saved.get(key)) in (int, float)]
+        saved = yaml.safe_load(settings_file(out).read_text())
+        folder = (saved.get("data") or {}).get("folder")
+        sections = {name: {f.name: saved[name][f.name] for f in dataclasses.fields(cls) if f.name in saved[name]}
+                    for name, cls in SECTIONS.items() if isinstance(saved.get(name), dict)}
+        return sections, Path(folder) if isinstance(folder, str) and folder else None
     except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError):
-        return []
+        return {}, None
+
+
+def _setup(overrides: list[str], saved: dict, where: Path) -> TrainSetup:
+    """The run's settings: the command line's over ``saved`` (a resumed run's own, from ``where``) over the defaults.
+    The command line's own mistakes are named as given; a value of the file that this version refuses, with it."""
+    setup = load_setup(overrides)
+    if not saved:
+        return setup
+    try:
+        return load_setup(overrides, saved)
+    except ValueError as exc:
+        raise ValueError(f"cannot resume: {where}, the run's settings, holds {exc}") from None
 
 
 def _stopped(why: str | KeyboardInterrupt) -> NoReturn:
@@ -111,9 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="python -m streamfuse train", description=__doc__, epilog=_settings_help(),
                     allow_abbrev=False,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=path_arg, default=data_dir(),
-                        help="data folder: its training sets, or its own ir/ and vi/ (default: STREAMFUSE_DATA, "
-                             "else ../shared/data)")
+    parser.add_argument("--data", type=path_arg,
+                        help="data folder: its training sets, or its own ir/ and vi/ (default: a resumed run's own, "
+                             "else STREAMFUSE_DATA, else ../shared/data)")
     parser.add_argument("--out", type=path_arg, default=Path("runs") / "hclfuse", help="output folder (runs/hclfuse)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--ckpt-minutes", type=time_span("minutes"), default=3.0,
@@ -121,16 +138,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", type=path_arg, help="weights file whose tensors start the run (fine-tuning)")
     args, rest = parser.parse_known_args(argv)
     install_direct(logging.INFO, "%(asctime)s %(name)s %(message)s")
+    saved, folder = _saved_settings(args.out) if args.resume else ({}, None)
     try:
-        setup = load_setup((_saved_budget(args.out) if args.resume else []) + to_overrides(rest))
+        setup = _setup(to_overrides(rest), saved, settings_file(args.out))
     except ValueError as exc:  # a bad key or value: a config error, exit status 2 as for every command
         print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
         _stopped(exc)
     try:
-        path = run_training(args.data, args.out, setup, resume=args.resume, ckpt_minutes=args.ckpt_minutes,
-                            init=args.init)
+        path = run_training(args.data or folder or data_dir(), args.out, setup, resume=args.resume,
+                            ckpt_minutes=args.ckpt_minutes, init=args.init)
     except InterruptedError as exc:  # stopped by Ctrl-C, SIGTERM or SIGHUP: what was learnt is saved
         _stopped(f"{_PROG}: {exc}")
     except (OSError, ValueError) as exc:

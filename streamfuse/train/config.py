@@ -91,13 +91,14 @@ class TrainSetup:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
 
-def load_setup(overrides: list[str]) -> TrainSetup:
-    """The defaults with ``section.key=value`` overrides applied and validated.
+def load_setup(overrides: list[str], base: dict[str, dict[str, Any]] | None = None) -> TrainSetup:
+    """The defaults, with ``base``'s settings (``{section: {key: value}}``: a resumed run's own) and then the
+    ``section.key=value`` overrides applied, validated.
 
     Raises:
         ValueError: one line naming the bad key or value and what is allowed.
     """
-    data = apply_overrides({}, overrides)
+    data = apply_overrides({name: dict(values) for name, values in (base or {}).items()}, overrides)
     for name, value in data.items():
         if name not in SECTIONS:
             raise ValueError(f"unknown config section {name}; allowed sections: {', '.join(SECTIONS)}")

@@ -304,6 +304,34 @@ def test_a_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(data, tmp_pat
             assert torch.equal(resumed[part][key], value), f"{part}.{key} differs from the uninterrupted run"
 
 
+def test_a_resume_given_no_settings_goes_on_with_the_runs_own_exactly(data, tmp_path, monkeypatch, uninterrupted,
+                                                                       net):
+    # a resume had to repeat every setting the run started with (--batch, --crop, the model's...): each one left out
+    # was refused as changed to its default
+    real_optimise, calls = loop._optimise, []
+
+    def signalled(run, total, cfg):  # Ctrl-C in the third step, after its batch and noise were drawn
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+        real_optimise(run, total, cfg)
+
+    monkeypatch.setattr(loop, "_optimise", signalled)
+    out = tmp_path / "run"
+    assert _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "6"]).startswith(
+        "streamfuse train: stopped at step 3")
+    monkeypatch.setattr(loop, "_optimise", real_optimise)
+    train.main(["--out", str(out), "--resume"])  # its settings, its --steps and its data folder: the run's own
+    resumed = torch.load(str(out / "checkpoint.pt"), weights_only=True)
+    assert resumed["step"] == 6 and (out / DEFAULT_WEIGHTS.name).is_file()
+    for part in ("net", "ema"):
+        for key, value in uninterrupted[part].items():
+            assert torch.equal(resumed[part][key], value), f"{part}.{key} differs from the uninterrupted run"
+    assert _fails(["--out", str(out), "--resume", "--steps", "7", "--batch", "3", "--crop", "32"]) == (
+        f"{TRAIN_ERROR}cannot resume with other settings than the run started with (train.batch 2 -> 3): give the "
+        "same, or start another --out")  # a setting given otherwise is refused as ever, one given alike is not
+
+
 @SIGNALS
 def test_a_signal_while_starting_is_one_line_and_writes_nothing(data, tmp_path, monkeypatch, sig, net):
     def signalled(*args, **kwargs):
