@@ -142,14 +142,44 @@ def test_a_bag_whose_thermal_frames_come_late_says_the_queue_size_that_pairs_the
                           r"recording in its recorded order\): replay with --set sync.queue_size=(\d+) to pair them",
                           summary.note)
     assert needed
-    # the size said pairs them all, and is at most one above the least that does (the pairer pairs a frame waiting
-    # for a nearer partner before it drops one: the queue needs one frame less than were read before its partner)
-    for queue_size in (int(needed[1]), int(needed[1]) - 2):
+    # the size said pairs them all, and is the least that does (it was one above: a thermal frame's partner, paired
+    # as it came, was counted among the visible frames the next one kept queued)
+    for queue_size in (int(needed[1]), int(needed[1]) - 1):
         cfg = config_from_dict({"ir": {"kind": "mcap", "topic": THERMAL}, "vis": {"kind": "mcap", "topic": CAMERA},
                                 "sync": {"queue_size": queue_size}, "fuse": {"name": "max"},
                                 "replay": {"progress": False, "codec": "ffv1"}})
         summary = run_replay(cfg, ir_path=tmp_path / "bag.mcap", out_path=tmp_path / f"fused{queue_size}.mkv")
         assert (summary.written == 3 * N and not summary.note) is (queue_size == int(needed[1]))
+
+
+@pytest.mark.parametrize("late_ms, offset_ms", [({"ir": 500, "vis": 40}, 2), ({"ir": 170, "vis": 40}, -5),
+                                               ({"ir": 40, "vis": 400}, 3), ({"ir": 700, "vis": 40}, 12)],
+                         ids=["ir_late", "ir_late_after_its_partner", "vis_late", "ir_late_far_from_its_partner"])
+def test_the_queue_size_said_is_the_least_that_pairs_every_frame(late_ms, offset_ms):
+    # the pairer itself, fed in a recording's order: the size said was one above the least that drops no frame
+    from streamfuse.frames import Frame
+    from streamfuse.replay.order_lag import OrderLag
+    from streamfuse.sync import Pairer, SyncConfig
+
+    rng, image, logged = np.random.default_rng(0), np.zeros((2, 2), np.uint8), []
+    for i in range(90):
+        for stream, stamp in (("ir", i * PERIOD), ("vis", i * PERIOD + offset_ms * MS)):
+            logged.append((stamp + round((late_ms[stream] + rng.uniform(0, 5)) * MS), Frame(stream, i, stamp, image)))
+    frames = [frame for _, frame in sorted(logged, key=lambda m: m[0])]
+
+    def dropped(queue_size: int) -> dict[str, int]:
+        pairer = Pairer(SyncConfig(queue_size=queue_size))
+        for frame in frames:
+            pairer.push(frame)
+        pairer.flush()
+        return {s: pairer.stats()[s]["dropped"] for s in ("ir", "vis")}
+
+    lag = OrderLag(SyncConfig().tolerance_ns)
+    for frame in frames:
+        lag.read(frame.stream, frame.t_capture_ns)
+    least = next(size for size in range(2, 100) if not any(dropped(size).values()))
+    (late,) = [s for s, n in dropped(2).items() if n]  # the stream whose frames wait for the late one's
+    assert lag.needed[late] == least
 
 
 def _stepped_back(path, after: int) -> None:

@@ -20,8 +20,12 @@ _KEPT = 1 << 16  # times kept per stream: bounds the memory where one stream's f
 
 
 class OrderLag:
-    """The most frames of each stream read before a frame of the other stream that it or the other stream's next
-    frame could pair with, or came after them: how many its queue had to hold.
+    """The most frames of each stream read before a frame of the other stream that one of them still had to pair
+    with, or came after them: how many its queue had to hold.
+
+    A frame is paired as it is read where a frame of the other stream after it is already in (late IR frames find
+    their visible partners waiting): its partner and the frames before that one leave the other stream's queue. One
+    that comes first waits for the other stream's next frame, which decides it (its partner may be that one).
 
     Args:
         slop_ns: the pairing tolerance; a frame within it of a later one's time may be its partner.
@@ -32,23 +36,42 @@ class OrderLag:
         self._times: dict[str, deque[int]] = {s: deque(maxlen=_KEPT) for s in OTHER}
         # each stream's latest time: its deque is trimmed as the other stream's frames come
         self._last: dict[str, int | None] = {s: None for s in OTHER}
+        self._waits: dict[str, int | None] = {s: None for s in OTHER}  # a frame not yet paired, for want of a later one
         self.needed = {s: 0 for s in OTHER}
 
     def read(self, stream: str, t_ns: int) -> None:
         """One frame of ``stream`` at ``t_ns`` (ns, its time line), in recorded order."""
-        own, waiting, last = self._times[stream], self._times[OTHER[stream]], self._last[stream]
+        other = OTHER[stream]
+        own, waiting, last = self._times[stream], self._times[other], self._last[stream]
         if last is not None and t_ns < last:  # a clock stepped back: the times before it tell nothing of the new ones
             own.clear()
             waiting.clear()
-            last = None
-        # the previous frame of this stream may have waited for this one to pair (to learn its rate, at the start):
-        # the other stream's frames from its time on had to stay queued; those before it never pair
+            last = self._waits[stream] = self._waits[other] = None
+        # the previous frame of this stream, while it waited for a partner, kept the other stream's frames from its
+        # time on queued; those before it never pair
         since = t_ns if last is None else last
         while waiting and waiting[0] < since - self._slop_ns:
             waiting.popleft()
-        self.needed[OTHER[stream]] = max(self.needed[OTHER[stream]], len(waiting))
+        self.needed[other] = max(self.needed[other], len(waiting))
         own.append(t_ns)
         self._last[stream] = t_ns
+        if (waits := self._waits[other]) is not None and t_ns >= waits:  # the other stream's frame is decided now
+            self._waits[other] = None
+            self._pair(waits, own)
+        self._waits[stream] = None
+        if waiting and waiting[-1] >= t_ns:
+            self._pair(t_ns, waiting)
+        else:
+            self._waits[stream] = t_ns
+
+    def _pair(self, t_ns: int, times: deque[int]) -> None:
+        """A frame at ``t_ns`` takes its nearest partner within the tolerance from ``times``: that one, and those
+        before it, leave."""
+        near = [t for t in times if abs(t - t_ns) <= self._slop_ns]
+        if near:
+            partner = min(near, key=lambda t: abs(t - t_ns))
+            while times and times[0] <= partner:
+                times.popleft()
 
     def note(self, dropped: dict[str, int], queue_size: int) -> str:
         """Why the pairer dropped ``dropped`` frames per stream, and the ``sync.queue_size`` that pairs them; ''
