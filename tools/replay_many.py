@@ -106,8 +106,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{PROG}: {stop} before the end: {_finished(summary)}, {summary.count('interrupted')} interrupted "
               f"(partial outputs kept), {summary.count('not started')} not started; run the same command again with "
               f"--resume to finish", file=sys.stderr)
-        return 130
-    return 1 if summary.failed else 0
+    elif stop:  # as the last pair ended: nothing left to do, but a stop all the same, as its status says
+        print(f"{PROG}: {stop} as the batch ended, every pair finished: {_finished(summary)}", file=sys.stderr)
+    return 130 if stop else 1 if summary.failed else 0
 
 
 def _finished(summary: BatchSummary) -> str:

@@ -374,3 +374,22 @@ def test_a_stopped_batchs_last_line_names_the_signal_and_what_finished(sig, said
     assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "out"), *ARGS]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"replay_many.py: {said} before the end: 1 done, {left}; run the same command again with --resume to finish")
+
+
+def test_a_stop_as_the_last_pair_ends_is_said_and_ends_the_batch_with_130(tmp_path, capsys, monkeypatch):
+    # run_batch said the batch was stopped, yet the tool exited 0 without a word of the stop
+    import streamfuse.batch
+    from streamfuse.batch import PairResult
+
+    class StoppedAfterTheLast:
+        def run(self, cfg, jobs, *, resume, frames):
+            yield from (PairResult(str(job.out), "done") for job in jobs)
+            raise stopped_by(signal.SIGTERM)
+
+    monkeypatch.setattr(streamfuse.batch, "LocalEngine", lambda **kwargs: StoppedAfterTheLast())
+    _video(tmp_path / "ir.mp4")
+    _video(tmp_path / "vis.mp4")
+    (tmp_path / "pairs.txt").write_text("ir.mp4 vis.mp4\n")
+    assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), *ARGS]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "replay_many.py: interrupted (SIGTERM) as the batch ended, every pair finished: 1 done")
