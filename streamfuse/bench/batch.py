@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(ONE_THREAD)  # this process (local engine) and the Ray it starts
     import cv2
 
+    from streamfuse.batch import BatchInterrupted
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
 
@@ -127,16 +128,20 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as exc:
         raise SystemExit(f"{_PROG}: error: {exc}") from None
     width, height = args.size
-    with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
-        tmp = Path(tmp)
-        src = _pairs(tmp / "src", args.pairs, args.frames, width, height)
-        warm = _pairs(tmp / "warm", args.workers, 10, width, height, prefix="w")
-        print(f"{args.pairs} pairs of {args.frames} frames at {width}x{height}, {' '.join(overrides)}; "
-              f"{os.cpu_count()} cores; load average (1 min) {_load()}")
-        rows = {"local engine, 1 worker": _local(cfg, src, warm, tmp / "local")}
-        for n in (1, args.workers):
-            rows[f"ray, {n} worker{'s' * (n > 1)}"] = _ray(cfg, src, warm, tmp / f"ray{n}", n)
-        single_fps = _single_replay(args, overrides, src / "ir" / "p0.mp4", src / "vi" / "p0.mp4", tmp / "p0.mp4")
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
+            tmp = Path(tmp)
+            src = _pairs(tmp / "src", args.pairs, args.frames, width, height)
+            warm = _pairs(tmp / "warm", args.workers, 10, width, height, prefix="w")
+            print(f"{args.pairs} pairs of {args.frames} frames at {width}x{height}, {' '.join(overrides)}; "
+                  f"{os.cpu_count()} cores; load average (1 min) {_load()}")
+            rows = {"local engine, 1 worker": _local(cfg, src, warm, tmp / "local")}
+            for n in (1, args.workers):
+                rows[f"ray, {n} worker{'s' * (n > 1)}"] = _ray(cfg, src, warm, tmp / f"ray{n}", n)
+            single_fps = _single_replay(args, overrides, src / "ir" / "p0.mp4", src / "vi" / "p0.mp4", tmp / "p0.mp4")
+    except BatchInterrupted as exc:  # its signal named, as every benchmark's stop line names it
+        print(f"{_PROG}: {exc.stop}", file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"{'run':<24}{'frames':>8}{'wall s':>9}{'frames/s':>10}  load before -> after")
     for name, r in rows.items():
         print(f"{name:<24}{r['frames']:>8}{r['wall']:>9.2f}{r['fps']:>10.1f}  {r['load']}")

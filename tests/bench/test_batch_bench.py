@@ -206,3 +206,13 @@ def test_the_table_compares_n_workers_with_one_and_a_worker_with_a_single_replay
     # the user's --set comes last, so it wins over the benchmark's own one-thread settings
     assert seen["overrides"][-2:] == ["fuse.name=max", "engine.threads=2"]
     assert seen["overrides"][0] == "engine.threads=1"
+
+
+def test_a_sigterm_mid_batch_is_one_line_naming_it_and_130(monkeypatch, capsys):
+    # a batch stopped by SIGTERM ended the benchmark "streamfuse bench batch: interrupted", as for a Ctrl-C
+    pytest.importorskip("ray")
+    monkeypatch.setattr("streamfuse.batch.worker.run_replay", lambda cfg, **kw: signal.raise_signal(signal.SIGTERM))
+    with pytest.raises(SystemExit) as exc:
+        bench_batch.main(["--pairs", "2", "--frames", "2", "--size", "32x24"])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "streamfuse bench batch: interrupted (SIGTERM)"
