@@ -361,3 +361,49 @@ def test_frames_numbered_without_leading_zeros_run_in_their_numbers_order(tool, 
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "average"])
     frames, *_ = tool("temporal").load(tool("temporal").parse_args())
     assert [int(vi[0, 0]) for _, vi in frames["a"]] == [10 * i for i in range(12)]
+
+
+def _ramp_clip(root: Path, vis_levels: tuple[int, ...], ir: list[np.ndarray]) -> None:
+    """A clip of flat visible frames at ``vis_levels`` and the IR frames ``ir``: on flat visible frames DIS finds no
+    motion, so every figure is worked out by hand."""
+    for sub in ("ir", "vi"):
+        (root / sub).mkdir(parents=True)
+    for i, (level, frame) in enumerate(zip(vis_levels, ir, strict=True)):
+        cv2.imwrite(str(root / "vi" / f"{i:04d}.png"), np.full((12, 16), level, np.uint8))
+        cv2.imwrite(str(root / "ir" / f"{i:04d}.png"), frame.astype(np.uint8))
+
+
+def test_each_clips_figures_and_their_means_are_the_clips_own(temporal, tmp_path, monkeypatch, capsys):
+    """Three clips of three frames, a --fused method and a fuser: every per-clip figure in its own row and column.
+
+    Visible levels: a 20, 30, 50 (mean change 15); b 40, 50, 40 (10); c 90, 70, 90 (20); flat, so AG 0 and the
+    visible input's flow warp is its own mean change: 15, 10, 20, mean 15.
+    IR (the max fuser's output, as IR >= 100 > visible): 100 + a ramp of 2 (a, b) or 4 (c) grey levels a column, plus
+    an offset per frame: a 0, 15, 45 (change 22.5); b 0, 5, 0 (5); c 0, 30, 90 (45). Flicker ratios 1.5, 0.5, 2.25
+    (mean 1.417), flow warp 22.5, 5, 45 (mean 24.17), AG sqrt(2^2 / 2) = 1.414 on six frames and sqrt(4^2 / 2) = 2.828
+    on three: 1.89; nothing filtered, so no lag.
+    The --fused method "other": a ramp of 2 plus offsets a 0, 30, 30 (change 15); b 0, 20, 40 (20); c flat at 10 (0).
+    Flicker ratios 1, 2, 0 (mean 1), flow warp 15, 20, 0 (mean 11.67), AG 1.414 on six frames and 0 on three: 0.94.
+    """
+    ramp = np.tile(np.arange(16), (12, 1))
+    clips = {"a": ((20, 30, 50), 2, (0, 15, 45), (0, 30, 30)), "b": ((40, 50, 40), 2, (0, 5, 0), (0, 20, 40)),
+             "c": ((90, 70, 90), 4, (0, 30, 90), (10, 10, 10))}
+    for name, (levels, slope, ir_offsets, other_offsets) in clips.items():
+        _ramp_clip(tmp_path / "seq" / name, levels, [100 + slope * ramp + o for o in ir_offsets])
+        (tmp_path / "other" / name).mkdir(parents=True)
+        for i, o in enumerate(other_offsets):
+            other = 2 * ramp + o if name != "c" else np.full(ramp.shape, o)
+            cv2.imwrite(str(tmp_path / "other" / name / f"{i:04d}.png"), other.astype(np.uint8))
+    monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path / "seq"), "--fuser", "max", "--fused",
+                                     f"other={tmp_path / 'other'}", "--static", "2"])
+    temporal()
+    out = capsys.readouterr().out
+    assert "visible input: flow warp error 15.00 grey levels, AG 0.00 " in out
+    assert "| method | stabilize / denoise | a | b | c | mean | flow warp | AG |" in out
+    assert _cells(out, "max") == ["max", "0 / 0, 12", "1.500", "0.500", "2.250", "1.417", "24.17", "1.89",
+                                  "0.00 / 0.0", "yes"]
+    assert _cells(out, "other") == ["other", "-", "1.000", "2.000", "0.000", "1.000", "11.67", "0.94", "-", "-"]
+    per_clip = out.split("flow warp error per clip")[1]
+    assert _cells(per_clip, "visible input") == ["visible input", "15.00", "10.00", "20.00", "15.00"]
+    assert _cells(per_clip, "max") == ["max", "22.50", "5.00", "45.00", "24.17"]
+    assert _cells(per_clip, "other") == ["other", "15.00", "20.00", "0.00", "11.67"]
