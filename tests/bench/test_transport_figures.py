@@ -105,3 +105,125 @@ def test_imagezmqs_warm_up_frame_is_neither_counted_nor_timed():
     sender.close()
     summary = results.get(timeout=30)
     assert summary["frames"] == 3 and summary["p99_ms"] < 500
+
+
+class _CpuClock(SleptClock):
+    """A clock whose process CPU time moves only by what the test's stand-ins say they spent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu_s = 0.0
+
+    def process_time(self) -> float:
+        return self.cpu_s
+
+
+class _Pool:
+    """A publisher's shared-memory pool of ``SLOTS`` slots: the frame being written takes the slot of the frame
+    ``SLOTS`` before it, which must not be the one the reader has in hand or one it has yet to read."""
+
+    def __init__(self, clock: _CpuClock, frame_cpu_s: float) -> None:
+        self.clock, self.frame_cpu_s = clock, frame_cpu_s
+        self.endpoint, self.published, self.taken, self.leads = "tcp://127.0.0.1:1", 0, None, []
+
+    def __call__(self, cfg):  # as Publisher(cfg)
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def loan(self, shape):
+        return np.zeros(shape, np.uint8)
+
+    def send_fused(self, fused) -> bool:
+        if self.taken is not None:
+            self.leads.append(self.published - self.taken.value)  # the frame written, ahead of the one in hand
+        self.published += 1
+        self.clock.cpu_s += self.frame_cpu_s
+        return True
+
+
+def test_the_publishers_cpu_per_frame_and_the_shared_memory_window_are_as_the_table_says(monkeypatch):
+    """A publisher that spends 0.25 ms of CPU a frame is said to take 0.25 ms a frame; over shared memory (8 slots)
+    the sender runs up to 6 frames ahead of the frame the reader has in hand, never more: 7 slots in use (that frame,
+    the 5 after it and the one being written), one to spare, so none is overwritten unread."""
+    clock = _CpuClock()
+    pool = _Pool(clock, 0.25e-3)
+
+    class Reader:  # takes the next frame whenever the sender backs off (sleeps), as the receiver process would
+        def __init__(self, target, endpoint, hwm, shm, taken, ring):
+            pool.taken = taken
+
+        def started(self) -> bool:
+            return True
+
+        def result(self) -> dict:
+            return {"fps": 1.0}
+
+    def sleep(seconds: float) -> None:
+        SleptClock.sleep(clock, seconds)
+        if pool.taken.value < pool.published - 1:
+            pool.taken.value += 1
+
+    monkeypatch.setattr(clock, "sleep", sleep)
+    monkeypatch.setattr(bench_transport, "time", clock)
+    monkeypatch.setattr(bench_transport, "Publisher", pool)
+    monkeypatch.setattr(bench_transport, "_Receiver", Reader)
+    result = bench_transport._ours([np.zeros((4, 4, 3), np.uint8)], 0.01, 0.0, "shm")
+    assert bench_transport.SLOTS == 8 and max(pool.leads) == 6 and len(pool.leads) > 100
+    assert result["sent"] == pool.published and result["cpu_ms"] == pytest.approx(0.25)
+
+
+def test_imagezmqs_cpu_per_frame_is_its_senders_cpu_over_its_frames(monkeypatch):
+    clock = _CpuClock()
+
+    class Sender:
+        def __init__(self, connect_to: str) -> None:
+            pass
+
+        def send_image(self, name: str, image) -> None:
+            clock.sleep(1e-3)
+            clock.cpu_s += 0.5e-3
+
+        def close(self) -> None:
+            pass
+
+    class Hub:
+        def __init__(self, target, endpoint) -> None:
+            self.results = queue.Queue()
+            self.results.put("tcp://127.0.0.1:1")
+
+        def started(self) -> bool:
+            return True
+
+        def result(self) -> dict:
+            return {"fps": 1.0}
+
+    monkeypatch.setattr(bench_transport, "time", clock)
+    monkeypatch.setattr(bench_transport, "imagezmq", argparse.Namespace(ImageSender=Sender))
+    monkeypatch.setattr(bench_transport, "_Receiver", Hub)
+    result = bench_transport._imagezmq([np.zeros((4, 4, 3), np.uint8)], 0.05, 0.0)
+    assert 50 <= result["sent"] <= 51 and result["cpu_ms"] == pytest.approx(0.5)  # not the warm-up's CPU
+
+
+def test_the_tables_cpu_column_is_each_modes_own_from_its_latency_run(monkeypatch, capsys):
+    # the capacity rounds run back to back (warm caches), the paced latency run is what a live stream costs
+    cpu = {mode: 0.1 * (i + 1) for i, mode in enumerate(bench_transport.MODES)}
+
+    def run(mode, rate):
+        return {"fps": 100.0, "cpu_ms": cpu[mode] if rate else 99.0, "median_ms": 2.0, "p99_ms": 3.0, "missed": 0}
+
+    monkeypatch.setattr(bench_transport, "_imagezmq", lambda f, s, r: run("imagezmq", r))
+    monkeypatch.setattr(bench_transport, "_ours", lambda f, s, r, mode: run(mode, r))
+    monkeypatch.setattr(bench_transport, "_codec", lambda f, mode, q: {"bytes": 100.0, "enc_ms": 1.0, "dec_ms": 1.0,
+                                                                        "psnr": 40.0})
+    monkeypatch.setattr(bench_transport, "_stall_report", lambda *a: None)
+    bench_transport._size_report(64, 48, argparse.Namespace(rounds=2, seconds=1.0, latency_seconds=1.0, rate=30.0,
+                                                            quality=90))
+    out = capsys.readouterr().out
+    for mode, label in bench_transport.MODES.items():
+        row = next(ln for ln in out.splitlines() if ln.startswith(label))
+        assert row[len(label):].split()[3:5] == [f"{cpu[mode]:.3f}", "ms"], row
