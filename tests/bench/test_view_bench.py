@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -140,6 +140,15 @@ def _feed() -> Iterator[int]:
             await sock.send_bytes(b"frame")
         return sock
 
+    with _served(ws) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def _served(ws: Callable) -> Iterator[int]:
+    """The WebSocket handler ``ws`` at ``/ws`` on a free port, in a thread of its own; yields the port."""
+    from aiohttp import web
+
     loop = asyncio.new_event_loop()
     app = web.Application()
     app.router.add_get("/ws", ws)
@@ -190,3 +199,36 @@ def test_a_stop_while_a_child_starts_stops_the_child(stop, tmp_path, monkeypatch
     finally:
         if Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_pages_rate_leaves_out_the_messages_of_the_warm_up(monkeypatch) -> None:
+    # a viewer that sent each page 20 messages as it connected, then none, was said to send them all through the
+    # timed seconds: 20 messages over 0.5 s, 40 a second, for a viewer that had gone quiet
+    from aiohttp import web
+
+    warmed, acked = threading.Event(), []
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        for _ in range(20):
+            await sock.send_bytes(b"frame")
+        async for _ in sock:  # the page acknowledges each message once it has counted it
+            acked.append(1)
+            if len(acked) == 2 * 20:
+                warmed.set()
+        return sock
+
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:  # the warm-up lasts until both pages have counted every message
+        if seconds == bench_view.WARM_UP_S:
+            assert await asyncio.get_running_loop().run_in_executor(None, warmed.wait, 120)
+        else:
+            await real_sleep(seconds)
+
+    monkeypatch.setattr(bench_view, "asyncio", SimpleNamespace(sleep=sleep, create_task=asyncio.create_task,
+                                                               gather=asyncio.gather))
+    with _served(ws) as port:
+        connected, rates, _cores = asyncio.run(bench_view._pages(port, 2, 0.5, lambda: 0.0))
+    assert connected == 2 and rates == [0.0, 0.0]
