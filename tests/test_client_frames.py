@@ -14,6 +14,7 @@ import zmq
 from helpers_zmq import (ANY_PORT, PATIENCE_S, fused_frame, good_parts, pool_fds, publishing, raw_connect, recv_seq,
                          wait_until, with_header)
 
+from streamfuse import client
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Encoder
 from streamfuse.publish import PublishConfig, Publisher
@@ -316,3 +317,24 @@ def test_the_default_limit_takes_an_8k_frame_and_refuses_one_row_more(raw_pub: t
         wait_until(lambda: sock.send_multipart(with_header(seq=next(sent))) or sub.recv(0.05) is not None,
                    "a frame after the refused one")
     assert sub.malformed == 1 and "ZeroMQ refused it" in sub.last_malformed
+
+
+def test_a_zero_wait_passes_over_frames_found_gone_to_the_next_one_there_and_then_gives_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # past its deadline, recv(0) said "no frame" at the first frame found gone (overwritten in the pool) while the next
+    # was there; with no bound on its looks, a stream of frames all found gone would keep it from returning at all
+    with Subscriber(NOBODY, timeout_s=PATIENCE_S) as sub:
+        looks = []
+
+        def look(timeout_s: float) -> tuple[dict, None]:
+            looks.append(timeout_s)
+            assert len(looks) < 10 * client._LATE_LOOKS, "recv(0) never gave up"
+            return {"seq": len(looks)}, None
+
+        monkeypatch.setattr(sub, "_next", look)
+        monkeypatch.setattr(sub, "_take", lambda header, payload: (header, None) if header["seq"] == 100 else None)
+        assert sub.recv(0) == ({"seq": 100}, None) and sub.received == 1
+        looks.clear()
+        monkeypatch.setattr(sub, "_take", lambda header, payload: None)
+        assert sub.recv(0) is None and len(looks) == client._LATE_LOOKS + 1  # a ring's worth, then no frame
+
