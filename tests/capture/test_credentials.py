@@ -96,3 +96,15 @@ def test_a_network_cameras_url_given_as_a_device_camera_is_one_line_naming_the_s
                                           r"give it with kind: stream") as caught:
         config_from_dict({"ir": {"kind": "camera", "path": f"rtsp://admin:{SECRET}@10.0.0.7/live"}})
     assert SECRET not in str(caught.value)
+
+
+def test_variables_in_a_url_whose_user_part_and_path_hold_at_signs_are_encoded_in_the_user_info_alone(monkeypatch):
+    """The user info ends at the last ``@`` before the host, not at an ``@`` in the path: variables in the user name
+    and the password are encoded, one naming the host right after that ``@`` and one in the path are taken as they
+    are."""
+    for name, value in (("USER", "me:2"), ("PASSWORD", "p@ss:w/rd"), ("HOST", "cam.local:554"), ("STREAM", "ch1/sub")):
+        monkeypatch.setenv(f"STREAMFUSE_TEST_{name}", value)
+    url = ("rtsp://${STREAMFUSE_TEST_USER}@corp.example:${STREAMFUSE_TEST_PASSWORD}@${STREAMFUSE_TEST_HOST}/live@main/"
+           "${STREAMFUSE_TEST_STREAM}")
+    cfg = config_from_dict({"ir": {"kind": "stream", "path": url}})
+    assert cfg.ir.path == "rtsp://me%3A2@corp.example:p%40ss%3Aw%2Frd@cam.local:554/live@main/ch1/sub"
