@@ -217,3 +217,25 @@ def test_reading_a_frame_named_by_bytes_that_are_not_utf8_leaves_no_file_open(tm
     before = sorted(os.listdir("/proc/self/fd"))
     assert [read_image(frame).shape for _ in range(3)] == [(8, 8)] * 3
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+_LOCAL_NAMES = r"""
+import os, sys
+from streamfuse.file_names import local_name
+print(sys.getfilesystemencoding())
+for text in ("\u7a7a.png", "caf\udce9.png", "\u7a7a\udce9.png", "plain.png"):  # UTF-8, no UTF-8, both, ASCII
+    print(os.path.isfile(os.path.join(sys.argv[1], local_name(text))))
+print(local_name("\ud800") == "\ud800")  # a lone surrogate that stands for no byte: the text itself
+"""
+
+
+def test_names_as_a_file_holds_them_open_their_files_where_python_reads_names_as_ascii(tmp_path):
+    # under LC_ALL=C with PYTHONUTF8=0 (and no coercion of the C locale to UTF-8), a name held as the UTF-8 text it is
+    # names its file only as the escapes of its bytes
+    for name in (b"\xe7\xa9\xba.png", b"caf\xe9.png", b"\xe7\xa9\xba\xe9.png", b"plain.png"):
+        (tmp_path / os.fsdecode(name)).write_bytes(b"")
+    env = {**_ASCII_LOCALE, "PYTHONCOERCECLOCALE": "0"}
+    proc = subprocess.run([sys.executable, "-c", _LOCAL_NAMES, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=150)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ascii", "True", "True", "True", "True", "True"]
