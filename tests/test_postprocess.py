@@ -238,12 +238,15 @@ def test_a_strided_out_buffer_is_refused_in_one_line(encoding, grey_vis):
     assert "\n" not in str(info.value)
 
 
-def test_the_ends_of_the_documented_ranges_are_allowed() -> None:
+def test_the_ends_of_the_documented_ranges_are_allowed_and_a_strength_past_them_refused() -> None:
     cfg = PostConfig(denoise=0.95, denoise_threshold=255.0)  # "0 (off) to 0.95", "0.01 .. 255 grey levels"
     assert (cfg.denoise, cfg.denoise_threshold) == (0.95, 255.0)
     assert PostConfig(denoise_threshold=0.01).denoise_threshold == 0.01
     with pytest.raises(ValueError, match="denoise_threshold"):
         PostConfig(denoise_threshold=256.0)
+    # a strength past 0.95 averages over more than 20 frames: a trail behind every slow motion below the threshold
+    with pytest.raises(ValueError, match=r"denoise=0\.96 is out of range; allowed: 0 \(off\) \.\. 0\.95"):
+        PostConfig(denoise=0.96)
 
 
 def test_every_non_finite_frame_is_counted(rng: np.random.Generator) -> None:
