@@ -91,3 +91,12 @@ def test_a_one_frame_offset_jump_of_unchanged_contrast_is_held_back_too(rng):
     stab(base)
     out = stab(shifted)
     assert abs(out.mean() - base.mean()) < 0.15 * 30
+
+
+def test_the_weakest_strengths_hold_back_their_share_of_a_jump(rng):
+    # strength 0.01 is on (0 is off): a one-frame jump of 200 grey levels is held back by 1% of it, 2 levels
+    base = np.clip(rng.normal(20, 4, (48, 64)), 0, 35).astype(np.uint8)
+    stab = LevelStabilizer(StabilizeConfig(0.01))
+    stab(base)
+    jump = base + np.uint8(200)
+    assert stab(jump).mean() == pytest.approx(jump.mean() - 2.0, abs=0.5)
