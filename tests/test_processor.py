@@ -15,7 +15,7 @@ import zmq
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.config import config_from_dict, load_config
 from streamfuse.configs import resolve
-from streamfuse.frames import Frame, FramePair
+from streamfuse.frames import Frame, FramePair, SizeMismatch
 from streamfuse.postprocess import PostConfig, TemporalDenoiser, restore_colour
 from streamfuse.processor import FrameProcessor, Processed, config_fuser, still_pair
 from streamfuse.recording import RecordConfig, Recorder
@@ -310,3 +310,14 @@ def test_the_view_is_checked_again_when_the_frame_sizes_change():
 def test_a_homography_is_nine_finite_numbers_of_an_invertible_matrix(homography, allowed):
     with pytest.raises(ValueError, match=rf"^homography=.* is out of range; allowed: {allowed}"):
         RegisterConfig(homography=homography)
+
+
+def test_an_ir_frame_is_taken_at_the_visible_size_and_one_turned_sideways_is_resized_or_refused(rng):
+    # a 32x24 IR frame beside a 24x32 visible one has the same two numbers in the other order: not the same size
+    vis = np.zeros((24, 32, 3), np.uint8)
+    same = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    assert still_pair(same, vis).ir_at_vis_size("error") is same  # a registered pair is not refused
+    turned = rng.integers(0, 256, (32, 24), dtype=np.uint8)
+    with pytest.raises(SizeMismatch, match="^IR frame 3 is 24x32 but visible frame 3 is 32x24; set resize: resize"):
+        still_pair(turned, vis, 3).ir_at_vis_size("error")
+    assert still_pair(turned, vis).ir_at_vis_size().shape == (24, 32)
