@@ -232,7 +232,8 @@ def test_float_ir_temperatures_take_the_ir_rule_as_counts_of_a_fiftieth_of_a_deg
     assert (blind[5:8, 5:8] == 0).all() and (blind[8:] == expected[8:]).all()
     saturated = celsius.copy()
     saturated[5:8, 5:8] = np.inf  # a reading over the camera's range: the hottest, not the coldest as NaN
-    assert (To8Bit(ir=True)(saturated)[5:8, 5:8] == 255).all()
+    hot = To8Bit(ir=True)(saturated)
+    assert (hot[5:8, 5:8] == 255).all() and (hot[8:] == expected[8:]).all()  # the scene keeps its scale
     path = tmp_path / "thermal.tiff"
     assert cv2.imwrite(str(path), celsius)
     np.testing.assert_array_equal(read_8bit(path, To8Bit(ir=True)), blind)
@@ -485,7 +486,10 @@ def test_float_temperatures_below_the_counts_are_the_coldest_and_above_them_the_
     """-inf (under the camera's range) is the frame's coldest reading, and a reading over 1037.55 K is clipped to
     the top count: neither wraps around into the scene's counts, nor takes the hottest's or the coldest's place."""
     celsius = (_counts(rng, 14000, 17000) / 50 - 273.15).astype(np.float32)
+    scene = To8Bit(ir=True)(celsius)
     celsius[5:8, 5:8] = -np.inf
+    image = To8Bit(ir=True)(celsius)
+    assert (image[5:8, 5:8] == 0).all() and (image[8:] == scene[8:]).all()  # the scene keeps its scale
     celsius[10:13, 5:8] = 1100.0  # 68658 counts: 3122 (-210 degrees, colder than the scene) once wrapped
     image = To8Bit(ir=True)(celsius)
     assert (image[5:8, 5:8] == 0).all() and (image[10:13, 5:8] == 255).all()
