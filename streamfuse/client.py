@@ -23,13 +23,14 @@ import zmq
 
 from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
 from streamfuse.connection_watch import connect_sub, on_this_host
+from streamfuse.consumer_topics import consumer_topic
 from streamfuse.pool_ring import RingError
 from streamfuse.pool_view import PoolView
 from streamfuse.ring_cursor import RingCursor
 from streamfuse.seq_count import SeqCounter
 from streamfuse.shm_pool import NotAPool, PoolError, ring_supported, shm_supported
-from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, consumer_topic, decode_header, raw_image,
-                             ring_topic, shm_topic)
+from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, decode_header, raw_image, ring_topic,
+                             shm_topic)
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
 
@@ -37,8 +38,7 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a waiting reader checks for close() and for a connection to restore
 # on shared memory only and silent this long: take the payload again (the publisher restarted, dropped this consumer
-# while it was stopped, or readers hold every pool slot)
-_RESUBSCRIBE_S = 1.0
+_RESUBSCRIBE_S = 1.0  # while it was stopped, or readers hold every pool slot)
 _LATE_LOOKS = 4096  # frames found gone that recv() passes over after its deadline (a ring's worth) to find one there
 DEFAULT_MAX_FRAME_BYTES = 7680 * 4320 * 3  # largest image part accepted by default: an 8K UHD bgr8 frame, 99.5 MB
 

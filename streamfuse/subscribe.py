@@ -32,7 +32,7 @@ from streamfuse.connection_watch import load_server_key
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled, raise_interrupt
-from streamfuse.wire import RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX
+from streamfuse.consumer_topics import topic_refusal
 
 __all__ = ["main"]
 
@@ -41,12 +41,8 @@ _PROG = "streamfuse subscribe"  # as its error lines start, those of `python -m 
 
 def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Exit 2 with the parser's one line for options that cannot go together."""
-    if args.topic.startswith("stats/"):  # two-part JSON snapshots: every one would read as a malformed frame
-        parser.error(f"--topic {args.topic}: subscribe reads fused frames; the stats topic carries JSON snapshots "
-                     "(README, Telemetry: the same line the pipeline logs)")
-    if args.topic.startswith((SHM_TOPIC_PREFIX, RING_TOPIC_PREFIX)):  # the first descriptor unsubscribes the rest
-        parser.error(f"--topic {args.topic}: shared-memory descriptors, not frames; give the fused topic (subscribe "
-                     f"reads a same-host publisher's shared memory by itself)")
+    if why := topic_refusal(args.topic):
+        parser.error(f"--topic {args.topic}: {why}")
     if args.every != 1 and not args.save:  # it keeps one saved frame in N: without --save it did nothing
         parser.error(f"--every {args.every} needs --save DIR (it keeps one received frame in N)")
 

@@ -34,8 +34,8 @@ from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
 
 __all__ = ["SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "FORMATS", "ENCODINGS", "HEADER_FIELDS", "FORMAT_FIELDS",
-           "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE",
-           "MalformedMessage", "shm_topic", "ring_topic", "consumer_topic", "consumer_stats_topic", "preview_topic",
+           "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "STATS_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE",
+           "MalformedMessage", "shm_topic", "ring_topic", "preview_topic",
            "check_image",
            "HeaderEncoder", "encode_json", "decode_header", "decode_message", "raw_image", "decode_stats"]
 
@@ -76,9 +76,7 @@ FORMAT_FIELDS: dict[str, dict[str, type]] = {
 }
 
 PREVIEW_PREFIX = "preview/"  # preview topics: preview/ir/<topic>, preview/vis/<topic> (see preview_topic)
-# what else a publisher sends that a short prefix ("", "s", "preview/") would take as frames: both cameras' previews,
-# each numbered apart from the fused frames, and the stats (the default stats topics: stats/<rig>)
-_OTHER_PREFIXES = (PREVIEW_PREFIX, "stats/")
+STATS_PREFIX = "stats/"  # the default stats topics: stats/<rig>
 MAX_HEADER_BYTES = 65_536  # a header is ~600 bytes; the bound keeps a peer from making us parse megabytes of JSON
 MAX_SIDE = 65_535  # largest height and width on the wire
 _INT64 = (-(2**63), 2**63 - 1)
@@ -120,35 +118,6 @@ def ring_topic(topic: str) -> str:
     'ring/shm/fused/rig0'
     """
     return RING_TOPIC_PREFIX + shm_topic(topic)
-
-
-def consumer_topic(topic: str | bytes) -> str:
-    """A consumer's fused topic (prefix) as text (bytes: UTF-8); ValueError naming ``topic`` for one not text or one
-    of shared-memory descriptors (``shm/``, ``ring/``: the first maps the pool, which unsubscribes that very topic),
-    or a prefix of the previews' or stats' topics (``""``, ``"preview/"``: they came in mixed with the frames)."""
-    try:
-        topic = topic.decode() if isinstance(topic, bytes) else topic
-    except UnicodeDecodeError:
-        raise ValueError(f"topic={_clip.repr(topic)} is not UTF-8") from None
-    if not isinstance(topic, str):
-        raise ValueError(f"topic={_clip.repr(topic)} must be a str or UTF-8 bytes, e.g. 'fused/'")
-    if topic.startswith((SHM_TOPIC_PREFIX, RING_TOPIC_PREFIX)):
-        raise ValueError(f"topic={topic!r} carries shared-memory descriptors, not frames: give the fused topic "
-                         f"{topic.removeprefix(RING_TOPIC_PREFIX).removeprefix(SHM_TOPIC_PREFIX)!r}")
-    if others := [prefix for prefix in _OTHER_PREFIXES if prefix.startswith(topic)]:
-        raise ValueError(f"topic={topic!r} also takes the {' and '.join(others)} topics, whose messages would come in "
-                         f"mixed with the frames: give the fused topic, e.g. 'fused/' (every rig) or 'preview/ir/' "
-                         f"(one camera's previews)")
-    return topic
-
-
-def consumer_stats_topic(stats_topic: str, topic: str) -> str:
-    """A consumer's stats topic (prefix); ValueError for one that also takes the frames of the fused ``topic``, its
-    previews or its shared-memory descriptors (``""``: each frame came in as a malformed stats message, logged)."""
-    if topic.startswith(stats_topic) or any(p.startswith(stats_topic) for p in (PREVIEW_PREFIX, SHM_TOPIC_PREFIX)):
-        raise ValueError(f"stats topic {stats_topic!r} also takes frames (of {topic!r}, the previews or the shared-"
-                         f"memory descriptors), each a malformed stats message: give the stats topic, e.g. 'stats/'")
-    return stats_topic
 
 
 def preview_topic(topic: str, stream: str) -> str:

@@ -689,7 +689,8 @@ def test_a_shared_memory_descriptor_topic_is_refused_before_anything_is_opened()
     from streamfuse.wire import shm_topic
 
     with pytest.raises(ValueError, match=r"^topic='shm/fused/t' carries shared-memory descriptors, not frames: give "
-                                         r"the fused topic 'fused/t'$"):
+                                         r"the fused topic 'fused/t' \(a same-host consumer reads the publisher's "
+                                         r"shared memory by itself\)$"):
         Bridge("tcp://127.0.0.1:1", shm_topic("fused/t"))
 
 

@@ -386,14 +386,19 @@ def test_cli_show_on_headless_opencv_says_so(capsys: pytest.CaptureFixture) -> N
         "build)\n")
 
 
-def test_cli_on_the_stats_topic_says_it_reads_frames(capsys: pytest.CaptureFixture) -> None:
-    # each stats snapshot (two parts: topic, JSON) was a "malformed message" warning, and the run ended in failure
+@pytest.mark.parametrize(("topic", "said"), [
+    ("stats/rig0", "carries the stats' JSON snapshots, not frames: give the fused topic, e.g. 'fused/' (README, "
+                   "Telemetry: the same line the pipeline logs)"),
+    ("s", "also takes the stats/ topics, whose messages would come in mixed with the frames: give the fused topic"),
+    ("preview/", "also takes the preview/ topics")])
+def test_cli_on_a_topic_of_no_frames_says_it_reads_frames(topic: str, said: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    # each stats snapshot (two parts: topic, JSON) was a "malformed message" warning, and the run ended in failure;
+    # a prefix of them was told in other words, without the option's name
     with pytest.raises(SystemExit) as stopped:
-        main(["tcp://127.0.0.1:1", "--topic", "stats/rig0"])
+        main(["tcp://127.0.0.1:1", "--topic", topic])
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(
-        "error: --topic stats/rig0: subscribe reads fused frames; the stats topic carries JSON snapshots (README, "
-        "Telemetry: the same line the pipeline logs)")
+    assert f"error: --topic {topic}: {said}" in capsys.readouterr().err.splitlines()[-1]
 
 
 @pytest.mark.parametrize("every", ["2", "10"])
@@ -413,8 +418,8 @@ def test_cli_on_a_shared_memory_descriptor_topic_is_refused(topic: str, capsys: 
         main(["tcp://127.0.0.1:1", "--topic", topic])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(
-        f"error: --topic {topic}: shared-memory descriptors, not frames; give the fused topic (subscribe reads a "
-        f"same-host publisher's shared memory by itself)")
+        f"error: --topic {topic}: carries shared-memory descriptors, not frames: give the fused topic 'fused/demo' (a "
+        f"same-host consumer reads the publisher's shared memory by itself)")
 
 
 @pytest.mark.parametrize(("clock", "start_ns"), [("media", 0), ("recorded", time.time_ns() - 86_400 * 10**9)])

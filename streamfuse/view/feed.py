@@ -26,7 +26,8 @@ from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.errors import one_line
 from streamfuse.view.stats_in import StatsMessages
-from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
+from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
+from streamfuse.wire import preview_topic
 
 __all__ = ["Feed", "KINDS", "pack", "unpack"]
 

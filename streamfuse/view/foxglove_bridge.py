@@ -31,7 +31,8 @@ from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled, raise_interrupt, takeable
-from streamfuse.wire import consumer_stats_topic, consumer_topic, preview_topic
+from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
+from streamfuse.wire import preview_topic
 from streamfuse.view.stats_in import StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections_option
 from streamfuse.view.options import connect_options, stream_options
