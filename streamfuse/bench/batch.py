@@ -25,6 +25,7 @@ from pathlib import Path
 from streamfuse.bench import parse_size
 from streamfuse.bench.replay import synthetic_pair  # the same synthetic pair as the replay benchmark
 from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, int_at_least
+from streamfuse.errors import printable
 
 _PROG = "streamfuse bench batch"  # as its usage errors and every command's own lines start
 __all__ = ["main"]
@@ -54,7 +55,7 @@ def _batch(cfg, src: Path, out: Path, engine) -> dict:
     before = _load()
     summary = run_batch(cfg, find_jobs(src, out), engine)
     if summary.failed:
-        raise SystemExit(f"{_PROG}: error: {summary.failed[0].out}: {summary.failed[0].reason}")
+        raise SystemExit(f"{_PROG}: error: {printable(summary.failed[0].out)}: {printable(summary.failed[0].reason)}")
     frames = sum(r.frames_out for r in summary.results)
     return {"frames": frames, "wall": summary.wall_s, "fps": frames / summary.wall_s,
             "pair_fps": [r.fps for r in summary.results], "load": f"{before} -> {_load()}"}
@@ -90,7 +91,7 @@ def _single_replay(args: argparse.Namespace, overrides: list[str], ir: Path, vis
     found = re.search(r"wall [\d.]+ s, ([\d.]+) frames/s", proc.stderr)
     if proc.returncode != 0 or found is None:
         raise SystemExit(f"{_PROG}: error: the single replay failed (rc {proc.returncode}): "
-                         f"{proc.stderr.strip()[-500:]}")
+                         f"{printable(proc.stderr.strip()[-500:])}")
     return float(found.group(1))
 
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         raise SystemExit(config_error(_PROG, exc)) from None
     except (ValueError, OSError) as exc:
-        raise SystemExit(f"{_PROG}: error: {exc}") from None
+        raise SystemExit(f"{_PROG}: error: {printable(exc)}") from None
     width, height = args.size
     try:
         with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:

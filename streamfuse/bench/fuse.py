@@ -30,6 +30,7 @@ from streamfuse.bench import parse_sizes
 from streamfuse.cli.args import DefaultsFormatter, Parser, config_value, given, int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine, Handle
+from streamfuse.errors import printable
 from streamfuse.fusers import FuseConfig
 from streamfuse.openmp import LATE_WAIT_POLICY
 from streamfuse.registry import available
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
-        raise SystemExit(f"{_PROG}: error: {exc}") from None
+        raise SystemExit(f"{_PROG}: error: {printable(exc)}") from None
     gpu = device.type == "cuda"
     sizes = [(48, 64)] if args.tiny else args.sizes
     frames = 3 if args.tiny else args.frames or (1000 if gpu else 50)
@@ -335,4 +336,4 @@ def main(argv: list[str] | None = None) -> None:
             bench_baseline(args, sizes, frames, warmup)
         bench_post(sizes, frames, warmup)
     except (ValueError, OSError) as exc:  # --weights not found or not a weights file
-        raise SystemExit(f"{_PROG}: error: {exc}") from None
+        raise SystemExit(f"{_PROG}: error: {printable(exc)}") from None

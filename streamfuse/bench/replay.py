@@ -17,6 +17,7 @@ from pathlib import Path
 from streamfuse.bench import parse_size
 from streamfuse.checks import override_keys
 from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, given, int_at_least
+from streamfuse.errors import printable
 from streamfuse.log_queue import install_direct
 
 _PROG = "streamfuse bench replay"  # as its usage errors and every command's own lines start
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--set {taken}: the fuser is --fuser, the codec --codec (progress stays off)")
     for what, path in (("IR", args.ir), ("visible", args.vis)):
         if path and not Path(path).is_file():
-            raise SystemExit(f"{_PROG}: error: {what} video not found: {path}")
+            raise SystemExit(f"{_PROG}: error: {what} video not found: {printable(path)}")
 
     from streamfuse.config import ConfigError, load_config
     from streamfuse.configs import resolve
@@ -95,14 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         raise SystemExit(config_error(_PROG, exc)) from None
     except (ValueError, OSError) as exc:
-        raise SystemExit(f"{_PROG}: error: {exc}") from None
+        raise SystemExit(f"{_PROG}: error: {printable(exc)}") from None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.ir and args.vis:
             ir, vis = Path(args.ir), Path(args.vis)
         else:
             ir, vis = synthetic_pair(tmp, args.frames, *args.size)
-        print(f"replay of {ir.name} + {vis.name}, output {args.codec}")
+        print(f"replay of {printable(ir.name)} + {printable(vis.name)}, output {args.codec}")
         failed = 0
         for name, cfg in configs.items():
             out = tmp / f"out_{name}.{'mkv' if args.codec == 'ffv1' else 'mp4'}"
@@ -110,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                 s = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
             except (OSError, ValueError, RuntimeError, ImportError) as exc:  # e.g. model weights not built yet
                 if getattr(exc, "interrupted", False):  # Ctrl-C or SIGTERM stops the bench, its temporary output gone
-                    print(f"{_PROG}: {name} {exc.message.partition(';')[0]}", file=sys.stderr)
+                    print(f"{_PROG}: {printable(name)} {printable(exc.message.partition(';')[0])}", file=sys.stderr)
                     return 130
-                print(f"{_PROG}: error: {name} not run: {exc}", file=sys.stderr)
+                print(f"{_PROG}: error: {printable(name)} not run: {printable(exc)}", file=sys.stderr)
                 failed += 1
                 continue
             shares = "  ".join(f"{k} {v['share']:.0%}{each_thread(v)} ({v['median_ms']:.1f} ms)"

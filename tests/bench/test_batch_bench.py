@@ -84,6 +84,11 @@ def test_a_batch_run_reports_frames_per_wall_second_and_stops_at_a_failed_pair(m
     with pytest.raises(SystemExit) as exc:
         bench_batch._batch(None, tmp_path, tmp_path / "out", None)
     assert exc.value.code == "streamfuse bench batch: error: c.mp4: no video stream"
+    failed = PairResult("c\x1b[2J.mp4", "failed", reason="cannot open c\x1b[2J.mp4\nat all")  # kept on its line
+    monkeypatch.setattr("streamfuse.batch.run_batch", lambda cfg, jobs, engine: _summary(*done, failed))
+    with pytest.raises(SystemExit) as exc:
+        bench_batch._batch(None, tmp_path, tmp_path / "out", None)
+    assert exc.value.code == "streamfuse bench batch: error: c\\x1b[2J.mp4: cannot open c\\x1b[2J.mp4\\nat all"
 
 
 def _fake_ray(monkeypatch, calls: list, init=lambda: None):

@@ -152,3 +152,18 @@ def test_ctrl_c_or_sigterm_stops_the_whole_bench_with_130_and_one_line(monkeypat
     monkeypatch.setattr(streamfuse.replay, "run_replay", stopped)
     assert main(["--fuser", "max,average", "--frames", "2", "--size", "64x48", "--set", "engine.device=cpu"]) == 130
     assert capsys.readouterr().err == "streamfuse bench replay: max replay stopped: interrupted (SIGTERM)\n"
+
+
+def test_a_control_character_in_an_input_path_stays_escaped(tmp_path, capsys):
+    # the terminal got the path raw: an escape sequence in a file name drew on it, a newline split the error line
+    ir, vis = tmp_path / "ir\x1b[2J.mp4", tmp_path / "vis\n.mp4"
+    vis.write_bytes(b"not a video")
+    with pytest.raises(SystemExit) as exc:
+        main(["--ir", str(ir), "--vis", str(vis), "--fuser", "max"])
+    assert str(exc.value.code) == f"streamfuse bench replay: error: IR video not found: {tmp_path}/ir\\x1b[2J.mp4"
+    ir.write_bytes(b"not a video")
+    assert main(["--ir", str(ir), "--vis", str(vis), "--fuser", "max"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "replay of ir\\x1b[2J.mp4 + vis\\n.mp4, output h264\n"
+    assert err == f"streamfuse bench replay: error: max not run: ir input {tmp_path}/ir\\x1b[2J.mp4 is not a video " \
+                  "PyAV can read (Invalid data found when processing input)\n"
