@@ -48,7 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from streamfuse.capture.shm_hold import in_use
-from streamfuse.capture.shm_ring import SHM_DIR, process_alive, remove_stale
+from streamfuse.capture.shm_ring import process_alive, remove_stale
+from streamfuse.capture.shm_space import SHM_DIR
 from streamfuse.pool_ring import ENTRY_BYTES, RingReader, RingWriter, cpu_supported, ring_size
 
 __all__ = ["ShmPool", "PoolReader", "PoolError", "NotAPool", "POOL_PREFIX", "MAX_SLOTS", "valid_pool_name",

@@ -40,6 +40,7 @@ _COLORMAPS = {name.removeprefix("COLORMAP_").lower(): getattr(cv2, name) for nam
                                                                 "COLORMAP_TWILIGHT_SHIFTED")}
 PALETTES = ("black_hot", *sorted(_COLORMAPS))
 _MISMATCH = 12.0  # median colour distance above which frames are not in the palette (its own: 1-2, compressed)
+_GREY_TOLERANCE = 6.0  # mean channel difference a grey frame stored as colour, or a slightly tinted one, stays within
 _BITS = 7  # table resolution a channel: 128^3 cells; a palette's neighbouring colours differ by 1-4 levels
 _SHIFT = 8 - _BITS
 _ALIKE, _APART = 6.0, 16  # a palette whose colours come back within 6 levels 16 indices on gives no order
@@ -160,11 +161,11 @@ def _cells(bgr: np.ndarray) -> np.ndarray:
     return (q[..., 0].astype(np.int32) << 2 * _BITS) | (q[..., 1].astype(np.int32) << _BITS) | q[..., 2]
 
 
-def is_colour(bgr: np.ndarray, tolerance: float = 6.0) -> bool:
-    """Whether a 3-channel frame's channels differ by more than ``tolerance`` grey levels on average (a grey frame
+def is_colour(bgr: np.ndarray) -> bool:
+    """Whether a 3-channel frame's channels differ by more than ``_GREY_TOLERANCE`` grey levels on average (a grey frame
     stored as colour, or a slightly tinted one, does not)."""
     b, g, r = (bgr[::4, ::4, i].astype(np.int16) for i in range(3))
-    return float(np.mean(np.abs(b - g) + np.abs(g - r))) / 2 > tolerance
+    return float(np.mean(np.abs(b - g) + np.abs(g - r))) / 2 > _GREY_TOLERANCE
 
 
 def to_temperature(image: np.ndarray, palette: str) -> np.ndarray:

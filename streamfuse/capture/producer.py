@@ -56,6 +56,7 @@ _STABLE_S = 5.0  # a producer that ran this long resets the back-off
 _SLOTS = 3  # ring slots per source: a live consumer wants the newest frame, not a backlog
 FIRST_FRAME_S = 30.0  # start-up allowance before a producer's first frame (stream open timeouts are 10 s + 5 s)
 _KILL_WAIT_S = 0.5  # a stalled producer killed: how long to wait for it before the next supervision round
+_BACKOFF_MAX_S = 8.0  # largest restart delay, s (doubled from backoff_s per consecutive failure)
 
 
 @dataclass(frozen=True)
@@ -119,13 +120,11 @@ class Producers:
     Args:
         cfgs: section name -> SourceConfig.
         slots: ring slots per source (default 3).
-        backoff_s: first restart delay, s; doubles per consecutive failure.
-        backoff_max_s: largest restart delay, s.
+        backoff_s: first restart delay, s; doubles per consecutive failure, up to 8 s.
     """
 
-    def __init__(self, cfgs: dict[str, SourceConfig], *, slots: int | None = None, backoff_s: float = 0.1,
-                 backoff_max_s: float = 8.0) -> None:
-        self._slots, self._backoff = slots or _SLOTS, (backoff_s, backoff_max_s)
+    def __init__(self, cfgs: dict[str, SourceConfig], *, slots: int | None = None, backoff_s: float = 0.1) -> None:
+        self._slots, self._backoff = slots or _SLOTS, (backoff_s, _BACKOFF_MAX_S)
         self._ctx = process_context()
         paces = pace_lines(self._ctx, cfgs)  # where realtime pacing began, kept across restarts (time_line)
         self._workers = {name: _Worker(name, cfg, pace=paces[name]) for name, cfg in cfgs.items()}
@@ -376,18 +375,17 @@ class Producers:
         self.stop()
 
 
-def start_producers(ir_cfg: SourceConfig, vis_cfg: SourceConfig, *, slots: int | None = None, backoff_s: float = 0.1,
-                    backoff_max_s: float = 8.0) -> Producers:
+def start_producers(ir_cfg: SourceConfig, vis_cfg: SourceConfig, *, slots: int | None = None,
+                    backoff_s: float = 0.1) -> Producers:
     """Start one producer process per source (sections ``"ir"`` and ``"vis"``).
 
     Args:
         ir_cfg: the ``ir`` section.
         vis_cfg: the ``vis`` section.
         slots: ring slots per source (default 3).
-        backoff_s: first restart delay, s (doubles per consecutive failure up to ``backoff_max_s``).
-        backoff_max_s: largest restart delay, s.
+        backoff_s: first restart delay, s (doubles per consecutive failure, up to 8 s).
 
     Returns:
         The running :class:`Producers`; use it as a context manager or call ``stop()``.
     """
-    return Producers({"ir": ir_cfg, "vis": vis_cfg}, slots=slots, backoff_s=backoff_s, backoff_max_s=backoff_max_s)
+    return Producers({"ir": ir_cfg, "vis": vis_cfg}, slots=slots, backoff_s=backoff_s)

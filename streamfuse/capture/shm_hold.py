@@ -16,9 +16,10 @@ import weakref
 from pathlib import Path
 from typing import TypeVar
 
+from streamfuse.capture.shm_space import SHM_DIR
+
 __all__ = ["hold", "release", "hold_semaphore", "in_use"]
 
-SHM_DIR = Path("/dev/shm")
 T = TypeVar("T")
 _HELD: dict[str, int] = {}  # object name -> the descriptor holding this process's shared lock on it
 

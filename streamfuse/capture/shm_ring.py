@@ -66,9 +66,9 @@ def _round_up(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _owned_name(prefix: str = SHM_PREFIX) -> str:
-    """A fresh name that records its creator: ``<prefix><pid>_<random>``."""
-    return f"{prefix}{os.getpid()}_{secrets.token_hex(4)}"
+def _owned_name() -> str:
+    """A fresh name that records its creator: ``<SHM_PREFIX><pid>_<random>``."""
+    return f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
 
 
 def _semaphore_name() -> str:
@@ -88,10 +88,10 @@ class _NamedSemaphore(synchronize.Semaphore):
     _make_name = staticmethod(_semaphore_name)
 
 
-def named_semaphore(ctx: Any, value: int = 0, *, lock: bool = False) -> synchronize.Semaphore:
-    """A process-shared semaphore of ``ctx`` (a Lock with ``lock``) whose name :func:`remove_stale` can attribute to
-    its creator, held (``shm_hold``) while it lives."""
-    return hold_semaphore(_NamedLock(ctx=ctx) if lock else _NamedSemaphore(value, ctx=ctx))
+def named_semaphore(ctx: Any, *, lock: bool = False) -> synchronize.Semaphore:
+    """A process-shared semaphore of ``ctx`` at 0 (a Lock with ``lock``) whose name :func:`remove_stale` can attribute
+    to its creator, held (``shm_hold``) while it lives."""
+    return hold_semaphore(_NamedLock(ctx=ctx) if lock else _NamedSemaphore(0, ctx=ctx))
 
 
 def process_alive(pid: int) -> bool:

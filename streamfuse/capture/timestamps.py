@@ -109,13 +109,9 @@ class StreamClock:
     """A live stream's times on the epoch clock (see the module docstring).
 
     After each :meth:`stamp`, ``restarted`` is True when pts went backwards (the window started again).
-
-    Args:
-        window_ns: how far back (in arrival time) the smallest ``arrival - pts`` is taken from, ns.
     """
 
-    def __init__(self, window_ns: int = WINDOW_NS) -> None:
-        self.window_ns = window_ns
+    def __init__(self) -> None:
         self.restarted = False
         self._candidates: deque[tuple[int, int]] = deque()  # (arrival_ns, arrival - pts), offsets increasing
         self._last_pts_ns: int | None = None
@@ -137,7 +133,7 @@ class StreamClock:
         while self._candidates and self._candidates[-1][1] >= offset:
             self._candidates.pop()
         self._candidates.append((arrival_ns, offset))
-        while self._candidates[0][0] < arrival_ns - self.window_ns:
+        while self._candidates[0][0] < arrival_ns - WINDOW_NS:
             self._candidates.popleft()
         t = pts_ns + self._candidates[0][1]
         if self._last_t_ns is not None and t <= self._last_t_ns:

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".nut", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".vob",
                ".asf", ".m2ts", ".mts", ".3gp", ".ogv", ".mxf", ".y4m"}
+_DEPTH = 4  # frames a reader decodes ahead of the loop
 
 
 @dataclass
@@ -161,7 +162,6 @@ class Reader:
         wait_ns: gets the time :meth:`next` waited for each frame (the loop's "decode" stage).
         busy_ns: gets the thread's own time per frame ("decode_thread").
         periods_ns: each stream's frame interval, ns: where its frame comes after a clock stepped back.
-        depth: frames decoded ahead.
         threaded: decode on the worker thread; false decodes each frame in :meth:`next` (no overlap, one core).
 
     Frames keep their capture times; merging, pacing and the span checks go by each stream's time line instead
@@ -170,7 +170,7 @@ class Reader:
     """
 
     def __init__(self, name: str, source: Any, path: str, wait_ns: StageSamples, busy_ns: StageSamples,
-                 periods_ns: dict[str, int], depth: int = 4, *, threaded: bool = True):
+                 periods_ns: dict[str, int], *, threaded: bool = True):
         self.name, self.source, self.path, self.wait_ns, self.busy_ns = name, source, path, wait_ns, busy_ns
         self.error = ""
         self.line_ns = 0  # time line of the frame taken last, ns
@@ -178,7 +178,7 @@ class Reader:
         self.last_ns: int | None = None
         self._lines = {s: FileClock(p, rebase_ahead=False) for s, p in periods_ns.items()}
         self.ended = False
-        self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=_DEPTH)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._inline: Iterator[Frame] | None = None  # without a thread, next() pulls this in the caller's thread

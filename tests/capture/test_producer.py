@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from streamfuse.capture.producer import ProducerEvent, Producers, start_producers
-from streamfuse.capture.shm_ring import SHM_DIR, remove_stale
+from streamfuse.capture.shm_ring import remove_stale
+from streamfuse.capture.shm_space import SHM_DIR
 from streamfuse.capture.sources import BaseSource, SourceConfig
 from streamfuse.frames import Frame
 

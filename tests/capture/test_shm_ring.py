@@ -20,10 +20,8 @@ from helpers_clock import SleptClock
 
 from streamfuse.capture import shm_ring
 from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, named_semaphore, process_alive, remove_stale
-from streamfuse.capture.shm_space import ShmFull
+from streamfuse.capture.shm_space import SHM_DIR, ShmFull
 from streamfuse.frames import Frame
-
-SHM_DIR = Path("/dev/shm")
 
 
 def image(seq: int, shape: tuple[int, ...] = (48, 64, 3)) -> np.ndarray:
