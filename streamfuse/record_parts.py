@@ -5,8 +5,12 @@ A recording to ``runs/rig0.mcap`` split into parts is ``runs/rig0_0000.mcap``, `
 a complete, indexed MCAP file that any MCAP reader opens, finished (and given its name) when the next one begins, so
 the parts of a recording still running can be copied off as they come. The first part stands for the whole set:
 replay and the ``mcap`` source given ``rig0_0000.mcap`` read every part in turn, as one recording; a later part
-given is read alone. A part missing between two others, or one left cut short (``.rig0_0003.mcap.partial``, which
-``recover`` finishes), stops the read in one line naming it rather than losing its frames unsaid.
+given is read alone. Each part records the set it belongs to and its place in it (an MCAP metadata record,
+``streamfuse.part``: ``set``, ``index``), and the last one, finished at the run's end, that the set ends there
+(``streamfuse.set_end``: ``set``, ``parts``). A part missing between two others or after the last one here, one of
+another set or another tool's file beside them, or one left cut short (``.rig0_0003.mcap.partial``, which ``recover``
+finishes) stops the read in one line naming it rather than losing its frames unsaid, or mixing in others. An MCAP
+file of another tool named like a first part is read alone, as any other.
 """
 
 from __future__ import annotations
@@ -16,19 +20,28 @@ import fcntl
 import logging
 import os
 import re
+import secrets
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from mcap.exceptions import McapError
+from mcap.reader import SeekingReader
+from mcap.records import Channel, Header, Metadata, Schema
+from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
+from zstandard import ZstdError
 
 from streamfuse.atomic_write import BackgroundSync, durable_rename_new, partial_path
 
-__all__ = ["PartWriter", "Parts", "being_recorded", "later_part", "part_path", "set_parts", "taken_part"]
+__all__ = ["PartWriter", "Parts", "being_recorded", "cut_mark", "later_part", "part_marks", "part_path", "set_name",
+           "set_parts", "taken_part", "PART_RECORD", "END_RECORD"]
 
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".mcap"
 _PART = re.compile(r"(?P<base>.+)_(?P<index>\d{4,})\.mcap", re.IGNORECASE)
+PART_RECORD, END_RECORD = "streamfuse.part", "streamfuse.set_end"  # MCAP metadata: a part's set and place; its end
 
 
 def being_recorded(path: Path) -> bool:
@@ -89,21 +102,78 @@ def later_part(path: str | os.PathLike) -> bool:
     return bool(match and int(match["index"]) > 0 and part_path(path.with_name(match["base"] + _SUFFIX), 0).is_file())
 
 
+def part_marks(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, str]]] | None:
+    """The library that wrote a finished MCAP file, and the records it holds of a split recording's (by name:
+    :data:`PART_RECORD`, :data:`END_RECORD`; none in another tool's file, an unsplit recording); None where they cannot
+    be read (a damaged file: its read says so)."""
+    try:
+        with open(path, "rb") as f:
+            reader = SeekingReader(f, validate_crcs=False)
+            marks = {m.name: m.metadata for m in reader.iter_metadata() if m.name in (PART_RECORD, END_RECORD)}
+            return reader.get_header().library, marks
+    except (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError, OSError):
+        return None
+
+
+def cut_mark(partial: Path) -> dict[str, str] | None:
+    """The set and place (:data:`PART_RECORD`) of the split recording's part cut short as ``partial``
+    (``.rig0_0004.mcap.partial``): its own record, else the set of the finished part before it (a kill may cut a part
+    before its record reached the disk); None for a file of no split recording's, or one whose set cannot be told."""
+    match = _PART.fullmatch(partial.name[1:-len(".partial")]) if partial.name.startswith(".") else None
+    if match is None or not partial.name.endswith(".partial"):
+        return None
+    index = int(match["index"])
+    with contextlib.suppress(McapError, EOFError, struct.error, ValueError, OverflowError, MemoryError, OSError), \
+            open(partial, "rb") as f:
+        for record in StreamReader(f, skip_magic=False).records:
+            if isinstance(record, Metadata) and record.name == PART_RECORD:
+                return dict(record.metadata)
+            if not isinstance(record, (Header, Schema, Channel, Metadata)):  # the data began: it has none
+                break
+    before = part_marks(partial.with_name(part_path(partial.with_name(match["base"] + _SUFFIX), index - 1).name)) \
+        if index else None
+    if before is None or "set" not in before[1].get(PART_RECORD, {}):
+        return None
+    return {"set": before[1][PART_RECORD]["set"], "index": str(index)}
+
+
+def _first_part(path: Path) -> tuple[re.Match, dict[int, Path], dict[str, dict[str, str]] | None] | None:
+    """(name match, parts found, the first part's records or None where unreadable or of a recorder that kept none)
+    of the split recording whose first part is ``path``; None where ``path`` is no such part."""
+    match = _PART.fullmatch(path.name)
+    if match is None or int(match["index"]) != 0:
+        return None
+    found = _found(path.parent, match["base"], path.name[-len(_SUFFIX):])
+    if 0 not in found or found[0] != path:
+        return None
+    marks = part_marks(path)
+    if marks is not None and PART_RECORD not in marks[1]:
+        if marks[0] != "streamfuse":  # another tool's file, only named like a part: read alone, as any other
+            return None
+        marks = None  # a part of an earlier recorder, which kept no records: its set told by names alone
+    if len(found) < 2 and (marks is None or END_RECORD in marks[1]):
+        return None  # one file, read as any other
+    return match, found, marks[1] if marks is not None else None
+
+
+def set_name(path: str | os.PathLike) -> str | None:
+    """The name of the split recording whose first part is ``path`` (``rig0`` for ``rig0_0000.mcap``), else None."""
+    first = _first_part(Path(path))
+    return None if first is None else first[0]["base"]
+
+
 def set_parts(path: str | os.PathLike) -> list[Path] | None:
     """The parts of the split recording whose first part is ``path``, in order; None where ``path`` is no first part
     or has no later part beside it (one file, read as any other).
 
     Raises:
-        ValueError: one line naming the part that cannot be read with the others: missing between two of them, being
-            recorded by a running run, or cut short by a killed one.
+        ValueError: one line naming the part that cannot be read with the others: missing between two of them or after
+            the last one here, of another set, being recorded by a running run, or cut short by a killed one.
     """
     path = Path(path)
-    match = _PART.fullmatch(path.name)
-    if match is None or int(match["index"]) != 0:
+    if (first := _first_part(path)) is None:
         return None
-    found = _found(path.parent, match["base"], path.name[-len(_SUFFIX):])
-    if len(found) < 2 or 0 not in found or found[0] != path:
-        return None
+    match, found, marks = first
     last = max(found)
     for index in range(last + 1):
         part = found.get(index)
@@ -115,21 +185,43 @@ def set_parts(path: str | os.PathLike) -> list[Path] | None:
                 raise ValueError(f"recording {path}: its part {part} is being recorded by a running run; replay the "
                                  f"set once that run has ended")
             raise ValueError(f"recording {path}: its part {part} was cut short by a killed run: `python -m streamfuse "
-                             f"recover {part}` finishes it (delete one it finds no frame in), then replay the set")
-    return [found[index] for index in range(last + 1)]
+                             f"recover {part}` finishes it, then replay the set")
+    parts = [found[index] for index in range(last + 1)]
+    if marks is not None:
+        _check_marks(path, marks[PART_RECORD].get("set", ""), parts)
+    return parts
+
+
+def _check_marks(path: Path, set_id: str, parts: list[Path]) -> None:
+    """Refuse (ValueError, one line) a part of ``parts`` that records another set or place (a file only named like
+    one), and a set whose last part here does not record its end (the parts after it missing)."""
+    ended = False
+    for index, part in enumerate(parts):
+        if (found := part_marks(part)) is None:  # damaged: its read names it
+            return
+        mark = found[1].get(PART_RECORD, {})
+        if (mark.get("set"), mark.get("index")) != (set_id, str(index)):
+            raise ValueError(f"recording {path}: {part} is not its part {index} (it is of another recording, only "
+                             f"named like one): move it away to replay the set")
+        ended = found[1].get(END_RECORD, {}).get("set") == set_id
+    if not ended:
+        raise ValueError(f"recording {path}: the set goes on after {parts[-1].name}, its last part here (the run "
+                         f"recorded more): its last parts are missing (copied off yet?), or the run was killed "
+                         f"(`python -m streamfuse recover` finishes the .partial part it left)")
 
 
 class PartWriter:
     """One MCAP file of a recording being written: under its ``.partial`` name (locked while written, so ``recover``
     and replay refuse it), given its final name by :meth:`finish`. Channels: ``topics``, registered at the start,
-    and any other topic at its first message, all of one schema.
+    and any other topic at its first message, all of one schema. ``mark``: a split recording's part's set and place
+    (:data:`PART_RECORD`), recorded first.
 
     Raises:
         OSError: the ``.partial`` file cannot be made (one is there already: never written over).
     """
 
     def __init__(self, path: Path, compression: str, chunk_mb: float, schema: tuple[str, str, bytes],
-                 topics: tuple[str, ...]):
+                 topics: tuple[str, ...], mark: dict[str, str] | None = None):
         self.path, self.partial = path, partial_path(path)
         if os.path.lexists(path):  # a later part's name, taken while the run recorded the ones before
             raise FileExistsError(f"{path} is there already, and is not written over")
@@ -141,6 +233,8 @@ class PartWriter:
         self.writer = Writer(self.file, chunk_size=int(chunk_mb * 2**20), enable_data_crcs=True,
                              compression=CompressionType.ZSTD if compression == "zstd" else CompressionType.NONE)
         self.writer.start(profile="ros2", library="streamfuse")
+        if mark is not None:
+            self.writer.add_metadata(PART_RECORD, mark)
         self._schema = self.writer.register_schema(*schema)
         self._channels: dict[str, int] = {}
         for topic in topics:
@@ -181,13 +275,16 @@ class Parts:
     def __init__(self, path: Path, cfg: Any, schema: tuple[str, str, bytes], topics: tuple[str, ...]):
         self._path, self._cfg, self._schema, self._topics = path, cfg, schema, topics
         self._span_ns, self._size = round(cfg.split_s * 1e9), round(cfg.split_mb * 2**20)
+        self._set = secrets.token_hex(8)  # what a part of this recording records, that another's does not
         self.part = self._open(0)
         self.count = 1
         self._t0_ns: int | None = None  # capture time of the part's first frame
 
     def _open(self, index: int) -> PartWriter:
-        path = part_path(self._path, index) if self._cfg.split else self._path
-        return PartWriter(path, self._cfg.compression, self._cfg.chunk_mb, self._schema, self._topics)
+        if not self._cfg.split:
+            return PartWriter(self._path, self._cfg.compression, self._cfg.chunk_mb, self._schema, self._topics)
+        return PartWriter(part_path(self._path, index), self._cfg.compression, self._cfg.chunk_mb, self._schema,
+                          self._topics, {"set": self._set, "index": str(index)})
 
     @property
     def next_path(self) -> Path:
@@ -200,17 +297,40 @@ class Parts:
             return False
         return 0 < self._span_ns <= t_ns - self._t0_ns or 0 < self._size <= self.part.file.tell()
 
+    def end(self) -> None:
+        """Record in the part being written, before the run finishes it, that the recording ends there."""
+        if self._cfg.split:
+            self.part.writer.add_metadata(END_RECORD, {"set": self._set, "parts": str(self.count)})
+
     def finish(self) -> None:
         """Finish the part being written: complete, indexed, under its final name."""
         self.part.finish()
         log.info("recording part %s finished", self.part.path)
 
-    def begin(self, t_ns: int) -> None:
-        """Open the next part, for a frame captured at ``t_ns``.
+    def turn(self, t_ns: int, finished: Callable[[], None]) -> None:
+        """Finish the part being written (complete, indexed, under its final name; then call ``finished``) and begin
+        the next, for a frame captured at ``t_ns``; where the next cannot begin, the one being written ends the
+        recording, recorded so.
 
         Raises:
-            OSError: its file (or its final name) is there already, or cannot be made.
+            OSError: the next part's file (or its final name) is there already, or cannot be made; or the part being
+                written cannot be finished.
         """
-        self.part = self._open(self.count)
+        try:  # the next one first: while the last still open, it can still record that the recording ends there
+            following = self._open(self.count)
+        except OSError:
+            self.end()
+            self.finish()
+            finished()
+            raise
+        try:
+            self.finish()
+        except BaseException:  # the next part, begun, holds nothing: it goes, as the run keeps the last one's .partial
+            following.sync.close()
+            following.file.close()
+            following.partial.unlink(missing_ok=True)
+            raise
+        finished()
+        self.part = following
         self.count += 1
         self._t0_ns = t_ns

@@ -250,10 +250,8 @@ class Recorder:
     def _append(self, frame: Frame) -> None:
         t_ns = frame.t_capture_ns
         if self._parts.due(t_ns):  # before this frame: no part ends without a frame, nor the next begins without one
-            self._parts.finish()
-            self._flushed()  # its frames are on disk, under its final name
             self._worker.what = f"beginning recording part {self._parts.next_path}"
-            self._parts.begin(t_ns)
+            self._parts.turn(t_ns, self._flushed)  # the last part's frames on disk, under its final name
             self._worker.what = f"writing recording {self._part.partial}"
         end = self._part.file.tell()
         self._unflushed[frame.stream] += 1
@@ -313,6 +311,7 @@ class Recorder:
         self._closed = True
         try:
             self._worker.join()
+            self._parts.end()
             self._part.writer.finish()
             self._flushed()
         except RuntimeError as exc:  # the writer thread's failure

@@ -4,7 +4,9 @@ A live run killed outright (``kill -9``, power loss) leaves its recording as ``.
 chunks read back, but it ends mid-chunk with no index, so a replay stops at the cut. This copies every message
 that reads back (IR and visible images, in recorded order, with their log times, sequence numbers and bytes as
 written, under the recording's own schema and channels) into a finished, indexed ``NAME.mcap`` beside it (or
-``--out``), written under a temporary name and renamed when complete. The cut recording is left as it is. Exits 0
+``--out``), written under a temporary name and renamed when complete. A split recording's part (``.rig0_0004.mcap
+.partial``) is finished as its set's last part, recorded as such: with no frame where the kill came before any
+reached the disk, so that the set reads to its end. The cut recording is left as it is. Exits 0
 when done or when the recording is complete already (nothing to recover), 1 when nothing can be recovered or
 written, 2 on bad arguments.
 """
@@ -29,6 +31,7 @@ from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.cli.args import Parser, path_arg
 from streamfuse.errors import io_reason, printable
+from streamfuse.record_parts import END_RECORD, PART_RECORD, cut_mark
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
 from streamfuse.signals import HANGUP, handled, raise_interrupt
 
@@ -36,6 +39,10 @@ __all__ = ["recover", "main"]
 
 _PARTIAL = ".partial"
 _NOTHING = "nothing to recover: {} holds no complete frame (it was cut before its first chunk was written)"
+
+
+class _Empty(ValueError):
+    """A cut recording that holds not even its header."""
 
 
 def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
@@ -53,7 +60,13 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
     if being_recorded(src):  # a live run's recording, not a killed one's: that run finishes it itself
         raise ValueError(f"{src} is being recorded by a running run (its record.path); it is finished when that run "
                          f"ends: stop the run, not recover it")
-    header, complete = _inspect(src)
+    mark = cut_mark(src)  # a split recording's part: finished as its set's last
+    try:
+        header, complete = _inspect(src)
+    except _Empty:
+        if mark is None:
+            raise
+        header, complete = Header(profile="ros2", library="streamfuse"), False
     damage = _damage(src) if complete else None  # closed as a finished one is, yet a chunk inside does not read back
     if complete and damage is None:
         return f"{src} is a complete recording, not cut: nothing to recover (replay it as it is)"
@@ -73,8 +86,8 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         raise OSError(f"cannot write {out}: {tmp}: {io_reason(exc)}") from None
     try:
         with f:
-            counts, first, last = _copy(src, header, f)
-        if not any(counts.values()):
+            counts, first, last = _copy(src, header, f, mark)
+        if not any(counts.values()) and mark is None:
             raise ValueError(_NOTHING.format(src))
         durable_rename_new(tmp, out)  # not over a file that took its name while this copied
     except OSError as exc:
@@ -83,6 +96,9 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
     except BaseException:  # Ctrl-C included: a temporary file of no use is not left behind
         tmp.unlink(missing_ok=True)
         raise
+    if not any(counts.values()):
+        return (f"{printable(src)} holds no complete frame (it was cut before its first chunk was written): "
+                f"{printable(out)} ends its split recording with no frame, so that the set reads to its end")
     return (f"recovered {counts['ir']} IR and {counts['vis']} visible frames ({(last - first) / 1e9:.3f} s of "
             f"capture time, {first} to {last} ns) from {printable(src)} into {printable(out)}; what was recorded after "
             "the cut is lost")
@@ -100,7 +116,7 @@ def _inspect(src: Path) -> tuple[Header, bool]:
                 header = NonSeekingReader(f).get_header()
             # an empty file is what a run killed at its start leaves; a damaged one can claim any size
             except (McapError, EOFError, struct.error, OverflowError, MemoryError):
-                raise ValueError(_NOTHING.format(src)) from None
+                raise _Empty(_NOTHING.format(src)) from None
             f.seek(-len(MCAP0_MAGIC), os.SEEK_END)
             return header, f.read() == MCAP0_MAGIC
     except FileNotFoundError:
@@ -126,9 +142,9 @@ def _final_name(src: Path) -> Path:
     return src.with_name(src.name[1:-len(_PARTIAL)])
 
 
-def _copy(src: Path, header: Header, f: BinaryIO) -> tuple[dict[str, int], int, int]:
-    """Every image message of ``src`` up to its cut into a finished MCAP on ``f``: (frames per stream, first and
-    last log time)."""
+def _copy(src: Path, header: Header, f: BinaryIO, mark: dict[str, str] | None) -> tuple[dict[str, int], int, int]:
+    """Every image message of ``src`` up to its cut into a finished MCAP on ``f``, recorded as the last part of its
+    split recording with ``mark`` (its set and place): (frames per stream, first and last log time)."""
     # the recorder's default chunks (zstd), and its data section CRC
     writer = Writer(f, chunk_size=int(RecordConfig.chunk_mb * 2**20), enable_data_crcs=True)
     writer.start(profile=header.profile, library=header.library)
@@ -149,6 +165,9 @@ def _copy(src: Path, header: Header, f: BinaryIO) -> tuple[dict[str, int], int, 
             first, last = msg.log_time if first is None else min(first, msg.log_time), max(last, msg.log_time)
     except SourceError:  # the cut: everything before it is in
         pass
+    if mark is not None:
+        writer.add_metadata(PART_RECORD, mark)
+        writer.add_metadata(END_RECORD, {"set": mark["set"], "parts": str(int(mark["index"]) + 1)})
     writer.finish()
     return counts, first or 0, last
 

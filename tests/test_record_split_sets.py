@@ -1,0 +1,82 @@
+"""The parts of a split recording know their set: a file only named like a part is not read with it, a set that goes
+on past its last part here is told."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from mcap.writer import Writer
+
+from streamfuse.capture.mcap_source import read_recording
+from streamfuse.capture.sources import SourceError
+from streamfuse.frames import Frame
+from streamfuse.record_parts import part_path
+from streamfuse.recording import IMAGE_SCHEMA_TEXT, TOPICS, encode_image
+from streamfuse.recover import recover
+from test_record_split import _key, _killed, _record, _synthetic_run
+
+
+def _other_tool(path, frames: list[Frame]) -> None:
+    """An MCAP file of the same images as another tool writes it: no record of any set."""
+    with open(path, "wb") as f:
+        writer = Writer(f)
+        writer.start(profile="ros2", library="another-recorder")
+        schema = writer.register_schema("sensor_msgs/msg/Image", "ros2msg", IMAGE_SCHEMA_TEXT.encode())
+        channels = {s: writer.register_channel(topic, "cdr", schema) for s, topic in TOPICS.items()}
+        for frame in frames:
+            writer.add_message(channels[frame.stream], frame.t_capture_ns, encode_image(frame, "optical"),
+                               frame.t_capture_ns, frame.seq)
+        writer.finish()
+
+
+def test_a_part_of_another_recording_beside_the_first_is_refused_naming_it(tmp_path):
+    # read as the set's second part: another run's frames mixed into this one's, without a word
+    frames = _synthetic_run(90)
+    _record(tmp_path / "a" / "rig0.mcap", frames, split_s=1)
+    _record(tmp_path / "b" / "rig0.mcap", frames, split_s=1)
+    (tmp_path / "mix").mkdir()
+    first, stranger = tmp_path / "mix" / "rig0_0000.mcap", tmp_path / "mix" / "rig0_0001.mcap"
+    shutil.copy(part_path(tmp_path / "a" / "rig0.mcap", 0), first)
+    shutil.copy(part_path(tmp_path / "b" / "rig0.mcap", 1), stranger)
+    with pytest.raises(SourceError, match=rf"^recording {first}: {stranger} is not its part 1 \(it is of another "
+                                          rf"recording, only named like one\): move it away to replay the set$"):
+        list(read_recording(first))
+
+
+def test_files_of_another_tool_named_like_parts_are_read_alone(tmp_path):
+    # foo_0001.mcap was read after foo_0000.mcap as its second part
+    frames = _synthetic_run(30)
+    _other_tool(tmp_path / "foo_0000.mcap", frames[:20])
+    _other_tool(tmp_path / "foo_0001.mcap", frames[20:])
+    assert _key(read_recording(tmp_path / "foo_0000.mcap")) == _key(frames[:20])
+
+
+def test_a_set_without_its_last_part_is_told(tmp_path):
+    # the parts up to the one before were read as the whole recording
+    _record(tmp_path / "rig0.mcap", _synthetic_run(150), split_s=1)
+    parts = sorted(tmp_path.glob("rig0_*.mcap"))
+    assert len(parts) >= 3
+    parts[-1].unlink()
+    with pytest.raises(SourceError, match=rf"^recording {parts[0]}: the set goes on after {parts[-2].name}, its last "
+                                          rf"part here \(the run recorded more\): its last parts are missing"):
+        list(read_recording(parts[0]))
+    for part in parts[1:-1]:
+        part.unlink()
+    with pytest.raises(SourceError, match=rf"the set goes on after {parts[0].name}, its last part here"):
+        list(read_recording(parts[0]))
+
+
+def test_a_part_cut_before_its_first_frame_reached_the_disk_is_recovered_as_the_sets_end(tmp_path):
+    # recover found nothing in it, and the set without it could not be told from one whose last part is missing
+    frames, path = _synthetic_run(150), tmp_path / "rig0.mcap"
+    rec, cut = _killed(path, frames)
+    first = part_path(path, 0)
+    before = list(read_recording(part_path(path, rec.parts - 2)))
+    cut.write_bytes(b"")  # killed before a byte of it was on the disk
+    assert recover(cut) == (f"{cut} holds no complete frame (it was cut before its first chunk was written): "
+                            f"{part_path(path, rec.parts - 1)} ends its split recording with no frame, so that "
+                            f"the set reads to its end")
+    got = _key(read_recording(first))
+    assert got == _key(frames)[:len(got)] and got[-1] == _key(before)[-1]
+
