@@ -245,7 +245,7 @@ def test_a_folder_of_recordings_replays_a_split_one_once_from_its_first_part(tmp
 
     _record(tmp_path / "bags" / "rig0.mcap", _synthetic_run(90), split_s=1)
     _record(tmp_path / "bags" / "other.mcap", _synthetic_run(10))
-    assert [job.out.name for job in find_jobs(tmp_path / "bags", tmp_path / "out")] == ["other.mp4", "rig0_0000.mp4"]
+    assert [job.out.name for job in find_jobs(tmp_path / "bags", tmp_path / "out")] == ["other.mp4", "rig0.mp4"]
 
 
 @pytest.mark.timeout(180)

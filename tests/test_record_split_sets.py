@@ -1,8 +1,9 @@
 """The parts of a split recording know their set: a file only named like a part is not read with it, a set that goes
-on past its last part here is told."""
+on past its last part here is told, and a replay of a folder names a set's output after the set."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pytest
@@ -80,3 +81,19 @@ def test_a_part_cut_before_its_first_frame_reached_the_disk_is_recovered_as_the_
     got = _key(read_recording(first))
     assert got == _key(frames)[:len(got)] and got[-1] == _key(before)[-1]
 
+
+def test_a_folder_names_a_sets_output_after_the_set_unless_a_recording_there_has_that_name(tmp_path, caplog):
+    # rig0_0000.mp4: named after the first part, as if the set were that part alone
+    from streamfuse.batch.jobs import find_jobs
+
+    _record(tmp_path / "bags" / "rig0.mcap", _synthetic_run(90), split_s=1)
+    _record(tmp_path / "bags" / "other.mcap", _synthetic_run(10))
+    assert [job.out.name for job in find_jobs(tmp_path / "bags", tmp_path / "out")] == ["other.mp4", "rig0.mp4"]
+    assert [job.out.name for job in find_jobs(part_path(tmp_path / "bags" / "rig0.mcap", 0), tmp_path / "out")] == [
+        "rig0.mp4"]
+    _record(tmp_path / "bags" / "rig0.mcap", _synthetic_run(10))
+    with caplog.at_level(logging.WARNING):
+        jobs = find_jobs(tmp_path / "bags", tmp_path / "out")
+    assert [job.out.name for job in jobs] == ["other.mp4", "rig0.mp4", "rig0_0000.mp4"]
+    assert caplog.messages == [f"{part_path(tmp_path / 'bags' / 'rig0.mcap', 0)}: its output is named after this "
+                               f"first part, not after its set (rig0), as rig0.mcap there is"]

@@ -3,11 +3,11 @@
 LIST_OR_DIR is a text file of "IR_PATH VIS_PATH [OUTPUT_NAME]" lines (relative to the file; '#' comments), a folder
 with ir/ and vi/ (or vis/) subfolders of same-named videos, or a folder of .mcap recordings, .db3 bags and bag folders
 (a bag folder, with its metadata.yaml, one pair however many files it was split into). Each output is
-OUT/<IR name><ext> (OUT/<OUTPUT_NAME><ext>), written as the single replay writes it (.partial until complete, --resume
-continues; a partial output without --resume fails its pair). A failing pair is reported without
-stopping the others; a summary table follows (one line when every output was already complete); the exit status is 1
-when any failed. Ctrl-C or SIGTERM stops the batch (partial outputs kept: run the same command with --resume to finish
-it): exit status 130.
+OUT/<IR name><ext> (OUT/<OUTPUT_NAME><ext>; a split recording's OUT/<set name><ext>), written as the single replay
+writes it (.partial until complete, --resume continues; a partial output without --resume fails its pair). A failing
+pair is reported without stopping the others; a summary table follows (one line when every output was already
+complete); the exit status is 1 when any failed. Ctrl-C or SIGTERM stops the batch (partial outputs kept: run the
+same command with --resume to finish it): exit status 130.
 --engine local (default) runs the pairs one after another here; --engine ray runs one Ray task per pair on a local
 Ray (--workers, --threads) or on a cluster (--address); it needs `pip install streamfuse[ray]`.
 Run: ``.venv/bin/python tools/replay_many.py LIST_OR_DIR --out DIR``.

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from streamfuse.capture.bag_folder import is_bag_folder, is_storage
 from streamfuse.capture.rosbag2_compression import is_compressed
 from streamfuse.errors import printable
-from streamfuse.record_parts import later_part
+from streamfuse.record_parts import later_part, set_name
 from streamfuse.replay import ListedPair, check_output_paths, find_pairs
 from streamfuse.replay.outputs import check_outside_folders
 from streamfuse.video import container_format
@@ -104,8 +104,8 @@ class BatchInterrupted(KeyboardInterrupt):
 
 def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = ".mp4", codec: str = "h264",
               frames_dir: str | os.PathLike = "") -> list[PairJob]:
-    """The pairs of ``src`` with their outputs ``out_dir/<name><ext>`` (a list file's output name, else the IR file's
-    name without its extension), checked before any work.
+    """The pairs of ``src`` with their outputs ``out_dir/<name><ext>`` (a list file's output name, a split recording's
+    set name, else the IR file's name without its extension), checked before any work.
 
     Args:
         src: a pair list file or a folder with ``ir/`` and ``vi/`` (see :func:`streamfuse.replay.find_pairs`),
@@ -129,7 +129,7 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
         recordings = [src] if is_storage(src) else []
         if why := _unfinished(src):
             raise ValueError(f"{src} is {why}")
-    pairs = [ListedPair(p, p) for p in recordings] or find_pairs(src)
+    pairs = _named(recordings) or find_pairs(src)
     if not pairs:
         raise ValueError(f"no pairs to replay in {src}")
     if out_dir.exists() and not out_dir.is_dir():
@@ -161,6 +161,20 @@ def find_jobs(src: str | os.PathLike, out_dir: str | os.PathLike, *, ext: str = 
                          f"their outputs in a pair list (a third word, 'IR VIS NAME')")
     _check_outputs_are_no_inputs(jobs)
     return jobs
+
+
+def _named(recordings: list[Path]) -> list[ListedPair]:
+    """A pair per recording, a split one's output named after its set (``rig0_0000.mcap`` -> ``rig0``), unless another
+    recording there has that name (``rig0.mcap``): that output is its own, so the set's keeps its first part's name."""
+    stems = {_stem(path): path for path in recordings}
+    pairs = []
+    for path in recordings:
+        name = set_name(path) if path.is_file() else None
+        if name in stems:
+            log.warning("%s: its output is named after this first part, not after its set (%s), as %s there is", path,
+                        name, stems[name].name)
+        pairs.append(ListedPair(path, path, name if name and name not in stems else ""))
+    return pairs
 
 
 def _stem(path: Path) -> str:
