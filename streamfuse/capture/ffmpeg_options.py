@@ -2,17 +2,19 @@
 misspelt name, an option of another FFmpeg version, a command-line option of the ``ffmpeg`` tool) unused without a
 word, and PyAV frees the options left over once a file opens without giving them back. Told instead by asking
 FFmpeg's own libraries, the ones PyAV runs on, whether any of their formats, protocols or codecs has an option of the
-name (as the ``ffmpeg`` tool asks before it opens anything); where those libraries cannot be found, nothing is told."""
+name (as the ``ffmpeg`` tool asks before it opens anything); where those libraries cannot be found, nothing is told.
+And the options a file is opened with: those of a network stream's that would lose a file's frames left out."""
 
 from __future__ import annotations
 
 import ctypes
 import glob
+import re
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
-__all__ = ["unknown_options"]
+__all__ = ["file_options", "unknown_options"]
 
 _SEARCH = 1 | 2  # AV_OPT_SEARCH_CHILDREN | AV_OPT_SEARCH_FAKE_OBJ: every format's, protocol's and codec's options
 
@@ -56,3 +58,14 @@ def unknown_options(options: Iterable[str]) -> list[str] | None:
         return any(util.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _SEARCH) for c in classes)
 
     return [name for name in (o.split("=", 1)[0] for o in options) if not known(name)]
+
+
+def file_options(options: dict[str, str]) -> dict[str, str]:
+    """``options`` for opening a file: without ``fflags``' ``nobuffer`` (``fflags=nobuffer``, ``+genpts+nobuffer``),
+    a network stream's lower latency, which on a file loses the frames FFmpeg read while probing it (its first)."""
+    flags = options.get("fflags", "")
+    tokens = re.findall(r"[+-]?[^+-]+", flags)
+    if not any(token.lstrip("+-") == "nobuffer" for token in tokens):
+        return options
+    kept = "".join(token for token in tokens if token.lstrip("+-") != "nobuffer")
+    return {name: value for name, value in options.items() if name != "fflags"} | ({"fflags": kept} if kept else {})

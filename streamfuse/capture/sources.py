@@ -78,7 +78,8 @@ class SourceConfig:
             reported, counted as a stall, killed and restarted; 0 = never (a first frame: see ``producer``).
         decode_threads: files and streams: FFmpeg decoder threads; 0 = FFmpeg's choice (about one per core).
         ffmpeg: files and streams: FFmpeg options, ``NAME=VALUE`` (``rtsp_transport=udp``, ``fflags=nobuffer``); an
-            RTSP URL gets ``rtsp_transport=tcp`` unless told (FFmpeg's UDP default loses packets on a busy link).
+            RTSP URL gets ``rtsp_transport=tcp`` unless told (FFmpeg's UDP default loses packets on a busy link), a
+            file no ``nobuffer`` flag (a stream's lower latency, which on a file loses the frames probed).
         topic: recordings: the topic this stream is read from (empty: our recorder's; a ``ros2 bag``'s camera).
         clock: streams: ``arrival`` (the sender's pts on this machine's clock, never later than arrival) or ``sender``
             (an RTSP camera's own capture times, from its RTCP sender reports: cameras whose clocks are NTP-synced

@@ -27,6 +27,7 @@ from streamfuse.bitdepth import deep_grey
 from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.copied_over import CopiedOver, file_mark
+from streamfuse.capture.ffmpeg_options import file_options
 from streamfuse.capture.look_ahead import LookAhead
 from streamfuse.capture.open_failure import open_failure
 from streamfuse.capture.sources import BaseSource, SourceError
@@ -100,6 +101,7 @@ class AvSource(CopiedOver, BaseSource):
         self._stack = contextlib.ExitStack()
         timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
         options = dict(o.split("=", 1) for o in self.cfg.ffmpeg)
+        options = options if self.live else file_options(options)
         tcp_chosen = path.startswith(("rtsp://", "rtsps://")) and "rtsp_transport" not in options
         if tcp_chosen:  # FFmpeg's UDP default loses packets on a busy link
             options["rtsp_transport"] = "tcp"

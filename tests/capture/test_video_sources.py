@@ -470,6 +470,23 @@ def test_ffmpeg_options_reach_the_demuxer(tmp_path: Path, monkeypatch) -> None:
     assert seen == [{"fflags": "+genpts", "probesize": "65536"}]
 
 
+@pytest.mark.parametrize("ffmpeg, left", [(("fflags=nobuffer",), {}),
+                                          (("fflags=+genpts+nobuffer",), {"fflags": "+genpts"})])
+def test_a_network_streams_nobuffer_flag_costs_a_file_no_frame(tmp_path: Path, monkeypatch, ffmpeg, left) -> None:
+    # the frame FFmpeg read while probing was lost: 49 of 50, then "truncated or corrupt video"
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25, options={"g": "12"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(50):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 5, np.uint8), format="rgb24")))
+        out.mux(stream.encode())
+    seen, real_open = [], av.open
+    monkeypatch.setattr(av, "open", lambda path, **kw: (seen.append(kw["options"]), real_open(path, **kw))[1])
+    frames = read_all(open_source("ir", SourceConfig(kind="file", path=str(clip), realtime=False, ffmpeg=ffmpeg)))
+    assert [frame.seq for frame in frames] == list(range(50)) and seen == [left]
+
+
 @pytest.mark.parametrize("ffmpeg, transport", [((), "tcp"), (("rtsp_transport=udp",), "udp")])
 def test_an_rtsp_camera_is_read_over_tcp_unless_told(monkeypatch, ffmpeg, transport) -> None:
     seen = []
