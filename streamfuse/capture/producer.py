@@ -57,6 +57,7 @@ _SLOTS = 3  # ring slots per source: a live consumer wants the newest frame, not
 FIRST_FRAME_S = 30.0  # start-up allowance before a producer's first frame (stream open timeouts are 10 s + 5 s)
 _KILL_WAIT_S = 0.5  # a stalled producer killed: how long to wait for it before the next supervision round
 _BACKOFF_MAX_S = 8.0  # largest restart delay, s (doubled from backoff_s per consecutive failure)
+_SUPERVISE_S = 0.02  # the live loop calls get several times a frame; exits, restarts and stalls need no finer look
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Producers:
         self._bell = named_semaphore(self._ctx)  # released on every frame written by any producer
         self._events: deque[ProducerEvent] = deque()
         self._stopped = False
+        self._supervise_at = 0.0  # monotonic s: the next supervision round is due
         try:
             for w in self._workers.values():
                 self._spawn(w, (0, 0, 0))
@@ -317,7 +319,10 @@ class Producers:
         """The next frame (oldest capture time first) or event; None after ``timeout`` s or when :attr:`done`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:
-            self._supervise()
+            now = time.monotonic()
+            if now >= self._supervise_at:  # a few syscalls a source: once per _SUPERVISE_S, not at every call
+                self._supervise_at = now + _SUPERVISE_S
+                self._supervise()
             item = self._next()
             if item is not None:
                 return item

@@ -1244,3 +1244,31 @@ def test_a_stop_flags_wait_says_whether_the_flag_was_set() -> None:
     assert flag.wait(0) is False
     flag.set()
     assert flag.wait(0) is True
+
+
+def test_supervision_runs_once_per_round_however_often_get_is_called(monkeypatch) -> None:
+    """The live loop calls get several times a frame; each supervision round polls every producer's pipe and process
+    (syscalls), so one round serves every call until the next is due, and a due one runs at the next call."""
+    from streamfuse.capture import producer
+
+    cfg = SourceConfig(kind="synthetic", width=32, height=24, fps=100.0, stall_factor=0)
+    prod = start_producers(cfg, cfg)
+    names, rounds = prod.shm_names(), []
+    supervise = prod._supervise
+    monkeypatch.setattr(prod, "_supervise", lambda: rounds.append(1) or supervise())
+    try:
+        collect(prod, lambda f, e: {x.stream for x in f} == {"ir", "vis"})
+        rounds.clear()
+        now = time.monotonic()
+        monkeypatch.setattr(producer, "time", types.SimpleNamespace(monotonic=lambda: now,
+                                                                    monotonic_ns=lambda: round(now * 1e9)))
+        for _ in range(50):  # frames keep coming meanwhile: some calls return one, others none
+            prod.get(timeout=0)
+        before = len(rounds)  # 1 when the round was due as the clock stopped
+        assert before <= 1
+        now += producer._SUPERVISE_S
+        prod.get(timeout=0)
+        assert len(rounds) == before + 1
+    finally:
+        monkeypatch.setattr(producer, "time", time)
+        assert_stopped(prod, names)
