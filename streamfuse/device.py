@@ -1,6 +1,7 @@
 """Where fusion runs and how the CPU side is set up: device names, torch threads, glibc malloc, OpenMP wait policy.
 
-Used by :class:`streamfuse.engine.Engine` and by training; nothing here holds a model.
+Used by :class:`streamfuse.engine.Engine`, by training and by the live run (malloc); nothing here holds a model, and
+torch is imported only where it is used, so a live run of a baseline fuser does not load it.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ import ctypes
 import functools
 import logging
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from streamfuse.openmp import LATE_WAIT_POLICY
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["resolve_device", "available_cores", "prepare_cpu", "tune_malloc"]
 
@@ -32,6 +35,8 @@ def resolve_device(name: str) -> torch.device:
     Raises:
         ValueError: one line when the name is not a device or a GPU is asked for that torch cannot see.
     """
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -53,12 +58,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def tune_malloc() -> bool:
-    """Keep freed activation buffers in the glibc heap (process-wide, applied once).
+    """Keep freed large buffers (a forward's activations, a live frame's arrays) in the glibc heap (process-wide,
+    applied once).
 
     glibc's default malloc returns every large buffer to the OS with ``munmap`` and page-faults it back on the next
-    forward; on the 2-core dev machine that was as much system time as compute (method.md). Raising the mmap and trim
-    thresholds and the top pad keeps them. Skipped when the C library is not glibc or when the user set the
-    ``MALLOC_*_`` environment variables (their choice wins).
+    forward or frame; on the 2-core dev machine that was as much system time as compute (method.md). Raising the
+    mmap and trim thresholds and the top pad keeps them. Skipped when the C library is not glibc or when the user set
+    the ``MALLOC_*_`` environment variables (their choice wins).
 
     Returns:
         True when the settings are in effect.
@@ -92,6 +98,8 @@ def available_cores() -> int:
 def prepare_cpu(threads: int) -> None:
     """Set up torch for fusion on the CPU: ``threads`` threads, glibc malloc tuned, and a warning (once) when
     torch loaded before ``streamfuse`` could set the OpenMP wait policy."""
+    import torch
+
     torch.set_num_threads(threads)
     tune_malloc()
     if LATE_WAIT_POLICY:

@@ -22,6 +22,7 @@ from streamfuse.capture.producer_process import start_servers
 from streamfuse.capture.sources import CAPTURE_CLOCKS, SourceConfig, SourceError
 from streamfuse.checks import ConfigError, shown
 from streamfuse.config import PipelineConfig
+from streamfuse.device import tune_malloc
 from streamfuse.frames import STREAM_NAMES, Frame, FramePair, FusedFrame
 from streamfuse.fusers import Fuser
 from streamfuse.processor import FrameProcessor, Processed
@@ -169,6 +170,7 @@ def _started(cfg: PipelineConfig, frame_ids: dict[str, str]) -> tuple[Publisher,
     with the producers started), then its frame processor, the model loaded and announced in the stats, and the
     producers' servers."""
     pub = Publisher(cfg.publish, None, frame_ids, cfg.vis.capture_clock)
+    tune_malloc()  # whatever the fuser: a frame's arrays, a few MB, were mapped and page-faulted in at every frame
     try:
         processor = FrameProcessor.from_config(cfg)
         fuser = processor.fuser

@@ -1152,3 +1152,19 @@ def test_the_report_carries_the_fusers_counters_and_a_recording_left_unnamed_as_
     pub, fuser = SimpleNamespace(send_stats=lambda snap: None), SimpleNamespace(stats=lambda: {"ot_cache_hits": 5})
     snap = _report(Telemetry(TelemetryConfig()), pub, Pairer(SyncConfig()), producers, fuser, rec, final=True)
     assert snap["counters"]["ot_cache_hits"] == 5 and snap["counters"]["record_failed"] == 1
+
+
+def test_a_live_run_keeps_its_frames_buffers_in_the_heap_whatever_its_fuser(monkeypatch, tmp_path):
+    # only a fusion engine on the CPU tuned malloc: a baseline fuser's run (and a GPU's) had its frame-sized arrays
+    # mapped and page-faulted in at every frame, hundreds of faults a frame
+    from streamfuse import device
+    from streamfuse.pipeline import run_live
+
+    calls = []
+    monkeypatch.setattr(device, "_malloc_tuned", None)  # asked afresh: an earlier test's answer is remembered
+    monkeypatch.setattr(device, "_apply_mallopt", lambda: calls.append(1) or True)
+    cfg, _ = _live_cfg(endpoint=f"ipc://{tmp_path}/fused")
+    stop = threading.Event()
+    stop.set()  # the run starts, then ends at its first turn
+    run_live(cfg, duration_s=60.0, stop=stop)
+    assert calls == [1]
