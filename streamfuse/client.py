@@ -176,7 +176,7 @@ class Subscriber:
     def _next(self, timeout_s: float) -> tuple[dict[str, Any], Any] | None:
         """Socket owner: the next frame's ``(header, payload)`` within ``timeout_s``, from the ring or the socket."""
         if self._ring is not None:
-            self._watch.on_events()  # the socket is not polled while the ring delivers: its drops are seen here
+            self._watch.glance()  # the socket is not polled while the ring delivers: its drops are seen here
             self._restore()
             item = self._ring_next(timeout_s)
             if item is None and self._ring is not None and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 #: drop a live connection and then crash libzmq 4.3 ("Assertion failed: _input_stopped", libzmq issue 3937).
 SILENT_S = 5.0
 _RESTORE_AFTER_S = 0.5  # a connection dropped without libzmq's own retry is restored after this long
+# how often a reader whose frames come another way (the pool's ring) looks at the events: a look costs as much as a
+# frame's transport there, and a drop waits _RESTORE_AFTER_S before its restore anyway
+_GLANCE_S = 0.05
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _RETRYING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
@@ -66,6 +69,7 @@ class ConnectionWatch:
         self.dropped_at: float | None = None  # when the connection dropped with no retry (yet) from libzmq
         self._handshake_failed = False  # the current connection attempt failed its handshake
         self._remade_at = 0.0  # when remake_if_silent last made the connection again
+        self._glanced_at = -_GLANCE_S  # when glance last looked
 
     def on_events(self) -> None:
         """Follow the connection's events: count failed handshakes, note a drop that libzmq will not retry."""
@@ -91,6 +95,12 @@ class ConnectionWatch:
                 self.dropped_at, self._handshake_failed = None, False
             elif event == zmq.EVENT_DISCONNECTED and self.dropped_at is None:
                 self.dropped_at = time.monotonic()
+
+    def glance(self) -> None:
+        """:meth:`on_events` at most once each ``_GLANCE_S``, for a reader that takes its frames elsewhere."""
+        if (now := time.monotonic()) - self._glanced_at >= _GLANCE_S:
+            self._glanced_at = now
+            self.on_events()
 
     def restore_due(self) -> bool:
         """True when a drop that libzmq did not retry is old enough to be restored here."""

@@ -587,3 +587,20 @@ def test_a_connection_dropped_while_on_the_ring_is_restored_there(monkeypatch: p
 
         wait_until(restored, "frames through the ring after the restore")
         assert sub.on_ring and "reconnected" in sub.last_malformed
+
+
+def test_a_ring_reader_looks_at_its_connection_once_a_while_not_once_a_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the look (the monitor socket's events) cost as much as the ring's own transport of a frame; a drop is restored
+    # half a second on anyway (the test above), so a look each while keeps that at no cost per frame
+    monkeypatch.setattr("streamfuse.connection_watch._GLANCE_S", 1e6)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=8)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        _until_ring(sub, pub)
+        looks = []
+        monkeypatch.setattr(sub._watch, "on_events", lambda: looks.append(1))
+        before = sub.via_ring
+        for value in range(20):
+            pub.send_fused(fused_frame(_uniform(value)))
+            assert sub.recv()[1][0, 0, 0] == value
+        assert sub.on_ring and sub.via_ring - before == 20
+        assert len(looks) <= 1
