@@ -226,9 +226,6 @@ class Subscriber:
     def _wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for a message, tending the connection meanwhile; True when one is there."""
         ready = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
-        if ready and self._watch.dropped_at is None:
-            self._last_message = time.monotonic()
-            return True  # already queued: no poll (a stream that flows needs no tending)
         if not ready:
             # A ZeroMQ descriptor signals commands, not messages: wait on it only after EVENTS said that no message
             # is queued (just now; the monitor is drained whenever its descriptor fires), then ask EVENTS again.
@@ -236,16 +233,17 @@ class Subscriber:
             ready = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
             if any(fd == self._watch.fd for fd, _ in fired):
                 self._watch.on_events()
-        elif self._watch.dropped_at is not None:
-            self._watch.on_events()
-        self._restore()
+        # a queued message is read before a drop is restored: it came before the refused part, and EVENTS has taken
+        # its first part off already, whose rest a reconnect would drop (libzmq then aborts on "!_more")
         if ready:
             self._last_message = time.monotonic()
-        elif not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
+            return True
+        self._restore()
+        if not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
             self._subscribe_payload(True)  # the publisher may have restarted without shared memory
         else:
             self._watch.remake_if_silent(self._last_message)
-        return bool(ready)
+        return False
 
     def _restore(self) -> None:
         """Reconnect a connection libzmq dropped and will not retry; a refused part counts as malformed. Without it
