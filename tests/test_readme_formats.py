@@ -80,13 +80,15 @@ def test_readme_raw_consumer_counts_the_frames_it_missed() -> None:
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         proc = subprocess.Popen([sys.executable, "-c", snippet, endpoint], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        sent = 0
-        while proc.poll() is None:  # every other frame left out, and a restart every 10
+        sent, deadline = 0, time.monotonic() + 120  # generous: a consumer that never ends fails, not hangs the suite
+        while proc.poll() is None and time.monotonic() < deadline:  # every other frame left out, a restart every 10
             topic, header, payload = good_parts(image)
             fields = {**json.loads(header), "seq": 2 * (sent % 10)}
             sock.send_multipart([b"fused/rig0", json.dumps(fields).encode(), payload])
             sent += 1
             time.sleep(0.005)  # paces a publisher, no wait for an event
+        if proc.poll() is None:
+            proc.kill()
         out, err = proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     seqs = [int(line.split()[1]) for line in out.splitlines()]
