@@ -210,8 +210,8 @@ def _log_recording_failure(rec: Recorder | None) -> None:
         log.error("recording failed: %s was not completed (%s) and no frame reached it; nothing of it is kept, the "
                   "rerun can record there", rec.file, rec.error)
     elif rec is not None and rec.error is not None and rec.file != rec.path and rec.file.exists():
-        log.error("recording failed: no part after %s was begun (%s); it and the parts before it are complete",
-                  rec.file, rec.error)
+        log.error("recording failed: it stopped after %s (%s); it and the parts before it are complete, and a replay "
+                  "of the set reads them", rec.file, rec.error)
     elif rec is not None and rec.error is not None and not partial_path(rec.file).exists():
         log.error("recording failed: %s was not completed (%s), and nothing of it is kept: %s is gone (its folder "
                   "removed or renamed while the run recorded)", rec.file, rec.error, partial_path(rec.file))

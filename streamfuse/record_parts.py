@@ -307,6 +307,18 @@ class Parts:
         self.part.finish()
         log.info("recording part %s finished", self.part.path)
 
+    def _end_in(self, following: PartWriter) -> None:
+        """The part being written could not be finished (it stays, cut or whole, as its ``.partial`` for ``recover``,
+        or took its final name before a later step failed): ``following``, begun and holding no frame, ends the set,
+        so that the set reads to its end either way; where it cannot be finished either, it goes."""
+        try:
+            following.writer.add_metadata(END_RECORD, {"set": self._set, "parts": str(self.count + 1)})
+            following.finish()
+        except OSError:
+            following.sync.close()
+            following.file.close()
+            following.partial.unlink(missing_ok=True)
+
     def turn(self, t_ns: int, finished: Callable[[], None]) -> None:
         """Finish the part being written (complete, indexed, under its final name; then call ``finished``) and begin
         the next, for a frame captured at ``t_ns``; where the next cannot begin, the one being written ends the
@@ -325,10 +337,8 @@ class Parts:
             raise
         try:
             self.finish()
-        except BaseException:  # the next part, begun, holds nothing: it goes, as the run keeps the last one's .partial
-            following.sync.close()
-            following.file.close()
-            following.partial.unlink(missing_ok=True)
+        except BaseException:
+            self._end_in(following)
             raise
         finished()
         self.part = following

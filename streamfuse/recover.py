@@ -6,8 +6,9 @@ that reads back (IR and visible images, in recorded order, with their log times,
 written, under the recording's own schema and channels) into a finished, indexed ``NAME.mcap`` beside it (or
 ``--out``), written under a temporary name and renamed when complete. A split recording's part (``.rig0_0004.mcap
 .partial``) is finished as its set's last part, recorded as such: with no frame where the kill came before any
-reached the disk, so that the set reads to its end. The cut recording is left as it is. Exits 0
-when done or when the recording is complete already (nothing to recover), 1 when nothing can be recovered or
+reached the disk, so that the set reads to its end. One left whole under its temporary name (its run's final
+rename failed: a full disk, a permissions change) is finished the same way. The cut recording is left as it is. Exits
+0 when done or when the recording is complete already (nothing to recover), 1 when nothing can be recovered or
 written, 2 on bad arguments.
 """
 
@@ -49,7 +50,8 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
     """Copy what reads back of the cut recording ``src`` into the finished recording ``out``; the line to print.
 
     ``out`` defaults to the final name of ``src`` (``.NAME.mcap.partial`` -> ``NAME.mcap``) and is never written
-    over; ``src`` is only read. A complete ``src`` is left alone (the line says so).
+    over; ``src`` is only read. A complete ``src`` is left alone (the line says so), unless it is still under its
+    temporary name.
 
     Raises:
         OSError, ValueError, RuntimeError: one line naming the file; no output is left behind.
@@ -68,7 +70,9 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
             raise
         header, complete = Header(profile="ros2", library="streamfuse"), False
     damage = _damage(src) if complete else None  # closed as a finished one is, yet a chunk inside does not read back
-    if complete and damage is None:
+    # one left under its temporary name is finished too: its run could not give it its name (a full disk, a
+    # permissions change), and a split recording's part must also record that its set ends there
+    if complete and damage is None and not _temporary(src):
         return f"{src} is a complete recording, not cut: nothing to recover (replay it as it is)"
     if damage is not None and out is None:
         raise ValueError(f"{damage}: pass --out FILE.mcap to recover the frames before the damage")
@@ -96,12 +100,20 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
     except BaseException:  # Ctrl-C included: a temporary file of no use is not left behind
         tmp.unlink(missing_ok=True)
         raise
+    return _said(src, out, counts, (first, last), complete)
+
+
+def _said(src: Path, out: Path, counts: dict[str, int], span: tuple[int, int], complete: bool) -> str:
+    """The line that says what was recovered of ``src`` into ``out``: ``counts`` frames per stream of capture times
+    ``span`` (first, last ns); ``complete``: ``src`` was whole, only not given its name."""
     if not any(counts.values()):
         return (f"{printable(src)} holds no complete frame (it was cut before its first chunk was written): "
                 f"{printable(out)} ends its split recording with no frame, so that the set reads to its end")
+    first, last = span
+    lost = ("it was complete, only not given its name: nothing is lost" if complete else
+            "what was recorded after the cut is lost")
     return (f"recovered {counts['ir']} IR and {counts['vis']} visible frames ({(last - first) / 1e9:.3f} s of "
-            f"capture time, {first} to {last} ns) from {printable(src)} into {printable(out)}; what was recorded after "
-            "the cut is lost")
+            f"capture time, {first} to {last} ns) from {printable(src)} into {printable(out)}; {lost}")
 
 
 def _inspect(src: Path) -> tuple[Header, bool]:
@@ -135,9 +147,14 @@ def _damage(src: Path) -> str | None:
     return None
 
 
+def _temporary(src: Path) -> bool:
+    """Whether ``src`` is named as a recording being written is (``.NAME.mcap.partial``)."""
+    return src.name.startswith(".") and src.name.endswith(_PARTIAL)
+
+
 def _final_name(src: Path) -> Path:
     """``dir/.NAME.mcap.partial`` -> ``dir/NAME.mcap``, the name the recorder would have renamed it to."""
-    if not (src.name.startswith(".") and src.name.endswith(_PARTIAL)):
+    if not _temporary(src):
         raise ValueError(f"cannot name the recovered recording of {src} (not a .NAME.mcap.partial file): pass --out")
     return src.with_name(src.name[1:-len(_PARTIAL)])
 

@@ -169,8 +169,8 @@ def test_a_part_name_taken_while_recording_stops_the_recording_not_the_caller(tm
     assert [r.getMessage().split(";")[0] for r in caplog.records] == [f"recording stopped: {rec.error}"]
     caplog.clear()
     _log_recording_failure(rec)
-    assert caplog.messages == [f"recording failed: no part after {part_path(cfg.path, 0)} was begun ({rec.error}); it "
-                               f"and the parts before it are complete"]
+    assert caplog.messages == [f"recording failed: it stopped after {part_path(cfg.path, 0)} ({rec.error}); it and "
+                               f"the parts before it are complete, and a replay of the set reads them"]
 
 
 def test_a_write_error_in_a_later_part_is_said_of_that_part(tmp_path, caplog, monkeypatch):
