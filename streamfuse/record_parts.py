@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import struct
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -278,7 +279,9 @@ class Parts:
         self._set = secrets.token_hex(8)  # what a part of this recording records, that another's does not
         self.part = self._open(0)
         self.count = 1
-        self._t0_ns: int | None = None  # capture time of the part's first frame
+        # when the part got its first frame, on the recorder's own clock: the frames' stamps are a camera's or the
+        # wall clock's, which a clock set forward or back jumps (the part ended at once, or never)
+        self._t0_ns: int | None = None
 
     def _open(self, index: int) -> PartWriter:
         if not self._cfg.split:
@@ -290,12 +293,13 @@ class Parts:
     def next_path(self) -> Path:
         return part_path(self._path, self.count)
 
-    def due(self, t_ns: int) -> bool:
-        """Whether a frame captured at ``t_ns`` begins the next part (then :meth:`finish`, and :meth:`begin`)."""
+    def due(self) -> bool:
+        """Whether the frame being written now begins the next part (then :meth:`turn`)."""
+        now = time.monotonic_ns()
         if self._t0_ns is None:
-            self._t0_ns = t_ns
+            self._t0_ns = now
             return False
-        return 0 < self._span_ns <= t_ns - self._t0_ns or 0 < self._size <= self.part.file.tell()
+        return 0 < self._span_ns <= now - self._t0_ns or 0 < self._size <= self.part.file.tell()
 
     def end(self) -> None:
         """Record in the part being written, before the run finishes it, that the recording ends there."""
@@ -319,9 +323,9 @@ class Parts:
             following.file.close()
             following.partial.unlink(missing_ok=True)
 
-    def turn(self, t_ns: int, finished: Callable[[], None]) -> None:
+    def turn(self, finished: Callable[[], None]) -> None:
         """Finish the part being written (complete, indexed, under its final name; then call ``finished``) and begin
-        the next, for a frame captured at ``t_ns``; where the next cannot begin, the one being written ends the
+        the next, for the frame being written now; where the next cannot begin, the one being written ends the
         recording, recorded so.
 
         Raises:
@@ -343,4 +347,4 @@ class Parts:
         finished()
         self.part = following
         self.count += 1
-        self._t0_ns = t_ns
+        self._t0_ns = time.monotonic_ns()

@@ -84,8 +84,9 @@ class RecordConfig:
         chunk_mb: uncompressed chunk size in MiB (a crash loses at most the chunk being filled).
         flush_s: seconds a chunk is filled at most: it is written out by then, even while frames are few, small or
             stalled, so a kill loses at most this much of the recording (or ``chunk_mb``, whichever comes first).
-        split_s: seconds of capture time a part of the recording spans at most (0 = not split): the recording is
-            written as complete files ``NAME_0000.mcap``, ``NAME_0001.mcap``, ... (``streamfuse.record_parts``).
+        split_s: seconds a part of the recording spans at most (0 = not split), counted on the recorder's own
+            clock (as ``ros2 bag record --max-bag-duration``), not the frames' stamps: the recording is written as
+            complete files ``NAME_0000.mcap``, ``NAME_0001.mcap``, ... (``streamfuse.record_parts``).
         split_mb: MiB on disk a part reaches at most, give or take the chunk that takes it past them (0 = not split);
             with ``split_s`` too, a part ends at whichever comes first.
     """
@@ -249,9 +250,9 @@ class Recorder:
 
     def _append(self, frame: Frame) -> None:
         t_ns = frame.t_capture_ns
-        if self._parts.due(t_ns):  # before this frame: no part ends without a frame, nor the next begins without one
+        if self._parts.due():  # before this frame: no part ends without a frame, nor the next begins without one
             self._worker.what = f"beginning recording part {self._parts.next_path}"
-            self._parts.turn(t_ns, self._flushed)  # the last part's frames on disk, under its final name
+            self._parts.turn(self._flushed)  # the last part's frames on disk, under its final name
             self._worker.what = f"writing recording {self._part.partial}"
         end = self._part.file.tell()
         self._unflushed[frame.stream] += 1

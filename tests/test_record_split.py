@@ -3,10 +3,14 @@ parts together the frames of an unsplit recording, read back as one from the fir
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ from streamfuse.capture.mcap_source import image_topics, read_recording
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.config import ConfigError, load_config
 from streamfuse.frames import Frame
+from streamfuse import record_parts
 from streamfuse.pipeline import _log_recording_failure
 from streamfuse.record_parts import Parts, part_path, set_parts
 from streamfuse.recording import RecordConfig, Recorder, check_record_path
@@ -35,9 +40,25 @@ def _synthetic_run(n: int) -> list[Frame]:
     return sorted(frames, key=lambda f: f.t_capture_ns + 25_000_000 * (f.stream == "ir"))
 
 
+@contextlib.contextmanager
+def _recorder_clock(at: Callable[[Frame], int] = lambda frame: frame.t_capture_ns) -> Iterator[None]:
+    """The recorder's own clock (which ``split_s`` counts) reads ``at(frame)`` while it writes each frame: by
+    default the frame's capture time, as in a live run, which writes each frame as it comes."""
+    now = [0]
+    append = Recorder._append
+
+    def timed(self, frame):
+        now[0] = at(frame)
+        append(self, frame)
+
+    with mock.patch.object(Recorder, "_append", timed), \
+            mock.patch.object(record_parts, "time", types.SimpleNamespace(monotonic_ns=lambda: now[0])):
+        yield
+
+
 def _record(path, frames: list[Frame], **split) -> Recorder:
     cfg = RecordConfig(path=str(path), chunk_mb=0.0625, compression="none", **split)
-    with Recorder(cfg, queue_size=len(frames)) as rec:  # the queue holds them all: none left out
+    with _recorder_clock(), Recorder(cfg, queue_size=len(frames)) as rec:  # the queue holds them all: none left out
         for frame in frames:
             rec.write(frame)
     return rec
@@ -46,7 +67,7 @@ def _record(path, frames: list[Frame], **split) -> Recorder:
 def _killed(path, frames: list[Frame]) -> tuple[Recorder, Path]:
     """A recording in parts of one second stopped by an error (as a kill), and the ``.partial`` part it leaves."""
     cfg = RecordConfig(path=str(path), chunk_mb=0.0625, compression="none", split_s=1)
-    with pytest.raises(KeyboardInterrupt), Recorder(cfg, queue_size=len(frames)) as rec:
+    with pytest.raises(KeyboardInterrupt), _recorder_clock(), Recorder(cfg, queue_size=len(frames)) as rec:
         for frame in frames:
             rec.write(frame)
         raise KeyboardInterrupt
@@ -157,7 +178,7 @@ def test_a_part_name_taken_while_recording_stops_the_recording_not_the_caller(tm
     frames = _synthetic_run(90)
     taken = part_path(tmp_path / "rig0.mcap", 1)
     cfg = RecordConfig(path=str(tmp_path / "rig0.mcap"), chunk_mb=0.0625, compression="none", split_s=1)
-    with caplog.at_level(logging.ERROR), Recorder(cfg, queue_size=len(frames)) as rec:
+    with caplog.at_level(logging.ERROR), _recorder_clock(), Recorder(cfg, queue_size=len(frames)) as rec:
         taken.write_bytes(b"a user's file")
         for frame in frames:
             rec.write(frame)
@@ -188,7 +209,8 @@ def test_a_write_error_in_a_later_part_is_said_of_that_part(tmp_path, caplog, mo
 
     monkeypatch.setattr(Recorder, "_append", append)
     cut = part_path(tmp_path / "rig0.mcap", 2)
-    with Recorder(RecordConfig(path=str(tmp_path / "rig0.mcap"), split_s=1), queue_size=len(frames)) as rec:
+    with _recorder_clock(), Recorder(RecordConfig(path=str(tmp_path / "rig0.mcap"), split_s=1),
+                                     queue_size=len(frames)) as rec:
         for frame in frames:
             rec.write(frame)
     assert rec.parts == 3 and rec.file == cut and rec.error is not None
@@ -295,11 +317,37 @@ def test_a_discarded_split_recording_leaves_no_part(tmp_path):
     corrected rerun can record to the same path: the parts finished meanwhile go too."""
     frames = [f for f in _synthetic_run(90) if f.stream == "vis"]  # the IR camera never delivered
     path = tmp_path / "runs" / "rig0.mcap"
-    rec = Recorder(RecordConfig(path=str(path), split_s=1), queue_size=len(frames))
-    for frame in frames:
-        rec.write(frame)
-    rec._worker.join()
+    with _recorder_clock():
+        rec = Recorder(RecordConfig(path=str(path), split_s=1), queue_size=len(frames))
+        for frame in frames:
+            rec.write(frame)
+        rec._worker.join()
     assert rec.parts == 3
     rec.discard()
     assert not (tmp_path / "runs").exists()
     check_record_path(path, split=True)
+
+
+def test_split_s_counts_the_recorders_clock_not_the_frames_stamps(tmp_path):
+    """A camera clock set forward an hour, then back two, mid-run: the parts end each second of the recorder's own
+    clock as they do for frames stamped steadily (the stamps' jumps ended a part at once, then none ever again)."""
+    frames = _synthetic_run(150)  # 5 s
+    steady = {id(frame): frame.t_capture_ns - T0 for frame in frames}  # the recorder's clock, steady throughout
+    cfg = RecordConfig(path=str(tmp_path / "steady.mcap"), chunk_mb=0.0625, compression="none", split_s=1)
+    with _recorder_clock(lambda frame: steady[id(frame)]), Recorder(cfg, queue_size=len(frames)) as rec:
+        for frame in frames:
+            rec.write(frame)
+    for frame in frames:
+        frame.t_capture_ns += 3600_000_000_000 * ((steady[id(frame)] >= 1_500_000_000) - 2 * (
+            steady[id(frame)] >= 2_200_000_000))
+    with _recorder_clock(lambda frame: steady[id(frame)]), Recorder(
+            RecordConfig(path=str(tmp_path / "jumps.mcap"), chunk_mb=0.0625, compression="none", split_s=1),
+            queue_size=len(frames)) as jumps:
+        for frame in frames:
+            jumps.write(frame)
+
+    def sizes(path) -> list[int]:
+        return [len(list(read_recording(part_path(path, i)))) for i in range(5)]
+
+    assert rec.parts == jumps.parts == 5 and sizes(tmp_path / "jumps.mcap") == sizes(tmp_path / "steady.mcap")
+    assert _key(read_recording(part_path(tmp_path / "jumps.mcap", 0))) == _key(frames)
