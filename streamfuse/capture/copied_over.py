@@ -1,12 +1,15 @@
 """A looped video file copied over in place while it plays (``cp new.mp4 clip.mp4``): the open container reads the
 new bytes through the old file's index, so the rest of its pass is lost (undecodable, or frames of neither file);
 one renamed over it (``mv``) is another file, which leaves the open one whole. Told by the file's status before each
-frame and after an error: the rest of the pass is counted lost, and the new file plays once its copy has settled,
-from where the pass would have ended (the other input's pass goes on meanwhile, so the two stay paired in step). A
-new file that fails in turn (unchanged since it opened) ends the source in one line, as any corrupt file does."""
+frame and after an error, and where only its time changed, by its bytes (a ``touch`` changes nothing the container
+reads; ``cp`` of a file of the same size keeps the inode and size too): the rest of the pass is counted lost, and
+the new file plays once its copy has settled, from where the pass would have ended (the other input's pass goes on
+meanwhile, so the two stay paired in step). A new file that fails in turn (unchanged since it opened) ends the source
+in one line, as any corrupt file does."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -18,23 +21,45 @@ __all__ = ["CopiedOver", "file_mark", "copied_over", "settle", "SETTLE_S"]
 
 SETTLE_S = 0.5  # a file unchanged this long has been copied (a copy writes on without pause)
 _MOST_S = 30.0  # a file still changing after this long is opened as it is (its errors then end the source)
+# blocks read spread over the file, and their size: a compressed video's bytes differ in any block of another video
+# (a whole file read at each pass would double a long clip's reads)
+_SAMPLES, _BLOCK = 64, 4096
 
-Mark = tuple[int, int, int]
+Mark = tuple[int, int, int, bytes]
 
 
 def file_mark(path: str) -> Mark | None:
-    """``path``'s inode, size and modification time (ns); None where it cannot be looked at (gone)."""
+    """``path``'s inode, size, modification time (ns) and a digest of blocks spread over its bytes; None where it
+    cannot be looked at (gone)."""
+    try:  # not blocking: a FIFO put in its place, with no writer, would hold the source in open() for good
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        digest = hashlib.blake2b(digest_size=16)
+        for i in range(_SAMPLES):
+            digest.update(os.pread(fd, _BLOCK, i * max(st.st_size - _BLOCK, 0) // (_SAMPLES - 1)))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return st.st_ino, st.st_size, st.st_mtime_ns, digest.digest()
+
+
+def copied_over(path: str, mark: Mark | None) -> tuple[bool, Mark | None]:
+    """Whether the file at ``path`` was written in place since ``mark`` (the same inode: an open one's bytes), and
+    the mark to keep: where only its time changed (``touch``), the new one, so its bytes are read once."""
     try:
         st = os.stat(path)
     except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def copied_over(path: str, mark: Mark | None) -> bool:
-    """Whether the file at ``path`` was written in place since ``mark`` (the same inode: an open one's bytes)."""
+        return False, mark
+    if mark is None or st.st_ino != mark[0] or (st.st_size, st.st_mtime_ns) == mark[1:3]:
+        return False, mark
     now = file_mark(path)
-    return mark is not None and now is not None and now[0] == mark[0] and now != mark
+    if now is None or now[0] != mark[0]:
+        return False, mark
+    return (now[1], now[3]) != (mark[1], mark[3]), now
 
 
 def settle(path: str, wait: Callable[[float], object]) -> None:
@@ -63,7 +88,10 @@ class CopiedOver:
         return self._next_file()
 
     def _copied_over(self) -> bool:
-        return self.cfg.loop and not self.live and copied_over(self.cfg.path, self._mark)
+        if not self.cfg.loop or self.live:
+            return False
+        changed, self._mark = copied_over(self.cfg.path, self._mark)
+        return changed
 
     def _next_file(self) -> Frame | None:
         lost = self._lost()

@@ -97,7 +97,7 @@ class AvSource(CopiedOver, BaseSource):
         if self.cfg.kind == "file" and not Path(path).is_file():
             what = "not found" if not Path(path).exists() else "not a regular file (a pipe or a device?)"
             raise SourceError(f"{self.section}: video file {what}: {path}")
-        self._mark = None if self.live else file_mark(path)  # before it opens: a copy begun since shows
+        self._mark = file_mark(path) if self.cfg.loop and not self.live else None  # before it opens: a copy since shows
         self._stack = contextlib.ExitStack()
         timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
         options = dict(o.split("=", 1) for o in self.cfg.ffmpeg)

@@ -560,12 +560,13 @@ def test_a_complete_variable_rate_file_whose_last_frame_lasts_long_is_read_whole
     assert [f.t_capture_ns for f in frames] == [40 * i * MS for i in range(n)]
 
 
-def write_noise(path: Path, n: int, seed: int, fps: int = 25) -> list[np.ndarray]:
-    """n lossless 64x48 frames of noise (too large for FFmpeg to hold the file in its read buffer); returns them."""
+def write_noise(path: Path, n: int, seed: int, fps: int = 25, codec: str = "ffv1") -> list[np.ndarray]:
+    """n lossless 64x48 frames of noise (too large for FFmpeg to hold the file in its read buffer); returns them.
+    ``codec="rawvideo"`` (in an AVI): uncompressed, so files of one ``n`` are of one size."""
     images = list(np.random.default_rng(seed).integers(0, 256, (n, 48, 64, 3), np.uint8))
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0" if codec == "ffv1" else "bgr24"
         for i, image in enumerate(images):
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
             frame.pts = i
