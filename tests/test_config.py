@@ -141,6 +141,23 @@ def test_ffmpeg_options_ffmpeg_has_no_name_for_are_warned_of(tmp_path, caplog):
                                "or another version's?): left unused"]
 
 
+def test_ffmpeg_options_nothing_that_reads_a_file_takes_are_warned_of_for_a_file(tmp_path, caplog):
+    """A network stream's option given to a file (rtsp_transport, an http one) is an option FFmpeg has, so it passed
+    unsaid, and was left unused; a stream's options pass on to the protocols it opens beneath it, and are not asked."""
+    path = _write(tmp_path, "vis:\n  kind: file\n  path: clip.mp4\n")
+    with caplog.at_level("WARNING", logger="streamfuse.config"):
+        load_config(path, ["vis.ffmpeg=[fflags=+genpts, probesize=32, err_detect=explode, threads=2, follow=1, "
+                           "rw_timeout=5000000, cryptokey=00]"])  # the format's, a decoder's, file's, a demuxer's
+        load_config(path, ["vis.kind=stream", "vis.path=http://cam/video", "vis.ffmpeg=[user_agent=x, "
+                           "listen_timeout=5]"])
+        assert not caplog.records
+        load_config(path, ["vis.ffmpeg=[rtsp_transport=tcp, threads=2, user_agent=x, rtsp_transprot=tcp]"])
+    assert caplog.messages == [
+        f"{path}: vis.ffmpeg: FFmpeg has no option named rtsp_transprot (misspelt, or another version's?): left unused",
+        f"{path}: vis.ffmpeg: rtsp_transport, user_agent: no FFmpeg format, protocol or codec that reads a file has "
+        "it (a network stream's, or a device's): left unused"]
+
+
 def test_overrides_are_parsed_and_validated(tmp_path):
     path = _write(tmp_path, "hclfuse:\n  steps: 4\n")
     cfg = load_config(path, ["hclfuse.steps=2", "--sync.slop_ms=12.5", "ir.kind=synthetic"])

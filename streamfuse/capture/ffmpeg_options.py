@@ -3,7 +3,10 @@ misspelt name, an option of another FFmpeg version, a command-line option of the
 word, and PyAV frees the options left over once a file opens without giving them back. Told instead by asking
 FFmpeg's own libraries, the ones PyAV runs on, whether any of their formats, protocols or codecs has an option of the
 name (as the ``ffmpeg`` tool asks before it opens anything); where those libraries cannot be found, nothing is told.
-And the options a file is opened with: those of a network stream's that would lose a file's frames left out."""
+A file's options are asked of the layers that read a file too (a network stream's, ``rtsp_transport``, would be left
+unused); a stream's are not: its protocol hands them on to those it opens beneath it (http to tcp or tls, rtsp to
+rtp, udp and tcp), which no library function lists. And the options a file is opened with: those of a network
+stream's that would lose a file's frames left out."""
 
 from __future__ import annotations
 
@@ -14,9 +17,19 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
-__all__ = ["file_options", "unknown_options"]
+__all__ = ["file_options", "unknown_options", "unread_by_files"]
 
 _SEARCH = 1 | 2  # AV_OPT_SEARCH_CHILDREN | AV_OPT_SEARCH_FAKE_OBJ: every format's, protocol's and codec's options
+_OWN = 2  # AV_OPT_SEARCH_FAKE_OBJ alone: the class's own options
+_NOFILE = 1  # AVFMT_NOFILE: a demuxer that opens what it reads itself
+_URL_OPTIONS = ("rw_timeout",)  # every protocol's context's (URLContext), whose class no public function gives
+
+
+class _InputFormat(ctypes.Structure):
+    """The head of FFmpeg's ``AVInputFormat``, public and the same since FFmpeg 4."""
+
+    _fields_ = [("name", ctypes.c_char_p), ("long_name", ctypes.c_char_p), ("flags", ctypes.c_int),
+                ("extensions", ctypes.c_char_p), ("codec_tag", ctypes.c_void_p), ("priv_class", ctypes.c_void_p)]
 
 
 @cache
@@ -39,9 +52,13 @@ def _libraries() -> tuple[ctypes.CDLL, ...] | None:
     try:
         util, fmt, codec = (ctypes.CDLL(str(p)) for p in paths)
         util.av_opt_find.restype = fmt.avformat_get_class.restype = codec.avcodec_get_class.restype = ctypes.c_void_p
+        fmt.av_demuxer_iterate.restype = ctypes.POINTER(_InputFormat)
+        fmt.avio_protocol_get_class.restype = ctypes.c_void_p
     except (OSError, AttributeError):
         return None
     util.av_opt_find.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+    fmt.av_demuxer_iterate.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    fmt.avio_protocol_get_class.argtypes = [ctypes.c_char_p]
     return util, fmt, codec
 
 
@@ -58,6 +75,36 @@ def unknown_options(options: Iterable[str]) -> list[str] | None:
         return any(util.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _SEARCH) for c in classes)
 
     return [name for name in (o.split("=", 1)[0] for o in options) if not known(name)]
+
+
+@cache
+def _file_classes() -> tuple[ctypes.c_void_p, ...]:
+    """The option classes of what reads a file: the format context, the file protocol, and every demuxer a file's
+    probe can pick (those that read through the protocol, and those that open the files they are named by, image2:
+    not those of a URL, rtsp, or of a device, picked only when named)."""
+    util, fmt, _ = _libraries()
+    found = [fmt.avformat_get_class(), fmt.avio_protocol_get_class(b"file")]
+    opaque = ctypes.c_void_p()
+    while demuxer := fmt.av_demuxer_iterate(ctypes.byref(opaque)):
+        if not demuxer.contents.flags & _NOFILE or demuxer.contents.extensions:
+            found.append(demuxer.contents.priv_class)
+    return tuple(ctypes.c_void_p(c) for c in found if c)
+
+
+def unread_by_files(options: Iterable[str]) -> list[str] | None:
+    """The names of the ``NAME=VALUE`` options of ``options`` that FFmpeg has, but nothing that reads a file takes
+    (a network stream's, a device's), in their order; None where FFmpeg's libraries cannot be asked."""
+    unknown = unknown_options(options)
+    if unknown is None:
+        return None
+    util, _, codec = _libraries()
+    decoders = ctypes.c_void_p(codec.avcodec_get_class())
+
+    def read(name: str) -> bool:
+        return name in _URL_OPTIONS or bool(util.av_opt_find(ctypes.byref(decoders), name.encode(), None, 0, _SEARCH)) \
+            or any(util.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in _file_classes())
+
+    return [name for name in (o.split("=", 1)[0] for o in options) if name not in unknown and not read(name)]
 
 
 def file_options(options: dict[str, str]) -> dict[str, str]:
