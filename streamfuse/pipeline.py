@@ -209,6 +209,9 @@ def _log_recording_failure(rec: Recorder | None) -> None:
     if rec is not None and rec.error is not None and not any(rec.counts.values()):
         log.error("recording failed: %s was not completed (%s) and no frame reached it; nothing of it is kept, the "
                   "rerun can record there", rec.file, rec.error)
+    elif rec is not None and rec.finished and rec.file.exists() and not partial_path(rec.file).exists():
+        log.error("recording failed: %s is whole and has its name, but its folder could not be synced after it took "
+                  "it (%s): a power loss may yet lose that name; copy it elsewhere", rec.file, rec.error)
     elif rec is not None and rec.error is not None and rec.file != rec.path and rec.file.exists():
         log.error("recording failed: it stopped after %s (%s); it and the parts before it are complete, and a replay "
                   "of the set reads them", rec.file, rec.error)

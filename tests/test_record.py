@@ -333,26 +333,49 @@ def test_a_recording_that_failed_before_any_frame_reached_it_keeps_nothing_and_s
     Recorder(RecordConfig(path=str(path))).close()  # the rerun records there
 
 
-def test_a_recording_that_cannot_take_its_name_says_it_is_whole_and_where(tmp_path, rng, monkeypatch, caplog):
-    """The folder turned read-only (or immutable) before the end: the run's end says the .partial file is the whole
-    recording and to rename it, not that it was cut (recover would find nothing to do)."""
+def _renamed_by(rename, path: Path, rng, monkeypatch, caplog) -> tuple[Recorder, list[str]]:
+    """A recording of 4 pairs to ``path`` given its final name by ``rename``; the run's end's lines."""
     import streamfuse.recording
     from streamfuse.pipeline import _log_recording_failure
 
-    def refused(src, dst):
-        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
-
-    monkeypatch.setattr(streamfuse.recording, "durable_rename_new", refused)
-    path = tmp_path / "rig.mcap"
+    monkeypatch.setattr(streamfuse.recording, "durable_rename_new", rename)
     with Recorder(RecordConfig(path=str(path))) as rec:
         for frame in _frames(rng, 4):
             rec.write(frame)
-    assert (rec.finished, rec.error) == (True, "Operation not permitted") and not path.exists()
-    assert len(list(read_recording(partial_path(path)))) == 8 == rec.counts["ir"] + rec.counts["vis"]  # whole
     with caplog.at_level(logging.ERROR):
         _log_recording_failure(rec)
-    assert caplog.messages == [f"recording failed: {partial_path(path)} was not given its name (Operation not "
-                               f"permitted); it holds 4 IR and 4 visible frames, whole: rename it to {path}"]
+    return rec, caplog.messages
+
+
+def test_a_recording_that_cannot_take_its_name_says_it_is_whole_and_where(tmp_path, rng, monkeypatch, caplog):
+    """The folder turned read-only (or immutable) before the end: the run's end says the .partial file is the whole
+    recording and to rename it, not that it was cut (recover would find nothing to do)."""
+    def refused(src, dst):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    path = tmp_path / "rig.mcap"
+    rec, said = _renamed_by(refused, path, rng, monkeypatch, caplog)
+    assert (rec.finished, rec.error) == (True, "Operation not permitted") and not path.exists()
+    assert len(list(read_recording(partial_path(path)))) == 8 == rec.counts["ir"] + rec.counts["vis"]  # whole
+    assert said == [f"recording failed: {partial_path(path)} was not given its name (Operation not permitted); it "
+                    f"holds 4 IR and 4 visible frames, whole: rename it to {path}"]
+
+
+def test_a_recording_whose_folder_cannot_be_synced_after_its_rename_is_said_to_have_its_name(tmp_path, rng,
+                                                                                          monkeypatch, caplog):
+    """The rename done, the folder's sync after it failed (a failing disk): the run's end said that nothing of the
+    recording was kept, its .partial file gone, while the recording lay whole under its name."""
+    from streamfuse.atomic_write import durable_rename_new
+
+    def renamed_then_failed(src, dst):
+        durable_rename_new(src, dst)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    path = tmp_path / "rig.mcap"
+    _, said = _renamed_by(renamed_then_failed, path, rng, monkeypatch, caplog)
+    assert len(list(read_recording(path))) == 8 and not partial_path(path).exists()
+    assert said == [f"recording failed: {path} is whole and has its name, but its folder could not be synced after "
+                    f"it took it (Input/output error): a power loss may yet lose that name; copy it elsewhere"]
 
 
 def test_a_recording_never_writes_over_an_existing_file(tmp_path, rng):
