@@ -172,3 +172,19 @@ def test_the_readme_layout_names_every_module():
                if path.stem not in ("__init__", "__main__")
                and path.name not in layout and not re.search(rf"\b{re.escape(path.stem)}\b", layout)]
     assert unnamed == []
+
+
+def test_the_readme_layout_names_each_module_in_its_own_folder():
+    # the layout named stage_samples.py among replay/'s modules, where a reader looked for replay/stage_samples.py in
+    # vain: it is streamfuse/stage_samples.py
+    text = (REPO / "README.md").read_text()
+    layout = text[text.index("\n## Layout"):text.index("\n## Data")]
+    misplaced, folder = [], None
+    for line in layout.splitlines():
+        if opened := re.match(r"  (\w+)/\s", line):
+            folder = opened.group(1)
+        elif not line.startswith(" " * 3):  # a top-level entry, or the block's end
+            folder = None
+        misplaced += [f"{folder}/{name}" for name in re.findall(r"\b\w+\.py\b", line)
+                      if folder and not (PACKAGE / folder / name).exists()]
+    assert misplaced == []
