@@ -24,8 +24,8 @@ from helpers_data import DATA
 
 # measured with the shipped weights (v4.6) on these frames (tests/model/test_components.py's own code): latent zeroed
 # 41.6, latent swapped 3.90, guidance off 0.520, teacher K = 1 vs 4 0.213 grey levels, two steps of the decoded-image
-# guide 0.327 (lowering its structure energy to 0.49 of the unguided image's)
-LATENT_ZERO, LATENT_SWAP, GUIDANCE, STEPS, IMAGE_GUIDANCE = 25.0, 1.95, 0.26, 0.10, 0.16
+# guide 0.327 (lowering its structure energy to 0.49 of the unguided image's), OT alignment off 6.83
+LATENT_ZERO, LATENT_SWAP, GUIDANCE, STEPS, IMAGE_GUIDANCE, OT = 25.0, 1.95, 0.26, 0.10, 0.16, 3.4
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,9 @@ def frames() -> list[tuple[np.ndarray, np.ndarray]]:
     return [(scene.render_ir(t), cv2.cvtColor(scene.render_vis(t), cv2.COLOR_BGR2GRAY)) for t in (0, 10**9)]
 
 
-def _fuser(**kw):
+def _fuser(align: AlignConfig = AlignConfig(), **kw):
     return build_fuser(FuseConfig(name="hclfuse"), hclfuse=HCLFuseConfig(**kw),
-                       engine=EngineConfig(device="cpu", threads=1), align=AlignConfig())
+                       engine=EngineConfig(device="cpu", threads=1), align=align)
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,6 +75,12 @@ def test_the_decoded_image_guide_lowers_the_structure_energy_of_the_fused_image(
     plain, guided = _fuser(), _fuser(image_guidance=2)
     assert _diff(plain.fuse(ir, vis), guided.fuse(ir, vis)) > IMAGE_GUIDANCE
     assert guided.energies(ir, vis)["image_structure"] < 0.8 * plain.energies(ir, vis)["image_structure"]
+
+
+def test_the_ot_alignment_changes_the_image(frames):
+    # the README names OT off among the parts this file checks, and had no test of it
+    ir, vis = frames[0]
+    assert _diff(_fuser().fuse(ir, vis), _fuser(AlignConfig(enabled=False)).fuse(ir, vis)) > OT
 
 
 def test_the_number_of_teacher_steps_matters(frames):
