@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.1  # how often the reader looks at its stop flag
 _MAX_STATS_BYTES = 16 * MAX_HEADER_BYTES  # a stats message is a few kB
 _STATS_RCVHWM = 8  # stats come every telemetry.interval_s and are read at once: a few queued bound the memory
-_MAX_PLOT_STAGES = 32  # a pipeline has 7 stages; more would be a peer making every plot point megabytes
+_MAX_PLOT_STAGES = 32  # a pipeline's stats have 8 stages; more would be a peer making every plot point megabytes
 _MAX_STAGE_NAME = 64  # names are like "fuse", "capture.ir"; longer ones would make the plots' history megabytes
 
 
