@@ -10,6 +10,7 @@ instead of waiting. Offline replay lives in ``streamfuse.replay`` and runs the s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -75,6 +76,11 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
         raise SourceError("; ".join(missing))
     if cfg.record is not None:  # found now, not after the model's load (seconds) and the publisher's start
         check_record_path(cfg.record.path, cfg.record.split)
+    if cfg.publish.wait_ms:  # a replay's lossless back-pressure: live, a stalled subscriber would hold the fusion
+        log.warning("%s: publish.wait_ms=%d is for replay: a live run never waits for a subscriber (publish.nodrop "
+                    "alone refuses and counts the frames a full queue cannot take)", cfg.origin("publish"),
+                    cfg.publish.wait_ms)
+        cfg = dataclasses.replace(cfg, publish=dataclasses.replace(cfg.publish, wait_ms=0))
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
 

@@ -24,7 +24,7 @@ class PublishConfig:
         nodrop: ``ZMQ_XPUB_NODROP``: a full subscriber queue makes ``send_fused`` return False (counted) instead
             of dropping that subscriber's copy silently; one stalled subscriber then holds frames back from all.
         wait_ms: with ``nodrop``, how long ``send_fused`` may wait for room before it drops the frame: lossless
-            back-pressure for offline replay into a recorder. 0 = never wait (live).
+            back-pressure for offline replay into a recorder. 0 = never wait (a live run leaves it unused).
         frame_id: ``frame_id`` header field: the optical frame the fused image is registered to; empty = the
             visible camera's (``vis.frame_id``).
         curve_secret_file: CURVE encryption: a secret-key file made by ``zmq.auth.create_certificates``; subscribers

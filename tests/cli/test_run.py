@@ -135,6 +135,17 @@ def test_a_replay_says_it_does_not_record(monkeypatch, caplog):
     assert "record.path=rig.mcap is for live runs: a replay writes only its output (--out)" in caplog.text
 
 
+def test_a_live_run_never_waits_for_a_subscriber(monkeypatch, caplog):
+    # publish.wait_ms, a replay's lossless back-pressure, made a live run's loop wait on a stalled subscriber
+    import streamfuse.pipeline
+
+    given = []
+    monkeypatch.setattr(streamfuse.pipeline, "run_live", lambda cfg, **kw: given.append(cfg) or {"counters": {}})
+    assert main(["--config", "demo", "--set", "publish.nodrop=true", "--set", "publish.wait_ms=250"]) == 0
+    assert given[0].publish.wait_ms == 0 and given[0].publish.nodrop
+    assert "publish.wait_ms=250 is for replay: a live run never waits for a subscriber" in caplog.text
+
+
 def test_run_needs_a_config(capsys):
     # a live run has no default config: `run` alone is a usage error, not a traceback or some config's run
     with pytest.raises(SystemExit) as exc:
