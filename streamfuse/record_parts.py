@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import struct
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from mcap.writer import CompressionType, Writer
 from zstandard import ZstdError
 
 from streamfuse.atomic_write import BackgroundSync, durable_rename_new, partial_path
+from streamfuse.errors import io_reason
 
 __all__ = ["PartWriter", "Parts", "being_recorded", "cut_mark", "later_part", "part_marks", "part_path", "set_name",
            "set_parts", "taken_part", "PART_RECORD", "END_RECORD"]
@@ -169,7 +171,8 @@ def set_parts(path: str | os.PathLike) -> list[Path] | None:
 
     Raises:
         ValueError: one line naming the part that cannot be read with the others: missing between two of them or after
-            the last one here, of another set, being recorded by a running run, or cut short by a killed one.
+            the last one here, no regular file (a folder, a pipe, a device, a link to nothing), of another set, being
+            recorded by a running run, or cut short by a killed one.
     """
     path = Path(path)
     if (first := _first_part(path)) is None:
@@ -181,6 +184,8 @@ def set_parts(path: str | os.PathLike) -> list[Path] | None:
         if part is None:
             raise ValueError(f"recording {path}: its part {part_path(path.parent / (match['base'] + _SUFFIX), index)} "
                              f"is missing (the set has parts up to {found[last].name}): its frames would be lost")
+        if (what := _not_a_file(part)) is not None:
+            raise ValueError(f"recording {path}: its part {part} is not a recording file ({what})")
         if part.name.startswith("."):
             if being_recorded(part):
                 raise ValueError(f"recording {path}: its part {part} is being recorded by a running run; replay the "
@@ -191,6 +196,17 @@ def set_parts(path: str | os.PathLike) -> list[Path] | None:
     if marks is not None:
         _check_marks(path, marks[PART_RECORD].get("set", ""), parts)
     return parts
+
+
+def _not_a_file(part: Path) -> str | None:
+    """What ``part`` is where it is no regular file (a FIFO held its reader in open() for good), else None."""
+    try:
+        mode = os.stat(part).st_mode
+    except OSError as exc:  # a link to nothing, or in a loop
+        return f"a link to no file: {io_reason(exc)}" if os.path.islink(part) else io_reason(exc)
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else "a pipe or a device"
 
 
 def _check_marks(path: Path, set_id: str, parts: list[Path]) -> None:

@@ -4,7 +4,10 @@ on past its last part here is told, and a replay of a folder names a set's outpu
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
+import threading
 
 import pytest
 from mcap.writer import Writer
@@ -97,3 +100,36 @@ def test_a_folder_names_a_sets_output_after_the_set_unless_a_recording_there_has
     assert [job.out.name for job in jobs] == ["other.mp4", "rig0.mp4", "rig0_0000.mp4"]
     assert caplog.messages == [f"{part_path(tmp_path / 'bags' / 'rig0.mcap', 0)}: its output is named after this "
                                f"first part, not after its set (rig0), as rig0.mcap there is"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "pipe", "device", "link to nothing", "link loop"])
+def test_a_part_that_is_no_regular_file_is_refused_naming_it(tmp_path, kind):
+    # a pipe held the read in open() for good; a folder or a device ended the replay's decoder in a traceback
+    _record(tmp_path / "rig0.mcap", _synthetic_run(90), split_s=1)
+    first, second = part_path(tmp_path / "rig0.mcap", 0), part_path(tmp_path / "rig0.mcap", 1)
+    second.unlink()
+    if kind == "folder":
+        second.mkdir()
+    elif kind == "pipe":
+        os.mkfifo(second)
+    else:
+        second.symlink_to({"device": "/dev/null", "link to nothing": "gone.mcap", "link loop": second.name}[kind])
+    said: list[BaseException] = []
+    reading = threading.Thread(target=_read_into, args=(first, said), daemon=True)
+    reading.start()
+    reading.join(timeout=30)  # the refusal comes before any part is opened
+    if reading.is_alive():  # held in the pipe's open() or read(): a writer that comes and goes lets it end
+        os.close(os.open(second, os.O_WRONLY | os.O_NONBLOCK))
+        reading.join(timeout=30)
+    what = {"folder": "a folder", "pipe": "a pipe or a device", "device": "a pipe or a device"}.get(
+        kind, "a link to no file: ")
+    assert len(said) == 1 and isinstance(said[0], SourceError)
+    assert re.fullmatch(rf"recording {first}: its part {second} is not a recording file \({re.escape(what)}.*\)",
+                        str(said[0]))
+
+
+def _read_into(path, said: list[BaseException]) -> None:
+    try:
+        list(read_recording(path))
+    except BaseException as exc:  # noqa: BLE001  whatever it is, the test names it
+        said.append(exc)
