@@ -127,6 +127,8 @@ class SourceConfig:
         check(self.resize in ("error", "resize"), "resize", self.resize, "error | resize")
         check(0 <= self.decode_threads <= 256, "decode_threads", self.decode_threads, "0 (FFmpeg's choice) .. 256")
         check(all("=" in o[1:] for o in self.ffmpeg), "ffmpeg", self.ffmpeg, "NAME=VALUE options: [fflags=nobuffer]")
+        if cut := next((o for o in self.ffmpeg if "\0" in o), None):  # FFmpeg's C strings end there: the rest unsaid
+            raise ValueError(f"ffmpeg option {shown(cut)} holds a NUL character: FFmpeg would read it only up to there")
         check(self.clock in ("arrival", "sender"), "clock", self.clock, "arrival | sender")
         if self.clock == "sender" and self.kind != "stream":
             raise ValueError(f"clock='sender' needs kind: stream (an RTSP camera's RTCP sender reports); this source "
