@@ -121,7 +121,8 @@ def part_marks(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, str]]]
 def cut_mark(partial: Path) -> dict[str, str] | None:
     """The set and place (:data:`PART_RECORD`) of the split recording's part cut short as ``partial``
     (``.rig0_0004.mcap.partial``): its own record, else the set of the finished part before it (a kill may cut a part
-    before its record reached the disk); None for a file of no split recording's, or one whose set cannot be told."""
+    before its record reached the disk); None for a file of no split recording's, one whose own record names no set or
+    another place (a file only named like the part), or one whose set cannot be told."""
     match = _PART.fullmatch(partial.name[1:-len(".partial")]) if partial.name.startswith(".") else None
     if match is None or not partial.name.endswith(".partial"):
         return None
@@ -129,8 +130,9 @@ def cut_mark(partial: Path) -> dict[str, str] | None:
     with contextlib.suppress(McapError, EOFError, struct.error, ValueError, OverflowError, MemoryError, OSError), \
             open(partial, "rb") as f:
         for record in StreamReader(f, skip_magic=False).records:
-            if isinstance(record, Metadata) and record.name == PART_RECORD:
-                return dict(record.metadata)
+            if isinstance(record, Metadata) and record.name == PART_RECORD:  # its set and this place, else no part
+                good = record.metadata.get("set") and record.metadata.get("index") == str(index)
+                return {"set": record.metadata["set"], "index": str(index)} if good else None
             if not isinstance(record, (Header, Schema, Channel, Metadata)):  # the data began: it has none
                 break
     before = part_marks(partial.with_name(part_path(partial.with_name(match["base"] + _SUFFIX), index - 1).name)) \

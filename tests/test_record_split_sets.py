@@ -15,7 +15,7 @@ from mcap.writer import Writer
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceError
 from streamfuse.frames import Frame
-from streamfuse.record_parts import part_path
+from streamfuse.record_parts import PART_RECORD, part_marks, part_path
 from streamfuse.recording import IMAGE_SCHEMA_TEXT, TOPICS, encode_image
 from streamfuse.recover import recover
 from test_record_split import _key, _killed, _record, _synthetic_run
@@ -133,3 +133,25 @@ def _read_into(path, said: list[BaseException]) -> None:
         list(read_recording(path))
     except BaseException as exc:  # noqa: BLE001  whatever it is, the test names it
         said.append(exc)
+
+
+@pytest.mark.parametrize("record", [{"index": "1"}, {"set": "a1", "index": "x"}, {"set": "a1", "index": "-7"},
+                                    {"set": "a1"}], ids=["no set", "no number", "another place", "no place"])
+def test_a_cut_part_whose_own_record_is_no_part_of_its_name_is_recovered_as_a_plain_recording(tmp_path, record):
+    # a record without its set or place ended recover in a traceback, a place that is no number in a line naming no
+    # file, and another place was written into the finished part as its set's end (-7, the set ending at -6 parts)
+    frames = _synthetic_run(30)
+    with open(tmp_path / "whole.mcap", "wb") as f:
+        writer = Writer(f, chunk_size=4096)
+        writer.start(profile="ros2", library="streamfuse")
+        writer.add_metadata(PART_RECORD, record)
+        schema = writer.register_schema("sensor_msgs/msg/Image", "ros2msg", IMAGE_SCHEMA_TEXT.encode())
+        channels = {s: writer.register_channel(topic, "cdr", schema) for s, topic in TOPICS.items()}
+        for frame in frames:
+            writer.add_message(channels[frame.stream], frame.t_capture_ns, encode_image(frame, "optical"),
+                               frame.t_capture_ns, frame.seq)
+        writer.finish()
+    cut = tmp_path / ".rig0_0001.mcap.partial"
+    cut.write_bytes((tmp_path / "whole.mcap").read_bytes()[:-20000])
+    assert recover(cut).startswith("recovered ")
+    assert part_marks(tmp_path / "rig0_0001.mcap")[1] == {}
