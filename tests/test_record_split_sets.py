@@ -155,3 +155,14 @@ def test_a_cut_part_whose_own_record_is_no_part_of_its_name_is_recovered_as_a_pl
     cut.write_bytes((tmp_path / "whole.mcap").read_bytes()[:-20000])
     assert recover(cut).startswith("recovered ")
     assert part_marks(tmp_path / "rig0_0001.mcap")[1] == {}
+
+
+def test_a_part_moved_away_while_the_set_is_read_is_one_line_naming_it(tmp_path):
+    # the replay's decoder ended in a traceback (FileNotFoundError), "see the log"
+    _record(tmp_path / "rig0.mcap", _synthetic_run(90), split_s=1)
+    first, second = part_path(tmp_path / "rig0.mcap", 0), part_path(tmp_path / "rig0.mcap", 1)
+    frames = read_recording(first)
+    next(frames)
+    second.unlink()  # copied off meanwhile
+    with pytest.raises(SourceError, match=rf"^recording {second}: cannot read it \(not found\)$"):
+        list(frames)

@@ -247,9 +247,13 @@ def _records(path: str | os.PathLike, topics: tuple[str, ...],
 def _mcap_records(path: str | os.PathLike, topics: tuple[str, ...],
                   shown: Path) -> Iterator[tuple[str, str, str, int, int | None, bytes]]:
     """:func:`_records` of one MCAP file."""
-    for schema, channel, msg in read_messages(path, topics, shown=shown):
-        yield (schema.name if schema else "", channel.message_encoding, channel.topic, msg.log_time,
-               msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else None, msg.data)
+    try:
+        for schema, channel, msg in read_messages(path, topics, shown=shown):
+            yield (schema.name if schema else "", channel.message_encoding, channel.topic, msg.log_time,
+                   msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else None, msg.data)
+    except OSError as exc:  # a part moved away since the set was listed (copied off meanwhile), a disk's read error
+        why = "not found" if isinstance(exc, FileNotFoundError) else io_reason(exc)
+        raise SourceError(f"recording {shown}: cannot read it ({why})") from None
 
 
 class _KnownRecords(StreamReader):
