@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["Frame", "FramePair", "FusedFrame", "SizeMismatch", "STREAM_NAMES", "optical_frame"]
+__all__ = ["Frame", "FramePair", "FusedFrame", "SizeMismatch", "STREAM_NAMES", "FAR_NS", "optical_frame"]
 
 STREAM_NAMES = {"ir": "IR", "vis": "visible"}  # the streams as messages name them
+# a capture time this far from its clock's origin (146 years) is a damaged timestamp: the 64-bit times the stages
+# keep would overflow once a loop's or a discontinuity's offset is added
+FAR_NS = 2**62
 
 
 @dataclass

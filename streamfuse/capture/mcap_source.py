@@ -40,7 +40,7 @@ from streamfuse.capture.rosbag2_compression import decompressed, is_compressed, 
 from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.capture.sqlite_bag import db3_messages, db3_topics, is_db3
 from streamfuse.errors import io_reason
-from streamfuse.frames import Frame
+from streamfuse.frames import FAR_NS, Frame
 from streamfuse.record_parts import set_parts
 from streamfuse.recording import TOPICS
 from streamfuse.registry import register
@@ -185,6 +185,9 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
         if stamp < 0:  # no camera captured before 1970 (ROS 2's own rclcpp::Time refuses such a time too)
             raise SourceError(f"recording {path}: {topic}: after {sum(counts.values())} frames, a message stamped "
                               f"{stamp / 1e9:.9f} s: before 1970, not a capture time")
+        if (stamp or log_ns) >= FAR_NS:  # a damaged log time (an unsigned 64-bit count): past every stage's times
+            raise SourceError(f"recording {path}: {topic}: after {sum(counts.values())} frames, a message timed "
+                              f"{(stamp or log_ns) / 1e9:.0f} s: over 146 years after 1970, not a capture time")
         deep = image if stream == "ir" and image.dtype == np.uint16 and image.ndim == 2 else None  # Frame.counts
         try:  # float pixels on the visible topic, a palette named for 16-bit IR: well formed, not what the stream takes
             if stream == "ir":

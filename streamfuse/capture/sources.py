@@ -28,7 +28,7 @@ from streamfuse.capture.time_line import claimed
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check, shown
 from streamfuse.errors import redact
-from streamfuse.frames import Frame, optical_frame
+from streamfuse.frames import FAR_NS, Frame, optical_frame
 from streamfuse.registry import available, build
 
 __all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "open_source", "CAPTURE_CLOCKS"]
@@ -232,7 +232,12 @@ class BaseSource:
 
     def read(self) -> Frame | None:
         self.open()
-        return self._read()
+        frame = self._read()
+        if frame is not None and abs(frame.t_capture_ns) >= FAR_NS:
+            raise SourceError(f"{self.section}: {self.cfg.path}: frame {frame.seq} is timed "
+                              f"{frame.t_capture_ns / 1e9:.0f} s from its clock's origin, over 146 years: a damaged "
+                              f"timestamp")
+        return frame
 
     def close(self) -> None:
         if self._opened:
