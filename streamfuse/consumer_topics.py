@@ -43,6 +43,11 @@ def consumer_topic(topic: str | bytes) -> str:
         raise ValueError(f"topic={_clip.repr(topic)} is not UTF-8") from None
     if not isinstance(topic, str):
         raise ValueError(f"topic={_clip.repr(topic)} must be a str or UTF-8 bytes, e.g. 'fused/'")
+    if not topic.isascii():  # a surrogate (a name's undecodable bytes, os.fsdecode's) has no UTF-8 to subscribe to
+        try:
+            topic.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"topic={_clip.repr(topic)} is not UTF-8 text") from None
     if why := topic_refusal(topic):
         raise ValueError(f"topic={topic!r} {why}")
     return topic

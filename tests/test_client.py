@@ -343,11 +343,13 @@ def test_bad_arguments_raise_value_error() -> None:
                        "'fused/demo'"),
     ("ring/shm/fused/", "topic='ring/shm/fused/' carries shared-memory descriptors"),
     (None, "topic=None must be a str or UTF-8 bytes"), (b"\xff", r"topic=b'\\xff' is not UTF-8"),
+    ("fused/\udcff", r"topic='fused/\\udcff' is not UTF-8 text"),
     ("", "topic='' also takes the preview/ and stats/ topics"), ("s", "topic='s' also takes the stats/ topics"),
     ("preview/", "topic='preview/' also takes the preview/ topics"),
     ("stats/rig0", "topic='stats/rig0' carries the stats' JSON snapshots, not frames")])
 def test_a_topic_that_names_no_frames_is_refused(topic: object, said: str) -> None:
-    # shm/...: one frame, then silence (its first descriptor unsubscribed it); None: a TypeError deep in the encoding;
+    # shm/...: one frame, then silence (its first descriptor unsubscribed it); None: a TypeError deep in the encoding,
+    # a surrogate (bytes os.fsdecode left undecoded) a UnicodeEncodeError there;
     # "": while a viewer was open, each preview came in as a frame of a restarted publisher, each stats as malformed
     # (stats/rig0: every message)
     with pytest.raises(ValueError, match=f"^{said}"):
