@@ -213,7 +213,8 @@ def _not_a_file(part: Path) -> str | None:
 
 def _check_marks(path: Path, set_id: str, parts: list[Path]) -> None:
     """Refuse (ValueError, one line) a part of ``parts`` that records another set or place (a file only named like
-    one), and a set whose last part here does not record its end (the parts after it missing)."""
+    one) or the set's end anywhere but at its last part here, and a set whose last part here does not record its end
+    (the parts after it missing)."""
     ended = False
     for index, part in enumerate(parts):
         if (found := part_marks(part)) is None:  # damaged: its read names it
@@ -222,7 +223,10 @@ def _check_marks(path: Path, set_id: str, parts: list[Path]) -> None:
         if (mark.get("set"), mark.get("index")) != (set_id, str(index)):
             raise ValueError(f"recording {path}: {part} is not its part {index} (it is of another recording, only "
                              f"named like one): move it away to replay the set")
-        ended = found[1].get(END_RECORD, {}).get("set") == set_id
+        end = found[1].get(END_RECORD, {})
+        if (ended := end.get("set") == set_id) and not end.get("parts") == str(index + 1) == str(len(parts)):
+            raise ValueError(f"recording {path}: {part} records that the set ends with {end.get('parts')} parts, yet "
+                             f"it is part {index} of {len(parts)} here: the parts contradict each other")
     if not ended:
         raise ValueError(f"recording {path}: the set goes on after {parts[-1].name}, its last part here (the run "
                          f"recorded more): its last parts are missing (copied off yet?), or the run was killed "

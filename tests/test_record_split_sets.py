@@ -15,17 +15,20 @@ from mcap.writer import Writer
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceError
 from streamfuse.frames import Frame
-from streamfuse.record_parts import PART_RECORD, part_marks, part_path
+from streamfuse.record_parts import END_RECORD, PART_RECORD, part_marks, part_path
 from streamfuse.recording import IMAGE_SCHEMA_TEXT, TOPICS, encode_image
 from streamfuse.recover import recover
 from test_record_split import _key, _killed, _record, _synthetic_run
 
 
-def _other_tool(path, frames: list[Frame]) -> None:
-    """An MCAP file of the same images as another tool writes it: no record of any set."""
+def _other_tool(path, frames: list[Frame], records: tuple[tuple[str, dict], ...] = (),
+                library: str = "another-recorder") -> None:
+    """An MCAP file of the same images as another tool writes it: no record of any set (or ``records``, by hand)."""
     with open(path, "wb") as f:
-        writer = Writer(f)
-        writer.start(profile="ros2", library="another-recorder")
+        writer = Writer(f, chunk_size=4096)
+        writer.start(profile="ros2", library=library)
+        for name, record in records:
+            writer.add_metadata(name, record)
         schema = writer.register_schema("sensor_msgs/msg/Image", "ros2msg", IMAGE_SCHEMA_TEXT.encode())
         channels = {s: writer.register_channel(topic, "cdr", schema) for s, topic in TOPICS.items()}
         for frame in frames:
@@ -140,17 +143,7 @@ def _read_into(path, said: list[BaseException]) -> None:
 def test_a_cut_part_whose_own_record_is_no_part_of_its_name_is_recovered_as_a_plain_recording(tmp_path, record):
     # a record without its set or place ended recover in a traceback, a place that is no number in a line naming no
     # file, and another place was written into the finished part as its set's end (-7, the set ending at -6 parts)
-    frames = _synthetic_run(30)
-    with open(tmp_path / "whole.mcap", "wb") as f:
-        writer = Writer(f, chunk_size=4096)
-        writer.start(profile="ros2", library="streamfuse")
-        writer.add_metadata(PART_RECORD, record)
-        schema = writer.register_schema("sensor_msgs/msg/Image", "ros2msg", IMAGE_SCHEMA_TEXT.encode())
-        channels = {s: writer.register_channel(topic, "cdr", schema) for s, topic in TOPICS.items()}
-        for frame in frames:
-            writer.add_message(channels[frame.stream], frame.t_capture_ns, encode_image(frame, "optical"),
-                               frame.t_capture_ns, frame.seq)
-        writer.finish()
+    _other_tool(tmp_path / "whole.mcap", _synthetic_run(30), ((PART_RECORD, record),), "streamfuse")
     cut = tmp_path / ".rig0_0001.mcap.partial"
     cut.write_bytes((tmp_path / "whole.mcap").read_bytes()[:-20000])
     assert recover(cut).startswith("recovered ")
@@ -166,3 +159,18 @@ def test_a_part_moved_away_while_the_set_is_read_is_one_line_naming_it(tmp_path)
     second.unlink()  # copied off meanwhile
     with pytest.raises(SourceError, match=rf"^recording {second}: cannot read it \(not found\)$"):
         list(frames)
+
+
+@pytest.mark.parametrize("ends", [(2, 3), (None, 99)], ids=["two ends", "another count"])
+def test_parts_that_contradict_each_other_on_where_the_set_ends_are_refused(tmp_path, ends):
+    # read through without a word: the frames of a part after the set's recorded end, or a count no part here has
+    frames = _synthetic_run(60)
+    for index, (chunk, end) in enumerate(zip((frames[:40], frames[40:80], frames[80:]), (None, *ends))):
+        records = ((PART_RECORD, {"set": "a1", "index": str(index)}),) + (
+            ((END_RECORD, {"set": "a1", "parts": str(end)}),) if end is not None else ())
+        _other_tool(part_path(tmp_path / "rig0.mcap", index), chunk, records, "streamfuse")
+    first = part_path(tmp_path / "rig0.mcap", 0)
+    wrong = part_path(tmp_path / "rig0.mcap", 1 if ends[0] is not None else 2)
+    with pytest.raises(SourceError, match=rf"^recording {first}: {wrong} records that the set ends with "
+                                          rf"{ends[0] or ends[1]} parts, yet it is part {wrong.name[-6]} of 3 here"):
+        list(read_recording(first))
