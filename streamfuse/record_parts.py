@@ -25,7 +25,7 @@ import stat
 import struct
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from mcap.exceptions import McapError
 from mcap.reader import SeekingReader
@@ -110,12 +110,21 @@ def part_marks(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, str]]]
     :data:`PART_RECORD`, :data:`END_RECORD`; none in another tool's file, an unsplit recording); None where they cannot
     be read (a damaged file: its read says so)."""
     try:
-        with open(path, "rb") as f:
+        with _regular(path) as f:
             reader = SeekingReader(f, validate_crcs=False)
             marks = {m.name: m.metadata for m in reader.iter_metadata() if m.name in (PART_RECORD, END_RECORD)}
             return reader.get_header().library, marks
     except (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError, OSError):
         return None
+
+
+def _regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened to read; OSError for a file that is no regular one (a FIFO held its open() for good)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 def cut_mark(partial: Path) -> dict[str, str] | None:

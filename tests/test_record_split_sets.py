@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import threading
+from typing import Callable
 
 import pytest
 from mcap.writer import Writer
@@ -117,25 +118,44 @@ def test_a_part_that_is_no_regular_file_is_refused_naming_it(tmp_path, kind):
         os.mkfifo(second)
     else:
         second.symlink_to({"device": "/dev/null", "link to nothing": "gone.mcap", "link loop": second.name}[kind])
-    said: list[BaseException] = []
-    reading = threading.Thread(target=_read_into, args=(first, said), daemon=True)
-    reading.start()
-    reading.join(timeout=30)  # the refusal comes before any part is opened
-    if reading.is_alive():  # held in the pipe's open() or read(): a writer that comes and goes lets it end
-        os.close(os.open(second, os.O_WRONLY | os.O_NONBLOCK))
-        reading.join(timeout=30)
+    said = _past_pipe(second, lambda: list(read_recording(first)))
     what = {"folder": "a folder", "pipe": "a pipe or a device", "device": "a pipe or a device"}.get(
         kind, "a link to no file: ")
-    assert len(said) == 1 and isinstance(said[0], SourceError)
+    assert isinstance(said, SourceError)
     assert re.fullmatch(rf"recording {first}: its part {second} is not a recording file \({re.escape(what)}.*\)",
-                        str(said[0]))
+                        str(said))
 
 
-def _read_into(path, said: list[BaseException]) -> None:
-    try:
-        list(read_recording(path))
-    except BaseException as exc:  # noqa: BLE001  whatever it is, the test names it
-        said.append(exc)
+def _past_pipe(pipe, call: Callable[[], object]) -> object:
+    """What ``call()`` returns or raises, run on a thread; a call held in ``pipe``'s open() or read() (for good,
+    with no writer) fails the test, let go by a writer that comes and goes."""
+    said: list[object] = []
+
+    def run() -> None:
+        try:
+            said.append(call())
+        except BaseException as exc:  # noqa: BLE001  whatever it is, the test names it
+            said.append(exc)
+
+    calling = threading.Thread(target=run, daemon=True)
+    calling.start()
+    calling.join(timeout=30)  # a call that opens no pipe ends long before
+    held = calling.is_alive()
+    if held and pipe.is_fifo():
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        calling.join(timeout=30)
+    assert not held, f"held by {pipe} until a writer came: {said}"
+    return said[0]
+
+
+def test_recover_of_a_part_cut_before_its_record_is_not_held_by_a_pipe_named_as_the_part_before(tmp_path):
+    # recover, looking for the set in the part before, waited in the pipe's open() for good
+    cut = tmp_path / ".rig0_0001.mcap.partial"
+    cut.write_bytes(b"")
+    os.mkfifo(tmp_path / "rig0_0000.mcap")
+    said = _past_pipe(tmp_path / "rig0_0000.mcap", lambda: recover(cut))
+    assert isinstance(said, ValueError) and str(said) == (f"nothing to recover: {cut} holds no complete frame (it was "
+                                                          f"cut before its first chunk was written)")
 
 
 @pytest.mark.parametrize("record", [{"index": "1"}, {"set": "a1", "index": "x"}, {"set": "a1", "index": "-7"},
