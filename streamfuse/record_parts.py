@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Callable
 
 from mcap.exceptions import McapError
 from mcap.reader import SeekingReader
-from mcap.records import Channel, Header, Metadata, Schema
+from mcap.records import Channel, DataEnd, Header, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 from zstandard import ZstdError
@@ -108,14 +108,33 @@ def later_part(path: str | os.PathLike) -> bool:
 def part_marks(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, str]]] | None:
     """The library that wrote a finished MCAP file, and the records it holds of a split recording's (by name:
     :data:`PART_RECORD`, :data:`END_RECORD`; none in another tool's file, an unsplit recording); None where they cannot
-    be read (a damaged file: its read says so)."""
+    be read (a damaged file: its read says so). A file whose index cannot be read (its footer damaged, its data
+    whole) is read through for them: its data would be read, and the parts after it with it, unchecked."""
+    damage = (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError)
     try:
         with _regular(path) as f:
-            reader = SeekingReader(f, validate_crcs=False)
-            marks = {m.name: m.metadata for m in reader.iter_metadata() if m.name in (PART_RECORD, END_RECORD)}
-            return reader.get_header().library, marks
-    except (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError, OSError):
+            try:
+                reader = SeekingReader(f, validate_crcs=False)
+                marks = {m.name: m.metadata for m in reader.iter_metadata() if m.name in (PART_RECORD, END_RECORD)}
+                return reader.get_header().library, marks
+            except damage:
+                f.seek(0)
+                return _streamed_marks(f)
+    except (*damage, OSError):
         return None
+
+
+def _streamed_marks(f: BinaryIO) -> tuple[str, dict[str, dict[str, str]]]:
+    """:func:`part_marks` of an MCAP file read through its data section, its chunks not unpacked."""
+    library, marks = "", {}
+    for record in StreamReader(f, skip_magic=False, emit_chunks=True).records:
+        if isinstance(record, Header):
+            library = record.library
+        elif isinstance(record, Metadata) and record.name in (PART_RECORD, END_RECORD):
+            marks[record.name] = dict(record.metadata)
+        elif isinstance(record, DataEnd):
+            break
+    return library, marks
 
 
 def _regular(path: str | os.PathLike) -> BinaryIO:

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import threading
 from typing import Callable
 
@@ -193,4 +194,16 @@ def test_parts_that_contradict_each_other_on_where_the_set_ends_are_refused(tmp_
     wrong = part_path(tmp_path / "rig0.mcap", 1 if ends[0] is not None else 2)
     with pytest.raises(SourceError, match=rf"^recording {first}: {wrong} records that the set ends with "
                                           rf"{ends[0] or ends[1]} parts, yet it is part {wrong.name[-6]} of 3 here"):
+        list(read_recording(first))
+
+
+def test_a_part_whose_index_is_damaged_still_has_its_set_checked(tmp_path):
+    # its records unread, the checks stopped there: the set read up to it as whole, its last part missing unsaid
+    _record(tmp_path / "rig0.mcap", _synthetic_run(90), split_s=1)
+    first, second = part_path(tmp_path / "rig0.mcap", 0), part_path(tmp_path / "rig0.mcap", 1)
+    damaged = bytearray(second.read_bytes())
+    struct.pack_into("<Q", damaged, len(damaged) - 8 - 20, 2**40)  # the footer's summary start, past the file's end
+    second.write_bytes(damaged)
+    part_path(tmp_path / "rig0.mcap", 2).unlink()
+    with pytest.raises(SourceError, match=rf"^recording {first}: the set goes on after {second.name}, its last part "):
         list(read_recording(first))
