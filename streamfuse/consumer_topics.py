@@ -37,25 +37,33 @@ def topic_refusal(topic: str) -> str | None:
 def consumer_topic(topic: str | bytes) -> str:
     """A consumer's fused topic (prefix) as text (bytes: UTF-8); ValueError naming ``topic`` for one not text or one
     :func:`topic_refusal` refuses."""
-    try:
-        topic = topic.decode() if isinstance(topic, bytes) else topic
-    except UnicodeDecodeError:
-        raise ValueError(f"topic={_clip.repr(topic)} is not UTF-8") from None
-    if not isinstance(topic, str):
-        raise ValueError(f"topic={_clip.repr(topic)} must be a str or UTF-8 bytes, e.g. 'fused/'")
-    if not topic.isascii():  # a surrogate (a name's undecodable bytes, os.fsdecode's) has no UTF-8 to subscribe to
-        try:
-            topic.encode()
-        except UnicodeEncodeError:
-            raise ValueError(f"topic={_clip.repr(topic)} is not UTF-8 text") from None
+    topic = _text(topic, "topic", "fused/")
     if why := topic_refusal(topic):
         raise ValueError(f"topic={topic!r} {why}")
     return topic
 
 
-def consumer_stats_topic(stats_topic: str, topic: str) -> str:
-    """A consumer's stats topic (prefix); ValueError for one that also takes the frames of the fused ``topic``, its
-    previews or its shared-memory descriptors (``""``: each frame came in as a malformed stats message, logged)."""
+def _text(topic: object, name: str, example: str) -> str:
+    """``topic`` as text (bytes: UTF-8); ValueError naming it where it is no text ZeroMQ can subscribe to."""
+    try:
+        topic = topic.decode() if isinstance(topic, bytes) else topic
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}={_clip.repr(topic)} is not UTF-8") from None
+    if not isinstance(topic, str):
+        raise ValueError(f"{name}={_clip.repr(topic)} must be a str or UTF-8 bytes, e.g. {example!r}")
+    if not topic.isascii():  # a surrogate (a name's undecodable bytes, os.fsdecode's) has no UTF-8 to subscribe to
+        try:
+            topic.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{name}={_clip.repr(topic)} is not UTF-8 text") from None
+    return topic
+
+
+def consumer_stats_topic(stats_topic: str | bytes, topic: str) -> str:
+    """A consumer's stats topic (prefix) as text (bytes: UTF-8); ValueError for one not text, or one that also takes
+    the frames of the fused ``topic``, its previews or its shared-memory descriptors (``""``: each frame came in as a
+    malformed stats message, logged)."""
+    stats_topic = _text(stats_topic, "stats_topic", "stats/")
     if topic.startswith(stats_topic) or any(p.startswith(stats_topic) for p in (PREVIEW_PREFIX, SHM_TOPIC_PREFIX)):
         raise ValueError(f"stats topic {stats_topic!r} also takes frames (of {topic!r}, the previews or the shared-"
                          f"memory descriptors), each a malformed stats message: give the stats topic, e.g. 'stats/'")

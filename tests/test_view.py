@@ -421,6 +421,15 @@ def test_a_stats_topic_that_also_takes_frames_is_refused(stats_topic: str) -> No
         Feed("tcp://127.0.0.1:1", "fused/t", stats_topic).close()
 
 
+@pytest.mark.parametrize(("stats_topic", "said"), [
+    ("stats/\udcff", r"stats_topic='stats/\\udcff' is not UTF-8 text"), (b"\xff", r"stats_topic=b'\\xff' is not UTF-8"),
+    (None, "stats_topic=None must be a str or UTF-8 bytes")])
+def test_a_stats_topic_that_is_no_text_is_refused_naming_it(stats_topic: Any, said: str) -> None:
+    # a surrogate failed in a UnicodeEncodeError traceback as the stats socket subscribed, bytes and None in a TypeError
+    with pytest.raises(ValueError, match=f"^{said}"):
+        Feed("tcp://127.0.0.1:1", "fused/t", stats_topic).close()
+
+
 NOT_KNOWN = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
 
