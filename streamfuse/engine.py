@@ -3,8 +3,9 @@
 The engine runs a torch module ``net(ir01, vis01, noise (B,C,Hp/s,Wp/s), ir_raw01) -> fused01 (B,1,Hp,Wp)`` (images
 (B,1,Hp,Wp) on 0..1; ``ir01`` aligned, ``ir_raw01`` as captured) on frames given as uint8 arrays. ``net`` exposes
 ``stride`` s (the engine pads H, W up to a multiple of it by replicating the border, and crops back; the latent noise
-is s times smaller) and ``latent_channels``. The OT lookup table is applied on the device
-(``ir01 = lut[ir_u8]``), so only uint8 pixels and 256 floats per frame cross the bus.
+is s times smaller), ``latent_channels`` and optionally ``min_size`` (a smaller side is padded to it, on both ends).
+The OT lookup table is applied on the device (``ir01 = lut[ir_u8]``), so only uint8 pixels and 256 floats per frame
+cross the bus.
 
 CPU path: all cores (``torch.set_num_threads``), ``torch.inference_mode``, and glibc malloc told to keep freed
 activation buffers (see :mod:`streamfuse.device`).
@@ -152,9 +153,17 @@ class Engine:
         return f"cpu ({self.threads} threads)"
 
     def padded(self, height: int, width: int) -> tuple[int, int]:
-        """Frame size padded up to a multiple of ``net.stride``."""
+        """Frame size padded up to a multiple of ``net.stride``, and up to ``net.min_size`` where the net has one."""
+        s, least = int(self.net.stride), int(getattr(self.net, "min_size", 0))
+        return max(-(-height // s) * s, least), max(-(-width // s) * s, least)
+
+    def frame(self, height: int, width: int) -> tuple[slice, slice]:
+        """The rows and columns a frame takes in its padded frame: a side padded up to ``net.min_size`` is centred,
+        away from the border the net fuses a little darker; any other starts at 0."""
         s = int(self.net.stride)
-        return -(-height // s) * s, -(-width // s) * s
+        hp, wp = self.padded(height, width)
+        top, left = _lead(hp, height, s), _lead(wp, width, s)
+        return slice(top, top + height), slice(left, left + width)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """Shape ``(C, Hp / stride, Wp / stride)`` of the noise the net takes for one frame of ``height x width``."""
@@ -215,6 +224,7 @@ class Engine:
         """(B,256) float32, (B,H,W) uint8 x2, (B,C,h,w) -> fused (B,H,W) float32 on 0..255, all on the device."""
         b, h, w = ir_u8.shape
         hp, wp = self.padded(h, w)
+        rows, cols = self.frame(h, w)
         ir01, vis01, raw01 = self.net_inputs(luts, ir_u8, vis_u8)
         # cache_enabled=False: cached weight casts would outlive the autocast block and dangle inside a CUDA graph
         with torch.autocast(self.device.type, dtype=self._amp or torch.float32, enabled=self._amp is not None,
@@ -223,7 +233,7 @@ class Engine:
         if fused.shape != (b, 1, hp, wp):
             raise RuntimeError(f"net {type(self.net).__name__} returned shape {tuple(fused.shape)}; "
                                f"expected {(b, 1, hp, wp)}")
-        return fused[:, 0, :h, :w].float() * 255.0
+        return fused[:, 0, rows, cols].float() * 255.0
 
     def net_inputs(self, luts: torch.Tensor, ir_u8: torch.Tensor,
                    vis_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -236,7 +246,9 @@ class Engine:
         hp, wp = self.padded(h, w)
         if (hp, wp) == (h, w):
             return ir01, vis01, raw01
-        return tuple(F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") for x in (ir01, vis01, raw01))
+        rows, cols = self.frame(h, w)
+        pad = (cols.start, wp - cols.stop, rows.start, hp - rows.stop)
+        return tuple(F.pad(x, pad, mode="replicate") for x in (ir01, vis01, raw01))
 
     def _check(self, ir_u8: np.ndarray, vis_u8: np.ndarray, luts: np.ndarray, noise: torch.Tensor) -> np.ndarray:
         """Validate a batch at the boundary (one line per problem); returns luts as contiguous float32."""
@@ -374,6 +386,11 @@ class Engine:
                                "data-dependent shapes") from exc
         torch.cuda.synchronize(self.device)
         state.graph = graph
+
+
+def _lead(padded: int, size: int, stride: int) -> int:
+    """The padding before a side of ``size``: half of it where the side was padded beyond the stride's multiple."""
+    return (padded - size) // 2 if padded > -(-size // stride) * stride else 0
 
 
 def _describe(x: object) -> str:

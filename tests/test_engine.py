@@ -54,16 +54,18 @@ def make_batch(rng: np.random.Generator, b: int, h: int, w: int):
     return ir, vis, luts, noise.clone()  # made by a torch op: on the emulated GPU, written by the caller's stream
 
 
-def reference(net: nn.Module, ir: np.ndarray, vis: np.ndarray, luts: np.ndarray, noise: torch.Tensor) -> np.ndarray:
-    """What the engine must compute, written directly: LUT, replicate pad to a multiple of 8, net, crop, x255."""
+def reference(net: nn.Module, ir: np.ndarray, vis: np.ndarray, luts: np.ndarray, noise: torch.Tensor,
+              pad: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """What the engine must compute, written directly: LUT, replicate pad (left, right, top, bottom; default: to a
+    multiple of 8 at the right and bottom), net, crop, x255."""
     b, h, w = ir.shape
     ir01 = torch.from_numpy(np.take_along_axis(luts, ir.reshape(b, -1).astype(np.int64), 1).reshape(b, 1, h, w))
     vis01 = torch.from_numpy(vis.astype(np.float32).reshape(b, 1, h, w) / 255.0)
     raw01 = torch.from_numpy(ir.astype(np.float32).reshape(b, 1, h, w) / 255.0)
-    ph, pw = -h % 8, -w % 8
-    ir01, vis01, raw01 = (F.pad(x, (0, pw, 0, ph), mode="replicate") for x in (ir01, vis01, raw01))
+    left, _, top, _ = pad = pad or (0, -w % 8, 0, -h % 8)
+    ir01, vis01, raw01 = (F.pad(x, pad, mode="replicate") for x in (ir01, vis01, raw01))
     with torch.no_grad():
-        return net(ir01, vis01, noise, raw01)[:, 0, :h, :w].numpy() * 255.0
+        return net(ir01, vis01, noise, raw01)[:, 0, top:top + h, left:left + w].numpy() * 255.0
 
 
 @pytest.fixture
@@ -88,6 +90,23 @@ def test_padding_and_crop_for_sizes_not_multiple_of_stride(net, rng):
     out = engine.run(*batch)
     assert out.shape == (1, 173, 250)
     np.testing.assert_allclose(out, reference(net, *batch), atol=1e-4)
+
+
+class SmallestNet(TinyNet):
+    min_size = 32
+
+
+def test_a_side_under_the_nets_min_size_is_padded_on_both_ends_and_cropped_back(rng):
+    # a frame in the corner of its padding sat in the border the net fuses darker: the padding goes all round it
+    net = SmallestNet()
+    engine = Engine(net, device="cpu", threads=1)
+    assert (engine.padded(10, 40), engine.frame(10, 40)) == ((32, 40), (slice(11, 21), slice(0, 40)))
+    assert (engine.padded(173, 250), engine.frame(173, 250)) == ((176, 256), (slice(0, 173), slice(0, 250)))
+    ir, vis, luts, _ = make_batch(rng, 1, 10, 40)
+    noise = torch.from_numpy(rng.standard_normal((1, *engine.latent_shape(10, 40)), dtype=np.float32))
+    out = engine.run(ir, vis, luts, noise)
+    assert out.shape == (1, 10, 40)
+    np.testing.assert_allclose(out, reference(net, ir, vis, luts, noise, pad=(0, 0, 11, 11)), atol=1e-4)
 
 
 def test_lut_is_applied(net, rng):

@@ -100,11 +100,11 @@ class HCLFuser:
         """Fuse a pair with the latent ``z`` (e.g. zeroed, or another pair's) in place of its own, the decoded-image
         guide's steps included: (H, W) float32."""
         ir01, vis01, raw01 = self._inputs(ir, vis_y, stream)
-        h, w = ir.shape
+        rows, cols = self.engine.frame(*ir.shape)
         with torch.inference_mode():
             skips = self.net.encoder(torch.cat([ir01, vis01], dim=1))[2]  # no sampling: only the skips are needed
             out = self.net.decode(z.to(vis01.device, vis01.dtype), skips, raw01, vis01)
-        return out[0, 0, :h, :w].float().cpu().numpy() * 255.0
+        return out[0, 0, rows, cols].float().cpu().numpy() * 255.0
 
     def energies(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> dict[str, float]:
         """What the guides lower: the physics energies (heat, structure, consistency) of the sampled latent's image
@@ -112,10 +112,11 @@ class HCLFuser:
         (the decoded-image guide's)."""
         ir01, vis01, raw01 = self._inputs(ir, vis_y, stream)
         noise = self.noise(*ir.shape)
+        frame = (..., *self.engine.frame(*ir.shape))  # the image energy is the frame's, not its padding's
         with torch.inference_mode():
             z, skips = self.net.sample(ir01, vis01, noise)
             fused = self.net.decode(z, skips, raw01, vis01) * 2.0 - 1.0
-            image = structure_energy(fused, structure_inputs(raw01, vis01))
+            image = structure_energy(fused[frame], structure_inputs(raw01[frame], vis01[frame]))
         return {**energies(z, guide_inputs(ir01, vis01, z.shape[-2:]), self.net.cfg.image_channels),
                 "image_structure": image}
 

@@ -84,6 +84,9 @@ class HCLFuseNet(nn.Module):
     """
 
     stride = LATENT_SCALE  # the latent is (H/stride, W/stride): the engine pads frames to a multiple of it
+    # and to at least 8 latent pixels a side: with fewer, every convolution reads mostly its zero padding (a black frame
+    # of 8x8 or less, one latent pixel, fused to 19 grey, a white one to 240)
+    min_size = 8 * LATENT_SCALE
 
     def __init__(self, cfg: ModelConfig, *, steps: int = 4, guidance: bool = True, guidance_scale: float = 1.0,
                  student: bool = False, image_steps: int = 0):
