@@ -19,8 +19,7 @@ sends is checked here before it is used.
 
 from __future__ import annotations
 
-import json
-import math
+import operator
 import re
 import reprlib
 import sys
@@ -32,6 +31,7 @@ import zmq
 
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
+from streamfuse.wire_json import MalformedMessage, check_tree, encode_json, parse_object
 
 __all__ = ["SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "FORMATS", "ENCODINGS", "HEADER_FIELDS", "FORMAT_FIELDS",
            "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "STATS_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE",
@@ -91,15 +91,24 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 # Per format, its fields' ``(key, type)`` and its int fields' ``(key, (lo, hi))``, merged once: every message is checked
 _FIELD_CHECKS = {fmt: (tuple(fields.items()), tuple((k, r) for k, r in _INT_RANGES.items() if k in fields))
                  for fmt in FORMATS for fields in [{**HEADER_FIELDS, **FORMAT_FIELDS.get(fmt, {})}]}
-_MAX_DEPTH = 8  # of what consumers pass on: a stats snapshot is 4 deep (stats, stages, a stage, its numbers)
+
+
+def _quick_plan(types: tuple[tuple[str, Any], ...], ranges: tuple[tuple[str, tuple[int, int]], ...]) -> tuple[Any, ...]:
+    """A format's fields ordered text first, then the bounded ints, then the rest: ``(their getter, their types, how
+    many are text, the ints' lows, highs)``, so that :func:`_fields_pass` checks a header with a few C-level calls."""
+    bounds = dict(ranges)
+    order = sorted(types, key=lambda kt: (kt[1] is not str, kt[0] not in bounds))
+    keys = tuple(key for key, _ in order)
+    lows, highs = zip(*(bounds[key] for key in keys if key in bounds))
+    return operator.itemgetter(*keys), tuple(tp for _, tp in order), sum(tp is str for _, tp in order), lows, highs
+
+
+_QUICK_PLANS = {fmt: _quick_plan(*checks) for fmt, checks in _FIELD_CHECKS.items()}
+_NUMBER_TYPES = {int, float}
 _MAX_TIMING_MS = 1e12  # a stage latency beyond ~30 years is a forged number, not a measurement
 _clip = reprlib.Repr()  # values quoted in error messages stay short (a forged field may be 60 kB long)
 _clip.maxstring = _clip.maxother = _clip.maxlong = 40
 _SURROGATE = re.compile("[\ud800-\udfff]")  # lone ones pass json.loads ("\ud800" or as bytes); UTF-8 cannot hold them
-
-
-class MalformedMessage(ValueError):
-    """A message that does not follow the wire format; the text is one line saying what is wrong."""
 
 
 def shm_topic(topic: str) -> str:
@@ -127,11 +136,6 @@ def preview_topic(topic: str, stream: str) -> str:
     'preview/ir/fused/rig0'
     """
     return f"{PREVIEW_PREFIX}{stream}/{topic}"
-
-
-def encode_json(obj: dict[str, Any]) -> bytes:
-    """A header or stats object as compact UTF-8 JSON (numpy scalars and arrays as plain numbers and lists)."""
-    return _json_encoder.encode(obj).encode()
 
 
 def check_image(image: np.ndarray) -> None:
@@ -208,7 +212,7 @@ def decode_header(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
         raise MalformedMessage(f"expected 3 parts [topic, header, image], got {len(parts)}")
     if len(parts[1]) > MAX_HEADER_BYTES:
         raise MalformedMessage(f"header is {len(parts[1])} bytes, more than {MAX_HEADER_BYTES}")
-    header = _parse_json(parts[1], "header")
+    header = parse_object(parts[1], "header")
     header.setdefault("t_capture_clock", "")  # not said by publishers before it
     if header.get("schema") == SCHEMA:
         header.setdefault("format", "raw")
@@ -276,6 +280,33 @@ def _check_fields(header: dict[str, Any]) -> None:
         raise MalformedMessage(f"header field format={_clip.repr(header.get('format'))} is missing or not one of "
                                f"{' | '.join(FORMATS)}")
     types, ranges = _FIELD_CHECKS[header["format"]]
+    if not _fields_pass(header, _QUICK_PLANS[header["format"]]):
+        _check_each_field(header, types, ranges)
+    timings = header["timings_ms"].values()
+    if not (set(map(type, timings)) <= _NUMBER_TYPES and all(map(_MAX_TIMING_MS.__ge__, map(abs, timings)))):
+        _check_timings(header["timings_ms"])
+    if len(header) > len(types):  # fields of a newer publisher: consumers pass them on too (the viewer's page)
+        check_tree(header, "header fields")
+
+
+def _fields_pass(header: dict[str, Any], plan: tuple[Any, ...]) -> bool:
+    """True when every field is of its exact type (JSON's ints are never bools, its values never subclasses), every
+    text ASCII and every int in range: what :func:`_check_each_field` accepts, without a Python loop over fields."""
+    fields, exact, texts, lows, highs = plan
+    try:
+        values = fields(header)
+    except KeyError:
+        return False
+    if tuple(map(type, values)) != exact:
+        return False
+    ints = values[texts:texts + len(lows)]
+    return (all(map(str.isascii, values[:texts])) and all(map(operator.le, lows, ints))
+            and all(map(operator.le, ints, highs)))
+
+
+def _check_each_field(header: dict[str, Any], types: tuple[tuple[str, Any], ...],
+                      ranges: tuple[tuple[str, tuple[int, int]], ...]) -> None:
+    """Field by field: raises MalformedMessage naming the first field of the wrong type, not text or out of range."""
     for key, tp in types:
         value = header.get(key)
         if not isinstance(value, tp) or isinstance(value, bool):
@@ -286,13 +317,15 @@ def _check_fields(header: dict[str, Any]) -> None:
     for key, (lo, hi) in ranges:
         if not lo <= header[key] <= hi:
             raise MalformedMessage(f"header field {key}={_clip.repr(header[key])} is out of range {lo}..{hi}")
-    for stage, ms in header["timings_ms"].items():
+
+
+def _check_timings(timings: dict[str, Any]) -> None:
+    """Stage by stage: raises MalformedMessage naming the first latency that is not a number within bounds."""
+    for stage, ms in timings.items():
         # int/float comparisons are exact for any int size; NaN fails the bound too
         if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not abs(ms) <= _MAX_TIMING_MS:
             raise MalformedMessage(f"header field timings_ms[{_clip.repr(stage)}]={_clip.repr(ms)} is not a "
                                    f"number of ms within +-{_MAX_TIMING_MS:g}")
-    if len(header) > len(types):  # fields of a newer publisher: consumers pass them on too (the viewer's page)
-        _check_tree(header, "header fields")
 
 
 def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
@@ -308,7 +341,7 @@ def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     """
     if len(parts) != 2:
         raise MalformedMessage(f"expected 2 parts [topic, stats], got {len(parts)}")
-    stats = _parse_json(parts[1], "stats")
+    stats = parse_object(parts[1], "stats")
     if stats.get("schema") != STATS_SCHEMA:
         raise MalformedMessage(f"unsupported schema {_clip.repr(stats.get('schema'))}; expected {STATS_SCHEMA!r}")
     t_ns = stats.get("t_ns", 0)
@@ -326,41 +359,5 @@ def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     for where, value in numbers:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max:
             raise MalformedMessage(f"stats field {where}={_clip.repr(value)} is not a finite number")
-    _check_tree(stats, "stats")
+    check_tree(stats, "stats")
     return stats
-
-
-def _check_tree(tree: dict[str, Any], what: str) -> None:
-    """What consumers pass on (a page's ``JSON.parse``, Foxglove) is nested at most ``_MAX_DEPTH`` deep and holds no
-    NaN or infinity (JSON's ``NaN``, ``Infinity``, ``1e999``); walked level by level, never recursively."""
-    level: list[Any] = [tree]
-    for _ in range(_MAX_DEPTH):
-        if any(isinstance(v, float) and not math.isfinite(v) for v in level):
-            raise MalformedMessage(f"{what} hold NaN or an infinite number")
-        children = [obj.values() if isinstance(obj, dict) else obj for obj in level if isinstance(obj, (dict, list))]
-        level = [value for values in children for value in values]
-        if not level:
-            return
-    raise MalformedMessage(f"{what} are nested more than {_MAX_DEPTH} deep")
-
-
-def _parse_json(part: bytes | zmq.Frame, what: str) -> dict[str, Any]:
-    raw = part.bytes if isinstance(part, zmq.Frame) else bytes(part)
-    try:
-        obj = json.loads(raw)
-    except RecursionError:
-        raise MalformedMessage(f"{what} JSON is nested too deeply") from None
-    except ValueError as exc:  # also UnicodeDecodeError, JSONDecodeError and integers of more than 4300 digits
-        raise MalformedMessage(f"{what} is not UTF-8 JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise MalformedMessage(f"{what} is JSON {type(obj).__name__}, expected an object")
-    return obj
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.generic, np.ndarray)):  # a numpy scalar's tolist() is its Python number
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-_json_encoder = json.JSONEncoder(separators=(",", ":"), default=_json_default)  # made once: ~1.5 us a frame

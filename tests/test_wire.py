@@ -11,6 +11,7 @@ import pytest
 from helpers_zmq import fused_frame, good_parts, with_header
 
 from streamfuse.frames import FusedFrame
+from streamfuse.shm_pool import MAX_SLOTS
 from streamfuse.wire import (FORMAT_FIELDS, HEADER_FIELDS, MAX_HEADER_BYTES, SCHEMA, SCHEMA_2, HeaderEncoder,
                              MalformedMessage, decode_header, decode_message, decode_stats, encode_json)
 
@@ -202,3 +203,63 @@ def test_a_shared_memory_descriptor_with_an_odd_generation_is_refused() -> None:
 def test_a_frame_message_a_consumer_would_misread_is_malformed(parts: list[bytes], reason: str) -> None:
     with pytest.raises(MalformedMessage, match=f"^{re.escape(reason)}"):
         decode_header(parts)
+
+
+_GONE = object()  # a field left out
+
+
+def _shm_message(**changes: object) -> list[bytes]:
+    """A 6x8 bgr8 shared-memory descriptor as the publisher encodes it, with fields changed (``_GONE``: left out)."""
+    image = np.zeros((6, 8, 3), np.uint8)
+    header = json.loads(HeaderEncoder("f").encode(fused_frame(image), image, seq=0, fmt="shm", **_FIELDS["shm"]))
+    header = {k: v for k, v in {**header, **changes}.items() if v is not _GONE}
+    return [b"shm/fused/x", json.dumps(header).encode(), b""]
+
+
+_BOUNDS = {"seq": (0, 2**63 - 1), "seq_ir": (0, 2**63 - 1), "t_publish_ns": (-(2**63), 2**63 - 1),
+           "t_capture_ir_ns": (-(2**63), 2**63 - 1), "is_bigendian": (0, 1), "height": (1, 65535),
+           "shm_slot": (0, MAX_SLOTS - 1), "shm_gen": (2, 2**63 - 2)}
+
+
+@pytest.mark.parametrize("key", list(_BOUNDS))
+def test_an_int_field_is_taken_at_its_bounds_and_refused_by_name_past_them_or_of_another_type(key: str) -> None:
+    lo, hi = _BOUNDS[key]
+    for value in (lo, hi):
+        assert decode_header(_shm_message(**{key: value}))[key] == value
+    for value in (lo - 1, hi + 1):
+        with pytest.raises(MalformedMessage, match=f"^header field {key}={value} is out of range {lo}..{hi}$"):
+            decode_header(_shm_message(**{key: value}))
+    for value, shown in ((True, "True"), (float(lo), repr(float(lo))), (str(lo), repr(str(lo))), (_GONE, "None")):
+        with pytest.raises(MalformedMessage, match=f"^header field {key}={re.escape(shown)} is missing or not int$"):
+            decode_header(_shm_message(**{key: value}))
+
+
+@pytest.mark.parametrize("key", ["frame_id", "fuser", "fuser_version", "t_capture_clock"])
+def test_a_text_field_takes_any_unicode_and_is_refused_by_name_when_no_text(key: str) -> None:
+    assert decode_header(_shm_message(**{key: "é 日本 \U0001f525"}))[key] == "é 日本 \U0001f525"
+    with pytest.raises(MalformedMessage, match=f"^header field {key}='x\\\\ud800' is not Unicode text"):
+        decode_header(_shm_message(**{key: "x\ud800"}))
+    for value in (5, None, ["a"]):
+        with pytest.raises(MalformedMessage, match=f"^header field {key}=.* is missing or not str$"):
+            decode_header(_shm_message(**{key: value}))
+
+
+def test_stage_timings_are_taken_to_their_bound_and_refused_by_stage_past_it() -> None:
+    taken = {"fuse": 1, "post": 2.5, "up": 1e12, "down": -1e12}
+    assert decode_header(_shm_message(timings_ms=taken))["timings_ms"] == taken
+    for bad, shown in ((10**13, "10000000000000"), (float("nan"), "nan"), (float("inf"), "inf"), ("1", "'1'"),
+                       (None, "None"), (False, "False")):
+        with pytest.raises(MalformedMessage, match=f"^header field timings_ms\\['post'\\]={shown} is not a number"):
+            decode_header(_shm_message(timings_ms={"fuse": 1.0, "post": bad}))
+    with pytest.raises(MalformedMessage, match="^header field timings_ms=\\[\\] is missing or not dict$"):
+        decode_header(_shm_message(timings_ms=[]))
+
+
+def test_a_header_is_read_as_json_reads_it_and_refused_when_it_is_no_json_object() -> None:
+    topic, header, payload = _shm_message()
+    assert decode_header([topic, b" \n" + header + b" \r\n\t", payload])["seq"] == 0
+    for raw, reason in ((header + b"x", "is not UTF-8 JSON (Extra data"), (b"{" + header, "is not UTF-8 JSON"),
+                        (header.replace(b'"f"', b'"\xff"'), "is not UTF-8 JSON ('utf-8' codec can't decode"),
+                        (b"[" + header + b"]", "is JSON list, expected an object"), (b"{}\x00", "is not UTF-8 JSON")):
+        with pytest.raises(MalformedMessage, match=f"^header {re.escape(reason)}"):
+            decode_header([topic, raw, payload])
