@@ -81,14 +81,23 @@ class StopFlag:
     def __init__(self, ctx: Any) -> None:
         self._flag = ctx.RawValue("b", 0)
         self._owner_pid = os.getpid()
+        self._orphaned = False  # the consumer found gone (for good: its pid may be another process's later)
+        self._look_at = 0.0  # monotonic time of the next look at the consumer
 
     def set(self) -> None:
         self._flag.value = 1
 
     def is_set(self) -> bool:
         """True once set, and in a child also once the consumer has died (so no producer outlives it). Asked by
-        pid: a forked producer's parent is the fork server, which lives as long as any of its children."""
-        return bool(self._flag.value) or (os.getpid() != self._owner_pid and not process_alive(self._owner_pid))
+        pid: a forked producer's parent is the fork server, which lives as long as any of its children. The pid is
+        asked (syscalls and a /proc read) once each ``_POLL_S`` at most, however often a producer checks the flag."""
+        if self._flag.value or self._orphaned:
+            return True
+        if (now := time.monotonic()) < self._look_at:
+            return False
+        self._look_at = now + self._POLL_S
+        self._orphaned = os.getpid() != self._owner_pid and not process_alive(self._owner_pid)
+        return self._orphaned
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` s, returning early (True) once the flag is set."""

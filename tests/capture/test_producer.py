@@ -1246,6 +1246,44 @@ def test_a_stop_flags_wait_says_whether_the_flag_was_set() -> None:
     assert flag.wait(0) is True
 
 
+def test_a_producers_stop_flag_is_set_once_its_consumer_is_gone_and_stays_set() -> None:
+    """No producer outlives its consumer: in any other process the flag reads set once the consumer's process is gone
+    (here a stand-in's, killed and reaped), and stays so at every check after."""
+    import multiprocessing as mp
+
+    from streamfuse.capture.producer_process import StopFlag
+
+    consumer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        flag = StopFlag(mp.get_context("spawn"))
+        flag._owner_pid = consumer.pid  # this process is then one of its producers
+        assert flag.wait(0.1) is False and not any(flag.is_set() for _ in range(1000))
+    finally:
+        consumer.kill()
+        consumer.wait(30)
+    wait_for(flag.is_set, "the stop flag to read set")
+    assert all(flag.is_set() for _ in range(1000)) and flag.wait(0) is True
+
+
+def test_a_stop_flag_asks_after_its_consumer_once_per_poll_however_often_it_is_checked(monkeypatch) -> None:
+    """A producer checks the flag at every frame and more; each look at the consumer's process costs syscalls and a
+    /proc read, so one look serves every check until the next is due, and a due one runs at the next check."""
+    import multiprocessing as mp
+
+    from streamfuse.capture import producer_process
+
+    looks, now = [], time.monotonic()
+    monkeypatch.setattr(producer_process, "process_alive", lambda pid: looks.append(pid) or True)
+    monkeypatch.setattr(producer_process, "time", types.SimpleNamespace(monotonic=lambda: now))
+    flag = producer_process.StopFlag(mp.get_context("spawn"))
+    flag._owner_pid = os.getpid() + 1  # another process's: this one is a producer
+    assert not any(flag.is_set() for _ in range(50)) and looks == [os.getpid() + 1]
+    now += producer_process.StopFlag._POLL_S
+    assert not any(flag.is_set() for _ in range(50)) and len(looks) == 2
+    flag.set()
+    assert flag.is_set() and len(looks) == 2  # the flag itself is read at every check
+
+
 def test_supervision_runs_once_per_round_however_often_get_is_called(monkeypatch) -> None:
     """The live loop calls get several times a frame; each supervision round polls every producer's pipe and process
     (syscalls), so one round serves every call until the next is due, and a due one runs at the next call."""
