@@ -17,7 +17,7 @@ except ImportError:  # not Unix
     resource = None
 
 __all__ = ["one_line", "limit_reached", "io_reason", "not_found", "opencv_quiet", "printable", "redact",
-           "unreachable", "unresolved_host", "hung_up"]
+           "unreachable", "unresolved_host"]
 
 # a URL's password (``scheme://user:password@``, to the token's last ``@``: a password written with a raw ``@``
 # too) and secret query values (``?password=``, ``&token=``)
@@ -132,32 +132,6 @@ def unresolved_host(url: str) -> str:
     except (socket.gaierror, UnicodeError):
         return host
     return ""
-
-
-# the ports of the schemes a camera is read by, where its URL names none
-_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
-
-
-def hung_up(url: str, wait_s: float = 1.0) -> bool:
-    """Whether the server of ``url`` takes a connection and closes it without a byte, as a camera restarting or with
-    its sessions all taken does, where FFmpeg says only "Invalid data found" or "End of file"; one that answers, or
-    waits for a request as a server of something else does, has not hung up."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host, port = parts.hostname, parts.port or _PORTS.get(parts.scheme)
-    except ValueError:  # no URL a host and port can be read from: FFmpeg's own reason stands
-        return False
-    if not host or not port:
-        return False
-    try:
-        conn = socket.create_connection((host, port), timeout=wait_s)
-    except OSError:  # not taken this time: FFmpeg's reason stands
-        return False
-    with conn:
-        try:
-            return conn.recv(1) == b""
-        except OSError as exc:  # reset is hung up too; a timeout is a server waiting for a request
-            return exc.errno == errno.ECONNRESET
 
 
 def io_reason(exc: BaseException) -> str:

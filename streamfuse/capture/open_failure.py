@@ -4,11 +4,17 @@ wrong setting (a path, a password, a URL serving something else) ends the source
 from __future__ import annotations
 
 import errno
+import socket
+import urllib.parse
 
 from streamfuse.capture.sources import SourceError
-from streamfuse.errors import hung_up, io_reason, unreachable, unresolved_host
+from streamfuse.errors import io_reason, unreachable, unresolved_host
 
 __all__ = ["open_failure"]
+
+# the ports of the schemes a camera is read by, where its URL names none
+_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+_HANG_UP_WAIT_S = 1.0  # how long the second connection waits for the server's first byte (or its hang-up)
 
 
 def open_failure(section: str, path: str, exc: BaseException, *, live: bool, tcp_chosen: bool, waited_s: float,
@@ -28,7 +34,7 @@ def open_failure(section: str, path: str, exc: BaseException, *, live: bool, tcp
     closed = isinstance(exc, (av.InvalidDataError, EOFError)) or getattr(exc, "errno", None) == errno.ECONNRESET
     if waited:
         why = f"no readable video within {timeout_s:g} s (open timeout: nothing sent, or no video)"
-    elif live and closed and hung_up(path):
+    elif live and closed and _hung_up(path):
         why, waited = "it took the connection and closed it at once (restarting, or its sessions all taken?)", True
     elif isinstance(exc, (av.InvalidDataError, UnicodeDecodeError)):
         why = f"not a readable video ({why})"
@@ -39,3 +45,25 @@ def open_failure(section: str, path: str, exc: BaseException, *, live: bool, tcp
     busy = isinstance(exc, (av.HTTPServerError, av.HTTPTooManyRequestsError))  # 5xx, 429: a previous run's
     return SourceError(f"{section}: cannot open {path}: {why}",  # sessions still held, a server booting
                        unreachable=live and (waited or busy or unreachable(exc)))
+
+
+def _hung_up(url: str) -> bool:
+    """Whether the server of ``url`` takes a connection and closes it without a byte, as a camera restarting or with
+    its sessions all taken does, where FFmpeg says only "Invalid data found" or "End of file"; one that answers, or
+    waits for a request as a server of something else does, has not hung up."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port or _PORTS.get(parts.scheme)
+    except ValueError:  # no URL a host and port can be read from: FFmpeg's own reason stands
+        return False
+    if not host or not port:
+        return False
+    try:
+        conn = socket.create_connection((host, port), timeout=_HANG_UP_WAIT_S)
+    except OSError:  # not taken this time: FFmpeg's reason stands
+        return False
+    with conn:
+        try:
+            return conn.recv(1) == b""
+        except OSError as exc:  # reset is hung up too; a timeout is a server waiting for a request
+            return exc.errno == errno.ECONNRESET
