@@ -25,8 +25,8 @@ import av
 import numpy as np
 
 from streamfuse.atomic_write import durable_replace, partial_path
+from streamfuse.capture.mcap_source import recording_files
 from streamfuse.errors import io_reason
-from streamfuse.record_parts import set_parts
 from streamfuse.ffv1_crc import ffv1_slice_crcs
 from streamfuse.file_names import local_name
 from streamfuse.replay.frames_dir import FramesDir
@@ -47,7 +47,7 @@ def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
     def stat(path: str) -> list[int]:
         st = Path(path).stat()
         if Path(path).is_file():  # a split recording's parts, all (given as its first)
-            files = [os.stat(part) for part in set_parts(path) or [path]]
+            files = [os.stat(part) for part in recording_files(path)]
             return [sum(f.st_size for f in files), max(f.st_mtime_ns for f in files)]
         # a folder of frames: ones exported again under the same names change neither its size nor its time
         # not hidden ones, no input's (a Finder's .DS_Store, a Mac's "._NAME", rewritten as the folder is looked at)
