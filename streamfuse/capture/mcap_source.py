@@ -57,7 +57,7 @@ def topic_of(stream: str, cfg: SourceConfig) -> str:
     return cfg.topic or TOPICS[stream]
 
 
-def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] | None:
+def image_topics(path: str | os.PathLike) -> Topics | None:
     """Topic -> (schema, messages, None where the summary does not count them) of a recording's image channels, from
     its summary (a ``.db3`` bag's topics table, a ROS 1 bag's index); None for a recording without one (cut short:
     only reading it through tells; a bag compressed by file, which would have to be decompressed)."""
@@ -86,7 +86,7 @@ def image_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] |
     return _mcap_topics(path)
 
 
-def _mcap_topics(path: str | os.PathLike) -> dict[str, tuple[str, int | None]] | None:
+def _mcap_topics(path: str | os.PathLike) -> Topics | None:
     """:func:`image_topics` of one MCAP file."""
     try:
         with open(path, "rb") as f:
@@ -116,7 +116,7 @@ def recording_files(path: str | os.PathLike) -> list[Path]:
 def _files_topics(files: list[Path], topics_of: Callable[[Path], Topics | None] = image_topics) -> Topics | None:
     """The image topics of a bag folder's storage files (or a split recording's parts) together; None where one of
     them has no summary."""
-    merged: dict[str, tuple[str, int | None]] = {}
+    merged: Topics = {}
     for file in files:
         if (found := topics_of(file)) is None:
             return None
