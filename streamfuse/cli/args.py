@@ -16,7 +16,12 @@ from streamfuse.errors import printable
 from streamfuse.file_names import utf8_text
 
 __all__ = ["path_arg", "text_arg", "int_at_least", "config_value", "seconds", "time_span", "positive", "key_options",
-           "data_dir", "config_error", "given", "DefaultsFormatter", "HelpFormatter", "Parser"]
+           "data_dir", "config_error", "given", "command_name", "DefaultsFormatter", "HelpFormatter", "Parser"]
+
+
+def command_name(prog: str) -> str:
+    """How a command's own lines begin: its ``prog`` without ``python -m`` (``streamfuse run``, ``run_stream.py``)."""
+    return prog.removeprefix("python -m ")
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,7 +33,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog.removeprefix('python -m ')}: error: {message}\n")
+        self.exit(2, f"{command_name(self.prog)}: error: {message}\n")
 
     def _print_message(self, message: str, file: Any = None) -> None:
         if message and file is sys.stdout:

@@ -18,7 +18,7 @@ import sys
 
 from streamfuse import log_queue
 from streamfuse.checks import ConfigError
-from streamfuse.cli.args import Parser, config_error, path_arg, seconds
+from streamfuse.cli.args import Parser, command_name, config_error, path_arg, seconds
 from streamfuse.errors import limit_reached, printable
 from streamfuse.signals import Terminated, ignore_stops, interrupted
 
@@ -56,7 +56,7 @@ def _path_text(text: str) -> str:
 def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run", replay: bool = False) -> int:
     """Run a pipeline from the command line; returns the exit status (a bad config or input: one line, 1 or 2)."""
     args = _parser(prog, replay=replay).parse_args(argv)
-    said = prog.removeprefix("python -m ")  # how every line of its own begins, as its usage errors do
+    said = command_name(prog)  # as its usage errors begin
     log_queue.install(logging.DEBUG if args.verbose else logging.INFO,
                       "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     out = args.out  # what makes this a replay: --out, or its config's replay.out once that is read
