@@ -251,11 +251,15 @@ class RtspCamera:
 
 class HangingUp:
     """A server at ``self.port`` that takes each connection and closes it at once, without a byte (a camera
-    restarting, or one whose sessions are all taken); ``taken`` counts the connections."""
+    restarting, or one whose sessions are all taken); ``taken`` counts the connections. On ``server`` where given (a
+    socket bound), which it leaves open at its end: the port stays the test's for the camera that comes up on it."""
 
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, server: socket.socket | None = None) -> None:
+        self._own = server is None
+        self._server = server or socket.create_server(("127.0.0.1", 0))
+        self._server.listen(8)
         self.port, self.taken = self._server.getsockname()[1], 0
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -263,10 +267,12 @@ class HangingUp:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(OSError):  # wakes the accept (closing alone does not)
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()
+        self._done.set()
+        with contextlib.suppress(OSError):  # wakes the accept, which then ends (shutting the socket would end it too)
+            socket.create_connection(("127.0.0.1", self.port), timeout=10).close()
         self._thread.join(10)
+        if self._own:
+            self._server.close()
 
     def _accept(self) -> None:
         while True:
@@ -275,4 +281,6 @@ class HangingUp:
             except OSError:
                 return
             conn.close()
+            if self._done.is_set():
+                return
             self.taken += 1

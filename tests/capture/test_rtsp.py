@@ -192,18 +192,20 @@ def test_a_camera_that_hangs_up_at_once_is_tried_again_until_it_plays(caplog):
     # once ended the run in one line ("not a readable video (Invalid data found ...)") instead of being waited for
     caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
     vis = SourceConfig(kind="synthetic", width=WIDTH, height=HEIGHT, stall_factor=0)
-    restarting = HangingUp()
+    port = socket.create_server(("127.0.0.1", 0))  # the camera's, held from its restart to its play
+    restarting = HangingUp(server=port)
     url = f"rtsp://127.0.0.1:{restarting.port}/stream1"
     prod = start_producers(SourceConfig(kind="stream", path=url, stall_factor=0), vis, backoff_s=0.1)
     names = prod.shm_names()
     try:
         with restarting:
             _, events = collect(prod, lambda f, e: len(e) >= 2, timeout=60)  # tried again, not given up
-        with RtspCamera(server=socket.create_server(("127.0.0.1", restarting.port)), then="loop") as camera:
+        with RtspCamera(server=port, then="loop") as camera:
             frames, _ = collect(prod, lambda f, e: any(x.stream == "ir" for x in f), timeout=60)
         names += prod.shm_names()
     finally:
         assert_stopped(prod, names)
+        port.close()
     said = f"ir: cannot open {url}: it took the connection and closed it at once (restarting, or its sessions all " \
         "taken?)"
     assert restarting.taken >= 2 and all(e.stream == "ir" and e.restarting and e.message == said for e in events)
