@@ -25,7 +25,7 @@ import zmq
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.errors import one_line
-from streamfuse.view.stats_in import StatsMessages
+from streamfuse.view.stats_in import POLL_S, StatsMessages
 from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
 from streamfuse.wire import preview_topic
 
@@ -34,7 +34,6 @@ __all__ = ["Feed", "KINDS", "pack", "unpack"]
 log = logging.getLogger(__name__)
 
 KINDS = ("ir", "vis", "fused")  # left to right on the page
-_POLL_S = 0.1  # how often the reader threads look at their stop flags
 _RETRY_S = 1.0  # how often a frame subscription that failed is tried again
 _HISTORY = 300  # stats snapshots kept for the plots of a page that opens later
 
@@ -84,7 +83,7 @@ class Feed:
         self._spawn(self._read_stats)
 
     def close(self) -> None:
-        """Stop every subscription (within ``_POLL_S``)."""
+        """Stop every subscription (within ``POLL_S``)."""
         self._closing.set()
         if self._frames_stop is not None:
             self._frames_stop.set()
@@ -212,7 +211,7 @@ class Feed:
         failed = 0
         while not stop.is_set():
             try:
-                sub = Subscriber(self.endpoint, topic, timeout_s=_POLL_S, server_key=self.keys[0],
+                sub = Subscriber(self.endpoint, topic, timeout_s=POLL_S, server_key=self.keys[0],
                                  client_key_file=self.keys[1])
             except (ValueError, OSError, zmq.ZMQError) as exc:
                 failed += 1

@@ -33,7 +33,7 @@ from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled, raise_interrupt, takeable
 from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
 from streamfuse.wire import preview_topic
-from streamfuse.view.stats_in import StatsMessages
+from streamfuse.view.stats_in import POLL_S, StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections_option
 from streamfuse.view.options import connect_options, stream_options
 from streamfuse.view.relay import Relay
@@ -116,7 +116,7 @@ class Bridge:
         stats = self.fox.Channel("/stats", message_encoding="json")
         self._spawn(self._relay_stats, stats)
         for name, topic in self._sources.items():
-            sub = Subscriber(self.endpoint, topic, timeout_s=0.1, latest=True, server_key=self.keys[0],
+            sub = Subscriber(self.endpoint, topic, timeout_s=POLL_S, latest=True, server_key=self.keys[0],
                              client_key_file=self.keys[1])
             self._spawn(self._relay_frames, sub, image_channel(name))
 

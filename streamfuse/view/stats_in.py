@@ -12,11 +12,11 @@ from streamfuse.connection_watch import SILENT_S, connect_sub
 from streamfuse.telemetry import TelemetryConfig
 from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, decode_stats
 
-__all__ = ["StatsMessages"]
+__all__ = ["StatsMessages", "POLL_S"]
 
 log = logging.getLogger(__name__)
 
-_POLL_S = 0.1  # how often the reader looks at its stop flag
+POLL_S = 0.1  # how often a viewer's reader threads (stats, frames) look at their stop flags
 _MAX_STATS_BYTES = 16 * MAX_HEADER_BYTES  # a stats message is a few kB
 _STATS_RCVHWM = 8  # stats come every telemetry.interval_s and are read at once: a few queued bound the memory
 _MAX_PLOT_STAGES = 32  # a pipeline's stats have 8 stages; more would be a peer making every plot point megabytes
@@ -50,7 +50,7 @@ class StatsMessages:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
             while not self.stop.is_set():
-                if not self.sock.poll(round(_POLL_S * 1000)):
+                if not self.sock.poll(round(POLL_S * 1000)):
                     self._tend()
                     continue
                 self._last_message = time.monotonic()
