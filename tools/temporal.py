@@ -63,11 +63,11 @@ def fused_frames(folder: Path, name: str, stems: list[str], shape: tuple[int, in
         raise FileNotFoundError(f"{folder}: no fused frame {missing[0]} ({len(missing)} of {len(stems)} missing)")
     frames = [read_grey(files[s]) for s in stems]
     for s, frame in zip(stems, frames, strict=True):
-        check_size(files[s], frame, shape, "fused frame")
+        _check_clip_size(files[s], frame, shape, "fused frame")
     return frames
 
 
-def check_size(path: Path, frame: np.ndarray, shape: tuple[int, ...], what: str = "frame") -> None:
+def _check_clip_size(path: Path, frame: np.ndarray, shape: tuple[int, ...], what: str = "frame") -> None:
     """ValueError naming ``path`` when ``frame`` is not the clip's size, ``shape``."""
     if frame.shape != shape:
         raise ValueError(f"{path}: {what} is {frame.shape[1]}x{frame.shape[0]}, the clip's is {shape[1]}x{shape[0]}")
@@ -97,7 +97,7 @@ def clip_frames(pairs: list[tuple[str, Path, Path]]) -> list[tuple[np.ndarray, n
     shape = frames[0][0].shape
     for (_, *paths), pair in zip(pairs, frames, strict=True):
         for path, frame in zip(paths, pair, strict=True):
-            check_size(path, frame, shape)
+            _check_clip_size(path, frame, shape)
     return frames
 
 
