@@ -17,7 +17,7 @@ import numpy as np
 from streamfuse import metrics
 from streamfuse.bitdepth import To8Bit, read_8bit
 from streamfuse.capture.image_folder import frame_files
-from streamfuse.capture.palette import first_note, grey_first, warn_once
+from streamfuse.capture.palette import first_note, grey_first, warn_noted_stills
 from streamfuse.errors import not_found
 from streamfuse.postprocess import vis_luma
 
@@ -102,4 +102,4 @@ def check_readable(pairs: list[tuple[str, Path, Path]], fused_files: dict[str, d
         for name, files in fused_files.items():
             if stem in files:
                 check_size(name, stem, read_grey(files[stem]), ir)
-    warn_once(log, notes, len(pairs))
+    warn_noted_stills(log, notes, len(pairs))

@@ -33,7 +33,7 @@ from streamfuse.file_names import opencv_name
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["PALETTES", "check_palette", "to_temperature", "ir_grey", "check_depth", "first_note", "mismatch",
-           "is_colour", "grey_first", "warn_once"]
+           "is_colour", "grey_first", "warn_noted_stills"]
 
 _COLORMAPS = {name.removeprefix("COLORMAP_").lower(): getattr(cv2, name) for name in dir(cv2)
               if name.startswith("COLORMAP_") and name not in ("COLORMAP_HSV", "COLORMAP_TWILIGHT",
@@ -222,7 +222,7 @@ def grey_first(command: str) -> str:
     return f"give them in grey, in temperature order ({command} takes no palette)"
 
 
-def warn_once(log: logging.Logger, notes: list[tuple[Path, str]], total: int) -> None:
+def warn_noted_stills(log: logging.Logger, notes: list[tuple[Path, str]], total: int) -> None:
     """One warning for the IR stills of a run that :func:`first_note` had a line for: the first named, the others
     counted of the ``total`` read, as live capture says it once a stream."""
     if notes:

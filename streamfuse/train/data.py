@@ -19,7 +19,7 @@ import torch
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
 from streamfuse.bitdepth import To8Bit, is_image_name, read_8bit
-from streamfuse.capture.palette import first_note, grey_first, warn_once
+from streamfuse.capture.palette import first_note, grey_first, warn_noted_stills
 from streamfuse.postprocess import vis_luma
 
 __all__ = ["SETS", "PairSampler", "load_pairs", "data_digest"]
@@ -47,7 +47,7 @@ def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     own = (data / "ir").is_dir() and (data / "vi").is_dir()
     for root in [data] if own else [root for pattern in SETS for root in sorted(data.glob(pattern))]:
         pairs += _set_pairs(root, data, deep, colour)
-    warn_once(log, colour, len(pairs))
+    warn_noted_stills(log, colour, len(pairs))
     if deep:
         log.warning("%d 16-bit images (first %s): brought to 8 bits as every reader does (IR stretched by its own "
                     "range, visible by its top 8 bits: streamfuse.bitdepth)", len(deep), deep[0])
