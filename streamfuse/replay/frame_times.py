@@ -23,7 +23,7 @@ class FrameTimes:
 
     def __init__(self, vis: Input, period_ns: int) -> None:
         self.vis = vis
-        self.times = {"ir": array("q"), "vis": array("q")}  # the time line of each frame read per stream, ns
+        self.lines = {"ir": array("q"), "vis": array("q")}  # the time line of each frame read per stream, ns
         # the time line of the frames held for pairing whose capture times are not it (a clock stepped back), ns
         self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
         self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
@@ -32,7 +32,7 @@ class FrameTimes:
 
     def read(self, frame: Frame, t_ns: int) -> None:
         """A frame read, at ``t_ns`` on its stream's time line."""
-        self.times[frame.stream].append(t_ns)
+        self.lines[frame.stream].append(t_ns)
         if t_ns != frame.t_capture_ns:
             self.line_of[frame.stream][frame.t_capture_ns] = t_ns
         if frame.stream == "vis" and self.t0_vis is None:
@@ -53,7 +53,7 @@ class FrameTimes:
 
     def ends(self) -> tuple[dict[str, int], dict[str, int]]:
         """The time line of each stream's first and last frame read, ns (both streams have frames)."""
-        first, last = ({k: t[i] for k, t in self.times.items()} for i in (0, -1))
+        first, last = ({k: t[i] for k, t in self.lines.items()} for i in (0, -1))
         return first, last
 
     def pts(self, vis: Frame) -> int:

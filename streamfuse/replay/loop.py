@@ -305,7 +305,7 @@ class _Replay:
 
     def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary
-        s.take_pairer(pairer, self.times.times)
+        s.take_pairer(pairer, self.times.lines)
         lag = self.lag.note(s.dropped, self.cfg.sync.queue_size) if self.lag is not None else ""
         # an input that failed did not end: its error says where
         s.note = "" if s.stopped else "; ".join(note for note in (s.unequal_note(), lag) if note)
