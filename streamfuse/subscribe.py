@@ -29,10 +29,10 @@ from streamfuse.atomic_write import write_png, write_refusal
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, key_options, path_arg, positive, text_arg
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.connection_watch import load_server_key
+from streamfuse.consumer_topics import topic_refusal
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled, raise_interrupt
-from streamfuse.consumer_topics import topic_refusal
 
 __all__ = ["main"]
 

@@ -23,10 +23,10 @@ from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.frames import STREAM_NAMES, FramePair, FusedFrame, SizeMismatch
 from streamfuse.log_queue import BLOCK
 from streamfuse.output_lock import output_lock
-from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, check_pair, input_kind, input_path,
-                                      merged, no_pairs, on_topic, outside, resolve, size_changed)
 from streamfuse.replay.frame_times import FrameTimes
 from streamfuse.replay.frames_dir import FramesDir
+from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, check_pair, input_kind, input_path,
+                                      merged, no_pairs, on_topic, outside, resolve, size_changed)
 from streamfuse.replay.order_lag import OrderLag
 from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
 from streamfuse.replay.publishing import closed_on_failure, open_publisher, wait_subscriber

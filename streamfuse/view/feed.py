@@ -24,9 +24,9 @@ import zmq
 
 from streamfuse.client import Subscriber
 from streamfuse.codecs import JPEG_MAX_SIDE
+from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
 from streamfuse.errors import one_line
 from streamfuse.view.stats_in import POLL_S, StatsMessages
-from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
 from streamfuse.wire import preview_topic
 
 __all__ = ["Feed", "KINDS", "pack", "unpack"]

@@ -23,20 +23,20 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamfuse.connection_watch import load_server_key
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least
 from streamfuse.client import Subscriber
+from streamfuse.codecs import JPEG_MAX_SIDE
+from streamfuse.connection_watch import load_server_key
+from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
 from streamfuse.endpoints import bind_shown, faces_network, url_host
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
-from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.signals import handled, raise_interrupt, takeable
-from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
-from streamfuse.wire import preview_topic
-from streamfuse.view.stats_in import POLL_S, StatsMessages
 from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections_option
 from streamfuse.view.options import connect_options, stream_options
 from streamfuse.view.relay import Relay
+from streamfuse.view.stats_in import POLL_S, StatsMessages
+from streamfuse.wire import preview_topic
 
 __all__ = ["main", "Bridge"]
 

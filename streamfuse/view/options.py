@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from streamfuse.cli.args import key_options, seconds, text_arg
 from streamfuse import connection_watch
+from streamfuse.cli.args import key_options, seconds, text_arg
 
 __all__ = ["stream_options", "connect_options"]
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamfuse.atomic_write import write_refusal
+from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, path_arg, positive
 from streamfuse.connection_watch import load_server_key
 from streamfuse.endpoints import bind_shown, faces_network, url_host
-from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, path_arg, positive
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled, raise_interrupt, takeable

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import errno
 import io
-import shutil
 import logging
+import shutil
 import socket
 import subprocess
 import sys
