@@ -251,11 +251,12 @@ class RtspCamera:
 
 class HangingUp:
     """A server at ``self.port`` that takes each connection and closes it at once, without a byte (a camera
-    restarting, or one whose sessions are all taken); ``taken`` counts the connections. On ``server`` where given (a
-    socket bound), which it leaves open at its end: the port stays the test's for the camera that comes up on it."""
+    restarting, or one whose sessions are all taken), or after ``answer`` (a server of something else, a web page);
+    ``taken`` counts the connections. On ``server`` where given (a socket bound), which it leaves open at its end: the
+    port stays the test's for the camera that comes up on it."""
 
-    def __init__(self, server: socket.socket | None = None) -> None:
-        self._own = server is None
+    def __init__(self, server: socket.socket | None = None, answer: bytes = b"") -> None:
+        self._own, self._answer = server is None, answer
         self._server = server or socket.create_server(("127.0.0.1", 0))
         self._server.listen(8)
         self.port, self.taken = self._server.getsockname()[1], 0
@@ -280,7 +281,9 @@ class HangingUp:
                 conn, _ = self._server.accept()
             except OSError:
                 return
-            conn.close()
-            if self._done.is_set():
+            if self._done.is_set():  # the wake-up (or a client as the test ends): not served
+                conn.close()
                 return
+            with conn, contextlib.suppress(OSError):  # a client that left at once
+                conn.sendall(self._answer)
             self.taken += 1

@@ -278,9 +278,11 @@ def test_a_stream_that_answers_at_once_with_no_video_is_not_waited_for(monkeypat
         raise av.error.InvalidDataError(errno.EINVAL, "Invalid data found when processing input", path)
 
     monkeypatch.setattr(av, "open", fails)
-    url = "http://192.0.2.7/index.html"
-    with pytest.raises(SourceError) as info:
-        open_source("ir", SourceConfig(kind="stream", path=url)).open()
+    with HangingUp(answer=b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>") as page:
+        url = f"http://127.0.0.1:{page.port}/index.html"  # ours: asked again whether it hangs up at once
+        with pytest.raises(SourceError) as info:
+            open_source("ir", SourceConfig(kind="stream", path=url)).open()
+    assert page.taken == 1
     assert str(info.value).startswith(f"ir: cannot open {url}: not a readable video (")
     assert not info.value.unreachable
 
