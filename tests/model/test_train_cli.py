@@ -279,54 +279,52 @@ SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.
                                   ids=["SIGINT", "SIGTERM", "SIGHUP"])
 
 
-@SIGNALS
-def test_a_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(data, tmp_path, monkeypatch, uninterrupted, sig,
-                                                                    net):
+def _stopped_at_step_3(monkeypatch, data: Path, out: Path, sig: int) -> str:
+    """The error line of a 6-step run to ``out`` that ``sig`` stops in its third step, after that step's batch and
+    noise were drawn."""
     real_optimise, calls = loop._optimise, []
 
-    def signalled(run, total, cfg):  # the signal lands in the third step, after its batch and noise were drawn
+    def signalled(run, total, cfg):
         calls.append(1)
         if len(calls) == 3:
             signal.raise_signal(sig)
         real_optimise(run, total, cfg)
 
     monkeypatch.setattr(loop, "_optimise", signalled)
-    out = tmp_path / "run"
-    message = _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "6"])
-    assert message.startswith(f"streamfuse train: stopped at step 3; {out / 'checkpoint.pt'} saved: --resume continues")
-    assert not (out / DEFAULT_WEIGHTS.name).exists()  # 3 of 6 steps: no weights file that looks finished
-    monkeypatch.setattr(loop, "_optimise", real_optimise)
-    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "6", "--resume"])
+    try:
+        return _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "6"])
+    finally:
+        monkeypatch.setattr(loop, "_optimise", real_optimise)
+
+
+def _assert_as_uninterrupted(out: Path, uninterrupted: dict) -> None:
+    """``out``'s checkpoint is at step 6, its weights file written, and every tensor is the uninterrupted run's."""
     resumed = torch.load(str(out / "checkpoint.pt"), weights_only=True)
     assert resumed["step"] == 6 and (out / DEFAULT_WEIGHTS.name).is_file()
     for part in ("net", "ema"):
         for key, value in uninterrupted[part].items():
             assert torch.equal(resumed[part][key], value), f"{part}.{key} differs from the uninterrupted run"
+
+
+@SIGNALS
+def test_a_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(data, tmp_path, monkeypatch, uninterrupted, sig,
+                                                                    net):
+    out = tmp_path / "run"
+    message = _stopped_at_step_3(monkeypatch, data, out, sig)
+    assert message.startswith(f"streamfuse train: stopped at step 3; {out / 'checkpoint.pt'} saved: --resume continues")
+    assert not (out / DEFAULT_WEIGHTS.name).exists()  # 3 of 6 steps: no weights file that looks finished
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "6", "--resume"])
+    _assert_as_uninterrupted(out, uninterrupted)
 
 
 def test_a_resume_given_no_settings_goes_on_with_the_runs_own_exactly(data, tmp_path, monkeypatch, uninterrupted,
                                                                        net):
     # a resume had to repeat every setting the run started with (--batch, --crop, the model's...): each one left out
     # was refused as changed to its default
-    real_optimise, calls = loop._optimise, []
-
-    def signalled(run, total, cfg):  # Ctrl-C in the third step, after its batch and noise were drawn
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGINT)
-        real_optimise(run, total, cfg)
-
-    monkeypatch.setattr(loop, "_optimise", signalled)
     out = tmp_path / "run"
-    assert _fails(["--data", str(data), "--out", str(out), *TINY, "--steps", "6"]).startswith(
-        "streamfuse train: stopped at step 3")
-    monkeypatch.setattr(loop, "_optimise", real_optimise)
+    assert _stopped_at_step_3(monkeypatch, data, out, signal.SIGINT).startswith("streamfuse train: stopped at step 3")
     train.main(["--out", str(out), "--resume"])  # its settings, its --steps and its data folder: the run's own
-    resumed = torch.load(str(out / "checkpoint.pt"), weights_only=True)
-    assert resumed["step"] == 6 and (out / DEFAULT_WEIGHTS.name).is_file()
-    for part in ("net", "ema"):
-        for key, value in uninterrupted[part].items():
-            assert torch.equal(resumed[part][key], value), f"{part}.{key} differs from the uninterrupted run"
+    _assert_as_uninterrupted(out, uninterrupted)
     assert _fails(["--out", str(out), "--resume", "--steps", "7", "--batch", "3", "--crop", "32"]) == (
         f"{TRAIN_ERROR}cannot resume with other settings than the run started with (train.batch 2 -> 3): give the "
         "same, or start another --out")  # a setting given otherwise is refused as ever, one given alike is not
