@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import signal
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,6 +28,34 @@ def _video(path: Path, n: int = 5) -> None:
         w.write(np.full((24, 32, 3), 40 * i, np.uint8), i)
     w.commit()
 
+
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_fusing_at(monkeypatch: pytest.MonkeyPatch, frame: int, stop: Callable[[], None]) -> Callable:
+    """Every fuser the replays build calls ``stop`` as it fuses the batch's ``frame``-th frame (counted across its
+    pairs); returns the real ``config_fuser``."""
+    import streamfuse.processor
+
+    real, fused = streamfuse.processor.config_fuser, []
+
+    def stopping(*args):
+        fuser = real(*args)
+
+        class Stops:
+            name, version = fuser.name, fuser.version
+
+            def fuse(self, *a, **k):
+                fused.append(1)
+                if len(fused) == frame:
+                    stop()
+                return fuser.fuse(*a, **k)
+
+        return Stops()
+
+    monkeypatch.setattr(streamfuse.processor, "config_fuser", stopping)
+    return real
 
 def test_folder_of_pairs_reports_failures_at_the_end_and_skips_done_outputs(tmp_path, capsys):
     for sub in ("ir", "vi"):
@@ -269,23 +298,7 @@ def test_a_stopped_pair_is_finished_by_resume_and_only_by_it(tmp_path, capsys, m
     for sub in ("ir", "vi"):
         (tmp_path / sub).mkdir()
         _video(tmp_path / sub / "a.mp4", 6)
-    real, calls = streamfuse.processor.config_fuser, []
-
-    def stopping(*args):
-        fuser = real(*args)
-
-        class StopsAtTheThirdFrame:
-            name, version = fuser.name, fuser.version
-
-            def fuse(self, *a, **k):
-                calls.append(1)
-                if len(calls) == 3:
-                    raise KeyboardInterrupt
-                return fuser.fuse(*a, **k)
-
-        return StopsAtTheThirdFrame()
-
-    monkeypatch.setattr(streamfuse.processor, "config_fuser", stopping)
+    real = _stop_fusing_at(monkeypatch, 3, _ctrl_c)
     out = tmp_path / "out"
     assert replay_many.main([str(tmp_path), "--out", str(out), *ARGS]) == 130
     assert ("replay_many.py: interrupted (Ctrl-C) before the end: 0 done, 1 interrupted (partial outputs kept), "
@@ -342,34 +355,20 @@ def test_a_stopped_batchs_last_line_names_the_signal_and_what_finished(sig, said
                                                                        monkeypatch):
     # its last line said "stopped before the end" for Ctrl-C and SIGTERM alike, and nothing of the pairs done
     import streamfuse.batch.local
-    import streamfuse.processor
 
     for sub in ("ir", "vi"):
         (tmp_path / sub).mkdir()
         for name in ("a.mp4", "b.mp4", "c.mp4"):
             _video(tmp_path / sub / name, 6)
-    real_fuser, real_log, fused = streamfuse.processor.config_fuser, streamfuse.batch.local._log, []
-
-    def stopping(*args):  # in the second pair, at its fourth frame
-        fuser = real_fuser(*args)
-
-        class Stops:
-            name, version = fuser.name, fuser.version
-
-            def fuse(self, *a, **k):
-                fused.append(1)
-                if where == "in" and len(fused) == 10:
-                    signal.raise_signal(sig)
-                return fuser.fuse(*a, **k)
-
-        return Stops()
+    real_log = streamfuse.batch.local._log
 
     def logged(result):  # between the first pair and the second
         real_log(result)
         if where == "between":
             signal.raise_signal(sig)
 
-    monkeypatch.setattr(streamfuse.processor, "config_fuser", stopping)
+    if where == "in":
+        _stop_fusing_at(monkeypatch, 10, lambda: signal.raise_signal(sig))  # in the second pair, at its fourth frame
     monkeypatch.setattr(streamfuse.batch.local, "_log", logged)
     assert replay_many.main([str(tmp_path), "--out", str(tmp_path / "out"), *ARGS]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == (
