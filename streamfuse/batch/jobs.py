@@ -97,7 +97,7 @@ class BatchInterrupted(KeyboardInterrupt):
     """The user stopped the batch (Ctrl-C, SIGTERM); ``summary`` says what became of every pair, ``stop`` which
     signal stopped it (``interrupted (SIGTERM)``, ``interrupted (Ctrl-C)``)."""
 
-    def __init__(self, summary: BatchSummary, stop: str = "interrupted"):
+    def __init__(self, summary: BatchSummary, stop: str) -> None:
         super().__init__(f"batch {stop}")
         self.summary, self.stop = summary, stop
 

@@ -217,7 +217,7 @@ class TakeOver:
         self._frames = decode_frames(self._old)
         self._intact = _intact_packets(self._old)
 
-    def finish_whole(self, codec: str, rate: Fraction, frames: FramesDir | None = None) -> int:
+    def finish_whole(self, codec: str, rate: Fraction, frames: FramesDir | None) -> int:
         """Where the interrupted run encoded every frame whole and only its output's remux failed (a full disk):
         write the output from its partial file, no frame encoded again, and return the frames it holds; else 0.
         With a frames folder, only where every frame is staged in it (:meth:`FramesDir.publish` moves them in)."""
