@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -237,15 +239,22 @@ def test_an_output_named_by_bytes_that_are_not_utf8_stages_its_frames_and_resume
     assert summary.complete and summary.reused == 3 and _pngs(frames) == [f"{i:06d}.png" for i in range(N)]
 
 
+def _cut_at_the_final_remux(monkeypatch: pytest.MonkeyPatch, ir: Path, vis: Path, frames: Path, out: Path) -> Callable:
+    """A replay to ``out`` and ``frames`` that a full disk stopped in its final remux, every frame encoded and staged;
+    the disk stays full (returns the real remux, to put back)."""
+    real_remux = VideoWriter._remux
+    monkeypatch.setattr(VideoWriter, "_remux", full_disk_remux)
+    with pytest.raises(ReplayError, match=rf"No space left on device; {N} frames kept in .*; {N} of its frames staged"):
+        run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out)
+    return real_remux
+
+
 def test_a_resume_after_a_full_disk_cut_the_final_remux_remuxes_the_frames_and_moves_in_the_pngs(tmp_path, pair,
                                                                                                 monkeypatch):
     # with a frames folder, every frame was decoded from the partial file and encoded again, as a plain --out's was
     ir, vis = pair
     frames, out = tmp_path / "frames", tmp_path / "o.mkv"
-    real_remux = VideoWriter._remux
-    monkeypatch.setattr(VideoWriter, "_remux", full_disk_remux)
-    with pytest.raises(ReplayError, match=rf"No space left on device; {N} frames kept in .*; {N} of its frames staged"):
-        run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out)
+    real_remux = _cut_at_the_final_remux(monkeypatch, ir, vis, frames, out)
     encoded = counted_encodes(monkeypatch)
     with pytest.raises(ReplayError, match=rf"No space left on device; {N} frames kept in "):
         run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out, resume=True)  # the disk still full
@@ -258,3 +267,19 @@ def test_a_resume_after_a_full_disk_cut_the_final_remux_remuxes_the_frames_and_m
     assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(N)]
     for i, (_, image) in enumerate(kept):
         np.testing.assert_array_equal(cv2.imread(str(frames / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED), image)
+
+
+def test_a_resume_after_a_full_disk_cut_the_final_remux_stages_again_a_frame_gone_from_the_staging(tmp_path, pair,
+                                                                                                  monkeypatch):
+    # the remux of the frames already encoded is taken only where every frame is staged whole: one gone from the
+    # staging meanwhile would be missing from the frames folder of a replay said complete
+    ir, vis = pair
+    frames, out = tmp_path / "frames", tmp_path / "o.mkv"
+    real_remux = _cut_at_the_final_remux(monkeypatch, ir, vis, frames, out)
+    (frames / ".partial" / "000002.png").unlink()
+    monkeypatch.setattr(VideoWriter, "_remux", real_remux)
+    summary = run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.written == N
+    assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(N)]
+    kept = dict(enumerate(image for _, image in decode_frames(out)))
+    np.testing.assert_array_equal(cv2.imread(str(frames / "000002.png"), cv2.IMREAD_UNCHANGED), kept[2])
