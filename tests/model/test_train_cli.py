@@ -356,6 +356,21 @@ def test_a_damaged_settings_file_refuses_the_resume_in_one_line(data, tmp_path, 
                        "(not a mapping of sections)")
 
 
+def test_a_settings_file_value_this_version_refuses_is_said_of_the_file_and_one_given_of_the_command(data, tmp_path):
+    # a resume takes the run's own settings from its file: a value there that is refused is the file's, not the
+    # command line's, which gave none
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    settings = out / "train_config.yaml"
+    saved = yaml.safe_load(settings.read_text())
+    settings.write_text(yaml.safe_dump({**saved, "train": {**saved["train"], "batch": 0}}))
+    assert _fails(["--out", str(out), "--resume"]) == (
+        f"{TRAIN_ERROR}cannot resume: {settings}, the run's settings, holds train.batch=0 is out of range; "
+        "allowed: >= 1")
+    settings.write_text(yaml.safe_dump(saved))
+    assert _fails(["--out", str(out), "--resume", "--batch", "0"]) == (
+        f"{TRAIN_ERROR}train.batch=0 is out of range; allowed: >= 1")
+
 def test_a_run_started_from_init_resumes_once_that_file_is_moved(data, tmp_path):
     # refused as "other settings" (train.init '...' -> None), and with the moved path too: a distillation could never
     # be resumed once its teacher's file was gone, though its checkpoint holds every tensor
