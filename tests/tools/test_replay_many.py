@@ -392,3 +392,30 @@ def test_a_stop_as_the_last_pair_ends_is_said_and_ends_the_batch_with_130(tmp_pa
     assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), *ARGS]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == (
         "replay_many.py: interrupted (SIGTERM) as the batch ended, every pair finished: 1 done")
+
+
+def test_a_stop_as_the_last_pair_ends_counts_the_pairs_already_complete_and_failed(tmp_path, capsys, monkeypatch):
+    # what the batch finished is said whole: the pairs an earlier run completed and those that failed too
+    import streamfuse.batch
+    from streamfuse.batch import PairResult
+
+    for name in ("a", "b", "c"):
+        _video(tmp_path / f"{name}_ir.mp4")
+        _video(tmp_path / f"{name}_vis.mp4")
+    (tmp_path / "a.txt").write_text("a_ir.mp4 a_vis.mp4 a\n")
+    assert replay_many.main([str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"), *ARGS]) == 0  # complete
+
+    class StoppedAfterTheLast:
+        def run(self, cfg, jobs, *, resume, frames):
+            done, failed = jobs
+            yield PairResult(str(done.out), "done")
+            yield PairResult(str(failed.out), "failed", reason="cannot open c_ir.mp4")
+            raise stopped_by(signal.SIGTERM)
+
+    monkeypatch.setattr(streamfuse.batch, "LocalEngine", lambda **kwargs: StoppedAfterTheLast())
+    (tmp_path / "pairs.txt").write_text("a_ir.mp4 a_vis.mp4 a\nb_ir.mp4 b_vis.mp4 b\nc_ir.mp4 c_vis.mp4 c\n")
+    capsys.readouterr()
+    assert replay_many.main([str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "o"), *ARGS]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "replay_many.py: interrupted (SIGTERM) as the batch ended, every pair finished: 1 done, 1 already complete, "
+        "1 failed")
