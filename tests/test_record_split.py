@@ -270,6 +270,22 @@ def test_a_folder_of_recordings_replays_a_split_one_once_from_its_first_part(tmp
     assert [job.out.name for job in find_jobs(tmp_path / "bags", tmp_path / "out")] == ["other.mp4", "rig0.mp4"]
 
 
+def test_a_folder_of_recordings_says_nothing_of_a_cut_part_once_it_is_recovered(tmp_path, caplog):
+    """The cut ``.partial`` part stays beside the part ``recover`` made of it: the batch replays the set from its
+    first part, that recovered part included, and no longer tells the user to recover it."""
+    from streamfuse.batch.jobs import find_jobs
+
+    _, cut = _killed(tmp_path / "rig0.mcap", _synthetic_run(90))
+    with caplog.at_level(logging.WARNING):
+        find_jobs(tmp_path, tmp_path / "out")
+    assert [r.getMessage() for r in caplog.records if str(cut) in r.getMessage()]  # not recovered yet: said
+    recover(cut)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert [job.out.name for job in find_jobs(tmp_path, tmp_path / "out")] == ["rig0.mp4"]
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 @pytest.mark.timeout(180)
 def test_a_live_run_records_in_parts_and_counts_as_for_one_file(tmp_path):
     from test_pipeline import _start

@@ -205,6 +205,8 @@ def _unfinished(path: Path) -> str:
     """Why ``path`` is a recording that did not end (a killed live run's, a ROS 1 bag still recorded or cut short);
     '' when it is not one."""
     if path.name.startswith(".") and path.name.endswith(".mcap.partial"):
+        if path.with_name(path.name[1:-len(".partial")]).exists():  # recovered (the cut one is left): that is read
+            return ""
         return "a recording cut short by a killed run: `python -m streamfuse recover FILE` finishes it"
     if path.name.endswith(".bag.active"):
         return ("a ROS 1 bag still being recorded, or cut short: replay it alone once it is complete (`python -m "
