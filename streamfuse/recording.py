@@ -243,6 +243,7 @@ class Recorder:
                 queued = self._worker.offer(frame)
             except RuntimeError as exc:  # the writer thread failed on an earlier frame
                 self._stopped(exc)
+                self._close_file()  # now: locked to the run's end, it was refused to `recover` as still recorded
         if queued:
             self.counts[frame.stream] += 1
         else:
@@ -320,7 +321,6 @@ class Recorder:
         except OSError as exc:
             self._stopped(RuntimeError(f"finishing recording {self._part.partial} failed: {io_reason(exc)}"))
         finally:
-            self._part.sync.close()
             self._close_file()
         if self.error is not None:
             if not any(self.counts.values()):  # kept, it would only block the rerun's record.path
@@ -359,12 +359,13 @@ class Recorder:
                 log.warning("%s", exc)
         except OSError as exc:
             log.warning("the last frames of %s could not be written: %s", self._part.partial, io_reason(exc))
-        self._part.sync.close()
         self._close_file()
 
     def _close_file(self) -> None:
-        """Close the file (closed even when this raises): bytes still buffered behind a write error (a disk full
-        from its first byte) fail again here, which is that error, not a new one to raise out of the run's end."""
+        """Close the file, after its sync thread (closed even when this raises): bytes still buffered behind a write
+        error (a disk full from its first byte) fail again here, which is that error, not one to raise out of the run's
+        end. Called again once closed, it does nothing."""
+        self._part.sync.close()
         try:
             self._part.file.close()
         except OSError as exc:

@@ -4,6 +4,7 @@ parts together the frames of an unsplit recording, read back as one from the fir
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -72,6 +73,18 @@ def _killed(path, frames: list[Frame]) -> tuple[Recorder, Path]:
             rec.write(frame)
         raise KeyboardInterrupt
     return rec, path.parent / f".{part_path(path, rec.parts - 1).name}.partial"
+
+
+def _disk_full_at(monkeypatch, failing: Frame) -> None:
+    """The recorder's write of the frame ``failing`` fails as on a full disk."""
+    real_append = Recorder._append
+
+    def append(self, frame):
+        if frame is failing:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_append(self, frame)
+
+    monkeypatch.setattr(Recorder, "_append", append)
 
 
 def _key(frames) -> list[tuple[str, int, int]]:
@@ -197,17 +210,8 @@ def test_a_part_name_taken_while_recording_stops_the_recording_not_the_caller(tm
 def test_a_write_error_in_a_later_part_is_said_of_that_part(tmp_path, caplog, monkeypatch):
     """The run's end names the part the error cut, kept as its ``.partial`` for ``recover``: the recording's own path
     is no file of a split recording."""
-    import errno
-
     frames = _synthetic_run(90)
-    real_append = Recorder._append
-
-    def append(self, frame):
-        if frame is frames[-5]:  # in the third part
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_append(self, frame)
-
-    monkeypatch.setattr(Recorder, "_append", append)
+    _disk_full_at(monkeypatch, frames[-5])  # in the third part
     cut = part_path(tmp_path / "rig0.mcap", 2)
     with _recorder_clock(), Recorder(RecordConfig(path=str(tmp_path / "rig0.mcap"), split_s=1),
                                      queue_size=len(frames)) as rec:
@@ -219,6 +223,25 @@ def test_a_write_error_in_a_later_part_is_said_of_that_part(tmp_path, caplog, mo
     assert caplog.messages == [f"recording failed: {cut} was not completed ({rec.error}); what was recorded until then "
                                f"is kept in {tmp_path / '.rig0_0002.mcap.partial'} (`python -m streamfuse recover` "
                                f"makes a finished recording of it)"]
+
+
+def test_a_part_a_write_error_cut_is_let_go_while_the_run_goes_on(tmp_path, monkeypatch):
+    """A full disk stops the recording, not the run: the part it cut is closed at once, so ``recover`` finishes it
+    and the set replays while the run goes on (held open to the run's end, it was refused as still being recorded)."""
+    from helpers_zmq import wait_until
+
+    frames = _synthetic_run(90)
+    _disk_full_at(monkeypatch, frames[-20])  # in the third part
+    cfg = RecordConfig(path=str(tmp_path / "rig0.mcap"), chunk_mb=0.0625, compression="none", split_s=1)
+    with _recorder_clock(), Recorder(cfg, queue_size=len(frames)) as rec:
+        for frame in frames[:-19]:
+            rec.write(frame)
+        wait_until(lambda: rec._worker.error is not None, "the write error")
+        rec.write(frames[-19])  # the run's next frame: the recording stops there
+        cut = tmp_path / f".{part_path(tmp_path / 'rig0.mcap', rec.parts - 1).name}.partial"
+        assert rec.error is not None and rec.parts == 3
+        assert recover(cut).startswith("recovered ")
+        assert len(list(read_recording(part_path(tmp_path / "rig0.mcap", 0)))) == sum(rec.counts.values())
 
 
 def test_split_keys_are_checked_at_load(tmp_path):
