@@ -202,7 +202,7 @@ def set_parts(path: str | os.PathLike) -> list[Path] | None:
     Raises:
         ValueError: one line naming the part that cannot be read with the others: missing between two of them or after
             the last one here, no regular file (a folder, a pipe, a device, a link to nothing), of another set, being
-            recorded by a running run, or cut short by a killed one.
+            recorded by a running run, or cut short (a killed run, a write error).
     """
     path = Path(path)
     if (first := _first_part(path)) is None:
@@ -220,8 +220,8 @@ def set_parts(path: str | os.PathLike) -> list[Path] | None:
             if being_recorded(part):
                 raise ValueError(f"recording {path}: its part {part} is being recorded by a running run; replay the "
                                  f"set once that run has ended")
-            raise ValueError(f"recording {path}: its part {part} was cut short by a killed run: `python -m streamfuse "
-                             f"recover {part}` finishes it, then replay the set")
+            raise ValueError(f"recording {path}: its part {part} was cut short (a killed run, or a write error such as "
+                             f"a full disk): `python -m streamfuse recover {part}` finishes it, then replay the set")
     parts = [found[index] for index in range(last + 1)]
     if marks is not None:
         _check_marks(path, marks[PART_RECORD].get("set", ""), parts)

@@ -87,6 +87,12 @@ def _disk_full_at(monkeypatch, failing: Frame) -> None:
     monkeypatch.setattr(Recorder, "_append", append)
 
 
+def _cut_short(first: Path, cut: Path) -> str:
+    """The line a read of the set from ``first`` stops at, ``cut`` left cut short by a kill or a write error."""
+    return (rf"^recording {first}: its part {cut} was cut short \(a killed run, or a write error such as a full "
+            rf"disk\): `python -m streamfuse recover {cut}` finishes it, then replay the set$")
+
+
 def _key(frames) -> list[tuple[str, int, int]]:
     return [(f.stream, f.seq, f.t_capture_ns) for f in frames]
 
@@ -171,8 +177,7 @@ def test_a_cut_split_recording_is_recovered_and_replayed_whole(tmp_path, caplog)
     rec, cut = _killed(tmp_path / "rig0.mcap", frames)
     assert cut.is_file() and rec.parts >= 3
     first = part_path(tmp_path / "rig0.mcap", 0)
-    with pytest.raises(SourceError, match=rf"^recording {first}: its part {cut} was cut short by a killed run: "
-                                          rf"`python -m streamfuse recover {cut}` finishes it, then replay the set$"):
+    with pytest.raises(SourceError, match=_cut_short(first, cut)):
         list(read_recording(first))
     assert recover(cut).startswith("recovered ")
     assert _key(read_recording(first)) == _key(frames)  # the abort wrote out every frame queued
@@ -223,6 +228,9 @@ def test_a_write_error_in_a_later_part_is_said_of_that_part(tmp_path, caplog, mo
     assert caplog.messages == [f"recording failed: {cut} was not completed ({rec.error}); what was recorded until then "
                                f"is kept in {tmp_path / '.rig0_0002.mcap.partial'} (`python -m streamfuse recover` "
                                f"makes a finished recording of it)"]
+    first, partial = part_path(tmp_path / "rig0.mcap", 0), tmp_path / ".rig0_0002.mcap.partial"
+    with pytest.raises(SourceError, match=_cut_short(first, partial)):  # no kill: not said to be one
+        list(read_recording(first))
 
 
 def test_a_part_a_write_error_cut_is_let_go_while_the_run_goes_on(tmp_path, monkeypatch):

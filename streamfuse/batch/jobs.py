@@ -207,7 +207,8 @@ def _unfinished(path: Path) -> str:
     if path.name.startswith(".") and path.name.endswith(".mcap.partial"):
         if path.with_name(path.name[1:-len(".partial")]).exists():  # recovered (the cut one is left): that is read
             return ""
-        return "a recording cut short by a killed run: `python -m streamfuse recover FILE` finishes it"
+        return ("a recording cut short (a killed run, or a write error such as a full disk): `python -m streamfuse "
+                "recover FILE` finishes it")
     if path.name.endswith(".bag.active"):
         return ("a ROS 1 bag still being recorded, or cut short: replay it alone once it is complete (`python -m "
                 "streamfuse replay --ir FILE --out OUT`)")

@@ -182,7 +182,8 @@ def test_a_video_given_as_the_pair_list_and_a_cut_recording_are_each_one_line(tm
     for name in ("run1.mcap", ".run2.mcap.partial", "run3.bag.active"):
         (tmp_path / "rec" / name).write_bytes(b"")
     assert [job.ir.name for job in find_jobs(tmp_path / "rec", tmp_path / "o")] == ["run1.mcap"]
-    cut = "a recording cut short by a killed run: `python -m streamfuse recover FILE` finishes it"
+    cut = ("a recording cut short (a killed run, or a write error such as a full disk): `python -m streamfuse recover "
+           "FILE` finishes it")
     active = ("a ROS 1 bag still being recorded, or cut short: replay it alone once it is complete (`python -m "
               "streamfuse replay --ir FILE --out OUT`)")
     assert [r.getMessage() for r in caplog.records] == [
