@@ -11,11 +11,9 @@ stream's that would lose a file's frames left out."""
 from __future__ import annotations
 
 import ctypes
-import glob
 import re
 from collections.abc import Iterable
 from functools import cache
-from pathlib import Path
 
 __all__ = ["file_options", "unknown_options", "unread_by_files"]
 
@@ -33,46 +31,34 @@ class _InputFormat(ctypes.Structure):
 
 
 @cache
-def _libraries() -> tuple[ctypes.CDLL, ...] | None:
-    """libavutil, libavformat and libavcodec as PyAV loaded them (its wheel's own copies, or the system's)."""
-    import av
-
-    names = ("libavutil", "libavformat", "libavcodec")
+def _library() -> ctypes.CDLL | None:
+    """FFmpeg's libraries as PyAV runs them: their functions looked up through PyAV's own extension module, which
+    the loader answers from that module's own dependencies (the copies it was linked against), never from another
+    FFmpeg copy the process holds (OpenCV's); None where that module cannot be found or asked."""
     try:
-        with open("/proc/self/maps") as maps:  # Linux: the copies this process runs
-            loaded = {Path(line.split()[-1]) for line in maps if "/libav" in line}
-    except OSError:
-        loaded = set()
-    package = Path(av.__file__).parent
-    found = sorted(loaded) + [Path(p) for folder in (package.parent / "av.libs", package / ".dylibs")
-                              for p in glob.glob(f"{folder}/libav*")]
-    paths = [next((p for p in found if p.name.startswith((f"{n}.", f"{n}-"))), None) for n in names]
-    if None in paths:
+        import av._core
+        lib = ctypes.CDLL(av._core.__file__)
+        lib.av_opt_find.restype = lib.avformat_get_class.restype = lib.avcodec_get_class.restype = ctypes.c_void_p
+        lib.av_demuxer_iterate.restype = ctypes.POINTER(_InputFormat)
+        lib.avio_protocol_get_class.restype = ctypes.c_void_p
+    except (ImportError, OSError, AttributeError, TypeError):
         return None
-    try:
-        util, fmt, codec = (ctypes.CDLL(str(p)) for p in paths)
-        util.av_opt_find.restype = fmt.avformat_get_class.restype = codec.avcodec_get_class.restype = ctypes.c_void_p
-        fmt.av_demuxer_iterate.restype = ctypes.POINTER(_InputFormat)
-        fmt.avio_protocol_get_class.restype = ctypes.c_void_p
-    except (OSError, AttributeError):
-        return None
-    util.av_opt_find.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
-    fmt.av_demuxer_iterate.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
-    fmt.avio_protocol_get_class.argtypes = [ctypes.c_char_p]
-    return util, fmt, codec
+    lib.av_opt_find.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+    lib.av_demuxer_iterate.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    lib.avio_protocol_get_class.argtypes = [ctypes.c_char_p]
+    return lib
 
 
 def unknown_options(options: Iterable[str]) -> list[str] | None:
     """The names of the ``NAME=VALUE`` options of ``options`` that no FFmpeg format, protocol or codec has, in their
     order; None where FFmpeg's libraries cannot be asked."""
-    libraries = _libraries()
-    if libraries is None:
+    lib = _library()
+    if lib is None:
         return None
-    util, fmt, codec = libraries
-    classes = [ctypes.c_void_p(fmt.avformat_get_class()), ctypes.c_void_p(codec.avcodec_get_class())]
+    classes = [ctypes.c_void_p(lib.avformat_get_class()), ctypes.c_void_p(lib.avcodec_get_class())]
 
     def known(name: str) -> bool:
-        return any(util.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _SEARCH) for c in classes)
+        return any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _SEARCH) for c in classes)
 
     return [name for name in (o.split("=", 1)[0] for o in options) if not known(name)]
 
@@ -82,10 +68,10 @@ def _file_classes() -> tuple[ctypes.c_void_p, ...]:
     """The option classes of what reads a file: the format context, the file protocol, and every demuxer a file's
     probe can pick (those that read through the protocol, and those that open the files they are named by, image2:
     not those of a URL, rtsp, or of a device, picked only when named)."""
-    util, fmt, _ = _libraries()
-    found = [fmt.avformat_get_class(), fmt.avio_protocol_get_class(b"file")]
+    lib = _library()
+    found = [lib.avformat_get_class(), lib.avio_protocol_get_class(b"file")]
     opaque = ctypes.c_void_p()
-    while demuxer := fmt.av_demuxer_iterate(ctypes.byref(opaque)):
+    while demuxer := lib.av_demuxer_iterate(ctypes.byref(opaque)):
         if not demuxer.contents.flags & _NOFILE or demuxer.contents.extensions:
             found.append(demuxer.contents.priv_class)
     return tuple(ctypes.c_void_p(c) for c in found if c)
@@ -97,12 +83,12 @@ def unread_by_files(options: Iterable[str]) -> list[str] | None:
     unknown = unknown_options(options)
     if unknown is None:
         return None
-    util, _, codec = _libraries()
-    decoders = ctypes.c_void_p(codec.avcodec_get_class())
+    lib = _library()
+    decoders = ctypes.c_void_p(lib.avcodec_get_class())
 
     def read(name: str) -> bool:
-        return name in _URL_OPTIONS or bool(util.av_opt_find(ctypes.byref(decoders), name.encode(), None, 0, _SEARCH)) \
-            or any(util.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in _file_classes())
+        return name in _URL_OPTIONS or bool(lib.av_opt_find(ctypes.byref(decoders), name.encode(), None, 0, _SEARCH)) \
+            or any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in _file_classes())
 
     return [name for name in (o.split("=", 1)[0] for o in options) if name not in unknown and not read(name)]
 

@@ -1,0 +1,30 @@
+import io
+from pathlib import Path
+
+import av
+import cv2
+
+from streamfuse.capture import ffmpeg_options
+
+
+def test_the_option_check_asks_the_ffmpeg_copy_pyav_is_linked_against(tmp_path, monkeypatch):
+    """OpenCV loads its own FFmpeg, of another version, into the same process: a check that took the first copy
+    by folder name asked OpenCV's wherever its folder sorted first, and answered for the wrong FFmpeg."""
+    assert cv2.__file__  # OpenCV's FFmpeg is loaded beside PyAV's, as in a run
+    other = tmp_path / "a.libs"  # sorts before PyAV's folder
+    other.mkdir()
+    opencv_libs = sorted(Path(cv2.__file__).resolve().parents[1].glob("opencv_python*.libs/libav*"))
+    for lib in opencv_libs:
+        (other / lib.name).symlink_to(lib)
+    maps = "".join(f"7f00-7f01 r-xp 00000000 00:00 0 {p}\n" for p in sorted(other.iterdir()))
+    real_open = open
+    monkeypatch.setattr(ffmpeg_options, "open", lambda path, *a, **k: io.StringIO(maps)
+                        if path == "/proc/self/maps" else real_open(path, *a, **k), raising=False)
+    ffmpeg_options._library.cache_clear()
+    try:
+        lib = ffmpeg_options._library()
+        major, minor, micro = av.library_versions["libavutil"]
+        assert lib.avutil_version() == major << 16 | minor << 8 | micro
+    finally:
+        ffmpeg_options._library.cache_clear()
+    assert ffmpeg_options.unknown_options(["fflags=nobuffer", "fflags_misspelt=1"]) == ["fflags_misspelt"]
