@@ -24,15 +24,16 @@ from test_record_split import _key, _killed, _record, _synthetic_run
 
 
 def _other_tool(path, frames: list[Frame], records: tuple[tuple[str, dict], ...] = (),
-                library: str = "another-recorder") -> None:
-    """An MCAP file of the same images as another tool writes it: no record of any set (or ``records``, by hand)."""
+                library: str = "another-recorder", topics: dict[str, str] = TOPICS) -> None:
+    """An MCAP file of the same images as another tool writes it: no record of any set (or ``records``, by hand), on
+    our recorder's topics (or ``topics``)."""
     with open(path, "wb") as f:
         writer = Writer(f, chunk_size=4096)
         writer.start(profile="ros2", library=library)
         for name, record in records:
             writer.add_metadata(name, record)
         schema = writer.register_schema("sensor_msgs/msg/Image", "ros2msg", IMAGE_SCHEMA_TEXT.encode())
-        channels = {s: writer.register_channel(topic, "cdr", schema) for s, topic in TOPICS.items()}
+        channels = {s: writer.register_channel(topic, "cdr", schema) for s, topic in topics.items()}
         for frame in frames:
             writer.add_message(channels[frame.stream], frame.t_capture_ns, encode_image(frame, "optical"),
                                frame.t_capture_ns, frame.seq)
@@ -207,3 +208,18 @@ def test_a_part_whose_index_is_damaged_still_has_its_set_checked(tmp_path):
     part_path(tmp_path / "rig0.mcap", 2).unlink()
     with pytest.raises(SourceError, match=rf"^recording {first}: the set goes on after {second.name}, its last part "):
         list(read_recording(first))
+
+
+def test_a_later_part_on_other_topics_than_the_first_is_refused_naming_it(tmp_path):
+    # its IR frames, on /thermal, were left out without a word: only "IR input ended first" told of them
+    frames = _synthetic_run(60)
+    moved = {"ir": "/thermal", "vis": TOPICS["vis"]}
+    for index, (chunk, topics) in enumerate(((frames[:50], TOPICS), (frames[50:], moved))):
+        records = ((PART_RECORD, {"set": "a1", "index": str(index)}),) + (
+            ((END_RECORD, {"set": "a1", "parts": "2"}),) if index else ())
+        _other_tool(part_path(tmp_path / "rig0.mcap", index), chunk, records, "streamfuse", topics)
+    first, second = part_path(tmp_path / "rig0.mcap", 0), part_path(tmp_path / "rig0.mcap", 1)
+    with pytest.raises(SourceError, match=rf"^recording {first}: its part {second.name} holds its images on /thermal, "
+                                          rf"/vis/image, where part 0 holds them on /ir/image, /vis/image \(a "
+                                          rf"recording's parts share their topics\): it is of another recording$"):
+        list(read_recording(first, {"ir": TOPICS["ir"]}))

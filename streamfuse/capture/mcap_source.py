@@ -42,7 +42,7 @@ from streamfuse.capture.sqlite_bag import db3_messages, db3_topics, is_db3
 from streamfuse.errors import io_reason
 from streamfuse.frames import FAR_NS, Frame
 from streamfuse.record_parts import set_parts
-from streamfuse.recording import TOPICS
+from streamfuse.recording import COUNTS_TOPIC, TOPICS
 from streamfuse.registry import register
 
 __all__ = ["McapSource", "read_messages", "read_recording", "image_topics", "recording_files", "topic_of"]
@@ -222,6 +222,7 @@ def _records(path: str | os.PathLike, topics: tuple[str, ...],
     except ValueError as exc:
         raise SourceError(str(exc)) from None
     if parts is not None:  # a recording split into parts, named by its first: each in turn
+        _check_topics(parts)
         for part in parts:
             yield from _mcap_records(part, topics, part)
         return
@@ -245,6 +246,25 @@ def _records(path: str | os.PathLike, topics: tuple[str, ...],
             read += 1
     except (sqlite3.DatabaseError, BagError) as exc:
         raise SourceError(_damaged(shown, read, exc)) from None
+
+
+def _check_topics(parts: list[Path]) -> None:
+    """Refuse (SourceError, one line) a later part holding images on a topic the first part has none of, or of
+    another schema: a run records its streams on one set of topics (the IR's counts topic begins with its first
+    16-bit frame), so that part is of another recording, and its frames there would be left out unsaid. A part
+    without a summary (damaged: its read says so) is not asked; one without a topic (a recovered part holds those it
+    found frames of) is read as it is."""
+    first = _mcap_topics(parts[0])
+    for part in parts[1:]:
+        if first is None or (found := _mcap_topics(part)) is None:
+            continue
+        ours, theirs = ({t: kind for t, (kind, _) in topics.items() if t != COUNTS_TOPIC} for topics in (first, found))
+        if any(ours.get(topic) != kind for topic, kind in theirs.items()):
+            named = (lambda topics: ", ".join(sorted(topics))) if not theirs.keys() <= ours.keys() else \
+                (lambda topics: ", ".join(f"{t} ({kind})" for t, kind in sorted(topics.items())))
+            raise SourceError(f"recording {parts[0]}: its part {part.name} holds its images on {named(theirs)}, "
+                              f"where part 0 holds them on {named(ours)} (a recording's parts share their topics): "
+                              f"it is of another recording")
 
 
 def _mcap_records(path: str | os.PathLike, topics: tuple[str, ...],
