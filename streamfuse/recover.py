@@ -7,8 +7,9 @@ written, under the recording's own schema and channels) into a finished, indexed
 ``--out``), written under a temporary name and renamed when complete. A split recording's part (``.rig0_0004.mcap
 .partial``) is finished as its set's last part, recorded as such: with no frame where the kill came before any
 reached the disk, so that the set reads to its end. One left whole under its temporary name (its run's final
-rename failed: a full disk, a permissions change) is finished the same way. The cut recording is left as it is. Exits
-0 when done or when the recording is complete already (nothing to recover), 1 when nothing can be recovered or
+rename failed: a full disk, a permissions change) is finished the same way. A finished part damaged inside,
+recovered with ``--out``, keeps its set's record: its place in the set. The cut recording is left as it is. Exits 0
+when done or when the recording is complete already (nothing to recover), 1 when nothing can be recovered or
 written, 2 on bad arguments.
 """
 
@@ -32,7 +33,7 @@ from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.cli.args import Parser, path_arg
 from streamfuse.errors import io_reason, printable
-from streamfuse.record_parts import END_RECORD, PART_RECORD, cut_mark
+from streamfuse.record_parts import END_RECORD, PART_RECORD, cut_mark, part_marks
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
 from streamfuse.signals import HANGUP, handled, raise_interrupt
 
@@ -88,9 +89,12 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         f = open(tmp, "xb")  # noqa: SIM115 (closed below); "x": a file left there is never written over
     except OSError as exc:
         raise OSError(f"cannot write {out}: {tmp}: {io_reason(exc)}") from None
+    # a cut part ends its set; a finished one, damaged inside, keeps its own place (and end) in it
+    records = [(PART_RECORD, mark), (END_RECORD, {"set": mark["set"], "parts": str(int(mark["index"]) + 1)})] \
+        if mark is not None else sorted((part_marks(src) or ("", {}))[1].items())
     try:
         with f:
-            counts, first, last = _copy(src, header, f, mark)
+            counts, first, last = _copy(src, header, f, records)
         if not any(counts.values()) and mark is None:
             raise ValueError(_NOTHING.format(src))
         durable_rename_new(tmp, out)  # not over a file that took its name while this copied
@@ -159,9 +163,10 @@ def _final_name(src: Path) -> Path:
     return src.with_name(src.name[1:-len(_PARTIAL)])
 
 
-def _copy(src: Path, header: Header, f: BinaryIO, mark: dict[str, str] | None) -> tuple[dict[str, int], int, int]:
-    """Every image message of ``src`` up to its cut into a finished MCAP on ``f``, recorded as the last part of its
-    split recording with ``mark`` (its set and place): (frames per stream, first and last log time)."""
+def _copy(src: Path, header: Header, f: BinaryIO,
+          records: list[tuple[str, dict[str, str]]]) -> tuple[dict[str, int], int, int]:
+    """Every image message of ``src`` up to its cut into a finished MCAP on ``f``, with the split recording's
+    ``records`` (name, metadata: its part's set and place, its end): (frames per stream, first and last log time)."""
     # the recorder's default chunks (zstd), and its data section CRC
     writer = Writer(f, chunk_size=int(RecordConfig.chunk_mb * 2**20), enable_data_crcs=True)
     writer.start(profile=header.profile, library=header.library)
@@ -182,9 +187,8 @@ def _copy(src: Path, header: Header, f: BinaryIO, mark: dict[str, str] | None) -
             first, last = msg.log_time if first is None else min(first, msg.log_time), max(last, msg.log_time)
     except SourceError:  # the cut: everything before it is in
         pass
-    if mark is not None:
-        writer.add_metadata(PART_RECORD, mark)
-        writer.add_metadata(END_RECORD, {"set": mark["set"], "parts": str(int(mark["index"]) + 1)})
+    for name, metadata in records:
+        writer.add_metadata(name, metadata)
     writer.finish()
     return counts, first or 0, last
 

@@ -223,3 +223,19 @@ def test_a_later_part_on_other_topics_than_the_first_is_refused_naming_it(tmp_pa
                                           rf"/vis/image, where part 0 holds them on /ir/image, /vis/image \(a "
                                           rf"recording's parts share their topics\): it is of another recording$"):
         list(read_recording(first, {"ir": TOPICS["ir"]}))
+
+
+def test_a_finished_part_damaged_inside_keeps_its_place_in_the_set_once_recovered(tmp_path):
+    # recover --out wrote it without its set's record: put back as the part, the set refused it as another recording's
+    frames, path = _synthetic_run(150), tmp_path / "rig0.mcap"
+    _record(path, frames, split_s=1)
+    parts = sorted(tmp_path.glob("rig0_*.mcap"))
+    assert len(parts) >= 3
+    data = bytearray(parts[1].read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = bytes(4096)  # a disk's bad blocks
+    parts[1].write_bytes(bytes(data))
+    saved = tmp_path / "saved.mcap"
+    assert recover(parts[1], saved).startswith("recovered ")
+    os.replace(saved, parts[1])
+    got = _key(read_recording(parts[0]))
+    assert len(got) < len(frames) and got[-1] == _key(frames)[-1]  # the frames after the damage lost, and those only
