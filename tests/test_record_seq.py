@@ -4,6 +4,7 @@ looped recording's passes follow each other one frame interval apart."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,16 @@ def test_a_recording_source_refuses_a_folder_that_is_no_bag_and_a_section_that_i
         open_source("ir", SourceConfig(kind="mcap", path=str(tmp_path))).open()
     with pytest.raises(ValueError, match=r"^mcap source section must be one of ir, vis, got 'fused'$"):
         open_source("fused", SourceConfig(kind="mcap", path=str(tmp_path)))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("name", ["rig.mcap", "rig0_0000.mcap"], ids=["a recording", "a set's first part"])
+def test_a_recording_source_given_a_pipe_says_it_is_no_regular_file(tmp_path, name):
+    # "recording not found", of a path that is there
+    pipe = tmp_path / name
+    os.mkfifo(pipe)
+    if name.startswith("rig0"):  # a later part beside it
+        with Recorder(RecordConfig(path=str(tmp_path / "rig0_0001.mcap"))) as rec:
+            rec.write(Frame("ir", 0, T0, np.zeros((8, 8), np.uint8)))
+    with pytest.raises(SourceError, match=rf"^ir: recording not a regular file \(a pipe or a device\?\): {pipe}$"):
+        open_source("ir", SourceConfig(kind="mcap", path=str(pipe))).open()

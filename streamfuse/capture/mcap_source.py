@@ -319,8 +319,10 @@ class McapSource(BaseSource):
 
     def _open(self) -> None:
         """Check the file and start reading from the beginning."""
-        if not (Path(self.cfg.path).is_file() or is_bag_folder(self.cfg.path)):
-            raise SourceError(f"{self.section}: recording not found: {self.cfg.path}")
+        path = Path(self.cfg.path)
+        if not (path.is_file() or is_bag_folder(path)):
+            what = "not a regular file (a pipe or a device?)" if path.exists() and not path.is_dir() else "not found"
+            raise SourceError(f"{self.section}: recording {what}: {path}")
         self._pace_anchor = None  # a reopen replays from the first recorded time: pace from there afresh
         self._shift_ns = self._seq_offset = 0  # what this pass adds to the recorded times and seqs
         self._it = self._frames()
