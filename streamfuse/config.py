@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from streamfuse.align import AlignConfig
-from streamfuse.capture.ffmpeg_options import unknown_options, unread_by_files
+from streamfuse.capture.ffmpeg_options import repeated_options, unknown_options, unread_by_files
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.checks import (ConfigError, ValueNotTaken, apply_overrides, did_you_mean, dump_yaml, key_shown,
                                load_yaml, override_keys, parse_section, shown, yaml_reason)
@@ -234,6 +234,9 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
         if source.ffmpeg and source.kind in ("file", "stream") and (unknown := unknown_options(source.ffmpeg)):
             log.warning("%s: %s.ffmpeg: FFmpeg has no option named %s (misspelt, or another version's?): left unused",
                         source_file, name, ", ".join(unknown))
+        if source.kind in ("file", "stream") and (repeated := repeated_options(source.ffmpeg)):
+            log.warning("%s: %s.ffmpeg: %s given more than once: only the last of each is taken (%s)", source_file,
+                        name, ", ".join(repeated), ", ".join(repeated.values()))
         if source.ffmpeg and source.kind == "file" and (unread := unread_by_files(source.ffmpeg)):
             log.warning("%s: %s.ffmpeg: %s: no FFmpeg format, protocol or codec that reads a file has it (a network "
                         "stream's, or a device's): left unused", source_file, name, ", ".join(unread))

@@ -145,6 +145,15 @@ def test_ffmpeg_options_ffmpeg_has_no_name_for_are_warned_of(tmp_path, caplog):
                                "or another version's?): left unused"]
 
 
+def test_an_ffmpeg_option_given_twice_is_warned_of_once(tmp_path, caplog):
+    # fflags=+genpts, fflags=nobuffer: only the last was taken, the first dropped without a word
+    path = _write(tmp_path, "vis:\n  kind: stream\n  path: rtsp://cam/stream1\n")
+    with caplog.at_level("WARNING", logger="streamfuse.config"):
+        load_config(path, ["vis.ffmpeg=[fflags=+genpts, probesize=32, fflags=nobuffer, fflags=+igndts, probesize=64]"])
+    assert caplog.messages == [f"{path}: vis.ffmpeg: fflags, probesize given more than once: only the last of each "
+                               "is taken (fflags=+igndts, probesize=64)"]
+
+
 def test_ffmpeg_options_nothing_that_reads_a_file_takes_are_warned_of_for_a_file(tmp_path, caplog):
     """A network stream's option given to a file (rtsp_transport, an http one) is an option FFmpeg has, so it passed
     unsaid, and was left unused; a stream's options pass on to the protocols it opens beneath it, and are not asked."""

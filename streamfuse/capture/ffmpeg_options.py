@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from functools import cache
 
-__all__ = ["file_options", "unknown_options", "unread_by_files"]
+__all__ = ["file_options", "repeated_options", "unknown_options", "unread_by_files"]
 
 _SEARCH = 1 | 2  # AV_OPT_SEARCH_CHILDREN | AV_OPT_SEARCH_FAKE_OBJ: every format's, protocol's and codec's options
 _OWN = 2  # AV_OPT_SEARCH_FAKE_OBJ alone: the class's own options
@@ -91,6 +91,14 @@ def unread_by_files(options: Iterable[str]) -> list[str] | None:
             or any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in _file_classes())
 
     return [name for name in (o.split("=", 1)[0] for o in options) if name not in unknown and not read(name)]
+
+
+def repeated_options(options: tuple[str, ...]) -> dict[str, str]:
+    """Name -> the ``NAME=VALUE`` option taken, of the names ``options`` gives more than once, in their first order:
+    one option of a name reaches FFmpeg, the last given (a dictionary's)."""
+    last = {o.split("=", 1)[0]: o for o in options}
+    given = [o.split("=", 1)[0] for o in options]
+    return {name: option for name, option in last.items() if given.count(name) > 1}
 
 
 def file_options(options: dict[str, str]) -> dict[str, str]:
