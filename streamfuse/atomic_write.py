@@ -9,6 +9,7 @@ The disk and codec work runs on a :class:`WriterThread`, so it overlaps the call
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -58,8 +59,17 @@ def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def durable_rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """:func:`durable_replace`, but never over a file (or link) that took the name ``dst`` meanwhile (one checked
-    for when a recording began, hours before its end): ``FileExistsError``, ``src`` left as it is."""
-    _link_new(Path(src), Path(dst))
+    for when a recording began, hours before its end): ``FileExistsError``, ``src`` left as it is. Another OSError
+    once ``dst`` is linked (its folder's sync failed) leaves ``dst`` alone, the one name of the file."""
+    try:
+        _link_new(Path(src), Path(dst))
+    except FileExistsError:
+        raise
+    except OSError:  # linked, its folder's sync failed: the temporary name goes still, so one name is left, the final
+        with contextlib.suppress(OSError):
+            if os.path.samefile(src, dst):
+                os.unlink(src)
+        raise
     if os.path.exists(src):  # linked: the temporary name goes (renamed on a filesystem without hard links)
         os.unlink(src)
         _sync_folder(Path(dst).parent)

@@ -378,6 +378,27 @@ def test_a_recording_whose_folder_cannot_be_synced_after_its_rename_is_said_to_h
                     f"it took it (Input/output error): a power loss may yet lose that name; copy it elsewhere"]
 
 
+def test_a_recording_whose_folder_cannot_be_synced_right_after_its_link_keeps_one_name(tmp_path, rng, monkeypatch,
+                                                                                      caplog):
+    """The final name linked, the folder's sync failed before the temporary name went: both names were left on the
+    one file, the run's end said to rename it, and the leftover .partial name refused a rerun's record.path."""
+    import streamfuse.atomic_write
+    from streamfuse.atomic_write import _sync_folder, durable_rename_new
+
+    path = tmp_path / "rig.mcap"
+
+    def failing(folder):
+        if path.exists():  # once the final name is there
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        _sync_folder(folder)
+
+    monkeypatch.setattr(streamfuse.atomic_write, "_sync_folder", failing)
+    _, said = _renamed_by(durable_rename_new, path, rng, monkeypatch, caplog)
+    assert len(list(read_recording(path))) == 8 and not partial_path(path).exists()
+    assert said == [f"recording failed: {path} is whole and has its name, but its folder could not be synced after "
+                    f"it took it (Input/output error): a power loss may yet lose that name; copy it elsewhere"]
+
+
 def test_a_recording_never_writes_over_an_existing_file(tmp_path, rng):
     """An earlier recording, a live run's own input recording, or the partial file of a run that did not finish (an
     input video is not a .mcap name, refused by the config)."""
