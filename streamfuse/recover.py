@@ -1,15 +1,15 @@
 """``python -m streamfuse recover PARTIAL [--out FILE]``: a finished recording from one cut short by a kill.
 
 A live run killed outright (``kill -9``, power loss) leaves its recording as ``.NAME.mcap.partial``: its complete
-chunks read back, but it ends mid-chunk with no index, so a replay stops at the cut. This copies every message
-that reads back (IR and visible images, in recorded order, with their log times, sequence numbers and bytes as
-written, under the recording's own schema and channels) into a finished, indexed ``NAME.mcap`` beside it (or
-``--out``), written under a temporary name and renamed when complete. A split recording's part (``.rig0_0004.mcap
-.partial``) is finished as its set's last part, recorded as such: with no frame where the kill came before any
-reached the disk, so that the set reads to its end. One left whole under its temporary name (its run's final
-rename failed: a full disk, a permissions change) is finished the same way. A finished part damaged inside,
-recovered with ``--out``, keeps its set's record: its place in the set. The cut recording is left as it is. Exits 0
-when done or when the recording is complete already (nothing to recover), 1 when nothing can be recovered or
+chunks read back, but it ends mid-chunk with no index, so a replay stops at the cut. This copies every message that
+reads back (IR and visible images, in recorded order, with their log times, sequence numbers and bytes as written,
+under the recording's own schema and channels) into a finished, indexed ``NAME.mcap`` beside it (or ``--out``),
+written under a temporary name and renamed when complete. A split recording's part (``.rig0_0004.mcap.partial``) is
+finished as its set's last part, recorded as such (unless a later part of its set is beside it): with no frame where
+the kill came before any reached the disk, so that the set reads to its end. One left whole under its temporary name
+(its run's final rename failed: a full disk, a permissions change) is finished the same way. A finished part damaged
+inside, recovered with ``--out``, keeps its set's record: its place in the set. The cut recording is left as it is.
+Exits 0 when done or when the recording is complete already (nothing to recover), 1 when nothing can be recovered or
 written, 2 on bad arguments.
 """
 
@@ -33,7 +33,7 @@ from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.cli.args import Parser, path_arg
 from streamfuse.errors import io_reason, printable
-from streamfuse.record_parts import END_RECORD, PART_RECORD, cut_mark, part_marks
+from streamfuse.record_parts import END_RECORD, PART_RECORD, cut_mark, part_marks, part_path
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
 from streamfuse.signals import HANGUP, handled, raise_interrupt
 
@@ -89,9 +89,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         f = open(tmp, "xb")  # noqa: SIM115 (closed below); "x": a file left there is never written over
     except OSError as exc:
         raise OSError(f"cannot write {out}: {tmp}: {io_reason(exc)}") from None
-    # a cut part ends its set; a finished one, damaged inside, keeps its own place (and end) in it
-    records = [(PART_RECORD, mark), (END_RECORD, {"set": mark["set"], "parts": str(int(mark["index"]) + 1)})] \
-        if mark is not None else sorted((part_marks(src) or ("", {}))[1].items())
+    records = _part_records(src, mark)
     try:
         with f:
             counts, first, last = _copy(src, header, f, records)
@@ -118,6 +116,19 @@ def _said(src: Path, out: Path, counts: dict[str, int], span: tuple[int, int], c
             "what was recorded after the cut is lost")
     return (f"recovered {counts['ir']} IR and {counts['vis']} visible frames ({(last - first) / 1e9:.3f} s of "
             f"capture time, {first} to {last} ns) from {printable(src)} into {printable(out)}; {lost}")
+
+
+def _part_records(src: Path, mark: dict[str, str] | None) -> list[tuple[str, dict[str, str]]]:
+    """The split recording's records (name, metadata) the recovered ``src`` holds: a cut part's place (``mark``), and
+    that its set ends there unless a later part is beside it (its run went on to the next part, which then ends the
+    set, or was killed in it); a finished part's own records, kept."""
+    if mark is None:
+        return sorted((part_marks(src) or ("", {}))[1].items())
+    final = _final_name(src)  # rig0_0004.mcap: the set's path rig0.mcap, and its part 5
+    following = part_path(final.with_name(final.name[:final.name.rindex("_")] + final.suffix), int(mark["index"]) + 1)
+    if os.path.lexists(following) or os.path.lexists(partial_path(following)):
+        return [(PART_RECORD, mark)]
+    return [(PART_RECORD, mark), (END_RECORD, {"set": mark["set"], "parts": str(int(mark["index"]) + 1)})]
 
 
 def _inspect(src: Path) -> tuple[Header, bool]:
