@@ -274,8 +274,8 @@ class PartWriter:
     def __init__(self, path: Path, compression: str, chunk_mb: float, schema: tuple[str, str, bytes],
                  topics: tuple[str, ...], mark: dict[str, str] | None = None):
         self.path, self.partial = path, partial_path(path)
-        if os.path.lexists(path):  # a later part's name, taken while the run recorded the ones before
-            raise FileExistsError(f"{path} is there already, and is not written over")
+        if taken := next((p for p in (path, self.partial) if os.path.lexists(p)), None):  # a user's or a killed run's
+            raise FileExistsError(f"{taken} is there already, and is not written over")
         self.file = open(self.partial, "xb")  # noqa: SIM115 (closed in close())
         with contextlib.suppress(OSError):  # held while the run writes it: `recover` refuses it (being_recorded)
             fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

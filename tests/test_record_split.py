@@ -192,16 +192,19 @@ def test_a_part_of_an_earlier_recording_is_never_written_over(tmp_path):
     assert part_path(tmp_path / "rig0.mcap", 1).read_bytes() == before
 
 
-def test_a_part_name_taken_while_recording_stops_the_recording_not_the_caller(tmp_path, caplog):
+# its final name, or a killed run's part left under it: all there is of that run's frames until `recover` finishes it
+@pytest.mark.parametrize("name", ["{}", ".{}.partial"])
+def test_a_part_name_taken_while_recording_stops_the_recording_not_the_caller(tmp_path, caplog, name):
     frames = _synthetic_run(90)
-    taken = part_path(tmp_path / "rig0.mcap", 1)
+    part = part_path(tmp_path / "rig0.mcap", 1)
+    taken = part.with_name(name.format(part.name))
     cfg = RecordConfig(path=str(tmp_path / "rig0.mcap"), chunk_mb=0.0625, compression="none", split_s=1)
     with caplog.at_level(logging.ERROR), _recorder_clock(), Recorder(cfg, queue_size=len(frames)) as rec:
         taken.write_bytes(b"a user's file")
         for frame in frames:
             rec.write(frame)
     assert taken.read_bytes() == b"a user's file"
-    assert rec.error == f"beginning recording part {taken} failed: {taken} is there already, and is not written over"
+    assert rec.error == f"beginning recording part {part} failed: {taken} is there already, and is not written over"
     assert rec.parts == 1 and 0 < sum(rec.counts.values()) == len(frames) - sum(rec.dropped.values())
     taken.unlink()
     assert _key(read_recording(part_path(cfg.path, 0))) == _key(frames)[:sum(rec.counts.values())]
