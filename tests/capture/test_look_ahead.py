@@ -25,3 +25,12 @@ def test_items_looked_at_are_taken_in_order_and_an_error_met_comes_after_them() 
 def test_a_count_stops_at_the_end_of_the_items() -> None:
     items = LookAhead(iter([1, 1]))
     assert items.count(lambda x: x == 1, 5) == 2 and list(items) == [1, 1]
+
+
+def test_a_count_stops_at_its_limit_and_looks_no_further() -> None:
+    # a still run is told after STILL_REPEATS frames: a live file's later frames are not decoded to tell it
+    pulled: list[int] = []
+    items = LookAhead(pulled.append(x) or x for x in [1, 1, 1, 1])
+    assert items.count(lambda x: x == 1, 2) == 2 and pulled == [1, 1]
+    assert items.count(lambda x: x == 1, 2) == 2 and pulled == [1, 1]  # looked at already: none pulled again
+    assert list(items) == [1, 1, 1, 1]
