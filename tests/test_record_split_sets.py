@@ -239,3 +239,39 @@ def test_a_finished_part_damaged_inside_keeps_its_place_in_the_set_once_recovere
     os.replace(saved, parts[1])
     got = _key(read_recording(parts[0]))
     assert len(got) < len(frames) and got[-1] == _key(frames)[-1]  # the frames after the damage lost, and those only
+
+
+def test_the_parts_of_a_recorder_that_kept_no_record_of_their_set_are_read_as_one(tmp_path):
+    frames = _synthetic_run(30)
+    _other_tool(tmp_path / "rig0_0000.mcap", frames[:20], library="streamfuse")
+    _other_tool(tmp_path / "rig0_0001.mcap", frames[20:], library="streamfuse")
+    assert _key(read_recording(tmp_path / "rig0_0000.mcap")) == _key(frames)
+
+
+def test_a_set_reads_only_its_own_parts_beside_a_set_whose_name_begins_with_its_name(tmp_path):
+    frames, night = _synthetic_run(90), _synthetic_run(150)
+    _record(tmp_path / "cam.mcap", frames, split_s=1)
+    _record(tmp_path / "cam_night.mcap", night, split_s=1)
+    assert _key(read_recording(tmp_path / "cam_0000.mcap")) == _key(frames)
+
+
+def test_a_part_moved_into_another_place_of_its_set_is_refused_naming_it(tmp_path):
+    # the set read on over the gap, the frames of a part lost without a word
+    _record(tmp_path / "rig0.mcap", _synthetic_run(150), split_s=1)
+    parts = sorted(tmp_path.glob("rig0_*.mcap"))
+    parts[-2].unlink()
+    parts[-1].rename(parts[-2])
+    with pytest.raises(SourceError, match=rf"^recording {parts[0]}: {parts[-2]} is not its part {len(parts) - 2} "):
+        list(read_recording(parts[0]))
+
+
+def test_a_cut_part_whose_earlier_parts_were_copied_off_is_recovered_into_its_set(tmp_path):
+    # the parts are finished one by one so that they can be copied off while the run goes on
+    frames, path, away = _synthetic_run(150), tmp_path / "rig0.mcap", tmp_path / "copied"
+    rec, cut = _killed(path, frames)
+    away.mkdir()
+    for index in range(rec.parts - 1):
+        part_path(path, index).rename(part_path(away / "rig0.mcap", index))
+    assert recover(cut).startswith("recovered ")
+    part_path(path, rec.parts - 1).rename(part_path(away / "rig0.mcap", rec.parts - 1))
+    assert _key(read_recording(part_path(away / "rig0.mcap", 0))) == _key(frames)
