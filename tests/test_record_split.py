@@ -402,3 +402,18 @@ def test_split_s_counts_the_recorders_clock_not_the_frames_stamps(tmp_path):
 
     assert rec.parts == jumps.parts == 5 and sizes(tmp_path / "jumps.mcap") == sizes(tmp_path / "steady.mcap")
     assert _key(read_recording(part_path(tmp_path / "jumps.mcap", 0))) == _key(frames)
+
+
+def test_a_part_that_cannot_be_finished_leaves_no_empty_part_after_it(tmp_path, monkeypatch):
+    # an empty .partial part beside the one `recover` finishes: the set then read as cut short there
+    import errno
+
+    from streamfuse.record_parts import PartWriter
+
+    def finish(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PartWriter, "finish", finish)
+    frames = _synthetic_run(90)
+    rec = _record(tmp_path / "rig0.mcap", frames, split_s=1)
+    assert rec.error is not None and [p.name for p in tmp_path.iterdir()] == [".rig0_0000.mcap.partial"]
