@@ -113,3 +113,23 @@ def test_crops_are_drawn_at_every_offset_the_last_row_and_column_too():
     tops = {round(float(crop.min()) * 255) for crop in raw01}  # flips move pixels, not the crop's smallest index
     lefts = {round(float(crop.min()) * 255) for crop in vis01}
     assert (tops, lefts) == ({0, 1, 2}, {0, 1, 2, 3})
+
+
+def test_colour_ir_stills_are_said_once_and_read_as_grey_as_before(tmp_path, caplog):
+    # a false-colour palette turned to grey does not keep temperature order: trained on without a word
+    import logging
+
+    import cv2
+
+    colour = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), np.uint8)
+    for sub in ("ir", "vi"):
+        (tmp_path / "roadscene" / sub).mkdir(parents=True)
+        for i, image in enumerate(colour):
+            cv2.imwrite(str(tmp_path / "roadscene" / sub / f"{i}.png"), image)
+    with caplog.at_level(logging.WARNING):
+        pairs = data.load_pairs(tmp_path)
+    first = tmp_path / "roadscene" / "ir" / "0.png"
+    assert caplog.messages == [f"IR {first} and 2 more of the 3: colour frames (a false-colour palette?) are turned to "
+                               f"grey by luminance, which does not keep temperature order; give them in grey, in "
+                               f"temperature order (training takes no palette)"]
+    assert all(np.array_equal(ir, cv2.imread(str(tmp_path / name), cv2.IMREAD_GRAYSCALE)) for name, ir, _ in pairs)
