@@ -27,16 +27,28 @@ import numpy as np
 from streamfuse.errors import io_reason
 from streamfuse.stage_samples import StageSamples
 
-__all__ = ["partial_path", "write_refusal", "durable_replace", "durable_rename_new", "write_file", "write_png",
-           "whole_png", "WriterThread", "BackgroundSync"]
+__all__ = ["partial_path", "final_path", "write_refusal", "durable_replace", "durable_rename_new", "write_file",
+           "write_png", "whole_png", "WriterThread", "BackgroundSync"]
 
+_PARTIAL = ".partial"  # the end of a temporary name
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
 
 def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under: ``dir/out.mp4`` -> ``dir/.out.mp4.partial``."""
     path = Path(path)
-    return path.with_name(f".{path.name}.partial")
+    return path.with_name(f".{path.name}{_PARTIAL}")
+
+
+def final_path(partial: str | os.PathLike) -> Path | None:
+    """The output whose temporary name (:func:`partial_path`) ``partial`` is: ``dir/.out.mp4.partial`` ->
+    ``dir/out.mp4``; None for a name of no such form."""
+    partial = Path(partial)
+    name = partial.name
+    if not (name.startswith(".") and name.endswith(_PARTIAL)):
+        return None
+    final = name[1:-len(_PARTIAL)]
+    return partial.with_name(final) if final not in ("", ".", "..") else None
 
 
 def write_refusal(folder: str | os.PathLike) -> OSError | None:
@@ -148,7 +160,7 @@ def _new_partial(path: Path) -> Path:
     """A new, empty temporary file beside ``path``, ``.NAME.<random>.partial``: made here (not opened through a link
     planted under its name), and no other writer's."""
     while True:
-        partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+        partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}{_PARTIAL}")
         try:
             os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
             return partial

@@ -34,7 +34,7 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 from zstandard import ZstdError
 
-from streamfuse.atomic_write import BackgroundSync, durable_rename_new, partial_path
+from streamfuse.atomic_write import BackgroundSync, durable_rename_new, final_path, partial_path
 from streamfuse.errors import io_reason
 
 __all__ = ["PartWriter", "Parts", "being_recorded", "cut_mark", "later_part", "part_marks", "part_path", "set_name",
@@ -81,11 +81,11 @@ def _found(folder: Path, base: str, suffix: str) -> dict[int, Path]:
         return {}
     found: dict[int, Path] = {}
     for name in names:
-        cut = name.startswith(".") and name.endswith(".partial")
-        match = _PART.fullmatch(name[1:-len(".partial")] if cut else name)
-        if match and match["base"] == base and name.endswith(suffix + ".partial" * cut):
+        final = final_path(name)  # a cut part's: read by the name it would have had
+        match = _PART.fullmatch(final.name if final else name)
+        if match and match["base"] == base and match[0].endswith(suffix):
             index = int(match["index"])
-            if not cut or index not in found:
+            if final is None or index not in found:
                 found[index] = folder / name
     return found
 
@@ -151,8 +151,8 @@ def cut_mark(partial: Path) -> dict[str, str] | None:
     (``.rig0_0004.mcap.partial``): its own record, else the set of the finished part before it (a kill may cut a part
     before its record reached the disk); None for a file of no split recording's, one whose own record names no set or
     another place (a file only named like the part), or one whose set cannot be told."""
-    match = _PART.fullmatch(partial.name[1:-len(".partial")]) if partial.name.startswith(".") else None
-    if match is None or not partial.name.endswith(".partial"):
+    final = final_path(partial)
+    if final is None or (match := _PART.fullmatch(final.name)) is None:
         return None
     index = int(match["index"])
     with contextlib.suppress(McapError, EOFError, struct.error, ValueError, OverflowError, MemoryError, OSError), \
@@ -216,7 +216,7 @@ def set_parts(path: str | os.PathLike) -> list[Path] | None:
                              f"is missing (the set has parts up to {found[last].name}): its frames would be lost")
         if (what := _not_a_file(part)) is not None:
             raise ValueError(f"recording {path}: its part {part} is not a recording file ({what})")
-        if part.name.startswith("."):
+        if final_path(part) is not None:
             if being_recorded(part):
                 raise ValueError(f"recording {path}: its part {part} is being recorded by a running run; replay the "
                                  f"set once that run has ended")

@@ -28,7 +28,7 @@ from mcap.reader import NonSeekingReader
 from mcap.records import Header
 from mcap.writer import MCAP0_MAGIC, Writer
 
-from streamfuse.atomic_write import durable_rename_new, partial_path
+from streamfuse.atomic_write import durable_rename_new, final_path, partial_path
 from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.cli.args import Parser, path_arg
@@ -39,7 +39,6 @@ from streamfuse.signals import HANGUP, handled, raise_interrupt
 
 __all__ = ["recover", "main"]
 
-_PARTIAL = ".partial"
 _NOTHING = "nothing to recover: {} holds no complete frame (it was cut before its first chunk was written)"
 
 
@@ -73,7 +72,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
     damage = _damage(src) if complete else None  # closed as a finished one is, yet a chunk inside does not read back
     # one left under its temporary name is finished too: its run could not give it its name (a full disk, a
     # permissions change), and a split recording's part must also record that its set ends there
-    if complete and damage is None and not _temporary(src):
+    if complete and damage is None and final_path(src) is None:
         return f"{src} is a complete recording, not cut: nothing to recover (replay it as it is)"
     if damage is not None and out is None:
         raise ValueError(f"{damage}: pass --out FILE.mcap to recover the frames before the damage")
@@ -162,16 +161,11 @@ def _damage(src: Path) -> str | None:
     return None
 
 
-def _temporary(src: Path) -> bool:
-    """Whether ``src`` is named as a recording being written is (``.NAME.mcap.partial``)."""
-    return src.name.startswith(".") and src.name.endswith(_PARTIAL)
-
-
 def _final_name(src: Path) -> Path:
     """``dir/.NAME.mcap.partial`` -> ``dir/NAME.mcap``, the name the recorder would have renamed it to."""
-    if not _temporary(src):
+    if (final := final_path(src)) is None:
         raise ValueError(f"cannot name the recovered recording of {src} (not a .NAME.mcap.partial file): pass --out")
-    return src.with_name(src.name[1:-len(_PARTIAL)])
+    return final
 
 
 def _copy(src: Path, header: Header, f: BinaryIO,

@@ -13,11 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamfuse.atomic_write import WriterThread, partial_path, whole_png, write_file, write_png
+from streamfuse.atomic_write import WriterThread, final_path, partial_path, whole_png, write_file, write_png
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.recover import recover
 from streamfuse.video import VideoWriter, work_paths
+
+
+@pytest.mark.parametrize("name", ["rig0.mcap", "rig0_0004.mcap", "out.mp4", ".hidden.nut", "a.partial"])
+def test_final_path_reads_back_the_temporary_name(name):
+    assert final_path(partial_path(Path("runs") / name)) == Path("runs") / name
+
+
+@pytest.mark.parametrize("name", ["rig0.mcap", "rig0.mcap.partial", ".rig0.mcap", ".partial", "..partial",
+                                  "...partial", "....partial"])
+def test_final_path_of_a_name_no_output_is_written_under_is_none(name):
+    assert final_path(Path("runs") / name) is None
 
 
 @pytest.fixture

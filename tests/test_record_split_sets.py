@@ -275,3 +275,11 @@ def test_a_cut_part_whose_earlier_parts_were_copied_off_is_recovered_into_its_se
     assert recover(cut).startswith("recovered ")
     part_path(path, rec.parts - 1).rename(part_path(away / "rig0.mcap", rec.parts - 1))
     assert _key(read_recording(part_path(away / "rig0.mcap", 0))) == _key(frames)
+
+
+def test_a_set_under_a_hidden_name_is_read_whole(tmp_path):
+    # each part of .rig0.mcap was refused as cut short, its leading dot taken for a temporary name's
+    frames = _synthetic_run(90)
+    rec = _record(tmp_path / ".rig0.mcap", frames, split_s=1)
+    assert rec.parts >= 2
+    assert _key(read_recording(part_path(tmp_path / ".rig0.mcap", 0))) == _key(frames)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from streamfuse.atomic_write import final_path
 from streamfuse.capture.bag_folder import is_bag_folder, is_storage
 from streamfuse.capture.rosbag2_compression import is_compressed
 from streamfuse.errors import printable
@@ -204,8 +205,9 @@ def _recordings(folder: Path) -> list[Path]:
 def _unfinished(path: Path) -> str:
     """Why ``path`` is a recording that did not end (a killed live run's, a ROS 1 bag still recorded or cut short);
     '' when it is not one."""
-    if path.name.startswith(".") and path.name.endswith(".mcap.partial"):
-        if path.with_name(path.name[1:-len(".partial")]).exists():  # recovered (the cut one is left): that is read
+    final = final_path(path)
+    if final is not None and final.name.endswith(".mcap"):
+        if final.exists():  # recovered (the cut one is left): that is read
             return ""
         return ("a recording cut short (a killed run, or a write error such as a full disk): `python -m streamfuse "
                 "recover FILE` finishes it")

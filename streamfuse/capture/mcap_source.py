@@ -30,6 +30,7 @@ from mcap.records import Channel, Message, Schema
 from mcap.stream_reader import StreamReader
 from zstandard import ZstdError
 
+from streamfuse.atomic_write import final_path
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import foxglove_images, ros_images
 from streamfuse.capture.bag_folder import folder_topics, is_bag_folder, storage_files
@@ -294,7 +295,7 @@ class _KnownRecords(StreamReader):
 
 def _damaged(path: Path, frames: int, exc: Exception) -> str:
     line = f"recording {path} is truncated or corrupt after {frames} frames ({str(exc) or type(exc).__name__})"
-    if path.name.startswith(".") and path.name.endswith(".partial"):  # the recorder's name for it while a run writes
+    if final_path(path) is not None:  # the recorder's name for it while a run writes
         line += (f"; a run cut before its end leaves such a file: `python -m streamfuse recover "
                  f"{shlex.quote(str(path))}` saves its frames")
     return line
