@@ -29,8 +29,8 @@ from streamfuse.pool_view import PoolView
 from streamfuse.ring_cursor import RingCursor
 from streamfuse.seq_count import SeqCounter
 from streamfuse.shm_pool import NotAPool, PoolError, ring_supported, shm_supported
-from streamfuse.wire import (ENCODINGS, MAX_HEADER_BYTES, MalformedMessage, decode_header, raw_image, ring_topic,
-                             shm_topic)
+from streamfuse.wire import (ENCODINGS, FUSED_PREFIX, MAX_HEADER_BYTES, MalformedMessage, decode_header, raw_image,
+                             ring_topic, shm_topic)
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
 
@@ -79,7 +79,7 @@ class Subscriber:
         ValueError: a bad argument, topic or endpoint, or a host name not resolving after ``timeout_s`` (one line).
     """
 
-    def __init__(self, endpoint: str, topic: str = "fused/", *, timeout_s: float = 1.0, latest: bool = False,
+    def __init__(self, endpoint: str, topic: str = FUSED_PREFIX, *, timeout_s: float = 1.0, latest: bool = False,
                  rcvhwm: int = 2, server_key: str = "", client_key_file: str = "",
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, shm: bool | None = None, copy: bool | None = None,
                  ring: bool = True) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import reprlib
 
-from streamfuse.wire import PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_PREFIX
+from streamfuse.wire import FUSED_PREFIX, PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_PREFIX
 
 __all__ = ["topic_refusal", "consumer_topic", "consumer_stats_topic"]
 
@@ -26,18 +26,18 @@ def topic_refusal(topic: str) -> str | None:
                 f"{topic.removeprefix(RING_TOPIC_PREFIX).removeprefix(SHM_TOPIC_PREFIX)!r} (a same-host consumer "
                 f"reads the publisher's shared memory by itself)")
     if topic.startswith(STATS_PREFIX):
-        return ("carries the stats' JSON snapshots, not frames: give the fused topic, e.g. 'fused/' (README, "
-                "Telemetry: the same line the pipeline logs)")
+        return (f"carries the stats' JSON snapshots, not frames: give the fused topic, e.g. {FUSED_PREFIX!r} (README, "
+                f"Telemetry: the same line the pipeline logs)")
     if others := [prefix for prefix in _OTHER_PREFIXES if prefix.startswith(topic)]:
         return (f"also takes the {' and '.join(others)} topics, whose messages would come in mixed with the frames: "
-                f"give the fused topic, e.g. 'fused/' (every rig) or 'preview/ir/' (one camera's previews)")
+                f"give the fused topic, e.g. {FUSED_PREFIX!r} (every rig) or 'preview/ir/' (one camera's previews)")
     return None
 
 
 def consumer_topic(topic: str | bytes) -> str:
     """A consumer's fused topic (prefix) as text (bytes: UTF-8); ValueError naming ``topic`` for one not text or one
     :func:`topic_refusal` refuses."""
-    topic = _text(topic, "topic", "fused/")
+    topic = _text(topic, "topic", FUSED_PREFIX)
     if why := topic_refusal(topic):
         raise ValueError(f"topic={topic!r} {why}")
     return topic
@@ -63,8 +63,9 @@ def consumer_stats_topic(stats_topic: str | bytes, topic: str) -> str:
     """A consumer's stats topic (prefix) as text (bytes: UTF-8); ValueError for one not text, or one that also takes
     the frames of the fused ``topic``, its previews or its shared-memory descriptors (``""``: each frame came in as a
     malformed stats message, logged)."""
-    stats_topic = _text(stats_topic, "stats_topic", "stats/")
+    stats_topic = _text(stats_topic, "stats_topic", STATS_PREFIX)
     if topic.startswith(stats_topic) or any(p.startswith(stats_topic) for p in (PREVIEW_PREFIX, SHM_TOPIC_PREFIX)):
         raise ValueError(f"stats topic {stats_topic!r} also takes frames (of {topic!r}, the previews or the shared-"
-                         f"memory descriptors), each a malformed stats message: give the stats topic, e.g. 'stats/'")
+                         f"memory descriptors), each a malformed stats message: give the stats topic, e.g. "
+                         f"{STATS_PREFIX!r}")
     return stats_topic

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from streamfuse.checks import check, tcp_port_ok
 from streamfuse.shm_pool import MAX_SLOTS
-from streamfuse.wire import FORMATS, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX
+from streamfuse.wire import FORMATS, FUSED_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_PREFIX
 
 __all__ = ["PublishConfig"]
 
@@ -48,8 +48,8 @@ class PublishConfig:
     """
 
     endpoint: str = "tcp://127.0.0.1:5555"
-    topic: str = "fused/rig0"
-    stats_topic: str = "stats/rig0"
+    topic: str = f"{FUSED_PREFIX}rig0"
+    stats_topic: str = f"{STATS_PREFIX}rig0"
     sndhwm: int = 2
     nodrop: bool = False
     wait_ms: int = 0

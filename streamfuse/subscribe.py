@@ -33,6 +33,7 @@ from streamfuse.consumer_topics import topic_refusal
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled, raise_interrupt
+from streamfuse.wire import FUSED_PREFIX
 
 __all__ = ["main"]
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m streamfuse subscribe", description=__doc__,
                     formatter_class=DefaultsFormatter)
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
-    parser.add_argument("--topic", default="fused/", type=text_arg, help="topic prefix to receive")
+    parser.add_argument("--topic", default=FUSED_PREFIX, type=text_arg, help="topic prefix to receive")
     parser.add_argument("--count", type=int_at_least(0), default=0, metavar="N",
                         help="stop after N frames (0 = until Ctrl-C)")
     parser.add_argument("--save", type=path_arg, metavar="DIR", help="write frames as lossless DIR/fused_<seq>.png "

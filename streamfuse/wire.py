@@ -34,8 +34,8 @@ from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
 from streamfuse.wire_json import MalformedMessage, check_tree, encode_json, parse_object
 
 __all__ = ["SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "FORMATS", "ENCODINGS", "HEADER_FIELDS", "FORMAT_FIELDS",
-           "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "STATS_PREFIX", "MAX_HEADER_BYTES", "MAX_SIDE",
-           "MalformedMessage", "shm_topic", "ring_topic", "preview_topic",
+           "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "FUSED_PREFIX", "STATS_PREFIX",
+           "MAX_HEADER_BYTES", "MAX_SIDE", "MalformedMessage", "shm_topic", "ring_topic", "preview_topic",
            "check_image",
            "HeaderEncoder", "encode_json", "decode_header", "decode_message", "raw_image", "decode_stats"]
 
@@ -76,7 +76,8 @@ FORMAT_FIELDS: dict[str, dict[str, type]] = {
 }
 
 PREVIEW_PREFIX = "preview/"  # preview topics: preview/ir/<topic>, preview/vis/<topic> (see preview_topic)
-STATS_PREFIX = "stats/"  # the default stats topics: stats/<rig>
+FUSED_PREFIX = "fused/"  # the default fused topics: fused/<rig>; a consumer's default topic (every rig)
+STATS_PREFIX = "stats/"  # the default stats topics: stats/<rig>; a consumer's default stats topic
 MAX_HEADER_BYTES = 65_536  # a header is ~600 bytes; the bound keeps a peer from making us parse megabytes of JSON
 MAX_SIDE = 65_535  # largest height and width on the wire
 _INT64 = (-(2**63), 2**63 - 1)

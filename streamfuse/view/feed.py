@@ -27,7 +27,7 @@ from streamfuse.codecs import JPEG_MAX_SIDE
 from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
 from streamfuse.errors import one_line
 from streamfuse.view.stats_in import POLL_S, StatsMessages
-from streamfuse.wire import preview_topic
+from streamfuse.wire import FUSED_PREFIX, STATS_PREFIX, preview_topic
 
 __all__ = ["Feed", "KINDS", "pack", "unpack"]
 
@@ -56,8 +56,9 @@ class Feed:
             be connected, or its host name still does not resolve after ``name_wait_s`` (one line).
     """
 
-    def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, server_key: str = "",
-                 client_key_file: str = "", quality: int = 80, name_wait_s: float | None = None) -> None:
+    def __init__(self, endpoint: str, topic: str = FUSED_PREFIX, stats_topic: str = STATS_PREFIX, *,
+                 server_key: str = "", client_key_file: str = "", quality: int = 80,
+                 name_wait_s: float | None = None) -> None:
         self.endpoint, self.keys, self.quality = endpoint, (server_key, client_key_file), quality
         self.topic = consumer_topic(topic)  # refused here, not when a page opens
         self.versions = dict.fromkeys((*KINDS, "stats"), 0)  # messages received per kind

@@ -36,7 +36,7 @@ from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections
 from streamfuse.view.options import connect_options, stream_options
 from streamfuse.view.relay import Relay
 from streamfuse.view.stats_in import POLL_S, StatsMessages
-from streamfuse.wire import preview_topic
+from streamfuse.wire import FUSED_PREFIX, STATS_PREFIX, preview_topic
 
 __all__ = ["main", "Bridge"]
 
@@ -74,9 +74,9 @@ class Bridge:
         allow_hosts: host names a connection reaching loopback may name besides addresses and localhost (a proxy's).
     """
 
-    def __init__(self, endpoint: str, topic: str = "fused/", stats_topic: str = "stats/", *, host: str = "127.0.0.1",
-                 port: int = 8765, raw: bool = False, previews: bool = False, quality: int = 80,
-                 server_key: str = "", client_key_file: str = "", name_wait_s: float | None = None,
+    def __init__(self, endpoint: str, topic: str = FUSED_PREFIX, stats_topic: str = STATS_PREFIX, *,
+                 host: str = "127.0.0.1", port: int = 8765, raw: bool = False, previews: bool = False,
+                 quality: int = 80, server_key: str = "", client_key_file: str = "", name_wait_s: float | None = None,
                  max_connections: int = MAX_CONNECTIONS, allow_hosts: tuple[str, ...] = ()) -> None:
         self.fox = _foxglove()
         topic = consumer_topic(topic)  # a shared-memory descriptor topic is refused here, not in start()

@@ -7,6 +7,7 @@ import argparse
 
 from streamfuse import connection_watch
 from streamfuse.cli.args import key_options, seconds, text_arg
+from streamfuse.wire import FUSED_PREFIX, STATS_PREFIX
 
 __all__ = ["stream_options", "connect_options"]
 
@@ -14,8 +15,8 @@ __all__ = ["stream_options", "connect_options"]
 def stream_options(parser: argparse.ArgumentParser, topic_help: str) -> None:
     """Add the pipeline's endpoint (positional), ``--topic`` (helped by ``topic_help``) and ``--stats-topic``."""
     parser.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555", help="the pipeline's endpoint")
-    parser.add_argument("--topic", default="fused/", type=text_arg, help=topic_help)
-    parser.add_argument("--stats-topic", default="stats/", type=text_arg, help="stats topic (prefix)")
+    parser.add_argument("--topic", default=FUSED_PREFIX, type=text_arg, help=topic_help)
+    parser.add_argument("--stats-topic", default=STATS_PREFIX, type=text_arg, help="stats topic (prefix)")
 
 
 def connect_options(parser: argparse.ArgumentParser) -> None:
