@@ -152,7 +152,8 @@ _SHOWN.maxlong = 40
 
 
 def shown(value: Any) -> str:
-    """``repr(value)`` cut short: a YAML alias bomb shares its lists, and its full text would never end."""
+    """``repr(value)`` cut short, as every error line quotes a value: a YAML alias bomb shares its lists, and its full
+    text would never end; a peer's forged header field may be 60 kB long."""
     return _SHOWN.repr(value)
 
 

@@ -3,8 +3,7 @@ read something other than frames, and its stats topic, refused where it would ta
 
 from __future__ import annotations
 
-import reprlib
-
+from streamfuse.checks import shown
 from streamfuse.wire import FUSED_PREFIX, PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_PREFIX
 
 __all__ = ["topic_refusal", "consumer_topic", "consumer_stats_topic"]
@@ -12,8 +11,6 @@ __all__ = ["topic_refusal", "consumer_topic", "consumer_stats_topic"]
 # what else a publisher sends that a short prefix ("", "s", "preview/") would take as frames: both cameras' previews,
 # each numbered apart from the fused frames, and the stats
 _OTHER_PREFIXES = (PREVIEW_PREFIX, STATS_PREFIX)
-_clip = reprlib.Repr()  # a topic quoted in an error stays short
-_clip.maxstring = _clip.maxother = _clip.maxlong = 40
 
 
 def topic_refusal(topic: str) -> str | None:
@@ -48,14 +45,14 @@ def _text(topic: object, name: str, example: str) -> str:
     try:
         topic = topic.decode() if isinstance(topic, bytes) else topic
     except UnicodeDecodeError:
-        raise ValueError(f"{name}={_clip.repr(topic)} is not UTF-8") from None
+        raise ValueError(f"{name}={shown(topic)} is not UTF-8") from None
     if not isinstance(topic, str):
-        raise ValueError(f"{name}={_clip.repr(topic)} must be a str or UTF-8 bytes, e.g. {example!r}")
+        raise ValueError(f"{name}={shown(topic)} must be a str or UTF-8 bytes, e.g. {example!r}")
     if not topic.isascii():  # a surrogate (a name's undecodable bytes, os.fsdecode's) has no UTF-8 to subscribe to
         try:
             topic.encode()
         except UnicodeEncodeError:
-            raise ValueError(f"{name}={_clip.repr(topic)} is not UTF-8 text") from None
+            raise ValueError(f"{name}={shown(topic)} is not UTF-8 text") from None
     return topic
 
 

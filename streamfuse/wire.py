@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import operator
 import re
-import reprlib
 import sys
 import time
 from typing import Any, Sequence
@@ -29,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import zmq
 
+from streamfuse.checks import shown
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS, valid_pool_name
 from streamfuse.wire_json import MalformedMessage, check_tree, encode_json, parse_object
@@ -107,8 +107,6 @@ def _quick_plan(types: tuple[tuple[str, Any], ...], ranges: tuple[tuple[str, tup
 _QUICK_PLANS = {fmt: _quick_plan(*checks) for fmt, checks in _FIELD_CHECKS.items()}
 _NUMBER_TYPES = {int, float}
 _MAX_TIMING_MS = 1e12  # a stage latency beyond ~30 years is a forged number, not a measurement
-_clip = reprlib.Repr()  # values quoted in error messages stay short (a forged field may be 60 kB long)
-_clip.maxstring = _clip.maxother = _clip.maxlong = 40
 _SURROGATE = re.compile("[\ud800-\udfff]")  # lone ones pass json.loads ("\ud800" or as bytes); UTF-8 cannot hold them
 
 
@@ -218,14 +216,14 @@ def decode_header(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     if header.get("schema") == SCHEMA:
         header.setdefault("format", "raw")
         if header["format"] != "raw":
-            raise MalformedMessage(f"format {_clip.repr(header['format'])} under schema {SCHEMA} (only raw)")
+            raise MalformedMessage(f"format {shown(header['format'])} under schema {SCHEMA} (only raw)")
     elif header.get("schema") != SCHEMA_2:
-        raise MalformedMessage(f"unsupported schema {_clip.repr(header.get('schema'))}; expected {SCHEMA!r} or "
+        raise MalformedMessage(f"unsupported schema {shown(header.get('schema'))}; expected {SCHEMA!r} or "
                                f"{SCHEMA_2!r}")
     _check_fields(header)
     channels = ENCODINGS.get(header["encoding"])
     if channels is None:
-        raise MalformedMessage(f"unknown encoding {_clip.repr(header['encoding'])}; expected one of "
+        raise MalformedMessage(f"unknown encoding {shown(header['encoding'])}; expected one of "
                                f"{', '.join(ENCODINGS)}")
     height, width, step, fmt = header["height"], header["width"], header["step"], header["format"]
     if step < width * channels or (fmt != "raw" and step != width * channels):
@@ -239,7 +237,7 @@ def decode_header(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
     if fmt == "shm" and size != 0:
         raise MalformedMessage(f"shm message with a {size}-byte payload (must be empty)")
     if fmt == "shm" and not valid_pool_name(header["shm_pool"]):
-        raise MalformedMessage(f"shm_pool {_clip.repr(header['shm_pool'])} is not a publisher pool name")
+        raise MalformedMessage(f"shm_pool {shown(header['shm_pool'])} is not a publisher pool name")
     if fmt == "shm" and header["shm_gen"] % 2:
         raise MalformedMessage(f"shm_gen {header['shm_gen']} is odd (a slot being written)")
     return header
@@ -278,7 +276,7 @@ def _check_fields(header: dict[str, Any]) -> None:
     """Every field of :data:`HEADER_FIELDS` and of the format's :data:`FORMAT_FIELDS` present, of its type and, for
     numbers, in range; raises MalformedMessage."""
     if header.get("format") not in FORMATS:
-        raise MalformedMessage(f"header field format={_clip.repr(header.get('format'))} is missing or not one of "
+        raise MalformedMessage(f"header field format={shown(header.get('format'))} is missing or not one of "
                                f"{' | '.join(FORMATS)}")
     types, ranges = _FIELD_CHECKS[header["format"]]
     if not _fields_pass(header, _QUICK_PLANS[header["format"]]):
@@ -311,13 +309,13 @@ def _check_each_field(header: dict[str, Any], types: tuple[tuple[str, Any], ...]
     for key, tp in types:
         value = header.get(key)
         if not isinstance(value, tp) or isinstance(value, bool):
-            raise MalformedMessage(f"header field {key}={_clip.repr(value)} is missing or not "
+            raise MalformedMessage(f"header field {key}={shown(value)} is missing or not "
                                    f"{getattr(tp, '__name__', tp)}")
         if tp is str and not value.isascii() and _SURROGATE.search(value):  # Foxglove encodes them as UTF-8
-            raise MalformedMessage(f"header field {key}={_clip.repr(value)} is not Unicode text (a lone surrogate)")
+            raise MalformedMessage(f"header field {key}={shown(value)} is not Unicode text (a lone surrogate)")
     for key, (lo, hi) in ranges:
         if not lo <= header[key] <= hi:
-            raise MalformedMessage(f"header field {key}={_clip.repr(header[key])} is out of range {lo}..{hi}")
+            raise MalformedMessage(f"header field {key}={shown(header[key])} is out of range {lo}..{hi}")
 
 
 def _check_timings(timings: dict[str, Any]) -> None:
@@ -325,7 +323,7 @@ def _check_timings(timings: dict[str, Any]) -> None:
     for stage, ms in timings.items():
         # int/float comparisons are exact for any int size; NaN fails the bound too
         if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not abs(ms) <= _MAX_TIMING_MS:
-            raise MalformedMessage(f"header field timings_ms[{_clip.repr(stage)}]={_clip.repr(ms)} is not a "
+            raise MalformedMessage(f"header field timings_ms[{shown(stage)}]={shown(ms)} is not a "
                                    f"number of ms within +-{_MAX_TIMING_MS:g}")
 
 
@@ -344,21 +342,21 @@ def decode_stats(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:
         raise MalformedMessage(f"expected 2 parts [topic, stats], got {len(parts)}")
     stats = parse_object(parts[1], "stats")
     if stats.get("schema") != STATS_SCHEMA:
-        raise MalformedMessage(f"unsupported schema {_clip.repr(stats.get('schema'))}; expected {STATS_SCHEMA!r}")
+        raise MalformedMessage(f"unsupported schema {shown(stats.get('schema'))}; expected {STATS_SCHEMA!r}")
     t_ns = stats.get("t_ns", 0)
     if isinstance(t_ns, bool) or not isinstance(t_ns, int) or not _COUNTER[0] <= t_ns <= _COUNTER[1]:
-        raise MalformedMessage(f"stats field t_ns={_clip.repr(t_ns)} is not an int in {_COUNTER[0]}..{_COUNTER[1]}")
+        raise MalformedMessage(f"stats field t_ns={shown(t_ns)} is not an int in {_COUNTER[0]}..{_COUNTER[1]}")
     stages, counters = stats.get("stages", {}), stats.get("counters", {})
     if not isinstance(stages, dict) or not all(isinstance(stage, dict) for stage in stages.values()):
-        raise MalformedMessage(f"stats field stages={_clip.repr(stages)} is not an object of objects")
+        raise MalformedMessage(f"stats field stages={shown(stages)} is not an object of objects")
     if not isinstance(counters, dict):
-        raise MalformedMessage(f"stats field counters={_clip.repr(counters)} is not an object")
+        raise MalformedMessage(f"stats field counters={shown(counters)} is not an object")
     numbers = [(key, stats[key]) for key in ("uptime_s", "interval_s", "rate_fps", "mean_rate_fps") if key in stats]
-    numbers += [(f"counters[{_clip.repr(key)}]", value) for key, value in counters.items()]
-    numbers += [(f"stages[{_clip.repr(name)}][{_clip.repr(key)}]", value) for name, stage in stages.items()
+    numbers += [(f"counters[{shown(key)}]", value) for key, value in counters.items()]
+    numbers += [(f"stages[{shown(name)}][{shown(key)}]", value) for name, stage in stages.items()
                 for key, value in stage.items()]
     for where, value in numbers:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max:
-            raise MalformedMessage(f"stats field {where}={_clip.repr(value)} is not a finite number")
+            raise MalformedMessage(f"stats field {where}={shown(value)} is not a finite number")
     check_tree(stats, "stats")
     return stats

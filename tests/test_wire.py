@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from helpers_zmq import fused_frame, good_parts, with_header
 
+from streamfuse import checks
+from streamfuse.consumer_topics import consumer_topic
 from streamfuse.frames import FusedFrame
 from streamfuse.shm_pool import MAX_SLOTS
 from streamfuse.wire import (FORMAT_FIELDS, HEADER_FIELDS, MAX_HEADER_BYTES, SCHEMA, SCHEMA_2, HeaderEncoder,
@@ -263,3 +265,15 @@ def test_a_header_is_read_as_json_reads_it_and_refused_when_it_is_no_json_object
                         (b"[" + header + b"]", "is JSON list, expected an object"), (b"{}\x00", "is not UTF-8 JSON")):
         with pytest.raises(MalformedMessage, match=f"^header {re.escape(reason)}"):
             decode_header([topic, raw, payload])
+
+
+def test_a_long_value_in_an_error_line_is_cut_as_a_config_error_cuts_it() -> None:
+    # the wire and the consumer's topic checks each kept a copy of the cut, shorter than the config errors' one
+    forged = "streamfuse.fused/" + "9" * 60_000
+    with pytest.raises(MalformedMessage) as info:
+        decode_message(with_header(schema=forged))
+    assert str(info.value).startswith(f"unsupported schema {checks.shown(forged)}; expected ")
+    topic = b"fused/" + b"\xff" * 200
+    with pytest.raises(ValueError) as info:
+        consumer_topic(topic)
+    assert str(info.value) == f"topic={checks.shown(topic)} is not UTF-8" and len(str(info.value)) < 120
