@@ -6,9 +6,7 @@ import contextlib
 import errno
 import os
 import re
-import socket
 import threading
-import urllib.parse
 from collections.abc import Iterator
 
 try:  # imported now: with no file left to open, its import fails where its limit is to be named
@@ -17,7 +15,7 @@ except ImportError:  # not Unix
     resource = None
 
 __all__ = ["one_line", "limit_reached", "io_reason", "not_found", "opencv_quiet", "printable", "redact",
-           "unreachable", "unresolved_host"]
+           "unreachable"]
 
 # a URL's password (``scheme://user:password@``, to the token's last ``@``: a password written with a raw ``@``
 # too) and secret query values (``?password=``, ``&token=``)
@@ -116,22 +114,6 @@ def unreachable(exc: BaseException) -> bool:
     codes = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
              errno.EHOSTDOWN, errno.ENETDOWN}
     return isinstance(exc, OSError) and exc.errno in codes
-
-
-def unresolved_host(url: str) -> str:
-    """The host name of ``url`` when it does not resolve, else "": a camera named by DNS or mDNS (``cam.local``) is not
-    there yet while the robot's network or resolver starts, where FFmpeg says only "Input/output error"."""
-    try:
-        host = urllib.parse.urlsplit(url).hostname
-    except ValueError:  # no URL a host can be read from ("rtsp://[cam/stream"): FFmpeg's own reason stands
-        return ""
-    if not host:
-        return ""
-    try:
-        socket.getaddrinfo(host, None)
-    except (socket.gaierror, UnicodeError):
-        return host
-    return ""
 
 
 def io_reason(exc: BaseException) -> str:

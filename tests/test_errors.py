@@ -10,7 +10,7 @@ import sys
 import cv2
 import pytest
 
-from streamfuse.errors import io_reason, one_line, opencv_quiet, printable, unreachable, unresolved_host
+from streamfuse.errors import io_reason, one_line, opencv_quiet, printable, unreachable
 
 
 def test_a_delete_character_is_written_as_an_escape_like_the_other_controls():
@@ -78,11 +78,6 @@ def test_opencv_is_quiet_inside_the_block_only():
     with opencv_quiet():
         assert cv2.utils.logging.getLogLevel() == cv2.utils.logging.LOG_LEVEL_SILENT
     assert cv2.utils.logging.getLogLevel() == before != cv2.utils.logging.LOG_LEVEL_SILENT
-
-
-def test_a_host_name_with_an_empty_label_is_said_not_to_resolve():
-    # the resolver's IDNA encoding refuses "cam..local" with a UnicodeError, not a lookup failure
-    assert unresolved_host("rtsp://admin:pw@cam..local/live") == "cam..local"
 
 
 def test_a_url_no_host_can_be_read_from_fails_to_open_in_its_own_line():

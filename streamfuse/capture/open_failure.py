@@ -8,7 +8,7 @@ import socket
 import urllib.parse
 
 from streamfuse.capture.sources import SourceError
-from streamfuse.errors import io_reason, unreachable, unresolved_host
+from streamfuse.errors import io_reason, unreachable
 
 __all__ = ["open_failure"]
 
@@ -40,11 +40,27 @@ def open_failure(section: str, path: str, exc: BaseException, *, live: bool, tcp
         why = f"not a readable video ({why})"
     elif tcp_chosen and getattr(exc, "errno", None) == errno.EPROTONOSUPPORT:  # its SETUP answered 461
         why += " (the camera refuses RTSP over TCP: give it ffmpeg: [rtsp_transport=udp])"
-    elif live and getattr(exc, "errno", None) == errno.EIO and (host := unresolved_host(path)):
+    elif live and getattr(exc, "errno", None) == errno.EIO and (host := _unresolved_host(path)):
         why, waited = f"its host name {host} does not resolve (yet)", True  # FFmpeg's words: "I/O error"
     busy = isinstance(exc, (av.HTTPServerError, av.HTTPTooManyRequestsError))  # 5xx, 429: a previous run's
     return SourceError(f"{section}: cannot open {path}: {why}",  # sessions still held, a server booting
                        unreachable=live and (waited or busy or unreachable(exc)))
+
+
+def _unresolved_host(url: str) -> str:
+    """The host name of ``url`` when it does not resolve, else "": a camera named by DNS or mDNS (``cam.local``) is not
+    there yet while the robot's network or resolver starts, where FFmpeg says only "Input/output error"."""
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:  # no URL a host can be read from ("rtsp://[cam/stream"): FFmpeg's own reason stands
+        return ""
+    if not host:
+        return ""
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return host
+    return ""
 
 
 def _hung_up(url: str) -> bool:

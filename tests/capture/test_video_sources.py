@@ -327,7 +327,7 @@ def test_a_camera_that_answers_busy_is_waited_for_and_a_wrong_path_is_not(status
 def test_a_camera_whose_host_name_does_not_resolve_yet_is_waited_for(monkeypatch, resolves) -> None:
     # FFmpeg says only "Input/output error" for a name that does not resolve: a camera named by mDNS (cam.local)
     # before the robot's resolver was up ended the run; an I/O error from a camera that resolves still ends it
-    import streamfuse.errors
+    import streamfuse.capture.open_failure
 
     def getaddrinfo(host, port):
         if not resolves:
@@ -337,7 +337,7 @@ def test_a_camera_whose_host_name_does_not_resolve_yet_is_waited_for(monkeypatch
     def fails(path, **kwargs):
         raise av.error.OSError(errno.EIO, "Input/output error", path)
 
-    monkeypatch.setattr(streamfuse.errors.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(streamfuse.capture.open_failure.socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(av, "open", fails)
     url = "rtsp://ir-cam.local/stream1"
     with pytest.raises(SourceError) as info:
@@ -345,6 +345,19 @@ def test_a_camera_whose_host_name_does_not_resolve_yet_is_waited_for(monkeypatch
     why = "Input/output error" if resolves else "its host name ir-cam.local does not resolve (yet)"
     assert str(info.value) == f"ir: cannot open {url}: {why}"
     assert info.value.unreachable is not resolves
+
+
+def test_a_host_name_with_an_empty_label_is_said_not_to_resolve(monkeypatch) -> None:
+    # the resolver's IDNA encoding refuses "cam..local" with a UnicodeError, not a lookup failure
+    def fails(path, **kwargs):
+        raise av.error.OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(av, "open", fails)
+    url = "rtsp://cam..local/live"
+    with pytest.raises(SourceError) as info:
+        open_source("ir", SourceConfig(kind="stream", path=url)).open()
+    assert str(info.value) == f"ir: cannot open {url}: its host name cam..local does not resolve (yet)"
+    assert info.value.unreachable
 
 
 # -- files whose timestamps jump or repeat -----------------------------------------------------------------------
