@@ -219,7 +219,7 @@ class AvSource(CopiedOver, BaseSource):
         """A decoded frame's pts in ns (converted once, here at the edge), or None."""
         return None if frame.pts is None else round(frame.pts * (frame.time_base or self.time_base) * 1_000_000_000)
 
-    def _stamp(self, pts_ns: int, repeats_ahead: int = 0) -> int:
+    def _stamp(self, pts_ns: int, repeats_ahead: int) -> int:
         """The capture time of the frame with this pts, followed by ``repeats_ahead`` frames repeating it (as far as
         looked); reports a timestamp discontinuity or the first repeat."""
         if self.live:
