@@ -121,7 +121,7 @@ class Producers:
     Args:
         cfgs: section name -> SourceConfig.
         slots: ring slots per source (default 3).
-        backoff_s: first restart delay, s; doubles per consecutive failure, up to 8 s.
+        backoff_s: first restart delay, s; doubles per consecutive failure, up to ``_BACKOFF_MAX_S``.
     """
 
     def __init__(self, cfgs: dict[str, SourceConfig], *, slots: int | None = None, backoff_s: float = 0.1) -> None:
@@ -388,7 +388,7 @@ def start_producers(ir_cfg: SourceConfig, vis_cfg: SourceConfig, *, slots: int |
         ir_cfg: the ``ir`` section.
         vis_cfg: the ``vis`` section.
         slots: ring slots per source (default 3).
-        backoff_s: first restart delay, s (doubles per consecutive failure, up to 8 s).
+        backoff_s: first restart delay, s (doubles per consecutive failure, up to ``_BACKOFF_MAX_S``).
 
     Returns:
         The running :class:`Producers`; use it as a context manager or call ``stop()``.
