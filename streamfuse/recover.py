@@ -101,15 +101,18 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
     except BaseException:  # Ctrl-C included: a temporary file of no use is not left behind
         tmp.unlink(missing_ok=True)
         raise
-    return _said(src, out, counts, (first, last), complete)
+    return _said(src, out, counts, (first, last), complete, ends=any(name == END_RECORD for name, _ in records))
 
 
-def _said(src: Path, out: Path, counts: dict[str, int], span: tuple[int, int], complete: bool) -> str:
+def _said(src: Path, out: Path, counts: dict[str, int], span: tuple[int, int], complete: bool, *, ends: bool) -> str:
     """The line that says what was recovered of ``src`` into ``out``: ``counts`` frames per stream of capture times
-    ``span`` (first, last ns); ``complete``: ``src`` was whole, only not given its name."""
+    ``span`` (first, last ns); ``complete``: ``src`` was whole, only not given its name; ``ends``: ``out`` records
+    its split recording's end."""
     if not any(counts.values()):
+        written = ("ends its split recording with no frame, so that the set reads to its end" if ends else
+                   "keeps its place in its split recording with no frame, so that the set reads on to its next part")
         return (f"{printable(src)} holds no complete frame (it was cut before its first chunk was written): "
-                f"{printable(out)} ends its split recording with no frame, so that the set reads to its end")
+                f"{printable(out)} {written}")
     first, last = span
     lost = ("it was complete, only not given its name: nothing is lost" if complete else
             "what was recorded after the cut is lost")

@@ -91,6 +91,22 @@ def test_a_part_cut_before_its_first_frame_reached_the_disk_is_recovered_as_the_
     assert got == _key(frames)[:len(got)] and got[-1] == _key(before)[-1]
 
 
+def test_an_empty_cut_part_with_a_later_part_beside_it_is_recovered_as_a_middle_part(tmp_path):
+    # its line said it ended the set, which it does not: the later part is read after it
+    frames, path = _synthetic_run(150), tmp_path / "rig0.mcap"
+    rec = _record(path, frames, split_s=1)
+    assert rec.parts >= 3
+    middle = part_path(path, 1)
+    lost = _key(read_recording(middle))  # the part read alone: its frames
+    middle.unlink()
+    cut = tmp_path / f".{middle.name}.partial"
+    cut.write_bytes(b"")  # its run could not write a byte of it, and went on to the next part
+    assert recover(cut) == (f"{cut} holds no complete frame (it was cut before its first chunk was written): "
+                            f"{middle} keeps its place in its split recording with no frame, so that the set reads "
+                            f"on to its next part")
+    assert _key(read_recording(part_path(path, 0))) == [key for key in _key(frames) if key not in lost]
+
+
 def test_a_folder_names_a_sets_output_after_the_set_unless_a_recording_there_has_that_name(tmp_path, caplog):
     # rig0_0000.mp4: named after the first part, as if the set were that part alone
     from streamfuse.batch.jobs import find_jobs
