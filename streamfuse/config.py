@@ -26,6 +26,7 @@ from streamfuse.capture.ffmpeg_options import repeated_options, unknown_options,
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.checks import (ConfigError, ValueNotTaken, apply_overrides, did_you_mean, dump_yaml, key_shown,
                                load_yaml, override_keys, parse_section, shown, yaml_reason)
+from streamfuse.configs import resolve
 from streamfuse.errors import redact
 from streamfuse.file_names import local_name, utf8_text
 from streamfuse.fusers import BaselineConfig, FuseConfig
@@ -247,8 +248,9 @@ _MAX_CONFIG_BYTES = 2**20  # the shipped configs are about 2 KiB
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Load a YAML config, apply dotted overrides, and validate every section."""
-    path = Path(path)
+    """Load a YAML config (a file, or a shipped config's name as ``--config`` takes it: ``demo``, ``eval``), apply
+    dotted overrides, and validate every section."""
+    path = resolve(path)
     try:
         if path.is_char_device() or path.is_block_device():  # /dev/zero would never end (a pipe may: <(envsubst ...))
             raise ConfigError(f"{path}: a device, not a config file")

@@ -107,6 +107,15 @@ def test_missing_file():
         load_config("no/such/config.yaml")
 
 
+def test_a_shipped_config_is_loaded_by_its_name_as_the_commands_take_it():
+    # load_config("demo") in a program of one's own said "demo: config file not found", though --config demo runs
+    cfg = load_config("demo", ["fuse.name=max"])
+    assert Path(cfg.source_file) == CONFIG_DIR / "demo.yaml"
+    assert cfg.fuse.name == "max"
+    with pytest.raises(ConfigError, match="^nosuch: no such config file here, nor a shipped config of that name"):
+        load_config("nosuch")
+
+
 def test_the_teachers_steps_set_for_the_student_are_warned_of(tmp_path, caplog):
     """A comparison of K with the student sampler compares nothing: say so where the setting is made."""
     path = _write(tmp_path, "hclfuse:\n  sampler: student\n")
