@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -124,11 +125,16 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     Returns:
         The final telemetry snapshot (also logged and published on the stats topic).
 
+    Capture runs in processes that start by importing the program's main module, as multiprocessing's do: a program
+    calls this under ``if __name__ == "__main__":``.
+
     Raises:
+        RuntimeError: called as such a process imports the main module (the call not under that guard).
         RunFailed: a source failed for good (restart off, or it never opened) or a pair could not be fused (an IR
             frame of another size with ``resize: error``, say), once the run has ended as any other does (the frames
             before it fused and recorded, the recording finished, the final snapshot logged and published).
     """
+    _refuse_in_bootstrap()
     stop = stop or threading.Event()
     log.info("config %s: %s", cfg.source_file, _as_json(cfg))
     frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
@@ -169,6 +175,14 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     if failure:
         raise RunFailed(failure, snap)
     return snap
+
+
+def _refuse_in_bootstrap() -> None:
+    """RuntimeError when a capture process runs the program's main module as it starts (multiprocessing's own test):
+    unguarded, each ran the run again, died on the taken endpoint and was restarted for ever while the run waited."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError("run_live was called while a capture process imported the program's main module: call it "
+                           "under `if __name__ == \"__main__\":`")
 
 
 def _started(cfg: PipelineConfig, frame_ids: dict[str, str]) -> tuple[Publisher, FrameProcessor]:

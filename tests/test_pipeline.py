@@ -347,6 +347,22 @@ def test_an_endpoint_a_running_publisher_holds_is_refused_before_the_model_loads
             pipeline.run_live(cfg, duration_s=1)
 
 
+
+def test_a_run_started_as_a_capture_process_imports_the_main_module_says_to_guard_it(monkeypatch):
+    # a program of one's own that called run_live without `if __name__ == "__main__":` had every capture process run
+    # the program again: each died on the taken endpoint and was restarted for ever, while the run waited for frames
+    from streamfuse import pipeline
+    from streamfuse.config import load_config
+    from streamfuse.processor import FrameProcessor
+
+    monkeypatch.setattr(FrameProcessor, "from_config", lambda *args, **kwargs: pytest.fail("the model loaded"))
+    monkeypatch.setattr(pipeline, "start_servers", lambda: pytest.fail("a process started"))
+    monkeypatch.setattr(mp.current_process(), "_inheriting", True, raising=False)
+    cfg = load_config("demo", ["publish.endpoint=tcp://127.0.0.1:*", "fuse.name=max"])
+    with pytest.raises(RuntimeError, match=r"^run_live was called while a capture process imported the program's "
+                                           r"main module: call it under `if __name__ == \"__main__\":`$"):
+        pipeline.run_live(cfg, duration_s=1)
+
 @pytest.mark.timeout(30)
 def test_unknown_config_key_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
