@@ -5,6 +5,7 @@ The public surface is small; stages live in their own modules (see the README's 
 
 import importlib.util
 import sys
+from typing import TYPE_CHECKING
 
 # Every entry point imports this package first: a Python without the dependencies (the system one, say) gets one line
 # that says which environment to use instead of a ModuleNotFoundError from deep inside a stage.
@@ -28,6 +29,10 @@ __version__ = "0.1.0"
 # process that imports the package (each capture producer, each tool) would otherwise pay for at start.
 _LAZY = {"ConfigError": "streamfuse.checks", "PipelineConfig": "streamfuse.config", "load_config": "streamfuse.config",
          "Frame": "streamfuse.frames", "FramePair": "streamfuse.frames", "FusedFrame": "streamfuse.frames"}
+if TYPE_CHECKING:  # a type checker reads their own types (``__getattr__`` gives it only ``object``)
+    from streamfuse.checks import ConfigError
+    from streamfuse.config import PipelineConfig, load_config
+    from streamfuse.frames import Frame, FramePair, FusedFrame
 
 
 def __getattr__(name: str) -> object:
