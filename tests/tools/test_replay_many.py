@@ -420,3 +420,31 @@ def test_a_stop_as_the_last_pair_ends_counts_the_pairs_already_complete_and_fail
     assert capsys.readouterr().err.splitlines()[-1] == (
         "replay_many.py: interrupted (SIGTERM) as the batch ended, every pair finished: 1 done, 1 already complete, "
         "1 failed")
+
+
+def test_a_pair_whose_input_is_cut_part_way_fails_alone_and_the_batch_ends_with_1(tmp_path, capsys):
+    """An IR video cut part-way (its first frames decode) stops its replay with a reason of its own: that pair fails,
+    the others are done, and the batch ends as one with a failed pair does, not as a stopped one (130, --resume)."""
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        for name in ("a.nut", "b.nut", "c.nut"):
+            _lossless(tmp_path / sub / name)
+    whole = (tmp_path / "ir" / "b.nut").read_bytes()
+    (tmp_path / "ir" / "b.nut").write_bytes(whole[: len(whole) * 2 // 3])
+    out = tmp_path / "out"
+    assert replay_many.main([str(tmp_path), "--out", str(out), "--ext", ".nut", *ARGS,
+                             "--set", "replay.codec=ffv1"]) == 1
+    said = capsys.readouterr()
+    rows = {row[0]: row[1] for row in map(str.split, said.out.splitlines()) if row and row[0].endswith(".nut")}
+    assert rows == {"a.nut": "done", "b.nut": "failed", "c.nut": "done"}
+    assert "FAILED" in said.err and "b.nut" in said.err and "ir input ended early" in said.err
+    assert "interrupted" not in said.err and "--resume" not in said.err
+    assert len(list(decode_frames(out / "c.nut"))) == 12
+
+
+def _lossless(path: Path, n: int = 12) -> None:
+    """``n`` frames of FFV1 (whose slice checksums find a cut picture) in NUT, whose frames are read as they come."""
+    w = VideoWriter(path, codec="ffv1", crf=0, time_base=Fraction(1, 25), rate=Fraction(25), width=32, height=24)
+    for i in range(n):
+        w.write(np.full((24, 32, 3), 20 * i, np.uint8), i)
+    w.commit()
