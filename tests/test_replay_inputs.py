@@ -19,6 +19,7 @@ from streamfuse.capture.sources import SourceConfig
 from streamfuse.frames import Frame
 from streamfuse.replay import run_replay
 from streamfuse.replay.inputs import Reader, merged, no_pairs, outside, resolve
+from streamfuse.video import decode_frames
 
 MS = 1_000_000
 
@@ -184,3 +185,13 @@ def test_a_video_with_non_square_pixels_is_said_with_what_the_output_shows(tmp_p
         resolve("vis", SourceConfig(), path)
     assert (f"vis input {path} has non-square pixels (sample aspect ratio 2:1): they are fused and written as stored, "
             f"so the output shows 64x48 where its players show 128x48" in caplog.text)
+
+
+def test_inputs_of_one_frame_each_give_a_complete_output_of_that_pair(tmp_path):
+    """A single pair is a replay's whole work, not a sign that the inputs' times never met."""
+    write_video(tmp_path / "ir.mp4", 1, 25)
+    write_video(tmp_path / "vis.mp4", 1, 25)
+    out = tmp_path / "out.mp4"
+    summary = run_replay(make_cfg(), ir_path=tmp_path / "ir.mp4", vis_path=tmp_path / "vis.mp4", out_path=out)
+    assert summary.complete and summary.written == 1 and not summary.stopped
+    assert len(list(decode_frames(out))) == 1
