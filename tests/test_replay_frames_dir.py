@@ -105,6 +105,19 @@ def test_another_outputs_staged_frames_are_refused_until_it_is_resumed(tmp_path,
     assert _pngs(frames) == [f"{i:06d}.png" for i in range(N)] and not (frames / ".partial").exists()
 
 
+def test_a_complete_output_given_the_folder_leaves_another_outputs_staged_frames_for_its_resume(tmp_path, pair):
+    """A resume that finds its output already complete has nothing to move in: the frames staged in the folder by
+    another output's interrupted replay stay staged, and that one's resume finishes them."""
+    ir, vis = pair
+    frames = tmp_path / "frames"
+    assert run_replay(_cfg(tmp_path / "b_frames"), ir_path=ir, vis_path=vis, out_path=tmp_path / "b.mkv").complete
+    interrupted_replay(_cfg(frames), ir, vis, tmp_path / "a.mkv", stop=5)
+    assert run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "b.mkv", resume=True).complete
+    assert _pngs(frames) == [] and _pngs(frames / ".partial") == [f"{i:06d}.png" for i in range(4)]
+    assert run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "a.mkv", resume=True).complete
+    assert _pngs(frames) == [f"{i:06d}.png" for i in range(N)] and not (frames / ".partial").exists()
+
+
 def test_frames_left_staged_beside_a_complete_video_are_moved_in_by_the_resume(tmp_path, pair):
     """A run killed between its video's rename and its frames' move: ``--resume`` finds the video complete and
     finishes the frames."""
