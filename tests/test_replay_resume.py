@@ -14,7 +14,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from test_replay import _StopAt, interrupted_replay, make_cfg, write_video
+from test_replay import _StopAt, full_disk_remux, interrupted_replay, make_cfg, write_video
 
 import streamfuse.processor
 from streamfuse.atomic_write import partial_path
@@ -440,3 +440,21 @@ def test_a_sidecar_left_without_its_partial_output_does_not_block_a_resume_with_
                          out_path=out, resume=True)
     assert summary.complete and summary.reused == 0 and summary.written == N
     assert f"nothing to resume for {out}" in caplog.text and not sidecar_path(out).exists()
+
+
+def test_a_resume_after_a_full_disk_that_also_cut_the_partial_file_fuses_the_frames_it_lost(tmp_path, pair,
+                                                                                           monkeypatch):
+    """The sidecar says every frame was encoded, but the partial file lost its last ones: it is not remuxed as the
+    whole output; the frames it holds are taken over and the rest fused again."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "o.mkv"
+    real_remux = VideoWriter._remux
+    monkeypatch.setattr(VideoWriter, "_remux", full_disk_remux)
+    with pytest.raises(ReplayError, match="No space left on device"):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    whole = partial_path(out).read_bytes()
+    partial_path(out).write_bytes(whole[: len(whole) // 2])
+    monkeypatch.setattr(VideoWriter, "_remux", real_remux)
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and _held(out) == N
+    assert 0 < summary.reused < N
