@@ -458,3 +458,15 @@ def test_a_resume_after_a_full_disk_that_also_cut_the_partial_file_fuses_the_fra
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and _held(out) == N
     assert 0 < summary.reused < N
+
+
+def test_a_run_interrupted_by_a_release_that_kept_no_pacing_in_its_sidecar_resumes(tmp_path, pair):
+    """Such a sidecar's run was paced "fast" (the only pacing that release resumed): its frames are taken over."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=11)
+    side = json.loads(sidecar_path(out).read_text())
+    del side["fingerprint"]["pacing"]
+    sidecar_path(out).write_text(json.dumps(side))
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 10 and _held(out) == N
