@@ -4,6 +4,7 @@ summary's nonfinite count."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import pytest
 from test_replay import _StopAt, full_disk_remux, interrupted_replay, make_cfg, write_video
 
 import streamfuse.processor
+import streamfuse.video
 from streamfuse.atomic_write import partial_path
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.replay.resume import sidecar_path, taken_over_path
@@ -470,3 +472,18 @@ def test_a_run_interrupted_by_a_release_that_kept_no_pacing_in_its_sidecar_resum
     sidecar_path(out).write_text(json.dumps(side))
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and summary.reused == 10 and _held(out) == N
+
+
+def test_an_output_that_cannot_take_its_name_leaves_its_partial_file_and_no_copy(tmp_path, pair, monkeypatch):
+    """The rename into the final name fails (a full disk's fsync, the folder replaced): the remuxed copy is removed,
+    as it would hold the disk's room twice over; the partial file stays for the resume."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(streamfuse.video, "durable_replace", full_disk)
+    with pytest.raises(ReplayError, match=f"No space left on device; {N} frames kept in {partial_path(out)}"):
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    assert sorted(p.name for p in tmp_path.glob(".fused*")) == [".fused.mkv.partial", ".fused.mkv.partial.json"]
