@@ -34,8 +34,6 @@ from streamfuse.wire import (ENCODINGS, FUSED_PREFIX, MAX_HEADER_BYTES, Malforme
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
 
-# size: one class, the consumer's whole state (sockets, pool, ring, reader thread, counters) in one place to read
-
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a waiting reader checks for close() and for a connection to restore
@@ -75,8 +73,7 @@ class Subscriber:
     over ``max_frame_bytes``); ``missed`` (gaps in ``seq``, shared-memory frames overwritten and ring entries lapped
     before they were read: never returned torn); ``via_shm``, ``via_ring``; ``awaiting_keyframe`` (h264);
     ``discarded`` (latest mode); ``handshake_failures`` (CURVE keys differ, or only one side encrypts). One thread
-    receives from a Subscriber (ZeroMQ sockets are not shared between threads); :meth:`close` from another ends a
-    :meth:`recv` waiting there (RuntimeError) before it closes the sockets.
+    receives from a Subscriber and closes it (ZeroMQ sockets are not shared between threads).
 
     Raises:
         ValueError: a bad argument, topic or endpoint, or a host name not resolving after ``timeout_s`` (one line).
@@ -118,7 +115,6 @@ class Subscriber:
         self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
         self._failure, self._pid = "", os.getpid()  # latest mode: why the reader thread stopped; the sockets' process
         self._cond, self._closing, self._reader = threading.Condition(), threading.Event(), None
-        self._receiving = threading.Lock()  # held by recv(): close() from another thread leaves its sockets to it
         # a Subscriber dropped without close() closes its sockets when collected (not at exit: a reader may run)
         self._close_links = weakref.finalize(self, self._watch.close)
         self._close_links.atexit = False
@@ -148,25 +144,13 @@ class Subscriber:
         if self._closing.is_set() or os.getpid() != self._pid:  # a forked child's sockets hung it, timeouts unheeded
             raise RuntimeError(f"subscriber {self.endpoint} is closed" if self._closing.is_set() else f"subscriber "
                                f"{self.endpoint} was made in process {self._pid}: a forked child makes its own")
-        with self._receiving:  # a close() from another thread closes the sockets once this wait has seen it
-            frame = self._wait_frame(time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s))
-        self.received += frame is not None
-        return frame
-
-    def _wait_frame(self, deadline: float) -> tuple[dict[str, Any], np.ndarray] | None:
-        """The next frame by ``deadline``, or None; RuntimeError once :meth:`close` is called meanwhile."""
-        frame, looks = None, 0
+        deadline, frame, looks = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s), None, 0
         while frame is None:
-            if self._closing.is_set():  # by another thread, within a poll's wait
-                raise RuntimeError(f"subscriber {self.endpoint} is closed")
             remaining = max(deadline - time.monotonic(), 0.0)  # one look even when no time is left
             if self.latest:
                 with self._cond:
-                    if not self._cond.wait_for(lambda: self._newest is not None or self._failure
-                                               or self._closing.is_set(), remaining):
+                    if not self._cond.wait_for(lambda: self._newest is not None or self._failure, remaining):
                         return None
-                    if self._closing.is_set():
-                        continue
                     if self._newest is None:
                         raise RuntimeError(f"subscriber {self.endpoint}: the reader thread stopped: {self._failure}")
                     item, self._newest = self._newest, None
@@ -176,6 +160,7 @@ class Subscriber:
                 frame, looks = self._take(*item), looks + 1
             if frame is None and deadline <= time.monotonic() and (item is None or looks > _LATE_LOOKS):
                 return None
+        self.received += 1
         return frame
 
     @property
@@ -394,14 +379,11 @@ class Subscriber:
         if self._closing.is_set():
             return
         self._closing.set()
-        with self._cond:  # a latest-mode recv() waiting in another thread
-            self._cond.notify_all()
         if self._reader is not None:
             self._reader.join()  # the sockets' owner until it ends
         if os.getpid() == self._pid:  # a forked child leaves them alone: its parent's sockets, its parent's slot locks
-            with self._receiving:  # a plain recv() waiting in another thread sees the close within _POLL_S
-                self._close_links()
-                self._pools.close()
+            self._close_links()
+            self._pools.close()
 
     def __enter__(self) -> Subscriber:
         return self
