@@ -163,10 +163,17 @@ def did_you_mean(key: Any, names: Iterable[str], homes: Mapping[str, Collection[
     key found as it is wins: ``ir.weights`` is hclfuse's, not a misspelt ``height``."""
     text = str(key).strip()
     names = list(names)
-    near = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.75)
+    near = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.75) or _swapped(text.lower(), names)
     elsewhere = [f"{section}.{text}" for section, keys in (homes or {}).items() if text in keys]
     said = [text] if text in names else elsewhere or near[:1]  # its own, but for a space (a pasted no-break space)
     return f" (did you mean {' or '.join(said)}?)" if said else ""
+
+
+def _swapped(text: str, names: Iterable[str]) -> list[str]:
+    """The name ``text`` is with two neighbouring letters swapped: difflib's ratio misses it in a short key (``fsp``
+    against ``fps`` is 0.67)."""
+    return [name for name in names
+            if any(text == name[:i] + name[i + 1] + name[i] + name[i + 2:] for i in range(len(name) - 1))][:1]
 
 
 def key_shown(key: Any) -> str:
