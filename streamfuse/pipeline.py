@@ -20,7 +20,7 @@ import time
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture import ProducerEvent, Producers, start_producers
-from streamfuse.capture.producer_process import start_servers
+from streamfuse.capture.producer_process import end_start, start_servers
 from streamfuse.capture.sources import CAPTURE_CLOCKS, SourceConfig, SourceError
 from streamfuse.checks import ConfigError, shown
 from streamfuse.config import PipelineConfig
@@ -178,11 +178,13 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
 
 
 def _refuse_in_bootstrap() -> None:
-    """RuntimeError when a capture process runs the program's main module as it starts (multiprocessing's own test):
-    unguarded, each ran the run again, died on the taken endpoint and was restarted for ever while the run waited."""
+    """RuntimeError when a process runs the program's main module as it starts (multiprocessing's own test); a
+    capture process exits instead, which ends the run (restarted, it would only run the call again, for ever)."""
     if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise RuntimeError("run_live was called while a capture process imported the program's main module: call it "
-                           "under `if __name__ == \"__main__\":`")
+        line = "run_live was called while a capture process imported the program's main module: call it under " \
+               "`if __name__ == \"__main__\":`"
+        end_start(line)
+        raise RuntimeError(line)
 
 
 def _started(cfg: PipelineConfig, frame_ids: dict[str, str]) -> tuple[Publisher, FrameProcessor]:

@@ -363,6 +363,32 @@ def test_a_run_started_as_a_capture_process_imports_the_main_module_says_to_guar
                                            r"main module: call it under `if __name__ == \"__main__\":`$"):
         pipeline.run_live(cfg, duration_s=1)
 
+
+@pytest.mark.timeout(180)
+def test_a_program_calling_run_live_unguarded_ends_its_run_in_one_line(tmp_path):
+    # each capture process imports the program as it starts, and ran the call again: it died and was restarted for
+    # ever, two lines every 8 s, while the run waited for frames that never came
+    program = tmp_path / "unguarded.py"
+    program.write_text(textwrap.dedent("""\
+        import sys
+        from streamfuse import load_config
+        from streamfuse.pipeline import RunFailed, run_live
+        cfg = load_config("demo", ["publish.endpoint=tcp://127.0.0.1:*", "fuse.name=max"])
+        try:
+            run_live(cfg)
+        except RunFailed as exc:
+            sys.exit(f"failed: {exc}")
+    """))
+    proc = subprocess.run([sys.executable, str(program)], cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    guard = "run_live was called while a capture process imported the program's main module: call it under `if " \
+            "__name__ == \"__main__\":`"
+    assert f"streamfuse producer: {guard}" in lines and "Traceback" not in proc.stderr, proc.stderr
+    assert re.fullmatch(r"failed: (ir|vis): producer \(pid \d+\) died: exited as it started: the program's main "
+                        r"module, which it imports, called run_live again(; .*)?", lines[-1]), proc.stderr
+
+
 @pytest.mark.timeout(30)
 def test_unknown_config_key_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",

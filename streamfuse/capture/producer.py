@@ -41,8 +41,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streamfuse.capture.producer_process import (StopFlag, check_rings_fit, how_it_ended, process_context,
-                                                  start_process)
+from streamfuse.capture.producer_process import (MAIN_RAN_AGAIN, StopFlag, check_rings_fit, how_it_ended,
+                                                  process_context, start_process)
 from streamfuse.capture.shm_ring import ShmRing, named_semaphore, remove_stale
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.capture.time_line import new_pass, pace_lines
@@ -215,8 +215,9 @@ class Producers:
         # password: a configuration error), or a replayable one that reported an error or made no progress again after
         # a restart (it would fail at the same frame again). One killed or hung before its first frame restarts, and
         # a camera that is not there yet (booting, its link still down, a USB one not enumerated) is waited for.
-        hopeless = not at_end and not waiting and ((reported and w.restarts == 0 and not progressed) or (
-            w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
+        hopeless = w.proc.exitcode == MAIN_RAN_AGAIN or not at_end and not waiting and (
+            (reported and w.restarts == 0 and not progressed) or (
+                w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
         if not w.cfg.restart or hopeless:
             w.state, w.final = "ended", ProducerEvent(w.section, kind, line)
             if at_end:  # a final error is not logged: the consumer stops on its event and says it, once

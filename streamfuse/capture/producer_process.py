@@ -28,7 +28,12 @@ from streamfuse.errors import one_line, redact
 from streamfuse.signals import HANGUP, STOP_SIGNALS
 
 __all__ = ["StopFlag", "check_rings_fit", "produce", "process_context", "start_servers", "start_process",
-           "describe_exit", "how_it_ended"]
+           "end_start", "describe_exit", "how_it_ended", "MAIN_RAN_AGAIN"]
+
+_QUIET = "streamfuse.capture.fork_server_quiet"  # imported by the fork server alone, so by the producers it forks
+# the exit of a producer whose start ran the program's main module, which began the run again: final, as a restart
+# would only do the same
+MAIN_RAN_AGAIN = 3
 
 
 def process_context() -> Any:
@@ -49,7 +54,7 @@ def start_servers() -> None:
         resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, held)  # the tracker's start unblocks SIGTERM when it is done
         if "forkserver" in mp.get_all_start_methods():
-            forkserver.set_forkserver_preload([__name__, "streamfuse.capture.fork_server_quiet"])
+            forkserver.set_forkserver_preload([__name__, _QUIET])
             forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -214,8 +219,18 @@ def start_process(ctx: Any, section: str, cfg: SourceConfig, ring: ShmRing, stop
     return proc, conn
 
 
+def end_start(line: str) -> None:
+    """In a producer still starting (forked by the fork server, importing the program's main module): ``line`` on
+    stderr and the exit :data:`MAIN_RAN_AGAIN`; in any other process, nothing."""
+    if _QUIET in sys.modules:
+        print(f"streamfuse producer: {line}", file=sys.stderr, flush=True)
+        os._exit(MAIN_RAN_AGAIN)
+
+
 def describe_exit(code: int | None) -> str:
     """A producer process's exit code in words."""
+    if code == MAIN_RAN_AGAIN:
+        return "exited as it started: the program's main module, which it imports, called run_live again"
     if code is not None and code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exited with code {code}"
