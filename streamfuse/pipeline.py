@@ -77,11 +77,6 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
         raise SourceError("; ".join(missing))
     if cfg.record is not None:  # found now, not after the model's load (seconds) and the publisher's start
         check_record_path(cfg.record.path, cfg.record.split)
-    if cfg.publish.wait_ms:  # a replay's lossless back-pressure: live, a stalled subscriber would hold the fusion
-        log.warning("%s: publish.wait_ms=%d is for replay: a live run never waits for a subscriber (publish.nodrop "
-                    "alone refuses and counts the frames a full queue cannot take)", cfg.origin("publish"),
-                    cfg.publish.wait_ms)
-        cfg = dataclasses.replace(cfg, publish=dataclasses.replace(cfg.publish, wait_ms=0))
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
 
@@ -117,16 +112,14 @@ def _as_json(cfg: PipelineConfig) -> str:
 
 def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
     """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM/SIGHUP, ``duration_s`` (0 = none) or the sources
-    end.
+    end. Capture runs in processes that start by importing the program's main module, as multiprocessing's do: a
+    program calls this under ``if __name__ == "__main__":``.
 
     A recording (``record:``) that fails stops alone: fusion and publishing go on, and the final snapshot says so
-    (``record_failed``).
+    (``record_failed``). A replay's ``publish.wait_ms`` is left unused, said in one line: live, nothing waits.
 
     Returns:
         The final telemetry snapshot (also logged and published on the stats topic).
-
-    Capture runs in processes that start by importing the program's main module, as multiprocessing's do: a program
-    calls this under ``if __name__ == "__main__":``.
 
     Raises:
         RuntimeError: called as such a process imports the main module (the call not under that guard).
@@ -135,6 +128,7 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
             before it fused and recorded, the recording finished, the final snapshot logged and published).
     """
     _refuse_in_bootstrap()
+    cfg = _never_waiting(cfg)
     stop = stop or threading.Event()
     log.info("config %s: %s", cfg.source_file, _as_json(cfg))
     frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
@@ -185,6 +179,17 @@ def _refuse_in_bootstrap() -> None:
                "`if __name__ == \"__main__\":`"
         end_start(line)
         raise RuntimeError(line)
+
+
+def _never_waiting(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` without ``publish.wait_ms``, a replay's lossless back-pressure, said in one line where it is given: live,
+    a stalled subscriber would hold the fusion loop up to that long a frame."""
+    if not cfg.publish.wait_ms:
+        return cfg
+    log.warning("%s: publish.wait_ms=%d is for replay: a live run never waits for a subscriber (publish.nodrop "
+                "alone refuses and counts the frames a full queue cannot take)", cfg.origin("publish"),
+                cfg.publish.wait_ms)
+    return dataclasses.replace(cfg, publish=dataclasses.replace(cfg.publish, wait_ms=0))
 
 
 def _started(cfg: PipelineConfig, frame_ids: dict[str, str]) -> tuple[Publisher, FrameProcessor]:

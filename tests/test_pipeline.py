@@ -364,6 +364,26 @@ def test_a_run_started_as_a_capture_process_imports_the_main_module_says_to_guar
         pipeline.run_live(cfg, duration_s=1)
 
 
+def test_a_programs_own_live_run_never_waits_for_a_subscriber(monkeypatch, caplog):
+    # publish.wait_ms was left unused by the run command alone: run_live, as a program calls it, kept it, and one
+    # stalled subscriber held the fusion loop up to that long a frame
+    from streamfuse import pipeline
+    from streamfuse.config import load_config
+
+    given = []
+
+    def started(cfg, frame_ids):  # what the publisher would be made from
+        given.append(cfg)
+        raise RuntimeError("stopped before the publisher")
+
+    monkeypatch.setattr(pipeline, "_started", started)
+    cfg = load_config("demo", ["publish.nodrop=true", "publish.wait_ms=250", "fuse.name=max"])
+    with pytest.raises(RuntimeError, match="^stopped before the publisher$"):
+        pipeline.run_live(cfg, duration_s=1)
+    assert given[0].publish.wait_ms == 0 and cfg.publish.wait_ms == 250
+    assert "publish.wait_ms=250 is for replay: a live run never waits for a subscriber" in caplog.text
+
+
 @pytest.mark.timeout(180)
 def test_a_program_calling_run_live_unguarded_ends_its_run_in_one_line(tmp_path):
     # each capture process imports the program as it starts, and ran the call again: it died and was restarted for

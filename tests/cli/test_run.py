@@ -140,8 +140,13 @@ def test_a_live_run_never_waits_for_a_subscriber(monkeypatch, caplog):
     import streamfuse.pipeline
 
     given = []
-    monkeypatch.setattr(streamfuse.pipeline, "run_live", lambda cfg, **kw: given.append(cfg) or {"counters": {}})
-    assert main(["--config", "demo", "--set", "publish.nodrop=true", "--set", "publish.wait_ms=250"]) == 0
+
+    def started(cfg, frame_ids):  # what the publisher would be made from
+        given.append(cfg)
+        raise RuntimeError("stopped before the publisher")
+
+    monkeypatch.setattr(streamfuse.pipeline, "_started", started)
+    assert main(["--config", "demo", "--set", "publish.nodrop=true", "--set", "publish.wait_ms=250"]) == 1
     assert given[0].publish.wait_ms == 0 and given[0].publish.nodrop
     assert "publish.wait_ms=250 is for replay: a live run never waits for a subscriber" in caplog.text
 
