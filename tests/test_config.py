@@ -402,7 +402,6 @@ def test_the_hclfuse_and_engine_sections_defaults_and_seed_range():
     assert (engine.device, engine.precision, engine.threads, engine.cuda_graphs) == ("auto", "fp32", 0, True)
 
 
-
 def test_the_replay_sections_defaults_are_the_documented_ones():
     # README: crf "default 18" (visually lossless), preset "default veryfast"; every frame, as fast as possible, on
     # H.264, FFmpeg's threads, decoding and encoding overlapped, a progress bar

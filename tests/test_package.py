@@ -89,7 +89,6 @@ def test_the_package_says_it_is_typed():
     assert re.search(r'^streamfuse = \[.*"py\.typed".*\]$', (REPO / "pyproject.toml").read_text(), re.M)
 
 
-
 def test_a_type_checker_sees_the_lazy_public_names_as_they_are():
     # `from streamfuse import load_config` was `object` to mypy (the type of the package's __getattr__), so a program
     # calling it failed its type check: "object" not callable
@@ -100,6 +99,7 @@ def test_a_type_checker_sees_the_lazy_public_names_as_they_are():
                and getattr(node.test, "id", "") == "TYPE_CHECKING" for statement in node.body]
     imported = {alias.name: node.module for node in checked if isinstance(node, ast.ImportFrom) for alias in node.names}
     assert imported == streamfuse._LAZY
+
 
 def test_the_source_distribution_holds_every_tracked_file(tmp_path):
     # without MANIFEST.in it lacked the Makefile, run_stream.py, tools/ and the tests' helpers: unpacked, nothing ran

@@ -347,7 +347,6 @@ def test_an_endpoint_a_running_publisher_holds_is_refused_before_the_model_loads
             pipeline.run_live(cfg, duration_s=1)
 
 
-
 def test_a_run_started_as_a_capture_process_imports_the_main_module_says_to_guard_it(monkeypatch):
     # a program of one's own that called run_live without `if __name__ == "__main__":` had every capture process run
     # the program again: each died on the taken endpoint and was restarted for ever, while the run waited for frames

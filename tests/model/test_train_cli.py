@@ -371,6 +371,7 @@ def test_a_settings_file_value_this_version_refuses_is_said_of_the_file_and_one_
     assert _fails(["--out", str(out), "--resume", "--batch", "0"]) == (
         f"{TRAIN_ERROR}train.batch=0 is out of range; allowed: >= 1")
 
+
 def test_a_run_started_from_init_resumes_once_that_file_is_moved(data, tmp_path):
     # refused as "other settings" (train.init '...' -> None), and with the moved path too: a distillation could never
     # be resumed once its teacher's file was gone, though its checkpoint holds every tensor

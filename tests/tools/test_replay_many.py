@@ -57,6 +57,7 @@ def _stop_fusing_at(monkeypatch: pytest.MonkeyPatch, frame: int, stop: Callable[
     monkeypatch.setattr(streamfuse.processor, "config_fuser", stopping)
     return real
 
+
 def test_folder_of_pairs_reports_failures_at_the_end_and_skips_done_outputs(tmp_path, capsys):
     for sub in ("ir", "vi"):
         (tmp_path / sub).mkdir()
