@@ -60,7 +60,7 @@ def unknown_options(options: Iterable[str]) -> list[str] | None:
     def known(name: str) -> bool:
         return any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _SEARCH) for c in classes)
 
-    return [name for name in (o.split("=", 1)[0] for o in options) if not known(name)]
+    return [name for name in map(_name, options) if not known(name)]
 
 
 @cache
@@ -90,15 +90,20 @@ def unread_by_files(options: Iterable[str]) -> list[str] | None:
         return name in _URL_OPTIONS or bool(lib.av_opt_find(ctypes.byref(decoders), name.encode(), None, 0, _SEARCH)) \
             or any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in _file_classes())
 
-    return [name for name in (o.split("=", 1)[0] for o in options) if name not in unknown and not read(name)]
+    return [name for name in map(_name, options) if name not in unknown and not read(name)]
 
 
 def repeated_options(options: tuple[str, ...]) -> dict[str, str]:
     """Name -> the ``NAME=VALUE`` option taken, of the names ``options`` gives more than once, in their first order:
     one option of a name reaches FFmpeg, the last given (a dictionary's)."""
-    last = {o.split("=", 1)[0]: o for o in options}
-    given = [o.split("=", 1)[0] for o in options]
-    return {name: option for name, option in last.items() if given.count(name) > 1}
+    names = [_name(o) for o in options]
+    last = dict(zip(names, options))
+    return {name: option for name, option in last.items() if names.count(name) > 1}
+
+
+def _name(option: str) -> str:
+    """The name of a ``NAME=VALUE`` option."""
+    return option.split("=", 1)[0]
 
 
 def file_options(options: dict[str, str]) -> dict[str, str]:
