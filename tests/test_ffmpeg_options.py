@@ -28,3 +28,10 @@ def test_the_option_check_asks_the_ffmpeg_copy_pyav_is_linked_against(tmp_path, 
     finally:
         ffmpeg_options._library.cache_clear()
     assert ffmpeg_options.unknown_options(["fflags=nobuffer", "fflags_misspelt=1"]) == ["fflags_misspelt"]
+
+
+def test_options_given_once_through_are_each_asked_of_what_reads_a_file():
+    # the options were gone through twice, once for the names no FFmpeg library has: given as a generator, none was
+    # left for the second pass, and a network stream's option given to a file went unsaid
+    given = ["fflags=+genpts", "rtsp_transport=tcp", "no_such_option=1"]
+    assert ffmpeg_options.unread_by_files(iter(given)) == ffmpeg_options.unread_by_files(given) == ["rtsp_transport"]

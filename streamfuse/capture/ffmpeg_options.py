@@ -80,6 +80,7 @@ def _file_classes() -> tuple[ctypes.c_void_p, ...]:
 def unread_by_files(options: Iterable[str]) -> list[str] | None:
     """The names of the ``NAME=VALUE`` options of ``options`` that FFmpeg has, but nothing that reads a file takes
     (a network stream's, a device's), in their order; None where FFmpeg's libraries cannot be asked."""
+    options = list(options)  # gone through twice: for the names FFmpeg has, then for what reads a file
     unknown = unknown_options(options)
     if unknown is None:
         return None
