@@ -81,6 +81,8 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         raise ValueError(f"cannot recover to {out}: a recording's name must end in .mcap (replay knows it by that)")
     if os.path.lexists(out):  # a link pointing nowhere too: the final rename would not write over it
         raise FileExistsError(f"cannot recover to {out}: it exists; pass another --out or move it away")
+    # read before the temporary output is made: it may read the whole file, and a Ctrl-C then would leave that output
+    records = _part_records(src, mark)
     tmp = partial_path(out)
     if tmp.resolve() == src.resolve():  # the default output's temporary name is the cut recording itself
         tmp = partial_path(tmp)
@@ -88,7 +90,6 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         f = open(tmp, "xb")  # noqa: SIM115 (closed below); "x": a file left there is never written over
     except OSError as exc:
         raise OSError(f"cannot write {out}: {tmp}: {io_reason(exc)}") from None
-    records = _part_records(src, mark)
     try:
         with f:
             counts, first, last = _copy(src, header, f, records)

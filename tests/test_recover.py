@@ -239,6 +239,21 @@ def test_ctrl_c_or_a_full_disk_midway_leaves_nothing(tmp_path, cut, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
 
+def test_ctrl_c_while_it_looks_for_a_split_recordings_records_leaves_nothing(tmp_path, cut, monkeypatch):
+    # the records are read through the whole cut file, after its temporary output was made: a Ctrl-C there left that
+    # empty file, and every later recover of the recording was refused as writing over it
+    import streamfuse.recover
+
+    def read_through(path):
+        raise KeyboardInterrupt
+
+    src, _ = cut
+    monkeypatch.setattr(streamfuse.recover, "part_marks", read_through)
+    with pytest.raises(KeyboardInterrupt):
+        recover(src)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
 @pytest.mark.parametrize("stop", ["ctrl_c", "sigterm", "sighup"])
 def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_path, cut, monkeypatch, capsys,
                                                                              stop):
