@@ -243,7 +243,7 @@ class Recorder:
                 queued = self._worker.offer(frame)
             except RuntimeError as exc:  # the writer thread failed on an earlier frame
                 self._stopped(exc)
-                self._close_file()  # now: locked to the run's end, it was refused to `recover` as still recorded
+                self._close_file()  # at once: its lock would have `recover` refuse it as recorded until the run ends
         if queued:
             self.counts[frame.stream] += 1
         else:
