@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from helpers_clock import SleptClock
 
 from streamfuse.capture.producer import ProducerEvent, Producers, start_producers
 from streamfuse.capture.shm_ring import remove_stale
@@ -107,7 +108,7 @@ def test_live_sigkill_is_reported_once_and_restarted_without_stopping_the_other(
 
 def test_hung_producer_is_reported_counted_and_restarted_while_the_other_goes_on(caplog) -> None:
     caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
-    cfg = SourceConfig(kind="synthetic", width=160, height=120, stall_factor=15)  # 30 fps: silent 0.5 s = stalled
+    cfg = SourceConfig(kind="synthetic", width=160, height=120, stall_factor=15)  # silent 2 s (the floor) = stalled
     prod = start_producers(cfg, replace(cfg, stall_factor=0), backoff_s=0.1)
     names = prod.shm_names()
     try:
@@ -941,7 +942,7 @@ class _Silent:
 
 
 @pytest.mark.parametrize(("stall_factor", "queued", "beats", "killed"), [
-    (20, [], 0, True),  # a frame delivered and nothing since: 20 intervals (0.66 s) of silence, not 30 s, is a stall
+    (20, [], 0, True),  # a frame delivered and nothing since: 5 s of silence (past 20 intervals and 2 s) is a stall
     (20, [Frame("ir", 1, 0, np.zeros((4, 4), np.uint8))], 0, False),  # a frame waits unread: the consumer is behind
     (0, [], 1, False)])  # stall_factor 0: never
 def test_a_producer_silent_for_its_stall_allowance_is_killed(stall_factor, queued, beats, killed) -> None:
@@ -951,6 +952,24 @@ def test_a_producer_silent_for_its_stall_allowance_is_killed(stall_factor, queue
     w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48, stall_factor=stall_factor))
     w.proc, w.ring, w.beat = _Silent(), _Queued(queued), [beats, round(1e9 / 30), 0, 0, 0]
     w.beats_seen, w.last_seq, w.heard_at = beats, 0, time.monotonic() - 5.0  # frame 0 of this process delivered
+    prod._check_stall(w)
+    assert w.proc.killed == killed and w.stalls == killed
+
+
+@pytest.mark.parametrize(("silent_s", "killed"), [(1.0, False), (2.5, True)], ids=["starved", "stalled"])
+def test_a_fast_source_is_not_killed_for_a_busy_hosts_pause(monkeypatch, silent_s, killed) -> None:
+    # 60 frames/s x stall_factor 20 is 0.33 s: a busy host leaves a process off the CPU that long, and restarting it
+    # cost more frames than the pause; a source silent past the floor is still killed
+    from streamfuse.capture import producer
+
+    clock = SleptClock()
+    clock.sleep(100.0)
+    monkeypatch.setattr(producer, "time", clock)
+    prod = Producers.__new__(Producers)
+    w = producer._Worker("ir", SourceConfig(kind="synthetic", width=64, height=48, fps=60.0))
+    w.proc, w.ring, w.beat = _Silent(), _Queued([]), [1, round(1e9 / 60), 0, 0, 0]
+    w.beats_seen, w.last_seq, w.heard_at = 1, 0, clock.monotonic()  # its frame 0 delivered, then silence
+    clock.sleep(silent_s)
     prod._check_stall(w)
     assert w.proc.killed == killed and w.stalls == killed
 
