@@ -21,6 +21,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.sticky import stuck_owner, user_name
 
@@ -83,10 +84,11 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host or "localhost"
 
 
-def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "",
-         curve_clients_dir: str = "") -> ThreadAuthenticator | None:
+def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "", curve_clients_dir: str = "",
+         unsent_bytes: int = 0) -> ThreadAuthenticator | None:
     """Bind ``sock`` to ``endpoint``, with ``ZMQ_IPV6`` for an IPv6 address, as a CURVE server with the secret key
-    of ``curve_secret_file`` (a file made by ``zmq.auth.create_certificates``; empty = plain).
+    of ``curve_secret_file`` (a file made by ``zmq.auth.create_certificates``; empty = plain). A ``tcp://``
+    endpoint's connections hold at most ``unsent_bytes`` not yet sent in the kernel (0: the kernel's own limit).
 
     With ``curve_clients_dir`` too, only the clients whose public keys (``.key`` files) are in that folder get in
     ("ironhouse"): a ZAP handler, started in the socket's context, checks each handshake. The socket must have a
@@ -107,14 +109,35 @@ def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "",
     host = tcp_host(endpoint)
     if host is not None and is_ipv6(host):
         sock.setsockopt(zmq.IPV6, 1)
+    # the bind posts its listening socket's descriptor to a monitor before it returns
+    monitor = sock.get_monitor_socket(zmq.EVENT_LISTENING) if unsent_bytes and host is not None else None
     try:
         _check_ipc_path(endpoint)
         sock.bind(endpoint)
+        if monitor is not None and monitor.poll(1000):
+            _cap_unsent(recv_monitor_message(monitor)["value"], unsent_bytes)
     except BaseException:
         if auth is not None:
             auth.stop()
         raise
+    finally:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(linger=0)
     return auth
+
+
+def _cap_unsent(listener_fd: int, unsent_bytes: int) -> None:
+    """Set ``TCP_NOTSENT_LOWAT`` on libzmq's listening socket, which the connections it accepts inherit: where the
+    platform has none, the kernel's own limit stays."""
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is None:
+        return
+    listener = socket.socket(fileno=listener_fd)
+    try:
+        listener.setsockopt(socket.IPPROTO_TCP, option, unsent_bytes)
+    finally:
+        listener.detach()  # libzmq's to close
 
 
 def _check_ipc_path(endpoint: str) -> None:

@@ -123,7 +123,8 @@ class Publisher:
             self._sock.setsockopt(zmq.MAXMSGSIZE, max(_MAX_SUBSCRIPTION, 64 + longest))
             self._sock.setsockopt(zmq.HEARTBEAT_IVL, _PEER_TIMEOUT_MS // 6)
             self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _PEER_TIMEOUT_MS)
-            self._auth = bind(self._sock, cfg.endpoint, cfg.curve_secret_file, cfg.curve_clients_dir)
+            self._auth = bind(self._sock, cfg.endpoint, cfg.curve_secret_file, cfg.curve_clients_dir,
+                              cfg.unsent_kb * 1024)
         except zmq.ZMQError as exc:
             self.close()
             if exc.errno == errno.EADDRINUSE:

@@ -21,6 +21,10 @@ class PublishConfig:
         topic: topic of fused frames (first message part).
         stats_topic: topic of the telemetry messages.
         sndhwm: messages queued per subscriber before that subscriber's frames are dropped (small = fresh frames).
+        unsent_kb: ``tcp://``: KiB the kernel holds for each subscriber beyond what is on its way
+            (``TCP_NOTSENT_LOWAT``): a subscriber that stops reading fills no more, so hundreds of them cannot hold
+            the I/O thread from the others' frames; a distant one's data in flight is not limited. 0 = the kernel's
+            own (megabytes a subscriber).
         nodrop: ``ZMQ_XPUB_NODROP``: a full subscriber queue makes ``send_fused`` return False (counted) instead
             of dropping that subscriber's copy silently; one stalled subscriber then holds frames back from all.
         wait_ms: with ``nodrop``, how long ``send_fused`` may wait for room before it drops the frame: lossless
@@ -51,6 +55,7 @@ class PublishConfig:
     topic: str = f"{FUSED_PREFIX}rig0"
     stats_topic: str = f"{STATS_PREFIX}rig0"
     sndhwm: int = 2
+    unsent_kb: int = 64
     nodrop: bool = False
     wait_ms: int = 0
     frame_id: str = ""
@@ -75,6 +80,7 @@ class PublishConfig:
         check(not self.curve_clients_dir or bool(self.curve_secret_file), "curve_clients_dir", self.curve_clients_dir,
               "empty, or a folder of consumers' public keys with curve_secret_file set (they are CURVE clients)")
         check(1 <= self.sndhwm <= 1000, "sndhwm", self.sndhwm, "1..1000")
+        check(0 <= self.unsent_kb <= 1_048_576, "unsent_kb", self.unsent_kb, "0 (the kernel's own) .. 1048576 KiB")
         check(self.wait_ms == 0 or (self.nodrop and 0 < self.wait_ms <= 60_000), "wait_ms", self.wait_ms,
               "0, or 1..60000 with nodrop: true (without nodrop a full queue drops, it never waits)")
         check(self.encoding in FORMATS[:3], "encoding", self.encoding, "raw | jpeg | h264")

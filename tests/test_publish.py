@@ -201,6 +201,21 @@ def test_stalled_subscriber_does_not_slow_the_publisher(rng: np.random.Generator
     assert got < 60 and stalled.missed > 0  # its drops show up as gaps in seq
 
 
+def test_a_subscriber_that_stops_reading_is_held_few_frames_in_the_kernel(rng: np.random.Generator) -> None:
+    # the kernel grew the send buffer of each subscriber that stopped reading to megabytes (3 MB of these frames
+    # here), which libzmq's one I/O thread filled at the others' expense: 200 such made a reading consumer's frames a
+    # second old. A lossless publisher refuses the first frame no queue has had room for in 5 s, so the frames taken
+    # before it count what the stalled subscriber holds: its own 2 and socket buffer, the publisher's 2 and the kernel's
+    image = rng.integers(0, 256, (120, 160), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, nodrop=True, wait_ms=5000)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S, shm=False) as stalled:
+        connect(pub, stalled, image)
+        taken = 0
+        while taken < 1000 and pub.send_fused(fused_frame(image, taken)):
+            taken += 1
+    assert taken * image.nbytes < 1_000_000
+
+
 @pytest.mark.parametrize("size", [20_000, 600])
 def test_a_subscription_of_kilobytes_is_refused_not_taken_into_the_loop(size: int, rng: np.random.Generator) -> None:
     # libzmq keeps a subscription in a trie of one node a byte: a peer subscribing to a topic of megabytes held the

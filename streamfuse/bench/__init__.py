@@ -6,6 +6,7 @@ figures.
   replay     offline replay throughput and each stage's share of the wall time
   batch      batch replay: the Ray engine with N workers against 1, and against a single replay
   view       the live viewer's CPU and each page's messages/s with many pages open
+  peers      a reading consumer's frame age while many subscribers connect and never read
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ BENCHES = {
     "replay": "streamfuse.bench.replay:main",
     "batch": "streamfuse.bench.batch:main",
     "view": "streamfuse.bench.view:main",
+    "peers": "streamfuse.bench.peers:main",
 }
 
 

@@ -17,7 +17,8 @@ from streamfuse.signals import handled
 REPO = Path(__file__).resolve().parents[2]
 # the tools whose own module imports the heavy packages, and the thin ones that run a command's module
 OWN_IMPORTS = ["ablate.py", "extract_pairs.py", "homography.py", "target_sweep.py", "temporal.py"]
-THIN = ["evaluate.py", "bench_fuse.py", "bench_replay.py", "bench_transport.py", "bench_batch.py", "train.py"]
+THIN = ["evaluate.py", "bench_fuse.py", "bench_replay.py", "bench_transport.py", "bench_batch.py", "bench_peers.py",
+        "train.py"]
 
 
 @pytest.mark.parametrize("name", OWN_IMPORTS)

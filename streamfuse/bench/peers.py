@@ -1,0 +1,115 @@
+"""Stalled-peers benchmark: how old a reading consumer's frames are while many subscribers connect and never read.
+
+The publisher (this process) sends the synthetic rig's frames at ``--rate`` over raw ZeroMQ; a consumer in a
+child process reads every frame and takes each one's age, its receipt minus its capture time (one ``time.time_ns``
+clock on both sides). Once it reads, a second child connects ``--stalled`` SUB sockets (a queue of 2 each, as
+``Subscriber``'s) that never read, and the consumer's ages from then on for ``--seconds`` are reported: median, p99,
+max, the worst of each second, and the frames it missed, for each ``publish.unsent_kb`` of ``--unsent-kb`` (0: the
+kernel's own send buffers, megabytes a subscriber, which libzmq's one I/O thread fills at the others' expense).
+Example: ``python -m streamfuse bench peers --size 320x240 --stalled 0,50,200 --unsent-kb 0,64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from streamfuse.bench import parse_size
+from streamfuse.bench.transport import ANY_PORT, _demo_frames, _fused, _paced, _Receiver
+from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, positive
+from streamfuse.client import Subscriber
+from streamfuse.publish import PublishConfig, Publisher
+from streamfuse.wire import FUSED_PREFIX
+
+
+def _reader(endpoint: str, ready: Any, done: Any, results: Any) -> None:
+    """Read every frame until ``done`` and the stream is quiet; report (arrival epoch s, age ms) pairs and misses."""
+    arrivals, ages = [], []
+    with Subscriber(endpoint, timeout_s=0.2, shm=False, copy=False) as sub:
+        while (frame := sub.recv()) is not None or not done.is_set():
+            if frame is None:
+                continue
+            now = time.time_ns()
+            ready.set()
+            arrivals.append(now / 1e9)
+            ages.append((now - max(frame[0]["t_capture_ir_ns"], frame[0]["t_capture_vis_ns"])) / 1e6)
+        results.put({"arrivals": arrivals, "ages": ages, "missed": sub.missed})
+
+
+def _stalled(endpoint: str, ready: Any, done: Any, results: Any, count: int) -> None:
+    """Connect ``count`` SUB sockets that never read, until ``done``."""
+    with zmq.Context() as ctx:
+        socks = []
+        for _ in range(count):
+            sock = ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.RCVHWM, 2)
+            sock.setsockopt(zmq.SUBSCRIBE, FUSED_PREFIX.encode())
+            sock.connect(endpoint)
+            socks.append(sock)
+        ready.set()
+        done.wait()
+        for sock in socks:
+            sock.close(linger=0)
+    results.put({})
+
+
+def _run(image: np.ndarray, stalled: int, unsent_kb: int, port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The reading consumer's ages (ms) and misses over ``args.seconds`` from the moment ``stalled`` peers start, the
+    publisher on loopback ``port`` (0: any free one)."""
+    endpoint = f"tcp://127.0.0.1:{port}" if port else ANY_PORT
+    with Publisher(PublishConfig(endpoint=endpoint, shm_slots=0, unsent_kb=unsent_kb)) as pub:
+        reader = _Receiver(_reader, pub.endpoint)
+        while not reader.started():
+            pub.send_fused(_fused(image, 0))
+        since = time.time()
+        peers = _Receiver(_stalled, pub.endpoint, stalled) if stalled else None
+
+        def send(seq: int) -> int:  # every frame counts, dropped for some peer or not
+            pub.send_fused(_fused(image, seq))
+            return 1
+
+        sent = _paced(send, args.seconds, args.rate)
+        got = reader.result()
+        if peers is not None:
+            peers.result()
+    arrivals, ages = np.asarray(got["arrivals"]) - since, np.asarray(got["ages"])
+    arrivals, ages = arrivals[arrivals >= 0], ages[arrivals >= 0]
+    worst = [ages[(arrivals >= s) & (arrivals < s + 1)].max(initial=0) for s in range(int(args.seconds))]
+    return {"sent": sent, "got": len(ages), "missed": got["missed"], "ages": ages, "worst": worst}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the reading consumer's frame ages for each ``--unsent-kb`` and number of stalled peers."""
+    parser = Parser(prog="python -m streamfuse bench peers", description=__doc__, formatter_class=DefaultsFormatter)
+    parser.add_argument("--size", type=parse_size, default="320x240", help="frame size, WIDTHxHEIGHT (bgr8)")
+    parser.add_argument("--rate", type=positive(), default=60.0, help="frames/s published")
+    parser.add_argument("--seconds", type=positive(), default=8.0, help="length of each run")
+    parser.add_argument("--stalled", type=_counts, default="0,50,200", help="comma-separated numbers of stalled peers")
+    parser.add_argument("--unsent-kb", type=_counts, default="0,64", help="comma-separated publish.unsent_kb values")
+    parser.add_argument("--port", type=int_at_least(0), default=0,
+                        help="loopback port of the first run, the next port the next run's (a closed publisher's port "
+                             "is free only once its peers' connections are gone); 0: each run a free one")
+    args = parser.parse_args(argv)
+    width, height = args.size
+    image = _demo_frames(width, height, 1)[0]
+    print(f"loopback, {width}x{height} bgr8 at {args.rate:g} frames/s, {args.seconds:g} s a run, {os.cpu_count()} "
+          f"CPUs; the reading consumer's frame age (capture to receipt) from the moment the stalled peers connect")
+    print(f"{'unsent_kb':>9s} {'stalled':>7s} {'got':>9s} {'missed':>6s} {'median':>9s} {'p99':>9s} {'max':>9s}  "
+          f"worst of each second (ms), load average")
+    runs = [(unsent_kb, stalled) for unsent_kb in args.unsent_kb for stalled in args.stalled]
+    for i, (unsent_kb, stalled) in enumerate(runs):
+        r = _run(image, stalled, unsent_kb, args.port + i if args.port else 0, args)
+        ages = r["ages"] if len(r["ages"]) else np.asarray([np.nan])
+        print(f"{unsent_kb:9d} {stalled:7d} {r['got']:4d}/{r['sent']:<4d} {r['missed']:6d} "
+              f"{np.median(ages):6.1f} ms {np.percentile(ages, 99):6.1f} ms {ages.max():6.1f} ms  "
+              f"{' '.join(f'{w:.0f}' for w in r['worst'])}, {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def _counts(text: str) -> list[int]:
+    """An argparse ``type``: ``'0,50,200'`` -> ``[0, 50, 200]`` (each 0 or more)."""
+    return [int_at_least(0)(part) for part in text.split(",")]
