@@ -27,8 +27,8 @@ import numpy as np
 from streamfuse.errors import io_reason
 from streamfuse.stage_samples import StageSamples
 
-__all__ = ["partial_path", "final_path", "write_refusal", "durable_replace", "durable_rename_new", "write_file",
-           "write_png", "whole_png", "WriterThread", "BackgroundSync"]
+__all__ = ["partial_path", "final_path", "write_refusal", "durable_replace", "durable_rename_new", "Unsynced",
+           "write_file", "write_png", "whole_png", "WriterThread", "BackgroundSync"]
 
 _PARTIAL = ".partial"  # the end of a temporary name
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
@@ -61,6 +61,11 @@ def write_refusal(folder: str | os.PathLike) -> OSError | None:
     return None
 
 
+class Unsynced(OSError):
+    """The file has its final name, whole, but its folder's sync failed: that the name survives a power loss is not
+    confirmed (the caller must not say the write failed, nor remove the file)."""
+
+
 def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Rename the written file ``src`` to ``dst`` so that after a power loss ``dst`` holds all of ``src`` or what it
     held before: ``src``'s bytes are flushed to the disk first, and the rename itself before this returns."""
@@ -72,19 +77,21 @@ def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 def durable_rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """:func:`durable_replace`, but never over a file (or link) that took the name ``dst`` meanwhile (one checked
     for when a recording began, hours before its end): ``FileExistsError``, ``src`` left as it is. Another OSError
-    once ``dst`` is linked (its folder's sync failed) leaves ``dst`` alone, the one name of the file."""
+    once ``dst`` is linked (its folder's sync failed) is :class:`Unsynced` and leaves ``dst`` alone, the one name of
+    the file."""
     try:
         _link_new(Path(src), Path(dst))
-    except FileExistsError:
-        raise
-    except OSError:  # linked, its folder's sync failed: the temporary name goes still, so one name is left, the final
+    except Unsynced:  # linked: the temporary name goes still, so one name is left, the final
         with contextlib.suppress(OSError):
             if os.path.samefile(src, dst):
                 os.unlink(src)
         raise
     if os.path.exists(src):  # linked: the temporary name goes (renamed on a filesystem without hard links)
         os.unlink(src)
-        _sync_folder(Path(dst).parent)
+        try:
+            _sync_folder(Path(dst).parent)
+        except OSError as exc:
+            raise Unsynced(exc.errno, exc.strerror) from None
 
 
 def _flush(path: str | os.PathLike) -> None:
@@ -169,7 +176,8 @@ def _new_partial(path: Path) -> Path:
 
 
 def _link_new(src: Path, dst: Path) -> None:
-    """Give the flushed file ``src`` the name ``dst`` unless a file has it (``FileExistsError``)."""
+    """Give the flushed file ``src`` the name ``dst`` unless a file has it (``FileExistsError``); :class:`Unsynced`
+    where it has the name, its folder unsynced."""
     _flush(src)
     try:
         os.link(src, dst)
@@ -179,7 +187,10 @@ def _link_new(src: Path, dst: Path) -> None:
         if os.path.lexists(dst):  # a link too, even one that points nowhere
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
         os.replace(src, dst)
-    _sync_folder(dst.parent)
+    try:
+        _sync_folder(dst.parent)
+    except OSError as exc:
+        raise Unsynced(exc.errno, exc.strerror) from None
 
 
 def write_png(path: Path, image: np.ndarray, *, new: bool = False) -> Path:

@@ -10,7 +10,8 @@ the kill came before any reached the disk, so that the set reads to its end. One
 (its run's final rename failed: a full disk, a permissions change) is finished the same way. A finished part damaged
 inside, recovered with ``--out``, keeps its set's record: its place in the set. The cut recording is left as it is.
 Exits 0 when done or when the recording is complete already (nothing to recover), 1 when nothing can be recovered or
-written, 2 on bad arguments.
+written, or when the recovered file has its name but its folder's sync failed (the line says so: keep the cut one), 2
+on bad arguments.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mcap.reader import NonSeekingReader
 from mcap.records import Header
 from mcap.writer import MCAP0_MAGIC, Writer
 
-from streamfuse.atomic_write import durable_rename_new, final_path, partial_path
+from streamfuse.atomic_write import Unsynced, durable_rename_new, final_path, partial_path
 from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.cli.args import Parser, path_arg
@@ -54,7 +55,8 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
     temporary name.
 
     Raises:
-        OSError, ValueError, RuntimeError: one line naming the file; no output is left behind.
+        OSError, ValueError, RuntimeError: one line naming the file; no output is left behind, except where it has its
+            name but its folder's sync failed (RuntimeError, the line saying what was recovered).
     """
     src = Path(src)
     if src.exists() and not src.is_file():  # a FIFO held its open() for good, waiting for a writer
@@ -83,6 +85,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         raise FileExistsError(f"cannot recover to {out}: it exists; pass another --out or move it away")
     # read before the temporary output is made: it may read the whole file, and a Ctrl-C then would leave that output
     records = _part_records(src, mark)
+    ends = any(name == END_RECORD for name, _ in records)
     tmp = partial_path(out)
     if tmp.resolve() == src.resolve():  # the default output's temporary name is the cut recording itself
         tmp = partial_path(tmp)
@@ -96,13 +99,15 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         if not any(counts.values()) and mark is None:
             raise ValueError(_NOTHING.format(src))
         durable_rename_new(tmp, out)  # not over a file that took its name while this copied
+    except Unsynced as exc:  # written whole under its name: kept, but the cut one is needed until it is safe
+        raise RuntimeError(_unsynced(_said(src, out, counts, (first, last), complete, ends=ends), exc)) from None
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OSError(f"cannot recover {src} into {out}: {io_reason(exc)}") from None
     except BaseException:  # Ctrl-C included: a temporary file of no use is not left behind
         tmp.unlink(missing_ok=True)
         raise
-    return _said(src, out, counts, (first, last), complete, ends=any(name == END_RECORD for name, _ in records))
+    return _said(src, out, counts, (first, last), complete, ends=ends)
 
 
 def _said(src: Path, out: Path, counts: dict[str, int], span: tuple[int, int], complete: bool, *, ends: bool) -> str:
@@ -119,6 +124,13 @@ def _said(src: Path, out: Path, counts: dict[str, int], span: tuple[int, int], c
             "what was recorded after the cut is lost")
     return (f"recovered {counts['ir']} IR and {counts['vis']} visible frames ({(last - first) / 1e9:.3f} s of "
             f"capture time, {first} to {last} ns) from {printable(src)} into {printable(out)}; {lost}")
+
+
+def _unsynced(said: str, exc: OSError) -> str:
+    """The line for a recovered file that has its name, but whose folder's sync (``exc``) failed after it took it:
+    ``said`` (what was recovered), and what that leaves the user to do."""
+    return (f"{said}; but its folder could not be synced after it took its name ({io_reason(exc)}): a power loss "
+            f"may yet lose that name; keep the cut recording and copy the recovered one elsewhere")
 
 
 def _part_records(src: Path, mark: dict[str, str] | None) -> list[tuple[str, dict[str, str]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
@@ -408,6 +409,31 @@ def test_a_file_given_the_output_name_while_it_copies_is_not_written_over(tmp_pa
     assert main([str(src), "--out", str(out)]) == 1
     assert out.read_bytes() == b"keep me" and not partial_path(out).exists()
     assert capsys.readouterr().err == f"streamfuse recover: error: cannot recover {src} into {out}: File exists\n"
+
+
+@pytest.mark.parametrize("when", ["after its link", "after its temporary name went"])
+def test_a_recovered_file_whose_folder_sync_fails_is_said_to_be_there(tmp_path, cut, monkeypatch, capsys, when):
+    """The file linked into place whole, the folder's fsync failed: it was said not to be recovered, though it was."""
+    import streamfuse.atomic_write
+
+    src, _ = cut
+    out = tmp_path / "saved.mcap"
+    real_sync = streamfuse.atomic_write._sync_folder
+
+    def failing(folder):
+        if out.exists() and (when == "after its link" or not partial_path(out).exists()):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_sync(folder)
+
+    monkeypatch.setattr(streamfuse.atomic_write, "_sync_folder", failing)
+    assert main([str(src), "--out", str(out)]) == 1  # the user must act: copy it elsewhere, keep the cut one
+    assert len(_messages(out)) == len(_messages(src)) > 0 and set(tmp_path.iterdir()) == {src, out}
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    said = recover(src, tmp_path / "again.mcap").replace(str(tmp_path / "again.mcap"), str(out))  # where the sync works
+    assert err == (f"streamfuse recover: error: {said}; but its folder could not "
+                   f"be synced after it took its name (Input/output error): a power loss may yet lose that name; keep "
+                   f"the cut recording and copy the recovered one elsewhere\n")
 
 
 def test_a_link_at_the_output_name_that_points_nowhere_is_refused_before_the_copy(tmp_path, cut):
