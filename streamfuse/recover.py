@@ -34,7 +34,8 @@ from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.cli.args import Parser, path_arg
 from streamfuse.errors import io_reason, printable
-from streamfuse.record_parts import END_RECORD, PART_RECORD, cut_mark, part_marks, part_path
+from streamfuse.part_set import cut_mark, part_marks
+from streamfuse.record_parts import END_RECORD, PART_RECORD, part_path
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
 from streamfuse.signals import HANGUP, handled, raise_interrupt
 

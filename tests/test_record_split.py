@@ -23,7 +23,8 @@ from streamfuse.config import ConfigError, load_config
 from streamfuse.frames import Frame
 from streamfuse import record_parts
 from streamfuse.pipeline import _log_recording_failure
-from streamfuse.record_parts import Parts, part_path, set_parts
+from streamfuse.part_set import set_parts
+from streamfuse.record_parts import Parts, part_path
 from streamfuse.recording import RecordConfig, Recorder, check_record_path
 from streamfuse.recover import recover
 

@@ -17,7 +17,8 @@ from mcap.writer import Writer
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceError
 from streamfuse.frames import Frame
-from streamfuse.record_parts import END_RECORD, PART_RECORD, part_marks, part_path
+from streamfuse.part_set import part_marks
+from streamfuse.record_parts import END_RECORD, PART_RECORD, part_path
 from streamfuse.recording import IMAGE_SCHEMA_TEXT, TOPICS, encode_image
 from streamfuse.recover import recover
 from test_record_split import _key, _killed, _record, _synthetic_run

@@ -14,7 +14,7 @@ from streamfuse.atomic_write import final_path
 from streamfuse.capture.bag_folder import is_bag_folder, is_storage
 from streamfuse.capture.rosbag2_compression import is_compressed
 from streamfuse.errors import printable
-from streamfuse.record_parts import later_part, set_name
+from streamfuse.part_set import later_part, set_name
 from streamfuse.replay import ListedPair, check_output_paths, find_pairs
 from streamfuse.replay.outputs import check_outside_folders
 from streamfuse.video import container_format

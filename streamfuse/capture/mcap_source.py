@@ -42,7 +42,7 @@ from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.capture.sqlite_bag import db3_messages, db3_topics, is_db3
 from streamfuse.errors import io_reason
 from streamfuse.frames import FAR_NS, Frame
-from streamfuse.record_parts import set_parts
+from streamfuse.part_set import set_parts
 from streamfuse.recording import COUNTS_TOPIC, TOPICS
 from streamfuse.registry import register
 
