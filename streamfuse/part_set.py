@@ -157,6 +157,7 @@ def set_parts(path: str | os.PathLike) -> list[Path] | None:
             raise ValueError(f"recording {path}: its part {part} was cut short (a killed run, or a write error such as "
                              f"a full disk): `python -m streamfuse recover {part}` finishes it, then replay the set")
     parts = [found[index] for index in range(last + 1)]
+    _check_distinct(path, parts)
     if marks is not None:
         _check_marks(path, marks[PART_RECORD].get("set", ""), parts)
     return parts
@@ -171,6 +172,20 @@ def _not_a_file(part: Path) -> str | None:
     if stat.S_ISREG(mode):
         return None
     return "a folder" if stat.S_ISDIR(mode) else "a pipe or a device"
+
+
+def _check_distinct(path: Path, parts: list[Path]) -> None:
+    """Refuse (ValueError, one line naming both) two of ``parts`` that are one file (a link to another part): its
+    frames would be read twice, and a set of a recorder that kept no records is checked by its names alone."""
+    seen: dict[tuple[int, int], Path] = {}
+    for part in parts:
+        try:
+            st = os.stat(part)
+        except OSError:  # gone meanwhile: its read names it
+            continue
+        if (other := seen.setdefault((st.st_dev, st.st_ino), part)) != part:
+            raise ValueError(f"recording {path}: its parts {other} and {part} are the same file (one a link to the "
+                             f"other): its frames would be read twice")
 
 
 def _check_marks(path: Path, set_id: str, parts: list[Path]) -> None:

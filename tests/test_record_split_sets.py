@@ -300,3 +300,21 @@ def test_a_set_under_a_hidden_name_is_read_whole(tmp_path):
     rec = _record(tmp_path / ".rig0.mcap", frames, split_s=1)
     assert rec.parts >= 2
     assert _key(read_recording(part_path(tmp_path / ".rig0.mcap", 0))) == _key(frames)
+
+
+@pytest.mark.parametrize("recorder", ["earlier", "ours"])
+@pytest.mark.parametrize("link", [os.symlink, os.link], ids=["symlink", "hard link"])
+def test_a_part_that_is_another_part_s_file_is_refused_naming_both(tmp_path, recorder, link):
+    # a set of a recorder that kept no records of it was checked by name only: the linked part's frames read twice
+    frames = _synthetic_run(30)
+    if recorder == "earlier":
+        _other_tool(tmp_path / "rig0_0000.mcap", frames[:20], library="streamfuse")
+        _other_tool(tmp_path / "rig0_0001.mcap", frames[20:], library="streamfuse")
+    else:
+        _record(tmp_path / "rig0.mcap", _synthetic_run(90), split_s=1)
+    first, linked = tmp_path / "rig0_0000.mcap", sorted(tmp_path.glob("rig0_*.mcap"))[-1]
+    twin = linked.with_name(f"rig0_{len(list(tmp_path.glob('rig0_*.mcap'))):04d}.mcap")
+    link(linked.name if link is os.symlink else linked, twin)
+    with pytest.raises(SourceError, match=rf"^recording {first}: its parts {linked} and {twin} are the same file \(one "
+                                          rf"a link to the other\): its frames would be read twice$"):
+        list(read_recording(first))
