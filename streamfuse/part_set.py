@@ -16,11 +16,11 @@ import re
 import stat
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterable, Iterator
 
 from mcap.exceptions import McapError
 from mcap.reader import SeekingReader
-from mcap.records import Channel, DataEnd, Header, Metadata, Schema
+from mcap.records import DataEnd, Header, Metadata
 from mcap.stream_reader import StreamReader
 from zstandard import ZstdError
 
@@ -28,7 +28,11 @@ from streamfuse.atomic_write import final_path
 from streamfuse.errors import io_reason
 from streamfuse.record_parts import END_RECORD, PART_NAME, PART_RECORD, SUFFIX, being_recorded, found_parts, part_path
 
-__all__ = ["cut_mark", "later_part", "part_marks", "set_name", "set_parts"]
+__all__ = ["cut_mark", "later_part", "part_marks", "set_name", "set_parts", "DoubledRecord"]
+
+_CUT = object()  # what ends a file's records where its data section does not end whole
+# what reading a damaged MCAP file raises
+_DAMAGE = (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError)
 
 
 def later_part(path: str | os.PathLike) -> bool:
@@ -39,36 +43,61 @@ def later_part(path: str | os.PathLike) -> bool:
     return bool(match and int(match["index"]) > 0 and part_path(path.with_name(match["base"] + SUFFIX), 0).is_file())
 
 
+class DoubledRecord(ValueError):
+    """A part holding a record of its set twice: damaged, or made by hand (the recorder writes each once)."""
+
+
 def part_marks(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, str]]] | None:
     """The library that wrote a finished MCAP file, and the records it holds of a split recording's (by name:
     :data:`PART_RECORD`, :data:`END_RECORD`; none in another tool's file, an unsplit recording); None where they cannot
     be read (a damaged file: its read says so). A file whose index cannot be read (its footer damaged, its data
-    whole) is read through for them: its data would be read, and the parts after it with it, unchecked."""
-    damage = (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError)
+    whole) is read through for them: its data would be read, and the parts after it with it, unchecked.
+
+    Raises:
+        DoubledRecord: one line naming ``path``, which holds one of them more than once.
+    """
     try:
         with _regular(path) as f:
             try:
                 reader = SeekingReader(f, validate_crcs=False)
-                marks = {m.name: m.metadata for m in reader.iter_metadata() if m.name in (PART_RECORD, END_RECORD)}
-                return reader.get_header().library, marks
-            except damage:
+                return reader.get_header().library, _collected(path, reader.iter_metadata())
+            except DoubledRecord:
+                raise
+            except _DAMAGE:
                 f.seek(0)
-                return _streamed_marks(f)
-    except (*damage, OSError):
+                records = list(_streamed(f))
+                library = next((r.library for r in records if isinstance(r, Header)), "")
+                marks = _collected(path, records)
+                return None if records and records[-1] is _CUT else (library, marks)
+    except DoubledRecord:
+        raise
+    except (*_DAMAGE, OSError):
         return None
 
 
-def _streamed_marks(f: BinaryIO) -> tuple[str, dict[str, dict[str, str]]]:
-    """:func:`part_marks` of an MCAP file read through its data section, its chunks not unpacked."""
-    library, marks = "", {}
-    for record in StreamReader(f, skip_magic=False, emit_chunks=True).records:
-        if isinstance(record, Header):
-            library = record.library
-        elif isinstance(record, Metadata) and record.name in (PART_RECORD, END_RECORD):
+def _collected(path: str | os.PathLike, records: Iterable[object]) -> dict[str, dict[str, str]]:
+    """The split recording's records among ``records``, by name; :class:`DoubledRecord` where one comes twice (which
+    of the two holds is not known: the part is refused, in replay and ``recover`` alike)."""
+    marks: dict[str, dict[str, str]] = {}
+    for record in records:
+        if isinstance(record, Metadata) and record.name in (PART_RECORD, END_RECORD):
+            if record.name in marks:
+                raise DoubledRecord(f"{path} holds its {record.name} record twice, where a part holds it once: it is "
+                                    f"damaged or made by hand, and its set and place cannot be told")
             marks[record.name] = dict(record.metadata)
-        elif isinstance(record, DataEnd):
-            break
-    return library, marks
+    return marks
+
+
+def _streamed(f: BinaryIO) -> Iterator[object]:
+    """The records of an MCAP file read through its data section, its chunks not unpacked: up to its end, or to the
+    damage or the cut that ends it, told by :data:`_CUT` last."""
+    try:
+        for record in StreamReader(f, skip_magic=False, emit_chunks=True).records:
+            if isinstance(record, DataEnd):
+                return
+            yield record
+    except _DAMAGE:
+        yield _CUT
 
 
 def _regular(path: str | os.PathLike) -> BinaryIO:
@@ -84,19 +113,20 @@ def cut_mark(partial: Path) -> dict[str, str] | None:
     """The set and place (:data:`PART_RECORD`) of the split recording's part cut short as ``partial``
     (``.rig0_0004.mcap.partial``): its own record, else the set of the finished part before it (a kill may cut a part
     before its record reached the disk); None for a file of no split recording's, one whose own record names no set or
-    another place (a file only named like the part), or one whose set cannot be told."""
+    another place (a file only named like the part), or one whose set cannot be told.
+
+    Raises:
+        DoubledRecord: ``partial``, or the part before it, holds a record of its set twice.
+    """
     final = final_path(partial)
     if final is None or (match := PART_NAME.fullmatch(final.name)) is None:
         return None
     index = int(match["index"])
-    with contextlib.suppress(McapError, EOFError, struct.error, ValueError, OverflowError, MemoryError, OSError), \
-            open(partial, "rb") as f:
-        for record in StreamReader(f, skip_magic=False).records:
-            if isinstance(record, Metadata) and record.name == PART_RECORD:  # its set and this place, else no part
-                good = record.metadata.get("set") and record.metadata.get("index") == str(index)
-                return {"set": record.metadata["set"], "index": str(index)} if good else None
-            if not isinstance(record, (Header, Schema, Channel, Metadata)):  # the data began: it has none
-                break
+    with contextlib.suppress(OSError), open(partial, "rb") as f:
+        own = _collected(partial, _streamed(f)).get(PART_RECORD)
+        if own is not None:  # its set and this place, else no part
+            return {"set": own["set"], "index": str(index)} if own.get("set") and own.get("index") == str(index) \
+                else None
     before = part_marks(partial.with_name(part_path(partial.with_name(match["base"] + SUFFIX), index - 1).name)) \
         if index else None
     if before is None or "set" not in before[1].get(PART_RECORD, {}):
@@ -125,7 +155,10 @@ def _first_part(path: Path) -> tuple[re.Match, dict[int, Path], dict[str, dict[s
 
 def set_name(path: str | os.PathLike) -> str | None:
     """The name of the split recording whose first part is ``path`` (``rig0`` for ``rig0_0000.mcap``), else None."""
-    first = _first_part(Path(path))
+    try:
+        first = _first_part(Path(path))
+    except DoubledRecord:  # its replay says so
+        return None
     return None if first is None else first[0]["base"]
 
 
@@ -136,9 +169,17 @@ def set_parts(path: str | os.PathLike) -> list[Path] | None:
     Raises:
         ValueError: one line naming the part that cannot be read with the others: missing between two of them or after
             the last one here, no regular file (a folder, a pipe, a device, a link to nothing), of another set, being
-            recorded by a running run, or cut short (a killed run, a write error).
+            recorded by a running run, cut short (a killed run, a write error), or holding a record of its set twice.
     """
     path = Path(path)
+    try:
+        return _parts_of(path)
+    except DoubledRecord as exc:
+        raise ValueError(f"recording {path}: its part {exc}") from None
+
+
+def _parts_of(path: Path) -> list[Path] | None:
+    """:func:`set_parts`; :class:`DoubledRecord` where a part holds a record of its set twice."""
     if (first := _first_part(path)) is None:
         return None
     match, found, marks = first

@@ -318,3 +318,35 @@ def test_a_part_that_is_another_part_s_file_is_refused_naming_both(tmp_path, rec
     with pytest.raises(SourceError, match=rf"^recording {first}: its parts {linked} and {twin} are the same file \(one "
                                           rf"a link to the other\): its frames would be read twice$"):
         list(read_recording(first))
+
+
+@pytest.mark.parametrize("twice", [PART_RECORD, END_RECORD])
+def test_a_part_holding_a_record_of_its_set_twice_is_refused_naming_it(tmp_path, twice):
+    # it was judged by its last record: a file claiming another set first, then this one's place, was read as the part
+    _record(tmp_path / "rig0.mcap", _synthetic_run(90), split_s=1)
+    parts = sorted(tmp_path.glob("rig0_*.mcap"))
+    mark, end = part_marks(parts[-1])[1][PART_RECORD], part_marks(parts[-1])[1][END_RECORD]
+    stranger = {PART_RECORD: {"set": "0123456789abcdef", "index": "0"}, END_RECORD: {"set": mark["set"], "parts": "9"}}
+    parts[-1].unlink()
+    _other_tool(parts[-1], _synthetic_run(30), ((twice, stranger[twice]), (PART_RECORD, mark), (END_RECORD, end)),
+                library="streamfuse")
+    with pytest.raises(SourceError, match=rf"^recording {parts[0]}: its part {parts[-1]} holds its {twice} record "
+                                          rf"twice, where a part holds it once: it is damaged or made by hand, and its "
+                                          rf"set and place cannot be told$"):
+        list(read_recording(parts[0]))
+
+
+@pytest.mark.parametrize("cut", [True, False], ids=["cut", "finished, damaged"])
+def test_recover_refuses_a_part_holding_its_place_twice_as_replay_does(tmp_path, cut):
+    # a cut part was judged by its first record, a finished one by its last
+    frames = _synthetic_run(30)
+    records = ((PART_RECORD, {"set": "0123456789abcdef", "index": "1"}), (PART_RECORD, {"set": "fedcba9876543210",
+                                                                                         "index": "1"}))
+    _other_tool(tmp_path / "whole.mcap", frames, records, "streamfuse")
+    data = (tmp_path / "whole.mcap").read_bytes()
+    src = tmp_path / (".rig0_0001.mcap.partial" if cut else "rig0_0001.mcap")
+    src.write_bytes(data[:-20000] if cut else data[:-30000] + bytes(1000) + data[-29000:])
+    with pytest.raises(ValueError, match=rf"^{src} holds its {PART_RECORD} record twice, where a part holds it once: "
+                                         rf"it is damaged or made by hand, and its set and place cannot be told$"):
+        recover(src, None if cut else tmp_path / "saved.mcap")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, "whole.mcap"])
