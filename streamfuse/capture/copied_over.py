@@ -1,11 +1,12 @@
 """A looped video file copied over in place while it plays (``cp new.mp4 clip.mp4``): the open container reads the
 new bytes through the old file's index, so the rest of its pass is lost (undecodable, or frames of neither file);
 one renamed over it (``mv``) is another file, which leaves the open one whole. Told by the file's status before each
-frame and after an error, and where only its time changed, by its bytes (a ``touch`` changes nothing the container
-reads; ``cp`` of a file of the same size keeps the inode and size too): the rest of the pass is counted lost, and
-the new file plays once its copy has settled, from where the pass would have ended (the other input's pass goes on
-meanwhile, so the two stay paired in step). A new file that fails in turn (unchanged since it opened) ends the source
-in one line, as any corrupt file does."""
+frame and after an error, and where only its time changed, by blocks of its bytes (a ``touch`` changes nothing the
+container reads; ``cp`` of a file of the same size keeps the inode and size too) or, where those blocks are the same,
+by an error decoding it after that change: the rest of the pass is counted lost, and the new file plays once its
+copy has settled, from where the pass would have ended (the other input's pass goes on meanwhile, so the two stay
+paired in step). A new file that fails in turn (unchanged since it opened) ends the source in one line, as any
+corrupt file does."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def settle(path: str, wait: Callable[[float], object]) -> None:
 
 class CopiedOver:
     """The video file source's side of it: ``_read`` goes on with the new file. The source keeps ``_mark`` (the
-    file's :func:`file_mark` taken before each open) and has ``_next_frame`` (this pass's next frame), ``_new_pass``
+    file's :func:`file_mark` taken before each open, renewed where only its time changed) and ``_mark_at_open`` (the one
+    taken before the open) and has ``_next_frame`` (this pass's next frame), ``_new_pass``
     (the next pass, one period after the last frame), ``_times`` (its ``FileClock``), ``_where`` and its
     container's announced length (``_expected`` frames, or ``_container``'s end)."""
 
@@ -83,9 +85,16 @@ class CopiedOver:
             if not self._copied_over():
                 return self._next_frame()
         except SourceError:
-            if not self._copied_over():
+            if not self._copied_over() and not self._retimed():
                 raise
         return self._next_file()
+
+    def _retimed(self) -> bool:
+        """Whether the file's time changed since it opened, its inode and size the same: bytes rewritten in place
+        where no sampled block shows them, which the decoder then fails on (a read of the whole file at each change
+        of its time would hold a long clip's source for seconds). One only touched and corrupt of its own fails in
+        turn once opened again, unchanged since."""
+        return None not in (self._mark, self._mark_at_open) and self._mark[2] != self._mark_at_open[2]
 
     def _copied_over(self) -> bool:
         if not self.cfg.loop or self.live:

@@ -97,7 +97,8 @@ class AvSource(CopiedOver, BaseSource):
         if self.cfg.kind == "file" and not Path(path).is_file():
             what = "not found" if not Path(path).exists() else "not a regular file (a pipe or a device?)"
             raise SourceError(f"{self.section}: video file {what}: {path}")
-        self._mark = file_mark(path) if self.cfg.loop and not self.live else None  # before it opens: a copy since shows
+        # before it opens: a copy since shows
+        self._mark = self._mark_at_open = file_mark(path) if self.cfg.loop and not self.live else None
         self._stack = contextlib.ExitStack()
         timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
         options = dict(o.split("=", 1) for o in self.cfg.ffmpeg)

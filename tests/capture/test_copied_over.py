@@ -4,15 +4,17 @@ one renamed over it (``mv``) is another file, and the open one plays on whole.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_video_sources import write_noise
 
-from streamfuse.capture.copied_over import settle
-from streamfuse.capture.sources import SourceConfig, open_source
+from streamfuse.capture.copied_over import _BLOCK, _SAMPLES, file_mark, settle
+from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 
 
 def _play(clip: Path, change) -> tuple[list[np.ndarray], list[str], int]:
@@ -46,6 +48,46 @@ def test_a_looped_file_copied_over_with_one_of_its_size_is_told(tmp_path: Path) 
     assert said == [f"vis: {clip}: the file changed while it played (copied over?) after frame 10 (t=0.360 s): its "
                     f"last 30 frames are lost; its next pass plays the new file"] and skipped == 30
     assert all(np.array_equal(image, fresh[i % 40]) for i, image in enumerate(played[10:]))
+
+
+@pytest.mark.parametrize("settled", ["whole", "corrupt"])
+def test_a_looped_file_rewritten_in_place_between_its_sampled_blocks_is_taken_as_copied_over(tmp_path: Path,
+                                                                                              monkeypatch, settled):
+    # its size and sampled blocks the same, it was taken as only touched: the source ended on a "corrupt video" line
+    import streamfuse.capture.copied_over
+
+    clip = tmp_path / "clip.mkv"
+    images, whole = write_noise(clip, 120, seed=1), clip.read_bytes()
+    sampled = [i * (len(whole) - _BLOCK) // (_SAMPLES - 1) for i in range(_SAMPLES)]
+    start, end = sampled[51] + _BLOCK, sampled[52]  # late in the file, in frames not read yet, between two blocks
+    mark = file_mark(str(clip))
+
+    def rewrite(data: bytes) -> None:  # in place, as a writer that keeps the inode and size
+        with open(clip, "r+b") as f:
+            f.write(data)
+        st = os.stat(clip)
+        os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+    def rewritten_whole(path, wait) -> None:  # the writer done while it settles: the bytes decode again
+        if settled == "whole":
+            rewrite(whole)
+        settle(path, wait)
+
+    monkeypatch.setattr(streamfuse.capture.copied_over, "settle", rewritten_whole)
+    src = open_source("vis", SourceConfig(kind="file", path=str(clip), realtime=False, loop=True))
+    said: list[str] = []
+    src.warn = said.append
+    played = []
+    with src, contextlib.suppress(SourceError) if settled == "corrupt" else contextlib.nullcontext():
+        played += [src.read() for _ in range(10)]
+        rewrite(whole[:start] + bytes(b ^ 0xFF for b in whole[start:end]) + whole[end:])
+        assert file_mark(str(clip))[2:] != mark[2:] and file_mark(str(clip))[3] == mark[3]  # its blocks the same
+        while len(played) < 300:
+            played.append(src.read())
+    assert len(said) == 1 and said[0].startswith(f"vis: {clip}: the file changed while it played (copied over?) ")
+    expected = images[:120 - src.skipped] + images * 3  # its first pass up to the loss, then the file again
+    assert 0 < src.skipped < 30 and len(played) == (300 if settled == "whole" else 120 - src.skipped + 97)
+    assert all(np.array_equal(f.image, image) for f, image in zip(played, expected))
 
 
 def test_a_looped_file_renamed_over_plays_its_pass_whole_then_the_new_file(tmp_path: Path) -> None:
