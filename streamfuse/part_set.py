@@ -28,7 +28,7 @@ from streamfuse.atomic_write import final_path
 from streamfuse.errors import io_reason
 from streamfuse.record_parts import END_RECORD, PART_NAME, PART_RECORD, SUFFIX, being_recorded, found_parts, part_path
 
-__all__ = ["cut_mark", "later_part", "part_marks", "set_name", "set_parts", "DoubledRecord"]
+__all__ = ["cut_mark", "later_part", "one_file_twice", "part_marks", "set_name", "set_parts", "DoubledRecord"]
 
 _CUT = object()  # what ends a file's records where its data section does not end whole
 # what reading a damaged MCAP file raises
@@ -198,7 +198,9 @@ def _parts_of(path: Path) -> list[Path] | None:
             raise ValueError(f"recording {path}: its part {part} was cut short (a killed run, or a write error such as "
                              f"a full disk): `python -m streamfuse recover {part}` finishes it, then replay the set")
     parts = [found[index] for index in range(last + 1)]
-    _check_distinct(path, parts)
+    if twice := one_file_twice(parts):  # a set of a recorder that kept no records is told by its names alone
+        raise ValueError(f"recording {path}: its parts {twice[0]} and {twice[1]} are the same file (one a link to the "
+                         f"other): its frames would be read twice")
     if marks is not None:
         _check_marks(path, marks[PART_RECORD].get("set", ""), parts)
     return parts
@@ -215,18 +217,18 @@ def _not_a_file(part: Path) -> str | None:
     return "a folder" if stat.S_ISDIR(mode) else "a pipe or a device"
 
 
-def _check_distinct(path: Path, parts: list[Path]) -> None:
-    """Refuse (ValueError, one line naming both) two of ``parts`` that are one file (a link to another part): its
-    frames would be read twice, and a set of a recorder that kept no records is checked by its names alone."""
+def one_file_twice(files: list[Path]) -> tuple[Path, Path] | None:
+    """Two of ``files`` that are one file (a link to another of them, or one name given twice), else None: a set of
+    them would read its frames twice. One that cannot be looked at is left to its read."""
     seen: dict[tuple[int, int], Path] = {}
-    for part in parts:
+    for file in files:
         try:
-            st = os.stat(part)
-        except OSError:  # gone meanwhile: its read names it
+            st = os.stat(file)
+        except OSError:
             continue
-        if (other := seen.setdefault((st.st_dev, st.st_ino), part)) != part:
-            raise ValueError(f"recording {path}: its parts {other} and {part} are the same file (one a link to the "
-                             f"other): its frames would be read twice")
+        if (other := seen.setdefault((st.st_dev, st.st_ino), file)) is not file:
+            return other, file
+    return None
 
 
 def _check_marks(path: Path, set_id: str, parts: list[Path]) -> None:

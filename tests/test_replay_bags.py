@@ -316,6 +316,23 @@ def test_a_bag_folder_missing_a_file_it_lists_or_without_any_is_one_line(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["robot_bag"]
 
 
+@pytest.mark.parametrize("twice", ["listed twice", "a link", "a link, unlisted"])
+def test_a_bag_folder_holding_one_file_twice_is_one_line(tmp_path, twice):
+    # its messages were read twice, each pair fused twice over
+    folder, messages = tmp_path / "robot_bag", ros2_messages()
+    folder.mkdir()
+    _write_ros2(folder / "robot_bag_0.db3", messages)
+    if twice != "listed twice":
+        (folder / "robot_bag_1.db3").symlink_to("robot_bag_0.db3")
+    second = "robot_bag_0.db3" if twice == "listed twice" else "robot_bag_1.db3"
+    write_metadata(folder, None if twice == "a link, unlisted" else ["robot_bag_0.db3", second])
+    with pytest.raises(ValueError, match=rf"^bag {folder}: its files robot_bag_0.db3 and {second} are the same file "
+                                         rf"\(one a link to the other, or listed twice\): its messages would be read "
+                                         rf"twice$"):
+        run_replay(_cfg(), ir_path=folder, out_path=tmp_path / "fused.mkv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["robot_bag"]
+
+
 def test_a_thermal_cameras_float_temperatures_replay_and_on_the_visible_topic_are_one_line(tmp_path):
     messages = []
     for i in range(N):

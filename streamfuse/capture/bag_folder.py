@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from streamfuse.part_set import one_file_twice
+
 __all__ = ["STORAGE_SUFFIXES", "folder_topics", "is_bag_folder", "is_storage", "storage_files"]
 
 # the files read as recordings: ours, and a ROS 2 (MCAP, sqlite3; zstd-compressed by file too) or ROS 1 bag's
@@ -58,11 +60,14 @@ def storage_files(folder: str | os.PathLike) -> list[Path]:
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise ValueError(f"bag {folder}: its metadata.yaml lists {', '.join(missing)}, not in the folder")
-        return files
-    files = sorted((p for p in folder.iterdir() if p.is_file() and is_storage(p) and p.name[0] != "."),  # a Mac's
-                   key=_split_index)  # "._NAME" beside NAME is its metadata
+    else:
+        files = sorted((p for p in folder.iterdir() if p.is_file() and is_storage(p) and p.name[0] != "."),  # a Mac's
+                       key=_split_index)  # "._NAME" beside NAME is its metadata
     if not files:
         raise ValueError(f"bag {folder} holds no storage files ({', '.join(STORAGE_SUFFIXES)})")
+    if twice := one_file_twice(files):
+        raise ValueError(f"bag {folder}: its files {twice[0].name} and {twice[1].name} are the same file (one a link "
+                         f"to the other, or listed twice): its messages would be read twice")
     return files
 
 
