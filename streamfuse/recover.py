@@ -84,8 +84,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         raise ValueError(f"cannot recover to {out}: a recording's name must end in .mcap (replay knows it by that)")
     if os.path.lexists(out):  # a link pointing nowhere too: the final rename would not write over it
         raise FileExistsError(f"cannot recover to {out}: it exists; pass another --out or move it away")
-    # read before the temporary output is made: it may read the whole file, and a Ctrl-C then would leave that output
-    records = _part_records(src, mark)
+    records = _part_records(src, mark)  # before the output is made: a Ctrl-C in this whole read would leave it
     ends = any(name == END_RECORD for name, _ in records)
     tmp = partial_path(out)
     if tmp.resolve() == src.resolve():  # the default output's temporary name is the cut recording itself
