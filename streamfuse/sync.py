@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import time
-from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -87,11 +86,9 @@ class SyncConfig:
 class _Input:
     """One input's queue (sorted by capture time), counters and rate estimate."""
 
-    def __init__(self, maxlen: int, keep_left: bool = False, left_time: Callable[[Frame], int] | None = None) -> None:
+    def __init__(self, maxlen: int, on_left: Callable[[Frame, str], None] | None = None) -> None:
         self.queue: deque[Frame] = deque()
-        # times of the frames that left the queue unpaired or dropped, when kept (``Pairer(keep_left=True)``)
-        self.left = {"unpaired": array("q"), "dropped": array("q")} if keep_left else None
-        self.left_time = left_time
+        self.on_left = on_left  # told of each frame that leaves the queue unpaired or dropped
         self.maxlen = maxlen
         self.newest_ns: int | None = None  # largest capture time received
         self.horizon_ns: int | None = None  # capture time of the last frame that left the queue
@@ -121,8 +118,8 @@ class _Input:
         frame = self.queue.popleft()
         self.horizon_ns = frame.t_capture_ns
         setattr(self, outcome, getattr(self, outcome) + 1)
-        if self.left is not None and outcome in self.left:
-            self.left[outcome].append(frame.t_capture_ns if self.left_time is None else self.left_time(frame))
+        if self.on_left is not None and outcome != "paired":
+            self.on_left(frame, outcome)
         return frame
 
     def restart(self) -> None:
@@ -142,16 +139,13 @@ class Pairer:
 
     Args:
         cfg: the sync section.
-        keep_left: keep the capture times of the frames that leave unpaired or dropped (:meth:`left`): a replay
+        on_left: called with each frame that leaves its queue and its outcome (``unpaired`` or ``dropped``): a replay
             that learns its inputs' time spans only at their end tells those outside the other's span by them.
-        left_time: the time such a frame is kept by instead (a replay's time line, which a clock step back leaves
-            apart from the capture times), asked as it leaves.
     """
 
-    def __init__(self, cfg: SyncConfig, *, keep_left: bool = False,
-                 left_time: Callable[[Frame], int] | None = None) -> None:
+    def __init__(self, cfg: SyncConfig, *, on_left: Callable[[Frame, str], None] | None = None) -> None:
         self.cfg = cfg
-        self._in = {s: _Input(cfg.queue_size, keep_left, left_time) for s in STREAMS}
+        self._in = {s: _Input(cfg.queue_size, on_left) for s in STREAMS}
         self._slop_ns = round(cfg.slop_ms * 1e6)
         self._hold_ns = round(cfg.hold_ms * 1e6)
         self._held: dict[str, Frame | None] = {s: None for s in STREAMS}  # latest mode: newest frame per stream
@@ -186,11 +180,6 @@ class Pairer:
             while inp.queue:
                 inp.pop("unpaired")
         return pairs
-
-    def left(self, stream: str) -> dict[str, array] | None:
-        """The times (ns, see ``left_time``) of ``stream``'s frames that left its queue ``unpaired`` or ``dropped``,
-        if kept."""
-        return self._in[stream].left
 
     def held(self, stream: str) -> set[int]:
         """The capture times of ``stream``'s frames still held: queued, waiting to tell a clock step, or (latest mode)

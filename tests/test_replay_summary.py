@@ -3,6 +3,8 @@ inputs of unequal spans, and the stage table's units."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from test_replay import _replay_halves, make_cfg, write_video
@@ -10,6 +12,8 @@ from test_replay import _replay_halves, make_cfg, write_video
 import streamfuse.publish
 from streamfuse.frames import Frame
 from streamfuse.replay import run_replay
+from streamfuse.replay.frame_times import FrameTimes
+from streamfuse.replay.left_frames import LeftFrames
 from streamfuse.replay.summary import ReplaySummary, StageClock
 from streamfuse.sync import Pairer, SyncConfig
 
@@ -53,13 +57,12 @@ def test_the_pairers_leftovers_are_outside_the_other_span_only_beyond_the_pairin
     the other stream's span could never pair (outside it, said in the note); the nearer ones lost a partner to a
     closer frame, unpaired among the pairs (80 and 220 ms: just the slop away, so they could have paired)."""
     ms, img = 1_000_000, np.zeros((2, 2), np.uint8)
-    pairer = Pairer(SyncConfig(slop_ms=20), keep_left=True)
     ir = [Frame("ir", i, t * ms, img) for i, t in enumerate((50, 80, 85, 98, 200, 215, 220, 260))]
     vis = [Frame("vis", i, t * ms, img) for i, t in enumerate((100, 200))]
-    pairs = [p for f in sorted(ir + vis, key=lambda f: f.t_capture_ns) for p in pairer.push(f)] + pairer.flush()
+    pairer, left, pairs = _paired(SyncConfig(slop_ms=20), sorted(ir + vis, key=lambda f: f.t_capture_ns))
     assert len(pairs) == 2
     summary = ReplaySummary(ir="ir.mcap", vis="ir.mcap", out="o.mkv", frames={"ir": 8, "vis": 2})
-    summary.take_pairer(pairer, {s: [f.t_capture_ns for f in frames] for s, frames in (("ir", ir), ("vis", vis))})
+    summary.take_pairer(pairer, left)
     assert summary.outside == {"ir": {"before": 1, "after": 1}, "vis": {"before": 0, "after": 0}}
     assert summary.unpaired == {"ir": 6, "vis": 0} and summary.dropped == {"ir": 0, "vis": 0}
 
@@ -77,13 +80,53 @@ def test_a_dropped_frame_with_a_partner_in_the_tolerance_stays_dropped():
     """Read in recorded order with IR logged late, visible frames that had an IR frame of their time were dropped
     from a full queue: a longer one would have paired them, so they stay ``dropped`` (the note's queue advice)."""
     ms, img = 1_000_000, np.zeros((2, 2), np.uint8)
-    pairer = Pairer(SyncConfig(slop_ms=10, queue_size=2), keep_left=True)
     vis = [Frame("vis", i, i * 33 * ms, img) for i in range(6)]
     ir = [Frame("ir", i, i * 33 * ms, img) for i in range(6)]
-    pairs = [p for f in vis + ir for p in pairer.push(f)] + pairer.flush()
+    pairer, left, pairs = _paired(SyncConfig(slop_ms=10, queue_size=2), vis + ir)
     summary = ReplaySummary(ir="r.mcap", vis="r.mcap", out="o.mkv", frames={"ir": 6, "vis": 6})
-    summary.take_pairer(pairer, {"ir": [f.t_capture_ns for f in ir], "vis": [f.t_capture_ns for f in vis]})
+    summary.take_pairer(pairer, left)
     assert len(pairs) == 2 and summary.dropped == {"ir": 0, "vis": 4} and summary.unpaired == {"ir": 4, "vis": 0}
+
+
+def _paired(sync: SyncConfig, frames: list[Frame]) -> tuple[Pairer, LeftFrames, list]:
+    """``frames`` read in this order and paired as a replay pairs them; the pairer, its leftovers and the pairs."""
+    left = LeftFrames(sync.tolerance_ns)
+    pairer = Pairer(sync, on_left=lambda frame, outcome: left.left(frame.stream, outcome, frame.t_capture_ns))
+    pairs = []
+    for frame in frames:
+        left.read(frame.stream, frame.t_capture_ns)
+        pairs += pairer.push(frame)
+    pairs += pairer.flush()
+    left.end()
+    return pairer, left, pairs
+
+
+def _kept_bytes_after(n: int) -> int:
+    """What a replay's frame times hold after ``n`` frames a stream read in time order (60 frames/s; every 7th IR
+    frame lost, its visible frame unpaired; a 0.5 s IR pause each 1000 frames, the visible frames then dropped)."""
+    sync, period, img = SyncConfig(slop_ms=5, queue_size=4), 16_666_667, np.zeros((1, 1), np.uint8)
+    times = FrameTimes(None, period, sync.tolerance_ns)  # the visible input is only asked for output pts
+    pairer = Pairer(sync, on_left=times.left_pairer)
+    tracemalloc.start()
+    try:
+        for i in range(n):
+            for frame in (Frame("vis", i, i * period, img), Frame("ir", i, i * period + 2_000_000, img)):
+                if frame.stream == "ir" and (i % 7 == 3 or i % 1000 >= 970):
+                    continue
+                times.read(frame, frame.t_capture_ns)
+                pairer.push(frame)
+                times.forget(pairer)
+        kept = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*streamfuse*replay*")])
+        return sum(stat.size for stat in kept.statistics("filename"))
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_long_replay_keeps_the_times_its_pairing_window_needs_not_those_of_every_frame():
+    """A day of 60 frames/s video is 5 M frames a stream: the times kept for the end report (each frame's time line,
+    each unpaired or dropped frame's time) grew by 8 bytes a frame, 80 MB a day; they stay as they were after a few
+    thousand frames."""
+    assert _kept_bytes_after(20_000) - _kept_bytes_after(2_000) < 4096
 
 
 def test_the_stage_table_gives_ms_and_the_share_of_wall_time():

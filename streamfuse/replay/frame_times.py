@@ -1,16 +1,19 @@
-"""The times of a replay's frames: each stream's time line as read, and the output pts of the visible frames."""
+"""The times of a replay's frames: each stream's time span as read, the verdicts on the frames the pairer left, and
+the output pts of the visible frames."""
 
 from __future__ import annotations
 
-from array import array
 from fractions import Fraction
 
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.frames import Frame
 from streamfuse.replay.inputs import Input
+from streamfuse.replay.left_frames import LeftFrames
 from streamfuse.sync import Pairer
 
 __all__ = ["FrameTimes"]
+
+_SPANS = 16  # read times kept (merged spans) before those no leftover can need are let go: a few, not each frame's
 
 
 class FrameTimes:
@@ -19,11 +22,12 @@ class FrameTimes:
     Args:
         vis: the visible input, whose time base and shift the output pts are in.
         period_ns: the visible input's frame interval, ns.
+        tolerance_ns: the pairing tolerance (``SyncConfig.tolerance_ns``).
     """
 
-    def __init__(self, vis: Input, period_ns: int) -> None:
+    def __init__(self, vis: Input, period_ns: int, tolerance_ns: int) -> None:
         self.vis = vis
-        self.lines = {"ir": array("q"), "vis": array("q")}  # the time line of each frame read per stream, ns
+        self.left = LeftFrames(tolerance_ns)  # also each stream's first and newest time line read
         # the time line of the frames held for pairing whose capture times are not it (a clock stepped back), ns
         self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
         self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
@@ -32,29 +36,34 @@ class FrameTimes:
 
     def read(self, frame: Frame, t_ns: int) -> None:
         """A frame read, at ``t_ns`` on its stream's time line."""
-        self.lines[frame.stream].append(t_ns)
+        self.left.read(frame.stream, t_ns)
         if t_ns != frame.t_capture_ns:
             self.line_of[frame.stream][frame.t_capture_ns] = t_ns
         if frame.stream == "vis" and self.t0_vis is None:
             self.t0_vis = frame.t_capture_ns
 
     def line(self, frame: Frame) -> int:
-        """The time line of a frame held for pairing (``Pairer(left_time=...)``), ns."""
+        """The time line of a frame held for pairing, ns."""
         return self.line_of[frame.stream].get(frame.t_capture_ns, frame.t_capture_ns)
 
+    def left_pairer(self, frame: Frame, outcome: str) -> None:
+        """A frame the pairer left ``unpaired`` or ``dropped`` (``Pairer(on_left=...)``)."""
+        self.left.left(frame.stream, outcome, self.line(frame))
+
     def forget(self, pairer: Pairer) -> None:
-        """Drop the time line of the frames ``pairer`` no longer holds: those it left were kept by it as they left,
-        so what stays does not grow with the frames read after a clock step."""
+        """Drop what no frame still to leave ``pairer`` can need: the time line of the frames it no longer holds (so
+        what stays does not grow with the frames read after a clock step), and the read times far behind them."""
         for stream, line in self.line_of.items():
             if line:
-                held = pairer.held(stream)
-                for t in [t for t in line if t not in held]:
+                capture = pairer.held(stream)
+                for t in [t for t in line if t not in capture]:
                     del line[t]
+        if self.left.spans() > _SPANS:
+            self.left.forget({s: [self.line_of[s].get(t, t) for t in pairer.held(s)] for s in self.line_of})
 
     def ends(self) -> tuple[dict[str, int], dict[str, int]]:
         """The time line of each stream's first and last frame read, ns (both streams have frames)."""
-        first, last = ({k: t[i] for k, t in self.lines.items()} for i in (0, -1))
-        return first, last
+        return dict(self.left.first), dict(self.left.newest)
 
     def pts(self, vis: Frame) -> int:
         """Output pts of a pair in the visible input's time base (a recording's via out_clock; plus Input.shift),

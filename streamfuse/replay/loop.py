@@ -141,7 +141,7 @@ class _Replay:
         self.publisher: Any = None
         self.input_fault = False  # stopped by a truncated, corrupt or empty input (no --resume hint then)
         self.periods = {inp.stream: round(1e9 / inp.rate) for inp in (ir, vis)}  # frame intervals, ns
-        self.times = FrameTimes(vis, self.periods["vis"])
+        self.times = FrameTimes(vis, self.periods["vis"], cfg.sync.tolerance_ns)
         self.readers: list[Reader] = []
         self.lag: OrderLag | None = None  # a recording read in its recorded order: how late each topic came
 
@@ -158,7 +158,7 @@ class _Replay:
         with closed_on_failure(self.publisher):  # the model's load (seconds) comes after the publisher's bind
             processor = FrameProcessor.from_config(used, fuser_factory(used) if fuser_factory else None)
         # a recording's frames outside the other's span told at the end, by their time line
-        pairer = Pairer(self.cfg.sync, keep_left=True, left_time=self.times.line)
+        pairer = Pairer(self.cfg.sync, on_left=self.times.left_pairer)
         opened: list = []
         bar = tqdm(total=self.vis.expected, unit="frame", desc=f"replay {printable(self.out.name)}",
                    disable=None if rcfg.progress else True)
@@ -305,7 +305,8 @@ class _Replay:
 
     def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary
-        s.take_pairer(pairer, self.times.lines)
+        self.times.left.end()
+        s.take_pairer(pairer, self.times.left)
         lag = self.lag.note(s.dropped, self.cfg.sync.queue_size) if self.lag is not None else ""
         # an input that failed did not end: its error says where
         s.note = "" if s.stopped else "; ".join(note for note in (s.unequal_note(), lag) if note)

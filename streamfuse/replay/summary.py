@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +10,7 @@ import numpy as np
 from streamfuse.errors import printable
 from streamfuse.frames import STREAM_NAMES
 from streamfuse.stage_samples import StageSamples
+from streamfuse.replay.left_frames import LeftFrames
 from streamfuse.sync import OTHER, Pairer
 
 __all__ = ["ReplaySummary", "ReplayError", "StageClock", "STAGES", "each_thread"]
@@ -69,30 +69,24 @@ class ReplaySummary:
                   for name, s in self.stages.items()]
         return "\n".join(lines)
 
-    def take_pairer(self, pairer: Pairer, times: dict[str, Sequence[int]]) -> None:
-        """The pairer's unpaired and dropped counts, told apart by the time line of every frame read (``times``:
-        ns per stream, in the order read) for the frames it kept (``Pairer(keep_left=True)``). Those outside the other
-        stream's span (its first .. last frame read, widened by the pairing tolerance) count as ``outside``: a
-        recording read in recorded order learns its streams' spans only at its end, and the frames past one stream's
-        end waited in the pairer's queue for a partner, overflowing it as drops. A frame dropped with no frame of the
-        other stream within the tolerance (that camera paused) could never pair: unpaired, so ``dropped`` counts only
-        frames a longer queue might have paired. The pairer keeps its frames' times on the same time line where a clock
-        stepped back (``Pairer(left_time=...)``)."""
-        stats, tolerance_ns = pairer.stats(), pairer.cfg.tolerance_ns
-        for stream, other in OTHER.items():
+    def take_pairer(self, pairer: Pairer, left: LeftFrames) -> None:
+        """The pairer's unpaired and dropped counts, told apart by the verdicts on the frames it left (``left``, every
+        frame read and left told, then :meth:`LeftFrames.end`). Those outside the other stream's span (its first ..
+        last frame read, widened by the pairing tolerance) count as ``outside``: a recording read in recorded order
+        learns its streams' spans only at its end, and the frames past one stream's end waited in the pairer's queue
+        for a partner, overflowing it as drops. A frame dropped with no frame of the other stream within the
+        tolerance (that camera paused) could never pair: unpaired, so ``dropped`` counts only frames a longer queue
+        might have paired."""
+        stats = pairer.stats()
+        for stream in OTHER:
+            verdicts = left.verdicts[stream]
             counts = {outcome: stats[stream][outcome] for outcome in ("unpaired", "dropped")}
-            others = np.asarray(times.get(other, ()), np.int64)
-            for outcome, left in (pairer.left(stream) or {}).items():
-                if others.size and left:
-                    t = np.frombuffer(left, np.int64)
-                    sides = {"before": t < others[0] - tolerance_ns, "after": t > others[-1] + tolerance_ns}
-                    for side, beyond in sides.items():
-                        self.outside[stream][side] += int(beyond.sum())
-                        counts[outcome] -= int(beyond.sum())
-                    if outcome == "dropped":
-                        lone = int((_nearest_gap(np.sort(others), t[~(sides["before"] | sides["after"])])
-                                    > tolerance_ns).sum())
-                        counts["dropped"], counts["unpaired"] = counts["dropped"] - lone, counts["unpaired"] + lone
+            for side in ("before", "after"):
+                for outcome, n in verdicts[side].items():
+                    self.outside[stream][side] += n
+                    counts[outcome] -= n
+            counts["dropped"], counts["unpaired"] = counts["dropped"] - verdicts["lone"], \
+                counts["unpaired"] + verdicts["lone"]
             self.unpaired[stream] = counts["unpaired"] + sum(self.outside[stream].values())
             self.dropped[stream] += counts["dropped"]
 
@@ -108,13 +102,6 @@ class ReplaySummary:
                 notes.append(f"the {STREAM_NAMES[other]} input ended first (after {self.frames[other]} frames): "
                              f"{after} {STREAM_NAMES[stream]} frames after its end are unpaired")
         return "; ".join(notes)
-
-
-def _nearest_gap(sorted_ns: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
-    """How far each of ``t_ns`` is from its nearest time in ``sorted_ns`` (not empty), ns."""
-    i = np.searchsorted(sorted_ns, t_ns)
-    below, above = sorted_ns[np.maximum(i - 1, 0)], sorted_ns[np.minimum(i, sorted_ns.size - 1)]
-    return np.minimum(np.abs(t_ns - below), np.abs(above - t_ns))
 
 
 class ReplayError(RuntimeError):
