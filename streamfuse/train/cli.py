@@ -11,8 +11,8 @@ Settings are ``--key value`` for the optimisation (``train`` section: ``--steps 
 ``--key=value`` works too, a value is read as YAML and a bare boolean flag means true (``--distill``). Checkpoints
 (model, EMA, optimiser, step, random state) are written every --ckpt-minutes to OUT/checkpoint.pt; Ctrl-C, SIGTERM
 or SIGHUP lets the step in flight finish, writes one and stops; --resume continues from there as if never stopped
-(with the run's own settings and --data where they are left out; one given otherwise than the run's is refused, bar
---steps, --minutes and --threads).
+(with the run's own settings and --data where they are left out, bar --threads on a machine of other cores: its
+default there; one given otherwise than the run's is refused, bar --steps, --minutes and --threads).
 When the run completes, OUT/hclfuse_v4.pt holds the EMA weights; OUT/train_config.yaml holds the resolved configuration
 (a finished run trained further keeps its own in OUT/train_config.extending.yaml until it completes).
 """
@@ -31,6 +31,7 @@ import yaml
 
 from streamfuse.cli import say_stopped
 from streamfuse.cli.args import Parser, data_dir, path_arg, time_span
+from streamfuse.device import available_cores
 from streamfuse.errors import printable
 from streamfuse.log_queue import install_direct
 from streamfuse.train.config import SECTIONS, TrainSetup, load_setup
@@ -90,12 +91,16 @@ def _saved_settings(out: Path) -> tuple[dict, Path | None]:
     """The settings that ``out``'s run was saved with (its settings file) and its data folder, for a resume to go on
     from: a setting the command line leaves out is the run's own, not the default (a 3000-step run went on to 20000;
     one of --batch 2 was refused for batch 8); one it gives otherwise is refused as ever. Empty where the file cannot
-    tell (the resume's own checks name what is wrong); keys that this version has not are left out."""
+    tell (the resume's own checks name what is wrong); keys that this version has not are left out, and so are the
+    CPU threads on a machine of other cores than the run's: its default there unless given (16 threads of the
+    workstation a run started on oversubscribed the laptop it went on on), the run's own on its like."""
     try:
         saved = yaml.safe_load(settings_file(out).read_text())
         folder = (saved.get("data") or {}).get("folder")
         sections = {name: {f.name: saved[name][f.name] for f in dataclasses.fields(cls) if f.name in saved[name]}
                     for name, cls in SECTIONS.items() if isinstance(saved.get(name), dict)}
+        if (saved.get("machine") or {}).get("cores") not in (None, available_cores()):  # None: a run before the record
+            sections.get("train", {}).pop("threads", None)
         return sections, Path(folder) if isinstance(folder, str) and folder else None
     except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError):
         return {}, None

@@ -25,7 +25,7 @@ import yaml
 from tqdm import tqdm
 
 from streamfuse.atomic_write import durable_replace
-from streamfuse.device import tune_malloc
+from streamfuse.device import available_cores, tune_malloc
 from streamfuse.errors import io_reason
 from streamfuse.model.losses import hclfuse_losses
 from streamfuse.model.net import HCLFuseNet
@@ -296,6 +296,7 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     resolved = setup.to_dict()
     resolved["train"]["init"] = str(init) if init else None
     resolved["data"] = {"folder": str(data), "pairs": len(pairs), "digest": data_digest(pairs)}
+    resolved["machine"] = {"cores": available_cores()}  # a resume on another takes its default threads (cli)
     settings = settings_file(out)
     if early := resume and settings.exists():  # before the checkpoint: another model or stage named, not a failed load
         _check_unchanged(settings, resolved)
@@ -364,10 +365,11 @@ def _check_saved(ckpt: Path, saved: object, resolved: dict) -> None:
 
 
 def _changes(before: dict, now: dict) -> list[str]:
-    """``section.key old -> new`` for each setting of ``now`` that ``before`` holds otherwise (CPU threads and the
-    data folder's name may change)."""
+    """``section.key old -> new`` for each setting of ``now`` that ``before`` holds otherwise (CPU threads, the machine
+    and the data folder's name may change)."""
     return [f"{section}.{key} {before[section][key]!r} -> {value!r}" for section, values in now.items()
             for key, value in values.items() if (section, key) not in (("train", "threads"), ("data", "folder"))
+            and section != "machine"
             and isinstance(before.get(section), dict) and key in before[section] and before[section][key] != value]
 
 

@@ -24,6 +24,7 @@ from streamfuse.signals import stopped_by
 from streamfuse.model.net import HCLFuseNet, ModelConfig
 from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
 from streamfuse.output_lock import output_lock
+from streamfuse.device import available_cores
 from streamfuse.train import loop
 
 TRAIN_ERROR = "streamfuse train: error: "  # how the command's error lines start
@@ -328,6 +329,19 @@ def test_a_resume_given_no_settings_goes_on_with_the_runs_own_exactly(data, tmp_
     assert _fails(["--out", str(out), "--resume", "--steps", "7", "--batch", "3", "--crop", "32"]) == (
         f"{TRAIN_ERROR}cannot resume with other settings than the run started with (train.batch 2 -> 3): give the "
         "same, or start another --out")  # a setting given otherwise is refused as ever, one given alike is not
+
+
+def test_a_resume_on_a_machine_of_other_cores_takes_its_default_threads_unless_given(data, tmp_path, monkeypatch):
+    # a run started with --threads 16 on a workstation went on with 16 on the laptop it was resumed on
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])  # --threads 1
+    threads: list[int] = []
+    monkeypatch.setattr(loop.torch, "set_num_threads", threads.append)
+    train.main(["--out", str(out), "--resume", "--steps", "2"])  # its like: the run's own, as exact as uninterrupted
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=available_cores(): set(range(cores + 3)))
+    train.main(["--out", str(out), "--resume", "--steps", "3"])
+    train.main(["--out", str(out), "--resume", "--steps", "4", "--threads", "3"])
+    assert threads == [1, train.TrainConfig().threads, 3]
 
 
 @SIGNALS
