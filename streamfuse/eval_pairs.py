@@ -27,18 +27,20 @@ log = logging.getLogger(__name__)
 _GREY_FIRST = grey_first("evaluate")
 
 
-def read_grey(path: Path, depth: To8Bit | None = None, notes: list[tuple[Path, str]] | None = None) -> np.ndarray:
+def read_grey(path: Path, depth: To8Bit | None = None, notes: list[tuple[Path, str]] | None = None,
+              fix: str = _GREY_FIRST) -> np.ndarray:
     """Read an 8- or 16-bit image as ``(H, W)`` uint8 luma: grey as is, BGR via BT.601 Y (``vis_luma``; an
     alpha channel is dropped as the file is read).
 
     ``depth`` brings 16 bits to 8 (:mod:`streamfuse.bitdepth`): ``To8Bit(ir=True)`` for an IR still, one instance
     for all the frames of an IR sequence; a visible or fused image when None. ``ValueError`` (one line) otherwise.
-    ``notes``: given for an IR image, the line live capture warns with on colour IR is added to it, with the file.
+    ``notes``: given for an IR image, the line live capture warns with on colour IR is added to it, with the file;
+    ``fix`` ends that line (what the user can do).
     """
     img = read_8bit(path, depth or To8Bit(ir=False))
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
-    if notes is not None and (note := first_note(img, "", _GREY_FIRST)):
+    if notes is not None and (note := first_note(img, "", fix)):
         notes.append((path, note))
     return vis_luma(np.ascontiguousarray(img))
 

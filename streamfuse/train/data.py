@@ -19,14 +19,19 @@ import torch
 
 from streamfuse.align import AlignConfig, align, histogram, identity_lut
 from streamfuse.bitdepth import To8Bit, is_image_name, read_8bit
-from streamfuse.capture.palette import first_note, grey_first, warn_noted_stills
+from streamfuse.capture.palette import grey_first, warn_noted_stills
+from streamfuse.eval_pairs import read_grey
 from streamfuse.postprocess import vis_luma
 
-__all__ = ["SETS", "PairSampler", "load_pairs", "data_digest"]
+__all__ = ["SETS", "DIGEST_VERSION", "PairSampler", "load_pairs", "data_digest", "data_record", "check_digest_version"]
 
 log = logging.getLogger("train")
 
 SETS = ("msrs/train", "roadscene", "llvip/train", "llvip/test", "sequences/*")  # msrs/test is for evaluation only
+# how the pairs are read, kept beside the data digest: 1 (not kept) turned colour IR grey by OpenCV's decoder; 2 by the
+# BT.601 luma that replay and evaluate take, so the net meets colour IR as it is trained on it (the shipped weights'
+# data, LLVIP's three alike channels, reads the same pixels both ways)
+DIGEST_VERSION = 2
 
 
 def load_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -67,6 +72,24 @@ def data_digest(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
     return digest.hexdigest()[:16]
 
 
+def data_record(data: Path, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict:
+    """The data section of a run's settings: the folder, the pairs' count and their digest, with how they were read."""
+    return {"folder": str(data), "pairs": len(pairs), "digest": data_digest(pairs), "digest_version": DIGEST_VERSION}
+
+
+def check_digest_version(record: dict, now: dict) -> None:
+    """ValueError (one line) where a run's settings ``record`` has a data digest of version 1 (no
+    ``data.digest_version``) that differs from the one now (``now``: the settings of the resume): colour IR that
+    the two lumas read apart, or data that changed; the two are told apart no further."""
+    data, digest = record.get("data"), now["data"]["digest"]
+    if not isinstance(data, dict) or "digest_version" in data or data.get("digest") in (None, digest):
+        return
+    raise ValueError(f"cannot resume: the run's pairs were read by an earlier version (data.digest {data['digest']!r}, "
+                     f"colour IR turned grey by OpenCV's decoder, where this version takes the luma that replay and "
+                     f"evaluate take) and read otherwise now (colour IR, or the data changed): resume with that "
+                     f"version, or start another --out")
+
+
 def _set_pairs(root: Path, data: Path, deep: list[Path],
                colour: list[tuple[Path, str]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The pairs of one set, by file name; names in only one of ir/ and vi/ are skipped with a warning; ``deep`` and
@@ -102,15 +125,14 @@ def _read(path: Path, flag: int, deep: list[Path], ir: bool) -> np.ndarray:
 
 
 def _read_ir(path: Path, deep: list[Path], colour: list[tuple[Path, str]]) -> np.ndarray:
-    """An IR image as grey; one in colour (a false-colour palette, where LLVIP's three channels are alike) is noted in
-    ``colour`` with the line that live capture and evaluate give, and read as grey as it always was (a run's pairs,
-    and so a resume's data check, stay as they were)."""
-    img = _read(path, cv2.IMREAD_UNCHANGED, deep, ir=True)
-    if img.ndim == 2:
-        return img
-    if note := first_note(img, "", grey_first("training")):
-        colour.append((path, note))
-    return _read(path, cv2.IMREAD_GRAYSCALE, [], ir=True)
+    """An IR image as grey, read once as evaluate reads it: one in colour (LLVIP's three alike channels, or a
+    false-colour palette, then noted in ``colour`` with the line that live capture and evaluate give) by the luma that
+    replay and evaluate take (:data:`DIGEST_VERSION`)."""
+    depth = To8Bit(ir=True)
+    img = read_grey(path, depth, colour, grey_first("training"))
+    if depth.converted:
+        deep.append(path)
+    return img
 
 
 class PairSampler:

@@ -34,7 +34,7 @@ from streamfuse.output_lock import output_lock
 from streamfuse.signals import handled, raise_interrupt
 from streamfuse.train.checkpoint_file import read_checkpoint
 from streamfuse.train.config import TrainConfig, TrainSetup
-from streamfuse.train.data import PairSampler, data_digest, load_pairs
+from streamfuse.train.data import PairSampler, check_digest_version, data_record, load_pairs
 from streamfuse.train.distill import distill_losses
 from streamfuse.train.settings_file import new_settings_file, settings_file, settle
 
@@ -295,7 +295,7 @@ def _prepare(data: Path, out: Path, setup: TrainSetup, resume: bool,
     pairs = load_pairs(data)  # before anything is written: a run without data leaves no output folder behind
     resolved = setup.to_dict()
     resolved["train"]["init"] = str(init) if init else None
-    resolved["data"] = {"folder": str(data), "pairs": len(pairs), "digest": data_digest(pairs)}
+    resolved["data"] = data_record(data, pairs)
     resolved["machine"] = {"cores": available_cores()}  # a resume on another takes its default threads (cli)
     settings = settings_file(out)
     if early := resume and settings.exists():  # before the checkpoint: another model or stage named, not a failed load
@@ -366,7 +366,8 @@ def _check_saved(ckpt: Path, saved: object, resolved: dict) -> None:
 
 def _changes(before: dict, now: dict) -> list[str]:
     """``section.key old -> new`` for each setting of ``now`` that ``before`` holds otherwise (CPU threads, the machine
-    and the data folder's name may change)."""
+    and the data folder's name may change; a data digest of an earlier version is told apart)."""
+    check_digest_version(before, now)
     return [f"{section}.{key} {before[section][key]!r} -> {value!r}" for section, values in now.items()
             for key, value in values.items() if (section, key) not in (("train", "threads"), ("data", "folder"))
             and section != "machine"

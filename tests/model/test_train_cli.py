@@ -25,6 +25,7 @@ from streamfuse.model.net import HCLFuseNet, ModelConfig
 from streamfuse.model.weights import DEFAULT_WEIGHTS, read_weights, save_weights
 from streamfuse.output_lock import output_lock
 from streamfuse.device import available_cores
+from streamfuse.train import data as train_data
 from streamfuse.train import loop
 
 TRAIN_ERROR = "streamfuse train: error: "  # how the command's error lines start
@@ -342,6 +343,48 @@ def test_a_resume_on_a_machine_of_other_cores_takes_its_default_threads_unless_g
     train.main(["--out", str(out), "--resume", "--steps", "3"])
     train.main(["--out", str(out), "--resume", "--steps", "4", "--threads", "3"])
     assert threads == [1, train.TrainConfig().threads, 3]
+
+
+def _as_an_earlier_version_wrote_it(out: Path, data: Path) -> str:
+    """``out``'s settings file and checkpoint as the version before the data digest's version 2 wrote them: colour IR
+    read by OpenCV's grey decode, and no version kept; that digest."""
+    pairs = [(name, cv2.imread(str(data / name), cv2.IMREAD_GRAYSCALE), vis) for name, _, vis in train.load_pairs(data)]
+    digest = train_data.data_digest(pairs)
+    config = yaml.safe_load((out / "train_config.yaml").read_text())
+    state = torch.load(str(out / "checkpoint.pt"), weights_only=True)
+    for record in (config, state["config"]):
+        record["data"]["digest"] = digest
+        record["data"].pop("digest_version", None)
+    (out / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    torch.save(state, str(out / "checkpoint.pt"))
+    return digest
+
+
+def test_a_run_of_an_earlier_version_on_colour_ir_now_read_otherwise_is_told_in_one_line(tmp_path):
+    # training turned colour IR grey by OpenCV's decoder, replay and evaluate by another luma; read now as they read
+    # it, a run started before on such IR would have been refused as if its data had changed
+    rng, data = np.random.default_rng(0), tmp_path / "data"
+    for i in range(2):
+        _write_pair(data / "msrs" / "train", f"{i}.png", rng.integers(0, 256, (40, 56, 3), dtype=np.uint8),
+                    rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    digest = _as_an_earlier_version_wrote_it(out, data)
+    assert _fails(["--out", str(out), "--resume", "--steps", "2"]) == (
+        f"{TRAIN_ERROR}cannot resume: the run's pairs were read by an earlier version (data.digest {digest!r}, colour "
+        f"IR turned grey by OpenCV's decoder, where this version takes the luma that replay and evaluate take) and "
+        f"read otherwise now (colour IR, or the data changed): resume with that version, or start another --out")
+
+
+def test_a_run_of_an_earlier_version_on_grey_ir_resumes_as_its_pairs_read_alike(data, tmp_path):
+    """Grey IR (and LLVIP's colour IR of three alike channels, the shipped weights' data) reads the same pixels
+    either way: the earlier version's digest is this one's, and its run goes on."""
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(out), *TINY, "--steps", "1"])
+    digest = _as_an_earlier_version_wrote_it(out, data)
+    train.main(["--out", str(out), "--resume", "--steps", "2"])
+    resumed = yaml.safe_load((out / "train_config.yaml").read_text())["data"]
+    assert (resumed["digest"], resumed["digest_version"]) == (digest, train_data.DIGEST_VERSION)
 
 
 @SIGNALS
