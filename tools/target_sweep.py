@@ -7,7 +7,8 @@ pair), the brighter source as the method's intensity term sees it, while the det
 visible's: the ceiling of a model whose base comes from a latent of IR'. Writes metrics.csv / metrics.md /
 montage.png to --out like tools/evaluate.py and prints the table.
 
-Example: ``python tools/target_sweep.py --gains 1.0,1.1,1.2,1.3,1.5 --base aligned``
+Example: ``python tools/target_sweep.py --gains 1.0,1.1,1.2,1.3,1.5 --base aligned``; ``--set align.blend=0.3``
+solves IR' as the weights of v4.3 and older ran it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ quiet_interrupt(PROG)  # a Ctrl-C while the imports below load (numpy, torch) is
 import numpy as np  # noqa: E402
 
 from streamfuse.align import AlignConfig, align, histogram  # noqa: E402
-from streamfuse.cli.args import DefaultsFormatter, Parser, data_dir, path_arg, positive  # noqa: E402
-from streamfuse.config import load_config  # noqa: E402
+from streamfuse.checks import override_keys  # noqa: E402
+from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, data_dir, path_arg, positive  # noqa: E402
+from streamfuse.config import ConfigError, load_config  # noqa: E402
 from streamfuse.configs import resolve  # noqa: E402
 from streamfuse.evaluation import Method, evaluate_dir  # noqa: E402
 from streamfuse.imageops.tensors import gaussian_blur  # noqa: E402
@@ -79,14 +81,21 @@ def main(argv: list[str] | None = None) -> None:
                    default="1.0,1.1,1.2,1.3,1.5", help="comma-separated detail gains")
     p.add_argument("--base", choices=("raw", "aligned"), default="raw",
                    help="the base's IR: raw (the training target) or the OT-aligned IR' of the eval config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="align.key=value",
+                   help="dotted override of the eval config's align section (with --base aligned); repeatable")
     p.add_argument("--out", type=path_arg, default=REPO / "out" / "target_sweep", help="output folder")
     args = p.parse_args(argv)
+    for override in args.overrides:  # the targets read no other section, and the raw base not even this one
+        if args.base != "aligned" or override_keys(override)[0] != "align":
+            p.error(f"--set {override}: only the aligned base's IR' is configurable: --base aligned --set align.KEY=V")
     pairs = args.data / args.dataset
-    align_cfg = load_config(resolve("eval")).align if args.base == "aligned" else None
     try:
+        align_cfg = load_config(resolve("eval"), args.overrides).align if args.base == "aligned" else None
         rows = [Method(f.name, fuser=f) for f in (TargetFuser(LossConfig(detail_gain=g), align_cfg)
                                                  for g in args.gains)]
         evaluate_dir(pairs / "ir", pairs / "vi", rows, args.out)
+    except ConfigError as exc:
+        raise SystemExit(config_error(PROG, exc)) from None
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"{PROG}: error: {printable(exc)}") from None
     except KeyboardInterrupt as exc:
