@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m streamfuse bench {fuse,transport,replay,batch,view} [ARGS...]``; each prints its own
+"""Benchmarks: ``python -m streamfuse bench NAME [ARGS...]`` (the names below); each prints its own
 figures.
 
   fuse       the fusion stage from uint8 arrays to fused Y: latency, frames/s, GFLOPs (CPU or GPU)
@@ -7,6 +7,7 @@ figures.
   batch      batch replay: the Ray engine with N workers against 1, and against a single replay
   view       the live viewer's CPU and each page's messages/s with many pages open
   peers      a reading consumer's frame age while many subscribers connect and never read
+  client     the subscriber's read of a same-host frame: copied out of the shared-memory pool, or a view of it
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BENCHES = {
     "batch": "streamfuse.bench.batch:main",
     "view": "streamfuse.bench.view:main",
     "peers": "streamfuse.bench.peers:main",
+    "client": "streamfuse.bench.client:main",
 }
 
 

@@ -1,0 +1,28 @@
+"""``bench client`` prints the figures the README quotes of a same-host frame's read: copied out of the pool, and as
+a view of it."""
+
+from __future__ import annotations
+
+import platform
+import re
+import sys
+
+import pytest
+
+from streamfuse.bench import main as bench
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"),
+                    reason="the pool's ring is Linux x86-64's")
+def test_bench_client_prints_a_copied_read_and_a_view(capsys):
+    assert bench(["client", "--size", "64x48", "--reads", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "64x48 bgr8 frame from shared memory, 100 reads each, load average " in out
+    for label in ("copied out of the pool (copy=True)", "a view of the pool (copy=False)"):
+        assert re.search(rf"{re.escape(label)} +median \d+\.\d+ ms, p90 \d+\.\d+ ms", out), out
+
+
+def test_too_few_reads_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench(["client", "--reads", "5"])
+    assert exc.value.code == 2 and "argument --reads" in capsys.readouterr().err
