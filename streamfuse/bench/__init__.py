@@ -8,6 +8,7 @@ figures.
   view       the live viewer's CPU and each page's messages/s with many pages open
   peers      a reading consumer's frame age while many subscribers connect and never read
   client     the subscriber's read of a same-host frame: copied out of the shared-memory pool, or a view of it
+  subscriptions  one long subscription's cost to a publisher: plain libzmq's against streamfuse's
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ BENCHES = {
     "view": "streamfuse.bench.view:main",
     "peers": "streamfuse.bench.peers:main",
     "client": "streamfuse.bench.client:main",
+    "subscriptions": "streamfuse.bench.subscriptions:main",
 }
 
 
