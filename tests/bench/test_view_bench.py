@@ -30,10 +30,20 @@ def test_pages_read_the_viewer_and_its_cpu_is_measured(capsys) -> None:
     assert (name, pages) == ("this", "2") and float(lowest) > 0 and float(total) > 0 and float(cores) > 0, rows
 
 
+def test_foxglove_clients_read_the_bridge_through_its_relay_and_straight(capsys) -> None:
+    # the README's cost of the bridge's relay named no command: these two rows give it
+    pytest.importorskip("foxglove")
+    assert bench_view.main(["--foxglove", "--pages", "1", "--seconds", "1", "--rounds", "1"]) == 0
+    rows = [row.split() for row in capsys.readouterr().out.splitlines()[-2:]]
+    assert [row[:2] for row in rows] == [["relay", "1"], ["direct", "1"]], rows
+    assert all(float(row[4]) > 0 and float(row[5]) > 0 for row in rows), rows
+
+
 @pytest.mark.parametrize("args, message", [
     (["--pages", "0"], "argument --pages: must be in 1..1000, got 0"),
     (["--seconds", "nan"], "argument --seconds: must be a number in (0, 600], got nan"),
-    (["--against", "."], "--against .: no streamfuse/view there")])
+    (["--against", "."], "--against .: no streamfuse/view there"),
+    (["--foxglove", "--against", "."], "--against compares browser viewers: not with --foxglove")])
 def test_bad_arguments_are_one_line(args, message, capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # '.' holds no checkout
     with pytest.raises(SystemExit) as exit_:
@@ -116,12 +126,12 @@ def test_a_viewer_is_given_room_for_more_pages_than_its_default_cap(monkeypatch,
 
 
 def test_a_round_prints_pages_their_messages_per_second_the_viewers_cores_and_the_load(monkeypatch, capsys) -> None:
-    async def pages(port, n, seconds, cpu_s):
+    async def pages(port, n, seconds, cpu_s, foxglove):
         return 3, [5.0, 7.0, 12.0], 3.0
 
     monkeypatch.setattr(bench_view, "_pages", pages)
     monkeypatch.setattr(bench_view.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
-    bench_view._round("this", SimpleNamespace(pid=0), 8000, argparse.Namespace(pages=2, seconds=2.0))
+    bench_view._round("this", SimpleNamespace(pid=0), 8000, argparse.Namespace(pages=2, seconds=2.0, foxglove=False))
     assert capsys.readouterr().out.split() == ["this", "3", "7.0", "5.0", "24", "3.00", "1.50"]  # the median page
 
 
@@ -173,7 +183,8 @@ def test_a_rounds_cores_are_the_viewers_cpu_over_its_timed_seconds_alone(monkeyp
     monkeypatch.setattr(bench_view, "WARM_UP_S", 1.0)
     monkeypatch.setattr(bench_view, "_cpu_s", lambda pid: 0.5 * time.monotonic())  # half a core, all along
     with _feed() as port:
-        bench_view._round("this", SimpleNamespace(pid=0), port, argparse.Namespace(pages=2, seconds=0.5))
+        args = argparse.Namespace(pages=2, seconds=0.5, foxglove=False)
+        bench_view._round("this", SimpleNamespace(pid=0), port, args)
     name, pages, _per_page, _lowest, _total, cores, _load = capsys.readouterr().out.split()
     assert (name, pages) == ("this", "2")  # pages' messages not asked for: a loaded machine may delay the first
     assert float(cores) == pytest.approx(0.5, abs=0.25)  # 1.50 before: (1 s + 0.5 s) / 0.5 s of half a core
