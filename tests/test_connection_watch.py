@@ -5,6 +5,7 @@ real DNS here, and the waits between lookups run on a fake clock."""
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import re
@@ -244,6 +245,9 @@ def test_load_server_key_reads_a_key_file_or_says_what_is_wrong(tmp_path: Path) 
             load(value)
 
 
+_PAIR_NAMES = (f"inproc://watched-{n}" for n in itertools.count())  # never one a closing monitor may still hold
+
+
 class WatchedSocket:
     """Stands in for a consumer's SUB socket: its monitor is one end of a PAIR whose other end sends the events a test
     needs (:meth:`event`); its connects and disconnects are noted in ``calls``."""
@@ -251,8 +255,9 @@ class WatchedSocket:
     def __init__(self) -> None:
         ctx = zmq.Context.instance()
         self.monitor, self._events, self.calls = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR), []
-        self.monitor.bind(f"inproc://watched-{id(self)}")
-        self._events.connect(f"inproc://watched-{id(self)}")
+        name = next(_PAIR_NAMES)
+        self.monitor.bind(name)
+        self._events.connect(name)
 
     def get_monitor_socket(self, events: int) -> zmq.Socket:
         return self.monitor
@@ -272,6 +277,16 @@ class WatchedSocket:
 
     def close(self, linger: int | None = None) -> None:
         self._events.close(linger=0)
+
+
+def test_a_watched_socket_made_as_the_last_one_closes_binds_its_pair() -> None:
+    # its pair was named after id(): the next one, made at the freed address, found the name still bound until
+    # libzmq's reaper thread had closed the last monitor, which on a busy machine came after the next test began
+    for _ in range(100):
+        sock = WatchedSocket()
+        sock.close()
+        sock.monitor.close(linger=0)
+        del sock
 
 
 @pytest.fixture
