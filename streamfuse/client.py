@@ -26,6 +26,7 @@ from streamfuse.connection_watch import connect_sub, on_this_host
 from streamfuse.consumer_topics import consumer_topic
 from streamfuse.pool_ring import RingError
 from streamfuse.pool_view import PoolView
+from streamfuse.recv_turn import RecvTurn
 from streamfuse.ring_cursor import RingCursor
 from streamfuse.seq_count import SeqCounter
 from streamfuse.shm_pool import NotAPool, PoolError, ring_supported, shm_supported
@@ -33,6 +34,8 @@ from streamfuse.wire import (ENCODINGS, FUSED_PREFIX, MAX_HEADER_BYTES, Malforme
                              ring_topic, shm_topic)
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
+
+# size: one class, the consumer's whole state (sockets, pool, ring, reader thread, counters) in one place to read
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,8 @@ class Subscriber:
     over ``max_frame_bytes``); ``missed`` (gaps in ``seq``, shared-memory frames overwritten and ring entries lapped
     before they were read: never returned torn); ``via_shm``, ``via_ring``; ``awaiting_keyframe`` (h264);
     ``discarded`` (latest mode); ``handshake_failures`` (CURVE keys differ, or only one side encrypts). One thread
-    receives from a Subscriber and closes it (ZeroMQ sockets are not shared between threads).
+    receives from a Subscriber (ZeroMQ sockets are not shared between threads); :meth:`close` from another ends a
+    :meth:`recv` waiting there (RuntimeError), then closes the sockets.
 
     Raises:
         ValueError: a bad argument, topic or endpoint, or a host name not resolving after ``timeout_s`` (one line).
@@ -114,7 +118,8 @@ class Subscriber:
         self._watch.on_events()  # its descriptor fires only for events after an EVENTS that found none
         self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
         self._failure, self._pid = "", os.getpid()  # latest mode: why the reader thread stopped; the sockets' process
-        self._cond, self._closing, self._reader = threading.Condition(), threading.Event(), None
+        self._cond, self._reader = threading.Condition(), None
+        self._turn = RecvTurn(endpoint, self._cond)  # a close() from another thread waits for a recv() there to end
         # a Subscriber dropped without close() closes its sockets when collected (not at exit: a reader may run)
         self._close_links = weakref.finalize(self, self._watch.close)
         self._close_links.atexit = False
@@ -141,16 +146,29 @@ class Subscriber:
         """
         if timeout_s is not None and not 0 <= timeout_s <= threading.TIMEOUT_MAX:  # NaN too
             raise ValueError(f"recv timeout_s={timeout_s} must be in [0, {threading.TIMEOUT_MAX:.3g}] s")
-        if self._closing.is_set() or os.getpid() != self._pid:  # a forked child's sockets hung it, timeouts unheeded
-            raise RuntimeError(f"subscriber {self.endpoint} is closed" if self._closing.is_set() else f"subscriber "
-                               f"{self.endpoint} was made in process {self._pid}: a forked child makes its own")
-        deadline, frame, looks = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s), None, 0
+        if os.getpid() != self._pid:  # a forked child's sockets hung it, timeouts unheeded
+            raise RuntimeError(f"subscriber {self.endpoint} was made in process {self._pid}: a forked child makes "
+                               "its own")
+        self._turn.enter()
+        try:
+            frame = self._wait_frame(time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s))
+        finally:
+            self._turn.leave()
+        self.received += frame is not None
+        return frame
+
+    def _wait_frame(self, deadline: float) -> tuple[dict[str, Any], np.ndarray] | None:
+        """The next frame by ``deadline``, or None; RuntimeError once :meth:`close` is called meanwhile."""
+        frame, looks = None, 0
         while frame is None:
+            self._turn.check()
             remaining = max(deadline - time.monotonic(), 0.0)  # one look even when no time is left
             if self.latest:
                 with self._cond:
-                    if not self._cond.wait_for(lambda: self._newest is not None or self._failure, remaining):
+                    if not self._cond.wait_for(lambda: self._newest is not None or self._failure
+                                               or self._turn.closing.is_set(), remaining):
                         return None
+                    self._turn.check()
                     if self._newest is None:
                         raise RuntimeError(f"subscriber {self.endpoint}: the reader thread stopped: {self._failure}")
                     item, self._newest = self._newest, None
@@ -160,7 +178,6 @@ class Subscriber:
                 frame, looks = self._take(*item), looks + 1
             if frame is None and deadline <= time.monotonic() and (item is None or looks > _LATE_LOOKS):
                 return None
-        self.received += 1
         return frame
 
     @property
@@ -260,7 +277,7 @@ class Subscriber:
     def _read_newest(self) -> bool:
         """Latest mode's reader thread: keep the next frame if one comes; False once closing, or after an unexpected
         failure, which goes to the consumer."""
-        if self._closing.is_set():
+        if self._turn.closing.is_set():
             return False
         try:
             frame = self._next(_POLL_S)
@@ -375,15 +392,17 @@ class Subscriber:
             yield frame
 
     def close(self) -> None:
-        """Close the socket at once (linger 0; latest mode: the reader thread first, within 50 ms); again: nothing."""
-        if self._closing.is_set():
+        """Close the socket at once (linger 0; latest mode: the reader thread first, within 50 ms), a recv() waiting in
+        another thread ended first (RuntimeError, within 50 ms); again: nothing."""
+        if os.getpid() != self._pid:  # a forked child leaves them alone: its parent's sockets, slot locks and _cond
+            self._turn.closing.set()
             return
-        self._closing.set()
+        if not self._turn.close():
+            return
         if self._reader is not None:
             self._reader.join()  # the sockets' owner until it ends
-        if os.getpid() == self._pid:  # a forked child leaves them alone: its parent's sockets, its parent's slot locks
-            self._close_links()
-            self._pools.close()
+        self._close_links()
+        self._pools.close()
 
     def __enter__(self) -> Subscriber:
         return self

@@ -13,6 +13,7 @@ import re
 import secrets
 import signal
 import socket
+import sys
 import threading
 
 import numpy as np
@@ -466,3 +467,35 @@ def test_a_resolver_that_cannot_answer_now_leaves_the_name_to_zeromq(resolver: s
     finally:
         answer.set()
     assert said in caplog.text
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_close_from_another_thread_ends_a_waiting_recv_as_closed(latest: bool) -> None:
+    # a robot stack's shutdown handler closing it: in plain mode the sockets were closed under the waiting recv(),
+    # which raised ZMQError ENOTSOCK; in latest mode it waited out its whole timeout and returned None, as from a
+    # silent publisher
+    sub = Subscriber(NOBODY, timeout_s=1e6, latest=latest)
+    outcome: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            sub.recv()
+        except BaseException as exc:  # noqa: BLE001 - what the waiting thread saw is the test's subject
+            outcome.append(exc)
+
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
+    wait_until(lambda: _inside(receiver, "recv"), "the receiving thread waiting")
+    sub.close()
+    receiver.join(PATIENCE_S)
+    assert not receiver.is_alive()
+    assert [type(exc) for exc in outcome] == [RuntimeError]
+    assert str(outcome[0]) == f"subscriber {NOBODY} is closed"
+
+
+def _inside(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` runs ``function`` now."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None and frame.f_code.co_name != function:
+        frame = frame.f_back
+    return frame is not None
