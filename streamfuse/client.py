@@ -152,6 +152,9 @@ class Subscriber:
         self._turn.enter()
         try:
             frame = self._wait_frame(time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s))
+        except zmq.ZMQError:
+            self._turn.check()  # closed under it by a signal handler that interrupted this very wait
+            raise
         finally:
             self._turn.leave()
         self.received += frame is not None

@@ -499,3 +499,24 @@ def _inside(thread: threading.Thread, function: str) -> bool:
     while frame is not None and frame.f_code.co_name != function:
         frame = frame.f_back
     return frame is not None
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
+def test_close_from_a_signal_handler_ends_the_recv_it_interrupted_as_closed(latest: bool) -> None:
+    # a stop handler closing it while the main thread waits in recv(): plain mode went on with the sockets closed
+    # under it and raised ZMQError ENOTSOCK; latest mode waited out the whole timeout, as from a silent publisher
+    sub = Subscriber(NOBODY, timeout_s=PATIENCE_S, latest=latest)
+    main = threading.current_thread()
+
+    def interrupt() -> None:
+        wait_until(lambda: _inside(main, "recv"), "the main thread waiting")
+        signal.pthread_kill(main.ident or 0, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: sub.close())
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(RuntimeError, match=f"^subscriber {re.escape(NOBODY)} is closed$"):
+            sub.recv()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        sub.close()
