@@ -30,7 +30,7 @@ from streamfuse.fusers import Fuser
 from streamfuse.processor import FrameProcessor, Processed
 from streamfuse.publish import Publisher
 from streamfuse.recording import Recorder, check_record_path
-from streamfuse.signals import handled
+from streamfuse.signals import STOP_SIGNALS, handled, stopping, unclaimed
 from streamfuse.sync import Pairer
 from streamfuse.telemetry import Telemetry, format_stats
 
@@ -115,6 +115,10 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     end. Capture runs in processes that start by importing the program's main module, as multiprocessing's do: a
     program calls this under ``if __name__ == "__main__":``.
 
+    A stop signal whose handler is Python's default ends the run alike at any moment, the model still loading or the
+    capture starting: taken for the call (in the main thread) and given back after it. A program's own handler is
+    kept, and sets ``stop``.
+
     A recording (``record:``) that fails stops alone: fusion and publishing go on, and the final snapshot says so
     (``record_failed``). A replay's ``publish.wait_ms`` is left unused, said in one line: live, nothing waits.
 
@@ -129,19 +133,31 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
     """
     _refuse_in_bootstrap()
     cfg = _never_waiting(cfg)
-    stop = stop or threading.Event()
+    stop, started = stop or threading.Event(), threading.Event()
+    with handled(stopping(stop, started), unclaimed(STOP_SIGNALS)):
+        return _live(cfg, duration_s, stop, started)
+
+
+def _live(cfg: PipelineConfig, duration_s: float, stop: threading.Event, started: threading.Event) -> dict:
+    """``run_live``'s body, under its stop handlers (which raise until ``started`` is set)."""
     log.info("config %s: %s", cfg.source_file, _as_json(cfg))
     frame_ids = {"ir": cfg.ir.frame_id, "vis": cfg.vis.frame_id}
     tel = Telemetry(cfg.telemetry)
     for name in ("published", "publish_dropped", "stale"):  # in every snapshot, 0 until something happens
         tel.set(name, 0)
     pairer = Pairer(cfg.sync)
-    pub, processor = _started(cfg, frame_ids)
+    try:
+        pub, processor = _started(cfg, frame_ids, started)
+    except KeyboardInterrupt:
+        if not stop.is_set():  # not one of this run's stops
+            raise
+        snap = tel.snapshot()  # stopped before the capture started: its end as any run's, nothing counted
+        log.info("final: %s", format_stats(snap))
+        return snap
     fuser = processor.fuser
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     failure = ""
-    with handled(lambda *_: stop.set()), pub, \
-            _recorder(cfg, frame_ids) as rec, start_producers(cfg.ir, cfg.vis) as producers:
+    with pub, _recorder(cfg, frame_ids) as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not (stop.is_set() or failure) and time.monotonic() < deadline:
             # 1. capture: what arrived since the last turn (a brief wait if nothing has), up to a source's failure
             frames, failure = _drain(producers, stop, deadline)
@@ -192,13 +208,14 @@ def _never_waiting(cfg: PipelineConfig) -> PipelineConfig:
     return dataclasses.replace(cfg, publish=dataclasses.replace(cfg.publish, wait_ms=0))
 
 
-def _started(cfg: PipelineConfig, frame_ids: dict[str, str]) -> tuple[Publisher, FrameProcessor]:
+def _started(cfg: PipelineConfig, frame_ids: dict[str, str],
+             started: threading.Event) -> tuple[Publisher, FrameProcessor]:
     """The run's publisher, bound first (an endpoint another run holds is refused at once, not after the model's load
     with the producers started), then its frame processor, the model loaded and announced in the stats, and the
-    producers' servers."""
+    producers' servers; ``started`` set once all are (a stop raised before it closes the publisher)."""
     pub = Publisher(cfg.publish, None, frame_ids, cfg.vis.capture_clock)
-    tune_malloc()  # whatever the fuser: a frame's arrays, a few MB, were mapped and page-faulted in at every frame
     try:
+        tune_malloc()  # whatever the fuser: a frame's arrays, a few MB, were mapped and page-faulted in at every frame
         processor = FrameProcessor.from_config(cfg)
         fuser = processor.fuser
         log.info("fuser %s %s", fuser.name, fuser.version)
@@ -206,6 +223,7 @@ def _started(cfg: PipelineConfig, frame_ids: dict[str, str]) -> tuple[Publisher,
             fuser.warm_up(cfg.vis.height, cfg.vis.width)
         pub.stats_extra["fuser"] = _fuser_info(cfg, fuser)
         start_servers()  # before the publisher's shared memory: they must outlive a hangup, which stops the run
+        started.set()
     except BaseException:
         pub.close()
         raise

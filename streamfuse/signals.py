@@ -15,7 +15,8 @@ from types import FrameType
 from typing import Any
 
 __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "stopped_by", "raise_terminated", "takeable",
-           "raise_interrupt", "interrupted", "deferred", "ignore_stops", "blocked"]
+           "raise_interrupt", "interrupted", "deferred", "ignore_stops", "blocked", "unclaimed",
+           "stopping"]
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
@@ -130,6 +131,24 @@ def takeable(signals: tuple[int, ...]) -> tuple[int, ...]:
     """``signals`` less a hangup or Ctrl-C ignored from the start (nohup; a script's `cmd &`): the user's choice, that
     the process outlive its terminal, or the Ctrl-C that stops the script's foreground command."""
     return tuple(sig for sig in signals if sig not in _KEPT_IGNORED or signal.getsignal(sig) != signal.SIG_IGN)
+
+
+def stopping(stop: threading.Event, started: threading.Event) -> Callable[[int, FrameType | None], None]:
+    """A stop handler that sets ``stop`` and, until ``started`` is set, also raises Ctrl-C's KeyboardInterrupt where
+    the main thread is (:func:`raise_interrupt`): a start-up's long steps (a model's load) never look at ``stop``."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        if not started.is_set():
+            raise_interrupt(signum, frame)
+    return handler
+
+
+def unclaimed(signals: tuple[int, ...]) -> tuple[int, ...]:
+    """``signals`` (those :func:`takeable`) whose handler is still Python's default, or this package's stand-in for it
+    (:func:`raise_interrupt`, :func:`raise_terminated`): a program that installed its own keeps it, as under
+    ``asyncio.run``, and stops what it runs its own way."""
+    defaults = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, raise_interrupt, raise_terminated)
+    return tuple(sig for sig in takeable(signals) if signal.getsignal(sig) in defaults)
 
 
 @contextlib.contextmanager

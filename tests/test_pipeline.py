@@ -371,7 +371,7 @@ def test_a_programs_own_live_run_never_waits_for_a_subscriber(monkeypatch, caplo
 
     given = []
 
-    def started(cfg, frame_ids):  # what the publisher would be made from
+    def started(cfg, *_):  # what the publisher would be made from
         given.append(cfg)
         raise RuntimeError("stopped before the publisher")
 

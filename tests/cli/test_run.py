@@ -141,7 +141,7 @@ def test_a_live_run_never_waits_for_a_subscriber(monkeypatch, caplog):
 
     given = []
 
-    def started(cfg, frame_ids):  # what the publisher would be made from
+    def started(cfg, *_):  # what the publisher would be made from
         given.append(cfg)
         raise RuntimeError("stopped before the publisher")
 
