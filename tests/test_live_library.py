@@ -3,6 +3,7 @@ how a program that calls it without the main-module guard is told so."""
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import signal
 import threading
@@ -75,3 +76,14 @@ def test_a_programs_own_ctrl_c_handler_is_kept_during_the_run_and_after(monkeypa
         assert got == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is own
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.timeout(180)
+def test_a_ctrl_c_while_a_capture_process_starts_stops_the_run(monkeypatch):
+    # one that came as a producer process started (the run's first two, or a restart's) was ignored and lost: the
+    # run went on
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start",
+                        _ctrl_c_then(multiprocessing.process.BaseProcess.start))
+    stop = threading.Event()
+    _run(stop)
+    assert stop.is_set()

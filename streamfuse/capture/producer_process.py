@@ -16,7 +16,6 @@ import multiprocessing as mp
 import os
 import signal
 import sys
-import threading
 import time
 from multiprocessing import forkserver, resource_tracker
 from typing import Any
@@ -25,7 +24,7 @@ from streamfuse.capture.shm_ring import ShmRing, process_alive
 from streamfuse.capture.shm_space import SHM_DIR, ShmFull, free_bytes
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
 from streamfuse.errors import one_line, redact
-from streamfuse.signals import HANGUP, STOP_SIGNALS
+from streamfuse.signals import HANGUP, STOP_SIGNALS, blocked
 
 __all__ = ["StopFlag", "check_rings_fit", "produce", "process_context", "start_servers", "start_process",
            "end_start", "describe_exit", "how_it_ended", "MAIN_RAN_AGAIN"]
@@ -201,20 +200,17 @@ def start_process(ctx: Any, section: str, cfg: SourceConfig, ring: ShmRing, stop
     conn, child_conn = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=produce, name=f"streamfuse-{section}", daemon=True,
                        args=(section, cfg, ring, child_conn, stop, resume, beat, pace))
-    main = threading.current_thread() is threading.main_thread()
-    # The child inherits an ignored SIGINT, so Ctrl-C during its start-up cannot print a traceback there.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        start_servers()  # a fork server that died (kill -9, the OOM killer) is made again as the first was, not by
-        proc.start()  # multiprocessing's start, which leaves SIGTERM and SIGHUP to end the new one again
+        # Ctrl-C held, not ignored, meanwhile: a child started here inherits it blocked, so that none prints a traceback
+        # in its start-up, and the run still acts on one that came (an ignored one was lost: the run went on)
+        with blocked((signal.SIGINT,)):
+            start_servers()  # a fork server that died (kill -9, the OOM killer) is made again as the first was, not
+            proc.start()  # by multiprocessing's start, which leaves SIGTERM and SIGHUP to end the new one again
     except EOFError:  # the fork server died without the new process's number: its fork refused (EAGAIN), or killed
         conn.close()
         child_conn.close()
         raise OSError(errno.EAGAIN, f"cannot start the {section} producer process: its fork server could not make it "
                                     "(is the process limit, ulimit -u, reached?)") from None
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
     child_conn.close()  # our copy: a dead child then reads as EOF instead of a hang
     return proc, conn
 
