@@ -6,6 +6,8 @@ from __future__ import annotations
 import multiprocessing.process
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -87,3 +89,42 @@ def test_a_ctrl_c_while_a_capture_process_starts_stops_the_run(monkeypatch):
     stop = threading.Event()
     _run(stop)
     assert stop.is_set()
+
+
+_LOCKED = """
+import fcntl
+import sys
+
+from streamfuse.config import load_config
+from streamfuse.pipeline import RunFailed, run_live
+
+lock = open({lock!r}, "w")  # one instance at a time
+try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    sys.exit("another instance is running")
+
+if __name__ == "__main__":
+    try:
+        run_live(load_config("demo", {overrides!r}), duration_s=60.0)  # the duration only bounds a failure
+    except RunFailed as exc:
+        sys.exit(f"failed: {{exc}}")
+    print("ended")
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_program_whose_main_module_fails_in_its_capture_processes_ends_its_run_once_saying_where(tmp_path):
+    # a capture process runs the program's main module as it starts; one that exits there (here: the program's
+    # one-instance lock, which the program itself holds) was restarted until the run's end, which then read as a run
+    program = tmp_path / "locked.py"
+    program.write_text(_LOCKED.format(lock=str(tmp_path / "lock"), overrides=[
+        "publish.endpoint=tcp://127.0.0.1:*", "fuse.name=max", "engine.device=cpu", "ir.width=64", "ir.height=48",
+        "vis.width=64", "vis.height=48"]))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(program)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=150)
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("failed: ")]
+    assert proc.returncode == 1 and len(failed) == 1, proc.stderr
+    assert "producer (pid " in failed[0] and "as it started, in the program's main module" in failed[0]
+    assert "restarting" not in proc.stderr

@@ -42,7 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streamfuse.capture.producer_process import (MAIN_RAN_AGAIN, StopFlag, check_rings_fit, how_it_ended,
+from streamfuse.capture.producer_process import (StopFlag, check_rings_fit, failed_to_start, how_it_ended,
                                                   process_context, start_process)
 from streamfuse.capture.shm_ring import ShmRing, named_semaphore, remove_stale
 from streamfuse.capture.sources import SourceConfig
@@ -90,7 +90,7 @@ class _Worker:
     ring: ShmRing | None = None
     conn: Any = None
     beat: Any = None  # the current process's shared (frames written, interval ns, pacing until ns, packets skipped,
-    # steps of its source's open)
+    # steps of its source's open, begun)
     pace: Any = field(default_factory=lambda: [0, 0, 0, 0])  # shared: its realtime time line (``time_line``)
     beats_seen: int = 0
     heard_at: float = 0.0  # monotonic time the current process last showed progress
@@ -151,7 +151,7 @@ class Producers:
 
     def _spawn(self, w: _Worker, resume: tuple[int, int, int]) -> None:
         w.ring = ShmRing(w.section, self._slots, w.cfg.ring_bytes(1), "latest", ctx=self._ctx, data_bell=self._bell)
-        w.beat = self._ctx.RawArray("q", 5)
+        w.beat = self._ctx.RawArray("q", 6)
         w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat, w.pace)
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
         w.beats_seen, w.heard_at, w.stalled, w.stall_line = 0, w.started_at, False, None
@@ -204,7 +204,7 @@ class Producers:
     def _on_exit(self, w: _Worker) -> None:
         self._poll_messages(w)
         reported = w.message is not None and w.stall_line is None  # the source itself said what went wrong
-        ended = how_it_ended(w.proc)  # one its fork server's death left running is killed
+        ended = how_it_ended(w.proc, w.beat)  # one its fork server's death left running is killed
         if w.stall_line is not None:
             kind, line = "error", w.stall_line
         else:
@@ -214,11 +214,11 @@ class Producers:
         at_end, waiting = kind == "eos", kind == "unreachable"  # waiting: a camera not up (yet), worth it
         kind = "error" if waiting else kind
         progressed = w.last_seq >= w.seq_at_start
-        # Not worth a restart: a source that reported an error before it ever delivered a frame (wrong path,
-        # password: a configuration error), or a replayable one that reported an error or made no progress again after
-        # a restart (it would fail at the same frame again). One killed or hung before its first frame restarts, and
-        # a camera that is not there yet (booting, its link still down, a USB one not enumerated) is waited for.
-        hopeless = w.proc.exitcode == MAIN_RAN_AGAIN or not at_end and not waiting and (
+        # Not worth a restart: a process that failed as it started, a source that reported an error before it ever
+        # delivered a frame (wrong path, password: a configuration error), or a replayable one that reported an error or
+        # made no progress again after a restart (it would fail at the same frame again). One killed or hung before its
+        # first frame restarts, and a camera not there yet (booting, its link still down, not enumerated) is waited for.
+        hopeless = failed_to_start(w.proc, w.beat) or not at_end and not waiting and (
             (reported and w.restarts == 0 and not progressed) or (
                 w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
         if not w.cfg.restart or hopeless:

@@ -27,7 +27,7 @@ from streamfuse.errors import one_line, redact
 from streamfuse.signals import HANGUP, STOP_SIGNALS, blocked
 
 __all__ = ["StopFlag", "check_rings_fit", "produce", "process_context", "start_servers", "start_process",
-           "end_start", "describe_exit", "how_it_ended", "MAIN_RAN_AGAIN"]
+           "end_start", "describe_exit", "how_it_ended", "failed_to_start", "MAIN_RAN_AGAIN"]
 
 _QUIET = "streamfuse.capture.fork_server_quiet"  # imported by the fork server alone, so by the producers it forks
 # the exit of a producer whose start ran the program's main module, which began the run again: final, as a restart
@@ -147,11 +147,13 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
              resume: tuple[int, int, int], beat: Any, pace: Any = None) -> None:
     """Child process body: open the source, skip/renumber for a resume, write frames until stop or the end.
 
-    ``beat`` (shared int64 x 5): frames written, the source's frame interval in ns (set at each frame), the end
-    of the source's current pacing sleep (monotonic ns), the packets it skipped as undecodable (``skipped``), and the
-    steps its open has made (a synthetic scene's build, seconds for a large one: not the silence of a hung open).
+    ``beat`` (shared int64 x 6): frames written, the source's frame interval in ns (set at each frame), the end
+    of the source's current pacing sleep (monotonic ns), the packets it skipped as undecodable (``skipped``), the
+    steps its open has made (a synthetic scene's build, seconds for a large one: not the silence of a hung open), and 1
+    once this body runs (see :func:`failed_to_start`).
     ``pace`` (shared int64 x 2, kept across a source's processes): where a realtime source's time line started.
     """
+    beat[5] = 1
     for sig in STOP_SIGNALS:  # the parent's to handle: it stops this process
         signal.signal(sig, signal.SIG_IGN)
     seq_start, skip, t_offset_ns = resume
@@ -223,6 +225,13 @@ def end_start(line: str) -> None:
         os._exit(MAIN_RAN_AGAIN)
 
 
+def failed_to_start(proc: Any, beat: Any) -> bool:
+    """Whether a producer process exited by itself before its body ran: in its start, the program's main module run
+    in it (:data:`MAIN_RAN_AGAIN`, or an error there), which each restart would run again; not one killed, nor one whose
+    fork server was lost (255)."""
+    return proc.exitcode is not None and 0 < proc.exitcode != 255 and not beat[5]
+
+
 def describe_exit(code: int | None) -> str:
     """A producer process's exit code in words."""
     if code == MAIN_RAN_AGAIN:
@@ -232,10 +241,12 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-def how_it_ended(proc: Any) -> str:
-    """How a producer process that multiprocessing sees ended went, in words. One whose fork server died (kill -9, the
-    OOM killer) reads as exited with 255 while it runs on, orphaned, beside the producer started next (a camera held
-    twice): it is killed here."""
+def how_it_ended(proc: Any, beat: Any = None) -> str:
+    """How a producer process that multiprocessing sees ended went, in words (``beat``: its own, to tell one that
+    failed as it started). One whose fork server died (kill -9, the OOM killer) reads as exited with 255 while it runs
+    on, orphaned, beside the producer started next (a camera held twice): it is killed here."""
+    if beat is not None and failed_to_start(proc, beat) and proc.exitcode != MAIN_RAN_AGAIN:
+        return f"died: exited with code {proc.exitcode} as it started, in the program's main module, which it imports"
     # only 255 says its fork server was lost; any other code was reported by a server that reaped it, whose number
     # may be another process's by now
     if proc.exitcode != 255 or not process_alive(proc.pid):

@@ -635,7 +635,7 @@ def test_a_resumed_producer_skips_what_was_delivered_continues_the_numbers_and_b
 
     monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())  # the test process keeps its own signal handlers
     monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _Counting())
-    out, beat = _Written(3), [0, 0, 0, 0, 0]
+    out, beat = _Written(3), [0, 0, 0, 0, 0, 0]
     cfg = SourceConfig(kind="synthetic", width=64, height=48, fps=30.0)
     producer_process.produce("ir", cfg, out, out, out, (10, 2, 5_000), beat)  # resume at seq 10, 2 frames in
     assert [(f.seq, f.t_capture_ns) for f in out.frames] == [(10, 7_000), (11, 8_000), (12, 9_000)]
@@ -655,7 +655,7 @@ def test_the_stall_watch_gets_a_frame_interval_the_source_learns_after_its_first
 
     monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
     monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _Slowing())
-    out, beat = _Written(5), [0, 0, 0, 0, 0]
+    out, beat = _Written(5), [0, 0, 0, 0, 0, 0]
     producer_process.produce("ir", SourceConfig(kind="file", path="x.mp4"), out, out, out, (0, 0, 0), beat)
     assert beat[:2] == [5, 33_000_000]
 
@@ -679,7 +679,7 @@ def test_frames_that_outgrow_a_ring_shared_memory_has_no_room_for_end_the_source
     monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _Counting())
     ring = ShmRing("ir", slots=3, slot_bytes=16)  # the (48, 64) frames do not fit its slots
     monkeypatch.setattr(os, "posix_fallocate", fallocate)
-    beat, out = [0, 0, 0, 0, 0], _Written(0)
+    beat, out = [0, 0, 0, 0, 0, 0], _Written(0)
     stop = types.SimpleNamespace(is_set=lambda: beat[0] >= 5)
     cfg = SourceConfig(kind="synthetic", width=16, height=16, fps=30.0)
     with pytest.raises(SystemExit, match="1"):
@@ -724,12 +724,12 @@ def test_a_restarted_realtime_producer_keeps_its_predecessors_time_line(monkeypa
     monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _PacedClip(clock, slept))
     cfg = SourceConfig(kind="file", path="clip.mkv", fps=30.0)
     out = _Written(31)  # one second of frames, paced
-    producer_process.produce("ir", cfg, out, out, out, (0, 0, shift_ns), [0, 0, 0, 0, 0], pace)
+    producer_process.produce("ir", cfg, out, out, out, (0, 0, shift_ns), [0, 0, 0, 0, 0, 0], pace)
     assert pace[:2] == [10**12, shift_ns] and clock[0] == 10**12 + 30 * round(1e9 / 30)
     clock[0] += 2 * 10**9  # killed, restarted 2 s later: it resumes after the 31 frames delivered
     slept.clear()
     out = _Written(100)
-    producer_process.produce("ir", cfg, out, out, out, (31, 31, shift_ns), [0, 0, 0, 0, 0], pace)
+    producer_process.produce("ir", cfg, out, out, out, (31, 31, shift_ns), [0, 0, 0, 0, 0, 0], pace)
     assert [f.seq for f in out.frames] == list(range(31, 131))
     # the frames of the two seconds lost go at once (no sleep), then it paces on in step: its last frame (4.33 s into
     # the clip) goes when it would have without the crash, not 2 s and a restart's frame later
@@ -891,7 +891,7 @@ def test_frames_dropped_by_every_retired_producer_of_a_source_add_up() -> None:
     prod._workers = {"ir": w}
     # -1: a ring whose lock its killed producer held (stats() could not read it) takes nothing off the others
     for dropped, skipped in ((3, 1), (-1, 0), (4, 2)):
-        w.ring, w.beat = _DroppingRing(dropped), [0, 0, 0, skipped, 0]
+        w.ring, w.beat = _DroppingRing(dropped), [0, 0, 0, skipped, 0, 0]
         prod._retire(w)
     stats = prod.stats()["ir"]
     assert (stats["dropped"], stats["skipped"], stats["queued"]) == (7, 3, 0)
@@ -950,7 +950,7 @@ def test_a_producer_silent_for_its_stall_allowance_is_killed(stall_factor, queue
 
     prod = Producers.__new__(Producers)
     w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48, stall_factor=stall_factor))
-    w.proc, w.ring, w.beat = _Silent(), _Queued(queued), [beats, round(1e9 / 30), 0, 0, 0]
+    w.proc, w.ring, w.beat = _Silent(), _Queued(queued), [beats, round(1e9 / 30), 0, 0, 0, 0]
     w.beats_seen, w.last_seq, w.heard_at = beats, 0, time.monotonic() - 5.0  # frame 0 of this process delivered
     prod._check_stall(w)
     assert w.proc.killed == killed and w.stalls == killed
@@ -982,7 +982,7 @@ def test_an_open_that_steps_on_is_not_a_stall_and_one_that_hangs_is(steps, kille
 
     prod = Producers.__new__(Producers)
     w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))
-    w.proc, w.ring, w.beat = _Silent(), _Queued([]), [0, 0, 0, 0, steps]
+    w.proc, w.ring, w.beat = _Silent(), _Queued([]), [0, 0, 0, 0, steps, 0]
     w.heard_at = time.monotonic() - 2 * FIRST_FRAME_S  # no frame yet, and its start long ago
     prod._check_stall(w)
     assert w.proc.killed == killed and w.stalls == killed
@@ -992,7 +992,7 @@ def test_a_synthetic_scenes_build_beats_as_it_goes(monkeypatch) -> None:
     from streamfuse.capture import producer_process
 
     monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
-    out, beat = _Written(1), [0, 0, 0, 0, 0]
+    out, beat = _Written(1), [0, 0, 0, 0, 0, 0]
     cfg = SourceConfig(kind="synthetic", width=64, height=48, realtime=False)
     producer_process.produce("ir", cfg, out, out, out, (0, 0, 0), beat)
     assert beat[0] == 1 and beat[4] >= 8 and out.sent == []  # a step per noise frame of each modality
@@ -1150,7 +1150,7 @@ def test_a_producer_at_its_sources_end_says_which_source_ended_and_closes_its_ri
 
     monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())  # the test process keeps its own signal handlers
     monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _Ending(3))
-    ring, conn, beat = _Closed(10), _Closed(10), [0, 0, 0, 0, 0]
+    ring, conn, beat = _Closed(10), _Closed(10), [0, 0, 0, 0, 0, 0]
     seen = []  # the skipped packets the parent reads (telemetry) as each frame is written
     ring.write = lambda frame, stop: seen.append(beat[3]) or ring.frames.append(frame) or True
     cfg = SourceConfig(kind="file", path="clip.mkv")
@@ -1184,7 +1184,7 @@ def test_a_producer_whose_source_fails_reports_it_once_and_exits_with_1(monkeypa
     monkeypatch.setattr(producer_process, "open_source", fail)
     ring, conn = _Closed(1), _Closed(1)
     with pytest.raises(SystemExit) as exited:
-        producer_process.produce("ir", SourceConfig(), ring, conn, ring, (0, 0, 0), [0, 0, 0, 0, 0])
+        producer_process.produce("ir", SourceConfig(), ring, conn, ring, (0, 0, 0), [0, 0, 0, 0, 0, 0])
     assert exited.value.code == 1 and conn.sent == [(kind, message)] and (ring.closed, conn.closed) == (1, 1)
 
 
@@ -1209,7 +1209,7 @@ def test_packets_skipped_before_an_error_ended_the_source_are_counted(monkeypatc
 
     monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
     monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: Truncated(1))
-    ring, beat = _Closed(10), [0, 0, 0, 0, 0]
+    ring, beat = _Closed(10), [0, 0, 0, 0, 0, 0]
     with pytest.raises(SystemExit):
         producer_process.produce("ir", SourceConfig(), ring, ring, ring, (0, 0, 0), beat)
     assert beat[3] == 5
@@ -1247,7 +1247,7 @@ def test_a_sources_pacing_sleep_posts_its_end_in_the_beat_and_its_own_interval_i
     monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())
     monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: source)
     monkeypatch.setattr(producer_process, "time", SimpleNamespace(monotonic_ns=lambda: 1_000))
-    out, beat = _Written(2), [0, 0, 0, 0, 0]
+    out, beat = _Written(2), [0, 0, 0, 0, 0, 0]
     out.wait = lambda timeout: posted.append(beat[2]) or False  # the stop flag's sleep: beat[2] posted before it
     producer_process.produce("ir", SourceConfig(fps=30.0), out, out, out, (4, 4, 0), beat)
     assert posted == [1_000 + 500_000_000] * 2 and beat[1] == 40_000_000
