@@ -221,7 +221,7 @@ def end_start(line: str) -> None:
     """In a producer still starting (forked by the fork server, importing the program's main module): ``line`` on
     stderr and the exit :data:`MAIN_RAN_AGAIN`; in any other process, nothing."""
     if _QUIET in sys.modules:
-        print(f"streamfuse producer: {line}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"streamfuse producer: {line}\n")  # whole: print's two writes let the other one's run in
         os._exit(MAIN_RAN_AGAIN)
 
 

@@ -498,6 +498,42 @@ def test_producers_the_process_limit_leaves_no_room_for_are_one_line_each_side(t
     assert not list(SHM_DIR.glob(f"*streamfuse_{proc.pid}_*"))  # its rings and semaphores removed
 
 
+def test_a_producer_failing_before_its_body_runs_says_so_in_one_whole_line_naming_its_pid(monkeypatch) -> None:
+    # the fork server's hook, which the producers it forks keep, named the server for a producer's failure (the
+    # program's main module failing in it) and wrote its line in two parts, which the other producer's line ran into
+    import importlib.util
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the module sets the server's
+    # loaded aside: imported, it tells a producer's start (``producer_process.end_start``) in this process too
+    spec = importlib.util.find_spec("streamfuse.capture.fork_server_quiet")
+    fork_server_quiet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fork_server_quiet)
+    monkeypatch.setattr(fork_server_quiet, "_SERVER", os.getpid() + 1, raising=False)  # a producer: forked
+    writes = []
+    monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(write=writes.append, flush=lambda: None))
+    fork_server_quiet._one_line(RuntimeError, RuntimeError("boom"), None)
+    assert writes == [f"streamfuse producer (pid {os.getpid()}): RuntimeError: boom\n"]
+
+
+def test_a_producer_that_ran_the_programs_call_again_says_so_in_one_whole_line(monkeypatch) -> None:
+    # written in two parts (print's text, then its newline), the two producers' lines ran together
+    from streamfuse.capture import producer_process
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setitem(sys.modules, producer_process._QUIET, types.ModuleType("quiet"))  # as in a forked producer
+    monkeypatch.setattr(producer_process.os, "_exit", exit_now)
+    writes = []
+    monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(write=writes.append, flush=lambda: None))
+    with pytest.raises(Exited, match=f"^{producer_process.MAIN_RAN_AGAIN}$"):
+        producer_process.end_start("run_live was called again")
+    assert writes == ["streamfuse producer: run_live was called again\n"]
+
+
 def test_a_start_that_fails_for_its_second_source_leaves_the_first_one_stopped(monkeypatch) -> None:
     """A start that fails part-way (no memory, no file descriptors left) raises with no producer left running and no
     ring left in shared memory."""
