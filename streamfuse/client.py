@@ -24,6 +24,7 @@ import zmq
 from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
 from streamfuse.connection_watch import connect_sub, on_this_host
 from streamfuse.consumer_topics import consumer_topic
+from streamfuse.newest_frame import NewestFrame
 from streamfuse.pool_ring import RingError
 from streamfuse.pool_view import PoolView
 from streamfuse.recv_turn import RecvTurn
@@ -34,8 +35,6 @@ from streamfuse.wire import (ENCODINGS, FUSED_PREFIX, MAX_HEADER_BYTES, Malforme
                              ring_topic, shm_topic)
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
-
-# size: one class, the consumer's whole state (sockets, pool, ring, reader thread, counters) in one place to read
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class Subscriber:
             if not 1 <= value <= most:  # ZeroMQ's int and int64 options: more raised OverflowError
                 raise ValueError(f"{name}={value} must be in 1..{most}")
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
-        self.received = self.malformed = self.missed = self.discarded = self.via_shm = self.via_ring = 0
+        self.received = self.malformed = self.missed = self.via_shm = self.via_ring = 0
         self.awaiting_keyframe, self.last_malformed, self.copy, self.max_frame_bytes = 0, "", copy, max_frame_bytes
         topic = consumer_topic(topic)
         self._topic, self._shm_topic, self._ring_topic = map(str.encode, (topic, shm_topic(topic), ring_topic(topic)))
@@ -116,19 +115,14 @@ class Subscriber:
         for fd in (self._sock.getsockopt(zmq.FD), self._watch.fd):  # one poll() a wait, not zmq.Poller's several
             self._fds.register(fd, select.POLLIN)
         self._watch.on_events()  # its descriptor fires only for events after an EVENTS that found none
-        self._newest: tuple[dict[str, Any], Any] | None = None  # (header, payload not yet decoded)
-        self._failure, self._pid = "", os.getpid()  # latest mode: why the reader thread stopped; the sockets' process
-        self._cond, self._reader = threading.Condition(), None
-        self._turn = RecvTurn(endpoint, self._cond)  # a close() from another thread waits for a recv() there to end
+        self._pid, cond = os.getpid(), threading.Condition()  # the sockets' process
+        self._turn = RecvTurn(endpoint, cond)  # a close() from another thread waits for a recv() there to end
+        self._newest = NewestFrame(endpoint, cond, self._turn.closing)
         # a Subscriber dropped without close() closes its sockets when collected (not at exit: a reader may run)
         self._close_links = weakref.finalize(self, self._watch.close)
         self._close_links.atexit = False
         if latest:
-            # the socket goes to the reader thread (start(): the memory barrier ZeroMQ needs), the only one using it;
-            # the thread holds the Subscriber weakly, so that one dropped without close() is collected
-            self._reader = threading.Thread(target=_read_forever, args=(weakref.ref(self),),
-                                            name=f"subscriber {endpoint}", daemon=True)
-            self._reader.start()
+            self._newest.start(self._next, _POLL_S)
 
     def recv(self, timeout_s: float | None = None) -> tuple[dict[str, Any], np.ndarray] | None:
         """The next frame (``latest``: the newest not yet returned), or None when none arrives in time.
@@ -167,14 +161,8 @@ class Subscriber:
             self._turn.check()
             remaining = max(deadline - time.monotonic(), 0.0)  # one look even when no time is left
             if self.latest:
-                with self._cond:
-                    if not self._cond.wait_for(lambda: self._newest is not None or self._failure
-                                               or self._turn.closing.is_set(), remaining):
-                        return None
-                    self._turn.check()
-                    if self._newest is None:
-                        raise RuntimeError(f"subscriber {self.endpoint}: the reader thread stopped: {self._failure}")
-                    item, self._newest = self._newest, None
+                if (item := self._newest.take(remaining, self._turn.check)) is None:
+                    return None
             else:
                 item = self._next(min(remaining, _POLL_S))
             if item is not None:  # past the deadline too: after it, a frame gone (overwritten) is followed by more
@@ -182,6 +170,11 @@ class Subscriber:
             if frame is None and deadline <= time.monotonic() and (item is None or looks > _LATE_LOOKS):
                 return None
         return frame
+
+    @property
+    def discarded(self) -> int:
+        """Frames replaced by a newer one before :meth:`recv` took them, or passed over in the ring (latest mode)."""
+        return self._newest.discarded
 
     @property
     def handshake_failures(self) -> int:
@@ -218,8 +211,7 @@ class Subscriber:
         self._last_message = time.monotonic()
         if passed:
             self._seq.skip(passed)
-            with self._cond:
-                self.discarded += passed
+            self._newest.discard(passed)
         taken = self._new_seq(header)  # False: a seq leaping ahead (the cursor skips those taken), or over-size
         self.via_ring += taken
         return (header, None) if taken else None
@@ -276,25 +268,6 @@ class Subscriber:
         if on != self._payload_on:
             self._sock.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, self._topic)
             self._payload_on = on
-
-    def _read_newest(self) -> bool:
-        """Latest mode's reader thread: keep the next frame if one comes; False once closing, or after an unexpected
-        failure, which goes to the consumer."""
-        if self._turn.closing.is_set():
-            return False
-        try:
-            frame = self._next(_POLL_S)
-        except Exception as exc:  # noqa: BLE001 - whatever it is, the consumer must hear of it, not wait forever
-            with self._cond:
-                self._failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                self._cond.notify()
-            return False
-        if frame is not None:
-            with self._cond:
-                self.discarded += self._newest is not None
-                self._newest = frame
-                self._cond.notify()
-        return True
 
     def _read(self) -> tuple[dict[str, Any], Any] | None:
         """Socket owner: one message as ``(header, payload)`` (h264: decoded here, in order), or None when it was
@@ -402,8 +375,7 @@ class Subscriber:
             return
         if not self._turn.close():
             return
-        if self._reader is not None:
-            self._reader.join()  # the sockets' owner until it ends
+        self._newest.join()
         self._close_links()
         self._pools.close()
 
@@ -413,8 +385,3 @@ class Subscriber:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _read_forever(ref: weakref.ReferenceType[Subscriber]) -> None:
-    """Latest mode's reader thread, holding its Subscriber only while reading (until close() or it is dropped)."""
-    while (sub := ref()) is not None and sub._read_newest():
-        del sub

@@ -68,7 +68,7 @@ def test_a_closed_subscriber_says_so_and_closes_again_quietly(latest: bool) -> N
     # plain mode: a second close() (an explicit one inside the with block) raised ZMQError ENOTSOCK, and a recv()
     # after close() did; latest mode waited out its timeout and returned None, as from a silent publisher
     with Subscriber(NOBODY, timeout_s=PATIENCE_S, latest=latest) as sub:
-        reader = sub._reader
+        reader = sub._newest._reader
         sub.close()
         # latest mode: the reader thread, the sockets' only user, has ended before they were closed under it
         assert reader is None or not reader.is_alive()
@@ -125,7 +125,7 @@ def test_a_subscriber_dropped_without_close_gives_back_its_thread_sockets_and_po
     with publishing(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) as pub:
         sub = Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=latest)
         wait_until(lambda s=sub: s.recv(0.05) is not None and s.via_shm > 0, "a frame from shared memory")
-        pool, reader, sockets = sub._pools.reader.name, sub._reader, (sub._sock, sub._watch._monitor)
+        pool, reader, sockets = sub._pools.reader.name, sub._newest._reader, (sub._sock, sub._watch._monitor)
         assert pool_fds(pool) == 4  # the publisher's and the subscriber's: each a descriptor and its mapping's
         del sub
         gc.collect()

@@ -49,7 +49,7 @@ def test_a_zero_timeout_looks_once_and_never_waits_the_constructions_timeout(lat
     # recv(0) taken for "no timeout given" (timeout_s or self.timeout_s) waited out the construction's timeout_s
     waits: list[float] = []
     with Subscriber(NOBODY, timeout_s=PATIENCE_S, latest=latest) as sub:
-        owner, name = (sub._cond, "wait_for") if latest else (sub, "_next")
+        owner, name = (sub._turn.cond, "wait_for") if latest else (sub, "_next")
         real = getattr(owner, name)
 
         def spy(*args: object) -> object:
@@ -203,7 +203,7 @@ def test_latest_mode_counts_the_ring_entries_it_passes_over_as_discarded_not_mis
             Subscriber(pub.endpoint, timeout_s=PATIENCE_S, latest=True, rcvhwm=100) as sub:
         _recv_shm(sub, pub, ring=True)
         received, discarded, missed, first = sub.received, sub.discarded, sub.missed, pub.published
-        with sub._cond:  # the reader thread cannot hand a frame over: it passes over the ones that come meanwhile
+        with sub._turn.cond:  # the reader thread cannot hand a frame over: it passes over the ones that come meanwhile
             for value in range(10):
                 assert pub.send_fused(fused_frame(_uniform(value)))
         header, image = recv_seq(sub, pub.published - 1)
