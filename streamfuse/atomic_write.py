@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import logging
 import os
 import queue
 import secrets
@@ -24,11 +25,13 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from streamfuse.errors import io_reason
+from streamfuse.errors import io_reason, printable
 from streamfuse.stage_samples import StageSamples
 
 __all__ = ["partial_path", "final_path", "write_refusal", "durable_replace", "durable_rename_new", "Unsynced",
            "write_file", "write_png", "whole_png", "WriterThread", "BackgroundSync"]
+
+log = logging.getLogger(__name__)
 
 _PARTIAL = ".partial"  # the end of a temporary name
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
@@ -68,10 +71,15 @@ class Unsynced(OSError):
 
 def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Rename the written file ``src`` to ``dst`` so that after a power loss ``dst`` holds all of ``src`` or what it
-    held before: ``src``'s bytes are flushed to the disk first, and the rename itself before this returns."""
+    held before: ``src``'s bytes are flushed to the disk first, and the rename itself before this returns. A folder
+    sync failing after the rename is a warning, not an error: ``dst`` is in place and whole (its inputs are kept), so
+    the caller goes on and must not remove it."""
     _flush(src)
     os.replace(src, dst)
-    _sync_folder(Path(dst).parent)
+    try:
+        _sync_folder(Path(dst).parent)
+    except OSError as exc:
+        _warn_unsynced(Path(dst), exc)
 
 
 def durable_rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -92,6 +100,11 @@ def durable_rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             _sync_folder(Path(dst).parent)
         except OSError as exc:
             raise Unsynced(exc.errno, exc.strerror) from None
+
+
+def _warn_unsynced(path: Path, exc: OSError) -> None:
+    log.warning("%s is written whole, but its folder could not be synced after it took its name (%s): a power loss "
+                "may yet lose that name", printable(path), io_reason(exc))
 
 
 def _flush(path: str | os.PathLike) -> None:
@@ -153,9 +166,11 @@ def write_file(path: Path, data: bytes, *, new: bool = False) -> Path:
         for name in itertools.chain([real], others):
             try:
                 _link_new(partial, name)
-                return name
             except FileExistsError:
                 continue
+            except Unsynced as exc:
+                _warn_unsynced(name, exc)
+            return name
     except OSError as exc:
         raise RuntimeError(f"cannot write {path}: {io_reason(exc)}") from None
     finally:
