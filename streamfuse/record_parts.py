@@ -192,7 +192,7 @@ class Parts:
         try:
             following.writer.add_metadata(END_RECORD, {"set": self._set, "parts": str(self.count + 1)})
             following.finish()
-        except OSError:
+        except Exception:  # noqa: BLE001 - a disk error, or its last chunk's compression out of memory alike
             following.sync.close()
             following.file.close()
             following.partial.unlink(missing_ok=True)
