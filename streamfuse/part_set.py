@@ -57,7 +57,7 @@ def part_marks(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, str]]]
         DoubledRecord: one line naming ``path``, which holds one of them more than once.
     """
     try:
-        with _regular(path) as f:
+        with _open_regular(path) as f:
             try:
                 reader = SeekingReader(f, validate_crcs=False)
                 return reader.get_header().library, _collected(path, reader.iter_metadata())
@@ -100,7 +100,7 @@ def _streamed(f: BinaryIO) -> Iterator[object]:
         yield _CUT
 
 
-def _regular(path: str | os.PathLike) -> BinaryIO:
+def _open_regular(path: str | os.PathLike) -> BinaryIO:
     """``path`` opened to read; OSError for a file that is no regular one (a FIFO held its open() for good)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
