@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from mcap.writer import CompressionType, Writer
 
-from streamfuse.atomic_write import BackgroundSync, durable_rename_new, final_path, partial_path
+from streamfuse.atomic_write import BackgroundSync, Unsynced, durable_rename_new, final_path, partial_path
+from streamfuse.errors import io_reason
 
 __all__ = ["PartWriter", "Parts", "being_recorded", "found_parts", "part_path", "taken_part", "PART_NAME",
            "PART_RECORD", "END_RECORD", "SUFFIX"]
@@ -181,8 +182,15 @@ class Parts:
             self.part.writer.add_metadata(END_RECORD, {"set": self._set, "parts": str(self.count)})
 
     def finish(self) -> None:
-        """Finish the part being written: complete, indexed, under its final name."""
-        self.part.finish()
+        """Finish the part being written: complete, indexed, under its final name (a folder sync failing after it
+        took the name is a warning: the part is whole, and the recording goes on in the next)."""
+        try:
+            self.part.finish()
+        except Unsynced as exc:
+            log.warning("recording part %s is whole and has its name, but its folder could not be synced after it took "
+                        "it (%s): a power loss may yet lose that name; copy it elsewhere", self.part.path,
+                        io_reason(exc))
+            return
         log.info("recording part %s finished", self.part.path)
 
     def _end_in(self, following: PartWriter) -> None:

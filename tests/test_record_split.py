@@ -420,3 +420,27 @@ def test_a_part_that_cannot_be_finished_leaves_no_empty_part_after_it(tmp_path, 
     frames = _synthetic_run(90)
     rec = _record(tmp_path / "rig0.mcap", frames, split_s=1)
     assert rec.error is not None and [p.name for p in tmp_path.iterdir()] == [".rig0_0000.mcap.partial"]
+
+
+def test_a_part_whose_folder_sync_fails_once_it_has_its_name_is_kept_and_the_recording_goes_on(tmp_path, caplog,
+                                                                                                 monkeypatch):
+    """The part was whole under its name, yet the recording stopped there, its later frames dropped, and the error
+    named the next part as the one that could not begin."""
+    import streamfuse.atomic_write
+
+    first, real_sync = part_path(tmp_path / "rig0.mcap", 0), streamfuse.atomic_write._sync_folder
+
+    def failing(folder):
+        if first.exists() and not part_path(tmp_path / "rig0.mcap", 1).exists():  # once, as the first part ends
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_sync(folder)
+
+    monkeypatch.setattr(streamfuse.atomic_write, "_sync_folder", failing)
+    frames = _synthetic_run(90)
+    with caplog.at_level(logging.WARNING, logger="streamfuse.record_parts"):
+        rec = _record(tmp_path / "rig0.mcap", frames, split_s=1)
+    assert rec.error is None and not any(rec.dropped.values()) and rec.parts > 2
+    assert _key(read_recording(first)) == _key(frames)
+    assert [r.getMessage() for r in caplog.records if r.name == "streamfuse.record_parts"] == [
+        f"recording part {first} is whole and has its name, but its folder could not be synced after it took it "
+        f"(Input/output error): a power loss may yet lose that name; copy it elsewhere"]
