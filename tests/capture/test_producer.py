@@ -1339,6 +1339,26 @@ def test_a_stop_flag_asks_after_its_consumer_once_per_poll_however_often_it_is_c
     assert flag.is_set() and len(looks) == 2  # the flag itself is read at every check
 
 
+def test_a_stop_flags_wait_sleeps_a_poll_at_a_time_and_sees_a_set_flag_after_that_poll(monkeypatch) -> None:
+    """A stop is seen within one poll of 20 ms, however long the wait asked for: a producer waiting for its next
+    frame's time (a slow camera, a paused file) stops at once, not at the end of its wait. On a clock that moves only
+    as far as the flag sleeps."""
+    import multiprocessing as mp
+
+    from streamfuse.capture import producer_process
+
+    clock = SleptClock()
+    monkeypatch.setattr(producer_process, "time", clock)
+    flag = producer_process.StopFlag(mp.get_context("spawn"))
+    sleeps = []
+    monkeypatch.setattr(clock, "sleep", lambda s: sleeps.append(s) or SleptClock.sleep(clock, s))
+    assert flag.wait(0.1) is False
+    assert sleeps[:4] == [0.02] * 4 and sum(sleeps) == pytest.approx(0.1) and len(sleeps) <= 6
+    sleeps.clear()
+    monkeypatch.setattr(clock, "sleep", lambda s: sleeps.append(s) or flag.set())  # set while the first poll sleeps
+    assert flag.wait(60.0) is True and sleeps == [0.02]
+
+
 def test_supervision_runs_once_per_round_however_often_get_is_called(monkeypatch) -> None:
     """The live loop calls get several times a frame; each supervision round polls every producer's pipe and process
     (syscalls), so one round serves every call until the next is due, and a due one runs at the next call."""
