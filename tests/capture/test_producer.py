@@ -856,6 +856,25 @@ def test_restart_delays_double_per_failure_in_a_row_and_start_again_after_a_stab
     assert [e.restarting for e in prod._events] == [True] * 6
 
 
+def test_restart_delays_by_default_start_at_a_tenth_of_a_second_and_double_up_to_eight(caplog) -> None:
+    # as the README says: a camera failing for minutes is retried every 8 s, neither every second nor ever more rarely
+    from streamfuse.capture.producer import _Worker
+
+    cfg = SourceConfig(kind="synthetic", width=32, height=24, stall_factor=0)
+    prod = start_producers(cfg, cfg)
+    assert_stopped(prod, prod.shm_names())  # its supervision alone from here: no process restarted
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    w = _Worker("ir", cfg)
+    for _ in range(10):
+        w.proc, w.state, w.started_at = _Died(), "running", time.monotonic()
+        prod._on_exit(w)
+    said = [r.getMessage().rsplit("restarting in ", 1)[1] for r in caplog.records]
+    assert said == ["0.1 s", "0.2 s", "0.4 s", "0.8 s", "1.6 s", "3.2 s", "6.4 s", "8.0 s", "8.0 s", "8.0 s"]
+    w.proc, w.state, w.started_at = _Died(), "running", time.monotonic() - 60  # it ran for a minute this time
+    prod._on_exit(w)
+    assert caplog.records[-1].getMessage().endswith("restarting in 0.1 s")
+
+
 def test_a_replayable_source_restarted_in_a_later_pass_resumes_within_that_pass() -> None:
     # A looped file's next pass starts one frame step after its last frame (a file of one frame: 1 / fps); a crash in
     # that pass resumes after the frames of this pass delivered, not of every pass (it skipped past the end)
