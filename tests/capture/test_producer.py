@@ -875,6 +875,28 @@ def test_restart_delays_by_default_start_at_a_tenth_of_a_second_and_double_up_to
     assert caplog.records[-1].getMessage().endswith("restarting in 0.1 s")
 
 
+def test_a_failed_producer_is_restarted_once_its_delay_is_over_not_before(monkeypatch) -> None:
+    from collections import deque
+
+    from streamfuse.capture import producer
+
+    now = 1000.0
+    monkeypatch.setattr(producer, "time", types.SimpleNamespace(monotonic=lambda: now))
+    prod = Producers.__new__(Producers)  # its supervision alone: no process started
+    prod._backoff, prod._events, prod._stopped = (0.5, 8.0), deque(), False
+    w = producer._Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))
+    w.proc, w.started_at = _Died(), now
+    prod._workers, spawned = {"ir": w}, []
+    monkeypatch.setattr(prod, "_spawn", lambda worker, resume: spawned.append(worker))
+    prod._on_exit(w)
+    now = 1000.499
+    prod._supervise()
+    assert spawned == [] and w.state == "waiting"
+    now = 1000.5  # its 0.5 s over
+    prod._supervise()
+    assert spawned == [w] and w.restarts == 1
+
+
 def test_a_replayable_source_restarted_in_a_later_pass_resumes_within_that_pass() -> None:
     # A looped file's next pass starts one frame step after its last frame (a file of one frame: 1 / fps); a crash in
     # that pass resumes after the frames of this pass delivered, not of every pass (it skipped past the end)
