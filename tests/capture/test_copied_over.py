@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_clock import SleptClock
 from test_video_sources import write_noise
 
+from streamfuse.capture import copied_over
 from streamfuse.capture.copied_over import _BLOCK, _SAMPLES, file_mark, settle
 from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 
@@ -125,7 +127,7 @@ def test_a_copy_still_being_written_is_waited_for_until_it_stops_changing(tmp_pa
         return False
 
     settle(str(path), wait)
-    assert path.stat().st_size == 3001 and len(waits) == 4  # the wait after the last write saw it unchanged
+    assert path.stat().st_size == 3001 and waits == [0.5] * 4  # the wait after the last write saw it unchanged
 
 
 def test_a_stop_while_a_copy_settles_ends_the_wait_at_once(tmp_path: Path) -> None:
@@ -133,3 +135,62 @@ def test_a_stop_while_a_copy_settles_ends_the_wait_at_once(tmp_path: Path) -> No
     shutil.copyfile(__file__, path)
     settle(str(path), lambda s: waits.append(s) or True)
     assert len(waits) == 1
+
+
+def test_a_copy_that_never_stops_changing_is_waited_for_30_s_then_opened(tmp_path: Path, monkeypatch) -> None:
+    path, clock = tmp_path / "clip.mkv", SleptClock()
+    path.write_bytes(b"x")
+    monkeypatch.setattr(copied_over, "time", clock)
+
+    def wait(s: float) -> bool:
+        assert clock.monotonic() < 60, "still waiting after a minute"
+        clock.sleep(s)
+        with open(path, "ab") as f:
+            f.write(b"x")
+        return False
+
+    settle(str(path), wait)
+    assert clock.monotonic() == 30.0
+
+
+def test_a_file_gone_while_it_settles_is_waited_for_until_it_is_back_and_unchanged(tmp_path: Path) -> None:
+    path, waits = tmp_path / "clip.mkv", []
+
+    def wait(s: float) -> bool:  # gone for the first wait: removed before its copy, written whole during the second
+        waits.append(s)
+        if len(waits) == 2:
+            path.write_bytes(b"x" * 1000)
+        return False
+
+    settle(str(path), wait)
+    assert len(waits) == 3
+
+
+def test_a_looped_file_copied_over_plays_the_new_file_once_the_copy_is_whole(tmp_path: Path) -> None:
+    # told while cp still writes it: opened then, its frames after the part written were lost
+    clip, new = tmp_path / "clip.avi", tmp_path / "new.avi"
+    write_noise(clip, 40, seed=1, codec="rawvideo")
+    fresh = write_noise(new, 40, seed=2, codec="rawvideo")
+    data, waits = new.read_bytes(), []
+
+    class CopyGoesOn:  # the producer's stop flag, its waits taken while the copy writes its second half
+        def wait(self, s: float) -> bool:
+            waits.append(s)
+            if len(waits) == 1:
+                with open(clip, "r+b") as f:
+                    f.seek(len(data) // 2)
+                    f.write(data[len(data) // 2:])
+            return False
+
+    def half_copied() -> None:
+        with open(clip, "r+b") as f:  # as cp: the same inode, rewritten from its start
+            f.write(data[:len(data) // 2])
+
+    src = open_source("vis", SourceConfig(kind="file", path=str(clip), realtime=False, loop=True))
+    src.warn, src.stop_event = (lambda line: None), CopyGoesOn()
+    with src:
+        played = [src.read().image for _ in range(10)]
+        half_copied()
+        played += [src.read().image for _ in range(60)]
+    assert all(np.array_equal(image, fresh[i % 40]) for i, image in enumerate(played[10:]))
+    assert waits == [0.5, 0.5] and src.skipped == 30
