@@ -357,7 +357,9 @@ def test_a_drop_is_restored_once_it_is_old_enough_and_said_to_be_a_refused_part_
     sock.event(zmq.EVENT_DISCONNECTED)  # a second drop report: the first one's time is kept
     watch.on_events()
     assert not watch.restore_due()
-    clock.now += 0.2  # 0.5 s after the first drop
+    clock.now = 1000.499
+    assert not watch.restore_due()
+    clock.now = 1000.5  # 0.5 s after the first drop
     assert watch.restore_due() and watch.restore() is False  # a failed handshake, not a refused part
     assert sock.calls == [("disconnect", "tcp://pub.test:5555"), ("connect", "tcp://pub.test:5555")]
     assert not watch.restore_due()
@@ -366,6 +368,17 @@ def test_a_drop_is_restored_once_it_is_old_enough_and_said_to_be_a_refused_part_
     clock.now += 0.5
     assert watch.restore_due() and watch.restore() is True
 
+
+def test_a_glance_looks_at_the_events_at_once_then_once_each_50_ms(watched) -> None:
+    # a ring reader glances at every frame: the look costs as much as the frame's transport, and a drop it finds is
+    # restored half a second on anyway
+    _, watch, clock = watched
+    looks = []
+    watch.on_events = lambda: looks.append(clock.now)
+    for now in (1000.0, 1000.01, 1000.04, 1000.06, 1000.09, 1000.12):
+        clock.now = now
+        watch.glance()
+    assert looks == [1000.0, 1000.06, 1000.12]
 
 def test_a_new_attempt_by_libzmq_clears_a_drop_and_the_failed_handshake_before_it(watched):
     sock, watch, clock = watched
