@@ -470,3 +470,35 @@ def test_latest_mode_keeps_its_lead_when_the_first_interval_lost_a_frame() -> No
     pairs = run(pairer, by_time(ir, vis))
     assert [p.vis.seq for p in pairs] == [0] + list(range(2, 60))  # the visible camera leads, every frame once
     assert_consistent(pairer.stats())
+
+
+def test_latest_mode_passes_the_lead_to_a_clearly_faster_camera_once_both_rates_are_known() -> None:
+    # IR at 30 fps, visible at 25 (20 % slower, past the 10 % margin): the visible camera leads until both streams
+    # have shown three intervals (the visible one's fourth frame), every IR frame from then on
+    ir, vis = frames("ir", 30, 12), frames("vis", 25, 10, start_ms=5)
+    pairs = run(Pairer(SyncConfig(mode="latest")), by_time(ir, vis))
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (1, 1), (2, 2)] + [
+        (4, 3), (5, 4), (6, 4), (7, 5), (8, 6), (9, 7), (10, 8), (11, 9)]
+
+
+def test_latest_mode_keeps_its_lead_when_two_frames_close_together_are_lost() -> None:
+    # the leading 30 fps camera loses frames 10 and 12: two of its last three intervals are two frames long, but not
+    # of its last eight, so the 25 fps camera never looks faster and each visible frame is fused once, with the
+    # newest IR frame before it (the first one came before any IR frame)
+    ir, vis = frames("ir", 25, 50, start_ms=5), frames("vis", 30, 60, skip=frozenset({10, 12}))
+    pairer = Pairer(SyncConfig(mode="latest"))
+    pairs = run(pairer, by_time(ir, vis))
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [
+        (max(f.seq for f in ir if f.t_capture_ns <= v.t_capture_ns), v.seq) for v in vis[1:]]
+    assert_consistent(pairer.stats())
+
+
+def test_latest_mode_an_ir_frame_delivered_late_at_the_start_does_not_make_its_camera_look_slower() -> None:
+    # IR frame 1 comes after frame 2: its camera's intervals are 67, 33, 33 ms, not 67, 67, 33 (frame 3 measured from
+    # the late frame), so the 30 fps IR camera takes the lead from the 25 fps visible one as soon as without the delay
+    ir, vis = frames("ir", 30, 12), frames("vis", 25, 10, start_ms=5)
+    arrivals = by_time(ir, vis)
+    arrivals.insert(arrivals.index(ir[2]) + 1, arrivals.pop(arrivals.index(ir[1])))
+    pairs = run(Pairer(SyncConfig(mode="latest")), arrivals)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (0, 1), (2, 2), (3, 3)] + [
+        (4, 3), (5, 4), (6, 4), (7, 5), (8, 6), (9, 7), (10, 8), (11, 9)]
