@@ -1051,6 +1051,27 @@ def test_a_fast_source_is_not_killed_for_a_busy_hosts_pause(monkeypatch, silent_
     assert w.proc.killed == killed and w.stalls == killed
 
 
+@pytest.mark.parametrize(("frames", "silent_s", "paced", "killed"), [
+    (1, 3.99, False, False), (1, 4.01, True, False), (1, 4.01, False, True),  # 5 fps x the default stall_factor 20
+    (0, 29.9, False, False), (0, 30.1, False, True)])  # before its first frame: 30 s to open its source
+def test_a_producer_is_killed_once_silent_past_its_allowance_and_not_before(monkeypatch, frames, silent_s, paced,
+                                                                            killed) -> None:
+    # paced: the source posted that it waits for its next frame's time (a recording with a gap in its timestamps)
+    from streamfuse.capture import producer
+
+    now = 1000.0
+    monkeypatch.setattr(producer, "time", types.SimpleNamespace(monotonic=lambda: now,
+                                                                monotonic_ns=lambda: round(now * 1e9)))
+    prod = Producers.__new__(Producers)
+    w = producer._Worker("ir", SourceConfig(kind="synthetic", width=64, height=48, fps=5.0))
+    pacing_until = round((now + 1) * 1e9) if paced else 0
+    w.proc, w.ring, w.beat = _Silent(), _Queued([]), [frames, round(1e9 / 5), pacing_until, 0, 0]
+    w.beats_seen, w.last_seq, w.heard_at = frames, frames - 1, now - silent_s
+    for _ in range(2):  # a process slow to die is not reported, nor killed, twice
+        prod._check_stall(w)
+    assert w.proc.killed == killed and w.stalls == killed
+
+
 @pytest.mark.parametrize(("steps", "killed"), [(1, False), (0, True)], ids=["building", "hung"])
 def test_an_open_that_steps_on_is_not_a_stall_and_one_that_hangs_is(steps, killed) -> None:
     # a large synthetic scene's build takes seconds; on a busy host longer than the first-frame allowance, and its
