@@ -502,3 +502,26 @@ def test_latest_mode_an_ir_frame_delivered_late_at_the_start_does_not_make_its_c
     pairs = run(Pairer(SyncConfig(mode="latest")), arrivals)
     assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (0, 1), (2, 2), (3, 3)] + [
         (4, 3), (5, 4), (6, 4), (7, 5), (8, 6), (9, 7), (10, 8), (11, 9)]
+
+
+@pytest.mark.parametrize("early", ["vis", "ir"])
+def test_a_frame_pairs_at_once_when_the_next_frame_could_at_best_be_as_near(early: str) -> None:
+    # frames of one stream at 0, 40 and 80 ms: the next comes at 100 ms at the earliest (half a period of margin),
+    # 10 ms after the other stream's frame at 90 ms, as far as the one at 80 ms: no wait for a frame no nearer
+    late = "ir" if early == "vis" else "vis"
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    for i, t in enumerate((0, 40, 80)):
+        pairer.push(Frame(early, i, t * MS, _IMG))
+    pairs = pairer.push(Frame(late, 0, 90 * MS, _IMG))
+    assert [(getattr(p, early).seq, getattr(p, late).seq) for p in pairs] == [(2, 0)]
+
+
+@pytest.mark.parametrize("middle", ["vis", "ir"])
+def test_of_two_frames_equally_near_the_earlier_pairs(middle: str) -> None:
+    # the later one is left for the other stream's next frame
+    other = "ir" if middle == "vis" else "vis"
+    arrivals = [Frame(other, 0, 10 * MS, _IMG), Frame(middle, 0, 20 * MS, _IMG), Frame(other, 1, 30 * MS, _IMG)]
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    pairs = run(pairer, arrivals)
+    assert [(getattr(p, middle).seq, getattr(p, other).seq) for p in pairs] == [(0, 0)]
+    assert pairer.stats()[other]["unpaired"] == 1
