@@ -1,0 +1,91 @@
+"""When a waiting Subscriber looks again: each 50 ms for close() and a connection to restore, and after 1 s of silence
+on shared memory for the ZeroMQ payload or descriptors again. On a clock that moves only as the test says, with no
+publisher: nothing here depends on how fast the machine is."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+from helpers_zmq import free_port, wait_until
+
+from streamfuse import client
+from streamfuse.client import Subscriber
+
+
+@pytest.fixture
+def silent(monkeypatch: pytest.MonkeyPatch):
+    """A function making a Subscriber of a port nothing listens on, and its clock (``ms``, whole milliseconds)."""
+    clock = SimpleNamespace(ms=1_000_000)
+    clock.monotonic = lambda: clock.ms / 1000
+    monkeypatch.setattr(client, "time", clock)
+    made: list[Subscriber] = []
+
+    def make(**kwargs) -> Subscriber:
+        made.append(Subscriber(f"tcp://127.0.0.1:{free_port()}", shm=False, **kwargs))
+        return made[-1]
+
+    yield make, clock
+    for sub in made:
+        sub.close()
+
+
+class _Polls:
+    """Stands in for a Subscriber's poll(): notes each wait (ms) and moves the clock on by it (1 ms at least: time
+    goes on); nothing comes."""
+
+    def __init__(self, clock: SimpleNamespace) -> None:
+        self.clock, self.waits, self.lock = clock, [], threading.Lock()
+
+    def poll(self, ms: int) -> list:
+        with self.lock:
+            self.waits.append(ms)
+            self.clock.ms += max(ms, 1)
+        return []
+
+
+def test_a_long_recv_waits_50_ms_at_a_time(silent) -> None:
+    # between waits it restores a dropped connection and takes the payload again: a recv of seconds must not put
+    # those off until it ends
+    make, clock = silent
+    sub = make(timeout_s=1.0)
+    sub._fds = polls = _Polls(clock)
+    assert sub.recv() is None
+    assert polls.waits == [50] * 20
+
+
+def test_latest_modes_reader_waits_50_ms_at_a_time(silent) -> None:
+    # close() waits for the reader thread: it ends within one wait
+    make, clock = silent
+    sub = make(latest=True)
+    sub._fds = polls = _Polls(clock)
+    wait_until(lambda: len(polls.waits) >= 3, "the reader's waits")
+    sub.close()
+    assert set(polls.waits[1:]) == {50}  # the first one may have begun before the stand-in
+
+
+def test_a_subscriber_silent_on_shared_memory_takes_the_payload_again_after_1_s(silent) -> None:
+    # the publisher may have restarted without shared memory: a reader waiting for pool descriptors would get nothing
+    make, clock = silent
+    sub = make()
+    sub._subscribe_payload(False)  # as once a pool was mapped
+    clock.ms = 1_000_999
+    sub._wait(0)
+    assert not sub._payload_on
+    clock.ms = 1_001_000
+    sub._wait(0)
+    assert sub._payload_on
+
+
+def test_a_ring_silent_for_1_s_is_left_for_the_zeromq_descriptors(silent, monkeypatch) -> None:
+    # the publisher may have stopped filling the ring (restarted, or it dropped this reader): its frames may come
+    # over ZeroMQ meanwhile
+    make, clock = silent
+    sub = make()
+    sub._ring = SimpleNamespace(left="")
+    monkeypatch.setattr(sub, "_ring_next", lambda timeout_s: None)
+    clock.ms = 1_000_999
+    assert sub._next(0) is None and sub.on_ring
+    clock.ms = 1_001_000
+    assert sub._next(0) is None and not sub.on_ring
