@@ -525,3 +525,14 @@ def test_of_two_frames_equally_near_the_earlier_pairs(middle: str) -> None:
     pairs = run(pairer, arrivals)
     assert [(getattr(p, middle).seq, getattr(p, other).seq) for p in pairs] == [(0, 0)]
     assert pairer.stats()[other]["unpaired"] == 1
+
+
+def test_a_queue_holding_queue_size_frames_still_waits_for_a_nearer_partner() -> None:
+    # visible frames arrive 40 ms after their capture: IR 20 ms has both its IR successor and visible frame 0 (20 ms
+    # off) queued when visible frame 1 (13 ms off) comes; a queue of two frames is not yet over its queue_size of 2
+    ir, vis = frames("ir", 30, 10, start_ms=20), frames("vis", 30, 10)
+    arrivals = sorted(ir + vis, key=lambda f: f.t_capture_ns + 40 * MS * (f.stream == "vis"))
+    pairer = Pairer(SyncConfig(slop_ms=20, queue_size=2))
+    pairs = run(pairer, arrivals)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(i, i + 1) for i in range(9)]
+    assert pairer.stats()["ir"]["dropped"] == pairer.stats()["vis"]["dropped"] == 0
