@@ -897,6 +897,33 @@ def test_a_failed_producer_is_restarted_once_its_delay_is_over_not_before(monkey
     assert spawned == [w] and w.restarts == 1
 
 
+
+def test_a_get_waiting_long_for_frames_restarts_a_producer_when_its_delay_is_over(monkeypatch) -> None:
+    # the wait for a frame is cut in 50 ms pieces: a producer's restart is not put off until a long get() ends
+    from collections import deque
+
+    from streamfuse.capture import producer
+
+    clock = types.SimpleNamespace(ms=1_000_000)
+    monkeypatch.setattr(producer, "time", types.SimpleNamespace(monotonic=lambda: clock.ms / 1000))
+    prod = Producers.__new__(Producers)  # its supervision alone: no process started
+    prod._events, prod._stopped, prod._supervise_at = deque(), False, 0.0
+    w = producer._Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))
+    w.state, w.restart_at = "waiting", 1000.1
+    prod._workers, restarted = {"ir": w}, []
+
+    def wait_for_a_frame(timeout: float) -> None:  # none comes: the whole timeout passes (1 ms at least)
+        clock.ms += max(round(timeout * 1000), 1)
+
+    def restart(worker: producer._Worker, resume: tuple[int, int, int]) -> None:
+        restarted.append(clock.ms)
+        worker.state = "ended"
+
+    prod._bell = types.SimpleNamespace(acquire=wait_for_a_frame)
+    monkeypatch.setattr(prod, "_spawn", restart)
+    assert prod.get(timeout=10.0) is None  # its only source then ended: nothing more to wait for
+    assert restarted and restarted[0] <= 1_000_150
+
 def test_a_replayable_source_restarted_in_a_later_pass_resumes_within_that_pass() -> None:
     # A looped file's next pass starts one frame step after its last frame (a file of one frame: 1 / fps); a crash in
     # that pass resumes after the frames of this pass delivered, not of every pass (it skipped past the end)
