@@ -1,17 +1,19 @@
 """When a waiting Subscriber looks again: each 50 ms for close() and a connection to restore, and after 1 s of silence
-on shared memory for the ZeroMQ payload or descriptors again. On a clock that moves only as the test says, with no
-publisher: nothing here depends on how fast the machine is."""
+on shared memory for the ZeroMQ payload or descriptors again; a frame coming is no silence. On a clock that moves
+only as the test says: nothing here depends on how fast the machine is."""
 
 from __future__ import annotations
 
 import threading
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from helpers_zmq import free_port, wait_until
+from helpers_zmq import ANY_PORT, PATIENCE_S, connect, free_port, fused_frame, wait_until
 
-from streamfuse import client
+from streamfuse import client, connection_watch
 from streamfuse.client import Subscriber
+from streamfuse.publish import PublishConfig, Publisher
 
 
 @pytest.fixture
@@ -89,3 +91,28 @@ def test_a_ring_silent_for_1_s_is_left_for_the_zeromq_descriptors(silent, monkey
     assert sub._next(0) is None and sub.on_ring
     clock.ms = 1_001_000
     assert sub._next(0) is None and not sub.on_ring
+
+
+@pytest.mark.parametrize("shm_slots", [0, 4], ids=["zeromq", "ring"])
+def test_a_subscriber_getting_frames_keeps_its_connection_and_ring(monkeypatch, shm_slots: int) -> None:
+    # each frame is news from the publisher: 6 s of frames 0.6 s apart are not 6 s of silence (a connection made
+    # again, frames lost), nor a silent ring
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=shm_slots)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as sub:
+        if shm_slots:
+            wait_until(lambda: pub.send_fused(fused_frame(np.zeros((48, 64, 3), np.uint8))) and sub.recv(0.05)
+                       and sub.on_ring, "a frame through the pool's ring")
+        else:
+            connect(pub, sub, np.zeros((48, 64, 3), np.uint8))
+        clock = SimpleNamespace(ms=round(connection_watch.time.monotonic() * 1000))
+        clock.monotonic = lambda: clock.ms / 1000
+        for module in (client, connection_watch):
+            monkeypatch.setattr(module, "time", clock)
+        reconnects = []
+        monkeypatch.setattr(sub._watch, "reconnect", lambda: reconnects.append(clock.ms))
+        for value in range(1, 11):  # 6 s in all
+            clock.ms += 600
+            pub.send_fused(fused_frame(np.full((48, 64, 3), value, np.uint8)))
+            assert sub.recv()[1][0, 0, 0] == value
+            assert sub.recv(0) is None  # nothing more: a look at the connection
+        assert reconnects == [] and sub.on_ring == bool(shm_slots)
