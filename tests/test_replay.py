@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 from helpers_clock import SleptClock
+from helpers_threads import when_main_waits_in
 from helpers_video import write_sound
 
 import streamfuse.processor
@@ -27,6 +28,7 @@ import streamfuse.video
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceConfig, open_source
+from streamfuse.capture.video_sources import AvSource
 from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.config import config_from_dict
 from streamfuse.frames import Frame
@@ -322,6 +324,62 @@ def test_a_replay_stopped_before_it_read_a_frame_says_so_in_one_line(tmp_path, c
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mp4")
     assert str(err.value) == "replay stopped: interrupted (Ctrl-C); no output written" and err.value.interrupted
     assert "read ir" not in caplog.text
+
+
+class _HeldReads:
+    """Video sources whose reads wait until released, noting whether one was closed while a read was in it (the read
+    then touches nothing: FFmpeg must not crash the test)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.release, self.closed_under_read, self.closed = threading.Event(), False, 0
+        self._reading, self._changed = 0, threading.Condition()
+        self._read, self._close = AvSource.read, AvSource.close
+        monkeypatch.setattr(AvSource, "read", lambda source: self._held_read(source))
+        monkeypatch.setattr(AvSource, "close", lambda source: self._noted_close(source))
+
+    def wait_reading(self, n: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self._reading >= n, 60)
+
+    def _held_read(self, source: AvSource) -> Frame | None:
+        with self._changed:
+            self._reading += 1
+            self._changed.notify_all()
+        self.release.wait()
+        try:
+            return None if self.closed else self._read(source)
+        finally:
+            with self._changed:
+                self._reading -= 1
+                self._changed.notify_all()
+
+    def _noted_close(self, source: AvSource) -> None:
+        with self._changed:
+            self.closed_under_read |= self._reading > 0
+            self.closed += 1
+        self.release.set()
+        with self._changed:
+            assert self._changed.wait_for(lambda: self._reading == 0, 60)
+        self._close(source)
+
+
+def test_a_ctrl_c_as_the_decoder_threads_start_closes_no_input_under_them(tmp_path, clip, monkeypatch):
+    """A Ctrl-C as the replay started its decoder threads (the model loaded): the inputs were closed while the threads
+    read them, and FFmpeg's av_read_frame crashed the process (SIGSEGV) instead of the one line and 130."""
+    ir, vis, _ = clip
+    held, thread_start = _HeldReads(monkeypatch), threading.Thread.start
+
+    def start_then_ctrl_c(thread: threading.Thread) -> None:
+        thread_start(thread)
+        if thread.name == "decode vis":  # the last one: both read, then the Ctrl-C
+            held.wait_reading(2)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+    threading.Thread(target=when_main_waits_in, args=("stop", held.release), daemon=True).start()
+    with pytest.raises(ReplayError, match=r"^replay stopped: interrupted \(Ctrl-C\); no output written$"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mp4")
+    assert not held.closed_under_read and held.closed == 2
 
 
 def test_interrupt_while_the_file_is_remuxed_keeps_the_partial_and_resumes(tmp_path, clip, monkeypatch):

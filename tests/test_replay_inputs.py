@@ -114,6 +114,7 @@ class _FailingSource:
 def test_a_decoder_error_the_source_did_not_word_ends_the_input_early_not_at_its_end(threaded):
     """Taken for the input's end, the replay was complete without the rest of the video."""
     reader = Reader("ir", _FailingSource(), "ir.mp4", [], [], {"ir": 40 * MS}, threaded=threaded)
+    reader.start()
     try:
         assert [f.seq for f in iter(reader.next, None)] == [0, 1]
     finally:

@@ -140,8 +140,7 @@ def on_topic(inp: Input) -> str:
 
 def _check_topic(stream: str, cfg: Any, path: Path) -> None:
     """A recording with a summary that has no image channel on the stream's topic: one line naming those it has."""
-    found = image_topics(path)
-    topic = topic_of(stream, cfg)
+    found, topic = image_topics(path), topic_of(stream, cfg)
     if found is None or topic in found:  # no summary (cut short), or the topic is there (empty: said at the end)
         return
     listed = ", ".join(f"{t} ({schema}" + (f", {n} messages)" if n is not None else ")")
@@ -172,21 +171,23 @@ class Reader:
     def __init__(self, name: str, source: Any, path: str, wait_ns: StageSamples, busy_ns: StageSamples,
                  periods_ns: dict[str, int], *, threaded: bool = True):
         self.name, self.source, self.path, self.wait_ns, self.busy_ns = name, source, path, wait_ns, busy_ns
-        self.error = ""
+        self.error, self.ended = "", False
         self.line_ns = 0  # time line of the frame taken last, ns
         self.first_ns: int | None = None  # time line of the first and the last frame taken, ns
         self.last_ns: int | None = None
         self._lines = {s: FileClock(p, rebase_ahead=False) for s, p in periods_ns.items()}
-        self.ended = False
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=_DEPTH)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._inline: Iterator[Frame] | None = None  # without a thread, next() pulls this in the caller's thread
-        if threaded:
-            self._thread = threading.Thread(target=self._run, name=f"decode {name}", daemon=True)
+        # _ended, not Thread.join: a join that a Ctrl-C cut short takes the thread for ended (Python before 3.13)
+        self._stop, self._ended, self._began = threading.Event(), threading.Event(), False
+        # started by start(), once the caller holds this reader to stop; without it next() pulls _inline
+        self._thread = threading.Thread(target=self._run, name=f"decode {name}", daemon=True) if threaded else None
+        self._inline: Iterator[Frame] | None = None if threaded else self._decoded()
+
+    def start(self) -> None:
+        """Start decoding on the worker thread (with ``threaded``)."""
+        if self._thread is not None:
+            self._began = True  # first: a Ctrl-C can come as start() waits for the thread, which then runs on
             self._thread.start()
-        else:
-            self._inline = self._decoded()
 
     def _run(self) -> None:
         try:
@@ -194,6 +195,7 @@ class Reader:
                 self._put(frame)
         finally:
             self._put(None)  # the loop never waits forever on a dead thread
+            self._ended.set()
 
     def _decoded(self) -> Iterator[Frame]:
         """The source's frames until its end, a read error (kept as ``error``) or :meth:`stop`."""
@@ -237,11 +239,10 @@ class Reader:
             self.last_ns = self.line_ns
         return frame
 
-    def stop(self) -> None:
-        """Stop decoding (before the source is closed)."""
+    def stop(self) -> bool:
+        """Stop decoding; whether the thread ended: its source may be closed only then (FFmpeg would crash in it)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        return not self._began or self._ended.wait(5.0)
 
 
 class RecordedOrder:

@@ -177,10 +177,10 @@ class _Replay:
             self.input_fault |= isinstance(exc, SizeMismatch)  # ir.resize: error; a resumed run would meet it again
         finally:
             bar.close()
-            for reader in self.readers:
-                reader.stop()  # before its source closes
+            decoding = [r.source for r in self.readers if not r.stop()]  # left open: not freed under their threads
             for src in opened:
-                src.close()
+                if not any(src is busy for busy in decoding):
+                    src.close()
             if self.publisher is not None:
                 self.publisher.close()
         return self._finish(pairer, (time.perf_counter_ns() - wall0_ns) / 1e9)
@@ -201,6 +201,8 @@ class _Replay:
         paths = {"ir": self.ir.cfg.path, "vis": self.vis.cfg.path, "recording": self.vis.cfg.path}
         self.readers = [Reader(name, src, paths[name], wait_ns, busy_ns, self.periods,
                                threaded=self.cfg.replay.overlap) for name, src in sources.items()]
+        for reader in self.readers:  # held first: a Ctrl-C as a thread starts must find it to stop before the close
+            reader.start()
         self.clock.threads["decode_thread"] = len(self.readers) if self.cfg.replay.overlap else 1  # else in turns
         return self.readers
 
