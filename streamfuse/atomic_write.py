@@ -253,22 +253,28 @@ class WriterThread:
         self._idle_s, self._idle = idle or (None, None)
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None  # None: put() handles each item in the caller's thread
+        # set as the thread ends: once a Ctrl-C cut a Thread.join() short, Python before 3.13 takes the thread for
+        # ended (is_alive() False, join() returns at once) while it still runs
+        self._ended = threading.Event()
         if threaded:
             self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            try:
-                item = self._queue.get(timeout=self._idle_s)
-            except queue.Empty:
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=self._idle_s)
+                except queue.Empty:
+                    if self.error is None:
+                        self._guarded(self._idle)
+                    continue
+                if item is None:
+                    return
                 if self.error is None:
-                    self._guarded(self._idle)
-                continue
-            if item is None:
-                return
-            if self.error is None:
-                self._handle_one(item)
+                    self._handle_one(item)
+        finally:
+            self._ended.set()
 
     def _handle_one(self, item: Any) -> None:
         t0 = time.perf_counter_ns()
@@ -308,11 +314,16 @@ class WriterThread:
             return False
         return True
 
+    def running(self) -> bool:
+        """Whether the thread still runs: a :meth:`join` cut short (Ctrl-C) leaves it handling the queued items."""
+        return self._thread is not None and not self._ended.is_set()
+
     def join(self) -> None:
-        """Handle everything queued, stop the thread; raises the thread's error, if any."""
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        """Handle everything queued, stop the thread; raises the thread's error, if any. Cut short (Ctrl-C), it can
+        be called again."""
+        if self.running():
+            self._queue.put(None)  # a second one, after a join cut short, stays queued: the thread ends at the first
+            self._ended.wait()
         if self.error is not None:
             raise self.error
 

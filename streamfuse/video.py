@@ -263,7 +263,9 @@ class VideoWriter:
     def abort(self) -> None:
         """Encode what is queued, flush and close, keeping the temporary name (``--resume`` reads it); never raises."""
         try:
-            if not self._finished:
+            # a Ctrl-C in seal()'s wait for the encoder thread leaves it encoding: closing the container under it
+            # frees the codec it is in (a segfault), so it is waited for again, and the encoder flushed
+            if not self._finished or self._worker.running():
                 self._finish()
                 return
         except RuntimeError as exc:

@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import re
+import signal
 import struct
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from helpers_threads import ctrl_c_main, when_main_waits_in
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
@@ -632,6 +634,63 @@ def test_video_writer_abort_leaves_only_the_partial_name(tmp_path):
     w.abort()
     assert not (tmp_path / "o.mp4").exists()
     assert len(list(decode_frames(partial_path(tmp_path / "o.mp4")))) == 3
+
+
+class _HeldEncoder:
+    """A writer's encoder thread held in its first frame until released, and its container, noting whether it was
+    closed while that thread encoded (the frame is then skipped: FFmpeg must not crash the test)."""
+
+    def __init__(self, w: VideoWriter):
+        self.inside, self.release, self.left = threading.Event(), threading.Event(), threading.Event()
+        self.closed_under_encoder: bool | None = None
+        self._container, self._encode = w._container, w._worker._handle
+        w._container, w._worker._handle = self, self._held_encode
+
+    def _held_encode(self, item: tuple) -> None:
+        self.inside.set()
+        self.release.wait()
+        try:
+            if self.closed_under_encoder is None:
+                self._encode(item)
+        finally:
+            self.left.set()
+
+    def mux(self, packets: list) -> None:
+        self._container.mux(packets)
+
+    def close(self) -> None:
+        if self.closed_under_encoder is None:
+            self.closed_under_encoder = self.inside.is_set() and not self.left.is_set()
+        self.release.set()
+        assert self.left.wait(60)
+        self._container.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="a Ctrl-C sent to the main thread")
+@pytest.mark.parametrize("codec, ext", [("h264", "o.mp4"), ("ffv1", "o.mkv")])
+def test_abort_after_a_ctrl_c_in_seal_waits_for_the_encoder_thread(tmp_path, codec, ext):
+    """A Ctrl-C while seal() waits for the encoder thread to take the last frames: abort() closed the container under
+    that thread, freeing the codec it was encoding with (a replay stopped at its end died by SIGSEGV)."""
+    w = _writer(tmp_path / ext, codec=codec)
+    held = _HeldEncoder(w)
+    w.write(np.zeros((24, 32, 3), np.uint8), 0)
+    assert held.inside.wait(60)
+
+    def stop_main() -> None:  # Ctrl-C as seal() waits for the thread; the frame let through as abort() waits for it
+        when_main_waits_in("seal", threading.Event())
+        ctrl_c_main()
+        when_main_waits_in("abort", held.release)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    threading.Thread(target=stop_main, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            w.seal()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    w.abort()
+    assert held.closed_under_encoder is False
+    assert len(list(decode_frames(partial_path(tmp_path / ext)))) == 1  # the encoder flushed: its frame kept
 
 
 def _decoder_threads() -> int:
