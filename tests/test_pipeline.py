@@ -363,6 +363,23 @@ def test_a_run_started_as_a_capture_process_imports_the_main_module_says_to_guar
         pipeline.run_live(cfg, duration_s=1)
 
 
+def test_a_process_that_imported_the_fork_servers_hook_itself_is_no_starting_producer():
+    # a test run's doctests import every module of the package, the fork server's hook too: the refusal of an
+    # unguarded run_live then took the test process itself for a producer as it starts and ended it (exit 3)
+    script = textwrap.dedent("""
+        import multiprocessing
+        import streamfuse.capture.fork_server_quiet
+        from streamfuse.pipeline import _refuse_in_bootstrap
+        multiprocessing.current_process()._inheriting = True
+        try:
+            _refuse_in_bootstrap()
+        except RuntimeError:
+            print("refused")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "refused\n"), done.stderr
+
+
 def test_a_programs_own_live_run_never_waits_for_a_subscriber(monkeypatch, caplog):
     # publish.wait_ms was left unused by the run command alone: run_live, as a program calls it, kept it, and one
     # stalled subscriber held the fusion loop up to that long a frame

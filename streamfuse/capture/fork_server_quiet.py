@@ -14,15 +14,15 @@ from types import TracebackType
 
 from streamfuse.errors import one_line
 
-__all__: list[str] = []
+__all__ = ["SERVER_PID"]
 
-_SERVER = os.getpid()  # imported once, in the server: a producer forked from it has another pid
+SERVER_PID = os.getpid()  # imported once, in the server: a producer forked from it has another pid
 
 
 def _one_line(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     # named by pid as the run names a producer that ended; written at once, not in two parts as print writes it,
     # which the other producer's line or the run's log ran into
-    who = "fork server" if os.getpid() == _SERVER else f"producer (pid {os.getpid()})"
+    who = "fork server" if os.getpid() == SERVER_PID else f"producer (pid {os.getpid()})"
     sys.stderr.write(f"streamfuse {who}: {one_line(exc, typed=True)}\n")
 
 

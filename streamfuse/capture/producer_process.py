@@ -220,7 +220,8 @@ def start_process(ctx: Any, section: str, cfg: SourceConfig, ring: ShmRing, stop
 def end_start(line: str) -> None:
     """In a producer still starting (forked by the fork server, importing the program's main module): ``line`` on
     stderr and the exit :data:`MAIN_RAN_AGAIN`; in any other process, nothing."""
-    if _QUIET in sys.modules:
+    quiet = sys.modules.get(_QUIET)  # imported elsewhere too (a test run's doctests import every module): not forked
+    if quiet is not None and quiet.SERVER_PID != os.getpid():
         sys.stderr.write(f"streamfuse producer: {line}\n")  # whole: print's two writes let the other one's run in
         os._exit(MAIN_RAN_AGAIN)
 

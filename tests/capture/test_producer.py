@@ -508,7 +508,7 @@ def test_a_producer_failing_before_its_body_runs_says_so_in_one_whole_line_namin
     spec = importlib.util.find_spec("streamfuse.capture.fork_server_quiet")
     fork_server_quiet = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fork_server_quiet)
-    monkeypatch.setattr(fork_server_quiet, "_SERVER", os.getpid() + 1, raising=False)  # a producer: forked
+    monkeypatch.setattr(fork_server_quiet, "SERVER_PID", os.getpid() + 1)  # a producer: forked
     writes = []
     monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(write=writes.append, flush=lambda: None))
     fork_server_quiet._one_line(RuntimeError, RuntimeError("boom"), None)
@@ -525,7 +525,9 @@ def test_a_producer_that_ran_the_programs_call_again_says_so_in_one_whole_line(m
     def exit_now(code: int) -> None:
         raise Exited(code)
 
-    monkeypatch.setitem(sys.modules, producer_process._QUIET, types.ModuleType("quiet"))  # as in a forked producer
+    forked = types.ModuleType("quiet")
+    forked.SERVER_PID = os.getpid() + 1  # imported in the server, which forked this process
+    monkeypatch.setitem(sys.modules, producer_process._QUIET, forked)
     monkeypatch.setattr(producer_process.os, "_exit", exit_now)
     writes = []
     monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(write=writes.append, flush=lambda: None))
