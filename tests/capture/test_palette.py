@@ -296,6 +296,7 @@ def test_evaluate_tells_of_colour_ir_images_in_the_words_capture_does(tmp_path, 
 
 def test_training_tells_of_colour_ir_images_once_a_run_in_the_words_capture_does(tmp_path, caplog):
     # training read a false-colour IR still as grey without a word, where capture and evaluate warn
+    from streamfuse.eval_pairs import read_grey
     from streamfuse.train.data import load_pairs
 
     jet = cv2.applyColorMap(_scene(), cv2.COLORMAP_JET)
@@ -311,5 +312,5 @@ def test_training_tells_of_colour_ir_images_once_a_run_in_the_words_capture_does
     assert len(told) == 1 and told[0].startswith(f"IR {tmp_path / 'msrs/train/ir/000.png'} and 1 more of the 3: "), told
     assert told[0].split(": ", 1)[1].split("; ")[0] == captured[0].split(": ", 2)[2].split("; ")[0]
     assert told[0].endswith("; give them in grey, in temperature order (training takes no palette)")
-    grey = cv2.imread(str(tmp_path / "msrs/train/ir/000.png"), cv2.IMREAD_GRAYSCALE)  # read as it always was
+    grey = read_grey(tmp_path / "msrs/train/ir/000.png")  # by the luma evaluate and replay take
     np.testing.assert_array_equal(pairs[0][1], grey)
