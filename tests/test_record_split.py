@@ -8,6 +8,9 @@ import errno
 import logging
 import os
 import re
+import signal
+import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -327,8 +330,22 @@ def test_a_live_run_records_in_parts_and_counts_as_for_one_file(tmp_path):
 
     path = tmp_path / "runs" / "rig0.mcap"
     small = [f"--set={s}.{k}={v}" for s in ("ir", "vis") for k, v in (("width", 64), ("height", 48))]
-    proc = _start("--duration", "4", f"--set=record.path={path}", "--set=record.split_s=1", *small)
-    out, _ = proc.communicate(timeout=150)
+    # stopped once its third part has begun: a --duration of 4 s on a busy machine recorded only 2 parts
+    proc = _start(f"--set=record.path={path}", "--set=record.split_s=1", *small)
+    read = []  # its log, read as it comes so that the pipe never fills while the parts are waited for
+    reader = threading.Thread(target=lambda: read.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    try:
+        third = (part_path(path, 2), path.parent / f".{part_path(path, 2).name}.partial")
+        deadline = time.monotonic() + 120
+        while not any(p.exists() for p in third) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        reader.join(timeout=30)
+    out = "".join(read)
     assert proc.returncode == 0, out
     recorded = re.search(r"recorded (\d+) IR and (\d+) visible frames to (\d+) parts, rig0_0000\.mcap to "
                          r"(rig0_\d{4}\.mcap) \(a replay reads them all from the first\)", out)
