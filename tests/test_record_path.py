@@ -3,6 +3,7 @@ a recording that is there already, or a folder this user cannot write."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from streamfuse import pipeline
 from streamfuse.atomic_write import partial_path
 from streamfuse.config import load_config
 from streamfuse.configs import resolve
+
+
+# a name of each run's own: a publisher bound by a run that went too far frees its name later, on a ZeroMQ thread
+_ENDPOINTS = (f"publish.endpoint=inproc://record-path-{n}" for n in itertools.count())
 
 
 @pytest.fixture
@@ -39,7 +44,7 @@ pipeline.run(cfg, duration_s=1.0)
 
 
 def _run(path: Path) -> None:
-    cfg = load_config(resolve("demo"), [f"record.path={path}", "publish.endpoint=inproc://record-path"])
+    cfg = load_config(resolve("demo"), [f"record.path={path}", next(_ENDPOINTS)])
     pipeline.run(cfg, duration_s=1.0)
 
 
@@ -71,8 +76,7 @@ def test_a_folder_this_user_cannot_write_is_refused_before_the_model_loads():
 def test_a_part_of_an_earlier_split_recording_is_refused_before_the_model_loads(tmp_path, no_model):
     path = tmp_path / "rig.mcap"
     (tmp_path / ".rig_0002.mcap.partial").write_bytes(b"keep me")
-    cfg = load_config(resolve("demo"), [f"record.path={path}", "record.split_s=60",
-                                        "publish.endpoint=inproc://record-path"])
+    cfg = load_config(resolve("demo"), [f"record.path={path}", "record.split_s=60", next(_ENDPOINTS)])
     with pytest.raises(RuntimeError, match=f"^cannot record to {path} in parts: {tmp_path / '.rig_0002.mcap.partial'} "
                                            f"exists; choose another record.path or move it away$"):
         pipeline.run(cfg, duration_s=1.0)
