@@ -23,16 +23,58 @@ from streamfuse.signals import Terminated
 pytest.importorskip("aiohttp")
 
 
-def test_pages_read_the_viewer_and_its_cpu_is_measured(capsys) -> None:
+def _rounds_that_see(monkeypatch, pages: int, counted: Callable) -> None:
+    """Each timed round of ``main()`` from now on lasts until each of its ``pages`` has received a message that
+    ``counted`` says it counts and the viewer has used CPU time, and on the benchmark's clock its seconds exactly: a
+    round of 1 s on a busy machine saw no message, or under a tick of the viewer's CPU."""
+    import aiohttp
+
+    got, pids, lag = {}, [], [0.0]
+    receive, cpu_s, sleep = aiohttp.ClientWebSocketResponse.receive, bench_view._cpu_s, asyncio.sleep
+
+    async def received(ws, *args, **kwargs):
+        message = await receive(ws, *args, **kwargs)
+        got[ws] = got.get(ws, 0) + counted(message)
+        return message
+
+    async def timed(seconds: float) -> None:
+        if seconds == bench_view.WARM_UP_S:
+            return await sleep(seconds)
+        start, before, cpu0 = time.monotonic(), dict(got), cpu_s(pids[-1])
+        await sleep(seconds)
+        deadline = time.monotonic() + 120
+        while sum(n > before.get(ws, 0) for ws, n in got.items()) < pages or cpu_s(pids[-1]) <= cpu0:
+            assert time.monotonic() < deadline, f"in 120 s: messages {got}, before {before}"
+            await sleep(0.05)
+        lag[0] += time.monotonic() - start - seconds  # the benchmark's clock saw the round's seconds alone
+
+    monkeypatch.setattr(aiohttp.ClientWebSocketResponse, "receive", received)
+    monkeypatch.setattr(bench_view, "_cpu_s", lambda pid: pids.append(pid) or cpu_s(pid))
+    monkeypatch.setattr(bench_view, "asyncio", SimpleNamespace(sleep=timed, create_task=asyncio.create_task,
+                                                               gather=asyncio.gather, run=asyncio.run))
+    monkeypatch.setattr(bench_view, "time", SimpleNamespace(monotonic=lambda: time.monotonic() - lag[0],
+                                                            sleep=time.sleep))
+
+
+def test_pages_read_the_viewer_and_its_cpu_is_measured(capsys, monkeypatch) -> None:
+    import aiohttp
+
+    _rounds_that_see(monkeypatch, 2, lambda m: m.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY))
     assert bench_view.main(["--pages", "2", "--seconds", "1", "--rounds", "1"]) == 0
     rows = capsys.readouterr().out.splitlines()
     name, pages, per_page, lowest, total, cores, _load = rows[-1].split()
     assert (name, pages) == ("this", "2") and float(lowest) > 0 and float(total) > 0 and float(cores) > 0, rows
 
 
-def test_foxglove_clients_read_the_bridge_through_its_relay_and_straight(capsys) -> None:
+def test_foxglove_clients_read_the_bridge_through_its_relay_and_straight(capsys, monkeypatch) -> None:
     # the README's cost of the bridge's relay named no command: these two rows give it
     pytest.importorskip("foxglove")
+    import aiohttp
+
+    def counted(message) -> bool:  # a client counts the messages of its subscription alone
+        return message.type == aiohttp.WSMsgType.BINARY and message.data[0] == 1
+
+    _rounds_that_see(monkeypatch, 1, counted)
     assert bench_view.main(["--foxglove", "--pages", "1", "--seconds", "1", "--rounds", "1"]) == 0
     rows = [row.split() for row in capsys.readouterr().out.splitlines()[-2:]]
     assert [row[:2] for row in rows] == [["relay", "1"], ["direct", "1"]], rows
