@@ -736,6 +736,32 @@ def test_a_relayed_request_reaching_loopback_that_names_another_host_is_refused(
     assert "proxy.example" in Relay("", 0, 1, names=["proxy.example"]).names
 
 
+def test_a_sigterm_that_the_kernel_gives_another_thread_of_the_bridge_stops_it():
+    # a process's signal may reach any of its threads (the Foxglove SDK's runtime, the readers): its handler then
+    # waited for the main thread, asleep in an untimed wait that only a signal of its own ends, and the bridge ran on
+    import ctypes
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("foxglove")
+    proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "foxglove", "tcp://127.0.0.1:1", "--port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while "Ctrl-C stops" not in (line := proc.stderr.readline()):
+            assert line, "the bridge exited"
+        tasks = f"/proc/{proc.pid}/task"
+        # one of the SDK's runtime threads, which never run Python code and block no signal (libzmq's block all)
+        other = next(int(tid) for tid in os.listdir(tasks) if open(f"{tasks}/{tid}/comm").read().startswith("tokio"))
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(234, proc.pid, other, signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())  # tgkill
+        assert proc.wait(timeout=PATIENCE_S) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 @pytest.mark.parametrize(("host", "url"), [("::1", "ws://[::1]:"), ("", "ws://localhost:")])
 def test_the_bridge_names_where_to_connect_as_a_url(host, url):
     # it said ws://::1:PORT and ws://:PORT, which no Foxglove client opens (the viewer's line names a URL)

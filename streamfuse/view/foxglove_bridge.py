@@ -223,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                         bind_shown(args.host))
         log.info("Foxglove: connect to ws://%s:%d (pipeline %s); Ctrl-C stops", url_host(args.host), bridge.port,
                  args.endpoint)  # an IPv6 address in brackets, every address as localhost: a URL to paste
-        stop.wait()
+        # timed: a stop the kernel gives another thread waits for the main thread to run its handler, and an untimed
+        # wait there ends only by a signal of its own
+        while not stop.wait(POLL_S):
+            pass
         return 0
     except RuntimeError as exc:
         print(f"streamfuse foxglove: error: {printable(exc)}", file=sys.stderr)
