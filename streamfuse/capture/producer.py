@@ -25,9 +25,9 @@ and in order (``streamfuse.replay.inputs``).
 
 Stalls: a producer that stays silent (no frame written, its ring empty, no realtime pacing sleep under way, no step
 of a long open such as a large synthetic scene's build; an FFmpeg open that hangs makes none) for longer than its
-frame interval times ``stall_factor``, never under :data:`STALL_FLOOR_S` (or, before its first frame,
-:data:`FIRST_FRAME_S`) is reported in one line and counted (``stalls`` in :meth:`Producers.stats`), killed and
-restarted like a dead one.
+frame interval times ``stall_factor``, never under ``STALL_FLOOR_S`` (or, before its first frame, ``FIRST_FRAME_S``)
+is reported in one line and counted (``stalls`` in :meth:`Producers.stats`), killed and restarted like a dead one.
+Only the time this supervisor was running counts: a host stalled as a whole silenced it too (``stall``).
 
 The processes themselves (forked from a preloaded server, SIGINT and SIGTERM ignored, gone with their parent) are
 ``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are killed). A start
@@ -45,6 +45,7 @@ from typing import Any, Literal
 from streamfuse.capture.producer_process import (StopFlag, check_rings_fit, failed_to_start, how_it_ended,
                                                   process_context, start_process)
 from streamfuse.capture.shm_ring import ShmRing, named_semaphore, remove_stale
+from streamfuse.capture.stall import Silence, allowance
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.capture.time_line import new_pass, pace_lines
 from streamfuse.frames import Frame
@@ -55,9 +56,6 @@ log = logging.getLogger(__name__)
 
 _STABLE_S = 5.0  # a producer that ran this long resets the back-off
 _SLOTS = 3  # ring slots per source: a live consumer wants the newest frame, not a backlog
-FIRST_FRAME_S = 30.0  # start-up allowance before a producer's first frame (stream open timeouts are 10 s + 5 s)
-# the least silence taken for a stall: a busy host leaves a process off the CPU for 20 intervals of 60 frames/s
-STALL_FLOOR_S = 2.0
 _KILL_WAIT_S = 0.5  # a stalled producer killed: how long to wait for it before the next supervision round
 _BACKOFF_MAX_S = 8.0  # largest restart delay, s (doubled from backoff_s per consecutive failure)
 _SUPERVISE_S = 0.02  # the live loop calls get several times a frame; exits, restarts and stalls need no finer look
@@ -93,7 +91,7 @@ class _Worker:
     # steps of its source's open, begun)
     pace: Any = field(default_factory=lambda: [0, 0, 0, 0])  # shared: its realtime time line (``time_line``)
     beats_seen: int = 0
-    heard_at: float = 0.0  # monotonic time the current process last showed progress
+    silence: Silence = field(default_factory=Silence)  # since the current process last showed progress
     stalled: bool = False  # the current silence has been reported
     stall_line: str | None = None  # why the current process was killed (live stall)
     stalls: int = 0
@@ -154,7 +152,7 @@ class Producers:
         w.beat = self._ctx.RawArray("q", 6)
         w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat, w.pace)
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
-        w.beats_seen, w.heard_at, w.stalled, w.stall_line = 0, w.started_at, False, None
+        w.beats_seen, w.silence, w.stalled, w.stall_line = 0, Silence(w.started_at), False, None
 
     def _retire(self, w: _Worker) -> None:
         """Rescue the frames a finished producer left in its ring, then free the ring and the pipe."""
@@ -251,27 +249,26 @@ class Producers:
                 self._spawn(w, w.resume)
 
     def _check_stall(self, w: _Worker) -> None:
-        """Report a producer silent for longer than its frame interval x ``stall_factor`` and :data:`STALL_FLOOR_S`
-        (before its first frame: :data:`FIRST_FRAME_S`) and kill it so that it restarts. Unread frames in its ring, a
-        source's realtime pacing (a recording with a gap in its timestamps), and the steps of an open that takes long
-        (``progress``) are not silence."""
+        """Report a producer silent (while this supervisor ran) for longer than ``stall.allowance`` and kill it so
+        that it restarts. Unread frames in its ring, a source's realtime pacing (a recording with a gap in its
+        timestamps), and the steps of an open that takes long (``progress``) are not silence."""
         now = time.monotonic()
+        silent_s = w.silence.watched(now)
         paced = w.beat[2] > time.monotonic_ns()  # waiting for its next frame's time on purpose is not silence
         beats = w.beat[0] + w.beat[4]  # a frame written, or a step of an open that builds for long (not hung in it)
         if beats != w.beats_seen or self._head_time(w) is not None or paced:
-            w.beats_seen, w.heard_at, w.stalled = beats, now, False
+            w.beats_seen, w.stalled = beats, False
+            w.silence.heard(now)
             return
         if w.stalled or not w.cfg.stall_factor:
             return
         # A frame of this process already delivered counts as its first, even if it was frozen before its counter
         interval_s = w.beat[1] / 1e9 if w.beat[0] or w.last_seq >= w.seq_at_start else 0.0
-        limit = max(interval_s * w.cfg.stall_factor, STALL_FLOOR_S) if interval_s else FIRST_FRAME_S
-        if now - w.heard_at <= limit:
+        limit, expected = allowance(interval_s, w.cfg.stall_factor)
+        if silent_s <= limit:
             return
         w.stalled, w.stalls = True, w.stalls + 1
-        expected = (f"one every {interval_s:.3f} s x stall_factor {w.cfg.stall_factor:g}, not under "
-                    f"{STALL_FLOOR_S:g} s" if interval_s else f"a first frame within {FIRST_FRAME_S:g} s")
-        line = (f"{w.section}: producer (pid {w.proc.pid}) stalled: no frame for {now - w.heard_at:.2f} s "
+        line = (f"{w.section}: producer (pid {w.proc.pid}) stalled: no frame for {silent_s:.2f} s "
                 f"(expected {expected})")
         w.stall_line = f"{line}; killed it"
         w.proc.kill()

@@ -75,7 +75,7 @@ class SourceConfig:
         seed: synthetic scene seed (use the same seed for ``ir`` and ``vis`` to get a registered pair).
         resize: replay, IR size != visible size: ``resize`` to the visible size or ``error``.
         stall_factor: a producer silent for its frame interval (``1 / fps``; a video's own rate) times this, and
-            at least ``producer.STALL_FLOOR_S``, is reported, counted as a stall, killed and restarted; 0 = never (a
+            at least ``stall.STALL_FLOOR_S``, is reported, counted as a stall, killed and restarted; 0 = never (a
             first frame: see ``producer``).
         decode_threads: files and streams: FFmpeg decoder threads; 0 = FFmpeg's choice (about one per core).
         ffmpeg: files and streams: FFmpeg options, ``NAME=VALUE`` (``rtsp_transport=udp``, ``fflags=nobuffer``); an

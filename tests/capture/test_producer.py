@@ -16,6 +16,7 @@ import types
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -1047,18 +1048,56 @@ class _Silent:
         pass
 
 
-@pytest.mark.parametrize(("stall_factor", "queued", "beats", "killed"), [
-    (20, [], 0, True),  # a frame delivered and nothing since: 5 s of silence (past 20 intervals and 2 s) is a stall
-    (20, [Frame("ir", 1, 0, np.zeros((4, 4), np.uint8))], 0, False),  # a frame waits unread: the consumer is behind
-    (0, [], 1, False)])  # stall_factor 0: never
-def test_a_producer_silent_for_its_stall_allowance_is_killed(stall_factor, queued, beats, killed) -> None:
-    from streamfuse.capture.producer import _Worker
+def _supervised(prod: Producers, w: Any, clock: SleptClock, seconds: float, every_s: float = 0.05) -> None:
+    """Supervision rounds of ``w`` on time, every ``every_s`` of ``clock`` for ``seconds``."""
+    left = seconds
+    while left > 0:
+        clock.sleep(min(every_s, left))
+        left -= every_s
+        prod._check_stall(w)
 
+
+def _silent_worker(monkeypatch, cfg: SourceConfig, frames: int, queued: list | None = None,
+                   pacing_s: float = 0.0) -> tuple[Producers, Any, SleptClock]:
+    """A supervisor of one live, silent producer of ``cfg`` that has written ``frames`` (delivered), on a fake clock;
+    ``pacing_s``: the producer waits that long for its next frame's time."""
+    from streamfuse.capture import producer
+
+    clock = SleptClock()
+    clock.sleep(100.0)
+    monkeypatch.setattr(producer, "time", clock)
     prod = Producers.__new__(Producers)
-    w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48, stall_factor=stall_factor))
-    w.proc, w.ring, w.beat = _Silent(), _Queued(queued), [beats, round(1e9 / 30), 0, 0, 0, 0]
-    w.beats_seen, w.last_seq, w.heard_at = beats, 0, time.monotonic() - 5.0  # frame 0 of this process delivered
+    w = producer._Worker("ir", cfg)
+    pacing_until = clock.monotonic_ns() + round(pacing_s * 1e9) if pacing_s else 0
+    w.proc, w.ring, w.beat = _Silent(), _Queued(queued or []), [frames, round(1e9 / cfg.fps), pacing_until, 0, 0, 0]
+    w.beats_seen, w.last_seq = -1, frames - 1
+    prod._check_stall(w)  # the supervisor sees its beats: silence from now on
+    return prod, w, clock
+
+
+@pytest.mark.parametrize(("stall_factor", "queued", "beats", "killed"), [
+    (20, [], 1, True),  # a frame delivered and nothing since: 5 s of silence (past 20 intervals and 2 s) is a stall
+    (20, [Frame("ir", 1, 0, np.zeros((4, 4), np.uint8))], 1, False),  # a frame waits unread: the consumer is behind
+    (0, [], 1, False)])  # stall_factor 0: never
+def test_a_producer_silent_for_its_stall_allowance_is_killed(monkeypatch, stall_factor, queued, beats,
+                                                             killed) -> None:
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, stall_factor=stall_factor)
+    prod, w, clock = _silent_worker(monkeypatch, cfg, beats, queued)
+    _supervised(prod, w, clock, 5.0)
+    assert w.proc.killed == killed and w.stalls == killed
+
+
+@pytest.mark.parametrize(("late_s", "silent_s", "killed"), [(5.0, 0.0, False), (0.0, 5.0, True), (5.0, 2.5, True)],
+                         ids=["host-held", "producer-silent", "silent-after-the-hold"])
+def test_only_the_silence_its_supervisor_saw_is_a_producers(monkeypatch, late_s, silent_s, killed) -> None:
+    # a whole host held 5 s (a VM paused, the process group stopped) held the supervisor too: its next round came
+    # 5 s late and took every producer for stalled; a producer silent while the supervisor ran is still killed
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, fps=30.0)
+    prod, w, clock = _silent_worker(monkeypatch, cfg, 1)
+    _supervised(prod, w, clock, 0.5)
+    clock.sleep(late_s)
     prod._check_stall(w)
+    _supervised(prod, w, clock, silent_s)
     assert w.proc.killed == killed and w.stalls == killed
 
 
@@ -1066,17 +1105,8 @@ def test_a_producer_silent_for_its_stall_allowance_is_killed(stall_factor, queue
 def test_a_fast_source_is_not_killed_for_a_busy_hosts_pause(monkeypatch, silent_s, killed) -> None:
     # 60 frames/s x stall_factor 20 is 0.33 s: a busy host leaves a process off the CPU that long, and restarting it
     # cost more frames than the pause; a source silent past the floor is still killed
-    from streamfuse.capture import producer
-
-    clock = SleptClock()
-    clock.sleep(100.0)
-    monkeypatch.setattr(producer, "time", clock)
-    prod = Producers.__new__(Producers)
-    w = producer._Worker("ir", SourceConfig(kind="synthetic", width=64, height=48, fps=60.0))
-    w.proc, w.ring, w.beat = _Silent(), _Queued([]), [1, round(1e9 / 60), 0, 0, 0]
-    w.beats_seen, w.last_seq, w.heard_at = 1, 0, clock.monotonic()  # its frame 0 delivered, then silence
-    clock.sleep(silent_s)
-    prod._check_stall(w)
+    prod, w, clock = _silent_worker(monkeypatch, SourceConfig(kind="synthetic", width=64, height=48, fps=60.0), 1)
+    _supervised(prod, w, clock, silent_s)
     assert w.proc.killed == killed and w.stalls == killed
 
 
@@ -1086,32 +1116,23 @@ def test_a_fast_source_is_not_killed_for_a_busy_hosts_pause(monkeypatch, silent_
 def test_a_producer_is_killed_once_silent_past_its_allowance_and_not_before(monkeypatch, frames, silent_s, paced,
                                                                             killed) -> None:
     # paced: the source posted that it waits for its next frame's time (a recording with a gap in its timestamps)
-    from streamfuse.capture import producer
-
-    now = 1000.0
-    monkeypatch.setattr(producer, "time", types.SimpleNamespace(monotonic=lambda: now,
-                                                                monotonic_ns=lambda: round(now * 1e9)))
-    prod = Producers.__new__(Producers)
-    w = producer._Worker("ir", SourceConfig(kind="synthetic", width=64, height=48, fps=5.0))
-    pacing_until = round((now + 1) * 1e9) if paced else 0
-    w.proc, w.ring, w.beat = _Silent(), _Queued([]), [frames, round(1e9 / 5), pacing_until, 0, 0]
-    w.beats_seen, w.last_seq, w.heard_at = frames, frames - 1, now - silent_s
-    for _ in range(2):  # a process slow to die is not reported, nor killed, twice
-        prod._check_stall(w)
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, fps=5.0)
+    prod, w, clock = _silent_worker(monkeypatch, cfg, frames, pacing_s=silent_s + 1 if paced else 0.0)
+    _supervised(prod, w, clock, silent_s, every_s=0.1)
+    prod._check_stall(w)  # a process slow to die is not reported, nor killed, twice
     assert w.proc.killed == killed and w.stalls == killed
 
 
 @pytest.mark.parametrize(("steps", "killed"), [(1, False), (0, True)], ids=["building", "hung"])
-def test_an_open_that_steps_on_is_not_a_stall_and_one_that_hangs_is(steps, killed) -> None:
+def test_an_open_that_steps_on_is_not_a_stall_and_one_that_hangs_is(monkeypatch, steps, killed) -> None:
     # a large synthetic scene's build takes seconds; on a busy host longer than the first-frame allowance, and its
     # producer was killed and restarted over and over; an open hung in FFmpeg makes no step and is still killed
-    from streamfuse.capture.producer import FIRST_FRAME_S, _Worker
+    from streamfuse.capture.stall import FIRST_FRAME_S
 
-    prod = Producers.__new__(Producers)
-    w = _Worker("ir", SourceConfig(kind="synthetic", width=64, height=48))
-    w.proc, w.ring, w.beat = _Silent(), _Queued([]), [0, 0, 0, 0, steps, 0]
-    w.heard_at = time.monotonic() - 2 * FIRST_FRAME_S  # no frame yet, and its start long ago
-    prod._check_stall(w)
+    prod, w, clock = _silent_worker(monkeypatch, SourceConfig(kind="synthetic", width=64, height=48), 0)
+    for _ in range(round(2 * FIRST_FRAME_S)):  # no frame yet, for twice its first frame's allowance
+        w.beat[4] += steps
+        _supervised(prod, w, clock, 1.0, every_s=0.1)
     assert w.proc.killed == killed and w.stalls == killed
 
 
