@@ -6,7 +6,7 @@ figures.
   replay     offline replay throughput and each stage's share of the wall time
   batch      batch replay: the Ray engine with N workers against 1, and against a single replay
   view       the live viewer's CPU and each page's messages/s with many pages open
-  peers      a reading consumer's frame age while many subscribers connect and never read
+  peers      a reading consumer's frame age while many subscribers connect and never read; a paused one's stale frames
   client     the subscriber's read of a same-host frame: copied out of the shared-memory pool, or a view of it
   subscriptions  one long subscription's cost to a publisher: plain libzmq's against streamfuse's
 """

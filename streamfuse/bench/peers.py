@@ -6,6 +6,9 @@ clock on both sides). Once it reads, a second child connects ``--stalled`` SUB s
 ``Subscriber``'s) that never read, and the consumer's ages from then on for ``--seconds`` are reported: median, p99,
 max, the worst of each second, and the frames it missed, for each ``publish.unsent_kb`` of ``--unsent-kb`` (0: the
 kernel's own send buffers, megabytes a subscriber, which libzmq's one I/O thread fills at the others' expense).
+Then, for each ``--unsent-kb``, the stale frames: a subscriber (``Subscriber``, a queue of 2) stops reading for
+``PAUSE_S`` while frames go on at ``--rate``, and the frames it then still gets that were published before it read
+again are counted (the queues and socket buffers on its way held them).
 Example: ``python -m streamfuse bench peers --size 320x240 --stalled 0,50,200 --unsent-kb 0,64``.
 """
 
@@ -25,6 +28,9 @@ from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, positiv
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.wire import FUSED_PREFIX
+
+PAUSE_S = 1.0  # a stale-frame subscriber's pause: every queue on its way fills within it at any --rate
+STALE_WAIT_S = 60.0  # its first frame published after the pause reaches it within this (a busy machine)
 
 
 def _reader(endpoint: str, ready: Any, done: Any, results: Any) -> None:
@@ -83,6 +89,31 @@ def _run(image: np.ndarray, stalled: int, unsent_kb: int, port: int, args: argpa
     return {"sent": sent, "got": len(ages), "missed": got["missed"], "ages": ages, "worst": worst}
 
 
+def _stale(image: np.ndarray, unsent_kb: int, rate: float) -> int:
+    """Frames published before a subscriber read again after ``PAUSE_S`` without reading, that it still gets."""
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=0, unsent_kb=unsent_kb)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=0.2, shm=False, copy=False) as sub:
+        while sub.recv() is None:  # until its subscription reached the publisher
+            pub.send_fused(_fused(image, 0))
+        while sub.recv(0) is not None:
+            pass
+
+        def send(seq: int) -> int:
+            pub.send_fused(_fused(image, seq))
+            return 1
+
+        _paced(send, PAUSE_S, rate)
+        resumed, stale, deadline = time.time_ns(), 0, time.monotonic() + STALE_WAIT_S
+        while time.monotonic() < deadline:
+            pub.send_fused(_fused(image, 0))  # one new frame per read, as the stream goes on
+            if (frame := sub.recv(1 / rate)) is None:
+                continue
+            if frame[0]["t_capture_vis_ns"] >= resumed:
+                return stale
+            stale += 1
+    raise RuntimeError(f"no frame published after the pause reached the subscriber in {STALE_WAIT_S:g} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the reading consumer's frame ages for each ``--unsent-kb`` and number of stalled peers."""
     parser = Parser(prog="python -m streamfuse bench peers", description=__doc__, formatter_class=DefaultsFormatter)
@@ -108,6 +139,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{unsent_kb:9d} {stalled:7d} {r['got']:4d}/{r['sent']:<4d} {r['missed']:6d} "
               f"{np.median(ages):6.1f} ms {np.percentile(ages, 99):6.1f} ms {ages.max():6.1f} ms  "
               f"{' '.join(f'{w:.0f}' for w in r['worst'])}, {os.getloadavg()[0]:.1f}", flush=True)
+    for unsent_kb in args.unsent_kb:
+        print(f"stale frames, unsent_kb {unsent_kb}: a subscriber that stopped reading for {PAUSE_S:g} s then got "
+              f"{_stale(image, unsent_kb, args.rate)} frames published before it read again "
+              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
 def _counts(text: str) -> list[int]:
