@@ -9,6 +9,7 @@ figures.
   peers      a reading consumer's frame age while many subscribers connect and never read; a paused one's stale frames
   client     the subscriber's read of a same-host frame: copied out of the shared-memory pool, or a view of it
   subscriptions  one long subscription's cost to a publisher: plain libzmq's against streamfuse's
+  start      a live run's start to its first frame, and its SIGTERM to its exit
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ BENCHES = {
     "peers": "streamfuse.bench.peers:main",
     "client": "streamfuse.bench.client:main",
     "subscriptions": "streamfuse.bench.subscriptions:main",
+    "start": "streamfuse.bench.start:main",
 }
 
 

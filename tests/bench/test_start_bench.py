@@ -1,0 +1,24 @@
+"""``python -m streamfuse bench start``: a line per run, with its first frame's and its exit's seconds."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from streamfuse.bench import start
+
+
+@pytest.mark.timeout(600)
+def test_each_run_is_a_line_with_its_first_frame_and_its_exit(capsys) -> None:
+    assert start.main(["--runs", "2", "--set", "fuse.name=max"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("python -m streamfuse run --config demo --set fuse.name=max; ")
+    assert [re.fullmatch(r"run (\d): first frame \d+\.\d\d s after its start, exit \d+\.\d\d s after its SIGTERM "
+                         r"\(load average \d+\.\d\d\)", line) and line[4] for line in lines[1:]] == ["1", "2"], lines
+
+
+def test_runs_are_counted_from_one(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        start.main(["--runs", "0"])
+    assert exc.value.code == 2 and "argument --runs: must be in 1..100, got 0" in capsys.readouterr().err
