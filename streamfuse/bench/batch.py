@@ -5,7 +5,8 @@ It writes PAIRS copies of a synthetic H.264 pair (the replay benchmark's), repla
 on a local Ray with 1 and with N workers (one CPU each: one torch/OpenMP thread, one OpenCV thread, and one thread
 for each FFmpeg decoder and for x264, ``replay.codec_threads=1``), each after a warm-up pair (one per worker) so
 that process start, imports and the kernels' compilation are not timed. The single replay gets the same settings,
-so all runs compare like with like. The load average is printed before and after each run: on a shared machine a
+so all runs compare like with like; the cores it kept busy (its user + system CPU over its wall time) are printed
+with it. The load average is printed before and after each run: on a shared machine a
 ratio is only as good as the load was steady. Needs Ray (``pip install 'streamfuse[ray]'``).
 Run: ``python -m streamfuse bench batch --pairs 6 --workers 2``.
 """
@@ -16,10 +17,12 @@ import argparse
 import importlib.util
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from streamfuse.bench import parse_size
@@ -82,17 +85,22 @@ def _ray(cfg, src: Path, warm: Path, out: Path, workers: int) -> dict:
         return _batch(cfg, src, out / "timed", engine)
 
 
-def _single_replay(args: argparse.Namespace, overrides: list[str], ir: Path, vis: Path, out: Path) -> float:
+def _single_replay(args: argparse.Namespace, overrides: list[str], ir: Path, vis: Path,
+                   out: Path) -> tuple[float, float]:
     """Frames/s that a single replay (``python -m streamfuse replay``, what ``run_stream.py --out`` runs) reports
-    for one pair, run with one OpenMP and one OpenCV thread."""
+    for one pair, run with one OpenMP and one OpenCV thread, and the cores it kept busy: its user + system CPU
+    seconds over its wall seconds, start and imports included, as ``/usr/bin/time`` gives them."""
     cmd = [sys.executable, "-m", "streamfuse", "replay", "--config", args.config, "--ir", str(ir), "--vis", str(vis),
            "--out", str(out), *[a for o in overrides for a in ("--set", o)]]
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     proc = subprocess.run(cmd, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True)
+    wall, after = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     found = re.search(r"wall [\d.]+ s, ([\d.]+) frames/s", proc.stderr)
     if proc.returncode != 0 or found is None:
         raise SystemExit(f"{_PROG}: error: the single replay failed (rc {proc.returncode}): "
                          f"{printable(proc.stderr.strip()[-500:])}")
-    return float(found.group(1))
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return float(found.group(1)), cpu / wall
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
             rows = {"local engine, 1 worker": _local(cfg, src, warm, tmp / "local")}
             for n in (1, args.workers):
                 rows[f"ray, {n} worker{'s' * (n > 1)}"] = _ray(cfg, src, warm, tmp / f"ray{n}", n)
-            single_fps = _single_replay(args, overrides, src / "ir" / "p0.mp4", src / "vi" / "p0.mp4", tmp / "p0.mp4")
+            single_fps, cores = _single_replay(args, overrides, src / "ir" / "p0.mp4", src / "vi" / "p0.mp4",
+                                               tmp / "p0.mp4")
     except BatchInterrupted as exc:  # its signal named, as every benchmark's stop line names it
         print(f"{_PROG}: {exc.stop}", file=sys.stderr)
         raise SystemExit(130) from None
@@ -150,4 +159,5 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ray {args.workers} workers vs 1: {many['fps'] / one['fps']:.2f}x")
     worker = statistics.median(one["pair_fps"])
     print(f"one ray worker: {worker:.1f} frames/s (median of its pairs); a single replay of the same pair with "
-          f"one thread: {single_fps:.1f} frames/s; ratio {worker / single_fps:.2f}")
+          f"one thread: {single_fps:.1f} frames/s, {cores:.2f} cores busy (user + sys / wall); ratio "
+          f"{worker / single_fps:.2f}")

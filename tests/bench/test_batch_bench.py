@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -166,7 +167,7 @@ def test_the_single_replay_runs_on_one_thread_and_its_failure_is_one_line(rc, st
             bench_batch._single_replay(args, ["a.b=1"], tmp_path / "ir.mp4", tmp_path / "vi.mp4", tmp_path / "o.mp4")
         return
     assert bench_batch._single_replay(args, ["a.b=1", "c.d=2"], tmp_path / "ir.mp4", tmp_path / "vi.mp4",
-                                      tmp_path / "o.mp4") == fps
+                                      tmp_path / "o.mp4")[0] == fps
     assert seen["cmd"][-4:] == ["--set", "a.b=1", "--set", "c.d=2"]
     assert (seen["env"]["OMP_NUM_THREADS"], seen["env"]["OPENCV_FOR_THREADS_NUM"]) == ("1", "1")
 
@@ -186,7 +187,7 @@ def test_the_local_engine_is_timed_after_a_warm_up_pair(monkeypatch, tmp_path):
     monkeypatch.setattr("streamfuse.batch.run_batch", run_batch)
     monkeypatch.setattr(bench_batch, "_ray", lambda *a: {"frames": 1, "wall": 1.0, "fps": 1.0, "pair_fps": [1.0],
                                                          "load": ""})
-    monkeypatch.setattr(bench_batch, "_single_replay", lambda *a: 1.0)
+    monkeypatch.setattr(bench_batch, "_single_replay", lambda *a: (1.0, 1.0))
     monkeypatch.setattr(bench_batch, "synthetic_pair", lambda folder, *a: (folder / "ir.mp4", folder / "vis.mp4"))
     monkeypatch.setattr(bench_batch.os, "link", lambda src, dst: Path(dst).touch())
     bench_batch.main(["--pairs", "3", "--workers", "2", "--frames", "5"])
@@ -202,12 +203,13 @@ def test_the_table_compares_n_workers_with_one_and_a_worker_with_a_single_replay
     monkeypatch.setattr(bench_batch, "_ray", lambda cfg, src, warm, out, n: {**row, "fps": 30.0 * n,
                                                                            "pair_fps": [2.0 * n, 6.0 * n, 7.0 * n]})
     monkeypatch.setattr(bench_batch, "_single_replay", lambda args, overrides, *paths: seen.update(
-        overrides=overrides) or 4.0)
+        overrides=overrides) or (4.0, 1.25))
     bench_batch.main(["--workers", "3", "--set", "engine.threads=2"])
     out = capsys.readouterr().out.splitlines()
     assert "local engine, 1 worker        60     2.00      30.0  0.10 -> 0.20" in out
     assert out[-2:] == ["ray 3 workers vs 1: 3.00x", "one ray worker: 6.0 frames/s (median of its pairs); a single "
-                        "replay of the same pair with one thread: 4.0 frames/s; ratio 1.50"]
+                        "replay of the same pair with one thread: 4.0 frames/s, 1.25 cores busy (user + sys / wall); "
+                        "ratio 1.50"]
     # the user's --set comes last, so it wins over the benchmark's own one-thread settings
     assert seen["overrides"][-2:] == ["fuse.name=max", "engine.threads=2"]
     assert seen["overrides"][0] == "engine.threads=1"
@@ -221,3 +223,13 @@ def test_a_sigterm_mid_batch_is_one_line_naming_it_and_130(monkeypatch, capsys):
         bench_batch.main(["--pairs", "2", "--frames", "2", "--size", "32x24"])
     assert exc.value.code == 130
     assert capsys.readouterr().err.splitlines()[-1] == "streamfuse bench batch: interrupted (SIGTERM)"
+
+
+def test_the_single_replay_gives_its_frames_per_second_and_the_cores_it_kept_busy(tmp_path):
+    from streamfuse.bench.replay import synthetic_pair
+
+    ir, vis = synthetic_pair(tmp_path, 5, 64, 48)
+    args = SimpleNamespace(config="replay")
+    fps, cores = bench_batch._single_replay(args, ["fuse.name=max", "replay.progress=false"], ir, vis,
+                                            tmp_path / "out.mp4")
+    assert fps > 0 and cores > 0
