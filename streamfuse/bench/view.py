@@ -39,8 +39,13 @@ START_S = 60.0  # the demo and a viewer start within this (torch's import on a b
 STOP_S = 10.0  # and stop within this once asked (the demo's capture processes, its shared memory)
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` (Linux) after the command's name, which may hold spaces."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 

@@ -1,4 +1,5 @@
-"""``python -m streamfuse bench start``: a line per run, with its first frame's and its exit's seconds."""
+"""``python -m streamfuse bench start``: a line per run, with its first frame's seconds, its main process's cost a
+frame and its exit's seconds."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from streamfuse.bench import start
 
 
 @pytest.mark.timeout(600)
-def test_each_run_is_a_line_with_its_first_frame_and_its_exit(capsys) -> None:
-    assert start.main(["--runs", "2", "--set", "fuse.name=max"]) == 0
+def test_each_run_is_a_line_with_its_first_frame_its_cost_a_frame_and_its_exit(capsys) -> None:
+    assert start.main(["--runs", "2", "--seconds", "1", "--set", "fuse.name=max"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("python -m streamfuse run --config demo --set fuse.name=max; ")
-    assert [re.fullmatch(r"run (\d): first frame \d+\.\d\d s after its start, exit \d+\.\d\d s after its SIGTERM "
-                         r"\(load average \d+\.\d\d\)", line) and line[4] for line in lines[1:]] == ["1", "2"], lines
+    assert [re.fullmatch(r"run (\d): first frame \d+\.\d\d s after its start; main process \d+\.\d\d ms of CPU and "
+                         r"\d+ page faults a frame; exit \d+\.\d\d s after its SIGTERM \(load average \d+\.\d\d\)",
+                         line) and line[4] for line in lines[1:]] == ["1", "2"], lines
 
 
 def test_runs_are_counted_from_one(capsys) -> None:
