@@ -5,7 +5,8 @@ shared memory, jpeg and h264, for bgr8 frames like the demo's (the synthetic rig
 Receivers run in a child process, senders in this one, so each side has its own interpreter. Phases per size:
 
 1. capacity: frames/s delivered (decoded, for jpeg and h264) with nothing lost, median and best of ``--rounds``
-   interleaved runs (the load of a shared machine changes from second to second), and the publisher's CPU time
+   interleaved runs (the load of a shared machine changes from second to second), and the reader's CPU time per
+   frame there (its process's, first timed frame to last; the median of the runs), where it is the bound.
    imagezmq: send_image/recv_image/send_reply in lock-step. streamfuse: a ``nodrop`` publisher with ``wait_ms``
    (back-pressure instead of drops); over shared memory, whose writer never waits, the sender stays within
    ``WINDOW`` frames of the one the reader has in hand (a shared counter; while that far ahead it sleeps, as
@@ -83,12 +84,17 @@ def _summary(latencies_ns: list[int], arrivals_s: list[float]) -> dict[str, floa
 
 # --- receivers (child processes) ---
 
+def _per_frame_us(cpu: list[float], frames: int) -> float:
+    """A receiver's CPU µs a frame between its first timed frame and its last (``cpu``: their process times)."""
+    return (cpu[-1] - cpu[0]) * 1e6 / (frames - 1) if frames > 1 else float("nan")
+
+
 def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int = 2, shm: bool = False,
                   taken: Any = None, ring: bool = True) -> None:
     """Receive until ``done`` is set and the stream has gone quiet; report the summary. ``taken``: a shared counter
     set to the ``seq`` of each frame in hand (the publisher's window over shared memory); ``ring``: shared-memory
     descriptors from the pool's ring (else over ZeroMQ)."""
-    latencies, arrivals = [], []
+    latencies, arrivals, cpu = [], [], []
     with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm, shm=shm, ring=ring, copy=False) as sub:  # zero-copy: timed
         while (frame := sub.recv()) is not None or not done.is_set():
             if frame is None:
@@ -101,13 +107,14 @@ def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int =
                 continue
             latencies.append(time.time_ns() - frame[0]["t_publish_ns"])
             arrivals.append(time.perf_counter())
+            cpu[1:] = [time.process_time()]  # at the first timed frame and the latest: the quiet end not counted
         results.put({**_summary(latencies, arrivals), "missed": sub.missed, "via_shm": sub.via_shm,
-                     "via_ring": sub.via_ring})
+                     "via_ring": sub.via_ring, "reader_us": _per_frame_us(cpu, len(arrivals))})
 
 
 def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
     """imagezmq ImageHub: receive, reply, until the sender says stop; its bound endpoint is the first result."""
-    latencies, arrivals = [], []
+    latencies, arrivals, cpu = [], [], []
     hub = imagezmq.ImageHub(open_port=endpoint)
     results.put(hub.zmq_socket.getsockopt_string(zmq.LAST_ENDPOINT))
     ready.set()
@@ -120,8 +127,9 @@ def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
             break
         latencies.append(time.time_ns() - int(msg))
         arrivals.append(time.perf_counter())
+        cpu[1:] = [time.process_time()]
     hub.close()
-    results.put(_summary(latencies, arrivals))
+    results.put({**_summary(latencies, arrivals), "reader_us": _per_frame_us(cpu, len(arrivals))})
 
 
 def _stalled_receiver(endpoint: str, ready: Any, done: Any, results: Any, shm: bool = False) -> None:
@@ -322,16 +330,18 @@ def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
     wire = {"imagezmq": nbytes, "raw": nbytes, "shm": 0, "loan": 0, "loan-zmq": 0,
             **{m: c["bytes"] for m, c in codecs.items()}}
     fps = {mode: float(np.median([r["fps"] for r in rs])) for mode, rs in runs.items()}
-    print(f"capacity: median and best of {args.rounds} runs of {args.seconds:g} s; latency and publisher CPU: "
+    print(f"capacity and the reader's CPU: median and best of {args.rounds} runs of {args.seconds:g} s; latency and "
+          f"publisher CPU: "
           f"{args.latency_seconds:g} s at {args.rate:g} frames/s, decoded image in hand minus publish time; bytes: "
           f"image payload per frame")
-    print(f"{'':26s} {'frames/s':>8s} {'best':>6s} {'vs izmq':>7s} {'pub CPU/frame':>13s} {'lat median':>10s} "
-          f"{'p99':>8s} {'bytes/frame':>11s} {'missed':>6s}  runs")
+    print(f"{'':26s} {'frames/s':>8s} {'best':>6s} {'vs izmq':>7s} {'reader CPU/frame':>16s} {'pub CPU/frame':>13s} "
+          f"{'lat median':>10s} {'p99':>8s} {'bytes/frame':>11s} {'missed':>6s}  runs")
     for mode, label in MODES.items():
         best = max(r["fps"] for r in runs[mode])
-        cpu = lat[mode]["cpu_ms"]
+        cpu, reader_us = lat[mode]["cpu_ms"], float(np.median([r["reader_us"] for r in runs[mode]]))
         each = " ".join(f"{r['fps']:.0f}" for r in runs[mode])
-        print(f"{label:26s} {fps[mode]:8.0f} {best:6.0f} {fps[mode] / fps['imagezmq']:6.2f}x {cpu:10.3f} ms "
+        print(f"{label:26s} {fps[mode]:8.0f} {best:6.0f} {fps[mode] / fps['imagezmq']:6.2f}x {reader_us:13.1f} us "
+              f"{cpu:10.3f} ms "
               f"{lat[mode]['median_ms']:7.3f} ms {lat[mode]['p99_ms']:5.3f} ms {wire[mode]:11.0f} "
               f"{sum(int(r.get('missed', 0)) for r in runs[mode]):6d}  {each}")
     for mode, c in codecs.items():

@@ -28,6 +28,7 @@ def test_shared_memory_row_reads_the_pool(rate: float) -> None:
     result = bench_transport._ours(frames, 0.2, rate, "shm")
     assert result["frames"] > 0 and result["via_shm"] >= result["frames"] and result["cpu_ms"] > 0
     assert result["via_ring"] >= result["frames"]  # descriptors from the pool's ring, not ZeroMQ
+    assert result["frames"] < 2 or result["reader_us"] > 0  # the reader's CPU a frame, from two frames on
 
 
 @pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
