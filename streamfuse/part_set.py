@@ -28,9 +28,9 @@ from streamfuse.atomic_write import final_path
 from streamfuse.errors import io_reason
 from streamfuse.record_parts import END_RECORD, PART_NAME, PART_RECORD, SUFFIX, being_recorded, found_parts, part_path
 
-__all__ = ["cut_mark", "later_part", "one_file_twice", "part_marks", "set_name", "set_parts", "DoubledRecord"]
+__all__ = ["cut_mark", "later_part", "one_file_twice", "part_marks", "set_name", "set_parts", "streamed_marks",
+           "DoubledRecord"]
 
-_CUT = object()  # what ends a file's records where its data section does not end whole
 # what reading a damaged MCAP file raises
 _DAMAGE = (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError)
 
@@ -67,8 +67,8 @@ def part_marks(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, str]]]
                 f.seek(0)
                 records = list(_streamed(f))
                 library = next((r.library for r in records if isinstance(r, Header)), "")
-                marks = _collected(path, records)
-                return None if records and records[-1] is _CUT else (library, marks)
+                marks = streamed_marks(path, records)
+                return None if marks is None else (library, marks)
     except DoubledRecord:
         raise
     except (*_DAMAGE, OSError):
@@ -88,16 +88,26 @@ def _collected(path: str | os.PathLike, records: Iterable[object]) -> dict[str, 
     return marks
 
 
+def streamed_marks(path: str | os.PathLike, records: Iterable[object]) -> dict[str, dict[str, str]] | None:
+    """:func:`part_marks`' records among ``records``, those of a file read through its data section: None where that
+    read did not reach the section's end (its :class:`~mcap.records.DataEnd`, among them where it did).
+
+    Raises:
+        DoubledRecord: one line naming ``path``, which holds one of them more than once.
+    """
+    records = list(records)
+    marks = _collected(path, records)
+    return marks if any(isinstance(record, DataEnd) for record in records) else None
+
+
 def _streamed(f: BinaryIO) -> Iterator[object]:
-    """The records of an MCAP file read through its data section, its chunks not unpacked: up to its end, or to the
-    damage or the cut that ends it, told by :data:`_CUT` last."""
-    try:
+    """The records of an MCAP file read through its data section, its chunks not unpacked: up to its end (its
+    :class:`~mcap.records.DataEnd` last), or to the damage or the cut that ends it."""
+    with contextlib.suppress(*_DAMAGE):
         for record in StreamReader(f, skip_magic=False, emit_chunks=True).records:
+            yield record
             if isinstance(record, DataEnd):
                 return
-            yield record
-    except _DAMAGE:
-        yield _CUT
 
 
 def _open_regular(path: str | os.PathLike) -> BinaryIO:

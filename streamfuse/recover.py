@@ -34,7 +34,7 @@ from streamfuse.capture.mcap_source import read_messages
 from streamfuse.capture.sources import SourceError
 from streamfuse.cli.args import Parser, path_arg
 from streamfuse.errors import io_reason, printable
-from streamfuse.part_set import cut_mark, part_marks
+from streamfuse.part_set import cut_mark, part_marks, streamed_marks
 from streamfuse.record_parts import END_RECORD, PART_RECORD, part_path
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
 from streamfuse.signals import HANGUP, handled, raise_interrupt
@@ -84,8 +84,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         raise ValueError(f"cannot recover to {out}: a recording's name must end in .mcap (replay knows it by that)")
     if os.path.lexists(out):  # a link pointing nowhere too: the final rename would not write over it
         raise FileExistsError(f"cannot recover to {out}: it exists; pass another --out or move it away")
-    records = _part_records(src, mark)  # before the output is made: a Ctrl-C in this whole read would leave it
-    ends = any(name == END_RECORD for name, _ in records)
+    records = _part_records(src, mark) if mark is not None or complete else None  # a cut file's: read as copied
     tmp = partial_path(out)
     if tmp.resolve() == src.resolve():  # the default output's temporary name is the cut recording itself
         tmp = partial_path(tmp)
@@ -95,7 +94,8 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         raise OSError(f"cannot write {out}: {tmp}: {io_reason(exc)}") from None
     try:
         with f:
-            counts, first, last = _copy(src, header, f, records)
+            counts, first, last, records = _copy(src, header, f, records)
+        ends = any(name == END_RECORD for name, _ in records)
         if not any(counts.values()) and mark is None:
             raise ValueError(_NOTHING.format(src))
         durable_rename_new(tmp, out)  # not over a file that took its name while this copied
@@ -184,10 +184,11 @@ def _final_name(src: Path) -> Path:
     return final
 
 
-def _copy(src: Path, header: Header, f: BinaryIO,
-          records: list[tuple[str, dict[str, str]]]) -> tuple[dict[str, int], int, int]:
+def _copy(src: Path, header: Header, f: BinaryIO, records: list[tuple[str, dict[str, str]]] | None
+          ) -> tuple[dict[str, int], int, int, list[tuple[str, dict[str, str]]]]:
     """Every image message of ``src`` up to its cut into a finished MCAP on ``f``, with the split recording's
-    ``records`` (name, metadata: its part's set and place, its end): (frames per stream, first and last log time)."""
+    ``records`` (name, metadata: its part's set and place, its end; None: those ``src`` holds, found as it is read):
+    (frames per stream, first and last log time, the records written)."""
     # the recorder's default chunks (zstd), and its data section CRC
     writer = Writer(f, chunk_size=int(RecordConfig.chunk_mb * 2**20), enable_data_crcs=True)
     writer.start(profile=header.profile, library=header.library)
@@ -195,8 +196,9 @@ def _copy(src: Path, header: Header, f: BinaryIO,
     channels: dict[int, int] = {}
     counts, first, last = {s: 0 for s in TOPICS}, None, 0
     streams = {topic: s for s, topic in TOPICS.items()}
+    others: list[object] = []  # its metadata records, and its data section's end where it has one
     try:
-        for schema, channel, msg in read_messages(src, (*TOPICS.values(), COUNTS_TOPIC)):
+        for schema, channel, msg in read_messages(src, (*TOPICS.values(), COUNTS_TOPIC), others=others):
             if schema is not None and schema.id not in schemas:
                 schemas[schema.id] = writer.register_schema(schema.name, schema.encoding, schema.data)
             if channel.id not in channels:
@@ -208,10 +210,12 @@ def _copy(src: Path, header: Header, f: BinaryIO,
             first, last = msg.log_time if first is None else min(first, msg.log_time), max(last, msg.log_time)
     except SourceError:  # the cut: everything before it is in
         pass
+    if records is None:
+        records = sorted((streamed_marks(src, others) or {}).items())
     for name, metadata in records:
         writer.add_metadata(name, metadata)
     writer.finish()
-    return counts, first or 0, last
+    return counts, first or 0, last, records
 
 
 def main(argv: list[str] | None = None) -> int:

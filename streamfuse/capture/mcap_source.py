@@ -21,12 +21,12 @@ import shlex
 import sqlite3
 import struct
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader, SeekingReader
-from mcap.records import Channel, Message, Schema
+from mcap.records import Channel, DataEnd, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from zstandard import ZstdError
 
@@ -128,13 +128,15 @@ def _files_topics(files: list[Path], topics_of: Callable[[Path], Topics | None] 
 
 
 def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPICS.values()), *,
-                  shown: str | os.PathLike | None = None) -> Iterator[tuple[Schema | None, Channel, Message]]:
+                  shown: str | os.PathLike | None = None,
+                  others: list[Metadata | DataEnd] | None = None) -> Iterator[tuple[Schema | None, Channel, Message]]:
     """The MCAP records of a recording's image messages, as written, in the order they were written.
 
     Reads sequentially, so a recording whose writer was killed (no index) still yields every complete chunk;
     the truncated end raises SourceError naming how many messages were read (and ``shown``, default ``path``). Chunk
     CRCs are checked: after a power loss the file's end may hold zeros or stale blocks instead of what was written,
-    which must not pass as frames.
+    which must not pass as frames. ``others`` gets the metadata records and the data section's end as they are read
+    (``recover`` finds a split recording's records in the same read).
     """
     path = Path(path)
     if not path.is_file():
@@ -143,7 +145,8 @@ def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPIC
     with open(path, "rb") as f:
         try:
             reader = NonSeekingReader(f, validate_crcs=True)
-            reader._stream_reader = _KnownRecords(f, validate_crcs=True)  # noqa: SLF001 (its only reader, see there)
+            # its own stream reader replaced: see there
+            reader._stream_reader = _KnownRecords(f, validate_crcs=True, others=others)  # noqa: SLF001
             for record in reader.iter_messages(topics=sorted(topics), log_time_order=False):
                 yield record
                 read += 1
@@ -284,12 +287,19 @@ class _KnownRecords(StreamReader):
     """MCAP's stream reader, stopping at a record of a reserved type: the library skips it, as the format lets new
     versions add types, but no writer makes one, and a chunk's damaged opcode byte (in no chunk CRC) read as one would
     drop its frames without a word; the data section's CRC tells only at its end, after the frames behind it, and a
-    cut recording has none. User-defined types (0x80 and up) are still skipped."""
+    cut recording has none. User-defined types (0x80 and up) are still skipped. ``others``: where the metadata records
+    and the data section's end go as they are read."""
+
+    def __init__(self, stream: BinaryIO, *, validate_crcs: bool, others: list[Metadata | DataEnd] | None) -> None:
+        super().__init__(stream, validate_crcs=validate_crcs)
+        self._others = others
 
     def _read_record(self, opcode: int, length: int) -> object:
         record = super()._read_record(opcode, length)
         if record is None and opcode < 0x80:
             raise McapError(f"a record of unknown type 0x{opcode:02x}: damaged")
+        if self._others is not None and isinstance(record, (Metadata, DataEnd)):
+            self._others.append(record)
         return record
 
 
