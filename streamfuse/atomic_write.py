@@ -29,7 +29,7 @@ from streamfuse.errors import io_reason, printable
 from streamfuse.stage_samples import StageSamples
 
 __all__ = ["partial_path", "final_path", "write_refusal", "durable_replace", "durable_rename_new", "Unsynced",
-           "write_file", "write_png", "whole_png", "WriterThread", "BackgroundSync"]
+           "say_unsynced", "write_file", "write_png", "whole_png", "WriterThread", "BackgroundSync"]
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,31 @@ def durable_rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             raise Unsynced(exc.errno, exc.strerror) from None
 
 
+# folder -> the files written whole in it since its sync first failed: one line each where a command writes a file a
+# frame (subscribe --save, a replay's frames_dir) would flood the log; the rest are counted, said by say_unsynced()
+_unsynced: dict[Path, int] = {}
+_unsynced_lock = threading.Lock()
+
+
 def _warn_unsynced(path: Path, exc: OSError) -> None:
-    log.warning("%s is written whole, but its folder could not be synced after it took its name (%s): a power loss "
-                "may yet lose that name", printable(path), io_reason(exc))
+    with _unsynced_lock:
+        first = path.parent not in _unsynced
+        _unsynced[path.parent] = _unsynced.get(path.parent, 0) + 1
+    if first:
+        log.warning("%s is written whole, but its folder could not be synced after it took its name (%s): a power loss "
+                    "may yet lose that name (the later files of that folder are counted at the end)", printable(path),
+                    io_reason(exc))
+
+
+def say_unsynced() -> None:
+    """One line per folder whose sync failed for more files than its first, which its warning named: how many."""
+    with _unsynced_lock:
+        folders = dict(_unsynced)
+        _unsynced.clear()
+    for folder, files in folders.items():
+        if files > 1:
+            log.warning("%d more files written whole in %s after the first one said, whose folder's sync failed too: "
+                        "a power loss may yet lose their names", files - 1, printable(folder))
 
 
 def _flush(path: str | os.PathLike) -> None:

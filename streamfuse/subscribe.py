@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamfuse.atomic_write import write_png, write_refusal
+from streamfuse.atomic_write import say_unsynced, write_png, write_refusal
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, key_options, path_arg, positive, text_arg
 from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.connection_watch import load_server_key
@@ -163,6 +163,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                     break
     finally:
         _summary(sub, ages_ms, nets_ms, time.monotonic() - start)
+        say_unsynced()
     return 0
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamfuse.atomic_write import WriterThread, final_path, partial_path, whole_png, write_file, write_png
+from streamfuse.atomic_write import (WriterThread, final_path, partial_path, say_unsynced, whole_png, write_file,
+                                     write_png)
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
 from streamfuse.recover import recover
@@ -347,6 +348,7 @@ def _folder_sync_refused(monkeypatch, folder: Path, refusal: str | int) -> None:
 
     def fsync(fd: int) -> None:
         if fd in folders:
+            folders.discard(fd)  # closed after its sync: its number goes to the next file opened
             raise OSError(refusal, os.strerror(refusal))
         real_fsync(fd)
 
@@ -406,4 +408,21 @@ def test_an_output_whose_folder_sync_fails_after_its_rename_is_kept_and_said_to_
     assert out.stat().st_size > 0 and not [p for p in tmp_path.iterdir() if p.name.endswith((".partial", ".tmp"))]
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"{out} is written whole, but its folder could not be synced after it took its name (Input/output error): a "
-        f"power loss may yet lose that name"]
+        f"power loss may yet lose that name (the later files of that folder are counted at the end)"]
+
+
+def test_a_folder_whose_sync_fails_is_said_once_and_its_later_files_counted(tmp_path, monkeypatch, caplog):
+    # one warning a file: subscribe --save, a replay's frames_dir, flooded the log with one line a frame
+    tmp_path = tmp_path.resolve()
+    _folder_sync_refused(monkeypatch, tmp_path, errno.EIO)
+    for _ in range(5):
+        write_png(tmp_path / "fused.png", np.zeros((2, 2), np.uint8), new=True)
+    say_unsynced()
+    say_unsynced()  # said once
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{tmp_path / 'fused.png'} is written whole, but its folder could not be synced after it took its name "
+        f"(Input/output error): a power loss may yet lose that name (the later files of that folder are counted at "
+        f"the end)",
+        f"4 more files written whole in {tmp_path} after the first one said, whose folder's sync failed too: a power "
+        f"loss may yet lose their names"]
+    assert len(list(tmp_path.glob("fused*.png"))) == 5

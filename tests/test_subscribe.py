@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ import pytest
 import zmq
 import zmq.auth
 from helpers_zmq import ANY_PORT, MALFORMED, PATIENCE_S, plain_pub, publishing, with_header
+from test_atomic_write import _folder_sync_refused
 
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import Publisher, PublishConfig
@@ -239,6 +241,20 @@ def test_cli_save_never_writes_over_a_frame_already_saved(rng: np.random.Generat
     assert len(saved) == 6
     assert sum(np.array_equal(img, first) for img in saved.values()) == 3  # each run's three frames kept
     assert sum(np.array_equal(img, second) for img in saved.values()) == 3
+
+
+def test_cli_save_into_a_folder_whose_sync_fails_warns_once_with_a_count_at_the_end(
+        rng: np.random.Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a failing disk: one warning a frame
+    folder = tmp_path.resolve()
+    _folder_sync_refused(monkeypatch, folder, errno.EIO)
+    with publishing(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) as pub:
+        assert main([pub.endpoint, "--count", "4", "--save", str(folder)]) == 0
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 2 and said[0].startswith(f"{folder}/fused_") and said[1].startswith(
+        f"3 more files written whole in {folder} after the first one said"), said
+    assert len(list(folder.glob("fused_*.png"))) == 4
 
 
 def test_cli_save_every_n(rng: np.random.Generator, tmp_path: Path) -> None:

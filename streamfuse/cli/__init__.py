@@ -112,6 +112,13 @@ def _flush_stdout() -> None:
         sys.stdout.flush()
 
 
+def _say_unsynced() -> None:
+    """The count of the files whose folder's sync failed after the first one said (a file a frame), for a command that
+    wrote any: only such a command has loaded the writer's module, whose import (OpenCV) the others are spared."""
+    if (written := sys.modules.get("streamfuse.atomic_write")) is not None:
+        written.say_unsynced()
+
+
 def guarded(main: Callable[[], int | None], prog: str) -> int:
     """``main()``'s exit status. A failure to write its output is no traceback: the output's reader gone (``| head``)
     ends the command quietly with 141, as SIGPIPE ends other tools; a full or failing disk (``> out.txt``) is one
@@ -123,6 +130,8 @@ def guarded(main: Callable[[], int | None], prog: str) -> int:
         except SystemExit:  # argparse's help or usage line ends the command this way
             _flush_stdout()
             raise
+        finally:
+            _say_unsynced()
         _flush_stdout()
         return code
     except OSError as exc:
