@@ -186,3 +186,33 @@ def test_frames_the_publisher_refused_are_counted_apart_from_those_it_published(
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mp4")
     assert summary.written == 9 and (summary.published, summary.publish_refused) == (6, 3)
     assert "  published 6 | refused by the publisher 3 " in summary.format()
+
+
+@pytest.mark.parametrize("comes_back", [False, True], ids=["stops for good", "comes back"])
+def test_a_stream_that_stops_holds_no_memory_a_frame_of_the_other(monkeypatch, comes_back):
+    """A recording read in logged order whose IR stopped early kept 9 bytes for each visible frame left unpaired or
+    dropped, until the IR's next frame or the end, and 16 for its time (2.7 MB an hour at 30 frames/s); the verdicts
+    stay those of keeping them all."""
+    import streamfuse.replay.left_frames
+
+    def verdicts(kept: int) -> tuple[dict, int]:
+        monkeypatch.setattr(streamfuse.replay.left_frames, "_KEPT", kept, raising=False)
+        left, held, period = LeftFrames(5_000_000), 0, 33_333_333
+        for i in range(10):
+            left.read("vis", i * period)
+            left.read("ir", i * period)
+        for i in range(10, 2000):  # the IR camera gone: each visible frame left, most dropped
+            left.read("vis", i * period)
+            left.left("vis", "unpaired" if i % 3 == 0 else "dropped", i * period)
+            left.forget({"ir": [], "vis": []})
+            held = max(held, left.held())
+        if comes_back:
+            left.read("ir", 2000 * period)
+        left.end()
+        return left.verdicts, held
+
+    counted, held = verdicts(100)
+    assert counted == verdicts(10**9)[0]
+    assert held <= 2 * 100 + 8
+    assert counted["vis"]["lone" if comes_back else "after"] == (1327 if comes_back else {"unpaired": 663,
+                                                                                           "dropped": 1327})

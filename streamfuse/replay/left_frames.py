@@ -16,6 +16,11 @@ from streamfuse.sync import OTHER
 
 __all__ = ["LeftFrames"]
 
+# leftovers kept undecided and spans kept per stream: past it, the oldest leftovers after the other stream's newest
+# frame are counted instead (one verdict for all) and the oldest spans let go, so a stream that stops for good holds
+# no memory a frame of the other (its next frame, were it to come, is taken to be logged less than that far behind)
+_KEPT = 1 << 16
+
 
 class LeftFrames:
     """The verdicts on the leftovers, per stream: ``before`` and ``after`` the other stream's span (taken out of their
@@ -35,6 +40,8 @@ class LeftFrames:
         self._lo = {s: array("q") for s in OTHER}
         self._hi = {s: array("q") for s in OTHER}
         self._pending = {s: _Pending() for s in OTHER}
+        # leftovers counted, not kept, past the other stream's newest frame at the time (dropped, unpaired; that time)
+        self._beyond: dict[str, tuple[int, int, int | None]] = {s: (0, 0, None) for s in OTHER}
 
     def read(self, stream: str, t_ns: int) -> None:
         """A frame of ``stream`` read, at ``t_ns`` on its time line."""
@@ -52,16 +59,18 @@ class LeftFrames:
         """A frame of ``stream`` the pairer left ``unpaired`` or ``dropped``, at ``t_ns`` on its time line."""
         self._pending[stream].append(outcome == "dropped", t_ns)
         self._settle(stream, end=False)
+        self._fold(stream)
 
     def forget(self, held_ns: dict[str, list[int]]) -> None:
         """Let go of the spans that no dropped frame can still need: those ending before the other stream's pending
-        dropped frames, its frames held by the pairer (``held_ns``: time lines per stream) and its frames to come."""
+        dropped frames, its frames held by the pairer (``held_ns``: time lines per stream) and its frames to come, and
+        all but the newest :data:`_KEPT` (the other stream's next frame, where it stopped, is not that far behind)."""
         for stream, other in OTHER.items():
             if self.newest[other] is None:  # the other stream's first frame may come at any time
                 continue
             pending = self._pending[other].floor()
             floor = min([self.newest[other] + 1, *held_ns[other], *([] if pending is None else [pending])])
-            cut = bisect_left(self._hi[stream], floor)
+            cut = max(bisect_left(self._hi[stream], floor), len(self._hi[stream]) - _KEPT)
             if cut:
                 del self._lo[stream][:cut], self._hi[stream][:cut]
 
@@ -78,12 +87,41 @@ class LeftFrames:
         """How many times are kept (pending leftovers and spans)."""
         return self.spans() + sum(len(pending) for pending in self._pending.values())
 
+    def _fold(self, stream: str) -> None:
+        """Count, rather than keep, the oldest of ``stream``'s pending leftovers past :data:`_KEPT` that lie after the
+        other stream's newest frame: its next frame, which comes that many of them later, comes after them too, and
+        makes the dropped ones lone; none makes them all after its span."""
+        pending, newest = self._pending[stream], self.newest[OTHER[stream]]
+        while len(pending) > _KEPT and newest is not None and pending.first()[1] > newest + self.tolerance_ns:
+            dropped, unpaired, _ = self._beyond[stream]
+            if pending.first()[0] == "dropped":
+                dropped += 1
+            else:
+                unpaired += 1
+            self._beyond[stream] = dropped, unpaired, newest
+            pending.pop()
+
     def _settle(self, stream: str, end: bool) -> None:
         """Decide ``stream``'s pending leftovers in order, up to the first whose verdict the other stream's frames
         still to come could change (``end``: none are)."""
+        self._settle_counted(stream, end)  # older than those kept
         pending = self._pending[stream]
         while len(pending) and self._decide(stream, *pending.first(), end):
             pending.pop()
+
+    def _settle_counted(self, stream: str, end: bool) -> None:
+        """Decide ``stream``'s leftovers counted by :meth:`_fold`: lone where dropped once the other stream has a
+        newer frame, else after its span at the ``end``."""
+        dropped, unpaired, newest = self._beyond[stream]
+        if newest is None or not end and self.newest[OTHER[stream]] == newest:
+            return
+        verdicts = self.verdicts[stream]
+        if self.newest[OTHER[stream]] != newest:
+            verdicts["lone"] += dropped
+        else:
+            verdicts["after"]["dropped"] += dropped
+            verdicts["after"]["unpaired"] += unpaired
+        self._beyond[stream] = 0, 0, None
 
     def _decide(self, stream: str, outcome: str, t_ns: int, end: bool) -> bool:
         other, tol = OTHER[stream], self.tolerance_ns
