@@ -26,6 +26,7 @@ from streamfuse.recover import main, recover
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.signals import HANGUP, handled
 from streamfuse.sync import Pairer
+from streamfuse.video import decode_frames
 
 T0 = 1_700_000_000_000_000_000
 
@@ -503,3 +504,37 @@ def test_its_line_shows_a_name_s_control_characters_as_escapes(tmp_path, rng):
     _record(path, _frames(rng, 10), cut=0.9)
     said = recover(partial_path(path), tmp_path / "fixed\n.mcap")
     assert ".rig\\x1b[31m.mcap.partial into " in said and "fixed\\n.mcap;" in said and "\n" not in said
+
+
+def _replayed_to_the_cut_and_recovered(tmp_path: Path, src: Path):
+    """The config of a replay of the cut recording ``src`` into fused.mkv, stopped at its cut; ``src`` recovered."""
+    cfg = config_from_dict({"ir": {"kind": "mcap"}, "vis": {"kind": "mcap"}, "fuse": {"name": "max"},
+                            "replay": {"progress": False, "codec": "ffv1"}})
+    with pytest.raises(ReplayError, match="truncated or corrupt"):
+        run_replay(cfg, ir_path=src, out_path=tmp_path / "fused.mkv", resume=False)
+    assert main([str(src)]) == 0
+    return cfg
+
+
+def test_a_replay_stopped_at_the_cut_resumes_from_the_recording_recovered_of_it(tmp_path, cut):
+    """A replay of a cut recording stops at its cut; its output was refused to a --resume from the recording recover
+    made of it (another file: its input "changed"), which holds the same frames, up to that cut."""
+    src, _ = cut
+    cfg = _replayed_to_the_cut_and_recovered(tmp_path, src)
+    resumed = run_replay(cfg, ir_path=tmp_path / "rig.mcap", out_path=tmp_path / "fused.mkv", resume=True)
+    whole = run_replay(cfg, ir_path=tmp_path / "rig.mcap", out_path=tmp_path / "whole.mkv", resume=False)
+    assert resumed.complete and resumed.reused > 0 and resumed.written == whole.written
+    for (t, a), (u, b) in zip(*(decode_frames(tmp_path / name) for name in ("fused.mkv", "whole.mkv")), strict=True):
+        assert t == u
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_resume_from_a_recovered_recording_whose_cut_one_is_gone_says_why_it_is_refused(tmp_path, cut):
+    src, _ = cut
+    cfg = _replayed_to_the_cut_and_recovered(tmp_path, src)
+    src.unlink()
+    with pytest.raises(FileExistsError, match=f"; {re.escape(str(tmp_path / 'rig.mcap'))} was recovered of the cut "
+                                              f"recording it read, which is not there as it was, so nothing says it "
+                                              f"holds the same frames; run it with the inputs"):
+        run_replay(cfg, ir_path=tmp_path / "rig.mcap", out_path=tmp_path / "fused.mkv", resume=True)
+    assert partial_path(tmp_path / "fused.mkv").exists()  # its frames kept

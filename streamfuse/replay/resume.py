@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import av
 import numpy as np
 
-from streamfuse.atomic_write import durable_replace, partial_path
+from streamfuse.atomic_write import durable_replace, final_path, partial_path
 from streamfuse.capture.mcap_source import recording_files
 from streamfuse.errors import io_reason
 from streamfuse.ffv1_crc import ffv1_slice_crcs
@@ -124,15 +124,15 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
     now = json.loads(json.dumps(fingerprint))  # as the sidecar holds it (tuples as lists)
     saved.setdefault("pacing", "fast")  # a sidecar written before its pacing was kept
     for key in ("ir", "vis"):  # one written before a folder's files were counted held its own time alone
-        if _legacy_folder(saved.get(key), now[key]):
+        if _legacy_folder(saved.get(key), now[key]) or _recovered(saved.get(key), now[key]):
             saved[key] = now[key]
     changed = [k for k in fingerprint if _compared(k, saved.get(k)) != _compared(k, now[k])]
     if changed:  # a slip (a --set left out): the interrupted run's frames stay, for the command it was started with
         inputs = {"ir", "vis"} & set(changed)
         what = " and ".join(w for w, hit in (("inputs", inputs), ("settings", set(changed) - inputs)) if hit)
         raise FileExistsError(f"cannot resume {out}: {', '.join(changed)} changed since the interrupted run"
-                              f"{_inputs_read(changed, saved)}; run it with the {what} it was started with to "
-                              f"continue, or delete {partial} to start over")
+                              f"{_inputs_read(changed, saved)}; {_cut_gone(saved, now)}run it with the {what} it was "
+                              f"started with to continue, or delete {partial} to start over")
     if pacing != "fast":  # only now: one started with other inputs or settings keeps its frames, as above
         log.warning("cannot resume %s: realtime pacing drops frames differently on every run; starting over", out)
         return False
@@ -172,6 +172,36 @@ def _legacy_folder(saved: Any, now: list) -> bool:
             and os.path.realpath(local_name(saved[0])) == os.path.realpath(now[0]) and Path(now[0]).is_dir()):
         return False
     return saved[2] == Path(now[0]).stat().st_mtime_ns
+
+
+def _recovered(saved: Any, now: list) -> bool:
+    """Whether ``saved`` is the entry of a cut recording (``.NAME.mcap.partial``), there unchanged since, of which
+    ``now`` names the recording ``recover`` made beside it (``NAME.mcap``): the same frames, up to the cut the
+    interrupted run stopped at."""
+    if not (isinstance(saved, list) and len(saved) == 3 and isinstance(saved[0], str)):
+        return False
+    cut = Path(local_name(saved[0]))
+    final = final_path(cut)
+    if final is None or final.suffix.lower() != ".mcap" or os.path.realpath(final) != os.path.realpath(now[0]):
+        return False
+    try:
+        st = os.stat(cut)
+    except OSError:  # gone: what it held cannot be told
+        return False
+    return [st.st_size, st.st_mtime_ns] == saved[1:]
+
+
+def _cut_gone(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """Why the recording recovered of the cut one the interrupted run read cannot stand for it (that one is gone or
+    changed since, and with it what vouched for its frames), ending in ``"; "``; '' for other inputs."""
+    for key in ("ir", "vis"):
+        was = saved.get(key)
+        if isinstance(was, list) and was and isinstance(was[0], str) \
+                and (final := final_path(local_name(was[0]))) is not None \
+                and os.path.realpath(final) == os.path.realpath(now[key][0]):
+            return (f"{now[key][0]} was recovered of the cut recording it read, which is not there as it was, so "
+                    f"nothing says it holds the same frames; ")
+    return ""
 
 
 def _compared(key: str, value: Any) -> Any:
