@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader
-from mcap.records import Header
+from mcap.records import Channel, Header, Schema
 from mcap.writer import MCAP0_MAGIC, Writer
 
 from streamfuse.atomic_write import Unsynced, durable_rename_new, final_path, partial_path
@@ -196,26 +196,37 @@ def _copy(src: Path, header: Header, f: BinaryIO, records: list[tuple[str, dict[
     channels: dict[int, int] = {}
     counts, first, last = {s: 0 for s in TOPICS}, None, 0
     streams = {topic: s for s, topic in TOPICS.items()}
-    others: list[object] = []  # its metadata records, and its data section's end where it has one
+    others: list[object] = []  # its schemas, channels and metadata records, and its data section's end where it has one
+    topics = (*TOPICS.values(), COUNTS_TOPIC)
     try:
-        for schema, channel, msg in read_messages(src, (*TOPICS.values(), COUNTS_TOPIC), others=others):
-            if schema is not None and schema.id not in schemas:
-                schemas[schema.id] = writer.register_schema(schema.name, schema.encoding, schema.data)
+        for schema, channel, msg in read_messages(src, topics, others=others):
             if channel.id not in channels:
-                channels[channel.id] = writer.register_channel(channel.topic, channel.message_encoding,
-                                                               schemas[channel.schema_id], dict(channel.metadata))
+                channels[channel.id] = _channel(writer, schemas, schema, channel)
             writer.add_message(channels[channel.id], msg.log_time, msg.data, msg.publish_time, msg.sequence)
             if channel.topic in streams:  # frames; the IR's counts go with its frames
                 counts[streams[channel.topic]] += 1
             first, last = msg.log_time if first is None else min(first, msg.log_time), max(last, msg.log_time)
     except SourceError:  # the cut: everything before it is in
         pass
+    found = {r.id: r for r in others if isinstance(r, Schema)}
+    for channel in (r for r in others if isinstance(r, Channel) and r.topic in topics and r.id not in channels):
+        # one without a message (a stream whose first frame came later): a later part of its set holds it too
+        if channel.schema_id in found or not channel.schema_id:
+            channels[channel.id] = _channel(writer, schemas, found.get(channel.schema_id), channel)
     if records is None:
         records = sorted((streamed_marks(src, others) or {}).items())
     for name, metadata in records:
         writer.add_metadata(name, metadata)
     writer.finish()
     return counts, first or 0, last, records
+
+
+def _channel(writer: Writer, schemas: dict[int, int], schema: Schema | None, channel: Channel) -> int:
+    """``channel`` (of ``schema``) registered with ``writer`` as recorded; ``schemas``: input id -> output id."""
+    if schema is not None and schema.id not in schemas:
+        schemas[schema.id] = writer.register_schema(schema.name, schema.encoding, schema.data)
+    return writer.register_channel(channel.topic, channel.message_encoding, schemas[channel.schema_id],
+                                   dict(channel.metadata))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from typing import Callable
 import pytest
 from mcap.writer import Writer
 
+from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceError
 from streamfuse.frames import Frame
@@ -240,6 +241,22 @@ def test_a_later_part_on_other_topics_than_the_first_is_refused_naming_it(tmp_pa
                                           rf"/vis/image, where part 0 holds them on /ir/image, /vis/image \(a "
                                           rf"recording's parts share their topics\): it is of another recording$"):
         list(read_recording(first, {"ir": TOPICS["ir"]}))
+
+
+def test_a_first_part_recovered_without_a_frame_of_one_stream_reads_on_into_the_parts_that_have_them(tmp_path):
+    # its recovered file kept the channels it found frames of: the later part's IR channel, which the first part had
+    # without a frame (its camera's first frame came after the split), was refused as another recording's
+    frames, path = _synthetic_run(60), tmp_path / "rig0.mcap"
+    first, second = part_path(path, 0), part_path(path, 1)
+    _other_tool(first, [f for f in frames[:50] if f.stream == "vis"], ((PART_RECORD, {"set": "a1", "index": "0"}),),
+                "streamfuse")
+    _other_tool(second, frames[50:], ((PART_RECORD, {"set": "a1", "index": "1"}), (END_RECORD, {"set": "a1",
+                                                                                                  "parts": "2"})),
+                "streamfuse")
+    first.rename(partial_path(first))  # left whole under its temporary name: its finish failed at the split
+    recover(partial_path(first))
+    kept = [f for f in frames[:50] if f.stream == "vis"] + frames[50:]
+    assert [(f.stream, f.t_capture_ns) for f in read_recording(first)] == [(f.stream, f.t_capture_ns) for f in kept]
 
 
 def test_a_finished_part_damaged_inside_keeps_its_place_in_the_set_once_recovered(tmp_path):

@@ -129,14 +129,15 @@ def _files_topics(files: list[Path], topics_of: Callable[[Path], Topics | None] 
 
 def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPICS.values()), *,
                   shown: str | os.PathLike | None = None,
-                  others: list[Metadata | DataEnd] | None = None) -> Iterator[tuple[Schema | None, Channel, Message]]:
+                  others: list[object] | None = None) -> Iterator[tuple[Schema | None, Channel, Message]]:
     """The MCAP records of a recording's image messages, as written, in the order they were written.
 
     Reads sequentially, so a recording whose writer was killed (no index) still yields every complete chunk;
     the truncated end raises SourceError naming how many messages were read (and ``shown``, default ``path``). Chunk
     CRCs are checked: after a power loss the file's end may hold zeros or stale blocks instead of what was written,
-    which must not pass as frames. ``others`` gets the metadata records and the data section's end as they are read
-    (``recover`` finds a split recording's records in the same read).
+    which must not pass as frames. ``others`` gets the schema, channel and metadata records and the data section's
+    end as they are read (``recover`` finds a split recording's records, and its channels without a message, in the
+    same read).
     """
     path = Path(path)
     if not path.is_file():
@@ -256,8 +257,8 @@ def _check_topics(parts: list[Path]) -> None:
     """Refuse (SourceError, one line) a later part holding images on a topic the first part has none of, or of
     another schema: a run records its streams on one set of topics (the IR's counts topic begins with its first
     16-bit frame), so that part is of another recording, and its frames there would be left out unsaid. A part
-    without a summary (damaged: its read says so) is not asked; one without a topic (a recovered part holds those it
-    found frames of) is read as it is."""
+    without a summary (damaged: its read says so) is not asked; one without a topic (a recovered part holds those
+    whose channels reached the disk before its cut) is read as it is."""
     first = _mcap_topics(parts[0])
     for part in parts[1:]:
         if first is None or (found := _mcap_topics(part)) is None:
@@ -287,19 +288,24 @@ class _KnownRecords(StreamReader):
     """MCAP's stream reader, stopping at a record of a reserved type: the library skips it, as the format lets new
     versions add types, but no writer makes one, and a chunk's damaged opcode byte (in no chunk CRC) read as one would
     drop its frames without a word; the data section's CRC tells only at its end, after the frames behind it, and a
-    cut recording has none. User-defined types (0x80 and up) are still skipped. ``others``: where the metadata records
-    and the data section's end go as they are read."""
+    cut recording has none. User-defined types (0x80 and up) are still skipped. ``others``: where the schema, channel
+    and metadata records and the data section's end go as they are read."""
 
-    def __init__(self, stream: BinaryIO, *, validate_crcs: bool, others: list[Metadata | DataEnd] | None) -> None:
+    def __init__(self, stream: BinaryIO, *, validate_crcs: bool, others: list[object] | None) -> None:
         super().__init__(stream, validate_crcs=validate_crcs)
         self._others = others
+
+    @property
+    def records(self) -> Iterator[object]:
+        for record in super().records:  # a chunk's own records too, which do not pass _read_record
+            if self._others is not None and isinstance(record, (Schema, Channel, Metadata, DataEnd)):
+                self._others.append(record)
+            yield record
 
     def _read_record(self, opcode: int, length: int) -> object:
         record = super()._read_record(opcode, length)
         if record is None and opcode < 0x80:
             raise McapError(f"a record of unknown type 0x{opcode:02x}: damaged")
-        if self._others is not None and isinstance(record, (Metadata, DataEnd)):
-            self._others.append(record)
         return record
 
 
