@@ -14,22 +14,21 @@ import dataclasses
 import json
 import logging
 import multiprocessing
-import os
 import threading
 import time
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture import ProducerEvent, Producers, start_producers
 from streamfuse.capture.producer_process import end_start, start_servers
-from streamfuse.capture.sources import CAPTURE_CLOCKS, SourceConfig, SourceError
-from streamfuse.checks import ConfigError, shown
+from streamfuse.checks import ConfigError
 from streamfuse.config import PipelineConfig
 from streamfuse.device import tune_malloc
 from streamfuse.frames import STREAM_NAMES, Frame, FramePair, FusedFrame
 from streamfuse.fusers import Fuser
+from streamfuse.live_checks import refuse_unstartable
 from streamfuse.processor import FrameProcessor, Processed
 from streamfuse.publish import Publisher
-from streamfuse.recording import Recorder, check_record_path
+from streamfuse.recording import Recorder
 from streamfuse.signals import STOP_SIGNALS, handled, stopping, unclaimed
 from streamfuse.sync import Pairer
 from streamfuse.telemetry import Telemetry, format_stats
@@ -46,10 +45,6 @@ class RunFailed(RuntimeError):
     def __init__(self, message: str, snapshot: dict) -> None:
         super().__init__(message)
         self.snapshot = snapshot
-
-
-_NEEDS_PATH = ("stream", "file", "folder", "mcap")  # a camera's empty path is its first device
-_ON_DISK = {"file": "video file", "folder": "image folder", "mcap": "recording"}  # as their sources name them
 
 
 def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = None, vis_path: str | None = None,
@@ -70,38 +65,8 @@ def run(cfg: PipelineConfig, *, duration_s: float = 0.0, ir_path: str | None = N
     if ir_path or vis_path or resume:
         given = "--resume is" if resume and not (ir_path or vis_path) else "--ir/--vis are"
         raise ConfigError(f"{given} for replay: also give --out (or set replay.out in the config)")
-    _refuse_unrunnable(cfg)  # before the publisher binds: a config's fault, said so
-    # before any process starts: a --duration that ended before a producer had opened its input was exit 0, unsaid
-    if missing := [f"{name}: {_ON_DISK[s.kind]} not found: {s.path}" for name, s in (("ir", cfg.ir), ("vis", cfg.vis))
-                   if s.kind in _ON_DISK and not os.path.exists(s.path)]:
-        raise SourceError("; ".join(missing))
-    if cfg.record is not None:  # found now, not after the model's load (seconds) and the publisher's start
-        check_record_path(cfg.record.path, cfg.record.split)
     snap = run_live(cfg, duration_s=duration_s)
     return 1 if snap["counters"].get("record_failed") else 0  # the run went on; a script must still notice the loss
-
-
-def _refuse_unrunnable(cfg: PipelineConfig) -> None:
-    """ConfigError for a live run's config whose sections are each valid and together cannot run; the line names the
-    file and the overrides that set the keys concerned."""
-    for name, source in (("ir", cfg.ir), ("vis", cfg.vis)):
-        if source.kind in _NEEDS_PATH and not source.path:
-            raise ConfigError(f"{cfg.origin(f'{name}.kind', f'{name}.path')}: {name}.path is empty: a {source.kind} "
-                              f"source needs one (--set {name}.path=...; a replay takes it from --{name} with --out)")
-    if cfg.ir.kind == "synthetic" and cfg.ir.palette:
-        raise ConfigError(f"{cfg.origin('ir.kind', 'ir.palette')}: ir.palette={shown(cfg.ir.palette)} is a thermal "
-                          f"camera's, and the synthetic source renders grey IR (leave it empty)")
-    if (ir_clock := cfg.ir.capture_clock) != (vis_clock := cfg.vis.capture_clock):  # pairing compares their times
-        raise ConfigError(f"{cfg.origin('ir.kind', 'ir.realtime', 'vis.kind', 'vis.realtime')}: the IR frames "
-                          f"({_about('ir', cfg.ir)}) carry {CAPTURE_CLOCKS[ir_clock]}, the visible ones "
-                          f"({_about('vis', cfg.vis)}) {CAPTURE_CLOCKS[vis_clock]}: they would never pair (give two "
-                          f"live sources, two files or folders, or two recordings)")
-
-
-def _about(name: str, source: SourceConfig) -> str:
-    """A source's kind as a config error names it."""
-    virtual = source.kind == "synthetic" and not source.realtime
-    return f"{name}.kind {source.kind}" + (" not realtime" if virtual else "")
 
 
 def _as_json(cfg: PipelineConfig) -> str:
@@ -126,12 +91,15 @@ def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Ev
         The final telemetry snapshot (also logged and published on the stats topic).
 
     Raises:
+        ConfigError, SourceError, RuntimeError: before anything starts, in the line ``python -m streamfuse run``
+            prints: :func:`~streamfuse.live_checks.refuse_unstartable`'s refusals.
         RuntimeError: called as such a process imports the main module (the call not under that guard).
         RunFailed: a source failed for good (restart off, or it never opened) or a pair could not be fused (an IR
             frame of another size with ``resize: error``, say), once the run has ended as any other does (the frames
             before it fused and recorded, the recording finished, the final snapshot logged and published).
     """
     _refuse_in_bootstrap()
+    refuse_unstartable(cfg)  # before the publisher binds and any process starts
     cfg = _never_waiting(cfg)
     stop, started = stop or threading.Event(), threading.Event()
     with handled(stopping(stop, started), unclaimed(STOP_SIGNALS)):

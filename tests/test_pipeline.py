@@ -506,7 +506,7 @@ def test_missing_inputs_are_refused_before_any_process_starts(tmp_path, monkeypa
     from streamfuse.config import load_config
     from streamfuse.configs import resolve
 
-    monkeypatch.setattr(pipeline, "run_live", lambda *args, **kwargs: pytest.fail("the run started"))
+    monkeypatch.setattr(pipeline, "Publisher", lambda *args, **kwargs: pytest.fail("the run started"))
     cfg = load_config(resolve("demo"), [f"{s}.{k}={v}" for s in ("ir", "vis")
                                         for k, v in (("kind", kind), ("path", tmp_path / s), ("realtime", "false"))])
     with pytest.raises(SourceError) as exc:
@@ -637,7 +637,7 @@ def test_a_recording_source_without_a_path_is_a_config_error_before_the_run_star
     from streamfuse import pipeline
     from streamfuse.checks import ConfigError
 
-    monkeypatch.setattr(pipeline, "run_live", lambda *a, **kw: pytest.fail("ran live"))
+    monkeypatch.setattr(pipeline, "Publisher", lambda *a, **kw: pytest.fail("ran live"))
     cfg, _ = _live_cfg("ir.kind=mcap", "vis.kind=mcap", "vis.path=rig.mcap")
     with pytest.raises(ConfigError, match=r"ir\.path is empty: a mcap source needs one \(--set ir\.path=\.\.\.;"):
         pipeline.run(cfg)
