@@ -99,7 +99,7 @@ class Subscriber:
         self._ring_on = ring and ring_supported()
         self._ring: RingCursor | None = None  # set while descriptors come from the mapped pool's ring
         self._payload_on = True  # subscribed to the ZeroMQ payload (off while shared memory delivers)
-        self._last_message = time.monotonic()
+        self._last_message, self._heard = time.monotonic(), False  # _heard: a message has come since the start
         self._pools = PoolView()
         self._jpeg, self._h264, self._seq = JpegDecoder(), H264Decoder(), SeqCounter(endpoint)
         wanted = (lambda: (on_this_host(endpoint) if shm is None else shm) and shm_supported())
@@ -248,13 +248,13 @@ class Subscriber:
         # a queued message is read before a drop is restored: it came before the refused part, and EVENTS has taken
         # its first part off already, whose rest a reconnect would drop (libzmq then aborts on "!_more")
         if ready:
-            self._last_message = time.monotonic()
+            self._last_message, self._heard = time.monotonic(), True
             return True
         self._restore()
         if not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
             self._subscribe_payload(True)  # the publisher may have restarted without shared memory
         else:
-            self._watch.remake_if_silent(self._last_message)
+            self._watch.remake_if_silent(self._last_message, heard=self._heard)
         return False
 
     def _restore(self) -> None:

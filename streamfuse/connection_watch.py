@@ -114,15 +114,20 @@ class ConnectionWatch:
         self.reconnect()
         return refused
 
-    def remake_if_silent(self, last_message: float, silent_s: float = SILENT_S) -> bool:
+    def remake_if_silent(self, last_message: float, silent_s: float = SILENT_S, *, heard: bool = True) -> bool:
         """Make the connection again when nothing has come for ``silent_s`` since ``last_message`` (``monotonic()``
         seconds) nor since this last did so; returns whether it did. Only while the socket's queue is empty: ZeroMQ
-        is then reading the connection, which a new one replaces."""
+        is then reading the connection, which a new one replaces. ``heard``: whether anything came before
+        ``last_message``; if not (``last_message`` is the start), the publisher is still starting as a rule (loading
+        its model, bound but sending nothing yet), which is said as such, not as a lost connection."""
         now = time.monotonic()
         if now - max(last_message, self._remade_at) < silent_s:
             return False
         level = logging.INFO if self._remade_at < last_message else logging.DEBUG  # once a silence, not every time
-        log.log(level, "nothing from %s for %g s: making the connection again", self._endpoint, silent_s)
+        if heard:
+            log.log(level, "nothing from %s for %g s: making the connection again", self._endpoint, silent_s)
+        else:
+            log.log(level, "nothing from %s yet: waiting for its publisher to start sending", self._endpoint)
         self._remade_at = now
         self.reconnect()
         return True

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
-from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_frame, good_parts, pool_fds,
+from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_frame, good_parts, plain_pub, pool_fds,
                          publishing, raw_connect, recv_seq, wait_until, with_header)
 
 from streamfuse import connection_watch
@@ -520,3 +520,22 @@ def test_close_from_a_signal_handler_ends_the_recv_it_interrupted_as_closed(late
     finally:
         signal.signal(signal.SIGUSR1, previous)
         sub.close()
+
+
+def test_a_publisher_not_sending_yet_is_waited_for_in_plain_words_and_a_silence_after_is_a_lost_connection(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a subscriber started before its publisher (one loading its model: bound, sending nothing) logged "nothing from
+    # ... for 5 s: making the connection again", as for a lost connection, at every start of a robot stack
+    def said(words: str) -> bool:
+        return any(words in m for m in caplog.messages)
+
+    with caplog.at_level(logging.INFO, "streamfuse.connection_watch"), plain_pub() as sock:
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        with Subscriber(endpoint, timeout_s=PATIENCE_S, shm=False) as sub:
+            wait_until(lambda: sub.recv(0.1) is None and said("yet"), "the wait for the publisher said")
+            waited = list(caplog.messages)
+            raw_connect(sock, sub)
+            wait_until(lambda: sub.recv(0.1) is None and said("again"), "the silence after frames said")
+    assert waited == [f"nothing from {endpoint} yet: waiting for its publisher to start sending"]
+    assert caplog.messages[len(waited):] == [f"nothing from {endpoint} for {connection_watch.SILENT_S:g} s: making "
+                                             f"the connection again"]

@@ -471,3 +471,36 @@ def test_a_host_name_is_looked_up_once_for_all_of_a_consumer_s_sockets(resolver)
         sock, watch = connection_watch.connect_sub(f"tcp://pub.test:{port}", [b""], rcvhwm=2, max_part_bytes=1024)
         watch.close()
     assert fake.calls == 1
+
+
+def test_the_stats_socket_waits_for_its_publisher_in_plain_words_and_a_silence_after_is_a_lost_connection(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # the viewer's and the Foxglove bridge's stats socket, started before its publisher sent anything (the model still
+    # loading), logged "making the connection again" as for a connection lost
+    from streamfuse.telemetry import Telemetry, TelemetryConfig
+    from streamfuse.view.stats_in import StatsMessages
+    from streamfuse.wire import STATS_PREFIX
+
+    monkeypatch.setattr(TelemetryConfig, "interval_s", 0.5)  # the silence allowed before the first stats: 1 s
+    stop, got = threading.Event(), []
+
+    def read(stats: StatsMessages) -> None:
+        for message in stats:
+            got.append(message)
+
+    with caplog.at_level(logging.INFO, "streamfuse.connection_watch"), \
+            Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
+        reader = threading.Thread(target=read, args=(StatsMessages(pub.endpoint, STATS_PREFIX, ("", ""), stop),))
+        reader.start()
+        try:
+            wait_until(lambda: "yet" in caplog.text, "the wait for the publisher said")
+            waited = list(caplog.messages)
+            snapshot = Telemetry(TelemetryConfig(interval_s=1.0)).snapshot()  # its silence allowed: SILENT_S
+            wait_until(lambda: pub.send_stats(snapshot) and got, "stats received")  # sent until one arrives
+            wait_until(lambda: "again" in caplog.text, "the silence after stats said")
+        finally:
+            stop.set()
+            reader.join(PATIENCE_S)
+    assert waited == [f"nothing from {pub.endpoint} yet: waiting for its publisher to start sending"]
+    assert caplog.messages[len(waited):] == [f"nothing from {pub.endpoint} for {connection_watch.SILENT_S:g} s: making "
+                                             f"the connection again"]

@@ -46,6 +46,7 @@ class StatsMessages:
                                             client_key_file=keys[1], name_wait_s=name_wait_s)
         self.endpoint, self.stop, self.malformed = endpoint, stop, 0
         self._last_message, self._silent_s = time.monotonic(), 2 * TelemetryConfig.interval_s
+        self._heard = False  # a message has come since the start
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
@@ -53,7 +54,7 @@ class StatsMessages:
                 if not self.sock.poll(round(POLL_S * 1000)):
                     self._tend()
                     continue
-                self._last_message = time.monotonic()
+                self._last_message, self._heard = time.monotonic(), True
                 try:
                     stats = _check_stages(decode_stats(self.sock.recv_multipart()))
                 except MalformedMessage as exc:
@@ -72,7 +73,7 @@ class StatsMessages:
                        f"another socket type, another protocol) and dropped the connection to {self.endpoint}; "
                        "reconnected")
         else:
-            self.watch.remake_if_silent(self._last_message, self._silent_s)
+            self.watch.remake_if_silent(self._last_message, self._silent_s, heard=self._heard)
 
     def _skip(self, why: Exception | str) -> None:
         self.malformed += 1
