@@ -16,7 +16,7 @@ try:  # a Ctrl-C as the package loads, before stoppable takes the stop signals: 
     from streamfuse.cli import stoppable
     from streamfuse.cli.run import exit_now, main
 except KeyboardInterrupt:
-    print("run_stream.py: interrupted", file=sys.stderr)
+    print("run_stream.py: interrupted (Ctrl-C)", file=sys.stderr)  # as every command's stop line names its signal
     raise SystemExit(130) from None
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):  # run, not im
 try:  # a Ctrl-C as the package loads, before console() takes the stop signals: one line and 130, not a traceback
     from streamfuse.cli import console
 except KeyboardInterrupt:
-    print(" ".join(["streamfuse", *sys.argv[1:2]]) + ": interrupted", file=sys.stderr)  # as console() names it
+    print(" ".join(["streamfuse", *sys.argv[1:2]]) + ": interrupted (Ctrl-C)", file=sys.stderr)  # as console() says it
     raise SystemExit(130) from None
 
 if __name__ == "__main__":

@@ -311,7 +311,7 @@ def test_a_ctrl_c_while_the_package_loads_is_one_line_and_130(program, args, sai
         {program}
         """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert (proc.returncode, proc.stderr) == (130, f"{said}: interrupted\n")
+    assert (proc.returncode, proc.stderr) == (130, f"{said}: interrupted (Ctrl-C)\n")
 
 
 @pytest.mark.timeout(60)
@@ -1071,8 +1071,11 @@ def test_a_cameras_requested_size_is_warmed_up_and_a_files_unknown_one_is_not(mo
 
     monkeypatch.setattr(FrameProcessor, "from_config", spied)
     monkeypatch.setattr(pipeline, "start_producers", lambda *a: _EndingProducers([], _NO_CAPTURE_LOSS))
-    path = [f"vis.path={tmp_path / 'vis.mp4'}"] if kind == "file" else []  # a camera's empty path: its first device
-    cfg, _ = _live_cfg(f"vis.kind={kind}", *path, "vis.width=320", "vis.height=240")
+    sources = ["vis.kind=camera"]  # a camera's empty path: its first device
+    if kind == "file":  # two files, whose times pair, that are there (the run refuses a missing one)
+        sources = [f"{s}.{k}={v}" for s in ("ir", "vis") for k, v in (("kind", "file"), ("path", tmp_path / s))]
+        (tmp_path / "ir").touch(), (tmp_path / "vis").touch()
+    cfg, _ = _live_cfg(*sources, "vis.width=320", "vis.height=240")
     pipeline.run_live(cfg, duration_s=60.0)  # the sources deliver nothing and end at once
     assert calls == warmed
 

@@ -308,7 +308,7 @@ def test_a_stop_through_the_command_is_one_line_exit_130_and_leaves_nothing(tmp_
     finally:
         for sig, previous in nets.items():
             signal.signal(sig, previous)
-    assert exc.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted\n"
+    assert exc.value.code == 130 and capsys.readouterr().err == "streamfuse recover: interrupted (Ctrl-C)\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamfuse.errors import io_reason, printable
-from streamfuse.signals import TERMINATE, Terminated, handled, ignore_stops, raise_interrupt, raise_terminated
+from streamfuse.signals import (TERMINATE, Terminated, handled, ignore_stops, interrupted, raise_interrupt,
+                                raise_terminated)
 
 __all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool",
            "leave", "quiet_interrupt", "say_stopped"]
@@ -193,9 +194,9 @@ def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
 
 
 def say_stopped(prog: str, exc: KeyboardInterrupt) -> None:
-    """The one line of a stop with nothing to keep or sum up: ``interrupted (SIGTERM)`` naming a SIGTERM's or a
-    hangup's signal, a Ctrl-C's bare ``interrupted``."""
-    print(f"{prog}: {exc if isinstance(exc, Terminated) else 'interrupted'}", file=sys.stderr)
+    """The one line of a stop with nothing to keep or sum up, naming its signal as every command's stop line does:
+    ``interrupted (SIGTERM)``, ``interrupted (Ctrl-C)``."""
+    print(f"{prog}: {interrupted(exc)}", file=sys.stderr)
 
 
 def tool(spec: str, file: str, command: str = "") -> NoReturn:
@@ -220,7 +221,7 @@ def quiet_interrupt(prog: str) -> None:
     that no handler takes is one line, not a traceback. Python then ends the process by SIGINT, as it does without."""
     def hook(kind: type[BaseException], exc: BaseException, tb: object) -> None:
         if issubclass(kind, KeyboardInterrupt):
-            print(f"{prog}: interrupted", file=sys.stderr)
+            print(f"{prog}: {interrupted(exc)}", file=sys.stderr)
         else:
             sys.__excepthook__(kind, exc, tb)
 

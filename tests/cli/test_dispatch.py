@@ -70,7 +70,7 @@ def test_ctrl_c_while_a_command_loads_is_one_line_and_130(monkeypatch, capsys):
     with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
         cli.console()
     assert exc.value.code == 130
-    assert capsys.readouterr().err == "streamfuse train: interrupted\n"
+    assert capsys.readouterr().err == "streamfuse train: interrupted (Ctrl-C)\n"
 
 
 def test_ctrl_c_during_a_finalizer_stops_the_command_once_the_finalizer_is_over(capsys):
@@ -87,7 +87,7 @@ def test_ctrl_c_during_a_finalizer_stops_the_command_once_the_finalizer_is_over(
 
     with handled(signal.default_int_handler, (signal.SIGINT,)):
         assert stoppable(command, "streamfuse bench", "bench") == 130
-    assert capsys.readouterr().err == "streamfuse bench: interrupted\n"
+    assert capsys.readouterr().err == "streamfuse bench: interrupted (Ctrl-C)\n"
 
 
 def test_each_command_reaches_its_own_main(capsys):
@@ -159,7 +159,7 @@ def test_a_ctrl_c_a_command_lets_through_is_one_line(monkeypatch, capsys):
     with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
         cli.console()
     assert exc.value.code == 130
-    assert capsys.readouterr().err == "streamfuse bench: interrupted\n"
+    assert capsys.readouterr().err == "streamfuse bench: interrupted (Ctrl-C)\n"
 
 
 @pytest.mark.parametrize("command", ["run", "replay"])
@@ -180,7 +180,7 @@ def test_a_ctrl_c_that_cut_an_import_short_is_still_one_line_and_130(command, mo
     with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
         cli.console()
     assert exc.value.code == 130
-    assert capsys.readouterr().err == f"streamfuse {command}: interrupted\n"
+    assert capsys.readouterr().err == f"streamfuse {command}: interrupted (Ctrl-C)\n"
 
 
 @pytest.mark.parametrize("command, status", [("run", 0), ("replay", 130), ("recover", 130), ("train", 130),
@@ -340,7 +340,7 @@ def test_a_ctrl_c_while_a_command_loads_is_130_whatever_its_sigterm_status(comma
     with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
         cli.console()
     assert exc.value.code == 130
-    assert capsys.readouterr().err == f"streamfuse {command}: interrupted\n"
+    assert capsys.readouterr().err == f"streamfuse {command}: interrupted (Ctrl-C)\n"
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO])
@@ -368,7 +368,7 @@ def test_a_tools_quiet_interrupt_shortens_only_a_ctrl_c(monkeypatch, capsys):
     quiet_interrupt("temporal.py")
     sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
     sys.excepthook(ValueError, ValueError("a bug"), None)  # its traceback is Python's own
-    assert capsys.readouterr().err == "temporal.py: interrupted\n" and seen == [ValueError]
+    assert capsys.readouterr().err == "temporal.py: interrupted (Ctrl-C)\n" and seen == [ValueError]
 
 
 @pytest.mark.parametrize("argv, closed", [(["-m", "streamfuse", "replay", "-h"], ">&-"),

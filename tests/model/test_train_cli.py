@@ -656,7 +656,7 @@ def test_the_weights_file_holds_the_ema_and_the_first_steps_warm_up(data, tmp_pa
     assert not all(torch.equal(saved[k], v) for k, v in ckpt["net"].items() if k in saved)  # the EMA trails the net
 
 
-@pytest.mark.parametrize("stop, said", [(KeyboardInterrupt, "interrupted"),
+@pytest.mark.parametrize("stop, said", [(KeyboardInterrupt, "interrupted (Ctrl-C)"),
                                         (stopped_by(signal.SIGTERM), "interrupted (SIGTERM)")])
 def test_a_stop_while_the_settings_load_names_its_signal(stop, said, data, tmp_path, monkeypatch):
     # a SIGTERM there said a bare "train: interrupted", as for a Ctrl-C

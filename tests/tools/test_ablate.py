@@ -177,7 +177,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, folders, tmp_path, random_weights
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--weights", str(random_weights), "--steps",
                              "1", "--no-baselines", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "s.json")])
     assert exc.type is SystemExit and exc.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["ablate.py: interrupted"]
+    assert capsys.readouterr().err.strip().splitlines() == ["ablate.py: interrupted (Ctrl-C)"]
     assert not (tmp_path / "s.json").exists()
 
 

@@ -145,7 +145,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_pairs(tool, tmp_path, monkeyp
     with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
         tool("extract_pairs").main([str(tmp_path / "v"), str(tmp_path / "out"), "--start", "0", "--every", "1"])
     assert exc.type is SystemExit and exc.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["extract_pairs.py: interrupted"]
+    assert capsys.readouterr().err.strip().splitlines() == ["extract_pairs.py: interrupted (Ctrl-C)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
 
 

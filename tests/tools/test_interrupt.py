@@ -39,7 +39,7 @@ def test_a_ctrl_c_while_a_tool_imports_is_one_line(name, tmp_path):
         runpy.run_path({str(REPO / "tools" / name)!r}, run_name="__main__")
         """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert (proc.returncode, proc.stderr) == (-signal.SIGINT, f"{name}: interrupted\n")
+    assert (proc.returncode, proc.stderr) == (-signal.SIGINT, f"{name}: interrupted (Ctrl-C)\n")
 
 
 @pytest.mark.parametrize("name", THIN)
@@ -53,7 +53,7 @@ def test_a_ctrl_c_while_a_thin_tool_loads_its_command_is_one_line(name, monkeypa
     with handled(signal.getsignal(signal.SIGINT), (signal.SIGINT,)), pytest.raises(SystemExit) as exc:
         runpy.run_path(str(REPO / "tools" / name), run_name="__main__")
     assert exc.value.code == 130
-    assert capsys.readouterr().err == f"{name}: interrupted\n"
+    assert capsys.readouterr().err == f"{name}: interrupted (Ctrl-C)\n"
 
 
 @pytest.mark.parametrize("name", OWN_IMPORTS)
@@ -67,4 +67,4 @@ def test_a_ctrl_c_while_a_tool_works_is_one_line(name, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         runpy.run_path(str(REPO / "tools" / name), run_name="__main__")
     assert exc.value.code == 130
-    assert capsys.readouterr().err == f"{name}: interrupted\n"
+    assert capsys.readouterr().err == f"{name}: interrupted (Ctrl-C)\n"

@@ -66,7 +66,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, tmp_path, monkeypatch, capsys):
     with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
         tool("target_sweep").main(["--data", str(tmp_path), "--dataset", "set", "--out", str(tmp_path / "o")])
     assert exc.type is SystemExit and exc.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["target_sweep.py: interrupted"]
+    assert capsys.readouterr().err.strip().splitlines() == ["target_sweep.py: interrupted (Ctrl-C)"]
 
 
 def test_the_aligned_base_follows_ir_prime(tool, rng):

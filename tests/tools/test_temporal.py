@@ -219,7 +219,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, temporal, tmp_path, rng, monkeypa
     with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
         temporal()
     assert exc.type is SystemExit and exc.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["temporal.py: interrupted"]
+    assert capsys.readouterr().err.strip().splitlines() == ["temporal.py: interrupted (Ctrl-C)"]
 
 
 def test_a_16_bit_ir_clip_keeps_one_scale(tool, tmp_path, rng):
