@@ -778,3 +778,29 @@ def test_the_bridge_names_where_to_connect_as_a_url(host, url):
         proc.terminate()
         proc.communicate(timeout=PATIENCE_S)
     assert f"Foxglove: connect to {url}" in line and proc.returncode == 0, line
+
+
+def test_a_stop_before_the_bridge_takes_the_stops_ends_it_as_one_after_with_the_bridge_closed(monkeypatch):
+    # a Ctrl-C in the moment after the bridge was made, before its handlers, left it unclosed (its threads running)
+    # and ended the command with 130 where a moment earlier or later it ended with 0
+    import streamfuse.view.foxglove_bridge as bridge_module
+
+    closed = []
+
+    class Made:
+        def __init__(self, *_args: object, **_kwargs: object) -> None:
+            pass
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def stopped(_signals: tuple[int, ...]) -> tuple[int, ...]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bridge_module, "Bridge", Made)
+    monkeypatch.setattr(bridge_module, "takeable", stopped)
+    try:
+        code = bridge_module.main(["tcp://127.0.0.1:1"])
+    except KeyboardInterrupt:
+        code = "a KeyboardInterrupt"
+    assert (code, closed) == (0, [True])

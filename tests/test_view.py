@@ -1714,3 +1714,26 @@ def test_a_frame_read_as_the_last_page_closes_is_dropped_whenever_the_close_come
     finally:
         feed.stats_in.close()
     assert stop.is_set() and meta["frames"] == []
+
+
+def test_a_stop_before_the_page_takes_the_stops_ends_it_as_one_after_in_silence(monkeypatch):
+    # a Ctrl-C as the page's loop started, before its handlers, ended the command with 130 where a moment earlier or
+    # later it ended with 0, and then Python's "coroutine '_main' was never awaited" warning
+    import gc
+    import warnings
+
+    import streamfuse.view.server as server
+
+    def stopped(_main: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server.asyncio, "run", stopped)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            code = view_main(["tcp://127.0.0.1:1", "--port", "0"])
+        except KeyboardInterrupt:
+            code = "a KeyboardInterrupt"
+        gc.collect()
+    assert code == 0
+    assert not [str(w.message) for w in seen if "never awaited" in str(w.message)]

@@ -214,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     stop = threading.Event()
-    for sig in takeable((signal.SIGINT, signal.SIGTERM)):
-        signal.signal(sig, lambda *_: stop.set())
     try:
+        for sig in takeable((signal.SIGINT, signal.SIGTERM)):
+            signal.signal(sig, lambda *_: stop.set())
         bridge.start()
         if faces_network(args.host):
             log.warning("serving Foxglove on %s, reachable from other machines: no password, frames unencrypted",
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         # wait there ends only by a signal of its own
         while not stop.wait(POLL_S):
             pass
+        return 0
+    except KeyboardInterrupt:  # a stop before the handlers above: the same end as after them, the bridge closed
         return 0
     except RuntimeError as exc:
         print(f"streamfuse foxglove: error: {printable(exc)}", file=sys.stderr)

@@ -217,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+    serving = _main(feed, args)
     try:
-        return asyncio.run(_main(feed, args))
+        with handled(raise_interrupt, (signal.SIGTERM,)):  # until the page's loop takes the stops itself
+            return asyncio.run(serving)
+    except KeyboardInterrupt:  # a stop before the loop's handlers: the same end as after them
+        return 0
     except OSError as exc:
         print(f"streamfuse view: error: cannot serve the page on {printable(args.host)}:{args.port}: "
               f"{io_reason(exc)}", file=sys.stderr)
@@ -227,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"streamfuse view: error: {printable(exc)}", file=sys.stderr)
         return 1
     finally:
+        serving.close()  # not yet awaited where a stop came first: no "never awaited" warning at exit
         feed.close()
 
 
