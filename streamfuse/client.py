@@ -23,6 +23,7 @@ import zmq
 
 from streamfuse.codecs import DecodeError, H264Decoder, JpegDecoder
 from streamfuse.connection_watch import connect_sub, on_this_host
+from streamfuse.flood_log import FloodLog
 from streamfuse.consumer_topics import consumer_topic
 from streamfuse.newest_frame import NewestFrame
 from streamfuse.pool_ring import RingError
@@ -94,6 +95,7 @@ class Subscriber:
         self.endpoint, self.timeout_s, self.latest = endpoint, timeout_s, latest
         self.received = self.malformed = self.missed = self.via_shm = self.via_ring = 0
         self.awaiting_keyframe, self.last_malformed, self.copy, self.max_frame_bytes = 0, "", copy, max_frame_bytes
+        self._said = FloodLog(log, f"malformed messages from {endpoint}")  # a peer's flood of them, not the log's
         topic = consumer_topic(topic)
         self._topic, self._shm_topic, self._ring_topic = map(str.encode, (topic, shm_topic(topic), ring_topic(topic)))
         self._ring_on = ring and ring_supported()
@@ -303,7 +305,7 @@ class Subscriber:
     def _skip(self, why: Exception | str) -> None:
         self.malformed += 1
         self.last_malformed = str(why)
-        log.warning("skipped malformed message from %s: %s", self.endpoint, why)
+        self._said.warning(f"skipped malformed message from {self.endpoint}: {why}")
 
     def _new_seq(self, header: dict[str, Any]) -> bool:
         """Count gaps in the header's ``seq``; False for a frame taken through the other route, a malformed seq

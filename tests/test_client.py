@@ -194,6 +194,24 @@ def test_malformed_messages_are_counted_and_skipped(raw_pub: tuple[zmq.Socket, s
         assert any(reason in w for w in warnings), reason
 
 
+def test_a_flood_of_malformed_messages_is_counted_not_logged_line_by_line(raw_pub: tuple[zmq.Socket, str],
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # a peer sending malformed messages as fast as it could wrote a warning line for each: thousands a second
+    sock, endpoint = raw_pub
+    flood = 500
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, rcvhwm=2 * flood) as sub:
+        seq = raw_connect(sock, sub)
+        with caplog.at_level(logging.WARNING, logger="streamfuse.client"):
+            for _ in range(flood):
+                sock.send_multipart([b"fused/x", b"{oops", b""])
+            sock.send_multipart(with_header(seq=seq + 1))
+            recv_seq(sub, seq + 1)
+    assert sub.malformed == flood and sub.last_malformed.startswith("header is not UTF-8 JSON")
+    warnings = [m for m in caplog.messages if "malformed" in m]
+    assert 0 < len(warnings) < flood // 5  # a window's lines (two, were the machine slow enough to end one)
+    assert "further malformed messages from" in warnings[-1] or "not said one by one" in warnings[-1]
+
+
 @pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
 def test_message_parts_over_max_frame_bytes_are_refused(raw_pub: tuple[zmq.Socket, str], latest: bool) -> None:
     # ZMQ_MAXMSGSIZE: libzmq drops the connection as the oversized part arrives, before buffering it, and

@@ -9,6 +9,7 @@ import time
 from typing import Any, Iterator
 
 from streamfuse.connection_watch import SILENT_S, connect_sub
+from streamfuse.flood_log import FloodLog
 from streamfuse.telemetry import TelemetryConfig
 from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, decode_stats
 
@@ -45,6 +46,7 @@ class StatsMessages:
                                             max_part_bytes=_MAX_STATS_BYTES, server_key=keys[0],
                                             client_key_file=keys[1], name_wait_s=name_wait_s)
         self.endpoint, self.stop, self.malformed = endpoint, stop, 0
+        self._said = FloodLog(log, f"malformed stats messages from {endpoint}")
         self._last_message, self._silent_s = time.monotonic(), 2 * TelemetryConfig.interval_s
         self._heard = False  # a message has come since the start
 
@@ -77,7 +79,7 @@ class StatsMessages:
 
     def _skip(self, why: Exception | str) -> None:
         self.malformed += 1
-        log.warning("skipped malformed stats message: %s", why)
+        self._said.warning(f"skipped malformed stats message: {why}")
 
     def close(self) -> None:
         """Close the socket and its watch (linger 0)."""
