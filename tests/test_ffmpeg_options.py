@@ -1,4 +1,5 @@
 import io
+import logging
 from pathlib import Path
 
 import av
@@ -35,3 +36,28 @@ def test_options_given_once_through_are_each_asked_of_what_reads_a_file():
     # left for the second pass, and a network stream's option given to a file went unsaid
     given = ["fflags=+genpts", "rtsp_transport=tcp", "no_such_option=1"]
     assert ffmpeg_options.unread_by_files(iter(given)) == ffmpeg_options.unread_by_files(given) == ["rtsp_transport"]
+
+
+def test_an_option_of_another_demuxer_is_told_once_the_file_is_opened(tmp_path, caplog):
+    # ignore_editlist is the MP4 demuxer's: given to a Matroska file, FFmpeg left it unused and nothing said so (the
+    # config's check passes it, some demuxer that reads a file having it)
+    from helpers_video import write
+
+    from streamfuse.capture.sources import SourceConfig, open_source
+
+    path = tmp_path / "clip.mkv"
+    write(path, "matroska", 0, 0)
+    given = ("ignore_editlist=1", "probesize=5000000", "threads=1")
+    with caplog.at_level(logging.WARNING, "streamfuse"), \
+            open_source("ir", SourceConfig(kind="file", path=str(path), ffmpeg=given)) as source:
+        assert source.read() is not None
+    said = [m for m in caplog.messages if "ffmpeg" in m]
+    assert said == [f"ir.ffmpeg: ignore_editlist: not an option of the matroska,webm demuxer that reads {path} "
+                    "(another format's): left unused"]
+
+
+def test_an_option_of_the_files_own_demuxer_or_of_every_file_is_not_told():
+    assert ffmpeg_options.unread_by_demuxer("mov,mp4,m4a,3gp,3g2,mj2", ["ignore_editlist=1", "probesize=32"]) == []
+    assert ffmpeg_options.unread_by_demuxer("avi", ["err_detect=explode", "blocksize=4096", "rw_timeout=1"]) == []
+    # what the config's checks already tell: no name at all, a network stream's
+    assert ffmpeg_options.unread_by_demuxer("avi", ["no_such_option=1", "rtsp_transport=tcp"]) == []

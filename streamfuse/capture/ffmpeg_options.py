@@ -5,8 +5,9 @@ FFmpeg's own libraries, the ones PyAV runs on, whether any of their formats, pro
 name (as the ``ffmpeg`` tool asks before it opens anything); where those libraries cannot be found, nothing is told.
 A file's options are asked of the layers that read a file too (a network stream's, ``rtsp_transport``, would be left
 unused); a stream's are not: its protocol hands them on to those it opens beneath it (http to tcp or tls, rtsp to
-rtp, udp and tcp), which no library function lists. And the options a file is opened with: those of a network
-stream's that would lose a file's frames left out."""
+rtp, udp and tcp), which no library function lists. Once a file is open, its demuxer is known: another format's
+option is told then. And the options a file is opened with: those of a network stream's that would lose a file's
+frames left out."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import re
 from collections.abc import Iterable
 from functools import cache
 
-__all__ = ["file_options", "repeated_options", "unknown_options", "unread_by_files"]
+__all__ = ["file_options", "repeated_options", "unknown_options", "unread_by_files", "unread_by_demuxer"]
 
 _SEARCH = 1 | 2  # AV_OPT_SEARCH_CHILDREN | AV_OPT_SEARCH_FAKE_OBJ: every format's, protocol's and codec's options
 _OWN = 2  # AV_OPT_SEARCH_FAKE_OBJ alone: the class's own options
@@ -70,11 +71,15 @@ def _file_classes() -> tuple[ctypes.c_void_p, ...]:
     not those of a URL, rtsp, or of a device, picked only when named)."""
     lib = _library()
     found = [lib.avformat_get_class(), lib.avio_protocol_get_class(b"file")]
-    opaque = ctypes.c_void_p()
-    while demuxer := lib.av_demuxer_iterate(ctypes.byref(opaque)):
-        if not demuxer.contents.flags & _NOFILE or demuxer.contents.extensions:
-            found.append(demuxer.contents.priv_class)
+    found += [demuxer.priv_class for demuxer in _demuxers() if not demuxer.flags & _NOFILE or demuxer.extensions]
     return tuple(ctypes.c_void_p(c) for c in found if c)
+
+
+def _demuxers() -> Iterable[_InputFormat]:
+    """Every demuxer of FFmpeg's libraries."""
+    lib, opaque = _library(), ctypes.c_void_p()
+    while demuxer := lib.av_demuxer_iterate(ctypes.byref(opaque)):
+        yield demuxer.contents
 
 
 def unread_by_files(options: Iterable[str]) -> list[str] | None:
@@ -90,6 +95,27 @@ def unread_by_files(options: Iterable[str]) -> list[str] | None:
     def read(name: str) -> bool:
         return name in _URL_OPTIONS or bool(lib.av_opt_find(ctypes.byref(decoders), name.encode(), None, 0, _SEARCH)) \
             or any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in _file_classes())
+
+    return [name for name in map(_name, options) if name not in unknown and not read(name)]
+
+
+def unread_by_demuxer(demuxer: str, options: Iterable[str]) -> list[str]:
+    """The names of the ``NAME=VALUE`` options of ``options`` that a demuxer that reads a file has, but neither
+    ``demuxer`` (the name of the one that opened the file, ``container.format.name``) nor what reads every file: another
+    format's option (``ignore_editlist`` given to a Matroska file), which FFmpeg leaves unused; [] where FFmpeg's
+    libraries cannot be asked (and for the names :func:`unread_by_files` already tells)."""
+    options = list(options)
+    if not options or (unread := unread_by_files(options)) is None:
+        return []
+    lib = _library()
+    own = [ctypes.c_void_p(d.priv_class) for d in _demuxers() if d.name.decode() == demuxer and d.priv_class]
+    base = [ctypes.c_void_p(lib.avformat_get_class()), ctypes.c_void_p(lib.avio_protocol_get_class(b"file")), *own]
+    decoders = ctypes.c_void_p(lib.avcodec_get_class())
+    unknown = set(unknown_options(options)) | set(unread)
+
+    def read(name: str) -> bool:
+        return name in _URL_OPTIONS or bool(lib.av_opt_find(ctypes.byref(decoders), name.encode(), None, 0, _SEARCH)) \
+            or any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in base)
 
     return [name for name in map(_name, options) if name not in unknown and not read(name)]
 

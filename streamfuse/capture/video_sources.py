@@ -27,7 +27,7 @@ from streamfuse.bitdepth import deep_grey
 from streamfuse.capture import palette
 from streamfuse.capture.container_end import finalised, missing_end
 from streamfuse.capture.copied_over import CopiedOver, file_mark
-from streamfuse.capture.ffmpeg_options import file_options
+from streamfuse.capture.ffmpeg_options import file_options, unread_by_demuxer
 from streamfuse.capture.look_ahead import LookAhead
 from streamfuse.capture.open_failure import open_failure
 from streamfuse.capture.sources import BaseSource, SourceError
@@ -81,6 +81,10 @@ class AvSource(CopiedOver, BaseSource):
         self.skipped, self._skip_report_at = 0, 0.0
         self._sender_note = ""  # clock: sender: the last note said
         self._open_container()
+        demuxer = self._container.format.name  # said once, not at each pass of a looped file
+        if self.cfg.kind == "file" and (unread := unread_by_demuxer(demuxer, self.cfg.ffmpeg)):
+            self.warn(f"{self.section}.ffmpeg: {', '.join(unread)}: not an option of the {demuxer} demuxer that reads "
+                      f"{self.cfg.path} (another format's): left unused")
         # A forward jump is shifted out only where pacing would sleep through it: unpaced (replay) times stay the pts.
         self._times = StreamClock() if self.live else FileClock(self._period_ns, rebase_ahead=self.cfg.realtime,
                                                                  still_ns=self._still_ns)
