@@ -296,3 +296,14 @@ def test_a_resume_after_a_full_disk_cut_the_final_remux_stages_again_a_frame_gon
     assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}.png" for i in range(N)]
     kept = dict(enumerate(image for _, image in decode_frames(out)))
     np.testing.assert_array_equal(cv2.imread(str(frames / "000002.png"), cv2.IMREAD_UNCHANGED), kept[2])
+
+
+def test_a_frames_folder_that_cannot_be_made_is_one_line_and_leaves_no_folder(tmp_path, pair):
+    # a name over the system's 255 bytes (or a folder the OS makes no folders in, /proc) failed with Python's own
+    # "[Errno 36] File name too long: '...'", and left the parents it had made
+    ir, vis = pair
+    frames = tmp_path / "new" / ("f" * 300)
+    with pytest.raises(ValueError) as info:
+        run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv")
+    assert str(info.value) == f"replay.frames_dir {frames} cannot be made: File name too long"
+    assert not (tmp_path / "new").exists() and not (tmp_path / "o.mkv").exists()

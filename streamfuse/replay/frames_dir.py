@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from streamfuse.atomic_write import whole_png, write_png
+from streamfuse.errors import io_reason
 from streamfuse.eval_report import check_outputs
 from streamfuse.output_lock import output_lock
 
@@ -53,15 +54,17 @@ class FramesDir:
             raise ValueError(f"replay.frames_dir {folder} is a file, not a folder")
         check_outputs({}, {"replay.frames_dir": folder})  # a file in its way, a folder this user cannot write
         missing = [p for p in (folder, *folder.parents) if not p.exists()]
-        for path in reversed(missing):
-            path.mkdir(exist_ok=True)
+        try:
+            for path in reversed(missing):
+                path.mkdir(exist_ok=True)
+        except OSError as exc:  # a name too long, a folder the OS makes no folders in (/proc): said as the others are
+            _remove_empty(missing)
+            raise ValueError(f"replay.frames_dir {folder} cannot be made: {io_reason(exc)}") from None
         try:
             with output_lock(folder, inside=True, label=f"replay.frames_dir {folder}"):
                 yield cls(folder, out)
         except BaseException:
-            for path in missing:
-                with contextlib.suppress(OSError):  # not empty: frames kept for a resume, or a user's files
-                    path.rmdir()
+            _remove_empty(missing)
             raise
 
     def owner(self) -> str:
@@ -117,3 +120,10 @@ class FramesDir:
         if not count:
             shutil.rmtree(self.staging, ignore_errors=True)
         return count
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders (innermost first) that hold nothing."""
+    for path in folders:
+        with contextlib.suppress(OSError):  # not empty: frames kept for a resume, or a user's files
+            path.rmdir()
