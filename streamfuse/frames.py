@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["Frame", "FramePair", "FusedFrame", "SizeMismatch", "STREAM_NAMES", "FAR_NS", "optical_frame"]
+__all__ = ["Frame", "FramePair", "FusedFrame", "SizeMismatch", "STREAM_NAMES", "FAR_NS", "MAX_FRAME_ID",
+           "optical_frame"]
 
 STREAM_NAMES = {"ir": "IR", "vis": "visible"}  # the streams as messages name them
 # a capture time this far from its clock's origin (146 years) is a damaged timestamp: the 64-bit times the stages
@@ -80,6 +81,11 @@ class FusedFrame:
     fuser_version: str
     t_fused_ns: int  # epoch ns when fusion finished
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+#: Longest frame id a config takes: the fused frames' and previews' headers hold it, and a consumer refuses a header
+#: over 64 KiB (:data:`streamfuse.wire.MAX_HEADER_BYTES`); a thousand characters are 6 KiB at most as JSON.
+MAX_FRAME_ID = 1000
 
 
 def optical_frame(stream: str, frame_id: str = "") -> str:

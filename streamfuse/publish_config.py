@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamfuse.checks import check, tcp_port_ok
+from streamfuse.frames import MAX_FRAME_ID
 from streamfuse.shm_pool import MAX_SLOTS
 from streamfuse.wire import FORMATS, FUSED_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_PREFIX
 
@@ -91,6 +92,8 @@ class PublishConfig:
         check(not self.topic.startswith((SHM_TOPIC_PREFIX, RING_TOPIC_PREFIX)), "topic", self.topic, f"a topic not "
               f"starting with {SHM_TOPIC_PREFIX} or {RING_TOPIC_PREFIX} (reserved for shared-memory descriptors and "
               f"their ring: no consumer takes it)")
+        check(len(self.frame_id) <= MAX_FRAME_ID, "frame_id", self.frame_id,
+              f"at most {MAX_FRAME_ID} characters (every frame's header holds it: consumers refuse one over 64 KiB)")
         check(0 <= self.wait_subscriber_s <= 3600, "wait_subscriber_s", self.wait_subscriber_s, "0 (off) .. 3600 s")
         check(self.preview_width == 0 or 16 <= self.preview_width <= 4096, "preview_width", self.preview_width,
               "0 (off) or 16..4096 pixels")

@@ -270,3 +270,13 @@ def test_an_override_naming_a_file_with_any_control_character_keeps_it_exactly(t
     path = f"runs/a{char}b.mcap"
     cfg = load_config(_write(tmp_path, "{}\n"), [f"record.path={path}", f"replay.frames_dir=\"{path}\""])
     assert (cfg.record.path, cfg.replay.frames_dir) == (path, path)
+
+
+@pytest.mark.parametrize("key", ["publish.frame_id", "vis.frame_id", "ir.frame_id"])
+def test_a_frame_id_too_long_for_a_header_consumers_take_is_refused(tmp_path, key):
+    # a frame id of 70,000 characters ran: every frame it published had a header over 64 KiB, which every consumer
+    # refused as malformed, while the run counted them published
+    path = _write(tmp_path, "{}\n")
+    assert load_config(path, [f"{key}={'f' * 1000}"])
+    with pytest.raises(ConfigError, match=r"frame_id='fff.*' is out of range; allowed: at most 1000 characters"):
+        load_config(path, [f"{key}={'f' * 70_000}"])

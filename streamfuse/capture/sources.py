@@ -28,7 +28,7 @@ from streamfuse.capture.time_line import claimed
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check, shown
 from streamfuse.errors import redact
-from streamfuse.frames import FAR_NS, Frame, optical_frame
+from streamfuse.frames import FAR_NS, MAX_FRAME_ID, Frame, optical_frame
 from streamfuse.registry import available, build
 
 __all__ = ["SourceConfig", "Source", "BaseSource", "SourceError", "open_source", "CAPTURE_CLOCKS"]
@@ -131,6 +131,8 @@ class SourceConfig:
         if cut := next((o for o in self.ffmpeg if "\0" in o), None):  # FFmpeg's C strings end there: the rest unsaid
             raise ValueError(f"ffmpeg option {shown(cut)} holds a NUL character: FFmpeg would read it only up to there")
         check(self.clock in ("arrival", "sender"), "clock", self.clock, "arrival | sender")
+        check(len(self.frame_id) <= MAX_FRAME_ID, "frame_id", self.frame_id, f"at most {MAX_FRAME_ID} characters (the "
+              "fused frames' and previews' headers hold it: consumers refuse one over 64 KiB)")
         if self.clock == "sender" and self.kind != "stream":
             raise ValueError(f"clock='sender' needs kind: stream (an RTSP camera's RTCP sender reports); this source "
                              f"is kind: {self.kind}")
