@@ -1,5 +1,8 @@
+import functools
+import http.server
 import io
 import logging
+import threading
 from pathlib import Path
 
 import av
@@ -52,12 +55,43 @@ def test_an_option_of_another_demuxer_is_told_once_the_file_is_opened(tmp_path, 
             open_source("ir", SourceConfig(kind="file", path=str(path), ffmpeg=given)) as source:
         assert source.read() is not None
     said = [m for m in caplog.messages if "ffmpeg" in m]
-    assert said == [f"ir.ffmpeg: ignore_editlist: not an option of the matroska,webm demuxer that reads {path} "
-                    "(another format's): left unused"]
+    assert said == [f"ir.ffmpeg: ignore_editlist: not an option of the matroska,webm demuxer that reads {path}, nor "
+                    "of what it reads through (another format's): left unused"]
 
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # a line on stderr a request
+        pass
+
+
+def test_an_option_no_layer_of_a_stream_takes_is_told_once_it_is_open(tmp_path, caplog):
+    # a stream hands its options on through its protocols, so the config's check tells none: ignore_editlist given to
+    # a Matroska stream over HTTP was left unused without a word
+    from helpers_video import write
+
+    from streamfuse.capture.sources import SourceConfig, open_source
+
+    write(tmp_path / "clip.mkv", "matroska", 0, 0)
+    files = functools.partial(_QuietFiles, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), files) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_port}/clip.mkv"
+        given = ("ignore_editlist=1", "user_agent=streamfuse", "reconnect=1", "probesize=5000000")
+        try:
+            with caplog.at_level(logging.WARNING, "streamfuse"), \
+                    open_source("ir", SourceConfig(kind="stream", path=url, ffmpeg=given)) as source:
+                assert source.read() is not None
+        finally:
+            server.shutdown()
+    said = [m for m in caplog.messages if "ffmpeg" in m]
+    assert said == [f"ir.ffmpeg: ignore_editlist: not an option of the matroska,webm demuxer that reads {url}, nor of "
+                    "what it reads through (another format's): left unused"]
 
 def test_an_option_of_the_files_own_demuxer_or_of_every_file_is_not_told():
     assert ffmpeg_options.unread_by_demuxer("mov,mp4,m4a,3gp,3g2,mj2", ["ignore_editlist=1", "probesize=32"]) == []
     assert ffmpeg_options.unread_by_demuxer("avi", ["err_detect=explode", "blocksize=4096", "rw_timeout=1"]) == []
     # what the config's checks already tell: no name at all, a network stream's
     assert ffmpeg_options.unread_by_demuxer("avi", ["no_such_option=1", "rtsp_transport=tcp"]) == []
+    given = ["rtsp_transport=tcp", "timeout=5", "user_agent=x"]  # the demuxer's, a protocol's beneath it
+    assert ffmpeg_options.unread_by_demuxer("rtsp", given, stream=True) == []

@@ -42,11 +42,13 @@ def _library() -> ctypes.CDLL | None:
         lib.av_opt_find.restype = lib.avformat_get_class.restype = lib.avcodec_get_class.restype = ctypes.c_void_p
         lib.av_demuxer_iterate.restype = ctypes.POINTER(_InputFormat)
         lib.avio_protocol_get_class.restype = ctypes.c_void_p
+        lib.avio_enum_protocols.restype = ctypes.c_char_p
     except (ImportError, OSError, AttributeError, TypeError):
         return None
     lib.av_opt_find.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
     lib.av_demuxer_iterate.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
     lib.avio_protocol_get_class.argtypes = [ctypes.c_char_p]
+    lib.avio_enum_protocols.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
     return lib
 
 
@@ -89,35 +91,42 @@ def unread_by_files(options: Iterable[str]) -> list[str] | None:
     unknown = unknown_options(options)
     if unknown is None:
         return None
+    return [name for name in map(_name, options) if name not in unknown and not _read_by(name, _file_classes())]
+
+
+def _read_by(name: str, classes: Iterable[ctypes.c_void_p]) -> bool:
+    """Whether option ``name`` is every input's URL context's, a decoder's, or one of ``classes``' own."""
     lib = _library()
     decoders = ctypes.c_void_p(lib.avcodec_get_class())
-
-    def read(name: str) -> bool:
-        return name in _URL_OPTIONS or bool(lib.av_opt_find(ctypes.byref(decoders), name.encode(), None, 0, _SEARCH)) \
-            or any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in _file_classes())
-
-    return [name for name in map(_name, options) if name not in unknown and not read(name)]
+    return name in _URL_OPTIONS or bool(lib.av_opt_find(ctypes.byref(decoders), name.encode(), None, 0, _SEARCH)) \
+        or any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in classes)
 
 
-def unread_by_demuxer(demuxer: str, options: Iterable[str]) -> list[str]:
-    """The names of the ``NAME=VALUE`` options of ``options`` that a demuxer that reads a file has, but neither
-    ``demuxer`` (the name of the one that opened the file, ``container.format.name``) nor what reads every file: another
-    format's option (``ignore_editlist`` given to a Matroska file), which FFmpeg leaves unused; [] where FFmpeg's
-    libraries cannot be asked (and for the names :func:`unread_by_files` already tells)."""
+def unread_by_demuxer(demuxer: str, options: Iterable[str], *, stream: bool = False) -> list[str]:
+    """The names of the ``NAME=VALUE`` options of ``options`` that FFmpeg has, but neither ``demuxer`` (the name of the
+    one that opened the input, ``container.format.name``) nor what it reads through takes: another format's option
+    (``ignore_editlist`` given to a Matroska file, or to an RTSP stream), which FFmpeg leaves unused. A file is read
+    through the file protocol, a stream through any protocol (each hands its options on to those beneath it). [] where
+    FFmpeg's libraries cannot be asked (and for the names :func:`unknown_options` and, for a file,
+    :func:`unread_by_files` already tell)."""
     options = list(options)
-    if not options or (unread := unread_by_files(options)) is None:
+    if not options or (unknown := unknown_options(options)) is None:
         return []
     lib = _library()
-    own = [ctypes.c_void_p(d.priv_class) for d in _demuxers() if d.name.decode() == demuxer and d.priv_class]
-    base = [ctypes.c_void_p(lib.avformat_get_class()), ctypes.c_void_p(lib.avio_protocol_get_class(b"file")), *own]
-    decoders = ctypes.c_void_p(lib.avcodec_get_class())
-    unknown = set(unknown_options(options)) | set(unread)
+    own = [d.priv_class for d in _demuxers() if d.name.decode() == demuxer and d.priv_class]
+    protocols = _protocol_classes() if stream else (lib.avio_protocol_get_class(b"file"),)
+    classes = [ctypes.c_void_p(c) for c in (lib.avformat_get_class(), *protocols, *own) if c]
+    told = set(unknown) | set(() if stream else unread_by_files(options))
+    return [name for name in map(_name, options) if name not in told and not _read_by(name, classes)]
 
-    def read(name: str) -> bool:
-        return name in _URL_OPTIONS or bool(lib.av_opt_find(ctypes.byref(decoders), name.encode(), None, 0, _SEARCH)) \
-            or any(lib.av_opt_find(ctypes.byref(c), name.encode(), None, 0, _OWN) for c in base)
 
-    return [name for name in map(_name, options) if name not in unknown and not read(name)]
+@cache
+def _protocol_classes() -> tuple[int, ...]:
+    """The option classes of every input protocol."""
+    lib, opaque, found = _library(), ctypes.c_void_p(), []
+    while name := lib.avio_enum_protocols(ctypes.byref(opaque), 0):
+        found.append(lib.avio_protocol_get_class(name))
+    return tuple(c for c in found if c)
 
 
 def repeated_options(options: tuple[str, ...]) -> dict[str, str]:

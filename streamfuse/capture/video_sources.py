@@ -82,9 +82,9 @@ class AvSource(CopiedOver, BaseSource):
         self._sender_note = ""  # clock: sender: the last note said
         self._open_container()
         demuxer = self._container.format.name  # said once, not at each pass of a looped file
-        if self.cfg.kind == "file" and (unread := unread_by_demuxer(demuxer, self.cfg.ffmpeg)):
+        if unread := unread_by_demuxer(demuxer, self.cfg.ffmpeg, stream=self.live):
             self.warn(f"{self.section}.ffmpeg: {', '.join(unread)}: not an option of the {demuxer} demuxer that reads "
-                      f"{self.cfg.path} (another format's): left unused")
+                      f"{self.cfg.path}, nor of what it reads through (another format's): left unused")
         # A forward jump is shifted out only where pacing would sleep through it: unpaced (replay) times stay the pts.
         self._times = StreamClock() if self.live else FileClock(self._period_ns, rebase_ahead=self.cfg.realtime,
                                                                  still_ns=self._still_ns)
