@@ -163,17 +163,26 @@ def did_you_mean(key: Any, names: Iterable[str], homes: Mapping[str, Collection[
     key found as it is wins: ``ir.weights`` is hclfuse's, not a misspelt ``height``."""
     text = str(key).strip()
     names = list(names)
-    near = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.75) or _swapped(text.lower(), names)
+    near = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.75) or _one_edit(text.lower(), names)
     elsewhere = [f"{section}.{text}" for section, keys in (homes or {}).items() if text in keys]
     said = [text] if text in names else elsewhere or near[:1]  # its own, but for a space (a pasted no-break space)
     return f" (did you mean {' or '.join(said)}?)" if said else ""
 
 
-def _swapped(text: str, names: Iterable[str]) -> list[str]:
-    """The name ``text`` is with two neighbouring letters swapped: difflib's ratio misses it in a short key (``fsp``
-    against ``fps`` is 0.67)."""
-    return [name for name in names
-            if any(text == name[:i] + name[i + 1] + name[i] + name[i + 2:] for i in range(len(name) - 1))][:1]
+def _one_edit(text: str, names: Iterable[str]) -> list[str]:
+    """The name ``text`` is with one letter changed, dropped or added, or two neighbouring letters swapped: difflib's
+    ratio misses these in a short key (``fpx`` or ``fsp`` against ``fps`` is 0.67). Names under 3 letters match
+    too much to be told."""
+    def edits(name: str) -> set[str]:
+        cut = [(name[:i], name[i:]) for i in range(len(name) + 1)]
+        dropped = {a + b[1:] for a, b in cut if b}
+        swapped = {a + b[1] + b[0] + b[2:] for a, b in cut if len(b) > 1}
+        changed = {a + c + b[1:] for a, b in cut if b for c in _LETTERS}
+        return dropped | swapped | changed | {a + c + b for a, b in cut for c in _LETTERS}
+    return [name for name in names if len(name) >= 3 and text in edits(name)][:1]
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 def key_shown(key: Any) -> str:

@@ -182,6 +182,9 @@ def test_endpoints_of_every_form_still_load(endpoint):
                                        ({"ir": {"weights": "a.pt"}}, "ir.weights (did you mean hclfuse.weights?); "),
                                        ({"ir": {"FPS": 25}}, "unknown config key ir.FPS (did you mean fps?); "),
                                        ({"ir": {"fsp": 25}}, "unknown config key ir.fsp (did you mean fps?); "),
+                                       ({"ir": {"fpx": 25}}, "unknown config key ir.fpx (did you mean fps?); "),
+                                       ({"ir": {"kin": "file"}}, "unknown config key ir.kin (did you mean kind?); "),
+                                       ({"ir": {"loops": 1}}, "unknown config key ir.loops (did you mean loop?); "),
                                        ({"fps": 5}, "unknown config key fps (did you mean ir.fps or vis.fps?); "),
                                        # a pasted no-break space: the section's own key, not ir's or vis's
                                        ({"publish": {"topic\xa0": "x"}}, "'topic\\xa0' (did you mean topic?); ")])
