@@ -25,6 +25,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from streamfuse.ended_thread import EndedThread
 from streamfuse.errors import io_reason, printable
 from streamfuse.stage_samples import StageSamples
 
@@ -274,29 +275,21 @@ class WriterThread:
         self.what = what  # the work, as its error line names it (a recording's file, renamed as it goes to a new one)
         self._idle_s, self._idle = idle or (None, None)
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._thread: threading.Thread | None = None  # None: put() handles each item in the caller's thread
-        # set as the thread ends: once a Ctrl-C cut a Thread.join() short, Python before 3.13 takes the thread for
-        # ended (is_alive() False, join() returns at once) while it still runs
-        self._ended = threading.Event()
-        if threaded:
-            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-            self._thread.start()
+        # None: put() handles each item in the caller's thread
+        self._thread = EndedThread(self._run, name) if threaded else None
 
     def _run(self) -> None:
-        try:
-            while True:
-                try:
-                    item = self._queue.get(timeout=self._idle_s)
-                except queue.Empty:
-                    if self.error is None:
-                        self._guarded(self._idle)
-                    continue
-                if item is None:
-                    return
+        while True:
+            try:
+                item = self._queue.get(timeout=self._idle_s)
+            except queue.Empty:
                 if self.error is None:
-                    self._handle_one(item)
-        finally:
-            self._ended.set()
+                    self._guarded(self._idle)
+                continue
+            if item is None:
+                return
+            if self.error is None:
+                self._handle_one(item)
 
     def _handle_one(self, item: Any) -> None:
         t0 = time.perf_counter_ns()
@@ -338,16 +331,24 @@ class WriterThread:
 
     def running(self) -> bool:
         """Whether the thread still runs: a :meth:`join` cut short (Ctrl-C) leaves it handling the queued items."""
-        return self._thread is not None and not self._ended.is_set()
+        return self._thread is not None and self._thread.running()
 
     def join(self) -> None:
         """Handle everything queued, stop the thread; raises the thread's error, if any. Cut short (Ctrl-C), it can
         be called again."""
         if self.running():
             self._queue.put(None)  # a second one, after a join cut short, stays queued: the thread ends at the first
-            self._ended.wait()
+            self._thread.wait()
         if self.error is not None:
             raise self.error
+
+    def when_ended(self, close: Callable[[], None]) -> None:
+        """``close()`` what the thread works on once it has ended: now, or on the thread as it ends. For an owner whose
+        wait a stop cut short, which must not close that under it."""
+        if self._thread is None:
+            close()
+        else:
+            self._thread.when_ended(close)
 
 
 class BackgroundSync:
@@ -357,8 +358,7 @@ class BackgroundSync:
     def __init__(self, fd: int, name: str) -> None:
         self.error: OSError | None = None  # the first failed sync; no more are tried after it
         self._fd, self._asked, self._closing = fd, threading.Event(), False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._thread = EndedThread(self._run, name)
 
     def request(self) -> None:
         """Ask for a sync of what was written so far; raises the error of an earlier one, if any."""
@@ -367,10 +367,11 @@ class BackgroundSync:
         self._asked.set()
 
     def close(self) -> None:
-        """Stop once the sync under way, if any, is done: the file must stay open until this returns."""
+        """Stop once the sync under way, if any, is done: the file must stay open until this returns (cut short by a
+        Ctrl-C, it can be called again)."""
         self._closing = True
         self._asked.set()
-        self._thread.join()
+        self._thread.wait()
 
     def _run(self) -> None:
         while True:

@@ -320,8 +320,10 @@ class Recorder:
             self._stopped(exc)
         except OSError as exc:
             self._stopped(RuntimeError(f"finishing recording {self._part.partial} failed: {io_reason(exc)}"))
-        finally:
-            self._close_file()
+        except BaseException:  # a Ctrl-C cut the wait for the writer thread short: the file is its to close, once done
+            self._worker.when_ended(self._close_file)
+            raise
+        self._close_file()
         if self.error is not None:
             if not any(self.counts.values()):  # kept, it would only block the rerun's record.path
                 self._remove()
