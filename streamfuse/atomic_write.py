@@ -275,6 +275,8 @@ class WriterThread:
         self.what = what  # the work, as its error line names it (a recording's file, renamed as it goes to a new one)
         self._idle_s, self._idle = idle or (None, None)
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        # set once its owner stopped waiting for it: no item is handled from then on
+        self._handling, self.abandoned = threading.Lock(), False
         # None: put() handles each item in the caller's thread
         self._thread = EndedThread(self._run, name) if threaded else None
 
@@ -293,7 +295,9 @@ class WriterThread:
 
     def _handle_one(self, item: Any) -> None:
         t0 = time.perf_counter_ns()
-        self._guarded(self._handle, item)
+        with self._handling:
+            if not self.abandoned:
+                self._guarded(self._handle, item)
         if self._timed:
             self.busy_ns.append(time.perf_counter_ns() - t0)
 
@@ -349,6 +353,14 @@ class WriterThread:
             close()
         else:
             self._thread.when_ended(close)
+
+    def abandon(self, close: Callable[[], None]) -> None:
+        """Handle no more items (the one being handled is waited for: what it wrote is the caller's to count), and
+        :meth:`when_ended` ``close()``."""
+        self.abandoned = True  # the next item is not handled: the lock waits for the one being handled, if any
+        with self._handling:
+            pass
+        self.when_ended(close)
 
 
 class BackgroundSync:

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any
 
 __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "stopped_by", "raise_terminated", "takeable",
-           "raise_interrupt", "interrupted", "deferred", "ignore_stops", "blocked", "unclaimed",
+           "raise_interrupt", "interrupted", "deferred", "finished_first", "ignore_stops", "blocked", "unclaimed",
            "stopping"]
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
@@ -98,6 +98,33 @@ def deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
     got: list[int] = []
     with handled(lambda signum, _: got.append(signum), signals):
         yield got
+
+
+@contextlib.contextmanager
+def finished_first(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """A block that a first stop lets finish, acted on as it ends by the handler it would have met, and that a second
+    stop cuts short as that handler does: a video's last frames, flushed by its encoder, are the run's too."""
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    got: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if got:
+            _pass_on(previous[signum], signum, frame)
+        got.append(signum)
+
+    with handled(handler, signals):
+        yield
+    if got:
+        _pass_on(previous[got[0]], got[0], None)
+
+
+def _pass_on(handler: Any, signum: int, frame: FrameType | None) -> None:
+    """``signum`` acted on as ``handler`` (one a block replaced) would have: called, ignored, or the default's end."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
 
 
 @contextlib.contextmanager

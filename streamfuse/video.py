@@ -18,6 +18,7 @@ import numpy as np
 
 from streamfuse.atomic_write import WriterThread, durable_replace, partial_path
 from streamfuse.errors import io_reason
+from streamfuse.signals import finished_first
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "upright",
            "announced_end_s", "announced_frames", "read_tags", "LENIENT_TAGS"]
@@ -187,20 +188,33 @@ class VideoWriter:
         self._container.mux(self._stream.encode(frame))
 
     def _finish(self) -> None:
+        """Encode what is queued, flush the encoder, close the file; cut short by a stop, the file stays as far as it
+        got, closed by the encoder thread as it ends where that still runs (under it, a freed codec: a segfault)."""
         self._finished = True
-        self._worker.join()
         try:
+            self._worker.join()
             self._container.mux(self._stream.encode(None))  # flush the encoder's delayed frames
             self._container.close()
         except (OSError, av.FFmpegError) as exc:
             raise RuntimeError(f"finishing {self.partial} failed: {io_reason(exc)}") from None
+        except KeyboardInterrupt:
+            self._worker.abandon(self._close)
+            raise
+
+    def _close(self) -> None:
+        try:
+            self._container.close()
+        except (OSError, av.FFmpegError):
+            pass  # already closed, or the disk is still full: the partial file is what it is
 
     def seal(self) -> None:
         """Encode what is queued, flush, close and remux into the final container under a temporary name (the long
-        part of :meth:`commit`); on an error or Ctrl-C the half-written copy goes and the partial file stays."""
+        part of :meth:`commit`); on an error or Ctrl-C the half-written copy goes and the partial file stays. A first
+        stop as the encoder takes the last frames (the queue's, its own delayed ones) waits for the file to be whole."""
         if not self.encoded:
-            self._finish()
-            self.encoded = True  # every frame: a writer sealed is one the caller gives no more
+            with finished_first():
+                self._finish()
+                self.encoded = True  # every frame: a writer sealed is one the caller gives no more
         remuxed = work_paths(self.path)[2]
         try:
             self._remux(remuxed)
@@ -263,17 +277,15 @@ class VideoWriter:
     def abort(self) -> None:
         """Encode what is queued, flush and close, keeping the temporary name (``--resume`` reads it); never raises."""
         try:
-            # a Ctrl-C in seal()'s wait for the encoder thread leaves it encoding: closing the container under it
-            # frees the codec it is in (a segfault), so it is waited for again, and the encoder flushed
-            if not self._finished or self._worker.running():
+            if not self._finished:
                 self._finish()
                 return
         except RuntimeError as exc:
             log.warning("%s; it may be unreadable", exc)
-        try:
-            self._container.close()
-        except (OSError, av.FFmpegError):
-            pass  # already closed, or the disk is still full: the partial file is what it is
+        except KeyboardInterrupt:  # the run's second stop: the file as far as it got (_finish)
+            return
+        if not self._worker.abandoned:  # else the encoder thread closes it
+            self._close()
 
 
 def _empty(stream: av.video.stream.VideoStream, slot: Fraction) -> av.Packet:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -23,8 +22,3 @@ def when_main_waits_in(function: str, then: threading.Event) -> None:
     while not (main_waits_in(function) or then.is_set()):
         time.sleep(0.005)
     then.set()
-
-
-def ctrl_c_main() -> None:
-    """Ctrl-C to the main thread, as a terminal sends it (Python's handler: KeyboardInterrupt where it is)."""
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)

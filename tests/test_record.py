@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import struct
+import sys
 import threading
 import time
 import types
@@ -20,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers_threads import ctrl_c_main, when_main_waits_in
+from helpers_threads import main_waits_in, when_main_waits_in
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
@@ -28,6 +29,7 @@ from streamfuse.capture.sources import SourceConfig, SourceError, open_source
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder, encode_image
 from streamfuse.ffv1_crc import ffv1_slice_crcs
+from streamfuse.signals import raise_terminated
 from streamfuse.video import VideoWriter, container_format, decode_frames, read_tags, work_paths
 
 T0 = 1_700_000_000_123_456_789  # an epoch capture time, ns
@@ -666,31 +668,71 @@ class _HeldEncoder:
         self._container.close()
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="a Ctrl-C sent to the main thread")
-@pytest.mark.parametrize("codec, ext", [("h264", "o.mp4"), ("ffv1", "o.mkv")])
-def test_abort_after_a_ctrl_c_in_seal_waits_for_the_encoder_thread(tmp_path, codec, ext):
-    """A Ctrl-C while seal() waits for the encoder thread to take the last frames: abort() closed the container under
-    that thread, freeing the codec it was encoding with (a replay stopped at its end died by SIGSEGV)."""
-    w = _writer(tmp_path / ext, codec=codec)
-    held = _HeldEncoder(w)
-    w.write(np.zeros((24, 32, 3), np.uint8), 0)
-    assert held.inside.wait(60)
-
-    def stop_main() -> None:  # Ctrl-C as seal() waits for the thread; the frame let through as abort() waits for it
+def _stopped_in_seal(w: VideoWriter, signals: tuple[int, ...], then) -> None:
+    """Send ``signals`` to the main thread as seal() waits for the encoder thread, then call ``then()`` (on a thread of
+    its own); SIGTERM raises as a replay's handler does."""
+    def stop_main() -> None:
         when_main_waits_in("seal", threading.Event())
-        ctrl_c_main()
-        when_main_waits_in("abort", held.release)
+        for sig in signals:  # a lower number first: Python runs a stop's handlers in that order
+            signal.pthread_kill(threading.main_thread().ident, sig)
+        then()
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, raise_terminated))}
     threading.Thread(target=stop_main, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             w.seal()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="a Ctrl-C sent to the main thread")
+@pytest.mark.parametrize("codec, ext", [("h264", "o.mp4"), ("ffv1", "o.mkv")])
+def test_a_ctrl_c_as_seal_waits_for_the_encoder_thread_lets_it_write_every_frame(tmp_path, codec, ext):
+    """A Ctrl-C while seal() waits for the encoder thread to take the last frames: seal() stopped at once, and the
+    encoder's delayed frames were lost where the stop came as it flushed them; now the file is made whole first."""
+    w = _writer(tmp_path / ext, codec=codec)
+    held = _HeldEncoder(w)
+    for i in range(3):
+        w.write(np.full((24, 32, 3), 40 * i, np.uint8), i * 512)
+    assert held.inside.wait(60)
+    _stopped_in_seal(w, (signal.SIGINT,), held.release.set)
+    assert w.encoded and held.closed_under_encoder is False
     w.abort()
-    assert held.closed_under_encoder is False
-    assert len(list(decode_frames(partial_path(tmp_path / ext)))) == 1  # the encoder flushed: its frame kept
+    assert len(list(decode_frames(partial_path(tmp_path / ext)))) == 3
+
+
+def _main_runs(function: str) -> bool:
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != function:
+        frame = frame.f_back
+    return frame is not None
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="a Ctrl-C sent to the main thread")
+def test_a_second_stop_as_seal_waits_for_the_encoder_thread_leaves_it_the_file_to_close(tmp_path):
+    """A second stop while seal() waits for the encoder thread: it waits no more, and the thread, which a join cut
+    short leaves running, closes the file once done with the frame it encodes (closed under it, FFmpeg's codec is
+    freed: a segfault), writing no other frame after the count the caller made."""
+    w = _writer(tmp_path / "o.mkv", codec="ffv1")
+    held = _HeldEncoder(w)
+    for i in range(3):
+        w.write(np.full((24, 32, 3), 40 * i, np.uint8), i * 512)
+    assert held.inside.wait(60)
+
+    def release_as_main_gives_up() -> None:  # as it stops waiting (now), or as abort() waits for the thread (before)
+        while not (_main_runs("abandon") or main_waits_in("abort")):
+            time.sleep(0.005)
+        held.release.set()
+
+    _stopped_in_seal(w, (signal.SIGINT, signal.SIGTERM), release_as_main_gives_up)
+    w.abort()
+    assert held.left.wait(60)
+    w._worker.join()
+    assert held.closed_under_encoder is False and not w.encoded
+    assert len(list(decode_frames(partial_path(tmp_path / "o.mkv")))) == 1  # the frame it was encoding, no other
 
 
 def _decoder_threads() -> int:

@@ -288,9 +288,10 @@ class _Replay:
         self.summary.encoder = self.writer.encoder
         self._save_sidecar("running")
 
-    def _save_sidecar(self, state: str) -> None:
-        save_sidecar(self.out, self.fingerprint, state, self.writer.count, self.times.last_pts,
-                     encoded=self.writer.metadata if self.writer.encoded else None)
+    def _save_sidecar(self, state: str, held: int | None = None) -> None:
+        """``held``: the frames in the partial file, where a stop or a full disk left out some given to the writer."""
+        save_sidecar(self.out, self.fingerprint, state, self.writer.count if held is None else held,
+                     self.times.last_pts, encoded=self.writer.metadata if self.writer.encoded else None)
 
     def _stop_reason(self, readers: list[Reader]) -> str:
         """Why a loop that ran to the end of its inputs is still not complete, or ''."""
@@ -355,11 +356,11 @@ class _Replay:
         restored = self.take_over is not None and self.take_over.settle()
         kept = not restored and self.writer is not None and self.writer.count > 0
         if kept:
+            held = frames_held(self.writer.partial)  # a full disk took the encoder's last frames, or a second stop
             try:
-                self._save_sidecar(s.stopped)
+                self._save_sidecar(s.stopped, held)
             except RuntimeError as exc:
                 log.warning("%s", exc)
-            held = frames_held(self.writer.partial)  # a full disk took the encoder's last frames
             where = f"{held} frames kept in {self.writer.partial}"
             if held < s.written:
                 where += f" (of {s.written} fused; the rest did not reach the disk)"

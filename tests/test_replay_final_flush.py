@@ -1,0 +1,98 @@
+"""A stop as the encoder flushes its last frames at a replay's end: the first lets it finish, a second cuts it short;
+either way the stop line and the resume sidecar count the frames the partial file holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import pytest
+from test_replay import counted_encodes, decoded, make_cfg, write_video
+
+import streamfuse.replay.loop
+from streamfuse.atomic_write import partial_path
+from streamfuse.replay import ReplayError, run_replay
+from streamfuse.replay.resume import frames_held, sidecar_path
+from streamfuse.video import VideoWriter, decode_frames
+
+
+@pytest.fixture
+def pair(tmp_path):
+    ir, vis = tmp_path / "ir.mp4", tmp_path / "vis.mp4"
+    write_video(ir, 30, 25, grey=True)
+    write_video(vis, 30, 25)
+    return ir, vis
+
+
+class _FlushStopped:
+    """The encoder's stream, which sends the process ``signals`` as the writer asks it for its delayed frames."""
+
+    def __init__(self, stream, signals: tuple[int, ...]):
+        self._stream, self._signals, self.flushes = stream, signals, 0
+
+    def encode(self, frame=None):
+        if frame is None:
+            self.flushes += 1
+            for sig in self._signals:  # a lower number first: Python runs a stop's handlers in that order
+                os.kill(os.getpid(), sig)
+        return self._stream.encode(frame)
+
+
+def _stopped_at_flush(monkeypatch, signals: tuple[int, ...]) -> list[_FlushStopped]:
+    made = []
+
+    class Writer(VideoWriter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._stream = _FlushStopped(self._stream, signals)
+            made.append(self._stream)
+
+    monkeypatch.setattr(streamfuse.replay.loop, "VideoWriter", Writer)
+    return made
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_stop_as_the_encoder_flushes_keeps_every_frame_and_resume_only_writes_the_file(tmp_path, pair, monkeypatch,
+                                                                                          sig):
+    # the stop came between the encoder's flush and the mux of its packets: the H.264 encoder's delayed frames were
+    # lost, the stop line counted only those before them, and --resume fused them again
+    ir, vis = pair
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    made = _stopped_at_flush(monkeypatch, (sig,))
+    with pytest.raises(ReplayError) as err:
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    assert made[0].flushes == 1
+    written = err.value.summary.written
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    kept = re.escape(str(partial_path(out)))
+    assert re.fullmatch(rf"replay stopped: interrupted \({name}\); {written} frames kept in {kept}; run again with "
+                        r"--resume .*", str(err.value)), str(err.value)
+    assert err.value.interrupted and not out.exists()
+    assert len(list(decode_frames(partial_path(out)))) == frames_held(partial_path(out)) == written > 0
+    assert json.loads(sidecar_path(out).read_text())["written"] == written
+    monkeypatch.undo()
+    encoded = counted_encodes(monkeypatch)
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.written == written and not encoded  # the file as it was: nothing fused again
+    assert len(decoded(out)[1]) == written and not list(tmp_path.glob(".fused*"))
+
+
+def test_a_second_stop_as_the_encoder_flushes_keeps_what_it_wrote_and_says_how_many(tmp_path, pair, monkeypatch):
+    """The second stop leaves the encoder's delayed frames out; the stop line and the sidecar count what is in the
+    file, and --resume fuses the rest."""
+    ir, vis = pair
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    _stopped_at_flush(monkeypatch, (signal.SIGINT, signal.SIGTERM))
+    with pytest.raises(ReplayError) as err:
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    held, written = len(list(decode_frames(partial_path(out)))), err.value.summary.written
+    assert 0 < held < written  # H.264's delayed frames
+    assert str(err.value).startswith(f"replay stopped: interrupted (SIGTERM); {held} frames kept in "
+                                     f"{partial_path(out)} (of {written} fused; ")
+    assert json.loads(sidecar_path(out).read_text())["written"] == held
+    monkeypatch.undo()
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and 0 < summary.reused <= held and summary.written == written  # up to a gap left
+    assert len(decoded(out)[1]) == written
