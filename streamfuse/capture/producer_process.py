@@ -5,8 +5,9 @@ Children are forked from a server process that has already imported this module 
 platform has it), so a restart costs no interpreter start-up or imports. They ignore SIGINT, SIGTERM and SIGHUP (the
 parent handles them and stops them; a SIGTERM sent to the whole process group, as ``timeout`` and systemd send it, or
 a terminal's hangup, would otherwise end them first and read as producers dying) and exit when the parent dies. The
-server and multiprocessing's resource tracker run with SIGTERM and SIGHUP blocked for the same reason (SIGINT they
-ignore already).
+server and multiprocessing's resource tracker run with SIGTERM and SIGHUP blocked for the same reason, and SIGINT
+too: the server ignores it, but gives a child it forks Python's Ctrl-C back, which a Ctrl-C before the producer's
+body ignores it would end it with.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def process_context() -> Any:
 def start_servers() -> None:
     """Start multiprocessing's resource tracker and, where used, the fork server (this module preloaded) with SIGTERM
     and SIGHUP blocked, which they keep through exec (a group's SIGTERM ended the fork server, and the producers
-    then read as dead); here those signals are held, not lost, and delivered once the servers run. A run calls it
-    before its first shared memory, which would start the tracker otherwise."""
-    held = {signal.SIGTERM, *HANGUP}
+    then read as dead), and SIGINT, which the producers it forks keep blocked until their body ignores it (a Ctrl-C
+    as one started ended it, read as dying in the program's main module); here those signals are held, not lost, and
+    delivered once the servers run. A run calls it before its first shared memory, which would start the tracker
+    otherwise."""
+    held = {signal.SIGINT, signal.SIGTERM, *HANGUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         resource_tracker.ensure_running()

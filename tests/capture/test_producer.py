@@ -5,6 +5,7 @@ with a frozen producer, no leaked shared memory (a killed run's freed by the nex
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import re
 import signal
@@ -261,6 +262,52 @@ def test_the_fork_server_keeps_sigterm_and_sighup_blocked_and_the_run_does_not()
     out = subprocess.run([sys.executable, "-c", _SERVERS_MASKS], capture_output=True, text=True, timeout=60)
     assert out.stdout.split("\n")[0] == f"{sorted([signal.SIGHUP, signal.SIGTERM])} []", out.stderr
 
+
+_CTRL_C_AS_IT_STARTS = """
+import os, signal, sys, time
+from pathlib import Path
+
+MARK = Path(sys.argv[1] if __name__ == "__main__" else os.environ["STARTS_IN"])
+
+if __name__ == "__mp_main__":  # the producer, as it starts: its fork server's child imports the program's main module
+    (MARK / "starting").write_text(str(os.getpid()))
+    while not (MARK / "go").exists():
+        time.sleep(0.01)
+
+
+def body():
+    (MARK / "body").touch()
+
+
+if __name__ == "__main__":
+    from streamfuse.capture.producer_process import process_context, start_servers
+    from streamfuse.signals import blocked
+
+    os.environ["STARTS_IN"] = str(MARK)
+    ctx = process_context()  # the fork server started with Ctrl-C unblocked, as a live run's start-up starts it
+    proc = ctx.Process(target=body, daemon=True)
+    with blocked((signal.SIGINT,)):  # as start_process starts a producer
+        start_servers()
+        proc.start()
+    deadline = time.monotonic() + 60
+    while not (MARK / "starting").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches every process of its group
+    (MARK / "go").touch()
+    proc.join(60)
+    print(proc.exitcode, (MARK / "body").exists())
+"""
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="a fork server's children")
+def test_a_ctrl_c_as_a_producer_starts_is_left_to_the_run(tmp_path) -> None:
+    # the fork server gave the producers it forked Python's Ctrl-C back: one that came before the producer's body
+    # ignored it ended it with KeyboardInterrupt (exit 1, read as dying in the program's main module)
+    script = tmp_path / "starts.py"
+    script.write_text(_CTRL_C_AS_IT_STARTS)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.split("\n")[0] == "0 True", out.stdout + out.stderr[-2000:]
 
 _FORK_SERVER_KILLED = """
 import os, signal, time
