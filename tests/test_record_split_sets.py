@@ -178,6 +178,16 @@ def test_recover_of_a_part_cut_before_its_record_is_not_held_by_a_pipe_named_as_
                                                           f"cut before its first chunk was written)")
 
 
+@pytest.mark.parametrize("records", [(), ((PART_RECORD, {"index": "0"}),)], ids=["no record", "no set"])
+def test_recover_of_a_part_cut_before_its_record_after_a_part_of_no_set_is_one_line(tmp_path, records):
+    # the part before, of a recorder that kept no record of its set (or a record naming none), has no set to give
+    _other_tool(tmp_path / "rig0_0000.mcap", _synthetic_run(20), records, "streamfuse")
+    cut = tmp_path / ".rig0_0001.mcap.partial"
+    cut.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"^nothing to recover: .* holds no complete frame"):
+        recover(cut)
+
+
 @pytest.mark.parametrize("record", [{"index": "1"}, {"set": "a1", "index": "x"}, {"set": "a1", "index": "-7"},
                                     {"set": "a1"}], ids=["no set", "no number", "another place", "no place"])
 def test_a_cut_part_whose_own_record_is_no_part_of_its_name_is_recovered_as_a_plain_recording(tmp_path, record):
