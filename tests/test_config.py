@@ -366,7 +366,7 @@ def test_a_config_of_exactly_the_size_limit_is_read(tmp_path):
 @pytest.mark.parametrize("override", ["post.denoise_threshold=1e308", "post.denoise_threshold=1e-300",
                                       "baseline.sharpen=.inf", "baseline.sharpen=1e308", "align.tol=.inf",
                                       "align.drift=.inf", "telemetry.window=99999999999999999999",
-                                      "telemetry.interval_s=1e-300"])
+                                      "telemetry.interval_s=1e-300", "align.drift=inf", "post.denoise=nan"])
 def test_values_that_pass_a_lower_bound_but_cannot_run_are_refused(override):
     # each was taken: a crash at the first frame (OverflowError, ZeroDivisionError), black frames, an OT solve that
     # stops at once, a stats line on every loop
