@@ -3,6 +3,7 @@ on past its last part here is told, and a replay of a folder names a set's outpu
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -144,6 +145,23 @@ def test_a_part_that_is_no_regular_file_is_refused_naming_it(tmp_path, kind):
     assert isinstance(said, SourceError)
     assert re.fullmatch(rf"recording {first}: its part {second} is not a recording file \({re.escape(what)}.*\)",
                         str(said))
+
+
+def test_a_part_a_running_run_still_writes_is_refused_as_being_recorded_not_as_cut(tmp_path):
+    # told as cut short, the user was sent to `recover` a part the run was still writing
+    _record(tmp_path / "rig0.mcap", _synthetic_run(90), split_s=1)
+    first, last = part_path(tmp_path / "rig0.mcap", 0), max(tmp_path.glob("rig0_*.mcap"))
+    writing = last.with_name(f".{last.name}.partial")
+    last.rename(writing)
+    fd = os.open(writing, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the recorder holds its part while it writes it
+        with pytest.raises(SourceError, match=rf"^recording {re.escape(str(first))}: its part "
+                                              rf"{re.escape(str(writing))} is being recorded by a running run; "
+                                              rf"replay the set once that run has ended$"):
+            list(read_recording(first))
+    finally:
+        os.close(fd)
 
 
 def _past_pipe(pipe, call: Callable[[], object]) -> object:
