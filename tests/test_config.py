@@ -63,6 +63,7 @@ def _write(tmp_path, text):
          "not valid YAML (found character '\\t' that cannot start any token, line 3, column 1)"),
         ("engine:\n  threads: 100000\n", "engine: threads=100000 is out of range; allowed: 0 (all cores) .. 1024"),
         ("ir:\n  ffmpeg: fflags=nobuffer\n", "ir.ffmpeg='fflags=nobuffer' has the wrong type; expected list of str"),
+        ("ir:\n  ffmpeg: [fflags=nobuffer, 5]\n", "ir.ffmpeg[1]=5 has the wrong type; expected str"),
         # FFmpeg read the option up to its NUL: a file's fflags=nobuffer went through, losing its first frames
         ('ir:\n  kind: file\n  ffmpeg: ["fflags=nobuffer\\0+genpts"]\n',
          "ir: ffmpeg option 'fflags=nobuffer\\x00+genpts' holds a NUL character: FFmpeg would read it only up to "
