@@ -187,7 +187,8 @@ def test_endpoints_of_every_form_still_load(endpoint):
                                        ({"ir": {"loops": 1}}, "unknown config key ir.loops (did you mean loop?); "),
                                        ({"fps": 5}, "unknown config key fps (did you mean ir.fps or vis.fps?); "),
                                        # a pasted no-break space: the section's own key, not ir's or vis's
-                                       ({"publish": {"topic\xa0": "x"}}, "'topic\\xa0' (did you mean topic?); ")])
+                                       ({"publish": {"topic\xa0": "x"}}, "'topic\\xa0' (did you mean topic?); "),
+                                       ({"sync": {"fps\xa0": 5}}, "'fps\\xa0' (did you mean ir.fps or vis.fps?); ")])
 def test_a_misspelt_key_gets_the_nearest_name(raw, said):
     with pytest.raises(ConfigError) as exc:
         config_from_dict(raw)
