@@ -1,0 +1,44 @@
+"""A split recording's set read back (part_set): a damaged last part is named as damaged, not as a set going on; a
+first part holding a record twice leaves its name to its replay's refusal; parts past the 9999th are still parts."""
+
+from __future__ import annotations
+
+import pytest
+from test_record_split import _record, _synthetic_run
+from test_record_split_sets import _other_tool
+
+from streamfuse.capture.mcap_source import read_recording
+from streamfuse.capture.sources import SourceError
+from streamfuse.part_set import later_part, part_marks, set_name
+from streamfuse.record_parts import END_RECORD, PART_RECORD, part_path
+
+
+def test_a_last_part_damaged_inside_is_named_as_damaged_not_as_a_set_going_on(tmp_path):
+    # its records unreadable, the end of the set it holds is unseen: the read says where the damage is, rather than
+    # sending the user to look for later parts that were never recorded
+    _record(tmp_path / "rig0.mcap", _synthetic_run(90), split_s=1)
+    parts = sorted(tmp_path.glob("rig0_*.mcap"))
+    parts[-1].write_bytes(parts[-1].read_bytes()[:parts[-1].stat().st_size // 2])
+    with pytest.raises(SourceError, match=rf"^recording {parts[-1]} is truncated or corrupt after \d+ frames"):
+        list(read_recording(parts[0]))
+
+
+def test_the_set_name_of_a_first_part_holding_a_record_twice_is_left_to_its_replay(tmp_path):
+    # set_name names a folder batch's outputs: such a part's pair fails alone, in its replay's line
+    _record(tmp_path / "rig0.mcap", _synthetic_run(90), split_s=1)
+    first = part_path(tmp_path / "rig0.mcap", 0)
+    mark = part_marks(first)[1][PART_RECORD]
+    first.unlink()
+    _other_tool(first, _synthetic_run(30), ((PART_RECORD, mark), (PART_RECORD, mark)), library="streamfuse")
+    assert set_name(first) is None
+    with pytest.raises(SourceError, match=f"holds its {PART_RECORD} record twice"):
+        list(read_recording(first))
+
+
+def test_a_part_past_the_9999th_is_a_later_part_of_its_set(tmp_path):
+    # the names grow a fifth digit there: a folder replay would read rig0_10000.mcap again, alone
+    first, later = part_path(tmp_path / "rig0.mcap", 0), part_path(tmp_path / "rig0.mcap", 10_000)
+    _other_tool(first, _synthetic_run(2), ((PART_RECORD, {"set": "a1", "index": "0"}),), "streamfuse")
+    _other_tool(later, _synthetic_run(2), ((PART_RECORD, {"set": "a1", "index": "10000"}),
+                                           (END_RECORD, {"set": "a1", "parts": "10001"})), "streamfuse")
+    assert later.name == "rig0_10000.mcap" and later_part(later)
