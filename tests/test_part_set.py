@@ -1,5 +1,6 @@
 """A split recording's set read back (part_set): a damaged last part is named as damaged, not as a set going on; a
-first part holding a record twice leaves its name to its replay's refusal; parts past the 9999th are still parts."""
+first part holding a record twice leaves its name to its replay's refusal; parts past the 9999th are still parts; a
+recording not split records no set."""
 
 from __future__ import annotations
 
@@ -42,3 +43,9 @@ def test_a_part_past_the_9999th_is_a_later_part_of_its_set(tmp_path):
     _other_tool(later, _synthetic_run(2), ((PART_RECORD, {"set": "a1", "index": "10000"}),
                                            (END_RECORD, {"set": "a1", "parts": "10001"})), "streamfuse")
     assert later.name == "rig0_10000.mcap" and later_part(later)
+
+
+def test_a_recording_not_split_holds_no_record_of_a_set(tmp_path):
+    # a set's end recorded in a file of no set: a reader of its records is told of parts that never were
+    _record(tmp_path / "rig.mcap", _synthetic_run(30))
+    assert part_marks(tmp_path / "rig.mcap") == ("streamfuse", {})
