@@ -141,6 +141,18 @@ def test_a_complete_recording_is_reported_and_left_alone(tmp_path, rng, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["rig.mcap"]
 
 
+def test_a_complete_recording_left_under_its_temporary_name_is_given_its_name(tmp_path, rng):
+    # its run's final rename failed (a full disk, a permissions change): called complete, it kept a name no replay
+    # of the folder looks for
+    path = tmp_path / "rig.mcap"
+    _record(path, _frames(rng, 3), cut=None)
+    frames = len(list(read_recording(path)))
+    path.rename(partial_path(path))
+    said = recover(partial_path(path))
+    assert said.startswith("recovered ") and said.endswith("it was complete, only not given its name: nothing is lost")
+    assert len(list(read_recording(path))) == frames > 0
+
+
 def test_a_complete_recording_damaged_inside_is_not_called_complete(tmp_path, rng, capsys):
     """Zeros inside a closed recording (a disk's bad blocks): recover called it complete, to "replay it as it is", and
     a replay of it stopped at the damage; now it says so, and given --out recovers the frames before the damage."""
