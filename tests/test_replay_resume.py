@@ -284,6 +284,18 @@ def test_a_resume_naming_the_inputs_otherwise_or_from_another_folder_goes_on(tmp
     assert summary.complete and summary.reused == held > 0 and summary.written == N
 
 
+def test_a_resume_naming_an_input_through_a_link_to_it_goes_on(tmp_path, pair):
+    """The very file named through a symbolic link (a data folder linked into the working one) is the same input: the
+    fingerprint compares the files the paths name."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    interrupted_replay(cfg, ir, vis, out, stop=8)
+    held = _held(partial_path(out))
+    (tmp_path / "linked.mkv").symlink_to(ir)
+    summary = run_replay(cfg, ir_path=tmp_path / "linked.mkv", vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == held > 0 and summary.written == N
+
+
 def _interrupted_folders(tmp_path: Path, hidden: str = ""):
     """A replay of two folders of 20 frames (and a hidden file ``hidden`` in each) into ``fused.mkv``, interrupted
     after 7 frames; returns its config and output."""
