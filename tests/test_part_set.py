@@ -1,6 +1,6 @@
 """A split recording's set read back (part_set): a damaged last part is named as damaged, not as a set going on; a
 first part holding a record twice leaves its name to its replay's refusal; parts past the 9999th are still parts; a
-recording not split records no set."""
+recording not split records no set; split_mb is in MiB."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from test_record_split_sets import _other_tool
 from streamfuse.capture.mcap_source import read_recording
 from streamfuse.capture.sources import SourceError
 from streamfuse.part_set import later_part, part_marks, set_name
-from streamfuse.record_parts import END_RECORD, PART_RECORD, part_path
+from streamfuse.record_parts import END_RECORD, PART_RECORD, Parts, part_path
+from streamfuse.recording import IMAGE_SCHEMA_TEXT, RecordConfig
 
 
 def test_a_last_part_damaged_inside_is_named_as_damaged_not_as_a_set_going_on(tmp_path):
@@ -49,3 +50,18 @@ def test_a_recording_not_split_holds_no_record_of_a_set(tmp_path):
     # a set's end recorded in a file of no set: a reader of its records is told of parts that never were
     _record(tmp_path / "rig.mcap", _synthetic_run(30))
     assert part_marks(tmp_path / "rig.mcap") == ("streamfuse", {})
+
+
+def test_split_mb_counts_mebibytes_as_documented(tmp_path):
+    # a part of split_mb: 1 turns at 1048576 bytes (its allowed range is in MiB), not at a million
+    cfg = RecordConfig(path=str(tmp_path / "rig.mcap"), split_mb=1)
+    parts = Parts(tmp_path / "rig.mcap", cfg, ("sensor_msgs/msg/Image", "ros2msg", IMAGE_SCHEMA_TEXT.encode()), ())
+    try:
+        assert not parts.due()  # the part's first frame
+        parts.part.file.write(bytes(1_000_000))
+        assert not parts.due()
+        parts.part.file.write(bytes(2**20 - 1_000_000))
+        assert parts.due()
+    finally:
+        parts.part.sync.close()
+        parts.part.file.close()
