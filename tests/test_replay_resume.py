@@ -403,7 +403,9 @@ def test_frames_held_stops_at_a_damaged_ffv1_frame(tmp_path, pair):
 
 
 @pytest.mark.parametrize("changed, key", [({"ir": {"resize": "error"}}, "ir_resize"),
-                                          ({"engine": {"precision": "fp16"}}, "engine")])
+                                          ({"engine": {"precision": "fp16"}}, "engine"),
+                                          ({"replay": {"codec": "ffv1", "crf": 0}}, "codec"),
+                                          ({"replay": {"codec": "ffv1", "preset": "slow"}}, "codec")])
 def test_a_resume_with_another_setting_its_fingerprint_holds_is_refused(tmp_path, pair, changed, key):
     """Each setting the fingerprint holds is checked: a resume under another one keeps the partial output, naming it."""
     ir, vis = pair
@@ -411,7 +413,8 @@ def test_a_resume_with_another_setting_its_fingerprint_holds_is_refused(tmp_path
     interrupted_replay(make_cfg(replay={"codec": "ffv1"}), ir, vis, out, stop=8)
     kept = partial_path(out).read_bytes()
     with pytest.raises(FileExistsError, match=rf"^cannot resume .*fused\.mkv: {key} changed since the interrupted run"):
-        run_replay(make_cfg(replay={"codec": "ffv1"}, **changed), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+        run_replay(make_cfg(**{"replay": {"codec": "ffv1"}, **changed}), ir_path=ir, vis_path=vis, out_path=out,
+                   resume=True)
     assert partial_path(out).read_bytes() == kept
 
 
