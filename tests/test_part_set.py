@@ -1,6 +1,6 @@
 """A split recording's set read back (part_set): a damaged last part is named as damaged, not as a set going on; a
 first part holding a record twice leaves its name to its replay's refusal; parts past the 9999th are still parts; a
-recording not split records no set; split_mb is in MiB."""
+recording not split records no set; split_mb is in MiB; a cut part before a cut one is recovered as a middle part."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from streamfuse.capture.sources import SourceError
 from streamfuse.part_set import later_part, part_marks, set_name
 from streamfuse.record_parts import END_RECORD, PART_RECORD, Parts, part_path
 from streamfuse.recording import IMAGE_SCHEMA_TEXT, RecordConfig
+from streamfuse.recover import recover
 
 
 def test_a_last_part_damaged_inside_is_named_as_damaged_not_as_a_set_going_on(tmp_path):
@@ -65,3 +66,17 @@ def test_split_mb_counts_mebibytes_as_documented(tmp_path):
     finally:
         parts.part.sync.close()
         parts.part.file.close()
+
+
+def test_a_cut_part_whose_next_part_was_cut_too_is_recovered_as_a_middle_part(tmp_path):
+    # the run could not finish one part and went on to the next, then was killed in it: recovered as the set's end,
+    # the part after it would contradict it
+    _record(tmp_path / "rig0.mcap", _synthetic_run(150), split_s=1)
+    middle, following = part_path(tmp_path / "rig0.mcap", 1), part_path(tmp_path / "rig0.mcap", 2)
+    middle.unlink()
+    cut = middle.with_name(f".{middle.name}.partial")
+    cut.write_bytes(b"")
+    following.rename(following.with_name(f".{following.name}.partial"))
+    assert recover(cut).endswith(f"{middle} keeps its place in its split recording with no frame, so that the set "
+                                 f"reads on to its next part")
+    assert END_RECORD not in part_marks(middle)[1]
