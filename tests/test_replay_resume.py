@@ -253,19 +253,21 @@ def test_a_resume_with_no_frame_on_disk_and_no_sidecar_starts_over(tmp_path, pai
     assert summary.complete and summary.written == N and "is missing or unreadable; starting over" in caplog.text
 
 
-def test_a_resume_after_an_input_was_rewritten_in_place_is_refused(tmp_path, pair):
+@pytest.mark.parametrize("stream", ["ir", "vis"])
+def test_a_resume_after_an_input_was_rewritten_in_place_is_refused(tmp_path, pair, stream):
     """An input re-recorded under the same name and size (a raw or fixed-size capture) is another video: without its
     mtime in the fingerprint a resume spliced the interrupted run's frames of the old video onto the new one's."""
     ir, vis = pair
     cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
     interrupted_replay(cfg, ir, vis, out, stop=8)
     kept = partial_path(out).read_bytes()
-    st = ir.stat()
-    os.utime(ir, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, rewritten a second later
+    rewritten = {"ir": ir, "vis": vis}[stream]
+    st = rewritten.stat()
+    os.utime(rewritten, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, rewritten a second later
     # the line says what the interrupted run read: the same file, written since
-    with pytest.raises(FileExistsError, match=rf"^cannot resume .*fused\.mkv: ir changed since the interrupted run "
-                                              rf"\(it read ir {ir}: {st.st_size} bytes, modified .* UTC\); run it "
-                                              rf"with the inputs it was started with to continue"):
+    with pytest.raises(FileExistsError, match=rf"^cannot resume .*fused\.mkv: {stream} changed since the interrupted "
+                                              rf"run \(it read {stream} {rewritten}: {st.st_size} bytes, modified .* "
+                                              rf"UTC\); run it with the inputs it was started with to continue"):
         run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert partial_path(out).read_bytes() == kept
 
