@@ -161,7 +161,7 @@ def _children(pid: int) -> set[int]:
 
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm and /proc")
-@pytest.mark.parametrize("stop, line", [("sigterm", "interrupted (SIGTERM)"), ("ctrl_c", "interrupted")])
+@pytest.mark.parametrize("stop, line", [("sigterm", "interrupted (SIGTERM)"), ("ctrl_c", "interrupted (Ctrl-C)")])
 def test_a_stop_mid_run_is_one_line_and_leaves_no_receiver_and_no_shared_memory(stop: str, line: str) -> None:
     # killed by SIGTERM (143), its spawned receiver ran on for good, holding the pool's segment and multiprocessing's
     # semaphores; a terminal's Ctrl-C, which reaches the receiver too, printed a line of the receiver's

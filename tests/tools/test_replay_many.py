@@ -335,7 +335,7 @@ def test_a_codec_the_output_container_cannot_hold_is_refused_before_any_work(tmp
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("stop, said", [(KeyboardInterrupt, "interrupted"),
+@pytest.mark.parametrize("stop, said", [(KeyboardInterrupt, "interrupted (Ctrl-C)"),
                                         (stopped_by(signal.SIGTERM), "interrupted (SIGTERM)")])
 def test_a_stop_while_the_config_loads_is_one_line_naming_it_and_130(stop, said, tmp_path, capsys, monkeypatch):
     import streamfuse.config
