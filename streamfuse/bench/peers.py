@@ -23,7 +23,8 @@ import numpy as np
 import zmq
 
 from streamfuse.bench import parse_size
-from streamfuse.bench.transport import ANY_PORT, _demo_frames, _fused, _paced, _Receiver
+from streamfuse.bench.receiver_process import Receiver, done_or_gone
+from streamfuse.bench.transport import ANY_PORT, _demo_frames, _fused, _paced
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, positive
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
@@ -31,13 +32,14 @@ from streamfuse.wire import FUSED_PREFIX
 
 PAUSE_S = 1.0  # a stale-frame subscriber's pause: every queue on its way fills within it at any --rate
 STALE_WAIT_S = 60.0  # its first frame published after the pause reaches it within this (a busy machine)
+_PROG = "streamfuse bench peers"  # as the lines of its receivers start
 
 
 def _reader(endpoint: str, ready: Any, done: Any, results: Any) -> None:
     """Read every frame until ``done`` and the stream is quiet; report (arrival epoch s, age ms) pairs and misses."""
     arrivals, ages = [], []
     with Subscriber(endpoint, timeout_s=0.2, shm=False, copy=False) as sub:
-        while (frame := sub.recv()) is not None or not done.is_set():
+        while (frame := sub.recv()) is not None or not done_or_gone(done):
             if frame is None:
                 continue
             now = time.time_ns()
@@ -58,7 +60,8 @@ def _stalled(endpoint: str, ready: Any, done: Any, results: Any, count: int) -> 
             sock.connect(endpoint)
             socks.append(sock)
         ready.set()
-        done.wait()
+        while not done_or_gone(done, 1.0):
+            pass
         for sock in socks:
             sock.close(linger=0)
     results.put({})
@@ -69,11 +72,11 @@ def _run(image: np.ndarray, stalled: int, unsent_kb: int, port: int, args: argpa
     publisher on loopback ``port`` (0: any free one)."""
     endpoint = f"tcp://127.0.0.1:{port}" if port else ANY_PORT
     with Publisher(PublishConfig(endpoint=endpoint, shm_slots=0, unsent_kb=unsent_kb)) as pub:
-        reader = _Receiver(_reader, pub.endpoint)
+        reader = Receiver(_reader, pub.endpoint, prog=_PROG)
         while not reader.started():
             pub.send_fused(_fused(image, 0))
         since = time.time()
-        peers = _Receiver(_stalled, pub.endpoint, stalled) if stalled else None
+        peers = Receiver(_stalled, pub.endpoint, stalled, prog=_PROG) if stalled else None
 
         def send(seq: int) -> int:  # every frame counts, dropped for some peer or not
             pub.send_fused(_fused(image, seq))

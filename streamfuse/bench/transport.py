@@ -32,7 +32,6 @@ import argparse
 import math
 import multiprocessing as mp
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,13 +40,14 @@ import numpy as np
 import zmq
 
 from streamfuse.bench import parse_sizes
+from streamfuse.bench.receiver_process import PATIENCE_S, done_or_gone
+from streamfuse.bench.receiver_process import Receiver as _Receiver
 from streamfuse.capture.synthetic import SyntheticScene
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, positive
 from streamfuse.client import Subscriber
 from streamfuse.codecs import H264Decoder, H264Encoder, JpegDecoder, JpegEncoder
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import PublishConfig, Publisher
-from streamfuse.signals import blocked
 
 try:
     import imagezmq
@@ -96,7 +96,7 @@ def _sub_receiver(endpoint: str, ready: Any, done: Any, results: Any, hwm: int =
     descriptors from the pool's ring (else over ZeroMQ)."""
     latencies, arrivals, cpu = [], [], []
     with Subscriber(endpoint, timeout_s=0.2, rcvhwm=hwm, shm=shm, ring=ring, copy=False) as sub:  # zero-copy: timed
-        while (frame := sub.recv()) is not None or not done.is_set():
+        while (frame := sub.recv()) is not None or not done_or_gone(done):
             if frame is None:
                 continue
             if taken is not None:
@@ -118,9 +118,11 @@ def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
     hub = imagezmq.ImageHub(open_port=endpoint)
     results.put(hub.zmq_socket.getsockopt_string(zmq.LAST_ENDPOINT))
     ready.set()
+    _hub_waits(hub, done)
     hub.recv_image()  # the sender's warm-up frame, slowed by its connection's set-up: untimed, as a subscriber's first
     hub.send_reply(b"OK")
     while True:
+        _hub_waits(hub, done)
         msg, _ = hub.recv_image()
         hub.send_reply(b"OK")
         if msg == STOP:
@@ -132,46 +134,24 @@ def _hub_receiver(endpoint: str, ready: Any, done: Any, results: Any) -> None:
     results.put({**_summary(latencies, arrivals), "reader_us": _per_frame_us(cpu, len(arrivals))})
 
 
+def _hub_waits(hub: Any, done: Any) -> None:
+    """Until the hub has a request (a benchmark gone meanwhile is one line)."""
+    while not hub.zmq_socket.poll(1000):
+        done_or_gone(done)
+
+
 def _stalled_receiver(endpoint: str, ready: Any, done: Any, results: Any, shm: bool = False) -> None:
     """Connect, take one frame (holding its shared-memory slot), then stop reading until ``done``; then drain and
     report what got through."""
     with Subscriber(endpoint, timeout_s=0.2, shm=shm, copy=False) as sub:  # holds its slot
         while (frame := sub.recv()) is None or (shm and frame[0]["format"] != "shm"):
-            pass
+            done_or_gone(done)
         ready.set()
-        done.wait()
+        while not done_or_gone(done, 1.0):
+            pass
         while sub.recv() is not None:
             pass
         results.put({"received": sub.received - 1, "missed": sub.missed})
-
-
-class _Receiver:
-    """A receiver function in a spawned process, with ready/done events and a result queue."""
-
-    def __init__(self, target: Any, endpoint: str, *args: Any) -> None:
-        ctx = mp.get_context("spawn")
-        self.ready, self.done, self.results = ctx.Event(), ctx.Event(), ctx.Queue()
-        self.proc = ctx.Process(target=target, args=(endpoint, self.ready, self.done, self.results, *args),
-                                daemon=True)
-        # blocked, not ignored: a Ctrl-C meanwhile is this process's to act on once it started, and the receiver keeps
-        # it blocked for good (a terminal's Ctrl-C reaches it too)
-        with blocked((signal.SIGINT,)):
-            self.proc.start()
-
-    def started(self) -> bool:
-        """Whether the receiver is ready, after a short wait; one that ended before is one line (SystemExit)."""
-        if self.ready.wait(0.01):
-            return True
-        if not self.proc.is_alive():
-            raise SystemExit(f"{_PROG}: error: its receiver ended before it was ready (exit status "
-                             f"{self.proc.exitcode})")
-        return False
-
-    def result(self) -> dict[str, float]:
-        self.done.set()
-        out = self.results.get(timeout=120)  # generous: the reader drains its backlog first, slowly on a busy machine
-        self.proc.join(timeout=10)
-        return out
 
 
 # --- senders ---
@@ -237,7 +217,7 @@ def _imagezmq(frames: list[np.ndarray], seconds: float, rate: float) -> dict[str
     rx = _Receiver(_hub_receiver, ANY_PORT)
     while not rx.started():
         pass
-    sender = imagezmq.ImageSender(connect_to=rx.results.get())
+    sender = imagezmq.ImageSender(connect_to=rx.results.get(timeout=PATIENCE_S))
     sender.send_image(str(time.time_ns()), frames[0])  # connect and warm up
 
     def send(seq: int) -> int:

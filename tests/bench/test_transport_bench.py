@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from helpers_zmq import wait_until
 
+from streamfuse.bench import receiver_process
 from streamfuse.bench import transport as bench_transport
 from streamfuse.shm_pool import shm_supported
 from streamfuse.signals import handled, raise_interrupt
@@ -72,6 +73,65 @@ def test_a_receiver_that_ends_before_it_is_ready_is_one_line(monkeypatch) -> Non
     with pytest.raises(SystemExit) as exc:
         bench_transport._ours(bench_transport._demo_frames(64, 48, 1), 0.1, 0.0, "raw")
     assert exc.value.code == "streamfuse bench transport: error: its receiver ended before it was ready (exit status 0)"
+
+
+def _never_ready(endpoint, ready, done, results, *args) -> None:
+    """A receiver that starts but never reads (a lost subscription): ends once told to, or after a minute."""
+    done.wait(60)
+
+
+@pytest.mark.timeout(120)
+def test_a_receiver_never_ready_is_one_line_and_is_not_left_running(monkeypatch) -> None:
+    # the sender offered its first frame for ever to a receiver that never said it was ready, and the suite hung
+    monkeypatch.setattr(receiver_process, "PATIENCE_S", 2.0)
+    monkeypatch.setattr(bench_transport, "_sub_receiver", _never_ready)
+    started = []
+    monkeypatch.setattr(receiver_process.Receiver, "started",
+                        lambda self, real=receiver_process.Receiver.started: started.append(self) or real(self))
+    with pytest.raises(SystemExit) as exc:
+        bench_transport._ours(bench_transport._demo_frames(64, 48, 1), 0.1, 0.0, "raw")
+    assert exc.value.code == "streamfuse bench transport: error: its receiver was not ready 2 s after its start"
+    assert not started[-1].proc.is_alive()
+
+
+_KILLED_BENCHMARK = """
+import sys, time
+from streamfuse.bench import peers
+from streamfuse.bench.receiver_process import Receiver
+if __name__ == "__main__":
+    rx = Receiver(peers._stalled, "tcp://127.0.0.1:1", 1)
+    while not rx.started():
+        pass
+    print(rx.proc.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_receiver_whose_benchmark_was_killed_ends_with_one_line(tmp_path: Path) -> None:
+    # a benchmark killed (SIGKILL, the OOM killer) left its receiver waiting for its word for good
+    script = tmp_path / "bench.py"
+    script.write_text(_KILLED_BENCHMARK)
+    bench = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    receiver = 0
+
+    def gone() -> bool:  # ended: no process, or one that only waits to be reaped
+        try:
+            return Path(f"/proc/{receiver}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+        except OSError:
+            return True
+
+    try:
+        receiver = int(bench.stdout.readline())
+        bench.kill()
+        _, err = bench.communicate(timeout=60)  # its stderr ends once the receiver, which holds it too, has ended
+        wait_until(gone, "the receiver of the killed benchmark gone", timeout_s=60)
+    finally:
+        bench.kill()
+        if receiver and not gone():
+            os.kill(receiver, signal.SIGKILL)
+    # (then multiprocessing's resource tracker, the benchmark's too, frees the semaphores it left)
+    assert err.splitlines()[0] == f"streamfuse bench: error: receiver {receiver}: the benchmark that started it is gone"
 
 
 def test_a_ctrl_c_while_a_receiver_starts_stops_the_benchmark(monkeypatch) -> None:
