@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,9 +23,26 @@ from streamfuse.shm_pool import shm_supported
 from streamfuse.signals import handled, raise_interrupt
 
 
+def _rounds_that_send(monkeypatch, frames: int) -> None:
+    """Each timed round of ``_ours`` from now on lasts until ``frames`` frames went out, in rounds of its seconds
+    (the benchmark's clock), at most 120 s: a sender that a busy machine held back for its 0.2 s sent none, and its
+    receiver, given nothing after its first frame, counted none."""
+    paced = bench_transport._paced
+
+    def until_sent(send, seconds: float, rate: float) -> int:
+        sent, deadline = 0, time.monotonic() + 120
+        while sent < frames:
+            assert time.monotonic() < deadline, f"{sent} frames went out in 120 s of {seconds:g} s rounds"
+            sent += paced(lambda seq, before=sent: send(before + seq), seconds, rate)
+        return sent
+
+    monkeypatch.setattr(bench_transport, "_paced", until_sent)
+
+
 @pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
 @pytest.mark.parametrize("rate", [0.0, 100.0], ids=["capacity", "paced"])
-def test_shared_memory_row_reads_the_pool(rate: float) -> None:
+def test_shared_memory_row_reads_the_pool(rate: float, monkeypatch) -> None:
+    _rounds_that_send(monkeypatch, 20)  # what 0.2 s at 100 frames/s sends
     frames = bench_transport._demo_frames(64, 48, 3)
     result = bench_transport._ours(frames, 0.2, rate, "shm")
     assert result["frames"] > 0 and result["via_shm"] >= result["frames"] and result["cpu_ms"] > 0
@@ -33,7 +51,8 @@ def test_shared_memory_row_reads_the_pool(rate: float) -> None:
 
 
 @pytest.mark.skipif(not shm_supported(), reason="shared-memory pools need Linux with /dev/shm")
-def test_zmq_headers_row_takes_no_ring() -> None:
+def test_zmq_headers_row_takes_no_ring(monkeypatch) -> None:
+    _rounds_that_send(monkeypatch, 20)
     result = bench_transport._ours(bench_transport._demo_frames(64, 48, 3), 0.2, 0.0, "loan-zmq")
     assert result["frames"] > 0 and result["via_shm"] >= result["frames"] and result["via_ring"] == 0
 
