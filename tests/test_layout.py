@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "streamfuse"
 MAX_MODULE_LINES = 400
@@ -89,6 +91,8 @@ def _cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
+# every module imported in turn takes minutes on a busy machine: the run's own 300 s, not the suite's 120 s
+@pytest.mark.timeout(360)
 def test_each_module_imports_on_its_own():
     # One interpreter for speed (torch and friends load once), but the package is dropped from sys.modules before
     # each module, so a module that imports only because an earlier one pulled in what it needs fails here.
