@@ -288,12 +288,19 @@ def test_a_sender_clock_that_is_not_ours_or_without_reports_is_told_once_and_sta
         config_from_dict({"ir": {"kind": "file", "path": "ir.mp4", "clock": "sender"}})
 
 
-def _nearest_levels(clock: str) -> list[tuple[float, float]]:
-    """(IR level, level of the visible frame nearest it in capture time) for an IR camera 0.3 s behind its capture and
-    a visible one 0.05 s behind, filming the same scene (the clip, from the same moment on), read by two producers."""
+# The IR camera's delay, 1 s beyond the visible one's 0.05 s: half the clip's 50-frame ramp, where its levels are the
+# farthest apart. By arrival the cameras pair frames 1 s apart; 0.25 s apart (0.3 s against 0.05 s), a visible
+# producer that a busy machine held back as long paired some with the same moment after all.
+IR_LATENCY_S = 1.05
+
+
+def _nearest_levels(clock: str, vis_latency_s: float = 0.05) -> list[tuple[float, float]]:
+    """(IR level, level of the visible frame nearest it in capture time) for an IR camera IR_LATENCY_S behind its
+    capture and a visible one ``vis_latency_s`` behind, filming the same scene (the clip, from the same moment on),
+    read by two producers."""
     epoch = time.time_ns()
-    with RtspCamera(then="loop", latency_s=0.3, epoch_ns=epoch) as ir_camera, \
-            RtspCamera(then="loop", latency_s=0.05, epoch_ns=epoch) as vis_camera:
+    with RtspCamera(then="loop", latency_s=IR_LATENCY_S, epoch_ns=epoch) as ir_camera, \
+            RtspCamera(then="loop", latency_s=vis_latency_s, epoch_ns=epoch) as vis_camera:
         ir, vis = (SourceConfig(kind="stream", path=c.url, clock=clock, stall_factor=0)
                    for c in (ir_camera, vis_camera))
         prod = start_producers(ir, vis, slots=64)  # rings that keep every frame: the pairs are what is looked at
@@ -318,6 +325,6 @@ def _filmed_by_both(frames: list) -> list:
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(not SENDER_TIMES, reason=f"PyAV {av.__version__} has no start_time_realtime (PyAV 17: Python 3.10)")
 def test_with_sender_times_two_cameras_of_different_delay_pair_the_same_moment():
-    # the clip's frames rise by 3 grey levels each: a frame the other camera captured 0.25 s apart is 18 levels off
+    # the clip's frames rise by 3 grey levels each: a frame the other camera captured 1 s apart is 75 levels off
     assert all(abs(ir - vis) <= 3 for ir, vis in _nearest_levels("sender"))
     assert sum(abs(ir - vis) > 9 for ir, vis in _nearest_levels("arrival")) > 20  # by arrival: another moment
