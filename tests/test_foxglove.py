@@ -752,8 +752,13 @@ def test_a_sigterm_that_the_kernel_gives_another_thread_of_the_bridge_stops_it()
         while "Ctrl-C stops" not in (line := proc.stderr.readline()):
             assert line, "the bridge exited"
         tasks = f"/proc/{proc.pid}/task"
-        # one of the SDK's runtime threads, which never run Python code and block no signal (libzmq's block all)
-        other = next(int(tid) for tid in os.listdir(tasks) if open(f"{tasks}/{tid}/comm").read().startswith("tokio"))
+        # one of the SDK's runtime threads, which never run Python code and block no signal (libzmq's block all); a
+        # thread takes its name as it first runs, which on a busy machine may be after the line
+        def runtime() -> list[int]:
+            return [int(tid) for tid in os.listdir(tasks) if open(f"{tasks}/{tid}/comm").read().startswith("tokio")]
+
+        wait_until(lambda: bool(runtime()), "a thread of the SDK's runtime")
+        other = runtime()[0]
         libc = ctypes.CDLL(None, use_errno=True)
         assert libc.syscall(234, proc.pid, other, signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())  # tgkill
         assert proc.wait(timeout=PATIENCE_S) == 0
