@@ -275,13 +275,14 @@ class WriterThread:
         self.what = what  # the work, as its error line names it (a recording's file, renamed as it goes to a new one)
         self._idle_s, self._idle = idle or (None, None)
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        # set once its owner stopped waiting for it: no item is handled from then on
-        self._handling, self.abandoned = threading.Lock(), False
+        # abandoned: set once its owner stopped waiting for it (no item is handled from then on); _ending: by join(),
+        # whose end marker may never get into a full queue (a Ctrl-C as it waited for room)
+        self._handling, self.abandoned, self._ending = threading.Lock(), False, False
         # None: put() handles each item in the caller's thread
         self._thread = EndedThread(self._run, name) if threaded else None
 
     def _run(self) -> None:
-        while True:
+        while not (self._ending and self._queue.empty()):
             try:
                 item = self._queue.get(timeout=self._idle_s)
             except queue.Empty:
@@ -341,6 +342,7 @@ class WriterThread:
         """Handle everything queued, stop the thread; raises the thread's error, if any. Cut short (Ctrl-C), it can
         be called again."""
         if self.running():
+            self._ending = True
             self._queue.put(None)  # a second one, after a join cut short, stays queued: the thread ends at the first
             self._thread.wait()
         if self.error is not None:

@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 from helpers_threads import when_main_waits_in
+from helpers_zmq import wait_until
 
 import streamfuse.atomic_write
 from streamfuse.atomic_write import BackgroundSync
@@ -96,3 +97,23 @@ def test_a_sync_close_cut_short_by_a_ctrl_c_waits_for_the_sync_when_called_again
         assert held.left.wait(60)
         os.close(fd)
     assert synced
+
+
+def test_a_ctrl_c_as_close_queues_its_end_into_a_full_queue_still_closes_the_file_once_the_thread_is_done(tmp_path):
+    # the Ctrl-C came while close() waited for room for the thread's end in a full queue: the thread, never told to
+    # end, waited for more frames once done with those queued, and the file it was to close stayed open
+    rec = Recorder(RecordConfig(path=str(tmp_path / "rig.mcap")), queue_size=2)
+    file = rec._part.file
+    held = _Held(rec._worker._handle, lambda: file.closed)
+    rec._worker._handle = held
+    for i in range(3):  # one held by the thread, two filling its queue
+        rec.write(Frame("vis", i, T0 + i * 33_333_333, np.full((24, 32, 3), i, np.uint8)))
+        if i == 0:
+            assert held.inside.wait(60)
+    assert rec.dropped["vis"] == 0
+    _ctrl_c_when_main_waits_in("put")
+    with pytest.raises(KeyboardInterrupt):
+        rec.close()
+    held.release.set()
+    wait_until(lambda: not rec._worker.running(), "the writer thread's end")
+    assert held.closed_under is False and file.closed and rec._worker.error is None
