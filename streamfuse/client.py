@@ -380,6 +380,7 @@ class Subscriber:
         self._newest.join()
         self._close_links()
         self._pools.close()
+        self._said.flush()
 
     def __enter__(self) -> Subscriber:
         return self

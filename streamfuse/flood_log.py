@@ -1,7 +1,7 @@
 """Warnings a peer sets off, one per message it sends, bounded in number: a broken or hostile publisher that sends
 thousands of malformed messages a second would otherwise write as many lines a second to the log (and the disk or
 journal under it). The first ``lines`` of a window are said as they come; the rest are counted and said as one line
-once the window is over and another comes.
+once the window is over and another comes, or at the end (:meth:`FloodLog.flush`).
 
 >>> import logging
 >>> flood = FloodLog(logging.getLogger("demo"), "malformed messages", lines=2, window_s=3600)
@@ -21,7 +21,8 @@ __all__ = ["FloodLog"]
 
 class FloodLog:
     """Says at most ``lines`` warnings of one kind (``what``: ``"malformed messages from tcp://..."``) per
-    ``window_s``; past that, counts them (``unsaid``) and says how many, with the last, when the window is over."""
+    ``window_s``; past that, counts them (``unsaid``) and says how many, with the last, when the window is over or
+    its owner ends (:meth:`flush`)."""
 
     def __init__(self, logger: logging.Logger, what: str, *, lines: int = 20, window_s: float = 10.0) -> None:
         self._log, self.what, self.lines, self.window_s = logger, what, lines, window_s
@@ -31,7 +32,7 @@ class FloodLog:
         """Say ``message`` while this window has lines left, else count it."""
         now = time.monotonic()
         if now >= self._window_end:
-            self._say_unsaid()
+            self.flush()
             self._window_end, self._said = now + self.window_s, 0
         if self._said >= self.lines:
             self.unsaid, self._last = self.unsaid + 1, message
@@ -41,7 +42,8 @@ class FloodLog:
                 if self._said == self.lines else "")
         self._log.warning("%s%s", message, more)
 
-    def _say_unsaid(self) -> None:
+    def flush(self) -> None:
+        """Say how many were counted, if any: at its owner's end, as no later warning will."""
         if self.unsaid:
             self._log.warning("%d more %s not said one by one; the last: %s", self.unsaid, self.what, self._last)
             self.unsaid = 0

@@ -52,3 +52,5 @@ def test_a_flood_of_malformed_stats_messages_is_counted_not_logged_line_by_line(
             reader.join(PATIENCE_S)
     warnings = [m for m in caplog.messages if "malformed stats message" in m]
     assert 0 < len(warnings) < 50, len(warnings)
+    said = [m for m in warnings if m.startswith("skipped malformed stats message")]  # the rest counted, said at the end
+    assert len(said) + sum(int(m.split()[0]) for m in warnings if " more " in m) == stats.malformed, warnings

@@ -83,6 +83,7 @@ class StatsMessages:
 
     def close(self) -> None:
         """Close the socket and its watch (linger 0)."""
+        self._said.flush()
         self.watch.close()
 
 
