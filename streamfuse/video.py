@@ -7,6 +7,7 @@ resumed replay takes over from a partial file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from fractions import Fraction
@@ -202,10 +203,8 @@ class VideoWriter:
             raise
 
     def _close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, av.FFmpegError):  # the disk still full: the partial file is what it is
             self._container.close()
-        except (OSError, av.FFmpegError):
-            pass  # already closed, or the disk is still full: the partial file is what it is
 
     def seal(self) -> None:
         """Encode what is queued, flush, close and remux into the final container under a temporary name (the long
@@ -284,8 +283,9 @@ class VideoWriter:
             log.warning("%s; it may be unreadable", exc)
         except KeyboardInterrupt:  # the run's second stop: the file as far as it got (_finish)
             return
-        if not self._worker.abandoned:  # else the encoder thread closes it
-            self._close()
+        with contextlib.suppress(RuntimeError):  # its error was said where it stopped the run
+            self._worker.join()  # an abandoned encoder thread closes the file as it ends (soon): it is counted next
+        self._close()  # where that thread closed it already: nothing
 
 
 def _empty(stream: av.video.stream.VideoStream, slot: Fraction) -> av.Packet:

@@ -7,14 +7,19 @@ import json
 import os
 import re
 import signal
+import threading
+from fractions import Fraction
 
+import numpy as np
 import pytest
+from helpers_threads import when_main_waits_in
 from test_replay import counted_encodes, decoded, make_cfg, write_video
 
 import streamfuse.replay.loop
 from streamfuse.atomic_write import partial_path
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.replay.resume import frames_held, sidecar_path
+from streamfuse.signals import handled, raise_terminated
 from streamfuse.video import VideoWriter, decode_frames
 
 
@@ -96,3 +101,36 @@ def test_a_second_stop_as_the_encoder_flushes_keeps_what_it_wrote_and_says_how_m
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and 0 < summary.reused <= held and summary.written == written  # up to a gap left
     assert len(decoded(out)[1]) == written
+
+
+def test_a_second_stop_as_the_encoder_works_through_its_queue_leaves_the_file_closed_once_abort_returns(tmp_path):
+    # abort() returned while the encoder thread, left to close the file, still ran: the stop line and the sidecar
+    # counted the frames of a file not yet closed (its muxer's last cluster unwritten), and the process could end
+    # before it was
+    out = tmp_path / "fused.mkv"  # FFV1: no delayed frames, the one encoded is the file's
+    w = VideoWriter(out, codec="ffv1", crf=0, time_base=Fraction(1, 25), rate=Fraction(25), width=64, height=48)
+    encode, in_hand, release = w._worker._handle, threading.Event(), threading.Event()
+    w._worker._handle = lambda item: (in_hand.set(), release.wait(), encode(item))
+    close, closed, close_may = w._close, threading.Event(), threading.Event()
+    w._close = lambda: (close(), closed.set())
+    get = w._worker._queue.get  # the thread, its frame in hand encoded, held off the CPU until main waits in abort()
+    w._worker._queue.get = lambda *args, **kwargs: (not release.is_set() or close_may.wait()) and get(*args, **kwargs)
+    for pts in range(4):  # one in the encoder's hands, the rest queued behind it
+        w.write(np.full((48, 64, 3), 40 * pts, np.uint8), pts)
+    assert in_hand.wait(60)
+
+    def two_stops() -> None:
+        when_main_waits_in("join", threading.Event())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the first waits for the file
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        release.set()
+
+    threading.Thread(target=two_stops, daemon=True).start()
+    threading.Thread(target=when_main_waits_in, args=("abort", close_may), daemon=True).start()
+    with handled(raise_terminated, (signal.SIGTERM,)), pytest.raises(KeyboardInterrupt):
+        w.seal()
+    w.abort()
+    held = frames_held(partial_path(out))  # as the stop line and the sidecar count them
+    close_may.set()
+    assert closed.wait(60)
+    assert held == len(list(decode_frames(partial_path(out)))) == 1
