@@ -84,7 +84,7 @@ class FusedFrame:
 
 
 #: Longest frame id a config takes: the fused frames' and previews' headers hold it, and a consumer refuses a header
-#: over 64 KiB (:data:`streamfuse.wire.MAX_HEADER_BYTES`); a thousand characters are 6 KiB at most as JSON.
+#: over 64 KiB (:data:`streamfuse.wire.MAX_HEADER_BYTES`); a thousand characters are 12 KiB at most as JSON.
 MAX_FRAME_ID = 1000
 
 

@@ -178,11 +178,7 @@ def _recovered(saved: Any, now: list) -> bool:
     """Whether ``saved`` is the entry of a cut recording (``.NAME.mcap.partial``), there unchanged since, of which
     ``now`` names the recording ``recover`` made beside it (``NAME.mcap``): the same frames, up to the cut the
     interrupted run stopped at."""
-    if not (isinstance(saved, list) and len(saved) == 3 and isinstance(saved[0], str)):
-        return False
-    cut = Path(local_name(saved[0]))
-    final = final_path(cut)
-    if final is None or final.suffix.lower() != ".mcap" or os.path.realpath(final) != os.path.realpath(now[0]):
+    if (cut := _cut_of(saved, now)) is None or len(saved) != 3:
         return False
     try:
         st = os.stat(cut)
@@ -195,13 +191,21 @@ def _cut_gone(saved: dict[str, Any], now: dict[str, Any]) -> str:
     """Why the recording recovered of the cut one the interrupted run read cannot stand for it (that one is gone or
     changed since, and with it what vouched for its frames), ending in ``"; "``; '' for other inputs."""
     for key in ("ir", "vis"):
-        was = saved.get(key)
-        if isinstance(was, list) and was and isinstance(was[0], str) \
-                and (final := final_path(local_name(was[0]))) is not None \
-                and os.path.realpath(final) == os.path.realpath(now[key][0]):
+        if _cut_of(saved.get(key), now[key]) is not None:
             return (f"{now[key][0]} was recovered of the cut recording it read, which is not there as it was, so "
                     f"nothing says it holds the same frames; ")
     return ""
+
+
+def _cut_of(saved: Any, now: list) -> Path | None:
+    """The cut recording ``saved`` (an input's entry) names, where ``now`` names the one ``recover`` made of it."""
+    if not (isinstance(saved, list) and saved and isinstance(saved[0], str)):
+        return None
+    cut = Path(local_name(saved[0]))
+    final = final_path(cut)
+    if final is None or final.suffix.lower() != ".mcap" or os.path.realpath(final) != os.path.realpath(now[0]):
+        return None
+    return cut
 
 
 def _compared(key: str, value: Any) -> Any:
