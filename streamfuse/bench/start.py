@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamfuse.bench.view import _cpu_s, _start, _stat, _stop
+from streamfuse.bench import child
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, positive
 from streamfuse.client import Subscriber
 
@@ -38,7 +38,7 @@ def _steady(sub: Subscriber, pid: int, seconds: float) -> tuple[float, float]:
     while time.monotonic() < deadline or len(marks) < 2:
         if (frame := sub.recv()) is None:
             raise SystemExit(f"{_PROG}: error: the run published no frame for {sub.timeout_s:g} s")
-        marks[1:] = [(frame[0]["seq"], _cpu_s(pid), int(_stat(pid)[7]))]  # the first and the latest: seq, CPU, minflt
+        marks[1:] = [(frame[0]["seq"], child.cpu_s(pid), child.page_faults(pid))]  # the first and the latest
     (seq0, cpu0, faults0), (seq1, cpu1, faults1) = marks[0], marks[-1]
     frames = max(1, seq1 - seq0)
     return 1e3 * (cpu1 - cpu0) / frames, (faults1 - faults0) / frames
@@ -48,7 +48,7 @@ def _run(argv: list[str], log: Path, seconds: float) -> tuple[float, float, floa
     """Seconds from the start of ``argv`` to a subscriber's first frame, the main process's CPU ms and page faults a
     frame over ``seconds``, and the seconds from its SIGTERM to its exit."""
     t0 = time.monotonic()
-    proc, endpoint = _start(argv, log, r"publishing \S+ on (tcp://127\.0\.0\.1:\d+) ")
+    proc, endpoint = child.start(_PROG, argv, log, r"publishing \S+ on (tcp://127\.0\.0\.1:\d+) ")
     try:
         with Subscriber(endpoint, timeout_s=FIRST_S, shm=False) as sub:
             if sub.recv() is None:
@@ -63,7 +63,7 @@ def _run(argv: list[str], log: Path, seconds: float) -> tuple[float, float, floa
             raise SystemExit(f"{_PROG}: error: the run had not exited {EXIT_S:g} s after its SIGTERM") from None
         return first, cpu_ms, faults, time.monotonic() - t1
     finally:
-        _stop(proc)
+        child.stop(proc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from streamfuse.bench import child
 from streamfuse.cli.args import HelpFormatter, Parser, int_at_least, path_arg, positive
 from streamfuse.view.gate import MAX_CONNECTIONS
 
@@ -35,56 +36,6 @@ _PROG = "streamfuse bench view"  # as its usage errors and every command's own l
 __all__ = ["main"]
 
 WARM_UP_S = 3.0  # pages connect and the previews start before a round is timed
-START_S = 60.0  # the demo and a viewer start within this (torch's import on a busy machine)
-STOP_S = 10.0  # and stop within this once asked (the demo's capture processes, its shared memory)
-
-
-def _stat(pid: int) -> list[str]:
-    """The fields of ``/proc/PID/stat`` (Linux) after the command's name, which may hold spaces."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _cpu_s(pid: int) -> float:
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _start(argv: list[str], log: Path, ready: str, src: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """A child process whose stderr goes to ``log``, run from the checkout ``src`` (default: this one); once the
-    regular expression ``ready`` is found in it, the process and the expression's first group (the port or endpoint
-    it took: each binds a free one itself, so no other program can take it meanwhile).
-
-    Raises:
-        SystemExit: it exited or did not get ready within ``START_S`` (one line, with its last log line).
-    """
-    env = dict(os.environ)
-    if src is not None:  # its folder, where ``-m`` looks first, and first on the path of what it starts
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(src), os.environ.get("PYTHONPATH"))))
-    with log.open("w") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=src)
-    deadline = time.monotonic() + START_S
-    try:
-        while (found := re.search(ready, log.read_text())) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                last = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
-                raise SystemExit(f"{_PROG}: error: {' '.join(argv[2:4])} did not start: {last}")
-            time.sleep(0.1)
-    except BaseException:  # a SIGTERM or Ctrl-C while it starts too: it is not the caller's to stop yet
-        _stop(proc)
-        raise
-    return proc, found.group(1)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Ask a child to stop (the demo then removes its shared memory), and kill it if it has not within ``STOP_S``."""
-    proc.terminate()
-    try:
-        proc.wait(STOP_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 async def _pages(port: int, n: int, seconds: float, cpu_s: Callable[[], float],
                  foxglove: bool = False) -> tuple[int, list[float], float]:
     """``n`` pages reading and acknowledging (``foxglove``: Foxglove clients reading ``/fused/image``); pages
@@ -131,7 +82,7 @@ async def _pages(port: int, n: int, seconds: float, cpu_s: Callable[[], float],
 
 def _round(name: str, proc: subprocess.Popen, port: int, args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
-    connected, rates, cores = asyncio.run(_pages(port, args.pages, args.seconds, lambda: _cpu_s(proc.pid),
+    connected, rates, cores = asyncio.run(_pages(port, args.pages, args.seconds, lambda: child.cpu_s(proc.pid),
                                                  args.foxglove))
     print(f"{name:<10}{connected:>6}{statistics.median(rates):>10.1f}{min(rates):>8.1f}{sum(rates):>9.0f}"
           f"{cores:>8.2f}{load:>7.2f}", flush=True)
@@ -142,8 +93,8 @@ def _viewers(endpoint: str, tmp: Path, args: argparse.Namespace, procs: list[sub
     if args.foxglove:  # one bridge: its relay's port, and the SDK server's behind it that its log names first
         log = Path(tmp, "foxglove.log")
         cap = [] if args.pages < MAX_CONNECTIONS else ["--max-connections", str(args.pages + 8)]
-        proc, port = _start([sys.executable, "-m", "streamfuse", "foxglove", endpoint, "--raw", "--port", "0", *cap],
-                            log, r"connect to ws://127\.0\.0\.1:(\d+) ")
+        argv = [sys.executable, "-m", "streamfuse", "foxglove", endpoint, "--raw", "--port", "0", *cap]
+        proc, port = child.start(_PROG, argv, log, r"connect to ws://127\.0\.0\.1:(\d+) ")
         procs.append(proc)
         sdk = re.search(r"Started server on 127\.0\.0\.1:(\d+)", log.read_text())
         if sdk is None:
@@ -154,8 +105,9 @@ def _viewers(endpoint: str, tmp: Path, args: argparse.Namespace, procs: list[sub
         if name == "against" and src is None:
             continue
         cap = [] if src or args.pages < MAX_CONNECTIONS else ["--max-connections", str(args.pages + 8)]
-        proc, port = _start([sys.executable, "-m", "streamfuse", "view", endpoint, "--port", "0", *cap],
-                            Path(tmp, f"{name}.log"), r"viewer on http://127\.0\.0\.1:(\d+)/", src and src.resolve())
+        proc, port = child.start(_PROG, [sys.executable, "-m", "streamfuse", "view", endpoint, "--port", "0", *cap],
+                                 Path(tmp, f"{name}.log"), r"viewer on http://127\.0\.0\.1:(\d+)/",
+                                 src and src.resolve())
         procs.append(proc)
         viewers.append((name, proc, int(port)))
     return viewers
@@ -177,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.against is not None and not (args.against / "streamfuse" / "view").is_dir():
         parser.error(f"--against {args.against}: no streamfuse/view there")
     with tempfile.TemporaryDirectory(prefix="streamfuse-bench-view-") as tmp:
-        demo, endpoint = _start([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set",
-                                 "fuse.name=max", "--set", "publish.endpoint=tcp://127.0.0.1:*"], Path(tmp, "demo.log"),
-                                r"publishing \S+ on (tcp://127\.0\.0\.1:\d+) ")
+        demo, endpoint = child.start(_PROG, [sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set",
+                                             "fuse.name=max", "--set", "publish.endpoint=tcp://127.0.0.1:*"],
+                                     Path(tmp, "demo.log"), r"publishing \S+ on (tcp://127\.0\.0\.1:\d+) ")
         procs = [demo]
         try:
             viewers = _viewers(endpoint, tmp, args, procs)
@@ -190,5 +142,5 @@ def main(argv: list[str] | None = None) -> int:
                     _round(name, proc, port, args)
         finally:
             for proc in procs:
-                _stop(proc)
+                child.stop(proc)
     return 0

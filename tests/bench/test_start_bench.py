@@ -4,6 +4,7 @@ frame and its exit's seconds."""
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -24,3 +25,11 @@ def test_runs_are_counted_from_one(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         start.main(["--runs", "0"])
     assert exc.value.code == 2 and "argument --runs: must be in 1..100, got 0" in capsys.readouterr().err
+
+
+def test_a_run_that_ends_before_it_publishes_is_one_line_naming_this_benchmark(tmp_path) -> None:
+    # its line named the viewer's benchmark, whose start it borrowed: "streamfuse bench view: error: ..."
+    code = "import sys; sys.stderr.write('no camera here\\n')"
+    with pytest.raises(SystemExit) as exc:
+        start._run([sys.executable, "-c", code, "x"], tmp_path / "run.log", 1.0)
+    assert exc.value.code == f"streamfuse bench start: error: {code} x did not start: no camera here"

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from streamfuse.bench import child
 from streamfuse.bench import view as bench_view
 from streamfuse.signals import Terminated
 
@@ -30,7 +31,7 @@ def _rounds_that_see(monkeypatch, pages: int, counted: Callable) -> None:
     import aiohttp
 
     got, pids, lag = {}, [], [0.0]
-    receive, cpu_s, sleep = aiohttp.ClientWebSocketResponse.receive, bench_view._cpu_s, asyncio.sleep
+    receive, cpu_s, sleep = aiohttp.ClientWebSocketResponse.receive, child.cpu_s, asyncio.sleep
 
     async def received(ws, *args, **kwargs):
         message = await receive(ws, *args, **kwargs)
@@ -49,7 +50,7 @@ def _rounds_that_see(monkeypatch, pages: int, counted: Callable) -> None:
         lag[0] += time.monotonic() - start - seconds  # the benchmark's clock saw the round's seconds alone
 
     monkeypatch.setattr(aiohttp.ClientWebSocketResponse, "receive", received)
-    monkeypatch.setattr(bench_view, "_cpu_s", lambda pid: pids.append(pid) or cpu_s(pid))
+    monkeypatch.setattr(child, "cpu_s", lambda pid: pids.append(pid) or cpu_s(pid))
     monkeypatch.setattr(bench_view, "asyncio", SimpleNamespace(sleep=timed, create_task=asyncio.create_task,
                                                                gather=asyncio.gather, run=asyncio.run))
     monkeypatch.setattr(bench_view, "time", SimpleNamespace(monotonic=lambda: time.monotonic() - lag[0],
@@ -97,7 +98,7 @@ def test_cpu_seconds_are_the_process_user_and_system_time() -> None:
     sum(i * i for i in range(200_000))  # some CPU time to read
     tick = 1 / os.sysconf("SC_CLK_TCK")
     before = os.times()
-    cpu = bench_view._cpu_s(os.getpid())
+    cpu = child.cpu_s(os.getpid())
     after = os.times()
     assert before.user + before.system - tick <= cpu <= after.user + after.system + tick
 
@@ -105,15 +106,16 @@ def test_cpu_seconds_are_the_process_user_and_system_time() -> None:
 def test_a_child_that_ends_before_it_is_ready_is_one_line_with_its_last_words(tmp_path) -> None:
     code = "import sys; sys.stderr.write('loading\\nno camera here\\n')"
     with pytest.raises(SystemExit) as exc:
-        bench_view._start([sys.executable, "-c", code, "extra"], tmp_path / "child.log", r"ready on (\d+)")
+        child.start("streamfuse bench view", [sys.executable, "-c", code, "extra"], tmp_path / "child.log",
+                    r"ready on (\d+)")
     assert exc.value.code == f"streamfuse bench view: error: {code} extra did not start: no camera here"
 
 
 def test_a_viewer_of_another_checkout_runs_there_with_that_checkout_first_on_its_path(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     code = "import os, sys; sys.stderr.write(f'in {os.getcwd()} path {os.environ[\"PYTHONPATH\"]} ready\\n')"
-    proc, said = bench_view._start([sys.executable, "-c", code], tmp_path / "child.log", r"(in .* ready)",
-                                   tmp_path.resolve())
+    proc, said = child.start("streamfuse bench view", [sys.executable, "-c", code], tmp_path / "child.log",
+                             r"(in .* ready)", tmp_path.resolve())
     proc.wait(timeout=60)
     assert said == f"in {tmp_path.resolve()} path {tmp_path.resolve()}{os.pathsep}/elsewhere ready"
 
@@ -137,11 +139,11 @@ def _scripted_main(monkeypatch, args: list[str]) -> tuple[list, list]:
     """``main(args)`` with its children and rounds recorded, not run: (argv, checkout, child) each, (viewer, port)."""
     started, rounds = [], []
 
-    def start(argv, log, ready, src=None):
+    def start(prog, argv, log, ready, src=None):
         started.append((argv, src, _Child()))
         return started[-1][2], "tcp://127.0.0.1:5" if "run" in argv else str(8000 + len(started))
 
-    monkeypatch.setattr(bench_view, "_start", start)
+    monkeypatch.setattr(child, "start", start)
     monkeypatch.setattr(bench_view, "_round", lambda name, proc, port, args: rounds.append((name, port)))
     assert bench_view.main(args) == 0
     return started, rounds
@@ -154,7 +156,7 @@ def test_rounds_alternate_between_the_viewers_and_every_child_is_stopped(tmp_pat
     assert rounds == [("this", 8002), ("against", 8003)] * 2
     assert [src for _, src, _ in started] == [None, None, tmp_path / "other"]
     assert started[2][1].is_absolute()
-    assert all(child.stopped for *_, child in started)
+    assert all(proc.stopped for *_, proc in started)
 
 
 def test_a_viewer_is_given_room_for_more_pages_than_its_default_cap(monkeypatch, capsys) -> None:
@@ -223,7 +225,7 @@ def test_a_rounds_cores_are_the_viewers_cpu_over_its_timed_seconds_alone(monkeyp
     # the CPU of the warm-up (the pages connecting and reading) was divided by the timed seconds alone: a viewer busy
     # half a core all along was said to use 0.5 x (3 s + 1 s) / 1 s = 2 cores in a round of 1 s
     monkeypatch.setattr(bench_view, "WARM_UP_S", 1.0)
-    monkeypatch.setattr(bench_view, "_cpu_s", lambda pid: 0.5 * time.monotonic())  # half a core, all along
+    monkeypatch.setattr(child, "cpu_s", lambda pid: 0.5 * time.monotonic())  # half a core, all along
     with _feed() as port:
         args = argparse.Namespace(pages=2, seconds=0.5, foxglove=False)
         bench_view._round("this", SimpleNamespace(pid=0), port, args)
@@ -243,9 +245,9 @@ def test_a_stop_while_a_child_starts_stops_the_child(stop, tmp_path, monkeypatch
             raise stop("interrupted (SIGTERM)")
         time.sleep(seconds)
 
-    monkeypatch.setattr(bench_view, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    monkeypatch.setattr(child, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
     with pytest.raises(stop):
-        bench_view._start([sys.executable, "-c", code], log, r"never said")
+        child.start("streamfuse bench view", [sys.executable, "-c", code], log, r"never said")
     pid = int(log.read_text())
     try:
         assert not Path(f"/proc/{pid}").exists(), "the child runs on"
