@@ -730,6 +730,19 @@ def test_realtime_pacing_counts_each_dropped_frame_on_its_own_stream(tmp_path, m
     assert summary.dropped["vis"] > 0 and summary.dropped["ir"] == 0
 
 
+def test_realtime_pacing_starts_at_the_first_frame_not_before_the_inputs_open(tmp_path, monkeypatch):
+    """Its clock started before the wait for a subscriber (publish.wait_subscriber_s) and the inputs' opening (slow
+    on a busy machine): 2 s spent there made the first 2 s of frames late, all dropped but each input's last."""
+    ir, vis = tmp_path / "ir.mkv", tmp_path / "vis.mkv"
+    write_video(ir, 40, 25, grey=True, codec="ffv1")
+    write_video(vis, 40, 25, codec="ffv1")
+    clock = _slept(monkeypatch)
+    monkeypatch.setattr("streamfuse.replay.loop.wait_subscriber", lambda *a: clock.sleep(2.0))
+    summary = run_replay(make_cfg(replay={"pacing": "realtime", "codec": "ffv1"}), ir_path=ir, vis_path=vis,
+                         out_path=tmp_path / "o.mkv")
+    assert summary.dropped == {"ir": 0, "vis": 0} and summary.written == 40
+
+
 def test_recording_replays_to_the_live_pairs_and_fused_frames(tmp_path):
     """A live-like loop (IR arriving late) records and pairs; replaying the recording must give the same."""
     cfg = make_cfg(ir={"kind": "mcap"}, vis={"kind": "mcap"}, replay={"codec": "ffv1"})

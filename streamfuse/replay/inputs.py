@@ -262,14 +262,14 @@ class RecordedOrder:
 class Pacing:
     """``pacing: realtime``: each frame is released at its recorded time (its time line), counted from the first."""
 
-    def __init__(self, wall0_ns: int):
-        self._wall0_ns = wall0_ns
-        self._t_first: int | None = None
+    _t_first: int | None = None
+    _wall0_ns = 0  # the first frame's release: a wait before it (for a subscriber, a slow open) makes no frame late
 
     def drop(self, t_ns: int, next_ns: int | None) -> bool:
         """Wait until the frame at ``t_ns`` is due; True (drop it) when the next frame of its stream (at ``next_ns``)
         is already due: newest wins, as live."""
-        self._t_first = t_ns if self._t_first is None else self._t_first
+        if self._t_first is None:
+            self._t_first, self._wall0_ns = t_ns, time.perf_counter_ns()
         due = t_ns - self._t_first - (time.perf_counter_ns() - self._wall0_ns)
         if due > JUMP_NS:  # the rig's clock was stepped forward: not a gap to sleep through (as a paced video's)
             self._t_first, due = self._t_first + due, 0

@@ -166,7 +166,7 @@ class _Replay:
         try:
             wait_subscriber(self.publisher, self.cfg)
             readers = self._open_readers(opened)
-            for pair in self._pairs(readers, pairer, bar, wall0_ns):
+            for pair in self._pairs(readers, pairer, bar):
                 self._emit(pair, processor)
             s.stopped = self._stop_reason(readers)
             self.input_fault = bool(s.stopped)  # a bad input: running again meets it again
@@ -206,11 +206,11 @@ class _Replay:
         self.clock.threads["decode_thread"] = len(self.readers) if self.cfg.replay.overlap else 1  # else in turns
         return self.readers
 
-    def _pairs(self, readers: list[Reader], pairer: Any, bar: Any, wall0_ns: int) -> Iterator[FramePair]:
+    def _pairs(self, readers: list[Reader], pairer: Any, bar: Any) -> Iterator[FramePair]:
         """0. read (frames merged by capture time; those outside the other input's span counted unpaired;
         realtime pacing), 1. pair (flushed at the end)."""
         s, tolerance_ns = self.summary, self.cfg.sync.tolerance_ns
-        pacing = Pacing(wall0_ns) if self.cfg.replay.pacing == "realtime" else None
+        pacing = Pacing() if self.cfg.replay.pacing == "realtime" else None
         # a recording read in recorded order is one reader, its streams' spans known at its end (``take_pairer``)
         by_stream = {r.name: r for r in readers}
         for frame, t_ns, next_ns in merged(readers):
