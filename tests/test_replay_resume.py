@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from test_replay import _StopAt, full_disk_remux, interrupted_replay, make_cfg, write_video
+from test_replay import _StopAt, _slept, full_disk_remux, interrupted_replay, make_cfg, write_video
 
 import streamfuse.processor
 import streamfuse.video
@@ -421,12 +421,13 @@ def test_a_resume_with_another_setting_its_fingerprint_holds_is_refused(tmp_path
 
 
 @pytest.mark.parametrize("paced", ["fast", "realtime"])
-def test_a_realtime_resume_of_another_runs_output_is_refused_not_started_over(tmp_path, pair, paced):
+def test_a_realtime_resume_of_another_runs_output_is_refused_not_started_over(tmp_path, pair, paced, monkeypatch):
     """A realtime resume starts over, and it did so before it compared the settings: realtime pacing given by mistake
     for a fast run, or other inputs for a realtime one, deleted the interrupted run's frames instead of keeping them."""
     ir, vis = pair
     out, other = tmp_path / "fused.mkv", tmp_path / "other.mkv"
     shutil.copy(vis, other)
+    _slept(monkeypatch)  # a busy machine's pauses would drop frames of the realtime run: it might end before its stop
     interrupted_replay(make_cfg(replay={"codec": "ffv1", "pacing": paced}), ir, vis, out, stop=8)
     kept = partial_path(out).read_bytes()
     key, vis_now = ("pacing", vis) if paced == "fast" else ("vis", other)
