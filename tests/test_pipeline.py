@@ -4,6 +4,7 @@ for good; a producer killed mid-run."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -683,18 +684,22 @@ def _video_at(path: Path, pts_ms: list[int]) -> None:
 
 
 @pytest.mark.timeout(150)
-def test_a_live_run_from_files_fuses_the_pair_their_end_makes(tmp_path):
+def test_a_live_run_from_files_fuses_the_pair_their_end_makes(tmp_path, monkeypatch):
     # The last IR frame (0.9 s) waits for a visible frame nearer than the one 10 ms before it; the files' end makes
     # that pair, which the run counted and never fused, as a replay of the files does: pairs=10, published=9, stale=0
-    from streamfuse.pipeline import run_live
+    from streamfuse import pipeline
+    from streamfuse.capture import start_producers
 
     _video_at(tmp_path / "ir.mkv", [100 * k for k in range(10)])
     _video_at(tmp_path / "vis.mkv", [33 * k for k in range(27)] + [890])
     sources = [f"{s}.{key}={value}" for s in ("ir", "vis")
                for key, value in (("kind", "file"), ("path", tmp_path / f"{s}.mkv"), ("restart", "false"),
                                    ("stall_factor", "0"))]  # a loaded machine's pause is no failure here
-    cfg, _ = _live_cfg(*sources, "sync.slop_ms=20", endpoint=f"ipc://{tmp_path}/fused")
-    counters = run_live(cfg, duration_s=120.0)["counters"]  # the duration only bounds a failure
+    # rings and pairing queues with room for every frame of the files: on a busy machine the loop, or one producer,
+    # can lag by several frames, and the live rules would drop the frames an IR frame pairs with (pairs=8)
+    monkeypatch.setattr(pipeline, "start_producers", functools.partial(start_producers, slots=32))
+    cfg, _ = _live_cfg(*sources, "sync.slop_ms=20", "sync.queue_size=32", endpoint=f"ipc://{tmp_path}/fused")
+    counters = pipeline.run_live(cfg, duration_s=120.0)["counters"]  # the duration only bounds a failure
     assert counters["pairs"] == 10 and counters["published"] + counters["stale"] == 10
 
 
