@@ -7,14 +7,18 @@ import threading
 import time
 
 
-def main_waits_in(function: str) -> bool:
-    """Whether the main thread waits in ``threading`` (for a thread's end or start, an event) inside ``function``."""
+def main_runs(function: str) -> bool:
+    """Whether the main thread runs inside ``function``."""
     frame = sys._current_frames().get(threading.main_thread().ident)
-    if frame is None or frame.f_code.co_filename != threading.__file__:
-        return False
     while frame is not None and frame.f_code.co_name != function:
         frame = frame.f_back
     return frame is not None
+
+
+def main_waits_in(function: str) -> bool:
+    """Whether the main thread waits in ``threading`` (for a thread's end or start, an event) inside ``function``."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    return frame is not None and frame.f_code.co_filename == threading.__file__ and main_runs(function)
 
 
 def when_main_waits_in(function: str, then: threading.Event) -> None:

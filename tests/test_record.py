@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import struct
-import sys
 import threading
 import time
 import types
@@ -21,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers_threads import main_waits_in, when_main_waits_in
+from helpers_threads import main_runs, main_waits_in, when_main_waits_in
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
@@ -704,13 +703,6 @@ def test_a_ctrl_c_as_seal_waits_for_the_encoder_thread_lets_it_write_every_frame
     assert len(list(decode_frames(partial_path(tmp_path / ext)))) == 3
 
 
-def _main_runs(function: str) -> bool:
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None and frame.f_code.co_name != function:
-        frame = frame.f_back
-    return frame is not None
-
-
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="a Ctrl-C sent to the main thread")
 def test_a_second_stop_as_seal_waits_for_the_encoder_thread_leaves_it_the_file_to_close(tmp_path):
     """A second stop while seal() waits for the encoder thread: it waits no more, and the thread, which a join cut
@@ -723,7 +715,8 @@ def test_a_second_stop_as_seal_waits_for_the_encoder_thread_leaves_it_the_file_t
     assert held.inside.wait(60)
 
     def release_as_main_gives_up() -> None:  # as it stops waiting (now), or as abort() waits for the thread (before)
-        while not (_main_runs("abandon") or main_waits_in("abort")):
+        deadline = time.monotonic() + 60  # else released anyway: the test then fails on its counts, not hangs
+        while not (main_runs("abandon") or main_waits_in("abort")) and time.monotonic() < deadline:
             time.sleep(0.005)
         held.release.set()
 
