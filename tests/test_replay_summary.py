@@ -188,25 +188,36 @@ def test_frames_the_publisher_refused_are_counted_apart_from_those_it_published(
     assert "  published 6 | refused by the publisher 3 " in summary.format()
 
 
-@pytest.mark.parametrize("comes_back", [False, True], ids=["stops for good", "comes back"])
-def test_a_stream_that_stops_holds_no_memory_a_frame_of_the_other(monkeypatch, comes_back):
+# the IR's frames read with the visible ones' first (0: none), whether it comes back after them, and the verdicts on
+# the visible frames left while it had none: after its span where it stopped, lone where it came back, before its
+# span where it started late, none where it never started
+_IR_GONE = {"stops for good": (10, False, "after", {"unpaired": 663, "dropped": 1327}),
+            "comes back": (10, True, "lone", 1327),
+            "never starts": (0, False, "before", {"unpaired": 0, "dropped": 0}),
+            "starts late": (0, True, "before", {"unpaired": 667, "dropped": 1333})}
+
+
+@pytest.mark.parametrize("case", list(_IR_GONE))
+def test_a_stream_without_the_other_holds_no_memory_a_frame_of_it(monkeypatch, case):
     """A recording read in logged order whose IR stopped early kept 9 bytes for each visible frame left unpaired or
-    dropped, until the IR's next frame or the end, and 16 for its time (2.7 MB an hour at 30 frames/s); the verdicts
-    stay those of keeping them all."""
+    dropped, until the IR's next frame or the end, and 16 for its time (2.7 MB an hour at 30 frames/s); one whose IR
+    had no frame yet kept them all, and a span for each frame read. The verdicts stay those of keeping them all."""
     import streamfuse.replay.left_frames
+
+    along, comes, verdict, expected = _IR_GONE[case]
 
     def verdicts(kept: int) -> tuple[dict, int]:
         monkeypatch.setattr(streamfuse.replay.left_frames, "_KEPT", kept, raising=False)
         left, held, period = LeftFrames(5_000_000), 0, 33_333_333
-        for i in range(10):
+        for i in range(along):
             left.read("vis", i * period)
             left.read("ir", i * period)
-        for i in range(10, 2000):  # the IR camera gone: each visible frame left, most dropped
+        for i in range(along, 2000):  # no IR frame: each visible frame left, most dropped
             left.read("vis", i * period)
             left.left("vis", "unpaired" if i % 3 == 0 else "dropped", i * period)
             left.forget({"ir": [], "vis": []})
             held = max(held, left.held())
-        if comes_back:
+        if comes:
             left.read("ir", 2000 * period)
         left.end()
         return left.verdicts, held
@@ -214,5 +225,4 @@ def test_a_stream_that_stops_holds_no_memory_a_frame_of_the_other(monkeypatch, c
     counted, held = verdicts(100)
     assert counted == verdicts(10**9)[0]
     assert held <= 2 * 100 + 8
-    assert counted["vis"]["lone" if comes_back else "after"] == (1327 if comes_back else {"unpaired": 663,
-                                                                                           "dropped": 1327})
+    assert counted["vis"][verdict] == expected

@@ -42,6 +42,8 @@ class LeftFrames:
         self._pending = {s: _Pending() for s in OTHER}
         # leftovers counted, not kept, past the other stream's newest frame at the time (dropped, unpaired; that time)
         self._beyond: dict[str, tuple[int, int, int | None]] = {s: (0, 0, None) for s in OTHER}
+        # those counted, not kept, before the other stream's first frame (dropped, unpaired): before its span
+        self._early: dict[str, tuple[int, int]] = {s: (0, 0) for s in OTHER}
 
     def read(self, stream: str, t_ns: int) -> None:
         """A frame of ``stream`` read, at ``t_ns`` on its time line."""
@@ -66,7 +68,9 @@ class LeftFrames:
         dropped frames, its frames held by the pairer (``held_ns``: time lines per stream) and its frames to come, and
         all but the newest :data:`_KEPT` (the other stream's next frame, where it stopped, is not that far behind)."""
         for stream, other in OTHER.items():
-            if self.newest[other] is None:  # the other stream's first frame may come at any time
+            if self.newest[other] is None:  # its first frame may come at any time, not that far behind
+                if (cut := len(self._hi[stream]) - _KEPT) > 0:
+                    del self._lo[stream][:cut], self._hi[stream][:cut]
                 continue
             pending = self._pending[other].floor()
             floor = min([self.newest[other] + 1, *held_ns[other], *([] if pending is None else [pending])])
@@ -90,15 +94,17 @@ class LeftFrames:
     def _fold(self, stream: str) -> None:
         """Count, rather than keep, the oldest of ``stream``'s pending leftovers past :data:`_KEPT` that lie after the
         other stream's newest frame: its next frame, which comes that many of them later, comes after them too, and
-        makes the dropped ones lone; none makes them all after its span."""
+        makes the dropped ones lone; none makes them all after its span. Where the other stream has no frame yet, its
+        first one comes after them too: they are before its span (or outside none, where it never comes)."""
         pending, newest = self._pending[stream], self.newest[OTHER[stream]]
-        while len(pending) > _KEPT and newest is not None and pending.first()[1] > newest + self.tolerance_ns:
-            dropped, unpaired, _ = self._beyond[stream]
-            if pending.first()[0] == "dropped":
-                dropped += 1
+        while len(pending) > _KEPT and (newest is None or pending.first()[1] > newest + self.tolerance_ns):
+            dropped = pending.first()[0] == "dropped"
+            if newest is None:
+                early = self._early[stream]
+                self._early[stream] = early[0] + dropped, early[1] + (not dropped)
             else:
-                unpaired += 1
-            self._beyond[stream] = dropped, unpaired, newest
+                counted = self._beyond[stream]
+                self._beyond[stream] = counted[0] + dropped, counted[1] + (not dropped), newest
             pending.pop()
 
     def _settle(self, stream: str, end: bool) -> None:
@@ -111,7 +117,12 @@ class LeftFrames:
 
     def _settle_counted(self, stream: str, end: bool) -> None:
         """Decide ``stream``'s leftovers counted by :meth:`_fold`: lone where dropped once the other stream has a
-        newer frame, else after its span at the ``end``."""
+        newer frame, else after its span at the ``end``; those counted before its first frame, before its span."""
+        if self.first[OTHER[stream]] is not None and any(self._early[stream]):
+            before = self.verdicts[stream]["before"]
+            before["dropped"] += self._early[stream][0]
+            before["unpaired"] += self._early[stream][1]
+            self._early[stream] = 0, 0
         dropped, unpaired, newest = self._beyond[stream]
         if newest is None or not end and self.newest[OTHER[stream]] == newest:
             return
