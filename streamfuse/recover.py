@@ -41,6 +41,7 @@ from streamfuse.signals import HANGUP, handled, raise_interrupt
 
 __all__ = ["recover", "main"]
 
+_COMPLETE = "{} is a complete recording, not cut: nothing to recover (replay it as it is)"
 _NOTHING = "nothing to recover: {} holds no complete frame (it was cut before its first chunk was written)"
 
 
@@ -59,12 +60,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         OSError, ValueError, RuntimeError: one line naming the file; no output is left behind, except where it has its
             name but its folder's sync failed (RuntimeError, the line saying what was recovered).
     """
-    src = Path(src)
-    if src.exists() and not src.is_file():  # a FIFO held its open() for good, waiting for a writer
-        raise ValueError(f"{src} is not a recording file (a folder, pipe or device)")
-    if being_recorded(src):  # a live run's recording, not a killed one's: that run finishes it itself
-        raise ValueError(f"{src} is being recorded by a running run (its record.path); it is finished when that run "
-                         f"ends: stop the run, not recover it")
+    src = _recoverable(Path(src))
     mark = cut_mark(src)  # a split recording's part: finished as its set's last
     try:
         header, complete = _inspect(src)
@@ -72,14 +68,14 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         if mark is None:
             raise
         header, complete = Header(profile="ros2", library="streamfuse"), False
-    damage = _damage(src) if complete else None  # closed as a finished one is, yet a chunk inside does not read back
     # one left under its temporary name is finished too: its run could not give it its name (a full disk, a
-    # permissions change), and a split recording's part must also record that its set ends there
-    if complete and damage is None and final_path(src) is None:
-        return f"{src} is a complete recording, not cut: nothing to recover (replay it as it is)"
-    if damage is not None and out is None:
-        raise ValueError(f"{damage}: pass --out FILE.mcap to recover the frames before the damage")
-    out = Path(out) if out is not None else _final_name(src)
+    # permissions change), and a split recording's part must also record that its set ends there; one under its own
+    # name only where a chunk inside does not read back (closed as a finished one is), found as it is copied
+    finished = complete and final_path(src) is None
+    if finished and out is None:  # nothing is written: its read says only whether it is whole
+        _whole(_damage(src), finished, given=False)
+        return _COMPLETE.format(src)
+    given, out = out is not None, Path(out) if out is not None else _final_name(src)
     if not out.name.lower().endswith(".mcap"):
         raise ValueError(f"cannot recover to {out}: a recording's name must end in .mcap (replay knows it by that)")
     if os.path.lexists(out):  # a link pointing nowhere too: the final rename would not write over it
@@ -94,7 +90,10 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         raise OSError(f"cannot write {out}: {tmp}: {io_reason(exc)}") from None
     try:
         with f:
-            counts, first, last, records = _copy(src, header, f, records)
+            counts, first, last, records, damage = _copy(src, header, f, records)
+        if complete and _whole(damage, finished, given):
+            tmp.unlink()
+            return _COMPLETE.format(src)
         ends = any(name == END_RECORD for name, _ in records)
         if not any(counts.values()) and mark is None:
             raise ValueError(_NOTHING.format(src))
@@ -108,6 +107,24 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         tmp.unlink(missing_ok=True)
         raise
     return _said(src, out, counts, (first, last), complete, ends=ends)
+
+
+def _recoverable(src: Path) -> Path:
+    """``src``, where it may be recovered: a file no running run records to (ValueError, one line, otherwise)."""
+    if src.exists() and not src.is_file():  # a FIFO held its open() for good, waiting for a writer
+        raise ValueError(f"{src} is not a recording file (a folder, pipe or device)")
+    if being_recorded(src):  # a live run's recording, not a killed one's: that run finishes it itself
+        raise ValueError(f"{src} is being recorded by a running run (its record.path); it is finished when that run "
+                         f"ends: stop the run, not recover it")
+    return src
+
+
+def _whole(damage: str | None, finished: bool, given: bool) -> bool:
+    """Whether a complete recording (``finished``: under its own name) reads whole and is left as it is; raises
+    ValueError where it is damaged (``damage``: why) and no output was ``given`` for the frames before it."""
+    if damage is not None and not given:
+        raise ValueError(f"{damage}: pass --out FILE.mcap to recover the frames before the damage")
+    return finished and damage is None
 
 
 def _said(src: Path, out: Path, counts: dict[str, int], span: tuple[int, int], complete: bool, *, ends: bool) -> str:
@@ -185,16 +202,16 @@ def _final_name(src: Path) -> Path:
 
 
 def _copy(src: Path, header: Header, f: BinaryIO, records: list[tuple[str, dict[str, str]]] | None
-          ) -> tuple[dict[str, int], int, int, list[tuple[str, dict[str, str]]]]:
+          ) -> tuple[dict[str, int], int, int, list[tuple[str, dict[str, str]]], str | None]:
     """Every image message of ``src`` up to its cut into a finished MCAP on ``f``, with the split recording's
     ``records`` (name, metadata: its part's set and place, its end; None: those ``src`` holds, found as it is read):
-    (frames per stream, first and last log time, the records written)."""
+    (frames per stream, first and last log time, the records written, why the read stopped short or None)."""
     # the recorder's default chunks (zstd), and its data section CRC
     writer = Writer(f, chunk_size=int(RecordConfig.chunk_mb * 2**20), enable_data_crcs=True)
     writer.start(profile=header.profile, library=header.library)
     schemas: dict[int, int] = {0: 0}  # input id -> output id; 0: no schema
     channels: dict[int, int] = {}
-    counts, first, last = {s: 0 for s in TOPICS}, None, 0
+    counts, first, last, damage = {s: 0 for s in TOPICS}, None, 0, None
     streams = {topic: s for s, topic in TOPICS.items()}
     others: list[object] = []  # its schemas, channels and metadata records, and its data section's end where it has one
     topics = (*TOPICS.values(), COUNTS_TOPIC)
@@ -206,8 +223,8 @@ def _copy(src: Path, header: Header, f: BinaryIO, records: list[tuple[str, dict[
             if channel.topic in streams:  # frames; the IR's counts go with its frames
                 counts[streams[channel.topic]] += 1
             first, last = msg.log_time if first is None else min(first, msg.log_time), max(last, msg.log_time)
-    except SourceError:  # the cut: everything before it is in
-        pass
+    except SourceError as exc:  # the cut (or damage): everything before it is in
+        damage = str(exc)
     found = {r.id: r for r in others if isinstance(r, Schema)}
     for channel in (r for r in others if isinstance(r, Channel) and r.topic in topics and r.id not in channels):
         # one without a message (a stream whose first frame came later): a later part of its set holds it too
@@ -218,7 +235,7 @@ def _copy(src: Path, header: Header, f: BinaryIO, records: list[tuple[str, dict[
     for name, metadata in records:
         writer.add_metadata(name, metadata)
     writer.finish()
-    return counts, first or 0, last, records
+    return counts, first or 0, last, records, damage
 
 
 def _channel(writer: Writer, schemas: dict[int, int], schema: Schema | None, channel: Channel) -> int:

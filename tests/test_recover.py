@@ -172,6 +172,25 @@ def test_a_complete_recording_damaged_inside_is_not_called_complete(tmp_path, rn
     assert [(f.stream, f.seq) for f in got] == [(f.stream, f.seq) for f in frames[:len(got)]]
 
 
+def _bytes_read() -> int:
+    """The bytes this process has read through read() calls so far (its page-cache hits included)."""
+    return int(re.search(r"^rchar: (\d+)$", Path("/proc/self/io").read_text(), re.MULTILINE).group(1))
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs /proc/self/io")
+def test_a_complete_recording_damaged_inside_is_read_once(tmp_path, rng):
+    # it was read up to its damage to find it, then again to copy the frames before it
+    path = tmp_path / "rig.mcap"
+    _record(path, _frames(rng), cut=None)
+    data = bytearray(path.read_bytes())
+    data[len(data) * 9 // 10:len(data) * 9 // 10 + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    recover(path, tmp_path / "first.mcap")  # what a first call loads is not counted
+    before = _bytes_read()
+    assert recover(path, tmp_path / "saved.mcap").startswith("recovered ")
+    assert _bytes_read() - before < 1.2 * len(data)
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_its_report_to_a_full_disk_is_the_one_line_every_command_gives(tmp_path, rng):
     # it said "streamfuse recover: error: [Errno 28] No space left on device", unlike the other commands
