@@ -94,6 +94,7 @@ def recover(src: str | os.PathLike, out: str | os.PathLike | None = None) -> str
         if complete and _whole(damage, finished, given):
             tmp.unlink()
             return _COMPLETE.format(src)
+        complete = complete and damage is None  # one damaged inside loses what follows the damage
         ends = any(name == END_RECORD for name, _ in records)
         if not any(counts.values()) and mark is None:
             raise ValueError(_NOTHING.format(src))

@@ -153,7 +153,8 @@ def test_a_complete_recording_left_under_its_temporary_name_is_given_its_name(tm
     assert len(list(read_recording(path))) == frames > 0
 
 
-def test_a_complete_recording_damaged_inside_is_not_called_complete(tmp_path, rng, capsys):
+@pytest.mark.parametrize("named", [True, False], ids=["under its name", "under its temporary name"])
+def test_a_complete_recording_damaged_inside_is_not_called_complete(tmp_path, rng, capsys, named):
     """Zeros inside a closed recording (a disk's bad blocks): recover called it complete, to "replay it as it is", and
     a replay of it stopped at the damage; now it says so, and given --out recovers the frames before the damage."""
     path, out = tmp_path / "rig.mcap", tmp_path / "saved.mcap"
@@ -162,11 +163,14 @@ def test_a_complete_recording_damaged_inside_is_not_called_complete(tmp_path, rn
     data = bytearray(path.read_bytes())
     data[len(data) // 2:len(data) // 2 + 4096] = bytes(4096)
     path.write_bytes(bytes(data))
+    if not named:  # its run's final rename failed
+        path = path.rename(partial_path(path))
     assert main([str(path)]) == 1
-    assert re.fullmatch(r"streamfuse recover: error: recording .*rig\.mcap is truncated or corrupt after \d+ frames "
-                        r"\(.*\): pass --out FILE\.mcap to recover the frames before the damage\n",
+    assert re.fullmatch(r"streamfuse recover: error: recording .*rig\.mcap(\.partial)? is truncated or corrupt after "
+                        r"\d+ frames \(.*\)(; .*)?: pass --out FILE\.mcap to recover the frames before the damage\n",
                         capsys.readouterr().err)
     assert main([str(path), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.endswith("; what was recorded after the cut is lost\n")  # not "nothing is lost"
     got = list(read_recording(out))
     assert 0 < len(got) < len(frames)
     assert [(f.stream, f.seq) for f in got] == [(f.stream, f.seq) for f in frames[:len(got)]]
