@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 import types
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -990,6 +991,30 @@ def test_a_chunk_whose_opcode_is_damaged_is_not_skipped_in_silence(tmp_path, rng
     path.write_bytes(bytes(data))
     with pytest.raises(SourceError, match="truncated or corrupt after .* frames .*unknown type 0x16"):
         list(read_recording(path))
+
+
+@pytest.mark.parametrize("opcode", [0x20, 0x81], ids=["a later MCAP version's", "an application's"])
+def test_a_record_of_a_type_the_reader_does_not_know_is_skipped_and_said(tmp_path, rng, caplog, opcode):
+    # the MCAP format has readers skip records of a type they do not know (its opcodes 0x01-0x7f are kept for its
+    # later versions): one of a reserved type was refused as damage, and an application's was skipped unsaid
+    path = tmp_path / "rig.mcap"
+    with Recorder(RecordConfig(path=str(path), chunk_mb=0.0625), queue_size=512) as rec:
+        for f in _frames(rng, 60):
+            rec.write(f)
+    whole = [(f.stream, f.seq, f.t_capture_ns) for f in read_recording(path)]
+    data, pos, retyped = bytearray(path.read_bytes()), 8, 0
+    while data[pos] != 0x0F:  # the data section's records, up to its end: each message index retyped
+        if data[pos] == 0x07:
+            data[pos], retyped = opcode, retyped + 1
+        pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
+    data[pos + 9:pos + 13] = zlib.crc32(data[:pos]).to_bytes(4, "little")  # the data section's CRC, written so
+    path.write_bytes(bytes(data))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert [(f.stream, f.seq, f.t_capture_ns) for f in read_recording(path)] == whole
+    assert retyped > 1 and caplog.messages == [f"recording {path}: {retyped} records of a type this reader does not "
+                                               f"know (0x{opcode:02x}: a later MCAP version's or an application's) "
+                                               f"skipped, as the format has readers do"]
 
 
 @pytest.mark.parametrize("cut", [False, True])

@@ -21,19 +21,19 @@ import shlex
 import sqlite3
 import struct
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from mcap.exceptions import McapError
 from mcap.reader import NonSeekingReader, SeekingReader
-from mcap.records import Channel, DataEnd, Message, Metadata, Schema
-from mcap.stream_reader import StreamReader
+from mcap.records import Channel, Message, Schema
 from zstandard import ZstdError
 
 from streamfuse.atomic_write import final_path
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import foxglove_images, ros_images
 from streamfuse.capture.bag_folder import folder_topics, is_bag_folder, storage_files
+from streamfuse.capture.mcap_records import KnownRecords
 from streamfuse.capture.palette import check_depth, first_note, ir_grey
 from streamfuse.capture.ros1_bag import BagError, bag1_messages, bag1_topics, is_bag1
 from streamfuse.capture.ros_images import Unsupported
@@ -144,16 +144,19 @@ def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPIC
         raise FileNotFoundError(f"recording not found: {path}")
     read = 0
     with open(path, "rb") as f:
+        reader = NonSeekingReader(f, validate_crcs=True)
+        # its own stream reader replaced: see there
+        records = reader._stream_reader = KnownRecords(f, Path(shown or path), validate_crcs=True,  # noqa: SLF001
+                                                       others=others)
         try:
-            reader = NonSeekingReader(f, validate_crcs=True)
-            # its own stream reader replaced: see there
-            reader._stream_reader = _KnownRecords(f, validate_crcs=True, others=others)  # noqa: SLF001
             for record in reader.iter_messages(topics=sorted(topics), log_time_order=False):
                 yield record
                 read += 1
         # a damaged chunk header's size: past what an index holds (OverflowError) or any memory (MemoryError)
         except (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError) as exc:
             raise SourceError(_damaged(Path(shown or path), read, exc)) from None
+        finally:
+            records.said()
 
 
 def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None, palette: str = "",
@@ -282,31 +285,6 @@ def _mcap_records(path: str | os.PathLike, topics: tuple[str, ...],
     except OSError as exc:  # a part moved away since the set was listed (copied off meanwhile), a disk's read error
         why = "not found" if isinstance(exc, FileNotFoundError) else io_reason(exc)
         raise SourceError(f"recording {shown}: cannot read it ({why})") from None
-
-
-class _KnownRecords(StreamReader):
-    """MCAP's stream reader, stopping at a record of a reserved type: the library skips it, as the format lets new
-    versions add types, but no writer makes one, and a chunk's damaged opcode byte (in no chunk CRC) read as one would
-    drop its frames without a word; the data section's CRC tells only at its end, after the frames behind it, and a
-    cut recording has none. User-defined types (0x80 and up) are still skipped. ``others``: where the schema, channel
-    and metadata records and the data section's end go as they are read."""
-
-    def __init__(self, stream: BinaryIO, *, validate_crcs: bool, others: list[object] | None) -> None:
-        super().__init__(stream, validate_crcs=validate_crcs)
-        self._others = others
-
-    @property
-    def records(self) -> Iterator[object]:
-        for record in super().records:  # a chunk's own records too, which do not pass _read_record
-            if self._others is not None and isinstance(record, (Schema, Channel, Metadata, DataEnd)):
-                self._others.append(record)
-            yield record
-
-    def _read_record(self, opcode: int, length: int) -> object:
-        record = super()._read_record(opcode, length)
-        if record is None and opcode < 0x80:
-            raise McapError(f"a record of unknown type 0x{opcode:02x}: damaged")
-        return record
 
 
 def _damaged(path: Path, frames: int, exc: Exception) -> str:
