@@ -3,10 +3,11 @@ new bytes through the old file's index, so the rest of its pass is lost (undecod
 one renamed over it (``mv``) is another file, which leaves the open one whole. Told by the file's status before each
 frame and after an error, and where only its time changed, by blocks of its bytes (a ``touch`` changes nothing the
 container reads; ``cp`` of a file of the same size keeps the inode and size too) or, where those blocks are the same,
-by an error decoding it after that change: the rest of the pass is counted lost, and the new file plays once its
-copy has settled, from where the pass would have ended (the other input's pass goes on meanwhile, so the two stay
-paired in step). A new file that fails in turn (unchanged since it opened) ends the source in one line, as any
-corrupt file does."""
+by an error decoding it after that change (unless the blocks cover the whole file, as they do one of up to 256 KiB,
+and are the same: then it was only touched, and its error is its own): the rest of the pass is counted lost, and the
+new file plays once its copy has settled, from where the pass would have ended (the other input's pass goes on
+meanwhile, so the two stay paired in step). A new file that fails in turn (unchanged since it opened) ends the
+source in one line, as any corrupt file does."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ def copied_over(path: str, mark: Mark | None) -> tuple[bool, Mark | None]:
     return (now[1], now[3]) != (mark[1], mark[3]), now
 
 
+def _same_bytes(mark: Mark, other: Mark) -> bool:
+    """Whether two marks of one file prove its bytes unchanged: its size and blocks alike, where the blocks cover
+    every byte (a file of at most :data:`_SAMPLES` blocks)."""
+    return mark[1] == other[1] <= _SAMPLES * _BLOCK and mark[3] == other[3]
+
+
 def settle(path: str, wait: Callable[[float], object]) -> None:
     """Return once ``path`` has stayed unchanged for :data:`SETTLE_S`, or after :data:`_MOST_S`; ``wait(s)`` sleeps,
     returning true when the run stops (then at once)."""
@@ -94,7 +101,8 @@ class CopiedOver:
         where no sampled block shows them, which the decoder then fails on (a read of the whole file at each change
         of its time would hold a long clip's source for seconds). One only touched and corrupt of its own fails in
         turn once opened again, unchanged since."""
-        return None not in (self._mark, self._mark_at_open) and self._mark[2] != self._mark_at_open[2]
+        return None not in (self._mark, self._mark_at_open) and self._mark[2] != self._mark_at_open[2] and \
+            not _same_bytes(self._mark, self._mark_at_open)
 
     def _copied_over(self) -> bool:
         if not self.cfg.loop or self.live:

@@ -194,3 +194,26 @@ def test_a_looped_file_copied_over_plays_the_new_file_once_the_copy_is_whole(tmp
         played += [src.read().image for _ in range(60)]
     assert all(np.array_equal(image, fresh[i % 40]) for i, image in enumerate(played[10:]))
     assert waits == [0.5, 0.5] and src.skipped == 30
+
+
+def test_a_corrupt_looped_file_only_touched_ends_in_its_corrupt_video_line(tmp_path: Path) -> None:
+    # its time changed, its size and sampled blocks not: the decoder's error was taken for a copy's, said as "copied
+    # over?", and the file played once more before ending; where those blocks cover it all, its bytes are the same
+    clip = tmp_path / "clip.mkv"
+    write_noise(clip, 20, seed=1)
+    data = bytearray(clip.read_bytes())
+    assert len(data) <= _SAMPLES * _BLOCK  # every byte in a sampled block
+    data[len(data) * 3 // 4:len(data) * 3 // 4 + 64] = bytes(b ^ 0xFF for b in data[len(data) * 3 // 4:][:64])
+    clip.write_bytes(bytes(data))
+    src = open_source("vis", SourceConfig(kind="file", path=str(clip), realtime=False, loop=True))
+    said: list[str] = []
+    src.warn = said.append
+    played = 0
+    with src, pytest.raises(SourceError, match="truncated or corrupt video"):
+        src.read()
+        st = os.stat(clip)
+        os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        while played < 200:
+            src.read()
+            played += 1
+    assert not [line for line in said if "copied over?" in line] and played < 20
