@@ -103,19 +103,34 @@ def deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
 @contextlib.contextmanager
 def finished_first(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
     """A block that a first stop lets finish, acted on as it ends by the handler it would have met, and that a second
-    stop cuts short as that handler does: a video's last frames, flushed by its encoder, are the run's too."""
+    stop cuts short, both acted on as their handlers do: a video's last frames, flushed by its encoder, are the run's
+    too."""
     previous = {sig: signal.getsignal(sig) for sig in signals}
     got: list[int] = []
+    with contextlib.ExitStack() as taken:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            got.append(signum)
+            if len(got) == 2:
+                # the block's handlers go first: what those acting set stays (raise_terminated's ignoring of the
+                # next stops, which would cut the cleanup after the block short)
+                taken.close()
+                _act_on(got, previous, frame)
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if got:
-            _pass_on(previous[signum], signum, frame)
-        got.append(signum)
-
-    with handled(handler, signals):
+        taken.enter_context(handled(handler, signals))
         yield
-    if got:
-        _pass_on(previous[got[0]], got[0], None)
+    if len(got) == 1:
+        _act_on(got, previous, None)
+
+
+def _act_on(stops: list[int], previous: dict[int, Any], frame: FrameType | None) -> None:
+    """Each of ``stops`` acted on in turn as ``previous`` (the handlers a block replaced) would have; what the last
+    raises is raised, the others' its context."""
+    first, *rest = dict.fromkeys(stops)
+    try:
+        _pass_on(previous[first], first, frame)
+    finally:
+        if rest:
+            _act_on(rest, previous, frame)
 
 
 def _pass_on(handler: Any, signum: int, frame: FrameType | None) -> None:

@@ -19,7 +19,7 @@ import streamfuse.replay.loop
 from streamfuse.atomic_write import partial_path
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.replay.resume import frames_held, sidecar_path
-from streamfuse.signals import handled, raise_terminated
+from streamfuse.signals import TERMINATE, handled, raise_interrupt, raise_terminated
 from streamfuse.video import VideoWriter, decode_frames
 
 
@@ -101,6 +101,32 @@ def test_a_second_stop_as_the_encoder_flushes_keeps_what_it_wrote_and_says_how_m
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and 0 < summary.reused <= held and summary.written == written  # up to a gap left
     assert len(decoded(out)[1]) == written
+
+
+@pytest.mark.parametrize("stops", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGTERM)],
+                         ids=["Ctrl-C, SIGTERM", "SIGTERM twice"])
+def test_a_sigterm_after_the_second_stop_leaves_the_replays_partial_file_and_sidecar_whole(tmp_path, pair, monkeypatch,
+                                                                                         stops):
+    # a service manager's third SIGTERM, as the command counted the frames the partial file holds, cut that short: the
+    # stop line said no frames kept and the sidecar was left as the run began, counting none
+    ir, vis = pair
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    _stopped_at_flush(monkeypatch, stops)
+    real_held, sent = streamfuse.replay.loop.frames_held, []
+
+    def held_after_a_stop(path):
+        sent.append(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_held(path)
+
+    monkeypatch.setattr(streamfuse.replay.loop, "frames_held", held_after_a_stop)
+    with handled(raise_interrupt, (signal.SIGINT,)), handled(raise_terminated, TERMINATE):  # the command line's
+        with pytest.raises(ReplayError) as err:
+            run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    held = len(list(decode_frames(partial_path(out))))
+    assert sent and held > 0 and err.value.interrupted
+    assert str(err.value).startswith(f"replay stopped: interrupted (SIGTERM); {held} frames kept in "), str(err.value)
+    assert json.loads(sidecar_path(out).read_text())["written"] == held
 
 
 def test_a_second_stop_as_the_encoder_works_through_its_queue_leaves_the_file_closed_once_abort_returns(tmp_path):

@@ -4,6 +4,7 @@ only its signals, and why a run stopped."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import multiprocessing.util
@@ -13,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from streamfuse.signals import (HANGUP, STOP_SIGNALS, Terminated, blocked, deferred, handled, ignore_stops, interrupted,
-                               raise_interrupt, raise_terminated)
+from streamfuse.signals import (HANGUP, STOP_SIGNALS, TERMINATE, Terminated, blocked, deferred, finished_first, handled,
+                               ignore_stops, interrupted, raise_interrupt, raise_terminated, stopped_by)
 
 PATIENCE_S = 30.0  # how long the test waits for the stop that must come (a loaded machine can be slow)
 
@@ -172,3 +173,48 @@ def test_a_block_inside_another_leaves_the_signal_blocked_for_the_outer_one():
             signal.raise_signal(signal.SIGTERM)
             assert got == [] and signal.SIGTERM in signal.sigpending()
         assert got == [signal.SIGTERM]
+
+
+def _stop(signum: int) -> None:
+    """``signum`` sent to this process; its handler has run when this returns (a call checks for signals)."""
+    os.kill(os.getpid(), signum)
+
+
+@pytest.mark.parametrize("first, second", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM),
+                                           (signal.SIGTERM, signal.SIGINT)], ids=["SIGTERM twice", "Ctrl-C, SIGTERM",
+                                                                                  "SIGTERM, Ctrl-C"])
+def test_a_sigterm_after_the_second_stop_that_cut_a_finished_first_block_short_leaves_the_cleanup_whole(first, second):
+    # the block gave back the handlers it replaced as the second stop unwound it, raise_terminated's included where
+    # that had just ignored the next stops: a third SIGTERM cut the cleanup short (a replay's file left unclosed, its
+    # sidecar unwritten); and a first SIGTERM cut short by a Ctrl-C was never acted on
+    with handled(raise_interrupt, (signal.SIGINT,)), handled(raise_terminated, TERMINATE):
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            with finished_first():
+                _stop(first)  # the block goes on
+                _stop(second)
+                threading.Event().wait(PATIENCE_S)  # the second stop ends this wait
+        assert interrupted(stopped.value) == interrupted(stopped_by(second))
+        try:
+            _stop(signal.SIGTERM)  # in the cleanup
+        except KeyboardInterrupt as exc:
+            pytest.fail(f"the cleanup was cut short: {interrupted(exc)}")
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+
+
+def test_a_library_callers_own_handler_takes_a_finished_first_blocks_stops_and_is_given_back():
+    # a program's handler that stops its own way is called for each stop, never left replaced nor ignored
+    got = []
+
+    def own(signum: int, _: object) -> None:
+        got.append(signum)
+
+    with handled(own, (signal.SIGTERM,)):
+        with finished_first((signal.SIGTERM,)):
+            _stop(signal.SIGTERM)
+            assert got == []  # the block finishes first
+        assert got == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is own
+        with finished_first((signal.SIGTERM,)):
+            _stop(signal.SIGTERM)
+            _stop(signal.SIGTERM)
+            assert got == [signal.SIGTERM] * 2 and signal.getsignal(signal.SIGTERM) is own
+        assert got == [signal.SIGTERM] * 2 and signal.getsignal(signal.SIGTERM) is own
