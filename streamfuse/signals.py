@@ -102,9 +102,9 @@ def deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
 
 @contextlib.contextmanager
 def finished_first(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
-    """A block that a first stop lets finish, acted on as it ends by the handler it would have met, and that a second
-    stop cuts short, both acted on as their handlers do: a video's last frames, flushed by its encoder, are the run's
-    too."""
+    """A block that a first stop lets finish, acted on as it ends (or raises) by the handler it would have met, and
+    that a second stop cuts short, both acted on as their handlers do: a video's last frames, flushed by its encoder,
+    are the run's too."""
     previous = {sig: signal.getsignal(sig) for sig in signals}
     got: list[int] = []
     with contextlib.ExitStack() as taken:
@@ -117,9 +117,12 @@ def finished_first(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
                 _act_on(got, previous, frame)
 
         taken.enter_context(handled(handler, signals))
-        yield
-    if len(got) == 1:
-        _act_on(got, previous, None)
+        try:
+            yield
+        finally:  # a block that raised was stopped all the same: the caller learns it, the block's error its context
+            taken.close()
+            if len(got) == 1:
+                _act_on(got, previous, None)
 
 
 def _act_on(stops: list[int], previous: dict[int, Any], frame: FrameType | None) -> None:

@@ -3,6 +3,7 @@ either way the stop line and the resume sidecar count the frames the partial fil
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -127,6 +128,27 @@ def test_a_sigterm_after_the_second_stop_leaves_the_replays_partial_file_and_sid
     assert sent and held > 0 and err.value.interrupted
     assert str(err.value).startswith(f"replay stopped: interrupted (SIGTERM); {held} frames kept in "), str(err.value)
     assert json.loads(sidecar_path(out).read_text())["written"] == held
+
+
+def test_a_stop_as_the_encoder_flushes_into_a_full_disk_is_still_said(tmp_path, pair, monkeypatch):
+    # the full disk's error went up alone: "replay stopped: finishing ... failed", exit status 1, the stop lost
+    ir, vis = pair
+    cfg, out = make_cfg(), tmp_path / "fused.mp4"
+    made = _stopped_at_flush(monkeypatch, (signal.SIGTERM,))
+    real_encode = _FlushStopped.encode
+
+    def full(self, frame=None):
+        packets = real_encode(self, frame)
+        if frame is None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return packets
+
+    monkeypatch.setattr(_FlushStopped, "encode", full)
+    with pytest.raises(ReplayError) as err:
+        run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    assert made[0].flushes == 1 and err.value.interrupted  # the command's exit status 130
+    assert str(err.value).startswith("replay stopped: interrupted (SIGTERM); "), str(err.value)
+    assert json.loads(sidecar_path(out).read_text())["written"] == frames_held(partial_path(out)) > 0
 
 
 def test_a_second_stop_as_the_encoder_works_through_its_queue_leaves_the_file_closed_once_abort_returns(tmp_path):

@@ -218,3 +218,15 @@ def test_a_library_callers_own_handler_takes_a_finished_first_blocks_stops_and_i
             _stop(signal.SIGTERM)
             assert got == [signal.SIGTERM] * 2 and signal.getsignal(signal.SIGTERM) is own
         assert got == [signal.SIGTERM] * 2 and signal.getsignal(signal.SIGTERM) is own
+
+
+@pytest.mark.parametrize("handler, stop, raised", [(raise_terminated, signal.SIGTERM, Terminated),
+                                                   (raise_interrupt, signal.SIGINT, KeyboardInterrupt)])
+def test_a_finished_first_block_that_raises_after_a_stop_still_says_the_stop(handler, stop, raised):
+    # the block's error (a full disk as the encoder flushed) went up alone: the run said it failed, exit status 1, and
+    # never that it was stopped
+    with handled(handler, (stop,)), pytest.raises(raised) as stopped:
+        with finished_first((stop,)):
+            _stop(stop)  # the block goes on
+            raise OSError("No space left on device")
+    assert isinstance(stopped.value.__context__, OSError)
