@@ -4,6 +4,7 @@ replay, a batch and training stop on Ctrl-C and SIGTERM (a live run and training
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing.util
 import signal
 import sys
@@ -17,6 +18,8 @@ from typing import Any
 __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "stopped_by", "raise_terminated", "takeable",
            "raise_interrupt", "interrupted", "deferred", "finished_first", "ignore_stops", "blocked", "unclaimed",
            "stopping"]
+
+log = logging.getLogger(__name__)
 
 # SIGHUP: the terminal (an SSH session) went away; sent to the whole foreground process group
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
@@ -101,16 +104,19 @@ def deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
-def finished_first(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+def finished_first(signals: tuple[int, ...] = STOP_SIGNALS, until: str = "") -> Iterator[None]:
     """A block that a first stop lets finish, acted on as it ends (or raises) by the handler it would have met, and
     that a second stop cuts short, both acted on as their handlers do: a video's last frames, flushed by its encoder,
-    are the run's too."""
+    are the run's too. The first stop logs that the run stops once ``until`` (the block's end, in words), a wait that
+    a stalled disk may make long."""
     previous = {sig: signal.getsignal(sig) for sig in signals}
     got: list[int] = []
     with contextlib.ExitStack() as taken:
         def handler(signum: int, frame: FrameType | None) -> None:
             got.append(signum)
-            if len(got) == 2:
+            if len(got) == 1 and until:
+                log.warning("stopping once %s; a second Ctrl-C or SIGTERM stops at once", until)
+            elif len(got) == 2:
                 # the block's handlers go first: what those acting set stays (raise_terminated's ignoring of the
                 # next stops, which would cut the cleanup after the block short)
                 taken.close()

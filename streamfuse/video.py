@@ -211,7 +211,7 @@ class VideoWriter:
         part of :meth:`commit`); on an error or Ctrl-C the half-written copy goes and the partial file stays. A first
         stop as the encoder takes the last frames (the queue's, its own delayed ones) waits for the file to be whole."""
         if not self.encoded:
-            with finished_first():
+            with finished_first(until=f"the encoder has written its last frames into {self.partial}"):
                 self._finish()
                 self.encoded = True  # every frame: a writer sealed is one the caller gives no more
         remuxed = work_paths(self.path)[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -83,6 +84,28 @@ def test_a_stop_as_the_encoder_flushes_keeps_every_frame_and_resume_only_writes_
     summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
     assert summary.complete and summary.written == written and not encoded  # the file as it was: nothing fused again
     assert len(decoded(out)[1]) == written and not list(tmp_path.glob(".fused*"))
+
+
+def test_a_first_stop_as_the_encoder_flushes_says_that_a_second_one_stops_at_once(tmp_path, pair, monkeypatch,
+                                                                                   caplog):
+    # nothing was said until the encoder was done: on a stalled disk the user faced a silent process, never told that
+    # a second Ctrl-C ends the wait
+    ir, vis = pair
+    made, said = _stopped_at_flush(monkeypatch, (signal.SIGINT,)), []
+    real_encode = _FlushStopped.encode
+
+    def flushed_with_a_stop(self, frame=None):
+        packets = real_encode(self, frame)
+        if frame is None:  # the stop has come; the encoder's delayed frames are still to write
+            said.append(caplog.text)
+        return packets
+
+    monkeypatch.setattr(_FlushStopped, "encode", flushed_with_a_stop)
+    with caplog.at_level(logging.WARNING), pytest.raises(ReplayError):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mp4")
+    assert made[0].flushes == 1
+    assert re.search(r"stopping once the encoder has written its last frames into .*; a second Ctrl-C or SIGTERM "
+                     r"stops at once$", said[0], re.M), said  # said as the wait began
 
 
 def test_a_second_stop_as_the_encoder_flushes_keeps_what_it_wrote_and_says_how_many(tmp_path, pair, monkeypatch):
