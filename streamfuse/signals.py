@@ -16,8 +16,8 @@ from types import FrameType
 from typing import Any
 
 __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "stopped_by", "raise_terminated", "takeable",
-           "raise_interrupt", "interrupted", "deferred", "finished_first", "ignore_stops", "blocked", "unclaimed",
-           "stopping"]
+           "raise_interrupt", "interrupted", "deferred", "finished_first", "told_if_long", "ignore_stops", "blocked",
+           "unclaimed", "stopping"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def finished_first(signals: tuple[int, ...] = STOP_SIGNALS, until: str = "") -> 
         def handler(signum: int, frame: FrameType | None) -> None:
             got.append(signum)
             if len(got) == 1 and until:
-                log.warning("stopping once %s; a second Ctrl-C or SIGTERM stops at once", until)
+                _say_stopping(until)
             elif len(got) == 2:
                 # the block's handlers go first: what those acting set stays (raise_terminated's ignoring of the
                 # next stops, which would cut the cleanup after the block short)
@@ -129,6 +129,24 @@ def finished_first(signals: tuple[int, ...] = STOP_SIGNALS, until: str = "") -> 
             taken.close()
             if len(got) == 1:
                 _act_on(got, previous, None)
+
+
+@contextlib.contextmanager
+def told_if_long(until: str, after_s: float = 2.0) -> Iterator[None]:
+    """A stop's wait (the block) that, once it outlasts ``after_s`` (a stalled disk), logs that the run stops once
+    ``until`` (the block's end, in words): a user is never left before a silent process, not knowing that a second
+    stop ends the wait."""
+    timer = threading.Timer(after_s, _say_stopping, (until,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _say_stopping(until: str) -> None:
+    log.warning("stopping once %s; a second Ctrl-C or SIGTERM stops at once", until)
 
 
 def _act_on(stops: list[int], previous: dict[int, Any], frame: FrameType | None) -> None:

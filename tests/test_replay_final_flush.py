@@ -1,5 +1,6 @@
 """A stop as the encoder flushes its last frames at a replay's end: the first lets it finish, a second cuts it short;
-either way the stop line and the resume sidecar count the frames the partial file holds."""
+either way the stop line and the resume sidecar count the frames the partial file holds. A stop's wait for the
+encoder says that a second stop ends it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from streamfuse.replay import ReplayError, run_replay
 from streamfuse.replay.resume import frames_held, sidecar_path
 from streamfuse.signals import TERMINATE, handled, raise_interrupt, raise_terminated
 from streamfuse.video import VideoWriter, decode_frames
+
+
+PATIENCE_S = 60.0  # how long a test waits for what must come (a loaded machine can be slow)
 
 
 @pytest.fixture
@@ -205,3 +209,48 @@ def test_a_second_stop_as_the_encoder_works_through_its_queue_leaves_the_file_cl
     close_may.set()
     assert closed.wait(60)
     assert held == len(list(decode_frames(partial_path(out)))) == 1
+
+
+class _Said(logging.Handler):
+    """Sets ``event`` once a record's message matches ``pattern``."""
+
+    def __init__(self, pattern: str, event: threading.Event) -> None:
+        super().__init__(logging.WARNING)
+        self._pattern, self.event = pattern, event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if re.search(self._pattern, record.getMessage()):
+            self.event.set()
+
+
+def test_a_stop_whose_wait_for_the_encoder_lasts_says_that_a_second_one_ends_it(tmp_path, pair, monkeypatch):
+    # a disk that stalled as the user stopped the run: the encoder's queue was waited for without a word, and only
+    # the stop line, after the wait, said anything
+    ir, vis = pair
+    stalled, release, said = threading.Event(), threading.Event(), threading.Event()
+
+    class Writer(VideoWriter):
+        def _encode(self, item):
+            if self.count > 6 and not stalled.is_set():  # the stop comes while this frame is in the encoder's hands
+                stalled.set()
+                release.wait(PATIENCE_S)
+            super()._encode(item)
+
+    def stop_as_the_disk_stalls() -> None:
+        stalled.wait(PATIENCE_S)
+        os.kill(os.getpid(), signal.SIGINT)
+        said.wait(PATIENCE_S)  # the wait goes on until told (or, unsaid, the patience ends)
+        release.set()
+
+    monkeypatch.setattr(streamfuse.replay.loop, "VideoWriter", Writer)
+    telling = _Said(r"^stopping once the encoder has written the frames it holds into .*; a second Ctrl-C or "
+                    r"SIGTERM stops at once$", said)
+    logging.getLogger("streamfuse").addHandler(telling)
+    threading.Thread(target=stop_as_the_disk_stalls, daemon=True).start()
+    try:
+        with pytest.raises(ReplayError) as err:
+            run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mp4")
+    finally:
+        logging.getLogger("streamfuse").removeHandler(telling)
+        release.set()
+    assert err.value.interrupted and said.is_set()

@@ -6,6 +6,7 @@ package docstring gives the rules (pacing, pts, unequal inputs, partial output, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -33,7 +34,7 @@ from streamfuse.replay.publishing import closed_on_failure, open_publisher, wait
 from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, resume_hint, save_sidecar, sidecar_path,
                                      taken_over_path)
 from streamfuse.replay.summary import ReplayError, ReplaySummary, StageClock
-from streamfuse.signals import TERMINATE, deferred, handled, interrupted, raise_terminated
+from streamfuse.signals import TERMINATE, deferred, handled, interrupted, raise_terminated, told_if_long
 from streamfuse.sync import OTHER, Pairer
 from streamfuse.video import VideoWriter, work_paths
 
@@ -350,8 +351,11 @@ class _Replay:
     def _keep_partial(self) -> NoReturn:
         """Close the output under its temporary name with its sidecar, and raise ReplayError saying where it is."""
         s = self.summary
+        by_user = s.stopped.startswith("interrupted (")  # a stop signal, whose second one cuts the wait short
         if self.writer is not None:
-            self.writer.abort()
+            until = f"the encoder has written the frames it holds into {self.writer.partial}"
+            with told_if_long(until) if by_user else contextlib.nullcontext():
+                self.writer.abort()
         # a resumed run puts the interrupted run's file back when it holds more frames: resuming again loses none
         restored = self.take_over is not None and self.take_over.settle()
         kept = not restored and self.writer is not None and self.writer.count > 0
@@ -380,8 +384,7 @@ class _Replay:
             where += f"; {self.out} is an earlier run's output, left as it was"
         if any(s.frames.values()):  # a table of zeros says nothing the one line does not
             log.info("%s", s.format(), extra=BLOCK)
-        raise ReplayError(f"replay stopped: {s.stopped}; {where}", s,
-                          interrupted=s.stopped.startswith("interrupted ("), hint=hint)
+        raise ReplayError(f"replay stopped: {s.stopped}; {where}", s, interrupted=by_user, hint=hint)
 
 
 def _reason(exc: Exception) -> str:
