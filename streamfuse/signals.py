@@ -7,7 +7,6 @@ import contextlib
 import logging
 import multiprocessing.util
 import signal
-import sys
 import threading
 import time
 import weakref
@@ -67,31 +66,45 @@ def _held_off(signum: int, frame: FrameType | None) -> bool:
     ``weakref.finalize`` or multiprocessing's ``Finalize``: pyzmq's context, a semaphore, as a collection frees
     them), Python reports it as ignored and the stop is lost.
     """
-    if not _sheltered(frame):
+    shelter = _shelter(frame)
+    if shelter is None:
         return False
     if _REDELIVERY.acquire(blocking=False):  # one wait at a time: a second signal meanwhile is the same stop
-        threading.Thread(target=_after_shelter, args=(signum,), name="streamfuse-stop", daemon=True).start()
+        threading.Thread(target=_after_shelter, args=(signum, shelter), name="streamfuse-stop", daemon=True).start()
     return True
 
 
-def _sheltered(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside an import (a module's own code, called by importlib) or a finalizer."""
+def _shelter(frame: FrameType | None) -> FrameType | None:
+    """The outermost frame of ``frame``'s stack that runs an import (a module's own code, called by importlib) or a
+    finalizer, if any: the one whose return ends them all. The main thread's frames, read by the main thread (its
+    handler) alone."""
+    shelter = None
     while frame is not None:
         code = frame.f_code
         if code.co_filename.startswith("<frozen importlib") or code.co_name == "__del__" or code in _FINALIZERS:
-            return True
+            shelter = frame
         frame = frame.f_back
-    return False
+    return shelter
 
 
-def _after_shelter(signum: int) -> None:
-    """``signum`` again to the main thread once it runs no import or finalizer (polled: neither has a hook at its
-    end); a signal, not a flag, so that it also ends a wait the main thread may be in by then."""
-    main = threading.main_thread().ident
-    while _sheltered(sys._current_frames().get(main)):
+def _after_shelter(signum: int, shelter: FrameType) -> None:
+    """``signum`` again to the main thread once ``shelter`` has returned (polled: neither an import nor a finalizer
+    has a hook at its end); a signal, not a flag, so that it also ends a wait the main thread may be in by then."""
+    while _runs(shelter):
         time.sleep(0.01)
     _REDELIVERY.release()  # first: the handler may run, and meet another import, before pthread_kill returns
-    signal.pthread_kill(main, signum)
+    signal.pthread_kill(threading.main_thread().ident, signum)
+
+
+def _runs(frame: FrameType) -> bool:
+    """Whether ``frame`` (of another thread) still runs, asked of it alone: walking that thread's frames from here
+    (``sys._current_frames()``, ``f_back``) reads them as they change, which can crash CPython 3.11. Clearing a frame
+    that runs raises; one that has returned loses only its locals (importlib's or a finalizer's: read by no one)."""
+    try:
+        frame.clear()
+    except RuntimeError:
+        return True
+    return False
 
 
 @contextlib.contextmanager

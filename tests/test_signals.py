@@ -20,7 +20,18 @@ from streamfuse.signals import (HANGUP, STOP_SIGNALS, TERMINATE, Terminated, blo
 PATIENCE_S = 30.0  # how long the test waits for the stop that must come (a loaded machine can be slow)
 
 
-def test_a_sigterm_during_an_import_stops_the_run_once_the_import_is_over(tmp_path, monkeypatch):
+@pytest.fixture
+def frames_read_here_alone(monkeypatch):
+    """No thread reads another's frames: the stop held off walked the main thread's from its own thread as they
+    changed (``sys._current_frames()``, ``f_back``), which can crash CPython 3.11."""
+    def current_frames() -> dict:
+        raise AssertionError(f"{threading.current_thread().name} read every thread's frames")
+
+    monkeypatch.setattr(sys, "_current_frames", current_frames)
+
+
+def test_a_sigterm_during_an_import_stops_the_run_once_the_import_is_over(tmp_path, monkeypatch,
+                                                                          frames_read_here_alone):
     """Raised inside an import, the stop could unwind through a C++ extension's initialisation (torch's, as a run
     loads its model), which aborts the process; the import finishes and the stop comes after it, still raised."""
     name = "streamfuse_test_signalled_import"
@@ -50,7 +61,8 @@ class _Target:
 @pytest.mark.parametrize("handler, stop, raised", [(raise_terminated, signal.SIGTERM, Terminated),
                                                    (raise_interrupt, signal.SIGINT, KeyboardInterrupt)])
 @pytest.mark.parametrize("finalizer", ["__del__", "weakref.finalize", "multiprocessing.util.Finalize"])
-def test_a_stop_during_a_finalizer_stops_the_run_once_the_finalizer_is_over(handler, stop, raised, finalizer):
+def test_a_stop_during_a_finalizer_stops_the_run_once_the_finalizer_is_over(handler, stop, raised, finalizer,
+                                                                            frames_read_here_alone):
     """Raised inside a finalizer (pyzmq's context's, as a garbage collection frees it), the stop was reported as
     ignored and lost: a benchmark stopped by Ctrl-C ran on. The finalizer finishes and the stop comes after it."""
     done = []
