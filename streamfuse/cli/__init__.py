@@ -9,7 +9,7 @@ Commands:
   view       serve a live web page of a running pipeline: IR, visible and fused frames with its stats
   foxglove   serve a running pipeline's fused frames and stats to Foxglove (needs the foxglove extra)
   evaluate   score fusion methods on IR/visible image pairs with the standard metrics
-  bench      benchmarks: bench fuse | transport | replay | batch | view | peers
+  bench      benchmarks: bench fuse | transport | replay | batch | view | peers | client | subscriptions | start
   train      train the HCLFuse model
 
 Each command's module is imported only when it runs, so one command's missing extra never stops another.

@@ -27,6 +27,12 @@ def test_help_lists_every_command(capsys):
     assert main([]) == 2
 
 
+def test_help_names_every_benchmark(capsys):
+    main(["-h"])
+    bench_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  bench "))
+    assert all(f" {name}" in bench_line for name in BENCHES), bench_line
+
+
 def test_version_is_the_one_pyproject_gives(capsys):
     import re
 
