@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="give up after S seconds without a frame (or without the publisher's host name resolving)")
     parser.add_argument("--first-timeout", type=positive(threading.TIMEOUT_MAX), default=None, metavar="S",
                         help="give up after S seconds without the first frame (a run started at the same time loads "
-                             "its model and compiles its kernels first: 6-16 s on its first start); default 60, or "
-                             "--timeout where that is longer")
+                             "its model and compiles its kernels first, tens of seconds on a busy machine); default "
+                             "60, or --timeout where that is longer")
     key_options(parser)
     parser.add_argument("--max-frame-mb", type=positive(1e6), default=DEFAULT_MAX_FRAME_BYTES / 1e6, metavar="MB",
                         help="largest image accepted, MB (10^6 bytes); a larger message part is refused")
