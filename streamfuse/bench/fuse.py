@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     policy = os.environ.get("OMP_WAIT_POLICY", "unset") + (" (not in effect: torch came first)" if LATE_WAIT_POLICY
                                                             else "")
     print(f"bench fuse: torch {torch.__version__}, device {device}, fuser {args.fuser}, {frames} frames per case, "
-          f"{warmup} warm-up, OMP_WAIT_POLICY={policy}", flush=True)
+          f"{warmup} warm-up, load average {os.getloadavg()[0]:.2f}, OMP_WAIT_POLICY={policy}", flush=True)
     try:
         if args.fuser == "hclfuse":
             with tempfile.TemporaryDirectory() as tmp:

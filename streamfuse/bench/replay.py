@@ -9,6 +9,7 @@ Example: ``python -m streamfuse bench replay --fuser max,hclfuse``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from fractions import Fraction
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             io = sum(s.stages.get(k, {}).get("share", 0.0) for k in ("decode", "encode"))
             fuse = s.stages.get("fuse", {}).get("share", 0.0)
             verdict = "decode/encode IS the bottleneck" if io > fuse else "fusion is the bottleneck"
-            print(f"  {name:<10} {s.written} frames in {s.wall_s:.2f} s = {s.fps:.1f} frames/s {_WHOLE}\n    {shares}\n"
+            print(f"  {name:<10} {s.written} frames in {s.wall_s:.2f} s = {s.fps:.1f} frames/s {_WHOLE}, load average "
+                  f"{os.getloadavg()[0]:.2f}\n    {shares}\n"
                   f"    loop waits on decode+encode {io:.0%} vs fuse {fuse:.0%}: {verdict}")
     return 1 if failed else 0

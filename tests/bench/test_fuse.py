@@ -35,6 +35,8 @@ def test_hclfuse_prints_latency_fps_gflops_threads():
 
 def test_baseline_fuser():
     out = bench("--fuser", "max")
+    # the README's figures name the load they were measured under
+    assert re.search(r"^bench fuse: .*, load average [0-9.]+, OMP_WAIT_POLICY=", out, re.M), out
     line = next(ln for ln in out.splitlines() if " max 64x48 " in ln)
     median, p99, fps = (float(v) for v in FIGURES.search(line).groups())
     assert 0 < median <= p99 and fps > 0

@@ -16,6 +16,7 @@ def test_prints_rate_and_stage_shares(capsys):
     assert re.search(r"max +6 frames in [0-9.]+ s = [0-9.]+ frames/s \(the whole replay once the model is loaded",
                      out), out
     assert "fuse " in out and "loop waits on decode+encode" in out
+    assert re.search(r"frames/s \(.*\), load average [0-9.]+\n", out), out  # the README's figures name their load
     # the two decoders' time was summed into one share: "decode_thread 168%", more than a thread can be busy
     assert re.search(r"  decode_thread [0-9]+% each of 2 threads \(", out), out
 
@@ -73,7 +74,7 @@ def test_a_fuser_that_fails_beside_one_that_runs_is_on_stderr_and_exit_1(monkeyp
     assert main(["--fuser", "max,average", "--frames", "4", "--size", "64x48", "--set", "engine.device=cpu"]) == 1
     captured = capsys.readouterr()
     assert captured.err == "streamfuse bench replay: error: average not run: no weights\n"
-    assert re.search(r"max +4 frames in", captured.out) and "average" not in captured.out
+    assert re.search(r"max +4 frames in", captured.out) and "  average " not in captured.out
 
 
 def test_the_verdict_names_the_larger_of_decode_plus_encode_and_fuse(tmp_path, monkeypatch, capsys):
