@@ -27,7 +27,8 @@ Stalls: a producer that stays silent (no frame written, its ring empty, no realt
 of a long open such as a large synthetic scene's build; an FFmpeg open that hangs makes none) for longer than its
 frame interval times ``stall_factor``, never under ``STALL_FLOOR_S`` (or, before its first frame, ``FIRST_FRAME_S``)
 is reported in one line and counted (``stalls`` in :meth:`Producers.stats`), killed and restarted like a dead one.
-Only the time this supervisor was running counts: a host stalled as a whole silenced it too (``stall``).
+Only the time this supervisor's process was running counts, read on a clock of its own timed apart from the live
+loop's rounds: a host stalled as a whole silenced it too, and a slow fusion loop does not (``stall``).
 
 The processes themselves (forked from a preloaded server, SIGINT and SIGTERM ignored, gone with their parent) are
 ``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are killed). A start
@@ -45,7 +46,7 @@ from typing import Any, Literal
 from streamfuse.capture.producer_process import (StopFlag, check_rings_fit, failed_to_start, how_it_ended,
                                                   process_context, start_process)
 from streamfuse.capture.shm_ring import ShmRing, named_semaphore, remove_stale
-from streamfuse.capture.stall import Silence, allowance
+from streamfuse.capture.stall import WatchClock, allowance
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.capture.time_line import new_pass, pace_lines
 from streamfuse.frames import Frame
@@ -91,7 +92,7 @@ class _Worker:
     # steps of its source's open, begun)
     pace: Any = field(default_factory=lambda: [0, 0, 0, 0])  # shared: its realtime time line (``time_line``)
     beats_seen: int = 0
-    silence: Silence = field(default_factory=Silence)  # since the current process last showed progress
+    heard_at: float = 0.0  # watch-clock s: the current process last showed progress
     stalled: bool = False  # the current silence has been reported
     stall_line: str | None = None  # why the current process was killed (live stall)
     stalls: int = 0
@@ -138,7 +139,9 @@ class Producers:
         self._events: deque[ProducerEvent] = deque()
         self._stopped = False
         self._supervise_at = 0.0  # monotonic s: the next supervision round is due
+        self._watch = WatchClock()  # producers' silence, timed apart from the live loop's rounds
         try:
+            self._watch.start()
             for w in self._workers.values():
                 self._spawn(w, (0, 0, 0))
         except BaseException:
@@ -152,7 +155,7 @@ class Producers:
         w.beat = self._ctx.RawArray("q", 6)
         w.proc, w.conn = start_process(self._ctx, w.section, w.cfg, w.ring, self._stop, resume, w.beat, w.pace)
         w.message, w.state, w.started_at, w.seq_at_start = None, "running", time.monotonic(), resume[0]
-        w.beats_seen, w.silence, w.stalled, w.stall_line = 0, Silence(w.started_at), False, None
+        w.beats_seen, w.heard_at, w.stalled, w.stall_line = 0, self._watch.seconds, False, None
 
     def _retire(self, w: _Worker) -> None:
         """Rescue the frames a finished producer left in its ring, then free the ring and the pipe."""
@@ -252,13 +255,12 @@ class Producers:
         """Report a producer silent (while this supervisor ran) for longer than ``stall.allowance`` and kill it so
         that it restarts. Unread frames in its ring, a source's realtime pacing (a recording with a gap in its
         timestamps), and the steps of an open that takes long (``progress``) are not silence."""
-        now = time.monotonic()
-        silent_s = w.silence.watched(now)
+        silent_s = self._watch.seconds - w.heard_at
         paced = w.beat[2] > time.monotonic_ns()  # waiting for its next frame's time on purpose is not silence
         beats = w.beat[0] + w.beat[4]  # a frame written, or a step of an open that builds for long (not hung in it)
         if beats != w.beats_seen or self._head_time(w) is not None or paced:
             w.beats_seen, w.stalled = beats, False
-            w.silence.heard(now)
+            w.heard_at = self._watch.seconds
             return
         if w.stalled or not w.cfg.stall_factor:
             return
@@ -359,6 +361,7 @@ class Producers:
         if self._stopped:
             return
         self._stopped = True
+        self._watch.stop()
         self._stop.set()
         deadline = time.monotonic() + timeout
         workers = [w for w in self._workers.values() if w.proc is not None]

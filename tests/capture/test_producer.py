@@ -1096,12 +1096,18 @@ class _Silent:
 
 
 def _supervised(prod: Producers, w: Any, clock: SleptClock, seconds: float, every_s: float = 0.05) -> None:
-    """Supervision rounds of ``w`` on time, every ``every_s`` of ``clock`` for ``seconds``."""
-    left = seconds
-    while left > 0:
-        clock.sleep(min(every_s, left))
-        left -= every_s
-        prod._check_stall(w)
+    """Supervision rounds of ``w`` every ``every_s`` of ``clock`` (the live loop's pace) for ``seconds``, its watch
+    clock ticking on time in between; the rounds' times are logged in ``prod.rounds``."""
+    from streamfuse.capture.stall import TICK_S
+
+    start, next_round = clock.ns, clock.ns + round(every_s * 1e9)
+    while clock.ns - start < round(seconds * 1e9):
+        clock.sleep(min(TICK_S, (next_round - clock.ns) / 1e9))
+        prod._watch.tick()
+        if clock.ns >= next_round:
+            next_round += round(every_s * 1e9)
+            prod._check_stall(w)
+            prod.rounds.append((clock.ns - start) / 1e9)
 
 
 def _silent_worker(monkeypatch, cfg: SourceConfig, frames: int, queued: list | None = None,
@@ -1109,11 +1115,13 @@ def _silent_worker(monkeypatch, cfg: SourceConfig, frames: int, queued: list | N
     """A supervisor of one live, silent producer of ``cfg`` that has written ``frames`` (delivered), on a fake clock;
     ``pacing_s``: the producer waits that long for its next frame's time."""
     from streamfuse.capture import producer
+    from streamfuse.capture.stall import WatchClock
 
     clock = SleptClock()
     clock.sleep(100.0)
     monkeypatch.setattr(producer, "time", clock)
     prod = Producers.__new__(Producers)
+    prod._watch, prod.rounds = WatchClock(clock), []
     w = producer._Worker("ir", cfg)
     pacing_until = clock.monotonic_ns() + round(pacing_s * 1e9) if pacing_s else 0
     w.proc, w.ring, w.beat = _Silent(), _Queued(queued or []), [frames, round(1e9 / cfg.fps), pacing_until, 0, 0, 0]
@@ -1134,18 +1142,34 @@ def test_a_producer_silent_for_its_stall_allowance_is_killed(monkeypatch, stall_
     assert w.proc.killed == killed and w.stalls == killed
 
 
+@pytest.mark.parametrize("round_s", [0.05, 1.5], ids=["normal-loop", "slow-loop"])
 @pytest.mark.parametrize(("late_s", "silent_s", "killed"), [(5.0, 0.0, False), (0.0, 5.0, True), (5.0, 2.5, True)],
                          ids=["host-held", "producer-silent", "silent-after-the-hold"])
-def test_only_the_silence_its_supervisor_saw_is_a_producers(monkeypatch, late_s, silent_s, killed) -> None:
+def test_only_the_silence_its_supervisor_saw_is_a_producers(monkeypatch, late_s, silent_s, killed, round_s) -> None:
     # a whole host held 5 s (a VM paused, the process group stopped) held the supervisor too: its next round came
-    # 5 s late and took every producer for stalled; a producer silent while the supervisor ran is still killed
+    # 5 s late and took every producer for stalled; a producer silent while the supervisor ran is still killed,
+    # however long the live loop's rounds take
     cfg = SourceConfig(kind="synthetic", width=64, height=48, fps=30.0)
     prod, w, clock = _silent_worker(monkeypatch, cfg, 1)
     _supervised(prod, w, clock, 0.5)
-    clock.sleep(late_s)
+    clock.sleep(late_s)  # its watch clock's thread held with it
+    prod._watch.tick()
     prod._check_stall(w)
-    _supervised(prod, w, clock, silent_s)
+    _supervised(prod, w, clock, silent_s, every_s=round_s)
     assert w.proc.killed == killed and w.stalls == killed
+
+
+@pytest.mark.parametrize("round_s", [0.05, 1.5, 3.0], ids=["normal-loop", "slow-loop", "slower-loop"])
+def test_a_hung_producer_is_found_at_its_limit_whatever_the_loops_pace(monkeypatch, round_s) -> None:
+    # a live loop fusing under 2 frames/s looks at its producers once a round: counting at most 0.5 s a round, it
+    # found a producer hung for its 4 s limit only after 8 rounds (12 s at 1.5 s a round)
+    cfg = SourceConfig(kind="synthetic", width=64, height=48, fps=5.0)  # 5 fps x the default stall_factor 20: 4 s
+    prod, w, clock = _silent_worker(monkeypatch, cfg, 1)
+    _supervised(prod, w, clock, 4.0 + round_s, every_s=round_s)
+    assert w.proc.killed and w.stalls == 1
+    silent_s = float(w.stall_line.split("no frame for ")[1].split(" s")[0])
+    first_past = next(t for t in prod.rounds if t > 4.0)  # found by the loop's first round past its limit
+    assert 4.0 < silent_s <= first_past + 0.01
 
 
 @pytest.mark.parametrize(("silent_s", "killed"), [(1.0, False), (2.5, True)], ids=["starved", "stalled"])
@@ -1199,10 +1223,12 @@ def _supervising(monkeypatch) -> Producers:
     from collections import deque
 
     from streamfuse.capture import producer
+    from streamfuse.capture.stall import WatchClock
 
     monkeypatch.setattr(producer, "start_process", lambda *args: (_Died(), None))
     prod = Producers.__new__(Producers)
     prod._ctx, prod._slots, prod._bell, prod._stop = mp.get_context("spawn"), 1, None, None
+    prod._watch = WatchClock()
     prod._backoff, prod._events = (0.1, 8.0), deque()
     return prod
 
