@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from multiprocessing import forkserver, resource_tracker
+from multiprocessing import forkserver, resource_tracker, spawn
 from typing import Any
 
 from streamfuse.capture.shm_ring import ShmRing, process_alive
@@ -221,12 +221,21 @@ def start_process(ctx: Any, section: str, cfg: SourceConfig, ring: ShmRing, stop
 
 
 def end_start(line: str) -> None:
-    """In a producer still starting (forked by the fork server, importing the program's main module): ``line`` on
-    stderr and the exit :data:`MAIN_RAN_AGAIN`; in any other process, nothing."""
+    """In a producer still starting (forked by the fork server, or spawned where the platform has none, importing the
+    program's main module): ``line`` on stderr and the exit :data:`MAIN_RAN_AGAIN`; in any other process, nothing."""
     quiet = sys.modules.get(_QUIET)  # imported elsewhere too (a test run's doctests import every module): not forked
-    if quiet is not None and quiet.SERVER_PID != os.getpid():
+    if quiet is not None and quiet.SERVER_PID != os.getpid() or _spawning():
         sys.stderr.write(f"streamfuse producer: {line}\n")  # whole: print's two writes let the other one's run in
         os._exit(MAIN_RAN_AGAIN)
+
+
+def _spawning() -> bool:
+    """Whether multiprocessing's start of a spawned process runs beneath this call (no fork server hook there to say
+    an error in one line: the main module's error was a traceback)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not spawn._main.__code__:
+        frame = frame.f_back
+    return frame is not None
 
 
 def failed_to_start(proc: Any, beat: Any) -> bool:
