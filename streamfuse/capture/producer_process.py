@@ -21,6 +21,7 @@ import time
 from multiprocessing import forkserver, resource_tracker, spawn
 from typing import Any
 
+from streamfuse.capture.mp_folder import own_folder
 from streamfuse.capture.shm_ring import ShmRing, process_alive
 from streamfuse.capture.shm_space import SHM_DIR, ShmFull, free_bytes
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
@@ -53,6 +54,7 @@ def start_servers() -> None:
     held = {signal.SIGINT, signal.SIGTERM, *HANGUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
+        own_folder()  # the fork server's socket goes there: a folder a later start can remove if this run is killed
         resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, held)  # the tracker's start unblocks SIGTERM when it is done
         if "forkserver" in mp.get_all_start_methods():
