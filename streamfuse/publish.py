@@ -123,6 +123,7 @@ class Publisher:
             self._sock.setsockopt(zmq.MAXMSGSIZE, max(_MAX_SUBSCRIPTION, 64 + longest))
             self._sock.setsockopt(zmq.HEARTBEAT_IVL, _PEER_TIMEOUT_MS // 6)
             self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _PEER_TIMEOUT_MS)
+            self._sock.setsockopt(zmq.TCP_MAXRT, _PEER_TIMEOUT_MS)  # a ping queued behind a frame half sent never goes
             self._auth = bind(self._sock, cfg.endpoint, cfg.curve_secret_file, cfg.curve_clients_dir,
                               cfg.unsent_kb * 1024)
         except zmq.ZMQError as exc:
@@ -337,7 +338,8 @@ class Publisher:
 
         The socket lingers without limit: libzmq 4.3 aborts the whole process (zeromq/libzmq#3442) when a consumer's
         link drops while a closing socket whose linger ran out still holds a message half sent to it, as a stalled
-        consumer's sender does. A consumer that stays stalled is dropped by the heartbeat (``_PEER_TIMEOUT_MS``)."""
+        consumer's sender does. A consumer that stays stalled is dropped by TCP (``TCP_MAXRT``, ``_PEER_TIMEOUT_MS``):
+        one stalled in the middle of a frame never gets the heartbeat's ping, queued behind that frame."""
         self._sock.close(linger=-1)
         if self._auth is not None:
             self._auth.stop()

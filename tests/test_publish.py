@@ -216,6 +216,49 @@ def test_a_subscriber_that_stops_reading_is_held_few_frames_in_the_kernel(rng: n
     assert taken * image.nbytes < 1_000_000
 
 
+_STALLED = """
+import sys, zmq
+sock = zmq.Context.instance().socket(zmq.SUB)
+sock.setsockopt(zmq.RCVHWM, 1)
+sock.setsockopt(zmq.RCVBUF, 4096)
+sock.setsockopt(zmq.SUBSCRIBE, b"")
+sock.connect(sys.argv[1])
+print("connected", flush=True)
+sys.stdin.read()  # never reads a frame: stalled until killed
+"""
+
+
+def _sessions(port: int) -> int:
+    """Established TCP connections of the local ``port`` (Linux's /proc/net/tcp): its peers' sessions."""
+    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(row[3] == "01" and row[1].endswith(f":{port:04X}") for row in rows)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the connections in Linux's /proc/net/tcp")
+def test_a_closed_publishers_session_to_a_stalled_subscriber_ends(monkeypatch: pytest.MonkeyPatch,
+                                                                   rng: np.random.Generator) -> None:
+    # the closed socket lingers to send its queued frames; to a subscriber stalled in the middle of one it stayed,
+    # frames queued, for as long as that subscriber stayed connected: the heartbeat's ping never got past the frame
+    import streamfuse.publish
+
+    monkeypatch.setattr(streamfuse.publish, "_PEER_TIMEOUT_MS", 1200)  # 30 s in use
+    image = rng.integers(0, 256, VGA, dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT)) as pub:
+        stalled = subprocess.Popen([sys.executable, "-c", _STALLED, pub.endpoint], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert stalled.stdout.readline() == "connected\n"
+            port = int(pub.endpoint.rpartition(":")[2])
+            wait_until(lambda: pub.send_fused(fused_frame(image)) and _sessions(port) == 1, "the subscriber in")
+            for i in range(60):  # ~55 MB: far more than the stalled subscriber's queues and socket buffers hold
+                pub.send_fused(fused_frame(image, i))
+            pub.close()
+            wait_until(lambda: _sessions(port) == 0, "the closed publisher's session to the stalled one ended")
+        finally:
+            stalled.kill()
+            stalled.communicate(timeout=PATIENCE_S)
+
+
 @pytest.mark.parametrize("size", [20_000, 600])
 def test_a_subscription_of_kilobytes_is_refused_not_taken_into_the_loop(size: int, rng: np.random.Generator) -> None:
     # libzmq keeps a subscription in a trie of one node a byte: a peer subscribing to a topic of megabytes held the
