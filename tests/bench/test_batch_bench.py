@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -151,25 +153,41 @@ def test_a_sigterm_while_ray_starts_stops_the_bench_once_ray_is_up_and_shut_down
                                                    (1, "replayed: wall 2.0 s, 15.5 frames/s\nerror: disk full\n", None),
                                                    (0, "no summary\n", None)])
 def test_the_single_replay_runs_on_one_thread_and_its_failure_is_one_line(rc, stderr, fps, monkeypatch, tmp_path):
-    import argparse
-    import subprocess
+    seen = []
 
-    seen = {}
+    def run(cmd, env, log):
+        seen.append((cmd, env))
+        log.write_text(stderr)
+        return rc, 1.0, 2.0
 
-    def run(cmd, env, **kwargs):
-        seen.update(cmd=cmd, env=env)
-        return subprocess.CompletedProcess(cmd, rc, "", stderr)
-
-    monkeypatch.setattr(bench_batch.subprocess, "run", run)
-    args = argparse.Namespace(config="replay")
+    monkeypatch.setattr(bench_batch, "_own_run", run)
+    args = SimpleNamespace(config="replay")
+    pair = (tmp_path / "ir.mp4", tmp_path / "vi.mp4")
     if fps is None:
         with pytest.raises(SystemExit, match=rf"^{BATCH_ERROR}the single replay failed \(rc {rc}\): "):
-            bench_batch._single_replay(args, ["a.b=1"], tmp_path / "ir.mp4", tmp_path / "vi.mp4", tmp_path / "o.mp4")
+            bench_batch._single_replay(args, ["a.b=1"], *pair, tmp_path / "o.mp4")
         return
-    assert bench_batch._single_replay(args, ["a.b=1", "c.d=2"], tmp_path / "ir.mp4", tmp_path / "vi.mp4",
-                                      tmp_path / "o.mp4")[0] == fps
-    assert seen["cmd"][-4:] == ["--set", "a.b=1", "--set", "c.d=2"]
-    assert (seen["env"]["OMP_NUM_THREADS"], seen["env"]["OPENCV_FOR_THREADS_NUM"]) == ("1", "1")
+    assert bench_batch._single_replay(args, ["a.b=1", "c.d=2"], *pair, tmp_path / "o.mp4") == (fps, 0.5)
+    cmd, env = seen[-1]
+    assert cmd[-4:] == ["--set", "a.b=1", "--set", "c.d=2"]
+    assert (env["OMP_NUM_THREADS"], env["OPENCV_FOR_THREADS_NUM"]) == ("1", "1")
+
+
+def test_the_single_replay_counts_its_own_cpu_not_a_stray_child_reaped_meanwhile(tmp_path):
+    # every child this process reaped in the replay's window was counted as the replay's cores (Ray's processes)
+    go, done = tmp_path / "go", tmp_path / "done"
+    stray = subprocess.Popen([sys.executable, "-c", f"import os, time\nwhile not os.path.exists({str(go)!r}): "
+                              f"time.sleep(0.01)\nt = time.process_time()\nwhile time.process_time() - t < 1.5: pass"])
+    threading.Thread(target=lambda: (stray.wait(), done.touch()), daemon=True).start()
+    own = [sys.executable, "-c", f"import os, pathlib, time\npathlib.Path({str(go)!r}).touch()\n"
+           f"while not os.path.exists({str(done)!r}): time.sleep(0.05)"]
+    try:
+        rc, cpu, wall = bench_batch._own_run(own, dict(os.environ), tmp_path / "own.log")
+    finally:  # a run that failed to start left the stray waiting for it
+        go.touch()
+        stray.wait()
+    assert rc == 0 and stray.returncode == 0  # the stray was reaped within the window, its 1.5 s of CPU spent
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU counted for a replay that slept"
 
 
 def test_the_local_engine_is_timed_after_a_warm_up_pair(monkeypatch, tmp_path):
@@ -208,8 +226,8 @@ def test_the_table_compares_n_workers_with_one_and_a_worker_with_a_single_replay
     out = capsys.readouterr().out.splitlines()
     assert "local engine, 1 worker        60     2.00      30.0  0.10 -> 0.20" in out
     assert out[-2:] == ["ray 3 workers vs 1: 3.00x", "one ray worker: 6.0 frames/s (median of its pairs); a single "
-                        "replay of the same pair with one thread: 4.0 frames/s, 1.25 cores busy (user + sys / wall); "
-                        "ratio 1.50"]
+                        "replay of the same pair with one thread: 4.0 frames/s, 1.25 cores busy (its own user + sys "
+                        "/ wall, start and imports included); ratio 1.50"]
     # the user's --set comes last, so it wins over the benchmark's own one-thread settings
     assert seen["overrides"][-2:] == ["fuse.name=max", "engine.threads=2"]
     assert seen["overrides"][0] == "engine.threads=1"
