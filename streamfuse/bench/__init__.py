@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-__all__ = ["BENCHES", "main", "parse_sizes", "parse_size"]
+__all__ = ["BENCHES", "main", "memory_available", "parse_sizes", "parse_size"]
 
 MAX_SIDE = 8192  # a larger frame is a typo: its synthetic frames alone would take gigabytes
 
@@ -61,3 +62,15 @@ def parse_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: one WIDTHxHEIGHT only")
     h, w = parse_sizes(text)[0]
     return w, h
+
+
+def memory_available() -> int | None:
+    """Bytes of memory the kernel reckons can be taken without swapping (``MemAvailable``); None where it does not
+    say (not Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # given in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -32,6 +32,7 @@ import argparse
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamfuse.bench import parse_sizes
+from streamfuse.bench import memory_available, parse_sizes
 from streamfuse.bench.receiver_process import PATIENCE_S, done_or_gone
 from streamfuse.bench.receiver_process import Receiver as _Receiver
 from streamfuse.capture.synthetic import SyntheticScene
@@ -65,6 +66,10 @@ BACKOFF_S = 50e-6  # a sender WINDOW ahead sleeps (imagezmq's blocks for its rep
 # Every socket binds a port the OS picks as it binds: one picked first and bound later (by the receiver's process,
 # seconds on) could be taken meanwhile, by another benchmark's picks too
 ANY_PORT = "tcp://127.0.0.1:*"
+FRAMES = 30  # the demo frames each size cycles through
+# Memory a size holds at its peak, per pixel: 187 bytes building its FRAMES frames (the scene's float layers
+# besides them; tracemalloc at 640x480), the pool's SLOTS bgr8 frames and a few more in the receiver's hands
+BYTES_PER_PIXEL = 187 + 3 * (SLOTS + 4)
 
 
 def _fused(image: np.ndarray, seq: int) -> FusedFrame:
@@ -296,7 +301,7 @@ MODES = {"imagezmq": "imagezmq REQ/REP", "raw": "streamfuse raw PUB/SUB", "shm":
 
 
 def _size_report(width: int, height: int, args: argparse.Namespace) -> None:
-    frames = _demo_frames(width, height, 30)
+    frames = _demo_frames(width, height, FRAMES)
     nbytes = frames[0].nbytes
     print(f"\n== {width}x{height} bgr8 ({nbytes / 1e6:.2f} MB/frame), load average {os.getloadavg()[0]:.2f} ==")
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
@@ -355,6 +360,18 @@ def quality(text: str) -> int:
     return value
 
 
+def _refuse_what_cannot_fit(sizes: list[tuple[int, int]]) -> None:
+    """Exit 2 with one line before anything is allocated where the largest of ``sizes`` (width, height) would hold
+    more than the memory available (at 8192x8192 its frames alone are 6 GB): the run would swap or be killed part
+    way."""
+    width, height = max(sizes, key=lambda size: size[0] * size[1])
+    need, free = width * height * BYTES_PER_PIXEL, memory_available()
+    if free is not None and need > free:
+        print(f"{_PROG}: error: --sizes {width}x{height} would hold about {need / 1e9:.1f} GB of memory, and "
+              f"{free / 1e9:.1f} GB is available", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every phase at each size and print the figures side by side."""
     parser = Parser(prog="python -m streamfuse bench transport", description=__doc__,
@@ -371,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     if imagezmq is None:
         raise SystemExit(f"{_PROG}: error: needs imagezmq: pip install imagezmq (or pip install -e .[bench])")
     sizes = [(w, h) for h, w in args.sizes]
+    _refuse_what_cannot_fit(sizes)
     print(f"loopback, {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for width, height in sizes:
         _size_report(width, height, args)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers_zmq import wait_until
 
-from streamfuse.bench import receiver_process
+from streamfuse.bench import memory_available, receiver_process
 from streamfuse.bench import transport as bench_transport
 from streamfuse.shm_pool import shm_supported
 from streamfuse.signals import handled, raise_interrupt
@@ -223,6 +223,23 @@ def test_each_size_is_benchmarked_as_width_by_height(monkeypatch) -> None:
     monkeypatch.setattr(bench_transport, "_size_report", lambda width, height, args: reports.append((width, height)))
     bench_transport.main(["--sizes", "640x480,64x48"])
     assert reports == [(640, 480), (64, 48)]
+
+
+def test_a_size_that_cannot_fit_in_memory_is_one_line_before_anything_is_allocated(monkeypatch, capsys) -> None:
+    # 8192x8192 took its 30 frames (6 GB) and more before anything said the machine had not that much
+    monkeypatch.setattr(bench_transport, "memory_available", lambda: 2 * 10**9)
+    monkeypatch.setattr(bench_transport, "_demo_frames", lambda *a: pytest.fail("allocated a size that cannot fit"))
+    with pytest.raises(SystemExit) as exc:
+        bench_transport.main(["--sizes", "640x480,8192x8192"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err == ("streamfuse bench transport: error: --sizes 8192x8192 would hold about "
+                                           "15.0 GB of memory, and 2.0 GB is available\n")
+
+
+def test_memory_available_is_what_the_kernel_reckons_where_it_says() -> None:
+    free = memory_available()
+    assert free is None if not Path("/proc/meminfo").exists() else 0 < free <= os.sysconf("SC_PHYS_PAGES") * \
+        os.sysconf("SC_PAGE_SIZE")
 
 
 def _children(pid: int) -> set[int]:
