@@ -49,7 +49,8 @@ POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the O
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m streamfuse bench fuse", description=__doc__,
                formatter_class=DefaultsFormatter)
-    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--device", type=config_value(EngineConfig, "device", str, zero_is_off=False), default="auto",
+                   help="cpu | cuda | cuda:N | auto")
     p.add_argument("--sizes", type=parse_sizes, default="640x480,1280x1024", help="comma-separated WIDTHxHEIGHT")
     p.add_argument("--frames", type=int_at_least(1), default=None,
                    help="timed frames per case; default 1000 on a GPU, 50 on CPU")

@@ -106,6 +106,18 @@ def test_graphs_on_and_off_are_read_as_said(given, graphs):
     assert parse_args(["--graphs", given]).graphs == graphs
 
 
+@pytest.mark.parametrize("device", ["nope", "mps", ""])
+def test_an_unknown_device_is_refused_when_parsing(device, capsys):
+    # "nope" was one line with exit status 1, after torch's import, as for a machine without the GPU asked for
+    from streamfuse.bench.fuse import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", device, "--tiny"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and err == (f"{FUSE_ERROR}argument --device: device={device!r} is out of range; "
+                                           f"allowed: auto | cpu | cuda | cuda:N")
+
+
 def test_missing_weights_are_one_line():
     from streamfuse.bench.fuse import main
 
