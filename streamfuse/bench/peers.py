@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import zmq
 from streamfuse.bench import parse_size
 from streamfuse.bench.receiver_process import Receiver, done_or_gone
 from streamfuse.bench.transport import ANY_PORT, _demo_frames, _fused, _paced
-from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, positive
+from streamfuse.cli.args import DefaultsFormatter, Parser, config_value, int_at_least, positive
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.wire import FUSED_PREFIX
@@ -33,6 +34,10 @@ from streamfuse.wire import FUSED_PREFIX
 PAUSE_S = 1.0  # a stale-frame subscriber's pause: every queue on its way fills within it at any --rate
 STALE_WAIT_S = 60.0  # its first frame published after the pause reaches it within this (a busy machine)
 _PROG = "streamfuse bench peers"  # as the lines of its receivers start
+# The stalled peers' sockets share one ZeroMQ context, whose default limit is 1023 sockets: more failed in their child
+# with "Too many open files"
+MAX_STALLED = 1000
+MAX_PORT = 65535
 
 
 def _reader(endpoint: str, ready: Any, done: Any, results: Any) -> None:
@@ -123,19 +128,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=parse_size, default="320x240", help="frame size, WIDTHxHEIGHT (bgr8)")
     parser.add_argument("--rate", type=positive(), default=60.0, help="frames/s published")
     parser.add_argument("--seconds", type=positive(), default=8.0, help="length of each run")
-    parser.add_argument("--stalled", type=_counts, default="0,50,200", help="comma-separated numbers of stalled peers")
-    parser.add_argument("--unsent-kb", type=_counts, default="0,64", help="comma-separated publish.unsent_kb values")
-    parser.add_argument("--port", type=int_at_least(0), default=0,
+    parser.add_argument("--stalled", type=_listed(int_at_least(0, MAX_STALLED)), default="0,50,200",
+                        help="comma-separated numbers of stalled peers")
+    parser.add_argument("--unsent-kb", type=_listed(config_value(PublishConfig, "unsent_kb", zero_is_off=False)),
+                        default="0,64", help="comma-separated publish.unsent_kb values")
+    parser.add_argument("--port", type=int_at_least(0, MAX_PORT), default=0,
                         help="loopback port of the first run, the next port the next run's (a closed publisher's port "
                              "is free only once its peers' connections are gone); 0: each run a free one")
     args = parser.parse_args(argv)
+    runs = [(unsent_kb, stalled) for unsent_kb in args.unsent_kb for stalled in args.stalled]
+    if args.port + len(runs) - 1 > MAX_PORT and args.port:
+        parser.error(f"--port {args.port}: its {len(runs)} runs take the ports up to {args.port + len(runs) - 1}, "
+                     f"past {MAX_PORT}")
     width, height = args.size
     image = _demo_frames(width, height, 1)[0]
     print(f"loopback, {width}x{height} bgr8 at {args.rate:g} frames/s, {args.seconds:g} s a run, {os.cpu_count()} "
           f"CPUs; the reading consumer's frame age (capture to receipt) from the moment the stalled peers connect")
     print(f"{'unsent_kb':>9s} {'stalled':>7s} {'got':>9s} {'missed':>6s} {'median':>9s} {'p99':>9s} {'max':>9s}  "
           f"worst of each second (ms), load average")
-    runs = [(unsent_kb, stalled) for unsent_kb in args.unsent_kb for stalled in args.stalled]
     for i, (unsent_kb, stalled) in enumerate(runs):
         r = _run(image, stalled, unsent_kb, args.port + i if args.port else 0, args)
         ages = r["ages"] if len(r["ages"]) else np.asarray([np.nan])
@@ -148,6 +158,6 @@ def main(argv: list[str] | None = None) -> None:
               f"(load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
-def _counts(text: str) -> list[int]:
-    """An argparse ``type``: ``'0,50,200'`` -> ``[0, 50, 200]`` (each 0 or more)."""
-    return [int_at_least(0)(part) for part in text.split(",")]
+def _listed(parse: Callable[[str], int]) -> Callable[[str], list[int]]:
+    """An argparse ``type``: ``'0,50,200'`` -> ``[0, 50, 200]``, each read by ``parse``."""
+    return lambda text: [parse(part) for part in text.split(",")]

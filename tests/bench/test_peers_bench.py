@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from streamfuse.bench import peers
 
 
@@ -18,3 +20,21 @@ def test_each_run_is_a_row_with_the_readers_frames_then_the_stale_frames(capsys)
                           r"frames published before it read again \(load average \d+\.\d\)", line)
              for line in lines[4:]]
     assert [match and match[1] for match in stale] == ["0", "64"], lines
+
+
+@pytest.mark.parametrize("args, message", [
+    # each was a traceback: a port past 65535 from the endpoint's check, an unsent_kb past the config's range from
+    # the publisher's, 3000 stalled peers from their child's ZeroMQ context ("Too many open files")
+    (["--port", "70000"], "argument --port: must be in 0..65535, got 70000"),
+    (["--port", "65535", "--stalled", "0,3"], "--port 65535: its 4 runs take the ports up to 65538, past 65535"),
+    (["--unsent-kb", "0,999999999"],
+     "argument --unsent-kb: unsent_kb=999999999 is out of range; allowed: 0 (the kernel's own) .. 1048576 KiB"),
+    (["--stalled", "3000"], "argument --stalled: must be in 0..1000, got 3000"),
+    (["--stalled", "-1"], "argument --stalled: must be in 0..1000, got -1"),
+])
+def test_bad_numbers_are_one_line_and_exit_2_before_any_run(args, message, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(peers, "_run", lambda *a: pytest.fail("a run started with a bad number"))
+    with pytest.raises(SystemExit) as exc:
+        peers.main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.strip().splitlines()[-1] == f"streamfuse bench peers: error: {message}"
