@@ -20,8 +20,11 @@ import time
 from pathlib import Path
 
 from streamfuse.bench import child
-from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, positive
+from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, int_at_least, positive
 from streamfuse.client import Subscriber
+from streamfuse.config import ConfigError, load_config
+from streamfuse.configs import resolve
+from streamfuse.errors import printable
 
 _PROG = "streamfuse bench start"  # as its usage errors and every command's own lines start
 __all__ = ["main"]
@@ -77,7 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a config value (repeatable)")
     args = parser.parse_args(argv)
-    sets = [a for o in [*args.overrides, "publish.endpoint=tcp://127.0.0.1:*"] for a in ("--set", o)]
+    overrides = [*args.overrides, "publish.endpoint=tcp://127.0.0.1:*"]
+    try:  # here, before any run: a bad --config or --set was the first run's failure to start, exit status 1
+        load_config(resolve(args.config), overrides)
+    except ConfigError as exc:
+        return config_error(_PROG, exc)
+    except (ValueError, OSError) as exc:
+        print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
+        return 2
+    sets = [a for o in overrides for a in ("--set", o)]
     cmd = [sys.executable, "-m", "streamfuse", "run", "--config", args.config, *sets]
     print(f"{' '.join(['python -m streamfuse run --config', args.config, *sets[:-2]])}; {os.cpu_count()} cores",
           flush=True)

@@ -33,3 +33,16 @@ def test_a_run_that_ends_before_it_publishes_is_one_line_naming_this_benchmark(t
     with pytest.raises(SystemExit) as exc:
         start._run([sys.executable, "-c", code, "x"], tmp_path / "run.log", 1.0)
     assert exc.value.code == f"streamfuse bench start: error: {code} x did not start: no camera here"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nowhere"], "config error: nowhere: no such config file here, nor a shipped config of that name"),
+    (["--set", "bad"], "config error: override 'bad' is not of the form stage.key=value"),
+    (["--set", "engine.device=nope"], "engine: device='nope' is out of range; allowed: auto | cpu | cuda | cuda:N"),
+])
+def test_a_bad_config_is_one_line_and_exit_2_before_any_run(args, message, monkeypatch, capsys) -> None:
+    # each was the first run's failure to start: a live run launched, then exit status 1
+    monkeypatch.setattr(start, "_run", lambda *a: pytest.fail("a run started with a bad config"))
+    code = start.main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("streamfuse bench start: ") and message in err and err.count("\n") == 1, err
