@@ -17,7 +17,7 @@ import numpy as np
 
 from streamfuse.bench import parse_size
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least
-from streamfuse.client import Subscriber
+from streamfuse.client import DEFAULT_MAX_FRAME_BYTES, Subscriber
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import PublishConfig, Publisher
 
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reads", type=int_at_least(BATCH), default=2000, help="timed reads of each kind")
     args = parser.parse_args(argv)
     width, height = args.size
+    if width * height * 3 > DEFAULT_MAX_FRAME_BYTES:  # the subscribers refused it: a traceback 30 s on
+        parser.error(f"--size {width}x{height}: a {width * height * 3 / 1e6:.1f} MB frame, over the "
+                     f"{DEFAULT_MAX_FRAME_BYTES / 1e6:.1f} MB a Subscriber takes by default")
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     times: dict[bool, list[float]] = {True: [], False: []}
     with Publisher(PublishConfig(endpoint="tcp://127.0.0.1:*", shm_slots=8)) as pub:

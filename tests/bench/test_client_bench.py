@@ -26,3 +26,15 @@ def test_too_few_reads_are_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         bench(["client", "--reads", "5"])
     assert exc.value.code == 2 and "argument --reads" in capsys.readouterr().err
+
+
+def test_a_frame_larger_than_a_subscriber_takes_is_a_usage_error(monkeypatch, capsys):
+    # 8192x8192 waited 30 s for a frame the subscribers refused, then ended in a traceback
+    from streamfuse.bench import client
+
+    monkeypatch.setattr(client, "Publisher", lambda *a, **k: pytest.fail("published a frame too large"))
+    with pytest.raises(SystemExit) as exc:
+        bench(["client", "--size", "8192x8192"])
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == (
+        "streamfuse bench client: error: --size 8192x8192: a 201.3 MB frame, over the 99.5 MB a Subscriber takes by "
+        "default")
