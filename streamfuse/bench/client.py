@@ -22,6 +22,7 @@ from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import PublishConfig, Publisher
 
 BATCH = 100
+MAX_READS = 10**6  # each read's time is kept: 10**20 ran on for good, its lists growing
 READY_S = 30.0  # a subscriber's first frame from the pool's ring: its subscriptions reach the publisher in ms
 
 
@@ -59,7 +60,7 @@ def _timed(pub: Publisher, sub: Subscriber, image: np.ndarray, reads: int) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m streamfuse bench client", description=__doc__, formatter_class=DefaultsFormatter)
     parser.add_argument("--size", type=parse_size, default="640x480", help="frame size WxH (bgr8)")
-    parser.add_argument("--reads", type=int_at_least(BATCH), default=2000, help="timed reads of each kind")
+    parser.add_argument("--reads", type=int_at_least(BATCH, MAX_READS), default=2000, help="timed reads of each kind")
     args = parser.parse_args(argv)
     width, height = args.size
     if width * height * 3 > DEFAULT_MAX_FRAME_BYTES:  # the subscribers refused it: a traceback 30 s on

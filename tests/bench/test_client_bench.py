@@ -28,6 +28,17 @@ def test_too_few_reads_are_a_usage_error(capsys):
     assert exc.value.code == 2 and "argument --reads" in capsys.readouterr().err
 
 
+def test_more_reads_than_the_benchmark_keeps_are_a_usage_error(monkeypatch, capsys):
+    # --reads 10**20 ran on for good, each read's time kept
+    from streamfuse.bench import client
+
+    monkeypatch.setattr(client, "Publisher", lambda *a, **k: pytest.fail("started with too many reads"))
+    with pytest.raises(SystemExit) as exc:
+        bench(["client", "--reads", "100000000000000000000"])
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == (
+        "streamfuse bench client: error: argument --reads: must be in 100..1000000, got 100000000000000000000")
+
+
 def test_a_frame_larger_than_a_subscriber_takes_is_a_usage_error(monkeypatch, capsys):
     # 8192x8192 waited 30 s for a frame the subscribers refused, then ended in a traceback
     from streamfuse.bench import client
