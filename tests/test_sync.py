@@ -352,6 +352,17 @@ def test_a_clock_step_under_a_9_fps_thermal_camera_is_told_too(mode: str) -> Non
 
 
 @pytest.mark.parametrize("mode", ["slop", "latest"])
+def test_a_clock_step_under_two_10_fps_cameras_is_told_too(mode: str) -> None:
+    # frames exactly 100 ms apart (a recording's stamps): the frame after a stale one follows it by CLOCK_STEP_NS
+    ir, vis = _stepped("ir", 40, 2000, -10_000, fps=10), _stepped("vis", 40, 2000, -10_000, fps=10, start_ms=2)
+    pairer = Pairer(SyncConfig(mode=mode, slop_ms=20))
+    pairs = run(pairer, _arrival_order(ir, vis))
+    st = pairer.stats()
+    assert st["ir"]["clock_steps"] == st["vis"]["clock_steps"] == 1
+    assert {p.ir.seq for p in pairs} >= set(range(22, 40))
+
+
+@pytest.mark.parametrize("mode", ["slop", "latest"])
 def test_frames_exactly_the_limit_apart_pair(mode: str) -> None:
     # "at most slop_ms / hold_ms apart": the limit itself pairs, either stream first. 33.3 ms is 33299999.999... ns as
     # a float product: the limit is rounded to the nearest ns, not truncated to one short of a third of 100 ms.
@@ -504,17 +515,33 @@ def test_latest_mode_an_ir_frame_delivered_late_at_the_start_does_not_make_its_c
         (4, 3), (5, 4), (6, 4), (7, 5), (8, 6), (9, 7), (10, 8), (11, 9)]
 
 
+def test_latest_mode_keeps_its_lead_when_the_other_camera_sends_a_short_burst() -> None:
+    # the 25 fps IR camera sends three frames 10 ms apart once: three of its last seven intervals are short, but its
+    # median interval stays 40 ms, so the 30 fps visible camera keeps the lead and each of its frames is fused once
+    ir = [Frame("ir", i, (5 + t) * MS, _IMG) for i, t in enumerate((0, 40, 80, 120, 160, 170, 180, 190, 230, 270, 310))]
+    vis = frames("vis", 30, 11)
+    pairer = Pairer(SyncConfig(mode="latest"))
+    pairs = run(pairer, by_time(ir, vis))
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [
+        (max(f.seq for f in ir if f.t_capture_ns <= v.t_capture_ns), v.seq) for v in vis[1:]]
+
+
 @pytest.mark.parametrize("early", ["vis", "ir"])
-def test_a_frame_pairs_at_once_when_the_next_frame_could_at_best_be_as_near(early: str) -> None:
+@pytest.mark.parametrize(("times_ms", "late_ms"), [((0, 40, 80), 90), ((0, 10, 20), 20)],
+                         ids=["next_no_nearer", "all_queued_first"])
+def test_a_frame_pairs_at_once_when_the_next_frame_could_at_best_be_as_near(early: str, times_ms: tuple[int, ...],
+                                                                            late_ms: int) -> None:
     # frames of one stream at 0, 40 and 80 ms: the next comes at 100 ms at the earliest (half a period of margin),
-    # 10 ms after the other stream's frame at 90 ms, as far as the one at 80 ms: no wait for a frame no nearer
+    # 10 ms after the other stream's frame at 90 ms, as far as the one at 80 ms: no wait for a frame no nearer.
+    # At 0, 10 and 20 ms, all queued before the other stream's frame at 20 ms: each of the first two has a nearer one
+    # after it, so the one at 20 ms pairs, not the one at 10 ms
     late = "ir" if early == "vis" else "vis"
     pairer = Pairer(SyncConfig(slop_ms=20))
-    for i, t in enumerate((0, 40, 80)):
+    for i, t in enumerate(times_ms):
         pairer.push(Frame(early, i, t * MS, _IMG))
-    pairs = pairer.push(Frame(late, 0, 90 * MS, _IMG))
+    pairs = pairer.push(Frame(late, 0, late_ms * MS, _IMG))
     assert [(getattr(p, early).seq, getattr(p, late).seq) for p in pairs] == [(2, 0)]
-
+    assert pairer.stats()[early]["unpaired"] == 2
 
 @pytest.mark.parametrize("middle", ["vis", "ir"])
 def test_of_two_frames_equally_near_the_earlier_pairs(middle: str) -> None:
