@@ -61,6 +61,14 @@ def test_frames_passed_over_on_purpose_are_not_missed() -> None:
     assert (seqs.take(9, "shm"), seqs.last) == (0, 9)
 
 
+def test_frames_passed_over_after_the_first_frame_of_seq_0_are_not_missed_either() -> None:
+    # seq 0 is a frame taken like any other: the frames passed over after it are counted from it
+    seqs = SeqCounter("tcp://x")
+    seqs.take(0, "shm")
+    seqs.skip(3)
+    assert (seqs.take(4, "shm"), seqs.last) == (0, 4)
+
+
 def test_a_restart_one_frame_back_is_a_restart_not_minus_two_missed() -> None:
     seqs = SeqCounter("tcp://x")
     assert seqs.take(5, "payload") == 0
