@@ -27,6 +27,7 @@ def test_stabilizer_off_static_and_new_size(rng):
     stab = LevelStabilizer(StabilizeConfig(0.8))
     outs = [stab(base) for _ in range(4)]
     assert all(np.array_equal(outs[0], o) for o in outs)  # a static input stays static
+    assert all(o is base for o in outs[1:])  # passed through: no table is built for a frame of unchanged level
     small = base[:20, :30] + 40
     np.testing.assert_array_equal(stab(small), small)  # a new size restarts it
     with pytest.raises(ValueError, match=r"strength=1.0 is out of range; allowed: 0 \(off\) .. 0.95"):
@@ -42,6 +43,9 @@ def test_a_nearly_flat_frame_keeps_its_contrast(rng):
     nearly_flat[::8, ::8] = 81  # std 0.12
     out = stab(nearly_flat)
     assert np.ptp(out) <= 1
+    half_noisy = np.full((48, 64), 80, np.uint8)
+    half_noisy[:, ::2] = 81  # std exactly 0.5: flat still
+    assert np.ptp(stab(half_noisy)) <= 1
 
 
 def test_the_strongest_documented_strength_is_allowed():
