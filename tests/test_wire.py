@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -94,10 +95,24 @@ def test_a_telemetry_snapshot_decodes() -> None:
     assert stats["stages"]["fuse"]["p99_ms"] == 2.0 and stats["counters"]["published"] == 60
 
 
+def test_a_stats_time_and_number_are_taken_at_their_bounds() -> None:
+    # t_ns 0 .. 2^63-1 ns and any finite number, the ends taken (past them refused: test_hostile_stats_are_malformed)
+    for t_ns in (0, 2**63 - 1):
+        assert decode_stats(_stats(f'"t_ns": {t_ns}'))["t_ns"] == t_ns
+    largest = sys.float_info.max
+    assert decode_stats(_stats(f'"rate_fps": {largest!r}, "counters": {{"x": {-largest!r}}}'))["rate_fps"] == largest
+
+
 def test_numpy_numbers_and_arrays_in_stats_go_out_as_json_numbers_and_lists() -> None:
     # what Publisher.send_stats promises for a snapshot a user fills from numpy (a histogram, a mean)
     body = {"hist": np.arange(3, dtype=np.int64), "grid": np.eye(2, dtype=np.uint8), "mean": np.float32(0.5)}
     assert json.loads(encode_json(body)) == {"hist": [0, 1, 2], "grid": [[1, 0], [0, 1]], "mean": 0.5}
+
+
+def test_a_stats_value_json_cannot_hold_is_refused_not_sent_as_null() -> None:
+    # a snapshot holding, say, a set or a datetime is the sender's mistake: it must say so, not publish null
+    with pytest.raises(TypeError, match="set is not JSON serialisable"):
+        encode_json({"stages": {"fuse"}})
 
 
 @pytest.mark.parametrize(("body", "reason"), [
@@ -221,6 +236,14 @@ def _shm_message(**changes: object) -> list[bytes]:
 _BOUNDS = {"seq": (0, 2**63 - 1), "seq_ir": (0, 2**63 - 1), "t_publish_ns": (-(2**63), 2**63 - 1),
            "t_capture_ir_ns": (-(2**63), 2**63 - 1), "is_bigendian": (0, 1), "height": (1, 65535),
            "shm_slot": (0, MAX_SLOTS - 1), "shm_gen": (2, 2**63 - 2)}
+
+
+@pytest.mark.parametrize("pool", ["../dev/shm/streamfuse_pub_12_0123abcd", "streamfuse_pub_12_0123ABCD",
+                                  "other_pool", "streamfuse_pub_12_0123abcd/x"])
+def test_a_shared_memory_descriptor_naming_no_publisher_pool_is_refused(pool: str) -> None:
+    # a consumer maps the pool named: a forged name must not make it open another file of /dev/shm (or beyond)
+    with pytest.raises(MalformedMessage, match=f"^shm_pool {re.escape(repr(pool))} is not a publisher pool name$"):
+        decode_header(_shm_message(shm_pool=pool))
 
 
 @pytest.mark.parametrize("key", list(_BOUNDS))
