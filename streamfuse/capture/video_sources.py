@@ -30,6 +30,7 @@ from streamfuse.capture.copied_over import CopiedOver, file_mark
 from streamfuse.capture.ffmpeg_options import file_options, unread_by_demuxer
 from streamfuse.capture.look_ahead import LookAhead
 from streamfuse.capture.open_failure import open_failure
+from streamfuse.capture.sender_clock import SenderClock
 from streamfuse.capture.sources import BaseSource, SourceError
 from streamfuse.capture.timestamps import STILL_REPEATS, FileClock, StreamClock
 from streamfuse.errors import io_reason, one_line
@@ -42,8 +43,6 @@ __all__ = ["AvSource"]
 # Codecs whose every packet is one picture although FFmpeg does not mark them intra-only (FFV1 may carry its context
 # model from frame to frame; an APNG frame may be blended onto the one before, and PNG shares that decoder).
 _ONE_PICTURE_PER_PACKET = ("ffv1", "png", "apng")
-# clock: sender: a sender's capture time more than this before its frame's arrival, or after it, is another clock's
-_SENDER_BEHIND_NS, _SENDER_AHEAD_NS = 5 * 10**9, 500 * 10**6
 
 
 # -- PyAV file / stream ------------------------------------------------------------------------------------------
@@ -79,7 +78,7 @@ class AvSource(CopiedOver, BaseSource):
         self._last_pts_ns: int | None = None
         self._last_step_ns = 0  # the last forward pts step: a frame's real duration where the rate is a tick rate
         self.skipped, self._skip_report_at = 0, 0.0
-        self._sender_note = ""  # clock: sender: the last note said
+        self._sender, self._sender_note = SenderClock(), ""  # clock: sender: its judge, the last note said
         self._open_container()
         demuxer = self._container.format.name  # said once, not at each pass of a looped file
         if unread := unread_by_demuxer(demuxer, self.cfg.ffmpeg, stream=self.live):
@@ -364,19 +363,14 @@ class AvSource(CopiedOver, BaseSource):
     def _sent_ns(self, pts_ns: int, wall_ns: int) -> int | None:
         """The sender's capture time of this frame (``clock: sender``): its RTCP sender reports' NTP time of pts 0
         plus the pts; None, said once, without a report yet or where the sender's clock is not ours (it would pair
-        the frames with others seconds away)."""
-        real_us = self._container.start_time_realtime
-        if real_us is None:
-            kind, note = "none", "no RTCP sender report (yet): stamped by arrival"
-        elif not -_SENDER_AHEAD_NS <= wall_ns - (sent := real_us * 1000 + pts_ns) <= _SENDER_BEHIND_NS:
-            kind, note = "off", (f"the sender's clock is {(sent - wall_ns) / 1e9:+.3f} s off this machine's at its "
-                                 f"frame's arrival (not NTP-synced?): stamped by arrival")
-        else:
+        the frames with others seconds away: ``sender_clock``)."""
+        sent = self._sender.sent_ns(self._container.start_time_realtime, pts_ns, wall_ns)
+        if sent is not None:
             self._sender_note = ""
             return min(sent, wall_ns)  # a clock a little ahead: never later than the frame's arrival
-        if kind != self._sender_note:  # said when it starts, not at every frame
-            self._sender_note = kind
-            self.warn(f"{self.section}: {self.cfg.path}: clock: sender: {note}")
+        if self._sender.kind != self._sender_note:  # said when it starts, not at every frame
+            self._sender_note = self._sender.kind
+            self.warn(f"{self.section}: {self.cfg.path}: clock: sender: {self._sender.note}")
         return None
 
     def _where(self) -> str:

@@ -1,0 +1,56 @@
+"""``clock: sender``'s judge of a camera's clock, frame by frame, on arrival times the test gives."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from streamfuse.capture.sources import SourceConfig, open_source
+from streamfuse.capture.video_sources import AvSource
+
+S = 10**9
+REPORT_US = 1_700_000_000 * 10**6  # the stream's NTP time of pts 0, from its sender reports
+
+
+@pytest.fixture
+def source(monkeypatch):
+    """An RTSP source with ``clock: sender``, opened on a stand-in container whose reports give REPORT_US; its warnings
+    in ``source.lines``."""
+    container = SimpleNamespace(format=SimpleNamespace(name="rtsp"), start_time_realtime=REPORT_US)
+    monkeypatch.setattr(AvSource, "_open_container", lambda self: setattr(self, "_container", container))
+    src = open_source("vis", SourceConfig(kind="stream", path="rtsp://camera/1", clock="sender"))
+    src.lines = []
+    src.warn = src.lines.append
+    src._open()
+    return src
+
+
+def _frame(src, pts_s: float, lag_s: float) -> int | None:
+    """The sender time given to a frame of pts ``pts_s`` that arrives ``lag_s`` after its capture."""
+    return src._sent_ns(round(pts_s * S), REPORT_US * 1000 + round((pts_s + lag_s) * S))
+
+
+def test_frames_a_decoder_gives_seconds_late_keep_their_capture_times_once_the_clock_was_found_ours(source):
+    # a busy machine's decoder fell 6 s behind the camera after its first frames came 0.3 s after their capture:
+    # stamped by arrival, they were 6 s late, said to be of a clock not NTP-synced, and squeezed together after it
+    assert _frame(source, 0, 0.3) == REPORT_US * 1000
+    assert [_frame(source, 10 + k / 25, 6 + k / 25) for k in range(25)] == \
+        [REPORT_US * 1000 + (10 * 25 + k) * S // 25 for k in range(25)]
+    assert source.lines == []
+
+
+def test_a_clock_behind_for_a_minute_is_another_clock_however_it_began(source):
+    # a clock that drifted behind: told once none of the last minute's frames came within 5 s of their sender time
+    assert _frame(source, 0, 0.3) is not None
+    assert all(_frame(source, t, 6) is not None for t in range(1, 55))
+    assert _frame(source, 61, 6) is None and _frame(source, 62, 6) is None
+    assert source.lines == ["vis: rtsp://camera/1: clock: sender: the sender's clock is -6.000 s off this machine's at "
+                            "its frame's arrival (not NTP-synced?): stamped by arrival"]
+
+
+@pytest.mark.parametrize("lag_s, offset", [(6, "-6.000"), (-0.6, "+0.600")])
+def test_a_clock_off_from_the_first_frame_is_told_once_and_stamped_by_arrival(source, lag_s, offset):
+    assert _frame(source, 0, lag_s) is None and _frame(source, 1, lag_s) is None
+    assert source.lines == [f"vis: rtsp://camera/1: clock: sender: the sender's clock is {offset} s off this "
+                            f"machine's at its frame's arrival (not NTP-synced?): stamped by arrival"]
