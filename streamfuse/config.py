@@ -15,6 +15,7 @@ import os
 import re
 import typing
 import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,19 +92,23 @@ class PipelineConfig:
     def origin(self, *keys: str) -> str:
         """The config as a refusal of a combination of its ``keys`` names it: its file, with the overrides that set
         any of them (``demo.yaml with --set ir.kind=file``), which may be what made it refused."""
-        def sets(item: str) -> bool:
-            dotted = ".".join(override_keys(item))
-            return any(key == dotted or f"{key}.".startswith(f"{dotted}.") or dotted.startswith(f"{key}.")
-                       for key in keys)
-
-        given = [item for item in self.overrides if sets(item)]
-        return self.source_file + (f" with --set {' '.join(given)}" if given else "")
+        return _origin(self.source_file, self.overrides, keys)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping of every section (for logging, dumping and the replay sidecar), a camera URL's password
         masked (:func:`~streamfuse.errors.redact`)."""
         out = {k: dataclasses.asdict(v) if v is not None else None for k, v in vars(self).items() if k not in _META}
         return _plain(out)
+
+
+def _origin(source_file: str, overrides: Sequence[str], keys: Iterable[str]) -> str:
+    """:meth:`PipelineConfig.origin` of a config still being built (its load's warnings)."""
+    def sets(item: str) -> bool:
+        dotted = ".".join(override_keys(item))
+        return any(key == dotted or f"{key}.".startswith(f"{dotted}.") or dotted.startswith(f"{key}.") for key in keys)
+
+    given = [item for item in overrides if sets(item)]
+    return source_file + (f" with --set {' '.join(given)}" if given else "")
 
 
 _META = ("source_file", "overrides")  # where a config came from, not a section of it
@@ -191,8 +196,13 @@ def _relative_path(key: str, value: str) -> bool:
             and not (key in _SOURCE_PATHS and value.isdigit()))
 
 
-def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> PipelineConfig:
-    """Validate a raw mapping into a PipelineConfig; raises ConfigError with one line naming file and key."""
+def config_from_dict(data: dict[str, Any], source_file: str = "<dict>",
+                     overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Validate a raw mapping into a PipelineConfig; raises ConfigError with one line naming file and key. A warning
+    names the ``overrides`` (``--set`` items, already applied to ``data``) that set the values it is about."""
+    def origin(*keys: str) -> str:
+        return _origin(source_file, overrides, keys)
+
     try:
         if not isinstance(data, dict):
             raise ValueError("top level must be a mapping of stage sections")
@@ -208,7 +218,7 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
                 if name != "record":
                     raise ValueError(f"section {name} is empty")
                 if name in data:  # `record:` uncommented without its path: say so, a run records nothing
-                    log.warning("%s: section record is empty: nothing is recorded (give record.path)", source_file)
+                    log.warning("%s: section record is empty: nothing is recorded (give record.path)", origin(name))
                 built[name] = None
                 continue
             if not isinstance(raw, dict):
@@ -221,27 +231,35 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>") -> Pipel
             raise ValueError(f"vis.palette={built['vis'].palette!r}: a palette is the IR camera's (ir.palette)")
     except ValueError as exc:
         raise ConfigError(f"{source_file}: {exc}") from None
+    _warn_unused(built, origin)
+    return PipelineConfig(**built, source_file=source_file, overrides=tuple(overrides))
+
+
+def _warn_unused(built: dict[str, Any], origin: Callable[..., str]) -> None:
+    """Warn of the values a run would leave unused, each line naming where they came from (``origin`` of their keys:
+    the file, and the ``--set`` items that gave them)."""
     model = built["hclfuse"]
     if model.sampler == "student" and model.steps != HCLFuseConfig.steps:  # else a comparison of K compares nothing
         log.warning("%s: hclfuse.steps=%d sets the teacher's steps; the student sampler takes one (add "
-                    "hclfuse.sampler=teacher)", source_file, model.steps)
-    unguided = [f"{k}={getattr(model, k)}" for k in ("guidance_scale", "image_guidance")
+                    "hclfuse.sampler=teacher)", origin("hclfuse.steps", "hclfuse.sampler"), model.steps)
+    guides = ("guidance_scale", "image_guidance")
+    unguided = [f"{k}={getattr(model, k)}" for k in guides
                 if not model.guidance and getattr(model, k) != getattr(HCLFuseConfig, k)]
     if unguided:  # the net drops both with the guides (HCLFuseNet.set_sampling): a run would look guided and is not
         log.warning("%s: hclfuse.guidance=false turns the guides off, and with them hclfuse.%s (add "
-                    "hclfuse.guidance=true)", source_file, ", ".join(unguided))
+                    "hclfuse.guidance=true)", origin("hclfuse.guidance", *(f"hclfuse.{k}" for k in guides)),
+                    ", ".join(unguided))
     for name in ("ir", "vis"):  # FFmpeg leaves an option it has no name for unused, and PyAV does not say it
-        source = built[name]
+        source, where = built[name], origin(f"{name}.ffmpeg", f"{name}.kind")
         if source.ffmpeg and source.kind in ("file", "stream") and (unknown := unknown_options(source.ffmpeg)):
             log.warning("%s: %s.ffmpeg: FFmpeg has no option named %s (misspelt, or another version's?): left unused",
-                        source_file, name, ", ".join(unknown))
+                        where, name, ", ".join(unknown))
         if source.kind in ("file", "stream") and (repeated := repeated_options(source.ffmpeg)):
-            log.warning("%s: %s.ffmpeg: %s given more than once: only the last of each is taken (%s)", source_file,
+            log.warning("%s: %s.ffmpeg: %s given more than once: only the last of each is taken (%s)", where,
                         name, ", ".join(repeated), ", ".join(repeated.values()))
         if source.ffmpeg and source.kind == "file" and (unread := unread_by_files(source.ffmpeg)):
             log.warning("%s: %s.ffmpeg: %s: no FFmpeg format, protocol or codec that reads a file has it (a network "
-                        "stream's, or a device's): left unused", source_file, name, ", ".join(unread))
-    return PipelineConfig(**built, source_file=source_file)
+                        "stream's, or a device's): left unused", where, name, ", ".join(unread))
 
 
 _MAX_CONFIG_BYTES = 2**20  # the shipped configs are about 2 KiB
@@ -284,7 +302,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     except ValueError as exc:  # names the override (or the file, that is no mapping to override)
         raise ConfigError(f"{path}: {exc}" if not isinstance(data, dict) else str(exc)) from None
     try:
-        return dataclasses.replace(config_from_dict(overridden, str(path)), overrides=tuple(overrides or ()))
+        return config_from_dict(overridden, str(path), overrides or ())
     except ConfigError as exc:
         if not overrides:
             raise

@@ -125,8 +125,24 @@ def test_the_teachers_steps_set_for_the_student_are_warned_of(tmp_path, caplog):
         load_config(path, ["hclfuse.sampler=teacher", "hclfuse.steps=4"])
         assert not caplog.records
         load_config(path, ["hclfuse.steps=4"])
-    assert caplog.messages == [f"{path}: hclfuse.steps=4 sets the teacher's steps; the student sampler takes one "
-                               "(add hclfuse.sampler=teacher)"]
+    assert caplog.messages == [f"{path} with --set hclfuse.steps=4: hclfuse.steps=4 sets the teacher's steps; the "
+                               "student sampler takes one (add hclfuse.sampler=teacher)"]
+
+
+def test_a_warning_names_the_set_items_that_gave_its_values_and_the_file_alone_for_its_own(tmp_path, caplog):
+    """A value given by --set was warned of under the file's name alone: the user looked in the file for it."""
+    path = _write(tmp_path, "hclfuse:\n  sampler: student\n  guidance: false\n  image_guidance: 3\n"
+                            "record:\n")
+    with caplog.at_level("WARNING", logger="streamfuse.config"):
+        load_config(path, ["fuse.name=max"])  # the file's own values: the file alone
+        load_config(path, ["hclfuse.steps=4", "fuse.name=max", "record=", "hclfuse.image_guidance=0"])
+    assert caplog.messages == [
+        f"{path}: section record is empty: nothing is recorded (give record.path)",
+        f"{path}: hclfuse.guidance=false turns the guides off, and with them hclfuse.image_guidance=3 (add "
+        "hclfuse.guidance=true)",
+        f"{path} with --set record=: section record is empty: nothing is recorded (give record.path)",
+        f"{path} with --set hclfuse.steps=4: hclfuse.steps=4 sets the teacher's steps; the student sampler takes one "
+        "(add hclfuse.sampler=teacher)"]
 
 
 def test_the_guides_settings_with_guidance_off_are_warned_of(tmp_path, caplog):
@@ -138,8 +154,9 @@ def test_the_guides_settings_with_guidance_off_are_warned_of(tmp_path, caplog):
         load_config(path, ["hclfuse.guidance=true", "hclfuse.image_guidance=3"])
         assert not caplog.records
         load_config(path, ["hclfuse.guidance_scale=5", "hclfuse.image_guidance=3"])
-    assert caplog.messages == [f"{path}: hclfuse.guidance=false turns the guides off, and with them "
-                               "hclfuse.guidance_scale=5.0, image_guidance=3 (add hclfuse.guidance=true)"]
+    assert caplog.messages == [f"{path} with --set hclfuse.guidance_scale=5 hclfuse.image_guidance=3: "
+                               "hclfuse.guidance=false turns the guides off, and with them hclfuse.guidance_scale=5.0, "
+                               "image_guidance=3 (add hclfuse.guidance=true)"]
 
 
 def test_ffmpeg_options_ffmpeg_has_no_name_for_are_warned_of(tmp_path, caplog):
@@ -151,8 +168,9 @@ def test_ffmpeg_options_ffmpeg_has_no_name_for_are_warned_of(tmp_path, caplog):
         load_config(path, ["ir.ffmpeg=[rtsp_transprot=tcp]"])  # a synthetic source's: FFmpeg never sees them
         assert not caplog.records
         load_config(path, ["vis.ffmpeg=[rtsp_transprot=tcp, fflags=nobuffer, stimeout=5000000]"])
-    assert caplog.messages == [f"{path}: vis.ffmpeg: FFmpeg has no option named rtsp_transprot, stimeout (misspelt, "
-                               "or another version's?): left unused"]
+    assert caplog.messages == [f"{path} with --set vis.ffmpeg=[rtsp_transprot=tcp, fflags=nobuffer, stimeout=5000000]:"
+                               " vis.ffmpeg: FFmpeg has no option named rtsp_transprot, stimeout (misspelt, or another "
+                               "version's?): left unused"]
 
 
 def test_an_ffmpeg_option_given_twice_is_warned_of_once(tmp_path, caplog):
@@ -160,8 +178,9 @@ def test_an_ffmpeg_option_given_twice_is_warned_of_once(tmp_path, caplog):
     path = _write(tmp_path, "vis:\n  kind: stream\n  path: rtsp://cam/stream1\n")
     with caplog.at_level("WARNING", logger="streamfuse.config"):
         load_config(path, ["vis.ffmpeg=[fflags=+genpts, probesize=32, fflags=nobuffer, fflags=+igndts, probesize=64]"])
-    assert caplog.messages == [f"{path}: vis.ffmpeg: fflags, probesize given more than once: only the last of each "
-                               "is taken (fflags=+igndts, probesize=64)"]
+    given = "vis.ffmpeg=[fflags=+genpts, probesize=32, fflags=nobuffer, fflags=+igndts, probesize=64]"
+    assert caplog.messages == [f"{path} with --set {given}: vis.ffmpeg: fflags, probesize given more than once: only "
+                               "the last of each is taken (fflags=+igndts, probesize=64)"]
 
 
 def test_ffmpeg_options_nothing_that_reads_a_file_takes_are_warned_of_for_a_file(tmp_path, caplog):
@@ -175,9 +194,11 @@ def test_ffmpeg_options_nothing_that_reads_a_file_takes_are_warned_of_for_a_file
                            "listen_timeout=5]"])
         assert not caplog.records
         load_config(path, ["vis.ffmpeg=[rtsp_transport=tcp, threads=2, user_agent=x, rtsp_transprot=tcp]"])
+    where = f"{path} with --set vis.ffmpeg=[rtsp_transport=tcp, threads=2, user_agent=x, rtsp_transprot=tcp]"
     assert caplog.messages == [
-        f"{path}: vis.ffmpeg: FFmpeg has no option named rtsp_transprot (misspelt, or another version's?): left unused",
-        f"{path}: vis.ffmpeg: rtsp_transport, user_agent: no FFmpeg format, protocol or codec that reads a file has "
+        f"{where}: vis.ffmpeg: FFmpeg has no option named rtsp_transprot (misspelt, or another version's?): left "
+        "unused",
+        f"{where}: vis.ffmpeg: rtsp_transport, user_agent: no FFmpeg format, protocol or codec that reads a file has "
         "it (a network stream's, or a device's): left unused"]
 
 
