@@ -4,6 +4,8 @@ resumes nothing or is another output's; the frames move in only with the complet
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 from test_replay import _StopAt, counted_encodes, full_disk_remux, interrupted_replay, make_cfg, write_video
 
+import streamfuse.atomic_write
 import streamfuse.processor
 from streamfuse.atomic_write import partial_path
 from streamfuse.replay import ReplayError, run_replay
@@ -307,3 +310,20 @@ def test_a_frames_folder_that_cannot_be_made_is_one_line_and_leaves_no_folder(tm
         run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv")
     assert str(info.value) == f"replay.frames_dir {frames} cannot be made: File name too long"
     assert not (tmp_path / "new").exists() and not (tmp_path / "o.mkv").exists()
+
+
+def test_a_library_replay_whose_frames_folder_cannot_be_synced_counts_its_files_as_it_returns(tmp_path, pair, caplog,
+                                                                                                monkeypatch):
+    """The count was said at the command's end only: a program calling run_replay heard of the first file alone."""
+    ir, vis = pair
+    frames = tmp_path / "frames"
+
+    def refused(folder):
+        if folder.name == ".partial":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(streamfuse.atomic_write, "_sync_folder", refused)
+    with caplog.at_level("WARNING", logger="streamfuse.atomic_write"):
+        assert run_replay(_cfg(frames), ir_path=ir, vis_path=vis, out_path=tmp_path / "o.mkv").complete
+    assert caplog.messages[-1] == (f"{N - 1} more files written whole in {frames / '.partial'} after the first one "
+                                   "said, whose folder's sync failed too: a power loss may yet lose their names")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, NoReturn
 import av
 import numpy as np
 
-from streamfuse.atomic_write import partial_path
+from streamfuse.atomic_write import partial_path, say_unsynced
 from streamfuse.capture.sources import open_source
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.frames import STREAM_NAMES, FramePair, FusedFrame, SizeMismatch
@@ -63,7 +63,8 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
             video's state.
 
     Returns:
-        The summary (also logged as one block).
+        The summary (also logged as one block); after it, a warning counts the files written whole whose folder
+        could not be synced, past the first of each folder (:func:`~streamfuse.atomic_write.say_unsynced`).
 
     Raises:
         OSError (FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError), ValueError: bad input or
@@ -74,9 +75,11 @@ def run_replay(cfg: Any, *, ir_path: str | os.PathLike | None = None, vis_path: 
             far it got.
     """
     out, ir, vis = _check_paths(cfg, ir_path, vis_path, out_path)
-    # until the output is finished or kept: a second run is refused, not let into it or its frames folder
-    with output_lock(out), FramesDir.held(cfg.replay.frames_dir, out) as frames:
-        return _run_locked(cfg, ir, vis, out, frames, resume, fuser_factory)
+    try:  # until the output is finished or kept: a second run is refused, not let into it or its frames folder
+        with output_lock(out), FramesDir.held(cfg.replay.frames_dir, out) as frames:
+            return _run_locked(cfg, ir, vis, out, frames, resume, fuser_factory)
+    finally:  # a program calling this (a batch's worker) has no command's end to say them at
+        say_unsynced()
 
 
 def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, frames: FramesDir | None, resume: bool | None,
