@@ -8,6 +8,7 @@ Each is one line naming what and where, or a run that goes on correctly; nothing
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -334,3 +335,22 @@ def test_a_recording_still_being_written_is_refused_not_called_truncated(tmp_pat
             run_replay(make_cfg(), ir_path=partial, out_path=tmp_path / "o.mkv")
     assert not list(tmp_path.glob("*o.mkv*"))
     assert run_replay(make_cfg(), ir_path=path, out_path=tmp_path / "o.mkv").written == 4
+
+
+@pytest.mark.parametrize("kept, damaged", [(-5, "its summary or footer, after all its data,"), (0.5, "a record")])
+def test_a_recording_cut_inside_a_record_says_what_is_damaged_and_that_recover_may_save_its_frames(tmp_path, kept,
+                                                                                                    damaged):
+    """A damaged footer said Python's "unpack requires a buffer of 8 bytes" (a cut chunk: "EndOfFile"), naming neither
+    the damage nor recover, which saves the frames before it."""
+    rec, out = tmp_path / "rig.mcap", tmp_path / "o.mkv"
+    shapes = {"ir": (48, 64), "vis": (48, 64, 3)}
+    _recording(rec, lambda s, i: np.full(shapes[s], 10 * i, np.uint8))
+    data = rec.read_bytes()
+    rec.write_bytes(data[:kept if kept < 0 else int(len(data) * kept)])
+    with pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(), ir_path=rec, out_path=out)
+    assert re.search(rf"recording {re.escape(str(rec))} is truncated or corrupt after \d+ frames \({damaged} runs past "
+                     rf"the file's end: the file is cut short, or a record's length is damaged\); `python -m "
+                     rf"streamfuse recover {re.escape(str(rec))} --out NEW.mcap` may save the frames before the "
+                     rf"damage;",
+                     str(err.value)), str(err.value)

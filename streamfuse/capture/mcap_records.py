@@ -32,12 +32,14 @@ class KnownRecords(StreamReader):
         super().__init__(stream, validate_crcs=validate_crcs)
         self._path, self._others = path, others
         self.skipped: Counter[int] = Counter()
+        self.data_ended = False  # the data section's end read: a fault after it is in the summary or footer
 
     @property
     def records(self) -> Iterator[object]:
         for record in super().records:  # a chunk's own records too, which do not pass _read_record
             if self._others is not None and isinstance(record, (Schema, Channel, Metadata, DataEnd)):
                 self._others.append(record)
+            self.data_ended = self.data_ended or isinstance(record, DataEnd)
             yield record
 
     def _read_record(self, opcode: int, length: int) -> object:

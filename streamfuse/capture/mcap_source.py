@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from mcap.exceptions import McapError
+from mcap.exceptions import EndOfFile, McapError
 from mcap.reader import NonSeekingReader, SeekingReader
 from mcap.records import Channel, Message, Schema
 from zstandard import ZstdError
@@ -154,7 +154,7 @@ def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPIC
                 read += 1
         # a damaged chunk header's size: past what an index holds (OverflowError) or any memory (MemoryError)
         except (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError) as exc:
-            raise SourceError(_damaged(Path(shown or path), read, exc)) from None
+            raise _Damaged(_damaged(Path(shown or path), read, exc, data_ended=records.data_ended)) from None
         finally:
             records.said()
 
@@ -282,17 +282,37 @@ def _mcap_records(path: str | os.PathLike, topics: tuple[str, ...],
         for schema, channel, msg in read_messages(path, topics, shown=shown):
             yield (schema.name if schema else "", channel.message_encoding, channel.topic, msg.log_time,
                    msg.sequence if channel.metadata.get("seq") == "mcap_sequence" else None, msg.data)
+    except _Damaged as exc:  # a finished file as it is on the disk (not a compressed bag's copy): recover reads it
+        if final_path(shown) is not None or Path(path) != shown:
+            raise
+        raise SourceError(f"{exc}; `python -m streamfuse recover {shlex.quote(str(shown))} --out NEW.mcap` may save "
+                          f"the frames before the damage") from None
     except OSError as exc:  # a part moved away since the set was listed (copied off meanwhile), a disk's read error
         why = "not found" if isinstance(exc, FileNotFoundError) else io_reason(exc)
         raise SourceError(f"recording {shown}: cannot read it ({why})") from None
 
 
-def _damaged(path: Path, frames: int, exc: Exception) -> str:
-    line = f"recording {path} is truncated or corrupt after {frames} frames ({str(exc) or type(exc).__name__})"
+class _Damaged(SourceError):
+    """An MCAP file that does not read back whole (``recover``'s check of a complete one, and a replay's read)."""
+
+
+def _damaged(path: Path, frames: int, exc: Exception, *, data_ended: bool = False) -> str:
+    """The line of a recording whose read failed after ``frames`` frames; ``data_ended``: its data section was read
+    whole (what failed is the summary after it)."""
+    line = f"recording {path} is truncated or corrupt after {frames} frames ({_reason(exc, data_ended)})"
     if final_path(path) is not None:  # the recorder's name for it while a run writes
         line += (f"; a run cut before its end leaves such a file: `python -m streamfuse recover "
                  f"{shlex.quote(str(path))}` saves its frames")
     return line
+
+
+def _reason(exc: Exception, data_ended: bool) -> str:
+    """What is damaged, in words: Python's ("unpack requires a buffer of 8 bytes") and MCAP's own (EndOfFile, with no
+    text) name neither the record nor the cause."""
+    if isinstance(exc, (struct.error, EOFError, EndOfFile)):
+        where = "its summary or footer, after all its data," if data_ended else "a record"
+        return f"{where} runs past the file's end: the file is cut short, or a record's length is damaged"
+    return str(exc) or type(exc).__name__
 
 
 def _said(line: str) -> None:
