@@ -29,6 +29,7 @@ Needs imagezmq (``pip install imagezmq``, a benchmark-only dependency). Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import multiprocessing as mp
 import os
@@ -63,6 +64,7 @@ SLOTS = 8  # the pool of the shared-memory runs (PublishConfig's default)
 # one slot to spare.
 WINDOW = SLOTS - 2
 BACKOFF_S = 50e-6  # a sender WINDOW ahead sleeps (imagezmq's blocks for its reply), leaving the reader the CPU
+_REPLY_POLL_MS = 1000  # how often imagezmq's sender, waiting for its hub's reply, looks whether the hub is still there
 # Every socket binds a port the OS picks as it binds: one picked first and bound later (by the receiver's process,
 # seconds on) could be taken meanwhile, by another benchmark's picks too
 ANY_PORT = "tcp://127.0.0.1:*"
@@ -223,19 +225,41 @@ def _imagezmq(frames: list[np.ndarray], seconds: float, rate: float) -> dict[str
     while not rx.started():
         pass
     sender = imagezmq.ImageSender(connect_to=rx.results.get(timeout=PATIENCE_S))
-    sender.send_image(str(time.time_ns()), frames[0])  # connect and warm up
+    # its REQ waits for a reply without end; a request left to a dead hub held its context's end (and the exit) too
+    for option, value in ((zmq.RCVTIMEO, _REPLY_POLL_MS), (zmq.SNDTIMEO, _REPLY_POLL_MS), (zmq.LINGER, 0)):
+        sender.zmq_socket.setsockopt(option, value)
 
     def send(seq: int) -> int:
-        sender.send_image(str(time.time_ns()), frames[seq % len(frames)])  # returns once the hub replied
+        _round_trip(sender, rx, str(time.time_ns()), frames[seq % len(frames)])  # returns once the hub replied
         return 1
 
-    cpu0 = time.process_time()
-    sent = _paced(send, seconds, rate)
-    cpu_ms = (time.process_time() - cpu0) * 1e3 / max(1, sent)
-    sender.send_image(STOP, frames[0])
-    out = rx.result()
-    sender.close()
-    return {**out, "sent": sent, "cpu_ms": cpu_ms}
+    try:
+        send(0)  # connect and warm up
+        cpu0 = time.process_time()
+        sent = _paced(send, seconds, rate)
+        cpu_ms = (time.process_time() - cpu0) * 1e3 / max(1, sent)
+        _round_trip(sender, rx, STOP, frames[0])
+        return {**rx.result(), "sent": sent, "cpu_ms": cpu_ms}
+    finally:  # its context, left to the garbage collector, waits for ever for the socket it outlived
+        sender.close()
+
+
+def _round_trip(sender: Any, rx: _Receiver, msg: str, image: np.ndarray) -> None:
+    """imagezmq's ``send_image`` in its two steps, each wait cut in slices of :data:`_REPLY_POLL_MS`: a hub that died
+    mid-round (killed, out of memory) or gives no reply in :data:`PATIENCE_S` is one line (SystemExit), not a hang."""
+    deadline = time.monotonic() + PATIENCE_S
+    request = functools.partial(sender.zmq_socket.send_array, np.ascontiguousarray(image), msg, copy=False)
+    for step in (request, sender.zmq_socket.recv):
+        while True:
+            try:
+                step()
+                break
+            except zmq.Again:
+                if not rx.proc.is_alive():
+                    raise SystemExit(f"{_PROG}: error: its imagezmq hub ended before it replied (exit status "
+                                     f"{rx.proc.exitcode})") from None
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{_PROG}: error: its imagezmq hub gave no reply in {PATIENCE_S:g} s") from None
 
 
 def _stall(image: np.ndarray, seconds: float, rate: float, peer: str, shm: bool, loan: bool) -> dict[str, float]:

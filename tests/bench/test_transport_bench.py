@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import zmq
 from helpers_zmq import wait_until
 
 from streamfuse.bench import memory_available, receiver_process
@@ -286,3 +287,25 @@ def test_a_stop_mid_run_is_one_line_and_leaves_no_receiver_and_no_shared_memory(
     assert proc.returncode == 130 and err == f"streamfuse bench: {line}\n", err
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), "the receivers gone")
     assert not pool()
+
+
+def _hub_that_dies_mid_round(endpoint, ready, done, results) -> None:
+    """imagezmq's hub that replies to the warm-up frame, then dies with the next one taken (killed, out of memory)."""
+    hub = bench_transport.imagezmq.ImageHub(open_port=endpoint)
+    results.put(hub.zmq_socket.getsockopt_string(zmq.LAST_ENDPOINT))
+    ready.set()
+    hub.recv_image()
+    hub.send_reply(b"OK")
+    hub.recv_image()
+    os._exit(3)
+
+
+@pytest.mark.skipif(bench_transport.imagezmq is None, reason="needs imagezmq")
+@pytest.mark.timeout(180, method="thread")  # a wait in libzmq takes no signal: the old code's hang must still end
+def test_an_imagezmq_hub_that_dies_mid_round_is_one_line_not_a_wait_for_ever(monkeypatch) -> None:
+    # imagezmq's REQ sender has no timeout: the benchmark waited for the dead hub's reply for ever
+    monkeypatch.setattr(bench_transport, "_hub_receiver", _hub_that_dies_mid_round)
+    with pytest.raises(SystemExit) as exc:
+        bench_transport._imagezmq(bench_transport._demo_frames(64, 48, 1), 5.0, 0.0)
+    assert exc.value.code == ("streamfuse bench transport: error: its imagezmq hub ended before it replied (exit "
+                              "status 3)")

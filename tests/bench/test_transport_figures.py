@@ -182,13 +182,20 @@ def test_the_publishers_cpu_per_frame_and_the_shared_memory_window_are_as_the_ta
 def test_imagezmqs_cpu_per_frame_is_its_senders_cpu_over_its_frames(monkeypatch):
     clock = _CpuClock()
 
-    class Sender:
-        def __init__(self, connect_to: str) -> None:
+    class Socket:  # imagezmq's: send_image is its send_array, then its recv of the hub's reply
+        def setsockopt(self, option: int, value: int) -> None:
             pass
 
-        def send_image(self, name: str, image) -> None:
+        def send_array(self, image, name: str, copy: bool) -> None:
             clock.sleep(1e-3)
             clock.cpu_s += 0.5e-3
+
+        def recv(self) -> bytes:
+            return b"OK"
+
+    class Sender:
+        def __init__(self, connect_to: str) -> None:
+            self.zmq_socket = Socket()
 
         def close(self) -> None:
             pass
