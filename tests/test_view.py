@@ -35,6 +35,7 @@ from streamfuse.wire import decode_stats, preview_topic
 from streamfuse.view.browser import Chromium, capture, find_chromium
 from streamfuse.view.feed import Feed, unpack
 from streamfuse.view.server import main as view_main
+from streamfuse.view import server as server_module
 from streamfuse.view.server import _send, serve
 from streamfuse.view.gate import Door, Gate, listen
 
@@ -632,8 +633,34 @@ def test_a_malformed_request_or_a_reset_handshake_is_one_log_line_or_none(caplog
     with caplog.at_level("DEBUG"):
         _on_a_silent_feed(peers)
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
-    bad = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
+    bad = [r.getMessage() for r in caplog.records if "Error handling request" in r.getMessage()]
     assert len(bad) == 1 and "\n" not in bad[0] and "8190" in bad[0], bad
+
+
+def test_a_flood_of_malformed_requests_is_counted_in_one_line_and_a_server_error_is_still_said(caplog, monkeypatch):
+    """A broken or hostile client made the viewer log one ERROR line per malformed request, as fast as it sent them."""
+    monkeypatch.setattr(server_module._BadRequests, "window_s", 3600.0)  # one window, however slow the machine
+
+    async def peers(feed: Feed) -> None:
+        served = await serve(feed, "127.0.0.1", 0)
+        try:
+            for _ in range(25):
+                reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+                assert (await reader.readline()).startswith(b"HTTP/1.0 400")
+                writer.close()
+            logging.getLogger("aiohttp.server").error("Error handling request from %s", "127.0.0.1",
+                                                      exc_info=RuntimeError("a handler's own fault"))
+        finally:
+            await served.cleanup()
+
+    with caplog.at_level("DEBUG"):
+        _on_a_silent_feed(peers)
+    said = [r.getMessage() for r in caplog.records if "request" in r.getMessage()]
+    assert len(said) == 22 and all("8190" in line for line in said[:20]), said
+    assert said[19].endswith("(20 said in 3600 s: further malformed requests are counted, then said as one line)")
+    assert said[20] == "Error handling request from 127.0.0.1: RuntimeError: a handler's own fault"
+    assert said[21].startswith("5 more malformed requests not said one by one; the last: Error handling request from")
 
 
 def test_connections_over_the_cap_get_503_and_one_without_its_request_in_time_is_closed(caplog):

@@ -31,6 +31,7 @@ from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, path_ar
 from streamfuse.connection_watch import load_server_key
 from streamfuse.endpoints import bind_shown, faces_network, url_host
 from streamfuse.errors import io_reason, one_line, printable
+from streamfuse.flood_log import FloodLog
 from streamfuse.log_queue import install_direct
 from streamfuse.signals import handled, raise_interrupt, takeable
 from streamfuse.view.feed import Feed
@@ -129,13 +130,29 @@ async def _send(ws: web.WebSocketResponse, feed: Feed, changed: asyncio.Event, c
         await ws.send_bytes(message)
 
 
-def _without_traceback(record: logging.LogRecord) -> bool:
-    """aiohttp logs a client's malformed request (a header over 8190 bytes, a bad chunk) with its traceback, ten
-    lines a request for any peer to send: one line instead."""
-    if record.exc_info and record.exc_info[1] is not None:
-        record.msg, record.args = "%s: %s", (record.getMessage(), one_line(record.exc_info[1]))
+class _BadRequests(logging.Filter):
+    """aiohttp logs a client's malformed request (a header over 8190 bytes, a bad chunk) at ERROR with its traceback,
+    ten lines a request for any peer to send: one line each, the first 20 in 10 s, the rest counted
+    (:class:`~streamfuse.flood_log.FloodLog`); the server's own errors are said each, in one line."""
+
+    window_s = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flood = FloodLog(log, "malformed requests", window_s=self.window_s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError  # loaded with the server that logs this
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        if isinstance(exc, HttpProcessingError):  # the client's fault: any peer can send thousands
+            self.flood.warning(f"{record.getMessage()}: {one_line(exc)}")
+            return False
+        record.msg, record.args = "%s: %s", (record.getMessage(), one_line(exc, typed=True))
         record.exc_info = record.exc_text = None
-    return True
+        return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,11 +163,14 @@ class Served:
     gate: Gate
     server: asyncio.AbstractServer
     runner: Any  # aiohttp.web.AppRunner
+    bad_requests: _BadRequests
 
     async def cleanup(self) -> None:
         self.server.close()
         await self.runner.cleanup()
         self.gate.close()
+        logging.getLogger("aiohttp.server").removeFilter(self.bad_requests)
+        self.bad_requests.flood.flush()
 
 
 async def serve(feed: Feed, host: str, port: int, gate: Gate | None = None) -> Served:
@@ -160,7 +180,6 @@ async def serve(feed: Feed, host: str, port: int, gate: Gate | None = None) -> S
         OSError: the address cannot be bound.
     """
     web = _aiohttp().web
-    logging.getLogger("aiohttp.server").addFilter(_without_traceback)
     gate = gate or Gate()
     loop = asyncio.get_running_loop()
     feed.start(loop)
@@ -173,7 +192,9 @@ async def serve(feed: Feed, host: str, port: int, gate: Gate | None = None) -> S
     except OSError:
         await runner.cleanup()
         raise
-    return Served(server.sockets[0].getsockname()[1], gate, server, runner)
+    bad_requests = _BadRequests()
+    logging.getLogger("aiohttp.server").addFilter(bad_requests)
+    return Served(server.sockets[0].getsockname()[1], gate, server, runner, bad_requests)
 
 
 def main(argv: list[str] | None = None) -> int:
