@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["BENCHES", "main", "memory_available", "parse_sizes", "parse_size"]
+__all__ = ["BENCHES", "main", "memory_available", "refuse_beyond_memory", "parse_sizes", "parse_size"]
 
 MAX_SIDE = 8192  # a larger frame is a typo: its synthetic frames alone would take gigabytes
 
@@ -74,3 +74,14 @@ def memory_available() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def refuse_beyond_memory(prog: str, sizes: list[tuple[int, int]], bytes_per_pixel: int) -> None:
+    """Exit 2 with one line before anything is allocated where the largest of ``sizes`` (width, height) would hold
+    more than the memory available at ``bytes_per_pixel``: the run would swap or be killed part way."""
+    width, height = max(sizes, key=lambda size: size[0] * size[1])
+    need, free = width * height * bytes_per_pixel, memory_available()
+    if free is not None and need > free:
+        print(f"{prog}: error: --sizes {width}x{height} would hold about {need / 1e9:.1f} GB of memory, and "
+              f"{free / 1e9:.1f} GB is available", file=sys.stderr)
+        raise SystemExit(2)

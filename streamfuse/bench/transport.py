@@ -33,7 +33,6 @@ import functools
 import math
 import multiprocessing as mp
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamfuse.bench import memory_available, parse_sizes
+from streamfuse.bench import parse_sizes, refuse_beyond_memory
 from streamfuse.bench.receiver_process import PATIENCE_S, done_or_gone
 from streamfuse.bench.receiver_process import Receiver as _Receiver
 from streamfuse.capture.synthetic import SyntheticScene
@@ -376,26 +375,6 @@ def _stall_report(image: np.ndarray, args: argparse.Namespace) -> None:
                   f"{r['p99_ms']:.3f} ms  max {r['max_ms']:.3f} ms{extra}")
 
 
-def quality(text: str) -> int:
-    """An argparse ``type``: a JPEG quality, 1..100."""
-    value = int_at_least(1)(text)
-    if value > 100:
-        raise argparse.ArgumentTypeError(f"must be <= 100, got {value}")
-    return value
-
-
-def _refuse_what_cannot_fit(sizes: list[tuple[int, int]]) -> None:
-    """Exit 2 with one line before anything is allocated where the largest of ``sizes`` (width, height) would hold
-    more than the memory available (at 8192x8192 its frames alone are 6 GB): the run would swap or be killed part
-    way."""
-    width, height = max(sizes, key=lambda size: size[0] * size[1])
-    need, free = width * height * BYTES_PER_PIXEL, memory_available()
-    if free is not None and need > free:
-        print(f"{_PROG}: error: --sizes {width}x{height} would hold about {need / 1e9:.1f} GB of memory, and "
-              f"{free / 1e9:.1f} GB is available", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run every phase at each size and print the figures side by side."""
     parser = Parser(prog="python -m streamfuse bench transport", description=__doc__,
@@ -407,12 +386,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="length of each latency run (at 100 frames/s, 5 s make p99 the 5th-worst of 500 frames)")
     parser.add_argument("--paced-seconds", type=positive(), default=2.0, help="length of each stall run")
     parser.add_argument("--rate", type=positive(), default=100.0, help="frames/s of the latency and stall runs")
-    parser.add_argument("--quality", type=quality, default=90, help="JPEG quality, 1..100")
+    parser.add_argument("--quality", type=int_at_least(1, 100), default=90, help="JPEG quality, 1..100")
     args = parser.parse_args(argv)
     if imagezmq is None:
         raise SystemExit(f"{_PROG}: error: needs imagezmq: pip install imagezmq (or pip install -e .[bench])")
     sizes = [(w, h) for h, w in args.sizes]
-    _refuse_what_cannot_fit(sizes)
+    refuse_beyond_memory(_PROG, sizes, BYTES_PER_PIXEL)
     print(f"loopback, {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for width, height in sizes:
         _size_report(width, height, args)

@@ -18,6 +18,7 @@ import pytest
 import zmq
 from helpers_zmq import wait_until
 
+import streamfuse.bench
 from streamfuse.bench import memory_available, receiver_process
 from streamfuse.bench import transport as bench_transport
 from streamfuse.shm_pool import shm_supported
@@ -207,8 +208,8 @@ def test_frames_that_come_back_exact_are_lossless_without_a_warning_and_one_loss
     (["--seconds", "nan"], "argument --seconds: must be a finite number > 0, got nan"),
     (["--latency-seconds", "-1"], "argument --latency-seconds: must be a finite number > 0, got -1"),
     (["--rate", "0"], "argument --rate: must be a finite number > 0, got 0"),
-    (["--quality", "200"], "argument --quality: must be <= 100, got 200"),
-    (["--quality", "101"], "argument --quality: must be <= 100, got 101"),  # the edge: JPEG's scale ends at 100
+    (["--quality", "200"], "argument --quality: must be in 1..100, got 200"),
+    (["--quality", "101"], "argument --quality: must be in 1..100, got 101"),  # the edge: JPEG's scale ends at 100
     (["--sizes", "0x0"], "argument --sizes: size '0x0': width and height must be in 1..8192"),
 ])
 def test_bad_numbers_are_refused_when_parsing(args, message, monkeypatch, capsys) -> None:
@@ -228,7 +229,7 @@ def test_each_size_is_benchmarked_as_width_by_height(monkeypatch) -> None:
 
 def test_a_size_that_cannot_fit_in_memory_is_one_line_before_anything_is_allocated(monkeypatch, capsys) -> None:
     # 8192x8192 took its 30 frames (6 GB) and more before anything said the machine had not that much
-    monkeypatch.setattr(bench_transport, "memory_available", lambda: 2 * 10**9)
+    monkeypatch.setattr(streamfuse.bench, "memory_available", lambda: 2 * 10**9)
     monkeypatch.setattr(bench_transport, "_demo_frames", lambda *a: pytest.fail("allocated a size that cannot fit"))
     with pytest.raises(SystemExit) as exc:
         bench_transport.main(["--sizes", "640x480,8192x8192"])
