@@ -26,7 +26,7 @@ import numba
 import numpy as np
 import torch  # after the package's import, which sets the OpenMP wait policy torch reads once when it loads
 
-from streamfuse.bench import parse_sizes
+from streamfuse.bench import parse_sizes, refuse_beyond_memory
 from streamfuse.cli.args import DefaultsFormatter, Parser, config_value, given, int_at_least
 from streamfuse.device import resolve_device
 from streamfuse.engine import Engine, Handle
@@ -44,6 +44,9 @@ _PROG = "streamfuse bench fuse"  # as its usage errors and every command's own l
 __all__ = ["main"]
 
 POOL = 8  # distinct synthetic frames per size, cycled (a moving scene, so the OT cache sees real lookups)
+# peak bytes a pixel of a size, measured at 1024x1024 and 2048x2048: the pool's making (float64 scenes) and the post
+# stage; the net's activations for each frame of a batch
+BASELINE_BYTES_PER_PIXEL, HCLFUSE_BYTES_PER_PIXEL = 140, 150
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -264,8 +267,9 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
         return build_hclfuse(model, engine, max_batch=batch)
 
     reference = fuser_for("cpu") if gpu else None
+    cases = len(precisions) * (len(graphs) if gpu else 1) * len(batches)
     for h, w in sizes:
-        pairs = synthetic_pairs(h, w, POOL)
+        pairs = announced_pairs(h, w, f"then {cases} case(s) of {warmup} warm-up and {frames} timed frames")
         expected = reference.fuse(*pairs[0], "rig0") if gpu else None
         for precision, graph, batch in itertools.product(precisions, graphs if gpu else [False], batches):
             print(measure(fuser_for(str(device), precision, graph, batch), pairs, batch, frames, warmup, expected),
@@ -275,7 +279,7 @@ def bench_hclfuse(args: argparse.Namespace, device: torch.device, sizes: list[tu
 def bench_baseline(args: argparse.Namespace, sizes: list[tuple[int, int]], frames: int, warmup: int) -> None:
     fuser = build_fuser(FuseConfig(name=args.fuser))
     for h, w in sizes:
-        pairs = synthetic_pairs(h, w, POOL)
+        pairs = announced_pairs(h, w, f"then {warmup} warm-up and {frames} timed frames of {fuser.name}")
         samples = []
         for i in range(warmup + frames):
             ir, vis = pairs[i % POOL]
@@ -286,6 +290,20 @@ def bench_baseline(args: argparse.Namespace, sizes: list[tuple[int, int]], frame
         print(f"[{device_label(torch.device('cpu'), cv2.getNumThreads())}] {fuser.name} {w}x{h} batch=1: latency "
               f"median {ms(med)} ms p99 {ms(p99)} ms | {1000 / med:.1f} frames/s | GFLOPs n/a (not a torch net)",
               flush=True)
+
+
+def announced_pairs(h: int, w: int, then: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``synthetic_pairs`` after a line saying what comes: at a large size making them alone takes minutes."""
+    print(f"{w}x{h}: making {POOL} synthetic pairs, {then}", flush=True)
+    return synthetic_pairs(h, w, POOL)
+
+
+def bytes_per_pixel(args: argparse.Namespace, gpu: bool) -> int:
+    """Peak host memory a pixel of the largest size takes: the net's for its largest batch on the CPU (on a GPU the
+    host runs only the CPU reference, batch 1), else the baseline's."""
+    if args.fuser != "hclfuse":
+        return BASELINE_BYTES_PER_PIXEL
+    return max(BASELINE_BYTES_PER_PIXEL, HCLFUSE_BYTES_PER_PIXEL * (1 if gpu else max(args.batch or [1])))
 
 
 class PassThrough:
@@ -305,7 +323,7 @@ def bench_post(sizes: list[tuple[int, int]], frames: int, warmup: int) -> None:
     before it (with the visible luma), temporal denoiser (0.85) and colour restore (numba) after it."""
     for h, w in sizes:
         pairs = [still_pair(ir, cv2.cvtColor(vis, cv2.COLOR_GRAY2BGR), k)
-                 for k, (ir, vis) in enumerate(synthetic_pairs(h, w, POOL))]
+                 for k, (ir, vis) in enumerate(announced_pairs(h, w, "then the stages around the fuser"))]
         processor = FrameProcessor(PassThrough(), stabilize=StabilizeConfig(0.8), post=PostConfig(denoise=0.85))
         times = [processor(pairs[i % POOL]).timings for i in range(warmup + frames)][warmup:]
         (pre_med, pre_p99), (med, p99) = (stats_ms([t[k] for t in times]) for k in ("fuse", "postprocess"))
@@ -325,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [(48, 64)] if args.tiny else args.sizes
     frames = 3 if args.tiny else args.frames or (1000 if gpu else 50)
     warmup = 1 if args.tiny else 5
+    refuse_beyond_memory(_PROG, [(w, h) for h, w in sizes], bytes_per_pixel(args, gpu))
     policy = os.environ.get("OMP_WAIT_POLICY", "unset") + (" (not in effect: torch came first)" if LATE_WAIT_POLICY
                                                             else "")
     print(f"bench fuse: torch {torch.__version__}, device {device}, fuser {args.fuser}, {frames} frames per case, "

@@ -124,3 +124,46 @@ def test_missing_weights_are_one_line():
     with pytest.raises(SystemExit) as exc:
         main(["--device", "cpu", "--tiny", "--threads", "1", "--weights", "nowhere.pt"])
     assert str(exc.value.code) == "streamfuse bench fuse: error: HCLFuse weights not found: nowhere.pt"
+
+
+def test_a_size_that_cannot_fit_in_memory_is_one_line_before_anything_is_allocated(monkeypatch, capsys):
+    # 8192x8192 made its synthetic frames for minutes, without a word, before the machine could run out of memory
+    import streamfuse.bench
+    from streamfuse.bench import fuse as bench_fuse
+
+    monkeypatch.setattr(streamfuse.bench, "memory_available", lambda: 2 * 10**9)
+    monkeypatch.setattr(bench_fuse, "synthetic_pairs", lambda *a: pytest.fail("allocated a size that cannot fit"))
+    with pytest.raises(SystemExit) as exc:
+        bench_fuse.main(["--device", "cpu", "--sizes", "64x48,8192x8192", "--fuser", "max", "--frames", "1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err == (f"{FUSE_ERROR}--sizes 8192x8192 would hold about 9.4 GB of memory, and "
+                                           "2.0 GB is available\n")
+
+
+@pytest.mark.parametrize("fuser", ["max", "hclfuse"])
+def test_each_long_step_is_said_before_it_starts(fuser, monkeypatch, capsys):
+    # a large size ran for minutes with nothing printed after the header
+    from streamfuse.bench import fuse as bench_fuse
+
+    said = []
+    making = bench_fuse.synthetic_pairs
+
+    def spy(h, w, n, seed=0):
+        said.append(capsys.readouterr().out.splitlines()[-1])
+        return making(h, w, n, seed)
+
+    monkeypatch.setattr(bench_fuse, "synthetic_pairs", spy)
+    bench_fuse.main(["--device", "cpu", "--tiny", "--threads", "1", "--fuser", fuser,
+                     *(["--weights", "random"] if fuser == "hclfuse" else [])])
+    timed = "1 case(s) of 1 warm-up and 3 timed frames" if fuser == "hclfuse" else "1 warm-up and 3 timed frames of max"
+    assert said == [f"64x48: making 8 synthetic pairs, then {timed}",
+                    "64x48: making 8 synthetic pairs, then the stages around the fuser"]
+
+
+@pytest.mark.parametrize("args, gpu, need", [
+    (["--fuser", "max"], False, 140), (["--weights", "random"], False, 150), (["--batch", "1,4"], False, 600),
+    (["--batch", "1,8"], True, 150)])  # a GPU's batches are in its own memory: the host runs the reference alone
+def test_the_memory_a_pixel_takes_follows_the_fuser_and_the_hosts_batches(args, gpu, need):
+    from streamfuse.bench.fuse import bytes_per_pixel, parse_args
+
+    assert bytes_per_pixel(parse_args(args), gpu) == need
