@@ -8,7 +8,8 @@ max, the worst of each second, and the frames it missed, for each ``publish.unse
 kernel's own send buffers, megabytes a subscriber, which libzmq's one I/O thread fills at the others' expense).
 Then, for each ``--unsent-kb``, the stale frames: a subscriber (``Subscriber``, a queue of 2) stops reading for
 ``PAUSE_S`` while frames go on at ``--rate``, and the frames it then still gets that were published before it read
-again are counted (the queues and socket buffers on its way held them).
+again are counted (the queues and socket buffers on its way held them). ``--peer-rcvbuf-kb`` gives the stalled
+peers a receive buffer of their own size (``SO_RCVBUF``) instead of the one the kernel's autotuning grows.
 Example: ``python -m streamfuse bench peers --size 320x240 --stalled 0,50,200 --unsent-kb 0,64``.
 """
 
@@ -38,6 +39,7 @@ _PROG = "streamfuse bench peers"  # as the lines of its receivers start
 # with "Too many open files"
 MAX_STALLED = 1000
 MAX_PORT = 65535
+MAX_RCVBUF_KB = 1 << 20  # a GiB: the kernel caps it at net.core.rmem_max anyway
 
 
 def _reader(endpoint: str, ready: Any, done: Any, results: Any) -> None:
@@ -54,16 +56,21 @@ def _reader(endpoint: str, ready: Any, done: Any, results: Any) -> None:
         results.put({"arrivals": arrivals, "ages": ages, "missed": sub.missed})
 
 
-def _stalled(endpoint: str, ready: Any, done: Any, results: Any, count: int) -> None:
+def stalled_socket(ctx: zmq.Context, endpoint: str, rcvbuf_kb: int) -> zmq.Socket:
+    """A SUB socket connected to ``endpoint`` with a queue of 2, its ``SO_RCVBUF`` ``rcvbuf_kb`` (0: the kernel's)."""
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 2)
+    if rcvbuf_kb:
+        sock.setsockopt(zmq.RCVBUF, rcvbuf_kb * 1024)
+    sock.setsockopt(zmq.SUBSCRIBE, FUSED_PREFIX.encode())
+    sock.connect(endpoint)
+    return sock
+
+
+def _stalled(endpoint: str, ready: Any, done: Any, results: Any, count: int, rcvbuf_kb: int = 0) -> None:
     """Connect ``count`` SUB sockets that never read, until ``done``."""
     with zmq.Context() as ctx:
-        socks = []
-        for _ in range(count):
-            sock = ctx.socket(zmq.SUB)
-            sock.setsockopt(zmq.RCVHWM, 2)
-            sock.setsockopt(zmq.SUBSCRIBE, FUSED_PREFIX.encode())
-            sock.connect(endpoint)
-            socks.append(sock)
+        socks = [stalled_socket(ctx, endpoint, rcvbuf_kb) for _ in range(count)]
         ready.set()
         while not done_or_gone(done, 1.0):
             pass
@@ -81,7 +88,7 @@ def _run(image: np.ndarray, stalled: int, unsent_kb: int, port: int, args: argpa
         while not reader.started():
             pub.send_fused(_fused(image, 0))
         since = time.time()
-        peers = Receiver(_stalled, pub.endpoint, stalled, prog=_PROG) if stalled else None
+        peers = Receiver(_stalled, pub.endpoint, stalled, args.peer_rcvbuf_kb, prog=_PROG) if stalled else None
 
         def send(seq: int) -> int:  # every frame counts, dropped for some peer or not
             pub.send_fused(_fused(image, seq))
@@ -135,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int_at_least(0, MAX_PORT), default=0,
                         help="loopback port of the first run, the next port the next run's (a closed publisher's port "
                              "is free only once its peers' connections are gone); 0: each run a free one")
+    parser.add_argument("--peer-rcvbuf-kb", type=int_at_least(0, MAX_RCVBUF_KB), default=0,
+                        help="the stalled peers' SO_RCVBUF in KiB; 0: the kernel's autotuned buffer")
     args = parser.parse_args(argv)
     runs = [(unsent_kb, stalled) for unsent_kb in args.unsent_kb for stalled in args.stalled]
     if args.port + len(runs) - 1 > MAX_PORT and args.port:
@@ -142,8 +151,10 @@ def main(argv: list[str] | None = None) -> None:
                      f"past {MAX_PORT}")
     width, height = args.size
     image = _demo_frames(width, height, 1)[0]
+    rcvbuf = f"{args.peer_rcvbuf_kb} KiB" if args.peer_rcvbuf_kb else "the kernel's"
     print(f"loopback, {width}x{height} bgr8 at {args.rate:g} frames/s, {args.seconds:g} s a run, {os.cpu_count()} "
-          f"CPUs; the reading consumer's frame age (capture to receipt) from the moment the stalled peers connect")
+          f"CPUs, the stalled peers' SO_RCVBUF {rcvbuf}; the reading consumer's frame age (capture to receipt) from "
+          f"the moment the stalled peers connect")
     print(f"{'unsent_kb':>9s} {'stalled':>7s} {'got':>9s} {'missed':>6s} {'median':>9s} {'p99':>9s} {'max':>9s}  "
           f"worst of each second (ms), load average")
     for i, (unsent_kb, stalled) in enumerate(runs):

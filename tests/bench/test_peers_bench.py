@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from streamfuse.bench import peers
@@ -38,3 +39,22 @@ def test_bad_numbers_are_one_line_and_exit_2_before_any_run(args, message, monke
         peers.main(args)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.strip().splitlines()[-1] == f"streamfuse bench peers: error: {message}"
+
+
+def test_the_stalled_peers_take_the_receive_buffer_given(monkeypatch, capsys) -> None:
+    # the README's trials of peers with a 64 KiB SO_RCVBUF had no option here: they were run by hand
+    import zmq
+
+    run = {"sent": 1, "got": 1, "missed": 0, "ages": np.ones(1), "worst": [1.0]}
+    monkeypatch.setattr(peers, "_run", lambda *a: run)
+    monkeypatch.setattr(peers, "_stale", lambda *a: 0)
+    peers.main(["--size", "32x24", "--stalled", "3", "--unsent-kb", "64", "--peer-rcvbuf-kb", "64"])
+    assert "the stalled peers' SO_RCVBUF 64 KiB; " in capsys.readouterr().out.splitlines()[0]
+    with zmq.Context() as ctx:
+        sock = peers.stalled_socket(ctx, "tcp://127.0.0.1:1", 64)
+        kernels = peers.stalled_socket(ctx, "tcp://127.0.0.1:1", 0)
+        try:
+            assert (sock.getsockopt(zmq.RCVBUF), kernels.getsockopt(zmq.RCVBUF)) == (64 * 1024, -1)
+        finally:
+            sock.close(linger=0)
+            kernels.close(linger=0)
