@@ -232,7 +232,7 @@ class AvSource(CopiedOver, BaseSource):
             if self._times.restarted:
                 self.warn(f"{self.section}: {self.cfg.path}: timestamps went back {self._where()} (the sender "
                           f"restarted?); times follow the wall clock again")
-            if self.cfg.clock == "sender" and (sent := self._sent_ns(pts_ns, wall_ns)) is not None:
+            if self.cfg.clock == "sender" and (sent := self._sent_ns(pts_ns, wall_ns, mono_ns)) is not None:
                 t_ns = max(sent, (self._last_t_ns or 0) + 1)  # increasing, also across a change of clock
                 self._times.mono_ns = t_ns - (wall_ns - mono_ns)
             return t_ns
@@ -360,11 +360,11 @@ class AvSource(CopiedOver, BaseSource):
         self.warn(f"{self.section}: {self.cfg.path}: {lost} of its {self._packets} packets decoded to no frame "
                   f"(damaged data, or a stream cut before a keyframe); their frames are missing")
 
-    def _sent_ns(self, pts_ns: int, wall_ns: int) -> int | None:
+    def _sent_ns(self, pts_ns: int, wall_ns: int, mono_ns: int) -> int | None:
         """The sender's capture time of this frame (``clock: sender``): its RTCP sender reports' NTP time of pts 0
         plus the pts; None, said once, without a report yet or where the sender's clock is not ours (it would pair
         the frames with others seconds away: ``sender_clock``)."""
-        sent = self._sender.sent_ns(self._container.start_time_realtime, pts_ns, wall_ns)
+        sent = self._sender.sent_ns(self._container.start_time_realtime, pts_ns, wall_ns, mono_ns)
         if sent is not None:
             self._sender_note = ""
             return min(sent, wall_ns)  # a clock a little ahead: never later than the frame's arrival

@@ -26,9 +26,11 @@ def source(monkeypatch):
     return src
 
 
-def _frame(src, pts_s: float, lag_s: float) -> int | None:
-    """The sender time given to a frame of pts ``pts_s`` that arrives ``lag_s`` after its capture."""
-    return src._sent_ns(round(pts_s * S), REPORT_US * 1000 + round((pts_s + lag_s) * S))
+def _frame(src, pts_s: float, lag_s: float, stepped_s: float = 0) -> int | None:
+    """The sender time given to a frame of pts ``pts_s`` that arrives ``lag_s`` after its capture, on a wall clock
+    stepped ``stepped_s`` ahead of the monotonic clock since the run began."""
+    wall_ns = REPORT_US * 1000 + round((pts_s + lag_s) * S)
+    return src._sent_ns(round(pts_s * S), wall_ns, wall_ns - REPORT_US * 1000 - round(stepped_s * S))
 
 
 def test_frames_a_decoder_gives_seconds_late_keep_their_capture_times_once_the_clock_was_found_ours(source):
@@ -54,3 +56,20 @@ def test_a_clock_off_from_the_first_frame_is_told_once_and_stamped_by_arrival(so
     assert _frame(source, 0, lag_s) is None and _frame(source, 1, lag_s) is None
     assert source.lines == [f"vis: rtsp://camera/1: clock: sender: the sender's clock is {offset} s off this "
                             f"machine's at its frame's arrival (not NTP-synced?): stamped by arrival"]
+
+
+def test_a_step_of_this_machines_clock_makes_the_camera_clock_another_at_once(source):
+    # NTP stepped this machine's clock 10 s ahead: the camera, found ours before, is now 10 s behind, and its frames
+    # were stamped 10 s in the past (paired with nothing) for a minute, on the lags of before the step
+    assert _frame(source, 0, 0.3) is not None and _frame(source, 1, 0.3) is not None
+    assert _frame(source, 2, 10.3, stepped_s=10) is None
+    assert source.lines == ["vis: rtsp://camera/1: clock: sender: the sender's clock is -10.300 s off this machine's "
+                            "at its frame's arrival (not NTP-synced?): stamped by arrival"]
+
+
+def test_a_step_back_of_the_camera_clock_makes_it_another_at_once(source):
+    # the camera's clock stepped 10 s back (its pts, from its sender reports, go back with it)
+    assert _frame(source, 0, 0.3) is not None and _frame(source, 1, 0.3) is not None
+    assert _frame(source, -8, 10.3) is None
+    assert source.lines == ["vis: rtsp://camera/1: clock: sender: the sender's clock is -10.300 s off this machine's "
+                            "at its frame's arrival (not NTP-synced?): stamped by arrival"]
