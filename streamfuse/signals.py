@@ -148,12 +148,14 @@ def finished_first(signals: tuple[int, ...] = STOP_SIGNALS, until: str = "") -> 
 def told_if_long(until: str, after_s: float = 2.0) -> Iterator[None]:
     """A stop's wait (the block) that, once it outlasts ``after_s`` (a stalled disk), logs that the run stops once
     ``until`` (the block's end, in words): a user is never left before a silent process, not knowing that a second
-    stop ends the wait."""
+    stop ends the wait. A second SIGTERM ends it as Ctrl-C does (:func:`raise_terminated`), though a first one left
+    it ignored for the cleanup after the block."""
     timer = threading.Timer(after_s, _say_stopping, (until,))
     timer.daemon = True
     timer.start()
     try:
-        yield
+        with handled(raise_terminated, TERMINATE):
+            yield
     finally:
         timer.cancel()
 

@@ -11,11 +11,12 @@ import os
 import re
 import signal
 import threading
+import time
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from helpers_threads import when_main_waits_in
+from helpers_threads import main_runs, when_main_waits_in
 from test_replay import counted_encodes, decoded, make_cfg, write_video
 
 import streamfuse.replay.loop
@@ -223,10 +224,25 @@ class _Said(logging.Handler):
             self.event.set()
 
 
+def _replay_stopped(tmp_path, pair, monkeypatch, writer: type, stops, said: threading.Event) -> ReplayError:
+    """The ReplayError of a replay of ``pair`` encoding with ``writer`` that ``stops`` (run on a thread of its own)
+    stops; ``said`` is set as the line comes saying that a second stop ends the wait for the encoder."""
+    monkeypatch.setattr(streamfuse.replay.loop, "VideoWriter", writer)
+    telling = _Said(r"^stopping once the encoder has written the frames it holds into .*; a second Ctrl-C or "
+                    r"SIGTERM stops at once$", said)
+    logging.getLogger("streamfuse").addHandler(telling)
+    threading.Thread(target=stops, daemon=True).start()
+    try:
+        with pytest.raises(ReplayError) as err:
+            run_replay(make_cfg(), ir_path=pair[0], vis_path=pair[1], out_path=tmp_path / "fused.mp4")
+    finally:
+        logging.getLogger("streamfuse").removeHandler(telling)
+    return err.value
+
+
 def test_a_stop_whose_wait_for_the_encoder_lasts_says_that_a_second_one_ends_it(tmp_path, pair, monkeypatch):
     # a disk that stalled as the user stopped the run: the encoder's queue was waited for without a word, and only
     # the stop line, after the wait, said anything
-    ir, vis = pair
     stalled, release, said = threading.Event(), threading.Event(), threading.Event()
 
     class Writer(VideoWriter):
@@ -242,15 +258,43 @@ def test_a_stop_whose_wait_for_the_encoder_lasts_says_that_a_second_one_ends_it(
         said.wait(PATIENCE_S)  # the wait goes on until told (or, unsaid, the patience ends)
         release.set()
 
-    monkeypatch.setattr(streamfuse.replay.loop, "VideoWriter", Writer)
-    telling = _Said(r"^stopping once the encoder has written the frames it holds into .*; a second Ctrl-C or "
-                    r"SIGTERM stops at once$", said)
-    logging.getLogger("streamfuse").addHandler(telling)
-    threading.Thread(target=stop_as_the_disk_stalls, daemon=True).start()
     try:
-        with pytest.raises(ReplayError) as err:
-            run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mp4")
+        err = _replay_stopped(tmp_path, pair, monkeypatch, Writer, stop_as_the_disk_stalls, said)
     finally:
-        logging.getLogger("streamfuse").removeHandler(telling)
         release.set()
-    assert err.value.interrupted and said.is_set()
+    assert err.interrupted and said.is_set()
+
+
+def test_a_second_sigterm_ends_the_wait_for_the_encoder_as_its_line_says(tmp_path, pair, monkeypatch):
+    # the first SIGTERM left the next ones ignored: the line said a second one stopped at once, yet it did nothing
+    stalled, release, held, said, ended = (threading.Event() for _ in range(5))
+
+    class Writer(VideoWriter):
+        def _encode(self, item):
+            if self.count > 6:  # the stop comes while this frame is in the encoder's hands; the next ones stall too
+                first = not stalled.is_set()
+                stalled.set()
+                (release if first else held).wait(3 * PATIENCE_S)
+            super()._encode(item)
+
+    def two_stops_as_the_disk_stalls() -> None:
+        stalled.wait(PATIENCE_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+        if said.wait(PATIENCE_S):
+            os.kill(os.getpid(), signal.SIGTERM)
+        # the frame in hand is let through once the stop gives up the queue behind it (or, never, the patience)
+        deadline = time.monotonic() + PATIENCE_S
+        while not main_runs("abandon") and time.monotonic() < deadline:
+            ended.wait(0.005)
+        release.set()
+        ended.wait(PATIENCE_S)  # the queue stays stalled until the run has ended (or, never ended, the patience)
+        held.set()
+
+    try:
+        err = _replay_stopped(tmp_path, pair, monkeypatch, Writer, two_stops_as_the_disk_stalls, said)
+        ended_while_stalled = not held.is_set()
+    finally:
+        ended.set()
+        release.set()
+        held.set()
+    assert err.interrupted and said.is_set() and ended_while_stalled, str(err)
