@@ -39,7 +39,9 @@ def _namespace() -> int:
 def own_folder() -> None:
     """Give multiprocessing a folder of this process's, unless it has one already (removed at exit as its own is),
     and remove the folders of this user's runs that are gone."""
-    config = current_process()._config  # where multiprocessing keeps its folder (``util.get_temp_dir``)
+    # private: where ``util.get_temp_dir`` (CPython 3.8-3.13) keeps its folder, and no API sets it; were it
+    # renamed, a live run's start would fail with AttributeError
+    config = current_process()._config
     if config.get("tempdir") is not None:
         return
     if removed := remove_stale():

@@ -235,6 +235,8 @@ def _spawning() -> bool:
     """Whether multiprocessing's start of a spawned process runs beneath this call (no fork server hook there to say
     an error in one line: the main module's error was a traceback)."""
     frame = sys._getframe(1)
+    # private: multiprocessing's start of a spawned child (CPython 3.8-3.13); renamed, the misuse reported here ends
+    # in an AttributeError's traceback instead of its one line
     while frame is not None and frame.f_code is not spawn._main.__code__:
         frame = frame.f_back
     return frame is not None
