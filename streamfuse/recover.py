@@ -20,7 +20,6 @@ import argparse
 import os
 import signal
 import struct
-import sys
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,7 +36,7 @@ from streamfuse.errors import io_reason, printable
 from streamfuse.part_set import cut_mark, part_marks, streamed_marks
 from streamfuse.record_parts import END_RECORD, PART_RECORD, part_path
 from streamfuse.recording import COUNTS_TOPIC, TOPICS, RecordConfig, being_recorded
-from streamfuse.signals import HANGUP, handled, raise_interrupt
+from streamfuse.signals import HANGUP, handled, raise_interrupt, said_last
 
 __all__ = ["recover", "main"]
 
@@ -259,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         with handled(raise_interrupt, (signal.SIGTERM, *HANGUP)):
             said = recover(args.partial, args.out)
     except (OSError, RuntimeError, ValueError) as exc:
-        print(f"streamfuse recover: error: {printable(exc)}", file=sys.stderr)
-        return 1
+        return said_last(f"streamfuse recover: error: {printable(exc)}", 1)
     print(said, flush=True)  # a full disk under a redirect is the console's one line, as for every command
     return 0

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import multiprocessing.util
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -16,7 +17,7 @@ from typing import Any
 
 __all__ = ["handled", "HANGUP", "STOP_SIGNALS", "TERMINATE", "Terminated", "stopped_by", "raise_terminated", "takeable",
            "raise_interrupt", "interrupted", "deferred", "finished_first", "told_if_long", "ignore_stops", "blocked",
-           "unclaimed", "stopping"]
+           "unclaimed", "stopping", "said_last"]
 
 log = logging.getLogger(__name__)
 
@@ -255,3 +256,16 @@ def handled(handler: Callable[[int, Any], Any] | int, signals: tuple[int, ...] =
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def said_last(line: str, status: int) -> int:
+    """Print a command's last line (its error, its stop) on standard error and return ``status``, the one it ends
+    with. A stop that comes from here on is too late to end the command: where its handler is this package's (the
+    command line's, put back as the command returns), it is ignored, so that it cuts no line in two (its handler
+    ran between the text and its newline, printing its own line there) nor takes the status for its own."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) in (raise_interrupt, raise_terminated):
+                signal.signal(sig, signal.SIG_IGN)
+    print(line, file=sys.stderr)
+    return status

@@ -32,7 +32,7 @@ from streamfuse.connection_watch import load_server_key
 from streamfuse.consumer_topics import topic_refusal
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
-from streamfuse.signals import handled, raise_interrupt
+from streamfuse.signals import handled, raise_interrupt, said_last
 from streamfuse.wire import FUSED_PREFIX
 
 __all__ = ["main"]
@@ -78,13 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     _check_options(parser, args)
     if args.show and not _gui_available():
         # both packages provide cv2: installed side by side they break each other, hence the uninstall first
-        print(f"{_PROG}: error: --show needs an OpenCV build with GUI support; this one is headless (pip uninstall "
-              "-y opencv-python-headless && pip install opencv-python; the pipeline itself needs only the headless "
-              "build)", file=sys.stderr)
-        return 2
+        return said_last(f"{_PROG}: error: --show needs an OpenCV build with GUI support; this one is headless (pip "
+                         "uninstall -y opencv-python-headless && pip install opencv-python; the pipeline itself needs "
+                         "only the headless build)", 2)
     if args.save and (why := _unsaveable(args.save)):
-        print(f"{_PROG}: error: {why}", file=sys.stderr)
-        return 2
+        return said_last(f"{_PROG}: error: {why}", 2)
     try:  # SIGTERM (systemd, a ROS launch) stops it as Ctrl-C does, with the summary
         server_key = load_server_key(args.server_key)
         with handled(raise_interrupt, (signal.SIGTERM,)), \
@@ -94,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                            shm=False if args.no_shm else None) as sub:
             return _loop(sub, args)
     except ValueError as exc:
-        print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
-        return 2
+        return said_last(f"{_PROG}: error: {printable(exc)}", 2)
     except RuntimeError as exc:  # latest mode's reader thread stopped
-        print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
-        return 1
+        return said_last(f"{_PROG}: error: {printable(exc)}", 1)
     except KeyboardInterrupt:
         return 0
 
@@ -155,8 +151,7 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                 try:  # through a temporary name: a kill never leaves a truncated PNG that looks whole
                     write_png(args.save / f"fused_{header['seq']:08d}.png", image, new=True)
                 except RuntimeError as exc:
-                    print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
-                    return 2
+                    return said_last(f"{_PROG}: error: {printable(exc)}", 2)
             if args.show:
                 cv2.imshow(args.endpoint, image)
                 if cv2.waitKey(1) in (27, ord("q")):

@@ -25,6 +25,7 @@ from streamfuse.client import Subscriber
 from streamfuse.config import ConfigError, load_config
 from streamfuse.configs import resolve
 from streamfuse.errors import printable
+from streamfuse.signals import said_last
 
 _PROG = "streamfuse bench start"  # as its usage errors and every command's own lines start
 __all__ = ["main"]
@@ -86,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return config_error(_PROG, exc)
     except (ValueError, OSError) as exc:
-        print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
-        return 2
+        return said_last(f"{_PROG}: error: {printable(exc)}", 2)
     sets = [a for o in overrides for a in ("--set", o)]
     cmd = [sys.executable, "-m", "streamfuse", "run", "--config", args.config, *sets]
     print(f"{' '.join(['python -m streamfuse run --config', args.config, *sets[:-2]])}; {os.cpu_count()} cores",

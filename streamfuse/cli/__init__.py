@@ -29,7 +29,7 @@ from typing import NoReturn
 
 from streamfuse.errors import io_reason, printable
 from streamfuse.signals import (TERMINATE, Terminated, handled, ignore_stops, interrupted, raise_interrupt,
-                                raise_terminated)
+                                raise_terminated, said_last)
 
 __all__ = ["COMMANDS", "STOPPED_BY", "main", "dispatch", "console", "guarded", "stoppable", "not_installed", "tool",
            "leave", "quiet_interrupt", "say_stopped"]
@@ -145,9 +145,7 @@ def guarded(main: Callable[[], int | None], prog: str) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if gone:
             return 141
-        print(f"{prog}: error: cannot write {printable(exc.filename or 'its output')}: {io_reason(exc)}",
-              file=sys.stderr)
-        return 1
+        return said_last(f"{prog}: error: cannot write {printable(exc.filename or 'its output')}: {io_reason(exc)}", 1)
 
 
 def _null_closed_streams() -> None:
@@ -180,8 +178,7 @@ def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
         os.getcwd()
     except FileNotFoundError:  # torch's MKL then aborts the process ("Cannot load libtorch_cpu.so"), a relative path
         # is an [Errno 2] naming nothing
-        print(f"{prog}: error: its working folder was deleted; start it from one that exists", file=sys.stderr)
-        return 1
+        return said_last(f"{prog}: error: its working folder was deleted; start it from one that exists", 1)
     signals, stopped = STOPPED_BY.get(command, ((), 0))
     try:  # Python's Ctrl-C, but one that lands in a finalizer is not lost (one ignored from the start stays so)
         with handled(raise_interrupt, (signal.SIGINT,)), handled(raise_terminated, signals):
@@ -189,8 +186,7 @@ def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATE)
             return guarded(main, prog)
     except KeyboardInterrupt as exc:  # before the command's own handlers (its start-up): nothing to keep or sum up
-        say_stopped(prog, exc)
-        return stopped if isinstance(exc, Terminated) else 130
+        return said_last(f"{prog}: {interrupted(exc)}", stopped if isinstance(exc, Terminated) else 130)
 
 
 def say_stopped(prog: str, exc: KeyboardInterrupt) -> None:

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from streamfuse.checks import ConfigError
 from streamfuse.errors import printable
 from streamfuse.file_names import utf8_text
+from streamfuse.signals import said_last
 
 __all__ = ["path_arg", "text_arg", "int_at_least", "config_value", "seconds", "time_span", "positive", "key_options",
            "data_dir", "config_error", "given", "command_name", "DefaultsFormatter", "HelpFormatter", "Parser"]
@@ -175,5 +176,4 @@ def data_dir(beside: Path = Path("..")) -> Path:
 def config_error(prog: str, exc: ConfigError) -> int:
     """Report a config that cannot run (a missing --config, a bad key or --set) as one line, ``PROG: config error:
     ...``; returns its exit status, 2, the same for every command."""
-    print(f"{prog}: config error: {printable(exc)}", file=sys.stderr)
-    return 2
+    return said_last(f"{prog}: config error: {printable(exc)}", 2)

@@ -20,7 +20,7 @@ from streamfuse import log_queue
 from streamfuse.checks import ConfigError
 from streamfuse.cli.args import Parser, command_name, config_error, path_arg, seconds
 from streamfuse.errors import limit_reached, printable
-from streamfuse.signals import Terminated, ignore_stops, interrupted
+from streamfuse.signals import Terminated, ignore_stops, interrupted, said_last
 
 __all__ = ["main", "replay_main", "exit_now"]
 
@@ -82,18 +82,15 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
         logging.getLogger("streamfuse").debug("failure", exc_info=True)
         log_queue.flush()  # the reason comes last, after the final stats
         if getattr(exc, "interrupted", False):  # a replay the user stopped (Ctrl-C, SIGTERM): no error, exit 130
-            print(f"{said}: {printable(exc)}", file=sys.stderr)
-            return 130
-        print(f"{said}: error: {printable(exc)}{limit_reached(exc)}", file=sys.stderr)
-        return 1
+            return said_last(f"{said}: {printable(exc)}", 130)
+        return said_last(f"{said}: error: {printable(exc)}{limit_reached(exc)}", 1)
     except (ImportError, MemoryError) as exc:  # under a memory limit (ulimit -v, systemd's LimitAS=): a library that
         # cannot be mapped ("failed to map segment from shared object"), an allocation refused
         logging.getLogger("streamfuse").debug("failure", exc_info=True)
         log_queue.flush()
         what = "out of memory" if isinstance(exc, MemoryError) else "cannot load a library"
-        print(f"{said}: error: {what}: {printable(exc) or 'no memory left'} (is the process's memory limit, "
-              "ulimit -v, too low?)", file=sys.stderr)
-        return 1
+        return said_last(f"{said}: error: {what}: {printable(exc) or 'no memory left'} (is the process's memory "
+                         "limit, ulimit -v, too low?)", 1)
 
 
 def replay_main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from streamfuse.cli.args import Parser, data_dir, path_arg, time_span
 from streamfuse.device import available_cores
 from streamfuse.errors import printable
 from streamfuse.log_queue import install_direct
+from streamfuse.signals import said_last
 from streamfuse.train.config import SECTIONS, TrainSetup, load_setup
 from streamfuse.train.loop import run_training
 from streamfuse.train.settings_file import settings_file
@@ -147,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         setup = _setup(to_overrides(rest), saved, settings_file(args.out))
     except ValueError as exc:  # a bad key or value: a config error, exit status 2 as for every command
-        print(f"{_PROG}: error: {printable(exc)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(said_last(f"{_PROG}: error: {printable(exc)}", 2)) from None
     except KeyboardInterrupt as exc:
         _stopped(exc)
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import types
 from typing import Any
@@ -31,7 +30,7 @@ from streamfuse.consumer_topics import consumer_stats_topic, consumer_topic
 from streamfuse.endpoints import bind_shown, faces_network, url_host
 from streamfuse.errors import io_reason, printable
 from streamfuse.log_queue import install_direct
-from streamfuse.signals import handled, raise_interrupt, takeable
+from streamfuse.signals import handled, raise_interrupt, said_last, takeable
 from streamfuse.view.gate import MAX_CONNECTIONS, allow_host_option, connections_option
 from streamfuse.view.options import connect_options, stream_options
 from streamfuse.view.relay import Relay
@@ -209,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                             client_key_file=args.client_key, name_wait_s=args.name_wait,
                             max_connections=args.max_connections, allow_hosts=tuple(args.allow_host))
     except ValueError as exc:
-        print(f"streamfuse foxglove: error: {printable(exc)}", file=sys.stderr)
-        return 2
+        return said_last(f"streamfuse foxglove: error: {printable(exc)}", 2)
     except KeyboardInterrupt:
         return 0
     stop = threading.Event()
@@ -231,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a stop before the handlers above: the same end as after them, the bridge closed
         return 0
     except RuntimeError as exc:
-        print(f"streamfuse foxglove: error: {printable(exc)}", file=sys.stderr)
-        return 1
+        return said_last(f"streamfuse foxglove: error: {printable(exc)}", 1)
     finally:
         bridge.close()

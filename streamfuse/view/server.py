@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import logging
 import signal
-import sys
 import types
 from importlib import resources
 from pathlib import Path
@@ -33,7 +32,7 @@ from streamfuse.endpoints import bind_shown, faces_network, url_host
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.flood_log import FloodLog
 from streamfuse.log_queue import install_direct
-from streamfuse.signals import handled, raise_interrupt, takeable
+from streamfuse.signals import handled, raise_interrupt, said_last, takeable
 from streamfuse.view.feed import Feed
 from streamfuse.view.gate import (BACKLOG, MAX_CONNECTIONS, Gate, allow_host_option, connections_option, listen,
                                   room_left)
@@ -223,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{room_left()}")
     install_direct(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     if args.screenshot and (why := _unwritable(args.screenshot)):  # said now, not after the page's watch
-        print(f"streamfuse view: error: {why}", file=sys.stderr)
-        return 2
+        return said_last(f"streamfuse view: error: {why}", 2)
     if args.max_connections < MAX_CONNECTIONS and (lowered := room_left()):
         log.warning("at most %d connections open at once, %d pages%s", args.max_connections,
                     args.max_connections // 2, lowered)
@@ -234,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             feed = Feed(args.endpoint, args.topic, args.stats_topic, server_key=load_server_key(args.server_key),
                         client_key_file=args.client_key, quality=args.quality, name_wait_s=args.name_wait)
     except ValueError as exc:
-        print(f"streamfuse view: error: {printable(exc)}", file=sys.stderr)
-        return 2
+        return said_last(f"streamfuse view: error: {printable(exc)}", 2)
     except KeyboardInterrupt:
         return 0
     serving = _main(feed, args)
@@ -245,12 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a stop before the loop's handlers: the same end as after them
         return 0
     except OSError as exc:
-        print(f"streamfuse view: error: cannot serve the page on {printable(args.host)}:{args.port}: "
-              f"{io_reason(exc)}", file=sys.stderr)
-        return 1
+        return said_last(f"streamfuse view: error: cannot serve the page on {printable(args.host)}:{args.port}: "
+                         f"{io_reason(exc)}", 1)
     except RuntimeError as exc:  # the browser of --screenshot
-        print(f"streamfuse view: error: {printable(exc)}", file=sys.stderr)
-        return 1
+        return said_last(f"streamfuse view: error: {printable(exc)}", 1)
     finally:
         serving.close()  # not yet awaited where a stop came first: no "never awaited" warning at exit
         feed.close()

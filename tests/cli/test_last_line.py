@@ -1,0 +1,49 @@
+"""A stop that comes as a command prints its error line: the line stays whole, and the status is the error's."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+# the command's standard error, a stream whose first write sends the process a SIGTERM: Python runs the handler as
+# that write returns, between the line's text and its newline
+_STOPPED_AS_IT_SAYS = """
+import os, signal, sys
+from streamfuse import cli
+
+class Stopped:
+    def __init__(self, stream):
+        self._stream, self._sent = stream, False
+
+    def write(self, text):
+        written = self._stream.write(text)
+        if not self._sent:
+            self._sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+sys.stderr = Stopped(sys.stderr)
+sys.argv = ["streamfuse", *sys.argv[1:]]
+cli.console()
+"""
+
+
+@pytest.mark.parametrize("argv, line, status", [
+    (["recover", "{tmp}/.rig.mcap.partial"], r"streamfuse recover: error: recording not found: .*\.rig\.mcap\.partial",
+     1),
+    (["replay", "--config", "{tmp}/none.yaml", "--out", "{tmp}/fused.mp4"], r"streamfuse replay: config error: .*", 2),
+], ids=["recover", "replay"])
+def test_a_sigterm_as_the_error_line_is_printed_leaves_it_whole_and_its_status(tmp_path, argv, line, status):
+    # seen: "streamfuse recover: error: recording not found: ...partialstreamfuse recover: interrupted (SIGTERM)" on
+    # one line, and exit status 130 for a command that had failed
+    done = subprocess.run([sys.executable, "-c", _STOPPED_AS_IT_SAYS, *(a.format(tmp=tmp_path) for a in argv)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stdout) == (status, ""), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.endswith("\n"), done.stderr
+    assert re.fullmatch(line + "\n", done.stderr), done.stderr
