@@ -187,7 +187,7 @@ def _inspect(src: Path) -> tuple[Header, bool]:
 def _damage(src: Path) -> str | None:
     """Why a complete recording does not read back whole (a damaged chunk, as a replay of it would stop at), or None."""
     try:
-        for _ in read_messages(src, (*TOPICS.values(), COUNTS_TOPIC)):
+        for _ in read_messages(src, (*TOPICS.values(), COUNTS_TOPIC), recovering=True):
             pass
     except SourceError as exc:
         return str(exc)
@@ -216,7 +216,7 @@ def _copy(src: Path, header: Header, f: BinaryIO, records: list[tuple[str, dict[
     others: list[object] = []  # its schemas, channels and metadata records, and its data section's end where it has one
     topics = (*TOPICS.values(), COUNTS_TOPIC)
     try:
-        for schema, channel, msg in read_messages(src, topics, others=others):
+        for schema, channel, msg in read_messages(src, topics, others=others, recovering=True):
             if channel.id not in channels:
                 channels[channel.id] = _channel(writer, schemas, schema, channel)
             writer.add_message(channels[channel.id], msg.log_time, msg.data, msg.publish_time, msg.sequence)

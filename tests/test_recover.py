@@ -156,7 +156,8 @@ def test_a_complete_recording_left_under_its_temporary_name_is_given_its_name(tm
 @pytest.mark.parametrize("named", [True, False], ids=["under its name", "under its temporary name"])
 def test_a_complete_recording_damaged_inside_is_not_called_complete(tmp_path, rng, capsys, named):
     """Zeros inside a closed recording (a disk's bad blocks): recover called it complete, to "replay it as it is", and
-    a replay of it stopped at the damage; now it says so, and given --out recovers the frames before the damage."""
+    a replay of it stopped at the damage; now it says so, and given --out recovers the frames before the damage. Under
+    its temporary name, the line that refused it told to run the very command that refused it."""
     path, out = tmp_path / "rig.mcap", tmp_path / "saved.mcap"
     frames = _frames(rng)
     _record(path, frames, cut=None)
@@ -166,9 +167,10 @@ def test_a_complete_recording_damaged_inside_is_not_called_complete(tmp_path, rn
     if not named:  # its run's final rename failed
         path = path.rename(partial_path(path))
     assert main([str(path)]) == 1
+    said = capsys.readouterr().err
     assert re.fullmatch(r"streamfuse recover: error: recording .*rig\.mcap(\.partial)? is truncated or corrupt after "
-                        r"\d+ frames \(.*\)(; .*)?: pass --out FILE\.mcap to recover the frames before the damage\n",
-                        capsys.readouterr().err)
+                        r"\d+ frames \(.*\): pass --out FILE\.mcap to recover the frames before the damage\n", said)
+    assert "`python -m streamfuse recover" not in said, said
     assert main([str(path), "--out", str(out)]) == 0
     assert capsys.readouterr().out.endswith("; what was recorded after the cut is lost\n")  # not "nothing is lost"
     got = list(read_recording(out))

@@ -128,8 +128,8 @@ def _files_topics(files: list[Path], topics_of: Callable[[Path], Topics | None] 
 
 
 def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPICS.values()), *,
-                  shown: str | os.PathLike | None = None,
-                  others: list[object] | None = None) -> Iterator[tuple[Schema | None, Channel, Message]]:
+                  shown: str | os.PathLike | None = None, others: list[object] | None = None,
+                  recovering: bool = False) -> Iterator[tuple[Schema | None, Channel, Message]]:
     """The MCAP records of a recording's image messages, as written, in the order they were written.
 
     Reads sequentially, so a recording whose writer was killed (no index) still yields every complete chunk;
@@ -137,7 +137,7 @@ def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPIC
     CRCs are checked: after a power loss the file's end may hold zeros or stale blocks instead of what was written,
     which must not pass as frames. ``others`` gets the schema, channel and metadata records and the data section's
     end as they are read (``recover`` finds a split recording's records, and its channels without a message, in the
-    same read).
+    same read); ``recovering``: ``recover`` reads it, whose line of a damaged file must not tell to run ``recover``.
     """
     path = Path(path)
     if not path.is_file():
@@ -154,7 +154,8 @@ def read_messages(path: str | os.PathLike, topics: tuple[str, ...] = tuple(TOPIC
                 read += 1
         # a damaged chunk header's size: past what an index holds (OverflowError) or any memory (MemoryError)
         except (McapError, ZstdError, EOFError, struct.error, ValueError, OverflowError, MemoryError) as exc:
-            raise _Damaged(_damaged(Path(shown or path), read, exc, data_ended=records.data_ended)) from None
+            raise _Damaged(_damaged(Path(shown or path), read, exc, data_ended=records.data_ended,
+                                    told=not recovering)) from None
         finally:
             records.said()
 
@@ -296,11 +297,12 @@ class _Damaged(SourceError):
     """An MCAP file that does not read back whole (``recover``'s check of a complete one, and a replay's read)."""
 
 
-def _damaged(path: Path, frames: int, exc: Exception, *, data_ended: bool = False) -> str:
+def _damaged(path: Path, frames: int, exc: Exception, *, data_ended: bool = False, told: bool = True) -> str:
     """The line of a recording whose read failed after ``frames`` frames; ``data_ended``: its data section was read
-    whole (what failed is the summary after it)."""
+    whole (what failed is the summary after it); ``told``: a file under its temporary name is said to be ``recover``'s
+    to finish."""
     line = f"recording {path} is truncated or corrupt after {frames} frames ({_reason(exc, data_ended)})"
-    if final_path(path) is not None:  # the recorder's name for it while a run writes
+    if told and final_path(path) is not None:  # the recorder's name for it while a run writes
         line += (f"; a run cut before its end leaves such a file: `python -m streamfuse recover "
                  f"{shlex.quote(str(path))}` saves its frames")
     return line
