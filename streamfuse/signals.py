@@ -129,7 +129,7 @@ def finished_first(signals: tuple[int, ...] = STOP_SIGNALS, until: str = "") -> 
         def handler(signum: int, frame: FrameType | None) -> None:
             got.append(signum)
             if len(got) == 1 and until:
-                _say_stopping(until)
+                _say_stopping(until, 1)
             elif len(got) == 2:
                 # the block's handlers go first: what those acting set stays (raise_terminated's ignoring of the
                 # next stops, which would cut the cleanup after the block short)
@@ -146,12 +146,13 @@ def finished_first(signals: tuple[int, ...] = STOP_SIGNALS, until: str = "") -> 
 
 
 @contextlib.contextmanager
-def told_if_long(until: str, after_s: float = 2.0) -> Iterator[None]:
+def told_if_long(until: str, after_s: float = 2.0, stops: int = 1) -> Iterator[None]:
     """A stop's wait (the block) that, once it outlasts ``after_s`` (a stalled disk), logs that the run stops once
-    ``until`` (the block's end, in words): a user is never left before a silent process, not knowing that a second
+    ``until`` (the block's end, in words): a user is never left before a silent process, not knowing that the next
     stop ends the wait. A second SIGTERM ends it as Ctrl-C does (:func:`raise_terminated`), though a first one left
-    it ignored for the cleanup after the block."""
-    timer = threading.Timer(after_s, _say_stopping, (until,))
+    it ignored for the cleanup after the block. ``stops``: how many came before the wait (two: a second one cut an
+    earlier wait short)."""
+    timer = threading.Timer(after_s, _say_stopping, (until, stops))
     timer.daemon = True
     timer.start()
     try:
@@ -161,8 +162,8 @@ def told_if_long(until: str, after_s: float = 2.0) -> Iterator[None]:
         timer.cancel()
 
 
-def _say_stopping(until: str) -> None:
-    log.warning("stopping once %s; a second Ctrl-C or SIGTERM stops at once", until)
+def _say_stopping(until: str, stops: int) -> None:
+    log.warning("stopping once %s; a %s Ctrl-C or SIGTERM stops at once", until, ("second", "third")[stops > 1])
 
 
 def _act_on(stops: list[int], previous: dict[int, Any], frame: FrameType | None) -> None:

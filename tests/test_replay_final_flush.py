@@ -224,11 +224,12 @@ class _Said(logging.Handler):
             self.event.set()
 
 
-def _replay_stopped(tmp_path, pair, monkeypatch, writer: type, stops, said: threading.Event) -> ReplayError:
+def _replay_stopped(tmp_path, pair, monkeypatch, writer: type, stops, said: threading.Event,
+                    then: str = "second") -> ReplayError:
     """The ReplayError of a replay of ``pair`` encoding with ``writer`` that ``stops`` (run on a thread of its own)
-    stops; ``said`` is set as the line comes saying that a second stop ends the wait for the encoder."""
+    stops; ``said`` is set as the line comes saying that a ``then`` stop ends the wait for the encoder."""
     monkeypatch.setattr(streamfuse.replay.loop, "VideoWriter", writer)
-    telling = _Said(r"^stopping once the encoder has written the frames it holds into .*; a second Ctrl-C or "
+    telling = _Said(rf"^stopping once the encoder has written the frames it holds into .*; a {then} Ctrl-C or "
                     r"SIGTERM stops at once$", said)
     logging.getLogger("streamfuse").addHandler(telling)
     threading.Thread(target=stops, daemon=True).start()
@@ -298,3 +299,42 @@ def test_a_second_sigterm_ends_the_wait_for_the_encoder_as_its_line_says(tmp_pat
         release.set()
         held.set()
     assert err.interrupted and said.is_set() and ended_while_stalled, str(err)
+
+
+def test_a_wait_after_a_second_stop_says_that_a_third_one_ends_it(tmp_path, pair, monkeypatch):
+    # a second stop cut the encoder's last frame short, and the wait for its thread to close the file (a stalled disk)
+    # said "a second Ctrl-C or SIGTERM stops at once", though two had come
+    in_hand, release, said = threading.Event(), threading.Event(), threading.Event()
+
+    class Writer(VideoWriter):
+        handled = 0
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            get = self._worker._queue.get  # past the last frame the thread's end is held, as a stalled disk holds it
+            self._worker._queue.get = lambda *a, **kw: (not release.is_set() or said.wait(PATIENCE_S)) and get(*a, **kw)
+
+        def _encode(self, item):
+            self.handled += 1
+            if self.handled == 30:  # the last frame, in the encoder's hands as the writer is sealed
+                in_hand.set()
+                release.wait(PATIENCE_S)
+            super()._encode(item)
+
+    def two_stops() -> None:
+        in_hand.wait(PATIENCE_S)
+        when_main_waits_in("join", threading.Event())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the first lets the encoder finish
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # the second cuts it short
+        while not main_runs("abandon"):  # its lock: for the frame in hand, then the thread closes the file
+            time.sleep(0.005)
+        release.set()
+
+    with handled(raise_interrupt, (signal.SIGINT,)), handled(raise_terminated, TERMINATE):  # the command line's
+        try:
+            err = _replay_stopped(tmp_path, pair, monkeypatch, Writer, two_stops, said, then="third")
+            told = said.is_set()
+        finally:
+            release.set()
+            said.set()
+    assert err.interrupted and in_hand.is_set() and told, str(err)

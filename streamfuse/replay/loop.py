@@ -326,6 +326,7 @@ class _Replay:
         s.stages = self.clock.table(wall_s)
         if self.take_over is not None and not s.stopped:
             self.take_over.end()
+        stops = 1
         if not s.stopped:
             try:
                 self.writer.seal()
@@ -337,8 +338,8 @@ class _Replay:
                 s.stopped = _reason(exc)
                 work_paths(self.out)[2].unlink(missing_ok=True)  # a complete copy under a temporary name
             except KeyboardInterrupt as exc:  # while the encoder flushes or the file is remuxed: resumable as ever
-                s.stopped = interrupted(exc)
-        self._keep_partial()
+                s.stopped, stops = interrupted(exc), 1 if self.writer.encoded else 2  # a second cut the flush short
+        self._keep_partial(stops)
 
     def _complete(self) -> ReplaySummary:
         """Give the output its name and remove the run's work files."""
@@ -351,13 +352,14 @@ class _Replay:
         log.info("%s", self.summary.format(), extra=BLOCK)
         return self.summary
 
-    def _keep_partial(self) -> NoReturn:
-        """Close the output under its temporary name with its sidecar, and raise ReplayError saying where it is."""
+    def _keep_partial(self, stops: int = 1) -> NoReturn:
+        """Close the output under its temporary name with its sidecar, and raise ReplayError saying where it is;
+        ``stops``: the stop signals that came, where they stopped it."""
         s = self.summary
         by_user = s.stopped.startswith("interrupted (")  # a stop signal, whose second one cuts the wait short
         if self.writer is not None:
             until = f"the encoder has written the frames it holds into {self.writer.partial}"
-            with told_if_long(until) if by_user else contextlib.nullcontext():
+            with told_if_long(until, stops=stops) if by_user else contextlib.nullcontext():
                 self.writer.abort()
         # a resumed run puts the interrupted run's file back when it holds more frames: resuming again loses none
         restored = self.take_over is not None and self.take_over.settle()
