@@ -371,8 +371,9 @@ class _Replay:
             except RuntimeError as exc:
                 log.warning("%s", exc)
             where = f"{held} frames kept in {self.writer.partial}"
-            if held < s.written:
-                where += f" (of {s.written} fused; the rest did not reach the disk)"
+            if held < s.written:  # H.264 writes frames ahead of ones shown before them: a gap may come before the end
+                where += (f" (of {s.written} fused; the rest did not reach the disk, and a resume takes over only the "
+                          "frames shown before the first one missing)")
             hint = "" if self.input_fault else resume_hint(self.out, self.cfg.replay.pacing)
             if not self.writer.partial.exists():  # its folder was removed or renamed while the replay ran
                 where, hint = f"nothing kept: {self.writer.partial} is gone (its folder removed or renamed)", ""
