@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -384,7 +386,10 @@ def test_the_skew_of_the_pairs_is_their_mean_and_largest_capture_time_difference
     pairer = Pairer(SyncConfig(slop_ms=20))
     assert len(run(pairer, by_time(ir, vis))) == 3
     st = pairer.stats()
-    assert st["pairs"] == 3 and st["skew_ms_mean"] == pytest.approx(4.0) and st["skew_ms_max"] == pytest.approx(6.0)
+    # whole ns summed and divided once: exact, so that a sum or largest value starting a ns off would show
+    assert st["pairs"] == 3 and st["skew_ms_mean"] == 4.0 and st["skew_ms_max"] == 6.0
+    assert {k: v for k, v in Pairer(SyncConfig()).stats().items() if k.startswith("skew")} == {
+        "skew_ms_mean": 0.0, "skew_ms_max": 0.0}  # no pair yet
 
 
 @pytest.mark.parametrize("mode", ["slop", "latest"])
@@ -563,3 +568,30 @@ def test_a_queue_holding_queue_size_frames_still_waits_for_a_nearer_partner() ->
     pairs = run(pairer, arrivals)
     assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(i, i + 1) for i in range(9)]
     assert pairer.stats()["ir"]["dropped"] == pairer.stats()["vis"]["dropped"] == 0
+
+
+def test_a_frame_sorted_back_behind_two_queued_frames_of_its_stream_takes_its_place() -> None:
+    # the visible camera lags: IR 40 ms overtakes IR 20 ms while IR 0 still waits; each IR frame pairs with its own
+    ir = [Frame("ir", 0, 0, _IMG), Frame("ir", 2, 40 * MS, _IMG), Frame("ir", 1, 20 * MS, _IMG)]
+    vis = [Frame("vis", i, i * 20 * MS, _IMG) for i in range(3)]
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    pairs = run(pairer, ir + vis)
+    assert [(p.ir.seq, p.vis.seq) for p in pairs] == [(0, 0), (1, 1), (2, 2)]
+    assert pairer.stats()["ir"]["unpaired"] == 0
+
+
+def test_a_clock_step_says_how_far_back_the_clock_went(caplog: pytest.LogCaptureFixture) -> None:
+    # IR frame 59 at 1966.667 ms, frame 60 stepped back 10 s to -8000 ms: 9.967 s before the newest
+    ir, vis = _stepped("ir", 70, 1990, -10_000), _stepped("vis", 70, 1990, -10_000, start_ms=2)
+    with caplog.at_level(logging.WARNING, logger="streamfuse.sync"):
+        run(Pairer(SyncConfig()), _arrival_order(ir, vis))
+    assert [r.getMessage() for r in caplog.records] == [
+        "ir: capture times went back 9.967 s (the clock was stepped?): pairing goes on from the new time"]
+
+
+def test_of_two_frames_of_a_stream_at_one_capture_time_the_first_received_pairs() -> None:
+    # a camera that stamps two frames alike (a coarse clock): the later one is no nearer, arrival order decides
+    arrivals = [Frame("ir", 0, 0, _IMG), Frame("ir", 1, 0, _IMG), Frame("vis", 0, 0, _IMG)]
+    pairer = Pairer(SyncConfig(slop_ms=20))
+    assert [(p.ir.seq, p.vis.seq) for p in run(pairer, arrivals)] == [(0, 0)]
+    assert pairer.stats()["ir"]["unpaired"] == 1
