@@ -300,3 +300,33 @@ def test_a_long_value_in_an_error_line_is_cut_as_a_config_error_cuts_it() -> Non
     with pytest.raises(ValueError) as info:
         consumer_topic(topic)
     assert str(info.value) == f"topic={checks.shown(topic)} is not UTF-8" and len(str(info.value)) < 120
+
+
+def test_an_h264_frame_that_is_a_keyframe_or_not_decodes_and_no_other_value_does() -> None:
+    # most h264 frames are inter frames (keyframe 0): refused, a consumer would see one frame a GOP
+    image = np.zeros((6, 8, 3), np.uint8)
+    for keyframe in (0, 1):
+        header = HeaderEncoder("f").encode(fused_frame(image), image, seq=0, fmt="h264", keyframe=keyframe)
+        assert decode_header([b"fused/x", header, b"\x00"])["keyframe"] == keyframe
+    for bad in (-1, 2):
+        forged = header.replace(b'"keyframe":1', b'"keyframe":%d' % bad)
+        with pytest.raises(MalformedMessage, match=f"^header field keyframe={bad} is out of range 0..1$"):
+            decode_header([b"fused/x", forged, b"\x00"])
+
+
+def test_a_grey_frame_one_pixel_wide_decodes() -> None:
+    # the smallest geometry on the wire: width 1, step 1
+    image = np.arange(5, dtype=np.uint8).reshape(5, 1)
+    header, decoded = decode_message([b"fused/x", HeaderEncoder("f").encode(fused_frame(image), image, seq=0),
+                                      image.tobytes()])
+    assert (header["width"], header["step"]) == (1, 1)
+    np.testing.assert_array_equal(decoded, image)
+
+
+def test_stage_timings_go_out_rounded_to_the_microsecond() -> None:
+    image = np.zeros((4, 6, 3), np.uint8)
+    sent = fused_frame(image)
+    sent = FusedFrame(sent.pair, image, sent.fuser, sent.fuser_version, sent.t_fused_ns,
+                      {"fuse": 1.23456, "post": np.float32(0.0004)})
+    header = decode_header([b"fused/x", HeaderEncoder("f").encode(sent, image, seq=0), image.tobytes()])
+    assert header["timings_ms"] == {"fuse": 1.235, "post": 0.0}
