@@ -324,6 +324,11 @@ def test_a_solver_setting_no_solve_can_meet_is_refused_naming_it(key, value, all
         AlignConfig(**{key: value})
 
 
+def test_the_solver_settings_are_taken_at_their_bounds():
+    assert (AlignConfig(max_iter=1).max_iter, AlignConfig(max_iter=10_000).max_iter) == (1, 10_000)
+    assert AlignConfig(tol=1.0).tol == 1.0
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_a_histogram_with_a_non_finite_bin_is_refused_not_turned_into_a_table_of_nan(bad):
     hist = np.ones(256)
@@ -359,3 +364,48 @@ def test_a_capped_solve_reports_the_iterations_it_ran(method, max_iter):
     with pytest.warns(RuntimeWarning, match=rf"after {max_iter} iterations?, "):
         result = align(a, b, AlignConfig(method=method, max_iter=max_iter, tol=1e-12))
     assert result.n_iter == max_iter and not result.converged
+
+
+@pytest.mark.filterwarnings("ignore:align. Sinkhorn did not converge:RuntimeWarning")
+@pytest.mark.parametrize(("n_iter", "f", "again"), [(3, np.zeros(256), True), (1000, np.full(256, np.inf), True),
+                                                    (1000, np.zeros(256), False)],
+                         ids=["stopped-early", "infinite-potentials", "ran-to-max-iter"])
+def test_a_warm_started_solve_that_met_a_numerical_error_is_solved_again_from_scratch(rng, monkeypatch, n_iter, f,
+                                                                                      again):
+    # POT stops early on an overflow with the last finite potentials, or runs to max_iter with infinite ones: either
+    # way its table is not this frame's, and its potentials would be the next frame's warm start; a solve that ran to
+    # max_iter with finite ones is only not converged yet, and kept (a solve from scratch would cost as much again)
+    real, warm_started = align_module._sinkhorn, []
+
+    def sinkhorn(a, b, cfg, warmstart):
+        warm_started.append(warmstart is not None)
+        if warmstart is not None:
+            return np.full((256, 256), 1 / 256**2), (f, np.zeros(256)), 1.0, n_iter
+        return real(a, b, cfg, warmstart)
+
+    monkeypatch.setattr(align_module, "_sinkhorn", sinkhorn)
+    a, b = histogram(_image(rng, 60, 20)), histogram(_image(rng, 150, 40))
+    result = align(a, b, AlignConfig(), warmstart=(np.zeros(256), np.zeros(256)))
+    assert warm_started == [True, False][:1 + again] and result.converged == again
+
+
+def test_the_background_solves_of_every_stream_take_turns_on_one_worker(rng, monkeypatch):
+    # solves are CPU-bound: a second worker would take the live loop's core
+    real, release, workers = align_module._solve, threading.Event(), []
+
+    def solve(*args):
+        if threading.current_thread() is not threading.main_thread():
+            workers.append(threading.current_thread().name)
+            assert release.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(align_module, "_solve", solve)
+    cache = AlignCache(AlignConfig(background=True))
+    ir, vis = _image(rng, 60, 20), _image(rng, 150, 40)
+    for stream in ("a", "b"):
+        cache.lut(ir, vis, stream)  # a stream's first frame solves at once
+        cache.lut(_brighter(ir), vis, stream)  # a drifted one in the background, the first still blocked
+    release.set()
+    for stream in ("a", "b"):
+        cache.pending(stream).result(timeout=60)
+    assert len(workers) == 2 and len(set(workers)) == 1, workers
