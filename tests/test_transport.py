@@ -224,6 +224,23 @@ def _loaned_round_trip(pub: Publisher, local: Subscriber, remote: Subscriber, im
 
 
 @needs_shm
+def test_a_loaned_frame_sent_twice_goes_out_twice(rng: np.random.Generator) -> None:
+    # the second send of the same array is no longer the loan (that slot is published): it goes out as a copy
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub, \
+            Subscriber(pub.endpoint, timeout_s=PATIENCE_S) as local:
+        _recv_shm(local, pub, _uniform(3))
+        loaned = pub.loan(image.shape)
+        loaned[:] = image
+        first = pub.published
+        assert pub.send_fused(fused_frame(loaned)) and pub.send_fused(fused_frame(loaned))
+        got = [recv_seq(local, first), local.recv()]
+    assert [(header["seq"] - first, header["format"]) for header, _ in got] == [(0, "shm"), (1, "shm")]
+    for _, frame in got:
+        np.testing.assert_array_equal(frame, image)
+
+
+@needs_shm
 def test_loaned_frames_queued_for_a_payload_consumer_survive_the_reuse_of_their_slots() -> None:
     # A loaned frame is a pool slot, written over again shm_slots frames later: sent zero-copy, the frames still queued
     # for a slow payload consumer (another host's viewer, a recorder) showed the pixels of later frames instead of
