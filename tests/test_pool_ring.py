@@ -105,6 +105,29 @@ def test_a_bigger_pool_and_a_new_publisher_take_the_reader_back_through_zeromq()
         sub.close()
 
 
+def test_a_successor_without_shared_memory_is_read_over_zeromq_by_a_reader_that_left_the_ring(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a publisher restarted with shm_slots 0 (or where no pool can be made) sends the payload only: a reader that left
+    # the ring takes it again at once, not only after the silence that resubscribes anyway (put out of reach here)
+    monkeypatch.setattr("streamfuse.client._RESUBSCRIBE_S", 1e6)
+    with Publisher(PublishConfig(endpoint=ANY_PORT, shm_slots=4)) as pub:
+        endpoint = pub.endpoint
+        sub = Subscriber(endpoint, timeout_s=PATIENCE_S)
+        _until_ring(sub, pub, 1)
+    try:
+        wait_until(lambda: sub.recv(0.05) is None and not sub.on_ring, "the closed pool noticed")
+        with Publisher(PublishConfig(endpoint=endpoint, shm_slots=0)) as again:
+
+            def got() -> bool:
+                again.send_fused(fused_frame(_uniform(2)))
+                frame = sub.recv(0.05)
+                return frame is not None and frame[0]["format"] == "raw" and frame[1][0, 0, 0] == 2
+
+            wait_until(got, "a frame of the successor over ZeroMQ")
+    finally:
+        sub.close()
+
+
 def test_a_killed_publisher_is_noticed_and_its_successor_read(tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     script = tmp_path / "child.py"
