@@ -18,6 +18,7 @@ import torch
 import zmq
 
 from helpers_data import DATA, REPO
+from helpers_threads import Watch
 from helpers_zmq import plain_pub
 
 TORCH_THREADS = torch.get_num_threads()  # torch's default here: OMP_NUM_THREADS, else the cores
@@ -81,6 +82,13 @@ def raw_pub() -> Iterator[tuple[zmq.Socket, str]]:
     """A plain PUB socket on a free loopback port, to send whatever bytes a test needs; with its bound endpoint."""
     with plain_pub() as sock:
         yield sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+@pytest.fixture
+def main_watch() -> Iterator[Watch]:
+    """The main thread's calls, noted by it for the test's duration, for a thread of the test to act as it waits."""
+    with Watch() as watch:
+        yield watch
 
 
 @pytest.fixture

@@ -1,28 +1,54 @@
-"""A Ctrl-C sent at the moment the main thread waits for another thread, where a stop can cut that wait short."""
+"""Where a thread runs, for another thread to act at the moment it waits (a Ctrl-C sent as the main thread waits for
+another thread, where a stop can cut that wait short).
+
+The thread notes its own calls (a profile hook, run by it alone): walking its frames from another thread
+(``sys._current_frames()``, ``f_back``) reads them as they change, which can crash CPython 3.11.
+"""
 
 from __future__ import annotations
 
 import sys
 import threading
 import time
+from types import FrameType
+from typing import Any
 
 
-def main_runs(function: str) -> bool:
-    """Whether the main thread runs inside ``function``."""
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None and frame.f_code.co_name != function:
-        frame = frame.f_back
-    return frame is not None
+class Watch:
+    """The calls of the thread that enters it, until it leaves it, asked about by any thread."""
 
+    def __init__(self) -> None:
+        self._names: list[str] = []  # the functions entered since the watch began and still running, innermost last
+        self._in_threading = False
+        self._previous: Any = None
 
-def main_waits_in(function: str) -> bool:
-    """Whether the main thread waits in ``threading`` (for a thread's end or start, an event) inside ``function``."""
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    return frame is not None and frame.f_code.co_filename == threading.__file__ and main_runs(function)
+    def __enter__(self) -> Watch:
+        self._previous = sys.getprofile()
+        sys.setprofile(self._note)
+        return self
 
+    def __exit__(self, *_: object) -> None:
+        sys.setprofile(self._previous)
 
-def when_main_waits_in(function: str, then: threading.Event) -> None:
-    """Poll (on the caller's thread) until the main thread waits inside ``function`` or ``then`` is set; set it."""
-    while not (main_waits_in(function) or then.is_set()):
-        time.sleep(0.005)
-    then.set()
+    def _note(self, frame: FrameType | None, event: str, _arg: object) -> None:
+        if event == "call":
+            self._names.append(frame.f_code.co_name)
+        elif event == "return":
+            if self._names:  # else one entered before the watch began
+                self._names.pop()
+            frame = frame.f_back
+        self._in_threading = frame is not None and frame.f_code.co_filename == threading.__file__
+
+    def runs(self, function: str) -> bool:
+        """Whether the thread runs inside ``function``."""
+        return function in self._names
+
+    def waits_in(self, function: str) -> bool:
+        """Whether the thread waits in ``threading`` (for a thread's end or start, an event) inside ``function``."""
+        return self._in_threading and self.runs(function)
+
+    def when_waits_in(self, function: str, then: threading.Event) -> None:
+        """Poll (on the caller's thread) until the thread waits inside ``function`` or ``then`` is set; set it."""
+        while not (self.waits_in(function) or then.is_set()):
+            time.sleep(0.005)
+        then.set()

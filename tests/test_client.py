@@ -13,13 +13,13 @@ import re
 import secrets
 import signal
 import socket
-import sys
 import threading
 
 import numpy as np
 import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
+from helpers_threads import Watch
 from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_frame, good_parts, plain_pub, pool_fds,
                          publishing, raw_connect, recv_seq, wait_until, with_header)
 
@@ -504,15 +504,18 @@ def test_close_from_another_thread_ends_a_waiting_recv_as_closed(latest: bool) -
     sub = Subscriber(NOBODY, timeout_s=1e6, latest=latest)
     outcome: list[BaseException] = []
 
+    receiving = Watch()
+
     def receive() -> None:
         try:
-            sub.recv()
+            with receiving:
+                sub.recv()
         except BaseException as exc:  # noqa: BLE001 - what the waiting thread saw is the test's subject
             outcome.append(exc)
 
     receiver = threading.Thread(target=receive, daemon=True)
     receiver.start()
-    wait_until(lambda: _inside(receiver, "recv"), "the receiving thread waiting")
+    wait_until(lambda: receiving.runs("recv"), "the receiving thread waiting")
     sub.close()
     receiver.join(PATIENCE_S)
     assert not receiver.is_alive()
@@ -520,23 +523,15 @@ def test_close_from_another_thread_ends_a_waiting_recv_as_closed(latest: bool) -
     assert str(outcome[0]) == f"subscriber {NOBODY} is closed"
 
 
-def _inside(thread: threading.Thread, function: str) -> bool:
-    """Whether ``thread`` runs ``function`` now."""
-    frame = sys._current_frames().get(thread.ident or 0)
-    while frame is not None and frame.f_code.co_name != function:
-        frame = frame.f_back
-    return frame is not None
-
-
 @pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])
-def test_close_from_a_signal_handler_ends_the_recv_it_interrupted_as_closed(latest: bool) -> None:
+def test_close_from_a_signal_handler_ends_the_recv_it_interrupted_as_closed(latest: bool, main_watch: Watch) -> None:
     # a stop handler closing it while the main thread waits in recv(): plain mode went on with the sockets closed
     # under it and raised ZMQError ENOTSOCK; latest mode waited out the whole timeout, as from a silent publisher
     sub = Subscriber(NOBODY, timeout_s=PATIENCE_S, latest=latest)
     main = threading.current_thread()
 
     def interrupt() -> None:
-        wait_until(lambda: _inside(main, "recv"), "the main thread waiting")
+        wait_until(lambda: main_watch.runs("recv"), "the main thread waiting")
         signal.pthread_kill(main.ident or 0, signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, lambda *_: sub.close())

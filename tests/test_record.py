@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers_threads import main_runs, main_waits_in, when_main_waits_in
+from helpers_threads import Watch
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.capture.mcap_source import read_recording
@@ -668,11 +668,11 @@ class _HeldEncoder:
         self._container.close()
 
 
-def _stopped_in_seal(w: VideoWriter, signals: tuple[int, ...], then) -> None:
+def _stopped_in_seal(w: VideoWriter, main: Watch, signals: tuple[int, ...], then) -> None:
     """Send ``signals`` to the main thread as seal() waits for the encoder thread, then call ``then()`` (on a thread of
     its own); SIGTERM raises as a replay's handler does."""
     def stop_main() -> None:
-        when_main_waits_in("seal", threading.Event())
+        main.when_waits_in("seal", threading.Event())
         for sig in signals:  # a lower number first: Python runs a stop's handlers in that order
             signal.pthread_kill(threading.main_thread().ident, sig)
         then()
@@ -690,7 +690,7 @@ def _stopped_in_seal(w: VideoWriter, signals: tuple[int, ...], then) -> None:
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="a Ctrl-C sent to the main thread")
 @pytest.mark.parametrize("codec, ext", [("h264", "o.mp4"), ("ffv1", "o.mkv")])
-def test_a_ctrl_c_as_seal_waits_for_the_encoder_thread_lets_it_write_every_frame(tmp_path, codec, ext):
+def test_a_ctrl_c_as_seal_waits_for_the_encoder_thread_lets_it_write_every_frame(tmp_path, codec, ext, main_watch):
     """A Ctrl-C while seal() waits for the encoder thread to take the last frames: seal() stopped at once, and the
     encoder's delayed frames were lost where the stop came as it flushed them; now the file is made whole first."""
     w = _writer(tmp_path / ext, codec=codec)
@@ -698,14 +698,14 @@ def test_a_ctrl_c_as_seal_waits_for_the_encoder_thread_lets_it_write_every_frame
     for i in range(3):
         w.write(np.full((24, 32, 3), 40 * i, np.uint8), i * 512)
     assert held.inside.wait(60)
-    _stopped_in_seal(w, (signal.SIGINT,), held.release.set)
+    _stopped_in_seal(w, main_watch, (signal.SIGINT,), held.release.set)
     assert w.encoded and held.closed_under_encoder is False
     w.abort()
     assert len(list(decode_frames(partial_path(tmp_path / ext)))) == 3
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="a Ctrl-C sent to the main thread")
-def test_a_second_stop_as_seal_waits_for_the_encoder_thread_leaves_it_the_file_to_close(tmp_path):
+def test_a_second_stop_as_seal_waits_for_the_encoder_thread_leaves_it_the_file_to_close(tmp_path, main_watch):
     """A second stop while seal() waits for the encoder thread: it waits no more, and the thread, which a join cut
     short leaves running, closes the file once done with the frame it encodes (closed under it, FFmpeg's codec is
     freed: a segfault), writing no other frame after the count the caller made."""
@@ -717,11 +717,11 @@ def test_a_second_stop_as_seal_waits_for_the_encoder_thread_leaves_it_the_file_t
 
     def release_as_main_gives_up() -> None:  # as it stops waiting (now), or as abort() waits for the thread (before)
         deadline = time.monotonic() + 60  # else released anyway: the test then fails on its counts, not hangs
-        while not (main_runs("abandon") or main_waits_in("abort")) and time.monotonic() < deadline:
+        while not (main_watch.runs("abandon") or main_watch.waits_in("abort")) and time.monotonic() < deadline:
             time.sleep(0.005)
         held.release.set()
 
-    _stopped_in_seal(w, (signal.SIGINT, signal.SIGTERM), release_as_main_gives_up)
+    _stopped_in_seal(w, main_watch, (signal.SIGINT, signal.SIGTERM), release_as_main_gives_up)
     w.abort()
     assert held.left.wait(60)
     w._worker.join()

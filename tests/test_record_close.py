@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from helpers_threads import when_main_waits_in
+from helpers_threads import Watch
 from helpers_zmq import wait_until
 
 import streamfuse.atomic_write
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="a C
 T0 = 1_700_000_000_000_000_000
 
 
-def _ctrl_c_when_main_waits_in(function: str) -> None:
+def _ctrl_c_when_main_waits_in(main: Watch, function: str) -> None:
     """Ctrl-C to the main thread, as a terminal sends it, once it waits inside ``function`` (on a thread of its own)."""
     def ctrl_c() -> None:
-        when_main_waits_in(function, threading.Event())
+        main.when_waits_in(function, threading.Event())
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     threading.Thread(target=ctrl_c, daemon=True).start()
@@ -52,7 +52,7 @@ class _Held:
             self.left.set()
 
 
-def test_a_ctrl_c_as_close_waits_for_the_writer_thread_leaves_the_file_open_until_it_ends(tmp_path):
+def test_a_ctrl_c_as_close_waits_for_the_writer_thread_leaves_the_file_open_until_it_ends(tmp_path, main_watch):
     # close() closed the file in its finally while the writer thread still wrote the queued frames into it
     rec = Recorder(RecordConfig(path=str(tmp_path / "rig.mcap")))
     file = rec._part.file
@@ -61,7 +61,7 @@ def test_a_ctrl_c_as_close_waits_for_the_writer_thread_leaves_the_file_open_unti
     for i in range(3):
         rec.write(Frame("vis", i, T0 + i * 33_333_333, np.full((24, 32, 3), i, np.uint8)))
     assert held.inside.wait(60)
-    _ctrl_c_when_main_waits_in("close")
+    _ctrl_c_when_main_waits_in(main_watch, "close")
     with pytest.raises(KeyboardInterrupt):
         rec.close()
     held.release.set()
@@ -69,7 +69,7 @@ def test_a_ctrl_c_as_close_waits_for_the_writer_thread_leaves_the_file_open_unti
     assert held.closed_under is False and file.closed and rec._worker.error is None
 
 
-def test_a_sync_close_cut_short_by_a_ctrl_c_waits_for_the_sync_when_called_again(tmp_path, monkeypatch):
+def test_a_sync_close_cut_short_by_a_ctrl_c_waits_for_the_sync_when_called_again(tmp_path, monkeypatch, main_watch):
     # the second close() returned at once, the fsync still running, and its caller closed the file under it
     fd = os.open(tmp_path / "synced", os.O_WRONLY | os.O_CREAT)
     real_fsync = os.fsync
@@ -83,9 +83,9 @@ def test_a_sync_close_cut_short_by_a_ctrl_c_waits_for_the_sync_when_called_again
 
         def release_in_the_second_close() -> None:
             first_cut.wait()
-            when_main_waits_in("close", held.release)
+            main_watch.when_waits_in("close", held.release)
 
-        _ctrl_c_when_main_waits_in("close")
+        _ctrl_c_when_main_waits_in(main_watch, "close")
         threading.Thread(target=release_in_the_second_close, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             sync.close()
@@ -99,7 +99,8 @@ def test_a_sync_close_cut_short_by_a_ctrl_c_waits_for_the_sync_when_called_again
     assert synced
 
 
-def test_a_ctrl_c_as_close_queues_its_end_into_a_full_queue_still_closes_the_file_once_the_thread_is_done(tmp_path):
+def test_a_ctrl_c_as_close_queues_its_end_into_a_full_queue_still_closes_the_file_once_the_thread_is_done(
+        tmp_path, main_watch):
     # the Ctrl-C came while close() waited for room for the thread's end in a full queue: the thread, never told to
     # end, waited for more frames once done with those queued, and the file it was to close stayed open
     rec = Recorder(RecordConfig(path=str(tmp_path / "rig.mcap")), queue_size=2)
@@ -111,7 +112,7 @@ def test_a_ctrl_c_as_close_queues_its_end_into_a_full_queue_still_closes_the_fil
         if i == 0:
             assert held.inside.wait(60)
     assert rec.dropped["vis"] == 0
-    _ctrl_c_when_main_waits_in("put")
+    _ctrl_c_when_main_waits_in(main_watch, "put")
     with pytest.raises(KeyboardInterrupt):
         rec.close()
     held.release.set()

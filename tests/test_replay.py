@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 import pytest
 from helpers_clock import SleptClock
-from helpers_threads import when_main_waits_in
 from helpers_video import write_sound
 
 import streamfuse.processor
@@ -363,7 +362,7 @@ class _HeldReads:
         self._close(source)
 
 
-def test_a_ctrl_c_as_the_decoder_threads_start_closes_no_input_under_them(tmp_path, clip, monkeypatch):
+def test_a_ctrl_c_as_the_decoder_threads_start_closes_no_input_under_them(tmp_path, clip, monkeypatch, main_watch):
     """A Ctrl-C as the replay started its decoder threads (the model loaded): the inputs were closed while the threads
     read them, and FFmpeg's av_read_frame crashed the process (SIGSEGV) instead of the one line and 130."""
     ir, vis, _ = clip
@@ -376,7 +375,7 @@ def test_a_ctrl_c_as_the_decoder_threads_start_closes_no_input_under_them(tmp_pa
             raise KeyboardInterrupt
 
     monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
-    threading.Thread(target=when_main_waits_in, args=("stop", held.release), daemon=True).start()
+    threading.Thread(target=main_watch.when_waits_in, args=("stop", held.release), daemon=True).start()
     with pytest.raises(ReplayError, match=r"^replay stopped: interrupted \(Ctrl-C\); no output written$"):
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mp4")
     assert not held.closed_under_read and held.closed == 2

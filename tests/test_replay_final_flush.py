@@ -16,7 +16,6 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from helpers_threads import main_runs, when_main_waits_in
 from test_replay import counted_encodes, decoded, make_cfg, write_video
 
 import streamfuse.replay.loop
@@ -183,7 +182,8 @@ def test_a_stop_as_the_encoder_flushes_into_a_full_disk_is_still_said(tmp_path, 
     assert json.loads(sidecar_path(out).read_text())["written"] == frames_held(partial_path(out)) > 0
 
 
-def test_a_second_stop_as_the_encoder_works_through_its_queue_leaves_the_file_closed_once_abort_returns(tmp_path):
+def test_a_second_stop_as_the_encoder_works_through_its_queue_leaves_the_file_closed_once_abort_returns(
+        tmp_path, main_watch):
     # abort() returned while the encoder thread, left to close the file, still ran: the stop line and the sidecar
     # counted the frames of a file not yet closed (its muxer's last cluster unwritten), and the process could end
     # before it was
@@ -200,13 +200,13 @@ def test_a_second_stop_as_the_encoder_works_through_its_queue_leaves_the_file_cl
     assert in_hand.wait(60)
 
     def two_stops() -> None:
-        when_main_waits_in("join", threading.Event())
+        main_watch.when_waits_in("join", threading.Event())
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the first waits for the file
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
         release.set()
 
     threading.Thread(target=two_stops, daemon=True).start()
-    threading.Thread(target=when_main_waits_in, args=("abort", close_may), daemon=True).start()
+    threading.Thread(target=main_watch.when_waits_in, args=("abort", close_may), daemon=True).start()
     with handled(raise_terminated, (signal.SIGTERM,)), pytest.raises(KeyboardInterrupt):
         w.seal()
     w.abort()
@@ -270,7 +270,7 @@ def test_a_stop_whose_wait_for_the_encoder_lasts_says_that_a_second_one_ends_it(
     assert err.interrupted and said.is_set()
 
 
-def test_a_second_sigterm_ends_the_wait_for_the_encoder_as_its_line_says(tmp_path, pair, monkeypatch):
+def test_a_second_sigterm_ends_the_wait_for_the_encoder_as_its_line_says(tmp_path, pair, monkeypatch, main_watch):
     # the first SIGTERM left the next ones ignored: the line said a second one stopped at once, yet it did nothing
     stalled, release, held, said, ended = (threading.Event() for _ in range(5))
 
@@ -289,7 +289,7 @@ def test_a_second_sigterm_ends_the_wait_for_the_encoder_as_its_line_says(tmp_pat
             os.kill(os.getpid(), signal.SIGTERM)
         # the frame in hand is let through once the stop gives up the queue behind it (or, never, the patience)
         deadline = time.monotonic() + PATIENCE_S
-        while not main_runs("abandon") and time.monotonic() < deadline:
+        while not main_watch.runs("abandon") and time.monotonic() < deadline:
             ended.wait(0.005)
         release.set()
         ended.wait(PATIENCE_S)  # the queue stays stalled until the run has ended (or, never ended, the patience)
@@ -305,7 +305,7 @@ def test_a_second_sigterm_ends_the_wait_for_the_encoder_as_its_line_says(tmp_pat
     assert err.interrupted and said.is_set() and ended_while_stalled, str(err)
 
 
-def test_a_wait_after_a_second_stop_says_that_a_third_one_ends_it(tmp_path, pair, monkeypatch):
+def test_a_wait_after_a_second_stop_says_that_a_third_one_ends_it(tmp_path, pair, monkeypatch, main_watch):
     # a second stop cut the encoder's last frame short, and the wait for its thread to close the file (a stalled disk)
     # said "a second Ctrl-C or SIGTERM stops at once", though two had come
     in_hand, release, said = threading.Event(), threading.Event(), threading.Event()
@@ -327,10 +327,10 @@ def test_a_wait_after_a_second_stop_says_that_a_third_one_ends_it(tmp_path, pair
 
     def two_stops() -> None:
         in_hand.wait(PATIENCE_S)
-        when_main_waits_in("join", threading.Event())
+        main_watch.when_waits_in("join", threading.Event())
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the first lets the encoder finish
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # the second cuts it short
-        while not main_runs("abandon"):  # its lock: for the frame in hand, then the thread closes the file
+        while not main_watch.runs("abandon"):  # its lock: for the frame in hand, then the thread closes the file
             time.sleep(0.005)
         release.set()
 
