@@ -197,9 +197,10 @@ def _relative_path(key: str, value: str) -> bool:
 
 
 def config_from_dict(data: dict[str, Any], source_file: str = "<dict>",
-                     overrides: Sequence[str] = ()) -> PipelineConfig:
+                     overrides: Sequence[str] = (), warn: Callable[..., None] = log.warning) -> PipelineConfig:
     """Validate a raw mapping into a PipelineConfig; raises ConfigError with one line naming file and key. A warning
-    names the ``overrides`` (``--set`` items, already applied to ``data``) that set the values it is about."""
+    (given to ``warn``, a logging call) names the ``overrides`` (``--set`` items, already applied to ``data``) that
+    set the values it is about."""
     def origin(*keys: str) -> str:
         return _origin(source_file, overrides, keys)
 
@@ -218,7 +219,7 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>",
                 if name != "record":
                     raise ValueError(f"section {name} is empty")
                 if name in data:  # `record:` uncommented without its path: say so, a run records nothing
-                    log.warning("%s: section record is empty: nothing is recorded (give record.path)", origin(name))
+                    warn("%s: section record is empty: nothing is recorded (give record.path)", origin(name))
                 built[name] = None
                 continue
             if not isinstance(raw, dict):
@@ -231,35 +232,35 @@ def config_from_dict(data: dict[str, Any], source_file: str = "<dict>",
             raise ValueError(f"vis.palette={built['vis'].palette!r}: a palette is the IR camera's (ir.palette)")
     except ValueError as exc:
         raise ConfigError(f"{source_file}: {exc}") from None
-    _warn_unused(built, origin)
+    _warn_unused(built, origin, warn)
     return PipelineConfig(**built, source_file=source_file, overrides=tuple(overrides))
 
 
-def _warn_unused(built: dict[str, Any], origin: Callable[..., str]) -> None:
+def _warn_unused(built: dict[str, Any], origin: Callable[..., str], warn: Callable[..., None]) -> None:
     """Warn of the values a run would leave unused, each line naming where they came from (``origin`` of their keys:
     the file, and the ``--set`` items that gave them)."""
     model = built["hclfuse"]
     if model.sampler == "student" and model.steps != HCLFuseConfig.steps:  # else a comparison of K compares nothing
-        log.warning("%s: hclfuse.steps=%d sets the teacher's steps; the student sampler takes one (add "
-                    "hclfuse.sampler=teacher)", origin("hclfuse.steps", "hclfuse.sampler"), model.steps)
+        warn("%s: hclfuse.steps=%d sets the teacher's steps; the student sampler takes one (add "
+             "hclfuse.sampler=teacher)", origin("hclfuse.steps", "hclfuse.sampler"), model.steps)
     guides = ("guidance_scale", "image_guidance")
     unguided = [f"{k}={getattr(model, k)}" for k in guides
                 if not model.guidance and getattr(model, k) != getattr(HCLFuseConfig, k)]
     if unguided:  # the net drops both with the guides (HCLFuseNet.set_sampling): a run would look guided and is not
-        log.warning("%s: hclfuse.guidance=false turns the guides off, and with them hclfuse.%s (add "
-                    "hclfuse.guidance=true)", origin("hclfuse.guidance", *(f"hclfuse.{k}" for k in guides)),
-                    ", ".join(unguided))
+        warn("%s: hclfuse.guidance=false turns the guides off, and with them hclfuse.%s (add "
+             "hclfuse.guidance=true)", origin("hclfuse.guidance", *(f"hclfuse.{k}" for k in guides)),
+             ", ".join(unguided))
     for name in ("ir", "vis"):  # FFmpeg leaves an option it has no name for unused, and PyAV does not say it
         source, where = built[name], origin(f"{name}.ffmpeg", f"{name}.kind")
         if source.ffmpeg and source.kind in ("file", "stream") and (unknown := unknown_options(source.ffmpeg)):
-            log.warning("%s: %s.ffmpeg: FFmpeg has no option named %s (misspelt, or another version's?): left unused",
-                        where, name, ", ".join(unknown))
+            warn("%s: %s.ffmpeg: FFmpeg has no option named %s (misspelt, or another version's?): left unused",
+                 where, name, ", ".join(unknown))
         if source.kind in ("file", "stream") and (repeated := repeated_options(source.ffmpeg)):
-            log.warning("%s: %s.ffmpeg: %s given more than once: only the last of each is taken (%s)", where,
-                        name, ", ".join(repeated), ", ".join(repeated.values()))
+            warn("%s: %s.ffmpeg: %s given more than once: only the last of each is taken (%s)", where,
+                 name, ", ".join(repeated), ", ".join(repeated.values()))
         if source.ffmpeg and source.kind == "file" and (unread := unread_by_files(source.ffmpeg)):
-            log.warning("%s: %s.ffmpeg: %s: no FFmpeg format, protocol or codec that reads a file has it (a network "
-                        "stream's, or a device's): left unused", where, name, ", ".join(unread))
+            warn("%s: %s.ffmpeg: %s: no FFmpeg format, protocol or codec that reads a file has it (a network "
+                 "stream's, or a device's): left unused", where, name, ", ".join(unread))
 
 
 _MAX_CONFIG_BYTES = 2**20  # the shipped configs are about 2 KiB
@@ -307,11 +308,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         if not overrides:
             raise
         try:  # the file's own fault, which the overrides left as it was, is the file's; any other is theirs
-            config_from_dict(data, str(path))
+            config_from_dict(data, str(path), warn=_unsaid)  # its warnings: said by the build above, or not its run's
         except ConfigError as own:
             if str(own) == str(exc):
                 raise
         raise ConfigError(f"override of {path}: {str(exc).removeprefix(f'{path}: ')}") from None
+
+
+def _unsaid(*_: object) -> None:
+    """A warning left unsaid."""
 
 
 def dump_config(cfg: PipelineConfig, path: str | Path) -> None:

@@ -286,6 +286,16 @@ def test_a_fault_of_its_own_an_override_makes_in_a_faulty_file_is_the_overrides(
     assert str(err.value) == f"{path}: publish: jpeg_quality=0 is out of range; allowed: 1..100"
 
 
+def test_a_faulty_override_leaves_each_warning_said_once_and_none_of_the_config_it_did_not_give(tmp_path, caplog):
+    # working out whose the fault was built the file's config again: its empty record was said twice, and a warning of
+    # the file's guidance, which the overrides had turned back on, was said of a config the run never had
+    path = _write(tmp_path, "record:\nhclfuse: {guidance: false, guidance_scale: 3.0}\n")
+    with caplog.at_level("WARNING", logger="streamfuse.config"), pytest.raises(ConfigError) as err:
+        load_config(path, ["hclfuse.guidance=true", "vis.palette=jet"])
+    assert str(err.value) == f"override of {path}: vis.palette='jet': a palette is the IR camera's (ir.palette)"
+    assert caplog.messages == [f"{path}: section record is empty: nothing is recorded (give record.path)"]
+
+
 def test_a_file_that_is_not_a_config_is_one_line(tmp_path, monkeypatch):
     cases = {"empty.yaml": b"", "blank.yaml": b"  \n", "binary.yaml": bytes([0xD6, 0x00, 0xFF]) * 10,
              "twice.yaml": b"fuse:\n  name: max\nfuse:\n  name: rule\n",
