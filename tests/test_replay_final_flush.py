@@ -342,3 +342,17 @@ def test_a_wait_after_a_second_stop_says_that_a_third_one_ends_it(tmp_path, pair
             release.set()
             said.set()
     assert err.interrupted and in_hand.is_set() and told, str(err)
+
+
+def test_two_stops_before_the_encoders_first_packet_say_that_nothing_was_encoded_yet(tmp_path, monkeypatch):
+    # x264 held the first frames for its look-ahead, so the partial file was never made; the line said it "is gone
+    # (its folder removed or renamed)", and its sidecar stayed, naming a file that never was
+    ir, vis, out = tmp_path / "ir.mp4", tmp_path / "vis.mp4", tmp_path / "fused.mp4"
+    write_video(ir, 3, 25, grey=True)
+    write_video(vis, 3, 25)
+    _stopped_at_flush(monkeypatch, (signal.SIGINT, signal.SIGTERM))
+    with pytest.raises(ReplayError) as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out)
+    assert str(err.value) == ("replay stopped: interrupted (SIGTERM); nothing kept: none of the 3 frames fused had "
+                              "left the encoder yet"), str(err.value)
+    assert err.value.interrupted and sorted(p.name for p in tmp_path.iterdir()) == ["ir.mp4", "vis.mp4"]

@@ -31,8 +31,8 @@ from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, chec
 from streamfuse.replay.order_lag import OrderLag
 from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
 from streamfuse.replay.publishing import closed_on_failure, open_publisher, wait_subscriber
-from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, resume_hint, save_sidecar, sidecar_path,
-                                     taken_over_path)
+from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, nothing_kept, resume_hint, save_sidecar,
+                                     sidecar_path, taken_over_path)
 from streamfuse.replay.summary import ReplayError, ReplaySummary, StageClock
 from streamfuse.signals import TERMINATE, deferred, handled, interrupted, raise_terminated, told_if_long
 from streamfuse.sync import OTHER, Pairer
@@ -363,7 +363,7 @@ class _Replay:
                 self.writer.abort()
         # a resumed run puts the interrupted run's file back when it holds more frames: resuming again loses none
         restored = self.take_over is not None and self.take_over.settle()
-        kept = not restored and self.writer is not None and self.writer.count > 0
+        kept = not restored and self.writer is not None and self.writer.partial.exists()
         if kept:
             held = frames_held(self.writer.partial)  # a full disk took the encoder's last frames, or a second stop
             try:
@@ -375,15 +375,14 @@ class _Replay:
                 where += (f" (of {s.written} fused; the rest did not reach the disk, and a resume takes over only the "
                           "frames shown before the first one missing)")
             hint = "" if self.input_fault else resume_hint(self.out, self.cfg.replay.pacing)
-            if not self.writer.partial.exists():  # its folder was removed or renamed while the replay ran
-                where, hint = f"nothing kept: {self.writer.partial} is gone (its folder removed or renamed)", ""
         elif restored:
             where = f"the interrupted run's frames kept in {partial_path(self.out)}"
             hint = "" if self.input_fault else resume_hint(self.out, self.cfg.replay.pacing)
-        else:  # stopped before its first frame: PyAV creates the partial file only with the first frame it encodes
+        else:
             if self.writer is not None:  # its sidecar; one of an earlier run's partial output stays
                 sidecar_path(self.out).unlink(missing_ok=True)
-            where, hint = "no output written", ""
+            where = nothing_kept(self.writer.partial, self.writer.count) if self.writer else "no output written"
+            hint = ""
         if self.frames is not None and (staged := self.frames.kept()):
             where += f"; {staged} of its frames staged in {self.frames.staging}"
         if self.out.exists():  # the final name still holds an earlier run's output: say it is not this one

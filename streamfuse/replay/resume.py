@@ -339,6 +339,17 @@ def _intact_packets(path: Path) -> Iterator[bool]:
         return
 
 
+def nothing_kept(partial: Path, given: int) -> str:
+    """Why a stopped run whose encoder was ``given`` frames kept none in ``partial``. PyAV creates the file with the
+    encoder's first packet, which x264 gives out only once it has looked ahead over several frames: a file never made
+    is not a file gone."""
+    if not given:
+        return "no output written"
+    if partial.parent.is_dir():
+        return f"nothing kept: none of the {given} frames fused had left the encoder yet"
+    return f"nothing kept: {partial} is gone (its folder removed or renamed)"
+
+
 def frames_held(path: Path) -> int:
     """Whole frames in a partial file, demuxed without decoding: packets that end before the file does (as
     :func:`~streamfuse.video.decode_frames` reads it, a kill may have cut the last one), up to the first damaged one;
