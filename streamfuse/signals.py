@@ -118,18 +118,18 @@ def deferred(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
-def finished_first(signals: tuple[int, ...] = STOP_SIGNALS, until: str = "") -> Iterator[None]:
+def finished_first(signals: tuple[int, ...] = STOP_SIGNALS, until: str = "", cut: str = "at once") -> Iterator[None]:
     """A block that a first stop lets finish, acted on as it ends (or raises) by the handler it would have met, and
     that a second stop cuts short, both acted on as their handlers do: a video's last frames, flushed by its encoder,
     are the run's too. The first stop logs that the run stops once ``until`` (the block's end, in words), a wait that
-    a stalled disk may make long."""
+    a stalled disk may make long, and that a second stops ``cut`` (when, where that too waits for a step in hand)."""
     previous = {sig: signal.getsignal(sig) for sig in signals}
     got: list[int] = []
     with contextlib.ExitStack() as taken:
         def handler(signum: int, frame: FrameType | None) -> None:
             got.append(signum)
             if len(got) == 1 and until:
-                _say_stopping(until, 1)
+                _say_stopping(until, 1, cut)
             elif len(got) == 2:
                 # the block's handlers go first: what those acting set stays (raise_terminated's ignoring of the
                 # next stops, which would cut the cleanup after the block short)
@@ -146,13 +146,13 @@ def finished_first(signals: tuple[int, ...] = STOP_SIGNALS, until: str = "") -> 
 
 
 @contextlib.contextmanager
-def told_if_long(until: str, after_s: float = 2.0, stops: int = 1) -> Iterator[None]:
+def told_if_long(until: str, after_s: float = 2.0, stops: int = 1, cut: str = "at once") -> Iterator[None]:
     """A stop's wait (the block) that, once it outlasts ``after_s`` (a stalled disk), logs that the run stops once
     ``until`` (the block's end, in words): a user is never left before a silent process, not knowing that the next
     stop ends the wait. A second SIGTERM ends it as Ctrl-C does (:func:`raise_terminated`), though a first one left
     it ignored for the cleanup after the block. ``stops``: how many came before the wait (two: a second one cut an
-    earlier wait short)."""
-    timer = threading.Timer(after_s, _say_stopping, (until, stops))
+    earlier wait short). ``cut``: when the next stop stops the run, in words."""
+    timer = threading.Timer(after_s, _say_stopping, (until, stops, cut))
     timer.daemon = True
     timer.start()
     try:
@@ -162,8 +162,8 @@ def told_if_long(until: str, after_s: float = 2.0, stops: int = 1) -> Iterator[N
         timer.cancel()
 
 
-def _say_stopping(until: str, stops: int) -> None:
-    log.warning("stopping once %s; a %s Ctrl-C or SIGTERM stops at once", until, ("second", "third")[stops > 1])
+def _say_stopping(until: str, stops: int, cut: str) -> None:
+    log.warning("stopping once %s; a %s Ctrl-C or SIGTERM stops %s", until, ("second", "third")[stops > 1], cut)
 
 
 def _act_on(stops: list[int], previous: dict[int, Any], frame: FrameType | None) -> None:

@@ -22,13 +22,16 @@ from streamfuse.errors import io_reason
 from streamfuse.signals import finished_first
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "upright",
-           "announced_end_s", "announced_frames", "read_tags", "LENIENT_TAGS"]
+           "announced_end_s", "announced_frames", "read_tags", "LENIENT_TAGS", "LET_GO"]
 
 log = logging.getLogger(__name__)
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".nut": "nut", ".avi": "avi"}
 _H264_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 _DURATION_IS_END = {"matroska", "webm", "nut", "flv"}  # FFmpeg demuxers whose duration counts from 0 (see below)
+_MP4_FINEST_TIMESCALE = 1_000_000  # ticks a second: a frame's duration fits MP4's 31 bits up to 35 minutes
+# when a second stop stops a writer's end: a codec freed under the frame in its hands crashes, so that one is waited for
+LET_GO = "as soon as the encoder lets go of the frame in its hands"
 _NUT_TAG_BYTES = 1000  # FFmpeg's NUT demuxer drops a tag value of 1 KiB or more (the resolved config is ~2 KB)
 # av.open's options for a file of others: tags that are not UTF-8 (an AVI's Latin-1 INFO title, which FFmpeg plays)
 # replaced, where PyAV up to 18 decodes them strictly (19 escapes them itself and takes no such option)
@@ -211,7 +214,7 @@ class VideoWriter:
         part of :meth:`commit`); on an error or Ctrl-C the half-written copy goes and the partial file stays. A first
         stop as the encoder takes the last frames (the queue's, its own delayed ones) waits for the file to be whole."""
         if not self.encoded:
-            with finished_first(until=f"the encoder has written its last frames into {self.partial}"):
+            with finished_first(until=f"the encoder has written its last frames into {self.partial}", cut=LET_GO):
                 self._finish()
                 self.encoded = True  # every frame: a writer sealed is one the caller gives no more
         remuxed = work_paths(self.path)[2]
@@ -319,9 +322,6 @@ def read_tags(container: av.container.InputContainer) -> dict[str, str]:
             tags[key] += tags.pop(f"{key}_{n}")
             n += 1
     return tags
-
-
-_MP4_FINEST_TIMESCALE = 1_000_000  # ticks a second: a frame's duration fits MP4's 31 bits up to 35 minutes
 
 
 def _muxer_options(fmt: str, time_base: Fraction) -> dict[str, str]:

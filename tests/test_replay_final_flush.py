@@ -90,10 +90,9 @@ def test_a_stop_as_the_encoder_flushes_keeps_every_frame_and_resume_only_writes_
     assert len(decoded(out)[1]) == written and not list(tmp_path.glob(".fused*"))
 
 
-def test_a_first_stop_as_the_encoder_flushes_says_that_a_second_one_stops_at_once(tmp_path, pair, monkeypatch,
-                                                                                   caplog):
+def test_a_first_stop_as_the_encoder_flushes_says_when_a_second_one_stops(tmp_path, pair, monkeypatch, caplog):
     # nothing was said until the encoder was done: on a stalled disk the user faced a silent process, never told that
-    # a second Ctrl-C ends the wait
+    # a second Ctrl-C ends the wait; then it said "at once", though the frame in the encoder's hands is waited for
     ir, vis = pair
     made, said = _stopped_at_flush(monkeypatch, (signal.SIGINT,)), []
     real_encode = _FlushStopped.encode
@@ -109,7 +108,7 @@ def test_a_first_stop_as_the_encoder_flushes_says_that_a_second_one_stops_at_onc
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=tmp_path / "fused.mp4")
     assert made[0].flushes == 1
     assert re.search(r"stopping once the encoder has written its last frames into .*; a second Ctrl-C or SIGTERM "
-                     r"stops at once$", said[0], re.M), said  # said as the wait began
+                     r"stops as soon as the encoder lets go of the frame in its hands$", said[0], re.M), said
 
 
 def test_a_second_stop_as_the_encoder_flushes_keeps_what_it_wrote_and_says_how_many(tmp_path, pair, monkeypatch):
@@ -233,8 +232,9 @@ def _replay_stopped(tmp_path, pair, monkeypatch, writer: type, stops, said: thre
     """The ReplayError of a replay of ``pair`` encoding with ``writer`` that ``stops`` (run on a thread of its own)
     stops; ``said`` is set as the line comes saying that a ``then`` stop ends the wait for the encoder."""
     monkeypatch.setattr(streamfuse.replay.loop, "VideoWriter", writer)
+    when = "at once" if then == "third" else "as soon as the encoder lets go of the frame in its hands"
     telling = _Said(rf"^stopping once the encoder has written the frames it holds into .*; a {then} Ctrl-C or "
-                    r"SIGTERM stops at once$", said)
+                    rf"SIGTERM stops {when}$", said)
     logging.getLogger("streamfuse").addHandler(telling)
     threading.Thread(target=stops, daemon=True).start()
     try:

@@ -36,7 +36,7 @@ from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, nothin
 from streamfuse.replay.summary import ReplayError, ReplaySummary, StageClock
 from streamfuse.signals import TERMINATE, deferred, handled, interrupted, raise_terminated, told_if_long
 from streamfuse.sync import OTHER, Pairer
-from streamfuse.video import VideoWriter, work_paths
+from streamfuse.video import LET_GO, VideoWriter, work_paths
 
 __all__ = ["run_replay"]
 
@@ -359,7 +359,8 @@ class _Replay:
         by_user = s.stopped.startswith("interrupted (")  # a stop signal, whose second one cuts the wait short
         if self.writer is not None:
             until = f"the encoder has written the frames it holds into {self.writer.partial}"
-            with told_if_long(until, stops=stops) if by_user else contextlib.nullcontext():
+            with told_if_long(until, stops=stops, cut=LET_GO if stops == 1 else "at once") if by_user else \
+                    contextlib.nullcontext():
                 self.writer.abort()
         # a resumed run puts the interrupted run's file back when it holds more frames: resuming again loses none
         restored = self.take_over is not None and self.take_over.settle()
