@@ -128,8 +128,10 @@ def guarded(main: Callable[[], int | None], prog: str) -> int:
     try:
         try:
             code = int(main() or 0)
-        except SystemExit:  # argparse's help or usage line ends the command this way
+        except SystemExit as exc:  # argparse's help or usage line ends the command this way
             _flush_stdout()
+            if isinstance(exc.code, str):  # an error line: Python would print it at exit, the stops' handlers gone
+                return said_last(exc.code, 1)
             raise
         finally:
             _say_unsynced()

@@ -38,7 +38,12 @@ cli.console()
     (["recover", "{tmp}/.rig.mcap.partial"], r"streamfuse recover: error: recording not found: .*\.rig\.mcap\.partial",
      1),
     (["replay", "--config", "{tmp}/none.yaml", "--out", "{tmp}/fused.mp4"], r"streamfuse replay: config error: .*", 2),
-], ids=["recover", "replay"])
+    # raised as SystemExit(line): Python printed it at exit, the handlers back to the default, and died by the SIGTERM
+    (["evaluate", "{tmp}/ir", "{tmp}/vis", "--out", "{tmp}/scores", "--fuser", "max"],
+     r"streamfuse evaluate: error: IR folder not found: .*/ir", 1),
+    (["bench", "replay", "--ir", "{tmp}/ir.mp4", "--vis", "{tmp}/vis.mp4"],
+     r"streamfuse bench replay: error: IR video not found: .*/ir\.mp4", 1),
+], ids=["recover", "replay", "evaluate", "bench-replay"])
 def test_a_sigterm_as_the_error_line_is_printed_leaves_it_whole_and_its_status(tmp_path, argv, line, status):
     # seen: "streamfuse recover: error: recording not found: ...partialstreamfuse recover: interrupted (SIGTERM)" on
     # one line, and exit status 130 for a command that had failed
@@ -47,3 +52,4 @@ def test_a_sigterm_as_the_error_line_is_printed_leaves_it_whole_and_its_status(t
     assert (done.returncode, done.stdout) == (status, ""), done.stderr
     assert len(done.stderr.splitlines()) == 1 and done.stderr.endswith("\n"), done.stderr
     assert re.fullmatch(line + "\n", done.stderr), done.stderr
+
