@@ -20,6 +20,7 @@ from streamfuse.checks import override_keys
 from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, given, int_at_least
 from streamfuse.errors import printable
 from streamfuse.log_queue import install_direct
+from streamfuse.signals import finished_first, said_last
 
 _PROG = "streamfuse bench replay"  # as its usage errors and every command's own lines start
 __all__ = ["main", "synthetic_pair"]
@@ -112,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 s = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
             except (OSError, ValueError, RuntimeError, ImportError) as exc:  # e.g. model weights not built yet
                 if getattr(exc, "interrupted", False):  # Ctrl-C or SIGTERM stops the bench, its temporary output gone
-                    print(f"{_PROG}: {printable(name)} {printable(exc.message.partition(';')[0])}", file=sys.stderr)
-                    return 130
-                print(f"{_PROG}: error: {printable(name)} not run: {printable(exc)}", file=sys.stderr)
+                    return said_last(f"{_PROG}: {printable(name)} {printable(exc.message.partition(';')[0])}", 130)
+                with finished_first():  # a stop meanwhile is acted on once the line is whole, not in its middle
+                    print(f"{_PROG}: error: {printable(name)} not run: {printable(exc)}", file=sys.stderr)
                 failed += 1
                 continue
             shares = "  ".join(f"{k} {v['share']:.0%}{each_thread(v)} ({v['median_ms']:.1f} ms)"

@@ -53,3 +53,19 @@ def test_a_sigterm_as_the_error_line_is_printed_leaves_it_whole_and_its_status(t
     assert len(done.stderr.splitlines()) == 1 and done.stderr.endswith("\n"), done.stderr
     assert re.fullmatch(line + "\n", done.stderr), done.stderr
 
+
+def test_a_sigterm_as_a_bench_replays_fuser_is_said_not_run_leaves_that_line_whole_then_stops(tmp_path):
+    # seen: "streamfuse bench replay: error: max not run: ...streamfuse bench: interrupted (SIGTERM)" on one line
+    not_run = _STOPPED_AS_IT_SAYS.replace("sys.stderr = Stopped", """import streamfuse.replay
+
+def not_built(*args, **kwargs):
+    raise RuntimeError("no weights")
+
+streamfuse.replay.run_replay = not_built
+sys.stderr = Stopped""")
+    argv = ["bench", "replay", "--fuser", "max,average", "--frames", "2", "--size", "32x24"]
+    done = subprocess.run([sys.executable, "-c", not_run, *argv], capture_output=True, text=True, timeout=120,
+                          check=False, cwd=tmp_path)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines() == ["streamfuse bench replay: error: max not run: no weights",
+                                        "streamfuse bench: interrupted (SIGTERM)"], done.stderr
