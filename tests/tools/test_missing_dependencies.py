@@ -48,10 +48,12 @@ def test_a_folder_an_uninstall_left_is_not_taken_for_the_package(name, package_l
 
 @pytest.mark.parametrize("name, module", [("bench_fuse.py", "streamfuse.bench.fuse"),
                                           ("evaluate.py", "streamfuse.cli.evaluate"), ("train.py", "streamfuse.train")])
-def test_a_tool_whose_command_lacks_a_module_is_one_line(name, module, monkeypatch):
+def test_a_tool_whose_command_lacks_a_module_is_one_line(name, module, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, module, None)  # its import fails as that of a module not installed would
     monkeypatch.setattr(sys, "argv", [name])
     with pytest.raises(SystemExit) as exc:
         runpy.run_path(str(REPO / "tools" / name), run_name="__main__")
-    assert exc.value.code == (f"{name}: needs {module}, which is not installed for {sys.executable} (see "
-                              "pyproject.toml's optional dependencies)")
+    # said by the command line's guard while its stop handlers still stand, then exit status 1
+    assert exc.value.code == 1
+    assert capsys.readouterr().err == (f"{name}: needs {module}, which is not installed for {sys.executable} (see "
+                                       "pyproject.toml's optional dependencies)\n")
