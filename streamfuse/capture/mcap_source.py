@@ -40,6 +40,7 @@ from streamfuse.capture.ros_images import Unsupported
 from streamfuse.capture.rosbag2_compression import decompressed, is_compressed, message
 from streamfuse.capture.sources import BaseSource, SourceConfig, SourceError
 from streamfuse.capture.sqlite_bag import db3_messages, db3_topics, is_db3
+from streamfuse.capture.stamp_order import in_stamp_order
 from streamfuse.errors import io_reason
 from streamfuse.frames import FAR_NS, Frame
 from streamfuse.part_set import set_parts
@@ -170,8 +171,16 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
     without our ``seq`` marker (e.g. a ROS 2 bag) get sequence numbers counted from 0; IR images come grey and 8-bit,
     as from any capture source (16-bit ones by the IR rule of :mod:`streamfuse.bitdepth`, colour ones by ``palette``,
     ``ir.palette``: :mod:`~streamfuse.capture.palette`; ``warn`` takes one line on the IR's first frame's colours).
+    A bag's frames whose stamps go back within their stream are put back in stamp order
+    (:mod:`~streamfuse.capture.stamp_order`); our recordings' are read as recorded.
     """
-    topics = topics or TOPICS
+    return in_stamp_order(_decoded(path, topics or TOPICS, palette, warn))
+
+
+def _decoded(path: str | os.PathLike, topics: dict[str, str], palette: str,
+             warn: Callable[[str], None]) -> Iterator[tuple[Frame, bool]]:
+    """:func:`read_recording`'s frames in the order they were recorded, each with whether it is a bag's (numbered by
+    its place in its stream, so free to move there)."""
     streams = {topic: stream for stream, topic in topics.items()}
     if len(streams) < len(topics):
         raise SourceError(f"recording {path}: ir.topic and vis.topic are both {next(iter(streams))}")
@@ -208,9 +217,10 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
                 image = ir_grey(image, palette)
         except ValueError as exc:
             raise SourceError(f"recording {path}: {topic} ({stream}.topic): {exc}") from None
-        seq = counts[stream] if seq is None else seq
+        placed = seq is None
+        seq = counts[stream] if placed else seq
         counts[stream] += 1
-        yield Frame(stream, seq, stamp or log_ns, image, counts=deep)
+        yield Frame(stream, seq, stamp or log_ns, image, counts=deep), placed
 
 
 def _records(path: str | os.PathLike, topics: tuple[str, ...],

@@ -1,0 +1,81 @@
+"""A bag's frames put back in the order of their header stamps where a driver published them out of order.
+
+Frames pair by their stamps, each stream's in the order it was logged: a stamp that went back (a thermal driver whose
+frames were swapped two by two) came after the frame it belongs before, and the pairer, which has decided on the
+frames before it, left both unpaired (20 of 40 pairs lost). Each stream keeps its places in the bag's order (which
+stream comes next is never changed, nor is any frame moved where its stream's stamps rise): only the frames in a
+stream's places are sorted, looking at most :data:`WINDOW` of that stream's frames and :data:`AHEAD` messages ahead,
+so the output of a bag whose stamps rise is the same as before, frame for frame.
+
+A stamp more than :data:`~streamfuse.sync.CLOCK_STEP_NS` back is a clock stepped back, not a frame out of place: it
+stays where it was logged. Our own recordings are never reordered: they hold the live run's frames in the order it
+paired them, which a replay reproduces.
+
+>>> import numpy as np
+>>> from streamfuse.frames import Frame
+>>> img = np.zeros((1, 1), np.uint8)
+>>> bag = [Frame(s, i, t, img) for s, i, t in (("ir", 0, 40), ("vis", 0, 0), ("ir", 1, 0), ("vis", 1, 40))]
+>>> [(f.stream, f.seq, f.t_capture_ns) for f in in_stamp_order((f, True) for f in bag)]
+[('ir', 0, 0), ('vis', 0, 0), ('ir', 1, 40), ('vis', 1, 40)]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from streamfuse.frames import Frame
+from streamfuse.sync import CLOCK_STEP_NS
+
+__all__ = ["in_stamp_order", "WINDOW", "AHEAD"]
+
+WINDOW = 4  # a stream's frames looked at for the one stamped first: a frame logged up to 3 of them late is put back
+AHEAD = 64  # messages read ahead at most (decoded images held), however rare the stream's frames are among them
+
+
+def in_stamp_order(frames: Iterator[tuple[Frame, bool]]) -> Iterator[Frame]:
+    """The frames, each with whether it may move (a bag's, numbered by its place: ``seq`` stays with the place), with
+    those of each stream sorted by stamp within the bounds above; an error met reading ahead is raised after the
+    frames read before it."""
+    ahead: deque[tuple[Frame, bool]] = deque()
+    failed: list[BaseException] = []
+    try:
+        while _fill(frames, ahead, failed, None):
+            head, movable = ahead[0]
+            if movable and _fill(frames, ahead, failed, head.stream):
+                _first_stamped(ahead)
+            yield ahead.popleft()[0]
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+    if failed:
+        raise failed[0]
+
+
+def _fill(frames: Iterator[tuple[Frame, bool]], ahead: deque, failed: list[BaseException], stream: str | None) -> bool:
+    """Read into ``ahead`` until it holds :data:`WINDOW` frames of ``stream`` (None: one frame), :data:`AHEAD`
+    messages, the end or an error (kept in ``failed``); whether ``ahead`` holds a frame."""
+    want = 1 if stream is None else WINDOW
+    while not failed and len(ahead) < AHEAD and sum(f.stream == stream or stream is None for f, _ in ahead) < want:
+        try:
+            ahead.append(next(frames))
+        except StopIteration:
+            break
+        except Exception as exc:  # whatever it is, it is raised once the frames before it are given
+            failed.append(exc)
+    return bool(ahead)
+
+
+def _first_stamped(ahead: deque) -> None:
+    """Put the frame stamped first among the head's stream's next :data:`WINDOW` frames (less than a clock step
+    before the head's stamp) in the head's place, the head in its place; each keeps its place's ``seq``."""
+    head = ahead[0][0]
+    places = [i for i, (f, movable) in enumerate(ahead) if f.stream == head.stream and movable][:WINDOW]
+    best = min((i for i in places if head.t_capture_ns - ahead[i][0].t_capture_ns < CLOCK_STEP_NS),
+               key=lambda i: (ahead[i][0].t_capture_ns, i))
+    if best == 0:
+        return
+    frame = ahead[best][0]
+    head.seq, frame.seq = frame.seq, head.seq
+    ahead[0], ahead[best] = ahead[best], ahead[0]
