@@ -85,11 +85,23 @@ class FolderSource(BaseSource):
         lap, index = divmod(self._seq, len(self._files))
         if lap and not self.cfg.loop:
             return None
-        self._lap = lap + 1  # passes begun (``skip`` steps over whole ones by ``_seq``)
         try:
             image = read_8bit(self._files[index], self._8bit)  # a bad pixel type names the file
         except ValueError as exc:
             raise SourceError(f"{self.section}: {exc}") from None
-        t_ns = round((self._numbers[index] + lap * self._span) * 1e9 / self.cfg.fps)
+        t_ns = self._t_ns(self._seq)
+        if index == 0:  # passes begun (``skip`` steps over whole ones by ``_seq``)
+            self._begin_pass(t_ns)
         self._pace(t_ns)
         return self._frame(t_ns, self._convert(image))
+
+    def _t_ns(self, seq: int) -> int:
+        """The time of the frame ``seq`` plays, ns: by its number, each pass one span after the one before."""
+        lap, index = divmod(seq, len(self._files))
+        return round((self._numbers[index] + lap * self._span) * 1e9 / self.cfg.fps)
+
+    def _skip_passes(self, passes: int, seq_step: int, t_step_ns: int) -> None:
+        before = self._t_ns(self._seq)
+        super()._skip_passes(passes, seq_step, t_step_ns)
+        # its times follow _seq, one own span a pass: the rest of a pass's step is the wait for a longer looped input
+        self._passes.held_ns += passes * t_step_ns - (self._t_ns(self._seq) - before)

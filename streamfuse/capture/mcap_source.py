@@ -361,7 +361,8 @@ class McapSource(BaseSource):
             for frame in read_recording(self.cfg.path, {self.section: topic_of(self.section, self.cfg)},
                                         self.cfg.palette, warn):
                 if first_ns is None:
-                    first_ns, self._lap = frame.t_capture_ns, self._lap + 1
+                    first_ns = frame.t_capture_ns
+                    self._begin_pass(first_ns + self._shift_ns)
                 prev_ns = frame.t_capture_ns if last_ns is None else last_ns
                 last_ns, last_seq = frame.t_capture_ns, frame.seq
                 frame.t_capture_ns += self._shift_ns

@@ -24,6 +24,7 @@ import numpy as np
 
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import palette
+from streamfuse.capture.loop_spans import PassStarts
 from streamfuse.capture.time_line import claimed
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check, shown
@@ -225,6 +226,7 @@ class BaseSource:
         self._pace_anchor: tuple[int, int, FileClock] | None = None  # perf_counter_ns, time, time line (_pace)
         self._skipping = False
         self._lap = 0  # passes begun: a looping kind counts one at each pass's first frame (``skip`` steps over them)
+        self._passes = PassStarts()  # a looped input's passes kept in step with another's (``_begin_pass``)
         self._period_ns = round(1e9 / cfg.fps)  # a kind with its own rate (a video) sets it when it opens
         self._delay_ns = round(cfg.delay_ms * 1e6)
 
@@ -236,6 +238,8 @@ class BaseSource:
     def read(self) -> Frame | None:
         self.open()
         frame = self._read()
+        if frame is not None:
+            frame.t_capture_ns += self._passes.held_ns
         if frame is not None and abs(frame.t_capture_ns) >= FAR_NS:
             raise SourceError(f"{self.section}: {self.cfg.path}: frame {frame.seq} is timed "
                               f"{frame.t_capture_ns / 1e9:.0f} s from its clock's origin, over 146 years: a damaged "
@@ -279,9 +283,18 @@ class BaseSource:
         finally:
             self._skipping = False
 
+    def _begin_pass(self, t_ns: int) -> None:
+        """A looping kind's pass begins with its frame at ``t_ns`` (its own times): counted, and where every input
+        loops, its times from here on moved so that it starts with the other inputs' passes (:mod:`~.loop_spans`)."""
+        self._lap += 1
+        wait = self.stop_event.wait if self.stop_event is not None else lambda s: time.sleep(s) or False
+        warn = self.warn if not self._skipping else lambda line: None  # a restarted producer's: said before it
+        self._passes.begin(self._lap, t_ns, getattr(self.pace_origin, "loop_spans", None),
+                           self.section, f"{self.section}: {self.cfg.path}", wait, warn)
+
     def _skip_passes(self, passes: int, seq_step: int, t_step_ns: int) -> None:
         """Go on ``passes`` whole passes later, the next frame's seq ``seq_step`` and time ``t_step_ns`` on per pass
-        (a kind whose times follow ``_seq``, as a folder's, needs nothing more)."""
+        (a kind whose times follow ``_seq`` needs nothing more, but for a looped input's wait: see the folder's)."""
         self._seq += passes * seq_step
 
     def __enter__(self) -> BaseSource:
@@ -373,6 +386,7 @@ class BaseSource:
         line with a stepped clock's steps shifted out (a recording made across one neither races nor sleeps)."""
         if not self.cfg.realtime or self._skipping:
             return
+        t_ns += self._passes.held_ns
         if self._pace_anchor is None:
             with claimed(self.pace_origin):
                 if self._anchor(t_ns):

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from streamfuse.capture.loop_spans import LoopSpans, loop_spans
 from streamfuse.capture.shm_ring import named_semaphore
 
 __all__ = ["TimeLine", "pace_lines", "new_pass", "claimed"]
@@ -27,6 +28,7 @@ class TimeLine:
 
     def __init__(self, ctx: Any) -> None:
         self._values, self._lock = ctx.RawArray("q", 4), named_semaphore(ctx, lock=True)
+        self.loop_spans: LoopSpans | None = None  # looped inputs' spans, shared by all sources (loop_spans)
 
     def __getitem__(self, i: int) -> int:
         return self._values[i]
@@ -40,10 +42,15 @@ class TimeLine:
 
 def pace_lines(ctx: Any, cfgs: dict[str, Any]) -> dict[str, TimeLine]:
     """Each source's time line (processes of ``ctx``) by its ``SourceConfig``: one for all where every source is
-    paced on its own times, else one each."""
+    paced on its own times, else one each; each carries the looped inputs' shared spans where all inputs loop."""
     if len(cfgs) > 1 and all(cfg.replayable and cfg.realtime for cfg in cfgs.values()):
-        return dict.fromkeys(cfgs, TimeLine(ctx))
-    return {name: TimeLine(ctx) for name in cfgs}
+        lines = dict.fromkeys(cfgs, TimeLine(ctx))
+    else:
+        lines = {name: TimeLine(ctx) for name in cfgs}
+    spans = loop_spans(ctx, cfgs)
+    for line in lines.values():
+        line.loop_spans = spans
+    return lines
 
 
 def new_pass(line: Any, others: list[Any]) -> None:

@@ -203,7 +203,8 @@ class AvSource(CopiedOver, BaseSource):
             lambda f: self._pts_ns(f) == pts_ns, STILL_REPEATS)
         t_ns = self._stamp(pts_ns, ahead)
         if self._first_t_ns is None:
-            self._first_t_ns, self._lap = t_ns, self._lap + 1
+            self._first_t_ns = t_ns
+            self._begin_pass(t_ns)
         elif pts_ns > self._last_pts_ns:
             self._last_step_ns = pts_ns - self._last_pts_ns
         self._last_pts_ns, self._last_t_ns = pts_ns, t_ns

@@ -1,0 +1,70 @@
+"""Looped inputs of different spans kept in step: each pass of the shorter one starts with the longer one's.
+
+Each looped input starts again one frame after its own last; two inputs of 30 and 32 frames drifted apart by the
+spans' difference each pass (the first's frame 0 paired with the second's frame 15 on its eleventh pass). Where every
+input loops (``loop: true``, files, folders, recordings), the producers share each input's span (its first pass's,
+from its first frame to the next pass's first), and every pass of an input begins the longest span after the one
+before it: the shorter input waits, its next pass's times moved on by the difference (the longer input's last frames
+then have no frame of their time to pair with), so frame 0 pairs with frame 0 at every pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["LoopSpans", "PassStarts", "loop_spans"]
+
+_WAIT_S = 0.05  # a shorter input's wait for the longer one's span, checked this often
+
+
+class LoopSpans:
+    """The spans (ns, 0 until known) of the looped inputs named ``sections``, in shared memory of ``ctx``."""
+
+    def __init__(self, ctx: Any, sections: list[str]) -> None:
+        self._sections, self._spans = sorted(sections), ctx.RawArray("q", len(sections))
+
+    def longest(self, section: str, span_ns: int, wait: Callable[[float], bool]) -> int | None:
+        """Post ``section``'s span and give the longest of all, once every input's is known; ``wait(s)`` waits for the
+        others (True: stopped, then None)."""
+        self._spans[self._sections.index(section)] = span_ns
+        while not all(self._spans):
+            if wait(_WAIT_S):
+                return None
+        return max(self._spans)
+
+
+def loop_spans(ctx: Any, cfgs: dict[str, Any]) -> LoopSpans | None:
+    """Where more than one input loops, and all of them (``SourceConfig``), the spans they share; else None."""
+    if len(cfgs) > 1 and all(cfg.replayable and cfg.loop for cfg in cfgs.values()):
+        return LoopSpans(ctx, list(cfgs))
+    return None
+
+
+class PassStarts:
+    """Where one input's passes start: ``held_ns``, what the times of its current pass are moved by."""
+
+    def __init__(self) -> None:
+        self.held_ns = 0
+        self._first_ns: int | None = None  # the first pass's first frame, on the source's own times
+        self._spans: tuple[int, int] | None = None  # (its own span, the longest), ns
+
+    def begin(self, lap: int, t_ns: int, spans: LoopSpans | None, section: str, where: str,
+              wait: Callable[[float], bool], warn: Callable[[str], None]) -> None:
+        """Pass ``lap`` (counted from 1) begins at ``t_ns`` on the source's own times: it starts the longest span
+        after the pass before (``section`` named in ``spans``, waiting with ``wait``; where this input is the shorter,
+        one line naming it, ``where``, to ``warn``)."""
+        if spans is None or self._first_ns is None:
+            self._first_ns = t_ns
+            return
+        if self._spans is None:
+            own = t_ns - self._first_ns
+            if (longest := spans.longest(section, own, wait)) is None:
+                return
+            self._spans = own, longest
+            if longest > own:
+                warn(f"{where}: its passes span {own / 1e9:.3f} s, another looped input's {longest / 1e9:.3f} s: "
+                     f"each of its passes waits {(longest - own) / 1e9:.3f} s after its last frame, so that both "
+                     f"start together (the longer input's last frames have no frame of their time to pair with)")
+        # never less than before: a pass longer than the longest span (a looped file copied over by a longer one)
+        # starts late rather than before the frames of the pass before it
+        self.held_ns = max(self.held_ns, (lap - 1) * self._spans[1] - (t_ns - self._first_ns))

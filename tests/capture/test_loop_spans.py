@@ -1,0 +1,80 @@
+"""Two looped inputs of different spans start each pass together: the shorter one waits for the longer one."""
+
+from __future__ import annotations
+
+import logging
+import types
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+from test_producer import assert_stopped, collect, write_video
+
+from streamfuse.capture.producer import start_producers
+from streamfuse.capture.sources import SourceConfig, open_source
+from streamfuse.frames import Frame
+from streamfuse.recording import RecordConfig, Recorder
+
+FPS, PERIOD_NS = 100, 10_000_000
+
+
+def _looped(kind: str, folder, frames: int) -> SourceConfig:
+    """``frames`` frames at FPS, frame i of grey level i, looped and paced in real time (a recording's of the stream
+    named by the folder)."""
+    folder.mkdir()
+    if kind == "mcap":
+        with Recorder(RecordConfig(path=str(folder / "rig.mcap")), queue_size=64) as rec:
+            for i in range(frames):
+                rec.write(Frame(folder.name, i, 10**9 + i * PERIOD_NS, np.full((8, 8), i, np.uint8)))
+        return SourceConfig(kind="mcap", path=str(folder / "rig.mcap"), loop=True)
+    if kind == "file":
+        write_video(folder / "clip.mkv", frames, FPS)
+        return SourceConfig(kind="file", path=str(folder / "clip.mkv"), loop=True)
+    for i in range(frames):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), np.full((48, 64, 3), i, np.uint8))
+    return SourceConfig(kind="folder", path=str(folder), fps=FPS, loop=True)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "mcap"])
+def test_looped_inputs_of_30_and_32_frames_start_every_pass_together(tmp_path, caplog, kind):
+    # each input started again one frame after its own last: the 30-frame input's frame 0 came 2 frames earlier at
+    # each pass than the 32-frame input's (on its eleventh pass it paired with frame 15 of the other)
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    ir, vis = _looped(kind, tmp_path / "ir", 30), _looped(kind, tmp_path / "vis", 32)
+    prod = start_producers(ir, vis, backoff_s=0.1)
+    names = prod.shm_names()
+    try:
+        frames, events = collect(prod, lambda f, e: e or {x.stream for x in f if x.seq >= 4 * 32}
+                                 == {"ir", "vis"})
+    finally:
+        assert_stopped(prod, names)
+    assert not events
+    t0 = min(f.t_capture_ns for f in frames)
+    for frame in frames:  # frame i of pass k at k x 32 frames + i, in both inputs
+        index = int(frame.image.reshape(-1)[0])
+        assert (frame.t_capture_ns - t0 - index * PERIOD_NS) % (32 * PERIOD_NS) == 0, (frame.stream, frame.seq, index)
+    said = [r.getMessage() for r in caplog.records if "its passes span" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("ir: ") and "0.300 s, another looped input's 0.320 s" in said[0]
+
+
+class _Longer:
+    """The spans shared with another looped input of 32 frames."""
+
+    def longest(self, section: str, span_ns: int, wait) -> int:
+        return max(span_ns, 32 * PERIOD_NS)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "mcap"])
+def test_a_restarted_producer_of_the_shorter_input_skips_to_where_it_was_in_step(tmp_path, kind):
+    cfg = replace(_looped(kind, tmp_path / "ir", 30), realtime=False)
+    with open_source("ir", cfg) as src:
+        src.pace_origin = types.SimpleNamespace(loop_spans=_Longer())
+        expected = [src.read() for _ in range(5 * 30 + 8)]
+    assert [f.t_capture_ns - expected[0].t_capture_ns for f in expected[::30]] == [
+        k * 32 * PERIOD_NS for k in range(6)]
+    with open_source("ir", cfg) as src:
+        src.pace_origin = types.SimpleNamespace(loop_spans=_Longer())
+        assert src.skip(len(expected) - 1) == len(expected) - 1
+        got = src.read()
+    assert (got.seq, got.t_capture_ns) == (expected[-1].seq, expected[-1].t_capture_ns)
