@@ -506,3 +506,22 @@ def test_an_output_that_cannot_take_its_name_leaves_its_partial_file_and_no_copy
     with pytest.raises(ReplayError, match=f"No space left on device; {N} frames kept in {partial_path(out)}"):
         run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
     assert sorted(p.name for p in tmp_path.glob(".fused*")) == [".fused.mkv.partial", ".fused.mkv.partial.json"]
+
+
+@pytest.mark.parametrize("swap", ["rewrite", "rename"])
+def test_an_input_rewritten_while_it_is_read_gives_no_complete_output(tmp_path, pair, swap):
+    """Another video written over the IR input at the 10th pair (copied onto it, or renamed over it): the run ended
+    "complete", 40 frames fused partly from each file (copied onto it) or from a file no longer there, and a batch run
+    again skipped the output as done; now the run stops naming the input, no final file is made, and the next run is
+    told to start over rather than continue such frames."""
+    ir, vis = pair
+    other = tmp_path / "other.mkv"
+    write_video(other, N + 5, 25, grey=True, codec="ffv1", start_s=0.02)
+    out = tmp_path / "fused.mkv"
+    swapped = (lambda: shutil.copyfile(other, ir)) if swap == "rewrite" else (lambda: os.replace(other, ir))
+    fuser = _StopAt(10, then=swapped)
+    with pytest.raises(ReplayError, match=r"ir input \S*ir\.mkv changed while it was read") as err:
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, fuser_factory=lambda cfg: fuser)
+    assert not out.exists() and "--resume" not in str(err.value)
+    with pytest.raises(FileExistsError, match="changed since the interrupted run"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)

@@ -31,8 +31,8 @@ from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, chec
 from streamfuse.replay.order_lag import OrderLag
 from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
 from streamfuse.replay.publishing import closed_on_failure, open_publisher, wait_subscriber
-from streamfuse.replay.resume import (TakeOver, fingerprint, frames_held, nothing_kept, resume_hint, save_sidecar,
-                                     sidecar_path, taken_over_path)
+from streamfuse.replay.resume import (TakeOver, changed_while_read, fingerprint, frames_held, nothing_kept,
+                                     resume_hint, save_sidecar, sidecar_path, taken_over_path)
 from streamfuse.replay.summary import ReplayError, ReplaySummary, StageClock
 from streamfuse.signals import TERMINATE, deferred, handled, interrupted, raise_terminated, told_if_long
 from streamfuse.sync import OTHER, Pairer
@@ -308,7 +308,7 @@ class _Replay:
             stopped = f"the {STREAM_NAMES[empty[0].stream]} input {empty[0].cfg.path} has no frames{on_topic(empty[0])}"
         if not stopped and s.written == 0:
             stopped = no_pairs((self.ir, self.vis), *self.times.ends(), self.cfg.sync)  # both have frames here
-        return stopped
+        return stopped or changed_while_read(self.fingerprint)
 
     def _finish(self, pairer: Pairer, wall_s: float) -> ReplaySummary:
         s = self.summary

@@ -12,6 +12,7 @@ the same way: stopping a resumed run never costs a frame already on disk.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -34,33 +35,47 @@ from streamfuse.replay.inputs import Input
 from streamfuse.replay.summary import ReplayError
 from streamfuse.video import VideoWriter, decode_frames
 
-__all__ = ["fingerprint", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver", "resume_hint",
-           "frames_held"]
+__all__ = ["fingerprint", "changed_while_read", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver",
+           "resume_hint", "frames_held"]
 
 log = logging.getLogger(__name__)
 
 _MAX_REORDER = 16  # frames an H.264 or HEVC decoder may hold back for reordering (its largest picture buffer)
 
 
+def _input_stat(path: str) -> list[int]:
+    """An input's size and modification time (ns): a split recording's over its parts, a folder's over its frames."""
+    st = Path(path).stat()
+    if Path(path).is_file():  # a split recording's parts, all (given as its first)
+        files = [os.stat(part) for part in recording_files(path)]
+        return [sum(f.st_size for f in files), max(f.st_mtime_ns for f in files)]
+    # a folder of frames: ones exported again under the same names change neither its size nor its time
+    # not hidden ones, no input's (a Finder's .DS_Store, a Mac's "._NAME", rewritten as the folder is looked at)
+    files = [entry.stat() for entry in os.scandir(path) if os.path.isfile(entry) and entry.name[0] != "."]
+    return [sum(f.st_size for f in files), max([st.st_mtime_ns, *(f.st_mtime_ns for f in files)])]
+
+
 def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
     """What must be unchanged for a partial output to be continued: inputs (size, mtime) and fusing settings."""
-    def stat(path: str) -> list[int]:
-        st = Path(path).stat()
-        if Path(path).is_file():  # a split recording's parts, all (given as its first)
-            files = [os.stat(part) for part in recording_files(path)]
-            return [sum(f.st_size for f in files), max(f.st_mtime_ns for f in files)]
-        # a folder of frames: ones exported again under the same names change neither its size nor its time
-        # not hidden ones, no input's (a Finder's .DS_Store, a Mac's "._NAME", rewritten as the folder is looked at)
-        files = [entry.stat() for entry in os.scandir(path) if os.path.isfile(entry) and entry.name[0] != "."]
-        return [sum(f.st_size for f in files), max([st.st_mtime_ns, *(f.st_mtime_ns for f in files)])]
-
     conf = cfg.to_dict()
     fusing = {k: conf[k] for k in ("sync", "stabilize", "align", "fuse", "hclfuse", "engine", "baseline", "post")}
     # absolute: a resume from another folder, or naming the inputs otherwise, is still of the same files
-    return {"ir": [os.path.abspath(ir.cfg.path), *stat(ir.cfg.path)],
-            "vis": [os.path.abspath(vis.cfg.path), *stat(vis.cfg.path)],
+    return {"ir": [os.path.abspath(ir.cfg.path), *_input_stat(ir.cfg.path)],
+            "vis": [os.path.abspath(vis.cfg.path), *_input_stat(vis.cfg.path)],
             "ir_resize": ir.cfg.resize, **fusing, "codec": [cfg.replay.codec, cfg.replay.crf, cfg.replay.preset],
             "pacing": cfg.replay.pacing}
+
+
+def changed_while_read(prints: dict[str, Any]) -> str:
+    """Why a run that took its inputs' ``prints`` (its fingerprint) cannot end complete: an input written over or
+    replaced since, whose frames may mix two files'; '' when none was."""
+    for key in ("ir", "vis"):
+        path, *was = prints[key]
+        with contextlib.suppress(OSError):  # deleted: the frames read are the file's
+            if (now := _input_stat(path)) != was:
+                return (f"{key} input {path} changed while it was read ({was[0]} bytes then, {now[0]} now): its frames "
+                        f"may mix two files; replay it again once it is written whole")
+    return ""
 
 
 def sidecar_path(out: Path) -> Path:
