@@ -20,8 +20,8 @@ import pytest
 from test_output_lock import HOLD
 
 from streamfuse.atomic_write import partial_path
-from streamfuse.batch import (BatchInterrupted, BatchSummary, LocalEngine, PairResult, RayEngine, bounded, find_jobs,
-                              run_batch, worker_cfg)
+from streamfuse.batch import (BatchInterrupted, BatchSummary, LocalEngine, PairJob, PairResult, RayEngine, bounded,
+                              find_jobs, run_batch, worker_cfg)
 from streamfuse.config import load_config
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.video import VideoWriter, decode_frames
@@ -1487,3 +1487,38 @@ def test_the_table_shows_a_pair_s_control_characters_as_escapes():
     # the name went out as it was: an escape sequence drew on the terminal, a line break split its row
     table = BatchSummary([PairResult("/o/red\x1b[31m\nx.mkv", "done", frames_out=4)], wall_s=1.0).format()
     assert table.splitlines()[1].startswith("red\\x1b[31m\\nx.mkv  done")
+
+
+def _partial_of(out: Path, n: int) -> None:
+    """``n`` frames under ``out``'s partial name, as a stopped or killed replay leaves them."""
+    _video(out.with_name("cut.nut"), n, 1)
+    os.replace(out.with_name("cut.nut"), partial_path(out))
+
+
+def test_a_pair_whose_worker_was_lost_for_good_counts_the_frames_its_partial_output_holds(tmp_path):
+    """A Ray worker killed more often than --retries allow: its row said 0 frames out while its partial output held the
+    8 it fused (which --resume takes over); now its row says them, as a failed pair's are said beside the total."""
+    from streamfuse.batch.ray_engine import _lost
+
+    out = tmp_path / "p.nut"
+    _partial_of(out, 8)
+    ray = SimpleNamespace(exceptions=SimpleNamespace(RayTaskError=type("RayTaskError", (Exception,), {})))
+    result = _lost(ray, PairJob(tmp_path / "ir.nut", tmp_path / "vis.nut", out), RuntimeError("worker died"), 0)
+    assert (result.status, result.frames_out) == ("failed", 8)
+
+
+def test_a_pair_stopped_without_a_result_counts_the_frames_its_partial_output_holds(tmp_path):
+    """A pair whose result never came back (a Ray task cancelled that outlasted the wait for it): its row said 0
+    frames out beside a partial output of 8; now it says them."""
+    class Stopped:
+        def run(self, cfg, jobs, *, resume, frames):
+            _partial_of(jobs[0].out, 8)
+            raise KeyboardInterrupt
+            yield
+
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    out = tmp_path / "p.nut"
+    with pytest.raises(BatchInterrupted) as err:
+        run_batch(cfg, [PairJob(tmp_path / "ir.nut", tmp_path / "vis.nut", out)], Stopped())
+    [result] = err.value.summary.results
+    assert (result.status, result.frames_out) == ("interrupted", 8)

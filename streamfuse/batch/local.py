@@ -184,5 +184,6 @@ def _unfinished(job: PairJob, cfg: Any) -> PairResult:
         return PairResult(str(job.out), "done", frames_out=frames_held(job.out))  # what was read is not known here
     partial = partial_path(job.out)
     if partial.exists():
-        return PairResult(str(job.out), "interrupted", reason=f"stopped; partial output kept in {partial}")
+        return PairResult(str(job.out), "interrupted", frames_out=frames_held(partial),
+                          reason=f"stopped; partial output kept in {partial}")
     return PairResult(str(job.out), "not started")

@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import PairJob, PairResult
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
 from streamfuse.errors import io_reason, one_line, printable
+from streamfuse.replay.resume import frames_held
 from streamfuse.signals import HANGUP, Terminated, blocked, handled, stopped_by
 
 __all__ = ["RayEngine", "bounded"]
@@ -361,8 +363,10 @@ def _lost(ray: Any, job: PairJob, exc: Exception, retries: int) -> PairResult:
     again), or its worker lost for good (died more than ``retries`` times, or its node or raylet gone)."""
     if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
         return PairResult(str(job.out), "failed", reason=one_line(exc.cause, typed=True))
-    return PairResult(str(job.out), "failed", reason=f"its worker was lost ({one_line(exc, typed=True)}; Ray runs a "
-                                                     f"pair again up to {retries} times); run again with --resume")
+    # the frames it fused are kept in its partial output (where this driver reaches the outputs' storage)
+    return PairResult(str(job.out), "failed", frames_out=frames_held(partial_path(job.out)),
+                      reason=f"its worker was lost ({one_line(exc, typed=True)}; Ray runs a pair again up to {retries} "
+                             f"times); run again with --resume")
 
 
 def bounded(jobs: Iterable[PairJob], submit: Callable[[PairJob], Any], wait_one: Callable[[list], tuple[Any, Any]],
