@@ -284,9 +284,21 @@ def _check_methods(methods: list[Method], reference: str | None) -> None:
 
 
 def _save_dirs(fusers: list[Method], save_dir: str | Path | None) -> dict[str, Path]:
-    """Where each fuser's outputs go: ``save_dir`` itself for one fuser, ``save_dir/<method>`` for several."""
-    return {m.name: Path(save_dir) / _safe(m.name) if len(fusers) > 1 else Path(save_dir)
-            for m in fusers} if save_dir is not None else {}
+    """Where each fuser's outputs go: ``save_dir`` itself for one fuser, ``save_dir/<method>`` for several.
+
+    Raises:
+        ValueError: two methods whose names make one folder name (``a b.yaml`` and ``a_b.yaml``): the images of one
+            would replace the other's.
+    """
+    if save_dir is None:
+        return {}
+    dirs = {m.name: Path(save_dir) / _safe(m.name) if len(fusers) > 1 else Path(save_dir) for m in fusers}
+    owner: dict[Path, str] = {}
+    for name, folder in dirs.items():
+        if (first := owner.setdefault(folder, name)) != name:
+            raise ValueError(f"--save: the methods {first!r} and {name!r} would both save into {folder}; name them "
+                             "apart (a config file's name, or the key=value spelling of a --fuser)")
+    return dirs
 
 
 def _processor(m: Method) -> FrameProcessor:

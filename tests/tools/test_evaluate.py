@@ -704,6 +704,20 @@ def test_each_fuser_saves_into_a_folder_of_a_file_name_safe_version_of_its_name(
                                                        "max_sharpen_1", "a b/c": tmp_path / "a_b_c"}
 
 
+def test_two_fusers_whose_names_make_one_save_folder_are_refused_before_any_work(evaluate, pairs, tmp_path):
+    """Two configs named "a b.yaml" and "a_b.yaml" with other settings made one save folder, "max__a_b.yaml_": the
+    second method's images replaced the first's, and the run ended 0 with one method's images under both names."""
+    ir_dir, vis_dir = pairs
+    (spaced := tmp_path / "a b.yaml").write_text("fuse:\n  name: max\n")
+    (joined := tmp_path / "a_b.yaml").write_text("fuse:\n  name: max\nbaseline:\n  contrast: 1.5\n")
+    saved, out = tmp_path / "saved", tmp_path / "out"
+    with pytest.raises(SystemExit, match=rf"^{EVALUATE_ERROR}--save: the methods 'max \(a b.yaml\)' and "
+                                         rf"'max \(a_b.yaml\)' would both save into {saved / 'max__a_b.yaml_'}; "):
+        evaluate([str(ir_dir), str(vis_dir), "--config", str(spaced), "--config", str(joined), "--out", str(out),
+                  "--save", str(saved)])
+    assert not saved.exists() and not out.exists()
+
+
 def test_a_saved_and_scored_still_is_the_image_a_replay_writes_of_it(evaluate, pairs, tmp_path):
     """``average`` puts half the pixels on .5: the saved PNG rounds them as the post stage does for replay and live
     runs (half up), not half to even, and the metrics score that image."""
