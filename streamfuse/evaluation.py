@@ -161,8 +161,9 @@ def evaluate_dir(dir_ir: str | Path, dir_vis: str | Path, methods: list[Method],
             when several fusers run); refused when it holds images already.
         limit: score only the first ``limit`` pairs (sorted by name); 0 = all.
         montage_rows: pairs shown in the montage, spread from the darkest to the brightest visible image.
-        reference: name of one of ``methods``; every row then also gets ``psnr_ref`` (dB, over all pixels) and
-            ``delta_grey``, the mean |F - F_ref| of its 8-bit output and that method's, over all pixels and pairs.
+        reference: name of one of ``methods``; every row then also gets ``delta_grey`` and ``mse_ref``, the mean
+            |F - F_ref| and (F - F_ref)^2 of its 8-bit output and that method's, and every method's means
+            ``delta_grey`` and ``psnr_ref`` (dB) over all pixels of the pairs both have (NaN where it has none).
 
     Returns:
         The per-image rows and per-method means (metrics in :data:`streamfuse.metrics.METRICS` order, ``ms`` =
