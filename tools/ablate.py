@@ -64,8 +64,8 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 JSON_METRICS = ("VIF", "Qabf", "AG", "SF", "Nabf", "Over", "SSIM")
 DEFAULT = "default"
-# steps of the decoded-image guide (hclfuse.image_guidance) in its rows: one, the cheapest setting that lifts unseen
-# frames' Qabf above the rule's, and five, the offline-quality setting
+# steps of the decoded-image guide (hclfuse.image_guidance) in its rows: one, the cheapest, and five, the
+# offline-quality setting
 IMAGE_STEPS = (1, 5)
 
 
