@@ -7,7 +7,7 @@ metrics that are not published definitions:
   ``SOBEL_SCALE`` = 1/8, so a unit ramp has gradient 1; replicate border.
 - Laplacian: the 5-point stencil ``LAPLACIAN``; replicate border.
 - Box filter: mean over a ``size x size`` window (odd size), same output size; replicate border.
-- Gaussian blur: radius :func:`gaussian_radius` (``int(3 sigma + 0.5)``), normalised taps; reflect-101 border
+- Gaussian blur: radius :func:`gaussian_radius` (``max(1, int(3 sigma + 0.5))``), normalised taps; reflect-101 border
   (replicate where the image is not larger than the radius, where reflection is undefined). Sigma 0 is the identity
   (the limit of the blur, as OpenCV's one-tap kernel); a negative or non-finite sigma raises ``ValueError``.
 

@@ -82,7 +82,9 @@ class LossConfig:
 
 
 def fusion_target(ir01: torch.Tensor, vis01: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    """The fusion target (B, 1, H, W) from IR' and VIS (B, 1, H, W) in 0..1 (see the module docstring)."""
+    """The hand rule's image (B, 1, H, W) from an IR and the visible (B, 1, H, W) in 0..1 (see the module docstring);
+    training and ``tools/target_sweep.py`` give it the raw IR, the decoder's detail source (the ``rule`` baseline
+    computes it so too)."""
     x = torch.cat([ir01, vis01], dim=1)
     low = gaussian_blur(x, cfg.base_sigma)
     gx, gy = sobel(x)
