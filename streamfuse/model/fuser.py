@@ -53,9 +53,8 @@ class HCLFuser:
         the live run did."""
         key = (height, width)
         if key not in self._noise:
-            # at seed 0 as the stream "default" was when the noise was per stream (the still-image evaluation's, so the
-            # model card's still-image figures stand); the CPU generator keeps only a seed's low 32 bits, so the seed
-            # goes there (it was shifted out of them before, and changed nothing)
+            # crc32(b"default") at seed 0: the noise the model card's figures were measured with; the seed is XORed
+            # into the low 32 bits, the only ones the CPU generator's Mersenne Twister keeps
             gen = torch.Generator().manual_seed(zlib.crc32(b"default") ^ self.seed)
             shape = self.engine.latent_shape(height, width)
             self._noise[key] = torch.randn((1, *shape), generator=gen).to(self.engine.device)
