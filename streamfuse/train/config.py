@@ -60,13 +60,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check(1 <= self.steps <= 10**9, "steps", self.steps, "1 .. 10^9")
         check(self.minutes >= 0, "minutes", self.minutes, ">= 0 (0 = no budget)")
-        check(self.batch >= 1, "batch", self.batch, ">= 1")
+        check(1 <= self.batch <= 4096, "batch", self.batch, "1 .. 4096")  # more is a typo: the shipped runs used 8
         check(8 <= self.crop <= 1024 and self.crop % 8 == 0, "crop", self.crop, "a multiple of 8, 8..1024")
         check(0 < self.lr <= 10, "lr", self.lr, "0 < lr <= 10")
         check(0 <= self.weight_decay < math.inf, "weight_decay", self.weight_decay, ">= 0, finite")
         check(self.warmup >= 1, "warmup", self.warmup, ">= 1")
         check(0 <= self.ema < 1, "ema", self.ema, "0 <= ema < 1")
-        check(self.threads >= 1, "threads", self.threads, ">= 1")
+        check(1 <= self.threads <= 1024, "threads", self.threads, "1 .. 1024")  # as engine.threads: more is a typo
         check(0 <= self.seed < 2**63, "seed", self.seed, "0 .. 2^63 - 1")
         check(not (self.distill and self.decoder_only), "decoder_only", self.decoder_only, "false with distill")
         check(1 <= self.teacher_steps <= 20, "teacher_steps", self.teacher_steps, "1..20")

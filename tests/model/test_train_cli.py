@@ -109,6 +109,11 @@ def test_a_checkpoint_interval_that_is_no_time_is_refused_when_parsed(tmp_path, 
     (["--loss.base_sigma", "1e308"], r"^streamfuse train: error: loss\.base_sigma=1e\+308 is out of range"),
     (["--steps", "1" + "0" * 400], rf"^{TRAIN_ERROR}train\.steps=1000.*000 is out of range; allowed: 1 \.\. 10\^9$"),
     (["--seed", "-1"], rf"^{TRAIN_ERROR}train\.seed=-1 is out of range"),  # "expected non-negative integer", no key
+    # a traceback (numpy: "Unable to allocate 7.28 TiB") once the run's config was written, and torch's "Overflow when
+    # unpacking long" naming no setting (100000 threads crashed the process as it exited)
+    (["--batch", "1000000000000"], rf"^{TRAIN_ERROR}train\.batch=1000000000000 is out of range; allowed: 1 \.\. 4096"),
+    (["--threads", "1000000000000"], rf"^{TRAIN_ERROR}train\.threads=1000000000000 is out of range; allowed: 1 \.\. "
+                                     r"1024$"),
 ])
 def test_numbers_that_cannot_train_are_refused_before_anything_is_written(data, tmp_path, argv, match):
     out = tmp_path / "o"
@@ -423,10 +428,10 @@ def test_a_settings_file_value_this_version_refuses_is_said_of_the_file_and_one_
     settings.write_text(yaml.safe_dump({**saved, "train": {**saved["train"], "batch": 0}}))
     assert _fails(["--out", str(out), "--resume"]) == (
         f"{TRAIN_ERROR}cannot resume: {settings}, the run's settings, holds train.batch=0 is out of range; "
-        "allowed: >= 1")
+        "allowed: 1 .. 4096")
     settings.write_text(yaml.safe_dump(saved))
     assert _fails(["--out", str(out), "--resume", "--batch", "0"]) == (
-        f"{TRAIN_ERROR}train.batch=0 is out of range; allowed: >= 1")
+        f"{TRAIN_ERROR}train.batch=0 is out of range; allowed: 1 .. 4096")
 
 
 def test_a_run_started_from_init_resumes_once_that_file_is_moved(data, tmp_path):

@@ -21,8 +21,8 @@ from streamfuse.train.config import load_setup
     (["train.minutes=-1"], ">= 0 (0 = no budget)"),
     (["train.weight_decay=.inf"], ">= 0, finite"),  # AdamW would make every weight NaN at the first step
     (["train.steps=0"], "1 .. 10^9"),  # a schedule of no step: weights written untrained
-    (["train.batch=0"], ">= 1"),
-    (["train.threads=0"], ">= 1"),  # torch refuses 0 threads at the run's start, in a traceback
+    (["train.batch=0"], "1 .. 4096"),
+    (["train.threads=0"], "1 .. 1024"),  # torch refuses 0 threads at the run's start, in a traceback
     (["train.crop=1032"], "a multiple of 8, 8..1024"),
     (["train.seed=9223372036854775808"], "0 .. 2^63 - 1"),  # 2^63: beyond a signed 64-bit seed
     (["loss.range_window=8"], "odd, >= 1"),  # an even window makes a local range a pixel larger than the image
