@@ -57,11 +57,13 @@ class ModelConfig:
     beta_end: float = 0.02
 
     def __post_init__(self) -> None:
-        check(len(self.widths) == 2 and min(self.widths) >= 1, "widths", self.widths, "2 positive ints")
-        check(self.latent_channels >= 1, "latent_channels", self.latent_channels, ">= 1")
+        # upper bounds: far above the shipped sizes (16, 24, 4, 16); beyond them a typo's net does not fit in memory
+        check(len(self.widths) == 2 and 1 <= min(self.widths) and max(self.widths) <= 1024, "widths", self.widths,
+              "2 ints in 1 .. 1024")
+        check(1 <= self.latent_channels <= 256, "latent_channels", self.latent_channels, "1 .. 256")
         check(1 <= self.image_channels <= self.latent_channels, "image_channels", self.image_channels,
               "1..latent_channels")
-        check(self.denoiser_width >= 1, "denoiser_width", self.denoiser_width, ">= 1")
+        check(1 <= self.denoiser_width <= 1024, "denoiser_width", self.denoiser_width, "1 .. 1024")
         check(0 <= self.band_sigma <= 64, "band_sigma", self.band_sigma, "0 .. 64 latent pixels")
         check(20 <= self.num_train_timesteps <= 100_000, "num_train_timesteps", self.num_train_timesteps,
               "20 (the teacher's most steps) .. 100000")

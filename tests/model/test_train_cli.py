@@ -112,6 +112,10 @@ def test_a_checkpoint_interval_that_is_no_time_is_refused_when_parsed(tmp_path, 
     # a traceback (numpy: "Unable to allocate 7.28 TiB") once the run's config was written, and torch's "Overflow when
     # unpacking long" naming no setting (100000 threads crashed the process as it exited)
     (["--batch", "1000000000000"], rf"^{TRAIN_ERROR}train\.batch=1000000000000 is out of range; allowed: 1 \.\. 4096"),
+    # a traceback of torch's allocator (360000000000 bytes) for the first convolution
+    (["--model.widths", "100000", "100000"],
+     rf"^{TRAIN_ERROR}model\.widths=.* is out of range; allowed: 2 ints in 1 \.\. 1024$"),
+    (["--model.denoiser_width", "100000"], rf"^{TRAIN_ERROR}model\.denoiser_width=100000 is out of range"),
     (["--threads", "1000000000000"], rf"^{TRAIN_ERROR}train\.threads=1000000000000 is out of range; allowed: 1 \.\. "
                                      r"1024$"),
 ])

@@ -27,7 +27,7 @@ from streamfuse.train.config import load_setup
     (["train.seed=9223372036854775808"], "0 .. 2^63 - 1"),  # 2^63: beyond a signed 64-bit seed
     (["loss.range_window=8"], "odd, >= 1"),  # an even window makes a local range a pixel larger than the image
     (["loss.detail_gain=0"], "> 0, finite"),  # a hand rule without the detail it is there for
-    (["model.latent_channels=0"], ">= 1"),  # named, not image_channels, which the user left alone
+    (["model.latent_channels=0"], "1 .. 256"),  # named, not image_channels, which the user left alone
     (["model.beta_start=0"], "0 < beta_start < 1"),  # named, not beta_end
     (["model.beta_end=0.00001"], "beta_start < beta_end < 1"),
 ])
