@@ -76,7 +76,9 @@ class LossConfig:
         for key in ("noise", "kl", "latent_image", "intensity", "gradient", "rule", "range", "range_margin"):
             check(0 <= getattr(self, key) < math.inf, key, getattr(self, key), ">= 0, finite")
         check(0 < self.detail_gain < math.inf, "detail_gain", self.detail_gain, "> 0, finite")
-        check(self.range_window >= 1 and self.range_window % 2 == 1, "range_window", self.range_window, "odd, >= 1")
+        # at most 255: a window of 10^9 px (a typo) held every step over a minute in max_pool2d, whatever its weight
+        check(1 <= self.range_window <= 255 and self.range_window % 2 == 1, "range_window", self.range_window,
+              "odd, 1 .. 255")
         for key in ("base_sigma", "energy_sigma"):
             check(0 < getattr(self, key) <= 256, key, getattr(self, key), "0 < sigma <= 256 pixels")
 

@@ -25,7 +25,9 @@ from streamfuse.train.config import load_setup
     (["train.threads=0"], "1 .. 1024"),  # torch refuses 0 threads at the run's start, in a traceback
     (["train.crop=1032"], "a multiple of 8, 8..1024"),
     (["train.seed=9223372036854775808"], "0 .. 2^63 - 1"),  # 2^63: beyond a signed 64-bit seed
-    (["loss.range_window=8"], "odd, >= 1"),  # an even window makes a local range a pixel larger than the image
+    (["loss.range_window=8"], "odd, 1 .. 255"),  # an even window makes a local range a pixel larger than the image
+    # every step's local range (computed at any range weight) took over a minute of max_pool2d at this window
+    (["loss.range_window=1000000001"], "odd, 1 .. 255"),
     (["loss.detail_gain=0"], "> 0, finite"),  # a hand rule without the detail it is there for
     (["model.latent_channels=0"], "1 .. 256"),  # named, not image_channels, which the user left alone
     (["model.beta_start=0"], "0 < beta_start < 1"),  # named, not beta_end
