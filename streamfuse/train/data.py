@@ -101,7 +101,7 @@ def _set_pairs(root: Path, data: Path, deep: list[Path],
     for name in sorted(ir_names & vis_names):  # the order of the sorted ir/ listing: the batches depend on it
         ir_path, vis_path = root / "ir" / name, root / "vi" / name
         ir = _read_ir(ir_path, deep, colour)
-        vis = _read(vis_path, cv2.IMREAD_COLOR, deep, ir=False)
+        vis = _read_vis(vis_path, deep)
         if ir.shape != vis.shape[:2]:
             raise ValueError(f"pair {root}/{{ir,vi}}/{name} has different sizes: IR {ir.shape[1]}x{ir.shape[0]}, "
                              f"visible {vis.shape[1]}x{vis.shape[0]}; training needs registered pairs of one size")
@@ -114,11 +114,11 @@ def _image_names(folder: Path) -> set[str]:
     return {p.name for p in folder.glob("*") if is_image_name(p)}
 
 
-def _read(path: Path, flag: int, deep: list[Path], ir: bool) -> np.ndarray:
-    """``path`` decoded as ``cv2.imread(path, flag)`` decodes an 8-bit image (a 16-bit one brought to 8 bits as a
-    still, :mod:`streamfuse.bitdepth`, and noted in ``deep``), or ValueError naming the file."""
-    depth = To8Bit(ir)
-    img = read_8bit(path, depth, flag)
+def _read_vis(path: Path, deep: list[Path]) -> np.ndarray:
+    """A visible image as BGR, as ``cv2.imread(path, cv2.IMREAD_COLOR)`` decodes an 8-bit one (a 16-bit one brought to
+    8 bits as a still, :mod:`streamfuse.bitdepth`, and noted in ``deep``), or ValueError naming the file."""
+    depth = To8Bit(ir=False)
+    img = read_8bit(path, depth, cv2.IMREAD_COLOR)
     if depth.converted:
         deep.append(path)
     return img
