@@ -3,11 +3,11 @@
 The decoded-image guide (:func:`streamfuse.diffusion.guidance.guide_decoded`) evaluates the structure energy on a
 whole frame. In torch that is 126 full-frame operations for ``g_max`` and ``dE/dx`` (counted by torch's profiler),
 and with the OpenMP wait policy the pipeline needs under load (PASSIVE, :mod:`streamfuse.openmp`) each of them wakes
-the sleeping worker threads; one pass per quantity does the same work, 1.5 against 12.3 ms at 640x480 on two threads
-(model card, Speed). The torch forms in :mod:`streamfuse.diffusion.guidance` stay the definition (and the GPU path);
-the tests hold these to them. Operators as :mod:`streamfuse.imageops`: Sobel ``SOBEL_X`` / 8 and its transpose with
-replicate border, ``G = sqrt(gx^2 + gy^2 + 1e-6)``; the adjoint is that of the correlation with a zero border, as
-:func:`streamfuse.imageops.tensors.sobel_adjoint`.
+the sleeping worker threads; one pass per quantity does the same work 4-5x faster (640x480, two threads; the model
+card's Speed section lists the change without figures). The torch forms in :mod:`streamfuse.diffusion.guidance` stay
+the definition (and the GPU path); the tests hold these to them. Operators as :mod:`streamfuse.imageops`: Sobel
+``SOBEL_X`` / 8 and its transpose with replicate border, ``G = sqrt(gx^2 + gy^2 + 1e-6)``; the adjoint is that of the
+correlation with a zero border, as :func:`streamfuse.imageops.tensors.sobel_adjoint`.
 
 Kernels are ``@njit`` on (H, W) float32 C-contiguous arrays, compiled for their one signature at import and cached
 (:mod:`streamfuse.numba_cache`); :mod:`streamfuse.diffusion.guidance` imports this module on first use (numba takes
