@@ -164,9 +164,9 @@ PAGE_STATE = "window.streamfuse"
 
 async def capture(url: str, path: Path, watch_s: float, timeout_s: float = 30.0, *,
                   source: str = "the pipeline") -> tuple[Path, str]:
-    """Open the viewer at ``url``, wait for frames in all three panels and two stats updates, watch for
-    ``watch_s`` seconds, write a PNG screenshot to ``path`` (``NAME-2.png``, ... when it exists); returns the path
-    written and what the page measured, in one line.
+    """Open the viewer at ``url``, wait for a fused frame (not for the IR and visible panels) and two stats updates,
+    watch for ``watch_s`` seconds, write a PNG screenshot to ``path`` (``NAME-2.png``, ... when it exists); returns the
+    path written and what the page measured, in one line.
 
     Raises:
         RuntimeError: no frames or stats from ``source`` (the pipeline's endpoint) within ``timeout_s`` (one line).
