@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 
 from streamfuse.atomic_write import partial_path  # noqa: E402
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least, path_arg  # noqa: E402
+from streamfuse.errors import printable  # noqa: E402
+from streamfuse.eval_report import check_outputs  # noqa: E402
 from streamfuse.video import decode_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,8 +102,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="dotted override of the config; repeatable")
     p.add_argument("--out", type=path_arg, default=REPO / "out" / "resume_check", help="folder of the two outputs")
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     whole, resumed = args.out / "whole.mkv", args.out / "resumed.mkv"
+    try:  # the outputs are removed before the first replay: an input among them would go with them
+        check_outputs({"--ir": args.ir, "--vis": args.vis}, {"--out": args.out},
+                      {"the uninterrupted run's output": whole, "the resumed run's output": resumed,
+                       "the resumed run's partial output": partial_path(resumed)})
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"{PROG}: error: {printable(exc)}") from None
     try:
         for path in (whole, resumed, partial_path(resumed)):
             path.unlink(missing_ok=True)

@@ -29,3 +29,23 @@ def test_a_replay_that_fails_is_one_line(tool, tmp_path):
                                    "--out", str(tmp_path / "out")])
     assert re.fullmatch(r"resume_check\.py: error: the uninterrupted replay ended with status 1: .*none_.*",
                         str(exc.value.code)), exc.value.code
+
+
+def test_an_out_that_is_a_file_is_one_line(tool, tmp_path):
+    # it was a traceback of mkdir (FileExistsError)
+    (out := tmp_path / "out").write_text("mine\n")
+    with pytest.raises(SystemExit) as exc:
+        tool("resume_check").main(["--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"),
+                                   "--out", str(out)])
+    assert exc.value.code == f"resume_check.py: error: --out {out} exists and is not a folder"
+    assert out.read_text() == "mine\n"
+
+
+def test_an_input_that_is_one_of_its_outputs_is_refused_and_kept(tool, tmp_path):
+    # the uninterrupted run's output, --out/whole.mkv, was deleted before the first replay started: the input with it
+    (ir := tmp_path / "whole.mkv").write_bytes(b"the user's recording")
+    with pytest.raises(SystemExit) as exc:
+        tool("resume_check").main(["--ir", str(ir), "--out", str(tmp_path)])
+    assert str(exc.value.code).startswith(f"resume_check.py: error: the uninterrupted run's output {ir} is or lies "
+                                          f"in the --ir folder {ir}"), exc.value.code
+    assert ir.read_bytes() == b"the user's recording"
