@@ -64,7 +64,7 @@ class TrainConfig:
         check(8 <= self.crop <= 1024 and self.crop % 8 == 0, "crop", self.crop, "a multiple of 8, 8..1024")
         check(0 < self.lr <= 10, "lr", self.lr, "0 < lr <= 10")
         check(0 <= self.weight_decay < math.inf, "weight_decay", self.weight_decay, ">= 0, finite")
-        check(self.warmup >= 1, "warmup", self.warmup, ">= 1")
+        check(1 <= self.warmup <= 10**9, "warmup", self.warmup, "1 .. 10^9")  # as steps: a float divides by it
         check(0 <= self.ema < 1, "ema", self.ema, "0 <= ema < 1")
         check(1 <= self.threads <= 1024, "threads", self.threads, "1 .. 1024")  # as engine.threads: more is a typo
         check(0 <= self.seed < 2**63, "seed", self.seed, "0 .. 2^63 - 1")

@@ -109,6 +109,8 @@ def test_a_checkpoint_interval_that_is_no_time_is_refused_when_parsed(tmp_path, 
     (["--loss.base_sigma", "1e308"], r"^streamfuse train: error: loss\.base_sigma=1e\+308 is out of range"),
     (["--steps", "1" + "0" * 400], rf"^{TRAIN_ERROR}train\.steps=1000.*000 is out of range; allowed: 1 \.\. 10\^9$"),
     (["--seed", "-1"], rf"^{TRAIN_ERROR}train\.seed=-1 is out of range"),  # "expected non-negative integer", no key
+    # the learning rate's warm-up divided by it: OverflowError (int too large to convert to float), a traceback
+    (["--warmup", "1" + "0" * 400], rf"^{TRAIN_ERROR}train\.warmup=1000.*000 is out of range; allowed: 1 \.\. 10\^9$"),
     # a traceback (numpy: "Unable to allocate 7.28 TiB") once the run's config was written, and torch's "Overflow when
     # unpacking long" naming no setting (100000 threads crashed the process as it exited)
     (["--batch", "1000000000000"], rf"^{TRAIN_ERROR}train\.batch=1000000000000 is out of range; allowed: 1 \.\. 4096"),

@@ -14,7 +14,7 @@ from streamfuse.train.config import load_setup
 @pytest.mark.parametrize("overrides, allowed", [
     (["train.lr=0"], "0 < lr <= 10"),
     (["train.ema=1"], "0 <= ema < 1"),  # the EMA weights would stay the initial ones
-    (["train.warmup=0"], ">= 1"),
+    (["train.warmup=0"], "1 .. 10^9"),
     (["train.teacher_steps=21"], "1..20"),
     (["train.distill=true", "train.decoder_only=true"], "false with distill"),
     (["train.crop=36"], "a multiple of 8, 8..1024"),  # a multiple of 4 only: the net's stride is 8
