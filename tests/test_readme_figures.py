@@ -22,8 +22,8 @@ _UNPRINTED = ("705 MB", "0.14-1.64 s", "58-128 ms", "186-276 ms", "258 idle conn
               "off the CPU for a third of a second", "(about a second of an RTSP", "(a few seconds)", "1.6-1.9x")
 # figures whose command was only implied: the command that prints them is named within the same sentence
 _NAMED = {"1.59x / 1.45x": "bench batch --frames 90", "27.1 frames/s": "bench batch --pairs 4 --frames 40",
-          "about 18 frames/s": "bench fuse --device cpu --sizes 640x480 --frames 100 --image-guidance 1",
-          "about twice the frame time": "bench fuse --device cpu --sizes 640x480 --image-guidance 1"}
+          "1.4x the default's frame time": "bench fuse --device cpu --sizes 640x480 --frames 100 --image-guidance 1",
+          "1.4x the frame time on CPU": "bench fuse --device cpu --sizes 640x480 --image-guidance 1"}
 
 
 def test_the_figures_measured_by_hand_are_gone_and_the_implied_commands_named():
