@@ -74,10 +74,11 @@ class Subscriber:
     Counters: ``received``; ``malformed`` (skipped and logged, ``last_malformed`` says why: not the wire format, a
     field out of range, a ``seq`` repeated or leaping (:class:`SeqCounter`), no pool, an undecodable payload, a frame
     over ``max_frame_bytes``); ``missed`` (gaps in ``seq``, shared-memory frames overwritten and ring entries lapped
-    before they were read: never returned torn); ``via_shm``, ``via_ring``; ``awaiting_keyframe`` (h264);
-    ``discarded`` (latest mode); ``handshake_failures`` (CURVE keys differ, or only one side encrypts). One thread
-    receives from a Subscriber (ZeroMQ sockets are not shared between threads); :meth:`close` from another ends a
-    :meth:`recv` waiting there (RuntimeError), then closes the sockets.
+    before they were read: never returned torn); ``restarts`` (a ``seq`` going back: the publisher restarted);
+    ``via_shm``, ``via_ring``; ``awaiting_keyframe`` (h264); ``discarded`` (latest mode); ``handshake_failures`` (CURVE
+    keys differ, or only one side encrypts). One thread receives from a Subscriber (ZeroMQ sockets are not shared
+    between threads); :meth:`close` from another ends a :meth:`recv` waiting there (RuntimeError), then closes the
+    sockets.
 
     Raises:
         ValueError: a bad argument, topic or endpoint, or a host name not resolving after ``timeout_s`` (one line).
@@ -177,6 +178,11 @@ class Subscriber:
     def discarded(self) -> int:
         """Frames replaced by a newer one before :meth:`recv` took them, or passed over in the ring (latest mode)."""
         return self._newest.discarded
+
+    @property
+    def restarts(self) -> int:
+        """Frames whose ``seq`` began a new stream: the publisher restarted, or another took the endpoint."""
+        return self._seq.restarts
 
     @property
     def handshake_failures(self) -> int:
@@ -305,7 +311,7 @@ class Subscriber:
     def _skip(self, why: Exception | str) -> None:
         self.malformed += 1
         self.last_malformed = str(why)
-        self._said.warning(f"skipped malformed message from {self.endpoint}: {why}")
+        self._said.say(f"skipped malformed message from {self.endpoint}: {why}")
 
     def _new_seq(self, header: dict[str, Any]) -> bool:
         """Count gaps in the header's ``seq``; False for a frame taken through the other route, a malformed seq
@@ -381,6 +387,7 @@ class Subscriber:
         self._close_links()
         self._pools.close()
         self._said.flush()
+        self._seq.flush()
 
     def __enter__(self) -> Subscriber:
         return self

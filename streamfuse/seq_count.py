@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+from streamfuse.flood_log import FloodLog
 from streamfuse.wire import MalformedMessage
 
 __all__ = ["SeqCounter", "MAX_FPS"]
@@ -20,7 +21,8 @@ class SeqCounter:
     descriptors) and ``"payload"`` (the ZeroMQ message), which carry the same frame while the subscriber switches.
 
     ``last``: the seq of the last frame taken (None before the first); ``restarted``: whether that frame began a new
-    stream (a restarted publisher, or another one).
+    stream (a restarted publisher, or another one); ``restarts``: how many did. Their lines are bounded
+    (:class:`FloodLog`): a peer whose seq goes back every other frame made one line of two frames.
     """
 
     def __init__(self, endpoint: str) -> None:
@@ -30,6 +32,8 @@ class SeqCounter:
         self._last_t = 0.0  # time.monotonic() when ``last`` was taken
         self._routes: set[str] = set()  # the routes ``last`` came through
         self._leap: tuple[int, float] | None = None  # the last leap refused and when
+        self.restarts = 0
+        self._said = FloodLog(log, f"publisher restarts at {endpoint}", level=logging.INFO)
 
     def take(self, seq: int, route: str) -> int | None:
         """The frames missed before ``seq`` (0 after a restart, which is logged: a seq lower than the last, or a
@@ -53,9 +57,14 @@ class SeqCounter:
             restart = True  # a stream goes on from the leap: another publisher took the endpoint
         self.last, self._last_t, self._routes, self._leap, self.restarted = seq, now, {route}, None, restart
         if restart:
-            log.info("publisher at %s restarted (seq %d after %d)", self.endpoint, seq, last)
+            self.restarts += 1
+            self._said.say(f"publisher at {self.endpoint} restarted (seq {seq} after {last})")
             return 0
         return 0 if last is None else seq - last - 1
+
+    def flush(self) -> None:
+        """Say the restarts counted but not said one by one, if any: at the subscriber's end."""
+        self._said.flush()
 
     def skip(self, frames: int) -> None:
         """``frames`` after the last taken were passed over on purpose (latest mode: older ring entries), not missed."""

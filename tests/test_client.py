@@ -207,12 +207,37 @@ def test_a_flood_of_malformed_messages_is_counted_not_logged_line_by_line(raw_pu
             sock.send_multipart(with_header(seq=seq + 1))
             recv_seq(sub, seq + 1)
     assert sub.malformed == flood and sub.last_malformed.startswith("header is not UTF-8 JSON")
-    warnings = [m for m in caplog.messages if "malformed" in m]
-    assert 0 < len(warnings) < flood // 5  # a window's lines (two, were the machine slow enough to end one)
+    assert _said_or_counted(caplog.messages, "skipped malformed message", f"malformed messages from {endpoint}",
+                            flood) == flood
+
+
+def _said_or_counted(messages: list[str], said: str, what: str, most: int) -> int:
+    """How many events the lines starting with ``said`` and those counting ``what`` report, after checking that they
+    are a window's lines (two, were the machine slow enough to end one), well under the ``most`` events sent."""
+    lines = [m for m in messages if m.startswith(said) or f" more {what} not said" in m]
+    assert 0 < len(lines) < most // 5, lines
     # every one said or counted, those of the last window as the subscriber closed (they were never said)
-    said = [m for m in warnings if m.startswith("skipped malformed message")]
-    counted = [int(m.split()[0]) for m in warnings if f" more malformed messages from {endpoint} not said" in m]
-    assert counted and len(said) + sum(counted) == flood, warnings
+    counted = [int(m.split()[0]) for m in lines if f" more {what} not said" in m]
+    assert counted, lines
+    return len(lines) - len(counted) + sum(counted)
+
+
+def test_a_publisher_restarting_every_other_frame_is_counted_not_logged_line_by_line(
+        raw_pub: tuple[zmq.Socket, str], caplog: pytest.LogCaptureFixture) -> None:
+    # a peer whose seq went back every other frame logged "publisher ... restarted" for each: 225 lines of 450 frames
+    sock, endpoint = raw_pub
+    restarts = 200
+    with caplog.at_level(logging.INFO, logger="streamfuse"):
+        with Subscriber(endpoint, timeout_s=PATIENCE_S, rcvhwm=4 * restarts) as sub:
+            seq = raw_connect(sock, sub)
+            for _ in range(restarts):
+                sock.send_multipart(with_header(seq=seq + 5))
+                sock.send_multipart(with_header(seq=seq + 1))
+            for _ in range(restarts):
+                recv_seq(sub, seq + 5)
+                recv_seq(sub, seq + 1)
+    assert _said_or_counted(caplog.messages, f"publisher at {endpoint} restarted",
+                            f"publisher restarts at {endpoint}", restarts) == restarts == sub.restarts
 
 
 @pytest.mark.parametrize("latest", [False, True], ids=["plain", "latest"])

@@ -23,12 +23,12 @@ def test_warnings_past_a_windows_lines_are_counted_and_said_as_one_line(monkeypa
     said = FloodLog(logging.getLogger("streamfuse.test"), "malformed messages from here", lines=3, window_s=10.0)
     with caplog.at_level(logging.WARNING, logger="streamfuse.test"):
         for n in range(10):
-            said.warning(f"bad {n}")
+            said.say(f"bad {n}")
         assert caplog.messages == ["bad 0", "bad 1", "bad 2 (3 said in 10 s: further malformed messages from here "
                                    "are counted, then said as one line)"]
         assert said.unsaid == 7
         clock[0] += 10.0  # the window is over: the next one says what the last held back, then itself
-        said.warning("bad 10")
+        said.say("bad 10")
     assert caplog.messages[3:] == ["7 more malformed messages from here not said one by one; the last: bad 9", "bad 10"]
     assert said.unsaid == 0
 

@@ -147,7 +147,7 @@ class _BadRequests(logging.Filter):
         if exc is None:
             return True
         if isinstance(exc, HttpProcessingError):  # the client's fault: any peer can send thousands
-            self.flood.warning(f"{record.getMessage()}: {one_line(exc)}")
+            self.flood.say(f"{record.getMessage()}: {one_line(exc)}")
             return False
         record.msg, record.args = "%s: %s", (record.getMessage(), one_line(exc, typed=True))
         record.exc_info = record.exc_text = None

@@ -79,7 +79,7 @@ class StatsMessages:
 
     def _skip(self, why: Exception | str) -> None:
         self.malformed += 1
-        self._said.warning(f"skipped malformed stats message: {why}")
+        self._said.say(f"skipped malformed stats message: {why}")
 
     def close(self) -> None:
         """Close the socket and its watch (linger 0)."""
