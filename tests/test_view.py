@@ -1002,9 +1002,10 @@ def test_the_page_is_never_cached_and_a_kept_alive_connection_idle_past_the_dead
     _on_a_silent_feed(peer)
 
 
-def test_a_page_of_another_site_cannot_open_the_frames():
+def test_a_page_of_another_site_cannot_open_the_frames(caplog):
     """WebSockets have no same-origin rule: any page the user's browser opened (https://evil.example) could connect
-    to the viewer on loopback and read the camera's frames. Its own page, and clients that are no browser, get in."""
+    to the viewer on loopback and read the camera's frames. Its own page, and clients that are no browser, get in.
+    The refusals are counted in the log (they were answered 403 without a word)."""
 
     async def origins(feed: Feed) -> list[int]:
         served = await serve(feed, "127.0.0.1", 0)
@@ -1025,9 +1026,13 @@ def test_a_page_of_another_site_cannot_open_the_frames():
 
     feed = Feed("tcp://127.0.0.1:1", "fused/t", "stats/t")  # nothing listens there
     try:
-        assert asyncio.run(origins(feed)) == [403, 403, 403, 403, 101, 101, 101, 101]
+        with caplog.at_level(logging.WARNING, "streamfuse.view"):
+            assert asyncio.run(origins(feed)) == [403, 403, 403, 403, 101, 101, 101, 101]
     finally:
         feed.close()
+    said = [re.fullmatch(r"answered (\d+) WebSocket request\(s\) 403 from another site's page .*", m)
+            for m in caplog.messages]
+    assert sum(int(m.group(1)) for m in said if m) == 4, caplog.messages
 
 
 def test_a_request_reaching_loopback_that_names_another_host_is_refused(caplog):

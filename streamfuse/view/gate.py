@@ -270,6 +270,8 @@ class Gate(Door):
         super().__init__(limit, request_s, names=names)
         self.handlers: Callable[[], asyncio.Protocol] | None = None
         self.open: dict[asyncio.BaseTransport, asyncio.TimerHandle | None] = {}  # with its first request's deadline
+        self.foreign = _Tally(log, "answered %d WebSocket request(s) 403 from another site's page (their Origin is not "
+                                   "the viewer's address)")
 
     def __call__(self) -> asyncio.Protocol:
         assert self.handlers is not None, "the runner is set up before the server starts"
@@ -295,6 +297,11 @@ class Gate(Door):
         handle = self.open.pop(transport, None)
         if handle is not None:
             handle.cancel()
+
+    def close(self) -> None:
+        """Say what is still uncounted in the log, other sites' pages too."""
+        super().close()
+        self.foreign.say()
 
     def _expire(self, transport: asyncio.BaseTransport) -> None:
         self.open[transport] = None

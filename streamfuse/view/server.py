@@ -72,6 +72,9 @@ def make_app(feed: Feed, gate: Gate) -> web.Application:
         return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def websocket(request: web.Request) -> web.WebSocketResponse:
+        if _other_site(request):  # counted: a page the user opened tried to read the frames
+            gate.foreign.add()
+            raise web.HTTPForbidden(text="the viewer's frames are for its own page, not another site's\n")
         return await _websocket(request, feed)
 
     app.router.add_get("/", index)
@@ -82,8 +85,6 @@ def make_app(feed: Feed, gate: Gate) -> web.Application:
 async def _websocket(request: web.Request, feed: Feed) -> web.WebSocketResponse:
     """One page: its acks (``next``) give the sender one message of credit each."""
     web = _aiohttp().web
-    if _other_site(request):
-        raise web.HTTPForbidden(text="the viewer's frames are for its own page, not another site's\n")
     # no per-message deflate, which browsers ask for: JPEGs do not shrink, and it doubled the CPU a message costs
     ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=30, compress=False)
     try:
