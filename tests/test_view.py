@@ -1035,6 +1035,31 @@ def test_a_page_of_another_site_cannot_open_the_frames(caplog):
     assert sum(int(m.group(1)) for m in said if m) == 4, caplog.messages
 
 
+def test_a_websocket_message_over_the_limit_closes_the_page_s_socket_with_a_line(caplog):
+    """A page sending a message over 4096 bytes, or fragments that never end below it, was closed without a word."""
+
+    def said() -> list[str]:
+        return [m for m in caplog.messages if m.startswith("closed the WebSocket of 127.0.0.1: ")]
+
+    async def too_long(feed: Feed) -> list[aiohttp.WSMsgType]:
+        served = await serve(feed, "127.0.0.1", 0)
+        closes = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(3):
+                    async with http.ws_connect(f"http://127.0.0.1:{served.port}/ws") as ws:
+                        await ws.send_str("x" * 5000)
+                        closes.append((await asyncio.wait_for(ws.receive(), PATIENCE_S)).type)
+            await _wait(lambda: len(said()) == 3, "a line for each close")
+        finally:
+            await served.cleanup()
+        return closes
+
+    with caplog.at_level(logging.WARNING, "streamfuse.view"):
+        assert _on_a_silent_feed(too_long) == [aiohttp.WSMsgType.CLOSE] * 3
+    assert "Message size 5000 exceeds limit 4096" in said()[0], caplog.messages
+
+
 def test_a_request_reaching_loopback_that_names_another_host_is_refused(caplog):
     """DNS rebinding: a site (evil.example) whose name its owner points at 127.0.0.1 is, to the browser, the site of
     the viewer's page loaded from there (its Origin and Host agree), so the Origin check let it read the frames. A

@@ -66,6 +66,13 @@ def make_app(feed: Feed, gate: Gate) -> web.Application:
         return await handler(request)
 
     app = web.Application(middlewares=[requested])
+    # a page's WebSocket closed for what it sent (a message over max_msg_size, fragments past it, no WebSocket at all)
+    broken = FloodLog(log, "WebSockets closed for what their page sent")
+
+    async def say_broken(_app: web.Application) -> None:
+        broken.flush()
+
+    app.on_cleanup.append(say_broken)
     page = resources.files("streamfuse.view").joinpath("page.html").read_text(encoding="utf-8")
 
     async def index(_request: web.Request) -> web.Response:
@@ -75,15 +82,16 @@ def make_app(feed: Feed, gate: Gate) -> web.Application:
         if _other_site(request):  # counted: a page the user opened tried to read the frames
             gate.foreign.add()
             raise web.HTTPForbidden(text="the viewer's frames are for its own page, not another site's\n")
-        return await _websocket(request, feed)
+        return await _websocket(request, feed, broken)
 
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     return app
 
 
-async def _websocket(request: web.Request, feed: Feed) -> web.WebSocketResponse:
-    """One page: its acks (``next``) give the sender one message of credit each."""
+async def _websocket(request: web.Request, feed: Feed, broken: FloodLog) -> web.WebSocketResponse:
+    """One page: its acks (``next``) give the sender one message of credit each; one that breaks the protocol is closed
+    and said in ``broken``."""
     web = _aiohttp().web
     # no per-message deflate, which browsers ask for: JPEGs do not shrink, and it doubled the CPU a message costs
     ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=30, compress=False)
@@ -99,6 +107,8 @@ async def _websocket(request: web.Request, feed: Feed) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type == web.WSMsgType.TEXT and msg.data == "next":
                 credit.set()
+            elif msg.type == web.WSMsgType.ERROR:  # aiohttp closes it after this
+                broken.say(f"closed the WebSocket of {printable(request.remote or 'a page')}: {one_line(msg.data)}")
     finally:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
