@@ -33,7 +33,7 @@ from streamfuse.ring_cursor import RingCursor
 from streamfuse.seq_count import SeqCounter
 from streamfuse.shm_pool import NotAPool, PoolError, ring_supported, shm_supported
 from streamfuse.wire import (ENCODINGS, FUSED_PREFIX, MAX_HEADER_BYTES, MalformedMessage, decode_header, raw_image,
-                             ring_topic, shm_topic)
+                             read_parts, ring_topic, shm_topic)
 
 __all__ = ["Subscriber", "DEFAULT_MAX_FRAME_BYTES"]
 
@@ -43,6 +43,7 @@ _POLL_S = 0.05  # how often a waiting reader checks for close() and for a connec
 # on shared memory only and silent this long: take the payload again (the publisher restarted, dropped this consumer
 _RESUBSCRIBE_S = 1.0  # while it was stopped, or readers hold every pool slot)
 _LATE_LOOKS = 4096  # frames found gone that recv() passes over after its deadline (a ring's worth) to find one there
+_PARTS = ("topic", "header", "image")  # of a frame's message
 DEFAULT_MAX_FRAME_BYTES = 7680 * 4320 * 3  # largest image part accepted by default: an 8K UHD bgr8 frame, 99.5 MB
 
 
@@ -280,10 +281,8 @@ class Subscriber:
     def _read(self) -> tuple[dict[str, Any], Any] | None:
         """Socket owner: one message as ``(header, payload)`` (h264: decoded here, in order), or None when it was
         malformed (counted and logged), a duplicate, an h264 frame before a keyframe, or unreadable shared memory."""
-        parts = [self._sock.recv(copy=False)]
-        while parts[-1].more:  # recv_multipart's getsockopt(RCVMORE) per part costs more than the frames' flag
-            parts.append(self._sock.recv(copy=False))
         try:
+            parts = read_parts(self._sock, _PARTS)
             if (header := decode_header(parts))["format"] == "shm" and not self._map_pool(header["shm_pool"]):
                 return None  # fell back: the payload message of this seq follows
             if not self._new_seq(header):

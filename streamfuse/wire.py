@@ -36,7 +36,7 @@ from streamfuse.wire_json import MalformedMessage, check_tree, encode_json, pars
 __all__ = ["SCHEMA", "SCHEMA_2", "STATS_SCHEMA", "FORMATS", "ENCODINGS", "HEADER_FIELDS", "FORMAT_FIELDS",
            "SHM_TOPIC_PREFIX", "RING_TOPIC_PREFIX", "PREVIEW_PREFIX", "FUSED_PREFIX", "STATS_PREFIX",
            "MAX_HEADER_BYTES", "MAX_SIDE", "MalformedMessage", "shm_topic", "ring_topic", "preview_topic",
-           "check_image",
+           "check_image", "read_parts",
            "HeaderEncoder", "encode_json", "decode_header", "decode_message", "raw_image", "decode_stats"]
 
 SCHEMA = "streamfuse.fused/1"  # format raw: what every consumer since the first release reads
@@ -195,6 +195,22 @@ class HeaderEncoder:
             self._templates.clear()
         self._templates[key] = template
         return template
+
+
+def read_parts(sock: zmq.Socket, names: tuple[str, ...]) -> list[zmq.Frame]:
+    """One message's parts (``zmq.Frame``, no copy), read whole; the rest of the message read but not kept past one
+    more part than ``names`` (the parts it should have), so that one of millions of empty parts (2 bytes each on the
+    wire) is not held part by part as it is read: 3 million took a subscriber from 99 MB to 649 MB and growing.
+
+    Raises:
+        MalformedMessage: more parts than ``names``, saying how many.
+    """
+    parts, count, most = [sock.recv(copy=False)], 1, len(names) + 1
+    while parts[-1].more:  # recv_multipart's getsockopt(RCVMORE) per part costs more than the frames' flag
+        parts[min(count, most):], count = [sock.recv(copy=False)], count + 1
+    if count > len(names):
+        raise MalformedMessage(f"expected {len(names)} parts [{', '.join(names)}], got {count}")
+    return parts
 
 
 def decode_header(parts: Sequence[bytes | zmq.Frame]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import threading
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -220,6 +221,27 @@ def _said_or_counted(messages: list[str], said: str, what: str, most: int) -> in
     counted = [int(m.split()[0]) for m in lines if f" more {what} not said" in m]
     assert counted, lines
     return len(lines) - len(counted) + sum(counted)
+
+
+def test_a_message_of_countless_parts_is_malformed_without_their_being_held(raw_pub: tuple[zmq.Socket, str]) -> None:
+    # one message of 3 million empty parts, 6 MB on the wire, took a subscriber from 99 to 649 MB and growing: every
+    # part was held until the last had come
+    sock, endpoint = raw_pub
+    parts = 200_000
+    with Subscriber(endpoint, timeout_s=PATIENCE_S, rcvhwm=10) as sub:
+        seq = raw_connect(sock, sub)
+        malformed = sub.malformed
+        sock.send_multipart([b"fused/x", *[b""] * parts])
+        sock.send_multipart(with_header(seq=seq + 1))
+        tracemalloc.start()
+        try:
+            recv_seq(sub, seq + 1)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert sub.malformed == malformed + 1
+    assert sub.last_malformed == f"expected 3 parts [topic, header, image], got {parts + 1}"
+    assert peak < 2**20, f"{peak} bytes held while the parts were read"
 
 
 def test_a_publisher_restarting_every_other_frame_is_counted_not_logged_line_by_line(

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import types
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -263,6 +264,28 @@ def test_hostile_stats_are_skipped_and_the_stats_go_on(consumer):
         assert reader.stats_in.malformed >= 1 + len(hostile)
         if consumer == "view":
             assert reader.stats["t_ns"] == 7 and list(reader.history) == [{"t_ns": 7, "rate_fps": 25.0, "stages": {}}]
+
+
+@pytest.mark.parametrize("consumer", ["view", "foxglove"])
+def test_a_stats_message_of_countless_parts_is_refused_without_their_being_held(consumer):
+    # each part of a message was held until the last had come: a peer's message of millions of tiny parts, a few
+    # bytes each on the wire, took hundreds of MB
+    parts = (b"stats/t", *[b"xy"] * 200_000)  # made before the count starts, sent part by part
+    with _stats_consumer(consumer) as (sock, reader, passed_on):
+        wait_until(lambda: sock.send_multipart([b"stats/t", _stats()]) or passed_on(), "stats arrive")
+        malformed = reader.stats_in.malformed
+        tracemalloc.start()
+        try:
+            for part in parts:
+                sock.send(part, zmq.SNDMORE)
+            sock.send(b"")
+            wait_until(lambda: reader.stats_in.malformed > malformed, "the message refused")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        seen = passed_on()
+        wait_until(lambda: sock.send_multipart([b"stats/t", _stats()]) or passed_on() > seen, "stats after it")
+    assert peak < 2**20, f"{peak} bytes held while the parts were read"
 
 
 @pytest.mark.parametrize("consumer", ["view", "foxglove"])

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 from streamfuse.connection_watch import SILENT_S, connect_sub
 from streamfuse.flood_log import FloodLog
 from streamfuse.telemetry import TelemetryConfig
-from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, decode_stats
+from streamfuse.wire import MAX_HEADER_BYTES, MalformedMessage, decode_stats, read_parts
 
 __all__ = ["StatsMessages", "POLL_S"]
 
@@ -58,7 +58,7 @@ class StatsMessages:
                     continue
                 self._last_message, self._heard = time.monotonic(), True
                 try:
-                    stats = _check_stages(decode_stats(self.sock.recv_multipart()))
+                    stats = _check_stages(decode_stats(read_parts(self.sock, ("topic", "stats"))))
                 except MalformedMessage as exc:
                     self._skip(exc)
                     continue
