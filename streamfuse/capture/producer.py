@@ -55,7 +55,8 @@ __all__ = ["ProducerEvent", "Producers", "start_producers"]
 
 log = logging.getLogger(__name__)
 
-_STABLE_S = 5.0  # a producer that ran this long resets the back-off
+_STABLE_S = 5.0  # a producer that ran this long resets the back-off, as a file's end does (doubled: a short clip's
+# passes fell more than 5 s behind the other source's time line, and never paired again)
 _SLOTS = 3  # ring slots per source: a live consumer wants the newest frame, not a backlog
 _KILL_WAIT_S = 0.5  # a stalled producer killed: how long to wait for it before the next supervision round
 _BACKOFF_MAX_S = 8.0  # largest restart delay, s (doubled from backoff_s per consecutive failure)
@@ -227,10 +228,9 @@ class Producers:
             if at_end:  # a final error is not logged: the consumer stops on its event and says it, once
                 log.info("%s", line)
             return
-        if time.monotonic() - w.started_at >= _STABLE_S:
-            w.failures = 0
-        delay = min(self._backoff[0] * 2 ** w.failures, self._backoff[1])
-        w.failures += 1
+        stable = time.monotonic() - w.started_at >= _STABLE_S or (at_end and w.cfg.replayable and progressed)
+        w.failures = 1 if stable else w.failures + 1
+        delay = min(self._backoff[0] * 2 ** (w.failures - 1), self._backoff[1])
         w.state, w.restart_at = "waiting", time.monotonic() + delay
         w.resume = self._resume_point(w, at_end)
         # a file's end is news; a camera's or a stream's is a fault (unplugged, the sender gone)

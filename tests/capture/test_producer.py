@@ -1570,3 +1570,28 @@ def test_supervision_runs_once_per_round_however_often_get_is_called(monkeypatch
     finally:
         monkeypatch.setattr(producer, "time", time)
         assert_stopped(prod, names)
+
+
+def test_a_short_file_played_again_at_its_end_waits_the_first_delay_each_pass_not_a_doubled_one(caplog) -> None:
+    # A file's end is no failure: a 3 s clip played again waited 0.1, 0.2, 0.4 ... 6.4 s between passes, and past 5 s
+    # the restarted file was taken for one timed on another clock, paced on its own, and never paired again
+    from collections import deque
+
+    from streamfuse.capture.producer import _Worker
+
+    caplog.set_level(logging.INFO, logger="streamfuse.capture.producer")
+    prod = Producers.__new__(Producers)
+    prod._backoff, prod._events = (0.1, 8.0), deque()
+    w = _Worker("ir", SourceConfig(kind="file", path="clip.mkv", fps=25))
+    prod._workers = {"ir": w}
+    image = np.zeros((4, 4), np.uint8)
+    for _ in range(8):  # eight passes of a 3-frame file, each shorter than a stable run
+        w.seq_at_start = w.last_seq + 1
+        for seq in range(w.seq_at_start, w.seq_at_start + 3):
+            prod._see(w, Frame("ir", seq, seq * 40_000_000, image))
+        w.proc, w.state, w.started_at = _Died(), "running", time.monotonic()
+        w.message = ("eos", "ir: end of stream (file clip.mkv)")
+        prod._on_exit(w)
+        assert w.state == "waiting"
+    said = [r.getMessage().rsplit("restarting in ", 1)[1] for r in caplog.records]
+    assert said == ["0.1 s"] * 8
