@@ -146,6 +146,7 @@ def _live(cfg: PipelineConfig, duration_s: float, stop: threading.Event, started
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         failure = _flush(pairer, processor, pub, tel, failure)
         capture = producers.stats()  # as the loop ended: not the frames overwritten while the recording finishes
+        producers.stop()  # now: a producer still opening is killed, said in a line, before the final stats (the last)
         if rec is not None:  # before the final report
             _end_recording(rec, capture, failure)
         snap = _report(tel, pub, pairer, producers, fuser, rec, final=True, capture=capture)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import multiprocessing as mp
 import os
 import re
@@ -1009,6 +1010,9 @@ class _EndingProducers(_QueuedProducers):
     def stats(self) -> dict:
         return {name: {"delivered": 3, "state": "ended", **self.counters} for name in ("ir", "vis")}
 
+    def stop(self) -> None:
+        pass
+
     def __enter__(self):
         return self
 
@@ -1257,3 +1261,32 @@ def test_a_live_run_keeps_its_frames_buffers_in_the_heap_whatever_its_fuser(monk
     stop.set()  # the run starts, then ends at its first turn
     run_live(cfg, duration_s=60.0, stop=stop)
     assert calls == [1]
+
+
+class _OpeningProducers(_EndingProducers):
+    """Producers whose stop kills one still opening its source (a network camera that never answered), said in a line
+    as :meth:`Producers.stop` says it."""
+
+    def stop(self) -> None:
+        if not self.stopped:
+            logging.getLogger("streamfuse.capture.producer").info(
+                "producer streamfuse-vis (pid 4242) still opening its source; killing it")
+        self.stopped = True
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def test_the_final_stats_are_the_last_line_of_a_run_whose_camera_was_still_opening(monkeypatch, caplog):
+    # A vis camera that took the connection and never sent (a silent RTSP port) was killed as the producers stopped,
+    # after the final stats: the run's last line was "producer streamfuse-vis (pid N) still opening its source; killing
+    # it", 2 s after the final stats, where a launcher reads the run's last line for them
+    from streamfuse import pipeline
+
+    producers = _OpeningProducers([], _NO_CAPTURE_LOSS)
+    producers.stopped = False
+    monkeypatch.setattr(pipeline, "start_producers", lambda *a: producers)
+    with caplog.at_level("INFO", logger="streamfuse"):
+        pipeline.run_live(_live_cfg()[0], duration_s=60.0)
+    said = [r.getMessage() for r in caplog.records]
+    assert producers.stopped and said[-1].startswith("final: ") and "still opening its source" in said[-2], said
