@@ -88,8 +88,7 @@ def dispatch(prog: str, commands: dict[str, str], argv: list[str], doc: str) -> 
         print(f"streamfuse {__version__} (Python {sys.version.split()[0]}, {sys.executable})")
         return 0
     if argv[0] not in commands:
-        print(f"{prog}: unknown command {argv[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
-        return 2
+        return said_last(f"{prog}: unknown command {argv[0]!r}; choose one of {', '.join(commands)}", 2)
     return int(_target(f"{prog} {argv[0]}", commands[argv[0]])(argv[1:]) or 0)
 
 
@@ -132,7 +131,8 @@ def guarded(main: Callable[[], int | None], prog: str) -> int:
             _flush_stdout()
             if isinstance(exc.code, str):  # an error line: Python would print it at exit, the stops' handlers gone
                 return said_last(exc.code, 1)
-            raise
+            # its status returned, not raised past the console: a stop as Python exits would end it by that signal
+            return int(exc.code or 0)
         finally:
             _say_unsynced()
         _flush_stdout()

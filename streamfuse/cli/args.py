@@ -30,11 +30,11 @@ class Parser(argparse.ArgumentParser):
     write does: argparse drops that error, so the command exited 0 having printed nothing (Python's own buffering
     hid it, ``PYTHONUNBUFFERED=1`` did not). Its messages to stderr stay as argparse writes them, bar the error line's
     start: the program's name as the command's own error lines give it (``streamfuse view: error:``), its usage
-    line's ``python -m`` left out."""
+    line's ``python -m`` left out. A usage error is the command's last words (:func:`said_last`): a stop that comes
+    as they are printed cuts neither its usage nor its error line, nor takes its status 2 for its own."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{command_name(self.prog)}: error: {message}\n")
+        raise SystemExit(said_last(f"{self.format_usage()}{command_name(self.prog)}: error: {message}", 2))
 
     def _print_message(self, message: str, file: Any = None) -> None:
         if message and file is sys.stdout:

@@ -69,11 +69,12 @@ def test_a_config_value_that_is_no_number_says_which_it_takes() -> None:
         config_value(_Section, "steps", float)("soon")
 
 
-class _Parsed(SystemExit):
-    """Raised in place of parsing: carries the command's parser out of its main."""
+class _Parsed(BaseException):
+    """Raised in place of parsing: carries the command's parser out of its main (no SystemExit: the command line
+    returns that one's status)."""
 
     def __init__(self, parser: argparse.ArgumentParser) -> None:
-        super().__init__(0)
+        super().__init__()
         self.parser = parser
 
 

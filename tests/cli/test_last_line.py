@@ -69,3 +69,43 @@ sys.stderr = Stopped""")
     assert done.returncode == 130, done.stderr
     assert done.stderr.splitlines() == ["streamfuse bench replay: error: max not run: no weights",
                                         "streamfuse bench: interrupted (SIGTERM)"], done.stderr
+
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("argv, error", [
+    (["evaluate", "--no-such-option"], "streamfuse evaluate: error: "),
+    (["bench", "fuse", "--sizes", "0x0"], "streamfuse bench fuse: error: "),
+    (["recover", "--out", ""], "streamfuse recover: error: "),
+    (["subscribe", "--timeout", "-1", "tcp://127.0.0.1:1"], "streamfuse subscribe: error: "),
+    (["bench", "nope"], "streamfuse bench: unknown command 'nope'"),
+], ids=["evaluate", "bench-fuse", "recover", "subscribe", "bench-unknown"])
+def test_a_stop_as_a_usage_error_is_printed_leaves_its_lines_whole_and_status_2(argv, error, signal_name):
+    # seen: the usage line cut by "streamfuse evaluate: interrupted (SIGTERM)" and status 130, no error line at all
+    # (argparse printed the usage and the error with the stops' handlers standing); an unknown bench's line the same
+    stopped = _STOPPED_AS_IT_SAYS.replace("signal.SIGTERM", f"signal.{signal_name}")
+    done = subprocess.run([sys.executable, "-c", stopped, *argv], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    *usage, last = done.stderr.splitlines()
+    assert last.startswith(error) and done.stderr.endswith("\n") and "interrupted" not in done.stderr, done.stderr
+    assert usage == [] if argv[1] == "nope" else usage[0].startswith("usage: python -m streamfuse "), done.stderr
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_stop_as_python_flushes_a_usage_errors_lines_at_exit_keeps_status_2(signal_name):
+    # seen: argparse's SystemExit(2) raised past the console, the stops' handlers back to Python's own: a SIGTERM
+    # as Python flushed the lines at exit ended the command by the signal (143)
+    stopped = _STOPPED_AS_IT_SAYS.replace("signal.SIGTERM", f"signal.{signal_name}")
+    at_exit = stopped.replace("""    def write(self, text):
+        written = self._stream.write(text)
+        if not self._sent:""", """    def write(self, text):
+        return self._stream.write(text)
+
+    def flush(self):
+        written = self._stream.flush()
+        if not self._sent:""")
+    done = subprocess.run([sys.executable, "-c", at_exit, "evaluate", "--no-such-option"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("streamfuse evaluate: error: "), done.stderr
