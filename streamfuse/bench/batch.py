@@ -30,6 +30,7 @@ from streamfuse.bench import parse_size
 from streamfuse.bench.replay import synthetic_pair  # the same synthetic pair as the replay benchmark
 from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, int_at_least
 from streamfuse.errors import printable
+from streamfuse.signals import said_last
 
 _PROG = "streamfuse bench batch"  # as its usage errors and every command's own lines start
 __all__ = ["main"]
@@ -173,8 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             single_fps, cores = _single_replay(args, overrides, (warm / "ir" / "w0.mp4", warm / "vi" / "w0.mp4"),
                                                (src / "ir" / "p0.mp4", src / "vi" / "p0.mp4"), tmp / "p0.mp4")
     except BatchInterrupted as exc:  # its signal named, as every benchmark's stop line names it
-        print(f"{_PROG}: {exc.stop}", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(said_last(f"{_PROG}: {exc.stop}", 130)) from None
     print(f"{'run':<24}{'frames':>8}{'wall s':>9}{'frames/s':>10}  load before -> after")
     for name, r in rows.items():
         print(f"{name:<24}{r['frames']:>8}{r['wall']:>9.2f}{r['fps']:>10.1f}  {r['load']}")

@@ -182,19 +182,25 @@ def stoppable(main: Callable[[], int | None], prog: str, command: str) -> int:
         # is an [Errno 2] naming nothing
         return said_last(f"{prog}: error: its working folder was deleted; start it from one that exists", 1)
     signals, stopped = STOPPED_BY.get(command, ((), 0))
-    try:  # Python's Ctrl-C, but one that lands in a finalizer is not lost (one ignored from the start stays so)
-        with handled(raise_interrupt, (signal.SIGINT,)), handled(raise_terminated, signals):
-            if hasattr(signal, "pthread_sigmask"):  # a stop the entry point held while it loaded comes now
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATE)
-            return guarded(main, prog)
-    except KeyboardInterrupt as exc:  # before the command's own handlers (its start-up): nothing to keep or sum up
+    def said(exc: KeyboardInterrupt) -> int:  # before the command's own handlers (its start-up): nothing to keep
         return said_last(f"{prog}: {interrupted(exc)}", stopped if isinstance(exc, Terminated) else 130)
 
+    try:  # Python's Ctrl-C, but one that lands in a finalizer is not lost (one ignored from the start stays so)
+        with handled(raise_interrupt, (signal.SIGINT,)), handled(raise_terminated, signals):
+            try:
+                if hasattr(signal, "pthread_sigmask"):  # a stop the entry point held while it loaded comes now
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATE)
+                return guarded(main, prog)
+            except KeyboardInterrupt as exc:  # said with these handlers standing: a stop as it is printed is ignored
+                return said(exc)
+    except KeyboardInterrupt as exc:  # one as the handlers are put in place
+        return said(exc)
 
-def say_stopped(prog: str, exc: KeyboardInterrupt) -> None:
+
+def say_stopped(prog: str, exc: KeyboardInterrupt) -> int:
     """The one line of a stop with nothing to keep or sum up, naming its signal as every command's stop line does:
-    ``interrupted (SIGTERM)``, ``interrupted (Ctrl-C)``."""
-    print(f"{prog}: {interrupted(exc)}", file=sys.stderr)
+    ``interrupted (SIGTERM)``, ``interrupted (Ctrl-C)``; the command's last (:func:`said_last`). Returns 130."""
+    return said_last(f"{prog}: {interrupted(exc)}", 130)
 
 
 def tool(spec: str, file: str, command: str = "") -> NoReturn:

@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m streamfuse run
         return config_error(said, exc)
     except KeyboardInterrupt as exc:  # before the run's own handlers (imports, loading the model): nothing to keep
         log_queue.flush()
-        print(f"{said}: {interrupted(exc)}", file=sys.stderr)  # as stoppable's
-        return 0 if isinstance(exc, Terminated) and not out else 130  # as later: SIGTERM, SIGHUP end a live run
+        # as stoppable's; as later, SIGTERM and SIGHUP end a live run with 0
+        return said_last(f"{said}: {interrupted(exc)}", 0 if isinstance(exc, Terminated) and not out else 130)
     except (OSError, RuntimeError, ValueError) as exc:
         # Every stage raises these with one line that says what and where; a stack trace would bury it.
         logging.getLogger("streamfuse").debug("failure", exc_info=True)

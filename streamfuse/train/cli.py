@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import textwrap
 from pathlib import Path
 from typing import NoReturn
@@ -122,11 +121,7 @@ def _setup(overrides: list[str], saved: dict, where: Path) -> TrainSetup:
 def _stopped(why: str | KeyboardInterrupt) -> NoReturn:
     """The user stopped the run: its line (a stop with nothing saved names its signal, as every command's), and exit
     status 130 as every command gives (128 + SIGINT)."""
-    if isinstance(why, KeyboardInterrupt):
-        say_stopped(_PROG, why)
-    else:
-        print(why, file=sys.stderr)
-    raise SystemExit(130)
+    raise SystemExit(say_stopped(_PROG, why) if isinstance(why, KeyboardInterrupt) else said_last(why, 130))
 
 
 def main(argv: list[str] | None = None) -> None:

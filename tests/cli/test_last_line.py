@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +110,51 @@ def test_a_stop_as_python_flushes_a_usage_errors_lines_at_exit_keeps_status_2(si
                           text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[-1].startswith("streamfuse evaluate: error: "), done.stderr
+
+
+# a Ctrl-C as the command starts (its config being read; a benchmark's batch), then a SIGTERM as it says that stop
+_STOPPED_TWICE = _STOPPED_AS_IT_SAYS.replace(
+    "if not self._sent:", 'if not self._sent and "interrupted" in text:').replace(
+    "sys.stderr = Stopped", """import runpy
+import streamfuse.batch
+import streamfuse.configs
+
+
+def ctrl_c(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    raise AssertionError("the Ctrl-C was not acted on")
+
+
+def batch_stopped(*args, **kwargs):
+    raise streamfuse.batch.BatchInterrupted(None, "interrupted (Ctrl-C)")
+
+
+if "batch" in sys.argv:
+    streamfuse.batch.run_batch = batch_stopped
+else:
+    streamfuse.configs.resolve = ctrl_c
+sys.stderr = Stopped""").replace("cli.console()", """if sys.argv[1].endswith(".py"):
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+cli.console()""")
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["run", "--config", "demo"], "streamfuse run: interrupted (Ctrl-C)"),
+    (["replay", "--ir", "{tmp}/ir.mp4", "--vis", "{tmp}/vis.mp4", "--out", "{tmp}/fused.mp4"],
+     "streamfuse replay: interrupted (Ctrl-C)"),
+    (["{repo}/tools/replay_many.py", "{tmp}", "--out", "{tmp}/fused"], "replay_many.py: interrupted (Ctrl-C)"),
+    (["bench", "batch", "--pairs", "2", "--frames", "1", "--size", "32x24"],
+     "streamfuse bench batch: interrupted (Ctrl-C)"),
+    (["bench", "start"], "streamfuse bench: interrupted (Ctrl-C)"),  # the command line's own stop line
+], ids=["run", "replay", "replay_many", "bench-batch", "bench-start"])
+def test_a_sigterm_as_a_stop_line_is_printed_leaves_it_whole_and_its_status(tmp_path, argv, line):
+    # seen: "streamfuse run: interrupted (Ctrl-C)streamfuse run: interrupted (SIGTERM)" on one line, and exit status 0
+    # (the SIGTERM's, for a live run) for a command that a Ctrl-C had stopped; the command line's own line cut by the
+    # SIGTERM's default, status 143
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _STOPPED_TWICE, *(a.format(tmp=tmp_path, repo=repo) for a in argv)],
+                          capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines()[-1] == line and done.stderr.endswith(f"{line}\n"), done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("interrupted") == 1, done.stderr
