@@ -4,8 +4,21 @@ The public surface is small; stages live in their own modules (see the README's 
 """
 
 import importlib.util
+import signal
 import sys
 from typing import TYPE_CHECKING
+
+
+def _located_by_python_m() -> bool:
+    """Whether this import is ``python -m streamfuse`` locating its ``__main__`` (``sys.argv[0]``: "-m" till then)."""
+    argv = getattr(sys, "orig_argv", [])
+    return sys.argv[:1] == ["-m"] and any(pair == ("-m", "streamfuse") for pair in zip(argv, argv[1:]))
+
+
+# ``python -m streamfuse`` runs these lines before its __main__, which holds the stops until the command takes them
+# (a Ctrl-C until it can say it in one line): held from here, a stop meanwhile is no traceback or death by the signal
+if _located_by_python_m() and hasattr(signal, "pthread_sigmask"):
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})  # POSIX has all three
 
 # Every entry point imports this package first: a Python without the dependencies (the system one, say) gets one line
 # that says which environment to use instead of a ModuleNotFoundError from deep inside a stage.

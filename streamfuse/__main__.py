@@ -8,6 +8,8 @@ if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):  # run, not im
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
 
 try:  # a Ctrl-C as the package loads, before console() takes the stop signals: one line and 130, not a traceback
+    if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):  # one the package held as it loaded comes now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     from streamfuse.cli import console
 except KeyboardInterrupt:
     print(" ".join(["streamfuse", *sys.argv[1:2]]) + ": interrupted (Ctrl-C)", file=sys.stderr)  # as console() says it
