@@ -68,15 +68,17 @@ async def _pages(port: int, n: int, seconds: float, cpu_s: Callable[[], float],
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         tasks = [asyncio.create_task((client if foxglove else page)(http, i)) for i in range(n)]
-        await asyncio.sleep(WARM_UP_S)
-        start, cpu0, t0 = list(counts), cpu_s(), time.monotonic()
-        await asyncio.sleep(seconds)
-        elapsed = time.monotonic() - t0
-        cores = (cpu_s() - cpu0) / elapsed
-        rates = [(b - a) / elapsed for a, b in zip(start, counts)]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.sleep(WARM_UP_S)
+            start, cpu0, t0 = list(counts), cpu_s(), time.monotonic()
+            await asyncio.sleep(seconds)
+            elapsed = time.monotonic() - t0
+            cores = (cpu_s() - cpu0) / elapsed
+            rates = [(b - a) / elapsed for a, b in zip(start, counts)]
+        finally:  # a stop too: the pages end before their session closes, not after it with an error no one reads
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return connected, rates, cores
 
 
