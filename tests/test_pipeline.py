@@ -430,10 +430,10 @@ def test_a_program_calling_run_live_unguarded_ends_its_run_in_one_line(tmp_path,
                         r"module, which it imports, called run_live again(; .*)?", lines[-1]), proc.stderr
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_unknown_config_key_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, str(REPO / "run_stream.py"), "--config", "demo",
-                           "--set", "fuse.stepz=3"], cwd=REPO, capture_output=True, text=True, timeout=25)
+                           "--set", "fuse.stepz=3"], cwd=REPO, capture_output=True, text=True, timeout=50)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown config key fuse.stepz" in proc.stderr and "demo.yaml" in proc.stderr
