@@ -173,3 +173,47 @@ def test_file_clock_places_a_frame_back_by_up_to_one_period_just_after_the_previ
         fixes.append(clock.fix)
     assert t == [0, 40 * MS, 80 * MS, 80 * MS + 1, 120 * MS, 120 * MS + 1, 160 * MS]
     assert fixes == ["", "", "", "nudged", "", "nudged", ""]
+
+
+def test_file_clock_takes_a_forward_step_of_ffmpegs_ten_seconds_as_a_gap_and_beyond_as_a_discontinuity() -> None:
+    kept, moved = FileClock(period_ns=40 * MS), FileClock(period_ns=40 * MS)
+    assert [kept.stamp(p) for p in (0, 9_990 * MS)] == [0, 9_990 * MS] and kept.step_ns == 9_990 * MS
+    assert [moved.stamp(p) for p in (0, 10_010 * MS)] == [0, 40 * MS] and moved.fix == "rebased"
+
+
+def test_file_clock_first_frame_has_no_step_and_a_new_pass_before_any_frame_keeps_its_pts() -> None:
+    clock = FileClock(period_ns=40 * MS)
+    assert clock.stamp(5 * MS) == 5 * MS and clock.step_ns == 0 and clock.fix == ""
+    fresh = FileClock(period_ns=40 * MS)
+    fresh.new_pass()
+    assert fresh.stamp(5 * MS) == 5 * MS
+
+
+def test_file_clock_shift_moves_every_later_time_also_one_placed_after_the_previous_frame() -> None:
+    """A loop's passes stepped over (a copied-over file's lost frames) shift the times that follow: those of the
+    same pass, the next pass's first frame (one period after the shifted last one), and a first frame not yet read."""
+    clock = FileClock(period_ns=40 * MS)
+    assert [clock.stamp(p * MS) for p in (0, 40)] == [0, 40 * MS]
+    clock.shift(1_000 * MS)
+    assert clock.stamp(80 * MS) == 1_080 * MS
+    clock.new_pass()
+    clock.shift(1_000 * MS)
+    assert clock.stamp(0) == 2_120 * MS
+    unread = FileClock(period_ns=40 * MS)
+    unread.shift(1_000 * MS)
+    assert unread.stamp(0) == 1_000 * MS
+
+
+def test_stream_clock_offset_is_the_least_of_the_last_two_seconds_of_arrivals() -> None:
+    clock = StreamClock()
+    assert clock.stamp(0, 1_000 * MS, 1_000 * MS) == 1_000 * MS  # the least delay: 1 s
+    assert clock.stamp(40 * MS, 3_000 * MS, 3_000 * MS) == 1_040 * MS  # 2 s later: still in the window
+    assert clock.stamp(80 * MS, 3_100 * MS, 3_100 * MS) == 3_040 * MS  # out of it: the next least, 2.96 s
+
+
+def test_stream_clock_takes_the_clocks_read_ten_ms_apart_as_no_step_and_beyond_as_one() -> None:
+    epoch = 1_700_000_000 * 10**9
+    clock = StreamClock()
+    assert clock.stamp(0, 1_000 * MS, epoch + 1_000 * MS) == epoch + 1_000 * MS
+    assert clock.stamp(40 * MS, 1_040 * MS, epoch + 1_050 * MS) == epoch + 1_040 * MS  # read 10 ms apart
+    assert clock.stamp(80 * MS, 1_080 * MS, epoch + 1_090 * MS + 1) == epoch + 1_090 * MS + 1  # stepped
