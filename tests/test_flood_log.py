@@ -33,6 +33,23 @@ def test_warnings_past_a_windows_lines_are_counted_and_said_as_one_line(monkeypa
     assert said.unsaid == 0
 
 
+def test_by_default_a_peers_flood_is_said_in_twenty_lines_per_ten_seconds(monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(flood_log, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    said = FloodLog(logging.getLogger("streamfuse.test"), "malformed messages")
+    with caplog.at_level(logging.WARNING, logger="streamfuse.test"):
+        for n in range(30):
+            said.say(f"bad {n}")
+        assert len(caplog.messages) == 20 and caplog.messages[-1].startswith("bad 19 (20 said in 10 s:")
+        clock[0] = 109.999  # still the same window
+        said.say("bad 30")
+        assert said.unsaid == 11
+        clock[0] = 110.0
+        said.say("bad 31")
+    assert caplog.messages[20:] == ["11 more malformed messages not said one by one; the last: bad 30", "bad 31"]
+
+
 def test_a_flood_of_malformed_stats_messages_is_counted_not_logged_line_by_line(
         raw_pub: tuple[zmq.Socket, str], caplog: pytest.LogCaptureFixture) -> None:
     # the viewer and the Foxglove bridge wrote a warning line for each malformed stats message a peer sent
