@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from streamfuse.capture.sender_clock import SenderClock
 from streamfuse.capture.sources import SourceConfig, open_source
 from streamfuse.capture.video_sources import AvSource
 
@@ -73,3 +74,44 @@ def test_a_step_back_of_the_camera_clock_makes_it_another_at_once(source):
     assert _frame(source, -8, 10.3) is None
     assert source.lines == ["vis: rtsp://camera/1: clock: sender: the sender's clock is -10.300 s off this machine's "
                             "at its frame's arrival (not NTP-synced?): stamped by arrival"]
+
+
+def _judged(frames: list[tuple[float, float]], *, step_s: float = 0, pts_s: list[float] | None = None) -> list[bool]:
+    """Whether :class:`SenderClock` keeps the sender time of each frame, given as (monotonic arrival, lag) in
+    seconds, pts its capture time unless ``pts_s`` gives them; the wall clock stepped ``step_s`` ahead from the last
+    frame on."""
+    judge, kept = SenderClock(), []
+    for i, (mono_s, lag_s) in enumerate(frames):
+        mono_ns = round(mono_s * S)
+        pts_ns = round((mono_s - lag_s if pts_s is None else pts_s[i]) * S)
+        wall_ns = REPORT_US * 1000 + mono_ns + (round(step_s * S) if i == len(frames) - 1 else 0)
+        sent = judge.sent_ns(REPORT_US, pts_ns, wall_ns, mono_ns)
+        assert sent in (None, REPORT_US * 1000 + pts_ns)
+        assert judge.kind == ("" if sent is not None else "off")
+        kept.append(sent is not None)
+    return kept
+
+
+def test_a_frame_without_a_sender_report_is_stamped_by_arrival() -> None:
+    judge = SenderClock()
+    assert judge.sent_ns(None, 0, REPORT_US * 1000, 0) is None
+    assert (judge.kind, judge.note) == ("none", "no RTCP sender report (yet): stamped by arrival")
+
+
+def test_a_sender_time_up_to_half_a_second_after_arrival_is_ours_and_later_is_not() -> None:
+    assert _judged([(10, -0.5)]) == [True]
+    assert _judged([(10, -0.5 - 1e-9)]) == [False]
+
+
+def test_a_lag_of_up_to_five_seconds_is_a_delivery_and_the_least_lag_of_a_minute_bounds_the_offset() -> None:
+    assert _judged([(10, 5.0)]) == [True] and _judged([(10, 5.0 + 1e-9)]) == [False]
+    # the frame in time keeps the judging for exactly a minute; a later, smaller lag takes over from it
+    assert _judged([(10, 1), (16, 6), (70, 6), (70.5, 6)]) == [True, True, True, False]
+    assert _judged([(10, 1), (16, 6), (18, 3), (71.5, 6)]) == [True, True, True, True]
+    assert _judged([(10, 6), (11, 1), (17, 6)]) == [False, True, True]
+
+
+def test_a_step_of_exactly_the_clock_step_limit_or_a_repeated_pts_keeps_the_judging() -> None:
+    assert _judged([(10, 4.95), (11, 5.05)], step_s=0.1) == [True, True]
+    assert _judged([(10, 4.95), (11, 5.05)], step_s=0.1 + 1e-9) == [True, False]
+    assert _judged([(10, 4.95), (11, 5.05)], pts_s=[5.05, 5.05]) == [True, True]
