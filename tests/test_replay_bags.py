@@ -182,6 +182,37 @@ def test_the_queue_size_said_is_the_least_that_pairs_every_frame(late_ms, offset
     assert lag.needed[late] == least
 
 
+def test_the_queue_size_said_is_the_least_that_pairs_every_frame_whatever_the_delays_jitter_and_losses():
+    # thirty recordings of random delays (up to 0.8 s each), offset, jitter and lost frames (up to a fifth)
+    from streamfuse.frames import Frame
+    from streamfuse.replay.order_lag import OrderLag
+    from streamfuse.sync import Pairer, SyncConfig
+
+    def dropped(frames: list, queue_size: int) -> dict[str, int]:
+        pairer = Pairer(SyncConfig(queue_size=queue_size))
+        for frame in frames:
+            pairer.push(frame)
+        pairer.flush()
+        return {s: pairer.stats()[s]["dropped"] for s in ("ir", "vis")}
+
+    image = np.zeros((2, 2), np.uint8)
+    for seed in range(30):
+        rng, logged = np.random.default_rng(seed), []
+        late = {"ir": rng.uniform(0, 800), "vis": rng.uniform(0, 800)}
+        offset_ms, jitter_ms, lost = rng.integers(-15, 16), rng.uniform(0, 30), rng.uniform(0, 0.2)
+        for i in range(90):
+            for stream, stamp in (("ir", i * PERIOD), ("vis", i * PERIOD + offset_ms * MS)):
+                if rng.uniform() >= lost:
+                    logged.append((stamp + round((late[stream] + rng.uniform(0, jitter_ms)) * MS),
+                                   Frame(stream, i, stamp, image)))
+        frames = [frame for _, frame in sorted(logged, key=lambda m: m[0])]
+        lag = OrderLag(SyncConfig().tolerance_ns)
+        for frame in frames:
+            lag.read(frame.stream, frame.t_capture_ns)
+        for s in ("ir", "vis"):
+            least = next(size for size in range(2, 100) if not dropped(frames, size)[s])
+            assert max(lag.needed[s], 2) == least, (seed, s)
+
 def _stepped_back(path, after: int) -> None:
     """A bag whose thermal frames from frame 2 N on, ``after`` of them, are stamped a minute back (the rig's clock
     stepped back); the visible camera starts 4 frames late and stops after N frames."""
