@@ -1,11 +1,15 @@
-"""MPEG program streams built by hand (:func:`streamfuse.capture.mpeg_end.program_stream`): a complete one says
-nothing, whatever its packs' stuffing, an unbounded video packet, VCD's zero bytes or start codes in audio data."""
+"""MPEG program and transport streams built by hand (:mod:`streamfuse.capture.mpeg_end`): a complete one says
+nothing, whatever its packs' stuffing, an unbounded video packet, VCD's zero bytes or start codes in audio data, its
+transport packets' size or its padding; a packet cut short is a certain cut."""
 
 from __future__ import annotations
 
 import io
 
-from streamfuse.capture.mpeg_end import program_stream
+import pytest
+
+from streamfuse.capture.container_walk import Cut
+from streamfuse.capture.mpeg_end import program_stream, transport_stream
 
 
 def _pack(stuffing: int = 0) -> bytes:
@@ -47,3 +51,61 @@ def test_a_packet_header_cut_before_its_length_is_reported_not_taken_for_a_certa
     so they are bytes that follow the last whole unit (a cut, or something appended), not a certain cut."""
     cut = _check(_pack() + _packet(0xE0, b"\x11" * 40) + b"\0\0\1\xe0\x07")
     assert cut is not None and not cut.certain and cut.what.startswith("5 unrecognised bytes")
+
+
+def _ts(n: int, size: int = 188, fill: int = 0x11) -> bytes:
+    """``n`` transport packets of ``size`` bytes (M2TS's 192 start with a 4-byte time stamp), payload ``fill``."""
+    sync = 4 if size == 192 else 0
+    packet = bytes([fill]) * sync + b"\x47\x01\x00" + bytes([fill]) * (size - sync - 3)
+    return packet * n
+
+
+def _ts_end(data: bytes):
+    return transport_stream(io.BytesIO(data), len(data))
+
+
+@pytest.mark.parametrize("size", [188, 192, 204])
+def test_transport_packets_of_each_size_end_a_complete_file_and_a_packet_cut_short_is_certain(size):
+    assert _ts_end(_ts(30, size)) is None and _ts_end(_ts(2, size)) is None  # fewer packets than those checked too
+    assert _ts_end(_ts(30, size, fill=0)) is None and _ts_end(_ts(30, size, fill=0xFF)) is None  # payload like padding
+    for cut in (_ts(30, size) + _ts(1, size)[:100], _ts(30, size, fill=0xFF) + _ts(1, size, fill=0xFF)[:60]):
+        assert _ts_end(cut) == Cut("the file does not end with a whole MPEG-TS packet", True)
+
+
+@pytest.mark.parametrize("tail", [b"\0" * 1000, b"\xff" * 70_000, b"hello"])  # padding, longer than a block; a trailer
+def test_bytes_after_the_last_transport_packet_that_start_none_are_said_not_taken_for_a_cut(tail):
+    assert _ts_end(_ts(30) + tail) == Cut(f"{len(tail)} unrecognised bytes follow its last whole MPEG-TS packet", False)
+
+
+def test_a_null_packets_start_may_begin_padding_but_not_in_m2ts():
+    padded = _ts(30) + b"\x47\x1f\xff" + b"\0" * 100  # a recorder's padding to a size, ending in a null packet's start
+    assert _ts_end(padded) == Cut("103 unrecognised bytes follow its last whole MPEG-TS packet", False)
+    m2ts = _ts(30, 192) + b"\0" * 4 + b"\x47\x1f\xff" + b"\0" * 100  # a cut among M2TS's null packets
+    assert _ts_end(m2ts) == Cut("the file does not end with a whole MPEG-TS packet", True)
+    assert _ts_end(b"\0" * 5000) == Cut("the file does not end with a whole MPEG-TS packet", True)  # no packet at all
+
+
+def _pack_mpeg1() -> bytes:
+    """An MPEG-1 pack header ('0010' bits): 12 bytes, no stuffing."""
+    return b"\0\0\1\xba" + bytes([0x21, 0, 1, 0, 1, 0x80, 0, 1])
+
+
+def _units() -> bytes:
+    """One packet of each kind that states its length: system header, stream map, private streams 1 and 2, padding,
+    audio, video and a stream of the 0xF0-0xFF codes."""
+    kinds = ((0xBB, 12), (0xBC, 10), (0xBD, 20), (0xBE, 16), (0xBF, 8), (0xC0, 30), (0xE0, 40), (0xF3, 9))
+    return b"".join(_packet(code, bytes([code]) * n) for code, n in kinds)
+
+
+@pytest.mark.parametrize("pack", [_pack_mpeg1, _pack])
+def test_packs_of_each_header_and_packets_of_each_kind_end_complete_and_a_cut_in_the_last_is_certain(pack):
+    data = b"".join(pack() + _units() for _ in range(3))
+    assert _check(data) is None
+    assert all(_check(data[:-k]).certain for k in range(1, 10))  # the last packet holds 15 bytes
+
+
+def test_zero_bytes_to_the_end_are_an_empty_sector_and_bytes_after_them_are_said():
+    data = b"".join(_pack_mpeg1() + _units() for _ in range(3))
+    assert _check(data + b"\0" * 3000) is None
+    assert _check(data + b"\0" * 100 + b"x") == Cut("101 unrecognised bytes follow its last whole MPEG-PS packet "
+                                                    "(stream 0xF3)", False)
