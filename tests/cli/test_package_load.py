@@ -4,6 +4,7 @@ status the command gives that stop."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,5 +39,7 @@ def test_a_stop_as_python_m_streamfuse_loads_the_package_is_one_line_and_130(tmp
     (tmp_path / "sitecustomize.py").write_text(_SIGNAL_AS_THE_PACKAGE_LOADS.format(signal=signal_name))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     done = subprocess.run([sys.executable, "-m", "streamfuse", "recover", str(tmp_path / ".rig.mcap.partial")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+                          # as from a terminal: SIGHUP at its default even where the suite runs under nohup
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     assert (done.returncode, done.stderr) == (130, f"streamfuse recover: {line}\n")
