@@ -48,7 +48,7 @@ from streamfuse.capture.producer_process import (StopFlag, check_rings_fit, fail
 from streamfuse.capture.shm_ring import ShmRing, named_semaphore, remove_stale
 from streamfuse.capture.stall import WatchClock, allowance
 from streamfuse.capture.sources import SourceConfig
-from streamfuse.capture.time_line import new_pass, pace_lines
+from streamfuse.capture.time_line import left, new_pass, pace_lines
 from streamfuse.frames import Frame
 
 __all__ = ["ProducerEvent", "Producers", "start_producers"]
@@ -213,6 +213,7 @@ class Producers:
             kind, line = w.message or ("error", f"{w.section}: producer (pid {w.proc.pid}) {ended}")
         w.proc.join(0.1)
         self._retire(w)
+        left(w.pace, w.section)  # a source waiting for its first frame to start their time line waits no longer
         at_end, waiting = kind == "eos", kind == "unreachable"  # waiting: a camera not up (yet), worth it
         kind = "error" if waiting else kind
         progressed = w.last_seq >= w.seq_at_start
@@ -356,8 +357,7 @@ class Producers:
         return {name: s["pid"] for name, s in self.stats().items()}
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop every producer within ``timeout`` s (stragglers are killed: they ignore SIGTERM) and free the
-        rings."""
+        """Stop every producer within ``timeout`` s (stragglers, which ignore SIGTERM, killed); free the rings."""
         if self._stopped:
             return
         self._stopped = True

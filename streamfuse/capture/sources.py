@@ -25,7 +25,7 @@ import numpy as np
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import palette
 from streamfuse.capture.loop_spans import PassStarts
-from streamfuse.capture.time_line import claimed
+from streamfuse.capture.time_line import claimed, held
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check, shown
 from streamfuse.errors import redact
@@ -387,7 +387,8 @@ class BaseSource:
         if not self.cfg.realtime or self._skipping:
             return
         t_ns += self._passes.held_ns
-        if self._pace_anchor is None:
+        if self._pace_anchor is None:  # a shared time line begins once every source on it has its first frame
+            held(self.pace_origin, self.section, self.stop_event, self.warn)
             with claimed(self.pace_origin):
                 if self._anchor(t_ns):
                     return

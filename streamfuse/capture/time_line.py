@@ -6,29 +6,50 @@ one: pairing compares their frames' times, so the frames of one time must come t
 own first frame on (an IR video starting 0.75 s into the visible one's times came 0.75 s early, overflowed the pairing
 queue, and nothing paired) or from whenever its process got its input open. A source whose first frame is far from
 the other's time (timed on another clock) is paced on its own, and said.
+
+A shared line starts only once every source on it has read its first frame (:func:`held`): begun by the first one,
+the frames of another whose process started seconds later (9-13 s on a loaded machine) were all due long before
+and came at once, after the frames of their time had been paired or dropped. One that is not ready within
+:data:`READY_WAIT_S`, or whose producer ended first, is left behind, said in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from streamfuse.capture.loop_spans import LoopSpans, loop_spans
 from streamfuse.capture.shm_ring import named_semaphore
 
-__all__ = ["TimeLine", "pace_lines", "new_pass", "claimed"]
+__all__ = ["TimeLine", "pace_lines", "new_pass", "claimed", "held", "left", "READY_WAIT_S"]
 
 _LOCK_WAIT_S = 1.0  # a process killed while it held the lock must not hold up the other source's for good
+READY_WAIT_S = 10.0  # the longest a source's first frame waits for the other sources on its line to be ready
+_READY_POLL_S = 0.05
+_READY, _GONE = 1, 2  # a source on a shared line: its first frame read; its producer ended
 
 
 class TimeLine:
     """The four shared numbers, zeros until set, and the lock :func:`claimed` takes: named as our shared memory is,
-    so that a start after a killed run frees it (multiprocessing's own ``mp-<random>`` one never was)."""
+    so that a start after a killed run frees it (multiprocessing's own ``mp-<random>`` one never was); where
+    ``sections`` share it, whether each is ready (:func:`held`)."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, sections: list[str] | None = None) -> None:
         self._values, self._lock = ctx.RawArray("q", 4), named_semaphore(ctx, lock=True)
         self.loop_spans: LoopSpans | None = None  # looped inputs' spans, shared by all sources (loop_spans)
+        self._sections = sorted(sections or [])
+        self._ready = ctx.RawArray("b", max(1, len(self._sections)))  # 0, _READY or _GONE, by section
+
+    def post(self, section: str, state: int) -> None:
+        """Say ``section`` is ready (``_READY``) or gone (``_GONE``); nothing for a section not on this line."""
+        if section in self._sections:
+            self._ready[self._sections.index(section)] = state
+
+    def others(self, section: str, state: int) -> list[str]:
+        """The sections on this line other than ``section`` whose state is ``state``."""
+        return [s for s, st in zip(self._sections, self._ready) if s != section and st == state]
 
     def __getitem__(self, i: int) -> int:
         return self._values[i]
@@ -44,7 +65,7 @@ def pace_lines(ctx: Any, cfgs: dict[str, Any]) -> dict[str, TimeLine]:
     """Each source's time line (processes of ``ctx``) by its ``SourceConfig``: one for all where every source is
     paced on its own times, else one each; each carries the looped inputs' shared spans where all inputs loop."""
     if len(cfgs) > 1 and all(cfg.replayable and cfg.realtime for cfg in cfgs.values()):
-        lines = dict.fromkeys(cfgs, TimeLine(ctx))
+        lines = dict.fromkeys(cfgs, TimeLine(ctx, list(cfgs)))
     else:
         lines = {name: TimeLine(ctx) for name in cfgs}
     spans = loop_spans(ctx, cfgs)
@@ -72,3 +93,29 @@ def claimed(line: Any) -> Iterator[None]:
     finally:
         if held:
             lock.release()
+
+
+def held(line: Any, section: str, stop: Any, warn: Callable[[str], None]) -> None:
+    """``section``'s first frame is read: say so on its time line ``line`` and, where the line is shared and not begun
+    (a restart goes on on it), wait until every other source on it is ready too, or its producer ended (:func:`left`),
+    at most :data:`READY_WAIT_S` (one left behind is said to ``warn``); a set ``stop`` (Event-like) ends the wait."""
+    if not isinstance(line, TimeLine) or line[0]:
+        return
+    line.post(section, _READY)
+    deadline = time.monotonic() + READY_WAIT_S
+    while (waited := line.others(section, 0)) and not line[0]:
+        if time.monotonic() >= deadline:
+            warn(f"{section}: its time line starts without {', '.join(waited)}, not ready {READY_WAIT_S:g} s after "
+                 f"{section}'s first frame (its frames will come late, at once, and the first may not pair)")
+            return
+        if stop.wait(_READY_POLL_S) if stop is not None else time.sleep(_READY_POLL_S):
+            return
+    if (gone := line.others(section, _GONE)) and not line[0]:
+        warn(f"{section}: its time line starts without {', '.join(gone)}, whose producer ended before the line began")
+
+
+def left(line: Any, section: str) -> None:
+    """``section``'s producer ended: the others on its time line ``line`` wait for it no longer (a restart that reads
+    a first frame before the line begins is ready again)."""
+    if isinstance(line, TimeLine):
+        line.post(section, _GONE)

@@ -876,6 +876,65 @@ def test_two_paced_files_go_by_one_time_line_so_the_one_starting_later_pairs(tmp
     assert pairer.stats()["ir"]["dropped"] == 0
 
 
+def _ran_on_or_held(beat) -> bool:
+    """A producer's source has paced 30 frames (1.5 s of its time line at 20 frames/s), or holds its first frame: its
+    first pacing wait posted (``beat[2]``, read first) before any frame was written (``beat[0]``)."""
+    waited = beat[2] > 0
+    return beat[0] >= 30 or (waited and not beat[0])
+
+
+def test_a_paced_file_whose_producer_starts_late_pairs_from_its_first_frame_on_their_time_line(tmp_path: Path,
+                                                                                             monkeypatch) -> None:
+    # The first paced source began the shared time line at its first frame: where the other's producer started late
+    # (9-13 s on a loaded machine), its first frames were all due long before and came at once, after the visible
+    # frames of their time had been paired or dropped: pairs began at (22, 22), not (15, 15). Here the IR producer
+    # starts once the visible one has paced 1.5 s of frames, or holds its first frame for it.
+    from streamfuse.sync import Pairer, SyncConfig
+
+    write_video(tmp_path / "ir.mkv", 30, fps=20, first=15)
+    write_video(tmp_path / "vis.mkv", 45, fps=20)
+    spawn, late = Producers._spawn, []
+
+    def spawn_ir_late(self, w, resume) -> None:
+        if w.section == "ir" and not late:  # held back as a restart due never, until the test makes it due
+            late.append(w)
+            w.state, w.restart_at = "waiting", float("inf")
+            return
+        spawn(self, w, resume)
+
+    monkeypatch.setattr(Producers, "_spawn", spawn_ir_late)
+    cfg = SourceConfig(kind="file", realtime=True, restart=False, stall_factor=0)
+    prod = start_producers(replace(cfg, path=str(tmp_path / "ir.mkv")), replace(cfg, path=str(tmp_path / "vis.mkv")),
+                           slots=64)
+    try:
+        frames, _ = collect(prod, lambda f, e: _ran_on_or_held(prod._workers["vis"].beat))
+        late[0].restart_at = 0.0
+        rest, _ = collect(prod, lambda f, e: False)
+    finally:
+        assert_stopped(prod, prod.shm_names())
+    pairer = Pairer(SyncConfig(slop_ms=10.0, queue_size=8))
+    pairs = [pair for frame in frames + rest for pair in pairer.push(frame)] + pairer.flush()
+    assert [(int(p.ir.image[0, 0]), int(p.vis.image[0, 0, 0])) for p in pairs] == [(i, i) for i in range(15, 45)]
+
+
+def test_a_paced_file_starts_without_the_other_whose_producer_failed_before_its_first_frame(tmp_path: Path,
+                                                                                          caplog) -> None:
+    # a corrupt visible file must not hold the IR file's frames back (for the wait's bound), and it is said
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    write_video(tmp_path / "ir.mkv", 10, fps=20)
+    (tmp_path / "vis.mkv").write_bytes(b"not a video" * 100)
+    cfg = SourceConfig(kind="file", realtime=True, restart=False, stall_factor=0)
+    prod = start_producers(replace(cfg, path=str(tmp_path / "ir.mkv")), replace(cfg, path=str(tmp_path / "vis.mkv")))
+    names = prod.shm_names()
+    try:
+        frames, events = collect(prod, lambda f, e: False)
+    finally:
+        assert_stopped(prod, names)
+    assert [f.seq for f in frames] == list(range(10)) and [e.stream for e in events] == ["vis", "ir"]
+    said = [r.getMessage() for r in caplog.records if "time line" in r.getMessage()]
+    assert said == ["ir: its time line starts without vis, whose producer ended before the line began"]
+
+
 class _Died:
     """A producer process that has exited (SIGKILL)."""
 

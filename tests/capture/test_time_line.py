@@ -1,0 +1,95 @@
+"""The shared time line's start: each source's first frame waits for the others' (streamfuse.capture.time_line)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from streamfuse.capture import time_line
+from streamfuse.capture.producer_process import process_context
+from streamfuse.capture.sources import SourceConfig, open_source
+from streamfuse.capture.time_line import left, pace_lines
+
+
+def _folder(path: Path, n: int) -> Path:
+    path.mkdir(parents=True)
+    for i in range(n):
+        cv2.imwrite(str(path / f"{i:04d}.png"), np.full((24, 32), i, np.uint8))
+    return path
+
+
+def _sources(tmp_path: Path) -> tuple[dict, list[str]]:
+    """Paced folder sources ``ir`` and ``vis`` on their one time line, their warnings said into the list."""
+    cfg = SourceConfig(kind="folder", path=str(_folder(tmp_path / "frames", 3)), fps=20.0, realtime=True)
+    lines, said = pace_lines(process_context(), {"ir": cfg, "vis": cfg}), []
+    sources = {name: open_source(name, cfg) for name in lines}
+    for name, src in sources.items():
+        src.pace_origin, src.warn, src.stop_event = lines[name], said.append, threading.Event()
+    return sources, said
+
+
+def test_a_first_frame_waits_for_the_other_source_on_its_line_and_both_start_together(tmp_path: Path) -> None:
+    # the first source to pace began the line alone: one whose producer started later found its first frames due
+    # long before, and they came at once, after their partners had been paired or dropped
+    sources, said = _sources(tmp_path)
+    first = threading.Thread(target=sources["ir"].read)
+    first.start()
+    try:
+        # ir's first frame is held until vis's is read (the line not begun meanwhile)
+        assert not first.join(0.5) and first.is_alive() and not sources["ir"].pace_origin[0]
+        sources["vis"].read()
+    finally:
+        first.join(30)
+        for src in sources.values():
+            src.close()
+    assert not first.is_alive() and sources["ir"].pace_origin[0] and said == []
+
+
+def test_a_first_frame_waits_for_the_other_source_no_longer_than_the_bound_and_says_so(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    monkeypatch.setattr(time_line, "READY_WAIT_S", 0.2)
+    sources, said = _sources(tmp_path)
+    with sources["ir"] as ir:
+        assert int(ir.read().image[0, 0]) == 0
+    assert said == ["ir: its time line starts without vis, not ready 0.2 s after ir's first frame (its frames will "
+                    "come late, at once, and the first may not pair)"]
+
+
+def test_a_first_frame_waits_no_more_once_the_other_sources_producer_ended_or_the_run_stops(tmp_path: Path,
+                                                                                           monkeypatch) -> None:
+    monkeypatch.setattr(time_line, "READY_WAIT_S", 600.0)  # a wait that does not end of itself fails the test's timeout
+    sources, said = _sources(tmp_path)
+    left(sources["vis"].pace_origin, "vis")
+    with sources["ir"] as ir:
+        ir.read()
+    assert said == ["ir: its time line starts without vis, whose producer ended before the line began"]
+    sources, said = _sources(tmp_path / "stopped")
+    sources["ir"].stop_event.set()
+    with sources["ir"] as ir:
+        ir.read()
+    assert said == []
+
+
+def test_a_restart_goes_on_on_its_begun_line_without_waiting(tmp_path: Path, monkeypatch) -> None:
+    # the line is already anchored: a restarted producer (or a reopened recording) waits for no one again
+    monkeypatch.setattr(time_line, "READY_WAIT_S", 600.0)
+    sources, said = _sources(tmp_path)
+    line = sources["ir"].pace_origin
+    line[0], line[1] = time.perf_counter_ns(), 0  # begun now by the frame of time 0
+    with sources["ir"] as ir:
+        ir.read()
+    assert said == []
+
+
+def test_a_paced_input_beside_a_live_one_is_on_a_line_of_its_own_and_never_waits(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(time_line, "READY_WAIT_S", 600.0)
+    cfg = SourceConfig(kind="folder", path=str(_folder(tmp_path / "frames", 3)), fps=20.0, realtime=True)
+    lines, said = pace_lines(process_context(), {"ir": cfg, "vis": SourceConfig(kind="synthetic")}), []
+    with open_source("ir", cfg) as ir:
+        ir.pace_origin, ir.warn, ir.stop_event = lines["ir"], said.append, threading.Event()
+        ir.read()
+    assert lines["ir"][0] and said == []
