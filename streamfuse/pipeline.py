@@ -286,6 +286,8 @@ def _publish(pub: Publisher, tel: Telemetry, pair: FramePair, processed: Process
     tel.count("published" if pub.send_fused(fused) else "publish_dropped")
     if pub.shm_busy:  # frames same-host readers never got: they held every slot of the pool
         tel.set("publish_shm_busy", pub.shm_busy)
+    if pub.peers_cut:  # consumers cut for flooding the publisher with subscriptions
+        tel.set("publish_peers_cut", pub.peers_cut)
     timings["publish"] = (time.perf_counter_ns() - t_sent) / 1e6
     if pub.previews_wanted():  # a viewer asked for the IR and visible previews; off otherwise
         pub.send_previews(fused)

@@ -26,6 +26,7 @@ import zmq
 from streamfuse.codecs import H264Encoder, JpegEncoder
 from streamfuse.endpoints import bind, reachable_from_other_machines
 from streamfuse.frames import FusedFrame, optical_frame
+from streamfuse.peer_budget import PeerBudget
 from streamfuse.publish_config import PublishConfig
 from streamfuse.shm_pool import PoolError, ShmPool, remove_stale_pools, shm_supported
 from streamfuse.wire import (PREVIEW_PREFIX, RING_TOPIC_PREFIX, SHM_TOPIC_PREFIX, STATS_SCHEMA, HeaderEncoder,
@@ -99,7 +100,7 @@ class Publisher:
         # a context of its own: for nodrop, see close; for curve_clients_dir, its ZAP handler answers for the context
         own = (cfg.nodrop and not cfg.endpoint.startswith("inproc://")) or cfg.curve_clients_dir
         self._ctx = zmq.Context() if own else None
-        self._auth = None
+        self._auth = self._budget = None
         self._sock = (self._ctx or zmq.Context.instance()).socket(zmq.XPUB)
         self._bind(cfg)
         #: the bound endpoint, with the real port when the config asked for ``tcp://HOST:*``.
@@ -126,6 +127,8 @@ class Publisher:
             self._sock.setsockopt(zmq.TCP_MAXRT, _PEER_TIMEOUT_MS)  # a ping queued behind a frame half sent never goes
             self._auth = bind(self._sock, cfg.endpoint, cfg.curve_secret_file, cfg.curve_clients_dir,
                               cfg.unsent_kb * 1024)
+            # cuts a peer flooding the socket with subscriptions
+            self._budget = PeerBudget(self._sock, self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
         except zmq.ZMQError as exc:
             self.close()
             if exc.errno == errno.EADDRINUSE:
@@ -140,6 +143,11 @@ class Publisher:
     def shm_busy(self) -> int:
         """Frames not written to the shared-memory pool because readers held every slot."""
         return self._pool.busy if self._pool is not None else 0
+
+    @property
+    def peers_cut(self) -> int:
+        """Consumers whose connection was cut for sending far more than a subscriber does (a flood of subscriptions)."""
+        return self._budget.cut if self._budget is not None else 0
 
     @property
     def shm_pool(self) -> str:
@@ -267,12 +275,14 @@ class Publisher:
 
     def _poll_subscriptions(self) -> None:
         """Take the (un)subscriptions waiting on the XPUB socket (a few microseconds when there are none), at most
-        ``_SUBS_PER_POLL`` a call: a peer sending thousands must not hold the live loop (the rest wait a turn)."""
+        ``_SUBS_PER_POLL`` a call: a peer sending thousands must not hold the live loop (the rest wait a turn; one
+        sending far more than a subscriber does is cut: :mod:`streamfuse.peer_budget`)."""
         changed = False
         for _ in range(_SUBS_PER_POLL):
-            if not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:  # recv, not ZMQ_EVENTS: libzmq takes in a flood in either, and recv lets the peers' cut run meanwhile
+                msg = self._sock.recv(zmq.NOBLOCK)  # b"\x01" + topic: subscribe, b"\x00" + topic: last one gone
+            except zmq.Again:
                 break
-            msg = self._sock.recv(zmq.NOBLOCK)  # b"\x01" + topic: subscribe, b"\x00" + topic: last one gone
             topic = msg[1:]
             if not any(mine.startswith(topic) for mine in self._published):
                 continue  # matches nothing sent here (libzmq filters by it alone): not kept, so never a growing set
@@ -340,6 +350,8 @@ class Publisher:
         link drops while a closing socket whose linger ran out still holds a message half sent to it, as a stalled
         consumer's sender does. A consumer that stays stalled is dropped by TCP (``TCP_MAXRT``, ``_PEER_TIMEOUT_MS``):
         one stalled in the middle of a frame never gets the heartbeat's ping, queued behind that frame."""
+        if self._budget is not None:
+            self._budget.close()
         self._sock.close(linger=-1)
         if self._auth is not None:
             self._auth.stop()

@@ -951,7 +951,7 @@ def test_frames_same_host_readers_never_got_are_counted():
     from streamfuse.pipeline import _publish
     from streamfuse.telemetry import Telemetry, TelemetryConfig
 
-    pub = SimpleNamespace(shm_busy=0, send_fused=lambda fused: True, previews_wanted=lambda: False)
+    pub = SimpleNamespace(shm_busy=0, peers_cut=0, send_fused=lambda fused: True, previews_wanted=lambda: False)
     tel = Telemetry(TelemetryConfig())
     frame = SimpleNamespace(image=np.zeros((4, 4, 3), np.uint8), timings={})
     for busy in (0, 3):
@@ -960,6 +960,10 @@ def test_frames_same_host_readers_never_got_are_counted():
         _publish(pub, tel, pair, frame, SimpleNamespace(name="max", version="1"), 0)
     counters = tel.snapshot()["counters"]
     assert counters["published"] == 2 and counters["publish_shm_busy"] == 3
+    assert "publish_peers_cut" not in counters  # present once one was cut
+    pub.peers_cut = 1  # a consumer flooding the publisher with subscriptions was cut
+    _publish(pub, tel, pair, frame, SimpleNamespace(name="max", version="1"), 0)
+    assert tel.snapshot()["counters"]["publish_peers_cut"] == 1
 
 
 def _stop_the_loops_clock(monkeypatch, now: int = 10**12) -> int:
@@ -981,7 +985,7 @@ def test_how_long_the_older_frame_of_a_pair_waited_is_in_the_stats(monkeypatch):
     from streamfuse.pipeline import _publish
     from streamfuse.telemetry import Telemetry, TelemetryConfig
 
-    pub = SimpleNamespace(shm_busy=0, send_fused=lambda fused: True, previews_wanted=lambda: False)
+    pub = SimpleNamespace(shm_busy=0, peers_cut=0, send_fused=lambda fused: True, previews_wanted=lambda: False)
     tel = Telemetry(TelemetryConfig())
     now = _stop_the_loops_clock(monkeypatch)
     pair = SimpleNamespace(t_paired_ns=0, ir=SimpleNamespace(t_mono_ns=now - 70_000_000),
@@ -1057,7 +1061,8 @@ def test_a_fused_frame_the_publisher_dropped_is_counted_as_dropped_and_its_pairi
     frame = SimpleNamespace(image=np.zeros((4, 4, 3), np.uint8), timings={})
     pair = SimpleNamespace(t_paired_ns=10_000_000, ir=SimpleNamespace(t_mono_ns=0), vis=SimpleNamespace(t_mono_ns=0))
     for sent in (True, False, False):
-        pub = SimpleNamespace(shm_busy=0, send_fused=lambda fused, sent=sent: sent, previews_wanted=lambda: False)
+        pub = SimpleNamespace(shm_busy=0, peers_cut=0,
+                              send_fused=lambda fused, sent=sent: sent, previews_wanted=lambda: False)
         _publish(pub, tel, pair, frame, SimpleNamespace(name="max", version="1"), 15_000_000)
     snap = tel.snapshot()
     assert snap["counters"]["published"] == 1 and snap["counters"]["publish_dropped"] == 2

@@ -1,0 +1,145 @@
+"""What each ``tcp://`` consumer of a publisher has sent it, and the cut of one that sends far more than a subscriber
+does. libzmq takes every subscription a peer sends into a trie of about 50 bytes a byte, kept until the peer leaves,
+does that work inside the publisher's own socket calls (the live loop's sends), and has no limit of its own on how many
+a peer may send: one peer sending 644,000 distinct subscriptions of 101 bytes in 10 s took a live run from 328 to
+3047 MB, never given back, and held its loop at 0 frames/s for 24 s.
+
+A subscriber sends its greeting and handshake, a few subscriptions and a pong every few seconds: a connection may send
+``BURST_BYTES``, and ``BYTES_PER_S`` more for each second it has been connected (the kernel's count of the bytes it
+received, ``TCP_INFO``). Past that its connection is shut down, which libzmq takes as the peer leaving (its
+subscriptions go with it), counted (:attr:`PeerBudget.cut`) and said a few lines a window
+(:class:`~streamfuse.flood_log.FloodLog`). ``ipc://`` and ``inproc://`` peers, on this host, are not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from streamfuse.flood_log import FloodLog
+
+__all__ = ["BURST_BYTES", "BYTES_PER_S", "PeerBudget"]
+
+log = logging.getLogger(__name__)
+# the most a SUB sends as it connects: its 1000 queued subscriptions (its SNDHWM), each up to the publisher's cap
+BURST_BYTES = 512 * 1024
+BYTES_PER_S = 64  # a pong every 5 s (45 bytes in a CURVE box) and the odd (un)subscription, several times over
+CHECK_MS = 10  # the kernel's counts are read this often while any peer is connected: microseconds a connection
+IDLE_MS = 100  # the wait for a connection while none is
+STOP_S = 10.0  # the wait for the thread to end at the close (it ends at once: a loaded machine can take seconds)
+EVENTS_PER_CHECK = 1000  # connections made or ended taken a check: a flood of them must not hold off the cuts
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_BYTES_RECEIVED = 128  # offset of struct tcp_info's tcpi_bytes_received (a u64; Linux 4.1 and later)
+
+
+class PeerBudget:
+    """Watches, from a thread of its own (the live loop's turns are too far apart: a flood sent megabytes between two),
+    the connections ``sock`` (bound to ``endpoint``) accepts and cuts those over their budget; :meth:`close` it
+    before the socket closes."""
+
+    def __init__(self, sock: zmq.Socket, endpoint: str) -> None:
+        #: connections cut for sending more than their budget
+        self.cut = 0
+        self._sock, self._endpoint = sock, endpoint
+        self._peers: dict[int, tuple[object, float]] = {}  # fd: (its peer's address, when it was seen, monotonic s)
+        self._said = FloodLog(log, f"consumers cut from {endpoint}")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if endpoint.startswith("tcp://") and _TCP_INFO is not None:
+            # an address of its own: the bind's monitor (``endpoints.bind``) may still hold the default one
+            monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED,
+                                              f"inproc://peer-budget-{id(self):x}")
+            self._thread = threading.Thread(target=self._watch, args=(monitor,), name="peer-budget", daemon=True)
+            self._thread.start()
+
+    def _watch(self, monitor: zmq.Socket) -> None:
+        try:
+            while not self._stop.is_set():
+                monitor.poll(CHECK_MS if self._peers else IDLE_MS)
+                now = time.monotonic()
+                self._take_events(monitor, now)
+                self._check(now)
+        finally:
+            monitor.close(linger=0)
+
+    def _take_events(self, monitor: zmq.Socket, now: float) -> None:
+        """The connections made and ended since the last call."""
+        for _ in range(EVENTS_PER_CHECK):
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            fd = event["value"]
+            self._peers.pop(fd, None)
+            if event["event"] == zmq.EVENT_ACCEPTED and (peer := _peer(fd)) is not None:
+                self._peers[fd] = (peer, now)
+
+    def _check(self, now: float) -> None:
+        """Cut the connections over their budget."""
+        for fd, (peer, since) in list(self._peers.items()):
+            budget = BURST_BYTES + BYTES_PER_S * (now - since)
+            sent = _cut_over(fd, peer, budget)
+            if sent is None or sent > budget:  # None: no longer that connection (its end's event was lost)
+                del self._peers[fd]
+            if sent is not None and sent > budget:
+                self.cut += 1
+                self._said.say(f"cut the connection of {_address(peer)} to {self._endpoint}: it sent "
+                               f"{sent / 1024:.0f} KiB in {now - since:.1f} s, where a consumer sends a few KiB "
+                               f"(a flood of subscriptions, which libzmq keeps in memory until the peer leaves)")
+
+    def close(self) -> None:
+        """Stop watching (before the socket closes) and say the cuts not said yet."""
+        if self._thread is not None:
+            self._stop.set()
+            self._sock.disable_monitor()  # its last event wakes the thread, which closes its end as it ends: before
+            self._thread.join(STOP_S)  # the context's end, which waits for every socket of it to close
+            self._thread = None
+        self._said.flush()
+
+
+def _peer(fd: int) -> object | None:
+    """The address of the peer of libzmq's connection ``fd``; None once it is gone."""
+    try:
+        conn = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        return conn.getpeername()
+    except OSError:
+        return None
+    finally:
+        conn.detach()  # libzmq's to close
+
+
+def _cut_over(fd: int, peer: object, budget: float) -> int | None:
+    """The bytes connection ``fd`` has received, shut down when they are over ``budget``; None when ``fd`` is no
+    longer the connection of ``peer`` (closed, or taken by another)."""
+    try:
+        conn = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        if conn.getpeername() != peer:
+            return None
+        info = conn.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _BYTES_RECEIVED + 8)
+        if len(info) < _BYTES_RECEIVED + 8:
+            return None  # a kernel that does not count them: not watched
+        sent = struct.unpack_from("=Q", info, _BYTES_RECEIVED)[0]
+        if sent > budget:
+            conn.shutdown(socket.SHUT_RDWR)  # libzmq reads the end of the stream and drops the peer
+        return sent
+    except OSError:
+        return None
+    finally:
+        conn.detach()
+
+
+def _address(peer: object) -> str:
+    host, port = peer[:2] if isinstance(peer, tuple) else (peer, "")
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
