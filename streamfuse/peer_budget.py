@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -24,7 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.flood_log import FloodLog
 
-__all__ = ["BURST_BYTES", "BYTES_PER_S", "PeerBudget"]
+__all__ = ["BURST_BYTES", "BYTES_PER_S", "PeerBudget", "tcp_info_option"]
 
 log = logging.getLogger(__name__)
 # the most a SUB sends as it connects: its 1000 queued subscriptions (its SNDHWM), each up to the publisher's cap
@@ -34,7 +35,15 @@ CHECK_MS = 10  # the kernel's counts are read this often while any peer is conne
 IDLE_MS = 100  # the wait for a connection while none is
 STOP_S = 10.0  # the wait for the thread to end at the close (it ends at once: a loaded machine can take seconds)
 EVENTS_PER_CHECK = 1000  # connections made or ended taken a check: a flood of them must not hold off the cuts
-_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def tcp_info_option(platform: str = sys.platform) -> int | None:
+    """``TCP_INFO`` where its struct is Linux's, whose byte count is read at :data:`_BYTES_RECEIVED`; None elsewhere
+    (the BSDs have the option with another layout: that offset would read another field, and cut subscribers)."""
+    return getattr(socket, "TCP_INFO", None) if platform.startswith("linux") else None
+
+
+_TCP_INFO = tcp_info_option()
 _BYTES_RECEIVED = 128  # offset of struct tcp_info's tcpi_bytes_received (a u64; Linux 4.1 and later)
 
 

@@ -14,6 +14,7 @@ import zmq
 from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame
 
 from streamfuse.client import Subscriber
+from streamfuse.peer_budget import tcp_info_option
 from streamfuse.publish import PublishConfig, Publisher
 
 TOPIC = b"fused/" + b"f" * 94  # a subscription of 100 bytes: it matches nothing the publisher sends
@@ -123,3 +124,10 @@ def test_a_peer_flooding_subscriptions_is_cut_while_a_subscriber_keeps_its_frame
         assert pub.peers_cut == 1
         # what libzmq took in and queued for the publisher: what came before the cut (a few chunks), not the flood
         assert counting.subscribed < CHUNKS // 2 * PER_CHUNK
+
+
+def test_the_byte_count_is_read_only_where_tcp_info_is_linux_s() -> None:
+    # the BSDs define TCP_INFO with another struct: the Linux offset of the bytes received would read another field
+    # there, and cut subscribers that sent nothing
+    assert tcp_info_option("freebsd14") is None and tcp_info_option("darwin") is None
+    assert tcp_info_option("linux") == getattr(socket, "TCP_INFO", None)
