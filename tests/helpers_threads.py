@@ -13,6 +13,8 @@ import time
 from types import FrameType
 from typing import Any
 
+PATIENCE_S = 60.0  # the longest a poll waits for a moment that must come (a loaded machine can be slow)
+
 
 class Watch:
     """The calls of the thread that enters it, until it leaves it, asked about by any thread."""
@@ -47,8 +49,10 @@ class Watch:
         """Whether the thread waits in ``threading`` (for a thread's end or start, an event) inside ``function``."""
         return self._in_threading and self.runs(function)
 
-    def when_waits_in(self, function: str, then: threading.Event) -> None:
-        """Poll (on the caller's thread) until the thread waits inside ``function`` or ``then`` is set; set it."""
-        while not (self.waits_in(function) or then.is_set()):
+    def when_waits_in(self, function: str, then: threading.Event, patience_s: float = PATIENCE_S) -> None:
+        """Poll (on the caller's thread) until the thread waits inside ``function`` or ``then`` is set, or at most
+        ``patience_s`` (a moment missed: the test goes on, and its own checks fail, rather than hang); set it."""
+        deadline = time.monotonic() + patience_s
+        while not (self.waits_in(function) or then.is_set()) and time.monotonic() < deadline:
             time.sleep(0.005)
         then.set()

@@ -330,8 +330,9 @@ def test_a_wait_after_a_second_stop_says_that_a_third_one_ends_it(tmp_path, pair
         main_watch.when_waits_in("join", threading.Event())
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the first lets the encoder finish
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # the second cuts it short
-        while not main_watch.runs("abandon"):  # its lock: for the frame in hand, then the thread closes the file
-            time.sleep(0.005)
+        deadline = time.monotonic() + PATIENCE_S  # missed: the run goes on, and the checks below fail
+        while not main_watch.runs("abandon") and time.monotonic() < deadline:  # its lock: for the frame in hand,
+            time.sleep(0.005)  # then the thread closes the file
         release.set()
 
     with handled(raise_interrupt, (signal.SIGINT,)), handled(raise_terminated, TERMINATE):  # the command line's
