@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
+from streamfuse import ablation
+
 ROWS = ("no_guidance", "image_guidance=1", "image_guidance=5", "latent_zero", "latent_swap", "no_ot", "K=1", "K=2",
         "K=4", "K=8", "K=20", "rule", "max:contrast=1.25", "max", "max:sharpen=0.5", "max:sharpen=1", "average",
         "average:sharpen=1", "laplacian", "laplacian:sharpen=0.5")
@@ -54,7 +56,7 @@ def test_json_summary(tool, folders, tmp_path, random_weights, capsys):
     assert "| rule | 3 |" in capsys.readouterr().out
 
 
-def test_latent_swap_decodes_with_the_next_pairs_latent(tool, folders, random_weights):
+def test_latent_swap_decodes_with_the_next_pairs_latent(folders, random_weights):
     """Pair i gets pair i+1's latent, the last pair the first's; with three equal latents nothing would move."""
     from streamfuse.eval_pairs import find_pairs, read_grey
     from streamfuse.fusers import FuseConfig
@@ -64,7 +66,7 @@ def test_latent_swap_decodes_with_the_next_pairs_latent(tool, folders, random_we
     pairs = find_pairs(*folders)
     hcl = build_fuser(FuseConfig(), hclfuse=HCLFuseConfig(weights=str(random_weights)),
                       engine=EngineConfig(device="cpu"))
-    swap = tool("ablate").LatentRow("latent_swap", hcl, pairs)
+    swap = ablation.LatentRow("latent_swap", hcl, pairs)
     images = [(read_grey(i), read_grey(v)) for _, i, v in pairs]
     moved = []
     for k, (ir, vis) in enumerate(images):
@@ -142,7 +144,7 @@ def test_dataset_picks_the_pairs_under_data_which_defaults_to_streamfuse_data(to
         assert str(exc.value.code) == f"ablate.py: error: IR folder not found: {root / 'some' / 'set' / 'ir'}"
 
 
-def test_latent_swap_needs_two_pairs(tool, folders, random_weights, caplog):
+def test_latent_swap_needs_two_pairs(folders, random_weights, caplog):
     """With one pair the swap would decode the pair with its own latent: a row equal to the default (delta grey 0)
     that reads as "the latent does nothing". It is left out, with a warning."""
     from streamfuse.config import load_config
@@ -151,15 +153,15 @@ def test_latent_swap_needs_two_pairs(tool, folders, random_weights, caplog):
 
     cfg = load_config(resolve("eval"), [f"hclfuse.weights={random_weights}", "engine.device=cpu"])
     pairs = find_pairs(*folders)
-    names = [m.name for m in tool("ablate").methods(cfg, [1], pairs[:1], baselines=False)]
+    names = [m.name for m in ablation.methods(cfg, [1], pairs[:1], baselines=False)]
     assert "latent_swap" not in names and "latent_zero" in names
     assert "latent_swap left out: it needs at least two pairs" in caplog.text
-    assert "latent_swap" in [m.name for m in tool("ablate").methods(cfg, [1], pairs[:2], baselines=False)]
+    assert "latent_swap" in [m.name for m in ablation.methods(cfg, [1], pairs[:2], baselines=False)]
 
 
 def test_json_that_is_a_folder_is_refused_before_any_work(tool, folders, tmp_path, monkeypatch):
     ir_dir, vis_dir = folders
-    monkeypatch.setattr(tool("ablate"), "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
+    monkeypatch.setattr(ablation, "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
     with pytest.raises(SystemExit) as exc:
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--json", str(tmp_path), "--out",
                              str(tmp_path / "out")])
@@ -172,7 +174,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, folders, tmp_path, random_weights
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tool("ablate"), "evaluate_dir", interrupted)
+    monkeypatch.setattr(ablation, "evaluate_dir", interrupted)
     with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--weights", str(random_weights), "--steps",
                              "1", "--no-baselines", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "s.json")])
@@ -185,7 +187,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tool, folders, tmp_path, random_weights
 def test_json_that_is_one_of_out_s_own_files_is_refused(name, tool, folders, tmp_path, monkeypatch, capsys):
     # it was written over the table, montage or config of the same run (or that file over it)
     ir_dir, vis_dir = folders
-    monkeypatch.setattr(tool("ablate"), "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
+    monkeypatch.setattr(ablation, "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
     (tmp_path / "out").mkdir()
     with pytest.raises(SystemExit) as exc:
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--json", str(tmp_path / "out" / name),
@@ -203,13 +205,13 @@ def _eval_config(weights: Path, *overrides: str):
     return load_config(resolve("eval"), [f"hclfuse.weights={weights}", "engine.device=cpu", *overrides])
 
 
-def test_rows_keep_the_configs_ot_switch_and_fuser(tool, folders, random_weights):
+def test_rows_keep_the_configs_ot_switch_and_fuser(folders, random_weights):
     """The hclfuse rows start from the config: OT off there is off in every row (no_ot is then the default), and a
     config naming another fuser still ablates hclfuse; --no-baselines leaves out the sharpen rows."""
     from streamfuse.eval_pairs import find_pairs
 
     pairs = find_pairs(*folders)
-    rows = tool("ablate").methods(_eval_config(random_weights, "align.enabled=false", "fuse.name=max"), [1], pairs,
+    rows = ablation.methods(_eval_config(random_weights, "align.enabled=false", "fuse.name=max"), [1], pairs,
                                   baselines=False)
     hcl = [m for m in rows if m.align is not None]
     assert hcl[0].name == "default" and not any(m.align.enabled for m in hcl)
@@ -218,17 +220,17 @@ def test_rows_keep_the_configs_ot_switch_and_fuser(tool, folders, random_weights
         "max:contrast=1.25", "max:contrast=1.3"]
 
 
-def test_only_the_no_ot_row_turns_ot_off(tool, folders, random_weights):
+def test_only_the_no_ot_row_turns_ot_off(folders, random_weights):
     """With OT on in the config, every hclfuse row keeps it but no_ot, the row that ablates it."""
     from streamfuse.eval_pairs import find_pairs
 
-    rows = tool("ablate").methods(_eval_config(random_weights, "align.enabled=true"), [1], find_pairs(*folders),
+    rows = ablation.methods(_eval_config(random_weights, "align.enabled=true"), [1], find_pairs(*folders),
                                   baselines=False)
     switched = {m.name: m.align.enabled for m in rows if m.align is not None}
     assert switched == {**{name: True for name in switched}, "no_ot": False} and switched["default"]
 
 
-def test_latent_swap_between_pairs_of_two_sizes_resizes_the_latent(tool, tmp_path, rng, random_weights):
+def test_latent_swap_between_pairs_of_two_sizes_resizes_the_latent(tmp_path, rng, random_weights):
     from streamfuse.eval_pairs import find_pairs, read_grey
     from streamfuse.processor import config_fuser
 
@@ -238,25 +240,13 @@ def test_latent_swap_between_pairs_of_two_sizes_resizes_the_latent(tool, tmp_pat
             scene = cv2.GaussianBlur(rng.uniform(0, 255, shape), (0, 0), 2.0).astype(np.uint8)
             cv2.imwrite(str(tmp_path / sub / f"{stem}.png"), scene)
     pairs = find_pairs(tmp_path / "ir", tmp_path / "vi")
-    swap = tool("ablate").LatentRow("latent_swap", config_fuser(_eval_config(random_weights)), pairs)
+    swap = ablation.LatentRow("latent_swap", config_fuser(_eval_config(random_weights)), pairs)
     for _, ir, vis in pairs:
         assert swap.fuse(read_grey(ir), read_grey(vis)).shape == read_grey(ir).shape
 
 
-def test_summary_gives_non_finite_means_as_null(tool):
-    """JSON has no Infinity or NaN: a row identical to the default (PSNR infinite) or a fused folder's ms says null."""
-    from streamfuse.evaluation import EvalResult
-
-    means = {k: 1.0 for k in (*tool("ablate").JSON_METRICS, "delta_grey", "psnr_ref", "ms")}
-    result = EvalResult(means={"default": {**means, "n": 3}, "same": {**means, "psnr_ref": math.inf,
-                                                                      "ms": math.nan, "n": 3}})
-    summary = tool("ablate").summary(result)
-    assert summary["rows"]["same"]["psnr_ref"] is None and summary["rows"]["same"]["ms"] is None
-    json.dumps(summary, allow_nan=False)
-
-
-def test_guidance_energies_are_means_over_every_pair_and_without_means_no_image_guide(tool, folders, monkeypatch,
-                                                                                      random_weights):
+def test_guidance_energies_are_means_over_every_pair_and_without_means_no_image_guide(folders, monkeypatch,
+                                                                                random_weights):
     from streamfuse.eval_pairs import find_pairs
 
     built = {}
@@ -269,8 +259,8 @@ def test_guidance_energies_are_means_over_every_pair_and_without_means_no_image_
         def energies(self, ir, vis, name):
             return {"heat": float(name[1:]), "image_structure": float(self.steps)}
 
-    monkeypatch.setattr(tool("ablate"), "config_fuser", Energies)
-    out = tool("ablate").guidance_energies(_eval_config(random_weights, "hclfuse.image_guidance=3"),
+    monkeypatch.setattr(ablation, "config_fuser", Energies)
+    out = ablation.guidance_energies(_eval_config(random_weights, "hclfuse.image_guidance=3"),
                                            find_pairs(*folders))
     assert out["with"] == {"heat": 1.0, "image_structure": 3.0}  # pairs f0, f1, f2
     assert out["without"]["image_structure"] == 0.0 and out["image_guidance=5"]["image_structure"] == 5.0
@@ -289,7 +279,7 @@ def test_reference_outputs_are_scored_only_for_the_dataset_and_limit_reaches_the
         seen.update(rows=[m.name for m in args[2]], limit=kwargs.get("limit"))
         raise ValueError("scored")
 
-    monkeypatch.setattr(tool("ablate"), "evaluate_dir", evaluate_dir)
+    monkeypatch.setattr(ablation, "evaluate_dir", evaluate_dir)
     with pytest.raises(SystemExit, match="^ablate.py: error: scored$"):
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--data", str(tmp_path / "shared"),
                              "--weights", str(random_weights), "--steps", "1", "--no-baselines", "--limit", "2",
@@ -322,7 +312,7 @@ def test_json_that_is_the_out_folder_or_above_it_is_refused_before_any_work(out,
                                                                              monkeypatch, capsys):
     # the whole ablation ran, then its JSON could not be written over the folder its table went to
     ir_dir, vis_dir = folders
-    monkeypatch.setattr(tool("ablate"), "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
+    monkeypatch.setattr(ablation, "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
     with pytest.raises(SystemExit) as exc:
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--json", str(tmp_path / "s"), "--out",
                              str(tmp_path / out)])
@@ -346,8 +336,8 @@ def test_a_run_stopped_before_its_json_leaves_out_and_json_of_one_run(tool, fold
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tool("ablate"), "evaluate_dir", table)
-    monkeypatch.setattr(tool("ablate"), "guidance_energies", interrupted)
+    monkeypatch.setattr(ablation, "evaluate_dir", table)
+    monkeypatch.setattr(ablation, "guidance_energies", interrupted)
     with pytest.raises(SystemExit) as exc:
         tool("ablate").main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--weights", str(random_weights), "--steps",
                              "1", "--no-baselines", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "s.json")])
@@ -363,7 +353,7 @@ def test_json_among_the_published_images_it_scores_is_refused(tool, folders, tmp
     image = data / "reference" / "seafusion" / "msrs_test" / "f0.png"
     image.parent.mkdir(parents=True)
     shutil.copy(vis_dir / "f0.png", image)
-    monkeypatch.setattr(tool("ablate"), "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
+    monkeypatch.setattr(ablation, "evaluate_dir", lambda *a, **k: pytest.fail("ran before refusing"))
     published = r"^ablate.py: error: --json .* is or lies in the published \(seafusion\) folder "
     with pytest.raises(SystemExit, match=published):
         tool("ablate").main(["--data", str(data), "--json", str(image), "--out", str(tmp_path / "out")])
