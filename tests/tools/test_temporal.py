@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from helpers_data import DATA
+from streamfuse import temporal_eval
 
 
 @pytest.fixture(scope="module")
@@ -208,33 +209,18 @@ def test_a_bad_filter_setting_is_refused_naming_its_option(temporal, tmp_path, r
     assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"argument {option}: {words}")
 
 
-def test_ctrl_c_is_one_line_and_exit_130(tool, temporal, tmp_path, rng, monkeypatch, capsys):
+def test_ctrl_c_is_one_line_and_exit_130(temporal, tmp_path, rng, monkeypatch, capsys):
     _clip(tmp_path / "a", rng, n=3)
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tool("temporal"), "temporal_ratio", interrupted)
+    monkeypatch.setattr(temporal_eval, "temporal_ratio", interrupted)
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--static", "2"])
     with pytest.raises(BaseException) as exc:  # on a KeyboardInterrupt that escapes, too
         temporal()
     assert exc.type is SystemExit and exc.value.code == 130
     assert capsys.readouterr().err.strip().splitlines() == ["temporal.py: interrupted (Ctrl-C)"]
-
-
-def test_a_16_bit_ir_clip_keeps_one_scale(tool, tmp_path, rng):
-    """Radiometric IR frames are stretched by the range the clip holds from its first frame, so the level does not
-    jump."""
-    for sub in ("ir", "vi"):
-        (tmp_path / sub).mkdir()
-    counts = [rng.integers(lo, hi + 1, (40, 56)).astype(np.uint16) for lo, hi in ((7000, 9000), (7500, 8000))]
-    counts[0][0, :3], counts[0][1, :3] = 7000, 9000  # also the range without 0.1% of the pixels at each end
-    for i, img in enumerate(counts):
-        cv2.imwrite(str(tmp_path / "ir" / f"{i:04d}.png"), img)
-        cv2.imwrite(str(tmp_path / "vi" / f"{i:04d}.png"), rng.integers(0, 256, (40, 56), dtype=np.uint8))
-    frames = tool("temporal").clip_frames(tool("temporal").find_pairs(tmp_path / "ir", tmp_path / "vi"))
-    for img, (ir, _) in zip(counts, frames, strict=True):
-        np.testing.assert_array_equal(ir, np.rint((img - 7000.0) * 255 / 2000).astype(np.uint8))
 
 
 def test_a_configs_registration_is_applied(temporal, tmp_path, rng, monkeypatch, capsys):
@@ -250,8 +236,8 @@ def test_a_configs_registration_is_applied(temporal, tmp_path, rng, monkeypatch,
     assert ag["plain"] != ag["shifted"]  # IR shifted 12 px under the visible frame: another fused image
 
 
-def test_a_fuser_whose_output_drifts_on_a_static_input_is_said_to(tool, temporal, tmp_path, rng, monkeypatch, capsys):
-    module, real = tool("temporal"), tool("temporal")._processor
+def test_a_fuser_whose_output_drifts_on_a_static_input_is_said_to(temporal, tmp_path, rng, monkeypatch, capsys):
+    module, real = temporal_eval, temporal_eval._processor
 
     def drifting(method, stream, level, post):
         processor, calls = real(method, stream, level, post), []
@@ -293,11 +279,6 @@ def test_a_fused_frame_of_another_size_is_one_line(temporal, tmp_path, rng, monk
         temporal()
 
 
-def test_a_row_gives_the_mean_of_the_clips_ratios(tool):
-    cells = tool("temporal").row("m", "-", [1.0, 2.0, 6.0], [1.0, 3.0], [2.0, 4.0], "x").strip("|").split("|")
-    assert [c.strip() for c in cells] == ["m", "-", "1.000", "2.000", "6.000", "3.000", "2.00", "3.00", "x"]
-
-
 def test_fuser_methods_take_the_set_overrides(temporal, tmp_path, rng, monkeypatch, capsys):
     _clip(tmp_path / "a", rng, n=3)
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "max", "--set", "baseline.sharpen=x"])
@@ -314,8 +295,8 @@ def test_fuser_methods_run_with_the_stabilize_and_denoise_options(temporal, tmp_
     assert _cells(capsys.readouterr().out, "average")[1] == "0.5 / 0.85, 6"
 
 
-def test_a_fusers_rows_measure_its_filtered_frames_against_the_visible_ones(tool, temporal, tmp_path, rng,
-                                                                             monkeypatch, capsys):
+def test_a_fusers_rows_measure_its_filtered_frames_against_the_visible_ones(temporal, tmp_path, rng, monkeypatch,
+                                                                             capsys):
     """A processor whose output is the visible frame: flicker ratio 1 and the visible input's AG and flow warp, over
     every frame; the filter lag leaves out each clip's first frame, which the filter has nothing to lag behind."""
 
@@ -329,7 +310,7 @@ def test_a_fusers_rows_measure_its_filtered_frames_against_the_visible_ones(tool
 
         return run
 
-    monkeypatch.setattr(tool("temporal"), "_processor", visible_out)
+    monkeypatch.setattr(temporal_eval, "_processor", visible_out)
     _clip(tmp_path / "a", rng)
     _clip(tmp_path / "b", rng)
     stripes = np.tile(np.array([0, 255], np.uint8), (40, 28))  # a first frame far sharper than the others
@@ -359,7 +340,8 @@ def test_frames_numbered_without_leading_zeros_run_in_their_numbers_order(tool, 
         for i in range(12):
             cv2.imwrite(str(tmp_path / "a" / sub / f"{i}.png"), np.full((8, 8), 10 * i, np.uint8))
     monkeypatch.setattr("sys.argv", ["temporal", str(tmp_path), "--fuser", "average"])
-    frames, *_ = tool("temporal").load(tool("temporal").parse_args())
+    frames, *_ = temporal_eval.load(tool("temporal").parse_args().seq_root, fusers=["average"], configs=[], fused=[],
+                                    overrides=[])
     assert [int(vi[0, 0]) for _, vi in frames["a"]] == [10 * i for i in range(12)]
 
 
