@@ -28,48 +28,14 @@ from streamfuse.errors import printable  # noqa: E402
 PROG = Path(__file__).name  # how every line of the tool begins, as its usage errors do
 quiet_interrupt(PROG)  # a Ctrl-C while the imports below load (numpy, torch) is one line
 
-import numpy as np  # noqa: E402
-
-from streamfuse.align import AlignConfig, align, histogram  # noqa: E402
 from streamfuse.checks import override_keys  # noqa: E402
 from streamfuse.cli.args import DefaultsFormatter, Parser, config_error, data_dir, path_arg, positive  # noqa: E402
-from streamfuse.config import ConfigError, load_config  # noqa: E402
-from streamfuse.configs import resolve  # noqa: E402
-from streamfuse.evaluation import Method, evaluate_dir  # noqa: E402
-from streamfuse.imageops.tensors import gaussian_blur  # noqa: E402
-from streamfuse.model.losses import LossConfig, fusion_target  # noqa: E402
+from streamfuse.config import ConfigError  # noqa: E402
 
-# after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
-import torch  # noqa: E402
+# it imports torch: after streamfuse, whose import sets the OpenMP wait policy that torch reads once when it loads
+from streamfuse.target_fuser import sweep  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class TargetFuser:
-    """``fusion_target`` behind the Fuser interface (0..255 in, 0..255 out); with ``align_cfg`` its base is from IR'."""
-
-    version = "target"
-
-    def __init__(self, cfg: LossConfig, align_cfg: AlignConfig | None = None):
-        self.cfg, self.align_cfg = cfg, align_cfg
-        self.name = f"target gain {cfg.detail_gain:g}" + (" (IR' base)" if align_cfg else "")
-
-    def fuse(self, ir: np.ndarray, vis_y: np.ndarray, stream: str = "default") -> np.ndarray:
-        def t(img: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(img.astype(np.float32) / 255.0)[None, None]
-
-        ir8, vis, ir01 = ir.astype(np.uint8), t(vis_y), t(ir)
-        with torch.no_grad():
-            out = fusion_target(ir01, vis, self.cfg)
-            if self.align_cfg is not None:  # the base from IR' instead of the raw IR
-                ir_aligned = torch.from_numpy(align(histogram(ir8), histogram(vis_y.astype(np.uint8)),
-                                                    self.align_cfg).lut[ir8])[None, None]
-                low = [gaussian_blur(x, self.cfg.base_sigma) for x in (ir01, ir_aligned, vis)]
-                out = out - torch.maximum(low[0], low[2]) + torch.maximum(low[1], low[2])
-            return (out.clamp(0, 1)[0, 0] * 255.0).numpy()
-
-    def stats(self) -> dict[str, float]:
-        return {}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,10 +56,8 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--set {override}: only the aligned base's IR' is configurable: --base aligned --set align.KEY=V")
     pairs = args.data / args.dataset
     try:
-        align_cfg = load_config(resolve("eval"), args.overrides).align if args.base == "aligned" else None
-        rows = [Method(f.name, fuser=f) for f in (TargetFuser(LossConfig(detail_gain=g), align_cfg)
-                                                 for g in args.gains)]
-        evaluate_dir(pairs / "ir", pairs / "vi", rows, args.out)
+        sweep(pairs / "ir", pairs / "vi", args.gains, args.out, aligned=args.base == "aligned",
+              overrides=args.overrides)
     except ConfigError as exc:
         raise SystemExit(config_error(PROG, exc)) from None
     except (ValueError, OSError, RuntimeError) as exc:
