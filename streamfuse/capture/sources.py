@@ -25,7 +25,7 @@ import numpy as np
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import palette
 from streamfuse.capture.loop_spans import PassStarts
-from streamfuse.capture.time_line import claimed, held
+from streamfuse.capture.time_line import claimed, held, join, joined
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check, shown
 from streamfuse.errors import redact
@@ -368,8 +368,9 @@ class BaseSource:
             # started anew, a restarted producer's frames came later than the other source's of the same time (by the
             # restart's delay and the frames skipped), and never paired
             due_s = (origin[0] + first - origin[1] + self.pace_shift_ns - now) / 1e9
-            if origin[2] == owner or abs(due_s) <= _FAR_S:
+            if origin[2] == owner or joined(origin, self.section) or abs(due_s) <= _FAR_S:
                 self._pace_anchor = (origin[0], origin[1] - self.pace_shift_ns, line)
+                join(origin, self.section)
                 return False
             if not origin[3]:  # timed on another clock: it would wait in silence (as if its camera were dead) or race
                 origin[3] = 1
@@ -379,6 +380,7 @@ class BaseSource:
         self._pace_anchor = (now, first, line)
         if origin is not None and not origin[0]:  # on the frames' time line (the producer adds pace_shift_ns to each)
             origin[1], origin[2], origin[0] = first + self.pace_shift_ns, owner, now
+            join(origin, self.section)
         return True
 
     def _pace(self, t_ns: int) -> None:

@@ -5,7 +5,9 @@ source's later processes (a restart) go on on it; and where both sources are pac
 one: pairing compares their frames' times, so the frames of one time must come together, not each source's from its
 own first frame on (an IR video starting 0.75 s into the visible one's times came 0.75 s early, overflowed the pairing
 queue, and nothing paired) or from whenever its process got its input open. A source whose first frame is far from
-the other's time (timed on another clock) is paced on its own, and said.
+the other's time (timed on another clock) is paced on its own, and said; one whose earlier process went on the
+shared line (:func:`joined`) is not judged again: a restart that came late (seven failures in a row, 6.4 s of back-off,
+or a stall killed and reopened) took more than those 5 s and was paced on its own, never pairing again.
 
 A shared line starts only once every source on it has read its first frame (:func:`held`): begun by the first one,
 the frames of another whose process started seconds later (9-13 s on a loaded machine) were all due long before
@@ -23,7 +25,7 @@ from typing import Any
 from streamfuse.capture.loop_spans import LoopSpans, loop_spans
 from streamfuse.capture.shm_ring import named_semaphore
 
-__all__ = ["TimeLine", "pace_lines", "new_pass", "claimed", "held", "left", "READY_WAIT_S"]
+__all__ = ["TimeLine", "pace_lines", "new_pass", "claimed", "held", "left", "join", "joined", "READY_WAIT_S"]
 
 _LOCK_WAIT_S = 1.0  # a process killed while it held the lock must not hold up the other source's for good
 READY_WAIT_S = 10.0  # the longest a source's first frame waits for the other sources on its line to be ready
@@ -41,11 +43,21 @@ class TimeLine:
         self.loop_spans: LoopSpans | None = None  # looped inputs' spans, shared by all sources (loop_spans)
         self._sections = sorted(sections or [])
         self._ready = ctx.RawArray("b", max(1, len(self._sections)))  # 0, _READY or _GONE, by section
+        self._joined = ctx.RawArray("b", max(1, len(self._sections)))  # 1: its source went on this line (join)
 
     def post(self, section: str, state: int) -> None:
         """Say ``section`` is ready (``_READY``) or gone (``_GONE``); nothing for a section not on this line."""
         if section in self._sections:
             self._ready[self._sections.index(section)] = state
+
+    def join(self, section: str) -> None:
+        """Say ``section``'s source went on this line; nothing for a section not on it."""
+        if section in self._sections:
+            self._joined[self._sections.index(section)] = 1
+
+    def joined(self, section: str) -> bool:
+        """Whether ``section``'s source went on this line (:meth:`join`), in this process or an earlier one."""
+        return section in self._sections and bool(self._joined[self._sections.index(section)])
 
     def others(self, section: str, state: int) -> list[str]:
         """The sections on this line other than ``section`` whose state is ``state``."""
@@ -119,3 +131,15 @@ def left(line: Any, section: str) -> None:
     a first frame before the line begins is ready again)."""
     if isinstance(line, TimeLine):
         line.post(section, _GONE)
+
+
+def join(line: Any, section: str) -> None:
+    """``section``'s source goes on its time line ``line`` (began it or took it up): its restarts go on on it."""
+    if isinstance(line, TimeLine):
+        line.join(section)
+
+
+def joined(line: Any, section: str) -> bool:
+    """Whether an earlier process of ``section`` went on its shared time line ``line`` (:func:`join`): a restart goes
+    on on it however late it comes, not taken for a source timed on another clock."""
+    return isinstance(line, TimeLine) and line.joined(section)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+from helpers_clock import SleptClock
 
 from streamfuse.capture import time_line
 from streamfuse.capture.producer_process import process_context
@@ -22,9 +24,9 @@ def _folder(path: Path, n: int) -> Path:
     return path
 
 
-def _sources(tmp_path: Path) -> tuple[dict, list[str]]:
+def _sources(tmp_path: Path, frames: int = 3) -> tuple[dict, list[str]]:
     """Paced folder sources ``ir`` and ``vis`` on their one time line, their warnings said into the list."""
-    cfg = SourceConfig(kind="folder", path=str(_folder(tmp_path / "frames", 3)), fps=20.0, realtime=True)
+    cfg = SourceConfig(kind="folder", path=str(_folder(tmp_path / "frames", frames)), fps=20.0, realtime=True)
     lines, said = pace_lines(process_context(), {"ir": cfg, "vis": cfg}), []
     sources = {name: open_source(name, cfg) for name in lines}
     for name, src in sources.items():
@@ -93,3 +95,35 @@ def test_a_paced_input_beside_a_live_one_is_on_a_line_of_its_own_and_never_waits
         ir.pace_origin, ir.warn, ir.stop_event = lines["ir"], said.append, threading.Event()
         ir.read()
     assert lines["ir"][0] and said == []
+
+
+@pytest.mark.parametrize("late_s", [2.0, 6.4, 60.0])  # 6.4: the seventh restart's back-off alone
+def test_a_restarted_paced_file_rejoins_the_shared_line_however_late_its_restart(tmp_path: Path, monkeypatch,
+                                                                                  late_s: float) -> None:
+    # A restart more than 5 s after the source's last frame (7 crashes in a row, or a stall killed and reopened) was
+    # taken for a source timed on another clock: paced on its own from its next frame, said as such, and its frames
+    # never paired with the other source's again
+    from streamfuse.capture import sources as source_module
+
+    clock = SleptClock()
+    clock.ns = 10**12  # a time line's begin is 0 until set
+    monkeypatch.setattr(source_module, "time", clock)
+    sources, said = _sources(tmp_path, frames=10)
+    for src in sources.values():
+        src.stop_event = None  # pacing sleeps move the test's clock
+    left(sources["ir"].pace_origin, "ir")  # ir's first producer ended before its first frame: vis begins the line
+    sources["vis"].read()
+    ir = sources["ir"]
+    for _ in range(4):  # restarted, ir goes on on vis's line, frames 0-3
+        ir.read()
+    ir.close()
+    said.clear()
+    clock.ns += round(late_s * 1e9)  # the next restart comes late_s after its last frame
+    restarted = open_source("ir", ir.cfg)
+    restarted.pace_origin, restarted.warn = ir.pace_origin, said.append
+    with restarted:
+        assert restarted.skip(4) == 4  # as a producer resumes after the frames delivered
+        before = clock.ns
+        assert [int(restarted.read().image[0, 0]) for _ in range(3)] == [4, 5, 6]
+    # frames 4-6 were due late_s ago on the shared line: they go at once, not paced afresh from frame 4
+    assert said == [] and clock.ns == before
