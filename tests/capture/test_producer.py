@@ -407,6 +407,44 @@ def test_a_stop_while_a_network_source_is_still_opening_is_no_warning(caplog) ->
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+class _Deaf:
+    """A producer process no stop flag reaches (inside FFmpeg's open): each join waits its whole timeout on the test's
+    clock, and so does the one after its kill (a kernel slow to reap it), after which it is gone."""
+
+    def __init__(self, clock: SleptClock, pid: int) -> None:
+        self.clock, self.pid, self.name, self.killed, self.gone = clock, pid, f"streamfuse-{pid}", False, False
+
+    def join(self, timeout: float | None = None) -> None:
+        self.clock.sleep(timeout or 0.0)
+        self.gone = self.killed
+
+    def is_alive(self) -> bool:
+        return not self.gone
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+def test_a_stop_while_both_cameras_still_open_fits_the_producers_part_of_the_runs_2_s(monkeypatch) -> None:
+    # The producers' stop had 2 s of the run's 2 s: 1.8 s for producers to stop on the flag, then 0.2 s for each one
+    # killed, in turn (2.2 s with both cameras still opening); a stop while a camera opened ended 1.96-2.06 s after
+    # the signal. What the rest of a run's end takes (up to 0.6 s at a load of 50-68) must fit beside it
+    from streamfuse.capture import producer
+
+    clock = SleptClock()
+    monkeypatch.setattr(producer, "time", clock)
+    prod = Producers.__new__(Producers)  # its stop alone: no process started
+    prod._stopped, prod._watch, prod._stop = False, types.SimpleNamespace(stop=lambda: None), multiprocessing.Event()
+    prod._workers = {name: producer._Worker(name, SourceConfig(kind="stream", path="rtsp://camera/stream"))
+                     for name in ("ir", "vis")}
+    for pid, w in enumerate(prod._workers.values(), 100):
+        w.proc, w.beat = _Deaf(clock, pid), [0] * 6
+    monkeypatch.setattr(prod, "_release", lambda w: None)
+    prod.stop()
+    assert all(w.proc.killed and not w.proc.is_alive() for w in prod._workers.values())
+    assert clock.ns <= 1.4e9
+
+
 def test_live_file_end_restarts_from_the_start_with_times_still_increasing(tmp_path: Path) -> None:
     write_video(tmp_path / "ir.mkv", 4, fps=25)
     cfg = SourceConfig(kind="file", path=str(tmp_path / "ir.mkv"), realtime=False, stall_factor=0)  # restart=True
