@@ -838,11 +838,20 @@ def test_one_other_machine_holds_at_most_a_quarter_of_the_cap(caplog):
         assert door.count == 8 and not door.enter(_Peer("127.0.0.1"))  # the cap
     door.close()
     said = [r.getMessage() for r in caplog.records if r.name == "streamfuse.view"]
-    assert said == ["answered 1 connection(s) 503 and closed them: their address held 2, a quarter of the cap "
+    assert said == ["answered 1 connection(s) 503 and closed them: their address held 2, its share of the cap "
                     "(--max-connections)",
                     "answered 1 connection(s) 503 and closed them: 8 were open, the cap (--max-connections)",
-                    "answered 1 connection(s) 503 and closed them: their address held 2, a quarter of the cap "
+                    "answered 1 connection(s) 503 and closed them: their address held 2, its share of the cap "
                     "(--max-connections)"], said
+
+
+@pytest.mark.parametrize("limit", range(2, 8))
+def test_a_page_on_another_machine_has_its_two_connections_under_a_small_cap(limit):
+    # its share, a quarter of a cap of 2 to 7 rounded down, held one connection: a page on another machine got in,
+    # its WebSocket was answered 503, and it showed nothing
+    gate = Gate(limit)
+    assert [gate.enter(_Peer("192.0.2.7")) for _ in range(3)] == [True, True, False]
+    gate.close()
 
 
 def test_this_machine_through_its_own_network_address_has_the_whole_cap():

@@ -134,7 +134,9 @@ class _Tally:
 class Door:
     """What the viewer's :class:`Gate` and the Foxglove bridge's relay share: the cap, each address's share of it, the
     deadline, their counts and the 503 answers. A client on another machine may hold at most a quarter of the cap, so
-    that one host cannot keep every other out (this machine's clients, loopback, have the whole cap).
+    that one host cannot keep every other out, but never fewer than one client's connections (a quarter of a cap of
+    2 to 7 held one, and a page on another machine got in without its WebSocket); this machine's clients, loopback,
+    have the whole cap.
 
     Args:
         limit: connections open at once; one more is answered 503 and closed.
@@ -142,22 +144,23 @@ class Door:
         who: the server, as the 503 answer names it; logger: where the counts are said.
         names: host names a request that reaches loopback may name besides addresses, ``localhost`` and this
             machine's name (see :meth:`misnamed`).
+        client: the connections one client holds (a Foxglove client one, a page two).
     """
 
     def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S, *, who: str = "the viewer",
-                 logger: logging.Logger = log, names: Iterable[str] = ()) -> None:
-        self.limit, self.request_s, self.per_address = limit, request_s, max(1, limit // 4)
+                 logger: logging.Logger = log, names: Iterable[str] = (), client: int = 1) -> None:
+        self.limit, self.request_s, self.per_address = limit, request_s, min(limit, max(client, limit // 4))
         self.names = frozenset(_bare(name) for name in (*names, socket.gethostname()))
         self.count = 0  # connections admitted and not yet closed
         self.peers: collections.Counter[str] = collections.Counter()  # of them, from other machines, by address
         self.refused = _Tally(logger, f"answered %d connection(s) 503 and closed them: {limit} were open, the cap "
                                       "(--max-connections)")
         self.crowded = _Tally(logger, f"answered %d connection(s) 503 and closed them: their address held "
-                                      f"{self.per_address}, a quarter of the cap (--max-connections)")
+                                      f"{self.per_address}, its share of the cap (--max-connections)")
         self.timed_out = _Tally(logger, f"closed %d connection(s) that sent no complete request within "
                                         f"{request_s:g} s")
         self.busy = _answer(f"{who} has {limit} connections open, its cap (--max-connections)\n")
-        self.busy_here = _answer(f"{who} has {self.per_address} connections open from this address, a quarter of "
+        self.busy_here = _answer(f"{who} has {self.per_address} connections open from this address, its share of "
                                  f"its cap (--max-connections)\n")
         self.rebound = _Tally(logger, "answered %d request(s) 403 that reached loopback naming another host (a web "
                                       "page's name pointed at this machine; a proxy's public name: --allow-host)")
@@ -267,7 +270,7 @@ class Gate(Door):
     :class:`Door`'s."""
 
     def __init__(self, limit: int = MAX_CONNECTIONS, request_s: float = REQUEST_S, names: Iterable[str] = ()) -> None:
-        super().__init__(limit, request_s, names=names)
+        super().__init__(limit, request_s, names=names, client=2)  # a page: its own connection and its WebSocket's
         self.handlers: Callable[[], asyncio.Protocol] | None = None
         self.open: dict[asyncio.BaseTransport, asyncio.TimerHandle | None] = {}  # with its first request's deadline
         self.foreign = _Tally(log, "answered %d WebSocket request(s) 403 from another site's page (their Origin is not "
