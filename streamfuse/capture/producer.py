@@ -60,7 +60,7 @@ _STABLE_S = 5.0  # a producer that ran this long resets the back-off, as a file'
 _SLOTS = 3  # ring slots per source: a live consumer wants the newest frame, not a backlog
 _KILL_WAIT_S = 0.5  # a stalled producer killed: how long to wait for it before the next supervision round
 _BACKOFF_MAX_S = 8.0  # largest restart delay, s (doubled from backoff_s per consecutive failure)
-STOP_S = 1.0  # the producers' part of a run's 2 s stop (README), their kill included: the rest took up to 0.6 s
+STOP_S = 1.3  # the producers' part of a run's 2 s stop (README), their kill included: the rest took up to 0.6 s
 _SUPERVISE_S = 0.02  # the live loop calls get several times a frame; exits, restarts and stalls need no finer look
 
 
