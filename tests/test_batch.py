@@ -640,6 +640,32 @@ def test_a_frames_dir_that_is_a_file_is_refused_before_any_pair(tmp_path):
         find_jobs(src, tmp_path / "out", ext=".nut", frames_dir=tmp_path / "frames")
 
 
+def test_a_pair_another_run_completes_before_its_turn_is_skipped_not_done(tmp_path):
+    """Two batches on one output folder: the second, at a pair the first had finished since the second began, said it
+    done, its frames among its own frames out and its rate thousands of frames/s, as if it had fused them."""
+    from streamfuse.batch.worker import FOUND_COMPLETE
+
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse/configs/replay.yaml", CFG)
+    jobs = find_jobs(src, tmp_path / "out", ext=".nut")
+
+    class AnotherRunFinishesTheSecondPair(LocalEngine):
+        def run(self, cfg, jobs, *, resume, frames):
+            for result in super().run(cfg, jobs, resume=resume, frames=frames):
+                if Path(result.out).name == "a.nut":  # the other batch, ahead, finishes b.nut meanwhile
+                    run_replay(cfg, ir_path=src / "ir" / "b.nut", vis_path=src / "vi" / "b.nut",
+                               out_path=tmp_path / "out" / "b.nut")
+                yield result
+
+    summary = run_batch(cfg, jobs, AnotherRunFinishesTheSecondPair())
+    assert [(Path(r.out).name, r.status, r.frames_out, r.reason) for r in summary.results] == [
+        ("a.nut", "done", 4, ""), ("b.nut", "skipped", 4, FOUND_COMPLETE)]
+    assert summary.results[1].fps == 0
+    table = summary.format().splitlines()
+    assert table[2].split()[:5] == ["b.nut", "skipped", "0", "0", "4"]  # its row: found complete, not fused
+    assert table[-1].startswith("2 pairs: 1 done, 1 skipped (complete), 0 failed; 4 frames out in ")
+
+
 def test_a_pair_completed_as_the_batch_stops_is_done_in_the_table(tmp_path):
     """Ctrl-C just after a pair's replay completed it, before its result reached the driver: the table called the
     finished pair "not started" (and a rerun then skipped it as complete)."""
@@ -1292,8 +1318,44 @@ def test_a_ray_pair_sends_its_last_frames_and_puts_back_the_workers_ctrl_c_handl
     monkeypatch.setattr(ray_engine, "replay_pair", replay)
     monkeypatch.setattr(ray_engine, "time", SimpleNamespace(monotonic=lambda: 0.0))  # no report sent by time
     before = signal.getsignal(signal.SIGINT)
-    ray_engine._ray_replay(None, None, False, 1, SimpleNamespace(add=SimpleNamespace(remote=sent.append)))
-    assert sent == [2] and signal.getsignal(signal.SIGINT) is before
+    job = PairJob(Path("ir.nut"), Path("vi.nut"), Path("/o/o.nut"))
+    ray_engine._ray_replay(None, job, False, 1, SimpleNamespace(add=SimpleNamespace(
+        remote=lambda n, out: sent.append((n, out)))))
+    assert sent == [(2, "/o/o.nut")] and signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("fused_here, status", [(True, "done"), (False, "skipped")])
+def test_a_ray_pair_found_complete_is_done_only_where_this_batch_fused_it(monkeypatch, fused_here, status):
+    """A pair whose output was complete when its task ran: done where this batch's workers fused frames into it (a
+    retry after a worker lost as it finished the pair), skipped where another run did."""
+    from streamfuse.batch import ray_engine
+    from streamfuse.batch.worker import FOUND_COMPLETE
+
+    asked = []
+
+    def fused(out):
+        asked.append(out)
+        return fused_here
+
+    fake_ray = SimpleNamespace(get=lambda value: value, exceptions=SimpleNamespace(RayError=RuntimeError))
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setattr(ray_engine, "_MODELS", object())
+    monkeypatch.setattr(ray_engine, "replay_pair", lambda *args, **kwargs: PairResult(
+        "/o/o.nut", "skipped", frames_out=4, reason=FOUND_COMPLETE))
+    job = PairJob(Path("ir.nut"), Path("vi.nut"), Path("/o/o.nut"))
+    result = ray_engine._ray_replay(None, job, False, 1, SimpleNamespace(fused=SimpleNamespace(remote=fused)))
+    assert (result.status, result.frames_out, asked) == (status, 4, ["/o/o.nut"])
+    assert result.reason == ("" if fused_here else FOUND_COMPLETE)
+
+
+def test_the_frames_counter_keeps_the_outputs_fused_into_until_the_next_batch():
+    from streamfuse.batch.ray_progress import Progress
+
+    progress = Progress()
+    progress.add(3, "/o/a.nut")
+    assert progress.fused("/o/a.nut") and not progress.fused("/o/b.nut") and progress.take() == 3
+    progress.reset()
+    assert not progress.fused("/o/a.nut")
 
 
 def test_cancelled_ray_pairs_get_their_time_and_those_that_return_are_yielded(monkeypatch):
@@ -1372,7 +1434,8 @@ class _FakeRay:
             self.peak = max(self.peak, len(self.running))
             return job.out
 
-        progress = SimpleNamespace(take=SimpleNamespace(remote=lambda: "take"))
+        progress = SimpleNamespace(take=SimpleNamespace(remote=lambda: "take"),
+                                   reset=SimpleNamespace(remote=lambda: "reset"))
         return {"replay": SimpleNamespace(options=options), "progress": SimpleNamespace(remote=lambda: progress)}
 
     def wait(self, refs, num_returns, timeout):
@@ -1382,6 +1445,8 @@ class _FakeRay:
         if ref == "take":
             self.took += 1
             return 1
+        if ref == "reset":
+            return None
         self.running.discard(ref)
         return PairResult(str(ref), "done")
 

@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except BatchInterrupted as exc:
         summary, stop = exc.summary, exc.stop
-    if summary.count("skipped") == len(summary.results):  # the table would list no pair
+    if all(r.status == "skipped" and not r.reason for r in summary.results):  # the table would list no pair
         print(f"{PROG}: all {len(summary.results)} pairs already complete in {args.out}; nothing to do")
         return 0
     print(summary.format())

@@ -20,11 +20,13 @@ FFmpeg's decoder and encoder threads (``replay.codec_threads``) left at 0 ("FFmp
 every core) become ``threads``, so that workers side by side do not each start a thread per core.
 
 Outputs already complete (the final file exists and no ``.partial`` does) are skipped by the driver, before any
-work is sent; without ``resume``, a pair whose partial output is there fails and keeps it, as a single replay
-refuses it. Progress: one bar for pairs, one for fused frames (reported by the workers).
+work is sent; one another run (a second batch on the same outputs) completes while this batch runs is skipped at its
+turn, a row saying so and its frames not counted as this batch's (a Ray pair run again after its worker was lost as it
+finished the output is this batch's: done); without ``resume``, a pair whose partial output is there fails and keeps
+it, as a single replay refuses it. Progress: one bar for pairs, one for fused frames (reported by the workers).
 
 Modules: ``jobs`` (the pairs and their results), ``worker`` (one pair on a worker), ``local`` (the local engine and
-the driver :func:`run_batch`) and ``ray_engine``.
+the driver :func:`run_batch`), ``ray_engine`` and ``ray_progress`` (its frames counter).
 """
 
 from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult, find_jobs

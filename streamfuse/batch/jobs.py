@@ -37,7 +37,8 @@ class PairJob:
 class PairResult:
     """What became of one pair. ``frames_in`` counts frames read per input; ``frames_out`` frames in the output.
 
-    ``status``: "done"; "skipped" (complete before the batch); "failed" (its own fault: bad input, write error; the
+    ``status``: "done"; "skipped" (complete before the batch, or, its reason saying so, when its turn came: another
+    run fused it, and its ``frames_out`` are not this run's); "failed" (its own fault: bad input, write error; the
     reason says which); and, when the user stopped the batch (Ctrl-C, SIGTERM), "interrupted" (its partial output is
     kept: ``resume`` continues it) or "not started".
     """
@@ -48,7 +49,7 @@ class PairResult:
     frames_out: int = 0
     fps: float = 0.0  # output frames per wall second of this pair
     wall_s: float = 0.0
-    reason: str = ""  # one line, for failed and interrupted pairs
+    reason: str = ""  # one line, for failed and interrupted pairs, and skipped ones found complete at their turn
     worker: str = ""  # host:pid that ran the pair
     wait_policy: str = ""  # the worker's OMP_WAIT_POLICY; "late" when torch was imported before streamfuse
     late_stop: int = 0  # a stop signal that came as the output took its name (ReplaySummary.late_stop)
@@ -76,16 +77,18 @@ class BatchSummary:
         return [r for r in self.results if r.status in ("interrupted", "not started")]
 
     def format(self) -> str:
-        """The summary table: a row per pair run (skipped pairs are only counted), then the totals."""
-        ran = [r for r in self.results if r.status != "skipped"]
+        """The summary table: a row per pair run (those complete before the batch are only counted), then the
+        totals."""
+        ran = [r for r in self.results if r.status != "skipped" or r.reason]
         names = [printable(Path(r.out).name) for r in ran]  # a name's escape sequence would draw on the terminal
         width = max([len(n) for n in names] + [4])
         lines = [f"{'pair':<{width}}  {'status':<11}{'ir in':>7}{'vis in':>7}{'out':>7}{'fps':>8}  worker"]
         lines += [f"{name:<{width}}  {r.status:<11}{r.frames_in['ir']:>7}{r.frames_in['vis']:>7}"
                   f"{r.frames_out:>7}{r.fps:>8.1f}  {r.worker}" for name, r in zip(names, ran)]
-        # out: in the outputs done; the frames a failed or stopped pair fused (in its partial output) count in the rate
+        # out: in the outputs done; the frames a failed or stopped pair fused (in its partial output) count in the rate;
+        # those of an output another run completed meanwhile (skipped) in neither
         frames = sum(r.frames_out for r in ran if r.status == "done")
-        unfinished = sum(r.frames_out for r in ran if r.status != "done")
+        unfinished = sum(r.frames_out for r in ran if r.status not in ("done", "skipped"))
         stopped = "".join(f", {self.count(s)} {s}" for s in ("interrupted", "not started") if self.count(s))
         lines.append(f"{len(self.results)} pairs: {self.count('done')} done, {self.count('skipped')} skipped "
                      f"(complete), {len(self.failed)} failed{stopped}; {frames} frames out"

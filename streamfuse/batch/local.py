@@ -171,7 +171,7 @@ def _failed(out: Path, reason: str) -> PairResult:
 def _log(result: PairResult) -> None:
     if result.status == "failed":
         log.error("%s: %s", result.out, result.reason)
-    elif result.status == "interrupted":
+    elif result.status == "interrupted" or result.reason:  # or skipped, found complete at its turn
         log.warning("%s: %s", result.out, result.reason)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import PairJob, PairResult
+from streamfuse.batch.ray_progress import Progress, fused_in_this_batch
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
 from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.replay.resume import frames_held
@@ -58,7 +59,7 @@ def _ray_replay(cfg: Any, job: PairJob, resume: bool, threads: int, progress: An
 
         cv2.setNumThreads(threads)  # OpenCV would start a thread per core of the node, not per worker
         _MODELS = Models()
-    report = _Batched(lambda n: progress.add.remote(n))
+    report = _Batched(lambda n: progress.add.remote(n, str(job.out)))
     cancelled: list[int] = []
 
     def cancel(signum: int, frame: Any) -> None:
@@ -72,26 +73,14 @@ def _ray_replay(cfg: Any, job: PairJob, resume: bool, threads: int, progress: An
     finally:
         signal.signal(signal.SIGINT, previous)
         report.flush()
+    if result.status == "skipped" and fused_in_this_batch(progress, str(job.out)):
+        result.status, result.reason = "done", ""  # a retry: this batch's worker lost as it finished the pair fused it
     if not cancelled and (result.status == "interrupted" or result.late_stop == signal.SIGTERM):
         # A SIGTERM to this worker (node shutdown, `kill PID`), not the user's: the replay kept its partial output
         # (or, stopped as its output took its name, ended it complete); now the worker exits through Ray's own SIGTERM
         # handler, so Ray runs the pair again as for a killed worker (a complete one is then done at once).
         signal.raise_signal(signal.SIGTERM)
     return result
-
-
-class _Progress:
-    """Ray actor that adds up the frames the workers report; the driver takes the count to update its bar."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add(self, n: int) -> None:
-        self.n += n
-
-    def take(self) -> int:
-        n, self.n = self.n, 0
-        return n
 
 
 @dataclass
@@ -221,6 +210,8 @@ class RayEngine:
         if stop.is_set():  # while Ray started
             return {}
         progress = self._progress_actor(ray)
+        with contextlib.suppress(ray.exceptions.RayError):  # a lost counter costs no pair (see _take)
+            ray.get(progress.reset.remote())  # kept from an earlier batch on this Ray: its outputs are not this one's
         task = _remote(ray)["replay"].options(num_cpus=self.threads, num_gpus=self.gpus, max_retries=self.retries,
                                         retry_exceptions=False)
         cfg_ref = ray.put(cfg)
@@ -339,7 +330,7 @@ def _check_reachable(address: str) -> None:
 @functools.cache
 def _remote(ray: Any) -> dict[str, Any]:
     """The Ray task and actor, made once: a worker loads a remote function once, and every new one again (~0.3 s)."""
-    return {"replay": ray.remote(_ray_replay), "progress": ray.remote(num_cpus=0)(_Progress)}
+    return {"replay": ray.remote(_ray_replay), "progress": ray.remote(num_cpus=0)(Progress)}
 
 
 def _wait_one(ray: Any, refs: list, progress: Any, frames: Callable[[int], None],

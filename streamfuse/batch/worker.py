@@ -18,7 +18,10 @@ from streamfuse.errors import one_line
 from streamfuse.replay import ReplayError, run_replay
 from streamfuse.replay.resume import frames_held
 
-__all__ = ["Models", "replay_pair", "worker_cfg"]
+__all__ = ["Models", "replay_pair", "worker_cfg", "FOUND_COMPLETE"]
+
+# the reason of a pair whose output was complete when its turn came, though not when the batch began
+FOUND_COMPLETE = "complete when its turn came: another run finished it"
 
 
 class _Counted:
@@ -104,7 +107,10 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         if summary.complete and not summary.written:  # complete before (its frames moved in now): the frames it holds
             result.frames_out = frames_held(job.out)
     result.wall_s = time.perf_counter() - t0
-    result.fps = result.frames_out / max(result.wall_s, 1e-9)
+    if summary is not None and summary.found_complete:  # another run (a second batch on these outputs) fused it
+        result.status, result.reason = "skipped", FOUND_COMPLETE
+    else:  # the rate of a pair this run fused
+        result.fps = result.frames_out / max(result.wall_s, 1e-9)
     return result
 
 

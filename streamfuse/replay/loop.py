@@ -90,9 +90,9 @@ def _run_locked(cfg: Any, ir: Input, vis: Input, out: Path, frames: FramesDir | 
     summary = ReplaySummary(ir=ir.cfg.path, vis=vis.cfg.path, out=str(out))
     if check_existing_output(out, cfg, (ir.cfg.path, vis.cfg.path), resume=resume, restart=restart):
         log.info("%s is already complete; nothing to do", out)
-        if frames is not None and frames.ours():  # a run killed between the video's rename and its frames' move
+        summary.complete, summary.found_complete = True, frames is None or not frames.ours()
+        if frames is not None and not summary.found_complete:  # staged by a run killed before it moved them in
             frames.publish()
-        summary.complete = True
         return summary
     prints = fingerprint(cfg, ir, vis)
     take_over = TakeOver.open(out, prints, rcfg.pacing, vis.time_base) if resume else None

@@ -30,6 +30,7 @@ class ReplaySummary:
     vis: str
     out: str
     complete: bool = False
+    found_complete: bool = False  # complete before this run took its output: it fused and moved nothing
     stopped: str = ""  # why the run ended early; empty when complete
     late_stop: int = 0  # a stop signal that came as the complete output took its name: left to the caller (a batch)
     encoder: str = ""
