@@ -367,8 +367,8 @@ def test_a_resume_sees_a_later_part_changed(tmp_path):
     """An interrupted replay of a split recording is continued only while every part is as it was: the first part's
     size and time alone let a recovered or replaced later part pass."""
     from streamfuse.config import config_from_dict
+    from streamfuse.replay.fingerprints import fingerprint
     from streamfuse.replay.inputs import resolve
-    from streamfuse.replay.resume import fingerprint
 
     _record(tmp_path / "rig0.mcap", _synthetic_run(90), split_s=1)
     cfg = config_from_dict({"ir": {"kind": "mcap"}, "vis": {"kind": "mcap"}, "fuse": {"name": "max"}})

@@ -4,6 +4,7 @@ stamps rather than by when the bag logged them."""
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import tempfile
@@ -661,3 +662,21 @@ def test_a_recording_whose_summary_does_not_count_messages_lists_its_topics_with
     assert image_topics(bag) == {THERMAL: (IMAGE, None)}
     with pytest.raises(ValueError, match=r"its image topics: /thermal/image_raw \(sensor_msgs/msg/Image\)$"):
         run_replay(config_from_dict({"replay": {"progress": False}}), ir_path=bag, out_path=tmp_path / "fused.mkv")
+
+
+def test_a_bag_folders_fingerprint_is_its_files_not_the_folders_own_time(tmp_path):
+    """A hidden file written into a bag folder (a file manager's) moved the folder's time, which its fingerprint held
+    (the run said the bag changed while it was read); a storage file written still changes it."""
+    from streamfuse.replay.fingerprints import _input_stat
+
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    write_db3(bag / "bag_0.db3", {"/ir": IMAGE}, [("/ir", 1, raw("mono8", np.zeros((4, 4), np.uint8)))])
+    write_metadata(bag, ["bag_0.db3"])
+    before = _input_stat(str(bag))
+    (bag / ".DS_Store").write_bytes(b"x")
+    os.utime(bag, ns=(0, bag.stat().st_mtime_ns + 10**9))
+    assert _input_stat(str(bag)) == before
+    with open(bag / "bag_0.db3", "ab") as storage:
+        storage.write(b"x")
+    assert _input_stat(str(bag)) != before

@@ -525,3 +525,82 @@ def test_an_input_rewritten_while_it_is_read_gives_no_complete_output(tmp_path, 
     assert not out.exists() and "--resume" not in str(err.value)
     with pytest.raises(FileExistsError, match="changed since the interrupted run"):
         run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, resume=True)
+
+
+def _folders(tmp_path: Path) -> tuple[Path, Path]:
+    """Two folders of 20 numbered 64x48 frames."""
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+        for i in range(20):
+            cv2.imwrite(str(tmp_path / sub / f"{i:04d}.png"), np.full((48, 64), 10, np.uint8))
+    return tmp_path / "ir", tmp_path / "vi"
+
+
+def _later(path: Path) -> None:
+    """``path``'s time a second later, as a change made after the run began gives it (past the clock's tick)."""
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+
+
+@pytest.mark.parametrize("name", [".DS_Store", ".directory", "Thumbs.db", ".thumbnails"])
+def test_a_file_no_replay_reads_made_in_a_frames_folder_while_it_is_read_changes_nothing(tmp_path, name):
+    """A file manager's hidden file (or a thumbnail cache) written into an input folder during the replay moved the
+    folder's own time, which its fingerprint held: the run ended "ir input changed while it was read", no output,
+    though every frame it read was one the folder listed."""
+    ir, vis = _folders(tmp_path)
+
+    def browse() -> None:
+        (ir / name).mkdir() if name == ".thumbnails" else (ir / name).write_bytes(b"x" * 100)
+        _later(ir)
+
+    out = tmp_path / "fused.mkv"
+    summary = run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out,
+                         fuser_factory=lambda cfg: _StopAt(10, then=browse))
+    assert summary.complete and summary.written == 20 and out.exists()
+
+
+@pytest.mark.parametrize("change, said", [
+    ("added", r"20 image files of \d+ bytes then, 21 of"), ("removed", r"20 image files of \d+ bytes then, 19 of"),
+    ("same size", r"20 image files of \d+ bytes then and now, but one written since")])
+def test_a_frames_folder_whose_listed_images_change_while_it_is_read_gives_no_complete_output(tmp_path, change, said):
+    ir, vis = _folders(tmp_path)
+
+    def edit() -> None:
+        if change == "added":  # a frame the folder would list now
+            cv2.imwrite(str(ir / "0020.png"), np.full((48, 64), 10, np.uint8))
+        elif change == "removed":
+            (ir / "0002.png").unlink()  # read already
+        else:  # another picture of the same size in bytes
+            size = (ir / "0003.png").stat().st_size
+            cv2.imwrite(str(ir / "0003.png"), np.full((48, 64), 200, np.uint8))
+            assert (ir / "0003.png").stat().st_size == size
+            _later(ir / "0003.png")
+
+    out = tmp_path / "fused.mkv"
+    with pytest.raises(ReplayError, match=rf"ir input \S*ir changed while it was read \({said}"):
+        run_replay(make_cfg(), ir_path=ir, vis_path=vis, out_path=out, fuser_factory=lambda cfg: _StopAt(10, then=edit))
+    assert not out.exists()
+
+
+def test_a_frames_folder_run_interrupted_before_its_files_were_listed_resumes_or_says_why(tmp_path):
+    """A sidecar of the release before held a folder input as [path, the size of its files, the newest time of
+    those and the folder]: a resume goes on where its files are as they were, a hidden file written since (which moved
+    the folder's time) included, and is refused in one line where one of them changed."""
+    cfg, out = _interrupted_folders(tmp_path)
+    side = json.loads(sidecar_path(out).read_text())
+    for key, sub in (("ir", "ir"), ("vis", "vi")):  # as that release wrote it
+        files = [p.stat() for p in (tmp_path / sub).iterdir()]
+        side["fingerprint"][key] = [str(tmp_path / sub), sum(f.st_size for f in files),
+                                    max([(tmp_path / sub).stat().st_mtime_ns, *(f.st_mtime_ns for f in files)])]
+    sidecar_path(out).write_text(json.dumps(side))
+    kept = partial_path(out).read_bytes()
+    (tmp_path / "ir" / "0005.png").write_bytes((tmp_path / "ir" / "0005.png").read_bytes())
+    _later(tmp_path / "ir" / "0005.png")
+    with pytest.raises(FileExistsError, match=r"^cannot resume .*fused\.mkv: ir changed since the interrupted run "
+                                              r"\(it read ir \S+ir: \d+ bytes, modified "):
+        run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vi", out_path=out, resume=True)
+    assert partial_path(out).read_bytes() == kept
+    os.utime(tmp_path / "ir" / "0005.png", ns=(0, side["fingerprint"]["ir"][2]))  # as it was
+    (tmp_path / "ir" / ".DS_Store").write_bytes(b"x")
+    _later(tmp_path / "ir")
+    summary = run_replay(cfg, ir_path=tmp_path / "ir", vis_path=tmp_path / "vi", out_path=out, resume=True)
+    assert summary.reused > 0 and summary.complete

@@ -24,9 +24,9 @@ objects. The loop is written in data-flow order: decode -> pair -> fuse -> postp
   of an interrupted run unless ``resume`` continues it.
 
 Modules: ``config`` (ReplayConfig), ``inputs`` (paths -> sources, decoder threads, merge by time, realtime pacing,
-batch pair lists), ``outputs`` (output path checks; complete or partial), ``resume`` (sidecar, fingerprint, take-over
-of a partial output), ``summary`` (ReplaySummary, ReplayError, stage clock), ``frame_times`` (the frames' time lines
-and output pts) and ``loop`` (:func:`run_replay`).
+batch pair lists), ``outputs`` (output path checks; complete or partial), ``resume`` (sidecar, take-over of a partial
+output), ``fingerprints`` (what a resume must find unchanged, and a run at its end), ``summary`` (ReplaySummary,
+ReplayError, stage clock), ``frame_times`` (the frames' time lines and output pts) and ``loop`` (:func:`run_replay`).
 """
 
 from streamfuse.replay.config import ReplayConfig

@@ -24,6 +24,7 @@ from streamfuse.errors import io_reason, one_line, printable
 from streamfuse.frames import STREAM_NAMES, FramePair, FusedFrame, SizeMismatch
 from streamfuse.log_queue import BLOCK
 from streamfuse.output_lock import output_lock
+from streamfuse.replay.fingerprints import changed_while_read, fingerprint
 from streamfuse.replay.frame_times import FrameTimes
 from streamfuse.replay.frames_dir import FramesDir
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, check_pair, input_kind, input_path,
@@ -31,8 +32,8 @@ from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, chec
 from streamfuse.replay.order_lag import OrderLag
 from streamfuse.replay.outputs import check_existing_output, check_output_folder, check_output_paths
 from streamfuse.replay.publishing import closed_on_failure, open_publisher, wait_subscriber
-from streamfuse.replay.resume import (TakeOver, changed_while_read, fingerprint, frames_held, nothing_kept,
-                                     resume_hint, save_sidecar, sidecar_path, taken_over_path)
+from streamfuse.replay.resume import (TakeOver, frames_held, nothing_kept, resume_hint, save_sidecar, sidecar_path,
+                                     taken_over_path)
 from streamfuse.replay.summary import ReplayError, ReplaySummary, StageClock
 from streamfuse.signals import TERMINATE, deferred, handled, interrupted, raise_terminated, told_if_long
 from streamfuse.sync import OTHER, Pairer
@@ -278,9 +279,8 @@ class _Replay:
 
     def _open_writer(self, vis_img: np.ndarray) -> None:
         h, w = vis_img.shape[:2]
-        tags = {"comment": json.dumps({"streamfuse_config": self.cfg.to_dict()})}
-        if self.vis.cfg.kind != "file":
-            tags["streamfuse_t0_ns"] = str(self.times.t0_vis)
+        tags = {"comment": json.dumps({"streamfuse_config": self.cfg.to_dict()}),
+                **({"streamfuse_t0_ns": str(self.times.t0_vis)} if self.vis.cfg.kind != "file" else {})}
         rcfg = self.cfg.replay
         if self.take_over is not None:
             self.take_over.start()  # moved aside only now, as the new output takes its name

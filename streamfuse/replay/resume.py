@@ -12,12 +12,10 @@ the same way: stopping a resumed run never costs a frame already on disk.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
 import os
-from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,57 +23,20 @@ from typing import Any, Iterator
 import av
 import numpy as np
 
-from streamfuse.atomic_write import durable_replace, final_path, partial_path
-from streamfuse.capture.mcap_source import recording_files
+from streamfuse.atomic_write import durable_replace, partial_path
 from streamfuse.errors import io_reason
 from streamfuse.ffv1_crc import ffv1_slice_crcs
-from streamfuse.file_names import local_name
+from streamfuse.replay.fingerprints import changed_since, cut_gone, inputs_read
 from streamfuse.replay.frames_dir import FramesDir
-from streamfuse.replay.inputs import Input
 from streamfuse.replay.summary import ReplayError
 from streamfuse.video import VideoWriter, decode_frames
 
-__all__ = ["fingerprint", "changed_while_read", "sidecar_path", "taken_over_path", "save_sidecar", "TakeOver",
+__all__ = ["sidecar_path", "taken_over_path", "save_sidecar", "TakeOver",
            "resume_hint", "frames_held"]
 
 log = logging.getLogger(__name__)
 
 _MAX_REORDER = 16  # frames an H.264 or HEVC decoder may hold back for reordering (its largest picture buffer)
-
-
-def _input_stat(path: str) -> list[int]:
-    """An input's size and modification time (ns): a split recording's over its parts, a folder's over its frames."""
-    st = Path(path).stat()
-    if Path(path).is_file():  # a split recording's parts, all (given as its first)
-        files = [os.stat(part) for part in recording_files(path)]
-        return [sum(f.st_size for f in files), max(f.st_mtime_ns for f in files)]
-    # a folder of frames: ones exported again under the same names change neither its size nor its time
-    # not hidden ones, no input's (a Finder's .DS_Store, a Mac's "._NAME", rewritten as the folder is looked at)
-    files = [entry.stat() for entry in os.scandir(path) if os.path.isfile(entry) and entry.name[0] != "."]
-    return [sum(f.st_size for f in files), max([st.st_mtime_ns, *(f.st_mtime_ns for f in files)])]
-
-
-def fingerprint(cfg: Any, ir: Input, vis: Input) -> dict[str, Any]:
-    """What must be unchanged for a partial output to be continued: inputs (size, mtime) and fusing settings."""
-    conf = cfg.to_dict()
-    fusing = {k: conf[k] for k in ("sync", "stabilize", "align", "fuse", "hclfuse", "engine", "baseline", "post")}
-    # absolute: a resume from another folder, or naming the inputs otherwise, is still of the same files
-    return {"ir": [os.path.abspath(ir.cfg.path), *_input_stat(ir.cfg.path)],
-            "vis": [os.path.abspath(vis.cfg.path), *_input_stat(vis.cfg.path)],
-            "ir_resize": ir.cfg.resize, **fusing, "codec": [cfg.replay.codec, cfg.replay.crf, cfg.replay.preset],
-            "pacing": cfg.replay.pacing}
-
-
-def changed_while_read(prints: dict[str, Any]) -> str:
-    """Why a run that took its inputs' ``prints`` (its fingerprint) cannot end complete: an input written over or
-    replaced since, whose frames may mix two files'; '' when none was."""
-    for key in ("ir", "vis"):
-        path, *was = prints[key]
-        with contextlib.suppress(OSError):  # deleted: the frames read are the file's
-            if (now := _input_stat(path)) != was:
-                return (f"{key} input {path} changed while it was read ({was[0]} bytes then, {now[0]} now): its frames "
-                        f"may mix two files; replay it again once it is written whole")
-    return ""
 
 
 def sidecar_path(out: Path) -> Path:
@@ -137,16 +98,12 @@ def _resumable(out: Path, fingerprint: dict[str, Any], pacing: str) -> bool:
         log.warning("cannot resume %s: its sidecar %s is missing or unreadable; starting over", out, sidecar.name)
         return False
     now = json.loads(json.dumps(fingerprint))  # as the sidecar holds it (tuples as lists)
-    saved.setdefault("pacing", "fast")  # a sidecar written before its pacing was kept
-    for key in ("ir", "vis"):  # one written before a folder's files were counted held its own time alone
-        if _legacy_folder(saved.get(key), now[key]) or _recovered(saved.get(key), now[key]):
-            saved[key] = now[key]
-    changed = [k for k in fingerprint if _compared(k, saved.get(k)) != _compared(k, now[k])]
+    changed = changed_since(saved, now)
     if changed:  # a slip (a --set left out): the interrupted run's frames stay, for the command it was started with
         inputs = {"ir", "vis"} & set(changed)
         what = " and ".join(w for w, hit in (("inputs", inputs), ("settings", set(changed) - inputs)) if hit)
         raise FileExistsError(f"cannot resume {out}: {', '.join(changed)} changed since the interrupted run"
-                              f"{_inputs_read(changed, saved)}; {_cut_gone(saved, now)}run it with the {what} it was "
+                              f"{inputs_read(changed, saved)}; {cut_gone(saved, now)}run it with the {what} it was "
                               f"started with to continue, or delete {partial} to start over")
     if pacing != "fast":  # only now: one started with other inputs or settings keeps its frames, as above
         log.warning("cannot resume %s: realtime pacing drops frames differently on every run; starting over", out)
@@ -168,68 +125,6 @@ def _saved_fingerprint(sidecar: Path) -> dict[str, Any] | None:
         return None
     saved = saved.get("fingerprint") if isinstance(saved, dict) else None
     return saved if isinstance(saved, dict) else None
-
-
-def _inputs_read(changed: list[str], saved: dict[str, Any]) -> str:
-    """What the interrupted run read of the changed inputs among ``changed`` (another file, or one written since),
-    as ``" (it read ir PATH: SIZE bytes, modified TIME)"``; '' when no input changed."""
-    read = [f"{key} {was[0]}: {was[1]} bytes, modified "
-            f"{datetime.fromtimestamp(was[2] / 1e9, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
-            for key in changed if key in ("ir", "vis") and isinstance(was := saved.get(key), list) and len(was) == 3
-            and isinstance(was[2], int)]
-    return f" (it read {'; '.join(read)})" if read else ""
-
-
-def _legacy_folder(saved: Any, now: list) -> bool:
-    """Whether ``saved`` is a folder input's entry as a sidecar of an earlier release holds it (size 0, the folder's
-    own time), of the folder ``now`` names, unchanged since."""
-    if not (isinstance(saved, list) and len(saved) == 3 and saved[1] == 0 and isinstance(saved[0], str)
-            and os.path.realpath(local_name(saved[0])) == os.path.realpath(now[0]) and Path(now[0]).is_dir()):
-        return False
-    return saved[2] == Path(now[0]).stat().st_mtime_ns
-
-
-def _recovered(saved: Any, now: list) -> bool:
-    """Whether ``saved`` is the entry of a cut recording (``.NAME.mcap.partial``), there unchanged since, of which
-    ``now`` names the recording ``recover`` made beside it (``NAME.mcap``): the same frames, up to the cut the
-    interrupted run stopped at."""
-    if (cut := _cut_of(saved, now)) is None or len(saved) != 3:
-        return False
-    try:
-        st = os.stat(cut)
-    except OSError:  # gone: what it held cannot be told
-        return False
-    return [st.st_size, st.st_mtime_ns] == saved[1:]
-
-
-def _cut_gone(saved: dict[str, Any], now: dict[str, Any]) -> str:
-    """Why the recording recovered of the cut one the interrupted run read cannot stand for it (that one is gone or
-    changed since, and with it what vouched for its frames), ending in ``"; "``; '' for other inputs."""
-    for key in ("ir", "vis"):
-        if _cut_of(saved.get(key), now[key]) is not None:
-            return (f"{now[key][0]} was recovered of the cut recording it read, which is not there as it was, so "
-                    f"nothing says it holds the same frames; ")
-    return ""
-
-
-def _cut_of(saved: Any, now: list) -> Path | None:
-    """The cut recording ``saved`` (an input's entry) names, where ``now`` names the one ``recover`` made of it."""
-    if not (isinstance(saved, list) and saved and isinstance(saved[0], str)):
-        return None
-    cut = Path(local_name(saved[0]))
-    final = final_path(cut)
-    if final is None or final.suffix.lower() != ".mcap" or os.path.realpath(final) != os.path.realpath(now[0]):
-        return None
-    return cut
-
-
-def _compared(key: str, value: Any) -> Any:
-    """A fingerprint entry as resume compares it: ``engine.threads`` left out, as a batch worker sets it to its own
-    CPUs (a pair resumed on a worker of another size goes on; the count changes only the float rounding); an input by
-    the file its path names (a sidecar of an earlier release holds it as it was given)."""
-    if key in ("ir", "vis") and isinstance(value, list) and value and isinstance(value[0], str):
-        return [os.path.realpath(local_name(value[0])), *value[1:]]
-    return {k: v for k, v in value.items() if k != "threads"} if key == "engine" and isinstance(value, dict) else value
 
 
 class TakeOver:
