@@ -5,7 +5,9 @@ spans' difference each pass (the first's frame 0 paired with the second's frame 
 input loops (``loop: true``, files, folders, recordings), the producers share each input's span (its first pass's,
 from its first frame to the next pass's first), and every pass of an input begins the longest span after the one
 before it: the shorter input waits, its next pass's times moved on by the difference (the longer input's last frames
-then have no frame of their time to pair with), so frame 0 pairs with frame 0 at every pass.
+then have no frame of their time to pair with), so frame 0 pairs with frame 0 at every pass. An input whose producer
+ended for good before its span was known (its source failed, ``restart: false``) is waited for no longer: the others
+go on with the spans known, said in one line (they waited for it until the run was stopped).
 """
 
 from __future__ import annotations
@@ -17,20 +19,33 @@ __all__ = ["LoopSpans", "PassStarts", "loop_spans"]
 _WAIT_S = 0.05  # a shorter input's wait for the longer one's span, checked this often
 
 
+_ENDED = -1  # the span of an input whose producer ended for good before it was known
+
+
 class LoopSpans:
-    """The spans (ns, 0 until known) of the looped inputs named ``sections``, in shared memory of ``ctx``."""
+    """The spans (ns, 0 until known, :data:`_ENDED` where never to be) of the looped inputs named ``sections``, in
+    shared memory of ``ctx``."""
 
     def __init__(self, ctx: Any, sections: list[str]) -> None:
         self._sections, self._spans = sorted(sections), ctx.RawArray("q", len(sections))
 
     def longest(self, section: str, span_ns: int, wait: Callable[[float], bool]) -> int | None:
-        """Post ``section``'s span and give the longest of all, once every input's is known; ``wait(s)`` waits for the
-        others (True: stopped, then None)."""
+        """Post ``section``'s span and give the longest of all, once every input's is known or never to be
+        (:meth:`ended`); ``wait(s)`` waits for the others (True: stopped, then None)."""
         self._spans[self._sections.index(section)] = span_ns
         while not all(self._spans):
             if wait(_WAIT_S):
                 return None
         return max(self._spans)
+
+    def ended(self, section: str) -> None:
+        """``section``'s producer ended for good: where its span is not known, the others wait for it no longer."""
+        if section in self._sections and not self._spans[i := self._sections.index(section)]:
+            self._spans[i] = _ENDED
+
+    def never(self) -> list[str]:
+        """The inputs whose span will never be known (:meth:`ended`)."""
+        return [s for s, span in zip(self._sections, self._spans) if span == _ENDED]
 
 
 def loop_spans(ctx: Any, cfgs: dict[str, Any]) -> LoopSpans | None:
@@ -61,6 +76,9 @@ class PassStarts:
             if (longest := spans.longest(section, own, wait)) is None:
                 return
             self._spans = own, longest
+            if ended := spans.never():
+                warn(f"{where}: its passes go on without waiting for {', '.join(ended)}, whose producer ended for "
+                     f"good before its first pass did (its span unknown)")
             if longest > own:
                 warn(f"{where}: its passes span {own / 1e9:.3f} s, another looped input's {longest / 1e9:.3f} s: "
                      f"each of its passes waits {(longest - own) / 1e9:.3f} s after its last frame, so that both "

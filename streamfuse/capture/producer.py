@@ -214,7 +214,6 @@ class Producers:
             kind, line = w.message or ("error", f"{w.section}: producer (pid {w.proc.pid}) {ended}")
         w.proc.join(0.1)
         self._retire(w)
-        left(w.pace, w.section)  # a source waiting for its first frame to start their time line waits no longer
         at_end, waiting = kind == "eos", kind == "unreachable"  # waiting: a camera not up (yet), worth it
         kind = "error" if waiting else kind
         progressed = w.last_seq >= w.seq_at_start
@@ -225,6 +224,7 @@ class Producers:
         hopeless = failed_to_start(w.proc, w.beat) or not at_end and not waiting and (
             (reported and w.restarts == 0 and not progressed) or (
                 w.cfg.replayable and (reported or (w.restarts > 0 and not progressed))))
+        left(w.pace, w.section, for_good=not w.cfg.restart or hopeless)  # the others on its time line wait no more
         if not w.cfg.restart or hopeless:
             w.state, w.final = "ended", ProducerEvent(w.section, kind, line)
             if at_end:  # a final error is not logged: the consumer stops on its event and says it, once

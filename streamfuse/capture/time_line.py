@@ -126,11 +126,14 @@ def held(line: Any, section: str, stop: Any, warn: Callable[[str], None]) -> Non
         warn(f"{section}: its time line starts without {', '.join(gone)}, whose producer ended before the line began")
 
 
-def left(line: Any, section: str) -> None:
+def left(line: Any, section: str, *, for_good: bool = False) -> None:
     """``section``'s producer ended: the others on its time line ``line`` wait for it no longer (a restart that reads
-    a first frame before the line begins is ready again)."""
+    a first frame before the line begins is ready again); ``for_good`` (no restart follows): nor for its loop's span
+    (:mod:`~.loop_spans`)."""
     if isinstance(line, TimeLine):
         line.post(section, _GONE)
+        if for_good and line.loop_spans is not None:
+            line.loop_spans.ended(section)
 
 
 def join(line: Any, section: str) -> None:

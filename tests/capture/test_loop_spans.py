@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from test_producer import assert_stopped, collect, write_video
 
+from streamfuse.capture.loop_spans import PassStarts
 from streamfuse.capture.producer import start_producers
+from streamfuse.capture.producer_process import process_context
 from streamfuse.capture.sources import SourceConfig, open_source
+from streamfuse.capture.time_line import left, pace_lines
 from streamfuse.frames import Frame
 from streamfuse.recording import RecordConfig, Recorder
 
@@ -64,6 +67,9 @@ class _Longer:
     def longest(self, section: str, span_ns: int, wait) -> int:
         return max(span_ns, 32 * PERIOD_NS)
 
+    def never(self) -> list[str]:
+        return []
+
 
 @pytest.mark.parametrize("kind", ["file", "folder", "mcap"])
 def test_a_restarted_producer_of_the_shorter_input_skips_to_where_it_was_in_step(tmp_path, kind):
@@ -78,3 +84,43 @@ def test_a_restarted_producer_of_the_shorter_input_skips_to_where_it_was_in_step
         assert src.skip(len(expected) - 1) == len(expected) - 1
         got = src.read()
     assert (got.seq, got.t_capture_ns) == (expected[-1].seq, expected[-1].t_capture_ns)
+
+
+def test_a_looped_input_waits_no_more_for_the_span_of_one_whose_producer_ended_for_good(tmp_path):
+    # the shorter input's second pass waited for the other's span until the run was stopped
+    cfg = SourceConfig(kind="folder", path=str(tmp_path), fps=FPS, loop=True)
+    lines, said, waits = pace_lines(process_context(), {"ir": cfg, "vis": cfg}), [], []
+    left(lines["vis"], "vis")  # a producer that restarts: its span is still waited for
+    spans, passes = lines["ir"].loop_spans, PassStarts()
+
+    def wait(seconds: float) -> bool:  # a stop after 100 waits: one that never ends of itself fails the test
+        waits.append(seconds)
+        return len(waits) >= 100
+
+    passes.begin(1, 0, spans, "ir", "ir: clip", wait, said.append)
+    passes.begin(2, 30 * PERIOD_NS, spans, "ir", "ir: clip", wait, said.append)
+    assert len(waits) == 100 and said == []
+    waits.clear()
+    left(lines["vis"], "vis", for_good=True)
+    passes = PassStarts()
+    passes.begin(1, 0, spans, "ir", "ir: clip", wait, said.append)
+    passes.begin(2, 30 * PERIOD_NS, spans, "ir", "ir: clip", wait, said.append)
+    assert waits == [] and passes.held_ns == 0
+    assert said == ["ir: clip: its passes go on without waiting for vis, whose producer ended for good before its "
+                    "first pass did (its span unknown)"]
+
+
+def test_a_looped_input_goes_on_past_its_first_pass_when_the_others_source_failed_for_good(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
+    ir = _looped("folder", tmp_path / "ir", 30)
+    (tmp_path / "vis").mkdir()  # no images: a final error before its first frame
+    prod = start_producers(ir, replace(ir, path=str(tmp_path / "vis")), backoff_s=0.1)
+    names = prod.shm_names()
+    try:
+        frames, events = collect(prod, lambda f, e: any(x.seq >= 2 * 30 for x in f))
+    finally:
+        assert_stopped(prod, names)
+    assert [(e.stream, e.kind, e.restarting) for e in events] == [("vis", "error", False)]
+    assert [f.seq for f in frames] == list(range(2 * 30 + 1))
+    said = [r.getMessage() for r in caplog.records if "its passes go on" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("ir: ")
