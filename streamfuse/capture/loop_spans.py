@@ -28,6 +28,7 @@ class LoopSpans:
 
     def __init__(self, ctx: Any, sections: list[str]) -> None:
         self._sections, self._spans = sorted(sections), ctx.RawArray("q", len(sections))
+        self._said = ctx.RawArray("b", len(sections))  # by section: its passes' line is said (by any of its producers)
 
     def longest(self, section: str, span_ns: int, wait: Callable[[float], bool]) -> int | None:
         """Post ``section``'s span and give the longest of all, once every input's is known or never to be
@@ -42,6 +43,11 @@ class LoopSpans:
         """``section``'s producer ended for good: where its span is not known, the others wait for it no longer."""
         if section in self._sections and not self._spans[i := self._sections.index(section)]:
             self._spans[i] = _ENDED
+
+    def first_word(self, section: str) -> bool:
+        """Whether ``section``'s line on its passes is yet to be said: once by its producers, whichever restarts."""
+        said, self._said[i] = self._said[i := self._sections.index(section)], 1
+        return not said
 
     def never(self) -> list[str]:
         """The inputs whose span will never be known (:meth:`ended`)."""
@@ -67,7 +73,7 @@ class PassStarts:
               wait: Callable[[float], bool], warn: Callable[[str], None]) -> None:
         """Pass ``lap`` (counted from 1) begins at ``t_ns`` on the source's own times: it starts the longest span
         after the pass before (``section`` named in ``spans``, waiting with ``wait``; where this input is the shorter,
-        one line naming it, ``where``, to ``warn``)."""
+        one line naming it, ``where``, to ``warn``, once for all of its producers)."""
         if spans is None or self._first_ns is None:
             self._first_ns = t_ns
             return
@@ -76,6 +82,8 @@ class PassStarts:
             if (longest := spans.longest(section, own, wait)) is None:
                 return
             self._spans = own, longest
+            # a restarted producer resumes where its predecessor said it (in the wait, before the pass's first frame)
+            warn = warn if spans.first_word(section) else lambda line: None
             if ended := spans.never():
                 warn(f"{where}: its passes go on without waiting for {', '.join(ended)}, whose producer ended for "
                      f"good before its first pass did (its span unknown)")

@@ -288,9 +288,8 @@ class BaseSource:
         loops, its times from here on moved so that it starts with the other inputs' passes (:mod:`~.loop_spans`)."""
         self._lap += 1
         wait = self.stop_event.wait if self.stop_event is not None else lambda s: time.sleep(s) or False
-        warn = self.warn if not self._skipping else lambda line: None  # a restarted producer's: said before it
         self._passes.begin(self._lap, t_ns, getattr(self.pace_origin, "loop_spans", None),
-                           self.section, f"{self.section}: {self.cfg.path}", wait, warn)
+                           self.section, f"{self.section}: {self.cfg.path}", wait, self.warn)
 
     def _skip_passes(self, passes: int, seq_step: int, t_step_ns: int) -> None:
         """Go on ``passes`` whole passes later, the next frame's seq ``seq_step`` and time ``t_step_ns`` on per pass

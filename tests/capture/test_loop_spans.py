@@ -67,6 +67,9 @@ class _Longer:
     def longest(self, section: str, span_ns: int, wait) -> int:
         return max(span_ns, 32 * PERIOD_NS)
 
+    def first_word(self, section: str) -> bool:
+        return True
+
     def never(self) -> list[str]:
         return []
 
@@ -124,3 +127,21 @@ def test_a_looped_input_goes_on_past_its_first_pass_when_the_others_source_faile
     assert [f.seq for f in frames] == list(range(2 * 30 + 1))
     said = [r.getMessage() for r in caplog.records if "its passes go on" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("ir: ")
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "mcap"])
+def test_a_producer_restarted_before_its_second_passs_first_frame_does_not_say_the_wait_again(tmp_path, kind):
+    # the line is said as the shorter input's wait begins, before its next pass's first frame: a producer restarted
+    # meanwhile (in a 10 s clip's wait of 50 s beside a 60 s one) resumed there and said it again, once per restart
+    cfg = replace(_looped(kind, tmp_path / "ir", 30), realtime=False)
+    lines, said = pace_lines(process_context(), {"ir": cfg, "vis": cfg}), []
+    lines["vis"].loop_spans.longest("vis", 32 * PERIOD_NS, lambda s: True)
+    with open_source("ir", cfg) as src:
+        src.pace_origin, src.warn = lines["ir"], said.append
+        first = [src.read() for _ in range(31)]
+    for _ in range(3):  # restarted: it skips the first pass the producers before it delivered
+        with open_source("ir", cfg) as src:
+            src.pace_origin, src.warn = lines["ir"], said.append
+            assert src.skip(30) == 30
+            assert src.read().t_capture_ns == first[30].t_capture_ns
+    assert len(said) == 1 and said[0].startswith("ir: ") and "its passes span 0.300 s" in said[0]
