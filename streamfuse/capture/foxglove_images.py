@@ -19,7 +19,7 @@ import numpy as np
 
 from streamfuse.capture.ros_images import Unsupported, decompressed, pixels
 
-__all__ = ["SCHEMAS", "decode"]
+__all__ = ["SCHEMAS", "decode", "stamp"]
 
 SCHEMAS = ("foxglove.RawImage", "foxglove.CompressedImage")
 _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
@@ -85,6 +85,23 @@ def decode(schema: str, data: bytes, encoding: str = "protobuf") -> tuple[int, n
         Unsupported: another schema or message encoding, an image encoding not supported (one line).
         ValueError: a message cut short or inconsistent (one line).
     """
+    fields, stamp_ns = _stamped(schema, data, encoding)
+    if schema == "foxglove.CompressedImage":
+        form = _get(fields, 3, bytes, b"").decode("utf-8", "replace")
+        return stamp_ns, decompressed(form, _get(fields, 2, bytes, b""))
+    width, height, step = (_get(fields, n, int, 0) for n in (2, 3, 5))
+    encoding = _get(fields, 4, bytes, b"").decode("utf-8", "replace")
+    return stamp_ns, pixels(height, width, encoding, False, step, _get(fields, 6, bytes, b""))
+
+
+def stamp(schema: str, data: bytes, encoding: str = "protobuf") -> int:
+    """The timestamp (ns) of one protobuf message of ``schema``, its image left as it is (:func:`decode` raises
+    alike)."""
+    return _stamped(schema, data, encoding)[1]
+
+
+def _stamped(schema: str, data: bytes, encoding: str) -> tuple[dict[int, int | bytes], int]:
+    """The fields of one message of ``schema`` and its timestamp, ns."""
     if encoding != "protobuf":
         raise Unsupported(f"{schema} encoded as {encoding!r} is not read; Foxglove's images are read in protobuf, "
                           f"as the Foxglove SDK logs them, or as foxglove_msgs in cdr")
@@ -92,11 +109,5 @@ def decode(schema: str, data: bytes, encoding: str = "protobuf") -> tuple[int, n
         raise Unsupported(f"protobuf messages of {schema or 'no schema'} are not images; image schemas: "
                           f"{', '.join(SCHEMAS)}")
     fields = _fields(data)
-    stamp = _fields(_get(fields, 1, bytes, b""))
-    stamp_ns = _signed(_get(stamp, 1, int, 0)) * 1_000_000_000 + _signed(_get(stamp, 2, int, 0))
-    if schema == "foxglove.CompressedImage":
-        form = _get(fields, 3, bytes, b"").decode("utf-8", "replace")
-        return stamp_ns, decompressed(form, _get(fields, 2, bytes, b""))
-    width, height, step = (_get(fields, n, int, 0) for n in (2, 3, 5))
-    encoding = _get(fields, 4, bytes, b"").decode("utf-8", "replace")
-    return stamp_ns, pixels(height, width, encoding, False, step, _get(fields, 6, bytes, b""))
+    stamp_fields = _fields(_get(fields, 1, bytes, b""))
+    return fields, _signed(_get(stamp_fields, 1, int, 0)) * 1_000_000_000 + _signed(_get(stamp_fields, 2, int, 0))

@@ -23,18 +23,16 @@ import struct
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 from mcap.exceptions import EndOfFile, McapError
 from mcap.reader import NonSeekingReader, SeekingReader
 from mcap.records import Channel, Message, Schema
 from zstandard import ZstdError
 
 from streamfuse.atomic_write import final_path
-from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import foxglove_images, ros_images
 from streamfuse.capture.bag_folder import folder_topics, is_bag_folder, storage_files
+from streamfuse.capture.image_messages import ImageMessage, Images, stamp_of
 from streamfuse.capture.mcap_records import KnownRecords
-from streamfuse.capture.palette import check_depth, first_note, ir_grey
 from streamfuse.capture.ros1_bag import BagError, bag1_messages, bag1_topics, is_bag1
 from streamfuse.capture.ros_images import Unsupported
 from streamfuse.capture.rosbag2_compression import decompressed, is_compressed, message
@@ -174,28 +172,24 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
     A bag's frames whose stamps go back within their stream are put back in stamp order
     (:mod:`~streamfuse.capture.stamp_order`); our recordings' are read as recorded.
     """
-    return in_stamp_order(_decoded(path, topics or TOPICS, palette, warn))
+    return in_stamp_order(_read_ahead(path, topics or TOPICS, palette, warn), ImageMessage.frame)
 
 
-def _decoded(path: str | os.PathLike, topics: dict[str, str], palette: str,
-             warn: Callable[[str], None]) -> Iterator[tuple[Frame, bool]]:
-    """:func:`read_recording`'s frames in the order they were recorded, each with whether it is a bag's (numbered by
-    its place in its stream, so free to move there)."""
+def _read_ahead(path: str | os.PathLike, topics: dict[str, str], palette: str,
+                warn: Callable[[str], None]) -> Iterator[tuple[ImageMessage, bool]]:
+    """:func:`read_recording`'s messages in the order they were recorded, undecoded, each with whether it is a bag's
+    (numbered by its place in its stream, so free to move there)."""
     streams = {topic: stream for stream, topic in topics.items()}
     if len(streams) < len(topics):
         raise SourceError(f"recording {path}: ir.topic and vis.topic are both {next(iter(streams))}")
-    counts, depth = {s: 0 for s in topics}, {s: To8Bit(s == "ir") for s in topics}
+    counts = {s: 0 for s in topics}
+    images = Images(path, list(topics), palette, warn, lambda read, exc: _damaged(Path(path), read, exc))
     for kind, encoding, topic, log_ns, seq, data in _records(path, tuple(streams)):
         stream = streams[topic]
         try:
             if encoding == "cdr":  # a ROS 2 bag's, zstd-compressed one by one in rosbag2's message mode
                 data = message(data)
-            if encoding == "protobuf" or kind in foxglove_images.SCHEMAS:  # the Foxglove SDK's messages
-                stamp, image = foxglove_images.decode(kind, data, encoding)
-            else:
-                stamp, image = ros_images.decode(kind, data, encoding)
-            if not image.size:  # no stage can take an image without pixels: damaged, as an undecodable one
-                raise ValueError(f"an image of {image.shape[1]}x{image.shape[0]} pixels on {topic}")
+            stamp = stamp_of(kind, data, encoding)
         except Unsupported as exc:
             raise SourceError(f"recording {path}: {topic}: {exc}") from None
         except ValueError as exc:
@@ -206,21 +200,10 @@ def _decoded(path: str | os.PathLike, topics: dict[str, str], palette: str,
         if (stamp or log_ns) >= FAR_NS:  # a damaged log time (an unsigned 64-bit count): past every stage's times
             raise SourceError(f"recording {path}: {topic}: after {sum(counts.values())} frames, a message timed "
                               f"{(stamp or log_ns) / 1e9:.0f} s: over 146 years after 1970, not a capture time")
-        deep = image if stream == "ir" and image.dtype == np.uint16 and image.ndim == 2 else None  # Frame.counts
-        try:  # float pixels on the visible topic, a palette named for 16-bit IR: well formed, not what the stream takes
-            if stream == "ir":
-                check_depth(image, palette)
-            image = depth[stream](image)
-            if stream == "ir":  # e.g. a bag of a false-colour thermal camera: temperature order, as live capture
-                if not counts["ir"] and (note := first_note(image, palette)):
-                    warn(f"recording {path}: {topic}: {note}")
-                image = ir_grey(image, palette)
-        except ValueError as exc:
-            raise SourceError(f"recording {path}: {topic} ({stream}.topic): {exc}") from None
         placed = seq is None
         seq = counts[stream] if placed else seq
+        yield images.message(stream, seq, stamp or log_ns, topic, (kind, encoding), data, sum(counts.values())), placed
         counts[stream] += 1
-        yield Frame(stream, seq, stamp or log_ns, image, counts=deep), placed
 
 
 def _records(path: str | os.PathLike, topics: tuple[str, ...],

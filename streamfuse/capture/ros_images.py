@@ -24,7 +24,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-__all__ = ["SCHEMAS", "ENCODINGS", "Unsupported", "decode"]
+__all__ = ["SCHEMAS", "ENCODINGS", "Unsupported", "decode", "stamp"]
 
 # raw encoding -> (channels, dtype, conversion to BGR or grey: an OpenCV code, or None for none)
 _RAW: dict[str, tuple[int, type, int | None]] = {
@@ -186,12 +186,21 @@ def decode(schema: str, data: bytes, encoding: str = "cdr") -> tuple[int, np.nda
         Unsupported: another schema or message encoding, an image encoding not supported (one line).
         ValueError: a message cut short or inconsistent (one line).
     """
+    return _read(schema, data, encoding, image=True)
+
+
+def stamp(schema: str, data: bytes, encoding: str = "cdr") -> int:
+    """The header's stamp (ns) of one message of ``schema``, its image left as it is (:func:`decode` raises alike)."""
+    return _read(schema, data, encoding, image=False)[0]
+
+
+def _read(schema: str, data: bytes, encoding: str, *, image: bool) -> tuple[int, np.ndarray | None]:
     if schema not in SCHEMAS:
         what = f"messages of {schema}" if schema else "messages without a schema"
         raise Unsupported(f"{what} are not images; image schemas: {', '.join(SCHEMAS)}")
     try:
         msg = _Fields(data, encoding)
-        stamp = msg.stamp()
-        return stamp, SCHEMAS[schema](msg)
+        stamp_ns = msg.stamp()
+        return stamp_ns, SCHEMAS[schema](msg) if image else None
     except struct.error:
         raise ValueError(f"a {schema} message cut short ({len(data)} bytes)") from None

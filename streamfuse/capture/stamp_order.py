@@ -22,7 +22,8 @@ paired them, which a replay reproduces.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from streamfuse.frames import Frame
 from streamfuse.sync import CLOCK_STEP_NS
@@ -30,21 +31,24 @@ from streamfuse.sync import CLOCK_STEP_NS
 __all__ = ["in_stamp_order", "WINDOW", "AHEAD"]
 
 WINDOW = 4  # a stream's frames looked at for the one stamped first: a frame logged up to 3 of them late is put back
-AHEAD = 64  # messages read ahead at most (decoded images held), however rare the stream's frames are among them
+AHEAD = 64  # messages read ahead at most, however rare the stream's frames are among them (held as read: a caller's
+# release decodes them, capture.image_messages)
 
 
-def in_stamp_order(frames: Iterator[tuple[Frame, bool]]) -> Iterator[Frame]:
+def in_stamp_order(frames: Iterator[tuple[Any, bool]],
+                   release: Callable[[Any], Frame] = lambda f: f) -> Iterator[Frame]:
     """The frames, each with whether it may move (a bag's, numbered by its place: ``seq`` stays with the place), with
     those of each stream sorted by stamp within the bounds above; an error met reading ahead is raised after the
-    frames read before it."""
-    ahead: deque[tuple[Frame, bool]] = deque()
+    frames read before it. Each is given as ``release`` makes it (from a message with the Frame's ``stream``, ``seq``
+    and ``t_capture_ns``: its image decoded only then)."""
+    ahead: deque[tuple[Any, bool]] = deque()
     failed: list[BaseException] = []
     try:
         while _fill(frames, ahead, failed, None):
             head, movable = ahead[0]
             if movable and _fill(frames, ahead, failed, head.stream):
                 _first_stamped(ahead)
-            yield ahead.popleft()[0]
+            yield release(ahead.popleft()[0])
     finally:
         close = getattr(frames, "close", None)
         if close is not None:
