@@ -178,7 +178,9 @@ def produce(section: str, cfg: SourceConfig, ring: ShmRing, conn: Any, stop: Sto
                 if frame is None:
                     conn.send(("eos", f"{section}: end of stream ({redact(f'{cfg.kind} {cfg.path}'.strip())})"))
                     return
-                frame.seq, frame.t_capture_ns = seq_start + n, frame.t_capture_ns + t_offset_ns
+                # the frames a late source passed over keep their numbers: a restart skips them, as those delivered
+                frame.seq = seq_start + n + getattr(source, "passed", 0)
+                frame.t_capture_ns += t_offset_ns
                 # before the write: the parent may see the frame before anything after it; at every frame, as a file
                 # whose times stand still goes at its declared rate from the frame that shows it
                 beat[1] = getattr(source, "frame_interval_ns", round(1e9 / cfg.fps))

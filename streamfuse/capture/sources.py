@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -25,7 +24,7 @@ import numpy as np
 from streamfuse.bitdepth import To8Bit
 from streamfuse.capture import palette
 from streamfuse.capture.loop_spans import PassStarts
-from streamfuse.capture.time_line import claimed, held, join, joined
+from streamfuse.capture.time_line import anchored, claimed, held
 from streamfuse.capture.timestamps import FileClock
 from streamfuse.checks import check, shown
 from streamfuse.errors import redact
@@ -197,9 +196,6 @@ def open_source(section: str, cfg: SourceConfig) -> Source:
     return build("source", cfg.kind, section=section, cfg=cfg)
 
 
-_FAR_S = 5.0  # a paced source whose first frame is due this far (s) from now on the other source's time line goes alone
-
-
 def _log_warning(line: str) -> None:
     log.warning("%s", redact(line))
 
@@ -213,6 +209,7 @@ class BaseSource:
     warn: Callable[[str], None] = staticmethod(_log_warning)  # one line on what the source corrects and goes on with
     pace_origin: Any = None  # where realtime pacing began, shared (capture.time_line.TimeLine)
     pace_shift_ns = 0  # what the producer adds to this process's frame times (a resumed pass's offset)
+    passed = 0  # frames passed over, never given: a late source's of the time gone on the time line it joined
     progress: Callable[[], None] = staticmethod(lambda: None)  # a step of a long open done: the producer's sign of life
 
     def __init__(self, section: str, cfg: SourceConfig) -> None:
@@ -225,6 +222,7 @@ class BaseSource:
         self._seq, self._opened = 0, False
         self._pace_anchor: tuple[int, int, FileClock] | None = None  # perf_counter_ns, time, time line (_pace)
         self._skipping = False
+        self._joining = self._passing = False  # joining its time line late (_pace); this frame's time gone on it
         self._lap = 0  # passes begun: a looping kind counts one at each pass's first frame (``skip`` steps over them)
         self._passes = PassStarts()  # a looped input's passes kept in step with another's (``_begin_pass``)
         self._period_ns = round(1e9 / cfg.fps)  # a kind with its own rate (a video) sets it when it opens
@@ -238,6 +236,10 @@ class BaseSource:
     def read(self) -> Frame | None:
         self.open()
         frame = self._read()
+        while frame is not None and self._passing:  # a late source's frame of a time already gone on its time line
+            self._passing, self.passed = False, self.passed + 1
+            self.progress()  # a sign of life to the stall watch, as no frame is written meanwhile
+            frame = self._read()
         if frame is not None:
             frame.t_capture_ns += self._passes.held_ns
         if frame is not None and abs(frame.t_capture_ns) >= FAR_NS:
@@ -361,26 +363,12 @@ class BaseSource:
     def _anchor(self, t_ns: int) -> bool:
         """Where pacing the frame at ``t_ns`` begins: the time line (``pace_origin``, :mod:`~.time_line`) this frame
         starts (True: due now), or the one a restarted producer's predecessor or the other source began."""
-        line, origin, now = FileClock(self._period_ns), self.pace_origin, time.perf_counter_ns()
-        first, owner = line.stamp(t_ns), zlib.crc32(self.section.encode()) | 1
-        if origin is not None and origin[0]:
-            # started anew, a restarted producer's frames came later than the other source's of the same time (by the
-            # restart's delay and the frames skipped), and never paired
-            due_s = (origin[0] + first - origin[1] + self.pace_shift_ns - now) / 1e9
-            if origin[2] == owner or joined(origin, self.section) or abs(due_s) <= _FAR_S:
-                self._pace_anchor = (origin[0], origin[1] - self.pace_shift_ns, line)
-                join(origin, self.section)
-                return False
-            if not origin[3]:  # timed on another clock: it would wait in silence (as if its camera were dead) or race
-                origin[3] = 1
-                self.warn(f"{self.section}: {self.cfg.path}: its first frame's time is {abs(due_s):.1f} s "
-                          f"{'after' if due_s > 0 else 'before'} the other source's, so it is paced on its own (frames "
-                          "pair by their times: these may never pair); are the two inputs timed on one clock?")
-        self._pace_anchor = (now, first, line)
-        if origin is not None and not origin[0]:  # on the frames' time line (the producer adds pace_shift_ns to each)
-            origin[1], origin[2], origin[0] = first + self.pace_shift_ns, owner, now
-            join(origin, self.section)
-        return True
+        clock = FileClock(self._period_ns)
+        wall0, t0, begins, self._joining = anchored(self.pace_origin, self.section, clock.stamp(t_ns),
+                                                    self.pace_shift_ns, time.perf_counter_ns(),
+                                                    lambda text: self.warn(f"{self.section}: {self.cfg.path}: {text}"))
+        self._pace_anchor = (wall0, t0, clock)
+        return begins
 
     def _pace(self, t_ns: int) -> None:
         """Realtime pacing: return when the wall clock has advanced as far as t_ns since the first frame, on a time
@@ -394,4 +382,12 @@ class BaseSource:
                 if self._anchor(t_ns):
                     return
         wall0, t0, line = self._pace_anchor
-        self._sleep((wall0 + (line.stamp(t_ns) - t0) - time.perf_counter_ns()) / 1e9)
+        wait_ns = wall0 + (line.stamp(t_ns) - t0) - time.perf_counter_ns()
+        if self._joining and wait_ns < -self._period_ns:  # its time is gone on the line it joins late: passed over
+            self._passing = True
+            return
+        if self._joining and self.passed:
+            self.warn(f"{self.section}: {self.cfg.path}: ready after its time line began: its first {self.passed} "
+                      f"frames, of a time already gone on it, are passed over, not sent at once")
+        self._joining = False
+        self._sleep(wait_ns / 1e9)

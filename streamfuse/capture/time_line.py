@@ -12,25 +12,30 @@ or a stall killed and reopened) took more than those 5 s and was paced on its ow
 A shared line starts only once every source on it has read its first frame (:func:`held`): begun by the first one,
 the frames of another whose process started seconds later (9-13 s on a loaded machine) were all due long before
 and came at once, after the frames of their time had been paired or dropped. One that is not ready within
-:data:`READY_WAIT_S`, or whose producer ended first, is left behind, said in one line.
+:data:`READY_WAIT_S`, or whose producer ended first, is left behind, said in one line; when it is ready, it joins the
+line where the line is, its frames of the time already gone passed over (said in one line), not sent at once: paced
+from its own first frame instead, it would run behind the other by its delay for good, and nothing would pair.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from streamfuse.capture.loop_spans import LoopSpans, loop_spans
 from streamfuse.capture.shm_ring import named_semaphore
 
-__all__ = ["TimeLine", "pace_lines", "new_pass", "claimed", "held", "left", "join", "joined", "READY_WAIT_S"]
+__all__ = ["TimeLine", "pace_lines", "new_pass", "claimed", "held", "left", "join", "joined", "anchored",
+           "READY_WAIT_S"]
 
 _LOCK_WAIT_S = 1.0  # a process killed while it held the lock must not hold up the other source's for good
 READY_WAIT_S = 10.0  # the longest a source's first frame waits for the other sources on its line to be ready
 _READY_POLL_S = 0.05
 _READY, _GONE = 1, 2  # a source on a shared line: its first frame read; its producer ended
+_FAR_S = 5.0  # a paced source whose first frame is this far (s) from the other source's on their time line goes alone
 
 
 class TimeLine:
@@ -58,6 +63,12 @@ class TimeLine:
     def joined(self, section: str) -> bool:
         """Whether ``section``'s source went on this line (:meth:`join`), in this process or an earlier one."""
         return section in self._sections and bool(self._joined[self._sections.index(section)])
+
+    def left_behind(self, section: str) -> bool:
+        """Whether ``section``'s source was not ready as this line began (never on it, its first frame not read before
+        the wait ended, or its producer ended first)."""
+        return section in self._sections and not self.joined(section) and self._ready[
+            self._sections.index(section)] in (0, _GONE)
 
     def others(self, section: str, state: int) -> list[str]:
         """The sections on this line other than ``section`` whose state is ``state``."""
@@ -118,12 +129,41 @@ def held(line: Any, section: str, stop: Any, warn: Callable[[str], None]) -> Non
     while (waited := line.others(section, 0)) and not line[0]:
         if time.monotonic() >= deadline:
             warn(f"{section}: its time line starts without {', '.join(waited)}, not ready {READY_WAIT_S:g} s after "
-                 f"{section}'s first frame (its frames will come late, at once, and the first may not pair)")
+                 f"{section}'s first frame (its frames of the time it is late will be passed over)")
             return
         if stop.wait(_READY_POLL_S) if stop is not None else time.sleep(_READY_POLL_S):
             return
     if (gone := line.others(section, _GONE)) and not line[0]:
         warn(f"{section}: its time line starts without {', '.join(gone)}, whose producer ended before the line began")
+
+
+def anchored(origin: Any, section: str, first: int, shift_ns: int, now: int,
+             warn: Callable[[str], None]) -> tuple[int, int, bool, bool]:
+    """Where pacing ``section``'s frame at ``first`` (its time, on its time line's clock) begins, on the time line
+    ``origin`` (``shift_ns``: what its producer adds to its times) at ``now`` (perf_counter ns): (perf_counter ns,
+    time then due), whether this frame begins the line (due now), and whether the source joins it late (left behind as
+    the line began: its frames of the time gone are to be passed over). A restarted producer's frames go on on the
+    line (:func:`joined`); one timed on another clock (first frame over :data:`_FAR_S` from the line's) is paced on its
+    own, said to ``warn``."""
+    owner = zlib.crc32(section.encode()) | 1
+    if origin is not None and origin[0]:
+        # started anew, a restarted producer's frames came later than the other source's of the same time (by the
+        # restart's delay and the frames skipped), and never paired
+        due_s = (origin[0] + first - origin[1] + shift_ns - now) / 1e9
+        late = isinstance(origin, TimeLine) and origin.left_behind(section)  # its lateness is no other clock
+        apart_s = (first + shift_ns - origin[1]) / 1e9 if late else due_s
+        if origin[2] == owner or joined(origin, section) or abs(apart_s) <= _FAR_S:
+            join(origin, section)
+            return origin[0], origin[1] - shift_ns, False, late and due_s < 0
+        if not origin[3]:  # timed on another clock: it would wait in silence (as if its camera were dead) or race
+            origin[3] = 1
+            warn(f"its first frame's time is {abs(apart_s):.1f} s {'after' if apart_s > 0 else 'before'} the other "
+                 "source's, so it is paced on its own (frames pair by their times: these may never pair); are the two "
+                 "inputs timed on one clock?")
+    if origin is not None and not origin[0]:  # on the frames' time line (the producer adds shift_ns to each)
+        origin[1], origin[2], origin[0] = first + shift_ns, owner, now
+        join(origin, section)
+    return now, first, True, False
 
 
 def left(line: Any, section: str, *, for_good: bool = False) -> None:

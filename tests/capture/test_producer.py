@@ -766,6 +766,28 @@ def test_a_resumed_producer_skips_what_was_delivered_continues_the_numbers_and_b
     assert beat[:2] == [3, round(1e9 / 30)] and out.sent == []
 
 
+class _Passing(_Counting):
+    """A source that joined its time line late: its first 4 frames passed over (``BaseSource.passed``)."""
+
+    passed = 0
+
+    def read(self) -> Frame:
+        self.passed, self.n = 4, max(self.n, 4)
+        return super().read()
+
+
+def test_the_frames_a_late_source_passed_over_keep_their_numbers(monkeypatch) -> None:
+    # numbered from its first frame given, a restart (which skips the frames numbered before its own) gave the
+    # frames of the time gone again, the time line's present ones after them
+    from streamfuse.capture import producer_process
+
+    monkeypatch.setattr(producer_process, "STOP_SIGNALS", ())  # the test process keeps its own signal handlers
+    monkeypatch.setattr(producer_process, "open_source", lambda section, cfg: _Passing())
+    out, beat = _Written(3), [0, 0, 0, 0, 0, 0]
+    producer_process.produce("ir", SourceConfig(kind="file", path="clip.mkv"), out, out, out, (0, 0, 0), beat)
+    assert [(f.seq, f.t_capture_ns) for f in out.frames] == [(4, 4_000), (5, 5_000), (6, 6_000)]
+
+
 class _Slowing(_Counting):
     """A source whose frame interval is known only from its third frame on (a file whose times stand still)."""
 

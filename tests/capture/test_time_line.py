@@ -57,8 +57,30 @@ def test_a_first_frame_waits_for_the_other_source_no_longer_than_the_bound_and_s
     sources, said = _sources(tmp_path)
     with sources["ir"] as ir:
         assert int(ir.read().image[0, 0]) == 0
-    assert said == ["ir: its time line starts without vis, not ready 0.2 s after ir's first frame (its frames will "
-                    "come late, at once, and the first may not pair)"]
+    assert said == ["ir: its time line starts without vis, not ready 0.2 s after ir's first frame (its frames of "
+                    "the time it is late will be passed over)"]
+
+
+@pytest.mark.parametrize("late_s", [2, 8])
+def test_a_source_ready_after_its_line_began_without_it_joins_it_where_it_is_not_all_at_once(
+        tmp_path: Path, monkeypatch, late_s: int) -> None:
+    # left behind (not ready within the wait), its frames were due from the line's start on: those of the time gone
+    # came at once, after the other source's of their time had been paired or dropped; over 5 s late, it was taken
+    # for an input timed on another clock, paced on its own behind the other by its delay, and paired nothing
+    monkeypatch.setattr(time_line, "READY_WAIT_S", 0.0)
+    sources, said = _sources(tmp_path, 20 * late_s + 20)
+    with sources["ir"] as ir:
+        ir.read()
+    line, period = sources["ir"].pace_origin, 50_000_000
+    line[0] -= late_s * 1_000_000_000  # the line began late_s ago: the time of vis's first 20 x late_s frames is gone
+    with sources["vis"] as vis:
+        before = time.perf_counter_ns()
+        frame = vis.read()
+    index = int(frame.image[0, 0])
+    assert index > 0 and index == frame.seq == vis.passed  # the frames passed over keep their numbers
+    assert line[0] + frame.t_capture_ns - line[1] >= before - period  # due no more than a frame before it was read
+    assert said[1:] == [f"vis: {vis.cfg.path}: ready after its time line began: its first {index} frames, of a time "
+                        f"already gone on it, are passed over, not sent at once"]
 
 
 def test_a_first_frame_waits_no_more_once_the_other_sources_producer_ended_or_the_run_stops(tmp_path: Path,
