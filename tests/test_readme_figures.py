@@ -33,3 +33,19 @@ def test_the_figures_measured_by_hand_are_gone_and_the_implied_commands_named():
         at = text.index(figure)
         sentence = text[text.rfind(". ", 0, at):text.find(". ", at)]
         assert f"python -m streamfuse {command}" in sentence, figure
+
+
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh")
+
+
+def test_the_looped_clips_example_adds_up():
+    # each pass of the shorter clip began one frame after its own last, so its frame 0 met the longer clip's frame
+    # (pass - 1) x the shorter span, within the longer one: the README said 15 on the eleventh pass, an odd frame a
+    # drift of 2 frames a pass never reaches
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    m = re.search(r"looped clips of (\d+) and (\d+) frames.*? drifted apart by (\d+) frames a pass, frame 0 pairing "
+                  r"with frame (\d+) on the (\w+)\)", text)
+    assert m, "the README's example of looped clips of two spans is gone"
+    short, long_, drift, frame = (int(g) for g in m.groups()[:4])
+    passes = _ORDINALS.index(m.group(5))  # passes the shorter clip made before that one
+    assert (drift, frame) == (long_ - short, short * passes % long_), m.group(0)

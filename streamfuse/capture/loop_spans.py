@@ -1,7 +1,7 @@
 """Looped inputs of different spans kept in step: each pass of the shorter one starts with the longer one's.
 
 Each looped input starts again one frame after its own last; two inputs of 30 and 32 frames drifted apart by the
-spans' difference each pass (the first's frame 0 paired with the second's frame 15 on its eleventh pass). Where every
+spans' difference each pass (the first's frame 0 paired with the second's frame 12 on its eleventh pass). Where every
 input loops (``loop: true``, files, folders, recordings), the producers share each input's span (its first pass's,
 from its first frame to the next pass's first), and every pass of an input begins the longest span after the one
 before it: the shorter input waits, its next pass's times moved on by the difference (the longer input's last frames

@@ -42,7 +42,7 @@ def _looped(kind: str, folder, frames: int) -> SourceConfig:
 @pytest.mark.parametrize("kind", ["file", "folder", "mcap"])
 def test_looped_inputs_of_30_and_32_frames_start_every_pass_together(tmp_path, caplog, kind):
     # each input started again one frame after its own last: the 30-frame input's frame 0 came 2 frames earlier at
-    # each pass than the 32-frame input's (on its eleventh pass it paired with frame 15 of the other)
+    # each pass than the 32-frame input's (on its eleventh pass it paired with frame 12 of the other)
     caplog.set_level(logging.WARNING, logger="streamfuse.capture.producer")
     ir, vis = _looped(kind, tmp_path / "ir", 30), _looped(kind, tmp_path / "vis", 32)
     prod = start_producers(ir, vis, backoff_s=0.1)
