@@ -19,7 +19,8 @@ def test_each_cpu_figure_names_the_bench_command_that_prints_it():
 
 # figures measured by hand that no command prints: each went, its claim kept in words or with how to see it
 _UNPRINTED = ("705 MB", "0.14-1.64 s", "58-128 ms", "186-276 ms", "258 idle connections", "dropped after 35 s",
-              "off the CPU for a third of a second", "(about a second of an RTSP", "(a few seconds)", "1.6-1.9x")
+              "off the CPU for a third of a second", "(about a second of an RTSP", "(a few seconds)", "1.6-1.9x",
+              "stall after 7.8 s")
 # figures whose command was only implied: the command that prints them is named within the same sentence
 _NAMED = {"1.59x / 1.45x": "bench batch --frames 90", "27.1 frames/s": "bench batch --pairs 4 --frames 40",
           "1.4x the default's frame time": "bench fuse --device cpu --sizes 640x480 --frames 100 --image-guidance 1",
