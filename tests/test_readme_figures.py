@@ -45,7 +45,7 @@ def test_the_looped_clips_example_adds_up():
     # drift of 2 frames a pass never reaches
     text = " ".join(README.read_text(encoding="utf-8").split())
     m = re.search(r"looped clips of (\d+) and (\d+) frames.*? drifted apart by (\d+) frames a pass, frame 0 pairing "
-                  r"with frame (\d+) on the (\w+)\)", text)
+                  r"with frame (\d+) on the (\w+)[);]", text)
     assert m, "the README's example of looped clips of two spans is gone"
     short, long_, drift, frame = (int(g) for g in m.groups()[:4])
     passes = _ORDINALS.index(m.group(5))  # passes the shorter clip made before that one

