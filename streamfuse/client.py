@@ -104,6 +104,7 @@ class Subscriber:
         self._ring: RingCursor | None = None  # set while descriptors come from the mapped pool's ring
         self._payload_on = True  # subscribed to the ZeroMQ payload (off while shared memory delivers)
         self._last_message, self._heard = time.monotonic(), False  # _heard: a message has come since the start
+        self._taken, self._most_unended = False, max_frame_bytes + 2 * MAX_HEADER_BYTES + 65_536  # +lengths, CURVE
         self._pools = PoolView()
         self._jpeg, self._h264, self._seq = JpegDecoder(), H264Decoder(), SeqCounter(endpoint)
         wanted = (lambda: (on_this_host(endpoint) if shm is None else shm) and shm_supported())
@@ -250,15 +251,18 @@ class Subscriber:
         if not ready:
             # A ZeroMQ descriptor signals commands, not messages: wait on it only after EVENTS said that no message
             # is queued (just now; the monitor is drained whenever its descriptor fires), then ask EVENTS again.
-            fired = self._fds.poll(round(timeout_s * 1000))
+            fired, self._taken = self._fds.poll(round(self._watch.unended_wait(timeout_s, self._taken) * 1000)), False
             ready = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
             if any(fd == self._watch.fd for fd, _ in fired):
                 self._watch.on_events()
         # a queued message is read before a drop is restored: it came before the refused part, and EVENTS has taken
         # its first part off already, whose rest a reconnect would drop (libzmq then aborts on "!_more")
         if ready:
-            self._last_message, self._heard = time.monotonic(), True
+            self._last_message, self._heard, self._taken = time.monotonic(), True, True
             return True
+        if unended := self._watch.cut_unended(self._most_unended):
+            self._skip(f"{unended / 2**20:.1f} MiB of a message not ended yet: more than max_frame_bytes="
+                       f"{self.max_frame_bytes} and two headers; reconnected")
         self._restore()
         if not self._payload_on and time.monotonic() - self._last_message >= _RESUBSCRIBE_S:
             self._subscribe_payload(True)  # the publisher may have restarted without shared memory

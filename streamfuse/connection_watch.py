@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from operator import itemgetter
 from pathlib import Path
 
 import zmq
@@ -27,6 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 from streamfuse.checks import tcp_port_ok
 from streamfuse.endpoints import ipc_refusal, is_ipv6, reachable_from_other_machines, tcp_host
 from streamfuse.errors import io_reason, one_line
+from streamfuse.peer_budget import bytes_read, peer_of
 
 __all__ = ["ConnectionWatch", "connect_sub", "on_this_host", "load_server_key", "NAME_WAIT_S", "SILENT_S"]
 
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 #: (a 640x480 raw frame over a 1.5 Mbit/s link). Not ZeroMQ's heartbeats: with a consumer behind on its frames they
 #: drop a live connection and then crash libzmq 4.3 ("Assertion failed: _input_stopped", libzmq issue 3937).
 SILENT_S = 5.0
+# how often the bytes of a message not ended yet are counted while they grow: a loopback link brought 10 MB in 5 ms
+_UNENDED_LOOK_S = 0.005
 _RESTORE_AFTER_S = 0.5  # a connection dropped without libzmq's own retry is restored after this long
 # how often a reader whose frames come another way (the pool's ring) looks at the events: a look costs as much as a
 # frame's transport there, and a drop waits _RESTORE_AFTER_S before its restore anyway
@@ -70,11 +74,17 @@ class ConnectionWatch:
         self._handshake_failed = False  # the current connection attempt failed its handshake
         self._remade_at = 0.0  # when remake_if_silent last made the connection again
         self._glanced_at = -_GLANCE_S  # when glance last looked
+        self._conn: tuple[int, object] | None = None  # the tcp connection's descriptor and its peer's address
+        self._mark: int | None = None  # bytes libzmq had read of it when a message was last taken (None: unknown)
+        self._unended, self._growing = 0, False  # bytes it has read since (of a message not ended), and whether growing
 
     def on_events(self) -> None:
         """Follow the connection's events: count failed handshakes, note a drop that libzmq will not retry."""
         while self._monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            event = recv_monitor_message(self._monitor)["event"]
+            event, fd = itemgetter("event", "value")(recv_monitor_message(self._monitor))
+            if event == zmq.EVENT_CONNECTED and self._endpoint.startswith("tcp://"):
+                self._conn = (fd, peer) if (peer := peer_of(fd)) is not None else None
+                self._mark, self._unended, self._growing = 0, 0, True  # its handshake, and a message at once, maybe
             if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not self._encrypted:
                 # no CURVE mismatch (a plain socket meeting a CURVE one fails on the protocol): the peer hung up in
                 # the greeting, as an HTTP or SSH server does; it was said to encrypt ("give its key")
@@ -132,8 +142,32 @@ class ConnectionWatch:
         self.reconnect()
         return True
 
+    def unended_wait(self, wait_s: float, taken: bool) -> float:
+        """How long the caller, its socket's queue empty, waits for a message: ``wait_s``, or a few ms while a
+        message not ended yet grows (:meth:`cut_unended`), and after a connection is made or a message taken.
+        ``taken``: a message was taken since the last call, so that what libzmq reads from now on is of the next one."""
+        if taken:  # looked at soon: the next message may follow at once
+            self._mark = None if self._conn is None else bytes_read(*self._conn)
+            self._unended, self._growing = 0, True
+        return min(wait_s, _UNENDED_LOOK_S) if self._growing else wait_s
+
+    def cut_unended(self, most: int) -> int:
+        """With the socket's queue empty, the bytes libzmq has read of the connection since the last message taken
+        (:meth:`unended_wait`): those of a message not ended yet, which libzmq holds whole, unseen, until its last
+        part. Past ``most`` the connection is made again (one that never ended, parts with the more flag for ever,
+        grew a subscriber by 770 MB in 5 s, until its silence was taken for a lost connection) and they are
+        returned; otherwise 0, as where they are not counted (``ipc://``, not Linux)."""
+        if self._conn is None or self._mark is None or (read := bytes_read(*self._conn)) is None:
+            return 0
+        self._growing, self._unended = read - self._mark > self._unended, read - self._mark
+        if self._unended <= most:
+            return 0
+        self.reconnect()
+        return read - self._mark
+
     def reconnect(self) -> None:
         """Make the connection again now; what the old one still held (queued or on its way) is dropped with it."""
+        self._conn, self._unended, self._growing = None, 0, False
         try:
             self._sock.disconnect(self._endpoint)
         except zmq.ZMQError:  # libzmq had already forgotten the endpoint

@@ -9,23 +9,29 @@ A subscriber sends its greeting and handshake, a few subscriptions and a pong ev
 received, ``TCP_INFO``). Past that its connection is shut down, which libzmq takes as the peer leaving (its
 subscriptions go with it), counted (:attr:`PeerBudget.cut`) and said a few lines a window
 (:class:`~streamfuse.flood_log.FloodLog`). ``ipc://`` and ``inproc://`` peers, on this host, are not counted.
+
+The same count, less what the kernel still holds, tells a consumer how much libzmq has read of its own connection
+(:func:`bytes_read`): of a message that never ends, which libzmq holds unseen until its last part.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
 import struct
 import sys
+import termios
 import threading
 import time
+from collections.abc import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.flood_log import FloodLog
 
-__all__ = ["BURST_BYTES", "BYTES_PER_S", "PeerBudget", "tcp_info_option"]
+__all__ = ["BURST_BYTES", "BYTES_PER_S", "PeerBudget", "bytes_read", "peer_of", "tcp_info_option"]
 
 log = logging.getLogger(__name__)
 # the most a SUB sends as it connects: its 1000 queued subscriptions (its SNDHWM), each up to the publisher's cap
@@ -86,7 +92,7 @@ class PeerBudget:
                 return
             fd = event["value"]
             self._peers.pop(fd, None)
-            if event["event"] == zmq.EVENT_ACCEPTED and (peer := _peer(fd)) is not None:
+            if event["event"] == zmq.EVENT_ACCEPTED and (peer := peer_of(fd)) is not None:
                 self._peers[fd] = (peer, now)
 
     def _check(self, now: float) -> None:
@@ -112,7 +118,7 @@ class PeerBudget:
         self._said.flush()
 
 
-def _peer(fd: int) -> object | None:
+def peer_of(fd: int) -> object | None:
     """The address of the peer of libzmq's connection ``fd``; None once it is gone."""
     try:
         conn = socket.socket(fileno=fd)
@@ -129,24 +135,46 @@ def _peer(fd: int) -> object | None:
 def _cut_over(fd: int, peer: object, budget: float) -> int | None:
     """The bytes connection ``fd`` has received, shut down when they are over ``budget``; None when ``fd`` is no
     longer the connection of ``peer`` (closed, or taken by another)."""
+    def cut(conn: socket.socket) -> int | None:
+        if (sent := _bytes_received(conn)) is not None and sent > budget:
+            conn.shutdown(socket.SHUT_RDWR)  # libzmq reads the end of the stream and drops the peer
+        return sent
+    return _on_connection(fd, peer, cut)
+
+
+def bytes_read(fd: int, peer: object) -> int | None:
+    """The bytes libzmq has read of its tcp connection ``fd``: those the kernel received less those it still holds;
+    None when ``fd`` is no longer the connection of ``peer``, or the kernel does not count them (not Linux)."""
+    def read(conn: socket.socket) -> int | None:
+        if (received := _bytes_received(conn)) is None:
+            return None
+        return received - struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
+    return _on_connection(fd, peer, read)
+
+
+def _on_connection(fd: int, peer: object, look: Callable[[socket.socket], int | None]) -> int | None:
+    """What ``look`` finds of libzmq's connection ``fd`` (lent, not closed); None when ``fd`` is no longer the
+    connection of ``peer`` (closed, or taken by another)."""
     try:
         conn = socket.socket(fileno=fd)
     except OSError:
         return None
     try:
-        if conn.getpeername() != peer:
-            return None
-        info = conn.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _BYTES_RECEIVED + 8)
-        if len(info) < _BYTES_RECEIVED + 8:
-            return None  # a kernel that does not count them: not watched
-        sent = struct.unpack_from("=Q", info, _BYTES_RECEIVED)[0]
-        if sent > budget:
-            conn.shutdown(socket.SHUT_RDWR)  # libzmq reads the end of the stream and drops the peer
-        return sent
+        return look(conn) if conn.getpeername() == peer else None
     except OSError:
         return None
     finally:
         conn.detach()
+
+
+def _bytes_received(conn: socket.socket) -> int | None:
+    """The bytes the kernel has received on tcp connection ``conn``, where it counts them (Linux)."""
+    if _TCP_INFO is None:
+        return None
+    info = conn.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _BYTES_RECEIVED + 8)
+    if len(info) < _BYTES_RECEIVED + 8:
+        return None  # a kernel that does not count them: not watched
+    return struct.unpack_from("=Q", info, _BYTES_RECEIVED)[0]
 
 
 def _address(peer: object) -> str:

@@ -34,6 +34,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read_exact(peer: socket.socket, size: int) -> bytes:
+    """``size`` bytes from a hand-written ZMTP peer's socket; fails when the other end closes first."""
+    data = b""
+    while len(data) < size:
+        more = peer.recv(size - len(data))
+        assert more, "the other end closed the connection in its handshake"
+        data += more
+    return data
+
+
 def pool_fds(name: str) -> int:
     """This process's file descriptors open on shared-memory segment ``name`` (its own and its mappings', Linux)."""
     return open_fds(SHM_DIR / name)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import zmq
-from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame
+from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, read_exact
 
 from streamfuse.client import Subscriber
 from streamfuse.peer_budget import tcp_info_option
@@ -23,15 +23,6 @@ CHUNKS, PER_CHUNK = 64, 2500  # 16 MB of subscriptions, 2500 at a time
 
 def _frame(body: bytes, flags: int = 0) -> bytes:
     return bytes([flags, len(body)]) + body  # a short ZMTP frame (under 256 bytes)
-
-
-def _read(peer: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        more = peer.recv(size - len(data))
-        assert more, "the publisher closed the connection in its handshake"
-        data += more
-    return data
 
 
 def _unsent(peer: socket.socket) -> int:
@@ -67,8 +58,8 @@ class _Flood(threading.Thread):
         with socket.create_connection((host, int(port)), timeout=PATIENCE_S) as peer:
             peer.sendall(b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"NULL".ljust(20, b"\0") + b"\x00" + bytes(31))
             peer.sendall(_frame(b"\x05READY\x0bSocket-Type" + struct.pack(">I", 3) + b"SUB", 4))
-            _, ready_bytes = _read(peer, 64 + 2)[-2:]  # the publisher's greeting and READY
-            _read(peer, ready_bytes)
+            _, ready_bytes = read_exact(peer, 64 + 2)[-2:]  # the publisher's greeting and READY
+            read_exact(peer, ready_bytes)
             chunk = _frame(b"\x01" + TOPIC) * PER_CHUNK
             try:
                 for self.chunks in range(1, CHUNKS + 1):
