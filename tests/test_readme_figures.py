@@ -24,7 +24,9 @@ _UNPRINTED = ("705 MB", "0.14-1.64 s", "58-128 ms", "186-276 ms", "258 idle conn
 # figures whose command was only implied: the command that prints them is named within the same sentence
 _NAMED = {"1.59x / 1.45x": "bench batch --frames 90", "27.1 frames/s": "bench batch --pairs 4 --frames 40",
           "1.4x the default's frame time": "bench fuse --device cpu --sizes 640x480 --frames 100 --image-guidance 1",
-          "1.4x the frame time on CPU": "bench fuse --device cpu --sizes 640x480 --image-guidance 1"}
+          "1.4x the frame time on CPU": "bench fuse --device cpu --sizes 640x480 --image-guidance 1",
+          "+26.7 MiB": "bench subscriptions --flood 200000",
+          "+456.5 MiB": "bench subscriptions --flood 20000 --peers 20"}
 
 
 def test_the_figures_measured_by_hand_are_gone_and_the_implied_commands_named():

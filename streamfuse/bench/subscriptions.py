@@ -7,6 +7,11 @@ runs in the socket's own thread).
 
 Example: ``python -m streamfuse bench subscriptions --bytes 1000000``; a SUB that subscribes to 1000 topics of 4 KiB
 as it connects, four times over: ``--peers 4 --count 1000 --bytes 4096``.
+
+``--flood N`` measures a flood instead: while streamfuse's ``Publisher`` sends small frames at 30 frames/s, ``--peers``
+peers each send it N distinct subscriptions of 100 bytes (which it takes in: under its 512 bytes) as fast as it reads
+them. Prints the memory the process gained (libzmq keeps each distinct one until its peer leaves), the frames it sent
+a second while the flood lasted (at least a second), its longest wait between two frames, and the peers it cut.
 """
 
 from __future__ import annotations
@@ -14,16 +19,23 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
 import zmq
 
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least
+from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import PublishConfig, Publisher
 
 WAIT_S = 60.0  # for the subscription to arrive or the peer's leaving to be taken: a busy machine takes seconds
 QUIET_S = 1.0  # after the peer left: calls timed until none was slow for this long
+FLOOD_BYTES = 100  # a flooding subscription's length: one the publisher takes in (it cuts a message over 512 bytes)
+FLOOD_FPS = 30.0  # the publisher's frames while it is flooded, a second (small ones: its own work is the flood's)
+FLOOD_MIN_S = 1.0  # frames counted for at least this long from the flood's start: a cut flood lasts milliseconds
+FLOOD_CHUNK = 1000  # subscriptions a peer writes in one go
 
 
 def _rss_bytes() -> int:
@@ -114,13 +126,71 @@ def _publisher(topics: list[bytes]) -> tuple[int, bool]:
         return _rss_bytes() - before, dropped
 
 
+def _flood(endpoint: str, chunks: list[bytes], peers: list[socket.socket], done: threading.Event) -> None:
+    """A peer, added to ``peers``, sending ``chunks`` of subscriptions to ``endpoint`` as fast as it takes them, until
+    all are sent or it is cut; ``done`` is set then (it stays connected, its subscriptions with it, until closed)."""
+    try:
+        peers.append(peer := _subscribe(endpoint, []))
+        for chunk in chunks:
+            peer.sendall(chunk)  # without the GIL: the publisher's thread goes on as if the peer were another process
+    except OSError:  # cut (reset, broken pipe)
+        pass
+    finally:
+        done.set()
+
+
+def _flooded(floods: list[list[bytes]]) -> tuple[int, int, float, float, int]:
+    """Memory gained (bytes) and its peak, frames a second and the longest wait between two, and the peers cut while
+    streamfuse's Publisher, sending small frames, took each peer's flood (its subscriptions, ``FLOOD_CHUNK`` a
+    chunk)."""
+    image = np.zeros((120, 160, 3), np.uint8)
+    with Publisher(PublishConfig(endpoint="tcp://127.0.0.1:*", shm_slots=0)) as pub:
+        before = peak = _rss_bytes()
+        ends, peers = [threading.Event() for _ in floods], []
+        for own, end in zip(floods, ends):
+            threading.Thread(target=_flood, args=(pub.endpoint, own, peers, end), daemon=True).start()
+        start = last = time.perf_counter()
+        sent, longest = 0, 0.0
+        while not all(end.is_set() for end in ends) or last - start < FLOOD_MIN_S:
+            t = time.time_ns()
+            pub.send_fused(FusedFrame(FramePair(Frame("ir", sent, t, image[..., 0]), Frame("vis", sent, t, image)),
+                                      image, "max", "0", t))
+            now = time.perf_counter()
+            sent, longest, last = sent + 1, max(longest, now - last), now
+            peak = max(peak, _rss_bytes())
+            time.sleep(max(start + sent / FLOOD_FPS - time.perf_counter(), 0.0))
+        gained = _rss_bytes() - before
+        for peer in peers:
+            peer.close()
+        return gained, peak - before, sent / (last - start), longest, pub.peers_cut
+
+
+def _print_flood(peers: int, count: int) -> int:
+    # each its own from the first bytes, as in main; written out before the measure, which they would slow down
+    floods = [[b"".join(_frame(b"\x01" + f"{p:03d}.{i:07d}".encode().ljust(FLOOD_BYTES, b"t"))
+                        for i in range(at, min(at + FLOOD_CHUNK, count)))
+               for at in range(0, count, FLOOD_CHUNK)] for p in range(peers)]
+    gained, peak, fps, longest, cut = _flooded(floods)
+    print(f"{peers} peer(s) flooding streamfuse's Publisher with {count} subscription(s) of {FLOOD_BYTES} bytes each, "
+          f"load average {os.getloadavg()[0]:.2f}:")
+    print(f"  {gained / 2**20:+.1f} MiB of memory ({peak / 2**20:+.1f} MiB at most), {fps:.1f} frames/s while it "
+          f"lasted ({FLOOD_FPS:g} asked), {longest:.3f} s at most between two frames; {cut} peer(s) cut")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m streamfuse bench subscriptions", description=__doc__,
                     formatter_class=DefaultsFormatter)
     parser.add_argument("--bytes", type=int_at_least(1000, 10**8), default=1_000_000, help="each subscription's length")
     parser.add_argument("--count", type=int_at_least(1, 10**5), default=1, help="subscriptions a peer sends")
-    parser.add_argument("--peers", type=int_at_least(1, 100), default=1, help="peers subscribing to the plain XPUB")
+    parser.add_argument("--peers", type=int_at_least(1, 100), default=1,
+                        help="peers subscribing to the plain XPUB, or flooding")
+    parser.add_argument("--flood", type=int_at_least(0, 10**6), default=0,
+                        help=f"distinct subscriptions of {FLOOD_BYTES} bytes each peer floods streamfuse's Publisher "
+                             "with while it sends frames (--bytes and --count unused); 0: no flood")
     args = parser.parse_args(argv)
+    if args.flood:
+        return _print_flood(args.peers, args.flood)
     # each topic its own from the first bytes, a peer's and its number: no two share a node of the trie, and the
     # socket tells each as it arrives (it tells a topic once, however many peers subscribe to it)
     topics = [[f"{p:03d}.{i:05d}".encode().ljust(args.bytes, b"t") for i in range(args.count)]
