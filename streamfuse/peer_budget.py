@@ -6,9 +6,11 @@ a peer may send: one peer sending 644,000 distinct subscriptions of 101 bytes in
 
 A subscriber sends its greeting and handshake, a few subscriptions and a pong every few seconds: a connection may send
 ``BURST_BYTES``, and ``BYTES_PER_S`` more for each second it has been connected (the kernel's count of the bytes it
-received, ``TCP_INFO``). Past that its connection is shut down, which libzmq takes as the peer leaving (its
+received, ``TCP_INFO``); all of them together may send ``TOTAL_BURST_BYTES`` beyond their ``BYTES_PER_S``, the one
+that sent the most of it cut first. Past that its connection is shut down, which libzmq takes as the peer leaving (its
 subscriptions go with it), counted (:attr:`PeerBudget.cut`) and said a few lines a window
-(:class:`~streamfuse.flood_log.FloodLog`). ``ipc://`` and ``inproc://`` peers, on this host, are not counted.
+(:class:`~streamfuse.flood_log.FloodLog`). ``ipc://`` and ``inproc://`` peers, on this host, are not counted, nor is
+what ``BYTES_PER_S`` lets a connection send for as long as it stays (libzmq's trie grows by about 3 KB a second).
 
 The same count, less what the kernel still holds, tells a consumer how much libzmq has read of its own connection
 (:func:`bytes_read`): of a message that never ends, which libzmq holds unseen until its last part.
@@ -31,12 +33,15 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse.flood_log import FloodLog
 
-__all__ = ["BURST_BYTES", "BYTES_PER_S", "PeerBudget", "bytes_read", "peer_of", "tcp_info_option"]
+__all__ = ["BURST_BYTES", "BYTES_PER_S", "TOTAL_BURST_BYTES", "PeerBudget", "bytes_read", "peer_of", "tcp_info_option"]
 
 log = logging.getLogger(__name__)
 # the most a SUB sends as it connects: its 1000 queued subscriptions (its SNDHWM), each up to the publisher's cap
 BURST_BYTES = 512 * 1024
 BYTES_PER_S = 64  # a pong every 5 s (45 bytes in a CURVE box) and the odd (un)subscription, several times over
+# what all connections may send together beyond their BYTES_PER_S: each under its own budget, twenty flooding peers
+# took a publisher 456 MiB; a consumer of ours sends under a KiB as it connects, so 2000 may connect at once
+TOTAL_BURST_BYTES = 4 * BURST_BYTES
 CHECK_MS = 10  # the kernel's counts are read this often while any peer is connected: microseconds a connection
 IDLE_MS = 100  # the wait for a connection while none is
 STOP_S = 10.0  # the wait for the thread to end at the close (it ends at once: a loaded machine can take seconds)
@@ -96,17 +101,33 @@ class PeerBudget:
                 self._peers[fd] = (peer, now)
 
     def _check(self, now: float) -> None:
-        """Cut the connections over their budget."""
+        """Cut the connections over their own budget, then, while what the others sent beyond their ``BYTES_PER_S``
+        adds up to more than ``TOTAL_BURST_BYTES``, the one that sent the most of it."""
+        bursts = {}
         for fd, (peer, since) in list(self._peers.items()):
-            budget = BURST_BYTES + BYTES_PER_S * (now - since)
-            sent = _cut_over(fd, peer, budget)
-            if sent is None or sent > budget:  # None: no longer that connection (its end's event was lost)
+            steady = BYTES_PER_S * (now - since)
+            sent = _cut_over(fd, peer, BURST_BYTES + steady)
+            if sent is None or sent > BURST_BYTES + steady:  # None: no longer that connection (its end's event lost)
                 del self._peers[fd]
-            if sent is not None and sent > budget:
-                self.cut += 1
-                self._said.say(f"cut the connection of {_address(peer)} to {self._endpoint}: it sent "
-                               f"{sent / 1024:.0f} KiB in {now - since:.1f} s, where a consumer sends a few KiB "
-                               f"(a flood of subscriptions, which libzmq keeps in memory until the peer leaves)")
+                self._said_cut(peer, sent, now - since, "where a consumer sends a few KiB")
+            else:
+                bursts[fd] = sent - steady
+        over = sum(burst for burst in bursts.values() if burst > 0) - TOTAL_BURST_BYTES
+        for fd in sorted(bursts, key=bursts.__getitem__, reverse=True):
+            if over <= 0:
+                return
+            peer, since = self._peers.pop(fd)
+            self._said_cut(peer, _cut_over(fd, peer, 0), now - since,
+                           f"and the consumers together more than {TOTAL_BURST_BYTES // 1024} KiB")
+            over -= bursts[fd]
+
+    def _said_cut(self, peer: object, sent: int | None, age_s: float, why: str) -> None:
+        """Count and say the cut of ``peer``'s connection (None: it was gone already, not cut)."""
+        if sent is not None:
+            self.cut += 1
+            self._said.say(f"cut the connection of {_address(peer)} to {self._endpoint}: it sent {sent / 1024:.0f} KiB "
+                           f"in {age_s:.1f} s, {why} (a flood of subscriptions, which libzmq keeps in memory until the "
+                           f"peer leaves)")
 
     def close(self) -> None:
         """Stop watching (before the socket closes) and say the cuts not said yet."""

@@ -14,7 +14,7 @@ import zmq
 from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, read_exact
 
 from streamfuse.client import Subscriber
-from streamfuse.peer_budget import tcp_info_option
+from streamfuse.peer_budget import TOTAL_BURST_BYTES, PeerBudget, tcp_info_option
 from streamfuse.publish import PublishConfig, Publisher
 
 TOPIC = b"fused/" + b"f" * 94  # a subscription of 100 bytes: it matches nothing the publisher sends
@@ -122,3 +122,31 @@ def test_the_byte_count_is_read_only_where_tcp_info_is_linux_s() -> None:
     # there, and cut subscribers that sent nothing
     assert tcp_info_option("freebsd14") is None and tcp_info_option("darwin") is None
     assert tcp_info_option("linux") == getattr(socket, "TCP_INFO", None)
+
+
+def test_peers_each_under_their_budget_are_cut_once_they_send_more_than_the_total_together() -> None:
+    # twenty peers flooding subscriptions, each cut past its own 512 KiB, took a publisher 456 MiB together
+    chunk = _frame(b"\x01" + TOPIC) * 1800  # 184 KB a peer: under its own budget; sixteen send 2.9 MB together
+    with zmq.Context() as ctx, ctx.socket(zmq.XPUB) as xpub:
+        xpub.bind(ANY_PORT)
+        budget = PeerBudget(xpub, endpoint := xpub.getsockopt_string(zmq.LAST_ENDPOINT))
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        peers = [socket.create_connection((host, int(port)), timeout=PATIENCE_S) for _ in range(16)]
+        try:
+            for peer in peers:
+                peer.sendall(b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"NULL".ljust(20, b"\0") + b"\x00" + bytes(31))
+                peer.sendall(_frame(b"\x05READY\x0bSocket-Type" + struct.pack(">I", 3) + b"SUB", 4))
+                read_exact(peer, read_exact(peer, 64 + 2)[-1])  # the publisher's greeting and READY: then the rest
+                peer.sendall(chunk)
+            deadline, most = time.monotonic() + PATIENCE_S, TOTAL_BURST_BYTES // len(chunk)  # peers left uncut
+            while len(cut := [peer for peer in peers if _ended(peer)]) < len(peers) - most:  # looked at every 10 ms
+                assert time.monotonic() < deadline, f"{len(cut)} of {len(peers)} peers sending {len(chunk)} bytes cut"
+                while xpub.poll(10):  # libzmq takes the subscriptions in within the socket's calls, as a publisher's
+                    xpub.recv()
+            # cut from the largest down until the rest are within the total (one more may go: a connection's count
+            # grows by a few bytes as the check reads them)
+            assert len(cut) == budget.cut and len(peers) - len(cut) >= most - 1, (len(cut), budget.cut)
+        finally:
+            budget.close()
+            for peer in peers:
+                peer.close()
