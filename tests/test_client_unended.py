@@ -1,5 +1,5 @@
 """A publisher sending a message that never ends (parts with the more flag for ever), which libzmq holds whole and
-unseen until its last part, is cut once more of it has come than a frame's message can be."""
+unseen until its last part, is cut once more of it has come than a frame's message (or a stats message) can be."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from helpers_zmq import PATIENCE_S, read_exact
 
 from streamfuse.client import Subscriber
+from streamfuse.view.stats_in import StatsMessages
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's count of bytes (TCP_INFO)")
 
@@ -66,3 +67,17 @@ def test_a_message_that_never_ends_is_cut_before_the_subscriber_holds_much_of_it
     # looks at the count (5 ms apart, later on a loaded machine)
     assert peer.sent < 32 * 2**20, peer.sent
     assert sub.malformed == 1 and "of a message not ended yet" in sub.last_malformed, sub.last_malformed
+
+
+def test_the_viewers_stats_input_cuts_a_message_that_never_ends() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer, stop = _EndlessMessage(listener), threading.Event()
+        peer.start()
+        stats = StatsMessages(f"tcp://127.0.0.1:{listener.getsockname()[1]}", "stats/", ("", ""), stop)
+        reader = threading.Thread(target=lambda: [None for _ in stats], daemon=True)
+        reader.start()
+        peer.join(PATIENCE_S)
+        stop.set()
+        reader.join(PATIENCE_S)
+    assert peer.cut, f"the stats input took all {peer.sent / 2**20:.0f} MiB of a message that never ended"
+    assert peer.sent < 32 * 2**20 and stats.malformed == 1, (peer.sent, stats.malformed)

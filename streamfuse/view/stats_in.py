@@ -51,12 +51,14 @@ class StatsMessages:
         self._heard = False  # a message has come since the start
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        taken = False  # a message was taken since the watch last marked what libzmq had read
         try:
             while not self.stop.is_set():
-                if not self.sock.poll(round(POLL_S * 1000)):
+                if not self.sock.poll(round(self.watch.unended_wait(POLL_S, taken) * 1000)):
+                    taken = False
                     self._tend()
                     continue
-                self._last_message, self._heard = time.monotonic(), True
+                self._last_message, self._heard, taken = time.monotonic(), True, True
                 try:
                     stats = _check_stages(decode_stats(read_parts(self.sock, ("topic", "stats"))))
                 except MalformedMessage as exc:
@@ -70,7 +72,9 @@ class StatsMessages:
     def _tend(self) -> None:
         """While no stats arrive: follow the connection and restore one that libzmq dropped for good."""
         self.watch.on_events()
-        if self.watch.restore_due() and self.watch.restore():
+        if unended := self.watch.cut_unended(_MAX_STATS_BYTES + 2 * MAX_HEADER_BYTES):  # topic, stats, lengths
+            self._skip(f"{unended / 2**20:.1f} MiB of a message not ended yet from {self.endpoint}; reconnected")
+        elif self.watch.restore_due() and self.watch.restore():
             self._skip(f"ZeroMQ refused it (a part over {_MAX_STATS_BYTES} bytes, or a peer that is no publisher: "
                        f"another socket type, another protocol) and dropped the connection to {self.endpoint}; "
                        "reconnected")
