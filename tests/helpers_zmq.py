@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,12 +28,28 @@ VGA = (480, 640, 3)
 PATIENCE_S = 30.0  # how long a test waits for an event that must happen (a loaded machine can be slow)
 
 
-def free_port() -> int:
-    """A loopback TCP port free now, for a process that must bind a known port (a subprocess, a subscriber that
-    connects first)."""
+@contextmanager
+def held_port(*, shared: bool = False) -> Iterator[int]:
+    """A loopback TCP port held by this test until the block ends: bound, not listening (a connection to it is
+    refused), so no other process takes it meanwhile, as one could take a port read from a socket closed at once.
+    ``shared``: a child of the test may bind it still, with SO_REUSEADDR (FFmpeg's listen mode, which needs its port
+    given); the system hands it to no one binding port 0."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(shared))
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
+
+
+def published_on(proc: subprocess.Popen) -> str:
+    """The endpoint of a run started with ``publish.endpoint=tcp://127.0.0.1:*`` (its stderr a text pipe), from its
+    log line: a port the system picked as the run bound it, which no other process can take in between, as it could
+    one chosen before the start."""
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if found := re.search(r"publishing \S+ on (tcp://127\.0\.0\.1:\d+)", line):
+            return found.group(1)
+    raise AssertionError("the run never said where it publishes: " + "".join(said)[-2000:])
 
 
 def read_exact(peer: socket.socket, size: int) -> bytes:

@@ -4,12 +4,13 @@ only as the test says: nothing here depends on how fast the machine is."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers_zmq import ANY_PORT, PATIENCE_S, connect, free_port, fused_frame, wait_until
+from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, held_port, wait_until
 
 from streamfuse import client, connection_watch
 from streamfuse.client import Subscriber
@@ -22,15 +23,12 @@ def silent(monkeypatch: pytest.MonkeyPatch):
     clock = SimpleNamespace(ms=1_000_000)
     clock.monotonic = lambda: clock.ms / 1000
     monkeypatch.setattr(client, "time", clock)
-    made: list[Subscriber] = []
+    with contextlib.ExitStack() as made:
+        def make(**kwargs) -> Subscriber:
+            port = made.enter_context(held_port())
+            return made.enter_context(Subscriber(f"tcp://127.0.0.1:{port}", shm=False, **kwargs))
 
-    def make(**kwargs) -> Subscriber:
-        made.append(Subscriber(f"tcp://127.0.0.1:{free_port()}", shm=False, **kwargs))
-        return made[-1]
-
-    yield make, clock
-    for sub in made:
-        sub.close()
+        yield make, clock
 
 
 class _Polls:

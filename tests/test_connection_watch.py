@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, free_port, has_ipv6_loopback, plain_pub, publishing,
+from helpers_zmq import (ANY_PORT, PATIENCE_S, connect, has_ipv6_loopback, held_port, plain_pub, publishing,
                          raw_connect, SilentLink, wait_until)
 
 from streamfuse import connection_watch
@@ -76,6 +76,13 @@ def resolver(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Resolver]:
 
 
 @pytest.fixture
+def port() -> Iterator[int]:
+    """A loopback port that nothing listens on, held by the test (nothing binds it meanwhile)."""
+    with held_port() as held:
+        yield held
+
+
+@pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lookups retried after a millisecond (real sleeps: a connecting subscriber needs the real clock)."""
     monkeypatch.setattr(connection_watch, "_RETRY_S", (0.001, 0.002), raising=False)
@@ -115,16 +122,15 @@ def test_the_subscribe_cli_waits_for_the_name_then_receives(resolver, quick_retr
     assert capsys.readouterr().out.splitlines()[-1].startswith("received 2 frames")
 
 
-def test_the_viewer_waits_for_the_name(resolver, quick_retries) -> None:
+def test_the_viewer_waits_for_the_name(resolver, quick_retries, port) -> None:
     fake = resolver("localhost", failures=2, answer=[V4])
-    feed = Feed(f"tcp://localhost:{free_port()}")
+    feed = Feed(f"tcp://localhost:{port}")
     feed.stats_in.close()
     assert fake.calls == 3
 
 
-def test_ipv6_is_set_for_an_ipv6_address_or_a_name_with_ipv6_addresses_only(resolver) -> None:
+def test_ipv6_is_set_for_an_ipv6_address_or_a_name_with_ipv6_addresses_only(resolver, port) -> None:
     # with ZMQ_IPV6 libzmq takes a name's IPv6 address first: a name with an IPv4 one keeps to IPv4
-    port = free_port()
     for host, answer, ipv6 in (("localhost", [V6], 1), ("localhost", [V6, V4], 0), ("localhost", [V4], 0),
                                ("[::1]", [V6], 1), ("127.0.0.1", [V4], 0)):
         resolver(host.strip("[]"), failures=0, answer=answer)
@@ -179,10 +185,9 @@ def test_ctrl_c_while_waiting_for_the_name_stops_cleanly(command: str, sig: sign
     assert "Traceback" not in err and "error" not in err, err[-2000:]
 
 
-def test_a_name_with_loopback_addresses_only_is_this_host(resolver) -> None:
+def test_a_name_with_loopback_addresses_only_is_this_host(resolver, port) -> None:
     # a host name was taken for another machine's: tcp://localhost:PORT (or a name /etc/hosts maps to 127.0.1.1)
     # never read the publisher's shared memory
-    port = free_port()
     lan = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 0))
     debian = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.1.1", 0))
     for answer, here in (([debian, V6], True), ([V4], True), ([lan, V4], False)):
@@ -442,7 +447,7 @@ def test_a_short_name_wait_still_ends_with_a_lookup_at_its_deadline(resolver, mo
     assert clock.pauses == [pytest.approx(0.2)] and fake.calls == 2
 
 
-def test_an_ipv6_address_the_resolver_cannot_answer_for_now_still_gets_ipv6(monkeypatch, caplog) -> None:
+def test_an_ipv6_address_the_resolver_cannot_answer_for_now_still_gets_ipv6(monkeypatch, caplog, port) -> None:
     # "try again" comes from a resolver that cannot reach its name servers: no wait, libzmq resolves at each attempt
     def try_again(name: str) -> list[tuple]:
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
@@ -450,7 +455,7 @@ def test_an_ipv6_address_the_resolver_cannot_answer_for_now_still_gets_ipv6(monk
     monkeypatch.setattr(connection_watch, "_resolve", try_again)
     monkeypatch.setattr(connection_watch, "time", FakeClock())  # a wait for the name would never end here
     with caplog.at_level(logging.WARNING, "streamfuse.connection_watch"):
-        sock, watch = connection_watch.connect_sub(f"tcp://[::1]:{free_port()}", [b""], rcvhwm=2, max_part_bytes=1024)
+        sock, watch = connection_watch.connect_sub(f"tcp://[::1]:{port}", [b""], rcvhwm=2, max_part_bytes=1024)
     try:
         assert sock.getsockopt(zmq.IPV6) == 1
     finally:
@@ -463,10 +468,9 @@ def test_a_server_key_with_z85_s_path_characters_is_a_key_not_a_missing_file() -
     assert len(key) == 40 and connection_watch.load_server_key(key) == key
 
 
-def test_a_host_name_is_looked_up_once_for_all_of_a_consumer_s_sockets(resolver) -> None:
+def test_a_host_name_is_looked_up_once_for_all_of_a_consumer_s_sockets(resolver, port) -> None:
     # a viewer opens a socket per page: its later ones connect without waiting for the resolver again
     fake = resolver("pub.test", failures=0, answer=[V4])
-    port = free_port()
     for _ in range(3):
         sock, watch = connection_watch.connect_sub(f"tcp://pub.test:{port}", [b""], rcvhwm=2, max_part_bytes=1024)
         watch.close()
@@ -504,3 +508,19 @@ def test_the_stats_socket_waits_for_its_publisher_in_plain_words_and_a_silence_a
     assert waited == [f"nothing from {pub.endpoint} yet: waiting for its publisher to start sending"]
     assert caplog.messages[len(waited):] == [f"nothing from {pub.endpoint} for {connection_watch.SILENT_S:g} s: making "
                                              f"the connection again"]
+
+
+def test_a_port_held_for_a_test_is_taken_by_no_other_process(port) -> None:
+    # the port was read from a socket closed at once: on a busy machine (two copies of the suite at once) another
+    # process could bind it before the test's own child or subscriber used it
+    with socket.socket() as other, pytest.raises(OSError) as taken:
+        other.bind(("127.0.0.1", port))
+    assert taken.value.errno == errno.EADDRINUSE
+    with pytest.raises(zmq.ZMQError, match="Address already in use"), plain_pub(f"tcp://127.0.0.1:{port}"):
+        pass
+    with pytest.raises(ConnectionRefusedError):  # nothing listens on it
+        socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S).close()
+    with held_port(shared=True) as shared, socket.socket() as child:  # FFmpeg's listen mode binds as this child
+        child.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        child.bind(("127.0.0.1", shared))
+        child.listen()

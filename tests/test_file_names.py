@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from tqdm import tqdm
-from helpers_zmq import free_port
+from helpers_zmq import held_port
 from test_replay import interrupted_replay, make_cfg, write_video
 
 from streamfuse.bitdepth import read_image
@@ -203,9 +203,10 @@ def test_the_progress_bar_shows_an_output_name_s_control_characters_as_escapes(t
 def test_a_topic_beyond_ascii_is_subscribed_as_utf8_under_the_c_locale(topic, said):
     # under LC_ALL=C with PYTHONUTF8=0 the topic came as byte escapes: "error: 'utf-8' codec can't encode characters"
     # (the Foxglove bridge: a traceback)
-    proc = subprocess.run([sys.executable, "-m", "streamfuse", "subscribe", f"tcp://127.0.0.1:{free_port()}", "--topic",
-                           topic, "--first-timeout", "0.5", "--timeout", "0.5"], env=_ASCII_LOCALE,
-                          capture_output=True, timeout=120)
+    with held_port() as port:
+        proc = subprocess.run([sys.executable, "-m", "streamfuse", "subscribe", f"tcp://127.0.0.1:{port}", "--topic",
+                               topic, "--first-timeout", "0.5", "--timeout", "0.5"], env=_ASCII_LOCALE,
+                              capture_output=True, timeout=120)
     assert proc.returncode in (1, 2) and said.encode() in proc.stdout + proc.stderr, proc.stderr
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import zmq
 from helpers_zmq import (ANY_PORT, PATIENCE_S, SilentLink, connect, fused_frame, has_ipv6_loopback, plain_pub,
-                         wait_until)
+                         published_on, wait_until)
 
 from streamfuse import connection_watch
 from streamfuse.cli import main as cli
@@ -497,17 +497,14 @@ def test_module_cli_dispatches_to_each_command(capsys):
 
 
 def test_live_pipeline_publishes_previews_on_request_and_its_fuser_in_the_stats():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    endpoint = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set",
-                             f"publish.endpoint={endpoint}", "--set", "fuse.name=max", "--set", "ir.width=160",
+                             "publish.endpoint=tcp://127.0.0.1:*", "--set", "fuse.name=max", "--set", "ir.width=160",
                              "--set", "ir.height=120", "--set", "vis.width=160", "--set", "vis.height=120", "--set",
                              "publish.preview_width=64", "--set", "telemetry.interval_s=0.2"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stats = zmq.Context.instance().socket(zmq.SUB)
     try:
+        endpoint = published_on(proc)
         with Subscriber(endpoint, preview_topic("fused/demo", "vis"), timeout_s=PATIENCE_S) as sub:
             got = sub.recv()
             assert got is not None, "no visible preview from the pipeline"

@@ -7,13 +7,13 @@ install, and skips with that reason where it is absent. Run: ``python -m pytest 
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers_zmq import published_on
 
 pytest.importorskip("aiohttp")
 from streamfuse.view.browser import PAGE_STATE, Chromium, find_chromium  # noqa: E402
@@ -60,14 +60,15 @@ async def _watch(feed: Feed, shot: Path) -> None:
 
 def _demo() -> tuple[subprocess.Popen, str]:
     """The demo pipeline (fuse.name=max, stats every 0.5 s) on a free loopback port: its process and endpoint."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set",
-                             f"publish.endpoint={endpoint}", "--set", "fuse.name=max", "--set",
+                             "publish.endpoint=tcp://127.0.0.1:*", "--set", "fuse.name=max", "--set",
                              "telemetry.interval_s=0.5"], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    return proc, endpoint
+    try:
+        return proc, published_on(proc)
+    except AssertionError:
+        proc.kill()
+        raise
 
 
 def test_page_shows_frames_and_stats_of_a_running_pipeline_in_chromium(tmp_path):

@@ -15,7 +15,7 @@ import time
 import av
 import pytest
 from helpers_rtsp import FPS, HEIGHT, WIDTH, HangingUp, RtspCamera, grey
-from helpers_zmq import free_port
+from helpers_zmq import held_port
 from test_producer import assert_stopped, collect
 
 from streamfuse.capture import video_sources
@@ -65,13 +65,8 @@ def _listen(port: int) -> list:
 
 @pytest.mark.timeout(90)
 def test_an_rtsp_stream_is_read_over_tcp_as_a_live_source():
-    for attempt in range(5):  # FFmpeg's listen mode needs a port given; another process may take it first
-        try:
-            frames = _listen(free_port())
-            break
-        except SourceError as exc:
-            if "Address already in use" not in str(exc) or attempt == 4:
-                raise
+    with held_port(shared=True) as port:  # FFmpeg's listen mode needs its port given
+        frames = _listen(port)
     assert all(f is not None and f.image.shape == (48, 64, 3) for f in frames)
     times = [f.t_capture_ns for f in frames]
     assert times == sorted(times) and all(f.t_mono_ns > 0 for f in frames)  # a live source's stamps

@@ -13,7 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
-from helpers_zmq import PATIENCE_S, free_port
+from helpers_zmq import PATIENCE_S, published_on
 
 from streamfuse.checks import ConfigError
 from streamfuse.client import Subscriber
@@ -368,15 +368,14 @@ def test_a_live_run_started_with_its_stderr_closed_ends_as_it_would_with_it(tmp_
 def test_a_live_run_started_with_ctrl_c_ignored_goes_on_past_one_and_stops_on_sigterm(tmp_path):
     """``streamfuse run ... &`` in a script: the shell starts it with SIGINT ignored, so that the Ctrl-C stopping the
     script's foreground command leaves it running. The run put its own handler in place and stopped there."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    sets = [f"publish.endpoint={endpoint}", "fuse.name=max", "align.enabled=false"] + [
+    sets = ["publish.endpoint=tcp://127.0.0.1:*", "fuse.name=max", "align.enabled=false"] + [
         f"{cam}.{side}={size}" for cam in ("ir", "vis") for side, size in (("width", 64), ("height", 48))]
     proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "demo",
                              *(arg for s in sets for arg in ("--set", s))], cwd=tmp_path, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        with Subscriber(endpoint, timeout_s=PATIENCE_S, shm=False) as sub:
+        with Subscriber(published_on(proc), timeout_s=PATIENCE_S, shm=False) as sub:
             assert (frame := sub.recv(120)) is not None, "the run published nothing"
             proc.send_signal(signal.SIGINT)
             after = frame[0]["seq"] + 50  # two seconds of frames: a stopped run publishes none of them
