@@ -5,23 +5,28 @@ A run in another PID namespace that shares /dev/shm (a container started with ``
 /dev/shm, as same-host consumers in other containers need) sees no process of that pid, or another one: it freed
 every object of the rigs running beside it. So the creator also holds a shared ``flock`` on each object while it
 uses it (the kernel drops it with the process), and an object someone holds is never stale, whatever its pid says.
-``flock`` locks are apart from the ``fcntl`` byte-range locks a publisher pool's slots take.
+``flock`` locks are apart from the ``fcntl`` byte-range locks a publisher pool's slots take. The other way round, a
+pid that runs may be another process's now (:func:`pid_used_again`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import TypeVar
 
 from streamfuse.capture.shm_space import SHM_DIR
 
-__all__ = ["hold", "release", "hold_semaphore", "in_use"]
+__all__ = ["hold", "release", "hold_semaphore", "in_use", "pid_used_again"]
 
 T = TypeVar("T")
 _HELD: dict[str, int] = {}  # object name -> the descriptor holding this process's shared lock on it
+# a process started this much later than an object last changed is not its maker: /proc counts a start in clock ticks,
+# and an object held from the moment it is made never comes to this test
+_USED_AGAIN_AFTER_NS = 10**9
 
 
 def hold(name: str) -> None:
@@ -71,3 +76,17 @@ def in_use(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def pid_used_again(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` started after ``path``, named for it, last changed: the pid is another process's now,
+    the object's maker gone. A container started again with /dev/shm shared gives its run the pid of the run killed
+    before it (1, say), whose objects every start then took for its own. False where /proc cannot tell."""
+    try:
+        changed = path.lstat().st_ctime_ns
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        ticks = int(stat[stat.rindex(b")") + 2:].split()[19])  # field 22, starttime: clock ticks after boot
+    except (OSError, ValueError, IndexError):
+        return False
+    booted_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)  # the start's clock includes suspends
+    return booted_ns + ticks * 10**9 // os.sysconf("SC_CLK_TCK") > changed + _USED_AGAIN_AFTER_NS

@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streamfuse.capture.shm_hold import hold, hold_semaphore, in_use, release
+from streamfuse.capture.shm_hold import hold, hold_semaphore, in_use, pid_used_again, release
 from streamfuse.capture.shm_space import SHM_DIR, reserve
 from streamfuse.frames import Frame
 
@@ -118,7 +118,8 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_stale(prefix: str = SHM_PREFIX, directory: Path = SHM_DIR) -> list[str]:
-    """Unlink the segments and semaphores named ``<prefix><pid>_...`` whose creating process is gone.
+    """Unlink the segments and semaphores named ``<prefix><pid>_...`` whose creating process is gone (its pid
+    free, or another process's started since) and that nobody holds.
 
     Only a run killed as a whole leaves them (its own clean-up and its resource tracker died with it). Linux only
     (elsewhere shared memory is not a listable folder); returns the names removed.
@@ -128,10 +129,10 @@ def remove_stale(prefix: str = SHM_PREFIX, directory: Path = SHM_DIR) -> list[st
     pattern = re.compile(rf"(?:sem\.)?{re.escape(prefix)}(\d+)_")
     removed = []
     for path in directory.iterdir():
-        match = pattern.match(path.name)
-        if match and not process_alive(int(match.group(1))) and not in_use(path):  # in use: another PID namespace's
-            # another start got there first; another user's, in a folder where only its owner may unlink (/dev/shm is
-            # sticky): theirs to free, never a reason to stop this run
+        pid = int(match.group(1)) if (match := pattern.match(path.name)) else 0
+        # in use: another PID namespace's. Gone meanwhile: another start got there first; another user's, in a folder
+        # where only its owner may unlink (/dev/shm is sticky): theirs to free, never a reason to stop this run
+        if match and (not process_alive(pid) or pid_used_again(pid, path)) and not in_use(path):
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 path.unlink()
                 removed.append(path.name)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers_clock import SleptClock
 
-from streamfuse.capture import shm_ring
+from streamfuse.capture import shm_hold, shm_ring
 from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, named_semaphore, process_alive, remove_stale
 from streamfuse.capture.shm_space import SHM_DIR, ShmFull
 from streamfuse.frames import Frame
@@ -275,6 +275,28 @@ def test_a_name_with_a_number_no_process_can_have_is_stale_not_an_error(tmp_path
     assert sorted(remove_stale(directory=tmp_path)) == ["sem.streamfuse_4294967296_b2", "streamfuse_0_c3",
                                                         "streamfuse_99999999999_a1"]
     assert not process_alive(2**63) and not process_alive(0)
+
+
+def started_an_hour_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's start, as the test of a pid used again reckons it, an hour after the objects made so far."""
+    clock = shm_hold.time
+    monkeypatch.setattr(shm_hold, "time", types.SimpleNamespace(
+        time_ns=lambda: clock.time_ns() + 3600 * 10**9, clock_gettime_ns=clock.clock_gettime_ns,
+        CLOCK_BOOTTIME=clock.CLOCK_BOOTTIME))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists a shared-memory folder")
+def test_objects_named_for_a_pid_that_a_process_started_since_has_are_stale(tmp_path, monkeypatch) -> None:
+    """A container started again with /dev/shm shared gives its run the pid of the run killed before it (1, say): every
+    start took that run's objects, unheld, for its own, and they stayed for good. Here this process stands for the new
+    run, the objects aged by an hour."""
+    names = [f"streamfuse_{os.getpid()}_a1", f"sem.streamfuse_{os.getpid()}_b2"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert remove_stale(directory=tmp_path) == []  # made since this process started: its own
+    started_an_hour_later(monkeypatch)
+    assert sorted(remove_stale(directory=tmp_path)) == sorted(names)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists a shared-memory folder")
