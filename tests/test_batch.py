@@ -177,10 +177,10 @@ def test_the_frames_bar_counts_every_fused_frame_and_fps_is_frames_per_wall_seco
     src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
     cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
     (tmp_path / "out").mkdir()
-    counted: list[int] = []
+    counted: list[tuple[int, str]] = []
     results = list(LocalEngine().run(cfg, find_jobs(src, tmp_path / "out", ext=".nut"), resume=False,
-                                     frames=counted.append))
-    assert [r.frames_out for r in results] == [4, 4] and sum(counted) == 8
+                                     frames=lambda n, out: counted.append((n, Path(out).name))))
+    assert [r.frames_out for r in results] == [4, 4] and counted == [(1, "a.nut")] * 4 + [(1, "b.nut")] * 4
     assert all(r.fps == pytest.approx(r.frames_out / r.wall_s) for r in results)
 
 
@@ -686,6 +686,30 @@ def test_a_pair_completed_as_the_batch_stops_is_done_in_the_table(tmp_path):
     assert results["b.nut"].status == "not started"
 
 
+def test_a_pair_another_run_completes_after_the_batch_stopped_is_not_claimed_done(tmp_path):
+    """Stopped after its first pair while a second batch on the same outputs completed the next: the stopped batch's
+    table said that pair done with its 4 frames, and "8 frames out" counted them as its own."""
+    from streamfuse.batch.worker import FOUND_COMPLETE
+
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 4)
+    cfg = load_config(REPO / "streamfuse/configs/replay.yaml", CFG)
+    jobs = find_jobs(src, tmp_path / "out", ext=".nut")
+
+    class StoppedAsAnotherRunFinishesTheNext(LocalEngine):
+        def run(self, cfg, jobs, *, resume, frames):
+            yield next(super().run(cfg, jobs, resume=resume, frames=frames))
+            run_replay(cfg, ir_path=src / "ir" / "b.nut", vis_path=src / "vi" / "b.nut",
+                       out_path=tmp_path / "out" / "b.nut")
+            raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted) as stopped:
+        run_batch(cfg, jobs, StoppedAsAnotherRunFinishesTheNext())
+    summary = stopped.value.summary
+    assert [(Path(r.out).name, r.status, r.frames_out, r.reason) for r in summary.results] == [
+        ("a.nut", "done", 4, ""), ("b.nut", "skipped", 4, FOUND_COMPLETE)]
+    assert summary.format().splitlines()[-1].startswith("2 pairs: 1 done, 1 skipped (complete), 0 failed; 4 frames out")
+
+
 def test_a_stop_as_a_pairs_output_takes_its_name_stops_the_batch_after_that_pair(tmp_path, monkeypatch):
     """SIGTERM while the first pair's output was renamed into place: the replay, rightly, let its complete output be,
     but the stop was thrown away and the batch replayed every other pair and exited 0."""
@@ -927,7 +951,7 @@ def test_the_ray_frames_bar_counts_each_fused_frame_once(tmp_path, ray_local):
     (tmp_path / "out").mkdir()
     reported: list[int] = []
     results = list(RayEngine(workers=2).run(cfg, find_jobs(src, tmp_path / "out", ext=".nut"), resume=False,
-                                            frames=reported.append))
+                                            frames=lambda n, out: reported.append(n)))
     assert [r.status for r in results] == ["done"] * 3 and sum(reported) == 3 * 6
 
 
@@ -1007,7 +1031,7 @@ def test_a_lost_frames_counter_costs_no_pair():
     """The progress actor's process killed (say, by the OOM killer): the bar stops counting, the batch goes on."""
     from types import SimpleNamespace
 
-    from streamfuse.batch.ray_engine import _take
+    from streamfuse.batch.ray_engine import _report
 
     class ActorDied(Exception):
         pass
@@ -1016,7 +1040,7 @@ def test_a_lost_frames_counter_costs_no_pair():
         raise ActorDied(ref)
 
     ray = SimpleNamespace(exceptions=SimpleNamespace(RayError=ActorDied), get=get)
-    assert _take(ray, SimpleNamespace(take=SimpleNamespace(remote=lambda: "ref"))) == 0
+    _report(ray, SimpleNamespace(take=SimpleNamespace(remote=lambda: "ref")), lambda n, out: pytest.fail("counted"))
 
 
 # ------------------------------------------------------------------------------------------------------ stopping
@@ -1192,7 +1216,7 @@ def test_a_second_ctrl_c_stops_the_wait_for_cancelled_ray_pairs_at_once():
 
     ray = SimpleNamespace(cancel=lambda ref: None, wait=wait)
     with pytest.raises(KeyboardInterrupt):
-        list(_wind_down(ray, {"ref1": None, "ref2": None}))
+        list(_wind_down(ray, {"ref1": None, "ref2": None}, lambda: None))
     assert len(timeouts) == 2 and max(timeouts) <= 0.25
 
 
@@ -1353,14 +1377,16 @@ def test_the_frames_counter_keeps_the_outputs_fused_into_until_the_next_batch():
 
     progress = Progress()
     progress.add(3, "/o/a.nut")
-    assert progress.fused("/o/a.nut") and not progress.fused("/o/b.nut") and progress.take() == 3
+    assert progress.fused("/o/a.nut") and not progress.fused("/o/b.nut") and progress.take() == {"/o/a.nut": 3}
+    assert progress.take() == {} and progress.fused("/o/a.nut")
     progress.reset()
     assert not progress.fused("/o/a.nut")
 
 
 def test_cancelled_ray_pairs_get_their_time_and_those_that_return_are_yielded(monkeypatch):
     """The wind-down waits ``_CANCEL_S`` (not for ever) for the cancelled pairs; a pair that returned is yielded, one
-    that ended in a Ray error (cancelled before it began) is left to the batch to count."""
+    that ended in a Ray error (cancelled before it began) is left to the batch to count; the frames they fused
+    meanwhile are reported (the outputs they fused into are the batch's, whether their results come back or not)."""
     from streamfuse.batch import ray_engine
 
     class RayError(Exception):
@@ -1382,8 +1408,11 @@ def test_cancelled_ray_pairs_get_their_time_and_those_that_return_are_yielded(mo
 
     monkeypatch.setattr(ray_engine, "time", SimpleNamespace(monotonic=lambda: now[0]))
     ray = SimpleNamespace(cancel=cancelled.append, wait=wait, get=get, exceptions=SimpleNamespace(RayError=RayError))
-    got = list(ray_engine._wind_down(ray, {"ran": None, "never began": None, "hung": None}))
+    reported = []
+    got = list(ray_engine._wind_down(ray, {"ran": None, "never began": None, "hung": None},
+                                     lambda: reported.append(len(waits))))
     assert got == ["result of ran"] and cancelled == ["ran", "never began", "hung"]
+    assert reported == [len(waits)]  # once, after the wait
     assert len(waits) == round(ray_engine._CANCEL_S / ray_engine._WAIT_S)
 
 
@@ -1444,7 +1473,7 @@ class _FakeRay:
     def get(self, ref):
         if ref == "take":
             self.took += 1
-            return 1
+            return {"/o/0.nut": 1}
         if ref == "reset":
             return None
         self.running.discard(ref)
@@ -1459,7 +1488,7 @@ def _schedule(engine: RayEngine, ray: _FakeRay, n: int, stop: threading.Event, m
     monkeypatch.setattr(ray_engine, "_remote", lambda ray: ray.remote_functions())
     jobs = [PairJob(Path(f"{i}.nut"), Path(f"{i}.nut"), Path(f"/o/{i}.nut")) for i in range(n)]
     frames: list[int] = []
-    results = list(engine._schedule(ray, None, jobs, False, frames.append, stop))
+    results = list(engine._schedule(ray, None, jobs, False, lambda n, out: frames.append(n), stop))
     assert [r.status for r in results] == ["done"] * len(ray.submitted)
     return frames
 
@@ -1493,11 +1522,11 @@ def test_a_stop_ends_the_drivers_wait_for_pairs_that_have_not_ended():
         assert len(waits) < 100, "the driver waits on for pairs after a stop"
         return [], refs
 
-    ray = SimpleNamespace(wait=wait, get=lambda ref: 0, exceptions=SimpleNamespace(RayError=RuntimeError))
+    ray = SimpleNamespace(wait=wait, get=lambda ref: {}, exceptions=SimpleNamespace(RayError=RuntimeError))
     stop = threading.Event()
     stop.set()
     with pytest.raises(_Stopped):
-        _wait_one(ray, ["running"], SimpleNamespace(take=SimpleNamespace(remote=lambda: "take")), lambda n: None, stop)
+        _wait_one(ray, ["running"], SimpleNamespace(take=SimpleNamespace(remote=lambda: "take")), lambda *_: None, stop)
     assert len(waits) == 1
 
 

@@ -22,7 +22,8 @@ every core) become ``threads``, so that workers side by side do not each start a
 Outputs already complete (the final file exists and no ``.partial`` does) are skipped by the driver, before any
 work is sent; one another run (a second batch on the same outputs) completes while this batch runs is skipped at its
 turn, a row saying so and its frames not counted as this batch's (a Ray pair run again after its worker was lost as it
-finished the output is this batch's: done); without ``resume``, a pair whose partial output is there fails and keeps
+finished the output is this batch's: done), a batch stopped before that turn too: the engine says which outputs it
+fused frames into; without ``resume``, a pair whose partial output is there fails and keeps
 it, as a single replay refuses it. Progress: one bar for pairs, one for fused frames (reported by the workers).
 
 Modules: ``jobs`` (the pairs and their results), ``worker`` (one pair on a worker), ``local`` (the local engine and

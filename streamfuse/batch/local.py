@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult
-from streamfuse.batch.worker import Models, frames_dir_of, replay_pair, worker_cfg
+from streamfuse.batch.worker import FOUND_COMPLETE, Models, frames_dir_of, replay_pair, worker_cfg
 from streamfuse.config import absolute_paths
 from streamfuse.errors import io_reason
 from streamfuse.replay.frames_dir import STAGING
@@ -27,11 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    """Runs pairs and yields their results as they finish; ``frames(n)`` advances the frames bar. The user's Ctrl-C or
-    SIGTERM stops it: it yields the results of the pairs it stopped, then returns (or raises KeyboardInterrupt)."""
+    """Runs pairs and yields their results as they finish; ``frames(n, out)`` says ``n`` more frames fused into the
+    output ``out`` (the frames bar, and which outputs this batch wrote). The user's Ctrl-C or SIGTERM stops it: it
+    yields the results of the pairs it stopped, then returns (or raises KeyboardInterrupt)."""
 
     def run(self, cfg: Any, jobs: Iterable[PairJob], *, resume: bool,
-            frames: Callable[[int], None]) -> Iterator[PairResult]:
+            frames: Callable[[int, str], None]) -> Iterator[PairResult]:
         ...
 
 
@@ -51,11 +52,12 @@ class LocalEngine:
             raise ValueError(f"local engine: threads must be >= 1, got {self.threads}")
 
     def run(self, cfg: Any, jobs: Iterable[PairJob], *, resume: bool,
-            frames: Callable[[int], None]) -> Iterator[PairResult]:
+            frames: Callable[[int, str], None]) -> Iterator[PairResult]:
         models = Models()  # one per batch run: the model is loaded once, for the first pair that needs it
         cfg = worker_cfg(cfg, self.threads)
         for job in jobs:
-            result = replay_pair(cfg, job, resume=resume, models=models, report=frames)
+            result = replay_pair(cfg, job, resume=resume, models=models,
+                                 report=lambda n, out=str(job.out): frames(n, out))
             yield result
             if result.late_stop:  # held while the pair's output took its name: it stops the batch now
                 signal.raise_signal(result.late_stop)
@@ -91,6 +93,7 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     # paths as this folder names them: a cluster's workers run in other folders
     work_cfg = absolute_paths(dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, progress=False)))
     stop = ""  # the stop that ended the batch early, as its last line names it
+    fused: set[str] = set()  # the outputs the engine fused frames into: this batch's, not another run's
     # SIGTERM and SIGHUP stop the batch as Ctrl-C does (a replay and the Ray driver set their own meanwhile)
     with _output_folders({job.out.parent for job in todo}), handled(raise_terminated, TERMINATE), \
             tqdm(total=len(jobs), initial=len(results), unit="pair", desc="pairs", position=0,
@@ -98,7 +101,11 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
             tqdm(unit="frame", desc="frames", position=1, disable=quiet) as frames:
         try:
             if todo:  # else no engine to start (a Ray takes seconds)
-                with contextlib.closing(engine.run(work_cfg, todo, resume=resume, frames=frames.update)) as ran:
+                def fused_into(n: int, out: str) -> None:
+                    frames.update(n)
+                    fused.add(out)
+
+                with contextlib.closing(engine.run(work_cfg, todo, resume=resume, frames=fused_into)) as ran:
                     for result in ran:
                         results.append(result)
                         pairs.update(1)
@@ -110,7 +117,7 @@ def run_batch(cfg: Any, jobs: list[PairJob], engine: Engine | None = None, *, re
     results = [PairResult(r.out, "not started") if r.status == "interrupted" and not partial_path(r.out).exists()
                else r for r in results]
     finished = {r.out for r in results}
-    results += [_unfinished(job, cfg) for job in todo if str(job.out) not in finished]
+    results += [_unfinished(job, cfg, str(job.out) in fused) for job in todo if str(job.out) not in finished]
     summary = BatchSummary(results, time.perf_counter() - t0)
     if stop or summary.stopped:
         raise BatchInterrupted(summary, stop or "interrupted")
@@ -175,12 +182,17 @@ def _log(result: PairResult) -> None:
         log.warning("%s: %s", result.out, result.reason)
 
 
-def _unfinished(job: PairJob, cfg: Any) -> PairResult:
-    """A pair the batch stopped before it returned a result (one whose replay had just completed it is done, once its
-    frames are moved in)."""
+def _unfinished(job: PairJob, cfg: Any, fused: bool) -> PairResult:
+    """A pair the batch stopped before it returned a result: one whose replay had just completed it is done, once its
+    frames are moved in (``fused``: the engine fused frames into it); one complete all the same, another run's
+    (a second batch on these outputs), is skipped as found complete at its turn."""
     if is_complete(job.out):
         if staged := _staged(cfg, job):  # stopped between the video's rename and the frames' move
             return PairResult(str(job.out), "interrupted", reason=f"stopped before its frames moved in from {staged}")
+        if not fused:
+            result = PairResult(str(job.out), "skipped", frames_out=frames_held(job.out), reason=FOUND_COMPLETE)
+            _log(result)
+            return result
         return PairResult(str(job.out), "done", frames_out=frames_held(job.out))  # what was read is not known here
     partial = partial_path(job.out)
     if partial.exists():

@@ -110,7 +110,7 @@ class RayEngine:
                 raise ValueError(f"ray engine: {name} must be a finite number >= {low}, got {value}")
 
     def run(self, cfg: Any, jobs: Iterable[PairJob], *, resume: bool,
-            frames: Callable[[int], None]) -> Iterator[PairResult]:
+            frames: Callable[[int, str], None]) -> Iterator[PairResult]:
         """Yield each pair's result as it ends. Ctrl-C or SIGTERM to this process (the driver) stops the batch: the
         running pairs are cancelled (their replays keep resumable partial outputs), the results they return are
         yielded, and then what that signal raises (:func:`stopped_by`). A worker killed in any other way has its pair
@@ -122,7 +122,7 @@ class RayEngine:
             with _stop_on_signals(stop):
                 running = yield from self._schedule(ray, worker_cfg(cfg, self.threads), jobs, resume, frames, stop)
             # Ctrl-C and SIGTERM act again while the running pairs wind down: a second one stops waiting for them
-            yield from _wind_down(ray, running)
+            yield from _wind_down(ray, running, lambda: _report(ray, self._progress_actor(ray), frames))
         if stop.is_set():  # the batch's last line names the signal, which its workers never saw
             raise stopped_by(stop.signum)
 
@@ -204,13 +204,13 @@ class RayEngine:
             self._progress = (address, _remote(ray)["progress"].remote())
         return self._progress[1]
 
-    def _schedule(self, ray: Any, cfg: Any, jobs: Iterable[PairJob], resume: bool, frames: Callable[[int], None],
-                  stop: threading.Event) -> Iterator[PairResult]:
+    def _schedule(self, ray: Any, cfg: Any, jobs: Iterable[PairJob], resume: bool,
+                  frames: Callable[[int, str], None], stop: threading.Event) -> Iterator[PairResult]:
         """Yield the pairs' results until all have ended or ``stop`` is set; return the pairs still running then."""
         if stop.is_set():  # while Ray started
             return {}
         progress = self._progress_actor(ray)
-        with contextlib.suppress(ray.exceptions.RayError):  # a lost counter costs no pair (see _take)
+        with contextlib.suppress(ray.exceptions.RayError):  # a lost counter costs no pair (see _report)
             ray.get(progress.reset.remote())  # kept from an earlier batch on this Ray: its outputs are not this one's
         task = _remote(ray)["replay"].options(num_cpus=self.threads, num_gpus=self.gpus, max_retries=self.retries,
                                         retry_exceptions=False)
@@ -231,7 +231,7 @@ class RayEngine:
                 log.warning("stopping: cancelling the %d pairs given to Ray, running or queued (partial outputs are "
                             "kept)", len(running))
             return running
-        frames(_take(ray, progress))
+        _report(ray, progress, frames)
         return {}
 
 
@@ -280,8 +280,10 @@ def _batch_keeps_sigterm(ray: Any) -> Iterator[None]:
         utils.set_sigterm_handler = set_handler
 
 
-def _wind_down(ray: Any, running: dict[Any, PairJob]) -> Iterator[PairResult]:
-    """Cancel the pairs still running after a stop; yield the results they return (the batch counts the others)."""
+def _wind_down(ray: Any, running: dict[Any, PairJob], report: Callable[[], None]) -> Iterator[PairResult]:
+    """Cancel the pairs still running after a stop; ``report`` the frames they fused meanwhile (the outputs they fused
+    into are this batch's, whether or not their results come back); yield the results they return (the batch counts
+    the others)."""
     if not running:
         return
     for ref in running:
@@ -290,6 +292,7 @@ def _wind_down(ray: Any, running: dict[Any, PairJob]) -> Iterator[PairResult]:
     while waiting and time.monotonic() < deadline:  # in short waits: Python takes a second Ctrl-C only between them
         done, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=_WAIT_S)
         ready += done
+    report()
     for ref in ready:
         try:
             yield ray.get(ref)
@@ -297,13 +300,15 @@ def _wind_down(ray: Any, running: dict[Any, PairJob]) -> Iterator[PairResult]:
             continue
 
 
-def _take(ray: Any, progress: Any) -> int:
-    """Frames fused since the last call, for the bar; 0 once the counter's process is gone (it must not cost
-    pairs)."""
+def _report(ray: Any, progress: Any, frames: Callable[[int, str], None]) -> None:
+    """Pass on the frames fused per output since the last call; none once the counter's process is gone (it must not
+    cost pairs)."""
     try:
-        return ray.get(progress.take.remote())
+        counts = ray.get(progress.take.remote())
     except ray.exceptions.RayError:
-        return 0
+        return
+    for out, n in counts.items():
+        frames(n, out)
 
 
 def _check_reachable(address: str) -> None:
@@ -333,13 +338,13 @@ def _remote(ray: Any) -> dict[str, Any]:
     return {"replay": ray.remote(_ray_replay), "progress": ray.remote(num_cpus=0)(Progress)}
 
 
-def _wait_one(ray: Any, refs: list, progress: Any, frames: Callable[[int], None],
+def _wait_one(ray: Any, refs: list, progress: Any, frames: Callable[[int, str], None],
               stop: threading.Event) -> tuple[Any, Any]:
     """The first task of ``refs`` to finish and its value (or the Ray error that ended it); updates the frames bar
     while waiting; raises _Stopped once ``stop`` is set."""
     while True:
         done, _ = ray.wait(refs, num_returns=1, timeout=0.5)
-        frames(_take(ray, progress))
+        _report(ray, progress, frames)
         if done:
             try:
                 return done[0], ray.get(done[0])

@@ -19,21 +19,23 @@ def fused_in_this_batch(progress: Any, out: str) -> bool:
 
 
 class Progress:
-    """Ray actor that adds up the frames the workers report; the driver takes the count to update its bar. It keeps
-    the outputs fused into since the batch began (``reset``), so that a pair found complete at its turn is told done
-    by this batch (a retry after its worker was lost as it finished) from completed by another run."""
+    """Ray actor that adds up the frames the workers report, per output; the driver takes the counts to update its bar
+    and to know the outputs its batch fused into. It keeps those outputs since the batch began (``reset``), so that a
+    pair found complete at its turn is told done by this batch (a retry after its worker was lost as it finished) from
+    completed by another run."""
 
     def __init__(self) -> None:
-        self.n = 0
+        self.counts: dict[str, int] = {}
         self.outputs: set[str] = set()
 
     def add(self, n: int, out: str) -> None:
-        self.n += n
+        self.counts[out] = self.counts.get(out, 0) + n
         self.outputs.add(out)
 
-    def take(self) -> int:
-        n, self.n = self.n, 0
-        return n
+    def take(self) -> dict[str, int]:
+        """The frames fused per output since the last take."""
+        counts, self.counts = self.counts, {}
+        return counts
 
     def fused(self, out: str) -> bool:
         return out in self.outputs
