@@ -14,7 +14,7 @@ from helpers_clock import SleptClock
 from streamfuse.capture import time_line
 from streamfuse.capture.producer_process import process_context
 from streamfuse.capture.sources import SourceConfig, open_source
-from streamfuse.capture.time_line import left, pace_lines
+from streamfuse.capture.time_line import claimed, left, new_pass, pace_lines
 
 
 def _folder(path: Path, n: int) -> Path:
@@ -149,3 +149,36 @@ def test_a_restarted_paced_file_rejoins_the_shared_line_however_late_its_restart
         assert [int(restarted.read().image[0, 0]) for _ in range(3)] == [4, 5, 6]
     # frames 4-6 were due late_s ago on the shared line: they go at once, not paced afresh from frame 4
     assert said == [] and clock.ns == before
+
+
+def test_a_new_pass_begins_a_line_of_its_own_afresh_and_goes_on_on_one_it_shares(tmp_path: Path) -> None:
+    # a looping input played again: alone on its line, its next frame begins the line again (begun at the first
+    # pass, its frames were all due at once); on the other source's line, it goes on on it (begun afresh, it would
+    # run behind the other by the restart's delay)
+    cfg = SourceConfig(kind="folder", path=str(_folder(tmp_path / "frames", 3)), fps=20.0, realtime=True)
+    alone = pace_lines(process_context(), {"ir": cfg})["ir"]
+    alone[0] = 123
+    new_pass(alone, [])
+    assert alone[0] == 0
+    shared = pace_lines(process_context(), {"ir": cfg, "vis": cfg})
+    shared["ir"][0] = 123
+    new_pass(shared["ir"], [shared["vis"]])
+    assert shared["ir"][0] == shared["vis"][0] == 123
+
+
+def test_two_first_frames_set_the_line_one_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    # both sources' first frames may come at once: the second to claim the line waits until the first has set it
+    monkeypatch.setattr(time_line, "_LOCK_WAIT_S", 600.0)
+    cfg = SourceConfig(kind="folder", path=str(_folder(tmp_path / "frames", 3)), fps=20.0, realtime=True)
+    line, entered = pace_lines(process_context(), {"ir": cfg, "vis": cfg})["ir"], threading.Event()
+
+    def second() -> None:
+        with claimed(line):
+            entered.set()
+
+    with claimed(line):
+        other = threading.Thread(target=second)
+        other.start()
+        assert not entered.wait(0.5)
+    other.join(30)
+    assert entered.is_set()
