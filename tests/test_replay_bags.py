@@ -153,19 +153,24 @@ def test_a_bag_whose_thermal_frames_come_late_says_the_queue_size_that_pairs_the
         assert (summary.written == 3 * N and not summary.note) is (queue_size == int(needed[1]))
 
 
-@pytest.mark.parametrize("late_ms, offset_ms", [({"ir": 500, "vis": 40}, 2), ({"ir": 170, "vis": 40}, -5),
-                                               ({"ir": 40, "vis": 400}, 3), ({"ir": 700, "vis": 40}, 12)],
-                         ids=["ir_late", "ir_late_after_its_partner", "vis_late", "ir_late_far_from_its_partner"])
-def test_the_queue_size_said_is_the_least_that_pairs_every_frame(late_ms, offset_ms):
-    # the pairer itself, fed in a recording's order: the size said was one above the least that drops no frame
+@pytest.mark.parametrize("late_ms, offset_ms, step_at", [
+    ({"ir": 500, "vis": 40}, 2, None), ({"ir": 170, "vis": 40}, -5, None), ({"ir": 40, "vis": 400}, 3, None),
+    ({"ir": 700, "vis": 40}, 12, None), ({"ir": 500, "vis": 40}, 2, 45), ({"ir": 40, "vis": 400}, 3, 45)],
+                         ids=["ir_late", "ir_late_after_its_partner", "vis_late", "ir_late_far_from_its_partner",
+                              "ir_late_clocks_stepped_back", "vis_late_clocks_stepped_back"])
+def test_the_queue_size_said_is_the_least_that_pairs_every_frame(late_ms, offset_ms, step_at):
+    # the pairer itself, fed in a recording's order: the size said was one above the least that drops no frame; where
+    # the rig's clocks stepped back a minute at frame step_at, the times before the step must not count
     from streamfuse.frames import Frame
     from streamfuse.replay.order_lag import OrderLag
     from streamfuse.sync import Pairer, SyncConfig
 
     rng, image, logged = np.random.default_rng(0), np.zeros((2, 2), np.uint8), []
     for i in range(90):
+        back = 60_000 * MS if step_at is not None and i >= step_at else 0
         for stream, stamp in (("ir", i * PERIOD), ("vis", i * PERIOD + offset_ms * MS)):
-            logged.append((stamp + round((late_ms[stream] + rng.uniform(0, 5)) * MS), Frame(stream, i, stamp, image)))
+            logged.append((stamp + round((late_ms[stream] + rng.uniform(0, 5)) * MS),
+                           Frame(stream, i, stamp - back, image)))
     frames = [frame for _, frame in sorted(logged, key=lambda m: m[0])]
 
     def dropped(queue_size: int) -> dict[str, int]:
@@ -210,20 +215,21 @@ def _dropped(frames: list, queue_size: int) -> dict[str, int]:
     return {s: pairer.stats()[s]["dropped"] for s in ("ir", "vis")}
 
 
-def _needed(frames: list) -> dict[str, int]:
+def _lag(frames: list):
+    """The :class:`OrderLag` that read ``frames`` in order."""
     from streamfuse.replay.order_lag import OrderLag
     from streamfuse.sync import SyncConfig
 
     lag = OrderLag(SyncConfig().tolerance_ns)
     for frame in frames:
         lag.read(frame.stream, frame.t_capture_ns)
-    return lag.needed
+    return lag
 
 
 def test_the_queue_size_said_is_the_least_that_pairs_every_frame_whatever_the_delays_jitter_and_losses():
-    for seed in range(30):
+    for seed in range(60):
         frames = _random_recording(seed)
-        needed = _needed(frames)
+        needed = _lag(frames).needed
         for s in ("ir", "vis"):
             least = next(size for size in range(2, 100) if not _dropped(frames, size)[s])
             assert max(needed[s], 2) == least, (seed, s)
@@ -234,8 +240,18 @@ def test_the_queue_size_said_holds_the_frames_a_frame_passed_over_for_a_nearer_o
     # 47.3 ms, was nearer still and took it; counted as paired with the first, the IR frame at 66.7 ms was counted
     # gone too, and the size said, 4, dropped 2 IR frames
     frames = _random_recording(35)
-    assert _needed(frames)["ir"] == 5
+    assert _lag(frames).needed["ir"] == 5
     assert _dropped(frames, 5)["ir"] == 0 and _dropped(frames, 4)["ir"] > 0
+
+
+def test_the_queue_size_is_said_only_where_frames_were_dropped_and_the_queue_held_fewer_than_needed():
+    lag = _lag(_random_recording(35))  # the IR frames needed a queue of 5
+    assert lag.note({"ir": 0, "vis": 0}, 2) == ""
+    assert lag.note({"ir": 2, "vis": 0}, 5) == ""  # dropped for another reason: a queue of 5 held them
+    assert lag.note({"ir": 2, "vis": 0}, 4) == (
+        "2 IR frames were dropped waiting for visible frames recorded later than the pairer's queue holds them "
+        "(sync.queue_size 4; a fast replay reads a recording in its recorded order): replay with --set "
+        "sync.queue_size=5 to pair them")
 
 def _stepped_back(path, after: int) -> None:
     """A bag whose thermal frames from frame 2 N on, ``after`` of them, are stamped a minute back (the rig's clock
