@@ -76,12 +76,14 @@ def test_visible_frames_while_the_ir_camera_paused_are_unpaired_not_dropped(tmp_
     assert summary.unpaired == {"ir": 0, "vis": 30} and summary.dropped == {"ir": 0, "vis": 0}
 
 
-def test_a_dropped_frame_with_a_partner_in_the_tolerance_stays_dropped():
-    """Read in recorded order with IR logged late, visible frames that had an IR frame of their time were dropped
-    from a full queue: a longer one would have paired them, so they stay ``dropped`` (the note's queue advice)."""
+@pytest.mark.parametrize("offset_ms", [0, 10], ids=["same_time", "just_the_tolerance_away"])
+def test_a_dropped_frame_with_a_partner_in_the_tolerance_stays_dropped(offset_ms):
+    """Read in recorded order with IR logged late, visible frames that had an IR frame of their time (or just the
+    tolerance away, which the pairer pairs) were dropped from a full queue: a longer one would have paired them, so
+    they stay ``dropped`` (the note's queue advice)."""
     ms, img = 1_000_000, np.zeros((2, 2), np.uint8)
     vis = [Frame("vis", i, i * 33 * ms, img) for i in range(6)]
-    ir = [Frame("ir", i, i * 33 * ms, img) for i in range(6)]
+    ir = [Frame("ir", i, (i * 33 + offset_ms) * ms, img) for i in range(6)]
     pairer, left, pairs = _paired(SyncConfig(slop_ms=10, queue_size=2), vis + ir)
     summary = ReplaySummary(ir="r.mcap", vis="r.mcap", out="o.mkv", frames={"ir": 6, "vis": 6})
     summary.take_pairer(pairer, left)
