@@ -195,17 +195,30 @@ def test_frames_exactly_4_times_as_wide_or_exactly_1_percent_outside_keep_the_ra
         np.testing.assert_array_equal(depth(img), _stretch(img, 7000, 9000))
 
 
-def test_a_frame_just_over_1_percent_outside_the_range_takes_its_own_at_once(rng):
-    # the other side of the bound: 21 of 2000 pixels just above the held range, a warm patch that would otherwise be
-    # clipped white, re-scale the sequence on that frame
+@pytest.mark.parametrize("side", ["above", "below"])
+def test_a_frame_just_over_1_percent_outside_the_range_takes_its_own_at_once(rng, side):
+    # the other side of the bound: 21 of 2000 pixels just above the held range (a warm patch that would otherwise be
+    # clipped white), or just below it, re-scale the sequence on that frame
     depth = To8Bit(ir=True)
     depth(_scene_of_2000(rng))  # holds 7000..9000
     clipped = _scene_of_2000(rng)
-    clipped[10:12, 10:20] = 9001 + np.arange(20, dtype=np.uint16).reshape(2, 10)
-    clipped[12, 10] = 9021
+    if side == "above":
+        clipped[10:12, 10:20] = 9001 + np.arange(20, dtype=np.uint16).reshape(2, 10)
+        clipped[12, 10] = 9021
+    else:
+        clipped[10:12, 10:20], clipped[12, 10] = 6999, 6999
     lo, hi = _robust(clipped)
-    assert hi > 9000
+    assert (lo, hi) != (7000, 9000)
     np.testing.assert_array_equal(depth(clipped), _stretch(clipped, lo, hi))
+
+
+def test_a_frame_just_over_4_times_as_wide_takes_its_own_range_at_once(rng):
+    depth = To8Bit(ir=True)
+    depth(_scene_of_2000(rng))  # holds 7000..9000
+    wide = _scene_of_2000(rng)
+    wide[10, 10:20] = 15001  # 0.5% of the pixels; the frame's range 7000..15001, just over 4x the held one
+    assert _robust(wide) == (7000, 15001)
+    np.testing.assert_array_equal(depth(wide), _stretch(wide, 7000, 15001))
 
 
 def test_an_alpha_channel_takes_no_part_in_the_ir_range(rng):
