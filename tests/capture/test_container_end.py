@@ -249,6 +249,18 @@ def test_an_avi_written_to_a_pipe_announces_no_end_and_is_read_to_its_end(tmp_pa
     assert read_all(path, kind) == (N, [])
 
 
+def test_an_avi_whose_riff_size_was_left_0_is_not_finalised(tmp_path: Path) -> None:
+    # a writer that never came back to its header may leave its RIFF size 0 rather than FFmpeg's 0xFFFFFFFF: no end
+    # is announced either way
+    path = tmp_path / "v.avi"
+    write(path, "avi")
+    assert finalised(path, "avi")
+    data = bytearray(path.read_bytes())
+    data[4:8] = bytes(4)
+    path.write_bytes(bytes(data))
+    assert not finalised(path, "avi")
+
+
 def test_an_avi_written_to_a_pipe_and_cut_inside_a_frame_is_truncated(tmp_path: Path) -> None:
     path = tmp_path / "v.avi"
     starts = write(path, "avi", piped=True)
