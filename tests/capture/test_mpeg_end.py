@@ -93,7 +93,8 @@ def _pack_mpeg1() -> bytes:
 def _units() -> bytes:
     """One packet of each kind that states its length: system header, stream map, private streams 1 and 2, padding,
     audio, video and a stream of the 0xF0-0xFF codes."""
-    kinds = ((0xBB, 12), (0xBC, 10), (0xBD, 20), (0xBE, 16), (0xBF, 8), (0xC0, 30), (0xE0, 40), (0xF3, 9))
+    kinds = ((0xBB, 12), (0xBC, 10), (0xBD, 20), (0xBE, 16), (0xBF, 8), (0xC0, 30), (0xE0, 40), (0xF0, 11), (0xFF, 7),
+             (0xF3, 9))
     return b"".join(_packet(code, bytes([code]) * n) for code, n in kinds)
 
 
@@ -102,6 +103,16 @@ def test_packs_of_each_header_and_packets_of_each_kind_end_complete_and_a_cut_in
     data = b"".join(pack() + _units() for _ in range(3))
     assert _check(data) is None
     assert all(_check(data[:-k]).certain for k in range(1, 10))  # the last packet holds 15 bytes
+
+
+@pytest.mark.parametrize("last_pack", [False, True])
+def test_a_program_end_code_after_the_last_packet_ends_the_file_complete(last_pack):
+    # an MPEG-PS writer ends the stream with the program end code (00 00 01 B9), a unit of its own 4 bytes, after
+    # its last packet or a last pack header
+    data = b"".join(_pack_mpeg1() + _units() for _ in range(3)) + (_pack_mpeg1() if last_pack else b"") + b"\0\0\1\xb9"
+    assert _check(data) is None
+    last = "pack header" if last_pack else "stream 0xF3"
+    assert _check(data[:-1]) == Cut(f"3 unrecognised bytes follow its last whole MPEG-PS packet ({last})", False)
 
 
 def test_zero_bytes_to_the_end_are_an_empty_sector_and_bytes_after_them_are_said():
