@@ -58,6 +58,10 @@ NAME_WAIT_S = 10.0
 # host -> (whether its socket needs ZMQ_IPV6, whether all its addresses are loopback); looked up once: a viewer's
 # later sockets (one per page) skip the lookup
 _resolved: dict[str, tuple[bool, bool]] = {}
+# endpoints whose publisher was said to be still starting: the line is about the publisher, so a consumer's several
+# sockets on it (the Foxglove bridge's and the viewer's stats and frame sockets) say it once, the others at debug level
+_said_starting: set[str] = set()
+_said_lock = threading.Lock()
 
 
 class ConnectionWatch:
@@ -137,6 +141,9 @@ class ConnectionWatch:
         if heard:
             log.log(level, "nothing from %s for %g s: making the connection again", self._endpoint, silent_s)
         else:
+            with _said_lock:
+                level = logging.DEBUG if self._endpoint in _said_starting else level
+                _said_starting.add(self._endpoint)
             log.log(level, "nothing from %s yet: waiting for its publisher to start sending", self._endpoint)
         self._remade_at = now
         self.reconnect()

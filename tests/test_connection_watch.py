@@ -427,6 +427,30 @@ def test_a_silent_connection_is_made_again_once_a_silence_and_said_once(watched,
                                              "again")
 
 
+def test_a_publisher_still_starting_is_said_once_for_all_the_sockets_on_its_endpoint(monkeypatch, caplog) -> None:
+    # the Foxglove bridge started before its publisher logged "nothing from ENDPOINT yet: waiting for its publisher to
+    # start sending" twice in the same words, from its frame socket and its stats socket (four times with --previews)
+    clock = FakeClock()
+    monkeypatch.setattr(connection_watch, "time", clock)
+    monkeypatch.setattr(connection_watch, "_said_starting", set(), raising=False)  # not those of earlier tests
+    endpoint = "tcp://pub.test:14001"
+    watches = [connection_watch.ConnectionWatch(WatchedSocket(), endpoint) for _ in range(3)]
+    other = connection_watch.ConnectionWatch(WatchedSocket(), "tcp://other.test:14002")
+    start = clock.now
+    clock.now += connection_watch.SILENT_S
+    try:
+        with caplog.at_level(logging.DEBUG, "streamfuse.connection_watch"):
+            for watch in (*watches, other):
+                assert watch.remake_if_silent(start, heard=False)
+    finally:
+        for watch in (*watches, other):
+            watch.close()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert said == [(logging.INFO, f"nothing from {endpoint} yet: waiting for its publisher to start sending")] + \
+        [(logging.DEBUG, f"nothing from {endpoint} yet: waiting for its publisher to start sending")] * 2 + \
+        [(logging.INFO, "nothing from tcp://other.test:14002 yet: waiting for its publisher to start sending")]
+
+
 def test_connect_sub_gives_its_socket_the_limits_it_is_given() -> None:
     # rcvhwm bounds what queues on this side (latest mode's freshness, a consumer's memory), max_part_bytes what one
     # part a peer sends may take; linger 0: closing never waits for a publisher that is gone
