@@ -76,9 +76,10 @@ def _as_json(cfg: PipelineConfig) -> str:
 
 
 def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
-    """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM/SIGHUP, ``duration_s`` (0 = none) or the sources
-    end. Capture runs in processes that start by importing the program's main module, as multiprocessing's do: a
-    program calls this under ``if __name__ == "__main__":``.
+    """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM/SIGHUP, ``duration_s`` (0 = none; counted from
+    the first fused frame, so that the model's load and the capture's start take none of it) or the sources end.
+    Capture runs in processes that start by importing the program's main module, as multiprocessing's do: a program
+    calls this under ``if __name__ == "__main__":``.
 
     A stop signal whose handler is Python's default ends the run alike at any moment, the model still loading or the
     capture starting: taken for the call (in the main thread) and given back after it. A program's own handler is
@@ -123,8 +124,7 @@ def _live(cfg: PipelineConfig, duration_s: float, stop: threading.Event, started
         log.info("final: %s", format_stats(snap))
         return snap
     fuser = processor.fuser
-    deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
-    failure = ""
+    deadline, failure = float("inf"), ""  # the deadline is set at the first fused frame: duration_s counts from it
     with pub, _recorder(cfg, frame_ids) as rec, start_producers(cfg.ir, cfg.vis) as producers:
         while not (stop.is_set() or failure) and time.monotonic() < deadline:
             # 1. capture: what arrived since the last turn (a brief wait if nothing has), up to a source's failure
@@ -143,6 +143,8 @@ def _live(cfg: PipelineConfig, duration_s: float, stop: threading.Event, started
                 tel.count("stale", len(pairs) - 1)
                 unfused = _fuse(processor, pub, tel, pairs[-1])
                 failure = failure or unfused  # a source's failure came first
+                if duration_s > 0 and deadline == float("inf"):
+                    deadline = time.monotonic() + duration_s
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         failure = _flush(pairer, processor, pub, tel, failure)
         capture = producers.stats()  # as the loop ended: not the frames overwritten while the recording finishes

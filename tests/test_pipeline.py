@@ -708,6 +708,42 @@ def test_a_live_run_from_files_fuses_the_pair_their_end_makes(tmp_path, monkeypa
 
 
 @pytest.mark.timeout(150)
+def test_a_duration_counts_from_the_first_fused_frame(monkeypatch, tmp_path):
+    """``--duration 6`` gave about 4 s of frames: it counted from the model's load, and the capture's start (its
+    processes spawned, the sources opened) took the rest. On a clock that moves 10 s a reading until the first frame
+    is fused (a start longer than the whole duration) and then 1 s a fused frame, a 5 s run fuses its first frame and
+    5 more before it ends."""
+    import types
+
+    from streamfuse import pipeline
+
+    clock = {"now": 0.0, "fused": 0, "at_end": None}
+    fuse, flush = pipeline._fuse, pipeline._flush
+
+    def monotonic() -> float:
+        clock["now"] += 0.0 if clock["fused"] else 10.0
+        return clock["now"]
+
+    def fused(*args):
+        clock["fused"] += 1
+        clock["now"] += 1.0
+        return fuse(*args)
+
+    def flushed(*args):  # the loop's end: the pair the end completes, if any, is fused after it
+        clock["at_end"] = clock["fused"]
+        return flush(*args)
+
+    timed = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    timed.monotonic = monotonic
+    monkeypatch.setattr(pipeline, "time", timed)
+    monkeypatch.setattr(pipeline, "_fuse", fused)
+    monkeypatch.setattr(pipeline, "_flush", flushed)
+    cfg, _ = _live_cfg(endpoint=f"ipc://{tmp_path}/fused")
+    pipeline.run_live(cfg, duration_s=5.0)
+    assert clock["at_end"] == 6
+
+
+@pytest.mark.timeout(150)
 def test_capture_latency_is_measured_on_the_monotonic_clock_across_a_wall_clock_step(monkeypatch, tmp_path):
     """NTP steps this process's wall clock an hour forward after the cameras' frames were stamped: latency is taken
     from each frame's monotonic acquisition time, so it stays what it is instead of reading an hour."""
