@@ -52,3 +52,13 @@ def test_the_looped_clips_example_adds_up():
     short, long_, drift, frame = (int(g) for g in m.groups()[:4])
     passes = _ORDINALS.index(m.group(5))  # passes the shorter clip made before that one
     assert (drift, frame) == (long_ - short, short * passes % long_), m.group(0)
+
+
+def test_each_frame_rate_beside_a_gpu_fusion_latency_says_which_rate_bench_fuse_printed():
+    # on the GPU, bench fuse prints two rates: "N frames/s with 2 batches in flight (M at the median latency)"; the
+    # row gave "without CUDA graphs 5.68 ms (184 frames/s", the in-flight rate beside a latency whose inverse is 176
+    row = next(line for line in README.read_text(encoding="utf-8").splitlines() if line.startswith("| fusion, GPU |"))
+    rates = re.findall(r"(\d+\.\d+) ms(?:, p99 [\d.]+ ms)? \((\d+) frames/s( at the median)?", row)
+    assert rates, "the GPU fusion row's latencies and rates are gone"
+    for latency, rate, at_median in rates:
+        assert at_median and abs(int(rate) - 1000 / float(latency)) < 1, (latency, rate)
