@@ -1,8 +1,10 @@
-"""The README's CPU figures name the benchmark command that prints them, beside them."""
+"""The README's figures name the command that prints them, beside them, or add up from the code's sizes."""
 
 from __future__ import annotations
 
+import gc
 import re
+import tracemalloc
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -62,3 +64,67 @@ def test_each_frame_rate_beside_a_gpu_fusion_latency_says_which_rate_bench_fuse_
     assert rates, "the GPU fusion row's latencies and rates are gone"
     for latency, rate, at_median in rates:
         assert at_median and abs(int(rate) - 1000 / float(latency)) < 1, (latency, rate)
+
+
+def _index_bytes_a_chunk(folder: Path, chunks: int = 400) -> float:
+    """Bytes a recording's writer holds more for each chunk it writes (tracemalloc): MCAP's index entry of a chunk,
+    kept until the file is finished."""
+    from streamfuse.record_parts import PartWriter
+    from streamfuse.recording import TOPICS, RecordConfig
+
+    writer = PartWriter(folder / "index.mcap", "zstd", RecordConfig.chunk_mb, ("sensor_msgs/msg/Image", "ros2msg", b""),
+                        tuple(TOPICS.values()))
+
+    def write(first: int, count: int) -> None:
+        for second in range(first, first + count):  # a chunk of a frame a source (its entry is the same for 30)
+            for k, topic in enumerate(TOPICS.values()):
+                writer.add(topic, 1_700_000_000_000_000_000 + second * 10**9 + k * 20_000_000, bytes(64), second)
+            writer.flush()
+
+    write(0, 20)  # the writer's buffers at their working size
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        write(20, chunks)
+        gc.collect()
+        return (tracemalloc.get_traced_memory()[0] - before) / chunks
+    finally:
+        tracemalloc.stop()
+        writer.finish()
+
+
+def test_the_recording_index_growth_adds_up(tmp_path):
+    # the README gave "about 760 bytes a second at flush_s: 1, 66 MB a day" for a one-file recording's index in memory,
+    # which no command prints: a chunk a second holds only where frames fill less than chunk_mb a second, and the demo's
+    # fill 4 MiB 8 times a second; each figure is now the arithmetic of the code's sizes, and the entry's bytes measured
+    import numpy as np
+
+    from streamfuse.config import load_config
+    from streamfuse.frames import Frame, optical_frame
+    from streamfuse.recording import RecordConfig, encode_image
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    m = re.search(r"index entry per chunk until the file is finished, about (\d+) bytes each, .*? a 640x480 IR frame "
+                  r"of (\d+) bytes at (\d+) frames/s and a colour one of (\d+) bytes at (\d+), ([\d.]+) MB a second "
+                  r"make at most ([\d.]+) chunks a second \(a chunk ends with the frame that takes it past "
+                  r"`chunk_mb`\), "
+                  r"at most ([\d.]+) kB of index a second, (\d+) MB a day in one file; "
+                  r"a rig of (\d+) MiB a second or less writes a chunk a second, (\d+) MB a day\)", text)
+    assert m, "the README's figures of a recording's index are gone"
+    entry, ir_bytes, ir_fps, vis_bytes, vis_fps, rate, chunks, index_kb, day_mb, mib, day_slow = map(float,
+                                                                                                   m.groups())
+    demo = load_config("demo", [])
+    frames = {s: Frame(s, 0, 0, np.zeros((c.height, c.width) + (3,) * (s == "vis"), np.uint8))
+              for s, c in (("ir", demo.ir), ("vis", demo.vis))}
+    assert (ir_bytes, vis_bytes) == tuple(len(encode_image(frames[s], optical_frame(s, c.frame_id)))
+                                          for s, c in (("ir", demo.ir), ("vis", demo.vis)))  # as the recorder names it
+    assert (ir_fps, vis_fps) == (demo.ir.fps, demo.vis.fps)
+    per_s = ir_bytes * ir_fps + vis_bytes * vis_fps  # bytes of frames a second
+    assert rate == round(per_s / 1e6, 1)
+    assert mib == RecordConfig.chunk_mb and RecordConfig.flush_s == 1
+    assert chunks == round(max(1 / RecordConfig.flush_s, per_s / (RecordConfig.chunk_mb * 2**20)), 1)
+    assert index_kb == round(entry * chunks / 1e3, 1)
+    assert abs(day_mb - entry * chunks * 86400 / 1e6) <= 5 and round(entry * 86400 / 1e6) == day_slow
+    measured = _index_bytes_a_chunk(tmp_path)
+    assert 0.75 * entry <= measured <= 1.25 * entry, measured
