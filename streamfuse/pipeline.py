@@ -77,7 +77,8 @@ def _as_json(cfg: PipelineConfig) -> str:
 
 def run_live(cfg: PipelineConfig, *, duration_s: float = 0.0, stop: threading.Event | None = None) -> dict:
     """Capture, fuse and publish until ``stop`` is set, Ctrl-C/SIGTERM/SIGHUP, ``duration_s`` (0 = none; counted from
-    the first fused frame, so that the model's load and the capture's start take none of it) or the sources end.
+    the first fused frame, so that the model's load and the capture's start take none of it, or from the capture's
+    start where none is fused by then) or the sources end.
     Capture runs in processes that start by importing the program's main module, as multiprocessing's do: a program
     calls this under ``if __name__ == "__main__":``.
 
@@ -124,8 +125,9 @@ def _live(cfg: PipelineConfig, duration_s: float, stop: threading.Event, started
         log.info("final: %s", format_stats(snap))
         return snap
     fuser = processor.fuser
-    deadline, failure = float("inf"), ""  # the deadline is set at the first fused frame: duration_s counts from it
+    failure, timed_from_fused = "", False  # duration_s counts from the first fused frame, the capture's start till then
     with pub, _recorder(cfg, frame_ids) as rec, start_producers(cfg.ir, cfg.vis) as producers:
+        deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")  # sources that never pair end
         while not (stop.is_set() or failure) and time.monotonic() < deadline:
             # 1. capture: what arrived since the last turn (a brief wait if nothing has), up to a source's failure
             frames, failure = _drain(producers, stop, deadline)
@@ -143,8 +145,8 @@ def _live(cfg: PipelineConfig, duration_s: float, stop: threading.Event, started
                 tel.count("stale", len(pairs) - 1)
                 unfused = _fuse(processor, pub, tel, pairs[-1])
                 failure = failure or unfused  # a source's failure came first
-                if duration_s > 0 and deadline == float("inf"):
-                    deadline = time.monotonic() + duration_s
+                if duration_s > 0 and not timed_from_fused:
+                    deadline, timed_from_fused = time.monotonic() + duration_s, True
             _report(tel, pub, pairer, producers, fuser, rec, final=False)
         failure = _flush(pairer, processor, pub, tel, failure)
         capture = producers.stats()  # as the loop ended: not the frames overwritten while the recording finishes

@@ -707,21 +707,19 @@ def test_a_live_run_from_files_fuses_the_pair_their_end_makes(tmp_path, monkeypa
     assert counters["pairs"] == 10 and counters["published"] + counters["stale"] == 10
 
 
-@pytest.mark.timeout(150)
-def test_a_duration_counts_from_the_first_fused_frame(monkeypatch, tmp_path):
-    """``--duration 6`` gave about 4 s of frames: it counted from the model's load, and the capture's start (its
-    processes spawned, the sources opened) took the rest. On a clock that moves 10 s a reading until the first frame
-    is fused (a start longer than the whole duration) and then 1 s a fused frame, a 5 s run fuses its first frame and
-    5 more before it ends."""
+def _timed_run(monkeypatch, tmp_path, duration_s: float, start_s: float) -> int:
+    """Frames fused before the loop's end in a run of ``duration_s`` on a clock that stands still but for one step of
+    ``start_s`` at its second reading (the capture's start) and 1 s a fused frame."""
     import types
 
     from streamfuse import pipeline
 
-    clock = {"now": 0.0, "fused": 0, "at_end": None}
+    clock = {"now": 0.0, "readings": 0, "fused": 0, "at_end": None}
     fuse, flush = pipeline._fuse, pipeline._flush
 
     def monotonic() -> float:
-        clock["now"] += 0.0 if clock["fused"] else 10.0
+        clock["readings"] += 1
+        clock["now"] += start_s if clock["readings"] == 2 else 0.0
         return clock["now"]
 
     def fused(*args):
@@ -739,8 +737,21 @@ def test_a_duration_counts_from_the_first_fused_frame(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "_fuse", fused)
     monkeypatch.setattr(pipeline, "_flush", flushed)
     cfg, _ = _live_cfg(endpoint=f"ipc://{tmp_path}/fused")
-    pipeline.run_live(cfg, duration_s=5.0)
-    assert clock["at_end"] == 6
+    pipeline.run_live(cfg, duration_s=duration_s)
+    return clock["at_end"]
+
+
+@pytest.mark.timeout(150)
+def test_a_duration_counts_from_the_first_fused_frame(monkeypatch, tmp_path):
+    # --duration 6 gave about 4 s of frames: it counted from the model's load, the capture's start taking the rest.
+    # A start of 4 s in a 5 s run: its first frame and 5 more are fused
+    assert _timed_run(monkeypatch, tmp_path, 5.0, 4.0) == 6
+
+
+@pytest.mark.timeout(150)
+def test_a_duration_ends_a_run_that_fuses_nothing_within_it_of_the_capture_start(monkeypatch, tmp_path):
+    # counted from a first fused frame alone, a run whose sources never paired would go on until stopped
+    assert _timed_run(monkeypatch, tmp_path, 5.0, 10.0) == 0
 
 
 @pytest.mark.timeout(150)

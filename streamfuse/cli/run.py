@@ -36,7 +36,8 @@ def _parser(prog: str, *, replay: bool) -> argparse.ArgumentParser:
     if not replay:
         parser.add_argument("--duration", type=seconds, default=0.0,
                             help="live: stop after this many seconds of fused frames, counted from the first one (the "
-                                 "model's load and the cameras' start before it are not counted; 0 = until Ctrl-C)")
+                                 "model's load and the cameras' start not counted; from the capture's start where "
+                                 "none is fused by then; 0 = until Ctrl-C)")
     parser.add_argument("--ir", type=_path_text,
                         help="replay: IR video, frame folder or recording (overrides the config)")
     parser.add_argument("--vis", type=_path_text, help="replay: visible video or frame folder (overrides the config)")
