@@ -47,10 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamfuse.capture.shm_hold import in_use
-from streamfuse.capture.shm_ring import process_alive, remove_stale
-from streamfuse.capture.shm_space import SHM_DIR
 from streamfuse.pool_ring import ENTRY_BYTES, RingReader, RingWriter, cpu_supported, ring_size
+from streamfuse.shm_owners import SHM_DIR, in_use, process_alive, remove_stale
 
 __all__ = ["ShmPool", "PoolReader", "PoolError", "NotAPool", "POOL_PREFIX", "MAX_SLOTS", "valid_pool_name",
            "remove_stale_pools", "shm_supported", "ring_supported"]
@@ -174,7 +172,7 @@ class ShmPool:
             raise PoolError(f"cannot create shared memory {path}: {exc.strerror}") from None
         self._finalizer = weakref.finalize(self, _unlink, path)  # also at interpreter exit without close()
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # in use, also to runs in other PID namespaces (shm_hold, remove_stale)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # in use, also to runs in other PID namespaces (shm_owners)
             os.ftruncate(fd, size)
             os.posix_fallocate(fd, 0, size)  # fail now, not with SIGBUS on a full /dev/shm later
             self._m = _Mapping(fd, size, writable=True)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import numpy as np
 import zmq
 
-from streamfuse.capture.shm_space import SHM_DIR
+from streamfuse.shm_owners import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.frames import Frame, FramePair, FusedFrame
 from streamfuse.publish import PublishConfig, Publisher

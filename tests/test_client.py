@@ -25,7 +25,7 @@ from helpers_zmq import (ANY_PORT, MALFORMED, PATIENCE_S, VGA, connect, fused_fr
                          publishing, raw_connect, recv_seq, wait_until, with_header)
 
 from streamfuse import connection_watch
-from streamfuse.capture.shm_space import SHM_DIR
+from streamfuse.shm_owners import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.publish import PublishConfig, Publisher
 from streamfuse.shm_pool import POOL_PREFIX, shm_supported

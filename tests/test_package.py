@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from streamfuse.cli import COMMANDS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -65,6 +67,17 @@ def test_config_loading_needs_no_heavy_imports():
             " load_config(resolve('demo')); print(sorted(m for m in ('torch', 'ot') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
+
+
+@pytest.mark.parametrize("command", ["subscribe", "view", "foxglove"])
+def test_a_consumer_command_loads_no_capture_model_or_kernels(command):
+    # a same-host reader's shared-memory checks came from the capture package, which loads every source kind (PyAV's
+    # containers, MCAP, ROS bags): 0.2-0.3 s of each consumer's start on a loaded machine
+    module = COMMANDS[command].partition(":")[0]
+    heavy = ("streamfuse.capture", "mcap", "torch", "numba")
+    code = f"import sys, {module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "[]"), proc.stderr
 
 
 def _policy(env: dict[str, str], first: str = "") -> list[str]:

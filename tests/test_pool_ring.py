@@ -23,7 +23,7 @@ import pytest
 from helpers_zmq import ANY_PORT, PATIENCE_S, VGA, fused_frame, publishing, wait_until
 
 from streamfuse import pool_ring, shm_pool
-from streamfuse.capture.shm_space import SHM_DIR
+from streamfuse.shm_owners import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.pool_ring import RingError
 from streamfuse.publish import PublishConfig, Publisher

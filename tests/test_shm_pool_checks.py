@@ -107,11 +107,11 @@ def test_a_fifo_or_a_folder_under_a_pools_name_is_refused_at_once(kind: str) -> 
 
 def test_a_running_publishers_pool_is_not_stale_to_a_run_in_another_pid_namespace(monkeypatch) -> None:
     # a container sharing /dev/shm, to which this pid means no process, freed the pool its same-host consumers read
-    from streamfuse.capture import shm_ring
+    from streamfuse import shm_owners
     from streamfuse.shm_pool import remove_stale_pools
 
-    alive = shm_ring.process_alive
-    monkeypatch.setattr(shm_ring, "process_alive", lambda pid: pid != os.getpid() and alive(pid))  # as seen there
+    alive = shm_owners.process_alive
+    monkeypatch.setattr(shm_owners, "process_alive", lambda pid: pid != os.getpid() and alive(pid))  # as seen there
     with ShmPool(2, 64) as pool:
         assert pool.name not in remove_stale_pools()
         assert (SHM / pool.name).exists()

@@ -18,7 +18,7 @@ from multiprocessing import current_process, util
 from pathlib import Path
 from typing import Any
 
-from streamfuse.capture.shm_ring import process_alive
+from streamfuse.shm_owners import process_alive
 
 __all__ = ["PREFIX", "own_folder", "remove_stale"]
 

@@ -32,7 +32,7 @@ loop's rounds: a host stalled as a whole silenced it too, and a slow fusion loop
 
 The processes themselves (forked from a preloaded server, SIGINT and SIGTERM ignored, gone with their parent) are
 ``producer_process``'s. They stop within ``timeout`` seconds of :meth:`Producers.stop` (else they are killed). A start
-frees the shared memory of runs that were killed as a whole (``shm_ring.remove_stale``).
+frees the shared memory of runs that were killed as a whole (``shm_ring.remove_stale_rings``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from streamfuse.capture.producer_process import (StopFlag, check_rings_fit, failed_to_start, how_it_ended,
                                                   process_context, start_process)
-from streamfuse.capture.shm_ring import ShmRing, named_semaphore, remove_stale
+from streamfuse.capture.shm_ring import ShmRing, named_semaphore, remove_stale_rings
 from streamfuse.capture.stall import WatchClock, allowance
 from streamfuse.capture.sources import SourceConfig
 from streamfuse.capture.time_line import left, new_pass, pace_lines
@@ -134,7 +134,7 @@ class Producers:
         paces = pace_lines(self._ctx, cfgs)  # where realtime pacing began, kept across restarts (time_line)
         self._workers = {name: _Worker(name, cfg, pace=paces[name]) for name, cfg in cfgs.items()}
         check_rings_fit(cfgs, self._slots)
-        if removed := remove_stale():
+        if removed := remove_stale_rings():
             log.info("freed %d shared-memory objects left by killed runs: %s", len(removed), " ".join(removed))
         self._stop = StopFlag(self._ctx)
         self._bell = named_semaphore(self._ctx)  # released on every frame written by any producer

@@ -22,10 +22,11 @@ from multiprocessing import forkserver, resource_tracker, spawn
 from typing import Any
 
 from streamfuse.capture.mp_folder import own_folder
-from streamfuse.capture.shm_ring import ShmRing, process_alive
-from streamfuse.capture.shm_space import SHM_DIR, ShmFull, free_bytes
+from streamfuse.capture.shm_ring import ShmRing
+from streamfuse.capture.shm_space import ShmFull, free_bytes
 from streamfuse.capture.sources import Source, SourceConfig, SourceError, open_source
 from streamfuse.errors import one_line, redact
+from streamfuse.shm_owners import SHM_DIR, process_alive
 from streamfuse.signals import HANGUP, STOP_SIGNALS, blocked
 
 __all__ = ["StopFlag", "check_rings_fit", "produce", "process_context", "start_servers", "start_process",

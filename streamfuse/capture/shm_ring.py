@@ -18,7 +18,7 @@ Every lock acquisition has a timeout, so a peer killed while holding the lock ca
 
 Segment and semaphore names carry the creating process's id (``streamfuse_<pid>_<random>``), so when every process
 of a run was killed at once (OOM killer, ``docker kill``) and nothing could unlink them, a later start finds them
-and :func:`remove_stale` frees those whose creator is gone.
+and :func:`remove_stale_rings` frees those whose creator is gone.
 
 >>> import numpy as np
 >>> from streamfuse.frames import Frame
@@ -35,22 +35,19 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import re
 import secrets
-import sys
 import time
 from collections.abc import Iterator
 from multiprocessing import shared_memory, synchronize
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from streamfuse.capture.shm_hold import hold, hold_semaphore, in_use, pid_used_again, release
-from streamfuse.capture.shm_space import SHM_DIR, reserve
+from streamfuse.capture.shm_space import reserve
 from streamfuse.frames import Frame
+from streamfuse.shm_owners import hold, hold_semaphore, release, remove_stale
 
-__all__ = ["ShmRing", "SHM_PREFIX", "named_semaphore", "process_alive", "remove_stale"]
+__all__ = ["ShmRing", "SHM_PREFIX", "named_semaphore", "remove_stale_rings"]
 
 SHM_PREFIX = "streamfuse_"  # every segment name starts with this (/dev/shm/streamfuse_* on Linux)
 _MAGIC = 0x5346_5249_4E47_0001  # "SFRING" v1
@@ -89,54 +86,16 @@ class _NamedSemaphore(synchronize.Semaphore):
 
 
 def named_semaphore(ctx: Any, *, lock: bool = False) -> synchronize.Semaphore:
-    """A process-shared semaphore of ``ctx`` at 0 (a Lock with ``lock``) whose name :func:`remove_stale` can attribute
-    to its creator, held (``shm_hold``) while it lives."""
+    """A process-shared semaphore of ``ctx`` at 0 (a Lock with ``lock``) whose name
+    :func:`~streamfuse.shm_owners.remove_stale` can attribute to its creator, held (:func:`~streamfuse.shm_owners.hold`)
+    while it lives."""
     return hold_semaphore(_NamedLock(ctx=ctx) if lock else _NamedSemaphore(0, ctx=ctx))
 
 
-def process_alive(pid: int) -> bool:
-    """True while process ``pid`` runs. A killed one its parent has not reaped yet (a zombie) is gone where /proc
-    tells (Linux): a parent may reap it only once every holder of its output pipe has closed it (``kill`` then
-    ``subprocess.communicate``), and the producers holding it wait for their consumer to be gone."""
-    if not 0 < pid < 2**31:  # no process's (a name in /dev/shm, which anyone can write, may carry any number)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:  # reaped since, or no /proc (not Linux: the signal test is all there is)
-        return not Path("/proc/self/stat").exists()
-    except ProcessLookupError:  # reaped between the open and the read
-        return False
-    except OSError:
-        return True
-    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")  # the state follows "(command name) "
-
-
-def remove_stale(prefix: str = SHM_PREFIX, directory: Path = SHM_DIR) -> list[str]:
-    """Unlink the segments and semaphores named ``<prefix><pid>_...`` whose creating process is gone (its pid
-    free, or another process's started since) and that nobody holds.
-
-    Only a run killed as a whole leaves them (its own clean-up and its resource tracker died with it). Linux only
-    (elsewhere shared memory is not a listable folder); returns the names removed.
-    """
-    if not sys.platform.startswith("linux") or not directory.is_dir():
-        return []
-    pattern = re.compile(rf"(?:sem\.)?{re.escape(prefix)}(\d+)_")
-    removed = []
-    for path in directory.iterdir():
-        pid = int(match.group(1)) if (match := pattern.match(path.name)) else 0
-        # in use: another PID namespace's. Gone meanwhile: another start got there first; another user's, in a folder
-        # where only its owner may unlink (/dev/shm is sticky): theirs to free, never a reason to stop this run
-        if match and (not process_alive(pid) or pid_used_again(pid, path)) and not in_use(path):
-            with contextlib.suppress(FileNotFoundError, PermissionError):
-                path.unlink()
-                removed.append(path.name)
-    return removed
+def remove_stale_rings() -> list[str]:
+    """Unlink the segments and semaphores of runs whose process is gone (killed as a whole before they could free
+    them; :func:`streamfuse.shm_owners.remove_stale`)."""
+    return remove_stale(SHM_PREFIX)
 
 
 class ShmRing:

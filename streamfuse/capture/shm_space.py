@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 from multiprocessing import shared_memory
-from pathlib import Path
 
-__all__ = ["SHM_DIR", "ShmFull", "free_bytes", "reserve"]
+from streamfuse.shm_owners import SHM_DIR
 
-SHM_DIR = Path("/dev/shm")  # where Linux keeps POSIX shared memory and named semaphores (``sem.<name>``)
+__all__ = ["ShmFull", "free_bytes", "reserve"]
 
 
 class ShmFull(OSError):

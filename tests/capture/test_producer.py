@@ -25,8 +25,8 @@ import pytest
 from helpers_clock import SleptClock
 
 from streamfuse.capture.producer import ProducerEvent, Producers, start_producers
-from streamfuse.capture.shm_ring import remove_stale
-from streamfuse.capture.shm_space import SHM_DIR
+from streamfuse.capture.shm_ring import SHM_PREFIX, remove_stale_rings
+from streamfuse.shm_owners import SHM_DIR
 from streamfuse.capture.sources import BaseSource, SourceConfig
 from streamfuse.frames import Frame
 
@@ -313,7 +313,7 @@ _FORK_SERVER_KILLED = """
 import os, signal, time
 from multiprocessing import forkserver
 from streamfuse.capture.producer import ProducerEvent, start_producers
-from streamfuse.capture.shm_ring import process_alive
+from streamfuse.shm_owners import process_alive
 from streamfuse.capture.sources import SourceConfig
 
 def blocks_sigterm(pid):
@@ -525,7 +525,7 @@ def test_next_start_frees_what_a_killed_process_group_left(tmp_path: Path) -> No
     # this call, and nothing of the group may remain.
     left = set(_owned_by(parent.pid))
     assert left <= set(names) | {n for n in left if n.startswith("sem.")}
-    removed = set(remove_stale())  # what Producers() runs first
+    removed = set(remove_stale_rings())  # what Producers() runs first
     assert not _owned_by(parent.pid) and (not left or left & removed)
 
 
@@ -906,7 +906,6 @@ def test_the_time_lines_locks_are_named_so_a_start_after_a_killed_run_frees_them
     # multiprocessing names a shared array's own lock mp-<random>: every run killed at once (kill -9 of its group)
     # left them in /dev/shm for good, as no start can tell them from another program's
     from streamfuse.capture.producer_process import process_context
-    from streamfuse.capture.shm_ring import SHM_PREFIX
     from streamfuse.capture.time_line import pace_lines
 
     cfg = SourceConfig(kind=kind, path="clip.mkv", width=64, height=48, realtime=True)

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 from helpers_clock import SleptClock
 
-from streamfuse.capture import shm_hold, shm_ring
-from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, named_semaphore, process_alive, remove_stale
-from streamfuse.capture.shm_space import SHM_DIR, ShmFull
+from streamfuse import shm_owners
+from streamfuse.capture import shm_ring
+from streamfuse.capture.shm_ring import SHM_PREFIX, ShmRing, named_semaphore, remove_stale_rings
+from streamfuse.capture.shm_space import ShmFull
 from streamfuse.frames import Frame
+from streamfuse.shm_owners import SHM_DIR, process_alive, remove_stale
 
 # how long a test waits for what must come: a spawned child's start alone took 9-13 s on a loaded 2-core machine
 PATIENCE_S = 60.0
@@ -272,15 +274,15 @@ def test_a_name_with_a_number_no_process_can_have_is_stale_not_an_error(tmp_path
     """/dev/shm is anyone's to write in: a name whose number overflows a pid must not stop every start."""
     for name in ("streamfuse_99999999999_a1", "sem.streamfuse_4294967296_b2", "streamfuse_0_c3"):
         (tmp_path / name).write_bytes(b"")
-    assert sorted(remove_stale(directory=tmp_path)) == ["sem.streamfuse_4294967296_b2", "streamfuse_0_c3",
+    assert sorted(remove_stale(SHM_PREFIX, tmp_path)) == ["sem.streamfuse_4294967296_b2", "streamfuse_0_c3",
                                                         "streamfuse_99999999999_a1"]
     assert not process_alive(2**63) and not process_alive(0)
 
 
 def started_an_hour_later(monkeypatch: pytest.MonkeyPatch) -> None:
     """This process's start, as the test of a pid used again reckons it, an hour after the objects made so far."""
-    clock = shm_hold.time
-    monkeypatch.setattr(shm_hold, "time", types.SimpleNamespace(
+    clock = shm_owners.time
+    monkeypatch.setattr(shm_owners, "time", types.SimpleNamespace(
         time_ns=lambda: clock.time_ns() + 3600 * 10**9, clock_gettime_ns=clock.clock_gettime_ns,
         CLOCK_BOOTTIME=clock.CLOCK_BOOTTIME))
 
@@ -293,9 +295,9 @@ def test_objects_named_for_a_pid_that_a_process_started_since_has_are_stale(tmp_
     names = [f"streamfuse_{os.getpid()}_a1", f"sem.streamfuse_{os.getpid()}_b2"]
     for name in names:
         (tmp_path / name).write_bytes(b"")
-    assert remove_stale(directory=tmp_path) == []  # made since this process started: its own
+    assert remove_stale(SHM_PREFIX, tmp_path) == []  # made since this process started: its own
     started_an_hour_later(monkeypatch)
-    assert sorted(remove_stale(directory=tmp_path)) == sorted(names)
+    assert sorted(remove_stale(SHM_PREFIX, tmp_path)) == sorted(names)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -314,7 +316,7 @@ def test_another_users_stale_object_is_left_to_them(tmp_path, monkeypatch) -> No
         unlink(path, *args, **kwargs)
 
     monkeypatch.setattr(Path, "unlink", sticky)
-    assert remove_stale(directory=tmp_path) == [names[1]]
+    assert remove_stale(SHM_PREFIX, tmp_path) == [names[1]]
     assert [p.name for p in tmp_path.iterdir()] == [names[0]]
 
 
@@ -352,7 +354,7 @@ def test_a_process_reaped_as_its_stat_is_read_is_not_alive(monkeypatch) -> None:
         def read_bytes(self) -> bytes:
             raise ProcessLookupError(errno.ESRCH, os.strerror(errno.ESRCH))
 
-    monkeypatch.setattr(shm_ring, "Path", Reaped)
+    monkeypatch.setattr(shm_owners, "Path", Reaped)
     assert not process_alive(os.getpid())
 
 
@@ -372,9 +374,9 @@ def test_an_owner_that_writes_and_grows_unlinks_every_generation_on_close() -> N
 def test_a_running_rigs_objects_are_not_stale_to_a_run_in_another_pid_namespace(monkeypatch) -> None:
     """A container that shares /dev/shm sees no process of this pid (or another one): its start freed every object
     of the rig running beside it, whose consumers lost its shared memory and whose stop ended in tracebacks."""
-    alive = shm_ring.process_alive
-    monkeypatch.setattr(shm_ring, "process_alive", lambda pid: pid != os.getpid() and alive(pid))  # as seen there
+    alive = shm_owners.process_alive
+    monkeypatch.setattr(shm_owners, "process_alive", lambda pid: pid != os.getpid() and alive(pid))  # as seen there
     with ShmRing("ir", slots=1, slot_bytes=64) as ring:
         names = [ring.name, *(f"sem.{s._semlock.name.lstrip('/')}" for s in (ring._lock, ring._space_bell))]
-        assert not set(names) & set(remove_stale())
+        assert not set(names) & set(remove_stale_rings())
         assert all((SHM_DIR / name).exists() for name in names)
