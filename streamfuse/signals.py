@@ -26,7 +26,8 @@ HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 TERMINATE = (signal.SIGTERM, *HANGUP)  # a service manager's stop; a terminal's hangup (an SSH session that drops)
 _KEPT_IGNORED = (signal.SIGINT, *HANGUP)  # stops that an ignoring parent keeps from this process
-_REDELIVERY = threading.Lock()  # held while a stop waits for the main thread's import or finalizer to end
+_HELD: list[int] = []  # the stop that waits for the main thread's import or finalizer to end (one at a time)
+_HELD_LOCK = threading.Lock()  # guards _HELD: the stop is sent again, or acted on by the block it came in, once
 # finalizers run as a collection frees their object (besides ``__del__``): a stop raised inside one is lost
 _FINALIZERS = {weakref.finalize.__call__.__code__, multiprocessing.util.Finalize.__call__.__code__}
 
@@ -70,8 +71,15 @@ def _held_off(signum: int, frame: FrameType | None) -> bool:
     shelter = _shelter(frame)
     if shelter is None:
         return False
-    if _REDELIVERY.acquire(blocking=False):  # one wait at a time: a second signal meanwhile is the same stop
-        threading.Thread(target=_after_shelter, args=(signum, shelter), name="streamfuse-stop", daemon=True).start()
+    if not _HELD_LOCK.acquire(blocking=False):  # the same stop, being held or sent again as this one came
+        return True
+    try:
+        if _HELD:  # one wait at a time: a second signal meanwhile is the same stop
+            return True
+        _HELD.append(signum)
+    finally:
+        _HELD_LOCK.release()
+    threading.Thread(target=_after_shelter, args=(shelter,), name="streamfuse-stop", daemon=True).start()
     return True
 
 
@@ -88,13 +96,30 @@ def _shelter(frame: FrameType | None) -> FrameType | None:
     return shelter
 
 
-def _after_shelter(signum: int, shelter: FrameType) -> None:
-    """``signum`` again to the main thread once ``shelter`` has returned (polled: neither an import nor a finalizer
-    has a hook at its end); a signal, not a flag, so that it also ends a wait the main thread may be in by then."""
+def _after_shelter(shelter: FrameType) -> None:
+    """The held stop sent again to the main thread once ``shelter`` has returned (polled: neither an import nor a
+    finalizer has a hook at its end), unless the block it came in has ended first and acted on it
+    (:func:`_act_on_held`); a signal, not a flag, so that it also ends a wait the main thread may be in by then."""
     while _runs(shelter):
         time.sleep(0.01)
-    _REDELIVERY.release()  # first: the handler may run, and meet another import, before pthread_kill returns
-    signal.pthread_kill(threading.main_thread().ident, signum)
+    with _HELD_LOCK:  # sent under the lock: a block that ends after this meets it pending, as its handler still stands
+        if _HELD:  # taken first: the handler may run, and meet another import, before pthread_kill returns
+            signal.pthread_kill(threading.main_thread().ident, _HELD.pop())
+
+
+def _act_on_held(frame: FrameType | None) -> None:
+    """The held stop, if the thread that waits to send it again has not yet, acted on now by its handler where that
+    is a function: a block ends (the main thread's ``frame``, out of any import or finalizer). On a loaded machine the
+    thread's turn came after the command had ended: the stop was lost, or met the handlers after the block's."""
+    if not _HELD or _shelter(frame) is not None:
+        return
+    with _HELD_LOCK:
+        signum = _HELD[0] if _HELD else None
+        handler = signal.getsignal(signum) if signum is not None else None
+        if not callable(handler):  # ignored or the default in the block: the handler after it takes the stop
+            return
+        _HELD.clear()
+    handler(signum, frame)
 
 
 def _runs(frame: FrameType) -> bool:
@@ -255,8 +280,11 @@ def handled(handler: Callable[[int, Any], Any] | int, signals: tuple[int, ...] =
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        try:
+            _act_on_held(sys._getframe())  # a stop held off in the block: its handlers' still
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 def said_last(line: str, status: int) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
+from streamfuse import signals
 from streamfuse.signals import (HANGUP, STOP_SIGNALS, TERMINATE, Terminated, blocked, deferred, finished_first, handled,
                                ignore_stops, interrupted, raise_interrupt, raise_terminated, stopped_by)
 
@@ -42,6 +43,32 @@ def test_a_sigterm_during_an_import_stops_the_run_once_the_import_is_over(tmp_pa
         __import__(name)
         threading.Event().wait(PATIENCE_S)  # the stop ends this wait
     assert sys.modules[name].finished
+
+
+def test_a_stop_held_in_an_import_is_acted_on_as_its_block_ends_when_the_thread_that_sends_it_again_comes_late(
+        tmp_path, monkeypatch, frames_read_here_alone):
+    # seen: bench fuse SIGTERMed as its numba kernels loaded ended 0 with all its figures, or by the signal: the
+    # thread that sends a held stop again polls for the import's end, and on a loaded machine its turn came only
+    # after the command had ended and its handlers were gone
+    name = "streamfuse_test_signalled_import_late"
+    (tmp_path / f"{name}.py").write_text("import signal\nsignal.raise_signal(signal.SIGTERM)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    turn = threading.Event()  # the thread's first look at the import comes once the block has ended
+    runs = signals._runs
+    monkeypatch.setattr(signals, "_runs", lambda frame: turn.wait(PATIENCE_S) and runs(frame))
+    after: list[int] = []  # what the handler standing after the block meets
+    with handled(lambda signum, _: after.append(signum), (signal.SIGTERM,)):
+        try:
+            with pytest.raises(Terminated, match=r"^interrupted \(SIGTERM\)$"):
+                with handled(raise_terminated, (signal.SIGTERM,)):
+                    __import__(name)
+        finally:
+            turn.set()
+            for thread in threading.enumerate():
+                if thread.name == "streamfuse-stop":
+                    thread.join(PATIENCE_S)
+    assert after == []  # acted on once, by the block it came in
 
 
 class _Finalized:
