@@ -33,6 +33,14 @@ def _load(tmp: Path, **env: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+def _in_process(tmp: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """This process's environment and temporary directory as ``_load`` gives its interpreter, for set_cache_dir."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    for name, value in {"USER": USER, "LOGNAME": USER, **env}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+
 def _plant(default: Path, kind: str, tmp: Path) -> None:
     if kind == "file":
         default.write_text("")
@@ -66,10 +74,7 @@ def test_a_planted_default_folder_is_not_used(tmp_path, kind):
                                   pytest.param("another user's folder", marks=needs_root)])
 def test_a_default_folder_not_this_users_alone_is_not_used(tmp_path, monkeypatch, kind):
     _plant(tmp_path / f"torchinductor_{USER}", kind, tmp_path)
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    monkeypatch.setenv("USER", USER)
-    monkeypatch.setenv("LOGNAME", USER)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _in_process(tmp_path, monkeypatch)
     set_cache_dir()
     private = tmp_path / f"streamfuse-torch-{os.getuid()}"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(private)
@@ -86,9 +91,13 @@ def test_a_run_of_its_own_is_used_where_the_private_folder_is_taken_too(tmp_path
     assert not used.exists()  # removed as the run ended
 
 
-def test_torchs_own_folder_and_the_users_choice_are_kept(tmp_path):
+def test_torchs_own_folder_and_the_users_choice_are_kept(tmp_path, monkeypatch):
     done = _load(tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / f"torchinductor_{USER}")  # torch's choice, made by torch
-    chosen = tmp_path / "chosen"
-    assert _load(tmp_path, TORCHINDUCTOR_CACHE_DIR=str(chosen)).stdout.strip() == str(chosen)
+    # the user's choice, set where torch's own could not be used, is left alone (in this process: no torch to start)
+    (tmp := tmp_path / "planted").mkdir()
+    _plant(tmp / f"torchinductor_{USER}", "file", tmp)
+    _in_process(tmp, monkeypatch, TORCHINDUCTOR_CACHE_DIR=str(tmp / "chosen"))
+    set_cache_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp / "chosen")
