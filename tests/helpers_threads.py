@@ -17,7 +17,9 @@ PATIENCE_S = 60.0  # the longest a poll waits for a moment that must come (a loa
 
 
 class Watch:
-    """The calls of the thread that enters it, until it leaves it, asked about by any thread."""
+    """The calls of the thread that enters it, until it leaves it, asked about by any thread. A stop's handler that
+    raises as the hook runs (a signal is handled at any call) ends the watch: CPython drops a profile hook that
+    raises. Once a test has sent its stops, it asks the code's own state what the thread does, not the watch."""
 
     def __init__(self) -> None:
         self._names: list[str] = []  # the functions entered since the watch began and still running, innermost last

@@ -717,7 +717,7 @@ def test_a_second_stop_as_seal_waits_for_the_encoder_thread_leaves_it_the_file_t
 
     def release_as_main_gives_up() -> None:  # as it stops waiting (now), or as abort() waits for the thread (before)
         deadline = time.monotonic() + 60  # else released anyway: the test then fails on its counts, not hangs
-        while not (main_watch.runs("abandon") or main_watch.waits_in("abort")) and time.monotonic() < deadline:
+        while not (w._worker.abandoned or main_watch.waits_in("abort")) and time.monotonic() < deadline:
             time.sleep(0.005)
         held.release.set()
 

@@ -270,11 +270,16 @@ def test_a_stop_whose_wait_for_the_encoder_lasts_says_that_a_second_one_ends_it(
     assert err.interrupted and said.is_set()
 
 
-def test_a_second_sigterm_ends_the_wait_for_the_encoder_as_its_line_says(tmp_path, pair, monkeypatch, main_watch):
+def test_a_second_sigterm_ends_the_wait_for_the_encoder_as_its_line_says(tmp_path, pair, monkeypatch):
     # the first SIGTERM left the next ones ignored: the line said a second one stopped at once, yet it did nothing
     stalled, release, held, said, ended = (threading.Event() for _ in range(5))
+    writers: list[VideoWriter] = []
 
     class Writer(VideoWriter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            writers.append(self)
+
         def _encode(self, item):
             if self.count > 6:  # the stop comes while this frame is in the encoder's hands; the next ones stall too
                 first = not stalled.is_set()
@@ -289,7 +294,7 @@ def test_a_second_sigterm_ends_the_wait_for_the_encoder_as_its_line_says(tmp_pat
             os.kill(os.getpid(), signal.SIGTERM)
         # the frame in hand is let through once the stop gives up the queue behind it (or, never, the patience)
         deadline = time.monotonic() + PATIENCE_S
-        while not main_watch.runs("abandon") and time.monotonic() < deadline:
+        while not (writers and writers[0]._worker.abandoned) and time.monotonic() < deadline:
             ended.wait(0.005)
         release.set()
         ended.wait(PATIENCE_S)  # the queue stays stalled until the run has ended (or, never ended, the patience)
@@ -309,12 +314,14 @@ def test_a_wait_after_a_second_stop_says_that_a_third_one_ends_it(tmp_path, pair
     # a second stop cut the encoder's last frame short, and the wait for its thread to close the file (a stalled disk)
     # said "a second Ctrl-C or SIGTERM stops at once", though two had come
     in_hand, release, said = threading.Event(), threading.Event(), threading.Event()
+    writers: list[VideoWriter] = []
 
     class Writer(VideoWriter):
         handled = 0
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            writers.append(self)
             get = self._worker._queue.get  # past the last frame the thread's end is held, as a stalled disk holds it
             self._worker._queue.get = lambda *a, **kw: (not release.is_set() or said.wait(PATIENCE_S)) and get(*a, **kw)
 
@@ -331,7 +338,7 @@ def test_a_wait_after_a_second_stop_says_that_a_third_one_ends_it(tmp_path, pair
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the first lets the encoder finish
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # the second cuts it short
         deadline = time.monotonic() + PATIENCE_S  # missed: the run goes on, and the checks below fail
-        while not main_watch.runs("abandon") and time.monotonic() < deadline:  # its lock: for the frame in hand,
+        while not writers[0]._worker.abandoned and time.monotonic() < deadline:  # its lock: for the frame in hand,
             time.sleep(0.005)  # then the thread closes the file
         release.set()
 
