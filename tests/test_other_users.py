@@ -133,7 +133,8 @@ def test_subscribing_to_another_users_socket_says_why_it_cannot_connect():
 def test_a_save_folder_this_user_cannot_write_is_refused_before_any_frame(capfd):
     # refused only at the first frame: "cannot write .../fused_00000287.png: Permission denied", once one came
     with shared_folder(0o755) as folder:
-        said = as_other_user("import sys\nfrom streamfuse.subscribe import main\nsys.exit(main(argv))",
+        # locale: the usage error's translation imports it there on Python 3.10 (its library may be root's alone)
+        said = as_other_user("import locale\nimport sys\nfrom streamfuse.subscribe import main\nsys.exit(main(argv))",
                              argv=["tcp://127.0.0.1:1", "--save", folder, "--timeout", "0.1", "--first-timeout", "0.1"])
         assert said == "SystemExit: 2"
         assert capfd.readouterr().err.splitlines() == [f"streamfuse subscribe: error: cannot write into the --save "
