@@ -35,19 +35,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Literal
 
 from streamfuse.checks import check
 from streamfuse.frames import Frame, FramePair
 
-__all__ = ["SyncConfig", "Pairer", "STREAMS", "OTHER", "CLOCK_STEP_NS"]
+__all__ = ["SyncConfig", "Pairer", "STREAMS", "OTHER", "CLOCK_STEP_NS", "QUEUE_SIZE_MAX"]
 
 log = logging.getLogger(__name__)
 
 STREAMS = ("ir", "vis")
 OTHER = {"ir": "vis", "vis": "ir"}  # each stream's partner
 CLOCK_STEP_NS = 100 * 10**6  # a capture time this far before its stream's newest is a stepped clock, not jitter
+QUEUE_SIZE_MAX = 10_000  # the largest sync.queue_size
 LEAD_MARGIN = 1.1  # latest mode, lead auto: the other stream leads once its frame interval is this much shorter
 
 
@@ -73,7 +74,8 @@ class SyncConfig:
     def __post_init__(self) -> None:
         check(self.mode in ("slop", "latest"), "mode", self.mode, "slop | latest")
         check(0.0 < self.slop_ms <= 10_000.0, "slop_ms", self.slop_ms, "0 < slop_ms <= 10000")
-        check(2 <= self.queue_size <= 10_000, "queue_size", self.queue_size, "2 <= queue_size <= 10000")
+        check(2 <= self.queue_size <= QUEUE_SIZE_MAX, "queue_size", self.queue_size,
+              f"2 <= queue_size <= {QUEUE_SIZE_MAX}")
         check(self.lead in ("auto", "ir", "vis"), "lead", self.lead, "auto | ir | vis")
         check(0.0 < self.hold_ms <= 60_000.0, "hold_ms", self.hold_ms, "0 < hold_ms <= 60000")
 
@@ -90,6 +92,7 @@ class _Input:
         self.queue: deque[Frame] = deque()
         self.on_left = on_left  # told of each frame that leaves the queue unpaired or dropped
         self.maxlen = maxlen
+        self.most = 0  # the most frames the queue held before its bound was applied: a larger bound changes nothing
         self.newest_ns: int | None = None  # largest capture time received
         self.horizon_ns: int | None = None  # capture time of the last frame that left the queue
         self.intervals: deque[int] = deque(maxlen=8)  # recent positive capture-time gaps, ns
@@ -187,6 +190,27 @@ class Pairer:
         inp, newest = self._in[stream], self._held[stream]
         return {f.t_capture_ns for f in (*inp.queue, inp.suspect, newest) if f is not None}
 
+    def most_queued(self) -> int:
+        """The most frames either queue held before its bound was applied: with any ``queue_size`` from this one on,
+        this pairer would have paired, left and dropped the same frames."""
+        return max(inp.most for inp in self._in.values())
+
+    def resized(self, queue_size: int, on_left: Callable[[Frame, str], None] | None = None) -> Pairer:
+        """A copy of this pairer as it stands, the frames it holds shared, whose queues hold ``queue_size`` frames from
+        here on and that tells ``on_left`` of the frames leaving them."""
+        twin = object.__new__(Pairer)  # copied by hand: copy.copy took most of a replay's OrderLag time
+        twin.__dict__.update(self.__dict__)
+        if queue_size != self.cfg.queue_size:
+            twin.cfg = replace(self.cfg, queue_size=queue_size)
+        twin._held, twin._held_used = dict(self._held), dict(self._held_used)
+        twin._in = {}
+        for s, inp in self._in.items():
+            twin._in[s] = same = object.__new__(_Input)
+            same.__dict__.update(inp.__dict__)
+            same.queue, same.intervals = deque(inp.queue), deque(inp.intervals, maxlen=8)
+            same.maxlen, same.on_left = queue_size, on_left
+        return twin
+
     def stats(self) -> dict:
         """Per-source counters ``{"ir": {...}, "vis": {...}}`` (received, paired, unpaired, dropped, queued,
         clock_steps), plus ``pairs`` and the pairs' capture-time skew ``skew_ms_mean`` / ``skew_ms_max`` (ms)."""
@@ -265,6 +289,7 @@ class Pairer:
             i -= 1
         inp.queue.insert(i, frame)
         pairs = self._match(ended=False)
+        inp.most = max(inp.most, len(inp.queue))
         if len(inp.queue) > inp.maxlen:  # the other stream is stalled or far behind: bound the queue
             # a frame waiting for a partner nearer than the one it has pairs with that one now: the later frame it
             # waits for has not come (an IR camera pausing for its shutter), and dropping the frame lost the pair

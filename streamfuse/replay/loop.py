@@ -195,7 +195,7 @@ class _Replay:
         wait_ns, busy_ns = self.clock.ns["decode"], self.clock.ns["decode_thread"]
         if self.ir.cfg.kind == "mcap" and self.cfg.replay.pacing == "fast":
             sources = {"recording": RecordedOrder(self.ir, self.vis)}
-            self.lag = OrderLag(self.cfg.sync.tolerance_ns)
+            self.lag = OrderLag(self.cfg.sync)
             opened.append(sources["recording"])
         else:
             sources = {}
@@ -221,7 +221,7 @@ class _Replay:
         for frame, t_ns, next_ns in merged(readers):
             s.frames[frame.stream] += 1
             if self.lag is not None:
-                self.lag.read(frame.stream, t_ns)
+                self.lag.read(frame, t_ns)
             self.times.read(frame, t_ns)
             if frame.stream == "vis":
                 bar.update(1)

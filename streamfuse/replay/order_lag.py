@@ -1,98 +1,150 @@
-"""How late one topic's messages come in a recording's recorded order, which a fast replay reads it in.
+"""How large the pairer's queue must be for a recording read in its recorded order, which a fast replay reads it in.
 
 A bag logs a message when it arrives: a thermal camera's frames reach it later after capture than a visible
 camera's, so in the bag each thermal frame comes after the visible frames captured up to its delay later. The
 pairer's queue (``sync.queue_size``) must hold those visible frames while the thermal one is on its way; a fast
 replay reads one message after the other, so a smaller queue drops them (every pair after the first few, at a
-constant delay), with no back-pressure to help. :class:`OrderLag` measures the queue that would have held them.
+constant delay), with no back-pressure to help.
+
+:class:`OrderLag` says the least queue size that drops none of them by running the pairer itself on the frames' times,
+their images left out (a model of its rules was off by a frame where a frame passed over for a nearer one, or one
+with no partner near, waited). A queue of q frames behaves as the largest
+(:data:`~streamfuse.sync.QUEUE_SIZE_MAX`) until the largest first holds more than q at once; from then on a pairer of
+that size runs on its own, from a copy of the largest one's state, while it drops no frame that could pair.
+
+A frame that pairs at no size, with no frame of the other stream within the pairing tolerance (before the other
+stream's first frame, after its last, or in its gap), is dropped by a small queue where a large one leaves it
+unpaired: the replay counts it outside the other's span or unpaired, not dropped
+(:mod:`~streamfuse.replay.left_frames`), and so does this, on the same time lines: the size said is the least at
+which the replay drops no frame, which can be less than the least at which the pairer drops none.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
+from bisect import bisect_left, insort
+from dataclasses import dataclass, replace
 
-from streamfuse.frames import STREAM_NAMES
-from streamfuse.sync import OTHER
+import numpy as np
+
+from streamfuse.frames import STREAM_NAMES, Frame
+from streamfuse.sync import OTHER, QUEUE_SIZE_MAX, Pairer, SyncConfig
 
 __all__ = ["OrderLag"]
 
-_KEPT = 1 << 16  # times kept per stream: bounds the memory where one stream's frames stop coming
+# time lines kept per stream, and dropped frames per size awaiting the other stream: bounds the memory where one
+# stream's frames stop coming (its next frame, were it to come, is taken to be logged less than that far behind)
+_KEPT = 1 << 16
+# queue sizes run on their own at once, the least first: the larger ones past it are not run (a size that pairs them
+# is still said, the least that the largest pairer's queue ever held, with "or less")
+_SIZES = 32
+_NO_IMAGE = np.zeros((1, 1), np.uint8)
+
+
+@dataclass
+class _Read(Frame):
+    """A frame read, its image left out: its capture time for the pairer, its time line for the verdicts."""
+
+    line_ns: int = 0
+
+
+class _Size:
+    """One queue size's pairer, and its dropped frames whose verdict waits for the other stream's frames."""
+
+    def __init__(self, lag: OrderLag, pairer: Pairer, queue_size: int) -> None:
+        self.pairer = pairer.resized(queue_size, lambda frame, outcome: lag.left(self, frame, outcome))
+        self.waiting: dict[str, list[int]] = {s: [] for s in OTHER}  # dropped frames' time lines, ns
+        self.dropped = False  # a frame that could pair
 
 
 class OrderLag:
-    """The most frames of each stream read before a frame of the other stream that one of them still had to pair
-    with, or came after them: how many its queue had to hold.
-
-    A frame is paired as it is read where a frame of the other stream after it is already in (late IR frames find
-    their visible partners waiting): its partner and the frames before that one leave the other stream's queue. Where
-    that partner came after it, its own stream's next frame decides: the pairer pairs two frames only where each is
-    the other's nearest, so a next frame nearer that partner takes it, and the first goes unpaired. One that comes
-    first waits for the other stream's next frame, which decides it (its partner may be that one).
+    """The least ``sync.queue_size`` at which a replay that reads frames in this order drops none (:attr:`needed`).
 
     Args:
-        slop_ns: the pairing tolerance; a frame within it of a later one's time may be its partner.
+        sync: the sync section the replay pairs with.
     """
 
-    def __init__(self, slop_ns: int) -> None:
-        self._slop_ns = slop_ns
-        self._times: dict[str, deque[int]] = {s: deque(maxlen=_KEPT) for s in OTHER}
-        # each stream's latest time: its deque is trimmed as the other stream's frames come
-        self._last: dict[str, int | None] = {s: None for s in OTHER}
-        self._waits: dict[str, int | None] = {s: None for s in OTHER}  # a frame not yet paired, for want of a later one
-        # the nearest partner of a stream's latest frame where it came after that frame: the stream's next frame
-        # may be nearer that one
-        self._pending: dict[str, int | None] = {s: None for s in OTHER}
-        self.needed = {s: 0 for s in OTHER}
+    def __init__(self, sync: SyncConfig) -> None:
+        self._tolerance_ns = sync.tolerance_ns
+        self._largest = _Size(self, Pairer(replace(sync, queue_size=QUEUE_SIZE_MAX)), QUEUE_SIZE_MAX)
+        self._most = 0  # the most frames the largest pairer's queue held: from this size on, each behaves as it
+        self._sizes: dict[int, _Size] = {}  # the smaller ones run on their own that dropped no frame that could pair
+        self._left_out = QUEUE_SIZE_MAX + 1  # the least size not run for want of room (_SIZES)
+        self._lines = {s: array("q") for s in OTHER}  # each stream's time lines read, rising
+        self._count = {s: 0 for s in OTHER}
 
-    def read(self, stream: str, t_ns: int) -> None:
-        """One frame of ``stream`` at ``t_ns`` (ns, its time line), in recorded order."""
-        other = OTHER[stream]
-        own, waiting, last = self._times[stream], self._times[other], self._last[stream]
-        if last is not None and t_ns < last:  # a clock stepped back: the times before it tell nothing of the new ones
-            own.clear()
-            waiting.clear()
-            last = self._waits[stream] = self._waits[other] = self._pending[stream] = self._pending[other] = None
-        # the previous frame of this stream, while it waited for a partner, kept the other stream's frames from its
-        # time on queued; those before it never pair
-        since = t_ns if last is None else last
-        while waiting and waiting[0] < since - self._slop_ns:
-            waiting.popleft()
-        # this stream's previous frame, if its partner came after it: a full queue pairs the two at once, so
-        # neither that partner nor those before it count (this frame's own partner is no earlier, and takes them)
-        pending, self._pending[stream] = self._pending[stream], None
-        self.needed[other] = max(self.needed[other],
-                                 len(waiting) - (sum(t <= pending for t in waiting) if pending is not None else 0))
-        own.append(t_ns)
-        self._last[stream] = t_ns
-        if (waits := self._waits[other]) is not None and t_ns >= waits:  # the other stream's frame is decided now
-            self._waits[other] = None
-            if (partner := self._partner(waits, own)) is not None:
-                _leave(own, partner)
-        self._waits[stream] = None
-        if waiting and waiting[-1] >= t_ns:
-            if (partner := self._partner(t_ns, waiting)) is not None and partner > t_ns:
-                self._pending[stream] = partner
-            elif partner is not None:
-                _leave(waiting, partner)
-        else:
-            self._waits[stream] = t_ns
+    @property
+    def needed(self) -> int | None:
+        """The least queue size at which the replay drops no frame (None where none up to the largest does)."""
+        if self._sizes:
+            return min(self._sizes)
+        return None if self._largest.dropped else max(self._most, 2)
 
-    def _partner(self, t_ns: int, times: deque[int]) -> int | None:
-        """The nearest of ``times`` to ``t_ns`` within the tolerance, if any."""
-        near = [t for t in times if abs(t - t_ns) <= self._slop_ns]
-        return min(near, key=lambda t: abs(t - t_ns)) if near else None
+    @property
+    def least(self) -> bool:
+        """Whether :attr:`needed` is the least such size, not only one (sizes were left out, :data:`_SIZES`)."""
+        return self.needed is None or self.needed < self._left_out
+
+    def read(self, frame: Frame, line_ns: int) -> None:
+        """One frame, in recorded order, at ``line_ns`` on its stream's time line (which rises frame by frame)."""
+        stream = frame.stream
+        read = _Read(stream, self._count[stream], frame.t_capture_ns, _NO_IMAGE, line_ns=line_ns)
+        self._count[stream] += 1
+        self._seen(stream, line_ns)
+        # the largest pairer as it stood: the sizes its queue outgrows now behaved as it until this frame
+        before = self._largest.pairer.resized(QUEUE_SIZE_MAX) if len(self._sizes) < _SIZES else None
+        for size in (self._largest, *self._sizes.values()):
+            size.pairer.push(read)
+        self._sizes = {q: size for q, size in self._sizes.items() if not size.dropped}
+        most = self._largest.pairer.most_queued()
+        for q in range(max(self._most, 2), min(most, QUEUE_SIZE_MAX)):
+            if before is None or len(self._sizes) >= _SIZES:
+                self._left_out = min(self._left_out, q)
+                break
+            size = _Size(self, before, q)
+            size.pairer.push(read)
+            if not size.dropped:
+                self._sizes[q] = size
+        self._most = max(self._most, most)
+
+    def left(self, size: _Size, frame: _Read, outcome: str) -> None:
+        """A frame ``size``'s pairer left ``unpaired`` or ``dropped`` (its ``on_left``)."""
+        other = OTHER[frame.stream]
+        if outcome != "dropped" or size.dropped:
+            return
+        lines, t = self._lines[other], frame.line_ns
+        i = bisect_left(lines, t - self._tolerance_ns)
+        if i < len(lines) and lines[i] <= t + self._tolerance_ns:  # a frame of the other stream near: it could pair
+            size.dropped = True
+        elif not lines or lines[-1] <= t + self._tolerance_ns:  # one may yet come near it
+            waiting = size.waiting[frame.stream]
+            insort(waiting, t)
+            del waiting[:max(len(waiting) - _KEPT, 0)]
+
+    def _seen(self, stream: str, line_ns: int) -> None:
+        """A frame of ``stream`` read: the other stream's dropped frames near it could pair; those before it by more
+        than the tolerance no frame of it still to come is near."""
+        lines = self._lines[stream]
+        lines.append(line_ns)
+        if len(lines) > 2 * _KEPT:
+            del lines[:_KEPT]
+        lo, hi = line_ns - self._tolerance_ns, line_ns + self._tolerance_ns
+        for size in (self._largest, *self._sizes.values()):
+            waiting = size.waiting[OTHER[stream]]
+            i = bisect_left(waiting, lo)
+            size.dropped |= i < len(waiting) and waiting[i] <= hi
+            del waiting[:i]
 
     def note(self, dropped: dict[str, int], queue_size: int) -> str:
-        """Why the pairer dropped ``dropped`` frames per stream, and the ``sync.queue_size`` that pairs them; ''
-        when its queue held what this recording needs."""
+        """Why the pairer dropped ``dropped`` frames per stream (as the replay counts them), and the
+        ``sync.queue_size`` that pairs them; '' when its queue held what this recording needs."""
+        needed = self.needed
+        if needed is None:
+            advice = f"no sync.queue_size up to {QUEUE_SIZE_MAX} holds them"
+        else:
+            advice = f"replay with --set sync.queue_size={needed}{'' if self.least else ' or less'} to pair them"
         notes = [f"{dropped[s]} {STREAM_NAMES[s]} frames were dropped waiting for {STREAM_NAMES[OTHER[s]]} frames "
                  f"recorded later than the pairer's queue holds them (sync.queue_size {queue_size}; a fast replay "
-                 f"reads a recording in its recorded order): replay with --set sync.queue_size={self.needed[s]} to "
-                 f"pair them" for s in OTHER if dropped[s] and self.needed[s] > queue_size]
+                 f"reads a recording in its recorded order): {advice}"
+                 for s in OTHER if dropped[s] and (needed is None or needed > queue_size)]
         return "; ".join(notes)
-
-
-def _leave(times: deque[int], partner: int) -> None:
-    """``partner`` paired: it and the times before it leave ``times``."""
-    while times and times[0] <= partner:
-        times.popleft()
