@@ -93,3 +93,52 @@ def test_an_error_met_reading_ahead_comes_after_the_frames_before_it():
     assert [next(got).t_capture_ns, next(got).t_capture_ns] == [0, 10]
     with pytest.raises(ValueError, match="damaged"):
         next(got)
+
+
+
+def _rare_thermal(n: int, every: int, order=lambda i: i) -> list[Frame]:
+    """A raw 1080p camera's frames (their images broadcast, 6 MB each as a bag holds them) and a thermal camera's at
+    one in ``every``, stamped ``order(i)`` thermal frames on, in the order a bag logs them."""
+    big, small = np.broadcast_to(np.uint8(0), (1080, 1920, 3)), np.zeros((2, 2), np.uint8)
+    frames = []
+    for i in range(n):
+        if i % every == 0:
+            frames.append(Frame("ir", i // every, T0 + order(i // every) * every * PERIOD, small))
+        frames.append(Frame("vis", i, T0 + i * PERIOD, big))
+    return frames
+
+
+def test_a_rare_streams_look_ahead_holds_the_other_streams_raw_images_up_to_its_budget():
+    # looking for the next 4 frames of a thermal camera 32 times rarer, the look-ahead held 63 of a raw 1080p camera's
+    # messages: 390 MB
+    from streamfuse.capture.stamp_order import BUDGET
+
+    bag, held, most = _rare_thermal(8 * 32, 32), [], [0]
+
+    def read():
+        for frame in bag:
+            held.append(frame)
+            most[0] = max(most[0], sum(f.image.nbytes for f in held if f.stream == "vis"))
+            yield frame, True
+
+    got = []
+    for frame in in_stamp_order(read()):
+        got.append(frame)
+        held.remove(frame)
+    assert got == bag  # stamps that rise come out as logged
+    assert BUDGET <= most[0] < BUDGET + 2 * bag[1].image.nbytes
+
+
+def test_frames_left_out_of_stamp_order_where_the_budget_cut_the_look_short_are_said(caplog, monkeypatch):
+    # a thermal camera at 10 fps swapped two by two: its next frame lies 3 raw 1080p messages on, past a budget of 2,
+    # so each second frame comes after the one stamped after it (the pairer leaves it unpaired), and this is said
+    from streamfuse.capture import stamp_order
+
+    monkeypatch.setattr(stamp_order, "BUDGET", 2 * 1080 * 1920 * 3)
+    bag = _rare_thermal(8 * 3, 3, lambda i: i ^ 1)
+    with caplog.at_level("WARNING"):
+        got = [f.t_capture_ns for f in in_stamp_order(((f, True) for f in bag), name="bag.mcap") if f.stream == "ir"]
+    assert got == [f.t_capture_ns for f in bag if f.stream == "ir"]
+    assert "bag.mcap: 4 IR frames came after a later-stamped one and were left there, unpaired" in caplog.text
+    monkeypatch.setattr(stamp_order, "BUDGET", 4 * 1080 * 1920 * 3)  # within it, they are put back
+    assert [f.t_capture_ns for f in in_stamp_order((f, True) for f in bag) if f.stream == "ir"] == sorted(got)

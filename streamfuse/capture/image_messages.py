@@ -46,6 +46,11 @@ class ImageMessage:
         self._schema, self._encoding = kind
         self._data, self._read, self._images = data, read, images
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of its message held."""
+        return len(self._data)
+
     def frame(self) -> Frame:
         """Its frame, the image decoded now (SourceError, one line, where it cannot be)."""
         return self._images.frame(self)

@@ -172,7 +172,8 @@ def read_recording(path: str | os.PathLike, topics: dict[str, str] | None = None
     A bag's frames whose stamps go back within their stream are put back in stamp order
     (:mod:`~streamfuse.capture.stamp_order`); our recordings' are read as recorded.
     """
-    return in_stamp_order(_read_ahead(path, topics or TOPICS, palette, warn), ImageMessage.frame)
+    return in_stamp_order(_read_ahead(path, topics or TOPICS, palette, warn), ImageMessage.frame,
+                          lambda message: message.nbytes, str(path))
 
 
 def _read_ahead(path: str | os.PathLike, topics: dict[str, str], palette: str,
