@@ -3,15 +3,16 @@ new bytes through the old file's index, so the rest of its pass is lost (undecod
 one renamed over it (``mv``) is another file, which leaves the open one whole. Told by the file's status before each
 frame and after an error, and where only its time changed, by blocks of its bytes (a ``touch`` changes nothing the
 container reads; ``cp`` of a file of the same size keeps the inode and size too) or, where those blocks are the same,
-by an error decoding it after that change (unless the blocks cover the whole file, as they do one of up to 256 KiB,
-and are the same: then it was only touched, and its error is its own): the rest of the pass is counted lost, and the
-new file plays once its copy has settled, from where the pass would have ended (the other input's pass goes on
-meanwhile, so the two stay paired in step). A new file that fails in turn (unchanged since it opened) ends the
-source in one line, as any corrupt file does."""
+by an error decoding it after that change, where the file, once settled, no longer holds the packet that failed (a
+touched file still does, and its error is its own, as it is where the blocks cover the whole file, up to 256 KiB, and
+are the same): the rest of the pass is counted lost, and the new file plays once its copy has settled, from where the
+pass would have ended (the other input's pass goes on meanwhile, so the two stay paired in step). A new file that
+fails in turn (unchanged since it opened) ends the source in one line, as any corrupt file does."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -70,6 +71,22 @@ def _same_bytes(mark: Mark, other: Mark) -> bool:
     return mark[1] == other[1] <= _SAMPLES * _BLOCK and mark[3] == other[3]
 
 
+def packet_again(path: str, number: int, options: dict[str, str]) -> tuple[int, bytes] | None:
+    """The position and bytes of the ``number``-th video packet with data (from 1) that a fresh open of ``path`` with
+    FFmpeg ``options`` reads; None where it reads no such packet."""
+    import av
+
+    from streamfuse.video import LENIENT_TAGS
+
+    try:
+        with av.open(path, options=options, **LENIENT_TAGS) as container:
+            packets = (p for p in container.demux(container.streams.video[0]) if p.size)
+            packet = next(itertools.islice(packets, number - 1, None), None)
+            return None if packet is None else (packet.pos, bytes(packet))
+    except (av.FFmpegError, OSError, IndexError, UnicodeDecodeError):
+        return None
+
+
 def settle(path: str, wait: Callable[[float], object]) -> None:
     """Return once ``path`` has stayed unchanged for :data:`SETTLE_S`, or after :data:`_MOST_S`; ``wait(s)`` sleeps,
     returning true when the run stops (then at once)."""
@@ -84,7 +101,8 @@ class CopiedOver:
     """The video file source's side of it: ``_read`` goes on with the new file. The source keeps ``_mark`` (the
     file's :func:`file_mark` taken before each open, renewed where only its time changed) and ``_mark_at_open`` (the one
     taken before the open) and has ``_next_frame`` (this pass's next frame), ``_new_pass``
-    (the next pass, one period after the last frame), ``_times`` (its ``FileClock``), ``_where`` and its
+    (the next pass, one period after the last frame), ``_times`` (its ``FileClock``), ``_where``, ``_options`` (the
+    FFmpeg options it opens with), ``_failed`` (the packet its decoder failed on and its number, or None) and its
     container's announced length (``_expected`` frames, or ``_container``'s end)."""
 
     def _read(self) -> Frame | None:
@@ -92,17 +110,25 @@ class CopiedOver:
             if not self._copied_over():
                 return self._next_frame()
         except SourceError:
-            if not self._copied_over() and not self._retimed():
+            if not self._copied_over() and not self._rewritten():
                 raise
         return self._next_file()
 
-    def _retimed(self) -> bool:
-        """Whether the file's time changed since it opened, its inode and size the same: bytes rewritten in place
-        where no sampled block shows them, which the decoder then fails on (a read of the whole file at each change
-        of its time would hold a long clip's source for seconds). One only touched and corrupt of its own fails in
-        turn once opened again, unchanged since."""
-        return None not in (self._mark, self._mark_at_open) and self._mark[2] != self._mark_at_open[2] and \
-            not _same_bytes(self._mark, self._mark_at_open)
+    def _rewritten(self) -> bool:
+        """Whether the file, its time changed since it opened and its inode and size the same, had bytes rewritten in
+        place where no sampled block shows them, which the decoder then failed on (a read of the whole file at each
+        change of its time would hold a long clip's source for seconds): it changes again while it settles (a copy
+        at work), or a fresh open reads other bytes for the packet that failed. Where it holds that packet still,
+        the file was only touched and the error is its own; only this error pays for the file read again."""
+        if None in (self._mark, self._mark_at_open) or self._mark[2] == self._mark_at_open[2] or \
+                _same_bytes(self._mark, self._mark_at_open):
+            return False
+        if self._failed is None:  # no packet failed (a pass that ended short): taken as a copy's, as before
+            return True
+        mark, (packet, number) = self._mark, self._failed
+        settle(self.cfg.path, self._wait)
+        return file_mark(self.cfg.path) != mark or \
+            packet_again(self.cfg.path, number, self._options()) != (packet.pos, bytes(packet))
 
     def _copied_over(self) -> bool:
         if not self.cfg.loop or self.live:
@@ -116,9 +142,16 @@ class CopiedOver:
         self.warn(f"{self.section}: {self.cfg.path}: the file changed while it played (copied over?) {self._where()}: "
                   f"{f'its last {lost} frames are lost' if lost else 'the rest of its pass is lost'}; its next pass "
                   f"plays the new file")
-        settle(self.cfg.path, self.stop_event.wait if self.stop_event is not None else time.sleep)
+        settle(self.cfg.path, self._wait)
         self._times.shift(lost * self._period_ns)
         return self._new_pass()
+
+    def _wait(self, s: float) -> bool:
+        """Sleep ``s``; true, at once, where the run stops."""
+        if self.stop_event is not None:
+            return self.stop_event.wait(s)
+        time.sleep(s)
+        return False
 
     def _lost(self) -> int:
         """The frames of this pass after the last one read, as its container announces them (0 where it does not)."""

@@ -104,8 +104,7 @@ class AvSource(CopiedOver, BaseSource):
         self._mark = self._mark_at_open = file_mark(path) if self.cfg.loop and not self.live else None
         self._stack = contextlib.ExitStack()
         timeout = (self._OPEN_TIMEOUT_S, self._READ_TIMEOUT_S) if self.live else None
-        options = dict(o.split("=", 1) for o in self.cfg.ffmpeg)
-        options = options if self.live else file_options(options)
+        options = self._options()
         tcp_chosen = path.startswith(("rtsp://", "rtsps://")) and "rtsp_transport" not in options
         if tcp_chosen:  # FFmpeg's UDP default loses packets on a busy link
             options["rtsp_transport"] = "tcp"
@@ -143,7 +142,13 @@ class AvSource(CopiedOver, BaseSource):
         self._first_dts = self._last_dts = self._end_dts = self._end_pts = None  # _end_pts: where the frames end
         self._decoded = self._pass_jumps = 0  # frames and timestamps that jumped back in this pass
         self._packets = 0  # video packets with data in this pass
+        self._failed = None  # the packet its decoder failed on, and its number (see copied_over)
         self._frames = LookAhead(self._decode(container, stream))
+
+    def _options(self) -> dict[str, str]:
+        """The FFmpeg options it opens with: the ``ffmpeg`` setting's (a file's without a stream's ``nobuffer``)."""
+        options = dict(o.split("=", 1) for o in self.cfg.ffmpeg)
+        return options if self.live else file_options(options)
 
     def _decode(self, container, stream) -> Iterator:
         """The stream's frames (``container.decode``, packet by packet, so a live stream can skip a bad packet)."""
@@ -165,6 +170,7 @@ class AvSource(CopiedOver, BaseSource):
             if packet.size and packet.pts is not None and packet.duration:  # a variable-rate file's last may be long
                 self._end_pts = max(self._end_pts or packet.pts, packet.pts + packet.duration)
             if not intact:
+                self._failed = packet, self._packets
                 yield from stream.codec_context.decode(None)  # the whole pictures before it, held by frame threads
                 raise self._truncated(f"picture {self._packets} fails its slice checksums (FFV1 CRC)")
             try:
@@ -172,6 +178,7 @@ class AvSource(CopiedOver, BaseSource):
             except av.InvalidDataError as exc:
                 # A file is corrupt (it would fail at the same frame again); a stream that never decodes is not video.
                 if not self.live or (self._decoded == 0 and self.skipped >= self._SKIP_FIRST_MAX):
+                    self._failed = packet, self._packets
                     raise
                 self.skipped += 1
                 if time.monotonic() >= self._skip_report_at:
