@@ -1,8 +1,10 @@
 """A looped video file copied over in place while it plays (``cp new.mp4 clip.mp4``): the open container reads the
 new bytes through the old file's index, so the rest of its pass is lost (undecodable, or frames of neither file);
 one renamed over it (``mv``) is another file, which leaves the open one whole. Told by the file's status before each
-frame and after an error, and where only its time changed, by blocks of its bytes (a ``touch`` changes nothing the
-container reads; ``cp`` of a file of the same size keeps the inode and size too) or, where those blocks are the same,
+frame and after an error, and where only its status time changed (its ctime, which every write and change of its
+times sets: ``cp -p`` puts the new file's modification time on it, the old one's where they were alike), by blocks of
+its bytes (a ``touch`` changes nothing the container reads; ``cp`` of a file of the same size keeps the inode and size
+too) or, where those blocks are the same,
 by an error decoding it after that change, where the file, once settled, no longer holds the packet that failed (a
 touched file still does, and its error is its own, as it is where the blocks cover the whole file, up to 256 KiB, and
 are the same): the rest of the pass is counted lost, and the new file plays once its copy has settled, from where the
@@ -32,8 +34,8 @@ Mark = tuple[int, int, int, bytes]
 
 
 def file_mark(path: str) -> Mark | None:
-    """``path``'s inode, size, modification time (ns) and a digest of blocks spread over its bytes; None where it
-    cannot be looked at (gone)."""
+    """``path``'s inode, size, status change time (ctime, ns) and a digest of blocks spread over its bytes; None where
+    it cannot be looked at (gone)."""
     try:  # not blocking: a FIFO put in its place, with no writer, would hold the source in open() for good
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
@@ -47,17 +49,17 @@ def file_mark(path: str) -> Mark | None:
         return None
     finally:
         os.close(fd)
-    return st.st_ino, st.st_size, st.st_mtime_ns, digest.digest()
+    return st.st_ino, st.st_size, st.st_ctime_ns, digest.digest()
 
 
 def copied_over(path: str, mark: Mark | None) -> tuple[bool, Mark | None]:
     """Whether the file at ``path`` was written in place since ``mark`` (the same inode: an open one's bytes), and
-    the mark to keep: where only its time changed (``touch``), the new one, so its bytes are read once."""
+    the mark to keep: where only its status time changed (``touch``), the new one, so its bytes are read once."""
     try:
         st = os.stat(path)
     except OSError:
         return False, mark
-    if mark is None or st.st_ino != mark[0] or (st.st_size, st.st_mtime_ns) == mark[1:3]:
+    if mark is None or st.st_ino != mark[0] or (st.st_size, st.st_ctime_ns) == mark[1:3]:
         return False, mark
     now = file_mark(path)
     if now is None or now[0] != mark[0]:
@@ -99,8 +101,8 @@ def settle(path: str, wait: Callable[[float], object]) -> None:
 
 class CopiedOver:
     """The video file source's side of it: ``_read`` goes on with the new file. The source keeps ``_mark`` (the
-    file's :func:`file_mark` taken before each open, renewed where only its time changed) and ``_mark_at_open`` (the one
-    taken before the open) and has ``_next_frame`` (this pass's next frame), ``_new_pass``
+    file's :func:`file_mark` taken before each open, renewed where only its status time changed) and
+    ``_mark_at_open`` (the one taken before the open) and has ``_next_frame`` (this pass's next frame), ``_new_pass``
     (the next pass, one period after the last frame), ``_times`` (its ``FileClock``), ``_where``, ``_options`` (the
     FFmpeg options it opens with), ``_failed`` (the packet its decoder failed on and its number, or None) and its
     container's announced length (``_expected`` frames, or ``_container``'s end)."""
@@ -115,11 +117,12 @@ class CopiedOver:
         return self._next_file()
 
     def _rewritten(self) -> bool:
-        """Whether the file, its time changed since it opened and its inode and size the same, had bytes rewritten in
-        place where no sampled block shows them, which the decoder then failed on (a read of the whole file at each
-        change of its time would hold a long clip's source for seconds): it changes again while it settles (a copy
-        at work), or a fresh open reads other bytes for the packet that failed. Where it holds that packet still,
-        the file was only touched and the error is its own; only this error pays for the file read again."""
+        """Whether the file, its status time changed since it opened and its inode and size the same, had bytes
+        rewritten in place where no sampled block shows them, which the decoder then failed on (a read of the whole
+        file at each change of its time would hold a long clip's source for seconds): it changes again while it
+        settles (a copy at work), or a fresh open reads other bytes for the packet that failed. Where it holds that
+        packet still, the file was only touched and the error is its own; only this error pays for the file read
+        again."""
         if None in (self._mark, self._mark_at_open) or self._mark[2] == self._mark_at_open[2] or \
                 _same_bytes(self._mark, self._mark_at_open):
             return False

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import av
@@ -32,6 +33,17 @@ def _play(clip: Path, change) -> tuple[list[np.ndarray], list[str], int]:
     return images, said, src.skipped
 
 
+def _past_status_time(folder: Path, ctime_ns: int) -> None:
+    """Wait until a file's status change time (its ctime, set from a clock that ticks every few ms) would pass
+    ``ctime_ns``, so that a change made next shows in it."""
+    probe, deadline = folder / "probe", time.monotonic() + 10
+    while time.monotonic() < deadline:
+        probe.write_bytes(b"")
+        if os.stat(probe).st_ctime_ns > ctime_ns:
+            return
+    raise AssertionError("the status change time did not move for 10 s")
+
+
 def test_a_looped_file_only_touched_plays_on(tmp_path: Path) -> None:
     # taken as copied over: the rest of its pass skipped and counted lost
     clip = tmp_path / "clip.avi"
@@ -42,12 +54,22 @@ def test_a_looped_file_only_touched_plays_on(tmp_path: Path) -> None:
     assert all(np.array_equal(image, images[i % 40]) for i, image in enumerate(played))
 
 
-def test_a_looped_file_copied_over_with_one_of_its_size_is_told(tmp_path: Path) -> None:
+@pytest.mark.parametrize("copy", ["cp", "cp -p"])
+def test_a_looped_file_copied_over_with_one_of_its_size_is_told(tmp_path: Path, copy: str) -> None:
+    # `cp -p`, the new file given the old one's time: not told, the rest of the pass played from the new bytes
     clip, new = tmp_path / "clip.avi", tmp_path / "new.avi"
     write_noise(clip, 40, seed=1, codec="rawvideo")
     fresh = write_noise(new, 40, seed=2, codec="rawvideo")
     assert os.path.getsize(new) == os.path.getsize(clip)
-    played, said, skipped = _play(clip, lambda: shutil.copyfile(new, clip))  # as cp: the same inode, rewritten
+    st = os.stat(clip)
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _past_status_time(tmp_path, st.st_ctime_ns)
+
+    def copied() -> None:  # as cp: the same inode, rewritten; as cp -p: its time then set to the new file's
+        (shutil.copyfile if copy == "cp" else shutil.copy2)(new, clip)
+        assert os.stat(clip).st_ino == st.st_ino and (os.stat(clip).st_mtime_ns == st.st_mtime_ns) == (copy != "cp")
+
+    played, said, skipped = _play(clip, copied)
     assert said == [f"vis: {clip}: the file changed while it played (copied over?) after frame 10 (t=0.360 s): its "
                     f"last 30 frames are lost; its next pass plays the new file"] and skipped == 30
     assert all(np.array_equal(image, fresh[i % 40]) for i, image in enumerate(played[10:]))
