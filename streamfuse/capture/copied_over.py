@@ -1,15 +1,15 @@
-"""A looped video file copied over in place while it plays (``cp new.mp4 clip.mp4``): the open container reads the
-new bytes through the old file's index, so the rest of its pass is lost (undecodable, or frames of neither file);
-one renamed over it (``mv``) is another file, which leaves the open one whole. Told by the file's status before each
+"""A looped video file copied over in place while it plays (``cp new.mp4 clip.mp4``): the open container reads the new
+bytes through the old file's index, so the rest of its pass is lost (undecodable, or frames of neither file); one
+renamed over it (``mv``) is another file, which leaves the open one whole. Told by the file's status before each
 frame and after an error, and where only its status time changed (its ctime, which every write and change of its
 times sets: ``cp -p`` puts the new file's modification time on it, the old one's where they were alike), by blocks of
-its bytes (a ``touch`` changes nothing the container reads; ``cp`` of a file of the same size keeps the inode and size
-too) or, where those blocks are the same,
-by an error decoding it after that change, where the file, once settled, no longer holds the packet that failed (a
-touched file still does, and its error is its own, as it is where the blocks cover the whole file, up to 256 KiB, and
-are the same): the rest of the pass is counted lost, and the new file plays once its copy has settled, from where the
-pass would have ended (the other input's pass goes on meanwhile, so the two stay paired in step). A new file that
-fails in turn (unchanged since it opened) ends the source in one line, as any corrupt file does."""
+its bytes (a ``touch`` changes nothing the container reads; ``cp`` of a file of the same size keeps the inode and
+size too) or, where those blocks are the same, by an error reading it after that change, where the file, once settled
+and opened afresh, reads otherwise up to where the pass failed (a touched file reads the same, and its error is its
+own, as it is where the blocks cover the whole file, up to 256 KiB, and are the same): the rest of the pass is
+counted lost, and the new file plays once its copy has settled, from where the pass would have ended (the other
+input's pass goes on meanwhile, so the two stay paired in step). A new file that fails in turn (unchanged since it
+opened) ends the source in one line, as any corrupt file does."""
 
 from __future__ import annotations
 
@@ -73,9 +73,9 @@ def _same_bytes(mark: Mark, other: Mark) -> bool:
     return mark[1] == other[1] <= _SAMPLES * _BLOCK and mark[3] == other[3]
 
 
-def packet_again(path: str, number: int, options: dict[str, str]) -> tuple[int, bytes] | None:
-    """The position and bytes of the ``number``-th video packet with data (from 1) that a fresh open of ``path`` with
-    FFmpeg ``options`` reads; None where it reads no such packet."""
+def packet_again(path: str, number: int, options: dict[str, str]) -> tuple[tuple[int, int | None, bytes], bool] | None:
+    """The position, dts and bytes of the ``number``-th video packet with data (from 1) that a fresh open of ``path``
+    with FFmpeg ``options`` reads, and whether it reads another after it; None where it reads no such packet."""
     import av
 
     from streamfuse.video import LENIENT_TAGS
@@ -84,7 +84,13 @@ def packet_again(path: str, number: int, options: dict[str, str]) -> tuple[int, 
         with av.open(path, options=options, **LENIENT_TAGS) as container:
             packets = (p for p in container.demux(container.streams.video[0]) if p.size)
             packet = next(itertools.islice(packets, number - 1, None), None)
-            return None if packet is None else (packet.pos, bytes(packet))
+            if packet is None:
+                return None
+            try:
+                more = next(packets, None) is not None
+            except (av.FFmpegError, OSError):  # where the pass's demuxer failed too
+                more = False
+            return (packet.pos, packet.dts, bytes(packet)), more
     except (av.FFmpegError, OSError, IndexError, UnicodeDecodeError):
         return None
 
@@ -104,8 +110,9 @@ class CopiedOver:
     file's :func:`file_mark` taken before each open, renewed where only its status time changed) and
     ``_mark_at_open`` (the one taken before the open) and has ``_next_frame`` (this pass's next frame), ``_new_pass``
     (the next pass, one period after the last frame), ``_times`` (its ``FileClock``), ``_where``, ``_options`` (the
-    FFmpeg options it opens with), ``_failed`` (the packet its decoder failed on and its number, or None) and its
-    container's announced length (``_expected`` frames, or ``_container``'s end)."""
+    FFmpeg options it opens with), ``_failed`` (the packet its decoder failed on and its number, or None),
+    ``_packets`` and ``_last_dts`` (the pass's video packets read, the last one's dts) and its container's announced
+    length (``_expected`` frames, or ``_container``'s end)."""
 
     def _read(self) -> Frame | None:
         try:
@@ -118,20 +125,25 @@ class CopiedOver:
 
     def _rewritten(self) -> bool:
         """Whether the file, its status time changed since it opened and its inode and size the same, had bytes
-        rewritten in place where no sampled block shows them, which the decoder then failed on (a read of the whole
-        file at each change of its time would hold a long clip's source for seconds): it changes again while it
-        settles (a copy at work), or a fresh open reads other bytes for the packet that failed. Where it holds that
-        packet still, the file was only touched and the error is its own; only this error pays for the file read
-        again."""
+        rewritten in place where no sampled block shows them, which its decoder or demuxer then failed on (a read of
+        the whole file at each change of its time would hold a long clip's source for seconds): it changes again while
+        it settles (a copy at work), or a fresh open reads it otherwise up to where the pass stopped: other bytes for
+        the packet its decoder failed on, or where none did, another last packet (its dts) or more packets after it.
+        Where it reads the same, the file was only touched and the error is its own; only this error pays for the
+        file read again."""
         if None in (self._mark, self._mark_at_open) or self._mark[2] == self._mark_at_open[2] or \
                 _same_bytes(self._mark, self._mark_at_open):
             return False
-        if self._failed is None:  # no packet failed (a pass that ended short): taken as a copy's, as before
+        if not self._packets:  # it stopped before any packet: taken as a copy's
             return True
-        mark, (packet, number) = self._mark, self._failed
+        mark, (packet, number) = self._mark, self._failed or (None, self._packets)
         settle(self.cfg.path, self._wait)
-        return file_mark(self.cfg.path) != mark or \
-            packet_again(self.cfg.path, number, self._options()) != (packet.pos, bytes(packet))
+        if file_mark(self.cfg.path) != mark or (again := packet_again(self.cfg.path, number, self._options())) is None:
+            return True
+        (pos, dts, data), more = again
+        if packet is not None:  # the one its decoder failed on
+            return (pos, data) != (packet.pos, bytes(packet))
+        return (dts, more) != (self._last_dts, False)  # the last one the pass read, its demuxer's last or failing
 
     def _copied_over(self) -> bool:
         if not self.cfg.loop or self.live:

@@ -175,9 +175,10 @@ class AvSource(CopiedOver, BaseSource):
                 raise self._truncated(f"picture {self._packets} fails its slice checksums (FFV1 CRC)")
             try:
                 yield from packet.decode()
-            except av.InvalidDataError as exc:
+            except av.FFmpegError as exc:
                 # A file is corrupt (it would fail at the same frame again); a stream that never decodes is not video.
-                if not self.live or (self._decoded == 0 and self.skipped >= self._SKIP_FIRST_MAX):
+                if not isinstance(exc, av.InvalidDataError) or not self.live or \
+                        (self._decoded == 0 and self.skipped >= self._SKIP_FIRST_MAX):
                     self._failed = packet, self._packets
                     raise
                 self.skipped += 1

@@ -238,16 +238,11 @@ def _write_mpeg4(path: Path, n: int, seed: int) -> None:
         container.mux(stream.encode(None))
 
 
-# its sampled blocks cover the file whole (up to 256 KiB), or not
-@pytest.mark.parametrize(("codec", "frames"), [("ffv1", 20), ("ffv1", 60), ("mpeg4", 30)])
-def test_a_corrupt_looped_file_only_touched_ends_in_its_corrupt_video_line(tmp_path: Path, codec, frames) -> None:
-    # its time changed, its size and sampled blocks not: the decoder's error was taken for a copy's, said as "copied
-    # over?", and the file played once more before ending; now the file, settled, holds the packet that failed
-    clip = tmp_path / "clip.mkv"
-    (_write_mpeg4 if codec == "mpeg4" else write_noise)(clip, frames, seed=1)
+def _damaged_and_touched(clip: Path, at: int, size: int) -> tuple[list[str], int]:
+    """``size`` bytes of ``clip`` at ``at`` flipped, its time changed after its first frame as it loops: the "copied
+    over?" lines said, and the frames played after the change until its source ended on its error (as it must)."""
     data = bytearray(clip.read_bytes())
-    assert (len(data) <= _SAMPLES * _BLOCK) == (frames == 20)  # every byte in a sampled block, or not
-    data[len(data) * 3 // 4:len(data) * 3 // 4 + 64] = bytes(b ^ 0xFF for b in data[len(data) * 3 // 4:][:64])
+    data[at:at + size] = bytes(b ^ 0xFF for b in data[at:at + size])
     clip.write_bytes(bytes(data))
     src = open_source("vis", SourceConfig(kind="file", path=str(clip), realtime=False, loop=True))
     said: list[str] = []
@@ -260,4 +255,31 @@ def test_a_corrupt_looped_file_only_touched_ends_in_its_corrupt_video_line(tmp_p
         while played < 200:
             src.read()
             played += 1
-    assert not [line for line in said if "copied over?" in line] and played < frames
+    return [line for line in said if "copied over?" in line], played
+
+
+# its sampled blocks cover the file whole (up to 256 KiB), or not
+@pytest.mark.parametrize(("codec", "frames"), [("ffv1", 20), ("ffv1", 60), ("mpeg4", 30)])
+def test_a_corrupt_looped_file_only_touched_ends_in_its_corrupt_video_line(tmp_path: Path, codec, frames) -> None:
+    # its time changed, its size and sampled blocks not: the decoder's error was taken for a copy's, said as "copied
+    # over?", and the file played once more before ending; now the file, settled, holds the packet that failed
+    clip = tmp_path / "clip.mkv"
+    (_write_mpeg4 if codec == "mpeg4" else write_noise)(clip, frames, seed=1)
+    size = clip.stat().st_size
+    assert (size <= _SAMPLES * _BLOCK) == (frames == 20)  # every byte in a sampled block, or not
+    copied, played = _damaged_and_touched(clip, size * 3 // 4, 64)
+    assert copied == [] and played < frames
+
+
+@pytest.mark.parametrize("ext", [".avi", ".nut"])
+def test_a_looped_file_only_touched_with_a_damaged_frame_header_ends_in_its_own_error(tmp_path: Path, ext) -> None:
+    # no packet's decoder failed (AVI: the demuxer skips the frame, and the pass ends a frame short of the length
+    # announced; NUT: a packet of the wrong size, which the decoder refuses as an invalid argument), and the error
+    # after the touch was taken for a copy's, said as "copied over?", the file played once more before ending
+    clip = tmp_path / f"clip{ext}"
+    write_noise(clip, 60, seed=1, codec="rawvideo")
+    assert clip.stat().st_size > _SAMPLES * _BLOCK
+    with av.open(str(clip)) as container:
+        at = [p.pos for p in container.demux(container.streams.video[0]) if p.size][30] - 4  # its header's last bytes
+    copied, played = _damaged_and_touched(clip, at, 4)
+    assert copied == [] and played < 60
