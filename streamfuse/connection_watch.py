@@ -58,9 +58,10 @@ NAME_WAIT_S = 10.0
 # host -> (whether its socket needs ZMQ_IPV6, whether all its addresses are loopback); looked up once: a viewer's
 # later sockets (one per page) skip the lookup
 _resolved: dict[str, tuple[bool, bool]] = {}
-# endpoints whose publisher was said to be still starting: the line is about the publisher, so a consumer's several
-# sockets on it (the Foxglove bridge's and the viewer's stats and frame sockets) say it once, the others at debug level
-_said_starting: set[str] = set()
+# The silence lines are about the publisher, so a consumer's several sockets on it (the Foxglove bridge's and the
+# viewer's stats and frame sockets, a program's own Subscribers) say each silence once, the others at debug level:
+_said_starting: set[str] = set()  # endpoints whose publisher was said to be still starting
+_said_silent: dict[str, float] = {}  # endpoint -> when (monotonic) a socket last said that nothing came from it
 _said_lock = threading.Lock()
 
 
@@ -137,13 +138,19 @@ class ConnectionWatch:
         now = time.monotonic()
         if now - max(last_message, self._remade_at) < silent_s:
             return False
-        level = logging.INFO if self._remade_at < last_message else logging.DEBUG  # once a silence, not every time
+        new = self._remade_at < last_message  # a silence of this socket's not said yet, not its every remake
+        with _said_lock:
+            if heard:  # unless another socket on the endpoint said it since this one last heard anything
+                new = new and _said_silent.get(self._endpoint, -float("inf")) < last_message
+                if new:
+                    _said_silent[self._endpoint] = now
+            else:
+                new = new and self._endpoint not in _said_starting
+                _said_starting.add(self._endpoint)
+        level = logging.INFO if new else logging.DEBUG
         if heard:
             log.log(level, "nothing from %s for %g s: making the connection again", self._endpoint, silent_s)
         else:
-            with _said_lock:
-                level = logging.DEBUG if self._endpoint in _said_starting else level
-                _said_starting.add(self._endpoint)
             log.log(level, "nothing from %s yet: waiting for its publisher to start sending", self._endpoint)
         self._remade_at = now
         self.reconnect()

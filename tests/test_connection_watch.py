@@ -300,6 +300,7 @@ def watched(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[WatchedSocket, co
     """A ConnectionWatch of a :class:`WatchedSocket` on ``tcp://pub.test:5555``, on a fake clock."""
     clock = FakeClock()
     monkeypatch.setattr(connection_watch, "time", clock)
+    monkeypatch.setattr(connection_watch, "_said_silent", {}, raising=False)  # not those of earlier tests
     sock = WatchedSocket()
     watch = connection_watch.ConnectionWatch(sock, "tcp://pub.test:5555")
     yield sock, watch, clock
@@ -449,6 +450,36 @@ def test_a_publisher_still_starting_is_said_once_for_all_the_sockets_on_its_endp
     assert said == [(logging.INFO, f"nothing from {endpoint} yet: waiting for its publisher to start sending")] + \
         [(logging.DEBUG, f"nothing from {endpoint} yet: waiting for its publisher to start sending")] * 2 + \
         [(logging.INFO, "nothing from tcp://other.test:14002 yet: waiting for its publisher to start sending")]
+
+
+def test_a_lost_publisher_is_said_once_for_all_the_sockets_on_its_endpoint(monkeypatch, caplog) -> None:
+    # a consumer with several sockets on one publisher (the viewer's frame and stats sockets, a program's two
+    # Subscribers) said "nothing from ENDPOINT for 5 s: making the connection again" once for each when it was lost
+    clock = FakeClock()
+    monkeypatch.setattr(connection_watch, "time", clock)
+    monkeypatch.setattr(connection_watch, "_said_silent", {}, raising=False)  # not those of earlier tests
+    endpoint = "tcp://pub.test:14003"
+    watches = [connection_watch.ConnectionWatch(WatchedSocket(), endpoint) for _ in range(3)]
+    other = connection_watch.ConnectionWatch(WatchedSocket(), "tcp://other.test:14004")
+    heard = clock.now  # each socket's last message, as the publisher was lost
+    try:
+        with caplog.at_level(logging.DEBUG, "streamfuse.connection_watch"):
+            for offset, watch in enumerate((*watches, other)):  # they notice one after another
+                clock.now = heard + connection_watch.SILENT_S + offset
+                assert watch.remake_if_silent(heard - offset / 10)
+            clock.now += 1  # the publisher is back: one socket hears it, and then loses it again
+            heard = clock.now
+            clock.now += connection_watch.SILENT_S
+            assert watches[1].remake_if_silent(heard)
+            assert watches[0].remake_if_silent(heard - 2)  # still the silence said before: debug level again
+    finally:
+        for watch in (*watches, other):
+            watch.close()
+    lost = "nothing from {} for 5 s: making the connection again"
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert said == [(logging.INFO, lost.format(endpoint))] + [(logging.DEBUG, lost.format(endpoint))] * 2 + \
+        [(logging.INFO, lost.format("tcp://other.test:14004")), (logging.INFO, lost.format(endpoint)),
+         (logging.DEBUG, lost.format(endpoint))]
 
 
 def test_connect_sub_gives_its_socket_the_limits_it_is_given() -> None:
