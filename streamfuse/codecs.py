@@ -2,7 +2,8 @@
 
 Both carry one frame per message. H.264 is encoded for live links: no B-frames, zero-latency tuning (each frame
 comes out as one packet at once), an IDR keyframe every ``keyint`` frames or on request, with SPS/PPS repeated in
-every keyframe so a decoder can start at any of them.
+every keyframe so a decoder can start at any of them. PyAV is imported by the H.264 methods, at their first frame:
+every consumer holds a decoder, and one of a raw or JPEG stream would otherwise pay for PyAV's import at its start.
 
 >>> import numpy as np
 >>> image = np.full((16, 16, 3), 128, np.uint8)
@@ -13,11 +14,13 @@ every keyframe so a decoder can start at any of them.
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 import simplejpeg
-from av.video.frame import PictureType
+
+if TYPE_CHECKING:
+    import av
 
 __all__ = ["JPEG_MAX_SIDE", "JpegEncoder", "JpegDecoder", "H264Encoder", "H264Decoder", "DecodeError"]
 
@@ -74,6 +77,9 @@ class H264Encoder:
 
     def encode(self, image: np.ndarray) -> tuple[bytes, bool]:
         """``(packet, is_keyframe)`` of ``image``: ``(H, W, 3)`` BGR or ``(H, W)`` grey uint8."""
+        import av
+        from av.video.frame import PictureType
+
         if image.shape != self._shape:
             self._open(image.shape)
         h, w = image.shape[:2]
@@ -89,6 +95,8 @@ class H264Encoder:
         return bytes(packets[0]), bool(packets[0].is_keyframe)
 
     def _open(self, shape: tuple[int, ...]) -> None:
+        import av
+
         ctx = av.CodecContext.create("libx264", "w")
         ctx.height, ctx.width = shape[0] + shape[0] % 2, shape[1] + shape[1] % 2
         ctx.pix_fmt, ctx.time_base = "yuv420p", Fraction(1, 30)
@@ -111,6 +119,8 @@ class H264Decoder:
     def decode(self, data: bytes | memoryview, keyframe: bool, height: int, width: int,
                channels: int) -> np.ndarray | None:
         """The image of one packet, or None while waiting for a keyframe; raises DecodeError (then waits again)."""
+        import av
+
         if keyframe:
             self._ctx = av.CodecContext.create("h264", "r")
             self._ctx.thread_count = 1  # frame threading would hold frames back

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 __all__ = ["Frame", "FramePair", "FusedFrame", "SizeMismatch", "STREAM_NAMES", "FAR_NS", "MAX_FRAME_ID",
@@ -67,6 +66,8 @@ class FramePair:
             raise SizeMismatch(f"IR frame {self.ir.seq} is {ir.shape[1]}x{ir.shape[0]} but visible frame "
                                f"{self.vis.seq} is {w}x{h}; set resize: resize in the IR source config to resize IR "
                                f"to the visible size")
+        import cv2  # here: the consumers, whose wire format imports this module, have no IR to resize
+
         return cv2.resize(ir, (w, h), interpolation=cv2.INTER_LINEAR)
 
 

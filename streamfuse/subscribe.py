@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from streamfuse.atomic_write import say_unsynced, write_png, write_refusal
@@ -152,10 +151,8 @@ def _loop(sub: Subscriber, args: argparse.Namespace) -> int:
                     write_png(args.save / f"fused_{header['seq']:08d}.png", image, new=True)
                 except RuntimeError as exc:
                     return said_last(f"{_PROG}: error: {printable(exc)}", 2)
-            if args.show:
-                cv2.imshow(args.endpoint, image)
-                if cv2.waitKey(1) in (27, ord("q")):
-                    break
+            if args.show and not _shown(args.endpoint, image):
+                break
     finally:
         _summary(sub, ages_ms, nets_ms, time.monotonic() - start)
         say_unsynced()
@@ -199,11 +196,21 @@ def _summary(sub: Subscriber, ages_ms: collections.deque[float], nets_ms: collec
 
 
 def _gui_available() -> bool:
+    import cv2  # only --show needs OpenCV's windows (--save its PNG encoder): a plain subscribe does without it
+
     try:
         cv2.namedWindow("streamfuse")
     except cv2.error:
         return False
     return True
+
+
+def _shown(title: str, image: np.ndarray) -> bool:
+    """Show ``image`` in the window ``title``; False once q or Esc is pressed there."""
+    import cv2
+
+    cv2.imshow(title, image)
+    return cv2.waitKey(1) not in (27, ord("q"))
 
 
 if __name__ == "__main__":

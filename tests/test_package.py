@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
+import zmq
+from helpers_zmq import PATIENCE_S, plain_pub, with_header
 
 from streamfuse.cli import COMMANDS
 
@@ -69,15 +73,40 @@ def test_config_loading_needs_no_heavy_imports():
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
 
 
-@pytest.mark.parametrize("command", ["subscribe", "view", "foxglove"])
-def test_a_consumer_command_loads_no_capture_model_or_kernels(command):
-    # a same-host reader's shared-memory checks came from the capture package, which loads every source kind (PyAV's
-    # containers, MCAP, ROS bags): 0.2-0.3 s of each consumer's start on a loaded machine
+# a same-host reader's shared-memory checks came from the capture package, which loads every source kind (PyAV's
+# containers, MCAP, ROS bags): 0.2-0.3 s of each consumer's start on a loaded machine; and PyAV (for h264 frames) and
+# OpenCV (--show, --save's PNGs, the pages' and Foxglove's JPEGs) are for the paths that use them
+HEAVY = ("streamfuse.capture", "mcap", "torch", "numba", "av", "cv2")
+
+
+@pytest.mark.parametrize("command", ["view", "foxglove"])
+def test_a_consumer_command_loads_no_capture_model_kernels_or_codecs(command):
     module = COMMANDS[command].partition(":")[0]
-    heavy = ("streamfuse.capture", "mcap", "torch", "numba")
-    code = f"import sys, {module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    code = f"import sys, {module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout.strip()) == (0, "[]"), proc.stderr
+
+
+def test_a_plain_subscribe_takes_its_frames_without_capture_model_kernels_or_codecs():
+    # a robot stack's consumer of raw frames loaded PyAV and OpenCV at its start, and paid 0.1-0.2 s for them
+    with plain_pub() as pub:
+        endpoint = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+        code = (f"import sys; from streamfuse.subscribe import main; status = main([{endpoint!r}, '--count', '2']);"
+                f" print(status, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 4 * PATIENCE_S  # its start and a subscriber's slow join, on a loaded machine
+        try:
+            for seq in itertools.count():  # until it has its frames (those before it connected are lost)
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    break
+                pub.send_multipart(with_header(seq=seq))
+                time.sleep(0.02)
+            out, err = proc.communicate(timeout=PATIENCE_S)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert out.splitlines()[-1:] == ["0 []"], err
 
 
 def _policy(env: dict[str, str], first: str = "") -> list[str]:

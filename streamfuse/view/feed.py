@@ -18,7 +18,6 @@ import threading
 import time
 from typing import Any
 
-import cv2
 import numpy as np
 import zmq
 
@@ -156,19 +155,16 @@ class Feed:
         """The JPEG (off the event loop: cv2 releases the GIL); None (counted in ``unshown``) for a frame that JPEG
         cannot hold or whose encoding failed: the pages go on with the next frame. The first such frame is logged,
         the count of all at :meth:`close` (one line a frame would flood the log at the frame rate)."""
-        params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
-        ok, buf, why = False, None, f"JPEG cannot hold it (sides up to {JPEG_MAX_SIDE})"
+        jpeg, why = None, f"JPEG cannot hold it (sides up to {JPEG_MAX_SIDE})"
         if max(image.shape[:2]) <= JPEG_MAX_SIDE:
-            try:
-                ok, buf = await asyncio.get_running_loop().run_in_executor(None, cv2.imencode, ".jpg", image, params)
-            except (cv2.error, MemoryError) as exc:  # raised to every page waiting for it, whose sender then stopped
-                why = f"its JPEG encoding failed: {one_line(exc)}"
-        if not ok:
+            jpeg, failed = await asyncio.get_running_loop().run_in_executor(None, _jpeg_bytes, image, self.quality)
+            why = failed or why
+        if jpeg is None:
             self.unshown += 1
             if self.unshown == 1:
                 log.warning("skipped a %s %s frame: %s (more such frames are counted, not logged)", image.shape, kind,
                             why)
-        return buf.tobytes() if ok else None
+        return jpeg
 
     def _spawn(self, target: Any, *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=f"view {target.__name__}", daemon=True)
@@ -232,6 +228,19 @@ class Feed:
                 self.stats = stats
                 self.history.append(_plot_point(stats))
                 self._arrived("stats")
+
+
+def _jpeg_bytes(image: np.ndarray, quality: int) -> tuple[bytes | None, str]:
+    """``(JPEG, "")`` of ``image`` at ``quality``, or ``(None, why)`` (``""``: OpenCV did not say), on an executor
+    thread (cv2 releases the GIL). OpenCV is imported here, off the event loop, at the first frame a page is sent: a
+    viewer that no page watches needs none of it."""
+    import cv2
+
+    try:
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    except (cv2.error, MemoryError) as exc:  # raised to every page waiting for it, whose sender then stopped
+        return None, f"its JPEG encoding failed: {one_line(exc)}"
+    return (buf.tobytes(), "") if ok else (None, "")
 
 
 def _plot_point(stats: dict[str, Any]) -> dict[str, Any]:

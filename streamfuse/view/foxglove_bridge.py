@@ -19,7 +19,6 @@ import threading
 import types
 from typing import Any
 
-import cv2
 import numpy as np
 
 from streamfuse.cli.args import DefaultsFormatter, Parser, int_at_least
@@ -166,6 +165,8 @@ class Bridge:
             return messages.RawImage(timestamp=timestamp, frame_id=header["frame_id"], width=header["width"],
                                      height=header["height"], encoding=header["encoding"], step=image.strides[0],
                                      data=image.tobytes())
+        import cv2  # here: a --raw bridge needs no OpenCV (nor one whose clients take no frames)
+
         ok, jpeg = (False, None) if max(image.shape[:2]) > JPEG_MAX_SIDE else \
             cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
