@@ -4,6 +4,7 @@ restarts, and the seqs no publisher sends (a repeat, a leap ahead), which would 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from streamfuse.flood_log import FloodLog
@@ -14,6 +15,10 @@ __all__ = ["SeqCounter", "MAX_FPS"]
 log = logging.getLogger(__name__)
 
 MAX_FPS = 100_000  # no publisher sends faster: a seq further ahead than this rate (+1 s) allows is not a real gap
+# endpoint -> when (monotonic) a subscriber last said that its publisher restarted: the line is about the publisher,
+# so the subscribers of one process (the viewer's fused frames and previews, a program's own) say a restart once
+_said_restart: dict[str, float] = {}
+_said_lock = threading.Lock()
 
 
 class SeqCounter:
@@ -43,7 +48,7 @@ class SeqCounter:
             MalformedMessage: ``seq`` repeats the last one through the same route, or leaps further ahead than
                 ``MAX_FPS`` frames a second since the last frame (a forged seq of 2^63-1 made ``missed`` 2^63).
         """
-        last, now = self.last, time.monotonic()
+        last, last_t, now = self.last, self._last_t, time.monotonic()
         if last is not None and seq == last:
             if route in self._routes:
                 raise MalformedMessage(f"seq {seq} repeats the last frame's")
@@ -58,9 +63,22 @@ class SeqCounter:
         self.last, self._last_t, self._routes, self._leap, self.restarted = seq, now, {route}, None, restart
         if restart:
             self.restarts += 1
-            self._said.say(f"publisher at {self.endpoint} restarted (seq {seq} after {last})")
+            line = f"publisher at {self.endpoint} restarted (seq {seq} after {last})"
+            if self._first_to_say(last_t, now):
+                self._said.say(line)
+            else:
+                log.debug("%s", line)
             return 0
         return 0 if last is None else seq - last - 1
+
+    def _first_to_say(self, last_t: float, now: float) -> bool:
+        """Whether no subscriber of the endpoint has said a restart since this one's frame before it, at ``last_t``
+        (that said the same restart); notes ``now`` as when it was said if so."""
+        with _said_lock:
+            first = _said_restart.get(self.endpoint, -float("inf")) < last_t
+            if first:
+                _said_restart[self.endpoint] = now
+        return first
 
     def flush(self) -> None:
         """Say the restarts counted but not said one by one, if any: at the subscriber's end."""

@@ -12,6 +12,32 @@ from streamfuse.seq_count import MAX_FPS, SeqCounter
 from streamfuse.wire import MalformedMessage
 
 
+@pytest.fixture(autouse=True)
+def own_restart_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's restarts are said as if no earlier test's subscriber had said one."""
+    monkeypatch.setattr(seq_count, "_said_restart", {}, raising=False)
+
+
+def test_a_restart_is_said_once_for_all_the_subscribers_of_its_endpoint(monkeypatch, caplog) -> None:
+    # a process with several subscribers on one publisher (the viewer's fused frames and previews, a program's own
+    # Subscribers) said "publisher at ENDPOINT restarted (seq 0 after N)" once for each: five lines from five
+    ticks = iter(range(1000))
+    monkeypatch.setattr(seq_count, "time", types.SimpleNamespace(monotonic=lambda: float(next(ticks))))
+    endpoint = "tcp://pub.test:14005"
+    counters = [SeqCounter(endpoint) for _ in range(3)]
+    other = SeqCounter("tcp://other.test:14006")
+    with caplog.at_level(logging.DEBUG, "streamfuse.seq_count"):
+        for seq in (40, 0, 1):  # the last frame of the old publisher, the first two of the new one
+            for counter in (*counters, other):
+                counter.take(seq, "payload")
+        assert counters[1].take(0, "payload") == 0  # it restarts again, after a frame of its new stream
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    line = "publisher at {} restarted (seq 0 after {})".format
+    assert said == [(logging.INFO, line(endpoint, 40))] + [(logging.DEBUG, line(endpoint, 40))] * 2 + \
+        [(logging.INFO, line("tcp://other.test:14006", 40)), (logging.INFO, line(endpoint, 1))]
+    assert [c.restarts for c in (*counters, other)] == [1, 2, 1, 1]
+
+
 def test_gaps_and_restarts_are_counted_as_before(caplog: pytest.LogCaptureFixture) -> None:
     seqs = SeqCounter("tcp://x")
     with caplog.at_level(logging.INFO, "streamfuse.seq_count"):
