@@ -216,7 +216,7 @@ class Subscriber:
             self._skip(exc)
             return None
         if got is None:  # nothing came, or the pool was given up (``left`` says how): back to ZeroMQ then
-            return self._leave_ring(self._ring.left) if self._ring.left else None
+            return self._leave_ring(self._ring.left, self._ring.left_level) if self._ring.left else None
         header, passed = got
         self._last_message = time.monotonic()
         if passed:

@@ -4,6 +4,7 @@ its publisher is gone. (Named apart from tests/capture/test_shm_ring.py, the cap
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from helpers_zmq import ANY_PORT, PATIENCE_S, VGA, fused_frame, publishing, wait_until
 
-from streamfuse import pool_ring, shm_pool
+from streamfuse import pool_ring, ring_cursor, shm_pool
 from streamfuse.shm_owners import SHM_DIR
 from streamfuse.client import Subscriber
 from streamfuse.pool_ring import RingError
@@ -326,6 +327,24 @@ def test_a_ring_whose_count_goes_back_is_left() -> None:
         assert [cursor.next(0.0, last)[0]["seq"] for last in (None, 0, 1)] == [0, 1, 2]
         reader.ring.count = lambda: 2  # one entry fewer than the cursor has read
         assert cursor.next(0.0, 2) is None and cursor.left == "went backwards"
+
+
+def test_a_pool_given_up_is_said_once_for_all_the_cursors_of_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # three Subscribers of one publisher each said "shared-memory ring of ENDPOINT closed: taking ZeroMQ descriptors"
+    # as it stopped: one line about the publisher for each of its subscribers
+    monkeypatch.setattr(ring_cursor, "_left_pools", collections.deque(maxlen=64), raising=False)
+    with ShmPool(4, 64) as pool, ShmPool(4, 64) as other:
+        readers = [PoolReader(pool.name) for _ in range(3)] + [PoolReader(other.name)]
+        try:
+            cursors = [RingCursor(reader, TOPIC, latest=False) for reader in readers]
+            pool.close()
+            other.close()
+            assert [cursor.next(0.0, None) for cursor in cursors] == [None] * 4
+            assert [(cursor.left, cursor.left_level) for cursor in cursors] == \
+                [("closed", logging.INFO)] + [("closed", logging.DEBUG)] * 2 + [("closed", logging.INFO)]
+        finally:
+            for reader in readers:
+                reader.close()
 
 
 def test_ring_entry_lengths_are_checked_and_a_version_1_pool_has_no_ring() -> None:
