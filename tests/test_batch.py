@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import os
@@ -1546,11 +1547,72 @@ def test_the_frames_counter_is_kept_for_the_next_batch_on_the_same_ray_only(monk
 
 def test_a_ray_client_address_is_left_to_ray(monkeypatch):
     """``ray://HOST:PORT`` (Ray Client) is no GCS address to try here."""
-    from streamfuse.batch import ray_engine
+    from streamfuse.batch import ray_join
 
-    monkeypatch.setattr(ray_engine.socket, "create_connection", lambda *a, **k: pytest.fail("connected"))
-    ray_engine._check_reachable("ray://127.0.0.1:10001")
-    ray_engine._check_reachable("auto")
+    monkeypatch.setattr(ray_join.socket, "create_connection", lambda *a, **k: pytest.fail("connected"))
+    ray_join.check_cluster(SimpleNamespace(), "ray://127.0.0.1:10001")
+    ray_join.check_cluster(SimpleNamespace(), "auto")
+
+
+class _AuthenticationError(Exception):
+    pass
+
+
+def _gcs_that_answers(probe):
+    """A Ray whose cluster answers its port as a GCS does (an HTTP/2 frame) and its probe as ``probe`` does."""
+    class RayError(Exception):
+        pass
+
+    exceptions = SimpleNamespace(RayError=RayError, AuthenticationError=_AuthenticationError)
+    joined = []
+    ray = SimpleNamespace(exceptions=exceptions, _raylet=SimpleNamespace(InnerGcsClient=SimpleNamespace(
+        standalone=lambda address, cluster_id, timeout_ms: probe(exceptions))), init=lambda **kw: joined.append(kw))
+    return ray, joined
+
+
+@pytest.fixture
+def gcs_port():
+    """A loopback port this test listens on, answering a connection with an HTTP/2 frame as a GCS does."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer():
+            with contextlib.suppress(OSError):  # closed as the test ends
+                link, _ = server.accept()
+                with link:
+                    link.recv(64)
+                    link.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # an empty HTTP/2 SETTINGS frame
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        yield server.getsockname()[1]
+
+
+@pytest.mark.parametrize(("mode", "said"), [("", "set RAY_AUTH_MODE=token, with the cluster's token"),
+                                            ("token", "it refuses this driver's token")])
+def test_a_cluster_that_asks_for_a_token_is_refused_at_once_in_one_line(gcs_port, monkeypatch, capfd, mode, said):
+    """A token-authenticated cluster joined without RAY_AUTH_MODE=token (or with another token): ray.init tried it
+    for about 20 s, a warning a second, and then said only that it failed to connect."""
+    def refuse(exceptions):
+        os.write(2, b"gcs_client.cc:210: Failed to get cluster ID from GCS server: Unauthenticated\n")  # Ray's C++
+        raise exceptions.AuthenticationError("RPC error: InvalidAuthToken")
+
+    monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    ray, joined = _gcs_that_answers(refuse)
+    with pytest.raises(ValueError) as refused:
+        RayEngine(address=f"127.0.0.1:{gcs_port}")._init(ray)
+    assert said in str(refused.value) and "\n" not in str(refused.value) and not joined
+    assert "Unauthenticated" not in capfd.readouterr().err  # the line above says it
+
+
+def test_a_cluster_the_token_probe_cannot_tell_is_left_to_ray_init(gcs_port, capfd):
+    def time_out(exceptions):
+        os.write(2, b"rpc_client.h:153: Failed to connect to GCS\n")
+        raise exceptions.RayError("Timed out while waiting for GCS to become available.")
+
+    ray, joined = _gcs_that_answers(time_out)
+    RayEngine(address=f"127.0.0.1:{gcs_port}")._init(ray)
+    assert joined == [{"address": f"127.0.0.1:{gcs_port}"}]
+    assert "Failed to connect to GCS" in capfd.readouterr().err  # Ray's own warnings stand
 
 
 @pytest.mark.parametrize(("interrupted_by", "exits"), [(signal.SIGTERM, True), (signal.SIGINT, False)])

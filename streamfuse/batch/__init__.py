@@ -27,7 +27,8 @@ fused frames into; without ``resume``, a pair whose partial output is there fail
 it, as a single replay refuses it. Progress: one bar for pairs, one for fused frames (reported by the workers).
 
 Modules: ``jobs`` (the pairs and their results), ``worker`` (one pair on a worker), ``local`` (the local engine and
-the driver :func:`run_batch`), ``ray_engine`` and ``ray_progress`` (its frames counter).
+the driver :func:`run_batch`), ``ray_engine``, ``ray_progress`` (its frames counter) and ``ray_join`` (a cluster's
+address checked before joining it).
 """
 
 from streamfuse.batch.jobs import BatchInterrupted, BatchSummary, PairJob, PairResult, find_jobs

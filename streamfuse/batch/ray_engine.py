@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,9 +15,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from streamfuse.atomic_write import partial_path
 from streamfuse.batch.jobs import PairJob, PairResult
+from streamfuse.batch.ray_join import check_cluster
 from streamfuse.batch.ray_progress import Progress, fused_in_this_batch
 from streamfuse.batch.worker import Models, replay_pair, worker_cfg
-from streamfuse.errors import io_reason, one_line, printable
+from streamfuse.errors import one_line
 from streamfuse.replay.resume import frames_held
 from streamfuse.signals import HANGUP, Terminated, blocked, handled, stopped_by
 
@@ -169,7 +169,7 @@ class RayEngine:
     def _init(self, ray: Any) -> None:
         # A worker imports this module (so streamfuse, which sets OMP_WAIT_POLICY) before anything imports torch.
         if self.address:
-            _check_reachable(self.address)
+            check_cluster(ray, self.address)
             try:
                 ray.init(address=self.address)
             except (ConnectionError, RuntimeError) as exc:
@@ -309,27 +309,6 @@ def _report(ray: Any, progress: Any, frames: Callable[[int, str], None]) -> None
         return
     for out, n in counts.items():
         frames(n, out)
-
-
-def _check_reachable(address: str) -> None:
-    """Refuse a ``HOST:PORT`` nothing listens on, or where a web server answers (the dashboard's port, 8265, given for
-    the GCS's), in one line: Ray itself retries such a one for minutes, or for ever. Other forms such as ``auto`` or
-    ``ray://...`` are left to Ray, and so is a port that answers otherwise (a GCS speaks gRPC, with or without TLS)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or "/" in address or not port.isdigit():
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as link:
-            link.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            reply = link.recv(64)
-    except socket.timeout:
-        return
-    except OSError as exc:
-        raise ValueError(f"cannot reach the Ray cluster at {address}: {io_reason(exc)}") from None
-    if reply.startswith(b"HTTP/"):
-        status = printable(reply.decode("latin-1").partition("\r\n")[0])
-        raise ValueError(f"no Ray cluster at {address}: a web server answers there ('{status}'); give the GCS's "
-                         f"address (`ray start --head --port`, 6379 by default; 8265 is the dashboard's)")
 
 
 @functools.cache

@@ -219,10 +219,10 @@ def test_unreachable_ray_cluster_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"replay_many.py: error: cannot reach the Ray cluster at 127.0.0.1:{port}")
     assert "\n" not in err
-    from streamfuse.batch.ray_engine import _check_reachable
+    from streamfuse.batch.ray_join import check_cluster
 
     with pytest.raises(ValueError, match=rf"^cannot reach the Ray cluster at \[::1\]:{port}: ") as refused:
-        _check_reachable(f"[::1]:{port}")  # an IPv6 address in brackets, as Ray writes one
+        check_cluster(None, f"[::1]:{port}")  # an IPv6 address in brackets, as Ray writes one
     assert "Name or service not known" not in str(refused.value)
 
 
