@@ -1142,6 +1142,30 @@ def test_a_ctrl_c_while_ray_starts_lets_it_start_and_stops_the_batch_then():
         RayEngine(workers=1, address="auto")._start(SimpleNamespace(init=init_twice), threading.Event())
 
 
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_second_stop_ends_a_local_ray_start_that_has_gone_on_too_long(monkeypatch, second):
+    """A local start whose GCS stopped answering retried it for minutes, deaf to every Ctrl-C and SIGTERM; past
+    _HUNG_S it is taken for hung, and a second stop ends it at once, named by its signal. Before that, a second stop
+    still lets it start."""
+    from streamfuse.batch import ray_engine
+    from streamfuse.signals import interrupted
+
+    def init(**kwargs):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(second)
+        inits.append(kwargs)
+
+    inits, stop = [], threading.Event()
+    RayEngine(workers=1)._start(SimpleNamespace(init=init), stop)
+    assert stop.is_set() and len(inits) == 1
+    monkeypatch.setattr(ray_engine, "_HUNG_S", 0.0)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        RayEngine(workers=1)._start(SimpleNamespace(init=init), threading.Event())
+    assert len(inits) == 1
+    assert interrupted(stopped.value) == ("interrupted (SIGTERM)" if second == signal.SIGTERM else
+                                          "interrupted (Ctrl-C)")
+
+
 @pytest.mark.parametrize("signum, said", [(signal.SIGTERM, "interrupted (SIGTERM)"), (signal.SIGINT, "")])
 def test_a_stop_while_a_benchmarks_ray_starts_is_named_once_it_is_up(monkeypatch, signum, said):
     # bench batch, sent SIGTERM as its Ray started, ended "bench_batch.py: interrupted", as for a Ctrl-C

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _REPORT_S = 0.25  # a worker reports its fused frames to the progress bar at most this often
 _WAIT_S = 0.25  # longest wait inside Ray (its waits hold Python's signal handlers until they return)
 _CANCEL_S = 10.0  # after a Ctrl-C, how long the running pairs get to keep their partial outputs
+_HUNG_S = 60.0  # a local Ray start still going after this long is taken for hung (one took 13-21 s on 2 busy cores)
 
 
 class _Batched:
@@ -150,16 +151,20 @@ class RayEngine:
         """ray.init, never cut half-way by Ctrl-C or SIGTERM when it starts a local Ray: they set ``stop`` and the
         batch stops once Ray has started, so that ray.shutdown knows every process to stop. A local Ray cut half-way
         left its raylet's agents running for minutes, or this process crashing at exit (its core worker half made).
-        Joining a cluster starts no process here, and Ray retries one that does not answer for ever: there a second
-        Ctrl-C stops it at once, and so does a SIGTERM (Ray's own handler)."""
+        A local start past ``_HUNG_S`` is taken for hung (one whose GCS did not answer retried it for minutes,
+        deaf to both): a second stop then ends it at once. Joining a cluster starts no process here, and Ray retries
+        one that does not answer for ever: there a second Ctrl-C stops it at once, and so does a SIGTERM (Ray's own
+        handler)."""
         if self.address:
-            say = "stopping once joined to the Ray cluster; Ctrl-C again to stop at once"
+            say, patience = "stopping once joined to the Ray cluster; Ctrl-C again to stop at once", 0.0
         else:
-            say = "stopping once Ray has started (stopped half-way, it would leave its processes running)"
+            say = (f"stopping once Ray has started (stopped half-way, it would leave its processes running); a start "
+                   f"still going {_HUNG_S:.0f} s after it began is taken for hung: Ctrl-C again then stops at once")
+            patience = _HUNG_S
         # joining keeps Ray's SIGTERM handler, which exits at once: a service manager's stop ends a join that hangs
         keep_sigterm = contextlib.nullcontext() if self.address else _batch_keeps_sigterm(ray)
         try:
-            with _stop_on_signals(stop, say=say, twice=bool(self.address)), keep_sigterm:
+            with _stop_on_signals(stop, say=say, again_after=patience), keep_sigterm:
                 self._init(ray)
         except SystemExit as exc:
             if exc.code == signal.SIGTERM:  # the exit of a SIGTERM handler that a Ray set after all
@@ -247,13 +252,16 @@ class _Stopped(Exception):
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: _StopEvent, *, say: str = "", twice: bool = False) -> Iterator[None]:
+def _stop_on_signals(stop: _StopEvent, *, say: str = "", again_after: float = math.inf) -> Iterator[None]:
     """Ctrl-C and SIGTERM set ``stop`` instead of raising (logging ``say``, when given), so the driver stops where it
-    waits, never half-way through a Ray call; with ``twice``, a second one raises KeyboardInterrupt (for a wait that
-    may not end by itself). Main thread only (elsewhere they are the main thread's business)."""
+    waits, never half-way through a Ray call; a second one, once ``again_after`` seconds have passed since the block
+    began, raises what that signal raises (for a wait that may not end by itself). Main thread only (elsewhere they
+    are the main thread's business)."""
+    began = time.monotonic()
+
     def note(signum: int, frame: Any) -> None:
-        if twice and stop.is_set():
-            raise KeyboardInterrupt
+        if stop.is_set() and time.monotonic() - began >= again_after:
+            raise stopped_by(signum)
         if say:
             log.warning(say)
         if not stop.is_set():
