@@ -1142,6 +1142,15 @@ def test_a_ctrl_c_while_ray_starts_lets_it_start_and_stops_the_batch_then():
         RayEngine(workers=1, address="auto")._start(SimpleNamespace(init=init_twice), threading.Event())
 
 
+def test_a_local_ray_that_fails_to_start_is_one_line():
+    # a local Ray whose GCS never wrote its port (stopped as it started) ended the batch in a traceback, exit status 1
+    def init(**kwargs):
+        raise RuntimeError("Timed out waiting for file /tmp/ray/session_1/gcs_server_port_2")
+
+    with pytest.raises(ValueError, match=r"^cannot start a local Ray: Timed out waiting for file /tmp/ray/session_1/"):
+        RayEngine(workers=1, address="")._init(SimpleNamespace(init=init))
+
+
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
 def test_a_second_stop_ends_a_local_ray_start_that_has_gone_on_too_long(monkeypatch, second):
     """A local start whose GCS stopped answering retried it for minutes, deaf to every Ctrl-C and SIGTERM; past

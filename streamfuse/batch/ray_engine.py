@@ -185,8 +185,11 @@ class RayEngine:
             # Ray down): Ray's processes, its workers too, start with it blocked; one that comes meanwhile then stops
             # the batch once Ray is up.
             with blocked(HANGUP):
-                ray.init(address="local", num_cpus=self.workers * self.threads, num_gpus=None if self.gpus else 0,
-                         include_dashboard=False)
+                try:
+                    ray.init(address="local", num_cpus=self.workers * self.threads, num_gpus=None if self.gpus else 0,
+                             include_dashboard=False)
+                except (ConnectionError, RuntimeError) as exc:  # its GCS or raylet did not come up: a traceback
+                    raise ValueError(f"cannot start a local Ray: {one_line(exc)}") from None
 
     def _check_fits(self, ray: Any) -> None:
         """Refuse (one line) a worker no node of a local Ray can hold, which Ray would wait for for ever (a line of
