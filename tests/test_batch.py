@@ -185,6 +185,29 @@ def test_the_frames_bar_counts_every_fused_frame_and_fps_is_frames_per_wall_seco
     assert all(r.fps == pytest.approx(r.frames_out / r.wall_s) for r in results)
 
 
+def test_a_partial_output_found_whole_and_only_finished_adds_nothing_to_the_rates(tmp_path, monkeypatch):
+    """A disk full as the last pair's output was copied out of its whole partial file: --resume finished it without
+    fusing a frame, and its row said 300 frames out at 10327.7 frames/s, the batch's rate counting them too."""
+    from streamfuse.video import VideoWriter as Writer
+
+    src = _pairs(tmp_path / "src", ["a.nut", "b.nut"], 6)
+    cfg = load_config(REPO / "streamfuse" / "configs" / "replay.yaml", CFG)
+    jobs = find_jobs(src, tmp_path / "out", ext=".nut")
+
+    def full(self, path):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Writer, "_remux", full)
+        assert [r.status for r in run_batch(cfg, jobs[1:]).results] == ["failed"]
+    summary = run_batch(cfg, jobs, resume=True)
+    rows = {Path(r.out).name: r for r in summary.results}
+    assert (rows["b.nut"].status, rows["b.nut"].frames_out, rows["b.nut"].fps) == ("done", 6, 0.0)
+    assert rows["a.nut"].fused == 6 and rows["a.nut"].fps > 0
+    summary.wall_s = 1.0
+    assert summary.format().endswith("12 frames out in 1.0 s (6.0 frames/s)")  # the rate: a.nut's frames alone
+
+
 def test_the_summary_table_has_a_row_per_pair_run_and_only_counts_the_skipped_ones():
     from streamfuse.batch import PairResult
 

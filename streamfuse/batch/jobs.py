@@ -47,7 +47,8 @@ class PairResult:
     status: Literal["done", "skipped", "failed", "interrupted", "not started"]
     frames_in: dict[str, int] = field(default_factory=lambda: {"ir": 0, "vis": 0})
     frames_out: int = 0
-    fps: float = 0.0  # output frames per wall second of this pair
+    fps: float = 0.0  # frames this run fused into the output per wall second of this pair
+    fused: int | None = None  # frames this run fused (a worker's count); None, a result the driver made: its frames out
     wall_s: float = 0.0
     reason: str = ""  # one line, for failed and interrupted pairs, and skipped ones found complete at their turn
     worker: str = ""  # host:pid that ran the pair
@@ -86,14 +87,15 @@ class BatchSummary:
         lines += [f"{name:<{width}}  {r.status:<11}{r.frames_in['ir']:>7}{r.frames_in['vis']:>7}"
                   f"{r.frames_out:>7}{r.fps:>8.1f}  {r.worker}" for name, r in zip(names, ran)]
         # out: in the outputs done; the frames a failed or stopped pair fused (in its partial output) count in the rate;
-        # those of an output another run completed meanwhile (skipped) in neither
+        # those of an output another run completed meanwhile (skipped) in neither, nor those a resume took over whole
         frames = sum(r.frames_out for r in ran if r.status == "done")
         unfinished = sum(r.frames_out for r in ran if r.status not in ("done", "skipped"))
+        rate = sum(r.frames_out if r.fused is None else r.fused for r in ran if r.status != "skipped")
         stopped = "".join(f", {self.count(s)} {s}" for s in ("interrupted", "not started") if self.count(s))
         lines.append(f"{len(self.results)} pairs: {self.count('done')} done, {self.count('skipped')} skipped "
                      f"(complete), {len(self.failed)} failed{stopped}; {frames} frames out"
                      + (f" ({unfinished} more fused by pairs that did not finish)" if unfinished else "")
-                     + f" in {self.wall_s:.1f} s ({(frames + unfinished) / max(self.wall_s, 1e-9):.1f} frames/s)")
+                     + f" in {self.wall_s:.1f} s ({rate / max(self.wall_s, 1e-9):.1f} frames/s)")
         return "\n".join(lines)
 
 

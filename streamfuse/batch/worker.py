@@ -88,12 +88,19 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
     result = PairResult(str(job.out), "done", worker=_worker_name(), wait_policy=_wait_policy())
     if cfg.replay.frames_dir:
         cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, frames_dir=str(frames_dir_of(cfg, job))))
+    fused = 0  # by this run: not the frames a resume takes over, nor a partial output found whole and only finished
+
+    def counted(n: int) -> None:
+        nonlocal fused
+        fused += n
+        report(n)
+
     t0 = time.perf_counter()
     try:
         # a pair never started has nothing to resume: started afresh without the single replay's warning that says so
         summary = run_replay(cfg, ir_path=job.ir, vis_path=job.vis, out_path=job.out,
                              resume=resume and partial_path(job.out).exists(),
-                             fuser_factory=lambda used: _Counted(models.fuser(used), report))
+                             fuser_factory=lambda used: _Counted(models.fuser(used), counted))
     except ReplayError as exc:
         summary = exc.summary
         # the batch says how to continue (--resume of the whole batch), not the single replay's --out
@@ -106,11 +113,11 @@ def replay_pair(cfg: Any, job: PairJob, *, resume: bool, models: Models,
         result.frames_in, result.frames_out, result.late_stop = dict(summary.frames), summary.written, summary.late_stop
         if summary.complete and not summary.written:  # complete before (its frames moved in now): the frames it holds
             result.frames_out = frames_held(job.out)
-    result.wall_s = time.perf_counter() - t0
+    result.wall_s, result.fused = time.perf_counter() - t0, fused
     if summary is not None and summary.found_complete:  # another run (a second batch on these outputs) fused it
         result.status, result.reason = "skipped", FOUND_COMPLETE
     else:  # the rate of a pair this run fused
-        result.fps = result.frames_out / max(result.wall_s, 1e-9)
+        result.fps = fused / max(result.wall_s, 1e-9)
     return result
 
 
