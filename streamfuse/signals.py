@@ -27,7 +27,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 TERMINATE = (signal.SIGTERM, *HANGUP)  # a service manager's stop; a terminal's hangup (an SSH session that drops)
 _KEPT_IGNORED = (signal.SIGINT, *HANGUP)  # stops that an ignoring parent keeps from this process
 _HELD: list[int] = []  # the stop that waits for the main thread's import or finalizer to end (one at a time)
-_HELD_LOCK = threading.Lock()  # guards _HELD: the stop is sent again, or acted on by the block it came in, once
+_HELD_LOCK = threading.Lock()  # to take from _HELD: the stop is sent again, or acted on by the block it came in, once
 # finalizers run as a collection frees their object (besides ``__del__``): a stop raised inside one is lost
 _FINALIZERS = {weakref.finalize.__call__.__code__, multiprocessing.util.Finalize.__call__.__code__}
 
@@ -71,14 +71,12 @@ def _held_off(signum: int, frame: FrameType | None) -> bool:
     shelter = _shelter(frame)
     if shelter is None:
         return False
-    if not _HELD_LOCK.acquire(blocking=False):  # the same stop, being held or sent again as this one came
+    # without the lock: the thread that sends the held stop again holds it across its pthread_kill, and this may be
+    # that signal, met inside another import or finalizer (a handler that found the lock held took it for the stop
+    # being sent, and lost it); none but this handler, on the main thread, adds to _HELD
+    if _HELD:  # one wait at a time: a second signal meanwhile is the same stop
         return True
-    try:
-        if _HELD:  # one wait at a time: a second signal meanwhile is the same stop
-            return True
-        _HELD.append(signum)
-    finally:
-        _HELD_LOCK.release()
+    _HELD.append(signum)
     threading.Thread(target=_after_shelter, args=(shelter,), name="streamfuse-stop", daemon=True).start()
     return True
 

@@ -109,6 +109,22 @@ def test_a_stop_during_a_finalizer_stops_the_run_once_the_finalizer_is_over(hand
     assert done
 
 
+def test_a_stop_sent_again_that_meets_another_finalizer_as_it_comes_is_held_again(frames_read_here_alone):
+    # the thread that sends a held stop again holds the lock across its pthread_kill: the main thread, met by that
+    # signal inside another finalizer, took the lock held for the same stop being sent, and the stop was lost
+    done = []
+
+    def finalize() -> None:
+        with signals._HELD_LOCK:  # as the thread that sends the held stop again holds it, the stop taken (none held)
+            signal.raise_signal(signal.SIGTERM)
+        done.append(True)
+
+    with handled(raise_terminated, (signal.SIGTERM,)), pytest.raises(Terminated):
+        _Finalized(finalize)  # unreferenced at once: finalized here
+        threading.Event().wait(PATIENCE_S)  # the stop ends this wait
+    assert done
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, *HANGUP])
 def test_a_stop_ignores_the_stops_that_come_after_it_until_the_block_ends(stop):
     # a second SIGTERM (a service manager sends it again) raised inside the first one's cleanup and cut it short; a
