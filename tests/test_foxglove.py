@@ -767,6 +767,66 @@ def test_a_sigterm_that_the_kernel_gives_another_thread_of_the_bridge_stops_it()
         proc.communicate()
 
 
+_STOPPED_AT_EACH_STEP = """
+import logging, signal, sys
+import streamfuse.view.foxglove_bridge as bridge_module
+
+class Made:  # no server, no readers: the bridge's wait alone
+    port = 0
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def start(self):
+        pass
+
+    def close(self):
+        pass
+
+class StoppedAt(logging.Handler):
+    # SIGTERM at the step-th call, return or C call of the main thread once the line that says Ctrl-C stops is out
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen, self.out = step, 0, False
+
+    def emit(self, record):
+        if "Ctrl-C stops" in record.getMessage():
+            sys.setprofile(self.hook)
+
+    def hook(self, frame, event, arg):
+        if not self.out:
+            self.out = event == "return" and frame.f_code is logging.Logger.info.__code__
+            return
+        self.seen += 1
+        if self.seen == self.step:
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGTERM)  # its handler runs here, as at any call
+
+bridge_module.Bridge, bridge_module.POLL_S = Made, 0.001
+for step in range(1, 60):
+    logging.getLogger("streamfuse.foxglove").handlers = [StoppedAt(step)]
+    assert bridge_module.main(["tcp://127.0.0.1:1"]) == 0
+"""
+
+
+def test_a_stop_that_comes_at_any_step_of_the_bridge_s_wait_ends_it():
+    # its handler set the Event that the main thread waited on, on that thread, which it interrupted: where the wait
+    # held the Event's lock (between its checks) the handler waited for it forever, and the bridge ran on (seen once
+    # as a SIGTERM that the kernel gave one of the SDK's threads came as the wait took its lock again)
+    import subprocess
+    import sys
+
+    pytest.importorskip("foxglove")
+    proc = subprocess.Popen([sys.executable, "-c", _STOPPED_AT_EACH_STEP], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=PATIENCE_S)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0, err
+
+
 @pytest.mark.parametrize(("host", "url"), [("::1", "ws://[::1]:"), ("", "ws://localhost:")])
 def test_the_bridge_names_where_to_connect_as_a_url(host, url):
     # it said ws://::1:PORT and ws://:PORT, which no Foxglove client opens (the viewer's line names a URL)

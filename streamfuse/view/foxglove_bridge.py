@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import types
 from typing import Any
 
@@ -212,20 +213,21 @@ def main(argv: list[str] | None = None) -> int:
         return said_last(f"streamfuse foxglove: error: {printable(exc)}", 2)
     except KeyboardInterrupt:
         return 0
-    stop = threading.Event()
+    # noted in a list, not set on an Event: the handler runs on the main thread where it interrupted it, and there it
+    # waited forever for the lock that the Event's wait held between its checks (a SIGTERM as the wait took it again)
+    stops: list[int] = []
     try:
         for sig in takeable((signal.SIGINT, signal.SIGTERM)):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda signum, _: stops.append(signum))
         bridge.start()
         if faces_network(args.host):
             log.warning("serving Foxglove on %s, reachable from other machines: no password, frames unencrypted",
                         bind_shown(args.host))
         log.info("Foxglove: connect to ws://%s:%d (pipeline %s); Ctrl-C stops", url_host(args.host), bridge.port,
                  args.endpoint)  # an IPv6 address in brackets, every address as localhost: a URL to paste
-        # timed: a stop the kernel gives another thread waits for the main thread to run its handler, and an untimed
-        # wait there ends only by a signal of its own
-        while not stop.wait(POLL_S):
-            pass
+        # polled: a stop the kernel gives another thread waits for the main thread to run its handler
+        while not stops:
+            time.sleep(POLL_S)
         return 0
     except KeyboardInterrupt:  # a stop before the handlers above: the same end as after them, the bridge closed
         return 0
