@@ -9,7 +9,9 @@ A subscriber sends its greeting and handshake, a few subscriptions and a pong ev
 received, ``TCP_INFO``); all of them together may send ``TOTAL_BURST_BYTES`` beyond their ``BYTES_PER_S``, the one
 that sent the most of it cut first. Past that its connection is shut down, which libzmq takes as the peer leaving (its
 subscriptions go with it), counted (:attr:`PeerBudget.cut`) and said a few lines a window
-(:class:`~streamfuse.flood_log.FloodLog`). ``ipc://`` and ``inproc://`` peers, on this host, are not counted, nor is
+(:class:`~streamfuse.flood_log.FloodLog`). The kernel counts no bytes of an ``ipc://`` connection: there the publisher
+counts the subscriptions it reads of each peer process (:meth:`PeerBudget.took`, by their ZeroMQ ``Peer-Address``),
+under the same budgets, and cuts every connection of a process over them. ``inproc://`` peers are not counted, nor is
 what ``BYTES_PER_S`` lets a connection send for as long as it stays (libzmq's trie grows by about 3 KB a second).
 
 The same count, less what the kernel still holds, tells a consumer how much libzmq has read of its own connection
@@ -56,6 +58,7 @@ def tcp_info_option(platform: str = sys.platform) -> int | None:
 
 _TCP_INFO = tcp_info_option()
 _BYTES_RECEIVED = 128  # offset of struct tcp_info's tcpi_bytes_received (a u64; Linux 4.1 and later)
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid of an ipc:// connection's peer process
 
 
 class PeerBudget:
@@ -71,7 +74,12 @@ class PeerBudget:
         self._said = FloodLog(log, f"consumers cut from {endpoint}")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if endpoint.startswith("tcp://") and _TCP_INFO is not None:
+        #: ipc:// (Linux): the publisher counts what it reads of each peer process (:meth:`took`); the thread only
+        #: notes the connections, under ``_lock``
+        self.local = endpoint.startswith("ipc://") and hasattr(socket, "SO_PEERCRED")
+        self._lock = threading.Lock()
+        self._sent: dict[int, int] = {}  # ipc: bytes of subscriptions read of each peer process (pid)
+        if (endpoint.startswith("tcp://") and _TCP_INFO is not None) or self.local:
             # an address of its own: the bind's monitor (``endpoints.bind``) may still hold the default one
             monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED,
                                               f"inproc://peer-budget-{id(self):x}")
@@ -83,8 +91,10 @@ class PeerBudget:
             while not self._stop.is_set():
                 monitor.poll(CHECK_MS if self._peers else IDLE_MS)
                 now = time.monotonic()
-                self._take_events(monitor, now)
-                self._check(now)
+                with self._lock:
+                    self._take_events(monitor, now)
+                if not self.local:
+                    self._check(now)
         finally:
             monitor.close(linger=0)
 
@@ -96,9 +106,50 @@ class PeerBudget:
             except zmq.Again:
                 return
             fd = event["value"]
-            self._peers.pop(fd, None)
+            if (gone := self._peers.pop(fd, None)) and self.local and not self._connections_of(gone[0][0]):
+                self._sent.pop(gone[0][0], None)  # the process's last connection: a later one of its pid starts anew
             if event["event"] == zmq.EVENT_ACCEPTED and (peer := peer_of(fd)) is not None:
                 self._peers[fd] = (peer, now)
+
+    def _connections_of(self, pid: int) -> list[tuple[int, object, float]]:
+        """The ipc connections of process ``pid``: (descriptor, peer, when seen)."""
+        return [(fd, peer, since) for fd, (peer, since) in self._peers.items() if peer[0] == pid]
+
+    def took(self, address: str, nbytes: int) -> None:
+        """Count ``nbytes`` of a subscription the publisher read from the ``ipc://`` peer process at ``address`` (the
+        message's ZeroMQ ``Peer-Address``, ``host:uid:gid:pid``); cut every connection of that process once it has
+        sent more than its own budget (:meth:`_allowed`, with ``BURST_BYTES``), then, while what all processes sent
+        beyond their ``BYTES_PER_S`` adds up to more than ``TOTAL_BURST_BYTES``, those of the one that sent the most."""
+        if not (pid_text := address.rpartition(":")[2]).isdigit():
+            return  # a kernel that did not say (libzmq asks SO_PEERCRED)
+        pid, now = int(pid_text), time.monotonic()
+        with self._lock:
+            self._sent[pid] = self._sent.get(pid, 0) + nbytes
+            if self._sent[pid] > self._allowed(pid, now, BURST_BYTES):
+                self._cut_process(pid, now, "where a consumer sends a few KiB")
+            if sum(self._sent.values()) <= TOTAL_BURST_BYTES:  # most often: no need to weigh each process's
+                return
+            bursts = {other: sent - self._allowed(other, now, 0) for other, sent in self._sent.items()}
+            over = sum(burst for burst in bursts.values() if burst > 0) - TOTAL_BURST_BYTES
+            for other in sorted(bursts, key=bursts.__getitem__, reverse=True):
+                if over <= 0:
+                    return
+                self._cut_process(other, now, f"and the consumers together more than {TOTAL_BURST_BYTES // 1024} KiB")
+                over -= bursts[other]
+
+    def _allowed(self, pid: int, now: float, burst: int) -> float:
+        """What process ``pid`` may send: ``burst``, and ``BYTES_PER_S`` a second since its first connection (its
+        connections together: a consumer's several sockets send a few KiB in all)."""
+        return burst + BYTES_PER_S * max((now - since for *_, since in self._connections_of(pid)), default=0.0)
+
+    def _cut_process(self, pid: int, now: float, why: str) -> None:
+        """Shut down every connection of process ``pid`` (libzmq takes each as the peer leaving), counted and said."""
+        if not (connections := self._connections_of(pid)):
+            return  # its connection not noted yet: cut at its next subscription
+        sent = self._sent.pop(pid)
+        for fd, peer, since in connections:
+            del self._peers[fd]
+            self._said_cut(peer, sent if _on_connection(fd, peer, _shut) is not None else None, now - since, why)
 
     def _check(self, now: float) -> None:
         """Cut the connections over their own budget, then, while what the others sent beyond their ``BYTES_PER_S``
@@ -140,17 +191,24 @@ class PeerBudget:
 
 
 def peer_of(fd: int) -> object | None:
-    """The address of the peer of libzmq's connection ``fd``; None once it is gone."""
+    """The address of the peer of libzmq's connection ``fd`` (an ipc:// one's: its process's pid, uid and gid); None
+    once it is gone."""
     try:
         conn = socket.socket(fileno=fd)
     except OSError:
         return None
     try:
-        return conn.getpeername()
+        return _peer(conn)
     except OSError:
         return None
     finally:
         conn.detach()  # libzmq's to close
+
+
+def _peer(conn: socket.socket) -> object:
+    if conn.family == socket.AF_UNIX:  # its address is no one's: the process at its other end
+        return _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return conn.getpeername()
 
 
 def _cut_over(fd: int, peer: object, budget: float) -> int | None:
@@ -158,9 +216,15 @@ def _cut_over(fd: int, peer: object, budget: float) -> int | None:
     longer the connection of ``peer`` (closed, or taken by another)."""
     def cut(conn: socket.socket) -> int | None:
         if (sent := _bytes_received(conn)) is not None and sent > budget:
-            conn.shutdown(socket.SHUT_RDWR)  # libzmq reads the end of the stream and drops the peer
+            _shut(conn)
         return sent
     return _on_connection(fd, peer, cut)
+
+
+def _shut(conn: socket.socket) -> int:
+    """Shut down libzmq's connection ``conn``: it reads the end of the stream and drops the peer."""
+    conn.shutdown(socket.SHUT_RDWR)
+    return 0
 
 
 def bytes_read(fd: int, peer: object) -> int | None:
@@ -181,7 +245,7 @@ def _on_connection(fd: int, peer: object, look: Callable[[socket.socket], int | 
     except OSError:
         return None
     try:
-        return look(conn) if conn.getpeername() == peer else None
+        return look(conn) if _peer(conn) == peer else None
     except OSError:
         return None
     finally:
@@ -199,5 +263,7 @@ def _bytes_received(conn: socket.socket) -> int | None:
 
 
 def _address(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) == 3:  # an ipc:// peer's (pid, uid, gid)
+        return f"process {peer[0]} (uid {peer[1]})"
     host, port = peer[:2] if isinstance(peer, tuple) else (peer, "")
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -44,6 +44,11 @@ _MAX_SUBSCRIPTION = 512
 # a consumer whose link died without closing (a viewer's laptop gone) is dropped after this long without answering
 # the publisher's pings, and its subscriptions with it: the previews it asked for stop
 _PEER_TIMEOUT_MS = 30_000
+# an ipc:// peer's subscriptions queued for the socket, counted only once read (PeerBudget.took): libzmq takes all it
+# finds queued into its trie within one call, as long as its I/O thread keeps refilling the queue: with the default
+# 1000 one call took a whole flood in (872 MiB) before the first was read, with 10 it took 86-90 MiB before the
+# peer's cut, with 1, 22 MiB (python -m streamfuse bench subscriptions --flood 200000 --ipc)
+_IPC_SUBS_QUEUED = 1
 _SUBS_PER_POLL = 256  # (un)subscriptions read a turn of the live loop: about a millisecond at most
 
 
@@ -116,6 +121,8 @@ class Publisher:
         try:
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every new subscriber: an H.264 keyframe for it at once
             self._sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+            if cfg.endpoint.startswith("ipc://"):
+                self._sock.setsockopt(zmq.RCVHWM, _IPC_SUBS_QUEUED)
             self._sock.setsockopt(zmq.XPUB_NODROP, int(cfg.nodrop))
             self._sock.setsockopt(zmq.SNDTIMEO, cfg.wait_ms)  # 0: every send is non-blocking, like zmq.NOBLOCK
             # a subscription is a topic prefix; one of megabytes (a hostile or broken peer) cost the loop seconds in
@@ -280,9 +287,13 @@ class Publisher:
         changed = False
         for _ in range(_SUBS_PER_POLL):
             try:  # recv, not ZMQ_EVENTS: libzmq takes in a flood in either, and recv lets the peers' cut run meanwhile
-                msg = self._sock.recv(zmq.NOBLOCK)  # b"\x01" + topic: subscribe, b"\x00" + topic: last one gone
+                part = self._sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            msg = part.bytes  # b"\x01" + topic: subscribe, b"\x00" + topic: last one gone
+            if self._budget.local:
+                with contextlib.suppress(zmq.ZMQError):  # none: libzmq's own, for a peer that left
+                    self._budget.took(part.get("Peer-Address"), len(msg))
             topic = msg[1:]
             if not any(mine.startswith(topic) for mine in self._published):
                 continue  # matches nothing sent here (libzmq filters by it alone): not kept, so never a growing set

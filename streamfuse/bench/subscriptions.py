@@ -12,6 +12,8 @@ as it connects, four times over: ``--peers 4 --count 1000 --bytes 4096``.
 peers each send it N distinct subscriptions of 100 bytes (which it takes in: under its 512 bytes) as fast as it reads
 them. Prints the memory the process gained (libzmq keeps each distinct one until its peer leaves), the frames it sent
 a second while the flood lasted (at least a second), its longest wait between two frames, and the peers it cut.
+``--ipc`` floods an ``ipc://`` publisher instead, whose peers are told apart by process: there ``--peers`` are one
+process's connections.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -57,11 +60,21 @@ def _read(peer: socket.socket, size: int) -> bytes:
     return data
 
 
+def connect_plain(endpoint: str) -> socket.socket:
+    """A plain socket connected to a ``tcp://HOST:PORT`` or ``ipc://PATH`` endpoint."""
+    if endpoint.startswith("ipc://"):
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer.settimeout(WAIT_S)
+        peer.connect(endpoint.removeprefix("ipc://"))
+        return peer
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    return socket.create_connection((host.strip("[]"), int(port)), timeout=WAIT_S)
+
+
 def _subscribe(endpoint: str, topics: list[bytes]) -> socket.socket:
     """A ZMTP 3.0 SUB peer (NULL mechanism) connected to ``endpoint`` that has sent its subscriptions to ``topics``, or
     as much of them as the publisher took before it closed the connection."""
-    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-    peer = socket.create_connection((host.strip("[]"), int(port)), timeout=WAIT_S)
+    peer = connect_plain(endpoint)
     try:
         peer.sendall(b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\0") + b"\x00" + bytes(31))
         peer.sendall(_frame(b"\x05READY\x0bSocket-Type" + struct.pack(">I", 3) + b"SUB", 4))
@@ -139,12 +152,12 @@ def _flood(endpoint: str, chunks: list[bytes], peers: list[socket.socket], done:
         done.set()
 
 
-def _flooded(floods: list[list[bytes]]) -> tuple[int, int, float, float, int]:
+def _flooded(floods: list[list[bytes]], endpoint: str) -> tuple[int, int, float, float, int]:
     """Memory gained (bytes) and its peak, frames a second and the longest wait between two, and the peers cut while
-    streamfuse's Publisher, sending small frames, took each peer's flood (its subscriptions, ``FLOOD_CHUNK`` a
-    chunk)."""
+    streamfuse's Publisher, bound to ``endpoint`` and sending small frames, took each peer's flood (its subscriptions,
+    ``FLOOD_CHUNK`` a chunk)."""
     image = np.zeros((120, 160, 3), np.uint8)
-    with Publisher(PublishConfig(endpoint="tcp://127.0.0.1:*", shm_slots=0)) as pub:
+    with Publisher(PublishConfig(endpoint=endpoint, shm_slots=0)) as pub:
         before = peak = _rss_bytes()
         ends, peers = [threading.Event() for _ in floods], []
         for own, end in zip(floods, ends):
@@ -165,13 +178,16 @@ def _flooded(floods: list[list[bytes]]) -> tuple[int, int, float, float, int]:
         return gained, peak - before, sent / (last - start), longest, pub.peers_cut
 
 
-def _print_flood(peers: int, count: int) -> int:
+def _print_flood(peers: int, count: int, ipc: bool) -> int:
     # each its own from the first bytes, as in main; written out before the measure, which they would slow down
     floods = [[b"".join(_frame(b"\x01" + f"{p:03d}.{i:07d}".encode().ljust(FLOOD_BYTES, b"t"))
                         for i in range(at, min(at + FLOOD_CHUNK, count)))
                for at in range(0, count, FLOOD_CHUNK)] for p in range(peers)]
-    gained, peak, fps, longest, cut = _flooded(floods)
-    print(f"{peers} peer(s) flooding streamfuse's Publisher with {count} subscription(s) of {FLOOD_BYTES} bytes each, "
+    with tempfile.TemporaryDirectory(prefix="streamfuse-bench-") as folder:
+        endpoint = f"ipc://{folder}/flood" if ipc else "tcp://127.0.0.1:*"
+        gained, peak, fps, longest, cut = _flooded(floods, endpoint)
+    print(f"{peers} {endpoint.partition(':')[0]} peer(s) flooding streamfuse's Publisher with {count} subscription(s) "
+          f"of {FLOOD_BYTES} bytes each, "
           f"load average {os.getloadavg()[0]:.2f}:")
     print(f"  {gained / 2**20:+.1f} MiB of memory ({peak / 2**20:+.1f} MiB at most), {fps:.1f} frames/s while it "
           f"lasted ({FLOOD_FPS:g} asked), {longest:.3f} s at most between two frames; {cut} peer(s) cut")
@@ -188,9 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood", type=int_at_least(0, 10**6), default=0,
                         help=f"distinct subscriptions of {FLOOD_BYTES} bytes each peer floods streamfuse's Publisher "
                              "with while it sends frames (--bytes and --count unused); 0: no flood")
+    parser.add_argument("--ipc", action="store_true", help="flood over ipc:// (a folder of its own) instead of tcp://")
     args = parser.parse_args(argv)
     if args.flood:
-        return _print_flood(args.peers, args.flood)
+        return _print_flood(args.peers, args.flood, args.ipc)
     # each topic its own from the first bytes, a peer's and its number: no two share a node of the trie, and the
     # socket tells each as it arrives (it tells a topic once, however many peers subscribe to it)
     topics = [[f"{p:03d}.{i:05d}".encode().ljust(args.bytes, b"t") for i in range(args.count)]
