@@ -340,6 +340,27 @@ def test_what_a_replay_keeps_of_the_frames_after_a_clock_step_back_does_not_grow
     assert 0 < most[0] == most[1]  # the frames after the step were held by their time line, and as many at most
 
 
+def test_a_bag_whose_clocks_stepped_back_beside_a_late_topic_writes_its_pairs_at_increasing_times(tmp_path):
+    # both clocks stepped back a minute at frame 30 and the thermal frames logged half a second late: the queue of 8
+    # dropped the pairs before the step, and the first pair written, after it, was given its capture time less the
+    # first visible frame's, 58 s below 0: the muxer refused it ("Invalid argument"), and no frame was kept
+    messages = []
+    for i in range(3 * N):
+        counts, jpeg = _frames(i % N)
+        t = T0 + i * PERIOD
+        stamp = t - (60_000 * MS if i >= 30 else 0)
+        messages.append((THERMAL, t + 500 * MS, raw("mono16", counts, stamp_ns=stamp)))
+        messages.append((CAMERA, t + 40 * MS, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=stamp + 2 * MS)))
+    _write_ros2(tmp_path / "bag.mcap", sorted(messages, key=lambda m: m[1]))
+    summary = run_replay(_cfg(), ir_path=tmp_path / "bag.mcap", out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.written == summary.pairs > 0 and summary.note.endswith(
+        "replay with --set sync.queue_size=14 to pair them")
+    # each pair at its visible frame's time line: the step undone, one frame interval on from the frame before it
+    stamps = {Fraction(round(i * PERIOD / 1e6), 1000) for i in range(3 * N)}
+    times = [t for t, _ in decode_frames(tmp_path / "fused.mkv")]
+    assert len(times) == summary.written and set(times) <= stamps and times == sorted(set(times))
+
+
 def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag):
     cfg = config_from_dict({"fuse": {"name": "max"}, "replay": {"progress": False}})  # our recorder's topics
     expected = (r"ir input .*robot.(mcap|db3|bag) has no images on /ir/image \(ir.topic\); its image topics: "

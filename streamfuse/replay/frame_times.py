@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from streamfuse.capture.timestamps import FileClock
 from streamfuse.frames import Frame
 from streamfuse.replay.inputs import Input
 from streamfuse.replay.left_frames import LeftFrames
@@ -30,8 +29,7 @@ class FrameTimes:
         self.left = LeftFrames(tolerance_ns)  # also each stream's first and newest time line read
         # the time line of the frames held for pairing whose capture times are not it (a clock stepped back), ns
         self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
-        self.t0_vis: int | None = None  # first visible capture time (recordings, folders)
-        self.out_clock = FileClock(period_ns, rebase_ahead=False)  # a recording's output times, step-free
+        self.t0_vis: int | None = None  # first visible capture time (recordings, folders): its time line too
         self.last_pts: int | None = None  # of the frame written last
 
     def read(self, frame: Frame, t_ns: int) -> None:
@@ -65,10 +63,14 @@ class FrameTimes:
         """The time line of each stream's first and last frame read, ns (both streams have frames)."""
         return dict(self.left.first), dict(self.left.newest)
 
-    def pts(self, vis: Frame) -> int:
-        """Output pts of a pair in the visible input's time base (a recording's via out_clock; plus Input.shift),
-        after :attr:`last_pts`."""
-        t = vis.t_capture_ns if self.vis.cfg.kind == "file" else self.out_clock.stamp(vis.t_capture_ns) - self.t0_vis
+    def pts(self, vis: Frame, line_ns: int) -> int:
+        """Output pts of a pair in the visible input's time base (plus Input.shift), after :attr:`last_pts`;
+        ``line_ns``: the visible frame's time line (:meth:`line`, taken as the pairer gave the pair).
+
+        A recording's pts are its time line from the first visible frame read, not its capture times: where the rig's
+        clock stepped back, the frames after the step would come before the first one (a negative pts, which the
+        muxer refuses) or before frames written already (the pairs the pairer left behind)."""
+        t = vis.t_capture_ns if self.vis.cfg.kind == "file" else line_ns - self.t0_vis
         pts = round(Fraction(t, 1_000_000_000) / self.vis.time_base) + self.vis.shift
         if self.last_pts is not None and pts <= self.last_pts:
             pts = self.last_pts + 1  # latest mode can pair one visible frame twice: keep pts increasing

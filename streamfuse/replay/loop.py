@@ -171,8 +171,8 @@ class _Replay:
         try:
             wait_subscriber(self.publisher, self.cfg)
             readers = self._open_readers(opened)
-            for pair in self._pairs(readers, pairer, bar):
-                self._emit(pair, processor)
+            for pair, line_ns in self._pairs(readers, pairer, bar):
+                self._emit(pair, line_ns, processor)
             s.stopped = self._stop_reason(readers)
             self.input_fault = bool(s.stopped)  # a bad input: running again meets it again
         except KeyboardInterrupt as exc:
@@ -211,9 +211,9 @@ class _Replay:
         self.clock.threads["decode_thread"] = len(self.readers) if self.cfg.replay.overlap else 1  # else in turns
         return self.readers
 
-    def _pairs(self, readers: list[Reader], pairer: Any, bar: Any) -> Iterator[FramePair]:
+    def _pairs(self, readers: list[Reader], pairer: Any, bar: Any) -> Iterator[tuple[FramePair, int]]:
         """0. read (frames merged by capture time; those outside the other input's span counted unpaired;
-        realtime pacing), 1. pair (flushed at the end)."""
+        realtime pacing), 1. pair (flushed at the end); each pair with its visible frame's time line."""
         s, tolerance_ns = self.summary, self.cfg.sync.tolerance_ns
         pacing = Pacing() if self.cfg.replay.pacing == "realtime" else None
         # a recording read in recorded order is one reader, its streams' spans known at its end (``take_pairer``)
@@ -234,18 +234,18 @@ class _Replay:
                 s.dropped[frame.stream] += 1
                 continue
             self.clock.start()
-            done = pairer.push(frame)
+            done = [(pair, self.times.line(pair.vis)) for pair in pairer.push(frame)]  # before forget lets it go
             self.times.forget(pairer)
             self.clock.lap("pair")
             yield from done
         self.clock.start()
-        done = pairer.flush()
+        done = [(pair, self.times.line(pair.vis)) for pair in pairer.flush()]
         self.times.forget(pairer)
         self.clock.lap("pair")
         yield from done
 
-    def _emit(self, pair: FramePair, processor: Any) -> None:
-        """One output frame per pair: 2.-3. fused (or taken over from the interrupted run), 4. encoded, 5. published."""
+    def _emit(self, pair: FramePair, line_ns: int, processor: Any) -> None:
+        """One output frame per pair: 2.-3. fused (or taken over), 4. encoded (its time: ``line_ns``), 5. published."""
         s = self.summary
         s.pairs += 1
         self.clock.start()
@@ -255,7 +255,7 @@ class _Replay:
         elif pair.vis.image.shape[:2] != self.writer.size:  # a bad input: a resumed run would meet it again
             self.input_fault = True
             raise ValueError(size_changed(self.vis, pair.vis, self.writer.size, s.written))
-        pts = self.times.pts(pair.vis)
+        pts = self.times.pts(pair.vis, line_ns)
         taken = self.take_over.frame_at(pts) if self.take_over is not None else None
         if taken is None:  # the live loop's processor, so a deterministic fuser gives the live run's frames
             processed = processor(pair)
