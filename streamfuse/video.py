@@ -22,14 +22,14 @@ from streamfuse.errors import io_reason
 from streamfuse.signals import finished_first
 
 __all__ = ["VideoWriter", "work_paths", "pick_encoder", "container_format", "decode_frames", "upright",
-           "announced_end_s", "announced_frames", "read_tags", "LENIENT_TAGS", "LET_GO"]
+           "announced_end_s", "announced_frames", "read_tags", "LENIENT_TAGS", "LET_GO", "MP4_FINEST_TIMESCALE"]
 
 log = logging.getLogger(__name__)
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".nut": "nut", ".avi": "avi"}
 _H264_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 _DURATION_IS_END = {"matroska", "webm", "nut", "flv"}  # FFmpeg demuxers whose duration counts from 0 (see below)
-_MP4_FINEST_TIMESCALE = 1_000_000  # ticks a second: a frame's duration fits MP4's 31 bits up to 35 minutes
+MP4_FINEST_TIMESCALE = 1_000_000  # ticks a second: a frame's duration fits MP4's 31 bits up to 35 minutes
 # when a second stop stops a writer's end: a codec freed under the frame in its hands crashes, so that one is waited for
 LET_GO = "as soon as the encoder lets go of the frame in its hands"
 _NUT_TAG_BYTES = 1000  # FFmpeg's NUT demuxer drops a tag value of 1 KiB or more (the resolved config is ~2 KB)
@@ -332,7 +332,7 @@ def _muxer_options(fmt: str, time_base: Fraction) -> dict[str, str]:
         return {}
     opts = {"movflags": "use_metadata_tags"}  # keep our own tags (the config, streamfuse_t0_ns)
     if time_base.numerator == 1:
-        scale = str(min(time_base.denominator, _MP4_FINEST_TIMESCALE))
+        scale = str(min(time_base.denominator, MP4_FINEST_TIMESCALE))
         opts |= {"video_track_timescale": scale, "movie_timescale": scale}
     return opts
 

@@ -361,6 +361,28 @@ def test_a_bag_whose_clocks_stepped_back_beside_a_late_topic_writes_its_pairs_at
     assert len(times) == summary.written and set(times) <= stamps and times == sorted(set(times))
 
 
+@pytest.mark.parametrize("codec, suffix", [("ffv1", "mkv"), ("h264", "mp4")])
+def test_a_visible_frame_paired_twice_is_written_twice_at_increasing_times(tmp_path, codec, suffix):
+    # latest mode pairs each frame of a thermal camera twice as fast with the newest visible frame: the second was
+    # written 1 ns after the first, which Matroska's ms made the same time (20 distinct times of 36 frames) and which
+    # MP4's muxer refused at the end ("Invalid argument"), no final file written
+    messages = []
+    for i in range(2 * N):
+        counts, jpeg = _frames(i % N)
+        t = T0 + i * PERIOD // 2
+        messages.append((THERMAL, t + 5 * MS, raw("mono16", counts, stamp_ns=t)))
+        if i % 2 == 0:
+            messages.append((CAMERA, t + 6 * MS, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t + 2 * MS)))
+    _write_ros2(tmp_path / "bag.mcap", sorted(messages, key=lambda m: m[1]))
+    cfg = config_from_dict({"ir": {"kind": "mcap", "topic": THERMAL}, "vis": {"kind": "mcap", "topic": CAMERA},
+                            "sync": {"mode": "latest"}, "fuse": {"name": "max"},
+                            "replay": {"progress": False, "codec": codec}})
+    summary = run_replay(cfg, ir_path=tmp_path / "bag.mcap", out_path=tmp_path / f"fused.{suffix}")
+    assert summary.complete and summary.written == summary.pairs > N
+    times = [t for t, _ in decode_frames(tmp_path / f"fused.{suffix}")]
+    assert len(times) == summary.written and times == sorted(set(times))
+
+
 def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag):
     cfg = config_from_dict({"fuse": {"name": "max"}, "replay": {"progress": False}})  # our recorder's topics
     expected = (r"ir input .*robot.(mcap|db3|bag) has no images on /ir/image \(ir.topic\); its image topics: "

@@ -3,14 +3,17 @@ the output pts of the visible frames."""
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
+from pathlib import Path
 
 from streamfuse.frames import Frame
 from streamfuse.replay.inputs import Input
 from streamfuse.replay.left_frames import LeftFrames
 from streamfuse.sync import Pairer
+from streamfuse.video import MP4_FINEST_TIMESCALE, container_format
 
-__all__ = ["FrameTimes"]
+__all__ = ["FrameTimes", "pts_step"]
 
 _SPANS = 16  # read times kept (merged spans) before those no leftover can need are let go: a few, not each frame's
 
@@ -22,10 +25,11 @@ class FrameTimes:
         vis: the visible input, whose time base and shift the output pts are in.
         period_ns: the visible input's frame interval, ns.
         tolerance_ns: the pairing tolerance (``SyncConfig.tolerance_ns``).
+        step: the least pts step the output keeps as one (:func:`pts_step`), in the visible input's time base.
     """
 
-    def __init__(self, vis: Input, period_ns: int, tolerance_ns: int) -> None:
-        self.vis = vis
+    def __init__(self, vis: Input, period_ns: int, tolerance_ns: int, step: int = 1) -> None:
+        self.vis, self.step = vis, step
         self.left = LeftFrames(tolerance_ns)  # also each stream's first and newest time line read
         # the time line of the frames held for pairing whose capture times are not it (a clock stepped back), ns
         self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
@@ -73,5 +77,14 @@ class FrameTimes:
         t = vis.t_capture_ns if self.vis.cfg.kind == "file" else line_ns - self.t0_vis
         pts = round(Fraction(t, 1_000_000_000) / self.vis.time_base) + self.vis.shift
         if self.last_pts is not None and pts <= self.last_pts:
-            pts = self.last_pts + 1  # latest mode can pair one visible frame twice: keep pts increasing
+            pts = self.last_pts + self.step  # latest mode can pair one visible frame twice: keep pts increasing
         return pts
+
+
+def pts_step(out: Path, time_base: Fraction) -> int:
+    """The least step of pts in ``time_base`` that the output ``out``'s container keeps as a step: Matroska stores
+    ms, MP4 and MOV at most us (:class:`~streamfuse.video.VideoWriter`); pts closer than that come out equal there,
+    and MP4's muxer refuses them ("Invalid argument")."""
+    finest = {"matroska": Fraction(1, 1000), "mp4": Fraction(1, MP4_FINEST_TIMESCALE),
+              "mov": Fraction(1, MP4_FINEST_TIMESCALE)}.get(container_format(out))
+    return 1 if finest is None or time_base >= finest else math.ceil(finest / time_base)

@@ -25,7 +25,7 @@ from streamfuse.frames import STREAM_NAMES, FramePair, FusedFrame, SizeMismatch
 from streamfuse.log_queue import BLOCK
 from streamfuse.output_lock import output_lock
 from streamfuse.replay.fingerprints import changed_while_read, fingerprint
-from streamfuse.replay.frame_times import FrameTimes
+from streamfuse.replay.frame_times import FrameTimes, pts_step
 from streamfuse.replay.frames_dir import FramesDir
 from streamfuse.replay.inputs import (Input, Pacing, Reader, RecordedOrder, check_pair, input_kind, input_path,
                                       merged, no_pairs, on_topic, outside, resolve, size_changed)
@@ -146,7 +146,7 @@ class _Replay:
         self.publisher: Any = None
         self.input_fault = False  # stopped by a truncated, corrupt or empty input (no --resume hint then)
         self.periods = {inp.stream: round(1e9 / inp.rate) for inp in (ir, vis)}  # frame intervals, ns
-        self.times = FrameTimes(vis, self.periods["vis"], cfg.sync.tolerance_ns)
+        self.times = FrameTimes(vis, self.periods["vis"], cfg.sync.tolerance_ns, pts_step(out, vis.time_base))
         self.readers: list[Reader] = []
         self.lag: OrderLag | None = None  # a recording read in its recorded order: how late each topic came
 
