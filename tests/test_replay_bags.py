@@ -383,6 +383,30 @@ def test_a_visible_frame_paired_twice_is_written_twice_at_increasing_times(tmp_p
     assert len(times) == summary.written and times == sorted(set(times))
 
 
+def test_a_bag_whose_clocks_stepped_ahead_an_hour_writes_every_pair_into_mp4_and_says_where(tmp_path, caplog):
+    # the output kept the hour between frames 9 and 10, which MP4 cannot hold (a frame's duration in 31 bits of us):
+    # its muxer refused it at the end ("Not yet implemented in FFmpeg"), no final file written
+    messages = []
+    for i in range(N):
+        counts, jpeg = _frames(i)
+        stamp = T0 + i * PERIOD + (3600_000 * MS if i >= 10 else 0)
+        messages.append((THERMAL, stamp + 5 * MS, raw("mono16", counts, stamp_ns=stamp)))
+        vis = compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=stamp + 2 * MS)
+        messages.append((CAMERA, stamp + 6 * MS, vis))
+    _write_ros2(tmp_path / "bag.mcap", sorted(messages, key=lambda m: m[1]))
+    cfg = config_from_dict({"ir": {"kind": "mcap", "topic": THERMAL}, "vis": {"kind": "mcap", "topic": CAMERA},
+                            "fuse": {"name": "max"}, "replay": {"progress": False, "codec": "h264"}})
+    summary = run_replay(cfg, ir_path=tmp_path / "bag.mcap", out_path=tmp_path / "fused.mp4")
+    assert summary.complete and summary.written == N
+    # one frame interval on from the frame before the step, as after a step back
+    times = [t for t, _ in decode_frames(tmp_path / "fused.mp4")]
+    assert times == [Fraction(round(i * PERIOD / 1e3), 10**6) for i in range(N)]
+    said = [r.getMessage() for r in caplog.records if "ahead" in r.getMessage()]
+    assert said == [f"{tmp_path / 'bag.mcap'}: the visible frames' capture times jump 3600.033 s ahead after 0.300 s "
+                    f"of the fused video (the clock was stepped?): it goes on one frame interval after the frame "
+                    f"before"]
+
+
 def test_a_bag_without_the_topic_asked_for_names_the_topics_it_has(tmp_path, bag):
     cfg = config_from_dict({"fuse": {"name": "max"}, "replay": {"progress": False}})  # our recorder's topics
     expected = (r"ir input .*robot.(mcap|db3|bag) has no images on /ir/image \(ir.topic\); its image topics: "

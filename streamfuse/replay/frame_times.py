@@ -3,10 +3,12 @@ the output pts of the visible frames."""
 
 from __future__ import annotations
 
+import logging
 import math
 from fractions import Fraction
 from pathlib import Path
 
+from streamfuse.capture.timestamps import JUMP_NS
 from streamfuse.frames import Frame
 from streamfuse.replay.inputs import Input
 from streamfuse.replay.left_frames import LeftFrames
@@ -14,6 +16,8 @@ from streamfuse.sync import Pairer
 from streamfuse.video import MP4_FINEST_TIMESCALE, container_format
 
 __all__ = ["FrameTimes", "pts_step"]
+
+log = logging.getLogger(__name__)
 
 _SPANS = 16  # read times kept (merged spans) before those no leftover can need are let go: a few, not each frame's
 
@@ -23,26 +27,42 @@ class FrameTimes:
 
     Args:
         vis: the visible input, whose time base and shift the output pts are in.
-        period_ns: the visible input's frame interval, ns.
+        period_ns: the visible input's frame interval, ns: where a recording's output goes on after its clock stepped.
         tolerance_ns: the pairing tolerance (``SyncConfig.tolerance_ns``).
         step: the least pts step the output keeps as one (:func:`pts_step`), in the visible input's time base.
     """
 
     def __init__(self, vis: Input, period_ns: int, tolerance_ns: int, step: int = 1) -> None:
-        self.vis, self.step = vis, step
+        self.vis, self.step, self.period_ns = vis, step, period_ns
         self.left = LeftFrames(tolerance_ns)  # also each stream's first and newest time line read
         # the time line of the frames held for pairing whose capture times are not it (a clock stepped back), ns
         self.line_of: dict[str, dict[int, int]] = {"ir": {}, "vis": {}}
         self.t0_vis: int | None = None  # first visible capture time (recordings, folders): its time line too
         self.last_pts: int | None = None  # of the frame written last
+        self.vis_line: int | None = None  # of the visible frame read last, ns
+        self.ahead: list[tuple[int, int]] = []  # a recording's clock steps ahead: (time line after, ns left out)
 
     def read(self, frame: Frame, t_ns: int) -> None:
         """A frame read, at ``t_ns`` on its stream's time line."""
         self.left.read(frame.stream, t_ns)
         if t_ns != frame.t_capture_ns:
             self.line_of[frame.stream][frame.t_capture_ns] = t_ns
-        if frame.stream == "vis" and self.t0_vis is None:
-            self.t0_vis = frame.t_capture_ns
+        if frame.stream == "vis":
+            self.t0_vis = frame.t_capture_ns if self.t0_vis is None else self.t0_vis
+            if self.vis_line is not None and t_ns - self.vis_line > JUMP_NS and self.vis.cfg.kind == "mcap":
+                self._stepped_ahead(t_ns)
+            self.vis_line = t_ns
+
+    def _stepped_ahead(self, t_ns: int) -> None:
+        """The visible frame at ``t_ns`` on the time line came more than :data:`JUMP_NS` after the one before: the
+        rig's clock stepped ahead (realtime pacing does not wait through it either). Its output goes on one frame
+        interval after the frame before, as after a step back, rather than an hour on, say, which MP4 cannot hold
+        (a frame's duration in 31 bits: 35 minutes at its us) nor AVI (a slot for each frame interval)."""
+        before = self.vis_line - self.t0_vis - sum(left_out for _, left_out in self.ahead)  # its output time
+        log.warning("%s: the visible frames' capture times jump %.3f s ahead after %.3f s of the fused video (the "
+                    "clock was stepped?): it goes on one frame interval after the frame before", self.vis.cfg.path,
+                    (t_ns - self.vis_line) / 1e9, before / 1e9)
+        self.ahead.append((t_ns, t_ns - self.vis_line - self.period_ns))
 
     def line(self, frame: Frame) -> int:
         """The time line of a frame held for pairing, ns."""
@@ -74,7 +94,8 @@ class FrameTimes:
         A recording's pts are its time line from the first visible frame read, not its capture times: where the rig's
         clock stepped back, the frames after the step would come before the first one (a negative pts, which the
         muxer refuses) or before frames written already (the pairs the pairer left behind)."""
-        t = vis.t_capture_ns if self.vis.cfg.kind == "file" else line_ns - self.t0_vis
+        t = vis.t_capture_ns if self.vis.cfg.kind == "file" else line_ns - self.t0_vis - sum(
+            left_out for after, left_out in self.ahead if after <= line_ns)
         pts = round(Fraction(t, 1_000_000_000) / self.vis.time_base) + self.vis.shift
         if self.last_pts is not None and pts <= self.last_pts:
             pts = self.last_pts + self.step  # latest mode can pair one visible frame twice: keep pts increasing
