@@ -31,6 +31,7 @@ def test_bench_subscriptions_flood_prints_the_publishers_memory_frames_and_cuts(
     # 10,000 subscriptions of 100 bytes: 1 MB a peer, past the 512 KiB a consumer may send, so each peer is cut
     assert bench(["subscriptions", "--flood", "10000", "--peers", "2"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"2 tcp peer\(s\) flooding streamfuse's Publisher with 10000 subscription\(s\) of 100 bytes each", out)
+    assert re.search(r"2 tcp peer\(s\) flooding streamfuse's Publisher with 10000 subscription\(s\) of 100 bytes "
+                     r"each", out)
     assert re.search(r"[+-]\d+\.\d MiB of memory \([+-]\d+\.\d MiB at most\), \d+\.\d frames/s while it lasted \(30 "
                      r"asked\), \d+\.\d{3} s at most between two frames; 2 peer\(s\) cut", out), out
