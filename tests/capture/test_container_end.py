@@ -472,3 +472,41 @@ def test_mp4_boxes_with_a_64_bit_size_or_running_to_the_end_of_the_file_end_wher
     path.write_bytes(ftyp + _box(b"free", bytes(8)) + b"Recorded")
     assert missing_end(path, "mov,mp4,m4a,3gp,3g2,mj2") == Cut("24 unrecognised bytes follow its last whole MP4 box "
                                                                "(ftyp)", False)
+
+
+# A live Matroska file built by hand: its EBML header, a Segment of unknown size (never finalised), Info, Tracks and a
+# Cluster, each with a 1-byte size
+_EBML_HEAD = bytes.fromhex("1A45DFA3 84 42868101 18538067 01FFFFFFFFFFFFFF")
+_INFO = bytes.fromhex("1549A966 88") + bytes(8)
+_TRACKS = bytes.fromhex("1654AE6B A0") + bytes(32)
+_CLUSTER = bytes.fromhex("1F43B675 90") + b"\x11" * 16
+
+
+def test_a_live_matroska_cut_inside_its_tracks_is_cut_certainly(tmp_path: Path) -> None:
+    """Tracks is an element a segment holds: one that runs past the end of the file is a cut, and bytes after it
+    follow it, not the Info before it."""
+    path = tmp_path / "v.mkv"
+    path.write_bytes(_EBML_HEAD + _INFO + _TRACKS + _CLUSTER)
+    assert missing_end(path, "matroska,webm") is None
+    tracks_end = len(_EBML_HEAD + _INFO + _TRACKS)
+    cut_to(path, tracks_end - 10)
+    assert missing_end(path, "matroska,webm") == Cut(f"its last Matroska element (Tracks) announces {tracks_end} "
+                                                     f"bytes, the file has {tracks_end - 10}", True)
+    path.write_bytes(_EBML_HEAD + _INFO + _TRACKS + b"Recorded")
+    assert missing_end(path, "matroska,webm") == Cut("8 unrecognised bytes follow its last whole Matroska element "
+                                                     "(Tracks)", False)
+
+
+@pytest.mark.parametrize("tail", [
+    bytes.fromhex("1F43B675"),  # an ID, its size cut off
+    bytes.fromhex("1F43B675 01") + bytes(6),  # an 8-byte size cut after 7 bytes
+    bytes(9) + b"\x80",  # a first byte 0, which starts no EBML length
+], ids=["size cut off", "size cut inside", "no length"])
+def test_an_element_header_cut_or_invalid_after_the_last_cluster_is_reported_not_a_certain_cut(tmp_path: Path,
+                                                                                               tail: bytes) -> None:
+    """A header whose size is not all there, or not one, says nothing of where its element ends: bytes after the last
+    whole cluster (a cut inside a header, or something appended)."""
+    path = tmp_path / "v.mkv"
+    path.write_bytes(_EBML_HEAD + _INFO + _TRACKS + _CLUSTER + tail)
+    assert missing_end(path, "matroska,webm") == Cut(f"{len(tail)} unrecognised bytes follow its last whole Matroska "
+                                                     "element (Cluster)", False)
