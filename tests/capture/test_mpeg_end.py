@@ -120,3 +120,34 @@ def test_zero_bytes_to_the_end_are_an_empty_sector_and_bytes_after_them_are_said
     assert _check(data + b"\0" * 3000) is None
     assert _check(data + b"\0" * 100 + b"x") == Cut("101 unrecognised bytes follow its last whole MPEG-PS packet "
                                                     "(stream 0xF3)", False)
+
+
+@pytest.mark.parametrize("cut", [b"\0\0\1\xba", _pack_mpeg1()[:11], _pack()[:13]],
+                         ids=["start code", "MPEG-1 header", "MPEG-2 header"])
+def test_a_pack_header_cut_short_after_the_last_packet_is_reported_not_taken_for_a_certain_cut(cut):
+    # as a packet header cut before its length: the pack header's own bytes are not all there to say where it ends
+    data = b"".join(_pack_mpeg1() + _units() for _ in range(3)) + cut
+    assert _check(data) == Cut(f"{len(cut)} unrecognised bytes follow its last whole MPEG-PS packet (stream 0xF3)",
+                               False)
+
+
+def test_padding_that_starts_in_the_block_before_the_last_is_found_where_it_starts():
+    """Walked back over in blocks of 64 KiB: padding over a block long after more than a block of packets is found
+    from the packets' end, where the last whole packet is looked for."""
+    assert _ts_end(_ts(300) + b"\0" * 70_000) == Cut("70000 unrecognised bytes follow its last whole MPEG-TS packet",
+                                                    False)
+
+
+@pytest.mark.parametrize("trailer", [4096, 4097])
+def test_the_last_packet_is_looked_for_up_to_4096_bytes_before_the_padding(trailer):
+    # a trailer, then padding: the last whole packet is found where it ends 4096 bytes before the padding, and not
+    # further back (a file that ends in a longer stretch of other bytes is taken for one cut inside a packet)
+    found = _ts_end(_ts(30) + b"\x01" * trailer + b"\0" * 1000)
+    if trailer <= 4096:
+        assert found == Cut(f"{trailer + 1000} unrecognised bytes follow its last whole MPEG-TS packet", False)
+    else:
+        assert found == Cut("the file does not end with a whole MPEG-TS packet", True)
+
+
+def test_an_empty_file_holds_no_transport_packet():
+    assert _ts_end(b"") == Cut("the file does not end with a whole MPEG-TS packet", True)
