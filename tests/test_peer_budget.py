@@ -11,6 +11,7 @@ import sys
 import termios
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 import zmq
 from helpers_zmq import ANY_PORT, PATIENCE_S, connect, fused_frame, read_exact
 
+from streamfuse import peer_budget
 from streamfuse.bench.subscriptions import connect_plain
 from streamfuse.client import Subscriber
 from streamfuse.peer_budget import TOTAL_BURST_BYTES, PeerBudget, tcp_info_option
@@ -185,3 +187,55 @@ def test_peers_each_under_their_budget_are_cut_once_they_send_more_than_the_tota
             budget.close()
             for peer in peers:
                 peer.close()
+
+
+
+@contextlib.contextmanager
+def _checked(monkeypatch, sizes: list[int], ages: list[float]) -> Iterator[tuple[PeerBudget, list, list]]:
+    """A budget scaled down (10 KB a connection, 19 KB together) over plain connections that sent ``sizes`` bytes
+    and were made ``ages`` seconds ago, its check run once here; the budget, the connections' clients and ends."""
+    monkeypatch.setattr(peer_budget, "BURST_BYTES", 10_000)
+    monkeypatch.setattr(peer_budget, "TOTAL_BURST_BYTES", 19_000)
+    with socket.create_server(("127.0.0.1", 0)) as server, zmq.Context() as ctx, ctx.socket(zmq.XPUB) as xpub:
+        budget = PeerBudget(xpub, "inproc://peers")  # no watching thread: the check is run here
+        clients, conns = [], []
+        try:
+            for size in sizes:
+                clients.append(socket.create_connection(server.getsockname(), timeout=PATIENCE_S))
+                conns.append(server.accept()[0])
+                clients[-1].sendall(bytes(size))
+            deadline = time.monotonic() + PATIENCE_S
+            while any(_unsent(client) for client in clients):  # each one's bytes received by the other end
+                assert time.monotonic() < deadline, "the bytes sent were not received"
+                time.sleep(0.001)
+            now = time.monotonic()
+            budget._peers = {conn.fileno(): (conn.getpeername(), now - age) for conn, age in zip(conns, ages)}
+            budget._check(now)
+            yield budget, clients, conns
+        finally:
+            budget.close()
+            for sock in clients + conns:
+                sock.close()
+
+
+def _cut(client: socket.socket) -> bool:
+    """Whether the other end of ``client`` was shut down (it had sent nothing)."""
+    client.settimeout(PATIENCE_S)
+    return client.recv(1) == b""
+
+
+def test_the_total_is_kept_by_cutting_the_largest_senders_only_until_the_rest_are_within_it(monkeypatch) -> None:
+    """Five connections that sent 9, 8, 7, 2 and 2 KB are 9 KB over the total, and one that sent 5 KB in 1000 s
+    is within its steady allowance (64 B/s), of which it lends the others nothing: the 9 KB sender is cut, which brings
+    the rest to the total, and no other."""
+    with _checked(monkeypatch, [9000, 8000, 7000, 2000, 2000, 5000], [0, 0, 0, 0, 0, 1000]) as (budget, clients, _):
+        assert budget.cut == 1 and _cut(clients[0])
+
+
+def test_a_connection_may_send_its_own_budget_and_one_gone_is_not_counted_cut(monkeypatch) -> None:
+    with _checked(monkeypatch, [10_000, 10_001, 0], [0, 0, 0]) as (budget, clients, conns):
+        assert budget.cut == 1 and _cut(clients[1])
+        assert conns[0].send(b"x") == 1  # not shut down
+        budget._peers = {conns[2].fileno(): (("127.0.0.1", 1), time.monotonic())}  # its fd now another connection's
+        budget._check(time.monotonic())
+        assert budget.cut == 1 and conns[2].send(b"x") == 1 and not budget._peers
