@@ -276,15 +276,17 @@ def test_resume_after_a_kill_mid_b_frame_is_no_warning(tmp_path, pair, caplog):
     assert decoded(out)[1] == [40 * i for i in range(40)]  # Matroska's ms
 
 
-def _interrupted_with_a_gap(cfg, ir: Path, vis: Path, out: Path) -> None:
-    """An interrupted replay's partial output of 30 frames, rewritten without its frame 5: 24 frames after the gap,
-    far more than a kill can cut off."""
+def _interrupted_with_a_gap(cfg, ir: Path, vis: Path, out: Path, gap: int = 5, early: bool = False) -> None:
+    """An interrupted replay's partial output of 30 frames, rewritten without its frame ``gap`` (5: 24 frames after
+    the gap, far more than a kill can cut off), or with a frame 20 ms before it (``early``)."""
     interrupted_replay(cfg, ir, vis, out, stop=31)
     frames = list(decode_frames(partial_path(out)))
     writer = VideoWriter(out, codec="ffv1", crf=0, time_base=Fraction(1, 1000), rate=Fraction(25), width=64,
                          height=48)
     for i, (_, image) in enumerate(frames):
-        if i != 5:
+        if i == gap and early:
+            writer.write(image, 40 * i - 20)
+        if i != gap or early:
             writer.write(image, 40 * i)
     writer.abort()
 
@@ -300,6 +302,27 @@ def test_resume_still_warns_when_the_partial_output_disagrees_with_the_inputs_mi
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["resume: the partial output has a frame at 0.240 s where the inputs give 0.200 s; fusing "
                         "from here"]
+
+
+@pytest.mark.parametrize("gap, early, seam", [(13, False, True), (12, False, False), (25, True, False)],
+                         ids=["16 frames from the next on", "17 frames from the next on", "an earlier frame"])
+def test_a_frame_missing_within_a_reorder_window_of_the_partial_outputs_end_may_be_a_kills_seam(tmp_path, pair, caplog,
+                                                                                               gap, early, seam):
+    """A kill may cut an H.264 encoder's output up to 16 frames before its end (its reordering window): a frame
+    missing where the partial output holds 16 frames from the later one on is such a seam, said as information;
+    with 17, or a frame earlier than the inputs give in its place, the output disagrees with the inputs: a warning."""
+    ir, vis = pair
+    cfg, out = make_cfg(replay={"codec": "ffv1"}), tmp_path / "fused.mkv"
+    _interrupted_with_a_gap(cfg, ir, vis, out, gap, early)
+    with caplog.at_level(logging.INFO):
+        summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == gap and summary.written == 40
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    found = 40 * gap + (-20 if early else 40)
+    assert warnings == ([] if seam else [f"resume: the partial output has a frame at {found / 1000:.3f} s where the "
+                                         f"inputs give {gap * 0.04:.3f} s; fusing from here"])
+    assert (f"took over {gap} frames; fusing from pts {40 * gap}, where the interrupted run's output was cut off"
+            in caplog.text) == seam
 
 
 def test_a_resume_stopped_after_a_mid_file_mismatch_keeps_the_output_with_more_usable_frames(tmp_path, pair):
