@@ -325,6 +325,20 @@ def test_a_frame_missing_within_a_reorder_window_of_the_partial_outputs_end_may_
             in caplog.text) == seam
 
 
+def test_a_resume_of_a_visible_input_timed_in_frames_takes_the_frames_over(tmp_path):
+    """An AVI's time base is its frame interval (40 ms), which the partial output keeps: its frames, at the pairs'
+    times, are taken over whatever the time base's size (a tolerance that shrank with it would match none)."""
+    ir, vis, out = tmp_path / "ir.avi", tmp_path / "vis.avi", tmp_path / "fused.mkv"
+    write_video(ir, 20, 25, grey=True, codec="ffv1")
+    write_video(vis, 20, 25, codec="ffv1")
+    with av.open(str(vis)) as container:
+        assert container.streams.video[0].time_base == Fraction(1, 25)
+    cfg = make_cfg(replay={"codec": "ffv1"})
+    interrupted_replay(cfg, ir, vis, out)
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out, resume=True)
+    assert summary.complete and summary.reused == 7 and summary.written == 20
+
+
 def test_a_resume_stopped_after_a_mid_file_mismatch_keeps_the_output_with_more_usable_frames(tmp_path, pair):
     """Past the mismatch the interrupted run's frames match no pair: put back for holding more frames, its 29 frames
     would again give the next resume only the 5 before the gap, and the 7 frames of the stopped resume were lost."""
