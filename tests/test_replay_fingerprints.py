@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamfuse.replay.fingerprints import _input_stat, changed_since, inputs_read
+from streamfuse.replay.fingerprints import _input_stat, changed_since, changed_while_read, cut_gone, inputs_read
 
 
 def _folders(tmp_path: Path) -> dict[str, list]:
@@ -71,3 +71,31 @@ def test_an_input_entry_of_another_shape_is_a_changed_input(tmp_path, entry):
     assert changed_since(saved, now) == ["ir"]
     assert inputs_read(["ir"], saved) == (" (it read ir 5: 0 bytes, modified 1970-01-01 00:00:00 UTC)"
                                           if entry[0] == 5 else "")
+
+
+def test_an_input_changed_while_it_was_read_is_said_how(tmp_path):
+    now = _folders(tmp_path)
+    video = tmp_path / "ir.mkv"
+    video.write_bytes(b"12345")
+    prints = {"ir": [str(video), *_input_stat(str(video))], "vis": now["vis"]}
+    os.utime(video, ns=(prints["ir"][2] + 10**9, prints["ir"][2] + 10**9))
+    assert "(5 bytes, written since)" in changed_while_read(prints)
+    video.write_bytes(b"123456")
+    assert "(5 bytes then, 6 now)" in changed_while_read(prints)
+    (tmp_path / "vi" / "0002.png").unlink()  # three files of 15 bytes become two of as many
+    (tmp_path / "vi" / "0001.png").write_bytes(b"frameframe")
+    assert changed_while_read({"ir": now["vis"], "vis": now["vis"]}) == (
+        f"ir input {tmp_path / 'vi'} changed while it was read (3 image files of 15 bytes then, 2 of 15 now): its "
+        "frames may mix two files; replay it again once it is written whole")
+
+
+def test_a_recording_recovered_of_the_cut_one_read_stands_for_it_while_that_is_unchanged(tmp_path):
+    now = _folders(tmp_path)
+    cut, recovered = tmp_path / ".r.mcap.partial", tmp_path / "r.mcap"
+    cut.write_bytes(b"cut recording")
+    saved = {"ir": [str(cut), *_input_stat(str(cut))], "vis": now["vis"]}
+    now = {"ir": [str(recovered), 1000, 1], "vis": now["vis"]}
+    assert changed_since(dict(saved), now) == []
+    os.utime(cut, ns=(saved["ir"][2] + 10**9, saved["ir"][2] + 10**9))  # the same size, touched since
+    assert changed_since(dict(saved), now) == ["ir"]
+    assert cut_gone(saved, now).startswith(f"{recovered} was recovered of the cut recording it read, which is not")
