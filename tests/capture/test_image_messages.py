@@ -95,7 +95,8 @@ def test_an_image_of_an_encoding_not_read_is_said_so_not_called_damaged(tmp_path
 
 
 def test_a_palette_named_for_16_bit_thermal_images_is_refused_in_one_line(tmp_path):
-    path = _recording(tmp_path, ("mono16", np.full((4, 6), 20_000, np.uint16)), ("mono8", np.full((4, 6), 30, np.uint8)))
+    path = _recording(tmp_path, ("mono16", np.full((4, 6), 20_000, np.uint16)),
+                      ("mono8", np.full((4, 6), 30, np.uint8)))
     with pytest.raises(SourceError, match=f"^recording {path}: {THERMAL} \\(ir.topic\\): uint16 frames are counts or "
                                           "temperatures, .*: remove ir.palette \\(inferno\\)$"):
         list(read_recording(path, {"ir": THERMAL, "vis": "/camera/image_raw"}, palette="inferno"))
