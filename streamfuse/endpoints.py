@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 import logging
 import os
 import socket
 import stat
-import time
 from pathlib import Path
 
 import zmq
@@ -26,12 +26,13 @@ from zmq.utils.monitor import recv_monitor_message
 from streamfuse.sticky import stuck_owner, user_name
 
 __all__ = ["tcp_host", "is_ipv6", "reachable_from_other_machines", "faces_network", "bind_shown", "url_host", "bind",
-           "ipc_refusal"]
+           "close_bound", "ipc_refusal"]
 
 log = logging.getLogger(__name__)
-# a publisher closed in this process a moment ago still listens on its ipc:// path until libzmq's I/O thread has closed
-# its listener (milliseconds): one listened on longer than this is a running publisher's
-_IPC_CLOSING_S = 1.0
+# the wait in close_bound for libzmq's I/O thread to close a closed socket's listener (milliseconds; longer
+# on a loaded machine); past it the close returns all the same
+_LISTENER_CLOSE_S = 10.0
+_monitors = itertools.count()  # each close's own monitor address: libzmq frees an inproc one only after its close
 
 
 def tcp_host(endpoint: str) -> str | None:
@@ -127,6 +128,28 @@ def bind(sock: zmq.Socket, endpoint: str, curve_secret_file: str = "", curve_cli
     return auth
 
 
+def close_bound(sock: zmq.Socket, linger: int | None = None) -> None:
+    """Close ``sock``, bound to one endpoint, and return once its listening socket (``tcp://``, ``ipc://``) is closed.
+
+    libzmq closes a closed socket's listener on its I/O thread, after ``zmq_close`` has returned: a publisher made
+    again at once on the same endpoint (a stack restarting its publishing part) was refused as "already in use",
+    7 times in 30 on ``tcp://``. The queued messages are still sent after this returns, for ``linger`` ms.
+    """
+    endpoint = "" if sock.closed else sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    if not endpoint.startswith(("tcp://", "ipc://")):  # unbound, or inproc://: no listener
+        sock.close(linger=linger)
+        return
+    monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED | zmq.EVENT_CLOSE_FAILED,
+                                      f"inproc://streamfuse-close-{os.getpid()}-{next(_monitors)}")
+    try:
+        sock.close(linger=linger)
+        if not monitor.poll(_LISTENER_CLOSE_S * 1000):
+            log.warning("%s: libzmq had not closed the listener %.0f s after the socket's close", endpoint,
+                        _LISTENER_CLOSE_S)
+    finally:
+        monitor.close(linger=0)
+
+
 def _cap_unsent(listener_fd: int, unsent_bytes: int) -> None:
     """Set ``TCP_NOTSENT_LOWAT`` on libzmq's listening socket, which the connections it accepts inherit: where the
     platform has none, the kernel's own limit stays."""
@@ -143,8 +166,8 @@ def _cap_unsent(listener_fd: int, unsent_bytes: int) -> None:
 def _check_ipc_path(endpoint: str) -> None:
     """libzmq deletes whatever is at an ``ipc://`` path before it binds there: a file of the user's was lost, and a
     running publisher's socket was taken over in silence (on ``tcp://`` a second bind is refused). Both are refused
-    here; a socket that nothing listens on any more (left by a run that was killed, or by a publisher of this process
-    closed a moment ago, whose listener libzmq closes on its I/O thread) is replaced as before.
+    here, at once; a socket that nothing listens on any more (left by a run that was killed, or by a publisher closed
+    by :func:`close_bound`) is replaced as before.
 
     Raises:
         FileExistsError: something other than a socket is at the path.
@@ -164,11 +187,8 @@ def _check_ipc_path(endpoint: str) -> None:
         raise FileExistsError(f"cannot bind endpoint {endpoint}: {path} is a socket of {owner}'s (their publisher's, "
                               f"running or ended), in a shared folder where only they may remove it; choose another "
                               f"path")
-    deadline = time.monotonic() + _IPC_CLOSING_S
-    while _listened_on(path):
-        if time.monotonic() >= deadline:
-            raise zmq.ZMQError(errno.EADDRINUSE)
-        time.sleep(0.02)
+    if _listened_on(path):
+        raise zmq.ZMQError(errno.EADDRINUSE)
 
 
 def _ipc_path(endpoint: str) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import zmq
 
 from streamfuse.codecs import H264Encoder, JpegEncoder
-from streamfuse.endpoints import bind, reachable_from_other_machines
+from streamfuse.endpoints import bind, close_bound, reachable_from_other_machines
 from streamfuse.frames import FusedFrame, optical_frame
 from streamfuse.peer_budget import PeerBudget
 from streamfuse.publish_config import PublishConfig
@@ -360,10 +360,11 @@ class Publisher:
         The socket lingers without limit: libzmq 4.3 aborts the whole process (zeromq/libzmq#3442) when a consumer's
         link drops while a closing socket whose linger ran out still holds a message half sent to it, as a stalled
         consumer's sender does. A consumer that stays stalled is dropped by TCP (``TCP_MAXRT``, ``_PEER_TIMEOUT_MS``):
-        one stalled in the middle of a frame never gets the heartbeat's ping, queued behind that frame."""
+        one stalled in the middle of a frame never gets the heartbeat's ping, queued behind that frame. The endpoint is
+        free once this returns: a publisher made again at once on it is not refused."""
         if self._budget is not None:
             self._budget.close()
-        self._sock.close(linger=-1)
+        close_bound(self._sock, linger=-1)
         if self._auth is not None:
             self._auth.stop()
         if self._ctx is not None:  # ZeroMQ sends the queue from the context's thread: ending the context waits for it
