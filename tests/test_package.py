@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import itertools
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import time
 from pathlib import Path
@@ -185,3 +188,18 @@ def test_the_wheel_holds_every_data_file_of_the_package():
     section = (REPO / "pyproject.toml").read_text().partition("[tool.setuptools.package-data]")[2]
     globs = re.findall(r'"([^"]+)"', re.search(r"^streamfuse = \[(.*?)\]$", section, re.M).group(1))
     assert [name for name in data if not any(fnmatch.fnmatch(name, g) for g in globs)] == []
+
+
+def test_an_editable_install_is_a_path_that_type_checkers_follow():
+    # setuptools made `pip install -e .` of this layout an import hook (a .pth that runs a finder), which mypy and
+    # pyright never run: a user's code importing streamfuse.client got "Cannot find implementation or library stub"
+    # the environment's own record (the checkout's streamfuse.egg-info, first on pytest's path, has no .pth)
+    dists = importlib.metadata.distributions(name="streamfuse", path=[sysconfig.get_path("purelib")])
+    editable = [d for d in dists
+                if json.loads(d.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable")]
+    if not editable:
+        pytest.skip("streamfuse is not installed editable in this environment")
+    pths = [f.locate() for f in editable[0].files or [] if f.suffix == ".pth"]
+    lines = [line for pth in pths for line in Path(pth).read_text().splitlines() if line.strip()]
+    assert lines and all(not line.startswith("import") and (Path(line) / "streamfuse" / "py.typed").is_file()
+                         for line in lines), lines
