@@ -28,7 +28,10 @@ _NAMED = {"1.59x / 1.45x": "bench batch --frames 90", "27.1 frames/s": "bench ba
           "1.4x the default's frame time": "bench fuse --device cpu --sizes 640x480 --frames 100 --image-guidance 1",
           "1.4x the frame time on CPU": "bench fuse --device cpu --sizes 640x480 --image-guidance 1",
           "+26.7 MiB": "bench subscriptions --flood 200000", "+22.2 MiB": "bench subscriptions --flood 200000 --ipc",
-          "+300.8 MiB": "bench subscriptions --flood 20000 --peers 20"}
+          "+300.8 MiB": "bench subscriptions --flood 20000 --peers 20",
+          "2 workers 32.4 (2.13x)": "bench batch", "21.7 / 26.5": "bench batch --frames 90",
+          "2 workers 10.0 (1.95x)": "bench batch --pairs 4 --frames 40 --set fuse.name=hclfuse",
+          "0.88x (Ray 1 worker 38.4": "bench batch --set replay.overlap=true"}
 
 
 def test_the_figures_measured_by_hand_are_gone_and_the_implied_commands_named():
