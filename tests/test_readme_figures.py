@@ -27,7 +27,7 @@ _UNPRINTED = ("705 MB", "0.14-1.64 s", "58-128 ms", "186-276 ms", "258 idle conn
 _NAMED = {"1.59x / 1.45x": "bench batch --frames 90", "27.1 frames/s": "bench batch --pairs 4 --frames 40",
           "1.4x the default's frame time": "bench fuse --device cpu --sizes 640x480 --frames 100 --image-guidance 1",
           "1.4x the frame time on CPU": "bench fuse --device cpu --sizes 640x480 --image-guidance 1",
-          "+26.7 MiB": "bench subscriptions --flood 200000", "+22.2 MiB": "bench subscriptions --flood 200000 --ipc",
+          "+24.4 MiB": "bench subscriptions --flood 200000", "+22.2 MiB": "bench subscriptions --flood 200000 --ipc",
           "+300.8 MiB": "bench subscriptions --flood 20000 --peers 20",
           "2 workers 32.4 (2.13x)": "bench batch", "21.7 / 26.5": "bench batch --frames 90",
           "2 workers 10.0 (1.95x)": "bench batch --pairs 4 --frames 40 --set fuse.name=hclfuse",
