@@ -438,7 +438,8 @@ def test_cli_on_a_shared_memory_descriptor_topic_is_refused(topic: str, capsys: 
         f"same-host consumer reads the publisher's shared memory by itself)")
 
 
-@pytest.mark.parametrize(("clock", "start_ns"), [("media", 0), ("recorded", time.time_ns() - 86_400 * 10**9)])
+@pytest.mark.parametrize(("clock", "start_ns"), [("media", 0), ("recorded", time.time_ns() - 86_400 * 10**9)],
+                         ids=["media", "recorded"])  # ids alike in every collection, as xdist's workers need
 def test_frames_on_a_files_own_clock_get_no_age(clock: str, start_ns: int, rng: np.random.Generator) -> None:
     # a video file's or frame folder's capture times run from 0: "age" read 56 years; a recording's replayed read
     # the day since it was recorded
