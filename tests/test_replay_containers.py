@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 from helpers_video import CASES, FPS, N, cut, write, write_still_times
@@ -100,6 +101,34 @@ def test_an_ffv1_avi_output_whose_first_pair_comes_late_starts_at_that_pairs_tim
     out = tmp_path / "o.avi"
     assert run_replay(make_cfg(replay={"codec": "ffv1"}), ir_path=ir, vis_path=vis, out_path=out).complete
     assert [t for t, _ in decode_frames(out)] == [t for t, _ in decode_frames(vis)][5:]
+
+
+def _twice_as_fast_ir(tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    """IR at 30 fps and visible at 15 fps, 1 s: MP4 videos (time base 1/7680) or folders of frames (ns)."""
+    suffix = ".mp4" if kind == "mp4" else ""
+    ir, vis = tmp_path / f"ir{suffix}", tmp_path / f"vis{suffix}"
+    if kind == "mp4":
+        write_video(ir, 30, 30, grey=True)
+        write_video(vis, 15, 15)
+        return ir, vis
+    for path, n in ((ir, 30), (vis, 15)):
+        path.mkdir()
+        for i in range(n):
+            cv2.imwrite(str(path / f"{i:03d}.png"), np.full((48, 64), 8 * i, np.uint8))
+    return ir, vis
+
+
+@pytest.mark.parametrize("kind", ["mp4", "folder"])
+def test_a_visible_frame_paired_twice_into_avi_is_written_twice_at_increasing_times(tmp_path: Path, kind: str) -> None:
+    # the second pair of a visible frame was written one tick of its time base after the first, a tick finer than
+    # 1 ms, which AVI's muxer holds as 1/600 s: it refused the two in one tick at the end ("Invalid argument")
+    ir, vis = _twice_as_fast_ir(tmp_path, kind)
+    cfg = make_cfg(sync={"mode": "latest"}, replay={"codec": "ffv1"}, ir={"fps": 30.0}, vis={"fps": 15.0})
+    out = tmp_path / "o.avi"
+    summary = run_replay(cfg, ir_path=ir, vis_path=vis, out_path=out)
+    assert summary.complete and summary.written == summary.pairs > 15
+    times = [t for t, _ in decode_frames(out)]
+    assert len(times) == summary.written and times == sorted(set(times))
 
 
 def test_a_visible_video_whose_frame_times_stand_still_pairs_every_frame_at_its_declared_rate(tmp_path: Path) -> None:

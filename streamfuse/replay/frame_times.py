@@ -19,6 +19,9 @@ __all__ = ["FrameTimes", "pts_step"]
 
 log = logging.getLogger(__name__)
 
+# FFmpeg's AVI muxer states a video stream's time base as its frame rate, and puts 1/600 s in place of one finer than
+# 1 ms (over 1000 frames/s)
+_AVI_FINEST, _AVI_FINER = Fraction(1, 1000), Fraction(1, 600)
 _SPANS = 16  # read times kept (merged spans) before those no leftover can need are let go: a few, not each frame's
 
 
@@ -104,8 +107,10 @@ class FrameTimes:
 
 def pts_step(out: Path, time_base: Fraction) -> int:
     """The least step of pts in ``time_base`` that the output ``out``'s container keeps as a step: Matroska stores
-    ms, MP4 and MOV at most us (:class:`~streamfuse.video.VideoWriter`); pts closer than that come out equal there,
-    and MP4's muxer refuses them ("Invalid argument")."""
+    ms, MP4 and MOV at most us (:class:`~streamfuse.video.VideoWriter`), AVI 1/600 s where ``time_base`` is finer
+    than 1 ms (FFmpeg's muxer puts that in its place); pts closer than that come out equal there, which the MP4 and
+    AVI muxers refuse ("Invalid argument")."""
     finest = {"matroska": Fraction(1, 1000), "mp4": Fraction(1, MP4_FINEST_TIMESCALE),
-              "mov": Fraction(1, MP4_FINEST_TIMESCALE)}.get(container_format(out))
+              "mov": Fraction(1, MP4_FINEST_TIMESCALE),
+              "avi": _AVI_FINER if time_base < _AVI_FINEST else None}.get(container_format(out))
     return 1 if finest is None or time_base >= finest else math.ceil(finest / time_base)
