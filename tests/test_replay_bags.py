@@ -384,6 +384,22 @@ def test_a_visible_frame_paired_twice_is_written_twice_at_increasing_times(tmp_p
     assert len(times) == summary.written and times == sorted(set(times))
 
 
+def test_a_visible_frame_less_than_a_ms_after_the_one_before_is_written_a_ms_after_it_into_matroska(tmp_path):
+    # each camera sent each frame twice, 0.3 ms apart: the second's pts was no bump, not being equal to the first's,
+    # yet Matroska's ms made it the same time as the first's (27 distinct times of 40 frames)
+    messages = []
+    for i in range(2 * N):
+        counts, jpeg = _frames(i // 2)
+        t = T0 + i // 2 * PERIOD + i % 2 * 300_000
+        messages.append((THERMAL, t + 5 * MS, raw("mono16", counts, stamp_ns=t)))
+        messages.append((CAMERA, t + 6 * MS, compressed("bgr8; jpeg compressed bgr8", jpeg, stamp_ns=t)))
+    _write_ros2(tmp_path / "bag.mcap", sorted(messages, key=lambda m: m[1]))
+    summary = run_replay(_cfg(), ir_path=tmp_path / "bag.mcap", out_path=tmp_path / "fused.mkv")
+    assert summary.complete and summary.written == summary.pairs == 2 * N
+    times = [t for t, _ in decode_frames(tmp_path / "fused.mkv")]
+    assert len(times) == 2 * N and times == sorted(set(times)) and times[:2] == [0, Fraction(1, 1000)]
+
+
 def test_a_bag_whose_clocks_stepped_ahead_an_hour_writes_every_pair_into_mp4_and_says_where(tmp_path, caplog):
     # the output kept the hour between frames 9 and 10, which MP4 cannot hold (a frame's duration in 31 bits of us):
     # its muxer refused it at the end ("Not yet implemented in FFmpeg"), no final file written

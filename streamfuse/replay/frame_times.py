@@ -91,8 +91,8 @@ class FrameTimes:
         return dict(self.left.first), dict(self.left.newest)
 
     def pts(self, vis: Frame, line_ns: int) -> int:
-        """Output pts of a pair in the visible input's time base (plus Input.shift), after :attr:`last_pts`;
-        ``line_ns``: the visible frame's time line (:meth:`line`, taken as the pairer gave the pair).
+        """Output pts of a pair in the visible input's time base (plus Input.shift), :attr:`step` or more after
+        :attr:`last_pts`; ``line_ns``: the visible frame's time line (:meth:`line`, taken as the pairer gave the pair).
 
         A recording's pts are its time line from the first visible frame read, not its capture times: where the rig's
         clock stepped back, the frames after the step would come before the first one (a negative pts, which the
@@ -100,8 +100,10 @@ class FrameTimes:
         t = vis.t_capture_ns if self.vis.cfg.kind == "file" else line_ns - self.t0_vis - sum(
             left_out for after, left_out in self.ahead if after <= line_ns)
         pts = round(Fraction(t, 1_000_000_000) / self.vis.time_base) + self.vis.shift
-        if self.last_pts is not None and pts <= self.last_pts:
-            pts = self.last_pts + self.step  # latest mode can pair one visible frame twice: keep pts increasing
+        if self.last_pts is not None and pts < self.last_pts + self.step:
+            # latest mode can pair one visible frame twice, and a camera can send two frames closer than the
+            # container keeps apart: keep pts increasing there
+            pts = self.last_pts + self.step
         return pts
 
 
