@@ -26,6 +26,9 @@ from streamfuse.wire import HEADER_FIELDS, SCHEMA
 ANY_PORT = "tcp://127.0.0.1:*"
 VGA = (480, 640, 3)
 PATIENCE_S = 30.0  # how long a test waits for an event that must happen (a loaded machine can be slow)
+#: how long a test waits for a run's first frame once it publishes: its imports, its fuser's load and its
+#: producers' start took over 30 s on a loaded machine
+START_S = 120.0
 
 
 @contextmanager

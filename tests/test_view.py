@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-from helpers_zmq import (ANY_PORT, PATIENCE_S, SilentLink, connect, fused_frame, has_ipv6_loopback, plain_pub,
-                         published_on, wait_until)
+from helpers_zmq import (ANY_PORT, PATIENCE_S, START_S, SilentLink, connect, fused_frame, has_ipv6_loopback,
+                         plain_pub, published_on, wait_until)
 
 from streamfuse import connection_watch
 from streamfuse.cli import main as cli
@@ -499,6 +499,7 @@ def test_module_cli_dispatches_to_each_command(capsys):
     assert exc.value.code == 0 and "usage: python -m streamfuse subscribe" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(2 * START_S)
 def test_live_pipeline_publishes_previews_on_request_and_its_fuser_in_the_stats():
     proc = subprocess.Popen([sys.executable, "-m", "streamfuse", "run", "--config", "demo", "--set",
                              "publish.endpoint=tcp://127.0.0.1:*", "--set", "fuse.name=max", "--set", "ir.width=160",
@@ -509,7 +510,7 @@ def test_live_pipeline_publishes_previews_on_request_and_its_fuser_in_the_stats(
     try:
         endpoint = published_on(proc)
         with Subscriber(endpoint, preview_topic("fused/demo", "vis"), timeout_s=PATIENCE_S) as sub:
-            got = sub.recv()
+            got = sub.recv(START_S)
             assert got is not None, "no visible preview from the pipeline"
             assert got[1].shape == (48, 64, 3)
         stats.setsockopt(zmq.LINGER, 0)
